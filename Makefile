@@ -1,0 +1,53 @@
+# Lockgate developer targets. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q -e '.[dev]'
+	@touch $(STAMP)
+
+dev: $(STAMP) ## create .venv and install lockgate with every extra and the test tools
+
+postgres-bin: ## make sure the Postgres server binaries are on this machine (apt-get if not)
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+
+demo: $(STAMP) ## build the sample warehouse, sync it into the local emulator, print the report
+	$(VENV)/bin/lockgate demo
+
+test: $(STAMP) postgres-bin ## run the whole test suite (starts its own Postgres)
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+test-postgres: $(STAMP) postgres-bin ## only the tests that need Postgres
+	$(VENV)/bin/pytest -q -m postgres
+
+lint: $(STAMP) ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: $(STAMP) ## format the code
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(STAMP) ## run the benchmarks (minutes; see BENCHMARKS.md)
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+check: lint test ## what CI runs, and lint
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
+
+.PHONY: help dev postgres-bin demo test test-postgres lint fmt bench check clean

@@ -1,0 +1,97 @@
+"""The `lockgate` command line: one click group, one module per command group.
+
+Commands are imported lazily (``COMMANDS`` maps a name to ``module:attribute``), so
+``lockgate --help`` stays fast and a command whose optional driver is missing does
+not break the others. Every command raises :class:`~lockgate.errors.LockgateError`
+for user mistakes; :func:`main` prints ``Error: <reason>`` and the hint, and exits 1
+(a traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+import click
+
+from lockgate import __version__
+from lockgate.errors import LockgateError
+
+COMMANDS: dict[str, str] = {
+    "init": "lockgate.cli.project:init",
+    "validate": "lockgate.cli.project:validate",
+    "sources": "lockgate.cli.sources:sources",
+    "plan": "lockgate.cli.sync:plan",
+    "sync": "lockgate.cli.sync:sync",
+    "runs": "lockgate.cli.sync:runs",
+    "history": "lockgate.cli.sync:history",
+    "demo": "lockgate.cli.demo:demo",
+    "emulator": "lockgate.cli.emulator:emulator",
+    "webhooks": "lockgate.cli.webhooks:webhooks",
+    "identity": "lockgate.cli.identity:identity",
+    "reconcile": "lockgate.cli.reconcile:reconcile",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported only when used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name in COMMANDS if self._load(name) is not None)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._load(cmd_name)
+
+    @staticmethod
+    def _load(name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # the command is not built yet
+                return None
+            raise
+        command: click.Command = getattr(module, attr)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lockgate")
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar="LOCKGATE_DEBUG",
+    help="Show tracebacks for errors. [env: LOCKGATE_DEBUG]",
+)
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Lockgate moves customer data between your warehouse and Customer.io."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: run the CLI with one error handler for every command."""
+    debug = "--debug" in (argv or sys.argv) or os.environ.get("LOCKGATE_DEBUG") == "1"
+    try:
+        return cli.main(args=argv, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except LockgateError as exc:
+        if debug:
+            raise
+        click.secho(f"Error: {exc.reason}", fg="red", err=True)
+        if exc.hint:
+            click.echo(f"  hint: {exc.hint}", err=True)
+        sys.exit(1)

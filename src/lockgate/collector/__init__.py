@@ -1,0 +1,4 @@
+"""collector."""
+
+from __future__ import annotations
+

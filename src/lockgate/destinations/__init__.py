@@ -1,0 +1,4 @@
+"""destinations."""
+
+from __future__ import annotations
+

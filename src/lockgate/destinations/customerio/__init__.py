@@ -1,0 +1,4 @@
+"""customerio."""
+
+from __future__ import annotations
+

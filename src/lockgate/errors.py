@@ -1,0 +1,150 @@
+"""The one exception hierarchy for Lockgate.
+
+Every error a user can see carries a ``reason`` (what went wrong, quoting the
+offending value in backticks) and a ``hint`` (what to do next). Whether an error
+can be retried is part of its type, never decided by matching message text::
+
+    LockgateError
+     ├── TransientError                 retry may succeed (deliver.py retries these only)
+     │    └── DestinationTransientError  429, 5xx, timeouts, dropped connections
+     └── TerminalError                  retrying the same input will fail again
+          ├── ConfigError               lockgate.yml / syncs/*.yml; carries file and line
+          ├── MissingDependencyError    an optional driver is not installed
+          ├── SourceError               a warehouse query or connection failed
+          ├── DestinationError          the destination refused a request for good (4xx)
+          ├── StateError                the state store is unusable or locked
+          ├── ContractError             a guardrail refused the run (data contract)
+          └── StepError                 a pipeline step failed; wraps the cause once
+
+Example::
+
+    raise ConfigError(
+        "unknown key `atributes`",
+        hint="did you mean `attributes`?",
+        file="syncs/profile.yml",
+        line=7,
+    )
+"""
+
+from __future__ import annotations
+
+
+class LockgateError(Exception):
+    """Base of every error Lockgate raises on purpose."""
+
+    retryable: bool = False
+
+    def __init__(self, reason: str, *, hint: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.reason if not self.hint else f"{self.reason}\n  hint: {self.hint}"
+
+
+class TransientError(LockgateError):
+    """A failure that may go away if the same thing is tried again later."""
+
+    retryable = True
+
+
+class TerminalError(LockgateError):
+    """A failure that will happen again for the same input: fix the input or config."""
+
+    retryable = False
+
+
+class DestinationTransientError(TransientError):
+    """The destination answered 429 or 5xx, timed out, or dropped the connection.
+
+    ``retry_after`` is the server's ``Retry-After`` in seconds when it sent one.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(reason, hint=hint)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class ConfigError(TerminalError):
+    """The project file or a sync file is invalid. ``location`` is ``file:line`` when known."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        hint: str | None = None,
+        file: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        super().__init__(reason, hint=hint)
+        self.file = file
+        self.line = line
+
+    @property
+    def location(self) -> str | None:
+        if self.file is None:
+            return None
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+    def __str__(self) -> str:
+        where = f"{self.location}: " if self.location else ""
+        text = f"{where}{self.reason}"
+        return text if not self.hint else f"{text}\n  hint: {self.hint}"
+
+
+class MissingDependencyError(TerminalError):
+    """An optional driver is missing; the hint is the exact install command."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"the `{package}` package is needed for this and is not installed",
+            hint=f'pip install "lockgate[{extra}]"',
+        )
+        self.package = package
+        self.extra = extra
+
+
+class SourceError(TerminalError):
+    """A warehouse connection or query failed."""
+
+
+class DestinationError(TerminalError):
+    """The destination refused a request in a way that retrying will not fix."""
+
+    def __init__(self, reason: str, *, status: int | None = None, hint: str | None = None) -> None:
+        super().__init__(reason, hint=hint)
+        self.status = status
+
+
+class StateError(TerminalError):
+    """The state store (snapshots, ledgers, run history) cannot be used."""
+
+
+class ContractError(TerminalError):
+    """A data-contract guardrail refused the run before anything was sent."""
+
+
+class StepError(TerminalError):
+    """A pipeline step failed. Raised once by ``sync/run.py``, wrapping the cause."""
+
+    def __init__(self, step: str, run_id: str, cause: BaseException) -> None:
+        hint = getattr(cause, "hint", None) or (
+            f"fix the cause above, then run the sync again; nothing undelivered was committed "
+            f"(run `{run_id}`)"
+        )
+        super().__init__(f"step `{step}` failed in run `{run_id}`: {cause}", hint=hint)
+        self.step = step
+        self.run_id = run_id
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return self.reason if not self.hint else f"{self.reason}\n  hint: {self.hint}"

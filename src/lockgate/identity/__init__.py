@@ -1,0 +1,4 @@
+"""identity."""
+
+from __future__ import annotations
+

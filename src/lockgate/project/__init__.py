@@ -1,0 +1,4 @@
+"""project."""
+
+from __future__ import annotations
+

@@ -1,0 +1,4 @@
+"""server."""
+
+from __future__ import annotations
+

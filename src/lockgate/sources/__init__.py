@@ -1,0 +1,4 @@
+"""sources."""
+
+from __future__ import annotations
+

@@ -1,0 +1,4 @@
+"""state."""
+
+from __future__ import annotations
+

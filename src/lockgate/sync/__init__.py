@@ -1,0 +1,4 @@
+"""sync."""
+
+from __future__ import annotations
+

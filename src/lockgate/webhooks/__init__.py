@@ -1,0 +1,4 @@
+"""webhooks."""
+
+from __future__ import annotations
+

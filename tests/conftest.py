@@ -1,0 +1,98 @@
+"""Shared fixtures: a clean environment, a throwaway Postgres server, markers.
+
+A test is `fast` unless it is marked `postgres` or `remote`. The Postgres server is
+a real one, started once per session on loopback in a temporary directory
+(`initdb` refuses root, so as root the cluster is owned by the `postgres` user).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+KEEP_ENV_PREFIXES = ("PATH", "HOME", "LANG", "LC_", "TMPDIR", "VIRTUAL_ENV", "PYTHON", "CI", "TERM")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(m) for m in ("postgres", "remote")):
+            item.add_marker(pytest.mark.fast)
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's credentials or Lockgate settings."""
+    for key in list(os.environ):
+        if key.startswith(("CUSTOMERIO_", "LOCKGATE_", "SNOWFLAKE_", "GOOGLE_")):
+            monkeypatch.delenv(key, raising=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
+        return str(candidate)
+    pytest.skip(f"Postgres server binary `{name}` not found; run `make postgres-bin`")
+    raise AssertionError  # unreachable
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """A DSN for a real, empty Postgres server on loopback, for the whole session."""
+    root = Path(tempfile.mkdtemp(prefix="lockgate-pg-"))
+    data = root / "data"
+    port = free_port()
+    as_root = os.geteuid() == 0
+
+    def run(args: list[str]) -> None:
+        if as_root:
+            args = ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(args)]
+        subprocess.run(args, check=True, capture_output=True)
+
+    if as_root:
+        pw = pwd.getpwnam("postgres")
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        root.chmod(0o755)
+    run([_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"])
+    log = root / "server.log"
+    run(
+        [
+            _pg_bin("pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-o",
+            f"'-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off'",
+            "-w",
+            "start",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            time.sleep(0.1)
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            run([_pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"])
+        shutil.rmtree(root, ignore_errors=True)
