@@ -1,0 +1,202 @@
+"""Load a project folder: `lockgate.yml`, `syncs/*.yml` and the SQL models they point to.
+
+YAML is parsed into nodes first so that every validation error can name the file and the
+line of the offending key. Duplicate keys are errors (PyYAML silently keeps the last one).
+
+Example::
+
+    project = load_project("path/to/project")
+    sync = project.sync("customer_profile")
+    sql = project.model_sql(sync)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from lockgate.errors import ConfigError
+from lockgate.project.models import ProjectConfig, SyncConfig
+
+PROJECT_FILE = "lockgate.yml"
+SYNCS_DIR = "syncs"
+
+Lines = dict[tuple[str | int, ...], int]
+M = TypeVar("M", bound=BaseModel)
+
+
+def _walk(node: yaml.Node, path: tuple[str | int, ...], lines: Lines, file: str) -> Any:
+    """Turn a YAML node into plain data, recording the line of every key and item."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in out:
+                raise ConfigError(
+                    f"duplicate key `{key}`",
+                    hint="each key may appear once; remove or rename one of them",
+                    file=file,
+                    line=key_node.start_mark.line + 1,
+                )
+            lines[(*path, key)] = key_node.start_mark.line + 1
+            out[key] = _walk(value_node, (*path, key), lines, file)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_walk(item, (*path, i), lines, file) for i, item in enumerate(node.value)]
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def read_yaml(path: Path, root: Path | None = None) -> tuple[Any, Lines]:
+    """Parse one YAML file into data plus a map from key path to line number."""
+    shown = str(path.relative_to(root)) if root and path.is_relative_to(root) else str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read `{shown}`: {exc.strerror}", file=shown) from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(
+            f"not valid YAML: {getattr(exc, 'problem', exc)}",
+            hint="check indentation and quoting around this line",
+            file=shown,
+            line=mark.line + 1 if mark else None,
+        ) from exc
+    lines: Lines = {}
+    data = _walk(node, (), lines, shown) if node is not None else {}
+    return data, lines
+
+
+def _line_for(loc: tuple[str | int, ...], lines: Lines) -> int | None:
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
+
+
+def validate_model(model: type[M], data: Any, lines: Lines, file: str) -> M:
+    """Validate data against a model; the first error becomes a ConfigError with file:line."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and "[" in p))
+        # discriminated unions add the tag as a location part; drop parts that are not keys
+        key_loc = tuple(p for p in loc if p in _keys_of(lines) or isinstance(p, int))
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = f"unknown key `{loc[-1]}`"
+            hint = "remove it or check its spelling; `lockgate validate --schema` shows every key"
+        elif first["type"] == "missing":
+            message = f"missing required key `{loc[-1]}`"
+            hint = "add it; see docs/config.md"
+        else:
+            hint = "see docs/config.md for the allowed values"
+        more = len(exc.errors()) - 1
+        if more:
+            hint += f" ({more} more error{'s' if more > 1 else ''} after this one)"
+        raise ConfigError(
+            f"{message} (at `{where}`)",
+            hint=hint,
+            file=file,
+            line=_line_for(key_loc, lines) or _line_for(loc, lines),
+        ) from None
+
+
+def _keys_of(lines: Lines) -> set[str | int]:
+    return {part for path in lines for part in path}
+
+
+@dataclass
+class Project:
+    """A loaded project: its folder, `lockgate.yml` and the syncs by name."""
+
+    root: Path
+    config: ProjectConfig
+    syncs: dict[str, SyncConfig] = field(default_factory=dict)
+    sync_files: dict[str, str] = field(default_factory=dict)
+
+    def sync(self, name: str) -> SyncConfig:
+        try:
+            return self.syncs[name]
+        except KeyError:
+            known = ", ".join(f"`{n}`" for n in sorted(self.syncs)) or "none"
+            raise ConfigError(
+                f"no sync named `{name}`",
+                hint=f"syncs in this project: {known}",
+            ) from None
+
+    def model_sql(self, sync: SyncConfig) -> str:
+        """The SQL text of a sync's model."""
+        model = sync.model
+        if model.sql is not None:
+            return model.sql
+        if model.table is not None:
+            return f"select * from {model.table}"
+        assert model.file is not None
+        path = self.root / model.file
+        try:
+            return path.read_text()
+        except OSError as exc:
+            raise ConfigError(
+                f"sync `{sync.name}`: cannot read model file `{model.file}`: {exc.strerror}",
+                file=self.sync_files.get(sync.name),
+            ) from exc
+
+    @property
+    def state_dir(self) -> Path:
+        return (self.root / self.config.state).resolve()
+
+    def __iter__(self) -> Iterator[SyncConfig]:
+        return iter(self.syncs.values())
+
+
+def load_project(root: str | Path = ".") -> Project:
+    """Load and validate a project folder. Raises ConfigError naming file and line."""
+    root = Path(root).resolve()
+    project_file = root / PROJECT_FILE
+    if not project_file.exists():
+        raise ConfigError(
+            f"no `{PROJECT_FILE}` in `{root}`",
+            hint="run `lockgate init` to scaffold a project, or pass `--project PATH`",
+        )
+    data, lines = read_yaml(project_file, root)
+    config = validate_model(ProjectConfig, data, lines, PROJECT_FILE)
+    project = Project(root=root, config=config)
+    for path in sorted((root / SYNCS_DIR).glob("*.y*ml")):
+        shown = str(path.relative_to(root))
+        sync_data, sync_lines = read_yaml(path, root)
+        sync = validate_model(SyncConfig, sync_data, sync_lines, shown)
+        if sync.name in project.syncs:
+            raise ConfigError(
+                f"sync name `{sync.name}` is used twice",
+                hint=f"also in `{project.sync_files[sync.name]}`; names must be unique",
+                file=shown,
+                line=sync_lines.get(("name",)),
+            )
+        if sync.source not in config.sources:
+            raise ConfigError(
+                f"sync `{sync.name}` reads source `{sync.source}`, which lockgate.yml does not declare",
+                hint=f"declared sources: {', '.join(sorted(config.sources))}",
+                file=shown,
+                line=sync_lines.get(("source",)),
+            )
+        if sync.destination not in config.destinations:
+            raise ConfigError(
+                f"sync `{sync.name}` writes to destination `{sync.destination}`, "
+                "which lockgate.yml does not declare",
+                hint=f"declared destinations: {', '.join(sorted(config.destinations))}",
+                file=shown,
+                line=sync_lines.get(("destination",)),
+            )
+        project.syncs[sync.name] = sync
+        project.sync_files[sync.name] = shown
+    return project

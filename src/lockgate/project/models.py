@@ -1,0 +1,463 @@
+"""Pydantic models of the project files: `lockgate.yml` and one file per sync in `syncs/`.
+
+Every model forbids unknown keys (a typo fails loudly) and documents each field with an
+attribute docstring: `docs/config.md` is generated from them and a test fails when one is
+missing. Secrets never appear as literal values: fields marked secret accept only
+``${ENV_VAR}`` references, resolved when the value is used.
+
+Example::
+
+    project = ProjectConfig.model_validate({
+        "name": "acme",
+        "sources": {"warehouse": {"type": "duckdb", "path": "warehouse.duckdb"}},
+        "destinations": {"customerio": {"type": "customerio"}},
+    })
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lockgate.errors import ConfigError
+
+ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+def check_secret(value: str | None, field: str) -> str | None:
+    """A secret field must be an ``${ENV_VAR}`` reference, never a literal."""
+    if value is None or ENV_REF.match(value):
+        return value
+    raise ValueError(
+        f"`{field}` must be an environment reference like `${{CUSTOMERIO_API_KEY}}`, "
+        "not a literal secret; put the value in the environment"
+    )
+
+
+def resolve_env(value: str | None, *, field: str) -> str | None:
+    """The value of an ``${ENV_VAR}`` reference (or the literal value when not a reference)."""
+    if value is None:
+        return None
+    match = ENV_REF.match(value)
+    if not match:
+        return value
+    name = match.group(1)
+    resolved = os.environ.get(name)
+    if resolved is None:
+        raise ConfigError(
+            f"environment variable `{name}` (for `{field}`) is not set",
+            hint=f"export {name}=... before running, or change `{field}` in lockgate.yml",
+        )
+    return resolved
+
+
+def parse_duration(value: str | int) -> int:
+    """``72h`` / ``30m`` / ``90s`` / ``7d`` / a number of seconds → seconds."""
+    if isinstance(value, int):
+        return value
+    match = DURATION.match(value.strip())
+    if not match:
+        raise ValueError(f"`{value}` is not a duration; use e.g. `72h`, `30m`, `90s` or `7d`")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class DuckDBSourceConfig(StrictModel):
+    """The embedded default warehouse: a DuckDB file (or `:memory:`)."""
+
+    type: Literal["duckdb"] = "duckdb"
+    path: str = "warehouse.duckdb"
+    """Path of the DuckDB database file, relative to the project folder."""
+    read_only: bool = True
+    """Open the file read-only (syncs never write to the warehouse)."""
+
+
+class PostgresSourceConfig(StrictModel):
+    """A Postgres server; also the path for Amazon Redshift (it speaks the Postgres protocol)."""
+
+    type: Literal["postgres"] = "postgres"
+    url: str
+    """Connection URL, e.g. `${WAREHOUSE_URL}`; may hold a password, so use an env reference."""
+    redshift: bool = False
+    """Set for Amazon Redshift: avoids server-side features Redshift lacks (see docs/sources.md)."""
+
+    @field_validator("url")
+    @classmethod
+    def _secret_url(cls, value: str) -> str:
+        if "@" in value and ":" in value.split("@", 1)[0].split("//")[-1]:
+            check_secret(value, "url")
+        return value
+
+
+class SnowflakeSourceConfig(StrictModel):
+    """Snowflake through the official connector."""
+
+    type: Literal["snowflake"] = "snowflake"
+    account: str
+    """Account identifier, e.g. `${SNOWFLAKE_ACCOUNT}`."""
+    user: str
+    """User name."""
+    password: str | None = None
+    """Password as `${SNOWFLAKE_PASSWORD}` (secret)."""
+    private_key_path: str | None = None
+    """Path to a PEM private key for key-pair authentication, instead of a password."""
+    warehouse: str | None = None
+    """Virtual warehouse to run queries on."""
+    database: str | None = None
+    """Default database."""
+    schema_: str | None = Field(default=None, alias="schema")
+    """Default schema."""
+    role: str | None = None
+    """Role to assume."""
+
+    @field_validator("password")
+    @classmethod
+    def _secret_password(cls, value: str | None) -> str | None:
+        return check_secret(value, "password")
+
+
+class BigQuerySourceConfig(StrictModel):
+    """Google BigQuery through the official client."""
+
+    type: Literal["bigquery"] = "bigquery"
+    project: str
+    """Google Cloud project that runs the queries."""
+    dataset: str | None = None
+    """Default dataset for unqualified table names."""
+    location: str | None = None
+    """Processing location, e.g. `EU`."""
+    credentials_path: str | None = None
+    """Service-account JSON file; default: Application Default Credentials."""
+
+
+SourceConfig = Annotated[
+    DuckDBSourceConfig | PostgresSourceConfig | SnowflakeSourceConfig | BigQuerySourceConfig,
+    Field(discriminator="type"),
+]
+
+
+# --------------------------------------------------------------------------- destinations
+
+
+class CustomerIODestinationConfig(StrictModel):
+    """Customer.io: Track API v2 batches for writes, the App API for read-back."""
+
+    type: Literal["customerio"] = "customerio"
+    site_id: str = "${CUSTOMERIO_SITE_ID}"
+    """Track API site id, as an env reference."""
+    api_key: str = "${CUSTOMERIO_API_KEY}"
+    """Track API key, as an env reference (secret)."""
+    app_api_key: str | None = "${CUSTOMERIO_APP_API_KEY}"
+    """App API key for read-back and reconcile, as an env reference (secret)."""
+    region: Literal["us", "eu"] = "us"
+    """Workspace region: `us` or `eu`."""
+    track_url: str | None = None
+    """Override the Track API base URL, e.g. `http://127.0.0.1:8765` for the local emulator."""
+    app_url: str | None = None
+    """Override the App API base URL (defaults to `track_url` when that is set)."""
+    rate_limit: str = "100/s"
+    """Requests per second to stay under, e.g. `100/s`."""
+    concurrency: int = Field(default=8, ge=1, le=64)
+    """Batches in flight at once."""
+    max_retries: int = Field(default=8, ge=0, le=50)
+    """Retries for 429, 5xx, timeouts and dropped connections before a record is dead-lettered."""
+
+    @field_validator("api_key", "app_api_key")
+    @classmethod
+    def _secret(cls, value: str | None) -> str | None:
+        return check_secret(value, "api_key")
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        if not re.match(r"^\d+(\.\d+)?\s*/\s*s$", value):
+            raise ValueError(f"`{value}` is not a rate; write requests per second, e.g. `100/s`")
+        return value
+
+    @property
+    def requests_per_second(self) -> float:
+        return float(self.rate_limit.split("/")[0])
+
+
+DestinationConfig = Annotated[CustomerIODestinationConfig, Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- syncs
+
+FieldType = Literal["auto", "string", "number", "integer", "boolean", "timestamp", "date", "json"]
+NullPolicy = Literal["skip", "clear", "default"]
+
+
+class FieldConfig(StrictModel):
+    """How one column becomes one attribute or event property."""
+
+    column: str | None = None
+    """Source column; defaults to the attribute's own name."""
+    value: Any = None
+    """A constant instead of a column."""
+    type: FieldType = "auto"
+    """Coercion: `timestamp`/`date` become unix seconds, `boolean`, `number`, `integer`, `string`,
+    `json` (parse a JSON string), or `auto` (native types; timestamps still become unix seconds)."""
+    on_null: NullPolicy | None = None
+    """What a null does: `skip` (never overwrite; the default), `clear` (remove the attribute) or
+    `default` (send `default`)."""
+    default: Any = None
+    """The value sent for a null when `on_null: default`."""
+
+    @model_validator(mode="after")
+    def _check(self) -> FieldConfig:
+        if self.on_null == "default" and self.default is None:
+            raise ValueError("`on_null: default` needs a `default` value")
+        if self.column is not None and self.value is not None:
+            raise ValueError("give either `column` or `value`, not both")
+        return self
+
+
+def _expand_fields(value: Any) -> Any:
+    """Accept a list of column names, or a mapping name → column | field spec."""
+    if value is None:
+        return {}
+    if isinstance(value, list):
+        return {str(name): {"column": str(name)} for name in value}
+    if isinstance(value, dict):
+        return {
+            str(name): ({"column": spec} if isinstance(spec, str) else spec)
+            for name, spec in value.items()
+        }
+    return value
+
+
+class ModelRef(StrictModel):
+    """Where a sync's rows come from: a table, inline SQL, or a `.sql` file."""
+
+    table: str | None = None
+    """A table or view name, optionally schema-qualified."""
+    sql: str | None = None
+    """An inline SQL query."""
+    file: str | None = None
+    """A `.sql` file, relative to the project folder."""
+
+    @model_validator(mode="after")
+    def _one(self) -> ModelRef:
+        if sum(x is not None for x in (self.table, self.sql, self.file)) != 1:
+            raise ValueError("a model needs exactly one of `table`, `sql` or `file`")
+        return self
+
+
+class EventNameConfig(StrictModel):
+    """The event name: a column or a constant."""
+
+    column: str | None = None
+    """Column holding the event name."""
+    value: str | None = None
+    """A constant event name."""
+
+
+class EventIdConfig(StrictModel):
+    """The stable event id: a column, or a hash of key columns."""
+
+    column: str | None = None
+    """Column holding a unique id per occurrence."""
+    hash: list[str] | None = None
+    """Columns whose values together identify one occurrence; their hash is the id."""
+
+
+class BackfillConfig(StrictModel):
+    """What happens to events older than `max_age` (Customer.io only triggers on recent events)."""
+
+    max_age: str = "72h"
+    """Events older than this are backfill."""
+    older: Literal["skip", "send"] | dict[str, str] = "skip"
+    """`skip` (record but do not send), `send` (send as is), or `{rename: "{name}_backfill"}`."""
+
+    @field_validator("max_age")
+    @classmethod
+    def _age(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @field_validator("older")
+    @classmethod
+    def _older(cls, value: Any) -> Any:
+        if isinstance(value, dict) and (set(value) != {"rename"} or "{name}" not in value["rename"]):
+            raise ValueError('`older` must be `skip`, `send` or `{rename: "{name}_backfill"}`')
+        return value
+
+    @property
+    def max_age_seconds(self) -> int:
+        return parse_duration(self.max_age)
+
+
+class EventConfig(StrictModel):
+    """How each row becomes one Customer.io event."""
+
+    name: EventNameConfig
+    """A column name, or `{value: constant_name}`."""
+    timestamp: str | None = None
+    """Column with when it happened; sent as unix seconds. Default: the time of sending."""
+    id: EventIdConfig
+    """A column, or `{hash: [col, ...]}`: sent as the event's dedupe `id`."""
+
+    @field_validator("name", "id", mode="before")
+    @classmethod
+    def _column_shorthand(cls, value: Any) -> Any:
+        return {"column": value} if isinstance(value, str) else value
+
+
+class SyncConfig(StrictModel):
+    """One sync: a model, a kind, a mapping, a destination (`syncs/<name>.yml`)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    """Lower-case name, unique in the project; also the state's key."""
+    source: str
+    """Name of a source in lockgate.yml."""
+    model: ModelRef
+    """`{table: ...}`, `{sql: ...}` or a path to a `.sql` file."""
+    kind: Literal["people", "events"]
+    """`people` (one row per person → identify) or `events` (one row per occurrence → track)."""
+    destination: str = "customerio"
+    """Name of a destination in lockgate.yml."""
+    primary_key: str | list[str] | None = None
+    """Column(s) identifying a row; required for `people`."""
+    identify_by: dict[str, str]
+    """Identifier type → column, e.g. `{id: customer_id, email: email}`. Types: `id` (alias
+    `user_id`), `email`, `cio_id`, or a type declared under `identity:`."""
+    mode: Literal["upsert", "update", "mirror"] = "upsert"
+    """`upsert` creates and updates; `update` never creates; `mirror` also clears the mapped
+    attributes of people who leave the model."""
+    delete_removed: bool = False
+    """With `mirror`: delete (instead of clearing) people who leave the model."""
+    attributes: dict[str, FieldConfig] = Field(default_factory=dict)
+    """`people`: attribute name → column or field spec (also accepts a list of column names)."""
+    event: EventConfig | None = None
+    """`events`: name, timestamp and id."""
+    properties: dict[str, FieldConfig] = Field(default_factory=dict)
+    """`events`: property name → column or field spec (also accepts a list of column names)."""
+    backfill: BackfillConfig = Field(default_factory=BackfillConfig)
+    """`events`: what to do with old events."""
+    on_null: NullPolicy = "skip"
+    """Default null policy for this sync's fields."""
+    schedule: str | None = None
+    """Cron expression for `lockgate serve` (e.g. `*/15 * * * *`)."""
+
+    @field_validator("attributes", "properties", mode="before")
+    @classmethod
+    def _fields(cls, value: Any) -> Any:
+        return _expand_fields(value)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"file": value} if value.endswith(".sql") else {"table": value}
+        return value
+
+    @field_validator("identify_by")
+    @classmethod
+    def _identify(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("`identify_by` needs at least one identifier, e.g. `{id: user_id}`")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from croniter import croniter
+
+            if not croniter.is_valid(value):
+                raise ValueError(f"`{value}` is not a cron expression, e.g. `*/15 * * * *`")
+        return value
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> SyncConfig:
+        if self.kind == "people":
+            if self.primary_key is None:
+                raise ValueError("a `people` sync needs `primary_key`")
+            if self.event is not None or self.properties:
+                raise ValueError("`event` and `properties` belong to `events` syncs")
+        if self.kind == "events":
+            if self.event is None:
+                raise ValueError("an `events` sync needs `event: {name, timestamp, id}`")
+            if self.attributes:
+                raise ValueError("`attributes` belong to `people` syncs; use `properties`")
+        if self.delete_removed and self.mode != "mirror":
+            raise ValueError("`delete_removed` only applies with `mode: mirror`")
+        return self
+
+    @property
+    def key_columns(self) -> list[str]:
+        if self.primary_key is None:
+            return []
+        return [self.primary_key] if isinstance(self.primary_key, str) else list(self.primary_key)
+
+
+# --------------------------------------------------------------------------- project
+
+
+class WebhooksConfig(StrictModel):
+    """Customer.io reporting webhooks received and loaded into the warehouse."""
+
+    warehouse: str | None = None
+    """Source name to load into; default: the project's first DuckDB or Postgres source."""
+    dataset: str = "customerio"
+    """Schema/dataset the engagement tables are written to."""
+    signing_key: str = "${CUSTOMERIO_WEBHOOK_SIGNING_KEY}"
+    """The reporting webhook's signing key, as an env reference (secret)."""
+    replay_window: int = Field(default=300, ge=1)
+    """Reject signatures whose `X-CIO-Timestamp` is further than this many seconds from now."""
+    spool: str = ".lockgate/webhooks"
+    """Folder where accepted events are made durable before they are loaded."""
+
+    @field_validator("signing_key")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        check_secret(value, "signing_key")
+        return value
+
+
+class DefaultsConfig(StrictModel):
+    """Defaults applied to every sync unless it says otherwise."""
+
+    on_null: NullPolicy = "skip"
+    """A null never overwrites a value unless a field says so."""
+
+
+class ProjectConfig(StrictModel):
+    """`lockgate.yml`: connections, identity rules, defaults."""
+
+    name: str
+    """Project name."""
+    state: str = ".lockgate"
+    """Where snapshots, ledgers and run history live: a folder (embedded, the default)."""
+    sources: dict[str, SourceConfig]
+    """Warehouses by name."""
+    destinations: dict[str, DestinationConfig] = Field(
+        default_factory=lambda: {"customerio": CustomerIODestinationConfig()}
+    )
+    """Destinations by name (default: one Customer.io destination configured from the env)."""
+    identity: dict[str, Any] | None = None
+    """Identity resolution rules (see docs/identity.md)."""
+    webhooks: WebhooksConfig | None = None
+    """Reporting webhooks into the warehouse (see docs/webhooks.md)."""
+    defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
+    """Defaults for every sync."""
+
+    @model_validator(mode="after")
+    def _nonempty(self) -> ProjectConfig:
+        if not self.sources:
+            raise ValueError("declare at least one source under `sources:`")
+        return self
