@@ -12,6 +12,7 @@ can be retried is part of its type, never decided by matching message text::
           ├── MissingDependencyError    an optional driver is not installed
           ├── SourceError               a warehouse query or connection failed
           ├── DestinationError          the destination refused a request for good (4xx)
+          │    └── DestinationAuthError  401/403: credentials wrong; stops the whole run
           ├── StateError                the state store is unusable or locked
           ├── ContractError             a guardrail refused the run (data contract)
           └── StepError                 a pipeline step failed; wraps the cause once
@@ -123,6 +124,10 @@ class DestinationError(TerminalError):
     def __init__(self, reason: str, *, status: int | None = None, hint: str | None = None) -> None:
         super().__init__(reason, hint=hint)
         self.status = status
+
+
+class DestinationAuthError(DestinationError):
+    """The destination refused the credentials (401/403); every later request would fail too."""
 
 
 class StateError(TerminalError):

@@ -1,0 +1,475 @@
+"""The Customer.io delivery client: Track v2 ``/api/v2/batch`` with limits, retries, outcomes.
+
+:class:`CustomerIOClient` implements :class:`~lockgate.destinations.base.Destination`.
+It encodes each operation once, packs operations into batch bodies under the byte
+limits, paces requests with a token bucket, keeps at most ``concurrency`` batches in
+flight over one keep-alive connection pool, and gives every record exactly one
+:class:`~lockgate.destinations.base.Result`:
+
+- 200 → every record in the batch is ``DELIVERED``;
+- 207 → records named by ``errors[].batch_index`` are ``REJECTED`` with the API's
+  reason, the rest ``DELIVERED``;
+- 400 / 413 / 422 → the batch is split in halves, recursively, until the bad records
+  are alone (``REJECTED``) and the good ones delivered;
+- 429, 5xx, timeouts, connection errors → retried with full-jitter exponential backoff
+  (``Retry-After`` honoured, capped); when retries run out, ``DEAD_LETTER`` with the
+  last error;
+- 401 / 403 → :class:`~lockgate.errors.DestinationAuthError` for the whole run;
+  404 / 405 → :class:`~lockgate.errors.DestinationError` (wrong URL).
+
+Example::
+
+    client = CustomerIOClient(CustomerIOSettings.from_env())
+    async for results in client.deliver(records):
+        commit(results)
+    await client.aclose()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from lockgate import __version__
+from lockgate.destinations.base import Outcome, Record, Result
+from lockgate.destinations.customerio.batching import (
+    Item,
+    Packer,
+    batch_body,
+    body_size,
+    encode,
+    halves,
+    oversize_reason,
+)
+from lockgate.destinations.customerio.pacing import TokenBucket, backoff, parse_retry_after
+from lockgate.destinations.customerio.settings import MAX_OP_BYTES, CustomerIOSettings
+from lockgate.errors import (
+    ConfigError,
+    DestinationAuthError,
+    DestinationError,
+    DestinationTransientError,
+)
+
+BATCH_PATH = "/api/v2/batch"
+SPLIT_STATUSES = frozenset({400, 413, 422})
+"""Whole-batch rejections worth splitting: some record in the batch is bad."""
+AUTH_STATUSES = frozenset({401, 403})
+URL_STATUSES = frozenset({404, 405})
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class DeliveryStats:
+    """Counters for one client, summed over every ``deliver()`` call."""
+
+    requests: int = 0
+    """HTTP requests sent, retries and split halves included."""
+    retries: int = 0
+    """Requests that repeated an earlier one after a transient failure."""
+    throttled: int = 0
+    """429 responses seen."""
+    bytes_sent: int = 0
+    """Request body bytes sent."""
+    batches: int = 0
+    """Batches packed from the input (before any splitting)."""
+    splits: int = 0
+    """Times a rejected batch was cut in halves."""
+    delivered: int = 0
+    rejected: int = 0
+    dead_lettered: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """The last thing a request produced: a response, or the transient error that ended it."""
+
+    status: int | None
+    body: bytes
+    attempts: int
+    error: DestinationTransientError | None = None
+
+
+def describe_api_error(error: Any) -> str:
+    """One readable line from a Track error item ``{"reason","field","message"}``."""
+    if not isinstance(error, dict):
+        return str(error)
+    parts = []
+    if error.get("reason"):
+        parts.append(str(error["reason"]))
+    if error.get("field"):
+        parts.append(f"field `{error['field']}`")
+    if error.get("message"):
+        parts.append(str(error["message"]))
+    return ": ".join(parts) or orjson.dumps(error).decode()
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _snippet(body: bytes, limit: int = 300) -> str:
+    text = body.decode("utf-8", "replace").strip()
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def whole_batch_reason(status: int, body: bytes) -> str:
+    """The API's reason for rejecting a whole request, from any of its error shapes."""
+    doc = _loads(body)
+    found: list[str] = []
+    if isinstance(doc, dict):
+        errors = doc.get("errors")
+        if isinstance(errors, list):
+            found += [describe_api_error(e) for e in errors]
+        meta = doc.get("meta")
+        if isinstance(meta, dict):
+            if meta.get("error"):
+                found.append(str(meta["error"]))
+            if isinstance(meta.get("errors"), list):
+                found += [str(e) for e in meta["errors"]]
+    detail = "; ".join(found) if found else (_snippet(body) or "no body")
+    return f"HTTP {status}: {detail}"
+
+
+def indexed_errors(body: bytes, size: int) -> dict[int, str] | None:
+    """Map ``errors[].batch_index`` to reasons, or ``None`` if any error can't be placed."""
+    doc = _loads(body)
+    if not isinstance(doc, dict) or not isinstance(doc.get("errors"), list):
+        return None
+    mapped: dict[int, str] = {}
+    for error in doc["errors"]:
+        index = error.get("batch_index") if isinstance(error, dict) else None
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < size:
+            return None
+        reason = describe_api_error(error)
+        mapped[index] = f"{mapped[index]}; {reason}" if index in mapped else reason
+    return mapped
+
+
+class CustomerIOClient:
+    """Delivers Track v2 batch operations to Customer.io; see the module docstring.
+
+    ``transport`` replaces the network (``httpx.ASGITransport(emulator.app)`` in tests);
+    ``clock``/``sleep``/``rng`` replace time and randomness for tests.
+
+    Example::
+
+        client = CustomerIOClient(CustomerIOSettings(site_id="s", api_key="k",
+                                                     track_url="http://127.0.0.1:8765"))
+        results = client.deliver_all([Record("42", {"type": "person", "action": "identify",
+                                                    "identifiers": {"id": "42"}})])
+    """
+
+    def __init__(
+        self,
+        settings: CustomerIOSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not settings.site_id or not settings.api_key:
+            raise ConfigError(
+                "Customer.io Track credentials are missing",
+                hint="set CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY (Settings → API credentials "
+                "→ Track API keys in Customer.io)",
+            )
+        self.settings = settings
+        self.stats = DeliveryStats()
+        self._transport = transport
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
+        self._http: httpx.AsyncClient | None = None
+
+    def __repr__(self) -> str:
+        return f"CustomerIOClient({self.settings!r})"
+
+    # -- connection ---------------------------------------------------------------------
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            s = self.settings
+            self._http = httpx.AsyncClient(
+                base_url=s.track_base,
+                auth=httpx.BasicAuth(s.site_id, s.api_key),
+                headers={
+                    "Content-Type": "application/json",
+                    "User-Agent": f"lockgate/{__version__}",
+                },
+                timeout=httpx.Timeout(s.timeout),
+                limits=httpx.Limits(
+                    max_connections=s.concurrency, max_keepalive_connections=s.concurrency
+                ),
+                transport=self._transport,
+            )
+        return self._http
+
+    async def aclose(self) -> None:
+        """Close the connection pool; a later ``deliver()`` opens a new one."""
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.aclose()
+
+    # -- the Destination protocol ---------------------------------------------------------
+
+    async def deliver(
+        self, records: Iterable[Record] | AsyncIterable[Record]
+    ) -> AsyncIterator[list[Result]]:
+        """Deliver ``records``; yield each batch's results as soon as that batch is finished.
+
+        Operations over 32 KB are yielded as ``REJECTED`` without being sent. Raises
+        :class:`~lockgate.errors.DestinationAuthError` (401/403) or
+        :class:`~lockgate.errors.DestinationError` (wrong URL) for the whole run.
+        """
+        concurrency = self.settings.concurrency
+        slots = asyncio.Semaphore(concurrency)
+        done = object()
+        out: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def run_batch(items: list[Item]) -> None:
+            try:
+                results = await self._deliver_batch(items, 0)
+            except BaseException as exc:  # handed to the consumer, who re-raises it
+                await out.put(exc)
+                return
+            finally:
+                slots.release()
+            await out.put(results)
+
+        async def produce() -> None:
+            try:
+                async for batch in self._batches(records):
+                    if isinstance(batch[0], Result):
+                        await out.put(batch)
+                        continue
+                    await slots.acquire()
+                    self.stats.batches += 1
+                    task = asyncio.create_task(run_batch(batch))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    await asyncio.sleep(0)  # let the new batch start before packing more
+                while tasks:
+                    await asyncio.gather(*list(tasks))
+                await out.put(done)
+            except BaseException as exc:
+                await out.put(exc)
+
+        producer = asyncio.create_task(produce())
+        try:
+            while True:
+                item = await out.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            producer.cancel()
+            for task in list(tasks):
+                task.cancel()
+            await asyncio.gather(producer, *tasks, return_exceptions=True)
+
+    def deliver_all(self, records: Iterable[Record]) -> list[Result]:
+        """Synchronous convenience: run ``deliver()`` to the end and return every result."""
+
+        async def run() -> list[Result]:
+            results: list[Result] = []
+            try:
+                async for chunk in self.deliver(records):
+                    results.extend(chunk)
+            finally:
+                await self.aclose()
+            return results
+
+        return asyncio.run(run())
+
+    # -- packing --------------------------------------------------------------------------
+
+    async def _batches(
+        self, records: Iterable[Record] | AsyncIterable[Record]
+    ) -> AsyncIterator[list[Item] | list[Result]]:
+        """Encode and pack; oversize operations come out as lists of REJECTED results."""
+        packer = Packer(
+            max_bytes=self.settings.max_batch_bytes, max_ops=self.settings.max_batch_ops
+        )
+        limit = min(MAX_OP_BYTES, self.settings.max_batch_bytes - body_size(1, 0))
+
+        def place(record: Record) -> list[Item] | Result | None:
+            item = encode(record)
+            if item.size > limit:
+                self.stats.rejected += 1
+                return Result(record.key, Outcome.REJECTED, None, oversize_reason(item.size), 0)
+            return packer.add(item)
+
+        if isinstance(records, AsyncIterable):
+            async for record in records:
+                placed = place(record)
+                if placed is not None:
+                    yield [placed] if isinstance(placed, Result) else placed
+        else:
+            for record in records:
+                placed = place(record)
+                if placed is not None:
+                    yield [placed] if isinstance(placed, Result) else placed
+        last = packer.flush()
+        if last is not None:
+            yield last
+
+    # -- one batch ------------------------------------------------------------------------
+
+    async def _deliver_batch(self, items: list[Item], prior: int) -> list[Result]:
+        """Send ``items`` as one request (retrying) and settle each of them.
+
+        ``prior`` counts the requests that already carried these items (before a split).
+        """
+        answer = await self._post(batch_body(items))
+        attempts = prior + answer.attempts
+        status = answer.status
+        if answer.error is not None:
+            return self._settle(items, Outcome.DEAD_LETTER, status, str(answer.error), attempts)
+        assert status is not None
+        if 200 <= status < 300 and status != 207:
+            return self._settle(items, Outcome.DELIVERED, status, None, attempts)
+        if status == 207:
+            mapped = indexed_errors(answer.body, len(items))
+            if mapped is not None:
+                return self._settle_indexed(items, mapped, status, attempts)
+            # A 207 we cannot attribute: isolate by splitting (identify and events with
+            # an `id` are safe to apply twice).
+            return await self._split(items, status, answer.body, attempts)
+        if status in AUTH_STATUSES:
+            raise DestinationAuthError(
+                f"Customer.io refused the Track API credentials (HTTP {status}) at "
+                f"`{self.settings.track_base}`",
+                status=status,
+                hint="check CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY (a Track API key, not an "
+                "App API key) and CUSTOMERIO_REGION (`us` or `eu`)",
+            )
+        if status in URL_STATUSES:
+            raise DestinationError(
+                f"`{self.settings.track_base}{BATCH_PATH}` answered HTTP {status}: "
+                f"{_snippet(answer.body)}",
+                status=status,
+                hint="check CUSTOMERIO_TRACK_URL (unset it to use the region's host)",
+            )
+        if status == 400:
+            mapped = indexed_errors(answer.body, len(items))
+            if mapped:  # the server named the bad records: reject them, resend the rest
+                bad = [items[i] for i in sorted(mapped)]
+                rest = [it for i, it in enumerate(items) if i not in mapped]
+                results = [
+                    Result(it.key, Outcome.REJECTED, status, mapped[i], attempts)
+                    for i, it in zip(sorted(mapped), bad, strict=True)
+                ]
+                self.stats.rejected += len(results)
+                if rest:
+                    results += await self._deliver_batch(rest, attempts)
+                return results
+        return await self._split(items, status, answer.body, attempts)
+
+    async def _split(
+        self, items: list[Item], status: int, body: bytes, attempts: int
+    ) -> list[Result]:
+        if len(items) == 1:
+            return self._settle(
+                items, Outcome.REJECTED, status, whole_batch_reason(status, body), attempts
+            )
+        self.stats.splits += 1
+        left, right = halves(items)
+        return await self._deliver_batch(left, attempts) + await self._deliver_batch(
+            right, attempts
+        )
+
+    def _settle(
+        self, items: list[Item], outcome: Outcome, status: int | None, reason: str | None, n: int
+    ) -> list[Result]:
+        if outcome is Outcome.DELIVERED:
+            self.stats.delivered += len(items)
+        elif outcome is Outcome.REJECTED:
+            self.stats.rejected += len(items)
+        else:
+            self.stats.dead_lettered += len(items)
+        return [Result(item.key, outcome, status, reason, n) for item in items]
+
+    def _settle_indexed(
+        self, items: list[Item], mapped: dict[int, str], status: int, n: int
+    ) -> list[Result]:
+        self.stats.rejected += len(mapped)
+        self.stats.delivered += len(items) - len(mapped)
+        return [
+            Result(item.key, Outcome.REJECTED, status, mapped[i], n)
+            if i in mapped
+            else Result(item.key, Outcome.DELIVERED, status, None, n)
+            for i, item in enumerate(items)
+        ]
+
+    # -- one request, with retries --------------------------------------------------------
+
+    async def _post(self, body: bytes) -> _Answer:
+        """POST ``body`` until it gets a non-transient answer or retries run out."""
+        s = self.settings
+        http = self._client()
+        attempt = 0
+        while True:
+            attempt += 1
+            await self._bucket.acquire(self._clock, self._sleep)
+            self.stats.requests += 1
+            self.stats.bytes_sent += len(body)
+            if attempt > 1:
+                self.stats.retries += 1
+            error: DestinationTransientError
+            try:
+                response = await http.post(BATCH_PATH, content=body)
+            except httpx.TimeoutException as exc:
+                error = DestinationTransientError(
+                    f"timed out after {s.timeout:g} s ({type(exc).__name__})"
+                )
+            except httpx.TransportError as exc:
+                error = DestinationTransientError(
+                    f"connection error: {type(exc).__name__}: {exc or 'no detail'}"
+                )
+            else:
+                status = response.status_code
+                if status != 429 and status != 408 and status < 500:
+                    return _Answer(status, response.content, attempt)
+                retry_after = None
+                if status == 429:
+                    self.stats.throttled += 1
+                    retry_after = parse_retry_after(
+                        response.headers.get("retry-after"), now=time.time(), cap=s.retry_after_cap
+                    )
+                error = DestinationTransientError(
+                    f"HTTP {status} from Customer.io: {_snippet(response.content) or 'no body'}",
+                    status=status,
+                    retry_after=retry_after,
+                )
+            if attempt > s.max_retries:
+                return _Answer(error.status, b"", attempt, error)
+            await self._wait(attempt, error)
+
+    async def _wait(self, attempt: int, error: DestinationTransientError) -> None:
+        s = self.settings
+        if error.retry_after is not None:
+            delay = error.retry_after
+            # Every worker holds back, not just this one: the limit is per account.
+            now = self._clock()
+            self._bucket.defer(now, now + delay)
+        else:
+            delay = backoff(attempt, base=s.backoff_base, cap=s.backoff_cap, rng=self._rng)
+        if delay > 0:
+            await self._sleep(delay)
