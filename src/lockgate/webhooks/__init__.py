@@ -1,4 +1,3 @@
 """webhooks."""
 
 from __future__ import annotations
-

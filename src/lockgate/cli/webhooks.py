@@ -1,0 +1,130 @@
+"""`lockgate webhooks`: receive Customer.io reporting webhooks and load them.
+
+lockgate webhooks serve --port 8787      # receive, spool durably, load in the background
+lockgate webhooks load                   # one-shot: load everything spooled
+lockgate webhooks status                 # how many events wait in the spool
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from lockgate.cli.options import json_option, open_project, project_option
+from lockgate.console import RichConsole
+from lockgate.errors import ConfigError
+from lockgate.project.loader import Project
+from lockgate.project.models import WebhooksConfig, resolve_env
+
+
+def _config(project: Project) -> WebhooksConfig:
+    return project.config.webhooks or WebhooksConfig()
+
+
+def signing_key(config: WebhooksConfig) -> bytes:
+    """The signing key from the environment (never printed)."""
+    key = resolve_env(config.signing_key, field="webhooks.signing_key")
+    if not key:
+        raise ConfigError(
+            "the webhook signing key is empty",
+            hint="export CUSTOMERIO_WEBHOOK_SIGNING_KEY with the key from the reporting "
+            "webhook's settings page in Customer.io",
+        )
+    return key.encode()
+
+
+@click.group()
+def webhooks() -> None:
+    """Receive Customer.io reporting webhooks and load them into the warehouse."""
+
+
+@webhooks.command()
+@project_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8787, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--load-interval",
+    default=5.0,
+    show_default=True,
+    type=float,
+    help="Seconds between background loads into the warehouse.",
+)
+@click.option("--no-load", is_flag=True, help="Only receive and spool; load later with `load`.")
+def serve(project_path: Path, host: str, port: int, load_interval: float, no_load: bool) -> None:
+    """Receive webhooks at POST /webhooks/customerio (signing key from the env)."""
+    import uvicorn
+
+    from lockgate.webhooks.app import PATH, create_app
+    from lockgate.webhooks.load import BackgroundLoader
+    from lockgate.webhooks.spool import Spool
+
+    project = open_project(project_path)
+    config = _config(project)
+    key = signing_key(config)
+    console = RichConsole()
+    loader = None if no_load else BackgroundLoader(project, interval=load_interval, console=console)
+    spool = Spool(project.root / config.spool)
+    app = create_app(
+        spool=spool,
+        signing_key=key,
+        replay_window=config.replay_window,
+        on_startup=loader.start if loader else None,
+        on_shutdown=loader.stop if loader else None,
+    )
+    console.info(f"receiving Customer.io webhooks at http://{host}:{port}{PATH}")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+@webhooks.command()
+@project_option
+@json_option
+@click.option(
+    "--wait",
+    default=30.0,
+    show_default=True,
+    type=float,
+    help="Seconds to wait for a busy DuckDB file before giving up.",
+)
+def load(project_path: Path, as_json: bool, wait: float) -> None:
+    """Load every spooled event into the warehouse (safe to run while `serve` runs)."""
+    import json
+
+    from lockgate.webhooks.load import load_pending
+
+    project = open_project(project_path)
+    console = RichConsole(quiet=as_json)
+    result = load_pending(project, wait=wait, console=console)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"loaded": result.loaded, "tables": result.tables, "skipped": result.skipped}
+            )
+        )
+        return
+    if not result.loaded:
+        console.info("nothing to load")
+        return
+    rows = sorted(result.tables.items())
+    console.table(f"loaded {result.loaded} events", ["table", "events"], rows)
+
+
+@webhooks.command()
+@project_option
+@json_option
+def status(project_path: Path, as_json: bool) -> None:
+    """How many events the spool holds and how many wait for loading."""
+    import json
+
+    from lockgate.webhooks.spool import Spool
+
+    project = open_project(project_path)
+    spool = Spool(project.root / _config(project).spool)
+    try:
+        stats = spool.stats()
+    finally:
+        spool.close()
+    if as_json:
+        click.echo(json.dumps({"stored": stats.total, "unloaded": stats.unloaded}))
+    else:
+        RichConsole().info(f"{stats.total} events stored, {stats.unloaded} waiting to load")

@@ -1,0 +1,384 @@
+"""Load spooled webhook events into the warehouse with dlt.
+
+Each run reads the oldest unloaded spool records, turns each into one row of the table for
+its object type (``email``, ``push``, ``sms``, ``in_app``, ``slack``, ``webhook``,
+``whatsapp``, ``customer``, and ``other`` for object types the spec does not know), loads
+them with dlt using ``merge`` on ``event_id`` (a retried delivery loads once), and marks the
+records loaded in the spool only after dlt committed. A crash between the two reloads the
+batch next time, and the merge dedupes it.
+
+Columns: ``event_id``, ``object_type``, ``metric``, ``timestamp`` and ``received_at``
+(timestamps), ``identifier_id``/``identifier_email``/``identifier_cio_id`` (the flattened
+``identifiers``), every key of ``data`` as its own column with the type in :data:`COLUMN_TYPES`
+(ids as integers, booleans, nested values as JSON), and ``raw``, the whole payload as JSON. A
+key not seen before becomes a new column (dlt's schema evolution); a value whose type clashes
+with an existing column goes to a ``<name>__v_<type>`` variant column instead of failing.
+
+Example::
+
+    result = load_pending(project)          # every unloaded record, in batches
+    result.loaded, result.tables
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+
+from lockgate.console import Console, NullConsole
+from lockgate.errors import ConfigError, MissingDependencyError, SourceError, TransientError
+from lockgate.project.loader import Project
+from lockgate.project.models import (
+    BigQuerySourceConfig,
+    DuckDBSourceConfig,
+    PostgresSourceConfig,
+    SnowflakeSourceConfig,
+    WebhooksConfig,
+    resolve_env,
+)
+from lockgate.webhooks.schemas import check_event, table_for
+from lockgate.webhooks.spool import Spool, SpoolRecord
+
+PIPELINE_NAME = "lockgate_webhooks"
+
+_TEXT = "text"
+_BIGINT = "bigint"
+_BOOL = "bool"
+_JSON = "json"
+_TS = "timestamp"
+
+COLUMN_TYPES: dict[str, str] = {
+    "event_id": _TEXT,
+    "object_type": _TEXT,
+    "metric": _TEXT,
+    "timestamp": _TS,
+    "received_at": _TS,
+    "identifier_id": _TEXT,
+    "identifier_email": _TEXT,
+    "identifier_cio_id": _TEXT,
+    "customer_id": _TEXT,
+    "email_address": _TEXT,
+    "delivery_id": _TEXT,
+    "journey_id": _TEXT,
+    "trigger_event_id": _TEXT,
+    "campaign_id": _BIGINT,
+    "action_id": _BIGINT,
+    "parent_action_id": _BIGINT,
+    "broadcast_id": _BIGINT,
+    "trigger_id": _BIGINT,
+    "newsletter_id": _BIGINT,
+    "content_id": _BIGINT,
+    "transactional_message_id": _BIGINT,
+    "link_id": _BIGINT,
+    "recipient": _TEXT,
+    "subject": _TEXT,
+    "href": _TEXT,
+    "failure_message": _TEXT,
+    "content": _TEXT,
+    "tracked_response": _TEXT,
+    "inbound_event_id": _TEXT,
+    "to": _TEXT,
+    "proxied": _BOOL,
+    "prefetched": _BOOL,
+    "synthetic": _BOOL,
+    "machine": _BOOL,
+    "recipients": _JSON,
+    "headers": _JSON,
+    "raw": _JSON,
+}
+"""Declared type of every known column; other keys get the type dlt infers."""
+
+_ENVELOPE = ("event_id", "object_type", "metric", "timestamp", "received_at", "raw")
+
+
+@dataclass
+class LoadResult:
+    """What one :func:`load_pending` call did."""
+
+    loaded: int = 0
+    batches: int = 0
+    tables: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+    """Spool records that were not valid events (never acknowledged, so normally 0)."""
+
+
+def to_row(record: SpoolRecord) -> tuple[str, dict[str, Any]] | None:
+    """The table and row for one spooled event, or None when the body is not an event."""
+    try:
+        doc = orjson.loads(record.body)
+        event = check_event(doc)
+    except Exception:
+        return None
+    data = dict(event.data)
+    identifiers = data.pop("identifiers", None)
+    row: dict[str, Any] = {
+        "event_id": event.event_id,
+        "object_type": event.object_type,
+        "metric": event.metric,
+        "timestamp": datetime.fromtimestamp(event.timestamp, UTC),
+        "received_at": datetime.fromtimestamp(record.received_at, UTC),
+    }
+    if isinstance(identifiers, dict):
+        for key, value in identifiers.items():
+            row[f"identifier_{key}"] = value
+    elif identifiers is not None:
+        data["identifiers"] = identifiers
+    for key, value in data.items():
+        row[f"data_{key}" if key in row or key in _ENVELOPE else key] = value
+    row["raw"] = doc
+    return table_for(event.object_type, event.metric, event.data), row
+
+
+def _columns(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    present: set[str] = set()
+    for row in rows:
+        present.update(row)
+    columns: dict[str, dict[str, Any]] = {}
+    for name in sorted(present):
+        data_type = COLUMN_TYPES.get(name)
+        if data_type is None:
+            continue
+        hint: dict[str, Any] = {"data_type": data_type, "nullable": name != "event_id"}
+        if data_type == _TS:
+            hint["timezone"] = True
+        columns[name] = hint
+    return columns
+
+
+# ---------------------------------------------------------------------------- destinations
+
+
+def warehouse_name(project: Project) -> str:
+    """The source the events load into: ``webhooks.warehouse`` or the first DuckDB/Postgres."""
+    config = project.config.webhooks or WebhooksConfig()
+    if config.warehouse is not None:
+        if config.warehouse not in project.config.sources:
+            raise ConfigError(
+                f"`webhooks.warehouse` names source `{config.warehouse}`, which is not declared",
+                hint=f"declared sources: {', '.join(sorted(project.config.sources))}",
+                file="lockgate.yml",
+            )
+        return config.warehouse
+    for name, source in project.config.sources.items():
+        if isinstance(source, DuckDBSourceConfig | PostgresSourceConfig):
+            return name
+    raise ConfigError(
+        "no DuckDB or Postgres source to load webhook events into",
+        hint="set `webhooks.warehouse` in lockgate.yml to the source to load into",
+        file="lockgate.yml",
+    )
+
+
+def destination_for(project: Project) -> tuple[Any, Path | None]:
+    """The dlt destination for the project's webhook warehouse, and the DuckDB file if any."""
+    try:
+        import dlt  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("dlt", "webhooks") from None
+    from dlt import destinations
+
+    name = warehouse_name(project)
+    source = project.config.sources[name]
+    if isinstance(source, DuckDBSourceConfig):
+        if source.path == ":memory:":
+            raise ConfigError(
+                f"source `{name}` is an in-memory DuckDB; webhook events need a file",
+                hint="give the source a `path`, or set `webhooks.warehouse`",
+                file="lockgate.yml",
+            )
+        path = (project.root / source.path).resolve()
+        return destinations.duckdb(credentials=str(path)), path
+    if isinstance(source, PostgresSourceConfig):
+        url = resolve_env(source.url, field=f"sources.{name}.url") or ""
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError("psycopg2-binary", "webhooks") from None
+        return destinations.postgres(credentials=url), None
+    if isinstance(source, SnowflakeSourceConfig):
+        credentials = {
+            "host": resolve_env(source.account, field=f"sources.{name}.account"),
+            "username": resolve_env(source.user, field=f"sources.{name}.user"),
+            "password": resolve_env(source.password, field=f"sources.{name}.password"),
+            "database": source.database,
+            "warehouse": source.warehouse,
+            "role": source.role,
+        }
+        if source.private_key_path:
+            credentials["private_key_path"] = source.private_key_path
+        return destinations.snowflake(
+            credentials={k: v for k, v in credentials.items() if v is not None}
+        ), None
+    if isinstance(source, BigQuerySourceConfig):
+        options: dict[str, Any] = {"location": source.location or "US"}
+        if source.credentials_path:
+            options["credentials"] = source.credentials_path
+        return destinations.bigquery(**options), None
+    raise ConfigError(f"source `{name}` cannot take webhook events", file="lockgate.yml")
+
+
+def _wait_for_duckdb(path: Path, *, wait: float) -> None:
+    """Wait until no other process holds the DuckDB file (DuckDB is single-writer per file)."""
+    import duckdb
+
+    deadline = time.monotonic() + wait
+    delay = 0.1
+    while True:
+        try:
+            duckdb.connect(str(path)).close()
+            return
+        except duckdb.IOException as exc:
+            if time.monotonic() >= deadline:
+                raise TransientError(
+                    f"the DuckDB file `{path.name}` is in use by another process ({exc})",
+                    hint="a sync or another tool holds it; the events stay in the spool, "
+                    "run `lockgate webhooks load` again when it is done",
+                ) from None
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_pending(
+    project: Project,
+    *,
+    spool: Spool | None = None,
+    batch_size: int = 10_000,
+    wait: float = 30.0,
+    console: Console | None = None,
+) -> LoadResult:
+    """Load every unloaded spool record into the warehouse; return the counts.
+
+    Raises :class:`~lockgate.errors.TransientError` when the DuckDB file stays busy for
+    ``wait`` seconds, and :class:`~lockgate.errors.SourceError` when dlt fails; in both cases
+    the records stay unloaded for the next run.
+    """
+    import dlt
+
+    console = console or NullConsole()
+    config = project.config.webhooks or WebhooksConfig()
+    own_spool = spool is None
+    spool = spool or Spool(project.root / config.spool)
+    destination, duckdb_path = destination_for(project)
+    pipeline = dlt.pipeline(
+        pipeline_name=PIPELINE_NAME,
+        destination=destination,
+        dataset_name=config.dataset,
+        pipelines_dir=str(project.state_dir / "dlt"),
+    )
+    result = LoadResult()
+    try:
+        while True:
+            records = spool.unloaded(batch_size)
+            if not records:
+                break
+            by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for record in records:
+                routed = to_row(record)
+                if routed is None:
+                    result.skipped += 1
+                    continue
+                by_table[routed[0]].append(routed[1])
+            if by_table:
+                if duckdb_path is not None:
+                    _wait_for_duckdb(duckdb_path, wait=wait)
+                resources = [
+                    dlt.resource(
+                        rows,
+                        name=table,
+                        write_disposition="merge",
+                        primary_key="event_id",
+                        columns=cast(Any, _columns(rows)),
+                        max_table_nesting=0,
+                    )
+                    for table, rows in sorted(by_table.items())
+                ]
+                try:
+                    pipeline.run(resources)
+                except Exception as exc:
+                    raise _load_error(exc, duckdb_path) from exc
+            spool.mark_loaded([r.seq for r in records])
+            result.batches += 1
+            for table, rows in by_table.items():
+                result.tables[table] = result.tables.get(table, 0) + len(rows)
+                result.loaded += len(rows)
+            console.info(f"loaded {len(records)} webhook events into `{config.dataset}`")
+    finally:
+        if own_spool:
+            spool.close()
+    return result
+
+
+def _load_error(exc: Exception, duckdb_path: Path | None) -> Exception:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if duckdb_path is not None and type(cause).__name__ == "IOException":
+            return TransientError(
+                f"the DuckDB file `{duckdb_path.name}` is in use by another process",
+                hint="the events stay in the spool; run `lockgate webhooks load` again later",
+            )
+        cause = cause.__cause__ or cause.__context__
+    return SourceError(
+        f"loading webhook events failed: {exc}",
+        hint="the events stay in the spool; fix the cause and run `lockgate webhooks load`",
+    )
+
+
+class BackgroundLoader:
+    """Loads the spool every ``interval`` seconds on a thread, while ``serve`` accepts.
+
+    Failures (a busy DuckDB file, a warehouse down) are reported to the console and retried
+    at the next interval; the events wait in the spool meanwhile.
+
+    Example::
+
+        loader = BackgroundLoader(project, interval=5.0, console=console)
+        loader.start()
+        ...
+        loader.stop()       # runs one last load
+    """
+
+    def __init__(
+        self, project: Project, *, interval: float = 5.0, console: Console | None = None
+    ) -> None:
+        import threading
+
+        self.project = project
+        self.interval = interval
+        self.console = console or NullConsole()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="webhooks-loader", daemon=True)
+        config = project.config.webhooks or WebhooksConfig()
+        self._spool_dir = project.root / config.spool
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        spool = Spool(self._spool_dir)
+        try:
+            while True:
+                stopping = self._stop.wait(self.interval)
+                try:
+                    if spool.stats().unloaded:
+                        load_pending(self.project, spool=spool, console=self.console)
+                except Exception as exc:
+                    self.console.warn(f"webhook load failed, will retry: {exc}")
+                if stopping:
+                    return
+        finally:
+            spool.close()

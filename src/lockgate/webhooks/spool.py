@@ -1,0 +1,243 @@
+"""The durable spool: every acknowledged webhook event is on disk before its 2xx.
+
+Events go into a SQLite database in WAL mode with ``synchronous=FULL``: a commit returns
+only after the write-ahead log is fsync'd, and SQLite's WAL frames carry checksums, so a torn
+tail left by a crash is discarded on the next open rather than read as data. One fsync per
+request would cap throughput at the disk's fsync rate, so writes use *group commit*: a single
+writer thread takes every event queued while the previous commit was running, inserts them in
+one transaction, commits (one fsync) and only then resolves each request's future, so each
+handler answers 2xx only after the commit that covers its own event.
+
+``event_id`` is the table's unique key (``INSERT OR IGNORE``): a retried delivery is
+acknowledged again but stored once. Loading reads unloaded rows in arrival order and marks
+them only after the warehouse committed them (see ``load.py``).
+
+Example::
+
+    spool = Spool(Path(".lockgate/webhooks"))
+    spool.start()                                 # the writer thread
+    await spool.append(event_id, raw_body)        # returns once fsync'd
+    for record in spool.unloaded(limit=1000): ...
+    spool.mark_loaded([r.seq for r in records])
+    spool.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+SPOOL_FILE = "spool.sqlite3"
+MAX_GROUP = 2000
+"""Most events one commit covers; more wait for the next commit."""
+
+_SCHEMA = """
+create table if not exists events (
+    seq integer primary key autoincrement,
+    event_id text not null unique,
+    received_at real not null,
+    body blob not null,
+    loaded_at real
+);
+create index if not exists events_unloaded on events (seq) where loaded_at is null;
+"""
+
+
+@dataclass(frozen=True)
+class SpoolRecord:
+    """One stored event: arrival order, id, arrival time and the raw body as received."""
+
+    seq: int
+    event_id: str
+    received_at: float
+    body: bytes
+
+
+@dataclass(frozen=True)
+class SpoolStats:
+    """Counts of stored events."""
+
+    total: int
+    unloaded: int
+
+
+_Pending = tuple[str, bytes, float, asyncio.Future[None], asyncio.AbstractEventLoop]
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection with the durability settings every spool user needs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("pragma journal_mode=wal")
+    conn.execute("pragma synchronous=full")
+    conn.execute("pragma busy_timeout=30000")
+    conn.executescript(_SCHEMA)
+    return conn
+
+
+class Spool:
+    """A crash-safe queue of raw webhook bodies, keyed by ``event_id``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / SPOOL_FILE
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._conn = connect(self.path)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ accepting
+
+    def start(self) -> None:
+        """Start the group-commit writer thread (idempotent)."""
+        if self._writer is None:
+            self._writer = threading.Thread(
+                target=self._write_loop, name="spool-writer", daemon=True
+            )
+            self._writer.start()
+
+    def stop(self) -> None:
+        """Finish queued writes and stop the writer thread."""
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+
+    def close(self) -> None:
+        """Stop the writer and close the database."""
+        self.stop()
+        with self._lock:
+            self._conn.close()
+
+    async def append(self, event_id: str, body: bytes) -> None:
+        """Store one event durably; returns after the fsync that covers it.
+
+        A second event with the same ``event_id`` is not stored again. Raises
+        :class:`sqlite3.Error` (or ``OSError``) when the disk refuses the write.
+        """
+        self.start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._queue.put((event_id, body, time.time(), future, loop))
+        await future
+
+    def append_now(self, records: Sequence[tuple[str, bytes]]) -> None:
+        """Store events synchronously in one commit (tests and one-shot imports)."""
+        now = time.time()
+        with self._lock:
+            self._insert([(eid, body, now) for eid, body in records])
+
+    def _insert(self, rows: list[tuple[str, bytes, float]]) -> None:
+        conn = self._conn
+        conn.execute("begin immediate")
+        try:
+            conn.executemany(
+                "insert or ignore into events (event_id, body, received_at) values (?, ?, ?)",
+                rows,
+            )
+            conn.execute("commit")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("rollback")
+            raise
+
+    def _write_loop(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < MAX_GROUP:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            error: BaseException | None = None
+            try:
+                with self._lock:
+                    self._insert([(eid, body, at) for eid, body, at, _, _ in batch])
+            except Exception as exc:  # reported to each waiting request as a 503
+                error = exc
+            by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+            for _, _, _, future, loop in batch:
+                by_loop.setdefault(loop, []).append(future)
+            for loop, futures in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(_resolve, futures, error)
+
+    # ------------------------------------------------------------------ loading
+
+    def unloaded(self, limit: int = 5000) -> list[SpoolRecord]:
+        """The oldest events not yet loaded into the warehouse, in arrival order."""
+        with self._lock:
+            rows = self._conn.execute(
+                "select seq, event_id, received_at, body from events "
+                "where loaded_at is null order by seq limit ?",
+                (limit,),
+            ).fetchall()
+        return [SpoolRecord(int(s), str(e), float(r), bytes(b)) for s, e, r, b in rows]
+
+    def mark_loaded(self, seqs: Sequence[int]) -> None:
+        """Mark events loaded; call only after the warehouse committed them."""
+        now = time.time()
+        with self._lock:
+            self._conn.execute("begin immediate")
+            try:
+                self._conn.executemany(
+                    "update events set loaded_at = ? where seq = ?", [(now, s) for s in seqs]
+                )
+                self._conn.execute("commit")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("rollback")
+                raise
+
+    def prune(self, older_than: float) -> int:
+        """Delete events loaded more than ``older_than`` seconds ago; return how many.
+
+        Keep them at least as long as Customer.io retries (7 days) so a late retry of a loaded
+        event is still recognised here (the warehouse merge would dedupe it anyway).
+        """
+        with self._lock:
+            cur = self._conn.execute(
+                "delete from events where loaded_at is not null and loaded_at < ?",
+                (time.time() - older_than,),
+            )
+        return cur.rowcount
+
+    def stats(self) -> SpoolStats:
+        """How many events are stored and how many wait for loading."""
+        with self._lock:
+            total, unloaded = self._conn.execute(
+                "select count(*), count(*) filter (where loaded_at is null) from events"
+            ).fetchone()
+        return SpoolStats(int(total), int(unloaded or 0))
+
+    def __iter__(self) -> Iterator[SpoolRecord]:
+        with self._lock:
+            rows = self._conn.execute(
+                "select seq, event_id, received_at, body from events order by seq"
+            ).fetchall()
+        for s, e, r, b in rows:
+            yield SpoolRecord(int(s), str(e), float(r), bytes(b))
+
+
+def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():  # the request was cancelled (client went away)
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
