@@ -1,0 +1,145 @@
+"""Limits from reference section 9 and the checks every write surface of the emulator applies.
+
+These are the emulator's own reading of the reference; Lockgate's client keeps its own copy on
+purpose, so a misreading in one is caught by the other.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+ENTITY_MAX_BYTES = 32 * 1024  # v2 /entity: request must be smaller than this
+BATCH_MAX_BYTES = 500 * 1024  # v2 /batch: request must be smaller than this
+OP_MAX_BYTES = 32 * 1024  # v2 batch item: at most this
+PIPELINES_CALL_MAX_BYTES = 32 * 1024
+PIPELINES_BATCH_MAX_BYTES = 500 * 1024
+ID_MAX_BYTES = 150
+OBJECT_ID_MAX_BYTES = 150
+ATTR_NAME_MAX_BYTES = 150
+ATTR_VALUE_MAX_BYTES = 1000
+ATTRS_MAX_COUNT = 300
+OBJECT_ATTRS_MAX_TOTAL = 100 * 1024
+EVENT_NAME_MAX_BYTES = 100
+EVENT_DATA_MAX_BYTES = 100_000
+SEGMENT_IDS_MIN, SEGMENT_IDS_MAX = 1, 1000
+APP_LOOKUP_IDS_MAX = 100
+APP_SEARCH_LIMIT_DEFAULT, APP_SEARCH_LIMIT_MAX = 50, 1000
+# Unix seconds above this are year 2286+: almost certainly milliseconds.
+MAX_UNIX_SECONDS = 10_000_000_000
+
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+ULID_RE = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$", re.IGNORECASE)
+
+
+class ItemError(Exception):
+    """One invalid request or batch item: ``reason``/``field``/``message`` of a 207/400 body."""
+
+    def __init__(self, reason: str, field: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.field = field
+        self.message = message
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": self.reason, "field": self.field, "message": self.message}
+
+
+def nbytes(value: Any) -> int:
+    """Size of an attribute value: UTF-8 bytes of a string, else of its JSON form."""
+    if isinstance(value, str):
+        return len(value.encode())
+    return len(orjson.dumps(value))
+
+
+def check_attributes(
+    attrs: Any, field: str, *, total_max: int | None = None, count: bool = True
+) -> dict[str, Any]:
+    """Return ``attrs`` when it is an object within the name/value/count limits, else raise."""
+    if attrs is None:
+        return {}
+    if not isinstance(attrs, dict):
+        raise ItemError("invalid", field, f"{field} must be an object")
+    if count and len(attrs) > ATTRS_MAX_COUNT:
+        raise ItemError(
+            "limit", field, f"cannot identify more than {ATTRS_MAX_COUNT} attributes in one request"
+        )
+    total = 0
+    for name, value in attrs.items():
+        nb = len(name.encode())
+        if nb > ATTR_NAME_MAX_BYTES:
+            raise ItemError(
+                "limit", f"{field}.{name[:40]}", "attribute name cannot be longer than 150 bytes"
+            )
+        vb = nbytes(value)
+        if vb > ATTR_VALUE_MAX_BYTES:
+            raise ItemError(
+                "limit",
+                f"{field}.{name}",
+                f"value for attribute '{name}' cannot be longer than 1000 bytes",
+            )
+        total += nb + vb
+    if total_max is not None and total > total_max:
+        raise ItemError("limit", field, f"{field} total size {total} B is over {total_max} B")
+    return attrs
+
+
+def check_timestamp(value: Any, field: str = "timestamp") -> int | None:
+    """Track timestamps are integer unix seconds; reject floats, strings and milliseconds."""
+    if value is None:
+        return None
+    if type(value) is not int:
+        raise ItemError(
+            "invalid", field, f"{field} must be an integer of unix seconds, got `{value!r}`"
+        )
+    if value < 0 or value >= MAX_UNIX_SECONDS:
+        raise ItemError(
+            "invalid",
+            field,
+            f"{field} `{value}` is not unix seconds (milliseconds? divide by 1000)",
+        )
+    return value
+
+
+def check_identifier_value(kind: str, value: Any, field: str) -> str:
+    """A person identifier value: a non-empty string; ``id`` at most 150 bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and kind in ("id", "cio_id"):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ItemError("invalid", field, f"{kind} must be a string")
+    if value == "":
+        raise ItemError("required", field, f"{kind} cannot be an empty string")
+    if kind == "id" and len(value.encode()) > ID_MAX_BYTES:
+        raise ItemError("limit", field, f"id cannot be longer than {ID_MAX_BYTES} bytes")
+    return value
+
+
+def check_event_name(value: Any, field: str = "name") -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ItemError("required", field, "event name must not be blank")
+    name = value.strip()
+    if len(name.encode()) > EVENT_NAME_MAX_BYTES:
+        raise ItemError("limit", field, "event name cannot be longer than 100 bytes")
+    return name
+
+
+def check_event_data(value: Any, field: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ItemError("invalid", field, "event data must be a hash")
+    if len(orjson.dumps(value)) > EVENT_DATA_MAX_BYTES:
+        raise ItemError("limit", field, "event data cannot be longer than 100000 bytes")
+    return value
+
+
+def check_event_id(value: Any, require_ulid: bool, field: str = "id") -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value == "":
+        raise ItemError("invalid", field, "event id must be a non-empty string (a ULID)")
+    if require_ulid and not ULID_RE.match(value):
+        raise ItemError("invalid", field, f"event id `{value}` is not a ULID")
+    return value

@@ -1,0 +1,103 @@
+"""Run an ASGI app with uvicorn on loopback in a background thread (optionally over TLS).
+
+Example::
+
+    with serve_in_thread(app, port=0) as base_url:
+        httpx.get(base_url + "/_emulator/stats")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from lockgate.errors import LockgateError
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1 / localhost (made with trustme)."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+def make_tls_files(directory: Path) -> TLSFiles:
+    import trustme  # dev/test dependency; only needed for TLS
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    files = TLSFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    ca.cert_pem.write_to_path(str(files.ca_cert))
+    cert.private_key_pem.write_to_path(str(files.server_key))
+    with files.server_cert.open("wb") as fh:
+        for blob in cert.cert_chain_pems:
+            fh.write(blob.bytes())
+    return files
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise LockgateError(
+            f"cannot listen on `{host}:{port}`: {exc.strerror}",
+            hint="pick another --port, or 0 for any free port",
+        ) from None
+    return sock
+
+
+def uvicorn_config(app: Any, host: str, port: int, tls: TLSFiles | None) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=1,
+        ssl_certfile=str(tls.server_cert) if tls else None,
+        ssl_keyfile=str(tls.server_key) if tls else None,
+    )
+
+
+@contextlib.contextmanager
+def serve_in_thread(
+    app: Any, *, host: str = "127.0.0.1", port: int = 0, tls: bool = False
+) -> Iterator[tuple[str, TLSFiles | None]]:
+    """Serve ``app`` until the block ends; yields ``(base_url, tls_files)``."""
+    with tempfile.TemporaryDirectory(prefix="lockgate-emulator-") as tmp:
+        files = make_tls_files(Path(tmp)) if tls else None
+        sock = _bind(host, port)
+        actual_port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn_config(app, host, actual_port, files))
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="lockgate-emulator", daemon=True
+        )
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                sock.close()
+                raise LockgateError("the emulator server did not start", hint="run with --debug")
+            time.sleep(0.005)
+        scheme = "https" if tls else "http"
+        try:
+            yield f"{scheme}://{host}:{actual_port}", files
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+            sock.close()

@@ -1,0 +1,527 @@
+"""The emulated workspace: people, events, objects, relationships, merges and the activity log.
+
+The three write surfaces (Track v1, Track v2, Pipelines) validate their own payloads and then call
+these surface-neutral operations, so the semantics of the reference (section 1.2 identify, 1.5
+merge, 1.6 suppression, section 3 objects) live in one place. Every method takes ``self.lock``
+(re-entrant), so a batch handler may hold it across many operations and readers in other threads
+see whole requests only.
+
+A person reference is a ``(kind, value)`` pair with kind ``id | email | phone | cio_id``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from lockgate.emulator.config import EmulatorConfig
+from lockgate.emulator.models import (
+    Activity,
+    Device,
+    Event,
+    Merge,
+    Object,
+    Person,
+    Relationship,
+)
+
+Ref = tuple[str, str]
+ObjRef = tuple[str, str]  # ("<object_type_id>", object_id) or ("cio_object_id", value)
+
+_SKIP_ATTRS = frozenset(
+    {"id", "email", "phone", "cio_id", "anonymous_id", "_update", "_timestamp", "cio_relationships"}
+)
+_SUBPREF = "cio_subscription_preferences."
+
+
+def truthy_unsubscribed(value: Any) -> bool:
+    """The reference's rule: any-case ``"true"``, ``true``, ``1`` or ``"1"`` mean true."""
+    if value is True or (type(value) is int and value == 1):
+        return True
+    return isinstance(value, str) and value.strip().lower() in ("true", "1")
+
+
+class _P:
+    __slots__ = (
+        "cio_id", "id", "email", "phone", "attrs", "attr_ts", "created_at", "updated_at",
+        "unsubscribed", "devices", "anonymous_ids", "segments",
+    )  # fmt: skip
+
+    def __init__(self, cio_id: str, now: int) -> None:
+        self.cio_id = cio_id
+        self.id: str | None = None
+        self.email: str | None = None
+        self.phone: str | None = None
+        self.attrs: dict[str, Any] = {}
+        self.attr_ts: dict[str, int] = {}
+        self.created_at = now
+        self.updated_at = now
+        self.unsubscribed = False
+        self.devices: dict[str, Device] = {}
+        self.anonymous_ids: list[str] = []
+        self.segments: set[int] = set()
+
+    def freeze(self) -> Person:
+        return Person(
+            cio_id=self.cio_id,
+            id=self.id,
+            email=self.email,
+            phone=self.phone,
+            attributes=dict(self.attrs),
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            unsubscribed=self.unsubscribed,
+            devices=tuple(self.devices.values()),
+            anonymous_ids=tuple(self.anonymous_ids),
+        )
+
+
+class Store:
+    """All state of one emulated workspace. See the module docstring."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.lock = threading.RLock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.people: dict[str, _P] = {}
+            self.by_id: dict[str, str] = {}
+            self.by_email: dict[str, str] = {}
+            self.by_phone: dict[str, str] = {}
+            self.events: list[Event] = []
+            self.event_ids: set[str] = set()
+            self.message_ids: set[str] = set()
+            self.objects: dict[tuple[str, str], Object] = {}
+            self.objects_by_cio: dict[str, tuple[str, str]] = {}
+            self.rels: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+            self.merges: list[Merge] = []
+            self.activity: list[Activity] = []
+            self.blocked: dict[tuple[str, str], int] = {}
+            self.segments: dict[int, str] = {}
+            self.counters: dict[str, int] = {
+                "records_ingested": 0,
+                "duplicate_events_dropped": 0,
+                "duplicate_messages_dropped": 0,
+            }
+            self._seq = 0
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def log(self, kind: str, message: str, source: str) -> None:
+        self.activity.append(Activity(kind=kind, message=message, source=source, at=time.time()))
+
+    def _key(self, kind: str, value: str) -> tuple[str, str]:
+        return (kind, value.lower() if kind == "email" else value)
+
+    def _index(self, kind: str) -> dict[str, str]:
+        return {"id": self.by_id, "email": self.by_email, "phone": self.by_phone}[kind]
+
+    def resolve(self, ref: Ref) -> _P | None:
+        kind, value = ref
+        if kind == "cio_id":
+            return self.people.get(value)
+        cio = self._index(kind).get(value.lower() if kind == "email" else value)
+        return self.people.get(cio) if cio else None
+
+    def is_blocked(self, *refs: Ref) -> bool:
+        return bool(self.blocked) and any(self._key(*r) in self.blocked for r in refs)
+
+    def _create(self, now: int) -> _P:
+        self._seq += 1
+        p = _P(f"e{self._seq:07x}", now)
+        self.people[p.cio_id] = p
+        return p
+
+    def _set_ident(self, p: _P, kind: str, value: str) -> None:
+        index = self._index(kind)
+        old = getattr(p, kind)
+        if old is not None:
+            index.pop(old.lower() if kind == "email" else old, None)
+        setattr(p, kind, value)
+        index[value.lower() if kind == "email" else value] = p.cio_id
+
+    def _owner(self, p: _P, kind: str, value: str) -> bool:
+        """True when ``value`` for ``kind`` is free or already belongs to ``p``."""
+        cio = self._index(kind).get(value.lower() if kind == "email" else value)
+        return cio is None or cio == p.cio_id
+
+    def _idents_enabled(self) -> tuple[str, ...]:
+        mode = self.config.workspace_mode
+        return {"id_email": ("id", "email"), "id": ("id",), "email": ("email",)}[mode]
+
+    # -- people --------------------------------------------------------------------------------
+
+    def identify(
+        self,
+        ref: Ref,
+        attrs: dict[str, Any],
+        *,
+        update_only: bool = False,
+        timestamp: int | None = None,
+        anonymous_id: str | None = None,
+        source: str,
+        create: bool = True,
+    ) -> _P | None:
+        """Create or update a person by the rules of reference section 1.2; returns the person."""
+        now = int(time.time())
+        body: list[Ref] = [
+            (k, attrs[k])
+            for k in self._idents_enabled()
+            if isinstance(attrs.get(k), str) and attrs[k] != ""
+        ]
+        with self.lock:
+            if self.is_blocked(ref, *body):
+                self.log("suppressed identifier", f"{ref[0]} `{ref[1]}` is suppressed", source)
+                return None
+            p = self.resolve(ref)
+            if p is None and ref[0] == "cio_id":
+                self.log("attribute update failure", f"no person with cio_id `{ref[1]}`", source)
+                return None
+            others = {q.cio_id for q in (self.resolve(b) for b in body) if q is not None}
+            if p is None and len(others) > 1:
+                self.log("attribute update failure", f"{body} belong to different people", source)
+                return None
+            if p is None and others:
+                p = self.people[others.pop()]
+            elif p is not None and others - {p.cio_id}:
+                self.log(
+                    "attribute update failure",
+                    f"{ref[0]} `{ref[1]}` and body identifiers belong to different people",
+                    source,
+                )
+                return None
+            if p is None:
+                if update_only or not create:
+                    self.log(
+                        "attribute update failure",
+                        f"`_update` is set and no person matches {ref[0]} `{ref[1]}`",
+                        source,
+                    )
+                    return None
+                p = self._create(now)
+            # identifiers: the path identifier, then body ones
+            if ref[0] != "cio_id" and getattr(p, ref[0]) is None:
+                self._set_ident(p, ref[0], ref[1])
+            for kind, value in body:
+                current = getattr(p, kind)
+                if current == value or (
+                    kind == "email" and current and current.lower() == value.lower()
+                ):
+                    if kind == "email" and current != value:
+                        p.email = value
+                    continue
+                if (
+                    current is None
+                    or ref[0] == "cio_id"
+                    or (
+                        kind == "email" and ref[0] == "id" and self.config.allow_email_change_via_id
+                    )
+                ):
+                    self._set_ident(p, kind, value)
+                else:
+                    self.log(
+                        "attribute update failure",
+                        f"cannot change {kind} of {p.cio_id} from `{current}` to `{value}` "
+                        f"without referencing it by cio_id",
+                        source,
+                    )
+            self._apply_attrs(p, attrs, timestamp)
+            if anonymous_id:
+                self._link_anonymous(p, anonymous_id, now)
+            p.updated_at = now
+            self.counters["records_ingested"] += 1
+            return p
+
+    def _apply_attrs(self, p: _P, attrs: dict[str, Any], timestamp: int | None) -> None:
+        ts = timestamp if timestamp is not None else attrs.get("_timestamp")
+        ts = ts if type(ts) is int else None
+        removes = self.config.null_removes_person_attributes
+        for name, value in attrs.items():
+            if name in _SKIP_ATTRS:
+                continue
+            if ts is not None:
+                if p.attr_ts.get(name, -1) > ts:
+                    continue
+                p.attr_ts[name] = ts
+            if name == "unsubscribed":
+                p.unsubscribed = truthy_unsubscribed(value)
+                continue
+            if name.startswith(_SUBPREF):
+                node = p.attrs.setdefault("cio_subscription_preferences", {})
+                parts = name[len(_SUBPREF) :].split(".")
+                for part in parts[:-1]:
+                    node = node.setdefault(part, {})
+                node[parts[-1]] = value
+                continue
+            if removes and (value is None or value == ""):
+                p.attrs.pop(name, None)
+                continue
+            p.attrs[name] = value
+            if name == "created_at" and type(value) is int:
+                p.created_at = value
+
+    def _link_anonymous(self, p: _P, anonymous_id: str, now: int) -> None:
+        if anonymous_id not in p.anonymous_ids:
+            p.anonymous_ids.append(anonymous_id)
+        horizon = now - self.config.anonymous_merge_days * 86400
+        for i, e in enumerate(self.events):
+            if e.person is None and e.anonymous_id == anonymous_id and e.timestamp >= horizon:
+                self.events[i] = _replace_person(e, p.cio_id)
+        for key in [k for k in self.rels if k[0] == "a" and k[1] == anonymous_id]:
+            self.rels.setdefault(("p", p.cio_id, key[2], key[3]), self.rels.pop(key))
+
+    def person_or_create(self, ref: Ref, source: str) -> _P | None:
+        """The person for an event/device call; an unknown id/email/phone creates one."""
+        with self.lock:
+            if self.is_blocked(ref):
+                self.log("suppressed identifier", f"{ref[0]} `{ref[1]}` is suppressed", source)
+                return None
+            p = self.resolve(ref)
+            if p is not None:
+                return p
+            if ref[0] == "cio_id":
+                self.log("attribute update failure", f"no person with cio_id `{ref[1]}`", source)
+                return None
+            p = self._create(int(time.time()))
+            self._set_ident(p, ref[0], ref[1])
+            return p
+
+    def _drop(self, p: _P) -> None:
+        for kind in ("id", "email", "phone"):
+            value = getattr(p, kind)
+            if value is not None:
+                self._index(kind).pop(value.lower() if kind == "email" else value, None)
+        del self.people[p.cio_id]
+        self.events = [e for e in self.events if e.person != p.cio_id]
+        for key in [k for k in self.rels if k[0] == "p" and k[1] == p.cio_id]:
+            del self.rels[key]
+
+    def delete_person(self, ref: Ref, source: str) -> None:
+        with self.lock:
+            p = self.resolve(ref)
+            if p is None:
+                self.log("delete of unknown person", f"no person with {ref[0]} `{ref[1]}`", source)
+                return
+            self._drop(p)
+            self.counters["records_ingested"] += 1
+
+    def suppress(self, ref: Ref, source: str) -> None:
+        with self.lock:
+            p = self.resolve(ref)
+            keys = {self._key(*ref)} if ref[0] != "cio_id" else set()
+            if p is not None:
+                keys |= {
+                    self._key(k, getattr(p, k)) for k in ("id", "email", "phone") if getattr(p, k)
+                }
+                self._drop(p)
+            self._seq += 1
+            for key in keys:
+                self.blocked[key] = self._seq
+            self.counters["records_ingested"] += 1
+
+    def unsuppress(self, ref: Ref, source: str) -> None:
+        with self.lock:
+            group = self.blocked.get(self._key(*ref))
+            if group is None:
+                self.log("unsuppress of unsuppressed identifier", f"{ref[0]} `{ref[1]}`", source)
+                return
+            self.blocked = {k: g for k, g in self.blocked.items() if g != group}
+            self.counters["records_ingested"] += 1
+
+    def add_event(
+        self,
+        ref: Ref | None,
+        *,
+        anonymous_id: str | None,
+        name: str,
+        type: str,
+        id: str | None,
+        timestamp: int | None,
+        data: dict[str, Any],
+        source: str,
+    ) -> bool:
+        """Store an event; False when it was a duplicate ``id`` or had no valid owner."""
+        now = int(time.time())
+        with self.lock:
+            if id is not None and id in self.event_ids:
+                self.counters["duplicate_events_dropped"] += 1
+                return False
+            owner: str | None = None
+            if ref is not None:
+                p = self.person_or_create(ref, source)
+                if p is None:
+                    return False
+                owner = p.cio_id
+            if id is not None:
+                self.event_ids.add(id)
+            self.events.append(
+                Event(owner, anonymous_id, name, type, id, timestamp or now, data, now, source)
+            )
+            self.counters["records_ingested"] += 1
+            return True
+
+    def add_device(self, ref: Ref, device: Device, source: str) -> None:
+        with self.lock:
+            p = self.person_or_create(ref, source)
+            if p is not None:
+                p.devices[device.id] = device
+                self.counters["records_ingested"] += 1
+
+    def delete_device(self, ref: Ref, token: str, source: str) -> None:
+        with self.lock:
+            p = self.resolve(ref)
+            if p is None or p.devices.pop(token, None) is None:
+                self.log("delete of unknown device", f"device `{token}` not found", source)
+            else:
+                self.counters["records_ingested"] += 1
+
+    def merge(self, primary: Ref, secondary: Ref, source: str) -> None:
+        """Fold ``secondary`` into ``primary`` (reference section 1.5); secondary is deleted."""
+        now = int(time.time())
+        with self.lock:
+            p, s = self.resolve(primary), self.resolve(secondary)
+            if p is None:
+                self.log("merge primary not found", f"{primary[0]} `{primary[1]}`", source)
+                return
+            if s is None:
+                self.log("merge secondary not found", f"{secondary[0]} `{secondary[1]}`", source)
+                return
+            if p is s:
+                self.log("merge of a person with itself", f"{primary[0]} `{primary[1]}`", source)
+                return
+            for name, value in s.attrs.items():
+                if p.attrs.get(name) in (None, ""):
+                    p.attrs[name] = value
+            horizon = now - self.config.merge_event_days * 86400
+            for i, e in enumerate(self.events):
+                if e.person == s.cio_id and e.timestamp >= horizon:
+                    self.events[i] = _replace_person(e, p.cio_id)
+            for key in [k for k in self.rels if k[0] == "p" and k[1] == s.cio_id]:
+                self.rels.setdefault(("p", p.cio_id, key[2], key[3]), self.rels[key])
+            for token, device in s.devices.items():
+                p.devices.setdefault(token, device)
+            p.segments |= s.segments
+            p.anonymous_ids += [a for a in s.anonymous_ids if a not in p.anonymous_ids]
+            s_id, s_email = s.id, s.email
+            self._drop(s)
+            p.updated_at = now
+            self.merges.append(Merge(p.cio_id, s.cio_id, s_id, s_email, now, source))
+            self.counters["records_ingested"] += 1
+
+    # -- objects and relationships -------------------------------------------------------------
+
+    def object_key(self, ref: ObjRef, source: str, *, create: bool) -> tuple[str, str] | None:
+        """Resolve an object reference; log and return None when it cannot be applied."""
+        if ref[0] == "cio_object_id":
+            key = self.objects_by_cio.get(ref[1])
+            if key is None:
+                self.log("unknown object", f"no object with cio_object_id `{ref[1]}`", source)
+            return key
+        if ref[0] not in self.config.object_types:
+            self.log("unknown object type", f"object_type_id `{ref[0]}` is not registered", source)
+            return None
+        if ref not in self.objects and not create:
+            self.log("unknown object", f"object `{ref[0]}/{ref[1]}` does not exist", source)
+            return None
+        return ref
+
+    def identify_object(
+        self, ref: ObjRef, attrs: dict[str, Any], source: str
+    ) -> tuple[str, str] | None:
+        now = int(time.time())
+        with self.lock:
+            key = self.object_key(ref, source, create=True)
+            if key is None:
+                return None
+            old = self.objects.get(key)
+            if old is None:
+                self._seq += 1
+                old = Object(key[0], key[1], f"o{self._seq:07x}", {}, now, now)
+                self.objects_by_cio[old.cio_object_id] = key
+            merged = _merge_attrs(old.attributes, attrs)
+            self.objects[key] = Object(
+                key[0], key[1], old.cio_object_id, merged, old.created_at, now
+            )
+            self.counters["records_ingested"] += 1
+            return key
+
+    def delete_object(self, ref: ObjRef, source: str) -> None:
+        with self.lock:
+            key = self.object_key(ref, source, create=False)
+            if key is None:
+                return
+            obj = self.objects.pop(key)
+            self.objects_by_cio.pop(obj.cio_object_id, None)
+            for rk in [k for k in self.rels if k[2:] == key]:
+                del self.rels[rk]
+            self.counters["records_ingested"] += 1
+
+    def relate(
+        self,
+        owner: tuple[str, str],
+        obj: tuple[str, str],
+        attrs: dict[str, Any] | None,
+        *,
+        add: bool,
+    ) -> None:
+        """Add (merging attributes) or delete a relationship; owner ("p", cio) or ("a", anon)."""
+        with self.lock:
+            key = (owner[0], owner[1], obj[0], obj[1])
+            if add:
+                self.rels[key] = _merge_attrs(self.rels.get(key, {}), attrs or {})
+            else:
+                self.rels.pop(key, None)
+            self.counters["records_ingested"] += 1
+
+    # -- manual segments -----------------------------------------------------------------------
+
+    def segment_members(self, segment_id: int) -> list[str]:
+        with self.lock:
+            return [c for c, p in self.people.items() if segment_id in p.segments]
+
+    def segment_update(self, segment_id: int, refs: Iterable[Ref], *, add: bool) -> None:
+        with self.lock:
+            for ref in refs:
+                p = self.resolve(ref)
+                if p is not None:
+                    (p.segments.add if add else p.segments.discard)(segment_id)
+
+    # -- snapshots -----------------------------------------------------------------------------
+
+    def snapshot_people(self) -> list[Person]:
+        with self.lock:
+            return [p.freeze() for p in self.people.values()]
+
+    def snapshot_relationships(self) -> list[Relationship]:
+        with self.lock:
+            return [
+                Relationship(
+                    person=k[1] if k[0] == "p" else None,
+                    anonymous_id=k[1] if k[0] == "a" else None,
+                    object_type_id=k[2],
+                    object_id=k[3],
+                    attributes=dict(v),
+                )
+                for k, v in self.rels.items()
+            ]
+
+
+def _replace_person(e: Event, cio_id: str) -> Event:
+    return Event(
+        cio_id, e.anonymous_id, e.name, e.type, e.id, e.timestamp, e.data, e.received_at, e.source
+    )
+
+
+def _merge_attrs(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Objects and relationships: ``null`` or ``""`` removes an attribute."""
+    out = dict(old)
+    for name, value in new.items():
+        if value is None or value == "":
+            out.pop(name, None)
+        else:
+            out[name] = value
+    return out

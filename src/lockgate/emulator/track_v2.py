@@ -1,0 +1,354 @@
+"""Track API v2: ``POST /api/v2/entity`` and ``POST /api/v2/batch`` (reference section 2).
+
+Each operation is validated completely before anything is applied, so an invalid batch item gets a
+207 entry ``{"batch_index", "reason", "field", "message"}`` and changes nothing while the
+valid items are applied. Whole-body problems (not JSON, no ``batch`` list, over the byte
+limit) answer 400 ``{"errors": [...]}``. The batch is
+applied under one store lock: readers see all of it or none.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from lockgate.emulator import limits as L
+from lockgate.emulator.limits import ItemError
+from lockgate.emulator.models import Device
+from lockgate.emulator.runtime import Runtime, json_response, ok
+from lockgate.emulator.store import Store
+
+SOURCE = "track_v2"
+PERSON_ACTIONS = frozenset(
+    {
+        "identify", "delete", "event", "screen", "page", "add_relationships",
+        "delete_relationships", "add_device", "delete_device", "merge", "suppress", "unsuppress",
+    }
+)  # fmt: skip
+OBJECT_ACTIONS = frozenset(
+    {"identify", "identify_anonymous", "delete", "add_relationships", "delete_relationships"}
+)
+DELIVERY_METRICS = frozenset({"opened", "converted", "delivered"})
+EVENT_ACTIONS = frozenset({"event", "screen", "page"})
+Apply = Callable[[Store], None]
+
+
+def person_ref(idents: Any, field: str, *, phone: bool, anonymous: bool = False) -> tuple[str, str]:
+    """Exactly one person identifier: id | email | phone | cio_id (unprefixed)."""
+    if not isinstance(idents, dict) or not idents:
+        raise ItemError("required", field, f"{field} must be an object with exactly one identifier")
+    if len(idents) != 1:
+        raise ItemError(
+            "invalid", field, f"{field} must hold exactly one identifier, got {sorted(idents)}"
+        )
+    ((kind, value),) = idents.items()
+    allowed = {"id", "email", "cio_id"} | ({"phone"} if phone else set())
+    if anonymous:
+        allowed.add("anonymous_id")
+    if kind not in allowed:
+        raise ItemError(
+            "invalid", f"{field}.{kind}", f"unknown identifier `{kind}`; use {sorted(allowed)}"
+        )
+    value = L.check_identifier_value(kind, value, f"{field}.{kind}")
+    if kind == "cio_id" and value.startswith("cio_"):
+        raise ItemError("invalid", f"{field}.cio_id", "cio_id must not carry the `cio_` prefix")
+    return kind, value
+
+
+def object_ref(idents: Any, field: str) -> tuple[str, str]:
+    """``{object_type_id: "1", object_id}`` → ("1", id); ``{cio_object_id}`` → (…)."""
+    if not isinstance(idents, dict):
+        raise ItemError("required", field, f"{field} must be an object")
+    if "cio_object_id" in idents and len(idents) == 1:
+        value = idents["cio_object_id"]
+        if not isinstance(value, str) or not value:
+            raise ItemError("invalid", f"{field}.cio_object_id", "cio_object_id must be a string")
+        return "cio_object_id", value
+    type_id, object_id = idents.get("object_type_id"), idents.get("object_id")
+    if not isinstance(type_id, str) or not type_id.isdigit():
+        raise ItemError(
+            "invalid",
+            f"{field}.object_type_id",
+            f'object_type_id must be a string holding an integer, like "1"; got `{type_id!r}`',
+        )
+    if not isinstance(object_id, str) or object_id == "":
+        raise ItemError("required", f"{field}.object_id", "object_id must be a non-empty string")
+    if len(object_id.encode()) > L.OBJECT_ID_MAX_BYTES:
+        raise ItemError("limit", f"{field}.object_id", "object_id cannot be longer than 150 bytes")
+    return type_id, object_id
+
+
+def _rel_attrs(item: dict[str, Any], field: str) -> dict[str, Any]:
+    return L.check_attributes(
+        item.get("relationship_attributes"),
+        f"{field}.relationship_attributes",
+        total_max=L.OBJECT_ATTRS_MAX_TOTAL,
+    )
+
+
+def person_relationships(rels: Any, field: str) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+    """v2 person-side ``cio_relationships``: a list of objects with relationship attributes."""
+    if not isinstance(rels, list) or not rels:
+        raise ItemError("required", field, f"{field} must be a non-empty array")
+    out = []
+    for i, item in enumerate(rels):
+        f = f"{field}[{i}]"
+        if not isinstance(item, dict):
+            raise ItemError("invalid", f, "relationship must be an object")
+        out.append((object_ref(item.get("identifiers"), f"{f}.identifiers"), _rel_attrs(item, f)))
+    return out
+
+
+def _people_relationships(
+    rels: Any, field: str, *, phone: bool, anonymous: bool
+) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+    if not isinstance(rels, list):
+        raise ItemError("invalid", field, f"{field} must be an array")
+    out = []
+    for i, item in enumerate(rels):
+        f = f"{field}[{i}]"
+        if not isinstance(item, dict):
+            raise ItemError("invalid", f, "relationship must be an object")
+        ref = person_ref(
+            item.get("identifiers"), f"{f}.identifiers", phone=phone, anonymous=anonymous
+        )
+        out.append((ref, _rel_attrs(item, f)))
+    return out
+
+
+def relate_person(
+    store: Store,
+    ref: tuple[str, str],
+    items: list[tuple[tuple[str, str], dict[str, Any]]],
+    *,
+    add: bool,
+    source: str,
+) -> None:
+    p = store.person_or_create(ref, source) if add else store.resolve(ref)
+    if p is None:
+        if not add:
+            store.log("unknown person", f"{ref[0]} `{ref[1]}` not found", source)
+        return
+    for oref, attrs in items:
+        key = (
+            store.identify_object(oref, {}, source)
+            if add
+            else store.object_key(oref, source, create=False)
+        )
+        if key is not None:
+            store.relate(("p", p.cio_id), key, attrs, add=add)
+
+
+def _person(op: dict[str, Any], rt: Runtime) -> Apply:
+    cfg = rt.config
+    action = op.get("action")
+    if action not in PERSON_ACTIONS:
+        raise ItemError("invalid", "action", f"unknown person action `{action}`")
+    if action == "merge":
+        primary = person_ref(op.get("primary"), "primary", phone=False)
+        secondary = person_ref(op.get("secondary"), "secondary", phone=False)
+        return lambda s: s.merge(primary, secondary, SOURCE)
+    ref = person_ref(
+        op.get("identifiers"),
+        "identifiers",
+        phone=cfg.phone_identifiers,
+        anonymous=action in EVENT_ACTIONS,
+    )
+    if action == "identify":
+        attrs = L.check_attributes(op.get("attributes"), "attributes")
+        ts = L.check_timestamp(op.get("timestamp"))
+        L.check_timestamp(attrs.get("_timestamp"), "attributes._timestamp")
+        rels = op.get("cio_relationships")
+        items = person_relationships(rels, "cio_relationships") if rels else []
+        update_only = attrs.get("_update") is True
+
+        def identify(s: Store) -> None:
+            p = s.identify(ref, attrs, update_only=update_only, timestamp=ts, source=SOURCE)
+            if p is not None and items:
+                relate_person(s, ("cio_id", p.cio_id), items, add=True, source=SOURCE)
+
+        return identify
+    if action in EVENT_ACTIONS:
+        name = L.check_event_name(op.get("name"))
+        event_id = L.check_event_id(op.get("id"), cfg.require_ulid_event_ids)
+        ts = L.check_timestamp(op.get("timestamp"))
+        data = L.check_event_data(op.get("attributes"), "attributes")
+        anon = ref[1] if ref[0] == "anonymous_id" else None
+        pref = None if anon else ref
+        return lambda s: (
+            s.add_event(
+                pref, anonymous_id=anon, name=name, type=action, id=event_id, timestamp=ts,
+                data=data, source=SOURCE,
+            ),
+            None,
+        )[1]  # fmt: skip
+    if action in ("add_relationships", "delete_relationships"):
+        items = person_relationships(op.get("cio_relationships"), "cio_relationships")
+        add = action == "add_relationships"
+        return lambda s: relate_person(s, ref, items, add=add, source=SOURCE)
+    if action == "add_device":
+        dev = op.get("device")
+        if not isinstance(dev, dict) or not isinstance(dev.get("token"), str) or not dev["token"]:
+            raise ItemError("required", "device.token", "device.token is required")
+        if dev.get("platform") not in ("ios", "android"):
+            raise ItemError("invalid", "device.platform", "device.platform must be ios or android")
+        last_used = L.check_timestamp(dev.get("last_used"), "device.last_used")
+        dattrs = L.check_attributes(dev.get("attributes"), "device.attributes")
+        device = Device(dev["token"], dev["platform"], last_used, dict(dattrs))
+        return lambda s: s.add_device(ref, device, SOURCE)
+    if action == "delete_device":
+        dev = op.get("device")
+        if not isinstance(dev, dict) or not isinstance(dev.get("token"), str) or not dev["token"]:
+            raise ItemError("required", "device.token", "device.token is required")
+        token = dev["token"]
+        return lambda s: s.delete_device(ref, token, SOURCE)
+    if action == "delete":
+        return lambda s: s.delete_person(ref, SOURCE)
+    if action == "suppress":
+        return lambda s: s.suppress(ref, SOURCE)
+    return lambda s: s.unsuppress(ref, SOURCE)
+
+
+def _object(op: dict[str, Any], rt: Runtime) -> Apply:
+    phone = rt.config.phone_identifiers
+    action = op.get("action")
+    if action not in OBJECT_ACTIONS:
+        raise ItemError("invalid", "action", f"unknown object action `{action}`")
+    oref = object_ref(op.get("identifiers"), "identifiers")
+    if action == "delete":
+        return lambda s: s.delete_object(oref, SOURCE)
+    anonymous = action == "identify_anonymous"
+    rels = op.get("cio_relationships")
+    if action in ("add_relationships", "delete_relationships") and not rels:
+        raise ItemError("required", "cio_relationships", "cio_relationships must be non-empty")
+    people = (
+        _people_relationships(rels, "cio_relationships", phone=phone, anonymous=anonymous)
+        if rels
+        else []
+    )
+    if action in ("identify", "identify_anonymous"):
+        attrs = L.check_attributes(
+            op.get("attributes"), "attributes", total_max=L.OBJECT_ATTRS_MAX_TOTAL
+        )
+        if "relationship" in attrs:
+            raise ItemError(
+                "invalid", "attributes.relationship", "`relationship` is a reserved name"
+            )
+
+        def identify(s: Store) -> None:
+            if oref[0] == "cio_object_id" and s.object_key(oref, SOURCE, create=False) is None:
+                return
+            key = s.identify_object(oref, attrs, SOURCE)
+            if key is not None:
+                _relate_people(s, key, people, add=True)
+
+        return identify
+    add = action == "add_relationships"
+
+    def relate(s: Store) -> None:
+        key = s.object_key(oref, SOURCE, create=False)
+        if key is not None:
+            _relate_people(s, key, people, add=add)
+
+    return relate
+
+
+def _relate_people(
+    s: Store, key: tuple[str, str], people: list[tuple[tuple[str, str], dict[str, Any]]], add: bool
+) -> None:
+    for pref, attrs in people:
+        if pref[0] == "anonymous_id":
+            s.relate(("a", pref[1]), key, attrs, add=add)
+            continue
+        p = s.person_or_create(pref, SOURCE) if add else s.resolve(pref)
+        if p is not None:
+            s.relate(("p", p.cio_id), key, attrs, add=add)
+
+
+def _delivery(op: dict[str, Any], rt: Runtime) -> Apply:
+    if op.get("action") != "event":
+        raise ItemError("invalid", "action", "delivery action must be `event`")
+    idents = op.get("identifiers")
+    if not isinstance(idents, dict) or not isinstance(idents.get("id"), str) or not idents["id"]:
+        raise ItemError(
+            "required", "identifiers.id", "identifiers.id (the delivery_id) is required"
+        )
+    name = op.get("name")
+    if name not in DELIVERY_METRICS:
+        raise ItemError(
+            "invalid", "name", f"delivery metric must be one of {sorted(DELIVERY_METRICS)}"
+        )
+    delivery_id = idents["id"]
+    return lambda s: s.log("delivery metric", f"{name} for delivery `{delivery_id}`", SOURCE)
+
+
+def plan(op: Any, rt: Runtime) -> Apply:
+    """Validate one operation completely; return the function that applies it."""
+    if not isinstance(op, dict):
+        raise ItemError("invalid", "", "operation must be an object")
+    kind = op.get("type")
+    if kind == "person":
+        return _person(op, rt)
+    if kind == "object":
+        return _object(op, rt)
+    if kind == "delivery":
+        return _delivery(op, rt)
+    raise ItemError("invalid", "type", f"type must be person, object or delivery; got `{kind}`")
+
+
+def _whole(status: int, reason: str, field: str, message: str) -> Response:
+    return json_response(
+        status, {"errors": [{"reason": reason, "field": field, "message": message}]}
+    )
+
+
+def entity(rt: Runtime, request: Request, body: bytes) -> Response:
+    started = time.perf_counter()
+    if len(body) >= L.ENTITY_MAX_BYTES:
+        return _whole(400, "limit", "", f"request body is {len(body)} B; /entity takes < 32 KB")
+    try:
+        op = orjson.loads(body)
+        apply = plan(op, rt)
+    except orjson.JSONDecodeError as exc:
+        return _whole(400, "invalid", "", f"body is not valid JSON: {exc}")
+    except ItemError as exc:
+        return json_response(400, {"errors": [exc.to_json()]})
+    with rt.store.lock:
+        apply(rt.store)
+    rt.add_v2_ingest(1, time.perf_counter() - started)
+    return ok()
+
+
+def batch(rt: Runtime, request: Request, body: bytes) -> Response:
+    started = time.perf_counter()
+    if len(body) >= L.BATCH_MAX_BYTES:
+        return _whole(400, "limit", "", f"request body is {len(body)} B; /batch takes < 500 KB")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return _whole(400, "invalid", "", f"body is not valid JSON: {exc}")
+    ops = doc.get("batch") if isinstance(doc, dict) else None
+    if not isinstance(ops, list) or not ops:
+        return _whole(400, "required", "batch", 'body must be {"batch": [operation, ...]}')
+    check_size = len(body) > L.OP_MAX_BYTES
+    errors: list[dict[str, Any]] = []
+    plans: list[Apply] = []
+    for i, op in enumerate(ops):
+        try:
+            if check_size and len(orjson.dumps(op)) > L.OP_MAX_BYTES:
+                raise ItemError("limit", "", "operation is over 32 KB")
+            plans.append(plan(op, rt))
+        except ItemError as exc:
+            errors.append({"batch_index": i, **exc.to_json()})
+    with rt.store.lock:
+        for apply in plans:
+            apply(rt.store)
+    rt.add_v2_ingest(len(plans), time.perf_counter() - started)
+    if errors:
+        return json_response(207, {"errors": errors})
+    return ok()

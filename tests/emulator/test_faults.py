@@ -1,0 +1,58 @@
+"""Faults and rate limits: 429 + Retry-After, seeded repeatability, never a partial apply."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from lockgate.emulator import Emulator, EmulatorConfig, FaultConfig, FaultRates
+
+
+def _outcomes(emu: Emulator, n: int) -> list[str]:
+    out = []
+    with emu.client(auth=emu.track_auth) as client:
+        for i in range(n):
+            try:
+                out.append(str(client.put(f"/api/v1/customers/{i}", json={}).status_code))
+            except httpx.TransportError as exc:
+                out.append(type(exc).__name__)
+    return out
+
+
+def test_rate_limit_answers_429_with_retry_after() -> None:
+    emu = Emulator(EmulatorConfig(track_rate_limit=5))
+    statuses = _outcomes(emu, 8)
+    assert statuses[:5] == ["200"] * 5 and "429" in statuses[5:]
+    with emu.client(auth=emu.track_auth) as client:
+        r = client.put("/api/v1/customers/x", json={})
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    assert emu.stats.responses_429 >= 1 and len(emu.people()) == 5
+
+
+def test_seeded_faults_repeat() -> None:
+    faults = FaultConfig(error_5xx=0.2, error_429=0.2, timeout=0.1, reset=0.1, seed=42)
+    cfg = EmulatorConfig(faults=faults)
+    first = _outcomes(Emulator(cfg), 40)
+    second = _outcomes(Emulator(cfg), 40)
+    assert first == second
+    assert {"200", "503", "429", "ReadTimeout", "RemoteProtocolError"} <= set(first)
+
+
+def test_faulted_requests_apply_nothing() -> None:
+    emu = Emulator(EmulatorConfig(faults=FaultConfig(error_5xx=0.5, reset=0.3, seed=1)))
+    outcomes = _outcomes(emu, 30)
+    applied = sorted(int(p.id or -1) for p in emu.people())
+    assert applied == [i for i, o in enumerate(outcomes) if o == "200"]
+
+
+def test_applied_then_failed_applies_everything() -> None:
+    emu = Emulator(EmulatorConfig(faults=FaultConfig(error_5xx=1.0, applied_then_failed=True)))
+    assert _outcomes(emu, 3) == ["503"] * 3
+    assert len(emu.people()) == 3
+
+
+@pytest.mark.parametrize("surface", ["track_v2", "app"])
+def test_per_surface_override(surface: str) -> None:
+    faults = FaultConfig(overrides={surface: FaultRates(error_5xx=1.0)})
+    emu = Emulator(EmulatorConfig(faults=faults))
+    assert _outcomes(emu, 2) == ["200", "200"]  # v1 unaffected

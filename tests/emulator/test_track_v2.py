@@ -1,0 +1,206 @@
+"""Track v2 /entity and /batch: what lands in the workspace, and what comes back for bad ops."""
+
+from __future__ import annotations
+
+import httpx
+
+from lockgate.emulator import Emulator, EmulatorConfig
+
+from .conftest import person_op
+
+
+def test_identify_creates_profile_with_attributes(emu: Emulator, track: httpx.Client) -> None:
+    r = track.post(
+        "/api/v2/entity",
+        json=person_op("identify", {"id": "42"}, attributes={"plan": "pro", "email": "A@x.com"}),
+    )
+    assert (r.status_code, r.json()) == (200, {})
+    person = emu.person(email="a@X.com")
+    assert person is not None and person.id == "42"
+    assert person.attributes == {"plan": "pro"}
+
+
+def test_bad_op_gets_207_with_its_index_while_others_apply(
+    emu: Emulator, track: httpx.Client
+) -> None:
+    batch = [
+        person_op("identify", {"id": "1"}, attributes={"a": 1}),
+        person_op("identify", {"id": "2", "email": "two@x.com"}),
+        person_op("event", {"id": "1"}, name="paid", timestamp=1_700_000_000_000),
+        person_op("identify", {"id": "3"}, attributes={"a": 3}),
+    ]
+    r = track.post("/api/v2/batch", json={"batch": batch})
+    assert r.status_code == 207
+    errors = r.json()["errors"]
+    assert [e["batch_index"] for e in errors] == [1, 2]
+    assert set(errors[0]) == {"batch_index", "reason", "field", "message"}
+    assert "milliseconds" in errors[1]["message"]
+    assert sorted(p.id for p in emu.people()) == ["1", "3"]
+    assert emu.events() == []
+
+
+def test_duplicate_event_id_is_stored_once(emu: Emulator, track: httpx.Client) -> None:
+    op = person_op("event", {"id": "42"}, name="signed_up", id="01HZX3J8Y2V6N5ZK4C1Q9RT7WB")
+    assert track.post("/api/v2/batch", json={"batch": [op, op]}).status_code == 200
+    assert track.post("/api/v2/entity", json=op).status_code == 200
+    assert len(emu.events()) == 1
+    assert emu.stats.duplicate_events_dropped == 2
+
+
+def test_ulid_check_is_a_switch(track: httpx.Client) -> None:
+    strict = Emulator(EmulatorConfig(require_ulid_event_ids=True))
+    op = person_op("event", {"id": "42"}, name="x", id="not-a-ulid")
+    assert track.post("/api/v2/entity", json=op).status_code == 200
+    with strict.client(auth=strict.track_auth) as client:
+        r = client.post("/api/v2/entity", json=op)
+    assert r.status_code == 400 and "ULID" in r.json()["errors"][0]["message"]
+
+
+def test_whole_body_problems_get_400(track: httpx.Client) -> None:
+    assert track.post("/api/v2/batch", content=b"{nope").status_code == 400
+    assert track.post("/api/v2/batch", json={"ops": []}).status_code == 400
+    r = track.post("/api/v2/entity", json=person_op("identify", {"id": "1", "email": "a@b.co"}))
+    assert r.status_code == 400
+    assert r.json()["errors"][0]["field"] == "identifiers"
+
+
+def test_byte_limits(emu: Emulator, track: httpx.Client) -> None:
+    big = person_op("identify", {"id": "big"}, attributes={f"k{i}": "v" * 900 for i in range(40)})
+    small = person_op("identify", {"id": "small"})
+    r = track.post("/api/v2/batch", json={"batch": [big, small]})
+    assert r.status_code == 207 and r.json()["errors"][0]["batch_index"] == 0
+    assert [p.id for p in emu.people()] == ["small"]
+    assert track.post("/api/v2/entity", json=big).status_code == 400
+    huge = {"batch": [small] * 20_000}
+    assert track.post("/api/v2/batch", json=huge).status_code == 400
+
+
+def test_attribute_limits(track: httpx.Client) -> None:
+    cases = {
+        "attribute name cannot be longer than 150 bytes": {"n" * 151: 1},
+        "value for attribute 'bio' cannot be longer than 1000 bytes": {"bio": "x" * 1001},
+        "cannot identify more than 300 attributes in one request": {f"a{i}": i for i in range(301)},
+    }
+    for message, attrs in cases.items():
+        r = track.post("/api/v2/entity", json=person_op("identify", {"id": "1"}, attributes=attrs))
+        assert r.status_code == 400 and r.json()["errors"][0]["message"] == message
+
+
+def test_update_only_never_creates(emu: Emulator, track: httpx.Client) -> None:
+    op = person_op("identify", {"id": "nobody"}, attributes={"_update": True, "plan": "x"})
+    assert track.post("/api/v2/entity", json=op).status_code == 200
+    assert emu.people() == []
+    assert emu.activity_log()[-1].kind == "attribute update failure"
+
+
+def test_conflicting_identifiers_change_nothing(emu: Emulator, track: httpx.Client) -> None:
+    track.post(
+        "/api/v2/entity", json=person_op("identify", {"id": "1"}, attributes={"email": "a@x.co"})
+    )
+    track.post(
+        "/api/v2/entity", json=person_op("identify", {"id": "2"}, attributes={"email": "b@x.co"})
+    )
+    r = track.post(
+        "/api/v2/entity",
+        json=person_op("identify", {"id": "1"}, attributes={"email": "b@x.co", "plan": "p"}),
+    )
+    assert r.status_code == 200
+    assert emu.person(id="1").email == "a@x.co"  # type: ignore[union-attr]
+    assert "plan" not in emu.person(id="1").attributes  # type: ignore[union-attr]
+    assert emu.activity_log()[-1].kind == "attribute update failure"
+
+
+def test_identify_by_email_then_id_gains_identifier(emu: Emulator, track: httpx.Client) -> None:
+    track.post("/api/v2/entity", json=person_op("identify", {"email": "a@x.co"}))
+    track.post(
+        "/api/v2/entity", json=person_op("identify", {"id": "7"}, attributes={"email": "A@x.co"})
+    )
+    assert len(emu.people()) == 1
+    assert emu.person(email="a@x.co").id == "7"  # type: ignore[union-attr]
+
+
+def test_null_removes_attribute(emu: Emulator, track: httpx.Client) -> None:
+    track.post(
+        "/api/v2/entity", json=person_op("identify", {"id": "1"}, attributes={"a": 1, "b": 2})
+    )
+    track.post(
+        "/api/v2/entity", json=person_op("identify", {"id": "1"}, attributes={"a": None, "b": ""})
+    )
+    assert emu.person(id="1").attributes == {}  # type: ignore[union-attr]
+
+
+def test_merge(emu: Emulator, track: httpx.Client) -> None:
+    ops = [
+        person_op("identify", {"id": "p"}, attributes={"plan": "pro", "empty": ""}),
+        person_op("identify", {"id": "s"}, attributes={"plan": "free", "city": "Oslo"}),
+        person_op("event", {"id": "s"}, name="clicked"),
+        person_op("merge", primary={"id": "p"}, secondary={"id": "s"}),
+        person_op("merge", primary={"id": "ghost"}, secondary={"id": "p"}),
+    ]
+    assert track.post("/api/v2/batch", json={"batch": ops}).status_code == 200
+    p = emu.person(id="p")
+    assert p is not None and emu.person(id="s") is None
+    assert p.attributes == {"plan": "pro", "city": "Oslo"}
+    assert [e.name for e in emu.events(p)] == ["clicked"]
+    assert len(emu.merges()) == 1
+    assert emu.activity_log()[-1].kind == "merge primary not found"
+
+
+def test_suppress_blocks_until_unsuppress(emu: Emulator, track: httpx.Client) -> None:
+    track.post("/api/v2/entity", json=person_op("identify", {"id": "1"}))
+    track.post("/api/v2/entity", json=person_op("suppress", {"id": "1"}))
+    track.post("/api/v2/entity", json=person_op("identify", {"id": "1"}))
+    assert emu.people() == []
+    track.post("/api/v2/entity", json=person_op("unsuppress", {"id": "1"}))
+    track.post("/api/v2/entity", json=person_op("identify", {"id": "1"}))
+    assert [p.id for p in emu.people()] == ["1"]
+
+
+def test_objects_and_relationship_shapes(emu: Emulator, track: httpx.Client) -> None:
+    acme = {"object_type_id": "1", "object_id": "acme"}
+    ops = [
+        {
+            "type": "object",
+            "action": "identify",
+            "identifiers": acme,
+            "attributes": {"n": "Acme"},
+            "cio_relationships": [
+                {"identifiers": {"id": "1"}, "relationship_attributes": {"r": "admin"}}
+            ],
+        },
+        person_op("add_relationships", {"id": "2"}, cio_relationships=[{"identifiers": acme}]),
+        person_op("identify", {"id": "3"}, cio_relationships=[{"identifiers": acme}]),
+        {
+            "type": "object",
+            "action": "identify",
+            "identifiers": {"object_type_id": "9", "object_id": "x"},
+        },
+        {
+            "type": "object",
+            "action": "identify",
+            "identifiers": {"object_type_id": 1, "object_id": "x"},
+        },
+    ]
+    r = track.post("/api/v2/batch", json={"batch": ops})
+    assert r.status_code == 207 and [e["batch_index"] for e in r.json()["errors"]] == [4]
+    assert [(o.object_id, o.attributes) for o in emu.objects()] == [("acme", {"n": "Acme"})]
+    rels = {
+        (emu_person.id, r.attributes.get("r"))
+        for r in emu.relationships()
+        for emu_person in emu.people()
+        if emu_person.cio_id == r.person
+    }
+    assert rels == {("1", "admin"), ("2", None), ("3", None)}
+    assert any(a.kind == "unknown object type" for a in emu.activity_log())
+    track.post("/api/v2/entity", json={"type": "object", "action": "delete", "identifiers": acme})
+    assert emu.objects() == [] and emu.relationships() == []
+
+
+def test_devices(emu: Emulator, track: httpx.Client) -> None:
+    dev = {"token": "tok", "platform": "ios", "last_used": 1_700_000_000}
+    track.post("/api/v2/entity", json=person_op("add_device", {"id": "1"}, device=dev))
+    assert [d.id for d in emu.person(id="1").devices] == ["tok"]  # type: ignore[union-attr]
+    track.post(
+        "/api/v2/entity", json=person_op("delete_device", {"id": "1"}, device={"token": "tok"})
+    )
+    assert emu.person(id="1").devices == ()  # type: ignore[union-attr]
