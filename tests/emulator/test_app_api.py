@@ -1,0 +1,104 @@
+"""App API read-back: what a reconciliation job sees after Track writes."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from lockgate.emulator import Emulator, EmulatorConfig
+
+from .conftest import person_op
+
+
+@pytest.fixture
+def app(emu: Emulator) -> httpx.Client:
+    return emu.client(headers=emu.app_headers)
+
+
+def _seed(track: httpx.Client) -> None:
+    acme = {"object_type_id": "1", "object_id": "acme"}
+    ops = [
+        person_op(
+            "identify",
+            {"id": "1"},
+            attributes={"email": "a@x.co", "plan": "pro", "n": 3, "vip": True, "tags": ["a"]},
+        ),
+        person_op("identify", {"id": "2"}, attributes={"email": "b@x.co", "plan": "free"}),
+        person_op("identify", {"id": "3"}, attributes={"plan": "pro"}),
+        person_op("event", {"id": "1"}, name="paid", id="e1"),
+        person_op("add_relationships", {"id": "1"}, cio_relationships=[{"identifiers": acme}]),
+        {"type": "object", "action": "identify", "identifiers": acme, "attributes": {"seats": 10}},
+    ]
+    assert track.post("/api/v2/batch", json={"batch": ops}).status_code == 200
+
+
+def test_attributes_are_strings(track: httpx.Client, app: httpx.Client) -> None:
+    _seed(track)
+    r = app.get("/v1/customers/1/attributes")
+    customer = r.json()["customer"]
+    assert customer["identifiers"]["email"] == "a@x.co"
+    attrs = customer["attributes"]
+    assert (attrs["plan"], attrs["n"], attrs["vip"], attrs["tags"]) == ("pro", "3", "true", '["a"]')
+    cio = customer["identifiers"]["cio_id"]
+    assert app.get(f"/v1/customers/cio_{cio}/attributes?id_type=cio_id").status_code == 200
+    assert app.get("/v1/customers/a@x.co/attributes?id_type=email").status_code == 200
+    assert app.get("/v1/customers/404/attributes").status_code == 404
+
+
+def test_lookup_by_email_and_bulk(track: httpx.Client, app: httpx.Client) -> None:
+    _seed(track)
+    assert [
+        r["id"] for r in app.get("/v1/customers", params={"email": "A@x.co"}).json()["results"]
+    ] == ["1"]
+    r = app.post("/v1/customers/attributes", json={"ids": ["1", "nobody", "3"]})
+    assert [c["id"] for c in r.json()["customers"]] == ["1", "3"]
+    assert (
+        app.post("/v1/customers/attributes", json={"ids": [str(i) for i in range(101)]}).status_code
+        == 400
+    )
+
+
+def test_search_with_filter_and_pagination(track: httpx.Client, app: httpx.Client) -> None:
+    _seed(track)
+    pro = {
+        "filter": {
+            "and": [
+                {"attribute": {"field": "plan", "operator": "eq", "value": "pro"}},
+                {"not": {"attribute": {"field": "email", "operator": "exists"}}},
+            ]
+        }
+    }
+    assert app.post("/v1/customers", json=pro).json()["ids"] == ["3"]
+    everyone = {"filter": {"attribute": {"field": "plan", "operator": "exists"}}}
+    first = app.post("/v1/customers?limit=2", json=everyone).json()
+    second = app.post(f"/v1/customers?limit=2&start={first['next']}", json=everyone).json()
+    assert first["ids"] + second["ids"] == ["1", "2", "3"] and second["next"] == ""
+    bad = {"filter": {"attribute": {"field": "plan", "operator": "gt", "value": "1"}}}
+    assert app.post("/v1/customers", json=bad).status_code == 400
+
+
+def test_activities_relationships_objects(track: httpx.Client, app: httpx.Client) -> None:
+    _seed(track)
+    assert [a["name"] for a in app.get("/v1/customers/1/activities").json()["activities"]] == [
+        "paid"
+    ]
+    rels = app.get("/v1/customers/1/relationships").json()["cio_relationships"]
+    assert rels[0]["identifiers"] == {"object_type_id": "1", "object_id": "acme"}
+    obj = app.get("/v1/objects/1/acme/attributes").json()["object"]
+    assert obj["attributes"] == {"seats": "10"}
+    people = app.get("/v1/objects/1/acme/relationships").json()["cio_relationships"]
+    assert [p["identifiers"]["id"] for p in people] == ["1"]
+    assert app.get("/v1/object_types").json()["types"][0]["name"] == "Companies"
+    assert app.get("/v1/workspaces").json()["workspaces"][0]["people"] == 3
+
+
+def test_app_api_needs_bearer(emu: Emulator) -> None:
+    with emu.client(headers={"Authorization": "Bearer nope"}) as client:
+        assert client.get("/v1/customers/1/attributes").status_code == 401
+
+
+def test_app_rate_limit_is_ten_per_second() -> None:
+    emu = Emulator(EmulatorConfig())
+    with emu.client(headers=emu.app_headers) as app:
+        statuses = [app.get("/v1/workspaces").status_code for _ in range(12)]
+    assert statuses[:10] == [200] * 10 and 429 in statuses[10:]
