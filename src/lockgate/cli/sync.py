@@ -1,0 +1,169 @@
+"""`lockgate plan`, `sync`, `runs`, `history`: run syncs and look at what they did."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from lockgate.cli.options import json_option, open_project, project_option
+from lockgate.console import RichConsole
+from lockgate.errors import ConfigError
+from lockgate.state.store import StateStore
+from lockgate.sync.run import RunReport, plan_sync, run_sync
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+
+
+def change_rows(report: RunReport) -> list[tuple[str, Any]]:
+    """The counts worth showing for a report, as (label, value) rows."""
+    c = report.changes
+    rows: list[tuple[str, Any]] = [("rows in model", c.rows), ("rows rejected", c.rejected)]
+    if c.kind == "people":
+        rows += [
+            ("people new to this sync", c.new),
+            ("people changed", c.changed),
+            ("people unchanged (not sent)", c.unchanged),
+            ("people removed from model", c.removed),
+            ("  of which cleared/deleted (mirror)", c.removed_sent),
+            ("attributes set", c.attributes_set),
+            ("attributes cleared", c.attributes_cleared),
+        ]
+    else:
+        rows += [
+            ("events new", c.new),
+            ("duplicates prevented (already delivered)", c.already_delivered),
+            ("duplicates prevented (repeated in model)", c.duplicates_in_model),
+            ("backfill skipped (older than max_age)", c.backfill_skipped),
+            ("backfill sent", c.backfill_sent),
+        ]
+    if report.status != "planned":
+        rows += [
+            ("delivered", report.delivered),
+            ("rejected by Customer.io", report.rejected_by_api),
+            ("dead-lettered after retries", report.dead_lettered),
+        ]
+    return rows
+
+
+def render_report(console: RichConsole, report: RunReport) -> None:
+    title = (
+        f"{report.sync} ({report.kind}) — {report.status}"
+        + (f" in {report.seconds:.1f}s" if report.status != "planned" else "")
+    )
+    console.table(title, ["", "count"], change_rows(report))
+    if report.changes.rejected_samples:
+        console.table(
+            f"{report.sync}: rows rejected (first {len(report.changes.rejected_samples)})",
+            ["key", "reason"],
+            list(report.changes.rejected_samples),
+        )
+    if report.failures:
+        console.table(
+            f"{report.sync}: records not delivered", ["key", "outcome", "reason"],
+            list(report.failures),
+        )
+
+
+@click.command()
+@click.argument("sync_name")
+@project_option
+@json_option
+@click.option("--full-resync", is_flag=True, help="Compare against an empty snapshot.")
+@click.option("--samples", default=3, show_default=True, help="Sample payloads to show.")
+def plan(sync_name: str, project_path: Path, as_json: bool, full_resync: bool, samples: int) -> None:
+    """Show what `lockgate sync SYNC_NAME` would send, without sending anything."""
+    project = open_project(project_path)
+    console = RichConsole(quiet=as_json)
+    report = plan_sync(project, sync_name, console=console, full_resync=full_resync,
+                       samples=samples)
+    if as_json:
+        _print_json(report.as_dict())
+        return
+    render_report(console, report)
+    for sample in report.samples:
+        console.info(f"[bold]sample payload[/bold] (key {sample['key']}):")
+        console.info(orjson.dumps(sample["payload"], option=orjson.OPT_INDENT_2).decode())
+
+
+@click.command()
+@click.argument("sync_names", nargs=-1)
+@click.option("--all", "run_all", is_flag=True, help="Run every sync in the project.")
+@project_option
+@json_option
+@click.option("--full-resync", is_flag=True,
+              help="Send every person again (events stay exactly-once: the ledger is kept).")
+def sync(sync_names: tuple[str, ...], run_all: bool, project_path: Path, as_json: bool,
+         full_resync: bool) -> None:
+    """Run one or more syncs: send only what changed, record what was delivered."""
+    project = open_project(project_path)
+    names = list(project.syncs) if run_all else list(sync_names)
+    if not names:
+        raise ConfigError("name a sync to run, or pass `--all`",
+                          hint=f"syncs: {', '.join(sorted(project.syncs)) or 'none'}")
+    console = RichConsole(quiet=as_json)
+    reports = []
+    for name in names:
+        report = run_sync(project, name, console=console, full_resync=full_resync)
+        reports.append(report)
+        if not as_json:
+            render_report(console, report)
+    if as_json:
+        _print_json([r.as_dict() for r in reports])
+    if any(r.status != "success" for r in reports):
+        sys.exit(2)
+
+
+@click.command()
+@project_option
+@json_option
+@click.option("--sync", "sync_name", default=None, help="Only this sync's runs.")
+@click.option("--limit", default=20, show_default=True)
+def runs(project_path: Path, as_json: bool, sync_name: str | None, limit: int) -> None:
+    """List recent runs with their counts and outcome."""
+    project = open_project(project_path)
+    with StateStore.open(project.state_dir) as store:
+        rows = store.runs(sync=sync_name, limit=limit)
+    if as_json:
+        _print_json([dataclasses.asdict(r) for r in rows])
+        return
+    RichConsole().table(
+        "runs",
+        ["run", "sync", "started", "status", "sent", "delivered", "rejected", "dead-lettered"],
+        [
+            (r.run_id, r.sync, f"{r.started_at:%Y-%m-%d %H:%M:%S}", r.status,
+             r.counts.get("changes", {}).get("to_send", ""), r.counts.get("delivered", ""),
+             r.counts.get("rejected_by_api", ""), r.counts.get("dead_lettered", ""))
+            for r in rows
+        ],
+    )
+
+
+@click.command()
+@click.option("--person", required=True, help="A record key or identifier value (id, email).")
+@project_option
+@json_option
+@click.option("--limit", default=200, show_default=True)
+def history(person: str, project_path: Path, as_json: bool, limit: int) -> None:
+    """Every call made for one person: when, what, and the API's answer."""
+    project = open_project(project_path)
+    with StateStore.open(project.state_dir) as store:
+        rows = store.history(person, limit=limit)
+    if as_json:
+        _print_json(rows)
+        return
+    RichConsole().table(
+        f"history of {person}",
+        ["at", "sync", "run", "action", "outcome", "status", "reason"],
+        [
+            (f"{r['sent_at']:%Y-%m-%d %H:%M:%S}", r["sync"], r["run_id"], r["action"], r["outcome"],
+             r["status"] if r["status"] is not None else "", r["reason"] or "")
+            for r in rows
+        ],
+    )

@@ -1,0 +1,119 @@
+"""The demo's sample SaaS warehouse (DuckDB): users, subscriptions, product events.
+
+Deterministic (no randomness at run time), with the mess real warehouses have: mixed-case
+emails, a duplicated user row, a user without an id, an oversized value, a repeated event,
+an event from the future, an event without a user and events too old to trigger journeys.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+USERS = 1_000
+
+
+def build(path: Path, *, now: datetime | None = None) -> None:
+    """Create (or replace) the warehouse file at ``path``."""
+    now = now or datetime.now(UTC)
+    path.unlink(missing_ok=True)
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("create schema app; create schema analytics")
+        con.execute(
+            f"""
+            create table app.users as
+            select
+                i as id,
+                case when i % 7 = 0 then upper(substr(n, 1, 1)) || substr(n, 2) || '@Example.COM '
+                     else n || '@example.com' end as email,
+                ['Ada', 'Grace', 'Linus', 'Barbara', 'Ken', 'Margaret', 'Dennis', 'Frances'][1 + i % 8]
+                    as first_name,
+                timestamptz '{now.isoformat()}' - to_days(30 + i % 400) as created_at,
+                case when i % 11 = 0 then true when i % 13 = 0 then null else false end
+                    as do_not_discount
+            from (select i, 'user' || i as n from range(1, {USERS + 1}) t(i))
+            """
+        )
+        con.execute(
+            f"""
+            create table analytics.subscriptions as
+            select
+                id as user_id,
+                ['free', 'starter', 'pro', 'enterprise'][1 + id % 4] as plan_tier,
+                case when id % 9 = 0 then 'past_due' when id % 4 = 0 then 'trialing'
+                     else 'active' end as status,
+                (id % 4) * 149.5::decimal(10, 2) as mrr,
+                case when id % 4 = 0 then (timestamptz '{now.isoformat()}' + to_days(id % 14))::date
+                     end as trial_ends_on,
+                1 + id % 25 as seats
+            from app.users
+            """
+        )
+        # the mess: a duplicated user row, a user without an id, an oversized first name
+        con.execute(
+            """
+            insert into app.users values
+                (42, 'user42-dup@example.com', 'Dup', now(), false),
+                (null, 'ghost@example.com', 'Ghost', now(), false),
+                (5000, 'long@example.com', repeat('x', 1200), now(), false)
+            """
+        )
+        con.execute(
+            f"""
+            create table analytics.product_events as
+            select
+                'evt_' || i as event_id,
+                1 + (i * 7) % {USERS} as user_id,
+                ['Feature Used', 'Report Exported', 'Invite Sent', 'Integration Connected'][1 + i % 4]
+                    as event_name,
+                timestamptz '{now.isoformat()}' - to_minutes(5 + (i * 13) % 2800) as occurred_at,
+                ['dashboards', 'exports', 'alerts', 'sso'][1 + i % 4] as feature_key,
+                (i % 50) * 1.5 as value
+            from range(1, 3001) t(i)
+            """
+        )
+        con.execute(
+            f"""
+            insert into analytics.product_events values
+                ('evt_7', 50, 'Feature Used', timestamptz '{now.isoformat()}' - to_minutes(30),
+                 'dashboards', 1.0),
+                ('evt_future', 3, 'Feature Used', timestamptz '{now.isoformat()}' + to_days(2),
+                 'dashboards', 1.0),
+                ('evt_orphan', null, 'Feature Used', timestamptz '{now.isoformat()}' - to_hours(1),
+                 'alerts', 2.0);
+            insert into analytics.product_events
+            select 'evt_old_' || i, i, 'Feature Used',
+                   timestamptz '{now.isoformat()}' - to_days(10 + i), 'exports', 0.0
+            from range(1, 51) t(i);
+            """
+        )
+    finally:
+        con.close()
+
+
+def change_a_few_rows(path: Path, *, now: datetime | None = None) -> dict[str, int]:
+    """The second act: upgrade three people, add one, and log two new events."""
+    now = now or datetime.now(UTC)
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("update analytics.subscriptions set plan_tier = 'enterprise', mrr = 900 "
+                    "where user_id in (1, 2, 3)")
+        con.execute(
+            f"insert into app.users values ({USERS + 1}, 'New.Person@Example.com', 'Nova', "
+            f"timestamptz '{now.isoformat()}', false)"
+        )
+        con.execute(
+            f"""
+            insert into analytics.product_events values
+              ('evt_new_1', 1, 'Plan Upgraded', timestamptz '{now.isoformat()}' - to_minutes(2),
+               'billing', 900.0),
+              ('evt_new_2', {USERS + 1}, 'Signed Up', timestamptz '{now.isoformat()}' - to_minutes(1),
+               'onboarding', 0.0)
+            """
+        )
+    finally:
+        con.close()
+    return {"people_changed": 3, "people_added": 1, "events_added": 2}

@@ -1,0 +1,327 @@
+"""Embedded state: snapshots, event ledgers, the commit journal, run history, per-record history.
+
+Everything lives in one DuckDB file, `<project>/.lockgate/state.duckdb`, guarded by an
+exclusive lock file so two syncs of one project never interleave (the OS drops the
+lock when a process dies, so a crash never leaves it stuck).
+
+Tables (one set of per-sync tables, named `<table>__<sync>`):
+
+- ``snap__S(k, h, ident)``: the committed state of sync S: record key, hash of the
+  payload last delivered, and the identifiers it was delivered to.
+- ``ledger__S(k, delivered_at)``: event keys delivered by an events sync (append-only).
+- ``journal__S(run_id, k, h, ident, removed)``: what a run has delivered but not folded
+  into the snapshot yet. Flushed during delivery, folded at the end of the run or at the
+  start of the next one after a crash. This is what makes a crash safe: what was delivered
+  is recorded before the run moves on, and what was not is simply sent again.
+- ``runs``, ``history`` (one row per record per run: what was sent and the answer),
+  ``rejected`` (rows refused by Lockgate or the API, with the reason).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from lockgate.errors import StateError
+
+SCHEMA = """
+create table if not exists runs (
+    run_id varchar primary key, sync varchar, kind varchar, started_at timestamptz,
+    finished_at timestamptz, status varchar, counts json, error varchar
+);
+create table if not exists history (
+    run_id varchar, sync varchar, k varchar, ident varchar, action varchar,
+    outcome varchar, status integer, reason varchar, sent_at timestamptz
+);
+create table if not exists rejected (
+    run_id varchar, sync varchar, k varchar, stage varchar, reason varchar, rejected_at timestamptz
+);
+"""
+
+HISTORY_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("sync", pa.string()),
+        ("k", pa.string()),
+        ("ident", pa.string()),
+        ("action", pa.string()),
+        ("outcome", pa.string()),
+        ("status", pa.int32()),
+        ("reason", pa.string()),
+        ("sent_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """One line of `lockgate runs`."""
+
+    run_id: str
+    sync: str
+    kind: str
+    started_at: datetime
+    finished_at: datetime | None
+    status: str
+    counts: dict[str, Any]
+    error: str | None
+
+
+def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[Any]:
+    """Run a statement and consume its result (DuckDB refuses other work until then)."""
+    return con.execute(sql, params).fetchall()
+
+
+def table(name: str, sync: str) -> str:
+    """The quoted per-sync table name, e.g. ``"snap__customer_profile"``."""
+    return f'"{name}__{sync}"'
+
+
+class StateStore:
+    """The state of one project. Use as a context manager; holds the project lock while open.
+
+    Example::
+
+        with StateStore.open(project.state_dir) as state:
+            runs = state.runs(limit=10)
+    """
+
+    def __init__(self, path: Path, con: duckdb.DuckDBPyConnection, lock_fd: int | None) -> None:
+        self.path = path
+        self.con = con
+        self._lock_fd = lock_fd
+
+    @classmethod
+    def open(cls, state_dir: Path, *, memory_limit: str = "512MB") -> StateStore:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        lock_path = state_dir / "state.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = lock_path.read_text().strip() or "another process"
+            raise StateError(
+                f"the project state in `{state_dir}` is in use by {holder}",
+                hint="wait for the running sync to finish; a crashed process releases it by itself",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}".encode())
+        path = state_dir / "state.duckdb"
+        try:
+            con = duckdb.connect(str(path))
+        except duckdb.Error as exc:
+            os.close(fd)
+            raise StateError(
+                f"cannot open the state database `{path}`: {exc}",
+                hint="if the file is damaged, move it away; the next run is then a full resync",
+            ) from exc
+        tmp = state_dir / "tmp"
+        run_sql(con, f"set memory_limit='{memory_limit}'")
+        run_sql(con, f"set temp_directory='{tmp}'")
+        run_sql(con, "set preserve_insertion_order=false")
+        run_sql(con, SCHEMA)
+        return cls(path, con, fd)
+
+    def exec_sql(self, sql: str, params: list[Any] | None = None) -> list[Any]:
+        return run_sql(self.con, sql, params)
+
+    def writer(self) -> StateStore:
+        """A second handle on the same database (for writing while a result is streamed)."""
+        return StateStore(self.path, self.con.cursor(), None)
+
+    def close(self) -> None:
+        with contextlib.suppress(duckdb.Error):
+            self.con.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ per-sync tables
+
+    def ensure_sync_tables(self, sync: str) -> None:
+        self.exec_sql(
+            f"create table if not exists {table('snap', sync)} "
+            "(k varchar, h ubigint, ident varchar);"
+            f"create table if not exists {table('ledger', sync)} (k varchar, delivered_at timestamptz);"
+            f"create table if not exists {table('journal', sync)} "
+            "(run_id varchar, k varchar, h ubigint, ident varchar, removed boolean);"
+        )
+
+    def has_snapshot(self, sync: str) -> bool:
+        rows = self.con.execute(f"select count(*) from {table('snap', sync)}").fetchall()
+        return bool(rows[0][0])
+
+    def fold_journal(self, sync: str) -> int:
+        """Fold delivered-but-unfolded records into the snapshot. Returns how many."""
+        snap, journal = table("snap", sync), table("journal", sync)
+        rows = self.con.execute(f"select count(*) from {journal}").fetchall()
+        pending = int(rows[0][0])
+        if not pending:
+            return 0
+        self.exec_sql("begin")
+        try:
+            # the latest entry per key wins (a key can be delivered twice within a run's retries)
+            self.exec_sql(
+                f"""
+                create or replace temp table _latest as
+                select k, h, ident, removed from {journal}
+                qualify row_number() over (partition by k order by rowid desc) = 1;
+                delete from {snap} where k in (select k from _latest);
+                insert into {snap} select k, h, ident from _latest where not removed;
+                delete from {journal};
+                drop table _latest;
+                """
+            )
+            self.exec_sql("commit")
+        except duckdb.Error:
+            self.exec_sql("rollback")
+            raise
+        return pending
+
+    def append_journal(
+        self, sync: str, run_id: str, keys: Sequence[str], hashes: Sequence[int | None],
+        idents: Sequence[str | None], removed: Sequence[bool],
+    ) -> None:
+        if not keys:
+            return
+        batch = pa.table(
+            {
+                "run_id": pa.array([run_id] * len(keys), pa.string()),
+                "k": pa.array(keys, pa.string()),
+                "h": pa.array(hashes, pa.uint64()),
+                "ident": pa.array(idents, pa.string()),
+                "removed": pa.array(removed, pa.bool_()),
+            }
+        )
+        self.con.register("_journal_batch", batch)
+        try:
+            self.exec_sql(f"insert into {table('journal', sync)} select * from _journal_batch")
+        finally:
+            self.con.unregister("_journal_batch")
+
+    def append_ledger(self, sync: str, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        now = datetime.now(UTC)
+        batch = pa.table({"k": pa.array(keys, pa.string()),
+                          "delivered_at": pa.array([now] * len(keys), pa.timestamp("us", tz="UTC"))})
+        self.con.register("_ledger_batch", batch)
+        try:
+            self.exec_sql(f"insert into {table('ledger', sync)} select * from _ledger_batch")
+        finally:
+            self.con.unregister("_ledger_batch")
+
+    def append_history(self, rows: dict[str, list[Any]]) -> None:
+        if not rows["k"]:
+            return
+        batch = pa.table(rows, schema=HISTORY_SCHEMA)
+        self.con.register("_history_batch", batch)
+        try:
+            self.exec_sql("insert into history select * from _history_batch")
+        finally:
+            self.con.unregister("_history_batch")
+
+    def append_rejected(self, run_id: str, sync: str, stage: str,
+                        items: Sequence[tuple[str, str]]) -> None:
+        if not items:
+            return
+        now = datetime.now(UTC)
+        batch = pa.table(
+            {
+                "run_id": pa.array([run_id] * len(items), pa.string()),
+                "sync": pa.array([sync] * len(items), pa.string()),
+                "k": pa.array([k for k, _ in items], pa.string()),
+                "stage": pa.array([stage] * len(items), pa.string()),
+                "reason": pa.array([r for _, r in items], pa.string()),
+                "rejected_at": pa.array([now] * len(items), pa.timestamp("us", tz="UTC")),
+            }
+        )
+        self.con.register("_rejected_batch", batch)
+        try:
+            self.exec_sql("insert into rejected select * from _rejected_batch")
+        finally:
+            self.con.unregister("_rejected_batch")
+
+    def reset_sync(self, sync: str) -> None:
+        """Forget what was delivered (for `--full-resync` of people; ledgers are kept)."""
+        self.exec_sql(f"delete from {table('snap', sync)}; delete from {table('journal', sync)}")
+
+    # ------------------------------------------------------------------ runs
+
+    def start_run(self, run_id: str, sync: str, kind: str) -> None:
+        self.exec_sql(
+            "insert into runs values (?, ?, ?, ?, null, 'running', '{}', null)",
+            [run_id, sync, kind, datetime.now(UTC)],
+        )
+
+    def finish_run(self, run_id: str, status: str, counts: dict[str, Any],
+                   error: str | None = None) -> None:
+        self.exec_sql(
+            "update runs set finished_at = ?, status = ?, counts = ?, error = ? where run_id = ?",
+            [datetime.now(UTC), status, orjson.dumps(counts).decode(), error, run_id],
+        )
+
+    def mark_crashed_runs(self, sync: str) -> int:
+        """Runs of this sync still `running` were cut off (the lock proves none is alive)."""
+        row = self.con.execute(
+            "update runs set status = 'crashed' where sync = ? and status = 'running' returning 1",
+            [sync],
+        ).fetchall()
+        return len(row)
+
+    def runs(self, *, sync: str | None = None, limit: int = 20) -> list[RunRow]:
+        query = "select * from runs"
+        params: list[Any] = []
+        if sync:
+            query += " where sync = ?"
+            params.append(sync)
+        query += " order by started_at desc limit ?"
+        params.append(limit)
+        rows = self.con.execute(query, params).fetchall()
+        return [
+            RunRow(r[0], r[1], r[2], r[3], r[4], r[5], orjson.loads(r[6] or "{}"), r[7])
+            for r in rows
+        ]
+
+    def history(self, person: str, *, limit: int = 200) -> list[dict[str, Any]]:
+        """Every call made for one person (matched by record key or any identifier value)."""
+        needle = orjson.dumps(person).decode()
+        cursor = self.con.execute(
+            "select sent_at, run_id, sync, k, ident, action, outcome, status, reason from history "
+            "where k = ? or contains(ident, ?) order by sent_at, run_id limit ?",
+            [person, needle, limit],
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def rejected(self, run_id: str, limit: int = 1000) -> list[tuple[str, str, str]]:
+        rows = self.con.execute(
+            "select k, stage, reason from rejected where run_id = ? limit ?", [run_id, limit]
+        ).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+
+@contextlib.contextmanager
+def open_state(state_dir: Path) -> Iterator[StateStore]:
+    store = StateStore.open(state_dir)
+    try:
+        yield store
+    finally:
+        store.close()

@@ -1,0 +1,235 @@
+"""Run a sync: extract → map → diff → guard → deliver → commit.
+
+This module chains the steps and does none of their work. A failure in any step is
+wrapped once as :class:`~lockgate.errors.StepError` naming the step and the run.
+
+Example::
+
+    project = load_project("demo")
+    report = run_sync(project, "customer_profile", console=NullConsole())
+    assert report.status == "success"
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from lockgate.console import Console
+from lockgate.destinations.base import Destination
+from lockgate.errors import LockgateError, StepError
+from lockgate.project.loader import Project
+from lockgate.project.models import SyncConfig, resolve_env
+from lockgate.sources import connect
+from lockgate.state.store import StateStore
+from lockgate.sync import diff as diff_step
+from lockgate.sync import mapping
+from lockgate.sync.commit import Committer
+from lockgate.sync.deliver import deliver, event_ulids
+from lockgate.sync.extract import stage
+
+DestinationFactory = Callable[[Project, SyncConfig], Destination]
+
+
+def default_destination(project: Project, sync: SyncConfig) -> Destination:
+    """The sync's destination as configured in lockgate.yml, credentials from the env."""
+    from lockgate.destinations.customerio import CustomerIOClient, CustomerIOSettings
+
+    config = project.config.destinations[sync.destination]
+    settings = CustomerIOSettings(
+        site_id=resolve_env(config.site_id, field="site_id") or "",
+        api_key=resolve_env(config.api_key, field="api_key") or "",
+        region=config.region,
+        track_url=config.track_url or os.environ.get("CUSTOMERIO_TRACK_URL"),
+        app_api_key=_optional_env(config.app_api_key) or "",
+        app_url=config.app_url or config.track_url or os.environ.get("CUSTOMERIO_APP_URL"),
+        rate_limit=config.requests_per_second,
+        concurrency=config.concurrency,
+        max_retries=config.max_retries,
+    )
+    return CustomerIOClient(settings)
+
+
+def _optional_env(value: str | None) -> str | None:
+    try:
+        return resolve_env(value, field="app_api_key")
+    except LockgateError:
+        return None
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """The outcome of one run (or plan) of one sync."""
+
+    run_id: str
+    sync: str
+    kind: str
+    status: str  # planned | success | partial | failed
+    changes: diff_step.ChangeSet
+    delivered: int = 0
+    rejected_by_api: int = 0
+    dead_lettered: int = 0
+    failures: tuple[tuple[str, str, str], ...] = ()
+    samples: tuple[dict[str, Any], ...] = ()
+    seconds: float = 0.0
+    recovered: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "sync": self.sync,
+            "kind": self.kind,
+            "status": self.status,
+            "seconds": round(self.seconds, 3),
+            "changes": self.changes.as_dict(),
+            "rejected_rows": [{"key": k, "reason": r} for k, r in self.changes.rejected_samples],
+            "delivered": self.delivered,
+            "rejected_by_api": self.rejected_by_api,
+            "dead_lettered": self.dead_lettered,
+            "failures": [{"key": k, "outcome": o, "reason": r} for k, o, r in self.failures],
+            "samples": list(self.samples),
+            "recovered_from_crash": self.recovered,
+        }
+
+
+@dataclass
+class _Step:
+    run_id: str
+    name: str = "prepare"
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.name = name
+        started = time.perf_counter()
+        try:
+            yield
+        except StepError:
+            raise
+        except (LockgateError, OSError, ValueError, RuntimeError) as exc:
+            raise StepError(name, self.run_id, exc) from exc
+        finally:
+            self.timings[name] = time.perf_counter() - started
+
+
+def _new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def _prepare(
+    store: StateStore, project: Project, sync: SyncConfig, console: Console, step: _Step,
+    *, full_resync: bool, now: int,
+) -> tuple[diff_step.ChangeSet, int]:
+    store.ensure_sync_tables(sync.name)
+    store.mark_crashed_runs(sync.name)
+    recovered = store.fold_journal(sync.name)
+    if recovered:
+        console.warn(f"{sync.name}: recovered {recovered} records delivered by an interrupted run")
+    with step("extract"):
+        source = connect(project.config.sources[sync.source], root=project.root)
+        try:
+            with console.progress(f"extract {sync.name}", None) as advance:
+                staged = stage(store.con, source, project.model_sql(sync), sync=sync.name,
+                               advance=advance)
+        finally:
+            source.close()
+    with step("map"):
+        if sync.kind == "people":
+            compiled = mapping.compile_people(sync, staged.columns, project.config.defaults.on_null)
+        else:
+            compiled = mapping.compile_events(sync, staged.columns, now)
+    with step("diff"):
+        if full_resync and sync.kind == "people":
+            store.reset_sync(sync.name)
+        if sync.kind == "people":
+            changes = diff_step.diff_people(store.con, sync, compiled)
+        else:
+            changes = diff_step.diff_events(store.con, sync, compiled)
+    return changes, recovered
+
+
+def _samples(store: StateStore, kind: str, limit: int) -> tuple[dict[str, Any], ...]:
+    import numpy as np
+    import orjson
+
+    out: list[dict[str, Any]] = []
+    if kind == "events":
+        rows = store.con.execute(f"select k, op, ts, lo, hi from changes limit {limit}").fetchall()
+        if rows:
+            ids = event_ulids(
+                np.array([r[2] for r in rows]), np.array([r[3] for r in rows], dtype=np.uint64),
+                np.array([r[4] for r in rows], dtype=np.uint64),
+            )
+            for (k, op, *_), ulid in zip(rows, ids, strict=True):
+                out.append({"key": k, "payload": orjson.loads(b'{"id":"' + ulid + b'",' + op.encode())})
+        return tuple(out)
+    for k, op in diff_step.sample_ops(store.con, limit):
+        out.append({"key": k, "payload": orjson.loads(op)})
+    return tuple(out)
+
+
+def plan_sync(
+    project: Project, name: str, *, console: Console, full_resync: bool = False,
+    now: int | None = None, samples: int = 3,
+) -> RunReport:
+    """Everything a run would do, counted, with sample payloads; nothing is sent."""
+    sync = project.sync(name)
+    run_id = _new_run_id()
+    step = _Step(run_id)
+    started = time.perf_counter()
+    with StateStore.open(project.state_dir) as store:
+        changes, recovered = _prepare(
+            store, project, sync, console, step, full_resync=full_resync,
+            now=now or int(time.time()),
+        )
+        sample = _samples(store, sync.kind, samples)
+    return RunReport(run_id, sync.name, sync.kind, "planned", changes, samples=sample,
+                     seconds=time.perf_counter() - started, recovered=recovered)
+
+
+def run_sync(
+    project: Project, name: str, *, console: Console,
+    destination_factory: DestinationFactory = default_destination,
+    full_resync: bool = False, now: int | None = None,
+) -> RunReport:
+    """Run one sync to the end; returns its report. Raises StepError when a step fails."""
+    sync = project.sync(name)
+    run_id = _new_run_id()
+    step = _Step(run_id)
+    started = time.perf_counter()
+    with StateStore.open(project.state_dir) as store:
+        store.start_run(run_id, sync.name, sync.kind)
+        try:
+            changes, recovered = _prepare(
+                store, project, sync, console, step, full_resync=full_resync,
+                now=now or int(time.time()),
+            )
+            store.append_rejected(run_id, sync.name, "map", list(changes.rejected_samples))
+            with step("deliver"):
+                destination = destination_factory(project, sync)
+                committer = Committer(store.writer(), sync=sync.name, run_id=run_id,
+                                      kind=sync.kind)
+                with console.progress(f"deliver {sync.name}", changes.to_send) as advance:
+                    deliver(store.con, destination, kind=sync.kind, committer=committer,
+                            advance=advance)
+            with step("commit"):
+                store.fold_journal(sync.name)
+        except BaseException as exc:
+            store.finish_run(run_id, "failed", {}, error=str(exc))
+            raise
+        counts = committer.counts
+        status = "success" if not (counts.rejected or counts.dead_lettered) else "partial"
+        report = RunReport(
+            run_id, sync.name, sync.kind, status, changes,
+            delivered=counts.delivered, rejected_by_api=counts.rejected,
+            dead_lettered=counts.dead_lettered, failures=tuple(counts.failures),
+            seconds=time.perf_counter() - started, recovered=recovered,
+        )
+        store.finish_run(run_id, status, report.as_dict())
+    return report
