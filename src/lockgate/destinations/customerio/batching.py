@@ -1,21 +1,23 @@
 """Encode Track v2 operations once and pack them into ``/api/v2/batch`` bodies.
 
-Pure functions, no I/O. Each operation is encoded to JSON bytes exactly once
-(orjson); a body is the bytes ``{"batch":[`` + ops joined by ``,`` + ``]}``, so
-splitting a rejected batch in halves never re-encodes anything::
+Pure code, no I/O. Each operation is encoded to compact JSON bytes exactly once
+(orjson by default); a body is ``{"batch":[`` + the operations joined by ``,`` +
+``]}``, so splitting a rejected batch in halves never re-encodes anything. The
+packing loop is the hot path of a sync (a million records is a million trips
+through :meth:`Packer.feed`), hence the plain lists and local variables::
 
-    items, oversize = [], []
-    for record in records:
-        item = encode(record)
-        (oversize if item.size > MAX_OP_BYTES else items).append(item)
-    for batch in pack(items, max_bytes=499_000):
-        body = batch_body(batch)
+    packer = Packer(max_bytes=499_000)
+    full, oversize = packer.feed(records)      # any number of calls
+    last = packer.flush()
+    for batch in full:
+        body = batch.body()
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -27,24 +29,41 @@ _TAIL = b"]}"
 ENVELOPE_BYTES = len(_HEAD) + len(_TAIL)
 """Bytes a batch body adds around its operations (separators come on top)."""
 
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One record's operation, encoded: what a batch is made of."""
-
-    key: str
-    data: bytes
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
+Dumps = Callable[[Any], bytes]
 
 
-def encode(record: Record) -> Item:
-    """Encode ``record.op`` to compact JSON bytes (bytes are taken as already encoded)."""
-    op = record.op
-    data = op if isinstance(op, bytes) else orjson.dumps(op)
-    return Item(record.key, data)
+@dataclass(slots=True)
+class Batch:
+    """Encoded operations and their records' keys, in the same order."""
+
+    keys: list[str]
+    ops: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def body(self) -> bytes:
+        """The ``{"batch":[...]}`` request body."""
+        return _HEAD + b",".join(self.ops) + _TAIL
+
+    def halves(self) -> tuple[Batch, Batch]:
+        """Split in two (the first half gets the smaller share when the size is odd)."""
+        mid = len(self.keys) // 2
+        return (
+            Batch(self.keys[:mid], self.ops[:mid]),
+            Batch(self.keys[mid:], self.ops[mid:]),
+        )
+
+    def without(self, drop: Iterable[int]) -> Batch:
+        """The batch minus the operations at the given positions."""
+        gone = set(drop)
+        keep = [i for i in range(len(self.keys)) if i not in gone]
+        return Batch([self.keys[i] for i in keep], [self.ops[i] for i in keep])
+
+
+def body_size(ops: int, payload: int) -> int:
+    """Size of a body holding ``ops`` operations totalling ``payload`` bytes."""
+    return ENVELOPE_BYTES + payload + max(ops - 1, 0)
 
 
 def oversize_reason(size: int) -> str:
@@ -55,65 +74,83 @@ def oversize_reason(size: int) -> str:
     )
 
 
-def body_size(ops: int, payload: int) -> int:
-    """Size of a body holding ``ops`` operations totalling ``payload`` bytes."""
-    return ENVELOPE_BYTES + payload + max(ops - 1, 0)
-
-
 class Packer:
-    """Fills one batch at a time; :meth:`add` hands back the previous batch when full.
+    """Encodes records and fills batches up to ``max_bytes`` (and ``max_ops``), in order.
 
-    Every item must already fit on its own (``body_size(1, item.size) <= max_bytes``);
-    callers reject larger ones before packing.
+    :meth:`feed` returns the batches it filled and the ``(key, size)`` of operations
+    over ``max_op_bytes``, which are never packed. ``dumps`` is the JSON encoder
+    (``orjson.dumps``); ``bytes`` operations are taken as already encoded.
     """
 
-    def __init__(self, *, max_bytes: int, max_ops: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        max_ops: int | None = None,
+        max_op_bytes: int = MAX_OP_BYTES,
+        dumps: Dumps = orjson.dumps,
+    ) -> None:
+        if body_size(1, max_op_bytes) > max_bytes:
+            raise ValueError("max_bytes must hold at least one maximal operation")
         self.max_bytes = max_bytes
-        self.max_ops = max_ops
-        self._batch: list[Item] = []
-        self._payload = 0
+        self.max_ops = max_ops or 1 << 62
+        self.max_op_bytes = max_op_bytes
+        self.dumps = dumps
+        self._keys: list[str] = []
+        self._ops: list[bytes] = []
+        # Running body size, counting one separator per operation; the envelope
+        # has one fewer separator than operations, hence the -1.
+        self._size = ENVELOPE_BYTES - 1
 
-    def add(self, item: Item) -> list[Item] | None:
-        """Add ``item``; return the finished batch if ``item`` had to start a new one."""
-        full: list[Item] | None = None
-        batch = self._batch
-        if batch and (
-            body_size(len(batch) + 1, self._payload + item.size) > self.max_bytes
-            or (self.max_ops is not None and len(batch) >= self.max_ops)
-        ):
-            full = batch
-            self._batch = batch = []
-            self._payload = 0
-        batch.append(item)
-        self._payload += item.size
-        return full
+    def feed(self, records: Iterable[Record]) -> tuple[list[Batch], list[tuple[str, int]]]:
+        """Encode and pack ``records``; return the filled batches and the oversize ones."""
+        full: list[Batch] = []
+        oversize: list[tuple[str, int]] = []
+        keys, ops, size = self._keys, self._ops, self._size
+        max_bytes, max_ops, max_op, dumps = (
+            self.max_bytes,
+            self.max_ops,
+            self.max_op_bytes,
+            self.dumps,
+        )
+        empty = ENVELOPE_BYTES - 1
+        for record in records:
+            op = record.op
+            data = op if op.__class__ is bytes else dumps(op)
+            n = len(data)
+            if n > max_op:
+                oversize.append((record.key, n))
+                continue
+            n += 1
+            if size + n > max_bytes or len(ops) >= max_ops:
+                full.append(Batch(keys, ops))
+                keys, ops, size = [], [], empty
+            keys.append(record.key)
+            ops.append(data)
+            size += n
+        self._keys, self._ops, self._size = keys, ops, size
+        return full, oversize
 
-    def flush(self) -> list[Item] | None:
+    def flush(self) -> Batch | None:
         """Return the partly filled batch, if any, and start afresh."""
-        batch, self._batch, self._payload = self._batch, [], 0
-        return batch or None
+        if not self._keys:
+            return None
+        batch = Batch(self._keys, self._ops)
+        self._keys, self._ops, self._size = [], [], ENVELOPE_BYTES - 1
+        return batch
 
 
 def pack(
-    items: Iterable[Item], *, max_bytes: int, max_ops: int | None = None
-) -> Iterator[list[Item]]:
-    """Group ``items`` in order into batches whose body stays within ``max_bytes``."""
-    packer = Packer(max_bytes=max_bytes, max_ops=max_ops)
-    for item in items:
-        full = packer.add(item)
-        if full is not None:
-            yield full
+    records: Iterable[Record],
+    *,
+    max_bytes: int,
+    max_ops: int | None = None,
+    dumps: Dumps = orjson.dumps,
+) -> tuple[list[Batch], list[tuple[str, int]]]:
+    """Pack every record at once: ``(batches, oversize)``. See :class:`Packer`."""
+    packer = Packer(max_bytes=max_bytes, max_ops=max_ops, dumps=dumps)
+    batches, oversize = packer.feed(records)
     last = packer.flush()
     if last is not None:
-        yield last
-
-
-def batch_body(items: Sequence[Item]) -> bytes:
-    """The ``{"batch":[...]}`` request body for ``items``."""
-    return _HEAD + b",".join(item.data for item in items) + _TAIL
-
-
-def halves(items: Sequence[Item]) -> tuple[list[Item], list[Item]]:
-    """Split a batch in two halves (the first half gets the smaller share)."""
-    mid = len(items) // 2
-    return list(items[:mid]), list(items[mid:])
+        batches.append(last)
+    return batches, oversize

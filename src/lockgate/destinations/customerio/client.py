@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
@@ -39,17 +40,9 @@ import orjson
 
 from lockgate import __version__
 from lockgate.destinations.base import Outcome, Record, Result
-from lockgate.destinations.customerio.batching import (
-    Item,
-    Packer,
-    batch_body,
-    body_size,
-    encode,
-    halves,
-    oversize_reason,
-)
+from lockgate.destinations.customerio.batching import Batch, Packer, oversize_reason
 from lockgate.destinations.customerio.pacing import TokenBucket, backoff, parse_retry_after
-from lockgate.destinations.customerio.settings import MAX_OP_BYTES, CustomerIOSettings
+from lockgate.destinations.customerio.settings import CustomerIOSettings
 from lockgate.errors import (
     ConfigError,
     DestinationAuthError,
@@ -62,6 +55,8 @@ SPLIT_STATUSES = frozenset({400, 413, 422})
 """Whole-batch rejections worth splitting: some record in the batch is bad."""
 AUTH_STATUSES = frozenset({401, 403})
 URL_STATUSES = frozenset({404, 405})
+FEED_CHUNK = 4096
+"""Records taken from a synchronous iterable per packing step."""
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -241,9 +236,9 @@ class CustomerIOClient:
         out: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * concurrency)
         tasks: set[asyncio.Task[None]] = set()
 
-        async def run_batch(items: list[Item]) -> None:
+        async def run_batch(batch: Batch) -> None:
             try:
-                results = await self._deliver_batch(items, 0)
+                results = await self._deliver_batch(batch, 0)
             except BaseException as exc:  # handed to the consumer, who re-raises it
                 await out.put(exc)
                 return
@@ -254,7 +249,7 @@ class CustomerIOClient:
         async def produce() -> None:
             try:
                 async for batch in self._batches(records):
-                    if isinstance(batch[0], Result):
+                    if isinstance(batch, list):  # oversize rejections
                         await out.put(batch)
                         continue
                     await slots.acquire()
@@ -302,56 +297,60 @@ class CustomerIOClient:
 
     async def _batches(
         self, records: Iterable[Record] | AsyncIterable[Record]
-    ) -> AsyncIterator[list[Item] | list[Result]]:
+    ) -> AsyncIterator[Batch | list[Result]]:
         """Encode and pack; oversize operations come out as lists of REJECTED results."""
         packer = Packer(
             max_bytes=self.settings.max_batch_bytes, max_ops=self.settings.max_batch_ops
         )
-        limit = min(MAX_OP_BYTES, self.settings.max_batch_bytes - body_size(1, 0))
 
-        def place(record: Record) -> list[Item] | Result | None:
-            item = encode(record)
-            if item.size > limit:
-                self.stats.rejected += 1
-                return Result(record.key, Outcome.REJECTED, None, oversize_reason(item.size), 0)
-            return packer.add(item)
+        def rejected(oversize: list[tuple[str, int]]) -> list[Result]:
+            self.stats.rejected += len(oversize)
+            return [
+                Result(key, Outcome.REJECTED, None, oversize_reason(size), 0)
+                for key, size in oversize
+            ]
 
         if isinstance(records, AsyncIterable):
             async for record in records:
-                placed = place(record)
-                if placed is not None:
-                    yield [placed] if isinstance(placed, Result) else placed
+                full, oversize = packer.feed((record,))
+                if oversize:
+                    yield rejected(oversize)
+                for batch in full:
+                    yield batch
         else:
-            for record in records:
-                placed = place(record)
-                if placed is not None:
-                    yield [placed] if isinstance(placed, Result) else placed
+            iterator = iter(records)
+            while chunk := list(itertools.islice(iterator, FEED_CHUNK)):
+                full, oversize = packer.feed(chunk)
+                if oversize:
+                    yield rejected(oversize)
+                for batch in full:
+                    yield batch
         last = packer.flush()
         if last is not None:
             yield last
 
     # -- one batch ------------------------------------------------------------------------
 
-    async def _deliver_batch(self, items: list[Item], prior: int) -> list[Result]:
-        """Send ``items`` as one request (retrying) and settle each of them.
+    async def _deliver_batch(self, batch: Batch, prior: int) -> list[Result]:
+        """Send ``batch`` as one request (retrying) and settle each of its records.
 
-        ``prior`` counts the requests that already carried these items (before a split).
+        ``prior`` counts the requests that already carried these records (before a split).
         """
-        answer = await self._post(batch_body(items))
+        answer = await self._post(batch.body())
         attempts = prior + answer.attempts
         status = answer.status
         if answer.error is not None:
-            return self._settle(items, Outcome.DEAD_LETTER, status, str(answer.error), attempts)
+            return self._settle(batch, Outcome.DEAD_LETTER, status, str(answer.error), attempts)
         assert status is not None
         if 200 <= status < 300 and status != 207:
-            return self._settle(items, Outcome.DELIVERED, status, None, attempts)
+            return self._settle(batch, Outcome.DELIVERED, status, None, attempts)
         if status == 207:
-            mapped = indexed_errors(answer.body, len(items))
+            mapped = indexed_errors(answer.body, len(batch))
             if mapped is not None:
-                return self._settle_indexed(items, mapped, status, attempts)
+                return self._settle_indexed(batch, mapped, status, attempts)
             # A 207 we cannot attribute: isolate by splitting (identify and events with
             # an `id` are safe to apply twice).
-            return await self._split(items, status, answer.body, attempts)
+            return await self._split(batch, status, answer.body, attempts)
         if status in AUTH_STATUSES:
             raise DestinationAuthError(
                 f"Customer.io refused the Track API credentials (HTTP {status}) at "
@@ -368,54 +367,49 @@ class CustomerIOClient:
                 hint="check CUSTOMERIO_TRACK_URL (unset it to use the region's host)",
             )
         if status == 400:
-            mapped = indexed_errors(answer.body, len(items))
+            mapped = indexed_errors(answer.body, len(batch))
             if mapped:  # the server named the bad records: reject them, resend the rest
-                bad = [items[i] for i in sorted(mapped)]
-                rest = [it for i, it in enumerate(items) if i not in mapped]
                 results = [
-                    Result(it.key, Outcome.REJECTED, status, mapped[i], attempts)
-                    for i, it in zip(sorted(mapped), bad, strict=True)
+                    Result(batch.keys[i], Outcome.REJECTED, status, reason, attempts)
+                    for i, reason in sorted(mapped.items())
                 ]
                 self.stats.rejected += len(results)
-                if rest:
+                rest = batch.without(mapped)
+                if len(rest):
                     results += await self._deliver_batch(rest, attempts)
                 return results
-        return await self._split(items, status, answer.body, attempts)
+        return await self._split(batch, status, answer.body, attempts)
 
-    async def _split(
-        self, items: list[Item], status: int, body: bytes, attempts: int
-    ) -> list[Result]:
-        if len(items) == 1:
-            return self._settle(
-                items, Outcome.REJECTED, status, whole_batch_reason(status, body), attempts
-            )
+    async def _split(self, batch: Batch, status: int, body: bytes, attempts: int) -> list[Result]:
+        if len(batch) == 1:
+            reason = whole_batch_reason(status, body)
+            return self._settle(batch, Outcome.REJECTED, status, reason, attempts)
         self.stats.splits += 1
-        left, right = halves(items)
-        return await self._deliver_batch(left, attempts) + await self._deliver_batch(
-            right, attempts
-        )
+        left, right = batch.halves()
+        first = await self._deliver_batch(left, attempts)
+        return first + await self._deliver_batch(right, attempts)
 
     def _settle(
-        self, items: list[Item], outcome: Outcome, status: int | None, reason: str | None, n: int
+        self, batch: Batch, outcome: Outcome, status: int | None, reason: str | None, n: int
     ) -> list[Result]:
         if outcome is Outcome.DELIVERED:
-            self.stats.delivered += len(items)
+            self.stats.delivered += len(batch)
         elif outcome is Outcome.REJECTED:
-            self.stats.rejected += len(items)
+            self.stats.rejected += len(batch)
         else:
-            self.stats.dead_lettered += len(items)
-        return [Result(item.key, outcome, status, reason, n) for item in items]
+            self.stats.dead_lettered += len(batch)
+        return [Result(key, outcome, status, reason, n) for key in batch.keys]
 
     def _settle_indexed(
-        self, items: list[Item], mapped: dict[int, str], status: int, n: int
+        self, batch: Batch, mapped: dict[int, str], status: int, n: int
     ) -> list[Result]:
         self.stats.rejected += len(mapped)
-        self.stats.delivered += len(items) - len(mapped)
+        self.stats.delivered += len(batch) - len(mapped)
         return [
-            Result(item.key, Outcome.REJECTED, status, mapped[i], n)
+            Result(key, Outcome.REJECTED, status, mapped[i], n)
             if i in mapped
-            else Result(item.key, Outcome.DELIVERED, status, None, n)
-            for i, item in enumerate(items)
+            else Result(key, Outcome.DELIVERED, status, None, n)
+            for i, key in enumerate(batch.keys)
         ]
 
     # -- one request, with retries --------------------------------------------------------
