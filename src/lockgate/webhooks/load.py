@@ -201,7 +201,13 @@ def destination_for(project: Project) -> tuple[Any, Path | None]:
             import psycopg2  # noqa: F401
         except ImportError:
             raise MissingDependencyError("psycopg2-binary", "webhooks") from None
-        return destinations.postgres(credentials=url), None
+        from dlt.destinations.impl.postgres.configuration import PostgresCredentials
+
+        credentials = PostgresCredentials()
+        credentials.parse_native_representation(url)
+        if credentials.password is None:  # trust/peer auth: dlt insists on a password field
+            credentials.password = ""
+        return destinations.postgres(credentials=credentials), None
     if isinstance(source, SnowflakeSourceConfig):
         credentials = {
             "host": resolve_env(source.account, field=f"sources.{name}.account"),

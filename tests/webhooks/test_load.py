@@ -1,0 +1,226 @@
+"""Loading spooled events into the warehouse: every variant, typed columns, dedupe, evolution."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import duckdb
+import orjson
+import pytest
+
+from lockgate.emulator.webhook_sender import every_variant, make_event
+from lockgate.project.loader import Project
+from lockgate.webhooks.load import load_pending
+from lockgate.webhooks.schemas import table_for
+from lockgate.webhooks.spool import Spool
+
+from .conftest import write_project
+
+
+def spool_events(spool: Spool, events: list[dict[str, Any]]) -> None:
+    spool.append_now([(e["event_id"], orjson.dumps(e)) for e in events])
+
+
+def warehouse(project: Project) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(str(project.root / "warehouse.duckdb"), read_only=True)
+
+
+def column_types(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    rows = con.execute(
+        "select column_name, data_type from information_schema.columns "
+        "where table_schema = 'customerio' and table_name = ?",
+        [table],
+    ).fetchall()
+    return dict(rows)
+
+
+def test_generated_payloads_match_the_spec(
+    spec_validator: Callable[[dict[str, Any]], None],
+) -> None:
+    events = every_variant()
+    assert len(events) > 150
+    for event in events:
+        spec_validator(event)
+
+
+def test_every_variant_loads_with_typed_columns(project: Project, spool: Spool) -> None:
+    events = every_variant()
+    spool_events(spool, events)
+    result = load_pending(project, spool=spool)
+    assert result.loaded == len(events)
+    assert spool.stats().unloaded == 0
+    expected = Counter(table_for(e["object_type"], e["metric"], e["data"]) for e in events)
+    assert set(expected) == {
+        "customer",
+        "email",
+        "push",
+        "in_app",
+        "sms",
+        "slack",
+        "webhook",
+        "whatsapp",
+    }
+    with warehouse(project) as con:
+        for table, count in expected.items():
+            assert con.execute(f"select count(*) from customerio.{table}").fetchone() == (count,)
+        email = column_types(con, "email")
+        assert email["timestamp"] == "TIMESTAMP WITH TIME ZONE"
+        assert email["campaign_id"] == "BIGINT"
+        assert email["link_id"] == "BIGINT"
+        assert email["proxied"] == "BOOLEAN"
+        assert email["identifier_cio_id"] == "VARCHAR"
+        assert email["delivery_id"] == "VARCHAR"
+        assert email["raw"] == "JSON"
+        assert column_types(con, "push")["recipients"] == "JSON"
+        clicked = next(e for e in events if (e["object_type"], e["metric"]) == ("email", "clicked"))
+        row = con.execute(
+            "select timestamp, link_id, href, identifier_email, raw->>'$.event_id' "
+            "from customerio.email where event_id = ?",
+            [clicked["event_id"]],
+        ).fetchone()
+        assert row[0] == dt.datetime.fromtimestamp(clicked["timestamp"], dt.UTC)
+        assert row[1:] == (
+            clicked["data"]["link_id"],
+            clicked["data"]["href"],
+            clicked["data"]["identifiers"]["email"],
+            clicked["event_id"],
+        )
+
+
+def test_unknown_pairs_are_stored(project: Project, spool: Spool) -> None:
+    deferred = make_event("email", "deferred")
+    alien = make_event("email", "sent")
+    alien["object_type"] = "carrier_pigeon"
+    spool_events(spool, [deferred, alien])
+    load_pending(project, spool=spool)
+    with warehouse(project) as con:
+        assert con.execute("select metric from customerio.email").fetchall() == [("deferred",)]
+        assert con.execute("select object_type from customerio.other").fetchall() == [
+            ("carrier_pigeon",)
+        ]
+
+
+def test_duplicate_event_id_is_loaded_once(project: Project, spool: Spool) -> None:
+    event = make_event("email", "opened")
+    spool_events(spool, [event, event])
+    load_pending(project, spool=spool)
+    # a crash after loading but before marking: the same records load again
+    spool._conn.execute("update events set loaded_at = null")
+    load_pending(project, spool=spool)
+    # a second receiver spool (e.g. the folder was lost) holding the same event
+    other = Spool(project.root / "other-spool")
+    try:
+        spool_events(other, [event])
+        load_pending(project, spool=other)
+    finally:
+        other.close()
+    with warehouse(project) as con:
+        assert con.execute("select count(*) from customerio.email").fetchone() == (1,)
+
+
+def test_new_field_adds_a_column_and_keeps_old_rows(project: Project, spool: Spool) -> None:
+    first = make_event("email", "opened")
+    spool_events(spool, [first])
+    load_pending(project, spool=spool)
+    second = make_event("email", "opened")
+    second["data"]["amp_open"] = True
+    second["data"]["reading_seconds"] = 12
+    spool_events(spool, [second])
+    load_pending(project, spool=spool)
+    with warehouse(project) as con:
+        types = column_types(con, "email")
+        assert types["amp_open"] == "BOOLEAN"
+        assert types["reading_seconds"] == "BIGINT"
+        rows = con.execute("select event_id, recipient, amp_open from customerio.email").fetchall()
+    assert sorted(rows) == sorted(
+        [
+            (first["event_id"], first["data"]["recipient"], None),
+            (second["event_id"], second["data"]["recipient"], True),
+        ]
+    )
+
+
+def test_clashing_type_goes_to_a_variant_column(project: Project, spool: Spool) -> None:
+    first = make_event("email", "clicked")
+    spool_events(spool, [first])
+    load_pending(project, spool=spool)
+    odd = make_event("email", "clicked")
+    odd["data"]["link_id"] = "not-a-number"
+    spool_events(spool, [odd])
+    assert load_pending(project, spool=spool).loaded == 1
+    with warehouse(project) as con:
+        assert con.execute("select count(*) from customerio.email").fetchone() == (2,)
+        assert column_types(con, "email")["link_id"] == "BIGINT"
+
+
+def test_busy_duckdb_file_is_a_clear_transient_error(project: Project, spool: Spool) -> None:
+    import multiprocessing
+
+    from lockgate.errors import TransientError
+
+    spool_events(spool, [make_event("email", "sent")])
+    load_pending(project, spool=spool)
+    spool_events(spool, [make_event("email", "opened")])
+    ctx = multiprocessing.get_context("spawn")
+    ready, done = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(project.root / "warehouse.duckdb"), ready, done))
+    holder.start()
+    try:
+        assert ready.wait(20)
+        with pytest.raises(TransientError, match="in use by another process") as info:
+            load_pending(project, spool=spool, wait=0.5)
+        assert "lockgate webhooks load" in (info.value.hint or "")
+        assert spool.stats().unloaded == 1
+    finally:
+        done.set()
+        holder.join(20)
+    assert load_pending(project, spool=spool).loaded == 1
+
+
+def _hold(path: str, ready: Any, done: Any) -> None:
+    con = duckdb.connect(path, read_only=True)
+    ready.set()
+    done.wait(30)
+    con.close()
+
+
+@pytest.mark.postgres
+def test_postgres_loading(tmp_path, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    monkeypatch.setenv("WAREHOUSE_URL", postgres_dsn)
+    project = write_project(
+        tmp_path / "pg",
+        sources="  warehouse: {type: postgres, url: '${WAREHOUSE_URL}'}\n",
+        webhooks="webhooks: {dataset: cio_events}\n",
+    )
+    spool = Spool(project.root / ".lockgate/webhooks")
+    try:
+        events = every_variant()
+        spool_events(spool, [*events, events[0]])
+        load_pending(project, spool=spool)
+        evolved = make_event("email", "opened")
+        evolved["data"]["amp_open"] = True
+        spool_events(spool, [evolved])
+        load_pending(project, spool=spool)
+    finally:
+        spool.close()
+    with psycopg.connect(postgres_dsn) as con:
+        total = 0
+        for table in ("customer", "email", "push", "in_app", "sms", "slack", "webhook", "whatsapp"):
+            total += con.execute(f"select count(*) from cio_events.{table}").fetchone()[0]
+        assert total == len(events) + 1
+        types = dict(
+            con.execute(
+                "select column_name, data_type from information_schema.columns "
+                "where table_schema = 'cio_events' and table_name = 'email'"
+            ).fetchall()
+        )
+    assert types["timestamp"] == "timestamp with time zone"
+    assert types["campaign_id"] == "bigint"
+    assert types["proxied"] == "boolean"
+    assert types["raw"] == "jsonb"
+    assert types["amp_open"] == "boolean"
