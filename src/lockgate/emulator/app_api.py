@@ -159,7 +159,7 @@ def _match(rt: Runtime, p: _P, node: Any) -> bool:
         if op == "eq":
             if not isinstance(value.get("value"), str):
                 raise ValueError("`value` (a string) is required for operator eq")
-            return current == value["value"]
+            return bool(current == value["value"])
         raise ValueError(f"operator `{op}` is not supported (eq, exists)")
     raise ValueError(f"unknown filter `{key}`")
 

@@ -68,12 +68,19 @@ def check_attributes(
         )
     total = 0
     for name, value in attrs.items():
-        nb = len(name.encode())
+        # A UTF-8 character is at most 4 bytes: short strings need no encoding to pass.
+        nb = len(name) if len(name) <= 37 else len(name.encode())
         if nb > ATTR_NAME_MAX_BYTES:
             raise ItemError(
                 "limit", f"{field}.{name[:40]}", "attribute name cannot be longer than 150 bytes"
             )
-        vb = nbytes(value)
+        tv = type(value)
+        if tv is str:
+            vb = len(value) if len(value) <= 250 else len(value.encode())
+        elif tv is int or tv is bool or value is None:
+            vb = 8
+        else:
+            vb = nbytes(value)
         if vb > ATTR_VALUE_MAX_BYTES:
             raise ItemError(
                 "limit",

@@ -34,6 +34,7 @@ _SKIP_ATTRS = frozenset(
     {"id", "email", "phone", "cio_id", "anonymous_id", "_update", "_timestamp", "cio_relationships"}
 )
 _SUBPREF = "cio_subscription_preferences."
+_SPECIAL = _SKIP_ATTRS | {"unsubscribed", "created_at"}
 
 
 def truthy_unsubscribed(value: Any) -> bool:
@@ -108,6 +109,7 @@ class Store:
                 "duplicate_messages_dropped": 0,
             }
             self._seq = 0
+            self._idents = self._idents_enabled()
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -168,20 +170,24 @@ class Store:
     ) -> _P | None:
         """Create or update a person by the rules of reference section 1.2; returns the person."""
         now = int(time.time())
-        body: list[Ref] = [
-            (k, attrs[k])
-            for k in self._idents_enabled()
-            if isinstance(attrs.get(k), str) and attrs[k] != ""
-        ]
+        body: list[Ref] = []
+        for k in self._idents:
+            v = attrs.get(k)
+            if type(v) is str and v:
+                body.append((k, v))
         with self.lock:
-            if self.is_blocked(ref, *body):
+            if self.blocked and self.is_blocked(ref, *body):
                 self.log("suppressed identifier", f"{ref[0]} `{ref[1]}` is suppressed", source)
                 return None
             p = self.resolve(ref)
             if p is None and ref[0] == "cio_id":
                 self.log("attribute update failure", f"no person with cio_id `{ref[1]}`", source)
                 return None
-            others = {q.cio_id for q in (self.resolve(b) for b in body) if q is not None}
+            others: set[str] = set()
+            for b in body:
+                q = self.resolve(b)
+                if q is not None:
+                    others.add(q.cio_id)
             if p is None and len(others) > 1:
                 self.log("attribute update failure", f"{body} belong to different people", source)
                 return None
@@ -240,29 +246,38 @@ class Store:
         ts = timestamp if timestamp is not None else attrs.get("_timestamp")
         ts = ts if type(ts) is int else None
         removes = self.config.null_removes_person_attributes
+        target = p.attrs
         for name, value in attrs.items():
-            if name in _SKIP_ATTRS:
-                continue
-            if ts is not None:
-                if p.attr_ts.get(name, -1) > ts:
-                    continue
-                p.attr_ts[name] = ts
-            if name == "unsubscribed":
-                p.unsubscribed = truthy_unsubscribed(value)
-                continue
-            if name.startswith(_SUBPREF):
-                node = p.attrs.setdefault("cio_subscription_preferences", {})
-                parts = name[len(_SUBPREF) :].split(".")
-                for part in parts[:-1]:
-                    node = node.setdefault(part, {})
-                node[parts[-1]] = value
-                continue
-            if removes and (value is None or value == ""):
-                p.attrs.pop(name, None)
-                continue
-            p.attrs[name] = value
-            if name == "created_at" and type(value) is int:
-                p.created_at = value
+            if name in _SPECIAL or name[:29] == _SUBPREF or ts is not None:
+                self._apply_special(p, name, value, ts)
+            elif removes and (value is None or value == ""):
+                target.pop(name, None)
+            else:
+                target[name] = value
+
+    def _apply_special(self, p: _P, name: str, value: Any, ts: int | None) -> None:
+        if name in _SKIP_ATTRS:
+            return
+        if ts is not None:
+            if p.attr_ts.get(name, -1) > ts:
+                return
+            p.attr_ts[name] = ts
+        if name == "unsubscribed":
+            p.unsubscribed = truthy_unsubscribed(value)
+            return
+        if name.startswith(_SUBPREF):
+            node = p.attrs.setdefault("cio_subscription_preferences", {})
+            parts = name[len(_SUBPREF) :].split(".")
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = value
+            return
+        if self.config.null_removes_person_attributes and (value is None or value == ""):
+            p.attrs.pop(name, None)
+            return
+        p.attrs[name] = value
+        if name == "created_at" and type(value) is int:
+            p.created_at = value
 
     def _link_anonymous(self, p: _P, anonymous_id: str, now: int) -> None:
         if anonymous_id not in p.anonymous_ids:

@@ -38,8 +38,24 @@ EVENT_ACTIONS = frozenset({"event", "screen", "page"})
 Apply = Callable[[Store], None]
 
 
+_BASE_KINDS = frozenset({"id", "email", "cio_id"})
+_ALLOWED = {
+    (False, False): _BASE_KINDS,
+    (True, False): _BASE_KINDS | {"phone"},
+    (False, True): _BASE_KINDS | {"anonymous_id"},
+    (True, True): _BASE_KINDS | {"phone", "anonymous_id"},
+}
+
+
 def person_ref(idents: Any, field: str, *, phone: bool, anonymous: bool = False) -> tuple[str, str]:
     """Exactly one person identifier: id | email | phone | cio_id (unprefixed)."""
+    if type(idents) is dict and len(idents) == 1:
+        ((kind, value),) = idents.items()
+        # fast path: the common, valid case
+        if kind == "id" and type(value) is str and value and len(value) <= 37:
+            return kind, value
+        if kind == "email" and type(value) is str and value:
+            return kind, value
     if not isinstance(idents, dict) or not idents:
         raise ItemError("required", field, f"{field} must be an object with exactly one identifier")
     if len(idents) != 1:
@@ -47,9 +63,7 @@ def person_ref(idents: Any, field: str, *, phone: bool, anonymous: bool = False)
             "invalid", field, f"{field} must hold exactly one identifier, got {sorted(idents)}"
         )
     ((kind, value),) = idents.items()
-    allowed = {"id", "email", "cio_id"} | ({"phone"} if phone else set())
-    if anonymous:
-        allowed.add("anonymous_id")
+    allowed = _ALLOWED[(phone, anonymous)]
     if kind not in allowed:
         raise ItemError(
             "invalid", f"{field}.{kind}", f"unknown identifier `{kind}`; use {sorted(allowed)}"
