@@ -52,7 +52,7 @@ def _records(
     con: duckdb.DuckDBPyConnection, kind: str, pending: dict[str, Pending]
 ) -> Iterator[Record]:
     columns = "k, op, h, ident, removed" + (", ts, lo, hi" if kind == "events" else "")
-    reader = con.execute(f"select {columns} from changes").to_arrow_reader(READ_BATCH_ROWS)
+    reader = con.sql(f"select {columns} from changes").to_arrow_reader(READ_BATCH_ROWS)
     for batch in reader:
         yield from _batch_records(batch, kind, pending)
 

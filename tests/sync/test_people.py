@@ -1,0 +1,202 @@
+"""People syncs: warehouse rows become Customer.io profiles; re-runs send only changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lockgate.console import NullConsole
+from lockgate.emulator import Emulator
+from lockgate.errors import StepError
+from lockgate.sync.run import plan_sync, run_sync
+
+ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
+
+PROFILE = """
+name: profile
+source: warehouse
+model: {sql: "select * from users"}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id, email: email}
+attributes:
+  plan: plan
+  mrr: {column: mrr, type: number}
+  vip: {column: vip, type: boolean}
+  signed_up_at: {column: signed_up_at, type: timestamp}
+  renews_on: {column: renews_on, type: date}
+  promo: {column: promo, on_null: clear}
+"""
+
+USERS = """
+create or replace table users as select * from (values
+  (1, 'ada@example.com', 'pro', 99.5::decimal(8,2), 'true', timestamptz '2026-01-02 03:04:05+00',
+   date '2026-12-01', 'SPRING'),
+  (2, 'grace@example.com', 'free', 0, 'false', timestamptz '2026-02-01 00:00:00+00', null, null),
+  (3, 'linus@example.com', null, 10, '1', null, null, 'X')
+) t(user_id, email, plan, mrr, vip, signed_up_at, renews_on, promo);
+"""
+
+
+def sent_identifies(emu: Emulator) -> int:
+    return sum(
+        1 for r in emu.request_log() if r.path == "/api/v2/batch" and r.status in (200, 207)
+    )
+
+
+def test_rows_become_profiles_with_typed_attributes(project_factory: ProjectFactory) -> None:
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE})
+    report = run_sync(project, "profile", console=NullConsole())
+    emu = project_factory.emulator
+
+    assert report.status == "success"
+    assert report.delivered == 3
+    ada = emu.person(id="1")
+    assert ada is not None
+    assert ada.email == "ada@example.com"
+    assert ada.attributes["plan"] == "pro"
+    assert ada.attributes["mrr"] == 99.5
+    assert ada.attributes["vip"] is True
+    assert ada.attributes["signed_up_at"] == 1767323045  # unix seconds, not ms, not a string
+    assert ada.attributes["renews_on"] == 1796083200
+    assert ada.attributes["promo"] == "SPRING"
+    linus = emu.person(id="3")
+    assert linus is not None
+    assert "plan" not in linus.attributes  # a null is not sent
+    assert linus.attributes["vip"] is True
+
+
+def test_rerun_sends_only_changed_rows(project_factory: ProjectFactory) -> None:
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE})
+    run_sync(project, "profile", console=NullConsole())
+    emu = project_factory.emulator
+    before = sent_identifies(emu)
+
+    again = run_sync(project, "profile", console=NullConsole())
+    assert again.changes.to_send == 0
+    assert again.changes.unchanged == 3
+    assert sent_identifies(emu) == before  # nothing went out
+
+    project_factory.sql("update users set plan = 'enterprise' where user_id = 2")
+    third = run_sync(project, "profile", console=NullConsole())
+    assert (third.changes.changed, third.changes.new, third.delivered) == (1, 0, 1)
+    grace = emu.person(id="2")
+    assert grace is not None and grace.attributes["plan"] == "enterprise"
+    last = [r for r in emu.request_log() if r.path == "/api/v2/batch"][-1]
+    assert [op["identifiers"] for op in last.body["batch"]] == [{"id": "2"}]
+
+
+def test_null_never_overwrites_unless_the_field_says_clear(project_factory: ProjectFactory) -> None:
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE})
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("update users set plan = null, promo = null where user_id = 1")
+    run_sync(project, "profile", console=NullConsole())
+
+    ada = project_factory.emulator.person(id="1")
+    assert ada is not None
+    assert ada.attributes["plan"] == "pro"  # skip: the good value stays
+    assert "promo" not in ada.attributes  # clear: removed on purpose
+
+
+def test_bad_rows_are_rejected_with_reasons_and_good_rows_go_on(
+    project_factory: ProjectFactory,
+) -> None:
+    project_factory.sql(
+        USERS
+        + """
+        alter table users alter mrr type varchar;
+        insert into users values
+          (null, 'ghost@example.com', 'pro', 1, 'true', null, null, null),
+          (4, 'dup@example.com', 'pro', 'not-a-number', 'true', null, null, null),
+          (5, 'five@example.com', 'pro', 1, 'maybe', null, null, null),
+          (6, 'six@example.com', repeat('x', 1001), 1, 'true', null, null, null),
+          (2, 'grace2@example.com', 'pro', 1, 'true', null, null, null);
+        """
+    )
+    project = project_factory.write({"profile": PROFILE})
+    report = run_sync(project, "profile", console=NullConsole())
+
+    reasons = dict(report.changes.rejected_samples)
+    assert report.delivered == 2  # users 1 and 3; 2 is duplicated, 4-6 are bad
+    assert any("primary key is null" in r for r in reasons.values())
+    assert "`not-a-number` is not a number" in reasons["4"]
+    assert "`maybe` is not a boolean" in reasons["5"]
+    assert "1001 bytes, over the 1000-byte limit" in reasons["6"]
+    assert "appears 2 times" in reasons["2"]
+    emu = project_factory.emulator
+    assert emu.person(id="1") is not None and emu.person(id="4") is None
+
+
+def test_mirror_clears_people_who_leave_the_model(project_factory: ProjectFactory) -> None:
+    project_factory.sql(USERS)
+    mirror = PROFILE.replace("mode: upsert", "") + "mode: mirror\n"
+    project = project_factory.write({"profile": mirror})
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("delete from users where user_id = 1")
+
+    plan = plan_sync(project, "profile", console=NullConsole())
+    assert (plan.changes.removed, plan.changes.removed_sent) == (1, 1)
+    run_sync(project, "profile", console=NullConsole())
+    ada = project_factory.emulator.person(id="1")
+    assert ada is not None  # mirror clears, it does not delete
+    assert not {"plan", "mrr", "vip", "promo"} & set(ada.attributes)
+    # and a third run has nothing left to clear
+    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
+def test_mirror_with_delete_removed_deletes_the_person(project_factory: ProjectFactory) -> None:
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE + "mode: mirror\ndelete_removed: true\n"})
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("delete from users where user_id = 3")
+    run_sync(project, "profile", console=NullConsole())
+    assert project_factory.emulator.person(id="3") is None
+    assert project_factory.emulator.person(id="1") is not None
+
+
+def test_update_mode_never_creates_people(project_factory: ProjectFactory) -> None:
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE + "mode: update\n"})
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.delivered == 3  # accepted by the API...
+    assert project_factory.emulator.people() == []  # ...but nobody was created
+
+
+def test_missing_column_names_sync_and_column(project_factory: ProjectFactory) -> None:
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE.replace("plan: plan", "plan: plan_tier")})
+    with pytest.raises(StepError) as caught:
+        run_sync(project, "profile", console=NullConsole())
+    message = str(caught.value)
+    assert "step `map`" in message and "`profile`" in message and "`plan_tier`" in message
+    assert project_factory.emulator.people() == []
+
+
+def test_dead_lettered_records_are_sent_again_next_run(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lockgate.emulator import EmulatorConfig, FaultConfig
+
+    project_factory.sql(USERS)
+    broken = Emulator(EmulatorConfig(faults=FaultConfig(error_5xx=1.0, seed=1)))
+    with broken.serve() as url:
+        project = project_factory.write({"profile": PROFILE}, url=url, retries=0)
+        first = run_sync(project, "profile", console=NullConsole())
+    assert first.status == "partial" and first.dead_lettered == 3 and first.delivered == 0
+
+    project = project_factory.write({"profile": PROFILE})
+    second = run_sync(project, "profile", console=NullConsole())
+    assert second.changes.new == 3 and second.delivered == 3
+    assert len(project_factory.emulator.people()) == 3
+
+
+def test_full_resync_sends_everyone_again(project_factory: ProjectFactory) -> None:
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE})
+    run_sync(project, "profile", console=NullConsole())
+    report = run_sync(project, "profile", console=NullConsole(), full_resync=True)
+    assert report.delivered == 3 and report.changes.new == 3
