@@ -1,4 +1,3 @@
 """identity."""
 
 from __future__ import annotations
-

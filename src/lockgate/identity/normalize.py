@@ -1,0 +1,242 @@
+"""Normalise, block and validate identifier values, a whole Arrow column at a time.
+
+Every step works on a `pyarrow.StringArray` and returns one of the same length; a dropped
+value becomes null and its reason is recorded. Steps that Arrow cannot vectorise (IDNA, E.164)
+run in Python on the distinct non-ASCII / phone values only.
+
+Example::
+
+    clean = normalize_column(config, "email", pa.array([" Jane@X.com ", "null"]))
+    clean.values.to_pylist()   # ["jane@x.com", None]
+    clean.reasons.to_pylist()  # [None, "blocked"]
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lockgate.project.identity import IdentityConfig, RegexValidateConfig
+
+_UNICODE_SPACE = (
+    " \t\n\r\x0b\x0c\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u200b\u200c\u200d\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+_UUID = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+_EMAIL_SHAPE = r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$"
+_E164 = r"^\+[1-9][0-9]{6,14}$"
+
+# Calling codes and national number lengths for the simple phone normaliser. Numbers written
+# with `+` or `00` work for every country; these only cover numbers written without one.
+CALLING_CODES: dict[str, tuple[str, tuple[int, ...]]] = {
+    "US": ("1", (10,)),
+    "CA": ("1", (10,)),
+    "GB": ("44", (10,)),
+    "DE": ("49", (10, 11)),
+    "FR": ("33", (9,)),
+    "ES": ("34", (9,)),
+    "IT": ("39", (9, 10)),
+    "NL": ("31", (9,)),
+    "AU": ("61", (9,)),
+    "IN": ("91", (10,)),
+    "BR": ("55", (10, 11)),
+}
+
+
+@dataclass(frozen=True)
+class NormalizedColumn:
+    """A normalised column: `values` (null where dropped) and `reasons` (null where kept).
+
+    A reason is `blocked` or `invalid`; a value that was null on input has no reason.
+    """
+
+    values: pa.StringArray
+    reasons: pa.StringArray
+    normalized: pa.StringArray
+
+
+def to_string_array(column: pa.Array | pa.ChunkedArray) -> pa.StringArray:
+    """Any Arrow column as strings; floats that hold whole numbers lose their `.0`."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    if pa.types.is_floating(column.type):
+        whole = pc.equal(pc.floor(column), column)
+        as_int = pc.cast(pc.if_else(whole, column, None), pa.int64(), safe=False)
+        column = pc.if_else(whole, pc.cast(as_int, pa.string()), pc.cast(column, pa.string()))
+    if pa.types.is_large_string(column.type) or not pa.types.is_string(column.type):
+        column = pc.cast(column, pa.string())
+    return column
+
+
+def _unique_map(values: pa.StringArray, mask: pa.Array, fn: object) -> pa.StringArray:
+    """Apply a Python function to the distinct values where `mask` holds; keep the rest."""
+    assert callable(fn)
+    picked = pc.filter(values, mask)
+    if len(picked) == 0:
+        return values
+    uniques = pc.unique(picked)
+    mapped = pa.array([fn(v) for v in uniques.to_pylist()], type=pa.string())
+    index = pc.index_in(values, value_set=uniques)
+    replaced = pc.take(mapped, index)
+    return pc.if_else(mask, replaced, values)
+
+
+def _idna(value: str | None) -> str | None:
+    if value is None or "@" not in value:
+        return value
+    local, _, domain = value.rpartition("@")
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return value
+    return f"{local}@{domain}"
+
+
+def e164(value: str | None, region: str = "US") -> str | None:
+    """A simple E.164 normaliser (no `phonenumbers` dependency); `None` when it cannot tell.
+
+    `+` or `00` prefixed numbers keep their country code; national numbers get the region's
+    calling code when their digit count fits (a leading trunk `0` is dropped first).
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    digits = re.sub(r"\D", "", text)
+    if not digits:
+        return None
+    if text.startswith("+"):
+        out = "+" + digits
+    elif digits.startswith("00"):
+        out = "+" + digits[2:]
+    else:
+        code, lengths = CALLING_CODES.get(region.upper(), ("", ()))
+        national = digits[1:] if digits.startswith("0") and len(digits) - 1 in lengths else digits
+        if len(national) in lengths:
+            out = "+" + code + national
+        elif code and digits.startswith(code) and len(digits) - len(code) in lengths:
+            out = "+" + digits
+        else:
+            return None
+    return out if re.match(_E164, out) else None
+
+
+def apply_steps(
+    values: pa.StringArray, steps: tuple[str, ...], *, region: str = "US"
+) -> pa.StringArray:
+    """Apply normalisation steps in order."""
+    for step in steps:
+        if step == "trim":
+            values = pc.utf8_trim_whitespace(values)
+        elif step == "trim_unicode_space":
+            values = pc.utf8_trim(values, characters=_UNICODE_SPACE)
+        elif step == "strip_mailto":
+            values = pc.replace_substring_regex(values, r"(?i)^mailto:", "")
+            values = pc.replace_substring_regex(values, r"^[^<]*<([^<>]*)>\s*$", r"\1")
+        elif step == "nfc":
+            values = pc.utf8_normalize(values, form="NFC")
+        elif step == "lowercase":
+            values = pc.utf8_lower(values)
+        elif step == "lowercase_if_uuid":
+            values = pc.if_else(
+                pc.match_substring_regex(values, _UUID), pc.utf8_lower(values), values
+            )
+        elif step == "idna_domain":
+            values = pc.replace_substring_regex(values, r"\.$", "")
+            non_ascii = pc.fill_null(pc.invert(pc.string_is_ascii(values)), False)
+            values = _unique_map(values, non_ascii, _idna)
+        elif step == "coerce_numeric_string":
+            values = pc.replace_substring_regex(values, r"^(-?[0-9]+)\.0+$", r"\1")
+        elif step == "e164":
+            present = pc.is_valid(values)
+            values = _unique_map(values, present, lambda v: e164(v, region))
+        elif step == "digits_only":
+            values = pc.replace_substring_regex(values, r"[^0-9]", "")
+        elif step == "strip_plus_tag":
+            values = pc.replace_substring_regex(values, r"\+[^@]*@", "@")
+        else:  # pragma: no cover - the config model only allows the steps above
+            raise ValueError(step)
+    return values
+
+
+def normalize_column(
+    config: IdentityConfig,
+    type_name: str,
+    column: pa.Array | pa.ChunkedArray,
+    *,
+    extra_blocked: frozenset[str] = frozenset(),
+) -> NormalizedColumn:
+    """Normalise, block and validate one column of values of type `type_name`.
+
+    `extra_blocked` holds further (normalised) values to block, from the operator's table.
+    """
+    spec = config.identifier_types[type_name]
+    raw = to_string_array(column)
+    values = apply_steps(raw, config.normalize_steps(type_name), region=spec.default_region)
+    blocked, invalid = check_values(config, type_name, values, extra_blocked=extra_blocked)
+    present = pc.is_valid(values)
+    # a value that normalisation turned into null (for example an unparseable phone) is invalid
+    lost = pc.and_(pc.is_valid(raw), pc.invert(present))
+    reasons = pc.if_else(
+        pc.and_(present, blocked),
+        pa.scalar("blocked"),
+        pc.if_else(
+            pc.or_(pc.and_(present, invalid), lost),
+            pa.scalar("invalid"),
+            pa.scalar(None, pa.string()),
+        ),
+    )
+    keep = pc.and_(present, pc.invert(pc.or_(blocked, invalid)))
+    if spec.namespace:
+        values = pc.binary_join_element_wise(pa.scalar(spec.namespace), values, ":")
+    kept = pc.if_else(keep, values, pa.scalar(None, pa.string()))
+    return NormalizedColumn(values=kept, reasons=reasons, normalized=values)
+
+
+def check_values(
+    config: IdentityConfig,
+    type_name: str,
+    values: pa.StringArray,
+    *,
+    extra_blocked: frozenset[str] = frozenset(),
+) -> tuple[pa.BooleanArray, pa.BooleanArray]:
+    """Which normalised values are blocked, and which (not blocked) fail validation."""
+    spec = config.identifier_types[type_name]
+    rules = config.blocked_for(type_name)
+    lowered = pc.utf8_lower(values)
+    blocked = pc.is_in(lowered, value_set=pa.array(list(rules.exact_ci), pa.string()))
+    blocked = pc.fill_null(blocked, False)
+    exact = list(rules.exact) + sorted(extra_blocked)
+    if exact:
+        hit = pc.is_in(values, value_set=pa.array(exact, pa.string()))
+        blocked = pc.or_(blocked, pc.fill_null(hit, False))
+    for regex in rules.regex:
+        hit = pc.fill_null(pc.match_substring_regex(values, regex), False)
+        blocked = pc.or_(blocked, hit)
+    validator = spec.validator
+    pattern: str | None = None
+    if validator == "email_shape":
+        pattern = _EMAIL_SHAPE
+    elif validator == "e164":
+        pattern = _E164
+    elif isinstance(validator, RegexValidateConfig):
+        pattern = validator.regex
+    if pattern is None:
+        invalid = pc.fill_null(pc.and_(pc.is_valid(values), pa.scalar(False)), False)
+    else:
+        ok = pc.fill_null(pc.match_substring_regex(values, pattern), True)
+        invalid = pc.and_(pc.invert(ok), pc.invert(blocked))
+    return blocked, invalid
+
+
+def normalize_value(config: IdentityConfig, type_name: str, value: object) -> str | None:
+    """Normalise one value (for `explain` and the per-row resolver); `None` if dropped."""
+    if value is None:
+        return None
+    out = normalize_column(config, type_name, pa.array([str(value)], pa.string())).values[0]
+    result: str | None = out.as_py()
+    return result

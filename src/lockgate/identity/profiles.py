@@ -1,0 +1,441 @@
+"""Stable profile ids: carry ids forward, pick merge survivors, detect splits and moves.
+
+Rules (identity.md §2.3, §2.4):
+
+* a new component is named `lg_` + a hash of its anchor (its most trusted identifier; ties by
+  value), with a suffix if that id was ever used;
+* each previous profile has one heir: the component holding its old anchor, else the one
+  holding most of its identifiers;
+* a component that is heir to several profiles is a merge: the survivor is the one that is a
+  Customer.io person with an `id`, then with an email only, then the most trusted anchor type,
+  then the oldest, then the smallest id; the others become aliases;
+* a component heir to nobody that holds identifiers of an earlier profile is a split child
+  (a new id, logged for review); identifiers landing in another existing profile are moves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lockgate.identity import graph as g
+from lockgate.identity.state import (
+    ALIASES_SCHEMA,
+    MERGES_SCHEMA,
+    MOVES_SCHEMA,
+    PROFILES_BASE,
+    SPLITS_SCHEMA,
+    IdentityState,
+)
+from lockgate.project.identity import IdentityConfig
+
+I64_MIN = np.iinfo(np.int64).min
+
+
+def profile_schema(types: tuple[str, ...]) -> pa.Schema:
+    """`lg_profiles` for a config: the base columns and one `n_<type>` count per type."""
+    return pa.schema(PROFILES_BASE + [(f"n_{t}", pa.int64()) for t in types])
+
+
+def profile_id_for(type_name: str, value: str) -> str:
+    """The id a new profile anchored on `type_name:value` gets (before any suffix)."""
+    digest = hashlib.blake2b(f"{type_name}\x1f{value}".encode(), digest_size=8).hexdigest()
+    return f"lg_{digest}"
+
+
+@dataclass(frozen=True)
+class PreviousProfiles:
+    """The previous run's profiles, indexed by an integer code."""
+
+    table: pa.Table
+    ids: pa.StringArray
+    known: frozenset[str]
+    aliases: pa.Table
+
+    @classmethod
+    def from_state(cls, state: IdentityState | None, types: tuple[str, ...]) -> PreviousProfiles:
+        if state is None:
+            empty = profile_schema(types).empty_table()
+            return cls(empty, pa.array([], pa.string()), frozenset(), ALIASES_SCHEMA.empty_table())
+        ids = state.profiles["profile_id"].combine_chunks()
+        known = set(ids.to_pylist()) | set(state.aliases["old_profile_id"].to_pylist())
+        return cls(state.profiles, ids, frozenset(known), state.aliases)
+
+    def codes(self, profile_ids: pa.ChunkedArray | pa.Array) -> npt.NDArray[np.int64]:
+        found = pc.index_in(profile_ids, value_set=self.ids)
+        return np.asarray(
+            pc.fill_null(found.cast(pa.int64()), -1).to_numpy(zero_copy_only=False), np.int64
+        )
+
+    def column(self, name: str) -> list[object]:
+        return self.table[name].to_pylist() if self.table.num_rows else []
+
+
+@dataclass(frozen=True)
+class Assigned:
+    """Profile ids per node and the profile-level tables of one run."""
+
+    node_profile: pa.StringArray
+    profiles: pa.Table
+    aliases: pa.Table
+    merges: pa.Table
+    splits: pa.Table
+    moves: pa.Table
+
+
+def _pick(
+    comp: npt.NDArray[np.int64],
+    candidates: npt.NDArray[np.bool_],
+    node_rank: npt.NDArray[np.int64],
+    node_last: npt.NDArray[np.int64],
+    node_values: pa.StringArray,
+    n_comp: int,
+) -> npt.NDArray[np.int64]:
+    """Per component, the candidate node with the best rank, then latest seen, then value."""
+    out = np.full(n_comp, -1, dtype=np.int64)
+    nodes = np.flatnonzero(candidates)
+    if nodes.size == 0:
+        return out
+    c, r, last = comp[nodes], node_rank[nodes], node_last[nodes]
+    order = np.lexsort((-last, r, c))
+    nodes, c, r, last = nodes[order], c[order], r[order], last[order]
+    first = np.r_[True, c[1:] != c[:-1]]
+    out[c[first]] = nodes[first]
+    # ties on (rank, last seen) are broken by the smaller value, in Python (rare)
+    tie = (
+        ~first & (c == np.r_[-1, c[:-1]]) & (r == np.r_[-1, r[:-1]]) & (last == np.r_[0, last[:-1]])
+    )
+    tied_comps = np.unique(c[tie])
+    if tied_comps.size:
+        best_r = node_rank[out[tied_comps]]
+        best_l = node_last[out[tied_comps]]
+        sel = np.isin(c, tied_comps)
+        lookup = dict(
+            zip(
+                tied_comps.tolist(), zip(best_r.tolist(), best_l.tolist(), strict=True), strict=True
+            )
+        )
+        values = node_values.take(pa.array(nodes[sel])).to_pylist()
+        best: dict[int, tuple[str, int]] = {}
+        for node, cc, rr, ll, v in zip(
+            nodes[sel].tolist(),
+            c[sel].tolist(),
+            r[sel].tolist(),
+            last[sel].tolist(),
+            values,
+            strict=True,
+        ):
+            if (rr, ll) != lookup[cc]:
+                continue
+            if cc not in best or v < best[cc][0]:
+                best[cc] = (v, node)
+        for cc, (_, node) in best.items():
+            out[cc] = node
+    return out
+
+
+def assign(
+    *,
+    labels: npt.NDArray[np.int64],
+    node_type: npt.NDArray[np.int16],
+    node_values: pa.StringArray,
+    quarantined: npt.NDArray[np.bool_],
+    prev_pid: npt.NDArray[np.int64],
+    previous: PreviousProfiles,
+    graph: g.Graph,
+    accepted: npt.NDArray[np.bool_],
+    node_rank: npt.NDArray[np.int64],
+    node_last: npt.NDArray[np.int64],
+    node_batch: npt.NDArray[np.int64],
+    config: IdentityConfig,
+    batch: int,
+    run_id: str,
+    cio_exists: Callable[[str, str], bool] | None,
+) -> Assigned:
+    """Name every component, carrying ids forward from `previous`."""
+    types = config.type_order
+    n_types = len(types)
+    eligible = ~quarantined
+    elig_nodes = np.flatnonzero(eligible)
+    uniq, comp_dense = np.unique(labels[elig_nodes], return_inverse=True)
+    n_comp = int(uniq.shape[0])
+    comp_of = np.full(labels.shape[0], -1, dtype=np.int64)
+    comp_of[elig_nodes] = comp_dense
+    ec = comp_dense.astype(np.int64)
+    et = node_type[elig_nodes].astype(np.int64)
+
+    # anchor: most trusted type, then smallest value
+    min_type = np.full(n_comp, n_types, dtype=np.int64)
+    np.minimum.at(min_type, ec, et)
+    cand = et == min_type[ec]
+    cand_count = np.bincount(ec[cand], minlength=n_comp)
+    anchor = np.full(n_comp, -1, dtype=np.int64)
+    anchor[ec[cand]] = elig_nodes[cand]
+    tie_nodes = elig_nodes[cand & (cand_count[ec] > 1)]
+    if tie_nodes.size:
+        best: dict[int, tuple[str, int]] = {}
+        vals = node_values.take(pa.array(tie_nodes)).to_pylist()
+        for node, v in zip(tie_nodes.tolist(), vals, strict=True):
+            c = int(comp_of[node])
+            if c not in best or v < best[c][0]:
+                best[c] = (v, node)
+        for c, (_, node) in best.items():
+            anchor[c] = node
+
+    def anchor_key(c: int) -> tuple[int, str]:
+        node = int(anchor[c])
+        return int(node_type[node]), str(node_values[node].as_py())
+
+    # heirs of previous profiles
+    n_prev = len(previous.ids)
+    heir = np.full(n_prev, -1, dtype=np.int64)
+    has_prev = eligible & (prev_pid >= 0)
+    pn = np.flatnonzero(has_prev)
+    pair_key = comp_of[pn] * max(n_prev, 1) + prev_pid[pn]
+    pkeys, pcounts = np.unique(pair_key, return_counts=True)
+    pair_comp, pair_pid = pkeys // max(n_prev, 1), pkeys % max(n_prev, 1)
+    pid_ncomps = np.bincount(pair_pid, minlength=n_prev)
+    simple = pid_ncomps[pair_pid] == 1
+    heir[pair_pid[simple]] = pair_comp[simple]
+    complex_pids = np.flatnonzero(pid_ncomps > 1)
+    if complex_pids.size:
+        anchors_t = previous.column("anchor_type")
+        anchors_v = previous.column("anchor_value")
+        type_index = {t: i for i, t in enumerate(types)}
+        sel = np.isin(pair_pid, complex_pids)
+        options: dict[int, list[tuple[int, int]]] = {}
+        for c, p, n in zip(
+            pair_comp[sel].tolist(), pair_pid[sel].tolist(), pcounts[sel].tolist(), strict=True
+        ):
+            options.setdefault(p, []).append((c, n))
+        for p, opts in options.items():
+            chosen = -1
+            t_name, v = anchors_t[p], anchors_v[p]
+            if t_name in type_index:
+                t = type_index[t_name]
+                for c, _ in opts:
+                    members = elig_nodes[(ec == c) & (et == t)]
+                    if members.size and v in node_values.take(pa.array(members)).to_pylist():
+                        chosen = c
+                        break
+            if chosen < 0:
+                chosen = min(opts, key=lambda cn: (-cn[1], anchor_key(cn[0])))[0]
+            heir[p] = chosen
+
+    # which previous id each component keeps
+    comp_pid = np.full(n_comp, -1, dtype=np.int64)
+    has_heir = np.flatnonzero(heir >= 0)
+    heirs_per_comp = np.bincount(heir[has_heir], minlength=n_comp)
+    single = has_heir[heirs_per_comp[heir[has_heir]] == 1]
+    comp_pid[heir[single]] = single
+    merges: list[tuple[int, int, int]] = []  # (comp, survivor pid, absorbed pid)
+    multi = has_heir[heirs_per_comp[heir[has_heir]] > 1]
+    if multi.size:
+        exists = cio_exists or (lambda kind, value: True)
+        person = previous.column("cio_person_id")
+        email = previous.column("cio_email")
+        created = previous.column("created_batch")
+        a_type = previous.column("anchor_type")
+        rank_of = {t: i for i, t in enumerate(types)}
+        pid_names = previous.ids.to_pylist()
+
+        def survivor_key(p: int) -> tuple[int, int, int, str]:
+            cls = 2
+            if person[p] is not None and exists("id", str(person[p])):
+                cls = 0
+            elif email[p] is not None and exists("email", str(email[p])):
+                cls = 1
+            return (
+                cls,
+                rank_of.get(str(a_type[p]), n_types),
+                int(str(created[p] or 0)),
+                pid_names[p],
+            )
+
+        groups: dict[int, list[int]] = {}
+        for p in multi.tolist():
+            groups.setdefault(int(heir[p]), []).append(p)
+        for c, pids in groups.items():
+            pids.sort(key=survivor_key)
+            comp_pid[c] = pids[0]
+            merges.extend((c, pids[0], p) for p in pids[1:])
+
+    # new ids for components heir to nobody
+    prev_names = previous.ids.to_pylist()
+    used = set(previous.known)
+    new_comps = np.flatnonzero(comp_pid < 0)
+    new_ids: list[str | None] = [None] * n_comp
+    if new_comps.size:
+        an = anchor[new_comps]
+        t_names = [types[t] for t in node_type[an].tolist()]
+        vals = node_values.take(pa.array(an)).to_pylist()
+        for c, t_name, v in zip(new_comps.tolist(), t_names, vals, strict=True):
+            pid = profile_id_for(t_name, v)
+            if pid in used:
+                n = 2
+                while f"{pid}_{n}" in used:
+                    n += 1
+                pid = f"{pid}_{n}"
+            used.add(pid)
+            new_ids[c] = pid
+    comp_names = [prev_names[p] if p >= 0 else new_ids[c] for c, p in enumerate(comp_pid.tolist())]
+    comp_arr = pa.array(comp_names, pa.string())
+    node_profile = comp_arr.take(pa.array(comp_of, mask=comp_of < 0))
+
+    # nodes that left their old profile: splits (into a new id) or moves (into an existing one)
+    split_pairs: set[tuple[int, int]] = set()
+    moves: list[tuple[int, int, int]] = []
+    changed = np.zeros(n_comp, dtype=bool)
+    if pn.size:
+        old = prev_pid[pn]
+        now = comp_of[pn]
+        left = heir[old] != now
+        for node, p, c in zip(
+            pn[left].tolist(), old[left].tolist(), now[left].tolist(), strict=True
+        ):
+            if comp_pid[c] < 0:
+                split_pairs.add((p, c))
+            elif comp_pid[c] != p and not any(m[2] == p for m in merges):
+                moves.append((node, p, c))
+            if heir[p] >= 0:
+                changed[heir[p]] = True
+    diff_node = eligible & (
+        prev_pid != np.where(comp_of >= 0, comp_pid[np.maximum(comp_of, 0)], -1)
+    )
+    changed[np.unique(comp_of[diff_node])] = True
+    changed[new_comps] = True
+    for c, _, _ in merges:
+        changed[c] = True
+
+    # Customer.io identity per profile
+    def pick_for(kind: str) -> npt.NDArray[np.int64]:
+        chosen = np.full(n_comp, -1, dtype=np.int64)
+        order = (
+            config.customerio.id_from
+            if kind == "id"
+            else tuple(t for t in types if config.identifier_types[t].customerio == kind)
+        )
+        for t_name in order:
+            t = types.index(t_name)
+            found = _pick(
+                comp_of, eligible & (node_type == t), node_rank, node_last, node_values, n_comp
+            )
+            chosen = np.where(chosen < 0, found, chosen)
+        return chosen
+
+    def values_of(nodes: npt.NDArray[np.int64]) -> pa.Array:
+        return node_values.take(pa.array(nodes, mask=nodes < 0))
+
+    counts = np.bincount(ec * n_types + et, minlength=n_comp * n_types).reshape(n_comp, n_types)
+    prev_created_run = previous.column("created_run")
+    prev_created_batch = previous.column("created_batch")
+    prev_updated = previous.column("updated_run")
+    created_run = [run_id if p < 0 else prev_created_run[p] for p in comp_pid.tolist()]
+    created_batch = [batch if p < 0 else prev_created_batch[p] for p in comp_pid.tolist()]
+    updated = [
+        run_id if changed[c] or p < 0 else prev_updated[p] for c, p in enumerate(comp_pid.tolist())
+    ]
+    type_names = pa.array(list(types), pa.string())
+    columns: dict[str, pa.Array] = {
+        "run_id": pa.array([run_id] * n_comp, pa.string()),
+        "profile_id": comp_arr,
+        "status": pa.array(["active"] * n_comp, pa.string()),
+        "anchor_type": type_names.take(pa.array(node_type[anchor].astype(np.int32))),
+        "anchor_value": node_values.take(pa.array(anchor)),
+        "created_run": pa.array(created_run, pa.string()),
+        "created_batch": pa.array(created_batch, pa.int64()),
+        "updated_run": pa.array(updated, pa.string()),
+        "n_identifiers": pa.array(counts.sum(axis=1), pa.int64()),
+        "cio_id": values_of(pick_for("cio_id")),
+        "cio_person_id": values_of(pick_for("id")),
+        "cio_email": values_of(pick_for("email")),
+        "cio_anonymous_id": values_of(pick_for("anonymous_id")),
+    }
+    for t, name in enumerate(types):
+        columns[f"n_{name}"] = pa.array(counts[:, t], pa.int64())
+    profiles = pa.table(columns, schema=profile_schema(types))
+
+    # merges: the best edge out of each absorbed profile is its trigger
+    merge_rows: dict[str, list[object]] = {n: [] for n in MERGES_SCHEMA.names}
+    alias_new: dict[str, str] = {}
+    if merges:
+        absorbed = {p for _, _, p in merges}
+        ap, bp = prev_pid[graph.a], prev_pid[graph.b]
+        cross = accepted & (ap != bp) & (np.isin(ap, list(absorbed)) | np.isin(bp, list(absorbed)))
+        best_edge: dict[int, int] = {}
+        for e in np.flatnonzero(cross).tolist():
+            for p in (int(ap[e]), int(bp[e])):
+                if p in absorbed:
+                    key = (int(graph.rank[e]), int(graph.batch[e]), int(graph.first_obs[e]), e)
+                    cur = best_edge.get(p)
+                    if cur is None or key < (
+                        int(graph.rank[cur]),
+                        int(graph.batch[cur]),
+                        int(graph.first_obs[cur]),
+                        cur,
+                    ):
+                        best_edge[p] = e
+        for _c, s, p in merges:
+            e = best_edge.get(p, -1)
+            merge_rows["run_id"].append(run_id)
+            merge_rows["profile_id"].append(prev_names[s])
+            merge_rows["absorbed_profile_id"].append(prev_names[p])
+            for side, arr in (("a", graph.a), ("b", graph.b)):
+                node = int(arr[e]) if e >= 0 else -1
+                merge_rows[f"type_{side}"].append(types[node_type[node]] if node >= 0 else None)
+                merge_rows[f"value_{side}"].append(node_values[node].as_py() if node >= 0 else None)
+            merge_rows["evidence_rank"].append(int(graph.rank[e]) if e >= 0 else None)
+            merge_rows["cause"].append("merge" if e >= 0 else "forced")
+            alias_new[prev_names[p]] = prev_names[s]
+    merges_t = pa.table(merge_rows, schema=MERGES_SCHEMA)
+
+    # aliases, chains written out
+    old_alias = previous.aliases
+    rows: dict[str, list[object]] = {n: old_alias[n].to_pylist() for n in ALIASES_SCHEMA.names}
+    rows["profile_id"] = [alias_new.get(str(pid), pid) for pid in rows["profile_id"]]
+    for old, survivor in sorted(alias_new.items()):
+        rows["run_id"].append(run_id)
+        rows["old_profile_id"].append(old)
+        rows["profile_id"].append(survivor)
+        rows["cause"].append("merge")
+    aliases = pa.table(rows, schema=ALIASES_SCHEMA)
+
+    had_person = {
+        i
+        for i, (person, mail) in enumerate(
+            zip(previous.column("cio_person_id"), previous.column("cio_email"), strict=True)
+        )
+        if person is not None or mail is not None
+    }
+    split_list = sorted((prev_names[p], str(new_ids[c])) for p, c in split_pairs)
+    splits = pa.table(
+        {
+            "run_id": [run_id] * len(split_list),
+            "parent_profile_id": [p for p, _ in split_list],
+            "child_profile_id": [c for _, c in split_list],
+            "cause": ["recompute"] * len(split_list),
+            "status": [
+                "needs_review" if prev_names.index(p) in had_person else "applied"
+                for p, _ in split_list
+            ],
+        },
+        schema=SPLITS_SCHEMA,
+    )
+    moves_t = pa.table(
+        {
+            "run_id": [run_id] * len(moves),
+            "id_type": [types[node_type[n]] for n, _, _ in moves],
+            "id_value": [node_values[n].as_py() for n, _, _ in moves],
+            "from_profile_id": [prev_names[p] for _, p, _ in moves],
+            "to_profile_id": [comp_names[c] for _, _, c in moves],
+        },
+        schema=MOVES_SCHEMA,
+    )
+    del node_batch
+    return Assigned(node_profile, profiles, aliases, merges_t, splits, moves_t)

@@ -1,0 +1,213 @@
+"""What one identity run hands to the next, and what it hands to analysts.
+
+Every table is Arrow. The state tables are the analyst tables of the previous run, so the sync
+engine stores them once (in the warehouse or the state store) and passes them back next run.
+
+Example::
+
+    first = resolve(config, {"app_users": users}, run_id="r1")
+    second = resolve(config, {"app_users": users}, run_id="r2", state=first.state)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+NODES_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("id_type", pa.string()),
+        ("id_value", pa.string()),
+        ("profile_id", pa.string()),
+        ("status", pa.string()),
+        ("first_seen_batch", pa.int64()),
+        ("first_observed", TIMESTAMP),
+        ("last_observed", TIMESTAMP),
+        ("best_rank", pa.int16()),
+        ("sources", pa.list_(pa.string())),
+    ]
+)
+"""`lg_identifier_map`: one row per identifier node (status `active` or `quarantined`)."""
+
+EDGES_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("type_a", pa.string()),
+        ("value_a", pa.string()),
+        ("type_b", pa.string()),
+        ("value_b", pa.string()),
+        ("rank", pa.int16()),
+        ("first_seen_batch", pa.int64()),
+        ("first_observed", TIMESTAMP),
+        ("last_observed", TIMESTAMP),
+        ("sources", pa.list_(pa.string())),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+"""`lg_edges`: one row per distinct edge, `a` being the more trusted end."""
+
+PROFILES_BASE = [
+    ("run_id", pa.string()),
+    ("profile_id", pa.string()),
+    ("status", pa.string()),
+    ("anchor_type", pa.string()),
+    ("anchor_value", pa.string()),
+    ("created_run", pa.string()),
+    ("created_batch", pa.int64()),
+    ("updated_run", pa.string()),
+    ("n_identifiers", pa.int64()),
+    ("cio_id", pa.string()),
+    ("cio_person_id", pa.string()),
+    ("cio_email", pa.string()),
+    ("cio_anonymous_id", pa.string()),
+]
+"""`lg_profiles` columns before the per-type counts (`n_<type>`)."""
+
+ALIASES_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("old_profile_id", pa.string()),
+        ("profile_id", pa.string()),
+        ("cause", pa.string()),
+    ]
+)
+MERGES_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("profile_id", pa.string()),
+        ("absorbed_profile_id", pa.string()),
+        ("type_a", pa.string()),
+        ("value_a", pa.string()),
+        ("type_b", pa.string()),
+        ("value_b", pa.string()),
+        ("evidence_rank", pa.int16()),
+        ("cause", pa.string()),
+    ]
+)
+REFUSALS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("type_a", pa.string()),
+        ("value_a", pa.string()),
+        ("type_b", pa.string()),
+        ("value_b", pa.string()),
+        ("rank", pa.int16()),
+        ("rule", pa.string()),
+        ("counts", pa.string()),
+        ("profile_a", pa.string()),
+        ("profile_b", pa.string()),
+    ]
+)
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("id_type", pa.string()),
+        ("id_value", pa.string()),
+        ("neighbour_type", pa.string()),
+        ("degree", pa.int64()),
+        ("max", pa.int64()),
+        ("policy", pa.string()),
+    ]
+)
+SPLITS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("parent_profile_id", pa.string()),
+        ("child_profile_id", pa.string()),
+        ("cause", pa.string()),
+        ("status", pa.string()),
+    ]
+)
+MOVES_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("id_type", pa.string()),
+        ("id_value", pa.string()),
+        ("from_profile_id", pa.string()),
+        ("to_profile_id", pa.string()),
+    ]
+)
+BLOCKED_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("source", pa.string()),
+        ("id_type", pa.string()),
+        ("reason", pa.string()),
+        ("value", pa.string()),
+        ("raw_sample", pa.string()),
+        ("count", pa.int64()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class IdentityState:
+    """The previous run's graph: pass `IdentityResult.state` into the next `resolve`.
+
+    `batch` is the last batch number; `nodes`, `edges`, `profiles` and `aliases` are that run's
+    identifier map, edges (retracted ones left out), profiles and alias chains.
+    """
+
+    batch: int
+    nodes: pa.Table
+    edges: pa.Table
+    profiles: pa.Table
+    aliases: pa.Table = field(default_factory=lambda: ALIASES_SCHEMA.empty_table())
+
+
+@dataclass(frozen=True)
+class IdentityResult:
+    """Everything one `resolve` run produced, each table carrying `run_id`.
+
+    The analyst tables (`lg_*` in the docs) are `profiles`, `identifier_map`, `edges`,
+    `aliases`, `merges`, `refused`, `quarantine`, `splits`, `moves` and `blocked`.
+    `previous_profiles` is the previous run's profile table (for the Customer.io plan).
+    """
+
+    run_id: str
+    batch: int
+    profiles: pa.Table
+    identifier_map: pa.Table
+    edges: pa.Table
+    aliases: pa.Table
+    merges: pa.Table
+    refused: pa.Table
+    quarantine: pa.Table
+    splits: pa.Table
+    moves: pa.Table
+    blocked: pa.Table
+    previous_profiles: pa.Table
+    rows: pa.Table | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def state(self) -> IdentityState:
+        """The state to pass to the next run."""
+        live = self.edges.filter(pa.compute.not_equal(self.edges["status"], pa.scalar("retracted")))
+        return IdentityState(
+            batch=self.batch,
+            nodes=self.identifier_map,
+            edges=live,
+            profiles=self.profiles,
+            aliases=self.aliases,
+        )
+
+    def tables(self) -> dict[str, pa.Table]:
+        """The analyst tables by their warehouse name."""
+        return {
+            "lg_profiles": self.profiles,
+            "lg_identifier_map": self.identifier_map,
+            "lg_edges": self.edges,
+            "lg_profile_aliases": self.aliases,
+            "lg_merge_log": self.merges,
+            "lg_refused_merges": self.refused,
+            "lg_quarantine": self.quarantine,
+            "lg_split_log": self.splits,
+            "lg_identifier_moves": self.moves,
+            "lg_blocked_values": self.blocked,
+        }

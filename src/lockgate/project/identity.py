@@ -1,0 +1,414 @@
+"""The `identity:` section of `lockgate.yml`: identifier types, blocklists, sources, rules.
+
+These pydantic models only validate the project file. The engine in
+:mod:`lockgate.identity` reads them once and works on Arrow tables from there on.
+
+Example::
+
+    config = IdentityConfig.model_validate(
+        {
+            "identifier_types": {
+                "user_id": {"priority": 1, "limit": 1, "customerio": "id"},
+                "email": {"priority": 2, "limit": 5, "customerio": "email"},
+            },
+            "sources": [{"name": "app_users", "table": "app.users", "mode": "snapshot"}],
+        }
+    )
+    config.type_order  # ("user_id", "email")
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NormalizeStep = Literal[
+    "trim",
+    "trim_unicode_space",
+    "strip_mailto",
+    "nfc",
+    "lowercase",
+    "lowercase_if_uuid",
+    "idna_domain",
+    "coerce_numeric_string",
+    "e164",
+    "digits_only",
+    "strip_plus_tag",
+]
+DegreePolicy = Literal["quarantine", "keep_latest", "keep_first"]
+_CIO_TARGET = re.compile(r"^(id|email|cio_id|anonymous_id|phone|none|attribute:[A-Za-z_][\w.]*)$")
+
+DEFAULT_NORMALIZE: dict[str, tuple[NormalizeStep, ...]] = {
+    "email": ("trim_unicode_space", "strip_mailto", "nfc", "lowercase", "idna_domain"),
+    "user_id": ("trim", "coerce_numeric_string"),
+    "anonymous_id": ("trim", "lowercase_if_uuid"),
+    "phone": ("trim", "e164"),
+}
+"""Normalisation applied when a type does not list its own steps (keyed by type name)."""
+
+DEFAULT_BLOCKED_ALL_TYPES: tuple[str, ...] = (
+    "",
+    "null",
+    "nil",
+    "none",
+    "undefined",
+    "nan",
+    "n/a",
+    "na",
+    "unknown",
+    "anonymous",
+    "guest",
+    "test",
+    "-",
+    "0",
+    "-1",
+    "[object object]",
+    "(not set)",
+    "not set",
+    "true",
+    "false",
+    # hashes of the empty string, for hashed identifiers
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "d41d8cd98f00b204e9800998ecf8427e",
+    "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+)
+"""Values blocked for every type (compared case-insensitively) unless `default_blocklist: false`."""
+
+DEFAULT_BLOCKED_REGEX_ALL_TYPES: tuple[str, ...] = (r"^[0\-]*$", r"^\s*$")
+"""Regexes blocked for every type: only zeros and dashes (Segment's default), blanks."""
+
+DEFAULT_BLOCKED_BY_TYPE: dict[str, tuple[str, ...]] = {
+    "email": (
+        "test@example.com",
+        "test@test.com",
+        "email@email.com",
+        "a@a.com",
+        "user@domain.com",
+        "noreply@",
+        "no-reply@",
+    ),
+    "anonymous_id": ("00000000-0000-0000-0000-000000000000",),
+}
+DEFAULT_BLOCKED_REGEX_BY_TYPE: dict[str, tuple[str, ...]] = {
+    "email": (r"@example\.(com|org|net)$",),
+    "phone": (r"^\+?1?0{10}$", r"^\+?1?1234567890$"),
+}
+
+
+class BaseConfig(BaseModel):
+    """Every identity model: unknown keys fail loudly, values never change after loading."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RegexValidateConfig(BaseConfig):
+    """`validate: {regex: ...}`: a normalised value must match this regex (searched)."""
+
+    regex: str
+    """A regular expression (RE2 syntax); values that do not match are dropped and counted."""
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        re.compile(value)
+        return value
+
+
+class DegreeCapConfig(BaseConfig):
+    """How many distinct neighbours of one type a single value may have before it is capped."""
+
+    max: int = Field(ge=1)
+    """Largest number of distinct neighbour values of that type this value may link to."""
+
+    policy: DegreePolicy = "quarantine"
+    """`quarantine`: the value links nobody (all its edges are set aside). `keep_latest` /
+    `keep_first`: only the edge to the most recently (or first) seen neighbour is kept."""
+
+
+class IdentifierTypeConfig(BaseConfig):
+    """One identifier type, such as `user_id`, `email` or `anonymous_id`."""
+
+    priority: int = Field(ge=0)
+    """Lower is more trusted. Picks the star anchor of a row, the profile anchor, the survivor of a
+    merge, and (with `customerio.id_from`) the Customer.io `id`. Ties are broken by type name."""
+
+    limit: int | None = Field(default=5, ge=1)
+    """Most distinct values of this type one profile may hold; `null` means no limit. A union that
+    would break it is refused and logged in the refused-merges table."""
+
+    normalize: tuple[NormalizeStep, ...] | None = None
+    """Normalisation steps, in order. Default depends on the type name: `email` trims Unicode
+    space, strips `mailto:`, NFC, lowercases and IDNA-encodes the domain; `user_id` trims and turns
+    `123.0` into `123`; `anonymous_id` trims and lowercases UUIDs; `phone` goes to E.164; other
+    types are trimmed."""
+
+    validate_: Literal["email_shape", "e164"] | RegexValidateConfig | None = Field(
+        default=None, alias="validate"
+    )
+    """`email_shape` (one `@`, non-empty local part, dotted domain), `e164`, or `{regex: ...}`.
+    Values failing validation are dropped before the graph and counted as `invalid`."""
+
+    namespace: str | None = None
+    """A prefix added to every value (`hubspot` gives `hubspot:123`), so ids from two instances of
+    one system never collide."""
+
+    default_region: str = "US"
+    """Region for phone numbers written without a country code (`e164` step)."""
+
+    degree_cap: dict[str, DegreeCapConfig] = Field(default_factory=dict)
+    """Per neighbour type, how many distinct values of that type one value may link. Counted over
+    all current edges at once, so the outcome never depends on row order."""
+
+    bridge_known_profiles: bool = True
+    """`false` for weak identifiers (devices, cookies): they may attach to one known profile but a
+    union through them that would join two known profiles is refused."""
+
+    limit_exempt_sources: tuple[str, ...] = ()
+    """Sources whose edges ignore this type's `limit` (for example the app's users table, so a user
+    who changes email six times stays one profile)."""
+
+    customerio: str = "none"
+    """What this type is in Customer.io: `id`, `email`, `cio_id`, `anonymous_id`, `phone`,
+    `attribute:<name>` or `none`."""
+
+    @property
+    def validator(self) -> Literal["email_shape", "e164"] | RegexValidateConfig | None:
+        """The `validate:` setting (named `validate_` in Python only to avoid a pydantic clash)."""
+        return self.validate_
+
+    @field_validator("customerio")
+    @classmethod
+    def _cio_target(cls, value: str) -> str:
+        if not _CIO_TARGET.match(value):
+            raise ValueError(
+                f"unknown Customer.io target `{value}`; use id, email, cio_id, anonymous_id, "
+                "phone, none or attribute:<name>"
+            )
+        return value
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class BlockRuleConfig(BaseConfig):
+    """Blocked values for one type (or for `all_types`)."""
+
+    exact_ci: tuple[str, ...] = ()
+    """Values blocked after normalisation, compared case-insensitively."""
+
+    exact: tuple[str, ...] = ()
+    """Values blocked after normalisation, compared exactly (for case-sensitive ids)."""
+
+    regex: tuple[str, ...] = ()
+    """Regexes (RE2 syntax, searched) that block a normalised value."""
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            re.compile(pattern)
+        return value
+
+
+class IdentitySourceConfig(BaseConfig):
+    """A warehouse table or query whose rows link identifiers to each other."""
+
+    name: str
+    """Unique name, used in the edge, merge and explain outputs."""
+
+    source: str | None = None
+    """Which `sources:` connection to read from; the project's default connection when unset."""
+
+    table: str | None = None
+    """A table to read (give `table` or `sql`, not both)."""
+
+    sql: str | None = Field(default=None, validation_alias=AliasChoices("sql", "query"))
+    """A query to run instead of a table (`query:` is accepted as a synonym)."""
+
+    mode: Literal["snapshot", "append_only"] = "snapshot"
+    """`snapshot`: each run reads every row, and links whose rows are gone are retracted.
+    `append_only`: each run reads new rows only and links accumulate."""
+
+    trust: int = Field(default=1, ge=1, le=9)
+    """Evidence rank of this source's links: 1 = same row in a system of record, 2 = cross-system
+    links, 3 = event-stream identifies. Lower ranks are applied first."""
+
+    columns: dict[str, str] | None = None
+    """Column name → identifier type. By default every column named after an identifier type."""
+
+    observed_at: str | None = None
+    """Column with when the row was observed; orders links within a batch."""
+
+    key: str | None = None
+    """Column identifying the row, shown by `explain`; the row number when unset."""
+
+    @model_validator(mode="after")
+    def _table_or_sql(self) -> IdentitySourceConfig:
+        if (self.table is None) == (self.sql is None):
+            raise ValueError(f"identity source `{self.name}` needs exactly one of `table` or `sql`")
+        return self
+
+
+class MergePolicyConfig(BaseConfig):
+    """When profile merges turn into Customer.io `merge` calls."""
+
+    enabled: bool = True
+    """`false` records merges in the merge log but never sends a Customer.io merge."""
+
+    min_path_rank: int | None = 2
+    """Only merge Customer.io people when the joining evidence has rank <= this; weaker evidence
+    is held for review. `null` accepts any rank."""
+
+    max_merges_per_run: int = Field(default=500, ge=0)
+    """Circuit breaker: a run that would send more merges stops before sending anything."""
+
+
+class CustomerioIdentityConfig(BaseConfig):
+    """How a profile becomes one Customer.io person."""
+
+    id_from: tuple[str, ...] = ("user_id",)
+    """Identifier types, in order, whose value becomes the Customer.io `id`. Without one, the
+    person is identified by email."""
+
+    require_known_identifier: bool = True
+    """Never create Customer.io people for anonymous-only profiles."""
+
+    merge_policy: MergePolicyConfig = Field(default_factory=MergePolicyConfig)
+    """Rules for Customer.io merges."""
+
+    on_split: Literal["review", "detach", "ignore"] = "review"
+    """What a split of a profile that already is a Customer.io person does. Only `review` (record
+    and change nothing) is implemented; the others are accepted and treated as `review`."""
+
+
+class IdentityRulesConfig(BaseConfig):
+    """Processing rules."""
+
+    processing: Literal["online", "canonical"] = "online"
+    """`online`: links are applied batch by batch (earlier batches first), so earlier decisions
+    stand. `canonical`: all links in evidence-rank order, ignoring batches (used by a rebase)."""
+
+    max_component_size: int | None = Field(default=200, ge=2)
+    """Backstop: a union that would make a profile hold more identifiers than this is refused."""
+
+    overrides_table: str | None = None
+    """Operator table of force include/exclude rules (columns `action`, `type_a`, `value_a`,
+    `type_b`, `value_b`, `reason`)."""
+
+
+def _default_types() -> dict[str, IdentifierTypeConfig]:
+    return {
+        "user_id": IdentifierTypeConfig(priority=1, limit=1, customerio="id"),
+        "email": IdentifierTypeConfig(
+            priority=2, limit=5, validate_="email_shape", customerio="email"
+        ),
+        "anonymous_id": IdentifierTypeConfig(
+            priority=9,
+            limit=25,
+            degree_cap={"user_id": DegreeCapConfig(max=1)},
+            bridge_known_profiles=False,
+            customerio="anonymous_id",
+        ),
+        "cio_id": IdentifierTypeConfig(priority=0, limit=None, customerio="cio_id"),
+    }
+
+
+class IdentityConfig(BaseConfig):
+    """The `identity:` section of `lockgate.yml`."""
+
+    identifier_types: dict[str, IdentifierTypeConfig] = Field(default_factory=_default_types)
+    """Identifier types by name. Defaults to `user_id`, `email`, `anonymous_id` and `cio_id`."""
+
+    blocked_values: dict[str, BlockRuleConfig] = Field(default_factory=dict)
+    """Blocked values per type name, or for every type under `all_types`; added to the defaults."""
+
+    default_blocklist: bool = True
+    """Apply the built-in blocklist (`null`, `undefined`, `none`, `0`, `-1`, `test@test.com`, only
+    zeros and dashes, hashes of the empty string, ...) as well as `blocked_values`."""
+
+    blocked_values_table: str | None = None
+    """Operator-maintained table of further blocked values (columns `id_type`, `id_value`);
+    `id_type` `*` blocks the value for every type."""
+
+    sources: tuple[IdentitySourceConfig, ...] = ()
+    """Tables or queries that link identifiers."""
+
+    rules: IdentityRulesConfig = Field(default_factory=IdentityRulesConfig)
+    """Processing rules."""
+
+    customerio: CustomerioIdentityConfig = Field(default_factory=CustomerioIdentityConfig)
+    """How profiles map onto Customer.io people."""
+
+    @model_validator(mode="after")
+    def _references(self) -> IdentityConfig:
+        types = self.identifier_types
+        if not types:
+            raise ValueError("`identifier_types` needs at least one type")
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"identity source `{dupes[0]}` is defined twice")
+        for name, spec in types.items():
+            for other in spec.degree_cap:
+                if other not in types:
+                    raise ValueError(f"`{name}.degree_cap` names unknown identifier type `{other}`")
+            for src in spec.limit_exempt_sources:
+                if src not in names:
+                    raise ValueError(
+                        f"`{name}.limit_exempt_sources` names unknown identity source `{src}`"
+                    )
+        for key in self.blocked_values:
+            if key != "all_types" and key not in types:
+                raise ValueError(f"`blocked_values` names unknown identifier type `{key}`")
+        for source in self.sources:
+            for column, type_name in (source.columns or {}).items():
+                if type_name not in types:
+                    raise ValueError(
+                        f"identity source `{source.name}` maps column `{column}` to unknown "
+                        f"identifier type `{type_name}`"
+                    )
+        for type_name in self.customerio.id_from:
+            if type_name not in types:
+                raise ValueError(
+                    f"`customerio.id_from` names unknown identifier type `{type_name}`"
+                )
+        return self
+
+    @property
+    def type_order(self) -> tuple[str, ...]:
+        """Type names from most to least trusted (priority, then name)."""
+        return tuple(
+            sorted(self.identifier_types, key=lambda n: (self.identifier_types[n].priority, n))
+        )
+
+    def normalize_steps(self, type_name: str) -> tuple[NormalizeStep, ...]:
+        """The normalisation steps for a type, falling back to the per-name default."""
+        spec = self.identifier_types[type_name]
+        if spec.normalize is not None:
+            return spec.normalize
+        return DEFAULT_NORMALIZE.get(type_name, ("trim",))
+
+    def blocked_for(self, type_name: str) -> BlockRuleConfig:
+        """Every block rule for one type: defaults, `all_types` and the type's own rules."""
+        exact_ci: list[str] = []
+        regex: list[str] = []
+        exact: list[str] = []
+        if self.default_blocklist:
+            exact_ci += DEFAULT_BLOCKED_ALL_TYPES + DEFAULT_BLOCKED_BY_TYPE.get(type_name, ())
+            regex += DEFAULT_BLOCKED_REGEX_ALL_TYPES + DEFAULT_BLOCKED_REGEX_BY_TYPE.get(
+                type_name, ()
+            )
+        for key in ("all_types", type_name):
+            rule = self.blocked_values.get(key)
+            if rule is not None:
+                exact_ci += rule.exact_ci
+                exact += rule.exact
+                regex += rule.regex
+        return BlockRuleConfig(exact_ci=tuple(exact_ci), exact=tuple(exact), regex=tuple(regex))
+
+    def source_columns(self, source: IdentitySourceConfig, available: list[str]) -> dict[str, str]:
+        """Column → type for a source, given the columns its table actually has."""
+        if source.columns is not None:
+            return dict(source.columns)
+        return {c: c for c in available if c in self.identifier_types}
