@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> Any:
     except LockgateError as exc:
         if debug:
             raise
-        click.secho(f"Error: {exc.reason}", fg="red", err=True)
+        where = getattr(exc, "location", None)
+        click.secho(f"Error: {where + ': ' if where else ''}{exc.reason}", fg="red", err=True)
         if exc.hint:
             click.echo(f"  hint: {exc.hint}", err=True)
         sys.exit(1)

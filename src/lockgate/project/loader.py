@@ -32,7 +32,7 @@ M = TypeVar("M", bound=BaseModel)
 
 def _walk(node: yaml.Node, path: tuple[str | int, ...], lines: Lines, file: str) -> Any:
     """Turn a YAML node into plain data, recording the line of every key and item."""
-    lines[path] = node.start_mark.line + 1
+    lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
@@ -75,10 +75,12 @@ def read_yaml(path: Path, root: Path | None = None) -> tuple[Any, Lines]:
 
 
 def _line_for(loc: tuple[str | int, ...], lines: Lines) -> int | None:
-    for end in range(len(loc), -1, -1):
-        if loc[:end] in lines:
-            return lines[loc[:end]]
-    return None
+    """The line of the deepest key on ``loc`` (parts that are not keys, like union tags, skipped)."""
+    current: tuple[str | int, ...] = ()
+    for part in loc:
+        if (*current, part) in lines:
+            current = (*current, part)
+    return lines.get(current)
 
 
 def validate_model(model: type[M], data: Any, lines: Lines, file: str) -> M:
@@ -88,8 +90,6 @@ def validate_model(model: type[M], data: Any, lines: Lines, file: str) -> M:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and "[" in p))
-        # discriminated unions add the tag as a location part; drop parts that are not keys
-        key_loc = tuple(p for p in loc if p in _keys_of(lines) or isinstance(p, int))
         where = ".".join(str(p) for p in loc) or "(top level)"
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
@@ -107,12 +107,8 @@ def validate_model(model: type[M], data: Any, lines: Lines, file: str) -> M:
             f"{message} (at `{where}`)",
             hint=hint,
             file=file,
-            line=_line_for(key_loc, lines) or _line_for(loc, lines),
+            line=_line_for(loc, lines),
         ) from None
-
-
-def _keys_of(lines: Lines) -> set[str | int]:
-    return {part for path in lines for part in path}
 
 
 @dataclass

@@ -79,6 +79,7 @@ class DuckDBSourceConfig(StrictModel):
     """The embedded default warehouse: a DuckDB file (or `:memory:`)."""
 
     type: Literal["duckdb"] = "duckdb"
+    """Picks this implementation."""
     path: str = "warehouse.duckdb"
     """Path of the DuckDB database file, relative to the project folder."""
     read_only: bool = True
@@ -89,6 +90,7 @@ class PostgresSourceConfig(StrictModel):
     """A Postgres server; also the path for Amazon Redshift (it speaks the Postgres protocol)."""
 
     type: Literal["postgres"] = "postgres"
+    """Picks this implementation."""
     url: str
     """Connection URL, e.g. `${WAREHOUSE_URL}`; may hold a password, so use an env reference."""
     redshift: bool = False
@@ -106,6 +108,7 @@ class SnowflakeSourceConfig(StrictModel):
     """Snowflake through the official connector."""
 
     type: Literal["snowflake"] = "snowflake"
+    """Picks this implementation."""
     account: str
     """Account identifier, e.g. `${SNOWFLAKE_ACCOUNT}`."""
     user: str
@@ -133,6 +136,7 @@ class BigQuerySourceConfig(StrictModel):
     """Google BigQuery through the official client."""
 
     type: Literal["bigquery"] = "bigquery"
+    """Picks this implementation."""
     project: str
     """Google Cloud project that runs the queries."""
     dataset: str | None = None
@@ -156,6 +160,7 @@ class CustomerIODestinationConfig(StrictModel):
     """Customer.io: Track API v2 batches for writes, the App API for read-back."""
 
     type: Literal["customerio"] = "customerio"
+    """Picks this implementation."""
     site_id: str = "${CUSTOMERIO_SITE_ID}"
     """Track API site id, as an env reference."""
     api_key: str = "${CUSTOMERIO_API_KEY}"

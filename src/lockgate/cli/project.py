@@ -1,0 +1,90 @@
+"""`lockgate init` and `lockgate validate`: scaffold a project, check it before any run."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+import orjson
+
+from lockgate.cli.options import json_option, open_project, project_option
+from lockgate.console import RichConsole
+from lockgate.errors import ConfigError
+from lockgate.project.models import ENV_REF, ProjectConfig, SyncConfig
+
+
+def json_schemas() -> dict[str, object]:
+    """JSON Schemas for editors: `lockgate.yml` and `syncs/*.yml`."""
+    return {
+        "lockgate.yml": ProjectConfig.model_json_schema(by_alias=True),
+        "syncs/*.yml": SyncConfig.model_json_schema(by_alias=True),
+    }
+
+
+@click.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=".")
+@click.option("--force", is_flag=True, help="Overwrite files that already exist.")
+def init(directory: Path, force: bool) -> None:
+    """Scaffold a project: lockgate.yml, a people sync, an events sync, a SQL model."""
+    from lockgate.demo import scaffold
+
+    directory.mkdir(parents=True, exist_ok=True)
+    if (directory / "lockgate.yml").exists() and not force:
+        raise ConfigError(
+            f"`{directory / 'lockgate.yml'}` already exists",
+            hint="pass `--force` to overwrite, or choose another folder",
+        )
+    scaffold(directory)
+    schema_dir = directory / ".lockgate-schema"
+    schema_dir.mkdir(exist_ok=True)
+    for name, schema in json_schemas().items():
+        file = "project.schema.json" if name == "lockgate.yml" else "sync.schema.json"
+        (schema_dir / file).write_bytes(orjson.dumps(schema, option=orjson.OPT_INDENT_2))
+    console = RichConsole()
+    console.info(f"Created a Lockgate project in [bold]{directory}[/bold]:")
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        console.info(f"  {path.relative_to(directory)}")
+    console.info(
+        "Next: point `sources.warehouse` at your warehouse, set CUSTOMERIO_SITE_ID and "
+        "CUSTOMERIO_API_KEY, then run `lockgate validate` and `lockgate plan customer_profile`."
+    )
+
+
+@click.command()
+@project_option
+@json_option
+@click.option("--schema", "print_schema", is_flag=True,
+              help="Print the JSON Schemas of lockgate.yml and sync files, then exit.")
+def validate(project_path: Path, as_json: bool, print_schema: bool) -> None:
+    """Check lockgate.yml and every sync file; errors name the file and line."""
+    if print_schema:
+        sys.stdout.write(orjson.dumps(json_schemas(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    project = open_project(project_path)
+    missing: list[str] = []
+    for destination in project.config.destinations.values():
+        for value in (destination.site_id, destination.api_key):
+            match = ENV_REF.match(value)
+            if match and match.group(1) not in os.environ:
+                missing.append(match.group(1))
+    if as_json:
+        sys.stdout.write(
+            orjson.dumps(
+                {"valid": True, "syncs": sorted(project.syncs), "missing_env": missing}
+            ).decode() + "\n"
+        )
+        return
+    console = RichConsole()
+    console.table(
+        f"{project.root / 'lockgate.yml'} is valid",
+        ["sync", "kind", "source", "model", "file"],
+        [
+            (s.name, s.kind, s.source, s.model.table or s.model.file or "(inline SQL)",
+             project.sync_files[s.name])
+            for s in project
+        ],
+    )
+    for name in missing:
+        console.warn(f"environment variable `{name}` is not set; syncs will need it")

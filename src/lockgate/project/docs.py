@@ -1,0 +1,80 @@
+"""Render the configuration reference (`docs/config.md`) from the models' field docstrings.
+
+`tests/project/test_docs.py` fails when a field has no docstring or when the checked-in
+page differs from what this renders (regenerate with
+`python -m lockgate.project.docs > docs/config.md`).
+"""
+
+from __future__ import annotations
+
+import typing
+
+from pydantic import BaseModel
+
+from lockgate.project import models
+
+SECTIONS: list[tuple[str, type[BaseModel]]] = [
+    ("`lockgate.yml`", models.ProjectConfig),
+    ("`sources.<name>` with `type: duckdb`", models.DuckDBSourceConfig),
+    ("`sources.<name>` with `type: postgres`", models.PostgresSourceConfig),
+    ("`sources.<name>` with `type: snowflake`", models.SnowflakeSourceConfig),
+    ("`sources.<name>` with `type: bigquery`", models.BigQuerySourceConfig),
+    ("`destinations.<name>` with `type: customerio`", models.CustomerIODestinationConfig),
+    ("`defaults`", models.DefaultsConfig),
+    ("`webhooks`", models.WebhooksConfig),
+    ("`syncs/<name>.yml`", models.SyncConfig),
+    ("`model:` in a sync", models.ModelRef),
+    ("an attribute or property (`attributes.<name>`, `properties.<name>`)", models.FieldConfig),
+    ("`event:` in an events sync", models.EventConfig),
+    ("`event.name`", models.EventNameConfig),
+    ("`event.id`", models.EventIdConfig),
+    ("`backfill:` in an events sync", models.BackfillConfig),
+]
+
+
+def _type_name(annotation: object) -> str:
+    text = str(annotation).replace("typing.", "").replace("lockgate.project.models.", "")
+    text = text.replace("<class '", "").replace("'>", "")
+    return text.replace("|", "\\|")
+
+
+def undocumented() -> list[str]:
+    """`Model.field` for every field without a docstring."""
+    return [
+        f"{model.__name__}.{name}"
+        for _, model in SECTIONS
+        for name, field in model.model_fields.items()
+        if not field.description
+    ]
+
+
+def render() -> str:
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the models in `src/lockgate/project/models.py` "
+        "(`python -m lockgate.project.docs > docs/config.md`). Unknown keys are errors. "
+        "Secrets are accepted only as `${ENV_VAR}` references.",
+        "",
+    ]
+    for title, model in SECTIONS:
+        doc = (model.__doc__ or "").strip().splitlines()[0]
+        lines += [f"## {title}", "", doc, "", "| key | type | default | meaning |",
+                  "|---|---|---|---|"]
+        hints = typing.get_type_hints(model)
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            default = "required" if field.is_required() else (
+                "(computed)" if field.default_factory else f"`{field.default!r}`"
+            )
+            description = " ".join((field.description or "").split())
+            lines.append(
+                f"| `{key}` | {_type_name(hints.get(name, field.annotation))} | {default} | "
+                f"{description} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render(), end="")

@@ -1,0 +1,76 @@
+"""`lockgate init`, `validate`, `plan`, `sync`, `runs`, `history` from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lockgate.cli import cli
+from lockgate.demo import warehouse
+from lockgate.emulator import Emulator
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False, standalone_mode=False)
+    return result.exit_code, result.output
+
+
+def test_init_then_validate(tmp_path: Path) -> None:
+    code, out = invoke("init", str(tmp_path / "p"))
+    assert code == 0 and "lockgate.yml" in out
+    assert (tmp_path / "p" / "syncs" / "customer_profile.yml").exists()
+    schema = json.loads((tmp_path / "p" / ".lockgate-schema" / "sync.schema.json").read_text())
+    assert "identify_by" in schema["properties"]
+    code, out = invoke("validate", "--project", str(tmp_path / "p"), "--json")
+    report = json.loads(out)
+    assert report["valid"] and report["syncs"] == ["customer_profile", "product_events"]
+    assert "CUSTOMERIO_API_KEY" in report["missing_env"]
+
+
+def test_validate_error_exits_non_zero_with_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lockgate.cli import main
+
+    invoke("init", str(tmp_path))
+    sync_file = tmp_path / "syncs" / "product_events.yml"
+    sync_file.write_text(sync_file.read_text().replace("kind: events", "kind: evnets"))
+    with pytest.raises(SystemExit) as exited:
+        main(["validate", "--project", str(tmp_path)])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "syncs/product_events.yml:" in err and "hint:" in err
+
+
+def test_plan_sync_runs_history_end_to_end(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    monkeypatch.setenv("CUSTOMERIO_TRACK_URL", customerio_emulator.base_url or "")
+    invoke("init", str(tmp_path))
+    warehouse.build(tmp_path / "warehouse.duckdb")
+    project = ("--project", str(tmp_path))
+
+    code, out = invoke("plan", "customer_profile", *project, "--json")
+    plan = json.loads(out)
+    assert plan["changes"]["new"] == 999 and plan["changes"]["rejected"] == 4
+    assert plan["samples"][0]["payload"]["action"] == "identify"
+    assert customerio_emulator.people() == []
+
+    code, out = invoke("sync", "--all", *project, "--json")
+    runs = json.loads(out)
+    assert [r["status"] for r in runs] == ["success", "success"]
+    assert len(customerio_emulator.people()) == 1000
+
+    code, out = invoke("runs", *project, "--json")
+    assert {r["sync"] for r in json.loads(out)} == {"customer_profile", "product_events"}
+    code, out = invoke("history", "--person", "user7@example.com", *project, "--json")
+    calls = json.loads(out)
+    assert [c["outcome"] for c in calls] == ["delivered"]
+    assert calls[0]["action"] == "identify" and calls[0]["status"] == 200
+

@@ -1,0 +1,79 @@
+"""Project files: clear errors with file and line, secrets only from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lockgate.errors import ConfigError
+from lockgate.project.loader import load_project
+
+PROJECT = """\
+name: acme
+sources:
+  warehouse: {type: duckdb, path: w.duckdb}
+"""
+
+SYNC = """\
+name: profile
+source: warehouse
+model: models/profile.sql
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes:
+  plan: plan
+"""
+
+
+def write(root: Path, project: str = PROJECT, sync: str = SYNC) -> Path:
+    (root / "syncs").mkdir(exist_ok=True)
+    (root / "lockgate.yml").write_text(project)
+    (root / "syncs" / "profile.yml").write_text(sync)
+    return root
+
+
+def error_for(root: Path) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        load_project(root)
+    return caught.value
+
+
+def test_a_valid_project_loads(tmp_path: Path) -> None:
+    project = load_project(write(tmp_path))
+    sync = project.sync("profile")
+    assert sync.kind == "people" and sync.attributes["plan"].column == "plan"
+    assert project.config.destinations["customerio"].site_id == "${CUSTOMERIO_SITE_ID}"
+
+
+def test_unknown_key_names_file_and_line(tmp_path: Path) -> None:
+    error = error_for(write(tmp_path, sync=SYNC.replace("attributes:", "atributes:")))
+    assert error.location == "syncs/profile.yml:7"
+    assert "unknown key `atributes`" in error.reason
+
+
+def test_bad_value_names_the_key(tmp_path: Path) -> None:
+    error = error_for(write(tmp_path, sync=SYNC + "mode: sometimes\n"))
+    assert error.location == "syncs/profile.yml:9"
+    assert "`mode`" in error.reason
+
+
+def test_literal_secret_is_refused(tmp_path: Path) -> None:
+    project = PROJECT + "destinations:\n  customerio:\n    type: customerio\n    api_key: abc123\n"
+    error = error_for(write(tmp_path, project=project))
+    assert error.location == "lockgate.yml:7"
+    assert "environment reference" in error.reason
+    assert "abc123" not in str(error)
+
+
+def test_duplicate_keys_and_unknown_sources_are_errors(tmp_path: Path) -> None:
+    error = error_for(write(tmp_path, sync=SYNC + "kind: events\n"))
+    assert error.location == "syncs/profile.yml:9" and "duplicate key `kind`" in error.reason
+    error = error_for(write(tmp_path, sync=SYNC.replace("source: warehouse", "source: snow")))
+    assert "source `snow`" in error.reason and error.location == "syncs/profile.yml:2"
+
+
+def test_invalid_yaml_points_at_the_line(tmp_path: Path) -> None:
+    error = error_for(write(tmp_path, sync=SYNC + "  - [unclosed\n"))
+    assert error.file == "syncs/profile.yml" and error.line is not None
