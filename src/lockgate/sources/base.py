@@ -1,0 +1,213 @@
+"""The `Source` protocol every warehouse connector implements, and the helpers they share.
+
+A source streams a query's result as Arrow record batches (`read`), describes a result
+without reading it (`schema_of`) and lists what the warehouse holds (`schemas`, `tables`,
+`columns`). The sync engine hands the reader straight to DuckDB, so memory stays flat
+however large the model is: no source ever fetches a whole result into Python objects.
+
+Example::
+
+    from lockgate.sources import connect
+
+    source = connect(project.config.sources["warehouse"], root=project.root)
+    reader = source.read("select * from users", batch_rows=50_000)
+    for batch in reader:
+        ...
+    source.close()
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
+
+import pyarrow as pa
+
+from lockgate.errors import SourceError
+
+DEFAULT_BATCH_ROWS = 100_000
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):[^@\s]*@")
+_KEYWORD_PASSWORD = re.compile(r"(?i)(password\s*=\s*)('[^']*'|\S+)")
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnInfo:
+    """One column of a table or query result.
+
+    ``type`` is the warehouse's own type name (``NUMERIC(12,2)``, ``TIMESTAMP_TZ``); ``arrow_type``
+    is what `Source.read` yields for it, when known.
+    """
+
+    name: str
+    type: str
+    arrow_type: pa.DataType | None = None
+    nullable: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TableInfo:
+    """One table or view. ``rows`` is a cheap estimate when the warehouse keeps one, else None."""
+
+    schema: str
+    name: str
+    kind: str  # "table" | "view"
+    rows: int | None = None
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A warehouse the sync engine reads models from.
+
+    Capabilities are upper-case class constants (``SUPPORTS_ARROW_NATIVE``: the driver produces
+    Arrow itself rather than Lockgate converting rows; ``SUPPORTS_ROW_COUNTS``: `tables` fills
+    ``rows``). Every failure raises :class:`~lockgate.errors.SourceError`.
+
+    Example::
+
+        schema = source.schema_of("select * from users")
+        with source.read("select * from users") as reader:
+            for batch in reader:
+                ...
+    """
+
+    NAME: ClassVar[str]
+    SUPPORTS_ARROW_NATIVE: ClassVar[bool]
+    SUPPORTS_ROW_COUNTS: ClassVar[bool]
+
+    def read(self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
+        """Stream the query's result as Arrow batches of at most ``batch_rows`` rows."""
+        ...
+
+    def schema_of(self, sql: str) -> pa.Schema:
+        """The query's result schema, without reading its rows."""
+        ...
+
+    def schemas(self) -> list[str]:
+        """Schema (dataset) names, without the warehouse's own system schemas."""
+        ...
+
+    def tables(self, schema: str | None = None) -> list[TableInfo]:
+        """Tables and views, in one schema or in all of them."""
+        ...
+
+    def columns(self, table: str) -> list[ColumnInfo]:
+        """The columns of ``schema.table`` (or ``table`` in the default schema)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the source is unusable afterwards."""
+        ...
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def redact(text: str) -> str:
+    """Remove passwords from URLs and ``password=...`` pairs inside a message."""
+    text = _URL_PASSWORD.sub(r"\g<scheme>:***@", text)
+    return _KEYWORD_PASSWORD.sub(r"\1***", text)
+
+
+def strip_sql(sql: str) -> str:
+    """The query without surrounding whitespace and trailing semicolons, for wrapping."""
+    return sql.strip().rstrip(";").strip()
+
+
+def sql_excerpt(sql: str, width: int = 80) -> str:
+    """The query on one line, shortened, for quoting in a hint."""
+    flat = " ".join(strip_sql(sql).split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def limit_zero(sql: str) -> str:
+    """A query with the same columns as ``sql`` and no rows."""
+    return f"select * from ({strip_sql(sql)}) as lockgate_schema_probe limit 0"
+
+
+def split_table(table: str) -> tuple[str | None, str]:
+    """``schema.table`` → (schema, table); a bare ``table`` → (None, table). Quotes are removed."""
+    parts = [p.strip().strip('"`') for p in re.split(r"\.(?=(?:[^\"]*\"[^\"]*\")*[^\"]*$)", table)]
+    if len(parts) == 1:
+        return None, parts[0]
+    return ".".join(parts[:-1]), parts[-1]
+
+
+def quote_ident(name: str, quote: str = '"') -> str:
+    """An identifier quoted for SQL (``"my ""odd"" name"``)."""
+    return quote + name.replace(quote, quote * 2) + quote
+
+
+def quote_literal(value: str) -> str:
+    """A string literal for catalog queries (standard-conforming strings)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def db_message(exc: BaseException) -> str:
+    """The database's own message, trimmed to its meaningful lines, with secrets removed."""
+    lines = [line.rstrip() for line in str(exc).strip().splitlines() if line.strip()]
+    return redact(" ".join(lines[:3]) if lines else type(exc).__name__)
+
+
+def label(kind: str, name: str | None) -> str:
+    """How messages name a source: ``postgres source `warehouse``` or ``postgres source``."""
+    return f"{kind} source `{name}`" if name else f"{kind} source"
+
+
+def query_error(who: str, sql: str, exc: BaseException) -> SourceError:
+    """A failed query: names the source, quotes the database, says which SQL to check."""
+    return SourceError(
+        f"{who}: query failed: {db_message(exc)}",
+        hint=f"check the model's SQL (`{sql_excerpt(sql)}`) against the warehouse; "
+        "`lockgate sources inspect` lists its tables and columns",
+    )
+
+
+def cast_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """Give a batch the declared schema: names, and types the driver may vary per batch."""
+    if batch.schema.equals(schema):
+        return batch
+    columns = []
+    for column, field in zip(batch.columns, schema, strict=True):
+        if column.type.equals(field.type):
+            columns.append(column)
+            continue
+        # Warehouses keep timestamps in ns; Arrow's `us` drops sub-microsecond digits on purpose.
+        safe = not pa.types.is_timestamp(field.type)
+        columns.append(column.cast(field.type, safe=safe))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def stream(
+    schema: pa.Schema,
+    batches: Iterable[pa.RecordBatch],
+    *,
+    batch_rows: int,
+    on_error: Callable[[BaseException], SourceError],
+    errors: tuple[type[BaseException], ...],
+    close: Callable[[], None] | None = None,
+    convert: Callable[[pa.RecordBatch], pa.RecordBatch] | None = None,
+) -> pa.RecordBatchReader:
+    """Wrap a driver's batches into a reader of ``schema`` with at most ``batch_rows`` rows each.
+
+    Driver errors raised while reading become `SourceError` (via ``on_error``); ``close`` runs
+    once the reader is exhausted, fails or is closed.
+    """
+    if batch_rows < 1:
+        raise ValueError(f"`batch_rows` must be at least 1, not `{batch_rows}`")
+
+    def generate() -> Iterator[pa.RecordBatch]:
+        try:
+            for raw in batches:
+                batch = cast_batch(convert(raw) if convert else raw, schema)
+                for offset in range(0, batch.num_rows, batch_rows):
+                    yield batch.slice(offset, batch_rows)
+        except errors as exc:
+            raise on_error(exc) from exc
+        finally:
+            if close is not None:
+                close()
+
+    return pa.RecordBatchReader.from_batches(schema, generate())

@@ -1,0 +1,191 @@
+"""DuckDB, the embedded default warehouse: a database file (opened read-only) or `:memory:`.
+
+DuckDB produces Arrow itself and streams it: `read` returns DuckDB's own record batch reader
+(`to_arrow_reader`, the DuckDB 2 name of `fetch_record_batch`), so a model larger than memory
+flows through in batches. Each read runs on its own cursor, so listings and `schema_of` work
+while a read is still open.
+
+Example::
+
+    source = DuckDBSource("warehouse.duckdb")
+    for batch in source.read("select * from users", batch_rows=10_000):
+        ...
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import duckdb
+import pyarrow as pa
+
+from lockgate.errors import SourceError
+from lockgate.sources.base import (
+    DEFAULT_BATCH_ROWS,
+    ColumnInfo,
+    TableInfo,
+    label,
+    query_error,
+    quote_ident,
+    split_table,
+    stream,
+)
+
+if TYPE_CHECKING:
+    from lockgate.project.models import DuckDBSourceConfig
+
+MEMORY = ":memory:"
+
+
+class DuckDBSource:
+    """A DuckDB database file, read-only by default.
+
+    Example::
+
+        source = DuckDBSource.from_config(config, root=project.root)
+        print(source.tables())
+    """
+
+    NAME: ClassVar[str] = "duckdb"
+    SUPPORTS_ARROW_NATIVE: ClassVar[bool] = True
+    SUPPORTS_ROW_COUNTS: ClassVar[bool] = True
+
+    def __init__(
+        self, path: str | Path = MEMORY, *, read_only: bool = True, name: str | None = None
+    ) -> None:
+        self.path = str(path)
+        self.who = label(self.NAME, name)
+        in_memory = self.path == MEMORY
+        if not in_memory and read_only and not Path(self.path).exists():
+            raise SourceError(
+                f"{self.who}: database file `{self.path}` does not exist",
+                hint="check `path` in lockgate.yml (relative to the project folder), "
+                "or create the warehouse first",
+            )
+        try:
+            # DuckDB refuses a read-only in-memory database; there is nothing to protect there.
+            self._conn = duckdb.connect(self.path, read_only=read_only and not in_memory)
+        except duckdb.Error as exc:
+            hint = "check `path` in lockgate.yml and the file's permissions"
+            if "lock" in str(exc).lower():
+                hint = "another process holds a write lock on the file; stop it or open a copy"
+            raise SourceError(
+                f"{self.who}: cannot open `{self.path}`: {exc}".rstrip(), hint=hint
+            ) from exc
+
+    @classmethod
+    def from_config(
+        cls, config: DuckDBSourceConfig, *, root: Path, name: str | None = None
+    ) -> DuckDBSource:
+        """Open the configured file; a relative `path` is relative to the project folder."""
+        path = config.path if config.path == MEMORY else str((root / config.path).resolve())
+        return cls(path, read_only=config.read_only, name=name)
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
+        """Stream the result in batches of at most ``batch_rows`` rows."""
+        cursor = self._conn.cursor()
+        try:
+            relation = cursor.sql(sql)
+            if relation is None:
+                raise SourceError(
+                    f"{self.who}: the model's SQL returns no result set",
+                    hint="a model must be a query (`select ...`), not a statement",
+                )
+            reader = relation.to_arrow_reader(batch_rows)
+        except duckdb.Error as exc:
+            cursor.close()
+            raise query_error(self.who, sql, exc) from exc
+        except BaseException:
+            cursor.close()
+            raise
+        return stream(
+            reader.schema,
+            reader,
+            batch_rows=batch_rows,
+            on_error=lambda exc: query_error(self.who, sql, exc),
+            errors=(duckdb.Error,),
+            close=cursor.close,
+        )
+
+    def schema_of(self, sql: str) -> pa.Schema:
+        """The result schema; DuckDB plans the query and reads no rows."""
+        cursor = self._conn.cursor()
+        try:
+            relation = cursor.sql(sql)
+            if relation is None:
+                raise SourceError(
+                    f"{self.who}: the model's SQL returns no result set",
+                    hint="a model must be a query (`select ...`), not a statement",
+                )
+            schema: pa.Schema = relation.limit(0).to_arrow_table().schema
+            return schema
+        except duckdb.Error as exc:
+            raise query_error(self.who, sql, exc) from exc
+        finally:
+            cursor.close()
+
+    # ------------------------------------------------------------------ catalog
+
+    def _rows(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        cursor = self._conn.cursor()
+        try:
+            rows: list[tuple[Any, ...]] = cursor.execute(sql, params or []).fetchall()
+            return rows
+        except duckdb.Error as exc:
+            raise query_error(self.who, sql, exc) from exc
+        finally:
+            cursor.close()
+
+    def schemas(self) -> list[str]:
+        """Schemas of the opened database, without DuckDB's internal ones."""
+        rows = self._rows(
+            "select schema_name from duckdb_schemas() "
+            "where database_name = current_database() "
+            "and schema_name not in ('information_schema', 'pg_catalog') order by 1"
+        )
+        return [row[0] for row in rows]
+
+    def tables(self, schema: str | None = None) -> list[TableInfo]:
+        """Tables with DuckDB's estimated row count, then views."""
+        rows = self._rows(
+            "select schema_name, table_name, 'table', estimated_size from duckdb_tables() "
+            "where database_name = current_database() and not internal "
+            "and ($1 is null or schema_name = $1) "
+            "union all "
+            "select schema_name, view_name, 'view', null from duckdb_views() "
+            "where database_name = current_database() and not internal "
+            "and ($1 is null or schema_name = $1) "
+            "order by 1, 2",
+            [schema],
+        )
+        return [TableInfo(schema=s, name=n, kind=k, rows=r) for s, n, k, r in rows]
+
+    def columns(self, table: str) -> list[ColumnInfo]:
+        """Columns of a table or view: DuckDB's type name and the Arrow type `read` yields."""
+        schema, name = split_table(table)
+        rows = self._rows(
+            "select schema_name, column_name, data_type, is_nullable from duckdb_columns() "
+            "where database_name = current_database() and table_name = $1 "
+            "and ($2 is null or schema_name = $2) order by schema_name = 'main' desc, "
+            "schema_name, column_index",
+            [name, schema],
+        )
+        if not rows:
+            raise SourceError(
+                f"{self.who}: no table or view `{table}`",
+                hint="`lockgate sources inspect` lists the tables; qualify it as `schema.table`",
+            )
+        found_schema = rows[0][0]
+        rows = [row for row in rows if row[0] == found_schema]
+        arrow = self.schema_of(f"select * from {quote_ident(found_schema)}.{quote_ident(name)}")
+        return [
+            ColumnInfo(name=c, type=t, arrow_type=arrow.field(c).type, nullable=bool(nullable))
+            for _, c, t, nullable in rows
+        ]
+
+    def close(self) -> None:
+        """Close the database."""
+        self._conn.close()

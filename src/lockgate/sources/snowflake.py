@@ -1,0 +1,274 @@
+"""Snowflake through the official `snowflake-connector-python`.
+
+Results stream as Arrow with `fetch_arrow_batches` (one result chunk at a time). Cursors
+without it (fakesnow, which the tests use) fall back to `fetchmany` converted to Arrow in
+chunks of ``batch_rows``. The connector picks the narrowest integer per chunk, so every batch
+is cast to one schema derived from the cursor's description.
+
+Snowflake upper-cases unquoted identifiers. Lockgate lower-cases every all-upper-case column,
+table and schema name (`EMAIL` → `email`), so models read the same on every warehouse; a name
+that was quoted in mixed case (`"signupSource"`) keeps its case.
+
+Example::
+
+    source = SnowflakeSource.from_config(config, root=project.root)
+    reader = source.read("select id, email from analytics.users")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pyarrow as pa
+
+from lockgate.errors import MissingDependencyError, SourceError
+from lockgate.project.models import resolve_env
+from lockgate.sources.base import (
+    DEFAULT_BATCH_ROWS,
+    ColumnInfo,
+    TableInfo,
+    db_message,
+    label,
+    limit_zero,
+    query_error,
+    quote_literal,
+    split_table,
+    stream,
+)
+
+if TYPE_CHECKING:
+    from lockgate.project.models import SnowflakeSourceConfig
+
+UTC_TS = pa.timestamp("us", tz="UTC")
+
+# Snowflake's result type codes (snowflake.connector.constants.FIELD_TYPES) → Arrow.
+_BY_CODE: dict[int, pa.DataType] = {
+    1: pa.float64(),  # REAL
+    2: pa.string(),  # TEXT
+    3: pa.date32(),  # DATE
+    4: pa.timestamp("us"),  # TIMESTAMP (an alias, NTZ by default)
+    5: pa.string(),  # VARIANT, as JSON text
+    6: UTC_TS,  # TIMESTAMP_LTZ
+    7: UTC_TS,  # TIMESTAMP_TZ
+    8: pa.timestamp("us"),  # TIMESTAMP_NTZ
+    9: pa.string(),  # OBJECT, as JSON text
+    10: pa.string(),  # ARRAY, as JSON text
+    11: pa.binary(),  # BINARY
+    12: pa.time64("us"),  # TIME
+    13: pa.bool_(),  # BOOLEAN
+}
+
+
+def arrow_type(type_code: int, precision: int | None, scale: int | None) -> pa.DataType:
+    """The Arrow type for a Snowflake result column (unknown types become text)."""
+    if type_code == 0:  # FIXED: NUMBER(p, s)
+        if not scale:
+            return pa.int64()
+        return pa.decimal128(precision or 38, scale)
+    return _BY_CODE.get(type_code, pa.string())
+
+
+def fold(name: str) -> str:
+    """Snowflake's upper-case folding undone: `EMAIL` → `email`; `"mixedCase"` stays."""
+    return name.lower() if name == name.upper() else name
+
+
+def unfold(name: str) -> str:
+    """The stored form of a name the user typed: unquoted lower case is upper case in Snowflake."""
+    return name.upper() if name == name.lower() else name
+
+
+def _to_arrow_value(value: Any, kind: pa.DataType) -> Any:
+    if value is None:
+        return None
+    if pa.types.is_string(kind) and not isinstance(value, str):
+        return str(value)
+    return value
+
+
+class SnowflakeSource:
+    """A Snowflake account, read with the official connector.
+
+    Example::
+
+        source = SnowflakeSource(account="xy12345", user="LOCKGATE", password="...",
+                                 warehouse="COMPUTE_WH", database="ANALYTICS")
+    """
+
+    NAME: ClassVar[str] = "snowflake"
+    SUPPORTS_ARROW_NATIVE: ClassVar[bool] = True
+    SUPPORTS_ROW_COUNTS: ClassVar[bool] = True
+
+    def __init__(self, *, name: str | None = None, **connect_kwargs: Any) -> None:
+        self.who = label(self.NAME, name)
+        try:
+            import snowflake.connector
+        except ImportError:
+            raise MissingDependencyError("snowflake-connector-python", "snowflake") from None
+        self._errors: tuple[type[BaseException], ...] = (
+            snowflake.connector.Error,
+            pa.ArrowException,
+        )
+        try:
+            self._conn = snowflake.connector.connect(application="lockgate", **connect_kwargs)
+        except snowflake.connector.Error as exc:
+            account = connect_kwargs.get("account", "?")
+            raise SourceError(
+                f"{self.who}: cannot connect to account `{account}`: {db_message(exc)}",
+                hint="check `account`, `user` and the password or key in lockgate.yml and the "
+                "environment; is the account reachable from here?",
+            ) from exc
+
+    @classmethod
+    def from_config(
+        cls, config: SnowflakeSourceConfig, *, root: Path, name: str | None = None
+    ) -> SnowflakeSource:
+        """Connect with the configured account; `${ENV}` references are resolved here."""
+        kwargs: dict[str, Any] = {
+            "account": resolve_env(config.account, field="account"),
+            "user": resolve_env(config.user, field="user"),
+        }
+        if config.password is not None:
+            kwargs["password"] = resolve_env(config.password, field="password")
+        if config.private_key_path is not None:
+            kwargs["private_key_file"] = str(root / config.private_key_path)
+        for key, value in (
+            ("warehouse", config.warehouse),
+            ("database", config.database),
+            ("schema", config.schema_),
+            ("role", config.role),
+        ):
+            if value is not None:
+                kwargs[key] = resolve_env(value, field=key)
+        return cls(name=name, **kwargs)
+
+    # ------------------------------------------------------------------ reading
+
+    def _execute(self, sql: str) -> Any:
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(sql)
+        except self._errors as exc:
+            cursor.close()
+            raise query_error(self.who, sql, exc) from exc
+        return cursor
+
+    @staticmethod
+    def _schema(cursor: Any) -> pa.Schema:
+        return pa.schema(
+            pa.field(fold(c.name), arrow_type(c.type_code, c.precision, c.scale))
+            for c in cursor.description or []
+        )
+
+    def read(self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
+        """Stream the result: Arrow result chunks when the cursor offers them, else rows."""
+        cursor = self._execute(sql)
+        schema = self._schema(cursor)
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            if hasattr(cursor, "fetch_arrow_batches"):
+                for table in cursor.fetch_arrow_batches():
+                    yield from table.to_batches(max_chunksize=batch_rows)
+                return
+            while rows := cursor.fetchmany(batch_rows):
+                columns = [
+                    pa.array([_to_arrow_value(row[i], f.type) for row in rows], type=f.type)
+                    for i, f in enumerate(schema)
+                ]
+                yield pa.RecordBatch.from_arrays(columns, schema=schema)
+
+        def rename(batch: pa.RecordBatch) -> pa.RecordBatch:
+            return batch.rename_columns(schema.names)
+
+        return stream(
+            schema,
+            batches(),
+            batch_rows=batch_rows,
+            on_error=lambda exc: query_error(self.who, sql, exc),
+            errors=self._errors,
+            close=cursor.close,
+            convert=rename,
+        )
+
+    def schema_of(self, sql: str) -> pa.Schema:
+        """The result schema from a `LIMIT 0` wrapper (Snowflake compiles, reads nothing)."""
+        cursor = self._execute(limit_zero(sql))
+        try:
+            return self._schema(cursor)
+        finally:
+            cursor.close()
+
+    # ------------------------------------------------------------------ catalog
+
+    def _rows(self, sql: str) -> list[tuple[Any, ...]]:
+        cursor = self._execute(sql)
+        try:
+            return [tuple(row) for row in cursor.fetchall()]
+        except self._errors as exc:
+            raise query_error(self.who, sql, exc) from exc
+        finally:
+            cursor.close()
+
+    def schemas(self) -> list[str]:
+        """Schemas of the current database, without `INFORMATION_SCHEMA`."""
+        rows = self._rows(
+            "select schema_name from information_schema.schemata "
+            "where schema_name <> 'INFORMATION_SCHEMA' order by 1"
+        )
+        return [fold(row[0]) for row in rows]
+
+    def tables(self, schema: str | None = None) -> list[TableInfo]:
+        """Tables (with Snowflake's stored row count) and views of the current database."""
+        where = f"and table_schema = {quote_literal(unfold(schema))}" if schema else ""
+        rows = self._rows(
+            "select table_schema, table_name, table_type, row_count "
+            "from information_schema.tables "
+            f"where table_schema <> 'INFORMATION_SCHEMA' {where} order by 1, 2"
+        )
+        return [
+            TableInfo(
+                schema=fold(s),
+                name=fold(n),
+                kind="view" if "VIEW" in str(kind).upper() else "table",
+                rows=None if count is None else int(count),
+            )
+            for s, n, kind, count in rows
+        ]
+
+    def columns(self, table: str) -> list[ColumnInfo]:
+        """Columns with Snowflake's type names and the Arrow types `read` yields."""
+        schema, name = split_table(table)
+        in_schema = (
+            f"table_schema = {quote_literal(unfold(schema))}"
+            if schema
+            else "table_schema = current_schema()"
+        )
+        rows = self._rows(
+            "select column_name, data_type, is_nullable, numeric_precision, numeric_scale "
+            "from information_schema.columns "
+            f"where table_name = {quote_literal(unfold(name))} and {in_schema} "
+            "order by ordinal_position"
+        )
+        if not rows:
+            raise SourceError(
+                f"{self.who}: no table or view `{table}`",
+                hint="`lockgate sources inspect` lists the tables; qualify it as `schema.table`",
+            )
+        arrow = self.schema_of(f"select * from {table}")
+        return [
+            ColumnInfo(
+                name=fold(column),
+                type=f"{data_type}({precision},{scale})"
+                if data_type == "NUMBER" and precision is not None
+                else str(data_type),
+                arrow_type=arrow.field(fold(column)).type,
+                nullable=nullable == "YES",
+            )
+            for column, data_type, nullable, precision, scale in rows
+        ]
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
