@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,12 @@ from lockgate.webhooks.verify import sign
 
 KEY = b"test-signing-key"
 SPEC = Path("/work/shared/reference/specs/journeys-webhooks.json")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def write_project(root: Path, sources: str | None = None, webhooks: str = "") -> Project:

@@ -203,11 +203,11 @@ def destination_for(project: Project) -> tuple[Any, Path | None]:
             raise MissingDependencyError("psycopg2-binary", "webhooks") from None
         from dlt.destinations.impl.postgres.configuration import PostgresCredentials
 
-        credentials = PostgresCredentials()
-        credentials.parse_native_representation(url)
-        if credentials.password is None:  # trust/peer auth: dlt insists on a password field
-            credentials.password = ""
-        return destinations.postgres(credentials=credentials), None
+        pg = PostgresCredentials()
+        pg.parse_native_representation(url)
+        if pg.password is None:  # trust/peer auth: dlt insists on a password field
+            pg.password = ""
+        return destinations.postgres(credentials=pg), None
     if isinstance(source, SnowflakeSourceConfig):
         credentials = {
             "host": resolve_env(source.account, field=f"sources.{name}.account"),
