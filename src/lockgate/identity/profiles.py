@@ -399,9 +399,9 @@ def assign(
     old_alias = previous.aliases
     rows: dict[str, list[object]] = {n: old_alias[n].to_pylist() for n in ALIASES_SCHEMA.names}
     rows["profile_id"] = [alias_new.get(str(pid), pid) for pid in rows["profile_id"]]
-    for old, survivor in sorted(alias_new.items()):
+    for old_id, survivor in sorted(alias_new.items()):
         rows["run_id"].append(run_id)
-        rows["old_profile_id"].append(old)
+        rows["old_profile_id"].append(old_id)
         rows["profile_id"].append(survivor)
         rows["cause"].append("merge")
     aliases = pa.table(rows, schema=ALIASES_SCHEMA)

@@ -1,0 +1,353 @@
+"""Identity changes → Customer.io Track v2 operations (identity.md §3.5). Pure: no I/O.
+
+Rules:
+
+* merge two people only when both are confirmed to exist in Customer.io (`exists`); the
+  primary is the surviving profile's person (the one with an `id`, by priority);
+* each merge gets an idempotency key derived from the two people, so a retried run sends it
+  once; the resolved identifiers are re-applied to the primary afterwards, because Customer.io
+  keeps the primary's values on conflict;
+* more merges than `merge_policy.max_merges_per_run` raise `ContractError` before any op is
+  returned; merges whose evidence rank is weaker than `min_path_rank` are held for review;
+* splits are never applied: they come back in `CioPlan.review`.
+
+Example::
+
+    plan = plan_customerio(result, config, exists={("id", "u1"), ("email", "l@x.com")})
+    plan.ops[0].payload   # {"type": "person", "action": "merge", "primary": {...}, ...}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lockgate.errors import ContractError
+from lockgate.identity.state import IdentityResult
+from lockgate.project.identity import IdentityConfig
+
+Exists = Callable[[str, str], bool] | Collection[tuple[str, str]]
+
+OUTCOMES_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("profile_id", pa.string()),
+        ("absorbed_profile_id", pa.string()),
+        ("outcome", pa.string()),
+        ("idempotency_key", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class CioOp:
+    """One planned Track v2 operation, its idempotency key and the profile it is for."""
+
+    key: str
+    profile_id: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CioPlan:
+    """The Customer.io side of one identity run: ops in send order, merge outcomes, review."""
+
+    ops: tuple[CioOp, ...]
+    merge_outcomes: pa.Table
+    review: pa.Table
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def merges(self) -> list[CioOp]:
+        return [op for op in self.ops if op.payload.get("action") == "merge"]
+
+
+def _key(*parts: object) -> str:
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _exists_fn(exists: Exists) -> Callable[[str, str], bool]:
+    if callable(exists):
+        return exists
+    known = {(k, str(v)) for k, v in exists}
+    return lambda kind, value: (kind, value) in known
+
+
+def _address(
+    row: Mapping[str, Any] | None, exists: Callable[[str, str], bool]
+) -> dict[str, str] | None:
+    """How to name an existing person: `cio_id`, then `id`, then `email`; `None` if none exists."""
+    if row is None:
+        return None
+    for kind, column in (("cio_id", "cio_id"), ("id", "cio_person_id"), ("email", "cio_email")):
+        value = row.get(column)
+        if value is not None and exists(kind, str(value)):
+            return {kind: str(value)}
+    return None
+
+
+def _attribute_values(result: IdentityResult, config: IdentityConfig) -> dict[str, dict[str, Any]]:
+    """Per profile, values of types mapped to `attribute:<name>` (latest seen wins)."""
+    mapped = {
+        t: spec.customerio.split(":", 1)[1]
+        for t, spec in config.identifier_types.items()
+        if spec.customerio.startswith("attribute:")
+    }
+    out: dict[str, dict[str, Any]] = {}
+    if not mapped:
+        return out
+    nodes = result.identifier_map.filter(
+        pc.and_(
+            pc.is_in(result.identifier_map["id_type"], pa.array(list(mapped), pa.string())),
+            pc.is_valid(result.identifier_map["profile_id"]),
+        )
+    ).sort_by([("last_observed", "ascending"), ("id_value", "descending")])
+    for row in nodes.select(["profile_id", "id_type", "id_value"]).to_pylist():
+        out.setdefault(row["profile_id"], {})[mapped[row["id_type"]]] = row["id_value"]
+    return out
+
+
+def plan_customerio(
+    result: IdentityResult,
+    config: IdentityConfig,
+    *,
+    exists: Exists,
+    attributes: Mapping[str, Mapping[str, Any]] | None = None,
+) -> CioPlan:
+    """Plan the Customer.io calls for one identity run.
+
+    Args:
+        exists: which people exist in Customer.io, as `(kind, value)` pairs (kind `id`,
+            `email` or `cio_id`) or a callable; from the previous run's confirmed deliveries
+            or App API lookups.
+        attributes: resolved attributes per profile id, re-sent to a merge survivor.
+
+    Raises:
+        ContractError: more merges than `customerio.merge_policy.max_merges_per_run`.
+    """
+    known = _exists_fn(exists)
+    policy = config.customerio.merge_policy
+    prev_rows = {r["profile_id"]: r for r in result.previous_profiles.to_pylist()}
+    rows = {r["profile_id"]: r for r in result.profiles.to_pylist()}
+    attrs_by_type = _attribute_values(result, config)
+    ops: list[CioOp] = []
+    outcomes: dict[str, list[Any]] = {n: [] for n in OUTCOMES_SCHEMA.names}
+    reapply: set[str] = set()
+
+    def outcome(survivor: str, absorbed: str, what: str, key: str | None) -> None:
+        outcomes["run_id"].append(result.run_id)
+        outcomes["profile_id"].append(survivor)
+        outcomes["absorbed_profile_id"].append(absorbed)
+        outcomes["outcome"].append(what)
+        outcomes["idempotency_key"].append(key)
+
+    # 1. merges between lockgate profiles that were both Customer.io people
+    for m in result.merges.to_pylist():
+        survivor, absorbed = m["profile_id"], m["absorbed_profile_id"]
+        primary = _address(prev_rows.get(survivor), known)
+        secondary = _address(prev_rows.get(absorbed), known)
+        if secondary is None:
+            outcome(survivor, absorbed, "skipped_no_cio", None)
+            continue
+        if primary is None:
+            # the survivor has no person yet: identifying it reaches the absorbed person
+            outcome(survivor, absorbed, "deferred", None)
+            reapply.add(survivor)
+            continue
+        if not policy.enabled:
+            outcome(survivor, absorbed, "skipped_disabled", None)
+            continue
+        rank = m["evidence_rank"]
+        if policy.min_path_rank is not None and rank is not None and rank > policy.min_path_rank:
+            outcome(survivor, absorbed, "held_for_review", None)
+            continue
+        key = _key("merge", primary, secondary)
+        ops.append(
+            CioOp(
+                key,
+                survivor,
+                {"type": "person", "action": "merge", "primary": primary, "secondary": secondary},
+            )
+        )
+        outcome(survivor, absorbed, "merged", key)
+        reapply.add(survivor)
+
+    # 2. several Customer.io people inside one profile (imported as `cio_id` identifiers)
+    cio_types = [t for t, s in config.identifier_types.items() if s.customerio == "cio_id"]
+    if cio_types:
+        multi = {p for p, r in rows.items() if sum(r.get(f"n_{t}") or 0 for t in cio_types) > 1}
+        if multi:
+            owners = _cio_owners(result, config, cio_types)
+            for pid in sorted(multi):
+                row = rows[pid]
+                people = sorted(owners.get(pid, {}))
+                holds_id = [c for c in people if row["cio_person_id"] in owners[pid][c]]
+                holds_email = [c for c in people if row["cio_email"] in owners[pid][c]]
+                primary_cio = (holds_id or holds_email or people)[0]
+                for other in people:
+                    if other == primary_cio:
+                        continue
+                    key = _key("merge", {"cio_id": primary_cio}, {"cio_id": other})
+                    ops.append(
+                        CioOp(
+                            key,
+                            pid,
+                            {
+                                "type": "person",
+                                "action": "merge",
+                                "primary": {"cio_id": primary_cio},
+                                "secondary": {"cio_id": other},
+                            },
+                        )
+                    )
+                    outcome(pid, pid, "merged", key)
+                    reapply.add(pid)
+
+    n_merges = sum(1 for op in ops if op.payload["action"] == "merge")
+    if n_merges > policy.max_merges_per_run:
+        raise ContractError(
+            f"this run would merge `{n_merges}` Customer.io people, more than "
+            f"`max_merges_per_run` ({policy.max_merges_per_run})",
+            hint="review the merge log (`lockgate identity plan`), then raise "
+            "`identity.customerio.merge_policy.max_merges_per_run` or fix the rule that merged them",
+        )
+
+    # 3. identify new people and changed identifiers; re-apply after merges
+    review = result.splits.filter(pc.equal(result.splits["status"], "needs_review"))
+    held = set(review["parent_profile_id"].to_pylist()) | set(
+        review["child_profile_id"].to_pylist()
+    )
+    moved = set(result.moves["from_profile_id"].to_pylist()) | set(
+        result.moves["to_profile_id"].to_pylist()
+    )
+    for pid in sorted(rows):
+        if pid in held:
+            continue  # a split waits for review: nothing changes in Customer.io
+        row = rows[pid]
+        prev = prev_rows.get(pid)
+        ident = {
+            "id": row["cio_person_id"],
+            "email": row["cio_email"],
+            "anonymous_id": row["cio_anonymous_id"],
+        }
+        if ident["id"] is None and ident["email"] is None:
+            if config.customerio.require_known_identifier:
+                continue
+        before = (
+            {
+                "id": prev["cio_person_id"],
+                "email": prev["cio_email"],
+                "anonymous_id": prev["cio_anonymous_id"],
+            }
+            if prev
+            else None
+        )
+        existing = _address(prev, known) if prev else None
+        if existing is None and prev is not None and row.get("cio_id"):
+            existing = _address(row, known)
+        changed = before != ident or pid in moved
+        if not changed and pid not in reapply and existing is not None:
+            continue
+        if not changed and pid not in reapply and prev is not None and existing is None:
+            # the person was lost in Customer.io (deleted outside lockgate): identify again
+            changed = True
+        extra = dict(attrs_by_type.get(pid, {}))
+        if pid in moved:
+            for name in {
+                s.customerio.split(":", 1)[1]
+                for s in config.identifier_types.values()
+                if s.customerio.startswith("attribute:")
+            }:
+                extra.setdefault(name, None)
+        extra.update((attributes or {}).get(pid, {}))
+        if existing is not None and "cio_id" in existing:
+            address = existing
+            body = {k: v for k, v in ident.items() if v is not None}
+        elif ident["id"] is not None:
+            address = {"id": ident["id"]}
+            body = {k: v for k, v in ident.items() if v is not None and k != "id"}
+        elif existing is not None:
+            address = existing
+            body = {k: v for k, v in ident.items() if v is not None and k not in existing}
+        else:
+            address = {"email": str(ident["email"])}
+            body = {k: v for k, v in ident.items() if v is not None and k != "email"}
+        body.update(extra)
+        payload = {
+            "type": "person",
+            "action": "identify",
+            "identifiers": address,
+            "attributes": body,
+        }
+        ops.append(CioOp(_key("identify", result.run_id, payload), pid, payload))
+
+    counts = {
+        "merges": n_merges,
+        "identifies": sum(1 for op in ops if op.payload["action"] == "identify"),
+        "review": review.num_rows,
+    }
+    return CioPlan(tuple(ops), pa.table(outcomes, schema=OUTCOMES_SCHEMA), review, counts)
+
+
+def _cio_owners(
+    result: IdentityResult, config: IdentityConfig, cio_types: list[str]
+) -> dict[str, dict[str, set[str]]]:
+    """Per profile, each `cio_id` value and the identifier values it was linked to directly."""
+    pmap = {
+        (r["id_type"], r["id_value"]): r["profile_id"]
+        for r in result.identifier_map.filter(
+            pc.is_in(result.identifier_map["id_type"], pa.array(cio_types, pa.string()))
+        ).to_pylist()
+    }
+    out: dict[str, dict[str, set[str]]] = {}
+    for pid_key, pid in pmap.items():
+        if pid is not None:
+            out.setdefault(pid, {})[pid_key[1]] = set()
+    edges = result.edges.filter(pc.is_in(result.edges["status"], pa.array(["accepted", "forced"])))
+    for e in edges.select(["type_a", "value_a", "type_b", "value_b"]).to_pylist():
+        for side, other in (("a", "b"), ("b", "a")):
+            if e[f"type_{side}"] in cio_types:
+                pid = pmap.get((e[f"type_{side}"], e[f"value_{side}"]))
+                if pid is not None:
+                    out[pid][e[f"value_{side}"]].add(e[f"value_{other}"])
+    return out
+
+
+def tombstone(result: IdentityResult, id_type: str, value: str) -> tuple[pa.Table, CioOp | None]:
+    """Forget a person (GDPR): blocklist rows for all their identifiers, and a suppress op.
+
+    Add the rows to the `blocked_values_table` so later events cannot re-create the profile;
+    the next `resolve` drops its nodes. The op suppresses the Customer.io person (by `id`, else
+    by email), which also blocks those identifiers in Customer.io.
+    """
+    imap = result.identifier_map
+    hit = imap.filter(
+        pc.and_(pc.equal(imap["id_type"], id_type), pc.equal(imap["id_value"], value))
+    )
+    if hit.num_rows == 0:
+        return pa.table(
+            {"id_type": pa.array([], pa.string()), "id_value": pa.array([], pa.string())}
+        ), None
+    pid = hit["profile_id"][0].as_py()
+    members = imap.filter(pc.equal(imap["profile_id"], pid)) if pid is not None else hit
+    blocked = members.select(["id_type", "id_value"])
+    op = None
+    for row in result.profiles.filter(pc.equal(result.profiles["profile_id"], pid)).to_pylist():
+        address = (
+            {"id": row["cio_person_id"]}
+            if row["cio_person_id"]
+            else {"email": row["cio_email"]}
+            if row["cio_email"]
+            else None
+        )
+        if address is not None:
+            payload = {"type": "person", "action": "suppress", "identifiers": address}
+            op = CioOp(_key("suppress", address), str(pid), payload)
+    return blocked, op
