@@ -216,7 +216,8 @@ def plan_customerio(
             f"this run would merge `{n_merges}` Customer.io people, more than "
             f"`max_merges_per_run` ({policy.max_merges_per_run})",
             hint="review the merge log (`lockgate identity plan`), then raise "
-            "`identity.customerio.merge_policy.max_merges_per_run` or fix the rule that merged them",
+            "`identity.customerio.merge_policy.max_merges_per_run` or fix the rule that "
+            "merged them",
         )
 
     # 3. identify new people and changed identifiers; re-apply after merges

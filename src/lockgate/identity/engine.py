@@ -132,6 +132,7 @@ def resolve(
     cio_exists: CioExists | None = None,
     keep_rows: bool = False,
     processing: str | None = None,
+    algorithm: str = "hybrid",
 ) -> IdentityResult:
     """Resolve identities for one run.
 
@@ -147,6 +148,8 @@ def resolve(
             profile that already is a Customer.io person as a merge survivor.
         keep_rows: keep every observation (source, row key, edge) for `explain`.
         processing: overrides `rules.processing` (`online` or `canonical`).
+        algorithm: `hybrid` (default) or `union_find`, plain ordered union-find over every edge
+            (the definition the hybrid matches; slow, for tests and benchmarks).
 
     Example::
 
@@ -541,7 +544,11 @@ def resolve(
         weak=tuple(not config.identifier_types[n].bridge_known_profiles for n in types),
         max_size=config.rules.max_component_size,
     )
-    labels, refusals, replayed = g.stitch(graph, status == g.ACCEPTED, rules, edge_order)
+    if algorithm == "union_find":
+        labels, refusals = g.stitch_reference(graph, status == g.ACCEPTED, rules, edge_order)
+        replayed = int((status == g.ACCEPTED).sum())
+    else:
+        labels, refusals, replayed = g.stitch(graph, status == g.ACCEPTED, rules, edge_order)
     for refusal in refusals:
         status[refusal.edge] = g.REFUSED
         reason[refusal.edge] = refusal.rule

@@ -1,0 +1,113 @@
+"""Invariants of stitching, checked with Hypothesis on small random identity graphs."""
+
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tests.identity.helpers import config, groups, run
+
+USERS = [f"u{i}" for i in range(6)]
+EMAILS = [f"e{i}@x.com" for i in range(8)]
+ANONS = [f"a{i}" for i in range(8)]
+PHONES = ["+14155550100", "+14155550101"]
+
+row = st.fixed_dictionaries(
+    {
+        "user_id": st.sampled_from([None, *USERS]),
+        "email": st.sampled_from([None, *EMAILS]),
+        "anonymous_id": st.sampled_from([None, *ANONS]),
+        "phone": st.sampled_from([None, None, *PHONES]),
+        "ts": st.integers(0, 5),
+    }
+)
+tables = st.fixed_dictionaries(
+    {
+        "app_users": st.lists(row, max_size=8),
+        "crm_contacts": st.lists(row, max_size=6),
+        "identifies": st.lists(row, max_size=12),
+    }
+)
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def tight_config():  # type: ignore[no-untyped-def]
+    """Small limits so refusals, caps and bridges happen often."""
+    types = config().model_dump(by_alias=True)["identifier_types"]
+    types["email"]["limit"] = 2
+    types["email"]["limit_exempt_sources"] = []
+    types["anonymous_id"]["limit"] = 2
+    types["anonymous_id"]["degree_cap"] = {"email": {"max": 2, "policy": "quarantine"}}
+    return config(identifier_types=types, rules={"max_component_size": 6})
+
+
+def to_tables(data: dict[str, list[dict]]) -> dict[str, pa.Table]:  # type: ignore[type-arg]
+    from tests.identity.helpers import rows
+
+    cols = ["user_id", "email", "anonymous_id", "phone", "ts"]
+    return {k: rows(*v, columns=cols) for k, v in data.items() if v}
+
+
+def outcome(result):  # type: ignore[no-untyped-def]
+    refused = sorted((r["value_a"], r["value_b"], r["rule"]) for r in result.refused.to_pylist())
+    ids = sorted(
+        (r["id_type"], r["id_value"], r["profile_id"]) for r in result.identifier_map.to_pylist()
+    )
+    return groups(result), refused, ids
+
+
+@SETTINGS
+@given(data=tables, seed=st.integers(0, 2**32 - 1))
+def test_row_order_never_changes_the_result(data, seed) -> None:  # type: ignore[no-untyped-def]
+    cfg = tight_config()
+    shuffled = {}
+    rng = random.Random(seed)
+    for name, records in reversed(list(data.items())):
+        copy = list(records)
+        rng.shuffle(copy)
+        shuffled[name] = copy
+    assert outcome(run(cfg, to_tables(data))) == outcome(run(cfg, to_tables(shuffled)))
+
+
+@SETTINGS
+@given(data=tables)
+def test_rerunning_the_same_input_changes_nothing(data) -> None:  # type: ignore[no-untyped-def]
+    cfg = tight_config()
+    first = run(cfg, to_tables(data))
+    again = run(cfg, to_tables(data), state=first.state, run_id="r2")
+    assert outcome(again) == outcome(first)
+    assert again.merges.num_rows == again.splits.num_rows == again.moves.num_rows == 0
+
+
+@SETTINGS
+@given(data=tables, canonical=st.booleans())
+def test_hybrid_equals_plain_ordered_union_find(data, canonical) -> None:  # type: ignore[no-untyped-def]
+    cfg = tight_config()
+    mode = "canonical" if canonical else "online"
+    hybrid = run(cfg, to_tables(data), processing=mode)
+    plain = run(cfg, to_tables(data), processing=mode, algorithm="union_find")
+    assert outcome(hybrid) == outcome(plain)
+
+
+@SETTINGS
+@given(first=tables, second=tables)
+def test_incremental_runs_match_one_run_of_the_same_batches(first, second) -> None:  # type: ignore[no-untyped-def]
+    """Batch by batch with state equals replaying: append-only batches never revisit."""
+    cfg = tight_config()
+    append_only = {"identifies"}
+    b1 = run(cfg, to_tables({k: v for k, v in first.items() if k in append_only}))
+    b2 = run(
+        cfg,
+        to_tables({k: v for k, v in second.items() if k in append_only}),
+        state=b1.state,
+        run_id="r2",
+    )
+    again = run(
+        cfg,
+        to_tables({k: v for k, v in second.items() if k in append_only}),
+        state=b1.state,
+        run_id="r2",
+    )
+    assert outcome(b2) == outcome(again)
