@@ -157,34 +157,31 @@ def test_clashing_type_goes_to_a_variant_column(project: Project, spool: Spool) 
 
 
 def test_busy_duckdb_file_is_a_clear_transient_error(project: Project, spool: Spool) -> None:
-    import multiprocessing
+    import subprocess
+    import sys
 
     from lockgate.errors import TransientError
 
     spool_events(spool, [make_event("email", "sent")])
     load_pending(project, spool=spool)
     spool_events(spool, [make_event("email", "opened")])
-    ctx = multiprocessing.get_context("spawn")
-    ready, done = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold, args=(str(project.root / "warehouse.duckdb"), ready, done))
-    holder.start()
+    path = str(project.root / "warehouse.duckdb")
+    script = (
+        "import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True); "
+        "print('ready', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     try:
-        assert ready.wait(20)
+        assert holder.stdout is not None and holder.stdout.readline() == b"ready\n"
         with pytest.raises(TransientError, match="in use by another process") as info:
             load_pending(project, spool=spool, wait=0.5)
         assert "lockgate webhooks load" in (info.value.hint or "")
         assert spool.stats().unloaded == 1
     finally:
-        done.set()
-        holder.join(20)
+        holder.communicate(timeout=20)
     assert load_pending(project, spool=spool).loaded == 1
-
-
-def _hold(path: str, ready: Any, done: Any) -> None:
-    con = duckdb.connect(path, read_only=True)
-    ready.set()
-    done.wait(30)
-    con.close()
 
 
 @pytest.mark.postgres
