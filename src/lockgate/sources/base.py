@@ -165,6 +165,12 @@ def query_error(who: str, sql: str, exc: BaseException) -> SourceError:
     )
 
 
+def check_batch_rows(batch_rows: int) -> None:
+    """Refuse a batch size that could never make progress."""
+    if batch_rows < 1:
+        raise ValueError(f"`batch_rows` must be at least 1, not `{batch_rows}`")
+
+
 def cast_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     """Give a batch the declared schema: names, and types the driver may vary per batch."""
     if batch.schema.equals(schema):
@@ -195,8 +201,7 @@ def stream(
     Driver errors raised while reading become `SourceError` (via ``on_error``); ``close`` runs
     once the reader is exhausted, fails or is closed.
     """
-    if batch_rows < 1:
-        raise ValueError(f"`batch_rows` must be at least 1, not `{batch_rows}`")
+    check_batch_rows(batch_rows)
 
     def generate() -> Iterator[pa.RecordBatch]:
         try:

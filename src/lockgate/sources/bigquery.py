@@ -29,6 +29,7 @@ from lockgate.sources.base import (
     DEFAULT_BATCH_ROWS,
     ColumnInfo,
     TableInfo,
+    check_batch_rows,
     db_message,
     label,
     query_error,
@@ -140,6 +141,7 @@ class BigQuerySource:
 
     def read(self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
         """Run the query and stream its result pages as Arrow."""
+        check_batch_rows(batch_rows)
         try:
             rows = self.client.query(sql, job_config=self._job_config()).result(
                 page_size=batch_rows

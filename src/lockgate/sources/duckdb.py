@@ -25,6 +25,7 @@ from lockgate.sources.base import (
     DEFAULT_BATCH_ROWS,
     ColumnInfo,
     TableInfo,
+    check_batch_rows,
     label,
     query_error,
     quote_ident,
@@ -86,6 +87,7 @@ class DuckDBSource:
 
     def read(self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
         """Stream the result in batches of at most ``batch_rows`` rows."""
+        check_batch_rows(batch_rows)
         cursor = self._conn.cursor()
         try:
             relation = cursor.sql(sql)
@@ -94,7 +96,9 @@ class DuckDBSource:
                     f"{self.who}: the model's SQL returns no result set",
                     hint="a model must be a query (`select ...`), not a statement",
                 )
-            reader = relation.to_arrow_reader(batch_rows)
+            # DuckDB 2 renamed `fetch_record_batch` to `to_arrow_reader`; 1.x has only the former.
+            to_reader = getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch
+            reader = to_reader(batch_rows)
         except duckdb.Error as exc:
             cursor.close()
             raise query_error(self.who, sql, exc) from exc
@@ -120,7 +124,9 @@ class DuckDBSource:
                     f"{self.who}: the model's SQL returns no result set",
                     hint="a model must be a query (`select ...`), not a statement",
                 )
-            schema: pa.Schema = relation.limit(0).to_arrow_table().schema
+            empty = relation.limit(0)
+            to_table = getattr(empty, "to_arrow_table", None) or empty.fetch_arrow_table
+            schema: pa.Schema = to_table().schema
             return schema
         except duckdb.Error as exc:
             raise query_error(self.who, sql, exc) from exc

@@ -34,6 +34,7 @@ from lockgate.sources.base import (
     DEFAULT_BATCH_ROWS,
     ColumnInfo,
     TableInfo,
+    check_batch_rows,
     db_message,
     label,
     limit_zero,
@@ -236,6 +237,7 @@ class PostgresSource:
 
     def read(self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
         """Stream the result; each read has its own connection, closed when the reader ends."""
+        check_batch_rows(batch_rows)
         conn = self._connect()
         cursor = conn.cursor()
 
@@ -388,6 +390,7 @@ class RedshiftSource(PostgresSource):
 
     def read(self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
         """Stream through a server-side cursor, ``batch_rows`` rows per `FETCH`."""
+        check_batch_rows(batch_rows)
         from psycopg.postgres import types as pg_types
 
         conn = self._connect()

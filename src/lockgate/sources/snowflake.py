@@ -29,6 +29,7 @@ from lockgate.sources.base import (
     DEFAULT_BATCH_ROWS,
     ColumnInfo,
     TableInfo,
+    check_batch_rows,
     db_message,
     label,
     limit_zero,
@@ -164,6 +165,7 @@ class SnowflakeSource:
 
     def read(self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
         """Stream the result: Arrow result chunks when the cursor offers them, else rows."""
+        check_batch_rows(batch_rows)
         cursor = self._execute(sql)
         schema = self._schema(cursor)
 

@@ -1,0 +1,212 @@
+"""BigQuery: what can be checked offline, and live tests that need real credentials.
+
+BigQuery cannot be reached from CI, so the offline tests cover what Lockgate decides itself:
+config → client (service-account file, project, location), credential errors, and the type
+mapping. The `remote` tests run only when `GOOGLE_APPLICATION_CREDENTIALS` points at a
+service-account key (and `LOCKGATE_BIGQUERY_PROJECT` names a project, else the key's own).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from google.cloud.bigquery import SchemaField
+
+from lockgate.errors import SourceError
+from lockgate.project.models import BigQuerySourceConfig
+from lockgate.sources import BigQuerySource, connect
+from lockgate.sources.bigquery import arrow_schema, arrow_type, type_name
+
+# Read before the autouse `clean_environ` fixture hides GOOGLE_* and LOCKGATE_* variables.
+LIVE_CREDENTIALS = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+LIVE_PROJECT = os.environ.get("LOCKGATE_BIGQUERY_PROJECT")
+
+
+def _service_account_file(path: Path) -> Path:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "key-project",
+                "private_key_id": "0" * 40,
+                "private_key": pem,
+                "client_email": "lockgate@key-project.iam.gserviceaccount.com",
+                "client_id": "1",
+                "token_uri": "https://oauth2.googleapis.com/token",
+            }
+        )
+    )
+    return path
+
+
+def test_config_builds_a_client_with_the_service_account_project_and_location(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "keys").mkdir()
+    _service_account_file(tmp_path / "keys" / "sa.json")
+    config = BigQuerySourceConfig(
+        project="acme-analytics", dataset="crm", location="EU", credentials_path="keys/sa.json"
+    )
+
+    source = connect(config, root=tmp_path, name="bq")
+
+    assert isinstance(source, BigQuerySource)
+    assert source.client.project == "acme-analytics"
+    assert source.client.location == "EU"
+    assert source.client._credentials.service_account_email == (
+        "lockgate@key-project.iam.gserviceaccount.com"
+    )
+    assert source.dataset == "crm"
+    source.close()
+
+
+def test_credentials_path_can_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = _service_account_file(tmp_path / "sa.json")
+    monkeypatch.setenv("BQ_KEY", str(key))
+
+    source = connect(
+        BigQuerySourceConfig(project="p", credentials_path="${BQ_KEY}"), root=Path("/")
+    )
+
+    assert isinstance(source, BigQuerySource) and source.client.project == "p"
+    source.close()
+
+
+def test_a_missing_key_file_names_the_path_and_the_setting(tmp_path: Path) -> None:
+    config = BigQuerySourceConfig(project="p", credentials_path="missing.json")
+
+    with pytest.raises(SourceError) as caught:
+        connect(config, root=tmp_path, name="bq")
+
+    assert "bigquery source `bq`" in caught.value.reason
+    assert "`missing.json`" in caught.value.reason
+    assert "`credentials_path`" in (caught.value.hint or "")
+
+
+def test_no_credentials_at_all_says_how_to_provide_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # no gcloud application-default file
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.setenv("NO_GCE_CHECK", "True")  # offline: do not probe the metadata server
+
+    with pytest.raises(SourceError) as caught:
+        connect(BigQuerySourceConfig(project="p"), root=tmp_path)
+
+    assert "no Google credentials" in caught.value.reason
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in (caught.value.hint or "")
+
+
+def test_an_unqualified_table_needs_a_dataset(tmp_path: Path) -> None:
+    _service_account_file(tmp_path / "sa.json")
+    source = connect(BigQuerySourceConfig(project="p", credentials_path="sa.json"), root=tmp_path)
+
+    with pytest.raises(SourceError, match="names no dataset"):
+        source.columns("users")
+    source.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "expected", "name"),
+    [
+        (SchemaField("a", "INTEGER"), pa.int64(), "INTEGER"),
+        (SchemaField("a", "INT64"), pa.int64(), "INT64"),
+        (SchemaField("a", "FLOAT"), pa.float64(), "FLOAT"),
+        (SchemaField("a", "NUMERIC"), pa.decimal128(38, 9), "NUMERIC"),
+        (SchemaField("a", "NUMERIC", precision=10, scale=2), pa.decimal128(10, 2), "NUMERIC"),
+        (SchemaField("a", "BIGNUMERIC"), pa.decimal256(76, 38), "BIGNUMERIC"),
+        (SchemaField("a", "BOOLEAN"), pa.bool_(), "BOOLEAN"),
+        (SchemaField("a", "STRING"), pa.string(), "STRING"),
+        (SchemaField("a", "BYTES"), pa.binary(), "BYTES"),
+        (SchemaField("a", "DATE"), pa.date32(), "DATE"),
+        (SchemaField("a", "DATETIME"), pa.timestamp("us"), "DATETIME"),
+        (SchemaField("a", "TIMESTAMP"), pa.timestamp("us", tz="UTC"), "TIMESTAMP"),
+        (SchemaField("a", "TIME"), pa.time64("us"), "TIME"),
+        (SchemaField("a", "JSON"), pa.string(), "JSON"),
+        (SchemaField("a", "GEOGRAPHY"), pa.string(), "GEOGRAPHY"),
+        (SchemaField("a", "STRING", mode="REPEATED"), pa.list_(pa.string()), "ARRAY<STRING>"),
+        (
+            SchemaField("a", "RECORD", fields=[SchemaField("b", "INTEGER")]),
+            pa.struct([pa.field("b", pa.int64())]),
+            "RECORD",
+        ),
+    ],
+)
+def test_bigquery_types_map_to_arrow(field: SchemaField, expected: pa.DataType, name: str) -> None:
+    assert arrow_type(field) == expected
+    assert type_name(field) == name
+
+
+def test_required_fields_are_not_nullable() -> None:
+    schema = arrow_schema(
+        [SchemaField("id", "INTEGER", mode="REQUIRED"), SchemaField("e", "STRING")]
+    )
+
+    assert [f.nullable for f in schema] == [False, True]
+
+
+# --------------------------------------------------------------------------- live
+
+
+@pytest.fixture
+def live_source(monkeypatch: pytest.MonkeyPatch) -> BigQuerySource:
+    if not LIVE_CREDENTIALS:
+        pytest.skip("set GOOGLE_APPLICATION_CREDENTIALS to a service-account key to run")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", LIVE_CREDENTIALS)
+    project = LIVE_PROJECT or json.loads(Path(LIVE_CREDENTIALS).read_text())["project_id"]
+    source = connect(
+        BigQuerySourceConfig(project=project, credentials_path=LIVE_CREDENTIALS), root=Path("/")
+    )
+    assert isinstance(source, BigQuerySource)
+    return source
+
+
+LIVE_SQL = (
+    "select id, concat('Zoë-', cast(id as string)) as name, id > 1 as active, "
+    "timestamp '2024-03-01 12:30:00+00' as signed_up_at, date '1990-01-15' as birthday, "
+    "numeric '1234.50' as balance from unnest(generate_array(1, 2500)) as id"
+)
+
+
+@pytest.mark.remote
+def test_live_read_streams_typed_batches(live_source: BigQuerySource) -> None:
+    reader = live_source.read(LIVE_SQL, batch_rows=1_000)
+    batches = list(reader)
+
+    assert sum(b.num_rows for b in batches) == 2_500 and max(b.num_rows for b in batches) <= 1_000
+    types = {f.name: f.type for f in reader.schema}
+    assert types["id"] == pa.int64() and types["signed_up_at"] == pa.timestamp("us", tz="UTC")
+    assert types["balance"] == pa.decimal128(38, 9)
+    live_source.close()
+
+
+@pytest.mark.remote
+def test_live_schema_of_is_a_dry_run(live_source: BigQuerySource) -> None:
+    assert live_source.schema_of(LIVE_SQL).names == [
+        "id",
+        "name",
+        "active",
+        "signed_up_at",
+        "birthday",
+        "balance",
+    ]
+
+
+@pytest.mark.remote
+def test_live_bad_sql_is_a_source_error(live_source: BigQuerySource) -> None:
+    with pytest.raises(SourceError, match="bigquery source: query failed"):
+        live_source.read("select * from no_dataset.no_table").read_all()

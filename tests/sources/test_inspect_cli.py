@@ -1,0 +1,75 @@
+"""`lockgate sources inspect` on a DuckDB project, through the real CLI group."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from lockgate.cli import cli
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as conn:
+        conn.execute("create schema analytics")
+        conn.execute(
+            "create table analytics.users as select range as id, "
+            "'u' || range || '@Example.com' as email, now() as signed_up_at from range(42)"
+        )
+        conn.execute("create view analytics.recent as select * from analytics.users")
+    (tmp_path / "lockgate.yml").write_text(
+        "name: shop\nsources:\n  warehouse:\n    type: duckdb\n    path: warehouse.duckdb\n"
+    )
+    return tmp_path
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["sources", "inspect", *args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_inspect_lists_schemas_and_tables_with_kind_and_rows(project: Path) -> None:
+    code, output = _run("--project", str(project))
+
+    assert code == 0, output
+    assert "analytics" in output
+    assert "users" in output and "42" in output
+    assert "recent" in output and "view" in output
+
+
+def test_inspect_a_table_shows_columns_with_warehouse_and_arrow_types(project: Path) -> None:
+    code, output = _run("warehouse", "--table", "analytics.users", "--project", str(project))
+
+    assert code == 0, output
+    assert "email" in output and "VARCHAR" in output and "string" in output
+    assert "TIMESTAMP WITH TIME ZONE" in output
+
+
+def test_inspect_json_is_machine_readable(project: Path) -> None:
+    code, output = _run("--schema", "analytics", "--json", "--project", str(project))
+
+    assert code == 0, output
+    data = json.loads(output)
+    assert data["source"] == "warehouse" and data["type"] == "duckdb"
+    assert {"schema": "analytics", "name": "users", "kind": "table", "rows": 42} in data["tables"]
+    assert {t["name"] for t in data["tables"]} == {"users", "recent"}
+
+
+def test_inspect_columns_as_json(project: Path) -> None:
+    code, output = _run("--table", "analytics.users", "--json", "--project", str(project))
+
+    assert code == 0, output
+    columns = json.loads(output)["columns"]
+    assert columns[0] == {"name": "id", "type": "BIGINT", "arrow_type": "int64", "nullable": True}
+
+
+def test_inspect_an_unknown_source_says_which_exist(project: Path) -> None:
+    result = CliRunner().invoke(cli, ["sources", "inspect", "nope", "--project", str(project)])
+
+    assert result.exit_code != 0
+    assert "no source named `nope`" in str(result.exception)
+    assert "`warehouse`" in (getattr(result.exception, "hint", "") or "")
