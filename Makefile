@@ -27,7 +27,21 @@ postgres-bin: ## make sure the Postgres server binaries are on this machine (apt
 demo: $(STAMP) ## build the sample warehouse, sync it into the local emulator, print the report
 	$(VENV)/bin/lockgate demo
 
-test: $(STAMP) postgres-bin ## run the whole test suite (starts its own Postgres)
+CLIENT_VENVS := .venv-customerio/.installed .venv-cdp/.installed
+
+.venv-customerio/.installed:
+	python3 -m venv .venv-customerio
+	.venv-customerio/bin/pip install -q customerio
+	@touch $@
+
+.venv-cdp/.installed:
+	python3 -m venv .venv-cdp
+	.venv-cdp/bin/pip install -q customerio-cdp-analytics
+	@touch $@
+
+client-venvs: $(CLIENT_VENVS) ## official Customer.io Python clients, one venv each (their imports clash)
+
+test: $(STAMP) postgres-bin client-venvs ## run the whole test suite (starts its own Postgres)
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 test-postgres: $(STAMP) postgres-bin ## only the tests that need Postgres
@@ -50,4 +64,4 @@ check: lint test ## what CI runs, and lint
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
 
-.PHONY: help dev postgres-bin demo test test-postgres lint fmt bench check clean
+.PHONY: help dev postgres-bin client-venvs demo test test-postgres lint fmt bench check clean

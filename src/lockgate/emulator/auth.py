@@ -2,7 +2,8 @@
 
 - Track v1/v2: HTTP Basic ``site_id:api_key``; the credential is decoded with the standard *and*
   the URL-safe base64 alphabet (go-customerio uses the latter).
-- Pipelines: HTTP Basic with the write key as username and an empty password.
+- Pipelines: HTTP Basic with the write key as username and an empty password (or
+  ``Bearer <write key>``, which customerio-cdp-analytics 1.1 sends for ``pk_``/``sk_`` keys).
 - App API: ``Authorization: Bearer <app api key>``; ``sa_live_`` service tokens also need an
   ``X-Workspace-Id`` header equal to the workspace's ``environment_id``.
 """
@@ -48,6 +49,10 @@ def track_ok(config: EmulatorConfig, headers: Headers) -> bool:
 
 
 def pipelines_ok(config: EmulatorConfig, headers: Headers) -> bool:
+    # customerio-cdp-analytics 1.1 sends keys shaped `pk_us_...`/`sk_eu_...` as Bearer tokens.
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return _eq(token.strip(), config.write_key)
     creds = basic_credentials(headers)
     return creds is not None and _eq(creds[0], config.write_key)
 
