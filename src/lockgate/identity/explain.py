@@ -218,7 +218,7 @@ class RulesPlan:
 
     @property
     def empty(self) -> bool:
-        return self.merges.num_rows == self.splits.num_rows == self.moves.num_rows == 0
+        return bool(self.merges.num_rows == self.splits.num_rows == self.moves.num_rows == 0)
 
 
 def plan(
