@@ -111,6 +111,7 @@ class SnowflakeSource:
         self._errors: tuple[type[BaseException], ...] = (
             snowflake.connector.Error,
             pa.ArrowException,
+            OverflowError,  # a NUMBER(38,0) value beyond int64
         )
         try:
             self._conn = snowflake.connector.connect(application="lockgate", **connect_kwargs)
