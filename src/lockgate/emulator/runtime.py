@@ -36,6 +36,8 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
 
 
 OK_EMPTY = b"{}"
+#: The request log keeps at most this many body bytes (oldest entries are dropped first).
+REQUEST_LOG_MAX_BYTES = 64 * 1024 * 1024
 
 
 def ok() -> Response:
@@ -94,9 +96,9 @@ class Runtime:
         self.injector = FaultInjector(config)
         self.lock = threading.Lock()
         self.counters = _Counters()
-        self.requests: deque[tuple[str, str, str, int, bytes, float]] = deque(
-            maxlen=request_log_max
-        )
+        self.requests: deque[tuple[str, str, str, int, bytes, float]] = deque()
+        self.request_log_max = request_log_max
+        self.request_log_bytes = 0
 
     def reset(self) -> None:
         self.store.reset()
@@ -104,6 +106,7 @@ class Runtime:
         with self.lock:
             self.counters = _Counters()
             self.requests.clear()
+            self.request_log_bytes = 0
 
     def add_v2_ingest(self, records: int, seconds: float) -> None:
         with self.lock:
@@ -115,7 +118,9 @@ class Runtime:
             c = self.counters
             reqs = {k: dict(v) for k, v in c.requests.items()}
             faults = dict(c.faults)
-        s = self.store.counters
+        with self.store.lock:  # applies deferred v2 operations first
+            s = dict(self.store.counters)
+            apply_s = self.store.apply_seconds
         return Stats(
             requests=reqs,
             records_ingested=s["records_ingested"],
@@ -125,8 +130,8 @@ class Runtime:
             rate_limited=c.rate_limited,
             faults_injected=faults,
             v2_records=c.v2_records,
-            v2_seconds=c.v2_seconds,
-            ingest_records_per_s=(c.v2_records / c.v2_seconds) if c.v2_seconds else 0.0,
+            v2_seconds=c.v2_seconds + apply_s,
+            ingest_records_per_s=(c.v2_records / (c.v2_seconds + apply_s)) if c.v2_seconds else 0.0,
         )
 
     def request_log(self) -> list[RequestRecord]:
@@ -145,6 +150,13 @@ class Runtime:
             if status == 429:
                 self.counters.responses_429 += 1
             self.requests.append((method, path, route, status, body, time.time()))
+            self.request_log_bytes += len(body)
+            # bounded by count and by bytes, so a long benchmark cannot exhaust memory
+            while self.requests and (
+                len(self.requests) > self.request_log_max
+                or self.request_log_bytes > REQUEST_LOG_MAX_BYTES
+            ):
+                self.request_log_bytes -= len(self.requests.popleft()[4])
 
     def _fault(self, kind: str) -> None:
         with self.lock:

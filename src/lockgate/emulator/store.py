@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from lockgate.emulator.config import EmulatorConfig
@@ -79,16 +79,74 @@ class _P:
         )
 
 
+class _FlushingLock:
+    """A re-entrant lock that first applies the store's deferred Track v2 operations.
+
+    Like Customer.io, the emulator accepts a v2 batch before processing it: the batch handler
+    validates every operation, answers, and queues the appliers (:meth:`Store.defer`). Anyone who
+    takes the store lock (every read and every other write) applies the queue first, in arrival
+    order, so no reader can observe the difference.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._lock = threading.RLock()
+        self._store = store
+        self._flushing = False
+
+    def __enter__(self) -> _FlushingLock:
+        self._lock.acquire()
+        if self._store._pending and not self._flushing:
+            self._flushing = True
+            try:
+                self._store._drain()
+            finally:
+                self._flushing = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+#: Deferred operations beyond this count are applied at once (bounds memory).
+MAX_PENDING = 20_000
+
+
 class Store:
     """All state of one emulated workspace. See the module docstring."""
 
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
-        self.lock = threading.RLock()
+        self._pending: list[Callable[[Store], None]] = []
+        self._pending_lock = threading.Lock()
+        self.apply_seconds = 0.0
+        self.lock = _FlushingLock(self)
         self.reset()
 
+    def defer(self, appliers: list[Callable[[Store], None]]) -> None:
+        """Queue validated operations; they are applied before the next lock holder proceeds."""
+        with self._pending_lock:
+            self._pending.extend(appliers)
+            full = len(self._pending) >= MAX_PENDING
+        if full:
+            with self.lock:
+                pass
+
+    def _drain(self) -> None:
+        started = time.perf_counter()
+        while True:
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+            if not batch:
+                break
+            for apply in batch:
+                apply(self)
+        self.apply_seconds += time.perf_counter() - started
+
     def reset(self) -> None:
+        with self._pending_lock:
+            self._pending = []
         with self.lock:
+            self.apply_seconds = 0.0
             self.people: dict[str, _P] = {}
             self.by_id: dict[str, str] = {}
             self.by_email: dict[str, str] = {}
