@@ -272,10 +272,18 @@ class PostgresSource:
 
     def schema_of(self, sql: str) -> pa.Schema:
         """The result schema from a `LIMIT 0` wrapper: the server plans, returns no rows."""
-        reader = self.read(limit_zero(sql))
-        schema = reader.schema
-        reader.read_all()  # drains nothing, and closes the connection
-        return schema
+        probe = limit_zero(sql)
+        if self._catalog is None:
+            self._catalog = self._connect()
+        cursor = self._catalog.cursor()
+        try:
+            cursor.execute(probe)
+            fields = cursor.fetch_arrow_table().schema
+        except self._errors() as exc:
+            raise query_error(self.who, sql, exc) from exc
+        finally:
+            cursor.close()
+        return pa.schema([pa.field(f.name, _adbc_target(f), f.nullable) for f in fields])
 
     # ------------------------------------------------------------------ catalog
 
@@ -430,6 +438,13 @@ class RedshiftSource(PostgresSource):
             errors=self._errors(),
             close=close,
         )
+
+    def schema_of(self, sql: str) -> pa.Schema:
+        """The result schema from a `LIMIT 0` wrapper, described by a cursor of its own."""
+        reader = self.read(limit_zero(sql))
+        schema = reader.schema
+        reader.read_all()  # no rows; closes the cursor's connection
+        return schema
 
     def tables(self, schema: str | None = None) -> list[TableInfo]:
         """Tables and views from `information_schema` (Redshift keeps no cheap row counts)."""
