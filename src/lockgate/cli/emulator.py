@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def emulator(
     import uvicorn
 
     from lockgate.emulator import Emulator, EmulatorConfig, FaultConfig
-    from lockgate.emulator.server import make_tls_files, uvicorn_config
+    from lockgate.emulator.server import bind, make_tls_files, uvicorn_config
 
     config = EmulatorConfig(
         site_id=site_id,
@@ -93,15 +94,17 @@ def emulator(
         ),
     )
     emu = Emulator(config)
+    sock = bind(host, port)  # bind first so `--port 0` can print the port it got
+    port = sock.getsockname()[1]
     with tempfile.TemporaryDirectory(prefix="lockgate-emulator-") as tmp:
         files = make_tls_files(Path(tmp)) if tls else None
         scheme = "https" if tls else "http"
-        click.echo(f"Customer.io emulator on {scheme}://{host}:{port}")
+        click.echo(f"Customer.io emulator on {scheme}://{host}:{port}", nl=True)
         click.echo(f"  Track:     /api/v1, /api/v2   Basic {site_id}:<api key>")
         click.echo("  Pipelines: /v1/identify ...   Basic <write key>:")
         click.echo("  App API:   /v1/customers ...  Bearer <app api key>")
         click.echo("  Inspect:   /_emulator/people, /events, /stats ...")
         if files:
             click.echo(f"  CA cert:   {files.ca_cert}")
-        cfg = uvicorn_config(emu.app, host, port, files)
-        uvicorn.Server(cfg).run()
+        sys.stdout.flush()
+        uvicorn.Server(uvicorn_config(emu.app, host, port, files)).run(sockets=[sock])

@@ -46,7 +46,7 @@ def make_tls_files(directory: Path) -> TLSFiles:
     return files
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -81,7 +81,7 @@ def serve_in_thread(
     """Serve ``app`` until the block ends; yields ``(base_url, tls_files)``."""
     with tempfile.TemporaryDirectory(prefix="lockgate-emulator-") as tmp:
         files = make_tls_files(Path(tmp)) if tls else None
-        sock = _bind(host, port)
+        sock = bind(host, port)
         actual_port = sock.getsockname()[1]
         server = uvicorn.Server(uvicorn_config(app, host, actual_port, files))
         thread = threading.Thread(
