@@ -91,6 +91,7 @@ class _Answer:
     body: bytes
     attempts: int
     error: DestinationTransientError | None = None
+    location: str | None = None
 
 
 def describe_api_error(error: Any) -> str:
@@ -239,7 +240,7 @@ class CustomerIOClient:
         async def run_batch(batch: Batch) -> None:
             try:
                 results = await self._deliver_batch(batch, 0)
-            except BaseException as exc:  # handed to the consumer, who re-raises it
+            except Exception as exc:  # handed to the consumer, who re-raises it
                 await out.put(exc)
                 return
             finally:
@@ -261,7 +262,7 @@ class CustomerIOClient:
                 while tasks:
                     await asyncio.gather(*list(tasks))
                 await out.put(done)
-            except BaseException as exc:
+            except Exception as exc:  # a failing source, or a run-wide destination error
                 await out.put(exc)
 
         producer = asyncio.create_task(produce())
@@ -359,6 +360,15 @@ class CustomerIOClient:
                 hint="check CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY (a Track API key, not an "
                 "App API key) and CUSTOMERIO_REGION (`us` or `eu`)",
             )
+        if 300 <= status < 400:
+            location = answer.location or "no Location header"
+            raise DestinationError(
+                f"`{self.settings.track_base}{BATCH_PATH}` redirected (HTTP {status}) to "
+                f"`{location}`",
+                status=status,
+                hint="Customer.io redirects traffic sent to the other region's host; set "
+                "CUSTOMERIO_REGION to your workspace's region (`us` or `eu`)",
+            )
         if status in URL_STATUSES:
             raise DestinationError(
                 f"`{self.settings.track_base}{BATCH_PATH}` answered HTTP {status}: "
@@ -378,7 +388,16 @@ class CustomerIOClient:
                 if len(rest):
                     results += await self._deliver_batch(rest, attempts)
                 return results
-        return await self._split(batch, status, answer.body, attempts)
+        if status in SPLIT_STATUSES:
+            return await self._split(batch, status, answer.body, attempts)
+        # Anything else (409, 415, ...) is not about one record: splitting would send
+        # every record alone to get the same answer. Stop the run instead.
+        raise DestinationError(
+            f"unexpected answer from `{self.settings.track_base}{BATCH_PATH}`: "
+            f"{whole_batch_reason(status, answer.body)}",
+            status=status,
+            hint="check CUSTOMERIO_TRACK_URL and any proxy in between; report this if it persists",
+        )
 
     async def _split(self, batch: Batch, status: int, body: bytes, attempts: int) -> list[Result]:
         if len(batch) == 1:
@@ -440,7 +459,8 @@ class CustomerIOClient:
             else:
                 status = response.status_code
                 if status != 429 and status != 408 and status < 500:
-                    return _Answer(status, response.content, attempt)
+                    location = response.headers.get("location")
+                    return _Answer(status, response.content, attempt, location=location)
                 retry_after = None
                 if status == 429:
                     self.stats.throttled += 1
