@@ -47,6 +47,9 @@ from lockgate.webhooks.schemas import check_event, table_for
 from lockgate.webhooks.spool import Spool, SpoolRecord
 
 PIPELINE_NAME = "lockgate_webhooks"
+KEEP_LOADED = 8 * 86400
+"""Seconds loaded events stay in the spool: longer than Customer.io's 7 days of retries."""
+PRUNE_EVERY = 3600.0
 
 _TEXT = "text"
 _BIGINT = "bigint"
@@ -376,12 +379,16 @@ class BackgroundLoader:
 
     def _run(self) -> None:
         spool = Spool(self._spool_dir)
+        pruned_at = 0.0
         try:
             while True:
                 stopping = self._stop.wait(self.interval)
                 try:
                     if spool.stats().unloaded:
                         load_pending(self.project, spool=spool, console=self.console)
+                    if time.monotonic() - pruned_at > PRUNE_EVERY:
+                        spool.prune(KEEP_LOADED)
+                        pruned_at = time.monotonic()
                 except Exception as exc:
                     self.console.warn(f"webhook load failed, will retry: {exc}")
                 if stopping:

@@ -1,0 +1,64 @@
+"""`lockgate webhooks serve/load/status` end to end: background loading and clear errors."""
+
+from __future__ import annotations
+
+import time
+
+import duckdb
+import orjson
+from click.testing import CliRunner
+
+from lockgate.cli import cli
+from lockgate.emulator.webhook_sender import Recipient, send_events, simulate_engagement
+from lockgate.errors import ConfigError
+from lockgate.project.loader import Project
+from lockgate.webhooks.app import create_app
+from lockgate.webhooks.load import BackgroundLoader
+from lockgate.webhooks.spool import Spool
+
+from .conftest import KEY, running
+
+
+def test_serve_loads_in_the_background(project: Project) -> None:
+    spool = Spool(project.root / ".lockgate/webhooks")
+    loader = BackgroundLoader(project, interval=0.2)
+    app = create_app(spool=spool, signing_key=KEY, on_startup=loader.start, on_shutdown=loader.stop)
+    people = [Recipient(str(i), f"p{i}@example.com", f"cio{i}") for i in range(3)]
+    events = simulate_engagement(people=people, metrics=["sent", "opened"])
+    try:
+        with running(app) as url:
+            report = send_events(url + "/webhooks/customerio", KEY, events)
+            assert len(report.acknowledged) == len(events)
+            deadline = time.monotonic() + 60
+            while spool.stats().unloaded and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert spool.stats().unloaded == 0
+    finally:
+        spool.close()
+    with duckdb.connect(str(project.root / "warehouse.duckdb"), read_only=True) as con:
+        rows = con.execute(
+            "select identifier_id, max(timestamp) from customerio.email "
+            "where metric = 'opened' group by 1 order by 1"
+        ).fetchall()
+    assert [r[0] for r in rows] == ["0", "1", "2"]
+
+
+def test_load_and_status_commands(project: Project) -> None:
+    spool = Spool(project.root / ".lockgate/webhooks")
+    events = simulate_engagement(people=[Recipient("7", "x@example.com", "c7")], metrics=["sent"])
+    spool.append_now([(e["event_id"], orjson.dumps(e)) for e in events])
+    spool.close()
+    runner = CliRunner()
+    args = ["--project", str(project.root), "--json"]
+    status = runner.invoke(cli, ["webhooks", "status", *args])
+    assert orjson.loads(status.output) == {"stored": 1, "unloaded": 1}
+    loaded = runner.invoke(cli, ["webhooks", "load", *args])
+    assert orjson.loads(loaded.output) == {"loaded": 1, "tables": {"email": 1}, "skipped": 0}
+    again = runner.invoke(cli, ["webhooks", "load", *args])
+    assert orjson.loads(again.output)["loaded"] == 0
+
+
+def test_serve_without_signing_key_says_which_variable(project: Project) -> None:
+    result = CliRunner().invoke(cli, ["webhooks", "serve", "--project", str(project.root)])
+    assert isinstance(result.exception, ConfigError)
+    assert "CUSTOMERIO_WEBHOOK_SIGNING_KEY" in result.exception.reason
