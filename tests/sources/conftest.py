@@ -7,7 +7,10 @@ booleans, timestamps with and without time zone, dates, decimals, JSON, nulls) a
 - `duckdb`: a real DuckDB file, opened read-only as projects do;
 - `postgres`: the session's real Postgres server, read through ADBC;
 - `redshift`: the same server with `redshift: true`, i.e. the psycopg server-side-cursor path;
-- `snowflake`: fakesnow (Snowflake's SQL run on DuckDB) behind the official connector.
+- `snowflake`: fakesnow (Snowflake's SQL run on DuckDB) patched into the official connector,
+  whose fake cursor has no `fetch_arrow_batches` (the `fetchmany` fallback);
+- `snowflake-server`: fakesnow's HTTP server on loopback and the real connector's own cursor
+  (the `fetch_arrow_batches` path used against Snowflake).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from tests.sources.warehouses import (
     Warehouse,
     duckdb_warehouse,
     postgres_warehouse,
+    snowflake_server_warehouse,
     snowflake_warehouse,
 )
 
@@ -30,6 +34,7 @@ from tests.sources.warehouses import (
         pytest.param("postgres", marks=pytest.mark.postgres),
         pytest.param("redshift", marks=pytest.mark.postgres),
         "snowflake",
+        "snowflake-server",
     ],
 )
 def warehouse(
@@ -41,5 +46,7 @@ def warehouse(
     elif request.param in ("postgres", "redshift"):
         dsn = request.getfixturevalue("postgres_dsn")
         yield from postgres_warehouse(dsn, redshift=request.param == "redshift")
-    else:
+    elif request.param == "snowflake":
         yield from snowflake_warehouse()
+    else:
+        yield from snowflake_server_warehouse()

@@ -16,7 +16,7 @@ from lockgate.project.models import (
     PostgresSourceConfig,
     SnowflakeSourceConfig,
 )
-from lockgate.sources import Source, connect
+from lockgate.sources import SnowflakeSource, Source, connect
 
 UTC = dt.UTC
 FAKESNOW_WARNING = "ignore:Arrow output on a DB-API result:UserWarning"
@@ -164,6 +164,38 @@ def postgres_warehouse(dsn: str, redshift: bool) -> Iterator[Warehouse]:
     source.close()
 
 
+def _fill_snowflake(setup: Any) -> None:
+    cursor = setup.cursor()
+    for statement in _create_users("snowflake"):
+        cursor.execute(statement)
+    cursor.execute(
+        "create table lg_sources.big as select seq4() + 1 as id "
+        f"from table(generator(rowcount => {BIG_ROWS}))"
+    )
+    cursor.close()
+
+
+def snowflake_server_warehouse() -> Iterator[Warehouse]:
+    """fakesnow's HTTP server on loopback behind the real connector: the Arrow result path.
+
+    In-process patching (`snowflake_warehouse`) replaces the cursor with one that has no
+    `fetch_arrow_batches`; over the server, the connector's own cursor decodes Arrow chunks,
+    as it does against Snowflake.
+    """
+    import fakesnow
+    import snowflake.connector
+
+    with fakesnow.server() as server:
+        setup = snowflake.connector.connect(database="LOCKGATE", schema="LG_SOURCES", **server)
+        _fill_snowflake(setup)
+        source = SnowflakeSource(
+            name="warehouse", database="LOCKGATE", schema="LG_SOURCES", **server
+        )
+        yield Warehouse("snowflake-server", source)
+        source.close()
+        setup.close()
+
+
 def snowflake_warehouse() -> Iterator[Warehouse]:
     import fakesnow
     import snowflake.connector
@@ -174,13 +206,7 @@ def snowflake_warehouse() -> Iterator[Warehouse]:
         setup = snowflake.connector.connect(
             account="lockgate", user="tester", database="LOCKGATE", schema="LG_SOURCES"
         )
-        cursor = setup.cursor()
-        for statement in _create_users("snowflake"):
-            cursor.execute(statement)
-        cursor.execute(
-            "create table lg_sources.big as select seq4() + 1 as id "
-            f"from table(generator(rowcount => {BIG_ROWS}))"
-        )
+        _fill_snowflake(setup)
         config = SnowflakeSourceConfig.model_validate(
             {
                 "account": "lockgate",
