@@ -108,7 +108,7 @@ class _FlushingLock:
 
 
 #: Deferred operations beyond this count are applied at once (bounds memory).
-MAX_PENDING = 20_000
+MAX_PENDING = 100_000
 
 
 class Store:
