@@ -51,8 +51,19 @@ def test_applied_then_failed_applies_everything() -> None:
     assert len(emu.people()) == 3
 
 
-@pytest.mark.parametrize("surface", ["track_v2", "app"])
+@pytest.mark.parametrize("surface", ["track_v2", "app", "/api/v2/batch"])
 def test_per_surface_override(surface: str) -> None:
     faults = FaultConfig(overrides={surface: FaultRates(error_5xx=1.0)})
     emu = Emulator(EmulatorConfig(faults=faults))
     assert _outcomes(emu, 2) == ["200", "200"]  # v1 unaffected
+
+
+def test_per_route_override_hits_only_that_route() -> None:
+    faults = FaultConfig(
+        overrides={"/api/v1/customers/{identifier}/events": FaultRates(error_5xx=1.0)}
+    )
+    emu = Emulator(EmulatorConfig(faults=faults))
+    with emu.client(auth=emu.track_auth) as client:
+        assert client.put("/api/v1/customers/1", json={}).status_code == 200
+        assert client.post("/api/v1/customers/1/events", json={"name": "x"}).status_code == 503
+    assert emu.events() == [] and emu.stats.faults_injected == {"5xx": 1}

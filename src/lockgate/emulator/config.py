@@ -48,9 +48,10 @@ class FaultRates:
 class FaultConfig:
     """Seeded fault injection. The same seed and request sequence give the same faults.
 
-    ``rates`` applies to every surface unless ``overrides`` names the surface
-    (``track_v1``, ``track_v2``, ``pipelines``, ``app``). The ``/_emulator/`` inspection
-    API never gets faults.
+    The top-level rates apply to every request unless ``overrides`` names its route (the path
+    template, e.g. ``/api/v2/batch`` or ``/api/v1/customers/{identifier}``) or its surface
+    (``track_v1``, ``track_v2``, ``pipelines``, ``app``). The ``/_emulator/`` inspection API
+    never gets faults.
     """
 
     error_5xx: float = 0.0
@@ -59,7 +60,7 @@ class FaultConfig:
     reset: float = 0.0
     latency_ms: int = 0
     overrides: Mapping[str, FaultRates] = field(default_factory=dict)
-    """Per-surface rates, replacing the top-level ones for that surface."""
+    """Per-route or per-surface rates, replacing the top-level ones there."""
     seed: int = 0
     """Seed of the ``random.Random`` that draws faults, so a run repeats exactly."""
     timeout_s: float = 15.0
@@ -71,7 +72,10 @@ class FaultConfig:
     """When true, 5xx/429/timeout/reset faults happen *after* the request was fully applied (for
     idempotency tests). When false (default) a faulted request applied nothing."""
 
-    def rates_for(self, surface: str) -> FaultRates:
+    def rates_for(self, surface: str, route: str | None = None) -> FaultRates:
+        """Rates for a route (e.g. ``/api/v2/batch``), else its surface, else the defaults."""
+        if route is not None and route in self.overrides:
+            return self.overrides[route]
         if surface in self.overrides:
             return self.overrides[surface]
         return FaultRates(self.error_5xx, self.error_429, self.timeout, self.reset, self.latency_ms)

@@ -78,16 +78,16 @@ class FaultInjector:
             "app": TokenBucket(limits["app"]) if limits["app"] else None,
         }
 
-    def latency_s(self, surface: str) -> float:
-        return self.config.faults.rates_for(surface).latency_ms / 1000.0
+    def latency_s(self, surface: str, route: str | None = None) -> float:
+        return self.config.faults.rates_for(surface, route).latency_ms / 1000.0
 
     def rate_limited(self, surface: str) -> bool:
         bucket = self.buckets.get(surface)
         return bucket is not None and not bucket.take()
 
-    def draw(self, surface: str) -> Fault | None:
+    def draw(self, surface: str, route: str | None = None) -> Fault | None:
         """The fault for this request, or None. Consumes one draw only when faults are on."""
-        rates = self.config.faults.rates_for(surface)
+        rates = self.config.faults.rates_for(surface, route)
         if not rates.any():
             return None
         with self.lock:

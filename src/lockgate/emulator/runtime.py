@@ -206,10 +206,10 @@ def _fault_response(rt: Runtime, fault: str) -> Response:
 
 async def dispatch(rt: Runtime, spec: RouteSpec, request: Request) -> Response:
     """Run one API request through the pipeline described in the module docstring."""
-    latency = rt.injector.latency_s(spec.surface)
+    latency = rt.injector.latency_s(spec.surface, spec.name)
     if latency:
         await asyncio.sleep(latency)
-    fault = rt.injector.draw(spec.surface)
+    fault = rt.injector.draw(spec.surface, spec.name)
     body = await request.body()
     method, path = request.method, request.url.path
     late = rt.config.faults.applied_then_failed
