@@ -159,3 +159,31 @@ def test_batch_rows_must_be_positive() -> None:
     with pytest.raises(ValueError, match="`batch_rows`"):
         source.read("select 1", batch_rows=0)
     source.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("redshift", [False, True])
+def test_readers_release_their_connections_read_or_not(postgres_dsn: str, redshift: bool) -> None:
+    import gc
+
+    import psycopg
+
+    def backends() -> int:
+        with psycopg.connect(postgres_dsn) as conn:
+            row = conn.execute(
+                "select count(*) from pg_stat_activity "
+                "where backend_type = 'client backend' and pid <> pg_backend_pid()"
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+    source = connect(PostgresSourceConfig(url=postgres_dsn, redshift=redshift), root=Path("."))
+    source.schema_of("select 1 as x")  # opens the shared catalog connection
+    before = backends()
+
+    source.read("select generate_series(1, 10) as x").read_all()
+    unread = source.read("select generate_series(1, 10) as x")
+    del unread
+    gc.collect()
+
+    assert backends() == before
+    source.close()

@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
@@ -202,6 +203,13 @@ def stream(
     once the reader is exhausted, fails or is closed.
     """
     check_batch_rows(batch_rows)
+    closed = False
+
+    def close_once() -> None:
+        nonlocal closed
+        if not closed and close is not None:
+            closed = True
+            close()
 
     def generate() -> Iterator[pa.RecordBatch]:
         try:
@@ -212,7 +220,10 @@ def stream(
         except errors as exc:
             raise on_error(exc) from exc
         finally:
-            if close is not None:
-                close()
+            close_once()
 
-    return pa.RecordBatchReader.from_batches(schema, generate())
+    reader = pa.RecordBatchReader.from_batches(schema, generate())
+    # A reader dropped before its first batch never enters `generate`, so its `finally` would
+    # not run; closing on garbage collection too keeps the connection from leaking.
+    weakref.finalize(reader, close_once)
+    return reader
