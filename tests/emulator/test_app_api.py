@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import pytest
 
@@ -11,8 +13,9 @@ from .conftest import person_op
 
 
 @pytest.fixture
-def app(emu: Emulator) -> httpx.Client:
-    return emu.client(headers=emu.app_headers)
+def app(emu: Emulator) -> Iterator[httpx.Client]:
+    with emu.client(headers=emu.app_headers) as client:
+        yield client
 
 
 def _seed(track: httpx.Client) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Iterator
 
 import httpx
 import orjson
@@ -12,8 +13,9 @@ from lockgate.emulator import Emulator
 
 
 @pytest.fixture
-def cdp(emu: Emulator) -> httpx.Client:
-    return emu.client(auth=emu.pipelines_auth)
+def cdp(emu: Emulator) -> Iterator[httpx.Client]:
+    with emu.client(auth=emu.pipelines_auth) as client:
+        yield client
 
 
 def test_identify_track_group_land_in_store(emu: Emulator, cdp: httpx.Client) -> None:
