@@ -179,6 +179,8 @@ class CustomerIODestinationConfig(StrictModel):
     """Batches in flight at once."""
     max_retries: int = Field(default=8, ge=0, le=50)
     """Retries for 429, 5xx, timeouts and dropped connections before a record is dead-lettered."""
+    batch_size: int | None = Field(default=None, ge=1)
+    """Most operations per request; default: as many as fit in Customer.io's 500 KB limit."""
 
     @field_validator("api_key", "app_api_key")
     @classmethod

@@ -52,6 +52,7 @@ def default_destination(project: Project, sync: SyncConfig) -> Destination:
         rate_limit=config.requests_per_second,
         concurrency=config.concurrency,
         max_retries=config.max_retries,
+        max_batch_ops=config.batch_size,
     )
     return CustomerIOClient(settings)
 
