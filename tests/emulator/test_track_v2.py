@@ -204,3 +204,12 @@ def test_devices(emu: Emulator, track: httpx.Client) -> None:
         "/api/v2/entity", json=person_op("delete_device", {"id": "1"}, device={"token": "tok"})
     )
     assert emu.person(id="1").devices == ()  # type: ignore[union-attr]
+
+
+def test_new_id_with_known_email_updates_that_person(emu: Emulator, track: httpx.Client) -> None:
+    for new_id in ("1", "2"):
+        op = person_op("identify", {"id": new_id}, attributes={"email": "test@x.co", "n": new_id})
+        assert track.post("/api/v2/entity", json=op).status_code == 200
+    (person,) = emu.people()
+    assert (person.id, person.email, person.attributes) == ("2", "test@x.co", {"n": "2"})
+    assert emu.person(id="1") is None

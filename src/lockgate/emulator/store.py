@@ -267,9 +267,12 @@ class Store:
                     )
                     return None
                 p = self._create(now)
-            # identifiers: the path identifier, then body ones
-            if ref[0] != "cio_id" and getattr(p, ref[0]) is None:
-                self._set_ident(p, ref[0], ref[1])
+            # identifiers: the path identifier (a person found through a body identifier gains
+            # it, replacing an old value: "reusing one email updates a single person"), then body
+            if ref[0] != "cio_id" and getattr(p, ref[0]) != ref[1]:
+                current = getattr(p, ref[0])
+                if not (ref[0] == "email" and current and current.lower() == ref[1].lower()):
+                    self._set_ident(p, ref[0], ref[1])
             for kind, value in body:
                 current = getattr(p, kind)
                 if current == value or (
