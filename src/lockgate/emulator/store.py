@@ -168,6 +168,7 @@ class Store:
             }
             self._seq = 0
             self._idents = self._idents_enabled()
+            self._indexes = {"id": self.by_id, "email": self.by_email, "phone": self.by_phone}
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -178,7 +179,7 @@ class Store:
         return (kind, value.lower() if kind == "email" else value)
 
     def _index(self, kind: str) -> dict[str, str]:
-        return {"id": self.by_id, "email": self.by_email, "phone": self.by_phone}[kind]
+        return self._indexes[kind]
 
     def resolve(self, ref: Ref) -> _P | None:
         kind, value = ref
