@@ -10,7 +10,7 @@ one-call-per-record baseline):
     httpx async (8 in flight, keep-alive), no Lockgate code;
 (b) Lockgate: ``CustomerIOClient.deliver()`` on the same records given as dicts (it encodes,
     packs, paces, retries and produces one Result per record);
-(c) baseline: the official ``customerio`` Python package (in ``.venv-customerio``), one
+(c) baseline: the official ``customerio`` Python package (``make client-venvs``), one
     ``identify()`` per record, run for a bounded time and extrapolated. That client is
     https-only; we point its ``base_url`` at the emulator's plain-HTTP listener and mount its own
     retrying keep-alive adapter for ``http://`` (so TLS cost is not charged to it).
@@ -227,6 +227,8 @@ BASELINE_SCRIPT = textwrap.dedent(
 
 
 def run_baseline(url: str, seconds: float) -> tuple[int, float]:
+    if not BASELINE_PYTHON.exists():
+        raise SystemExit(f"`{BASELINE_PYTHON}` is missing: run `make client-venvs` first")
     out = subprocess.run(
         [str(BASELINE_PYTHON), "-c", BASELINE_SCRIPT, url, *AUTH, str(seconds)],
         check=True,
