@@ -25,7 +25,7 @@ def emu(request: pytest.FixtureRequest) -> Iterator[Emulator]:
     Pipelines when nothing was dropped, is validated against the official OpenAPI spec."""
     emulator = Emulator()
     yield emulator
-    if "off_spec_ok" in request.fixturenames:
+    if "off_spec_ok" in request.fixturenames or not spec.available():
         return
     dropped = any(a.kind.startswith("pipelines") for a in emulator.activity_log())
     problems = []

@@ -14,9 +14,15 @@ from . import spec
 
 TRACK = "journeys-track.json"
 PIPELINES = "pipelines.json"
-EXAMPLES = [(TRACK, *e) for e in spec.request_examples(TRACK)] + [
-    (PIPELINES, *e) for e in spec.request_examples(PIPELINES)
-]
+pytestmark = pytest.mark.skipif(
+    not spec.available(), reason=f"Customer.io OpenAPI files not found in {spec.SPECS}"
+)
+EXAMPLES = (
+    [(TRACK, *e) for e in spec.request_examples(TRACK)]
+    + [(PIPELINES, *e) for e in spec.request_examples(PIPELINES)]
+    if spec.available()
+    else []
+)
 
 
 def test_spec_has_examples_for_every_surface() -> None:
