@@ -146,7 +146,15 @@ class AppAPIClient:
                         "and CUSTOMERIO_REGION",
                     )
                 if 200 <= status < 300:
-                    return orjson.loads(response.content) if response.content else {}
+                    try:
+                        return orjson.loads(response.content) if response.content else {}
+                    except orjson.JSONDecodeError:
+                        raise DestinationError(
+                            f"App API {method} {path} answered {status} with a body that is not "
+                            f"JSON: {response.text[:200]!r}",
+                            status=status,
+                            hint="check CUSTOMERIO_APP_URL (unset it to use the region's host)",
+                        ) from None
                 text = response.text[:300]
                 if status != 429 and status < 500:
                     raise DestinationError(
