@@ -20,7 +20,7 @@ from typing import Any
 
 import uvicorn
 
-from lockgate.errors import LockgateError
+from lockgate.errors import LockgateError, MissingDependencyError
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,10 @@ class TLSFiles:
 
 
 def make_tls_files(directory: Path) -> TLSFiles:
-    import trustme  # dev/test dependency; only needed for TLS
+    try:
+        import trustme  # only needed for TLS: the `emulator` extra
+    except ModuleNotFoundError:
+        raise MissingDependencyError("trustme", "emulator") from None
 
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
