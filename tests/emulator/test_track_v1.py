@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from lockgate.emulator import Emulator
+from lockgate.emulator import Emulator, EmulatorConfig
 
 
 @pytest.mark.parametrize(
@@ -134,3 +134,47 @@ def test_v1_relationships_object_shape(emu: Emulator, track: httpx.Client) -> No
     (r,) = emu.relationships()
     assert (r.object_id, r.attributes) == ("acme", {"role": "owner"})
     assert track.put("/api/v1/customers/1", json={"cio_relationships": []}).status_code == 400
+
+
+def test_subscription_preferences_unsubscribed_and_timestamp_order(
+    emu: Emulator, track: httpx.Client, off_spec_ok: list[bool]
+) -> None:
+    # off spec on purpose: the spec types `unsubscribed` as boolean, the docs accept "true"
+    track.put(
+        "/api/v1/customers/1",
+        json={
+            "cio_subscription_preferences.topics.topic_3": True,
+            "unsubscribed": "TRUE",
+            "plan": "new",
+            "_timestamp": 200,
+        },
+    )
+    track.put("/api/v1/customers/1", json={"plan": "stale", "_timestamp": 100})
+    person = emu.person(id="1")
+    assert person is not None and person.unsubscribed is True
+    assert person.attributes["cio_subscription_preferences"] == {"topics": {"topic_3": True}}
+    assert person.attributes["plan"] == "new"  # the older update lost
+
+
+def test_id_only_workspace_treats_email_shaped_path_as_id() -> None:
+    emu = Emulator(EmulatorConfig(workspace_mode="id"))
+    with emu.client(auth=emu.track_auth) as client:
+        client.put("/api/v1/customers/a@x.co", json={"email": "a@x.co"})
+    (person,) = emu.people()
+    assert (person.id, person.email) == ("a@x.co", "a@x.co")
+    assert emu.person(email="a@x.co") is None  # not an identifier in a classic workspace
+
+
+def test_manual_segments_and_app_membership(emu: Emulator, track: httpx.Client) -> None:
+    for i in range(3):
+        track.put(f"/api/v1/customers/{i}", json={})
+    assert (
+        track.post("/api/v1/segments/7/add_customers", json={"ids": ["0", "1", "x"]}).json() == {}
+    )
+    track.post("/api/v1/segments/7/remove_customers", json={"ids": ["1"]})
+    assert track.post("/api/v1/segments/7/add_customers", json={"ids": []}).status_code == 400
+    with emu.client(headers=emu.app_headers) as app:
+        assert app.get("/v1/segments/7/customer_count").json() == {"segment_id": 7, "count": 1}
+        assert app.get("/v1/segments/7/membership").json()["ids"] == ["0"]
+        found = app.post("/v1/customers", json={"filter": {"segment": {"id": 7}}}).json()
+    assert found["ids"] == ["0"]

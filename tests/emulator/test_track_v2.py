@@ -213,3 +213,22 @@ def test_new_id_with_known_email_updates_that_person(emu: Emulator, track: httpx
     (person,) = emu.people()
     assert (person.id, person.email, person.attributes) == ("2", "test@x.co", {"n": "2"})
     assert emu.person(id="1") is None
+
+
+def test_anonymous_relationship_carries_over_on_identify(
+    emu: Emulator, track: httpx.Client
+) -> None:
+    acme = {"object_type_id": "1", "object_id": "acme"}
+    op = {
+        "type": "object",
+        "action": "identify_anonymous",
+        "identifiers": acme,
+        "cio_relationships": [
+            {"identifiers": {"anonymous_id": "anon-9"}, "relationship_attributes": {"seen": 1}}
+        ],
+    }
+    assert track.post("/api/v2/entity", json=op).status_code == 200
+    assert emu.relationships()[0].anonymous_id == "anon-9"
+    track.put("/api/v1/customers/9", json={"anonymous_id": "anon-9"})
+    (rel,) = emu.relationships()
+    assert rel.person == emu.person(id="9").cio_id and rel.attributes == {"seen": 1}  # type: ignore[union-attr]

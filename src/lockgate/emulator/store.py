@@ -297,6 +297,8 @@ class Store:
                         f"without referencing it by cio_id",
                         source,
                     )
+            if "email" not in self._idents and type(attrs.get("email")) is str:
+                p.email = attrs["email"]  # id-only workspace: an attribute, not an identifier
             self._apply_attrs(p, attrs, timestamp)
             if anonymous_id:
                 self._link_anonymous(p, anonymous_id, now)
