@@ -99,15 +99,13 @@ def _source_mask(
 
 
 def _mask_names(masks: npt.NDArray[np.uint64], names: list[str]) -> pa.Array:
-    cache: dict[int, list[str]] = {}
-    out: list[list[str]] = []
-    for m in masks.tolist():
-        hit = cache.get(m)
-        if hit is None:
-            hit = [n for i, n in enumerate(names) if m >> i & 1]
-            cache[m] = hit
-        out.append(hit)
-    return pa.array(out, pa.list_(pa.string()))
+    """Source bitmasks as lists of source names (built once per distinct mask)."""
+    uniq, inverse = np.unique(masks, return_inverse=True)
+    lists = pa.array(
+        [[n for i, n in enumerate(names) if int(m) >> i & 1] for m in uniq.tolist()],
+        pa.list_(pa.string()),
+    )
+    return lists.take(pa.array(inverse.astype(np.int64).reshape(-1)))
 
 
 def _to_ts(values: npt.NDArray[np.int64], sentinel: int) -> pa.Array:

@@ -19,6 +19,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import duckdb
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
@@ -45,8 +46,22 @@ def profile_schema(types: tuple[str, ...]) -> pa.Schema:
 
 def profile_id_for(type_name: str, value: str) -> str:
     """The id a new profile anchored on `type_name:value` gets (before any suffix)."""
-    digest = hashlib.blake2b(f"{type_name}\x1f{value}".encode(), digest_size=8).hexdigest()
-    return f"lg_{digest}"
+    digest = hashlib.md5(f"{type_name}\x1f{value}".encode(), usedforsecurity=False).hexdigest()
+    return f"lg_{digest[:16]}"
+
+
+def profile_ids_for(type_names: pa.Array, values: pa.Array) -> list[str]:
+    """`profile_id_for` over whole columns (DuckDB's md5, vectorised)."""
+    table = pa.table({"t": type_names, "v": values})
+    con = duckdb.connect()
+    try:
+        con.register("anchors", table)
+        out = con.sql(
+            "SELECT 'lg_' || substr(md5(t || chr(31) || v), 1, 16) FROM anchors"
+        ).to_arrow_table()
+    finally:
+        con.close()
+    return [str(x) for x in out.column(0).to_pylist()]
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,13 @@ def _pick(
     """Per component, the candidate node with the best rank, then latest seen, then value."""
     out = np.full(n_comp, -1, dtype=np.int64)
     nodes = np.flatnonzero(candidates)
+    if nodes.size == 0:
+        return out
+    c = comp[nodes]
+    per = np.bincount(c, minlength=n_comp)
+    alone = per[c] == 1
+    out[c[alone]] = nodes[alone]
+    nodes = nodes[~alone]
     if nodes.size == 0:
         return out
     c, r, last = comp[nodes], node_rank[nodes], node_last[nodes]
@@ -273,10 +295,9 @@ def assign(
     new_ids: list[str | None] = [None] * n_comp
     if new_comps.size:
         an = anchor[new_comps]
-        t_names = [types[t] for t in node_type[an].tolist()]
-        vals = node_values.take(pa.array(an)).to_pylist()
-        for c, t_name, v in zip(new_comps.tolist(), t_names, vals, strict=True):
-            pid = profile_id_for(t_name, v)
+        t_arr = pa.array(list(types), pa.string()).take(pa.array(node_type[an].astype(np.int32)))
+        hashed = profile_ids_for(t_arr, node_values.take(pa.array(an)))
+        for c, pid in zip(new_comps.tolist(), hashed, strict=True):
             if pid in used:
                 n = 2
                 while f"{pid}_{n}" in used:

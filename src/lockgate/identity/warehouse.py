@@ -85,6 +85,10 @@ class PostgresRunner:
     def execute(self, sql: str) -> None:
         with self.con.cursor() as cur:
             cur.execute(self._sql(sql))
+            # fresh tables have no statistics: without them Postgres picks nested loops
+            words = sql.split()
+            if len(words) > 2 and words[0].upper() == "CREATE" and words[1].upper() == "TABLE":
+                cur.execute(f"ANALYZE {words[2]}")
 
     def fetch(self, sql: str) -> list[tuple[Any, ...]]:
         with self.con.cursor() as cur:
@@ -298,10 +302,13 @@ class WarehouseStitcher:
                     f"JOIN {p}nodes na ON na.id = e.a JOIN {p}nodes nb ON nb.id = e.b "
                     f"WHERE e.status = 'accepted'"
                 )
+                out.append(f"DROP TABLE IF EXISTS {p}capped")
+                out.append(
+                    f"CREATE TABLE {p}capped AS SELECT a, b FROM ({ranked}) r WHERE r.pos > 1"
+                )
                 out.append(
                     f"UPDATE {p}edges SET status = 'capped' WHERE status = 'accepted' AND "
-                    f"EXISTS (SELECT 1 FROM ({ranked}) r WHERE r.pos > 1 AND r.a = {p}edges.a "
-                    f"AND r.b = {p}edges.b)"
+                    f"EXISTS (SELECT 1 FROM {p}capped r WHERE r.a = {p}edges.a AND r.b = {p}edges.b)"
                 )
         return out
 
@@ -486,10 +493,13 @@ class WarehouseStitcher:
                 f"({int(ids[a[r.edge]])}, {int(ids[b[r.edge]])}, {_lit(r.rule)})" for r in refusals
             )
             run.execute(f"INSERT INTO {p}refused VALUES {rows}")
+        run.execute(f"DROP TABLE IF EXISTS {p}labels_next")
         run.execute(
-            f"UPDATE {p}labels SET label = (SELECT r.label FROM {p}relabel r WHERE r.node = "
-            f"{p}labels.node) WHERE node IN (SELECT node FROM {p}relabel)"
+            f"CREATE TABLE {p}labels_next AS SELECT l.node, COALESCE(r.label, l.label) AS label "
+            f"FROM {p}labels l LEFT JOIN {p}relabel r ON r.node = l.node"
         )
+        run.execute(f"DROP TABLE {p}labels")
+        run.execute(f"ALTER TABLE {p}labels_next RENAME TO {p.split('.')[-1]}labels")
         self._finish()
 
     def _finish(self) -> None:
