@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from lockgate.emulator.config import EmulatorConfig
+from lockgate.emulator.limits import gc_paused
 from lockgate.emulator.models import (
     Activity,
     Device,
@@ -132,6 +133,10 @@ class Store:
                 pass
 
     def _drain(self) -> None:
+        with gc_paused():
+            self._drain_all()
+
+    def _drain_all(self) -> None:
         started = time.perf_counter()
         while True:
             with self._pending_lock:

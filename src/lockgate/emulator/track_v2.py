@@ -342,6 +342,11 @@ def batch(rt: Runtime, request: Request, body: bytes) -> Response:
     started = time.perf_counter()
     if len(body) >= L.BATCH_MAX_BYTES:
         return _whole(400, "limit", "", f"request body is {len(body)} B; /batch takes < 500 KB")
+    with L.gc_paused():
+        return _batch(rt, body, started)
+
+
+def _batch(rt: Runtime, body: bytes, started: float) -> Response:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
