@@ -18,6 +18,7 @@ def test_served_emulator_and_inspector_agree(customerio_emulator: Emulator) -> N
     with EmulatorInspector(base) as remote:
         assert remote.people() == customerio_emulator.people()
         assert remote.person(id="42").attributes == {"plan": "pro"}  # type: ignore[union-attr]
+        assert remote.person(id="nobody") is None
         assert remote.events() == customerio_emulator.events()
         assert remote.stats.records_ingested == 2
         assert [r.status for r in remote.request_log()] == [200, 200]

@@ -2,7 +2,8 @@
 
 No auth, no faults, no rate limits, not in the request log. Routes (all ``GET`` unless noted):
 
-- ``/_emulator/people`` → ``{"people": [Person...]}``
+- ``/_emulator/people`` → ``{"people": [Person...]}``; ``?id=`` / ``?email=`` / ``?cio_id=`` /
+  ``?phone=`` → the one matching person (or none)
 - ``/_emulator/events?person=<cio_id>`` → ``{"events": [Event...]}``
 - ``/_emulator/objects`` · ``/_emulator/relationships`` · ``/_emulator/merges`` ·
   ``/_emulator/activity`` · ``/_emulator/requests`` → ``{"<name>": [...]}``
@@ -20,12 +21,20 @@ from starlette.routing import Route
 
 from lockgate.emulator.runtime import Runtime, json_response, ok
 
+IDENTIFIER_KINDS = ("id", "email", "cio_id", "phone")
+
 
 def routes(rt: Runtime) -> list[Route]:
     store = rt.store
 
     async def people(request: Request) -> Response:
-        return json_response(200, {"people": [p.to_json() for p in store.snapshot_people()]})
+        query = [(k, v) for k, v in request.query_params.items() if k in IDENTIFIER_KINDS]
+        if not query:
+            return json_response(200, {"people": [p.to_json() for p in store.snapshot_people()]})
+        with store.lock:
+            found = store.resolve(query[0])
+            rows = [found.freeze().to_json()] if found is not None else []
+        return json_response(200, {"people": rows})
 
     async def events(request: Request) -> Response:
         person = request.query_params.get("person")

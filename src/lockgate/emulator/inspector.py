@@ -60,15 +60,15 @@ class EmulatorInspector:
         phone: str | None = None,
     ) -> Person | None:
         """The person with this identifier (email case-insensitive), or None."""
-        for p in self.people():
-            if (
-                (id is not None and p.id == id)
-                or (email is not None and p.email is not None and p.email.lower() == email.lower())
-                or (cio_id is not None and p.cio_id == cio_id)
-                or (phone is not None and p.phone == phone)
-            ):
-                return p
-        return None
+        given = {
+            k: v
+            for k, v in (("id", id), ("email", email), ("cio_id", cio_id), ("phone", phone))
+            if v is not None
+        }
+        if len(given) != 1:
+            raise TypeError("person() takes exactly one of id=, email=, cio_id=, phone=")
+        rows = self._get("people", **given)["people"]
+        return Person.from_json(rows[0]) if rows else None
 
     def events(self, person: str | Person | None = None) -> list[Event]:
         cio = person.cio_id if isinstance(person, Person) else person
