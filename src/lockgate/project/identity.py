@@ -100,7 +100,7 @@ DEFAULT_BLOCKED_REGEX_BY_TYPE: dict[str, tuple[str, ...]] = {
 class BaseConfig(BaseModel):
     """Every identity model: unknown keys fail loudly, values never change after loading."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class RegexValidateConfig(BaseConfig):
@@ -188,7 +188,9 @@ class IdentifierTypeConfig(BaseConfig):
             )
         return value
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, use_attribute_docstrings=True
+    )
 
 
 class BlockRuleConfig(BaseConfig):
@@ -412,3 +414,36 @@ class IdentityConfig(BaseConfig):
         if source.columns is not None:
             return dict(source.columns)
         return {c: c for c in available if c in self.identifier_types}
+
+
+MODELS: tuple[type[BaseModel], ...] = (
+    IdentityConfig,
+    IdentifierTypeConfig,
+    DegreeCapConfig,
+    RegexValidateConfig,
+    BlockRuleConfig,
+    IdentitySourceConfig,
+    IdentityRulesConfig,
+    CustomerioIdentityConfig,
+    MergePolicyConfig,
+)
+"""Every model of the `identity:` section, in the order the reference lists them."""
+
+
+def reference() -> str:
+    """The `identity:` config reference as Markdown tables, from the field docstrings."""
+    lines: list[str] = []
+    for model in MODELS:
+        lines += [f"### `{model.__name__}`", "", (model.__doc__ or "").strip(), ""]
+        lines += ["| key | default | meaning |", "|---|---|---|"]
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            default = (
+                "required"
+                if field.is_required()
+                else ("(computed)" if field.default_factory is not None else f"`{field.default!r}`")
+            )
+            text = " ".join((field.description or "").split()).replace("|", "\\|")
+            lines.append(f"| `{key}` | {default} | {text} |")
+        lines.append("")
+    return "\n".join(lines)
