@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from lockgate.emulator import Emulator, EmulatorConfig, FaultConfig, FaultRates
+from lockgate.errors import ConfigError
 
 
 def _outcomes(emu: Emulator, n: int) -> list[str]:
@@ -67,3 +68,8 @@ def test_per_route_override_hits_only_that_route() -> None:
         assert client.put("/api/v1/customers/1", json={}).status_code == 200
         assert client.post("/api/v1/customers/1/events", json={"name": "x"}).status_code == 503
     assert emu.events() == [] and emu.stats.faults_injected == {"5xx": 1}
+
+
+def test_fault_fractions_are_checked() -> None:
+    with pytest.raises(ConfigError, match="not fractions"):
+        FaultConfig(error_5xx=0.7, reset=0.6)

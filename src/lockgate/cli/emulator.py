@@ -50,10 +50,24 @@ from lockgate.emulator import config as C
     show_default=True,
     help="Track requests/second (0 = off); e.g. 100 for the older documented limit.",
 )
-@click.option("--fault-5xx", type=float, default=0.0, help="Fraction answered 503.")
-@click.option("--fault-429", type=float, default=0.0, help="Fraction answered 429 + Retry-After.")
-@click.option("--fault-timeout", type=float, default=0.0, help="Fraction held, then dropped.")
-@click.option("--fault-reset", type=float, default=0.0, help="Fraction dropped with no response.")
+@click.option(
+    "--fault-5xx", type=click.FloatRange(0, 1), default=0.0, help="Fraction answered 503."
+)
+@click.option(
+    "--fault-429",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Fraction answered 429 + Retry-After.",
+)
+@click.option(
+    "--fault-timeout", type=click.FloatRange(0, 1), default=0.0, help="Fraction held, then dropped."
+)
+@click.option(
+    "--fault-reset",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Fraction dropped with no response.",
+)
 @click.option("--seed", default=0, show_default=True, help="Fault RNG seed (runs repeat).")
 @click.option("--tls", is_flag=True, help="Serve HTTPS with a throwaway self-signed CA.")
 def emulator(

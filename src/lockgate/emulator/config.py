@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from lockgate.errors import ConfigError
+
 #: The four API surfaces; fault overrides and rate limits are keyed by these names.
 SURFACES = ("track_v1", "track_v2", "pipelines", "app")
 
@@ -40,8 +42,19 @@ class FaultRates:
     latency_ms: int = 0
     """Added to every request of the surface before it is handled (slow responses)."""
 
+    def __post_init__(self) -> None:
+        _check_fractions(self.error_5xx, self.error_429, self.timeout, self.reset)
+
     def any(self) -> bool:
         return bool(self.error_5xx or self.error_429 or self.timeout or self.reset)
+
+
+def _check_fractions(*values: float) -> None:
+    if any(not 0.0 <= v <= 1.0 for v in values) or sum(values) > 1.0:
+        raise ConfigError(
+            f"fault fractions `{', '.join(str(v) for v in values)}` are not fractions of requests",
+            hint="give each of 5xx/429/timeout/reset between 0 and 1, together at most 1",
+        )
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,9 @@ class FaultConfig:
     applied_then_failed: bool = False
     """When true, 5xx/429/timeout/reset faults happen *after* the request was fully applied (for
     idempotency tests). When false (default) a faulted request applied nothing."""
+
+    def __post_init__(self) -> None:
+        _check_fractions(self.error_5xx, self.error_429, self.timeout, self.reset)
 
     def rates_for(self, surface: str, route: str | None = None) -> FaultRates:
         """Rates for a route (e.g. ``/api/v2/batch``), else its surface, else the defaults."""
