@@ -68,7 +68,8 @@ class SpoolStats:
     unloaded: int
 
 
-_Pending = tuple[str, bytes, float, asyncio.Future[None], asyncio.AbstractEventLoop]
+_Pending = tuple[str, bytes, float, asyncio.Future[None]]
+_Handoff = tuple[list[_Pending], asyncio.AbstractEventLoop]
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -87,7 +88,8 @@ class Spool:
 
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / SPOOL_FILE
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Handoff | None] = queue.SimpleQueue()
+        self._pending: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
         self._writer: threading.Thread | None = None
         self._conn = connect(self.path)
         self._lock = threading.Lock()
@@ -124,8 +126,19 @@ class Spool:
         self.start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._queue.put((event_id, body, time.time(), future, loop))
+        pending = self._pending.get(loop)
+        if pending is None:
+            # the first event of this loop iteration: hand the whole iteration's events to
+            # the writer at once (one cross-thread wake-up per iteration, not per event)
+            pending = self._pending[loop] = []
+            loop.call_soon(self._hand_off, loop)
+        pending.append((event_id, body, time.time(), future))
         await future
+
+    def _hand_off(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._pending.pop(loop, None)
+        if batch:
+            self._queue.put((batch, loop))
 
     def append_now(self, records: Sequence[tuple[str, bytes]]) -> None:
         """Store events synchronously in one commit (tests and one-shot imports)."""
@@ -153,8 +166,9 @@ class Spool:
             first = self._queue.get()
             if first is None:
                 return
-            batch = [first]
-            while len(batch) < MAX_GROUP:
+            handoffs = [first]
+            size = len(first[0])
+            while size < MAX_GROUP:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -162,19 +176,19 @@ class Spool:
                 if item is None:
                     stop = True
                     break
-                batch.append(item)
+                handoffs.append(item)
+                size += len(item[0])
             error: BaseException | None = None
             try:
                 with self._lock:
-                    self._insert([(eid, body, at) for eid, body, at, _, _ in batch])
+                    self._insert(
+                        [(eid, body, at) for batch, _ in handoffs for eid, body, at, _ in batch]
+                    )
             except Exception as exc:  # reported to each waiting request as a 503
                 error = exc
-            by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-            for _, _, _, future, loop in batch:
-                by_loop.setdefault(loop, []).append(future)
-            for loop, futures in by_loop.items():
+            for batch, loop in handoffs:
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    loop.call_soon_threadsafe(_resolve, futures, error)
+                    loop.call_soon_threadsafe(_resolve, [f for *_, f in batch], error)
 
     # ------------------------------------------------------------------ loading
 
