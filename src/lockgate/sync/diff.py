@@ -64,23 +64,26 @@ def diff_people(
     con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Compiled
 ) -> ChangeSet:
     snap = table("snap", sync.name)
-    run_sql(con, 
-        f"""
-        create or replace temp table mapped as
-        select k, op, hash(op) as h, ident,
-               coalesce(reject, case when count(*) over (partition by k) > 1 then
-                   'primary key `' || k || '` appears ' || count(*) over (partition by k)
-                   || ' times in the model' end) as reject
-        from ({compiled.select})
+    run_sql(con, f"create or replace temp table mapped as select *, hash(op) as h from ({compiled.select})")
+    # a key that appears more than once is ambiguous: every copy is rejected
+    run_sql(
+        con,
         """
+        update mapped set reject = coalesce(reject, 'primary key `' || d.k || '` appears '
+                                            || d.n || ' times in the model')
+        from (select k, count(*) as n from mapped group by k having count(*) > 1) d
+        where mapped.k = d.k
+        """,
     )
-    run_sql(con, 
+    run_sql(
+        con,
         f"""
         create or replace temp table changes as
-        select m.k, m.op, m.h, m.ident, s.k is null as is_new, false as removed
+        select m.k, m.op, m.h, m.ident, s.k is null as is_new, false as removed,
+               m.n_set, m.n_cleared
         from mapped m left join {snap} s on s.k = m.k
         where m.reject is null and (s.k is null or s.h <> m.h)
-        """
+        """,
     )
     removed = int(
         _one(con, f"select count(*) from {snap} s anti join mapped m on m.k = s.k") or 0
@@ -102,7 +105,8 @@ def diff_people(
             f"""
             insert into changes
             select k, '{{"type":"person",' || {body} as op, null as h, ident,
-                   false as is_new, true as removed
+                   false as is_new, true as removed, 0 as n_set,
+                   {0 if sync.delete_removed else len(sync.attributes)} as n_cleared
             from (
                 select s.k, s.ident, case
                     when json_extract_string(s.ident, '$.id') is not null
@@ -118,11 +122,8 @@ def diff_people(
     rejected, samples = _rejected(con)
     row = con.execute(
         """
-        select count(*) filter (where not removed),
-               count(*) filter (where is_new),
-               coalesce(sum(json_array_length(json_keys(op, '$.attributes')))
-                        filter (where not removed), 0),
-               coalesce(sum(len(string_split(op, ':""')) - 1), 0)
+        select count(*) filter (where not removed), count(*) filter (where is_new),
+               coalesce(sum(n_set), 0), coalesce(sum(n_cleared), 0)
         from changes
         """
     ).fetchall()[0]
@@ -140,7 +141,7 @@ def diff_people(
         removed=removed,
         removed_sent=removed_sent,
         attributes_set=attrs,
-        attributes_cleared=cleared + (removed_sent * len(sync.attributes)),
+        attributes_cleared=cleared,
         rejected_samples=samples,
     )
 

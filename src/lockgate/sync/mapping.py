@@ -17,7 +17,7 @@ sends the default.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -116,13 +116,52 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
     raise ConfigError(f"sync `{sync}`: unknown type `{ftype}` for field `{field}`")
 
 
+@dataclass
+class Fields:
+    """Field fragments of one object plus the coerced values they read (computed once)."""
+
+    computed: list[tuple[str, str]] = field(default_factory=list)  # (alias, expression)
+    fragments: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+    cleared: list[str] = field(default_factory=list)  # expressions true when a field is cleared
+    columns: list[str] = field(default_factory=list)
+
+    def add(
+        self, sync: str, name: str, spec: FieldConfig, columns: dict[str, str],
+        default_on_null: str,
+    ) -> None:
+        fragment, checks, column, cleared = field_fragment(
+            sync, name, spec, columns, default_on_null, self.computed
+        )
+        self.fragments.append(fragment)
+        self.checks.extend(checks)
+        if cleared:
+            self.cleared.append(cleared)
+        if column:
+            self.columns.append(column)
+
+    def inner_select(self) -> str:
+        """The model with each coerced value as a column, so each is computed once."""
+        extra = "".join(f", {expr} as {q(alias)}" for alias, expr in self.computed)
+        return f"(select *{extra} from model)"
+
+    def n_set(self) -> str:
+        return " + ".join(f"({f} is not null)::int" for f in self.fragments) or "0"
+
+    def n_cleared(self) -> str:
+        return " + ".join(f"({c})::int" for c in self.cleared) or "0"
+
+
 def field_fragment(
-    sync: str, name: str, spec: FieldConfig, columns: dict[str, str], default_on_null: str
-) -> tuple[str, list[str], str | None]:
-    """SQL yielding `"name":<json>` (or NULL to omit), reject checks, and the column used."""
+    sync: str, name: str, spec: FieldConfig, columns: dict[str, str], default_on_null: str,
+    computed: list[tuple[str, str]],
+) -> tuple[str, list[str], str | None, str | None]:
+    """SQL yielding `"name":<json>` (or NULL to omit), reject checks, the column used, and
+    an expression true when the field is cleared. The coerced value is added to ``computed``."""
     key = json_key(name)
     if spec.value is not None:
-        return lit(orjson.dumps(name).decode() + ":" + orjson.dumps(spec.value).decode()), [], None
+        constant = orjson.dumps(name).decode() + ":" + orjson.dumps(spec.value).decode()
+        return lit(constant), [], None, None
     column = spec.column or name
     if column not in columns:
         known = ", ".join(f"`{c}`" for c in columns)
@@ -130,8 +169,11 @@ def field_fragment(
             f"sync `{sync}`: field `{name}` reads column `{column}`, which the model does not return",
             hint=f"the model's columns are {known}",
         )
-    value, check = coerce(sync, name, column, columns[column], spec.type)
-    checks = [check] if check != "null" else []
+    expression, check = coerce(sync, name, column, columns[column], spec.type)
+    alias = f"__v{len(computed)}"
+    computed.append((alias, expression))
+    value = q(alias)
+    checks = [check.replace(expression, value)] if check != "null" else []
     if _is(columns[column], ("VARCHAR",)) and spec.type in ("auto", "string"):
         checks.append(
             f"case when strlen({q(column)}) > {MAX_VALUE_BYTES} then "
@@ -140,14 +182,16 @@ def field_fragment(
         )
     policy = spec.on_null or default_on_null
     encoded = f"to_json({value})::varchar"
+    cleared = None
     if policy == "clear":
         fragment = f"case when {value} is null then {key} || '\"\"' else {key} || {encoded} end"
+        cleared = f"{value} is null"
     elif policy == "default":
         default = lit(orjson.dumps(spec.default).decode())
         fragment = f"case when {value} is null then {key} || {default} else {key} || {encoded} end"
     else:
         fragment = f"case when {value} is null then null else {key} || {encoded} end"
-    return fragment, checks, column
+    return fragment, checks, column, cleared
 
 
 def _object(fragments: list[str]) -> str:
@@ -156,8 +200,13 @@ def _object(fragments: list[str]) -> str:
     return "'{' || concat_ws(',', " + ", ".join(fragments) + ") || '}'"
 
 
-def identifier_sql(sync: SyncConfig, columns: dict[str, str]) -> tuple[str, str, list[str]]:
-    """(identifiers JSON for the op, all identifiers JSON, reject checks)."""
+def identifier_sql(
+    sync: SyncConfig, columns: dict[str, str], fields: Fields
+) -> tuple[str, str, list[str]]:
+    """(identifiers JSON for the op, all identifiers JSON, reject checks).
+
+    Each identifier's cleaned value is added to ``fields.computed`` so it is computed once.
+    """
     chosen: dict[str, str] = {}
     for kind, column in sync.identify_by.items():
         target = CUSTOMERIO_IDENTIFIERS.get(kind)
@@ -184,6 +233,10 @@ def identifier_sql(sync: SyncConfig, columns: dict[str, str]) -> tuple[str, str,
         )
         for target, col in chosen.items()
     }
+    for target, expression in list(values.items()):
+        alias = f"__id_{target}"
+        fields.computed.append((alias, expression))
+        values[target] = q(alias)
     ordered = [t for t in IDENTIFIER_PRIORITY if t in values]
     whens = " ".join(
         f"when {values[t]} is not null then '{{\"{t}\":' || to_json({values[t]}) || '}}'"
@@ -223,33 +276,30 @@ def compile_people(sync: SyncConfig, columns: dict[str, str], default_on_null: s
         if len(sync.key_columns) == 1
         else "concat_ws('|', " + ", ".join(f"{q(k)}::varchar" for k in sync.key_columns) + ")"
     )
-    identifiers, ident, checks = identifier_sql(sync, columns)
-    fragments: list[str] = []
+    fields = Fields()
+    identifiers, ident, checks = identifier_sql(sync, columns, fields)
     if sync.mode == "update":
-        fragments.append("'\"_update\":true'")
+        fields.fragments.append("'\"_update\":true'")
     email_col = next((c for t, c in sync.identify_by.items() if t == "email"), None)
     if email_col and "email" not in sync.attributes:
-        fragments.append(
-            f"case when nullif(trim({q(email_col)}::varchar), '') is null then null "
-            f"else '\"email\":' || to_json(trim({q(email_col)}::varchar)) end"
+        fields.fragments.append(
+            "case when \"__id_email\" is null then null else '\"email\":' || to_json(\"__id_email\") end"
         )
     for name, spec in sync.attributes.items():
-        fragment, field_checks, column = field_fragment(
-            sync.name, name, spec, columns, sync.on_null or default_on_null
-        )
-        fragments.append(fragment)
-        checks.extend(field_checks)
-        if column:
-            used.append(column)
+        fields.add(sync.name, name, spec, columns, sync.on_null or default_on_null)
+    checks.extend(fields.checks)
+    used.extend(fields.columns)
     null_key = " or ".join(f"{q(k)} is null" for k in sync.key_columns)
     checks.insert(0, f"case when {null_key} then {lit('primary key is null')} end")
     op = (
         "'{\"type\":\"person\",\"action\":\"identify\",\"identifiers\":' || "
-        f"{identifiers} || ',\"attributes\":' || {_object(fragments)} || '}}'"
+        f"{identifiers} || ',\"attributes\":' || {_object(fields.fragments)} || '}}'"
     )
     select = (
-        f"select coalesce({key_sql}, '(null key, row ' || row_number() over () || ')') as k, "
-        f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject from model"
+        f"select coalesce({key_sql}, '(null key) ' || coalesce({ident}, '')) as k, "
+        f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
+        f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared "
+        f"from {fields.inner_select()}"
     )
     return Compiled(select, tuple(dict.fromkeys(used + sync.key_columns)))
 
@@ -258,7 +308,8 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
     """The SELECT producing (k, op, ident, reject, ts, backfill, lo, hi) for an events sync."""
     assert sync.event is not None
     event = sync.event
-    identifiers, ident, checks = identifier_sql(sync, columns)
+    fields = Fields()
+    identifiers, ident, checks = identifier_sql(sync, columns, fields)
     used: list[str] = list(sync.identify_by.values())
     # the event key: a column or a hash of declared columns
     if event.id.column:
@@ -324,33 +375,36 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
         sent_name = f"case when {backfill_sql} then {lit(before)} || {name_sql} || {lit(after)} else {name_sql} end"
     else:
         sent_name = name_sql
-    fragments: list[str] = []
     for name, spec in sync.properties.items():
-        fragment, field_checks, column = field_fragment(sync.name, name, spec, columns, sync.on_null)
-        fragments.append(fragment)
-        checks.extend(field_checks)
-        if column:
-            used.append(column)
-    props = _object(fragments)
+        fields.add(sync.name, name, spec, columns, sync.on_null)
+    checks.extend(fields.checks)
+    used.extend(fields.columns)
+    fields.computed.append(("__ts", ts_sql))
+    checks = [c.replace(ts_sql, '"__ts"') for c in checks]
     checks.insert(0, f"case when {key_sql} is null then {lit('event id is null')} end")
     checks.append(f"case when coalesce({name_sql}, '') = '' then {lit('event name is blank')} end")
     checks.append(
-        f"case when strlen({sent_name}) > {MAX_EVENT_NAME_BYTES} then "
-        f"{lit('event name `')} || {sent_name} || {lit(f'` is over {MAX_EVENT_NAME_BYTES} bytes')} end"
+        f"case when strlen(__name) > {MAX_EVENT_NAME_BYTES} then "
+        f"{lit('event name `')} || __name || {lit(f'` is over {MAX_EVENT_NAME_BYTES} bytes')} end"
     )
     checks.append(
-        f"case when strlen({props}) > {MAX_EVENT_DATA_BYTES} then "
+        f"case when strlen(__props) > {MAX_EVENT_DATA_BYTES} then "
         f"{lit(f'event properties are over {MAX_EVENT_DATA_BYTES} bytes')} end"
     )
     op = (
         "'\"type\":\"person\",\"action\":\"event\",\"identifiers\":' || "
-        f"{identifiers} || ',\"name\":' || to_json({sent_name}) || ',\"timestamp\":' || "
-        f"coalesce({ts_sql}, 0) || ',\"attributes\":' || {props} || '}}'"
+        f"{identifiers} || ',\"name\":' || to_json(__name) || ',\"timestamp\":' || "
+        "coalesce(__ts, 0) || ',\"attributes\":' || __props || '}'"
+    )
+    backfill = backfill_sql.replace(ts_sql, "__ts")
+    middle = (
+        f"(select *, {_object(fields.fragments)} as __props, "
+        f"{sent_name.replace(ts_sql, '__ts')} as __name from {fields.inner_select()})"
     )
     select = (
-        f"select coalesce({key_sql}, '(null id, row ' || row_number() over () || ')') as k, "
+        f"select coalesce({key_sql}, '(null id) ' || coalesce({ident}, '')) as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
-        f"coalesce({ts_sql}, 0)::bigint as ts, coalesce({backfill_sql}, false) as backfill "
-        "from model"
+        f"coalesce(__ts, 0)::bigint as ts, coalesce({backfill}, false) as backfill "
+        f"from {middle}"
     )
     return Compiled(select, tuple(dict.fromkeys(used)))
