@@ -13,7 +13,8 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   into the snapshot yet. Flushed during delivery, folded at the end of the run or at the
   start of the next one after a crash. This is what makes a crash safe: what was delivered
   is recorded before the run moves on, and what was not is simply sent again.
-- ``runs``, ``history`` (one row per record per run: what was sent and the answer),
+- ``runs``, ``history`` (what was sent and the answer: one row per group of records that got
+  the same answer in one flush, with their keys and identifiers as lists),
   ``rejected`` (rows refused by Lockgate or the API, with the reason).
 """
 
@@ -40,7 +41,7 @@ create table if not exists runs (
     finished_at timestamptz, status varchar, counts json, error varchar
 );
 create table if not exists history (
-    run_id varchar, sync varchar, k varchar, ident varchar, action varchar,
+    run_id varchar, sync varchar, keys varchar[], idents varchar[], action varchar,
     outcome varchar, status integer, reason varchar, sent_at timestamptz
 );
 create table if not exists rejected (
@@ -52,8 +53,8 @@ HISTORY_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
         ("sync", pa.string()),
-        ("k", pa.string()),
-        ("ident", pa.string()),
+        ("keys", pa.list_(pa.string())),
+        ("idents", pa.list_(pa.string())),
         ("action", pa.string()),
         ("outcome", pa.string()),
         ("status", pa.int32()),
@@ -130,6 +131,9 @@ class StateStore:
         run_sql(con, f"set memory_limit='{memory_limit}'")
         run_sql(con, f"set temp_directory='{tmp}'")
         run_sql(con, "set preserve_insertion_order=false")
+        # checkpoint at close rather than during a run: commits stay cheap, and the WAL is
+        # replayed after a crash
+        run_sql(con, "set checkpoint_threshold='4GB'")
         run_sql(con, SCHEMA)
         return cls(path, con, fd)
 
@@ -229,7 +233,7 @@ class StateStore:
             self.con.unregister("_ledger_batch")
 
     def append_history(self, rows: dict[str, list[Any]]) -> None:
-        if not rows["k"]:
+        if not rows["keys"]:
             return
         batch = pa.table(rows, schema=HISTORY_SCHEMA)
         self.con.register("_history_batch", batch)
@@ -304,8 +308,18 @@ class StateStore:
         """Every call made for one person (matched by record key or any identifier value)."""
         needle = orjson.dumps(person).decode()
         cursor = self.con.execute(
-            "select sent_at, run_id, sync, k, ident, action, outcome, status, reason from history "
-            "where k = ? or contains(ident, ?) order by sent_at, run_id limit ?",
+            """
+            select sent_at, run_id, sync, k, ident, action, outcome, status, reason
+            from (
+                select sent_at, run_id, sync, unnest(keys) as k, unnest(idents) as ident,
+                       action, outcome, status, reason
+                from history
+                where list_contains(keys, $1)
+                   or len(list_filter(idents, lambda i: contains(i, $2))) > 0
+            )
+            where k = $1 or contains(ident, $2)
+            order by sent_at, run_id limit $3
+            """,
             [person, needle, limit],
         )
         names = [d[0] for d in cursor.description]

@@ -4,8 +4,8 @@ Results arrive per HTTP batch. Delivered people go to the journal (folded into t
 snapshot at the end of the run, or at the start of the next one after a crash);
 delivered events go straight to the ledger. Every result, whatever its outcome, goes to
 the per-record history. Rejected and dead-lettered records are not committed, so the
-next run tries them again. Buffers are flushed at least every ``flush_seconds``, which
-bounds what a crash can make a re-run send again (identify is idempotent; events carry
+next run tries them again. Buffers are flushed at least every ``flush_seconds`` (or
+``flush_records``), which bounds what a crash can make a re-run send again (identify is idempotent; events carry
 their dedupe id).
 """
 
@@ -14,14 +14,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from lockgate.destinations.base import Outcome, Result
 from lockgate.state.store import StateStore
 
 
-@dataclass(frozen=True, slots=True)
-class Pending:
+class Pending(NamedTuple):
     """What the committer needs to know about a record in flight."""
 
     h: int | None
@@ -42,13 +41,15 @@ class Committer:
     """Buffers results and writes them to the state store."""
 
     def __init__(
-        self, store: StateStore, *, sync: str, run_id: str, kind: str, flush_seconds: float = 0.25
+        self, store: StateStore, *, sync: str, run_id: str, kind: str,
+        flush_seconds: float = 1.0, flush_records: int = 100_000,
     ) -> None:
         self.store = store
         self.sync = sync
         self.run_id = run_id
         self.kind = kind
         self.flush_seconds = flush_seconds
+        self.flush_records = flush_records
         self.counts = CommitCounts()
         self._last_flush = time.monotonic()
         self._reset()
@@ -58,46 +59,60 @@ class Committer:
             [], [], [], []
         )
         self._ledger: list[str] = []
+        # history rows: one per (action, outcome, status, reason) group of a results list
         self._history: dict[str, list[Any]] = {
             name: [] for name in
-            ("run_id", "sync", "k", "ident", "action", "outcome", "status", "reason", "sent_at")
+            ("run_id", "sync", "keys", "idents", "action", "outcome", "status", "reason",
+             "sent_at")
         }
         self._rejected: list[tuple[str, str]] = []
+        self._buffered = 0
 
     def add(self, results: list[Result], pending: dict[str, Pending]) -> None:
         now = datetime.now(UTC)
-        hist = self._history
+        groups: dict[tuple[str, str, int | None, str | None], tuple[list[str], list[str | None]]]
+        groups = {}
+        keys, hashes, idents, removed = self._journal
         for result in results:
             meta = pending.pop(result.key)
-            hist["run_id"].append(self.run_id)
-            hist["sync"].append(self.sync)
-            hist["k"].append(result.key)
-            hist["ident"].append(meta.ident)
-            hist["action"].append(meta.action)
-            hist["outcome"].append(result.outcome.value)
-            hist["status"].append(result.status)
-            hist["reason"].append(result.reason)
-            hist["sent_at"].append(now)
+            group = groups.get((meta.action, result.outcome.value, result.status, result.reason))
+            if group is None:
+                group = groups[(meta.action, result.outcome.value, result.status, result.reason)] = (
+                    [], []
+                )
+            group[0].append(result.key)
+            group[1].append(meta.ident)
             if result.outcome is Outcome.DELIVERED:
-                self.counts.delivered += 1
                 if self.kind == "events":
                     self._ledger.append(result.key)
                 else:
-                    keys, hashes, idents, removed = self._journal
                     keys.append(result.key)
                     hashes.append(meta.h)
                     idents.append(meta.ident)
                     removed.append(meta.removed)
+        hist = self._history
+        for (action, outcome, status, reason), (group_keys, group_idents) in groups.items():
+            for name, value in (("run_id", self.run_id), ("sync", self.sync), ("keys", group_keys),
+                                ("idents", group_idents), ("action", action),
+                                ("outcome", outcome), ("status", status), ("reason", reason),
+                                ("sent_at", now)):
+                hist[name].append(value)
+            if outcome == Outcome.DELIVERED.value:
+                self.counts.delivered += len(group_keys)
+                continue
+            text = f"{outcome}: {reason or 'no reason given'}"
+            if outcome == Outcome.REJECTED.value:
+                self.counts.rejected += len(group_keys)
             else:
-                reason = result.reason or "no reason given"
-                if result.outcome is Outcome.REJECTED:
-                    self.counts.rejected += 1
-                else:
-                    self.counts.dead_lettered += 1
-                self._rejected.append((result.key, f"{result.outcome.value}: {reason}"))
-                if len(self.counts.failures) < 20:
-                    self.counts.failures.append((result.key, result.outcome.value, reason))
-        if time.monotonic() - self._last_flush >= self.flush_seconds:
+                self.counts.dead_lettered += len(group_keys)
+            self._rejected.extend((key, text) for key in group_keys)
+            for key in group_keys[: max(0, 20 - len(self.counts.failures))]:
+                self.counts.failures.append((key, outcome, reason or "no reason given"))
+        self._buffered += len(results)
+        if (
+            self._buffered >= self.flush_records
+            or time.monotonic() - self._last_flush >= self.flush_seconds
+        ):
             self.flush()
 
     def flush(self) -> None:

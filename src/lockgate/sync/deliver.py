@@ -74,7 +74,8 @@ def _batch_records(batch: pa.RecordBatch, kind: str, pending: dict[str, Pending]
             yield Record(key, b'{"id":"' + ulid + b'",' + op.encode())
         return
     for key, op, h, ident, gone in zip(keys, ops, hashes, idents, removed, strict=True):
-        pending[key] = Pending(h, ident, gone, "delete" if '"action":"delete"' in op else "identify")
+        action = "identify" if not gone else ("delete" if '"delete"' in op[:40] else "clear")
+        pending[key] = Pending(h, ident, gone, action)
         yield Record(key, op.encode())
 
 
