@@ -221,3 +221,36 @@ def test_postgres_loading(tmp_path, postgres_dsn: str, monkeypatch: pytest.Monke
     assert types["proxied"] == "boolean"
     assert types["raw"] == "jsonb"
     assert types["amp_open"] == "boolean"
+
+
+def test_package_left_by_a_failed_load_does_not_swallow_new_events(
+    project: Project, spool: Spool
+) -> None:
+    import dlt
+
+    from lockgate.webhooks.load import PIPELINE_NAME, destination_for
+
+    spool_events(spool, [make_event("email", "drafted")])
+    load_pending(project, spool=spool)  # the destination now holds the pipeline's state
+    # what a load killed between dlt's normalize and load steps leaves behind
+    first = make_event("email", "sent")
+    spool_events(spool, [first])
+    destination, _ = destination_for(project)
+    pipeline = dlt.pipeline(
+        pipeline_name=PIPELINE_NAME,
+        destination=destination,
+        dataset_name="customerio",
+        pipelines_dir=str(project.state_dir / "dlt"),
+    )
+    pipeline.extract(dlt.resource([{"event_id": first["event_id"]}], name="email"))
+    pipeline.normalize()
+    assert pipeline.has_pending_data
+
+    second = make_event("email", "opened")
+    spool_events(spool, [second])
+    assert load_pending(project, spool=spool).loaded == 2
+    with warehouse(project) as con:
+        rows = con.execute(
+            "select event_id, metric from customerio.email where metric <> 'drafted'"
+        ).fetchall()
+    assert sorted(rows) == sorted([(first["event_id"], "sent"), (second["event_id"], "opened")])

@@ -300,6 +300,11 @@ def load_pending(
             if by_table:
                 if duckdb_path is not None:
                     _wait_for_duckdb(duckdb_path, wait=wait)
+                if pipeline.has_pending_data:
+                    # a package left by an earlier failed or killed load; dlt would load it
+                    # and ignore the new data. Its events are still unloaded in the spool and
+                    # part of this batch, so drop it (the merge on event_id dedupes anyway).
+                    pipeline.abort_packages()
                 resources = [
                     dlt.resource(
                         rows,
