@@ -73,4 +73,3 @@ def test_plan_sync_runs_history_end_to_end(
     calls = json.loads(out)
     assert [c["outcome"] for c in calls] == ["delivered"]
     assert calls[0]["action"] == "identify" and calls[0]["status"] == 200
-

@@ -71,7 +71,9 @@ def env_for(emu: Emulator) -> dict[str, str]:
 def sync_all(root: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [*LOCKGATE, "sync", "--all", "--json", "--project", str(root)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -119,8 +121,11 @@ def test_sigkill_at_random_points_then_rerun_equals_a_clean_run(tmp_path: Path) 
                     continue
                 if emulator_state(emu) != expected:
                     people, events = emulator_state(emu)
-                    wrong = sorted(k for k in people.keys() | expected[0].keys()
-                                   if people.get(k) != expected[0].get(k))[:3]
+                    wrong = sorted(
+                        k
+                        for k in people.keys() | expected[0].keys()
+                        if people.get(k) != expected[0].get(k)
+                    )[:3]
                     problems.append(
                         f"trial {trial} (kill after {delays[trial]:.2f}s): {len(people)} people, "
                         f"{len(events)} events; expected {len(expected[0])} and "

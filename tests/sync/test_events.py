@@ -131,8 +131,15 @@ def test_plan_shows_exact_payloads_and_sends_nothing(project_factory: ProjectFac
     assert project_factory.emulator.events() == []
     payload = plan.samples[0]["payload"]
     assert payload["type"] == "person" and payload["action"] == "event"
-    assert set(payload) == {"id", "type", "action", "identifiers", "name", "timestamp",
-                            "attributes"}
+    assert set(payload) == {
+        "id",
+        "type",
+        "action",
+        "identifiers",
+        "name",
+        "timestamp",
+        "attributes",
+    }
     # the plan's ids are the ids the run sends
     run_sync(project, "activity", console=NullConsole())
     sent = {e.id for e in project_factory.emulator.events()}

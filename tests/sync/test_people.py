@@ -40,9 +40,7 @@ create or replace table users as select * from (values
 
 
 def sent_identifies(emu: Emulator) -> int:
-    return sum(
-        1 for r in emu.request_log() if r.path == "/api/v2/batch" and r.status in (200, 207)
-    )
+    return sum(1 for r in emu.request_log() if r.path == "/api/v2/batch" and r.status in (200, 207))
 
 
 def test_rows_become_profiles_with_typed_attributes(project_factory: ProjectFactory) -> None:

@@ -40,7 +40,10 @@ SYNCS = {
     "activity": """
         name: activity
         source: warehouse
-        model: {sql: "select user_id, 'Signed Up' as event_name, event_id, signed_up_at from lg_sync.users where signed_up_at is not null"}
+        model:
+          sql: >-
+            select user_id, 'Signed Up' as event_name, event_id, signed_up_at
+            from lg_sync.users where signed_up_at is not null
         kind: events
         identify_by: {id: user_id}
         event: {name: event_name, timestamp: signed_up_at, id: event_id}
@@ -52,9 +55,13 @@ SYNCS = {
 def create_statements(timestamp_type: str) -> list[str]:
     values = ", ".join(
         "({}, '{}', {}, {}, {}, {}, 'evt{}')".format(
-            uid, email, f"'{plan}'" if plan else "null", mrr,
+            uid,
+            email,
+            f"'{plan}'" if plan else "null",
+            mrr,
             "null" if vip is None else str(vip).lower(),
-            f"cast('{ts}' as {timestamp_type})" if ts else "null", uid,
+            f"cast('{ts}' as {timestamp_type})" if ts else "null",
+            uid,
         )
         for uid, email, plan, mrr, vip, ts in ROWS
     )
@@ -101,8 +108,9 @@ def snowflake_source() -> Iterator[str]:
             setup.close()
 
 
-@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres),
-                        "snowflake"])
+@pytest.fixture(
+    params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres), "snowflake"]
+)
 def source_yaml(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "duckdb":
         yield from duckdb_source(tmp_path)
@@ -119,7 +127,9 @@ def state(emu: Emulator) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
 
 
 def test_same_customerio_state_from_every_warehouse(
-    source_yaml: str, tmp_path: Path, customerio_emulator: Emulator,
+    source_yaml: str,
+    tmp_path: Path,
+    customerio_emulator: Emulator,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     site, key = customerio_emulator.track_auth
@@ -140,10 +150,14 @@ def test_same_customerio_state_from_every_warehouse(
 
     people, events = state(customerio_emulator)
     assert people == {
-        "1": ("Ada@Example.com", {"plan": "pro", "mrr": 99.5, "vip": True,
-                                  "signed_up_at": 1767323045}),
-        "2": ("grace@example.com", {"plan": "free", "mrr": 0.0, "vip": False,
-                                    "signed_up_at": 1769904000}),
+        "1": (
+            "Ada@Example.com",
+            {"plan": "pro", "mrr": 99.5, "vip": True, "signed_up_at": 1767323045},
+        ),
+        "2": (
+            "grace@example.com",
+            {"plan": "free", "mrr": 0.0, "vip": False, "signed_up_at": 1769904000},
+        ),
         "3": ("linus@example.com", {"mrr": 10.0}),
     }
     assert events == [("Signed Up", 1767323045), ("Signed Up", 1769904000)]

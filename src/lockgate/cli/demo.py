@@ -11,9 +11,14 @@ from lockgate.console import RichConsole
 
 
 @click.command()
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("demo"), show_default=True,
-              help="Where to build the demo project (replaced if it exists).")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo"),
+    show_default=True,
+    help="Where to build the demo project (replaced if it exists).",
+)
 def demo(directory: Path) -> None:
     """Build a sample DuckDB warehouse, sync it into a local Customer.io emulator, twice."""
     from lockgate.demo import run_demo
@@ -25,10 +30,14 @@ def demo(directory: Path) -> None:
         for report in reports:
             render_report(console, report)
     metrics: list[tuple[str, list[object]]] = [
-        ("people new to the sync", []), ("people changed", []),
-        ("people unchanged (not sent)", []), ("events sent", []),
-        ("duplicate events prevented", []), ("backfill events held back", []),
-        ("rows rejected (with reasons above)", []), ("people in Customer.io", []),
+        ("people new to the sync", []),
+        ("people changed", []),
+        ("people unchanged (not sent)", []),
+        ("events sent", []),
+        ("duplicate events prevented", []),
+        ("backfill events held back", []),
+        ("rows rejected (with reasons above)", []),
+        ("people in Customer.io", []),
         ("events in Customer.io", []),
     ]
     for act, reports in enumerate(result.acts):

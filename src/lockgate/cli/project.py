@@ -55,8 +55,12 @@ def init(directory: Path, force: bool) -> None:
 @click.command()
 @project_option
 @json_option
-@click.option("--schema", "print_schema", is_flag=True,
-              help="Print the JSON Schemas of lockgate.yml and sync files, then exit.")
+@click.option(
+    "--schema",
+    "print_schema",
+    is_flag=True,
+    help="Print the JSON Schemas of lockgate.yml and sync files, then exit.",
+)
 def validate(project_path: Path, as_json: bool, print_schema: bool) -> None:
     """Check lockgate.yml and every sync file; errors name the file and line."""
     if print_schema:
@@ -73,7 +77,8 @@ def validate(project_path: Path, as_json: bool, print_schema: bool) -> None:
         sys.stdout.write(
             orjson.dumps(
                 {"valid": True, "syncs": sorted(project.syncs), "missing_env": missing}
-            ).decode() + "\n"
+            ).decode()
+            + "\n"
         )
         return
     console = RichConsole()
@@ -81,8 +86,13 @@ def validate(project_path: Path, as_json: bool, print_schema: bool) -> None:
         f"{project.root / 'lockgate.yml'} is valid",
         ["sync", "kind", "source", "model", "file"],
         [
-            (s.name, s.kind, s.source, s.model.table or s.model.file or "(inline SQL)",
-             project.sync_files[s.name])
+            (
+                s.name,
+                s.kind,
+                s.source,
+                s.model.table or s.model.file or "(inline SQL)",
+                project.sync_files[s.name],
+            )
             for s in project
         ],
     )

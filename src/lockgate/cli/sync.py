@@ -53,9 +53,8 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
 
 
 def render_report(console: RichConsole, report: RunReport) -> None:
-    title = (
-        f"{report.sync} ({report.kind}) — {report.status}"
-        + (f" in {report.seconds:.1f}s" if report.status != "planned" else "")
+    title = f"{report.sync} ({report.kind}) — {report.status}" + (
+        f" in {report.seconds:.1f}s" if report.status != "planned" else ""
     )
     console.table(title, ["", "count"], change_rows(report))
     if report.changes.rejected_samples:
@@ -66,7 +65,8 @@ def render_report(console: RichConsole, report: RunReport) -> None:
         )
     if report.failures:
         console.table(
-            f"{report.sync}: records not delivered", ["key", "outcome", "reason"],
+            f"{report.sync}: records not delivered",
+            ["key", "outcome", "reason"],
             list(report.failures),
         )
 
@@ -77,12 +77,15 @@ def render_report(console: RichConsole, report: RunReport) -> None:
 @json_option
 @click.option("--full-resync", is_flag=True, help="Compare against an empty snapshot.")
 @click.option("--samples", default=3, show_default=True, help="Sample payloads to show.")
-def plan(sync_name: str, project_path: Path, as_json: bool, full_resync: bool, samples: int) -> None:
+def plan(
+    sync_name: str, project_path: Path, as_json: bool, full_resync: bool, samples: int
+) -> None:
     """Show what `lockgate sync SYNC_NAME` would send, without sending anything."""
     project = open_project(project_path)
     console = RichConsole(quiet=as_json)
-    report = plan_sync(project, sync_name, console=console, full_resync=full_resync,
-                       samples=samples)
+    report = plan_sync(
+        project, sync_name, console=console, full_resync=full_resync, samples=samples
+    )
     if as_json:
         _print_json(report.as_dict())
         return
@@ -97,16 +100,22 @@ def plan(sync_name: str, project_path: Path, as_json: bool, full_resync: bool, s
 @click.option("--all", "run_all", is_flag=True, help="Run every sync in the project.")
 @project_option
 @json_option
-@click.option("--full-resync", is_flag=True,
-              help="Send every person again (events stay exactly-once: the ledger is kept).")
-def sync(sync_names: tuple[str, ...], run_all: bool, project_path: Path, as_json: bool,
-         full_resync: bool) -> None:
+@click.option(
+    "--full-resync",
+    is_flag=True,
+    help="Send every person again (events stay exactly-once: the ledger is kept).",
+)
+def sync(
+    sync_names: tuple[str, ...], run_all: bool, project_path: Path, as_json: bool, full_resync: bool
+) -> None:
     """Run one or more syncs: send only what changed, record what was delivered."""
     project = open_project(project_path)
     names = list(project.syncs) if run_all else list(sync_names)
     if not names:
-        raise ConfigError("name a sync to run, or pass `--all`",
-                          hint=f"syncs: {', '.join(sorted(project.syncs)) or 'none'}")
+        raise ConfigError(
+            "name a sync to run, or pass `--all`",
+            hint=f"syncs: {', '.join(sorted(project.syncs)) or 'none'}",
+        )
     console = RichConsole(quiet=as_json)
     reports = []
     for name in names:
@@ -137,9 +146,16 @@ def runs(project_path: Path, as_json: bool, sync_name: str | None, limit: int) -
         "runs",
         ["run", "sync", "started", "status", "sent", "delivered", "rejected", "dead-lettered"],
         [
-            (r.run_id, r.sync, f"{r.started_at:%Y-%m-%d %H:%M:%S}", r.status,
-             r.counts.get("changes", {}).get("to_send", ""), r.counts.get("delivered", ""),
-             r.counts.get("rejected_by_api", ""), r.counts.get("dead_lettered", ""))
+            (
+                r.run_id,
+                r.sync,
+                f"{r.started_at:%Y-%m-%d %H:%M:%S}",
+                r.status,
+                r.counts.get("changes", {}).get("to_send", ""),
+                r.counts.get("delivered", ""),
+                r.counts.get("rejected_by_api", ""),
+                r.counts.get("dead_lettered", ""),
+            )
             for r in rows
         ],
     )
@@ -162,8 +178,15 @@ def history(person: str, project_path: Path, as_json: bool, limit: int) -> None:
         f"history of {person}",
         ["at", "sync", "run", "action", "outcome", "status", "reason"],
         [
-            (f"{r['sent_at']:%Y-%m-%d %H:%M:%S}", r["sync"], r["run_id"], r["action"], r["outcome"],
-             r["status"] if r["status"] is not None else "", r["reason"] or "")
+            (
+                f"{r['sent_at']:%Y-%m-%d %H:%M:%S}",
+                r["sync"],
+                r["run_id"],
+                r["action"],
+                r["outcome"],
+                r["status"] if r["status"] is not None else "",
+                r["reason"] or "",
+            )
             for r in rows
         ],
     )

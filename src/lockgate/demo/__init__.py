@@ -63,9 +63,15 @@ def run_demo(directory: Path, console: Console) -> DemoResult:
     result = DemoResult(directory)
     emulator = Emulator()
     site_id, api_key = emulator.track_auth
-    with emulator.serve() as base_url, _env(
-        {"CUSTOMERIO_SITE_ID": site_id, "CUSTOMERIO_API_KEY": api_key,
-         "CUSTOMERIO_TRACK_URL": base_url}
+    with (
+        emulator.serve() as base_url,
+        _env(
+            {
+                "CUSTOMERIO_SITE_ID": site_id,
+                "CUSTOMERIO_API_KEY": api_key,
+                "CUSTOMERIO_TRACK_URL": base_url,
+            }
+        ),
     ):
         console.info(f"Customer.io emulator listening on {base_url}")
         for act in (1, 2):

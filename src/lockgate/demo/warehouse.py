@@ -29,7 +29,8 @@ def build(path: Path, *, now: datetime | None = None) -> None:
                 i as id,
                 case when i % 7 = 0 then upper(substr(n, 1, 1)) || substr(n, 2) || '@Example.COM '
                      else n || '@example.com' end as email,
-                ['Ada', 'Grace', 'Linus', 'Barbara', 'Ken', 'Margaret', 'Dennis', 'Frances'][1 + i % 8]
+                ['Ada', 'Grace', 'Linus', 'Barbara', 'Ken', 'Margaret', 'Dennis',
+                 'Frances'][1 + i % 8]
                     as first_name,
                 timestamptz '{now.isoformat()}' - to_days(30 + i % 400) as created_at,
                 case when i % 11 = 0 then true when i % 13 = 0 then null else false end
@@ -67,7 +68,8 @@ def build(path: Path, *, now: datetime | None = None) -> None:
             select
                 'evt_' || i as event_id,
                 1 + (i * 7) % {USERS} as user_id,
-                ['Feature Used', 'Report Exported', 'Invite Sent', 'Integration Connected'][1 + i % 4]
+                ['Feature Used', 'Report Exported', 'Invite Sent',
+                 'Integration Connected'][1 + i % 4]
                     as event_name,
                 timestamptz '{now.isoformat()}' - to_minutes(5 + (i * 13) % 2800) as occurred_at,
                 ['dashboards', 'exports', 'alerts', 'sso'][1 + i % 4] as feature_key,
@@ -99,8 +101,10 @@ def change_a_few_rows(path: Path, *, now: datetime | None = None) -> dict[str, i
     now = now or datetime.now(UTC)
     con = duckdb.connect(str(path))
     try:
-        con.execute("update analytics.subscriptions set plan_tier = 'enterprise', mrr = 900 "
-                    "where user_id in (1, 2, 3)")
+        con.execute(
+            "update analytics.subscriptions set plan_tier = 'enterprise', mrr = 900 "
+            "where user_id in (1, 2, 3)"
+        )
         con.execute(
             f"insert into app.users values ({USERS + 1}, 'New.Person@Example.com', 'Nova', "
             f"timestamptz '{now.isoformat()}', false)"
@@ -110,7 +114,8 @@ def change_a_few_rows(path: Path, *, now: datetime | None = None) -> dict[str, i
             insert into analytics.product_events values
               ('evt_new_1', 1, 'Plan Upgraded', timestamptz '{now.isoformat()}' - to_minutes(2),
                'billing', 900.0),
-              ('evt_new_2', {USERS + 1}, 'Signed Up', timestamptz '{now.isoformat()}' - to_minutes(1),
+              ('evt_new_2', {USERS + 1}, 'Signed Up',
+               timestamptz '{now.isoformat()}' - to_minutes(1),
                'onboarding', 0.0)
             """
         )

@@ -59,13 +59,21 @@ def render() -> str:
     ]
     for title, model in SECTIONS:
         doc = (model.__doc__ or "").strip().splitlines()[0]
-        lines += [f"## {title}", "", doc, "", "| key | type | default | meaning |",
-                  "|---|---|---|---|"]
+        lines += [
+            f"## {title}",
+            "",
+            doc,
+            "",
+            "| key | type | default | meaning |",
+            "|---|---|---|---|",
+        ]
         hints = typing.get_type_hints(model)
         for name, field in model.model_fields.items():
             key = field.alias or name
-            default = "required" if field.is_required() else (
-                "(computed)" if field.default_factory else f"`{field.default!r}`"
+            default = (
+                "required"
+                if field.is_required()
+                else ("(computed)" if field.default_factory else f"`{field.default!r}`")
             )
             description = " ".join((field.description or "").split())
             lines.append(

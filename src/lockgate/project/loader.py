@@ -75,7 +75,7 @@ def read_yaml(path: Path, root: Path | None = None) -> tuple[Any, Lines]:
 
 
 def _line_for(loc: tuple[str | int, ...], lines: Lines) -> int | None:
-    """The line of the deepest key on ``loc`` (parts that are not keys, like union tags, skipped)."""
+    """The line of the deepest key on ``loc``; parts that are not keys (union tags) are skipped."""
     current: tuple[str | int, ...] = ()
     for part in loc:
         if (*current, part) in lines:
@@ -180,7 +180,8 @@ def load_project(root: str | Path = ".") -> Project:
             )
         if sync.source not in config.sources:
             raise ConfigError(
-                f"sync `{sync.name}` reads source `{sync.source}`, which lockgate.yml does not declare",
+                f"sync `{sync.name}` reads source `{sync.source}`, "
+                "which lockgate.yml does not declare",
                 hint=f"declared sources: {', '.join(sorted(config.sources))}",
                 file=shown,
                 line=sync_lines.get(("source",)),

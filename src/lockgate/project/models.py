@@ -299,7 +299,9 @@ class BackfillConfig(StrictModel):
     @field_validator("older")
     @classmethod
     def _older(cls, value: Any) -> Any:
-        if isinstance(value, dict) and (set(value) != {"rename"} or "{name}" not in value["rename"]):
+        if isinstance(value, dict) and (
+            set(value) != {"rename"} or "{name}" not in value["rename"]
+        ):
             raise ValueError('`older` must be `skip`, `send` or `{rename: "{name}_backfill"}`')
         return value
 

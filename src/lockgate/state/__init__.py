@@ -1,4 +1,3 @@
 """state."""
 
 from __future__ import annotations
-

@@ -163,7 +163,8 @@ class StateStore:
         self.exec_sql(
             f"create table if not exists {table('snap', sync)} "
             "(k varchar, h ubigint, ident varchar);"
-            f"create table if not exists {table('ledger', sync)} (k varchar, delivered_at timestamptz);"
+            f"create table if not exists {table('ledger', sync)} "
+            "(k varchar, delivered_at timestamptz);"
             f"create table if not exists {table('journal', sync)} "
             "(run_id varchar, k varchar, h ubigint, ident varchar, removed boolean);"
         )
@@ -200,8 +201,13 @@ class StateStore:
         return pending
 
     def append_journal(
-        self, sync: str, run_id: str, keys: Sequence[str], hashes: Sequence[int | None],
-        idents: Sequence[str | None], removed: Sequence[bool],
+        self,
+        sync: str,
+        run_id: str,
+        keys: Sequence[str],
+        hashes: Sequence[int | None],
+        idents: Sequence[str | None],
+        removed: Sequence[bool],
     ) -> None:
         if not keys:
             return
@@ -224,8 +230,12 @@ class StateStore:
         if not keys:
             return
         now = datetime.now(UTC)
-        batch = pa.table({"k": pa.array(keys, pa.string()),
-                          "delivered_at": pa.array([now] * len(keys), pa.timestamp("us", tz="UTC"))})
+        batch = pa.table(
+            {
+                "k": pa.array(keys, pa.string()),
+                "delivered_at": pa.array([now] * len(keys), pa.timestamp("us", tz="UTC")),
+            }
+        )
         self.con.register("_ledger_batch", batch)
         try:
             self.exec_sql(f"insert into {table('ledger', sync)} select * from _ledger_batch")
@@ -242,8 +252,9 @@ class StateStore:
         finally:
             self.con.unregister("_history_batch")
 
-    def append_rejected(self, run_id: str, sync: str, stage: str,
-                        items: Sequence[tuple[str, str]]) -> None:
+    def append_rejected(
+        self, run_id: str, sync: str, stage: str, items: Sequence[tuple[str, str]]
+    ) -> None:
         if not items:
             return
         now = datetime.now(UTC)
@@ -275,8 +286,9 @@ class StateStore:
             [run_id, sync, kind, datetime.now(UTC)],
         )
 
-    def finish_run(self, run_id: str, status: str, counts: dict[str, Any],
-                   error: str | None = None) -> None:
+    def finish_run(
+        self, run_id: str, status: str, counts: dict[str, Any], error: str | None = None
+    ) -> None:
         self.exec_sql(
             "update runs set finished_at = ?, status = ?, counts = ?, error = ? where run_id = ?",
             [datetime.now(UTC), status, orjson.dumps(counts).decode(), error, run_id],

@@ -1,4 +1,3 @@
 """sync."""
 
 from __future__ import annotations
-

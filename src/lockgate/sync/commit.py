@@ -5,8 +5,8 @@ snapshot at the end of the run, or at the start of the next one after a crash);
 delivered events go straight to the ledger. Every result, whatever its outcome, goes to
 the per-record history. Rejected and dead-lettered records are not committed, so the
 next run tries them again. Buffers are flushed at least every ``flush_seconds`` (or
-``flush_records``), which bounds what a crash can make a re-run send again (identify is idempotent; events carry
-their dedupe id).
+``flush_records``), which bounds what a crash can make a re-run send again (identify is
+idempotent; events carry their dedupe id).
 """
 
 from __future__ import annotations
@@ -41,8 +41,14 @@ class Committer:
     """Buffers results and writes them to the state store."""
 
     def __init__(
-        self, store: StateStore, *, sync: str, run_id: str, kind: str,
-        flush_seconds: float = 1.0, flush_records: int = 100_000,
+        self,
+        store: StateStore,
+        *,
+        sync: str,
+        run_id: str,
+        kind: str,
+        flush_seconds: float = 1.0,
+        flush_records: int = 100_000,
     ) -> None:
         self.store = store
         self.sync = sync
@@ -56,14 +62,26 @@ class Committer:
 
     def _reset(self) -> None:
         self._journal: tuple[list[str], list[int | None], list[str | None], list[bool]] = (
-            [], [], [], []
+            [],
+            [],
+            [],
+            [],
         )
         self._ledger: list[str] = []
         # history rows: one per (action, outcome, status, reason) group of a results list
         self._history: dict[str, list[Any]] = {
-            name: [] for name in
-            ("run_id", "sync", "keys", "idents", "action", "outcome", "status", "reason",
-             "sent_at")
+            name: []
+            for name in (
+                "run_id",
+                "sync",
+                "keys",
+                "idents",
+                "action",
+                "outcome",
+                "status",
+                "reason",
+                "sent_at",
+            )
         }
         self._rejected: list[tuple[str, str]] = []
         self._buffered = 0
@@ -77,9 +95,9 @@ class Committer:
             meta = pending.pop(result.key)
             group = groups.get((meta.action, result.outcome.value, result.status, result.reason))
             if group is None:
-                group = groups[(meta.action, result.outcome.value, result.status, result.reason)] = (
-                    [], []
-                )
+                group = groups[
+                    (meta.action, result.outcome.value, result.status, result.reason)
+                ] = ([], [])
             group[0].append(result.key)
             group[1].append(meta.ident)
             if result.outcome is Outcome.DELIVERED:
@@ -92,10 +110,17 @@ class Committer:
                     removed.append(meta.removed)
         hist = self._history
         for (action, outcome, status, reason), (group_keys, group_idents) in groups.items():
-            for name, value in (("run_id", self.run_id), ("sync", self.sync), ("keys", group_keys),
-                                ("idents", group_idents), ("action", action),
-                                ("outcome", outcome), ("status", status), ("reason", reason),
-                                ("sent_at", now)):
+            for name, value in (
+                ("run_id", self.run_id),
+                ("sync", self.sync),
+                ("keys", group_keys),
+                ("idents", group_idents),
+                ("action", action),
+                ("outcome", outcome),
+                ("status", status),
+                ("reason", reason),
+                ("sent_at", now),
+            ):
                 hist[name].append(value)
             if outcome == Outcome.DELIVERED.value:
                 self.counts.delivered += len(group_keys)

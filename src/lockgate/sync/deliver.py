@@ -57,7 +57,9 @@ def _records(
         yield from _batch_records(batch, kind, pending)
 
 
-def _batch_records(batch: pa.RecordBatch, kind: str, pending: dict[str, Pending]) -> Iterator[Record]:
+def _batch_records(
+    batch: pa.RecordBatch, kind: str, pending: dict[str, Pending]
+) -> Iterator[Record]:
     keys = batch.column(0).to_pylist()
     ops = batch.column(1).to_pylist()
     hashes = batch.column(2).to_pylist()

@@ -60,11 +60,12 @@ def _rejected(con: duckdb.DuckDBPyConnection) -> tuple[int, tuple[tuple[str, str
     return count, tuple((str(k), str(r)) for k, r in samples)
 
 
-def diff_people(
-    con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Compiled
-) -> ChangeSet:
+def diff_people(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Compiled) -> ChangeSet:
     snap = table("snap", sync.name)
-    run_sql(con, f"create or replace temp table mapped as select *, hash(op) as h from ({compiled.select})")
+    run_sql(
+        con,
+        f"create or replace temp table mapped as select *, hash(op) as h from ({compiled.select})",
+    )
     # a key that appears more than once is ambiguous: every copy is rejected
     run_sql(
         con,
@@ -85,23 +86,20 @@ def diff_people(
         where m.reject is null and (s.k is null or s.h <> m.h)
         """,
     )
-    removed = int(
-        _one(con, f"select count(*) from {snap} s anti join mapped m on m.k = s.k") or 0
-    )
+    removed = int(_one(con, f"select count(*) from {snap} s anti join mapped m on m.k = s.k") or 0)
     removed_sent = 0
     if sync.mode == "mirror" and removed:
         removed_sent = removed
         if sync.delete_removed:
-            body = "'\"action\":\"delete\",\"identifiers\":' || identifiers || '}'"
+            body = '\'"action":"delete","identifiers":\' || identifiers || \'}\''
         else:
-            cleared = ",".join(
-                json_key(name).strip("'") + '""' for name in sync.attributes
-            )
+            blanks = ",".join(json_key(name).strip("'") + '""' for name in sync.attributes)
             body = (
-                "'\"action\":\"identify\",\"identifiers\":' || identifiers || "
-                f"',\"attributes\":{{\"_update\":true{',' + cleared if cleared else ''}}}}}'"
+                '\'"action":"identify","identifiers":\' || identifiers || '
+                f'\',"attributes":{{"_update":true{"," + blanks if blanks else ""}}}}}\''
             )
-        run_sql(con, 
+        run_sql(
+            con,
             f"""
             insert into changes
             select k, '{{"type":"person",' || {body} as op, null as h, ident,
@@ -112,12 +110,13 @@ def diff_people(
                     when json_extract_string(s.ident, '$.id') is not null
                         then '{{"id":' || to_json(json_extract_string(s.ident, '$.id')) || '}}'
                     when json_extract_string(s.ident, '$.cio_id') is not null
-                        then '{{"cio_id":' || to_json(json_extract_string(s.ident, '$.cio_id')) || '}}'
+                        then '{{"cio_id":'
+                             || to_json(json_extract_string(s.ident, '$.cio_id')) || '}}'
                     else '{{"email":' || to_json(json_extract_string(s.ident, '$.email')) || '}}'
                     end as identifiers
                 from {snap} s anti join mapped m on m.k = s.k
             )
-            """
+            """,
         )
     rejected, samples = _rejected(con)
     row = con.execute(
@@ -146,19 +145,19 @@ def diff_people(
     )
 
 
-def diff_events(
-    con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Compiled
-) -> ChangeSet:
+def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Compiled) -> ChangeSet:
     ledger = table("ledger", sync.name)
     skip_backfill = sync.backfill.older == "skip"
-    run_sql(con, 
+    run_sql(
+        con,
         f"""
         create or replace temp table mapped as
         select *, row_number() over (partition by k order by ts, op) as rn
         from ({compiled.select})
-        """
+        """,
     )
-    run_sql(con, 
+    run_sql(
+        con,
         f"""
         create or replace temp table changes as
         select m.k, m.op, null::ubigint as h, m.ident, true as is_new, false as removed,
@@ -166,7 +165,7 @@ def diff_events(
         from mapped m anti join {ledger} l on l.k = m.k
         where m.reject is null and m.rn = 1 {"and not m.backfill" if skip_backfill else ""}
         order by m.ts, m.k
-        """
+        """,
     )
     rejected, samples = _rejected(con)
     row = con.execute(

@@ -15,8 +15,8 @@ import pyarrow as pa
 
 from lockgate.console import Advance
 from lockgate.errors import LockgateError, SourceError
-from lockgate.state.store import run_sql
 from lockgate.sources.base import Source
+from lockgate.state.store import run_sql
 
 
 @dataclass(frozen=True, slots=True)

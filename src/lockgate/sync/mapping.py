@@ -34,8 +34,21 @@ MAX_EVENT_DATA_BYTES = 100_000
 FUTURE_TOLERANCE_SECONDS = 300
 
 TIMESTAMP_TYPES = ("TIMESTAMP", "DATE")
-NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
-                 "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "DECIMAL")
+NUMERIC_TYPES = (
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "HUGEINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+    "UHUGEINT",
+    "FLOAT",
+    "DOUBLE",
+    "DECIMAL",
+)
 
 
 def q(name: str) -> str:
@@ -72,7 +85,8 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
     bad = f"{lit(f'column `{column}` (field `{field}`): value `')} || {c}::varchar || "
 
     def check(converted: str, what: str) -> str:
-        return f"case when {c} is not null and {converted} is null then {bad}{lit(f'` is not {what}')} end"
+        tail = lit(f"` is not {what}")
+        return f"case when {c} is not null and {converted} is null then {bad}{tail} end"
 
     if ftype == "auto":
         if _is(col_type, ("DATE",)):
@@ -127,7 +141,11 @@ class Fields:
     columns: list[str] = field(default_factory=list)
 
     def add(
-        self, sync: str, name: str, spec: FieldConfig, columns: dict[str, str],
+        self,
+        sync: str,
+        name: str,
+        spec: FieldConfig,
+        columns: dict[str, str],
         default_on_null: str,
     ) -> None:
         fragment, checks, column, cleared = field_fragment(
@@ -153,7 +171,11 @@ class Fields:
 
 
 def field_fragment(
-    sync: str, name: str, spec: FieldConfig, columns: dict[str, str], default_on_null: str,
+    sync: str,
+    name: str,
+    spec: FieldConfig,
+    columns: dict[str, str],
+    default_on_null: str,
     computed: list[tuple[str, str]],
 ) -> tuple[str, list[str], str | None, str | None]:
     """SQL yielding `"name":<json>` (or NULL to omit), reject checks, the column used, and
@@ -166,7 +188,8 @@ def field_fragment(
     if column not in columns:
         known = ", ".join(f"`{c}`" for c in columns)
         raise ConfigError(
-            f"sync `{sync}`: field `{name}` reads column `{column}`, which the model does not return",
+            f"sync `{sync}`: field `{name}` reads column `{column}`, "
+            "which the model does not return",
             hint=f"the model's columns are {known}",
         )
     expression, check = coerce(sync, name, column, columns[column], spec.type)
@@ -244,8 +267,10 @@ def identifier_sql(
     )
     identifiers = f"case {whens} end"
     ident = _object(
-        [f"case when {values[t]} is null then null else '\"{t}\":' || to_json({values[t]}) end"
-         for t in ordered]
+        [
+            f"case when {values[t]} is null then null else '\"{t}\":' || to_json({values[t]}) end"
+            for t in ordered
+        ]
     )
     names = " or ".join(f"`{chosen[t]}`" for t in ordered)
     checks = [f"case when {identifiers} is null then {lit(f'no identifier: {names} is null')} end"]
@@ -283,7 +308,8 @@ def compile_people(sync: SyncConfig, columns: dict[str, str], default_on_null: s
     email_col = next((c for t, c in sync.identify_by.items() if t == "email"), None)
     if email_col and "email" not in sync.attributes:
         fields.fragments.append(
-            "case when \"__id_email\" is null then null else '\"email\":' || to_json(\"__id_email\") end"
+            'case when "__id_email" is null then null '
+            'else \'"email":\' || to_json("__id_email") end'
         )
     for name, spec in sync.attributes.items():
         fields.add(sync.name, name, spec, columns, sync.on_null or default_on_null)
@@ -292,7 +318,7 @@ def compile_people(sync: SyncConfig, columns: dict[str, str], default_on_null: s
     null_key = " or ".join(f"{q(k)} is null" for k in sync.key_columns)
     checks.insert(0, f"case when {null_key} then {lit('primary key is null')} end")
     op = (
-        "'{\"type\":\"person\",\"action\":\"identify\",\"identifiers\":' || "
+        '\'{"type":"person","action":"identify","identifiers":\' || '
         f"{identifiers} || ',\"attributes\":' || {_object(fields.fragments)} || '}}'"
     )
     select = (
@@ -352,8 +378,9 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
                 f"sync `{sync.name}`: timestamp column `{event.timestamp}` is not in the model",
                 hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
             )
-        ts_sql, ts_check = coerce(sync.name, "timestamp", event.timestamp,
-                                  columns[event.timestamp], "timestamp")
+        ts_sql, ts_check = coerce(
+            sync.name, "timestamp", event.timestamp, columns[event.timestamp], "timestamp"
+        )
         if ts_check != "null":
             checks.append(ts_check)
         checks.append(
@@ -372,7 +399,8 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
     older = sync.backfill.older
     if isinstance(older, dict):
         before, _, after = older["rename"].partition("{name}")
-        sent_name = f"case when {backfill_sql} then {lit(before)} || {name_sql} || {lit(after)} else {name_sql} end"
+        renamed = f"{lit(before)} || {name_sql} || {lit(after)}"
+        sent_name = f"case when {backfill_sql} then {renamed} else {name_sql} end"
     else:
         sent_name = name_sql
     for name, spec in sync.properties.items():
@@ -392,7 +420,7 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
         f"{lit(f'event properties are over {MAX_EVENT_DATA_BYTES} bytes')} end"
     )
     op = (
-        "'\"type\":\"person\",\"action\":\"event\",\"identifiers\":' || "
+        '\'"type":"person","action":"event","identifiers":\' || '
         f"{identifiers} || ',\"name\":' || to_json(__name) || ',\"timestamp\":' || "
         "coalesce(__ts, 0) || ',\"attributes\":' || __props || '}'"
     )

@@ -124,8 +124,14 @@ def _new_run_id() -> str:
 
 
 def _prepare(
-    store: StateStore, project: Project, sync: SyncConfig, console: Console, step: _Step,
-    *, full_resync: bool, now: int,
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    console: Console,
+    step: _Step,
+    *,
+    full_resync: bool,
+    now: int,
 ) -> tuple[diff_step.ChangeSet, int]:
     store.ensure_sync_tables(sync.name)
     store.mark_crashed_runs(sync.name)
@@ -136,8 +142,9 @@ def _prepare(
         source = connect(project.config.sources[sync.source], root=project.root)
         try:
             with console.progress(f"extract {sync.name}", None) as advance:
-                staged = stage(store.con, source, project.model_sql(sync), sync=sync.name,
-                               advance=advance)
+                staged = stage(
+                    store.con, source, project.model_sql(sync), sync=sync.name, advance=advance
+                )
         finally:
             source.close()
     with step("map"):
@@ -164,11 +171,14 @@ def _samples(store: StateStore, kind: str, limit: int) -> tuple[dict[str, Any], 
         rows = store.con.execute(f"select k, op, ts, lo, hi from changes limit {limit}").fetchall()
         if rows:
             ids = event_ulids(
-                np.array([r[2] for r in rows]), np.array([r[3] for r in rows], dtype=np.uint64),
+                np.array([r[2] for r in rows]),
+                np.array([r[3] for r in rows], dtype=np.uint64),
                 np.array([r[4] for r in rows], dtype=np.uint64),
             )
             for (k, op, *_), ulid in zip(rows, ids, strict=True):
-                out.append({"key": k, "payload": orjson.loads(b'{"id":"' + ulid + b'",' + op.encode())})
+                out.append(
+                    {"key": k, "payload": orjson.loads(b'{"id":"' + ulid + b'",' + op.encode())}
+                )
         return tuple(out)
     for k, op in diff_step.sample_ops(store.con, limit):
         out.append({"key": k, "payload": orjson.loads(op)})
@@ -176,8 +186,13 @@ def _samples(store: StateStore, kind: str, limit: int) -> tuple[dict[str, Any], 
 
 
 def plan_sync(
-    project: Project, name: str, *, console: Console, full_resync: bool = False,
-    now: int | None = None, samples: int = 3,
+    project: Project,
+    name: str,
+    *,
+    console: Console,
+    full_resync: bool = False,
+    now: int | None = None,
+    samples: int = 3,
 ) -> RunReport:
     """Everything a run would do, counted, with sample payloads; nothing is sent."""
     sync = project.sync(name)
@@ -186,18 +201,35 @@ def plan_sync(
     started = time.perf_counter()
     with StateStore.open(project.state_dir) as store:
         changes, recovered = _prepare(
-            store, project, sync, console, step, full_resync=full_resync,
+            store,
+            project,
+            sync,
+            console,
+            step,
+            full_resync=full_resync,
             now=now or int(time.time()),
         )
         sample = _samples(store, sync.kind, samples)
-    return RunReport(run_id, sync.name, sync.kind, "planned", changes, samples=sample,
-                     seconds=time.perf_counter() - started, recovered=recovered)
+    return RunReport(
+        run_id,
+        sync.name,
+        sync.kind,
+        "planned",
+        changes,
+        samples=sample,
+        seconds=time.perf_counter() - started,
+        recovered=recovered,
+    )
 
 
 def run_sync(
-    project: Project, name: str, *, console: Console,
+    project: Project,
+    name: str,
+    *,
+    console: Console,
     destination_factory: DestinationFactory = default_destination,
-    full_resync: bool = False, now: int | None = None,
+    full_resync: bool = False,
+    now: int | None = None,
 ) -> RunReport:
     """Run one sync to the end; returns its report. Raises StepError when a step fails."""
     sync = project.sync(name)
@@ -208,17 +240,22 @@ def run_sync(
         store.start_run(run_id, sync.name, sync.kind)
         try:
             changes, recovered = _prepare(
-                store, project, sync, console, step, full_resync=full_resync,
+                store,
+                project,
+                sync,
+                console,
+                step,
+                full_resync=full_resync,
                 now=now or int(time.time()),
             )
             store.append_rejected(run_id, sync.name, "map", list(changes.rejected_samples))
             with step("deliver"):
                 destination = destination_factory(project, sync)
-                committer = Committer(store.writer(), sync=sync.name, run_id=run_id,
-                                      kind=sync.kind)
+                committer = Committer(store.writer(), sync=sync.name, run_id=run_id, kind=sync.kind)
                 with console.progress(f"deliver {sync.name}", changes.to_send) as advance:
-                    deliver(store.con, destination, kind=sync.kind, committer=committer,
-                            advance=advance)
+                    deliver(
+                        store.con, destination, kind=sync.kind, committer=committer, advance=advance
+                    )
             with step("commit"):
                 store.fold_journal(sync.name)
         except BaseException as exc:
@@ -227,10 +264,17 @@ def run_sync(
         counts = committer.counts
         status = "success" if not (counts.rejected or counts.dead_lettered) else "partial"
         report = RunReport(
-            run_id, sync.name, sync.kind, status, changes,
-            delivered=counts.delivered, rejected_by_api=counts.rejected,
-            dead_lettered=counts.dead_lettered, failures=tuple(counts.failures),
-            seconds=time.perf_counter() - started, recovered=recovered,
+            run_id,
+            sync.name,
+            sync.kind,
+            status,
+            changes,
+            delivered=counts.delivered,
+            rejected_by_api=counts.rejected,
+            dead_lettered=counts.dead_lettered,
+            failures=tuple(counts.failures),
+            seconds=time.perf_counter() - started,
+            recovered=recovered,
         )
         store.finish_run(run_id, status, report.as_dict())
     return report
