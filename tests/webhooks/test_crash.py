@@ -88,8 +88,8 @@ def test_sigkill_loses_no_acknowledged_event(tmp_path: Path) -> None:
     # restart: the server comes back on the same spool, and the sender resends the rest
     proc = start_server(root, port)
     try:
-        rest = [e for e in events if e["event_id"] not in acked][:50]
-        dupes = [e for e in events if e["event_id"] in acked][:20]
+        rest = [e for e in events if e["event_id"] not in acked][:30]
+        dupes = [e for e in events if e["event_id"] in acked][:10]
         with httpx.Client() as client:
             for event in rest + dupes:
                 body = orjson.dumps(event)
