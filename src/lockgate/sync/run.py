@@ -45,7 +45,7 @@ def default_destination(project: Project, sync: SyncConfig) -> Destination:
     settings = CustomerIOSettings(
         site_id=resolve_env(config.site_id, field="site_id") or "",
         api_key=resolve_env(config.api_key, field="api_key") or "",
-        region=config.region,
+        region=os.environ.get("CUSTOMERIO_REGION", config.region),  # type: ignore[arg-type]
         track_url=config.track_url or os.environ.get("CUSTOMERIO_TRACK_URL"),
         app_api_key=_optional_env(config.app_api_key) or "",
         app_url=config.app_url or config.track_url or os.environ.get("CUSTOMERIO_APP_URL"),
