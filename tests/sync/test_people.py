@@ -198,3 +198,14 @@ def test_full_resync_sends_everyone_again(project_factory: ProjectFactory) -> No
     run_sync(project, "profile", console=NullConsole())
     report = run_sync(project, "profile", console=NullConsole(), full_resync=True)
     assert report.delivered == 3 and report.changes.new == 3
+
+
+def test_sql_error_in_the_model_names_the_sync(project_factory: ProjectFactory) -> None:
+    project_factory.sql(USERS)
+    broken = PROFILE.replace("select * from users", "select * from userz")
+    project = project_factory.write({"profile": broken})
+    with pytest.raises(StepError) as caught:
+        run_sync(project, "profile", console=NullConsole())
+    message = str(caught.value)
+    assert "step `extract`" in message and "userz" in message
+    assert project_factory.emulator.people() == []
