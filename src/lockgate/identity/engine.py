@@ -100,12 +100,13 @@ def _source_mask(
 
 def _mask_names(masks: npt.NDArray[np.uint64], names: list[str]) -> pa.Array:
     """Source bitmasks as lists of source names (built once per distinct mask)."""
-    uniq, inverse = np.unique(masks, return_inverse=True)
+    encoded = pa.array(masks, pa.uint64()).dictionary_encode()  # hashing, no sort
+    uniq = encoded.dictionary.to_pylist()
     lists = pa.array(
-        [[n for i, n in enumerate(names) if int(m) >> i & 1] for m in uniq.tolist()],
+        [[n for i, n in enumerate(names) if int(m) >> i & 1] for m in uniq],
         pa.list_(pa.string()),
     )
-    return lists.take(pa.array(inverse.astype(np.int64).reshape(-1)))
+    return lists.take(encoded.indices)
 
 
 def _to_ts(values: npt.NDArray[np.int64], sentinel: int) -> pa.Array:
@@ -597,9 +598,7 @@ def resolve(
     node_type_names = type_names.take(pa.array(node_type.astype(np.int32)))
     identifier_map = pa.table(
         {
-            "run_id": pa.array([run_id] * n_nodes, pa.string())
-            if n_nodes
-            else pa.nulls(0, pa.string()),
+            "run_id": pa.repeat(pa.scalar(run_id), n_nodes),
             "id_type": node_type_names,
             "id_value": node_values,
             "profile_id": assigned.node_profile,
@@ -619,7 +618,7 @@ def resolve(
         reason_col[e] = why
     edges = pa.table(
         {
-            "run_id": pa.array([run_id] * graph.n_edges, pa.string()),
+            "run_id": pa.repeat(pa.scalar(run_id), graph.n_edges),
             "type_a": node_type_names.take(ia),
             "value_a": node_values.take(ia),
             "type_b": node_type_names.take(ib),

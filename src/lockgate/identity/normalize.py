@@ -174,8 +174,20 @@ def normalize_column(
 
     `extra_blocked` holds further (normalised) values to block, from the operator's table.
     """
-    spec = config.identifier_types[type_name]
     raw = to_string_array(column)
+    if len(raw) > 50_000:
+        # repeated values (a user id on many identify rows) are normalised once
+        encoded = raw.dictionary_encode()
+        if len(encoded.dictionary) < 0.6 * len(raw):
+            once = normalize_column(
+                config, type_name, encoded.dictionary, extra_blocked=extra_blocked
+            )
+            return NormalizedColumn(
+                values=once.values.take(encoded.indices),
+                reasons=once.reasons.take(encoded.indices),
+                normalized=once.normalized.take(encoded.indices),
+            )
+    spec = config.identifier_types[type_name]
     values = apply_steps(raw, config.normalize_steps(type_name), region=spec.default_region)
     blocked, invalid = check_values(config, type_name, values, extra_blocked=extra_blocked)
     present = pc.is_valid(values)

@@ -50,7 +50,7 @@ def profile_id_for(type_name: str, value: str) -> str:
     return f"lg_{digest[:16]}"
 
 
-def profile_ids_for(type_names: pa.Array, values: pa.Array) -> list[str]:
+def profile_ids_for(type_names: pa.Array, values: pa.Array) -> pa.StringArray:
     """`profile_id_for` over whole columns (DuckDB's md5, vectorised)."""
     table = pa.table({"t": type_names, "v": values})
     con = duckdb.connect()
@@ -61,7 +61,8 @@ def profile_ids_for(type_names: pa.Array, values: pa.Array) -> list[str]:
         ).to_arrow_table()
     finally:
         con.close()
-    return [str(x) for x in out.column(0).to_pylist()]
+    result: pa.StringArray = out.column(0).combine_chunks().cast(pa.string())
+    return result
 
 
 @dataclass(frozen=True)
@@ -288,25 +289,33 @@ def assign(
             comp_pid[c] = pids[0]
             merges.extend((c, pids[0], p) for p in pids[1:])
 
-    # new ids for components heir to nobody
+    # new ids for components heir to nobody (vectorised; Python only for collisions)
     prev_names = previous.ids.to_pylist()
-    used = set(previous.known)
     new_comps = np.flatnonzero(comp_pid < 0)
-    new_ids: list[str | None] = [None] * n_comp
+    new_arr = pa.nulls(n_comp, pa.string())
     if new_comps.size:
         an = anchor[new_comps]
         t_arr = pa.array(list(types), pa.string()).take(pa.array(node_type[an].astype(np.int32)))
         hashed = profile_ids_for(t_arr, node_values.take(pa.array(an)))
-        for c, pid in zip(new_comps.tolist(), hashed, strict=True):
-            if pid in used:
-                n = 2
-                while f"{pid}_{n}" in used:
-                    n += 1
-                pid = f"{pid}_{n}"
-            used.add(pid)
-            new_ids[c] = pid
-    comp_names = [prev_names[p] if p >= 0 else new_ids[c] for c, p in enumerate(comp_pid.tolist())]
-    comp_arr = pa.array(comp_names, pa.string())
+        known = pa.array(sorted(previous.known), pa.string())
+        clash = pc.is_in(hashed, value_set=known).to_numpy(zero_copy_only=False)
+        if pc.count_distinct(hashed).as_py() < len(hashed) or clash.any():
+            used = set(previous.known)
+            names = hashed.to_pylist()
+            for i, pid in enumerate(names):
+                if pid in used:
+                    n = 2
+                    while f"{pid}_{n}" in used:
+                        n += 1
+                    names[i] = pid = f"{pid}_{n}"
+                used.add(pid)
+            hashed = pa.array(names, pa.string())
+        where = np.full(n_comp, -1, dtype=np.int64)
+        where[new_comps] = np.arange(new_comps.size)
+        new_arr = hashed.take(pa.array(where, mask=where < 0))
+    prev_taken = previous.ids.take(pa.array(comp_pid, mask=comp_pid < 0))
+    comp_arr = pc.coalesce(prev_taken, new_arr)
+    new_ids = new_arr
     node_profile = comp_arr.take(pa.array(comp_of, mask=comp_of < 0))
 
     # nodes that left their old profile: splits (into a new id) or moves (into an existing one)
@@ -354,24 +363,29 @@ def assign(
         return node_values.take(pa.array(nodes, mask=nodes < 0))
 
     counts = np.bincount(ec * n_types + et, minlength=n_comp * n_types).reshape(n_comp, n_types)
-    prev_created_run = previous.column("created_run")
-    prev_created_batch = previous.column("created_batch")
-    prev_updated = previous.column("updated_run")
-    created_run = [run_id if p < 0 else prev_created_run[p] for p in comp_pid.tolist()]
-    created_batch = [batch if p < 0 else prev_created_batch[p] for p in comp_pid.tolist()]
-    updated = [
-        run_id if changed[c] or p < 0 else prev_updated[p] for c, p in enumerate(comp_pid.tolist())
-    ]
+    pid_take = pa.array(comp_pid, mask=comp_pid < 0)
+
+    def carried(column: str, fresh: object, kind: pa.DataType) -> pa.Array:
+        if not n_prev:
+            return pa.repeat(pa.scalar(fresh, kind), n_comp)
+        old_values = previous.table[column].combine_chunks().cast(kind).take(pid_take)
+        return pc.coalesce(old_values, pa.scalar(fresh, kind))
+
+    created_run = carried("created_run", run_id, pa.string())
+    created_batch = carried("created_batch", batch, pa.int64())
+    updated = pc.if_else(
+        pa.array(changed), pa.scalar(run_id), carried("updated_run", run_id, pa.string())
+    )
     type_names = pa.array(list(types), pa.string())
     columns: dict[str, pa.Array] = {
-        "run_id": pa.array([run_id] * n_comp, pa.string()),
+        "run_id": pa.repeat(pa.scalar(run_id), n_comp),
         "profile_id": comp_arr,
-        "status": pa.array(["active"] * n_comp, pa.string()),
+        "status": pa.repeat(pa.scalar("active"), n_comp),
         "anchor_type": type_names.take(pa.array(node_type[anchor].astype(np.int32))),
         "anchor_value": node_values.take(pa.array(anchor)),
-        "created_run": pa.array(created_run, pa.string()),
-        "created_batch": pa.array(created_batch, pa.int64()),
-        "updated_run": pa.array(updated, pa.string()),
+        "created_run": created_run,
+        "created_batch": created_batch,
+        "updated_run": updated,
         "n_identifiers": pa.array(counts.sum(axis=1), pa.int64()),
         "cio_id": values_of(pick_for("cio_id")),
         "cio_person_id": values_of(pick_for("id")),
@@ -434,7 +448,7 @@ def assign(
         )
         if person is not None or mail is not None
     }
-    split_list = sorted((prev_names[p], str(new_ids[c])) for p, c in split_pairs)
+    split_list = sorted((prev_names[p], str(new_ids[c].as_py())) for p, c in split_pairs)
     splits = pa.table(
         {
             "run_id": [run_id] * len(split_list),
@@ -454,7 +468,7 @@ def assign(
             "id_type": [types[node_type[n]] for n, _, _ in moves],
             "id_value": [node_values[n].as_py() for n, _, _ in moves],
             "from_profile_id": [prev_names[p] for _, p, _ in moves],
-            "to_profile_id": [comp_names[c] for _, _, c in moves],
+            "to_profile_id": [comp_arr[c].as_py() for _, _, c in moves],
         },
         schema=MOVES_SCHEMA,
     )

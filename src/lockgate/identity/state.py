@@ -11,9 +11,12 @@ Example::
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -158,6 +161,26 @@ class IdentityState:
     edges: pa.Table
     profiles: pa.Table
     aliases: pa.Table = field(default_factory=lambda: ALIASES_SCHEMA.empty_table())
+
+    _PARTS = ("nodes", "edges", "profiles", "aliases")
+
+    def write(self, directory: str | Path) -> None:
+        """Store the state as Parquet files plus `state.json` in `directory` (created)."""
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        for part in self._PARTS:
+            pq.write_table(getattr(self, part), folder / f"{part}.parquet")
+        (folder / "state.json").write_text(json.dumps({"batch": self.batch}))
+
+    @classmethod
+    def read(cls, directory: str | Path) -> IdentityState | None:
+        """The state `write` stored in `directory`, or `None` if there is none yet."""
+        folder = Path(directory)
+        if not (folder / "state.json").exists():
+            return None
+        batch = int(json.loads((folder / "state.json").read_text())["batch"])
+        parts = {part: pq.read_table(folder / f"{part}.parquet") for part in cls._PARTS}
+        return cls(batch=batch, **parts)
 
 
 @dataclass(frozen=True)

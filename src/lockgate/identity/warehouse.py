@@ -133,7 +133,6 @@ class WarehouseStitcher:
         return f"REGEXP_MATCHES({expr}, {_lit(pattern)})"
 
     def _normalize(self, type_name: str, column: str) -> str:
-        spec = self.config.identifier_types[type_name]
         v = f"CAST({_ident(column)} AS VARCHAR)"
         for step in self.config.normalize_steps(type_name):
             if step in ("trim", "trim_unicode_space", "e164", "nfc", "idna_domain"):
@@ -149,13 +148,19 @@ class WarehouseStitcher:
                     f"(CASE WHEN {self._regex(v, r'^-?[0-9]+[.]0+$')} "
                     f"THEN SUBSTRING({v}, 1, STRPOS({v}, '.') - 1) ELSE {v} END)"
                 )
+        return v
+
+    def _block(self, type_name: str, v: str) -> str:
+        """The normalised column `v`, or NULL when blocked or invalid."""
+        spec = self.config.identifier_types[type_name]
         rules = self.config.blocked_for(type_name)
         bad = []
         if rules.exact_ci:
             bad.append(f"LOWER({v}) IN ({', '.join(_lit(x) for x in rules.exact_ci)})")
         if rules.exact:
             bad.append(f"{v} IN ({', '.join(_lit(x) for x in rules.exact)})")
-        bad += [self._regex(v, p) for p in rules.regex]
+        if rules.regex:  # one regex pass: every pattern as an alternative
+            bad.append(self._regex(v, "|".join(f"({p})" for p in rules.regex)))
         validator = spec.validator
         pattern = (
             _EMAIL_SHAPE
@@ -188,7 +193,9 @@ class WarehouseStitcher:
             if source.observed_at
             else "CAST(NULL AS TIMESTAMP)"
         )
-        select = ", ".join(f"{self._normalize(t, c)} AS c{i}" for i, (c, t) in enumerate(cols))
+        # normalise in an inner query, so the blocklist tests read a column, not the expression
+        inner = ", ".join(f"{self._normalize(t, c)} AS n{i}" for i, (c, t) in enumerate(cols))
+        select = ", ".join(f"{self._block(t, f'n{i}')} AS c{i}" for i, (_, t) in enumerate(cols))
         groups: dict[str, list[int]] = {}
         for i, (_, t) in enumerate(cols):
             groups.setdefault(t, []).append(i)
@@ -219,7 +226,8 @@ class WarehouseStitcher:
             )
         return (
             f"s{index} AS (SELECT *, {anchor_t} AS at_, {anchor_v} AS av_ FROM "
-            f"(SELECT {select}, {obs} AS obs_ FROM {relation}) raw{index})",
+            f"(SELECT {select}, obs_ FROM (SELECT {inner}, {obs} AS obs_ FROM {relation}) n{index}) "
+            f"raw{index})",
             " UNION ALL ".join(parts),
         )
 

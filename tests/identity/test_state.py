@@ -1,0 +1,27 @@
+"""State survives a trip through Parquet, so a later process continues where a run left off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lockgate.identity import IdentityState
+from tests.identity.helpers import config, rows, run
+
+
+def test_state_written_and_read_back_continues_the_run(tmp_path: Path) -> None:
+    cfg = config()
+    assert IdentityState.read(tmp_path / "identity") is None
+    first = run(cfg, {"app_users": rows({"user_id": "u1", "email": "e1@x.com", "ts": 1})})
+    first.state.write(tmp_path / "identity")
+    state = IdentityState.read(tmp_path / "identity")
+    assert state is not None and state.batch == 1
+    second = run(
+        cfg,
+        {"identifies": rows({"user_id": "u1", "anonymous_id": "a1", "ts": 2})},
+        state=state,
+        run_id="r2",
+    )
+    assert second.batch == 2
+    [profile] = second.profiles.to_pylist()
+    assert profile["profile_id"] == first.profiles["profile_id"][0].as_py()
+    assert profile["cio_anonymous_id"] == "a1" and profile["n_email"] == 1
