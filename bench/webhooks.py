@@ -9,7 +9,7 @@ processes post pre-signed events on ``--connections`` keep-alive connections in 
 alternate (bare, lockgate, bare, lockgate, ...) and the best round of each counts. The ratio
 lockgate / bare is the figure (target: at least 0.5). Each server's CPU time per event is
 printed too; it is steadier than wall-clock rates on a shared machine. After the run, the spool
-must hold every acknowledged event.
+must hold every acknowledged event, and the load of all of them into DuckDB is timed.
 
     .venv/bin/python bench/webhooks.py                       # 10,000 events x 2 rounds each
     .venv/bin/python bench/webhooks.py --events 2000 --rounds 1
@@ -198,6 +198,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds per server")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
     parser.add_argument("--clients", type=int, default=2, help="client processes")
+    parser.add_argument("--no-load", action="store_true", help="skip timing the load")
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--tag", default="x", help=argparse.SUPPRESS)
@@ -269,6 +270,17 @@ def main() -> None:
     )
     if stored != total_acked:
         raise SystemExit("FAIL: an acknowledged event is missing from the spool")
+    if not args.no_load:
+        from lockgate.project.loader import load_project
+        from lockgate.webhooks.load import load_pending
+
+        started = time.perf_counter()
+        result = load_pending(load_project(root))
+        took = time.perf_counter() - started
+        print(
+            f"loaded {result.loaded} events into DuckDB with dlt in {took:.1f} s "
+            f"({result.loaded / took:.0f} events/s, {result.batches} batches)"
+        )
 
 
 if __name__ == "__main__":
