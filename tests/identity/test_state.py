@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lockgate.identity import IdentityState
 from tests.identity.helpers import config, rows, run
+
+from lockgate.identity import IdentityState
 
 
 def test_state_written_and_read_back_continues_the_run(tmp_path: Path) -> None:
