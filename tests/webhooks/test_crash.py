@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from lockgate.emulator.webhook_sender import make_event, sign
+from lockgate.emulator.webhook_sender import make_event, send_events, sign
 from lockgate.project.loader import load_project
 from lockgate.webhooks.load import load_pending
 
@@ -24,10 +24,10 @@ from .conftest import KEY, free_port, write_project
 TABLES = ("email", "sms", "push")
 
 
-def start_server(root: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(root: Path, port: int, *options: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "CUSTOMERIO_WEBHOOK_SIGNING_KEY": KEY.decode()}
     cmd = [sys.executable, "-m", "lockgate", "webhooks", "serve", "--project", str(root)]
-    cmd += ["--port", str(port), "--no-load"]
+    cmd += ["--port", str(port), *(options or ["--no-load"])]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -111,3 +111,21 @@ def test_sigkill_loses_no_acknowledged_event(tmp_path: Path) -> None:
         ]
     assert len(loaded) == len(set(loaded)), "an event was loaded twice"
     assert acked <= set(loaded), f"{len(acked - set(loaded))} acknowledged events were lost"
+
+
+def test_sigterm_loads_what_was_accepted(tmp_path: Path) -> None:
+    """A graceful stop runs one last load, so nothing waits in the spool needlessly."""
+    root = tmp_path / "proj"
+    write_project(root)
+    port = free_port()
+    proc = start_server(root, port, "--load-interval", "3600")
+    events = [make_event("email", "opened") for _ in range(20)]
+    try:
+        report = send_events(f"http://127.0.0.1:{port}/webhooks/customerio", KEY, events)
+        assert len(report.acknowledged) == len(events)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
+        loaded = {row[0] for row in con.execute("select event_id from customerio.email").fetchall()}
+    assert loaded == {e["event_id"] for e in events}

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from lockgate.emulator.webhook_sender import make_event
+from lockgate.webhooks.app import create_app
 from lockgate.webhooks.spool import Spool
 from lockgate.webhooks.verify import sign
 
@@ -125,3 +126,18 @@ def test_acknowledged_event_survives_reopening_the_spool(
 def test_health_reports_counts(client: httpx.Client) -> None:
     client.post(URL, **signed(make_event("email", "sent")))
     assert client.get("/webhooks/health").json() == {"ok": True, "stored": 1, "unloaded": 1}
+
+
+def test_mounted_in_a_larger_app(spool: Spool) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from .conftest import running
+
+    receiver = create_app(spool=spool, signing_key=KEY)
+    outer = Starlette(routes=[Mount("/hooks", app=receiver)])  # no lifespan reaches `receiver`
+    event = make_event("email", "clicked")
+    with running(outer) as url, httpx.Client(base_url=url) as outside:
+        response = outside.post("/hooks" + URL, **signed(event))
+    assert response.status_code == 200
+    assert [r.event_id for r in spool] == [event["event_id"]]
