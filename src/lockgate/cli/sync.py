@@ -63,6 +63,15 @@ def render_report(console: RichConsole, report: RunReport) -> None:
             ["key", "reason"],
             list(report.changes.rejected_samples),
         )
+    if report.guards:
+        console.table(
+            f"{report.sync}: guardrails",
+            ["guardrail", "limit", "this run", "status"],
+            [
+                (g.name, g.limit, g.actual, "BREACHED" if g.breached else "ok")
+                for g in report.guards
+            ],
+        )
     if report.failures:
         console.table(
             f"{report.sync}: records not delivered",
@@ -105,8 +114,14 @@ def plan(
     is_flag=True,
     help="Send every person again (events stay exactly-once: the ledger is kept).",
 )
+@click.option("--force", is_flag=True, help="Run even if a guardrail is breached (this run only).")
 def sync(
-    sync_names: tuple[str, ...], run_all: bool, project_path: Path, as_json: bool, full_resync: bool
+    sync_names: tuple[str, ...],
+    run_all: bool,
+    project_path: Path,
+    as_json: bool,
+    full_resync: bool,
+    force: bool,
 ) -> None:
     """Run one or more syncs: send only what changed, record what was delivered."""
     project = open_project(project_path)
@@ -119,7 +134,7 @@ def sync(
     console = RichConsole(quiet=as_json)
     reports = []
     for name in names:
-        report = run_sync(project, name, console=console, full_resync=full_resync)
+        report = run_sync(project, name, console=console, full_resync=full_resync, force=force)
         reports.append(report)
         if not as_json:
             render_report(console, report)

@@ -29,6 +29,7 @@ from lockgate.project.models import SyncConfig, resolve_env
 from lockgate.sources import connect
 from lockgate.state.store import StateStore
 from lockgate.sync import diff as diff_step
+from lockgate.sync import guard as guard_step
 from lockgate.sync import mapping
 from lockgate.sync.commit import Committer
 from lockgate.sync.deliver import deliver, event_ulids
@@ -80,6 +81,7 @@ class RunReport:
     samples: tuple[dict[str, Any], ...] = ()
     seconds: float = 0.0
     recovered: int = 0
+    guards: tuple[guard_step.GuardResult, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +98,7 @@ class RunReport:
             "failures": [{"key": k, "outcome": o, "reason": r} for k, o, r in self.failures],
             "samples": list(self.samples),
             "recovered_from_crash": self.recovered,
+            "guardrails": [g.as_dict() for g in self.guards],
         }
 
 
@@ -132,7 +135,7 @@ def _prepare(
     *,
     full_resync: bool,
     now: int,
-) -> tuple[diff_step.ChangeSet, int]:
+) -> tuple[diff_step.ChangeSet, int, list[guard_step.GuardResult]]:
     store.ensure_sync_tables(sync.name)
     store.mark_crashed_runs(sync.name)
     recovered = store.fold_journal(sync.name)
@@ -159,7 +162,9 @@ def _prepare(
             changes = diff_step.diff_people(store.con, sync, compiled)
         else:
             changes = diff_step.diff_events(store.con, sync, compiled)
-    return changes, recovered
+    with step("guard"):
+        guards = guard_step.check(store.con, store, project, sync, changes)
+    return changes, recovered, guards
 
 
 def _samples(store: StateStore, kind: str, limit: int) -> tuple[dict[str, Any], ...]:
@@ -200,7 +205,7 @@ def plan_sync(
     step = _Step(run_id)
     started = time.perf_counter()
     with StateStore.open(project.state_dir) as store:
-        changes, recovered = _prepare(
+        changes, recovered, guards = _prepare(
             store,
             project,
             sync,
@@ -219,6 +224,7 @@ def plan_sync(
         samples=sample,
         seconds=time.perf_counter() - started,
         recovered=recovered,
+        guards=tuple(guards),
     )
 
 
@@ -229,9 +235,11 @@ def run_sync(
     console: Console,
     destination_factory: DestinationFactory = default_destination,
     full_resync: bool = False,
+    force: bool = False,
     now: int | None = None,
 ) -> RunReport:
-    """Run one sync to the end; returns its report. Raises StepError when a step fails."""
+    """Run one sync to the end; returns its report. Raises StepError when a step fails,
+    ContractError (before anything is sent) when a guardrail is breached and not ``force``."""
     sync = project.sync(name)
     run_id = _new_run_id()
     step = _Step(run_id)
@@ -239,7 +247,7 @@ def run_sync(
     with StateStore.open(project.state_dir) as store:
         store.start_run(run_id, sync.name, sync.kind)
         try:
-            changes, recovered = _prepare(
+            changes, recovered, guards = _prepare(
                 store,
                 project,
                 sync,
@@ -248,6 +256,7 @@ def run_sync(
                 full_resync=full_resync,
                 now=now or int(time.time()),
             )
+            guard_step.enforce(sync, guards, force=force)
             store.append_rejected(run_id, sync.name, "map", list(changes.rejected_samples))
             with step("deliver"):
                 destination = destination_factory(project, sync)
@@ -275,6 +284,7 @@ def run_sync(
             failures=tuple(counts.failures),
             seconds=time.perf_counter() - started,
             recovered=recovered,
+            guards=tuple(guards),
         )
         store.finish_run(run_id, status, report.as_dict())
     return report
