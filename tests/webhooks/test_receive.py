@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -16,6 +18,35 @@ from lockgate.webhooks.verify import sign
 from .conftest import KEY, signed
 
 URL = "/webhooks/customerio"
+
+
+class Switch:
+    """An ASGI app forwarding to the current test's receiver: one uvicorn for the module."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await self.app(scope, receive, send)
+
+
+@pytest.fixture(scope="module")
+def switch() -> Iterator[tuple[Switch, str]]:
+    from .conftest import running
+
+    app = Switch()
+    with running(app) as url:
+        yield app, url
+
+
+@pytest.fixture
+def client(switch: tuple[Switch, str], spool: Spool) -> Iterator[httpx.Client]:
+    """A client of a fresh receiver (its own spool) behind the module's server."""
+    app, url = switch
+    app.app = create_app(spool=spool, signing_key=KEY, replay_window=300)
+    with httpx.Client(base_url=url, timeout=10) as c:
+        yield c
 
 
 def assert_error(response, status: int, words: str) -> None:
