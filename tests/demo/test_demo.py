@@ -16,7 +16,7 @@ def test_demo_runs_twice_and_the_second_act_sends_only_changes(tmp_path: Path) -
     assert result.exit_code == 0
     out = result.output
     assert "What went out, act by act" in out
-    assert "primary key `42` appears 2 times" in out
+    assert "`42` appears 2 times" in out
     assert "is in the future" in out
     # the summary rows: act 1 vs act 2
     rows = {

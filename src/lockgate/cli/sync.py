@@ -14,7 +14,7 @@ from lockgate.cli.options import json_option, open_project, project_option
 from lockgate.console import RichConsole
 from lockgate.errors import ConfigError
 from lockgate.state.store import StateStore
-from lockgate.sync.run import RunReport, plan_sync, run_sync
+from lockgate.sync.run import KIND_ORDER, RunReport, plan_sync, run_sync
 
 
 def _print_json(data: Any) -> None:
@@ -25,7 +25,28 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
     """The counts worth showing for a report, as (label, value) rows."""
     c = report.changes
     rows: list[tuple[str, Any]] = [("rows in model", c.rows), ("rows rejected", c.rejected)]
-    if c.kind == "people":
+    if c.kind in ("objects", "relationships"):
+        noun = "objects" if c.kind == "objects" else "relationships"
+        rows += [
+            (f"{noun} new to this sync", c.new),
+            (f"{noun} changed", c.changed),
+            (f"{noun} unchanged (not sent)", c.unchanged),
+            (f"{noun} removed from model", c.removed),
+            (
+                "  of which removed in Customer.io (mirror)"
+                if c.kind == "relationships"
+                else "  of which cleared/deleted (mirror)",
+                c.removed_sent,
+            ),
+        ]
+        if c.kind == "relationships":
+            rows.append(("held: person or object not synced yet", c.held))
+        else:
+            rows += [
+                ("attributes set", c.attributes_set),
+                ("attributes cleared", c.attributes_cleared),
+            ]
+    elif c.kind == "people":
         rows += [
             ("people new to this sync", c.new),
             ("people changed", c.changed),
@@ -62,6 +83,12 @@ def render_report(console: RichConsole, report: RunReport) -> None:
             f"{report.sync}: rows rejected (first {len(report.changes.rejected_samples)})",
             ["key", "reason"],
             list(report.changes.rejected_samples),
+        )
+    if report.changes.held_samples:
+        console.table(
+            f"{report.sync}: held until both ends exist (first {len(report.changes.held_samples)})",
+            ["key", "reason"],
+            list(report.changes.held_samples),
         )
     if report.guards:
         console.table(
@@ -125,7 +152,11 @@ def sync(
 ) -> None:
     """Run one or more syncs: send only what changed, record what was delivered."""
     project = open_project(project_path)
-    names = list(project.syncs) if run_all else list(sync_names)
+    names = (
+        sorted(project.syncs, key=lambda n: KIND_ORDER[project.syncs[n].kind])
+        if run_all
+        else list(sync_names)
+    )
     if not names:
         raise ConfigError(
             "name a sync to run, or pass `--all`",

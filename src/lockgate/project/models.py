@@ -326,6 +326,85 @@ class EventConfig(StrictModel):
         return {"column": value} if isinstance(value, str) else value
 
 
+class OnChangeConfig(StrictModel):
+    """An event fired when a mapped attribute changes, e.g. cart `open` → `inactive`."""
+
+    attribute: str
+    """The mapped attribute (a key of `attributes`) to watch."""
+    from_: Any = Field(default=None, alias="from")
+    """Fire only when the previous value was this (default: any value)."""
+    to: Any = None
+    """Fire only when the new value is this (default: any value)."""
+    event: str
+    """Name of the event to send to the person (or, for objects, nothing: see docs/sync.md)."""
+    properties: dict[str, FieldConfig] = Field(default_factory=dict)
+    """Event properties: name → column or field spec (also accepts a list of column names)."""
+    unless: str | None = None
+    """A SQL condition over the model's columns; when true the event is not fired (put
+    warehouse lookups, such as an order after the cart, in the model's SQL)."""
+
+    @field_validator("properties", mode="before")
+    @classmethod
+    def _fields(cls, value: Any) -> Any:
+        return _expand_fields(value)
+
+
+LIMIT = re.compile(r"^\s*(\d+(\.\d+)?)\s*%\s*$")
+
+
+def _check_limit(value: Any) -> Any:
+    """A breaker limit: `off`, a share like `25%` (of the previous snapshot), or a count."""
+    if value is None or value == "off" or (isinstance(value, int) and not isinstance(value, bool)):
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"`{value}` is negative; give a count >= 0 or a share like `25%`")
+        return value
+    if isinstance(value, str) and LIMIT.match(value) and float(value.strip().rstrip("%")) <= 100:
+        return value.strip()
+    raise ValueError(f"`{value}` is not a limit; write a share like `25%`, a count, or `off`")
+
+
+class GuardrailsConfig(StrictModel):
+    """The data contract of a sync: circuit breakers and acknowledged changes (docs/guardrails.md).
+
+    A breaker limit is a share of the previous committed snapshot (`25%`), an absolute count
+    (`500`) or `off`; unset fields inherit `defaults.guardrails`."""
+
+    max_changed: int | str | None = None
+    """People already in the snapshot whose payload changed, e.g. `25%` of the snapshot's
+    people (or a count). Share-based limits are skipped on a first run."""
+    max_cleared: int | str | None = None
+    """Attribute values sent as cleared (`""`: `on_null: clear` and mirror removals), e.g.
+    `2%` of the snapshot's people × the sync's mapped attributes (or a count)."""
+    max_removed: int | str | None = None
+    """People in the snapshot who left the model (in any mode), e.g. `5%` of the snapshot
+    (or a count)."""
+    max_events: int | str | None = None
+    """Events sent in one run (a count, e.g. `100000`)."""
+    accept_type_changes: dict[str, str] = Field(default_factory=dict)
+    """Acknowledged column type changes, column → new type as the warehouse reports it now
+    (e.g. `{signed_up_at: VARCHAR}`); a type changed since the last committed run stops the
+    sync until listed here."""
+    shared_attributes: list[str] = Field(default_factory=list)
+    """Attributes this sync knowingly writes along with another sync; an ownership conflict
+    is an error unless every sync writing the attribute lists it."""
+    distinct_event_names: list[str] = Field(default_factory=list)
+    """Event names that are meant to differ from their look-alikes (e.g. `Checkout Abandoned`
+    next to `Abandoned Checkout`); `lockgate validate` reports such a pair as a warning."""
+
+    @field_validator("max_changed", "max_cleared", "max_removed")
+    @classmethod
+    def _limit(cls, value: Any) -> Any:
+        return _check_limit(value)
+
+    @field_validator("max_events")
+    @classmethod
+    def _events(cls, value: Any) -> Any:
+        value = _check_limit(value)
+        if isinstance(value, str) and value != "off":
+            raise ValueError("`max_events` is a count of events per run, e.g. `100000`")
+        return value
+
+
 class SyncConfig(StrictModel):
     """One sync: a model, a kind, a mapping, a destination (`syncs/<name>.yml`)."""
 
@@ -335,20 +414,31 @@ class SyncConfig(StrictModel):
     """Name of a source in lockgate.yml."""
     model: ModelRef
     """`{table: ...}`, `{sql: ...}` or a path to a `.sql` file."""
-    kind: Literal["people", "events"]
-    """`people` (one row per person → identify) or `events` (one row per occurrence → track)."""
+    kind: Literal["people", "events", "objects", "relationships"]
+    """`people` (one row per person → identify), `events` (one row per occurrence → track),
+    `objects` (one row per object, e.g. a company) or `relationships` (one row per
+    person-object pair)."""
     destination: str = "customerio"
     """Name of a destination in lockgate.yml."""
     primary_key: str | list[str] | None = None
-    """Column(s) identifying a row; required for `people`."""
-    identify_by: dict[str, str]
+    """Column(s) identifying a row; required for `people`; for `objects`, the object id."""
+    identify_by: dict[str, str] = Field(default_factory=dict)
     """Identifier type → column, e.g. `{id: customer_id, email: email}`. Types: `id` (alias
-    `user_id`), `email`, `cio_id`, or a type declared under `identity:`."""
-    mode: Literal["upsert", "update", "mirror"] = "upsert"
+    `user_id`), `email`, `cio_id`, or a type declared under `identity:`. Not for `objects`."""
+    mode: Literal["upsert", "update", "mirror"] | None = None
     """`upsert` creates and updates; `update` never creates; `mirror` also clears the mapped
-    attributes of people who leave the model."""
+    attributes of people (or objects) who leave the model, and removes relationships that
+    leave it. Default: `mirror` for `relationships`, `upsert` otherwise."""
     delete_removed: bool = False
-    """With `mirror`: delete (instead of clearing) people who leave the model."""
+    """With `mirror`: delete (instead of clearing) people or objects who leave the model."""
+    object_type_id: str | None = None
+    """`objects` and `relationships`: the Customer.io object type id, e.g. `"1"`."""
+    object_id: str | None = None
+    """`relationships`: the column holding the object id the person is related to."""
+    relationship_attributes: dict[str, FieldConfig] = Field(default_factory=dict)
+    """`relationships`: attribute name → column or field spec, stored on the relationship."""
+    on_change: list[OnChangeConfig] = Field(default_factory=list)
+    """`people` and `objects`: events fired when a mapped attribute changes value."""
     attributes: dict[str, FieldConfig] = Field(default_factory=dict)
     """`people`: attribute name → column or field spec (also accepts a list of column names)."""
     event: EventConfig | None = None
@@ -361,8 +451,11 @@ class SyncConfig(StrictModel):
     """Default null policy for this sync's fields."""
     schedule: str | None = None
     """Cron expression for `lockgate serve` (e.g. `*/15 * * * *`)."""
+    guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
+    """Circuit breakers and acknowledged contract changes; unset limits inherit
+    `defaults.guardrails` (docs/guardrails.md)."""
 
-    @field_validator("attributes", "properties", mode="before")
+    @field_validator("attributes", "properties", "relationship_attributes", mode="before")
     @classmethod
     def _fields(cls, value: Any) -> Any:
         return _expand_fields(value)
@@ -374,12 +467,14 @@ class SyncConfig(StrictModel):
             return {"file": value} if value.endswith(".sql") else {"table": value}
         return value
 
-    @field_validator("identify_by")
+    @field_validator("object_type_id", mode="before")
     @classmethod
-    def _identify(cls, value: dict[str, str]) -> dict[str, str]:
-        if not value:
-            raise ValueError("`identify_by` needs at least one identifier, e.g. `{id: user_id}`")
-        return value
+    def _type_id(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        if not str(value).isdigit():
+            raise ValueError(f"`object_type_id` is `{value}`; it is a number such as `\"1\"`")
+        return str(value)
 
     @field_validator("schedule")
     @classmethod
@@ -393,6 +488,22 @@ class SyncConfig(StrictModel):
 
     @model_validator(mode="after")
     def _kind_fields(self) -> SyncConfig:
+        if self.kind != "objects" and not self.identify_by:
+            raise ValueError("`identify_by` needs at least one identifier, e.g. `{id: user_id}`")
+        if self.kind == "objects":
+            if self.identify_by:
+                raise ValueError("an `objects` sync has no `identify_by`; `primary_key` is the id")
+            if self.primary_key is None or self.object_type_id is None:
+                raise ValueError("an `objects` sync needs `object_type_id` and `primary_key`")
+        if self.kind == "relationships":
+            if self.object_type_id is None or self.object_id is None:
+                raise ValueError("a `relationships` sync needs `object_type_id` and `object_id`")
+            if self.attributes or self.event is not None:
+                raise ValueError("use `relationship_attributes` in a `relationships` sync")
+            if self.mode == "update":
+                raise ValueError("a `relationships` sync is `upsert` or `mirror`")
+        if self.on_change and self.kind not in ("people", "objects"):
+            raise ValueError("`on_change` belongs to `people` and `objects` syncs")
         if self.kind == "people":
             if self.primary_key is None:
                 raise ValueError("a `people` sync needs `primary_key`")
@@ -403,9 +514,16 @@ class SyncConfig(StrictModel):
                 raise ValueError("an `events` sync needs `event: {name, timestamp, id}`")
             if self.attributes:
                 raise ValueError("`attributes` belong to `people` syncs; use `properties`")
-        if self.delete_removed and self.mode != "mirror":
+        if self.delete_removed and self.effective_mode != "mirror":
             raise ValueError("`delete_removed` only applies with `mode: mirror`")
         return self
+
+    @property
+    def effective_mode(self) -> str:
+        """The mode in force: as configured, else `mirror` for relationships, `upsert` others."""
+        if self.mode is not None:
+            return self.mode
+        return "mirror" if self.kind == "relationships" else "upsert"
 
     @property
     def key_columns(self) -> list[str]:
@@ -443,6 +561,8 @@ class DefaultsConfig(StrictModel):
 
     on_null: NullPolicy = "skip"
     """A null never overwrites a value unless a field says so."""
+    guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
+    """Circuit breakers for every sync (off unless set here or in a sync; docs/guardrails.md)."""
 
 
 class ProjectConfig(StrictModel):

@@ -75,8 +75,12 @@ def _batch_records(
             pending[key] = Pending(None, ident, False, "event")
             yield Record(key, b'{"id":"' + ulid + b'",' + op.encode())
         return
+    if kind == "relationships":
+        actions = ("add_relationships", "delete_relationships", "delete_relationships")
+    else:
+        actions = ("identify", "delete", "clear")
     for key, op, h, ident, gone in zip(keys, ops, hashes, idents, removed, strict=True):
-        action = "identify" if not gone else ("delete" if '"delete"' in op[:40] else "clear")
+        action = actions[0] if not gone else (actions[1] if '"delete' in op[:60] else actions[2])
         pending[key] = Pending(h, ident, gone, action)
         yield Record(key, op.encode())
 

@@ -41,10 +41,12 @@ class ChangeSet:
     backfill_sent: int = 0
     attributes_set: int = 0
     attributes_cleared: int = 0
+    held: int = 0
     rejected_samples: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    held_samples: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "rejected_samples"}
+        return {k: v for k, v in self.__dict__.items() if not k.endswith("_samples")}
 
 
 def _one(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
@@ -60,7 +62,107 @@ def _rejected(con: duckdb.DuckDBPyConnection) -> tuple[int, tuple[tuple[str, str
     return count, tuple((str(k), str(r)) for k, r in samples)
 
 
-def diff_people(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Compiled) -> ChangeSet:
+def _removal_op(sync: SyncConfig) -> tuple[str, int]:
+    """SQL (over a snapshot row ``s``) for the operation that undoes a record that left the
+    model in `mirror` mode, and how many attributes it clears."""
+    blanks = ",".join(json_key(name).strip("'") + '""' for name in sync.attributes)
+    if sync.kind == "relationships":
+        return (
+            """'{"type":"person","action":"delete_relationships","identifiers":' ||
+               json_extract(s.ident, '$.person')::varchar ||
+               ',"cio_relationships":[{"identifiers":' ||
+               json_extract(s.ident, '$.object')::varchar || '}]}'""",
+            0,
+        )
+    if sync.kind == "objects":
+        if sync.delete_removed:
+            return """'{"type":"object","action":"delete","identifiers":' || s.ident || '}'""", 0
+        return (
+            """'{"type":"object","action":"identify","identifiers":' || s.ident ||
+               ',"attributes":{"""
+            + blanks.replace("'", "''")
+            + "}}'",
+            len(sync.attributes),
+        )
+    identifiers = """case
+        when json_extract_string(s.ident, '$.id') is not null
+            then '{"id":' || to_json(json_extract_string(s.ident, '$.id')) || '}'
+        when json_extract_string(s.ident, '$.cio_id') is not null
+            then '{"cio_id":' || to_json(json_extract_string(s.ident, '$.cio_id')) || '}'
+        else '{"email":' || to_json(json_extract_string(s.ident, '$.email')) || '}'
+        end"""
+    if sync.delete_removed:
+        return (
+            f"""'{{"type":"person","action":"delete","identifiers":' || {identifiers} || '}}'""",
+            0,
+        )
+    attributes = '{"_update":true' + ("," + blanks if blanks else "") + "}"
+    return (
+        f"""'{{"type":"person","action":"identify","identifiers":' || {identifiers} ||
+            ',"attributes":{attributes.replace("'", "''")}}}'""",
+        len(sync.attributes),
+    )
+
+
+def _hold_relationships(
+    con: duckdb.DuckDBPyConnection, objects_snaps: list[str], people_snaps: list[str]
+) -> tuple[int, tuple[tuple[str, str], ...]]:
+    """Move relationships whose object or person Lockgate has not delivered yet out of
+    ``changes`` into ``held``: they are not sent and not committed, so a later run sends them
+    once both ends exist (instead of a silent failure in Customer.io's activity log)."""
+    conditions = []
+    if objects_snaps:
+        known = " union all ".join(
+            f"select json_extract_string(ident, '$.object_id') as o from {t}" for t in objects_snaps
+        )
+        conditions.append(
+            f"case when c.object_id not in ({known}) then 'object `' || c.object_id || "
+            "'` has not been synced yet' end"
+        )
+    if people_snaps:
+        known = " union all ".join(
+            f"select unnest(['id', 'email', 'cio_id']) as kind, "
+            f"unnest([json_extract_string(ident, '$.id'), "
+            f"lower(json_extract_string(ident, '$.email')), "
+            f"json_extract_string(ident, '$.cio_id')]) as value from {t}"
+            for t in people_snaps
+        )
+        person_key = "json_keys(c.person)[1]"
+        person_value = (
+            f"case when {person_key} = 'email' then lower(json_extract_string(c.person, '$.email'))"
+            f" else json_extract_string(c.person, '$.' || {person_key}) end"
+        )
+        conditions.append(
+            f"case when ({person_key}, {person_value}) not in (select kind, value from ({known})) "
+            "then 'person ' || c.person || ' has not been synced yet' end"
+        )
+    if not conditions:
+        return 0, ()
+    run_sql(
+        con,
+        f"""
+        create or replace temp table held as
+        select * from (
+            select c.k, coalesce({", ".join(conditions)}) as reason from changes c
+            where not c.removed
+        ) where reason is not null;
+        delete from changes where k in (select k from held);
+        """,
+    )
+    count = int(_one(con, "select count(*) from held") or 0)
+    samples = con.execute("select k, reason from held order by k limit 20").fetchall()
+    return count, tuple((str(k), str(r)) for k, r in samples)
+
+
+def diff_records(
+    con: duckdb.DuckDBPyConnection,
+    sync: SyncConfig,
+    compiled: Compiled,
+    *,
+    objects_snaps: list[str] | None = None,
+    people_snaps: list[str] | None = None,
+) -> ChangeSet:
+    """Diff a people, objects or relationships sync against its snapshot."""
     snap = table("snap", sync.name)
     run_sql(
         con,
@@ -70,52 +172,40 @@ def diff_people(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
     run_sql(
         con,
         """
-        update mapped set reject = coalesce(reject, 'primary key `' || d.k || '` appears '
+        update mapped set reject = coalesce(reject, 'key `' || d.k || '` appears '
                                             || d.n || ' times in the model')
         from (select k, count(*) as n from mapped group by k having count(*) > 1) d
         where mapped.k = d.k
         """,
     )
+    extra = ", m.person, m.object_id" if sync.kind == "relationships" else ""
     run_sql(
         con,
         f"""
         create or replace temp table changes as
         select m.k, m.op, m.h, m.ident, s.k is null as is_new, false as removed,
-               m.n_set, m.n_cleared
+               m.n_set, m.n_cleared{extra}
         from mapped m left join {snap} s on s.k = m.k
         where m.reject is null and (s.k is null or s.h <> m.h)
         """,
     )
+    held = 0
+    held_samples: tuple[tuple[str, str], ...] = ()
+    if sync.kind == "relationships":
+        held, held_samples = _hold_relationships(con, objects_snaps or [], people_snaps or [])
     removed = int(_one(con, f"select count(*) from {snap} s anti join mapped m on m.k = s.k") or 0)
     removed_sent = 0
-    if sync.mode == "mirror" and removed:
+    if sync.effective_mode == "mirror" and removed:
         removed_sent = removed
-        if sync.delete_removed:
-            body = '\'"action":"delete","identifiers":\' || identifiers || \'}\''
-        else:
-            blanks = ",".join(json_key(name).strip("'") + '""' for name in sync.attributes)
-            body = (
-                '\'"action":"identify","identifiers":\' || identifiers || '
-                f'\',"attributes":{{"_update":true{"," + blanks if blanks else ""}}}}}\''
-            )
+        op, cleared_each = _removal_op(sync)
+        null_extra = ", null as person, null as object_id" if extra else ""
         run_sql(
             con,
             f"""
             insert into changes
-            select k, '{{"type":"person",' || {body} as op, null as h, ident,
-                   false as is_new, true as removed, 0 as n_set,
-                   {0 if sync.delete_removed else len(sync.attributes)} as n_cleared
-            from (
-                select s.k, s.ident, case
-                    when json_extract_string(s.ident, '$.id') is not null
-                        then '{{"id":' || to_json(json_extract_string(s.ident, '$.id')) || '}}'
-                    when json_extract_string(s.ident, '$.cio_id') is not null
-                        then '{{"cio_id":'
-                             || to_json(json_extract_string(s.ident, '$.cio_id')) || '}}'
-                    else '{{"email":' || to_json(json_extract_string(s.ident, '$.email')) || '}}'
-                    end as identifiers
-                from {snap} s anti join mapped m on m.k = s.k
-            )
+            select s.k, {op} as op, null as h, s.ident, false as is_new, true as removed,
+                   0 as n_set, {cleared_each} as n_cleared{null_extra}
+            from {snap} s anti join mapped m on m.k = s.k
             """,
         )
     rejected, samples = _rejected(con)
@@ -130,19 +220,24 @@ def diff_people(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
     valid = int(_one(con, "select count(*) from mapped where reject is null") or 0)
     total = int(_one(con, "select count(*) from mapped") or 0)
     return ChangeSet(
-        kind="people",
+        kind=sync.kind,
         rows=total,
         rejected=rejected,
         to_send=sent_rows + removed_sent,
         new=new,
         changed=sent_rows - new,
-        unchanged=valid - sent_rows,
+        unchanged=valid - sent_rows - held,
         removed=removed,
         removed_sent=removed_sent,
+        held=held,
         attributes_set=attrs,
         attributes_cleared=cleared,
         rejected_samples=samples,
+        held_samples=held_samples,
     )
+
+
+diff_people = diff_records
 
 
 def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Compiled) -> ChangeSet:
@@ -201,4 +296,4 @@ def sample_ops(con: duckdb.DuckDBPyConnection, limit: int = 3) -> list[tuple[str
     return [(str(k), str(op)) for k, op in rows]
 
 
-__all__ = ["ChangeSet", "diff_events", "diff_people", "lit", "sample_ops"]
+__all__ = ["ChangeSet", "diff_events", "diff_people", "diff_records", "lit", "sample_ops"]

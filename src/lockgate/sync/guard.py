@@ -4,25 +4,45 @@
 `lockgate plan`). When one is breached and the run is not forced, ``enforce`` raises
 :class:`~lockgate.errors.ContractError` saying which limit, by how much, with sample rows,
 before a single record is delivered.
+
+The guardrails (docs/guardrails.md):
+
+- **identifier changed**: `identify_by` or `primary_key` differ from the last committed run
+  (``--force`` once to accept: the run then records the new ones);
+- **type drift**: a column the sync reads changed type family (timestamp, number, string,
+  boolean, json, nested...) since the last committed run; only acknowledging it in
+  ``guardrails.accept_type_changes`` lets the sync run again (``--force`` does not);
+- **circuit breakers** (`max_changed`, `max_cleared`, `max_removed` for people,
+  `max_events` for events): a share of the previous snapshot (skipped on a first run) or a
+  count; ``--force`` overrides them for one run.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
+import orjson
 
 from lockgate.errors import ContractError
 from lockgate.project.loader import Project
-from lockgate.project.models import SyncConfig
-from lockgate.state.store import StateStore
+from lockgate.project.models import GuardrailsConfig, SyncConfig
+from lockgate.state import contract
+from lockgate.state.store import StateStore, table
 from lockgate.sync.diff import ChangeSet
+from lockgate.sync.mapping import q
+
+SAMPLES = 5
 
 
 @dataclass(frozen=True)
 class GuardResult:
-    """One guardrail's verdict on this run."""
+    """One guardrail's verdict on this run.
+
+    ``forceable`` is false for a breach that only a config change can accept (type drift).
+    """
 
     name: str
     limit: str
@@ -30,6 +50,7 @@ class GuardResult:
     breached: bool
     detail: str = ""
     samples: tuple[str, ...] = field(default_factory=tuple)
+    forceable: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -37,9 +58,196 @@ class GuardResult:
             "limit": self.limit,
             "actual": self.actual,
             "breached": self.breached,
+            "forceable": self.forceable,
             "detail": self.detail,
             "samples": list(self.samples),
         }
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A sync's guardrails with `defaults.guardrails` filled in."""
+
+    max_changed: int | str | None
+    max_cleared: int | str | None
+    max_removed: int | str | None
+    max_events: int | str | None
+    accept_type_changes: dict[str, str]
+
+
+def limits(project: Project, sync: SyncConfig) -> Limits:
+    """The effective guardrails of a sync: its own, else the project's defaults."""
+    own: GuardrailsConfig = sync.guardrails
+    base: GuardrailsConfig = project.config.defaults.guardrails
+
+    def pick(name: str) -> int | str | None:
+        value = getattr(own, name)
+        return value if value is not None else getattr(base, name)
+
+    return Limits(
+        max_changed=pick("max_changed"),
+        max_cleared=pick("max_cleared"),
+        max_removed=pick("max_removed"),
+        max_events=pick("max_events"),
+        accept_type_changes={**base.accept_type_changes, **own.accept_type_changes},
+    )
+
+
+def columns_read(sync: SyncConfig) -> list[str]:
+    """Every model column the sync's mapping reads."""
+    cols: list[str] = [*sync.identify_by.values(), *sync.key_columns]
+    fields = {**sync.attributes, **sync.properties, **getattr(sync, "relationship_attributes", {})}
+    for name, spec in fields.items():
+        if spec.value is None:
+            cols.append(spec.column or name)
+    if sync.event is not None:
+        cols += [c for c in (sync.event.name.column, sync.event.timestamp) if c]
+        cols += [sync.event.id.column] if sync.event.id.column else list(sync.event.id.hash or [])
+    object_id = getattr(sync, "object_id", None)
+    if isinstance(object_id, str):
+        cols.append(object_id)
+    return list(dict.fromkeys(cols))
+
+
+def type_family(duckdb_type: str) -> str:
+    """The family of a DuckDB type: a change within one family (INTEGER → BIGINT) is not
+    drift, a change across families (TIMESTAMP → VARCHAR) is."""
+    t = duckdb_type.upper()
+    if t.endswith("[]") or t.startswith(("STRUCT", "MAP", "UNION", "LIST")):
+        return "nested"
+    if t.startswith(("TIMESTAMP", "DATE")):
+        return "timestamp"
+    if t.startswith(("TIME", "INTERVAL")):
+        return t.split("(")[0].split(" ")[0].lower()
+    if t.startswith("BOOL"):
+        return "boolean"
+    if t.startswith(
+        ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINY", "USMALL", "UINT")
+    ) or t.startswith(("UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "DECIMAL", "REAL", "NUMERIC")):
+        return "number"
+    if t.startswith(("VARCHAR", "UUID", "CHAR", "TEXT", "STRING")):
+        return "string"
+    if t.startswith("JSON"):
+        return "json"
+    return t.lower()
+
+
+def _limit_text(limit: int | str) -> str:
+    return limit if isinstance(limit, str) else f"{limit:,}"
+
+
+def _breaker(
+    name: str,
+    limit: int | str | None,
+    count: int,
+    base: int,
+    unit: str,
+    base_text: str,
+    samples: Any,
+) -> GuardResult | None:
+    """One circuit breaker: ``count`` against ``limit`` (a share of ``base`` or a count)."""
+    if limit is None or limit == "off":
+        return None
+    if isinstance(limit, str):
+        if base <= 0:
+            return GuardResult(
+                name,
+                limit,
+                f"{count:,} (skipped: no previous snapshot)",
+                False,
+                "a share needs a previous committed run; this is the first (or a full resync)",
+            )
+        allowed = math.floor(float(limit.rstrip("%")) / 100 * base)
+        actual = f"{count:,} of {base_text} ({count / base:.1%})"
+    else:
+        allowed = limit
+        actual = f"{count:,}"
+    if count <= allowed:
+        return GuardResult(name, _limit_text(limit), actual, False)
+    over = count - allowed
+    return GuardResult(
+        name,
+        _limit_text(limit),
+        actual,
+        True,
+        f"{count:,} {unit} would be sent where the limit allows {allowed:,}: {over:,} over.",
+        tuple(samples()),
+    )
+
+
+def _attrs(op: str) -> dict[str, Any]:
+    doc = orjson.loads(op)
+    attributes = doc.get("attributes") if isinstance(doc, dict) else None
+    return attributes if isinstance(attributes, dict) else {}
+
+
+def _clip(text: str, width: int = 120) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _identity(sync: SyncConfig, last: contract.Contract | None) -> GuardResult | None:
+    if last is None:
+        return None
+    was = {"identify_by": last.identify_by, "primary_key": last.key_columns}
+    now = {"identify_by": dict(sync.identify_by), "primary_key": sync.key_columns}
+    changed = [k for k in was if was[k] != now[k]]
+    if not changed:
+        return GuardResult("identifier unchanged", "same as last run", "unchanged", False)
+    parts = [
+        f"`{k}` was {orjson.dumps(was[k]).decode()}, now {orjson.dumps(now[k]).decode()}"
+        for k in changed
+    ]
+    return GuardResult(
+        "identifier changed",
+        "same as last run",
+        "; ".join(parts),
+        True,
+        f"since run {last.run_id}: {'; '.join(parts)}. People would be addressed (and may be "
+        "created) under different identifiers.",
+    )
+
+
+def _types(
+    con: duckdb.DuckDBPyConnection,
+    sync: SyncConfig,
+    last: contract.Contract | None,
+    accepted: dict[str, str],
+) -> GuardResult | None:
+    if last is None or not last.columns:
+        return None
+    current = {str(r[0]): str(r[1]) for r in con.execute("describe model").fetchall()}
+    drift: list[tuple[str, str, str]] = []
+    for column in columns_read(sync):
+        before, after = last.columns.get(column), current.get(column)
+        if before is None or after is None or type_family(before) == type_family(after):
+            continue
+        ack = accepted.get(column)
+        if ack is not None and ack.strip().upper() in (after.upper(), type_family(after).upper()):
+            continue
+        drift.append((column, before, after))
+    if not drift:
+        return GuardResult("column types", "unchanged or accepted", "unchanged", False)
+    column, before, after = drift[0]
+    samples = [
+        f"`{column}` = {_clip(str(v[0]), 60)!r}"
+        for v in con.execute(
+            f"select distinct {q(column)}::varchar from model where {q(column)} is not null "
+            f"limit {SAMPLES}"
+        ).fetchall()
+    ]
+    changes = ", ".join(f"`{c}` {b} → {a}" for c, b, a in drift)
+    accept = ", ".join(f"{c}: {a}" for c, _, a in drift)
+    return GuardResult(
+        "type drift",
+        "unchanged or accepted",
+        changes,
+        True,
+        f"since run {last.run_id} the model's types changed: {changes}. Acknowledge it in the "
+        f"sync's `guardrails: {{accept_type_changes: {{{accept}}}}}` once the mapping is "
+        "right for the new type.",
+        tuple(samples),
+        forceable=False,
+    )
 
 
 def check(
@@ -50,17 +258,92 @@ def check(
     changes: ChangeSet,
 ) -> list[GuardResult]:
     """Evaluate every guardrail that applies to this sync; sends and writes nothing."""
-    return []
+    lim = limits(project, sync)
+    last = contract.last(con, sync.name)
+    results: list[GuardResult | None] = [
+        _identity(sync, last),
+        _types(con, sync, last, lim.accept_type_changes),
+    ]
+    if sync.kind == "people":
+        snap = table("snap", sync.name)
+        base = int(con.execute(f"select count(*) from {snap}").fetchall()[0][0])
+        n_attrs = len(sync.attributes)
+
+        def changed() -> list[str]:
+            rows = con.execute(
+                f"select k, op from changes where not is_new and not removed order by k "
+                f"limit {SAMPLES}"
+            ).fetchall()
+            return [f"{k}: {_clip(orjson.dumps(_attrs(op)).decode())}" for k, op in rows]
+
+        def cleared() -> list[str]:
+            rows = con.execute(
+                f"select k, op from changes where n_cleared > 0 order by k limit {SAMPLES}"
+            ).fetchall()
+            out = []
+            for k, op in rows:
+                names = [n for n, v in _attrs(op).items() if v == ""]
+                out.append(f"{k}: clears {', '.join(names)}")
+            return out
+
+        def removed() -> list[str]:
+            rows = con.execute(
+                f"select s.k, s.ident from {snap} s anti join mapped m on m.k = s.k "
+                f"order by s.k limit {SAMPLES}"
+            ).fetchall()
+            return [f"{k} {ident}" for k, ident in rows]
+
+        people = f"{base:,} people"
+        results += [
+            _breaker(
+                "max_changed", lim.max_changed, changes.changed, base, "changed people",
+                people, changed,
+            ),
+            _breaker(
+                "max_cleared",
+                lim.max_cleared,
+                changes.attributes_cleared,
+                base * n_attrs,
+                "cleared attribute values",
+                f"{base:,} people × {n_attrs} attributes",
+                cleared,
+            ),
+            _breaker(
+                "max_removed", lim.max_removed, changes.removed, base, "removed people",
+                people, removed,
+            ),
+        ]  # fmt: skip
+    elif sync.kind == "events":
+
+        def events() -> list[str]:
+            rows = con.execute(f"select k, op from changes order by ts, k limit {SAMPLES}")
+            return [
+                f"{k}: {orjson.loads(b'{' + op.encode()).get('name')}" for k, op in rows.fetchall()
+            ]
+
+        results.append(
+            _breaker("max_events", lim.max_events, changes.to_send, 0, "events", "", events)
+        )
+    return [r for r in results if r is not None]
 
 
 def enforce(sync: SyncConfig, results: list[GuardResult], *, force: bool) -> None:
-    """Stop the run when a guardrail is breached, unless `--force`."""
-    breached = [r for r in results if r.breached]
-    if not breached or force:
+    """Stop the run when a guardrail is breached, unless `--force` (which never overrides
+    a breach that is not ``forceable``: type drift needs a config change)."""
+    breached = [r for r in results if r.breached and (r.forceable is False or not force)]
+    if not breached:
         return
+    breached.sort(key=lambda r: r.forceable)
     first = breached[0]
     more = f" (and {len(breached) - 1} more)" if len(breached) > 1 else ""
     samples = f"; e.g. {', '.join(first.samples[:5])}" if first.samples else ""
+    if not first.forceable:
+        raise ContractError(
+            f"sync `{sync.name}` stopped before sending anything: {first.name}: {first.actual}"
+            f"{more}. {first.detail}{samples}",
+            hint=f"fix the model, or acknowledge the change under `guardrails:` in the sync "
+            f"file (`--force` does not override {first.name})",
+        )
     raise ContractError(
         f"sync `{sync.name}` stopped before sending anything: {first.name} is {first.actual}, "
         f"over the limit of {first.limit}{more}. {first.detail}{samples}",

@@ -303,7 +303,7 @@ def compile_people(sync: SyncConfig, columns: dict[str, str], default_on_null: s
     )
     fields = Fields()
     identifiers, ident, checks = identifier_sql(sync, columns, fields)
-    if sync.mode == "update":
+    if sync.effective_mode == "update":
         fields.fragments.append("'\"_update\":true'")
     email_col = next((c for t, c in sync.identify_by.items() if t == "email"), None)
     if email_col and "email" not in sync.attributes:
@@ -436,3 +436,90 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
         f"from {middle}"
     )
     return Compiled(select, tuple(dict.fromkeys(used)))
+
+
+MAX_OBJECT_ID_BYTES = 150
+MAX_OBJECT_ATTRIBUTES_BYTES = 100_000
+
+
+def _require(sync: SyncConfig, column: str, what: str, columns: dict[str, str]) -> None:
+    if column not in columns:
+        raise ConfigError(
+            f"sync `{sync.name}`: {what} column `{column}` is not in the model",
+            hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
+        )
+
+
+def compile_objects(sync: SyncConfig, columns: dict[str, str], default_on_null: str) -> Compiled:
+    """The SELECT producing (k, op, ident, reject, n_set, n_cleared) for an objects sync.
+
+    ``k`` is the object id; ``ident`` the object's Track identifiers
+    (``{"object_type_id": "1", "object_id": "acme"}``).
+    """
+    assert sync.object_type_id is not None
+    key_column = sync.key_columns[0]
+    _require(sync, key_column, "object id (`primary_key`)", columns)
+    fields = Fields()
+    fields.computed.append(("__obj", f"nullif(trim({q(key_column)}::varchar), '')"))
+    for name, spec in sync.attributes.items():
+        fields.add(sync.name, name, spec, columns, sync.on_null or default_on_null)
+    attributes = _object(fields.fragments)
+    type_id = orjson.dumps(sync.object_type_id).decode()
+    ident = f"'{{\"object_type_id\":{type_id},\"object_id\":' || to_json(__obj) || '}}'"
+    checks = [
+        f"case when __obj is null then {lit(f'column `{key_column}`: object id is null')} end",
+        f"case when strlen(__obj) > {MAX_OBJECT_ID_BYTES} then "
+        f"{lit(f'column `{key_column}`: object id is over {MAX_OBJECT_ID_BYTES} bytes')} end",
+        *fields.checks,
+        f"case when strlen({attributes}) > {MAX_OBJECT_ATTRIBUTES_BYTES} then "
+        f"{lit(f'attributes are over {MAX_OBJECT_ATTRIBUTES_BYTES} bytes in total')} end",
+    ]
+    op = (
+        f'\'{{"type":"object","action":"identify","identifiers":\' || {ident} || '
+        f"',\"attributes\":' || {attributes} || '}}'"
+    )
+    select = (
+        f"select coalesce(__obj, '(null object id)') as k, {op} as op, {ident} as ident, "
+        f"coalesce({', '.join(checks)}) as reject, "
+        f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared "
+        f"from {fields.inner_select()}"
+    )
+    return Compiled(select, (key_column, *fields.columns))
+
+
+def compile_relationships(
+    sync: SyncConfig, columns: dict[str, str], default_on_null: str
+) -> Compiled:
+    """The SELECT producing (k, op, ident, reject, n_set, n_cleared, person, object_id) for a
+    relationships sync: one person-side `add_relationships` per person-object pair.
+
+    ``ident`` holds the person's identifiers and the object's, so a relationship that leaves
+    the model can be deleted; ``person`` is the identifiers object used (``{"id": "42"}``).
+    """
+    assert sync.object_type_id is not None and sync.object_id is not None
+    _require(sync, sync.object_id, "object id (`object_id`)", columns)
+    fields = Fields()
+    identifiers, _, checks = identifier_sql(sync, columns, fields)
+    fields.computed.append(("__obj", f"nullif(trim({q(sync.object_id)}::varchar), '')"))
+    for name, spec in sync.relationship_attributes.items():
+        fields.add(sync.name, name, spec, columns, sync.on_null or default_on_null)
+    type_id = orjson.dumps(sync.object_type_id).decode()
+    obj = f"'{{\"object_type_id\":{type_id},\"object_id\":' || to_json(__obj) || '}}'"
+    ident = f"'{{\"person\":' || {identifiers} || ',\"object\":' || {obj} || '}}'"
+    checks += [
+        f"case when __obj is null then {lit(f'column `{sync.object_id}`: object id is null')} end",
+        *fields.checks,
+    ]
+    op = (
+        f'\'{{"type":"person","action":"add_relationships","identifiers":\' || '
+        f'{identifiers} || \',"cio_relationships":[{{"identifiers":\' || {obj} || '
+        f"',\"relationship_attributes\":' || {_object(fields.fragments)} || '}}]}}'"
+    )
+    select = (
+        f"select coalesce({identifiers} || ' ' || __obj, '(no person or object)') as k, "
+        f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
+        f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared, "
+        f"{identifiers} as person, __obj as object_id "
+        f"from {fields.inner_select()}"
+    )
+    return Compiled(select, (*sync.identify_by.values(), sync.object_id, *fields.columns))

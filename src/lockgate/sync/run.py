@@ -27,7 +27,7 @@ from lockgate.errors import LockgateError, StepError
 from lockgate.project.loader import Project
 from lockgate.project.models import SyncConfig, resolve_env
 from lockgate.sources import connect
-from lockgate.state.store import StateStore
+from lockgate.state.store import StateStore, table
 from lockgate.sync import diff as diff_step
 from lockgate.sync import guard as guard_step
 from lockgate.sync import mapping
@@ -142,7 +142,7 @@ def _prepare(
     if recovered:
         console.warn(f"{sync.name}: recovered {recovered} records delivered by an interrupted run")
     with step("extract"):
-        source = connect(project.config.sources[sync.source], root=project.root)
+        source = connect(project.config.sources[sync.source], root=project.root, name=sync.source)
         try:
             with console.progress(f"extract {sync.name}", None) as advance:
                 staged = stage(
@@ -150,21 +150,54 @@ def _prepare(
                 )
         finally:
             source.close()
+    on_null = project.config.defaults.on_null
     with step("map"):
         if sync.kind == "people":
-            compiled = mapping.compile_people(sync, staged.columns, project.config.defaults.on_null)
+            compiled = mapping.compile_people(sync, staged.columns, on_null)
+        elif sync.kind == "objects":
+            compiled = mapping.compile_objects(sync, staged.columns, on_null)
+        elif sync.kind == "relationships":
+            compiled = mapping.compile_relationships(sync, staged.columns, on_null)
         else:
             compiled = mapping.compile_events(sync, staged.columns, now)
     with step("diff"):
-        if full_resync and sync.kind == "people":
+        if full_resync and sync.kind != "events":
             store.reset_sync(sync.name)
-        if sync.kind == "people":
-            changes = diff_step.diff_people(store.con, sync, compiled)
-        else:
+        if sync.kind == "events":
             changes = diff_step.diff_events(store.con, sync, compiled)
+        else:
+            objects_snaps, people_snaps = _related_snapshots(store, project, sync)
+            changes = diff_step.diff_records(
+                store.con, sync, compiled, objects_snaps=objects_snaps, people_snaps=people_snaps
+            )
     with step("guard"):
         guards = guard_step.check(store.con, store, project, sync, changes)
     return changes, recovered, guards
+
+
+def _related_snapshots(
+    store: StateStore, project: Project, sync: SyncConfig
+) -> tuple[list[str], list[str]]:
+    """For a relationships sync: the snapshots of the project's objects syncs of the same type
+    and of its people syncs, which tell whether both ends of a relationship exist yet."""
+    if sync.kind != "relationships":
+        return [], []
+    objects, people = [], []
+    for other in project:
+        if other.destination != sync.destination:
+            continue
+        if other.kind == "objects" and other.object_type_id == sync.object_type_id:
+            store.ensure_sync_tables(other.name)
+            objects.append(table("snap", other.name))
+        elif other.kind == "people":
+            store.ensure_sync_tables(other.name)
+            people.append(table("snap", other.name))
+    return objects, people
+
+
+#: `sync --all` runs objects before people before relationships before events, so the
+#: things a relationship points to exist before it is sent
+KIND_ORDER = {"objects": 0, "people": 1, "relationships": 2, "events": 3}
 
 
 def _samples(store: StateStore, kind: str, limit: int) -> tuple[dict[str, Any], ...]:

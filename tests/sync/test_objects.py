@@ -1,0 +1,141 @@
+"""Objects and relationships: companies as Customer.io objects, memberships as relationships."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lockgate.console import NullConsole
+from lockgate.sync.run import plan_sync, run_sync
+
+ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
+
+COMPANIES = """
+name: companies
+source: warehouse
+model: {table: companies}
+kind: objects
+object_type_id: "1"
+primary_key: company_id
+attributes: {name: name, plan: plan, seats: {column: seats, type: integer}}
+"""
+
+PEOPLE = """
+name: people
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes: [first_name]
+"""
+
+MEMBERSHIPS = """
+name: memberships
+source: warehouse
+model: {table: members}
+kind: relationships
+object_type_id: "1"
+object_id: company_id
+identify_by: {id: user_id}
+relationship_attributes: {role: role}
+"""
+
+
+def seed(factory: ProjectFactory) -> None:
+    factory.sql(
+        """
+        create or replace table companies as select * from (values
+          ('acme', 'Acme', 'pro', 25), ('globex', 'Globex', 'free', 3)
+        ) t(company_id, name, plan, seats);
+        create or replace table users as select * from (values
+          (1, 'Ada'), (2, 'Grace'), (3, 'Linus')
+        ) t(user_id, first_name);
+        create or replace table members as select * from (values
+          (1, 'acme', 'admin'), (2, 'acme', 'member'), (3, 'globex', 'owner')
+        ) t(user_id, company_id, role);
+        """
+    )
+
+
+def rels(emu: Any) -> set[tuple[str | None, str, str, Any]]:
+    by_cio = {p.cio_id: p.id for p in emu.people()}
+    return {
+        (by_cio.get(r.person), r.object_type_id, r.object_id, r.attributes.get("role"))
+        for r in emu.relationships()
+    }
+
+
+def run_all(project: Any) -> dict[str, Any]:
+    from lockgate.sync.run import KIND_ORDER
+
+    names = sorted(project.syncs, key=lambda n: KIND_ORDER[project.syncs[n].kind])
+    return {n: run_sync(project, n, console=NullConsole()) for n in names}
+
+
+def test_objects_and_relationships_land_in_customerio(project_factory: ProjectFactory) -> None:
+    seed(project_factory)
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    reports = run_all(project)
+    assert all(r.status == "success" for r in reports.values())
+    emu = project_factory.emulator
+    objects = {(o.object_type_id, o.object_id): o.attributes for o in emu.objects()}
+    assert objects[("1", "acme")] == {"name": "Acme", "plan": "pro", "seats": 25}
+    assert rels(emu) == {
+        ("1", "1", "acme", "admin"),
+        ("2", "1", "acme", "member"),
+        ("3", "1", "globex", "owner"),
+    }
+
+
+def test_changed_attributes_and_removed_relationships(project_factory: ProjectFactory) -> None:
+    seed(project_factory)
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    project_factory.sql(
+        "update members set role = 'owner' where user_id = 2; delete from members where user_id = 3"
+    )
+    plan = plan_sync(project, "memberships", console=NullConsole())
+    assert (plan.changes.changed, plan.changes.removed, plan.changes.removed_sent) == (1, 1, 1)
+    report = run_sync(project, "memberships", console=NullConsole())
+    assert report.delivered == 2
+    assert rels(project_factory.emulator) == {
+        ("1", "1", "acme", "admin"),
+        ("2", "1", "acme", "owner"),
+    }
+
+
+def test_relationship_waits_for_its_object_and_person(project_factory: ProjectFactory) -> None:
+    seed(project_factory)
+    project_factory.sql("insert into members values (1, 'initech', 'admin'), (9, 'acme', 'guest')")
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    reports = run_all(project)
+    memberships = reports["memberships"]
+    assert memberships.changes.held == 2
+    held = dict(memberships.changes.held_samples)
+    assert "object `initech` has not been synced yet" in held['{"id":"1"} initech']
+    assert "has not been synced yet" in held['{"id":"9"} acme']
+    emu = project_factory.emulator
+    assert ("1", "1", "initech", "admin") not in rels(emu)
+
+    # the object arrives later: the held relationship goes out on the next run, once
+    project_factory.sql("insert into companies values ('initech', 'Initech', 'pro', 9)")
+    again = run_all(project)
+    assert again["memberships"].delivered == 1 and again["memberships"].changes.held == 1
+    assert ("1", "1", "initech", "admin") in rels(emu)
+    assert run_sync(project, "memberships", console=NullConsole()).changes.to_send == 0
+
+
+def test_objects_mirror_delete(project_factory: ProjectFactory) -> None:
+    seed(project_factory)
+    mirror = COMPANIES + "mode: mirror\ndelete_removed: true\n"
+    project = project_factory.write({"companies": mirror})
+    run_sync(project, "companies", console=NullConsole())
+    project_factory.sql("delete from companies where company_id = 'globex'")
+    run_sync(project, "companies", console=NullConsole())
+    assert {o.object_id for o in project_factory.emulator.objects()} == {"acme"}
