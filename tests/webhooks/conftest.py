@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,10 +13,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 
 from lockgate.project.loader import Project, load_project
 from lockgate.webhooks.app import create_app
+from lockgate.webhooks.loop import serving
 from lockgate.webhooks.spool import Spool
 from lockgate.webhooks.verify import sign
 
@@ -51,23 +49,8 @@ def spool(project: Project) -> Iterator[Spool]:
     s.close()
 
 
-@contextlib.contextmanager
-def running(app: Any) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn on a loopback port in a thread; yield its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+running = serving
+"""Serve an ASGI app on a loopback port in a thread (the library's own helper)."""
 
 
 @pytest.fixture

@@ -195,9 +195,7 @@ def _variant_data(variant: str, rng: random.Random, delivery_id: str) -> dict[st
     raise ValueError(f"unknown variant `{variant}`; use one of {', '.join(VARIANTS)}")
 
 
-def _extra(
-    object_type: str, key: str, person: PersonLike, rng: random.Random, content: bool
-) -> Any:
+def _extra(object_type: str, key: str, person: PersonLike, rng: random.Random) -> Any:
     if key == _RECIPIENT:
         if object_type == "email":
             return person.email or f"{person.id}@example.com"
@@ -267,7 +265,7 @@ def make_event(
         data["customer_id"] = person.id or ""
         data["identifiers"] = _identifiers(person)
         for key in REQUIRED.get(object_type, {}).get(metric, ()):
-            data[key] = _extra(object_type, key, person, rng, with_content)
+            data[key] = _extra(object_type, key, person, rng)
         if metric == "opened" and object_type == "email":
             data.update(proxied=False, prefetched=False, synthetic=False)
         if metric == "clicked" and object_type == "email":
