@@ -1,0 +1,836 @@
+"""Sync benchmark (issue 3): a 1,000,000-person, 20-column DuckDB model into the emulator.
+
+Everything that is timed runs as its own process, measured whole (Python start-up included):
+wall time from ``time.perf_counter`` around the process, peak memory from ``os.wait4`` rusage
+(``ru_maxrss``). The emulator runs as a separate process (``lockgate emulator --rate-limit 0``,
+so its Track limiter never paces anyone; Lockgate itself is configured at ``rate_limit:
+1000/s``).
+
+1. Lockgate full sync: ``lockgate sync people --json`` on a fresh state.
+2. Lockgate incremental sync: 1% of the rows updated in the warehouse, then the same command.
+   Its time is compared with the floor for detecting change: DuckDB alone scanning the model
+   and hashing every row (``select sum(hash(...)) from people`` on a fresh connection).
+3. Snapshot diff: Lockgate's diff (a DuckDB join of (key, hash) tables, as in
+   ``lockgate.sync.diff``) against building two Python dicts key -> hash from the same data and
+   diffing them.
+4. Memory flatness: ``lockgate plan people --json`` (extract + map + diff, nothing sent) on a
+   fresh state at N rows and at 10x N rows; peak RSS of each and their ratio.
+5. Hand-written baseline: a script using the official ``customerio`` client (its own venv,
+   ``.venv-baseline``: customerio + duckdb) reads the model from DuckDB and calls
+   ``identify()`` once per row, for a bounded time; the rate is extrapolated to N rows.
+6. drt (``drt-core``, its own venv ``.venv-drt``): ``drt run`` with a DuckDB profile and a
+   ``rest_api`` destination in ``body_mode: batch`` POSTing Track v2 ``/api/v2/batch`` bodies
+   rendered by a Jinja ``batch_template``. Bounded in time: when it runs past
+   ``--drt-seconds`` it is stopped and its rate (records the emulator ingested / elapsed) is
+   extrapolated to N rows.
+
+Usage::
+
+    .venv/bin/python bench/sync.py                              # 1M rows (+10M plan), ~30 min
+    .venv/bin/python bench/sync.py --rows 100000 --skip-10m --baseline-seconds 5
+
+Venvs (created on first use when missing): ``.venv-baseline`` (``pip install customerio duckdb``)
+and ``.venv-drt`` (``pip install 'drt-core[duckdb]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from lockgate.emulator.config import DEFAULT_API_KEY, DEFAULT_SITE_ID
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCKGATE = Path(sys.executable).with_name("lockgate")
+BASELINE_VENV = ROOT / ".venv-baseline"
+DRT_VENV = ROOT / ".venv-drt"
+AUTH = (DEFAULT_SITE_ID, DEFAULT_API_KEY)
+CHANGED_FRACTION = 100  # 1 row in 100 changes before the incremental run
+
+console = Console(highlight=False, width=150)
+
+# -- the model --------------------------------------------------------------------------------
+
+#: the 20 mapped columns besides `id` and `email`: name -> (SQL expression over `i`, Lockgate type)
+COLUMNS: dict[str, tuple[str, str]] = {
+    "first_name": ("'first-' || (i % 5003)::varchar", "string"),
+    "last_name": ("'last-' || (i % 7919)::varchar", "string"),
+    "city": ("['Oslo','Bergen','Trondheim','Paris','Lyon','Berlin','Munich'][1 + i % 7]", "string"),
+    "country": ("['NO','FR','DE','US','GB'][1 + i % 5]", "string"),
+    "plan": ("['free','starter','pro','enterprise'][1 + (i // 3) % 4]", "string"),
+    "company": ("'company-' || (i % 100003)::varchar", "string"),
+    "seats": ("(i % 250)::integer", "integer"),
+    "logins": ("(hash(i, 1) % 100000)::bigint", "integer"),
+    "age": ("(18 + i % 60)::integer", "integer"),
+    "projects": ("(i % 37)::integer", "integer"),
+    "mrr": ("round((hash(i, 2) % 1000000) / 100.0, 2)::double", "number"),
+    "ltv": ("round((hash(i, 3) % 10000000) / 100.0, 2)::double", "number"),
+    "score": ("((hash(i, 4) % 1000) / 1000.0)::double", "number"),
+    "is_vip": ("i % 17 = 0", "boolean"),
+    "marketing_opt_in": ("i % 3 <> 0", "boolean"),
+    "beta_tester": ("i % 11 = 0", "boolean"),
+    "signed_up_at": (
+        "timestamp '2020-01-01' + to_seconds((hash(i, 5) % 150000000)::bigint)",
+        "timestamp",
+    ),
+    "last_seen_at": (
+        "timestamp '2025-01-01' + to_seconds((hash(i, 6) % 30000000)::bigint)",
+        "timestamp",
+    ),
+    "trial_ends_on": ("date '2026-01-01' + (i % 365)::integer", "date"),
+    "birthday": ("date '1960-01-01' + (hash(i, 7) % 15000)::integer", "date"),
+}
+assert len(COLUMNS) == 20
+
+
+def build_warehouse(path: Path, rows: int) -> float:
+    """Create ``people`` with ``rows`` rows in a fresh DuckDB file; returns seconds taken."""
+    path.unlink(missing_ok=True)
+    started = time.perf_counter()
+    con = duckdb.connect(str(path))
+    try:
+        cols = ",\n".join(f"{expr} as {name}" for name, (expr, _) in COLUMNS.items())
+        con.execute(
+            f"""
+            create table people as
+            select i as id, 'user-' || i::varchar || '@example.com' as email,
+                   {cols}
+            from range({rows}) t(i)
+            """
+        )
+        con.execute("checkpoint")
+    finally:
+        con.close()
+    return time.perf_counter() - started
+
+
+def change_one_percent(path: Path) -> int:
+    """Touch 1% of the rows (two columns each); returns how many rows changed."""
+    con = duckdb.connect(str(path))
+    try:
+        changed = con.execute(
+            f"""
+            update people set logins = logins + 1, last_seen_at = last_seen_at + interval 1 hour
+            where id % {CHANGED_FRACTION} = 7
+            """
+        ).fetchall()[0][0]
+        con.execute("checkpoint")
+    finally:
+        con.close()
+    return int(changed)
+
+
+HASH_COLUMNS = ", ".join(["id", "email", *COLUMNS])
+
+
+def scan_and_hash(path: Path) -> float:
+    """The floor for detecting change: DuckDB alone, fresh connection, scan + hash every row."""
+    started = time.perf_counter()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        con.execute(f"select sum(hash({HASH_COLUMNS})) from people").fetchall()
+    finally:
+        con.close()
+    return time.perf_counter() - started
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A finished process: wall seconds, peak RSS (bytes), exit status, output."""
+
+    seconds: float
+    peak_rss: int
+    returncode: int
+    stdout: str
+    stderr: str
+    killed: bool = False
+
+
+def run_measured(
+    args: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    cwd: Path | None = None,
+) -> Proc:
+    """Run a process to the end (or SIGTERM it after ``timeout``); whole-process figures."""
+    out = tempfile.TemporaryFile()
+    err = tempfile.TemporaryFile()
+    started = time.perf_counter()
+    proc = subprocess.Popen(args, env=env, stdout=out, stderr=err, cwd=cwd)
+    killed = False
+    if timeout is None:
+        _, status, usage = os.wait4(proc.pid, 0)
+    else:
+        deadline = started + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                os.kill(proc.pid, signal.SIGTERM)  # not send_signal: it polls (reaps)
+                killed = True
+                try:
+                    _, status, usage = _wait4_within(proc.pid, 15)
+                except TimeoutError:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    _, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.05)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
+    out.seek(0)
+    err.seek(0)
+    return Proc(
+        seconds,
+        usage.ru_maxrss * 1024,
+        proc.returncode,
+        out.read().decode(errors="replace"),
+        err.read().decode(errors="replace"),
+        killed,
+    )
+
+
+def _wait4_within(pid: int, seconds: float) -> tuple[int, int, Any]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        got = os.wait4(pid, os.WNOHANG)
+        if got[0]:
+            return got
+        time.sleep(0.05)
+    raise TimeoutError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+LAUNCHER = textwrap.dedent(
+    """
+    import socket, sys, uvicorn
+    from lockgate.emulator import Emulator, EmulatorConfig
+    port = int(sys.argv[1])
+    emu = Emulator(EmulatorConfig(track_rate_limit=None))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it
+    sock.bind(("127.0.0.1", port))
+    uvicorn.Server(uvicorn.Config(emu.app, log_level="warning", access_log=False,
+                                  lifespan="off")).run(sockets=[sock])
+    """
+)
+
+
+@contextlib.contextmanager
+def emulator(*, cli: bool = False) -> Iterator[str]:
+    """The emulator in its own process, Track rate limit off; yields its base URL.
+
+    By default a small launcher serves ``Emulator(...).app`` with uvicorn on a TCP_NODELAY
+    listener (as ``bench/delivery.py`` does); ``cli=True`` runs ``lockgate emulator`` as
+    shipped, whose listener lacks TCP_NODELAY, so every response waits ~40 ms for the client's
+    delayed ACK: that would mostly penalise the one-call-per-row baseline.
+    """
+    port = free_port()
+    log = tempfile.TemporaryFile()
+    if cli:
+        args = [str(LOCKGATE), "emulator", "--port", str(port), "--rate-limit", "0"]
+    else:
+        args = [sys.executable, "-c", LAUNCHER, str(port)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/_emulator/stats", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"emulator did not start: {log.read()[-2000:]!r}") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def ingested(url: str) -> int:
+    return int(httpx.get(f"{url}/_emulator/stats", timeout=120).json()["records_ingested"])
+
+
+def reset(url: str) -> None:
+    httpx.post(f"{url}/_emulator/reset", timeout=120).raise_for_status()
+
+
+def track_env() -> dict[str, str]:
+    return {**os.environ, "CUSTOMERIO_SITE_ID": AUTH[0], "CUSTOMERIO_API_KEY": AUTH[1]}
+
+
+def ensure_venv(venv: Path, *packages: str) -> Path:
+    python = venv / "bin" / "python"
+    if not python.exists():
+        console.print(f"creating {venv.name} ({' '.join(packages)})")
+        subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *packages], check=True)
+    return python
+
+
+# -- Lockgate ---------------------------------------------------------------------------------
+
+PROJECT_YML = """\
+name: bench-sync
+sources:
+  warehouse:
+    type: duckdb
+    path: {warehouse}
+destinations:
+  customerio:
+    type: customerio
+    track_url: {url}
+    rate_limit: 1000/s
+"""
+
+
+def write_project(root: Path, warehouse: Path, url: str) -> Path:
+    """A fresh Lockgate project folder (no state) with one people sync of all 20 columns."""
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "syncs").mkdir(parents=True)
+    (root / "lockgate.yml").write_text(PROJECT_YML.format(warehouse=warehouse, url=url))
+    attributes = "\n".join(
+        f"  {name}: {{column: {name}, type: {kind}}}" for name, (_, kind) in COLUMNS.items()
+    )
+    (root / "syncs" / "people.yml").write_text(
+        textwrap.dedent(
+            """\
+            name: people
+            source: warehouse
+            model: {table: people}
+            kind: people
+            primary_key: id
+            identify_by: {id: id, email: email}
+            attributes:
+            """
+        )
+        + attributes
+        + "\n"
+    )
+    return root
+
+
+def lockgate(command: str, project: Path) -> tuple[Proc, Any]:
+    proc = run_measured(
+        [str(LOCKGATE), command, "people", "--json", "--project", str(project)], env=track_env()
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"`lockgate {command}` failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc, json.loads(proc.stdout)
+
+
+# -- drt --------------------------------------------------------------------------------------
+
+DRT_BATCH = 500  # records per /api/v2/batch request (~300 KB with 22 fields: under 500 KB)
+
+
+def drt_model_sql() -> str:
+    """The model as drt reads it: timestamps and dates as unix seconds (what Lockgate sends)."""
+    cols = []
+    for name, (_, kind) in COLUMNS.items():
+        if kind in ("timestamp", "date"):
+            cols.append(f"epoch({name}::timestamp)::bigint as {name}")
+        else:
+            cols.append(name)
+    return "select id::varchar as id, email, " + ", ".join(cols) + " from people"
+
+
+DRT_BATCH_TEMPLATE = (
+    '{"batch":[{% for row in rows %}{"type":"person","action":"identify",'
+    '"identifiers":{"id":{{ row.id | tojson_safe }}},'
+    '"attributes":{{ row | tojson_safe }}}{% if not loop.last %},{% endif %}'
+    "{% endfor %}]}"
+)
+
+
+def write_drt_project(root: Path, warehouse: Path, url: str) -> tuple[Path, dict[str, str]]:
+    """A drt project (drt_project.yml, syncs/people.yml) and a HOME holding .drt/profiles.yml."""
+    import yaml
+
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "syncs").mkdir(parents=True)
+    (root / "home" / ".drt").mkdir(parents=True)
+    (root / "home" / ".drt" / "profiles.yml").write_text(
+        yaml.safe_dump({"bench": {"type": "duckdb", "database": str(warehouse)}})
+    )
+    (root / "drt_project.yml").write_text(
+        yaml.safe_dump({"name": "bench_sync", "version": "0.1", "profile": "bench"})
+    )
+    sync = {
+        "name": "people",
+        "model": drt_model_sql(),
+        "destination": {
+            "type": "rest_api",
+            "url": f"{url}/api/v2/batch",
+            "method": "POST",
+            "headers": {"Content-Type": "application/json"},
+            "auth": {"type": "basic", "username_env": "CIO_SITE_ID", "password_env": "CIO_API_KEY"},
+            "body_mode": "batch",
+            "batch_template": DRT_BATCH_TEMPLATE,
+            "max_records_per_request": DRT_BATCH,
+        },
+        "sync": {
+            "mode": "full",
+            "batch_size": DRT_BATCH,
+            "rate_limit": {"requests_per_second": 1000},
+            "on_error": "fail",
+        },
+    }
+    (root / "syncs" / "people.yml").write_text(yaml.safe_dump(sync, sort_keys=False))
+    env = {
+        **os.environ,
+        "HOME": str(root / "home"),
+        "CIO_SITE_ID": AUTH[0],
+        "CIO_API_KEY": AUTH[1],
+        "DRT_TELEMETRY": "0",
+        "DO_NOT_TRACK": "1",
+    }
+    return root, env
+
+
+# -- the hand-written baseline ----------------------------------------------------------------
+
+BASELINE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    import duckdb
+    from customerio import CustomerIO
+    warehouse, sql, url, site_id, api_key, seconds = sys.argv[1:7]
+    seconds = float(seconds)
+    started = time.perf_counter()
+    cio = CustomerIO(site_id, api_key)
+    cio.base_url = url + "/api/v1"              # https-only client: use the plain listener
+    cio.http.mount("http://", cio.http.adapters["https://"])  # its retrying keep-alive adapter
+    con = duckdb.connect(warehouse, read_only=True)
+    cursor = con.execute(sql)
+    names = [d[0] for d in cursor.description]
+    n = 0
+    while time.perf_counter() - started < seconds:
+        rows = cursor.fetchmany(1000)
+        if not rows:
+            break
+        for row in rows:
+            attrs = dict(zip(names, row))
+            cio.identify(id=attrs.pop("id"), **attrs)
+            n += 1
+            if time.perf_counter() - started >= seconds:
+                break
+    print(json.dumps({"records": n, "seconds": time.perf_counter() - started}))
+    """
+)
+
+
+def run_baseline(warehouse: Path, url: str, seconds: float) -> tuple[int, Proc]:
+    python = ensure_venv(BASELINE_VENV, "customerio", "duckdb")
+    proc = run_measured(
+        [
+            str(python),
+            "-W",
+            "ignore",
+            "-c",
+            BASELINE_SCRIPT,
+            str(warehouse),
+            drt_model_sql(),
+            url,
+            *AUTH,
+            str(seconds),
+        ]
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"baseline failed:\n{proc.stderr[-3000:]}")
+    return int(json.loads(proc.stdout)["records"]), proc
+
+
+def run_drt(warehouse: Path, url: str, rows: int, seconds: float, workdir: Path) -> dict[str, Any]:
+    """``drt run`` to the end or for ``seconds``; the rest extrapolated at its recent rate."""
+    python = ensure_venv(DRT_VENV, "drt-core[duckdb]")
+    root, env = write_drt_project(workdir / "drt", warehouse, url)
+    out = tempfile.TemporaryFile()
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [str(python.with_name("drt")), "run", "--select", "people"],
+        env=env,
+        cwd=root,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    samples: list[tuple[float, int]] = []
+    killed = False
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        elapsed = time.perf_counter() - started
+        samples.append((elapsed, ingested(url)))
+        if elapsed > seconds:
+            os.kill(proc.pid, signal.SIGTERM)  # not send_signal: it polls (reaps)
+            killed = True
+            _, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(2.0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    done = ingested(url)
+    out.seek(0)
+    log = out.read().decode(errors="replace")
+    if not killed and (proc.returncode != 0 or done != rows):
+        raise SystemExit(f"drt failed ({proc.returncode}, {done:,} ingested):\n{log[-3000:]}")
+    if killed:
+        # the recent rate: over the last half of the samples (start-up excluded)
+        t0, n0 = samples[len(samples) // 2]
+        rate = (done - n0) / (wall - t0)
+        projected = wall + (rows - done) / rate
+    else:
+        projected = wall
+    return {
+        "seconds": wall,
+        "projected": projected,
+        "ingested": done,
+        "killed": killed,
+        "peak_rss": usage.ru_maxrss * 1024,
+        "log": log,
+    }
+
+
+# -- snapshot diff ----------------------------------------------------------------------------
+
+
+def diff_bench(warehouse: Path, workdir: Path) -> dict[str, float]:
+    """Lockgate's diff (DuckDB join of (key, hash) tables) vs two Python dicts, same data.
+
+    The snapshot is every row's (key, hash), a table in a database file opened with the state
+    store's settings (512 MB memory limit, spill folder); the model is a temp table of the same
+    keys with 1% of the hashes different. Both inputs are materialised before any clock starts:
+    DuckDB tables for the join, Arrow tables for the dicts.
+    """
+    state = workdir / "diff-state"
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    con = duckdb.connect(str(state / "state.duckdb"))
+    con.execute("set memory_limit='512MB'")
+    con.execute(f"set temp_directory='{state / 'tmp'}'")
+    con.execute("set preserve_insertion_order=false")
+    con.execute(f"attach '{warehouse}' as wh (read_only)")
+    con.execute(
+        f"create table snap as select id::varchar as k, hash({HASH_COLUMNS}) as h from wh.people"
+    )
+    con.execute("checkpoint")
+    con.execute(
+        f"""create temp table mapped as select id::varchar as k,
+            hash({HASH_COLUMNS}) + (id % {CHANGED_FRACTION} = 7)::ubigint as h from wh.people"""
+    )
+    con.execute("detach wh")
+    snap_arrow = con.sql("select k, h from snap").to_arrow_table()
+    mapped_arrow = con.sql("select k, h from mapped").to_arrow_table()
+
+    def duck() -> tuple[float, int]:
+        started = time.perf_counter()
+        con.execute(
+            """create or replace temp table changes as
+               select m.k, m.h, s.k is null as is_new from mapped m left join snap s on s.k = m.k
+               where s.k is null or s.h <> m.h"""
+        )
+        removed = con.execute("select count(*) from snap s anti join mapped m on m.k = s.k")
+        removed.fetchall()
+        n = con.execute("select count(*) from changes").fetchall()[0][0]
+        return time.perf_counter() - started, int(n)
+
+    def python() -> tuple[float, int]:
+        started = time.perf_counter()
+        old = dict(
+            zip(snap_arrow.column(0).to_pylist(), snap_arrow.column(1).to_pylist(), strict=True)
+        )
+        new = dict(
+            zip(mapped_arrow.column(0).to_pylist(), mapped_arrow.column(1).to_pylist(), strict=True)
+        )
+        changes = [k for k, h in new.items() if old.get(k) != h]
+        removed = [k for k in old if k not in new]
+        assert not removed
+        return time.perf_counter() - started, len(changes)
+
+    duck_s, duck_n = min(duck() for _ in range(3))
+    py_s, py_n = min(python() for _ in range(3))
+    assert duck_n == py_n, (duck_n, py_n)
+    con.close()
+    shutil.rmtree(state, ignore_errors=True)
+    return {"duckdb": duck_s, "python": py_s, "changes": duck_n}
+
+
+# -- main -------------------------------------------------------------------------------------
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+def startup_seconds() -> float:
+    """Whole-process time of `lockgate plan --help`: Python start-up and the CLI's imports."""
+    return min(run_measured([str(LOCKGATE), "plan", "--help"]).seconds for _ in range(3))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--baseline-seconds",
+        type=float,
+        default=20.0,
+        help="how long the official client runs before its rate is extrapolated",
+    )
+    parser.add_argument(
+        "--drt-seconds",
+        type=float,
+        default=240.0,
+        help="drt is stopped after this long and its rate extrapolated",
+    )
+    parser.add_argument("--skip-drt", action="store_true")
+    parser.add_argument(
+        "--skip-10m", action="store_true", help="skip the memory check at 10x --rows"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "lockgate-bench-sync"
+    )
+    parser.add_argument(
+        "--emulator-cli",
+        action="store_true",
+        help="`lockgate emulator` as shipped (no TCP_NODELAY: ~40 ms per response)",
+    )
+    args = parser.parse_args()
+    n = args.rows
+    work: Path = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    warehouse = work / "warehouse.duckdb"
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    console.print(f"# bench/sync.py  rows={n:,}  {stamp}")
+    console.print(
+        f"# {platform.platform()}  python {platform.python_version()}  "
+        f"cores={os.cpu_count()}  load average at start {os.getloadavg()[0]:.1f}"
+    )
+    built = build_warehouse(warehouse, n)
+    size = warehouse.stat().st_size
+    console.print(
+        f"model: `people`, {n:,} rows x 22 columns (id, email + 20: 6 strings, 4 ints, "
+        f"3 doubles, 3 booleans, 2 timestamps, 2 dates), {size / MiB:,.0f} MiB; "
+        f"built in {built:.1f} s"
+    )
+    r: dict[str, Any] = {"startup": startup_seconds()}
+
+    with emulator(cli=args.emulator_cli) as url:
+        project = write_project(work / "lockgate", warehouse, url)
+        console.print("lockgate full sync ...")
+        r["full"], doc = lockgate("sync", project)
+        r["full_delivered"], r["full_ingested"] = doc[0]["delivered"], ingested(url)
+        assert r["full_delivered"] == n == r["full_ingested"], (
+            r["full_delivered"],
+            r["full_ingested"],
+        )
+        r["changed"] = change_one_percent(warehouse)
+        console.print(f"changed {r['changed']:,} rows; lockgate incremental sync ...")
+        r["incr"], doc = lockgate("sync", project)
+        r["incr_delivered"] = doc[0]["delivered"]
+        assert r["incr_delivered"] == r["changed"], (r["incr_delivered"], r["changed"])
+        assert ingested(url) == n + r["changed"]
+        r["floor_all"] = [scan_and_hash(warehouse) for _ in range(3)]
+        r["floor"] = min(r["floor_all"])
+        console.print("incremental plan (nothing left to send) ...")
+        r["noop"], doc = lockgate("plan", project)
+        assert doc["changes"]["to_send"] == 0
+
+        reset(url)
+        console.print(f"official client, {args.baseline_seconds:g} s ...")
+        r["base_n"], r["base"] = run_baseline(warehouse, url, args.baseline_seconds)
+        r["base_s"] = float(json.loads(r["base"].stdout)["seconds"])
+
+        if not args.skip_drt:
+            reset(url)
+            console.print(f"drt (at most {args.drt_seconds:g} s) ...")
+            r["drt"] = run_drt(warehouse, url, n, args.drt_seconds, work)
+
+    console.print("snapshot diff vs Python dicts ...")
+    r["diff"] = diff_bench(warehouse, work)
+    console.print("lockgate plan (fresh state) for memory ...")
+    plan_project = write_project(work / "lockgate-plan", warehouse, "http://127.0.0.1:9")
+    r["plan"], _ = lockgate("plan", plan_project)
+    if not args.skip_10m:
+        big = work / "warehouse-10x.duckdb"
+        console.print(f"building {10 * n:,} rows ...")
+        build_warehouse(big, 10 * n)
+        plan_project = write_project(work / "lockgate-plan-10x", big, "http://127.0.0.1:9")
+        console.print(f"lockgate plan at {10 * n:,} rows ...")
+        r["plan10"], doc = lockgate("plan", plan_project)
+        assert doc["changes"]["to_send"] == 10 * n
+        big.unlink()
+        shutil.rmtree(plan_project, ignore_errors=True)
+    report(n, r, args)
+
+
+def verdict(ok: bool) -> str:
+    return "[green]met[/green]" if ok else "[red]missed[/red]"
+
+
+def report(n: int, r: dict[str, Any], args: argparse.Namespace) -> None:
+    full: Proc = r["full"]
+    incr: Proc = r["incr"]
+    base_rate = r["base_n"] / r["base_s"]
+    full_rate = n / full.seconds
+    table = Table(title=f"sync: {n:,} people x 20 columns, DuckDB -> emulator (whole processes)")
+    for col in ("run", "wall s", "rows/s", "peak RSS", "notes"):
+        table.add_column(col, justify="left" if col in ("run", "notes") else "right")
+    table.add_row(
+        "lockgate sync (full)",
+        f"{full.seconds:.1f}",
+        f"{full_rate:,.0f}",
+        f"{full.peak_rss / MiB:,.0f} MiB",
+        f"{r['full_delivered']:,} delivered, emulator has {r['full_ingested']:,}",
+    )
+    table.add_row(
+        "lockgate sync (incremental, 1%)",
+        f"{incr.seconds:.2f}",
+        f"{n / incr.seconds:,.0f}",
+        f"{incr.peak_rss / MiB:,.0f} MiB",
+        f"{r['incr_delivered']:,} changed rows sent (rows/s = model rows scanned)",
+    )
+    table.add_row(
+        "lockgate plan (nothing to send)",
+        f"{r['noop'].seconds:.2f}",
+        "",
+        f"{r['noop'].peak_rss / MiB:,.0f} MiB",
+        "extract + map + diff",
+    )
+    table.add_row(
+        "floor: DuckDB scan + hash",
+        f"{r['floor']:.2f}",
+        f"{n / r['floor']:,.0f}",
+        "",
+        "min of " + ", ".join(f"{x:.2f}" for x in r["floor_all"]) + " s, fresh connection",
+    )
+    table.add_row("lockgate start-up (plan --help)", f"{r['startup']:.2f}", "", "", "")
+    table.add_row(
+        "official client (extrapolated)",
+        f"{n / base_rate:,.0f}",
+        f"{base_rate:,.1f}",
+        f"{r['base'].peak_rss / MiB:,.0f} MiB",
+        f"{r['base_n']:,} identify calls in {r['base_s']:.1f} s, extrapolated to {n:,}",
+    )
+    drt = r.get("drt")
+    if drt:
+        drt_rate = n / drt["projected"]
+        how = (
+            f"stopped after {drt['seconds']:.0f} s at {drt['ingested']:,} rows, extrapolated"
+            if drt["killed"]
+            else f"{drt['ingested']:,} rows"
+        )
+        table.add_row(
+            "drt run (rest_api batch)" + (" (extrapolated)" if drt["killed"] else ""),
+            f"{drt['projected']:,.1f}",
+            f"{drt_rate:,.0f}",
+            f"{drt['peak_rss'] / MiB:,.0f} MiB",
+            how,
+        )
+    d = r["diff"]
+    table.add_row(
+        "snapshot diff: DuckDB join",
+        f"{d['duckdb']:.3f}",
+        f"{n / d['duckdb']:,.0f}",
+        "",
+        f"{d['changes']:,} changes found (best of 3)",
+    )
+    table.add_row(
+        "snapshot diff: Python dicts",
+        f"{d['python']:.3f}",
+        f"{n / d['python']:,.0f}",
+        "",
+        "build two dicts key->hash from Arrow + diff (best of 3)",
+    )
+    table.add_row(
+        f"lockgate plan, fresh state, {n:,}",
+        f"{r['plan'].seconds:.1f}",
+        f"{n / r['plan'].seconds:,.0f}",
+        f"{r['plan'].peak_rss / MiB:,.0f} MiB",
+        "",
+    )
+    if "plan10" in r:
+        p10 = r["plan10"]
+        table.add_row(
+            f"lockgate plan, fresh state, {10 * n:,}",
+            f"{p10.seconds:.1f}",
+            f"{10 * n / p10.seconds:,.0f}",
+            f"{p10.peak_rss / MiB:,.0f} MiB",
+            "",
+        )
+    console.print(table)
+
+    targets = Table(title="targets")
+    for col in ("target", "measured", "verdict"):
+        targets.add_column(col)
+    ratio = full_rate / base_rate
+    targets.add_row(
+        "full sync >= 250x the hand-written baseline", f"{ratio:,.0f}x", verdict(ratio >= 250)
+    )
+    if drt:
+        ratio = full_rate / (n / drt["projected"])
+        targets.add_row("full sync >= 10x drt", f"{ratio:,.1f}x", verdict(ratio >= 10))
+    ratio = incr.seconds / r["floor"]
+    targets.add_row(
+        "incremental <= 3x the scan-and-hash floor", f"{ratio:,.1f}x", verdict(ratio <= 3)
+    )
+    ratio = d["python"] / d["duckdb"]
+    targets.add_row(
+        "snapshot diff >= 6x faster than Python dicts", f"{ratio:,.1f}x", verdict(ratio >= 6)
+    )
+    peak = max(full.peak_rss, incr.peak_rss, r["plan"].peak_rss)
+    targets.add_row(
+        "peak memory < 1 GiB (full, incremental, plan)",
+        f"{peak / MiB:,.0f} MiB",
+        verdict(peak < GiB),
+    )
+    if "plan10" in r:
+        p10 = r["plan10"]
+        ratio = p10.peak_rss / r["plan"].peak_rss
+        targets.add_row(
+            f"memory flat: plan at {10 * n:,} vs {n:,} (10x would fail)",
+            f"{ratio:.2f}x ({p10.peak_rss / MiB:,.0f} MiB)",
+            verdict(ratio < 2 and p10.peak_rss < GiB),
+        )
+    console.print(targets)
+    console.print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
