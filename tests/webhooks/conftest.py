@@ -21,7 +21,8 @@ from lockgate.webhooks.spool import Spool
 from lockgate.webhooks.verify import sign
 
 KEY = b"test-signing-key"
-SPEC = Path("/work/shared/reference/specs/journeys-webhooks.json")
+# the shared reference sits beside the repository (locally and in CI)
+SPEC = Path(__file__).resolve().parents[3] / "shared/reference/specs/journeys-webhooks.json"
 
 
 def free_port() -> int:
