@@ -29,6 +29,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`event.name`", models.EventNameConfig),
     ("`event.id`", models.EventIdConfig),
     ("`backfill:` in an events sync", models.BackfillConfig),
+    ("`guardrails:` in a sync or in `defaults`", models.GuardrailsConfig),
 ]
 
 

@@ -35,6 +35,10 @@ from lockgate.sync.diff import ChangeSet
 from lockgate.sync.mapping import q
 
 SAMPLES = 5
+NUMBER_TYPES = (
+    *("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT"),
+    *("UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "DECIMAL", "REAL", "NUMERIC"),
+)
 
 
 @dataclass(frozen=True)
@@ -81,8 +85,10 @@ def limits(project: Project, sync: SyncConfig) -> Limits:
     base: GuardrailsConfig = project.config.defaults.guardrails
 
     def pick(name: str) -> int | str | None:
-        value = getattr(own, name)
-        return value if value is not None else getattr(base, name)
+        value: int | str | None = getattr(own, name)
+        if value is None:
+            value = getattr(base, name)
+        return value
 
     return Limits(
         max_changed=pick("max_changed"),
@@ -121,9 +127,7 @@ def type_family(duckdb_type: str) -> str:
         return t.split("(")[0].split(" ")[0].lower()
     if t.startswith("BOOL"):
         return "boolean"
-    if t.startswith(
-        ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINY", "USMALL", "UINT")
-    ) or t.startswith(("UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "DECIMAL", "REAL", "NUMERIC")):
+    if t.startswith(NUMBER_TYPES):
         return "number"
     if t.startswith(("VARCHAR", "UUID", "CHAR", "TEXT", "STRING")):
         return "string"
@@ -343,6 +347,13 @@ def enforce(sync: SyncConfig, results: list[GuardResult], *, force: bool) -> Non
             f"{more}. {first.detail}{samples}",
             hint=f"fix the model, or acknowledge the change under `guardrails:` in the sync "
             f"file (`--force` does not override {first.name})",
+        )
+    if not first.name.startswith("max_"):
+        raise ContractError(
+            f"sync `{sync.name}` stopped before sending anything: {first.name}{more}. "
+            f"{first.detail}{samples}",
+            hint=f"if this change is intended, run `lockgate sync {sync.name} --force` once; "
+            "the run then records it as the new contract",
         )
     raise ContractError(
         f"sync `{sync.name}` stopped before sending anything: {first.name} is {first.actual}, "

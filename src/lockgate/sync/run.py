@@ -27,6 +27,7 @@ from lockgate.errors import LockgateError, StepError
 from lockgate.project.loader import Project
 from lockgate.project.models import SyncConfig, resolve_env
 from lockgate.sources import connect
+from lockgate.state import contract as contract_state
 from lockgate.state.store import StateStore, table
 from lockgate.sync import diff as diff_step
 from lockgate.sync import guard as guard_step
@@ -300,6 +301,7 @@ def run_sync(
                     )
             with step("commit"):
                 store.fold_journal(sync.name)
+                contract_state.record(store.con, sync, run_id)
         except BaseException as exc:
             store.finish_run(run_id, "failed", {}, error=str(exc))
             raise

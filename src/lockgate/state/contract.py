@@ -1,0 +1,142 @@
+"""The data contract as of each sync's last committed run, kept in the state database.
+
+Guardrails compare a run with what the last *committed* run saw: the model's column types,
+the identifier columns and primary key, and (events) the event names sent. The record is
+written only after a run's commit step (``record``), so a run that was refused, failed or
+crashed never moves the contract.
+
+Tables (created by :func:`ensure_tables`):
+
+- ``contract_syncs(sync, run_id, identify_by, key_columns, recorded_at)``: one row per sync;
+  ``identify_by`` and ``key_columns`` are JSON.
+- ``contract_columns(sync, column_name, column_type)``: the model's columns at that run.
+- ``contract_event_names(sync, name, first_seen)``: every event name an events sync has sent.
+
+Example::
+
+    with StateStore.open(project.state_dir) as store:
+        last = contract.last(store.con, "customer_profile")
+        if last and last.columns["signed_up_at"] != "TIMESTAMP WITH TIME ZONE": ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import duckdb
+import orjson
+
+from lockgate.project.models import SyncConfig
+from lockgate.state.store import run_sql
+
+SCHEMA = """
+create table if not exists contract_syncs (
+    sync varchar primary key, run_id varchar, identify_by json, key_columns json,
+    recorded_at timestamptz
+);
+create table if not exists contract_columns (
+    sync varchar, column_name varchar, column_type varchar
+);
+create table if not exists contract_event_names (
+    sync varchar, name varchar, first_seen timestamptz
+);
+"""
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What a sync's last committed run saw."""
+
+    sync: str
+    run_id: str
+    identify_by: dict[str, str]
+    key_columns: list[str]
+    columns: dict[str, str]
+    recorded_at: datetime
+
+
+def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the contract tables when missing (idempotent)."""
+    run_sql(con, SCHEMA)
+
+
+def record(con: duckdb.DuckDBPyConnection, sync: SyncConfig, run_id: str) -> None:
+    """Record the contract of a run that has just committed.
+
+    Reads the column types of the staged model (temp table ``model``) and, for an events
+    sync, the event names of the mapped rows (temp table ``mapped``) on ``con``.
+    """
+    ensure_tables(con)
+    columns = con.execute("describe model").fetchall()
+    run_sql(con, "begin")
+    try:
+        run_sql(con, "delete from contract_syncs where sync = ?", [sync.name])
+        run_sql(
+            con,
+            "insert into contract_syncs values (?, ?, ?, ?, ?)",
+            [
+                sync.name,
+                run_id,
+                orjson.dumps(dict(sync.identify_by)).decode(),
+                orjson.dumps(sync.key_columns).decode(),
+                datetime.now(UTC),
+            ],
+        )
+        run_sql(con, "delete from contract_columns where sync = ?", [sync.name])
+        if columns:
+            con.executemany(
+                "insert into contract_columns values (?, ?, ?)",
+                [[sync.name, str(c[0]), str(c[1])] for c in columns],
+            )
+        if sync.kind == "events":
+            run_sql(
+                con,
+                """
+                insert into contract_event_names
+                select distinct ?, n, ? from (
+                    select json_extract_string('{' || op, '$.name') as n
+                    from mapped where reject is null
+                ) where n is not null
+                  and n not in (select name from contract_event_names where sync = ?)
+                """,
+                [sync.name, datetime.now(UTC), sync.name],
+            )
+        run_sql(con, "commit")
+    except duckdb.Error:
+        run_sql(con, "rollback")
+        raise
+
+
+def last(con: duckdb.DuckDBPyConnection, sync: str) -> Contract | None:
+    """The contract of the sync's last committed run, or ``None`` before the first one."""
+    ensure_tables(con)
+    rows = con.execute(
+        "select run_id, identify_by, key_columns, recorded_at from contract_syncs where sync = ?",
+        [sync],
+    ).fetchall()
+    if not rows:
+        return None
+    run_id, identify_by, key_columns, recorded_at = rows[0]
+    columns = con.execute(
+        "select column_name, column_type from contract_columns where sync = ?", [sync]
+    ).fetchall()
+    return Contract(
+        sync=sync,
+        run_id=str(run_id),
+        identify_by=orjson.loads(identify_by),
+        key_columns=orjson.loads(key_columns),
+        columns={str(n): str(t) for n, t in columns},
+        recorded_at=recorded_at,
+    )
+
+
+def event_names(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
+    """Every event name sent so far, per sync."""
+    ensure_tables(con)
+    out: dict[str, list[str]] = {}
+    for sync, name in con.execute(
+        "select sync, name from contract_event_names order by sync, name"
+    ).fetchall():
+        out.setdefault(str(sync), []).append(str(name))
+    return out
