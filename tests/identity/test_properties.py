@@ -95,7 +95,7 @@ def test_hybrid_equals_plain_ordered_union_find(data, canonical) -> None:  # typ
     assert outcome(hybrid) == outcome(plain)
 
 
-@SETTINGS
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(first=tables, second=tables)
 def test_incremental_runs_match_one_run_of_the_same_batches(first, second) -> None:  # type: ignore[no-untyped-def]
     """Batch by batch with state equals replaying: append-only batches never revisit."""
