@@ -6,6 +6,7 @@ import time
 
 import duckdb
 import orjson
+import pytest
 from click.testing import CliRunner
 
 from lockgate.cli import cli
@@ -62,3 +63,48 @@ def test_serve_without_signing_key_says_which_variable(project: Project) -> None
     result = CliRunner().invoke(cli, ["webhooks", "serve", "--project", str(project.root)])
     assert isinstance(result.exception, ConfigError)
     assert "CUSTOMERIO_WEBHOOK_SIGNING_KEY" in result.exception.reason
+
+
+def test_send_command_turns_emulator_people_into_webhooks(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lockgate.emulator import Emulator
+
+    emulator = Emulator()
+    spool = Spool(project.root / ".lockgate/webhooks")
+    app = create_app(spool=spool, signing_key=KEY)
+    monkeypatch.setenv("CUSTOMERIO_WEBHOOK_SIGNING_KEY", KEY.decode())
+    try:
+        with (
+            emulator.serve() as emulator_url,
+            running(app) as url,
+            emulator.client(auth=emulator.track_auth) as track,
+        ):
+            for i in range(3):
+                response = track.put(f"/api/v1/customers/u{i}", json={"email": f"u{i}@x.com"})
+                assert response.status_code == 200
+            result = CliRunner().invoke(
+                cli,
+                [
+                    "webhooks",
+                    "send",
+                    "--url",
+                    url + "/webhooks/customerio",
+                    "--emulator",
+                    emulator_url,
+                    "--metrics",
+                    "sent,opened",
+                    "--duplicate-every",
+                    "2",
+                    "--json",
+                ],
+            )
+        assert result.exit_code == 0, result.output
+        summary = orjson.loads(result.output)
+        assert summary["events"] == summary["acknowledged"] == 6
+        assert summary["duplicates"] == 3
+        stored = [orjson.loads(r.body) for r in spool]
+    finally:
+        spool.close()
+    assert sorted({e["data"]["identifiers"]["id"] for e in stored}) == ["u0", "u1", "u2"]
+    assert len(stored) == 6

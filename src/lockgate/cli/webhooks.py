@@ -13,7 +13,7 @@ import click
 
 from lockgate.cli.options import json_option, open_project, project_option
 from lockgate.console import RichConsole
-from lockgate.errors import ConfigError
+from lockgate.errors import ConfigError, TransientError
 from lockgate.project.loader import Project
 from lockgate.project.models import WebhooksConfig, resolve_env
 
@@ -128,3 +128,88 @@ def status(project_path: Path, as_json: bool) -> None:
         click.echo(json.dumps({"stored": stats.total, "unloaded": stats.unloaded}))
     else:
         RichConsole().info(f"{stats.total} events stored, {stats.unloaded} waiting to load")
+
+
+@webhooks.command()
+@click.option(
+    "--url",
+    default="http://127.0.0.1:8787/webhooks/customerio",
+    show_default=True,
+    help="The receiver to POST to.",
+)
+@click.option(
+    "--emulator",
+    "emulator_url",
+    help="A running `lockgate emulator`; its people get the engagement.",
+)
+@click.option("--people", default=10, show_default=True, help="Made-up people, without --emulator.")
+@click.option("--channel", default="email", show_default=True, help="The object type.")
+@click.option(
+    "--metrics",
+    default="sent,delivered,opened,clicked",
+    show_default=True,
+    help="Comma-separated metrics each person gets, in order.",
+)
+@click.option("--duplicate-every", default=0, help="Resend every n-th event (0: never).")
+@click.option("--lanes", default=1, show_default=True, help="Ordered streams sent at once.")
+@json_option
+def send(
+    url: str,
+    emulator_url: str | None,
+    people: int,
+    channel: str,
+    metrics: str,
+    duplicate_every: int,
+    lanes: int,
+    as_json: bool,
+) -> None:
+    """Send signed engagement webhooks like Customer.io does (for local testing).
+
+    Signs with CUSTOMERIO_WEBHOOK_SIGNING_KEY, retries failures and keeps the order.
+    """
+    import json
+
+    from lockgate.emulator.webhook_sender import (
+        PersonLike,
+        Recipient,
+        send_events,
+        simulate_engagement,
+    )
+
+    key = signing_key(WebhooksConfig())
+    recipients: list[PersonLike]
+    if emulator_url:
+        from lockgate.emulator import EmulatorInspector
+
+        with EmulatorInspector(emulator_url) as inspector:
+            recipients = list(inspector.people())
+    else:
+        recipients = [
+            Recipient(str(i), f"person{i}@example.com", f"cio{i:06d}") for i in range(1, people + 1)
+        ]
+    events = simulate_engagement(
+        people=recipients,
+        channel=channel,
+        metrics=[m.strip() for m in metrics.split(",") if m.strip()],
+    )
+    report = send_events(url, key, events, duplicate_every=duplicate_every, lanes=lanes)
+    summary = {
+        "events": len(events),
+        "acknowledged": len(report.acknowledged),
+        "duplicates": report.duplicates,
+        "retries": report.retries,
+        "held": len(report.held),
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        RichConsole().info(
+            f"sent {summary['events']} events to {url}: {summary['acknowledged']} acknowledged, "
+            f"{summary['duplicates']} duplicates, {summary['retries']} retries, "
+            f"{summary['held']} held back"
+        )
+    if report.held:
+        raise TransientError(
+            f"{len(report.held)} events were never acknowledged by `{url}`",
+            hint="check the receiver is running and uses the same signing key",
+        )
