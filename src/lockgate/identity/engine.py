@@ -291,11 +291,15 @@ def resolve(
         if not part.num_rows:
             continue
         mask = _source_mask(part["sources"], source_index) & ~np.uint64(reread)
-        np.bitwise_or.at(node_mask, ids, mask)
-        np.minimum.at(node_batch, ids, part["first_seen_batch"].to_numpy())
-        np.minimum.at(node_first, ids, _ts_int(part["first_observed"], I64_MAX))
-        np.maximum.at(node_last, ids, _ts_int(part["last_observed"], I64_MIN))
-        np.minimum.at(node_rank, ids, part["best_rank"].to_numpy().astype(np.int64))
+        # one row per node in the previous map, so plain fancy indexing is exact
+        node_mask[ids] |= mask
+        node_batch[ids] = np.minimum(node_batch[ids], part["first_seen_batch"].to_numpy())
+        node_first[ids] = np.minimum(node_first[ids], _ts_int(part["first_observed"], I64_MAX))
+        node_last[ids] = np.maximum(node_last[ids], _ts_int(part["last_observed"], I64_MIN))
+        node_rank[ids] = np.minimum(node_rank[ids], part["best_rank"].to_numpy().astype(np.int64))
+    seen_ids: list[npt.NDArray[np.int64]] = []
+    seen_first: list[npt.NDArray[np.int64]] = []
+    seen_last: list[npt.NDArray[np.int64]] = []
     for ci, c in enumerate(cells):
         bit = np.uint64(1 << c.source)
         last = np.where(c.observed == I64_MAX, I64_MIN, c.observed)
@@ -303,11 +307,29 @@ def resolve(
             ids = cell_ids[(ci, j)]
             present = ids >= 0
             sel = ids[present]
+            # constant per column: repeated ids write the same value
             node_mask[sel] |= bit
-            np.minimum.at(node_batch, sel, batch)
-            np.minimum.at(node_first, sel, c.observed[present])
-            np.maximum.at(node_last, sel, last[present])
-            np.minimum.at(node_rank, sel, c.rank)
+            node_batch[sel] = np.minimum(node_batch[sel], batch)
+            node_rank[sel] = np.minimum(node_rank[sel], c.rank)
+            seen_ids.append(sel)
+            seen_first.append(c.observed[present])
+            seen_last.append(last[present])
+    if seen_ids:
+        # first/last seen vary per row: one hash aggregation over every occurrence
+        seen = (
+            pa.table(
+                {
+                    "n": np.concatenate(seen_ids),
+                    "f": np.concatenate(seen_first),
+                    "l": np.concatenate(seen_last),
+                }
+            )
+            .group_by("n", use_threads=True)
+            .aggregate([("f", "min"), ("l", "max")])
+        )
+        n_ids = seen["n"].to_numpy()
+        node_first[n_ids] = np.minimum(node_first[n_ids], seen["f_min"].to_numpy())
+        node_last[n_ids] = np.maximum(node_last[n_ids], seen["l_max"].to_numpy())
 
     # 3. star edges per row, around the row's most trusted identifier
     e_a: list[npt.NDArray[np.int64]] = []
