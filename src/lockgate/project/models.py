@@ -354,6 +354,8 @@ LIMIT = re.compile(r"^\s*(\d+(\.\d+)?)\s*%\s*$")
 
 def _check_limit(value: Any) -> Any:
     """A breaker limit: `off`, a share like `25%` (of the previous snapshot), or a count."""
+    if value is False:  # YAML reads a bare `off` as false
+        return "off"
     if value is None or value == "off" or (isinstance(value, int) and not isinstance(value, bool)):
         if isinstance(value, int) and value < 0:
             raise ValueError(f"`{value}` is negative; give a count >= 0 or a share like `25%`")
@@ -391,12 +393,12 @@ class GuardrailsConfig(StrictModel):
     """Event names that are meant to differ from their look-alikes (e.g. `Checkout Abandoned`
     next to `Abandoned Checkout`); `lockgate validate` reports such a pair as a warning."""
 
-    @field_validator("max_changed", "max_cleared", "max_removed")
+    @field_validator("max_changed", "max_cleared", "max_removed", mode="before")
     @classmethod
     def _limit(cls, value: Any) -> Any:
         return _check_limit(value)
 
-    @field_validator("max_events")
+    @field_validator("max_events", mode="before")
     @classmethod
     def _events(cls, value: Any) -> Any:
         value = _check_limit(value)

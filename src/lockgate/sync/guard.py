@@ -340,7 +340,7 @@ def enforce(sync: SyncConfig, results: list[GuardResult], *, force: bool) -> Non
     breached.sort(key=lambda r: r.forceable)
     first = breached[0]
     more = f" (and {len(breached) - 1} more)" if len(breached) > 1 else ""
-    samples = f"; e.g. {', '.join(first.samples[:5])}" if first.samples else ""
+    samples = f" Sample rows: {'; '.join(first.samples[:5])}" if first.samples else ""
     if not first.forceable:
         raise ContractError(
             f"sync `{sync.name}` stopped before sending anything: {first.name}: {first.actual}"

@@ -1,0 +1,212 @@
+"""Guardrails: a run that breaks the data contract is refused before anything is sent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lockgate.console import NullConsole
+from lockgate.emulator import Emulator
+from lockgate.errors import ContractError
+from lockgate.sync.run import plan_sync, run_sync
+
+ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
+
+PROFILE = """
+name: profile
+source: warehouse
+model: {sql: "select * from users"}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes:
+  plan: plan
+  signed_up_at: {column: signed_up_at, type: timestamp}
+  promo: {column: promo, on_null: clear}
+"""
+
+USERS = """
+create or replace table users as
+select i as user_id, case when i % 2 = 0 then 'pro' else 'free' end as plan,
+       timestamptz '2026-01-01 00:00:00+00' + to_days(i) as signed_up_at,
+       'P' || i as promo
+from range(1, 21) t(i);
+"""
+
+EVENTS = """
+name: orders
+source: warehouse
+model: {sql: "select * from orders"}
+kind: events
+identify_by: {id: user_id}
+event: {name: {value: Order Placed}, id: order_id}
+backfill: {older: send}
+"""
+
+
+class Sent:
+    """What the emulator holds and how many batches it got, to show nothing more arrived."""
+
+    def __init__(self, emu: Emulator) -> None:
+        self.emu = emu
+        self.people = emu.people()
+        self.events = emu.events()
+        self.batches = self.count()
+
+    def count(self) -> int:
+        return sum(1 for r in self.emu.request_log() if r.path == "/api/v2/batch")
+
+    def assert_nothing_new(self) -> None:
+        assert self.emu.people() == self.people
+        assert self.emu.events() == self.events
+        assert self.count() == self.batches
+
+
+def with_guardrails(body: str, guardrails: str) -> str:
+    return body + f"guardrails: {guardrails}\n"
+
+
+def refused(project: Any, sync: str, emu: Emulator) -> str:
+    before = Sent(emu)
+    with pytest.raises(ContractError) as caught:
+        run_sync(project, sync, console=NullConsole())
+    before.assert_nothing_new()
+    return str(caught.value)
+
+
+def test_max_changed_stops_the_run_with_the_limit_the_excess_and_samples(
+    project_factory: ProjectFactory,
+) -> None:
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": with_guardrails(PROFILE, "{max_changed: 25%}")})
+    first = run_sync(project, "profile", console=NullConsole())
+    assert first.delivered == 20
+    assert [g.actual for g in first.guards if g.name == "max_changed"] == [
+        "0 (skipped: no previous snapshot)"
+    ]
+
+    project_factory.sql("update users set plan = 'enterprise' where user_id <= 6")
+    message = refused(project, "profile", emu)
+    assert "max_changed is 6 of 20 people (30.0%), over the limit of 25%" in message
+    assert "allows 5: 1 over" in message
+    assert '1: {"plan":"enterprise"' in message  # a sample row
+    assert "--force" in message
+
+    plan = plan_sync(project, "profile", console=NullConsole())
+    (guard,) = [g for g in plan.guards if g.name == "max_changed"]
+    assert guard.breached and guard.limit == "25%"
+
+    forced = run_sync(project, "profile", console=NullConsole(), force=True)
+    assert forced.status == "success" and forced.delivered == 6
+    person = emu.person(id="1")
+    assert person is not None and person.attributes["plan"] == "enterprise"
+
+
+def test_max_removed_and_max_cleared(project_factory: ProjectFactory) -> None:
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    rails = "{max_removed: 10%, max_cleared: 3}"
+    project = project_factory.write({"profile": with_guardrails(PROFILE, rails)})
+    run_sync(project, "profile", console=NullConsole())
+
+    project_factory.sql("delete from users where user_id > 17")
+    message = refused(project, "profile", emu)
+    assert "max_removed is 3 of 20 people (15.0%), over the limit of 10%" in message
+    assert "18 {" in message  # sample: a removed key with its identifiers
+
+    project_factory.sql(USERS + "update users set promo = null where user_id <= 4")
+    message = refused(project, "profile", emu)
+    assert "max_cleared is 4, over the limit of 3" in message
+    assert "1: clears promo" in message
+
+
+def test_max_events_is_a_count_per_run(project_factory: ProjectFactory) -> None:
+    emu = project_factory.emulator
+    project_factory.sql(
+        "create table orders as select i as order_id, i % 3 as user_id from range(12) t(i)"
+    )
+    project = project_factory.write({"orders": with_guardrails(EVENTS, "{max_events: 10}")})
+    message = refused(project, "orders", emu)
+    assert "max_events is 12, over the limit of 10" in message
+    assert ": Order Placed" in message
+    assert run_sync(project, "orders", console=NullConsole(), force=True).delivered == 12
+
+
+def test_defaults_apply_to_every_sync_and_a_sync_can_turn_one_off(
+    project_factory: ProjectFactory,
+) -> None:
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE})
+    (project.root / "lockgate.yml").write_text(
+        (project.root / "lockgate.yml").read_text() + "defaults:\n  guardrails: {max_changed: 1}\n"
+    )
+    from lockgate.project.loader import load_project
+
+    project = load_project(project.root)
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("update users set plan = 'x' where user_id <= 2")
+    assert "max_changed is 2, over the limit of 1" in refused(project, "profile", emu)
+
+    sync_file = project.root / "syncs" / "profile.yml"
+    sync_file.write_text(sync_file.read_text() + "guardrails: {max_changed: off}\n")
+    assert run_sync(load_project(project.root), "profile", console=NullConsole()).delivered == 2
+
+
+def test_type_drift_stops_until_acknowledged_and_force_does_not_override(
+    project_factory: ProjectFactory,
+) -> None:
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE})
+    run_sync(project, "profile", console=NullConsole())
+
+    project_factory.sql(
+        "create or replace table users as select user_id, plan, "
+        "strftime(signed_up_at, '%Y-%m-%dT%H:%M:%SZ') as signed_up_at, promo "
+        "from (select * from users)"
+    )
+    message = refused(project, "profile", emu)
+    assert "type drift" in message
+    assert "`signed_up_at` TIMESTAMP WITH TIME ZONE → VARCHAR" in message
+    assert "accept_type_changes: {signed_up_at: VARCHAR}" in message
+    assert "2026-01-02T00:00:00Z" in message  # sample values of the column
+
+    before = Sent(emu)
+    with pytest.raises(ContractError, match="--force` does not override type drift"):
+        run_sync(project, "profile", console=NullConsole(), force=True)
+    before.assert_nothing_new()
+
+    # acknowledged: the string is parsed as a timestamp, same value as before
+    accepted = with_guardrails(PROFILE, "{accept_type_changes: {signed_up_at: VARCHAR}}")
+    project = project_factory.write({"profile": accepted})
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.status == "success"
+    person = emu.person(id="3")
+    assert person is not None and person.attributes["signed_up_at"] == 1767484800
+    # the new type is now the contract: the acknowledgement can go
+    project = project_factory.write({"profile": PROFILE})
+    assert run_sync(project, "profile", console=NullConsole()).status == "success"
+
+
+def test_a_changed_identifier_stops_the_run_until_forced_once(
+    project_factory: ProjectFactory,
+) -> None:
+    emu = project_factory.emulator
+    project_factory.sql(
+        USERS + "alter table users add column email varchar;"
+        "update users set email = 'u' || user_id || '@example.com';"
+    )
+    project = project_factory.write({"profile": PROFILE})
+    run_sync(project, "profile", console=NullConsole())
+
+    by_email = PROFILE.replace("identify_by: {id: user_id}", "identify_by: {email: email}")
+    project = project_factory.write({"profile": by_email})
+    message = refused(project, "profile", emu)
+    assert "identifier changed" in message
+    assert '`identify_by` was {"id":"user_id"}, now {"email":"email"}' in message
+
+    assert run_sync(project, "profile", console=NullConsole(), force=True).status == "success"
+    assert run_sync(project, "profile", console=NullConsole()).status == "success"
