@@ -347,13 +347,96 @@ def write_project(root: Path, warehouse: Path, url: str) -> Path:
     return root
 
 
-def lockgate(command: str, project: Path) -> tuple[Proc, Any]:
+#: Runs the `lockgate` CLI exactly as the console script does, and on exit writes to stderr how
+#: long each step of the run took (extract, map, diff, deliver, commit: the engine's own
+#: `_Step` spans) and the whole `run_sync`/`plan_sync` call. Instrumentation only: if the
+#: engine's internals move, the phases are simply missing.
+PHASES_DRIVER = textwrap.dedent(
+    """
+    import atexit, json, sys, time
+    from contextlib import contextmanager
+    import lockgate.sync.run as run
+    phases = {}
+    def note(name, started):
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
+    step = getattr(run, "_Step", None)
+    if step is not None and hasattr(step, "__call__"):
+        original = step.__call__
+        @contextmanager
+        def timed(self, name):
+            started = time.perf_counter()
+            try:
+                with original(self, name):
+                    yield
+            finally:
+                note(name, started)
+        step.__call__ = timed
+    for fn in ("run_sync", "plan_sync"):
+        def wrap(f, label):
+            def inner(*a, **k):
+                started = time.perf_counter()
+                try:
+                    return f(*a, **k)
+                finally:
+                    note(label, started)
+            return inner
+        setattr(run, fn, wrap(getattr(run, fn), fn))
+    atexit.register(lambda: sys.stderr.write("LOCKGATE_PHASES " + json.dumps(phases) + "\\n"))
+    sys.argv = ["lockgate", *sys.argv[1:]]
+    from lockgate.cli import main
+    sys.exit(main())
+    """
+)
+
+
+def lockgate(command: str, project: Path) -> tuple[Proc, Any, dict[str, float]]:
+    """`lockgate COMMAND people --json` as a process; its report and its phase timings."""
     proc = run_measured(
-        [str(LOCKGATE), command, "people", "--json", "--project", str(project)], env=track_env()
+        [
+            sys.executable,
+            "-c",
+            PHASES_DRIVER,
+            command,
+            "people",
+            "--json",
+            "--project",
+            str(project),
+        ],
+        env=track_env(),
     )
     if proc.returncode != 0:
         raise SystemExit(f"`lockgate {command}` failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc, json.loads(proc.stdout)
+    phases: dict[str, float] = {}
+    for line in proc.stderr.splitlines():
+        if line.startswith("LOCKGATE_PHASES "):
+            phases = json.loads(line.removeprefix("LOCKGATE_PHASES "))
+    # tolerate stray progress output before the report (seen: a progress bar line on stdout)
+    lines = proc.stdout.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line[:1] in ("[", "{")), 0)
+    if start:
+        console.print(
+            f"[yellow]note: `lockgate {command} --json` wrote {start} line(s) of "
+            f"non-JSON to stdout first: {''.join(lines[:start]).strip()[:200]!r}"
+        )
+    try:
+        doc = json.loads("".join(lines[start:]))
+    except ValueError:
+        raise SystemExit(
+            f"`lockgate {command}` printed no JSON report:\n"
+            f"{proc.stdout[:2000]}\n{proc.stderr[-2000:]}"
+        ) from None
+    return proc, doc, phases
+
+
+def phase_text(proc: Proc, phases: dict[str, float]) -> str:
+    """e.g. `extract 1.2, map 0.0, diff 3.4, deliver 50.1, commit 2.0; outside the run 4.1 s`."""
+    if not phases:
+        return ""
+    inside = phases.get("run_sync", phases.get("plan_sync", 0.0))
+    steps = ", ".join(
+        f"{k} {v:.2f}" for k, v in phases.items() if k not in ("run_sync", "plan_sync")
+    )
+    return f"{steps}; in run {inside:.2f}, outside (start-up, exit) {proc.seconds - inside:.2f} s"
 
 
 # -- drt --------------------------------------------------------------------------------------
@@ -654,7 +737,7 @@ def main() -> None:
     with emulator(cli=args.emulator_cli) as url:
         project = write_project(work / "lockgate", warehouse, url)
         console.print("lockgate full sync ...")
-        r["full"], doc = lockgate("sync", project)
+        r["full"], doc, r["full_phases"] = lockgate("sync", project)
         r["full_delivered"], r["full_ingested"] = doc[0]["delivered"], ingested(url)
         assert r["full_delivered"] == n == r["full_ingested"], (
             r["full_delivered"],
@@ -662,14 +745,14 @@ def main() -> None:
         )
         r["changed"] = change_one_percent(warehouse)
         console.print(f"changed {r['changed']:,} rows; lockgate incremental sync ...")
-        r["incr"], doc = lockgate("sync", project)
+        r["incr"], doc, r["incr_phases"] = lockgate("sync", project)
         r["incr_delivered"] = doc[0]["delivered"]
         assert r["incr_delivered"] == r["changed"], (r["incr_delivered"], r["changed"])
         assert ingested(url) == n + r["changed"]
         r["floor_all"] = [scan_and_hash(warehouse) for _ in range(3)]
         r["floor"] = min(r["floor_all"])
         console.print("incremental plan (nothing left to send) ...")
-        r["noop"], doc = lockgate("plan", project)
+        r["noop"], doc, r["noop_phases"] = lockgate("plan", project)
         assert doc["changes"]["to_send"] == 0
 
         reset(url)
@@ -686,14 +769,14 @@ def main() -> None:
     r["diff"] = diff_bench(warehouse, work)
     console.print("lockgate plan (fresh state) for memory ...")
     plan_project = write_project(work / "lockgate-plan", warehouse, "http://127.0.0.1:9")
-    r["plan"], _ = lockgate("plan", plan_project)
+    r["plan"], _, r["plan_phases"] = lockgate("plan", plan_project)
     if not args.skip_10m:
         big = work / "warehouse-10x.duckdb"
         console.print(f"building {10 * n:,} rows ...")
         build_warehouse(big, 10 * n)
         plan_project = write_project(work / "lockgate-plan-10x", big, "http://127.0.0.1:9")
         console.print(f"lockgate plan at {10 * n:,} rows ...")
-        r["plan10"], doc = lockgate("plan", plan_project)
+        r["plan10"], doc, r["plan10_phases"] = lockgate("plan", plan_project)
         assert doc["changes"]["to_send"] == 10 * n
         big.unlink()
         shutil.rmtree(plan_project, ignore_errors=True)
@@ -795,6 +878,20 @@ def report(n: int, r: dict[str, Any], args: argparse.Namespace) -> None:
             "",
         )
     console.print(table)
+
+    phases = Table(title="where Lockgate's time goes (seconds; engine steps, whole process)")
+    phases.add_column("run")
+    phases.add_column("phases")
+    for label, key in (
+        ("full sync", "full"),
+        ("incremental sync", "incr"),
+        ("plan, nothing to send", "noop"),
+        (f"plan, fresh state, {n:,}", "plan"),
+        (f"plan, fresh state, {10 * n:,}", "plan10"),
+    ):
+        if key in r:
+            phases.add_row(label, phase_text(r[key], r.get(f"{key}_phases", {})))
+    console.print(phases)
 
     targets = Table(title="targets")
     for col in ("target", "measured", "verdict"):
