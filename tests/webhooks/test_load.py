@@ -248,3 +248,16 @@ def test_package_left_by_a_failed_load_does_not_swallow_new_events(
             "select event_id, metric from customerio.email where metric <> 'drafted'"
         ).fetchall()
     assert sorted(rows) == sorted([(first["event_id"], "sent"), (second["event_id"], "opened")])
+
+
+def test_timestamp_out_of_range_still_loads(project: Project, spool: Spool) -> None:
+    event = make_event("email", "opened")
+    event["timestamp"] = 1_613_063_089_000_000  # microseconds sent as seconds
+    spool_events(spool, [event])
+    assert load_pending(project, spool=spool).loaded == 1
+    with warehouse(project) as con:
+        row = con.execute(
+            "select timestamp, raw->>'$.timestamp' from customerio.email where event_id = ?",
+            [event["event_id"]],
+        ).fetchone()
+    assert row == (None, "1613063089000000")

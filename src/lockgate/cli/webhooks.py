@@ -96,11 +96,7 @@ def load(project_path: Path, as_json: bool, wait: float) -> None:
     console = RichConsole(quiet=as_json)
     result = load_pending(project, wait=wait, console=console)
     if as_json:
-        click.echo(
-            json.dumps(
-                {"loaded": result.loaded, "tables": result.tables, "skipped": result.skipped}
-            )
-        )
+        click.echo(json.dumps({"loaded": result.loaded, "tables": result.tables}))
         return
     if not result.loaded:
         console.info("nothing to load")

@@ -108,25 +108,31 @@ class LoadResult:
     loaded: int = 0
     batches: int = 0
     tables: dict[str, int] = field(default_factory=dict)
-    skipped: int = 0
-    """Spool records that were not valid events (never acknowledged, so normally 0)."""
 
 
-def to_row(record: SpoolRecord) -> tuple[str, dict[str, Any]] | None:
-    """The table and row for one spooled event, or None when the body is not an event."""
+def to_row(record: SpoolRecord) -> tuple[str, dict[str, Any]]:
+    """The table and row for one spooled event.
+
+    Never drops an event: a body that is somehow not an event (the receiver checked it before
+    acknowledging, so this needs a hand-edited spool) goes to ``other`` with its raw text, and
+    a timestamp outside the datetime range (milliseconds sent as seconds) loads as null with
+    the payload intact in ``raw``.
+    """
+    received_at = datetime.fromtimestamp(record.received_at, UTC)
     try:
         doc = orjson.loads(record.body)
         event = check_event(doc)
     except Exception:
-        return None
+        raw_text = record.body.decode("utf-8", "replace")
+        return "other", {"event_id": record.event_id, "received_at": received_at, "raw": raw_text}
     data = dict(event.data)
     identifiers = data.pop("identifiers", None)
     row: dict[str, Any] = {
         "event_id": event.event_id,
         "object_type": event.object_type,
         "metric": event.metric,
-        "timestamp": datetime.fromtimestamp(event.timestamp, UTC),
-        "received_at": datetime.fromtimestamp(record.received_at, UTC),
+        "timestamp": _datetime(event.timestamp),
+        "received_at": received_at,
     }
     if isinstance(identifiers, dict):
         for key, value in identifiers.items():
@@ -137,6 +143,13 @@ def to_row(record: SpoolRecord) -> tuple[str, dict[str, Any]] | None:
         row[f"data_{key}" if key in row or key in _ENVELOPE else key] = value
     row["raw"] = doc
     return table_for(event.object_type, event.metric, event.data), row
+
+
+def _datetime(seconds: int) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _columns(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -292,11 +305,8 @@ def load_pending(
                 break
             by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for record in records:
-                routed = to_row(record)
-                if routed is None:
-                    result.skipped += 1
-                    continue
-                by_table[routed[0]].append(routed[1])
+                table, row = to_row(record)
+                by_table[table].append(row)
             if by_table:
                 if duckdb_path is not None:
                     _wait_for_duckdb(duckdb_path, wait=wait)
