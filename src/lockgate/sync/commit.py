@@ -35,6 +35,7 @@ class CommitCounts:
     rejected: int = 0
     dead_lettered: int = 0
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (key, outcome, reason)
+    failed_keys: set[str] = field(default_factory=set)
 
 
 class Committer:
@@ -131,6 +132,7 @@ class Committer:
             else:
                 self.counts.dead_lettered += len(group_keys)
             self._rejected.extend((key, text) for key in group_keys)
+            self.counts.failed_keys.update(group_keys)
             for key in group_keys[: max(0, 20 - len(self.counts.failures))]:
                 self.counts.failures.append((key, outcome, reason or "no reason given"))
         self._buffered += len(results)

@@ -49,10 +49,10 @@ def event_ulids(ts_seconds: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> list[
 
 
 def _records(
-    con: duckdb.DuckDBPyConnection, kind: str, pending: dict[str, Pending]
+    con: duckdb.DuckDBPyConnection, kind: str, pending: dict[str, Pending], source: str
 ) -> Iterator[Record]:
     columns = "k, op, h, ident, removed" + (", ts, lo, hi" if kind == "events" else "")
-    reader = con.sql(f"select {columns} from changes").to_arrow_reader(READ_BATCH_ROWS)
+    reader = con.sql(f"select {columns} from {source}").to_arrow_reader(READ_BATCH_ROWS)
     for batch in reader:
         yield from _batch_records(batch, kind, pending)
 
@@ -91,10 +91,11 @@ async def _deliver(
     kind: str,
     committer: Committer,
     advance: Advance,
+    source: str,
 ) -> None:
     pending: dict[str, Pending] = {}
     try:
-        async for results in destination.deliver(_records(con, kind, pending)):
+        async for results in destination.deliver(_records(con, kind, pending, source)):
             committer.add(results, pending)
             advance(len(results))
     finally:
@@ -109,6 +110,7 @@ def deliver(
     kind: str,
     committer: Committer,
     advance: Advance,
+    source: str = "changes",
 ) -> None:
-    """Send everything in ``changes``; every record's outcome reaches the committer."""
-    asyncio.run(_deliver(con, destination, kind, committer, advance))
+    """Send everything in ``source``; every record's outcome reaches the committer."""
+    asyncio.run(_deliver(con, destination, kind, committer, advance, source))

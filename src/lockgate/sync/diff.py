@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
+import orjson
 
 from lockgate.project.models import SyncConfig
 from lockgate.state.store import run_sql, table
@@ -42,6 +43,7 @@ class ChangeSet:
     attributes_set: int = 0
     attributes_cleared: int = 0
     held: int = 0
+    state_events: int = 0
     rejected_samples: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     held_samples: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
@@ -154,6 +156,56 @@ def _hold_relationships(
     return count, tuple((str(k), str(r)) for k, r in samples)
 
 
+def _state_change_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, now: int) -> int:
+    """Fill ``oc_changes`` with the `on_change` events this run fires.
+
+    A rule fires for a person already in the snapshot whose watched attribute changed (from
+    the rule's `from`, to its `to`, when given) unless the rule's `unless` holds. The event key
+    is the record key, the rule and the hash of the previous state, so the same transition
+    always has the same key (and dedupe id): a re-run or a crash never fires it twice, and a
+    later, separate transition of the same person fires again.
+    """
+    snap, ledger = table("snap", sync.name), table("ledger", sync.name)
+    selects = []
+    for i, rule in enumerate(sync.on_change):
+        path = "'$._watch." + orjson.dumps(rule.attribute).decode().replace("'", "''") + "'"
+        old = f"json_extract(s.ident, {path})::varchar"
+        new = f"json_extract(m.ident, {path})::varchar"
+        conditions = [
+            "m.reject is null",
+            "s.h <> m.h",
+            "json_extract(s.ident, '$._watch') is not null",
+            f"{old} is distinct from {new}",
+            f"not m.__ocu_{i}",
+        ]
+        if rule.from_ is not None:
+            conditions.append(f"{old} = {lit(orjson.dumps(rule.from_).decode())}")
+        if rule.to is not None:
+            conditions.append(f"{new} = {lit(orjson.dumps(rule.to).decode())}")
+        name = lit(orjson.dumps(rule.event).decode())
+        selects.append(
+            f"""
+            select m.k || '#{i}#' || s.h as k, m.k as pk, m.ident,
+                   '"type":"person","action":"event","identifiers":'
+                   || json_extract(m.op, '$.identifiers')::varchar || ',"name":' || {name}
+                   || ',"timestamp":{now},"attributes":' || m.__ocp_{i} || '}}' as op
+            from mapped m join {snap} s on s.k = m.k
+            where {" and ".join(conditions)}
+            """
+        )
+    run_sql(
+        con,
+        f"""
+        create or replace temp table oc_changes as
+        select e.k, e.op, null::ubigint as h, e.ident, true as is_new, false as removed,
+               {now}::bigint as ts, md5_number_lower(e.k) as lo, md5_number_upper(e.k) as hi,
+               e.pk
+        from ({" union all ".join(selects)}) e anti join {ledger} l on l.k = e.k
+        """,
+    )
+    return int(_one(con, "select count(*) from oc_changes") or 0)
+
+
 def diff_records(
     con: duckdb.DuckDBPyConnection,
     sync: SyncConfig,
@@ -161,6 +213,7 @@ def diff_records(
     *,
     objects_snaps: list[str] | None = None,
     people_snaps: list[str] | None = None,
+    now: int = 0,
 ) -> ChangeSet:
     """Diff a people, objects or relationships sync against its snapshot."""
     snap = table("snap", sync.name)
@@ -189,6 +242,7 @@ def diff_records(
         where m.reject is null and (s.k is null or s.h <> m.h)
         """,
     )
+    state_events = _state_change_events(con, sync, now) if sync.on_change else 0
     held = 0
     held_samples: tuple[tuple[str, str], ...] = ()
     if sync.kind == "relationships":
@@ -230,6 +284,7 @@ def diff_records(
         removed=removed,
         removed_sent=removed_sent,
         held=held,
+        state_events=state_events,
         attributes_set=attrs,
         attributes_cleared=cleared,
         rejected_samples=samples,

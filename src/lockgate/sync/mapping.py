@@ -315,6 +315,9 @@ def compile_people(sync: SyncConfig, columns: dict[str, str], default_on_null: s
         fields.add(sync.name, name, spec, columns, sync.on_null or default_on_null)
     checks.extend(fields.checks)
     used.extend(fields.columns)
+    extra_columns = ""
+    if sync.on_change:
+        ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null)
     null_key = " or ".join(f"{q(k)} is null" for k in sync.key_columns)
     checks.insert(0, f"case when {null_key} then {lit('primary key is null')} end")
     op = (
@@ -324,10 +327,47 @@ def compile_people(sync: SyncConfig, columns: dict[str, str], default_on_null: s
     select = (
         f"select coalesce({key_sql}, '(null key) ' || coalesce({ident}, '')) as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
-        f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared "
+        f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared{extra_columns} "
         f"from {fields.inner_select()}"
     )
     return Compiled(select, tuple(dict.fromkeys(used + sync.key_columns)))
+
+
+def _on_change_sql(
+    sync: SyncConfig, columns: dict[str, str], fields: Fields, ident: str, default_on_null: str
+) -> tuple[str, str]:
+    """For `on_change`: the ident JSON extended with the watched values (``_watch``), and the
+    per-rule columns ``__ocp_<i>`` (event properties JSON) and ``__ocu_<i>`` (unless)."""
+    watched: dict[str, str] = {}
+    for name, spec in sync.attributes.items():
+        if spec.value is not None:
+            watched[name] = lit(orjson.dumps(spec.value).decode()) + "::json"
+            continue
+        column = spec.column or name
+        watched[name], _ = coerce(sync.name, name, column, columns[column], spec.type)
+    fragments = []
+    for rule in sync.on_change:
+        if rule.attribute not in sync.attributes:
+            raise ConfigError(
+                f"sync `{sync.name}`: `on_change` watches `{rule.attribute}`, which is not one "
+                "of the sync's attributes",
+                hint=f"attributes: {', '.join(f'`{a}`' for a in sync.attributes)}",
+            )
+    for name in dict.fromkeys(rule.attribute for rule in sync.on_change):
+        fragments.append(f"{json_key(name)} || coalesce(to_json({watched[name]})::varchar, 'null')")
+    watch = "'{' || " + " || ',' || ".join(fragments) + " || '}'"
+    ident = (
+        f"case when {ident} = '{{}}' then '{{\"_watch\":' || {watch} || '}}' "
+        f"else rtrim({ident}, '}}') || ',\"_watch\":' || {watch} || '}}' end"
+    )
+    extra = ""
+    for i, rule in enumerate(sync.on_change):
+        props = Fields(computed=fields.computed)
+        for name, spec in rule.properties.items():
+            props.add(sync.name, name, spec, columns, default_on_null)
+        unless = f"coalesce(({rule.unless}), false)" if rule.unless else "false"
+        extra += f", {_object(props.fragments)} as __ocp_{i}, {unless} as __ocu_{i}"
+    return ident, extra
 
 
 def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) -> Compiled:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
+
 from lockgate.console import Console
 from lockgate.destinations.base import Destination
 from lockgate.errors import LockgateError, StepError
@@ -28,11 +30,11 @@ from lockgate.project.loader import Project
 from lockgate.project.models import SyncConfig, resolve_env
 from lockgate.sources import connect
 from lockgate.state import contract as contract_state
-from lockgate.state.store import StateStore, table
+from lockgate.state.store import StateStore, run_sql, table
 from lockgate.sync import diff as diff_step
 from lockgate.sync import guard as guard_step
 from lockgate.sync import mapping
-from lockgate.sync.commit import Committer
+from lockgate.sync.commit import CommitCounts, Committer
 from lockgate.sync.deliver import deliver, event_ulids
 from lockgate.sync.extract import stage
 
@@ -169,11 +171,55 @@ def _prepare(
         else:
             objects_snaps, people_snaps = _related_snapshots(store, project, sync)
             changes = diff_step.diff_records(
-                store.con, sync, compiled, objects_snaps=objects_snaps, people_snaps=people_snaps
+                store.con,
+                sync,
+                compiled,
+                objects_snaps=objects_snaps,
+                people_snaps=people_snaps,
+                now=now,
             )
     with step("guard"):
         guards = guard_step.check(store.con, store, project, sync, changes)
     return changes, recovered, guards
+
+
+def _deliver_state_events(
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    run_id: str,
+    console: Console,
+    total: int,
+    destination_factory: DestinationFactory,
+) -> CommitCounts:
+    """Send the run's `on_change` events before the attribute updates that caused them.
+
+    Delivered events go to the sync's ledger. A person whose event was not delivered is
+    held back from this run's updates, so the snapshot does not advance past the
+    transition and the next run fires the same event (same key, same dedupe id) again.
+    """
+    committer = Committer(store.writer(), sync=sync.name, run_id=run_id, kind="events")
+    with console.progress(f"deliver {sync.name} state-change events", total) as advance:
+        deliver(
+            store.con,
+            destination_factory(project, sync),
+            kind="events",
+            committer=committer,
+            advance=advance,
+            source="oc_changes",
+        )
+    failed = committer.counts.failed_keys
+    if failed:
+        store.con.register("_failed_events", pa.table({"k": pa.array(sorted(failed))}))
+        try:
+            run_sql(
+                store.con,
+                "delete from changes where k in (select o.pk from oc_changes o "
+                "join _failed_events f on f.k = o.k)",
+            )
+        finally:
+            store.con.unregister("_failed_events")
+    return committer.counts
 
 
 def _related_snapshots(
@@ -292,6 +338,18 @@ def run_sync(
             )
             guard_step.enforce(sync, guards, force=force)
             store.append_rejected(run_id, sync.name, "map", list(changes.rejected_samples))
+            state_events = None
+            if changes.state_events:
+                with step("deliver"):
+                    state_events = _deliver_state_events(
+                        store,
+                        project,
+                        sync,
+                        run_id,
+                        console,
+                        changes.state_events,
+                        destination_factory,
+                    )
             with step("deliver"):
                 destination = destination_factory(project, sync)
                 committer = Committer(store.writer(), sync=sync.name, run_id=run_id, kind=sync.kind)
@@ -306,6 +364,11 @@ def run_sync(
             store.finish_run(run_id, "failed", {}, error=str(exc))
             raise
         counts = committer.counts
+        if state_events is not None:
+            counts.delivered += state_events.delivered
+            counts.rejected += state_events.rejected
+            counts.dead_lettered += state_events.dead_lettered
+            counts.failures.extend(state_events.failures[: 20 - len(counts.failures)])
         status = "success" if not (counts.rejected or counts.dead_lettered) else "partial"
         report = RunReport(
             run_id,

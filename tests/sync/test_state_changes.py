@@ -1,0 +1,78 @@
+"""`on_change`: an attribute transition fires an event, exactly once per transition."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lockgate.console import NullConsole
+from lockgate.sync.run import plan_sync, run_sync
+
+ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
+
+CARTS = """
+name: carts
+source: warehouse
+model: {table: carts}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes: {cart_status: cart_status, cart_value: {column: cart_value, type: number}}
+on_change:
+  - attribute: cart_status
+    from: open
+    to: inactive
+    event: cart_abandoned
+    properties: {cart_value: {column: cart_value, type: number}}
+    unless: has_order_after_cart
+"""
+
+
+def seed(factory: ProjectFactory) -> None:
+    factory.sql(
+        """
+        create or replace table carts as select * from (values
+          (1, 'open', 40.0, false), (2, 'open', 15.5, false), (3, 'open', 99.0, false)
+        ) t(user_id, cart_status, cart_value, has_order_after_cart);
+        """
+    )
+
+
+def abandoned(emu: Any) -> list[tuple[str | None, Any]]:
+    by_cio = {p.cio_id: p.id for p in emu.people()}
+    return sorted(
+        (by_cio.get(e.person), e.data.get("cart_value"))
+        for e in emu.events()
+        if e.name == "cart_abandoned"
+    )
+
+
+def test_transition_fires_once_and_unless_suppresses(project_factory: ProjectFactory) -> None:
+    seed(project_factory)
+    project = project_factory.write({"carts": CARTS})
+    first = run_sync(project, "carts", console=NullConsole())
+    assert first.changes.state_events == 0  # a first sight is not a transition
+
+    # 1 abandons; 2 abandons but ordered afterwards (unless); 3 goes open -> checked_out
+    project_factory.sql(
+        """
+        update carts set cart_status = 'inactive' where user_id in (1, 2);
+        update carts set has_order_after_cart = true where user_id = 2;
+        update carts set cart_status = 'checked_out' where user_id = 3;
+        """
+    )
+    plan = plan_sync(project, "carts", console=NullConsole())
+    assert plan.changes.state_events == 1
+    second = run_sync(project, "carts", console=NullConsole())
+    assert second.status == "success" and second.changes.state_events == 1
+    emu = project_factory.emulator
+    assert abandoned(emu) == [("1", 40.0)]
+    person = emu.person(id="1")
+    assert person is not None and person.attributes["cart_status"] == "inactive"
+
+    # re-running fires nothing; a new open -> inactive later fires again
+    assert run_sync(project, "carts", console=NullConsole()).changes.state_events == 0
+    project_factory.sql("update carts set cart_status = 'open', cart_value = 12 where user_id = 1")
+    run_sync(project, "carts", console=NullConsole())
+    project_factory.sql("update carts set cart_status = 'inactive' where user_id = 1")
+    run_sync(project, "carts", console=NullConsole())
+    assert abandoned(emu) == [("1", 12.0), ("1", 40.0)]
