@@ -11,7 +11,7 @@ import orjson
 
 from lockgate.cli.options import json_option, open_project, project_option
 from lockgate.console import RichConsole
-from lockgate.errors import ConfigError
+from lockgate.errors import ConfigError, ContractError
 from lockgate.project.models import ENV_REF, ProjectConfig, SyncConfig
 
 
@@ -62,7 +62,9 @@ def init(directory: Path, force: bool) -> None:
     help="Print the JSON Schemas of lockgate.yml and sync files, then exit.",
 )
 def validate(project_path: Path, as_json: bool, print_schema: bool) -> None:
-    """Check lockgate.yml and every sync file; errors name the file and line."""
+    """Check lockgate.yml and every sync file; errors name the file and line. Also checks the
+    data contract: attribute ownership, event-name drift, identifiers changed since the last
+    run (docs/guardrails.md); exits 1 on an error."""
     if print_schema:
         sys.stdout.write(orjson.dumps(json_schemas(), option=orjson.OPT_INDENT_2).decode() + "\n")
         return
@@ -73,13 +75,24 @@ def validate(project_path: Path, as_json: bool, print_schema: bool) -> None:
             match = ENV_REF.match(value)
             if match and match.group(1) not in os.environ:
                 missing.append(match.group(1))
+    from lockgate.sync import contract
+
+    findings = contract.check_project(project)
+    errors = [f for f in findings if f.level == "error"]
     if as_json:
         sys.stdout.write(
             orjson.dumps(
-                {"valid": True, "syncs": sorted(project.syncs), "missing_env": missing}
+                {
+                    "valid": not errors,
+                    "syncs": sorted(project.syncs),
+                    "missing_env": missing,
+                    "contract": [f.as_dict() for f in findings],
+                }
             ).decode()
             + "\n"
         )
+        if errors:
+            sys.exit(1)
         return
     console = RichConsole()
     console.table(
@@ -98,3 +111,9 @@ def validate(project_path: Path, as_json: bool, print_schema: bool) -> None:
     )
     for name in missing:
         console.warn(f"environment variable `{name}` is not set; syncs will need it")
+    contract.render(console, findings)
+    if errors:
+        raise ContractError(
+            f"{len(errors)} data-contract error{'s' if len(errors) > 1 else ''} (table above)",
+            hint="see docs/guardrails.md for each check and how to acknowledge it",
+        )

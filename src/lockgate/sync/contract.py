@@ -1,0 +1,229 @@
+"""Project-wide data-contract checks run by `lockgate validate`, before any run.
+
+- **Ownership**: two people syncs writing the same Customer.io attribute to the same
+  destination overwrite each other. An error naming both syncs, their files and the
+  attribute, unless every sync writing it lists it in `guardrails.shared_attributes`
+  (then a warning). The `email` attribute a sync sends implicitly because it identifies by
+  email is not counted.
+- **Event-name drift**: names that differ only in case, punctuation, separators or word order
+  (`Checkout Abandoned`, `abandoned_checkout`, `checkoutAbandoned`) split one behaviour into
+  several events in Customer.io. Names come from the sync files (constant `event.name`
+  values, `on_change` events) and from the state: every name an events sync has sent.
+  An error, unless one of the names is listed in `guardrails.distinct_event_names` (warning).
+- **Identifier changed**: `identify_by` or `primary_key` differ from the sync's last
+  committed run (read from the state when there is one). An error: the run would be refused
+  until forced once (`lockgate sync NAME --force`), which records the new identifiers.
+
+Example::
+
+    findings = check_project(load_project("."))
+    errors = [f for f in findings if f.level == "error"]
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from lockgate.console import Console
+from lockgate.errors import StateError
+from lockgate.project.loader import Project
+from lockgate.state import contract
+from lockgate.state.store import StateStore
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem found by a contract check."""
+
+    check: str
+    level: str  # error | warning
+    message: str
+    files: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "level": self.level,
+            "message": self.message,
+            "files": list(self.files),
+        }
+
+
+def ownership(project: Project) -> list[Finding]:
+    """Attributes written by more than one people sync of the same destination."""
+    writers: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for sync in project:
+        if sync.kind != "people":
+            continue
+        for attribute in sync.attributes:
+            writers[(sync.destination, attribute)].append(sync.name)
+    shared_default = set(project.config.defaults.guardrails.shared_attributes)
+    out: list[Finding] = []
+    for (destination, attribute), names in sorted(writers.items()):
+        if len(names) < 2:
+            continue
+        files = tuple(project.sync_files[n] for n in names)
+        where = " and ".join(f"sync `{n}` ({project.sync_files[n]})" for n in names)
+        acknowledged = attribute in shared_default or all(
+            attribute in project.syncs[n].guardrails.shared_attributes for n in names
+        )
+        if acknowledged:
+            out.append(
+                Finding(
+                    "ownership",
+                    "warning",
+                    f"attribute `{attribute}` of destination `{destination}` is written by "
+                    f"{where} (acknowledged in `shared_attributes`)",
+                    files,
+                )
+            )
+        else:
+            out.append(
+                Finding(
+                    "ownership",
+                    "error",
+                    f"attribute `{attribute}` of destination `{destination}` is written by "
+                    f"{where}: each run overwrites the other's value. Give it one owner, or "
+                    f"list `{attribute}` under `guardrails: {{shared_attributes: [...]}}` in "
+                    "every one of these syncs",
+                    files,
+                )
+            )
+    return out
+
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_NON_WORD = re.compile(r"[^0-9a-z]+")
+
+
+def event_name_key(name: str) -> str:
+    """A name with case, punctuation, separators and word order normalised away:
+    `Checkout Abandoned`, `abandoned_checkout` and `checkoutAbandoned` share one key."""
+    words = _NON_WORD.split(_CAMEL.sub(" ", name.strip()).lower())
+    return " ".join(sorted(w for w in words if w))
+
+
+def event_names(project: Project, sent: dict[str, list[str]]) -> list[Finding]:
+    """Pairs of distinct event names that collide once normalised."""
+    origins: dict[str, set[str]] = defaultdict(set)
+    for sync in project:
+        file = project.sync_files[sync.name]
+        if sync.event is not None and sync.event.name.value:
+            origins[sync.event.name.value.strip()].add(f"{file}")
+        for change in getattr(sync, "on_change", None) or []:
+            origins[str(change.event).strip()].add(f"{file} (on_change)")
+    for sync_name, names in sent.items():
+        for name in names:
+            origins[name].add(f"sent by sync `{sync_name}`")
+    distinct = set(project.config.defaults.guardrails.distinct_event_names)
+    for sync in project:
+        distinct.update(sync.guardrails.distinct_event_names)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name in origins:
+        if name:
+            groups[event_name_key(name)].append(name)
+    out: list[Finding] = []
+    for _key, names in sorted(groups.items()):
+        if len(names) < 2:
+            continue
+        names.sort()
+        shown = " vs ".join(f"`{n}` ({', '.join(sorted(origins[n]))})" for n in names)
+        files = tuple(sorted({o for n in names for o in origins[n] if o.endswith(".yml")}))
+        if distinct & set(names):
+            out.append(
+                Finding(
+                    "event-name drift",
+                    "warning",
+                    f"event names {shown} differ only in case, punctuation or word order "
+                    "(acknowledged in `distinct_event_names`)",
+                    files,
+                )
+            )
+        else:
+            out.append(
+                Finding(
+                    "event-name drift",
+                    "error",
+                    f"event names {shown} differ only in case, punctuation or word order: "
+                    "Customer.io treats them as different events, so campaigns and segments "
+                    "see only some of them. Use one spelling, or list the name under "
+                    "`guardrails: {distinct_event_names: [...]}` if they really differ",
+                    files,
+                )
+            )
+    return out
+
+
+def identifiers(project: Project, last: dict[str, contract.Contract]) -> list[Finding]:
+    """Syncs whose `identify_by` or `primary_key` changed since their last committed run."""
+    out: list[Finding] = []
+    for sync in project:
+        was = last.get(sync.name)
+        if was is None:
+            continue
+        parts = []
+        if dict(sync.identify_by) != was.identify_by:
+            parts.append(
+                f"`identify_by` was {orjson.dumps(was.identify_by).decode()}, "
+                f"now {orjson.dumps(dict(sync.identify_by)).decode()}"
+            )
+        if sync.key_columns != was.key_columns:
+            parts.append(
+                f"`primary_key` was {orjson.dumps(was.key_columns).decode()}, "
+                f"now {orjson.dumps(sync.key_columns).decode()}"
+            )
+        if parts:
+            file = project.sync_files[sync.name]
+            out.append(
+                Finding(
+                    "identifier changed",
+                    "error",
+                    f"sync `{sync.name}` ({file}): {'; '.join(parts)} since its last run "
+                    f"({was.run_id}); the next run is refused until `lockgate sync "
+                    f"{sync.name} --force` accepts the change once",
+                    (file,),
+                )
+            )
+    return out
+
+
+def check_project(project: Project) -> list[Finding]:
+    """Every contract check; the state is read when it exists and is not in use."""
+    findings = ownership(project)
+    sent: dict[str, list[str]] = {}
+    last: dict[str, contract.Contract] = {}
+    if (project.state_dir / "state.duckdb").exists():
+        try:
+            with StateStore.open(project.state_dir) as store:
+                sent = {k: v for k, v in contract.event_names(store.con).items()}
+                for sync in project:
+                    found = contract.last(store.con, sync.name)
+                    if found is not None:
+                        last[sync.name] = found
+        except StateError as exc:
+            findings.append(
+                Finding(
+                    "state",
+                    "warning",
+                    f"{exc.reason}: event names already sent and identifier changes were not "
+                    "checked",
+                )
+            )
+    findings += event_names(project, {k: v for k, v in sent.items() if k in project.syncs})
+    findings += identifiers(project, last)
+    return findings
+
+
+def render(console: Console, findings: list[Finding]) -> None:
+    """The findings as one table (nothing when there are none)."""
+    if findings:
+        console.table(
+            "data contract",
+            ["level", "check", "problem"],
+            [(f.level.upper(), f.check, f.message) for f in findings],
+        )

@@ -1,0 +1,149 @@
+"""`lockgate validate` checks the data contract across syncs, before any run."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from click.testing import CliRunner
+
+from lockgate.cli import cli
+from lockgate.console import NullConsole
+from lockgate.sync.contract import event_name_key
+from lockgate.sync.run import run_sync
+
+ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
+
+PEOPLE = """
+name: {name}
+source: warehouse
+model: {{sql: "select 1 as user_id, 'pro' as plan, 'a@example.com' as email"}}
+kind: people
+primary_key: user_id
+identify_by: {{id: user_id, email: email}}
+attributes: [plan]
+"""
+
+EVENTS = """
+name: {name}
+source: warehouse
+model: {{sql: "select 1 as user_id, 'o1' as order_id, 'Checkout Abandoned' as what"}}
+kind: events
+identify_by: {{id: user_id}}
+event: {{name: {event}, id: order_id}}
+backfill: {{older: send}}
+"""
+
+
+def validate(project: Any) -> tuple[int, dict[str, Any]]:
+    result = CliRunner().invoke(
+        cli, ["validate", "--project", str(project.root), "--json"], catch_exceptions=False
+    )
+    return result.exit_code, json.loads(result.output)
+
+
+def test_event_names_are_compared_without_case_punctuation_or_word_order() -> None:
+    keys = {
+        event_name_key(n)
+        for n in (
+            "Checkout Abandoned",
+            "abandoned_checkout",
+            "checkoutAbandoned",
+            "Abandoned-Checkout!",
+        )
+    }
+    assert keys == {"abandoned checkout"}
+    assert event_name_key("Checkout Started") != event_name_key("Checkout Abandoned")
+
+
+def test_two_syncs_writing_one_attribute_is_an_error_naming_both(
+    project_factory: ProjectFactory,
+) -> None:
+    project = project_factory.write(
+        {"crm": PEOPLE.format(name="crm"), "billing": PEOPLE.format(name="billing")}
+    )
+    code, report = validate(project)
+    assert code == 1 and not report["valid"]
+    (finding,) = report["contract"]
+    assert finding["check"] == "ownership" and finding["level"] == "error"
+    assert "attribute `plan`" in finding["message"]
+    assert "sync `billing` (syncs/billing.yml) and sync `crm` (syncs/crm.yml)" in finding["message"]
+    assert "email" not in finding["message"]  # the implicit email attribute is not counted
+
+    shared = "guardrails: {shared_attributes: [plan]}\n"
+    project = project_factory.write(
+        {"crm": PEOPLE.format(name="crm") + shared, "billing": PEOPLE.format(name="billing")}
+    )
+    assert validate(project)[0] == 1  # one side acknowledging is not enough
+    project = project_factory.write(
+        {
+            "crm": PEOPLE.format(name="crm") + shared,
+            "billing": PEOPLE.format(name="billing") + shared,
+        }
+    )
+    code, report = validate(project)
+    assert code == 0 and report["valid"]
+    assert [f["level"] for f in report["contract"]] == ["warning"]
+
+
+def test_event_name_drift_in_configs_and_in_names_already_sent(
+    project_factory: ProjectFactory,
+) -> None:
+    project = project_factory.write(
+        {
+            "a": EVENTS.format(name="a", event="{value: Checkout Abandoned}"),
+            "b": EVENTS.format(name="b", event="{value: abandoned_checkout}"),
+        }
+    )
+    code, report = validate(project)
+    assert code == 1
+    (finding,) = report["contract"]
+    assert finding["check"] == "event-name drift"
+    assert (
+        "`Checkout Abandoned` (syncs/a.yml) vs `abandoned_checkout` (syncs/b.yml)"
+        in (finding["message"])
+    )
+
+    # a name column: the names the sync has sent are checked against the configs
+    project = project_factory.write(
+        {
+            "a": EVENTS.format(name="a", event="what"),
+            "b": EVENTS.format(name="b", event="{value: abandoned checkout}"),
+        }
+    )
+    assert validate(project)[0] == 0  # nothing sent yet
+    project_factory.sql("create table if not exists t as select 1 as x")  # the warehouse file
+    assert run_sync(project, "a", console=NullConsole()).delivered == 1
+    code, report = validate(project)
+    assert code == 1
+    assert "`Checkout Abandoned` (sent by sync `a`)" in report["contract"][0]["message"]
+
+    acknowledged = "guardrails: {distinct_event_names: [abandoned checkout]}\n"
+    project = project_factory.write(
+        {
+            "a": EVENTS.format(name="a", event="what"),
+            "b": EVENTS.format(name="b", event="{value: abandoned checkout}") + acknowledged,
+        }
+    )
+    code, report = validate(project)
+    assert code == 0 and report["contract"][0]["level"] == "warning"
+
+
+def test_an_identifier_changed_since_the_last_run(project_factory: ProjectFactory) -> None:
+    project_factory.sql("create table if not exists t as select 1 as x")  # the warehouse file
+    project = project_factory.write({"crm": PEOPLE.format(name="crm")})
+    run_sync(project, "crm", console=NullConsole())
+    assert validate(project) == (
+        0,
+        {"valid": True, "syncs": ["crm"], "missing_env": [], "contract": []},
+    )
+    changed = PEOPLE.format(name="crm").replace("{id: user_id, email: email}", "{email: email}")
+    project = project_factory.write({"crm": changed})
+    code, report = validate(project)
+    assert code == 1
+    (finding,) = report["contract"]
+    assert finding["check"] == "identifier changed"
+    assert (
+        'sync `crm` (syncs/crm.yml): `identify_by` was {"id":"user_id","email":"email"}, '
+        'now {"email":"email"}' in finding["message"]
+    )
