@@ -280,6 +280,7 @@ def resolve(
     node_values: pa.StringArray = pa.chunked_array(dictionaries, pa.string()).combine_chunks()
     node_type = np.repeat(np.arange(n_types, dtype=np.int16), np.diff(offsets))
 
+    stats["dictionary_s"] = time.perf_counter() - t0
     # node evidence
     node_mask = np.zeros(n_nodes, dtype=np.uint64)
     node_batch = np.full(n_nodes, I64_MAX, dtype=np.int64)
@@ -315,22 +316,12 @@ def resolve(
             seen_first.append(c.observed[present])
             seen_last.append(last[present])
     if seen_ids:
-        # first/last seen vary per row: one hash aggregation over every occurrence
-        seen = (
-            pa.table(
-                {
-                    "n": np.concatenate(seen_ids),
-                    "f": np.concatenate(seen_first),
-                    "l": np.concatenate(seen_last),
-                }
-            )
-            .group_by("n", use_threads=True)
-            .aggregate([("f", "min"), ("l", "max")])
-        )
-        n_ids = seen["n"].to_numpy()
-        node_first[n_ids] = np.minimum(node_first[n_ids], seen["f_min"].to_numpy())
-        node_last[n_ids] = np.maximum(node_last[n_ids], seen["l_max"].to_numpy())
+        # first/last seen vary per row (numpy's ufunc.at beats a hash group-by here)
+        all_ids = np.concatenate(seen_ids)
+        np.minimum.at(node_first, all_ids, np.concatenate(seen_first))
+        np.maximum.at(node_last, all_ids, np.concatenate(seen_last))
 
+    stats["evidence_s"] = time.perf_counter() - t0 - stats["dictionary_s"]
     # 3. star edges per row, around the row's most trusted identifier
     e_a: list[npt.NDArray[np.int64]] = []
     e_b: list[npt.NDArray[np.int64]] = []
