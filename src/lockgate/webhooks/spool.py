@@ -93,6 +93,9 @@ class Spool:
         self._writer: threading.Thread | None = None
         self._conn = connect(self.path)
         self._lock = threading.Lock()
+        # reads use their own connection, so a health check never waits for a commit's fsync
+        self._reader = connect(self.path)
+        self._read_lock = threading.Lock()
 
     # ------------------------------------------------------------------ accepting
 
@@ -116,6 +119,8 @@ class Spool:
         self.stop()
         with self._lock:
             self._conn.close()
+        with self._read_lock:
+            self._reader.close()
 
     async def append(self, event_id: str, body: bytes) -> None:
         """Store one event durably; returns after the fsync that covers it.
@@ -194,8 +199,8 @@ class Spool:
 
     def unloaded(self, limit: int = 5000) -> list[SpoolRecord]:
         """The oldest events not yet loaded into the warehouse, in arrival order."""
-        with self._lock:
-            rows = self._conn.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 "select seq, event_id, received_at, body from events "
                 "where loaded_at is null order by seq limit ?",
                 (limit,),
@@ -232,15 +237,15 @@ class Spool:
 
     def stats(self) -> SpoolStats:
         """How many events are stored and how many wait for loading."""
-        with self._lock:
-            total, unloaded = self._conn.execute(
+        with self._read_lock:
+            total, unloaded = self._reader.execute(
                 "select count(*), count(*) filter (where loaded_at is null) from events"
             ).fetchone()
         return SpoolStats(int(total), int(unloaded or 0))
 
     def __iter__(self) -> Iterator[SpoolRecord]:
-        with self._lock:
-            rows = self._conn.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 "select seq, event_id, received_at, body from events order by seq"
             ).fetchall()
         for s, e, r, b in rows:
