@@ -26,7 +26,12 @@ def test_init_then_validate(tmp_path: Path) -> None:
     assert "identify_by" in schema["properties"]
     code, out = invoke("validate", "--project", str(tmp_path / "p"), "--json")
     report = json.loads(out)
-    assert report["valid"] and report["syncs"] == ["customer_profile", "product_events"]
+    assert report["valid"] and report["syncs"] == [
+        "companies",
+        "customer_profile",
+        "memberships",
+        "product_events",
+    ]
     assert "CUSTOMERIO_API_KEY" in report["missing_env"]
 
 
@@ -64,12 +69,23 @@ def test_plan_sync_runs_history_end_to_end(
 
     code, out = invoke("sync", "--all", *project, "--json")
     runs = json.loads(out)
-    assert [r["status"] for r in runs] == ["success", "success"]
+    assert [(r["sync"], r["status"]) for r in runs] == [
+        ("companies", "success"),
+        ("customer_profile", "success"),
+        ("memberships", "success"),
+        ("product_events", "success"),
+    ]
     assert len(customerio_emulator.people()) == 1000
 
     code, out = invoke("runs", *project, "--json")
-    assert {r["sync"] for r in json.loads(out)} == {"customer_profile", "product_events"}
+    assert {r["sync"] for r in json.loads(out)} == {
+        "companies",
+        "customer_profile",
+        "memberships",
+        "product_events",
+    }
     code, out = invoke("history", "--person", "user7@example.com", *project, "--json")
     calls = json.loads(out)
-    assert [c["outcome"] for c in calls] == ["delivered"]
-    assert calls[0]["action"] == "identify" and calls[0]["status"] == 200
+    assert [(c["sync"], c["action"], c["outcome"], c["status"]) for c in calls] == [
+        ("customer_profile", "identify", "delivered", 200)
+    ]

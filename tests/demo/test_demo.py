@@ -28,3 +28,6 @@ def test_demo_runs_twice_and_the_second_act_sends_only_changes(tmp_path: Path) -
     assert rows["people changed"] == ["0", "3"]
     assert rows["events sent"] == ["3000", "2"]
     assert rows["people in Customer.io"] == ["1000", "1001"]
+    assert rows["objects (companies) sent"] == ["100", "1"]
+    assert rows["relationships held (person or company not synced yet)"] == ["2", "1"]
+    assert rows["relationships in Customer.io"] == ["999", "1000"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from lockgate.cli.sync import render_report
 from lockgate.console import RichConsole
+from lockgate.sync.run import RunReport
 
 
 @click.command()
@@ -29,37 +31,40 @@ def demo(directory: Path) -> None:
         console.info(f"\n[bold]Act {act} report[/bold]")
         for report in reports:
             render_report(console, report)
-    metrics: list[tuple[str, list[object]]] = [
-        ("people new to the sync", []),
-        ("people changed", []),
-        ("people unchanged (not sent)", []),
-        ("events sent", []),
-        ("duplicate events prevented", []),
-        ("backfill events held back", []),
-        ("rows rejected (with reasons above)", []),
-        ("people in Customer.io", []),
-        ("events in Customer.io", []),
+
+    def total(kind: str, count: Callable[[RunReport], int]) -> Callable[[int], int]:
+        return lambda act: sum(count(r) for r in result.acts[act] if r.kind == kind)
+
+    metrics: list[tuple[str, Callable[[int], int]]] = [
+        ("people new to the sync", total("people", lambda r: r.changes.new)),
+        ("people changed", total("people", lambda r: r.changes.changed)),
+        ("people unchanged (not sent)", total("people", lambda r: r.changes.unchanged)),
+        ("events sent", total("events", lambda r: r.delivered)),
+        (
+            "duplicate events prevented",
+            total("events", lambda r: r.changes.already_delivered + r.changes.duplicates_in_model),
+        ),
+        ("backfill events held back", total("events", lambda r: r.changes.backfill_skipped)),
+        ("objects (companies) sent", total("objects", lambda r: r.delivered)),
+        ("relationships sent", total("relationships", lambda r: r.delivered)),
+        (
+            "relationships held (person or company not synced yet)",
+            total("relationships", lambda r: r.changes.held),
+        ),
+        (
+            "rows rejected (with reasons above)",
+            lambda act: sum(r.changes.rejected for r in result.acts[act]),
+        ),
+        ("people in Customer.io", lambda act: result.people_in_customerio[act]),
+        ("events in Customer.io", lambda act: result.events_in_customerio[act]),
+        ("objects in Customer.io", lambda act: result.objects_in_customerio[act]),
+        ("relationships in Customer.io", lambda act: result.relationships_in_customerio[act]),
     ]
-    for act, reports in enumerate(result.acts):
-        people = [r for r in reports if r.kind == "people"]
-        events = [r for r in reports if r.kind == "events"]
-        values = [
-            sum(r.changes.new for r in people),
-            sum(r.changes.changed for r in people),
-            sum(r.changes.unchanged for r in people),
-            sum(r.delivered for r in events),
-            sum(r.changes.already_delivered + r.changes.duplicates_in_model for r in events),
-            sum(r.changes.backfill_skipped for r in events),
-            sum(r.changes.rejected for r in reports),
-            result.people_in_customerio[act],
-            result.events_in_customerio[act],
-        ]
-        for (_, column), value in zip(metrics, values, strict=True):
-            column.append(value)
+    acts = range(len(result.acts))
     console.table(
         "What went out, act by act",
-        ["", *(f"act {i}" for i in range(1, len(result.acts) + 1))],
-        [(label, *column) for label, column in metrics],
+        ["", *(f"act {i + 1}" for i in acts)],
+        [(label, *(value(act) for act in acts)) for label, value in metrics],
     )
     console.info(
         f"\nThe demo project is in [bold]{result.directory}[/bold]: try "

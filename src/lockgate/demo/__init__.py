@@ -19,7 +19,7 @@ from lockgate.console import Console
 from lockgate.demo import warehouse
 from lockgate.emulator import Emulator
 from lockgate.project.loader import load_project
-from lockgate.sync.run import RunReport, run_sync
+from lockgate.sync.run import KIND_ORDER, RunReport, run_sync
 
 
 @dataclass
@@ -30,6 +30,8 @@ class DemoResult:
     acts: list[list[RunReport]] = field(default_factory=list)
     people_in_customerio: list[int] = field(default_factory=list)
     events_in_customerio: list[int] = field(default_factory=list)
+    objects_in_customerio: list[int] = field(default_factory=list)
+    relationships_in_customerio: list[int] = field(default_factory=list)
 
 
 def scaffold(directory: Path) -> None:
@@ -80,13 +82,17 @@ def run_demo(directory: Path, console: Console) -> DemoResult:
                 console.info(
                     f"\n[bold]Act 2[/bold]: changed the warehouse ({changed['people_changed']} "
                     f"upgrades, {changed['people_added']} new person, "
-                    f"{changed['events_added']} new events) and ran again"
+                    f"{changed['events_added']} new events, {changed['companies_added']} new "
+                    "company) and ran again"
                 )
             else:
                 console.info("\n[bold]Act 1[/bold]: first sync of a fresh warehouse")
             project = load_project(directory)
-            reports = [run_sync(project, name, console=console) for name in project.syncs]
+            names = sorted(project.syncs, key=lambda n: KIND_ORDER[project.syncs[n].kind])
+            reports = [run_sync(project, name, console=console) for name in names]
             result.acts.append(reports)
             result.people_in_customerio.append(len(emulator.people()))
             result.events_in_customerio.append(len(emulator.events()))
+            result.objects_in_customerio.append(len(emulator.objects()))
+            result.relationships_in_customerio.append(len(emulator.relationships()))
     return result

@@ -13,6 +13,7 @@ from pathlib import Path
 import duckdb
 
 USERS = 1_000
+COMPANIES = 100
 
 
 def build(path: Path, *, now: datetime | None = None) -> None:
@@ -51,6 +52,30 @@ def build(path: Path, *, now: datetime | None = None) -> None:
                      end as trial_ends_on,
                 1 + id % 25 as seats
             from app.users
+            """
+        )
+        con.execute(
+            f"""
+            create table analytics.companies as
+            select 'co_' || c as company_id,
+                   ['Acme', 'Globex', 'Initech', 'Umbrella', 'Hooli'][1 + c % 5] || ' ' || c
+                       as name,
+                   ['starter', 'pro', 'enterprise'][1 + c % 3] as plan,
+                   5 + (c * 7) % 200 as seats,
+                   ['software', 'retail', 'health'][1 + c % 3] as industry
+            from range(1, {COMPANIES + 1}) t(c)
+            """
+        )
+        con.execute(
+            f"""
+            create table analytics.company_members as
+            select id as user_id, 'co_' || (1 + id % {COMPANIES}) as company_id,
+                   case when id % {COMPANIES} = 0 then 'owner' when id % 10 = 0 then 'admin'
+                        else 'member' end as role
+            from app.users
+            union all
+            -- a membership whose company is not in the warehouse yet: held, not lost
+            select 7, 'co_new', 'admin'
             """
         )
         # the mess: a duplicated user row, a user without an id, an oversized first name
@@ -97,13 +122,17 @@ def build(path: Path, *, now: datetime | None = None) -> None:
 
 
 def change_a_few_rows(path: Path, *, now: datetime | None = None) -> dict[str, int]:
-    """The second act: upgrade three people, add one, and log two new events."""
+    """The second act: upgrade three people, add one, log two new events, add the company
+    a held membership was waiting for."""
     now = now or datetime.now(UTC)
     con = duckdb.connect(str(path))
     try:
         con.execute(
             "update analytics.subscriptions set plan_tier = 'enterprise', mrr = 900 "
             "where user_id in (1, 2, 3)"
+        )
+        con.execute(
+            "insert into analytics.companies values ('co_new', 'Newco', 'pro', 12, 'software')"
         )
         con.execute(
             f"insert into app.users values ({USERS + 1}, 'New.Person@Example.com', 'Nova', "
@@ -121,4 +150,4 @@ def change_a_few_rows(path: Path, *, now: datetime | None = None) -> dict[str, i
         )
     finally:
         con.close()
-    return {"people_changed": 3, "people_added": 1, "events_added": 2}
+    return {"people_changed": 3, "people_added": 1, "events_added": 2, "companies_added": 1}
