@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+
+from lockgate.errors import MissingDependencyError
 
 Int64s = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
@@ -157,6 +157,11 @@ def ordered_union(
 
 def components(graph: Graph, active: Bools) -> tuple[int, Int64s]:
     """Connected components of the active edges (no limits): count and label per node."""
+    try:  # scipy comes with the `identity` extra
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+    except ModuleNotFoundError as exc:  # pragma: no cover - the dev install has it
+        raise MissingDependencyError("scipy", "identity") from exc
     a, b = graph.a[active], graph.b[active]
     n = graph.n_nodes
     matrix = coo_matrix((np.ones(a.shape[0], dtype=np.int8), (a, b)), shape=(n, n)).tocsr()

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import sqlglot
 
+from lockgate.errors import MissingDependencyError
 from lockgate.identity import graph as g
 from lockgate.identity.normalize import _E164, _EMAIL_SHAPE, _UUID
 from lockgate.project.identity import IdentityConfig, RegexValidateConfig
@@ -80,7 +80,7 @@ class PostgresRunner:
         self.con = con
 
     def _sql(self, sql: str) -> str:
-        return ";\n".join(sqlglot.transpile(sql, read="duckdb", write="postgres"))
+        return ";\n".join(_sqlglot().transpile(sql, read="duckdb", write="postgres"))
 
     def execute(self, sql: str) -> None:
         with self.con.cursor() as cur:
@@ -94,6 +94,14 @@ class PostgresRunner:
         with self.con.cursor() as cur:
             cur.execute(self._sql(sql))
             return list(cur.fetchall())
+
+
+def _sqlglot() -> Any:
+    try:  # sqlglot comes with the `identity` extra
+        import sqlglot
+    except ModuleNotFoundError as exc:  # pragma: no cover - the dev install has it
+        raise MissingDependencyError("sqlglot", "identity") from exc
+    return sqlglot
 
 
 def _lit(value: str) -> str:
@@ -527,5 +535,5 @@ def transpiled(stitcher: WarehouseStitcher, dialect: str) -> list[str]:
     init, changed, step = stitcher.label_statements()
     out: list[str] = []
     for sql in [*stitcher.statements(), *init, *step, changed, stitcher.flag_sql()]:
-        out += sqlglot.transpile(sql, read="duckdb", write=dialect)
+        out += _sqlglot().transpile(sql, read="duckdb", write=dialect)
     return out
