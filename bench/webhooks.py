@@ -192,6 +192,27 @@ def client_main(url: str, events: int, connections: int, tag: str) -> None:
     )
 
 
+async def spool_rate(folder: Path, max_group: int, events: int, writers: int) -> float:
+    """Events/s through the spool alone, ``writers`` appends in flight at once."""
+    from lockgate.webhooks.spool import Spool
+
+    spool = Spool(folder, max_group=max_group)
+    body = orjson.dumps({"event_id": "x", "object_type": "email", "metric": "opened"})
+    queue = list(range(events))
+
+    async def writer() -> None:
+        while queue:
+            i = queue.pop()
+            await spool.append(f"{max_group}-{i}", body)
+
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(*(writer() for _ in range(writers)))
+        return events / (time.perf_counter() - start)
+    finally:
+        spool.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000, help="events per round")
@@ -270,6 +291,13 @@ def main() -> None:
     )
     if stored != total_acked:
         raise SystemExit("FAIL: an acknowledged event is missing from the spool")
+    spool_events = max(200, args.events // 10)
+    group = asyncio.run(spool_rate(root / "spool-group", 2000, spool_events, args.connections))
+    single = asyncio.run(spool_rate(root / "spool-single", 1, spool_events, args.connections))
+    print(
+        f"spool alone, {args.connections} appends in flight: group commit {group:.0f} events/s, "
+        f"one fsync per event {single:.0f} events/s ({group / single:.1f}x)"
+    )
     if not args.no_load:
         from lockgate.project.loader import load_project
         from lockgate.webhooks.load import load_pending

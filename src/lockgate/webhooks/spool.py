@@ -36,7 +36,8 @@ from pathlib import Path
 
 SPOOL_FILE = "spool.sqlite3"
 MAX_GROUP = 2000
-"""Most events one commit covers; more wait for the next commit."""
+"""Most events one commit covers; more wait for the next commit. ``max_group=1`` gives one
+fsync per event (the benchmark's comparison)."""
 
 _SCHEMA = """
 create table if not exists events (
@@ -86,8 +87,9 @@ def connect(path: Path) -> sqlite3.Connection:
 class Spool:
     """A crash-safe queue of raw webhook bodies, keyed by ``event_id``."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, max_group: int = MAX_GROUP) -> None:
         self.path = Path(folder) / SPOOL_FILE
+        self.max_group = max_group
         self._queue: queue.SimpleQueue[_Handoff | None] = queue.SimpleQueue()
         self._pending: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
         self._writer: threading.Thread | None = None
@@ -167,13 +169,16 @@ class Spool:
 
     def _write_loop(self) -> None:
         stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is None:
-                return
-            handoffs = [first]
-            size = len(first[0])
-            while size < MAX_GROUP:
+        carry: list[_Handoff] = []
+        while not stop or carry:
+            if carry:
+                handoffs, carry = carry, []
+            else:
+                first = self._queue.get()
+                if first is None:
+                    return
+                handoffs = [first]
+            while not stop and sum(len(b) for b, _ in handoffs) < self.max_group:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -182,18 +187,31 @@ class Spool:
                     stop = True
                     break
                 handoffs.append(item)
-                size += len(item[0])
-            error: BaseException | None = None
-            try:
-                with self._lock:
-                    self._insert(
-                        [(eid, body, at) for batch, _ in handoffs for eid, body, at, _ in batch]
-                    )
-            except Exception as exc:  # reported to each waiting request as a 503
-                error = exc
+            # split so that one commit covers at most `max_group` events
+            group: list[_Handoff] = []
+            size = 0
             for batch, loop in handoffs:
-                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    loop.call_soon_threadsafe(_resolve, [f for *_, f in batch], error)
+                room = self.max_group - size
+                if room <= 0:
+                    carry.append((batch, loop))
+                    continue
+                if len(batch) > room:
+                    carry.append((batch[room:], loop))
+                    batch = batch[:room]
+                group.append((batch, loop))
+                size += len(batch)
+            self._commit_group(group)
+
+    def _commit_group(self, group: list[_Handoff]) -> None:
+        error: BaseException | None = None
+        try:
+            with self._lock:
+                self._insert([(eid, body, at) for batch, _ in group for eid, body, at, _ in batch])
+        except Exception as exc:  # reported to each waiting request as a 503
+            error = exc
+        for batch, loop in group:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_resolve, [f for *_, f in batch], error)
 
     # ------------------------------------------------------------------ loading
 
