@@ -210,3 +210,33 @@ def test_a_changed_identifier_stops_the_run_until_forced_once(
 
     assert run_sync(project, "profile", console=NullConsole(), force=True).status == "success"
     assert run_sync(project, "profile", console=NullConsole()).status == "success"
+
+
+def test_plan_shows_the_guardrails_and_sync_exits_1_naming_the_breach(
+    project_factory: ProjectFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lockgate.cli import main
+
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": with_guardrails(PROFILE, "{max_removed: 2}")})
+    args = ["--project", str(project.root)]
+    main(["sync", "profile", *args])
+    project_factory.sql("delete from users where user_id > 15")
+    capsys.readouterr()
+
+    main(["plan", "profile", *args])
+    out = capsys.readouterr().out
+    assert "profile: guardrails" in out and "max_removed" in out and "BREACHED" in out
+
+    before = Sent(emu)
+    with pytest.raises(SystemExit) as exited:
+        main(["sync", "profile", *args])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "stopped before sending anything: max_removed is 5, over the limit of 2" in err
+    assert "--force" in err
+    before.assert_nothing_new()
+
+    main(["sync", "profile", *args, "--force"])  # returns: exit 0
+    assert "max_removed" in capsys.readouterr().out
