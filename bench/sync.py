@@ -775,7 +775,7 @@ def main() -> None:
     parser.add_argument(
         "--drt-seconds",
         type=float,
-        default=240.0,
+        default=300.0,
         help="drt is stopped after this long and its rate extrapolated",
     )
     parser.add_argument("--skip-drt", action="store_true")
