@@ -817,6 +817,7 @@ def main() -> None:
         r["full"], doc, r["full_phases"] = lockgate("sync", project)
         r["full_emu_cpu"] = emulator_cpu(url) - cpu
         r["full_delivered"], r["full_ingested"] = doc[0]["delivered"], ingested(url)
+        say("full sync", r["full"], n)
         assert r["full_delivered"] == n == r["full_ingested"], (
             r["full_delivered"],
             r["full_ingested"],
@@ -829,11 +830,14 @@ def main() -> None:
         r["incr_delivered"] = doc[0]["delivered"]
         assert r["incr_delivered"] == r["changed"], (r["incr_delivered"], r["changed"])
         assert ingested(url) == n + r["changed"]
+        say("incremental sync", r["incr"], n)
         r["floor_all"] = [scan_and_hash(warehouse) for _ in range(3)]
         r["floor"] = min(r["floor_all"])
+        console.print(f"  floor (scan + hash): {r['floor']:.2f} s")
         console.print("incremental plan (nothing left to send) ...")
         r["noop"], doc, r["noop_phases"] = lockgate("plan", project)
         assert doc["changes"]["to_send"] == 0
+        say("plan, nothing to send", r["noop"], n)
 
         reset(url)
         ceiling_rows = min(n, 200_000)
@@ -844,6 +848,7 @@ def main() -> None:
         r["ceiling_emu_cpu"] = emulator_cpu(url) - cpu
         r["ceiling_rows"], r["ceiling_batches"] = ceiling_rows, len(bodies)
         assert ingested(url) == ceiling_rows
+        console.print(f"  ceiling: {ceiling_rows / r['ceiling_s']:,.0f} rows/s")
         del bodies
         reset(url)
         console.print(f"official client, {args.baseline_seconds:g} s ...")
@@ -851,27 +856,42 @@ def main() -> None:
         r["base_n"], r["base"] = run_baseline(warehouse, url, args.baseline_seconds)
         r["base_emu_cpu"] = emulator_cpu(url) - cpu
         r["base_s"] = float(json.loads(r["base"].stdout)["seconds"])
+        console.print(f"  official client: {r['base_n'] / r['base_s']:,.1f} rows/s")
 
         if not args.skip_drt:
             reset(url)
             console.print(f"drt (at most {args.drt_seconds:g} s) ...")
             cpu = emulator_cpu(url)
-            r["drt"] = run_drt(warehouse, url, n, args.drt_seconds, work)
-            r["drt_emu_cpu"] = emulator_cpu(url) - cpu
+            try:
+                r["drt"] = run_drt(warehouse, url, n, args.drt_seconds, work)
+            except (Exception, SystemExit) as exc:  # report what was measured anyway
+                console.print(f"[red]drt failed: {exc}")
+            else:
+                r["drt_emu_cpu"] = emulator_cpu(url) - cpu
+                console.print(
+                    f"  drt: {n / r['drt']['projected']:,.0f} rows/s "
+                    f"({r['drt']['ingested']:,} rows in {r['drt']['seconds']:.0f} s)"
+                )
 
     console.print("snapshot diff vs Python dicts ...")
     r["diff"] = diff_bench(warehouse, work)
+    console.print(f"  diff: duckdb {r['diff']['duckdb']:.3f} s, python {r['diff']['python']:.3f} s")
     console.print("lockgate plan (fresh state) for memory ...")
     plan_project = write_project(work / "lockgate-plan", warehouse, "http://127.0.0.1:9")
     r["plan"], _, r["plan_phases"] = lockgate("plan", plan_project)
+    say("plan, fresh state", r["plan"], n)
     if not args.skip_10m:
         big = work / "warehouse-10x.duckdb"
         console.print(f"building {10 * n:,} rows ...")
         build_warehouse(big, 10 * n)
         plan_project = write_project(work / "lockgate-plan-10x", big, "http://127.0.0.1:9")
         console.print(f"lockgate plan at {10 * n:,} rows ...")
-        r["plan10"], doc, r["plan10_phases"] = lockgate("plan", plan_project)
-        assert doc["changes"]["to_send"] == 10 * n
+        try:
+            r["plan10"], doc, r["plan10_phases"] = lockgate("plan", plan_project)
+            assert doc["changes"]["to_send"] == 10 * n
+            say(f"plan, fresh state, {10 * n:,}", r["plan10"], 10 * n)
+        except (Exception, SystemExit) as exc:  # report what was measured anyway
+            console.print(f"[red]plan at {10 * n:,} failed: {exc}")
         big.unlink()
         shutil.rmtree(plan_project, ignore_errors=True)
     report(n, r, args)
@@ -887,6 +907,13 @@ def main() -> None:
         saved["drt"] = {k: v for k, v in saved["drt"].items() if k != "log"}
     (work / "results.json").write_text(json.dumps(saved, indent=2, default=str))
     console.print(f"results: {work / 'results.json'}")
+
+
+def say(label: str, proc: Proc, rows: int) -> None:
+    console.print(
+        f"  {label}: {proc.seconds:.1f} s, {rows / proc.seconds:,.0f} rows/s, "
+        f"peak RSS {proc.peak_rss / MiB:,.0f} MiB"
+    )
 
 
 def verdict(ok: bool) -> str:
