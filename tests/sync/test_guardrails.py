@@ -240,3 +240,12 @@ def test_plan_shows_the_guardrails_and_sync_exits_1_naming_the_breach(
 
     main(["sync", "profile", *args, "--force"])  # returns: exit 0
     assert "max_removed" in capsys.readouterr().out
+
+
+def test_types_drift_across_families_not_within_one() -> None:
+    from lockgate.sync.guard import type_family
+
+    assert type_family("INTEGER") == type_family("BIGINT") == type_family("DECIMAL(12,2)")
+    assert type_family("TIMESTAMP WITH TIME ZONE") == type_family("DATE") == "timestamp"
+    assert type_family("VARCHAR") == "string" != type_family("TIMESTAMP")
+    assert type_family("INTEGER[]") == "nested" != type_family("INTEGER")

@@ -189,9 +189,12 @@ def _clip(text: str, width: int = 120) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+FIRST_RUN = "nothing recorded yet (first run)"
+
+
 def _identity(sync: SyncConfig, last: contract.Contract | None) -> GuardResult | None:
     if last is None:
-        return None
+        return GuardResult("identifier unchanged", "same as last run", FIRST_RUN, False)
     was = {"identify_by": last.identify_by, "primary_key": last.key_columns}
     now = {"identify_by": dict(sync.identify_by), "primary_key": sync.key_columns}
     changed = [k for k in was if was[k] != now[k]]
@@ -218,7 +221,7 @@ def _types(
     accepted: dict[str, str],
 ) -> GuardResult | None:
     if last is None or not last.columns:
-        return None
+        return GuardResult("column types", "unchanged or accepted", FIRST_RUN, False)
     current = {str(r[0]): str(r[1]) for r in con.execute("describe model").fetchall()}
     drift: list[tuple[str, str, str]] = []
     for column in columns_read(sync):
