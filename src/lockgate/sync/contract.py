@@ -63,37 +63,34 @@ def ownership(project: Project) -> list[Finding]:
         for attribute in sync.attributes:
             writers[(sync.destination, attribute)].append(sync.name)
     shared_default = set(project.config.defaults.guardrails.shared_attributes)
-    out: list[Finding] = []
+    # one finding per set of syncs and verdict, listing every attribute they share
+    groups: dict[tuple[str, tuple[str, ...], bool], list[str]] = defaultdict(list)
     for (destination, attribute), names in sorted(writers.items()):
         if len(names) < 2:
             continue
-        files = tuple(project.sync_files[n] for n in names)
-        where = " and ".join(f"sync `{n}` ({project.sync_files[n]})" for n in names)
         acknowledged = attribute in shared_default or all(
             attribute in project.syncs[n].guardrails.shared_attributes for n in names
         )
+        groups[(destination, tuple(names), acknowledged)].append(attribute)
+    out: list[Finding] = []
+    for (destination, syncs, acknowledged), attributes in groups.items():
+        files = tuple(project.sync_files[n] for n in syncs)
+        where = " and ".join(f"sync `{n}` ({project.sync_files[n]})" for n in syncs)
+        listed = ", ".join(f"`{a}`" for a in attributes)
+        what = (
+            f"attribute {listed} of destination `{destination}` is"
+            if len(attributes) == 1
+            else f"attributes {listed} of destination `{destination}` are"
+        )
         if acknowledged:
-            out.append(
-                Finding(
-                    "ownership",
-                    "warning",
-                    f"attribute `{attribute}` of destination `{destination}` is written by "
-                    f"{where} (acknowledged in `shared_attributes`)",
-                    files,
-                )
-            )
+            message = f"{what} written by {where} (acknowledged in `shared_attributes`)"
         else:
-            out.append(
-                Finding(
-                    "ownership",
-                    "error",
-                    f"attribute `{attribute}` of destination `{destination}` is written by "
-                    f"{where}: each run overwrites the other's value. Give it one owner, or "
-                    f"list `{attribute}` under `guardrails: {{shared_attributes: [...]}}` in "
-                    "every one of these syncs",
-                    files,
-                )
+            message = (
+                f"{what} written by {where}: each run overwrites the other's value. Give "
+                f"each attribute one owner, or list it under `guardrails: {{shared_attributes: "
+                "[...]}` in every one of these syncs"
             )
+        out.append(Finding("ownership", "warning" if acknowledged else "error", message, files))
     return out
 
 
