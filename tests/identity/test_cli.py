@@ -71,6 +71,15 @@ def test_plan_previews_a_blocklist_change(project: Path, tmp_path: Path) -> None
     assert plan["merges"] == [] and plan["splits"] == []
 
 
+def test_explain_reads_the_operator_blocklist_table(project: Path) -> None:
+    con = duckdb.connect(str(project / "warehouse.duckdb"))
+    con.execute("CREATE TABLE blocklist AS SELECT 'email' AS id_type, 'fam@x.com' AS id_value")
+    con.close()
+    (project / "lockgate.yml").write_text(PROJECT + "  blocked_values_table: blocklist\n")
+    code, out = invoke("identity", "explain", "fam@x.com", "--project", str(project), "--json")
+    assert code == 0 and json.loads(out)["profile_id"] is None
+
+
 def test_bad_identity_config_names_file_and_line(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -58,6 +58,23 @@ def identity_config(data: Any, file: Path, root: Path) -> IdentityConfig:
         ) from exc
 
 
+def read_operator_tables(
+    project: Project, config: IdentityConfig
+) -> tuple[pa.Table | None, pa.Table | None]:
+    """The operator's blocklist and overrides tables, when the config names them."""
+    wanted = [config.blocked_values_table, config.rules.overrides_table]
+    if not any(wanted):
+        return None, None
+    name = sorted(project.config.sources)[0]
+    source = connect(project.config.sources[name], root=project.root, name=name)
+    try:
+        return tuple(  # type: ignore[return-value]
+            source.read(f"SELECT * FROM {table}").read_all() if table else None for table in wanted
+        )
+    finally:
+        source.close()
+
+
 def read_sources(project: Project, config: IdentityConfig) -> dict[str, pa.Table]:
     """Every identity source's rows, read from the project's warehouses."""
     declared = sorted(project.config.sources)
@@ -98,7 +115,15 @@ def explain(value: str, id_type: str | None, project_path: Path, as_json: bool) 
             f"unknown identifier type `{id_type}`",
             hint=f"types: {', '.join(config.type_order)}",
         )
-    result = resolve(config, read_sources(project, config), run_id="explain", keep_rows=True)
+    blocklist, overrides = read_operator_tables(project, config)
+    result = resolve(
+        config,
+        read_sources(project, config),
+        run_id="explain",
+        keep_rows=True,
+        blocklist=blocklist,
+        overrides=overrides,
+    )
     why = explain_value(config, result, value, id_type=id_type)
     if as_json:
         click.echo(json.dumps(why.__dict__, default=str, indent=2))
@@ -174,7 +199,8 @@ def plan(old_path: Path, project_path: Path, as_json: bool) -> None:
     old = identity_config(
         (old_data or {}).get("identity"), old_path.resolve(), old_path.parent.resolve()
     )
-    preview = plan_rules(old, new, read_sources(project, new))
+    blocklist, _ = read_operator_tables(project, new)
+    preview = plan_rules(old, new, read_sources(project, new), blocklist=blocklist)
     summary = {
         "merges": preview.merges.drop_columns(["run_id"]).to_pylist(),
         "splits": preview.splits.drop_columns(["run_id"]).to_pylist(),
