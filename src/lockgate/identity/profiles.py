@@ -186,8 +186,13 @@ def assign(
     n_types = len(types)
     eligible = ~quarantined
     elig_nodes = np.flatnonzero(eligible)
-    uniq, comp_dense = np.unique(labels[elig_nodes], return_inverse=True)
-    n_comp = int(uniq.shape[0])
+    # dense component numbers in label order, without sorting (labels are small non-negatives)
+    elig_labels = labels[elig_nodes]
+    present = np.zeros(int(elig_labels.max()) + 1 if elig_labels.size else 0, dtype=bool)
+    present[elig_labels] = True
+    dense = np.cumsum(present, dtype=np.int64) - 1
+    comp_dense = dense[elig_labels]
+    n_comp = int(present.sum())
     comp_of = np.full(labels.shape[0], -1, dtype=np.int64)
     comp_of[elig_nodes] = comp_dense
     ec = comp_dense.astype(np.int64)
