@@ -138,7 +138,7 @@ def load_postgres(dsn: str, sources: dict[str, pa.Table]) -> object:
     return con
 
 
-def bench(edges: int, dsn: str | None, postgres_max: int, union_find: bool) -> None:
+def bench(edges: int, dsn: str | None, postgres_max: int, union_find: bool, sql: bool) -> None:
     people = int(edges / EDGES_PER_PERSON)
     sources = synthetic_sources(people, seed=7)
     config = synthetic_config()
@@ -172,6 +172,8 @@ def bench(edges: int, dsn: str | None, postgres_max: int, union_find: bool) -> N
         f"    strings->ints + edges + stitching with limits:  {stitch_core:6.2f} s  "
         f"= {stitch_core / floor_s:4.1f}x floor, {stitch_core / floor_str_s:4.1f}x strings floor"
     )
+    if not sql:
+        return
     con = load_duckdb(sources)
     ws = WarehouseStitcher(
         config, DuckDBRunner(con), columns={k: v.column_names for k, v in sources.items()}
@@ -215,6 +217,7 @@ def main() -> None:
     parser.add_argument("--postgres-max", type=int, default=5_000_000)
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--union-find", action="store_true")
+    parser.add_argument("--no-sql", action="store_true", help="Only the floor and embedded.")
     args = parser.parse_args()
     print(f"# bench/identity.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(
@@ -222,7 +225,7 @@ def main() -> None:
     )
     with contextlib.nullcontext(None) if args.no_postgres else postgres() as dsn:
         for n in args.edges:
-            bench(n, dsn, args.postgres_max, args.union_find)
+            bench(n, dsn, args.postgres_max, args.union_find, not args.no_sql)
 
 
 if __name__ == "__main__":
