@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -125,6 +126,16 @@ def e164(value: str | None, region: str = "US") -> str | None:
     return out if re.match(_E164, out) else None
 
 
+def _where(
+    values: pa.StringArray, mask: pa.Array, fn: Callable[[pa.StringArray], pa.StringArray]
+) -> pa.StringArray:
+    """`fn(values)` where `mask` holds; skipped entirely when it holds nowhere (the usual case)."""
+    mask = pc.fill_null(mask, False)
+    if not pc.any(mask).as_py():
+        return values
+    return pc.if_else(mask, fn(values), values)
+
+
 def apply_steps(
     values: pa.StringArray, steps: tuple[str, ...], *, region: str = "US"
 ) -> pa.StringArray:
@@ -135,22 +146,40 @@ def apply_steps(
         elif step == "trim_unicode_space":
             values = pc.utf8_trim(values, characters=_UNICODE_SPACE)
         elif step == "strip_mailto":
-            values = pc.replace_substring_regex(values, r"(?i)^mailto:", "")
-            values = pc.replace_substring_regex(values, r"^[^<]*<([^<>]*)>\s*$", r"\1")
+            values = _where(
+                values,
+                pc.match_substring(values, "mailto:", ignore_case=True),
+                lambda v: pc.replace_substring_regex(v, r"(?i)^mailto:", ""),
+            )
+            values = _where(
+                values,
+                pc.match_substring(values, "<"),
+                lambda v: pc.replace_substring_regex(v, r"^[^<]*<([^<>]*)>\s*$", r"\1"),
+            )
         elif step == "nfc":
             values = pc.utf8_normalize(values, form="NFC")
         elif step == "lowercase":
             values = pc.utf8_lower(values)
         elif step == "lowercase_if_uuid":
-            values = pc.if_else(
-                pc.match_substring_regex(values, _UUID), pc.utf8_lower(values), values
+            values = _where(
+                values,
+                pc.equal(pc.utf8_length(values), 36),
+                lambda v: pc.if_else(pc.match_substring_regex(v, _UUID), pc.utf8_lower(v), v),
             )
         elif step == "idna_domain":
-            values = pc.replace_substring_regex(values, r"\.$", "")
+            values = _where(
+                values,
+                pc.ends_with(values, "."),
+                lambda v: pc.replace_substring_regex(v, r"\.$", ""),
+            )
             non_ascii = pc.fill_null(pc.invert(pc.string_is_ascii(values)), False)
             values = _unique_map(values, non_ascii, _idna)
         elif step == "coerce_numeric_string":
-            values = pc.replace_substring_regex(values, r"^(-?[0-9]+)\.0+$", r"\1")
+            values = _where(
+                values,
+                pc.match_substring(values, "."),
+                lambda v: pc.replace_substring_regex(v, r"^(-?[0-9]+)\.0+$", r"\1"),
+            )
         elif step == "e164":
             present = pc.is_valid(values)
             values = _unique_map(values, present, lambda v: e164(v, region))
