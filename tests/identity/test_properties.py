@@ -115,3 +115,39 @@ def test_incremental_runs_match_one_run_of_the_same_batches(first, second) -> No
         run_id="r2",
     )
     assert outcome(b2) == outcome(again)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(first=tables, second=tables)
+def test_profile_ids_stay_accounted_for_across_runs(first, second) -> None:  # type: ignore[no-untyped-def]
+    """Snapshots change between runs: every earlier id survives, is an alias, or lost all nodes."""
+    cfg = tight_config()
+    one = run(cfg, to_tables(first))
+    two = run(cfg, to_tables(second), state=one.state, run_id="r2")
+    active = two.profiles["profile_id"].to_pylist()
+    assert len(active) == len(set(active))
+    assert set(two.identifier_map["profile_id"].drop_null().to_pylist()) == set(active)
+    aliases = dict(
+        zip(
+            two.aliases["old_profile_id"].to_pylist(),
+            two.aliases["profile_id"].to_pylist(),
+            strict=True,
+        )
+    )
+    assert all(target in active for target in aliases.values())
+    still_there = {
+        (r["id_type"], r["id_value"]): r["profile_id"] for r in two.identifier_map.to_pylist()
+    }
+    for old in one.profiles.to_pylist():
+        pid = old["profile_id"]
+        anchor = (old["anchor_type"], old["anchor_value"])
+        if pid in active:
+            continue
+        if pid in aliases:
+            assert two.merges.num_rows > 0
+            continue
+        # neither active nor merged: its anchor (and so the profile) must be gone or quarantined
+        assert still_there.get(anchor) is None
+    for split in two.splits.to_pylist():
+        assert split["parent_profile_id"] in active or split["parent_profile_id"] in aliases
+        assert split["child_profile_id"] in active
