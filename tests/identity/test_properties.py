@@ -30,7 +30,7 @@ tables = st.fixed_dictionaries(
         "identifies": st.lists(row, max_size=12),
     }
 )
-SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def tight_config():  # type: ignore[no-untyped-def]
