@@ -3,9 +3,9 @@
 Each trial starts `lockgate sync --all` in a subprocess against an emulator on loopback,
 kills it with SIGKILL after a random delay (anywhere from start-up through extraction,
 diffing, delivery and commit), then runs it again to completion. The emulator's final
-people and events must equal those of an uninterrupted run, no event may be stored twice,
-and a further plan must have nothing left to send. Trials are seeded, bounded in count
-and time, and run two at a time (one emulator each).
+people, events, objects and relationships must equal those of an uninterrupted run, no
+event may be stored twice, and a further plan must have nothing left to send. Trials are
+seeded, bounded in count and time, and run two at a time (one emulator each).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from lockgate.emulator import Emulator, EmulatorConfig
 from lockgate.project.loader import load_project
 from lockgate.sync.run import plan_sync
 
+USERS = 300  # 300 people, 900 events, companies and memberships: ~70 batches of 20
 TRIALS = int(os.environ.get("LOCKGATE_CRASH_TRIALS", "50"))
 WORKERS = 2
 LOCKGATE = [sys.executable, "-m", "lockgate"]
@@ -42,11 +43,11 @@ destinations:
     track_url: {url}
     rate_limit: 1000/s
     concurrency: 2
-    batch_size: 40
+    batch_size: 20
 """
 
 
-def emulator_state(emu: Emulator) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
+def emulator_state(emu: Emulator) -> tuple[Any, ...]:
     everyone = emu.people()
     people = {p.id: p.attributes for p in everyone}
     by_cio = {p.cio_id: p.id for p in everyone}  # cio_ids depend on arrival order: compare ids
@@ -54,7 +55,12 @@ def emulator_state(emu: Emulator) -> tuple[dict[str, Any], list[tuple[Any, ...]]
         (by_cio.get(e.person, e.person), e.name, e.id, e.timestamp, repr(e.data))
         for e in emu.events()
     )
-    return people, events
+    objects = {(o.object_type_id, o.object_id): o.attributes for o in emu.objects()}
+    relationships = sorted(
+        (by_cio.get(r.person, r.person), r.object_id, repr(r.attributes))
+        for r in emu.relationships()
+    )
+    return people, events, objects, relationships
 
 
 def make_project(root: Path, warehouse_file: Path, url: str) -> Path:
@@ -81,7 +87,7 @@ def sync_all(root: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
 @pytest.mark.timeout(900)
 def test_sigkill_at_random_points_then_rerun_equals_a_clean_run(tmp_path: Path) -> None:
     warehouse_file = tmp_path / "warehouse.duckdb"
-    warehouse.build(warehouse_file)
+    warehouse.build(warehouse_file, users=USERS)
     config = EmulatorConfig(require_ulid_event_ids=True)
 
     # the reference: one uninterrupted run
@@ -93,7 +99,8 @@ def test_sigkill_at_random_points_then_rerun_equals_a_clean_run(tmp_path: Path) 
         assert done.wait(timeout=120) == 0, done.stderr.read() if done.stderr else ""
         clean_seconds = time.monotonic() - started
     expected = emulator_state(reference_emu)
-    assert len(expected[0]) == 1000 and len(expected[1]) == 3000
+    assert len(expected[0]) == USERS and len(expected[1]) == 3 * USERS
+    assert len(expected[2]) == 100 and len(expected[3]) == USERS - 1  # user 42 is held
 
     rng = random.Random(20261123)
     delays = [rng.uniform(0.2, clean_seconds * 1.1) for _ in range(TRIALS)]
@@ -120,7 +127,7 @@ def test_sigkill_at_random_points_then_rerun_equals_a_clean_run(tmp_path: Path) 
                     problems.append(f"trial {trial}: re-run failed: {err[-500:]}")
                     continue
                 if emulator_state(emu) != expected:
-                    people, events = emulator_state(emu)
+                    people, events, *_ = emulator_state(emu)
                     wrong = sorted(
                         k
                         for k in people.keys() | expected[0].keys()

@@ -16,8 +16,8 @@ USERS = 1_000
 COMPANIES = 100
 
 
-def build(path: Path, *, now: datetime | None = None) -> None:
-    """Create (or replace) the warehouse file at ``path``."""
+def build(path: Path, *, now: datetime | None = None, users: int = USERS) -> None:
+    """Create (or replace) the warehouse file at ``path`` (``users`` people, 3 events each)."""
     now = now or datetime.now(UTC)
     path.unlink(missing_ok=True)
     con = duckdb.connect(str(path))
@@ -36,7 +36,7 @@ def build(path: Path, *, now: datetime | None = None) -> None:
                 timestamptz '{now.isoformat()}' - to_days(30 + i % 400) as created_at,
                 case when i % 11 = 0 then true when i % 13 = 0 then null else false end
                     as do_not_discount
-            from (select i, 'user' || i as n from range(1, {USERS + 1}) t(i))
+            from (select i, 'user' || i as n from range(1, {users + 1}) t(i))
             """
         )
         con.execute(
@@ -92,14 +92,14 @@ def build(path: Path, *, now: datetime | None = None) -> None:
             create table analytics.product_events as
             select
                 'evt_' || i as event_id,
-                1 + (i * 7) % {USERS} as user_id,
+                1 + (i * 7) % {users} as user_id,
                 ['Feature Used', 'Report Exported', 'Invite Sent',
                  'Integration Connected'][1 + i % 4]
                     as event_name,
                 timestamptz '{now.isoformat()}' - to_minutes(5 + (i * 13) % 2800) as occurred_at,
                 ['dashboards', 'exports', 'alerts', 'sso'][1 + i % 4] as feature_key,
                 (i % 50) * 1.5 as value
-            from range(1, 3001) t(i)
+            from range(1, {3 * users + 1}) t(i)
             """
         )
         con.execute(
