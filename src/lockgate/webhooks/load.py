@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -192,8 +193,15 @@ def warehouse_name(project: Project) -> str:
     )
 
 
+def _quiet_dlt() -> None:
+    """Turn off dlt's anonymous usage telemetry unless the user set it: Lockgate users did not
+    opt in to a dependency phoning home, and receivers often run without outbound network."""
+    os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+
+
 def destination_for(project: Project) -> tuple[Any, Path | None]:
     """The dlt destination for the project's webhook warehouse, and the DuckDB file if any."""
+    _quiet_dlt()
     try:
         import dlt  # noqa: F401
     except ImportError:
@@ -284,6 +292,7 @@ def load_pending(
     ``wait`` seconds, and :class:`~lockgate.errors.SourceError` when dlt fails; in both cases
     the records stay unloaded for the next run.
     """
+    _quiet_dlt()
     import dlt
 
     console = console or NullConsole()
