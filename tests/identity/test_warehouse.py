@@ -83,12 +83,19 @@ def test_duckdb_matches_embedded_with_caps_blocklists_and_bridges() -> None:
             {"anonymous_id": "d", "email": "e9@x.com", "ts": 2},
         ),
     }
-    types = cfg.model_dump(by_alias=True)["identifier_types"]
-    types["email"]["limit_exempt_sources"] = []  # exemptions are embedded-only
-    cfg = config(identifier_types=types)
-    want = groups(resolve(cfg, sources, run_id="r1"))
+    # six more emails for u1 from `app_users`, exempt from the email limit
+    sources["app_users"] = pa.concat_tables(
+        [
+            sources["app_users"],
+            rows(*({"user_id": "u1", "email": f"old{i}@x.com", "ts": 5} for i in range(6))),
+        ]
+    )
+    result = resolve(cfg, sources, run_id="r1")
+    assert result.profiles.filter(pa.compute.equal(result.profiles["cio_person_id"], "u1"))[
+        "n_email"
+    ].to_pylist() == [7]  # fam@ and old0-5@ (exempt); e1@ from identifies is refused
     got, _, _ = on_duckdb(cfg, sources)
-    assert got == want
+    assert got == groups(result)
 
 
 @pytest.mark.postgres

@@ -17,7 +17,8 @@ What is not: the exact ordered union-find inside flagged components (their edges
 fraction, are read back, replayed with the embedded code, and the labels written back), and
 the normalisation steps SQL cannot do the same way everywhere (`nfc`, `idna_domain`, `e164`,
 `digits_only`, `strip_plus_tag`; values are trimmed only), operator overrides, the operator
-blocklist table, and profile-id carry-forward. The result is the table `<prefix>components`
+blocklist table, and profile-id carry-forward. `limit_exempt_sources` works: links carry a
+bitmask of their sources. The result is the table `<prefix>components`
 (`id_type`, `id_value`, `component`, `status`) in the warehouse.
 
 Example::
@@ -230,7 +231,8 @@ class WarehouseStitcher:
         for i, (_, t) in enumerate(cols):
             parts.append(
                 f"SELECT at_ AS type_a, av_ AS value_a, {_lit(t)} AS type_b, c{i} AS value_b, "
-                f"{source.trust} AS rnk, obs_ AS obs FROM s{index} WHERE c{i} IS NOT NULL"
+                f"{source.trust} AS rnk, obs_ AS obs, CAST({1 << index} AS BIGINT) AS src "
+                f"FROM s{index} WHERE c{i} IS NOT NULL"
             )
         return (
             f"s{index} AS (SELECT *, {anchor_t} AS at_, {anchor_v} AS av_ FROM "
@@ -267,7 +269,8 @@ class WarehouseStitcher:
             f"FROM {p}cells UNION ALL SELECT type_b, value_b FROM {p}cells) u) d",
             f"DROP TABLE IF EXISTS {p}edges",
             f"CREATE TABLE {p}edges AS SELECT na.id AS a, nb.id AS b, MIN(c.rnk) AS rnk, "
-            f"MIN(c.obs) AS first_obs, MAX(c.obs) AS last_obs, na.trank AS ta, nb.trank AS tb, "
+            f"MIN(c.obs) AS first_obs, MAX(c.obs) AS last_obs, BIT_OR(c.src) AS srcmask, "
+            f"na.trank AS ta, nb.trank AS tb, "
             f"CAST('accepted' AS VARCHAR) AS status FROM {p}cells c "
             f"JOIN {p}nodes na ON na.id_type = c.type_a AND na.id_value = c.value_a "
             f"JOIN {p}nodes nb ON nb.id_type = c.type_b AND nb.id_value = c.value_b "
@@ -434,7 +437,7 @@ class WarehouseStitcher:
             f"WHERE l.label IN (SELECT label FROM {p}flagged) ORDER BY n.id"
         )
         edges = run.fetch(
-            f"SELECT e.a, e.b, e.rnk, e.first_obs, e.last_obs FROM {p}edges e JOIN {p}labels l "
+            f"SELECT e.a, e.b, e.rnk, e.first_obs, e.last_obs, e.srcmask FROM {p}edges e JOIN {p}labels l "
             f"ON l.node = e.a WHERE e.status = 'accepted' AND l.label IN (SELECT label FROM {p}flagged)"
         )
         run.execute(f"DROP TABLE IF EXISTS {p}refused")
@@ -468,9 +471,10 @@ class WarehouseStitcher:
             batch=np.ones(len(edges), dtype=np.int64),
             first_obs=np.array([micros(e[3], I64_MAX) for e in edges], dtype=np.int64),
             last_obs=np.array([micros(e[4], I64_MIN) for e in edges], dtype=np.int64),
-            sources=np.zeros(len(edges), dtype=np.uint64),
+            sources=np.array([int(e[5]) for e in edges], dtype=np.uint64),
         )
         cfg = self.config
+        positions = {source.name: i for i, source in enumerate(cfg.sources)}
         rules = g.Rules(
             type_names=self.types,
             limits=tuple(
@@ -479,7 +483,14 @@ class WarehouseStitcher:
                 else int(cfg.identifier_types[t].limit or 0)
                 for t in self.types
             ),
-            exempt=tuple(0 for _ in self.types),
+            exempt=tuple(
+                sum(
+                    1 << positions[src]
+                    for src in cfg.identifier_types[t].limit_exempt_sources
+                    if src in positions
+                )
+                for t in self.types
+            ),
             weak=tuple(not cfg.identifier_types[t].bridge_known_profiles for t in self.types),
             max_size=cfg.rules.max_component_size,
         )
