@@ -261,3 +261,18 @@ def test_timestamp_out_of_range_still_loads(project: Project, spool: Spool) -> N
             [event["event_id"]],
         ).fetchone()
     assert row == (None, "1613063089000000")
+
+
+def test_warehouse_choice_errors_name_the_fix(tmp_path) -> None:
+    from lockgate.errors import ConfigError
+    from lockgate.webhooks.load import destination_for, warehouse_name
+
+    two = "  snow: {type: bigquery, project: p}\n  wh: {type: duckdb, path: w.duckdb}\n"
+    assert warehouse_name(write_project(tmp_path / "a", sources=two)) == "wh"
+    wrong = write_project(tmp_path / "b", sources=two, webhooks="webhooks: {warehouse: nope}\n")
+    with pytest.raises(ConfigError, match="`nope`") as info:
+        warehouse_name(wrong)
+    assert "snow, wh" in (info.value.hint or "")
+    memory = write_project(tmp_path / "c", sources="  m: {type: duckdb, path: ':memory:'}\n")
+    with pytest.raises(ConfigError, match="in-memory"):
+        destination_for(memory)
