@@ -128,6 +128,10 @@ def test_case_07_shared_family_email() -> None:
     assert refusal["rule"] == "limit:user_id 2>1"
     assert refusal["profile_a"] == profile_of(result, "user_id", "u2")
     assert refusal["profile_b"] == profile_of(result, "user_id", "u1")
+    plan = plan_customerio(result, config(), exists=set())
+    attrs = {op["identifiers"]["id"]: op["attributes"] for op in ops_of(plan, "identify")}
+    assert attrs["u1"]["email"] == "fam@x.com" and "contested_email" not in attrs["u1"]
+    assert attrs["u2"]["contested_email"] == "fam@x.com" and "email" not in attrs["u2"]
 
 
 def test_case_08_shared_device_across_50_users() -> None:

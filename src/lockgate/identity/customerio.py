@@ -9,7 +9,9 @@ Rules:
   keeps the primary's values on conflict;
 * more merges than `merge_policy.max_merges_per_run` raise `ContractError` before any op is
   returned; merges whose evidence rank is weaker than `min_path_rank` are held for review;
-* splits are never applied: they come back in `CioPlan.review`.
+* splits are never applied: they come back in `CioPlan.review`;
+* a union refused by a limit leaves the email (or id) with one person; the other person gets
+  it as the attribute `contested_email` (`contested_id`).
 
 Example::
 
@@ -137,6 +139,16 @@ def plan_customerio(
     prev_rows = {r["profile_id"]: r for r in result.previous_profiles.to_pylist()}
     rows = {r["profile_id"]: r for r in result.profiles.to_pylist()}
     attrs_by_type = _attribute_values(result, config)
+    # a refused union leaves an email (or id) with one person; the other learns it as an attribute
+    for r in result.refused.to_pylist():
+        if not r["rule"].startswith("limit:"):
+            continue
+        for side, other in (("b", "a"), ("a", "b")):
+            kind = config.identifier_types[r[f"type_{side}"]].customerio
+            holder = r[f"profile_{other}"]
+            if kind in ("email", "id") and holder and holder != r[f"profile_{side}"]:
+                attrs_by_type.setdefault(holder, {})[f"contested_{kind}"] = r[f"value_{side}"]
+                break
     ops: list[CioOp] = []
     outcomes: dict[str, list[Any]] = {n: [] for n in OUTCOMES_SCHEMA.names}
     reapply: set[str] = set()
