@@ -209,7 +209,7 @@ def _identity(sync: SyncConfig, last: contract.Contract | None) -> GuardResult |
         "same as last run",
         "; ".join(parts),
         True,
-        f"since run {last.run_id}: {'; '.join(parts)}. People would be addressed (and may be "
+        f"Since run {last.run_id}: {'; '.join(parts)}. People would be addressed (and may be "
         "created) under different identifiers.",
     )
 
@@ -249,7 +249,7 @@ def _types(
         "unchanged or accepted",
         changes,
         True,
-        f"since run {last.run_id} the model's types changed: {changes}. Acknowledge it in the "
+        f"Since run {last.run_id} the model's types changed: {changes}. Acknowledge it in the "
         f"sync's `guardrails: {{accept_type_changes: {{{accept}}}}}` once the mapping is "
         "right for the new type.",
         tuple(samples),
