@@ -306,6 +306,8 @@ def load_pending(
         dataset_name=config.dataset,
         pipelines_dir=str(project.state_dir / "dlt"),
     )
+    # DuckDB reads parquet natively: several times faster than dlt's default INSERT statements
+    file_format: Any = "parquet" if duckdb_path is not None else None
     result = LoadResult()
     try:
         while True:
@@ -336,7 +338,7 @@ def load_pending(
                     for table, rows in sorted(by_table.items())
                 ]
                 try:
-                    pipeline.run(resources)
+                    pipeline.run(resources, loader_file_format=file_format)
                 except Exception as exc:
                     raise _load_error(exc, duckdb_path) from exc
             spool.mark_loaded([r.seq for r in records])
