@@ -181,9 +181,19 @@ def _person(op: dict[str, Any], rt: Runtime) -> Apply:
         rels = op.get("cio_relationships")
         items = person_relationships(rels, "cio_relationships") if rels else []
         update_only = attrs.get("_update") is True
+        # the spec's `anonymous_id` schema: "if set as an attribute on a person, any events
+        # bearing the same anonymous_id are associated with that person" (as in v1 identify)
+        anon = attrs.get("anonymous_id") if isinstance(attrs.get("anonymous_id"), str) else None
 
         def identify(s: Store) -> None:
-            p = s.identify(ref, attrs, update_only=update_only, timestamp=ts, source=SOURCE)
+            p = s.identify(
+                ref,
+                attrs,
+                update_only=update_only,
+                timestamp=ts,
+                anonymous_id=anon,
+                source=SOURCE,
+            )
             if p is not None and items:
                 relate_person(s, ("cio_id", p.cio_id), items, add=True, source=SOURCE)
 

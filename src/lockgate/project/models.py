@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lockgate.errors import ConfigError
+from lockgate.project.identity import IdentityConfig
 
 ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
@@ -583,7 +584,7 @@ class ProjectConfig(StrictModel):
         default_factory=lambda: {"customerio": CustomerIODestinationConfig()}
     )
     """Destinations by name (default: one Customer.io destination configured from the env)."""
-    identity: dict[str, Any] | None = None
+    identity: IdentityConfig | None = None
     """Identity resolution rules (see docs/identity.md)."""
     webhooks: WebhooksConfig | None = None
     """Reporting webhooks into the warehouse (see docs/webhooks.md)."""

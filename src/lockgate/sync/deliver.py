@@ -77,6 +77,8 @@ def _batch_records(
         return
     if kind == "relationships":
         actions = ("add_relationships", "delete_relationships", "delete_relationships")
+    elif kind == "ops":
+        actions = ("identity", "identity", "identity")
     else:
         actions = ("identify", "delete", "clear")
     for key, op, h, ident, gone in zip(keys, ops, hashes, idents, removed, strict=True):

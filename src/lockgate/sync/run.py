@@ -19,13 +19,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 
 from lockgate.console import Console
 from lockgate.destinations.base import Destination
-from lockgate.errors import LockgateError, StepError
+from lockgate.errors import DestinationError, LockgateError, StepError
 from lockgate.project.loader import Project
 from lockgate.project.models import SyncConfig, resolve_env
 from lockgate.sources import connect
@@ -34,9 +34,10 @@ from lockgate.state.store import StateStore, run_sql, table
 from lockgate.sync import diff as diff_step
 from lockgate.sync import guard as guard_step
 from lockgate.sync import mapping
+from lockgate.sync import resolve as resolve_step
 from lockgate.sync.commit import CommitCounts, Committer
 from lockgate.sync.deliver import deliver, event_ulids
-from lockgate.sync.extract import stage
+from lockgate.sync.extract import Staged, stage
 
 DestinationFactory = Callable[[Project, SyncConfig], Destination]
 
@@ -138,7 +139,7 @@ def _prepare(
     *,
     full_resync: bool,
     now: int,
-) -> tuple[diff_step.ChangeSet, int, list[guard_step.GuardResult]]:
+) -> Prepared:
     store.ensure_sync_tables(sync.name)
     store.mark_crashed_runs(sync.name)
     recovered = store.fold_journal(sync.name)
@@ -153,6 +154,16 @@ def _prepare(
                 )
         finally:
             source.close()
+    resolution = None
+    identity_ops = None
+    configured = sync  # the contract (guardrails) is about the sync as configured
+    if resolve_step.needs_identity(project, sync):
+        with step("resolve"):
+            config = resolve_step.identity_config(project, sync)
+            resolution = resolve_step.resolve_identities(project, config, step.run_id)
+            identity_ops = resolve_step.merge_operations(store, project, sync, resolution)
+            sync = resolve_step.key_rows(store.con, sync, resolution)
+            staged = Staged(staged.rows, {**staged.columns, **_model_columns(store)})
     on_null = project.config.defaults.on_null
     with step("map"):
         if sync.kind == "people":
@@ -179,8 +190,64 @@ def _prepare(
                 now=now,
             )
     with step("guard"):
-        guards = guard_step.check(store.con, store, project, sync, changes)
-    return changes, recovered, guards
+        guards = guard_step.check(store.con, store, project, configured, changes)
+    return Prepared(changes, recovered, guards, resolution, identity_ops)
+
+
+class Prepared(NamedTuple):
+    """What a run knows before it sends anything."""
+
+    changes: diff_step.ChangeSet
+    recovered: int
+    guards: list[guard_step.GuardResult]
+    resolution: resolve_step.Resolution | None
+    identity_ops: pa.Table | None
+
+
+def _model_columns(store: StateStore) -> dict[str, str]:
+    return {row[0]: row[1] for row in store.con.execute("describe model").fetchall()}
+
+
+def _deliver_identity_ops(
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    run_id: str,
+    console: Console,
+    ops: pa.Table,
+    destination_factory: DestinationFactory,
+) -> None:
+    """Send the identity graph's Customer.io operations (merges, then identifiers re-applied
+    to the survivors) before the sync's own updates; each key is ledgered once delivered, so
+    a merge is sent exactly once across re-runs. An undelivered merge stops the run: the
+    updates that assume it would land on the wrong person."""
+    table_ = ops.append_column("h", pa.nulls(ops.num_rows, pa.uint64()))
+    table_ = table_.append_column("ident", pa.nulls(ops.num_rows, pa.string()))
+    table_ = table_.append_column("removed", pa.array([False] * ops.num_rows))
+    store.con.register("_identity_ops", table_)
+    try:
+        run_sql(
+            store.con, "create or replace temp table identity_ops as select * from _identity_ops"
+        )
+    finally:
+        store.con.unregister("_identity_ops")
+    committer = Committer(store.writer(), sync=sync.name, run_id=run_id, kind="events")
+    with console.progress(f"deliver {sync.name} identity merges", ops.num_rows) as advance:
+        deliver(
+            store.con,
+            destination_factory(project, sync),
+            kind="ops",
+            committer=committer,
+            advance=advance,
+            source="identity_ops",
+        )
+    if committer.counts.failed_keys:
+        key, outcome, reason = committer.counts.failures[0]
+        raise DestinationError(
+            f"sync `{sync.name}`: {len(committer.counts.failed_keys)} identity operation(s) were "
+            f"not delivered (e.g. `{key}`: {outcome}, {reason})",
+            hint="nothing else was sent; run the sync again once Customer.io accepts them",
+        )
 
 
 def _deliver_state_events(
@@ -285,7 +352,7 @@ def plan_sync(
     step = _Step(run_id)
     started = time.perf_counter()
     with StateStore.open(project.state_dir) as store:
-        changes, recovered, guards = _prepare(
+        changes, recovered, guards, _, _ = _prepare(
             store,
             project,
             sync,
@@ -327,7 +394,7 @@ def run_sync(
     with StateStore.open(project.state_dir) as store:
         store.start_run(run_id, sync.name, sync.kind)
         try:
-            changes, recovered, guards = _prepare(
+            changes, recovered, guards, resolution, identity_ops = _prepare(
                 store,
                 project,
                 sync,
@@ -338,6 +405,11 @@ def run_sync(
             )
             guard_step.enforce(sync, guards, force=force)
             store.append_rejected(run_id, sync.name, "map", list(changes.rejected_samples))
+            if identity_ops is not None and identity_ops.num_rows:
+                with step("deliver"):
+                    _deliver_identity_ops(
+                        store, project, sync, run_id, console, identity_ops, destination_factory
+                    )
             state_events = None
             if changes.state_events:
                 with step("deliver"):
@@ -359,6 +431,8 @@ def run_sync(
                     )
             with step("commit"):
                 store.fold_journal(sync.name)
+                if resolution is not None:
+                    resolution.save(project.state_dir)
                 contract_state.record(store.con, sync, run_id)
         except BaseException as exc:
             store.finish_run(run_id, "failed", {}, error=str(exc))

@@ -1,0 +1,202 @@
+"""Resolve: key a sync's rows by profile through the identity graph (docs/identity.md).
+
+Runs between extract and map, only for syncs whose `identify_by` uses identifier types that
+Customer.io does not know by itself (`stripe_id`, `crm_id`, `anonymous_id`, ...). It reads
+the project's identity sources, stitches them (`lockgate.identity.resolve`, with the previous
+run's state so profile ids are stable), and adds to the staged model the identifiers
+Customer.io should see for each row: ``cio_person_id`` (the Customer.io `id`), ``cio_email``
+and ``cio_anonymous_id``. The sync is then mapped as if it had been keyed by those.
+
+When the graph finds that two people Lockgate already delivered are one person, the planned
+Customer.io merges (primary by priority, each exactly once, at most
+`customerio.merge_policy.max_merges_per_run`) are sent before the sync's own updates, and
+the resolved attributes are re-applied to the survivor by the sync's normal diff.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from lockgate.errors import ConfigError
+from lockgate.identity import IdentityResult, IdentityState, Resolver, plan_customerio, resolve
+from lockgate.project.identity import IdentityConfig
+from lockgate.project.loader import Project
+from lockgate.project.models import SyncConfig
+from lockgate.sources import connect
+from lockgate.state.store import StateStore, run_sql, table
+from lockgate.sync.mapping import CUSTOMERIO_IDENTIFIERS
+
+IDENTITY_STATE = "identity"
+
+
+def needs_identity(project: Project, sync: SyncConfig) -> bool:
+    """True when the sync's rows go through the identity graph: every people, events and
+    relationships sync of a project with an `identity:` section, and any sync that keys rows
+    by identifier types Customer.io does not know by itself (which then needs one)."""
+    if any(kind not in CUSTOMERIO_IDENTIFIERS for kind in sync.identify_by):
+        return True
+    return project.config.identity is not None and sync.kind != "objects"
+
+
+def identity_config(project: Project, sync: SyncConfig) -> IdentityConfig:
+    config = project.config.identity
+    if config is None:
+        unknown = [k for k in sync.identify_by if k not in CUSTOMERIO_IDENTIFIERS]
+        raise ConfigError(
+            f"sync `{sync.name}` identifies rows by {', '.join(f'`{k}`' for k in unknown)}, "
+            "which needs identity resolution",
+            hint="add an `identity:` section to lockgate.yml (docs/identity.md), or identify by "
+            "`id`, `email` or `cio_id`",
+            file=project.sync_files.get(sync.name),
+        )
+    for kind in sync.identify_by:
+        if kind not in config.identifier_types and kind not in CUSTOMERIO_IDENTIFIERS:
+            raise ConfigError(
+                f"sync `{sync.name}`: identifier type `{kind}` is not declared under "
+                "`identity.identifier_types`",
+                hint=f"declared: {', '.join(sorted(config.identifier_types))}",
+                file=project.sync_files.get(sync.name),
+            )
+    return config
+
+
+def read_sources(project: Project, config: IdentityConfig) -> dict[str, pa.Table]:
+    """Every identity source's rows, read from the project's warehouses."""
+    declared = sorted(project.config.sources)
+    out: dict[str, pa.Table] = {}
+    for spec in config.sources:
+        name = spec.source or (declared[0] if len(declared) == 1 else None)
+        if name is None or name not in project.config.sources:
+            raise ConfigError(
+                f"identity source `{spec.name}` reads from `{spec.source}`, which lockgate.yml "
+                "does not declare",
+                hint=f"declared sources: {', '.join(declared)}",
+            )
+        source = connect(project.config.sources[name], root=project.root, name=name)
+        try:
+            sql = spec.sql or f"SELECT * FROM {spec.table}"
+            out[spec.name] = source.read(sql).read_all()
+        finally:
+            source.close()
+    return out
+
+
+def read_operator_tables(
+    project: Project, config: IdentityConfig
+) -> tuple[pa.Table | None, pa.Table | None]:
+    """The operator's blocklist and overrides tables, when the config names them."""
+    wanted = [config.blocked_values_table, config.rules.overrides_table]
+    if not any(wanted):
+        return None, None
+    name = sorted(project.config.sources)[0]
+    source = connect(project.config.sources[name], root=project.root, name=name)
+    try:
+        blocked, overrides = (
+            source.read(f"SELECT * FROM {t}").read_all() if t else None for t in wanted
+        )
+        return blocked, overrides
+    finally:
+        source.close()
+
+
+@dataclass
+class Resolution:
+    """One run's identity result and the resolver that keys rows with it."""
+
+    config: IdentityConfig
+    result: IdentityResult
+    resolver: Resolver
+
+    def save(self, state_dir: Path) -> None:
+        """Keep this run's graph as the next run's starting point (stable profile ids)."""
+        self.result.state.write(state_dir / IDENTITY_STATE)
+
+
+def resolve_identities(project: Project, config: IdentityConfig, run_id: str) -> Resolution:
+    """Stitch the project's identity sources, continuing from the saved graph."""
+    inputs = read_sources(project, config)
+    blocklist, overrides = read_operator_tables(project, config)
+    previous = IdentityState.read(project.state_dir / IDENTITY_STATE)
+    result = resolve(
+        config, inputs, run_id=run_id, state=previous, blocklist=blocklist, overrides=overrides
+    )
+    return Resolution(config, result, Resolver(config, result))
+
+
+def key_rows(
+    con: duckdb.DuckDBPyConnection, sync: SyncConfig, resolution: Resolution
+) -> SyncConfig:
+    """Add the Customer.io identifiers to the staged model; return the sync keyed by them."""
+    staged = con.sql("select * from model").to_arrow_table()
+    aliases = {"id": "user_id"}  # Customer.io's `id` is the identity graph's `user_id`
+    columns = {column: aliases.get(kind, kind) for kind, column in sync.identify_by.items()}
+    keyed = resolution.resolver.resolve_table(staged, columns)
+    con.register("_keyed_model", keyed)
+    try:
+        run_sql(con, "create or replace temp table model as select * from _keyed_model")
+    finally:
+        con.unregister("_keyed_model")
+    identify_by = {"id": "cio_person_id", "email": "cio_email"}
+    attributes = dict(sync.attributes)
+    if sync.kind == "people" and "anonymous_id" not in attributes:
+        # carrying the anonymous id on identify attaches earlier anonymous events
+        from lockgate.project.models import FieldConfig
+
+        attributes["anonymous_id"] = FieldConfig(column="cio_anonymous_id")
+    return sync.model_copy(update={"identify_by": identify_by, "attributes": attributes})
+
+
+def known_people(store: StateStore, project: Project) -> set[tuple[str, str]]:
+    """People Lockgate has delivered, as `(kind, value)`: merges need both ends to exist."""
+    known: set[tuple[str, str]] = set()
+    for other in project:
+        if other.kind != "people":
+            continue
+        store.ensure_sync_tables(other.name)
+        rows = store.con.execute(
+            f"select json_extract_string(ident, '$.id'), json_extract_string(ident, '$.email') "
+            f"from {table('snap', other.name)}"
+        ).fetchall()
+        for person_id, email in rows:
+            if person_id:
+                known.add(("id", person_id))
+            if email:
+                known.add(("email", email.lower()))
+    return known
+
+
+def merge_operations(
+    store: StateStore, project: Project, sync: SyncConfig, resolution: Resolution
+) -> pa.Table:
+    """The Customer.io operations the graph asks for (merges first), not yet delivered.
+
+    Columns: ``k`` (the op's idempotency key), ``op`` (JSON). Raises ContractError when the
+    run would merge more people than `customerio.merge_policy.max_merges_per_run`.
+    """
+    import orjson
+
+    plan = plan_customerio(
+        resolution.result, resolution.config, exists=known_people(store, project)
+    )
+    ledger = table("ledger", sync.name)
+    delivered = {row[0] for row in store.con.execute(f"select k from {ledger}").fetchall()}
+    # Lockgate's syncs decide which people exist; from the graph's plan only merges, and the
+    # identifiers re-applied to their survivors, are sent here
+    outcomes = plan.merge_outcomes
+    survivors = {row["profile_id"] for row in outcomes.to_pylist() if row["outcome"] == "merged"}
+    ops = [
+        op
+        for op in plan.ops
+        if op.key not in delivered
+        and (op.payload.get("action") == "merge" or op.profile_id in survivors)
+    ]
+    return pa.table(
+        {
+            "k": pa.array([op.key for op in ops], pa.string()),
+            "op": pa.array([orjson.dumps(op.payload).decode() for op in ops], pa.string()),
+        }
+    )

@@ -1,0 +1,146 @@
+"""Syncs keyed through the identity graph: one Customer.io profile per real person."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from lockgate.console import NullConsole
+from lockgate.emulator import Emulator
+from lockgate.project.loader import load_project
+from lockgate.sync.run import run_sync
+
+PROJECT = """\
+name: ident
+sources:
+  warehouse: {{type: duckdb, path: w.duckdb}}
+destinations:
+  customerio: {{type: customerio, track_url: "{url}"}}
+identity:
+  identifier_types:
+    user_id: {{priority: 1, limit: 1, customerio: id}}
+    email: {{priority: 2, limit: 5, customerio: email}}
+    stripe_id: {{priority: 3, limit: 2, customerio: "attribute:stripe_id"}}
+    anonymous_id: {{priority: 9, limit: 25, customerio: anonymous_id,
+                   degree_cap: {{user_id: {{max: 1, policy: quarantine}}}}}}
+  sources:
+    - {{name: app_users, table: app_users}}
+    - {{name: stripe, table: stripe_customers}}
+    - {{name: sessions, table: sessions, mode: append_only}}
+    - {{name: leads, table: leads}}
+"""
+
+BILLING = """
+name: billing
+source: warehouse
+model: {table: invoices}
+kind: people
+primary_key: stripe_id
+identify_by: {stripe_id: stripe_id}
+attributes: {mrr: {column: mrr, type: number}}
+"""
+
+PROFILE = """
+name: profile
+source: warehouse
+model: {table: app_users}
+kind: people
+primary_key: user_id
+identify_by: {user_id: user_id, email: email}
+attributes: {plan: plan}
+"""
+
+
+LEADS = """
+name: leads
+source: warehouse
+model: {table: leads}
+kind: people
+primary_key: email
+identify_by: {email: email}
+attributes: {lead_source: lead_source}
+"""
+
+
+def setup(root: Path, url: str) -> Any:
+    con = duckdb.connect(str(root / "w.duckdb"))
+    con.execute(
+        """
+        create table app_users as select * from (values
+          ('u1', 'Ada@Acme.io', 'pro'), ('u2', 'grace@acme.io', 'free')
+        ) t(user_id, email, plan);
+        create table stripe_customers as select * from (values
+          ('cus_A', 'ada@acme.io'), ('cus_B', 'GRACE@acme.io ')
+        ) t(stripe_id, email);
+        create table invoices as select * from (values ('cus_A', 49.0), ('cus_B', 0.0))
+          t(stripe_id, mrr);
+        create table sessions as select * from (values
+          ('anon-1', 'u1'), ('anon-shared', 'u1'), ('anon-shared', 'u2')
+        ) t(anonymous_id, user_id);
+        create table leads as select 'ada.work@acme.io' as email, 'webinar' as lead_source;
+        """
+    ).fetchall()
+    con.close()
+    (root / "syncs").mkdir()
+    (root / "lockgate.yml").write_text(PROJECT.format(url=url))
+    for name, body in {"billing": BILLING, "profile": PROFILE, "leads": LEADS}.items():
+        (root / "syncs" / f"{name}.yml").write_text(textwrap.dedent(body))
+    return load_project(root)
+
+
+def test_rows_keyed_by_stripe_id_land_on_the_app_user(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    project = setup(tmp_path, customerio_emulator.base_url or "")
+
+    profile = run_sync(project, "profile", console=NullConsole())
+    billing = run_sync(project, "billing", console=NullConsole())
+    assert (profile.status, billing.status) == ("success", "success")
+
+    people = {p.id: p for p in customerio_emulator.people()}
+    assert sorted(people) == ["u1", "u2"]  # no third profile for a Stripe-only identifier
+    assert people["u1"].attributes["mrr"] == 49.0 and people["u1"].attributes["plan"] == "pro"
+    assert people["u2"].attributes["mrr"] == 0.0
+    # the identify carries the user's anonymous id; the shared device links nobody
+    assert people["u1"].anonymous_ids == ("anon-1",)
+    assert people["u2"].anonymous_ids == ()
+
+    # a re-run resolves to the same profiles and sends nothing
+    again = run_sync(project, "billing", console=NullConsole())
+    assert again.changes.to_send == 0
+    assert len(customerio_emulator.people()) == 2
+
+
+def test_two_people_found_to_be_one_are_merged_once(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    project = setup(tmp_path, customerio_emulator.base_url or "")
+    run_sync(project, "profile", console=NullConsole())
+    run_sync(project, "leads", console=NullConsole())
+    assert len(customerio_emulator.people()) == 3  # u1, u2 and the lead: not known as one yet
+
+    # Stripe now says the work address is Ada's: the graph joins them, Customer.io merges
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("insert into stripe_customers values ('cus_C', 'ada.work@acme.io')").fetchall()
+    con.execute("insert into app_users values ('u1', 'ada.work@acme.io', 'pro')").fetchall()
+    con.close()
+    report = run_sync(project, "leads", console=NullConsole())
+    assert report.status == "success"
+    merges = customerio_emulator.merges()
+    assert len(merges) == 1
+    people = {p.id: p for p in customerio_emulator.people()}
+    assert sorted(people) == ["u1", "u2"]
+    assert people["u1"].attributes.get("lead_source") == "webinar"
+    # exactly once: a re-run sends no second merge
+    run_sync(project, "leads", console=NullConsole())
+    assert len(customerio_emulator.merges()) == 1
