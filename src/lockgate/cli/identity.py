@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import pyarrow as pa
 from pydantic import ValidationError
 
 from lockgate.cli.options import json_option, open_project, project_option
@@ -26,8 +25,8 @@ from lockgate.identity import explain as explain_value
 from lockgate.identity import plan as plan_rules
 from lockgate.identity import resolve
 from lockgate.project.identity import IdentityConfig
-from lockgate.project.loader import Project, read_yaml
-from lockgate.sources import connect
+from lockgate.project.loader import read_yaml
+from lockgate.sync.resolve import read_operator_tables, read_sources
 
 
 def identity_config(data: Any, file: Path, root: Path) -> IdentityConfig:
@@ -56,44 +55,6 @@ def identity_config(data: Any, file: Path, root: Path) -> IdentityConfig:
         raise ConfigError(
             f"`{where}`: {first['msg']}", hint="see docs/identity.md", file=shown, line=line
         ) from exc
-
-
-def read_operator_tables(
-    project: Project, config: IdentityConfig
-) -> tuple[pa.Table | None, pa.Table | None]:
-    """The operator's blocklist and overrides tables, when the config names them."""
-    wanted = [config.blocked_values_table, config.rules.overrides_table]
-    if not any(wanted):
-        return None, None
-    name = sorted(project.config.sources)[0]
-    source = connect(project.config.sources[name], root=project.root, name=name)
-    try:
-        return tuple(  # type: ignore[return-value]
-            source.read(f"SELECT * FROM {table}").read_all() if table else None for table in wanted
-        )
-    finally:
-        source.close()
-
-
-def read_sources(project: Project, config: IdentityConfig) -> dict[str, pa.Table]:
-    """Every identity source's rows, read from the project's warehouses."""
-    declared = sorted(project.config.sources)
-    out: dict[str, pa.Table] = {}
-    for spec in config.sources:
-        name = spec.source or (declared[0] if len(declared) == 1 else None)
-        if name is None or name not in project.config.sources:
-            raise ConfigError(
-                f"identity source `{spec.name}` reads from `{spec.source}`, which lockgate.yml "
-                "does not declare",
-                hint=f"declared sources: {', '.join(declared)}",
-            )
-        source = connect(project.config.sources[name], root=project.root, name=name)
-        try:
-            sql = spec.sql or f"SELECT * FROM {spec.table}"
-            out[spec.name] = source.read(sql).read_all()
-        finally:
-            source.close()
-    return out
 
 
 @click.group()
