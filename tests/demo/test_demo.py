@@ -31,3 +31,12 @@ def test_demo_runs_twice_and_the_second_act_sends_only_changes(tmp_path: Path) -
     assert rows["objects (companies) sent"] == ["100", "1"]
     assert rows["relationships held (person or company not synced yet)"] == ["2", "1"]
     assert rows["relationships in Customer.io"] == ["999", "1000"]
+    # act 3: engagement came back through webhooks and went out again as attributes
+    act3 = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in out.splitlines()
+        if line.count("│") == 3
+    }
+    assert act3["acknowledged (durable before 200)"] == act3["reporting webhooks sent (signed)"]
+    assert act3["loaded into warehouse table customerio.email"] == "600"
+    assert int(act3["people with last_email_opened_at in Customer.io"]) > 0

@@ -66,6 +66,20 @@ def demo(directory: Path) -> None:
         ["", *(f"act {i + 1}" for i in acts)],
         [(label, *(value(act) for act in acts)) for label, value in metrics],
     )
+    loop = result.engagement
+    if loop is not None:
+        console.table(
+            "Act 3: engagement back into the warehouse, and out again",
+            ["", "count"],
+            [
+                ("people who got the email", loop.people),
+                ("reporting webhooks sent (signed)", loop.sent),
+                ("acknowledged (durable before 200)", loop.acknowledged),
+                ("loaded into warehouse table customerio.email", loop.loaded),
+                ("people updated by the email_engagement sync", loop.report.delivered),
+                ("people with last_email_opened_at in Customer.io", result.people_with_opens),
+            ],
+        )
     console.info(
         f"\nThe demo project is in [bold]{result.directory}[/bold]: try "
         f"`lockgate plan customer_profile --project {directory}` or "

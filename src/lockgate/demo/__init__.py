@@ -1,8 +1,10 @@
 """`lockgate demo`: a sample warehouse synced into the local Customer.io emulator, twice.
 
 Act 1 builds the warehouse and runs every sync from scratch; act 2 changes a few rows and
-runs again, showing that only those changes go out. Nothing leaves the machine: the
-emulator is served on a loopback port for the length of the demo.
+runs again, showing that only those changes go out; act 3 closes the loop: the emulator sends
+signed reporting webhooks for an email campaign, Lockgate receives them durably, loads them
+into the warehouse, and a sync brings `last_email_opened_at` back into Customer.io. Nothing
+leaves the machine: the emulator is served on a loopback port for the length of the demo.
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from lockgate.console import Console
 from lockgate.demo import warehouse
 from lockgate.emulator import Emulator
 from lockgate.project.loader import load_project
 from lockgate.sync.run import KIND_ORDER, RunReport, run_sync
+
+#: people who get the act 3 email campaign (a sample keeps the demo quick)
+ENGAGED_PEOPLE = 200
 
 
 @dataclass
@@ -32,6 +38,8 @@ class DemoResult:
     events_in_customerio: list[int] = field(default_factory=list)
     objects_in_customerio: list[int] = field(default_factory=list)
     relationships_in_customerio: list[int] = field(default_factory=list)
+    engagement: Any = None
+    people_with_opens: int = 0
 
 
 def scaffold(directory: Path) -> None:
@@ -95,4 +103,15 @@ def run_demo(directory: Path, console: Console) -> DemoResult:
             result.events_in_customerio.append(len(emulator.events()))
             result.objects_in_customerio.append(len(emulator.objects()))
             result.relationships_in_customerio.append(len(emulator.relationships()))
+        console.info(
+            "\n[bold]Act 3[/bold]: Customer.io sends engagement back (reporting webhooks) into "
+            "the warehouse, and a sync turns it into attributes"
+        )
+        from lockgate.webhooks.loop import run_engagement_loop
+
+        result.engagement = run_engagement_loop(
+            directory, emulator, console=console, max_people=ENGAGED_PEOPLE
+        )
+        opened = [p for p in emulator.people() if "last_email_opened_at" in p.attributes]
+        result.people_with_opens = len(opened)
     return result
