@@ -1,4 +1,3 @@
 """collector."""
 
 from __future__ import annotations
-

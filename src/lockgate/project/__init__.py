@@ -1,4 +1,3 @@
 """project."""
 
 from __future__ import annotations
-

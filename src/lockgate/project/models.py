@@ -476,7 +476,7 @@ class SyncConfig(StrictModel):
         if value is None:
             return value
         if not str(value).isdigit():
-            raise ValueError(f"`object_type_id` is `{value}`; it is a number such as `\"1\"`")
+            raise ValueError(f'`object_type_id` is `{value}`; it is a number such as `"1"`')
         return str(value)
 
     @field_validator("schedule")

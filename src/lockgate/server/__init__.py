@@ -1,4 +1,3 @@
 """server."""
 
 from __future__ import annotations
-

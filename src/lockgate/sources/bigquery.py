@@ -134,7 +134,7 @@ class BigQuerySource:
 
     def _storage_client(self) -> Any:
         try:
-            from google.cloud import bigquery_storage  # type: ignore[attr-defined]
+            from google.cloud import bigquery_storage  # type: ignore[attr-defined,unused-ignore]
         except ImportError:
             return None  # pages come over REST instead
         return bigquery_storage.BigQueryReadClient(credentials=self.client._credentials)
