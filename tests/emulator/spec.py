@@ -1,10 +1,10 @@
 """Customer.io's official OpenAPI files as JSON Schema validators, with documented workarounds.
 
 The files are read from ``$LOCKGATE_CUSTOMERIO_SPECS_DIR`` (default
-``/work/shared/reference/specs``); the tests that need them skip when they are missing. The specs
-are OpenAPI 3.1 (JSON Schema 2020-12); ``#/components/...`` refs resolve through a
-``referencing`` Registry. Their small bugs are worked around here, each one listed in
-``SPEC_WORKAROUNDS`` and in docs/emulator.md ("Spec bugs worked around").
+``../shared/reference/specs`` beside the checkout); the tests that need them skip when they
+are missing. The specs are OpenAPI 3.1 (JSON Schema 2020-12); ``#/components/...`` refs
+resolve through a ``referencing`` Registry. Their small bugs are worked around here, each
+one listed in ``SPEC_WORKAROUNDS`` and in docs/emulator.md ("Spec bugs worked around").
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 #: Where Customer.io's OpenAPI files are (copies are not vendored into the repository).
-SPECS = Path(os.environ.get("LOCKGATE_CUSTOMERIO_SPECS_DIR", "/work/shared/reference/specs"))
+# shared/ sits beside the project's checkout (locally and in CI)
+SPECS = Path(
+    os.environ.get(
+        "LOCKGATE_CUSTOMERIO_SPECS_DIR",
+        Path(__file__).resolve().parents[3] / "shared" / "reference" / "specs",
+    )
+)
 
 
 def available() -> bool:
