@@ -231,20 +231,22 @@ def _deliver_identity_ops(
         )
     finally:
         store.con.unregister("_identity_ops")
-    committer = Committer(store.writer(), sync=sync.name, run_id=run_id, kind="events")
-    with console.progress(f"deliver {sync.name} identity merges", ops.num_rows) as advance:
-        deliver(
-            store.con,
-            destination_factory(project, sync),
-            kind="ops",
-            committer=committer,
-            advance=advance,
-            source="identity_ops",
-        )
-    if committer.counts.failed_keys:
-        key, outcome, reason = committer.counts.failures[0]
+    counts = _deliver_to_ledger(
+        store,
+        project,
+        sync,
+        run_id,
+        console,
+        destination_factory,
+        label="identity merges",
+        kind="ops",
+        source="identity_ops",
+        total=ops.num_rows,
+    )
+    if counts.failed_keys:
+        key, outcome, reason = counts.failures[0]
         raise DestinationError(
-            f"sync `{sync.name}`: {len(committer.counts.failed_keys)} identity operation(s) were "
+            f"sync `{sync.name}`: {len(counts.failed_keys)} identity operation(s) were "
             f"not delivered (e.g. `{key}`: {outcome}, {reason})",
             hint="nothing else was sent; run the sync again once Customer.io accepts them",
         )
@@ -265,17 +267,19 @@ def _deliver_state_events(
     held back from this run's updates, so the snapshot does not advance past the
     transition and the next run fires the same event (same key, same dedupe id) again.
     """
-    committer = Committer(store.writer(), sync=sync.name, run_id=run_id, kind="events")
-    with console.progress(f"deliver {sync.name} state-change events", total) as advance:
-        deliver(
-            store.con,
-            destination_factory(project, sync),
-            kind="events",
-            committer=committer,
-            advance=advance,
-            source="oc_changes",
-        )
-    failed = committer.counts.failed_keys
+    counts = _deliver_to_ledger(
+        store,
+        project,
+        sync,
+        run_id,
+        console,
+        destination_factory,
+        label="state-change events",
+        kind="events",
+        source="oc_changes",
+        total=total,
+    )
+    failed = counts.failed_keys
     if failed:
         store.con.register("_failed_events", pa.table({"k": pa.array(sorted(failed))}))
         try:
@@ -286,6 +290,34 @@ def _deliver_state_events(
             )
         finally:
             store.con.unregister("_failed_events")
+    return counts
+
+
+def _deliver_to_ledger(
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    run_id: str,
+    console: Console,
+    destination_factory: DestinationFactory,
+    *,
+    label: str,
+    kind: str,
+    source: str,
+    total: int,
+) -> CommitCounts:
+    """Deliver a side table of operations ahead of the sync's own; each delivered key goes to
+    the sync's ledger, so it is never sent again."""
+    committer = Committer(store.writer(), sync=sync.name, run_id=run_id, kind="events")
+    with console.progress(f"deliver {sync.name} {label}", total) as advance:
+        deliver(
+            store.con,
+            destination_factory(project, sync),
+            kind=kind,
+            committer=committer,
+            advance=advance,
+            source=source,
+        )
     return committer.counts
 
 
