@@ -2,9 +2,11 @@
 
 Everything that is timed runs as its own process, measured whole (Python start-up included):
 wall time from ``time.perf_counter`` around the process, peak memory from ``os.wait4`` rusage
-(``ru_maxrss``). The emulator runs as a separate process (``lockgate emulator --rate-limit 0``,
-so its Track limiter never paces anyone; Lockgate itself is configured at ``rate_limit:
-1000/s``).
+(``ru_maxrss``), both taken by a small intermediate process (``MEASURE``) so that the bench's
+own memory never leaks into a child's peak. The emulator runs as a separate process with its
+Track rate limit off (``Emulator(...).app`` under uvicorn on a TCP_NODELAY listener, or
+``lockgate emulator --rate-limit 0`` with ``--emulator-cli``); Lockgate itself is configured at
+``rate_limit: 1000/s``.
 
 1. Lockgate full sync: ``lockgate sync people --json`` on a fresh state.
 2. Lockgate incremental sync: 1% of the rows updated in the warehouse, then the same command.
@@ -169,6 +171,45 @@ class Proc:
     killed: bool = False
 
 
+#: Runs argv[2:] and writes its own wall time and peak RSS to argv[1]. Measured processes start
+#: through this small process because a child's ru_maxrss starts at its parent's peak RSS
+#: (Linux records the old address space's high-water mark at exec, and subprocess uses vfork):
+#: spawned straight from this bench, every child would report at least the bench's own peak.
+MEASURE = textwrap.dedent(
+    """
+    import json, os, signal, subprocess, sys, time
+    started = time.perf_counter()
+    child = subprocess.Popen(sys.argv[2:])
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(child.pid, signal.SIGTERM))
+    while True:
+        try:
+            _, status, usage = os.wait4(child.pid, 0)
+            break
+        except InterruptedError:
+            continue
+    seconds = time.perf_counter() - started
+    child.returncode = code = os.waitstatus_to_exitcode(status)
+    with open(sys.argv[1], "w") as fh:
+        json.dump({"seconds": seconds, "maxrss_kb": usage.ru_maxrss}, fh)
+    sys.exit(code if code >= 0 else 128 - code)
+    """
+)
+
+
+def measured(args: list[str]) -> tuple[list[str], Path]:
+    """``args`` wrapped by MEASURE, and the file it will write its figures to."""
+    fd, name = tempfile.mkstemp(prefix="lockgate-bench-rusage-", suffix=".json")
+    os.close(fd)
+    return [sys.executable, "-c", MEASURE, name, *args], Path(name)
+
+
+def read_measure(path: Path) -> tuple[float, int]:
+    """(seconds, peak RSS bytes) written by MEASURE."""
+    doc = json.loads(path.read_text())
+    path.unlink()
+    return float(doc["seconds"]), int(doc["maxrss_kb"]) * 1024
+
+
 def run_measured(
     args: list[str],
     *,
@@ -179,49 +220,36 @@ def run_measured(
     """Run a process to the end (or SIGTERM it after ``timeout``); whole-process figures."""
     out = tempfile.TemporaryFile()
     err = tempfile.TemporaryFile()
+    wrapped, figures = measured(args)
     started = time.perf_counter()
-    proc = subprocess.Popen(args, env=env, stdout=out, stderr=err, cwd=cwd)
+    proc = subprocess.Popen(wrapped, env=env, stdout=out, stderr=err, cwd=cwd)
     killed = False
     if timeout is None:
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status, _ = os.wait4(proc.pid, 0)
     else:
         deadline = started + timeout
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             if time.perf_counter() > deadline:
                 os.kill(proc.pid, signal.SIGTERM)  # not send_signal: it polls (reaps)
                 killed = True
-                try:
-                    _, status, usage = _wait4_within(proc.pid, 15)
-                except TimeoutError:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    _, status, usage = os.wait4(proc.pid, 0)
+                _, status, _ = os.wait4(proc.pid, 0)
                 break
             time.sleep(0.05)
-    seconds = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
+    seconds, peak = read_measure(figures)
     out.seek(0)
     err.seek(0)
     return Proc(
         seconds,
-        usage.ru_maxrss * 1024,
+        peak,
         proc.returncode,
         out.read().decode(errors="replace"),
         err.read().decode(errors="replace"),
         killed,
     )
-
-
-def _wait4_within(pid: int, seconds: float) -> tuple[int, int, Any]:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        got = os.wait4(pid, os.WNOHANG)
-        if got[0]:
-            return got
-        time.sleep(0.05)
-    raise TimeoutError
 
 
 def free_port() -> int:
@@ -579,9 +607,10 @@ def run_drt(warehouse: Path, url: str, rows: int, seconds: float, workdir: Path)
     python = ensure_venv(DRT_VENV, "drt-core[duckdb]")
     root, env = write_drt_project(workdir / "drt", warehouse, url)
     out = tempfile.TemporaryFile()
+    wrapped, figures = measured([str(python.with_name("drt")), "run", "--select", "people"])
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [str(python.with_name("drt")), "run", "--select", "people"],
+        wrapped,
         env=env,
         cwd=root,
         stdout=out,
@@ -590,7 +619,7 @@ def run_drt(warehouse: Path, url: str, rows: int, seconds: float, workdir: Path)
     samples: list[tuple[float, int]] = []
     killed = False
     while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
         elapsed = time.perf_counter() - started
@@ -598,11 +627,11 @@ def run_drt(warehouse: Path, url: str, rows: int, seconds: float, workdir: Path)
         if elapsed > seconds:
             os.kill(proc.pid, signal.SIGTERM)  # not send_signal: it polls (reaps)
             killed = True
-            _, status, usage = os.wait4(proc.pid, 0)
+            _, status, _ = os.wait4(proc.pid, 0)
             break
         time.sleep(2.0)
-    wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
+    wall, peak = read_measure(figures)
     done = ingested(url)
     out.seek(0)
     log = out.read().decode(errors="replace")
@@ -620,7 +649,7 @@ def run_drt(warehouse: Path, url: str, rows: int, seconds: float, workdir: Path)
         "projected": projected,
         "ingested": done,
         "killed": killed,
-        "peak_rss": usage.ru_maxrss * 1024,
+        "peak_rss": peak,
         "log": log,
     }
 
