@@ -139,3 +139,44 @@ def test_objects_mirror_delete(project_factory: ProjectFactory) -> None:
     project_factory.sql("delete from companies where company_id = 'globex'")
     run_sync(project, "companies", console=NullConsole())
     assert {o.object_id for o in project_factory.emulator.objects()} == {"acme"}
+
+
+def test_anonymous_visitors_are_related_with_the_object_side_shape(
+    project_factory: ProjectFactory,
+) -> None:
+    seed(project_factory)
+    project_factory.sql(
+        """
+        create or replace table visits as select * from (values
+          (1, null, 'acme', 'viewer'), (null, 'anon-7', 'acme', 'visitor')
+        ) t(user_id, anonymous_id, company_id, role);
+        """
+    )
+    visits = (
+        MEMBERSHIPS.replace("name: memberships", "name: visits")
+        .replace("{table: members}", "{table: visits}")
+        .replace(
+            "identify_by: {id: user_id}", "identify_by: {id: user_id, anonymous_id: anonymous_id}"
+        )
+    )
+    project = project_factory.write({"companies": COMPANIES, "people": PEOPLE, "visits": visits})
+    reports = run_all(project)
+    assert reports["visits"].delivered == 2 and reports["visits"].changes.held == 0
+    emu = project_factory.emulator
+    assert ("1", "1", "acme", "viewer") in rels(emu)
+    sent = [
+        op
+        for r in emu.request_log()
+        if r.path == "/api/v2/batch"
+        for op in r.body["batch"]
+        if op.get("action") == "identify_anonymous"
+    ]
+    assert sent and sent[0]["cio_relationships"][0]["identifiers"] == {"anonymous_id": "anon-7"}
+    # when the visitor identifies, Customer.io carries the relationship over
+    import httpx
+
+    site, key = emu.track_auth
+    httpx.put(
+        f"{emu.base_url}/api/v1/customers/9", json={"anonymous_id": "anon-7"}, auth=(site, key)
+    ).raise_for_status()
+    assert ("9", "1", "acme", "visitor") in rels(emu)

@@ -134,8 +134,11 @@ def _hold_relationships(
             f"case when {person_key} = 'email' then lower(json_extract_string(c.person, '$.email'))"
             f" else json_extract_string(c.person, '$.' || {person_key}) end"
         )
+        # a person known only by an anonymous id exists in Customer.io only once identified:
+        # the relationship is held by Customer.io itself (`identify_anonymous`), not by us
         conditions.append(
-            f"case when ({person_key}, {person_value}) not in (select kind, value from ({known})) "
+            f"case when {person_key} <> 'anonymous_id' and "
+            f"({person_key}, {person_value}) not in (select kind, value from ({known})) "
             "then 'person ' || c.person || ' has not been synced yet' end"
         )
     if not conditions:

@@ -233,6 +233,8 @@ def identifier_sql(
     chosen: dict[str, str] = {}
     for kind, column in sync.identify_by.items():
         target = CUSTOMERIO_IDENTIFIERS.get(kind)
+        if kind == "anonymous_id" and sync.kind == "relationships":
+            target = "anonymous_id"  # an object can be related to a person not identified yet
         if target is None:
             raise ConfigError(
                 f"sync `{sync.name}`: identifier type `{kind}` is not one Customer.io knows",
@@ -260,7 +262,7 @@ def identifier_sql(
         alias = f"__id_{target}"
         fields.computed.append((alias, expression))
         values[target] = q(alias)
-    ordered = [t for t in IDENTIFIER_PRIORITY if t in values]
+    ordered = [t for t in (*IDENTIFIER_PRIORITY, "anonymous_id") if t in values]
     whens = " ".join(
         f"when {values[t]} is not null then '{{\"{t}\":' || to_json({values[t]}) || '}}'"
         for t in ordered
@@ -550,11 +552,22 @@ def compile_relationships(
         f"case when __obj is null then {lit(f'column `{sync.object_id}`: object id is null')} end",
         *fields.checks,
     ]
+    rel_attrs = _object(fields.fragments)
     op = (
         f'\'{{"type":"person","action":"add_relationships","identifiers":\' || '
         f'{identifiers} || \',"cio_relationships":[{{"identifiers":\' || {obj} || '
-        f"',\"relationship_attributes\":' || {_object(fields.fragments)} || '}}]}}'"
+        f"',\"relationship_attributes\":' || {rel_attrs} || '}}]}}'"
     )
+    if "anonymous_id" in sync.identify_by:
+        # a person known only by an anonymous id: Customer.io's object-side shape
+        # (`identify_anonymous`), carried over to the person when they identify
+        anonymous_op = (
+            f'\'{{"type":"object","action":"identify_anonymous","identifiers":\' || {obj} || '
+            f'\',"cio_relationships":[{{"identifiers":\' || {identifiers} || '
+            f"',\"relationship_attributes\":' || {rel_attrs} || '}}]}}'"
+        )
+        anonymous = f"starts_with({identifiers}, '{{\"anonymous_id\"')"
+        op = f"case when {anonymous} then {anonymous_op} else {op} end"
     select = (
         f"select coalesce({identifiers} || ' ' || __obj, '(no person or object)') as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
