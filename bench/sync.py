@@ -28,7 +28,7 @@ Track rate limit off (``Emulator(...).app`` under uvicorn on a TCP_NODELAY liste
 
 Usage::
 
-    .venv/bin/python bench/sync.py                              # 1M rows (+10M plan), ~30 min
+    .venv/bin/python bench/sync.py                              # 1M rows (+10M plan), 8-20 min
     .venv/bin/python bench/sync.py --rows 100000 --skip-10m --baseline-seconds 5
 
 Venvs (created on first use when missing): ``.venv-baseline`` (``pip install customerio duckdb``)
