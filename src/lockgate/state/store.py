@@ -131,6 +131,7 @@ class StateStore:
         run_sql(con, f"set memory_limit='{memory_limit}'")
         run_sql(con, f"set temp_directory='{tmp}'")
         run_sql(con, "set preserve_insertion_order=false")
+        run_sql(con, "set enable_progress_bar=false")  # progress is drawn by the console
         # checkpoint at close rather than during a run: commits stay cheap, and the WAL is
         # replayed after a crash
         run_sql(con, "set checkpoint_threshold='4GB'")
