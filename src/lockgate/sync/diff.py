@@ -220,9 +220,37 @@ def diff_records(
 ) -> ChangeSet:
     """Diff a people, objects or relationships sync against its snapshot."""
     snap = table("snap", sync.name)
+    # Stage 1, cheap: each row's key and the hash of the columns its payload is built from
+    # (DuckDB computes only those two expressions of the mapping). Rows whose key and hash
+    # match the snapshot are unchanged; only the others are mapped into payloads.
     run_sql(
         con,
-        f"create or replace temp table mapped as select *, hash(op) as h from ({compiled.select})",
+        f"create or replace temp table keyed as select __rid, k, src_h from ({compiled.select})",
+    )
+    run_sql(
+        con,
+        f"""
+        create or replace temp table todo as
+        select __rid from keyed
+        where k in (select k from keyed group by k having count(*) > 1)
+           or k not in (select s.k from {snap} s join keyed using (k) where s.h = keyed.src_h)
+        """,
+    )
+    total = int(_one(con, "select count(*) from keyed") or 0)
+    todo = int(_one(con, "select count(*) from todo") or 0)
+    if todo < total:
+        run_sql(
+            con,
+            """
+            create or replace temp table model_todo as
+            select * from model where rowid in (select __rid from todo);
+            drop table model;
+            alter table model_todo rename to model;
+            """,
+        )
+    run_sql(
+        con,
+        f"create or replace temp table mapped as select *, src_h as h from ({compiled.select})",
     )
     # a key that appears more than once is ambiguous: every copy is rejected
     run_sql(
@@ -250,7 +278,7 @@ def diff_records(
     held_samples: tuple[tuple[str, str], ...] = ()
     if sync.kind == "relationships":
         held, held_samples = _hold_relationships(con, objects_snaps or [], people_snaps or [])
-    removed = int(_one(con, f"select count(*) from {snap} s anti join mapped m on m.k = s.k") or 0)
+    removed = int(_one(con, f"select count(*) from {snap} s anti join keyed m on m.k = s.k") or 0)
     removed_sent = 0
     if sync.effective_mode == "mirror" and removed:
         removed_sent = removed
@@ -262,7 +290,7 @@ def diff_records(
             insert into changes
             select s.k, {op} as op, null as h, s.ident, false as is_new, true as removed,
                    0 as n_set, {cleared_each} as n_cleared{null_extra}
-            from {snap} s anti join mapped m on m.k = s.k
+            from {snap} s anti join keyed m on m.k = s.k
             """,
         )
     rejected, samples = _rejected(con)
@@ -274,8 +302,7 @@ def diff_records(
         """
     ).fetchall()[0]
     sent_rows, new, attrs, cleared = (int(x or 0) for x in row)
-    valid = int(_one(con, "select count(*) from mapped where reject is null") or 0)
-    total = int(_one(con, "select count(*) from mapped") or 0)
+    valid = total - todo + int(_one(con, "select count(*) from mapped where reject is null") or 0)
     return ChangeSet(
         kind=sync.kind,
         rows=total,

@@ -295,7 +295,7 @@ def check(
 
         def removed() -> list[str]:
             rows = con.execute(
-                f"select s.k, s.ident from {snap} s anti join mapped m on m.k = s.k "
+                f"select s.k, s.ident from {snap} s anti join keyed m on m.k = s.k "
                 f"order by s.k limit {SAMPLES}"
             ).fetchall()
             return [f"{k} {ident}" for k, ident in rows]

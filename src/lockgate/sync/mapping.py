@@ -68,10 +68,44 @@ def json_key(name: str) -> str:
 
 @dataclass(frozen=True)
 class Compiled:
-    """A compiled mapping: the SELECT and what it needs."""
+    """A compiled mapping: the SELECT and what it needs.
+
+    For people, objects and relationships the SELECT also yields ``__rid`` (the staged row)
+    and ``src_h``: a hash of the columns the mapping reads and of the sync's configuration,
+    which changes exactly when the payload can (see ``diff.diff_records``).
+    """
 
     select: str
     columns_used: tuple[str, ...]
+
+
+def source_hash(sync: SyncConfig, columns: tuple[str, ...]) -> str:
+    """SQL for ``src_h``: the row's mapped columns plus a fingerprint of the sync's config."""
+    import hashlib
+
+    # only what shapes the payload: changing a guardrail or a schedule re-sends nothing
+    shaping = sync.model_dump(
+        mode="json",
+        include={
+            "kind",
+            "primary_key",
+            "identify_by",
+            "mode",
+            "attributes",
+            "on_null",
+            "object_type_id",
+            "object_id",
+            "relationship_attributes",
+        },
+    )
+    text = MAPPING_VERSION + orjson.dumps(shaping, option=orjson.OPT_SORT_KEYS).decode()
+    fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
+    cols = ", ".join(q(c) for c in dict.fromkeys(columns))
+    return f"hash({cols}{', ' if cols else ''}{lit(fingerprint)})"
+
+
+#: bump when the SQL this module generates changes what is sent for the same row
+MAPPING_VERSION = "1"
 
 
 def _is(col_type: str, prefixes: tuple[str, ...]) -> bool:
@@ -161,7 +195,7 @@ class Fields:
     def inner_select(self) -> str:
         """The model with each coerced value as a column, so each is computed once."""
         extra = "".join(f", {expr} as {q(alias)}" for alias, expr in self.computed)
-        return f"(select *{extra} from model)"
+        return f"(select *, rowid as __rid{extra} from model)"
 
     def n_set(self) -> str:
         return " + ".join(f"({f} is not null)::int" for f in self.fragments) or "0"
@@ -329,7 +363,8 @@ def compile_people(sync: SyncConfig, columns: dict[str, str], default_on_null: s
     select = (
         f"select coalesce({key_sql}, '(null key) ' || coalesce({ident}, '')) as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
-        f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared{extra_columns} "
+        f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared{extra_columns}, "
+        f"__rid, {source_hash(sync, (*used, *sync.key_columns))} as src_h "
         f"from {fields.inner_select()}"
     )
     return Compiled(select, tuple(dict.fromkeys(used + sync.key_columns)))
@@ -523,7 +558,8 @@ def compile_objects(sync: SyncConfig, columns: dict[str, str], default_on_null: 
     select = (
         f"select coalesce(__obj, '(null object id)') as k, {op} as op, {ident} as ident, "
         f"coalesce({', '.join(checks)}) as reject, "
-        f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared "
+        f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared, "
+        f"__rid, {source_hash(sync, (key_column, *fields.columns))} as src_h "
         f"from {fields.inner_select()}"
     )
     return Compiled(select, (key_column, *fields.columns))
@@ -572,7 +608,9 @@ def compile_relationships(
         f"select coalesce({identifiers} || ' ' || __obj, '(no person or object)') as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
         f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared, "
-        f"{identifiers} as person, __obj as object_id "
+        f"{identifiers} as person, __obj as object_id, __rid, "
+        f"{source_hash(sync, (*sync.identify_by.values(), sync.object_id, *fields.columns))} "
+        "as src_h "
         f"from {fields.inner_select()}"
     )
     return Compiled(select, (*sync.identify_by.values(), sync.object_id, *fields.columns))
