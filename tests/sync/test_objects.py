@@ -99,6 +99,7 @@ def test_changed_attributes_and_removed_relationships(project_factory: ProjectFa
         "update members set role = 'owner' where user_id = 2; delete from members where user_id = 3"
     )
     plan = plan_sync(project, "memberships", console=NullConsole())
+    assert plan.mode == "mirror"  # relationships mirror by default, and plan says so
     assert (plan.changes.changed, plan.changes.removed, plan.changes.removed_sent) == (1, 1, 1)
     report = run_sync(project, "memberships", console=NullConsole())
     assert report.delivered == 2

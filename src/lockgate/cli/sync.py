@@ -25,6 +25,10 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
     """The counts worth showing for a report, as (label, value) rows."""
     c = report.changes
     rows: list[tuple[str, Any]] = [("rows in model", c.rows), ("rows rejected", c.rejected)]
+    if report.mode and c.kind != "events":
+        default = {"relationships": "mirror"}.get(c.kind, "upsert")
+        note = " (the default" + (": removals are sent)" if report.mode == "mirror" else ")")
+        rows.insert(0, ("mode", report.mode + (note if report.mode == default else "")))
     if c.kind in ("objects", "relationships"):
         noun = "objects" if c.kind == "objects" else "relationships"
         rows += [

@@ -86,6 +86,7 @@ class RunReport:
     seconds: float = 0.0
     recovered: int = 0
     guards: tuple[guard_step.GuardResult, ...] = ()
+    mode: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -103,6 +104,7 @@ class RunReport:
             "samples": list(self.samples),
             "recovered_from_crash": self.recovered,
             "guardrails": [g.as_dict() for g in self.guards],
+            "mode": self.mode,
         }
 
 
@@ -404,6 +406,7 @@ def plan_sync(
         seconds=time.perf_counter() - started,
         recovered=recovered,
         guards=tuple(guards),
+        mode=project.sync(name).effective_mode,
     )
 
 
@@ -489,6 +492,7 @@ def run_sync(
             seconds=time.perf_counter() - started,
             recovered=recovered,
             guards=tuple(guards),
+            mode=project.sync(name).effective_mode,
         )
         store.finish_run(run_id, status, report.as_dict())
     return report
