@@ -76,3 +76,55 @@ def test_transition_fires_once_and_unless_suppresses(project_factory: ProjectFac
     project_factory.sql("update carts set cart_status = 'inactive' where user_id = 1")
     run_sync(project, "carts", console=NullConsole())
     assert abandoned(emu) == [("1", 12.0), ("1", 40.0)]
+
+
+ACCOUNTS = """
+name: accounts
+source: warehouse
+model: {table: accounts}
+kind: objects
+object_type_id: "1"
+primary_key: account_id
+attributes: {plan: plan}
+on_change:
+  - attribute: plan
+    to: churned
+    event: account_churned
+    properties: [plan]
+"""
+
+MEMBERS = """
+name: members
+source: warehouse
+model: {table: members}
+kind: relationships
+object_type_id: "1"
+object_id: account_id
+identify_by: {id: user_id}
+"""
+
+
+def test_object_transition_notifies_every_related_person(project_factory: ProjectFactory) -> None:
+    project_factory.sql(
+        """
+        create or replace table accounts as select * from (values
+          ('acme', 'pro'), ('globex', 'pro')) t(account_id, plan);
+        create or replace table members as select * from (values
+          (1, 'acme'), (2, 'acme'), (3, 'globex')) t(user_id, account_id);
+        """
+    )
+    project = project_factory.write({"accounts": ACCOUNTS, "members": MEMBERS})
+    run_sync(project, "accounts", console=NullConsole())
+    run_sync(project, "members", console=NullConsole())
+    project_factory.sql("update accounts set plan = 'churned' where account_id = 'acme'")
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert report.status == "success" and report.changes.state_events == 2
+
+    emu = project_factory.emulator
+    by_cio = {p.cio_id: p.id for p in emu.people()}
+    churned = sorted(
+        (by_cio.get(e.person), e.data) for e in emu.events() if e.name == "account_churned"
+    )
+    expected = {"plan": "churned", "object_type_id": "1", "object_id": "acme"}
+    assert churned == [("1", expected), ("2", expected)]
+    assert run_sync(project, "accounts", console=NullConsole()).changes.state_events == 0

@@ -441,7 +441,8 @@ class SyncConfig(StrictModel):
     relationship_attributes: dict[str, FieldConfig] = Field(default_factory=dict)
     """`relationships`: attribute name → column or field spec, stored on the relationship."""
     on_change: list[OnChangeConfig] = Field(default_factory=list)
-    """`people`: events fired when a mapped attribute changes value."""
+    """`people` and `objects`: events fired when a mapped attribute changes value (an object's
+    go to the people related to it)."""
     attributes: dict[str, FieldConfig] = Field(default_factory=dict)
     """`people`: attribute name → column or field spec (also accepts a list of column names)."""
     event: EventConfig | None = None
@@ -505,11 +506,8 @@ class SyncConfig(StrictModel):
                 raise ValueError("use `relationship_attributes` in a `relationships` sync")
             if self.mode == "update":
                 raise ValueError("a `relationships` sync is `upsert` or `mirror`")
-        if self.on_change and self.kind != "people":
-            raise ValueError(
-                "`on_change` belongs to `people` syncs (Customer.io events are sent to people; "
-                "model an object's state change as a people row per member)"
-            )
+        if self.on_change and self.kind not in ("people", "objects"):
+            raise ValueError("`on_change` belongs to `people` and `objects` syncs")
         if self.kind == "people":
             if self.primary_key is None:
                 raise ValueError("a `people` sync needs `primary_key`")

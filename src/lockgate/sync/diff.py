@@ -77,10 +77,19 @@ def _removal_op(sync: SyncConfig) -> tuple[str, int]:
             0,
         )
     if sync.kind == "objects":
+        identifiers = """'{"object_type_id":' ||
+            to_json(json_extract_string(s.ident, '$.object_type_id')) || ',"object_id":' ||
+            to_json(json_extract_string(s.ident, '$.object_id')) || '}'"""
         if sync.delete_removed:
-            return """'{"type":"object","action":"delete","identifiers":' || s.ident || '}'""", 0
+            return (
+                f"""'{{"type":"object","action":"delete","identifiers":' || {identifiers}
+                || '}}'""",
+                0,
+            )
         return (
-            """'{"type":"object","action":"identify","identifiers":' || s.ident ||
+            """'{"type":"object","action":"identify","identifiers":' || """
+            + identifiers
+            + """ ||
                ',"attributes":{"""
             + blanks.replace("'", "''")
             + "}}'",
@@ -159,7 +168,9 @@ def _hold_relationships(
     return count, tuple((str(k), str(r)) for k, r in samples)
 
 
-def _state_change_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, now: int) -> int:
+def _state_change_events(
+    con: duckdb.DuckDBPyConnection, sync: SyncConfig, now: int, relationship_snaps: list[str]
+) -> int:
     """Fill ``oc_changes`` with the `on_change` events this run fires.
 
     A rule fires for a person already in the snapshot whose watched attribute changed (from
@@ -167,6 +178,10 @@ def _state_change_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, now: 
     is the record key, the rule and the hash of the previous state, so the same transition
     always has the same key (and dedupe id): a re-run or a crash never fires it twice, and a
     later, separate transition of the same person fires again.
+
+    Customer.io events belong to people: an object's transition (an account's `plan` going
+    `trial` → `churned`) is sent to every person related to the object, from the snapshots of
+    the project's relationships syncs of that type, with the object's id among the properties.
     """
     snap, ledger = table("snap", sync.name), table("ledger", sync.name)
     selects = []
@@ -186,6 +201,29 @@ def _state_change_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, now: 
         if rule.to is not None:
             conditions.append(f"{new} = {lit(orjson.dumps(rule.to).decode())}")
         name = lit(orjson.dumps(rule.event).decode())
+        if sync.kind == "objects":
+            if not relationship_snaps:
+                continue
+            related = " union all ".join(f"select ident from {t}" for t in relationship_snaps)
+            type_id = lit(str(sync.object_type_id))
+            selects.append(
+                f"""
+                select m.k || '#{i}#' || s.h || '#' || json_extract(r.ident, '$.person')::varchar
+                       as k, m.k as pk, m.ident,
+                       '"type":"person","action":"event","identifiers":'
+                       || json_extract(r.ident, '$.person')::varchar || ',"name":' || {name}
+                       || ',"timestamp":{now},"attributes":'
+                       || json_merge_patch(m.__ocp_{i}, json_object('object_type_id', {type_id},
+                                                                    'object_id', m.k))::varchar
+                       || '}}' as op
+                from mapped m join {snap} s on s.k = m.k
+                join ({related}) r
+                  on json_extract_string(r.ident, '$.object.object_id') = m.k
+                 and json_extract_string(r.ident, '$.object.object_type_id') = {type_id}
+                where {" and ".join(conditions)}
+                """
+            )
+            continue
         selects.append(
             f"""
             select m.k || '#{i}#' || s.h as k, m.k as pk, m.ident,
@@ -195,6 +233,11 @@ def _state_change_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, now: 
             from mapped m join {snap} s on s.k = m.k
             where {" and ".join(conditions)}
             """
+        )
+    if not selects:
+        selects.append(
+            "select null::varchar as k, null::varchar as pk, null::varchar as ident, "
+            "null::varchar as op where false"
         )
     run_sql(
         con,
@@ -216,6 +259,7 @@ def diff_records(
     *,
     objects_snaps: list[str] | None = None,
     people_snaps: list[str] | None = None,
+    relationship_snaps: list[str] | None = None,
     now: int = 0,
 ) -> ChangeSet:
     """Diff a people, objects or relationships sync against its snapshot."""
@@ -273,7 +317,9 @@ def diff_records(
         where m.reject is null and (s.k is null or s.h <> m.h)
         """,
     )
-    state_events = _state_change_events(con, sync, now) if sync.on_change else 0
+    state_events = (
+        _state_change_events(con, sync, now, relationship_snaps or []) if sync.on_change else 0
+    )
     held = 0
     held_samples: tuple[tuple[str, str], ...] = ()
     if sync.kind == "relationships":

@@ -555,10 +555,14 @@ def compile_objects(sync: SyncConfig, columns: dict[str, str], default_on_null: 
         f'\'{{"type":"object","action":"identify","identifiers":\' || {ident} || '
         f"',\"attributes\":' || {attributes} || '}}'"
     )
+    extra_columns = ""
+    if sync.on_change:
+        # the watched values ride in `ident` (removal ops rebuild identifiers from its keys)
+        ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null)
     select = (
         f"select coalesce(__obj, '(null object id)') as k, {op} as op, {ident} as ident, "
         f"coalesce({', '.join(checks)}) as reject, "
-        f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared, "
+        f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared{extra_columns}, "
         f"__rid, {source_hash(sync, (key_column, *fields.columns))} as src_h "
         f"from {fields.inner_select()}"
     )

@@ -182,13 +182,16 @@ def _prepare(
         if sync.kind == "events":
             changes = diff_step.diff_events(store.con, sync, compiled)
         else:
-            objects_snaps, people_snaps = _related_snapshots(store, project, sync)
+            objects_snaps, people_snaps, relationship_snaps = _related_snapshots(
+                store, project, sync
+            )
             changes = diff_step.diff_records(
                 store.con,
                 sync,
                 compiled,
                 objects_snaps=objects_snaps,
                 people_snaps=people_snaps,
+                relationship_snaps=relationship_snaps,
                 now=now,
             )
     with step("guard"):
@@ -325,11 +328,20 @@ def _deliver_to_ledger(
 
 def _related_snapshots(
     store: StateStore, project: Project, sync: SyncConfig
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], list[str], list[str]]:
     """For a relationships sync: the snapshots of the project's objects syncs of the same type
-    and of its people syncs, which tell whether both ends of a relationship exist yet."""
+    and of its people syncs, which tell whether both ends of a relationship exist yet. For an
+    objects sync with `on_change`: the relationships syncs of its type, whose people hear of
+    the object's transitions."""
+    if sync.kind == "objects" and sync.on_change:
+        relationships = []
+        for other in project:
+            if other.kind == "relationships" and other.object_type_id == sync.object_type_id:
+                store.ensure_sync_tables(other.name)
+                relationships.append(table("snap", other.name))
+        return [], [], relationships
     if sync.kind != "relationships":
-        return [], []
+        return [], [], []
     objects, people = [], []
     for other in project:
         if other.destination != sync.destination:
@@ -340,7 +352,7 @@ def _related_snapshots(
         elif other.kind == "people":
             store.ensure_sync_tables(other.name)
             people.append(table("snap", other.name))
-    return objects, people
+    return objects, people, []
 
 
 #: `sync --all` runs objects before people before relationships before events, so the
