@@ -66,7 +66,13 @@ class DuckDBSource:
             )
         try:
             # DuckDB refuses a read-only in-memory database; there is nothing to protect there.
-            self._conn = duckdb.connect(self.path, read_only=read_only and not in_memory)
+            # a source only streams results out: keep its buffer pool small so the process
+            # stays within its memory budget (the state engine has its own)
+            self._conn = duckdb.connect(
+                self.path,
+                read_only=read_only and not in_memory,
+                config={"memory_limit": "256MB"},
+            )
         except duckdb.Error as exc:
             hint = "check `path` in lockgate.yml and the file's permissions"
             if "lock" in str(exc).lower():

@@ -103,7 +103,7 @@ class StateStore:
         self._lock_fd = lock_fd
 
     @classmethod
-    def open(cls, state_dir: Path, *, memory_limit: str = "512MB") -> StateStore:
+    def open(cls, state_dir: Path, *, memory_limit: str = "256MB") -> StateStore:
         state_dir.mkdir(parents=True, exist_ok=True)
         lock_path = state_dir / "state.lock"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
