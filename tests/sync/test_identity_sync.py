@@ -117,6 +117,17 @@ def test_rows_keyed_by_stripe_id_land_on_the_app_user(
     assert again.changes.to_send == 0
     assert len(customerio_emulator.people()) == 2
 
+    # the graph is in the warehouse for analysts
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    profiles = con.execute(
+        "select cio_person_id, n_stripe_id from lockgate.lg_profiles "
+        "where cio_person_id is not null order by 1"
+    ).fetchall()
+    quarantined = con.execute("select id_value from lockgate.lg_quarantine").fetchall()
+    con.close()
+    assert profiles == [("u1", 1), ("u2", 1)]
+    assert quarantined == [("anon-shared",)]
+
 
 def test_two_people_found_to_be_one_are_merged_once(
     tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
@@ -144,3 +155,7 @@ def test_two_people_found_to_be_one_are_merged_once(
     # exactly once: a re-run sends no second merge
     run_sync(project, "leads", console=NullConsole())
     assert len(customerio_emulator.merges()) == 1
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    merge_runs = con.execute("select count(distinct run_id) from lockgate.lg_merge_log").fetchall()
+    con.close()
+    assert merge_runs == [(1,)]  # the log keeps the run that merged

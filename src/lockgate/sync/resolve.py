@@ -21,11 +21,16 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from lockgate.errors import ConfigError
+from lockgate.errors import ConfigError, SourceError
 from lockgate.identity import IdentityResult, IdentityState, Resolver, plan_customerio, resolve
 from lockgate.project.identity import IdentityConfig
 from lockgate.project.loader import Project
-from lockgate.project.models import SyncConfig
+from lockgate.project.models import (
+    DuckDBSourceConfig,
+    PostgresSourceConfig,
+    SyncConfig,
+    resolve_env,
+)
 from lockgate.sources import connect
 from lockgate.state.store import StateStore, run_sql, table
 from lockgate.sync.mapping import CUSTOMERIO_IDENTIFIERS
@@ -202,4 +207,74 @@ def merge_operations(
             "k": pa.array([op.key for op in ops], pa.string()),
             "op": pa.array([orjson.dumps(op.payload).decode() for op in ops], pa.string()),
         }
+    )
+
+
+#: analyst tables replaced with the latest graph each run; the others are logs, appended
+STATE_TABLES = {
+    "lg_profiles",
+    "lg_identifier_map",
+    "lg_edges",
+    "lg_profile_aliases",
+    "lg_quarantine",
+    "lg_blocked_values",
+}
+OUTPUT_SCHEMA = "lockgate"
+
+
+def write_tables(project: Project, resolution: Resolution) -> str:
+    """Write the run's analyst tables into the warehouse of the identity sources, schema
+    `lockgate`: the graph tables replaced, the logs (merges, refusals, splits, moves) appended.
+
+    Returns where they went. DuckDB and Postgres are supported; other warehouses raise
+    ``SourceError`` (the tables stay available through `lockgate identity explain`).
+    """
+    config = resolution.config
+    declared = sorted(project.config.sources)
+    name = next((s.source for s in config.sources if s.source), None) or declared[0]
+    source = project.config.sources[name]
+    tables = resolution.result.tables()
+    if isinstance(source, DuckDBSourceConfig):
+        path = source.path if source.path == ":memory:" else str(project.root / source.path)
+        try:
+            con = duckdb.connect(path)
+        except duckdb.Error as exc:
+            raise SourceError(
+                f"cannot write the identity tables into `{path}`: {exc}",
+                hint="another process holds the warehouse file; they are written next run",
+            ) from exc
+        try:
+            run_sql(con, f"create schema if not exists {OUTPUT_SCHEMA}")
+            for table_name, data in tables.items():
+                con.register("_identity_table", data)
+                target = f"{OUTPUT_SCHEMA}.{table_name}"
+                if table_name in STATE_TABLES:
+                    run_sql(
+                        con, f"create or replace table {target} as select * from _identity_table"
+                    )
+                else:
+                    run_sql(
+                        con,
+                        f"create table if not exists {target} as "
+                        "select * from _identity_table limit 0",
+                    )
+                    run_sql(con, f"insert into {target} by name select * from _identity_table")
+                con.unregister("_identity_table")
+        finally:
+            con.close()
+        return f"{path} (schema {OUTPUT_SCHEMA})"
+    if isinstance(source, PostgresSourceConfig) and not source.redshift:
+        import adbc_driver_postgresql.dbapi as adbc
+
+        url = resolve_env(source.url, field="url") or ""
+        with adbc.connect(url) as conn, conn.cursor() as cursor:
+            cursor.execute(f"create schema if not exists {OUTPUT_SCHEMA}")
+            for table_name, data in tables.items():
+                mode = "replace" if table_name in STATE_TABLES else "create_append"
+                cursor.adbc_ingest(table_name, data, mode=mode, db_schema_name=OUTPUT_SCHEMA)
+            conn.commit()
+        return f"source `{name}` (schema {OUTPUT_SCHEMA})"
+    raise SourceError(
+        f"writing identity tables into a `{source.type}` warehouse is not supported yet",
+        hint="use `lockgate identity explain` to read them, or a DuckDB/Postgres source",
     )

@@ -480,6 +480,11 @@ def run_sync(
                 store.fold_journal(sync.name)
                 if resolution is not None:
                     resolution.save(project.state_dir)
+                    try:
+                        where = resolve_step.write_tables(project, resolution)
+                        console.info(f"{sync.name}: identity tables written to {where}")
+                    except LockgateError as exc:
+                        console.warn(f"{sync.name}: identity tables not written: {exc}")
                 contract_state.record(store.con, sync, run_id)
         except BaseException as exc:
             store.finish_run(run_id, "failed", {}, error=str(exc))
