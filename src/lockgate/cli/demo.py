@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,8 +83,13 @@ def demo(directory: Path) -> None:
                 ("people with last_email_opened_at in Customer.io", result.people_with_opens),
             ],
         )
+    # from `make demo` the command lives in .venv/bin: show the path that works as typed
+    exe = "lockgate"
+    venv_exe = Path(sys.prefix, "bin", "lockgate")
+    if sys.prefix != sys.base_prefix and venv_exe.exists() and not shutil.which("lockgate"):
+        exe = os.path.relpath(venv_exe)
     console.info(
         f"\nThe demo project is in [bold]{result.directory}[/bold]: try "
-        f"`lockgate plan customer_profile --project {directory}` or "
-        f"`lockgate history --person 1 --project {directory}`."
+        f"`{exe} plan customer_profile --project {directory}` or "
+        f"`{exe} history --person 1 --project {directory}`."
     )
