@@ -48,6 +48,14 @@ def demo(directory: Path) -> None:
             total("events", lambda r: r.changes.already_delivered + r.changes.duplicates_in_model),
         ),
         ("backfill events held back", total("events", lambda r: r.changes.backfill_skipped)),
+        (
+            "Stripe rows put on the app's person (no duplicate profile)",
+            lambda act: sum(r.delivered for r in result.acts[act] if r.sync == "billing"),
+        ),
+        (
+            "duplicates merged in Customer.io (total)",
+            lambda act: result.merges_in_customerio[act],
+        ),
         ("objects (companies) sent", total("objects", lambda r: r.delivered)),
         ("relationships sent", total("relationships", lambda r: r.delivered)),
         (

@@ -38,6 +38,7 @@ class DemoResult:
     events_in_customerio: list[int] = field(default_factory=list)
     objects_in_customerio: list[int] = field(default_factory=list)
     relationships_in_customerio: list[int] = field(default_factory=list)
+    merges_in_customerio: list[int] = field(default_factory=list)
     engagement: Any = None
     people_with_opens: int = 0
 
@@ -103,6 +104,7 @@ def run_demo(directory: Path, console: Console) -> DemoResult:
             result.events_in_customerio.append(len(emulator.events()))
             result.objects_in_customerio.append(len(emulator.objects()))
             result.relationships_in_customerio.append(len(emulator.relationships()))
+            result.merges_in_customerio.append(len(emulator.merges()))
         console.info(
             "\n[bold]Act 3[/bold]: Customer.io sends engagement back (reporting webhooks) into "
             "the warehouse, and a sync turns it into attributes"

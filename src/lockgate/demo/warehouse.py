@@ -28,8 +28,8 @@ def build(path: Path, *, now: datetime | None = None, users: int = USERS) -> Non
             create table app.users as
             select
                 i as id,
-                case when i % 7 = 0 then upper(substr(n, 1, 1)) || substr(n, 2) || '@Example.COM '
-                     else n || '@example.com' end as email,
+                case when i % 7 = 0 then upper(substr(n, 1, 1)) || substr(n, 2) || '@SaaSCo.IO '
+                     else n || '@saasco.io' end as email,
                 ['Ada', 'Grace', 'Linus', 'Barbara', 'Ken', 'Margaret', 'Dennis',
                  'Frances'][1 + i % 8]
                     as first_name,
@@ -82,9 +82,9 @@ def build(path: Path, *, now: datetime | None = None, users: int = USERS) -> Non
         con.execute(
             """
             insert into app.users values
-                (42, 'user42-dup@example.com', 'Dup', now(), false),
-                (null, 'ghost@example.com', 'Ghost', now(), false),
-                (5000, 'long@example.com', repeat('x', 1200), now(), false)
+                (42, 'user42-dup@saasco.io', 'Dup', now(), false),
+                (null, 'ghost@saasco.io', 'Ghost', now(), false),
+                (5000, 'long@saasco.io', repeat('x', 1200), now(), false)
             """
         )
         con.execute(
@@ -100,6 +100,29 @@ def build(path: Path, *, now: datetime | None = None, users: int = USERS) -> Non
                 ['dashboards', 'exports', 'alerts', 'sso'][1 + i % 4] as feature_key,
                 (i % 50) * 1.5 as value
             from range(1, {3 * users + 1}) t(i)
+            """
+        )
+        # identity mess: Stripe and CRM ids (emails in another case), two sessions per user
+        # plus a kiosk device shared by 20 people, and marketing leads, two of which are
+        # users' work addresses (duplicates in Customer.io until act 2 links them)
+        con.execute(
+            f"""
+            create schema billing; create schema crm; create schema web; create schema marketing;
+            create table billing.stripe_customers as
+            select 'cus_' || id as stripe_id, upper(trim(email)) as email,
+                   (id % 4) * 49.0 as mrr
+            from app.users where id % 3 = 0 and id <= {users}
+            union all select 'cus_ada', 'user1@saasco.io', 99.0
+            union all select 'cus_grace', 'user2@saasco.io', 49.0;
+            create table crm.contacts as
+            select 'hs_' || id as crm_id, email from app.users where id % 5 = 0 and id <= {users};
+            create table web.sessions as
+            select 'anon_' || id || '_' || s as anonymous_id, id as user_id
+            from app.users, range(2) t(s) where id <= {users}
+            union all select 'device-kiosk', id from range(1, 21) t(id);
+            create table marketing.leads as select * from (values
+              ('ada.work@saasco.io', 'webinar'), ('grace.work@saasco.io', 'ebook'),
+              ('lead1@saasco.io', 'ads')) t(email, lead_source);
             """
         )
         con.execute(
@@ -134,8 +157,14 @@ def change_a_few_rows(path: Path, *, now: datetime | None = None) -> dict[str, i
         con.execute(
             "insert into analytics.companies values ('co_new', 'Newco', 'pro', 12, 'software')"
         )
+        # Stripe learns the work addresses of Ada (user 1) and Grace (user 2): the identity
+        # graph joins each to the lead Customer.io already holds, and Lockgate merges them
         con.execute(
-            f"insert into app.users values ({USERS + 1}, 'New.Person@Example.com', 'Nova', "
+            "insert into billing.stripe_customers values "
+            "('cus_ada', 'ada.work@saasco.io', 99.0), ('cus_grace', 'grace.work@saasco.io', 49.0)"
+        )
+        con.execute(
+            f"insert into app.users values ({USERS + 1}, 'New.Person@SaaSCo.io', 'Nova', "
             f"timestamptz '{now.isoformat()}', false)"
         )
         con.execute(
@@ -150,4 +179,10 @@ def change_a_few_rows(path: Path, *, now: datetime | None = None) -> dict[str, i
         )
     finally:
         con.close()
-    return {"people_changed": 3, "people_added": 1, "events_added": 2, "companies_added": 1}
+    return {
+        "people_changed": 3,
+        "people_added": 1,
+        "events_added": 2,
+        "companies_added": 1,
+        "work_emails_linked": 2,
+    }

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -37,6 +38,31 @@ if TYPE_CHECKING:
     from lockgate.project.models import DuckDBSourceConfig
 
 MEMORY = ":memory:"
+
+
+LOCK_WAIT_SECONDS = 10.0
+
+
+def connect_waiting(
+    path: str,
+    *,
+    read_only: bool = False,
+    config: dict[str, str | bool | int | float | list[str]] | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """`duckdb.connect`, waiting up to LOCK_WAIT_SECONDS while another process holds the file.
+
+    DuckDB lets one process write a file and refuses every other process meanwhile, at once.
+    Lockgate's own writers (the webhook loader, the identity tables) hold it for moments, so a
+    reader that arrives then waits instead of failing the run.
+    """
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            return duckdb.connect(path, read_only=read_only, config=config or {})
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class DuckDBSource:
@@ -68,7 +94,7 @@ class DuckDBSource:
             # DuckDB refuses a read-only in-memory database; there is nothing to protect there.
             # a source only streams results out: keep its buffer pool small so the process
             # stays within its memory budget (the state engine has its own)
-            self._conn = duckdb.connect(
+            self._conn = connect_waiting(
                 self.path,
                 read_only=read_only and not in_memory,
                 config={"memory_limit": "256MB"},

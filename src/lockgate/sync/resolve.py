@@ -32,6 +32,7 @@ from lockgate.project.models import (
     resolve_env,
 )
 from lockgate.sources import connect
+from lockgate.sources.duckdb import connect_waiting
 from lockgate.state.store import StateStore, run_sql, table
 from lockgate.sync.mapping import CUSTOMERIO_IDENTIFIERS
 
@@ -237,7 +238,7 @@ def write_tables(project: Project, resolution: Resolution) -> str:
     if isinstance(source, DuckDBSourceConfig):
         path = source.path if source.path == ":memory:" else str(project.root / source.path)
         try:
-            con = duckdb.connect(path)
+            con = connect_waiting(path)
         except duckdb.Error as exc:
             raise SourceError(
                 f"cannot write the identity tables into `{path}`: {exc}",
