@@ -24,7 +24,8 @@ def test_demo_runs_twice_and_the_second_act_sends_only_changes(tmp_path: Path) -
         for line in out.splitlines()
         if line.count("│") >= 4
     }
-    assert rows["people changed"][1] == "5"  # 3 upgrades, 2 leads now on their merged person
+    # 3 upgrades, 2 leads now on their merged person, and user 9's new email (profile, Stripe)
+    assert rows["people changed"][1] == "7"
     assert rows["events sent"] == ["3000", "2"]
     assert rows["objects (companies) sent"] == ["100", "1"]
     assert rows["relationships in Customer.io"] == ["1000", "1001"]

@@ -117,6 +117,15 @@ def test_rows_keyed_by_stripe_id_land_on_the_app_user(
     assert again.changes.to_send == 0
     assert len(customerio_emulator.people()) == 2
 
+    # an email change: the same person gets the new address, nobody new is created
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("update app_users set email = 'grace.h@acme.io' where user_id = 'u2'").fetchall()
+    con.close()
+    run_sync(project, "profile", console=NullConsole())
+    grace = customerio_emulator.person(id="u2")
+    assert grace is not None and grace.email == "grace.h@acme.io"
+    assert len(customerio_emulator.people()) == 2
+
     # the graph is in the warehouse for analysts
     con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
     profiles = con.execute(
@@ -125,7 +134,8 @@ def test_rows_keyed_by_stripe_id_land_on_the_app_user(
     ).fetchall()
     quarantined = con.execute("select id_value from lockgate.lg_quarantine").fetchall()
     con.close()
-    assert profiles == [("u1", 1), ("u2", 1)]
+    # Stripe still holds Grace's old address, which the app no longer does: the link is gone
+    assert profiles == [("u1", 1), ("u2", 0)]
     assert quarantined == [("anon-shared",)]
 
 

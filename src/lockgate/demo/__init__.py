@@ -92,7 +92,9 @@ def run_demo(directory: Path, console: Console) -> DemoResult:
                     f"\n[bold]Act 2[/bold]: changed the warehouse ({changed['people_changed']} "
                     f"upgrades, {changed['people_added']} new person, "
                     f"{changed['events_added']} new events, {changed['companies_added']} new "
-                    "company) and ran again"
+                    f"company, {changed['emails_changed']} email change, "
+                    f"{changed['work_emails_linked']} work addresses learned by Stripe) "
+                    "and ran again"
                 )
             else:
                 console.info("\n[bold]Act 1[/bold]: first sync of a fresh warehouse")

@@ -157,6 +157,8 @@ def change_a_few_rows(path: Path, *, now: datetime | None = None) -> dict[str, i
         con.execute(
             "insert into analytics.companies values ('co_new', 'Newco', 'pro', 12, 'software')"
         )
+        # user 9 changes their email: the same person in Customer.io gets the new address
+        con.execute("update app.users set email = 'user9.new@saasco.io' where id = 9")
         # Stripe learns the work addresses of Ada (user 1) and Grace (user 2): the identity
         # graph joins each to the lead Customer.io already holds, and Lockgate merges them
         con.execute(
@@ -185,4 +187,5 @@ def change_a_few_rows(path: Path, *, now: datetime | None = None) -> dict[str, i
         "events_added": 2,
         "companies_added": 1,
         "work_emails_linked": 2,
+        "emails_changed": 1,
     }
