@@ -26,3 +26,21 @@ def test_state_written_and_read_back_continues_the_run(tmp_path: Path) -> None:
     [profile] = second.profiles.to_pylist()
     assert profile["profile_id"] == first.profiles["profile_id"][0].as_py()
     assert profile["cio_anonymous_id"] == "a1" and profile["n_email"] == 1
+
+
+def test_a_write_cut_off_midway_never_leaves_a_torn_state(tmp_path: Path) -> None:
+    cfg = config()
+    first = run(cfg, {"app_users": rows({"user_id": "u1", "email": "e1@x.com", "ts": 1})})
+    folder = tmp_path / "identity"
+    first.state.write(folder)
+    # killed after writing the new files but before they were swapped in
+    (tmp_path / "identity.new").mkdir()
+    (tmp_path / "identity.new" / "state.json").write_text("")
+    assert IdentityState.read(folder) is not None
+    # killed between the two renames: the previous state is still found
+    folder.rename(tmp_path / "identity.old")
+    state = IdentityState.read(folder)
+    assert state is not None and state.batch == 1
+    # and the next write cleans up after the interrupted one
+    first.state.write(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["identity"]

@@ -12,6 +12,8 @@ Example::
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,19 +167,37 @@ class IdentityState:
     _PARTS = ("nodes", "edges", "profiles", "aliases")
 
     def write(self, directory: str | Path) -> None:
-        """Store the state as Parquet files plus `state.json` in `directory` (created)."""
+        """Store the state as Parquet files plus `state.json` in `directory`, atomically.
+
+        The files are written into a sibling folder and swapped in by renames, so a process
+        killed at any point leaves either the previous state or the new one, never a torn mix
+        (`read` falls back to the previous folder if it was caught between the two renames).
+        """
         folder = Path(directory)
-        folder.mkdir(parents=True, exist_ok=True)
+        fresh = folder.with_name(folder.name + ".new")
+        previous = folder.with_name(folder.name + ".old")
+        shutil.rmtree(fresh, ignore_errors=True)
+        fresh.mkdir(parents=True)
         for part in self._PARTS:
-            pq.write_table(getattr(self, part), folder / f"{part}.parquet")
-        (folder / "state.json").write_text(json.dumps({"batch": self.batch}))
+            pq.write_table(getattr(self, part), fresh / f"{part}.parquet")
+        (fresh / "state.json").write_text(json.dumps({"batch": self.batch}))
+        for path in fresh.iterdir():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        shutil.rmtree(previous, ignore_errors=True)
+        if folder.exists():
+            folder.rename(previous)
+        fresh.rename(folder)
+        shutil.rmtree(previous, ignore_errors=True)
 
     @classmethod
     def read(cls, directory: str | Path) -> IdentityState | None:
         """The state `write` stored in `directory`, or `None` if there is none yet."""
         folder = Path(directory)
         if not (folder / "state.json").exists():
-            return None
+            folder = folder.with_name(folder.name + ".old")
+            if not (folder / "state.json").exists():
+                return None
         batch = int(json.loads((folder / "state.json").read_text())["batch"])
         parts = {part: pq.read_table(folder / f"{part}.parquet") for part in cls._PARTS}
         return cls(batch=batch, **parts)
