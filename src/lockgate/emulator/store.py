@@ -34,8 +34,14 @@ ObjRef = tuple[str, str]  # ("<object_type_id>", object_id) or ("cio_object_id",
 _SKIP_ATTRS = frozenset(
     {"id", "email", "phone", "cio_id", "anonymous_id", "_update", "_timestamp", "cio_relationships"}
 )
-_SUBPREF = "cio_subscription_preferences."
-_SPECIAL = _SKIP_ATTRS | {"unsubscribed", "created_at"}
+SUBSCRIPTION_PREFIX = "cio_subscription_preferences."
+#: Attribute names with a rule of their own in :meth:`Store.identify` (kept out of, or mapped
+#: onto, the person's attributes).
+SPECIAL_ATTRS = _SKIP_ATTRS | {"unsubscribed", "created_at"}
+#: A validated identify: ``(ref, attributes, plain)``; ``plain`` means no attribute is in
+#: SPECIAL_ATTRS except a non-empty string ``email``, none starts with SUBSCRIPTION_PREFIX, and
+#: no value is null or ``""``.
+IdentifyItem = tuple[Ref, dict[str, Any], bool]
 
 
 def truthy_unsubscribed(value: Any) -> bool:
@@ -118,16 +124,22 @@ class Store:
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
         self._pending: list[Callable[[Store], None]] = []
+        self._pending_ops = 0
         self._pending_lock = threading.Lock()
         self.apply_seconds = 0.0
         self.lock = _FlushingLock(self)
         self.reset()
 
-    def defer(self, appliers: list[Callable[[Store], None]]) -> None:
-        """Queue validated operations; they are applied before the next lock holder proceeds."""
+    def defer(self, appliers: list[Callable[[Store], None]], operations: int) -> None:
+        """Queue validated operations; they are applied before the next lock holder proceeds.
+
+        One applier may stand for many operations (a run of identifies); ``operations`` counts
+        them, for the bound on what may wait.
+        """
         with self._pending_lock:
             self._pending.extend(appliers)
-            full = len(self._pending) >= MAX_PENDING
+            self._pending_ops += operations
+            full = self._pending_ops >= MAX_PENDING
         if full:
             with self.lock:
                 pass
@@ -140,7 +152,7 @@ class Store:
         started = time.perf_counter()
         while True:
             with self._pending_lock:
-                batch, self._pending = self._pending, []
+                batch, self._pending, self._pending_ops = self._pending, [], 0
             if not batch:
                 break
             for apply in batch:
@@ -149,7 +161,7 @@ class Store:
 
     def reset(self) -> None:
         with self._pending_lock:
-            self._pending = []
+            self._pending, self._pending_ops = [], 0
         with self.lock:
             self.apply_seconds = 0.0
             self.people: dict[str, _P] = {}
@@ -311,13 +323,57 @@ class Store:
             self.counters["records_ingested"] += 1
             return p
 
+    def identify_many(self, items: list[IdentifyItem], source: str) -> None:
+        """Apply validated identifies in order: the same as ``identify(ref, attrs,
+        source=source)`` for each item, with the common case done inline.
+
+        The inline case is a plain item (see ``IdentifyItem``) by ``id`` in an ``id_email``
+        workspace with no suppressions, whose ``id`` and ``email`` are both unknown (a new
+        person) or both belong to the same person. Anything else goes through :meth:`identify`.
+        """
+        now = int(time.time())
+        with self.lock:
+            inline = not self.blocked and self._idents == ("id", "email")
+            people, by_id, by_email = self.people, self.by_id, self.by_email
+            applied = 0
+            for ref, attrs, plain in items:
+                if not (inline and plain and ref[0] == "id"):
+                    self.identify(ref, attrs, source=source)
+                    continue
+                email = attrs.get("email")
+                cio = by_id.get(ref[1])
+                owner = by_email.get(email.lower()) if email is not None else None
+                if cio is None:
+                    if owner is not None:  # found by email: gains the id, by the full rules
+                        self.identify(ref, attrs, source=source)
+                        continue
+                    p = self._create(now)
+                    p.id = ref[1]
+                    by_id[ref[1]] = p.cio_id
+                    if email is not None:
+                        p.email = email
+                        by_email[email.lower()] = p.cio_id
+                else:
+                    if email is not None and owner != cio:  # a new or another's email
+                        self.identify(ref, attrs, source=source)
+                        continue
+                    p = people[cio]
+                    if email is not None and p.email != email:
+                        p.email = email  # the same address in another case
+                p.attrs.update(attrs)
+                if email is not None:
+                    del p.attrs["email"]  # an identifier, never an attribute
+                p.updated_at = now
+                applied += 1
+            self.counters["records_ingested"] += applied
+
     def _apply_attrs(self, p: _P, attrs: dict[str, Any], timestamp: int | None) -> None:
         ts = timestamp if timestamp is not None else attrs.get("_timestamp")
         ts = ts if type(ts) is int else None
         removes = self.config.null_removes_person_attributes
         target = p.attrs
         for name, value in attrs.items():
-            if name in _SPECIAL or name[:29] == _SUBPREF or ts is not None:
+            if name in SPECIAL_ATTRS or name[:29] == SUBSCRIPTION_PREFIX or ts is not None:
                 self._apply_special(p, name, value, ts)
             elif removes and (value is None or value == ""):
                 target.pop(name, None)
@@ -334,9 +390,9 @@ class Store:
         if name == "unsubscribed":
             p.unsubscribed = truthy_unsubscribed(value)
             return
-        if name.startswith(_SUBPREF):
+        if name.startswith(SUBSCRIPTION_PREFIX):
             node = p.attrs.setdefault("cio_subscription_preferences", {})
-            parts = name[len(_SUBPREF) :].split(".")
+            parts = name[len(SUBSCRIPTION_PREFIX) :].split(".")
             for part in parts[:-1]:
                 node = node.setdefault(part, {})
             node[parts[-1]] = value
