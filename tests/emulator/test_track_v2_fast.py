@@ -1,0 +1,196 @@
+"""Track v2 batches take a fast path for plain identifies; it must answer and apply exactly like
+the exact path. The exact path is what ``/api/v2/entity`` runs for one operation, so each batch
+here is also sent one operation at a time to ``/entity`` on a second emulator, and both the
+answers and the resulting workspaces must be identical."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import pytest
+
+from lockgate.emulator import Emulator, EmulatorConfig
+from lockgate.emulator.models import Person
+
+from .conftest import person_op
+
+
+def ident(id_: Any, **attributes: Any) -> dict[str, Any]:
+    return person_op("identify", {"id": id_}, attributes=attributes)
+
+
+def by_email(email: str, **attributes: Any) -> dict[str, Any]:
+    return person_op("identify", {"email": email}, attributes=attributes)
+
+
+# Each round is one batch. Together they cover the boundaries of the fast path (lengths, types,
+# special attribute names) and the store states where identify has rules (known ids and emails,
+# conflicts, suppression), with well-formed and malformed operations mixed.
+ROUNDS: list[list[Any]] = [
+    [
+        ident("1", email="One@x.com", plan="pro", score=3, ratio=0.5, active=True, gone=None),
+        ident("2", email="two@x.com"),
+        person_op("identify", {"id": "3"}),  # no attributes key
+        ident("4"),
+        by_email("Five@x.com", a=1),
+        ident("6", id="6", plan="x"),  # `id` as an attribute
+        ident("7", empty="", nothing=None, kept="k"),
+        ident(
+            "8",
+            created_at=1_700_000_000,
+            unsubscribed="TRUE",
+            **{"cio_subscription_preferences.topics.topic_1": True},
+        ),
+        ident("9", _timestamp=1_700_000_000, plan="ts"),
+        ident("10", _update=True, plan="never"),
+        ident("11", anonymous_id="anon-11"),
+        ident("12", nested={"a": [1, 2]}, tags=["a", "b"]),
+        ident(42, plan="int id"),
+        ident("e" * 37),
+        ident("f" * 38),
+        ident("g" * 150),
+        ident("h" * 151),
+        ident("é" * 75),
+        ident("é" * 76),
+        ident("😀" * 37),  # 148 bytes
+        ident("😀" * 38),  # 152 bytes: over the limit
+        ident(""),
+        person_op("identify", {"id": "13", "email": "13@x.com"}),
+        person_op("identify", {"phone": "+4799999999"}, attributes={"p": 1}),
+        person_op("identify", {"cio_id": "e0000001"}, attributes={"via": "cio"}),
+        person_op("identify", None, attributes={"a": 1}),
+        5,
+        ident("14", **{"n" * 37: 1, "o" * 38: 2}),
+        ident("15", **{"p" * 151: 1}),
+        ident("16", **{"ø" * 75: 1}),
+        ident("17", **{"ø" * 76: 1}),
+        ident("17a", **{"😀" * 37: 1}),
+        ident("17b", **{"😀" * 38: 1}),
+        ident("18", s250="s" * 250, s251="s" * 251, s1000="s" * 1000),
+        ident("19", s1001="s" * 1001),
+        ident("20", u251="é" * 251, u500="é" * 500),
+        ident("21", u501="é" * 501),
+        ident("21a", e250="😀" * 250),
+        ident("21b", e251="😀" * 251),
+        ident("22", **{f"a{i}": i for i in range(300)}),
+        ident("23", **{f"a{i}": i for i in range(301)}),
+        ident("24", email=5),
+        ident("25", email=""),
+        {**ident("26", plan="extra key"), "other": True},
+        {**ident("27"), "timestamp": 1.5},
+        {**ident("28"), "timestamp": 1_700_000_000},
+        {
+            **ident("29"),
+            "cio_relationships": [{"identifiers": {"object_type_id": "1", "object_id": "acme"}}],
+        },
+        {"type": "person", "action": "identify", "identifiers": {"id": "30"}, "attributes": 7},
+        {"type": "person", "action": "nope", "identifiers": {"id": "31"}, "attributes": {}},
+        {"type": "object", "action": "identify", "identifiers": {"id": "32"}, "attributes": {}},
+    ],
+    [
+        ident("1", email="one@X.com", plan="free"),  # same email, other case
+        ident("4", email="one@x.com"),  # someone else's email
+        ident("2", email="new-two@x.com"),  # a new email by id
+        ident("33", email="five@X.com"),  # a new id with a known email
+        ident("5"),
+        person_op("event", {"id": "1"}, name="paid"),
+        ident("1", email="ONE@x.com", plan="again"),
+        person_op("suppress", {"id": "2"}),
+        ident("2", plan="suppressed"),
+        ident("34", email="new-two@x.com"),
+        person_op("unsuppress", {"id": "2"}),
+        ident("2", plan="back"),
+        person_op("delete", {"id": "7"}),
+        ident("7", kept="again"),
+        ident("35", **{"cio_subscription_preferences.topics.topic_2": False}),
+        ident("36", phone="+4712345678", cio_id="x"),
+    ],
+    [ident(str(i), email=f"{i}@bulk.example", n=i) for i in range(100, 400)]
+    + [ident(str(i), n=-i) for i in range(100, 400, 7)],
+]
+
+
+def _entity_answers(client: httpx.Client, ops: list[Any]) -> tuple[int, dict[str, Any]]:
+    """What /batch should answer, built from /entity's answer to each operation alone."""
+    errors = []
+    for i, op in enumerate(ops):
+        r = client.post("/api/v2/entity", json=op)
+        if r.status_code != 200:
+            assert r.status_code == 400, r.text
+            errors.extend({"batch_index": i, **e} for e in r.json()["errors"])
+    return (207, {"errors": errors}) if errors else (200, {})
+
+
+def _workspace(emu: Emulator) -> dict[str, Any]:
+    def person(p: Person) -> Any:
+        # created_at/updated_at are the wall clock unless set through `created_at`
+        stamped = p.created_at if p.attributes.get("created_at") == p.created_at else 0
+        return replace(p, created_at=stamped, updated_at=0), list(p.attributes.items())
+
+    return {
+        "people": [person(p) for p in emu.people()],
+        "events": [replace(e, timestamp=0, received_at=0) for e in emu.events()],
+        "relationships": emu.relationships(),
+        "activity": [(a.kind, a.message, a.source) for a in emu.activity_log()],
+        "records_ingested": emu.stats.records_ingested,
+    }
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        EmulatorConfig(),
+        EmulatorConfig(workspace_mode="id"),
+        EmulatorConfig(workspace_mode="email", phone_identifiers=False),
+        EmulatorConfig(null_removes_person_attributes=False, allow_email_change_via_id=False),
+    ],
+    ids=["id_email", "id", "email", "keep_nulls"],
+)
+def test_a_batch_answers_and_applies_like_each_op_sent_alone(config: EmulatorConfig) -> None:
+    batched, alone = Emulator(config), Emulator(config)
+    with (
+        batched.client(auth=batched.track_auth) as bc,
+        alone.client(auth=alone.track_auth) as ac,
+    ):
+        for ops in ROUNDS:
+            r = bc.post("/api/v2/batch", json={"batch": ops})
+            assert (r.status_code, r.json()) == _entity_answers(ac, ops)
+            assert _workspace(batched) == _workspace(alone)
+    assert len(batched.people()) > 300
+
+
+def test_an_op_over_32_kb_is_rejected_and_one_just_under_is_applied(emu: Emulator) -> None:
+    attrs = {f"k{i:03d}": "x" * 290 for i in range(110)}  # ~33.7 KB as JSON
+    over = ident("big", **attrs)
+    under = ident("fits", **dict(list(attrs.items())[:100]))
+    with emu.client(auth=emu.track_auth) as client:
+        r = client.post("/api/v2/batch", json={"batch": [ident("a"), over, under]})
+    assert r.status_code == 207
+    assert r.json() == {
+        "errors": [
+            {
+                "batch_index": 1,
+                "reason": "limit",
+                "field": "",
+                "message": "operation is over 32 KB",
+            }
+        ]
+    }
+    assert sorted(str(p.id) for p in emu.people()) == ["a", "fits"]
+    fits = emu.person(id="fits")
+    assert fits is not None and len(fits.attributes) == 100
+
+
+def test_every_accepted_record_is_visible_to_the_next_read(emu: Emulator) -> None:
+    ops = [ident(f"u{i}", email=f"u{i}@x.com", n=i) for i in range(2500)]
+    with emu.client(auth=emu.track_auth) as client:
+        for start in range(0, 2500, 500):
+            r = client.post("/api/v2/batch", json={"batch": ops[start : start + 500]})
+            assert r.status_code == 200
+            assert emu.stats.records_ingested == start + 500
+    people = emu.people()
+    assert len(people) == 2500
+    last = emu.person(email="U2499@x.com")
+    assert last is not None and last.attributes == {"n": 2499}
