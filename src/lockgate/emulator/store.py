@@ -68,8 +68,10 @@ class _P:
         self.updated_at = now
         self.unsubscribed = False
         self.devices: dict[str, Device] = {}
-        self.anonymous_ids: list[str] = []
-        self.segments: set[int] = set()
+        # immutable, replaced on change: few people have either, and a person who is one
+        # GC-tracked object instead of three keeps collector passes short in a large store
+        self.anonymous_ids: tuple[str, ...] = ()
+        self.segments: frozenset[int] = frozenset()
 
     def freeze(self) -> Person:
         return Person(
@@ -82,7 +84,7 @@ class _P:
             updated_at=self.updated_at,
             unsubscribed=self.unsubscribed,
             devices=tuple(self.devices.values()),
-            anonymous_ids=tuple(self.anonymous_ids),
+            anonymous_ids=self.anonymous_ids,
         )
 
 
@@ -406,7 +408,7 @@ class Store:
 
     def _link_anonymous(self, p: _P, anonymous_id: str, now: int) -> None:
         if anonymous_id not in p.anonymous_ids:
-            p.anonymous_ids.append(anonymous_id)
+            p.anonymous_ids += (anonymous_id,)
         horizon = now - self.config.anonymous_merge_days * 86400
         for i, e in enumerate(self.events):
             if e.person is None and e.anonymous_id == anonymous_id and e.timestamp >= horizon:
@@ -545,7 +547,7 @@ class Store:
             for token, device in s.devices.items():
                 p.devices.setdefault(token, device)
             p.segments |= s.segments
-            p.anonymous_ids += [a for a in s.anonymous_ids if a not in p.anonymous_ids]
+            p.anonymous_ids += tuple(a for a in s.anonymous_ids if a not in p.anonymous_ids)
             s_id, s_email = s.id, s.email
             self._drop(s)
             p.updated_at = now
@@ -628,7 +630,7 @@ class Store:
             for ref in refs:
                 p = self.resolve(ref)
                 if p is not None:
-                    (p.segments.add if add else p.segments.discard)(segment_id)
+                    p.segments = p.segments | {segment_id} if add else p.segments - {segment_id}
 
     # -- snapshots -----------------------------------------------------------------------------
 
