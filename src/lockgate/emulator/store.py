@@ -38,10 +38,6 @@ SUBSCRIPTION_PREFIX = "cio_subscription_preferences."
 #: Attribute names with a rule of their own in :meth:`Store.identify` (kept out of, or mapped
 #: onto, the person's attributes).
 SPECIAL_ATTRS = _SKIP_ATTRS | {"unsubscribed", "created_at"}
-#: A validated identify: ``(ref, attributes, plain)``; ``plain`` means no attribute is in
-#: SPECIAL_ATTRS except a non-empty string ``email``, none starts with SUBSCRIPTION_PREFIX, and
-#: no value is null or ``""``.
-IdentifyItem = tuple[Ref, dict[str, Any], bool]
 
 
 def truthy_unsubscribed(value: Any) -> bool:
@@ -49,6 +45,9 @@ def truthy_unsubscribed(value: Any) -> bool:
     if value is True or (type(value) is int and value == 1):
         return True
     return isinstance(value, str) and value.strip().lower() in ("true", "1")
+
+
+_NO_SEGMENTS: frozenset[int] = frozenset()  # shared: an empty frozenset is a new object
 
 
 class _P:
@@ -71,7 +70,7 @@ class _P:
         # immutable, replaced on change: few people have either, and a person who is one
         # GC-tracked object instead of three keeps collector passes short in a large store
         self.anonymous_ids: tuple[str, ...] = ()
-        self.segments: frozenset[int] = frozenset()
+        self.segments = _NO_SEGMENTS
 
     def freeze(self) -> Person:
         return Person(
@@ -86,6 +85,27 @@ class _P:
             devices=tuple(self.devices.values()),
             anonymous_ids=self.anonymous_ids,
         )
+
+
+class IdentifyRun:
+    """Validated identifies for :meth:`Store.identify_many`, kept column by column.
+
+    Item ``i`` is the person ``(kinds[i], values[i])`` with ``attrs[i]``; ``plain[i]`` means no
+    attribute name is in SPECIAL_ATTRS except a string ``email``, none starts with
+    SUBSCRIPTION_PREFIX, and no value is null or ``""``. Columns rather than a tuple per item:
+    thousands of queued tuples would each be scanned by the cyclic garbage collector.
+    """
+
+    __slots__ = ("attrs", "kinds", "plain", "values")
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+        self.values: list[str] = []
+        self.attrs: list[dict[str, Any]] = []
+        self.plain: list[bool] = []
+
+    def __len__(self) -> int:
+        return len(self.kinds)
 
 
 class _FlushingLock:
@@ -325,11 +345,11 @@ class Store:
             self.counters["records_ingested"] += 1
             return p
 
-    def identify_many(self, items: list[IdentifyItem], source: str) -> None:
-        """Apply validated identifies in order: the same as ``identify(ref, attrs,
-        source=source)`` for each item, with the common case done inline.
+    def identify_many(self, run: IdentifyRun, source: str) -> None:
+        """Apply validated identifies in order: the same as ``identify((kind, value), attrs,
+        source=source)`` for each, with the common case done inline.
 
-        The inline case is a plain item (see ``IdentifyItem``) by ``id`` in an ``id_email``
+        The inline case is a plain item (see :class:`IdentifyRun`) by ``id`` in an ``id_email``
         workspace with no suppressions, whose ``id`` and ``email`` are both unknown (a new
         person) or both belong to the same person. Anything else goes through :meth:`identify`.
         """
@@ -338,26 +358,28 @@ class Store:
             inline = not self.blocked and self._idents == ("id", "email")
             people, by_id, by_email = self.people, self.by_id, self.by_email
             applied = 0
-            for ref, attrs, plain in items:
-                if not (inline and plain and ref[0] == "id"):
-                    self.identify(ref, attrs, source=source)
+            for kind, value, attrs, plain in zip(
+                run.kinds, run.values, run.attrs, run.plain, strict=True
+            ):
+                if not (inline and plain and kind == "id"):
+                    self.identify((kind, value), attrs, source=source)
                     continue
                 email = attrs.get("email")
-                cio = by_id.get(ref[1])
+                cio = by_id.get(value)
                 owner = by_email.get(email.lower()) if email is not None else None
                 if cio is None:
                     if owner is not None:  # found by email: gains the id, by the full rules
-                        self.identify(ref, attrs, source=source)
+                        self.identify((kind, value), attrs, source=source)
                         continue
                     p = self._create(now)
-                    p.id = ref[1]
-                    by_id[ref[1]] = p.cio_id
+                    p.id = value
+                    by_id[value] = p.cio_id
                     if email is not None:
                         p.email = email
                         by_email[email.lower()] = p.cio_id
                 else:
                     if email is not None and owner != cio:  # a new or another's email
-                        self.identify(ref, attrs, source=source)
+                        self.identify((kind, value), attrs, source=source)
                         continue
                     p = people[cio]
                     if email is not None and p.email != email:

@@ -26,7 +26,7 @@ from lockgate.emulator import limits as L
 from lockgate.emulator.limits import ItemError
 from lockgate.emulator.models import Device
 from lockgate.emulator.runtime import Runtime, json_response, ok
-from lockgate.emulator.store import SPECIAL_ATTRS, SUBSCRIPTION_PREFIX, IdentifyItem, Store
+from lockgate.emulator.store import SPECIAL_ATTRS, SUBSCRIPTION_PREFIX, IdentifyRun, Store
 
 SOURCE = "track_v2"
 PERSON_ACTIONS = frozenset(
@@ -339,66 +339,70 @@ _ATTR_MAX_JSON = 6 * 37 + 6 * 250 + 30
 _OP_FIXED_JSON = 128
 
 
-def fast_identify(op: Any) -> IdentifyItem | None:
-    """A well-formed, common ``person identify`` as ``(ref, attributes, plain)``, else None.
+def fast_identify(op: Any, run: IdentifyRun) -> bool:
+    """Add ``op`` to ``run`` when it is a well-formed, common ``person identify``.
 
     Accepts only ops the exact path (:func:`plan`) surely accepts, with the same meaning: keys
     ``type``, ``action``, ``identifiers`` (one ``id`` of at most 37 characters, or one
     ``email``) and ``attributes``, whose names are at most 37 characters and values numbers,
     booleans, null, or strings of at most 250 characters (or ASCII of at most 1000), so no
-    byte limit can be hit. None means "ask :func:`plan`", which finds the exact error, if there
+    byte limit can be hit. False means "ask :func:`plan`", which finds the exact error, if there
     is one. ``plain`` tells the store that no attribute needs a special rule (see
-    :meth:`Store.identify_many`).
+    :class:`IdentifyRun`).
     """
     if type(op) is not dict or op.get("action") != "identify" or op.get("type") != "person":
-        return None
+        return False
     attrs = op.get("attributes")
     idents = op.get("identifiers")
     if len(op) != 4 or type(attrs) is not dict or type(idents) is not dict or len(idents) != 1:
-        return None
+        return False
     ((kind, value),) = idents.items()
     if type(value) is not str or not value:
-        return None
+        return False
     if kind == "id":
         if len(value) > 37:
-            return None
+            return False
     elif kind != "email":
-        return None
+        return False
     if len(attrs) > L.ATTRS_MAX_COUNT:
-        return None
+        return False
     plain = True
     long = 0  # characters of string values beyond 250
     for name, v in attrs.items():
         if len(name) > 37:
-            return None
+            return False
         tv = type(v)
         if tv is str:
             n = len(v)
             if n > 250:
                 if n > L.ATTR_VALUE_MAX_BYTES or not v.isascii():
-                    return None
+                    return False
                 long += n - 250
             elif not n:
                 plain = False
         elif v is None:
             plain = False
         elif tv is not int and tv is not bool and tv is not float:
-            return None
+            return False
         if name in SPECIAL_ATTRS:
             if name in _PLAN_NAMES:
-                return None
+                return False
             if name != "email" or tv is not str:
                 plain = False
         elif name.startswith(SUBSCRIPTION_PREFIX):
             plain = False
     bound = _OP_FIXED_JSON + len(attrs) * _ATTR_MAX_JSON + 6 * (long + len(value))
     if bound > L.OP_MAX_BYTES and len(orjson.dumps(op)) > L.OP_MAX_BYTES:
-        return None
-    return (kind, value), attrs, plain
+        return False
+    run.kinds.append(kind)
+    run.values.append(value)
+    run.attrs.append(attrs)
+    run.plain.append(plain)
+    return True
 
 
-def _identify_run(items: list[IdentifyItem]) -> Apply:
-    return lambda s: s.identify_many(items, SOURCE)
+def _identify_run(run: IdentifyRun) -> Apply:
+    return lambda s: s.identify_many(run, SOURCE)
 
 
 def _whole(status: int, reason: str, field: str, message: str) -> Response:
@@ -442,17 +446,15 @@ def _batch(rt: Runtime, body: bytes, started: float) -> Response:
     check_size = len(body) > L.OP_MAX_BYTES
     errors: list[dict[str, Any]] = []
     plans: list[Apply] = []
-    run: list[IdentifyItem] = []  # consecutive fast identifies, applied as one unit
+    run = IdentifyRun()  # consecutive fast identifies, applied as one unit
     accepted = 0
     for i, op in enumerate(ops):
-        item = fast_identify(op)
-        if item is not None:
-            run.append(item)
+        if fast_identify(op, run):
             continue
         if run:
             plans.append(_identify_run(run))
             accepted += len(run)
-            run = []
+            run = IdentifyRun()
         try:
             if check_size and len(orjson.dumps(op)) > L.OP_MAX_BYTES:
                 raise ItemError("limit", "", "operation is over 32 KB")
