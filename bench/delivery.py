@@ -1,10 +1,7 @@
 """Delivery benchmark: Lockgate's Customer.io client against a raw ceiling and the official client.
 
-Everything runs against the Lockgate emulator in a separate process over loopback HTTP, at 0 ms
-and at 50 ms of added server latency. The process serves ``Emulator(...).app`` with uvicorn on a
-listener with TCP_NODELAY (``--emulator-cli`` runs ``lockgate emulator`` instead, whose listener
-lacks it, so every response stalls ~40 ms on delayed ACKs, which would mostly penalise the
-one-call-per-record baseline):
+Everything runs against the Lockgate emulator as shipped (``lockgate emulator``, its own process,
+a TCP_NODELAY listener) over loopback HTTP, at 0 ms and at 50 ms of added server latency:
 
 (a) raw ceiling: batch bodies prebuilt before the clock starts, POSTed to /api/v2/batch with plain
     httpx async (8 in flight, keep-alive), no Lockgate code;
@@ -83,39 +80,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-LAUNCHER = textwrap.dedent(
-    """
-    import socket, sys, uvicorn
-    from lockgate.emulator import Emulator, EmulatorConfig, FaultConfig
-    port, latency_ms, rate = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-    faults = FaultConfig(latency_ms=latency_ms)
-    config = EmulatorConfig(track_rate_limit=rate or None, faults=faults)
-    emu = Emulator(config)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted sockets inherit TCP_NODELAY on Linux. Without it every response (headers and
-    # body are two writes) waits ~40 ms for the client's delayed ACK (Nagle).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", port))
-    uvicorn.Server(uvicorn.Config(emu.app, log_level="warning", access_log=False,
-                                  lifespan="off")).run(sockets=[sock])
-    """
-)
-
-
 @contextlib.contextmanager
-def emulator(latency_ms: int, rate_limit: float = 0.0, *, cli: bool = False) -> Iterator[str]:
-    """The emulator in its own process; yields its base URL.
-
-    By default a small launcher serves ``Emulator(...).app`` with uvicorn on a TCP_NODELAY
-    listener; ``cli=True`` runs ``lockgate emulator`` as shipped instead.
-    """
+def emulator(latency_ms: int, rate_limit: float = 0.0) -> Iterator[str]:
+    """``lockgate emulator`` in its own process; yields its base URL."""
     port = free_port()
-    if cli:
-        args = [str(LOCKGATE), "emulator", "--port", str(port), "--latency-ms", str(latency_ms)]
-        args += ["--rate-limit", str(rate_limit)]
-    else:
-        args = [sys.executable, "-c", LAUNCHER, str(port), str(latency_ms), str(rate_limit)]
+    args = [str(LOCKGATE), "emulator", "--port", str(port), "--latency-ms", str(latency_ms)]
+    args += ["--rate-limit", str(rate_limit)]
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
@@ -295,11 +265,6 @@ def main() -> None:
     parser.add_argument("--baseline-seconds", type=float, default=15.0)
     parser.add_argument("--conformance-seconds", type=float, default=20.0)
     parser.add_argument("--skip", default="", help="comma list of: throughput,conformance,encode")
-    parser.add_argument(
-        "--emulator-cli",
-        action="store_true",
-        help="run `lockgate emulator` as shipped (its listener lacks TCP_NODELAY: ~40 ms/response)",
-    )
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     n = args.records
@@ -313,23 +278,25 @@ def main() -> None:
         bodies = raw_bodies(n)
         print(f"\n## throughput: {n:,} identify records, {len(bodies)} batch bodies")
         for latency in (int(x) for x in args.latencies.split(",")):
-            with emulator(latency, cli=args.emulator_cli) as url:
+            with emulator(latency) as url:
                 raw_s = asyncio.run(post_raw(url, bodies))
-                raw_ok = emu_stats(url)["records_ingested"]
+                raw_emu = emu_stats(url)
                 emu_reset(url)
                 client_s, stats, outcomes = asyncio.run(run_client(url, recs))
-                client_ok = emu_stats(url)["records_ingested"]
+                client_emu = emu_stats(url)
                 emu_reset(url)
                 base_n, base_s = run_baseline(url, args.baseline_seconds)
             raw_rps, client_rps, base_rps = n / raw_s, n / client_s, base_n / base_s
             print(f"\n### {latency} ms added latency")
             print(
                 f"(a) raw ceiling     {raw_s:8.2f} s  {raw_rps:>12,.0f} records/s  "
-                f"(emulator ingested {raw_ok:,})"
+                f"(emulator ingested {raw_emu['records_ingested']:,}; its own ingest rate "
+                f"{raw_emu['ingest_records_per_s']:,.0f} records/s)"
             )
             print(
                 f"(b) lockgate client {client_s:8.2f} s  {client_rps:>12,.0f} records/s  "
-                f"(emulator ingested {client_ok:,}; {stats.requests} requests, "
+                f"(emulator ingested {client_emu['records_ingested']:,} at "
+                f"{client_emu['ingest_records_per_s']:,.0f} records/s; {stats.requests} requests, "
                 f"{stats.retries} retries; delivered {outcomes[Outcome.DELIVERED]:,}, "
                 f"rejected {outcomes[Outcome.REJECTED]}, dead {outcomes[Outcome.DEAD_LETTER]})"
             )
@@ -353,11 +320,11 @@ def main() -> None:
             f"\n## rate-limit conformance: emulator limits Track at {limit:g} req/s; "
             f"{count:,} records, {ops} per batch"
         )
-        with emulator(0, cli=args.emulator_cli) as url:
+        with emulator(0) as url:
             bodies = raw_bodies(min(count, 2000), max_bytes=ops * 140)
             capacity = len(bodies) / asyncio.run(post_raw(url, bodies))
         print(f"emulator capacity for such requests, no limit, raw httpx: {capacity:.0f} req/s")
-        with emulator(0, rate_limit=limit, cli=args.emulator_cli) as url:
+        with emulator(0, rate_limit=limit) as url:
             seconds, stats, outcomes = asyncio.run(
                 run_client(url, records(count), max_batch_ops=ops, rate_limit=limit)
             )
