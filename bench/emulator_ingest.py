@@ -3,7 +3,9 @@
 Both servers run uvicorn on loopback in this process; the same prebuilt ~490 KB batches of 1000
 ``person identify`` operations are posted to each over one keep-alive connection. The ratio
 (emulator / bare) says how much of a delivery benchmark's time the emulator itself could be; the
-emulator's own parse+apply rate (``emu.stats.ingest_records_per_s``) is printed too.
+emulator's own parse+validate+apply rate (``emu.stats.ingest_records_per_s``) is printed too,
+then the same batches in-process (no sockets) split into parsing, validating and queueing (what a
+client waits for), and applying to the store (deferred until the next read).
 
     .venv/bin/python bench/emulator_ingest.py            # 30 batches = 30,000 records
     .venv/bin/python bench/emulator_ingest.py --batches 5
@@ -74,6 +76,26 @@ def post_all(base_url: str, bodies: list[bytes], auth: tuple[str, str]) -> float
         return time.perf_counter() - started
 
 
+def in_process(bodies: list[bytes]) -> tuple[float, float, float]:
+    """Seconds to parse all bodies with orjson; to post them in-process; to apply them."""
+    started = time.perf_counter()
+    for body in bodies:
+        orjson.loads(body)
+    parse_s = time.perf_counter() - started
+    emu = Emulator(EmulatorConfig(track_rate_limit=None), request_log_max=10)
+    headers = {"content-type": "application/json"}
+    with emu.client(auth=emu.track_auth) as client:
+        started = time.perf_counter()
+        for body in bodies:
+            assert client.post("/api/v2/batch", content=body, headers=headers).status_code == 200
+        post_s = time.perf_counter() - started
+        started = time.perf_counter()
+        ingested = emu.stats.records_ingested  # the first read applies the queue
+        apply_s = time.perf_counter() - started
+    assert ingested == len(bodies) * OPS_PER_BATCH
+    return parse_s, post_s, apply_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=30)
@@ -93,6 +115,13 @@ def main() -> None:
     print(f"emulator parse+apply:     {stats.ingest_records_per_s:10,.0f} records/s (own clock)")
     print(f"ratio emulator/bare:      {bare_s / emu_s:10.2f}  (1.0 = free)")
     assert len(emu.people()) == records
+    parse_s, post_s, apply_s = in_process(bodies)
+    per_batch = 1000 / args.batches
+    print("in-process, per 1000-op batch:")
+    print(f"  orjson.loads                     {parse_s * per_batch:6.1f} ms")
+    print(f"  parse + validate + queue (POST)  {post_s * per_batch:6.1f} ms")
+    print(f"  apply to the store (next read)   {apply_s * per_batch:6.1f} ms")
+    print(f"  total                 {records / (post_s + apply_s):10,.0f} records/s")
 
 
 if __name__ == "__main__":
