@@ -116,6 +116,39 @@ def _attribute_values(result: IdentityResult, config: IdentityConfig) -> dict[st
     return out
 
 
+def profile_attributes(result: IdentityResult, config: IdentityConfig) -> dict[str, dict[str, Any]]:
+    """The attributes the graph gives each profile's person, by profile id.
+
+    Types mapped to `attribute:<name>` give `<name>` (the latest value seen); a union refused
+    by a limit leaves the email (or id) with the profile that holds it, and the other profile
+    gets it as `contested_email` (`contested_id`).
+    """
+    attrs = _attribute_values(result, config)
+    for r in result.refused.to_pylist():
+        if not r["rule"].startswith("limit:"):
+            continue
+        for side, other in (("b", "a"), ("a", "b")):
+            kind = config.identifier_types[r[f"type_{side}"]].customerio
+            holder = r[f"profile_{other}"]
+            if kind in ("email", "id") and holder and holder != r[f"profile_{side}"]:
+                attrs.setdefault(holder, {})[f"contested_{kind}"] = r[f"value_{side}"]
+                break
+    return attrs
+
+
+def attribute_names(config: IdentityConfig) -> list[str]:
+    """Every attribute `profile_attributes` can set, in a stable order."""
+    names = sorted(
+        {
+            spec.customerio.split(":", 1)[1]
+            for spec in config.identifier_types.values()
+            if spec.customerio.startswith("attribute:")
+        }
+    )
+    kinds = {spec.customerio for spec in config.identifier_types.values()}
+    return names + [f"contested_{kind}" for kind in ("email", "id") if kind in kinds]
+
+
 def plan_customerio(
     result: IdentityResult,
     config: IdentityConfig,
@@ -138,17 +171,7 @@ def plan_customerio(
     policy = config.customerio.merge_policy
     prev_rows = {r["profile_id"]: r for r in result.previous_profiles.to_pylist()}
     rows = {r["profile_id"]: r for r in result.profiles.to_pylist()}
-    attrs_by_type = _attribute_values(result, config)
-    # a refused union leaves an email (or id) with one person; the other learns it as an attribute
-    for r in result.refused.to_pylist():
-        if not r["rule"].startswith("limit:"):
-            continue
-        for side, other in (("b", "a"), ("a", "b")):
-            kind = config.identifier_types[r[f"type_{side}"]].customerio
-            holder = r[f"profile_{other}"]
-            if kind in ("email", "id") and holder and holder != r[f"profile_{side}"]:
-                attrs_by_type.setdefault(holder, {})[f"contested_{kind}"] = r[f"value_{side}"]
-                break
+    attrs_by_type = profile_attributes(result, config)
     ops: list[CioOp] = []
     outcomes: dict[str, list[Any]] = {n: [] for n in OUTCOMES_SCHEMA.names}
     reapply: set[str] = set()

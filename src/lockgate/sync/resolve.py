@@ -23,10 +23,12 @@ import pyarrow as pa
 
 from lockgate.errors import ConfigError, SourceError
 from lockgate.identity import IdentityResult, IdentityState, Resolver, plan_customerio, resolve
-from lockgate.project.identity import IdentityConfig
+from lockgate.identity.customerio import attribute_names, profile_attributes
+from lockgate.project.identity import IdentityConfig, IdentitySourceConfig
 from lockgate.project.loader import Project
 from lockgate.project.models import (
     DuckDBSourceConfig,
+    FieldConfig,
     PostgresSourceConfig,
     SyncConfig,
     resolve_env,
@@ -76,7 +78,7 @@ def identity_config(project: Project, sync: SyncConfig) -> IdentityConfig:
 def read_sources(project: Project, config: IdentityConfig) -> dict[str, pa.Table]:
     """Every identity source's rows, read from the project's warehouses."""
     declared = sorted(project.config.sources)
-    out: dict[str, pa.Table] = {}
+    by_warehouse: dict[str, list[IdentitySourceConfig]] = {}
     for spec in config.sources:
         name = spec.source or (declared[0] if len(declared) == 1 else None)
         if name is None or name not in project.config.sources:
@@ -85,13 +87,19 @@ def read_sources(project: Project, config: IdentityConfig) -> dict[str, pa.Table
                 "does not declare",
                 hint=f"declared sources: {', '.join(declared)}",
             )
+        by_warehouse.setdefault(name, []).append(spec)
+    out: dict[str, pa.Table] = {}
+    # one connection per warehouse, not per identity source: opening a DuckDB file or a
+    # Postgres session costs more than reading a small table
+    for name, specs in by_warehouse.items():
         source = connect(project.config.sources[name], root=project.root, name=name)
         try:
-            sql = spec.sql or f"SELECT * FROM {spec.table}"
-            out[spec.name] = source.read(sql).read_all()
+            for spec in specs:
+                sql = spec.sql or f"SELECT * FROM {spec.table}"
+                out[spec.name] = source.read(sql).read_all()
         finally:
             source.close()
-    return out
+    return {spec.name: out[spec.name] for spec in config.sources}
 
 
 def read_operator_tables(
@@ -144,6 +152,19 @@ def key_rows(
     aliases = {"id": "user_id"}  # Customer.io's `id` is the identity graph's `user_id`
     columns = {column: aliases.get(kind, kind) for kind, column in sync.identify_by.items()}
     keyed = resolution.resolver.resolve_table(staged, columns)
+    graph_attributes: dict[str, str] = {}
+    if sync.kind == "people":
+        # what the graph knows goes to every person (Stripe id, contested email, ...); a value
+        # that moves to another profile is cleared on the person who no longer holds it
+        by_profile = profile_attributes(resolution.result, resolution.config)
+        pids = keyed["profile_id"].to_pylist()
+        for name in attribute_names(resolution.config):
+            if name in sync.attributes:
+                continue
+            column = f"_lg_attr_{name}"
+            values = [by_profile.get(pid, {}).get(name) if pid else None for pid in pids]
+            keyed = keyed.append_column(column, pa.array(values, pa.string()))
+            graph_attributes[name] = column
     con.register("_keyed_model", keyed)
     try:
         run_sql(con, "create or replace temp table model as select * from _keyed_model")
@@ -153,9 +174,9 @@ def key_rows(
     attributes = dict(sync.attributes)
     if sync.kind == "people" and "anonymous_id" not in attributes:
         # carrying the anonymous id on identify attaches earlier anonymous events
-        from lockgate.project.models import FieldConfig
-
         attributes["anonymous_id"] = FieldConfig(column="cio_anonymous_id")
+    for name, column in graph_attributes.items():
+        attributes[name] = FieldConfig(column=column, on_null="clear")
     return sync.model_copy(update={"identify_by": identify_by, "attributes": attributes})
 
 
@@ -194,14 +215,20 @@ def merge_operations(
     ledger = table("ledger", sync.name)
     delivered = {row[0] for row in store.con.execute(f"select k from {ledger}").fetchall()}
     # Lockgate's syncs decide which people exist; from the graph's plan only merges, and the
-    # identifiers re-applied to their survivors, are sent here
-    outcomes = plan.merge_outcomes
-    survivors = {row["profile_id"] for row in outcomes.to_pylist() if row["outcome"] == "merged"}
-    ops = [
+    # identifiers re-applied to their survivors, are sent here. A merge already delivered is
+    # not re-applied again: its survivor's identify has a new key every run (it carries the
+    # run id), and Customer.io duplicates imported with `cio_id` keep planning the same merge
+    # until the next export drops the absorbed person
+    merges = [
+        op for op in plan.ops if op.payload.get("action") == "merge" and op.key not in delivered
+    ]
+    survivors = {op.profile_id for op in merges}
+    ops = merges + [
         op
         for op in plan.ops
-        if op.key not in delivered
-        and (op.payload.get("action") == "merge" or op.profile_id in survivors)
+        if op.payload.get("action") == "identify"
+        and op.profile_id in survivors
+        and op.key not in delivered
     ]
     return pa.table(
         {
@@ -217,6 +244,7 @@ STATE_TABLES = {
     "lg_identifier_map",
     "lg_edges",
     "lg_profile_aliases",
+    "lg_refused_merges",  # every run replays the links: these are today's refusals
     "lg_quarantine",
     "lg_blocked_values",
 }
