@@ -47,6 +47,7 @@ def truthy_unsubscribed(value: Any) -> bool:
     return isinstance(value, str) and value.strip().lower() in ("true", "1")
 
 
+_CIO_ID = "e%07x"  # a person's cio_id from the store's sequence number
 _NO_SEGMENTS: frozenset[int] = frozenset()  # shared: an empty frozenset is a new object
 
 
@@ -232,7 +233,7 @@ class Store:
 
     def _create(self, now: int) -> _P:
         self._seq += 1
-        p = _P(f"e{self._seq:07x}", now)
+        p = _P(_CIO_ID % self._seq, now)
         self.people[p.cio_id] = p
         return p
 
@@ -366,17 +367,20 @@ class Store:
                     continue
                 email = attrs.get("email")
                 cio = by_id.get(value)
-                owner = by_email.get(email.lower()) if email is not None else None
+                key = email.lower() if email is not None else None
+                owner = by_email.get(key) if key is not None else None
                 if cio is None:
                     if owner is not None:  # found by email: gains the id, by the full rules
                         self.identify((kind, value), attrs, source=source)
                         continue
-                    p = self._create(now)
+                    self._seq += 1  # what _create does, inline
+                    cio = _CIO_ID % self._seq
+                    p = people[cio] = _P(cio, now)
                     p.id = value
-                    by_id[value] = p.cio_id
-                    if email is not None:
+                    by_id[value] = cio
+                    if key is not None:
                         p.email = email
-                        by_email[email.lower()] = p.cio_id
+                        by_email[key] = cio
                 else:
                     if email is not None and owner != cio:  # a new or another's email
                         self.identify((kind, value), attrs, source=source)
