@@ -81,8 +81,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def emulator(latency_ms: int, rate_limit: float = 0.0) -> Iterator[str]:
-    """``lockgate emulator`` in its own process; yields its base URL."""
+def emulator(latency_ms: int, rate_limit: float = 0.0) -> Iterator[tuple[str, int]]:
+    """``lockgate emulator`` in its own process; yields its base URL and process id."""
     port = free_port()
     args = [str(LOCKGATE), "emulator", "--port", str(port), "--latency-ms", str(latency_ms)]
     args += ["--rate-limit", str(rate_limit)]
@@ -101,7 +101,7 @@ def emulator(latency_ms: int, rate_limit: float = 0.0) -> Iterator[str]:
                     err = log.read()[-2000:]
                     raise RuntimeError(f"emulator did not start: {err!r}") from None
                 time.sleep(0.1)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         try:
@@ -109,6 +109,15 @@ def emulator(latency_ms: int, rate_limit: float = 0.0) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used (Linux ``/proc``), or NaN elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def emu_stats(url: str) -> dict[str, Any]:
@@ -278,12 +287,16 @@ def main() -> None:
         bodies = raw_bodies(n)
         print(f"\n## throughput: {n:,} identify records, {len(bodies)} batch bodies")
         for latency in (int(x) for x in args.latencies.split(",")):
-            with emulator(latency) as url:
+            with emulator(latency) as (url, pid):
+                cpu0 = cpu_seconds(pid)
                 raw_s = asyncio.run(post_raw(url, bodies))
-                raw_emu = emu_stats(url)
+                raw_emu = emu_stats(url)  # applies what is still queued
+                raw_cpu = cpu_seconds(pid) - cpu0
                 emu_reset(url)
+                cpu0 = cpu_seconds(pid)
                 client_s, stats, outcomes = asyncio.run(run_client(url, recs))
                 client_emu = emu_stats(url)
+                client_cpu = cpu_seconds(pid) - cpu0
                 emu_reset(url)
                 base_n, base_s = run_baseline(url, args.baseline_seconds)
             raw_rps, client_rps, base_rps = n / raw_s, n / client_s, base_n / base_s
@@ -291,12 +304,14 @@ def main() -> None:
             print(
                 f"(a) raw ceiling     {raw_s:8.2f} s  {raw_rps:>12,.0f} records/s  "
                 f"(emulator ingested {raw_emu['records_ingested']:,}; its own ingest rate "
-                f"{raw_emu['ingest_records_per_s']:,.0f} records/s)"
+                f"{raw_emu['ingest_records_per_s']:,.0f} records/s; emulator process CPU "
+                f"{raw_cpu / n * 1e6:.1f} us/record)"
             )
             print(
                 f"(b) lockgate client {client_s:8.2f} s  {client_rps:>12,.0f} records/s  "
                 f"(emulator ingested {client_emu['records_ingested']:,} at "
-                f"{client_emu['ingest_records_per_s']:,.0f} records/s; {stats.requests} requests, "
+                f"{client_emu['ingest_records_per_s']:,.0f} records/s, CPU "
+                f"{client_cpu / n * 1e6:.1f} us/record; {stats.requests} requests, "
                 f"{stats.retries} retries; delivered {outcomes[Outcome.DELIVERED]:,}, "
                 f"rejected {outcomes[Outcome.REJECTED]}, dead {outcomes[Outcome.DEAD_LETTER]})"
             )
@@ -320,11 +335,11 @@ def main() -> None:
             f"\n## rate-limit conformance: emulator limits Track at {limit:g} req/s; "
             f"{count:,} records, {ops} per batch"
         )
-        with emulator(0) as url:
+        with emulator(0) as (url, _):
             bodies = raw_bodies(min(count, 2000), max_bytes=ops * 140)
             capacity = len(bodies) / asyncio.run(post_raw(url, bodies))
         print(f"emulator capacity for such requests, no limit, raw httpx: {capacity:.0f} req/s")
-        with emulator(0, rate_limit=limit) as url:
+        with emulator(0, rate_limit=limit) as (url, _):
             seconds, stats, outcomes = asyncio.run(
                 run_client(url, records(count), max_batch_ops=ops, rate_limit=limit)
             )
