@@ -12,6 +12,7 @@ from tests.identity.helpers import config, groups, profile_of, rows, run
 
 from lockgate.errors import ContractError
 from lockgate.identity.customerio import plan_customerio, tombstone
+from lockgate.identity.explain import Resolver
 
 
 def no_exemption() -> dict:  # type: ignore[type-arg]
@@ -226,7 +227,7 @@ def test_case_11_stripe_id_reassigned_is_a_move() -> None:
     assert move["from_profile_id"] == profile_of(first, "user_id", "u1")
     plan = plan_customerio(second, cfg, exists={("id", "u1"), ("id", "u2")})
     attrs = {op["identifiers"]["id"]: op["attributes"] for op in ops_of(plan, "identify")}
-    assert attrs["u1"]["stripe_customer_id"] is None
+    assert attrs["u1"]["stripe_customer_id"] == ""  # cleared: Customer.io removes it
     assert attrs["u2"]["stripe_customer_id"] == "cus_9"
 
 
@@ -512,6 +513,20 @@ def test_case_26_newly_blocklisted_value_proposes_a_split_for_review() -> None:
     assert set(second.splits["status"].to_pylist()) == {"needs_review"}
     plan = plan_customerio(second, cfg, exists={("email", "p00@x.com")})
     assert plan.ops == () and plan.review.num_rows == 39
+    # until approved, all 40 keep the person they were before the split, run after run
+    before = first.profiles.to_pylist()[0]["cio_email"]
+    third = run(
+        cfg,
+        {},
+        state=second.state,
+        run_id="r3",
+        blocklist=pa.table({"id_type": ["coupon"], "id_value": ["SHARED1"]}),
+    )
+    assert third.held.num_rows == 40 and set(third.held["cio_email"].to_pylist()) == {before}
+    assert third.splits.num_rows == 0
+    assert plan_customerio(third, cfg, exists={("email", before)}).ops == ()
+    rows_ = Resolver(cfg, third).resolve_table(pa.table({"email": ["p07@x.com"]}))
+    assert rows_["cio_email"].to_pylist() == [before]
 
 
 def test_case_27_gdpr_delete_tombstones_identifiers() -> None:

@@ -624,11 +624,7 @@ def coupon_identity() -> dict[str, Any]:
     return data
 
 
-@case(
-    "26",
-    identity=coupon_identity(),
-    xfail="the syncs send the split-off parts of a split waiting for review",
-)
+@case("26", identity=coupon_identity())
 def newly_blocklisted_value_waits_for_review(w: World) -> None:
     w.sql(
         "insert into mkt.leads select 'p' || lpad(i::varchar, 2, '0') || '@x.com', 'promo', "

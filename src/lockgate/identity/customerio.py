@@ -9,7 +9,8 @@ Rules:
   keeps the primary's values on conflict;
 * more merges than `merge_policy.max_merges_per_run` raise `ContractError` before any op is
   returned; merges whose evidence rank is weaker than `min_path_rank` are held for review;
-* splits are never applied: they come back in `CioPlan.review`;
+* splits are never applied: they come back in `CioPlan.review`, and the profiles of a split
+  waiting for review (`IdentityResult.held`) get no operation in later runs either;
 * a union refused by a limit leaves the email (or id) with one person; the other person gets
   it as the attribute `contested_email` (`contested_id`).
 
@@ -119,11 +120,22 @@ def _attribute_values(result: IdentityResult, config: IdentityConfig) -> dict[st
 def profile_attributes(result: IdentityResult, config: IdentityConfig) -> dict[str, dict[str, Any]]:
     """The attributes the graph gives each profile's person, by profile id.
 
-    Types mapped to `attribute:<name>` give `<name>` (the latest value seen); a union refused
-    by a limit leaves the email (or id) with the profile that holds it, and the other profile
-    gets it as `contested_email` (`contested_id`).
+    Types mapped to `attribute:<name>` give `<name>` (the latest value seen), or `""` (clear)
+    on a profile that lost its value to another profile (`IdentityResult.lost`); a union
+    refused by a limit leaves the email (or id) with the profile that holds it, and the other
+    profile gets it as `contested_email` (`contested_id`).
     """
     attrs = _attribute_values(result, config)
+    for pid, id_type in zip(
+        result.lost["profile_id"].to_pylist(), result.lost["id_type"].to_pylist(), strict=True
+    ):
+        target = (
+            config.identifier_types[id_type].customerio
+            if id_type in config.identifier_types
+            else ""
+        )
+        if target.startswith("attribute:"):
+            attrs.setdefault(pid, {}).setdefault(target.split(":", 1)[1], "")
     for r in result.refused.to_pylist():
         if not r["rule"].startswith("limit:"):
             continue
@@ -257,8 +269,10 @@ def plan_customerio(
 
     # 3. identify new people and changed identifiers; re-apply after merges
     review = result.splits.filter(pc.equal(result.splits["status"], "needs_review"))
-    held = set(review["parent_profile_id"].to_pylist()) | set(
-        review["child_profile_id"].to_pylist()
+    held = (
+        set(review["parent_profile_id"].to_pylist())
+        | set(review["child_profile_id"].to_pylist())
+        | set(result.held["profile_id"].to_pylist())
     )
     moved = set(result.moves["from_profile_id"].to_pylist()) | set(
         result.moves["to_profile_id"].to_pylist()

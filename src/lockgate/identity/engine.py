@@ -32,11 +32,13 @@ import pyarrow.compute as pc
 from lockgate.errors import ConfigError
 from lockgate.identity import graph as g
 from lockgate.identity.normalize import check_values, normalize_column
-from lockgate.identity.profiles import PreviousProfiles, assign
+from lockgate.identity.profiles import PreviousProfiles, assign, hold_splits, track_lost
 from lockgate.identity.state import (
     ALIASES_SCHEMA,
     BLOCKED_SCHEMA,
     EDGES_SCHEMA,
+    HELD_SCHEMA,
+    LOST_SCHEMA,
     MERGES_SCHEMA,
     MOVES_SCHEMA,
     NODES_SCHEMA,
@@ -603,6 +605,19 @@ def resolve(
         run_id=run_id,
         cio_exists=cio_exists,
     )
+    held = hold_splits(
+        state.held if state is not None else HELD_SCHEMA.empty_table(),
+        previous.table,
+        assigned.splits,
+        assigned.profiles,
+        run_id,
+    )
+    lost = track_lost(
+        state.lost if state is not None else LOST_SCHEMA.empty_table(),
+        assigned.moves,
+        assigned.profiles,
+        types,
+    )
     stats["profiles_s"] = time.perf_counter() - t0
 
     # 7. analyst tables
@@ -717,6 +732,8 @@ def resolve(
         previous_profiles=previous.table,
         rows=rows_out,
         stats=stats,
+        held=held,
+        lost=lost,
     )
 
 

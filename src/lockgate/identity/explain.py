@@ -46,7 +46,8 @@ class Resolver:
     """Maps warehouse rows to profiles using a run's identifier map (vectorised).
 
     A row belongs to the profile of its most trusted identifier that is a known, active node;
-    quarantined and blocked values resolve to nothing.
+    quarantined and blocked values resolve to nothing. The rows of a split waiting for review
+    keep the Customer.io identifiers of the person they went to before the split.
     """
 
     def __init__(self, config: IdentityConfig, result: IdentityResult | IdentityState) -> None:
@@ -61,6 +62,8 @@ class Resolver:
                 part["id_value"].combine_chunks(),
                 part["profile_id"].combine_chunks(),
             )
+        if result.held.num_rows:
+            profiles = _hold(profiles, result.held)
         self._profiles = profiles
         self._profile_ids = profiles["profile_id"].combine_chunks()
 
@@ -99,6 +102,47 @@ class Resolver:
         return ResolvedRow(
             profile_id=row["profile_id"], **{name: row[name] for name in CIO_COLUMNS}
         )
+
+
+def _hold(profiles: pa.Table, held: pa.Table) -> pa.Table:
+    """`profiles` with the Customer.io identifiers of a split waiting for review.
+
+    Every split-off part goes to the person its parent goes to. The parent keeps its current
+    identifiers while they still address the same person (the same `id`; an email change on a
+    person with an `id` is fine), else the identifiers it had before the split.
+    """
+    ids = pa.concat_arrays(
+        [
+            held["profile_id"].combine_chunks(),
+            held["parent_profile_id"].combine_chunks(),
+        ]
+    )
+    current = {
+        r["profile_id"]: r
+        for r in profiles.filter(pc.is_in(profiles["profile_id"], value_set=ids))
+        .select(["profile_id", *CIO_COLUMNS])
+        .to_pylist()
+    }
+    effective: dict[str, dict[str, Any]] = {}
+    rows = held.to_pylist()
+    for row in rows:
+        parent = row["parent_profile_id"]
+        if parent in effective:
+            continue
+        now = current.get(parent)
+        same = now is not None and (
+            now["cio_person_id"] == row["cio_person_id"]
+            if row["cio_person_id"] is not None
+            else now["cio_person_id"] is None and now["cio_email"] == row["cio_email"]
+        )
+        effective[parent] = dict(now) if same and now is not None else row
+    out = {r["profile_id"]: effective[r["parent_profile_id"]] for r in rows}
+    at = pc.index_in(profiles["profile_id"], value_set=pa.array(list(out), pa.string()))
+    for name in CIO_COLUMNS:
+        frozen = pa.array([v[name] for v in out.values()], pa.string()).take(at)
+        column = pc.if_else(pc.is_valid(at), frozen, profiles[name])
+        profiles = profiles.set_column(profiles.schema.get_field_index(name), name, column)
+    return profiles
 
 
 @dataclass(frozen=True)

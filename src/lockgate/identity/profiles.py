@@ -28,6 +28,8 @@ import pyarrow.compute as pc
 from lockgate.identity import graph as g
 from lockgate.identity.state import (
     ALIASES_SCHEMA,
+    HELD_SCHEMA,
+    LOST_SCHEMA,
     MERGES_SCHEMA,
     MOVES_SCHEMA,
     PROFILES_BASE,
@@ -479,3 +481,92 @@ def assign(
     )
     del node_batch
     return Assigned(node_profile, profiles, aliases, merges_t, splits, moves_t)
+
+
+HELD_COLUMNS = ("cio_id", "cio_person_id", "cio_email", "cio_anonymous_id")
+
+
+def hold_splits(
+    previous_held: pa.Table,
+    previous_profiles: pa.Table,
+    splits: pa.Table,
+    profiles: pa.Table,
+    run_id: str,
+) -> pa.Table:
+    """The profiles of splits waiting for review, with the identifiers their rows keep.
+
+    A split of a profile that was a Customer.io person (`needs_review`) must not change
+    Customer.io until someone approves it: the parent and every split-off part keep the
+    parent's Customer.io identifiers from before the split, run after run. Entries carry over
+    while their profile exists.
+    """
+    live = pc.is_in(previous_held["profile_id"], value_set=profiles["profile_id"])
+    rows = {r["profile_id"]: r for r in previous_held.filter(live).to_pylist()}
+    review = splits.filter(pc.equal(splits["status"], "needs_review"))
+    if review.num_rows:
+        parents = previous_profiles.filter(
+            pc.is_in(previous_profiles["profile_id"], value_set=review["parent_profile_id"])
+        )
+        before = {r["profile_id"]: r for r in parents.to_pylist()}
+        alive = set(
+            profiles.filter(
+                pc.is_in(
+                    profiles["profile_id"],
+                    value_set=pa.concat_arrays(
+                        [
+                            review["parent_profile_id"].combine_chunks(),
+                            review["child_profile_id"].combine_chunks(),
+                        ]
+                    ),
+                )
+            )["profile_id"].to_pylist()
+        )
+        for split in review.to_pylist():
+            parent = split["parent_profile_id"]
+            frozen = rows.get(parent) or before.get(parent)
+            if frozen is None:
+                continue
+            root = rows[parent]["parent_profile_id"] if parent in rows else parent
+            for pid in (parent, split["child_profile_id"]):
+                if pid in alive and pid not in rows:
+                    rows[pid] = {
+                        "run_id": run_id,
+                        "profile_id": pid,
+                        "parent_profile_id": root,
+                        **{name: frozen[name] for name in HELD_COLUMNS},
+                    }
+    return pa.Table.from_pylist([rows[k] for k in sorted(rows)], schema=HELD_SCHEMA)
+
+
+def track_lost(
+    previous_lost: pa.Table, moves: pa.Table, profiles: pa.Table, types: tuple[str, ...]
+) -> pa.Table:
+    """Profiles that lost their values of a type to another profile and hold none now.
+
+    An identifier that moves (a reassigned Stripe id, a recycled phone) must be cleared on
+    the person who no longer holds it, and stay cleared on later runs.
+    """
+    pairs = set(
+        zip(
+            previous_lost["profile_id"].to_pylist(),
+            previous_lost["id_type"].to_pylist(),
+            strict=True,
+        )
+    )
+    pairs |= set(
+        zip(moves["from_profile_id"].to_pylist(), moves["id_type"].to_pylist(), strict=True)
+    )
+    if not pairs:
+        return LOST_SCHEMA.empty_table()
+    counts = {
+        r["profile_id"]: r
+        for r in profiles.filter(
+            pc.is_in(profiles["profile_id"], value_set=pa.array({p for p, _ in pairs}))
+        )
+        .select(["profile_id", *(f"n_{t}" for t in types)])
+        .to_pylist()
+    }
+    keep = sorted((pid, t) for pid, t in pairs if pid in counts and not counts[pid].get(f"n_{t}"))
+    return pa.table(
+        {"profile_id": [p for p, _ in keep], "id_type": [t for _, t in keep]}, schema=LOST_SCHEMA
+    )

@@ -137,6 +137,25 @@ MOVES_SCHEMA = pa.schema(
         ("to_profile_id", pa.string()),
     ]
 )
+HELD_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("profile_id", pa.string()),
+        ("parent_profile_id", pa.string()),
+        ("cio_id", pa.string()),
+        ("cio_person_id", pa.string()),
+        ("cio_email", pa.string()),
+        ("cio_anonymous_id", pa.string()),
+    ]
+)
+"""Profiles of a split waiting for review (`on_split: review`), and the Customer.io identifiers
+their rows keep using meanwhile: the parent's person from before the split. `run_id` is the run
+that found the split."""
+
+LOST_SCHEMA = pa.schema([("profile_id", pa.string()), ("id_type", pa.string())])
+"""Profiles that lost their only value of a type to another profile (an identifier move) and
+hold none since: their person's attribute for that type is cleared, run after run."""
+
 BLOCKED_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
@@ -163,8 +182,10 @@ class IdentityState:
     edges: pa.Table
     profiles: pa.Table
     aliases: pa.Table = field(default_factory=lambda: ALIASES_SCHEMA.empty_table())
+    held: pa.Table = field(default_factory=lambda: HELD_SCHEMA.empty_table())
+    lost: pa.Table = field(default_factory=lambda: LOST_SCHEMA.empty_table())
 
-    _PARTS = ("nodes", "edges", "profiles", "aliases")
+    _PARTS = ("nodes", "edges", "profiles", "aliases", "held", "lost")
 
     def write(self, directory: str | Path) -> None:
         """Store the state as Parquet files plus `state.json` in `directory`, atomically.
@@ -199,7 +220,12 @@ class IdentityState:
             if not (folder / "state.json").exists():
                 return None
         batch = int(json.loads((folder / "state.json").read_text())["batch"])
-        parts = {part: pq.read_table(folder / f"{part}.parquet") for part in cls._PARTS}
+        # a state written before a part existed (`held`) starts that part empty
+        parts = {
+            part: pq.read_table(folder / f"{part}.parquet")
+            for part in cls._PARTS
+            if (folder / f"{part}.parquet").exists()
+        }
         return cls(batch=batch, **parts)
 
 
@@ -227,6 +253,10 @@ class IdentityResult:
     previous_profiles: pa.Table
     rows: pa.Table | None = None
     stats: dict[str, float] = field(default_factory=dict)
+    held: pa.Table = field(default_factory=lambda: HELD_SCHEMA.empty_table())
+    """Profiles of splits waiting for review, and the Customer.io identifiers they keep."""
+    lost: pa.Table = field(default_factory=lambda: LOST_SCHEMA.empty_table())
+    """Profiles that lost every value of a type to another profile (`LOST_SCHEMA`)."""
 
     @property
     def state(self) -> IdentityState:
@@ -238,6 +268,8 @@ class IdentityResult:
             edges=live,
             profiles=self.profiles,
             aliases=self.aliases,
+            held=self.held,
+            lost=self.lost,
         )
 
     def tables(self) -> dict[str, pa.Table]:

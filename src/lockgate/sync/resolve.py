@@ -155,7 +155,8 @@ def key_rows(
     graph_attributes: dict[str, str] = {}
     if sync.kind == "people":
         # what the graph knows goes to every person (Stripe id, contested email, ...); a value
-        # that moves to another profile is cleared on the person who no longer holds it
+        # that moves to another profile is cleared (`""`) on the person who no longer holds it.
+        # A null is skipped, never sent as a clear: only a move clears.
         by_profile = profile_attributes(resolution.result, resolution.config)
         pids = keyed["profile_id"].to_pylist()
         for name in attribute_names(resolution.config):
@@ -176,7 +177,7 @@ def key_rows(
         # carrying the anonymous id on identify attaches earlier anonymous events
         attributes["anonymous_id"] = FieldConfig(column="cio_anonymous_id")
     for name, column in graph_attributes.items():
-        attributes[name] = FieldConfig(column=column, on_null="clear")
+        attributes[name] = FieldConfig(column=column, on_null="skip")
     return sync.model_copy(update={"identify_by": identify_by, "attributes": attributes})
 
 
