@@ -279,9 +279,22 @@ class CustomerioIdentityConfig(BaseConfig):
     merge_policy: MergePolicyConfig = Field(default_factory=MergePolicyConfig)
     """Rules for Customer.io merges."""
 
-    on_split: Literal["review", "detach", "ignore"] = "review"
-    """What a split of a profile that already is a Customer.io person does. Only `review` (record
-    and change nothing) is implemented; the others are accepted and treated as `review`."""
+    on_split: Literal["review"] = "review"
+    """What a split of a profile that already is a Customer.io person does: `review` records it
+    in the split log (`needs_review`) and changes nothing in Customer.io; the rows of every part
+    keep going to the person they went to before the split. `detach` and `ignore` (from the
+    spec) are not built yet and are refused."""
+
+    @field_validator("on_split", mode="before")
+    @classmethod
+    def _on_split(cls, value: object) -> object:
+        if value in ("detach", "ignore"):
+            raise ValueError(
+                f"`on_split: {value}` is not implemented yet: Lockgate only holds splits of "
+                "Customer.io people for review. Set `on_split: review` (the default) or remove "
+                "the key; see docs/identity.md#what-happens-in-customerio"
+            )
+        return value
 
 
 class IdentityRulesConfig(BaseConfig):
