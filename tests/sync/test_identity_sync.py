@@ -169,3 +169,115 @@ def test_two_people_found_to_be_one_are_merged_once(
     merge_runs = con.execute("select count(distinct run_id) from lockgate.lg_merge_log").fetchall()
     con.close()
     assert merge_runs == [(1,)]  # the log keeps the run that merged
+
+
+PG_PROJECT = """\
+name: ident
+sources:
+  warehouse: {{type: postgres, url: '{dsn}'}}
+destinations:
+  customerio: {{type: customerio, track_url: "{url}"}}
+identity:
+  identifier_types:
+    user_id: {{priority: 1, limit: 1, customerio: id}}
+    email: {{priority: 2, limit: 5, customerio: email}}
+    stripe_id: {{priority: 3, limit: 2, customerio: "attribute:stripe_id"}}
+    anonymous_id: {{priority: 9, limit: 25, customerio: anonymous_id,
+                   degree_cap: {{user_id: {{max: 1, policy: quarantine}}}}}}
+  sources:
+    - {{name: app_users, table: lg_ident.app_users}}
+    - {{name: stripe, table: lg_ident.stripe_customers}}
+    - {{name: sessions, table: lg_ident.sessions, mode: append_only}}
+    - {{name: leads, table: lg_ident.leads}}
+"""
+
+
+@pytest.mark.postgres
+def test_analyst_tables_land_in_a_postgres_warehouse(
+    tmp_path: Path,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    postgres_dsn: str,
+) -> None:
+    import psycopg
+
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute("drop schema if exists lg_ident cascade")
+        conn.execute("drop schema if exists lockgate cascade")
+        conn.execute("create schema lg_ident")
+        for statement in (
+            "create table lg_ident.app_users as select * from (values ('u1', 'Ada@Acme.io', "
+            "'pro'), ('u2', 'grace@acme.io', 'free'), ('u3', 'GRACE@acme.io', 'free')) "
+            "t(user_id, email, plan)",
+            "create table lg_ident.stripe_customers as select * from (values "
+            "('cus_A', 'ada@acme.io')) t(stripe_id, email)",
+            "create table lg_ident.sessions as select * from (values ('anon-1', 'u1'), "
+            "('anon-shared', 'u1'), ('anon-shared', 'u2')) t(anonymous_id, user_id)",
+            "create table lg_ident.leads as select 'ada.work@acme.io' as email, "
+            "'webinar' as lead_source",
+        ):
+            conn.execute(statement)
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "lockgate.yml").write_text(
+        PG_PROJECT.format(dsn=postgres_dsn, url=customerio_emulator.base_url)
+    )
+    profile = PROFILE.replace("model: {table: app_users}", "model: {table: lg_ident.app_users}")
+    leads = LEADS.replace("model: {table: leads}", "model: {table: lg_ident.leads}")
+    for name, body in {"profile": profile, "leads": leads}.items():
+        (tmp_path / "syncs" / f"{name}.yml").write_text(textwrap.dedent(body))
+    project = load_project(tmp_path)
+    run_sync(project, "profile", console=NullConsole())
+    run_sync(project, "leads", console=NullConsole())
+    # Stripe finds that the lead is Ada: one merge in Customer.io, logged once
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute("insert into lg_ident.stripe_customers values ('cus_A', 'ada.work@acme.io')")
+    run_sync(project, "leads", console=NullConsole())
+    run_sync(project, "profile", console=NullConsole())
+    assert len(customerio_emulator.merges()) == 1
+    people = {p.id: p for p in customerio_emulator.people()}
+    assert sorted(people) == ["u1", "u2", "u3"]  # u3 shares Grace's address: refused, kept apart
+    assert people["u3"].attributes["contested_email"] == "grace@acme.io"
+
+    with psycopg.connect(postgres_dsn) as conn:
+
+        def rows(sql: str) -> list[tuple[Any, ...]]:
+            return conn.execute(sql).fetchall()
+
+        tables = rows(
+            "select table_name from information_schema.tables where table_schema = 'lockgate'"
+        )
+        assert {t for (t,) in tables} >= {
+            "lg_profiles",
+            "lg_identifier_map",
+            "lg_edges",
+            "lg_merge_log",
+            "lg_refused_merges",
+            "lg_quarantine",
+            "lg_split_log",
+        }
+        assert rows(
+            "select cio_person_id, n_email, n_stripe_id from lockgate.lg_profiles "
+            "where cio_person_id is not null order by 1"
+        ) == [("u1", 2, 1), ("u2", 1, 0), ("u3", 0, 0)]
+        assert rows(
+            "select id_type, id_value, status from lockgate.lg_identifier_map "
+            "where profile_id is null"
+        ) == [("anonymous_id", "anon-shared", "quarantined")]
+        edges = rows("select value_a, value_b, status from lockgate.lg_edges")
+        assert ("u1", "anon-1", "accepted") in edges
+        assert ("u2", "anon-shared", "quarantined") in edges
+        # the merge is logged by the run that made it, once; the graph tables are replaced
+        [(survivor, absorbed, cause)] = rows(
+            "select profile_id, absorbed_profile_id, cause from lockgate.lg_merge_log"
+        )
+        assert cause == "merge" and survivor != absorbed
+        assert rows("select id_value, policy from lockgate.lg_quarantine") == [
+            ("anon-shared", "quarantine")
+        ]
+        assert rows("select count(distinct run_id) from lockgate.lg_profiles") == [(1,)]
+        # four runs, one refusal: today's refusals, not one copy per run
+        assert rows("select rule from lockgate.lg_refused_merges") == [("limit:user_id 2>1",)]
+        assert rows("select count(*) from lockgate.lg_split_log") == [(0,)]
