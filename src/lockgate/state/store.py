@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import orjson
 import pyarrow as pa
 
@@ -270,6 +271,50 @@ class StateStore:
             self.exec_sql(f"insert into {table('ledger', sync)} select * from _ledger_batch")
         finally:
             self.con.unregister("_ledger_batch")
+
+    def append_delivered(
+        self,
+        sync: str,
+        run_id: str,
+        batches: Sequence[tuple[pa.RecordBatch, int, datetime]],
+        *,
+        ledger: bool,
+    ) -> None:
+        """Commit whole delivered batches (``k, h, ident, removed, action`` columns, with the
+        answer's status and time): to the ledger (events) or the journal, and to the history."""
+        if not batches:
+            return
+        counts = [b.num_rows for b, _, _ in batches]
+        delivered = pa.Table.from_batches([b for b, _, _ in batches])
+        delivered = delivered.append_column(
+            "status", pa.array(np.repeat([s for _, s, _ in batches], counts).astype(np.int32))
+        )
+        sent = np.repeat(
+            np.array([t.replace(tzinfo=None) for _, _, t in batches], dtype="datetime64[us]"),
+            counts,
+        )
+        delivered = delivered.append_column(
+            "sent_at", pa.array(sent).cast(pa.timestamp("us", tz="UTC"))
+        )
+        self.con.register("_delivered", delivered)
+        try:
+            if ledger:
+                self.exec_sql(
+                    f"insert into {table('ledger', sync)} select k, sent_at from _delivered"
+                )
+            else:
+                self.exec_sql(
+                    f"insert into {table('journal', sync)} "
+                    "select ?, k, h, ident, removed from _delivered",
+                    [run_id],
+                )
+            self.exec_sql(
+                "insert into history select ?, ?, k, ident, action, 'delivered', status, null, "
+                "sent_at from _delivered",
+                [run_id, sync],
+            )
+        finally:
+            self.con.unregister("_delivered")
 
     def append_history(self, rows: dict[str, list[Any]]) -> None:
         if not rows["keys"]:

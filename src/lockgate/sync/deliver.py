@@ -5,19 +5,36 @@ Python), given their final bytes, and passed to the destination, which batches, 
 limits and retries them and answers per record. Events get their dedupe ``id`` here: a
 ULID derived from the event's timestamp and a hash of its key, so the same occurrence
 always carries the same id, across re-runs, crashes and even a lost state.
+
+With the Customer.io client the hot path is columnar: operations come out of DuckDB already
+followed by a comma, batch boundaries are found on the array of their lengths, each request
+body is one slice of the Arrow buffer, and a batch accepted whole is committed as an Arrow
+slice. No Python object is made per record unless an answer needs per-record handling (a
+207, a split, a dead letter), which then takes the same path as any other destination. At a
+million records this is the difference between ~10 s of Python per run and well under one.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lockgate.console import Advance
-from lockgate.destinations.base import Destination, Record
+from lockgate.destinations.base import Destination, Outcome, Record, Result
+from lockgate.destinations.customerio.batching import (
+    Batch,
+    PackedBatch,
+    body_of,
+    oversize_reason,
+    pack_ranges,
+)
+from lockgate.destinations.customerio.settings import MAX_OP_BYTES
 from lockgate.sync.commit import Committer, Pending
 
 ULID_ALPHABET = np.frombuffer(b"0123456789ABCDEFGHJKMNPQRSTVWXYZ", dtype=np.uint8)
@@ -26,6 +43,20 @@ READ_BATCH_ROWS = 20_000
 
 def event_ulids(ts_seconds: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> list[bytes]:
     """Deterministic ULIDs: 48-bit millisecond timestamp + 80 bits of the key's md5."""
+    return [bytes(row) for row in _ulid_matrix(ts_seconds, lo, hi)]
+
+
+def _ulid_array(ts_seconds: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> pa.Array:
+    """The same ULIDs as one Arrow string array, built without a Python object per event."""
+    matrix = _ulid_matrix(ts_seconds, lo, hi)
+    fixed = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(26), len(matrix), [None, pa.py_buffer(matrix.tobytes())]
+    )
+    return fixed.cast(pa.binary()).cast(pa.string())
+
+
+def _ulid_matrix(ts_seconds: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """One row of 26 Crockford base32 characters (as bytes) per event."""
     n = len(ts_seconds)
     ts = (np.clip(ts_seconds.astype(np.int64), 0, None).astype(np.uint64) * np.uint64(1000)) & (
         np.uint64((1 << 48) - 1)
@@ -45,7 +76,7 @@ def event_ulids(ts_seconds: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> list[
         else:
             part = (lo >> np.uint64(shift)) | (hi16 << np.uint64(64 - shift))
         out[:, 10 + j] = ULID_ALPHABET[(part & five).astype(np.intp)]
-    return [bytes(row) for row in out]
+    return out
 
 
 def _records(
@@ -105,6 +136,149 @@ async def _deliver(
         await destination.aclose()
 
 
+def _action_sql(kind: str) -> str:
+    """The history's `action` of each row, as `_batch_records` names it, in SQL."""
+    if kind == "events":
+        return "'event'"
+    if kind == "ops":
+        return "'identity'"
+    if kind == "relationships":
+        return "case when removed then 'delete_relationships' else 'add_relationships' end"
+    return (
+        "case when not removed then 'identify' "
+        "when contains(substr(op, 1, 60), '\"delete') then 'delete' else 'clear' end"
+    )
+
+
+META = ("k", "h", "ident", "removed", "action")
+"""The columns the committer keeps of each delivered row."""
+
+
+def _packed_batches(
+    con: duckdb.DuckDBPyConnection,
+    kind: str,
+    source: str,
+    *,
+    max_bytes: int,
+    max_ops: int | None,
+) -> Iterator[PackedBatch | list[Result]]:
+    """Request bodies cut straight from Arrow buffers; oversize operations come out as
+    lists of REJECTED results (never sent), as the client's own packer gives them."""
+    columns = f"k, h, ident, removed, {_action_sql(kind)} as action, "
+    if kind == "events":
+        columns += "op, ts, lo, hi"
+    else:
+        columns += "op || ',' as op"
+    reader = con.sql(f"select {columns} from {source}").to_arrow_reader(READ_BATCH_ROWS)
+    for batch in reader:
+        if kind == "events":
+            ids = _ulid_array(
+                batch.column(6).to_numpy(zero_copy_only=False),
+                batch.column(7).to_numpy(zero_copy_only=False),
+                batch.column(8).to_numpy(zero_copy_only=False),
+            )
+            ops = pc.binary_join_element_wise('{"id":"', ids, '",', batch.column(5), ",", "")
+        else:
+            ops = batch.column(5)
+        ops = ops.cast(pa.large_string())
+        offsets = np.frombuffer(ops.buffers()[1], dtype=np.int64)[
+            ops.offset : ops.offset + len(ops) + 1
+        ]
+        lengths = np.diff(offsets) - 1  # without the trailing comma
+        meta = pa.RecordBatch.from_arrays([batch.column(i) for i in range(5)], names=list(META))
+        oversize = lengths > MAX_OP_BYTES
+        if oversize.any():
+            where = np.flatnonzero(oversize)
+            keys = meta.column(0).take(pa.array(where)).to_pylist()
+            yield _Refused(
+                [
+                    Result(key, Outcome.REJECTED, None, oversize_reason(int(lengths[i])), 0)
+                    for key, i in zip(keys, where, strict=True)
+                ],
+                _pending(meta.take(pa.array(where))),
+            )
+            keep = pa.array(~oversize)
+            meta, ops = meta.filter(keep), ops.filter(keep)
+            offsets = np.frombuffer(ops.buffers()[1], dtype=np.int64)[
+                ops.offset : ops.offset + len(ops) + 1
+            ]
+            lengths = np.diff(offsets) - 1
+        data = memoryview(ops.buffers()[2]) if len(ops) else memoryview(b"")
+        bounds = pack_ranges(lengths, max_bytes=max_bytes, max_ops=max_ops)
+        for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            part = (meta.slice(start, end - start), ops.slice(start, end - start))
+            yield PackedBatch(
+                body_of(data[offsets[start] : offsets[end] - 1]),
+                end - start,
+                _unpacker(part[0], part[1]),
+                part,
+            )
+
+
+class _Refused(list[Result]):
+    """Results for records refused before sending, with their commit metadata."""
+
+    def __init__(self, results: list[Result], pending: dict[str, Pending]) -> None:
+        super().__init__(results)
+        self.pending = pending
+
+
+def _unpacker(meta: pa.RecordBatch, ops: pa.Array) -> Any:
+    def unpack() -> Batch:
+        encoded = ops.cast(pa.large_binary()).to_pylist()
+        return Batch(meta.column(0).to_pylist(), [op[:-1] for op in encoded])
+
+    return unpack
+
+
+def _pending(meta: pa.RecordBatch) -> dict[str, Pending]:
+    """Per-record commit metadata, made only for a batch whose answer needs it."""
+    k, h, ident, removed, action = (meta.column(i).to_pylist() for i in range(5))
+    return {
+        key: Pending(hh, i, bool(gone), a)
+        for key, hh, i, gone, a in zip(k, h, ident, removed, action, strict=True)
+    }
+
+
+async def _deliver_packed(
+    con: duckdb.DuckDBPyConnection,
+    destination: Any,
+    kind: str,
+    committer: Committer,
+    advance: Advance,
+    source: str,
+) -> None:
+    settings = destination.settings
+    batches = _packed_batches(
+        con,
+        kind,
+        source,
+        max_bytes=settings.max_batch_bytes,
+        max_ops=settings.max_batch_ops,
+    )
+
+    async def jobs() -> AsyncIterator[PackedBatch | list[Result]]:
+        for item in batches:
+            yield item
+
+    try:
+        async for item in destination.deliver_packed(jobs()):
+            if isinstance(item, _Refused):  # refused before sending: oversize
+                committer.add(item, item.pending)
+                advance(len(item))
+                continue
+            packed, status, results = item
+            meta = packed.tag[0]
+            if results is None:
+                committer.add_delivered(meta, status)
+            else:
+                committer.add(results, _pending(meta))
+            advance(packed.size)
+    finally:
+        committer.flush()
+        await destination.aclose()
+
+
 def deliver(
     con: duckdb.DuckDBPyConnection,
     destination: Destination,
@@ -115,4 +289,7 @@ def deliver(
     source: str = "changes",
 ) -> None:
     """Send everything in ``source``; every record's outcome reaches the committer."""
+    if callable(getattr(destination, "deliver_packed", None)):
+        asyncio.run(_deliver_packed(con, destination, kind, committer, advance, source))
+        return
     asyncio.run(_deliver(con, destination, kind, committer, advance, source))

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
 from lockgate.destinations.base import Record
@@ -59,6 +60,49 @@ class Batch:
         gone = set(drop)
         keep = [i for i in range(len(self.keys)) if i not in gone]
         return Batch([self.keys[i] for i in keep], [self.ops[i] for i in keep])
+
+
+@dataclass(slots=True)
+class PackedBatch:
+    """A batch body the caller built itself, for :meth:`CustomerIOClient.deliver_packed`.
+
+    ``body`` is the whole ``{"batch":[...]}`` request and ``size`` its number of operations.
+    ``unpack`` gives the same operations as a :class:`Batch` (keys and encoded ops, in
+    order); the client calls it only when an answer needs per-record handling. ``tag`` is
+    the caller's own handle, given back untouched.
+    """
+
+    body: bytes
+    size: int
+    unpack: Callable[[], Batch]
+    tag: Any = None
+
+
+def body_of(data: memoryview | bytes) -> bytes:
+    """A request body around ``data``: encoded operations already joined by commas."""
+    return _HEAD + bytes(data) + _TAIL
+
+
+def pack_ranges(lengths: np.ndarray, *, max_bytes: int, max_ops: int | None = None) -> np.ndarray:
+    """Cut a run of operations of the given encoded lengths into batches, greedily and in
+    order, exactly as :class:`Packer` does; returns the batch boundaries ``[0, ..., n]``.
+
+    Every length must be at most the per-operation limit (the caller sets the larger ones
+    aside first). Works on arrays, not per record: a million operations take milliseconds.
+    """
+    n = len(lengths)
+    ends = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths.astype(np.int64) + 1, out=ends[1:])  # one separator per operation
+    budget = max_bytes - ENVELOPE_BYTES + 1
+    cap = max_ops or n or 1
+    bounds = [0]
+    start = 0
+    while start < n:
+        end = int(np.searchsorted(ends, ends[start] + budget, side="right")) - 1
+        end = min(max(end, start + 1), start + cap, n)
+        bounds.append(end)
+        start = end
+    return np.asarray(bounds, dtype=np.int64)
 
 
 def body_size(ops: int, payload: int) -> int:

@@ -40,7 +40,7 @@ import orjson
 
 from lockgate import __version__
 from lockgate.destinations.base import Outcome, Record, Result
-from lockgate.destinations.customerio.batching import Batch, Packer, oversize_reason
+from lockgate.destinations.customerio.batching import Batch, PackedBatch, Packer, oversize_reason
 from lockgate.destinations.customerio.pacing import TokenBucket, backoff, parse_retry_after
 from lockgate.destinations.customerio.settings import CustomerIOSettings
 from lockgate.errors import (
@@ -231,31 +231,73 @@ class CustomerIOClient:
         :class:`~lockgate.errors.DestinationAuthError` (401/403) or
         :class:`~lockgate.errors.DestinationError` (wrong URL) for the whole run.
         """
+
+        async def run(batch: Batch) -> list[Result]:
+            return await self._deliver_batch(batch, 0)
+
+        async for results in self._in_flight(self._batches(records), run):
+            yield results
+
+    async def deliver_packed(
+        self, batches: AsyncIterable[PackedBatch | list[Result]]
+    ) -> AsyncIterator[tuple[PackedBatch, int, list[Result] | None] | list[Result]]:
+        """Deliver batches the caller packed itself (see :class:`PackedBatch`).
+
+        Yields ``(batch, status, None)`` when the whole batch was accepted (the common case:
+        no per-record objects are made), or ``(batch, status, results)`` with one result per
+        record when the answer needed per-record handling (207, a split, dead letters), in
+        which case ``batch.unpack()`` supplied the records. ``list[Result]`` items in the
+        input (records the caller refused before packing) pass straight through. Same
+        pacing, concurrency, retries and run-wide errors as :meth:`deliver`.
+        """
+
+        async def run(
+            packed: PackedBatch,
+        ) -> tuple[PackedBatch, int, list[Result] | None]:
+            answer = await self._post(packed.body)
+            status = answer.status
+            if answer.error is None and status is not None and 200 <= status < 300:
+                if status != 207:
+                    self.stats.delivered += packed.size
+                    return packed, status, None
+            return packed, status or 0, await self._answered(packed.unpack(), answer, 0)
+
+        async for item in self._in_flight(aiter(batches), run):
+            yield item
+
+    async def _in_flight(
+        self,
+        jobs: AsyncIterator[Any] | AsyncIterable[Any],
+        run: Callable[[Any], Awaitable[Any]],
+    ) -> AsyncIterator[Any]:
+        """Run ``run(job)`` for each job with at most ``concurrency`` in flight, yielding each
+        output as soon as it is ready; ``list`` jobs (refused records) pass through as they
+        are. A run-wide error from a job or from ``jobs`` itself is raised here."""
         concurrency = self.settings.concurrency
         slots = asyncio.Semaphore(concurrency)
         done = object()
         out: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * concurrency)
         tasks: set[asyncio.Task[None]] = set()
 
-        async def run_batch(batch: Batch) -> None:
+        async def run_one(job: Any) -> None:
             try:
-                results = await self._deliver_batch(batch, 0)
+                result = await run(job)
             except Exception as exc:  # handed to the consumer, who re-raises it
                 await out.put(exc)
                 return
             finally:
                 slots.release()
-            await out.put(results)
+            await out.put(result)
 
         async def produce() -> None:
             try:
-                async for batch in self._batches(records):
-                    if isinstance(batch, list):  # oversize rejections
-                        await out.put(batch)
+                async for job in jobs:
+                    if isinstance(job, list):  # refused before sending
+                        await out.put(job)
                         continue
                     await slots.acquire()
                     self.stats.batches += 1
-                    task = asyncio.create_task(run_batch(batch))
+                    task = asyncio.create_task(run_one(job))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                     await asyncio.sleep(0)  # let the new batch start before packing more
@@ -337,7 +379,10 @@ class CustomerIOClient:
 
         ``prior`` counts the requests that already carried these records (before a split).
         """
-        answer = await self._post(batch.body())
+        return await self._answered(batch, await self._post(batch.body()), prior)
+
+    async def _answered(self, batch: Batch, answer: _Answer, prior: int) -> list[Result]:
+        """Settle each record of ``batch`` from the final answer to its request."""
         attempts = prior + answer.attempts
         status = answer.status
         if answer.error is not None:
