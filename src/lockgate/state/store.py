@@ -212,16 +212,28 @@ class StateStore:
             return 0
         self.exec_sql("begin")
         try:
-            # the latest entry per key wins (a key can be delivered twice within a run's retries)
+            # the latest entry per key wins (a key can be delivered twice within a run's
+            # retries); the usual journal has each key once, and a hash check (0.1 s at 1M)
+            # spares it the sort that picking the latest takes (0.4-1 s)
+            repeated = self.exec_sql(
+                f"select count(*) from (select k from {journal} group by k having count(*) > 1)"
+            )[0][0]
+            latest = journal
+            if repeated:
+                self.exec_sql(
+                    f"""
+                    create or replace temp table _latest as
+                    select k, h, ident, removed from {journal}
+                    qualify row_number() over (partition by k order by rowid desc) = 1
+                    """
+                )
+                latest = "_latest"
             self.exec_sql(
                 f"""
-                create or replace temp table _latest as
-                select k, h, ident, removed from {journal}
-                qualify row_number() over (partition by k order by rowid desc) = 1;
-                delete from {snap} where k in (select k from _latest);
-                insert into {snap} select k, h, ident from _latest where not removed;
+                delete from {snap} where k in (select k from {latest});
+                insert into {snap} select k, h, ident from {latest} where not removed;
                 delete from {journal};
-                drop table _latest;
+                drop table if exists _latest;
                 """
             )
             self.exec_sql("commit")

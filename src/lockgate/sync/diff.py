@@ -292,9 +292,15 @@ def diff_records(
             alter table model_todo rename to model;
             """,
         )
+    # every row mapped here is new, changed or a repeated key (rejected below): the rows whose
+    # key and hash match the snapshot were left out above
     run_sql(
         con,
-        f"create or replace temp table mapped as select *, src_h as h from ({compiled.select})",
+        f"""
+        create or replace temp table mapped as
+        select c.*, c.src_h as h, s.k is null as is_new, false as removed
+        from ({compiled.select}) c left join {snap} s on s.k = c.k
+        """,
     )
     # a key that appears more than once is ambiguous: every copy is rejected
     run_sql(
@@ -306,19 +312,20 @@ def diff_records(
         where mapped.k = d.k
         """,
     )
-    extra = ", m.person, m.object_id" if sync.kind == "relationships" else ""
-    run_sql(
-        con,
-        f"""
-        create or replace temp table changes as
-        select m.k, m.op, m.h, m.ident, s.k is null as is_new, false as removed,
-               m.n_set, m.n_cleared{extra}
-        from mapped m left join {snap} s on s.k = m.k
-        where m.reject is null and (s.k is null or s.h <> m.h)
-        """,
-    )
     state_events = (
         _state_change_events(con, sync, now, relationship_snaps or []) if sync.on_change else 0
+    )
+    rejected, samples = _rejected(con)
+    valid = total - todo + int(_one(con, "select count(*) from mapped where reject is null") or 0)
+    # what is left of `mapped` is exactly what to send: keep it as `changes` (a rename, not a
+    # copy of every payload, which took a second at 1M rows)
+    run_sql(
+        con,
+        """
+        delete from mapped where reject is not null;
+        drop table if exists changes;
+        alter table mapped rename to changes;
+        """,
     )
     held = 0
     held_samples: tuple[tuple[str, str], ...] = ()
@@ -329,17 +336,15 @@ def diff_records(
     if sync.effective_mode == "mirror" and removed:
         removed_sent = removed
         op, cleared_each = _removal_op(sync)
-        null_extra = ", null as person, null as object_id" if extra else ""
         run_sql(
             con,
             f"""
-            insert into changes
+            insert into changes (k, op, h, ident, is_new, removed, n_set, n_cleared)
             select s.k, {op} as op, null as h, s.ident, false as is_new, true as removed,
-                   0 as n_set, {cleared_each} as n_cleared{null_extra}
+                   0 as n_set, {cleared_each} as n_cleared
             from {snap} s anti join keyed m on m.k = s.k
             """,
         )
-    rejected, samples = _rejected(con)
     row = con.execute(
         """
         select count(*) filter (where not removed), count(*) filter (where is_new),
@@ -348,7 +353,6 @@ def diff_records(
         """
     ).fetchall()[0]
     sent_rows, new, attrs, cleared = (int(x or 0) for x in row)
-    valid = total - todo + int(_one(con, "select count(*) from mapped where reject is null") or 0)
     return ChangeSet(
         kind=sync.kind,
         rows=total,
