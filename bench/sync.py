@@ -4,9 +4,8 @@ Everything that is timed runs as its own process, measured whole (Python start-u
 wall time from ``time.perf_counter`` around the process, peak memory from ``os.wait4`` rusage
 (``ru_maxrss``), both taken by a small intermediate process (``MEASURE``) so that the bench's
 own memory never leaks into a child's peak. The emulator runs as a separate process with its
-Track rate limit off (``Emulator(...).app`` under uvicorn on a TCP_NODELAY listener, or
-``lockgate emulator --rate-limit 0`` with ``--emulator-cli``); Lockgate itself is configured at
-``rate_limit: 1000/s``.
+Track rate limit off (``lockgate emulator --rate-limit 0``, as shipped: its listener sets
+TCP_NODELAY); Lockgate itself is configured at ``rate_limit: 1000/s``.
 
 1. Lockgate full sync: ``lockgate sync people --json`` on a fresh state.
 2. Lockgate incremental sync: 1% of the rows updated in the warehouse, then the same command.
@@ -258,37 +257,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-LAUNCHER = textwrap.dedent(
-    """
-    import socket, sys, uvicorn
-    from lockgate.emulator import Emulator, EmulatorConfig
-    port = int(sys.argv[1])
-    emu = Emulator(EmulatorConfig(track_rate_limit=None))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it
-    sock.bind(("127.0.0.1", port))
-    uvicorn.Server(uvicorn.Config(emu.app, log_level="warning", access_log=False,
-                                  lifespan="off")).run(sockets=[sock])
-    """
-)
-
-
 @contextlib.contextmanager
-def emulator(*, cli: bool = False) -> Iterator[str]:
-    """The emulator in its own process, Track rate limit off; yields its base URL.
-
-    By default a small launcher serves ``Emulator(...).app`` with uvicorn on a TCP_NODELAY
-    listener (as ``bench/delivery.py`` does); ``cli=True`` runs ``lockgate emulator`` as
-    shipped, whose listener lacks TCP_NODELAY, so every response waits ~40 ms for the client's
-    delayed ACK: that would mostly penalise the one-call-per-row baseline.
-    """
+def emulator() -> Iterator[str]:
+    """``lockgate emulator`` in its own process, Track rate limit off; yields its base URL."""
     port = free_port()
     log = tempfile.TemporaryFile()
-    if cli:
-        args = [str(LOCKGATE), "emulator", "--port", str(port), "--rate-limit", "0"]
-    else:
-        args = [sys.executable, "-c", LAUNCHER, str(port)]
+    args = [str(LOCKGATE), "emulator", "--port", str(port), "--rate-limit", "0"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     EMULATOR_PIDS[url] = proc.pid
@@ -814,11 +788,6 @@ def main() -> None:
     parser.add_argument(
         "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "lockgate-bench-sync"
     )
-    parser.add_argument(
-        "--emulator-cli",
-        action="store_true",
-        help="`lockgate emulator` as shipped (no TCP_NODELAY: ~40 ms per response)",
-    )
     args = parser.parse_args()
     n = args.rows
     work: Path = args.workdir
@@ -839,7 +808,7 @@ def main() -> None:
     )
     r: dict[str, Any] = {"startup": startup_seconds()}
 
-    with emulator(cli=args.emulator_cli) as url:
+    with emulator() as url:
         project = write_project(work / "lockgate", warehouse, url)
         console.print("lockgate full sync ...")
         cpu = emulator_cpu(url)
