@@ -350,11 +350,16 @@ def fast_identify(op: Any, run: IdentifyRun) -> bool:
     is one. ``plain`` tells the store that no attribute needs a special rule (see
     :class:`IdentifyRun`).
     """
-    if type(op) is not dict or op.get("action") != "identify" or op.get("type") != "person":
+    if type(op) is not dict or len(op) != 4:
         return False
-    attrs = op.get("attributes")
-    idents = op.get("identifiers")
-    if len(op) != 4 or type(attrs) is not dict or type(idents) is not dict or len(idents) != 1:
+    try:  # subscripts, not .get(): this runs for every item of every batch
+        if op["action"] != "identify" or op["type"] != "person":
+            return False
+        attrs = op["attributes"]
+        idents = op["identifiers"]
+    except KeyError:
+        return False
+    if type(attrs) is not dict or type(idents) is not dict or len(idents) != 1:
         return False
     ((kind, value),) = idents.items()
     if type(value) is not str or not value:
@@ -389,7 +394,7 @@ def fast_identify(op: Any, run: IdentifyRun) -> bool:
                 return False
             if name != "email" or tv is not str:
                 plain = False
-        elif name.startswith(SUBSCRIPTION_PREFIX):
+        elif SUBSCRIPTION_PREFIX in name:  # anywhere, not only at the start: merely not plain
             plain = False
     bound = _OP_FIXED_JSON + len(attrs) * _ATTR_MAX_JSON + 6 * (long + len(value))
     if bound > L.OP_MAX_BYTES and len(orjson.dumps(op)) > L.OP_MAX_BYTES:
