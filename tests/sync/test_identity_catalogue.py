@@ -735,12 +735,12 @@ def manual_force_merge(w: World) -> None:
         "('include', 'user_id', 'u1', 'user_id', 'u2', 'account re-created')"
     )
     w.sync("users")
-    [merge] = w.emu.merges()
+    # one person: the re-created account's (the most recent `id`) with its own plan, not the
+    # old account's
     [person] = w.emu.people()
-    assert (merge.primary, merge.secondary) == (
-        person.cio_id,
-        ({one.cio_id, two.cio_id} - {person.cio_id}).pop(),
-    )
+    assert (person.cio_id, person.id, person.email) == (two.cio_id, "u2", "new@x.com")
+    assert person.attributes["plan"] == "pro"
+    assert [(m.primary, m.secondary) for m in w.emu.merges()] == [(two.cio_id, one.cio_id)]
     assert w.query("select cause from lockgate.lg_merge_log") == [("forced",)]
 
 
@@ -816,6 +816,7 @@ def test_catalogue_case_in_customerio(
     for step in spec.steps:
         step(world)
     w = world
+    w.people()  # no two people with one `id` or email
     # never an identifier conflict (an identify whose email belongs to someone else)
     assert [a for a in w.emu.activity_log() if "fail" in a.kind or "not found" in a.kind] == []
     merges = [(m.primary, m.secondary) for m in w.emu.merges()]

@@ -19,11 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lockgate.errors import ConfigError, SourceError
 from lockgate.identity import IdentityResult, IdentityState, Resolver, plan_customerio, resolve
 from lockgate.identity.customerio import attribute_names, profile_attributes
+from lockgate.identity.normalize import normalize_column
 from lockgate.project.identity import IdentityConfig, IdentitySourceConfig
 from lockgate.project.loader import Project
 from lockgate.project.models import (
@@ -154,6 +157,7 @@ def key_rows(
     keyed = resolution.resolver.resolve_table(staged, columns)
     graph_attributes: dict[str, str] = {}
     if sync.kind == "people":
+        keyed = one_row_per_person(keyed, sync, columns, resolution.config)
         # what the graph knows goes to every person (Stripe id, contested email, ...); a value
         # that moves to another profile is cleared (`""`) on the person who no longer holds it.
         # A null is skipped, never sent as a clear: only a move clears.
@@ -179,6 +183,76 @@ def key_rows(
     for name, column in graph_attributes.items():
         attributes[name] = FieldConfig(column=column, on_null="skip")
     return sync.model_copy(update={"identify_by": identify_by, "attributes": attributes})
+
+
+def one_row_per_person(
+    keyed: pa.Table, sync: SyncConfig, columns: dict[str, str], config: IdentityConfig
+) -> pa.Table:
+    """When several rows of a people sync resolve to one person, only one sets attributes.
+
+    Two accounts found to be one human (a force-merge, a re-created account) are two rows
+    that now identify the same person; sending both lets whichever arrives last win. The row
+    whose own `id` is the person's `id` wins (else the one whose email is the person's, else
+    the smallest primary key); where another row's attribute value contradicts the winner's,
+    that value is nulled, and nulls are skipped (not sent) unless a field says `on_null: clear`.
+    """
+    # the person a row goes to (a split under review sends several profiles to one person)
+    people = pc.coalesce(
+        pc.binary_join_element_wise("id", keyed["cio_person_id"], pa.scalar("\x1f")),
+        pc.binary_join_element_wise("email", keyed["cio_email"], pa.scalar("\x1f")),
+    ).combine_chunks()
+    counts = pc.value_counts(people.drop_null())
+    shared = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+    if len(shared) == 0:
+        return keyed
+    rank = pa.repeat(pa.scalar(2, pa.int8()), keyed.num_rows)
+    for column, type_name in columns.items():
+        target = config.identifier_types[type_name].customerio
+        if target not in ("id", "email"):
+            continue
+        own = normalize_column(config, type_name, keyed[column]).values
+        person = keyed["cio_person_id" if target == "id" else "cio_email"]
+        hit = pc.fill_null(pc.equal(own, person), False)
+        best = pc.min_element_wise(rank, pa.scalar(0 if target == "id" else 1, pa.int8()))
+        rank = pc.if_else(hit, best, rank)
+    keys = [sync.primary_key] if isinstance(sync.primary_key, str) else sync.primary_key or []
+    order = pa.table(
+        {
+            "person": people,
+            "rank": rank,
+            "pk": pc.binary_join_element_wise(
+                *[pc.cast(keyed[k], pa.string()) for k in keys], pa.scalar("\x1f")
+            )
+            if keys
+            else pa.repeat(pa.scalar(""), keyed.num_rows),
+            "row": pa.array(range(keyed.num_rows), pa.int64()),
+        }
+    ).filter(pc.is_in(people, value_set=shared))
+    order = order.sort_by([("person", "ascending"), ("rank", "ascending"), ("pk", "ascending")])
+    sorted_people = order["person"].to_pylist()
+    # each row of a shared person points at the row that wins for that person
+    winner = np.arange(keyed.num_rows, dtype=np.int64)
+    first = -1
+    for i, row in enumerate(order["row"].to_pylist()):
+        if i == 0 or sorted_people[i] != sorted_people[i - 1]:
+            first = row
+        winner[row] = first
+    lost = winner != np.arange(keyed.num_rows)
+    at_winner = pa.array(winner)
+    for name, spec in sync.attributes.items():
+        column = spec.column or name
+        if spec.value is not None or column not in keyed.column_names:
+            continue
+        data = keyed[column].combine_chunks()
+        # only a value that contradicts the winner's is held back; agreeing or extra ones stay
+        clash = pc.fill_null(pc.not_equal(data, data.take(at_winner)), False)
+        drop = pc.and_(pa.array(lost), clash)
+        keyed = keyed.set_column(
+            keyed.schema.get_field_index(column),
+            column,
+            pc.if_else(drop, pa.nulls(keyed.num_rows, data.type), data),
+        )
+    return keyed
 
 
 def known_people(store: StateStore, project: Project) -> set[tuple[str, str]]:
@@ -274,6 +348,9 @@ def write_tables(project: Project, resolution: Resolution) -> str:
                 hint="another process holds the warehouse file; they are written next run",
             ) from exc
         try:
+            # one transaction: an analyst never reads half of a run's tables (and one commit
+            # costs less than one per table)
+            run_sql(con, "begin transaction")
             run_sql(con, f"create schema if not exists {OUTPUT_SCHEMA}")
             for table_name, data in tables.items():
                 con.register("_identity_table", data)
@@ -290,6 +367,7 @@ def write_tables(project: Project, resolution: Resolution) -> str:
                     )
                     run_sql(con, f"insert into {target} by name select * from _identity_table")
                 con.unregister("_identity_table")
+            run_sql(con, "commit")
         finally:
             con.close()
         return f"{path} (schema {OUTPUT_SCHEMA})"
