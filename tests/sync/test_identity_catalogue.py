@@ -191,7 +191,7 @@ class World:
         return out
 
     def track(self, method: str, path: str, body: dict[str, Any] | None = None) -> None:
-        """Change Customer.io behind Lockgate's back (an export, a deletion), over Track v1."""
+        """Change Customer.io behind Lockgate's back (a duplicate, a deletion), Track API."""
         response = httpx.request(
             method, f"{self.emu.base_url}{path}", json=body, auth=self.emu.track_auth
         )
