@@ -162,13 +162,16 @@ def key_rows(
         # that moves to another profile is cleared (`""`) on the person who no longer holds it.
         # A null is skipped, never sent as a clear: only a move clears.
         by_profile = profile_attributes(resolution.result, resolution.config)
-        pids = keyed["profile_id"].to_pylist()
         for name in attribute_names(resolution.config):
             if name in sync.attributes:
                 continue
+            holders = [(pid, attrs[name]) for pid, attrs in by_profile.items() if name in attrs]
+            at = pc.index_in(
+                keyed["profile_id"], value_set=pa.array([p for p, _ in holders], pa.string())
+            )
+            values = pa.array([str(v) for _, v in holders], pa.string()).take(at)
             column = f"_lg_attr_{name}"
-            values = [by_profile.get(pid, {}).get(name) if pid else None for pid in pids]
-            keyed = keyed.append_column(column, pa.array(values, pa.string()))
+            keyed = keyed.append_column(column, values)
             graph_attributes[name] = column
     con.register("_keyed_model", keyed)
     try:
