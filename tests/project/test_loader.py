@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from lockgate.errors import ConfigError
 from lockgate.project.loader import load_project
+from lockgate.sources import connect
 
 PROJECT = """\
 name: acme
@@ -77,3 +79,24 @@ def test_duplicate_keys_and_unknown_sources_are_errors(tmp_path: Path) -> None:
 def test_invalid_yaml_points_at_the_line(tmp_path: Path) -> None:
     error = error_for(write(tmp_path, sync=SYNC + "  - [unclosed\n"))
     assert error.file == "syncs/profile.yml" and error.line is not None
+
+
+def test_duckdb_memory_limit_must_be_a_size(tmp_path: Path) -> None:
+    bad = PROJECT.replace("path: w.duckdb}", "path: w.duckdb, memory_limit: lots}")
+    error = error_for(write(tmp_path, project=bad))
+    assert error.location == "lockgate.yml:3"
+    assert "`lots` is not a memory size" in error.reason
+
+
+def test_duckdb_memory_limit_reaches_the_source(tmp_path: Path) -> None:
+    duckdb.connect(str(tmp_path / "w.duckdb")).close()
+    good = PROJECT.replace("path: w.duckdb}", "path: w.duckdb, memory_limit: 1GB}")
+    project = load_project(write(tmp_path, project=good))
+    source = connect(project.config.sources["warehouse"], root=project.root, name="warehouse")
+    try:
+        reader = source.read("select current_setting('memory_limit') as m")
+        limit = [row["m"] for batch in reader for row in batch.to_pylist()]
+        reader.close()
+    finally:
+        source.close()
+    assert limit in (["953.6 MiB"], ["1.0 GiB"], ["1000.0 MB"])

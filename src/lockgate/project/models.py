@@ -85,6 +85,16 @@ class DuckDBSourceConfig(StrictModel):
     """Path of the DuckDB database file, relative to the project folder."""
     read_only: bool = True
     """Open the file read-only (syncs never write to the warehouse)."""
+    memory_limit: str = "64MB"
+    """DuckDB buffer pool for reading models. Streaming a table needs little; raise it (e.g.
+    `1GB`) for models whose SQL joins or aggregates large tables. The state engine has its own."""
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_size(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value.strip(), re.I):
+            raise ValueError(f"`{value}` is not a memory size; write it like `64MB` or `1GB`")
+        return value.strip()
 
 
 class PostgresSourceConfig(StrictModel):
