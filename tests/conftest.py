@@ -29,6 +29,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.fast)
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """fakesnow makes a stage folder in /tmp when imported and never removes it."""
+    import sys
+
+    stage = sys.modules.get("fakesnow.transforms.stage")
+    if stage is not None:
+        shutil.rmtree(getattr(stage, "LOCAL_BUCKET_PATH", ""), ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the developer's credentials or Lockgate settings."""

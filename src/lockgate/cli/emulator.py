@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -110,8 +111,10 @@ def emulator(
     emu = Emulator(config)
     sock = bind(host, port)  # bind first so `--port 0` can print the port it got
     port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory(prefix="lockgate-emulator-") as tmp:
-        files = make_tls_files(Path(tmp)) if tls else None
+    # a folder only for TLS files: a plain-HTTP emulator killed by its caller leaves nothing
+    folder = tempfile.TemporaryDirectory(prefix="lockgate-emulator-") if tls else nullcontext(None)
+    with folder as tmp:
+        files = make_tls_files(Path(tmp)) if tmp else None
         scheme = "https" if tls else "http"
         click.echo(f"Customer.io emulator on {scheme}://{host}:{port}", nl=True)
         click.echo(f"  Track:     /api/v1, /api/v2   Basic {site_id}:<api key>")
