@@ -98,3 +98,31 @@ def test_plan_sync_runs_history_end_to_end(
     assert ("customer_profile", "identify", "delivered", 200) in seen
     assert ("product_events", "event", "delivered", 200) in seen
     assert {c["outcome"] for c in calls} == {"delivered"}
+
+
+def test_runs_are_listed_while_a_sync_holds_the_state(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lockgate.state.store import StateStore
+
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    monkeypatch.setenv("CUSTOMERIO_TRACK_URL", customerio_emulator.base_url or "")
+    invoke("init", str(tmp_path))
+    warehouse.build(tmp_path / "warehouse.duckdb", users=50)
+    project = ("--project", str(tmp_path))
+    invoke("sync", "companies", *project, "--json")
+
+    # a second sync is under way: it holds the state database
+    with StateStore.open(tmp_path / ".lockgate") as store:
+        store.start_run("20261123T000000-live", "leads", "people")
+        code, out = invoke("runs", *project, "--json")
+        listed = [(r["sync"], r["status"]) for r in json.loads(out)]
+        assert code == 0 and listed == [("leads", "running"), ("companies", "success")]
+        code, out = invoke("runs", *project)
+        flat = " ".join(out.split())
+        assert "in use by pid" in flat and "leads" in flat and "running" in flat
+        store.finish_run("20261123T000000-live", "success", {"delivered": 3})
+    code, out = invoke("runs", *project, "--json")
+    assert [(r["sync"], r["status"]) for r in json.loads(out)][0] == ("leads", "success")

@@ -12,8 +12,8 @@ import orjson
 
 from lockgate.cli.options import json_option, open_project, project_option
 from lockgate.console import RichConsole
-from lockgate.errors import ConfigError
-from lockgate.state.store import StateStore
+from lockgate.errors import ConfigError, StateError
+from lockgate.state.store import StateStore, read_runs_log
 from lockgate.sync.run import KIND_ORDER, RunReport, plan_sync, run_sync
 
 
@@ -187,12 +187,23 @@ def sync(
 def runs(project_path: Path, as_json: bool, sync_name: str | None, limit: int) -> None:
     """List recent runs with their counts and outcome."""
     project = open_project(project_path)
-    with StateStore.open(project.state_dir) as store:
-        rows = store.runs(sync=sync_name, limit=limit)
+    busy = None
+    try:
+        with StateStore.open(project.state_dir) as store:
+            rows = store.runs(sync=sync_name, limit=limit)
+    except StateError as exc:
+        if "in use" not in exc.reason:
+            raise
+        # a sync holds the state: list the runs from the log it keeps beside it
+        busy = exc.reason
+        rows = read_runs_log(project.state_dir, sync=sync_name, limit=limit)
     if as_json:
         _print_json([dataclasses.asdict(r) for r in rows])
         return
-    RichConsole().table(
+    console = RichConsole()
+    if busy:
+        console.info(f"{busy}: runs as of its start (runs.json)")
+    console.table(
         "runs",
         ["run", "sync", "started", "status", "sent", "delivered", "rejected", "dead-lettered"],
         [

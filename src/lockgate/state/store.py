@@ -111,6 +111,34 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None =
     return con.execute(sql, params).fetchall()
 
 
+RUNS_LOG = "runs.json"
+RUNS_LOG_SIZE = 200
+"""`runs.json` keeps this many of the latest runs."""
+
+
+def read_runs_log(state_dir: Path, *, sync: str | None = None, limit: int = 20) -> list[RunRow]:
+    """The runs as of the last start or finish of a run, from `runs.json` (no lock needed)."""
+    try:
+        doc = orjson.loads((state_dir / RUNS_LOG).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return []
+    rows = [
+        RunRow(
+            d["run_id"],
+            d["sync"],
+            d["kind"],
+            datetime.fromisoformat(d["started_at"]),
+            datetime.fromisoformat(d["finished_at"]) if d["finished_at"] else None,
+            d["status"],
+            d["counts"],
+            d["error"],
+        )
+        for d in doc
+        if sync is None or d["sync"] == sync
+    ]
+    return rows[:limit]
+
+
 def table(name: str, sync: str) -> str:
     """The quoted per-sync table name, e.g. ``"snap__customer_profile"``."""
     return f'"{name}__{sync}"'
@@ -374,6 +402,7 @@ class StateStore:
             "insert into runs values (?, ?, ?, ?, null, 'running', '{}', null)",
             [run_id, sync, kind, datetime.now(UTC)],
         )
+        self._write_runs_log()
 
     def finish_run(
         self, run_id: str, status: str, counts: dict[str, Any], error: str | None = None
@@ -382,6 +411,29 @@ class StateStore:
             "update runs set finished_at = ?, status = ?, counts = ?, error = ? where run_id = ?",
             [datetime.now(UTC), status, orjson.dumps(counts).decode(), error, run_id],
         )
+        self._write_runs_log()
+
+    def _write_runs_log(self) -> None:
+        """Copy the latest runs to `runs.json` beside the database (atomically), so
+        `lockgate runs` can list them while a sync holds the state."""
+        rows = self.runs(limit=RUNS_LOG_SIZE)
+        doc = [
+            {
+                "run_id": r.run_id,
+                "sync": r.sync,
+                "kind": r.kind,
+                "started_at": r.started_at.isoformat(),
+                "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+                "status": r.status,
+                "counts": r.counts,
+                "error": r.error,
+            }
+            for r in rows
+        ]
+        target = self.path.with_name(RUNS_LOG)
+        tmp = target.with_suffix(".json.tmp")
+        tmp.write_bytes(orjson.dumps(doc))
+        os.replace(tmp, target)
 
     def mark_crashed_runs(self, sync: str) -> int:
         """Runs of this sync still `running` were cut off (the lock proves none is alive)."""
