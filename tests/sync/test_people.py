@@ -51,6 +51,9 @@ def test_rows_become_profiles_with_typed_attributes(project_factory: ProjectFact
 
     assert report.status == "success"
     assert report.delivered == 3
+    # the report counts what was sent: 7 for ada, 6 for grace (her null promo is a clear),
+    # 4 for linus (his nulls are left out)
+    assert (report.changes.attributes_set, report.changes.attributes_cleared) == (17, 1)
     ada = emu.person(id="1")
     assert ada is not None
     assert ada.email == "ada@example.com"

@@ -173,6 +173,9 @@ class Fields:
     checks: list[str] = field(default_factory=list)
     cleared: list[str] = field(default_factory=list)  # expressions true when a field is cleared
     columns: list[str] = field(default_factory=list)
+    # fragment index -> a cheap SQL test of "this fragment is not null", so counting the
+    # attributes set does not build every fragment's JSON a second time (1.7 s at 1M rows)
+    present: dict[int, str] = field(default_factory=dict)
 
     def add(
         self,
@@ -182,9 +185,15 @@ class Fields:
         columns: dict[str, str],
         default_on_null: str,
     ) -> None:
+        before = len(self.computed)
         fragment, checks, column, cleared = field_fragment(
             sync, name, spec, columns, default_on_null, self.computed
         )
+        value = q(self.computed[-1][0]) if len(self.computed) > before else None
+        if value is None or not fragment.startswith(f"case when {value} is null then null "):
+            self.present[len(self.fragments)] = "true"  # a constant, a default or a clear
+        else:
+            self.present[len(self.fragments)] = f"{value} is not null"
         self.fragments.append(fragment)
         self.checks.extend(checks)
         if cleared:
@@ -198,7 +207,13 @@ class Fields:
         return f"(select *, rowid as __rid{extra} from model)"
 
     def n_set(self) -> str:
-        return " + ".join(f"({f} is not null)::int" for f in self.fragments) or "0"
+        return (
+            " + ".join(
+                f"({self.present.get(i) or f + ' is not null'})::int"
+                for i, f in enumerate(self.fragments)
+            )
+            or "0"
+        )
 
     def n_cleared(self) -> str:
         return " + ".join(f"({c})::int" for c in self.cleared) or "0"
@@ -340,9 +355,11 @@ def compile_people(sync: SyncConfig, columns: dict[str, str], default_on_null: s
     fields = Fields()
     identifiers, ident, checks = identifier_sql(sync, columns, fields)
     if sync.effective_mode == "update":
+        fields.present[len(fields.fragments)] = "true"
         fields.fragments.append("'\"_update\":true'")
     email_col = next((c for t, c in sync.identify_by.items() if t == "email"), None)
     if email_col and "email" not in sync.attributes:
+        fields.present[len(fields.fragments)] = '"__id_email" is not null'
         fields.fragments.append(
             'case when "__id_email" is null then null '
             'else \'"email":\' || to_json("__id_email") end'
