@@ -5,6 +5,7 @@ answers and the resulting workspaces must be identical."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from typing import Any
 
@@ -91,6 +92,9 @@ ROUNDS: list[list[Any]] = [
     ],
     [
         ident("1", email="one@X.com", plan="free"),  # same email, other case
+        ident("40", email="forty@x.com"),
+        ident("40", email="forty-new@x.com", plan="moved"),  # a free email by a known id
+        by_email("forty-new@x.com", seen=True),
         ident("4", email="one@x.com"),  # someone else's email
         ident("2", email="new-two@x.com"),  # a new email by id
         ident("33", email="five@X.com"),  # a new id with a known email
@@ -121,6 +125,33 @@ def _entity_answers(client: httpx.Client, ops: list[Any]) -> tuple[int, dict[str
             assert r.status_code == 400, r.text
             errors.extend({"batch_index": i, **e} for e in r.json()["errors"])
     return (207, {"errors": errors}) if errors else (200, {})
+
+
+def _identifiers(ops: list[Any]) -> set[tuple[str, str]]:
+    """Every non-empty string ``id``/``email`` anywhere in the operations."""
+    found: set[tuple[str, str]] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k in ("id", "email") and isinstance(v, str) and v:
+                    found.add((k, v))
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(ops)
+    return found
+
+
+def _lookups(emu: Emulator, idents: set[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+    """Whom each identifier finds now (catches a stale index that the snapshots do not show)."""
+    out = {}
+    for kind, value in sorted(idents):
+        p = emu.person(**{kind: value})
+        out[(kind, value)] = p.cio_id if p else None
+    return out
 
 
 def _workspace(emu: Emulator) -> dict[str, Any]:
@@ -154,10 +185,12 @@ def test_a_batch_answers_and_applies_like_each_op_sent_alone(config: EmulatorCon
         batched.client(auth=batched.track_auth) as bc,
         alone.client(auth=alone.track_auth) as ac,
     ):
+        idents = _identifiers(ROUNDS)
         for ops in ROUNDS:
             r = bc.post("/api/v2/batch", json={"batch": ops})
             assert (r.status_code, r.json()) == _entity_answers(ac, ops)
             assert _workspace(batched) == _workspace(alone)
+            assert _lookups(batched, idents) == _lookups(alone, idents)
     assert len(batched.people()) > 300
 
 
@@ -194,3 +227,46 @@ def test_every_accepted_record_is_visible_to_the_next_read(emu: Emulator) -> Non
     assert len(people) == 2500
     last = emu.person(email="U2499@x.com")
     assert last is not None and last.attributes == {"n": 2499}
+
+
+def _random_ops(rng: random.Random, count: int) -> list[Any]:
+    """Seeded mixes of plain and unusual operations on a small pool of people."""
+    ids = [f"p{i}" for i in range(12)] + ["x" * 37, "y" * 38, "é" * 40]
+    emails = [f"{n}@x.com" for n in ("a", "B", "b", "c")] + ["A@x.com", ""]
+    names = ["plan", "score", "n" * 37, "o" * 38, "ø" * 40, "created_at", "unsubscribed"]
+    names += ["cio_subscription_preferences.topics.t1", "_update", "phone", "id", "email"]
+    values: list[Any] = [None, "", "v", 0, 1, -5, 2.5, True, False, 1_700_000_000]
+    values += ["s" * 251, "é" * 251, "😀" * 250, {"nested": 1}, [1]]
+    ops: list[Any] = []
+    for _ in range(count):
+        roll = rng.random()
+        if roll < 0.06:
+            action = rng.choice(["suppress", "unsuppress", "delete"])
+            ops.append(person_op(action, {"id": rng.choice(ids)}))
+            continue
+        if roll < 0.1:
+            ops.append(person_op("event", {"id": rng.choice(ids)}, name="e"))
+            continue
+        ident = {"email": rng.choice(emails)} if roll < 0.25 else {"id": rng.choice(ids)}
+        attrs = {rng.choice(names): rng.choice(values) for _ in range(rng.randint(0, 4))}
+        if rng.random() < 0.5:
+            attrs["email"] = rng.choice(emails)
+        ops.append(person_op("identify", ident, attributes=attrs))
+    return ops
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_seeded_random_batches_answer_and_apply_like_each_op_sent_alone(seed: int) -> None:
+    rng = random.Random(seed)
+    batched, alone = Emulator(), Emulator()
+    with (
+        batched.client(auth=batched.track_auth) as bc,
+        alone.client(auth=alone.track_auth) as ac,
+    ):
+        for _ in range(3):
+            ops = _random_ops(rng, 120)
+            r = bc.post("/api/v2/batch", json={"batch": ops})
+            assert (r.status_code, r.json()) == _entity_answers(ac, ops)
+            assert _workspace(batched) == _workspace(alone)
+            idents = _identifiers(ops)
+            assert _lookups(batched, idents) == _lookups(alone, idents)
