@@ -239,7 +239,7 @@ def happy_path_anon_trial_paid(w: World) -> None:
           ('ev1', 'a1', null, 'Pricing Viewed', now() - interval 2 hour);
         """
     )
-    w.sync("users", "activity")
+    w.sync("activity")
     assert w.emu.people() == [] and w.emu.events() == []  # nobody known yet
     w.sql(
         """
