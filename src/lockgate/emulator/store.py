@@ -367,8 +367,11 @@ class Store:
                     continue
                 email = attrs.get("email")
                 cio = by_id.get(value)
-                key = email.lower() if email is not None else None
-                owner = by_email.get(key) if key is not None else None
+                if email is None:
+                    key = owner = None
+                else:  # (islower() implies lower() would return an equal string)
+                    key = email if email.islower() else email.lower()
+                    owner = by_email.get(key)
                 if cio is None:
                     if owner is not None:  # found by email: gains the id, by the full rules
                         self.identify((kind, value), attrs, source=source)
@@ -381,13 +384,16 @@ class Store:
                     if key is not None:
                         p.email = email
                         by_email[key] = cio
-                else:
-                    if email is not None and owner != cio:  # a new or another's email
-                        self.identify((kind, value), attrs, source=source)
-                        continue
-                    p = people[cio]
-                    if email is not None and p.email != email:
-                        p.email = email  # the same address in another case
+                        del attrs["email"]  # an identifier, never an attribute
+                    p.attrs = attrs  # the parsed dict itself: nothing else holds it
+                    applied += 1
+                    continue
+                if email is not None and owner != cio:  # a new or another's email
+                    self.identify((kind, value), attrs, source=source)
+                    continue
+                p = people[cio]
+                if email is not None and p.email != email:
+                    p.email = email  # the same address in another case
                 p.attrs.update(attrs)
                 if email is not None:
                     del p.attrs["email"]  # an identifier, never an attribute
