@@ -212,3 +212,24 @@ def test_sql_error_in_the_model_names_the_sync(project_factory: ProjectFactory) 
     message = str(caught.value)
     assert "step `extract`" in message and "userz" in message
     assert project_factory.emulator.people() == []
+
+
+def test_a_key_that_becomes_repeated_is_rejected_not_sent(project_factory: ProjectFactory) -> None:
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE})
+    run_sync(project, "profile", console=NullConsole())
+
+    # user 1 now appears twice, identical; user 2 twice, one copy unchanged, one not
+    project_factory.sql(
+        """
+        insert into users select * from users where user_id = 1;
+        insert into users select user_id, email, 'enterprise', mrr, vip, signed_up_at, renews_on,
+                                 promo from users where user_id = 2;
+        """
+    )
+    second = run_sync(project, "profile", console=NullConsole())
+    reasons = dict(second.changes.rejected_samples)
+    assert "appears 2 times" in reasons["1"] and "appears 2 times" in reasons["2"]
+    assert second.changes.rejected == 4 and second.changes.to_send == 0
+    grace = project_factory.emulator.person(id="2")
+    assert grace is not None and grace.attributes["plan"] == "free"

@@ -271,13 +271,17 @@ def diff_records(
         con,
         f"create or replace temp table keyed as select __rid, k, src_h from ({compiled.select})",
     )
+    # to map: every row whose (key, hash) is not in the snapshot, plus the rows of repeated
+    # keys that are (all copies of a repeated key are rejected below); the two are disjoint
     run_sql(
         con,
         f"""
         create or replace temp table todo as
-        select __rid from keyed
-        where k in (select k from keyed group by k having count(*) > 1)
-           or k not in (select s.k from {snap} s join keyed using (k) where s.h = keyed.src_h)
+        select __rid from keyed m anti join {snap} s on s.k = m.k and s.h = m.src_h
+        union all
+        select __rid from keyed m
+        semi join (select k from keyed group by k having count(*) > 1) d on d.k = m.k
+        semi join {snap} s on s.k = m.k and s.h = m.src_h
         """,
     )
     total = int(_one(con, "select count(*) from keyed") or 0)
