@@ -18,6 +18,19 @@ def invoke(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def demo_project(
+    root: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch, **build: int
+) -> tuple[str, str]:
+    """`lockgate init` with the demo warehouse, pointed at the emulator: the `--project` args."""
+    site, key = emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    monkeypatch.setenv("CUSTOMERIO_TRACK_URL", emulator.base_url or "")
+    invoke("init", str(root))
+    warehouse.build(root / "warehouse.duckdb", **build)
+    return ("--project", str(root))
+
+
 def test_init_then_validate(tmp_path: Path) -> None:
     code, out = invoke("init", str(tmp_path / "p"))
     assert code == 0 and "lockgate.yml" in out
@@ -55,13 +68,7 @@ def test_validate_error_exits_non_zero_with_file_and_line(
 def test_plan_sync_runs_history_end_to_end(
     tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    site, key = customerio_emulator.track_auth
-    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
-    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
-    monkeypatch.setenv("CUSTOMERIO_TRACK_URL", customerio_emulator.base_url or "")
-    invoke("init", str(tmp_path))
-    warehouse.build(tmp_path / "warehouse.duckdb")
-    project = ("--project", str(tmp_path))
+    project = demo_project(tmp_path, customerio_emulator, monkeypatch)
 
     code, out = invoke("plan", "customer_profile", *project, "--json")
     plan = json.loads(out)
@@ -105,13 +112,7 @@ def test_runs_are_listed_while_a_sync_holds_the_state(
 ) -> None:
     from lockgate.state.store import StateStore
 
-    site, key = customerio_emulator.track_auth
-    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
-    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
-    monkeypatch.setenv("CUSTOMERIO_TRACK_URL", customerio_emulator.base_url or "")
-    invoke("init", str(tmp_path))
-    warehouse.build(tmp_path / "warehouse.duckdb", users=50)
-    project = ("--project", str(tmp_path))
+    project = demo_project(tmp_path, customerio_emulator, monkeypatch, users=50)
     invoke("sync", "companies", *project, "--json")
 
     # a second sync is under way: it holds the state database
