@@ -11,9 +11,11 @@ A person reference is a ``(kind, value)`` pair with kind ``id | email | phone | 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from lockgate.emulator.config import EmulatorConfig
@@ -123,6 +125,17 @@ class _FlushingLock:
         self._store = store
         self._flushing = False
 
+    @contextlib.contextmanager
+    def without_applying(self) -> Iterator[None]:
+        """Hold the lock without applying the queue on entry, nor in nested entries (for
+        applying part of the queue)."""
+        with self._lock:
+            flushing, self._flushing = self._flushing, True
+            try:
+                yield
+            finally:
+                self._flushing = flushing
+
     def __enter__(self) -> _FlushingLock:
         self._lock.acquire()
         if self._store._pending and not self._flushing:
@@ -137,8 +150,13 @@ class _FlushingLock:
         self._lock.release()
 
 
-#: Deferred operations beyond this count are applied at once (bounds memory).
-MAX_PENDING = 100_000
+#: Deferred operations beyond this count are applied at once: back-pressure, bounding how much
+#: waits and how long a read may have to wait for it (about 10 s per million on a slow core).
+MAX_PENDING = 2_000_000
+#: With no new batch for this long, the queue is applied in the background, a slice at a time.
+IDLE_SECONDS = 0.2
+IDLE_SLICE_SECONDS = 0.02
+"""How long one background slice may hold the store (a request arriving waits at most that)."""
 
 
 class Store:
@@ -149,6 +167,8 @@ class Store:
         self._pending: list[Callable[[Store], None]] = []
         self._pending_ops = 0
         self._pending_lock = threading.Lock()
+        self._last_defer = 0.0
+        self._idle_scheduled = False
         self.apply_seconds = 0.0
         self.lock = _FlushingLock(self)
         self.reset()
@@ -163,9 +183,62 @@ class Store:
             self._pending.extend(appliers)
             self._pending_ops += operations
             full = self._pending_ops >= MAX_PENDING
+            self._last_defer = time.monotonic()
         if full:
             with self.lock:
                 pass
+        else:
+            self._schedule_idle_apply()
+
+    def _schedule_idle_apply(self) -> None:
+        """Apply the queue once batches stop arriving, as Customer.io processes accepted
+        requests after answering them; under a steady stream it waits for a read or the bound."""
+        if self._idle_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside an event loop: the next reader applies it
+            return
+        self._idle_scheduled = True
+        loop.call_later(IDLE_SECONDS, self._idle_apply, loop)
+
+    def _idle_apply(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._idle_scheduled = False
+        if not self._pending:
+            return
+        if time.monotonic() - self._last_defer < IDLE_SECONDS:  # still busy: look again later
+            self._idle_scheduled = True
+            loop.call_later(IDLE_SECONDS, self._idle_apply, loop)
+            return
+        # the bare lock (taking `self.lock` would apply everything at once): a slice, so a
+        # request arriving meanwhile waits for one slice at most
+        with self.lock.without_applying():
+            if self._apply_slice():
+                self._idle_scheduled = True
+                loop.call_soon(self._idle_apply, loop)
+
+    def _apply_slice(self) -> bool:
+        """Apply the oldest queued operations for about IDLE_SLICE_SECONDS; True when more
+        are waiting. Runs on the event loop with the store lock held, so nothing is queued
+        meanwhile."""
+        started = time.perf_counter()
+        deadline = started + IDLE_SLICE_SECONDS
+        with self._pending_lock:
+            queue = self._pending
+        done = 0
+        with gc_paused():
+            for apply in queue:
+                apply(self)
+                done += 1
+                if time.perf_counter() > deadline:
+                    break
+        with self._pending_lock:
+            del self._pending[:done]
+            more = bool(self._pending)
+            if not more:
+                self._pending_ops = 0
+        self.apply_seconds += time.perf_counter() - started
+        return more
 
     def _drain(self) -> None:
         with gc_paused():
