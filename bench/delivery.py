@@ -304,13 +304,15 @@ def main() -> None:
             print(
                 f"(a) raw ceiling     {raw_s:8.2f} s  {raw_rps:>12,.0f} records/s  "
                 f"(emulator ingested {raw_emu['records_ingested']:,}; its own ingest rate "
-                f"{raw_emu['ingest_records_per_s']:,.0f} records/s; emulator process CPU "
+                f"{raw_emu['ingest_records_per_s']:,.0f} records/s, answering "
+                f"{raw_emu.get('accept_records_per_s', 0):,.0f} records/s; emulator process CPU "
                 f"{raw_cpu / n * 1e6:.1f} us/record)"
             )
             print(
                 f"(b) lockgate client {client_s:8.2f} s  {client_rps:>12,.0f} records/s  "
                 f"(emulator ingested {client_emu['records_ingested']:,} at "
-                f"{client_emu['ingest_records_per_s']:,.0f} records/s, CPU "
+                f"{client_emu['ingest_records_per_s']:,.0f} records/s, answering "
+                f"{client_emu.get('accept_records_per_s', 0):,.0f} records/s, CPU "
                 f"{client_cpu / n * 1e6:.1f} us/record; {stats.requests} requests, "
                 f"{stats.retries} retries; delivered {outcomes[Outcome.DELIVERED]:,}, "
                 f"rejected {outcomes[Outcome.REJECTED]}, dead {outcomes[Outcome.DEAD_LETTER]})"

@@ -40,4 +40,7 @@ def test_reads_during_background_apply_see_every_accepted_record() -> None:
     assert len(first) == 15_000 and len(again) == 15_000
     assert {p.attributes["plan"] for p in first} == {"pro"}
     assert sorted(p.attributes["n"] for p in again) == list(range(15_000))
-    assert emu.stats.records_ingested == 30_000
+    stats = emu.stats
+    assert stats.records_ingested == 30_000
+    # answering leaves out applying, so the emulator answers faster than it ingests end to end
+    assert stats.accept_records_per_s >= stats.ingest_records_per_s > 0
