@@ -7,6 +7,7 @@ retries) falls back to per-record results. The user-visible outcome must not dep
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,3 +89,39 @@ def test_event_ids_are_the_same_whichever_path_builds_them() -> None:
     lo = rng.integers(0, 2**63, 500, dtype=np.uint64)
     hi = rng.integers(0, 2**63, 500, dtype=np.uint64)
     assert [s.encode() for s in _ulid_array(ts, lo, hi).to_pylist()] == event_ulids(ts, lo, hi)
+
+
+def test_a_record_without_a_payload_is_refused_and_the_rest_delivered(tmp_path: Path) -> None:
+    from lockgate.destinations.customerio import CustomerIOClient, CustomerIOSettings
+    from lockgate.sync.commit import Committer
+    from lockgate.sync.deliver import deliver
+
+    emu = Emulator()
+    site_id, api_key = emu.track_auth
+    client = CustomerIOClient(
+        CustomerIOSettings(site_id=site_id, api_key=api_key, track_url="http://emulator"),
+        transport=emu.async_transport(),
+    )
+    with StateStore.open(tmp_path) as store:
+        store.ensure_sync_tables("people")
+        store.exec_sql(
+            """
+            create temp table changes as
+            select i::varchar as k,
+                   case when i = 2 then null else
+                   '{"type":"person","action":"identify","identifiers":{"id":"' || i || '"}}'
+                   end as op,
+                   i::ubigint as h, '{"id":"' || i || '"}' as ident, false as removed
+            from range(5) t(i)
+            """
+        )
+        committer = Committer(store.writer(), sync="people", run_id="r1", kind="people")
+        deliver(store.con, client, kind="people", committer=committer, advance=lambda n: None)
+        counts = committer.counts
+        store.fold_journal("people")
+        remembered = {k for (k,) in store.exec_sql('select k from "snap__people"')}
+
+    assert (counts.delivered, counts.rejected) == (4, 1)
+    assert counts.failures[0][0] == "2" and "no payload" in counts.failures[0][2]
+    assert sorted(p.id for p in emu.people()) == ["0", "1", "3", "4"]
+    assert remembered == {"0", "1", "3", "4"}  # the refused one is tried again next run

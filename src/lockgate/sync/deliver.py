@@ -150,6 +150,11 @@ def _action_sql(kind: str) -> str:
     )
 
 
+NO_PAYLOAD = (
+    "no payload could be built for this record, so it was not sent (a Lockgate bug: please "
+    "report it with the sync's config); it is tried again next run"
+)
+
 META = ("k", "h", "ident", "removed", "action")
 """The columns the committer keeps of each delivered row."""
 
@@ -186,18 +191,25 @@ def _packed_batches(
         ]
         lengths = np.diff(offsets) - 1  # without the trailing comma
         meta = pa.RecordBatch.from_arrays([batch.column(i) for i in range(5)], names=list(META))
-        oversize = lengths > MAX_OP_BYTES
-        if oversize.any():
-            where = np.flatnonzero(oversize)
+        missing = ops.is_null().to_numpy(zero_copy_only=False)
+        refused = (lengths > MAX_OP_BYTES) | missing
+        if refused.any():
+            where = np.flatnonzero(refused)
             keys = meta.column(0).take(pa.array(where)).to_pylist()
             yield _Refused(
                 [
-                    Result(key, Outcome.REJECTED, None, oversize_reason(int(lengths[i])), 0)
+                    Result(
+                        key,
+                        Outcome.REJECTED,
+                        None,
+                        NO_PAYLOAD if missing[i] else oversize_reason(int(lengths[i])),
+                        0,
+                    )
                     for key, i in zip(keys, where, strict=True)
                 ],
                 _pending(meta.take(pa.array(where))),
             )
-            keep = pa.array(~oversize)
+            keep = pa.array(~refused)
             meta, ops = meta.filter(keep), ops.filter(keep)
             offsets = np.frombuffer(ops.buffers()[1], dtype=np.int64)[
                 ops.offset : ops.offset + len(ops) + 1
