@@ -128,7 +128,9 @@ def test_server_errors_are_retried_and_every_record_arrives_once() -> None:
         keys = [f"u{n + j}" for j in range(size)]
         batches.append(packed(keys, [identify(n + j) for j in range(size)]))
         n += size
-    out = deliver(client_for(emu, max_retries=20), batches)
+    client = client_for(emu, max_retries=20)
+    out = deliver(client, batches)
+    assert client.stats.retries > 0  # faults were injected and retried
     for _, status, results in out:  # type: ignore[misc]
         assert results is None and status == 200
     delivered = sum(b.size for b, _, _ in out)  # type: ignore[misc]

@@ -139,12 +139,7 @@ class Committer:
             self.counts.failed_keys.update(group_keys)
             for key in group_keys[: max(0, 20 - len(self.counts.failures))]:
                 self.counts.failures.append((key, outcome, reason or "no reason given"))
-        self._buffered += len(results)
-        if (
-            self._buffered >= self.flush_records
-            or time.monotonic() - self._last_flush >= self.flush_seconds
-        ):
-            self.flush()
+        self._buffered_more(len(results))
 
     def add_delivered(self, meta: pa.RecordBatch, status: int) -> None:
         """A batch the destination accepted whole: columns ``k, h, ident, removed, action``.
@@ -153,7 +148,11 @@ class Committer:
         object per row."""
         self._delivered.append((meta, status, datetime.now(UTC)))
         self.counts.delivered += meta.num_rows
-        self._buffered += meta.num_rows
+        self._buffered_more(meta.num_rows)
+
+    def _buffered_more(self, n: int) -> None:
+        """Count ``n`` more buffered records; flush at the record or time bound."""
+        self._buffered += n
         if (
             self._buffered >= self.flush_records
             or time.monotonic() - self._last_flush >= self.flush_seconds

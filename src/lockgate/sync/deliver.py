@@ -186,10 +186,7 @@ def _packed_batches(
         else:
             ops = batch.column(5)
         ops = ops.cast(pa.large_string())
-        offsets = np.frombuffer(ops.buffers()[1], dtype=np.int64)[
-            ops.offset : ops.offset + len(ops) + 1
-        ]
-        lengths = np.diff(offsets) - 1  # without the trailing comma
+        offsets, lengths = _offsets(ops)
         meta = pa.RecordBatch.from_arrays([batch.column(i) for i in range(5)], names=list(META))
         missing = ops.is_null().to_numpy(zero_copy_only=False)
         refused = (lengths > MAX_OP_BYTES) | missing
@@ -211,10 +208,7 @@ def _packed_batches(
             )
             keep = pa.array(~refused)
             meta, ops = meta.filter(keep), ops.filter(keep)
-            offsets = np.frombuffer(ops.buffers()[1], dtype=np.int64)[
-                ops.offset : ops.offset + len(ops) + 1
-            ]
-            lengths = np.diff(offsets) - 1
+            offsets, lengths = _offsets(ops)
         data = memoryview(ops.buffers()[2]) if len(ops) else memoryview(b"")
         bounds = pack_ranges(lengths, max_bytes=max_bytes, max_ops=max_ops)
         for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
@@ -225,6 +219,14 @@ def _packed_batches(
                 _unpacker(part[0], part[1]),
                 part,
             )
+
+
+def _offsets(ops: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Where each operation starts in a large_string array's data buffer (n + 1 offsets), and
+    each one's length without its trailing comma."""
+    start = ops.offset
+    offsets = np.frombuffer(ops.buffers()[1], dtype=np.int64)[start : start + len(ops) + 1]
+    return offsets, np.diff(offsets) - 1
 
 
 class _Refused(list[Result]):

@@ -55,6 +55,8 @@ SPLIT_STATUSES = frozenset({400, 413, 422})
 """Whole-batch rejections worth splitting: some record in the batch is bad."""
 AUTH_STATUSES = frozenset({401, 403})
 URL_STATUSES = frozenset({404, 405})
+ACCEPTED_WHOLE = frozenset(range(200, 300)) - {207}
+"""Answers that accept every operation of a batch (207 names the ones it refused)."""
 FEED_CHUNK = 4096
 """Records taken from a synchronous iterable per packing step."""
 
@@ -256,18 +258,17 @@ class CustomerIOClient:
         ) -> tuple[PackedBatch, int, list[Result] | None]:
             answer = await self._post(packed.body)
             status = answer.status
-            if answer.error is None and status is not None and 200 <= status < 300:
-                if status != 207:
-                    self.stats.delivered += packed.size
-                    return packed, status, None
+            if answer.error is None and status is not None and status in ACCEPTED_WHOLE:
+                self.stats.delivered += packed.size
+                return packed, status, None
             return packed, status or 0, await self._answered(packed.unpack(), answer, 0)
 
-        async for item in self._in_flight(aiter(batches), run):
+        async for item in self._in_flight(batches, run):
             yield item
 
     async def _in_flight(
         self,
-        jobs: AsyncIterator[Any] | AsyncIterable[Any],
+        jobs: AsyncIterable[Any],
         run: Callable[[Any], Awaitable[Any]],
     ) -> AsyncIterator[Any]:
         """Run ``run(job)`` for each job with at most ``concurrency`` in flight, yielding each
