@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -124,11 +125,20 @@ class DuckDBSource:
 
     # ------------------------------------------------------------------ reading
 
-    def read(self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
-        """Stream the result in batches of at most ``batch_rows`` rows."""
+    def read(
+        self,
+        sql: str,
+        *,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+        tables: Mapping[str, pa.Table] | None = None,
+    ) -> pa.RecordBatchReader:
+        """Stream the result in batches of at most ``batch_rows`` rows. ``tables`` are Arrow
+        tables the query may read by name (visible to this read only)."""
         check_batch_rows(batch_rows)
         cursor = self._conn.cursor()
         try:
+            for name, arrow in (tables or {}).items():
+                cursor.register(name, arrow)
             relation = cursor.sql(sql)
             if relation is None:
                 raise SourceError(
@@ -171,6 +181,10 @@ class DuckDBSource:
             raise query_error(self.who, sql, exc) from exc
         finally:
             cursor.close()
+
+    def column_types(self, sql: str) -> dict[str, str]:
+        """The result's columns and their DuckDB type names (as `describe` gives them)."""
+        return {row[0]: row[1] for row in self._rows(f"describe {sql}")}
 
     # ------------------------------------------------------------------ catalog
 

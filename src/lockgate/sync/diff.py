@@ -20,6 +20,7 @@ import orjson
 
 from lockgate.project.models import SyncConfig
 from lockgate.state.store import run_sql, table
+from lockgate.sync.extract import InPlace
 from lockgate.sync.mapping import Compiled, json_key, lit
 
 
@@ -261,32 +262,51 @@ def diff_records(
     people_snaps: list[str] | None = None,
     relationship_snaps: list[str] | None = None,
     now: int = 0,
+    in_place: InPlace | None = None,
 ) -> ChangeSet:
-    """Diff a people, objects or relationships sync against its snapshot."""
+    """Diff a people, objects or relationships sync against its snapshot.
+
+    With ``in_place``, the temp table ``keyed`` was built in the source (:meth:`InPlace.key`)
+    and ``model`` is filled here with only the rows to map."""
     snap = table("snap", sync.name)
     # Stage 1, cheap: each row's key and the hash of the columns its payload is built from
     # (DuckDB computes only those two expressions of the mapping). Rows whose key and hash
     # match the snapshot are unchanged; only the others are mapped into payloads.
-    run_sql(
-        con,
-        f"create or replace temp table keyed as select __rid, k, src_h from ({compiled.select})",
-    )
+    if in_place is None:
+        run_sql(
+            con,
+            "create or replace temp table keyed as "
+            f"select __rid, k, src_h from ({compiled.select})",
+        )
     # to map: every row whose (key, hash) is not in the snapshot, plus the rows of repeated
     # keys that are (all copies of a repeated key are rejected below); the two are disjoint
     run_sql(
         con,
         f"""
         create or replace temp table todo as
-        select __rid from keyed m anti join {snap} s on s.k = m.k and s.h = m.src_h
+        select __rid, k, src_h from keyed m anti join {snap} s on s.k = m.k and s.h = m.src_h
         union all
-        select __rid from keyed m
+        select __rid, k, src_h from keyed m
         semi join (select k from keyed group by k having count(*) > 1) d on d.k = m.k
         semi join {snap} s on s.k = m.k and s.h = m.src_h
         """,
     )
     total = int(_one(con, "select count(*) from keyed") or 0)
     todo = int(_one(con, "select count(*) from todo") or 0)
-    if todo < total:
+    if in_place is not None and in_place.stage_todo(con, compiled) != todo:
+        # an unchanged row whose hash equals a changed row's came along: keep the todo rows
+        run_sql(
+            con,
+            f"""
+            create or replace temp table model_todo as
+            select * from model where rowid in (
+                select c.__rid from ({compiled.select}) c
+                semi join todo t on t.k = c.k and t.src_h = c.src_h);
+            drop table model;
+            alter table model_todo rename to model;
+            """,
+        )
+    elif in_place is None and todo < total:
         run_sql(
             con,
             """

@@ -77,6 +77,19 @@ class Compiled:
 
     select: str
     columns_used: tuple[str, ...]
+    #: the SELECT list of ``select`` without its FROM (people, objects, relationships), and the
+    #: coerced-value columns its inner relation adds: enough to run the mapping's ``k`` and
+    #: ``src_h`` over another relation (:meth:`keyed_select`)
+    head: str = ""
+    computed: str = ""
+    src_h: str = ""
+
+    def keyed_select(self, relation: str) -> str:
+        """SQL for ``k`` and ``src_h`` of every row of ``relation`` (a relation with the
+        model's columns), as this mapping computes them; DuckDB evaluates only those two."""
+        assert self.head, "only people, objects and relationships mappings key rows"
+        inner = f"(select *, null::bigint as __rid{self.computed} from {relation})"
+        return f"select k, src_h from ({self.head}{inner})"
 
 
 def source_hash(sync: SyncConfig, columns: tuple[str, ...]) -> str:
@@ -201,10 +214,18 @@ class Fields:
         if column:
             self.columns.append(column)
 
+    def computed_sql(self) -> str:
+        """The coerced values as extra SELECT items (``, <expr> as "<alias>"`` each)."""
+        return "".join(f", {expr} as {q(alias)}" for alias, expr in self.computed)
+
     def inner_select(self) -> str:
         """The model with each coerced value as a column, so each is computed once."""
-        extra = "".join(f", {expr} as {q(alias)}" for alias, expr in self.computed)
-        return f"(select *, rowid as __rid{extra} from model)"
+        return f"(select *, rowid as __rid{self.computed_sql()} from model)"
+
+    def compiled(self, head: str, columns_used: tuple[str, ...], src_h: str) -> Compiled:
+        """The mapping whose SELECT list is ``head`` over :meth:`inner_select`; ``src_h`` is
+        the SQL of its row hash (over the model's own columns only)."""
+        return Compiled(head + self.inner_select(), columns_used, head, self.computed_sql(), src_h)
 
     def n_set(self) -> str:
         return (
@@ -372,6 +393,7 @@ def compile_people(sync: SyncConfig, columns: dict[str, str], default_on_null: s
     if sync.on_change:
         ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null)
     null_key = " or ".join(f"{q(k)} is null" for k in sync.key_columns)
+    src_h = source_hash(sync, (*used, *sync.key_columns))
     checks.insert(0, f"case when {null_key} then {lit('primary key is null')} end")
     op = (
         '\'{"type":"person","action":"identify","identifiers":\' || '
@@ -381,10 +403,9 @@ def compile_people(sync: SyncConfig, columns: dict[str, str], default_on_null: s
         f"select coalesce({key_sql}, '(null key) ' || coalesce({ident}, '')) as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
         f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared{extra_columns}, "
-        f"__rid, {source_hash(sync, (*used, *sync.key_columns))} as src_h "
-        f"from {fields.inner_select()}"
+        f"__rid, {src_h} as src_h from "
     )
-    return Compiled(select, tuple(dict.fromkeys(used + sync.key_columns)))
+    return fields.compiled(select, tuple(dict.fromkeys(used + sync.key_columns)), src_h)
 
 
 def _on_change_sql(
@@ -576,14 +597,14 @@ def compile_objects(sync: SyncConfig, columns: dict[str, str], default_on_null: 
     if sync.on_change:
         # the watched values ride in `ident` (removal ops rebuild identifiers from its keys)
         ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null)
+    src_h = source_hash(sync, (key_column, *fields.columns))
     select = (
         f"select coalesce(__obj, '(null object id)') as k, {op} as op, {ident} as ident, "
         f"coalesce({', '.join(checks)}) as reject, "
         f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared{extra_columns}, "
-        f"__rid, {source_hash(sync, (key_column, *fields.columns))} as src_h "
-        f"from {fields.inner_select()}"
+        f"__rid, {src_h} as src_h from "
     )
-    return Compiled(select, (key_column, *fields.columns))
+    return fields.compiled(select, (key_column, *fields.columns), src_h)
 
 
 def compile_relationships(
@@ -625,13 +646,12 @@ def compile_relationships(
         )
         anonymous = f"starts_with({identifiers}, '{{\"anonymous_id\"')"
         op = f"case when {anonymous} then {anonymous_op} else {op} end"
+    used = (*sync.identify_by.values(), sync.object_id, *fields.columns)
+    src_h = source_hash(sync, used)
     select = (
         f"select coalesce({identifiers} || ' ' || __obj, '(no person or object)') as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
         f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared, "
-        f"{identifiers} as person, __obj as object_id, __rid, "
-        f"{source_hash(sync, (*sync.identify_by.values(), sync.object_id, *fields.columns))} "
-        "as src_h "
-        f"from {fields.inner_select()}"
+        f"{identifiers} as person, __obj as object_id, __rid, {src_h} as src_h from "
     )
-    return Compiled(select, (*sync.identify_by.values(), sync.object_id, *fields.columns))
+    return fields.compiled(select, used, src_h)

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -29,6 +30,7 @@ from lockgate.errors import DestinationError, LockgateError, StepError
 from lockgate.project.loader import Project
 from lockgate.project.models import SyncConfig, resolve_env
 from lockgate.sources import connect
+from lockgate.sources.base import Source
 from lockgate.state import contract as contract_state
 from lockgate.state.store import StateStore, run_sql, table
 from lockgate.sync import diff as diff_step
@@ -37,7 +39,7 @@ from lockgate.sync import mapping
 from lockgate.sync import resolve as resolve_step
 from lockgate.sync.commit import CommitCounts, Committer
 from lockgate.sync.deliver import deliver, event_ulids
-from lockgate.sync.extract import Staged, stage
+from lockgate.sync.extract import InPlace, Staged, stage
 
 DestinationFactory = Callable[[Project, SyncConfig], Destination]
 
@@ -125,7 +127,7 @@ class _Step:
         except (LockgateError, OSError, ValueError, RuntimeError) as exc:
             raise StepError(name, self.run_id, exc) from exc
         finally:
-            self.timings[name] = time.perf_counter() - started
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
 
 
 def _new_run_id() -> str:
@@ -147,56 +149,80 @@ def _prepare(
     recovered = store.fold_journal(sync.name)
     if recovered:
         console.warn(f"{sync.name}: recovered {recovered} records delivered by an interrupted run")
-    with step("extract"):
-        source = connect(project.config.sources[sync.source], root=project.root, name=sync.source)
-        try:
-            with console.progress(f"extract {sync.name}", None) as advance:
-                staged = stage(
-                    store.con, source, project.model_sql(sync), sync=sync.name, advance=advance
+    with contextlib.ExitStack() as open_source:
+        with step("extract"):
+            source = connect(
+                project.config.sources[sync.source], root=project.root, name=sync.source
+            )
+            open_source.callback(source.close)
+            in_place = _in_place(store, project, sync, source, full_resync=full_resync)
+            if in_place is not None:  # the source stays open for the diff
+                staged = Staged(-1, in_place.columns)
+            else:
+                with console.progress(f"extract {sync.name}", None) as advance:
+                    staged = stage(
+                        store.con, source, project.model_sql(sync), sync=sync.name, advance=advance
+                    )
+                open_source.close()
+        resolution = None
+        identity_ops = None
+        configured = sync  # the contract (guardrails) is about the sync as configured
+        if resolve_step.needs_identity(project, sync):
+            with step("resolve"):
+                config = resolve_step.identity_config(project, sync)
+                resolution = resolve_step.resolve_identities(project, config, step.run_id)
+                identity_ops = resolve_step.merge_operations(store, project, sync, resolution)
+                sync = resolve_step.key_rows(store.con, sync, resolution)
+                staged = Staged(staged.rows, {**staged.columns, **_model_columns(store)})
+        on_null = project.config.defaults.on_null
+        with step("map"):
+            if sync.kind == "people":
+                compiled = mapping.compile_people(sync, staged.columns, on_null)
+            elif sync.kind == "objects":
+                compiled = mapping.compile_objects(sync, staged.columns, on_null)
+            elif sync.kind == "relationships":
+                compiled = mapping.compile_relationships(sync, staged.columns, on_null)
+            else:
+                compiled = mapping.compile_events(sync, staged.columns, now)
+        if in_place is not None:
+            with step("extract"), console.progress(f"extract {sync.name}", None) as advance:
+                in_place.key(store.con, compiled, advance)
+        with step("diff"):
+            if full_resync and sync.kind != "events":
+                store.reset_sync(sync.name)
+            if sync.kind == "events":
+                changes = diff_step.diff_events(store.con, sync, compiled)
+            else:
+                objects_snaps, people_snaps, relationship_snaps = _related_snapshots(
+                    store, project, sync
                 )
-        finally:
-            source.close()
-    resolution = None
-    identity_ops = None
-    configured = sync  # the contract (guardrails) is about the sync as configured
-    if resolve_step.needs_identity(project, sync):
-        with step("resolve"):
-            config = resolve_step.identity_config(project, sync)
-            resolution = resolve_step.resolve_identities(project, config, step.run_id)
-            identity_ops = resolve_step.merge_operations(store, project, sync, resolution)
-            sync = resolve_step.key_rows(store.con, sync, resolution)
-            staged = Staged(staged.rows, {**staged.columns, **_model_columns(store)})
-    on_null = project.config.defaults.on_null
-    with step("map"):
-        if sync.kind == "people":
-            compiled = mapping.compile_people(sync, staged.columns, on_null)
-        elif sync.kind == "objects":
-            compiled = mapping.compile_objects(sync, staged.columns, on_null)
-        elif sync.kind == "relationships":
-            compiled = mapping.compile_relationships(sync, staged.columns, on_null)
-        else:
-            compiled = mapping.compile_events(sync, staged.columns, now)
-    with step("diff"):
-        if full_resync and sync.kind != "events":
-            store.reset_sync(sync.name)
-        if sync.kind == "events":
-            changes = diff_step.diff_events(store.con, sync, compiled)
-        else:
-            objects_snaps, people_snaps, relationship_snaps = _related_snapshots(
-                store, project, sync
-            )
-            changes = diff_step.diff_records(
-                store.con,
-                sync,
-                compiled,
-                objects_snaps=objects_snaps,
-                people_snaps=people_snaps,
-                relationship_snaps=relationship_snaps,
-                now=now,
-            )
-    with step("guard"):
-        guards = guard_step.check(store.con, store, project, configured, changes)
-    return Prepared(changes, recovered, guards, resolution, identity_ops)
+                changes = diff_step.diff_records(
+                    store.con,
+                    sync,
+                    compiled,
+                    objects_snaps=objects_snaps,
+                    people_snaps=people_snaps,
+                    relationship_snaps=relationship_snaps,
+                    now=now,
+                    in_place=in_place,
+                )
+        with step("guard"):
+            guards = guard_step.check(store.con, store, project, configured, changes)
+        return Prepared(changes, recovered, guards, resolution, identity_ops)
+
+
+def _in_place(
+    store: StateStore, project: Project, sync: SyncConfig, source: Source, *, full_resync: bool
+) -> InPlace | None:
+    """The model read where it lives (see :class:`InPlace`) when that can save copying it: a
+    DuckDB model of a people, objects or relationships sync with a snapshot to diff against and
+    no identity graph (which rewrites the staged rows)."""
+    if full_resync or sync.kind == "events" or resolve_step.needs_identity(project, sync):
+        return None
+    snapshot = f"select exists(select 1 from {table('snap', sync.name)})"
+    if not store.con.execute(snapshot).fetchall()[0][0]:
+        return None
+    return InPlace.open(store.con, source, project.model_sql(sync), sync=sync.name)
 
 
 class Prepared(NamedTuple):
