@@ -285,12 +285,22 @@ def diff_records(
         f"""
         create or replace temp table todo as
         select __rid, k, src_h from keyed m anti join {snap} s on s.k = m.k and s.h = m.src_h
-        union all
-        select __rid, k, src_h from keyed m
-        semi join (select k from keyed group by k having count(*) > 1) d on d.k = m.k
-        semi join {snap} s on s.k = m.k and s.h = m.src_h
         """,
     )
+    differing = int(_one(con, "select count(*) from todo") or 0)
+    repeated = bool(
+        _one(con, "select count(*) from (select k from keyed group by k having count(*) > 1)")
+    )
+    if repeated:
+        run_sql(
+            con,
+            f"""
+            insert into todo
+            select __rid, k, src_h from keyed m
+            semi join (select k from keyed group by k having count(*) > 1) d on d.k = m.k
+            semi join {snap} s on s.k = m.k and s.h = m.src_h
+            """,
+        )
     total = int(_one(con, "select count(*) from keyed") or 0)
     todo = int(_one(con, "select count(*) from todo") or 0)
     if in_place is not None and in_place.stage_todo(con, compiled) != todo:
@@ -355,7 +365,20 @@ def diff_records(
     held_samples: tuple[tuple[str, str], ...] = ()
     if sync.kind == "relationships":
         held, held_samples = _hold_relationships(con, objects_snaps or [], people_snaps or [])
-    removed = int(_one(con, f"select count(*) from {snap} s anti join keyed m on m.k = s.k") or 0)
+    if repeated:
+        removed = int(
+            _one(con, f"select count(*) from {snap} s anti join keyed m on m.k = s.k") or 0
+        )
+    else:
+        # keys are distinct: the snapshot keys still in the model are those of the rows whose
+        # (key, hash) matched plus the differing rows whose key is there (no second join of
+        # the whole model against the whole snapshot)
+        kept = (
+            total
+            - differing
+            + int(_one(con, f"select count(*) from todo t semi join {snap} s on s.k = t.k") or 0)
+        )
+        removed = int(_one(con, f"select count(*) from {snap}") or 0) - kept
     removed_sent = 0
     if sync.effective_mode == "mirror" and removed:
         removed_sent = removed
