@@ -10,12 +10,26 @@ time (the steadier figure on a shared machine).
 
     .venv/bin/python bench/emulator_ingest.py            # 30 batches = 30,000 records
     .venv/bin/python bench/emulator_ingest.py --batches 5
+
+``--served N`` measures instead what a full sync costs the standalone emulator: ``lockgate
+emulator --rate-limit 0`` runs in its own process, N records of the sync bench's shape (an ``id``
+and 21 attributes: ``email``, 6 strings, 4 ints, 3 doubles, 3 booleans, 4 unix timestamps) are
+posted in prebuilt 500-record batches (~300 KB) over one keep-alive connection, and the
+emulator's CPU time (from /proc) is read before the posts, after them (accepting) and after a
+read that applies the queue (applying); ``--repeat`` runs it again against a fresh process.
+
+    .venv/bin/python bench/emulator_ingest.py --served 200000 --repeat 3
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import orjson
@@ -108,10 +122,121 @@ def in_process(bodies: list[bytes]) -> dict[str, tuple[float, float]]:
     return {"parse": parse, "post": post, "apply": apply}
 
 
+SERVED_OPS_PER_BATCH = 500
+CITIES = ["Oslo", "Bergen", "Trondheim", "Paris", "Lyon", "Berlin", "Munich"]
+
+
+def sync_shaped_bodies(records: int) -> list[bytes]:
+    """Batches of ``person identify`` ops shaped like bench/sync.py's model rows."""
+    bodies = []
+    for start in range(0, records, SERVED_OPS_PER_BATCH):
+        ops = []
+        for i in range(start, min(records, start + SERVED_OPS_PER_BATCH)):
+            attrs = {
+                "email": f"user-{i}@example.com",
+                "first_name": f"first-{i % 5003}",
+                "last_name": f"last-{i % 7919}",
+                "city": CITIES[i % 7],
+                "country": ["NO", "FR", "DE", "US", "GB"][i % 5],
+                "plan": ["free", "starter", "pro", "enterprise"][(i // 3) % 4],
+                "company": f"company-{i % 100003}",
+                "seats": i % 250,
+                "logins": (i * 7919) % 100000,
+                "age": 18 + i % 60,
+                "projects": i % 37,
+                "mrr": round((i * 104729 % 1000000) / 100.0, 2),
+                "ltv": round((i * 1299709 % 10000000) / 100.0, 2),
+                "score": (i * 15485863 % 1000) / 1000.0,
+                "is_vip": i % 17 == 0,
+                "marketing_opt_in": i % 3 != 0,
+                "beta_tester": i % 11 == 0,
+                "signed_up_at": 1577836800 + (i * 2654435761) % 150000000,
+                "last_seen_at": 1735689600 + (i * 40503) % 30000000,
+                "trial_ends_on": 1767225600 + (i % 365) * 86400,
+                "birthday": -315619200 + (i * 48271 % 15000) * 86400,
+            }
+            ops.append(
+                {
+                    "type": "person",
+                    "action": "identify",
+                    "identifiers": {"id": str(i)},
+                    "attributes": attrs,
+                }
+            )
+        bodies.append(orjson.dumps({"batch": ops}))
+    return bodies
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def served_once(bodies: list[bytes], records: int) -> tuple[float, float, float]:
+    """(accept CPU, apply CPU, wall of the posts) seconds of one fresh ``lockgate emulator``."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).parent / "lockgate"
+    proc = subprocess.Popen(
+        [str(exe), "emulator", "--port", str(port), "--rate-limit", "0"],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    emu = Emulator(EmulatorConfig())
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/_emulator/stats", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the emulator did not start") from None
+                time.sleep(0.1)
+        headers = {"content-type": "application/json"}
+        with httpx.Client(base_url=url, auth=emu.track_auth, timeout=120) as client:
+            time.sleep(0.5)  # let start-up settle
+            cpu0 = process_cpu(proc.pid)
+            started = time.perf_counter()
+            for body in bodies:
+                r = client.post("/api/v2/batch", content=body, headers=headers)
+                assert r.status_code == 200, r.text
+            wall = time.perf_counter() - started
+            cpu1 = process_cpu(proc.pid)
+            stats = client.get("/_emulator/stats").json()  # a read: applies the queue
+            cpu2 = process_cpu(proc.pid)
+        assert stats["records_ingested"] == records, stats["records_ingested"]
+        return cpu1 - cpu0, cpu2 - cpu1, wall
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def served(records: int, repeat: int) -> None:
+    bodies = sync_shaped_bodies(records)
+    size = sum(map(len, bodies)) / len(bodies) / 1024
+    batches = f"{len(bodies)} batches of {SERVED_OPS_PER_BATCH}"
+    print(f"{records:,} records in {batches} ({size:.0f} KiB each)")
+    for _ in range(repeat):
+        accept, apply, wall = served_once(bodies, records)
+        print(
+            f"  emulator CPU per record: accept {accept / records * 1e6:5.2f} us, "
+            f"apply {apply / records * 1e6:5.2f} us, total {(accept + apply) / records * 1e6:5.2f}"
+            f" us; posts {records / wall:,.0f} records/s wall"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--served", type=int, default=0, metavar="RECORDS")
+    parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
+    if args.served:
+        served(args.served, args.repeat)
+        return
     bodies = build_batches(args.batches)
     records = args.batches * OPS_PER_BATCH
     emu = Emulator(EmulatorConfig(track_rate_limit=None), request_log_max=10)

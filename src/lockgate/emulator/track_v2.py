@@ -332,11 +332,15 @@ def plan(op: Any, rt: Runtime) -> Apply:
 
 #: Attribute names the exact path reads while validating; an op carrying one goes to :func:`plan`.
 _PLAN_NAMES = frozenset({"_timestamp", "_update", "anonymous_id"})
-#: The most JSON bytes one attribute can take in an op :func:`fast_identify` accepts (a name of
-#: <= 37 and a value of <= 250 characters, each character at most 6 bytes, a number <= 24), and
-#: the most the rest of the op can take besides the identifier's value.
-_ATTR_MAX_JSON = 6 * 37 + 6 * 250 + 30
+#: The most JSON bytes one attribute can take in an op :func:`fast_identify` accepts besides the
+#: characters of a string value (a name of <= 37 characters, each at most 6 bytes, a number of
+#: <= 24 and the punctuation), and the most the rest of the op can take besides the identifier's
+#: value: with the string values' characters at 6 bytes each, a bound on ``len(orjson.dumps(op))``
+#: that spares serialising the op again for all but huge ones.
+_ATTR_JSON = 6 * 37 + 30
 _OP_FIXED_JSON = 128
+#: SPECIAL_ATTRS but ``email``, which a plain op may carry (as a string).
+_RULED_NAMES = SPECIAL_ATTRS - {"email"}
 
 
 def fast_identify(op: Any, run: IdentifyRun) -> bool:
@@ -372,7 +376,7 @@ def fast_identify(op: Any, run: IdentifyRun) -> bool:
     if len(attrs) > L.ATTRS_MAX_COUNT:
         return False
     plain = True
-    long = 0  # characters of string values beyond 250
+    chars = 0  # characters of string values
     for name, v in attrs.items():
         if len(name) > 37:
             return False
@@ -382,21 +386,25 @@ def fast_identify(op: Any, run: IdentifyRun) -> bool:
             if n > 250:
                 if n > L.ATTR_VALUE_MAX_BYTES or not v.isascii():
                     return False
-                long += n - 250
             elif not n:
                 plain = False
+            chars += n
         elif v is None:
             plain = False
-        elif tv is not int and tv is not bool and tv is not float:
+        elif tv is not int and tv is not float and tv is not bool:
             return False
-        if name in SPECIAL_ATTRS:
-            if name in _PLAN_NAMES:
-                return False
-            if name != "email" or tv is not str:
-                plain = False
-        elif SUBSCRIPTION_PREFIX in name:  # anywhere, not only at the start: merely not plain
-            plain = False
-    bound = _OP_FIXED_JSON + len(attrs) * _ATTR_MAX_JSON + 6 * (long + len(value))
+    # names with a rule of their own (but a string email) and subscription preferences need the
+    # full rules when applied; the prefix anywhere in a name merely makes the op not plain (a
+    # match cannot span the "\n" between two names)
+    if not _RULED_NAMES.isdisjoint(attrs):
+        if not _PLAN_NAMES.isdisjoint(attrs):
+            return False
+        plain = False
+    elif type(attrs.get("email", "")) is not str:
+        plain = False
+    if plain and SUBSCRIPTION_PREFIX in "\n".join(attrs):
+        plain = False
+    bound = _OP_FIXED_JSON + len(attrs) * _ATTR_JSON + 6 * (chars + len(value))
     if bound > L.OP_MAX_BYTES and len(orjson.dumps(op)) > L.OP_MAX_BYTES:
         return False
     run.kinds.append(kind)
