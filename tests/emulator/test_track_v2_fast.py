@@ -270,3 +270,170 @@ def test_seeded_random_batches_answer_and_apply_like_each_op_sent_alone(seed: in
             assert _workspace(batched) == _workspace(alone)
             idents = _identifiers(ops)
             assert _lookups(batched, idents) == _lookups(alone, idents)
+
+
+# Batches of nothing but identifies (what a sync sends), across the boundaries of the fast path
+# and of the op size bound it computes: nulls and empty strings, special names, lengths, big
+# integers, escapes.
+EMOJI, CTRL = "😀", "\x01"
+PLAIN_ROUNDS: list[list[Any]] = [
+    [
+        ident("1", email="One@x.com", plan="pro", score=3, ratio=0.5, active=True, off=False),
+        ident("2", email="two@x.com", gone=None, empty=""),
+        ident("2b", note='null and "" inside a string', n=-0.0),
+    ],
+    [
+        ident("3", email="one@X.com"),  # another's email (other case)
+        by_email("Five@x.com", a=1),
+        ident("4", email=5),
+        ident("4b", email=None),
+        ident("5", **{"cio_subscription_preferences.topics.t": True}),
+        ident("5b", **{"x.cio_subscription_preferences.y": 1}),
+        ident("6", created_at=1_700_000_000, unsubscribed="true"),
+        ident("7", note="cio_subscription_preferences. in a value"),
+        ident("8", id="8", phone="+4799"),
+    ],
+    [
+        ident("e" * 37, **{"n" * 37: "s" * 250, "u": "é" * 250}),
+        ident("9", big=2**63 - 1, small=-(2**63)),
+    ],
+    [ident("10", big=2**63)],  # beyond int64 (orjson makes it a float)
+    [ident("10b", small=-(2**63) - 1)],
+    [ident("11", s="s" * 251)],
+    [ident("12", **{f"k{i:02d}": CTRL * 250 for i in range(20)})],  # escaped: ~30 KB as JSON
+    [ident("14", **{f"k{i:02d}": EMOJI * 250 for i in range(31)})],  # ~31 KB
+    [ident("16", _update=True, plan="never")],
+    [ident("17", _timestamp=1_700_000_000)],
+    [ident("18", anonymous_id="a-18")],
+    [ident("f" * 38)],
+    [ident("")],
+    [ident(19)],
+    [by_email("")],
+    [ident("20", **{f"a{i}": i for i in range(300)})],
+    [ident("21", **{f"a{i}": i for i in range(301)})],
+    [ident("22", **{"o" * 38: 1})],
+    [person_op("identify", {"id": "23", "email": "23@x.com"}, attributes={})],
+    [ident("24", nested={"a": 1})],
+    [ident(str(i), email=f"{i}@bulk.example", n=i, f=i / 7) for i in range(500, 800)],
+]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [EmulatorConfig(), EmulatorConfig(workspace_mode="id"), EmulatorConfig(workspace_mode="email")],
+    ids=["id_email", "id", "email"],
+)
+def test_identify_only_batches_answer_and_apply_like_each_op_sent_alone(
+    config: EmulatorConfig,
+) -> None:
+    batched, alone = Emulator(config), Emulator(config)
+    with (
+        batched.client(auth=batched.track_auth) as bc,
+        alone.client(auth=alone.track_auth) as ac,
+    ):
+        idents = _identifiers(PLAIN_ROUNDS)
+        for ops in PLAIN_ROUNDS:
+            r = bc.post("/api/v2/batch", json={"batch": ops})
+            assert (r.status_code, r.json()) == _entity_answers(ac, ops), ops[0]
+            assert _workspace(batched) == _workspace(alone)
+        assert _lookups(batched, idents) == _lookups(alone, idents)
+    assert len(batched.people()) > 300
+
+
+@pytest.mark.parametrize(
+    ("char", "fits", "over"), [(CTRL, 20, 22), (EMOJI, 31, 33)], ids=["escaped", "4-byte"]
+)
+def test_identify_only_batch_rejects_just_the_op_over_32_kb(
+    emu: Emulator, char: str, fits: int, over: int
+) -> None:
+    big = ident("big", **{f"k{i:02d}": char * 250 for i in range(over)})
+    ok = ident("fits", **{f"k{i:02d}": char * 250 for i in range(fits)})
+    with emu.client(auth=emu.track_auth) as client:
+        r = client.post("/api/v2/batch", json={"batch": [ident("a"), big, ok]})
+    assert (r.status_code, r.json()) == (
+        207,
+        {
+            "errors": [
+                {
+                    "batch_index": 1,
+                    "reason": "limit",
+                    "field": "",
+                    "message": "operation is over 32 KB",
+                }
+            ]
+        },
+    )
+    assert sorted(str(p.id) for p in emu.people()) == ["a", "fits"]
+
+
+# JSON texts that are easy to read differently: each is sent as a one-op batch and alone.
+RAW_OPS = [
+    b'{"type":"person","action":"identify","identifiers":{"id":"r1"},"attributes":{"a":%s}}' % v
+    for v in (
+        b"18446744073709551616", b"18446744073709551615", b"-9223372036854775809",
+        b"9223372036854775807", b"1e400", b"1E2", b"-0.0", b"1e-400", b"NaN", b'"\\ud800"',
+        b'"\\ud83d\\ude00"', b'"\\u0000"', b'"a\\/b"', b"0.30000000000000004",
+    )
+] + [
+    b'{"type":"person","type":"object","action":"identify","identifiers":{"id":"r2"},'
+    b'"attributes":{}}',
+    b'{"type":"person","action":"identify","identifiers":{"id":"r3"},"attributes":{"a":1},'
+    b'"attributes":{"b":2}}',
+    b'{"type":"person","action":"identify","identifiers":{"id":"r4"},"attributes":{"a":1,"a":"x"}}',
+    b'{"type":"person","action":"identify","identifiers":{"id":"r5","id":"r6"},"attributes":{}}',
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("raw", RAW_OPS, ids=range(len(RAW_OPS)))
+def test_json_edge_cases_in_an_identify_batch_read_like_the_op_alone(raw: bytes) -> None:
+    batched, alone = Emulator(), Emulator()
+    headers = {"content-type": "application/json"}
+    with (
+        batched.client(auth=batched.track_auth) as bc,
+        alone.client(auth=alone.track_auth) as ac,
+    ):
+        r = bc.post("/api/v2/batch", content=b'{"batch":[' + raw + b"]}", headers=headers)
+        e = ac.post("/api/v2/entity", content=raw, headers=headers)
+        if e.status_code == 200:
+            assert (r.status_code, r.json()) == (200, {})
+        else:
+            # the same refusal (a whole-body 400 names a position, which the wrapper shifts)
+            assert r.status_code in (207, 400)
+            assert [x["reason"] for x in r.json()["errors"]] == [
+                x["reason"] for x in e.json()["errors"]
+            ]
+        assert _workspace(batched) == _workspace(alone)
+
+
+def _random_identifies(rng: random.Random, count: int) -> list[Any]:
+    """Identify ops that are mostly plain, so that many bodies are decoded whole."""
+    ids = [f"p{i}" for i in range(12)] + ["x" * 37]
+    emails = [f"{n}@x.com" for n in ("a", "B", "b", "c")] + ["A@x.com"]
+    names = ["plan", "score", "n" * 37, "ø" * 37, "city", "unsubscribed", "email"]
+    values: list[Any] = ["v", 0, 1, -5, 2.5, True, False, 1_700_000_000, "é" * 250, CTRL]
+    rare: list[Any] = [None, "", "s" * 251, 2**64, "cio_subscription_preferences.x"]
+    ops: list[Any] = []
+    for _ in range(count):
+        ident = {"email": rng.choice(emails)} if rng.random() < 0.15 else {"id": rng.choice(ids)}
+        attrs = {rng.choice(names): rng.choice(values) for _ in range(rng.randint(0, 5))}
+        if rng.random() < 0.02:
+            attrs[rng.choice(names)] = rng.choice(rare)
+        ops.append(person_op("identify", ident, attributes=attrs))
+    return ops
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_seeded_identify_only_batches_answer_and_apply_like_each_op_sent_alone(seed: int) -> None:
+    rng = random.Random(seed)
+    batched, alone = Emulator(), Emulator()
+    with (
+        batched.client(auth=batched.track_auth) as bc,
+        alone.client(auth=alone.track_auth) as ac,
+    ):
+        for _ in range(6):
+            ops = _random_identifies(rng, rng.choice([5, 40, 120]))
+            r = bc.post("/api/v2/batch", json={"batch": ops})
+            assert (r.status_code, r.json()) == _entity_answers(ac, ops)
+            assert _workspace(batched) == _workspace(alone)
+            idents = _identifiers(ops)
+            assert _lookups(batched, idents) == _lookups(alone, idents)
