@@ -125,6 +125,28 @@ def _is(col_type: str, prefixes: tuple[str, ...]) -> bool:
     return col_type.upper().startswith(prefixes)
 
 
+#: column types whose text (``::varchar``) is already their JSON: integers and booleans
+_JSON_AS_TEXT = (
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+    "BOOLEAN",
+)
+
+
+def json_is_text(col_type: str, ftype: str) -> bool:
+    """True when the coerced value (see :func:`coerce`) is an integer or a boolean, whose
+    ``::varchar`` is its JSON: cheaper than ``to_json`` (0.1 s per million rows and field)."""
+    if ftype in ("timestamp", "date", "boolean", "integer"):
+        return True
+    return ftype == "auto" and _is(col_type, (*TIMESTAMP_TYPES, *_JSON_AS_TEXT))
+
+
 def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tuple[str, str]:
     """SQL for a column's value after coercion, and SQL for its reject reason (or NULL)."""
     c = q(column)
@@ -274,16 +296,18 @@ def field_fragment(
             f"{lit(f' bytes, over the {MAX_VALUE_BYTES}-byte limit of Customer.io')} end"
         )
     policy = spec.on_null or default_on_null
-    encoded = f"to_json({value})::varchar"
+    text = json_is_text(columns[column], spec.type)
+    # concat(), one allocation, not a chain of `||`: the value is not null in this branch
+    encoded = f"concat({key}, {value}::varchar)" if text else f"concat({key}, to_json({value}))"
     cleared = None
     if policy == "clear":
-        fragment = f"case when {value} is null then {key} || '\"\"' else {key} || {encoded} end"
+        fragment = f"case when {value} is null then {key} || '\"\"' else {encoded} end"
         cleared = f"{value} is null"
     elif policy == "default":
         default = lit(orjson.dumps(spec.default).decode())
-        fragment = f"case when {value} is null then {key} || {default} else {key} || {encoded} end"
+        fragment = f"case when {value} is null then {key} || {default} else {encoded} end"
     else:
-        fragment = f"case when {value} is null then null else {key} || {encoded} end"
+        fragment = f"case when {value} is null then null else {encoded} end"
     return fragment, checks, column, cleared
 
 
