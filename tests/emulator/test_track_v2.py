@@ -206,6 +206,30 @@ def test_devices(emu: Emulator, track: httpx.Client) -> None:
     assert emu.person(id="1").devices == ()  # type: ignore[union-attr]
 
 
+def test_devices_and_attribute_timestamps_stay_with_their_person(
+    emu: Emulator, track: httpx.Client
+) -> None:
+    """People start out sharing one empty set of devices and of attribute timestamps: a change
+    to one person's (a device added, merged in, a timestamped attribute) must not reach others."""
+    dev = {"token": "tok", "platform": "ios"}
+    track.post("/api/v2/entity", json=person_op("identify", {"id": "p"}))
+    track.post("/api/v2/entity", json=person_op("add_device", {"id": "s"}, device=dev))
+    track.post(
+        "/api/v2/entity",
+        json=person_op("identify", {"id": "t"}, attributes={"plan": "a", "_timestamp": 200}),
+    )
+    merge = person_op("merge", primary={"id": "p"}, secondary={"id": "s"})
+    track.post("/api/v2/entity", json=merge)
+    track.post("/api/v2/entity", json=person_op("identify", {"id": "new"}))
+    for ident, plan in (("new", "b"), ("t", "stale")):
+        op = person_op("identify", {"id": ident}, attributes={"plan": plan, "_timestamp": 100})
+        track.post("/api/v2/entity", json=op)
+    devices = {str(p.id): [d.id for d in p.devices] for p in emu.people()}
+    assert devices == {"p": ["tok"], "t": [], "new": []}
+    plans = {str(p.id): p.attributes.get("plan") for p in emu.people()}
+    assert plans == {"p": None, "t": "a", "new": "b"}
+
+
 def test_new_id_with_known_email_updates_that_person(emu: Emulator, track: httpx.Client) -> None:
     for new_id in ("1", "2"):
         op = person_op("identify", {"id": new_id}, attributes={"email": "test@x.co", "n": new_id})

@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from lockgate.emulator.config import EmulatorConfig
@@ -51,6 +52,10 @@ def truthy_unsubscribed(value: Any) -> bool:
 
 _CIO_ID = "e%07x"  # a person's cio_id from the store's sequence number
 _NO_SEGMENTS: frozenset[int] = frozenset()  # shared: an empty frozenset is a new object
+# shared and read-only: few people have devices or timestamped attributes, and two empty dicts
+# per person are 128 bytes and two allocations each (see _P.own_devices, _P.own_attr_ts)
+_NO_DEVICES: Mapping[str, Device] = MappingProxyType({})
+_NO_ATTR_TS: Mapping[str, int] = MappingProxyType({})
 
 
 class _P:
@@ -59,21 +64,33 @@ class _P:
         "unsubscribed", "devices", "anonymous_ids", "segments",
     )  # fmt: skip
 
-    def __init__(self, cio_id: str, now: int) -> None:
+    def __init__(self, cio_id: str, now: int, attrs: dict[str, Any]) -> None:
         self.cio_id = cio_id
         self.id: str | None = None
         self.email: str | None = None
         self.phone: str | None = None
-        self.attrs: dict[str, Any] = {}
-        self.attr_ts: dict[str, int] = {}
+        self.attrs = attrs
+        self.attr_ts = _NO_ATTR_TS
         self.created_at = now
         self.updated_at = now
         self.unsubscribed = False
-        self.devices: dict[str, Device] = {}
+        self.devices = _NO_DEVICES
         # immutable, replaced on change: few people have either, and a person who is one
         # GC-tracked object instead of three keeps collector passes short in a large store
         self.anonymous_ids: tuple[str, ...] = ()
         self.segments = _NO_SEGMENTS
+
+    def own_devices(self) -> dict[str, Device]:
+        """The person's devices, to change (a dict of its own replaces the shared empty one)."""
+        if type(self.devices) is not dict:
+            self.devices = {}
+        return self.devices
+
+    def own_attr_ts(self) -> dict[str, int]:
+        """The person's attribute timestamps, to change (see :meth:`own_devices`)."""
+        if type(self.attr_ts) is not dict:
+            self.attr_ts = {}
+        return self.attr_ts
 
     def freeze(self) -> Person:
         return Person(
@@ -306,7 +323,7 @@ class Store:
 
     def _create(self, now: int) -> _P:
         self._seq += 1
-        p = _P(_CIO_ID % self._seq, now)
+        p = _P(_CIO_ID % self._seq, now, {})
         self.people[p.cio_id] = p
         return p
 
@@ -451,14 +468,14 @@ class Store:
                         continue
                     self._seq += 1  # what _create does, inline
                     cio = _CIO_ID % self._seq
-                    p = people[cio] = _P(cio, now)
+                    # the parsed dict itself becomes the attributes: nothing else holds it
+                    p = people[cio] = _P(cio, now, attrs)
                     p.id = value
                     by_id[value] = cio
                     if key is not None:
                         p.email = email
                         by_email[key] = cio
                         del attrs["email"]  # an identifier, never an attribute
-                    p.attrs = attrs  # the parsed dict itself: nothing else holds it
                     applied += 1
                     continue
                 if email is not None and owner != cio:  # a new or another's email
@@ -493,7 +510,7 @@ class Store:
         if ts is not None:
             if p.attr_ts.get(name, -1) > ts:
                 return
-            p.attr_ts[name] = ts
+            p.own_attr_ts()[name] = ts
         if name == "unsubscribed":
             p.unsubscribed = truthy_unsubscribed(value)
             return
@@ -615,15 +632,16 @@ class Store:
         with self.lock:
             p = self.person_or_create(ref, source)
             if p is not None:
-                p.devices[device.id] = device
+                p.own_devices()[device.id] = device
                 self.counters["records_ingested"] += 1
 
     def delete_device(self, ref: Ref, token: str, source: str) -> None:
         with self.lock:
             p = self.resolve(ref)
-            if p is None or p.devices.pop(token, None) is None:
+            if p is None or token not in p.devices:
                 self.log("delete of unknown device", f"device `{token}` not found", source)
             else:
+                del p.own_devices()[token]
                 self.counters["records_ingested"] += 1
 
     def merge(self, primary: Ref, secondary: Ref, source: str) -> None:
@@ -649,8 +667,10 @@ class Store:
                     self.events[i] = _replace_person(e, p.cio_id)
             for key in [k for k in self.rels if k[0] == "p" and k[1] == s.cio_id]:
                 self.rels.setdefault(("p", p.cio_id, key[2], key[3]), self.rels[key])
-            for token, device in s.devices.items():
-                p.devices.setdefault(token, device)
+            if s.devices:
+                devices = p.own_devices()
+                for token, device in s.devices.items():
+                    devices.setdefault(token, device)
             p.segments |= s.segments
             p.anonymous_ids += tuple(a for a in s.anonymous_ids if a not in p.anonymous_ids)
             s_id, s_email = s.id, s.email
