@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 
 from lockgate.emulator import EmulatorInspector
+from lockgate.emulator.config import DEFAULT_API_KEY, DEFAULT_SITE_ID
 
 LOCKGATE = Path(sys.executable).with_name("lockgate")
 
@@ -31,6 +33,53 @@ def test_cli_serves_with_env_credentials(tmp_path: Path) -> None:
         assert httpx.put(f"{base}/api/v1/customers/7", json={}, auth=("s1", "x")).status_code == 401
         with EmulatorInspector(base) as remote:
             assert remote.person(id="7").attributes == {"plan": "pro"}  # type: ignore[union-attr]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_cli_applies_every_accepted_v2_batch_in_order() -> None:
+    """The standalone emulator keeps its store out of the garbage collector's scans
+    (Emulator.own_process); batches applied in the background, at a read, after a reset and
+    with deletes in between must still all be there, in order."""
+    proc = subprocess.Popen(
+        [str(LOCKGATE), "emulator", "--port", "0", "--rate-limit", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def batch(ops: list[dict[str, object]]) -> None:
+        r = client.post("/api/v2/batch", json={"batch": ops})
+        assert (r.status_code, r.json()) == (200, {})
+
+    def ident(i: int, **attrs: object) -> dict[str, object]:
+        attrs = {"email": f"u{i}@x.com", "n": i, **attrs}
+        ids = {"id": str(i)}
+        return {"type": "person", "action": "identify", "identifiers": ids, "attributes": attrs}
+
+    try:
+        assert proc.stdout is not None
+        base = proc.stdout.readline().split(" on ", 1)[1].strip()
+        with (
+            httpx.Client(base_url=base, auth=(DEFAULT_SITE_ID, DEFAULT_API_KEY)) as client,
+            EmulatorInspector(base) as remote,
+        ):
+            batch([ident(i) for i in range(300)])
+            time.sleep(0.5)  # applied in the background meanwhile
+            batch([ident(i) for i in range(300, 600)])
+            gone = {"type": "person", "action": "delete", "identifiers": {"id": "5"}}
+            batch([ident(7, plan="pro"), gone, ident(5, plan="back")])
+            assert remote.stats.records_ingested == 603
+            people = {p.id: p.attributes for p in remote.people()}
+            assert len(people) == 600
+            assert people["7"] == {"n": 7, "plan": "pro"} and people["5"] == {
+                "n": 5,
+                "plan": "back",
+            }
+            remote.reset()
+            batch([ident(1)])
+            assert [p.id for p in remote.people()] == ["1"]
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -109,6 +109,7 @@ def emulator(
         ),
     )
     emu = Emulator(config)
+    emu.own_process()  # this process is the emulator: keep the collector off its store
     sock = bind(host, port)  # bind first so `--port 0` can print the port it got
     port = sock.getsockname()[1]
     # a folder only for TLS files: a plain-HTTP emulator killed by its caller leaves nothing

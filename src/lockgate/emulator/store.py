@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -179,6 +180,13 @@ IDLE_SLICE_SECONDS = 0.02
 class Store:
     """All state of one emulated workspace. See the module docstring."""
 
+    freeze_applied = False
+    """Set in a process that runs nothing but this emulator (:meth:`Emulator.own_process`):
+    each apply first collects the young garbage (``gc.collect(1)``), then leaves what it created
+    to reference counting alone (``gc.freeze()``), so the cyclic collector never scans the
+    people again: one pass over each new person (~0.5 µs) and full passes over the whole store
+    as it grows. A library must not do this to its host process."""
+
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
         self._pending: list[Callable[[Store], None]] = []
@@ -243,7 +251,7 @@ class Store:
         with self._pending_lock:
             queue = self._pending
         done = 0
-        with gc_paused():
+        with gc_paused(), self._freezing():
             for apply in queue:
                 apply(self)
                 done += 1
@@ -258,8 +266,21 @@ class Store:
         return more
 
     def _drain(self) -> None:
-        with gc_paused():
+        with gc_paused(), self._freezing():
             self._drain_all()
+
+    @contextlib.contextmanager
+    def _freezing(self) -> Iterator[None]:
+        """With :attr:`freeze_applied`: collect the young generations before applying (so no
+        garbage is frozen but what survived to the oldest), freeze after."""
+        if not self.freeze_applied:
+            yield
+            return
+        gc.collect(1)
+        try:
+            yield
+        finally:
+            gc.freeze()
 
     def _drain_all(self) -> None:
         started = time.perf_counter()
