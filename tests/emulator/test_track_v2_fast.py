@@ -437,3 +437,19 @@ def test_seeded_identify_only_batches_answer_and_apply_like_each_op_sent_alone(s
             assert _workspace(batched) == _workspace(alone)
             idents = _identifiers(ops)
             assert _lookups(batched, idents) == _lookups(alone, idents)
+
+
+def test_ever_changing_attribute_names_are_all_applied(emu: Emulator) -> None:
+    """The fast path remembers what it found about each tuple of attribute names, up to a
+    bound: more distinct tuples than that, and names seen before with other values, still
+    give every person exactly their attributes."""
+    with emu.client(auth=emu.track_auth) as client:
+        for start in range(0, 5000, 500):
+            ops = [ident(str(i), **{f"a{i}": i, "plan": "p"}) for i in range(start, start + 500)]
+            assert client.post("/api/v2/batch", json={"batch": ops}).status_code == 200
+        again = [ident("1", a1=None, plan=""), ident("2", a2="x" * 251, plan="q")]
+        assert client.post("/api/v2/batch", json={"batch": again}).status_code == 200
+    people = {p.id: p.attributes for p in emu.people()}
+    assert len(people) == 5000
+    assert people["4999"] == {"a4999": 4999, "plan": "p"}
+    assert people["1"] == {} and people["2"] == {"a2": "x" * 251, "plan": "q"}

@@ -343,6 +343,31 @@ _OP_FIXED_JSON = 128
 _RULED_NAMES = SPECIAL_ATTRS - {"email"}
 
 
+_REJECT, _PLAIN, _RULED = 0, 1, 2
+#: What the attribute names of an op say, by the tuple of them: a sync sends the same few
+#: tuples over and over (orjson even shares the key strings), so most ops cost one look-up here.
+_NAMES: dict[tuple[str, ...], int] = {}
+_NAMES_MAX = 4096
+
+
+def _names_verdict(names: tuple[str, ...]) -> int:
+    """_REJECT (a name over 37 characters or one :func:`plan` must read), _RULED (a name with a
+    rule of its own, but ``email``, or a subscription preference: not plain) or _PLAIN."""
+    if max(map(len, names), default=0) > 37 or not _PLAN_NAMES.isdisjoint(names):
+        verdict = _REJECT
+    elif not _RULED_NAMES.isdisjoint(names):
+        verdict = _RULED
+    # the prefix anywhere in a name, not only at the start (a match cannot span the "\n")
+    elif SUBSCRIPTION_PREFIX in "\n".join(names):
+        verdict = _RULED
+    else:
+        verdict = _PLAIN
+    if len(_NAMES) >= _NAMES_MAX:  # bounded: some clients send ever-changing names
+        _NAMES.clear()
+    _NAMES[names] = verdict
+    return verdict
+
+
 def fast_identify(op: Any, run: IdentifyRun) -> bool:
     """Add ``op`` to ``run`` when it is a well-formed, common ``person identify``.
 
@@ -375,11 +400,15 @@ def fast_identify(op: Any, run: IdentifyRun) -> bool:
         return False
     if len(attrs) > L.ATTRS_MAX_COUNT:
         return False
-    plain = True
+    names = tuple(attrs)
+    verdict = _NAMES.get(names)
+    if verdict is None:
+        verdict = _names_verdict(names)
+    if verdict is _REJECT:
+        return False
+    plain = verdict is _PLAIN
     chars = 0  # characters of string values
-    for name, v in attrs.items():
-        if len(name) > 37:
-            return False
+    for v in attrs.values():
         tv = type(v)
         if tv is str:
             n = len(v)
@@ -393,16 +422,7 @@ def fast_identify(op: Any, run: IdentifyRun) -> bool:
             plain = False
         elif tv is not int and tv is not float and tv is not bool:
             return False
-    # names with a rule of their own (but a string email) and subscription preferences need the
-    # full rules when applied; the prefix anywhere in a name merely makes the op not plain (a
-    # match cannot span the "\n" between two names)
-    if not _RULED_NAMES.isdisjoint(attrs):
-        if not _PLAN_NAMES.isdisjoint(attrs):
-            return False
-        plain = False
-    elif type(attrs.get("email", "")) is not str:
-        plain = False
-    if plain and SUBSCRIPTION_PREFIX in "\n".join(attrs):
+    if plain and type(attrs.get("email", "")) is not str:
         plain = False
     bound = _OP_FIXED_JSON + len(attrs) * _ATTR_JSON + 6 * (chars + len(value))
     if bound > L.OP_MAX_BYTES and len(orjson.dumps(op)) > L.OP_MAX_BYTES:
