@@ -65,10 +65,17 @@ class _P:
         "unsubscribed", "devices", "anonymous_ids", "segments",
     )  # fmt: skip
 
-    def __init__(self, cio_id: str, now: int, attrs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        cio_id: str,
+        now: int,
+        attrs: dict[str, Any],
+        id: str | None = None,
+        email: str | None = None,
+    ) -> None:
         self.cio_id = cio_id
-        self.id: str | None = None
-        self.email: str | None = None
+        self.id = id
+        self.email = email
         self.phone: str | None = None
         self.attrs = attrs
         self.attr_ts = _NO_ATTR_TS
@@ -470,11 +477,14 @@ class Store:
             inline = not self.blocked and self._idents == ("id", "email")
             people, by_id, by_email = self.people, self.by_id, self.by_email
             applied = 0
+            seq = self._seq  # what _create does, inline; stored back before any other call
             for kind, value, attrs, plain in zip(
                 run.kinds, run.values, run.attrs, run.plain, strict=True
             ):
                 if not (inline and plain and kind == "id"):
+                    self._seq = seq
                     self.identify((kind, value), attrs, source=source)
+                    seq = self._seq
                     continue
                 email = attrs.get("email")
                 cio = by_id.get(value)
@@ -485,22 +495,24 @@ class Store:
                     owner = by_email.get(key)
                 if cio is None:
                     if owner is not None:  # found by email: gains the id, by the full rules
+                        self._seq = seq
                         self.identify((kind, value), attrs, source=source)
+                        seq = self._seq
                         continue
-                    self._seq += 1  # what _create does, inline
-                    cio = _CIO_ID % self._seq
+                    seq += 1
+                    cio = _CIO_ID % seq
                     # the parsed dict itself becomes the attributes: nothing else holds it
-                    p = people[cio] = _P(cio, now, attrs)
-                    p.id = value
+                    people[cio] = _P(cio, now, attrs, value, email)
                     by_id[value] = cio
                     if key is not None:
-                        p.email = email
                         by_email[key] = cio
                         del attrs["email"]  # an identifier, never an attribute
                     applied += 1
                     continue
                 if email is not None and owner != cio:  # a new or another's email
+                    self._seq = seq
                     self.identify((kind, value), attrs, source=source)
+                    seq = self._seq
                     continue
                 p = people[cio]
                 if email is not None and p.email != email:
@@ -510,6 +522,7 @@ class Store:
                     del p.attrs["email"]  # an identifier, never an attribute
                 p.updated_at = now
                 applied += 1
+            self._seq = seq
             self.counters["records_ingested"] += applied
 
     def _apply_attrs(self, p: _P, attrs: dict[str, Any], timestamp: int | None) -> None:
