@@ -192,3 +192,31 @@ attributes: {}
     finally:
         con.close()
     assert tables == {"t"}
+
+
+def test_a_model_that_reads_differently_each_time_is_copied_whole_not_skipped(
+    project_factory: ProjectFactory,
+) -> None:
+    # `random()`: every read of the model differs, so the rows the warehouse keyed are not the
+    # rows a second read gives back; the run must copy the model whole, not send nothing
+    project_factory.sql(
+        "create or replace view draws as "
+        "select i as id, (random() * 1000000)::bigint as ticket from range(40) t(i)"
+    )
+    sync = """
+name: draws
+source: warehouse
+model: {table: draws}
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes:
+  ticket: {column: ticket, type: integer}
+"""
+    project = project_factory.write({"draws": sync})
+    assert run_sync(project, "draws", console=NullConsole()).delivered == 40
+    assert in_place_for(project, "draws") is not None
+    second = run_sync(project, "draws", console=NullConsole())
+    assert (second.changes.changed, second.delivered) == (40, 40)
+    tickets = [r.body for r in project_factory.emulator.request_log() if r.path == "/api/v2/batch"]
+    assert sum(len(body["batch"]) for body in tickets) == 80

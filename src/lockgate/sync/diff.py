@@ -253,33 +253,20 @@ def _state_change_events(
     return int(_one(con, "select count(*) from oc_changes") or 0)
 
 
-def diff_records(
-    con: duckdb.DuckDBPyConnection,
-    sync: SyncConfig,
-    compiled: Compiled,
-    *,
-    objects_snaps: list[str] | None = None,
-    people_snaps: list[str] | None = None,
-    relationship_snaps: list[str] | None = None,
-    now: int = 0,
-    in_place: InPlace | None = None,
-) -> ChangeSet:
-    """Diff a people, objects or relationships sync against its snapshot.
+def _key_model(con: duckdb.DuckDBPyConnection, compiled: Compiled) -> None:
+    """The temp table ``keyed``: each staged row's ``__rid``, key and hash (DuckDB computes only
+    those two expressions of the mapping)."""
+    run_sql(
+        con,
+        f"create or replace temp table keyed as select __rid, k, src_h from ({compiled.select})",
+    )
 
-    With ``in_place``, the temp table ``keyed`` was built in the source (:meth:`InPlace.key`)
-    and ``model`` is filled here with only the rows to map."""
-    snap = table("snap", sync.name)
-    # Stage 1, cheap: each row's key and the hash of the columns its payload is built from
-    # (DuckDB computes only those two expressions of the mapping). Rows whose key and hash
-    # match the snapshot are unchanged; only the others are mapped into payloads.
-    if in_place is None:
-        run_sql(
-            con,
-            "create or replace temp table keyed as "
-            f"select __rid, k, src_h from ({compiled.select})",
-        )
-    # to map: every row whose (key, hash) is not in the snapshot, plus the rows of repeated
-    # keys that are (all copies of a repeated key are rejected below); the two are disjoint
+
+def _todo(con: duckdb.DuckDBPyConnection, snap: str) -> tuple[int, int, int, bool]:
+    """Fill the temp table ``todo`` with the rows of ``keyed`` to map: every row whose (key,
+    hash) is not in the snapshot, plus the rows of repeated keys that are (all copies of a
+    repeated key are rejected later). Returns (rows, rows differing from the snapshot, rows to
+    map, whether any key repeats)."""
     run_sql(
         con,
         f"""
@@ -303,20 +290,38 @@ def diff_records(
         )
     total = int(_one(con, "select count(*) from keyed") or 0)
     todo = int(_one(con, "select count(*) from todo") or 0)
-    if in_place is not None and in_place.stage_todo(con, compiled) != todo:
-        # an unchanged row whose hash equals a changed row's came along: keep the todo rows
-        run_sql(
-            con,
-            f"""
-            create or replace temp table model_todo as
-            select * from model where rowid in (
-                select c.__rid from ({compiled.select}) c
-                semi join todo t on t.k = c.k and t.src_h = c.src_h);
-            drop table model;
-            alter table model_todo rename to model;
-            """,
-        )
-    elif in_place is None and todo < total:
+    return total, differing, todo, repeated
+
+
+def diff_records(
+    con: duckdb.DuckDBPyConnection,
+    sync: SyncConfig,
+    compiled: Compiled,
+    *,
+    objects_snaps: list[str] | None = None,
+    people_snaps: list[str] | None = None,
+    relationship_snaps: list[str] | None = None,
+    now: int = 0,
+    in_place: InPlace | None = None,
+) -> ChangeSet:
+    """Diff a people, objects or relationships sync against its snapshot.
+
+    With ``in_place``, the temp table ``keyed`` was built in the source (:meth:`InPlace.key`)
+    and ``model`` is filled here with only the rows to map."""
+    snap = table("snap", sync.name)
+    # Stage 1, cheap: each row's key and the hash of the columns its payload is built from
+    # (DuckDB computes only those two expressions of the mapping). Rows whose key and hash
+    # match the snapshot are unchanged; only the others are mapped into payloads.
+    if in_place is None:
+        _key_model(con, compiled)
+    total, differing, todo, repeated = _todo(con, snap)
+    if in_place is not None and not in_place.stage_todo(con, compiled, todo):
+        # the model read differently the second time: copy it whole and diff that instead
+        in_place.stage_all(con, lambda _: None)
+        _key_model(con, compiled)
+        total, differing, todo, repeated = _todo(con, snap)
+        in_place = None
+    if in_place is None and todo < total:
         run_sql(
             con,
             """

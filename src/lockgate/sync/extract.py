@@ -117,6 +117,7 @@ class InPlace:
         sync: str,
     ) -> None:
         self.source = source
+        self.sql = sql
         self.columns = columns
         self.sync = sync
         items = [
@@ -161,9 +162,11 @@ class InPlace:
             sync=self.sync,
         )
 
-    def stage_todo(self, con: duckdb.DuckDBPyConnection, compiled: Compiled) -> int:
-        """Copy the rows whose hash is in the temp table ``todo`` into the temp table ``model``;
-        returns how many."""
+    def stage_todo(self, con: duckdb.DuckDBPyConnection, compiled: Compiled, todo: int) -> bool:
+        """Copy the rows of the temp table ``todo`` (``k``, ``src_h``) into the temp table
+        ``model``. False when the model did not give them all back: it read differently the
+        second time (a column computed from `now()` or `random()`), so the caller copies it
+        whole (:meth:`stage_all`) instead of missing rows."""
         hashes = con.sql("select distinct src_h as h from todo").to_arrow_table()
         reader = self.source.read(
             f"select * from {self.relation} where {compiled.src_h} in (select h from _todo)",
@@ -176,4 +179,20 @@ class InPlace:
             "create or replace temp table model as select * from _model_reader",
             sync=self.sync,
         )
-        return int(con.execute("select count(*) from model").fetchall()[0][0])
+        # only the rows whose (key, hash) the diff chose: a row of another key can share a hash
+        run_sql(
+            con,
+            f"""
+            create or replace temp table model_todo as
+            select * from model where rowid in (
+                select c.__rid from ({compiled.select}) c
+                semi join todo t on t.k = c.k and t.src_h = c.src_h);
+            drop table model;
+            alter table model_todo rename to model;
+            """,
+        )
+        return int(con.execute("select count(*) from model").fetchall()[0][0]) == todo
+
+    def stage_all(self, con: duckdb.DuckDBPyConnection, advance: Advance) -> None:
+        """Copy the whole model into the temp table ``model``, as :func:`stage` does."""
+        stage(con, self.source, self.sql, sync=self.sync, advance=advance)
