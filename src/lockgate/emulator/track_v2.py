@@ -379,59 +379,71 @@ def fast_identify(op: Any, run: IdentifyRun) -> bool:
     is one. ``plain`` tells the store that no attribute needs a special rule (see
     :class:`IdentifyRun`).
     """
-    if type(op) is not dict or len(op) != 4:
-        return False
-    try:  # subscripts, not .get(): this runs for every item of every batch
-        if op["action"] != "identify" or op["type"] != "person":
-            return False
-        attrs = op["attributes"]
-        idents = op["identifiers"]
-    except KeyError:
-        return False
-    if type(attrs) is not dict or type(idents) is not dict or len(idents) != 1:
-        return False
-    ((kind, value),) = idents.items()
-    if type(value) is not str or not value:
-        return False
-    if kind == "id":
-        if len(value) > 37:
-            return False
-    elif kind != "email":
-        return False
-    if len(attrs) > L.ATTRS_MAX_COUNT:
-        return False
-    names = tuple(attrs)
-    verdict = _NAMES.get(names)
-    if verdict is None:
-        verdict = _names_verdict(names)
-    if verdict is _REJECT:
-        return False
-    plain = verdict is _PLAIN
-    chars = 0  # characters of string values
-    for v in attrs.values():
-        tv = type(v)
-        if tv is str:
-            n = len(v)
-            if n > 250:
-                if n > L.ATTR_VALUE_MAX_BYTES or not v.isascii():
-                    return False
-            elif not n:
+    return fast_identifies([op], 0, run) == 1
+
+
+def fast_identifies(ops: list[Any], start: int, run: IdentifyRun) -> int:
+    """:func:`fast_identify` for ``ops[start:]`` in one call (no call per op): adds ops to
+    ``run`` up to the first it does not accept, and returns that op's index (``len(ops)``
+    when it accepted them all)."""
+    kinds, values, attrs_of, plains = run.kinds, run.values, run.attrs, run.plain
+    max_count, value_max, op_max = L.ATTRS_MAX_COUNT, L.ATTR_VALUE_MAX_BYTES, L.OP_MAX_BYTES
+    verdicts = _NAMES.get
+    for i in range(start, len(ops)):
+        op = ops[i]
+        if type(op) is not dict or len(op) != 4:
+            return i
+        try:  # subscripts, not .get(): this runs for every item of every batch
+            if op["action"] != "identify" or op["type"] != "person":
+                return i
+            attrs = op["attributes"]
+            idents = op["identifiers"]
+        except KeyError:
+            return i
+        if type(attrs) is not dict or type(idents) is not dict or len(idents) != 1:
+            return i
+        ((kind, value),) = idents.items()
+        if type(value) is not str or not value:
+            return i
+        if kind == "id":
+            if len(value) > 37:
+                return i
+        elif kind != "email":
+            return i
+        if len(attrs) > max_count:
+            return i
+        names = tuple(attrs)
+        verdict = verdicts(names)
+        if verdict is None:
+            verdict = _names_verdict(names)
+        if verdict is _REJECT:
+            return i
+        plain = verdict is _PLAIN
+        chars = 0  # characters of string values
+        for v in attrs.values():
+            tv = type(v)
+            if tv is str:
+                n = len(v)
+                if n > 250:
+                    if n > value_max or not v.isascii():
+                        return i
+                elif not n:
+                    plain = False
+                chars += n
+            elif v is None:
                 plain = False
-            chars += n
-        elif v is None:
+            elif tv is not int and tv is not float and tv is not bool:
+                return i
+        if plain and type(attrs.get("email", "")) is not str:
             plain = False
-        elif tv is not int and tv is not float and tv is not bool:
-            return False
-    if plain and type(attrs.get("email", "")) is not str:
-        plain = False
-    bound = _OP_FIXED_JSON + len(attrs) * _ATTR_JSON + 6 * (chars + len(value))
-    if bound > L.OP_MAX_BYTES and len(orjson.dumps(op)) > L.OP_MAX_BYTES:
-        return False
-    run.kinds.append(kind)
-    run.values.append(value)
-    run.attrs.append(attrs)
-    run.plain.append(plain)
-    return True
+        bound = _OP_FIXED_JSON + len(attrs) * _ATTR_JSON + 6 * (chars + len(value))
+        if bound > op_max and len(orjson.dumps(op)) > op_max:
+            return i
+        kinds.append(kind)
+        values.append(value)
+        attrs_of.append(attrs)
+        plains.append(plain)
+    return len(ops)
 
 
 def _identify_run(run: IdentifyRun) -> Apply:
@@ -481,9 +493,9 @@ def _batch(rt: Runtime, body: bytes, started: float) -> Response:
     plans: list[Apply] = []
     run = IdentifyRun()  # consecutive fast identifies, applied as one unit
     accepted = 0
-    for i, op in enumerate(ops):
-        if fast_identify(op, run):
-            continue
+    i = fast_identifies(ops, 0, run)
+    while i < len(ops):
+        op = ops[i]
         if run:
             plans.append(_identify_run(run))
             accepted += len(run)
@@ -495,6 +507,7 @@ def _batch(rt: Runtime, body: bytes, started: float) -> Response:
             accepted += 1
         except ItemError as exc:
             errors.append({"batch_index": i, **exc.to_json()})
+        i = fast_identifies(ops, i + 1, run)
     if run:
         plans.append(_identify_run(run))
         accepted += len(run)
