@@ -389,6 +389,8 @@ def fast_identifies(ops: list[Any], start: int, run: IdentifyRun) -> int:
     kinds, values, attrs_of, plains = run.kinds, run.values, run.attrs, run.plain
     max_count, value_max, op_max = L.ATTRS_MAX_COUNT, L.ATTR_VALUE_MAX_BYTES, L.OP_MAX_BYTES
     verdicts = _NAMES.get
+    last_names: tuple[str, ...] | None = None  # most ops repeat the previous op's names
+    last_verdict = _REJECT
     for i in range(start, len(ops)):
         op = ops[i]
         if type(op) is not dict or len(op) != 4:
@@ -413,9 +415,12 @@ def fast_identifies(ops: list[Any], start: int, run: IdentifyRun) -> int:
         if len(attrs) > max_count:
             return i
         names = tuple(attrs)
-        verdict = verdicts(names)
-        if verdict is None:
-            verdict = _names_verdict(names)
+        if names == last_names:  # the same strings (orjson shares keys): no hashing
+            verdict = last_verdict
+        else:
+            known = verdicts(names)
+            verdict = _names_verdict(names) if known is None else known
+            last_names, last_verdict = names, verdict
         if verdict is _REJECT:
             return i
         plain = verdict is _PLAIN
