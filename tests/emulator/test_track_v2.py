@@ -256,3 +256,19 @@ def test_anonymous_relationship_carries_over_on_identify(
     track.put("/api/v1/customers/9", json={"anonymous_id": "anon-9"})
     (rel,) = emu.relationships()
     assert rel.person == emu.person(id="9").cio_id and rel.attributes == {"seen": 1}  # type: ignore[union-attr]
+
+
+def test_a_cio_id_finds_its_person_only_when_written_exactly(
+    emu: Emulator, track: httpx.Client
+) -> None:
+    track.post("/api/v2/entity", json=person_op("identify", {"id": "1"}, attributes={"a": 1}))
+    cio = emu.person(id="1").cio_id  # type: ignore[union-attr]
+    for other in ("e00000001", "E0000001", "e-000001", "e 000001", "e0x00001", cio + " "):
+        op = person_op("identify", {"cio_id": other}, attributes={"a": 2})
+        assert track.post("/api/v2/entity", json=op).status_code == 200
+        assert emu.person(cio_id=other) is None
+    op = person_op("identify", {"cio_id": cio}, attributes={"a": 3})
+    track.post("/api/v2/entity", json=op)
+    assert [p.attributes for p in emu.people()] == [{"a": 3}]
+    failures = [a for a in emu.activity_log() if a.kind == "attribute update failure"]
+    assert len(failures) == 6

@@ -286,7 +286,7 @@ def object_relationships(rt: Runtime, request: Request, body: bytes) -> Response
         for k, v in store.rels.items():
             if k[2:] != key:
                 continue
-            p = store.people.get(k[1]) if k[0] == "p" else None
+            p = store.resolve(("cio_id", k[1])) if k[0] == "p" else None
             ident = _identifiers(p) if p else {"anonymous_id": k[1]}
             rows.append({"identifiers": ident, "relationship_attributes": v})
     return json_response(200, {"cio_relationships": rows, "next": ""})
@@ -325,9 +325,8 @@ def segment_membership(rt: Runtime, request: Request, body: bytes) -> Response:
     start, limit = page
     store = rt.store
     with store.lock:
-        members = [
-            store.people[c] for c in store.segment_members(int(request.path_params["segment_id"]))
-        ]
+        segment_id = int(request.path_params["segment_id"])
+        members = [p for p in store.people.values() if segment_id in p.segments]
         chunk = members[start : start + limit]
         nxt = str(start + limit) if start + limit < len(members) else ""
         return json_response(
