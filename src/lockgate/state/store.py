@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -139,6 +140,25 @@ def read_runs_log(state_dir: Path, *, sync: str | None = None, limit: int = 20) 
     return rows[:limit]
 
 
+#: How long opening the state waits for its lock. A process that forks while it holds the lock
+#: open (any `subprocess` call from another thread) keeps it held in the child until the child
+#: execs, a few milliseconds; a run in progress holds it for its whole length.
+LOCK_WAIT_SECONDS = 0.5
+
+
+def _lock(fd: int) -> bool:
+    """Take the exclusive lock on ``fd``, waiting up to LOCK_WAIT_SECONDS; False if held."""
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+
 def table(name: str, sync: str) -> str:
     """The quoted per-sync table name, e.g. ``"snap__customer_profile"``."""
     return f'"{name}__{sync}"'
@@ -163,9 +183,7 @@ class StateStore:
         state_dir.mkdir(parents=True, exist_ok=True)
         lock_path = state_dir / "state.lock"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock(fd):
             os.close(fd)
             holder = lock_path.read_text().strip() or "another process"
             raise StateError(
