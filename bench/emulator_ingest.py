@@ -230,9 +230,15 @@ def served(records: int, repeat: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=30)
-    parser.add_argument("--served", type=int, default=0, metavar="RECORDS")
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--batches", type=int, default=30, help="1000-op batches to post")
+    parser.add_argument(
+        "--served",
+        type=int,
+        default=0,
+        metavar="RECORDS",
+        help="instead: CPU per record of `lockgate emulator` in its own process",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="--served runs, each fresh")
     args = parser.parse_args()
     if args.served:
         served(args.served, args.repeat)

@@ -55,7 +55,14 @@ class Emulator:
         emulator (``lockgate emulator`` does): what exists now, and the people and records each
         apply of accepted Track v2 operations creates, are frozen out of the collector's scans
         (see :attr:`Store.freeze_applied`). Process-wide: not for an emulator inside tests or
-        another program."""
+        another program.
+
+        Example::
+
+            emu = Emulator(config)
+            emu.own_process()  # a process of its own, as `lockgate emulator` is
+            uvicorn.Server(uvicorn.Config(emu.app, port=8765)).run()
+        """
         gc.collect()
         gc.freeze()
         self._rt.store.freeze_applied = True

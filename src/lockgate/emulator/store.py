@@ -55,7 +55,12 @@ _CIO_ID = "e%07x"  # a person's cio_id from the store's sequence number
 
 
 def cio_seq(cio_id: str) -> int | None:
-    """The sequence number a person's ``cio_id`` was made from (None if it is not one)."""
+    """The sequence number a person's ``cio_id`` was made from (None if it is not one).
+
+    Only the exact form the store writes is one (``cio_seq("e000002a") == 42``; ``"E000002A"``,
+    ``"e0000002a"`` and ``"e-000001"`` are None), so a lookup by cio_id finds what a lookup of
+    the string would have.
+    """
     if len(cio_id) < 8 or cio_id[0] != "e":
         return None
     try:
