@@ -12,6 +12,7 @@ idempotent; events carry their dedupe id).
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -20,6 +21,16 @@ import pyarrow as pa
 
 from lockgate.destinations.base import Outcome, Result
 from lockgate.state.store import StateStore
+
+
+class _Buffers(NamedTuple):
+    """One flush's worth of buffered results (see :meth:`Committer._take`)."""
+
+    journal: tuple[list[str], list[int | None], list[str | None], list[bool]]
+    ledger: list[str]
+    history: dict[str, list[Any]]
+    rejected: list[tuple[str, str]]
+    delivered: list[tuple[pa.RecordBatch, int, datetime]]
 
 
 class Pending(NamedTuple):
@@ -41,7 +52,10 @@ class CommitCounts:
 
 
 class Committer:
-    """Buffers results and writes them to the state store."""
+    """Buffers results and writes them to the state store.
+
+    Writes at the flush bounds run on a thread of their own (one at a time, in order) so
+    delivery goes on meanwhile; :meth:`flush` writes the rest and waits for all of it."""
 
     def __init__(
         self,
@@ -61,6 +75,8 @@ class Committer:
         self.flush_records = flush_records
         self.counts = CommitCounts()
         self._last_flush = time.monotonic()
+        self._pool: ThreadPoolExecutor | None = None
+        self._writing: Future[None] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -151,29 +167,60 @@ class Committer:
         self._buffered_more(meta.num_rows)
 
     def _buffered_more(self, n: int) -> None:
-        """Count ``n`` more buffered records; flush at the record or time bound."""
+        """Count ``n`` more buffered records; write them at the record or time bound."""
         self._buffered += n
         if (
             self._buffered >= self.flush_records
             or time.monotonic() - self._last_flush >= self.flush_seconds
         ):
-            self.flush()
+            self._write_in_background()
+
+    def _take(self) -> _Buffers:
+        """What is buffered, handed over; the buffers start empty again."""
+        taken = _Buffers(
+            self._journal, self._ledger, self._history, self._rejected, self._delivered
+        )
+        self._reset()
+        self._last_flush = time.monotonic()
+        return taken
+
+    def _write_in_background(self) -> None:
+        """Write what is buffered on the committer's thread while delivery goes on (DuckDB
+        runs without the GIL): the event loop no longer stalls ~0.1 s at every flush. One
+        write at a time, in order; a failed write raises at the next flush."""
+        self._wait()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockgate-commit")
+        self._writing = self._pool.submit(self._write, self._take())
+
+    def _wait(self) -> None:
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
 
     def flush(self) -> None:
+        """Write everything buffered and wait until it is committed."""
+        try:
+            self._wait()
+            self._write(self._take())
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def _write(self, taken: _Buffers) -> None:
         store = self.store
-        keys, hashes, idents, removed = self._journal
+        keys, hashes, idents, removed = taken.journal
         store.exec_sql("begin")
         try:
             store.append_journal(self.sync, self.run_id, keys, hashes, idents, removed)
-            store.append_ledger(self.sync, self._ledger)
-            store.append_history(self._history)
-            store.append_rejected(self.run_id, self.sync, "deliver", self._rejected)
+            store.append_ledger(self.sync, taken.ledger)
+            store.append_history(taken.history)
+            store.append_rejected(self.run_id, self.sync, "deliver", taken.rejected)
             store.append_delivered(
-                self.sync, self.run_id, self._delivered, ledger=self.kind == "events"
+                self.sync, self.run_id, taken.delivered, ledger=self.kind == "events"
             )
             store.exec_sql("commit")
         except BaseException:
             store.exec_sql("rollback")
             raise
-        self._reset()
-        self._last_flush = time.monotonic()
