@@ -220,3 +220,46 @@ attributes:
     assert (second.changes.changed, second.delivered) == (40, 40)
     tickets = [r.body for r in project_factory.emulator.request_log() if r.path == "/api/v2/batch"]
     assert sum(len(body["batch"]) for body in tickets) == 80
+
+
+def test_model_files_ending_in_a_semicolon_or_a_comment_are_read_in_place_or_copied(
+    project_factory: ProjectFactory,
+) -> None:
+    project_factory.sql(
+        "create or replace table plans as select i as id, 'free' as plan from range(30) t(i)"
+    )
+    models = project_factory.root / "models"
+    models.mkdir()
+    endings = {
+        "semicolon": "select * from plans;\n",
+        "comment": "select * from plans -- every account\n",
+        "both": "select * from plans; -- every account\n",
+    }
+    for name, text in endings.items():
+        (models / f"{name}.sql").write_text(text)
+    syncs = {
+        name: f"""
+name: {name}
+source: warehouse
+model: {{file: models/{name}.sql}}
+kind: people
+primary_key: id
+identify_by: {{id: id}}
+attributes:
+  plan_{name}: plan
+"""
+        for name in endings
+    }
+    project = project_factory.write(syncs)
+    for name in endings:
+        assert run_sync(project, name, console=NullConsole()).delivered == 30
+    assert in_place_for(project, "semicolon") is not None
+    assert in_place_for(project, "comment") is not None
+
+    project_factory.sql("update plans set plan = 'pro' where id = 4")
+    for name in endings:
+        again = run_sync(project, name, console=NullConsole())
+        assert (again.changes.changed, again.changes.unchanged, again.delivered) == (1, 29, 1)
+    person = project_factory.emulator.person(id="4")
+    assert person is not None
+    assert {person.attributes[f"plan_{name}"] for name in endings} == {"pro"}

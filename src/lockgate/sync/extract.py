@@ -92,6 +92,12 @@ _ROUND_TRIP = {
 }
 
 
+def _subquery(sql: str) -> str:
+    """A model's SQL nested as a subquery: a trailing `;` dropped, and the closing parenthesis
+    on its own line so a trailing `-- comment` does not swallow it."""
+    return "(\n" + sql.rstrip().rstrip(";") + "\n)"
+
+
 def _round_trip(native: str) -> str:
     return "VARCHAR" if native.startswith("ENUM(") else _ROUND_TRIP.get(native, native)
 
@@ -124,21 +130,24 @@ class InPlace:
             q(name) if kept == native[name] else f"{q(name)}::{kept} as {q(name)}"
             for name, kept in columns.items()
         ]
-        self.relation = f"(select {', '.join(items)} from ({sql}) __model)"
+        self.relation = f"(select {', '.join(items)} from {_subquery(sql)} __model)"
 
     @classmethod
     def open(
         cls, con: duckdb.DuckDBPyConnection, source: Source, sql: str, *, sync: str
     ) -> InPlace | None:
-        """The model read in place, or None when it must be staged (not a DuckDB source, or a
-        column whose type the round trip changes in a way a cast does not reproduce)."""
+        """The model read in place, or None when it must be staged (not a DuckDB source, SQL
+        that does not nest as a subquery, or a column whose type the round trip changes in a
+        way a cast does not reproduce)."""
         if not isinstance(source, DuckDBSource):
             return None
         try:
-            native = source.column_types(f"select * from ({sql})")
-            schema = source.schema_of(sql)
-        except SourceError as exc:
-            raise SourceError(f"sync `{sync}`: reading the model failed: {exc}") from exc
+            schema = source.schema_of(f"select * from {_subquery(sql)}")
+            native = source.column_types(f"select * from {_subquery(sql)}")
+        except SourceError:
+            # a broken model, or one that runs alone but not nested (a `;` before a last
+            # comment): the copy reads it as written and reports its own error
+            return None
         con.register("_model_schema", schema.empty_table())
         try:
             columns = {row[0]: row[1] for row in con.execute("describe _model_schema").fetchall()}
