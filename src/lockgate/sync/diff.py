@@ -331,14 +331,21 @@ def diff_records(
             alter table model_todo rename to model;
             """,
         )
+    # the keys to map that the snapshot has: the snapshot is scanned against the (small)
+    # todo table instead of the rows to map joined against a hash table of the whole snapshot
+    run_sql(
+        con,
+        "create or replace temp table known as "
+        f"select k from {snap} s semi join todo t on t.k = s.k",
+    )
     # every row mapped here is new, changed or a repeated key (rejected below): the rows whose
     # key and hash match the snapshot were left out above
     run_sql(
         con,
         f"""
         create or replace temp table mapped as
-        select c.*, c.src_h as h, s.k is null as is_new, false as removed
-        from ({compiled.select}) c left join {snap} s on s.k = c.k
+        select c.*, c.src_h as h, n.k is null as is_new, false as removed
+        from ({compiled.select}) c left join known n on n.k = c.k
         """,
     )
     # a key that appears more than once is ambiguous: every copy is rejected
@@ -378,11 +385,7 @@ def diff_records(
         # keys are distinct: the snapshot keys still in the model are those of the rows whose
         # (key, hash) matched plus the differing rows whose key is there (no second join of
         # the whole model against the whole snapshot)
-        kept = (
-            total
-            - differing
-            + int(_one(con, f"select count(*) from todo t semi join {snap} s on s.k = t.k") or 0)
-        )
+        kept = total - differing + int(_one(con, "select count(*) from known") or 0)
         removed = int(_one(con, f"select count(*) from {snap}") or 0) - kept
     removed_sent = 0
     if sync.effective_mode == "mirror" and removed:
