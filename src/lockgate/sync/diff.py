@@ -348,16 +348,18 @@ def diff_records(
         from ({compiled.select}) c left join known n on n.k = c.k
         """,
     )
-    # a key that appears more than once is ambiguous: every copy is rejected
-    run_sql(
-        con,
-        """
-        update mapped set reject = coalesce(reject, 'key `' || d.k || '` appears '
-                                            || d.n || ' times in the model')
-        from (select k, count(*) as n from mapped group by k having count(*) > 1) d
-        where mapped.k = d.k
-        """,
-    )
+    # a key that appears more than once is ambiguous: every copy is rejected (`keyed` has the
+    # same keys as every row mapped here, so without a repeat there it is skipped)
+    if repeated:
+        run_sql(
+            con,
+            """
+            update mapped set reject = coalesce(reject, 'key `' || d.k || '` appears '
+                                                || d.n || ' times in the model')
+            from (select k, count(*) as n from mapped group by k having count(*) > 1) d
+            where mapped.k = d.k
+            """,
+        )
     state_events = (
         _state_change_events(con, sync, now, relationship_snaps or []) if sync.on_change else 0
     )
