@@ -1054,12 +1054,21 @@ def report(n: int, r: dict[str, Any], args: argparse.Namespace) -> None:
     for col in ("target", "measured", "verdict"):
         targets.add_column(col)
     ratio = full_rate / base_rate
+    # what no client can beat here: the emulator taking prebuilt bodies, no client work at all
+    ceiling = r["ceiling_rows"] / r["ceiling_s"]
     targets.add_row(
         "full sync >= 250x the hand-written baseline", f"{ratio:,.0f}x", verdict(ratio >= 250)
     )
+    targets.add_row(
+        "  (the emulator's ceiling here allows at most)", f"{ceiling / base_rate:,.0f}x", ""
+    )
     if drt:
-        ratio = full_rate / (n / drt["projected"])
+        drt_rate = n / drt["projected"]
+        ratio = full_rate / drt_rate
         targets.add_row("full sync >= 10x drt", f"{ratio:,.1f}x", verdict(ratio >= 10))
+        targets.add_row(
+            "  (the emulator's ceiling here allows at most)", f"{ceiling / drt_rate:,.1f}x", ""
+        )
     ratio = incr.seconds / r["floor"]
     targets.add_row(
         "incremental <= 3x the scan-and-hash floor", f"{ratio:,.1f}x", verdict(ratio <= 3)
