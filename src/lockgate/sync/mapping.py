@@ -18,11 +18,15 @@ sends the default.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 
 from lockgate.errors import ConfigError
 from lockgate.project.models import FieldConfig, SyncConfig
+
+if TYPE_CHECKING:
+    from lockgate.project.loader import Project
 
 #: identifier types Customer.io knows, in the order one is picked for `identifiers`
 CUSTOMERIO_IDENTIFIERS = {"id": "id", "user_id": "id", "cio_id": "cio_id", "email": "email"}
@@ -119,6 +123,18 @@ def source_hash(sync: SyncConfig, columns: tuple[str, ...]) -> str:
 
 #: bump when the SQL this module generates changes what is sent for the same row
 MAPPING_VERSION = "1"
+
+
+def needs_identity(project: Project, sync: SyncConfig) -> bool:
+    """True when the sync's rows go through the identity graph: every people, events and
+    relationships sync of a project with an `identity:` section, and any sync that keys rows
+    by identifier types Customer.io does not know by itself (which then needs one)."""
+    native = set(CUSTOMERIO_IDENTIFIERS) | (
+        {"anonymous_id"} if sync.kind == "relationships" else set()
+    )
+    if any(kind not in native for kind in sync.identify_by):
+        return True
+    return project.config.identity is not None and sync.kind != "objects"
 
 
 def _is(col_type: str, prefixes: tuple[str, ...]) -> bool:

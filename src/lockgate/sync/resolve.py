@@ -44,18 +44,6 @@ from lockgate.sync.mapping import CUSTOMERIO_IDENTIFIERS
 IDENTITY_STATE = "identity"
 
 
-def needs_identity(project: Project, sync: SyncConfig) -> bool:
-    """True when the sync's rows go through the identity graph: every people, events and
-    relationships sync of a project with an `identity:` section, and any sync that keys rows
-    by identifier types Customer.io does not know by itself (which then needs one)."""
-    native = set(CUSTOMERIO_IDENTIFIERS) | (
-        {"anonymous_id"} if sync.kind == "relationships" else set()
-    )
-    if any(kind not in native for kind in sync.identify_by):
-        return True
-    return project.config.identity is not None and sync.kind != "objects"
-
-
 def identity_config(project: Project, sync: SyncConfig) -> IdentityConfig:
     config = project.config.identity
     if config is None:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 
@@ -36,10 +36,12 @@ from lockgate.state.store import StateStore, run_sql, table
 from lockgate.sync import diff as diff_step
 from lockgate.sync import guard as guard_step
 from lockgate.sync import mapping
-from lockgate.sync import resolve as resolve_step
 from lockgate.sync.commit import CommitCounts, Committer
 from lockgate.sync.deliver import deliver, event_ulids
 from lockgate.sync.extract import InPlace, Staged, stage
+
+if TYPE_CHECKING:
+    from lockgate.sync.resolve import Resolution
 
 DestinationFactory = Callable[[Project, SyncConfig], Destination]
 
@@ -167,7 +169,10 @@ def _prepare(
         resolution = None
         identity_ops = None
         configured = sync  # the contract (guardrails) is about the sync as configured
-        if resolve_step.needs_identity(project, sync):
+        if mapping.needs_identity(project, sync):
+            # imported here: the identity stack is ~70 ms of start-up a plain sync does not need
+            from lockgate.sync import resolve as resolve_step
+
             with step("resolve"):
                 config = resolve_step.identity_config(project, sync)
                 resolution = resolve_step.resolve_identities(project, config, step.run_id)
@@ -217,7 +222,7 @@ def _in_place(
     """The model read where it lives (see :class:`InPlace`) when that can save copying it: a
     DuckDB model of a people, objects or relationships sync with a snapshot to diff against and
     no identity graph (which rewrites the staged rows)."""
-    if full_resync or sync.kind == "events" or resolve_step.needs_identity(project, sync):
+    if full_resync or sync.kind == "events" or mapping.needs_identity(project, sync):
         return None
     snapshot = f"select exists(select 1 from {table('snap', sync.name)})"
     if not store.con.execute(snapshot).fetchall()[0][0]:
@@ -231,7 +236,7 @@ class Prepared(NamedTuple):
     changes: diff_step.ChangeSet
     recovered: int
     guards: list[guard_step.GuardResult]
-    resolution: resolve_step.Resolution | None
+    resolution: Resolution | None
     identity_ops: pa.Table | None
 
 
@@ -505,9 +510,11 @@ def run_sync(
             with step("commit"):
                 store.fold_journal(sync.name)
                 if resolution is not None:
+                    from lockgate.sync.resolve import write_tables
+
                     resolution.save(project.state_dir)
                     try:
-                        where = resolve_step.write_tables(project, resolution)
+                        where = write_tables(project, resolution)
                         console.info(f"{sync.name}: identity tables written to {where}")
                     except LockgateError as exc:
                         console.warn(f"{sync.name}: identity tables not written: {exc}")
