@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import duckdb
+from tests.sync.test_objects import COMPANIES, MEMBERSHIPS, PEOPLE, rels, seed
 
 from lockgate.console import NullConsole
 from lockgate.sources.duckdb import DuckDBSource
@@ -263,3 +264,36 @@ attributes:
     person = project_factory.emulator.person(id="4")
     assert person is not None
     assert {person.attributes[f"plan_{name}"] for name in endings} == {"pro"}
+
+
+def test_objects_and_relationships_are_keyed_in_place_too(
+    project_factory: ProjectFactory,
+) -> None:
+    seed(project_factory)
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    for name in ("companies", "people", "memberships"):
+        assert run_sync(project, name, console=NullConsole()).status == "success"
+    assert in_place_for(project, "companies") is not None
+    assert in_place_for(project, "memberships") is not None
+
+    project_factory.sql(
+        "update companies set seats = 30 where company_id = 'acme'; "
+        "update members set role = 'owner' where user_id = 2; "
+        "delete from members where user_id = 3"
+    )
+    companies = run_sync(project, "companies", console=NullConsole())
+    assert (companies.changes.changed, companies.changes.unchanged, companies.delivered) == (
+        1,
+        1,
+        1,
+    )
+    memberships = run_sync(project, "memberships", console=NullConsole())
+    assert (memberships.changes.changed, memberships.changes.removed_sent) == (1, 1)
+    emu = project_factory.emulator
+    assert {(o.object_id, o.attributes["seats"]) for o in emu.objects()} == {
+        ("acme", 30),
+        ("globex", 3),
+    }
+    assert rels(emu) == {("1", "1", "acme", "admin"), ("2", "1", "acme", "owner")}
