@@ -97,6 +97,8 @@ def test_max_changed_stops_the_run_with_the_limit_the_excess_and_samples(
     plan = plan_sync(project, "profile", console=NullConsole())
     (guard,) = [g for g in plan.guards if g.name == "max_changed"]
     assert guard.breached and guard.limit == "25%"
+    # a plan builds payloads only for what it shows: the guard's samples still have them
+    assert any(s.startswith('1: {"plan":"enterprise"') for s in guard.samples)
 
     forced = run_sync(project, "profile", console=NullConsole(), force=True)
     assert forced.status == "success" and forced.delivered == 6

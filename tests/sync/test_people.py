@@ -233,3 +233,19 @@ def test_a_key_that_becomes_repeated_is_rejected_not_sent(project_factory: Proje
     assert second.changes.rejected == 4 and second.changes.to_send == 0
     grace = project_factory.emulator.person(id="2")
     assert grace is not None and grace.attributes["plan"] == "free"
+
+
+def test_plan_samples_are_the_payloads_the_run_sends(project_factory: ProjectFactory) -> None:
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE})
+    plan = plan_sync(project, "profile", console=NullConsole(), samples=3)
+    run_sync(project, "profile", console=NullConsole())
+    sent = {
+        op["identifiers"]["id"]: op
+        for r in project_factory.emulator.request_log()
+        if r.path == "/api/v2/batch"
+        for op in r.body["batch"]
+    }
+    assert len(plan.samples) == 3
+    for sample in plan.samples:
+        assert sample["payload"] == sent[sample["key"]]

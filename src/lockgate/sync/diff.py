@@ -303,11 +303,14 @@ def diff_records(
     relationship_snaps: list[str] | None = None,
     now: int = 0,
     in_place: InPlace | None = None,
+    payloads: bool = True,
 ) -> ChangeSet:
     """Diff a people, objects or relationships sync against its snapshot.
 
     With ``in_place``, the temp table ``keyed`` was built in the source (:meth:`InPlace.key`)
-    and ``model`` is filled here with only the rows to map."""
+    and ``model`` is filled here with only the rows to map. Without ``payloads`` (a plan), the
+    rows of ``changes`` carry no ``op``: :func:`with_payloads` builds those a caller shows
+    (building every payload is most of a first plan's time, and its largest table)."""
     snap = table("snap", sync.name)
     # Stage 1, cheap: each row's key and the hash of the columns its payload is built from
     # (DuckDB computes only those two expressions of the mapping). Rows whose key and hash
@@ -340,11 +343,19 @@ def diff_records(
     )
     # every row mapped here is new, changed or a repeated key (rejected below): the rows whose
     # key and hash match the snapshot were left out above
+    # the payload of any staged row, by `__rid`: DuckDB pushes a filter on `__rid` down to the
+    # staged rows, so a few payloads cost a few rows' work
+    run_sql(
+        con,
+        f"create or replace temp view payloads as select __rid, op from ({compiled.select})",
+    )
+    # `on_change` rules read each row's identifiers from its payload
+    columns = "c.*" if payloads or sync.on_change else "c.* exclude (op), null::varchar as op"
     run_sql(
         con,
         f"""
         create or replace temp table mapped as
-        select c.*, c.src_h as h, n.k is null as is_new, false as removed
+        select {columns}, c.src_h as h, n.k is null as is_new, false as removed
         from ({compiled.select}) c left join known n on n.k = c.k
         """,
     )
@@ -482,10 +493,32 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
     )
 
 
+def with_payloads(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[str, str]]:
+    """(key, op JSON) of the rows of ``sql`` (which selects ``k, __rid, op`` from ``changes``
+    of a people, objects or relationships sync), building the payloads a plan left out."""
+    rows = con.execute(sql).fetchall()
+    missing = [int(rid) for _, rid, op in rows if op is None and rid is not None]
+    built: dict[int, str] = {}
+    if missing:
+        found = con.execute(
+            f"select __rid, op from payloads where __rid in ({', '.join(map(str, missing))})"
+        ).fetchall()
+        built = {int(rid): str(op) for rid, op in found}
+    return [(str(k), str(op) if op is not None else built[int(rid)]) for k, rid, op in rows]
+
+
 def sample_ops(con: duckdb.DuckDBPyConnection, limit: int = 3) -> list[tuple[str, str]]:
-    """The first few (key, op JSON) pairs of ``changes``; event ids filled in by the caller."""
-    rows = con.execute(f"select k, op from changes limit {int(limit)}").fetchall()
-    return [(str(k), str(op)) for k, op in rows]
+    """The (key, op JSON) pairs of the first few keys in the ``changes`` of a people, objects
+    or relationships sync (the same rows each time for the same changes)."""
+    return with_payloads(con, f"select k, __rid, op from changes order by k limit {int(limit)}")
 
 
-__all__ = ["ChangeSet", "diff_events", "diff_people", "diff_records", "lit", "sample_ops"]
+__all__ = [
+    "ChangeSet",
+    "diff_events",
+    "diff_people",
+    "diff_records",
+    "lit",
+    "sample_ops",
+    "with_payloads",
+]

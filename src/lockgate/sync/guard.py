@@ -31,7 +31,7 @@ from lockgate.project.loader import Project
 from lockgate.project.models import GuardrailsConfig, SyncConfig
 from lockgate.state import contract
 from lockgate.state.store import StateStore, table
-from lockgate.sync.diff import ChangeSet
+from lockgate.sync.diff import ChangeSet, with_payloads
 from lockgate.sync.mapping import q
 
 SAMPLES = 5
@@ -277,16 +277,18 @@ def check(
         n_attrs = len(sync.attributes)
 
         def changed() -> list[str]:
-            rows = con.execute(
-                f"select k, op from changes where not is_new and not removed order by k "
-                f"limit {SAMPLES}"
-            ).fetchall()
+            rows = with_payloads(
+                con,
+                f"select k, __rid, op from changes where not is_new and not removed order by k "
+                f"limit {SAMPLES}",
+            )
             return [f"{k}: {_clip(orjson.dumps(_attrs(op)).decode())}" for k, op in rows]
 
         def cleared() -> list[str]:
-            rows = con.execute(
-                f"select k, op from changes where n_cleared > 0 order by k limit {SAMPLES}"
-            ).fetchall()
+            rows = with_payloads(
+                con,
+                f"select k, __rid, op from changes where n_cleared > 0 order by k limit {SAMPLES}",
+            )
             out = []
             for k, op in rows:
                 names = [n for n, v in _attrs(op).items() if v == ""]

@@ -145,7 +145,10 @@ def _prepare(
     *,
     full_resync: bool,
     now: int,
+    payloads: bool = True,
 ) -> Prepared:
+    """Everything before delivery. Without ``payloads`` (a plan), records' payloads are built
+    only for the samples shown (``diff.with_payloads``)."""
     store.ensure_sync_tables(sync.name)
     store.mark_crashed_runs(sync.name)
     recovered = store.fold_journal(sync.name)
@@ -210,6 +213,7 @@ def _prepare(
                     relationship_snaps=relationship_snaps,
                     now=now,
                     in_place=in_place,
+                    payloads=payloads,
                 )
         with step("guard"):
             guards = guard_step.check(store.con, store, project, configured, changes)
@@ -437,6 +441,7 @@ def plan_sync(
             step,
             full_resync=full_resync,
             now=now or int(time.time()),
+            payloads=False,
         )
         sample = _samples(store, sync.kind, samples)
     return RunReport(
