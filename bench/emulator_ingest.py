@@ -24,16 +24,13 @@ read that applies the queue (applying); ``--repeat`` runs it again against a fre
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import orjson
 
+# the same standalone emulator and CPU reading as the delivery bench (run from bench/)
+from delivery import cpu_seconds, emulator
 from lockgate.emulator import Emulator, EmulatorConfig
 from lockgate.emulator.server import serve_in_thread
 
@@ -167,51 +164,24 @@ def sync_shaped_bodies(records: int) -> list[bytes]:
     return bodies
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) process ``pid`` has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def served_once(bodies: list[bytes], records: int) -> tuple[float, float, float]:
     """(accept CPU, apply CPU, wall of the posts) seconds of one fresh ``lockgate emulator``."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = Path(sys.executable).parent / "lockgate"
-    proc = subprocess.Popen(
-        [str(exe), "emulator", "--port", str(port), "--rate-limit", "0"],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    emu = Emulator(EmulatorConfig())
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{url}/_emulator/stats", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the emulator did not start") from None
-                time.sleep(0.1)
-        headers = {"content-type": "application/json"}
-        with httpx.Client(base_url=url, auth=emu.track_auth, timeout=120) as client:
+    headers = {"content-type": "application/json"}
+    auth = Emulator(EmulatorConfig()).track_auth
+    with emulator(latency_ms=0) as (url, pid):
+        with httpx.Client(base_url=url, auth=auth, timeout=120) as client:
             time.sleep(0.5)  # let start-up settle
-            cpu0 = process_cpu(proc.pid)
+            cpu0 = cpu_seconds(pid)
             started = time.perf_counter()
             for body in bodies:
                 r = client.post("/api/v2/batch", content=body, headers=headers)
                 assert r.status_code == 200, r.text
             wall = time.perf_counter() - started
-            cpu1 = process_cpu(proc.pid)
+            cpu1 = cpu_seconds(pid)
             stats = client.get("/_emulator/stats").json()  # a read: applies the queue
-            cpu2 = process_cpu(proc.pid)
-        assert stats["records_ingested"] == records, stats["records_ingested"]
-        return cpu1 - cpu0, cpu2 - cpu1, wall
-    finally:
-        proc.terminate()
-        proc.wait(30)
+            cpu2 = cpu_seconds(pid)
+    assert stats["records_ingested"] == records, stats["records_ingested"]
+    return cpu1 - cpu0, cpu2 - cpu1, wall
 
 
 def served(records: int, repeat: int) -> None:
