@@ -249,3 +249,28 @@ def test_plan_samples_are_the_payloads_the_run_sends(project_factory: ProjectFac
     assert len(plan.samples) == 3
     for sample in plan.samples:
         assert sample["payload"] == sent[sample["key"]]
+
+
+def test_list_columns_are_sent_as_json_lists_with_their_nulls(
+    project_factory: ProjectFactory,
+) -> None:
+    project_factory.sql(
+        "create or replace table teams as select 1 as id, [3, null, 5] as seats, "
+        "[true, null] as flags, ['a', null] as tags"
+    )
+    sync = """
+name: teams
+source: warehouse
+model: {table: teams}
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes: [seats, flags, tags]
+"""
+    project = project_factory.write({"teams": sync})
+    assert run_sync(project, "teams", console=NullConsole()).delivered == 1
+    person = project_factory.emulator.person(id="1")
+    assert person is not None
+    assert person.attributes["seats"] == [3, None, 5]
+    assert person.attributes["flags"] == [True, None]
+    assert person.attributes["tags"] == ["a", None]

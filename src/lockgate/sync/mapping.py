@@ -138,7 +138,8 @@ def needs_identity(project: Project, sync: SyncConfig) -> bool:
 
 
 def _is(col_type: str, prefixes: tuple[str, ...]) -> bool:
-    return col_type.upper().startswith(prefixes)
+    """True for a scalar column of one of these types; a list of them (`VARCHAR[]`) is not."""
+    return not col_type.endswith("]") and col_type.upper().startswith(prefixes)
 
 
 #: column types whose text (``::varchar``) is already their JSON: integers and booleans
