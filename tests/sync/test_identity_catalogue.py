@@ -320,6 +320,36 @@ def shared_family_email(w: World) -> None:
     assert w.query("select rule from lockgate.lg_refused_merges") == [("limit:user_id 2>1",)]
 
 
+@case("07b")
+def family_email_then_own_email(w: World) -> None:
+    """The refusal goes away: the person's `contested_email` is cleared, and stays cleared."""
+    shared_family_email(w)
+    w.sql("update app.users set email = 'u2@x.com', ts = '2025-01-03' where user_id = 'u2'")
+    w.sync("users")
+    people = w.people()
+    assert (people["u1"].email, people["u2"].email) == ("fam@x.com", "u2@x.com")
+    assert "contested_email" not in people["u2"].attributes
+    assert people["u2"].attributes["plan"] == "free"
+    w.sql("update app.users set plan = 'pro', ts = '2025-01-04' where user_id = 'u2'")
+    w.sync("users")
+    assert "contested_email" not in w.people()["u2"].attributes
+
+
+@case("07c", identity=identity_section(rules={"overrides_table": "ops.overrides"}))
+def family_email_then_forced_merge(w: World) -> None:
+    """The contested person is merged into the holder: the attribute the merge carried over
+    to the surviving person is cleared."""
+    shared_family_email(w)
+    w.sql(
+        "insert into ops.overrides values "
+        "('include', 'user_id', 'u1', 'user_id', 'u2', 'one household account')"
+    )
+    w.sync("users")
+    [person] = w.emu.people()
+    assert len(w.emu.merges()) == 1 and person.email == "fam@x.com"
+    assert "contested_email" not in person.attributes
+
+
 def shared_device(n_users: int, policy: str) -> Step:
     def run(w: World) -> None:
         w.sql(

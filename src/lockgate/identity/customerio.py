@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lockgate.errors import ContractError
+from lockgate.identity.profiles import contested_values
 from lockgate.identity.state import IdentityResult
 from lockgate.project.identity import IdentityConfig
 
@@ -123,7 +124,8 @@ def profile_attributes(result: IdentityResult, config: IdentityConfig) -> dict[s
     Types mapped to `attribute:<name>` give `<name>` (the latest value seen), or `""` (clear)
     on a profile that lost its value to another profile (`IdentityResult.lost`); a union
     refused by a limit leaves the email (or id) with the profile that holds it, and the other
-    profile gets it as `contested_email` (`contested_id`).
+    profile gets it as `contested_email` (`contested_id`), cleared (`""`) once no union is
+    refused for it (`IdentityResult.contested`).
     """
     attrs = _attribute_values(result, config)
     for pid, id_type in zip(
@@ -136,15 +138,16 @@ def profile_attributes(result: IdentityResult, config: IdentityConfig) -> dict[s
         )
         if target.startswith("attribute:"):
             attrs.setdefault(pid, {}).setdefault(target.split(":", 1)[1], "")
-    for r in result.refused.to_pylist():
-        if not r["rule"].startswith("limit:"):
-            continue
-        for side, other in (("b", "a"), ("a", "b")):
-            kind = config.identifier_types[r[f"type_{side}"]].customerio
-            holder = r[f"profile_{other}"]
-            if kind in ("email", "id") and holder and holder != r[f"profile_{side}"]:
-                attrs.setdefault(holder, {})[f"contested_{kind}"] = r[f"value_{side}"]
-                break
+    # a profile contested before and not now has the attribute cleared; a refusal sets it
+    for pid, kind in zip(
+        result.contested["profile_id"].to_pylist(),
+        result.contested["kind"].to_pylist(),
+        strict=True,
+    ):
+        attrs.setdefault(pid, {})[f"contested_{kind}"] = ""
+    targets = {t: spec.customerio for t, spec in config.identifier_types.items()}
+    for holder, kind, value in contested_values(result.refused, targets):
+        attrs.setdefault(holder, {})[f"contested_{kind}"] = value
     return attrs
 
 

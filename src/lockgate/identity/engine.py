@@ -32,10 +32,17 @@ import pyarrow.compute as pc
 from lockgate.errors import ConfigError
 from lockgate.identity import graph as g
 from lockgate.identity.normalize import check_values, normalize_column
-from lockgate.identity.profiles import PreviousProfiles, assign, hold_splits, track_lost
+from lockgate.identity.profiles import (
+    PreviousProfiles,
+    assign,
+    hold_splits,
+    track_contested,
+    track_lost,
+)
 from lockgate.identity.state import (
     ALIASES_SCHEMA,
     BLOCKED_SCHEMA,
+    CONTESTED_SCHEMA,
     EDGES_SCHEMA,
     HELD_SCHEMA,
     LOST_SCHEMA,
@@ -677,6 +684,13 @@ def resolve(
         },
         schema=REFUSALS_SCHEMA,
     )
+    contested = track_contested(
+        state.contested if state is not None else CONTESTED_SCHEMA.empty_table(),
+        refused,
+        assigned.aliases,
+        assigned.profiles,
+        {t: spec.customerio for t, spec in config.identifier_types.items()},
+    )
     quarantine = pa.table(
         {
             "run_id": [run_id] * len(cap_records),
@@ -734,6 +748,7 @@ def resolve(
         stats=stats,
         held=held,
         lost=lost,
+        contested=contested,
     )
 
 

@@ -16,7 +16,7 @@ Rules (identity.md §2.3, §2.4):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import duckdb
@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 from lockgate.identity import graph as g
 from lockgate.identity.state import (
     ALIASES_SCHEMA,
+    CONTESTED_SCHEMA,
     HELD_SCHEMA,
     LOST_SCHEMA,
     MERGES_SCHEMA,
@@ -569,4 +570,66 @@ def track_lost(
     keep = sorted((pid, t) for pid, t in pairs if pid in counts and not counts[pid].get(f"n_{t}"))
     return pa.table(
         {"profile_id": [p for p, _ in keep], "id_type": [t for _, t in keep]}, schema=LOST_SCHEMA
+    )
+
+
+def contested_values(refused: pa.Table, targets: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """`(profile_id, kind, value)` for each union a limit refused over an email (or `id`).
+
+    The value stays with the profile that holds it; the other profile's person gets it as
+    the attribute `contested_<kind>`. `targets` maps each identifier type to its Customer.io
+    target (`email`, `id`, `attribute:<name>`, ...).
+    """
+    out = []
+    for r in refused.to_pylist():
+        if not r["rule"].startswith("limit:"):
+            continue
+        for side, other in (("b", "a"), ("a", "b")):
+            kind = targets.get(r[f"type_{side}"], "")
+            holder = r[f"profile_{other}"]
+            if kind in ("email", "id") and holder and holder != r[f"profile_{side}"]:
+                out.append((holder, kind, r[f"value_{side}"]))
+                break
+    return out
+
+
+def track_contested(
+    previous: pa.Table,
+    refused: pa.Table,
+    aliases: pa.Table,
+    profiles: pa.Table,
+    targets: Mapping[str, str],
+) -> pa.Table:
+    """Profiles given `contested_<kind>` this run or before, under their current profile id.
+
+    A refusal can go away (the family member gets their own email, the limit is raised): the
+    person keeps the attribute in Customer.io until it is cleared, so every profile that ever
+    had it is remembered. A profile merged into another is followed to its survivor, since a
+    Customer.io merge carries the absorbed person's attributes over.
+    """
+    survivor = dict(
+        zip(aliases["old_profile_id"].to_pylist(), aliases["profile_id"].to_pylist(), strict=True)
+    )
+    pairs = {
+        (survivor.get(pid, pid), kind)
+        for pid, kind in zip(
+            previous["profile_id"].to_pylist(), previous["kind"].to_pylist(), strict=True
+        )
+    }
+    pairs |= {(pid, kind) for pid, kind, _ in contested_values(refused, targets)}
+    alive = (
+        set(
+            profiles.filter(
+                pc.is_in(
+                    profiles["profile_id"], value_set=pa.array({p for p, _ in pairs}, pa.string())
+                )
+            )["profile_id"].to_pylist()
+        )
+        if pairs
+        else set()
+    )
+    keep = sorted(pair for pair in pairs if pair[0] in alive)
+    return pa.table(
+        {"profile_id": [p for p, _ in keep], "kind": [k for _, k in keep]},
+        schema=CONTESTED_SCHEMA,
     )

@@ -156,6 +156,10 @@ LOST_SCHEMA = pa.schema([("profile_id", pa.string()), ("id_type", pa.string())])
 """Profiles that lost their only value of a type to another profile (an identifier move) and
 hold none since: their person's attribute for that type is cleared, run after run."""
 
+CONTESTED_SCHEMA = pa.schema([("profile_id", pa.string()), ("kind", pa.string())])
+"""Profiles whose person was given `contested_<kind>` (`email` or `id`) because a limit refused
+a union: once no union is refused for them, that attribute is cleared, run after run."""
+
 BLOCKED_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
@@ -184,8 +188,9 @@ class IdentityState:
     aliases: pa.Table = field(default_factory=lambda: ALIASES_SCHEMA.empty_table())
     held: pa.Table = field(default_factory=lambda: HELD_SCHEMA.empty_table())
     lost: pa.Table = field(default_factory=lambda: LOST_SCHEMA.empty_table())
+    contested: pa.Table = field(default_factory=lambda: CONTESTED_SCHEMA.empty_table())
 
-    _PARTS = ("nodes", "edges", "profiles", "aliases", "held", "lost")
+    _PARTS = ("nodes", "edges", "profiles", "aliases", "held", "lost", "contested")
 
     def write(self, directory: str | Path) -> None:
         """Store the state as Parquet files plus `state.json` in `directory`, atomically.
@@ -257,6 +262,8 @@ class IdentityResult:
     """Profiles of splits waiting for review, and the Customer.io identifiers they keep."""
     lost: pa.Table = field(default_factory=lambda: LOST_SCHEMA.empty_table())
     """Profiles that lost every value of a type to another profile (`LOST_SCHEMA`)."""
+    contested: pa.Table = field(default_factory=lambda: CONTESTED_SCHEMA.empty_table())
+    """Profiles given a `contested_<kind>` attribute, now or before (`CONTESTED_SCHEMA`)."""
 
     @property
     def state(self) -> IdentityState:
@@ -270,6 +277,7 @@ class IdentityResult:
             aliases=self.aliases,
             held=self.held,
             lost=self.lost,
+            contested=self.contested,
         )
 
     def tables(self) -> dict[str, pa.Table]:
