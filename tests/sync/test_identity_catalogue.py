@@ -24,6 +24,7 @@ import pytest
 import yaml
 from tests.identity.helpers import SPEC_CONFIG
 
+from lockgate.cli.sync import change_rows
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator, EmulatorConfig
 from lockgate.emulator.models import Person
@@ -772,6 +773,45 @@ def manual_force_merge(w: World) -> None:
     assert person.attributes["plan"] == "pro"
     assert [(m.primary, m.secondary) for m in w.emu.merges()] == [(two.cio_id, one.cio_id)]
     assert w.query("select cause from lockgate.lg_merge_log") == [("forced",)]
+
+
+def mirror_after_merge(delete_removed: bool) -> Step:
+    """A mirror sync after two accounts became one person: one account's row leaves the model.
+    The person is still synced by the other row, so nothing of it is cleared or deleted."""
+
+    def run(w: World) -> None:
+        extra = "mode: mirror\n" + ("delete_removed: true\n" if delete_removed else "")
+        users = w.root / "syncs" / "users.yml"
+        users.write_text(users.read_text() + extra)
+        w.project = load_project(w.root)
+        manual_force_merge(w)
+        w.sql("delete from app.users where user_id = 'u1'")
+        [report] = w.sync("users")
+        assert (report.changes.removed, report.changes.removed_sent) == (1, 0)
+        assert ("  of which kept: another row still syncs the person", 1) in change_rows(report)
+        [person] = w.emu.people()
+        assert (person.id, person.email) == ("u2", "new@x.com")
+        assert person.attributes["plan"] == "pro"
+        w.sql("delete from app.users where user_id = 'u2'")
+        [report] = w.sync("users")  # the person's last row leaves: now it is undone
+        assert report.changes.removed_sent == 2  # both rows' records, the same person
+        if delete_removed:
+            assert w.emu.people() == []
+        else:
+            [person] = w.emu.people()
+            assert "plan" not in person.attributes
+
+    return run
+
+
+for _delete in (False, True):
+    CASES.append(
+        Case(
+            "34-mirror" + ("-delete" if _delete else ""),
+            (mirror_after_merge(_delete),),
+            identity=identity_section(rules={"overrides_table": "ops.overrides"}),
+        )
+    )
 
 
 def breaker_identity() -> dict[str, Any]:

@@ -57,6 +57,16 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
             ("people unchanged (not sent)", c.unchanged),
             ("people removed from model", c.removed),
             ("  of which cleared/deleted (mirror)", c.removed_sent),
+            *(
+                [
+                    (
+                        "  of which kept: another row still syncs the person",
+                        c.removed - c.removed_sent,
+                    )
+                ]
+                if report.mode == "mirror" and c.removed > c.removed_sent
+                else []
+            ),
             ("attributes set", c.attributes_set),
             ("attributes cleared", c.attributes_cleared),
         ]

@@ -402,17 +402,30 @@ def diff_records(
         removed = int(_one(con, f"select count(*) from {snap}") or 0) - kept
     removed_sent = 0
     if sync.effective_mode == "mirror" and removed:
-        removed_sent = removed
         op, cleared_each = _removal_op(sync)
+        # A row that left the model is undone only where no row still in it goes to the same
+        # record: after two accounts became one person (identity), the account that leaves
+        # must not clear (or delete) what the other account's row keeps sending there. The
+        # records still synced are those of the rows sent now and of the unchanged (or
+        # rejected) rows still in the model, as the snapshot last sent them.
         run_sql(
             con,
             f"""
             insert into changes (k, op, h, ident, is_new, removed, n_set, n_cleared)
+            with gone as (select s.k, s.ident from {snap} s anti join keyed m on m.k = s.k),
+            shared as (select s.k, s.ident from {snap} s semi join gone g on g.ident = s.ident),
+            live as (
+                select ident from changes
+                union all
+                select h.ident from shared h semi join keyed m on m.k = h.k
+                anti join changes c on c.k = h.k
+            )
             select s.k, {op} as op, null as h, s.ident, false as is_new, true as removed,
                    0 as n_set, {cleared_each} as n_cleared
-            from {snap} s anti join keyed m on m.k = s.k
+            from gone s anti join live l on l.ident = s.ident
             """,
         )
+        removed_sent = int(_one(con, "select count(*) from changes where removed") or 0)
     row = con.execute(
         """
         select count(*) filter (where not removed), count(*) filter (where is_new),
