@@ -159,6 +159,38 @@ def test_mirror_with_delete_removed_deletes_the_person(project_factory: ProjectF
     assert project_factory.emulator.person(id="1") is not None
 
 
+def test_mirror_keeps_a_person_another_row_still_syncs(project_factory: ProjectFactory) -> None:
+    """Two accounts share an email: the account that leaves does not delete their person."""
+    project_factory.sql(
+        "create or replace table accounts as select * from (values "
+        "('a1', 'ada@example.com', 'pro'), ('a2', 'ada@example.com', 'pro'), "
+        "('a3', 'bob@example.com', 'free')) t(account_id, email, plan)"
+    )
+    accounts = """
+name: accounts
+source: warehouse
+model: {table: accounts}
+kind: people
+primary_key: account_id
+identify_by: {email: email}
+attributes: {plan: plan}
+mode: mirror
+delete_removed: true
+"""
+    project = project_factory.write({"accounts": accounts})
+    run_sync(project, "accounts", console=NullConsole())
+    emu = project_factory.emulator
+    project_factory.sql("delete from accounts where account_id in ('a1', 'a3')")
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert (report.changes.removed, report.changes.removed_sent) == (2, 1)
+    ada = emu.person(email="ada@example.com")
+    assert ada is not None and ada.attributes["plan"] == "pro"
+    assert emu.person(email="bob@example.com") is None  # bob's only row left: deleted
+    project_factory.sql("delete from accounts")
+    assert run_sync(project, "accounts", console=NullConsole()).changes.removed_sent == 2
+    assert emu.people() == []
+
+
 def test_update_mode_never_creates_people(project_factory: ProjectFactory) -> None:
     project_factory.sql(USERS)
     project = project_factory.write({"profile": PROFILE + "mode: update\n"})

@@ -65,6 +65,22 @@ def _rejected(con: duckdb.DuckDBPyConnection) -> tuple[int, tuple[tuple[str, str
     return count, tuple((str(k), str(r)) for k, r in samples)
 
 
+def _addressed(sync: SyncConfig, ident: str) -> str:
+    """SQL for the record an ``ident`` (a row's identifiers JSON) is sent to: for people the
+    one identifier a call addresses them by (`id`, else `cio_id`, else email), leaving out
+    the other identifiers and `on_change` watch values; for objects and relationships the
+    ident itself."""
+    if sync.kind != "people":
+        return ident
+    return f"""case
+        when json_extract_string({ident}, '$.id') is not null
+            then '{{"id":' || to_json(json_extract_string({ident}, '$.id')) || '}}'
+        when json_extract_string({ident}, '$.cio_id') is not null
+            then '{{"cio_id":' || to_json(json_extract_string({ident}, '$.cio_id')) || '}}'
+        else '{{"email":' || to_json(json_extract_string({ident}, '$.email')) || '}}'
+        end"""
+
+
 def _removal_op(sync: SyncConfig) -> tuple[str, int]:
     """SQL (over a snapshot row ``s``) for the operation that undoes a record that left the
     model in `mirror` mode, and how many attributes it clears."""
@@ -96,13 +112,7 @@ def _removal_op(sync: SyncConfig) -> tuple[str, int]:
             + "}}'",
             len(sync.attributes),
         )
-    identifiers = """case
-        when json_extract_string(s.ident, '$.id') is not null
-            then '{"id":' || to_json(json_extract_string(s.ident, '$.id')) || '}'
-        when json_extract_string(s.ident, '$.cio_id') is not null
-            then '{"cio_id":' || to_json(json_extract_string(s.ident, '$.cio_id')) || '}'
-        else '{"email":' || to_json(json_extract_string(s.ident, '$.email')) || '}'
-        end"""
+    identifiers = _addressed(sync, "s.ident")
     if sync.delete_removed:
         return (
             f"""'{{"type":"person","action":"delete","identifiers":' || {identifiers} || '}}'""",
@@ -412,17 +422,21 @@ def diff_records(
             con,
             f"""
             insert into changes (k, op, h, ident, is_new, removed, n_set, n_cleared)
-            with gone as (select s.k, s.ident from {snap} s anti join keyed m on m.k = s.k),
-            shared as (select s.k, s.ident from {snap} s semi join gone g on g.ident = s.ident),
+            with gone as (
+                select s.k, s.ident, {_addressed(sync, "s.ident")} as a
+                from {snap} s anti join keyed m on m.k = s.k
+            ),
+            snap as (select s.k, {_addressed(sync, "s.ident")} as a from {snap} s),
+            shared as (select h.k, h.a from snap h semi join gone g on g.a = h.a),
             live as (
-                select ident from changes
+                select {_addressed(sync, "ident")} as a from changes
                 union all
-                select h.ident from shared h semi join keyed m on m.k = h.k
+                select h.a from shared h semi join keyed m on m.k = h.k
                 anti join changes c on c.k = h.k
             )
             select s.k, {op} as op, null as h, s.ident, false as is_new, true as removed,
                    0 as n_set, {cleared_each} as n_cleared
-            from gone s anti join live l on l.ident = s.ident
+            from gone s anti join live l on l.a = s.a
             """,
         )
         removed_sent = int(_one(con, "select count(*) from changes where removed") or 0)
