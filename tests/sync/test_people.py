@@ -160,11 +160,12 @@ def test_mirror_with_delete_removed_deletes_the_person(project_factory: ProjectF
 
 
 def test_mirror_keeps_a_person_another_row_still_syncs(project_factory: ProjectFactory) -> None:
-    """Two accounts share an email: the account that leaves does not delete their person."""
+    """Two accounts go to one person (the same `id`, one without the email): the account
+    that leaves does not delete their person."""
     project_factory.sql(
         "create or replace table accounts as select * from (values "
-        "('a1', 'ada@example.com', 'pro'), ('a2', 'ada@example.com', 'pro'), "
-        "('a3', 'bob@example.com', 'free')) t(account_id, email, plan)"
+        "('a1', 'u1', 'ada@example.com', 'pro'), ('a2', 'u1', null, 'pro'), "
+        "('a3', 'u3', 'bob@example.com', 'free')) t(account_id, user_id, email, plan)"
     )
     accounts = """
 name: accounts
@@ -172,7 +173,7 @@ source: warehouse
 model: {table: accounts}
 kind: people
 primary_key: account_id
-identify_by: {email: email}
+identify_by: {id: user_id, email: email}
 attributes: {plan: plan}
 mode: mirror
 delete_removed: true
@@ -183,9 +184,9 @@ delete_removed: true
     project_factory.sql("delete from accounts where account_id in ('a1', 'a3')")
     report = run_sync(project, "accounts", console=NullConsole())
     assert (report.changes.removed, report.changes.removed_sent) == (2, 1)
-    ada = emu.person(email="ada@example.com")
+    ada = emu.person(id="u1")
     assert ada is not None and ada.attributes["plan"] == "pro"
-    assert emu.person(email="bob@example.com") is None  # bob's only row left: deleted
+    assert emu.person(id="u3") is None  # bob's only row left: deleted
     project_factory.sql("delete from accounts")
     assert run_sync(project, "accounts", console=NullConsole()).changes.removed_sent == 2
     assert emu.people() == []
