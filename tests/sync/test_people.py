@@ -160,12 +160,13 @@ def test_mirror_with_delete_removed_deletes_the_person(project_factory: ProjectF
 
 
 def test_mirror_keeps_a_person_another_row_still_syncs(project_factory: ProjectFactory) -> None:
-    """Two accounts go to one person (the same `id`, one without the email): the account
-    that leaves does not delete their person."""
+    """Accounts that reach one person (the same `id`; the same email in another case): an
+    account that leaves does not delete the person while another account still syncs it."""
     project_factory.sql(
         "create or replace table accounts as select * from (values "
         "('a1', 'u1', 'ada@example.com', 'pro'), ('a2', 'u1', null, 'pro'), "
-        "('a3', 'u3', 'bob@example.com', 'free')) t(account_id, user_id, email, plan)"
+        "('a3', 'u3', 'bob@example.com', 'free'), ('a4', null, ' ADA@Example.com', 'pro')"
+        ") t(account_id, user_id, email, plan)"
     )
     accounts = """
 name: accounts
@@ -181,14 +182,18 @@ delete_removed: true
     project = project_factory.write({"accounts": accounts})
     run_sync(project, "accounts", console=NullConsole())
     emu = project_factory.emulator
+    assert len(emu.people()) == 2
     project_factory.sql("delete from accounts where account_id in ('a1', 'a3')")
     report = run_sync(project, "accounts", console=NullConsole())
     assert (report.changes.removed, report.changes.removed_sent) == (2, 1)
+    assert emu.person(id="u3") is None  # bob's only row left: deleted
+    project_factory.sql("delete from accounts where account_id = 'a2'")
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert (report.changes.removed, report.changes.removed_sent) == (2, 0)  # a4: same email
     ada = emu.person(id="u1")
     assert ada is not None and ada.attributes["plan"] == "pro"
-    assert emu.person(id="u3") is None  # bob's only row left: deleted
     project_factory.sql("delete from accounts")
-    assert run_sync(project, "accounts", console=NullConsole()).changes.removed_sent == 2
+    assert run_sync(project, "accounts", console=NullConsole()).changes.removed_sent == 3
     assert emu.people() == []
 
 

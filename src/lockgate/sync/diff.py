@@ -66,10 +66,9 @@ def _rejected(con: duckdb.DuckDBPyConnection) -> tuple[int, tuple[tuple[str, str
 
 
 def _addressed(sync: SyncConfig, ident: str) -> str:
-    """SQL for the record an ``ident`` (a row's identifiers JSON) is sent to: for people the
-    one identifier a call addresses them by (`id`, else `cio_id`, else email), leaving out
-    the other identifiers and `on_change` watch values; for objects and relationships the
-    ident itself."""
+    """SQL for the identifiers a removal addresses a person by (`id`, else `cio_id`, else the
+    email), from an ``ident`` (a row's identifiers JSON, which may carry others and
+    `on_change` watch values); for objects and relationships the ident itself."""
     if sync.kind != "people":
         return ident
     return f"""case
@@ -79,6 +78,21 @@ def _addressed(sync: SyncConfig, ident: str) -> str:
             then '{{"cio_id":' || to_json(json_extract_string({ident}, '$.cio_id')) || '}}'
         else '{{"email":' || to_json(json_extract_string({ident}, '$.email')) || '}}'
         end"""
+
+
+def _record_keys(sync: SyncConfig, ident: str) -> str:
+    """SQL for a list of strings naming the record an ``ident`` goes to, one per identifier
+    Customer.io could find it by: a person's `id`, `cio_id` and email (lowercased, as
+    Customer.io matches emails); two rows sharing any of them reach the same person. For
+    objects and relationships, the ident itself."""
+    if sync.kind != "people":
+        return f"[{ident}]"
+    parts = [
+        f"'id:' || json_extract_string({ident}, '$.id')",
+        f"'cio_id:' || json_extract_string({ident}, '$.cio_id')",
+        f"'email:' || lower(json_extract_string({ident}, '$.email'))",
+    ]
+    return f"[{', '.join(parts)}]"  # a null entry joins nothing
 
 
 def _removal_op(sync: SyncConfig) -> tuple[str, int]:
@@ -414,29 +428,52 @@ def diff_records(
     if sync.effective_mode == "mirror" and removed:
         op, cleared_each = _removal_op(sync)
         # A row that left the model is undone only where no row still in it goes to the same
-        # record: after two accounts became one person (identity), the account that leaves
-        # must not clear (or delete) what the other account's row keeps sending there. The
-        # records still synced are those of the rows sent now and of the unchanged (or
-        # rejected) rows still in the model, as the snapshot last sent them.
+        # record (shares an `id`, `cio_id` or email with it): after two accounts became one
+        # person (identity), or two rows carry one email, the row that leaves must not clear
+        # (or delete) what the other row keeps sending there. The records still synced are
+        # those of the rows sent now and of the unchanged (or rejected) rows still in the
+        # model, as the snapshot last sent them.
+        keys = _record_keys(sync, "ident")
+        run_sql(
+            con,
+            f"""
+            create or replace temp table gone as
+            select s.k, s.ident from {snap} s anti join keyed m on m.k = s.k;
+            create or replace temp table gone_keys as
+            select k, unnest({keys}) as a from gone;
+            create or replace temp table live_keys as
+            with shared as (
+                select k, a from (select k, unnest({keys}) as a from {snap}) h
+                semi join gone_keys g on g.a = h.a
+            )
+            select unnest({keys}) as a from changes
+            union
+            select h.a from shared h semi join keyed m on m.k = h.k
+            anti join changes c on c.k = h.k
+            """,
+        )
+        # a row that leaves with another leaving row reaching the same person (one by `id`,
+        # one by email) is kept when that one is: add the kept rows' keys until none is new
+        while con.execute(
+            """
+            insert into live_keys
+            select distinct g.a from gone_keys g
+            semi join (select g.k from gone_keys g semi join live_keys l on l.a = g.a) x
+                on x.k = g.k
+            anti join live_keys l on l.a = g.a
+            where g.a is not null
+            """
+        ).fetchall()[0][0]:
+            pass
         run_sql(
             con,
             f"""
             insert into changes (k, op, h, ident, is_new, removed, n_set, n_cleared)
-            with gone as (
-                select s.k, s.ident, {_addressed(sync, "s.ident")} as a
-                from {snap} s anti join keyed m on m.k = s.k
-            ),
-            snap as (select s.k, {_addressed(sync, "s.ident")} as a from {snap} s),
-            shared as (select h.k, h.a from snap h semi join gone g on g.a = h.a),
-            live as (
-                select {_addressed(sync, "ident")} as a from changes
-                union all
-                select h.a from shared h semi join keyed m on m.k = h.k
-                anti join changes c on c.k = h.k
-            )
             select s.k, {op} as op, null as h, s.ident, false as is_new, true as removed,
                    0 as n_set, {cleared_each} as n_cleared
-            from gone s anti join live l on l.a = s.a
+            from gone s anti join (
+                select g.k from gone_keys g semi join live_keys l on l.a = g.a
+            ) x on x.k = s.k
             """,
         )
         removed_sent = int(_one(con, "select count(*) from changes where removed") or 0)
