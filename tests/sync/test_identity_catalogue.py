@@ -775,6 +775,39 @@ def manual_force_merge(w: World) -> None:
     assert w.query("select cause from lockgate.lg_merge_log") == [("forced",)]
 
 
+@case("34-clear", identity=identity_section(rules={"overrides_table": "ops.overrides"}))
+def merged_accounts_with_clearing_nulls(w: World) -> None:
+    """Two accounts force-merged into one person whose `id` is the absorbed account's (the
+    more recent): the merge goes into the person already holding that id, so identifying it
+    afterwards reaches it instead of re-creating it. On a sync whose nulls clear, the other
+    account's null (or contradicting value) never clears what the person's own row sets."""
+    users = w.root / "syncs" / "users.yml"
+    users.write_text(
+        users.read_text().replace(
+            "attributes: {plan: plan}", "attributes: {plan: plan}\non_null: clear"
+        )
+    )
+    w.project = load_project(w.root)
+    w.sql(
+        """
+        insert into app.users values ('u2', 'old@x.com', null, '2024-01-01'),
+          ('u1', 'new@x.com', 'pro', '2025-01-01');
+        """
+    )
+    w.sync("users")
+    w.sql(
+        "insert into ops.overrides values "
+        "('include', 'user_id', 'u1', 'user_id', 'u2', 'account re-created')"
+    )
+    w.sync("users")
+    [person] = w.emu.people()
+    assert person.id == "u1" and person.attributes.get("plan") == "pro"
+    w.sql("update app.users set plan = 'free' where user_id = 'u2'")  # contradicts the winner
+    w.sync("users")
+    [person] = w.emu.people()
+    assert person.attributes.get("plan") == "pro"
+
+
 def mirror_after_merge(delete_removed: bool) -> Step:
     """A mirror sync after two accounts became one person: one account's row leaves the model.
     The person is still synced by the other row, so nothing of it is cleared or deleted."""

@@ -9,6 +9,7 @@ import pytest
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
 from lockgate.errors import StepError
+from lockgate.project.loader import load_project
 from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -195,6 +196,29 @@ delete_removed: true
     project_factory.sql("delete from accounts")
     assert run_sync(project, "accounts", console=NullConsole()).changes.removed_sent == 3
     assert emu.people() == []
+
+
+def test_project_default_null_policy_applies_to_syncs(project_factory: ProjectFactory) -> None:
+    """`defaults.on_null: clear` in lockgate.yml clears nulls in a sync that sets no policy;
+    a sync's own `on_null` still wins."""
+    project_factory.sql(USERS)
+    project_factory.write(
+        {
+            "profile": PROFILE,
+            "kept": PROFILE.replace("name: profile", "name: kept") + "on_null: skip\n",
+        }
+    )
+    yml = project_factory.root / "lockgate.yml"
+    yml.write_text(yml.read_text() + "defaults: {on_null: clear}\n")
+    project = load_project(project_factory.root)
+    assert (project.sync("profile").on_null, project.sync("kept").on_null) == ("clear", "skip")
+    report = run_sync(project, "profile", console=NullConsole())
+    # grace's null renews_on and linus's null plan, signed_up_at and renews_on are now clears
+    assert report.changes.attributes_cleared == 1 + 1 + 3
+    project_factory.sql("update users set plan = null where user_id = 1")
+    run_sync(project, "profile", console=NullConsole())
+    ada = project_factory.emulator.person(id="1")
+    assert ada is not None and "plan" not in ada.attributes  # her null plan cleared 'pro'
 
 
 def test_update_mode_never_creates_people(project_factory: ProjectFactory) -> None:

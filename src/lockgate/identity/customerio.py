@@ -97,6 +97,23 @@ def _address(
     return None
 
 
+def _merge_into(
+    row: Mapping[str, Any] | None,
+    candidates: list[Mapping[str, Any] | None],
+    exists: Callable[[str, str], bool],
+) -> Mapping[str, Any] | None:
+    """Of the previous rows of a survivor (first) and the profiles it absorbs, the one whose
+    person holds the survivor's resolved `id` (else its email); else the survivor's own."""
+    if row is not None:
+        for column in ("cio_person_id", "cio_email"):
+            want = row.get(column)
+            for c in candidates:
+                if want is not None and c is not None and c.get(column) == want:
+                    if _address(c, exists) is not None:
+                        return c
+    return candidates[0]
+
+
 def _attribute_values(result: IdentityResult, config: IdentityConfig) -> dict[str, dict[str, Any]]:
     """Per profile, values of types mapped to `attribute:<name>` (latest seen wins)."""
     mapped = {
@@ -199,10 +216,34 @@ def plan_customerio(
         outcomes["idempotency_key"].append(key)
 
     # 1. merges between lockgate profiles that were both Customer.io people
-    for m in result.merges.to_pylist():
+    merges = result.merges.to_pylist()
+    # the person each survivor's merges go into: the one already holding the profile's
+    # resolved `id` (else its email), so that identifying the profile afterwards reaches it
+    # (a merge deletes the secondary: addressing the id it held would create a new person)
+    into: dict[str, Mapping[str, Any] | None] = {}
+    for m in merges:
+        survivor = m["profile_id"]
+        if survivor not in into:
+            into[survivor] = _merge_into(
+                rows.get(survivor),
+                [prev_rows.get(survivor)]
+                + [
+                    prev_rows.get(x["absorbed_profile_id"])
+                    for x in merges
+                    if x["profile_id"] == survivor
+                ],
+                known,
+            )
+    for m in merges:
         survivor, absorbed = m["profile_id"], m["absorbed_profile_id"]
-        primary = _address(prev_rows.get(survivor), known)
-        secondary = _address(prev_rows.get(absorbed), known)
+        target = into[survivor]
+        other = (
+            prev_rows.get(survivor)
+            if target is prev_rows.get(absorbed)
+            else prev_rows.get(absorbed)
+        )
+        primary = _address(target, known)
+        secondary = _address(other, known)
         if secondary is None:
             outcome(survivor, absorbed, "skipped_no_cio", None)
             continue
@@ -302,7 +343,7 @@ def plan_customerio(
             if prev
             else None
         )
-        existing = _address(prev, known) if prev else None
+        existing = _address(into.get(pid, prev), known) if prev else None
         if existing is None and prev is not None and row.get("cio_id"):
             existing = _address(row, known)
         changed = before != ident or pid in moved

@@ -194,6 +194,10 @@ def load_project(root: str | Path = ".") -> Project:
                 file=shown,
                 line=sync_lines.get(("destination",)),
             )
+        if "on_null" not in sync.model_fields_set and sync.kind != "events":
+            # `defaults.on_null` for the attributes of a sync that does not set its own
+            # (events' properties have no value to keep: a null there is always left out)
+            sync = sync.model_copy(update={"on_null": config.defaults.on_null})
         project.syncs[sync.name] = sync
         project.sync_files[sync.name] = shown
     return project

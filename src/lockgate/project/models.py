@@ -462,7 +462,7 @@ class SyncConfig(StrictModel):
     backfill: BackfillConfig = Field(default_factory=BackfillConfig)
     """`events`: what to do with old events."""
     on_null: NullPolicy = "skip"
-    """Default null policy for this sync's fields."""
+    """Default null policy for this sync's fields; unset, `defaults.on_null` of lockgate.yml."""
     schedule: str | None = None
     """Cron expression for `lockgate serve` (e.g. `*/15 * * * *`)."""
     guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
@@ -574,7 +574,8 @@ class DefaultsConfig(StrictModel):
     """Defaults applied to every sync unless it says otherwise."""
 
     on_null: NullPolicy = "skip"
-    """A null never overwrites a value unless a field says so."""
+    """What a null attribute does in a people, objects or relationships sync that sets no
+    `on_null` of its own: by default a null never overwrites a value unless a field says so."""
     guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
     """Circuit breakers for every sync (off unless set here or in a sync; docs/guardrails.md)."""
 

@@ -185,7 +185,8 @@ def one_row_per_person(
     that now identify the same person; sending both lets whichever arrives last win. The row
     whose own `id` is the person's `id` wins (else the one whose email is the person's, else
     the smallest primary key); where another row's attribute value contradicts the winner's,
-    that value is nulled, and nulls are skipped (not sent) unless a field says `on_null: clear`.
+    that value is nulled, and nulls are skipped (not sent); for a field whose nulls clear (or
+    send a default), the other rows take the winner's value instead.
     """
     # the person a row goes to (a split under review sends several profiles to one person)
     people = pc.coalesce(
@@ -235,14 +236,17 @@ def one_row_per_person(
         if spec.value is not None or column not in keyed.column_names:
             continue
         data = keyed[column].combine_chunks()
-        # only a value that contradicts the winner's is held back; agreeing or extra ones stay
-        clash = pc.fill_null(pc.not_equal(data, data.take(at_winner)), False)
-        drop = pc.and_(pa.array(lost), clash)
-        keyed = keyed.set_column(
-            keyed.schema.get_field_index(column),
-            column,
-            pc.if_else(drop, pa.nulls(keyed.num_rows, data.type), data),
-        )
+        theirs = data.take(at_winner)
+        if (spec.on_null or sync.on_null) == "skip":
+            # a null is left out: only a value that contradicts the winner's is held back;
+            # agreeing or extra ones stay
+            clash = pc.fill_null(pc.not_equal(data, theirs), False)
+            value = pc.if_else(pc.and_(pa.array(lost), clash), pa.nulls(len(data), data.type), data)
+        else:
+            # a null clears (or sends a default): the other rows send the winner's value, so
+            # neither their nulls nor their own values undo what the winner sets
+            value = pc.if_else(pa.array(lost), theirs, data)
+        keyed = keyed.set_column(keyed.schema.get_field_index(column), column, value)
     return keyed
 
 
