@@ -146,7 +146,9 @@ class StepError(TerminalError):
             f"fix the cause above, then run the sync again; nothing undelivered was committed "
             f"(run `{run_id}`)"
         )
-        super().__init__(f"step `{step}` failed in run `{run_id}`: {cause}", hint=hint)
+        # the cause's own hint becomes this error's hint: shown once, not also in the reason
+        text = str(cause).removesuffix(f"\n  hint: {getattr(cause, 'hint', None)}")
+        super().__init__(f"step `{step}` failed in run `{run_id}`: {text}", hint=hint)
         self.step = step
         self.run_id = run_id
         self.cause = cause

@@ -65,6 +65,20 @@ def test_validate_error_exits_non_zero_with_file_and_line(
     assert "syncs/product_events.yml:" in err and "hint:" in err
 
 
+def test_a_failed_step_names_the_cause_and_its_hint_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lockgate.cli import main
+
+    invoke("init", str(tmp_path))  # no warehouse built: the extract step fails
+    with pytest.raises(SystemExit) as exited:
+        main(["plan", "customer_profile", "--project", str(tmp_path)])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "step `extract` failed" in err and "warehouse.duckdb` does not exist" in err
+    assert err.count("hint:") == 1 and "check `path` in lockgate.yml" in err
+
+
 def test_plan_sync_runs_history_end_to_end(
     tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
