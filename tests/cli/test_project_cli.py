@@ -119,6 +119,19 @@ def test_plan_sync_runs_history_end_to_end(
     assert ("customer_profile", "identify", "delivered", 200) in seen
     assert ("product_events", "event", "delivered", 200) in seen
     assert {c["outcome"] for c in calls} == {"delivered"}
+    # the email in another case is the same person
+    code, out = invoke("history", "--person", "USER7@saasco.io", *project, "--json")
+    assert {(c["sync"], c["action"]) for c in json.loads(out)} == {
+        (sync, action) for sync, action, _, _ in seen
+    }
+    # person `1`: their own calls only, not every object whose type id is "1" or whose key is 1
+    code, out = invoke("history", "--person", "1", *project, "--json")
+    calls = json.loads(out)
+    assert ("customer_profile", "identify") in {(c["sync"], c["action"]) for c in calls}
+    assert "companies" not in {c["sync"] for c in calls}
+    for c in calls:
+        who = json.loads(c["ident"])
+        assert who.get("person", who).get("id") == "1", c
 
 
 def test_runs_are_listed_while_a_sync_holds_the_state(
