@@ -464,7 +464,8 @@ class SyncConfig(StrictModel):
     on_null: NullPolicy = "skip"
     """Default null policy for this sync's fields; unset, `defaults.on_null` of lockgate.yml."""
     schedule: str | None = None
-    """Cron expression for `lockgate serve` (e.g. `*/15 * * * *`)."""
+    """Cron expression (e.g. `*/15 * * * *`), checked by `lockgate validate`; Lockgate has no
+    scheduler of its own yet: run `lockgate sync NAME` from cron, Airflow or CI on it."""
     guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
     """Circuit breakers and acknowledged contract changes; unset limits inherit
     `defaults.guardrails` (docs/guardrails.md)."""
