@@ -514,7 +514,7 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
         con,
         f"""
         create or replace temp table mapped as
-        select *, row_number() over (partition by k order by ts, op) as rn
+        select *, row_number() over (partition by k order by reject is not null, ts, op) as rn
         from ({compiled.select})
         """,
     )
