@@ -153,3 +153,26 @@ def test_events_whose_answers_were_lost_are_retried_and_held_once(
         assert sorted(e.data["feature"] for e in lossy.events()) == ["f"] * 20
         assert len({e.id for e in lossy.events()}) == 20
         assert lossy.stats.duplicate_events_dropped > 0
+
+
+# ------------------------------------------------------------------ lost state
+
+
+def test_events_without_a_timestamp_keep_their_ids_when_the_state_is_lost(
+    project_factory: ProjectFactory,
+) -> None:
+    table(
+        project_factory,
+        "('e1', 1, 'Used', 'a'), ('e2', 2, 'Used', 'b')",
+        "event_id, user_id, event_name, feature",
+    )
+    untimed = EVENTS.replace("  timestamp: occurred_at\n", "")
+    project = project_factory.write({"activity": untimed})
+    assert run(project).delivered == 2
+    # the state is lost (or a crash lost the last flush): the re-run, a minute later, sends
+    # the same occurrences with the same dedupe ids, so Customer.io keeps one of each
+    shutil.rmtree(project.state_dir)
+    run(project, now=NOW + 60)
+    emu = project_factory.emulator
+    assert sorted(e.data["feature"] for e in emu.events()) == ["a", "b"]
+    assert emu.stats.duplicate_events_dropped == 2

@@ -585,10 +585,13 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
         f"(select *, {_object(fields.fragments)} as __props, "
         f"{sent_name.replace(ts_sql, '__ts')} as __name from {fields.inner_select()})"
     )
+    # `ts` dates the dedupe id (deliver.event_ulids): without a timestamp column it must not
+    # be the time of sending, or a re-run after a lost state or a crash sends a new id
+    id_ts = "coalesce(__ts, 0)" if event.timestamp else "0"
     select = (
         f"select coalesce({key_sql}, '(null id) ' || coalesce({ident}, '')) as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
-        f"coalesce(__ts, 0)::bigint as ts, coalesce({backfill}, false) as backfill "
+        f"{id_ts}::bigint as ts, coalesce({backfill}, false) as backfill "
         f"from {middle}"
     )
     return Compiled(select, tuple(dict.fromkeys(used)))
