@@ -164,6 +164,11 @@ def json_is_text(col_type: str, ftype: str) -> bool:
     return ftype == "auto" and _is(col_type, (*TIMESTAMP_TYPES, *_JSON_AS_TEXT))
 
 
+def _finite(value: str) -> str:
+    """SQL for a double ``value``, null when it is NaN or infinite (JSON has no such number)."""
+    return f"case when isfinite({value}) then {value} end"
+
+
 def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tuple[str, str]:
     """SQL for a column's value after coercion, and SQL for its reject reason (or NULL)."""
     c = q(column)
@@ -183,6 +188,10 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
             return f"{c}::double", "null"
         if _is(col_type, ("UUID", "INTERVAL", "TIME", "BLOB", "BIT")):
             return f"{c}::varchar", "null"
+        if _is(col_type, ("FLOAT", "DOUBLE")):
+            # NaN and Infinity have no JSON form: `to_json` would write `NaN`, invalid JSON
+            converted = _finite(c)
+            return converted, check(converted, "a finite number")
         return c, "null"
     if ftype in ("timestamp", "date"):
         if _is(col_type, ("DATE",)):
@@ -201,7 +210,7 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
         converted = f"try_cast(lower(trim({c}::varchar)) as boolean)"
         return converted, check(converted, "a boolean (true/false/1/0)")
     if ftype == "number":
-        converted = f"try_cast({c} as double)"
+        converted = _finite(f"try_cast({c} as double)")
         return converted, check(converted, "a number")
     if ftype == "integer":
         converted = f"try_cast({c} as bigint)"

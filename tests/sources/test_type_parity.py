@@ -1,0 +1,164 @@
+"""The same logical model gives the same Customer.io values from every warehouse.
+
+Each test builds one small table in DuckDB, Postgres (the session's real server, read through
+ADBC) and Snowflake (fakesnow behind the official connector), runs the same people sync against
+the emulator, and checks what Customer.io holds per person, and which rows were rejected and
+why. A value Customer.io cannot hold (NaN, an infinite date) must be rejected, naming the
+column, while the other rows go on.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import warnings
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from lockgate.console import NullConsole
+from lockgate.emulator import Emulator
+from lockgate.project.loader import load_project
+from lockgate.sync.run import RunReport, run_sync
+
+
+@dataclass
+class Warehouse:
+    """A warehouse of one kind, its `sources:` entry, and a way to run SQL in it."""
+
+    kind: str
+    root: Path
+    dsn: str = ""
+    stack: ExitStack = field(default_factory=ExitStack)
+    _snowflake: Any = None
+
+    @property
+    def yaml(self) -> str:
+        if self.kind == "duckdb":
+            return "{type: duckdb, path: w.duckdb}"
+        if self.kind == "postgres":
+            return f"{{type: postgres, url: '{self.dsn}'}}"
+        return "{type: snowflake, account: lg, user: t, database: LG, schema: PUBLIC}"
+
+    def execute(self, statements: list[str]) -> None:
+        if self.kind == "duckdb":
+            with duckdb.connect(str(self.root / "w.duckdb")) as con:
+                for statement in statements:
+                    con.execute(statement)
+        elif self.kind == "postgres":
+            import psycopg
+
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                for statement in statements:
+                    conn.execute(statement)
+        else:
+            cursor = self._snowflake.cursor()
+            for statement in statements:
+                cursor.execute(statement)
+            cursor.close()
+
+
+@pytest.fixture(
+    params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres), "snowflake"]
+)
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
+    wh = Warehouse(request.param, tmp_path)
+    with wh.stack:
+        if wh.kind == "postgres":
+            wh.dsn = request.getfixturevalue("postgres_dsn")
+            wh.execute(["drop table if exists public.t"])
+        elif wh.kind == "snowflake":
+            import fakesnow
+            import snowflake.connector
+
+            wh.stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore")  # fakesnow's own DuckDB warnings, not Lockgate's
+            wh.stack.enter_context(fakesnow.patch())
+            wh._snowflake = snowflake.connector.connect(
+                account="lg", user="t", database="LG", schema="PUBLIC"
+            )
+            wh.stack.callback(wh._snowflake.close)
+        yield wh
+
+
+@dataclass
+class Outcome:
+    report: RunReport
+    people: dict[str, dict[str, Any]]
+    rejected: dict[str, str]
+
+
+def sync_people(
+    wh: Warehouse,
+    emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    attributes: str,
+    sql: str = "select * from t",
+) -> Outcome:
+    """Run a people sync keyed by `id` over ``sql`` and read back what Customer.io holds."""
+    site, key = emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    (wh.root / "syncs").mkdir(exist_ok=True)
+    (wh.root / "lockgate.yml").write_text(
+        f"name: t\nsources:\n  warehouse: {wh.yaml}\ndestinations:\n  customerio:\n"
+        f"    type: customerio\n    track_url: {emulator.base_url}\n"
+    )
+    body = f"""
+        name: people
+        source: warehouse
+        model: {{sql: "{sql}"}}
+        kind: people
+        primary_key: id
+        identify_by: {{id: id}}
+        attributes:
+    """
+    (wh.root / "syncs" / "people.yml").write_text(
+        textwrap.dedent(body) + textwrap.indent(textwrap.dedent(attributes).strip(), "  ") + "\n"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # fakesnow's DuckDB copy warning
+        report = run_sync(load_project(wh.root), "people", console=NullConsole())
+    people = {p.id: dict(p.attributes) for p in emulator.people() if p.id is not None}
+    return Outcome(report, people, dict(report.changes.rejected_samples))
+
+
+def test_nan_and_infinity_are_rejected_by_column_not_sent_as_invalid_json(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warehouse.execute(
+        [
+            "create table t (id int, score double precision)",
+            "insert into t values (1, 1.5), (2, 'NaN'), (3, 'inf'), (4, '-inf')",
+        ]
+    )
+
+    out = sync_people(warehouse, customerio_emulator, monkeypatch, "score: score")
+
+    assert out.people == {"1": {"score": 1.5}}
+    assert set(out.rejected) == {"2", "3", "4"}
+    assert all("column `score`" in reason for reason in out.rejected.values())
+    assert "nan" in out.rejected["2"].lower() and "inf" in out.rejected["3"].lower()
+
+
+def test_a_number_field_rejects_nan_text_too(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warehouse.execute(
+        [
+            "create table t (id int, score varchar(20))",
+            "insert into t values (1, '2.25'), (2, 'NaN'), (3, '-Infinity')",
+        ]
+    )
+
+    out = sync_people(
+        warehouse, customerio_emulator, monkeypatch, "score: {column: score, type: number}"
+    )
+
+    assert out.people == {"1": {"score": 2.25}}
+    assert set(out.rejected) == {"2", "3"}
+    assert all("column `score`" in reason for reason in out.rejected.values())
