@@ -29,7 +29,7 @@ from lockgate.console import NullConsole
 from lockgate.emulator import Emulator, EmulatorConfig
 from lockgate.emulator.models import Person
 from lockgate.project.loader import Project, load_project
-from lockgate.sync.run import RunReport, run_sync
+from lockgate.sync.run import RunReport, plan_sync, run_sync
 
 TABLES = """
 create schema cio; create schema app; create schema stripe; create schema crm;
@@ -765,7 +765,14 @@ def manual_force_merge(w: World) -> None:
         "insert into ops.overrides values "
         "('include', 'user_id', 'u1', 'user_id', 'u2', 'account re-created')"
     )
+    # the plan shows the merge (and the identifiers re-applied) the run then sends first
+    planned = plan_sync(w.project, "users", console=NullConsole())
+    assert planned.identity_merges == 1 and len(planned.identity_ops) == 2
+    assert ("identity merges, sent first", 1) in change_rows(planned)
+    requests = len(w.emu.request_log())
     w.sync("users")
+    sent = [op for r in w.emu.request_log()[requests:] for op in r.body["batch"]]
+    assert sent[:2] == list(planned.identity_ops)
     # one person: the re-created account's (the most recent `id`) with its own plan, not the
     # old account's
     [person] = w.emu.people()

@@ -51,6 +51,14 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
                 ("attributes cleared", c.attributes_cleared),
             ]
     elif c.kind == "people":
+        if report.identity_ops:
+            rows += [
+                ("identity merges, sent first", report.identity_merges),
+                (
+                    "  identifiers re-applied after them",
+                    len(report.identity_ops) - report.identity_merges,
+                ),
+            ]
         rows += [
             ("people new to this sync", c.new),
             ("people changed", c.changed),
@@ -140,6 +148,9 @@ def plan(
         _print_json(report.as_dict())
         return
     render_report(console, report)
+    for op in report.identity_ops[:samples]:
+        console.info("[bold]identity operation[/bold] (sent before the sync's own changes):")
+        console.info(orjson.dumps(op, option=orjson.OPT_INDENT_2).decode())
     for sample in report.samples:
         console.info(f"[bold]sample payload[/bold] (key {sample['key']}):")
         console.info(orjson.dumps(sample["payload"], option=orjson.OPT_INDENT_2).decode())

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import orjson
 import pyarrow as pa
 
 from lockgate.console import Console
@@ -91,6 +92,9 @@ class RunReport:
     recovered: int = 0
     guards: tuple[guard_step.GuardResult, ...] = ()
     mode: str = ""
+    identity_ops: tuple[dict[str, Any], ...] = ()
+    """The identity graph's Customer.io operations, sent before the sync's own changes:
+    merges, then the identifiers re-applied to their survivors."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -109,7 +113,18 @@ class RunReport:
             "recovered_from_crash": self.recovered,
             "guardrails": [g.as_dict() for g in self.guards],
             "mode": self.mode,
+            "identity_merges": self.identity_merges,
+            "identity_reapplied": len(self.identity_ops) - self.identity_merges,
+            "identity_ops": list(self.identity_ops[:IDENTITY_OPS_SHOWN]),
         }
+
+    @property
+    def identity_merges(self) -> int:
+        return sum(1 for op in self.identity_ops if op.get("action") == "merge")
+
+
+#: identity operations listed in a report (the counts cover them all)
+IDENTITY_OPS_SHOWN = 100
 
 
 @dataclass
@@ -433,7 +448,7 @@ def plan_sync(
     step = _Step(run_id)
     started = time.perf_counter()
     with StateStore.open(project.state_dir) as store:
-        changes, recovered, guards, _, _ = _prepare(
+        changes, recovered, guards, _, identity_ops = _prepare(
             store,
             project,
             sync,
@@ -455,7 +470,12 @@ def plan_sync(
         recovered=recovered,
         guards=tuple(guards),
         mode=project.sync(name).effective_mode,
+        identity_ops=_op_payloads(identity_ops),
     )
+
+
+def _op_payloads(ops: pa.Table | None) -> tuple[dict[str, Any], ...]:
+    return tuple(orjson.loads(op) for op in ops["op"].to_pylist()) if ops is not None else ()
 
 
 def run_sync(
@@ -548,6 +568,7 @@ def run_sync(
             recovered=recovered,
             guards=tuple(guards),
             mode=project.sync(name).effective_mode,
+            identity_ops=_op_payloads(identity_ops),
         )
         store.finish_run(run_id, status, report.as_dict())
     return report
