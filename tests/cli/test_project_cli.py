@@ -79,6 +79,23 @@ def test_a_failed_step_names_the_cause_and_its_hint_once(
     assert err.count("hint:") == 1 and "check `path` in lockgate.yml" in err
 
 
+def test_a_model_sql_error_quotes_the_query_not_its_comments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lockgate.cli import main
+
+    invoke("init", str(tmp_path))
+    warehouse.build(tmp_path / "warehouse.duckdb")
+    model = tmp_path / "models" / "customer_profile.sql"
+    assert model.read_text().startswith("--")  # the scaffold's model opens with a comment
+    model.write_text(model.read_text().replace("select", "selec", 1))
+    with pytest.raises(SystemExit):
+        main(["plan", "customer_profile", "--project", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert 'syntax error at or near "selec"' in err
+    assert "check the model's SQL (`selec " in err
+
+
 def test_plan_sync_runs_history_end_to_end(
     tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -117,9 +117,12 @@ def strip_sql(sql: str) -> str:
     return sql.strip().rstrip(";").strip()
 
 
+_SQL_COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
+
+
 def sql_excerpt(sql: str, width: int = 80) -> str:
-    """The query on one line, shortened, for quoting in a hint."""
-    flat = " ".join(strip_sql(sql).split())
+    """The query on one line without its comments, shortened, for quoting in a hint."""
+    flat = " ".join(_SQL_COMMENT.sub(" ", strip_sql(sql)).split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
