@@ -162,3 +162,41 @@ def test_a_number_field_rejects_nan_text_too(
     assert out.people == {"1": {"score": 2.25}}
     assert set(out.rejected) == {"2", "3"}
     assert all("column `score`" in reason for reason in out.rejected.values())
+
+
+def test_timestamps_become_the_unix_second_they_fall_in_not_the_nearest_one(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 23:59:59.6 is still Jan 1: rounding sent Jan 2 00:00:00, moving the day a segment sees
+    ntz, tz = (
+        ("timestamp_ntz", "timestamp_tz")
+        if warehouse.kind == "snowflake"
+        else (
+            "timestamp",
+            "timestamptz",
+        )
+    )
+    warehouse.execute(
+        [
+            f"create table t (id int, ts {ntz}, tz {tz})",
+            "insert into t values (1, '2024-01-01 23:59:59.6', '2024-01-01 23:59:59.6+00:00'), "
+            "(2, '1969-12-31 23:59:59.5', '1969-12-31 23:59:59.5+00:00')",
+        ]
+    )
+
+    out = sync_people(
+        warehouse,
+        customerio_emulator,
+        monkeypatch,
+        """
+        ts: {column: ts, type: timestamp}
+        tz: {column: tz, type: timestamp}
+        ts_auto: ts
+        """,
+    )
+
+    assert out.rejected == {}
+    assert out.people == {
+        "1": {"ts": 1704153599, "tz": 1704153599, "ts_auto": 1704153599},
+        "2": {"ts": -1, "tz": -1, "ts_auto": -1},
+    }

@@ -169,6 +169,12 @@ def _finite(value: str) -> str:
     return f"case when isfinite({value}) then {value} end"
 
 
+def _seconds(timestamp: str) -> str:
+    """SQL for the unix second a timestamp falls in: 23:59:59.6 is still that day (a cast of
+    ``epoch``'s fraction to bigint would round it up to the next)."""
+    return f"floor(epoch({timestamp}))::bigint"
+
+
 def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tuple[str, str]:
     """SQL for a column's value after coercion, and SQL for its reject reason (or NULL)."""
     c = q(column)
@@ -183,7 +189,7 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
         if _is(col_type, ("DATE",)):
             return f"epoch({c}::timestamp)::bigint", "null"
         if _is(col_type, ("TIMESTAMP",)):
-            return f"epoch({c})::bigint", "null"
+            return _seconds(c), "null"
         if _is(col_type, ("DECIMAL", "HUGEINT", "UHUGEINT")):
             return f"{c}::double", "null"
         if _is(col_type, ("UUID", "INTERVAL", "TIME", "BLOB", "BIT")):
@@ -197,10 +203,10 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
         if _is(col_type, ("DATE",)):
             return f"epoch({c}::timestamp)::bigint", "null"
         if _is(col_type, ("TIMESTAMP",)):
-            return f"epoch({c})::bigint", "null"
+            return _seconds(c), "null"
         if _is(col_type, NUMERIC_TYPES):
             return f"{c}::bigint", "null"
-        converted = f"epoch(try_cast({c} as timestamptz))::bigint"
+        converted = _seconds(f"try_cast({c} as timestamptz)")
         return converted, check(converted, "a timestamp (use ISO 8601, e.g. 2026-01-31T12:00:00Z)")
     if ftype == "boolean":
         if _is(col_type, ("BOOLEAN",)):
@@ -495,20 +501,6 @@ def _on_change_sql(
     return ident, extra
 
 
-def _is_timestamptz(col_type: str) -> bool:
-    return col_type.upper() in ("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ")
-
-
-def _key_text(column: str, col_type: str) -> str:
-    """SQL for a column's text in an event key. A `TIMESTAMPTZ` is written in UTC (as a
-    machine set to UTC writes it), not in the time zone of the machine that runs the sync."""
-    c = q(column)
-    if _is_timestamptz(col_type):
-        utc = f"timezone('UTC', {c})::varchar || '+00'"
-        return f"case when isfinite({c}) then {utc} else {c}::varchar end"
-    return f"{c}::varchar"
-
-
 def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) -> Compiled:
     """The SELECT producing (k, op, ident, reject, ts, backfill, lo, hi) for an events sync."""
     assert sync.event is not None
@@ -516,7 +508,6 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
     fields = Fields()
     identifiers, ident, checks = identifier_sql(sync, columns, fields)
     used: list[str] = list(sync.identify_by.values())
-    legacy_key = "null"
     # the event key: a column or a hash of declared columns
     if event.id.column:
         if event.id.column not in columns:
@@ -533,13 +524,8 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
                     f"sync `{sync.name}`: event id hash column `{col}` is not in the model",
                     hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
                 )
-        parts = ", ".join(f"coalesce({_key_text(c, columns[c])}, '\\N')" for c in event.id.hash)
+        parts = ", ".join(f"coalesce({q(c)}::varchar, '\\N')" for c in event.id.hash)
         key_sql = f"md5(concat_ws(chr(31), {parts}))"
-        if any(_is_timestamptz(columns[c]) for c in event.id.hash):
-            # the key before it was made independent of the machine's time zone: events a
-            # run on that machine delivered are in the ledger under it
-            legacy = ", ".join(f"coalesce({q(c)}::varchar, '\\N')" for c in event.id.hash)
-            legacy_key = f"md5(concat_ws(chr(31), {legacy}))"
         used.extend(event.id.hash)
     else:
         raise ConfigError(f"sync `{sync.name}`: `event.id` needs `column` or `hash`")
@@ -620,8 +606,8 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
     select = (
         f"select coalesce({key_sql}, '(null id) ' || coalesce({ident}, '')) as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
-        f"{id_ts}::bigint as ts, coalesce({backfill}, false) as backfill, "
-        f"{legacy_key}::varchar as k_legacy from {middle}"
+        f"{id_ts}::bigint as ts, coalesce({backfill}, false) as backfill "
+        f"from {middle}"
     )
     return Compiled(select, tuple(dict.fromkeys(used)))
 
