@@ -501,6 +501,20 @@ def _on_change_sql(
     return ident, extra
 
 
+def _is_timestamptz(col_type: str) -> bool:
+    return col_type.upper() in ("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ")
+
+
+def _key_text(column: str, col_type: str) -> str:
+    """SQL for a column's text in an event key. A `TIMESTAMPTZ` is written in UTC (as a
+    machine set to UTC writes it), not in the time zone of the machine that runs the sync."""
+    c = q(column)
+    if _is_timestamptz(col_type):
+        utc = f"timezone('UTC', {c})::varchar || '+00'"
+        return f"case when isfinite({c}) then {utc} else {c}::varchar end"
+    return f"{c}::varchar"
+
+
 def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) -> Compiled:
     """The SELECT producing (k, op, ident, reject, ts, backfill, lo, hi) for an events sync."""
     assert sync.event is not None
@@ -508,6 +522,7 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
     fields = Fields()
     identifiers, ident, checks = identifier_sql(sync, columns, fields)
     used: list[str] = list(sync.identify_by.values())
+    legacy_key = "null"
     # the event key: a column or a hash of declared columns
     if event.id.column:
         if event.id.column not in columns:
@@ -524,8 +539,13 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
                     f"sync `{sync.name}`: event id hash column `{col}` is not in the model",
                     hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
                 )
-        parts = ", ".join(f"coalesce({q(c)}::varchar, '\\N')" for c in event.id.hash)
+        parts = ", ".join(f"coalesce({_key_text(c, columns[c])}, '\\N')" for c in event.id.hash)
         key_sql = f"md5(concat_ws(chr(31), {parts}))"
+        if any(_is_timestamptz(columns[c]) for c in event.id.hash):
+            # the key before it was made independent of the machine's time zone: events a
+            # run on that machine delivered are in the ledger under it
+            legacy = ", ".join(f"coalesce({q(c)}::varchar, '\\N')" for c in event.id.hash)
+            legacy_key = f"md5(concat_ws(chr(31), {legacy}))"
         used.extend(event.id.hash)
     else:
         raise ConfigError(f"sync `{sync.name}`: `event.id` needs `column` or `hash`")
@@ -606,8 +626,8 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
     select = (
         f"select coalesce({key_sql}, '(null id) ' || coalesce({ident}, '')) as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
-        f"{id_ts}::bigint as ts, coalesce({backfill}, false) as backfill "
-        f"from {middle}"
+        f"{id_ts}::bigint as ts, coalesce({backfill}, false) as backfill, "
+        f"{legacy_key}::varchar as k_legacy from {middle}"
     )
     return Compiled(select, tuple(dict.fromkeys(used)))
 
