@@ -181,3 +181,46 @@ def test_anonymous_visitors_are_related_with_the_object_side_shape(
         f"{emu.base_url}/api/v1/customers/9", json={"anonymous_id": "anon-7"}, auth=(site, key)
     ).raise_for_status()
     assert ("9", "1", "acme", "visitor") in rels(emu)
+
+
+def test_relationships_come_back_with_a_deleted_object(project_factory: ProjectFactory) -> None:
+    """An object deleted by a mirror sync takes its relationships with it in Customer.io;
+    when it comes back, so do they (they are not left recorded as delivered)."""
+    seed(project_factory)
+    companies = COMPANIES + "mode: mirror\ndelete_removed: true\n"
+    project = project_factory.write(
+        {"companies": companies, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    project_factory.sql(
+        "create table globex as select * from companies where company_id = 'globex'"
+    )
+    project_factory.sql("delete from companies where company_id = 'globex'")
+    gone = run_all(project)
+    assert ("3", "1", "globex", "owner") not in rels(emu)
+    # while the object is gone, its relationship waits for it instead of counting as sent
+    assert gone["memberships"].changes.held == 1
+    project_factory.sql("insert into companies select * from globex")
+    back = run_all(project)
+    assert back["memberships"].delivered == 1
+    assert ("3", "1", "globex", "owner") in rels(emu)
+    assert run_sync(project, "memberships", console=NullConsole()).changes.to_send == 0
+
+
+def test_relationships_come_back_with_a_deleted_person(project_factory: ProjectFactory) -> None:
+    seed(project_factory)
+    people = PEOPLE + "mode: mirror\ndelete_removed: true\n"
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": people, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    project_factory.sql("create table linus as select * from users where user_id = 3")
+    project_factory.sql("delete from users where user_id = 3")
+    gone = run_all(project)
+    assert emu.person(id="3") is None and gone["memberships"].changes.held == 1
+    project_factory.sql("insert into users select * from linus")
+    back = run_all(project)
+    assert back["memberships"].delivered == 1
+    assert ("3", "1", "globex", "owner") in rels(emu)

@@ -140,19 +140,18 @@ def _removal_op(sync: SyncConfig) -> tuple[str, int]:
     )
 
 
-def _hold_relationships(
-    con: duckdb.DuckDBPyConnection, objects_snaps: list[str], people_snaps: list[str]
-) -> tuple[int, tuple[tuple[str, str], ...]]:
-    """Move relationships whose object or person Lockgate has not delivered yet out of
-    ``changes`` into ``held``: they are not sent and not committed, so a later run sends them
-    once both ends exist (instead of a silent failure in Customer.io's activity log)."""
+def _missing_ends(
+    objects_snaps: list[str], people_snaps: list[str], object_id: str, person: str
+) -> list[str]:
+    """SQL reasons (null when fine) for a relationship whose object (``object_id``, SQL) or
+    person (``person``, its identifiers JSON) Lockgate has not delivered, or has deleted."""
     conditions = []
     if objects_snaps:
         known = " union all ".join(
             f"select json_extract_string(ident, '$.object_id') as o from {t}" for t in objects_snaps
         )
         conditions.append(
-            f"case when c.object_id not in ({known}) then 'object `' || c.object_id || "
+            f"case when {object_id} not in ({known}) then 'object `' || {object_id} || "
             "'` has not been synced yet' end"
         )
     if people_snaps:
@@ -163,18 +162,74 @@ def _hold_relationships(
             f"json_extract_string(ident, '$.cio_id')]) as value from {t}"
             for t in people_snaps
         )
-        person_key = "json_keys(c.person)[1]"
+        person_key = f"json_keys({person})[1]"
         person_value = (
-            f"case when {person_key} = 'email' then lower(json_extract_string(c.person, '$.email'))"
-            f" else json_extract_string(c.person, '$.' || {person_key}) end"
+            f"case when {person_key} = 'email' then lower(json_extract_string({person}, '$.email'))"
+            f" else json_extract_string({person}, '$.' || {person_key}) end"
         )
         # a person known only by an anonymous id exists in Customer.io only once identified:
         # the relationship is held by Customer.io itself (`identify_anonymous`), not by us
         conditions.append(
             f"case when {person_key} <> 'anonymous_id' and "
             f"({person_key}, {person_value}) not in (select kind, value from ({known})) "
-            "then 'person ' || c.person || ' has not been synced yet' end"
+            f"then 'person ' || {person} || ' has not been synced yet' end"
         )
+    return conditions
+
+
+def _live_relationships(
+    con: duckdb.DuckDBPyConnection, snap: str, objects_snaps: list[str], people_snaps: list[str]
+) -> str:
+    """The relationships snapshot without the relationships whose object or person is gone
+    (deleted by a mirror sync: Customer.io deleted its relationships with it), as a temp
+    table's name. Diffed against it, such a relationship still in the model is new again:
+    held while its end is missing, sent once it is back."""
+    conditions = _missing_ends(
+        objects_snaps,
+        people_snaps,
+        "json_extract_string(s.ident, '$.object.object_id')",
+        "json_extract(s.ident, '$.person')",
+    )
+    if not conditions:
+        run_sql(con, "drop table if exists snap_live")
+        return snap
+    run_sql(
+        con,
+        f"""
+        create or replace temp table snap_live as
+        select * from {snap} s where coalesce({", ".join(conditions)}) is null
+        """,
+    )
+    return "snap_live"
+
+
+def forget_gone_relationships(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int:
+    """After a relationships diff (in a run, not a plan): drop from the snapshot the
+    relationships whose object or person is gone, so that they count as not delivered; they
+    are sent again once both ends exist. Returns how many were dropped."""
+    if (
+        sync.kind != "relationships"
+        or not con.execute(
+            "select count(*) from duckdb_tables() where table_name = 'snap_live' and temporary"
+        ).fetchall()[0][0]
+    ):
+        return 0
+    snap = table("snap", sync.name)
+    gone = con.execute(
+        f"select count(*) from {snap} s anti join snap_live l on l.k = s.k"
+    ).fetchall()[0][0]
+    if gone:
+        run_sql(con, f"delete from {snap} where k not in (select k from snap_live)")
+    return int(gone)
+
+
+def _hold_relationships(
+    con: duckdb.DuckDBPyConnection, objects_snaps: list[str], people_snaps: list[str]
+) -> tuple[int, tuple[tuple[str, str], ...]]:
+    """Move relationships whose object or person Lockgate has not delivered yet out of
+    ``changes`` into ``held``: they are not sent and not committed, so a later run sends them
+    once both ends exist (instead of a silent failure in Customer.io's activity log)."""
+    conditions = _missing_ends(objects_snaps, people_snaps, "c.object_id", "c.person")
     if not conditions:
         return 0, ()
     run_sql(
@@ -336,6 +391,8 @@ def diff_records(
     rows of ``changes`` carry no ``op``: :func:`with_payloads` builds those a caller shows
     (building every payload is most of a first plan's time, and its largest table)."""
     snap = table("snap", sync.name)
+    if sync.kind == "relationships":
+        snap = _live_relationships(con, snap, objects_snaps or [], people_snaps or [])
     # Stage 1, cheap: each row's key and the hash of the columns its payload is built from
     # (DuckDB computes only those two expressions of the mapping). Rows whose key and hash
     # match the snapshot are unchanged; only the others are mapped into payloads.

@@ -507,6 +507,7 @@ def run_sync(
                 now=now or int(time.time()),
             )
             guard_step.enforce(sync, guards, force=force)
+            diff_step.forget_gone_relationships(store.con, sync)
             store.append_rejected(run_id, sync.name, "map", list(changes.rejected_samples))
             if identity_ops is not None and identity_ops.num_rows:
                 with step("deliver"):
