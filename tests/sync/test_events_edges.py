@@ -9,13 +9,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import duckdb
 import pytest
 
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator, EmulatorConfig, FaultConfig
 from lockgate.project.loader import load_project
-from lockgate.state.store import StateStore
 from lockgate.sync.run import run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -373,39 +371,6 @@ def test_hash_ids_over_a_timestamptz_column_do_not_depend_on_the_machines_time_z
     again = run(project)
     assert again.changes.to_send == 0 and again.changes.already_delivered == 3
     assert len(project_factory.emulator.events()) == 3
-
-
-def test_events_an_older_lockgate_delivered_from_a_machine_outside_utc_are_not_sent_again(
-    project_factory: ProjectFactory, machine_tz: Callable[[str], None]
-) -> None:
-    project_factory.sql(
-        f"""
-        create or replace table events as
-        select i as user_id, 'Used' as event_name, to_timestamp({NOW} - 600 - i) as occurred_at,
-               'f' as feature
-        from range(3) t(i)
-        """
-    )
-    hashed = EVENTS.replace("  id: event_id\n", "  id: {hash: [user_id, occurred_at]}\n")
-    project = project_factory.write({"activity": hashed})
-    machine_tz("Europe/Berlin")
-    # the ledger as Lockgate wrote it before event keys wrote a TIMESTAMPTZ in UTC: each
-    # column's text in the machine's time zone
-    warehouse = duckdb.connect(str(project_factory.root / "warehouse.duckdb"), read_only=True)
-    try:
-        keys = [
-            k
-            for (k,) in warehouse.execute(
-                "select md5(concat_ws(chr(31), user_id::varchar, occurred_at::varchar)) from events"
-            ).fetchall()
-        ]
-    finally:
-        warehouse.close()
-    with StateStore.open(project.state_dir) as store:
-        store.ensure_sync_tables("activity")
-        store.append_ledger("activity", keys)
-    again = run(project)
-    assert again.changes.to_send == 0 and again.changes.already_delivered == 3
 
 
 @pytest.mark.xfail(

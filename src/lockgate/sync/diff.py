@@ -581,21 +581,20 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
         create or replace temp table changes as
         select m.k, m.op, null::ubigint as h, m.ident, true as is_new, false as removed,
                m.ts, m.backfill, md5_number_lower(m.k) as lo, md5_number_upper(m.k) as hi
-        from mapped m anti join {ledger} l on l.k = m.k anti join {ledger} o on o.k = m.k_legacy
+        from mapped m anti join {ledger} l on l.k = m.k
         where m.reject is null and m.rn = 1 {"and not m.backfill" if skip_backfill else ""}
         order by m.ts, m.k
         """,
     )
     rejected, samples = _rejected(con)
-    # `k_legacy`: the key an older Lockgate gave the event, under which it may be in the ledger
-    in_ledger = f"(k in (select k from {ledger}) or k_legacy in (select k from {ledger}))"
+    in_ledger = f"k in (select k from {ledger})"
     row = con.execute(
         f"""
         select count(*),
                count(*) filter (where reject is null and rn > 1),
                count(*) filter (where reject is null and rn = 1 and {in_ledger}),
                count(*) filter (where reject is null and rn = 1 and backfill
-                                and not coalesce({in_ledger}, false))
+                                and not {in_ledger})
         from mapped
         """
     ).fetchall()[0]

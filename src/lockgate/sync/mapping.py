@@ -522,7 +522,6 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
     fields = Fields()
     identifiers, ident, checks = identifier_sql(sync, columns, fields)
     used: list[str] = list(sync.identify_by.values())
-    legacy_key = "null"
     # the event key: a column or a hash of declared columns
     if event.id.column:
         if event.id.column not in columns:
@@ -541,11 +540,6 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
                 )
         parts = ", ".join(f"coalesce({_key_text(c, columns[c])}, '\\N')" for c in event.id.hash)
         key_sql = f"md5(concat_ws(chr(31), {parts}))"
-        if any(_is_timestamptz(columns[c]) for c in event.id.hash):
-            # the key before it was made independent of the machine's time zone: events a
-            # run on that machine delivered are in the ledger under it
-            legacy = ", ".join(f"coalesce({q(c)}::varchar, '\\N')" for c in event.id.hash)
-            legacy_key = f"md5(concat_ws(chr(31), {legacy}))"
         used.extend(event.id.hash)
     else:
         raise ConfigError(f"sync `{sync.name}`: `event.id` needs `column` or `hash`")
@@ -626,8 +620,8 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
     select = (
         f"select coalesce({key_sql}, '(null id) ' || coalesce({ident}, '')) as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
-        f"{id_ts}::bigint as ts, coalesce({backfill}, false) as backfill, "
-        f"{legacy_key}::varchar as k_legacy from {middle}"
+        f"{id_ts}::bigint as ts, coalesce({backfill}, false) as backfill "
+        f"from {middle}"
     )
     return Compiled(select, tuple(dict.fromkeys(used)))
 
