@@ -200,3 +200,36 @@ def test_timestamps_become_the_unix_second_they_fall_in_not_the_nearest_one(
         "1": {"ts": 1704153599, "tz": 1704153599, "ts_auto": 1704153599},
         "2": {"ts": -1, "tz": -1, "ts_auto": -1},
     }
+
+
+@pytest.mark.parametrize("attribute", ["{column: d, type: date}", "d"])
+def test_infinite_dates_and_timestamps_reject_their_row_naming_the_column(
+    warehouse: Warehouse,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    attribute: str,
+) -> None:
+    if warehouse.kind == "snowflake":
+        pytest.skip("Snowflake has no infinite dates or timestamps")
+    warehouse.execute(
+        [
+            "create table t (id int, d date, ts timestamptz)",
+            "insert into t values (1, '1960-01-01', '1960-01-01 00:00:00+00'), "
+            "(2, 'infinity', '2024-01-01 00:00:00+00'), (3, '2024-01-01', '-infinity')",
+        ]
+    )
+
+    out = sync_people(
+        warehouse,
+        customerio_emulator,
+        monkeypatch,
+        f"""
+        d: {attribute}
+        ts: {{column: ts, type: timestamp}}
+        """,
+    )
+
+    assert out.people == {"1": {"d": -315619200, "ts": -315619200}}
+    assert set(out.rejected) == {"2", "3"}
+    assert "column `d`" in out.rejected["2"] and "infinity" in out.rejected["2"]
+    assert "column `ts`" in out.rejected["3"] and "-infinity" in out.rejected["3"]

@@ -104,7 +104,33 @@ def _adbc_target(field: pa.Field) -> pa.DataType:
     return kind.storage_type  # other Postgres-only types (inet, ...) as their text/bytes
 
 
+#: Postgres dates and timestamps count from 2000-01-01; ADBC shifts them to 1970 in 32/64-bit
+#: integers, so `infinity` (the largest integer) wraps to a date in 5877612 BC and `-infinity`
+#: lands next to it. Nothing real lies below Postgres's first day (4714-11-24 BC).
+_PG_FIRST = {"date32": -2_440_588, "timestamp": -210_866_803_200_000_000}
+_PG_MINUS_INFINITY = {"date32": -(2**31) + 10_957, "timestamp": -(2**63) + 946_684_800_000_000}
+#: how DuckDB (and Arrow readers generally) spell ±infinity: the extreme values
+_INFINITY = {"date32": 2**31 - 1, "timestamp": 2**63 - 1}
+
+
+def _infinities(array: pa.Array) -> pa.Array:
+    """A date or timestamp column with ADBC's wrapped ±infinity made DuckDB's ±infinity."""
+    import pyarrow.compute as pc
+
+    kind = "date32" if pa.types.is_date32(array.type) else "timestamp"
+    raw = array.cast(pa.int32() if kind == "date32" else pa.int64())
+    wrapped = pc.less(raw, _PG_FIRST[kind])
+    if not pc.any(wrapped).as_py():
+        return array
+    infinity = pa.scalar(_INFINITY[kind], raw.type)
+    minus = pc.equal(raw, _PG_MINUS_INFINITY[kind])
+    value = pc.if_else(minus, pc.negate(infinity), infinity)
+    return pc.if_else(wrapped, value, raw).cast(array.type)
+
+
 def _adbc_convert(array: pa.Array, target: pa.DataType) -> pa.Array:
+    if pa.types.is_date32(array.type) or pa.types.is_timestamp(array.type):
+        array = _infinities(array)
     if array.type.equals(target):
         return array
     if isinstance(array, pa.ListArray) and pa.types.is_list(target):

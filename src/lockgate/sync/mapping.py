@@ -185,11 +185,17 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
         tail = lit(f"` is not {what}")
         return f"case when {c} is not null and {converted} is null then {bad}{tail} end"
 
-    if ftype == "auto":
+    def epoch() -> tuple[str, str]:
+        # `infinity` (DuckDB, Postgres) has no unix second: reject it, never send it as null
         if _is(col_type, ("DATE",)):
-            return f"epoch({c}::timestamp)::bigint", "null"
-        if _is(col_type, ("TIMESTAMP",)):
-            return _seconds(c), "null"
+            converted = f"epoch(try_cast({c} as timestamp))::bigint"
+            return converted, check(converted, "a finite date")
+        converted = _seconds(c)
+        return converted, check(converted, "a finite timestamp")
+
+    if ftype == "auto":
+        if _is(col_type, ("DATE", "TIMESTAMP")):
+            return epoch()
         if _is(col_type, ("DECIMAL", "HUGEINT", "UHUGEINT")):
             return f"{c}::double", "null"
         if _is(col_type, ("UUID", "INTERVAL", "TIME", "BLOB", "BIT")):
@@ -200,12 +206,11 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
             return converted, check(converted, "a finite number")
         return c, "null"
     if ftype in ("timestamp", "date"):
-        if _is(col_type, ("DATE",)):
-            return f"epoch({c}::timestamp)::bigint", "null"
-        if _is(col_type, ("TIMESTAMP",)):
-            return _seconds(c), "null"
+        if _is(col_type, ("DATE", "TIMESTAMP")):
+            return epoch()
         if _is(col_type, NUMERIC_TYPES):
-            return f"{c}::bigint", "null"
+            converted = f"try_cast(floor({c}) as bigint)"  # NaN failed the whole run
+            return converted, check(converted, "a finite unix timestamp")
         converted = _seconds(f"try_cast({c} as timestamptz)")
         return converted, check(converted, "a timestamp (use ISO 8601, e.g. 2026-01-31T12:00:00Z)")
     if ftype == "boolean":
@@ -227,6 +232,9 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
         if is_str:
             converted = f"case when json_valid({c}) then {c}::json end"
             return converted, check(converted, "valid JSON")
+        if _is(col_type, ("FLOAT", "DOUBLE")):
+            converted = f"to_json({_finite(c)})"
+            return converted, check(converted, "a finite number")
         return f"to_json({c})", "null"
     raise ConfigError(f"sync `{sync}`: unknown type `{ftype}` for field `{field}`")
 
