@@ -258,12 +258,6 @@ def test_hash_ids_keep_apart_rows_whose_values_only_look_alike(
     assert len({e.id for e in project_factory.emulator.events()}) == 8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: a hash id writes a null as the text `\\N`, so a null and the string `\\N` "
-    "make one key; changing the key text would re-send (under new ids) every delivered event "
-    "with a null in a hash column",
-)
 def test_a_null_in_a_hash_column_is_not_the_text_backslash_n(
     project_factory: ProjectFactory,
 ) -> None:
@@ -397,12 +391,6 @@ def test_a_text_timestamp_without_an_offset_is_utc_on_any_machine(
 # ------------------------------------------------------------------ several syncs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: the dedupe id is the timestamp and an md5 of the key, not of the sync, so two "
-    "events syncs with the same key in the same second send one id and Customer.io drops the "
-    "second; adding the sync to the id changes every id (a lost state then re-sends everything)",
-)
 def test_two_events_syncs_with_the_same_key_in_the_same_second_both_arrive(
     project_factory: ProjectFactory,
 ) -> None:

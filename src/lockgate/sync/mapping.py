@@ -546,7 +546,11 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
                     f"sync `{sync.name}`: event id hash column `{col}` is not in the model",
                     hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
                 )
-        parts = ", ".join(f"coalesce({_key_text(c, columns[c])}, '\\N')" for c in event.id.hash)
+        parts = ", ".join(
+            f"coalesce(strlen({_key_text(c, columns[c])})::varchar || ':' || "
+            f"{_key_text(c, columns[c])}, '-')"
+            for c in event.id.hash
+        )
         key_sql = f"md5(concat_ws(chr(31), {parts}))"
         used.extend(event.id.hash)
     else:
@@ -623,13 +627,15 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
         f"{sent_name.replace(ts_sql, '__ts')} as __name from {fields.inner_select()})"
     )
     # `ts` dates the dedupe id (deliver.event_ulids): without a timestamp column it must not
-    # be the time of sending, or a re-run after a lost state or a crash sends a new id
+    # be the time of sending, or a re-run after a lost state or a crash sends a new id;
+    # `id_name`, the event's name before any backfill rename, goes into the id's random part
+    # with the key, so two events syncs whose keys meet in the same second keep apart
     id_ts = "coalesce(__ts, 0)" if event.timestamp else "0"
     select = (
         f"select coalesce({key_sql}, '(null id) ' || coalesce({ident}, '')) as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
-        f"{id_ts}::bigint as ts, coalesce({backfill}, false) as backfill "
-        f"from {middle}"
+        f"{id_ts}::bigint as ts, coalesce({backfill}, false) as backfill, "
+        f"coalesce({name_sql}, '') as id_name from {middle}"
     )
     return Compiled(select, tuple(dict.fromkeys(used)))
 
