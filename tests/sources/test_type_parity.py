@@ -233,3 +233,33 @@ def test_infinite_dates_and_timestamps_reject_their_row_naming_the_column(
     assert set(out.rejected) == {"2", "3"}
     assert "column `d`" in out.rejected["2"] and "infinity" in out.rejected["2"]
     assert "column `ts`" in out.rejected["3"] and "-infinity" in out.rejected["3"]
+
+
+def test_postgres_money_is_sent_in_its_units_not_in_cents(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if warehouse.kind != "postgres":
+        pytest.skip("`money` is a Postgres type")
+    warehouse.execute(
+        [
+            "create table t (id int, paid money)",
+            "insert into t values (1, 12.34), (2, -0.05), (3, 92233720368547758.07)",
+        ]
+    )
+
+    out = sync_people(
+        warehouse,
+        customerio_emulator,
+        monkeypatch,
+        """
+        paid: paid
+        paid_text: {column: paid, type: string}
+        """,
+    )
+
+    assert out.rejected == {}
+    assert out.people == {
+        "1": {"paid": 12.34, "paid_text": "12.34"},
+        "2": {"paid": -0.05, "paid_text": "-0.05"},
+        "3": {"paid": 92233720368547758.07, "paid_text": "92233720368547758.07"},
+    }

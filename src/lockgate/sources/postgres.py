@@ -83,11 +83,18 @@ def _numeric_type(precision: int | None, scale: int | None) -> pa.DataType:
     return pa.decimal128(precision, scale or 0)
 
 
-def _adbc_target(field: pa.Field) -> pa.DataType:
-    """The Arrow type Lockgate yields for a column the ADBC driver produced."""
+def _is_money(field: pa.Field) -> bool:
+    return (field.metadata or {}).get(b"POSTGRESQL:type") in (b"money", b"_money")
+
+
+def _adbc_target(field: pa.Field, money_scale: int = 2) -> pa.DataType:
+    """The Arrow type Lockgate yields for a column the ADBC driver produced. ``money`` comes
+    from ADBC as an integer count of cents (of ``money_scale`` decimal places): a decimal."""
     kind = field.type
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return pa.list_(_adbc_target(kind.value_field))
+        return pa.list_(_adbc_target(kind.value_field, money_scale))
+    if _is_money(field):
+        return pa.decimal128(19, money_scale)
     if not isinstance(kind, pa.BaseExtensionType):
         return kind
     name = kind.extension_name
@@ -133,6 +140,9 @@ def _adbc_convert(array: pa.Array, target: pa.DataType) -> pa.Array:
         array = _infinities(array)
     if array.type.equals(target):
         return array
+    if pa.types.is_int64(array.type) and pa.types.is_decimal(target):  # money, in cents
+        whole = array.cast(pa.decimal128(19, 0))  # the same 128-bit integers, read with a scale
+        return pa.Array.from_buffers(target, len(whole), whole.buffers(), offset=whole.offset)
     if isinstance(array, pa.ListArray) and pa.types.is_list(target):
         values = _adbc_convert(array.values, target.value_type)
         return pa.ListArray.from_arrays(array.offsets, values, mask=array.is_null())
@@ -277,7 +287,14 @@ class PostgresSource:
         except self._errors() as exc:
             close()
             raise query_error(self.who, sql, exc) from exc
-        schema = pa.schema([pa.field(f.name, _adbc_target(f), f.nullable) for f in reader.schema])
+        try:
+            scale = self._money_scale(reader.schema)
+        except SourceError:
+            close()
+            raise
+        schema = pa.schema(
+            [pa.field(f.name, _adbc_target(f, scale), f.nullable) for f in reader.schema]
+        )
 
         def convert(batch: pa.RecordBatch) -> pa.RecordBatch:
             arrays = [
@@ -309,7 +326,15 @@ class PostgresSource:
             raise query_error(self.who, sql, exc) from exc
         finally:
             cursor.close()
-        return pa.schema([pa.field(f.name, _adbc_target(f), f.nullable) for f in fields])
+        scale = self._money_scale(fields)
+        return pa.schema([pa.field(f.name, _adbc_target(f, scale), f.nullable) for f in fields])
+
+    def _money_scale(self, schema: pa.Schema) -> int:
+        """Decimal places of `money` (from `lc_monetary`), asked only when a column is money."""
+        fields = [*schema, *(f.type.value_field for f in schema if pa.types.is_list(f.type))]
+        if not any(_is_money(f) for f in fields):
+            return 2
+        return int(self._rows("select scale(1::money::numeric)")[0][0])
 
     # ------------------------------------------------------------------ catalog
 
