@@ -263,3 +263,21 @@ def test_postgres_money_is_sent_in_its_units_not_in_cents(
         "2": {"paid": -0.05, "paid_text": "-0.05"},
         "3": {"paid": 92233720368547758.07, "paid_text": "92233720368547758.07"},
     }
+
+
+def test_postgres_numeric_wider_than_38_digits_syncs_as_a_number(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if warehouse.kind != "postgres":
+        pytest.skip("only Postgres has decimals wider than 38 digits")
+    warehouse.execute(
+        [
+            "create table t (id int, amount numeric(50,10))",
+            "insert into t values (1, 1.25), (2, -12345678901234567890.5)",
+        ]
+    )
+
+    out = sync_people(warehouse, customerio_emulator, monkeypatch, "amount: amount")
+
+    assert out.report.status == "success"
+    assert out.people == {"1": {"amount": 1.25}, "2": {"amount": -1.2345678901234567e19}}
