@@ -367,11 +367,6 @@ def test_hash_ids_over_a_timestamptz_column_do_not_depend_on_the_machines_time_z
     assert len(project_factory.emulator.events()) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: a text timestamp without an offset is read in the machine's time zone (a "
-    "TIMESTAMP column is read as UTC); `coerce` is shared with people syncs, so not changed here",
-)
 def test_a_text_timestamp_without_an_offset_is_utc_on_any_machine(
     project_factory: ProjectFactory, machine_tz: Callable[[str], None]
 ) -> None:

@@ -107,6 +107,9 @@ class DuckDBSource:
                 read_only=read_only and not in_memory,
                 config={"memory_limit": "256MB" if in_memory else memory_limit},
             )
+            # the model reads the same on a laptop and a server, and keyed in place (the
+            # mapping's SQL run here) it gives what the state database gives: both in UTC
+            self._conn.execute("set TimeZone='UTC'")
         except duckdb.Error as exc:
             hint = "check `path` in lockgate.yml and the file's permissions"
             if "lock" in str(exc).lower():

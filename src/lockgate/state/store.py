@@ -206,6 +206,9 @@ class StateStore:
         run_sql(con, f"set temp_directory='{tmp}'")
         run_sql(con, "set preserve_insertion_order=false")
         run_sql(con, "set enable_progress_bar=false")  # progress is drawn by the console
+        # mapping runs here: a text timestamp without an offset is UTC, and a TIMESTAMPTZ's
+        # text is its UTC text, on any machine (not in the zone of the one running the sync)
+        run_sql(con, "set TimeZone='UTC'")
         # checkpoint at close rather than during a run: commits stay cheap, and the WAL is
         # replayed after a crash
         run_sql(con, "set checkpoint_threshold='4GB'")
