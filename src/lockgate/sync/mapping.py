@@ -546,6 +546,8 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
                     f"sync `{sync.name}`: event id hash column `{col}` is not in the model",
                     hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
                 )
+        # each value as its length, `:` and its text, a null as `-`: no two lists of values
+        # (`'a|b', 'c'` and `'a', 'b|c'`, a null and the text `-`) give the same key text
         parts = ", ".join(
             f"coalesce(strlen({_key_text(c, columns[c])})::varchar || ':' || "
             f"{_key_text(c, columns[c])}, '-')"
