@@ -128,7 +128,9 @@ def test_an_unqualified_table_needs_a_dataset(tmp_path: Path) -> None:
         (SchemaField("a", "FLOAT"), pa.float64(), "FLOAT"),
         (SchemaField("a", "NUMERIC"), pa.decimal128(38, 9), "NUMERIC"),
         (SchemaField("a", "NUMERIC", precision=10, scale=2), pa.decimal128(10, 2), "NUMERIC"),
-        (SchemaField("a", "BIGNUMERIC"), pa.decimal256(76, 38), "BIGNUMERIC"),
+        (SchemaField("a", "BIGNUMERIC"), pa.float64(), "BIGNUMERIC"),
+        (SchemaField("a", "BIGNUMERIC", precision=20, scale=2), pa.decimal128(20, 2), "BIGNUMERIC"),
+        (SchemaField("a", "BIGNUMERIC", precision=50, scale=2), pa.float64(), "BIGNUMERIC"),
         (SchemaField("a", "BOOLEAN"), pa.bool_(), "BOOLEAN"),
         (SchemaField("a", "STRING"), pa.string(), "STRING"),
         (SchemaField("a", "BYTES"), pa.binary(), "BYTES"),
@@ -149,6 +151,37 @@ def test_an_unqualified_table_needs_a_dataset(tmp_path: Path) -> None:
 def test_bigquery_types_map_to_arrow(field: SchemaField, expected: pa.DataType, name: str) -> None:
     assert arrow_type(field) == expected
     assert type_name(field) == name
+
+
+def test_bignumeric_pages_are_read_as_float64_that_duckdb_maps() -> None:
+    """The client hands `BIGNUMERIC` over as `decimal256`, which DuckDB cannot read: the
+    source's reader gives float64, so the mapping works instead of failing the run."""
+    import decimal
+
+    import duckdb
+
+    from lockgate.errors import SourceError
+    from lockgate.sources.base import stream
+
+    schema = arrow_schema([SchemaField("amount", "BIGNUMERIC")])
+    page = pa.record_batch(
+        [
+            pa.array(
+                [decimal.Decimal("12345678901234567890123456789012345678.5"), None],
+                pa.decimal256(76, 38),
+            )
+        ],
+        names=["amount"],
+    )
+    reader = stream(
+        schema, [page], batch_rows=10, on_error=lambda e: SourceError(str(e)), errors=()
+    )
+    pages = reader.read_all()
+    assert pages.schema.field("amount").type == pa.float64()
+    assert duckdb.connect().execute("select amount from pages").fetchall() == [
+        (1.2345678901234568e37,),
+        (None,),
+    ]
 
 
 def test_required_fields_are_not_nullable() -> None:

@@ -46,7 +46,9 @@ _SCALARS: dict[str, pa.DataType] = {
     "FLOAT": pa.float64(),
     "FLOAT64": pa.float64(),
     "NUMERIC": pa.decimal128(38, 9),
-    "BIGNUMERIC": pa.decimal256(76, 38),
+    # DuckDB, which maps every model, reads no `decimal256`: wider decimals become float64, as
+    # Postgres numerics over 38 digits do (a `decimal256` failed the whole run)
+    "BIGNUMERIC": pa.float64(),
     "BOOLEAN": pa.bool_(),
     "BOOL": pa.bool_(),
     "STRING": pa.string(),
@@ -71,8 +73,7 @@ def arrow_type(field: Any) -> pa.DataType:
         base: pa.DataType = pa.struct([pa.field(f.name, arrow_type(f)) for f in field.fields])
     elif kind in ("NUMERIC", "BIGNUMERIC") and getattr(field, "precision", None):
         precision, scale = int(field.precision), int(field.scale or 0)
-        decimal = pa.decimal128 if precision <= 38 else pa.decimal256
-        base = decimal(precision, scale)
+        base = pa.decimal128(precision, scale) if precision <= 38 else pa.float64()
     else:
         base = _SCALARS.get(kind, pa.string())
     return pa.list_(base) if field.mode == "REPEATED" else base
