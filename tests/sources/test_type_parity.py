@@ -281,3 +281,37 @@ def test_postgres_numeric_wider_than_38_digits_syncs_as_a_number(
 
     assert out.report.status == "success"
     assert out.people == {"1": {"amount": 1.25}, "2": {"amount": -1.2345678901234567e19}}
+
+
+def test_fixed_width_char_columns_are_sent_without_their_padding(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postgres pads `char(n)` with spaces (which its own comparisons and `::text` ignore);
+    DuckDB and Snowflake do not: Customer.io gets `ab` from all three, and inner and leading
+    spaces stay."""
+    warehouse.execute(
+        [
+            "create table t (id int, code char(6))",
+            "insert into t values (1, 'ab'), (2, ' a b'), (3, null)",
+        ]
+    )
+
+    out = sync_people(warehouse, customerio_emulator, monkeypatch, "code: code")
+
+    assert out.rejected == {}
+    assert out.people == {"1": {"code": "ab"}, "2": {"code": " a b"}, "3": {}}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("redshift", [False, True])
+def test_char_padding_is_dropped_on_both_postgres_read_paths(
+    postgres_dsn: str, redshift: bool
+) -> None:
+    from lockgate.sources.postgres import PostgresSource, RedshiftSource
+
+    source = (RedshiftSource if redshift else PostgresSource)(postgres_dsn)
+    try:
+        rows = source.read("select 'ab'::char(6) as code, ' a'::char(3) as other").read_all()
+    finally:
+        source.close()
+    assert rows.to_pylist() == [{"code": "ab", "other": " a"}]

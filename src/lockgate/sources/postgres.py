@@ -83,6 +83,18 @@ def _numeric_type(precision: int | None, scale: int | None) -> pa.DataType:
     return pa.decimal128(precision, scale or 0)
 
 
+def _unpad(array: pa.Array) -> pa.Array:
+    """A `char(n)` column without the trailing spaces Postgres pads it with (its own
+    comparisons and `::text` ignore them; DuckDB and Snowflake never add them)."""
+    import pyarrow.compute as pc
+
+    return pc.utf8_rtrim(array, characters=" ")
+
+
+def _is_bpchar(field: pa.Field) -> bool:
+    return (field.metadata or {}).get(b"POSTGRESQL:type") == b"bpchar"
+
+
 def _is_money(field: pa.Field) -> bool:
     return (field.metadata or {}).get(b"POSTGRESQL:type") in (b"money", b"_money")
 
@@ -296,11 +308,15 @@ class PostgresSource:
             [pa.field(f.name, _adbc_target(f, scale), f.nullable) for f in reader.schema]
         )
 
+        padded = {i for i, f in enumerate(reader.schema) if _is_bpchar(f)}
+
         def convert(batch: pa.RecordBatch) -> pa.RecordBatch:
             arrays = [
                 _adbc_convert(column, field.type)
                 for column, field in zip(batch.columns, schema, strict=True)
             ]
+            for i in padded:
+                arrays[i] = _unpad(arrays[i])
             return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
         return stream(
@@ -468,18 +484,25 @@ class RedshiftSource(PostgresSource):
             close()
             raise query_error(self.who, sql, exc) from exc
         fields = []
-        for column in cursor.description or []:
+        padded = set()
+        for i, column in enumerate(cursor.description or []):
             info = pg_types.get(column.type_code)
             type_name = info.name if info else None
             if info is not None and info.array_oid == column.type_code:
                 type_name = f"_{info.name}"  # the registry answers an array's oid with its item
             kind = psycopg_type(type_name, column.precision, column.scale)
             fields.append(pa.field(column.name, kind))
+            if type_name == "bpchar":
+                padded.add(i)
         schema = pa.schema(fields)
 
         def batches() -> Iterator[pa.RecordBatch]:
             while rows := cursor.fetchmany(batch_rows):
-                yield _rows_to_batch(rows, schema)
+                batch = _rows_to_batch(rows, schema)
+                if padded:
+                    arrays = [_unpad(c) if i in padded else c for i, c in enumerate(batch.columns)]
+                    batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
+                yield batch
 
         return stream(
             schema,
