@@ -212,7 +212,7 @@ def _prepare(
                 in_place.key(store.con, compiled, advance)
         with step("diff"):
             if full_resync and sync.kind != "events":
-                store.reset_sync(sync.name)
+                _shadow_snapshot(store, sync.name)
             if sync.kind == "events":
                 changes = diff_step.diff_events(store.con, sync, compiled)
             else:
@@ -233,6 +233,20 @@ def _prepare(
         with step("guard"):
             guards = guard_step.check(store.con, store, project, configured, changes)
         return Prepared(changes, recovered, guards, resolution, identity_ops)
+
+
+def _shadow_snapshot(store: StateStore, sync: str) -> None:
+    """For `--full-resync`: diff against an empty snapshot without forgetting the real one,
+    so a plan, or a run a guardrail stops, leaves the state as it was. A temp table of the
+    same name hides the snapshot on this connection; :func:`_reset_snapshot` drops it and
+    forgets the snapshot once the run is past the guard."""
+    snap = table("snap", sync)
+    run_sql(store.con, f"create or replace temp table {snap} as from main.{snap} limit 0")
+
+
+def _reset_snapshot(store: StateStore, sync: str) -> None:
+    run_sql(store.con, f"drop table if exists temp.{table('snap', sync)}")
+    store.reset_sync(sync)
 
 
 def _in_place(
@@ -507,6 +521,8 @@ def run_sync(
                 now=now or int(time.time()),
             )
             guard_step.enforce(sync, guards, force=force)
+            if full_resync and sync.kind != "events":
+                _reset_snapshot(store, sync.name)
             diff_step.forget_gone_relationships(store.con, sync)
             store.append_rejected(run_id, sync.name, "map", list(changes.rejected_samples))
             if identity_ops is not None and identity_ops.num_rows:

@@ -1,0 +1,81 @@
+"""`lockgate plan` shows exactly what the next `lockgate sync` sends, and never changes state;
+a guardrail that stops a run leaves the state as it was."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lockgate.console import NullConsole
+from lockgate.emulator import Emulator
+from lockgate.errors import ContractError
+from lockgate.sync.run import plan_sync, run_sync
+
+ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
+
+PROFILE = """
+name: profile
+source: warehouse
+model: {sql: "select * from users"}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes:
+  plan: plan
+  signed_up_at: {column: signed_up_at, type: timestamp}
+"""
+
+USERS = """
+create or replace table users as
+select i as user_id, case when i % 2 = 0 then 'pro' else 'free' end as plan,
+       timestamptz '2026-01-01 00:00:00+00' + to_days(i) as signed_up_at
+from range(1, 11) t(i);
+"""
+
+
+def sent_ops(emu: Emulator, since: int = 0) -> list[dict[str, Any]]:
+    """Every operation the emulator received in `/api/v2/batch` requests after ``since``."""
+    ops: list[dict[str, Any]] = []
+    for r in emu.request_log()[since:]:
+        if r.path == "/api/v2/batch" and isinstance(r.body, dict):
+            ops.extend(r.body.get("batch", []))
+    return ops
+
+
+def test_a_full_resync_plan_does_not_forget_what_was_delivered(
+    project_factory: ProjectFactory,
+) -> None:
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE})
+    run_sync(project, "profile", console=NullConsole())
+
+    plan = plan_sync(project, "profile", console=NullConsole(), full_resync=True)
+    assert plan.changes.new == 10
+    # the plan sent nothing and changed nothing: the next ordinary run has nothing to send
+    before = len(emu.request_log())
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.changes.new, report.changes.unchanged) == (0, 10)
+    assert sent_ops(emu, before) == []
+
+
+def test_a_full_resync_refused_by_a_guardrail_keeps_the_snapshot(
+    project_factory: ProjectFactory,
+) -> None:
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE})
+    run_sync(project, "profile", console=NullConsole())
+
+    project_factory.sql("alter table users alter signed_up_at type varchar")
+    before = len(emu.request_log())
+    with pytest.raises(ContractError, match="type drift"):
+        run_sync(project, "profile", console=NullConsole(), full_resync=True)
+    assert sent_ops(emu, before) == []
+
+    # the model is fixed back: nothing changed since the last committed run, nothing is sent
+    project_factory.sql("alter table users alter signed_up_at type timestamptz")
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.changes.new, report.changes.unchanged) == (0, 10)
+    assert sent_ops(emu, before) == []
