@@ -815,6 +815,50 @@ def merged_accounts_with_clearing_nulls(w: World) -> None:
     assert person.attributes.get("plan") == "pro"
 
 
+@case("34-relationships", identity=identity_section(rules={"overrides_table": "ops.overrides"}))
+def merged_accounts_share_a_company(w: World) -> None:
+    """Two accounts of one company force-merged into one person: their two membership rows now
+    name one relationship. It is kept (not rejected as a repeated key, not deleted), and it
+    is removed only when neither account is a member any more."""
+    w.sql(
+        """
+        create schema b2b;
+        create table b2b.companies (company_id varchar, name varchar);
+        create table b2b.members (user_id varchar, company_id varchar);
+        insert into b2b.companies values ('acme', 'Acme');
+        insert into app.users values ('u1', 'old@x.com', 'free', '2024-01-01'),
+          ('u2', 'new@x.com', 'pro', '2025-01-01');
+        insert into b2b.members values ('u1', 'acme'), ('u2', 'acme');
+        """
+    )
+    (w.root / "syncs" / "companies.yml").write_text(
+        "name: companies\nsource: warehouse\nmodel: {table: b2b.companies}\nkind: objects\n"
+        'object_type_id: "1"\nprimary_key: company_id\nattributes: {name: name}\n'
+    )
+    (w.root / "syncs" / "members.yml").write_text(
+        "name: members\nsource: warehouse\nmodel: {table: b2b.members}\n"
+        'kind: relationships\nobject_type_id: "1"\nobject_id: company_id\n'
+        "identify_by: {user_id: user_id}\n"
+    )
+    w.project = load_project(w.root)
+    w.sync("companies", "users", "members")
+    assert len(w.emu.relationships()) == 2
+    w.sql(
+        "insert into ops.overrides values "
+        "('include', 'user_id', 'u1', 'user_id', 'u2', 'account re-created')"
+    )
+    reports = w.sync("users", "members")
+    [person] = w.emu.people()
+    assert [(r.person, r.object_id) for r in w.emu.relationships()] == [(person.cio_id, "acme")]
+    assert reports[1].changes.rejected == 0, reports[1].changes.rejected_samples
+    w.sql("delete from b2b.members where user_id = 'u1'")
+    w.sync("members")
+    assert [(r.person, r.object_id) for r in w.emu.relationships()] == [(person.cio_id, "acme")]
+    w.sql("delete from b2b.members")
+    w.sync("members")
+    assert w.emu.relationships() == []
+
+
 def mirror_after_merge(delete_removed: bool) -> Step:
     """A mirror sync after two accounts became one person: one account's row leaves the model.
     The person is still synced by the other row, so nothing of it is cleared or deleted."""

@@ -144,6 +144,8 @@ def key_rows(
     columns = {column: aliases.get(kind, kind) for kind, column in sync.identify_by.items()}
     keyed = resolution.resolver.resolve_table(staged, columns)
     graph_attributes: dict[str, str] = {}
+    if sync.kind == "relationships":
+        keyed = one_row_per_relationship(keyed, sync, columns, resolution.config)
     if sync.kind == "people":
         keyed = one_row_per_person(keyed, sync, columns, resolution.config)
         # what the graph knows goes to every person (Stripe id, contested email, ...); a value
@@ -176,6 +178,64 @@ def key_rows(
     return sync.model_copy(update={"identify_by": identify_by, "attributes": attributes})
 
 
+def _person_of(keyed: pa.Table) -> pa.Array:
+    """The person each resolved row goes to (`id`, else email), as one string (a split under
+    review sends several profiles to one person)."""
+    return pc.coalesce(
+        pc.binary_join_element_wise("id", keyed["cio_person_id"], pa.scalar("\x1f")),
+        pc.binary_join_element_wise("email", keyed["cio_email"], pa.scalar("\x1f")),
+    ).combine_chunks()
+
+
+def _own_rank(keyed: pa.Table, columns: dict[str, str], config: IdentityConfig) -> pa.Array:
+    """Per row, 0 when its own `id` is its person's `id`, 1 when its own email is its person's
+    email, else 2: which of several rows of one person speaks for it."""
+    rank = pa.repeat(pa.scalar(2, pa.int8()), keyed.num_rows)
+    for column, type_name in columns.items():
+        target = config.identifier_types[type_name].customerio
+        if target not in ("id", "email"):
+            continue
+        own = normalize_column(config, type_name, keyed[column]).values
+        person = keyed["cio_person_id" if target == "id" else "cio_email"]
+        hit = pc.fill_null(pc.equal(own, person), False)
+        best = pc.min_element_wise(rank, pa.scalar(0 if target == "id" else 1, pa.int8()))
+        rank = pc.if_else(hit, best, rank)
+    return rank
+
+
+def one_row_per_relationship(
+    keyed: pa.Table, sync: SyncConfig, columns: dict[str, str], config: IdentityConfig
+) -> pa.Table:
+    """Rows of a relationships sync that resolve to the same person and object are one
+    relationship (two accounts of one company found to be one human): the row whose own `id`
+    is the person's (else its email, else the first) is kept, the others are left out, so
+    the relationship is neither rejected as a repeated key nor sent twice."""
+    assert sync.object_id is not None
+    pair = pc.binary_join_element_wise(
+        _person_of(keyed), pc.cast(keyed[sync.object_id], pa.string()), pa.scalar("\x1f")
+    )
+    counts = pc.value_counts(pair.drop_null())
+    shared = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+    if len(shared) == 0:
+        return keyed
+    order = (
+        pa.table(
+            {
+                "pair": pair,
+                "rank": _own_rank(keyed, columns, config),
+                "row": pa.array(range(keyed.num_rows), pa.int64()),
+            }
+        )
+        .filter(pc.is_in(pair, value_set=shared))
+        .sort_by([("pair", "ascending"), ("rank", "ascending"), ("row", "ascending")])
+    )
+    pairs, rows = order["pair"].to_pylist(), order["row"].to_pylist()
+    left_out = [rows[i] for i in range(1, len(rows)) if pairs[i] == pairs[i - 1]]
+    keep = np.ones(keyed.num_rows, dtype=bool)
+    keep[left_out] = False
+    return keyed.filter(pa.array(keep))
+
+
 def one_row_per_person(
     keyed: pa.Table, sync: SyncConfig, columns: dict[str, str], config: IdentityConfig
 ) -> pa.Table:
@@ -188,25 +248,12 @@ def one_row_per_person(
     that value is nulled, and nulls are skipped (not sent); for a field whose nulls clear (or
     send a default), the other rows take the winner's value instead.
     """
-    # the person a row goes to (a split under review sends several profiles to one person)
-    people = pc.coalesce(
-        pc.binary_join_element_wise("id", keyed["cio_person_id"], pa.scalar("\x1f")),
-        pc.binary_join_element_wise("email", keyed["cio_email"], pa.scalar("\x1f")),
-    ).combine_chunks()
+    people = _person_of(keyed)
     counts = pc.value_counts(people.drop_null())
     shared = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
     if len(shared) == 0:
         return keyed
-    rank = pa.repeat(pa.scalar(2, pa.int8()), keyed.num_rows)
-    for column, type_name in columns.items():
-        target = config.identifier_types[type_name].customerio
-        if target not in ("id", "email"):
-            continue
-        own = normalize_column(config, type_name, keyed[column]).values
-        person = keyed["cio_person_id" if target == "id" else "cio_email"]
-        hit = pc.fill_null(pc.equal(own, person), False)
-        best = pc.min_element_wise(rank, pa.scalar(0 if target == "id" else 1, pa.int8()))
-        rank = pc.if_else(hit, best, rank)
+    rank = _own_rank(keyed, columns, config)
     keys = [sync.primary_key] if isinstance(sync.primary_key, str) else sync.primary_key or []
     order = pa.table(
         {
