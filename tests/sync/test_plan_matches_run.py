@@ -79,3 +79,78 @@ def test_a_full_resync_refused_by_a_guardrail_keeps_the_snapshot(
     report = run_sync(project, "profile", console=NullConsole())
     assert (report.changes.new, report.changes.unchanged) == (0, 10)
     assert sent_ops(emu, before) == []
+
+
+COMPANIES = """
+name: companies
+source: warehouse
+model: {table: companies}
+kind: objects
+object_type_id: "1"
+primary_key: company_id
+mode: mirror
+delete_removed: true
+attributes: {name: name}
+"""
+
+PEOPLE = """
+name: people
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes: [first_name]
+"""
+
+MEMBERSHIPS = """
+name: memberships
+source: warehouse
+model: {table: members}
+kind: relationships
+object_type_id: "1"
+object_id: company_id
+identify_by: {id: user_id}
+"""
+
+B2B = """
+create or replace table companies as
+select 'c' || i as company_id, 'Company ' || i as name from range(1, 11) t(i);
+create or replace table users as select i as user_id, 'U' || i as first_name from range(1, 11) t(i);
+create or replace table members as
+select i as user_id, 'c' || i as company_id from range(1, 11) t(i);
+"""
+
+
+@pytest.mark.parametrize("sync", ["companies", "memberships"])
+def test_max_removed_stops_a_mirror_of_objects_or_relationships(
+    project_factory: ProjectFactory, sync: str
+) -> None:
+    emu = project_factory.emulator
+    project_factory.sql(B2B)
+    rails = "guardrails: {max_removed: 20%}\n"
+    project = project_factory.write(
+        {"companies": COMPANIES + rails, "people": PEOPLE, "memberships": MEMBERSHIPS + rails}
+    )
+    for name in ("companies", "people", "memberships"):
+        run_sync(project, name, console=NullConsole())
+    relationships = len(emu.relationships())
+
+    # a broken join: most of the model is gone
+    table = {"companies": "companies", "memberships": "members"}[sync]
+    project_factory.sql(f"delete from {table} where company_id <> 'c1' and company_id <> 'c2'")
+    plan = plan_sync(project, sync, console=NullConsole())
+    (guard,) = [g for g in plan.guards if g.name == "max_removed"]
+    noun = {"companies": "objects", "memberships": "relationships"}[sync]
+    assert guard.breached and guard.actual == f"8 of 10 {noun} (80.0%)"
+    before = len(emu.request_log())
+    with pytest.raises(ContractError) as caught:
+        run_sync(project, sync, console=NullConsole())
+    assert sent_ops(emu, before) == []
+    assert len(emu.objects()) == 10 and len(emu.relationships()) == relationships
+    message = str(caught.value)
+    assert f"sync `{sync}` stopped before sending anything: max_removed is 8 of 10" in message
+    assert f"lockgate sync {sync} --force" in message
+
+    forced = run_sync(project, sync, console=NullConsole(), force=True)
+    assert forced.status == "success" and forced.changes.removed_sent == 8

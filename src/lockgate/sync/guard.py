@@ -12,9 +12,10 @@ The guardrails (docs/guardrails.md):
 - **type drift**: a column the sync reads changed type family (timestamp, number, string,
   boolean, json, nested...) since the last committed run; only acknowledging it in
   ``guardrails.accept_type_changes`` lets the sync run again (``--force`` does not);
-- **circuit breakers** (`max_changed`, `max_cleared`, `max_removed` for people,
-  `max_events` for events): a share of the previous snapshot (skipped on a first run) or a
-  count; ``--force`` overrides them for one run.
+- **circuit breakers** (`max_changed`, `max_cleared`, `max_removed` for people and objects,
+  `max_changed` and `max_removed` for relationships, `max_events` for events): a share of
+  the previous snapshot (skipped on a first run) or a count; ``--force`` overrides them for
+  one run.
 """
 
 from __future__ import annotations
@@ -271,7 +272,7 @@ def check(
         _identity(sync, last),
         _types(con, sync, last, lim.accept_type_changes),
     ]
-    if sync.kind == "people":
+    if sync.kind != "events":  # people, objects, relationships: a snapshot of records
         snap = table("snap", sync.name)
         base = int(con.execute(f"select count(*) from {snap}").fetchall()[0][0])
         n_attrs = len(sync.attributes)
@@ -302,23 +303,24 @@ def check(
             ).fetchall()
             return [f"{k} {ident}" for k, ident in rows]
 
-        people = f"{base:,} people"
+        noun = sync.kind  # people, objects or relationships
+        people = f"{base:,} {noun}"
         results += [
             _breaker(
-                "max_changed", lim.max_changed, changes.changed, base, "changed people",
+                "max_changed", lim.max_changed, changes.changed, base, f"changed {noun}",
                 people, changed,
             ),
-            _breaker(
+            None if sync.kind == "relationships" else _breaker(
                 "max_cleared",
                 lim.max_cleared,
                 changes.attributes_cleared,
                 base * n_attrs,
                 "cleared attribute values",
-                f"{base:,} people × {n_attrs} attributes",
+                f"{base:,} {noun} × {n_attrs} attributes",
                 cleared,
             ),
             _breaker(
-                "max_removed", lim.max_removed, changes.removed, base, "removed people",
+                "max_removed", lim.max_removed, changes.removed, base, f"removed {noun}",
                 people, removed,
             ),
         ]  # fmt: skip
