@@ -154,3 +154,44 @@ def test_max_removed_stops_a_mirror_of_objects_or_relationships(
 
     forced = run_sync(project, sync, console=NullConsole(), force=True)
     assert forced.status == "success" and forced.changes.removed_sent == 8
+
+
+CARTS = """
+name: carts
+source: warehouse
+model: {table: carts}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes: {cart_status: cart_status}
+on_change:
+  - {attribute: cart_status, to: inactive, event: cart_abandoned}
+guardrails: {max_events: 2}
+"""
+
+
+def test_max_events_stops_a_flood_of_state_change_events(project_factory: ProjectFactory) -> None:
+    emu = project_factory.emulator
+    project_factory.sql(
+        "create or replace table carts as "
+        "select i as user_id, 'open' as cart_status from range(1, 11) t(i)"
+    )
+    project = project_factory.write({"carts": CARTS})
+    run_sync(project, "carts", console=NullConsole())
+
+    # a bad deploy marks every cart inactive: ten journeys would be triggered at once
+    project_factory.sql("update carts set cart_status = 'inactive'")
+    plan = plan_sync(project, "carts", console=NullConsole())
+    (guard,) = [g for g in plan.guards if g.name == "max_events"]
+    assert guard.breached and guard.actual == "10"
+    before = len(emu.request_log())
+    with pytest.raises(ContractError) as caught:
+        run_sync(project, "carts", console=NullConsole())
+    assert sent_ops(emu, before) == []
+    message = str(caught.value)
+    assert "sync `carts` stopped before sending anything: max_events is 10" in message
+    assert ": cart_abandoned" in message and "--force" in message
+
+    forced = run_sync(project, "carts", console=NullConsole(), force=True)
+    assert forced.status == "success"
+    assert sum(1 for e in emu.events() if e.name == "cart_abandoned") == 10

@@ -13,9 +13,9 @@ The guardrails (docs/guardrails.md):
   boolean, json, nested...) since the last committed run; only acknowledging it in
   ``guardrails.accept_type_changes`` lets the sync run again (``--force`` does not);
 - **circuit breakers** (`max_changed`, `max_cleared`, `max_removed` for people and objects,
-  `max_changed` and `max_removed` for relationships, `max_events` for events): a share of
-  the previous snapshot (skipped on a first run) or a count; ``--force`` overrides them for
-  one run.
+  `max_changed` and `max_removed` for relationships, `max_events` for events and for
+  `on_change` events): a share of the previous snapshot (skipped on a first run) or a
+  count; ``--force`` overrides them for one run.
 """
 
 from __future__ import annotations
@@ -324,6 +324,21 @@ def check(
                 people, removed,
             ),
         ]  # fmt: skip
+        if sync.on_change:  # `on_change` events trigger journeys as any other event does
+
+            def state_events() -> list[str]:
+                rows = con.execute(f"select pk, op from oc_changes order by k limit {SAMPLES}")
+                return [
+                    f"{k}: {orjson.loads(b'{' + op.encode()).get('name')}"
+                    for k, op in rows.fetchall()
+                ]
+
+            results.append(
+                _breaker(
+                    "max_events", lim.max_events, changes.state_events, 0, "state-change events",
+                    "", state_events,
+                )
+            )  # fmt: skip
     elif sync.kind == "events":
 
         def events() -> list[str]:
