@@ -17,7 +17,7 @@ million records this is the difference between ~10 s of Python per run and well 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
 
 import duckdb
@@ -81,11 +81,12 @@ def _ulid_matrix(ts_seconds: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.n
 
 def _records(
     con: duckdb.DuckDBPyConnection, kind: str, pending: dict[str, Pending], source: str
-) -> Iterator[Record]:
+) -> Generator[Record]:
     columns = "k, op, h, ident, removed" + (", ts, lo, hi" if kind == "events" else "")
     reader = con.sql(f"select {columns} from {source}").to_arrow_reader(READ_BATCH_ROWS)
-    for batch in reader:
-        yield from _batch_records(batch, kind, pending)
+    with reader:  # closed even when delivery stops early: it holds the state connection
+        for batch in reader:
+            yield from _batch_records(batch, kind, pending)
 
 
 def _batch_records(
@@ -127,11 +128,13 @@ async def _deliver(
     source: str,
 ) -> None:
     pending: dict[str, Pending] = {}
+    records = _records(con, kind, pending, source)
     try:
-        async for results in destination.deliver(_records(con, kind, pending, source)):
+        async for results in destination.deliver(records):
             committer.add(results, pending)
             advance(len(results))
     finally:
+        records.close()  # a run stopped early must not leave a result open on the connection
         committer.flush()
         await destination.aclose()
 
@@ -166,7 +169,7 @@ def _packed_batches(
     *,
     max_bytes: int,
     max_ops: int | None,
-) -> Iterator[PackedBatch | list[Result]]:
+) -> Generator[PackedBatch | list[Result]]:
     """Request bodies cut straight from Arrow buffers; oversize operations come out as
     lists of REJECTED results (never sent), as the client's own packer gives them."""
     columns = f"k, h, ident, removed, {_action_sql(kind)} as action, "
@@ -175,6 +178,13 @@ def _packed_batches(
     else:
         columns += "op || ',' as op"
     reader = con.sql(f"select {columns} from {source}").to_arrow_reader(READ_BATCH_ROWS)
+    with reader:  # closed even when delivery stops early: it holds the state connection
+        yield from _packed_from(reader, kind, max_bytes=max_bytes, max_ops=max_ops)
+
+
+def _packed_from(
+    reader: pa.RecordBatchReader, kind: str, *, max_bytes: int, max_ops: int | None
+) -> Iterator[PackedBatch | list[Result]]:
     for batch in reader:
         if kind == "events":
             ids = _ulid_array(
@@ -289,6 +299,7 @@ async def _deliver_packed(
                 committer.add(results, _pending(meta))
             advance(packed.size)
     finally:
+        batches.close()  # a run stopped early must not leave a result open on the connection
         committer.flush()
         await destination.aclose()
 

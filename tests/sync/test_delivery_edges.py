@@ -1,0 +1,131 @@
+"""Delivery and commit at the edges: a run commits exactly what Customer.io accepted.
+
+Every test runs a real sync against the emulator over loopback HTTP; faults come from the
+emulator's own fault injection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lockgate.console import Advance, NullConsole
+from lockgate.errors import StepError
+from lockgate.project.loader import Project, load_project
+from lockgate.state.store import StateStore
+from lockgate.sync.run import run_sync
+
+ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
+
+PEOPLE = """
+name: people
+source: warehouse
+model: {table: people}
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes:
+  plan: plan
+"""
+
+EVENTS = """
+name: activity
+source: warehouse
+model: {table: events}
+kind: events
+identify_by: {id: user_id}
+event:
+  name: event_name
+  timestamp: occurred_at
+  id: event_id
+properties:
+  n: n
+"""
+
+
+def seed_people(factory: ProjectFactory, n: int, plan: str = "pro") -> None:
+    factory.sql(
+        f"create or replace table people as select i::varchar as id, '{plan}' || i as plan "
+        f"from range({n}) t(i)"
+    )
+
+
+def seed_events(factory: ProjectFactory, n: int) -> None:
+    factory.sql(
+        "create or replace table events as select 'e' || i as event_id, (i % 7)::varchar as "
+        "user_id, 'Used' as event_name, now() - interval 1 hour as occurred_at, i as n "
+        f"from range({n}) t(i)"
+    )
+
+
+def small_batches(project: Project, *, batch_size: int, concurrency: int) -> Project:
+    """The same project sending ``batch_size`` operations per request."""
+    yml = project.root / "lockgate.yml"
+    yml.write_text(
+        yml.read_text() + f"    batch_size: {batch_size}\n    concurrency: {concurrency}\n"
+    )
+    return load_project(project.root)
+
+
+class StopsDelivery(NullConsole):
+    """A console whose delivery progress raises (as Ctrl-C would) after ``after`` records."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after = after
+        self.seen = 0
+
+    @contextlib.contextmanager
+    def progress(self, label: str, total: int | None) -> Iterator[Advance]:
+        def advance(n: int) -> None:
+            if label.startswith("deliver"):
+                self.seen += n
+                if self.seen >= self.after:
+                    raise KeyboardInterrupt
+
+        yield advance
+
+
+def test_wrong_credentials_in_a_run_of_many_batches_name_the_credentials(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_people(project_factory, 200)
+    project = small_batches(project_factory.write({"people": PEOPLE}), batch_size=10, concurrency=2)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", "not-the-key")
+
+    with pytest.raises(StepError) as caught:
+        run_sync(project, "people", console=NullConsole())
+    assert "refused the Track API credentials" in str(caught.value)
+    assert "CUSTOMERIO_API_KEY" in str(caught.value)  # the hint
+    with StateStore.open(project.state_dir) as store:
+        [run] = store.runs()
+    assert run.status == "failed" and "credentials" in (run.error or "")
+    assert project_factory.emulator.people() == []
+
+
+def test_a_run_stopped_midway_commits_what_was_delivered_and_the_next_sends_the_rest(
+    project_factory: ProjectFactory,
+) -> None:
+    seed_events(project_factory, 200)
+    project = small_batches(
+        project_factory.write({"activity": EVENTS}), batch_size=10, concurrency=4
+    )
+    emu = project_factory.emulator
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sync(project, "activity", console=StopsDelivery(after=50))
+    with StateStore.open(project.state_dir) as store:
+        [run] = store.runs()
+        ledgered = store.exec_sql('select count(*) from "ledger__activity"')[0][0]
+    assert run.status == "failed"
+    assert 50 <= ledgered <= len(emu.events()) < 200
+
+    second = run_sync(project, "activity", console=NullConsole())
+    assert second.status == "success"
+    assert second.changes.already_delivered == ledgered and second.delivered == 200 - ledgered
+    events = emu.events()
+    assert len(events) == 200 and len({e.id for e in events}) == 200  # none stored twice
+    assert run_sync(project, "activity", console=NullConsole()).changes.to_send == 0
