@@ -10,9 +10,13 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
+from click.testing import CliRunner
 
+from lockgate.cli import cli
 from lockgate.console import Advance, NullConsole
+from lockgate.emulator import Emulator, EmulatorConfig, FaultConfig
 from lockgate.errors import StepError
 from lockgate.project.loader import Project, load_project
 from lockgate.state.store import StateStore
@@ -129,3 +133,37 @@ def test_a_run_stopped_midway_commits_what_was_delivered_and_the_next_sends_the_
     events = emu.events()
     assert len(events) == 200 and len({e.id for e in events}) == 200  # none stored twice
     assert run_sync(project, "activity", console=NullConsole()).changes.to_send == 0
+
+
+def lockgate(project: Project, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, [*args, "--project", str(project.root)])
+    return result.exit_code, result.output
+
+
+def test_dead_letters_show_in_the_exit_code_runs_and_the_latest_history(
+    project_factory: ProjectFactory,
+) -> None:
+    seed_people(project_factory, 5)
+    project = project_factory.write({"people": PEOPLE})
+    for plan in ("free", "team"):  # two runs delivered for every person
+        assert lockgate(project, "sync", "people")[0] == 0
+        seed_people(project_factory, 5, plan=plan)
+    broken = Emulator(EmulatorConfig(faults=FaultConfig(error_5xx=1.0)))
+    with broken.serve() as url:
+        project = project_factory.write({"people": PEOPLE}, url=url, retries=1)
+        code, out = lockgate(project, "sync", "people", "--json")
+    assert code == 2
+    [report] = orjson.loads(out)
+    assert report["status"] == "partial" and report["dead_lettered"] == 5
+    code, out = lockgate(project, "runs", "--json")
+    assert [(r["status"], r["counts"].get("dead_lettered")) for r in orjson.loads(out)] == [
+        ("partial", 5),
+        ("success", 0),
+        ("success", 0),
+    ]
+
+    # the latest calls, not the first ones, when there are more than --limit
+    code, out = lockgate(project, "history", "--person", "3", "--limit", "2", "--json")
+    latest = orjson.loads(out)
+    assert [h["outcome"] for h in latest] == ["delivered", "dead_letter"]
+    assert "HTTP 503" in latest[-1]["reason"]

@@ -482,7 +482,8 @@ class StateStore:
         """Every call made for one person: matched by one of its identifiers (`id`, `cio_id`,
         `anonymous_id`, or the email in any case) in a people, events or relationships call,
         or by a people sync's record key. Objects, and values that only appear elsewhere in
-        a call (an object id, `object_type_id`), are not the person."""
+        a call (an object id, `object_type_id`), are not the person. The latest ``limit``
+        calls, oldest first."""
         # a cheap substring test first, then the exact match on the identifiers' own fields
         needle = orjson.dumps(person).decode()[1:-1].lower()
         cursor = self.con.execute(
@@ -492,15 +493,19 @@ class StateStore:
                 from history
                 where k = $1 or contains(lower(ident), $2)
             )
-            select sent_at, run_id, sync, k, ident, action, outcome, status, reason
-            from h
-            where json_extract(ident, '$.object_type_id') is null
-              and (json_extract_string(who, '$.id') = $1
-                   or json_extract_string(who, '$.cio_id') = $1
-                   or json_extract_string(who, '$.anonymous_id') = $1
-                   or lower(json_extract_string(who, '$.email')) = lower($1)
-                   or (k = $1 and action <> 'event' and json_extract(ident, '$.person') is null))
-            order by sent_at, run_id limit $3
+            select * from (
+                select sent_at, run_id, sync, k, ident, action, outcome, status, reason
+                from h
+                where json_extract(ident, '$.object_type_id') is null
+                  and (json_extract_string(who, '$.id') = $1
+                       or json_extract_string(who, '$.cio_id') = $1
+                       or json_extract_string(who, '$.anonymous_id') = $1
+                       or lower(json_extract_string(who, '$.email')) = lower($1)
+                       or (k = $1 and action <> 'event'
+                           and json_extract(ident, '$.person') is null))
+                order by sent_at desc, run_id desc limit $3
+            )
+            order by sent_at, run_id
             """,
             [person, needle, limit],
         )
