@@ -167,3 +167,70 @@ def test_dead_letters_show_in_the_exit_code_runs_and_the_latest_history(
     latest = orjson.loads(out)
     assert [h["outcome"] for h in latest] == ["delivered", "dead_letter"]
     assert "HTTP 503" in latest[-1]["reason"]
+
+
+WITH_JSON = PEOPLE + "  blob: {column: blob, type: json}\n"
+
+
+def seed_blob(factory: ProjectFactory, *, big: int, plan: str = "p") -> None:
+    """People 0..5; person `big` has a json attribute over Customer.io's 1,000-byte value limit."""
+    factory.sql(
+        f"create or replace table people as select i::varchar as id, '{plan}' || i as plan, "
+        f"case when i = {big} then json_object('x', repeat('z', 1500))::varchar "
+        "else json_object('x', 1)::varchar end as blob from range(6) t(i)"
+    )
+
+
+def test_a_rejected_person_is_retried_each_run_and_committed_once_fixed(
+    project_factory: ProjectFactory,
+) -> None:
+    seed_blob(project_factory, big=3)
+    project = project_factory.write({"people": WITH_JSON})
+    first = run_sync(project, "people", console=NullConsole())
+    assert (first.status, first.delivered, first.rejected_by_api) == ("partial", 5, 1)
+    [(key, outcome, reason)] = first.failures
+    assert (key, outcome) == ("3", "rejected") and "1000 bytes" in reason
+
+    again = run_sync(project, "people", console=NullConsole())
+    assert (again.changes.to_send, again.rejected_by_api) == (1, 1)  # only the rejected one
+
+    seed_blob(project_factory, big=-1)  # the warehouse row is fixed
+    fixed = run_sync(project, "people", console=NullConsole())
+    assert (fixed.status, fixed.changes.new, fixed.delivered) == ("success", 1, 1)
+    assert run_sync(project, "people", console=NullConsole()).changes.to_send == 0
+    person = project_factory.emulator.person(id="3")
+    assert person is not None and person.attributes["blob"] == {"x": 1}
+    with StateStore.open(project.state_dir) as store:
+        assert [(h["outcome"], h["status"]) for h in store.history("3")] == [
+            ("rejected", 207),
+            ("rejected", 207),
+            ("delivered", 200),
+        ]
+
+
+def test_the_track_api_key_appears_in_no_report_error_or_history(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, api_key = project_factory.emulator.track_auth
+    seed_blob(project_factory, big=3)  # one record rejected by the API
+    project = project_factory.write({"people": WITH_JSON})
+    said = [lockgate(project, "sync", "people")[1]]
+    broken = Emulator(EmulatorConfig(faults=FaultConfig(error_5xx=1.0)))
+    with broken.serve() as url:  # one run dead-letters everything
+        seed_blob(project_factory, big=3, plan="q")
+        project = project_factory.write({"people": WITH_JSON}, url=url, retries=0)
+        said.append(lockgate(project, "sync", "people", "--json")[1])
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", api_key + "-rotated")  # one run is refused
+    project = project_factory.write({"people": WITH_JSON})
+    said.append(lockgate(project, "sync", "people")[1])
+    said += [lockgate(project, "runs", "--json")[1]]
+    said += [lockgate(project, "history", "--person", str(i), "--json")[1] for i in range(6)]
+    said.append((project.state_dir / "runs.json").read_text())
+    with StateStore.open(project.state_dir) as store:
+        for name in ("runs", "history", "rejected"):
+            said.append(repr(store.exec_sql(f"select * from {name}")))
+
+    everything = "\n".join(said)
+    assert "dead_letter" in everything and "1000 bytes" in everything
+    assert "credentials" in everything
+    assert api_key not in everything
