@@ -221,6 +221,24 @@ def test_project_default_null_policy_applies_to_syncs(project_factory: ProjectFa
     assert ada is not None and "plan" not in ada.attributes  # her null plan cleared 'pro'
 
 
+def test_a_full_resync_in_mirror_mode_still_undoes_rows_that_left(
+    project_factory: ProjectFactory,
+) -> None:
+    """`--full-resync` sends every row again; a person who left the model since the last run
+    is still deleted (mirror, `delete_removed`), not forgotten with the old snapshot."""
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE + "mode: mirror\ndelete_removed: true\n"})
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("delete from users where user_id = 3")
+    planned = plan_sync(project, "profile", console=NullConsole(), full_resync=True)
+    assert (planned.changes.removed, planned.changes.removed_sent) == (1, 1)
+    report = run_sync(project, "profile", console=NullConsole(), full_resync=True)
+    assert report.delivered == 3  # ada and grace again, linus deleted
+    emu = project_factory.emulator
+    assert emu.person(id="3") is None and emu.person(id="1") is not None
+    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
 def test_update_mode_never_creates_people(project_factory: ProjectFactory) -> None:
     project_factory.sql(USERS)
     project = project_factory.write({"profile": PROFILE + "mode: update\n"})

@@ -383,6 +383,7 @@ def diff_records(
     now: int = 0,
     in_place: InPlace | None = None,
     payloads: bool = True,
+    full_resync: bool = False,
 ) -> ChangeSet:
     """Diff a people, objects or relationships sync against its snapshot.
 
@@ -391,6 +392,12 @@ def diff_records(
     rows of ``changes`` carry no ``op``: :func:`with_payloads` builds those a caller shows
     (building every payload is most of a first plan's time, and its largest table)."""
     snap = table("snap", sync.name)
+    # what was delivered before: a full resync diffs against an empty snapshot (every row is
+    # sent again), but the rows that left the model since are still undone in `mirror` mode
+    previous = snap
+    if full_resync:  # the real snapshot, not the empty temp table of the same name hiding it
+        previous = f'"{_one(con, "select current_database()")}".main.{snap}'
+
     if sync.kind == "relationships":
         snap = _live_relationships(con, snap, objects_snaps or [], people_snaps or [])
     # Stage 1, cheap: each row's key and the hash of the columns its payload is built from
@@ -471,9 +478,9 @@ def diff_records(
     held_samples: tuple[tuple[str, str], ...] = ()
     if sync.kind == "relationships":
         held, held_samples = _hold_relationships(con, objects_snaps or [], people_snaps or [])
-    if repeated:
+    if repeated or full_resync:
         removed = int(
-            _one(con, f"select count(*) from {snap} s anti join keyed m on m.k = s.k") or 0
+            _one(con, f"select count(*) from {previous} s anti join keyed m on m.k = s.k") or 0
         )
     else:
         # keys are distinct: the snapshot keys still in the model are those of the rows whose
@@ -495,12 +502,12 @@ def diff_records(
             con,
             f"""
             create or replace temp table gone as
-            select s.k, s.ident from {snap} s anti join keyed m on m.k = s.k;
+            select s.k, s.ident from {previous} s anti join keyed m on m.k = s.k;
             create or replace temp table gone_keys as
             select k, unnest({keys}) as a from gone;
             create or replace temp table live_keys as
             with shared as (
-                select k, a from (select k, unnest({keys}) as a from {snap}) h
+                select k, a from (select k, unnest({keys}) as a from {previous}) h
                 semi join gone_keys g on g.a = h.a
             )
             select unnest({keys}) as a from changes

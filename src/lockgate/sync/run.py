@@ -229,6 +229,7 @@ def _prepare(
                     now=now,
                     in_place=in_place,
                     payloads=payloads,
+                    full_resync=full_resync,
                 )
         with step("guard"):
             guards = guard_step.check(store.con, store, project, configured, changes)
