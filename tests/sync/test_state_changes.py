@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lockgate.cli.sync import change_rows
 from lockgate.console import NullConsole
 from lockgate.sync.run import plan_sync, run_sync
 
@@ -62,6 +63,7 @@ def test_transition_fires_once_and_unless_suppresses(project_factory: ProjectFac
     )
     plan = plan_sync(project, "carts", console=NullConsole())
     assert plan.changes.state_events == 1
+    assert ("on_change events fired", 1) in change_rows(plan)  # the plan's table shows it
     second = run_sync(project, "carts", console=NullConsole())
     assert second.status == "success" and second.changes.state_events == 1
     emu = project_factory.emulator

@@ -86,6 +86,8 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
             ("backfill skipped (older than max_age)", c.backfill_skipped),
             ("backfill sent", c.backfill_sent),
         ]
+    if c.state_events:
+        rows.append(("on_change events fired", c.state_events))
     if report.status != "planned":
         rows += [
             ("delivered", report.delivered),
