@@ -904,7 +904,7 @@ def breaker_identity() -> dict[str, Any]:
     return data
 
 
-@case("36", identity=breaker_identity(), syncs=())
+@case("36", identity=breaker_identity())
 def merge_circuit_breaker(w: World) -> None:
     from lockgate.errors import LockgateError
 
@@ -918,10 +918,17 @@ def merge_circuit_breaker(w: World) -> None:
     requests = len(w.emu.request_log())
     w.sql("insert into mkt.links values ('a@x.com', 'b@x.com'), ('a@x.com', 'c@x.com')")
     for _ in range(2):  # and again: still paused, nothing half-sent
-        with pytest.raises(LockgateError, match="max_merges_per_run"):
+        with pytest.raises(LockgateError, match="max_merges_per_run is 2, over the limit of 1"):
             w.sync("leads")
     assert len(w.emu.request_log()) == requests
     assert w.emu.merges() == [] and len(w.emu.people()) == 3
+    # the plan shows the breaker among the guardrails instead of failing
+    planned = plan_sync(w.project, "leads", console=NullConsole())
+    [breaker] = [g for g in planned.guards if g.name == "max_merges_per_run"]
+    assert breaker.breached and (breaker.limit, breaker.actual) == ("1", "2")
+    # an operator who reviewed the merges lets this one run through
+    run_sync(w.project, "leads", console=NullConsole(), force=True)
+    assert len(w.emu.merges()) == 2 and len(w.emu.people()) == 1
 
 
 @case("37")

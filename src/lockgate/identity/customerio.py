@@ -187,6 +187,7 @@ def plan_customerio(
     *,
     exists: Exists,
     attributes: Mapping[str, Mapping[str, Any]] | None = None,
+    limit_merges: bool = True,
 ) -> CioPlan:
     """Plan the Customer.io calls for one identity run.
 
@@ -195,6 +196,10 @@ def plan_customerio(
             `email` or `cio_id`) or a callable; from the previous run's confirmed deliveries
             or App API lookups.
         attributes: resolved attributes per profile id, re-sent to a merge survivor.
+
+        limit_merges: raise when the plan merges more people than the limit (a sync checks
+            the limit as one of its guardrails instead, so `plan` shows it and `--force` can
+            let one run through).
 
     Raises:
         ContractError: more merges than `customerio.merge_policy.max_merges_per_run`.
@@ -302,7 +307,7 @@ def plan_customerio(
                     reapply.add(pid)
 
     n_merges = sum(1 for op in ops if op.payload["action"] == "merge")
-    if n_merges > policy.max_merges_per_run:
+    if limit_merges and n_merges > policy.max_merges_per_run:
         raise ContractError(
             f"this run would merge `{n_merges}` Customer.io people, more than "
             f"`max_merges_per_run` ({policy.max_merges_per_run})",

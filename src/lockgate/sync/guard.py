@@ -56,6 +56,8 @@ class GuardResult:
     detail: str = ""
     samples: tuple[str, ...] = field(default_factory=tuple)
     forceable: bool = True
+    raise_at: str = "the sync's `guardrails:`"
+    """Where a `max_*` limit is raised."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -381,5 +383,5 @@ def enforce(sync: SyncConfig, results: list[GuardResult], *, force: bool) -> Non
         f"sync `{sync.name}` stopped before sending anything: {first.name} is {first.actual}, "
         f"over the limit of {first.limit}{more}. {first.detail}{samples}",
         hint=f"check the model; if this change is intended, run `lockgate sync {sync.name} "
-        "--force` once, or raise the limit in the sync's `guardrails:`",
+        f"--force` once, or raise the limit in {first.raise_at}",
     )

@@ -39,6 +39,7 @@ from lockgate.project.models import (
 from lockgate.sources import connect
 from lockgate.sources.duckdb import connect_waiting
 from lockgate.state.store import StateStore, run_sql, table
+from lockgate.sync.guard import GuardResult
 from lockgate.sync.mapping import CUSTOMERIO_IDENTIFIERS
 
 IDENTITY_STATE = "identity"
@@ -321,13 +322,16 @@ def merge_operations(
 ) -> pa.Table:
     """The Customer.io operations the graph asks for (merges first), not yet delivered.
 
-    Columns: ``k`` (the op's idempotency key), ``op`` (JSON). Raises ContractError when the
-    run would merge more people than `customerio.merge_policy.max_merges_per_run`.
+    Columns: ``k`` (the op's idempotency key), ``op`` (JSON). The merge limit
+    (`customerio.merge_policy.max_merges_per_run`) is checked by :func:`merge_guard`.
     """
     import orjson
 
     plan = plan_customerio(
-        resolution.result, resolution.config, exists=known_people(store, project)
+        resolution.result,
+        resolution.config,
+        exists=known_people(store, project),
+        limit_merges=False,
     )
     ledger = table("ledger", sync.name)
     delivered = {row[0] for row in store.con.execute(f"select k from {ledger}").fetchall()}
@@ -352,6 +356,33 @@ def merge_operations(
             "k": pa.array([op.key for op in ops], pa.string()),
             "op": pa.array([orjson.dumps(op.payload).decode() for op in ops], pa.string()),
         }
+    )
+
+
+def merge_guard(resolution: Resolution, ops: pa.Table) -> GuardResult:
+    """`max_merges_per_run` as one of the sync's guardrails: a merge storm (a bad rule, a
+    shared email) stops the run before anything is sent, shows in `plan`, and `--force` lets
+    one run through."""
+    import orjson
+
+    limit = resolution.config.customerio.merge_policy.max_merges_per_run
+    merges = [
+        orjson.loads(op)
+        for op in ops["op"].to_pylist()
+        if orjson.loads(op).get("action") == "merge"
+    ]
+    return GuardResult(
+        "max_merges_per_run",
+        f"{limit:,}",
+        f"{len(merges):,}",
+        len(merges) > limit,
+        detail="Customer.io people this run would merge (review them with `lockgate identity "
+        "plan`).",
+        samples=tuple(
+            f"{orjson.dumps(m['secondary']).decode()} into {orjson.dumps(m['primary']).decode()}"
+            for m in merges[:5]
+        ),
+        raise_at="`identity.customerio.merge_policy`",
     )
 
 

@@ -186,6 +186,7 @@ def _prepare(
                 open_source.close()
         resolution = None
         identity_ops = None
+        merge_guard = None
         configured = sync  # the contract (guardrails) is about the sync as configured
         if mapping.needs_identity(project, sync):
             # imported here: the identity stack is ~70 ms of start-up a plain sync does not need
@@ -195,6 +196,7 @@ def _prepare(
                 config = resolve_step.identity_config(project, sync)
                 resolution = resolve_step.resolve_identities(project, config, step.run_id)
                 identity_ops = resolve_step.merge_operations(store, project, sync, resolution)
+                merge_guard = resolve_step.merge_guard(resolution, identity_ops)
                 sync = resolve_step.key_rows(store.con, sync, resolution)
                 staged = Staged(staged.rows, {**staged.columns, **_model_columns(store)})
         on_null = project.config.defaults.on_null
@@ -233,6 +235,8 @@ def _prepare(
                 )
         with step("guard"):
             guards = guard_step.check(store.con, store, project, configured, changes)
+            if merge_guard is not None:
+                guards.append(merge_guard)
         return Prepared(changes, recovered, guards, resolution, identity_ops)
 
 
