@@ -171,3 +171,25 @@ def test_runs_are_listed_while_a_sync_holds_the_state(
         store.finish_run("20261123T000000-live", "success", {"delivered": 3})
     code, out = invoke("runs", *project, "--json")
     assert [(r["sync"], r["status"]) for r in json.loads(out)][0] == ("leads", "success")
+
+
+def test_sync_all_runs_the_other_syncs_when_one_fails(
+    tmp_path: Path,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from lockgate.cli import main
+
+    project = demo_project(tmp_path, customerio_emulator, monkeypatch, users=50)
+    model = tmp_path / "models" / "customer_profile.sql"
+    model.write_text(model.read_text().replace("select", "selec", 1))  # one broken model
+    with pytest.raises(SystemExit) as exited:
+        main(["sync", "--all", *project, "--json"])
+    assert exited.value.code == 1
+    captured = capsys.readouterr()
+    runs = {r["sync"]: r["status"] for r in json.loads(captured.out)}
+    assert runs.pop("customer_profile") == "failed"
+    assert set(runs.values()) == {"success"} and len(runs) == 5  # the other five ran
+    assert "1 of 6 syncs failed: customer_profile" in captured.err
+    assert len(customerio_emulator.people()) > 0

@@ -12,7 +12,7 @@ import orjson
 
 from lockgate.cli.options import json_option, open_project, project_option
 from lockgate.console import RichConsole
-from lockgate.errors import ConfigError, StateError
+from lockgate.errors import ConfigError, LockgateError, StateError
 from lockgate.state.store import StateStore, read_runs_log
 from lockgate.sync.run import KIND_ORDER, RunReport, plan_sync, run_sync
 
@@ -191,13 +191,30 @@ def sync(
         )
     console = RichConsole(quiet=as_json)
     reports = []
+    failed: list[tuple[str, LockgateError]] = []
     for name in names:
-        report = run_sync(project, name, console=console, full_resync=full_resync, force=force)
+        try:
+            report = run_sync(project, name, console=console, full_resync=full_resync, force=force)
+        except LockgateError as exc:
+            if len(names) == 1:
+                raise
+            # one sync's failure (a guardrail, a broken model) does not stop the others: their
+            # data is independent, and a relationship whose end is missing waits for it
+            failed.append((name, exc))
+            console.warn(f"sync `{name}` failed, the others go on: {exc}")
+            continue
         reports.append(report)
         if not as_json:
             render_report(console, report)
     if as_json:
-        _print_json([r.as_dict() for r in reports])
+        runs = [r.as_dict() for r in reports]
+        runs += [{"sync": n, "status": "failed", "error": str(e)} for n, e in failed]
+        _print_json(runs)
+    if failed:
+        raise LockgateError(
+            f"{len(failed)} of {len(names)} syncs failed: {', '.join(n for n, _ in failed)}",
+            hint="each one's error is above; the other syncs ran",
+        )
     if any(r.status != "success" for r in reports):
         sys.exit(2)
 

@@ -567,7 +567,8 @@ def run_sync(
                         console.warn(f"{sync.name}: identity tables not written: {exc}")
                 contract_state.record(store.con, sync, run_id)
         except BaseException as exc:
-            store.finish_run(run_id, "failed", {}, error=str(exc))
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+            store.finish_run(run_id, "failed", {}, error=reason or type(exc).__name__)
             raise
         counts = committer.counts
         if state_events is not None:
