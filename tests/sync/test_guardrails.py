@@ -251,3 +251,19 @@ def test_types_drift_across_families_not_within_one() -> None:
     assert type_family("TIMESTAMP WITH TIME ZONE") == type_family("DATE") == "timestamp"
     assert type_family("VARCHAR") == "string" != type_family("TIMESTAMP")
     assert type_family("INTEGER[]") == "nested" != type_family("INTEGER")
+
+
+def test_max_rejected_stops_a_run_whose_model_went_bad_even_on_a_first_run(
+    project_factory: ProjectFactory,
+) -> None:
+    """A broken join that nulls the identifiers of half the rows stops the run (a share of
+    this run's rows, so it applies on a first run); `--force` sends the good rows once."""
+    emu = project_factory.emulator
+    project_factory.sql(USERS + "update users set user_id = null where user_id > 10;")
+    project = project_factory.write({"profile": with_guardrails(PROFILE, "{max_rejected: 5%}")})
+    message = refused(project, "profile", emu)
+    assert "max_rejected is 10 of 20 rows in the model (50.0%), over the limit of 5%" in message
+    assert "10 rows rejected by the mapping where the limit allows 1: 9 over" in message
+    assert "primary key is null" in message  # a sample row's reason
+    report = run_sync(project, "profile", console=NullConsole(), force=True)
+    assert report.delivered == 10 and len(emu.people()) == 10

@@ -393,6 +393,9 @@ class GuardrailsConfig(StrictModel):
     (or a count)."""
     max_events: int | str | None = None
     """Events sent in one run (a count, e.g. `100000`)."""
+    max_rejected: int | str | None = None
+    """Rows of the model the mapping rejects (null identifier, bad type, oversized value...),
+    e.g. `1%` of this run's rows (or a count); applies on a first run too."""
     accept_type_changes: dict[str, str] = Field(default_factory=dict)
     """Acknowledged column type changes, column → new type as the warehouse reports it now
     (e.g. `{signed_up_at: VARCHAR}`); a type changed since the last committed run stops the
@@ -404,7 +407,7 @@ class GuardrailsConfig(StrictModel):
     """Event names that are meant to differ from their look-alikes (e.g. `Checkout Abandoned`
     next to `Abandoned Checkout`); `lockgate validate` reports such a pair as a warning."""
 
-    @field_validator("max_changed", "max_cleared", "max_removed", mode="before")
+    @field_validator("max_changed", "max_cleared", "max_removed", "max_rejected", mode="before")
     @classmethod
     def _limit(cls, value: Any) -> Any:
         return _check_limit(value)

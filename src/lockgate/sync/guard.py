@@ -79,6 +79,7 @@ class Limits:
     max_cleared: int | str | None
     max_removed: int | str | None
     max_events: int | str | None
+    max_rejected: int | str | None
     accept_type_changes: dict[str, str]
 
 
@@ -98,6 +99,7 @@ def limits(project: Project, sync: SyncConfig) -> Limits:
         max_cleared=pick("max_cleared"),
         max_removed=pick("max_removed"),
         max_events=pick("max_events"),
+        max_rejected=pick("max_rejected"),
         accept_type_changes={**base.accept_type_changes, **own.accept_type_changes},
     )
 
@@ -151,6 +153,7 @@ def _breaker(
     unit: str,
     base_text: str,
     samples: Any,
+    outcome: str = "would be sent",
 ) -> GuardResult | None:
     """One circuit breaker: ``count`` against ``limit`` (a share of ``base`` or a count)."""
     if limit is None or limit == "off":
@@ -177,7 +180,7 @@ def _breaker(
         _limit_text(limit),
         actual,
         True,
-        f"{count:,} {unit} would be sent where the limit allows {allowed:,}: {over:,} over.",
+        f"{count:,} {unit} {outcome} where the limit allows {allowed:,}: {over:,} over.",
         tuple(samples()),
     )
 
@@ -352,6 +355,18 @@ def check(
         results.append(
             _breaker("max_events", lim.max_events, changes.to_send, 0, "events", "", events)
         )
+    results.append(
+        _breaker(
+            "max_rejected",
+            lim.max_rejected,
+            changes.rejected,
+            changes.rows,
+            "rows",
+            f"{changes.rows:,} rows in the model",
+            lambda: [f"{k}: {reason}" for k, reason in changes.rejected_samples[:SAMPLES]],
+            outcome="rejected by the mapping",
+        )
+    )
     return [r for r in results if r is not None]
 
 
