@@ -182,6 +182,26 @@ def test_429_retry_after_is_honoured_and_nothing_is_lost() -> None:
     assert len(emu.people()) == 60
 
 
+def test_a_429_saying_retry_after_0_still_backs_off() -> None:
+    """`Retry-After: 0` from a server still over its limit would burn every retry at once
+    and dead-letter the records: the client backs off as for a 5xx instead."""
+    emu = Emulator(EmulatorConfig(faults=FaultConfig(error_429=0.5, seed=3, retry_after_s=0)))
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)  # not slept: only the choice of delay matters here
+
+    client = CustomerIOClient(  # a rate limit that never waits: every wait is a retry's
+        settings_for(emu, max_batch_ops=10, concurrency=1, rate_limit=1e9),
+        transport=emu.async_transport(),
+        sleep=sleep,
+    )
+    results = client.deliver_all([identify(i) for i in range(60)])
+    assert {r.outcome for r in results} == {Outcome.DELIVERED}
+    assert client.stats.throttled >= 1
+    assert sum(1 for w in waits if w > 0) >= client.stats.throttled
+
+
 def mixed_records() -> list[Record]:
     records = [identify(i) for i in range(600)]
     records += [event(i, person=i % 600) for i in range(400)]

@@ -172,7 +172,7 @@ class AppAPIClient:
                 )
             if attempt > s.max_retries:
                 raise error
-            if retry_after is not None:
+            if retry_after:  # `Retry-After: 0` (or a past date) falls back to the backoff
                 now = self._clock()
                 self._bucket.defer(now, now + retry_after)
                 delay = retry_after

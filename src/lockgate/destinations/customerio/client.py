@@ -524,7 +524,7 @@ class CustomerIOClient:
 
     async def _wait(self, attempt: int, error: DestinationTransientError) -> None:
         s = self.settings
-        if error.retry_after is not None:
+        if error.retry_after:  # `Retry-After: 0` (or a past date) falls back to the backoff
             delay = error.retry_after
             # Every worker holds back, not just this one: the limit is per account.
             now = self._clock()
