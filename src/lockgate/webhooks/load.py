@@ -141,9 +141,35 @@ def to_row(record: SpoolRecord) -> tuple[str, dict[str, Any]]:
     elif identifiers is not None:
         data["identifiers"] = identifiers
     for key, value in data.items():
-        row[f"data_{key}" if key in row or key in _ENVELOPE else key] = value
+        name = f"data_{key}" if key in row or key in _ENVELOPE else key
+        if _beyond_bigint(value, COLUMN_TYPES.get(name) == _BIGINT):
+            # no warehouse integer holds it and dlt would fail the whole batch on it: keep it
+            # as text in the variant column a type clash would use (and in full in `raw`)
+            name, value = f"{name}__v_text", str(value)
+        row[name] = value
     row["raw"] = doc
     return table_for(event.object_type, event.metric, event.data), row
+
+
+def _beyond_bigint(value: Any, bigint_column: bool) -> bool:
+    """Whether ``value`` is an integer outside the 64-bit range (also as an integral float
+    or a numeric string, which dlt turns into an integer for a bigint column)."""
+    if isinstance(value, bool):
+        return False
+    number: int
+    if isinstance(value, int):
+        number = value
+    elif bigint_column and isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif bigint_column and isinstance(value, str):
+        text = value.strip()
+        try:
+            number = int(text[2:], 16) if text.startswith("0x") else int(text)
+        except ValueError:
+            return False
+    else:
+        return False
+    return not -(2**63) <= number < 2**63
 
 
 def _datetime(seconds: int) -> datetime | None:

@@ -1,0 +1,62 @@
+"""Edge cases of the webhook path: one odd event must never hold back or corrupt the others."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import httpx
+import orjson
+
+from lockgate.emulator.webhook_sender import make_event
+from lockgate.project.loader import Project
+from lockgate.webhooks.load import load_pending
+from lockgate.webhooks.spool import Spool
+
+from .conftest import signed
+
+URL = "/webhooks/customerio"
+
+
+def spool_events(spool: Spool, events: list[dict[str, Any]]) -> None:
+    spool.append_now([(e["event_id"], orjson.dumps(e)) for e in events])
+
+
+def warehouse(project: Project) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(str(project.root / "warehouse.duckdb"), read_only=True)
+
+
+def test_integer_beyond_64_bits_does_not_block_the_load(
+    project: Project, spool: Spool, client: httpx.Client
+) -> None:
+    """An id past bigint's range was acknowledged, then failed every load of every event."""
+    good = make_event("email", "clicked")
+    huge_link = make_event("email", "clicked")
+    huge_link["data"]["link_id"] = 2**63
+    huge_extra = make_event("email", "opened")
+    huge_extra["data"]["points"] = 2**64 - 1
+    text_id = make_event("email", "sent")
+    text_id["data"]["campaign_id"] = "99999999999999999999"
+    events = [good, huge_link, huge_extra, text_id]
+    for event in events:
+        assert client.post(URL, **signed(event)).status_code == 200
+
+    assert load_pending(project, spool=spool).loaded == len(events)
+    assert spool.stats().unloaded == 0
+    with warehouse(project) as con:
+        rows = dict(con.execute("select event_id, raw from customerio.email").fetchall())
+        assert set(rows) == {e["event_id"] for e in events}
+        # the value is kept as text beside the typed column, and in full in `raw`
+        assert con.execute(
+            "select link_id, link_id__v_text from customerio.email where event_id = ?",
+            [huge_link["event_id"]],
+        ).fetchone() == (None, str(2**63))
+        assert con.execute(
+            "select campaign_id__v_text from customerio.email where event_id = ?",
+            [text_id["event_id"]],
+        ).fetchone() == ("99999999999999999999",)
+        assert con.execute(
+            "select points__v_text from customerio.email where event_id = ?",
+            [huge_extra["event_id"]],
+        ).fetchone() == (str(2**64 - 1),)
+    assert orjson.loads(rows[huge_link["event_id"]])["data"]["link_id"] == 2**63
