@@ -60,3 +60,33 @@ def test_integer_beyond_64_bits_does_not_block_the_load(
             [huge_extra["event_id"]],
         ).fetchone() == (str(2**64 - 1),)
     assert orjson.loads(rows[huge_link["event_id"]])["data"]["link_id"] == 2**63
+
+
+def test_a_data_key_spelled_like_event_id_does_not_replace_the_merge_key(
+    project: Project, spool: Spool
+) -> None:
+    """`eventId` in `data` became the `event_id` column: events sharing it merged into one row."""
+    first = make_event("email", "opened")
+    second = make_event("email", "opened")
+    third = make_event("email", "opened")
+    for event in (first, second):
+        event["data"]["eventId"] = "evt-1"
+    third["data"]["Timestamp"] = "yesterday"
+    third["data"]["_dlt_id"] = "mine"
+    spool_events(spool, [first, second, third])
+    assert load_pending(project, spool=spool).loaded == 3
+    with warehouse(project) as con:
+        rows = con.execute(
+            "select event_id, data_event_id, timestamp is not null from customerio.email"
+        ).fetchall()
+        assert sorted(rows) == sorted(
+            [
+                (first["event_id"], "evt-1", True),
+                (second["event_id"], "evt-1", True),
+                (third["event_id"], None, True),
+            ]
+        )
+        assert con.execute(
+            "select data_timestamp, data__dlt_id from customerio.email where event_id = ?",
+            [third["event_id"]],
+        ).fetchone() == ("yesterday", "mine")

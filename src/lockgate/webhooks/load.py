@@ -28,6 +28,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
 
@@ -140,8 +141,13 @@ def to_row(record: SpoolRecord) -> tuple[str, dict[str, Any]]:
             row[f"identifier_{key}"] = value
     elif identifiers is not None:
         data["identifiers"] = identifiers
+    # dlt folds `eventId`, `Event_ID` or `event id` into the column `event_id`, the merge key:
+    # compare names as dlt will write them, and keep dlt's own `_dlt_*` columns out of reach
+    taken = {_column_name(key) for key in (*row, *_ENVELOPE)}
     for key, value in data.items():
-        name = f"data_{key}" if key in row or key in _ENVELOPE else key
+        column = _column_name(key)
+        name = f"data_{key}" if column in taken or column.startswith("_dlt") else key
+        taken.add(_column_name(name))
         if _beyond_bigint(value, COLUMN_TYPES.get(name) == _BIGINT):
             # no warehouse integer holds it and dlt would fail the whole batch on it: keep it
             # as text in the variant column a type clash would use (and in full in `raw`)
@@ -149,6 +155,16 @@ def to_row(record: SpoolRecord) -> tuple[str, dict[str, Any]]:
         row[name] = value
     row["raw"] = doc
     return table_for(event.object_type, event.metric, event.data), row
+
+
+@lru_cache(maxsize=4096)
+def _column_name(key: str) -> str:
+    """The column name dlt gives a row key (its default ``snake_case`` naming)."""
+    from dlt.common.normalizers.naming.snake_case import NamingConvention
+
+    if not key or key.isspace():  # dlt names these `_empty`
+        return key
+    return NamingConvention().normalize_path(key)
 
 
 def _beyond_bigint(value: Any, bigint_column: bool) -> bool:
