@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import httpx
 import orjson
+import pytest
 
 from lockgate.emulator.webhook_sender import make_event
 from lockgate.project.loader import Project
 from lockgate.webhooks.load import load_pending
 from lockgate.webhooks.spool import Spool
 
-from .conftest import signed
+from .conftest import signed, write_project
 
 URL = "/webhooks/customerio"
 
@@ -90,3 +92,37 @@ def test_a_data_key_spelled_like_event_id_does_not_replace_the_merge_key(
             "select data_timestamp, data__dlt_id from customerio.email where event_id = ?",
             [third["event_id"]],
         ).fetchone() == ("yesterday", "mine")
+
+
+@pytest.mark.postgres
+def test_nul_character_does_not_block_postgres_loads(
+    tmp_path: Path, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postgres text and jsonb cannot hold U+0000: one such subject failed every later load."""
+    import psycopg
+
+    monkeypatch.setenv("WAREHOUSE_URL", postgres_dsn)
+    project = write_project(
+        tmp_path / "pg",
+        sources="  warehouse: {type: postgres, url: '${WAREHOUSE_URL}'}\n",
+        webhooks="webhooks: {dataset: cio_nul}\n",
+    )
+    spool = Spool(project.root / ".lockgate/webhooks")
+    good = make_event("email", "sent")
+    bad = make_event("email", "sent")
+    bad["data"]["subject"] = "Hi\x00there"
+    bad["data"]["extra\x00key"] = {"nested": "a\x00b"}
+    try:
+        spool_events(spool, [good, bad])
+        assert load_pending(project, spool=spool).loaded == 2
+        assert spool.stats().unloaded == 0
+    finally:
+        spool.close()
+    with psycopg.connect(postgres_dsn) as con:
+        rows = dict(con.execute("select event_id, subject from cio_nul.email").fetchall())
+        raw = con.execute(
+            "select raw->'data'->>'subject' from cio_nul.email where event_id = %s",
+            [bad["event_id"]],
+        ).fetchone()
+    assert rows == {good["event_id"]: good["data"]["subject"], bad["event_id"]: "Hi\ufffdthere"}
+    assert raw == ("Hi\ufffdthere",)

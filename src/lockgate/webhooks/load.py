@@ -350,6 +350,8 @@ def load_pending(
     )
     # DuckDB reads parquet natively: several times faster than dlt's default INSERT statements
     file_format: Any = "parquet" if duckdb_path is not None else None
+    # Postgres text and jsonb cannot hold U+0000: one such string would fail every load
+    no_nul = getattr(destination, "destination_name", None) == "postgres"
     result = LoadResult()
     try:
         while True:
@@ -359,7 +361,7 @@ def load_pending(
             by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for record in records:
                 table, row = to_row(record)
-                by_table[table].append(row)
+                by_table[table].append(_without_nul(row) if no_nul else row)
             if by_table:
                 if duckdb_path is not None:
                     _wait_for_duckdb(duckdb_path, wait=wait)
@@ -393,6 +395,17 @@ def load_pending(
         if own_spool:
             spool.close()
     return result
+
+
+def _without_nul(value: Any) -> Any:
+    """``value`` with every U+0000 in its strings and keys replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 def _load_error(exc: Exception, duckdb_path: Path | None) -> Exception:
