@@ -99,7 +99,9 @@ class RichConsole:
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         table = Table(title=title, title_justify="left")
         for column in columns:
-            table.add_column(column)
+            # a narrow terminal folds a long value onto the next line instead of cutting it
+            # with `…`: a run id, a key or a reason is shown whole
+            table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(*(str(v) for v in row))
         self.out.print(table)

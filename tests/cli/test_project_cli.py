@@ -168,6 +168,7 @@ def test_runs_are_listed_while_a_sync_holds_the_state(
         code, out = invoke("runs", *project)
         flat = " ".join(out.split())
         assert "in use by pid" in flat and "leads" in flat and "running" in flat
+        assert "…" not in out  # an 80-column table folds values, never cuts them
         store.finish_run("20261123T000000-live", "success", {"delivered": 3})
     code, out = invoke("runs", *project, "--json")
     assert [(r["sync"], r["status"]) for r in json.loads(out)][0] == ("leads", "success")
