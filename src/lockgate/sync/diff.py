@@ -223,6 +223,64 @@ def forget_gone_relationships(con: duckdb.DuckDBPyConnection, sync: SyncConfig) 
     return int(gone)
 
 
+def _mirror_removals(con: duckdb.DuckDBPyConnection, sync: SyncConfig, previous: str) -> int:
+    """Add to ``changes`` the operations undoing the records of ``previous`` (the snapshot)
+    that left the model; returns how many.
+
+    A row that left is undone only where no row still in the model goes to the same record
+    (shares an `id`, `cio_id` or email with it): after two accounts became one person
+    (identity), or two rows carry one email, the row that leaves must not clear (or delete)
+    what the other row keeps sending there. The records still synced are those of the rows
+    sent now and of the unchanged (or rejected) rows still in the model, as the snapshot last
+    sent them.
+    """
+    op, cleared_each = _removal_op(sync)
+    keys = _record_keys(sync, "ident")
+    run_sql(
+        con,
+        f"""
+        create or replace temp table gone as
+        select s.k, s.ident from {previous} s anti join keyed m on m.k = s.k;
+        create or replace temp table gone_keys as
+        select k, unnest({keys}) as a from gone;
+        create or replace temp table live_keys as
+        with shared as (
+            select k, a from (select k, unnest({keys}) as a from {previous}) h
+            semi join gone_keys g on g.a = h.a
+        )
+        select unnest({keys}) as a from changes
+        union
+        select h.a from shared h semi join keyed m on m.k = h.k
+        anti join changes c on c.k = h.k
+        """,
+    )
+    # a row that leaves with another leaving row reaching the same person (one by `id`, one
+    # by email) is kept when that one is: add the kept rows' keys until none is new
+    while con.execute(
+        """
+        insert into live_keys
+        select distinct g.a from gone_keys g
+        semi join (select g.k from gone_keys g semi join live_keys l on l.a = g.a) x
+            on x.k = g.k
+        anti join live_keys l on l.a = g.a
+        where g.a is not null
+        """
+    ).fetchall()[0][0]:
+        pass
+    run_sql(
+        con,
+        f"""
+        insert into changes (k, op, h, ident, is_new, removed, n_set, n_cleared)
+        select s.k, {op} as op, null as h, s.ident, false as is_new, true as removed,
+               0 as n_set, {cleared_each} as n_cleared
+        from gone s anti join (
+            select g.k from gone_keys g semi join live_keys l on l.a = g.a
+        ) x on x.k = s.k
+        """,
+    )
+    return int(_one(con, "select count(*) from changes where removed") or 0)
+
+
 def _hold_relationships(
     con: duckdb.DuckDBPyConnection, objects_snaps: list[str], people_snaps: list[str]
 ) -> tuple[int, tuple[tuple[str, str], ...]]:
@@ -490,57 +548,7 @@ def diff_records(
         removed = int(_one(con, f"select count(*) from {snap}") or 0) - kept
     removed_sent = 0
     if sync.effective_mode == "mirror" and removed:
-        op, cleared_each = _removal_op(sync)
-        # A row that left the model is undone only where no row still in it goes to the same
-        # record (shares an `id`, `cio_id` or email with it): after two accounts became one
-        # person (identity), or two rows carry one email, the row that leaves must not clear
-        # (or delete) what the other row keeps sending there. The records still synced are
-        # those of the rows sent now and of the unchanged (or rejected) rows still in the
-        # model, as the snapshot last sent them.
-        keys = _record_keys(sync, "ident")
-        run_sql(
-            con,
-            f"""
-            create or replace temp table gone as
-            select s.k, s.ident from {previous} s anti join keyed m on m.k = s.k;
-            create or replace temp table gone_keys as
-            select k, unnest({keys}) as a from gone;
-            create or replace temp table live_keys as
-            with shared as (
-                select k, a from (select k, unnest({keys}) as a from {previous}) h
-                semi join gone_keys g on g.a = h.a
-            )
-            select unnest({keys}) as a from changes
-            union
-            select h.a from shared h semi join keyed m on m.k = h.k
-            anti join changes c on c.k = h.k
-            """,
-        )
-        # a row that leaves with another leaving row reaching the same person (one by `id`,
-        # one by email) is kept when that one is: add the kept rows' keys until none is new
-        while con.execute(
-            """
-            insert into live_keys
-            select distinct g.a from gone_keys g
-            semi join (select g.k from gone_keys g semi join live_keys l on l.a = g.a) x
-                on x.k = g.k
-            anti join live_keys l on l.a = g.a
-            where g.a is not null
-            """
-        ).fetchall()[0][0]:
-            pass
-        run_sql(
-            con,
-            f"""
-            insert into changes (k, op, h, ident, is_new, removed, n_set, n_cleared)
-            select s.k, {op} as op, null as h, s.ident, false as is_new, true as removed,
-                   0 as n_set, {cleared_each} as n_cleared
-            from gone s anti join (
-                select g.k from gone_keys g semi join live_keys l on l.a = g.a
-            ) x on x.k = s.k
-            """,
-        )
-        removed_sent = int(_one(con, "select count(*) from changes where removed") or 0)
+        removed_sent = _mirror_removals(con, sync, previous)
     row = con.execute(
         """
         select count(*) filter (where not removed), count(*) filter (where is_new),
