@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +127,58 @@ def test_nul_character_does_not_block_postgres_loads(
         ).fetchone()
     assert rows == {good["event_id"]: good["data"]["subject"], bad["event_id"]: "Hi\ufffdthere"}
     assert raw == ("Hi\ufffdthere",)
+
+
+LOADER = """
+import sys, time
+import time
+from pathlib import Path
+from lockgate.project.loader import load_project
+from lockgate.webhooks.load import load_pending
+
+root = Path(sys.argv[1])
+project = load_project(root)
+while True:
+    stopping = (root / "stop").exists()
+    try:
+        load_pending(project, batch_size=40, wait=60)
+    except Exception as exc:
+        print(type(exc).__name__, exc, file=sys.stderr)
+    if stopping:
+        break
+"""
+
+
+@pytest.mark.slow
+def test_two_loaders_at_once_lose_nothing(project: Project, spool: Spool) -> None:
+    """`serve`'s background loader and a `lockgate webhooks load` at the same time shared one
+    dlt working folder: events were marked loaded without reaching the warehouse, and the
+    folder was left broken so that every later load failed."""
+    import subprocess
+    import sys
+
+    loaders = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOADER, str(project.root)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    events = []
+    try:
+        for _ in range(60):
+            batch = [make_event("email", "opened") for _ in range(10)]
+            spool_events(spool, batch)
+            events += batch
+            time.sleep(0.05)
+    finally:
+        (project.root / "stop").touch()
+        for loader in loaders:
+            loader.communicate(timeout=120)
+    load_pending(project, spool=spool)  # whatever is left
+    assert spool.stats().unloaded == 0
+    with warehouse(project) as con:
+        loaded = [r[0] for r in con.execute("select event_id from customerio.email").fetchall()]
+    assert len(loaded) == len(set(loaded))
+    assert set(loaded) == {e["event_id"] for e in events}

@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from collections import defaultdict
@@ -342,18 +343,21 @@ def load_pending(
     own_spool = spool is None
     spool = spool or Spool(project.root / config.spool)
     destination, duckdb_path = destination_for(project)
-    pipeline = dlt.pipeline(
-        pipeline_name=PIPELINE_NAME,
-        destination=destination,
-        dataset_name=config.dataset,
-        pipelines_dir=str(project.state_dir / "dlt"),
-    )
     # DuckDB reads parquet natively: several times faster than dlt's default INSERT statements
     file_format: Any = "parquet" if duckdb_path is not None else None
     # Postgres text and jsonb cannot hold U+0000: one such string would fail every load
     no_nul = getattr(destination, "destination_name", None) == "postgres"
     result = LoadResult()
+    lock: int | None = None
     try:
+        # one loader at a time: two share dlt's working folder and abort each other's packages
+        lock = _take_load_lock(project.state_dir / "dlt", wait=wait)
+        pipeline = dlt.pipeline(
+            pipeline_name=PIPELINE_NAME,
+            destination=destination,
+            dataset_name=config.dataset,
+            pipelines_dir=str(project.state_dir / "dlt"),
+        )
         while True:
             records = spool.unloaded(batch_size)
             if not records:
@@ -392,9 +396,31 @@ def load_pending(
                 result.loaded += len(rows)
             console.info(f"loaded {len(records)} webhook events into `{config.dataset}`")
     finally:
+        if lock is not None:
+            os.close(lock)  # releases the lock
         if own_spool:
             spool.close()
     return result
+
+
+def _take_load_lock(folder: Path, *, wait: float) -> int:
+    """Lock ``folder``'s pipeline for this process (a file descriptor; close it to release)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / f"{PIPELINE_NAME}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise TransientError(
+                    "another webhook load of this project is still running",
+                    hint="the events stay in the spool; run `lockgate webhooks load` again "
+                    "when it is done",
+                ) from None
+            time.sleep(0.05)
 
 
 def _without_nul(value: Any) -> Any:
