@@ -89,7 +89,13 @@ def validate_model(model: type[M], data: Any, lines: Lines, file: str) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and "[" in p))
+        raw = first["loc"]
+        # drop union tags such as `function-before[...]`; an unknown key itself is kept even
+        # when it holds a bracket
+        keep = len(raw) - 1 if first["type"] == "extra_forbidden" else len(raw)
+        loc = tuple(
+            p for i, p in enumerate(raw) if i >= keep or not (isinstance(p, str) and "[" in p)
+        )
         where = ".".join(str(p) for p in loc) or "(top level)"
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":

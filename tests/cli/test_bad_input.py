@@ -1,0 +1,60 @@
+"""Config mistakes a first-time user makes: each gives an error naming where it is and how
+to fix it, exits 1, shows no traceback and never prints a secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from lockgate.cli import main
+
+PROJECT = """\
+name: acme
+sources:
+  warehouse:
+    type: duckdb
+    path: w.duckdb
+"""
+
+SYNC = """\
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: id
+identify_by: {id: id, email: email}
+attributes:
+  plan: plan
+"""
+
+
+def project(root: Path, lockgate_yml: str = PROJECT, sync: str = SYNC) -> Path:
+    (root / "syncs").mkdir(parents=True, exist_ok=True)
+    (root / "lockgate.yml").write_text(lockgate_yml)
+    (root / "syncs" / "profile.yml").write_text(sync)
+    with duckdb.connect(str(root / "w.duckdb")) as con:
+        con.execute(
+            "create or replace table users as select 1 as id, 'a@x.io' as email, 'pro' as plan"
+        )
+    return root
+
+
+def fails(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """Run the CLI; it must exit 1 without a traceback. Returns what it printed."""
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert exited.value.code == 1, text
+    assert "Traceback" not in text
+    return text
+
+
+def test_a_key_with_brackets_is_named_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project(tmp_path, sync=SYNC + "attributes[0]: plan\n")
+    err = fails(capsys, "validate", "--project", str(tmp_path))
+    assert "syncs/profile.yml:9: unknown key `attributes[0]`" in err
