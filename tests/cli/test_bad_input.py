@@ -58,3 +58,20 @@ def test_a_key_with_brackets_is_named_not_a_crash(
     project(tmp_path, sync=SYNC + "attributes[0]: plan\n")
     err = fails(capsys, "validate", "--project", str(tmp_path))
     assert "syncs/profile.yml:9: unknown key `attributes[0]`" in err
+
+
+def test_an_unknown_key_suggests_the_key_meant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project(tmp_path, sync=SYNC.replace("identify_by:", "identfy_by:"))
+    err = fails(capsys, "validate", "--project", str(tmp_path))
+    assert "syncs/profile.yml:6: unknown key `identfy_by`" in err
+    assert "did you mean `identify_by`?" in err
+    # in a nested spec, only keys valid there are suggested
+    project(tmp_path, sync=SYNC.replace("plan: plan", "plan: {colum: plan}"))
+    err = fails(capsys, "validate", "--project", str(tmp_path))
+    assert "syncs/profile.yml:8: unknown key `colum`" in err
+    assert "did you mean `column`?" in err
+    project(tmp_path, PROJECT.replace("path:", "pathh:"))
+    err = fails(capsys, "validate", "--project", str(tmp_path))
+    assert "lockgate.yml:5: unknown key `pathh`" in err and "did you mean `path`?" in err

@@ -12,6 +12,9 @@ Example::
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +86,51 @@ def _line_for(loc: tuple[str | int, ...], lines: Lines) -> int | None:
     return lines.get(current)
 
 
+def _leaves(annotation: Any) -> list[Any]:
+    """The types an annotation may hold: unions and `Annotated` unwrapped."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _leaves(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [leaf for arg in typing.get_args(annotation) for leaf in _leaves(arg)]
+    return [annotation]
+
+
+def _keys_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    """The keys allowed in the mapping at ``loc`` (pydantic's error path, tags included)."""
+    current: list[Any] = [model]
+    for part in loc:
+        step: list[Any] = []
+        for tp in current:
+            origin, args = typing.get_origin(tp), typing.get_args(tp)
+            if isinstance(tp, type) and issubclass(tp, BaseModel):
+                for name, info in tp.model_fields.items():
+                    if part in (name, info.alias):
+                        step += _leaves(info.annotation)
+            elif origin is dict and isinstance(part, str):
+                step += _leaves(args[1])
+            elif origin is list and isinstance(part, int):
+                step += _leaves(args[0])
+        if step:
+            current = step
+        else:  # a union tag (`duckdb`): keep the model it names
+            tagged = [
+                tp
+                for tp in current
+                if isinstance(tp, type)
+                and issubclass(tp, BaseModel)
+                and "type" in tp.model_fields
+                and tp.model_fields["type"].default == part
+            ]
+            current = tagged or current
+    return [
+        info.alias or name
+        for tp in current
+        if isinstance(tp, type) and issubclass(tp, BaseModel)
+        for name, info in tp.model_fields.items()
+    ]
+
+
 def validate_model(model: type[M], data: Any, lines: Lines, file: str) -> M:
     """Validate data against a model; the first error becomes a ConfigError with file:line."""
     try:
@@ -101,6 +149,9 @@ def validate_model(model: type[M], data: Any, lines: Lines, file: str) -> M:
         if first["type"] == "extra_forbidden":
             message = f"unknown key `{loc[-1]}`"
             hint = "remove it or check its spelling; `lockgate validate --schema` shows every key"
+            close = difflib.get_close_matches(str(raw[-1]), _keys_at(model, raw[:-1]), n=1)
+            if close:
+                hint = f"did you mean `{close[0]}`? (`lockgate validate --schema` shows every key)"
         elif first["type"] == "missing":
             message = f"missing required key `{loc[-1]}`"
             hint = "add it; see docs/config.md"
