@@ -75,3 +75,18 @@ def test_an_unknown_key_suggests_the_key_meant(
     project(tmp_path, PROJECT.replace("path:", "pathh:"))
     err = fails(capsys, "validate", "--project", str(tmp_path))
     assert "lockgate.yml:5: unknown key `pathh`" in err and "did you mean `path`?" in err
+
+
+def test_validate_refuses_an_unknown_identifier_type(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project(tmp_path, sync=SYNC.replace("{id: id,", "{idd: id,"))
+    err = fails(capsys, "validate", "--project", str(tmp_path))
+    assert "syncs/profile.yml:6: identifier type `idd`" in err
+    assert "did you mean `id`?" in err and "identity:" in err
+    # with identity rules, the declared types are the ones allowed
+    identity = "identity:\n  identifier_types:\n    user_id: {priority: 1, customerio: id}\n"
+    project(tmp_path, PROJECT + identity, SYNC.replace("{id: id, email: email}", "{usr_id: id}"))
+    err = fails(capsys, "validate", "--project", str(tmp_path))
+    assert "syncs/profile.yml:6: identifier type `usr_id`" in err
+    assert "did you mean `user_id`?" in err

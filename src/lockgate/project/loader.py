@@ -27,6 +27,7 @@ from lockgate.errors import ConfigError
 from lockgate.project.models import ProjectConfig, SyncConfig
 
 PROJECT_FILE = "lockgate.yml"
+BUILTIN_IDENTIFIERS = ("id", "user_id", "cio_id", "email")  # Customer.io's own identifiers
 SYNCS_DIR = "syncs"
 
 Lines = dict[tuple[str | int, ...], int]
@@ -212,6 +213,27 @@ class Project:
         return iter(self.syncs.values())
 
 
+def _check_identifiers(sync: SyncConfig, config: ProjectConfig, lines: Lines, file: str) -> None:
+    """Every `identify_by` type is one of Customer.io's or one declared under `identity:`."""
+    declared = list(config.identity.identifier_types) if config.identity else []
+    allowed = list(dict.fromkeys([*BUILTIN_IDENTIFIERS, *declared]))
+    for kind in sync.identify_by:
+        if kind in allowed:
+            continue
+        close = difflib.get_close_matches(kind, allowed, n=1)
+        known = ", ".join(f"`{k}`" for k in allowed)
+        if config.identity is None:
+            hint = f"identify by {known}, or declare `{kind}` under `identity:` in lockgate.yml"
+        else:
+            hint = f"declare it under `identity.identifier_types` in lockgate.yml; known: {known}"
+        raise ConfigError(
+            f"identifier type `{kind}` in `identify_by` is not known",
+            hint=(f"did you mean `{close[0]}`? " if close else "") + hint + " (docs/identity.md)",
+            file=file,
+            line=lines.get(("identify_by", kind)),
+        )
+
+
 def load_project(root: str | Path = ".") -> Project:
     """Load and validate a project folder. Raises ConfigError naming file and line."""
     root = Path(root).resolve()
@@ -251,6 +273,7 @@ def load_project(root: str | Path = ".") -> Project:
                 file=shown,
                 line=sync_lines.get(("destination",)),
             )
+        _check_identifiers(sync, config, sync_lines, shown)
         if "on_null" not in sync.model_fields_set and sync.kind != "events":
             # `defaults.on_null` for the attributes of a sync that does not set its own
             # (events' properties have no value to keep: a null there is always left out)
