@@ -52,9 +52,14 @@ def test_load_and_status_commands(project: Project) -> None:
     runner = CliRunner()
     args = ["--project", str(project.root), "--json"]
     status = runner.invoke(cli, ["webhooks", "status", *args])
-    assert orjson.loads(status.output) == {"stored": 1, "unloaded": 1}
+    assert orjson.loads(status.output) == {"stored": 1, "unloaded": 1, "rejected": 0}
     loaded = runner.invoke(cli, ["webhooks", "load", *args])
-    assert orjson.loads(loaded.output) == {"loaded": 1, "tables": {"email": 1}}
+    assert orjson.loads(loaded.output) == {
+        "loaded": 1,
+        "tables": {"email": 1},
+        "rejected": [],
+        "quarantined": 0,
+    }
     again = runner.invoke(cli, ["webhooks", "load", *args])
     assert orjson.loads(again.output)["loaded"] == 0
 

@@ -3,6 +3,8 @@
 lockgate webhooks serve --port 8787      # receive, spool durably, load in the background
 lockgate webhooks load                   # one-shot: load everything spooled
 lockgate webhooks status                 # how many events wait in the spool
+lockgate webhooks rejects                # events the warehouse refused, with its reason
+lockgate webhooks load --retry-rejected  # put them back in the queue and load
 """
 
 from __future__ import annotations
@@ -86,23 +88,66 @@ def serve(project_path: Path, host: str, port: int, load_interval: float, no_loa
     type=float,
     help="Seconds to wait for a busy DuckDB file before giving up.",
 )
-def load(project_path: Path, as_json: bool, wait: float) -> None:
-    """Load every spooled event into the warehouse (safe to run while `serve` runs)."""
+@click.option(
+    "--retry-rejected",
+    is_flag=True,
+    help="First put the events the warehouse refused back in the queue (after fixing the cause).",
+)
+def load(project_path: Path, as_json: bool, wait: float, retry_rejected: bool) -> None:
+    """Load every spooled event into the warehouse (safe to run while `serve` runs).
+
+    An event the warehouse refuses is set aside in the quarantine with the warehouse's error
+    (see `lockgate webhooks rejects`); the others load.
+    """
     import json
 
     from lockgate.webhooks.load import load_pending
+    from lockgate.webhooks.spool import Spool
 
     project = open_project(project_path)
     console = RichConsole(quiet=as_json)
+    if retry_rejected:
+        spool = Spool(project.root / _config(project).spool)
+        try:
+            released = spool.release_rejected()
+        finally:
+            spool.close()
+        console.info(f"{released} rejected events back in the queue")
     result = load_pending(project, wait=wait, console=console)
     if as_json:
-        click.echo(json.dumps({"loaded": result.loaded, "tables": result.tables}))
+        rejected = [
+            {
+                "event_id": r.event_id,
+                "object_type": r.object_type,
+                "metric": r.metric,
+                "reason": r.reason,
+            }
+            for r in result.rejected
+        ]
+        summary = {
+            "loaded": result.loaded,
+            "tables": result.tables,
+            "rejected": rejected,
+            "quarantined": result.quarantined,
+        }
+        click.echo(json.dumps(summary))
         return
     if not result.loaded:
         console.info("nothing to load")
-        return
-    rows = sorted(result.tables.items())
-    console.table(f"loaded {result.loaded} events", ["table", "events"], rows)
+    else:
+        rows = sorted(result.tables.items())
+        console.table(f"loaded {result.loaded} events", ["table", "events"], rows)
+    if result.rejected:
+        console.table(
+            f"set aside {len(result.rejected)} events the warehouse refused",
+            ["event_id", "metric", "reason"],
+            [(r.event_id, f"{r.object_type}/{r.metric}", r.reason) for r in result.rejected],
+        )
+    if result.quarantined:
+        console.warn(
+            f"{result.quarantined} event(s) in the quarantine: see `lockgate webhooks rejects`; "
+            "fix the cause and run `lockgate webhooks load --retry-rejected`"
+        )
 
 
 @webhooks.command()
@@ -121,9 +166,73 @@ def status(project_path: Path, as_json: bool) -> None:
     finally:
         spool.close()
     if as_json:
-        click.echo(json.dumps({"stored": stats.total, "unloaded": stats.unloaded}))
+        click.echo(
+            json.dumps(
+                {"stored": stats.total, "unloaded": stats.unloaded, "rejected": stats.rejected}
+            )
+        )
     else:
-        RichConsole().info(f"{stats.total} events stored, {stats.unloaded} waiting to load")
+        RichConsole().info(
+            f"{stats.total} events stored, {stats.unloaded} waiting to load, "
+            f"{stats.rejected} rejected (in quarantine)"
+        )
+
+
+@webhooks.command()
+@project_option
+@json_option
+def rejects(project_path: Path, as_json: bool) -> None:
+    """The events the warehouse refused: id, metric, when, and the warehouse's error.
+
+    They stay in the spool's quarantine, raw body included, until
+    `lockgate webhooks load --retry-rejected` puts them back in the queue.
+    """
+    import json
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from lockgate.webhooks.spool import Spool
+
+    project = open_project(project_path)
+    spool = Spool(project.root / _config(project).spool)
+    try:
+        records = spool.rejected()
+    finally:
+        spool.close()
+    rows = []
+    for record in records:
+        try:
+            doc = orjson.loads(record.body)
+        except orjson.JSONDecodeError:
+            doc = None
+        doc = doc if isinstance(doc, dict) else {}
+        rows.append(
+            {
+                "event_id": record.event_id,
+                "object_type": doc.get("object_type"),
+                "metric": doc.get("metric"),
+                "received_at": datetime.fromtimestamp(record.received_at, UTC).isoformat(),
+                "rejected_at": datetime.fromtimestamp(record.rejected_at, UTC).isoformat(),
+                "reason": record.reason,
+                "body": record.body.decode("utf-8", "replace"),
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    console = RichConsole()
+    if not rows:
+        console.info("no rejected events")
+        return
+    console.table(
+        f"{len(rows)} rejected events (retry: `lockgate webhooks load --retry-rejected`)",
+        ["event_id", "metric", "received_at", "reason"],
+        [
+            (r["event_id"], f"{r['object_type']}/{r['metric']}", r["received_at"], r["reason"])
+            for r in rows
+        ],
+    )
 
 
 @webhooks.command()

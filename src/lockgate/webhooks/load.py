@@ -14,10 +14,20 @@ Columns: ``event_id``, ``object_type``, ``metric``, ``timestamp`` and ``received
 key not seen before becomes a new column (dlt's schema evolution); a value whose type clashes
 with an existing column goes to a ``<name>__v_<type>`` variant column instead of failing.
 
+**One refused event never blocks the others.** When the warehouse refuses a batch for its
+data (not for being busy or unreachable), the batch is split in halves, each half loaded on
+its own, and a failing half split again, until the refused events stand alone. Every other
+event loads (and is marked loaded) once; each refused one goes to the spool's quarantine with
+the warehouse's error (:meth:`Spool.mark_rejected`) and is not tried again until released
+(``lockgate webhooks load --retry-rejected``). The cost is paid only when a batch fails. When
+nothing in the batch loads, a probe (re-loading the last event loaded before, a no-op under the
+merge) tells a warehouse fault from bad events: if the probe fails too, nothing is quarantined
+and the error is raised, the events staying in the queue.
+
 Example::
 
     result = load_pending(project)          # every unloaded record, in batches
-    result.loaded, result.tables
+    result.loaded, result.tables, result.rejected
 """
 
 from __future__ import annotations
@@ -104,13 +114,27 @@ COLUMN_TYPES: dict[str, str] = {
 _ENVELOPE = ("event_id", "object_type", "metric", "timestamp", "received_at", "raw")
 
 
+@dataclass(frozen=True)
+class Rejected:
+    """An event the warehouse refused, set aside in the spool's quarantine by this load."""
+
+    event_id: str
+    object_type: str | None
+    metric: str | None
+    received_at: float
+    reason: str
+
+
 @dataclass
 class LoadResult:
-    """What one :func:`load_pending` call did."""
+    """What one :func:`load_pending` call did; ``quarantined`` counts every event in the
+    quarantine after it (this load's ``rejected`` and earlier ones not yet retried)."""
 
     loaded: int = 0
     batches: int = 0
     tables: dict[str, int] = field(default_factory=dict)
+    rejected: list[Rejected] = field(default_factory=list)
+    quarantined: int = 0
 
 
 def to_row(record: SpoolRecord) -> tuple[str, dict[str, Any]]:
@@ -358,49 +382,188 @@ def load_pending(
             dataset_name=config.dataset,
             pipelines_dir=str(project.state_dir / "dlt"),
         )
+        batch_loader = _BatchLoader(
+            pipeline,
+            spool,
+            result,
+            file_format=file_format,
+            no_nul=no_nul,
+            wait=wait,
+            duckdb_path=duckdb_path,
+            console=console,
+        )
         while True:
             records = spool.unloaded(batch_size)
             if not records:
                 break
-            by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            for record in records:
-                table, row = to_row(record)
-                by_table[table].append(_without_nul(row) if no_nul else row)
-            if by_table:
-                if duckdb_path is not None:
-                    _wait_for_duckdb(duckdb_path, wait=wait)
-                if pipeline.has_pending_data:
-                    # a package left by an earlier failed or killed load; dlt would load it
-                    # and ignore the new data. Its events are still unloaded in the spool and
-                    # part of this batch, so drop it (the merge on event_id dedupes anyway).
-                    pipeline.abort_packages()
-                resources = [
-                    dlt.resource(
-                        rows,
-                        name=table,
-                        write_disposition="merge",
-                        primary_key="event_id",
-                        columns=cast(Any, _columns(rows)),
-                        max_table_nesting=0,
-                    )
-                    for table, rows in sorted(by_table.items())
-                ]
-                try:
-                    pipeline.run(resources, loader_file_format=file_format)
-                except Exception as exc:
-                    raise _load_error(exc, duckdb_path) from exc
-            spool.mark_loaded([r.seq for r in records])
+            loaded = result.loaded
+            batch_loader.load(records)
             result.batches += 1
-            for table, rows in by_table.items():
-                result.tables[table] = result.tables.get(table, 0) + len(rows)
-                result.loaded += len(rows)
-            console.info(f"loaded {len(records)} webhook events into `{config.dataset}`")
+            console.info(f"loaded {result.loaded - loaded} webhook events into `{config.dataset}`")
+        result.quarantined = spool.stats().rejected
     finally:
         if lock is not None:
             os.close(lock)  # releases the lock
         if own_spool:
             spool.close()
     return result
+
+
+class _BatchLoader:
+    """Loads one batch of spool records; on a refusal, isolates the refused events."""
+
+    def __init__(
+        self,
+        pipeline: Any,
+        spool: Spool,
+        result: LoadResult,
+        *,
+        file_format: Any,
+        no_nul: bool,
+        wait: float,
+        duckdb_path: Path | None,
+        console: Console,
+    ) -> None:
+        self.pipeline = pipeline
+        self.spool = spool
+        self.result = result
+        self.file_format = file_format
+        self.no_nul = no_nul
+        self.wait = wait
+        self.duckdb_path = duckdb_path
+        self.console = console
+
+    def load(self, records: list[SpoolRecord]) -> None:
+        """Load ``records``; mark each loaded or rejected. Raises on a warehouse fault."""
+        try:
+            tables = self._try(records)
+        except SourceError as exc:
+            self._isolate(records, exc)
+        else:
+            self._loaded(records, tables)
+
+    def _try(self, records: list[SpoolRecord]) -> dict[str, int]:
+        """One dlt run for ``records``; raise :class:`SourceError` if the warehouse refused
+        the data and :class:`TransientError` if it is busy or unreachable."""
+        import dlt
+
+        by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for record in records:
+            table, row = to_row(record)
+            by_table[table].append(_without_nul(row) if self.no_nul else row)
+        if self.duckdb_path is not None:
+            _wait_for_duckdb(self.duckdb_path, wait=self.wait)
+        if self.pipeline.has_pending_data:
+            # a package left by an earlier failed or killed load; dlt would load it and
+            # ignore the new data. Its events are still unloaded in the spool and part of
+            # this batch (or loaded already), so drop it (the merge on event_id dedupes).
+            self.pipeline.abort_packages()
+        resources = [
+            dlt.resource(
+                rows,
+                name=table,
+                write_disposition="merge",
+                primary_key="event_id",
+                columns=cast(Any, _columns(rows)),
+                max_table_nesting=0,
+            )
+            for table, rows in sorted(by_table.items())
+        ]
+        try:
+            self.pipeline.run(resources, loader_file_format=self.file_format)
+        except Exception as exc:
+            raise _load_error(exc, self.duckdb_path) from exc
+        return {table: len(rows) for table, rows in by_table.items()}
+
+    def _loaded(self, records: list[SpoolRecord], tables: dict[str, int]) -> None:
+        self.spool.mark_loaded([r.seq for r in records])
+        for table, count in tables.items():
+            self.result.tables[table] = self.result.tables.get(table, 0) + count
+            self.result.loaded += count
+
+    def _isolate(self, records: list[SpoolRecord], error: SourceError) -> None:
+        """Split the failed batch until each refused event stands alone; load the rest."""
+        refused: list[tuple[SpoolRecord, SourceError]] = []
+        any_loaded = False
+        # (records, known to fail with this error or None to try them first)
+        todo: list[tuple[list[SpoolRecord], SourceError | None]] = [(records, error)]
+        while todo:
+            part, failed = todo.pop()
+            if failed is None:
+                try:
+                    tables = self._try(part)
+                except SourceError as exc:
+                    failed = exc
+                else:
+                    self._loaded(part, tables)
+                    any_loaded = True
+                    continue
+            if len(part) == 1:
+                refused.append((part[0], failed))
+                continue
+            middle = len(part) // 2
+            # the first half is tried first (stack order); the second is tried too, even if
+            # the first loaded: events can fail together and not alone
+            todo.append((part[middle:], None))
+            todo.append((part[:middle], None))
+        if not refused:
+            return
+        if not any_loaded and not self._probe():
+            # nothing loads, not even an event loaded before: the warehouse is at fault
+            raise error
+        for record, why in refused:
+            self._reject(record, why)
+
+    def _probe(self) -> bool:
+        """Whether the warehouse takes an event it took before (a no-op under the merge)."""
+        record = self.spool.last_loaded()
+        if record is None:
+            return False
+        try:
+            self._try([record])
+        except SourceError:
+            return False
+        return True
+
+    def _reject(self, record: SpoolRecord, error: SourceError) -> None:
+        reason = _reason(error)
+        self.spool.mark_rejected(record.seq, reason)
+        object_type = metric = None
+        try:
+            doc = orjson.loads(record.body)
+            if isinstance(doc, dict):
+                object_type = doc.get("object_type")
+                metric = doc.get("metric")
+        except orjson.JSONDecodeError:
+            pass
+        self.result.rejected.append(
+            Rejected(
+                record.event_id,
+                object_type if isinstance(object_type, str) else None,
+                metric if isinstance(metric, str) else None,
+                record.received_at,
+                reason,
+            )
+        )
+        self.console.warn(
+            f"webhook event `{record.event_id}` set aside: the warehouse refused it ({reason}); "
+            "fix the cause and run `lockgate webhooks load --retry-rejected`"
+        )
+
+
+MAX_REASON = 2000
+
+
+def _reason(error: BaseException) -> str:
+    """The warehouse's own words for a refusal: the innermost cause's message."""
+    inner: BaseException = error
+    while True:
+        cause = inner.__cause__ or inner.__context__
+        if cause is None:
+            break
+        inner = cause
+    text = " ".join(str(inner).split()) or type(inner).__name__
+    return f"{type(inner).__name__}: {text}"[:MAX_REASON]
 
 
 def _take_load_lock(folder: Path, *, wait: float) -> int:
@@ -435,11 +598,22 @@ def _without_nul(value: Any) -> Any:
 
 
 def _load_error(exc: Exception, duckdb_path: Path | None) -> Exception:
+    from dlt.common.destination.exceptions import DestinationTransientException
+
     cause: BaseException | None = exc
     while cause is not None:
         if duckdb_path is not None and type(cause).__name__ == "IOException":
             return TransientError(
                 f"the DuckDB file `{duckdb_path.name}` is in use by another process",
+                hint="the events stay in the spool; run `lockgate webhooks load` again later",
+            )
+        if isinstance(cause, DestinationTransientException) or type(cause).__name__ in (
+            "OperationalError",  # psycopg2: connection lost, server down, disk full
+            "InterfaceError",
+        ):
+            # not the events' fault: never a reason to set any of them aside
+            return TransientError(
+                f"the warehouse could not be reached to load webhook events: {cause}",
                 hint="the events stay in the spool; run `lockgate webhooks load` again later",
             )
         cause = cause.__cause__ or cause.__context__

@@ -12,6 +12,11 @@ handler answers 2xx only after the commit that covers its own event.
 acknowledged again but stored once. Loading reads unloaded rows in arrival order and marks
 them only after the warehouse committed them (see ``load.py``).
 
+**Quarantine.** An event the warehouse refuses (the loader isolates it by splitting the failed
+batch) is marked rejected with the warehouse's error, in place: its raw body stays here, it is
+no longer handed to loads, and :meth:`Spool.release_rejected` puts it back in the queue once
+the cause is fixed. A rejected event is never pruned.
+
 Example::
 
     spool = Spool(Path(".lockgate/webhooks"))
@@ -19,6 +24,8 @@ Example::
     await spool.append(event_id, raw_body)        # returns once fsync'd
     for record in spool.unloaded(limit=1000): ...
     spool.mark_loaded([r.seq for r in records])
+    spool.mark_rejected(seq, "value too long for type character varying(40)")
+    spool.rejected(); spool.release_rejected()
     spool.close()
 """
 
@@ -47,8 +54,20 @@ create table if not exists events (
     body blob not null,
     loaded_at real
 );
-create index if not exists events_unloaded on events (seq) where loaded_at is null;
 """
+
+_QUARANTINE = """
+alter table events add column rejected_at real;
+alter table events add column reject_reason text;
+"""
+
+_INDEXES = """
+drop index if exists events_unloaded;
+create index if not exists events_pending on events (seq)
+    where loaded_at is null and rejected_at is null;
+create index if not exists events_rejected on events (seq) where rejected_at is not null;
+"""
+_PENDING = "loaded_at is null and rejected_at is null"
 
 
 @dataclass(frozen=True)
@@ -62,11 +81,24 @@ class SpoolRecord:
 
 
 @dataclass(frozen=True)
+class RejectedRecord:
+    """An event in quarantine: the record, when it was set aside and the warehouse's error."""
+
+    seq: int
+    event_id: str
+    received_at: float
+    body: bytes
+    rejected_at: float
+    reason: str
+
+
+@dataclass(frozen=True)
 class SpoolStats:
-    """Counts of stored events."""
+    """Counts of stored events: all, waiting to load, and set aside in the quarantine."""
 
     total: int
     unloaded: int
+    rejected: int = 0
 
 
 _Pending = tuple[str, bytes, float, asyncio.Future[None]]
@@ -81,6 +113,20 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("pragma synchronous=full")
     conn.execute("pragma busy_timeout=30000")
     conn.executescript(_SCHEMA)
+    columns = {row[1] for row in conn.execute("pragma table_info(events)")}
+    if "rejected_at" not in columns:  # a spool from before the quarantine existed
+        conn.execute("begin immediate")
+        try:
+            columns = {row[1] for row in conn.execute("pragma table_info(events)")}
+            if "rejected_at" not in columns:
+                for statement in _QUARANTINE.strip().splitlines():
+                    conn.execute(statement)
+            conn.execute("commit")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("rollback")
+            raise
+    conn.executescript(_INDEXES)
     return conn
 
 
@@ -216,11 +262,11 @@ class Spool:
     # ------------------------------------------------------------------ loading
 
     def unloaded(self, limit: int = 5000) -> list[SpoolRecord]:
-        """The oldest events not yet loaded into the warehouse, in arrival order."""
+        """The oldest events not yet loaded nor rejected, in arrival order."""
         with self._read_lock:
             rows = self._reader.execute(
                 "select seq, event_id, received_at, body from events "
-                "where loaded_at is null order by seq limit ?",
+                f"where {_PENDING} order by seq limit ?",
                 (limit,),
             ).fetchall()
         return [SpoolRecord(int(s), str(e), float(r), bytes(b)) for s, e, r, b in rows]
@@ -240,6 +286,56 @@ class Spool:
                     self._conn.execute("rollback")
                 raise
 
+    def last_loaded(self) -> SpoolRecord | None:
+        """The event loaded most recently (the loader's probe of a healthy warehouse)."""
+        with self._read_lock:
+            row = self._reader.execute(
+                "select seq, event_id, received_at, body from events "
+                "where loaded_at is not null order by loaded_at desc, seq desc limit 1"
+            ).fetchone()
+        if row is None:
+            return None
+        s, e, r, b = row
+        return SpoolRecord(int(s), str(e), float(r), bytes(b))
+
+    def mark_rejected(self, seq: int, reason: str) -> None:
+        """Set one event aside in the quarantine with the warehouse's error (one commit)."""
+        with self._lock:
+            self._conn.execute(
+                "update events set rejected_at = ?, reject_reason = ? "
+                "where seq = ? and loaded_at is null",
+                (time.time(), reason, seq),
+            )
+
+    def rejected(self) -> list[RejectedRecord]:
+        """The events in quarantine, in arrival order."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                "select seq, event_id, received_at, body, rejected_at, reject_reason "
+                "from events where rejected_at is not null order by seq"
+            ).fetchall()
+        return [
+            RejectedRecord(int(s), str(e), float(r), bytes(b), float(at), str(why or ""))
+            for s, e, r, b, at, why in rows
+        ]
+
+    def release_rejected(self, event_ids: Sequence[str] | None = None) -> int:
+        """Put quarantined events (all, or those of ``event_ids``) back in the loading queue,
+        in their arrival order; return how many. Call it once the cause is fixed."""
+        where = "rejected_at is not null"
+        params: list[str] = []
+        if event_ids is not None:
+            if not event_ids:
+                return 0
+            where += f" and event_id in ({', '.join('?' for _ in event_ids)})"
+            params = list(event_ids)
+        with self._lock:
+            cur = self._conn.execute(
+                f"update events set rejected_at = null, reject_reason = null where {where}",
+                params,
+            )
+        return cur.rowcount
+
     def prune(self, older_than: float) -> int:
         """Delete events loaded more than ``older_than`` seconds ago; return how many.
 
@@ -254,12 +350,13 @@ class Spool:
         return cur.rowcount
 
     def stats(self) -> SpoolStats:
-        """How many events are stored and how many wait for loading."""
+        """How many events are stored, wait for loading, and are set aside as rejected."""
         with self._read_lock:
-            total, unloaded = self._reader.execute(
-                "select count(*), count(*) filter (where loaded_at is null) from events"
+            total, unloaded, rejected = self._reader.execute(
+                f"select count(*), count(*) filter (where {_PENDING}), "
+                "count(*) filter (where rejected_at is not null) from events"
             ).fetchone()
-        return SpoolStats(int(total), int(unloaded or 0))
+        return SpoolStats(int(total), int(unloaded or 0), int(rejected or 0))
 
     def __iter__(self) -> Iterator[SpoolRecord]:
         with self._read_lock:
