@@ -90,3 +90,12 @@ def test_validate_refuses_an_unknown_identifier_type(
     err = fails(capsys, "validate", "--project", str(tmp_path))
     assert "syncs/profile.yml:6: identifier type `usr_id`" in err
     assert "did you mean `user_id`?" in err
+
+
+def test_validate_refuses_a_model_file_that_does_not_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project(tmp_path, sync=SYNC.replace("{table: users}", "models/profile.sql"))
+    err = fails(capsys, "validate", "--project", str(tmp_path))
+    assert "syncs/profile.yml:3: sync `profile`: cannot read model file `models/profile.sql`" in err
+    assert "relative to the project folder" in err

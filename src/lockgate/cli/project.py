@@ -69,6 +69,8 @@ def validate(project_path: Path, as_json: bool, print_schema: bool) -> None:
         sys.stdout.write(orjson.dumps(json_schemas(), option=orjson.OPT_INDENT_2).decode() + "\n")
         return
     project = open_project(project_path)
+    for sync in project:
+        project.model_sql(sync)  # a model file that cannot be read names the sync file and line
     missing: list[str] = []
     for destination in project.config.destinations.values():
         for value in (destination.site_id, destination.api_key):

@@ -177,6 +177,7 @@ class Project:
     config: ProjectConfig
     syncs: dict[str, SyncConfig] = field(default_factory=dict)
     sync_files: dict[str, str] = field(default_factory=dict)
+    sync_lines: dict[str, Lines] = field(default_factory=dict)
 
     def sync(self, name: str) -> SyncConfig:
         try:
@@ -202,7 +203,9 @@ class Project:
         except OSError as exc:
             raise ConfigError(
                 f"sync `{sync.name}`: cannot read model file `{model.file}`: {exc.strerror}",
+                hint=f"the path is relative to the project folder `{self.root}`",
                 file=self.sync_files.get(sync.name),
+                line=self.sync_lines.get(sync.name, {}).get(("model",)),
             ) from exc
 
     @property
@@ -280,4 +283,5 @@ def load_project(root: str | Path = ".") -> Project:
             sync = sync.model_copy(update={"on_null": config.defaults.on_null})
         project.syncs[sync.name] = sync
         project.sync_files[sync.name] = shown
+        project.sync_lines[sync.name] = sync_lines
     return project
