@@ -99,3 +99,21 @@ def test_validate_refuses_a_model_file_that_does_not_exist(
     err = fails(capsys, "validate", "--project", str(tmp_path))
     assert "syncs/profile.yml:3: sync `profile`: cannot read model file `models/profile.sql`" in err
     assert "relative to the project folder" in err
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:hunter2@127.0.0.1:1/db",
+        "'host=127.0.0.1 port=1 user=u password=hunter2'",
+        "'postgresql://u@127.0.0.1:1/db?sslmode=disable&password=hunter2'",
+    ],
+)
+def test_a_literal_password_in_a_postgres_url_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    yml = PROJECT.replace("type: duckdb\n    path: w.duckdb", f"type: postgres\n    url: {url}")
+    project(tmp_path, yml)
+    err = fails(capsys, "validate", "--project", str(tmp_path))
+    assert "lockgate.yml:5: `url` must be an environment reference like `${WAREHOUSE_URL}`" in err
+    assert "hunter2" not in err

@@ -36,12 +36,12 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
-def check_secret(value: str | None, field: str) -> str | None:
+def check_secret(value: str | None, field: str, example: str = "CUSTOMERIO_API_KEY") -> str | None:
     """A secret field must be an ``${ENV_VAR}`` reference, never a literal."""
     if value is None or ENV_REF.match(value):
         return value
     raise ValueError(
-        f"`{field}` must be an environment reference like `${{CUSTOMERIO_API_KEY}}`, "
+        f"`{field}` must be an environment reference like `${{{example}}}`, "
         "not a literal secret; put the value in the environment"
     )
 
@@ -110,8 +110,10 @@ class PostgresSourceConfig(StrictModel):
     @field_validator("url")
     @classmethod
     def _secret_url(cls, value: str) -> str:
-        if "@" in value and ":" in value.split("@", 1)[0].split("//")[-1]:
-            check_secret(value, "url")
+        # a password in the userinfo, in a `?password=` parameter or a `password=` keyword
+        userinfo = value.split("@", 1)[0].split("//")[-1] if "@" in value else ""
+        if ":" in userinfo or re.search(r"(^|[\s?&])password\s*=", value, re.I):
+            check_secret(value, "url", "WAREHOUSE_URL")
         return value
 
 
@@ -140,7 +142,7 @@ class SnowflakeSourceConfig(StrictModel):
     @field_validator("password")
     @classmethod
     def _secret_password(cls, value: str | None) -> str | None:
-        return check_secret(value, "password")
+        return check_secret(value, "password", "SNOWFLAKE_PASSWORD")
 
 
 class BigQuerySourceConfig(StrictModel):
@@ -570,7 +572,7 @@ class WebhooksConfig(StrictModel):
     @field_validator("signing_key")
     @classmethod
     def _secret(cls, value: str) -> str:
-        check_secret(value, "signing_key")
+        check_secret(value, "signing_key", "CUSTOMERIO_WEBHOOK_SIGNING_KEY")
         return value
 
 
