@@ -117,3 +117,18 @@ def test_a_literal_password_in_a_postgres_url_is_refused(
     err = fails(capsys, "validate", "--project", str(tmp_path))
     assert "lockgate.yml:5: `url` must be an environment reference like `${WAREHOUSE_URL}`" in err
     assert "hunter2" not in err
+
+
+def test_an_empty_environment_variable_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    yml = PROJECT.replace("type: duckdb\n    path: w.duckdb", "type: postgres\n    url: ${WH_URL}")
+    project(tmp_path, yml)
+    monkeypatch.setenv("WH_URL", "")
+    err = fails(capsys, "sources", "inspect", "--project", str(tmp_path))
+    assert "environment variable `WH_URL` (for `url`) is set but empty" in err
+    assert "export WH_URL=" in err
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", "site")
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", "")
+    main(["validate", "--project", str(tmp_path)])
+    assert "`CUSTOMERIO_API_KEY` is empty" in capsys.readouterr().err.replace("\n", " ")

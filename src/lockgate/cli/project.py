@@ -75,7 +75,7 @@ def validate(project_path: Path, as_json: bool, print_schema: bool) -> None:
     for destination in project.config.destinations.values():
         for value in (destination.site_id, destination.api_key):
             match = ENV_REF.match(value)
-            if match and match.group(1) not in os.environ:
+            if match and not os.environ.get(match.group(1)):
                 missing.append(match.group(1))
     from lockgate.sync import contract
 
@@ -112,7 +112,8 @@ def validate(project_path: Path, as_json: bool, print_schema: bool) -> None:
         ],
     )
     for name in missing:
-        console.warn(f"environment variable `{name}` is not set; syncs will need it")
+        state = "is empty" if name in os.environ else "is not set"
+        console.warn(f"environment variable `{name}` {state}; syncs will need it")
     contract.render(console, findings)
     if errors:
         raise ContractError(

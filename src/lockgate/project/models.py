@@ -55,9 +55,10 @@ def resolve_env(value: str | None, *, field: str) -> str | None:
         return value
     name = match.group(1)
     resolved = os.environ.get(name)
-    if resolved is None:
+    if not resolved:
+        state = "is not set" if resolved is None else "is set but empty"
         raise ConfigError(
-            f"environment variable `{name}` (for `{field}`) is not set",
+            f"environment variable `{name}` (for `{field}`) {state}",
             hint=f"export {name}=... before running, or change `{field}` in lockgate.yml",
         )
     return resolved
