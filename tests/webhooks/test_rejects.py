@@ -211,3 +211,72 @@ def test_postgres_reject_is_retried_once_the_cause_is_fixed(
         ).fetchone()
     assert len(ids) == len(set(ids)) == 7
     assert subject == ("x" * 100,)
+
+
+LOADER = """
+import sys
+from pathlib import Path
+from lockgate.project.loader import load_project
+from lockgate.webhooks.load import load_pending
+
+load_pending(load_project(Path(sys.argv[1])), batch_size=64)
+"""
+
+
+def spool_state(spool: Spool) -> tuple[set[str], set[str], set[str]]:
+    """Event ids marked loaded, rejected, and still pending."""
+    rows = spool._reader.execute(
+        "select event_id, loaded_at is not null, rejected_at is not null from events"
+    ).fetchall()
+    loaded = {e for e, done, _ in rows if done}
+    rejected = {e for e, _, bad in rows if bad}
+    return loaded, rejected, {e for e, done, bad in rows if not done and not bad}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_when", ["first_loaded", "first_rejected"])
+def test_sigkill_while_isolating_loses_and_duplicates_nothing(
+    project: Project, spool: Spool, kill_when: str
+) -> None:
+    """Killed in the middle of splitting a failed batch, then loaded again: every event ends
+    loaded once or quarantined once, never both."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    first = first_load(project, spool)
+    events = [make_event("email", "opened") for _ in range(60)]
+    for i in (5, 6, 40):
+        events[i] = refused_event()
+    bad = {events[i]["event_id"] for i in (5, 6, 40)}
+    spool_events(spool, events)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOADER, str(project.root)], stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            loaded, rejected, pending = spool_state(spool)
+            if pending and (len(loaded) > 1 if kill_when == "first_loaded" else rejected):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL, "the loader finished before it could be killed"
+    loaded, rejected, pending = spool_state(spool)
+    assert pending and not loaded & rejected
+    assert rejected <= bad
+    assert loaded.isdisjoint(bad)
+    assert loaded <= set(loaded_ids(project))
+
+    load_pending(project, spool=spool)
+    loaded, rejected, pending = spool_state(spool)
+    assert not pending
+    assert rejected == bad
+    ids = loaded_ids(project)
+    assert len(ids) == len(set(ids)), "an event was loaded twice"
+    assert set(ids) == loaded == {first["event_id"]} | {e["event_id"] for e in events} - bad

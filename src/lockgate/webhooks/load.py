@@ -499,7 +499,10 @@ class _BatchLoader:
                     any_loaded = True
                     continue
             if len(part) == 1:
-                refused.append((part[0], failed))
+                if any_loaded:  # the warehouse works: set it aside now
+                    self._reject(part[0], failed)
+                else:
+                    refused.append((part[0], failed))
                 continue
             middle = len(part) // 2
             # the first half is tried first (stack order); the second is tried too, even if
