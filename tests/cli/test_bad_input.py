@@ -132,3 +132,26 @@ def test_an_empty_environment_variable_is_named(
     monkeypatch.setenv("CUSTOMERIO_API_KEY", "")
     main(["validate", "--project", str(tmp_path)])
     assert "`CUSTOMERIO_API_KEY` is empty" in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_an_unexpected_failure_shows_no_traceback_without_debug(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a primary key typo in a sync resolved through `identity:` fails inside the resolve
+    # step with pyarrow's KeyError (a bug of its own, reported): the user still gets one
+    # error line naming the column, and `--debug` for the traceback
+    identity = """\
+identity:
+  identifier_types:
+    user_id: {priority: 1, customerio: id}
+  sources:
+    - {name: app, source: warehouse, trust: 1, sql: "select id as user_id from users"}
+"""
+    sync = SYNC.replace("primary_key: id", "primary_key: idd")
+    project(tmp_path, PROJECT + identity, sync.replace("{id: id, email: email}", "{user_id: id}"))
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:  # two rows, one person
+        con.execute("insert into users values (1, 'a@x.io', 'free')")
+    err = fails(capsys, "plan", "profile", "--project", str(tmp_path))
+    assert "idd" in err and "--debug" in err
+    with pytest.raises(KeyError):
+        main(["--debug", "plan", "profile", "--project", str(tmp_path)])

@@ -4,7 +4,8 @@ Commands are imported lazily (``COMMANDS`` maps a name to ``module:attribute``),
 ``lockgate --help`` stays fast and a command whose optional driver is missing does
 not break the others. Every command raises :class:`~lockgate.errors.LockgateError`
 for user mistakes; :func:`main` prints ``Error: <reason>`` and the hint, and exits 1
-(a traceback only with ``--debug``).
+(a traceback only with ``--debug``). Any other exception is a bug: it is shown as one
+``Error: unexpected ...`` line too, its traceback only with ``--debug``.
 """
 
 from __future__ import annotations
@@ -95,4 +96,18 @@ def main(argv: list[str] | None = None) -> Any:
         click.secho(f"Error: {where + ': ' if where else ''}{exc.reason}", fg="red", err=True)
         if exc.hint:
             click.echo(f"  hint: {exc.hint}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # a bug: still one line, not a traceback (unless --debug)
+        if debug:
+            raise
+        from lockgate.sources.base import redact
+
+        click.secho(
+            f"Error: unexpected {type(exc).__name__}: {redact(str(exc))}", fg="red", err=True
+        )
+        click.echo(
+            "  hint: this is a bug in Lockgate; check the names above against your project "
+            "files, and run again with `--debug` for the traceback to report it",
+            err=True,
+        )
         sys.exit(1)
