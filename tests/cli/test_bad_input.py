@@ -155,3 +155,23 @@ identity:
     assert "idd" in err and "--debug" in err
     with pytest.raises(KeyError):
         main(["--debug", "plan", "profile", "--project", str(tmp_path)])
+
+
+def test_a_source_without_a_known_type_says_which_types_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project(tmp_path, PROJECT.replace("    type: duckdb\n", ""))
+    err = fails(capsys, "validate", "--project", str(tmp_path))
+    assert "lockgate.yml:3: `sources.warehouse` has no `type`" in err
+    assert "add `type:` with one of `duckdb`, `postgres`, `snowflake`, `bigquery`" in err
+    project(tmp_path, PROJECT.replace("type: duckdb", "type: duckbd"))
+    err = fails(capsys, "validate", "--project", str(tmp_path))
+    assert "`type` `duckbd` is not one of `duckdb`, `postgres`, `snowflake`, `bigquery`" in err
+
+
+def test_a_sync_file_that_is_a_list_says_it_must_be_a_mapping(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project(tmp_path, sync="- name: profile\n- source: warehouse\n")
+    err = fails(capsys, "validate", "--project", str(tmp_path))
+    assert "syncs/profile.yml:1: the file holds a list; it must be a mapping of keys" in err

@@ -97,8 +97,8 @@ def _leaves(annotation: Any) -> list[Any]:
     return [annotation]
 
 
-def _keys_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
-    """The keys allowed in the mapping at ``loc`` (pydantic's error path, tags included)."""
+def _models_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[type[BaseModel]]:
+    """The models the mapping at ``loc`` may be (pydantic's error path, tags included)."""
     current: list[Any] = [model]
     for part in loc:
         step: list[Any] = []
@@ -124,10 +124,14 @@ def _keys_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
                 and tp.model_fields["type"].default == part
             ]
             current = tagged or current
+    return [tp for tp in current if isinstance(tp, type) and issubclass(tp, BaseModel)]
+
+
+def _keys_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    """The keys allowed in the mapping at ``loc``."""
     return [
         info.alias or name
-        for tp in current
-        if isinstance(tp, type) and issubclass(tp, BaseModel)
+        for tp in _models_at(model, loc)
         for name, info in tp.model_fields.items()
     ]
 
@@ -156,6 +160,20 @@ def validate_model(model: type[M], data: Any, lines: Lines, file: str) -> M:
         elif first["type"] == "missing":
             message = f"missing required key `{loc[-1]}`"
             hint = "add it; see docs/config.md"
+        elif first["type"] in ("union_tag_not_found", "union_tag_invalid"):
+            tags = [str(tp.model_fields["type"].default) for tp in _models_at(model, raw)]
+            known = ", ".join(f"`{t}`" for t in tags)
+            if first["type"] == "union_tag_not_found":
+                message = f"`{where}` has no `type`"
+                hint = f"add `type:` with one of {known}; see docs/config.md"
+            else:
+                message = f"`type` `{first['ctx']['tag']}` is not one of {known}"
+                hint = "check its spelling; see docs/config.md"
+                loc = (*loc, "type")
+        elif first["type"] == "model_type" and not loc:
+            shape = "a list" if isinstance(data, list) else "a single value"
+            message = f"the file holds {shape}; it must be a mapping of keys (`name: ...`)"
+            hint = "write one key per line at the top level, without a leading `- `"
         else:
             hint = "see docs/config.md for the allowed values"
         more = len(exc.errors()) - 1
