@@ -156,7 +156,12 @@ def test_acknowledged_event_survives_reopening_the_spool(
 
 def test_health_reports_counts(client: httpx.Client) -> None:
     client.post(URL, **signed(make_event("email", "sent")))
-    assert client.get("/webhooks/health").json() == {"ok": True, "stored": 1, "unloaded": 1}
+    assert client.get("/webhooks/health").json() == {
+        "ok": True,
+        "stored": 1,
+        "unloaded": 1,
+        "rejected": 0,
+    }
 
 
 def test_mounted_in_a_larger_app(spool: Spool) -> None:

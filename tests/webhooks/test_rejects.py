@@ -280,3 +280,30 @@ def test_sigkill_while_isolating_loses_and_duplicates_nothing(
     ids = loaded_ids(project)
     assert len(ids) == len(set(ids)), "an event was loaded twice"
     assert set(ids) == loaded == {first["event_id"]} | {e["event_id"] for e in events} - bad
+
+
+def test_a_spool_from_before_the_quarantine_opens_and_loads(project: Project) -> None:
+    """A receiver upgraded in place keeps its queue: the spool gains the quarantine columns."""
+    import sqlite3
+
+    folder = project.root / ".lockgate/webhooks"
+    folder.mkdir(parents=True)
+    event = make_event("email", "sent")
+    with sqlite3.connect(folder / "spool.sqlite3") as con:
+        con.executescript(
+            "create table events (seq integer primary key autoincrement, "
+            "event_id text not null unique, received_at real not null, body blob not null, "
+            "loaded_at real);"
+            "create index events_unloaded on events (seq) where loaded_at is null;"
+        )
+        con.execute(
+            "insert into events (event_id, received_at, body) values (?, 1.0, ?)",
+            (event["event_id"], orjson.dumps(event)),
+        )
+    spool = Spool(folder)
+    try:
+        assert spool.stats().unloaded == 1 and spool.stats().rejected == 0
+        assert load_pending(project, spool=spool).loaded == 1
+    finally:
+        spool.close()
+    assert loaded_ids(project) == [event["event_id"]]

@@ -75,7 +75,8 @@ def create_app(
     async def health(request: Request) -> Response:
         stats = spool.stats()
         return Response(
-            f'{{"ok":true,"stored":{stats.total},"unloaded":{stats.unloaded}}}'.encode(),
+            f'{{"ok":true,"stored":{stats.total},"unloaded":{stats.unloaded},'
+            f'"rejected":{stats.rejected}}}'.encode(),
             media_type="application/json",
         )
 
