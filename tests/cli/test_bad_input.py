@@ -134,12 +134,9 @@ def test_an_empty_environment_variable_is_named(
     assert "`CUSTOMERIO_API_KEY` is empty" in capsys.readouterr().err.replace("\n", " ")
 
 
-def test_an_unexpected_failure_shows_no_traceback_without_debug(
+def test_a_column_typo_in_a_sync_resolved_through_identity_names_the_column(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # a primary key typo in a sync resolved through `identity:` fails inside the resolve
-    # step with pyarrow's KeyError (a bug of its own, reported): the user still gets one
-    # error line naming the column, and `--debug` for the traceback
     identity = """\
 identity:
   identifier_types:
@@ -149,11 +146,28 @@ identity:
 """
     sync = SYNC.replace("primary_key: id", "primary_key: idd")
     project(tmp_path, PROJECT + identity, sync.replace("{id: id, email: email}", "{user_id: id}"))
-    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:  # two rows, one person
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
         con.execute("insert into users values (1, 'a@x.io', 'free')")
     err = fails(capsys, "plan", "profile", "--project", str(tmp_path))
-    assert "idd" in err and "--debug" in err
-    with pytest.raises(KeyError):
+    assert "primary key column `idd` is not in the model" in err
+    assert "the model's columns are `id`" in err and "Traceback" not in err
+
+
+def test_an_unexpected_failure_shows_no_traceback_without_debug(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a failure no check foresaw (here the DuckDB library itself breaking): one error line,
+    # and `--debug` for the traceback
+    project(tmp_path, PROJECT, SYNC)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the database library broke")
+
+    monkeypatch.setattr(duckdb, "connect", broken)
+    err = fails(capsys, "plan", "profile", "--project", str(tmp_path))
+    assert "unexpected RuntimeError: the database library broke" in err and "--debug" in err
+    assert "Traceback" not in err
+    with pytest.raises(RuntimeError):
         main(["--debug", "plan", "profile", "--project", str(tmp_path)])
 
 

@@ -159,6 +159,35 @@ def _lock(fd: int) -> bool:
             time.sleep(0.01)
 
 
+def _open_database(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
+    """The state database, with the settings every run relies on, its schema up to date."""
+    try:
+        con = duckdb.connect(str(path))
+    except duckdb.Error as exc:
+        raise StateError(
+            f"cannot open the state database `{path}`: {exc}",
+            hint="if the file is damaged, move it away; the next run is then a full resync",
+        ) from exc
+    try:
+        tmp = path.parent / "tmp"
+        run_sql(con, f"set memory_limit='{memory_limit}'")
+        run_sql(con, f"set temp_directory='{tmp}'")
+        run_sql(con, "set preserve_insertion_order=false")
+        run_sql(con, "set enable_progress_bar=false")  # progress is drawn by the console
+        # mapping runs here: a text timestamp without an offset is UTC, and a TIMESTAMPTZ's
+        # text is its UTC text, on any machine (not in the zone of the one running the sync)
+        run_sql(con, "set TimeZone='UTC'")
+        # checkpoint at close rather than during a run: commits stay cheap, and the WAL is
+        # replayed after a crash
+        run_sql(con, "set checkpoint_threshold='4GB'")
+        run_sql(con, SCHEMA)
+        _flatten_grouped_history(con)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
 def table(name: str, sync: str) -> str:
     """The quoted per-sync table name, e.g. ``"snap__customer_profile"``."""
     return f'"{name}__{sync}"'
@@ -190,31 +219,14 @@ class StateStore:
                 f"the project state in `{state_dir}` is in use by {holder}",
                 hint="wait for the running sync to finish; a crashed process releases it by itself",
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}".encode())
-        path = state_dir / "state.duckdb"
         try:
-            con = duckdb.connect(str(path))
-        except duckdb.Error as exc:
-            os.close(fd)
-            raise StateError(
-                f"cannot open the state database `{path}`: {exc}",
-                hint="if the file is damaged, move it away; the next run is then a full resync",
-            ) from exc
-        tmp = state_dir / "tmp"
-        run_sql(con, f"set memory_limit='{memory_limit}'")
-        run_sql(con, f"set temp_directory='{tmp}'")
-        run_sql(con, "set preserve_insertion_order=false")
-        run_sql(con, "set enable_progress_bar=false")  # progress is drawn by the console
-        # mapping runs here: a text timestamp without an offset is UTC, and a TIMESTAMPTZ's
-        # text is its UTC text, on any machine (not in the zone of the one running the sync)
-        run_sql(con, "set TimeZone='UTC'")
-        # checkpoint at close rather than during a run: commits stay cheap, and the WAL is
-        # replayed after a crash
-        run_sql(con, "set checkpoint_threshold='4GB'")
-        run_sql(con, SCHEMA)
-        _flatten_grouped_history(con)
-        return cls(path, con, fd)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()}".encode())
+            path = state_dir / "state.duckdb"
+            return cls(path, _open_database(path, memory_limit), fd)
+        except BaseException:
+            os.close(fd)  # whatever failed, the lock is not left held by this process
+            raise
 
     def exec_sql(self, sql: str, params: list[Any] | None = None) -> list[Any]:
         return run_sql(self.con, sql, params)

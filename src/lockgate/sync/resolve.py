@@ -141,6 +141,7 @@ def key_rows(
 ) -> SyncConfig:
     """Add the Customer.io identifiers to the staged model; return the sync keyed by them."""
     staged = con.sql("select * from model").to_arrow_table()
+    _require_columns(sync, staged.column_names)
     aliases = {"id": "user_id"}  # Customer.io's `id` is the identity graph's `user_id`
     columns = {column: aliases.get(kind, kind) for kind, column in sync.identify_by.items()}
     keyed = resolution.resolver.resolve_table(staged, columns)
@@ -177,6 +178,28 @@ def key_rows(
     for name, column in graph_attributes.items():
         attributes[name] = FieldConfig(column=column, on_null="skip")
     return sync.model_copy(update={"identify_by": identify_by, "attributes": attributes})
+
+
+def _require_columns(sync: SyncConfig, columns: list[str]) -> None:
+    """The columns resolution reads must be in the model: the same error the mapping gives
+    for them, before the graph's tables are built on a missing one."""
+    missing = [
+        f"primary key column `{c}` is not in the model"
+        for c in sync.key_columns
+        if c not in columns
+    ]
+    missing += [
+        f"identifier `{kind}` reads column `{c}`, which the model does not return"
+        for kind, c in sync.identify_by.items()
+        if c not in columns
+    ]
+    if sync.kind == "relationships" and sync.object_id and sync.object_id not in columns:
+        missing.append(f"object id column `{sync.object_id}` is not in the model")
+    if missing:
+        raise ConfigError(
+            f"sync `{sync.name}`: {missing[0]}",
+            hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
+        )
 
 
 def _person_of(keyed: pa.Table) -> pa.Array:
