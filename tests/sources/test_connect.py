@@ -187,3 +187,27 @@ def test_readers_release_their_connections_read_or_not(postgres_dsn: str, redshi
 
     assert backends() == before
     source.close()
+
+
+@pytest.mark.parametrize("redshift", [False, True])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql//app:s3cretpw@127.0.0.1:{port}/db",  # the colon after the scheme missing
+        "postgres:/app:s3cretpw@127.0.0.1:{port}/db",
+        "postgresql://app:s3cret@pw99x@127.0.0.1:{port}/db",  # an `@` in the password unescaped
+    ],
+)
+def test_a_malformed_url_never_shows_its_password(
+    monkeypatch: pytest.MonkeyPatch, redshift: bool, url: str
+) -> None:
+    monkeypatch.setenv("WAREHOUSE_URL", url.format(port=_closed_port()))
+    source = connect(
+        PostgresSourceConfig(url="${WAREHOUSE_URL}", redshift=redshift),
+        root=Path("."),
+        name="warehouse",
+    )
+    with pytest.raises(SourceError) as caught:
+        source.read("select 1")
+    text = str(caught.value)
+    assert "s3cret" not in text and "pw99x" not in text

@@ -63,13 +63,32 @@ def server_of(url: str) -> str:
     return "the configured host"
 
 
+def _secrets_in(url: str) -> list[str]:
+    """What a malformed URL's password may look like once a driver quotes it back: the URL
+    itself, the text between the user's `:` and the host's `@` (an unescaped `@` inside the
+    password included), and each `@`-separated part of it."""
+    rest = url.split("//", 1)[1] if "//" in url else url.split(":", 1)[-1]
+    userinfo = rest.rpartition("@")[0]
+    password = userinfo.split(":", 1)[1] if ":" in userinfo else ""
+    found = [url, password, *password.split("@")]
+    return sorted({s for s in found if len(s) >= 3}, key=len, reverse=True)
+
+
 def connect_error(who: str, url: str, exc: BaseException) -> SourceError:
     server = server_of(url)
-    return SourceError(
-        f"{who}: cannot connect to `{server}`: {db_message(exc)}",
-        hint=f"is the server running at {server}, and are the user, password and database in "
-        "`url` right?",
+    message = db_message(exc)
+    for secret in _secrets_in(url):
+        message = message.replace(secret, "***")
+    hint = (
+        f"is the server running at {server}, and are the user, password and database in "
+        "`url` right?"
     )
+    if server == "the configured host":
+        hint = (
+            "is `url` a URL like `postgresql://user:password@host:5432/database` (a `@` or "
+            "`:` in the password written as `%40`, `%3A`)?"
+        )
+    return SourceError(f"{who}: cannot connect to `{server}`: {message}", hint=hint)
 
 
 # --------------------------------------------------------------------------- type mapping
