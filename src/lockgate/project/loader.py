@@ -237,7 +237,10 @@ class Project:
 def _check_identifiers(sync: SyncConfig, config: ProjectConfig, lines: Lines, file: str) -> None:
     """Every `identify_by` type is one of Customer.io's or one declared under `identity:`."""
     declared = list(config.identity.identifier_types) if config.identity else []
-    allowed = list(dict.fromkeys([*BUILTIN_IDENTIFIERS, *declared]))
+    # a relationship can go to a person known only by an anonymous id (Customer.io attaches
+    # it once that visitor is identified)
+    anonymous = ["anonymous_id"] if sync.kind == "relationships" else []
+    allowed = list(dict.fromkeys([*BUILTIN_IDENTIFIERS, *anonymous, *declared]))
     for kind in sync.identify_by:
         if kind in allowed:
             continue
