@@ -73,3 +73,15 @@ def test_inspect_an_unknown_source_says_which_exist(project: Path) -> None:
     assert result.exit_code != 0
     assert "no source named `nope`" in str(result.exception)
     assert "`warehouse`" in (getattr(result.exception, "hint", "") or "")
+
+
+def test_inspect_an_unknown_schema_says_which_exist(project: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["sources", "inspect", "--schema", "analytcs", "--project", str(project)]
+    )
+    assert result.exit_code != 0
+    assert "has no schema `analytcs`" in str(result.exception)
+    assert "`analytics`" in (getattr(result.exception, "hint", "") or "")
+    # a schema named in another case is the same schema
+    code, output = _run("--schema", "ANALYTICS", "--project", str(project))
+    assert code == 0 and "users" in output

@@ -17,7 +17,7 @@ import click
 
 from lockgate.cli.options import json_option, open_project, project_option
 from lockgate.console import RichConsole
-from lockgate.errors import ConfigError
+from lockgate.errors import ConfigError, SourceError
 from lockgate.project.loader import Project
 from lockgate.sources import connect
 
@@ -87,7 +87,17 @@ def inspect(
                 ],
             }
         else:
-            schemas = [schema] if schema is not None else warehouse.schemas()
+            schemas = warehouse.schemas()
+            if schema is not None:
+                if schema not in schemas:
+                    match = [s for s in schemas if s.lower() == schema.lower()]
+                    if not match:
+                        raise SourceError(
+                            f"source `{name}` has no schema `{schema}`",
+                            hint=f"its schemas are {', '.join(f'`{s}`' for s in schemas)}",
+                        )
+                    schema = match[0]
+                schemas = [schema]
             tables = warehouse.tables(schema)
             data = {
                 "source": name,
