@@ -189,3 +189,18 @@ def test_a_sync_file_that_is_a_list_says_it_must_be_a_mapping(
     project(tmp_path, sync="- name: profile\n- source: warehouse\n")
     err = fails(capsys, "validate", "--project", str(tmp_path))
     assert "syncs/profile.yml:1: the file holds a list; it must be a mapping of keys" in err
+
+
+def test_an_empty_sync_file_and_a_numeric_primary_key_say_what_is_wrong(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project(tmp_path, PROJECT, SYNC)
+    (tmp_path / "syncs" / "empty.yml").write_text("")
+    err = fails(capsys, "validate", "--project", str(tmp_path))
+    assert "syncs/empty.yml: the file is empty" in err
+    (tmp_path / "syncs" / "empty.yml").unlink()
+    (tmp_path / "syncs" / "profile.yml").write_text(
+        SYNC.replace("primary_key: id", "primary_key: 5")
+    )
+    err = fails(capsys, "validate", "--project", str(tmp_path))
+    assert "`primary_key` is a column name or a list of them" in err and "not `5`" in err

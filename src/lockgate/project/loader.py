@@ -73,8 +73,15 @@ def read_yaml(path: Path, root: Path | None = None) -> tuple[Any, Lines]:
             file=shown,
             line=mark.line + 1 if mark else None,
         ) from exc
+    if node is None:
+        raise ConfigError(
+            "the file is empty",
+            hint="`lockgate init` writes a commented example of each file; docs/config.md "
+            "lists every key",
+            file=shown,
+        )
     lines: Lines = {}
-    data = _walk(node, (), lines, shown) if node is not None else {}
+    data = _walk(node, (), lines, shown)
     return data, lines
 
 

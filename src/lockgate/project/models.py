@@ -476,6 +476,18 @@ class SyncConfig(StrictModel):
     """Circuit breakers and acknowledged contract changes; unset limits inherit
     `defaults.guardrails` (docs/guardrails.md)."""
 
+    @field_validator("primary_key", mode="before")
+    @classmethod
+    def _key_names(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise ValueError(
+            f"`primary_key` is a column name or a list of them (e.g. `user_id`), not `{value}`"
+            " (quote a column whose name is a number)"
+        )
+
     @field_validator("attributes", "properties", "relationship_attributes", mode="before")
     @classmethod
     def _fields(cls, value: Any) -> Any:
