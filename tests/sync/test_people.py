@@ -354,3 +354,34 @@ attributes: [seats, flags, tags]
     assert person.attributes["seats"] == [3, None, 5]
     assert person.attributes["flags"] == [True, None]
     assert person.attributes["tags"] == ["a", None]
+
+
+def test_rows_that_reach_one_person_are_reported_not_silently_overwritten(
+    project_factory: ProjectFactory,
+) -> None:
+    """Without an identity graph, two accounts with one email (in any case) go to one person
+    and overwrite each other's attributes: plan and run report them with their keys."""
+    project_factory.sql(
+        "create or replace table accounts as select * from (values "
+        "('a1', 'ada@example.com', 'pro'), ('a2', 'ADA@example.com', 'free'), "
+        "('a3', 'bob@example.com', 'free')) t(account_id, email, plan)"
+    )
+    accounts = """
+name: accounts
+source: warehouse
+model: {table: accounts}
+kind: people
+primary_key: account_id
+identify_by: {email: email}
+attributes: {plan: plan}
+"""
+    project = project_factory.write({"accounts": accounts})
+    plan = plan_sync(project, "accounts", console=NullConsole())
+    assert plan.changes.shared_person == 2
+    assert plan.changes.shared_samples == (("email:ada@example.com", "a1, a2"),)
+    assert plan.as_dict()["shared_people"] == [
+        {"person": "email:ada@example.com", "keys": ["a1", "a2"]}
+    ]
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert report.changes.shared_person == 2 and report.delivered == 3
+    assert len(project_factory.emulator.people()) == 2

@@ -78,6 +78,10 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
             ("attributes set", c.attributes_set),
             ("attributes cleared", c.attributes_cleared),
         ]
+        if c.shared_person:
+            rows.append(
+                ("rows sharing a person with another row (last sent wins)", c.shared_person)
+            )
     else:
         rows += [
             ("events new", c.new),
@@ -107,6 +111,14 @@ def render_report(console: RichConsole, report: RunReport) -> None:
             f"{report.sync}: rows rejected (first {len(report.changes.rejected_samples)})",
             ["key", "reason"],
             list(report.changes.rejected_samples),
+        )
+    if report.changes.shared_samples:
+        console.table(
+            f"{report.sync}: rows that reach one person (first "
+            f"{len(report.changes.shared_samples)}; their attributes overwrite each other: "
+            "dedupe the model, or add an `identity:` section)",
+            ["person", "keys"],
+            list(report.changes.shared_samples),
         )
     if report.changes.held_samples:
         console.table(

@@ -45,8 +45,12 @@ class ChangeSet:
     attributes_cleared: int = 0
     held: int = 0
     state_events: int = 0
+    shared_person: int = 0
+    """Rows sent this run that reach a person another row sent this run also reaches (one
+    email or `id` on two primary keys, no identity graph): the last one sent wins."""
     rejected_samples: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     held_samples: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    shared_samples: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if not k.endswith("_samples")}
@@ -221,6 +225,27 @@ def forget_gone_relationships(con: duckdb.DuckDBPyConnection, sync: SyncConfig) 
     if gone:
         run_sql(con, f"delete from {snap} where k not in (select k from snap_live)")
     return int(gone)
+
+
+def _shared_people(
+    con: duckdb.DuckDBPyConnection,
+) -> tuple[int, tuple[tuple[str, str], ...]]:
+    """Rows of ``changes`` that reach one person with another row of it, and per person (the
+    first 20) the keys of those rows."""
+    run_sql(
+        con,
+        """
+        create or replace temp table shared as
+        select k, addr from changes
+        where addr in (select addr from changes group by addr having count(*) > 1)
+        """,
+    )
+    count = int(_one(con, "select count(*) from shared") or 0)
+    samples = con.execute(
+        "select addr, string_agg(k, ', ' order by k) from shared group by addr "
+        "order by addr limit 20"
+    ).fetchall()
+    return count, tuple((str(a), str(ks)) for a, ks in samples)
 
 
 def _mirror_removals(con: duckdb.DuckDBPyConnection, sync: SyncConfig, previous: str) -> int:
@@ -442,6 +467,7 @@ def diff_records(
     in_place: InPlace | None = None,
     payloads: bool = True,
     full_resync: bool = False,
+    shared_check: bool = False,
 ) -> ChangeSet:
     """Diff a people, objects or relationships sync against its snapshot.
 
@@ -532,6 +558,7 @@ def diff_records(
         alter table mapped rename to changes;
         """,
     )
+    shared, shared_samples = _shared_people(con) if shared_check else (0, ())
     held = 0
     held_samples: tuple[tuple[str, str], ...] = ()
     if sync.kind == "relationships":
@@ -569,6 +596,8 @@ def diff_records(
         removed_sent=removed_sent,
         held=held,
         state_events=state_events,
+        shared_person=shared,
+        shared_samples=shared_samples,
         attributes_set=attrs,
         attributes_cleared=cleared,
         rejected_samples=samples,

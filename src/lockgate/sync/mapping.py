@@ -467,9 +467,21 @@ def compile_people(sync: SyncConfig, columns: dict[str, str], default_on_null: s
         f"select coalesce({key_sql}, '(null key) ' || coalesce({ident}, '')) as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
         f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared{extra_columns}, "
-        f"__rid, {src_h} as src_h from "
+        f"{_person_address(fields)} as addr, __rid, {src_h} as src_h from "
     )
     return fields.compiled(select, tuple(dict.fromkeys(used + sync.key_columns)), src_h)
+
+
+def _person_address(fields: Fields) -> str:
+    """SQL naming the person a row is sent to as Customer.io finds it: its `id`, else its
+    `cio_id`, else its email in lower case (Customer.io matches emails in any case)."""
+    present = {alias for alias, _ in fields.computed}
+    parts = [
+        f"'{kind}:' || " + (f'lower("__id_{kind}")' if kind == "email" else f'"__id_{kind}"')
+        for kind in IDENTIFIER_PRIORITY
+        if f"__id_{kind}" in present
+    ]
+    return f"coalesce({', '.join(parts)})" if parts else "null::varchar"
 
 
 def _on_change_sql(

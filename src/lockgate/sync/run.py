@@ -105,6 +105,9 @@ class RunReport:
             "seconds": round(self.seconds, 3),
             "changes": self.changes.as_dict(),
             "rejected_rows": [{"key": k, "reason": r} for k, r in self.changes.rejected_samples],
+            "shared_people": [
+                {"person": a, "keys": ks.split(", ")} for a, ks in self.changes.shared_samples
+            ],
             "delivered": self.delivered,
             "rejected_by_api": self.rejected_by_api,
             "dead_lettered": self.dead_lettered,
@@ -232,6 +235,8 @@ def _prepare(
                     in_place=in_place,
                     payloads=payloads,
                     full_resync=full_resync,
+                    # through the identity graph, rows of one person are already made one
+                    shared_check=sync.kind == "people" and resolution is None,
                 )
         with step("guard"):
             guards = guard_step.check(store.con, store, project, configured, changes)
