@@ -23,9 +23,7 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +36,7 @@ import orjson
 import pyarrow as pa
 
 from lockgate.errors import StateError
+from lockgate.filelock import flock_waiting
 
 SCHEMA = """
 create table if not exists runs (
@@ -146,19 +145,6 @@ def read_runs_log(state_dir: Path, *, sync: str | None = None, limit: int = 20) 
 LOCK_WAIT_SECONDS = 0.5
 
 
-def _lock(fd: int) -> bool:
-    """Take the exclusive lock on ``fd``, waiting up to LOCK_WAIT_SECONDS; False if held."""
-    deadline = time.monotonic() + LOCK_WAIT_SECONDS
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-
-
 def _open_database(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
     """The state database, with the settings every run relies on, its schema up to date."""
     try:
@@ -212,7 +198,7 @@ class StateStore:
         state_dir.mkdir(parents=True, exist_ok=True)
         lock_path = state_dir / "state.lock"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _lock(fd):
+        if not flock_waiting(fd, LOCK_WAIT_SECONDS):
             os.close(fd)
             holder = lock_path.read_text().strip() or "another process"
             raise StateError(

@@ -32,7 +32,6 @@ Example::
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from collections import defaultdict
@@ -47,6 +46,7 @@ import orjson
 
 from lockgate.console import Console, NullConsole
 from lockgate.errors import ConfigError, MissingDependencyError, SourceError, TransientError
+from lockgate.filelock import flock_waiting
 from lockgate.project.loader import Project
 from lockgate.project.models import (
     BigQuerySourceConfig,
@@ -409,29 +409,18 @@ def load_pending(
     return result
 
 
+@dataclass
 class _BatchLoader:
     """Loads one batch of spool records; on a refusal, isolates the refused events."""
 
-    def __init__(
-        self,
-        pipeline: Any,
-        spool: Spool,
-        result: LoadResult,
-        *,
-        file_format: Any,
-        no_nul: bool,
-        wait: float,
-        duckdb_path: Path | None,
-        console: Console,
-    ) -> None:
-        self.pipeline = pipeline
-        self.spool = spool
-        self.result = result
-        self.file_format = file_format
-        self.no_nul = no_nul
-        self.wait = wait
-        self.duckdb_path = duckdb_path
-        self.console = console
+    pipeline: Any
+    spool: Spool
+    result: LoadResult
+    file_format: Any
+    no_nul: bool
+    wait: float
+    duckdb_path: Path | None
+    console: Console
 
     def load(self, records: list[SpoolRecord]) -> None:
         """Load ``records``; mark each loaded or rejected. Raises on a warehouse fault."""
@@ -573,20 +562,13 @@ def _take_load_lock(folder: Path, *, wait: float) -> int:
     """Lock ``folder``'s pipeline for this process (a file descriptor; close it to release)."""
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / f"{PIPELINE_NAME}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                raise TransientError(
-                    "another webhook load of this project is still running",
-                    hint="the events stay in the spool; run `lockgate webhooks load` again "
-                    "when it is done",
-                ) from None
-            time.sleep(0.05)
+    if flock_waiting(fd, wait, poll=0.05):
+        return fd
+    os.close(fd)
+    raise TransientError(
+        "another webhook load of this project is still running",
+        hint="the events stay in the spool; run `lockgate webhooks load` again when it is done",
+    )
 
 
 def _without_nul(value: Any) -> Any:
