@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from tests.sync import test_objects
 
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
@@ -93,25 +94,10 @@ delete_removed: true
 attributes: {name: name}
 """
 
-PEOPLE = """
-name: people
-source: warehouse
-model: {table: users}
-kind: people
-primary_key: user_id
-identify_by: {id: user_id}
-attributes: [first_name]
-"""
-
-MEMBERSHIPS = """
-name: memberships
-source: warehouse
-model: {table: members}
-kind: relationships
-object_type_id: "1"
-object_id: company_id
-identify_by: {id: user_id}
-"""
+# the people and memberships syncs of tests/sync/test_objects.py, memberships without a role
+PEOPLE = test_objects.PEOPLE
+MEMBERSHIPS = test_objects.MEMBERSHIPS.replace("relationship_attributes: {role: role}\n", "")
+assert "role" not in MEMBERSHIPS
 
 B2B = """
 create or replace table companies as
