@@ -26,6 +26,8 @@ from lockgate.errors import ConfigError
 from lockgate.project.models import FieldConfig, SyncConfig
 
 if TYPE_CHECKING:
+    from duckdb.sqltypes import DuckDBPyType
+
     from lockgate.project.loader import Project
 
 #: identifier types Customer.io knows, in the order one is picked for `identifiers`
@@ -169,6 +171,80 @@ def _finite(value: str) -> str:
     return f"case when isfinite({value}) then {value} end"
 
 
+#: a JSON text (as DuckDB writes it) with a NaN or infinity literal outside its strings:
+#: every string is skipped whole (escapes included), so a member `"NaN"` or a key `"info"` is
+#: not one; outside strings a JSON text has no other letters but true/false/null and exponents
+_NON_FINITE_JSON = r'^(?:[^"]|"(?:[^"\\]|\\.)*")*?(?i:nan|inf)'
+
+
+#: where a NaN or infinity literal may start in a JSON text: after `[`, `,`, `:` or space
+_NON_FINITE_START = r"(?i)(?:^|[\[,:\s])[-+]?(?:nan|inf)"
+
+
+def _non_finite_json(text: str) -> str:
+    """SQL true when the JSON ``text`` holds a NaN or infinite number (DuckDB reads and writes
+    them as bare `NaN`/`Infinity`, which no JSON parser, Customer.io's included, accepts)."""
+    return f"regexp_matches({text}, {lit(_NON_FINITE_JSON)})"
+
+
+def _is_float(t: DuckDBPyType) -> bool:
+    return t.id in ("float", "double")
+
+
+def _members(t: DuckDBPyType) -> list[tuple[str, DuckDBPyType]]:
+    """A nested type's named member types: a list's `child`, a map's `key` and `value`, a
+    struct's fields, a union's tag (named ``""``) and members (an array's size is left out)."""
+    return [(name, m) for name, m in t.children if not isinstance(m, int | list)]
+
+
+def _non_finite(value: str, t: DuckDBPyType) -> str | None:
+    """SQL true when ``value``, of type ``t``, holds a NaN or infinite float at any depth
+    (null or false otherwise), or None when ``t`` holds no float. Lists, arrays, maps and
+    structs of floats are checked without building their JSON; a list of structs or maps,
+    rare, is checked on its JSON text."""
+    if _is_float(t):
+        return f"not isfinite({value})"
+    if t.id in ("list", "array"):
+        return _non_finite_items(value, _members(t)[0][1])
+    if t.id == "map":
+        return _non_finite_items(f"map_values({value})", _members(t)[1][1])
+    if t.id in ("struct", "union"):
+        extract = "struct_extract" if t.id == "struct" else "union_extract"
+        members = [
+            _non_finite(f"{extract}({value}, {lit(name)})", member)
+            for name, member in _members(t)
+            if name  # a union's first child is its unnamed tag
+        ]
+        found = [m for m in members if m is not None]
+        return "(" + " or ".join(found) + ")" if found else None
+    return None
+
+
+def _non_finite_items(items: str, t: DuckDBPyType) -> str | None:
+    """:func:`_non_finite` for a list ``items`` whose elements are of type ``t``."""
+    if _is_float(t):
+        # DuckDB sorts NaN above +Infinity: a list's extremes are finite only when all of it is
+        return f"not (isfinite(list_min({items})) and isfinite(list_max({items})))"
+    if t.id in ("list", "array"):
+        return _non_finite_items(f"flatten({items})", _members(t)[0][1])
+    if _non_finite("x", t) is None:
+        return None
+    return _non_finite_json(f"to_json({items})::varchar")
+
+
+def _nested_non_finite(column: str, col_type: str) -> str | None:
+    """:func:`_non_finite` for a list, array, map or struct column; None for any other column
+    and for those that hold no float, so the common case pays nothing."""
+    upper = col_type.upper()
+    if not ("FLOAT" in upper or "DOUBLE" in upper):
+        return None
+    if not (col_type.endswith("]") or upper.startswith(("STRUCT", "MAP", "UNION"))):
+        return None
+    import duckdb
+
+    return _non_finite(q(column), duckdb.sqltype(col_type))
+
+
 def _seconds(timestamp: str) -> str:
     """SQL for the unix second a timestamp falls in: 23:59:59.6 is still that day (a cast of
     ``epoch``'s fraction to bigint would round it up to the next)."""
@@ -176,9 +252,15 @@ def _seconds(timestamp: str) -> str:
 
 
 def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tuple[str, str]:
-    """SQL for a column's value after coercion, and SQL for its reject reason (or NULL)."""
+    """SQL for a column's value after coercion, and SQL for its reject reason (or NULL).
+
+    A value the field's type cannot carry to Customer.io as itself (NaN or an infinity in a
+    number, a list or a struct, a fraction as an integer, text that is not JSON) is never
+    sent as something else: its value is null and the reason names the column and field.
+    """
     c = q(column)
     is_str = _is(col_type, ("VARCHAR",))
+    is_float = _is(col_type, ("FLOAT", "DOUBLE"))
     bad = f"{lit(f'column `{column}` (field `{field}`): value `')} || {c}::varchar || "
 
     def check(converted: str, what: str) -> str:
@@ -193,6 +275,15 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
         converted = _seconds(c)
         return converted, check(converted, "a finite timestamp")
 
+    def nested() -> tuple[str, str] | None:
+        # `to_json` writes a NaN inside a list or struct as `NaN`: invalid JSON, and
+        # Customer.io refuses the whole batch it is in
+        non_finite = _nested_non_finite(column, col_type)
+        if non_finite is None:
+            return None
+        converted = f"case when {non_finite} then null else {c} end"
+        return converted, check(converted, "JSON (it holds NaN or Infinity)")
+
     if ftype == "auto":
         if _is(col_type, ("DATE", "TIMESTAMP")):
             return epoch()
@@ -200,11 +291,11 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
             return f"{c}::double", "null"
         if _is(col_type, ("UUID", "INTERVAL", "TIME", "BLOB", "BIT")):
             return f"{c}::varchar", "null"
-        if _is(col_type, ("FLOAT", "DOUBLE")):
+        if is_float:
             # NaN and Infinity have no JSON form: `to_json` would write `NaN`, invalid JSON
             converted = _finite(c)
             return converted, check(converted, "a finite number")
-        return c, "null"
+        return nested() or (c, "null")
     if ftype in ("timestamp", "date"):
         if _is(col_type, ("DATE", "TIMESTAMP")):
             return epoch()
@@ -216,6 +307,11 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
     if ftype == "boolean":
         if _is(col_type, ("BOOLEAN",)):
             return c, "null"
+        if is_float:
+            # NaN is neither zero nor non-zero (`NaN <> 0` holds, so it was sent as true);
+            # an infinity is a number of definite sign, non-zero, so it is true as 2.5 is
+            converted = f"case when not isnan({c}) then {c} <> 0 end"
+            return converted, check(converted, "a boolean (true/false/1/0)")
         if _is(col_type, NUMERIC_TYPES):
             return f"({c} <> 0)", "null"
         converted = f"try_cast(lower(trim({c}::varchar)) as boolean)"
@@ -224,17 +320,46 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
         converted = _finite(f"try_cast({c} as double)")
         return converted, check(converted, "a number")
     if ftype == "integer":
-        converted = f"try_cast({c} as bigint)"
+        if is_float or _is(col_type, ("DECIMAL",)):
+            # a cast rounds (2.5 became 2 from a double, 3 from a decimal): a fraction is
+            # rejected, never sent as another number; NaN and infinities fail the cast
+            converted = f"case when {c} = floor({c}) then try_cast({c} as bigint) end"
+        elif is_str:
+            # text is cast as a decimal, so `'1.5'` became 2: the integer must equal the number
+            number = f"try_cast({c} as double)"
+            converted = f"case when {number} = floor({number}) then try_cast({c} as bigint) end"
+        else:
+            converted = f"try_cast({c} as bigint)"
         return converted, check(converted, "an integer")
     if ftype == "string":
+        if is_float:
+            # `nan`/`inf` as text would be a string where a number was meant; a `number`
+            # field rejects them, so a `string` one does too
+            converted = f"case when isfinite({c}) then {c}::varchar end"
+            return converted, check(converted, "a finite number")
         return f"{c}::varchar", "null"
     if ftype == "json":
         if is_str:
-            converted = f"case when json_valid({c}) then {c}::json end"
+            # `json_valid` accepts `NaN` and `Infinity` (DuckDB reads them), which no JSON
+            # parser does. Only text naming them (`contains` is 3x cheaper than a regex) where
+            # a value may start (not in `"info"`) pays for the exact check on its normal form;
+            # nested cases, as `json()` fails on invalid text and `and` may run both sides
+            lowered = f"lower({c})"
+            converted = (
+                f"case when not json_valid({c}) then null "
+                f"when not (contains({lowered}, 'nan') or contains({lowered}, 'inf')) "
+                f"then {c}::json "
+                f"when not regexp_matches({c}, {lit(_NON_FINITE_START)}) then {c}::json "
+                f"when not {_non_finite_json(f'json({c})::varchar')} then {c}::json end"
+            )
             return converted, check(converted, "valid JSON")
-        if _is(col_type, ("FLOAT", "DOUBLE")):
+        if is_float:
             converted = f"to_json({_finite(c)})"
             return converted, check(converted, "a finite number")
+        found = nested()
+        if found is not None:
+            converted = f"to_json({found[0]})"
+            return converted, check(converted, "JSON (it holds NaN or Infinity)")
         return f"to_json({c})", "null"
     raise ConfigError(f"sync `{sync}`: unknown type `{ftype}` for field `{field}`")
 
