@@ -37,6 +37,12 @@ def test_init_then_validate(tmp_path: Path) -> None:
     assert (tmp_path / "p" / "syncs" / "customer_profile.yml").exists()
     schema = json.loads((tmp_path / "p" / ".lockgate-schema" / "sync.schema.json").read_text())
     assert "identify_by" in schema["properties"]
+    # editors show each key's docstring from the models as its description, nested ones too
+    assert schema["properties"]["mode"]["description"].startswith("`upsert` creates and updates")
+    field = schema["$defs"]["FieldConfig"]["properties"]["on_null"]
+    assert field["description"].startswith("What a null does")
+    project = json.loads((tmp_path / "p" / ".lockgate-schema" / "project.schema.json").read_text())
+    assert project["$defs"]["IdentityConfig"]["properties"]["identifier_types"]["description"]
     code, out = invoke("validate", "--project", str(tmp_path / "p"), "--json")
     report = json.loads(out)
     assert report["valid"] and report["syncs"] == [

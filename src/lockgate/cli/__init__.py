@@ -10,6 +10,7 @@ for user mistakes; :func:`main` prints ``Error: <reason>`` and the hint, and exi
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import sys
@@ -51,12 +52,20 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module_name, attr = target.split(":")
+        # importing a command builds hundreds of thousands of objects (pydantic models, DuckDB,
+        # Arrow) and none are garbage: the collector's passes over them while they are built
+        # are ~5% of a command's start-up
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name == module_name:  # the command is not built yet
                 return None
             raise
+        finally:
+            if collecting:
+                gc.enable()
         command: click.Command = getattr(module, attr)
         return command
 

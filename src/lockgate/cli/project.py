@@ -12,14 +12,15 @@ import orjson
 from lockgate.cli.options import json_option, open_project, project_option
 from lockgate.console import RichConsole
 from lockgate.errors import ConfigError, ContractError
+from lockgate.project.fielddocs import json_schema
 from lockgate.project.models import ENV_REF, ProjectConfig, SyncConfig
 
 
 def json_schemas() -> dict[str, object]:
     """JSON Schemas for editors: `lockgate.yml` and `syncs/*.yml`."""
     return {
-        "lockgate.yml": ProjectConfig.model_json_schema(by_alias=True),
-        "syncs/*.yml": SyncConfig.model_json_schema(by_alias=True),
+        "lockgate.yml": json_schema(ProjectConfig),
+        "syncs/*.yml": json_schema(SyncConfig),
     }
 
 

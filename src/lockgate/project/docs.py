@@ -12,6 +12,7 @@ import typing
 from pydantic import BaseModel
 
 from lockgate.project import models
+from lockgate.project.fielddocs import field_doc
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`lockgate.yml`", models.ProjectConfig),
@@ -44,8 +45,8 @@ def undocumented() -> list[str]:
     return [
         f"{model.__name__}.{name}"
         for _, model in SECTIONS
-        for name, field in model.model_fields.items()
-        if not field.description
+        for name in model.model_fields
+        if not field_doc(model, name)
     ]
 
 
@@ -76,7 +77,7 @@ def render() -> str:
                 if field.is_required()
                 else ("(computed)" if field.default_factory else f"`{field.default!r}`")
             )
-            description = " ".join((field.description or "").split())
+            description = " ".join((field_doc(model, name) or "").split())
             lines.append(
                 f"| `{key}` | {_type_name(hints.get(name, field.annotation))} | {default} | "
                 f"{description} |"

@@ -100,7 +100,7 @@ DEFAULT_BLOCKED_REGEX_BY_TYPE: dict[str, tuple[str, ...]] = {
 class BaseConfig(BaseModel):
     """Every identity model: unknown keys fail loudly, values never change after loading."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class RegexValidateConfig(BaseConfig):
@@ -188,9 +188,7 @@ class IdentifierTypeConfig(BaseConfig):
             )
         return value
 
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, use_attribute_docstrings=True
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class BlockRuleConfig(BaseConfig):
@@ -445,6 +443,8 @@ MODELS: tuple[type[BaseModel], ...] = (
 
 def reference() -> str:
     """The `identity:` config reference as Markdown tables, from the field docstrings."""
+    from lockgate.project.fielddocs import field_doc
+
     lines: list[str] = []
     for model in MODELS:
         lines += [f"### `{model.__name__}`", "", (model.__doc__ or "").strip(), ""]
@@ -456,7 +456,7 @@ def reference() -> str:
                 if field.is_required()
                 else ("(computed)" if field.default_factory is not None else f"`{field.default!r}`")
             )
-            text = " ".join((field.description or "").split()).replace("|", "\\|")
+            text = " ".join((field_doc(model, name) or "").split()).replace("|", "\\|")
             lines.append(f"| `{key}` | {default} | {text} |")
         lines.append("")
     return "\n".join(lines)

@@ -33,7 +33,7 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 class StrictModel(BaseModel):
     """Base of every config model: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def check_secret(value: str | None, field: str, example: str = "CUSTOMERIO_API_KEY") -> str | None:

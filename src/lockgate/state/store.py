@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 import orjson
 import pyarrow as pa
 
@@ -110,6 +109,9 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None =
     """Run a statement and consume its result (DuckDB refuses other work until then)."""
     return con.execute(sql, params).fetchall()
 
+
+SENT_AT = pa.timestamp("us", tz="UTC")
+"""The type of the history's `sent_at`: when Customer.io answered a record's request."""
 
 RUNS_LOG = "runs.json"
 RUNS_LOG_SIZE = 200
@@ -343,17 +345,19 @@ class StateStore:
         answer's status and time): to the ledger (events) or the journal, and to the history."""
         if not batches:
             return
-        counts = [b.num_rows for b, _, _ in batches]
         delivered = pa.Table.from_batches([b for b, _, _ in batches])
         delivered = delivered.append_column(
-            "status", pa.array(np.repeat([s for _, s, _ in batches], counts).astype(np.int32))
-        )
-        sent = np.repeat(
-            np.array([t.replace(tzinfo=None) for _, _, t in batches], dtype="datetime64[us]"),
-            counts,
+            "status",
+            pa.chunked_array(
+                [pa.repeat(pa.scalar(s, pa.int32()), b.num_rows) for b, s, _ in batches],
+                pa.int32(),
+            ),
         )
         delivered = delivered.append_column(
-            "sent_at", pa.array(sent).cast(pa.timestamp("us", tz="UTC"))
+            "sent_at",
+            pa.chunked_array(
+                [pa.repeat(pa.scalar(t, SENT_AT), b.num_rows) for b, _, t in batches], SENT_AT
+            ),
         )
         self.con.register("_delivered", delivered)
         try:

@@ -37,11 +37,10 @@ from lockgate.state.store import StateStore, run_sql, table
 from lockgate.sync import diff as diff_step
 from lockgate.sync import guard as guard_step
 from lockgate.sync import mapping
-from lockgate.sync.commit import CommitCounts, Committer
-from lockgate.sync.deliver import deliver, event_ulids
 from lockgate.sync.extract import InPlace, Staged, stage
 
 if TYPE_CHECKING:
+    from lockgate.sync.commit import CommitCounts
     from lockgate.sync.resolve import Resolution
 
 DestinationFactory = Callable[[Project, SyncConfig], Destination]
@@ -387,6 +386,9 @@ def _deliver_to_ledger(
 ) -> CommitCounts:
     """Deliver a side table of operations ahead of the sync's own; each delivered key goes to
     the sync's ledger, so it is never sent again."""
+    from lockgate.sync.commit import Committer
+    from lockgate.sync.deliver import deliver
+
     committer = Committer(store.writer(), sync=sync.name, run_id=run_id, kind="events")
     with console.progress(f"deliver {sync.name} {label}", total) as advance:
         deliver(
@@ -436,7 +438,8 @@ KIND_ORDER = {"objects": 0, "people": 1, "relationships": 2, "events": 3}
 
 def _samples(store: StateStore, kind: str, limit: int) -> tuple[dict[str, Any], ...]:
     import numpy as np
-    import orjson
+
+    from lockgate.sync.deliver import event_ulids
 
     out: list[dict[str, Any]] = []
     if kind == "events":
@@ -553,6 +556,11 @@ def run_sync(
                         destination_factory,
                     )
             with step("deliver"):
+                # imported here: HTTP, NumPy and the committer thread are ~0.1 s of start-up
+                # that a plan, or a run with nothing to send, does not need
+                from lockgate.sync.commit import Committer
+                from lockgate.sync.deliver import deliver
+
                 destination = destination_factory(project, sync)
                 committer = Committer(store.writer(), sync=sync.name, run_id=run_id, kind=sync.kind)
                 with console.progress(f"deliver {sync.name}", changes.to_send) as advance:
