@@ -25,10 +25,18 @@ TCP_NODELAY); Lockgate itself is configured at ``rate_limit: 1000/s``.
    ``--drt-seconds`` it is stopped and its rate (records the emulator ingested / elapsed) is
    extrapolated to N rows.
 
+``--latency-ms N`` (default 0) runs the emulator with N ms added to every API request
+(``lockgate emulator --latency-ms N``), as a Customer.io workspace across the internet would
+answer: Lockgate's full and incremental syncs, the official client, drt and the emulator
+ceiling all run against it, and the report's headings say so. The targets stay the same and are
+judged at that latency. The floor, the snapshot diff and the 10x plan do not depend on latency:
+``--skip-floor``, ``--skip-diff`` and ``--skip-10m`` leave them out (the report says which).
+
 Usage::
 
     .venv/bin/python bench/sync.py                              # 1M rows (+10M plan), 8-20 min
     .venv/bin/python bench/sync.py --rows 100000 --skip-10m --baseline-seconds 5
+    .venv/bin/python bench/sync.py --latency-ms 50 --skip-floor --skip-diff --skip-10m
 
 Venvs (created on first use when missing): ``.venv-baseline`` (``pip install customerio duckdb``)
 and ``.venv-drt`` (``pip install 'drt-core[duckdb]'``).
@@ -258,11 +266,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def emulator() -> Iterator[str]:
-    """``lockgate emulator`` in its own process, Track rate limit off; yields its base URL."""
+def emulator(latency_ms: int = 0) -> Iterator[str]:
+    """``lockgate emulator`` in its own process, Track rate limit off, ``latency_ms`` added to
+    every API request (the ``/_emulator/`` inspection routes get none); yields its base URL."""
     port = free_port()
     log = tempfile.TemporaryFile()
     args = [str(LOCKGATE), "emulator", "--port", str(port), "--rate-limit", "0"]
+    if latency_ms:
+        args += ["--latency-ms", str(latency_ms)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     EMULATOR_PIDS[url] = proc.pid
@@ -797,15 +808,30 @@ def main() -> None:
         "--skip-10m", action="store_true", help="skip the memory check at 10x --rows"
     )
     parser.add_argument(
+        "--skip-floor",
+        action="store_true",
+        help="skip the scan-and-hash floor (no verdict on the incremental target then)",
+    )
+    parser.add_argument("--skip-diff", action="store_true", help="skip the snapshot diff")
+    parser.add_argument(
+        "--latency-ms",
+        type=int,
+        default=0,
+        help="ms the emulator adds to every request, as a workspace over the internet would",
+    )
+    parser.add_argument(
         "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "lockgate-bench-sync"
     )
     args = parser.parse_args()
+    if args.latency_ms < 0:
+        parser.error(f"--latency-ms {args.latency_ms}: give 0 or more milliseconds")
     n = args.rows
     work: Path = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     warehouse = work / "warehouse.duckdb"
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    console.print(f"# bench/sync.py  rows={n:,}  {stamp}")
+    at = f"  latency_ms={args.latency_ms}" if args.latency_ms else ""
+    console.print(f"# bench/sync.py  rows={n:,}{at}  {stamp}")
     console.print(
         f"# {platform.platform()}  python {platform.python_version()}  "
         f"cores={os.cpu_count()}  load average at start {os.getloadavg()[0]:.1f}"
@@ -822,7 +848,7 @@ def main() -> None:
     )
     r: dict[str, Any] = {"startup": startup_seconds()}
 
-    with emulator() as url:
+    with emulator(args.latency_ms) as url:
         project = write_project(work / "lockgate", warehouse, url)
         console.print("lockgate full sync ...")
         cpu = emulator_cpu(url)
@@ -845,9 +871,10 @@ def main() -> None:
         assert r["incr_delivered"] == r["changed"], (r["incr_delivered"], r["changed"])
         assert ingested(url) == n + r["changed"]
         say("incremental sync", r["incr"], n)
-        r["floor_all"] = [scan_and_hash(warehouse) for _ in range(3)]
-        r["floor"] = min(r["floor_all"])
-        console.print(f"  floor (scan + hash): {r['floor']:.2f} s")
+        if not args.skip_floor:
+            r["floor_all"] = [scan_and_hash(warehouse) for _ in range(3)]
+            r["floor"] = min(r["floor_all"])
+            console.print(f"  floor (scan + hash): {r['floor']:.2f} s")
         console.print("incremental plan (nothing left to send) ...")
         r["noop"], doc, r["noop_phases"] = lockgate("plan", project)
         assert doc["changes"]["to_send"] == 0
@@ -887,9 +914,11 @@ def main() -> None:
                     f"({r['drt']['ingested']:,} rows in {r['drt']['seconds']:.0f} s)"
                 )
 
-    console.print("snapshot diff vs Python dicts ...")
-    r["diff"] = diff_bench(warehouse, work)
-    console.print(f"  diff: duckdb {r['diff']['duckdb']:.3f} s, python {r['diff']['python']:.3f} s")
+    if not args.skip_diff:
+        console.print("snapshot diff vs Python dicts ...")
+        r["diff"] = diff_bench(warehouse, work)
+        d = r["diff"]
+        console.print(f"  diff: duckdb {d['duckdb']:.3f} s, python {d['python']:.3f} s")
     console.print("lockgate plan (fresh state) for memory ...")
     plan_project = write_project(work / "lockgate-plan", warehouse, "http://127.0.0.1:9")
     r["plan"], _, r["plan_phases"] = lockgate("plan", plan_project)
@@ -919,6 +948,9 @@ def main() -> None:
     }
     if "drt" in saved:
         saved["drt"] = {k: v for k, v in saved["drt"].items() if k != "log"}
+    if says_skipped(args):
+        saved["latency_ms"] = args.latency_ms
+        saved["skipped"] = skipped(args)
     (work / "results.json").write_text(json.dumps(saved, indent=2, default=str))
     console.print(f"results: {work / 'results.json'}")
 
@@ -930,6 +962,29 @@ def say(label: str, proc: Proc, rows: int) -> None:
     )
 
 
+def at_latency(args: argparse.Namespace) -> str:
+    """`` at N ms added latency per request`` for headings, or nothing at 0 (as before)."""
+    return f" at {args.latency_ms} ms added latency per request" if args.latency_ms else ""
+
+
+def skipped(args: argparse.Namespace) -> list[str]:
+    """What this run left out, for the report."""
+    flags = (
+        ("skip_floor", "scan-and-hash floor (--skip-floor)"),
+        ("skip_diff", "snapshot diff (--skip-diff)"),
+        ("skip_10m", "plan at 10x rows (--skip-10m)"),
+        ("skip_drt", "drt (--skip-drt)"),
+    )
+    return [label for flag, label in flags if getattr(args, flag)]
+
+
+def says_skipped(args: argparse.Namespace) -> bool:
+    """Whether the report and results.json say the latency and what was skipped: only when
+    ``--latency-ms``, ``--skip-floor`` or ``--skip-diff`` is given, so that other runs print
+    and save exactly what they did before those options existed."""
+    return bool(args.latency_ms or args.skip_floor or args.skip_diff)
+
+
 def verdict(ok: bool) -> str:
     return "[green]met[/green]" if ok else "[red]missed[/red]"
 
@@ -939,7 +994,10 @@ def report(n: int, r: dict[str, Any], args: argparse.Namespace) -> None:
     incr: Proc = r["incr"]
     base_rate = r["base_n"] / r["base_s"]
     full_rate = n / full.seconds
-    table = Table(title=f"sync: {n:,} people x 20 columns, DuckDB -> emulator (whole processes)")
+    table = Table(
+        title=f"sync: {n:,} people x 20 columns, DuckDB -> emulator{at_latency(args)} "
+        "(whole processes)"
+    )
     for col in ("run", "wall s", "rows/s", "peak RSS", "notes"):
         table.add_column(col, justify="left" if col in ("run", "notes") else "right")
     table.add_row(
@@ -964,13 +1022,14 @@ def report(n: int, r: dict[str, Any], args: argparse.Namespace) -> None:
         f"{r['noop'].peak_rss / MiB:,.0f} MiB",
         "extract + map + diff",
     )
-    table.add_row(
-        "floor: DuckDB scan + hash",
-        f"{r['floor']:.2f}",
-        f"{n / r['floor']:,.0f}",
-        "",
-        "min of " + ", ".join(f"{x:.2f}" for x in r["floor_all"]) + " s, fresh connection",
-    )
+    if "floor" in r:
+        table.add_row(
+            "floor: DuckDB scan + hash",
+            f"{r['floor']:.2f}",
+            f"{n / r['floor']:,.0f}",
+            "",
+            "min of " + ", ".join(f"{x:.2f}" for x in r["floor_all"]) + " s, fresh connection",
+        )
     table.add_row("lockgate start-up (plan --help)", f"{r['startup']:.2f}", "", "", "")
     table.add_row(
         "official client (extrapolated)",
@@ -1003,21 +1062,22 @@ def report(n: int, r: dict[str, Any], args: argparse.Namespace) -> None:
             f"{drt['peak_rss'] / MiB:,.0f} MiB",
             f"{how}; emulator CPU {r['drt_emu_cpu']:.1f} s",
         )
-    d = r["diff"]
-    table.add_row(
-        "snapshot diff: DuckDB join",
-        f"{d['duckdb']:.3f}",
-        f"{n / d['duckdb']:,.0f}",
-        "",
-        f"{d['changes']:,} changes found (best of 3)",
-    )
-    table.add_row(
-        "snapshot diff: Python dicts",
-        f"{d['python']:.3f}",
-        f"{n / d['python']:,.0f}",
-        "",
-        "build two dicts key->hash from Arrow + diff (best of 3)",
-    )
+    d = r.get("diff")
+    if d:
+        table.add_row(
+            "snapshot diff: DuckDB join",
+            f"{d['duckdb']:.3f}",
+            f"{n / d['duckdb']:,.0f}",
+            "",
+            f"{d['changes']:,} changes found (best of 3)",
+        )
+        table.add_row(
+            "snapshot diff: Python dicts",
+            f"{d['python']:.3f}",
+            f"{n / d['python']:,.0f}",
+            "",
+            "build two dicts key->hash from Arrow + diff (best of 3)",
+        )
     table.add_row(
         f"lockgate plan, fresh state, {n:,}",
         f"{r['plan'].seconds:.1f}",
@@ -1050,7 +1110,7 @@ def report(n: int, r: dict[str, Any], args: argparse.Namespace) -> None:
             phases.add_row(label, phase_text(r[key], r.get(f"{key}_phases", {})))
     console.print(phases)
 
-    targets = Table(title="targets")
+    targets = Table(title=f"targets{at_latency(args)}")
     for col in ("target", "measured", "verdict"):
         targets.add_column(col)
     ratio = full_rate / base_rate
@@ -1069,22 +1129,32 @@ def report(n: int, r: dict[str, Any], args: argparse.Namespace) -> None:
         targets.add_row(
             "  (the emulator's ceiling here allows at most)", f"{ceiling / drt_rate:,.1f}x", ""
         )
-    ratio = incr.seconds / r["floor"]
-    targets.add_row(
-        "incremental <= 3x the scan-and-hash floor", f"{ratio:,.1f}x", verdict(ratio <= 3)
-    )
-    inside = r.get("incr_phases", {}).get("run_sync")
-    if inside:
-        ratio = inside / r["floor"]
+    if "floor" in r:
+        ratio = incr.seconds / r["floor"]
         targets.add_row(
-            "  (for reference: incremental inside run_sync, start-up excluded)",
-            f"{ratio:,.1f}x",
-            "",
+            "incremental <= 3x the scan-and-hash floor", f"{ratio:,.1f}x", verdict(ratio <= 3)
         )
-    ratio = d["python"] / d["duckdb"]
-    targets.add_row(
-        "snapshot diff >= 6x faster than Python dicts", f"{ratio:,.1f}x", verdict(ratio >= 6)
-    )
+        inside = r.get("incr_phases", {}).get("run_sync")
+        if inside:
+            ratio = inside / r["floor"]
+            targets.add_row(
+                "  (for reference: incremental inside run_sync, start-up excluded)",
+                f"{ratio:,.1f}x",
+                "",
+            )
+    else:
+        targets.add_row(
+            "incremental <= 3x the scan-and-hash floor", "not measured (--skip-floor)", ""
+        )
+    if d:
+        ratio = d["python"] / d["duckdb"]
+        targets.add_row(
+            "snapshot diff >= 6x faster than Python dicts", f"{ratio:,.1f}x", verdict(ratio >= 6)
+        )
+    else:
+        targets.add_row(
+            "snapshot diff >= 6x faster than Python dicts", "not measured (--skip-diff)", ""
+        )
     peak = max(full.peak_rss, incr.peak_rss, r["plan"].peak_rss)
     targets.add_row(
         "peak memory < 1 GiB (full, incremental, plan)",
@@ -1100,6 +1170,9 @@ def report(n: int, r: dict[str, Any], args: argparse.Namespace) -> None:
             verdict(ratio < 2 and p10.peak_rss < GiB),
         )
     console.print(targets)
+    if says_skipped(args):
+        left_out = skipped(args)
+        console.print("skipped: " + (", ".join(left_out) if left_out else "nothing"))
     console.print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
