@@ -10,6 +10,7 @@ from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
 from lockgate.errors import StepError
 from lockgate.project.loader import load_project
+from lockgate.state.store import StateStore
 from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -385,3 +386,47 @@ attributes: {plan: plan}
     report = run_sync(project, "accounts", console=NullConsole())
     assert report.changes.shared_person == 2 and report.delivered == 3
     assert len(project_factory.emulator.people()) == 2
+
+
+def test_a_changed_row_that_reaches_the_person_of_an_unchanged_row_is_reported(
+    project_factory: ProjectFactory,
+) -> None:
+    """The row sharing the person need not be sent in the same run: an account whose email
+    becomes another account's, or one of two sharing accounts changing alone, is reported
+    with the unchanged row's key too, also from a snapshot written before it named people."""
+    project_factory.sql(
+        "create or replace table accounts as select * from (values "
+        "('a1', 'ada@example.com', 'pro'), ('a2', 'ADA@example.com', 'free'), "
+        "('a3', 'bob@example.com', 'free'), ('a4', 'cy@example.com', 'free')) "
+        "t(account_id, email, plan)"
+    )
+    accounts = """
+name: accounts
+source: warehouse
+model: {table: accounts}
+kind: people
+primary_key: account_id
+identify_by: {email: email}
+attributes: {plan: plan}
+"""
+    project = project_factory.write({"accounts": accounts})
+    assert run_sync(project, "accounts", console=NullConsole()).delivered == 4
+
+    # one of the two accounts of ada changes alone
+    project_factory.sql("update accounts set plan = 'team' where account_id = 'a2'")
+    plan = plan_sync(project, "accounts", console=NullConsole())
+    assert plan.changes.to_send == 1 and plan.changes.shared_person == 1
+    assert plan.changes.shared_samples == (("email:ada@example.com", "a1, a2"),)
+    assert run_sync(project, "accounts", console=NullConsole()).changes.shared_person == 1
+
+    # bob's account takes cy's email (in another case); a snapshot from before `addr` existed
+    with StateStore.open(project.state_dir) as store:
+        store.con.execute('alter table "snap__accounts" drop column addr')
+    project_factory.sql("update accounts set email = 'CY@example.com' where account_id = 'a3'")
+    plan = plan_sync(project, "accounts", console=NullConsole())
+    assert plan.changes.to_send == 1 and plan.changes.shared_person == 1
+    assert plan.changes.shared_samples == (("email:cy@example.com", "a3, a4"),)
+
+    # unchanged rows that left the model reach nobody any more
+    project_factory.sql("delete from accounts where account_id = 'a4'")
+    assert plan_sync(project, "accounts", console=NullConsole()).changes.shared_person == 0

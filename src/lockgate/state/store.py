@@ -6,8 +6,9 @@ lock when a process dies, so a crash never leaves it stuck).
 
 Tables (one set of per-sync tables, named `<table>__<sync>`):
 
-- ``snap__S(k, h, ident)``: the committed state of sync S: record key, hash of the
-  payload last delivered, and the identifiers it was delivered to.
+- ``snap__S(k, h, ident, addr)``: the committed state of sync S: record key, hash of the
+  payload last delivered, the identifiers it was delivered to, and the person those reach
+  (:data:`PERSON_ADDRESS`: what tells a row sent now that an unchanged row reaches its person).
 - ``ledger__S(k, delivered_at)``: event keys delivered by an events sync (append-only).
 - ``journal__S(run_id, k, h, ident, removed)``: what a run has delivered but not folded
   into the snapshot yet. Flushed during delivery, folded at the end of the run or at the
@@ -109,6 +110,14 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None =
     """Run a statement and consume its result (DuckDB refuses other work until then)."""
     return con.execute(sql, params).fetchall()
 
+
+#: SQL for the person a snapshot row's ``ident`` reaches as Customer.io finds it: its `id`,
+#: else its `cio_id`, else its email in lower case; the same text as a people sync's ``addr``
+#: (``mapping._person_address``). Null for records that are not people.
+PERSON_ADDRESS = (
+    "case when json_valid(ident) then coalesce('id:' || (ident->>'id'), "
+    "'cio_id:' || (ident->>'cio_id'), 'email:' || lower(ident->>'email')) end"
+)
 
 SENT_AT = pa.timestamp("us", tz="UTC")
 """The type of the history's `sent_at`: when Customer.io answered a record's request."""
@@ -239,14 +248,21 @@ class StateStore:
     # ------------------------------------------------------------------ per-sync tables
 
     def ensure_sync_tables(self, sync: str) -> None:
+        snap = table("snap", sync)
         self.exec_sql(
-            f"create table if not exists {table('snap', sync)} "
-            "(k varchar, h ubigint, ident varchar);"
+            f"create table if not exists {snap} "
+            "(k varchar, h ubigint, ident varchar, addr varchar);"
             f"create table if not exists {table('ledger', sync)} "
             "(k varchar, delivered_at timestamptz);"
             f"create table if not exists {table('journal', sync)} "
             "(run_id varchar, k varchar, h ubigint, ident varchar, removed boolean);"
         )
+        columns = {r[0] for r in self.con.execute(f"describe {snap}").fetchall()}
+        if "addr" not in columns:  # a snapshot from before `addr`: derive it once
+            self.exec_sql(
+                f"alter table {snap} add column addr varchar; "
+                f"update {snap} set addr = {PERSON_ADDRESS};"
+            )
 
     def has_snapshot(self, sync: str) -> bool:
         rows = self.con.execute(f"select count(*) from {table('snap', sync)}").fetchall()
@@ -280,7 +296,8 @@ class StateStore:
             self.exec_sql(
                 f"""
                 delete from {snap} where k in (select k from {latest});
-                insert into {snap} select k, h, ident from {latest} where not removed;
+                insert into {snap}
+                select k, h, ident, {PERSON_ADDRESS} from {latest} where not removed;
                 delete from {journal};
                 drop table if exists _latest;
                 """

@@ -46,8 +46,9 @@ class ChangeSet:
     held: int = 0
     state_events: int = 0
     shared_person: int = 0
-    """Rows sent this run that reach a person another row sent this run also reaches (one
-    email or `id` on two primary keys, no identity graph): the last one sent wins."""
+    """Rows sent this run that reach a person another row of the model also reaches (sent
+    this run, or unchanged since the last: one email or `id` on two primary keys, no identity
+    graph): the last one sent wins."""
     rejected_samples: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     held_samples: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     shared_samples: tuple[tuple[str, str], ...] = field(default_factory=tuple)
@@ -228,19 +229,32 @@ def forget_gone_relationships(con: duckdb.DuckDBPyConnection, sync: SyncConfig) 
 
 
 def _shared_people(
-    con: duckdb.DuckDBPyConnection,
+    con: duckdb.DuckDBPyConnection, snap: str
 ) -> tuple[int, tuple[tuple[str, str], ...]]:
-    """Rows of ``changes`` that reach one person with another row of it, and per person (the
-    first 20) the keys of those rows."""
+    """Rows of ``changes`` that reach one person with another row of the model, and per
+    person (the first 20) the keys of all its rows.
+
+    The other row is sent in this run too, or it is unchanged and still in the model: then the
+    snapshot says which person it reaches (``addr``). Only the snapshot rows of the people
+    sent now are looked at, so an incremental run pays for the rows it sends."""
     run_sql(
         con,
-        """
+        f"""
         create or replace temp table shared as
-        select k, addr from changes
-        where addr in (select addr from changes group by addr having count(*) > 1)
+        with sent as (select k, addr from changes where addr is not null),
+        kept as (
+            select s.k, s.addr from {snap} s
+            semi join (select distinct addr from sent) a on a.addr = s.addr
+            semi join keyed m on m.k = s.k
+            anti join changes c on c.k = s.k
+        ),
+        rows as (select k, addr, true as is_sent from sent
+                 union all select k, addr, false from kept)
+        select k, addr, is_sent from rows
+        where addr in (select addr from rows group by addr having count(*) > 1)
         """,
     )
-    count = int(_one(con, "select count(*) from shared") or 0)
+    count = int(_one(con, "select count(*) from shared where is_sent") or 0)
     samples = con.execute(
         "select addr, string_agg(k, ', ' order by k) from shared group by addr "
         "order by addr limit 20"
@@ -558,7 +572,7 @@ def diff_records(
         alter table mapped rename to changes;
         """,
     )
-    shared, shared_samples = _shared_people(con) if shared_check else (0, ())
+    shared, shared_samples = _shared_people(con, snap) if shared_check else (0, ())
     held = 0
     held_samples: tuple[tuple[str, str], ...] = ()
     if sync.kind == "relationships":
