@@ -503,3 +503,37 @@ def test_structs_maps_and_nested_lists_holding_nan_or_infinity_reject_their_row(
     for key, column in {"3": "s", "4": "m", "5": "ls", "6": "a", "7": "ll", "8": "u"}.items():
         assert f"column `{column}` (field `{column}`)" in out.rejected[key]
         assert "NaN or Infinity" in out.rejected[key]
+
+
+@pytest.mark.parametrize(
+    ("column_type", "rows", "bad"),
+    [
+        ("double precision", "(7, 'pro'), (2.5, 'free'), (1e16, 'team')", 2),
+        ("numeric(10,2)", "(7, 'pro'), (2.5, 'free')", 1),
+    ],
+)
+def test_a_numeric_identifier_names_the_person_by_its_integer(
+    warehouse: Warehouse,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    column_type: str,
+    rows: str,
+    bad: int,
+) -> None:
+    """An id column typed float or decimal (a bare Postgres `numeric` arrives as a float, a
+    Snowflake NUMBER(10,2) as a decimal) names the person `7`, not `7.0` or `7.00`, which
+    would be people of their own. A fraction, or a float too large to be exact, would name
+    a wrong person: the row is rejected naming the column."""
+    warehouse.execute(
+        [
+            f"create table t (id {column_type}, plan varchar(10))",
+            f"insert into t values {rows}",
+        ]
+    )
+    out = sync_people(warehouse, customerio_emulator, monkeypatch, "plan: plan")
+    assert out.people == {"7": {"plan": "pro"}}
+    assert len(out.rejected) == bad
+    for reason in out.rejected.values():
+        assert reason.startswith("column `id` (identifier `id`): value `")
+        assert "is not a whole number" in reason
+    assert out.report.delivered == 1

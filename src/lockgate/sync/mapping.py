@@ -482,6 +482,30 @@ def _object(fragments: list[str]) -> str:
     return "'{' || concat_ws(',', " + ", ".join(fragments) + ") || '}'"
 
 
+#: a float beyond 2^53 is not exact: as an identifier it would name another person
+MAX_EXACT_FLOAT = 2**53
+NOT_AN_ID = (
+    "` is not a whole number a float holds exactly (up to 2^53); cast the column to "
+    "bigint or text in the model"
+)
+
+
+def _id_text(column: str, col_type: str) -> str:
+    """SQL for an identifier column's text. A number is sent as its integer's text: a float or
+    decimal column's `123.0` or `123.00` would be a person of its own, apart from `123`. A
+    fraction, NaN, an infinity or a float too large to be exact gives null (the row is
+    rejected naming the column, see :func:`identifier_sql`)."""
+    c = q(column)
+    if _is(col_type, ("FLOAT", "DOUBLE")):
+        return (
+            f"case when isfinite({c}) and {c} = floor({c}) and abs({c}) <= {MAX_EXACT_FLOAT} "
+            f"then {c}::bigint::varchar end"
+        )
+    if _is(col_type, ("DECIMAL",)):
+        return f"case when {c} = floor({c}) then {c}::hugeint::varchar end"
+    return f"{c}::varchar"
+
+
 def identifier_sql(
     sync: SyncConfig, columns: dict[str, str], fields: Fields
 ) -> tuple[str, str, list[str]]:
@@ -511,12 +535,19 @@ def identifier_sql(
         chosen[target] = column
     values = {
         target: (
-            f"nullif(trim(regexp_replace({q(col)}::varchar, '^cio_', '')), '')"
+            f"nullif(trim(regexp_replace({_id_text(col, columns[col])}, '^cio_', '')), '')"
             if target == "cio_id"
-            else f"nullif(trim({q(col)}::varchar), '')"
+            else f"nullif(trim({_id_text(col, columns[col])}), '')"
         )
         for target, col in chosen.items()
     }
+    checks = [
+        f"case when {q(col)} is not null and {_id_text(col, columns[col])} is null then "
+        f"{lit(f'column `{col}` (identifier `{target}`): value `')} || {q(col)}::varchar || "
+        f"{lit(NOT_AN_ID)} end"
+        for target, col in chosen.items()
+        if _is(columns[col], ("FLOAT", "DOUBLE", "DECIMAL"))
+    ]
     for target, expression in list(values.items()):
         alias = f"__id_{target}"
         fields.computed.append((alias, expression))
@@ -534,7 +565,8 @@ def identifier_sql(
         ]
     )
     names = " or ".join(f"`{chosen[t]}`" for t in ordered)
-    checks = [f"case when {identifiers} is null then {lit(f'no identifier: {names} is null')} end"]
+    missing = lit(f"no identifier: {names} is null")
+    checks.append(f"case when {identifiers} is null then {missing} end")
     if "id" in values:
         too_long = lit(f"column `{chosen['id']}`: id is over {MAX_ID_BYTES} bytes")
         checks.append(f"case when strlen({values['id']}) > {MAX_ID_BYTES} then {too_long} end")
