@@ -224,3 +224,38 @@ def test_relationships_come_back_with_a_deleted_person(project_factory: ProjectF
     back = run_all(project)
     assert back["memberships"].delivered == 1
     assert ("3", "1", "globex", "owner") in rels(emu)
+
+
+def test_numeric_object_ids_name_the_object_by_its_integer(
+    project_factory: ProjectFactory,
+) -> None:
+    """Company ids in a decimal column (`7.00`) name object `7` on both the object and the
+    relationship, so the two meet; a fractional id rejects its row naming the column."""
+    project_factory.sql(
+        """
+        create or replace table companies as select * from (values
+          (7.00::decimal(10,2), 'Acme', 'pro', 25), (7.5, 'Half', 'free', 1)
+        ) t(company_id, name, plan, seats);
+        create or replace table users as select * from (values (1, 'Ada')) t(user_id, first_name);
+        create or replace table members as select * from (values
+          (1, 7.0::double, 'admin'), (1, 7.5::double, 'member')
+        ) t(user_id, company_id, role);
+        """
+    )
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    reports = run_all(project)
+    emu = project_factory.emulator
+    assert {(o.object_type_id, o.object_id) for o in emu.objects()} == {("1", "7")}
+    assert rels(emu) == {("1", "1", "7", "admin")}
+    ((_, reason),) = reports["companies"].changes.rejected_samples
+    assert reason == (
+        "column `company_id` (object id): value `7.50` is not a whole number; cast the column "
+        "to bigint or text in the model"
+    )
+    ((_, reason),) = reports["memberships"].changes.rejected_samples
+    assert reason == (
+        "column `company_id` (object id): value `7.5` is not a whole number a float holds "
+        "exactly (up to 2^53); cast the column to bigint or text in the model"
+    )

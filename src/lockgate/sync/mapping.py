@@ -484,10 +484,7 @@ def _object(fragments: list[str]) -> str:
 
 #: a float beyond 2^53 is not exact: as an identifier it would name another person
 MAX_EXACT_FLOAT = 2**53
-NOT_AN_ID = (
-    "` is not a whole number a float holds exactly (up to 2^53); cast the column to "
-    "bigint or text in the model"
-)
+CAST_THE_ID = "; cast the column to bigint or text in the model"
 
 
 def _id_text(column: str, col_type: str) -> str:
@@ -504,6 +501,23 @@ def _id_text(column: str, col_type: str) -> str:
     if _is(col_type, ("DECIMAL",)):
         return f"case when {c} = floor({c}) then {c}::hugeint::varchar end"
     return f"{c}::varchar"
+
+
+def _id_checks(column: str, col_type: str, what: str) -> list[str]:
+    """The reject check of a number column that :func:`_id_text` cannot name (none for text
+    and integer columns)."""
+    if _is(col_type, ("FLOAT", "DOUBLE")):
+        why = "` is not a whole number a float holds exactly (up to 2^53)"
+    elif _is(col_type, ("DECIMAL",)):
+        why = "` is not a whole number"
+    else:
+        return []
+    c = q(column)
+    return [
+        f"case when {c} is not null and {_id_text(column, col_type)} is null then "
+        f"{lit(f'column `{column}` ({what}): value `')} || {c}::varchar || "
+        f"{lit(why + CAST_THE_ID)} end"
+    ]
 
 
 def identifier_sql(
@@ -542,11 +556,9 @@ def identifier_sql(
         for target, col in chosen.items()
     }
     checks = [
-        f"case when {q(col)} is not null and {_id_text(col, columns[col])} is null then "
-        f"{lit(f'column `{col}` (identifier `{target}`): value `')} || {q(col)}::varchar || "
-        f"{lit(NOT_AN_ID)} end"
+        check
         for target, col in chosen.items()
-        if _is(columns[col], ("FLOAT", "DOUBLE", "DECIMAL"))
+        for check in _id_checks(col, columns[col], f"identifier `{target}`")
     ]
     for target, expression in list(values.items()):
         alias = f"__id_{target}"
@@ -833,13 +845,16 @@ def compile_objects(sync: SyncConfig, columns: dict[str, str], default_on_null: 
     key_column = sync.key_columns[0]
     _require(sync, key_column, "object id (`primary_key`)", columns)
     fields = Fields()
-    fields.computed.append(("__obj", f"nullif(trim({q(key_column)}::varchar), '')"))
+    fields.computed.append(
+        ("__obj", f"nullif(trim({_id_text(key_column, columns[key_column])}), '')")
+    )
     for name, spec in sync.attributes.items():
         fields.add(sync.name, name, spec, columns, sync.on_null or default_on_null)
     attributes = _object(fields.fragments)
     type_id = orjson.dumps(sync.object_type_id).decode()
     ident = f"'{{\"object_type_id\":{type_id},\"object_id\":' || to_json(__obj) || '}}'"
     checks = [
+        *_id_checks(key_column, columns[key_column], "object id"),
         f"case when __obj is null then {lit(f'column `{key_column}`: object id is null')} end",
         f"case when strlen(__obj) > {MAX_OBJECT_ID_BYTES} then "
         f"{lit(f'column `{key_column}`: object id is over {MAX_OBJECT_ID_BYTES} bytes')} end",
@@ -878,13 +893,15 @@ def compile_relationships(
     _require(sync, sync.object_id, "object id (`object_id`)", columns)
     fields = Fields()
     identifiers, _, checks = identifier_sql(sync, columns, fields)
-    fields.computed.append(("__obj", f"nullif(trim({q(sync.object_id)}::varchar), '')"))
+    obj_type = columns[sync.object_id]
+    fields.computed.append(("__obj", f"nullif(trim({_id_text(sync.object_id, obj_type)}), '')"))
     for name, spec in sync.relationship_attributes.items():
         fields.add(sync.name, name, spec, columns, sync.on_null or default_on_null)
     type_id = orjson.dumps(sync.object_type_id).decode()
     obj = f"'{{\"object_type_id\":{type_id},\"object_id\":' || to_json(__obj) || '}}'"
     ident = f"'{{\"person\":' || {identifiers} || ',\"object\":' || {obj} || '}}'"
     checks += [
+        *_id_checks(sync.object_id, obj_type, "object id"),
         f"case when __obj is null then {lit(f'column `{sync.object_id}`: object id is null')} end",
         *fields.checks,
     ]
