@@ -7,6 +7,10 @@ emulator's own fault injection.
 from __future__ import annotations
 
 import contextlib
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -234,3 +238,48 @@ def test_the_track_api_key_appears_in_no_report_error_or_history(
     assert "dead_letter" in everything and "1000 bytes" in everything
     assert "credentials" in everything
     assert api_key not in everything
+
+
+def test_sigterm_stops_a_sync_like_ctrl_c_and_the_next_run_sends_the_rest(
+    project_factory: ProjectFactory,
+) -> None:
+    """A scheduler stops a job with SIGTERM: `lockgate sync` stops sending, commits what was
+    delivered, records the run as interrupted and exits 143; the next run sends the rest,
+    none twice (without handling, Python died on the spot and the run stayed `running`)."""
+    seed_events(project_factory, 200)
+    project = small_batches(
+        project_factory.write({"activity": EVENTS}), batch_size=10, concurrency=1
+    )
+    yml = project.root / "lockgate.yml"
+    yml.write_text(yml.read_text().replace("rate_limit: 1000/s", "rate_limit: 4/s"))
+    emu = project_factory.emulator
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "lockgate", "sync", "activity", "--project", str(project.root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(emu.events()) < 20 and time.monotonic() < deadline and victim.poll() is None:
+            time.sleep(0.05)
+        assert victim.poll() is None and len(emu.events()) >= 20
+        victim.send_signal(signal.SIGTERM)
+        _, err = victim.communicate(timeout=30)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert victim.returncode == 143, err
+    assert "Stopped by SIGTERM" in err and "Traceback" not in err
+    sent = len(emu.events())
+    assert sent < 200
+    with StateStore.open(project.state_dir) as store:
+        [run] = store.runs()
+        ledgered = store.exec_sql('select count(*) from "ledger__activity"')[0][0]
+    assert run.status == "failed" and run.error == "interrupted"
+    assert ledgered >= 20
+
+    rest = run_sync(load_project(project.root), "activity", console=NullConsole())
+    assert rest.status == "success" and rest.delivered == 200 - ledgered
+    events = emu.events()
+    assert len(events) == 200 and len({e.id for e in events}) == 200

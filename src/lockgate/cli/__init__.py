@@ -13,7 +13,11 @@ from __future__ import annotations
 import gc
 import importlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -85,12 +89,48 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be so a run stops the same way."""
+
+
+@contextmanager
+def sigterm_stops_like_ctrl_c() -> Iterator[None]:
+    """A scheduler (cron's kill, systemd, Kubernetes, Airflow) stops a job with SIGTERM, then
+    SIGKILL after a grace period. By default SIGTERM ends Python on the spot, leaving the run
+    recorded as running until the next one marks it crashed. Here it stops a run as Ctrl-C
+    does: nothing more is sent, what was delivered is committed, the run is recorded as
+    interrupted. Only from the main thread, and only where no one else handles SIGTERM;
+    `lockgate sync` uses it (a server such as `lockgate emulator` has its own shutdown)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: run the CLI with one error handler for every command."""
     debug = "--debug" in (argv or sys.argv) or os.environ.get("LOCKGATE_DEBUG") == "1"
     try:
         return cli.main(args=argv, standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, Terminated):
+            click.echo(
+                "Stopped by SIGTERM: what was delivered is recorded; the next run sends the rest.",
+                err=True,
+            )
+            sys.exit(128 + signal.SIGTERM)
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.ClickException as exc:

@@ -10,6 +10,7 @@ from typing import Any
 import click
 import orjson
 
+from lockgate.cli import sigterm_stops_like_ctrl_c
 from lockgate.cli.options import json_option, open_project, project_option
 from lockgate.console import RichConsole
 from lockgate.errors import ConfigError, LockgateError, StateError
@@ -204,20 +205,23 @@ def sync(
     console = RichConsole(quiet=as_json)
     reports = []
     failed: list[tuple[str, LockgateError]] = []
-    for name in names:
-        try:
-            report = run_sync(project, name, console=console, full_resync=full_resync, force=force)
-        except LockgateError as exc:
-            if len(names) == 1:
-                raise
-            # one sync's failure (a guardrail, a broken model) does not stop the others: their
-            # data is independent, and a relationship whose end is missing waits for it
-            failed.append((name, exc))
-            console.warn(f"sync `{name}` failed, the others go on: {exc}")
-            continue
-        reports.append(report)
-        if not as_json:
-            render_report(console, report)
+    with sigterm_stops_like_ctrl_c():
+        for name in names:
+            try:
+                report = run_sync(
+                    project, name, console=console, full_resync=full_resync, force=force
+                )
+            except LockgateError as exc:
+                if len(names) == 1:
+                    raise
+                # one sync's failure (a guardrail, a broken model) does not stop the others:
+                # their data is independent, and a relationship whose end is missing waits
+                failed.append((name, exc))
+                console.warn(f"sync `{name}` failed, the others go on: {exc}")
+                continue
+            reports.append(report)
+            if not as_json:
+                render_report(console, report)
     if as_json:
         runs = [r.as_dict() for r in reports]
         runs += [{"sync": n, "status": "failed", "error": str(e)} for n, e in failed]
