@@ -267,3 +267,39 @@ def test_max_rejected_stops_a_run_whose_model_went_bad_even_on_a_first_run(
     assert "primary key is null" in message  # a sample row's reason
     report = run_sync(project, "profile", console=NullConsole(), force=True)
     assert report.delivered == 10 and len(emu.people()) == 10
+
+
+def test_an_empty_model_never_undoes_a_mirror_sync_without_force(
+    project_factory: ProjectFactory,
+) -> None:
+    """No breaker set: a `mirror` sync whose model comes back empty (a failed upstream run, a
+    truncated table) is still refused before clearing every person it sent, and `plan`
+    shows why; `--force` accepts it once. An upsert sync sends nothing for the rows that left,
+    so it runs."""
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    mirror = PROFILE + "mode: mirror\n"
+    project = project_factory.write(
+        {"profile": mirror, "upserted": PROFILE.replace("name: profile", "name: upserted")}
+    )
+    run_sync(project, "profile", console=NullConsole())
+    run_sync(project, "upserted", console=NullConsole())
+
+    project_factory.sql("delete from users")
+    (guard,) = [
+        g
+        for g in plan_sync(project, "profile", console=NullConsole()).guards
+        if g.name == "empty model"
+    ]
+    assert guard.breached and guard.actual == "0 rows, 20 of 20 people to undo"
+    message = refused(project, "profile", emu)
+    assert "empty model: 0 rows, 20 of 20 people to undo" in message
+    assert "broken upstream" in message
+    assert all(p.attributes.get("plan") for p in emu.people())  # nobody was cleared
+
+    assert run_sync(project, "upserted", console=NullConsole()).status == "success"
+    forced = run_sync(project, "profile", console=NullConsole(), force=True)
+    assert forced.changes.removed_sent == 20
+    assert not any(p.attributes.get("plan") for p in emu.people())
+    # the snapshot is empty now: an empty model has nothing left to undo
+    assert run_sync(project, "profile", console=NullConsole()).status == "success"

@@ -12,6 +12,8 @@ The guardrails (docs/guardrails.md):
 - **type drift**: a column the sync reads changed type family (timestamp, number, string,
   boolean, json, nested...) since the last committed run; only acknowledging it in
   ``guardrails.accept_type_changes`` lets the sync run again (``--force`` does not);
+- **empty model** (always on for `mirror` syncs): no rows while the snapshot has records to
+  undo; ``--force`` accepts it once;
 - **circuit breakers** (`max_changed`, `max_cleared`, `max_removed` for people and objects,
   `max_changed` and `max_removed` for relationships, `max_events` for events and for
   `on_change` events): a share of the previous snapshot (skipped on a first run) or a
@@ -58,6 +60,8 @@ class GuardResult:
     forceable: bool = True
     raise_at: str = "the sync's `guardrails:`"
     """Where a `max_*` limit is raised."""
+    hint: str = ""
+    """What to do about a breach, where the generic hint does not fit."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -310,6 +314,7 @@ def check(
 
         noun = sync.kind  # people, objects or relationships
         people = f"{base:,} {noun}"
+        results.append(_empty_model(sync, changes, base, noun))
         results += [
             _breaker(
                 "max_changed", lim.max_changed, changes.changed, base, f"changed {noun}",
@@ -370,6 +375,35 @@ def check(
     return [r for r in results if r is not None]
 
 
+def _empty_model(sync: SyncConfig, changes: ChangeSet, base: int, noun: str) -> GuardResult | None:
+    """Always on: a model that returns no rows while a `mirror` sync has records to undo.
+
+    An empty model is almost always a broken upstream (a failed dbt run, a truncated or
+    renamed table, lost grants), and in `mirror` mode (relationships mirror by default) the
+    run would clear, delete or unlink every record it ever sent. The circuit breakers are
+    off unless set; this one is not, and `--force` accepts it once (after that run the
+    snapshot is empty and the check passes)."""
+    if sync.effective_mode != "mirror":
+        return None  # nothing is sent for the records that left
+    breached = changes.rows == 0 and changes.removed_sent > 0
+    return GuardResult(
+        "empty model",
+        "rows, or nothing to undo",
+        f"0 rows, {changes.removed_sent:,} of {base:,} {noun} to undo"
+        if breached
+        else f"{changes.rows:,} rows",
+        breached,
+        f"The model returned no rows, so this `mirror` run would undo all {base:,} {noun} it "
+        "has sent (clear their attributes, or delete them with `delete_removed`, or remove "
+        "the relationships). An empty model usually means a broken upstream: a failed "
+        "transformation, a truncated or renamed table, or lost grants."
+        if breached
+        else "",
+        hint=f"check the model's SQL and its tables; if they are meant to be empty now, run "
+        f"`lockgate sync {sync.name} --force` once",
+    )
+
+
 def enforce(sync: SyncConfig, results: list[GuardResult], *, force: bool) -> None:
     """Stop the run when a guardrail is breached, unless `--force` (which never overrides
     a breach that is not ``forceable``: type drift needs a config change)."""
@@ -386,6 +420,12 @@ def enforce(sync: SyncConfig, results: list[GuardResult], *, force: bool) -> Non
             f"{more}. {first.detail}{samples}",
             hint=f"fix the model, or acknowledge the change under `guardrails:` in the sync "
             f"file (`--force` does not override {first.name})",
+        )
+    if first.hint:
+        raise ContractError(
+            f"sync `{sync.name}` stopped before sending anything: {first.name}: {first.actual}"
+            f"{more}. {first.detail}",
+            hint=first.hint,
         )
     if not first.name.startswith("max_"):
         raise ContractError(
