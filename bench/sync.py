@@ -415,10 +415,25 @@ PHASES_DRIVER = textwrap.dedent(
                     note(label, started)
             return inner
         setattr(run, fn, wrap(getattr(run, fn), fn))
-    atexit.register(lambda: sys.stderr.write("LOCKGATE_PHASES " + json.dumps(phases) + "\\n"))
+    def report():
+        sys.stderr.write("LOCKGATE_PHASES " + json.dumps(phases) + "\\n")
+        sys.stderr.flush()
+    atexit.register(report)
+    # the console script leaves with os._exit (no interpreter teardown), past atexit
+    import os
+    leave = os._exit
+    def exit_after_report(code):
+        atexit.unregister(report)
+        report()
+        leave(code)
+    os._exit = exit_after_report
     sys.argv = ["lockgate", *sys.argv[1:]]
-    from lockgate.cli import main
-    sys.exit(main())
+    import lockgate.cli
+    entry = getattr(lockgate.cli, "entry", None)
+    if entry is not None:  # as the `lockgate` console script runs
+        entry()
+    else:
+        sys.exit(lockgate.cli.main())
     """
 )
 

@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from lockgate.cli import main
+from lockgate.cli import entry
 
-main()
+entry()
