@@ -388,7 +388,7 @@ def _empty_model(sync: SyncConfig, changes: ChangeSet, base: int, noun: str) -> 
     breached = changes.rows == 0 and changes.removed_sent > 0
     return GuardResult(
         "empty model",
-        "rows, or nothing to undo",
+        "not empty",
         f"0 rows, {changes.removed_sent:,} of {base:,} {noun} to undo"
         if breached
         else f"{changes.rows:,} rows",
