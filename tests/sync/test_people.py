@@ -359,6 +359,18 @@ attributes: [seats, flags, tags]
     assert person.attributes["tags"] == ["a", None]
 
 
+#: accounts addressed by email alone: two accounts with one email reach one person
+ACCOUNTS_BY_EMAIL = """
+name: accounts
+source: warehouse
+model: {table: accounts}
+kind: people
+primary_key: account_id
+identify_by: {email: email}
+attributes: {plan: plan}
+"""
+
+
 def test_rows_that_reach_one_person_are_reported_not_silently_overwritten(
     project_factory: ProjectFactory,
 ) -> None:
@@ -369,16 +381,7 @@ def test_rows_that_reach_one_person_are_reported_not_silently_overwritten(
         "('a1', 'ada@example.com', 'pro'), ('a2', 'ADA@example.com', 'free'), "
         "('a3', 'bob@example.com', 'free')) t(account_id, email, plan)"
     )
-    accounts = """
-name: accounts
-source: warehouse
-model: {table: accounts}
-kind: people
-primary_key: account_id
-identify_by: {email: email}
-attributes: {plan: plan}
-"""
-    project = project_factory.write({"accounts": accounts})
+    project = project_factory.write({"accounts": ACCOUNTS_BY_EMAIL})
     plan = plan_sync(project, "accounts", console=NullConsole())
     assert plan.changes.shared_person == 2
     assert plan.changes.shared_samples == (("email:ada@example.com", "a1, a2"),)
@@ -402,16 +405,7 @@ def test_a_changed_row_that_reaches_the_person_of_an_unchanged_row_is_reported(
         "('a3', 'bob@example.com', 'free'), ('a4', 'cy@example.com', 'free')) "
         "t(account_id, email, plan)"
     )
-    accounts = """
-name: accounts
-source: warehouse
-model: {table: accounts}
-kind: people
-primary_key: account_id
-identify_by: {email: email}
-attributes: {plan: plan}
-"""
-    project = project_factory.write({"accounts": accounts})
+    project = project_factory.write({"accounts": ACCOUNTS_BY_EMAIL})
     assert run_sync(project, "accounts", console=NullConsole()).delivered == 4
 
     # one of the two accounts of ada changes alone
