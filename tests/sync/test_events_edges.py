@@ -409,3 +409,42 @@ def test_two_events_syncs_with_the_same_key_in_the_same_second_both_arrive(
     for name in ("orders", "signups"):
         assert run_sync(project, name, console=NullConsole(), now=NOW).delivered == 1
     assert sorted(e.name for e in project_factory.emulator.events()) == ["orders", "signups"]
+
+
+# ------------------------------------------------------------------ key columns changing type
+
+
+@pytest.mark.parametrize(
+    "id_spec", ["id: event_id", "id: {hash: [user_id, occurred_at]}"], ids=["column", "hash"]
+)
+def test_a_key_column_changing_type_within_its_family_sends_nothing_twice(
+    project_factory: ProjectFactory, id_spec: str
+) -> None:
+    """A model refactor that turns `timestamp` into `timestamptz` or `timestamp_ns`, or an
+    integer id into a `double` or a `decimal`, passes the type-drift guardrail (same family),
+    so the keys must not change with it: every recent event would be sent again, and trigger
+    its campaigns twice."""
+    shapes = [
+        ("event_id", "user_id", f"{ts(600)}::timestamp - interval (i) second"),
+        ("event_id::double", "user_id::double", f"{ts(600)} - interval (i) second"),
+        (
+            "event_id::decimal(12,2)",
+            "user_id::decimal(12,2)",
+            f"({ts(600)}::timestamp - interval (i) second)::timestamp_ns",
+        ),
+    ]
+    project = project_factory.write({"activity": EVENTS.replace("id: event_id", id_spec)})
+    for n, (event_id, user_id, at) in enumerate(shapes):
+        project_factory.sql(
+            f"""
+            create or replace table events as
+            select {event_id} as event_id, {user_id} as user_id, 'Used' as event_name,
+                   {at} as occurred_at, 'f' as feature
+            from (select i, 100 + i as event_id, i as user_id from range(3) t(i))
+            """
+        )
+        report = run(project)
+        assert report.status == "success"
+        expected = (3, 0) if n == 0 else (0, 3)  # (delivered, already delivered)
+        assert (report.delivered, report.changes.already_delivered) == expected
+    assert len(project_factory.emulator.events()) == 3

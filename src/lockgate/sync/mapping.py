@@ -690,17 +690,29 @@ def _on_change_sql(
     return ident, extra
 
 
-def _is_timestamptz(col_type: str) -> bool:
-    return col_type.upper() in ("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ")
-
-
 def _key_text(column: str, col_type: str) -> str:
-    """SQL for a column's text in an event key. A `TIMESTAMPTZ` is written in UTC (as a
-    machine set to UTC writes it), not in the time zone of the machine that runs the sync."""
+    """SQL for a column's text in an event key: one text per value whatever the column's type
+    within its family, so a model whose key column changes type between runs (`timestamp` to
+    `timestamptz`, `date` to `timestamp`, `integer` to `double` or `decimal`, which pass the
+    type-drift guardrail) keeps its keys, and its delivered events are not sent again.
+
+    A timestamp or date is its UTC instant (a naive one is UTC, as everywhere in Lockgate) with
+    `+00`; a whole float or decimal is its integer's text, any other decimal its text without
+    trailing zeros (`7.50` as `7.5`, a float's own text)."""
     c = q(column)
-    if _is_timestamptz(col_type):
-        utc = f"timezone('UTC', {c})::varchar || '+00'"
+    if _is(col_type, ("TIMESTAMP", "DATE")):  # any precision, with or without a time zone
+        utc = f"timezone('UTC', {c}::timestamptz)::varchar || '+00'"
         return f"case when isfinite({c}) then {utc} else {c}::varchar end"
+    if _is(col_type, ("FLOAT", "DOUBLE")):
+        return (
+            f"case when isfinite({c}) and {c} = floor({c}) and abs({c}) < 1e38 "
+            f"then {c}::hugeint::varchar else {c}::varchar end"
+        )
+    if _is(col_type, ("DECIMAL",)):
+        return (
+            f"case when {c} = floor({c}) then {c}::hugeint::varchar "
+            f"else rtrim({c}::varchar, '0') end"
+        )
     return f"{c}::varchar"
 
 
@@ -718,7 +730,7 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
                 f"sync `{sync.name}`: event id column `{event.id.column}` is not in the model",
                 hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
             )
-        key_sql = f"nullif({q(event.id.column)}::varchar, '')"
+        key_sql = f"nullif({_key_text(event.id.column, columns[event.id.column])}, '')"
         used.append(event.id.column)
     elif event.id.hash:
         for col in event.id.hash:
