@@ -20,7 +20,8 @@ import os
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from lockgate.errors import ConfigError
 from lockgate.project.identity import IdentityConfig
@@ -261,6 +262,72 @@ def _expand_fields(value: Any) -> Any:
     return value
 
 
+# Customer.io's limits on the names and the number of attributes in one call (reference §9)
+MAX_NAME_BYTES = 150
+MAX_ATTRIBUTES = 300
+
+# people `attributes:` keys that change who the person is or how Customer.io treats the
+# request instead of setting an attribute (reference §1.2; `_relationship` from the objects
+# docs). `email`, `created_at`, `unsubscribed` and `cio_subscription_preferences(.…)` are
+# documented attribute uses and stay allowed.
+_PEOPLE_RESERVED = {
+    "id": "sent as an attribute it sets or changes the person's id in Customer.io; identify "
+    "people with `identify_by: {id: COLUMN}`, or rename the attribute (e.g. `external_id`)",
+    "cio_id": "it is Customer.io's own immutable id for the person; address people by it with "
+    "`identify_by: {cio_id: COLUMN}`, or rename the attribute",
+    "anonymous_id": "it links that anonymous visitor's earlier events to the person instead of "
+    "storing a value; link visitors through `identity:` (docs/identity.md), or rename the "
+    "attribute",
+    "_update": "it makes the identify update-only (never create) instead of storing a value; "
+    "use `mode: update` for that, or rename the attribute",
+    "_timestamp": "it tells Customer.io when the update happened (to order updates) instead "
+    "of storing a value; rename the attribute",
+    "cio_relationships": "it adds or removes relationships to objects instead of storing a "
+    "value; use a `relationships` sync (docs/sync.md)",
+    "_relationship": "Customer.io reserves it for relationship-triggered campaigns; rename the "
+    "attribute",
+}
+# object and relationship attributes Customer.io reserves (its objects docs, reference §3)
+_OBJECT_RESERVED = {
+    "object_id": "it is the object's identifier; rename the attribute",
+    "objectId": "Customer.io reads it as the object's identifier; rename the attribute",
+    "cio_object_id": "it is Customer.io's own immutable id for the object; rename the attribute",
+    "relationship": "Customer.io reserves it for reaching relationships in liquid; rename the "
+    "attribute",
+    "_relationship": "Customer.io reserves it for relationship-triggered campaigns; rename the "
+    "attribute",
+}
+# event data keys Customer.io reads as message settings (reference §1.4)
+MESSAGE_OVERRIDES = {
+    "recipient": "the recipient",
+    "from_address": "the sender",
+    "reply_to": "the reply-to address",
+}
+
+
+def _error_at(loc: tuple[str | int, ...], message: str) -> ValidationError:
+    """A validation error at ``loc``, so that the loader names that key's own line."""
+    error = PydanticCustomError("value_error", message)
+    return ValidationError.from_exception_data(
+        "SyncConfig", [InitErrorDetails(type=error, loc=loc, input=None)]
+    )
+
+
+def _check_name(loc: tuple[str | int, ...], what: str, name: str) -> None:
+    """A name Customer.io takes: not blank, at most 150 bytes of UTF-8."""
+    if not name.strip():
+        raise _error_at(loc, f"{what} name is empty; give it a name (`name: column`)")
+    size = len(name.encode())
+    if size > MAX_NAME_BYTES:
+        shown = name if len(name) <= 40 else name[:40] + "…"
+        raise _error_at(
+            loc,
+            f"{what} name `{shown}` is {size} bytes; Customer.io refuses names over "
+            f"{MAX_NAME_BYTES} bytes (UTF-8). Give it a shorter name and keep the column with "
+            "`short_name: {column: ...}`",
+        )
+
+
 class ModelRef(StrictModel):
     """Where a sync's rows come from: a table, inline SQL, or a `.sql` file."""
 
@@ -455,16 +522,24 @@ class SyncConfig(StrictModel):
     object_id: str | None = None
     """`relationships`: the column holding the object id the person is related to."""
     relationship_attributes: dict[str, FieldConfig] = Field(default_factory=dict)
-    """`relationships`: attribute name → column or field spec, stored on the relationship."""
+    """`relationships`: attribute name → column or field spec, stored on the relationship
+    (at most 300, names up to 150 bytes)."""
     on_change: list[OnChangeConfig] = Field(default_factory=list)
     """`people` and `objects`: events fired when a mapped attribute changes value (an object's
     go to the people related to it)."""
     attributes: dict[str, FieldConfig] = Field(default_factory=dict)
-    """`people`: attribute name → column or field spec (also accepts a list of column names)."""
+    """`people` and `objects`: attribute name → column or field spec (also accepts a list of
+    column names). At most 300, names up to 150 bytes; names Customer.io reads as something
+    other than an attribute (`id`, `_update`, `object_id`...) are refused (docs/sync.md)."""
     event: EventConfig | None = None
     """`events`: name, timestamp and id."""
     properties: dict[str, FieldConfig] = Field(default_factory=dict)
-    """`events`: property name → column or field spec (also accepts a list of column names)."""
+    """`events`: property name → column or field spec (also accepts a list of column names);
+    names up to 150 bytes."""
+    allow_message_overrides: bool = False
+    """`events` and `on_change`: allow event properties named `recipient`, `from_address` or
+    `reply_to`. Customer.io reads them as the recipient, sender and reply-to of every message a
+    campaign triggered by the event sends, so such a property is an error unless this is set."""
     backfill: BackfillConfig = Field(default_factory=BackfillConfig)
     """`events`: what to do with old events."""
     on_null: NullPolicy = "skip"
@@ -549,6 +624,51 @@ class SyncConfig(StrictModel):
                 raise ValueError("`attributes` belong to `people` syncs; use `properties`")
         if self.delete_removed and self.effective_mode != "mirror":
             raise ValueError("`delete_removed` only applies with `mode: mirror`")
+        return self
+
+    @model_validator(mode="after")
+    def _customerio_names(self) -> SyncConfig:
+        """Attribute and property names Customer.io refuses, or reads as something else."""
+        maps: list[tuple[tuple[str | int, ...], str, dict[str, FieldConfig]]] = [
+            (("attributes",), "attribute", self.attributes),
+            (("relationship_attributes",), "relationship attribute", self.relationship_attributes),
+            (("properties",), "event property", self.properties),
+        ]
+        maps += [
+            (("on_change", i, "properties"), "event property", change.properties)
+            for i, change in enumerate(self.on_change)
+        ]
+        for loc, what, fields in maps:
+            for name in fields:
+                _check_name((*loc, name), what, name)
+                people = what == "attribute" and self.kind == "people"
+                reserved = _PEOPLE_RESERVED if people else _OBJECT_RESERVED
+                why = reserved.get(name) if what != "event property" else None
+                if why is not None:
+                    raise _error_at((*loc, name), f"{what} `{name}` is reserved: {why}")
+                if what == "event property" and name in MESSAGE_OVERRIDES:
+                    if not self.allow_message_overrides:
+                        raise _error_at(
+                            (*loc, name),
+                            f"event property `{name}` overrides {MESSAGE_OVERRIDES[name]} of "
+                            "every message a campaign triggered by this event sends; if that is "
+                            "meant, set `allow_message_overrides: true` in this sync, otherwise "
+                            "rename the property",
+                        )
+            count = len(fields)
+            implicit = ""
+            if what == "attribute" and self.kind == "people":
+                if "email" in self.identify_by and "email" not in fields:
+                    count += 1
+                    implicit = " (with the `email` that `identify_by` adds)"
+            if what != "event property" and count > MAX_ATTRIBUTES:
+                raise _error_at(
+                    loc,
+                    f"{count} {what}s in one call{implicit}; Customer.io refuses more than "
+                    f'{MAX_ATTRIBUTES} ("cannot identify more than 300 attributes in one '
+                    'request"), so every row would fail. Map at most 300: drop some, or '
+                    "gather related ones into one `type: json` attribute",
+                )
         return self
 
     @property
