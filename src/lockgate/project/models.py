@@ -726,6 +726,10 @@ class ProjectConfig(StrictModel):
     """Project name."""
     state: str = ".lockgate"
     """Where snapshots, ledgers and run history live: a folder (embedded, the default)."""
+    history_days: int | None = Field(default=90, ge=1)
+    """Days of per-record history (`lockgate history`) and rejected rows kept; older ones are
+    dropped at the end of each run. `null` keeps everything. Snapshots and event ledgers are
+    never dropped: they are what keeps every send exact."""
     sources: dict[str, SourceConfig]
     """Warehouses by name."""
     destinations: dict[str, DestinationConfig] = Field(

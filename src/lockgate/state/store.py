@@ -27,7 +27,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -452,6 +452,23 @@ class StateStore:
             [datetime.now(UTC), status, orjson.dumps(counts).decode(), error, run_id],
         )
         self._write_runs_log()
+
+    def prune_history(self, days: int) -> int:
+        """Drop the per-record history and the rejected rows older than ``days`` days; returns
+        the history rows dropped. Runs (one row each) stay. Snapshots, ledgers and journals
+        are never pruned: they are what keeps sends exact.
+        History is appended in time order, so DuckDB's row-group min/max on the time skips
+        the rest: a run that drops nothing pays almost nothing."""
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        self.exec_sql("begin")
+        try:
+            dropped = self.exec_sql("delete from history where sent_at < ?", [cutoff])[0][0]
+            self.exec_sql("delete from rejected where rejected_at < ?", [cutoff])
+            self.exec_sql("commit")
+        except duckdb.Error:
+            self.exec_sql("rollback")
+            raise
+        return int(dropped or 0)
 
     def _write_runs_log(self) -> None:
         """Copy the latest runs to `runs.json` beside the database (atomically), so

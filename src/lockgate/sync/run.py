@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import duckdb
 import orjson
 import pyarrow as pa
 
@@ -607,4 +608,10 @@ def run_sync(
             identity_ops=_op_payloads(identity_ops),
         )
         store.finish_run(run_id, status, report.as_dict())
+        days = project.config.history_days
+        if days is not None:
+            try:
+                store.prune_history(days)
+            except duckdb.Error as exc:  # the run itself is committed; prune next time
+                console.warn(f"{name}: could not drop history older than {days} days: {exc}")
     return report
