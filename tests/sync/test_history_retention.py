@@ -9,23 +9,10 @@ from lockgate.project.loader import load_project
 from lockgate.state.store import StateStore
 from lockgate.sync.run import run_sync
 
+from .test_delivery_edges import EVENTS
+from .test_delivery_edges import seed_events as events
+
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
-
-EVENTS = """
-name: activity
-source: warehouse
-model: {table: events}
-kind: events
-identify_by: {id: user_id}
-event: {name: {value: Used}, id: event_id, timestamp: at}
-"""
-
-
-def events(factory: ProjectFactory, n: int) -> None:
-    factory.sql(
-        "create or replace table events as select 'e' || i as event_id, i as user_id, "
-        f"now() - interval 1 hour as at from range({n}) t(i)"
-    )
 
 
 def history_keys(project: Any) -> list[str]:

@@ -38,6 +38,19 @@ def write_project(root: Path, sources: str | None = None, webhooks: str = "") ->
     return load_project(root)
 
 
+def postgres_project(
+    root: Path, dsn: str, monkeypatch: pytest.MonkeyPatch, dataset: str
+) -> Project:
+    """A project loading webhooks into schema ``dataset`` of the Postgres at ``dsn`` (through
+    `${WAREHOUSE_URL}`, as a user would keep the password out of the file)."""
+    monkeypatch.setenv("WAREHOUSE_URL", dsn)
+    return write_project(
+        root,
+        sources="  warehouse: {type: postgres, url: '${WAREHOUSE_URL}'}\n",
+        webhooks=f"webhooks: {{dataset: {dataset}}}\n",
+    )
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
     return write_project(tmp_path / "proj")

@@ -16,7 +16,7 @@ from lockgate.project.loader import Project
 from lockgate.webhooks.load import load_pending
 from lockgate.webhooks.spool import Spool
 
-from .conftest import signed, write_project
+from .conftest import postgres_project, signed
 
 URL = "/webhooks/customerio"
 
@@ -102,12 +102,7 @@ def test_nul_character_does_not_block_postgres_loads(
     """Postgres text and jsonb cannot hold U+0000: one such subject failed every later load."""
     import psycopg
 
-    monkeypatch.setenv("WAREHOUSE_URL", postgres_dsn)
-    project = write_project(
-        tmp_path / "pg",
-        sources="  warehouse: {type: postgres, url: '${WAREHOUSE_URL}'}\n",
-        webhooks="webhooks: {dataset: cio_nul}\n",
-    )
+    project = postgres_project(tmp_path / "pg", postgres_dsn, monkeypatch, "cio_nul")
     spool = Spool(project.root / ".lockgate/webhooks")
     good = make_event("email", "sent")
     bad = make_event("email", "sent")

@@ -17,7 +17,7 @@ from lockgate.webhooks.load import load_pending
 from lockgate.webhooks.schemas import table_for
 from lockgate.webhooks.spool import Spool
 
-from .conftest import write_project
+from .conftest import postgres_project, write_project
 
 
 def spool_events(spool: Spool, events: list[dict[str, Any]]) -> None:
@@ -182,12 +182,7 @@ def test_busy_duckdb_file_is_a_clear_transient_error(project: Project, spool: Sp
 def test_postgres_loading(tmp_path, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import psycopg
 
-    monkeypatch.setenv("WAREHOUSE_URL", postgres_dsn)
-    project = write_project(
-        tmp_path / "pg",
-        sources="  warehouse: {type: postgres, url: '${WAREHOUSE_URL}'}\n",
-        webhooks="webhooks: {dataset: cio_events}\n",
-    )
+    project = postgres_project(tmp_path / "pg", postgres_dsn, monkeypatch, "cio_events")
     spool = Spool(project.root / ".lockgate/webhooks")
     try:
         events = every_variant()

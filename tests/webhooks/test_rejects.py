@@ -18,7 +18,7 @@ from lockgate.project.loader import Project
 from lockgate.webhooks.load import load_pending
 from lockgate.webhooks.spool import Spool
 
-from .conftest import write_project
+from .conftest import postgres_project
 
 
 def spool_events(spool: Spool, events: list[dict[str, Any]]) -> None:
@@ -143,12 +143,7 @@ def test_a_warehouse_that_refuses_everything_quarantines_nothing(
     with psycopg.connect(postgres_dsn, autocommit=True) as con:
         con.execute("drop role if exists lg_reader")
         con.execute("create role lg_reader login")
-    monkeypatch.setenv("WAREHOUSE_URL", postgres_dsn)
-    project = write_project(
-        tmp_path / "pg",
-        sources="  warehouse: {type: postgres, url: '${WAREHOUSE_URL}'}\n",
-        webhooks="webhooks: {dataset: cio_denied}\n",
-    )
+    project = postgres_project(tmp_path / "pg", postgres_dsn, monkeypatch, "cio_denied")
     spool = Spool(project.root / ".lockgate/webhooks")
     try:
         spool_events(spool, [make_event("email", "sent")])
@@ -171,12 +166,7 @@ def test_postgres_reject_is_retried_once_the_cause_is_fixed(
     """A column made narrower by hand refuses a long value; widen it and retry."""
     import psycopg
 
-    monkeypatch.setenv("WAREHOUSE_URL", postgres_dsn)
-    project = write_project(
-        tmp_path / "pg",
-        sources="  warehouse: {type: postgres, url: '${WAREHOUSE_URL}'}\n",
-        webhooks="webhooks: {dataset: cio_rejects}\n",
-    )
+    project = postgres_project(tmp_path / "pg", postgres_dsn, monkeypatch, "cio_rejects")
     spool = Spool(project.root / ".lockgate/webhooks")
     try:
         first = make_event("email", "sent")

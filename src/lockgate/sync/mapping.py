@@ -503,9 +503,9 @@ def _id_text(column: str, col_type: str) -> str:
     return f"{c}::varchar"
 
 
-def _id_checks(column: str, col_type: str, what: str) -> list[str]:
+def _id_checks(column: str, col_type: str, what: str, text: str) -> list[str]:
     """The reject check of a number column that :func:`_id_text` cannot name (none for text
-    and integer columns)."""
+    and integer columns); ``text`` is the computed column holding its id text."""
     if _is(col_type, ("FLOAT", "DOUBLE")):
         why = "` is not a whole number a float holds exactly (up to 2^53)"
     elif _is(col_type, ("DECIMAL",)):
@@ -514,7 +514,7 @@ def _id_checks(column: str, col_type: str, what: str) -> list[str]:
         return []
     c = q(column)
     return [
-        f"case when {c} is not null and {_id_text(column, col_type)} is null then "
+        f"case when {c} is not null and {text} is null then "
         f"{lit(f'column `{column}` ({what}): value `')} || {c}::varchar || "
         f"{lit(why + CAST_THE_ID)} end"
     ]
@@ -558,7 +558,7 @@ def identifier_sql(
     checks = [
         check
         for target, col in chosen.items()
-        for check in _id_checks(col, columns[col], f"identifier `{target}`")
+        for check in _id_checks(col, columns[col], f"identifier `{target}`", q(f"__id_{target}"))
     ]
     for target, expression in list(values.items()):
         alias = f"__id_{target}"
@@ -866,7 +866,7 @@ def compile_objects(sync: SyncConfig, columns: dict[str, str], default_on_null: 
     type_id = orjson.dumps(sync.object_type_id).decode()
     ident = f"'{{\"object_type_id\":{type_id},\"object_id\":' || to_json(__obj) || '}}'"
     checks = [
-        *_id_checks(key_column, columns[key_column], "object id"),
+        *_id_checks(key_column, columns[key_column], "object id", "__obj"),
         f"case when __obj is null then {lit(f'column `{key_column}`: object id is null')} end",
         f"case when strlen(__obj) > {MAX_OBJECT_ID_BYTES} then "
         f"{lit(f'column `{key_column}`: object id is over {MAX_OBJECT_ID_BYTES} bytes')} end",
@@ -913,7 +913,7 @@ def compile_relationships(
     obj = f"'{{\"object_type_id\":{type_id},\"object_id\":' || to_json(__obj) || '}}'"
     ident = f"'{{\"person\":' || {identifiers} || ',\"object\":' || {obj} || '}}'"
     checks += [
-        *_id_checks(sync.object_id, obj_type, "object id"),
+        *_id_checks(sync.object_id, obj_type, "object id", "__obj"),
         f"case when __obj is null then {lit(f'column `{sync.object_id}`: object id is null')} end",
         *fields.checks,
     ]
