@@ -168,7 +168,7 @@ def scan_and_hash(path: Path) -> float:
 
 @dataclass(frozen=True)
 class Proc:
-    """A finished process: wall seconds, peak RSS (bytes), exit status, output."""
+    """A finished process: wall seconds, peak RSS (bytes), exit status, output, CPU seconds."""
 
     seconds: float
     peak_rss: int
@@ -176,6 +176,7 @@ class Proc:
     stdout: str
     stderr: str
     killed: bool = False
+    cpu: float = 0.0
 
 
 #: Runs argv[2:] and writes its own wall time and peak RSS to argv[1]. Measured processes start
@@ -197,7 +198,8 @@ MEASURE = textwrap.dedent(
     seconds = time.perf_counter() - started
     child.returncode = code = os.waitstatus_to_exitcode(status)
     with open(sys.argv[1], "w") as fh:
-        json.dump({"seconds": seconds, "maxrss_kb": usage.ru_maxrss}, fh)
+        cpu = usage.ru_utime + usage.ru_stime
+        json.dump({"seconds": seconds, "maxrss_kb": usage.ru_maxrss, "cpu": cpu}, fh)
     sys.exit(code if code >= 0 else 128 - code)
     """
 )
@@ -210,11 +212,11 @@ def measured(args: list[str]) -> tuple[list[str], Path]:
     return [sys.executable, "-c", MEASURE, name, *args], Path(name)
 
 
-def read_measure(path: Path) -> tuple[float, int]:
-    """(seconds, peak RSS bytes) written by MEASURE."""
+def read_measure(path: Path) -> tuple[float, int, float]:
+    """(seconds, peak RSS bytes, CPU seconds: user + system) written by MEASURE."""
     doc = json.loads(path.read_text())
     path.unlink()
-    return float(doc["seconds"]), int(doc["maxrss_kb"]) * 1024
+    return float(doc["seconds"]), int(doc["maxrss_kb"]) * 1024, float(doc["cpu"])
 
 
 def run_measured(
@@ -246,7 +248,7 @@ def run_measured(
                 break
             time.sleep(0.05)
     proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
-    seconds, peak = read_measure(figures)
+    seconds, peak, cpu = read_measure(figures)
     out.seek(0)
     err.seek(0)
     return Proc(
@@ -256,6 +258,7 @@ def run_measured(
         out.read().decode(errors="replace"),
         err.read().decode(errors="replace"),
         killed,
+        cpu,
     )
 
 
@@ -642,7 +645,7 @@ def run_drt(warehouse: Path, url: str, rows: int, seconds: float, workdir: Path)
             break
         time.sleep(2.0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    wall, peak = read_measure(figures)
+    wall, peak, _ = read_measure(figures)
     done = ingested(url)
     out.seek(0)
     log = out.read().decode(errors="replace")
@@ -1021,7 +1024,7 @@ def report(n: int, r: dict[str, Any], args: argparse.Namespace) -> None:
         f"{full_rate:,.0f}",
         f"{full.peak_rss / MiB:,.0f} MiB",
         f"{r['full_delivered']:,} delivered, emulator has {r['full_ingested']:,}; "
-        f"emulator CPU {r['full_emu_cpu']:.1f} s",
+        f"Lockgate CPU {full.cpu:.1f} s, emulator CPU {r['full_emu_cpu']:.1f} s",
     )
     table.add_row(
         "lockgate sync (incremental, 1%)",
