@@ -73,3 +73,36 @@ def test_per_route_override_hits_only_that_route() -> None:
 def test_fault_fractions_are_checked() -> None:
     with pytest.raises(ConfigError, match="not fractions"):
         FaultConfig(error_5xx=0.7, reset=0.6)
+
+
+def test_rejected_people_get_a_207_entry_like_a_real_error_and_nothing_applied() -> None:
+    emu = Emulator(EmulatorConfig(faults=FaultConfig(reject_people=frozenset({"2", "b@x.io"}))))
+    ops = [
+        {"type": "person", "action": "identify", "identifiers": {"id": str(i)}, "attributes": {}}
+        for i in range(4)
+    ]
+    ops.append(
+        {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {"email": "b@x.io"},
+            "attributes": {},
+        }
+    )
+    # a real per-item error in the same batch, to compare the shape with
+    ops.append({"type": "person", "action": "identify", "identifiers": {}, "attributes": {}})
+    with emu.client(auth=emu.track_auth) as client:
+        r = client.post("/api/v2/batch", json={"batch": ops})
+        one = client.post("/api/v2/entity", json=ops[2])
+    assert r.status_code == 207
+    errors = r.json()["errors"]
+    assert [e["batch_index"] for e in errors] == [2, 4, 5]
+    assert all(set(e) == {"batch_index", "reason", "field", "message"} for e in errors)
+    assert errors[0]["field"] == "identifiers.id" and "reject_people" in errors[0]["message"]
+    assert one.status_code == 400 and "reject_people" in one.json()["errors"][0]["message"]
+    assert sorted(p.id or "" for p in emu.people()) == ["0", "1", "3"]
+
+
+def test_reject_people_must_be_identifiers_not_one_text() -> None:
+    with pytest.raises(ConfigError, match="not a set"):
+        FaultConfig(reject_people="42")  # type: ignore[arg-type]

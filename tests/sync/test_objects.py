@@ -259,3 +259,51 @@ def test_numeric_object_ids_name_the_object_by_its_integer(
         "column `company_id` (object id): value `7.5` is not a whole number a float holds "
         "exactly (up to 2^53); cast the column to bigint or text in the model"
     )
+
+
+def test_json_values_over_1000_bytes_reject_the_object_or_relationship_naming_the_column(
+    project_factory: ProjectFactory,
+) -> None:
+    """Object and relationship attributes have Customer.io's 1,000-byte value limit too: a
+    json value over it rejects its row at mapping, naming the column; the others are sent."""
+    project_factory.sql(
+        """
+        create or replace table companies as select * from (values
+          ('acme', {'tier': 'gold', 'note': repeat('n', 975)}),  -- 1000 bytes
+          ('globex', {'tier': 'free', 'note': repeat('n', 990)})
+        ) t(company_id, profile);
+        create or replace table users as select * from (values (1, 'Ada'), (2, 'Grace'))
+          t(user_id, first_name);
+        create or replace table members as select * from (values
+          (1, 'acme', '{"scopes": ["billing"]}'),
+          (2, 'acme', '{"scopes": ["' || repeat('s', 1000) || '"]}')
+        ) t(user_id, company_id, grants);
+        """
+    )
+    companies = COMPANIES.replace(
+        "attributes: {name: name, plan: plan, seats: {column: seats, type: integer}}",
+        "attributes: {profile: profile}",
+    )
+    memberships = MEMBERSHIPS.replace(
+        "relationship_attributes: {role: role}",
+        "relationship_attributes: {grants: {column: grants, type: json}}",
+    )
+    project = project_factory.write(
+        {"companies": companies, "people": PEOPLE, "memberships": memberships}
+    )
+    reports = run_all(project)
+    assert [r.rejected_by_api for r in reports.values()] == [0, 0, 0]
+    assert dict(reports["companies"].changes.rejected_samples) == {
+        "globex": "column `profile` (field `profile`): value is 1015 bytes as sent, over the "
+        "1000-byte limit of Customer.io; trim it in the model or map its parts to separate "
+        "attributes"
+    }
+    [(_, reason)] = reports["memberships"].changes.rejected_samples
+    assert reason.startswith("column `grants` (field `grants`): value is 1015 bytes as sent")
+    emu = project_factory.emulator
+    objects = {o.object_id: o.attributes for o in emu.objects()}
+    assert objects == {"acme": {"profile": {"tier": "gold", "note": "n" * 975}}}
+    by_cio = {p.cio_id: p.id for p in emu.people()}
+    assert [(by_cio.get(r.person), r.object_id, r.attributes) for r in emu.relationships()] == [
+        ("1", "acme", {"grants": {"scopes": ["billing"]}})
+    ]

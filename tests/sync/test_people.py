@@ -134,6 +134,99 @@ def test_bad_rows_are_rejected_with_reasons_and_good_rows_go_on(
     assert emu.person(id="1") is not None and emu.person(id="4") is None
 
 
+JSON_VALUES = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes:
+  doc: {column: doc, type: json}
+  tags: tags
+  nums_text: {column: nums, type: string}
+  address: address
+"""
+
+
+def test_json_values_over_1000_bytes_as_sent_are_rejected_naming_the_column(
+    project_factory: ProjectFactory,
+) -> None:
+    """Customer.io refuses an attribute value over 1,000 bytes: a string by its own UTF-8
+    bytes, any other value by its JSON's. Lockgate measures what it sends (a `json` field's
+    text without the model's whitespace, a list as text for a `string` field) and rejects the
+    row before sending, naming the column; the rows at the limit are delivered and kept."""
+    e496 = "repeat('é', 496)"  # 992 bytes of UTF-8
+    ones = "list_transform(range(331), lambda x: 1)"  # `[10, 1, ...]` as text: 3 bytes a number
+    project_factory.sql(
+        f"""
+        create or replace table users as select user_id,
+          coalesce(doc, '{{"x":1}}') as doc, coalesce(tags, ['a']) as tags,
+          coalesce(nums, [1]) as nums, coalesce(address, {{'city': 'Oslo'}}) as address
+        from (values
+          (1, null, null, null, null),
+          (2, '{{"x":"' || {e496} || '"}}', null, null, null),      -- 1000 bytes
+          (3, '{{"x":"' || {e496} || 'a"}}', null, null, null),     -- 1001 bytes
+          (4, '{{ "x" : "' || {e496} || '" }}', null, null, null),  -- 1000 bytes as sent
+          (5, '"' || repeat('z', 1000) || '"', null, null, null),   -- a string: 1000 bytes
+          (6, '"' || repeat('z', 1001) || '"', null, null, null),
+          (7, null, [repeat('t', 496), repeat('t', 497)], null, null),  -- 1000 bytes
+          (8, null, [repeat('t', 497), repeat('t', 497)], null, null),
+          (9, null, null, [10, 1] || {ones}, null),                     -- text: 1000 bytes
+          (10, null, null, [10, 10] || {ones}, null),
+          (11, null, null, null, {{'city': repeat('c', 1200)}})
+        ) t(user_id, doc, tags, nums, address)
+        """
+    )
+    project = project_factory.write({"profile": JSON_VALUES})
+    report = run_sync(project, "profile", console=NullConsole())
+
+    reasons = dict(report.changes.rejected_samples)
+    assert sorted(reasons, key=int) == ["3", "6", "8", "10", "11"]
+    assert reasons["3"] == (
+        "column `doc` (field `doc`): value is 1001 bytes as sent, over the 1000-byte limit of "
+        "Customer.io; trim it in the model or map its parts to separate attributes"
+    )
+    assert "column `doc` (field `doc`): value is 1001 bytes" in reasons["6"]
+    assert "column `tags` (field `tags`): value is 1001 bytes" in reasons["8"]
+    assert "column `nums` (field `nums_text`): value is 1001 bytes" in reasons["10"]
+    assert "column `address` (field `address`): value is 1211 bytes" in reasons["11"]
+    assert (report.status, report.delivered, report.rejected_by_api) == ("success", 6, 0)
+    people = {p.id: p.attributes for p in project_factory.emulator.people()}
+    assert sorted(people, key=int) == ["1", "2", "4", "5", "7", "9"]
+    assert people["1"] == {
+        "doc": {"x": 1},
+        "tags": ["a"],
+        "nums_text": "[1]",
+        "address": {"city": "Oslo"},
+    }
+    assert people["2"]["doc"] == people["4"]["doc"] == {"x": "é" * 496}
+    assert people["5"]["doc"] == "z" * 1000
+    assert people["7"]["tags"] == ["t" * 496, "t" * 497]
+    assert len(people["9"]["nums_text"]) == 1000
+
+
+@pytest.mark.parametrize(
+    ("field", "said"),
+    [
+        ("  terms: {value: " + "é" * 501 + "}", "the `value` of field `terms` is 1002 bytes"),
+        (
+            "  plan: {column: plan, on_null: default, default: [" + "1," * 500 + "1]}",
+            "the `default` of field `plan` is 1003 bytes",
+        ),
+    ],
+)
+def test_a_constant_or_default_over_1000_bytes_stops_the_sync_before_sending(
+    project_factory: ProjectFactory, field: str, said: str
+) -> None:
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE.replace("  plan: plan", field)})
+    with pytest.raises(StepError) as caught:
+        run_sync(project, "profile", console=NullConsole())
+    assert f"{said}, over the 1000-byte limit of Customer.io for one value" in str(caught.value)
+    assert project_factory.emulator.people() == []
+
+
 def test_mirror_clears_people_who_leave_the_model(project_factory: ProjectFactory) -> None:
     project_factory.sql(USERS)
     mirror = PROFILE.replace("mode: upsert", "") + "mode: mirror\n"

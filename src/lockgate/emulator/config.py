@@ -84,9 +84,20 @@ class FaultConfig:
     applied_then_failed: bool = False
     """When true, 5xx/429/timeout/reset faults happen *after* the request was fully applied (for
     idempotency tests). When false (default) a faulted request applied nothing."""
+    reject_people: frozenset[str] = frozenset()
+    """Person identifier values (an ``id``, an ``email`` or a ``cio_id``, as sent) whose Track v2
+    person operations are refused as invalid items: a 207 error entry in a batch (400 from
+    ``/entity``), nothing of the operation applied, the other items accepted. It stands for a
+    record the workspace refuses for a reason the sender cannot check beforehand."""
 
     def __post_init__(self) -> None:
         _check_fractions(self.error_5xx, self.error_429, self.timeout, self.reset)
+        if isinstance(self.reject_people, str):
+            raise ConfigError(
+                f"`reject_people` is the text `{self.reject_people}`, not a set of identifiers",
+                hint='give a set of identifier values, e.g. frozenset({"42"})',
+            )
+        object.__setattr__(self, "reject_people", frozenset(self.reject_people))
 
     def rates_for(self, surface: str, route: str | None = None) -> FaultRates:
         """Rates for a route (e.g. ``/api/v2/batch``), else its surface, else the defaults."""

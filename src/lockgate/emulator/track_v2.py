@@ -178,6 +178,12 @@ def _person(op: dict[str, Any], rt: Runtime) -> Apply:
         phone=cfg.phone_identifiers,
         anonymous=action in EVENT_ACTIONS,
     )
+    if ref[1] in cfg.faults.reject_people:
+        raise ItemError(
+            "invalid",
+            f"identifiers.{ref[0]}",
+            f"emulator fault: {ref[0]} `{ref[1]}` is refused (FaultConfig.reject_people)",
+        )
     if action == "identify":
         attrs = L.check_attributes(op.get("attributes"), "attributes")
         ts = L.check_timestamp(op.get("timestamp"))
@@ -451,6 +457,11 @@ def fast_identifies(ops: list[Any], start: int, run: IdentifyRun) -> int:
     return len(ops)
 
 
+def _no_fast_path(ops: list[Any], start: int, run: IdentifyRun) -> int:
+    """:func:`fast_identifies` accepting nothing: every op goes to :func:`plan`."""
+    return start
+
+
 def _identify_run(run: IdentifyRun) -> Apply:
     return lambda s: s.identify_many(run, SOURCE)
 
@@ -498,7 +509,9 @@ def _batch(rt: Runtime, body: bytes, started: float) -> Response:
     plans: list[Apply] = []
     run = IdentifyRun()  # consecutive fast identifies, applied as one unit
     accepted = 0
-    i = fast_identifies(ops, 0, run)
+    # refused people are found by the exact path only: the fast one stays as it is
+    fast = _no_fast_path if rt.config.faults.reject_people else fast_identifies
+    i = fast(ops, 0, run)
     while i < len(ops):
         op = ops[i]
         if run:
@@ -512,7 +525,7 @@ def _batch(rt: Runtime, body: bytes, started: float) -> Response:
             accepted += 1
         except ItemError as exc:
             errors.append({"batch_index": i, **exc.to_json()})
-        i = fast_identifies(ops, i + 1, run)
+        i = fast(ops, i + 1, run)
     if run:
         plans.append(_identify_run(run))
         accepted += len(run)

@@ -166,6 +166,46 @@ def json_is_text(col_type: str, ftype: str) -> bool:
     return ftype == "auto" and _is(col_type, (*TIMESTAMP_TYPES, *_JSON_AS_TEXT))
 
 
+#: column types whose value is short as sent, whatever the field's type: a number, a boolean,
+#: a date, a time, an interval or a UUID. Any other (text, JSON, a list, a struct, a map, a
+#: BLOB, an enum...) can be over Customer.io's 1,000-byte value limit
+_SHORT = (*NUMERIC_TYPES, "BOOLEAN", "DATE", "TIME", "TIMESTAMP", "INTERVAL", "UUID")
+
+
+def may_exceed(col_type: str, ftype: str) -> bool:
+    """True when a field's value as sent can be over Customer.io's 1,000-byte limit and is not
+    a VARCHAR column's own text (whose length :func:`field_fragment` checks on the column).
+    False for every number, boolean and timestamp field, so plain columns pay nothing."""
+    if ftype not in ("auto", "string", "json") or _is(col_type, _SHORT):
+        return False
+    return ftype == "json" or not _is(col_type, ("VARCHAR",))
+
+
+def _oversized(column: str, field: str, sent: str) -> str:
+    """SQL for the reject reason of a value whose JSON text as sent, ``sent``, is over the
+    limit, else null. Customer.io measures a string by its own UTF-8 bytes and any other value
+    by its JSON text's (the emulator's ``nbytes``); a string's JSON text is longer than the
+    string, so only a text over the limit pays for reading the string out of it."""
+    size = (
+        f"case when starts_with({sent}, '\"') then strlen({sent} ->> '$') else strlen({sent}) end"
+    )
+    tail = (
+        f" bytes as sent, over the {MAX_VALUE_BYTES}-byte limit of Customer.io; "
+        "trim it in the model or map its parts to separate attributes"
+    )
+    reason = f"{lit(f'column `{column}` (field `{field}`): value is ')} || {size} || {lit(tail)}"
+    # nested: a CASE evaluates a branch only for the rows that reach it
+    return (
+        f"case when strlen({sent}) > {MAX_VALUE_BYTES} then "
+        f"case when {size} > {MAX_VALUE_BYTES} then {reason} end end"
+    )
+
+
+def _constant_bytes(value: object) -> int:
+    """Customer.io's size of a constant value: a string's UTF-8 bytes, else its JSON's."""
+    return len(value.encode()) if isinstance(value, str) else len(orjson.dumps(value))
+
+
 def _finite(value: str) -> str:
     """SQL for a double ``value``, null when it is NaN or infinite (JSON has no such number)."""
     return f"case when isfinite({value}) then {value} end"
@@ -376,6 +416,9 @@ class Fields:
     # fragment index -> a cheap SQL test of "this fragment is not null", so counting the
     # attributes set does not build every fragment's JSON a second time (1.7 s at 1M rows)
     present: dict[int, str] = field(default_factory=dict)
+    #: the fields are Customer.io attributes, each value at most 1,000 bytes; event properties
+    #: are not (their limit is the 100,000 bytes of the whole event data)
+    limit_values: bool = True
 
     def add(
         self,
@@ -387,7 +430,7 @@ class Fields:
     ) -> None:
         before = len(self.computed)
         fragment, checks, column, cleared = field_fragment(
-            sync, name, spec, columns, default_on_null, self.computed
+            sync, name, spec, columns, default_on_null, self.computed, limit=self.limit_values
         )
         value = q(self.computed[-1][0]) if len(self.computed) > before else None
         if value is None or not fragment.startswith(f"case when {value} is null then null "):
@@ -434,10 +477,27 @@ def field_fragment(
     columns: dict[str, str],
     default_on_null: str,
     computed: list[tuple[str, str]],
+    *,
+    limit: bool = True,
 ) -> tuple[str, list[str], str | None, str | None]:
     """SQL yielding `"name":<json>` (or NULL to omit), reject checks, the column used, and
-    an expression true when the field is cleared. The coerced value is added to ``computed``."""
+    an expression true when the field is cleared. The coerced value is added to ``computed``.
+
+    With ``limit`` (attributes, not event properties), a value over Customer.io's 1,000-byte
+    limit rejects its row, naming the column and field; a constant or a default over it is a
+    configuration error."""
     key = json_key(name)
+    policy = spec.on_null or default_on_null
+    if limit:
+        used = (("value", spec.value), ("default", spec.default if policy == "default" else None))
+        for what, constant in used:
+            if constant is not None and _constant_bytes(constant) > MAX_VALUE_BYTES:
+                raise ConfigError(
+                    f"sync `{sync}`: the `{what}` of field `{name}` is "
+                    f"{_constant_bytes(constant)} bytes, over the {MAX_VALUE_BYTES}-byte limit "
+                    "of Customer.io for one value",
+                    hint="shorten it, or map its parts to separate attributes",
+                )
     if spec.value is not None:
         constant = orjson.dumps(name).decode() + ":" + orjson.dumps(spec.value).decode()
         return lit(constant), [], None, None
@@ -451,19 +511,28 @@ def field_fragment(
         )
     expression, check = coerce(sync, name, column, columns[column], spec.type)
     alias = f"__v{len(computed)}"
-    computed.append((alias, expression))
+    # a value that can be over the limit is kept as the JSON text it is sent as, built once for
+    # the fragment and its size check (`to_json` of null is null, so `check` still holds)
+    sized = limit and may_exceed(columns[column], spec.type)
+    computed.append((alias, f"to_json({expression})::varchar" if sized else expression))
     value = q(alias)
     checks = [check.replace(expression, value)] if check != "null" else []
+    if sized:
+        checks.append(_oversized(column, name, value))
     if _is(columns[column], ("VARCHAR",)) and spec.type in ("auto", "string"):
         checks.append(
             f"case when strlen({q(column)}) > {MAX_VALUE_BYTES} then "
             f"{lit(f'column `{column}` (field `{name}`): value is ')} || strlen({q(column)}) || "
             f"{lit(f' bytes, over the {MAX_VALUE_BYTES}-byte limit of Customer.io')} end"
         )
-    policy = spec.on_null or default_on_null
     text = json_is_text(columns[column], spec.type)
     # concat(), one allocation, not a chain of `||`: the value is not null in this branch
-    encoded = f"concat({key}, {value}::varchar)" if text else f"concat({key}, to_json({value}))"
+    if sized:
+        encoded = f"concat({key}, {value})"
+    elif text:
+        encoded = f"concat({key}, {value}::varchar)"
+    else:
+        encoded = f"concat({key}, to_json({value}))"
     cleared = None
     if policy == "clear":
         fragment = f"case when {value} is null then {key} || '\"\"' else {encoded} end"
@@ -682,7 +751,7 @@ def _on_change_sql(
     )
     extra = ""
     for i, rule in enumerate(sync.on_change):
-        props = Fields(computed=fields.computed)
+        props = Fields(computed=fields.computed, limit_values=False)
         for name, spec in rule.properties.items():
             props.add(sync.name, name, spec, columns, default_on_null)
         unless = f"coalesce(({rule.unless}), false)" if rule.unless else "false"
@@ -720,7 +789,7 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
     """The SELECT producing (k, op, ident, reject, ts, backfill, lo, hi) for an events sync."""
     assert sync.event is not None
     event = sync.event
-    fields = Fields()
+    fields = Fields(limit_values=False)
     identifiers, ident, checks = identifier_sql(sync, columns, fields)
     used: list[str] = list(sync.identify_by.values())
     # the event key: a column or a hash of declared columns
