@@ -283,6 +283,74 @@ def test_postgres_numeric_wider_than_38_digits_syncs_as_a_number(
     assert out.people == {"1": {"amount": 1.25}, "2": {"amount": -1.2345678901234567e19}}
 
 
+def typed(people: dict[str, dict[str, Any]]) -> dict[str, dict[str, tuple[str, Any]]]:
+    """Each attribute with its JSON type: `5` and `5.0` are equal in Python, not in Liquid."""
+    return {p: {k: (type(v).__name__, v) for k, v in a.items()} for p, a in people.items()}
+
+
+def test_whole_numbers_are_sent_as_integers_whatever_the_column_type(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `sum()` is a HUGEINT in DuckDB, a bare `numeric` in Postgres and a NUMBER(38,0) in
+    Snowflake; money is often a decimal, and a ratio a double. A whole value of any of them
+    reaches Customer.io as an integer (`5`, as JSON tools write it), not `5.0`, which Liquid
+    prints as `5.0`; a NUMBER(38,0) keeps every digit; a fraction stays a number."""
+    warehouse.execute(
+        [
+            "create table t (id int, n bigint, big numeric(38,0), price numeric(10,2), "
+            "ratio double precision, neg double precision)",
+            "insert into t values (1, 2, 9007199254740993, 5.00, 100.0, -0.0), "
+            "(1, 3, 9007199254740993, 5.00, 100.0, -0.0), "
+            "(2, 1, -42, 19.99, 0.5, -7.0)",
+        ]
+    )
+    sql = (
+        # an aggregate of a numeric is a bare `numeric` in Postgres, read as a double: the
+        # cast keeps its digits (docs/sources.md)
+        "select id, sum(n) as total, cast(max(big) as numeric(38,0)) as big, "
+        "cast(max(price) as numeric(10,2)) as price, "
+        "max(ratio) as ratio, max(neg) as neg, max(n) as n from t group by id"
+    )
+
+    out = sync_people(
+        warehouse,
+        customerio_emulator,
+        monkeypatch,
+        """
+        total: total
+        big: big
+        price: price
+        ratio: ratio
+        neg: neg
+        n_number: {column: n, type: number}
+        price_number: {column: price, type: number}
+        """,
+        sql=sql,
+    )
+
+    assert out.rejected == {}
+    assert typed(out.people) == {
+        "1": {
+            "total": ("int", 5),
+            "big": ("int", 9007199254740993),
+            "price": ("int", 5),
+            "ratio": ("int", 100),
+            "neg": ("int", 0),
+            "n_number": ("int", 3),
+            "price_number": ("int", 5),
+        },
+        "2": {
+            "total": ("int", 1),
+            "big": ("int", -42),
+            "price": ("float", 19.99),
+            "ratio": ("float", 0.5),
+            "neg": ("int", -7),
+            "n_number": ("int", 1),
+            "price_number": ("float", 19.99),
+        },
+    }
+
+
 def test_fixed_width_char_columns_are_sent_without_their_padding(
     warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -101,14 +101,17 @@ def test_an_event_rejected_then_fixed_in_the_warehouse_is_sent_once(
     table(
         project_factory,
         f"""('e1', null, 'Used', {ts(600)}, 'a'), ('e2', 1, 'Used', {ts(-3600)}, 'b'),
-            ('e3', 1, 'Used', {ts(600)}, repeat('x', 1001)), ('e4', 1, 'Used', {ts(60)}, 'd')""",
+            ('e3', 1, 'Used', {ts(600)}, repeat('x', 100001)), ('e4', 1, 'Used', {ts(60)}, 'd'),
+            ('e5', 1, 'Used', {ts(60)}, repeat('y', 5000))""",
         "event_id, user_id, event_name, occurred_at, feature",
     )
     project = project_factory.write({"activity": EVENTS})
     first = run(project)
-    assert first.delivered == 1 and first.changes.rejected == 3
+    # the 1,000-byte limit is for attribute values: a long event property goes out (e5), event
+    # data over 100,000 bytes in all does not (e3)
+    assert first.delivered == 2 and first.changes.rejected == 3
     reasons = dict(first.changes.rejected_samples)
-    assert "is in the future" in reasons["e2"] and "1000-byte" in reasons["e3"]
+    assert "is in the future" in reasons["e2"] and "over 100000 bytes" in reasons["e3"]
 
     project_factory.sql("update events set user_id = 1 where event_id = 'e1'")
     project_factory.sql("update events set feature = 'c' where event_id = 'e3'")
@@ -120,6 +123,7 @@ def test_an_event_rejected_then_fixed_in_the_warehouse_is_sent_once(
         "b",
         "c",
         "d",
+        "y" * 5000,
     ]
 
 

@@ -519,16 +519,19 @@ def field_fragment(
     checks = [check.replace(expression, value)] if check != "null" else []
     if sized:
         checks.append(_oversized(column, name, value))
-    if _is(columns[column], ("VARCHAR",)) and spec.type in ("auto", "string"):
+    if limit and _is(columns[column], ("VARCHAR",)) and spec.type in ("auto", "string"):
         checks.append(
             f"case when strlen({q(column)}) > {MAX_VALUE_BYTES} then "
             f"{lit(f'column `{column}` (field `{name}`): value is ')} || strlen({q(column)}) || "
             f"{lit(f' bytes, over the {MAX_VALUE_BYTES}-byte limit of Customer.io')} end"
         )
     text = json_is_text(columns[column], spec.type)
+    number = _number_json(value, column, columns[column], spec.type)
     # concat(), one allocation, not a chain of `||`: the value is not null in this branch
     if sized:
         encoded = f"concat({key}, {value})"
+    elif number is not None:
+        encoded = f"concat({key}, {number})"
     elif text:
         encoded = f"concat({key}, {value}::varchar)"
     else:
@@ -543,6 +546,42 @@ def field_fragment(
     else:
         fragment = f"case when {value} is null then null else {encoded} end"
     return fragment, checks, column, cleared
+
+
+#: 64-bit integers, signed and unsigned: the integers a JSON reader takes as integers
+MIN_JSON_INT, MAX_JSON_INT = -(2**63), 2**64 - 1
+_INTEGERS = tuple(t for t in _JSON_AS_TEXT if t != "BOOLEAN") + ("HUGEINT", "UHUGEINT")
+
+
+def _number_json(value: str, column: str, col_type: str, ftype: str) -> str | None:
+    """SQL for the JSON text of a number field (``value``, the coerced value, not null), or
+    None when the field is not one whose value is sent as a non-integer number type.
+
+    Numbers are written as JSON tools (Segment, Hightouch, Census) write them: a whole value
+    as an integer, `5` and not `5.0`, which Customer.io's Liquid prints as `5.0`. A whole
+    value of an integer or decimal column (a DuckDB `sum()` is a HUGEINT, a Snowflake
+    NUMBER(38,0) a decimal) is read from the column itself, so every digit of a 64-bit
+    integer is kept; a double is an integer up to 2^53, the integers a double holds exactly.
+    Anything else (a fraction, a larger magnitude) is sent as the double it is."""
+    if ftype not in ("auto", "number"):
+        return None
+    c = q(column)
+    double = f"to_json({value})"
+    if _is(col_type, ("DECIMAL", *_INTEGERS)):
+        if ftype == "auto" and not _is(col_type, ("DECIMAL", "HUGEINT", "UHUGEINT")):
+            return None  # sent as its own text (json_is_text)
+        whole = f"{c} = trunc({c}) and " if _is(col_type, ("DECIMAL",)) else ""
+        low = "" if _is(col_type, ("U",)) else f"{c} >= {MIN_JSON_INT} and "
+        return (
+            f"case when {whole}{low}{c} <= {MAX_JSON_INT} then {c}::hugeint::varchar "
+            f"else {double} end"
+        )
+    if ftype == "number" or _is(col_type, ("FLOAT", "DOUBLE")):
+        return (
+            f"case when abs({value}) <= {MAX_EXACT_FLOAT} and {value} = trunc({value}) "
+            f"then {value}::bigint::varchar else {double} end"
+        )
+    return None
 
 
 def _object(fragments: list[str]) -> str:
