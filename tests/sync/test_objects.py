@@ -307,3 +307,43 @@ def test_json_values_over_1000_bytes_reject_the_object_or_relationship_naming_th
     assert [(by_cio.get(r.person), r.object_id, r.attributes) for r in emu.relationships()] == [
         ("1", "acme", {"grants": {"scopes": ["billing"]}})
     ]
+
+
+def test_relationship_attributes_over_100_kb_in_all_reject_the_relationship(
+    project_factory: ProjectFactory,
+) -> None:
+    """Customer.io holds an object's or a relationship's attributes to 100 KB in all: a
+    relationship over it is rejected at mapping (it was refused by the API, per record, in
+    words naming no row); the others are sent."""
+    project_factory.sql(
+        """
+        create or replace table companies as select * from (values ('acme', 'Acme'))
+          t(company_id, name);
+        create or replace table users as select * from (values (1, 'Ada'), (2, 'Grace'))
+          t(user_id, first_name);
+        create or replace table members as select * from (values
+          (1, 'acme', 'short'), (2, 'acme', repeat('n', 990))
+        ) t(user_id, company_id, note);
+        """
+    )
+    fields = ", ".join(f"n{i}: {{column: note}}" for i in range(101))
+    memberships = MEMBERSHIPS.replace(
+        "relationship_attributes: {role: role}", f"relationship_attributes: {{{fields}}}"
+    )
+    companies = COMPANIES.replace(
+        "attributes: {name: name, plan: plan, seats: {column: seats, type: integer}}",
+        "attributes: {name: name}",
+    )
+    project = project_factory.write(
+        {"companies": companies, "people": PEOPLE, "memberships": memberships}
+    )
+    reports = run_all(project)
+    assert reports["memberships"].rejected_by_api == 0
+    assert reports["memberships"].changes.rejected_samples == (
+        ('{"id":"2"} acme', "relationship attributes are over 100000 bytes"),
+    )
+    emu = project_factory.emulator
+    by_cio = {p.cio_id: p.id for p in emu.people()}
+    assert [
+        (by_cio.get(r.person), r.object_id, len(r.attributes)) for r in emu.relationships()
+    ] == [("1", "acme", 101)]

@@ -1026,6 +1026,11 @@ def compile_relationships(
         *fields.checks,
     ]
     rel_attrs = _object(fields.fragments)
+    if fields.fragments:  # Customer.io's total for an object's (and a relationship's) attributes
+        checks.append(
+            f"case when strlen({rel_attrs}) > {MAX_OBJECT_ATTRIBUTES_BYTES} then "
+            f"{lit(f'relationship attributes are over {MAX_OBJECT_ATTRIBUTES_BYTES} bytes')} end"
+        )
     op = (
         f'\'{{"type":"person","action":"add_relationships","identifiers":\' || '
         f'{identifiers} || \',"cio_relationships":[{{"identifiers":\' || {obj} || '
