@@ -32,6 +32,9 @@ ceiling all run against it, and the report's headings say so. The targets stay t
 judged at that latency. The floor, the snapshot diff and the 10x plan do not depend on latency:
 ``--skip-floor``, ``--skip-diff`` and ``--skip-10m`` leave them out (the report says which).
 
+``bench/sync_sink.py`` runs Lockgate, the official client and drt against a sink that costs
+nothing instead of the emulator: each client's own throughput.
+
 Usage::
 
     .venv/bin/python bench/sync.py                              # 1M rows (+10M plan), 8-20 min
