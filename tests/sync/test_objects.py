@@ -72,6 +72,19 @@ def run_all(project: Any) -> dict[str, Any]:
     return {n: run_sync(project, n, console=NullConsole()) for n in names}
 
 
+def with_attributes(factory: ProjectFactory, objects: str, relationships: str) -> Any:
+    """The three syncs, with the companies' `attributes` and the memberships'
+    `relationship_attributes` replaced (YAML flow mappings)."""
+    companies = COMPANIES.replace(
+        "attributes: {name: name, plan: plan, seats: {column: seats, type: integer}}",
+        f"attributes: {objects}",
+    )
+    memberships = MEMBERSHIPS.replace(
+        "relationship_attributes: {role: role}", f"relationship_attributes: {relationships}"
+    )
+    return factory.write({"companies": companies, "people": PEOPLE, "memberships": memberships})
+
+
 def test_objects_and_relationships_land_in_customerio(project_factory: ProjectFactory) -> None:
     seed(project_factory)
     project = project_factory.write(
@@ -280,16 +293,8 @@ def test_json_values_over_1000_bytes_reject_the_object_or_relationship_naming_th
         ) t(user_id, company_id, grants);
         """
     )
-    companies = COMPANIES.replace(
-        "attributes: {name: name, plan: plan, seats: {column: seats, type: integer}}",
-        "attributes: {profile: profile}",
-    )
-    memberships = MEMBERSHIPS.replace(
-        "relationship_attributes: {role: role}",
-        "relationship_attributes: {grants: {column: grants, type: json}}",
-    )
-    project = project_factory.write(
-        {"companies": companies, "people": PEOPLE, "memberships": memberships}
+    project = with_attributes(
+        project_factory, "{profile: profile}", "{grants: {column: grants, type: json}}"
     )
     reports = run_all(project)
     assert [r.rejected_by_api for r in reports.values()] == [0, 0, 0]
@@ -327,17 +332,7 @@ def test_relationship_attributes_over_100_kb_in_all_reject_the_relationship(
         """
     )
     fields = ", ".join(f"n{i}: {{column: note}}" for i in range(101))
-    memberships = MEMBERSHIPS.replace(
-        "relationship_attributes: {role: role}", f"relationship_attributes: {{{fields}}}"
-    )
-    companies = COMPANIES.replace(
-        "attributes: {name: name, plan: plan, seats: {column: seats, type: integer}}",
-        "attributes: {name: name}",
-    )
-    project = project_factory.write(
-        {"companies": companies, "people": PEOPLE, "memberships": memberships}
-    )
-    reports = run_all(project)
+    reports = run_all(with_attributes(project_factory, "{name: name}", f"{{{fields}}}"))
     assert reports["memberships"].rejected_by_api == 0
     assert reports["memberships"].changes.rejected_samples == (
         ('{"id":"2"} acme', "relationship attributes are over 100000 bytes"),
