@@ -281,3 +281,68 @@ def test_analyst_tables_land_in_a_postgres_warehouse(
         # four runs, one refusal: today's refusals, not one copy per run
         assert rows("select rule from lockgate.lg_refused_merges") == [("limit:user_id 2>1",)]
         assert rows("select count(*) from lockgate.lg_split_log") == [(0,)]
+
+
+CRM_PROJECT = """\
+name: ident
+sources:
+  warehouse: {{type: duckdb, path: w.duckdb}}
+destinations:
+  customerio: {{type: customerio, track_url: "{url}"}}
+identity:
+  identifier_types:
+    user_id: {{priority: 1, limit: 1, customerio: id}}
+    email: {{priority: 2, limit: 5, customerio: email}}
+    crm_id: {{priority: 3, limit: 1, customerio: "attribute:crm_id"}}
+  sources:
+    - {{name: app_users, table: app_users}}
+    - {{name: crm_contacts, table: crm_contacts}}
+"""
+
+DEALS = """
+name: deals
+source: warehouse
+model: {table: crm_deals}
+kind: people
+primary_key: crm_id
+identify_by: {crm_id: crm_id}
+attributes: {deal_stage: stage}
+"""
+
+
+def test_a_crm_id_held_as_integer_and_as_decimal_is_one_person(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    # the app keeps the HubSpot id as an integer, the CRM export as a numeric(12,2)
+    con.execute(
+        """
+        create table app_users (user_id varchar, email varchar, plan varchar, crm_id bigint);
+        insert into app_users values ('u1', 'ada@acme.io', 'pro', 7),
+                                     ('u2', 'grace@acme.io', 'free', 8);
+        create table crm_contacts (crm_id decimal(12, 2), email varchar);
+        insert into crm_contacts values (7.00, 'ada.work@acme.io'), (8.00, 'grace@acme.io');
+        create table crm_deals (crm_id decimal(12, 2), stage varchar);
+        insert into crm_deals values (7.00, 'won'), (8.00, 'open');
+        """
+    ).fetchall()
+    con.close()
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "lockgate.yml").write_text(
+        CRM_PROJECT.format(url=customerio_emulator.base_url or "")
+    )
+    for name, body in {"profile": PROFILE, "deals": DEALS}.items():
+        (tmp_path / "syncs" / f"{name}.yml").write_text(textwrap.dedent(body))
+    project = load_project(tmp_path)
+
+    profile = run_sync(project, "profile", console=NullConsole())
+    deals = run_sync(project, "deals", console=NullConsole())
+    assert (profile.status, deals.status) == ("success", "success")
+    people = {p.id: p for p in customerio_emulator.people()}
+    assert sorted(people, key=str) == ["u1", "u2"]  # nobody new for Ada's work address
+    assert people["u1"].attributes["deal_stage"] == "won"
+    assert people["u1"].attributes["crm_id"] == "7"  # the CRM id as the sync sends it
+    assert people["u2"].attributes["deal_stage"] == "open"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -59,16 +60,46 @@ class NormalizedColumn:
     normalized: pa.StringArray
 
 
-def to_string_array(column: pa.Array | pa.ChunkedArray) -> pa.StringArray:
-    """Any Arrow column as strings; floats that hold whole numbers lose their `.0`."""
+MAX_EXACT_FLOAT = 2**53
+"""Largest magnitude up to which every whole number is exact in a float (the sync's bound)."""
+
+
+def _plain(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
-    if pa.types.is_floating(column.type):
-        whole = pc.equal(pc.floor(column), column)
-        as_int = pc.cast(pc.if_else(whole, column, None), pa.int64(), safe=False)
-        column = pc.if_else(whole, pc.cast(as_int, pa.string()), pc.cast(column, pa.string()))
+    return column
+
+
+def to_string_array(column: pa.Array | pa.ChunkedArray) -> pa.StringArray:
+    """Any Arrow column as identifier text.
+
+    A number becomes its integer's text, as the sync sends it (`sync/mapping.py`): `7`, `7.0`
+    and `7.00` are all `7`. A float or decimal that is not a whole number, NaN, an infinity
+    or a float beyond 2^53 (no longer exact) has no identifier text: it becomes null, and
+    :func:`normalize_column` drops it as `invalid`. Vectorised: no Python per value.
+    """
+    column = _plain(column)
+    kind = column.type
+    if pa.types.is_floating(kind):
+        whole = pc.and_(
+            pc.equal(pc.floor(column), column),
+            pc.less_equal(pc.abs(column), pa.scalar(float(MAX_EXACT_FLOAT), kind)),
+        )
+        kept = pc.if_else(whole, column, pa.scalar(None, kind))
+        column = pc.cast(pc.cast(kept, pa.int64(), safe=False), pa.string())
+    elif pa.types.is_decimal(kind) and kind.scale != 0:
+        # as a scale-0 decimal, wide enough for a negative scale's zeros (always whole)
+        digits = kind.precision - min(kind.scale, 0)
+        target = pa.decimal128(digits, 0) if digits <= 38 else pa.decimal256(min(digits, 76), 0)
+        if kind.scale > 0:
+            if kind.bit_width < 128:  # Arrow rounds decimal32/64 only through decimal128
+                column = pc.cast(column, pa.decimal128(kind.precision, kind.scale))
+                kind = column.type
+            whole = pc.equal(pc.trunc(column), column)
+            column = pc.if_else(whole, column, pa.scalar(None, kind))
+        column = pc.cast(pc.cast(column, target, safe=False), pa.string())
     if pa.types.is_large_string(column.type) or not pa.types.is_string(column.type):
         column = pc.cast(column, pa.string())
     return column
@@ -202,15 +233,28 @@ def normalize_column(
     """Normalise, block and validate one column of values of type `type_name`.
 
     `extra_blocked` holds further (normalised) values to block, from the operator's table.
+    A number that is no identifier (a fraction, NaN, a float beyond 2^53; see
+    :func:`to_string_array`) is dropped as `invalid`.
     """
+    column = _plain(column)
     raw = to_string_array(column)
+    clean = _normalize_text(config, type_name, raw, extra_blocked)
+    if pa.types.is_floating(column.type) or pa.types.is_decimal(column.type):
+        no_text = pc.and_(pc.is_valid(column), pc.is_null(raw))
+        if pc.any(no_text).as_py():
+            reasons = pc.if_else(no_text, pa.scalar("invalid"), clean.reasons)
+            return NormalizedColumn(clean.values, reasons, clean.normalized)
+    return clean
+
+
+def _normalize_text(
+    config: IdentityConfig, type_name: str, raw: pa.StringArray, extra_blocked: frozenset[str]
+) -> NormalizedColumn:
     if len(raw) > 50_000:
         # repeated values (a user id on many identify rows) are normalised once
         encoded = raw.dictionary_encode()
         if len(encoded.dictionary) < 0.6 * len(raw):
-            once = normalize_column(
-                config, type_name, encoded.dictionary, extra_blocked=extra_blocked
-            )
+            once = _normalize_text(config, type_name, encoded.dictionary, extra_blocked)
             return NormalizedColumn(
                 values=once.values.take(encoded.indices),
                 reasons=once.reasons.take(encoded.indices),
@@ -277,9 +321,19 @@ def check_values(
 
 
 def normalize_value(config: IdentityConfig, type_name: str, value: object) -> str | None:
-    """Normalise one value (for `explain` and the per-row resolver); `None` if dropped."""
+    """Normalise one value (for `explain` and the per-row resolver); `None` if dropped.
+
+    A float or `Decimal` gets a number's identifier text (`7.0` is `7`), as in a column.
+    """
     if value is None:
         return None
-    out = normalize_column(config, type_name, pa.array([str(value)], pa.string())).values[0]
+    if isinstance(value, Decimal) and not value.is_finite():
+        return None
+    column = (
+        pa.array([value])
+        if isinstance(value, float | Decimal)
+        else pa.array([str(value)], pa.string())
+    )
+    out = normalize_column(config, type_name, column).values[0]
     result: str | None = out.as_py()
     return result

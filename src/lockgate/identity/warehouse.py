@@ -3,9 +3,10 @@
 What is pushed down (plain SQL, written once in DuckDB's dialect and transpiled by sqlglot to
 Postgres, Snowflake and BigQuery):
 
-* reading every identity source, normalising with the steps SQL can do portably (`trim`,
-  `lowercase`, `lowercase_if_uuid`, `strip_mailto`, `coerce_numeric_string`, `namespace`),
-  the blocklists and validation regexes;
+* reading every identity source, with a number column's text as the embedded engine has it
+  (`7.0` and `7.00` are `7`; a fraction is dropped), normalising with the steps SQL can do
+  portably (`trim`, `lowercase`, `lowercase_if_uuid`, `strip_mailto`,
+  `coerce_numeric_string`, `namespace`), the blocklists and validation regexes;
 * star edges around each row's most trusted identifier, the node dictionary, distinct edges;
 * order-free degree caps (`quarantine`, `keep_latest`, `keep_first`);
 * connected components by min-label propagation with pointer jumping, until a pass changes
@@ -36,10 +37,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 
 from lockgate.errors import MissingDependencyError
 from lockgate.identity import graph as g
-from lockgate.identity.normalize import _E164, _EMAIL_SHAPE, _UUID
+from lockgate.identity.normalize import _E164, _EMAIL_SHAPE, _UUID, MAX_EXACT_FLOAT
 from lockgate.project.identity import IdentityConfig, RegexValidateConfig
 
 DIALECTS = ("duckdb", "postgres", "snowflake", "bigquery")
@@ -48,13 +50,19 @@ I64_MIN = np.iinfo(np.int64).min
 
 
 class Runner(Protocol):
-    """Runs SQL in one warehouse. `dialect` is a sqlglot dialect name."""
+    """Runs SQL in one warehouse. `dialect` is a sqlglot dialect name.
+
+    `schema_of` gives a table's or `(query)`'s columns with the Arrow types Lockgate's source
+    for that warehouse reads them as, so number identifiers get the embedded engine's text.
+    """
 
     dialect: str
 
     def execute(self, sql: str) -> None: ...
 
     def fetch(self, sql: str) -> list[tuple[Any, ...]]: ...
+
+    def schema_of(self, relation: str) -> pa.Schema: ...
 
 
 class DuckDBRunner:
@@ -70,6 +78,12 @@ class DuckDBRunner:
 
     def fetch(self, sql: str) -> list[tuple[Any, ...]]:
         return list(self.con.execute(sql).fetchall())
+
+    def schema_of(self, relation: str) -> pa.Schema:
+        empty = self.con.sql(f"SELECT * FROM {relation}").limit(0)
+        to_table = getattr(empty, "to_arrow_table", None) or empty.fetch_arrow_table
+        schema: pa.Schema = to_table().schema
+        return schema
 
 
 class PostgresRunner:
@@ -96,6 +110,29 @@ class PostgresRunner:
             cur.execute(self._sql(sql))
             return list(cur.fetchall())
 
+    def schema_of(self, relation: str) -> pa.Schema:
+        with self.con.cursor() as cur:
+            cur.execute(self._sql(f"SELECT * FROM {relation} AS lg_q LIMIT 0"))
+            return pa.schema(
+                [
+                    pa.field(c.name, _postgres_arrow(c.type_code, c.precision, c.scale))
+                    for c in cur.description or ()
+                ]
+            )
+
+
+def _postgres_arrow(oid: int, precision: int | None, scale: int | None) -> pa.DataType:
+    """The Arrow type `sources/postgres.py` reads a number column as (others: text)."""
+    if oid == 700:  # float4
+        return pa.float32()
+    if oid == 701:  # float8
+        return pa.float64()
+    if oid == 1700:  # numeric: bare or over 38 digits is read as a float, like DuckDB does
+        if precision is None or precision > 38:
+            return pa.float64()
+        return pa.decimal128(precision, scale or 0)
+    return {20: pa.int64(), 21: pa.int16(), 23: pa.int32()}.get(oid, pa.string())
+
 
 def _sqlglot() -> Any:
     try:  # sqlglot comes with the `identity` extra
@@ -118,7 +155,12 @@ class WarehouseStitcher:
     """Generates and runs the stitching SQL for one config.
 
     `tables` maps an identity source name to the table or `(query)` to read; by default the
-    source's own `table` / `sql`. `dialect` only matters for `statements()` without a runner.
+    source's own `table` / `sql`. `columns` gives each source's column names, or its Arrow
+    schema (as `Source.schema_of` gives it): a float or decimal identifier column must be
+    known as one to get the embedded engine's text (`7`, never `7.0` or `7.00`). With a
+    runner, the types of a source given by names are read from the warehouse
+    (`Runner.schema_of`); without one, such a column is read as text. `dialect` only matters
+    for `statements()` without a runner.
     """
 
     config: IdentityConfig
@@ -126,7 +168,7 @@ class WarehouseStitcher:
     tables: Mapping[str, str] = field(default_factory=dict)
     prefix: str = "lg_wh_"
     dialect: str = "duckdb"
-    columns: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    columns: Mapping[str, Sequence[str] | pa.Schema] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -134,6 +176,20 @@ class WarehouseStitcher:
             self.dialect = self.runner.dialect
         self.types = self.config.type_order
         self.type_rank = {t: i for i, t in enumerate(self.types)}
+        self._schemas: dict[str, pa.Schema] = {}
+
+    def _column_types(self, name: str, relation: str) -> dict[str, pa.DataType]:
+        """A source's column types: given as a schema, else read through the runner."""
+        given = self.columns.get(name)
+        if isinstance(given, pa.Schema):
+            schema = given
+        elif self.runner is not None:
+            if name not in self._schemas:
+                self._schemas[name] = self.runner.schema_of(relation)
+            schema = self._schemas[name]
+        else:
+            return {}
+        return dict(zip(schema.names, schema.types, strict=True))
 
     # SQL generation -------------------------------------------------------------------
     def _regex(self, expr: str, pattern: str) -> str:
@@ -141,8 +197,24 @@ class WarehouseStitcher:
             pattern = f".*({pattern}).*"
         return f"REGEXP_MATCHES({expr}, {_lit(pattern)})"
 
-    def _normalize(self, type_name: str, column: str) -> str:
-        v = f"CAST({_ident(column)} AS VARCHAR)"
+    def _text(self, column: str, kind: pa.DataType | None) -> str:
+        """A column's identifier text, as `normalize.to_string_array` gives it: a whole float
+        (up to 2^53) or decimal is its integer's text (`7`); another float or decimal (a
+        fraction, NaN, infinity) is NULL, dropped as the embedded engine drops it (`invalid`).
+        A float goes through DOUBLE: Lockgate reads a bare Postgres `numeric` as a float."""
+        c = _ident(column)
+        if kind is not None and pa.types.is_floating(kind):
+            x = f"CAST({c} AS DOUBLE)"
+            return (
+                f"(CASE WHEN {x} = FLOOR({x}) AND ABS({x}) <= {MAX_EXACT_FLOAT} "
+                f"THEN CAST(CAST({x} AS BIGINT) AS VARCHAR) END)"
+            )
+        if kind is not None and pa.types.is_decimal(kind) and kind.scale != 0:
+            return f"(CASE WHEN {c} = TRUNC({c}) THEN CAST(CAST({c} AS DECIMAL(38, 0)) AS VARCHAR) END)"
+        return f"CAST({c} AS VARCHAR)"
+
+    def _normalize(self, type_name: str, column: str, kind: pa.DataType | None = None) -> str:
+        v = self._text(column, kind)
         for step in self.config.normalize_steps(type_name):
             if step in ("trim", "trim_unicode_space", "e164", "nfc", "idna_domain"):
                 v = f"TRIM({v})" if step.startswith("trim") else v
@@ -189,13 +261,15 @@ class WarehouseStitcher:
 
     def _source_sql(self, index: int) -> tuple[str, str] | None:
         source = self.config.sources[index]
-        available = list(self.columns.get(source.name, ()))
+        given = self.columns.get(source.name, ())
+        available = list(given.names if isinstance(given, pa.Schema) else given)
         mapping = (
             self.config.source_columns(source, available) if available or source.columns else {}
         )
         if not mapping:
             return None
         relation = self.tables.get(source.name) or source.table or f"({source.sql})"
+        kinds = self._column_types(source.name, relation)
         cols = sorted(mapping.items(), key=lambda kv: (self.type_rank[kv[1]], kv[0]))
         obs = (
             f"CAST({_ident(source.observed_at)} AS TIMESTAMP)"
@@ -203,7 +277,9 @@ class WarehouseStitcher:
             else "CAST(NULL AS TIMESTAMP)"
         )
         # normalise in an inner query, so the blocklist tests read a column, not the expression
-        inner = ", ".join(f"{self._normalize(t, c)} AS n{i}" for i, (c, t) in enumerate(cols))
+        inner = ", ".join(
+            f"{self._normalize(t, c, kinds.get(c))} AS n{i}" for i, (c, t) in enumerate(cols)
+        )
         select = ", ".join(f"{self._block(t, f'n{i}')} AS c{i}" for i, (_, t) in enumerate(cols))
         groups: dict[str, list[int]] = {}
         for i, (_, t) in enumerate(cols):
