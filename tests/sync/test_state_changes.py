@@ -130,3 +130,45 @@ def test_object_transition_notifies_every_related_person(project_factory: Projec
     expected = {"plan": "churned", "object_type_id": "1", "object_id": "acme"}
     assert churned == [("1", expected), ("2", expected)]
     assert run_sync(project, "accounts", console=NullConsole()).changes.state_events == 0
+
+
+HEALTH = """
+name: accounts_health
+source: warehouse
+model: {table: health}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes: {score: score, seats: {column: seats, type: number}, tier: tier}
+on_change:
+  - {attribute: score, from: 2, to: 1, event: health_dropped}
+  - {attribute: seats, to: 0, event: seats_gone}
+  - {attribute: tier, to: "1", event: tier_one}
+"""
+
+
+def test_a_rule_on_a_number_matches_whatever_the_column_number_type(
+    project_factory: ProjectFactory,
+) -> None:
+    """`from: 2, to: 1` is a number: it matches a double's `2.0` → `1.0` and a decimal's
+    `0.00`, which were compared as the texts `2.0` and `2` and never fired. A text `"1"` is
+    still not the number 1."""
+    project_factory.sql(
+        """
+        create or replace table health as select * from (values
+          (1, 2.0::double, 3.00::decimal(10,2), 1), (2, 2.5::double, 1.00::decimal(10,2), 2)
+        ) t(user_id, score, seats, tier)
+        """
+    )
+    project = project_factory.write({"health": HEALTH})
+    assert run_sync(project, "accounts_health", console=NullConsole()).changes.state_events == 0
+    project_factory.sql("update health set score = 1.0, seats = 0, tier = 1")
+    report = run_sync(project, "accounts_health", console=NullConsole())
+    assert report.status == "success"
+    emu = project_factory.emulator
+    by_cio = {p.cio_id: p.id for p in emu.people()}
+    fired = sorted((e.name, by_cio.get(e.person)) for e in emu.events())
+    # 1 went 2.0 -> 1.0 (2 went 2.5 -> 1.0: not from 2); both went to 0 seats; the tier is
+    # the integer 1, not the text "1"
+    assert fired == [("health_dropped", "1"), ("seats_gone", "1"), ("seats_gone", "2")]
+    assert run_sync(project, "accounts_health", console=NullConsole()).changes.state_events == 0

@@ -345,6 +345,15 @@ def _hold_relationships(
     return count, tuple((str(k), str(r)) for k, r in samples)
 
 
+def _same_json(a: str, b: str) -> str:
+    """SQL: the JSON texts ``a`` and ``b`` hold the same value. Numbers compare as numbers, so
+    a rule's `to: 5` matches a double or decimal column's `5.0` (and `5.0` → `5` is no
+    change); anything else compares as text (a JSON string keeps its quotes, so `"5"` is not
+    the number 5). Two nulls are the same."""
+    number = "try_cast({} as decimal(38, 10))"
+    return f"coalesce({number.format(a)} = {number.format(b)}, {a} is not distinct from {b})"
+
+
 def _state_change_events(
     con: duckdb.DuckDBPyConnection, sync: SyncConfig, now: int, relationship_snaps: list[str]
 ) -> int:
@@ -370,13 +379,13 @@ def _state_change_events(
             "m.reject is null",
             "s.h <> m.h",
             "json_extract(s.ident, '$._watch') is not null",
-            f"{old} is distinct from {new}",
+            f"not {_same_json(old, new)}",
             f"not m.__ocu_{i}",
         ]
         if rule.from_ is not None:
-            conditions.append(f"{old} = {lit(orjson.dumps(rule.from_).decode())}")
+            conditions.append(_same_json(old, lit(orjson.dumps(rule.from_).decode())))
         if rule.to is not None:
-            conditions.append(f"{new} = {lit(orjson.dumps(rule.to).decode())}")
+            conditions.append(_same_json(new, lit(orjson.dumps(rule.to).decode())))
         name = lit(orjson.dumps(rule.event).decode())
         if sync.kind == "objects":
             if not relationship_snaps:
