@@ -130,6 +130,12 @@ class DestinationAuthError(DestinationError):
     """The destination refused the credentials (401/403); every later request would fail too."""
 
 
+class DestinationUnavailableError(DestinationError):
+    """Batch after batch got no answer but errors (connection refused, timeouts, 429/5xx)
+    through every retry: the destination is down or unreachable, so the run stops instead of
+    dead-lettering everything left. Records not delivered wait for the next run."""
+
+
 class StateError(TerminalError):
     """The state store (snapshots, ledgers, run history) cannot be used."""
 

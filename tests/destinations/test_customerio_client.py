@@ -17,7 +17,7 @@ import pytest
 from lockgate.destinations import Outcome, Record, Result
 from lockgate.destinations.customerio import CustomerIOClient, CustomerIOSettings
 from lockgate.emulator import Emulator, EmulatorConfig, FaultConfig
-from lockgate.errors import DestinationAuthError, DestinationError
+from lockgate.errors import DestinationAuthError, DestinationError, DestinationUnavailableError
 
 
 def identify(i: int, **attributes: Any) -> Record:
@@ -268,6 +268,59 @@ def test_connection_refused_dead_letters_without_a_status() -> None:
     results = client.deliver_all([identify(1), identify(2)])
     assert {(r.outcome, r.status, r.attempts) for r in results} == {(Outcome.DEAD_LETTER, None, 2)}
     assert all("connection error" in (r.reason or "") for r in results)
+
+
+def test_customerio_unreachable_stops_delivery_after_three_failed_batches() -> None:
+    """Connection refused for every batch: the client stops after the third batch that failed
+    every retry (one batch at a time here, so exactly three were tried) instead of trying
+    and dead-lettering all ten; with `stop_after_failed_batches: 0` it tries them all."""
+    emu = Emulator()
+    url = f"http://127.0.0.1:{unused_port()}"
+    records = [identify(i) for i in range(10)]
+    settings = settings_for(emu, url, max_retries=1, concurrency=1, max_batch_ops=1)
+    client = CustomerIOClient(settings)
+    with pytest.raises(DestinationUnavailableError) as raised:
+        client.deliver_all(records)
+    assert "3 batches in a row failed 2 attempts each (last: connection error" in str(raised.value)
+    assert "CUSTOMERIO_TRACK_URL" in (raised.value.hint or "")
+    assert (client.stats.requests, client.stats.dead_lettered) == (6, 2)  # the third: not settled
+
+    settings = settings_for(
+        emu, url, max_retries=1, concurrency=1, max_batch_ops=1, stop_after_failed_batches=0
+    )
+    results = CustomerIOClient(settings).deliver_all(records)
+    assert [r.outcome for r in results] == [Outcome.DEAD_LETTER] * 10
+
+
+@pytest.mark.parametrize("seed", range(8))  # seeds 0, 1, 3, 6 never fail three in a row
+def test_only_failed_batches_in_a_row_stop_delivery(seed: int) -> None:
+    """40% of requests fail at random (no retries, one batch at a time): delivery stops
+    exactly when three batches in a row have failed, never on failures with an answered batch
+    between them, and every record tried before that has its outcome."""
+    emu = Emulator(EmulatorConfig(faults=FaultConfig(error_5xx=0.4, seed=seed)))
+    records = [identify(i) for i in range(30)]
+    client = in_process(emu, max_retries=0, concurrency=1, max_batch_ops=1)
+    results: list[Result] = []
+
+    async def run() -> None:
+        async for chunk in client.deliver(records):
+            results.extend(chunk)
+
+    try:
+        asyncio.run(run())
+        stopped = False
+    except DestinationUnavailableError:
+        stopped = True
+    statuses = [r.status for r in emu.request_log() if r.path == "/api/v2/batch"]
+    runs = "".join("x" if s == 503 else "." for s in statuses)
+    if stopped:
+        assert runs.endswith("xxx") and "xxx" not in runs[:-1]
+        assert len(results) == len(statuses) - 1  # the batch that tripped it is not settled
+    else:
+        assert "xxx" not in runs and len(results) == 30
+    delivered = {r.key for r in results if r.outcome is Outcome.DELIVERED}
+    assert {p.id for p in emu.people()} == delivered
+    assert runs.count(".") == len(delivered)
 
 
 def test_wrong_credentials_stop_the_run_with_a_hint() -> None:

@@ -311,8 +311,49 @@ def test_sigterm_stops_a_sync_like_ctrl_c_and_the_next_run_sends_the_rest(
         ledgered = store.exec_sql('select count(*) from "ledger__activity"')[0][0]
     assert run.status == "failed" and run.error == "interrupted"
     assert ledgered >= 20
+    # `lockgate runs` says how far it got: what it had to send and what it delivered
+    assert run.counts["changes"]["to_send"] == 200 and run.counts["delivered"] == ledgered
 
     rest = run_sync(load_project(project.root), "activity", console=NullConsole())
     assert rest.status == "success" and rest.delivered == 200 - ledgered
     events = emu.events()
     assert len(events) == 200 and len({e.id for e in events}) == 200
+
+
+def test_a_sync_stops_when_customerio_is_down_and_the_next_run_sends_everyone_once(
+    project_factory: ProjectFactory,
+) -> None:
+    """Customer.io answering nothing but 503s: after `stop_after_failed_batches` batches in a
+    row failed every retry, the run stops (exit 1, recorded failed with how far it got)
+    instead of retrying and dead-lettering all 60 batches; the next run, against a healthy
+    Customer.io, sends every person once."""
+    seed_people(project_factory, 600)
+    down = Emulator(EmulatorConfig(faults=FaultConfig(error_5xx=1.0)))
+    with down.serve() as url:
+        project = project_factory.write({"people": PEOPLE}, url=url, retries=1)
+        yml = project.root / "lockgate.yml"
+        yml.write_text(
+            yml.read_text().replace("max_retries: 1", "max_retries: 1\n    batch_size: 10")
+        )
+        code, _ = lockgate(project, "sync", "people")
+        posts = [r for r in down.request_log() if r.path == "/api/v2/batch"]
+    assert code == 1
+    # the first three failures stop it; at most the batches already in flight (8) were tried
+    assert len(posts) <= 2 * (3 + 8)
+    code, runs = lockgate(project, "runs", "--json")
+    [failed] = orjson.loads(runs)
+    error = failed["error"]
+    assert failed["status"] == "failed"
+    assert (
+        "is down or unreachable: 3 batches in a row failed 2 attempts each (last: HTTP 503" in error
+    )
+    assert "records not delivered wait for the next run" in error
+    assert failed["counts"]["delivered"] == 0 and failed["counts"]["changes"]["to_send"] == 600
+    assert 0 < failed["counts"]["dead_lettered"] < 600  # only the batches that were tried
+
+    project = project_factory.write({"people": PEOPLE})  # Customer.io is back
+    assert lockgate(project, "sync", "people")[0] == 0
+    people = project_factory.emulator.people()
+    assert sorted(int(p.id) for p in people) == list(range(600))
+    assert all(p.attributes == {"plan": f"pro{p.id}"} for p in people)
+    assert run_sync(project, "people", console=NullConsole()).changes.to_send == 0

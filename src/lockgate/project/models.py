@@ -194,6 +194,10 @@ class CustomerIODestinationConfig(StrictModel):
     """Batches in flight at once."""
     max_retries: int = Field(default=8, ge=0, le=50)
     """Retries for 429, 5xx, timeouts and dropped connections before a record is dead-lettered."""
+    stop_after_failed_batches: int = Field(default=3, ge=0)
+    """Stop the run when this many batches in a row fail every retry (Customer.io down or
+    unreachable): what was delivered is committed, the rest waits for the next run instead of
+    being dead-lettered one batch at a time. 0 never stops."""
     batch_size: int | None = Field(default=None, ge=1)
     """Most operations per request; default: as many as fit in Customer.io's 500 KB limit."""
 

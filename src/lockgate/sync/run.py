@@ -62,6 +62,7 @@ def default_destination(project: Project, sync: SyncConfig) -> Destination:
         rate_limit=config.requests_per_second,
         concurrency=config.concurrency,
         max_retries=config.max_retries,
+        stop_after_failed_batches=config.stop_after_failed_batches,
         max_batch_ops=config.batch_size,
     )
     return CustomerIOClient(settings)
@@ -502,6 +503,22 @@ def plan_sync(
     )
 
 
+def _stopped_counts(changes: diff_step.ChangeSet | None, committer: Any) -> dict[str, Any]:
+    """What a run that failed or was stopped had planned and delivered (for `lockgate runs`):
+    its delivered records are committed, so the counts say how far it got."""
+    counts: dict[str, Any] = {}
+    if changes is not None:
+        counts["changes"] = changes.as_dict()
+    if committer is not None:
+        done = committer.counts
+        counts.update(
+            delivered=done.delivered,
+            rejected_by_api=done.rejected,
+            dead_lettered=done.dead_lettered,
+        )
+    return counts
+
+
 def _op_payloads(ops: pa.Table | None) -> tuple[dict[str, Any], ...]:
     return tuple(orjson.loads(op) for op in ops["op"].to_pylist()) if ops is not None else ()
 
@@ -524,6 +541,8 @@ def run_sync(
     started = time.perf_counter()
     with StateStore.open(project.state_dir) as store:
         store.start_run(run_id, sync.name, sync.kind)
+        changes = None
+        committer = None
         try:
             changes, recovered, guards, resolution, identity_ops = _prepare(
                 store,
@@ -582,7 +601,12 @@ def run_sync(
                 contract_state.record(store.con, sync, run_id)
         except BaseException as exc:
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
-            store.finish_run(run_id, "failed", {}, error=reason or type(exc).__name__)
+            store.finish_run(
+                run_id,
+                "failed",
+                _stopped_counts(changes, committer),
+                error=reason or type(exc).__name__,
+            )
             raise
         counts = committer.counts
         if state_events is not None:

@@ -48,6 +48,7 @@ from lockgate.errors import (
     DestinationAuthError,
     DestinationError,
     DestinationTransientError,
+    DestinationUnavailableError,
 )
 
 BATCH_PATH = "/api/v2/batch"
@@ -192,6 +193,8 @@ class CustomerIOClient:
         self._rng = rng or random.Random()
         self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
         self._http: httpx.AsyncClient | None = None
+        self._failed_in_a_row = 0
+        """Batches whose every attempt failed since the last request that got an answer."""
 
     def __repr__(self) -> str:
         return f"CustomerIOClient({self.settings!r})"
@@ -387,6 +390,19 @@ class CustomerIOClient:
         attempts = prior + answer.attempts
         status = answer.status
         if answer.error is not None:
+            self._failed_in_a_row += 1
+            stop = self.settings.stop_after_failed_batches
+            if stop and self._failed_in_a_row >= stop:
+                raise DestinationUnavailableError(
+                    f"`{self.settings.track_base}` is down or unreachable: "
+                    f"{self._failed_in_a_row} batches in a row failed {attempts} attempts each "
+                    f"(last: {answer.error}); the run stopped, and records not delivered wait "
+                    "for the next run",
+                    status=status,
+                    hint="check that Customer.io answers (CUSTOMERIO_TRACK_URL, CUSTOMERIO_REGION, "
+                    "the network or proxy, status.customer.io), then run again; "
+                    "`stop_after_failed_batches` sets how many failed batches stop a run",
+                )
             return self._settle(batch, Outcome.DEAD_LETTER, status, str(answer.error), attempts)
         assert status is not None
         if 200 <= status < 300 and status != 207:
@@ -505,6 +521,7 @@ class CustomerIOClient:
             else:
                 status = response.status_code
                 if status != 429 and status != 408 and status < 500:
+                    self._failed_in_a_row = 0  # Customer.io answers
                     location = response.headers.get("location")
                     return _Answer(status, response.content, attempt, location=location)
                 retry_after = None

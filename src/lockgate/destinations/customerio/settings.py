@@ -75,6 +75,10 @@ class CustomerIOSettings:
     """Batches in flight at once (and the HTTP keep-alive pool size)."""
     max_retries: int = 8
     """Retries per batch on 429, 5xx, timeouts and connection errors before dead-lettering."""
+    stop_after_failed_batches: int = 3
+    """Stop delivering (:class:`~lockgate.errors.DestinationUnavailableError`) once this many
+    batches in a row failed every retry, with no batch answered in between: the destination
+    is down. 0 never stops (every batch is tried and dead-lettered)."""
     timeout: float = 30.0
     """Seconds for connect, read, write and pool waits of one request."""
     max_batch_bytes: int = DEFAULT_BATCH_BYTES
@@ -108,6 +112,11 @@ class CustomerIOSettings:
             )
         if self.max_retries < 0:
             raise ConfigError(f"`max_retries` must be >= 0, got `{self.max_retries}`")
+        if self.stop_after_failed_batches < 0:
+            raise ConfigError(
+                "`stop_after_failed_batches` must be >= 0 (0 never stops), got "
+                f"`{self.stop_after_failed_batches}`"
+            )
         if not MAX_OP_BYTES + 16 <= self.max_batch_bytes < MAX_REQUEST_BYTES:
             raise ConfigError(
                 f"`max_batch_bytes` is `{self.max_batch_bytes}`; it must fit one 32 KB "
