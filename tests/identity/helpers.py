@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -117,4 +118,15 @@ def groups(result: IdentityResult) -> set[frozenset[str]]:
     for r in result.identifier_map.to_pylist():
         if r["profile_id"] is not None:
             by.setdefault(r["profile_id"], set()).add(f"{r['id_type']}:{r['id_value']}")
+    return {frozenset(v) for v in by.values()}
+
+
+def warehouse_groups(fetch: Callable[[str], list[tuple[Any, ...]]]) -> set[frozenset[str]]:
+    """The in-warehouse engine's profiles (active identifiers per component), as `groups`."""
+    by: dict[object, set[str]] = {}
+    for id_type, value, component, status in fetch(
+        "SELECT id_type, id_value, component, status FROM lg_wh_components"
+    ):
+        if status == "active":
+            by.setdefault(component, set()).add(f"{id_type}:{value}")
     return {frozenset(v) for v in by.values()}

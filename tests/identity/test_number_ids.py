@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 import sqlglot
-from tests.identity.helpers import groups
+from tests.identity.helpers import groups, warehouse_groups
 
 from lockgate.identity import resolve
 from lockgate.identity.normalize import normalize_column
@@ -127,13 +127,7 @@ def in_warehouse(
     stitcher: WarehouseStitcher, fetch: Callable[[str], list[tuple[Any, ...]]]
 ) -> set[frozenset[str]]:
     stitcher.run()
-    by: dict[object, set[str]] = {}
-    for id_type, value, component, status in fetch(
-        "SELECT id_type, id_value, component, status FROM lg_wh_components"
-    ):
-        if status == "active":
-            by.setdefault(component, set()).add(f"{id_type}:{value}")
-    return {frozenset(v) for v in by.values()}
+    return warehouse_groups(fetch)
 
 
 def assert_one_profile_per_person(partition: set[frozenset[str]]) -> None:

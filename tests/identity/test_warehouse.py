@@ -6,7 +6,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 import sqlglot
-from tests.identity.helpers import config, groups, rows
+from tests.identity.helpers import config, groups, rows, warehouse_groups
 
 from lockgate.identity import resolve
 from lockgate.identity.synthetic import synthetic_config, synthetic_sources
@@ -22,16 +22,6 @@ N = 400
 
 def corpus() -> dict[str, pa.Table]:
     return synthetic_sources(N, seed=3, shared_device_every=N // 4, shared_email_every=N // 20)
-
-
-def warehouse_groups(fetch) -> set[frozenset[str]]:  # type: ignore[no-untyped-def]
-    by: dict[object, set[str]] = {}
-    for id_type, value, component, status in fetch(
-        "SELECT id_type, id_value, component, status FROM lg_wh_components"
-    ):
-        if status == "active":
-            by.setdefault(component, set()).add(f"{id_type}:{value}")
-    return {frozenset(v) for v in by.values()}
 
 
 def embedded(cfg, sources):  # type: ignore[no-untyped-def]
