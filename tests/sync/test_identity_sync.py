@@ -14,7 +14,8 @@ from lockgate.emulator import Emulator
 from lockgate.project.loader import load_project
 from lockgate.sync.run import run_sync
 
-PROJECT = """\
+#: the project and identity types every test here shares
+HEAD = """\
 name: ident
 sources:
   warehouse: {{type: duckdb, path: w.duckdb}}
@@ -24,6 +25,11 @@ identity:
   identifier_types:
     user_id: {{priority: 1, limit: 1, customerio: id}}
     email: {{priority: 2, limit: 5, customerio: email}}
+"""
+
+PROJECT = (
+    HEAD
+    + """\
     stripe_id: {{priority: 3, limit: 2, customerio: "attribute:stripe_id"}}
     anonymous_id: {{priority: 9, limit: 25, customerio: anonymous_id,
                    degree_cap: {{user_id: {{max: 1, policy: quarantine}}}}}}
@@ -33,6 +39,7 @@ identity:
     - {{name: sessions, table: sessions, mode: append_only}}
     - {{name: leads, table: leads}}
 """
+)
 
 BILLING = """
 name: billing
@@ -283,21 +290,15 @@ def test_analyst_tables_land_in_a_postgres_warehouse(
         assert rows("select count(*) from lockgate.lg_split_log") == [(0,)]
 
 
-CRM_PROJECT = """\
-name: ident
-sources:
-  warehouse: {{type: duckdb, path: w.duckdb}}
-destinations:
-  customerio: {{type: customerio, track_url: "{url}"}}
-identity:
-  identifier_types:
-    user_id: {{priority: 1, limit: 1, customerio: id}}
-    email: {{priority: 2, limit: 5, customerio: email}}
+CRM_PROJECT = (
+    HEAD
+    + """\
     crm_id: {{priority: 3, limit: 1, customerio: "attribute:crm_id"}}
   sources:
     - {{name: app_users, table: app_users}}
     - {{name: crm_contacts, table: crm_contacts}}
 """
+)
 
 DEALS = """
 name: deals
