@@ -411,6 +411,49 @@ def test_a_key_that_becomes_repeated_is_rejected_not_sent(project_factory: Proje
     assert grace is not None and grace.attributes["plan"] == "free"
 
 
+COMPOSITE = """
+name: seats
+source: warehouse
+model: {table: seats}
+kind: people
+primary_key: [workspace, handle]
+identify_by: {id: person_id}
+attributes: {role: role}
+"""
+
+
+def test_a_composite_key_tells_apart_values_that_hold_its_separator(
+    project_factory: ProjectFactory,
+) -> None:
+    # joined with `|` as they stand, the first two rows' keys would both read `eu|west|ada`,
+    # and the last two `a\\|b`: each pair would be rejected as one repeated key
+    project_factory.sql(
+        r"""
+        create or replace table seats as select * from (values
+          ('eu|west', 'ada', 'p1', 'owner'), ('eu', 'west|ada', 'p2', 'viewer'),
+          ('a\', 'b', 'p3', 'editor'), ('a', '\b', 'p4', 'editor')
+        ) t(workspace, handle, person_id, role);
+        """
+    )
+    project = project_factory.write({"seats": COMPOSITE})
+    first = run_sync(project, "seats", console=NullConsole())
+    assert first.status == "success" and first.changes.rejected == 0 and first.delivered == 4
+    emu = project_factory.emulator
+    assert {p.id: p.attributes["role"] for p in emu.people()} == {
+        "p1": "owner",
+        "p2": "viewer",
+        "p3": "editor",
+        "p4": "editor",
+    }
+
+    # each key is its own snapshot row: changing one row sends that row alone
+    project_factory.sql("update seats set role = 'admin' where person_id = 'p2'")
+    second = run_sync(project, "seats", console=NullConsole())
+    assert second.delivered == 1 and second.changes.rejected == 0
+    assert emu.person(id="p2").attributes["role"] == "admin"  # type: ignore[union-attr]
+    assert emu.person(id="p1").attributes["role"] == "owner"  # type: ignore[union-attr]
+
+
 def test_plan_samples_are_the_payloads_the_run_sends(project_factory: ProjectFactory) -> None:
     project_factory.sql(USERS)
     project = project_factory.write({"profile": PROFILE})

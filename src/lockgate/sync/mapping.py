@@ -700,6 +700,21 @@ def identifier_sql(
     return identifiers, ident, checks
 
 
+def composite_key_sql(key_columns: list[str]) -> str:
+    """SQL for a row's snapshot key: the one key column as text, or several joined by `|`.
+
+    Each part has `\\` and `|` escaped (`\\\\`, `\\|`), so no two lists of values give the same
+    key (`'a|b', 'c'` and `'a', 'b|c'` did before) while keys whose parts hold neither
+    character read exactly as they always have: snapshots written earlier stay valid.
+    """
+    if len(key_columns) == 1:
+        return f"{q(key_columns[0])}::varchar"
+    parts = ", ".join(
+        f"replace(replace({q(k)}::varchar, '\\', '\\\\'), '|', '\\|')" for k in key_columns
+    )
+    return f"concat_ws('|', {parts})"
+
+
 def compile_people(sync: SyncConfig, columns: dict[str, str], default_on_null: str) -> Compiled:
     """The SELECT producing (k, op, ident, reject) for a people sync."""
     used: list[str] = list(sync.identify_by.values())
@@ -709,11 +724,7 @@ def compile_people(sync: SyncConfig, columns: dict[str, str], default_on_null: s
                 f"sync `{sync.name}`: primary key column `{key}` is not in the model",
                 hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
             )
-    key_sql = (
-        f"{q(sync.key_columns[0])}::varchar"
-        if len(sync.key_columns) == 1
-        else "concat_ws('|', " + ", ".join(f"{q(k)}::varchar" for k in sync.key_columns) + ")"
-    )
+    key_sql = composite_key_sql(sync.key_columns)
     fields = Fields()
     identifiers, ident, checks = identifier_sql(sync, columns, fields)
     if sync.effective_mode == "update":
