@@ -425,8 +425,8 @@ attributes: {role: role}
 def test_a_composite_key_tells_apart_values_that_hold_its_separator(
     project_factory: ProjectFactory,
 ) -> None:
-    # joined with `|` as they stand, the first two rows' keys would both read `eu|west|ada`,
-    # and the last two `a\\|b`: each pair would be rejected as one repeated key
+    # joined with `|` as they stand, the first two rows' keys would both read `eu|west|ada`
+    # and both rows be rejected as one repeated key; the last two hold the escape character
     project_factory.sql(
         r"""
         create or replace table seats as select * from (values
