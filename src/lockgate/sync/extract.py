@@ -18,7 +18,7 @@ from lockgate.errors import LockgateError, SourceError
 from lockgate.sources.base import Source
 from lockgate.sources.duckdb import DuckDBSource
 from lockgate.state.store import run_sql
-from lockgate.sync.mapping import Compiled, q
+from lockgate.sync.mapping import ROW_HASH, Compiled, q
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,3 +205,171 @@ class InPlace:
     def stage_all(self, con: duckdb.DuckDBPyConnection, advance: Advance) -> None:
         """Copy the whole model into the temp table ``model``, as :func:`stage` does."""
         stage(con, self.source, self.sql, sync=self.sync, advance=advance)
+
+
+class WarehouseKeyed:
+    """A Postgres model keyed in the warehouse, so an incremental run copies a key and a hash
+    per row, and then only the rows that changed, instead of every column of every row.
+
+    Postgres hashes the columns the mapping reads (``md5`` of each value's text, length
+    prefixed, so no two lists of values give the same text) into the column
+    :data:`~lockgate.sync.mapping.ROW_HASH`, which ``src_h`` is built from (see
+    :func:`~lockgate.sync.mapping.source_hash`). Every run of such a sync reads that hash:
+    a first run or a full resync copies the model whole with it (:meth:`stage_all`); later runs
+    copy the columns a row's key is made of plus the hash (:meth:`key`), diff them, and fetch
+    the rows to send by their hash (:meth:`stage_todo`). The key is computed by DuckDB from the
+    copied key columns, exactly as a staged run computes it.
+
+    Only plain Postgres: Redshift casts `::text` to `varchar(256)` (values longer than that
+    would hash alike), so a Redshift source stages the whole model as before.
+    """
+
+    #: past this many rows to fetch, one copy of the whole model is cheaper than filtered reads
+    MAX_FETCH = 100_000
+    #: hashes per filtered read (~33 bytes of SQL each)
+    CHUNK = 10_000
+
+    def __init__(
+        self,
+        source: Source,
+        sql: str,
+        *,
+        columns: dict[str, str],
+        key_columns: list[str],
+        sync: str,
+    ) -> None:
+        self.source = source
+        self.sql = sql
+        self.columns = columns
+        self.key_columns = key_columns
+        self.sync = sync
+        self._compiled: Compiled | None = None
+
+    @classmethod
+    def open(
+        cls,
+        con: duckdb.DuckDBPyConnection,
+        source: Source,
+        sql: str,
+        *,
+        sync: str,
+        key_columns: list[str],
+    ) -> WarehouseKeyed | None:
+        """The model keyed in the warehouse, or None when it is staged as it is (not a plain
+        Postgres source, or a model whose SQL does not describe: staging reports the error)."""
+        from lockgate.sources.postgres import PostgresSource, RedshiftSource
+
+        if not isinstance(source, PostgresSource) or isinstance(source, RedshiftSource):
+            return None
+        try:
+            schema = source.schema_of(sql)
+        except SourceError:
+            return None
+        if ROW_HASH in schema.names or len(set(schema.names)) != len(schema.names):
+            return None
+        con.register("_model_schema", schema.empty_table())
+        try:
+            columns = {row[0]: row[1] for row in con.execute("describe _model_schema").fetchall()}
+        finally:
+            con.unregister("_model_schema")
+        columns[ROW_HASH] = "VARCHAR"
+        return cls(source, sql, columns=columns, key_columns=key_columns, sync=sync)
+
+    def _hash_sql(self, compiled: Compiled) -> str:
+        """Postgres SQL for the row hash over the columns ``compiled`` reads."""
+        parts = [
+            f"coalesce(length(({q(c)})::text)::text || ':' || ({q(c)})::text, '-')"
+            for c in compiled.columns_used
+            if c != ROW_HASH
+        ]
+        return "md5(" + " || chr(31) || ".join(parts or ["''"]) + ")"
+
+    def _hashed(self, compiled: Compiled) -> str:
+        """The model with its row hash, as Postgres SQL."""
+        row_hash = f"{self._hash_sql(compiled)} as {q(ROW_HASH)}"
+        return f"select __m.*, {row_hash} from {_subquery(self.sql)} __m"
+
+    def key(self, con: duckdb.DuckDBPyConnection, compiled: Compiled, advance: Advance) -> None:
+        """The temp table ``keyed`` (``__rid`` null, ``k``, ``src_h``) of every model row, from
+        the key columns and row hash the warehouse returns (the rest of each row stays there)."""
+        self._compiled = compiled
+        wanted = [c for c in self.columns if c in set(self.key_columns) or c == ROW_HASH]
+        reader = self.source.read(
+            f"select {', '.join(q(c) for c in wanted if c != ROW_HASH)}, "
+            f"{self._hash_sql(compiled)} as {q(ROW_HASH)} from {_subquery(self.sql)} __m"
+        )
+        _load(
+            con,
+            reader,
+            advance,
+            "create or replace temp table warehouse_keys as select * from _model_reader",
+            sync=self.sync,
+        )
+        # the model's other columns as typed nulls: the mapping's `k` reads only key columns
+        # (and, for a row whose key is null and so rejected, identifiers), `src_h` the hash
+        items = [
+            q(c) if c in wanted else f"null::{kind} as {q(c)}" for c, kind in self.columns.items()
+        ]
+        relation = f"(select {', '.join(items)} from warehouse_keys)"
+        run_sql(
+            con,
+            "create or replace temp table keyed as select null::bigint as __rid, k, src_h "
+            f"from ({compiled.keyed_select(relation)})",
+        )
+
+    def stage_todo(self, con: duckdb.DuckDBPyConnection, compiled: Compiled, todo: int) -> bool:
+        """Copy the rows of the temp table ``todo`` (``k``, ``src_h``) into the temp table
+        ``model``, fetched by their row hash. False when there are too many to fetch that way
+        (:attr:`MAX_FETCH`) or the model did not give them all back (a column computed from
+        `now()` or `random()`): the caller copies it whole (:meth:`stage_all`) instead."""
+        if todo > self.MAX_FETCH:
+            return False
+        hashes = [
+            str(row[0])
+            for row in con.execute(
+                f"select distinct {q(ROW_HASH)} from warehouse_keys "
+                f"where {compiled.src_h} in (select src_h from todo)"
+            ).fetchall()
+        ]
+        first = True
+        for start in range(0, len(hashes), self.CHUNK):
+            values = ", ".join(f"'{h}'" for h in hashes[start : start + self.CHUNK])
+            reader = self.source.read(
+                f"select * from ({self._hashed(compiled)}) __h where {q(ROW_HASH)} in ({values})"
+            )
+            target = (
+                "create or replace temp table model as select * from _model_reader"
+                if first
+                else "insert into model select * from _model_reader"
+            )
+            _load(con, reader, lambda _: None, target, sync=self.sync)
+            first = False
+        if first:  # nothing to fetch: an empty model of the right columns
+            items = ", ".join(f"null::{kind} as {q(c)}" for c, kind in self.columns.items())
+            run_sql(con, f"create or replace temp table model as select {items} limit 0")
+        # only the rows whose (key, hash) the diff chose: a row of another key can share a hash
+        run_sql(
+            con,
+            f"""
+            create or replace temp table model_todo as
+            select * from model where rowid in (
+                select c.__rid from ({compiled.select}) c
+                semi join todo t on t.k = c.k and t.src_h = c.src_h);
+            drop table model;
+            alter table model_todo rename to model;
+            """,
+        )
+        return int(con.execute("select count(*) from model").fetchall()[0][0]) == todo
+
+    def stage_all(self, con: duckdb.DuckDBPyConnection, advance: Advance) -> None:
+        """Copy the whole model, with its row hash, into the temp table ``model``."""
+        assert self._compiled is not None, "key() or stage_hashed() first"
+        self.stage_hashed(con, self._compiled, advance)
+
+    def stage_hashed(
+        self, con: duckdb.DuckDBPyConnection, compiled: Compiled, advance: Advance
+    ) -> None:
+        """Copy the whole model with its row hash into the temp table ``model``, as
+        :func:`stage` does without it (a first run, a full resync)."""
+        self._compiled = compiled
+        stage(con, self.source, self._hashed(compiled), sync=self.sync, advance=advance)
