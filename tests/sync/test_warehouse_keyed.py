@@ -71,9 +71,8 @@ def pg(postgres_dsn: str) -> Iterator[Any]:
         yield conn
 
 
-@pytest.fixture(params=[True, False], ids=["keyed-in-postgres", "copied-whole"])
+@pytest.fixture
 def project(
-    request: pytest.FixtureRequest,
     tmp_path: Path,
     pg: Any,
     postgres_dsn: str,
@@ -85,8 +84,7 @@ def project(
     monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
     (tmp_path / "syncs").mkdir()
     (tmp_path / "lockgate.yml").write_text(
-        f"name: t\nsources:\n  warehouse: {{type: postgres, url: '{postgres_dsn}', "
-        f"key_in_warehouse: {str(request.param).lower()}}}\n"
+        f"name: t\nsources:\n  warehouse: {{type: postgres, url: '{postgres_dsn}'}}\n"
         f"destinations:\n  customerio:\n    type: customerio\n"
         f"    track_url: {customerio_emulator.base_url}\n    rate_limit: 1000/s\n"
     )

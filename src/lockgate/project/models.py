@@ -108,10 +108,6 @@ class PostgresSourceConfig(StrictModel):
     """Connection URL, e.g. `${WAREHOUSE_URL}`; may hold a password, so use an env reference."""
     redshift: bool = False
     """Set for Amazon Redshift: avoids server-side features Redshift lacks (see docs/sources.md)."""
-    key_in_warehouse: bool = True
-    """Incremental people, objects and relationships syncs have Postgres hash each row's mapped
-    columns and copy only the key, the hash and the changed rows; `false` copies the whole model
-    every run. Ignored with `redshift: true`, which always copies the whole model."""
 
     @field_validator("url")
     @classmethod

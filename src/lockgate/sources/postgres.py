@@ -252,10 +252,8 @@ class PostgresSource:
     SUPPORTS_ARROW_NATIVE: ClassVar[bool] = True
     SUPPORTS_ROW_COUNTS: ClassVar[bool] = True
 
-    def __init__(self, url: str, *, name: str | None = None, key_in_warehouse: bool = True) -> None:
+    def __init__(self, url: str, *, name: str | None = None) -> None:
         self.url = url
-        #: whether a sync may hash rows here and copy only the changed ones (`WarehouseKeyed`)
-        self.key_in_warehouse = key_in_warehouse
         self.who = label(self.NAME, name)
         self._catalog: Any = None
 
@@ -267,7 +265,7 @@ class PostgresSource:
         url = resolve_env(config.url, field="url")
         assert url is not None
         source_class = RedshiftSource if config.redshift else cls
-        return source_class(url, name=name, key_in_warehouse=config.key_in_warehouse)
+        return source_class(url, name=name)
 
     # ------------------------------------------------------------------ driver
 

@@ -261,8 +261,6 @@ class WarehouseKeyed:
 
         if not isinstance(source, PostgresSource) or isinstance(source, RedshiftSource):
             return None
-        if not source.key_in_warehouse:
-            return None
         try:
             schema = source.schema_of(sql)
         except SourceError:
