@@ -20,7 +20,7 @@ import orjson
 
 from lockgate.project.models import SyncConfig
 from lockgate.state.store import run_sql, table
-from lockgate.sync.extract import InPlace, WarehouseKeyed
+from lockgate.sync.extract import InPlace
 from lockgate.sync.mapping import Compiled, json_key, lit
 
 
@@ -487,7 +487,7 @@ def diff_records(
     people_snaps: list[str] | None = None,
     relationship_snaps: list[str] | None = None,
     now: int = 0,
-    in_place: InPlace | WarehouseKeyed | None = None,
+    in_place: InPlace | None = None,
     payloads: bool = True,
     full_resync: bool = False,
     shared_check: bool = False,

@@ -98,19 +98,8 @@ class Compiled:
         return f"select k, src_h from ({self.head}{inner})"
 
 
-#: a column the warehouse adds to a model it keys itself (``extract.WarehouseKeyed``): the
-#: hash, computed there, of the columns the mapping reads; ``src_h`` is then built from it
-ROW_HASH = "__lockgate_row_hash"
-
-
-def source_hash(
-    sync: SyncConfig, columns: tuple[str, ...], model: dict[str, str] | None = None
-) -> str:
-    """SQL for ``src_h``: the row's mapped columns plus a fingerprint of the sync's config.
-
-    When the ``model``'s columns include :data:`ROW_HASH` (the warehouse hashed those columns
-    itself), ``src_h`` is built from that column instead, so a run that copies only a key and
-    that hash from the warehouse finds the same ``src_h`` as one that copies every column."""
+def source_hash(sync: SyncConfig, columns: tuple[str, ...]) -> str:
+    """SQL for ``src_h``: the row's mapped columns plus a fingerprint of the sync's config."""
     import hashlib
 
     # only what shapes the payload: changing a guardrail or a schedule re-sends nothing
@@ -130,8 +119,6 @@ def source_hash(
     )
     text = MAPPING_VERSION + orjson.dumps(shaping, option=orjson.OPT_SORT_KEYS).decode()
     fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
-    if model is not None and ROW_HASH in model:
-        columns = (ROW_HASH,)
     cols = ", ".join(q(c) for c in dict.fromkeys(columns))
     return f"hash({cols}{', ' if cols else ''}{lit(fingerprint)})"
 
@@ -758,7 +745,7 @@ def compile_people(sync: SyncConfig, columns: dict[str, str], default_on_null: s
     if sync.on_change:
         ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null)
     null_key = " or ".join(f"{q(k)} is null" for k in sync.key_columns)
-    src_h = source_hash(sync, (*used, *sync.key_columns), columns)
+    src_h = source_hash(sync, (*used, *sync.key_columns))
     checks.insert(0, f"case when {null_key} then {lit('primary key is null')} end")
     op = (
         '\'{"type":"person","action":"identify","identifiers":\' || '
@@ -1014,7 +1001,7 @@ def compile_objects(sync: SyncConfig, columns: dict[str, str], default_on_null: 
     if sync.on_change:
         # the watched values ride in `ident` (removal ops rebuild identifiers from its keys)
         ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null)
-    src_h = source_hash(sync, (key_column, *fields.columns), columns)
+    src_h = source_hash(sync, (key_column, *fields.columns))
     select = (
         f"select coalesce(__obj, '(null object id)') as k, {op} as op, {ident} as ident, "
         f"coalesce({', '.join(checks)}) as reject, "
@@ -1071,7 +1058,7 @@ def compile_relationships(
         anonymous = f"starts_with({identifiers}, '{{\"anonymous_id\"')"
         op = f"case when {anonymous} then {anonymous_op} else {op} end"
     used = (*sync.identify_by.values(), sync.object_id, *fields.columns)
-    src_h = source_hash(sync, used, columns)
+    src_h = source_hash(sync, used)
     select = (
         f"select coalesce({identifiers} || ' ' || __obj, '(no person or object)') as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "

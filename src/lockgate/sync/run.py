@@ -38,7 +38,7 @@ from lockgate.state.store import StateStore, run_sql, table
 from lockgate.sync import diff as diff_step
 from lockgate.sync import guard as guard_step
 from lockgate.sync import mapping
-from lockgate.sync.extract import InPlace, Staged, WarehouseKeyed, stage
+from lockgate.sync.extract import InPlace, Staged, stage
 
 if TYPE_CHECKING:
     from lockgate.sync.commit import CommitCounts
@@ -179,11 +179,7 @@ def _prepare(
                 project.config.sources[sync.source], root=project.root, name=sync.source
             )
             open_source.callback(source.close)
-            in_place: InPlace | WarehouseKeyed | None = _in_place(
-                store, project, sync, source, full_resync=full_resync
-            )
-            if in_place is None:
-                in_place = _warehouse_keyed(store, project, sync, source)
+            in_place = _in_place(store, project, sync, source, full_resync=full_resync)
             if in_place is not None:  # the source stays open for the diff
                 staged = Staged(-1, in_place.columns)
             else:
@@ -219,14 +215,7 @@ def _prepare(
                 compiled = mapping.compile_events(sync, staged.columns, now)
         if in_place is not None:
             with step("extract"), console.progress(f"extract {sync.name}", None) as advance:
-                if isinstance(in_place, WarehouseKeyed) and (
-                    full_resync or not _has_snapshot(store, sync)
-                ):
-                    # nothing to diff against: the whole model is copied, with its row hash
-                    in_place.stage_hashed(store.con, compiled, advance)
-                    in_place = None
-                else:
-                    in_place.key(store.con, compiled, advance)
+                in_place.key(store.con, compiled, advance)
         with step("diff"):
             if full_resync and sync.kind != "events":
                 _shadow_snapshot(store, sync.name)
@@ -279,35 +268,10 @@ def _in_place(
     no identity graph (which rewrites the staged rows)."""
     if full_resync or sync.kind == "events" or mapping.needs_identity(project, sync):
         return None
-    if not _has_snapshot(store, sync):
+    snapshot = f"select exists(select 1 from {table('snap', sync.name)})"
+    if not store.con.execute(snapshot).fetchall()[0][0]:
         return None
     return InPlace.open(store.con, source, project.model_sql(sync), sync=sync.name)
-
-
-def _has_snapshot(store: StateStore, sync: SyncConfig) -> bool:
-    snapshot = f"select exists(select 1 from {table('snap', sync.name)})"
-    return bool(store.con.execute(snapshot).fetchall()[0][0])
-
-
-def _warehouse_keyed(
-    store: StateStore, project: Project, sync: SyncConfig, source: Source
-) -> WarehouseKeyed | None:
-    """A Postgres model keyed in the warehouse (see :class:`WarehouseKeyed`): a people,
-    objects or relationships sync without an identity graph (which rewrites the staged rows)
-    or `on_change` rules (whose watched values a rejected row's key reads). Every run of such
-    a sync takes this path, first runs too, so each finds the row hashes the last one kept."""
-    if sync.kind == "events" or sync.on_change or mapping.needs_identity(project, sync):
-        return None
-    key_columns = [*sync.key_columns, *sync.identify_by.values()]
-    if sync.object_id:
-        key_columns.append(sync.object_id)
-    return WarehouseKeyed.open(
-        store.con,
-        source,
-        project.model_sql(sync),
-        sync=sync.name,
-        key_columns=list(dict.fromkeys(key_columns)),
-    )
 
 
 class Prepared(NamedTuple):
