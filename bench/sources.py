@@ -4,6 +4,11 @@ Both read the same table through `Source.read` into nothing but a row count, so 
 what a sync pays before DuckDB sees the batches. Prints rows/s, peak RSS growth and the ratio.
 
     .venv/bin/python bench/sources.py postgresql://postgres@127.0.0.1:5432/postgres --rows 1000000
+
+With ``--hash``, also what keying a model in Postgres would cost instead of copying it: each row's
+key plus a hash of every column, computed by the server and read through ADBC, against the
+whole-row ADBC read (the question is whether an incremental sync should ask Postgres for
+``(key, hash)`` and fetch only changed rows; see docs/sources.md, "Why rows are copied whole").
 """
 
 from __future__ import annotations
@@ -36,13 +41,27 @@ def create(dsn: str, rows: int) -> None:
         )
 
 
-def measure(source: PostgresSource) -> tuple[int, float, int]:
+COLUMNS = "id, email, active, created_at, amount, props, uid"
+#: ways for Postgres to hash a row (and send only the key with it)
+HASHES = {
+    "key only, no hash": "id",
+    "md5, length-prefixed text": "id, md5("
+    + " || chr(31) || ".join(
+        f"coalesce(length({c}::text)::text || ':' || {c}::text, '-')" for c in COLUMNS.split(", ")
+    )
+    + ")",
+    "md5(row(...)::text)": f"id, md5(row({COLUMNS})::text)",
+    "hash_record_extended": f"id, hash_record_extended(row({COLUMNS}), 0)",
+}
+
+
+def measure(source: PostgresSource, select: str = "*") -> tuple[int, float, int]:
     gc.collect()
     before = rss()
     peak = before
     started = time.perf_counter()
     count = 0
-    for batch in source.read(f"select * from {TABLE}"):
+    for batch in source.read(f"select {select} from {TABLE}"):
         count += batch.num_rows
         peak = max(peak, rss())
     elapsed = time.perf_counter() - started
@@ -55,6 +74,7 @@ def main() -> None:
     parser.add_argument("dsn")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--hash", action="store_true", help="also time hashing rows in Postgres")
     args = parser.parse_args()
     create(args.dsn, args.rows)
     for run in range(1, args.repeat + 1):
@@ -68,6 +88,13 @@ def main() -> None:
                 f"({count / elapsed:,.0f} rows/s), peak RSS growth {growth / 1e6:,.0f} MB"
             )
         print(f"run {run} psycopg / adbc time ratio: {results['psycopg'] / results['adbc']:.1f}x")
+        for name, select in HASHES.items() if args.hash else ():
+            count, elapsed, _ = measure(PostgresSource(args.dsn), select)
+            assert count == args.rows, (name, count)
+            print(
+                f"run {run} (key, hash) {name:28} {elapsed:6.2f} s: "
+                f"{elapsed / results['adbc']:.2f}x the whole-row ADBC read"
+            )
     with psycopg.connect(args.dsn, autocommit=True) as conn:
         conn.execute(f"drop table {TABLE}")
 
