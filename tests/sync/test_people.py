@@ -495,6 +495,69 @@ attributes: [seats, flags, tags]
     assert person.attributes["tags"] == ["a", None]
 
 
+def test_whole_numbers_in_lists_and_json_fields_are_sent_as_integers(
+    project_factory: ProjectFactory,
+) -> None:
+    """`5`, not `5.0`, wherever a number goes: in a list of doubles or decimals, and in a
+    `type: json` field over a number column (Liquid prints `5.0` for a JSON `5.0`)."""
+    project_factory.sql(
+        """
+        create or replace table scores as select * from (values
+          (1, [1.0, 2.5, null]::double[], [5.00, 1.25]::decimal(6,2)[], 7.0::double,
+           5.00::decimal(6,2), [3.0, -0.0]::double[2], []::double[]),
+          (2, [1e20]::double[], [12345678901234567890.00]::decimal(30,2)[], 2.5,
+           1.50, [1.5, 2.0]::double[2], null)
+        ) t(id, ratios, prices, ratio, price, pair, empty)
+        """
+    )
+    sync = """
+name: scores
+source: warehouse
+model: {table: scores}
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes:
+  ratios: ratios
+  prices: prices
+  pair: pair
+  empty: empty
+  ratios_json: {column: ratios, type: json}
+  ratio_json: {column: ratio, type: json}
+  price_json: {column: price, type: json}
+"""
+    project = project_factory.write({"scores": sync})
+    report = run_sync(project, "scores", console=NullConsole())
+    assert report.delivered == 2 and report.changes.rejected == 0
+
+    def typed(value: Any) -> Any:
+        if isinstance(value, list):
+            return [typed(v) for v in value]
+        return (type(value).__name__, value)
+
+    emu = project_factory.emulator
+    people = {p.id: {k: typed(v) for k, v in p.attributes.items()} for p in emu.people()}
+    assert people["1"] == {
+        "ratios": [("int", 1), ("float", 2.5), ("NoneType", None)],
+        "prices": [("int", 5), ("float", 1.25)],
+        "pair": [("int", 3), ("int", 0)],
+        "empty": [],
+        "ratios_json": [("int", 1), ("float", 2.5), ("NoneType", None)],
+        "ratio_json": ("int", 7),
+        "price_json": ("int", 5),
+    }
+    assert people["2"] == {
+        # beyond 2^53 a double is not an exact integer: sent as the double it is
+        "ratios": [("float", 1e20)],
+        # a whole decimal keeps every digit
+        "prices": [("int", 12345678901234567890)],
+        "pair": [("float", 1.5), ("int", 2)],
+        "ratios_json": [("float", 1e20)],
+        "ratio_json": ("float", 2.5),
+        "price_json": ("float", 1.5),
+    }
+
+
 #: accounts addressed by email alone: two accounts with one email reach one person
 ACCOUNTS_BY_EMAIL = """
 name: accounts

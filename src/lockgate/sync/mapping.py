@@ -17,6 +17,7 @@ sends the default.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -509,24 +510,29 @@ def field_fragment(
             "which the model does not return",
             hint=f"the model's columns are {known}",
         )
-    expression, check = coerce(sync, name, column, columns[column], spec.type)
+    col_type = columns[column]
+    # `type: json` over a number column (or a list of numbers) is that number as JSON: sent as
+    # `auto` sends it, so a whole value is an integer (`5`, not `5.0` or a decimal's `5.00`)
+    numbers = _is(col_type, NUMERIC_TYPES) or _NUMBER_LIST.fullmatch(col_type.upper())
+    ftype = "auto" if spec.type == "json" and numbers else spec.type
+    expression, check = coerce(sync, name, column, col_type, ftype)
     alias = f"__v{len(computed)}"
     # a value that can be over the limit is kept as the JSON text it is sent as, built once for
     # the fragment and its size check (`to_json` of null is null, so `check` still holds)
-    sized = limit and may_exceed(columns[column], spec.type)
-    computed.append((alias, f"to_json({expression})::varchar" if sized else expression))
+    sized = limit and may_exceed(col_type, ftype)
+    computed.append((alias, f"{_to_json(expression, col_type)}::varchar" if sized else expression))
     value = q(alias)
     checks = [check.replace(expression, value)] if check != "null" else []
     if sized:
         checks.append(_oversized(column, name, value))
-    if limit and _is(columns[column], ("VARCHAR",)) and spec.type in ("auto", "string"):
+    if limit and _is(col_type, ("VARCHAR",)) and ftype in ("auto", "string"):
         checks.append(
             f"case when strlen({q(column)}) > {MAX_VALUE_BYTES} then "
             f"{lit(f'column `{column}` (field `{name}`): value is ')} || strlen({q(column)}) || "
             f"{lit(f' bytes, over the {MAX_VALUE_BYTES}-byte limit of Customer.io')} end"
         )
-    text = json_is_text(columns[column], spec.type)
-    number = _number_json(value, column, columns[column], spec.type)
+    text = json_is_text(col_type, ftype)
+    number = _number_json(value, column, col_type, ftype)
     # concat(), one allocation, not a chain of `||`: the value is not null in this branch
     if sized:
         encoded = f"concat({key}, {value})"
@@ -535,7 +541,7 @@ def field_fragment(
     elif text:
         encoded = f"concat({key}, {value}::varchar)"
     else:
-        encoded = f"concat({key}, to_json({value}))"
+        encoded = f"concat({key}, {_to_json(value, col_type)})"
     cleared = None
     if policy == "clear":
         fragment = f"case when {value} is null then {key} || '\"\"' else {encoded} end"
@@ -582,6 +588,31 @@ def _number_json(value: str, column: str, col_type: str, ftype: str) -> str | No
             f"then {value}::bigint::varchar else {double} end"
         )
     return None
+
+
+_NUMBER_LIST = re.compile(r"(FLOAT|DOUBLE|DECIMAL\(\d+,\s*\d+\)|HUGEINT|UHUGEINT)\[\d*\]")
+
+
+def _to_json(value: str, col_type: str) -> str:
+    """SQL for the JSON of ``value`` (a coerced value of a ``col_type`` column): ``to_json``,
+    except that in a list of doubles or decimals each whole element is an integer, as a
+    scalar number is (:func:`_number_json`): `[5, 2.5]`, not `[5.0, 2.5]`. A list's NaN and
+    infinities were rejected by :func:`coerce`; a null element stays `null`."""
+    found = _NUMBER_LIST.fullmatch(col_type.upper())
+    if found is None:
+        return f"to_json({value})"
+    if found.group(1) in ("FLOAT", "DOUBLE"):
+        element = (
+            f"case when abs(x) <= {MAX_EXACT_FLOAT} and x = trunc(x) then x::bigint::varchar "
+            "else to_json(x)::varchar end"
+        )
+    else:
+        element = (
+            f"case when x = trunc(x) and x between {MIN_JSON_INT} and {MAX_JSON_INT} "
+            "then x::hugeint::varchar else to_json(x::double)::varchar end"
+        )
+    items = f"array_to_string(list_transform({value}, lambda x: coalesce({element}, 'null')), ',')"
+    return f"case when {value} is null then null else ('[' || {items} || ']')::json end"
 
 
 def _object(fragments: list[str]) -> str:
