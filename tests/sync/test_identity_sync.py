@@ -11,6 +11,7 @@ import pytest
 
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
+from lockgate.errors import LockgateError
 from lockgate.project.loader import load_project
 from lockgate.sync.run import run_sync
 
@@ -347,3 +348,47 @@ def test_a_crm_id_held_as_integer_and_as_decimal_is_one_person(
     assert people["u1"].attributes["deal_stage"] == "won"
     assert people["u1"].attributes["crm_id"] == "7"  # the CRM id as the sync sends it
     assert people["u2"].attributes["deal_stage"] == "open"
+
+
+def test_syncs_of_one_command_resolve_the_graph_once_with_the_same_outcome(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sync --all` resolves the identity graph once for all its syncs (a `Session`). What
+    reaches Customer.io and the warehouse's identity tables is what separate runs give, and a
+    sync that fails after resolving leaves keeping the graph to the next one."""
+    from lockgate.sync.resolve import IDENTITY_STATE
+    from lockgate.sync.run import Session
+
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    broken = BILLING.replace("{mrr: {column: mrr, type: number}}", "{mrr: {column: nope}}")
+
+    def outcome(root: Path, session: Session | None) -> tuple[Any, ...]:
+        root.mkdir()
+        project = setup(root, customerio_emulator.base_url or "")
+        (root / "syncs" / "billing.yml").write_text(textwrap.dedent(broken))
+        project = load_project(root)
+        customerio_emulator.reset()
+        with pytest.raises(LockgateError, match="nope"):
+            run_sync(project, "billing", console=NullConsole(), session=session)
+        assert not (project.state_dir / IDENTITY_STATE).exists()  # billing kept nothing
+        for name in ("profile", "leads"):
+            assert run_sync(project, name, console=NullConsole(), session=session).delivered
+        assert (project.state_dir / IDENTITY_STATE).exists()
+        con = duckdb.connect(str(root / "w.duckdb"), read_only=True)
+        profiles = con.execute(
+            "select profile_id, cio_person_id from lockgate.lg_profiles order by 1"
+        ).fetchall()
+        con.close()
+        people = sorted(
+            (p.id or "", p.email or "", p.attributes) for p in customerio_emulator.people()
+        )
+        return profiles, people
+
+    separate = outcome(tmp_path / "separate", None)
+    session = Session()
+    shared = outcome(tmp_path / "shared", session)
+    assert session.resolution is not None and session.resolution.saved
+    assert shared == separate
+    assert len(shared[1]) == 3 and len(shared[0]) == 3

@@ -15,7 +15,7 @@ from lockgate.cli.options import json_option, open_project, project_option
 from lockgate.console import RichConsole
 from lockgate.errors import ConfigError, LockgateError, StateError
 from lockgate.state.store import StateStore, read_runs_log
-from lockgate.sync.run import KIND_ORDER, RunReport, plan_sync, run_sync
+from lockgate.sync.run import KIND_ORDER, RunReport, Session, plan_sync, run_sync
 
 
 def _print_json(data: Any) -> None:
@@ -205,11 +205,17 @@ def sync(
     console = RichConsole(quiet=as_json)
     reports = []
     failed: list[tuple[str, LockgateError]] = []
+    session = Session()  # the syncs of this command resolve the identity graph once
     with sigterm_stops_like_ctrl_c():
         for name in names:
             try:
                 report = run_sync(
-                    project, name, console=console, full_resync=full_resync, force=force
+                    project,
+                    name,
+                    console=console,
+                    full_resync=full_resync,
+                    force=force,
+                    session=session,
                 )
             except LockgateError as exc:
                 if len(names) == 1:

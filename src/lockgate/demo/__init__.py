@@ -22,7 +22,7 @@ from lockgate.console import Console
 from lockgate.demo import warehouse
 from lockgate.emulator import Emulator
 from lockgate.project.loader import load_project
-from lockgate.sync.run import KIND_ORDER, RunReport, run_sync
+from lockgate.sync.run import KIND_ORDER, RunReport, Session, run_sync
 
 #: people who get the act 3 email campaign (a sample keeps the demo quick)
 ENGAGED_PEOPLE = 200
@@ -100,7 +100,8 @@ def run_demo(directory: Path, console: Console) -> DemoResult:
                 console.info("\n[bold]Act 1[/bold]: first sync of a fresh warehouse")
             project = load_project(directory)
             names = sorted(project.syncs, key=lambda n: KIND_ORDER[project.syncs[n].kind])
-            reports = [run_sync(project, name, console=console) for name in names]
+            session = Session()  # the identity graph resolved once for all the syncs
+            reports = [run_sync(project, name, console=console, session=session) for name in names]
             result.acts.append(reports)
             result.people_in_customerio.append(len(emulator.people()))
             result.events_in_customerio.append(len(emulator.events()))

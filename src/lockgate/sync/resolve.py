@@ -119,6 +119,9 @@ class Resolution:
     config: IdentityConfig
     result: IdentityResult
     resolver: Resolver
+    #: the graph was kept and its analyst tables written (by the first of several syncs that
+    #: share it to commit: see ``run.Session``)
+    saved: bool = False
 
     def save(self, state_dir: Path) -> None:
         """Keep this run's graph as the next run's starting point (stable profile ids)."""

@@ -151,6 +151,21 @@ class _Step:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
 
 
+@dataclass
+class Session:
+    """What the runs of one invocation (`lockgate sync --all`, the demo) share.
+
+    The identity graph is resolved once, by the first run that needs it, and used by the
+    others: resolving it again from the same sources and the graph that run kept gives the
+    same profiles (profile ids are stable across runs), so every later sync of the invocation
+    paid for the same work again (at 1M identity edges, seconds per sync) and appended the
+    same analyst log rows again. The first run to commit keeps the graph and writes the
+    analyst tables; a run that fails before that leaves it to the next.
+    """
+
+    resolution: Resolution | None = None
+
+
 def _new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
@@ -165,6 +180,7 @@ def _prepare(
     full_resync: bool,
     now: int,
     payloads: bool = True,
+    session: Session | None = None,
 ) -> Prepared:
     """Everything before delivery. Without ``payloads`` (a plan), records' payloads are built
     only for the samples shown (``diff.with_payloads``)."""
@@ -198,7 +214,12 @@ def _prepare(
 
             with step("resolve"):
                 config = resolve_step.identity_config(project, sync)
-                resolution = resolve_step.resolve_identities(project, config, step.run_id)
+                if session is not None and session.resolution is not None:
+                    resolution = session.resolution
+                else:
+                    resolution = resolve_step.resolve_identities(project, config, step.run_id)
+                    if session is not None:
+                        session.resolution = resolution
                 identity_ops = resolve_step.merge_operations(store, project, sync, resolution)
                 merge_guard = resolve_step.merge_guard(resolution, identity_ops)
                 sync = resolve_step.key_rows(store.con, sync, resolution)
@@ -532,9 +553,11 @@ def run_sync(
     full_resync: bool = False,
     force: bool = False,
     now: int | None = None,
+    session: Session | None = None,
 ) -> RunReport:
     """Run one sync to the end; returns its report. Raises StepError when a step fails,
-    ContractError (before anything is sent) when a guardrail is breached and not ``force``."""
+    ContractError (before anything is sent) when a guardrail is breached and not ``force``.
+    Runs that pass one ``session`` share the identity graph (see :class:`Session`)."""
     sync = project.sync(name)
     run_id = _new_run_id()
     step = _Step(run_id)
@@ -552,6 +575,7 @@ def run_sync(
                 step,
                 full_resync=full_resync,
                 now=now or int(time.time()),
+                session=session,
             )
             guard_step.enforce(sync, guards, force=force)
             if full_resync and sync.kind != "events":
@@ -589,10 +613,11 @@ def run_sync(
                     )
             with step("commit"):
                 store.fold_journal(sync.name)
-                if resolution is not None:
+                if resolution is not None and not resolution.saved:
                     from lockgate.sync.resolve import write_tables
 
                     resolution.save(project.state_dir)
+                    resolution.saved = True
                     try:
                         where = write_tables(project, resolution)
                         console.info(f"{sync.name}: identity tables written to {where}")
