@@ -496,7 +496,11 @@ def test_case_26_newly_blocklisted_value_proposes_a_split_for_review() -> None:
     )
     first = run(
         cfg,
-        {"leads": rows(*({"email": f"p{i:02d}@x.com", "coupon": "SHARED1"} for i in range(40)))},
+        {
+            "newsletter": rows(
+                *({"email": f"p{i:02d}@x.com", "coupon": "SHARED1"} for i in range(40))
+            )
+        },
     )
     assert first.profiles.num_rows == 1
     parent = first.profiles["profile_id"][0].as_py()
@@ -657,3 +661,49 @@ def test_case_37_identify_then_merge_race_identifies_the_survivor() -> None:
     assert (
         identify["identifiers"] == {"id": "u9"} and identify["attributes"]["email"] == "old@x.com"
     )
+
+
+def test_a_sync_skips_the_customerio_plan_only_when_it_can_hold_no_merge() -> None:
+    """A sync builds the graph's Customer.io plan only for its merges; it skips building it
+    when the run merged no profiles and no profile holds two Customer.io people. Each case
+    here checks that the skip agrees with what the full plan holds."""
+    from lockgate.identity import Resolver
+    from lockgate.sync.resolve import Resolution, _may_merge
+
+    cfg = config()
+    everyone = {("cio_id", "X"), ("cio_id", "Y"), ("id", "u1"), ("id", "u2")}
+    everyone |= {("email", "e1@x.com"), ("email", "e2@x.com")}
+    app = rows({"user_id": "u1", "email": "e1@x.com", "ts": 1})
+    plain = run(cfg, {"app_users": app})
+    duplicates = run(
+        cfg,
+        {
+            "customerio_people": rows(
+                {"cio_id": "X", "user_id": "u1"}, {"cio_id": "Y", "email": "e1@x.com"}
+            ),
+            "app_users": app,
+        },
+    )
+    apart = {
+        "app_users": rows({"user_id": "u2", "email": "e2@x.com", "ts": 1}),
+        "newsletter": rows({"email": "e1@x.com", "ts": 1}),
+    }
+    first = run(cfg, apart)
+    joined = run(
+        cfg,
+        {
+            **apart,
+            "app_users": rows(
+                {"user_id": "u2", "email": "e2@x.com", "ts": 1},
+                {"user_id": "u2", "email": "e1@x.com", "ts": 2},
+            ),
+        },
+        state=first.state,
+        run_id="r2",
+    )
+    cases = {"plain": plain, "cio duplicates": duplicates, "joined": joined}
+    seen = {}
+    for name, result in cases.items():
+        merges = ops_of(plan_customerio(result, cfg, exists=everyone), "merge")
+        seen[name] = (_may_merge(Resolution(cfg, result, Resolver(cfg, result))), bool(merges))
+    assert seen == {"plain": (False, False), "cio duplicates": (True, True), "joined": (True, True)}

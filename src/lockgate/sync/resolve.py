@@ -343,6 +343,26 @@ def known_people(store: StateStore, project: Project) -> set[tuple[str, str]]:
     return known
 
 
+def _may_merge(resolution: Resolution) -> bool:
+    """Whether the graph's Customer.io plan can hold a merge: profiles merged this run, or a
+    profile holding more than one imported Customer.io person (`cio_id` identifiers), the
+    two sources of merges in ``plan_customerio``."""
+    result, config = resolution.result, resolution.config
+    if result.merges.num_rows:
+        return True
+    counts = [
+        pc.fill_null(result.profiles[f"n_{t}"], 0)
+        for t, spec in config.identifier_types.items()
+        if spec.customerio == "cio_id" and f"n_{t}" in result.profiles.column_names
+    ]
+    if not counts:
+        return False
+    total = counts[0]
+    for more in counts[1:]:
+        total = pc.add(total, more)
+    return bool(pc.any(pc.greater(total, 1)).as_py())
+
+
 def merge_operations(
     store: StateStore, project: Project, sync: SyncConfig, resolution: Resolution
 ) -> pa.Table:
@@ -353,6 +373,10 @@ def merge_operations(
     """
     import orjson
 
+    if not _may_merge(resolution):
+        # the common run: no profiles merged, none holding two Customer.io people. The plan
+        # below would be built for every profile (seconds at a million) to keep none of it
+        return pa.table({"k": pa.array([], pa.string()), "op": pa.array([], pa.string())})
     plan = plan_customerio(
         resolution.result,
         resolution.config,
