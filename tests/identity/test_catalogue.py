@@ -496,11 +496,7 @@ def test_case_26_newly_blocklisted_value_proposes_a_split_for_review() -> None:
     )
     first = run(
         cfg,
-        {
-            "newsletter": rows(
-                *({"email": f"p{i:02d}@x.com", "coupon": "SHARED1"} for i in range(40))
-            )
-        },
+        {"leads": rows(*({"email": f"p{i:02d}@x.com", "coupon": "SHARED1"} for i in range(40)))},
     )
     assert first.profiles.num_rows == 1
     parent = first.profiles["profile_id"][0].as_py()
