@@ -392,3 +392,36 @@ def test_syncs_of_one_command_resolve_the_graph_once_with_the_same_outcome(
     assert session.resolution is not None and session.resolution.saved
     assert shared == separate
     assert len(shared[1]) == 3 and len(shared[0]) == 3
+
+
+def test_a_merge_found_by_one_command_is_sent_and_reported_once(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The syncs of one `sync --all` share the resolution that found a merge: the first sends
+    it, and the others, each with its own ledger, neither send nor count it again."""
+    from lockgate.sync.run import Session
+
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    project = setup(tmp_path, customerio_emulator.base_url or "")
+    names = ("billing", "profile", "leads")
+    for name in names:
+        run_sync(project, name, console=NullConsole())
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("insert into stripe_customers values ('cus_C', 'ada.work@acme.io')").fetchall()
+    con.execute("insert into app_users values ('u1', 'ada.work@acme.io', 'pro')").fetchall()
+    con.close()
+    before = len(customerio_emulator.request_log())
+    session = Session()
+    reports = [run_sync(project, n, console=NullConsole(), session=session) for n in names]
+    assert [r.identity_merges for r in reports] == [1, 0, 0]
+    assert len(customerio_emulator.merges()) == 1
+    merge_ops = [
+        op
+        for r in customerio_emulator.request_log()[before:]
+        if r.path == "/api/v2/batch" and isinstance(r.body, dict)
+        for op in r.body.get("batch", [])
+        if op.get("action") == "merge"
+    ]
+    assert len(merge_ops) == 1

@@ -15,6 +15,7 @@ the resolved attributes are re-applied to the survivor by the sync's normal diff
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -357,15 +358,31 @@ def _may_merge(resolution: Resolution) -> bool:
     ]
     if not counts:
         return False
-    total = counts[0]
-    for more in counts[1:]:
-        total = pc.add(total, more)
-    return bool(pc.any(pc.greater(total, 1)).as_py())
+    return bool(pc.any(pc.greater(functools.reduce(pc.add, counts), 1)).as_py())
 
 
-def merge_operations(
-    store: StateStore, project: Project, sync: SyncConfig, resolution: Resolution
-) -> pa.Table:
+def _delivered_by_any_sync(store: StateStore, project: Project, keys: list[str]) -> set[str]:
+    """Which of these identity-operation keys a sync of the project has delivered: a merge
+    is one Customer.io call whichever sync sends it, and each keeps its own ledger."""
+    if not keys:
+        return set()
+    found: set[str] = set()
+    store.con.register("_op_keys", pa.table({"k": pa.array(keys, pa.string())}))
+    try:
+        for other in project:
+            store.ensure_sync_tables(other.name)
+            found.update(
+                row[0]
+                for row in store.con.execute(
+                    f"select k from {table('ledger', other.name)} semi join _op_keys using (k)"
+                ).fetchall()
+            )
+    finally:
+        store.con.unregister("_op_keys")
+    return found
+
+
+def merge_operations(store: StateStore, project: Project, resolution: Resolution) -> pa.Table:
     """The Customer.io operations the graph asks for (merges first), not yet delivered.
 
     Columns: ``k`` (the op's idempotency key), ``op`` (JSON). The merge limit
@@ -383,13 +400,14 @@ def merge_operations(
         exists=known_people(store, project),
         limit_merges=False,
     )
-    ledger = table("ledger", sync.name)
-    delivered = {row[0] for row in store.con.execute(f"select k from {ledger}").fetchall()}
+    wanted = [op.key for op in plan.ops if op.payload.get("action") in ("merge", "identify")]
+    delivered = _delivered_by_any_sync(store, project, wanted)
     # Lockgate's syncs decide which people exist; from the graph's plan only merges, and the
-    # identifiers re-applied to their survivors, are sent here. A merge already delivered is
-    # not re-applied again: its survivor's identify has a new key every run (it carries the
-    # run id), and Customer.io duplicates imported with `cio_id` keep planning the same merge
-    # until the next export drops the absorbed person
+    # identifiers re-applied to their survivors, are sent here. A merge already delivered, by
+    # this sync or another, is not re-applied again: its survivor's identify has a new key
+    # every run (it carries the run id), the syncs of one command share one resolution (and
+    # so its keys), and Customer.io duplicates imported with `cio_id` keep planning the same
+    # merge until the next export drops the absorbed person
     merges = [
         op for op in plan.ops if op.payload.get("action") == "merge" and op.key not in delivered
     ]

@@ -220,7 +220,7 @@ def _prepare(
                     resolution = resolve_step.resolve_identities(project, config, step.run_id)
                     if session is not None:
                         session.resolution = resolution
-                identity_ops = resolve_step.merge_operations(store, project, sync, resolution)
+                identity_ops = resolve_step.merge_operations(store, project, resolution)
                 merge_guard = resolve_step.merge_guard(resolution, identity_ops)
                 sync = resolve_step.key_rows(store.con, sync, resolution)
                 staged = Staged(staged.rows, {**staged.columns, **_model_columns(store)})
