@@ -782,13 +782,26 @@ def compile_people(sync: SyncConfig, columns: dict[str, str], default_on_null: s
         '\'{"type":"person","action":"identify","identifiers":\' || '
         f"{identifiers} || ',\"attributes\":' || {_object(fields.fragments)} || '}}'"
     )
+    # the text of a null key spells out the identifiers' expressions rather than reading their
+    # computed columns, in a `case` (which DuckDB evaluates only for the rows that reach it;
+    # `coalesce` and a computed column cost every row): keying 1M rows took 0.36 s, now 0.19 s
+    null_key_text = _inlined(ident, fields.computed)
+    fields.computed.append(("__k", key_sql))
     select = (
-        f"select coalesce({key_sql}, '(null key) ' || coalesce({ident}, '')) as k, "
+        "select case when \"__k\" is null "
+        f"then '(null key) ' || coalesce({null_key_text}, '') else \"__k\" end as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
         f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared{extra_columns}, "
         f"{_person_address(fields)} as addr, __rid, {src_h} as src_h from "
     )
     return fields.compiled(select, tuple(dict.fromkeys(used + sync.key_columns)), src_h)
+
+
+def _inlined(sql: str, computed: list[tuple[str, str]]) -> str:
+    """``sql`` with each reference to a computed column replaced by its expression."""
+    for alias, expression in computed:
+        sql = sql.replace(q(alias), f"({expression})")
+    return sql
 
 
 def _person_address(fields: Fields) -> str:
