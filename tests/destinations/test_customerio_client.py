@@ -7,8 +7,12 @@ and that every record got exactly one outcome with a useful reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -254,8 +258,6 @@ def test_retries_exhausted_dead_letters_with_the_last_error() -> None:
 
 
 def unused_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -358,3 +360,87 @@ def test_missing_credentials_and_secrets_in_repr() -> None:
         CustomerIOClient(CustomerIOSettings.from_env())
     client = CustomerIOClient(CustomerIOSettings(site_id="site", api_key="s3cr3t-key"))
     assert "s3cr3t" not in repr(client)
+
+
+@contextmanager
+def tls_server_with_an_untrusted_certificate() -> Iterator[str]:
+    """A loopback TLS listener presenting a self-signed certificate; its https URL."""
+    import datetime as dt
+    import ssl
+    import tempfile
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        cert_path, key_path = f"{folder}/cert.pem", f"{folder}/key.pem"
+        with open(cert_path, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        with open(key_path, "wb") as f:
+            f.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_path, key_path)
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0.2)
+        stop = threading.Event()
+
+        def accept() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    conn.settimeout(5)
+                    context.wrap_socket(conn, server_side=True).close()
+                conn.close()
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        try:
+            yield f"https://127.0.0.1:{listener.getsockname()[1]}"
+        finally:
+            stop.set()
+            thread.join(5)
+            listener.close()
+
+
+def test_an_https_url_still_checks_the_certificate() -> None:
+    """Certificate checks are skipped only for plain `http://` URLs (no TLS happens there):
+    an `https://` workspace presenting a certificate nobody trusts gets nothing."""
+    emu = Emulator()
+    with tls_server_with_an_untrusted_certificate() as url:
+        client = CustomerIOClient(settings_for(emu, url, max_retries=0))
+        results = client.deliver_all([identify(1), identify(2)])
+    assert {r.outcome for r in results} == {Outcome.DEAD_LETTER}
+    assert all("CERTIFICATE_VERIFY_FAILED" in (r.reason or "") for r in results), results

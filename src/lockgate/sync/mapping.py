@@ -788,7 +788,7 @@ def compile_people(sync: SyncConfig, columns: dict[str, str], default_on_null: s
     null_key_text = _inlined(ident, fields.computed)
     fields.computed.append(("__k", key_sql))
     select = (
-        "select case when \"__k\" is null "
+        'select case when "__k" is null '
         f"then '(null key) ' || coalesce({null_key_text}, '') else \"__k\" end as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
         f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared{extra_columns}, "
