@@ -387,8 +387,8 @@ def test_syncs_of_one_command_resolve_the_graph_once_with_the_same_outcome(
         return profiles, people
 
     separate = outcome(tmp_path / "separate", None)
-    session = Session()
-    shared = outcome(tmp_path / "shared", session)
+    with Session() as session:
+        shared = outcome(tmp_path / "shared", session)
     assert session.resolution is not None and session.resolution.saved
     assert shared == separate
     assert len(shared[1]) == 3 and len(shared[0]) == 3
@@ -413,8 +413,8 @@ def test_a_merge_found_by_one_command_is_sent_and_reported_once(
     con.execute("insert into app_users values ('u1', 'ada.work@acme.io', 'pro')").fetchall()
     con.close()
     before = len(customerio_emulator.request_log())
-    session = Session()
-    reports = [run_sync(project, n, console=NullConsole(), session=session) for n in names]
+    with Session() as session:
+        reports = [run_sync(project, n, console=NullConsole(), session=session) for n in names]
     assert [r.identity_merges for r in reports] == [1, 0, 0]
     assert len(customerio_emulator.merges()) == 1
     merge_ops = [

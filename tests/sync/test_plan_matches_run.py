@@ -11,7 +11,7 @@ from tests.sync import test_objects
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
 from lockgate.errors import ContractError
-from lockgate.sync.run import plan_sync, run_sync
+from lockgate.sync.run import Session, plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
 
@@ -80,6 +80,33 @@ def test_a_full_resync_refused_by_a_guardrail_keeps_the_snapshot(
     report = run_sync(project, "profile", console=NullConsole())
     assert (report.changes.new, report.changes.unchanged) == (0, 10)
     assert sent_ops(emu, before) == []
+
+
+def test_the_syncs_of_one_command_share_the_state_without_seeing_each_others_leftovers(
+    project_factory: ProjectFactory,
+) -> None:
+    """One command's syncs share one open state store (a `Session`). A full resync refused by
+    a guardrail leaves an empty stand-in for its snapshot on that connection: the next run of
+    the command must still diff against the real snapshot and send nothing again."""
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE})
+    run_sync(project, "profile", console=NullConsole())
+
+    project_factory.sql("alter table users alter signed_up_at type varchar")
+    before = len(emu.request_log())
+    with Session() as session:
+        with pytest.raises(ContractError, match="type drift"):
+            run_sync(project, "profile", console=NullConsole(), full_resync=True, session=session)
+        project_factory.sql("alter table users alter signed_up_at type timestamptz")
+        report = run_sync(project, "profile", console=NullConsole(), session=session)
+        assert (report.changes.new, report.changes.unchanged) == (0, 10)
+        project_factory.sql("update users set plan = 'team' where user_id = 3")
+        changed = run_sync(project, "profile", console=NullConsole(), session=session)
+        assert (changed.changes.changed, changed.delivered) == (1, 1)
+    assert [op["identifiers"] for op in sent_ops(emu, before)] == [{"id": "3"}]
+    # the session closed the store: another command can open the project's state
+    assert run_sync(project, "profile", console=NullConsole()).changes.unchanged == 10
 
 
 COMPANIES = """

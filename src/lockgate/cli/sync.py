@@ -205,8 +205,8 @@ def sync(
     console = RichConsole(quiet=as_json)
     reports = []
     failed: list[tuple[str, LockgateError]] = []
-    session = Session()  # the syncs of this command resolve the identity graph once
-    with sigterm_stops_like_ctrl_c():
+    # the syncs of this command resolve the identity graph once and share the state store
+    with sigterm_stops_like_ctrl_c(), Session() as session:
         for name in names:
             try:
                 report = run_sync(

@@ -100,8 +100,11 @@ def run_demo(directory: Path, console: Console) -> DemoResult:
                 console.info("\n[bold]Act 1[/bold]: first sync of a fresh warehouse")
             project = load_project(directory)
             names = sorted(project.syncs, key=lambda n: KIND_ORDER[project.syncs[n].kind])
-            session = Session()  # the identity graph resolved once for all the syncs
-            reports = [run_sync(project, name, console=console, session=session) for name in names]
+            # the identity graph resolved once for all the syncs, the state store opened once
+            with Session() as session:
+                reports = [
+                    run_sync(project, name, console=console, session=session) for name in names
+                ]
             result.acts.append(reports)
             result.people_in_customerio.append(len(emulator.people()))
             result.events_in_customerio.append(len(emulator.events()))

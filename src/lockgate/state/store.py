@@ -232,6 +232,21 @@ class StateStore:
         """A second handle on the same database (for writing while a result is streamed)."""
         return StateStore(self.path, self.con.cursor(), None)
 
+    def reset_connection(self) -> None:
+        """Drop what a run leaves on the connection for the next run on it: its temp tables
+        and views (a `--full-resync` run's empty stand-in for a snapshot among them), and a
+        transaction a failure left open."""
+        with contextlib.suppress(duckdb.Error):
+            run_sql(self.con, "rollback")
+        temps = self.con.execute(
+            "select 'table', table_name from duckdb_tables() where temporary "
+            "union all select 'view', view_name from duckdb_views() "
+            "where temporary and not internal"
+        ).fetchall()
+        for kind, name in temps:
+            quoted = name.replace('"', '""')
+            run_sql(self.con, f'drop {kind} if exists temp.main."{quoted}"')
+
     def close(self) -> None:
         with contextlib.suppress(duckdb.Error):
             self.con.close()
