@@ -499,16 +499,19 @@ attributes: [seats, flags, tags]
 def test_whole_numbers_in_lists_and_json_fields_are_sent_as_integers(
     project_factory: ProjectFactory,
 ) -> None:
-    """`5`, not `5.0`, wherever a number goes: in a list of doubles or decimals, and in a
-    `type: json` field over a number column (Liquid prints `5.0` for a JSON `5.0`)."""
+    """`5`, not `5.0`, wherever a number goes: in a list of doubles or decimals, in a struct
+    or a map at any depth, and in a `type: json` field over a number column (Liquid prints
+    `5.0` for a JSON `5.0`)."""
     project_factory.sql(
         """
         create or replace table scores as select * from (values
           (1, [1.0, 2.5, null]::double[], [5.00, 1.25]::decimal(6,2)[], 7.0::double,
-           5.00::decimal(6,2), [3.0, -0.0]::double[2], []::double[]),
+           5.00::decimal(6,2), [3.0, -0.0]::double[2], []::double[],
+           {'floor': 5.0, 'note': 'x:5.0,', 'rooms': [{'m2': 12.0}, {'m2': 7.5}]},
+           map {'a': 2.00, 'b': null}::map(varchar, decimal(6,2))),
           (2, [1e20]::double[], [12345678901234567890.00]::decimal(30,2)[], 2.5,
-           1.50, [1.5, 2.0]::double[2], null)
-        ) t(id, ratios, prices, ratio, price, pair, empty)
+           1.50, [1.5, 2.0]::double[2], null, null, map {}::map(varchar, decimal(6,2)))
+        ) t(id, ratios, prices, ratio, price, pair, empty, address, totals)
         """
     )
     sync = """
@@ -526,6 +529,11 @@ attributes:
   ratios_json: {column: ratios, type: json}
   ratio_json: {column: ratio, type: json}
   price_json: {column: price, type: json}
+  address: address
+  totals: totals
+  address_json: {column: address, type: json}
+  ratios_text: {column: ratios, type: string}
+  address_text: {column: address, type: string}
 """
     project = project_factory.write({"scores": sync})
     report = run_sync(project, "scores", console=NullConsole())
@@ -534,6 +542,8 @@ attributes:
     def typed(value: Any) -> Any:
         if isinstance(value, list):
             return [typed(v) for v in value]
+        if isinstance(value, dict):
+            return {k: typed(v) for k, v in value.items()}
         return (type(value).__name__, value)
 
     emu = project_factory.emulator
@@ -546,6 +556,23 @@ attributes:
         "ratios_json": [("int", 1), ("float", 2.5), ("NoneType", None)],
         "ratio_json": ("int", 7),
         "price_json": ("int", 5),
+        "address": {
+            "floor": ("int", 5),
+            "note": ("str", "x:5.0,"),
+            "rooms": [{"m2": ("int", 12)}, {"m2": ("float", 7.5)}],
+        },
+        "totals": {"a": ("int", 2), "b": ("NoneType", None)},
+        "address_json": {
+            "floor": ("int", 5),
+            "note": ("str", "x:5.0,"),
+            "rooms": [{"m2": ("int", 12)}, {"m2": ("float", 7.5)}],
+        },
+        # a `string` field sends the warehouse's own text of the value
+        "ratios_text": ("str", "[1.0, 2.5, NULL]"),
+        "address_text": (
+            "str",
+            "{'floor': 5.0, 'note': 'x:5.0,', 'rooms': [{'m2': 12.0}, {'m2': 7.5}]}",
+        ),
     }
     assert people["2"] == {
         # beyond 2^53 a double is not an exact integer: sent as the double it is
@@ -556,6 +583,8 @@ attributes:
         "ratios_json": [("float", 1e20)],
         "ratio_json": ("float", 2.5),
         "price_json": ("float", 1.5),
+        "totals": {},
+        "ratios_text": ("str", "[1e+20]"),
     }
 
 

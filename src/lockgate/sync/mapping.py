@@ -17,7 +17,6 @@ sends the default.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -511,16 +510,21 @@ def field_fragment(
             hint=f"the model's columns are {known}",
         )
     col_type = columns[column]
-    # `type: json` over a number column (or a list of numbers) is that number as JSON: sent as
-    # `auto` sends it, so a whole value is an integer (`5`, not `5.0` or a decimal's `5.00`)
-    numbers = _is(col_type, NUMERIC_TYPES) or _NUMBER_LIST.fullmatch(col_type.upper())
+    # `type: json` over a number column (or a list, struct or map holding numbers) is that
+    # value as JSON: sent as `auto` sends it, so a whole value is an integer (`5`, not `5.0` or
+    # a decimal's `5.00`)
+    numbers = _is(col_type, NUMERIC_TYPES) or _nested_numbers(col_type)
     ftype = "auto" if spec.type == "json" and numbers else spec.type
     expression, check = coerce(sync, name, column, col_type, ftype)
     alias = f"__v{len(computed)}"
     # a value that can be over the limit is kept as the JSON text it is sent as, built once for
     # the fragment and its size check (`to_json` of null is null, so `check` still holds)
     sized = limit and may_exceed(col_type, ftype)
-    computed.append((alias, f"{_to_json(expression, col_type)}::varchar" if sized else expression))
+    # only an `auto` value keeps the column's type: any other is coerced to a scalar
+    value_type = col_type if ftype == "auto" else ftype
+    computed.append(
+        (alias, f"{_to_json(expression, value_type)}::varchar" if sized else expression)
+    )
     value = q(alias)
     checks = [check.replace(expression, value)] if check != "null" else []
     if sized:
@@ -541,7 +545,7 @@ def field_fragment(
     elif text:
         encoded = f"concat({key}, {value}::varchar)"
     else:
-        encoded = f"concat({key}, {_to_json(value, col_type)})"
+        encoded = f"concat({key}, {_to_json(value, value_type)})"
     cleared = None
     if policy == "clear":
         fragment = f"case when {value} is null then {key} || '\"\"' else {encoded} end"
@@ -590,29 +594,84 @@ def _number_json(value: str, column: str, col_type: str, ftype: str) -> str | No
     return None
 
 
-_NUMBER_LIST = re.compile(r"(FLOAT|DOUBLE|DECIMAL\(\d+,\s*\d+\)|HUGEINT|UHUGEINT)\[\d*\]")
+_WHOLE_NUMBERS = ("FLOAT", "DOUBLE", "DECIMAL", "HUGEINT")  # UHUGEINT contains HUGEINT
+
+
+def _nested_numbers(col_type: str) -> bool:
+    """True for a list, array, struct or map type that may hold a float, decimal or huge
+    integer (whose JSON :func:`_to_json` writes); a cheap test on the type's text."""
+    upper = col_type.upper()
+    nested = col_type.endswith("]") or upper.startswith(("STRUCT", "MAP"))
+    return nested and any(n in upper for n in _WHOLE_NUMBERS)
+
+
+def _json_number(x: str, t: DuckDBPyType) -> str | None:
+    """SQL for the JSON text of ``x`` (not null), a number of type ``t`` that ``to_json`` may
+    write with a fraction or beyond what JSON readers take as an integer; None for any other
+    type. A whole value is an integer, as a scalar number field sends it (:func:`_number_json`)."""
+    if _is_float(t):
+        return (
+            f"case when abs({x}) <= {MAX_EXACT_FLOAT} and {x} = trunc({x}) "
+            f"then {x}::bigint::varchar else to_json({x})::varchar end"
+        )
+    if t.id in ("decimal", "hugeint", "uhugeint"):
+        return (
+            f"case when {x} = trunc({x}) and {x} between {MIN_JSON_INT} and {MAX_JSON_INT} "
+            f"then {x}::hugeint::varchar else to_json({x}::double)::varchar end"
+        )
+    return None
+
+
+def _json_text(x: str, t: DuckDBPyType, depth: int = 0) -> str:
+    """SQL for the JSON text of ``x`` of type ``t`` (`null` when null): ``to_json``'s, except
+    that every float, decimal or huge integer in it, at any depth (in lists, arrays, structs
+    and maps), is written by :func:`_json_number`."""
+    number = _json_number(x, t)
+    if number is not None:
+        return f"coalesce({number}, 'null')"
+    if not _holds_whole_numbers(t):
+        return f"coalesce(to_json({x})::varchar, 'null')"
+    var = f"__j{depth}"
+    if t.id in ("list", "array"):
+        element = _json_text(var, _members(t)[0][1], depth + 1)
+        items = f"array_to_string(list_transform({x}, lambda {var}: {element}), ',')"
+        return f"case when {x} is null then 'null' else '[' || {items} || ']' end"
+    if t.id == "map":
+        value = _json_text(f"{var}.value", _members(t)[1][1], depth + 1)
+        pair = f"to_json({var}.key::varchar)::varchar || ':' || {value}"
+        items = f"array_to_string(list_transform(map_entries({x}), lambda {var}: {pair}), ',')"
+        return f"case when {x} is null then 'null' else '{{' || {items} || '}}' end"
+    if t.id == "struct":
+        fields = " || ',' || ".join(
+            f"{json_key(name)} || {_json_text(f'struct_extract({x}, {lit(name)})', m, depth)}"
+            for name, m in _members(t)
+        )
+        return f"case when {x} is null then 'null' else '{{' || {fields} || '}}' end"
+    return f"coalesce(to_json({x})::varchar, 'null')"  # a union: as DuckDB writes it
+
+
+def _holds_whole_numbers(t: DuckDBPyType) -> bool:
+    if _json_number("x", t) is not None:
+        return True
+    if t.id not in ("list", "array", "map", "struct"):
+        return False
+    return any(_holds_whole_numbers(m) for _, m in _members(t))
 
 
 def _to_json(value: str, col_type: str) -> str:
-    """SQL for the JSON of ``value`` (a coerced value of a ``col_type`` column): ``to_json``,
-    except that in a list of doubles or decimals each whole element is an integer, as a
-    scalar number is (:func:`_number_json`): `[5, 2.5]`, not `[5.0, 2.5]`. A list's NaN and
-    infinities were rejected by :func:`coerce`; a null element stays `null`."""
-    found = _NUMBER_LIST.fullmatch(col_type.upper())
-    if found is None:
+    """SQL for the JSON of ``value`` (a value of type ``col_type``): ``to_json``,
+    except that every whole float or decimal in a list, array, struct or map is an integer, as
+    a scalar number is (:func:`_number_json`): `[5, 2.5]` and `{"floor": 5}`, not `[5.0, 2.5]`
+    and `{"floor": 5.0}`. NaN and infinities were rejected by :func:`coerce`; a null stays
+    `null`."""
+    if not _nested_numbers(col_type):
         return f"to_json({value})"
-    if found.group(1) in ("FLOAT", "DOUBLE"):
-        element = (
-            f"case when abs(x) <= {MAX_EXACT_FLOAT} and x = trunc(x) then x::bigint::varchar "
-            "else to_json(x)::varchar end"
-        )
-    else:
-        element = (
-            f"case when x = trunc(x) and x between {MIN_JSON_INT} and {MAX_JSON_INT} "
-            "then x::hugeint::varchar else to_json(x::double)::varchar end"
-        )
-    items = f"array_to_string(list_transform({value}, lambda x: coalesce({element}, 'null')), ',')"
-    return f"case when {value} is null then null else ('[' || {items} || ']')::json end"
+    import duckdb
+
+    t = duckdb.sqltype(col_type)
+    if not _holds_whole_numbers(t):
+        return f"to_json({value})"
+    return f"case when {value} is null then null else ({_json_text(value, t)})::json end"
 
 
 def _object(fragments: list[str]) -> str:
