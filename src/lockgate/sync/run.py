@@ -453,7 +453,7 @@ def _deliver_to_ledger(
     from lockgate.sync.deliver import deliver
 
     committer = Committer(store.writer(), sync=sync.name, run_id=run_id, kind="events")
-    with console.progress(f"deliver {sync.name} {label}", total) as advance:
+    with committer.store, console.progress(f"deliver {sync.name} {label}", total) as advance:
         deliver(
             store.con,
             destination_factory(project, sync),
@@ -647,7 +647,11 @@ def run_sync(
 
                 destination = destination_factory(project, sync)
                 committer = Committer(store.writer(), sync=sync.name, run_id=run_id, kind=sync.kind)
-                with console.progress(f"deliver {sync.name}", changes.to_send) as advance:
+                # the writer is closed with the run: a Session's state store outlives it
+                with (
+                    committer.store,
+                    console.progress(f"deliver {sync.name}", changes.to_send) as advance,
+                ):
                     deliver(
                         store.con, destination, kind=sync.kind, committer=committer, advance=advance
                     )
