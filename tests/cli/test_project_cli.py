@@ -56,6 +56,27 @@ def test_init_then_validate(tmp_path: Path) -> None:
     assert "CUSTOMERIO_API_KEY" in report["missing_env"]
 
 
+def test_init_with_sample_data_syncs_into_the_emulator_as_its_hint_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`lockgate init --sample-data` builds the warehouse its syncs read and says how to try
+    them against `lockgate emulator`: the exports it prints (the emulator's own credentials)
+    are enough for `sync --all` to fill a workspace."""
+    root = tmp_path / "p"
+    code, out = invoke("init", str(root), "--sample-data")
+    assert code == 0 and (root / "warehouse.duckdb").exists()
+    exports = [line.split()[1] for line in out.splitlines() if line.strip().startswith("export")]
+    assert len(exports) == 3
+    emulator = Emulator()  # as `lockgate emulator` starts it, on a free port here
+    with emulator.serve() as url:
+        for name, value in (pair.split("=", 1) for pair in exports):
+            monkeypatch.setenv(name, url if name == "CUSTOMERIO_TRACK_URL" else value)
+        code, out = invoke("sync", "--all", "--project", str(root), "--json")
+    assert code == 0, out
+    assert {run["status"] for run in json.loads(out)} == {"success"}
+    assert len(emulator.people()) > 100 and emulator.events() and emulator.objects()
+
+
 def test_validate_error_exits_non_zero_with_file_and_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -147,6 +147,29 @@ def test_rows_keyed_by_stripe_id_land_on_the_app_user(
     assert quarantined == [("anon-shared",)]
 
 
+def test_a_row_the_graph_cannot_place_is_rejected_naming_the_models_column(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows keyed through the graph are sent by the Customer.io identifiers it finds; a row it
+    finds none for is rejected with a reason naming the model's own identifier column, not
+    the graph's internal ones; the other rows go on."""
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    project = setup(tmp_path, customerio_emulator.base_url or "")
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    # a Stripe customer no app user or lead matches: a profile without a Customer.io id or email
+    con.execute("insert into invoices values ('cus_Z', 12.0)").fetchall()
+    con.close()
+
+    run_sync(project, "profile", console=NullConsole())
+    report = run_sync(project, "billing", console=NullConsole())
+    assert report.delivered == 2 and report.changes.rejected == 1
+    ((_, reason),) = report.changes.rejected_samples
+    assert "no identifier" in reason and "`stripe_id` is null, or on a profile" in reason
+    assert "cio_" not in reason
+
+
 def test_two_people_found_to_be_one_are_merged_once(
     tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,8 +27,16 @@ def json_schemas() -> dict[str, object]:
 @click.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=".")
 @click.option("--force", is_flag=True, help="Overwrite files that already exist.")
-def init(directory: Path, force: bool) -> None:
-    """Scaffold a project: lockgate.yml, a people sync, an events sync, a SQL model."""
+@click.option(
+    "--sample-data",
+    is_flag=True,
+    help="Also build the sample SaaS warehouse the scaffolded syncs read (`warehouse.duckdb`), "
+    "to try the project against `lockgate emulator` before pointing it at your own.",
+)
+def init(directory: Path, force: bool, sample_data: bool) -> None:
+    """Scaffold a project: lockgate.yml, syncs of people, events, companies (objects) and
+    memberships (relationships) keyed through the identity graph, a SQL model, and JSON Schemas
+    for editors."""
     from lockgate.demo import scaffold
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -44,13 +52,34 @@ def init(directory: Path, force: bool) -> None:
         file = "project.schema.json" if name == "lockgate.yml" else "sync.schema.json"
         (schema_dir / file).write_bytes(orjson.dumps(schema, option=orjson.OPT_INDENT_2))
     console = RichConsole()
+    if sample_data:
+        from lockgate.demo import warehouse
+
+        with console.progress("building the sample warehouse", None):
+            warehouse.build(directory / "warehouse.duckdb")
     console.info(f"Created a Lockgate project in [bold]{directory}[/bold]:")
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         console.info(f"  {path.relative_to(directory)}")
-    console.info(
-        "Next: point `sources.warehouse` at your warehouse, set CUSTOMERIO_SITE_ID and "
-        "CUSTOMERIO_API_KEY, then run `lockgate validate` and `lockgate plan customer_profile`."
-    )
+    if sample_data:
+        from lockgate.emulator.config import DEFAULT_API_KEY, DEFAULT_SITE_ID
+
+        console.info(
+            "Try it without a workspace: run `lockgate emulator` in another terminal, then\n"
+            "  export CUSTOMERIO_TRACK_URL=http://127.0.0.1:8765\n"
+            f"  export CUSTOMERIO_SITE_ID={DEFAULT_SITE_ID}\n"
+            f"  export CUSTOMERIO_API_KEY={DEFAULT_API_KEY}\n"
+            f"  lockgate plan customer_profile --project {directory}\n"
+            f"  lockgate sync --all --project {directory}\n"
+            "Then point `sources.warehouse` at your warehouse and the credentials at your "
+            "workspace (README: Point it at your Customer.io workspace)."
+        )
+    else:
+        console.info(
+            "Next: point `sources.warehouse` at your warehouse, set CUSTOMERIO_SITE_ID and "
+            "CUSTOMERIO_API_KEY, then run `lockgate validate` and `lockgate plan "
+            "customer_profile` (or `lockgate init --sample-data` for a sample warehouse to "
+            "try it against `lockgate emulator`)."
+        )
 
 
 @click.command()

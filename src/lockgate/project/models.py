@@ -20,7 +20,15 @@ import os
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from lockgate.errors import ConfigError
@@ -497,6 +505,22 @@ class GuardrailsConfig(StrictModel):
 
 class SyncConfig(StrictModel):
     """One sync: a model, a kind, a mapping, a destination (`syncs/<name>.yml`)."""
+
+    _graph_identifiers: dict[str, str] | None = PrivateAttr(default=None)
+
+    def keyed_through_graph(self, **update: Any) -> SyncConfig:
+        """This sync with its rows keyed by the identity graph (``update``: the graph's
+        Customer.io identifier columns, the attributes it adds). What the model itself
+        identifies rows by stays known, so messages name the user's columns."""
+        keyed = self.model_copy(update=update)
+        keyed._graph_identifiers = self.model_identifiers
+        return keyed
+
+    @property
+    def model_identifiers(self) -> dict[str, str]:
+        """Identifier type → the model's column, as configured (before any keying through the
+        identity graph)."""
+        return self._graph_identifiers or self.identify_by
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     """Lower-case name, unique in the project; also the state's key."""

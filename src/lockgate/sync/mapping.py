@@ -776,6 +776,12 @@ def identifier_sql(
     )
     names = " or ".join(f"`{chosen[t]}`" for t in ordered)
     missing = lit(f"no identifier: {names} is null")
+    if sync.model_identifiers != sync.identify_by:  # keyed through the identity graph
+        columns_read = " or ".join(f"`{c}`" for c in dict.fromkeys(sync.model_identifiers.values()))
+        missing = lit(
+            "no identifier: the identity graph gives this row no Customer.io id or email "
+            f"({columns_read} is null, or on a profile without one)"
+        )
     checks.append(f"case when {identifiers} is null then {missing} end")
     if "id" in values:
         too_long = lit(f"column `{chosen['id']}`: id is over {MAX_ID_BYTES} bytes")

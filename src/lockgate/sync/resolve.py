@@ -181,7 +181,7 @@ def key_rows(
         attributes["anonymous_id"] = FieldConfig(column="cio_anonymous_id")
     for name, column in graph_attributes.items():
         attributes[name] = FieldConfig(column=column, on_null="skip")
-    return sync.model_copy(update={"identify_by": identify_by, "attributes": attributes})
+    return sync.keyed_through_graph(identify_by=identify_by, attributes=attributes)
 
 
 def _require_columns(sync: SyncConfig, columns: list[str]) -> None:
