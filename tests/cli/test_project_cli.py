@@ -168,6 +168,9 @@ def test_plan_sync_runs_history_end_to_end(
     assert {(c["sync"], c["action"]) for c in json.loads(out)} == {
         (sync, action) for sync, action, _, _ in seen
     }
+    # someone never sent to: said so, with how people are looked up
+    code, out = invoke("history", "--person", "nobody@example.com", *project)
+    assert code == 0 and "No call recorded for `nobody@example.com` in the last 90 days" in out
     # person `1`: their own calls only, not every object whose type id is "1" or whose key is 1
     code, out = invoke("history", "--person", "1", *project, "--json")
     calls = json.loads(out)

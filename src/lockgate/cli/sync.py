@@ -297,6 +297,15 @@ def history(person: str, project_path: Path, as_json: bool, limit: int) -> None:
     if as_json:
         _print_json(rows)
         return
+    if not rows:
+        days = project.config.history_days
+        kept = f" in the last {days} days (`history_days`)" if days is not None else ""
+        RichConsole().info(
+            f"No call recorded for `{person}`{kept}. A person is found by a record key, an "
+            "`id`, an email in any case, a `cio_id` or an anonymous id exactly as sent; "
+            "`lockgate plan SYNC` shows what a sync would send."
+        )
+        return
     RichConsole().table(
         f"history of {person}",
         ["at", "sync", "run", "action", "outcome", "status", "reason"],
