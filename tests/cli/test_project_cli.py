@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,31 @@ def test_init_with_sample_data_syncs_into_the_emulator_as_its_hint_says(
     assert code == 0, out
     assert {run["status"] for run in json.loads(out)} == {"success"}
     assert len(emulator.people()) > 100 and emulator.events() and emulator.objects()
+
+
+def test_records_customerio_never_answered_are_one_line_of_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Customer.io unreachable: every record dead-letters with the same reason. The report
+    says it once, with how many records and which, and that the next run sends them again;
+    the run exits 2 (partial)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    project = demo_project(tmp_path, Emulator(), monkeypatch, users=30)
+    monkeypatch.setenv("CUSTOMERIO_TRACK_URL", f"http://127.0.0.1:{port}")
+    config = tmp_path / "lockgate.yml"
+    limit = "    rate_limit: 100/s\n"
+    config.write_text(config.read_text().replace(limit, limit + "    max_retries: 0\n"))
+    result = CliRunner().invoke(cli, ["sync", "customer_profile", *project])
+    assert result.exit_code == 2, result.output
+    out = result.output
+    found = re.search(r"records not delivered \(the first 20 of (\d+)\)", out)
+    assert found is not None and int(found.group(1)) >= 30, out
+    assert out.count("dead_letter") == 1  # one line for the one reason
+    assert f"{found.group(1)} records not delivered are not in the snapshot: the next" in out
 
 
 def test_validate_error_exits_non_zero_with_file_and_line(

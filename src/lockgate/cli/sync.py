@@ -137,10 +137,24 @@ def render_report(console: RichConsole, report: RunReport) -> None:
             ],
         )
     if report.failures:
+        # one line per distinct answer: Customer.io down gives every record the same reason
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for key, outcome, reason in report.failures:
+            grouped.setdefault((outcome, reason), []).append(key)
+        shown = len(report.failures)
+        total = report.rejected_by_api + report.dead_lettered
         console.table(
-            f"{report.sync}: records not delivered",
-            ["key", "outcome", "reason"],
-            list(report.failures),
+            f"{report.sync}: records not delivered"
+            + (f" (the first {shown} of {total})" if total > shown else ""),
+            ["outcome", "reason", "records", "keys"],
+            [
+                (outcome, reason, len(keys), ", ".join(keys[:5]) + (", …" if len(keys) > 5 else ""))
+                for (outcome, reason), keys in grouped.items()
+            ],
+        )
+        console.info(
+            f"{report.sync}: {total} records not delivered are not in the snapshot: the next "
+            "run sends them again (fix the rejected ones' rows first)."
         )
 
 
