@@ -61,33 +61,13 @@ def test_a_full_resync_plan_does_not_forget_what_was_delivered(
     assert sent_ops(emu, before) == []
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["own-state", "one-command"])
 def test_a_full_resync_refused_by_a_guardrail_keeps_the_snapshot(
-    project_factory: ProjectFactory,
+    project_factory: ProjectFactory, shared: bool
 ) -> None:
-    emu = project_factory.emulator
-    project_factory.sql(USERS)
-    project = project_factory.write({"profile": PROFILE})
-    run_sync(project, "profile", console=NullConsole())
-
-    project_factory.sql("alter table users alter signed_up_at type varchar")
-    before = len(emu.request_log())
-    with pytest.raises(ContractError, match="type drift"):
-        run_sync(project, "profile", console=NullConsole(), full_resync=True)
-    assert sent_ops(emu, before) == []
-
-    # the model is fixed back: nothing changed since the last committed run, nothing is sent
-    project_factory.sql("alter table users alter signed_up_at type timestamptz")
-    report = run_sync(project, "profile", console=NullConsole())
-    assert (report.changes.new, report.changes.unchanged) == (0, 10)
-    assert sent_ops(emu, before) == []
-
-
-def test_the_syncs_of_one_command_share_the_state_without_seeing_each_others_leftovers(
-    project_factory: ProjectFactory,
-) -> None:
-    """One command's syncs share one open state store (a `Session`). A full resync refused by
-    a guardrail leaves an empty stand-in for its snapshot on that connection: the next run of
-    the command must still diff against the real snapshot and send nothing again."""
+    """Also when the runs are the syncs of one command (`one-command`): they share one open
+    state store (a `Session`), on which the refused full resync leaves an empty stand-in for
+    its snapshot; the next run must still diff against the real snapshot."""
     emu = project_factory.emulator
     project_factory.sql(USERS)
     project = project_factory.write({"profile": PROFILE})
@@ -96,13 +76,18 @@ def test_the_syncs_of_one_command_share_the_state_without_seeing_each_others_lef
     project_factory.sql("alter table users alter signed_up_at type varchar")
     before = len(emu.request_log())
     with Session() as session:
+        given = session if shared else None
         with pytest.raises(ContractError, match="type drift"):
-            run_sync(project, "profile", console=NullConsole(), full_resync=True, session=session)
+            run_sync(project, "profile", console=NullConsole(), full_resync=True, session=given)
+        assert sent_ops(emu, before) == []
+
+        # the model is fixed back: nothing changed since the last committed run, nothing is sent
         project_factory.sql("alter table users alter signed_up_at type timestamptz")
-        report = run_sync(project, "profile", console=NullConsole(), session=session)
+        report = run_sync(project, "profile", console=NullConsole(), session=given)
         assert (report.changes.new, report.changes.unchanged) == (0, 10)
+        assert sent_ops(emu, before) == []
         project_factory.sql("update users set plan = 'team' where user_id = 3")
-        changed = run_sync(project, "profile", console=NullConsole(), session=session)
+        changed = run_sync(project, "profile", console=NullConsole(), session=given)
         assert (changed.changes.changed, changed.delivered) == (1, 1)
     assert [op["identifiers"] for op in sent_ops(emu, before)] == [{"id": "3"}]
     # the session closed the store: another command can open the project's state
