@@ -159,6 +159,11 @@ def test_plan_sync_runs_history_end_to_end(
     assert plan["changes"]["new"] == 999 and plan["changes"]["rejected"] == 4
     assert plan["samples"][0]["payload"]["action"] == "identify"
     assert customerio_emulator.people() == []
+    # every sync's plan, in the order `sync --all` runs them: a list of the same reports
+    code, out = invoke("plan", "--all", *project, "--json")
+    plans = {p["sync"]: p for p in json.loads(out)}
+    assert plans["customer_profile"]["changes"] == plan["changes"]
+    assert customerio_emulator.people() == []
 
     code, out = invoke("sync", "--all", *project, "--json")
     runs = json.loads(out)
@@ -171,6 +176,19 @@ def test_plan_sync_runs_history_end_to_end(
         ("product_events", "success"),
     ]
     assert len(customerio_emulator.people()) == 1003  # 1000 users + 3 marketing leads
+    # each sync sent what its plan said, and nothing is left. A plan is of its sync alone as
+    # the state stands: memberships whose people and companies the syncs before them in the
+    # command create are planned as held, then sent (but the one of a rejected person)
+    sent = {r["sync"]: r["changes"]["to_send"] for r in runs}
+    planned = {name: p["changes"]["to_send"] for name, p in plans.items()}
+    held = plans["memberships"]["changes"]["held"]
+    assert planned.pop("memberships") == 0 and held > 0
+    assert 0 < sent.pop("memberships") <= held and sent == planned
+    code, out = invoke("plan", "customer_profile", "product_events", *project, "--json")
+    assert [(p["sync"], p["changes"]["to_send"]) for p in json.loads(out)] == [
+        ("customer_profile", 0),
+        ("product_events", 0),
+    ]
 
     code, out = invoke("runs", *project, "--json")
     assert {r["sync"] for r in json.loads(out)} == {

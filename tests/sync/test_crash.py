@@ -26,7 +26,7 @@ from lockgate.console import NullConsole
 from lockgate.demo import scaffold, warehouse
 from lockgate.emulator import Emulator, EmulatorConfig
 from lockgate.project.loader import load_project
-from lockgate.sync.run import plan_sync
+from lockgate.sync.run import Session, plan_sync
 
 USERS = 300  # 300 people, 900 events, companies and memberships: ~70 batches of 20
 TRIALS = int(os.environ.get("LOCKGATE_CRASH_TRIALS", "50"))
@@ -138,10 +138,13 @@ def test_sigkill_at_random_points_then_rerun_equals_a_clean_run(tmp_path: Path) 
                         + f"; events differing: {len(set(events) ^ set(expected[1]))}"
                     )
                 project = load_project(root)
-                for name in project.syncs:
-                    left = plan_sync(project, name, console=NullConsole()).changes.to_send
-                    if left:
-                        problems.append(f"trial {trial}: `{name}` still has {left} to send")
+                with Session() as session:  # as `lockgate plan --all` does
+                    for name in project.syncs:
+                        plan = plan_sync(project, name, console=NullConsole(), session=session)
+                        if plan.changes.to_send:
+                            problems.append(
+                                f"trial {trial}: `{name}` still has {plan.changes.to_send} to send"
+                            )
         return problems
 
     with ThreadPoolExecutor(WORKERS) as pool:

@@ -14,6 +14,7 @@ from lockgate.cli import sigterm_stops_like_ctrl_c
 from lockgate.cli.options import json_option, open_project, project_option
 from lockgate.console import RichConsole
 from lockgate.errors import ConfigError, LockgateError, StateError
+from lockgate.project.loader import Project
 from lockgate.state.store import StateStore, read_runs_log
 from lockgate.sync.run import KIND_ORDER, RunReport, Session, plan_sync, run_sync
 
@@ -159,30 +160,63 @@ def render_report(console: RichConsole, report: RunReport) -> None:
 
 
 @click.command()
-@click.argument("sync_name")
+@click.argument("sync_names", nargs=-1)
+@click.option("--all", "plan_all", is_flag=True, help="Plan every sync in the project.")
 @project_option
 @json_option
 @click.option("--full-resync", is_flag=True, help="Compare against an empty snapshot.")
 @click.option("--samples", default=3, show_default=True, help="Sample payloads to show.")
 def plan(
-    sync_name: str, project_path: Path, as_json: bool, full_resync: bool, samples: int
+    sync_names: tuple[str, ...],
+    plan_all: bool,
+    project_path: Path,
+    as_json: bool,
+    full_resync: bool,
+    samples: int,
 ) -> None:
-    """Show what `lockgate sync SYNC_NAME` would send, without sending anything."""
+    """Show what `lockgate sync SYNC_NAME...` (or `--all`) would send, without sending
+    anything. `--json` prints one report for one sync, a list for several."""
     project = open_project(project_path)
+    names = _sync_names(project, sync_names, plan_all)
     console = RichConsole(quiet=as_json)
-    report = plan_sync(
-        project, sync_name, console=console, full_resync=full_resync, samples=samples
-    )
+    # the plans of one command share the identity graph and the state store, as syncs do
+    with Session() as session:
+        reports = [
+            plan_sync(
+                project,
+                name,
+                console=console,
+                full_resync=full_resync,
+                samples=samples,
+                session=session,
+            )
+            for name in names
+        ]
     if as_json:
-        _print_json(report.as_dict())
+        docs = [report.as_dict() for report in reports]
+        _print_json(docs[0] if len(sync_names) == 1 and not plan_all else docs)
         return
-    render_report(console, report)
-    for op in report.identity_ops[:samples]:
-        console.info("[bold]identity operation[/bold] (sent before the sync's own changes):")
-        console.info(orjson.dumps(op, option=orjson.OPT_INDENT_2).decode())
-    for sample in report.samples:
-        console.info(f"[bold]sample payload[/bold] (key {sample['key']}):")
-        console.info(orjson.dumps(sample["payload"], option=orjson.OPT_INDENT_2).decode())
+    for report in reports:
+        render_report(console, report)
+        for op in report.identity_ops[:samples]:
+            console.info("[bold]identity operation[/bold] (sent before the sync's own changes):")
+            console.info(orjson.dumps(op, option=orjson.OPT_INDENT_2).decode())
+        for sample in report.samples:
+            console.info(f"[bold]sample payload[/bold] (key {sample['key']}):")
+            console.info(orjson.dumps(sample["payload"], option=orjson.OPT_INDENT_2).decode())
+
+
+def _sync_names(project: Project, names: tuple[str, ...], every: bool) -> list[str]:
+    """The syncs a command names, or with ``every`` all of them in the order `sync --all`
+    runs them (objects before the relationships that need them)."""
+    if every:
+        return sorted(project.syncs, key=lambda n: KIND_ORDER[project.syncs[n].kind])
+    if not names:
+        raise ConfigError(
+            "name a sync, or pass `--all`",
+            hint=f"syncs: {', '.join(sorted(project.syncs)) or 'none'}",
+        )
+    return list(names)
 
 
 @click.command()
@@ -206,16 +240,7 @@ def sync(
 ) -> None:
     """Run one or more syncs: send only what changed, record what was delivered."""
     project = open_project(project_path)
-    names = (
-        sorted(project.syncs, key=lambda n: KIND_ORDER[project.syncs[n].kind])
-        if run_all
-        else list(sync_names)
-    )
-    if not names:
-        raise ConfigError(
-            "name a sync to run, or pass `--all`",
-            hint=f"syncs: {', '.join(sorted(project.syncs)) or 'none'}",
-        )
+    names = _sync_names(project, sync_names, run_all)
     console = RichConsole(quiet=as_json)
     reports = []
     failed: list[tuple[str, LockgateError]] = []

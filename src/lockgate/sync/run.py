@@ -531,13 +531,15 @@ def plan_sync(
     full_resync: bool = False,
     now: int | None = None,
     samples: int = 3,
+    session: Session | None = None,
 ) -> RunReport:
-    """Everything a run would do, counted, with sample payloads; nothing is sent."""
+    """Everything a run would do, counted, with sample payloads; nothing is sent. Plans that
+    pass one ``session`` share the identity graph and the state store (see :class:`Session`)."""
     sync = project.sync(name)
     run_id = _new_run_id()
     step = _Step(run_id)
     started = time.perf_counter()
-    with StateStore.open(project.state_dir) as store:
+    with _state(project, session) as store:
         changes, recovered, guards, _, identity_ops = _prepare(
             store,
             project,
@@ -547,6 +549,7 @@ def plan_sync(
             full_resync=full_resync,
             now=now or int(time.time()),
             payloads=False,
+            session=session,
         )
         sample = _samples(store, sync.kind, samples)
     return RunReport(
