@@ -118,6 +118,20 @@ def test_validate_error_exits_non_zero_with_file_and_line(
     assert "syncs/product_events.yml:" in err and "hint:" in err
 
 
+@pytest.mark.parametrize("command", ["plan", "sync"])
+def test_plan_or_sync_without_a_name_lists_the_syncs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    from lockgate.cli import main
+
+    invoke("init", str(tmp_path))
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--project", str(tmp_path)])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "name a sync, or pass `--all`" in err and "billing, companies, customer_profile" in err
+
+
 def test_a_failed_step_names_the_cause_and_its_hint_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
