@@ -22,11 +22,14 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 Advance = Callable[[int], None]
 
@@ -65,6 +68,20 @@ class NullConsole:
         self.messages.append(title)
 
 
+class _Count(ProgressColumn):
+    """`done/total`; without a total, the count so far (`1,003`), or nothing for work that
+    counts nothing (a diff): the pulsing bar and the elapsed time say it is going on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._known = MofNCompleteColumn()
+
+    def render(self, task: Task) -> Text:
+        if task.total is not None:
+            return self._known.render(task)
+        return Text(f"{int(task.completed):,}" if task.completed else "", style="progress.download")
+
+
 class RichConsole:
     """Draws with rich on the terminal (stderr for progress, stdout for results)."""
 
@@ -88,7 +105,7 @@ class RichConsole:
         columns = [
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            _Count(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
         ]

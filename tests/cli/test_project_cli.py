@@ -132,6 +132,29 @@ def test_plan_or_sync_without_a_name_lists_the_syncs(
     assert "name a sync, or pass `--all`" in err and "billing, companies, customer_profile" in err
 
 
+def test_every_long_step_of_a_plan_shows_progress(
+    tmp_path: Path,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Extract counts the rows read; resolving identities and the diff count nothing but still
+    show that they are running (with their elapsed time), so a long step never looks stuck."""
+    from lockgate.cli import main
+
+    project = demo_project(tmp_path, customerio_emulator, monkeypatch, users=50)
+    main(["plan", "customer_profile", *project])
+    err = capsys.readouterr().err
+    lines = {line.split("━")[0].strip(): line for line in err.splitlines() if "━" in line}
+    assert set(lines) == {
+        "extract customer_profile",
+        "resolve identities customer_profile",
+        "diff customer_profile",
+    }
+    assert "53 0:00:0" in lines["extract customer_profile"]  # rows read, no unknown total
+    assert "/?" not in err
+
+
 def test_a_failed_step_names_the_cause_and_its_hint_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -252,7 +252,8 @@ def _prepare(
             # imported here: the identity stack is ~70 ms of start-up a plain sync does not need
             from lockgate.sync import resolve as resolve_step
 
-            with step("resolve"):
+            # no count to show, but the elapsed time says the run is working, not stuck
+            with step("resolve"), console.progress(f"resolve identities {sync.name}", None):
                 config = resolve_step.identity_config(project, sync)
                 if session is not None and session.resolution is not None:
                     resolution = session.resolution
@@ -277,7 +278,7 @@ def _prepare(
         if in_place is not None:
             with step("extract"), console.progress(f"extract {sync.name}", None) as advance:
                 in_place.key(store.con, compiled, advance)
-        with step("diff"):
+        with step("diff"), console.progress(f"diff {sync.name}", None):
             if full_resync and sync.kind != "events":
                 _shadow_snapshot(store, sync.name)
             if sync.kind == "events":
