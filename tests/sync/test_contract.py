@@ -86,6 +86,40 @@ def test_two_syncs_writing_one_attribute_is_an_error_naming_both(
     assert [f["level"] for f in report["contract"]] == ["warning"]
 
 
+def test_people_syncs_setting_over_300_attributes_together_are_a_warning(
+    project_factory: ProjectFactory,
+) -> None:
+    """Each identify holds at most 300 attributes (an error when the file loads); syncs that
+    together set more than Customer.io keeps per person get a warning naming them."""
+
+    def wide(name: str, columns: range) -> str:
+        select = ", ".join(f"{i} as a{i}" for i in columns)
+        listed = ", ".join(f"a{i}" for i in columns)
+        return (
+            PEOPLE.format(name=name)
+            .replace("'a@example.com' as email", f"'a@example.com' as email, {select}")
+            .replace("attributes: [plan]", f"attributes: [{listed}]")
+        )
+
+    # 150 + 149 attributes and the email: 300, at the limit
+    project = project_factory.write(
+        {"crm": wide("crm", range(150)), "app": wide("app", range(150, 299))}
+    )
+    code, report = validate(project)
+    assert code == 0 and report["valid"] and report["contract"] == []
+
+    project = project_factory.write(
+        {"crm": wide("crm", range(150)), "app": wide("app", range(150, 320))}
+    )
+    code, report = validate(project)
+    assert code == 0 and report["valid"]
+    (budget,) = report["contract"]
+    assert budget["check"] == "attribute budget" and budget["level"] == "warning"
+    assert "the people syncs `app`, `crm`" in budget["message"]
+    assert "321 distinct attributes" in budget["message"]
+    assert budget["files"] == ["syncs/app.yml", "syncs/crm.yml"]
+
+
 def test_event_name_drift_in_configs_and_in_names_already_sent(
     project_factory: ProjectFactory,
 ) -> None:

@@ -5,6 +5,9 @@
   attribute, unless every sync writing it lists it in `guardrails.shared_attributes`
   (then a warning). The `email` attribute a sync sends implicitly because it identifies by
   email is not counted.
+- **Attribute budget**: people syncs of one destination that together set more than the 300
+  attributes Customer.io states a person holds. A warning (enforcement across calls is not
+  documented); each identify's own 300 is checked when the sync file loads.
 - **Event-name drift**: names that differ only in case, punctuation, separators or word order
   (`Checkout Abandoned`, `abandoned_checkout`, `checkoutAbandoned`) split one behaviour into
   several events in Customer.io. Names come from the sync files (constant `event.name`
@@ -32,6 +35,7 @@ import orjson
 from lockgate.console import Console
 from lockgate.errors import StateError
 from lockgate.project.loader import Project
+from lockgate.project.models import MAX_ATTRIBUTES
 from lockgate.state import contract
 from lockgate.state.store import StateStore
 
@@ -189,9 +193,42 @@ def identifiers(project: Project, last: dict[str, contract.Contract]) -> list[Fi
     return out
 
 
+def attribute_budget(project: Project) -> list[Finding]:
+    """People syncs of one destination that together set more attributes than Customer.io
+    says a person holds (300). Each identify is checked on its own (at most 300 per call,
+    an error when a sync file loads); whether Customer.io refuses a person's 301st attribute
+    across calls is not documented, so this is a warning."""
+    names: dict[str, set[str]] = defaultdict(set)
+    syncs: dict[str, list[str]] = defaultdict(list)
+    for sync in project:
+        if sync.kind != "people":
+            continue
+        names[sync.destination].update(sync.attributes)
+        if "email" in sync.identify_by:
+            names[sync.destination].add("email")  # sent as an attribute too
+        syncs[sync.destination].append(sync.name)
+    out: list[Finding] = []
+    for destination, attributes in sorted(names.items()):
+        if len(attributes) <= MAX_ATTRIBUTES or len(syncs[destination]) < 2:
+            continue
+        which = ", ".join(f"`{n}`" for n in syncs[destination])
+        out.append(
+            Finding(
+                "attribute budget",
+                "warning",
+                f"the people syncs {which} of destination `{destination}` set "
+                f"{len(attributes)} distinct attributes together; Customer.io states a limit "
+                f"of {MAX_ATTRIBUTES} attributes per person, so a person all of them reach "
+                "may hold more than it keeps. Drop attributes no campaign or segment reads",
+                tuple(project.sync_files[n] for n in syncs[destination]),
+            )
+        )
+    return out
+
+
 def check_project(project: Project) -> list[Finding]:
     """Every contract check; the state is read when it exists and is not in use."""
-    findings = ownership(project)
+    findings = ownership(project) + attribute_budget(project)
     sent: dict[str, list[str]] = {}
     last: dict[str, contract.Contract] = {}
     if (project.state_dir / "state.duckdb").exists():
