@@ -186,6 +186,26 @@ def test_a_model_sql_error_quotes_the_query_not_its_comments(
     assert "check the model's SQL (`selec " in err
 
 
+def test_plan_all_plans_the_other_syncs_when_one_is_broken(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lockgate.cli import main
+
+    invoke("init", str(tmp_path), "--sample-data")
+    model = tmp_path / "models" / "customer_profile.sql"
+    model.write_text(model.read_text().replace("select", "selec", 1))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["plan", "--all", "--project", str(tmp_path), "--json"])
+    assert exited.value.code == 1
+    out, err = capsys.readouterr()
+    plans = {p["sync"]: p for p in json.loads(out)}
+    assert len(plans) == 6 and plans["customer_profile"]["status"] == "failed"
+    assert "selec" in plans["customer_profile"]["error"]
+    assert {p["status"] for n, p in plans.items() if n != "customer_profile"} == {"planned"}
+    assert "1 of 6 plans failed: customer_profile" in err
+
+
 def test_plan_sync_runs_history_end_to_end(
     tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -179,31 +179,49 @@ def plan(
     project = open_project(project_path)
     names = _sync_names(project, sync_names, plan_all)
     console = RichConsole(quiet=as_json)
+    reports: list[RunReport] = []
+    failed: list[tuple[str, LockgateError]] = []
     # the plans of one command share the identity graph and the state store, as syncs do
     with Session() as session:
-        reports = [
-            plan_sync(
-                project,
-                name,
-                console=console,
-                full_resync=full_resync,
-                samples=samples,
-                session=session,
-            )
-            for name in names
-        ]
+        for name in names:
+            try:
+                report = plan_sync(
+                    project,
+                    name,
+                    console=console,
+                    full_resync=full_resync,
+                    samples=samples,
+                    session=session,
+                )
+            except LockgateError as exc:
+                if len(names) == 1:
+                    raise
+                # as `sync --all`: one broken sync does not hide the others' plans
+                failed.append((name, exc))
+                console.warn(f"plan of `{name}` failed, the others go on: {exc}")
+                continue
+            reports.append(report)
+            if not as_json:
+                _render_plan(console, report, samples)
     if as_json:
         docs = [report.as_dict() for report in reports]
+        docs += [{"sync": n, "status": "failed", "error": str(e)} for n, e in failed]
         _print_json(docs[0] if len(sync_names) == 1 and not plan_all else docs)
-        return
-    for report in reports:
-        render_report(console, report)
-        for op in report.identity_ops[:samples]:
-            console.info("[bold]identity operation[/bold] (sent before the sync's own changes):")
-            console.info(orjson.dumps(op, option=orjson.OPT_INDENT_2).decode())
-        for sample in report.samples:
-            console.info(f"[bold]sample payload[/bold] (key {sample['key']}):")
-            console.info(orjson.dumps(sample["payload"], option=orjson.OPT_INDENT_2).decode())
+    if failed:
+        raise LockgateError(
+            f"{len(failed)} of {len(names)} plans failed: {', '.join(n for n, _ in failed)}",
+            hint="each one's error is above; the other syncs were planned",
+        )
+
+
+def _render_plan(console: RichConsole, report: RunReport, samples: int) -> None:
+    render_report(console, report)
+    for op in report.identity_ops[:samples]:
+        console.info("[bold]identity operation[/bold] (sent before the sync's own changes):")
+        console.info(orjson.dumps(op, option=orjson.OPT_INDENT_2).decode())
+    for sample in report.samples:
+        console.info(f"[bold]sample payload[/bold] (key {sample['key']}):")
+        console.info(orjson.dumps(sample["payload"], option=orjson.OPT_INDENT_2).decode())
 
 
 def _sync_names(project: Project, names: tuple[str, ...], every: bool) -> list[str]:
