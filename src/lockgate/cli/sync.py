@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -179,38 +180,69 @@ def plan(
     project = open_project(project_path)
     names = _sync_names(project, sync_names, plan_all)
     console = RichConsole(quiet=as_json)
-    reports: list[RunReport] = []
-    failed: list[tuple[str, LockgateError]] = []
     # the plans of one command share the identity graph and the state store, as syncs do
     with Session() as session:
-        for name in names:
-            try:
-                report = plan_sync(
-                    project,
-                    name,
-                    console=console,
-                    full_resync=full_resync,
-                    samples=samples,
-                    session=session,
-                )
-            except LockgateError as exc:
-                if len(names) == 1:
-                    raise
-                # as `sync --all`: one broken sync does not hide the others' plans
-                failed.append((name, exc))
-                console.warn(f"plan of `{name}` failed, the others go on: {exc}")
-                continue
-            reports.append(report)
-            if not as_json:
-                _render_plan(console, report, samples)
+        reports, failed = _each(
+            names,
+            lambda name: plan_sync(
+                project,
+                name,
+                console=console,
+                full_resync=full_resync,
+                samples=samples,
+                session=session,
+            ),
+            console,
+            "plan",
+            None if as_json else lambda report: _render_plan(console, report, samples),
+        )
+    _finish(reports, failed, "plan", as_json=as_json, one=len(sync_names) == 1 and not plan_all)
+
+
+Failures = list[tuple[str, LockgateError]]
+
+
+def _each(
+    names: list[str],
+    work: Callable[[str], RunReport],
+    console: RichConsole,
+    what: str,
+    show: Callable[[RunReport], None] | None,
+) -> tuple[list[RunReport], Failures]:
+    """``work`` for every sync named. With several, one sync's failure (a guardrail, a broken
+    model) does not stop the others: their data is independent, and a relationship whose end
+    is missing waits. ``show`` draws each report as it comes."""
+    reports: list[RunReport] = []
+    failed: Failures = []
+    for name in names:
+        try:
+            report = work(name)
+        except LockgateError as exc:
+            if len(names) == 1:
+                raise
+            failed.append((name, exc))
+            console.warn(f"{what} of `{name}` failed, the others go on: {exc}")
+            continue
+        reports.append(report)
+        if show is not None:
+            show(report)
+    return reports, failed
+
+
+def _finish(
+    reports: list[RunReport], failed: Failures, what: str, *, as_json: bool, one: bool
+) -> None:
+    """The reports as JSON (a list, or with ``one`` the only report), then exit 1 naming the
+    syncs that failed, if any did."""
     if as_json:
         docs = [report.as_dict() for report in reports]
         docs += [{"sync": n, "status": "failed", "error": str(e)} for n, e in failed]
-        _print_json(docs[0] if len(sync_names) == 1 and not plan_all else docs)
+        _print_json(docs[0] if one and docs else docs)
     if failed:
+        total = len(reports) + len(failed)
         raise LockgateError(
-            f"{len(failed)} of {len(names)} plans failed: {', '.join(n for n, _ in failed)}",
-            hint="each one's error is above; the other syncs were planned",
+            f"{len(failed)} of {total} {what}s failed: {', '.join(n for n, _ in failed)}",
+            hint=f"each one's error is above; the other syncs' {what}s went on",
         )
 
 
@@ -260,40 +292,23 @@ def sync(
     project = open_project(project_path)
     names = _sync_names(project, sync_names, run_all)
     console = RichConsole(quiet=as_json)
-    reports = []
-    failed: list[tuple[str, LockgateError]] = []
     # the syncs of this command resolve the identity graph once and share the state store
     with sigterm_stops_like_ctrl_c(), Session() as session:
-        for name in names:
-            try:
-                report = run_sync(
-                    project,
-                    name,
-                    console=console,
-                    full_resync=full_resync,
-                    force=force,
-                    session=session,
-                )
-            except LockgateError as exc:
-                if len(names) == 1:
-                    raise
-                # one sync's failure (a guardrail, a broken model) does not stop the others:
-                # their data is independent, and a relationship whose end is missing waits
-                failed.append((name, exc))
-                console.warn(f"sync `{name}` failed, the others go on: {exc}")
-                continue
-            reports.append(report)
-            if not as_json:
-                render_report(console, report)
-    if as_json:
-        runs = [r.as_dict() for r in reports]
-        runs += [{"sync": n, "status": "failed", "error": str(e)} for n, e in failed]
-        _print_json(runs)
-    if failed:
-        raise LockgateError(
-            f"{len(failed)} of {len(names)} syncs failed: {', '.join(n for n, _ in failed)}",
-            hint="each one's error is above; the other syncs ran",
+        reports, failed = _each(
+            names,
+            lambda name: run_sync(
+                project,
+                name,
+                console=console,
+                full_resync=full_resync,
+                force=force,
+                session=session,
+            ),
+            console,
+            "sync",
+            None if as_json else lambda report: render_report(console, report),
         )
+    _finish(reports, failed, "sync", as_json=as_json, one=False)
     if any(r.status != "success" for r in reports):
         sys.exit(2)
 
