@@ -686,8 +686,8 @@ class SyncConfig(StrictModel):
             count = len(fields)
             implicit = ""
             if what == "attribute" and self.kind == "people":
-                if "email" in self.identify_by and "email" not in fields:
-                    count += 1
+                count = len(self.identify_attributes)
+                if count > len(fields):
                     implicit = " (with the `email` that `identify_by` adds)"
             if what != "event property" and count > MAX_ATTRIBUTES:
                 raise _error_at(
@@ -698,6 +698,15 @@ class SyncConfig(StrictModel):
                     "gather related ones into one `type: json` attribute",
                 )
         return self
+
+    @property
+    def identify_attributes(self) -> set[str]:
+        """The attribute names a people sync's identify carries: its `attributes`, and the
+        `email` it sends as an attribute too when it identifies by email."""
+        names = set(self.attributes)
+        if "email" in self.identify_by:
+            names.add("email")
+        return names
 
     @property
     def effective_mode(self) -> str:

@@ -203,9 +203,7 @@ def attribute_budget(project: Project) -> list[Finding]:
     for sync in project:
         if sync.kind != "people":
             continue
-        names[sync.destination].update(sync.attributes)
-        if "email" in sync.identify_by:
-            names[sync.destination].add("email")  # sent as an attribute too
+        names[sync.destination].update(sync.identify_attributes)
         syncs[sync.destination].append(sync.name)
     out: list[Finding] = []
     for destination, attributes in sorted(names.items()):

@@ -587,11 +587,17 @@ def _number_json(value: str, column: str, col_type: str, ftype: str) -> str | No
             f"else {double} end"
         )
     if ftype == "number" or _is(col_type, ("FLOAT", "DOUBLE")):
-        return (
-            f"case when abs({value}) <= {MAX_EXACT_FLOAT} and {value} = trunc({value}) "
-            f"then {value}::bigint::varchar else {double} end"
-        )
+        return _whole_float_json(value)
     return None
+
+
+def _whole_float_json(x: str) -> str:
+    """SQL for the JSON text of the double ``x`` (not null): an integer when it is whole and
+    exact (up to 2^53), else the double as ``to_json`` writes it."""
+    return (
+        f"case when abs({x}) <= {MAX_EXACT_FLOAT} and {x} = trunc({x}) "
+        f"then {x}::bigint::varchar else to_json({x})::varchar end"
+    )
 
 
 _WHOLE_NUMBERS = ("FLOAT", "DOUBLE", "DECIMAL", "HUGEINT")  # UHUGEINT contains HUGEINT
@@ -610,10 +616,7 @@ def _json_number(x: str, t: DuckDBPyType) -> str | None:
     write with a fraction or beyond what JSON readers take as an integer; None for any other
     type. A whole value is an integer, as a scalar number field sends it (:func:`_number_json`)."""
     if _is_float(t):
-        return (
-            f"case when abs({x}) <= {MAX_EXACT_FLOAT} and {x} = trunc({x}) "
-            f"then {x}::bigint::varchar else to_json({x})::varchar end"
-        )
+        return _whole_float_json(x)
     if t.id in ("decimal", "hugeint", "uhugeint"):
         return (
             f"case when {x} = trunc({x}) and {x} between {MIN_JSON_INT} and {MAX_JSON_INT} "
