@@ -14,13 +14,13 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from rich.console import Console as _RichConsole
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     ProgressColumn,
     Task,
@@ -69,16 +69,16 @@ class NullConsole:
 
 
 class _Count(ProgressColumn):
-    """`done/total`; without a total, the count so far (`1,003`), or nothing for work that
-    counts nothing (a diff): the pulsing bar and the elapsed time say it is going on."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._known = MofNCompleteColumn()
+    """`done/total` (`1,000/3,053`); without a total, the count so far (`1,003`), or nothing
+    for work that counts nothing (a diff): the pulsing bar and the elapsed time say it is
+    going on."""
 
     def render(self, task: Task) -> Text:
         if task.total is not None:
-            return self._known.render(task)
+            done, total = int(task.completed), int(task.total)
+            return Text(
+                f"{done:,}/{total:,}".rjust(2 * len(f"{total:,}") + 1), style="progress.download"
+            )
         return Text(f"{int(task.completed):,}" if task.completed else "", style="progress.download")
 
 
@@ -115,10 +115,42 @@ class RichConsole:
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         table = Table(title=title, title_justify="left")
-        for column in columns:
+        counts = [
+            all(_is_count(row[i]) or row[i] in ("", None) for row in rows)
+            and any(_is_count(row[i]) for row in rows)
+            for i in range(len(columns))
+        ]
+        for column, count in zip(columns, counts, strict=True):
             # a narrow terminal folds a long value onto the next line instead of cutting it
-            # with `…`: a run id, a key or a reason is shown whole
-            table.add_column(column, overflow="fold")
+            # with `…`: a run id, a key or a reason is shown whole. Counts are right-aligned.
+            table.add_column(column, overflow="fold", justify="right" if count else "left")
         for row in rows:
-            table.add_row(*(str(v) for v in row))
-        self.out.print(table)
+            table.add_row(*(f"{v:,}" if _is_count(v) else str(v) for v in row))
+        self._print_whole(table)
+
+    def _print_whole(self, table: Table) -> None:
+        """Print ``table``; where the output is not a terminal (a pipe, a log, CI) and no
+        ``COLUMNS`` is set, as wide as it needs (up to :data:`PIPED_WIDTH`) rather than folded
+        into 80 columns: one line per row reads and greps better there."""
+        out = self.out
+        if out.is_terminal or os.environ.get("COLUMNS"):
+            out.print(table)
+            return
+        natural = out.measure(table, options=out.options.update_width(PIPED_WIDTH)).maximum
+        if natural <= out.width:
+            out.print(table)
+            return
+        width = out.width
+        out.width = natural
+        try:
+            out.print(table)
+        finally:
+            out.width = width
+
+
+#: the widest a table is printed where the output is not a terminal
+PIPED_WIDTH = 200
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

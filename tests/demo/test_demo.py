@@ -26,15 +26,15 @@ def test_demo_runs_twice_and_the_second_act_sends_only_changes(tmp_path: Path) -
     }
     # 3 upgrades, 2 leads now on their merged person, and user 9's new email (profile, Stripe)
     assert rows["people changed"][1] == "7"
-    assert rows["events sent"] == ["3000", "2"]
+    assert rows["events sent"] == ["3,000", "2"]
     assert rows["objects (companies) sent"] == ["100", "1"]
-    assert rows["relationships in Customer.io"] == ["1000", "1001"]
+    assert rows["relationships in Customer.io"] == ["1,000", "1,001"]
     # identity: Stripe rows land on the app's people; act 2 links two work addresses that
     # Customer.io held as separate leads, and Lockgate merges them (1000 users + 3 leads,
     # then + 1 new person - 2 merged)
     assert rows["Stripe rows put on the app's person (no duplicate profile)"][0] == "336"
     assert rows["duplicates merged in Customer.io (total)"] == ["0", "2"]
-    assert rows["people in Customer.io"] == ["1003", "1002"]
+    assert rows["people in Customer.io"] == ["1,003", "1,002"]
     # act 3: engagement came back through webhooks and went out again as attributes
     act3 = {
         line.split("│")[1].strip(): line.split("│")[2].strip()

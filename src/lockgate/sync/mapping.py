@@ -17,6 +17,7 @@ sends the default.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -289,6 +290,24 @@ def _seconds(timestamp: str) -> str:
     """SQL for the unix second a timestamp falls in: 23:59:59.6 is still that day (a cast of
     ``epoch``'s fraction to bigint would round it up to the next)."""
     return f"floor(epoch({timestamp}))::bigint"
+
+
+#: 9999-12-31 23:59:59 UTC + 1 s: the unix seconds a TIMESTAMP can still hold
+_YEAR_10000 = 253_402_300_800
+
+
+def _utc(epoch: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
+def _utc_text(seconds: str) -> str:
+    """SQL for the unix second ``seconds`` (a bigint, not null) as a UTC date and time, as
+    :func:`_utc` writes it; beyond year 9999, the number itself."""
+    return (
+        f"case when {seconds} < {_YEAR_10000} then "
+        f"strftime(make_timestamp(({seconds})::bigint * 1000000), '%Y-%m-%d %H:%M:%S UTC') "
+        f"else {seconds}::varchar || ' (unix seconds)' end"
+    )
 
 
 def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tuple[str, str]:
@@ -1010,10 +1029,12 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
             f"case when {q(event.timestamp)} is null then "
             f"{lit(f'column `{event.timestamp}`: timestamp is null')} end"
         )
+        skew = FUTURE_TOLERANCE_SECONDS // 60
         checks.append(
             f"case when {ts_sql} > {now_epoch + FUTURE_TOLERANCE_SECONDS} then "
-            f"{lit(f'column `{event.timestamp}`: timestamp ')} || {ts_sql} || "
-            f"{lit(' is in the future')} end"
+            f"{lit(f'column `{event.timestamp}`: timestamp ')} || {_utc_text(ts_sql)} || "
+            f"{lit(f' is in the future (now {_utc(now_epoch)}; up to {skew} minutes ahead ')} || "
+            "'is taken for clock skew)' end"
         )
         used.append(event.timestamp)
     else:
