@@ -151,3 +151,41 @@ def test_profile_ids_stay_accounted_for_across_runs(first, second) -> None:  # t
     for split in two.splits.to_pylist():
         assert split["parent_profile_id"] in active or split["parent_profile_id"] in aliases
         assert split["child_profile_id"] in active
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 60),
+    edges=st.lists(st.tuples(st.integers(0, 59), st.integers(0, 59)), max_size=120),
+)
+def test_components_are_scipys_labels(n, edges) -> None:  # type: ignore[no-untyped-def]
+    """The vectorised components give scipy's count and labels, on any graph."""
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as scipy_components
+
+    from lockgate.identity.graph import connected_components
+
+    pairs = [(x, y) for x, y in edges if x < n and y < n]
+    a = np.array([x for x, _ in pairs], dtype=np.int64)
+    b = np.array([y for _, y in pairs], dtype=np.int64)
+    matrix = coo_matrix((np.ones(len(pairs), dtype=np.int8), (a, b)), shape=(n, n)).tocsr()
+    count, labels = scipy_components(matrix, directed=True, connection="weak")
+    got_count, got = connected_components(a, b, n)
+    assert got_count == count and got.tolist() == labels.tolist()
+
+
+def test_components_of_long_chains_in_any_order() -> None:
+    """Paths in increasing, decreasing and shuffled order (many hooks per round, deep trees
+    for the pointer jumping) and a star: one component each."""
+    import numpy as np
+
+    from lockgate.identity.graph import connected_components
+
+    n = 5_000
+    shuffled = np.random.default_rng(7).permutation(n)
+    for order in (np.arange(n), np.arange(n)[::-1], shuffled):
+        assert connected_components(order[:-1], order[1:], n)[0] == 1
+    hub = np.full(n - 1, n - 1)
+    count, labels = connected_components(hub, np.arange(n - 1), n + 2)
+    assert count == 3 and labels.tolist() == [0] * n + [1, 2]

@@ -271,3 +271,20 @@ def test_warehouse_choice_errors_name_the_fix(tmp_path) -> None:
     memory = write_project(tmp_path / "c", sources="  m: {type: duckdb, path: ':memory:'}\n")
     with pytest.raises(ConfigError, match="in-memory"):
         destination_for(memory)
+
+
+def test_without_the_webhooks_extra_loading_names_the_install_and_keeps_the_spool(
+    project: Project, spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from lockgate.errors import MissingDependencyError
+
+    spool_events(spool, [make_event("email", "sent")])
+    monkeypatch.setitem(sys.modules, "dlt", None)  # `import dlt` fails, as without the extra
+    with pytest.raises(MissingDependencyError) as info:
+        load_pending(project, spool=spool)
+    assert info.value.hint == 'pip install "lockgate[webhooks]"'
+    assert spool.stats().unloaded == 1
+    monkeypatch.undo()
+    assert load_pending(project, spool=spool).loaded == 1

@@ -9,6 +9,7 @@ leaves the machine: the emulator is served on a loopback port for the length of 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from collections.abc import Iterator
@@ -115,6 +116,12 @@ def run_demo(directory: Path, console: Console) -> DemoResult:
             "\n[bold]Act 3[/bold]: Customer.io sends engagement back (reporting webhooks) into "
             "the warehouse, and a sync turns it into attributes"
         )
+        if importlib.util.find_spec("dlt") is None:  # the `webhooks` extra loads them
+            console.warn(
+                "act 3 skipped: loading webhooks into the warehouse needs dlt "
+                '(pip install "lockgate[webhooks]"); `make demo` installs it'
+            )
+            return result
         from lockgate.webhooks.loop import run_engagement_loop
 
         result.engagement = run_engagement_loop(

@@ -6,7 +6,7 @@ to sort the few edges that need exact, ordered processing.
 
 The hybrid (`stitch`) gives exactly the partition of `ordered_union` over every edge:
 
-* scipy `connected_components` labels the graph without limits;
+* `connected_components` (vectorised union-find) labels the graph without limits;
 * a component can only see a union refused if its *final* unconstrained state breaks a rule
   (type counts and sizes only grow as components merge; a bridge refusal needs a weak node
   with two edges and two known nodes), so every other component is already final;
@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-
-from lockgate.errors import MissingDependencyError
 
 Int64s = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
@@ -157,16 +155,40 @@ def ordered_union(
 
 def components(graph: Graph, active: Bools) -> tuple[int, Int64s]:
     """Connected components of the active edges (no limits): count and label per node."""
-    try:  # scipy comes with the `identity` extra
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
-    except ModuleNotFoundError as exc:  # pragma: no cover - the dev install has it
-        raise MissingDependencyError("scipy", "identity") from exc
-    a, b = graph.a[active], graph.b[active]
-    n = graph.n_nodes
-    matrix = coo_matrix((np.ones(a.shape[0], dtype=np.int8), (a, b)), shape=(n, n)).tocsr()
-    count, labels = connected_components(matrix, directed=True, connection="weak")
-    return int(count), labels.astype(np.int64, copy=False)
+    return connected_components(graph.a[active], graph.b[active], graph.n_nodes)
+
+
+def connected_components(a: Int64s, b: Int64s, n: int) -> tuple[int, Int64s]:
+    """Components of the undirected graph of ``n`` nodes and edges ``a[i]``-``b[i]``: their
+    count and a label per node, numbered in the order of each component's smallest node (the
+    labels scipy's ``connected_components`` gives, which this replaced: importing scipy's
+    sparse graphs took 0.27 s of every command that resolves identities, as long as the
+    components of a million-person graph take here).
+
+    Vectorised union-find: each round hooks every root an edge touches onto the smallest
+    root across its edges (so parents only decrease: no cycles), then pointer jumping points
+    every node at its root; edges inside one component drop out. A root either hooks or is a
+    local minimum among the roots it touches, and no two local minima touch, so each round at
+    least halves the roots that still have an edge: O(log n) rounds."""
+    parent = np.arange(n, dtype=np.int64)
+    a = a.astype(np.int64, copy=False)
+    b = b.astype(np.int64, copy=False)
+    while a.size:
+        ra, rb = parent[a], parent[b]
+        crossing = ra != rb
+        if not crossing.all():
+            a, b, ra, rb = a[crossing], b[crossing], ra[crossing], rb[crossing]
+            if not a.size:
+                break
+        np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+    roots = parent == np.arange(n, dtype=np.int64)
+    dense = np.cumsum(roots, dtype=np.int64) - 1
+    return int(roots.sum()), dense[parent]
 
 
 def flag_components(graph: Graph, active: Bools, labels: Int64s, count: int, rules: Rules) -> Bools:
@@ -198,7 +220,7 @@ def stitch(
     rules: Rules,
     edge_order: Callable[[Int64s], list[int]],
 ) -> tuple[Int64s, list[Refusal], int]:
-    """Limit-aware stitching: the hybrid of scipy components and ordered union-find.
+    """Limit-aware stitching: the hybrid of plain components and ordered union-find.
 
     `edge_order` takes edge indices and returns them sorted in canonical order.
     Returns a label per node (not dense), the refusals, and how many edges were replayed.

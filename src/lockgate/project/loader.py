@@ -34,7 +34,17 @@ Lines = dict[tuple[str | int, ...], int]
 M = TypeVar("M", bound=BaseModel)
 
 
-def _walk(node: yaml.Node, path: tuple[str | int, ...], lines: Lines, file: str) -> Any:
+#: libyaml's parser where PyYAML was built with it (the wheels are): ~10x the pure-Python one
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _walk(
+    node: yaml.Node,
+    path: tuple[str | int, ...],
+    lines: Lines,
+    file: str,
+    scalars: yaml.constructor.SafeConstructor,
+) -> Any:
     """Turn a YAML node into plain data, recording the line of every key and item."""
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
@@ -49,11 +59,11 @@ def _walk(node: yaml.Node, path: tuple[str | int, ...], lines: Lines, file: str)
                     line=key_node.start_mark.line + 1,
                 )
             lines[(*path, key)] = key_node.start_mark.line + 1
-            out[key] = _walk(value_node, (*path, key), lines, file)
+            out[key] = _walk(value_node, (*path, key), lines, file, scalars)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_walk(item, (*path, i), lines, file) for i, item in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
+        return [_walk(item, (*path, i), lines, file, scalars) for i, item in enumerate(node.value)]
+    return scalars.construct_object(node, deep=True)  # as `safe_load` reads it
 
 
 def read_yaml(path: Path, root: Path | None = None) -> tuple[Any, Lines]:
@@ -64,7 +74,7 @@ def read_yaml(path: Path, root: Path | None = None) -> tuple[Any, Lines]:
     except OSError as exc:
         raise ConfigError(f"cannot read `{shown}`: {exc.strerror}", file=shown) from exc
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ConfigError(
@@ -81,7 +91,7 @@ def read_yaml(path: Path, root: Path | None = None) -> tuple[Any, Lines]:
             file=shown,
         )
     lines: Lines = {}
-    data = _walk(node, (), lines, shown)
+    data = _walk(node, (), lines, shown, yaml.constructor.SafeConstructor())
     return data, lines
 
 

@@ -360,7 +360,10 @@ def load_pending(
     the records stay unloaded for the next run.
     """
     _quiet_dlt()
-    import dlt
+    try:
+        import dlt
+    except ImportError:
+        raise MissingDependencyError("dlt", "webhooks") from None
 
     console = console or NullConsole()
     config = project.config.webhooks or WebhooksConfig()
