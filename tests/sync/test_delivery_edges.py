@@ -273,19 +273,29 @@ def test_the_track_api_key_appears_in_no_report_error_or_history(
     assert api_key not in everything
 
 
+EVENTS_SENT = 60  # 6 requests of 10
+
+
 def test_sigterm_stops_a_sync_like_ctrl_c_and_the_next_run_sends_the_rest(
     project_factory: ProjectFactory,
 ) -> None:
-    """A scheduler stops a job with SIGTERM: `lockgate sync` stops sending, commits what was
-    delivered, records the run as interrupted and exits 143; the next run sends the rest,
-    none twice (without handling, Python died on the spot and the run stayed `running`)."""
-    seed_events(project_factory, 200)
-    project = small_batches(
-        project_factory.write({"activity": EVENTS}), batch_size=10, concurrency=1
-    )
-    yml = project.root / "lockgate.yml"
-    yml.write_text(yml.read_text().replace("rate_limit: 1000/s", "rate_limit: 4/s"))
-    emu = project_factory.emulator
+    """A scheduler stops a job with SIGTERM: `lockgate sync` sends no new request, waits for
+    the answer to the one in flight, commits what was delivered, records the run as
+    interrupted and exits 143; the next run sends the rest, none twice (without handling,
+    Python died on the spot and the run stayed `running`; cutting the request in flight off
+    left what Customer.io took of it unrecorded, and the next run sent it again)."""
+    seed_events(project_factory, EVENTS_SENT)
+    # Customer.io takes each request at once and answers 0.4 s later: when the signal lands,
+    # the request whose events were just seen has not been answered yet
+    slow = Emulator(EmulatorConfig(faults=FaultConfig(answer_latency_ms=400)))
+    with slow.serve() as url:
+        project = small_batches(
+            project_factory.write({"activity": EVENTS}, url=url), batch_size=10, concurrency=1
+        )
+        _stop_with_a_request_in_flight(project, slow)
+
+
+def _stop_with_a_request_in_flight(project: Project, emu: Emulator) -> None:
     victim = subprocess.Popen(
         [sys.executable, "-m", "lockgate", "sync", "activity", "--project", str(project.root)],
         stdout=subprocess.DEVNULL,
@@ -305,19 +315,24 @@ def test_sigterm_stops_a_sync_like_ctrl_c_and_the_next_run_sends_the_rest(
     assert victim.returncode == 143, err
     assert "Stopped by SIGTERM" in err and "Traceback" not in err
     sent = len(emu.events())
-    assert sent < 200
+    assert sent < EVENTS_SENT
     with StateStore.open(project.state_dir) as store:
         [run] = store.runs()
         ledgered = store.exec_sql('select count(*) from "ledger__activity"')[0][0]
     assert run.status == "failed" and run.error == "interrupted"
-    assert ledgered >= 20
+    # the request in flight was answered and recorded: everything Customer.io holds is ledgered
+    # (it was not when the signal cut it off: 10 of 20), and nothing more was sent after it
+    assert ledgered == sent == 20
     # `lockgate runs` says how far it got: what it had to send and what it delivered
-    assert run.counts["changes"]["to_send"] == 200 and run.counts["delivered"] == ledgered
+    assert run.counts["changes"]["to_send"] == EVENTS_SENT and run.counts["delivered"] == ledgered
 
     rest = run_sync(load_project(project.root), "activity", console=NullConsole())
-    assert rest.status == "success" and rest.delivered == 200 - ledgered
+    assert rest.status == "success" and rest.delivered == EVENTS_SENT - ledgered
     events = emu.events()
-    assert len(events) == 200 and len({e.id for e in events}) == 200
+    assert len(events) == EVENTS_SENT and len({e.id for e in events}) == EVENTS_SENT
+    # and no event went out twice
+    batches = [r.body for r in emu.request_log() if r.path.endswith("/batch")]
+    assert sum(len(b["batch"]) for b in batches) == EVENTS_SENT
 
 
 def test_a_sync_stops_when_customerio_is_down_and_the_next_run_sends_everyone_once(

@@ -22,8 +22,9 @@ from typing import Any
 
 import click
 
-from lockgate import __version__
+from lockgate import __version__, stopping
 from lockgate.errors import LockgateError
+from lockgate.stopping import Terminated
 
 COMMANDS: dict[str, str] = {
     "init": "lockgate.cli.project:init",
@@ -89,17 +90,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C would be so a run stops the same way."""
-
-
 @contextmanager
 def sigterm_stops_like_ctrl_c() -> Iterator[None]:
     """A scheduler (cron's kill, systemd, Kubernetes, Airflow) stops a job with SIGTERM, then
     SIGKILL after a grace period. By default SIGTERM ends Python on the spot, leaving the run
     recorded as running until the next one marks it crashed. Here it stops a run as Ctrl-C
     does: nothing more is sent, what was delivered is committed, the run is recorded as
-    interrupted. Only from the main thread, and only where no one else handles SIGTERM;
+    interrupted; during delivery, the requests in flight get their answers first
+    (:mod:`lockgate.stopping`). Only from the main thread, and only where no one else
+    handles SIGTERM;
     `lockgate sync` uses it (a server such as `lockgate emulator` has its own shutdown)."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -110,6 +109,8 @@ def sigterm_stops_like_ctrl_c() -> Iterator[None]:
         return
 
     def stop(signum: int, frame: object) -> None:
+        if stopping.request():  # a delivery is under way: it stops after its requests in flight
+            return
         raise Terminated
 
     signal.signal(signal.SIGTERM, stop)

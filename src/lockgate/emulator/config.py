@@ -72,6 +72,10 @@ class FaultConfig:
     timeout: float = 0.0
     reset: float = 0.0
     latency_ms: int = 0
+    answer_latency_ms: int = 0
+    """Added after an API request is handled, before its answer is sent: the workspace has
+    taken the request and the answer is slow to arrive (``latency_ms`` comes before
+    handling). A client stopped meanwhile has had its request applied without hearing so."""
     overrides: Mapping[str, FaultRates] = field(default_factory=dict)
     """Per-route or per-surface rates, replacing the top-level ones there."""
     seed: int = 0

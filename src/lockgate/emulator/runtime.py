@@ -236,4 +236,6 @@ async def dispatch(rt: Runtime, spec: RouteSpec, request: Request) -> Response:
             rt._record(method, path, spec.name, response.status_code, body)
             return _fault_response(rt, fault)
     rt._record(method, path, spec.name, response.status_code, body)
+    if rt.config.faults.answer_latency_ms:
+        await asyncio.sleep(rt.config.faults.answer_latency_ms / 1000.0)
     return response

@@ -24,6 +24,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from lockgate import stopping
 from lockgate.console import Advance
 from lockgate.destinations.base import Destination, Outcome, Record, Result
 from lockgate.destinations.customerio.batching import (
@@ -284,6 +285,8 @@ async def _deliver_packed(
 
     async def jobs() -> AsyncIterator[PackedBatch | list[Result]]:
         for item in batches:
+            if stopping.requested():  # SIGTERM: the batches in flight still get their answers
+                return
             yield item
 
     try:
@@ -314,8 +317,12 @@ def deliver(
     advance: Advance,
     source: str = "changes",
 ) -> None:
-    """Send everything in ``source``; every record's outcome reaches the committer."""
-    if callable(getattr(destination, "deliver_packed", None)):
-        asyncio.run(_deliver_packed(con, destination, kind, committer, advance, source))
-        return
-    asyncio.run(_deliver(con, destination, kind, committer, advance, source))
+    """Send everything in ``source``; every record's outcome reaches the committer.
+
+    On SIGTERM (:mod:`lockgate.stopping`) no new request is sent, the ones in flight are
+    answered and committed, then :class:`~lockgate.stopping.Terminated` is raised."""
+    with stopping.delivering():
+        if callable(getattr(destination, "deliver_packed", None)):
+            asyncio.run(_deliver_packed(con, destination, kind, committer, advance, source))
+        else:
+            asyncio.run(_deliver(con, destination, kind, committer, advance, source))

@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 import orjson
 
-from lockgate import __version__
+from lockgate import __version__, stopping
 from lockgate.destinations.base import Outcome, Record, Result
 from lockgate.destinations.customerio.batching import Batch, PackedBatch, Packer, oversize_reason
 from lockgate.destinations.customerio.pacing import TokenBucket, backoff, parse_retry_after
@@ -277,7 +277,8 @@ class CustomerIOClient:
     ) -> AsyncIterator[Any]:
         """Run ``run(job)`` for each job with at most ``concurrency`` in flight, yielding each
         output as soon as it is ready; ``list`` jobs (refused records) pass through as they
-        are. A run-wide error from a job or from ``jobs`` itself is raised here."""
+        are. A run-wide error from a job or from ``jobs`` itself is raised here. Once a stop
+        is asked for (:mod:`lockgate.stopping`), no job is started; those running finish."""
         concurrency = self.settings.concurrency
         slots = asyncio.Semaphore(concurrency)
         done = object()
@@ -301,6 +302,9 @@ class CustomerIOClient:
                         await out.put(job)
                         continue
                     await slots.acquire()
+                    if stopping.requested():  # SIGTERM: the batches in flight still finish
+                        slots.release()
+                        break
                     self.stats.batches += 1
                     task = asyncio.create_task(run_one(job))
                     tasks.add(task)
@@ -536,7 +540,9 @@ class CustomerIOClient:
                     status=status,
                     retry_after=retry_after,
                 )
-            if attempt > s.max_retries:
+            # once a stop is asked for, a failed request is not tried again: its records go
+            # out with the next run
+            if attempt > s.max_retries or stopping.requested():
                 return _Answer(error.status, b"", attempt, error)
             await self._wait(attempt, error)
 
