@@ -155,9 +155,14 @@ def test_dead_letters_show_in_the_exit_code_runs_and_the_latest_history(
     broken = Emulator(EmulatorConfig(faults=FaultConfig(error_5xx=1.0)))
     with broken.serve() as url:
         project = project_factory.write({"people": PEOPLE}, url=url, retries=1)
-        code, out = lockgate(project, "sync", "people", "--json")
-    assert code == 2
-    [report] = orjson.loads(out)
+        result = CliRunner().invoke(
+            cli, ["sync", "people", "--json", "--project", str(project.root)]
+        )
+    assert result.exit_code == 2
+    # the wait for retries is said on stderr (JSON on stdout stays JSON)
+    assert "people: a request failed (HTTP 503 from Customer.io" in result.stderr
+    assert "retrying in" in result.stderr and "attempt 2 of 2" in result.stderr
+    [report] = orjson.loads(result.stdout)
     assert report["status"] == "partial" and report["dead_lettered"] == 5
     code, out = lockgate(project, "runs", "--json")
     assert [(r["status"], r["counts"].get("dead_lettered")) for r in orjson.loads(out)] == [

@@ -17,6 +17,7 @@ million records this is the difference between ~10 s of Python per run and well 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
 
@@ -25,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from lockgate import stopping
-from lockgate.console import Advance
+from lockgate.console import Advance, Console
 from lockgate.destinations.base import Destination, Outcome, Record, Result
 from lockgate.destinations.customerio.batching import (
     Batch,
@@ -157,6 +158,45 @@ NO_PAYLOAD = (
     "no payload could be built for this record, so it was not sent (a Lockgate bug: please "
     "report it with the sync's config); it is tried again next run"
 )
+
+
+class RetryNotice:
+    """Says on the console that requests are being retried, so a run waiting on a workspace
+    that does not answer (several minutes of backoff at worst) is not taken for stuck: the
+    first time each distinct error is seen, then at most every ``every`` seconds."""
+
+    def __init__(self, console: Console, sync: str, attempts: int, *, every: float = 10.0) -> None:
+        self.console = console
+        self.sync = sync
+        self.attempts = attempts
+        self.every = every
+        self._seen: set[str] = set()
+        self._last = -every
+
+    def __call__(self, error: str, attempt: int, delay: float) -> None:
+        now = time.monotonic()
+        if error in self._seen and now - self._last < self.every:
+            return
+        self._seen.add(error)
+        self._last = now
+        if error.startswith("HTTP 429"):
+            what = f"Customer.io asks to slow down ({error}): waiting {delay:.1f} s"
+        else:
+            what = (
+                f"a request failed ({error}): retrying in {delay:.1f} s, attempt "
+                f"{attempt + 1} of {self.attempts}; records whose every attempt fails are "
+                "sent again by the next run"
+            )
+        self.console.warn(f"{self.sync}: {what}")
+
+
+def notify_retries(destination: Destination, console: Console, sync: str) -> Destination:
+    """``destination`` with a :class:`RetryNotice` when it can tell of its retries."""
+    if hasattr(destination, "on_retry"):
+        attempts = getattr(getattr(destination, "settings", None), "max_retries", 0) + 1
+        destination.on_retry = RetryNotice(console, sync, attempts)
+    return destination
+
 
 META = ("k", "h", "ident", "removed", "action")
 """The columns the committer keeps of each delivered row."""

@@ -451,13 +451,13 @@ def _deliver_to_ledger(
     """Deliver a side table of operations ahead of the sync's own; each delivered key goes to
     the sync's ledger, so it is never sent again."""
     from lockgate.sync.commit import Committer
-    from lockgate.sync.deliver import deliver
+    from lockgate.sync.deliver import deliver, notify_retries
 
     committer = Committer(store.writer(), sync=sync.name, run_id=run_id, kind="events")
     with committer.store, console.progress(f"deliver {sync.name} {label}", total) as advance:
         deliver(
             store.con,
-            destination_factory(project, sync),
+            notify_retries(destination_factory(project, sync), console, sync.name),
             kind=kind,
             committer=committer,
             advance=advance,
@@ -647,9 +647,9 @@ def run_sync(
                 # imported here: HTTP, NumPy and the committer thread are ~0.1 s of start-up
                 # that a plan, or a run with nothing to send, does not need
                 from lockgate.sync.commit import Committer
-                from lockgate.sync.deliver import deliver
+                from lockgate.sync.deliver import deliver, notify_retries
 
-                destination = destination_factory(project, sync)
+                destination = notify_retries(destination_factory(project, sync), console, sync.name)
                 committer = Committer(store.writer(), sync=sync.name, run_id=run_id, kind=sync.kind)
                 # the writer is closed with the run: a Session's state store outlives it
                 with (

@@ -195,6 +195,9 @@ class CustomerIOClient:
         self._http: httpx.AsyncClient | None = None
         self._failed_in_a_row = 0
         """Batches whose every attempt failed since the last request that got an answer."""
+        self.on_retry: Callable[[str, int, float], None] | None = None
+        """Told ``(error, attempt, delay)`` before each wait to retry a request: what went
+        wrong, the attempt that failed (1 for the first), and the seconds until the next."""
 
     def __repr__(self) -> str:
         return f"CustomerIOClient({self.settings!r})"
@@ -547,6 +550,13 @@ class CustomerIOClient:
             await self._wait(attempt, error)
 
     async def _wait(self, attempt: int, error: DestinationTransientError) -> None:
+        delay = self._delay(attempt, error)
+        if self.on_retry is not None:
+            self.on_retry(error.reason, attempt, delay)
+        if delay > 0:
+            await self._sleep(delay)
+
+    def _delay(self, attempt: int, error: DestinationTransientError) -> float:
         s = self.settings
         if error.retry_after:  # `Retry-After: 0` (or a past date) falls back to the backoff
             delay = error.retry_after
@@ -555,5 +565,4 @@ class CustomerIOClient:
             self._bucket.defer(now, now + delay)
         else:
             delay = backoff(attempt, base=s.backoff_base, cap=s.backoff_cap, rng=self._rng)
-        if delay > 0:
-            await self._sleep(delay)
+        return delay
