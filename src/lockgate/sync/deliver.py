@@ -325,8 +325,6 @@ async def _deliver_packed(
 
     async def jobs() -> AsyncIterator[PackedBatch | list[Result]]:
         for item in batches:
-            if stopping.requested():  # SIGTERM: the batches in flight still get their answers
-                return
             yield item
 
     try:
