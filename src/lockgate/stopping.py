@@ -1,12 +1,12 @@
-"""Stopping a run on SIGTERM without cutting the requests in flight.
+"""Stopping a run on SIGTERM or Ctrl-C without cutting the requests in flight.
 
 A scheduler (cron's kill, systemd, Kubernetes, Airflow) stops a job with SIGTERM, then SIGKILL
-after a grace period. Outside delivery, SIGTERM stops a run at once, as Ctrl-C does
-(:class:`Terminated`). During delivery it asks the delivery to stop (:func:`request`): no
-new request is sent, the ones in flight get their answers, those are committed, and then the
-run stops with :class:`Terminated`. Cutting a request off instead left records Customer.io
-had taken out of the snapshot and ledger, so the next run sent them again. A second SIGTERM
-stops at once.
+after a grace period; a person at the terminal presses Ctrl-C. Outside delivery, either stops
+a run at once (:class:`Terminated`, :class:`KeyboardInterrupt`). During delivery it asks the
+delivery to stop (:func:`request`): no new request is sent, the ones in flight get their
+answers, those are committed, and then the run stops with :class:`Terminated` or
+:class:`Interrupted`. Cutting a request off instead left records Customer.io had taken out of
+the snapshot and ledger, so the next run sent them again. A second signal stops at once.
 
 Example::
 
@@ -24,35 +24,39 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C would be so a run stops the same way."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C that waited for the requests in flight: what they delivered is committed."""
+
+
 _delivering = 0
-_requested = False
+_requested: type[KeyboardInterrupt] | None = None
 
 
 def requested() -> bool:
     """True once a stop was asked for during the delivery under way."""
-    return _requested
+    return _requested is not None
 
 
-def request() -> bool:
-    """Ask the delivery under way to stop after its requests in flight. False when there is
-    none, or a stop was already asked for: the caller then stops at once."""
+def request(stop: type[KeyboardInterrupt] = Terminated) -> bool:
+    """Ask the delivery under way to stop after its requests in flight, then raise ``stop``.
+    False when there is none, or a stop was already asked for: the caller then stops at once."""
     global _requested
-    if _delivering and not _requested:
-        _requested = True
+    if _delivering and _requested is None:
+        _requested = stop
         return True
     return False
 
 
 @contextmanager
 def delivering() -> Iterator[None]:
-    """A delivery is under way; when it ends after a stop was asked for, raise
-    :class:`Terminated` (what it delivered is committed by then)."""
+    """A delivery is under way; when it ends after a stop was asked for, raise the stop's
+    exception (what it delivered is committed by then)."""
     global _delivering, _requested
     _delivering += 1
     try:
         yield
     finally:
         _delivering -= 1
-    if _requested and not _delivering:
-        _requested = False
-        raise Terminated
+    if _requested is not None and not _delivering:
+        stop, _requested = _requested, None
+        raise stop

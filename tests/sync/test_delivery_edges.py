@@ -281,14 +281,20 @@ def test_the_track_api_key_appears_in_no_report_error_or_history(
 EVENTS_SENT = 60  # 6 requests of 10
 
 
-def test_sigterm_stops_a_sync_like_ctrl_c_and_the_next_run_sends_the_rest(
-    project_factory: ProjectFactory,
+@pytest.mark.parametrize(
+    ("signum", "exit_code", "said"),
+    [(signal.SIGTERM, 143, "Stopped by SIGTERM"), (signal.SIGINT, 130, "Stopped by Ctrl-C")],
+    ids=["sigterm", "ctrl-c"],
+)
+def test_a_stop_signal_lets_the_request_in_flight_finish_and_the_next_run_sends_the_rest(
+    project_factory: ProjectFactory, signum: int, exit_code: int, said: str
 ) -> None:
-    """A scheduler stops a job with SIGTERM: `lockgate sync` sends no new request, waits for
-    the answer to the one in flight, commits what was delivered, records the run as
-    interrupted and exits 143; the next run sends the rest, none twice (without handling,
-    Python died on the spot and the run stayed `running`; cutting the request in flight off
-    left what Customer.io took of it unrecorded, and the next run sent it again)."""
+    """A scheduler stops a job with SIGTERM, a person with Ctrl-C: `lockgate sync` sends no
+    new request, waits for the answer to the one in flight, commits what was delivered,
+    records the run as interrupted and exits 143 (130); the next run sends the rest, none
+    twice (without handling, SIGTERM killed Python on the spot and the run stayed `running`;
+    cutting the request in flight off, as both did, left what Customer.io took of it
+    unrecorded, and the next run sent it again)."""
     seed_events(project_factory, EVENTS_SENT)
     # Customer.io takes each request at once and answers 0.4 s later: when the signal lands,
     # the request whose events were just seen has not been answered yet
@@ -297,10 +303,12 @@ def test_sigterm_stops_a_sync_like_ctrl_c_and_the_next_run_sends_the_rest(
         project = small_batches(
             project_factory.write({"activity": EVENTS}, url=url), batch_size=10, concurrency=1
         )
-        _stop_with_a_request_in_flight(project, slow)
+        _stop_with_a_request_in_flight(project, slow, signum, exit_code, said)
 
 
-def _stop_with_a_request_in_flight(project: Project, emu: Emulator) -> None:
+def _stop_with_a_request_in_flight(
+    project: Project, emu: Emulator, signum: int, exit_code: int, said: str
+) -> None:
     victim = subprocess.Popen(
         [sys.executable, "-m", "lockgate", "sync", "activity", "--project", str(project.root)],
         stdout=subprocess.DEVNULL,
@@ -312,13 +320,15 @@ def _stop_with_a_request_in_flight(project: Project, emu: Emulator) -> None:
         while len(emu.events()) < 20 and time.monotonic() < deadline and victim.poll() is None:
             time.sleep(0.05)
         assert victim.poll() is None and len(emu.events()) >= 20
-        victim.send_signal(signal.SIGTERM)
+        victim.send_signal(signum)
         _, err = victim.communicate(timeout=30)
     finally:
         if victim.poll() is None:
             victim.kill()
-    assert victim.returncode == 143, err
-    assert "Stopped by SIGTERM" in err and "Traceback" not in err
+    assert victim.returncode == exit_code, err
+    assert said in err and "Traceback" not in err
+    if signum == signal.SIGINT:  # the person at the terminal is told what the wait is for
+        assert "Ctrl-C again stops at once" in err
     sent = len(emu.events())
     assert sent < EVENTS_SENT
     with StateStore.open(project.state_dir) as store:
@@ -338,6 +348,53 @@ def _stop_with_a_request_in_flight(project: Project, emu: Emulator) -> None:
     # and no event went out twice
     batches = [r.body for r in emu.request_log() if r.path.endswith("/batch")]
     assert sum(len(b["batch"]) for b in batches) == EVENTS_SENT
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_next_run_sends_each_event_once(
+    project_factory: ProjectFactory,
+) -> None:
+    """Ctrl-C twice: the run stops without waiting for the answer in flight (exit 130,
+    recorded interrupted). What that request carried is not recorded, so the next run sends it
+    again; the events' ids keep Customer.io at one of each."""
+    seed_events(project_factory, EVENTS_SENT)
+    slow = Emulator(EmulatorConfig(faults=FaultConfig(answer_latency_ms=1000)))
+    with slow.serve() as url:
+        project = small_batches(
+            project_factory.write({"activity": EVENTS}, url=url), batch_size=10, concurrency=1
+        )
+        victim = subprocess.Popen(
+            [sys.executable, "-m", "lockgate", "sync", "activity", "--project", str(project.root)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not slow.events() and time.monotonic() < deadline and victim.poll() is None:
+                time.sleep(0.05)
+            assert victim.poll() is None and slow.events()
+            victim.send_signal(signal.SIGINT)
+            time.sleep(0.2)
+            victim.send_signal(signal.SIGINT)
+            _, err = victim.communicate(timeout=30)
+        finally:
+            if victim.poll() is None:
+                victim.kill()
+        assert victim.returncode == 130, err
+        assert "Ctrl-C again stops at once" in err and "Aborted." in err
+        assert "Traceback" not in err
+        with StateStore.open(project.state_dir) as store:
+            [run] = store.runs()
+            ledgered = store.exec_sql('select count(*) from "ledger__activity"')[0][0]
+        # the first request was cut off before its answer: nothing of it is recorded
+        assert run.status == "failed" and run.error == "interrupted" and ledgered == 0
+
+        yml = project.root / "lockgate.yml"  # every request at once: one 1 s wait, not six
+        yml.write_text(yml.read_text().replace("concurrency: 1", "concurrency: 8"))
+        rest = run_sync(load_project(project.root), "activity", console=NullConsole())
+        assert rest.status == "success" and rest.delivered == EVENTS_SENT
+        events = slow.events()
+        assert len(events) == EVENTS_SENT and len({e.id for e in events}) == EVENTS_SENT
 
 
 def test_a_sync_stops_when_customerio_is_down_and_the_next_run_sends_everyone_once(

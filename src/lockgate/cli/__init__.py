@@ -24,7 +24,7 @@ import click
 
 from lockgate import __version__, stopping
 from lockgate.errors import LockgateError
-from lockgate.stopping import Terminated
+from lockgate.stopping import Interrupted, Terminated
 
 COMMANDS: dict[str, str] = {
     "init": "lockgate.cli.project:init",
@@ -91,33 +91,47 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 @contextmanager
-def sigterm_stops_like_ctrl_c() -> Iterator[None]:
+def signals_let_requests_finish() -> Iterator[None]:
     """A scheduler (cron's kill, systemd, Kubernetes, Airflow) stops a job with SIGTERM, then
     SIGKILL after a grace period. By default SIGTERM ends Python on the spot, leaving the run
     recorded as running until the next one marks it crashed. Here it stops a run as Ctrl-C
     does: nothing more is sent, what was delivered is committed, the run is recorded as
-    interrupted; during delivery, the requests in flight get their answers first
-    (:mod:`lockgate.stopping`). Only from the main thread, and only where no one else
-    handles SIGTERM;
+    interrupted. During delivery, SIGTERM and the first Ctrl-C both let the requests in flight
+    get their answers first (:mod:`lockgate.stopping`); a second one stops at once. Only from
+    the main thread, and only for a signal no one else handles;
     `lockgate sync` uses it (a server such as `lockgate emulator` has its own shutdown)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is not signal.SIG_DFL:
-        yield
-        return
+    installed: dict[signal.Signals, Any] = {}
 
-    def stop(signum: int, frame: object) -> None:
-        if stopping.request():  # a delivery is under way: it stops after its requests in flight
+    def on_sigterm(signum: int, frame: object) -> None:
+        # a delivery is under way: it stops after its requests in flight
+        if stopping.request(Terminated):
             return
         raise Terminated
 
-    signal.signal(signal.SIGTERM, stop)
+    def on_sigint(signum: int, frame: object) -> None:
+        if stopping.request(Interrupted):
+            sys.stderr.write(
+                "Ctrl-C: stopping once the requests in flight are answered, so that what "
+                "Customer.io took is recorded (Ctrl-C again stops at once)\n"
+            )
+            return
+        raise KeyboardInterrupt
+
+    for sig, handler, default in (
+        (signal.SIGTERM, on_sigterm, signal.SIG_DFL),
+        (signal.SIGINT, on_sigint, signal.default_int_handler),
+    ):
+        if signal.getsignal(sig) is default:
+            installed[sig] = default
+            signal.signal(sig, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, previous in installed.items():
+            signal.signal(sig, previous)
 
 
 def main(argv: list[str] | None = None) -> Any:
@@ -126,12 +140,13 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         return cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort as exc:
-        if isinstance(exc.__cause__, Terminated):
+        if isinstance(exc.__cause__, Terminated | Interrupted):
+            by = "SIGTERM" if isinstance(exc.__cause__, Terminated) else "Ctrl-C"
             click.echo(
-                "Stopped by SIGTERM: what was delivered is recorded; the next run sends the rest.",
+                f"Stopped by {by}: what was delivered is recorded; the next run sends the rest.",
                 err=True,
             )
-            sys.exit(128 + signal.SIGTERM)
+            sys.exit(128 + (signal.SIGTERM if by == "SIGTERM" else signal.SIGINT))
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.ClickException as exc:

@@ -11,7 +11,7 @@ from typing import Any
 import click
 import orjson
 
-from lockgate.cli import sigterm_stops_like_ctrl_c
+from lockgate.cli import signals_let_requests_finish
 from lockgate.cli.options import json_option, open_project, project_option
 from lockgate.console import RichConsole
 from lockgate.errors import ConfigError, LockgateError, StateError
@@ -293,7 +293,7 @@ def sync(
     names = _sync_names(project, sync_names, run_all)
     console = RichConsole(quiet=as_json)
     # the syncs of this command resolve the identity graph once and share the state store
-    with sigterm_stops_like_ctrl_c(), Session() as session:
+    with signals_let_requests_finish(), Session() as session:
         reports, failed = _each(
             names,
             lambda name: run_sync(
