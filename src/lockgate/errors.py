@@ -136,6 +136,10 @@ class DestinationUnavailableError(DestinationError):
     dead-lettering everything left. Records not delivered wait for the next run."""
 
 
+class ConnectionCheckError(TerminalError):
+    """`lockgate validate --connect` found a warehouse, model or credential that does not work."""
+
+
 class StateError(TerminalError):
     """The state store (snapshots, ledgers, run history) cannot be used."""
 

@@ -5,15 +5,20 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import orjson
 
 from lockgate.cli.options import json_option, open_project, project_option
 from lockgate.console import RichConsole
-from lockgate.errors import ConfigError, ContractError
+from lockgate.errors import ConfigError, ConnectionCheckError, ContractError
 from lockgate.project.fielddocs import json_schema
+from lockgate.project.loader import Project
 from lockgate.project.models import ENV_REF, ProjectConfig, SyncConfig
+
+if TYPE_CHECKING:
+    from lockgate.sync.connections import Check
 
 
 def json_schemas() -> dict[str, object]:
@@ -91,10 +96,17 @@ def init(directory: Path, force: bool, sample_data: bool) -> None:
     is_flag=True,
     help="Print the JSON Schemas of lockgate.yml and sync files, then exit.",
 )
-def validate(project_path: Path, as_json: bool, print_schema: bool) -> None:
+@click.option(
+    "--connect",
+    is_flag=True,
+    help="Also connect: each warehouse, each sync's model against its mapping (no rows "
+    "read), and Customer.io with the credentials syncs will use (nothing sent).",
+)
+def validate(project_path: Path, as_json: bool, print_schema: bool, connect: bool) -> None:
     """Check lockgate.yml and every sync file; errors name the file and line. Also checks the
     data contract: attribute ownership, event-name drift, identifiers changed since the last
-    run (docs/guardrails.md); exits 1 on an error."""
+    run (docs/guardrails.md). With `--connect`, also checks that every warehouse, model and
+    Customer.io credential works. Exits 1 on an error."""
     if print_schema:
         sys.stdout.write(orjson.dumps(json_schemas(), option=orjson.OPT_INDENT_2).decode() + "\n")
         return
@@ -111,22 +123,22 @@ def validate(project_path: Path, as_json: bool, print_schema: bool) -> None:
 
     findings = contract.check_project(project)
     errors = [f for f in findings if f.level == "error"]
+    console = RichConsole(quiet=as_json)
+    checks = _connect(project, console) if connect else []
+    failed = [c for c in checks if c.ok is False]
     if as_json:
-        sys.stdout.write(
-            orjson.dumps(
-                {
-                    "valid": not errors,
-                    "syncs": sorted(project.syncs),
-                    "missing_env": missing,
-                    "contract": [f.as_dict() for f in findings],
-                }
-            ).decode()
-            + "\n"
-        )
-        if errors:
+        doc: dict[str, object] = {
+            "valid": not errors and not failed,
+            "syncs": sorted(project.syncs),
+            "missing_env": missing,
+            "contract": [f.as_dict() for f in findings],
+        }
+        if connect:
+            doc["connections"] = [c.as_dict() for c in checks]
+        sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+        if errors or failed:
             sys.exit(1)
         return
-    console = RichConsole()
     console.table(
         f"{project.root / 'lockgate.yml'} is valid",
         ["sync", "kind", "source", "model", "file"],
@@ -145,8 +157,34 @@ def validate(project_path: Path, as_json: bool, print_schema: bool) -> None:
         state = "is empty" if name in os.environ else "is not set"
         console.warn(f"environment variable `{name}` {state}; syncs will need it")
     contract.render(console, findings)
+    if connect:
+        _render_connections(console, checks)
     if errors:
         raise ContractError(
             f"{len(errors)} data-contract error{'s' if len(errors) > 1 else ''} (table above)",
             hint="see docs/guardrails.md for each check and how to acknowledge it",
         )
+    if failed:
+        raise ConnectionCheckError(
+            f"{len(failed)} of {len(checks)} connection checks failed (table above)",
+            hint="fix each as its hint says, then run `lockgate validate --connect` again",
+        )
+
+
+def _connect(project: Project, console: RichConsole) -> list[Check]:
+    from lockgate.sync import connections
+
+    with console.progress("checking connections", connections.count(project)) as advance:
+        return connections.check_connections(project, advance)
+
+
+def _render_connections(console: RichConsole, checks: list[Check]) -> None:
+    status = {True: "ok", False: "FAILED", None: "skipped"}
+    console.table(
+        "connections",
+        ["check", "name", "status", "detail", "seconds"],
+        [(c.what, c.name, status[c.ok], c.detail, f"{c.seconds:.2f}") for c in checks],
+    )
+    for c in checks:
+        if c.hint and c.ok is not True:
+            console.info(f"  {c.what} `{c.name}`: {c.hint}")

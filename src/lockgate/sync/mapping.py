@@ -833,6 +833,20 @@ def composite_key_sql(key_columns: list[str]) -> str:
     return f"concat_ws('|', {parts})"
 
 
+def compile_sync(
+    sync: SyncConfig, columns: dict[str, str], default_on_null: str, now_epoch: int
+) -> Compiled:
+    """The SELECT of any sync kind over a model with ``columns`` (name -> DuckDB type); a
+    column the sync file names that the model lacks is a :class:`ConfigError` naming both."""
+    if sync.kind == "people":
+        return compile_people(sync, columns, default_on_null)
+    if sync.kind == "objects":
+        return compile_objects(sync, columns, default_on_null)
+    if sync.kind == "relationships":
+        return compile_relationships(sync, columns, default_on_null)
+    return compile_events(sync, columns, now_epoch)
+
+
 def compile_people(sync: SyncConfig, columns: dict[str, str], default_on_null: str) -> Compiled:
     """The SELECT producing (k, op, ident, reject) for a people sync."""
     used: list[str] = list(sync.identify_by.values())

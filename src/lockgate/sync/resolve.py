@@ -68,10 +68,12 @@ def identity_config(project: Project, sync: SyncConfig) -> IdentityConfig:
     return config
 
 
-def read_sources(project: Project, config: IdentityConfig) -> dict[str, pa.Table]:
-    """Every identity source's rows, read from the project's warehouses."""
+def identity_queries(
+    project: Project, config: IdentityConfig
+) -> dict[str, list[tuple[IdentitySourceConfig, str]]]:
+    """Each warehouse's identity sources and the query that reads each, by warehouse name."""
     declared = sorted(project.config.sources)
-    by_warehouse: dict[str, list[IdentitySourceConfig]] = {}
+    by_warehouse: dict[str, list[tuple[IdentitySourceConfig, str]]] = {}
     for spec in config.sources:
         name = spec.source or (declared[0] if len(declared) == 1 else None)
         if name is None or name not in project.config.sources:
@@ -80,15 +82,19 @@ def read_sources(project: Project, config: IdentityConfig) -> dict[str, pa.Table
                 "does not declare",
                 hint=f"declared sources: {', '.join(declared)}",
             )
-        by_warehouse.setdefault(name, []).append(spec)
+        by_warehouse.setdefault(name, []).append((spec, spec.sql or f"SELECT * FROM {spec.table}"))
+    return by_warehouse
+
+
+def read_sources(project: Project, config: IdentityConfig) -> dict[str, pa.Table]:
+    """Every identity source's rows, read from the project's warehouses."""
     out: dict[str, pa.Table] = {}
     # one connection per warehouse, not per identity source: opening a DuckDB file or a
     # Postgres session costs more than reading a small table
-    for name, specs in by_warehouse.items():
+    for name, queries in identity_queries(project, config).items():
         source = connect(project.config.sources[name], root=project.root, name=name)
         try:
-            for spec in specs:
-                sql = spec.sql or f"SELECT * FROM {spec.table}"
+            for spec, sql in queries:
                 out[spec.name] = source.read(sql).read_all()
         finally:
             source.close()
@@ -145,7 +151,7 @@ def key_rows(
 ) -> SyncConfig:
     """Add the Customer.io identifiers to the staged model; return the sync keyed by them."""
     staged = con.sql("select * from model").to_arrow_table()
-    _require_columns(sync, staged.column_names)
+    require_columns(sync, staged.column_names)
     aliases = {"id": "user_id"}  # Customer.io's `id` is the identity graph's `user_id`
     columns = {column: aliases.get(kind, kind) for kind, column in sync.identify_by.items()}
     keyed = resolution.resolver.resolve_table(staged, columns)
@@ -166,7 +172,7 @@ def key_rows(
                 keyed["profile_id"], value_set=pa.array([p for p, _ in holders], pa.string())
             )
             values = pa.array([str(v) for _, v in holders], pa.string()).take(at)
-            column = f"_lg_attr_{name}"
+            column = graph_attribute_column(name)
             keyed = keyed.append_column(column, values)
             graph_attributes[name] = column
     con.register("_keyed_model", keyed)
@@ -174,6 +180,18 @@ def key_rows(
         run_sql(con, "create or replace temp table model as select * from _keyed_model")
     finally:
         con.unregister("_keyed_model")
+    return keyed_sync(sync, graph_attributes)
+
+
+def graph_attribute_column(name: str) -> str:
+    """The column :func:`key_rows` adds for the graph attribute ``name`` (a Stripe id...)."""
+    return f"_lg_attr_{name}"
+
+
+def keyed_sync(sync: SyncConfig, graph_attributes: dict[str, str]) -> SyncConfig:
+    """``sync`` as it reads the model once :func:`key_rows` added the graph's columns
+    (``profile_id``, the ``cio_*`` identifiers, and ``graph_attributes``: attribute name ->
+    column)."""
     identify_by = {"id": "cio_person_id", "email": "cio_email"}
     attributes = dict(sync.attributes)
     if sync.kind == "people" and "anonymous_id" not in attributes:
@@ -184,7 +202,7 @@ def key_rows(
     return sync.keyed_through_graph(identify_by=identify_by, attributes=attributes)
 
 
-def _require_columns(sync: SyncConfig, columns: list[str]) -> None:
+def require_columns(sync: SyncConfig, columns: list[str]) -> None:
     """The columns resolution reads must be in the model: the same error the mapping gives
     for them, before the graph's tables are built on a missing one."""
     missing = [

@@ -41,6 +41,7 @@ from lockgate.sync import mapping
 from lockgate.sync.extract import InPlace, Staged, stage
 
 if TYPE_CHECKING:
+    from lockgate.destinations.customerio import CustomerIOSettings
     from lockgate.sync.commit import CommitCounts
     from lockgate.sync.resolve import Resolution
 
@@ -49,10 +50,18 @@ DestinationFactory = Callable[[Project, SyncConfig], Destination]
 
 def default_destination(project: Project, sync: SyncConfig) -> Destination:
     """The sync's destination as configured in lockgate.yml, credentials from the env."""
-    from lockgate.destinations.customerio import CustomerIOClient, CustomerIOSettings
+    from lockgate.destinations.customerio import CustomerIOClient
 
-    config = project.config.destinations[sync.destination]
-    settings = CustomerIOSettings(
+    return CustomerIOClient(destination_settings(project, sync.destination))
+
+
+def destination_settings(project: Project, name: str) -> CustomerIOSettings:
+    """The settings of the destination ``name`` in lockgate.yml, credentials from the env
+    (a missing variable is a :class:`ConfigError` naming it)."""
+    from lockgate.destinations.customerio import CustomerIOSettings
+
+    config = project.config.destinations[name]
+    return CustomerIOSettings(
         site_id=resolve_env(config.site_id, field="site_id") or "",
         api_key=resolve_env(config.api_key, field="api_key") or "",
         region=os.environ.get("CUSTOMERIO_REGION", config.region),  # type: ignore[arg-type]
@@ -65,7 +74,6 @@ def default_destination(project: Project, sync: SyncConfig) -> Destination:
         stop_after_failed_batches=config.stop_after_failed_batches,
         max_batch_ops=config.batch_size,
     )
-    return CustomerIOClient(settings)
 
 
 def _optional_env(value: str | None) -> str | None:
@@ -267,14 +275,7 @@ def _prepare(
                 staged = Staged(staged.rows, {**staged.columns, **_model_columns(store)})
         on_null = project.config.defaults.on_null
         with step("map"):
-            if sync.kind == "people":
-                compiled = mapping.compile_people(sync, staged.columns, on_null)
-            elif sync.kind == "objects":
-                compiled = mapping.compile_objects(sync, staged.columns, on_null)
-            elif sync.kind == "relationships":
-                compiled = mapping.compile_relationships(sync, staged.columns, on_null)
-            else:
-                compiled = mapping.compile_events(sync, staged.columns, now)
+            compiled = mapping.compile_sync(sync, staged.columns, on_null, now)
         if in_place is not None:
             with step("extract"), console.progress(f"extract {sync.name}", None) as advance:
                 in_place.key(store.con, compiled, advance)

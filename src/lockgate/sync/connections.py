@@ -1,0 +1,333 @@
+"""`lockgate validate --connect`: can every part of the project be reached, with the
+credentials a sync will use, before anything runs?
+
+A user setting up a project (or rotating a key, or moving a model) wants to know now, not
+from a failed nightly run, that the warehouse answers, that each sync's model still has the
+columns its sync file maps, and that Customer.io takes the credentials (the "Test connection"
+of Hightouch and Census, dbt's `debug`). Every check stands alone: one failing does not hide
+the others, and each failure carries the error and hint a run would give.
+
+- **source**: the warehouse connects and lists its schemas.
+- **model**: each sync's model is planned with no rows read (`LIMIT 0`, a BigQuery dry run),
+  and the sync's mapping is compiled against the columns and types it returns, as a run
+  does: a column the sync file names that the model lacks fails. (A value its type cannot
+  carry is a row-level reject in a run, not a check here: no rows are read.)
+- **identity source**: each identity source's table or query is planned the same way.
+- **Track API**: `GET /api/v1/accounts/region` with the Track credentials (it answers 401 for
+  wrong ones, and says which region the workspace is in, compared with the one configured,
+  even behind a `track_url` override: the region also picks the App API's host).
+- **App API**: `GET /v1/workspaces` with the App API key, when one is set (`lockgate
+  reconcile` needs it; syncs do not).
+
+Nothing is written anywhere, no state is opened, and no row is read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+import duckdb
+import httpx
+import pyarrow as pa
+
+from lockgate.errors import LockgateError
+from lockgate.project.loader import Project
+from lockgate.project.models import SyncConfig
+from lockgate.sources import connect
+from lockgate.sources.base import Source, redact
+from lockgate.sync import mapping
+
+if TYPE_CHECKING:
+    from lockgate.destinations.customerio.settings import CustomerIOSettings
+
+TIMEOUT = 10.0
+"""Seconds for each request to Customer.io."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One thing checked: ``ok`` is None when it was skipped (not configured, or what it
+    needs failed first)."""
+
+    what: str  # source | model | identity source | Track API | App API
+    name: str
+    ok: bool | None
+    detail: str
+    hint: str | None = None
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class _Checks:
+    def __init__(self, advance: Callable[[int], None]) -> None:
+        self.done: list[Check] = []
+        self.advance = advance
+
+    @contextmanager
+    def check(self, what: str, name: str) -> Iterator[list[str]]:
+        """Run one check: the block appends its detail to the yielded list; an exception is
+        the check's failure (a Lockgate error with its hint, anything else as its text)."""
+        detail: list[str] = []
+        start = time.perf_counter()
+        try:
+            yield detail
+        except LockgateError as exc:
+            where = getattr(exc, "location", None)
+            reason = f"{where}: {exc.reason}" if where else exc.reason
+            self._add(Check(what, name, False, reason, exc.hint, time.perf_counter() - start))
+        except Exception as exc:  # a driver's own error: its text, never a credential
+            text = redact(f"{type(exc).__name__}: {exc}")
+            self._add(Check(what, name, False, text, None, time.perf_counter() - start))
+        else:
+            self._add(Check(what, name, True, "; ".join(detail), None, time.perf_counter() - start))
+
+    def fail(self, what: str, name: str, exc: LockgateError) -> None:
+        self._add(Check(what, name, False, exc.reason, exc.hint))
+
+    def skip(self, what: str, name: str, why: str, hint: str | None = None) -> None:
+        self._add(Check(what, name, None, why, hint))
+
+    def _add(self, check: Check) -> None:
+        self.done.append(check)
+        self.advance(1)
+
+
+def count(project: Project) -> int:
+    """How many checks :func:`check_connections` makes (for a progress bar)."""
+    identity = project.config.identity
+    used = {s.destination for s in project}
+    return (
+        len(project.config.sources)
+        + len(project.syncs)
+        + (len(identity.sources) if identity is not None else 0)
+        + 2 * len(used)
+    )
+
+
+def check_connections(
+    project: Project, advance: Callable[[int], None] = lambda n: None
+) -> list[Check]:
+    """Check every source, model, identity source and Customer.io destination the project
+    uses; see the module's docstring."""
+    checks = _Checks(advance)
+    _check_sources(project, checks)
+    for name in sorted({s.destination for s in project}):
+        _check_customerio(project, name, checks)
+    return checks.done
+
+
+def _check_sources(project: Project, checks: _Checks) -> None:
+    identity = project.config.identity
+    queries: dict[str, list[tuple[str, str]]] = {}
+    if identity is not None:
+        from lockgate.sync import resolve
+
+        try:
+            for warehouse, specs in resolve.identity_queries(project, identity).items():
+                queries[warehouse] = [(spec.name, sql) for spec, sql in specs]
+        except LockgateError as exc:  # an identity source naming a warehouse never declared
+            checks.fail("identity source", "identity.sources", exc)
+    for warehouse, config in sorted(project.config.sources.items()):
+        source: Source | None = None
+        with checks.check("source", warehouse) as detail:
+            source = connect(config, root=project.root, name=warehouse)
+            schemas = source.schemas()
+            detail.append(f"{config.type}: connected, {len(schemas):,} schemas")
+        connected = checks.done[-1].ok
+        try:
+            for sync in sorted((s for s in project if s.source == warehouse), key=_name):
+                if source is None or not connected:
+                    checks.skip("model", sync.name, f"source `{warehouse}` did not connect")
+                    continue
+                with checks.check("model", sync.name) as detail:
+                    detail.append(_check_model(project, sync, source))
+            for spec_name, sql in queries.get(warehouse, []):
+                if source is None or not connected:
+                    checks.skip(
+                        "identity source", spec_name, f"source `{warehouse}` did not connect"
+                    )
+                    continue
+                with checks.check("identity source", spec_name) as detail:
+                    detail.append(_columns(len(source.schema_of(sql))))
+        finally:
+            if source is not None:
+                source.close()
+
+
+def _name(sync: SyncConfig) -> str:
+    return sync.name
+
+
+def _check_model(project: Project, sync: SyncConfig, source: Source) -> str:
+    """Plan the model (no rows) and compile the sync's mapping against its columns."""
+    schema = source.schema_of(project.model_sql(sync))
+    columns = duckdb_types(schema)
+    mapped = sync
+    if mapping.needs_identity(project, sync):
+        from lockgate.identity.customerio import attribute_names
+        from lockgate.identity.explain import CIO_COLUMNS
+        from lockgate.sync import resolve
+
+        config = resolve.identity_config(project, sync)
+        resolve.require_columns(sync, list(columns))
+        graph = {}
+        if sync.kind == "people":
+            graph = {
+                name: resolve.graph_attribute_column(name)
+                for name in attribute_names(config)
+                if name not in sync.attributes
+            }
+        added = ["profile_id", *CIO_COLUMNS, *graph.values()]
+        columns = {**columns, **dict.fromkeys(added, "VARCHAR")}
+        mapped = resolve.keyed_sync(sync, graph)
+    mapping.compile_sync(mapped, columns, project.config.defaults.on_null, int(time.time()))
+    return f"{_columns(len(schema))}; the mapping compiles ({sync.kind})"
+
+
+def _columns(n: int) -> str:
+    return f"{n:,} column{'' if n == 1 else 's'}"
+
+
+def duckdb_types(schema: pa.Schema) -> dict[str, str]:
+    """Column name -> the DuckDB type a run stages it as (Arrow into DuckDB, as extraction)."""
+    con = duckdb.connect()
+    try:
+        con.register("_probe", schema.empty_table())
+        return {row[0]: row[1] for row in con.execute("describe _probe").fetchall()}
+    finally:
+        con.close()
+
+
+def _check_customerio(project: Project, name: str, checks: _Checks) -> None:
+    from lockgate.destinations.customerio.settings import verifies_tls
+    from lockgate.sync.run import destination_settings
+
+    try:
+        settings = destination_settings(project, name)
+    except LockgateError as exc:  # a credential's variable is not set
+        checks.fail("Track API", name, exc)
+        checks.skip("App API", name, "the destination's settings did not load")
+        return
+    with checks.check("Track API", name) as detail:
+        detail.append(_check_track(settings, verifies_tls(settings.track_base)))
+    from lockgate.sync.reconcile import app_settings
+
+    try:  # read-back resolves its URL and key as `lockgate reconcile` does
+        app = app_settings(project, next(s for s in project if s.destination == name))
+    except LockgateError:  # CUSTOMERIO_APP_API_KEY is not set
+        app = None
+    if app is None or not app.app_api_key:
+        checks.skip(
+            "App API",
+            name,
+            "no App API key set; syncs do not need one",
+            hint="`lockgate reconcile` reads back through the App API: set "
+            "CUSTOMERIO_APP_API_KEY (Settings > API credentials > App API keys) to use it",
+        )
+        return
+    with checks.check("App API", name) as detail:
+        detail.append(_check_app(app, verifies_tls(app.app_base)))
+
+
+def _check_track(settings: CustomerIOSettings, verify: bool) -> str:
+    from lockgate.errors import DestinationAuthError, DestinationError
+
+    url = f"{settings.track_base}/api/v1/accounts/region"
+    if not settings.site_id or not settings.api_key:
+        raise DestinationAuthError(
+            "no Track API credentials", hint="set CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY"
+        )
+    try:
+        answer = httpx.get(
+            url, auth=(settings.site_id, settings.api_key), timeout=TIMEOUT, verify=verify
+        )
+    except httpx.HTTPError as exc:
+        raise DestinationError(
+            f"cannot reach `{settings.track_base}`: {type(exc).__name__}: {exc}",
+            hint="check CUSTOMERIO_TRACK_URL (unset it to use the region's host), "
+            "CUSTOMERIO_REGION, and the network or proxy between here and Customer.io",
+        ) from exc
+    status = answer.status_code
+    if status in (401, 403):
+        raise DestinationAuthError(
+            f"Customer.io refused the Track API credentials (HTTP {status}) at "
+            f"`{settings.track_base}`",
+            status=status,
+            hint="check CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY (a Track API key, not an "
+            "App API key) and CUSTOMERIO_REGION (`us` or `eu`)",
+        )
+    if 300 <= status < 400:
+        raise DestinationError(
+            f"`{url}` redirected (HTTP {status}) to `{answer.headers.get('location', '?')}`",
+            status=status,
+            hint="set CUSTOMERIO_REGION to your workspace's region (`us` or `eu`)",
+        )
+    if status != 200:
+        raise DestinationError(
+            f"`{url}` answered HTTP {status}: {answer.text[:200]}",
+            status=status,
+            hint="check CUSTOMERIO_TRACK_URL (unset it to use the region's host)",
+        )
+    try:
+        body = answer.json()
+        region, workspace = str(body["region"]), body.get("environment_id")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DestinationError(
+            f"`{url}` answered 200 with a body that is not Customer.io's: {answer.text[:200]}",
+            hint="check CUSTOMERIO_TRACK_URL: it should point at Customer.io's Track API",
+        ) from exc
+    if region != settings.region:
+        raise DestinationError(
+            f"the workspace is in the `{region}` region, but Lockgate is set to "
+            f"`{settings.region}`: Track traffic would pass through the other region's host "
+            "and App API reads would go to the wrong one",
+            hint=f"set CUSTOMERIO_REGION={region} (or `region: {region}` in lockgate.yml)",
+        )
+    return f"credentials accepted by workspace {workspace} (region {region})"
+
+
+def _check_app(settings: CustomerIOSettings, verify: bool) -> str:
+    from lockgate.errors import DestinationAuthError, DestinationError
+
+    url = f"{settings.app_base}/v1/workspaces"
+    try:
+        answer = httpx.get(
+            url,
+            headers={"Authorization": f"Bearer {settings.app_api_key}"},
+            timeout=TIMEOUT,
+            verify=verify,
+        )
+    except httpx.HTTPError as exc:
+        raise DestinationError(
+            f"cannot reach `{settings.app_base}`: {type(exc).__name__}: {exc}",
+            hint="check CUSTOMERIO_APP_URL (unset it to use the region's host) and the network",
+        ) from exc
+    if answer.status_code in (401, 403):
+        raise DestinationAuthError(
+            f"Customer.io refused the App API key (HTTP {answer.status_code}) at "
+            f"`{settings.app_base}`",
+            status=answer.status_code,
+            hint="check CUSTOMERIO_APP_API_KEY: an App API key (Settings > API credentials > "
+            "App API keys), not a Track API key, of a workspace in CUSTOMERIO_REGION",
+        )
+    if answer.status_code != 200:
+        raise DestinationError(
+            f"`{url}` answered HTTP {answer.status_code}: {answer.text[:200]}",
+            status=answer.status_code,
+            hint="check CUSTOMERIO_APP_URL (unset it to use the region's host)",
+        )
+    try:
+        workspaces = answer.json()["workspaces"]
+        names = ", ".join(f"{w.get('name')} ({w.get('id')})" for w in workspaces)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DestinationError(
+            f"`{url}` answered 200 with a body that is not Customer.io's: {answer.text[:200]}",
+            hint="check CUSTOMERIO_APP_URL: it should point at Customer.io's App API",
+        ) from exc
+    return f"key accepted; workspaces: {names}"
