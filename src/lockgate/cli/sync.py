@@ -28,10 +28,6 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
     """The counts worth showing for a report, as (label, value) rows."""
     c = report.changes
     rows: list[tuple[str, Any]] = [("rows in model", c.rows), ("rows rejected", c.rejected)]
-    if report.mode and c.kind != "events":
-        default = {"relationships": "mirror"}.get(c.kind, "upsert")
-        note = " (the default" + (": removals are sent)" if report.mode == "mirror" else ")")
-        rows.insert(0, ("mode", report.mode + (note if report.mode == default else "")))
     if c.kind in ("objects", "relationships"):
         noun = "objects" if c.kind == "objects" else "relationships"
         rows += [
@@ -104,8 +100,16 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
     return rows
 
 
+def _kind_and_mode(report: RunReport) -> str:
+    """`people, upsert` (the mode in the title, so the table's column holds counts only and
+    right-aligns them)."""
+    if not report.mode or report.kind == "events":
+        return report.kind
+    return f"{report.kind}, {report.mode}"
+
+
 def render_report(console: RichConsole, report: RunReport) -> None:
-    title = f"{report.sync} ({report.kind}) — {report.status}" + (
+    title = f"{report.sync} ({_kind_and_mode(report)}) — {report.status}" + (
         f" in {report.seconds:.1f}s" if report.status != "planned" else ""
     )
     console.table(title, ["", "count"], change_rows(report))

@@ -326,7 +326,7 @@ def check(
                 changes.attributes_cleared,
                 base * n_attrs,
                 "cleared attribute values",
-                f"{base:,} {noun} × {n_attrs} attributes",
+                f"{base:,} {noun} × {n_attrs} attribute{'' if n_attrs == 1 else 's'}",
                 cleared,
             ),
             _breaker(
