@@ -303,3 +303,88 @@ def test_an_empty_model_never_undoes_a_mirror_sync_without_force(
     assert not any(p.attributes.get("plan") for p in emu.people())
     # the snapshot is empty now: an empty model has nothing left to undo
     assert run_sync(project, "profile", console=NullConsole()).status == "success"
+
+
+WITH_REGION = PROFILE + "  region: {column: region}\n"
+
+
+def test_a_mapping_change_sends_everyone_once_without_counting_as_changed_data(
+    project_factory: ProjectFactory,
+) -> None:
+    """An attribute added to the sync file changes every person's payload: each is sent once
+    with it, and the plan says why (the `mapping` row, `of which only for the mapping
+    change`) instead of `max_changed` refusing a run that changes no data."""
+    emu = project_factory.emulator
+    project_factory.sql(USERS + "alter table users add column region varchar default 'emea';")
+    rails = "{max_changed: 25%}"
+    project = project_factory.write({"profile": with_guardrails(PROFILE, rails)})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 20
+
+    project = project_factory.write({"profile": with_guardrails(WITH_REGION, rails)})
+    plan = plan_sync(project, "profile", console=NullConsole())
+    assert plan.changes.changed == 20 and plan.changes.remapped == 20
+    guards = {g.name: g for g in plan.guards}
+    assert guards["mapping"].actual == "added attribute `region`: 20 people sent again for it"
+    assert not guards["max_changed"].breached
+    assert guards["max_changed"].actual == "0 of 20 people (0.0%)"
+
+    run = run_sync(project, "profile", console=NullConsole())
+    assert run.status == "success" and run.delivered == 20
+    assert all(p.attributes.get("region") == "emea" for p in emu.people())
+    # once: the next run has nothing to send, and the mapping is recorded as unchanged
+    again = plan_sync(project, "profile", console=NullConsole())
+    assert again.changes.to_send == 0
+    assert {g.name: g.actual for g in again.guards}["mapping"] == "unchanged"
+
+
+def test_data_changed_with_the_mapping_still_counts_toward_max_changed(
+    project_factory: ProjectFactory,
+) -> None:
+    """The mapping changed and six people's data did too: those six count toward
+    `max_changed` (and trip it), the other fourteen are the mapping's."""
+    emu = project_factory.emulator
+    project_factory.sql(USERS + "alter table users add column region varchar default 'emea';")
+    rails = "{max_changed: 25%}"
+    run_sync(project_factory.write({"profile": with_guardrails(PROFILE, rails)}), "profile",
+             console=NullConsole())  # fmt: skip
+    project_factory.sql("update users set plan = 'enterprise' where user_id <= 6")
+    project = project_factory.write({"profile": with_guardrails(WITH_REGION, rails)})
+    plan = plan_sync(project, "profile", console=NullConsole())
+    assert plan.changes.changed == 20 and plan.changes.remapped == 14
+    message = refused(project, "profile", emu)
+    assert "max_changed is 6 of 20 people (30.0%), over the limit of 25%" in message
+
+
+def test_state_from_before_mappings_were_recorded_and_a_column_gone_from_the_model(
+    project_factory: ProjectFactory,
+) -> None:
+    """A state written before Lockgate recorded mappings gains the columns on its first use and
+    says `not recorded` (every changed record counts, as before); a last mapping reading a
+    column the model no longer has cannot tell data changes apart, so all count."""
+    from lockgate.state.store import StateStore
+
+    emu = project_factory.emulator
+    project_factory.sql(USERS + "alter table users add column region varchar default 'emea';")
+    project = project_factory.write({"profile": WITH_REGION})
+    run_sync(project, "profile", console=NullConsole())
+    with StateStore.open(project.state_dir) as store:  # as an older Lockgate left it
+        store.exec_sql("alter table contract_syncs drop column mapping_hash")
+        store.exec_sql("alter table contract_syncs drop column mapping")
+    project = project_factory.write({"profile": PROFILE})  # `region` no longer sent
+    plan = plan_sync(project, "profile", console=NullConsole())
+    assert plan.changes.changed == 20 and plan.changes.remapped == 0
+    assert {g.name: g.actual for g in plan.guards}["mapping"] == "not recorded"
+    assert run_sync(project, "profile", console=NullConsole(), force=True).delivered == 20
+
+    # recorded now; the model drops `promo`, which the last mapping read, and the sync stops
+    # sending it: which records changed data cannot be told, so none is taken as the mapping's
+    project_factory.sql("alter table users drop column promo")
+    project = project_factory.write(
+        {"profile": PROFILE.replace("  promo: {column: promo, on_null: clear}\n", "")}
+    )
+    plan = plan_sync(project, "profile", console=NullConsole())
+    assert plan.changes.changed == 20 and plan.changes.remapped == 0
+    assert {g.name: g.actual for g in plan.guards}["mapping"].startswith(
+        "removed attribute `promo`: 0 people"
+    )
+    assert len(emu.people()) == 20

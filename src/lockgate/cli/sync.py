@@ -24,6 +24,11 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
 
 
+def _remapped_row(c: Any) -> list[tuple[str, Any]]:
+    """The changed records sent again only because the mapping changed, when there are any."""
+    return [("  of which only for the mapping change", c.remapped)] if c.remapped else []
+
+
 def change_rows(report: RunReport) -> list[tuple[str, Any]]:
     """The counts worth showing for a report, as (label, value) rows."""
     c = report.changes
@@ -33,6 +38,7 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
         rows += [
             (f"{noun} new to this sync", c.new),
             (f"{noun} changed", c.changed),
+            *_remapped_row(c),
             (f"{noun} unchanged (not sent)", c.unchanged),
             (f"{noun} removed from model", c.removed),
             (
@@ -61,6 +67,7 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
         rows += [
             ("people new to this sync", c.new),
             ("people changed", c.changed),
+            *_remapped_row(c),
             ("people unchanged (not sent)", c.unchanged),
             ("people removed from model", c.removed),
             ("  of which cleared/deleted (mirror)", c.removed_sent),

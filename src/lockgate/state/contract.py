@@ -7,8 +7,11 @@ crashed never moves the contract.
 
 Tables (created by :func:`ensure_tables`):
 
-- ``contract_syncs(sync, run_id, identify_by, key_columns, recorded_at)``: one row per sync;
-  ``identify_by`` and ``key_columns`` are JSON.
+- ``contract_syncs(sync, run_id, identify_by, key_columns, recorded_at, mapping_hash,
+  mapping)``: one row per sync; ``identify_by``, ``key_columns`` and ``mapping`` (what of the
+  sync file shapes payloads, ``mapping.shaping``) are JSON; ``mapping_hash`` is the SQL of the
+  rows' hash under that mapping (``Compiled.src_h``), so a run can tell the records it sends
+  only because the mapping changed from those whose data changed.
 - ``contract_columns(sync, column_name, column_type)``: the model's columns at that run.
 - ``contract_event_names(sync, name, first_seen)``: every event name an events sync has sent.
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import duckdb
 import orjson
@@ -35,6 +39,9 @@ create table if not exists contract_syncs (
     sync varchar primary key, run_id varchar, identify_by json, key_columns json,
     recorded_at timestamptz
 );
+-- added later: state written before has the table without them
+alter table contract_syncs add column if not exists mapping_hash varchar;
+alter table contract_syncs add column if not exists mapping json;
 create table if not exists contract_columns (
     sync varchar, column_name varchar, column_type varchar
 );
@@ -54,6 +61,8 @@ class Contract:
     key_columns: list[str]
     columns: dict[str, str]
     recorded_at: datetime
+    mapping_hash: str | None = None
+    mapping: dict[str, Any] | None = None
 
 
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
@@ -61,7 +70,14 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     run_sql(con, SCHEMA)
 
 
-def record(con: duckdb.DuckDBPyConnection, sync: SyncConfig, run_id: str) -> None:
+def record(
+    con: duckdb.DuckDBPyConnection,
+    sync: SyncConfig,
+    run_id: str,
+    *,
+    mapping_hash: str | None = None,
+    mapping: dict[str, Any] | None = None,
+) -> None:
     """Record the contract of a run that has just committed.
 
     Reads the column types of the staged model (temp table ``model``) and, for an events
@@ -74,13 +90,16 @@ def record(con: duckdb.DuckDBPyConnection, sync: SyncConfig, run_id: str) -> Non
         run_sql(con, "delete from contract_syncs where sync = ?", [sync.name])
         run_sql(
             con,
-            "insert into contract_syncs values (?, ?, ?, ?, ?)",
+            "insert into contract_syncs (sync, run_id, identify_by, key_columns, recorded_at, "
+            "mapping_hash, mapping) values (?, ?, ?, ?, ?, ?, ?)",
             [
                 sync.name,
                 run_id,
                 orjson.dumps(dict(sync.identify_by)).decode(),
                 orjson.dumps(sync.key_columns).decode(),
                 datetime.now(UTC),
+                mapping_hash,
+                None if mapping is None else orjson.dumps(mapping).decode(),
             ],
         )
         run_sql(con, "delete from contract_columns where sync = ?", [sync.name])
@@ -112,12 +131,13 @@ def last(con: duckdb.DuckDBPyConnection, sync: str) -> Contract | None:
     """The contract of the sync's last committed run, or ``None`` before the first one."""
     ensure_tables(con)
     rows = con.execute(
-        "select run_id, identify_by, key_columns, recorded_at from contract_syncs where sync = ?",
+        "select run_id, identify_by, key_columns, recorded_at, mapping_hash, mapping "
+        "from contract_syncs where sync = ?",
         [sync],
     ).fetchall()
     if not rows:
         return None
-    run_id, identify_by, key_columns, recorded_at = rows[0]
+    run_id, identify_by, key_columns, recorded_at, mapping_hash, mapping = rows[0]
     columns = con.execute(
         "select column_name, column_type from contract_columns where sync = ?", [sync]
     ).fetchall()
@@ -128,6 +148,8 @@ def last(con: duckdb.DuckDBPyConnection, sync: str) -> Contract | None:
         key_columns=orjson.loads(key_columns),
         columns={str(n): str(t) for n, t in columns},
         recorded_at=recorded_at,
+        mapping_hash=mapping_hash,
+        mapping=None if mapping is None else orjson.loads(mapping),
     )
 
 

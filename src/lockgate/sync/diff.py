@@ -45,6 +45,10 @@ class ChangeSet:
     attributes_cleared: int = 0
     held: int = 0
     state_events: int = 0
+    remapped: int = 0
+    """Of ``changed``: records whose data is as last delivered, sent again only because the
+    mapping changed since (an attribute added, a type changed): the `max_changed` guardrail
+    does not count them."""
     shared_person: int = 0
     """Rows sent this run that reach a person another row of the model also reaches (sent
     this run, or unchanged since the last: one email or `id` on two primary keys, no identity
@@ -491,8 +495,13 @@ def diff_records(
     payloads: bool = True,
     full_resync: bool = False,
     shared_check: bool = False,
+    previous_hash: str | None = None,
 ) -> ChangeSet:
     """Diff a people, objects or relationships sync against its snapshot.
+
+    ``previous_hash`` is the SQL of the rows' hash under the mapping of the last committed run
+    when it differs from this one's: the changed records that hash as the snapshot under it
+    are counted as ``remapped``.
 
     With ``in_place``, the temp table ``keyed`` was built in the source (:meth:`InPlace.key`)
     and ``model`` is filled here with only the rows to map. Without ``payloads`` (a plan), the
@@ -607,6 +616,9 @@ def diff_records(
         """
     ).fetchall()[0]
     sent_rows, new, attrs, cleared = (int(x or 0) for x in row)
+    remapped = 0
+    if previous_hash and not full_resync and sent_rows > new:
+        remapped = _remapped(con, snap, previous_hash)
     return ChangeSet(
         kind=sync.kind,
         rows=total,
@@ -618,6 +630,7 @@ def diff_records(
         removed=removed,
         removed_sent=removed_sent,
         held=held,
+        remapped=remapped,
         state_events=state_events,
         shared_person=shared,
         shared_samples=shared_samples,
@@ -629,6 +642,28 @@ def diff_records(
 
 
 diff_people = diff_records
+
+
+def _remapped(con: duckdb.DuckDBPyConnection, snap: str, previous_hash: str) -> int:
+    """How many changed records of ``changes`` hash, under the last run's mapping, as the
+    snapshot holds them: their data did not change, the mapping did. 0 when the last mapping
+    read a column the model no longer has (nothing to tell them apart by)."""
+    try:
+        return int(
+            _one(
+                con,
+                f"""
+                select count(*) from changes c
+                join (select rowid as __rid, {previous_hash} as old_h from model) m
+                  on m.__rid = c.__rid
+                semi join {snap} s on s.k = c.k and s.h = m.old_h
+                where not c.is_new and not c.removed
+                """,
+            )
+            or 0
+        )
+    except duckdb.BinderException:
+        return 0
 
 
 def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Compiled) -> ChangeSet:

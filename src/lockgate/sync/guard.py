@@ -35,7 +35,7 @@ from lockgate.project.models import GuardrailsConfig, SyncConfig
 from lockgate.state import contract
 from lockgate.state.store import StateStore, table
 from lockgate.sync.diff import ChangeSet, with_payloads
-from lockgate.sync.mapping import q
+from lockgate.sync.mapping import q, shaping, shaping_changes
 
 SAMPLES = 5
 NUMBER_TYPES = (
@@ -224,6 +224,22 @@ def _identity(sync: SyncConfig, last: contract.Contract | None) -> GuardResult |
     )
 
 
+def _mapping(
+    sync: SyncConfig, last: contract.Contract | None, changes: ChangeSet, noun: str
+) -> GuardResult:
+    """Not a limit: says when the sync file's mapping changed since the last committed run,
+    and how many records that alone sends again (their data is as last delivered)."""
+    name, limit = "mapping", "a change re-sends each record once"
+    if last is None or last.mapping is None:
+        return GuardResult(name, limit, FIRST_RUN if last is None else "not recorded", False)
+    what = shaping_changes(last.mapping, shaping(sync))
+    if not what and not changes.remapped:
+        return GuardResult(name, limit, "unchanged", False)
+    # nothing in the sync file: the identity graph's attributes, or Lockgate's own format
+    said = "; ".join(what) or "what the payloads are built from changed"
+    return GuardResult(name, limit, f"{said}: {changes.remapped:,} {noun} sent again for it", False)
+
+
 def _types(
     con: duckdb.DuckDBPyConnection,
     sync: SyncConfig,
@@ -316,9 +332,11 @@ def check(
         people = f"{base:,} {noun}"
         results.append(_empty_model(sync, changes, base, noun))
         results += [
+            _mapping(sync, last, changes, noun),
+            # records sent again only because the mapping changed are the mapping row's
             _breaker(
-                "max_changed", lim.max_changed, changes.changed, base, f"changed {noun}",
-                people, changed,
+                "max_changed", lim.max_changed, changes.changed - changes.remapped, base,
+                f"changed {noun}", people, changed,
             ),
             None if sync.kind == "relationships" else _breaker(
                 "max_cleared",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -99,12 +99,10 @@ class Compiled:
         return f"select k, src_h from ({self.head}{inner})"
 
 
-def source_hash(sync: SyncConfig, columns: tuple[str, ...]) -> str:
-    """SQL for ``src_h``: the row's mapped columns plus a fingerprint of the sync's config."""
-    import hashlib
-
-    # only what shapes the payload: changing a guardrail or a schedule re-sends nothing
-    shaping = sync.model_dump(
+def shaping(sync: SyncConfig) -> dict[str, Any]:
+    """What of a sync's config shapes its payloads (changing a guardrail or a schedule
+    re-sends nothing), as JSON values."""
+    return sync.model_dump(
         mode="json",
         include={
             "kind",
@@ -118,7 +116,30 @@ def source_hash(sync: SyncConfig, columns: tuple[str, ...]) -> str:
             "relationship_attributes",
         },
     )
-    text = MAPPING_VERSION + orjson.dumps(shaping, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def shaping_changes(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between two :func:`shaping` dicts, in words (`added attribute `seats``)."""
+    out: list[str] = []
+    for group in ("attributes", "relationship_attributes"):
+        before, after = was.get(group) or {}, now.get(group) or {}
+        noun = "attribute" if group == "attributes" else "relationship attribute"
+        out += [f"added {noun} `{n}`" for n in after if n not in before]
+        out += [f"removed {noun} `{n}`" for n in before if n not in after]
+        out += [f"changed {noun} `{n}`" for n in after if n in before and after[n] != before[n]]
+    out += [
+        f"changed `{key}`"
+        for key in sorted(set(was) | set(now))
+        if key not in ("attributes", "relationship_attributes") and was.get(key) != now.get(key)
+    ]
+    return out
+
+
+def source_hash(sync: SyncConfig, columns: tuple[str, ...]) -> str:
+    """SQL for ``src_h``: the row's mapped columns plus a fingerprint of the sync's config."""
+    import hashlib
+
+    text = MAPPING_VERSION + orjson.dumps(shaping(sync), option=orjson.OPT_SORT_KEYS).decode()
     fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
     cols = ", ".join(q(c) for c in dict.fromkeys(columns))
     return f"hash({cols}{', ' if cols else ''}{lit(fingerprint)})"

@@ -301,12 +301,13 @@ def _prepare(
                     full_resync=full_resync,
                     # through the identity graph, rows of one person are already made one
                     shared_check=sync.kind == "people" and resolution is None,
+                    previous_hash=_previous_hash(store, configured, compiled),
                 )
         with step("guard"):
             guards = guard_step.check(store.con, store, project, configured, changes)
             if merge_guard is not None:
                 guards.append(merge_guard)
-        return Prepared(changes, recovered, guards, resolution, identity_ops)
+        return Prepared(changes, recovered, guards, resolution, identity_ops, compiled.src_h)
 
 
 def _shadow_snapshot(store: StateStore, sync: str) -> None:
@@ -345,6 +346,17 @@ class Prepared(NamedTuple):
     guards: list[guard_step.GuardResult]
     resolution: Resolution | None
     identity_ops: pa.Table | None
+    mapping_hash: str
+    """The SQL of the rows' hash under this run's mapping, recorded when the run commits."""
+
+
+def _previous_hash(store: StateStore, sync: SyncConfig, compiled: mapping.Compiled) -> str | None:
+    """The row hash SQL of the sync's last committed run, when its mapping differs from this
+    run's (see ``ChangeSet.remapped``)."""
+    last = contract_state.last(store.con, sync.name)
+    if last is None or not last.mapping_hash or last.mapping_hash == compiled.src_h:
+        return None
+    return last.mapping_hash
 
 
 def _model_columns(store: StateStore) -> dict[str, str]:
@@ -542,7 +554,7 @@ def plan_sync(
     step = _Step(run_id)
     started = time.perf_counter()
     with _state(project, session) as store:
-        changes, recovered, guards, _, identity_ops = _prepare(
+        changes, recovered, guards, _, identity_ops, _ = _prepare(
             store,
             project,
             sync,
@@ -612,7 +624,7 @@ def run_sync(
         changes = None
         committer = None
         try:
-            changes, recovered, guards, resolution, identity_ops = _prepare(
+            changes, recovered, guards, resolution, identity_ops, mapping_hash = _prepare(
                 store,
                 project,
                 sync,
@@ -672,7 +684,13 @@ def run_sync(
                         console.info(f"{sync.name}: identity tables written to {where}")
                     except LockgateError as exc:
                         console.warn(f"{sync.name}: identity tables not written: {exc}")
-                contract_state.record(store.con, sync, run_id)
+                contract_state.record(
+                    store.con,
+                    sync,
+                    run_id,
+                    mapping_hash=mapping_hash or None,
+                    mapping=mapping.shaping(sync),
+                )
         except BaseException as exc:
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
             store.finish_run(
