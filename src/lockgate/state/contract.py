@@ -7,11 +7,13 @@ crashed never moves the contract.
 
 Tables (created by :func:`ensure_tables`):
 
-- ``contract_syncs(sync, run_id, identify_by, key_columns, recorded_at, mapping_hash,
-  mapping)``: one row per sync; ``identify_by``, ``key_columns`` and ``mapping`` (what of the
-  sync file shapes payloads, ``mapping.shaping``) are JSON; ``mapping_hash`` is the SQL of the
-  rows' hash under that mapping (``Compiled.src_h``), so a run can tell the records it sends
-  only because the mapping changed from those whose data changed.
+- ``contract_syncs(sync, run_id, identify_by, key_columns, recorded_at)``: one row per sync;
+  ``identify_by`` and ``key_columns`` are JSON.
+- ``contract_mappings(sync, mapping_hash, mapping)``: one row per sync; ``mapping`` (what of
+  the sync file shapes payloads, ``mapping.shaping``) is JSON, ``mapping_hash`` the SQL of the
+  rows' hash under it (``Compiled.src_h``), so a run can tell the records it sends only
+  because the mapping changed from those whose data changed. A table of its own, not columns
+  of ``contract_syncs``: an older Lockgate inserts into that one without naming columns.
 - ``contract_columns(sync, column_name, column_type)``: the model's columns at that run.
 - ``contract_event_names(sync, name, first_seen)``: every event name an events sync has sent.
 
@@ -39,9 +41,9 @@ create table if not exists contract_syncs (
     sync varchar primary key, run_id varchar, identify_by json, key_columns json,
     recorded_at timestamptz
 );
--- added later: state written before has the table without them
-alter table contract_syncs add column if not exists mapping_hash varchar;
-alter table contract_syncs add column if not exists mapping json;
+create table if not exists contract_mappings (
+    sync varchar primary key, mapping_hash varchar, mapping json
+);
 create table if not exists contract_columns (
     sync varchar, column_name varchar, column_type varchar
 );
@@ -90,14 +92,21 @@ def record(
         run_sql(con, "delete from contract_syncs where sync = ?", [sync.name])
         run_sql(
             con,
-            "insert into contract_syncs (sync, run_id, identify_by, key_columns, recorded_at, "
-            "mapping_hash, mapping) values (?, ?, ?, ?, ?, ?, ?)",
+            "insert into contract_syncs values (?, ?, ?, ?, ?)",
             [
                 sync.name,
                 run_id,
                 orjson.dumps(dict(sync.identify_by)).decode(),
                 orjson.dumps(sync.key_columns).decode(),
                 datetime.now(UTC),
+            ],
+        )
+        run_sql(con, "delete from contract_mappings where sync = ?", [sync.name])
+        run_sql(
+            con,
+            "insert into contract_mappings values (?, ?, ?)",
+            [
+                sync.name,
                 mapping_hash,
                 None if mapping is None else orjson.dumps(mapping).decode(),
             ],
@@ -131,8 +140,8 @@ def last(con: duckdb.DuckDBPyConnection, sync: str) -> Contract | None:
     """The contract of the sync's last committed run, or ``None`` before the first one."""
     ensure_tables(con)
     rows = con.execute(
-        "select run_id, identify_by, key_columns, recorded_at, mapping_hash, mapping "
-        "from contract_syncs where sync = ?",
+        "select run_id, identify_by, key_columns, recorded_at, m.mapping_hash, m.mapping "
+        "from contract_syncs c left join contract_mappings m using (sync) where sync = ?",
         [sync],
     ).fetchall()
     if not rows:
