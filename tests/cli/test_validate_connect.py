@@ -197,3 +197,28 @@ def test_a_postgres_model_is_planned_and_its_mapping_checked(
     assert "`signup_at`, which the model does not return" in str(
         checks["model", "accounts"]["detail"]
     )
+
+
+def test_the_webhook_receiver_is_checked_when_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `webhooks:` section adds one check: the signing key's variable, and the warehouse the
+    events load into (the first DuckDB or Postgres source unless `webhooks.warehouse` says)."""
+    emulator = Emulator()
+    with emulator.serve() as url:
+        root = project(tmp_path / "p", url, monkeypatch, emulator)
+        code, checks = connect(root)
+        assert code == 0 and not any(what == "webhooks" for what, _ in checks)
+        yml = root / "lockgate.yml"
+        yml.write_text(yml.read_text() + "webhooks: {dataset: engagement}\n")
+        monkeypatch.delenv("CUSTOMERIO_WEBHOOK_SIGNING_KEY", raising=False)
+        code, checks = connect(root)
+        receiver = checks["webhooks", "receiver"]
+        assert code == 1 and receiver["ok"] is False
+        assert "CUSTOMERIO_WEBHOOK_SIGNING_KEY" in str(receiver["detail"]) + str(receiver["hint"])
+        monkeypatch.setenv("CUSTOMERIO_WEBHOOK_SIGNING_KEY", "whsec-from-the-settings-page")
+        code, checks = connect(root)
+        receiver = checks["webhooks", "receiver"]
+        assert code == 0 and receiver["ok"] is True
+        assert "loads into `warehouse`.engagement" in str(receiver["detail"])
+        assert "whsec-from-the-settings-page" not in str(checks)

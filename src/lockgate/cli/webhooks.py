@@ -15,25 +15,14 @@ import click
 
 from lockgate.cli.options import json_option, open_project, project_option
 from lockgate.console import RichConsole
-from lockgate.errors import ConfigError, TransientError
+from lockgate.errors import TransientError
 from lockgate.project.loader import Project
-from lockgate.project.models import WebhooksConfig, resolve_env
+from lockgate.project.models import WebhooksConfig
+from lockgate.webhooks.verify import signing_key
 
 
 def _config(project: Project) -> WebhooksConfig:
     return project.config.webhooks or WebhooksConfig()
-
-
-def signing_key(config: WebhooksConfig) -> bytes:
-    """The signing key from the environment (never printed)."""
-    key = resolve_env(config.signing_key, field="webhooks.signing_key")
-    if not key:
-        raise ConfigError(
-            "the webhook signing key is empty",
-            hint="export CUSTOMERIO_WEBHOOK_SIGNING_KEY with the key from the reporting "
-            "webhook's settings page in Customer.io",
-        )
-    return key.encode()
 
 
 @click.group()

@@ -18,6 +18,9 @@ the others, and each failure carries the error and hint a run would give.
   even behind a `track_url` override: the region also picks the App API's host).
 - **App API**: `GET /v1/workspaces` with the App API key, when one is set (`lockgate
   reconcile` needs it; syncs do not).
+- **webhooks** (when lockgate.yml has a `webhooks:` section): the signing key's variable is
+  set, the warehouse the events load into is declared and connected above, and the spool
+  folder can be written.
 
 Nothing is written anywhere, no state is opened, and no row is read.
 """
@@ -107,6 +110,7 @@ def count(project: Project) -> int:
         + len(project.syncs)
         + (len(identity.sources) if identity is not None else 0)
         + 2 * len(used)
+        + (project.config.webhooks is not None)
     )
 
 
@@ -119,6 +123,9 @@ def check_connections(
     _check_sources(project, checks)
     for name in sorted({s.destination for s in project}):
         _check_customerio(project, name, checks)
+    if project.config.webhooks is not None:
+        with checks.check("webhooks", "receiver") as detail:
+            detail.append(_check_webhooks(project, checks.done))
     return checks.done
 
 
@@ -202,6 +209,35 @@ def duckdb_types(schema: pa.Schema) -> dict[str, str]:
         return {row[0]: row[1] for row in con.execute("describe _probe").fetchall()}
     finally:
         con.close()
+
+
+def _check_webhooks(project: Project, done: list[Check]) -> str:
+    """The receiver's signing key, warehouse and spool folder (see the module docstring)."""
+    import os
+    from pathlib import Path
+
+    from lockgate.errors import ConfigError
+    from lockgate.webhooks.load import warehouse_name
+    from lockgate.webhooks.verify import signing_key
+
+    config = project.config.webhooks
+    assert config is not None
+    signing_key(config)  # a variable not set or empty is a ConfigError naming it
+    warehouse = warehouse_name(project)
+    if any(c.what == "source" and c.name == warehouse and c.ok is False for c in done):
+        raise ConfigError(
+            f"the events load into source `{warehouse}`, which did not connect (above)",
+            hint="fix the source, or point `webhooks.warehouse` at another one",
+        )
+    spool = project.root / config.spool
+    existing = next(p for p in (spool, *spool.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"the spool folder `{spool}` cannot be written (`{existing}` is not writable)",
+            hint="give the receiver's user write access, or set `webhooks.spool` elsewhere",
+        )
+    where = Path(config.spool)
+    return f"signing key set; loads into `{warehouse}`.{config.dataset}; spool `{where}`"
 
 
 def _check_customerio(project: Project, name: str, checks: _Checks) -> None:

@@ -17,7 +17,22 @@ import hashlib
 import hmac
 import time
 
+from lockgate.errors import ConfigError
+from lockgate.project.models import WebhooksConfig, resolve_env
 from lockgate.webhooks.errors import HTTPError
+
+
+def signing_key(config: WebhooksConfig) -> bytes:
+    """The reporting webhook's signing key from the environment (never printed)."""
+    key = resolve_env(config.signing_key, field="webhooks.signing_key")
+    if not key:
+        raise ConfigError(
+            "the webhook signing key is empty",
+            hint="export CUSTOMERIO_WEBHOOK_SIGNING_KEY with the key from the reporting "
+            "webhook's settings page in Customer.io",
+        )
+    return key.encode()
+
 
 SIGNATURE_HEADER = "x-cio-signature"
 TIMESTAMP_HEADER = "x-cio-timestamp"
