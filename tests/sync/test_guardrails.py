@@ -387,6 +387,6 @@ def test_state_from_before_mappings_were_recorded_and_a_column_gone_from_the_mod
     plan = plan_sync(project, "profile", console=NullConsole())
     assert plan.changes.changed == 20 and plan.changes.remapped == 0
     assert {g.name: g.actual for g in plan.guards}["mapping"].startswith(
-        "removed attribute `promo`: 0 people"
+        "removed attribute `promo` (Customer.io keeps the values sent before): 0 people"
     )
     assert len(emu.people()) == 20

@@ -125,7 +125,12 @@ def shaping_changes(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
         before, after = was.get(group) or {}, now.get(group) or {}
         noun = "attribute" if group == "attributes" else "relationship attribute"
         out += [f"added {noun} `{n}`" for n in after if n not in before]
-        out += [f"removed {noun} `{n}`" for n in before if n not in after]
+        # not sent any more is not cleared: the profiles keep what was sent before
+        out += [
+            f"removed {noun} `{n}` (Customer.io keeps the values sent before)"
+            for n in before
+            if n not in after
+        ]
         out += [f"changed {noun} `{n}`" for n in after if n in before and after[n] != before[n]]
     out += [
         f"changed `{key}`"
