@@ -306,9 +306,9 @@ def test_a_stop_signal_lets_the_request_in_flight_finish_and_the_next_run_sends_
         _stop_with_a_request_in_flight(project, slow, signum, exit_code, said)
 
 
-def _stop_with_a_request_in_flight(
-    project: Project, emu: Emulator, signum: int, exit_code: int, said: str
-) -> None:
+def _signal_sync(project: Project, emu: Emulator, seen: int, *signums: int) -> tuple[int, str]:
+    """Start `lockgate sync activity`; once the emulator holds ``seen`` events, send each of
+    ``signums`` (0.2 s apart). Returns the exit code and stderr."""
     victim = subprocess.Popen(
         [sys.executable, "-m", "lockgate", "sync", "activity", "--project", str(project.root)],
         stdout=subprocess.DEVNULL,
@@ -317,15 +317,25 @@ def _stop_with_a_request_in_flight(
     )
     try:
         deadline = time.monotonic() + 60
-        while len(emu.events()) < 20 and time.monotonic() < deadline and victim.poll() is None:
+        while len(emu.events()) < seen and time.monotonic() < deadline and victim.poll() is None:
             time.sleep(0.05)
-        assert victim.poll() is None and len(emu.events()) >= 20
-        victim.send_signal(signum)
+        assert victim.poll() is None and len(emu.events()) >= seen
+        for i, signum in enumerate(signums):
+            if i:
+                time.sleep(0.2)
+            victim.send_signal(signum)
         _, err = victim.communicate(timeout=30)
     finally:
         if victim.poll() is None:
             victim.kill()
-    assert victim.returncode == exit_code, err
+    return victim.returncode, err
+
+
+def _stop_with_a_request_in_flight(
+    project: Project, emu: Emulator, signum: int, exit_code: int, said: str
+) -> None:
+    code, err = _signal_sync(project, emu, 20, signum)
+    assert code == exit_code, err
     assert said in err and "Traceback" not in err
     if signum == signal.SIGINT:  # the person at the terminal is told what the wait is for
         assert "Ctrl-C again stops at once" in err
@@ -362,25 +372,8 @@ def test_a_second_ctrl_c_stops_at_once_and_the_next_run_sends_each_event_once(
         project = small_batches(
             project_factory.write({"activity": EVENTS}, url=url), batch_size=10, concurrency=1
         )
-        victim = subprocess.Popen(
-            [sys.executable, "-m", "lockgate", "sync", "activity", "--project", str(project.root)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while not slow.events() and time.monotonic() < deadline and victim.poll() is None:
-                time.sleep(0.05)
-            assert victim.poll() is None and slow.events()
-            victim.send_signal(signal.SIGINT)
-            time.sleep(0.2)
-            victim.send_signal(signal.SIGINT)
-            _, err = victim.communicate(timeout=30)
-        finally:
-            if victim.poll() is None:
-                victim.kill()
-        assert victim.returncode == 130, err
+        code, err = _signal_sync(project, slow, 1, signal.SIGINT, signal.SIGINT)
+        assert code == 130, err
         assert "Ctrl-C again stops at once" in err and "Aborted." in err
         assert "Traceback" not in err
         with StateStore.open(project.state_dir) as store:
