@@ -81,7 +81,7 @@ def init(directory: Path, force: bool, sample_data: bool) -> None:
     else:
         console.info(
             "Next: point `sources.warehouse` at your warehouse, set CUSTOMERIO_SITE_ID and "
-            "CUSTOMERIO_API_KEY, then run `lockgate validate` and `lockgate plan "
+            "CUSTOMERIO_API_KEY, then run `lockgate validate --connect` and `lockgate plan "
             "customer_profile` (or `lockgate init --sample-data` for a sample warehouse to "
             "try it against `lockgate emulator`)."
         )

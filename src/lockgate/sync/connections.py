@@ -291,13 +291,9 @@ def _check_track(settings: CustomerIOSettings, verify: bool) -> str:
         ) from exc
     status = answer.status_code
     if status in (401, 403):
-        raise DestinationAuthError(
-            f"Customer.io refused the Track API credentials (HTTP {status}) at "
-            f"`{settings.track_base}`",
-            status=status,
-            hint="check CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY (a Track API key, not an "
-            "App API key) and CUSTOMERIO_REGION (`us` or `eu`)",
-        )
+        from lockgate.destinations.customerio.client import refused_credentials
+
+        raise refused_credentials(status, settings.track_base, checking=True)
     if 300 <= status < 400:
         raise DestinationError(
             f"`{url}` redirected (HTTP {status}) to `{answer.headers.get('location', '?')}`",

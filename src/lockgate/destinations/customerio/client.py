@@ -118,6 +118,24 @@ def _loads(body: bytes) -> Any:
         return None
 
 
+def refused_credentials(
+    status: int, track_base: str, *, checking: bool = False
+) -> DestinationAuthError:
+    """The error for a 401/403 from the Track API; ``checking`` when it is met by `lockgate
+    validate --connect` itself (its hint does not suggest running it)."""
+    hint = (
+        "check CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY (a Track API key, not an App API key) "
+        "and CUSTOMERIO_REGION (`us` or `eu`)"
+    )
+    if not checking:
+        hint += "; `lockgate validate --connect` checks them without sending anything"
+    return DestinationAuthError(
+        f"Customer.io refused the Track API credentials (HTTP {status}) at `{track_base}`",
+        status=status,
+        hint=hint,
+    )
+
+
 def _snippet(body: bytes, limit: int = 300) -> str:
     text = body.decode("utf-8", "replace").strip()
     return text if len(text) <= limit else text[:limit] + "…"
@@ -423,13 +441,7 @@ class CustomerIOClient:
             # an `id` are safe to apply twice).
             return await self._split(batch, status, answer.body, attempts)
         if status in AUTH_STATUSES:
-            raise DestinationAuthError(
-                f"Customer.io refused the Track API credentials (HTTP {status}) at "
-                f"`{self.settings.track_base}`",
-                status=status,
-                hint="check CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY (a Track API key, not an "
-                "App API key) and CUSTOMERIO_REGION (`us` or `eu`)",
-            )
+            raise refused_credentials(status, self.settings.track_base)
         if 300 <= status < 400:
             location = answer.location or "no Location header"
             raise DestinationError(
