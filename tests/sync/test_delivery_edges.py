@@ -427,3 +427,33 @@ def test_a_sync_stops_when_customerio_is_down_and_the_next_run_sends_everyone_on
     assert sorted(int(p.id) for p in people) == list(range(600))
     assert all(p.attributes == {"plan": f"pro{p.id}"} for p in people)
     assert run_sync(project, "people", console=NullConsole()).changes.to_send == 0
+
+
+def test_a_workspace_in_another_region_is_found_before_any_record_is_sent(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An EU workspace with Lockgate left on `us`: Customer.io would redirect the records, but
+    only after they passed through the US host. The run asks the workspace's region first
+    (`GET /api/v1/accounts/region`, no personal data) and stops before the first batch; with
+    CUSTOMERIO_REGION=eu it sends everyone, and asks once per process, not per run."""
+    seed_people(project_factory, 30)
+    eu = Emulator(EmulatorConfig(region="eu"))
+    with eu.serve() as url:
+        project = project_factory.write({"people": PEOPLE}, url=url)
+        with pytest.raises(StepError) as caught:
+            run_sync(project, "people", console=NullConsole())
+        assert "the workspace is in the `eu` region" in str(caught.value)
+        assert "CUSTOMERIO_REGION=eu" in str(caught.value)
+        paths = [r.path for r in eu.request_log()]
+        assert paths == ["/api/v1/accounts/region"] and eu.people() == []
+        with StateStore.open(project.state_dir) as store:
+            [run] = store.runs()
+        assert run.status == "failed" and "`eu` region" in (run.error or "")
+
+        monkeypatch.setenv("CUSTOMERIO_REGION", "eu")
+        assert run_sync(project, "people", console=NullConsole()).delivered == 30
+        seed_people(project_factory, 40)
+        assert run_sync(project, "people", console=NullConsole()).delivered == 10
+        paths = [r.path for r in eu.request_log()]
+        assert paths.count("/api/v1/accounts/region") == 2  # the refused one, then once
+        assert len(eu.people()) == 40

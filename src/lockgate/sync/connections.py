@@ -251,7 +251,7 @@ def _check_customerio(project: Project, name: str, checks: _Checks) -> None:
         checks.skip("App API", name, "the destination's settings did not load")
         return
     with checks.check("Track API", name) as detail:
-        detail.append(_check_track(settings, verifies_tls(settings.track_base)))
+        detail.append(_check_track(settings))
     from lockgate.sync.reconcile import app_settings
 
     try:  # read-back resolves its URL and key as `lockgate reconcile` does
@@ -271,18 +271,18 @@ def _check_customerio(project: Project, name: str, checks: _Checks) -> None:
         detail.append(_check_app(app, verifies_tls(app.app_base)))
 
 
-def _check_track(settings: CustomerIOSettings, verify: bool) -> str:
+def _check_track(settings: CustomerIOSettings) -> str:
+    from lockgate.destinations.customerio import region
+    from lockgate.destinations.customerio.client import refused_credentials
     from lockgate.errors import DestinationAuthError, DestinationError
 
-    url = f"{settings.track_base}/api/v1/accounts/region"
+    url = settings.track_base + region.REGION_PATH
     if not settings.site_id or not settings.api_key:
         raise DestinationAuthError(
             "no Track API credentials", hint="set CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY"
         )
     try:
-        answer = httpx.get(
-            url, auth=(settings.site_id, settings.api_key), timeout=TIMEOUT, verify=verify
-        )
+        answer = region.ask(settings, timeout=TIMEOUT)
     except httpx.HTTPError as exc:
         raise DestinationError(
             f"cannot reach `{settings.track_base}`: {type(exc).__name__}: {exc}",
@@ -291,8 +291,6 @@ def _check_track(settings: CustomerIOSettings, verify: bool) -> str:
         ) from exc
     status = answer.status_code
     if status in (401, 403):
-        from lockgate.destinations.customerio.client import refused_credentials
-
         raise refused_credentials(status, settings.track_base, checking=True)
     if 300 <= status < 400:
         raise DestinationError(
@@ -306,22 +304,15 @@ def _check_track(settings: CustomerIOSettings, verify: bool) -> str:
             status=status,
             hint="check CUSTOMERIO_TRACK_URL (unset it to use the region's host)",
         )
-    try:
-        body = answer.json()
-        region, workspace = str(body["region"]), body.get("environment_id")
-    except (ValueError, KeyError, TypeError) as exc:
+    found = region.workspace(answer)
+    if found is None:
         raise DestinationError(
             f"`{url}` answered 200 with a body that is not Customer.io's: {answer.text[:200]}",
             hint="check CUSTOMERIO_TRACK_URL: it should point at Customer.io's Track API",
-        ) from exc
-    if region != settings.region:
-        raise DestinationError(
-            f"the workspace is in the `{region}` region, but Lockgate is set to "
-            f"`{settings.region}`: Track traffic would pass through the other region's host "
-            "and App API reads would go to the wrong one",
-            hint=f"set CUSTOMERIO_REGION={region} (or `region: {region}` in lockgate.yml)",
         )
-    return f"credentials accepted by workspace {workspace} (region {region})"
+    if found.region != settings.region:
+        raise region.wrong_region(settings, found.region)
+    return f"credentials accepted by workspace {found.id} (region {found.region})"
 
 
 def _check_app(settings: CustomerIOSettings, verify: bool) -> str:
