@@ -222,3 +222,45 @@ def test_the_webhook_receiver_is_checked_when_configured(
         assert code == 0 and receiver["ok"] is True
         assert "loads into `warehouse`.engagement" in str(receiver["detail"])
         assert "whsec-from-the-settings-page" not in str(checks)
+
+
+def test_a_snowflake_model_is_planned_and_its_mapping_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snowflake through the official connector (fakesnow behind it): the source plans
+    `select 1`, the model plans with `LIMIT 0`, and its mapping compiles against the columns."""
+    import warnings
+
+    import fakesnow
+    import snowflake.connector
+
+    emulator = Emulator()
+    with warnings.catch_warnings(), fakesnow.patch(), emulator.serve() as url:
+        warnings.simplefilter("ignore")  # fakesnow's own DuckDB warnings
+        con = snowflake.connector.connect(account="lg", user="t", database="LG", schema="PUBLIC")
+        con.cursor().execute(
+            "create table accounts (id integer, email varchar, plan varchar, created_at timestamp)"
+        )
+        root = project(tmp_path / "p", url, monkeypatch, emulator)
+        yml = root / "lockgate.yml"
+        declared = (
+            "sources:\n  sf:\n    type: snowflake\n    account: lg\n    user: t\n"
+            "    database: LG\n    schema: PUBLIC\n"
+        )
+        yml.write_text(yml.read_text().replace("sources:\n", declared, 1))
+        accounts = root / "syncs" / "sf_accounts.yml"
+        accounts.write_text(
+            "name: sf_accounts\nsource: sf\nkind: people\nmodel: {table: accounts}\n"
+            "primary_key: id\nidentify_by: {id: id, email: email}\nattributes:\n"
+            "  sf_plan: plan\n  sf_created_at: {column: created_at, type: timestamp}\n"
+        )
+        code, checks = connect(root)
+        accounts.write_text(accounts.read_text().replace("sf_plan: plan", "sf_plan: tier"))
+        _, renamed = connect(root)
+        con.close()
+    assert code == 0, [c for c in checks.values() if c["ok"] is False]
+    assert checks["source", "sf"]["ok"] is True
+    assert checks["source", "sf"]["detail"] == "snowflake: connected"
+    assert checks["model", "sf_accounts"]["ok"] is True
+    assert renamed["model", "sf_accounts"]["ok"] is False
+    assert "`tier`" in str(renamed["model", "sf_accounts"]["detail"])
