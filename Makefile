@@ -45,7 +45,8 @@ CLIENT_VENVS := .venv-customerio/.installed .venv-cdp/.installed
 client-venvs: $(CLIENT_VENVS) ## official Customer.io Python clients, one venv each (their imports clash)
 
 test: $(STAMP) postgres-bin client-venvs ## run the whole test suite (starts its own Postgres)
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	@# one worker per core, a test file's tests on one worker (they share module fixtures)
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n auto --dist loadfile
 
 test-postgres: $(STAMP) postgres-bin ## only the tests that need Postgres
 	$(VENV)/bin/pytest -q -m postgres

@@ -40,10 +40,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees the developer's credentials or Lockgate settings."""
+    """No test sees the developer's credentials, Lockgate settings or terminal size."""
     for key in list(os.environ):
         if key.startswith(("CUSTOMERIO_", "LOCKGATE_", "SNOWFLAKE_", "GOOGLE_")):
             monkeypatch.delenv(key, raising=False)
+    # output as where nothing sets a width (pytest-xdist's workers set COLUMNS=80): a test
+    # that wants a width sets it
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
 
 
 def free_port() -> int:
