@@ -64,9 +64,9 @@ def wrong_region(settings: CustomerIOSettings, found: str) -> DestinationError:
 
 
 def check_before_sending(settings: CustomerIOSettings) -> None:
-    """Raise before any record is sent when Customer.io refuses the credentials or the
+    """Raise before any record is sent when Customer.io refuses the credentials (401) or the
     workspace is in another region than configured. Anything else (unreachable, 5xx, a proxy
-    that does not know the path) is left to delivery, which retries and reports it."""
+    that does not know or allow the path) is left to delivery, which retries and reports it."""
     key = (settings.track_base, settings.site_id, settings.region)
     if key in _passed or not settings.site_id or not settings.api_key:
         return
@@ -74,7 +74,9 @@ def check_before_sending(settings: CustomerIOSettings) -> None:
         answer = ask(settings)
     except httpx.HTTPError:
         return
-    if answer.status_code in (401, 403):
+    # 401 is Customer.io's answer to wrong credentials; a 403 may be a proxy in front of it
+    # that only lets the batch path through, so that one is left to the batch's own answer
+    if answer.status_code == 401:
         from lockgate.destinations.customerio.client import refused_credentials
 
         raise refused_credentials(answer.status_code, settings.track_base)
