@@ -28,6 +28,15 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C that waited for the requests in flight: what they delivered is committed."""
 
 
+class CutShort(KeyboardInterrupt):
+    """A second Ctrl-C or SIGTERM while the requests in flight were awaited: they were cut
+    off, so what Customer.io took of them is sent again by the next run."""
+
+    def __init__(self, by: str) -> None:
+        super().__init__(by)
+        self.by = by
+
+
 _delivering = 0
 _requested: type[KeyboardInterrupt] | None = None
 
@@ -53,10 +62,12 @@ def delivering() -> Iterator[None]:
     exception (what it delivered is committed by then)."""
     global _delivering, _requested
     _delivering += 1
+    stop = None
     try:
         yield
     finally:
         _delivering -= 1
-    if _requested is not None and not _delivering:
-        stop, _requested = _requested, None
+        if not _delivering:  # also when the delivery ended by an error or a second signal
+            stop, _requested = _requested, None
+    if stop is not None:
         raise stop

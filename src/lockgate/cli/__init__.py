@@ -24,7 +24,7 @@ import click
 
 from lockgate import __version__, stopping
 from lockgate.errors import LockgateError
-from lockgate.stopping import Interrupted, Terminated
+from lockgate.stopping import CutShort, Interrupted, Terminated
 
 COMMANDS: dict[str, str] = {
     "init": "lockgate.cli.project:init",
@@ -109,7 +109,7 @@ def signals_let_requests_finish() -> Iterator[None]:
         # a delivery is under way: it stops after its requests in flight
         if stopping.request(Terminated):
             return
-        raise Terminated
+        raise CutShort("SIGTERM") if stopping.requested() else Terminated
 
     def on_sigint(signum: int, frame: object) -> None:
         if stopping.request(Interrupted):
@@ -118,7 +118,7 @@ def signals_let_requests_finish() -> Iterator[None]:
                 "Customer.io took is recorded (Ctrl-C again stops at once)\n"
             )
             return
-        raise KeyboardInterrupt
+        raise CutShort("Ctrl-C") if stopping.requested() else KeyboardInterrupt
 
     for sig, handler, default in (
         (signal.SIGTERM, on_sigterm, signal.SIG_DFL),
@@ -140,6 +140,14 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         return cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, CutShort):
+            click.echo(
+                f"Stopped at once by a second {exc.__cause__.by}: the requests in flight were "
+                "cut off. What was delivered before them is recorded; the next run sends "
+                "theirs again with the rest (events keep their ids: none is stored twice).",
+                err=True,
+            )
+            sys.exit(128 + (signal.SIGTERM if exc.__cause__.by == "SIGTERM" else signal.SIGINT))
         if isinstance(exc.__cause__, Terminated | Interrupted):
             by = "SIGTERM" if isinstance(exc.__cause__, Terminated) else "Ctrl-C"
             click.echo(
