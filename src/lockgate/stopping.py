@@ -16,29 +16,44 @@ Example::
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C would be so a run stops the same way."""
+class Stopped(KeyboardInterrupt):
+    """A stop by a signal, raised where Ctrl-C would be so a run stops the same way; ``by``
+    names it to the person, ``signum`` gives the exit code (128 + it)."""
+
+    by = ""
+    signum = 0
 
 
-class Interrupted(KeyboardInterrupt):
+class Terminated(Stopped):
+    """SIGTERM (at once outside delivery, after the requests in flight during it)."""
+
+    by = "SIGTERM"
+    signum = signal.SIGTERM
+
+
+class Interrupted(Stopped):
     """Ctrl-C that waited for the requests in flight: what they delivered is committed."""
 
+    by = "Ctrl-C"
+    signum = signal.SIGINT
 
-class CutShort(KeyboardInterrupt):
-    """A second Ctrl-C or SIGTERM while the requests in flight were awaited: they were cut
-    off, so what Customer.io took of them is sent again by the next run."""
 
-    def __init__(self, by: str) -> None:
-        super().__init__(by)
-        self.by = by
+class CutShort(Stopped):
+    """A second signal while the requests in flight were awaited: they were cut off, so what
+    Customer.io took of them is sent again by the next run."""
+
+    def __init__(self, first: type[Stopped]) -> None:
+        super().__init__(first.by)
+        self.by, self.signum = first.by, first.signum
 
 
 _delivering = 0
-_requested: type[KeyboardInterrupt] | None = None
+_requested: type[Stopped] | None = None
 
 
 def requested() -> bool:
@@ -46,7 +61,7 @@ def requested() -> bool:
     return _requested is not None
 
 
-def request(stop: type[KeyboardInterrupt] = Terminated) -> bool:
+def request(stop: type[Stopped] = Terminated) -> bool:
     """Ask the delivery under way to stop after its requests in flight, then raise ``stop``.
     False when there is none, or a stop was already asked for: the caller then stops at once."""
     global _requested

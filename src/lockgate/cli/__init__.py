@@ -24,7 +24,7 @@ import click
 
 from lockgate import __version__, stopping
 from lockgate.errors import LockgateError
-from lockgate.stopping import CutShort, Interrupted, Terminated
+from lockgate.stopping import CutShort, Interrupted, Stopped, Terminated
 
 COMMANDS: dict[str, str] = {
     "init": "lockgate.cli.project:init",
@@ -105,20 +105,23 @@ def signals_let_requests_finish() -> Iterator[None]:
         return
     installed: dict[signal.Signals, Any] = {}
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        # a delivery is under way: it stops after its requests in flight
-        if stopping.request(Terminated):
-            return
-        raise CutShort("SIGTERM") if stopping.requested() else Terminated
+    def stops(first: type[Stopped], at_once: type[KeyboardInterrupt], notice: str = "") -> Any:
+        def on_signal(signum: int, frame: object) -> None:
+            if stopping.request(first):  # a delivery is under way: it drains its requests first
+                if notice:
+                    sys.stderr.write(notice)
+                return
+            raise CutShort(first) if stopping.requested() else at_once
 
-    def on_sigint(signum: int, frame: object) -> None:
-        if stopping.request(Interrupted):
-            sys.stderr.write(
-                "Ctrl-C: stopping once the requests in flight are answered, so that what "
-                "Customer.io took is recorded (Ctrl-C again stops at once)\n"
-            )
-            return
-        raise CutShort("Ctrl-C") if stopping.requested() else KeyboardInterrupt
+        return on_signal
+
+    on_sigterm = stops(Terminated, Terminated)
+    on_sigint = stops(
+        Interrupted,
+        KeyboardInterrupt,
+        "Ctrl-C: stopping once the requests in flight are answered, so that what Customer.io "
+        "took is recorded (Ctrl-C again stops at once)\n",
+    )
 
     for sig, handler, default in (
         (signal.SIGTERM, on_sigterm, signal.SIG_DFL),
@@ -140,21 +143,21 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         return cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort as exc:
-        if isinstance(exc.__cause__, CutShort):
-            click.echo(
-                f"Stopped at once by a second {exc.__cause__.by}: the requests in flight were "
-                "cut off. What was delivered before them is recorded; the next run sends "
-                "theirs again with the rest (events keep their ids: none is stored twice).",
-                err=True,
-            )
-            sys.exit(128 + (signal.SIGTERM if exc.__cause__.by == "SIGTERM" else signal.SIGINT))
-        if isinstance(exc.__cause__, Terminated | Interrupted):
-            by = "SIGTERM" if isinstance(exc.__cause__, Terminated) else "Ctrl-C"
-            click.echo(
-                f"Stopped by {by}: what was delivered is recorded; the next run sends the rest.",
-                err=True,
-            )
-            sys.exit(128 + (signal.SIGTERM if by == "SIGTERM" else signal.SIGINT))
+        cause = exc.__cause__
+        if isinstance(cause, Stopped):
+            if isinstance(cause, CutShort):
+                said = (
+                    f"Stopped at once by a second {cause.by}: the requests in flight were cut "
+                    "off. What was delivered before them is recorded; the next run sends theirs "
+                    "again with the rest (events keep their ids: none is stored twice)."
+                )
+            else:
+                said = (
+                    f"Stopped by {cause.by}: what was delivered is recorded; the next run sends "
+                    "the rest."
+                )
+            click.echo(said, err=True)
+            sys.exit(128 + cause.signum)
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.ClickException as exc:

@@ -149,7 +149,7 @@ def _check_sources(project: Project, checks: _Checks) -> None:
             detail.append(f"{config.type}: connected")
         connected = checks.done[-1].ok
         try:
-            for sync in sorted((s for s in project if s.source == warehouse), key=_name):
+            for sync in sorted((s for s in project if s.source == warehouse), key=lambda s: s.name):
                 if source is None or not connected:
                     checks.skip("model", sync.name, f"source `{warehouse}` did not connect")
                     continue
@@ -166,10 +166,6 @@ def _check_sources(project: Project, checks: _Checks) -> None:
         finally:
             if source is not None:
                 source.close()
-
-
-def _name(sync: SyncConfig) -> str:
-    return sync.name
 
 
 def _check_model(project: Project, sync: SyncConfig, source: Source) -> str:

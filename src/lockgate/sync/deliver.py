@@ -357,8 +357,8 @@ def deliver(
 ) -> None:
     """Send everything in ``source``; every record's outcome reaches the committer.
 
-    On SIGTERM (:mod:`lockgate.stopping`) no new request is sent, the ones in flight are
-    answered and committed, then :class:`~lockgate.stopping.Terminated` is raised."""
+    On SIGTERM or Ctrl-C (:mod:`lockgate.stopping`) no new request is sent, the ones in flight
+    are answered and committed, then the stop (:class:`~lockgate.stopping.Stopped`) is raised."""
     with stopping.delivering():
         if callable(getattr(destination, "deliver_packed", None)):
             asyncio.run(_deliver_packed(con, destination, kind, committer, advance, source))

@@ -639,9 +639,9 @@ def run_sync(
                 _reset_snapshot(store, sync.name)
             diff_step.forget_gone_relationships(store.con, sync)
             store.append_rejected(run_id, sync.name, "map", list(changes.rejected_samples))
-            sends = identity_ops is not None and identity_ops.num_rows
+            merges = identity_ops is not None and identity_ops.num_rows > 0
             if destination_factory is default_destination and (
-                sends or changes.state_events or changes.to_send
+                merges or changes.state_events or changes.to_send
             ):
                 # before the first record leaves: refused credentials or the wrong region stop
                 # the run here (an EU workspace's data sent to the US host passes through it)
@@ -649,7 +649,7 @@ def run_sync(
 
                 with step("deliver"):
                     check_before_sending(destination_settings(project, sync.destination))
-            if identity_ops is not None and identity_ops.num_rows:
+            if merges:
                 with step("deliver"):
                     _deliver_identity_ops(
                         store, project, sync, run_id, console, identity_ops, destination_factory
