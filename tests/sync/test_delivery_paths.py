@@ -7,11 +7,14 @@ retries) falls back to per-record results. The user-visible outcome must not dep
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from click.testing import CliRunner
 
+from lockgate.cli import cli
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator, EmulatorConfig, FaultConfig
 from lockgate.state.store import StateStore
@@ -57,6 +60,13 @@ def test_an_operation_too_large_to_send_is_rejected_and_the_rest_committed(
         history = store.history("17")
         assert [(h["outcome"], h["action"]) for h in history] == [("rejected", "identify")]
         assert store.history("18")[0]["outcome"] == "delivered"
+    # `lockgate runs show` lists it as rejected in delivery, with the reason
+    shown = CliRunner().invoke(
+        cli, ["runs", "show", first.run_id, "--json", "--project", str(project.root)]
+    )
+    rejected = json.loads(shown.output)["rejected"]
+    assert [(r["stage"], r["key"]) for r in rejected] == [("deliver", "17")]
+    assert "32 KB" in rejected[0]["reason"]
 
     second = run_sync(project, "wide", console=NullConsole())
     assert second.changes.to_send == 1  # not committed: tried again, the others are done

@@ -33,7 +33,7 @@ def demo(directory: Path) -> None:
     for act, reports in enumerate(result.acts, start=1):
         console.info(f"\n[bold]Act {act} report[/bold]")
         for report in reports:
-            render_report(console, report)
+            render_report(console, report, where_rejected=False)
 
     def total(kind: str, count: Callable[[RunReport], int]) -> Callable[[int], int]:
         return lambda act: sum(count(r) for r in result.acts[act] if r.kind == kind)
@@ -98,6 +98,7 @@ def demo(directory: Path) -> None:
         exe = os.path.relpath(venv_exe)
     console.info(
         f"\nThe demo project is in [bold]{result.directory}[/bold]: try "
-        f"`{exe} plan customer_profile --project {directory}` or "
-        f"`{exe} history --person 1 --project {directory}`."
+        f"`{exe} plan customer_profile --project {directory}`, "
+        f"`{exe} runs show --sync customer_profile --project {directory}` (a run whole, with "
+        f"its rejected rows) or `{exe} history --person 1 --project {directory}`."
     )

@@ -17,7 +17,8 @@ from lockgate.console import RichConsole
 from lockgate.errors import ConfigError, LockgateError, StateError
 from lockgate.project.loader import Project
 from lockgate.state.store import StateStore, read_runs_log
-from lockgate.sync.run import KIND_ORDER, RunReport, Session, plan_sync, run_sync
+from lockgate.sync import rejects
+from lockgate.sync.run import KIND_ORDER, RunReport, Session, plan_sync, recorded_run, run_sync
 
 
 def _print_json(data: Any) -> None:
@@ -56,13 +57,10 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
                 ("attributes cleared", c.attributes_cleared),
             ]
     elif c.kind == "people":
-        if report.identity_ops:
+        if report.identity_merges or report.identity_reapplied:
             rows += [
                 ("identity merges, sent first", report.identity_merges),
-                (
-                    "  identifiers re-applied after them",
-                    len(report.identity_ops) - report.identity_merges,
-                ),
+                ("  identifiers re-applied after them", report.identity_reapplied),
             ]
         rows += [
             ("people new to this sync", c.new),
@@ -115,17 +113,13 @@ def _kind_and_mode(report: RunReport) -> str:
     return f"{report.kind}, {report.mode}"
 
 
-def render_report(console: RichConsole, report: RunReport) -> None:
+def render_report(console: RichConsole, report: RunReport, *, where_rejected: bool = True) -> None:
+    """The report's tables; ``where_rejected`` says where every rejected row is found."""
     title = f"{report.sync} ({_kind_and_mode(report)}) — {report.status}" + (
         f" in {report.seconds:.1f}s" if report.status != "planned" else ""
     )
     console.table(title, ["", "count"], change_rows(report))
-    if report.changes.rejected_samples:
-        console.table(
-            f"{report.sync}: rows rejected (first {len(report.changes.rejected_samples)})",
-            ["key", "reason"],
-            list(report.changes.rejected_samples),
-        )
+    _render_rejected(console, report, where=where_rejected)
     if report.changes.shared_samples:
         console.table(
             f"{report.sync}: rows that reach one person (first "
@@ -178,6 +172,13 @@ def render_report(console: RichConsole, report: RunReport) -> None:
 @json_option
 @click.option("--full-resync", is_flag=True, help="Compare against an empty snapshot.")
 @click.option("--samples", default=3, show_default=True, help="Sample payloads to show.")
+@click.option(
+    "--export-rejected",
+    "export",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Write every row the mapping would reject now to this CSV file (sync, key, reason).",
+)
 def plan(
     sync_names: tuple[str, ...],
     plan_all: bool,
@@ -185,12 +186,14 @@ def plan(
     as_json: bool,
     full_resync: bool,
     samples: int,
+    export: Path | None,
 ) -> None:
     """Show what `lockgate sync SYNC_NAME...` (or `--all`) would send, without sending
     anything. `--json` prints one report for one sync, a list for several."""
     project = open_project(project_path)
     names = _sync_names(project, sync_names, plan_all)
     console = RichConsole(quiet=as_json)
+    found: list[Any] = []  # the rejected rows of each plan, for `--export-rejected`
     # the plans of one command share the identity graph and the state store, as syncs do
     with Session() as session:
         reports, failed = _each(
@@ -202,11 +205,19 @@ def plan(
                 full_resync=full_resync,
                 samples=samples,
                 session=session,
+                rejected_sink=None if export is None else found.append,
             ),
             console,
             "plan",
             None if as_json else lambda report: _render_plan(console, report, samples),
         )
+    if export is not None:
+        import pyarrow as pa
+
+        empty = pa.table({c: pa.array([], pa.string()) for c in ("sync", "key", "reason")})
+        rows = pa.concat_tables(found) if found else empty
+        _write_csv(export, rows)
+        console.info(f"Wrote {rows.num_rows:,} rejected rows to {export}.")
     _finish(reports, failed, "plan", as_json=as_json, one=len(sync_names) == 1 and not plan_all)
 
 
@@ -255,6 +266,40 @@ def _finish(
             f"{len(failed)} of {total} {what}s failed: {', '.join(n for n, _ in failed)}",
             hint=f"each one's error is above; the other syncs' {what}s went on",
         )
+
+
+def _render_rejected(console: RichConsole, report: RunReport, *, where: bool) -> None:
+    """The rows the mapping rejected, grouped by the kind of reason (one example each), and
+    where to find every one of them."""
+    c = report.changes
+    if not c.rejected_reasons:
+        if c.rejected_samples:  # a run recorded by a Lockgate that did not group them
+            console.table(
+                f"{report.sync}: rows rejected (first {len(c.rejected_samples)})",
+                ["key", "reason"],
+                list(c.rejected_samples),
+            )
+        return
+    console.table(
+        f"{report.sync}: {c.rejected:,} {'row' if c.rejected == 1 else 'rows'} rejected, by reason",
+        ["rows", "reason", "key (e.g.)"],
+        [(g.rows, g.text, g.key) for g in c.rejected_reasons],
+    )
+    if not where:
+        return
+    if report.status == "planned":
+        found = f"`lockgate plan {report.sync} --export-rejected rejected.csv`"
+    else:
+        found = f"`lockgate runs show {report.run_id}`"
+        if c.rejected > rejects.KEPT_PER_RUN:
+            found += (
+                f" (the first {rejects.KEPT_PER_RUN:,} by key; all of them: "
+                f"`lockgate plan {report.sync} --export-rejected rejected.csv`)"
+            )
+    console.info(
+        f"{report.sync}: every rejected row with its reason: {found}. They are not sent and "
+        "are tried again on each run until fixed."
+    )
 
 
 def _render_plan(console: RichConsole, report: RunReport, samples: int) -> None:
@@ -324,13 +369,18 @@ def sync(
         sys.exit(2)
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @project_option
 @json_option
 @click.option("--sync", "sync_name", default=None, help="Only this sync's runs.")
 @click.option("--limit", default=20, show_default=True)
-def runs(project_path: Path, as_json: bool, sync_name: str | None, limit: int) -> None:
-    """List recent runs with their counts and outcome."""
+@click.pass_context
+def runs(
+    ctx: click.Context, project_path: Path, as_json: bool, sync_name: str | None, limit: int
+) -> None:
+    """List recent runs with their counts and outcome; `runs show [RUN]` shows one whole."""
+    if ctx.invoked_subcommand is not None:
+        return
     project = open_project(project_path)
     busy = None
     try:
@@ -359,12 +409,160 @@ def runs(project_path: Path, as_json: bool, sync_name: str | None, limit: int) -
                 r.status,
                 r.counts.get("changes", {}).get("to_send", ""),
                 r.counts.get("delivered", ""),
-                r.counts.get("rejected_by_api", ""),
+                _rejected_count(r.counts),
                 r.counts.get("dead_lettered", ""),
             )
             for r in rows
         ],
     )
+    if rows:
+        console.info("One run whole, with its rejected rows: `lockgate runs show RUN`.")
+
+
+def _rejected_count(counts: dict[str, Any]) -> int | str:
+    """Rows the mapping rejected plus records Customer.io rejected ("" for a run still going,
+    or one that failed before its diff)."""
+    if "changes" not in counts and "rejected_by_api" not in counts:
+        return ""
+    return int(counts.get("changes", {}).get("rejected", 0)) + int(counts.get("rejected_by_api", 0))
+
+
+@runs.command("show")
+@click.argument("run_id", required=False)
+@project_option
+@json_option
+@click.option("--sync", "sync_name", default=None, help="Without RUN: this sync's latest run.")
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    help="Rejected rows to list (the state keeps the first "
+    f"{rejects.KEPT_PER_RUN:,} of each run by key).",
+)
+@click.option(
+    "--export-rejected",
+    "export",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Write every rejected row the state keeps for the run to this CSV file "
+    "(stage, key, reason).",
+)
+@click.pass_context
+def show_run(
+    ctx: click.Context,
+    run_id: str | None,
+    project_path: Path,
+    as_json: bool,
+    sync_name: str | None,
+    limit: int,
+    export: Path | None,
+) -> None:
+    """One run whole: its counts, guardrails, the records Customer.io refused and the rows the
+    mapping rejected, grouped by reason and listed. RUN is a run id from `lockgate runs`, a
+    unique prefix of it or its last part; without it, the latest run (of `--sync`)."""
+    # `lockgate runs --project P --json show` means the same as `runs show --project P --json`
+    parent = ctx.parent.params if ctx.parent is not None else {}
+    if ctx.get_parameter_source("project_path") == click.core.ParameterSource.DEFAULT:
+        project_path = parent.get("project_path", project_path)
+    as_json = as_json or bool(parent.get("as_json"))
+    if sync_name is None:
+        sync_name = parent.get("sync_name")
+    project = open_project(project_path)
+    if sync_name is not None:
+        project.sync(sync_name)  # an unknown name is an error that lists the syncs
+    with StateStore.open(project.state_dir) as store:
+        if run_id is None:
+            found = store.runs(sync=sync_name, limit=1)
+        else:
+            found = [r for r in store.find_runs(run_id) if sync_name in (None, r.sync)]
+        if len(found) != 1:
+            raise _no_such_run(run_id, sync_name, found)
+        row = found[0]
+        rejected = store.rejected(row.run_id, limit=None)
+    if export is not None:
+        _write_rejected_csv(export, row.sync, rejected)
+    if as_json:
+        data = dataclasses.asdict(row)
+        data["rejected"] = [
+            {"stage": stage, "key": key, "reason": reason}
+            for stage, key, reason in rejected[:limit]
+        ]
+        data["rejected_recorded"] = len(rejected)
+        _print_json(data)
+        return
+    console = RichConsole()
+    console.info(
+        f"[bold]run {row.run_id}[/bold] of {row.sync}: started "
+        f"{row.started_at:%Y-%m-%d %H:%M:%S %Z}, {row.status}"
+        + (f": {row.error}" if row.error else "")
+    )
+    if row.counts.get("changes"):  # a run still going, or one that failed before its diff, has none
+        took = (row.finished_at - row.started_at).total_seconds() if row.finished_at else 0.0
+        counts = {"seconds": took, **row.counts}  # a failed run stored no time of its own
+        report = recorded_run(row.run_id, row.sync, row.kind, row.status, counts)
+        render_report(console, report, where_rejected=False)
+    if rejected:
+        shown = rejected[:limit]
+        more = len(rejected) - len(shown)
+        console.table(
+            f"{row.sync}: rejected rows recorded for this run"
+            + (
+                f" (the first {len(shown):,} of {len(rejected):,}; `--limit`, `--export-rejected`)"
+                if more
+                else ""
+            ),
+            ["rejected at", "key", "reason"],
+            [(_STAGES.get(stage, stage), key, reason) for stage, key, reason in shown],
+        )
+    if export is not None:
+        console.info(f"Wrote {len(rejected):,} rejected rows to {export}.")
+
+
+#: where a row was rejected, by the `rejected` table's stage: by the mapping (`map`: a null
+#: identifier, a bad value) or in delivery (`deliver`: Customer.io's answer, or an operation
+#: over its limits that the client refused to send)
+_STAGES = {"map": "mapping", "deliver": "delivery"}
+
+
+def _no_such_run(run_id: str | None, sync_name: str | None, found: list[Any]) -> LockgateError:
+    of_sync = f" of `{sync_name}`" if sync_name else ""
+    if run_id is None:
+        return LockgateError(f"no run{of_sync} yet", hint="`lockgate sync NAME` runs one")
+    if found:
+        return LockgateError(
+            f"more than one run{of_sync} matches `{run_id}`: " + ", ".join(r.run_id for r in found),
+            hint="give more of the run id",
+        )
+    return LockgateError(
+        f"no run{of_sync} has the id `{run_id}`",
+        hint="`lockgate runs` lists the recent runs and their ids",
+    )
+
+
+def _write_rejected_csv(path: Path, sync: str, rows: list[tuple[str, str, str]]) -> None:
+    """``rows`` of (stage, key, reason) as CSV with a header, one sync's."""
+    import pyarrow as pa
+
+    table = pa.table(
+        {
+            "sync": pa.array([sync] * len(rows), pa.string()),
+            "stage": pa.array([r[0] for r in rows], pa.string()),
+            "key": pa.array([r[1] for r in rows], pa.string()),
+            "reason": pa.array([r[2] for r in rows], pa.string()),
+        }
+    )
+    _write_csv(path, table)
+
+
+def _write_csv(path: Path, table: Any) -> None:
+    import pyarrow.csv as pacsv
+
+    try:
+        pacsv.write_csv(table, str(path))
+    except OSError as exc:
+        raise LockgateError(
+            f"could not write `{path}`: {exc}", hint="choose a file in a folder you can write to"
+        ) from exc
 
 
 @click.command()

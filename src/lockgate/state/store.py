@@ -446,6 +446,15 @@ class StateStore:
         finally:
             self.con.unregister("_rejected_batch")
 
+    def keep_rejected_rows(self, run_id: str, sync: str, limit: int) -> None:
+        """Record the first ``limit`` rows (by key) of the temp table ``rejected_rows`` (the
+        rows a run's mapping rejected, :mod:`lockgate.sync.rejects`) as its stage `map`."""
+        self.exec_sql(
+            "insert into rejected select ?, ?, k, 'map', reason, ? "
+            "from (select k, reason from rejected_rows order by k limit ?)",
+            [run_id, sync, datetime.now(UTC), limit],
+        )
+
     def reset_sync(self, sync: str) -> None:
         """Forget what was delivered (for `--full-resync` of people; ledgers are kept)."""
         self.exec_sql(f"delete from {table('snap', sync)}; delete from {table('journal', sync)}")
@@ -563,11 +572,30 @@ class StateStore:
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
-    def rejected(self, run_id: str, limit: int = 1000) -> list[tuple[str, str, str]]:
+    def rejected(self, run_id: str, limit: int | None = 1000) -> list[tuple[str, str, str]]:
+        """A run's recorded rejected rows as (stage, key, reason): the mapping's first (by
+        key), then Customer.io's; all of them without ``limit``."""
         rows = self.con.execute(
-            "select k, stage, reason from rejected where run_id = ? limit ?", [run_id, limit]
+            "select stage, k, reason from rejected where run_id = ? "
+            "order by stage = 'deliver', k limit ?",
+            [run_id, limit],
         ).fetchall()
         return [(r[0], r[1], r[2]) for r in rows]
+
+    def find_runs(self, run_id: str) -> list[RunRow]:
+        """The run with this id; else the runs whose id starts or ends with it (up to 5,
+        latest first): a unique prefix, or the random part after the time, names a run."""
+        rows = self.con.execute(
+            "select * from runs where run_id = ? or starts_with(run_id, ?) "
+            "or ends_with(run_id, ?) order by run_id = ? desc, started_at desc limit 5",
+            [run_id, run_id, run_id, run_id],
+        ).fetchall()
+        if rows and rows[0][0] == run_id:
+            rows = rows[:1]
+        return [
+            RunRow(r[0], r[1], r[2], r[3], r[4], r[5], orjson.loads(r[6] or "{}"), r[7])
+            for r in rows
+        ]
 
 
 @contextlib.contextmanager

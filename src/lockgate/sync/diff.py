@@ -20,6 +20,7 @@ import orjson
 
 from lockgate.project.models import SyncConfig
 from lockgate.state.store import run_sql, table
+from lockgate.sync import rejects
 from lockgate.sync.extract import InPlace
 from lockgate.sync.mapping import Compiled, json_key, lit
 
@@ -56,9 +57,15 @@ class ChangeSet:
     rejected_samples: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     held_samples: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     shared_samples: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    rejected_reasons: tuple[rejects.ReasonGroup, ...] = field(default_factory=tuple)
+    """Every rejected row, grouped by the kind of its reason (:func:`rejects.groups`)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if not k.endswith("_samples")}
+        return {
+            k: v
+            for k, v in self.__dict__.items()
+            if not k.endswith("_samples") and k != "rejected_reasons"
+        }
 
 
 def _one(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
@@ -66,12 +73,25 @@ def _one(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
     return rows[0][0] if rows else None
 
 
-def _rejected(con: duckdb.DuckDBPyConnection) -> tuple[int, tuple[tuple[str, str], ...]]:
-    count = int(_one(con, "select count(*) from mapped where reject is not null") or 0)
-    samples = con.execute(
-        "select k, reject from mapped where reject is not null order by k limit 20"
-    ).fetchall()
-    return count, tuple((str(k), str(r)) for k, r in samples)
+def _rejected(
+    con: duckdb.DuckDBPyConnection,
+) -> tuple[int, tuple[tuple[str, str], ...], tuple[rejects.ReasonGroup, ...]]:
+    """Keep the rejected rows of ``mapped`` in the temp table ``rejected_rows`` (see
+    :mod:`lockgate.sync.rejects`); their count, the first 20 by key and their groups."""
+    run_sql(
+        con,
+        "create or replace temp table rejected_rows as "
+        "select k, reject as reason from mapped where reject is not null",
+    )
+    count = int(_one(con, "select count(*) from rejected_rows") or 0)
+    if not count:
+        return 0, (), ()
+    samples = con.execute("select k, reason from rejected_rows order by k limit 20").fetchall()
+    return (
+        count,
+        tuple((str(k), str(r)) for k, r in samples),
+        rejects.groups(con, count),
+    )
 
 
 def _addressed(sync: SyncConfig, ident: str) -> str:
@@ -578,7 +598,7 @@ def diff_records(
     state_events = (
         _state_change_events(con, sync, now, relationship_snaps or []) if sync.on_change else 0
     )
-    rejected, samples = _rejected(con)
+    rejected, samples, reasons = _rejected(con)
     valid = total - todo + int(_one(con, "select count(*) from mapped where reject is null") or 0)
     # what is left of `mapped` is exactly what to send: keep it as `changes` (a rename, not a
     # copy of every payload, which took a second at 1M rows)
@@ -637,6 +657,7 @@ def diff_records(
         attributes_set=attrs,
         attributes_cleared=cleared,
         rejected_samples=samples,
+        rejected_reasons=reasons,
         held_samples=held_samples,
     )
 
@@ -689,7 +710,7 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
         order by m.ts, m.k
         """,
     )
-    rejected, samples = _rejected(con)
+    rejected, samples, reasons = _rejected(con)
     in_ledger = f"k in (select k from {ledger})"
     row = con.execute(
         f"""
@@ -714,6 +735,7 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
         backfill_skipped=backfill if skip_backfill else 0,
         backfill_sent=0 if skip_backfill else backfill,
         rejected_samples=samples,
+        rejected_reasons=reasons,
     )
 
 

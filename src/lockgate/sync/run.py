@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 import uuid
@@ -37,7 +38,7 @@ from lockgate.state import contract as contract_state
 from lockgate.state.store import StateStore, run_sql, table
 from lockgate.sync import diff as diff_step
 from lockgate.sync import guard as guard_step
-from lockgate.sync import mapping
+from lockgate.sync import mapping, rejects
 from lockgate.sync.extract import InPlace, Staged, stage
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ class RunReport:
             "seconds": round(self.seconds, 3),
             "changes": self.changes.as_dict(),
             "rejected_rows": [{"key": k, "reason": r} for k, r in self.changes.rejected_samples],
+            "rejected_reasons": [g.as_dict() for g in self.changes.rejected_reasons],
             "shared_people": [
                 {"person": a, "keys": ks.split(", ")} for a, ks in self.changes.shared_samples
             ],
@@ -126,13 +128,88 @@ class RunReport:
             "guardrails": [g.as_dict() for g in self.guards],
             "mode": self.mode,
             "identity_merges": self.identity_merges,
-            "identity_reapplied": len(self.identity_ops) - self.identity_merges,
+            "identity_reapplied": self.identity_reapplied,
             "identity_ops": list(self.identity_ops[:IDENTITY_OPS_SHOWN]),
         }
 
     @property
     def identity_merges(self) -> int:
         return sum(1 for op in self.identity_ops if op.get("action") == "merge")
+
+    @property
+    def identity_reapplied(self) -> int:
+        return len(self.identity_ops) - self.identity_merges
+
+
+@dataclass(frozen=True)
+class RecordedRun(RunReport):
+    """A report read back from the state's `runs` table (:func:`recorded_run`): what it
+    lists (identity operations, failures, samples) is cut as the stored report cut it."""
+
+    merges: int = 0
+    reapplied: int = 0
+
+    @property
+    def identity_merges(self) -> int:
+        return self.merges
+
+    @property
+    def identity_reapplied(self) -> int:
+        return self.reapplied
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The keys of ``data`` that are fields of the dataclass ``cls`` (a report stored by
+    another Lockgate version may have more or fewer)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def recorded_run(
+    run_id: str, sync: str, kind: str, status: str, counts: dict[str, Any]
+) -> RecordedRun:
+    """The report a run stored at its end (`runs.counts`), as a :class:`RunReport` again; a run
+    that failed or was stopped stored only its changes and delivery counts."""
+    stored = dict(counts.get("changes") or {})
+    changes = diff_step.ChangeSet(
+        **{
+            "kind": kind,
+            "rows": 0,
+            "rejected": 0,
+            "to_send": 0,
+            **_known(diff_step.ChangeSet, stored),
+        },
+        rejected_samples=tuple((r["key"], r["reason"]) for r in counts.get("rejected_rows", ())),
+        shared_samples=tuple(
+            (p["person"], ", ".join(p["keys"])) for p in counts.get("shared_people", ())
+        ),
+        rejected_reasons=tuple(
+            rejects.ReasonGroup.from_dict(g) for g in counts.get("rejected_reasons", ())
+        ),
+    )
+    return RecordedRun(
+        run_id,
+        sync,
+        kind,
+        status,
+        changes,
+        delivered=int(counts.get("delivered", 0)),
+        rejected_by_api=int(counts.get("rejected_by_api", 0)),
+        dead_lettered=int(counts.get("dead_lettered", 0)),
+        failures=tuple((f["key"], f["outcome"], f["reason"]) for f in counts.get("failures", ())),
+        seconds=float(counts.get("seconds", 0.0)),
+        recovered=int(counts.get("recovered_from_crash", 0)),
+        guards=tuple(
+            guard_step.GuardResult(
+                **_known(guard_step.GuardResult, {**g, "samples": tuple(g.get("samples", ()))})
+            )
+            for g in counts.get("guardrails", ())
+        ),
+        mode=str(counts.get("mode", "")),
+        identity_ops=tuple(counts.get("identity_ops", ())),
+        merges=int(counts.get("identity_merges", 0)),
+        reapplied=int(counts.get("identity_reapplied", 0)),
+    )
 
 
 #: identity operations listed in a report (the counts cover them all)
@@ -546,9 +623,11 @@ def plan_sync(
     now: int | None = None,
     samples: int = 3,
     session: Session | None = None,
+    rejected_sink: Callable[[pa.Table], None] | None = None,
 ) -> RunReport:
     """Everything a run would do, counted, with sample payloads; nothing is sent. Plans that
-    pass one ``session`` share the identity graph and the state store (see :class:`Session`)."""
+    pass one ``session`` share the identity graph and the state store (see :class:`Session`).
+    ``rejected_sink`` gets every row the mapping rejects, as (sync, key, reason)."""
     sync = project.sync(name)
     run_id = _new_run_id()
     step = _Step(run_id)
@@ -566,6 +645,8 @@ def plan_sync(
             session=session,
         )
         sample = _samples(store, sync.kind, samples)
+        if rejected_sink is not None:
+            rejected_sink(rejects.table_of(store.con, sync.name))
     return RunReport(
         run_id,
         sync.name,
@@ -581,12 +662,22 @@ def plan_sync(
     )
 
 
-def _stopped_counts(changes: diff_step.ChangeSet | None, committer: Any) -> dict[str, Any]:
+def _stopped_counts(
+    sync: SyncConfig,
+    changes: diff_step.ChangeSet | None,
+    committer: Any,
+    guards: list[guard_step.GuardResult],
+) -> dict[str, Any]:
     """What a run that failed or was stopped had planned and delivered (for `lockgate runs`):
-    its delivered records are committed, so the counts say how far it got."""
-    counts: dict[str, Any] = {}
+    its delivered records are committed, so the counts say how far it got; with the rows it
+    rejected and the guardrails' verdicts, which say why a guardrail stopped it."""
+    counts: dict[str, Any] = {"mode": sync.effective_mode}
     if changes is not None:
         counts["changes"] = changes.as_dict()
+        counts["rejected_rows"] = [{"key": k, "reason": r} for k, r in changes.rejected_samples]
+        counts["rejected_reasons"] = [g.as_dict() for g in changes.rejected_reasons]
+    if guards:
+        counts["guardrails"] = [g.as_dict() for g in guards]
     if committer is not None:
         done = committer.counts
         counts.update(
@@ -623,6 +714,7 @@ def run_sync(
         store.start_run(run_id, sync.name, sync.kind)
         changes = None
         committer = None
+        guards: list[guard_step.GuardResult] = []
         try:
             changes, recovered, guards, resolution, identity_ops, mapping_hash = _prepare(
                 store,
@@ -634,11 +726,12 @@ def run_sync(
                 now=now or int(time.time()),
                 session=session,
             )
+            # before the guardrails: a run they stop still shows which rows were rejected
+            store.keep_rejected_rows(run_id, sync.name, rejects.KEPT_PER_RUN)
             guard_step.enforce(sync, guards, force=force)
             if full_resync and sync.kind != "events":
                 _reset_snapshot(store, sync.name)
             diff_step.forget_gone_relationships(store.con, sync)
-            store.append_rejected(run_id, sync.name, "map", list(changes.rejected_samples))
             merges = identity_ops is not None and identity_ops.num_rows > 0
             if destination_factory is default_destination and (
                 merges or changes.state_events or changes.to_send
@@ -706,7 +799,7 @@ def run_sync(
             store.finish_run(
                 run_id,
                 "failed",
-                _stopped_counts(changes, committer),
+                _stopped_counts(sync, changes, committer, guards),
                 error=reason or type(exc).__name__,
             )
             raise
