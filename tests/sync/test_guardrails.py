@@ -355,6 +355,41 @@ def test_data_changed_with_the_mapping_still_counts_toward_max_changed(
     assert "max_changed is 6 of 20 people (30.0%), over the limit of 25%" in message
 
 
+def test_an_attribute_taken_out_of_the_mapping_is_cleared_when_asked(
+    project_factory: ProjectFactory,
+) -> None:
+    """`clear_removed_attributes: true`: an attribute taken out of `attributes` is cleared on
+    every profile by the next run (once), which `max_cleared` stops until accepted, and the
+    `mapping` row says so. Without it, the profiles keep the value (the test above)."""
+    emu = project_factory.emulator
+    project_factory.sql(USERS + "alter table users add column region varchar default 'emea';")
+    run_sync(project_factory.write({"profile": WITH_REGION}), "profile", console=NullConsole())
+    assert all(p.attributes.get("region") == "emea" for p in emu.people())
+
+    clearing = with_guardrails(PROFILE + "clear_removed_attributes: true\n", "{max_cleared: 2%}")
+    project = project_factory.write({"profile": clearing})
+    plan = plan_sync(project, "profile", console=NullConsole(), samples=1)
+    guards = {g.name: g for g in plan.guards}
+    assert guards["mapping"].actual == (
+        "removed attribute `region` (cleared on each record sent: `clear_removed_attributes`): "
+        "20 people sent again for it"
+    )
+    assert plan.samples[0]["payload"]["attributes"]["region"] == ""
+    # clearing an attribute on every profile is what `max_cleared` is for: accepted once
+    assert guards["max_cleared"].breached
+    assert "max_cleared" in refused(project, "profile", emu)
+    assert all(p.attributes.get("region") == "emea" for p in emu.people())
+
+    forced = run_sync(project, "profile", console=NullConsole(), force=True)
+    assert forced.delivered == 20 and forced.changes.attributes_cleared == 20
+    assert not any("region" in p.attributes for p in emu.people())
+    assert all(p.attributes.get("plan") in ("pro", "free") for p in emu.people())
+    # once: the clears are not part of what the next run compares
+    again = plan_sync(project, "profile", console=NullConsole())
+    assert again.changes.to_send == 0
+    assert {g.name: g.actual for g in again.guards}["mapping"] == "unchanged"
+
+
 def test_state_from_before_mappings_were_recorded_and_a_column_gone_from_the_model(
     project_factory: ProjectFactory,
 ) -> None:

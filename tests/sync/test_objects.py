@@ -122,6 +122,20 @@ def test_changed_attributes_and_removed_relationships(project_factory: ProjectFa
     }
 
 
+def test_an_object_attribute_taken_out_of_the_mapping_is_cleared_when_asked(
+    project_factory: ProjectFactory,
+) -> None:
+    seed(project_factory)
+    run_sync(project_factory.write({"companies": COMPANIES}), "companies", console=NullConsole())
+    fewer = COMPANIES.replace(", seats: {column: seats, type: integer}", "")
+    project = project_factory.write({"companies": fewer + "clear_removed_attributes: true\n"})
+    report = run_sync(project, "companies", console=NullConsole())
+    assert report.delivered == 2 and report.changes.attributes_cleared == 2
+    objects = {o.object_id: o.attributes for o in project_factory.emulator.objects()}
+    assert objects["acme"] == {"name": "Acme", "plan": "pro"}  # `seats` cleared
+    assert run_sync(project, "companies", console=NullConsole()).changes.to_send == 0
+
+
 def test_relationship_waits_for_its_object_and_person(project_factory: ProjectFactory) -> None:
     seed(project_factory)
     project_factory.sql("insert into members values (1, 'initech', 'admin'), (9, 'acme', 'guest')")

@@ -545,6 +545,12 @@ class SyncConfig(StrictModel):
     leave it. Default: `mirror` for `relationships`, `upsert` otherwise."""
     delete_removed: bool = False
     """With `mirror`: delete (instead of clearing) people or objects who leave the model."""
+    clear_removed_attributes: bool = False
+    """`people` and `objects`: when an attribute is taken out of `attributes`, the next run
+    clears it (sends `""`) on every record it sends. A mapping change sends each record again,
+    so that is every record in the model; `max_cleared` counts the clears. Off (the default),
+    Customer.io keeps the values sent before. Turn it on in the same change that removes the
+    attribute: the run compares the mapping with the last committed run's."""
     object_type_id: str | None = None
     """`objects` and `relationships`: the Customer.io object type id, e.g. `"1"`."""
     object_id: str | None = None
@@ -652,6 +658,8 @@ class SyncConfig(StrictModel):
                 raise ValueError("`attributes` belong to `people` syncs; use `properties`")
         if self.delete_removed and self.effective_mode != "mirror":
             raise ValueError("`delete_removed` only applies with `mode: mirror`")
+        if self.clear_removed_attributes and self.kind not in ("people", "objects"):
+            raise ValueError("`clear_removed_attributes` belongs to `people` and `objects` syncs")
         return self
 
     @model_validator(mode="after")

@@ -35,7 +35,7 @@ from lockgate.project.models import GuardrailsConfig, SyncConfig
 from lockgate.state import contract
 from lockgate.state.store import StateStore, table
 from lockgate.sync.diff import ChangeSet, with_payloads
-from lockgate.sync.mapping import q, shaping, shaping_changes
+from lockgate.sync.mapping import q, removed_attributes, shaping, shaping_changes
 
 SAMPLES = 5
 NUMBER_TYPES = (
@@ -232,7 +232,7 @@ def _mapping(
     name, limit = "mapping", "a change re-sends each record once"
     if last is None or last.mapping is None:
         return GuardResult(name, limit, FIRST_RUN if last is None else "not recorded", False)
-    what = shaping_changes(last.mapping, shaping(sync))
+    what = shaping_changes(last.mapping, shaping(sync), removed_attributes(sync, last.mapping))
     if not what and not changes.remapped:
         return GuardResult(name, limit, "unchanged", False)
     # nothing in the sync file: the identity graph's attributes, or Lockgate's own format
@@ -300,7 +300,10 @@ def check(
     if sync.kind != "events":  # people, objects, relationships: a snapshot of records
         snap = table("snap", sync.name)
         base = int(con.execute(f"select count(*) from {snap}").fetchall()[0][0])
-        n_attrs = len(sync.attributes)
+        # with the removed attributes this run clears on each record it sends
+        n_attrs = len(sync.attributes) + len(
+            removed_attributes(sync, last.mapping if last is not None else None)
+        )
 
         def changed() -> list[str]:
             rows = with_payloads(

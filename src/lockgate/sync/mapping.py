@@ -118,16 +118,24 @@ def shaping(sync: SyncConfig) -> dict[str, Any]:
     )
 
 
-def shaping_changes(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """What differs between two :func:`shaping` dicts, in words (`added attribute `seats``)."""
+def shaping_changes(
+    was: dict[str, Any], now: dict[str, Any], cleared: tuple[str, ...] = ()
+) -> list[str]:
+    """What differs between two :func:`shaping` dicts, in words (`added attribute `seats``);
+    ``cleared``: the removed attributes this run clears (:func:`removed_attributes`)."""
     out: list[str] = []
     for group in ("attributes", "relationship_attributes"):
         before, after = was.get(group) or {}, now.get(group) or {}
         noun = "attribute" if group == "attributes" else "relationship attribute"
         out += [f"added {noun} `{n}`" for n in after if n not in before]
-        # not sent any more is not cleared: the profiles keep what was sent before
+        # not sent any more is not cleared unless asked: the profiles keep what was sent
         out += [
-            f"removed {noun} `{n}` (Customer.io keeps the values sent before)"
+            f"removed {noun} `{n}` "
+            + (
+                "(cleared on each record sent: `clear_removed_attributes`)"
+                if group == "attributes" and n in cleared
+                else "(Customer.io keeps the values sent before)"
+            )
             for n in before
             if n not in after
         ]
@@ -138,6 +146,26 @@ def shaping_changes(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
         if key not in ("attributes", "relationship_attributes") and was.get(key) != now.get(key)
     ]
     return out
+
+
+def removed_attributes(sync: SyncConfig, last: dict[str, Any] | None) -> tuple[str, ...]:
+    """The attributes a run clears on each record it sends: with `clear_removed_attributes`,
+    those the last committed run's mapping (``last``, its :func:`shaping`) had and this one
+    has not. They are in the payloads but not in the row hash, so the run after the next
+    commit sends nothing for them."""
+    if not sync.clear_removed_attributes or not last:
+        return ()
+    # a people sync identified by email still sends `email`: never clear it
+    sent = sync.identify_attributes if sync.kind == "people" else set(sync.attributes)
+    return tuple(n for n in last.get("attributes") or {} if n not in sent)
+
+
+def _clear_removed(fields: Fields, names: tuple[str, ...]) -> None:
+    """An `"name":""` (a clear) in every payload for each of ``names``."""
+    for name in names:
+        fields.present[len(fields.fragments)] = "true"
+        fields.fragments.append(lit(orjson.dumps(name).decode() + ':""'))
+        fields.cleared.append("true")
 
 
 def source_hash(sync: SyncConfig, columns: tuple[str, ...]) -> str:
@@ -860,20 +888,27 @@ def composite_key_sql(key_columns: list[str]) -> str:
 
 
 def compile_sync(
-    sync: SyncConfig, columns: dict[str, str], default_on_null: str, now_epoch: int
+    sync: SyncConfig,
+    columns: dict[str, str],
+    default_on_null: str,
+    now_epoch: int,
+    clear: tuple[str, ...] = (),
 ) -> Compiled:
     """The SELECT of any sync kind over a model with ``columns`` (name -> DuckDB type); a
-    column the sync file names that the model lacks is a :class:`ConfigError` naming both."""
+    column the sync file names that the model lacks is a :class:`ConfigError` naming both.
+    ``clear``: attributes to clear on every people or objects record (:func:`removed_attributes`)."""
     if sync.kind == "people":
-        return compile_people(sync, columns, default_on_null)
+        return compile_people(sync, columns, default_on_null, clear)
     if sync.kind == "objects":
-        return compile_objects(sync, columns, default_on_null)
+        return compile_objects(sync, columns, default_on_null, clear)
     if sync.kind == "relationships":
         return compile_relationships(sync, columns, default_on_null)
     return compile_events(sync, columns, now_epoch)
 
 
-def compile_people(sync: SyncConfig, columns: dict[str, str], default_on_null: str) -> Compiled:
+def compile_people(
+    sync: SyncConfig, columns: dict[str, str], default_on_null: str, clear: tuple[str, ...] = ()
+) -> Compiled:
     """The SELECT producing (k, op, ident, reject) for a people sync."""
     used: list[str] = list(sync.identify_by.values())
     for key in sync.key_columns:
@@ -897,6 +932,7 @@ def compile_people(sync: SyncConfig, columns: dict[str, str], default_on_null: s
         )
     for name, spec in sync.attributes.items():
         fields.add(sync.name, name, spec, columns, sync.on_null or default_on_null)
+    _clear_removed(fields, clear)
     checks.extend(fields.checks)
     used.extend(fields.columns)
     extra_columns = ""
@@ -1139,7 +1175,9 @@ def _require(sync: SyncConfig, column: str, what: str, columns: dict[str, str]) 
         )
 
 
-def compile_objects(sync: SyncConfig, columns: dict[str, str], default_on_null: str) -> Compiled:
+def compile_objects(
+    sync: SyncConfig, columns: dict[str, str], default_on_null: str, clear: tuple[str, ...] = ()
+) -> Compiled:
     """The SELECT producing (k, op, ident, reject, n_set, n_cleared) for an objects sync.
 
     ``k`` is the object id; ``ident`` the object's Track identifiers
@@ -1154,6 +1192,7 @@ def compile_objects(sync: SyncConfig, columns: dict[str, str], default_on_null: 
     )
     for name, spec in sync.attributes.items():
         fields.add(sync.name, name, spec, columns, sync.on_null or default_on_null)
+    _clear_removed(fields, clear)
     attributes = _object(fields.fragments)
     type_id = orjson.dumps(sync.object_type_id).decode()
     ident = f"'{{\"object_type_id\":{type_id},\"object_id\":' || to_json(__obj) || '}}'"

@@ -351,8 +351,16 @@ def _prepare(
                 sync = resolve_step.key_rows(store.con, sync, resolution)
                 staged = Staged(staged.rows, {**staged.columns, **_model_columns(store)})
         on_null = project.config.defaults.on_null
+        last = contract_state.last(store.con, sync.name)
+        # attributes taken out of the mapping, cleared on each record sent (when asked); not
+        # one the identity graph's keying adds to the payload
+        clear = tuple(
+            n
+            for n in mapping.removed_attributes(configured, last.mapping if last else None)
+            if n not in sync.attributes
+        )
         with step("map"):
-            compiled = mapping.compile_sync(sync, staged.columns, on_null, now)
+            compiled = mapping.compile_sync(sync, staged.columns, on_null, now, clear)
         if in_place is not None:
             with step("extract"), console.progress(f"extract {sync.name}", None) as advance:
                 in_place.key(store.con, compiled, advance)
@@ -378,7 +386,7 @@ def _prepare(
                     full_resync=full_resync,
                     # through the identity graph, rows of one person are already made one
                     shared_check=sync.kind == "people" and resolution is None,
-                    previous_hash=_previous_hash(store, configured, compiled),
+                    previous_hash=_previous_hash(last, compiled),
                 )
         with step("guard"):
             guards = guard_step.check(store.con, store, project, configured, changes)
@@ -427,10 +435,9 @@ class Prepared(NamedTuple):
     """The SQL of the rows' hash under this run's mapping, recorded when the run commits."""
 
 
-def _previous_hash(store: StateStore, sync: SyncConfig, compiled: mapping.Compiled) -> str | None:
-    """The row hash SQL of the sync's last committed run, when its mapping differs from this
-    run's (see ``ChangeSet.remapped``)."""
-    last = contract_state.last(store.con, sync.name)
+def _previous_hash(last: contract_state.Contract | None, compiled: mapping.Compiled) -> str | None:
+    """The row hash SQL of the sync's last committed run (``last``), when its mapping differs
+    from this run's (see ``ChangeSet.remapped``)."""
     if last is None or not last.mapping_hash or last.mapping_hash == compiled.src_h:
         return None
     return last.mapping_hash
