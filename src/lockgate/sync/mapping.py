@@ -896,7 +896,8 @@ def compile_sync(
 ) -> Compiled:
     """The SELECT of any sync kind over a model with ``columns`` (name -> DuckDB type); a
     column the sync file names that the model lacks is a :class:`ConfigError` naming both.
-    ``clear``: attributes to clear on every people or objects record (:func:`removed_attributes`)."""
+    ``clear``: attributes to clear on every people or objects record
+    (:func:`removed_attributes`)."""
     if sync.kind == "people":
         return compile_people(sync, columns, default_on_null, clear)
     if sync.kind == "objects":
