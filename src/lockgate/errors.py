@@ -15,6 +15,7 @@ can be retried is part of its type, never decided by matching message text::
           │    └── DestinationAuthError  401/403: credentials wrong; stops the whole run
           ├── StateError                the state store is unusable or locked
           ├── ContractError             a guardrail refused the run (data contract)
+          ├── NothingNamedError         `--only` names no record of the sync
           └── StepError                 a pipeline step failed; wraps the cause once
 
 Example::
@@ -146,6 +147,11 @@ class StateError(TerminalError):
 
 class ContractError(TerminalError):
     """A data-contract guardrail refused the run before anything was sent."""
+
+
+class NothingNamedError(TerminalError):
+    """`lockgate plan/sync --only` named values that match no row of the sync's model and no
+    record it sent before (with several syncs, the others go on and this one is skipped)."""
 
 
 class StepError(TerminalError):

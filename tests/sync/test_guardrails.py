@@ -390,6 +390,43 @@ def test_an_attribute_taken_out_of_the_mapping_is_cleared_when_asked(
     assert {g.name: g.actual for g in again.guards}["mapping"] == "unchanged"
 
 
+def test_max_cleared_counts_only_what_a_clear_can_take_away(
+    project_factory: ProjectFactory,
+) -> None:
+    """`max_cleared` counts the `""` sent to records already in the snapshot. A new person's
+    clear takes nothing away; a record sent again only for a mapping change re-sends the `""`
+    of an attribute mapped as before (sent already), but an attribute new to the mapping may
+    clear a value another source set, so its clears count."""
+    emu = project_factory.emulator
+    project_factory.sql(
+        USERS
+        + "update users set promo = null where user_id % 4 = 0;"  # 5 of 20 cleared each run
+        + "alter table users add column region varchar;"
+        + "update users set region = 'emea' where user_id % 2 = 0;"
+    )
+    rails = "{max_cleared: 2%}"
+    project = project_factory.write({"profile": with_guardrails(PROFILE, rails)})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 20
+    project_factory.sql(
+        "insert into users select i, 'free', timestamptz '2026-03-01 00:00:00+00', null, 'apac' "
+        "from range(21, 41) t(i)"  # 20 new people, every promo null
+    )
+    plan = plan_sync(project, "profile", console=NullConsole())
+    assert plan.changes.attributes_cleared == 20
+    cleared = {g.name: g for g in plan.guards}["max_cleared"]
+    assert not cleared.breached and cleared.actual == "0 of 20 people × 3 attributes (0.0%)"
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 20
+
+    with_region = PROFILE + "  region: {column: region, on_null: clear}\n"
+    project = project_factory.write({"profile": with_guardrails(with_region, rails)})
+    plan = plan_sync(project, "profile", console=NullConsole())
+    assert plan.changes.remapped == 40
+    # 10 regions cleared by the new attribute; the 25 promos were cleared before
+    cleared = {g.name: g for g in plan.guards}["max_cleared"]
+    assert cleared.breached and cleared.actual == "10 of 40 people × 4 attributes (6.2%)"
+    assert "max_cleared" in refused(project, "profile", emu)
+
+
 def test_state_from_before_mappings_were_recorded_and_a_column_gone_from_the_model(
     project_factory: ProjectFactory,
 ) -> None:

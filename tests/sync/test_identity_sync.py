@@ -417,6 +417,29 @@ def test_syncs_of_one_command_resolve_the_graph_once_with_the_same_outcome(
     assert len(shared[1]) == 3 and len(shared[0]) == 3
 
 
+def test_a_run_of_named_records_waits_for_the_merges_a_whole_run_sends(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--only` sends the named records alone: merges the graph found belong to a whole run
+    (the updates after them assume them), so a run of named records stops, naming the way."""
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    project = setup(tmp_path, customerio_emulator.base_url or "")
+    run_sync(project, "profile", console=NullConsole())
+    run_sync(project, "leads", console=NullConsole())
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("insert into stripe_customers values ('cus_C', 'ada.work@acme.io')").fetchall()
+    con.execute("insert into app_users values ('u1', 'ada.work@acme.io', 'pro')").fetchall()
+    con.close()
+    with pytest.raises(LockgateError, match="merges to send first") as stopped:
+        run_sync(project, "leads", console=NullConsole(), only=("ada.work@acme.io",))
+    assert "without `--only`" in (stopped.value.hint or "")
+    assert customerio_emulator.merges() == []
+    run_sync(project, "leads", console=NullConsole())
+    assert len(customerio_emulator.merges()) == 1
+
+
 def test_a_merge_found_by_one_command_is_sent_and_reported_once(
     tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,7 +14,7 @@ import orjson
 from lockgate.cli import signals_let_requests_finish
 from lockgate.cli.options import json_option, open_project, project_option
 from lockgate.console import RichConsole
-from lockgate.errors import ConfigError, LockgateError, StateError
+from lockgate.errors import ConfigError, LockgateError, NothingNamedError, StateError
 from lockgate.project.loader import Project
 from lockgate.state.store import StateStore, read_runs_log
 from lockgate.sync import rejects
@@ -108,9 +108,17 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
 def _kind_and_mode(report: RunReport) -> str:
     """`people, upsert` (the mode in the title, so the table's column holds counts only and
     right-aligns them)."""
-    if not report.mode or report.kind == "events":
-        return report.kind
-    return f"{report.kind}, {report.mode}"
+    kind = (
+        report.kind
+        if not report.mode or report.kind == "events"
+        else (f"{report.kind}, {report.mode}")
+    )
+    if report.only:
+        named = ", ".join(f"`{v}`" for v in report.only[:3])
+        kind += f"; only {named}" + (
+            f" and {len(report.only) - 3} more" if len(report.only) > 3 else ""
+        )
+    return kind
 
 
 def render_report(console: RichConsole, report: RunReport, *, where_rejected: bool = True) -> None:
@@ -173,6 +181,14 @@ def render_report(console: RichConsole, report: RunReport, *, where_rejected: bo
 @click.option("--full-resync", is_flag=True, help="Compare against an empty snapshot.")
 @click.option("--samples", default=3, show_default=True, help="Sample payloads to show.")
 @click.option(
+    "--only",
+    "only",
+    multiple=True,
+    metavar="KEY",
+    help="Only the records this names (repeatable): a record key, or a person's id, email or "
+    "cio_id (all their records). With --full-resync, sent even if unchanged.",
+)
+@click.option(
     "--export-rejected",
     "export",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
@@ -187,6 +203,7 @@ def plan(
     full_resync: bool,
     samples: int,
     export: Path | None,
+    only: tuple[str, ...],
 ) -> None:
     """Show what `lockgate sync SYNC_NAME...` (or `--all`) would send, without sending
     anything. `--json` prints one report for one sync, a list for several."""
@@ -206,6 +223,7 @@ def plan(
                 samples=samples,
                 session=session,
                 rejected_sink=None if export is None else found.append,
+                only=only,
             ),
             console,
             "plan",
@@ -239,6 +257,12 @@ def _each(
     for name in names:
         try:
             report = work(name)
+        except NothingNamedError as exc:
+            if len(names) == 1:
+                raise
+            # `--only` with several syncs: a sync without the named records has nothing to do
+            console.info(f"{name}: skipped, {exc.reason.split(': ', 1)[-1]}")
+            continue
         except LockgateError as exc:
             if len(names) == 1:
                 raise
@@ -336,6 +360,14 @@ def _sync_names(project: Project, names: tuple[str, ...], every: bool) -> list[s
     help="Send every person again (events stay exactly-once: the ledger is kept).",
 )
 @click.option("--force", is_flag=True, help="Run even if a guardrail is breached (this run only).")
+@click.option(
+    "--only",
+    "only",
+    multiple=True,
+    metavar="KEY",
+    help="Only the records this names (repeatable): a record key, or a person's id, email or "
+    "cio_id (all their records). With --full-resync, sent even if unchanged.",
+)
 def sync(
     sync_names: tuple[str, ...],
     run_all: bool,
@@ -343,8 +375,10 @@ def sync(
     as_json: bool,
     full_resync: bool,
     force: bool,
+    only: tuple[str, ...],
 ) -> None:
-    """Run one or more syncs: send only what changed, record what was delivered."""
+    """Run one or more syncs: send only what changed, record what was delivered. `--only`
+    sends the named records alone: one person first, to see them in Customer.io."""
     project = open_project(project_path)
     names = _sync_names(project, sync_names, run_all)
     console = RichConsole(quiet=as_json)
@@ -359,6 +393,7 @@ def sync(
                 full_resync=full_resync,
                 force=force,
                 session=session,
+                only=only,
             ),
             console,
             "sync",

@@ -667,24 +667,24 @@ diff_people = diff_records
 
 def _remapped(con: duckdb.DuckDBPyConnection, snap: str, previous_hash: str) -> int:
     """How many changed records of ``changes`` hash, under the last run's mapping, as the
-    snapshot holds them: their data did not change, the mapping did. 0 when the last mapping
-    read a column the model no longer has (nothing to tell them apart by)."""
+    snapshot holds them: their data did not change, the mapping did. They are kept in the temp
+    table ``remapped(__rid)`` (the guardrails count their clears apart). 0 when the last
+    mapping read a column the model no longer has (nothing to tell them apart by)."""
     try:
-        return int(
-            _one(
-                con,
-                f"""
-                select count(*) from changes c
-                join (select rowid as __rid, {previous_hash} as old_h from model) m
-                  on m.__rid = c.__rid
-                semi join {snap} s on s.k = c.k and s.h = m.old_h
-                where not c.is_new and not c.removed
-                """,
-            )
-            or 0
+        run_sql(
+            con,
+            f"""
+            create or replace temp table remapped as
+            select c.__rid from changes c
+            join (select rowid as __rid, {previous_hash} as old_h from model) m
+              on m.__rid = c.__rid
+            semi join {snap} s on s.k = c.k and s.h = m.old_h
+            where not c.is_new and not c.removed
+            """,
         )
     except duckdb.BinderException:
         return 0
+    return int(_one(con, "select count(*) from remapped") or 0)
 
 
 def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Compiled) -> ChangeSet:

@@ -22,6 +22,7 @@ The guardrails (docs/guardrails.md):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +36,7 @@ from lockgate.project.models import GuardrailsConfig, SyncConfig
 from lockgate.state import contract
 from lockgate.state.store import StateStore, table
 from lockgate.sync.diff import ChangeSet, with_payloads
-from lockgate.sync.mapping import q, removed_attributes, shaping, shaping_changes
+from lockgate.sync.mapping import lit, q, removed_attributes, shaping, shaping_changes
 
 SAMPLES = 5
 NUMBER_TYPES = (
@@ -289,9 +290,18 @@ def check(
     project: Project,
     sync: SyncConfig,
     changes: ChangeSet,
+    *,
+    only: int = 0,
 ) -> list[GuardResult]:
-    """Evaluate every guardrail that applies to this sync; sends and writes nothing."""
+    """Evaluate every guardrail that applies to this sync; sends and writes nothing.
+
+    ``only``: the run sends only that many named records (`--only`); the breakers on shares
+    of the model or snapshot (and the empty-model check) say nothing about such a run and are
+    left out, the type and identifier contracts and the event counts still hold."""
     lim = limits(project, sync)
+    if only:
+        lim = dataclasses.replace(lim, max_changed=None, max_cleared=None, max_removed=None,
+                                  max_rejected=None)  # fmt: skip
     last = contract.last(con, sync.name)
     results: list[GuardResult | None] = [
         _identity(sync, last),
@@ -316,7 +326,8 @@ def check(
         def cleared() -> list[str]:
             rows = with_payloads(
                 con,
-                f"select k, __rid, op from changes where n_cleared > 0 order by k limit {SAMPLES}",
+                "select k, __rid, op from changes where n_cleared > 0 and not is_new "
+                f"order by k limit {SAMPLES}",
             )
             out = []
             for k, op in rows:
@@ -333,7 +344,17 @@ def check(
 
         noun = sync.kind  # people, objects or relationships
         people = f"{base:,} {noun}"
-        results.append(_empty_model(sync, changes, base, noun))
+        if not only:
+            results.append(_empty_model(sync, changes, base, noun))
+        else:
+            results.append(
+                GuardResult(
+                    "only",
+                    f"{only} named",
+                    "share limits skipped (and the empty-model check)",
+                    False,
+                )
+            )
         results += [
             _mapping(sync, last, changes, noun),
             # records sent again only because the mapping changed are the mapping row's
@@ -344,7 +365,9 @@ def check(
             None if sync.kind == "relationships" else _breaker(
                 "max_cleared",
                 lim.max_cleared,
-                changes.attributes_cleared,
+                _cleared_on_known(con, sync, last, changes)
+                if lim.max_cleared not in (None, "off")
+                else 0,
                 base * n_attrs,
                 "cleared attribute values",
                 f"{base:,} {noun} × {n_attrs} attribute{'' if n_attrs == 1 else 's'}",
@@ -394,6 +417,57 @@ def check(
         )
     )
     return [r for r in results if r is not None]
+
+
+def _cleared_on_known(
+    con: duckdb.DuckDBPyConnection,
+    sync: SyncConfig,
+    last: contract.Contract | None,
+    changes: ChangeSet,
+) -> int:
+    """Attribute values the run clears on records already in the snapshot: what `max_cleared`
+    counts, a share of the snapshot's records.
+
+    A new record has nothing to clear, so its `""` values (a null under `on_null: clear`) are
+    not counted. A record sent again only for a mapping change (``changes.remapped``) has the
+    data it was last delivered with: its `""` for an attribute mapped as before was sent then
+    and clears nothing now, so only its clears of attributes new or changed in the mapping
+    (which may clear a value another source set) and of those `clear_removed_attributes`
+    clears count."""
+    if not changes.remapped:
+        sql = "select coalesce(sum(n_cleared), 0) from changes where not is_new"
+        return int(con.execute(sql).fetchall()[0][0])
+    before = (last.mapping or {}).get("attributes") or {} if last is not None else {}
+    now = shaping(sync).get("attributes") or {}
+    same_policy = (last.mapping or {}).get("on_null") == sync.on_null if last else False
+    fresh = [n for n, spec in now.items() if not same_policy or before.get(n) != spec]
+    fresh += removed_attributes(sync, last.mapping if last is not None else None)
+    others = con.execute(
+        "select coalesce(sum(n_cleared), 0) from changes c "
+        "anti join remapped r on r.__rid = c.__rid where not c.is_new"
+    ).fetchall()[0][0]
+    if not fresh:
+        return int(others)
+    # the payloads of the remapped records that clear anything, their fresh attributes read
+    cleared = " + ".join(
+        f"count(*) filter (where json_extract_string(p.op, {lit('$.attributes.' + _path(n))}) = '')"
+        for n in fresh
+    )
+    mapped = con.execute(
+        f"""
+        select {cleared} from payloads p
+        where p.__rid in (
+            select c.__rid from changes c semi join remapped r on r.__rid = c.__rid
+            where c.n_cleared > 0
+        )
+        """
+    ).fetchall()[0][0]
+    return int(others) + int(mapped or 0)
+
+
+def _path(name: str) -> str:
+    """A JSON path step naming the key ``name`` whatever it holds (`"a.b"`)."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _empty_model(sync: SyncConfig, changes: ChangeSet, base: int, noun: str) -> GuardResult | None:

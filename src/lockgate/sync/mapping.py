@@ -1159,7 +1159,7 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
         f"select coalesce({key_sql}, '(null id) ' || coalesce({ident}, '')) as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
         f"{id_ts}::bigint as ts, coalesce({backfill}, false) as backfill, "
-        f"coalesce({name_sql}, '') as id_name from {middle}"
+        f"coalesce({name_sql}, '') as id_name, __rid from {middle}"
     )
     return Compiled(select, tuple(dict.fromkeys(used)))
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from lockgate.console import Console
 from lockgate.destinations.base import Destination
-from lockgate.errors import DestinationError, LockgateError, StepError
+from lockgate.errors import DestinationError, LockgateError, NothingNamedError, StepError
 from lockgate.project.loader import Project
 from lockgate.project.models import SyncConfig, resolve_env
 from lockgate.sources import connect
@@ -105,6 +105,8 @@ class RunReport:
     identity_ops: tuple[dict[str, Any], ...] = ()
     """The identity graph's Customer.io operations, sent before the sync's own changes:
     merges, then the identifiers re-applied to their survivors."""
+    only: tuple[str, ...] = ()
+    """The values `--only` named: the run was of their records alone."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -130,6 +132,7 @@ class RunReport:
             "identity_merges": self.identity_merges,
             "identity_reapplied": self.identity_reapplied,
             "identity_ops": list(self.identity_ops[:IDENTITY_OPS_SHOWN]),
+            "only": list(self.only),
         }
 
     @property
@@ -209,6 +212,7 @@ def recorded_run(
         identity_ops=tuple(counts.get("identity_ops", ())),
         merges=int(counts.get("identity_merges", 0)),
         reapplied=int(counts.get("identity_reapplied", 0)),
+        only=tuple(counts.get("only", ())),
     )
 
 
@@ -306,9 +310,11 @@ def _prepare(
     now: int,
     payloads: bool = True,
     session: Session | None = None,
+    only: tuple[str, ...] = (),
 ) -> Prepared:
     """Everything before delivery. Without ``payloads`` (a plan), records' payloads are built
-    only for the samples shown (``diff.with_payloads``)."""
+    only for the samples shown (``diff.with_payloads``). With ``only``, the run is of the
+    records those values name (:func:`_keep_only`)."""
     store.ensure_sync_tables(sync.name)
     store.mark_crashed_runs(sync.name)
     recovered = store.fold_journal(sync.name)
@@ -320,7 +326,10 @@ def _prepare(
                 project.config.sources[sync.source], root=project.root, name=sync.source
             )
             open_source.callback(source.close)
-            in_place = _in_place(store, project, sync, source, full_resync=full_resync)
+            # a run of named records reads the model whole and keeps those rows (in the state)
+            in_place = (
+                None if only else _in_place(store, project, sync, source, full_resync=full_resync)
+            )
             if in_place is not None:  # the source stays open for the diff
                 staged = Staged(-1, in_place.columns)
             else:
@@ -364,6 +373,8 @@ def _prepare(
         if in_place is not None:
             with step("extract"), console.progress(f"extract {sync.name}", None) as advance:
                 in_place.key(store.con, compiled, advance)
+        if only:
+            _keep_only(store, project, sync, compiled, only)
         with step("diff"), console.progress(f"diff {sync.name}", None):
             if full_resync and sync.kind != "events":
                 _shadow_snapshot(store, sync.name)
@@ -389,9 +400,14 @@ def _prepare(
                     previous_hash=_previous_hash(last, compiled),
                 )
         with step("guard"):
-            guards = guard_step.check(store.con, store, project, configured, changes)
+            guards = guard_step.check(
+                store.con, store, project, configured, changes, only=len(only)
+            )
             if merge_guard is not None:
                 guards.append(merge_guard)
+        if only and not full_resync and sync.kind != "events":
+            # the snapshot's other records were hidden for the diff; delivery commits to it
+            run_sql(store.con, f"drop table if exists temp.{table('snap', sync.name)}")
         return Prepared(changes, recovered, guards, resolution, identity_ops, compiled.src_h)
 
 
@@ -404,9 +420,102 @@ def _shadow_snapshot(store: StateStore, sync: str) -> None:
     run_sql(store.con, f"create or replace temp table {snap} as from main.{snap} limit 0")
 
 
-def _reset_snapshot(store: StateStore, sync: str) -> None:
+def _reset_snapshot(store: StateStore, sync: str, only: bool = False) -> None:
+    """Past the guard of a `--full-resync` run: forget the snapshot (with ``only``, of the
+    named records alone, :func:`_keep_only`), so what is not delivered is sent again."""
     run_sql(store.con, f"drop table if exists temp.{table('snap', sync)}")
-    store.reset_sync(sync)
+    if not only:
+        store.reset_sync(sync)
+        return
+    snap = table("snap", sync)
+    run_sql(store.con, f"delete from main.{snap} where {_named('k', 'ident')}")
+
+
+def _named(key: str, ident: str) -> str:
+    """SQL true for a record the values of the temp table ``only_values`` name (see
+    :func:`_keep_only`): by its key, or by its person's `id`, `cio_id` or email (any case)."""
+
+    def who(field: str) -> str:
+        return (
+            f"case when json_valid({ident}) then coalesce(json_extract_string({ident}, "
+            f"'$.person.{field}'), json_extract_string({ident}, '$.{field}')) end"
+        )
+
+    return (
+        f"({key} in (select v from only_values) "
+        f"or {who('id')} in (select v from only_values) "
+        f"or {who('cio_id')} in (select v from only_values) "
+        f"or lower({who('email')}) in (select lower(v) from only_values))"
+    )
+
+
+def _keep_only(
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    compiled: mapping.Compiled,
+    only: tuple[str, ...],
+) -> None:
+    """For `--only`: cut the staged model down to the rows ``only`` names, and hide the other
+    records of the snapshot behind a temp table of the same name, so the diff, the guardrails
+    and a `mirror` sync's removals see the named records alone. A value names a record by its
+    key (as `lockgate runs show` and `history` print it), or a person by their `id`, `cio_id`
+    or email: all their records (a person's events, their relationships). Nothing matching is
+    an error."""
+    con = store.con
+    con.execute(
+        "create or replace temp table only_values as select unnest(?::varchar[]) as v",
+        [list(only)],
+    ).fetchall()
+    # a person named by one identifier is found by the others too: the `id`, `cio_id` and
+    # email a people sync delivered them with (an email names their relationships and events,
+    # which may carry only the `id`)
+    for other in project:
+        if other.kind != "people" or other.destination != sync.destination:
+            continue
+        store.ensure_sync_tables(other.name)
+        snap = table("snap", other.name)
+        run_sql(
+            con,
+            f"""
+            insert into only_values
+            select distinct v from (
+                select unnest([json_extract_string(ident, '$.id'),
+                               json_extract_string(ident, '$.cio_id'),
+                               json_extract_string(ident, '$.email')]) as v
+                from main.{snap} where json_valid(ident) and {_named("k", "ident")}
+            ) where v is not null and v not in (select v from only_values)
+            """,
+        )
+    run_sql(
+        con,
+        f"""
+        create or replace temp table model_only as
+        select * from model where rowid in (
+            select __rid from ({compiled.select}) where {_named("k", "ident")}
+        );
+        drop table model;
+        alter table model_only rename to model;
+        """,
+    )
+    rows = int(run_sql(con, "select count(*) from model")[0][0])
+    records = 0
+    if sync.kind != "events":
+        snap = table("snap", sync.name)
+        run_sql(
+            con,
+            f"create or replace temp table {snap} as "
+            f"select * from main.{snap} where {_named('k', 'ident')}",
+        )
+        records = int(run_sql(con, f"select count(*) from {snap}")[0][0])
+    if not rows and not records:
+        shown = ", ".join(f"`{v}`" for v in only)
+        raise NothingNamedError(
+            f"sync `{sync.name}`: nothing matches {shown}: no row of the model, and no record "
+            "sent before",
+            hint="a value is a record key (as `lockgate runs show` or `lockgate history` print "
+            "it), or a person's id, email or cio_id",
+        )
 
 
 def _in_place(
@@ -631,6 +740,7 @@ def plan_sync(
     samples: int = 3,
     session: Session | None = None,
     rejected_sink: Callable[[pa.Table], None] | None = None,
+    only: tuple[str, ...] = (),
 ) -> RunReport:
     """Everything a run would do, counted, with sample payloads; nothing is sent. Plans that
     pass one ``session`` share the identity graph and the state store (see :class:`Session`).
@@ -650,6 +760,7 @@ def plan_sync(
             now=now or int(time.time()),
             payloads=False,
             session=session,
+            only=only,
         )
         sample = _samples(store, sync.kind, samples)
         if rejected_sink is not None:
@@ -666,11 +777,13 @@ def plan_sync(
         guards=tuple(guards),
         mode=project.sync(name).effective_mode,
         identity_ops=_op_payloads(identity_ops),
+        only=only,
     )
 
 
 def _stopped_counts(
     sync: SyncConfig,
+    only: tuple[str, ...],
     changes: diff_step.ChangeSet | None,
     committer: Any,
     guards: list[guard_step.GuardResult],
@@ -678,7 +791,7 @@ def _stopped_counts(
     """What a run that failed or was stopped had planned and delivered (for `lockgate runs`):
     its delivered records are committed, so the counts say how far it got; with the rows it
     rejected and the guardrails' verdicts, which say why a guardrail stopped it."""
-    counts: dict[str, Any] = {"mode": sync.effective_mode}
+    counts: dict[str, Any] = {"mode": sync.effective_mode, "only": list(only)}
     if changes is not None:
         counts["changes"] = changes.as_dict()
         counts["rejected_rows"] = [{"key": k, "reason": r} for k, r in changes.rejected_samples]
@@ -709,10 +822,16 @@ def run_sync(
     force: bool = False,
     now: int | None = None,
     session: Session | None = None,
+    only: tuple[str, ...] = (),
 ) -> RunReport:
     """Run one sync to the end; returns its report. Raises StepError when a step fails,
     ContractError (before anything is sent) when a guardrail is breached and not ``force``.
-    Runs that pass one ``session`` share the identity graph (see :class:`Session`)."""
+    Runs that pass one ``session`` share the identity graph (see :class:`Session`).
+
+    With ``only``, the run is of the records those values name (`lockgate sync --only`): only
+    they are diffed, sent and committed; the share guardrails are skipped, identity merges
+    waiting to be sent stop it (they belong to a whole run), and the mapping is not recorded
+    as delivered (the other records have not been sent with it)."""
     sync = project.sync(name)
     run_id = _new_run_id()
     step = _Step(run_id)
@@ -732,14 +851,22 @@ def run_sync(
                 full_resync=full_resync,
                 now=now or int(time.time()),
                 session=session,
+                only=only,
             )
             # before the guardrails: a run they stop still shows which rows were rejected
             store.keep_rejected_rows(run_id, sync.name, rejects.KEPT_PER_RUN)
             guard_step.enforce(sync, guards, force=force)
             if full_resync and sync.kind != "events":
-                _reset_snapshot(store, sync.name)
+                _reset_snapshot(store, sync.name, only=bool(only))
             diff_step.forget_gone_relationships(store.con, sync)
             merges = identity_ops is not None and identity_ops.num_rows > 0
+            if merges and only:
+                raise LockgateError(
+                    f"sync `{sync.name}`: the identity graph has merges to send first, and "
+                    "`--only` sends the named records alone",
+                    hint=f"run `lockgate sync {sync.name}` once without `--only` (`lockgate "
+                    f"plan {sync.name}` lists the merges)",
+                )
             if destination_factory is default_destination and (
                 merges or changes.state_events or changes.to_send
             ):
@@ -794,19 +921,20 @@ def run_sync(
                         console.info(f"{sync.name}: identity tables written to {where}")
                     except LockgateError as exc:
                         console.warn(f"{sync.name}: identity tables not written: {exc}")
-                contract_state.record(
-                    store.con,
-                    sync,
-                    run_id,
-                    mapping_hash=mapping_hash or None,
-                    mapping=mapping.shaping(sync),
-                )
+                if not only:  # the other records have not been sent under this mapping
+                    contract_state.record(
+                        store.con,
+                        sync,
+                        run_id,
+                        mapping_hash=mapping_hash or None,
+                        mapping=mapping.shaping(sync),
+                    )
         except BaseException as exc:
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
             store.finish_run(
                 run_id,
                 "failed",
-                _stopped_counts(sync, changes, committer, guards),
+                _stopped_counts(sync, only, changes, committer, guards),
                 error=reason or type(exc).__name__,
             )
             raise
@@ -832,6 +960,7 @@ def run_sync(
             guards=tuple(guards),
             mode=project.sync(name).effective_mode,
             identity_ops=_op_payloads(identity_ops),
+            only=only,
         )
         store.finish_run(run_id, status, report.as_dict())
         days = project.config.history_days
