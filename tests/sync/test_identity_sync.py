@@ -170,22 +170,29 @@ def test_a_row_the_graph_cannot_place_is_rejected_naming_the_models_column(
     assert "cio_" not in reason
 
 
-def test_two_people_found_to_be_one_are_merged_once(
-    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    site, key = customerio_emulator.track_auth
+def two_profiles_found_to_be_one(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """Ada's app profile and her work-address lead synced as two people; then Stripe says
+    the work address is Ada's: the next run's graph joins them (a merge to send)."""
+    site, key = emulator.track_auth
     monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
     monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
-    project = setup(tmp_path, customerio_emulator.base_url or "")
+    project = setup(tmp_path, emulator.base_url or "")
     run_sync(project, "profile", console=NullConsole())
     run_sync(project, "leads", console=NullConsole())
-    assert len(customerio_emulator.people()) == 3  # u1, u2 and the lead: not known as one yet
-
-    # Stripe now says the work address is Ada's: the graph joins them, Customer.io merges
+    assert len(emulator.people()) == 3  # u1, u2 and the lead: not known as one yet
     con = duckdb.connect(str(tmp_path / "w.duckdb"))
     con.execute("insert into stripe_customers values ('cus_C', 'ada.work@acme.io')").fetchall()
     con.execute("insert into app_users values ('u1', 'ada.work@acme.io', 'pro')").fetchall()
     con.close()
+    return project
+
+
+def test_two_people_found_to_be_one_are_merged_once(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = two_profiles_found_to_be_one(tmp_path, customerio_emulator, monkeypatch)
     report = run_sync(project, "leads", console=NullConsole())
     assert report.status == "success"
     merges = customerio_emulator.merges()
@@ -422,16 +429,7 @@ def test_a_run_of_named_records_waits_for_the_merges_a_whole_run_sends(
 ) -> None:
     """`--only` sends the named records alone: merges the graph found belong to a whole run
     (the updates after them assume them), so a run of named records stops, naming the way."""
-    site, key = customerio_emulator.track_auth
-    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
-    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
-    project = setup(tmp_path, customerio_emulator.base_url or "")
-    run_sync(project, "profile", console=NullConsole())
-    run_sync(project, "leads", console=NullConsole())
-    con = duckdb.connect(str(tmp_path / "w.duckdb"))
-    con.execute("insert into stripe_customers values ('cus_C', 'ada.work@acme.io')").fetchall()
-    con.execute("insert into app_users values ('u1', 'ada.work@acme.io', 'pro')").fetchall()
-    con.close()
+    project = two_profiles_found_to_be_one(tmp_path, customerio_emulator, monkeypatch)
     with pytest.raises(LockgateError, match="merges to send first") as stopped:
         run_sync(project, "leads", console=NullConsole(), only=("ada.work@acme.io",))
     assert "without `--only`" in (stopped.value.hint or "")

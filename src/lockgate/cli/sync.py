@@ -20,6 +20,16 @@ from lockgate.state.store import StateStore, read_runs_log
 from lockgate.sync import rejects
 from lockgate.sync.run import KIND_ORDER, RunReport, Session, plan_sync, recorded_run, run_sync
 
+#: `--only KEY` of `plan` and `sync` (docs/sync.md "One person first")
+only_option = click.option(
+    "--only",
+    "only",
+    multiple=True,
+    metavar="KEY",
+    help="Only the records this names (repeatable): a record key, or a person's id, email or "
+    "cio_id (all their records). With --full-resync, sent even if unchanged.",
+)
+
 
 def _print_json(data: Any) -> None:
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
@@ -180,14 +190,7 @@ def render_report(console: RichConsole, report: RunReport, *, where_rejected: bo
 @json_option
 @click.option("--full-resync", is_flag=True, help="Compare against an empty snapshot.")
 @click.option("--samples", default=3, show_default=True, help="Sample payloads to show.")
-@click.option(
-    "--only",
-    "only",
-    multiple=True,
-    metavar="KEY",
-    help="Only the records this names (repeatable): a record key, or a person's id, email or "
-    "cio_id (all their records). With --full-resync, sent even if unchanged.",
-)
+@only_option
 @click.option(
     "--export-rejected",
     "export",
@@ -360,14 +363,7 @@ def _sync_names(project: Project, names: tuple[str, ...], every: bool) -> list[s
     help="Send every person again (events stay exactly-once: the ledger is kept).",
 )
 @click.option("--force", is_flag=True, help="Run even if a guardrail is breached (this run only).")
-@click.option(
-    "--only",
-    "only",
-    multiple=True,
-    metavar="KEY",
-    help="Only the records this names (repeatable): a record key, or a person's id, email or "
-    "cio_id (all their records). With --full-resync, sent even if unchanged.",
-)
+@only_option
 def sync(
     sync_names: tuple[str, ...],
     run_all: bool,
