@@ -69,6 +69,29 @@ def test_literal_secret_is_refused(tmp_path: Path) -> None:
     assert "abc123" not in str(error)
 
 
+def test_a_destination_url_without_a_scheme_is_refused_where_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Track URL the HTTP client cannot use was retried as a network error for minutes; it is
+    a config error naming the line, and an env reference is read from the environment."""
+    head = PROJECT + "destinations:\n  customerio:\n    type: customerio\n"
+    error = error_for(write(tmp_path, project=head + "    track_url: 127.0.0.1:8765\n"))
+    assert error.location == "lockgate.yml:7"
+    assert "`127.0.0.1:8765` is not an http(s) URL" in error.reason
+
+    from lockgate.sync.run import destination_settings
+
+    project = load_project(write(tmp_path, project=head + "    track_url: ${MY_TRACK}\n"))
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", "site")
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", "key")
+    monkeypatch.setenv("MY_TRACK", "http://127.0.0.1:8765")
+    settings = destination_settings(project, "customerio")
+    assert settings.track_url == settings.app_url == "http://127.0.0.1:8765"
+    monkeypatch.setenv("MY_TRACK", "localhost:8765")
+    with pytest.raises(ConfigError, match=r"`\$\{MY_TRACK\}` \(`track_url` in lockgate.yml\)"):
+        destination_settings(project, "customerio")
+
+
 def test_duplicate_keys_and_unknown_sources_are_errors(tmp_path: Path) -> None:
     error = error_for(write(tmp_path, sync=SYNC + "kind: events\n"))
     assert error.location == "syncs/profile.yml:9" and "duplicate key `kind`" in error.reason

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "plan": "lockgate.cli.sync:plan",
     "sync": "lockgate.cli.sync:sync",
     "runs": "lockgate.cli.sync:runs",
+    "schedule": "lockgate.cli.schedule:schedule",
     "history": "lockgate.cli.sync:history",
     "demo": "lockgate.cli.demo:demo",
     "emulator": "lockgate.cli.emulator:emulator",

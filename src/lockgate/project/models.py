@@ -73,6 +73,20 @@ def resolve_env(value: str | None, *, field: str) -> str | None:
     return resolved
 
 
+def check_url(value: str, where: str = "") -> str:
+    """``value`` if it is an http(s) URL with a host; else a ValueError saying what one is
+    (a URL without a scheme reached the HTTP client, which retried it as a network error)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(
+            f"{where}`{value}` is not an http(s) URL; write e.g. `https://track.customer.io` or "
+            "`http://127.0.0.1:8765`, or an env reference such as `${CUSTOMERIO_TRACK_URL}`"
+        )
+    return value
+
+
 def parse_duration(value: str | int) -> int:
     """``72h`` / ``30m`` / ``90s`` / ``7d`` / a number of seconds → seconds."""
     if isinstance(value, int):
@@ -193,9 +207,12 @@ class CustomerIODestinationConfig(StrictModel):
     region: Literal["us", "eu"] = "us"
     """Workspace region: `us` or `eu`."""
     track_url: str | None = None
-    """Override the Track API base URL, e.g. `http://127.0.0.1:8765` for the local emulator."""
+    """Override the Track API base URL, e.g. `http://127.0.0.1:8765` for the local emulator,
+    or an env reference (`${CUSTOMERIO_TRACK_URL}`). Unset, the `CUSTOMERIO_TRACK_URL`
+    variable, else the region's Customer.io host."""
     app_url: str | None = None
-    """Override the App API base URL (defaults to `track_url` when that is set)."""
+    """Override the App API base URL (defaults to `track_url` when that is set); a URL or an env
+    reference."""
     rate_limit: str = "100/s"
     """Requests per second to stay under, e.g. `100/s`."""
     concurrency: int = Field(default=8, ge=1, le=64)
@@ -213,6 +230,13 @@ class CustomerIODestinationConfig(StrictModel):
     @classmethod
     def _secret(cls, value: str | None) -> str | None:
         return check_secret(value, "api_key")
+
+    @field_validator("track_url", "app_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not ENV_REF.match(value):
+            check_url(value)
+        return value
 
     @field_validator("rate_limit")
     @classmethod
@@ -579,8 +603,9 @@ class SyncConfig(StrictModel):
     on_null: NullPolicy = "skip"
     """Default null policy for this sync's fields; unset, `defaults.on_null` of lockgate.yml."""
     schedule: str | None = None
-    """Cron expression (e.g. `*/15 * * * *`), checked by `lockgate validate`; Lockgate has no
-    scheduler of its own yet: run `lockgate sync NAME` from cron, Airflow or CI on it."""
+    """When `lockgate schedule` runs this sync: a cron expression in UTC (`*/15 * * * *`; a
+    sixth field is seconds). Or leave it out and run `lockgate sync NAME` from cron, Airflow
+    or CI."""
     guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
     """Circuit breakers and acknowledged contract changes; unset limits inherit
     `defaults.guardrails` (docs/guardrails.md)."""

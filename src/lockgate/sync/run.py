@@ -29,9 +29,15 @@ import pyarrow as pa
 
 from lockgate.console import Console
 from lockgate.destinations.base import Destination
-from lockgate.errors import DestinationError, LockgateError, NothingNamedError, StepError
+from lockgate.errors import (
+    ConfigError,
+    DestinationError,
+    LockgateError,
+    NothingNamedError,
+    StepError,
+)
 from lockgate.project.loader import Project
-from lockgate.project.models import SyncConfig, resolve_env
+from lockgate.project.models import ENV_REF, SyncConfig, check_url, resolve_env
 from lockgate.sources import connect
 from lockgate.sources.base import Source
 from lockgate.state import contract as contract_state
@@ -62,19 +68,40 @@ def destination_settings(project: Project, name: str) -> CustomerIOSettings:
     from lockgate.destinations.customerio import CustomerIOSettings
 
     config = project.config.destinations[name]
+    track_url = _url(config.track_url, "track_url", "CUSTOMERIO_TRACK_URL")
+    app_url = _url(config.app_url, "app_url", "CUSTOMERIO_APP_URL")
+    if config.app_url is None and config.track_url is not None:
+        app_url = track_url
     return CustomerIOSettings(
         site_id=resolve_env(config.site_id, field="site_id") or "",
         api_key=resolve_env(config.api_key, field="api_key") or "",
         region=os.environ.get("CUSTOMERIO_REGION", config.region),  # type: ignore[arg-type]
-        track_url=config.track_url or os.environ.get("CUSTOMERIO_TRACK_URL"),
+        track_url=track_url,
         app_api_key=_optional_env(config.app_api_key) or "",
-        app_url=config.app_url or config.track_url or os.environ.get("CUSTOMERIO_APP_URL"),
+        app_url=app_url,
         rate_limit=config.requests_per_second,
         concurrency=config.concurrency,
         max_retries=config.max_retries,
         stop_after_failed_batches=config.stop_after_failed_batches,
         max_batch_ops=config.batch_size,
     )
+
+
+def _url(value: str | None, field: str, variable: str) -> str | None:
+    """A destination URL: ``value`` (a URL or an env reference), else the env ``variable``;
+    what is not an http(s) URL is a :class:`ConfigError` naming where it came from."""
+    where = f"`{field}` in lockgate.yml"
+    if value is None:
+        value, where = os.environ.get(variable) or None, f"`{variable}`"
+    elif ENV_REF.match(value):
+        where = f"`{value}` (`{field}` in lockgate.yml)"
+        value = resolve_env(value, field=field)
+    if value is None:
+        return None
+    try:
+        return check_url(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where} is not usable: {exc}", hint="fix it and run again") from exc
 
 
 def _optional_env(value: str | None) -> str | None:

@@ -1,0 +1,181 @@
+"""`lockgate schedule`: run each sync on its `schedule:` until stopped."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from lockgate.cli import signals_let_requests_finish
+from lockgate.cli.options import json_option, open_project, project_option
+from lockgate.console import RichConsole
+from lockgate.errors import LockgateError
+from lockgate.project.loader import Project
+from lockgate.stopping import Stopped
+from lockgate.sync.run import RunReport, Session, run_sync
+from lockgate.sync.schedule import Timetable
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _at(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+@click.command()
+@project_option
+@json_option
+@click.option("--list", "list_only", is_flag=True, help="Show when each sync is next due; exit.")
+@click.option(
+    "--cycles",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many rounds of due syncs (default: run until stopped).",
+)
+def schedule(project_path: Path, as_json: bool, list_only: bool, cycles: int | None) -> None:
+    """Run each sync with a `schedule:` (cron, UTC) when it is due, until stopped.
+
+    The syncs due at one moment run together as `lockgate sync` runs them (one state, one
+    identity graph, objects before relationships); a run longer than its interval skips the
+    slots that passed, and says so. Each round reloads the project, so an edited sync file
+    takes effect at its next run (a broken one is reported and the last good project kept).
+    SIGTERM or Ctrl-C between runs stops at once (exit 0); during a run, the run stops as
+    `lockgate sync` does. `--json` prints one JSON line per run, for log collectors."""
+    project = open_project(project_path)
+    console = RichConsole(quiet=as_json)
+    table = Timetable.of(project, _now())
+    if not table.entries:
+        raise LockgateError(
+            "no sync of this project has a `schedule:`",
+            hint='add e.g. `schedule: "*/15 * * * *"` (cron, UTC) to a sync file, or run '
+            "`lockgate sync NAME` from your own scheduler",
+        )
+    if list_only:
+        _show_timetable(console, table)
+        return
+    worst = 0  # 0 every run succeeded, 2 some records not delivered, 1 a run failed
+    done = 0
+    with signals_let_requests_finish():
+        _show_timetable(console, table)  # once shown, a stop signal is handled
+        while cycles is None or done < cycles:
+            if not _wait_for(table, console):
+                return
+            project = _reload(project_path, project, console)
+            table = Timetable.of(project, _now(), before=table)
+            due = table.due(_now())
+            if not due:  # the sync due was taken out of the project while we waited
+                continue
+            worst = max(worst, _round(project, due, table, console, as_json), key=_severity)
+            done += 1
+    if worst:
+        sys.exit(worst)
+
+
+def _severity(code: int) -> int:
+    return {0: 0, 2: 1, 1: 2}[code]
+
+
+def _show_timetable(console: RichConsole, table: Timetable) -> None:
+    console.table(
+        "scheduled syncs (cron in UTC)",
+        ["sync", "schedule", "next run"],
+        [
+            (e.name, e.expression, _at(e.next_at))
+            for e in sorted(table.entries.values(), key=lambda e: (e.next_at, e.name))
+        ],
+    )
+
+
+def _wait_for(table: Timetable, console: RichConsole) -> bool:
+    """Sleep until the next sync is due; False when a stop signal came first."""
+    try:
+        while True:
+            due_at = table.next_at()
+            if due_at is None:
+                return False
+            left = (due_at - _now()).total_seconds()
+            if left <= 0:
+                return True
+            time.sleep(min(left, 60.0))
+    except Stopped as stop:
+        console.warn(f"stopped by {stop.by} between runs; nothing was running")
+        return False
+    except KeyboardInterrupt:
+        console.warn("stopped by Ctrl-C between runs; nothing was running")
+        return False
+
+
+def _reload(path: Path, project: Project, console: RichConsole) -> Project:
+    """The project as its files are now; the last good one when they no longer load."""
+    try:
+        return open_project(path)
+    except LockgateError as exc:
+        console.warn(f"project not reloaded, the last good one runs: {exc}")
+        return project
+
+
+def _round(
+    project: Project, due: list[str], table: Timetable, console: RichConsole, as_json: bool
+) -> int:
+    """Run the syncs due now; returns the round's exit code (0, 2 or 1, as `lockgate sync`)."""
+    scheduled_at = min(table.entries[n].next_at for n in due)
+    worst = 0
+    quiet = RichConsole(quiet=True)
+    with Session() as session:
+        for name in due:
+            try:
+                # no progress bars in a scheduler's log: one line per run (below), warnings kept
+                report = run_sync(project, name, console=quiet, session=session)
+            except LockgateError as exc:
+                worst = 1
+                _say(console, as_json, name, scheduled_at, None, str(exc))
+                continue
+            if report.status != "success" and worst == 0:
+                worst = 2
+            _say(console, as_json, name, scheduled_at, report, None)
+    finished = _now()
+    for name, skipped in table.ran(due, finished).items():
+        if skipped:
+            console.warn(
+                f"{name}: skipped {skipped} run{'' if skipped == 1 else 's'} due while this "
+                f"one ran; next at {_at(table.entries[name].next_at)}"
+            )
+    return worst
+
+
+def _say(
+    console: RichConsole,
+    as_json: bool,
+    name: str,
+    scheduled_at: datetime,
+    report: RunReport | None,
+    error: str | None,
+) -> None:
+    """One line per run: the time it was due, what it sent, or why it failed."""
+    if as_json:
+        line: dict[str, Any] = (
+            report.as_dict() if report is not None else {"sync": name, "status": "failed"}
+        )
+        line["scheduled_at"] = scheduled_at.isoformat()
+        if error is not None:
+            line["error"] = error
+        sys.stdout.write(orjson.dumps(line).decode() + "\n")
+        sys.stdout.flush()
+        return
+    if report is None:
+        console.warn(f"{_at(scheduled_at)} {name}: failed: {error}")
+        return
+    c = report.changes
+    console.info(
+        f"{_at(scheduled_at)} {name}: {report.status} in {report.seconds:.1f}s, "
+        f"{c.to_send:,} to send, {report.delivered:,} delivered, "
+        f"{c.rejected + report.rejected_by_api:,} rejected, {report.dead_lettered:,} "
+        f"dead-lettered (run {report.run_id})"
+    )

@@ -1,0 +1,161 @@
+"""`lockgate schedule`: each sync with a `schedule:` runs when it is due, until stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from lockgate.cli import cli
+from lockgate.emulator import EmulatorConfig, FaultConfig
+from lockgate.errors import LockgateError
+
+ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
+
+EVERY_2S = '"* * * * * */2"'  # cron with seconds: a sixth field
+
+PROFILE = f"""
+name: profile
+source: warehouse
+model: {{table: users}}
+kind: people
+primary_key: user_id
+identify_by: {{id: user_id}}
+attributes: [plan]
+schedule: {EVERY_2S}
+"""
+
+ORDERS = f"""
+name: orders
+source: warehouse
+model: {{table: orders}}
+kind: events
+identify_by: {{id: user_id}}
+event: {{name: {{value: Order Placed}}, id: order_id}}
+backfill: {{older: send}}
+schedule: {EVERY_2S}
+"""
+
+LEADS = """
+name: leads
+source: warehouse
+model: {sql: "select user_id + 100 as user_id, plan from users"}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes: [plan]
+"""
+
+DATA = """
+create or replace table users as
+select i as user_id, 'pro' as plan from range(1, 21) t(i);
+create or replace table orders as select 'o' || i as order_id, 1 + i % 20 as user_id
+from range(50) t(i);
+"""
+
+
+def schedule(project: Any, *args: str) -> Any:
+    return CliRunner().invoke(
+        cli, ["schedule", "--project", str(project.root), *args], catch_exceptions=False
+    )
+
+
+def test_the_scheduled_syncs_run_when_due_in_order_and_the_others_do_not(
+    project_factory: ProjectFactory,
+) -> None:
+    emu = project_factory.emulator
+    project_factory.sql(DATA)
+    project = project_factory.write({"profile": PROFILE, "orders": ORDERS, "leads": LEADS})
+
+    result = schedule(project, "--cycles", "2", "--json")
+    assert result.exit_code == 0, result.output
+    runs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    # two rounds; in each, people before their events (as `sync --all` orders them)
+    assert [r["sync"] for r in runs] == ["profile", "orders", "profile", "orders"]
+    assert [(r["status"], r["delivered"]) for r in runs] == [
+        ("success", 20),
+        ("success", 50),
+        ("success", 0),
+        ("success", 0),
+    ]
+    due = [datetime.fromisoformat(r["scheduled_at"]) for r in runs]
+    assert due[0] == due[1] < due[2] == due[3]
+    assert all(d.second % 2 == 0 and d.microsecond == 0 for d in due)
+    assert len(emu.people()) == 20 and len(emu.events()) == 50  # nothing of `leads`
+
+    listed = schedule(project, "--list")
+    assert listed.exit_code == 0
+    assert "profile" in listed.stdout and "leads" not in listed.stdout
+
+
+class TestARunLongerThanItsInterval:
+    @pytest.fixture
+    def customerio_emulator_config(self) -> EmulatorConfig:
+        # each request answered after 1.2 s: a run takes longer than its 1-second interval
+        return EmulatorConfig(faults=FaultConfig(latency_ms=1200))
+
+    def test_skips_the_slots_it_overran(self, project_factory: ProjectFactory) -> None:
+        project_factory.sql(DATA)
+        every_second = PROFILE.replace(EVERY_2S, '"* * * * * *"')
+        project = project_factory.write({"profile": every_second})
+
+        result = schedule(project, "--cycles", "2", "--json")
+        assert result.exit_code == 0, result.output
+        runs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        assert [r["delivered"] for r in runs] == [20, 0]
+        # the first run took over two seconds: the next one is due at the first slot after
+        # it ended, not at each slot it overran, one after another
+        said = " ".join(result.stderr.split())
+        assert "profile: skipped" in said and "due while this one ran" in said
+        first, second = (datetime.fromisoformat(r["scheduled_at"]) for r in runs)
+        assert (second - first).total_seconds() >= 2
+
+
+def test_a_project_without_schedules_says_how_to_add_one(project_factory: ProjectFactory) -> None:
+    project_factory.sql(DATA)
+    project = project_factory.write({"leads": LEADS})
+    with pytest.raises(LockgateError, match="no sync of this project has a `schedule:`") as e:
+        CliRunner().invoke(
+            cli,
+            ["schedule", "--project", str(project.root)],
+            catch_exceptions=False,
+            standalone_mode=False,
+        )
+    assert "*/15 * * * *" in (e.value.hint or "")
+
+
+def test_sigterm_between_runs_stops_the_scheduler_at_once_and_cleanly(
+    project_factory: ProjectFactory, tmp_path: Path
+) -> None:
+    project_factory.sql(DATA)
+    yearly = PROFILE.replace(EVERY_2S, '"0 0 1 1 *"')  # never due while the test runs
+    project = project_factory.write({"profile": yearly})
+    env = {**os.environ, "CUSTOMERIO_TRACK_URL": project_factory.emulator.base_url or ""}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lockgate", "schedule", "--project", str(project.root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        # wait (at most 30 s) until it shows its timetable, then stop it while it sleeps
+        with selectors.DefaultSelector() as waiting:
+            waiting.register(process.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+            assert waiting.select(timeout=30), "the scheduler printed nothing in 30 s"
+        assert "scheduled syncs" in process.stdout.readline()  # type: ignore[union-attr]
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert "stopped by SIGTERM between runs; nothing was running" in " ".join(err.split())
