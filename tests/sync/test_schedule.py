@@ -152,7 +152,10 @@ def test_sigterm_between_runs_stops_the_scheduler_at_once_and_cleanly(
         with selectors.DefaultSelector() as waiting:
             waiting.register(process.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
             assert waiting.select(timeout=30), "the scheduler printed nothing in 30 s"
-        assert "scheduled syncs" in process.stdout.readline()  # type: ignore[union-attr]
+        shown = [process.stdout.readline()]  # type: ignore[union-attr]
+        while "└" not in shown[-1] and shown[-1]:  # the whole timetable
+            shown.append(process.stdout.readline())  # type: ignore[union-attr]
+        assert "scheduled syncs" in shown[0] and "profile" in "".join(shown)
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=30)
     finally:

@@ -63,7 +63,11 @@ def schedule(project_path: Path, as_json: bool, list_only: bool, cycles: int | N
     worst = 0  # 0 every run succeeded, 2 some records not delivered, 1 a run failed
     done = 0
     with signals_let_requests_finish():
-        _show_timetable(console, table)  # once shown, a stop signal is handled
+        try:
+            _show_timetable(console, table)
+        except KeyboardInterrupt as stop:  # SIGTERM or Ctrl-C while it is shown
+            _stopped_idle(console, stop)
+            return
         while cycles is None or done < cycles:
             if not _wait_for(table, console):
                 return
@@ -104,12 +108,14 @@ def _wait_for(table: Timetable, console: RichConsole) -> bool:
             if left <= 0:
                 return True
             time.sleep(min(left, 60.0))
-    except Stopped as stop:
-        console.warn(f"stopped by {stop.by} between runs; nothing was running")
+    except KeyboardInterrupt as stop:
+        _stopped_idle(console, stop)
         return False
-    except KeyboardInterrupt:
-        console.warn("stopped by Ctrl-C between runs; nothing was running")
-        return False
+
+
+def _stopped_idle(console: RichConsole, stop: KeyboardInterrupt) -> None:
+    by = stop.by if isinstance(stop, Stopped) else "Ctrl-C"
+    console.warn(f"stopped by {by} between runs; nothing was running")
 
 
 def _reload(path: Path, project: Project, console: RichConsole) -> Project:
