@@ -324,10 +324,17 @@ def check(
             return [f"{k}: {_clip(orjson.dumps(_attrs(op)).decode())}" for k, op in rows]
 
         def cleared() -> list[str]:
+            # records whose data changed first: a record sent again only for the mapping
+            # re-sends clears made before, which do not count unless the mapping is new
+            first = (
+                "exists (select 1 from remapped r where r.__rid = c.__rid), "
+                if changes.remapped
+                else ""
+            )
             rows = with_payloads(
                 con,
-                "select k, __rid, op from changes where n_cleared > 0 and not is_new "
-                f"order by k limit {SAMPLES}",
+                "select k, __rid, op from changes c where n_cleared > 0 and not is_new "
+                f"order by {first}k limit {SAMPLES}",
             )
             out = []
             for k, op in rows:
