@@ -322,4 +322,13 @@ def load_project(root: str | Path = ".") -> Project:
         project.syncs[sync.name] = sync
         project.sync_files[sync.name] = shown
         project.sync_lines[sync.name] = sync_lines
+    for i, alert in enumerate(config.alerts):
+        unknown = [n for n in alert.syncs or () if n not in project.syncs]
+        if unknown:
+            raise ConfigError(
+                f"alert {i + 1} names sync `{unknown[0]}`, which the project does not have",
+                hint=f"syncs: {', '.join(sorted(project.syncs)) or 'none'}",
+                file=PROJECT_FILE,
+                line=lines.get(("alerts", i, "syncs")),
+            )
     return project

@@ -789,6 +789,33 @@ class DefaultsConfig(StrictModel):
     """Circuit breakers for every sync (off unless set here or in a sync; docs/guardrails.md)."""
 
 
+AlertOn = Literal["failed", "partial", "recovered"]
+ALERT_OUTCOMES: tuple[AlertOn, ...] = ("failed", "partial", "recovered")
+
+
+class AlertConfig(StrictModel):
+    """Where to say that a run failed (`alerts:` in lockgate.yml; docs/sync.md "Alerts")."""
+
+    url: str
+    """The endpoint to POST to, as an env reference (`${SLACK_WEBHOOK_URL}`): a webhook URL
+    carries its token, so it is a secret."""
+    format: Literal["json", "slack"] = "json"
+    """`json`: the run's outcome as a JSON object; `slack`: a Slack incoming-webhook message
+    (`{"text": ...}`), which Microsoft Teams and Discord's Slack-compatible hooks also take."""
+    on: list[AlertOn] = Field(default_factory=lambda: list(ALERT_OUTCOMES))
+    """Which outcomes: `failed` (an error or a guardrail stopped the run), `partial` (records
+    rejected by Customer.io or dead-lettered), `recovered` (a success after either)."""
+    syncs: list[str] | None = None
+    """Only these syncs' runs; unset, every sync's."""
+
+    @field_validator("url")
+    @classmethod
+    def _secret_url(cls, value: str) -> str:
+        checked = check_secret(value, "url", "SLACK_WEBHOOK_URL")
+        assert checked is not None
+        return checked
+
+
 class ProjectConfig(StrictModel):
     """`lockgate.yml`: connections, identity rules, defaults."""
 
@@ -812,6 +839,9 @@ class ProjectConfig(StrictModel):
     """Reporting webhooks into the warehouse (see docs/webhooks.md)."""
     defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
     """Defaults for every sync."""
+    alerts: list[AlertConfig] = Field(default_factory=list)
+    """Endpoints told when a `lockgate sync` or `lockgate schedule` run fails, is partial, or
+    recovers (a Slack webhook, or any URL taking JSON)."""
 
     @model_validator(mode="after")
     def _nonempty(self) -> ProjectConfig:

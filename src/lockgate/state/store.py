@@ -524,6 +524,20 @@ class StateStore:
         ).fetchall()
         return len(row)
 
+    def previous_status(self, sync: str, run_id: str) -> str | None:
+        """The status of the sync's last finished run before ``run_id`` (None before any)."""
+        rows = self.con.execute(
+            "select status from runs where sync = ? and run_id <> ? and status <> 'running' "
+            "order by started_at desc limit 1",
+            [sync, run_id],
+        ).fetchall()
+        return str(rows[0][0]) if rows else None
+
+    def forget_run(self, run_id: str) -> None:
+        """Drop a run that did nothing worth listing (one whose `--only` named no record)."""
+        self.exec_sql("delete from runs where run_id = ?", [run_id])
+        self._write_runs_log()
+
     def runs(self, *, sync: str | None = None, limit: int = 20) -> list[RunRow]:
         query = "select * from runs"
         params: list[Any] = []

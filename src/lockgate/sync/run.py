@@ -835,6 +835,33 @@ def _stopped_counts(
     return counts
 
 
+def _alert(
+    store: StateStore,
+    project: Project,
+    sync: str,
+    run_id: str,
+    status: str,
+    counts: dict[str, Any],
+    error: str | None,
+    console: Console,
+) -> None:
+    """Tell the project's `alerts:` of a failed, partial or recovered run (sync/alerts.py)."""
+    if not project.config.alerts:
+        return
+    from lockgate.sync import alerts
+
+    alerts.notify(
+        project,
+        sync,
+        run_id,
+        status,
+        previous=store.previous_status(sync, run_id),
+        counts=counts,
+        error=error,
+        console=console,
+    )
+
+
 def _op_payloads(ops: pa.Table | None) -> tuple[dict[str, Any], ...]:
     return tuple(orjson.loads(op) for op in ops["op"].to_pylist()) if ops is not None else ()
 
@@ -957,13 +984,14 @@ def run_sync(
                         mapping=mapping.shaping(sync),
                     )
         except BaseException as exc:
+            if isinstance(exc, NothingNamedError):  # nothing ran: no run to list
+                store.forget_run(run_id)
+                raise
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
-            store.finish_run(
-                run_id,
-                "failed",
-                _stopped_counts(sync, only, changes, committer, guards),
-                error=reason or type(exc).__name__,
-            )
+            stopped = _stopped_counts(sync, only, changes, committer, guards)
+            store.finish_run(run_id, "failed", stopped, error=reason or type(exc).__name__)
+            if not only and not isinstance(exc, KeyboardInterrupt):  # a stop on purpose is no alarm
+                _alert(store, project, sync.name, run_id, "failed", stopped, reason, console)
             raise
         counts = committer.counts
         if state_events is not None:
@@ -990,6 +1018,8 @@ def run_sync(
             only=only,
         )
         store.finish_run(run_id, status, report.as_dict())
+        if not only:
+            _alert(store, project, sync.name, run_id, status, report.as_dict(), None, console)
         days = project.config.history_days
         if days is not None:
             try:

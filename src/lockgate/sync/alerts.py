@@ -1,0 +1,150 @@
+"""Telling someone when a run fails, ends partial, or recovers (`alerts:` in lockgate.yml).
+
+A scheduled sync that fails at 3 a.m. is found by whoever reads the log next; an alert finds
+them. At the end of each `lockgate sync` run (and so of each `lockgate schedule` run), the
+run's outcome is compared with the sync's previous run:
+
+- ``failed``: an error or a guardrail stopped it (a run stopped on purpose by SIGTERM or
+  Ctrl-C, and a run of named records, `--only`, alert nobody);
+- ``partial``: Customer.io rejected records or they were dead-lettered;
+- ``recovered``: a success after a failed or partial run, so an alert is not left standing.
+
+Each alert configured for that outcome (and sync) gets one POST: the outcome as JSON, or a
+Slack incoming-webhook message. An alert that cannot be sent is a warning; it never changes
+the run. The URL is a secret (a webhook URL carries its token): only its host is ever shown.
+
+Example::
+
+    notify(project, "profile", run_id, "failed", previous="success",
+           counts={}, error="max_cleared ...", console=console)
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from lockgate.console import Console
+from lockgate.errors import LockgateError
+from lockgate.project.loader import Project
+from lockgate.project.models import resolve_env
+
+#: seconds an alert endpoint gets to answer
+TIMEOUT = 10.0
+
+
+def outcome(status: str, previous: str | None) -> str | None:
+    """The alert a run's ``status`` calls for, given the sync's ``previous`` run's status."""
+    if status in ("failed", "partial"):
+        return status
+    if status == "success" and previous in ("failed", "partial"):
+        return "recovered"
+    return None
+
+
+def notify(
+    project: Project,
+    sync: str,
+    run_id: str,
+    status: str,
+    *,
+    previous: str | None,
+    counts: dict[str, Any],
+    error: str | None,
+    console: Console,
+) -> int:
+    """POST the run's outcome to every alert configured for it; returns how many were sent."""
+    event = outcome(status, previous)
+    if event is None:
+        return 0
+    wanted = [
+        a for a in project.config.alerts if event in a.on and (a.syncs is None or sync in a.syncs)
+    ]
+    if not wanted:
+        return 0
+    import httpx  # only a run that alerts pays for it
+
+    message = _message(project.config.name, sync, run_id, event, counts, error)
+    sent = 0
+    for alert in wanted:
+        host = "the alert URL"
+        try:
+            url = resolve_env(alert.url, field="alerts.url") or ""
+            host = urlsplit(url).netloc or host
+            body: dict[str, Any] = (
+                {"text": message}
+                if alert.format == "slack"
+                else _document(project.config.name, sync, run_id, event, status, counts, error)
+                | {"text": message}
+            )
+            answer = httpx.post(
+                url,
+                content=orjson.dumps(body),
+                headers={"content-type": "application/json"},
+                timeout=TIMEOUT,
+            )
+        except (LockgateError, httpx.HTTPError, ValueError) as exc:
+            # never the URL itself, nor an exception text that may quote it
+            reason = exc.reason if isinstance(exc, LockgateError) else type(exc).__name__
+            console.warn(f"{sync}: the `{event}` alert to {host} was not sent: {reason}")
+            continue
+        if answer.status_code >= 300:
+            console.warn(f"{sync}: the `{event}` alert to {host} was answered {answer.status_code}")
+            continue
+        sent += 1
+    return sent
+
+
+def _document(
+    project: str,
+    sync: str,
+    run_id: str,
+    event: str,
+    status: str,
+    counts: dict[str, Any],
+    error: str | None,
+) -> dict[str, Any]:
+    changes = counts.get("changes") or {}
+    return {
+        "source": "lockgate",
+        "project": project,
+        "sync": sync,
+        "event": event,
+        "status": status,
+        "run_id": run_id,
+        "error": error,
+        "to_send": changes.get("to_send"),
+        "delivered": counts.get("delivered"),
+        "rejected_by_mapping": changes.get("rejected"),
+        "rejected_by_customerio": counts.get("rejected_by_api"),
+        "dead_lettered": counts.get("dead_lettered"),
+        "at": datetime.now(UTC).isoformat(),
+    }
+
+
+def _message(
+    project: str,
+    sync: str,
+    run_id: str,
+    event: str,
+    counts: dict[str, Any],
+    error: str | None,
+) -> str:
+    """One line a person reads in a chat channel."""
+    head = f"Lockgate `{project}`: sync `{sync}`"
+    if event == "failed":
+        return (
+            f"{head} failed: {error or 'see the run'} (run {run_id}; `lockgate runs show {run_id}`)"
+        )
+    delivered = counts.get("delivered", 0)
+    if event == "partial":
+        return (
+            f"{head} finished with records not delivered: {delivered:,} delivered, "
+            f"{counts.get('rejected_by_api', 0):,} rejected by Customer.io, "
+            f"{counts.get('dead_lettered', 0):,} dead-lettered; the next run sends them again "
+            f"(run {run_id}; `lockgate runs show {run_id}`)"
+        )
+    return f"{head} recovered: {delivered:,} delivered (run {run_id})"
