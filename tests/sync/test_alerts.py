@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from tests.sync.helpers import WIDE, wide_people
 
 from lockgate.console import NullConsole
 from lockgate.errors import ConfigError, ContractError
@@ -16,16 +17,6 @@ from lockgate.project.loader import load_project
 from lockgate.sync.run import run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
-
-WIDE = """
-name: wide
-source: warehouse
-model: {table: people}
-kind: people
-primary_key: id
-identify_by: {id: id}
-attributes:
-""" + "".join(f"  a{i}: a{i}\n" for i in range(40))
 
 OTHER = """
 name: other
@@ -35,17 +26,6 @@ kind: people
 primary_key: id
 identify_by: {id: id}
 """
-
-
-def people(factory: ProjectFactory, *, huge: int | None) -> None:
-    """30 people with 40 attributes; ``huge``'s are 36 KB in all, over Track's 32 KB per
-    operation, so Customer.io would refuse it (the run ends `partial`)."""
-    columns = ", ".join(
-        f"case when i = {huge if huge is not None else -1} then repeat('x', 900) "
-        f"else 'v' || i end as a{j}"
-        for j in range(40)
-    )
-    factory.sql(f"create or replace table people as select i as id, {columns} from range(30) t(i)")
 
 
 class Receiver:
@@ -103,7 +83,7 @@ def test_a_failed_partial_then_recovered_sync_is_told_once_each(
 ) -> None:
     monkeypatch.setenv("HOOK_URL", receiver.url + "/hook/T0KEN")
     monkeypatch.setenv("SLACK_URL", receiver.url + "/slack/T0KEN")
-    people(project_factory, huge=None)
+    wide_people(project_factory, 30)
     guarded = WIDE + "guardrails: {max_changed: 10%}\n"
     project = with_alerts(project_factory, {"wide": guarded, "other": OTHER})
     console = NullConsole()
@@ -131,7 +111,7 @@ def test_a_failed_partial_then_recovered_sync_is_told_once_each(
 
     # Customer.io refuses one record: `partial`, to the endpoint that wants it
     receiver.received.clear()
-    people(project_factory, huge=7)
+    wide_people(project_factory, 30, huge=(7,))
     project = with_alerts(project_factory, {"wide": WIDE, "other": OTHER})
     assert run_sync(project, "wide", console=console).status == "partial"
     [(path, doc)] = receiver.received
@@ -140,7 +120,7 @@ def test_a_failed_partial_then_recovered_sync_is_told_once_each(
 
     # fixed: `recovered` once, then nothing while it stays well
     receiver.received.clear()
-    people(project_factory, huge=None)
+    wide_people(project_factory, 30)
     assert run_sync(project, "wide", console=console).status == "success"
     [(path, doc)] = receiver.received
     assert doc["event"] == "recovered" and doc["status"] == "success"
@@ -161,7 +141,7 @@ def test_an_alert_that_cannot_be_sent_warns_without_its_url_and_the_run_stands(
 ) -> None:
     monkeypatch.setenv("HOOK_URL", receiver.url + "/broken/T0KEN")
     monkeypatch.setenv("SLACK_URL", "http://127.0.0.1:9/slack/T0KEN")  # nothing listens there
-    people(project_factory, huge=7)
+    wide_people(project_factory, 30, huge=(7,))
     project = with_alerts(
         project_factory,
         {"wide": WIDE},

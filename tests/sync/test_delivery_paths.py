@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 from click.testing import CliRunner
+from tests.sync.helpers import WIDE
+from tests.sync.helpers import wide_people as people
 
 from lockgate.cli import cli
 from lockgate.console import NullConsole
@@ -22,27 +24,6 @@ from lockgate.sync.deliver import _ulid_array, event_ulids
 from lockgate.sync.run import run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
-
-WIDE = """
-name: wide
-source: warehouse
-model: {table: people}
-kind: people
-primary_key: id
-identify_by: {id: id}
-attributes:
-""" + "".join(f"  a{i}: a{i}\n" for i in range(40))
-
-
-def people(factory: ProjectFactory, rows: int, *, huge: tuple[int, ...] = ()) -> None:
-    columns = ", ".join(
-        f"case when i in ({', '.join(map(str, huge)) or '-1'}) then repeat('x', 900) "
-        f"else repeat('y', 200) || i end as a{j}"
-        for j in range(40)
-    )
-    factory.sql(
-        f"create or replace table people as select i as id, {columns} from range({rows}) t(i)"
-    )
 
 
 def test_an_operation_too_large_to_send_is_rejected_and_the_rest_committed(

@@ -1,0 +1,30 @@
+"""Sync files and warehouse tables more than one test module of tests/sync uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: a people sync of 40 attributes, over the `people` table :func:`wide_people` builds
+WIDE = """
+name: wide
+source: warehouse
+model: {table: people}
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes:
+""" + "".join(f"  a{i}: a{i}\n" for i in range(40))
+
+
+def wide_people(factory: Any, rows: int, *, huge: tuple[int, ...] = ()) -> None:
+    """``rows`` people with 40 attributes of ~200 bytes each (~8 KB per operation); the ids
+    in ``huge`` have 900 bytes in each, 36 KB in all: over Track v2's 32 KB per operation,
+    so Customer.io would refuse them (the client rejects them before sending)."""
+    columns = ", ".join(
+        f"case when i in ({', '.join(map(str, huge)) or '-1'}) then repeat('x', 900) "
+        f"else repeat('y', 200) || i end as a{j}"
+        for j in range(40)
+    )
+    factory.sql(
+        f"create or replace table people as select i as id, {columns} from range({rows}) t(i)"
+    )
