@@ -300,6 +300,13 @@ def test_runs_are_listed_while_a_sync_holds_the_state(
         flat = " ".join(out.split())
         assert "in use by pid" in flat and "leads" in flat and "running" in flat
         assert "…" not in out  # an 80-column table folds values, never cuts them
+        # one run whole, from the same log: the report, not the rows kept in the state
+        code, out = invoke("runs", "show", "--sync", "companies", *project, "--json")
+        shown = json.loads(out)
+        assert code == 0 and shown["sync"] == "companies" and shown["status"] == "success"
+        assert shown["counts"]["delivered"] > 0 and shown["rejected_recorded"] == 0
+        code, out = invoke("runs", "show", "live", *project)
+        assert "runs.json" in " ".join(out.split()) and "running" in out
         store.finish_run("20261123T000000-live", "success", {"delivered": 3})
     code, out = invoke("runs", *project, "--json")
     assert [(r["sync"], r["status"]) for r in json.loads(out)][0] == ("leads", "success")

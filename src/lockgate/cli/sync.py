@@ -501,15 +501,26 @@ def show_run(
     project = open_project(project_path)
     if sync_name is not None:
         project.sync(sync_name)  # an unknown name is an error that lists the syncs
-    with StateStore.open(project.state_dir) as store:
-        if run_id is None:
-            found = store.runs(sync=sync_name, limit=1)
-        else:
-            found = [r for r in store.find_runs(run_id) if sync_name in (None, r.sync)]
-        if len(found) != 1:
-            raise _no_such_run(run_id, sync_name, found)
-        row = found[0]
-        rejected = store.rejected(row.run_id, limit=None)
+    busy = None
+    try:
+        with StateStore.open(project.state_dir) as store:
+            if run_id is None:
+                found = store.runs(sync=sync_name, limit=1)
+            else:
+                found = [r for r in store.find_runs(run_id) if sync_name in (None, r.sync)]
+            rejected = store.rejected(found[0].run_id, limit=None) if len(found) == 1 else []
+    except StateError as exc:
+        if "in use" not in exc.reason:
+            raise
+        # a sync holds the state: the run from the log kept beside it (its report and the
+        # groups of its rejected rows; the rows themselves are in the state)
+        busy = exc.reason
+        logged = read_runs_log(project.state_dir, sync=sync_name, limit=200)
+        found = logged[:1] if run_id is None else _matching(logged, run_id)
+        rejected = []
+    if len(found) != 1:
+        raise _no_such_run(run_id, sync_name, found)
+    row = found[0]
     if export is not None:
         _write_rejected_csv(export, row.sync, rejected)
     if as_json:
@@ -522,6 +533,10 @@ def show_run(
         _print_json(data)
         return
     console = RichConsole()
+    if busy:
+        console.info(
+            f"{busy}: the run as of its last start or finish (runs.json), without its rows"
+        )
     console.info(
         f"[bold]run {row.run_id}[/bold] of {row.sync}: started "
         f"{row.started_at:%Y-%m-%d %H:%M:%S %Z}, {row.status}"
@@ -547,6 +562,15 @@ def show_run(
         )
     if export is not None:
         console.info(f"Wrote {len(rejected):,} rejected rows to {export}.")
+
+
+def _matching(rows: list[Any], run_id: str) -> list[Any]:
+    """The run with this id, else those whose id starts or ends with it (as
+    :meth:`StateStore.find_runs` matches them)."""
+    exact = [r for r in rows if r.run_id == run_id]
+    return (
+        exact or [r for r in rows if r.run_id.startswith(run_id) or r.run_id.endswith(run_id)][:5]
+    )
 
 
 #: where a row was rejected, by the `rejected` table's stage: by the mapping (`map`: a null
