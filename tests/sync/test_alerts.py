@@ -108,6 +108,11 @@ def test_a_failed_partial_then_recovered_sync_is_told_once_each(
     assert list(message) == ["text"]
     assert message["text"].startswith("Lockgate `test`: sync `wide` failed: ")
     assert f"lockgate runs show {doc['run_id']}" in message["text"]
+    # still failing: a streak alerts once
+    receiver.received.clear()
+    with pytest.raises(ContractError):
+        run_sync(project, "wide", console=console)
+    assert receiver.received == []
 
     # Customer.io refuses one record: `partial`, to the endpoint that wants it
     receiver.received.clear()

@@ -23,6 +23,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`destinations.<name>` with `type: customerio`", models.CustomerIODestinationConfig),
     ("`defaults`", models.DefaultsConfig),
     ("`webhooks`", models.WebhooksConfig),
+    ("an entry of `alerts`", models.AlertConfig),
     ("`syncs/<name>.yml`", models.SyncConfig),
     ("`model:` in a sync", models.ModelRef),
     ("an attribute or property (`attributes.<name>`, `properties.<name>`)", models.FieldConfig),

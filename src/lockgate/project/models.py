@@ -807,6 +807,10 @@ class AlertConfig(StrictModel):
     rejected by Customer.io or dead-lettered), `recovered` (a success after either)."""
     syncs: list[str] | None = None
     """Only these syncs' runs; unset, every sync's."""
+    every_run: bool = False
+    """Alert every failed or partial run. Unset, only the first of a streak (the sync's previous
+    run ended otherwise): a sync scheduled every 15 minutes that stays broken alerts once, then
+    once more when it recovers."""
 
     @field_validator("url")
     @classmethod

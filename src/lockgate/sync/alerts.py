@@ -9,6 +9,9 @@ run's outcome is compared with the sync's previous run:
 - ``partial``: Customer.io rejected records or they were dead-lettered;
 - ``recovered``: a success after a failed or partial run, so an alert is not left standing.
 
+A failed or partial run alerts when it starts a streak: a sync scheduled every 15 minutes that
+stays broken alerts once, not 96 times a day (`every_run: true` alerts each one).
+
 Each alert configured for that outcome (and sync) gets one POST: the outcome as JSON, or a
 Slack incoming-webhook message. An alert that cannot be sent is a warning; it never changes
 the run. The URL is a secret (a webhook URL carries its token): only its host is ever shown.
@@ -36,10 +39,12 @@ from lockgate.project.models import resolve_env
 TIMEOUT = 10.0
 
 
-def outcome(status: str, previous: str | None) -> str | None:
-    """The alert a run's ``status`` calls for, given the sync's ``previous`` run's status."""
+def outcome(status: str, previous: str | None, *, every_run: bool = False) -> str | None:
+    """The alert a run's ``status`` calls for, given the sync's ``previous`` run's status: a
+    failed or partial run alerts when it starts a streak (or with ``every_run``), a success
+    after one alerts as `recovered`."""
     if status in ("failed", "partial"):
-        return status
+        return status if every_run or previous != status else None
     if status == "success" and previous in ("failed", "partial"):
         return "recovered"
     return None
@@ -57,19 +62,18 @@ def notify(
     console: Console,
 ) -> int:
     """POST the run's outcome to every alert configured for it; returns how many were sent."""
-    event = outcome(status, previous)
-    if event is None:
-        return 0
-    wanted = [
-        a for a in project.config.alerts if event in a.on and (a.syncs is None or sync in a.syncs)
-    ]
+    wanted = []
+    for alert in project.config.alerts:
+        event = outcome(status, previous, every_run=alert.every_run)
+        if event in alert.on and (alert.syncs is None or sync in alert.syncs):
+            wanted.append((alert, event))
     if not wanted:
         return 0
     import httpx  # only a run that alerts pays for it
 
-    message = _message(project.config.name, sync, run_id, event, counts, error)
     sent = 0
-    for alert in wanted:
+    for alert, event in wanted:
+        message = _message(project.config.name, sync, run_id, event, counts, error)
         host = "the alert URL"
         try:
             url = resolve_env(alert.url, field="alerts.url") or ""
