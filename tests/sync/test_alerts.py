@@ -123,8 +123,11 @@ def test_a_failed_partial_then_recovered_sync_is_told_once_each(
     assert path == "/hook/T0KEN" and doc["event"] == "partial"
     assert (doc["to_send"], doc["delivered"], doc["rejected_by_customerio"]) == (1, 0, 1)
 
-    # fixed: `recovered` once, then nothing while it stays well
+    # a run of one named record alerts nobody, and does not end the streak
     receiver.received.clear()
+    assert run_sync(project, "wide", console=console, only=("3",)).status == "success"
+    assert receiver.received == []
+    # fixed: `recovered` once, then nothing while it stays well
     wide_people(project_factory, 30)
     assert run_sync(project, "wide", console=console).status == "success"
     [(path, doc)] = receiver.received

@@ -525,9 +525,13 @@ class StateStore:
         return len(row)
 
     def previous_status(self, sync: str, run_id: str) -> str | None:
-        """The status of the sync's last finished run before ``run_id`` (None before any)."""
+        """The status of the sync's last finished run before ``run_id`` (None before any), leaving
+        out runs stopped on purpose (`interrupted`) and runs of named records (`--only`): they
+        say nothing of whether the sync works."""
         rows = self.con.execute(
             "select status from runs where sync = ? and run_id <> ? and status <> 'running' "
+            "and coalesce(error, '') <> 'interrupted' "
+            "and coalesce(json_array_length(counts->'$.only'), 0) = 0 "
             "order by started_at desc limit 1",
             [sync, run_id],
         ).fetchall()
