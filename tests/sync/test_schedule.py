@@ -8,6 +8,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,30 @@ class TestARunLongerThanItsInterval:
         assert "profile: skipped" in said and "due while this one ran" in said
         first, second = (datetime.fromisoformat(r["scheduled_at"]) for r in runs)
         assert (second - first).total_seconds() >= 2
+
+
+def test_a_round_waits_for_a_sync_run_by_hand_that_holds_the_state(
+    project_factory: ProjectFactory,
+) -> None:
+    """A `lockgate sync` by hand holds the project state when a round is due: the round waits
+    for it (and says who holds it) instead of failing its syncs until their next slot."""
+    from lockgate.state.store import StateStore
+
+    project_factory.sql(DATA)
+    project = project_factory.write({"profile": PROFILE})
+    held = StateStore.open(project.state_dir)  # as a run by hand holds it
+    release = threading.Timer(3.0, held.close)
+    release.start()
+    try:
+        result = schedule(project, "--cycles", "1", "--json")
+    finally:
+        release.cancel()
+        held.close()
+    assert result.exit_code == 0, result.output
+    [run] = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert (run["status"], run["delivered"]) == ("success", 20)
+    said = " ".join(result.stderr.split())
+    assert f"in use by pid {os.getpid()}: waiting for it" in said
 
 
 def test_a_project_without_schedules_says_how_to_add_one(project_factory: ProjectFactory) -> None:

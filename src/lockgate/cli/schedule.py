@@ -20,6 +20,10 @@ from lockgate.stopping import Stopped
 from lockgate.sync.run import RunReport, Session, run_sync
 from lockgate.sync.schedule import Timetable
 
+#: how long a round waits for a `lockgate sync` run by hand (or another process) that holds
+#: the project state, before its syncs are reported failed and left to their next slot
+STATE_WAIT = 600.0
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -134,7 +138,14 @@ def _round(
     scheduled_at = min(table.entries[n].next_at for n in due)
     worst = 0
     quiet = RichConsole(quiet=True)
-    with Session() as session:
+
+    def waiting(holder: str) -> None:
+        console.warn(
+            f"the project state is in use by {holder}: waiting for it (at most "
+            f"{STATE_WAIT / 60:.0f} minutes) before running {', '.join(due)}"
+        )
+
+    with Session(lock_wait=STATE_WAIT, waiting=waiting) as session:
         for name in due:
             try:
                 # no progress bars in a scheduler's log: one line per run (below), warnings kept

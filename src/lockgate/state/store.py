@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -205,11 +205,26 @@ class StateStore:
         self._lock_fd = lock_fd
 
     @classmethod
-    def open(cls, state_dir: Path, *, memory_limit: str = "256MB") -> StateStore:
+    def open(
+        cls,
+        state_dir: Path,
+        *,
+        memory_limit: str = "256MB",
+        wait: float = LOCK_WAIT_SECONDS,
+        waiting: Callable[[str], None] | None = None,
+    ) -> StateStore:
+        """Open the project's state, taking its lock; ``wait`` seconds at most for a process
+        that holds it (``waiting`` is told who, once, when it does)."""
         state_dir.mkdir(parents=True, exist_ok=True)
         lock_path = state_dir / "state.lock"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not flock_waiting(fd, LOCK_WAIT_SECONDS):
+        if wait > LOCK_WAIT_SECONDS and not flock_waiting(fd, LOCK_WAIT_SECONDS):
+            if waiting is not None:
+                waiting(lock_path.read_text().strip() or "another process")
+            taken = flock_waiting(fd, wait - LOCK_WAIT_SECONDS, poll=0.5)
+        else:
+            taken = flock_waiting(fd, wait)
+        if not taken:
             os.close(fd)
             holder = lock_path.read_text().strip() or "another process"
             raise StateError(

@@ -41,7 +41,7 @@ from lockgate.project.models import ENV_REF, SyncConfig, check_url, resolve_env
 from lockgate.sources import connect
 from lockgate.sources.base import Source
 from lockgate.state import contract as contract_state
-from lockgate.state.store import StateStore, run_sql, table
+from lockgate.state.store import LOCK_WAIT_SECONDS, StateStore, run_sql, table
 from lockgate.sync import diff as diff_step
 from lockgate.sync import guard as guard_step
 from lockgate.sync import mapping, rejects
@@ -280,6 +280,11 @@ class Session:
     """
 
     resolution: Resolution | None = None
+    lock_wait: float = LOCK_WAIT_SECONDS
+    """Seconds to wait for another process that holds the state (`lockgate schedule` waits for
+    a `lockgate sync` run by hand; a command run by hand says at once who holds it)."""
+    waiting: Callable[[str], None] | None = None
+    """Told which process holds the state, when the wait for it starts."""
     _store: StateStore | None = field(default=None, repr=False)
 
     def state(self, project: Project) -> StateStore:
@@ -297,7 +302,9 @@ class Session:
                 return store
             except duckdb.Error:  # the connection is unusable (DuckDB invalidates it after
                 self.close()  # a fatal error): the next run opens the state afresh
-        store = self._store = StateStore.open(project.state_dir)
+        store = self._store = StateStore.open(
+            project.state_dir, wait=self.lock_wait, waiting=self.waiting
+        )
         return store
 
     def close(self) -> None:
