@@ -102,11 +102,13 @@ def _show_timetable(console: RichConsole, table: Timetable) -> None:
 
 
 def _wait_for(table: Timetable, console: RichConsole) -> bool:
-    """Sleep until the next sync is due; False when a stop signal came first."""
+    """Sleep until the next sync is due; False when a stop signal came first, or nothing is
+    scheduled any more."""
     try:
         while True:
             due_at = table.next_at()
-            if due_at is None:
+            if due_at is None:  # every `schedule:` was taken out of the project meanwhile
+                console.warn("no sync of the project has a `schedule:` any more: stopping")
                 return False
             left = (due_at - _now()).total_seconds()
             if left <= 0:
