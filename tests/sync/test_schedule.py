@@ -77,9 +77,14 @@ def test_the_scheduled_syncs_run_when_due_in_order_and_the_others_do_not(
     project_factory.sql(DATA)
     project = project_factory.write({"profile": PROFILE, "orders": ORDERS, "leads": LEADS})
 
-    result = schedule(project, "--cycles", "2", "--json")
+    beat = project.root / "heartbeat.json"
+    result = schedule(project, "--cycles", "2", "--json", "--heartbeat", str(beat))
     assert result.exit_code == 0, result.output
     runs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    # the liveness file, as the last round left it: waiting again, the next run ahead of it
+    last = json.loads(beat.read_text())
+    assert (last["state"], last["pid"]) == ("waiting", os.getpid())
+    assert datetime.fromisoformat(last["next_run"]) > datetime.fromisoformat(last["at"])
     # two rounds; in each, people before their events (as `sync --all` orders them)
     assert [r["sync"] for r in runs] == ["profile", "orders", "profile", "orders"]
     assert [(r["status"], r["delivered"]) for r in runs] == [

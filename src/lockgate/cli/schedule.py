@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,10 @@ from lockgate.sync.schedule import Timetable
 #: the project state, before its syncs are reported failed and left to their next slot
 STATE_WAIT = 600.0
 
+#: the longest the scheduler sleeps at once: `--heartbeat` is rewritten at least this often
+#: while it waits
+HEARTBEAT_SECONDS = 30.0
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -38,12 +44,25 @@ def _at(moment: datetime) -> str:
 @json_option
 @click.option("--list", "list_only", is_flag=True, help="Show when each sync is next due; exit.")
 @click.option(
+    "--heartbeat",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Rewrite this file (JSON: time, state, next run) at least every 30 s while waiting and "
+    "at each run's start and end, for a container's liveness probe.",
+)
+@click.option(
     "--cycles",
     type=click.IntRange(min=1),
     default=None,
     help="Stop after this many rounds of due syncs (default: run until stopped).",
 )
-def schedule(project_path: Path, as_json: bool, list_only: bool, cycles: int | None) -> None:
+def schedule(
+    project_path: Path,
+    as_json: bool,
+    list_only: bool,
+    heartbeat: Path | None,
+    cycles: int | None,
+) -> None:
     """Run each sync with a `schedule:` (cron, UTC) when it is due, until stopped.
 
     The syncs due at one moment run together as `lockgate sync` runs them (one state, one
@@ -66,6 +85,11 @@ def schedule(project_path: Path, as_json: bool, list_only: bool, cycles: int | N
         return
     worst = 0  # 0 every run succeeded, 2 some records not delivered, 1 a run failed
     done = 0
+
+    def beat(state: str, syncs: list[str]) -> None:
+        if heartbeat is not None:
+            _beat(heartbeat, state, syncs, table, console)
+
     with signals_let_requests_finish():
         try:
             _show_timetable(console, table)
@@ -73,14 +97,16 @@ def schedule(project_path: Path, as_json: bool, list_only: bool, cycles: int | N
             _stopped_idle(console, stop)
             return
         while cycles is None or done < cycles:
-            if not _wait_for(table, console):
+            if not _wait_for(table, console, beat):
                 return
             project = _reload(project_path, project, console)
             table = Timetable.of(project, _now(), before=table)
             due = table.due(_now())
             if not due:  # the sync due was taken out of the project while we waited
                 continue
+            beat("running", due)
             worst = max(worst, _round(project, due, table, console, as_json), key=_severity)
+            beat("waiting", [])
             done += 1
     if worst:
         sys.exit(worst)
@@ -101,7 +127,27 @@ def _show_timetable(console: RichConsole, table: Timetable) -> None:
     )
 
 
-def _wait_for(table: Timetable, console: RichConsole) -> bool:
+def _beat(path: Path, state: str, syncs: list[str], table: Timetable, console: RichConsole) -> None:
+    """Rewrite the heartbeat file (atomically: a probe never reads half of it)."""
+    due_at = table.next_at()
+    doc = {
+        "at": _now().isoformat(),
+        "pid": os.getpid(),
+        "state": state,  # waiting | running
+        "syncs": syncs,
+        "next_run": due_at.isoformat() if due_at is not None else None,
+    }
+    try:
+        partial = path.with_name(path.name + ".tmp")
+        partial.write_bytes(orjson.dumps(doc))
+        os.replace(partial, path)
+    except OSError as exc:
+        console.warn(f"heartbeat `{path}` not written: {exc.strerror}")
+
+
+def _wait_for(
+    table: Timetable, console: RichConsole, beat: Callable[[str, list[str]], None]
+) -> bool:
     """Sleep until the next sync is due; False when a stop signal came first, or nothing is
     scheduled any more."""
     try:
@@ -113,7 +159,8 @@ def _wait_for(table: Timetable, console: RichConsole) -> bool:
             left = (due_at - _now()).total_seconds()
             if left <= 0:
                 return True
-            time.sleep(min(left, 60.0))
+            beat("waiting", [])
+            time.sleep(min(left, HEARTBEAT_SECONDS))
     except KeyboardInterrupt as stop:
         _stopped_idle(console, stop)
         return False
