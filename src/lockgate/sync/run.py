@@ -857,16 +857,19 @@ def _alert(
         return
     from lockgate.sync import alerts
 
-    alerts.notify(
-        project,
-        sync,
-        run_id,
-        status,
-        previous=store.previous_status(sync, run_id),
-        counts=counts,
-        error=error,
-        console=console,
-    )
+    try:
+        alerts.notify(
+            project,
+            sync,
+            run_id,
+            status,
+            previous=store.previous_status(sync, run_id),
+            counts=counts,
+            error=error,
+            console=console,
+        )
+    except Exception as exc:  # an alert never hides the run's own outcome or error
+        console.warn(f"{sync}: alerts not sent: {type(exc).__name__}")
 
 
 def _op_payloads(ops: pa.Table | None) -> tuple[dict[str, Any], ...]:
