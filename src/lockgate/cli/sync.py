@@ -16,7 +16,7 @@ from lockgate.cli.options import json_option, open_project, project_option
 from lockgate.console import RichConsole
 from lockgate.errors import ConfigError, LockgateError, NothingNamedError, StateError
 from lockgate.project.loader import Project
-from lockgate.state.store import StateStore, read_runs_log
+from lockgate.state.store import StateStore, named_runs, read_runs_log
 from lockgate.sync import rejects
 from lockgate.sync.run import KIND_ORDER, RunReport, Session, plan_sync, recorded_run, run_sync
 
@@ -516,7 +516,7 @@ def show_run(
         # groups of its rejected rows; the rows themselves are in the state)
         busy = exc.reason
         logged = read_runs_log(project.state_dir, sync=sync_name, limit=200)
-        found = logged[:1] if run_id is None else _matching(logged, run_id)
+        found = logged[:1] if run_id is None else named_runs(logged, run_id)
         rejected = []
     if len(found) != 1:
         raise _no_such_run(run_id, sync_name, found)
@@ -562,15 +562,6 @@ def show_run(
         )
     if export is not None:
         console.info(f"Wrote {len(rejected):,} rejected rows to {export}.")
-
-
-def _matching(rows: list[Any], run_id: str) -> list[Any]:
-    """The run with this id, else those whose id starts or ends with it (as
-    :meth:`StateStore.find_runs` matches them)."""
-    exact = [r for r in rows if r.run_id == run_id]
-    return (
-        exact or [r for r in rows if r.run_id.startswith(run_id) or r.run_id.endswith(run_id)][:5]
-    )
 
 
 #: where a row was rejected, by the `rejected` table's stage: by the mapping (`map`: a null

@@ -616,19 +616,26 @@ class StateStore:
         return [(r[0], r[1], r[2]) for r in rows]
 
     def find_runs(self, run_id: str) -> list[RunRow]:
-        """The run with this id; else the runs whose id starts or ends with it (up to 5,
-        latest first): a unique prefix, or the random part after the time, names a run."""
+        """The runs ``run_id`` names (:func:`named_runs`)."""
         rows = self.con.execute(
             "select * from runs where run_id = ? or starts_with(run_id, ?) "
-            "or ends_with(run_id, ?) order by run_id = ? desc, started_at desc limit 5",
-            [run_id, run_id, run_id, run_id],
+            "or ends_with(run_id, ?) order by started_at desc",
+            [run_id, run_id, run_id],
         ).fetchall()
-        if rows and rows[0][0] == run_id:
-            rows = rows[:1]
-        return [
+        found = [
             RunRow(r[0], r[1], r[2], r[3], r[4], r[5], orjson.loads(r[6] or "{}"), r[7])
             for r in rows
         ]
+        return named_runs(found, run_id)
+
+
+def named_runs(rows: list[RunRow], run_id: str) -> list[RunRow]:
+    """The run of ``rows`` with this id; else those whose id starts or ends with it (up to 5,
+    in the order given): a unique prefix, or the random part after the time, names a run."""
+    exact = [r for r in rows if r.run_id == run_id]
+    if exact:
+        return exact[:1]
+    return [r for r in rows if r.run_id.startswith(run_id) or r.run_id.endswith(run_id)][:5]
 
 
 @contextlib.contextmanager

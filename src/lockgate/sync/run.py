@@ -816,30 +816,32 @@ def plan_sync(
 
 
 def _stopped_counts(
+    run_id: str,
     sync: SyncConfig,
     only: tuple[str, ...],
     changes: diff_step.ChangeSet | None,
     committer: Any,
     guards: list[guard_step.GuardResult],
 ) -> dict[str, Any]:
-    """What a run that failed or was stopped had planned and delivered (for `lockgate runs`):
-    its delivered records are committed, so the counts say how far it got; with the rows it
-    rejected and the guardrails' verdicts, which say why a guardrail stopped it."""
-    counts: dict[str, Any] = {"mode": sync.effective_mode, "only": list(only)}
-    if changes is not None:
-        counts["changes"] = changes.as_dict()
-        counts["rejected_rows"] = [{"key": k, "reason": r} for k, r in changes.rejected_samples]
-        counts["rejected_reasons"] = [g.as_dict() for g in changes.rejected_reasons]
-    if guards:
-        counts["guardrails"] = [g.as_dict() for g in guards]
-    if committer is not None:
-        done = committer.counts
-        counts.update(
-            delivered=done.delivered,
-            rejected_by_api=done.rejected,
-            dead_lettered=done.dead_lettered,
-        )
-    return counts
+    """The report of a run that failed or was stopped (for `lockgate runs` and `runs show`):
+    what it planned, the rows it rejected and the guardrails' verdicts (why a guardrail stopped
+    it), and what it delivered, which is committed, so the counts say how far it got."""
+    if changes is None:  # it failed before its diff
+        return {"mode": sync.effective_mode, "only": list(only)}
+    done = committer.counts if committer is not None else None
+    return RunReport(
+        run_id,
+        sync.name,
+        sync.kind,
+        "failed",
+        changes,
+        delivered=done.delivered if done else 0,
+        rejected_by_api=done.rejected if done else 0,
+        dead_lettered=done.dead_lettered if done else 0,
+        guards=tuple(guards),
+        mode=sync.effective_mode,
+        only=only,
+    ).as_dict()
 
 
 def _alert(
@@ -998,7 +1000,7 @@ def run_sync(
                 store.forget_run(run_id)
                 raise
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
-            stopped = _stopped_counts(sync, only, changes, committer, guards)
+            stopped = _stopped_counts(run_id, sync, only, changes, committer, guards)
             store.finish_run(run_id, "failed", stopped, error=reason or type(exc).__name__)
             if not only and not isinstance(exc, KeyboardInterrupt):  # a stop on purpose is no alarm
                 _alert(store, project, sync.name, run_id, "failed", stopped, reason, console)
