@@ -139,7 +139,7 @@ def test_a_failed_partial_then_recovered_sync_is_told_once_each(
 
     # another sync's failure reaches only the alert without a `syncs:` list
     project_factory.sql("alter table people rename column id to pid")
-    with pytest.raises(LockgateError, match="column \"id\" not found"):
+    with pytest.raises(LockgateError, match='column "id" not found'):
         run_sync(project, "other", console=console)
     assert [(p, d["sync"]) for p, d in receiver.received] == [("/hook/T0KEN", "other")]
 
