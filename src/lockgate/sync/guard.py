@@ -291,9 +291,11 @@ def check(
     sync: SyncConfig,
     changes: ChangeSet,
     *,
+    last: contract.Contract | None,
     only: int = 0,
 ) -> list[GuardResult]:
-    """Evaluate every guardrail that applies to this sync; sends and writes nothing.
+    """Evaluate every guardrail that applies to this sync; sends and writes nothing. ``last``
+    is the contract of its last committed run (``state.contract.last``), read once per run.
 
     ``only``: the run sends only that many named records (`--only`); the breakers on shares
     of the model or snapshot (and the empty-model check) say nothing about such a run and are
@@ -302,7 +304,6 @@ def check(
     if only:
         lim = dataclasses.replace(lim, max_changed=None, max_cleared=None, max_removed=None,
                                   max_rejected=None)  # fmt: skip
-    last = contract.last(con, sync.name)
     results: list[GuardResult | None] = [
         _identity(sync, last),
         _types(con, sync, last, lim.accept_type_changes),

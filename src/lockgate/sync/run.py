@@ -435,7 +435,7 @@ def _prepare(
                 )
         with step("guard"):
             guards = guard_step.check(
-                store.con, store, project, configured, changes, only=len(only)
+                store.con, store, project, configured, changes, last=last, only=len(only)
             )
             if merge_guard is not None:
                 guards.append(merge_guard)
