@@ -491,11 +491,7 @@ def show_run(
     """One run whole: its counts, guardrails, the records Customer.io refused and the rows the
     mapping rejected, grouped by reason and listed. RUN is a run id from `lockgate runs`, a
     unique prefix of it or its last part; without it, the latest run (of `--sync`)."""
-    # `lockgate runs --project P --json show` means the same as `runs show --project P --json`
-    parent = ctx.parent.params if ctx.parent is not None else {}
-    if ctx.get_parameter_source("project_path") == click.core.ParameterSource.DEFAULT:
-        project_path = parent.get("project_path", project_path)
-    as_json = as_json or bool(parent.get("as_json"))
+    project_path, as_json, parent = _with_parent(ctx, project_path, as_json)
     if sync_name is None:
         sync_name = parent.get("sync_name")
     project = open_project(project_path)
@@ -562,6 +558,46 @@ def show_run(
         )
     if export is not None:
         console.info(f"Wrote {len(rejected):,} rejected rows to {export}.")
+
+
+def _with_parent(
+    ctx: click.Context, project_path: Path, as_json: bool
+) -> tuple[Path, bool, dict[str, Any]]:
+    """`lockgate runs --project P --json show` means the same as `runs show --project P
+    --json`: the group's options, unless the subcommand set its own; and the group's params."""
+    parent = ctx.parent.params if ctx.parent is not None else {}
+    if ctx.get_parameter_source("project_path") == click.core.ParameterSource.DEFAULT:
+        project_path = parent.get("project_path", project_path)
+    return project_path, as_json or bool(parent.get("as_json")), parent
+
+
+@runs.command("export")
+@project_option
+@json_option
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Write every finished run the state keeps, again (a run's rows replace its old ones).",
+)
+@click.pass_context
+def export_runs(ctx: click.Context, project_path: Path, as_json: bool, everything: bool) -> None:
+    """Write the runs not yet in the warehouse's run log (`run_log:` in lockgate.yml) now:
+    after the warehouse was down or refused them, or to fill a new run log with the runs
+    the state already has (`--all`). Syncs write their runs themselves."""
+    from lockgate.sync.runlog import write_run_log
+
+    project_path, as_json, _ = _with_parent(ctx, project_path, as_json)
+    project = open_project(project_path)
+    console = RichConsole(quiet=as_json)
+    with StateStore.open(project.state_dir) as store:
+        written = write_run_log(project, store, everything=everything)
+    if as_json:
+        _print_json({"runs": written.runs, "where": written.where})
+    elif written.runs:
+        console.info(f"run log: {written.runs} run(s) written to {written.where}")
+    else:
+        console.info("run log: nothing to write (every finished run is in the warehouse)")
 
 
 #: where a row was rejected, by the `rejected` table's stage: by the mapping (`map`: a null

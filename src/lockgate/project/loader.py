@@ -322,6 +322,8 @@ def load_project(root: str | Path = ".") -> Project:
         project.syncs[sync.name] = sync
         project.sync_files[sync.name] = shown
         project.sync_lines[sync.name] = sync_lines
+    if config.run_log is not None:
+        run_log_warehouse(project, lines)
     for i, alert in enumerate(config.alerts):
         unknown = [n for n in alert.syncs or () if n not in project.syncs]
         if unknown:
@@ -332,3 +334,41 @@ def load_project(root: str | Path = ".") -> Project:
                 line=lines.get(("alerts", i, "syncs")),
             )
     return project
+
+
+def run_log_warehouse(project: Project, lines: Lines | None = None) -> str:
+    """The source `run_log:` writes into: `run_log.warehouse`, or the first source that can take
+    Lockgate's tables (a DuckDB file, Postgres). Raises ConfigError naming the line."""
+    from lockgate.sources.write import writable
+
+    config = project.config.run_log
+    assert config is not None
+    lines = lines or {}
+    declared = project.config.sources
+    if config.warehouse is None:
+        name = next((n for n in declared if writable(project, n) is None), None)
+        if name is None:
+            raise ConfigError(
+                "`run_log:` has no warehouse to write into: no source is a DuckDB file or Postgres",
+                hint="set `run_log.warehouse` to a DuckDB file or Postgres source",
+                file=PROJECT_FILE,
+                line=lines.get(("run_log",)),
+            )
+        return name
+    line = lines.get(("run_log", "warehouse"))
+    if config.warehouse not in declared:
+        raise ConfigError(
+            f"`run_log.warehouse` names source `{config.warehouse}`, which is not declared",
+            hint=f"declared sources: {', '.join(sorted(declared))}",
+            file=PROJECT_FILE,
+            line=line,
+        )
+    why = writable(project, config.warehouse)
+    if why is not None:
+        raise ConfigError(
+            f"`run_log.warehouse`: source `{config.warehouse}` cannot take the run log: {why}",
+            hint="name a DuckDB file or Postgres source",
+            file=PROJECT_FILE,
+            line=line,
+        )
+    return config.warehouse

@@ -820,6 +820,34 @@ class AlertConfig(StrictModel):
         return checked
 
 
+class RunLogConfig(StrictModel):
+    """Every run written to warehouse tables (`run_log:` in lockgate.yml; docs/sync.md "The run
+    log in the warehouse"): `sync_runs` (one row per run: outcome, mode, counts, guardrails
+    breached, error, the whole report as JSON) and `sync_rejected_rows` (the rows a run
+    rejected, with the stage and reason), to query and chart next to the models they came
+    from."""
+
+    warehouse: str | None = None
+    """Source to write into: a DuckDB file or a Postgres database; default: the project's
+    first one."""
+    dataset: str = "lockgate"
+    """Schema the tables are written to."""
+    records: bool = False
+    """Also write `sync_records`: one row per record sent, with its key, identifiers, the call
+    and Customer.io's answer (what `lockgate history` shows, in SQL). A full sync writes one row
+    per record."""
+
+    @field_validator("dataset")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(
+                f"`{value}` is not a plain SQL name: use letters, digits and `_`, not starting "
+                "with a digit"
+            )
+        return value
+
+
 class ProjectConfig(StrictModel):
     """`lockgate.yml`: connections, identity rules, defaults."""
 
@@ -846,6 +874,8 @@ class ProjectConfig(StrictModel):
     alerts: list[AlertConfig] = Field(default_factory=list)
     """Endpoints told when a `lockgate sync` or `lockgate schedule` run fails, is partial, or
     recovers (a Slack webhook, or any URL taking JSON)."""
+    run_log: RunLogConfig | None = None
+    """Write every run, and the rows it rejected, to warehouse tables (off unless set)."""
 
     @model_validator(mode="after")
     def _nonempty(self) -> ProjectConfig:

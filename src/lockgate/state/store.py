@@ -19,6 +19,8 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   got the same answer, and the insert unnests the groups; grouped rows with list columns
   made DuckDB rewrite the whole history at every checkpoint, 1 s per run at 1M records),
   ``rejected`` (rows refused by Lockgate or the API, with the reason).
+- ``run_log_written(run_id, written_at)``: the finished runs already written to the warehouse's
+  run log (`run_log:`; sync/runlog.py).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ create table if not exists history (
 create table if not exists rejected (
     run_id varchar, sync varchar, k varchar, stage varchar, reason varchar, rejected_at timestamptz
 );
+create table if not exists run_log_written (run_id varchar primary key, written_at timestamptz);
 """
 
 HISTORY_SCHEMA = pa.schema(

@@ -31,14 +31,10 @@ from lockgate.identity.normalize import normalize_column
 from lockgate.project.identity import IdentityConfig, IdentitySourceConfig
 from lockgate.project.loader import Project
 from lockgate.project.models import (
-    DuckDBSourceConfig,
     FieldConfig,
-    PostgresSourceConfig,
     SyncConfig,
-    resolve_env,
 )
 from lockgate.sources import connect
-from lockgate.sources.duckdb import connect_waiting
 from lockgate.state.store import StateStore, run_sql, table
 from lockgate.sync.guard import GuardResult
 from lockgate.sync.mapping import CUSTOMERIO_IDENTIFIERS
@@ -487,61 +483,31 @@ OUTPUT_SCHEMA = "lockgate"
 
 def write_tables(project: Project, resolution: Resolution) -> str:
     """Write the run's analyst tables into the warehouse of the identity sources, schema
-    `lockgate`: the graph tables replaced, the logs (merges, refusals, splits, moves) appended.
+    `lockgate`, in one transaction: the graph tables replaced, the logs (merges, refusals,
+    splits, moves) appended.
 
     Returns where they went. DuckDB and Postgres are supported; other warehouses raise
     ``SourceError`` (the tables stay available through `lockgate identity explain`).
     """
+    from lockgate.sources.write import TableWrite, writable
+    from lockgate.sources.write import write_tables as write
+
     config = resolution.config
     declared = sorted(project.config.sources)
     name = next((s.source for s in config.sources if s.source), None) or declared[0]
     source = project.config.sources[name]
-    tables = resolution.result.tables()
-    if isinstance(source, DuckDBSourceConfig):
-        path = source.path if source.path == ":memory:" else str(project.root / source.path)
-        try:
-            con = connect_waiting(path)
-        except duckdb.Error as exc:
-            raise SourceError(
-                f"cannot write the identity tables into `{path}`: {exc}",
-                hint="another process holds the warehouse file; they are written next run",
-            ) from exc
-        try:
-            # one transaction: an analyst never reads half of a run's tables (and one commit
-            # costs less than one per table)
-            run_sql(con, "begin transaction")
-            run_sql(con, f"create schema if not exists {OUTPUT_SCHEMA}")
-            for table_name, data in tables.items():
-                con.register("_identity_table", data)
-                target = f"{OUTPUT_SCHEMA}.{table_name}"
-                if table_name in STATE_TABLES:
-                    run_sql(
-                        con, f"create or replace table {target} as select * from _identity_table"
-                    )
-                else:
-                    run_sql(
-                        con,
-                        f"create table if not exists {target} as "
-                        "select * from _identity_table limit 0",
-                    )
-                    run_sql(con, f"insert into {target} by name select * from _identity_table")
-                con.unregister("_identity_table")
-            run_sql(con, "commit")
-        finally:
-            con.close()
-        return f"{path} (schema {OUTPUT_SCHEMA})"
-    if isinstance(source, PostgresSourceConfig) and not source.redshift:
-        import adbc_driver_postgresql.dbapi as adbc
-
-        url = resolve_env(source.url, field="url") or ""
-        with adbc.connect(url) as conn, conn.cursor() as cursor:
-            cursor.execute(f"create schema if not exists {OUTPUT_SCHEMA}")
-            for table_name, data in tables.items():
-                mode = "replace" if table_name in STATE_TABLES else "create_append"
-                cursor.adbc_ingest(table_name, data, mode=mode, db_schema_name=OUTPUT_SCHEMA)
-            conn.commit()
-        return f"source `{name}` (schema {OUTPUT_SCHEMA})"
-    raise SourceError(
-        f"writing identity tables into a `{source.type}` warehouse is not supported yet",
-        hint="use `lockgate identity explain` to read them, or a DuckDB/Postgres source",
+    why = writable(project, name)
+    if why is not None and source.type != "duckdb":
+        raise SourceError(
+            f"writing identity tables into a `{source.type}` warehouse is not supported yet",
+            hint="use `lockgate identity explain` to read them, or a DuckDB/Postgres source",
+        )
+    return write(
+        project,
+        name,
+        OUTPUT_SCHEMA,
+        [
+            TableWrite(table_name, data, "replace" if table_name in STATE_TABLES else "append")
+            for table_name, data in resolution.result.tables().items()
+        ],
     )

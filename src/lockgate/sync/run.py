@@ -286,6 +286,9 @@ class Session:
     waiting: Callable[[str], None] | None = None
     """Told which process holds the state, when the wait for it starts."""
     _store: StateStore | None = field(default=None, repr=False)
+    _run_log: tuple[Project, Console] | None = field(default=None, repr=False)
+    """Set by a run of a project with `run_log:`: the runs are written when the session ends,
+    in one write for all the command's syncs."""
 
     def state(self, project: Project) -> StateStore:
         """The project's state store, opened by the first run and kept open (and the project
@@ -312,11 +315,24 @@ class Session:
             store, self._store = self._store, None
             store.close()
 
+    def log_runs(self, project: Project, console: Console) -> None:
+        """Write the run log (`run_log:`) when the session ends (:meth:`__exit__`)."""
+        self._run_log = (project, console)
+
     def __enter__(self) -> Session:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        try:
+            # not when stopped on purpose (Ctrl-C, SIGTERM): the next run writes them
+            if self._run_log is not None and self._store is not None:
+                if kind is None or issubclass(kind, Exception):
+                    from lockgate.sync.runlog import write_after_runs
+
+                    write_after_runs(*self._run_log, self._store)
+        finally:
+            self._run_log = None
+            self.close()
 
 
 @contextmanager
@@ -874,6 +890,21 @@ def _alert(
         console.warn(f"{sync}: alerts not sent: {type(exc).__name__}")
 
 
+def _log_run(
+    store: StateStore, project: Project, console: Console, session: Session | None
+) -> None:
+    """Write the run to the warehouse's run log (`run_log:`): now for a run on its own, at
+    the end of the session for the syncs of one command."""
+    if project.config.run_log is None:
+        return
+    if session is not None:
+        session.log_runs(project, console)
+        return
+    from lockgate.sync.runlog import write_after_runs
+
+    write_after_runs(project, console, store)
+
+
 def _op_payloads(ops: pa.Table | None) -> tuple[dict[str, Any], ...]:
     return tuple(orjson.loads(op) for op in ops["op"].to_pylist()) if ops is not None else ()
 
@@ -1002,8 +1033,10 @@ def run_sync(
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
             stopped = _stopped_counts(run_id, sync, only, changes, committer, guards)
             store.finish_run(run_id, "failed", stopped, error=reason or type(exc).__name__)
-            if not only and not isinstance(exc, KeyboardInterrupt):  # a stop on purpose is no alarm
-                _alert(store, project, sync.name, run_id, "failed", stopped, reason, console)
+            if not isinstance(exc, KeyboardInterrupt):  # a stop on purpose is no alarm
+                if not only:
+                    _alert(store, project, sync.name, run_id, "failed", stopped, reason, console)
+                _log_run(store, project, console, session)
             raise
         counts = committer.counts
         if state_events is not None:
@@ -1038,4 +1071,5 @@ def run_sync(
                 store.prune_history(days)
             except duckdb.Error as exc:  # the run itself is committed; prune next time
                 console.warn(f"{name}: could not drop history older than {days} days: {exc}")
+        _log_run(store, project, console, session)
     return report

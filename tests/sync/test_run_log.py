@@ -1,0 +1,226 @@
+"""`run_log:`: every run, and the rows it rejected, written to warehouse tables once, even
+when the warehouse refused a write for a while."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from lockgate.cli import cli
+from lockgate.errors import ConfigError
+from lockgate.project.loader import load_project
+
+ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
+
+PROFILE = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {email: email}
+attributes:
+  plan: plan
+"""
+
+ORDERS = """
+name: orders
+source: warehouse
+model: {table: orders}
+kind: events
+identify_by: {email: email}
+event: {name: {value: Order Placed}, id: order_id}
+backfill: {older: send}
+"""
+
+DATA = """
+create or replace table users as
+select i as user_id,
+       case when i in (3, 7) then 'not-an-email-' || i else 'u' || i || '@example.com' end as email,
+       case when i % 2 = 0 then 'pro' else 'free' end as plan
+from range(1, 21) t(i);
+create or replace table orders as
+select 'o' || i as order_id, 'u' || (1 + i % 20) || '@example.com' as email from range(30) t(i);
+"""
+
+
+def with_run_log(factory: ProjectFactory, run_log: str) -> Any:
+    project = factory.write({"profile": PROFILE, "orders": ORDERS})
+    with (project.root / "lockgate.yml").open("a") as f:
+        f.write(run_log)
+    return load_project(project.root)
+
+
+def lockgate(project: Any, *args: str) -> Any:
+    return CliRunner().invoke(cli, [*args, "--project", str(project.root)])
+
+
+def warehouse(project: Any, sql: str) -> list[tuple[Any, ...]]:
+    con = duckdb.connect(str(project.root / "warehouse.duckdb"), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_each_run_and_its_rejected_rows_land_in_the_warehouse_once(
+    project_factory: ProjectFactory,
+) -> None:
+    project_factory.sql(DATA)
+    project = with_run_log(project_factory, "run_log: {}\n")
+    first = lockgate(project, "sync", "--all")
+    assert first.exit_code == 0, first.output
+    assert "run log: 2 run(s) written to" in first.output, first.output[-3000:]
+    project_factory.sql("update users set plan = 'team' where user_id = 5")
+    assert lockgate(project, "sync", "profile").exit_code == 0
+
+    runs = warehouse(
+        project,
+        "select sync, kind, mode, status, rows, new, changed, unchanged, to_send, "
+        "rejected_by_mapping, delivered, rejected_by_api, guardrails_breached, error, "
+        "report->>'$.run_id' = run_id, named_records_only, finished_at >= started_at "
+        "from lockgate.sync_runs order by started_at, sync",
+    )
+    profile_runs = [r for r in runs if r[0] == "profile"]
+    assert profile_runs == [
+        ("profile", "people", "upsert", "success", 20, 18, 0, 0, 18, 2, 18, 0, None, None)
+        + (True, False, True),
+        ("profile", "people", "upsert", "success", 20, 0, 1, 17, 1, 2, 1, 0, None, None)
+        + (True, False, True),
+    ]
+    [orders] = [r for r in runs if r[0] == "orders"]
+    assert orders[1:4] == ("events", "upsert", "success") and orders[10] == 30
+
+    rejected = warehouse(
+        project,
+        "select r.stage, r.record_key, r.reason, r.sync from lockgate.sync_rejected_rows r "
+        "join lockgate.sync_runs s using (run_id) order by s.started_at, r.record_key",
+    )
+    assert [(stage, key, sync) for stage, key, _, sync in rejected] == [
+        ("mapping", "3", "profile"),
+        ("mapping", "7", "profile"),
+    ] * 2
+    assert "not an email address" in rejected[0][2]
+
+    # writing every run again (`--all`) leaves each once
+    again = lockgate(project, "runs", "export", "--all", "--json")
+    assert json.loads(again.output)["runs"] == 3
+    assert warehouse(project, "select count(*) from lockgate.sync_runs") == [(3,)]
+    assert warehouse(project, "select count(*) from lockgate.sync_rejected_rows") == [(4,)]
+    nothing = lockgate(project, "runs", "export")
+    assert "nothing to write" in nothing.output
+
+
+def test_a_refused_write_waits_for_the_next_run_and_a_stopped_run_is_logged(
+    project_factory: ProjectFactory,
+) -> None:
+    project_factory.sql(DATA)
+    project = with_run_log(project_factory, "run_log: {dataset: ops}\n")
+    # a view where the runs table goes: the warehouse refuses the write
+    project_factory.sql("create schema ops; create view ops.sync_runs as select 1 as x")
+    first = lockgate(project, "sync", "profile")
+    assert first.exit_code == 0, first.output  # the sync itself is done and committed
+    assert "run log not written to the warehouse" in first.output
+    # one transaction: the rejected rows were not written without their run
+    assert warehouse(
+        project,
+        "select count(*) from duckdb_tables() where schema_name = 'ops'",
+    ) == [(0,)]
+
+    project_factory.sql("drop view ops.sync_runs")
+    # a guardrail stops the second run: it is logged with the guardrail's name
+    project_factory.sql("update users set plan = 'team'")
+    path = project.root / "syncs" / "profile.yml"
+    path.write_text(path.read_text() + "guardrails: {max_changed: 10%}\n")
+    second = lockgate(project, "sync", "profile")
+    assert second.exit_code != 0
+    assert "run log: 2 run(s) written" in second.output
+
+    runs = warehouse(
+        project,
+        "select status, guardrails_breached, error is not null, delivered "
+        "from ops.sync_runs order by started_at",
+    )
+    assert runs == [("success", None, False, 18), ("failed", "max_changed", True, 0)]
+    # the stopped run's rejected rows are kept with it too
+    assert warehouse(project, "select count(*) from ops.sync_rejected_rows") == [(4,)]
+
+
+def test_records_and_a_column_added_to_an_older_table(project_factory: ProjectFactory) -> None:
+    project_factory.sql(DATA)
+    project = with_run_log(project_factory, "run_log: {records: true}\n")
+    # a runs table from an older Lockgate, with fewer columns: the write adds the others
+    project_factory.sql(
+        "create schema lockgate; create table lockgate.sync_runs (run_id varchar, sync varchar)"
+    )
+    assert lockgate(project, "sync", "profile").exit_code == 0
+    assert warehouse(project, "select sync, status, new from lockgate.sync_runs") == [
+        ("profile", "success", 18)
+    ]
+    records = warehouse(
+        project,
+        "select record_key, action, outcome, api_status, identifiers->>'$.email' "
+        "from lockgate.sync_records order by record_key::int",
+    )
+    assert len(records) == 18
+    assert records[0] == ("1", "identify", "delivered", 200, "u1@example.com")
+    assert {r[0] for r in records}.isdisjoint({"3", "7"})
+
+
+@pytest.mark.parametrize(
+    ("run_log", "message"),
+    [
+        ("run_log: {warehouse: nowhere}\n", "names source `nowhere`, which is not declared"),
+        ("run_log: {warehouse: scratch}\n", "in-memory DuckDB"),
+        ("run_log: {dataset: ops-log}\n", "not a plain SQL name"),
+    ],
+)
+def test_a_run_log_that_cannot_be_written_is_a_config_error(
+    project_factory: ProjectFactory, run_log: str, message: str
+) -> None:
+    project = project_factory.write({"profile": PROFILE})
+    text = (project.root / "lockgate.yml").read_text()
+    text = text.replace("sources:\n", "sources:\n  scratch: {type: duckdb, path: ':memory:'}\n")
+    (project.root / "lockgate.yml").write_text(text + run_log)
+    with pytest.raises(ConfigError) as caught:
+        load_project(project.root)
+    assert message in str(caught.value)
+    assert caught.value.line is not None
+
+
+@pytest.mark.postgres
+def test_the_run_log_lands_in_postgres(project_factory: ProjectFactory, postgres_dsn: str) -> None:
+    import psycopg
+
+    project_factory.sql(DATA)
+    project = project_factory.write({"profile": PROFILE})
+    text = (project.root / "lockgate.yml").read_text()
+    pg = f"  pg: {{type: postgres, url: '{postgres_dsn}'}}\n"
+    text = text.replace("sources:\n", "sources:\n" + pg)
+    (project.root / "lockgate.yml").write_text(
+        text + "run_log: {warehouse: pg, dataset: lg_runlog, records: true}\n"
+    )
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute("drop schema if exists lg_runlog cascade")
+    project = load_project(project.root)
+    assert lockgate(project, "sync", "profile").exit_code == 0
+    assert lockgate(project, "runs", "export", "--all").exit_code == 0
+    with psycopg.connect(postgres_dsn) as conn:
+        runs = conn.execute(
+            "select status, new, rejected_by_mapping, report->>'sync', "
+            "pg_typeof(report)::text from lg_runlog.sync_runs"
+        ).fetchall()
+        rejected = conn.execute(
+            "select stage, record_key from lg_runlog.sync_rejected_rows order by record_key"
+        ).fetchall()
+        records = conn.execute(
+            "select count(*), count(*) filter (where identifiers->>'email' = 'u1@example.com') "
+            "from lg_runlog.sync_records"
+        ).fetchall()
+    assert runs == [("success", 18, 2, "profile", "jsonb")]
+    assert rejected == [("mapping", "3"), ("mapping", "7")]
+    assert records == [(18, 1)]
