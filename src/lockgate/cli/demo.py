@@ -100,5 +100,7 @@ def demo(directory: Path) -> None:
         f"\nThe demo project is in [bold]{result.directory}[/bold]: try "
         f"`{exe} plan customer_profile --project {directory}`, "
         f"`{exe} runs show --sync customer_profile --project {directory}` (a run whole, with "
-        f"its rejected rows) or `{exe} history --person 1 --project {directory}`."
+        f"its rejected rows) or `{exe} history --person 1 --project {directory}`. Every run "
+        "is also in the warehouse (`run_log:`): `select * from lockgate.sync_runs` in "
+        f"{directory}/warehouse.duckdb."
     )

@@ -24,6 +24,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`defaults`", models.DefaultsConfig),
     ("`webhooks`", models.WebhooksConfig),
     ("an entry of `alerts`", models.AlertConfig),
+    ("`run_log`", models.RunLogConfig),
     ("`syncs/<name>.yml`", models.SyncConfig),
     ("`model:` in a sync", models.ModelRef),
     ("an attribute or property (`attributes.<name>`, `properties.<name>`)", models.FieldConfig),
