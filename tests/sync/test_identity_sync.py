@@ -469,3 +469,67 @@ def test_a_merge_found_by_one_command_is_sent_and_reported_once(
         if op.get("action") == "merge"
     ]
     assert len(merge_ops) == 1
+
+
+SF_PROJECT = """\
+name: ident
+sources:
+  warehouse: {{type: snowflake, account: lg, user: t, database: LG}}
+destinations:
+  customerio: {{type: customerio, track_url: "{url}"}}
+identity:
+  identifier_types:
+    user_id: {{priority: 1, limit: 1, customerio: id}}
+    email: {{priority: 2, limit: 5, customerio: email}}
+  sources:
+    - {{name: app_users, table: lg_ident.app_users}}
+"""
+
+
+def test_analyst_tables_land_in_a_snowflake_warehouse(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fakesnow behind the official connector: the graph tables replaced each run (one run's
+    rows), list columns as VARIANT, names upper case as Snowflake folds them."""
+    import warnings
+
+    import fakesnow
+    import snowflake.connector
+
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "lockgate.yml").write_text(SF_PROJECT.format(url=customerio_emulator.base_url))
+    profile = PROFILE.replace("model: {table: app_users}", "model: {table: lg_ident.app_users}")
+    (tmp_path / "syncs" / "profile.yml").write_text(textwrap.dedent(profile))
+    project = load_project(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fakesnow's own DuckDB warnings, not Lockgate's
+        with fakesnow.patch():
+            conn = snowflake.connector.connect(account="lg", user="t", database="LG")
+            cursor = conn.cursor()
+            cursor.execute("create schema lg_ident")
+            cursor.execute(
+                "create table lg_ident.app_users (user_id varchar, email varchar, plan varchar)"
+            )
+            cursor.execute(
+                "insert into lg_ident.app_users values ('u1', 'Ada@Acme.io', 'pro'), "
+                "('u2', 'grace@acme.io', 'free')"
+            )
+            run_sync(project, "profile", console=NullConsole())
+            cursor.execute("insert into lg_ident.app_users values ('u3', 'lin@acme.io', 'pro')")
+            run_sync(project, "profile", console=NullConsole())
+            cursor.execute(
+                "select cio_person_id, n_email from lockgate.lg_profiles order by cio_person_id"
+            )
+            profiles = cursor.fetchall()
+            cursor.execute("select count(distinct run_id) from lockgate.lg_profiles")
+            runs = cursor.fetchall()
+            cursor.execute("select sources[0]::varchar from lockgate.lg_edges where value_a = 'u1'")
+            sources = cursor.fetchall()
+            conn.close()
+    assert sorted(p.id for p in customerio_emulator.people()) == ["u1", "u2", "u3"]
+    assert profiles == [("u1", 1), ("u2", 1), ("u3", 1)]
+    assert runs == [(1,)]
+    assert sources == [("app_users",)]

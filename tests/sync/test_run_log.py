@@ -4,6 +4,7 @@ when the warehouse refused a write for a while."""
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 import duckdb
@@ -80,7 +81,7 @@ def test_each_run_and_its_rejected_rows_land_in_the_warehouse_once(
 
     runs = warehouse(
         project,
-        "select sync, kind, mode, status, rows, new, changed, unchanged, to_send, "
+        "select sync, kind, mode, status, model_rows, new, changed, unchanged, to_send, "
         "rejected_by_mapping, delivered, rejected_by_api, guardrails_breached, error, "
         "report->>'$.run_id' = run_id, named_records_only, finished_at >= started_at "
         "from lockgate.sync_runs order by started_at, sync",
@@ -222,5 +223,47 @@ def test_the_run_log_lands_in_postgres(project_factory: ProjectFactory, postgres
             "from lg_runlog.sync_records"
         ).fetchall()
     assert runs == [("success", 18, 2, "profile", "jsonb")]
+    assert rejected == [("mapping", "3"), ("mapping", "7")]
+    assert records == [(18, 1)]
+
+
+def test_the_run_log_lands_in_snowflake(project_factory: ProjectFactory) -> None:
+    """fakesnow behind the official connector: staged, moved in one transaction, VARIANT
+    report, upper-case names that `lockgate.sync_runs` reads unquoted."""
+    import fakesnow
+    import snowflake.connector
+
+    project_factory.sql(DATA)
+    project = project_factory.write({"profile": PROFILE})
+    text = (project.root / "lockgate.yml").read_text()
+    sf = "  sf: {type: snowflake, account: lg, user: t, database: LG}\n"
+    (project.root / "lockgate.yml").write_text(
+        text.replace("sources:\n", "sources:\n" + sf) + "run_log: {warehouse: sf, records: true}\n"
+    )
+    project = load_project(project.root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fakesnow's own DuckDB warnings, not Lockgate's
+        with fakesnow.patch():
+            result = lockgate(project, "sync", "profile")
+            assert "run log: 1 run(s) written to source `sf`" in result.output, result.output
+            assert lockgate(project, "runs", "export", "--all").exit_code == 0
+            conn = snowflake.connector.connect(account="lg", user="t", database="LG")
+            cursor = conn.cursor()
+            cursor.execute(
+                "select status, new, rejected_by_mapping, report:sync::varchar "
+                "from lockgate.sync_runs"
+            )
+            runs = cursor.fetchall()
+            cursor.execute(
+                "select stage, record_key from lockgate.sync_rejected_rows order by record_key"
+            )
+            rejected = cursor.fetchall()
+            cursor.execute(
+                "select count(*), count_if(identifiers:email::varchar = 'u1@example.com') "
+                "from lockgate.sync_records"
+            )
+            records = cursor.fetchall()
+            conn.close()
+    assert runs == [("success", 18, 2, "profile")]
     assert rejected == [("mapping", "3"), ("mapping", "7")]
     assert records == [(18, 1)]

@@ -110,6 +110,9 @@ class DuckDBSource:
             # the model reads the same on a laptop and a server, and keyed in place (the
             # mapping's SQL run here) it gives what the state database gives: both in UTC
             self._conn.execute("set TimeZone='UTC'")
+            # DuckDB draws a progress bar on stdout for a query over 2 s; the console draws
+            # Lockgate's, and `--json` output must stay JSON
+            self._conn.execute("set enable_progress_bar = false")
         except duckdb.Error as exc:
             hint = "check `path` in lockgate.yml and the file's permissions"
             if "lock" in str(exc).lower():

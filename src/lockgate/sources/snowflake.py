@@ -272,6 +272,16 @@ class SnowflakeSource:
             for column, data_type, nullable, precision, scale in rows
         ]
 
+    @property
+    def connection(self) -> Any:
+        """The connector's connection, for Lockgate's own tables (sources/write.py)."""
+        return self._conn
+
+    @property
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """What the connector raises for a refused or failed statement."""
+        return self._errors
+
     def close(self) -> None:
         """Close the connection."""
         self._conn.close()

@@ -1,11 +1,14 @@
 """Write Lockgate's own tables into a warehouse: the identity graph's analyst tables and the run
-log (`run_log:`), into one schema of a DuckDB file or a Postgres database.
+log (`run_log:`), into one schema of a DuckDB file, a Postgres database or Snowflake.
 
-Every write of one call is one transaction: an analyst never reads half of what a run wrote.
+Every write of one call is one transaction: an analyst never reads half of what a run wrote
+(in Snowflake, where DDL commits, the tables are created and widened first, and the rows of
+every table are then deleted and inserted in one transaction).
+
 A table is created on first use, with its columns' types taken from the Arrow data (a column
-named in ``json`` becomes `json`/`jsonb`); a later write that brings a column the table lacks
-adds it (a Lockgate upgrade that logs one more count does not break a user's table), and
-columns the data lacks are left null. Three ways to write:
+named in ``json`` becomes `json`/`jsonb`/`VARIANT`, and so do lists in Snowflake); a later
+write that brings a column the table lacks adds it (a Lockgate upgrade that logs one more
+count does not break a user's table), and columns the data lacks are left null. Three ways to write:
 
 - ``replace``: the table becomes exactly the data (the identity graph's current state);
 - ``append``: the data is added (logs);
@@ -24,7 +27,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,7 +35,12 @@ import duckdb
 import pyarrow as pa
 
 from lockgate.errors import ConfigError, SourceError
-from lockgate.project.models import DuckDBSourceConfig, PostgresSourceConfig, resolve_env
+from lockgate.project.models import (
+    DuckDBSourceConfig,
+    PostgresSourceConfig,
+    SnowflakeSourceConfig,
+    resolve_env,
+)
 from lockgate.sources.base import db_message, quote_ident, quote_literal
 from lockgate.sources.duckdb import connect_waiting
 
@@ -62,6 +70,8 @@ def writable(project: Project, name: str) -> str | None:
         return None
     if isinstance(source, PostgresSourceConfig) and not source.redshift:
         return None
+    if isinstance(source, SnowflakeSourceConfig):
+        return None
     kind = "redshift" if isinstance(source, PostgresSourceConfig) else source.type
     return f"writing Lockgate's tables into a `{kind}` warehouse is not supported yet"
 
@@ -90,9 +100,24 @@ def write_tables(project: Project, source_name: str, schema: str, writes: list[T
     if isinstance(source, PostgresSourceConfig) and not source.redshift:
         _postgres_write(resolve_env(source.url, field="url") or "", schema, writes)
         return f"source `{source_name}` (schema {schema})"
+    if isinstance(source, SnowflakeSourceConfig):
+        from lockgate.sources.snowflake import SnowflakeSource
+
+        snowflake = SnowflakeSource.from_config(source, root=project.root, name=source_name)
+        try:
+            _snowflake_write(snowflake.connection, schema, writes)
+        except snowflake.errors as exc:
+            raise SourceError(
+                f"Snowflake refused the write into schema `{schema}`: {db_message(exc)}",
+                hint="the role needs CREATE SCHEMA (or the schema to exist), CREATE TABLE and "
+                "INSERT in the database",
+            ) from exc
+        finally:
+            snowflake.close()
+        return f"source `{source_name}` (schema {schema.upper()})"
     raise ConfigError(
         f"source `{source_name}`: {writable(project, source_name)}",
-        hint="use a DuckDB file or Postgres source",
+        hint="use a DuckDB file, Postgres or Snowflake source",
         file="lockgate.yml",
     )
 
@@ -111,6 +136,8 @@ def _duckdb_select(names: list[str], json: tuple[str, ...], view: str) -> str:
 
 
 def _duckdb_write(con: duckdb.DuckDBPyConnection, schema: str, writes: list[TableWrite]) -> None:
+    # DuckDB draws its own progress bar on stdout for a long insert: it would break `--json`
+    con.execute("set enable_progress_bar = false")
     con.execute("begin transaction")
     try:
         con.execute(f"create schema if not exists {quote_ident(schema)}")
@@ -219,3 +246,120 @@ def _postgres_table(cursor: Any, schema: str, write: TableWrite, stage: str) -> 
     columns = ", ".join(quote_ident(n) for n in names)
     cursor.execute(f"insert into {target} ({columns}) select {select} from {stage}")
     cursor.execute(f"drop table {stage}")
+
+
+# ---------------------------------------------------------------------------------- Snowflake
+
+SNOWFLAKE_ROWS_PER_INSERT = 1_000
+"""Rows bound per multi-row INSERT: the connector inlines the values into the statement's text,
+which Snowflake caps at 1 MB."""
+
+
+def _snowflake_type(kind: pa.DataType, json: bool) -> tuple[str, str]:
+    """(the column's type, the staging column's type) for an Arrow type. JSON text, lists and
+    structs are staged as text and stored as VARIANT."""
+    if json or pa.types.is_nested(kind):
+        return "VARIANT", "VARCHAR"
+    if pa.types.is_integer(kind):
+        column = "NUMBER(38,0)"
+    elif pa.types.is_floating(kind):
+        column = "FLOAT"
+    elif pa.types.is_boolean(kind):
+        column = "BOOLEAN"
+    elif pa.types.is_timestamp(kind):
+        column = "TIMESTAMP_TZ" if kind.tz else "TIMESTAMP_NTZ"
+    elif pa.types.is_date(kind):
+        column = "DATE"
+    else:
+        column = "VARCHAR"
+    return column, column
+
+
+def _snowflake_rows(data: pa.Table | pa.RecordBatchReader, nested: set[str]) -> Iterator[list[Any]]:
+    """The rows of ``data`` as bind lists, in chunks; nested values as JSON text."""
+    import orjson
+
+    batches = data.to_batches() if isinstance(data, pa.Table) else data
+    for batch in batches:
+        columns = batch.to_pydict()
+        names = list(columns)
+        for start in range(0, batch.num_rows, SNOWFLAKE_ROWS_PER_INSERT):
+            stop = min(start + SNOWFLAKE_ROWS_PER_INSERT, batch.num_rows)
+            yield [
+                tuple(
+                    orjson.dumps(columns[n][i]).decode()
+                    if n in nested and columns[n][i] is not None
+                    else columns[n][i]
+                    for n in names
+                )
+                for i in range(start, stop)
+            ]
+
+
+def _snowflake_write(conn: Any, schema: str, writes: list[TableWrite]) -> None:
+    """Stage each table's rows in a temporary table, then move them in one transaction.
+    Names are written upper case (Snowflake's own folding): `lockgate.sync_runs` reads them."""
+    cursor = conn.cursor()
+    target_schema = quote_ident(schema.upper())
+    cursor.execute(f"create schema if not exists {target_schema}")
+    moves: list[tuple[TableWrite, str, str, str, str]] = []
+    for i, write in enumerate(writes):
+        target = f"{target_schema}.{quote_ident(write.table.upper())}"
+        stage = f"LOCKGATE_STAGE_{i}"
+        fields = list(write.data.schema)
+        types = {f.name: _snowflake_type(f.type, f.name in write.json) for f in fields}
+        names = [quote_ident(f.name.upper()) for f in fields]
+        cursor.execute(
+            f"create or replace temporary table {stage} ("
+            + ", ".join(f"{n} {types[f.name][1]}" for n, f in zip(names, fields, strict=True))
+            + ")"
+        )
+        insert = (
+            f"insert into {stage} ({', '.join(names)}) values ("
+            + ", ".join(["%s"] * len(names))
+            + ")"
+        )
+        nested = {f.name for f in fields if pa.types.is_nested(f.type)}
+        for chunk in _snowflake_rows(write.data, nested):
+            cursor.executemany(insert, chunk)
+        select = ", ".join(
+            f"parse_json({n}) as {n}" if types[f.name][0] == "VARIANT" else n
+            for n, f in zip(names, fields, strict=True)
+        )
+        if write.mode == "append":
+            cursor.execute(
+                f"create table if not exists {target} ("
+                + ", ".join(f"{n} {types[f.name][0]}" for n, f in zip(names, fields, strict=True))
+                + ")"
+            )
+            cursor.execute(
+                "select column_name from information_schema.columns where table_schema = "
+                f"{quote_literal(schema.upper())} and table_name = "
+                f"{quote_literal(write.table.upper())}"
+            )
+            have = {r[0] for r in cursor.fetchall()}
+            for n, f in zip(names, fields, strict=True):
+                if f.name.upper() not in have:
+                    cursor.execute(f"alter table {target} add column {n} {types[f.name][0]}")
+        moves.append((write, target, stage, ", ".join(names), select))
+    cursor.execute("begin")
+    try:
+        for write, target, stage, columns, select in moves:
+            if write.mode != "append":
+                continue
+            if write.replacing is not None:
+                column, values = write.replacing
+                listed = ", ".join(quote_literal(str(v)) for v in values) or "null"
+                cursor.execute(
+                    f"delete from {target} where {quote_ident(column.upper())}::varchar "
+                    f"in ({listed})"
+                )
+            cursor.execute(f"insert into {target} ({columns}) select {select} from {stage}")
+        cursor.execute("commit")
+    except BaseException:
+        cursor.execute("rollback")
+        raise
+    for write, target, stage, _, select in moves:
+        if write.mode == "replace":
+            cursor.execute(f"create or replace table {target} as select {select} from {stage}")
+        cursor.execute(f"drop table if exists {stage}")

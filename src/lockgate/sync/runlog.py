@@ -6,7 +6,7 @@ on with the tools that already read the warehouse ("how many rows did `customer_
 reject each day this month, and why?"), and to join with the models they came from. With
 `run_log:` set, every finished run is written to the warehouse after the command's syncs:
 
-- ``sync_runs``: one row per run: ids, kind, mode, status, times, the counts (rows, new,
+- ``sync_runs``: one row per run: ids, kind, mode, status, times, the counts (model rows, new,
   changed, unchanged, removed, to send, attributes set and cleared, events already delivered
   and backfill, delivered, rejected by the mapping and by Customer.io, dead-lettered),
   the names of the guardrails that stopped it, the error, and the whole report as JSON;
@@ -44,7 +44,6 @@ RUNS_PER_WRITE = 200
 
 _COUNT = "try_cast(counts->>'$.{path}' as bigint) as {name}"
 _CHANGE_COUNTS = (
-    "rows",
     "new",
     "changed",
     "unchanged",
@@ -63,6 +62,7 @@ RUNS_SQL = f"""
 select run_id, sync, kind, counts->>'$.mode' as mode, status, started_at, finished_at,
        round(epoch(finished_at) - epoch(started_at), 3) as seconds,
        coalesce(json_array_length(counts->'$.only'), 0) > 0 as named_records_only,
+       try_cast(counts->>'$.changes.rows' as bigint) as model_rows,
        {", ".join(_COUNT.format(path="changes." + c, name=c) for c in _CHANGE_COUNTS)},
        try_cast(counts->>'$.changes.rejected' as bigint) as rejected_by_mapping,
        {", ".join(_COUNT.format(path=c, name=c) for c in _RUN_COUNTS)},
@@ -123,7 +123,8 @@ def write_run_log(project: Project, store: StateStore, *, everything: bool = Fal
     if config is None:
         raise LockgateError(
             "this project has no `run_log:` in lockgate.yml",
-            hint="add `run_log: {}` to write each run to the first DuckDB or Postgres source "
+            hint="add `run_log: {}` to write each run to the first DuckDB, Postgres or Snowflake "
+            "source "
             '(docs/sync.md, "The run log in the warehouse")',
         )
     source = run_log_warehouse(project)
