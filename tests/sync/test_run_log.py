@@ -267,3 +267,11 @@ def test_the_run_log_lands_in_snowflake(project_factory: ProjectFactory) -> None
     assert runs == [("success", 18, 2, "profile")]
     assert rejected == [("mapping", "3"), ("mapping", "7")]
     assert records == [(18, 1)]
+
+
+def test_export_without_a_run_log_says_how_to_add_one(project_factory: ProjectFactory) -> None:
+    project = project_factory.write({"profile": PROFILE})
+    result = lockgate(project, "runs", "export")
+    assert result.exit_code != 0
+    assert "no `run_log:` in lockgate.yml" in result.output
+    assert "run_log: {}" in result.output
