@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from lockgate.cli import cli
-from lockgate.errors import ConfigError
+from lockgate.errors import ConfigError, LockgateError
 from lockgate.project.loader import load_project
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -272,6 +272,6 @@ def test_the_run_log_lands_in_snowflake(project_factory: ProjectFactory) -> None
 def test_export_without_a_run_log_says_how_to_add_one(project_factory: ProjectFactory) -> None:
     project = project_factory.write({"profile": PROFILE})
     result = lockgate(project, "runs", "export")
-    assert result.exit_code != 0
-    assert "no `run_log:` in lockgate.yml" in result.output
-    assert "run_log: {}" in result.output
+    assert isinstance(result.exception, LockgateError)
+    assert "no `run_log:` in lockgate.yml" in str(result.exception)
+    assert "run_log: {}" in (result.exception.hint or "")
