@@ -198,6 +198,12 @@ def render_report(console: RichConsole, report: RunReport, *, where_rejected: bo
     default=None,
     help="Write every row the mapping would reject now to this CSV file (sync, key, reason).",
 )
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 0 when nothing would be sent, 2 when something would, 3 when a guardrail would "
+    "stop a sync (1 stays an error): for CI checks on a change to a model or mapping.",
+)
 def plan(
     sync_names: tuple[str, ...],
     plan_all: bool,
@@ -207,6 +213,7 @@ def plan(
     samples: int,
     export: Path | None,
     only: tuple[str, ...],
+    detailed_exitcode: bool,
 ) -> None:
     """Show what `lockgate sync SYNC_NAME...` (or `--all`) would send, without sending
     anything. `--json` prints one report for one sync, a list for several."""
@@ -240,6 +247,22 @@ def plan(
         _write_csv(export, rows)
         console.info(f"Wrote {rows.num_rows:,} rejected rows to {export}.")
     _finish(reports, failed, "plan", as_json=as_json, one=len(sync_names) == 1 and not plan_all)
+    if detailed_exitcode:
+        stopped = [r.sync for r in reports if any(g.breached for g in r.guards)]
+        sending = [r.sync for r in reports if would_send(r)]
+        if stopped:
+            console.info(f"a guardrail would stop: {', '.join(stopped)} (exit 3)")
+            sys.exit(3)
+        if sending:
+            console.info(f"would send: {', '.join(sending)} (exit 2)")
+            sys.exit(2)
+        console.info("nothing would be sent (exit 0)")
+
+
+def would_send(report: RunReport) -> bool:
+    """Whether the run a plan describes would send anything: records, events from state
+    changes, or identity merges."""
+    return bool(report.changes.to_send or report.changes.state_events or report.identity_ops)
 
 
 Failures = list[tuple[str, LockgateError]]
