@@ -174,3 +174,41 @@ def test_an_alert_url_is_a_secret_and_names_syncs_that_exist(
     assert literal.value.location == "lockgate.yml:13"
     with pytest.raises(ConfigError, match="names sync `wide`"):
         with_alerts(project_factory, {"other": OTHER}, ALERTS)
+
+
+def test_a_run_near_a_guardrail_limit_warns_once_per_streak(
+    project_factory: ProjectFactory, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOOK_URL", receiver.url + "/hook/T0KEN")
+    monkeypatch.setenv("SLACK_URL", receiver.url + "/slack/T0KEN")
+    wide_people(project_factory, 30)
+    guarded = WIDE + "guardrails: {max_changed: 10, warn_at: 50%}\n"
+    alerts = ALERTS.replace("on: [failed]", "on: [warning]")
+    project = with_alerts(project_factory, {"wide": guarded}, alerts)
+    console = NullConsole()
+    assert run_sync(project, "wide", console=console).status == "success"
+
+    # 6 of the 10 allowed changed: the run goes on, both endpoints are told once
+    project_factory.sql("update people set a0 = 'w' || id where id < 6")
+    assert run_sync(project, "wide", console=console).delivered == 6
+    (hook, doc), (slack, message) = sorted(receiver.received)
+    assert (doc["event"], doc["status"], doc["near_limit"]) == (
+        "warning",
+        "success",
+        ["max_changed"],
+    )
+    assert message["text"].startswith(
+        "Lockgate `test`: sync `wide` is near a guardrail's limit: max_changed 6 against 10;"
+    )
+    # still near: no second alert; a run well within the limit, then near again: told again
+    receiver.received.clear()
+    project_factory.sql("update people set a0 = 'v' || id where id < 7")
+    assert run_sync(project, "wide", console=console).delivered == 7
+    assert receiver.received == []
+    project_factory.sql("update people set a0 = 'u' || id where id < 1")
+    assert run_sync(project, "wide", console=console).delivered == 1
+    assert receiver.received == []
+    project_factory.sql("update people set a0 = 't' || id where id < 5")
+    assert run_sync(project, "wide", console=console).delivered == 5
+    (hook, doc), (slack, _) = sorted(receiver.received)
+    assert (hook, slack, doc["event"]) == ("/hook/T0KEN", "/slack/T0KEN", "warning")

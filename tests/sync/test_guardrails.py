@@ -462,3 +462,39 @@ def test_state_from_before_mappings_were_recorded_and_a_column_gone_from_the_mod
         "removed attribute `promo` (Customer.io keeps the values sent before): 0 people"
     )
     assert len(emu.people()) == 20
+
+
+def test_warn_at_shows_a_breaker_near_its_limit_and_the_run_goes_on(
+    project_factory: ProjectFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lockgate.cli import main
+    from lockgate.errors import ConfigError
+    from lockgate.project.loader import load_project
+
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": with_guardrails(PROFILE, "{max_changed: 5}")})
+    (project.root / "lockgate.yml").write_text(
+        (project.root / "lockgate.yml").read_text() + "defaults:\n  guardrails: {warn_at: 60%}\n"
+    )
+    project = load_project(project.root)
+    run_sync(project, "profile", console=NullConsole())
+
+    project_factory.sql("update users set plan = 'x' where user_id <= 2")  # 2 of 5: 40%
+    [changed] = [g for g in plan_sync(project, "profile", console=NullConsole()).guards
+                 if g.name == "max_changed"]  # fmt: skip
+    assert (changed.breached, changed.near, changed.status) == (False, False, "ok")
+
+    project_factory.sql("update users set plan = 'x' where user_id <= 3")  # 3 of 5: 60%
+    main(["plan", "profile", "--project", str(project.root)])
+    assert "near limit" in capsys.readouterr().out
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.status == "success" and report.delivered == 3  # a warning does not stop it
+    [changed] = [g for g in report.as_dict()["guardrails"] if g["name"] == "max_changed"]
+    assert changed["near"] is True and not changed["breached"]
+    assert "3 changed people would be sent: 60% of the 5 the limit allows" in changed["detail"]
+
+    (project.root / "lockgate.yml").write_text(
+        (project.root / "lockgate.yml").read_text().replace("60%", "0%")
+    )
+    with pytest.raises(ConfigError, match="not a share of a limit"):
+        load_project(project.root)

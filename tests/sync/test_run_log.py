@@ -77,21 +77,24 @@ def test_each_run_and_its_rejected_rows_land_in_the_warehouse_once(
     assert first.exit_code == 0, first.output
     assert "run log: 2 run(s) written to" in first.output, first.output[-3000:]
     project_factory.sql("update users set plan = 'team' where user_id = 5")
+    path = project.root / "syncs" / "profile.yml"  # 1 changed of the 1 allowed: near the limit
+    path.write_text(path.read_text() + "guardrails: {max_changed: 10%, warn_at: 50%}\n")
     assert lockgate(project, "sync", "profile").exit_code == 0
 
     runs = warehouse(
         project,
         "select sync, kind, mode, status, model_rows, new, changed, unchanged, to_send, "
-        "rejected_by_mapping, delivered, rejected_by_api, guardrails_breached, error, "
+        "rejected_by_mapping, delivered, rejected_by_api, guardrails_breached, guardrails_near, "
+        "error, "
         "report->>'$.run_id' = run_id, named_records_only, finished_at >= started_at "
         "from lockgate.sync_runs order by started_at, sync",
     )
     profile_runs = [r for r in runs if r[0] == "profile"]
     assert profile_runs == [
-        ("profile", "people", "upsert", "success", 20, 18, 0, 0, 18, 2, 18, 0, None, None)
+        ("profile", "people", "upsert", "success", 20, 18, 0, 0, 18, 2, 18, 0, None, None, None)
         + (True, False, True),
-        ("profile", "people", "upsert", "success", 20, 0, 1, 17, 1, 2, 1, 0, None, None)
-        + (True, False, True),
+        ("profile", "people", "upsert", "success", 20, 0, 1, 17, 1, 2, 1, 0, None, "max_changed")
+        + (None, True, False, True),
     ]
     [orders] = [r for r in runs if r[0] == "orders"]
     assert orders[1:4] == ("events", "upsert", "success") and orders[10] == 30

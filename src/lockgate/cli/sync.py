@@ -156,10 +156,7 @@ def render_report(console: RichConsole, report: RunReport, *, where_rejected: bo
         console.table(
             f"{report.sync}: guardrails",
             ["guardrail", "limit", "this run", "status"],
-            [
-                (g.name, g.limit, g.actual, "BREACHED" if g.breached else "ok")
-                for g in report.guards
-            ],
+            [(g.name, g.limit, g.actual, g.status) for g in report.guards],
         )
     if report.failures:
         # one line per distinct answer: Customer.io down gives every record the same reason

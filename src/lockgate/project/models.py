@@ -512,6 +512,22 @@ class GuardrailsConfig(StrictModel):
     distinct_event_names: list[str] = Field(default_factory=list)
     """Event names that are meant to differ from their look-alikes (e.g. `Checkout Abandoned`
     next to `Abandoned Checkout`); `lockgate validate` reports such a pair as a warning."""
+    warn_at: str | None = None
+    """Warn when a run reaches this share of a circuit breaker's limit without breaching it,
+    e.g. `80%`: the run goes on, the guardrail shows `near limit`, and `alerts:` get a
+    `warning` (off unless set)."""
+
+    @field_validator("warn_at", mode="before")
+    @classmethod
+    def _share(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        text = str(value).strip()
+        if not text.endswith("%") or not LIMIT.match(text) or not 0 < float(text[:-1]) <= 100:
+            raise ValueError(
+                f"`{value}` is not a share of a limit; write one like `80%` (above 0, up to 100%)"
+            )
+        return text
 
     @field_validator("max_changed", "max_cleared", "max_removed", "max_rejected", mode="before")
     @classmethod
@@ -789,8 +805,8 @@ class DefaultsConfig(StrictModel):
     """Circuit breakers for every sync (off unless set here or in a sync; docs/guardrails.md)."""
 
 
-AlertOn = Literal["failed", "partial", "recovered"]
-ALERT_OUTCOMES: tuple[AlertOn, ...] = ("failed", "partial", "recovered")
+AlertOn = Literal["failed", "partial", "recovered", "warning"]
+ALERT_OUTCOMES: tuple[AlertOn, ...] = ("failed", "partial", "recovered", "warning")
 
 
 class AlertConfig(StrictModel):
@@ -804,7 +820,8 @@ class AlertConfig(StrictModel):
     (`{"text": ...}`), which Microsoft Teams and Discord's Slack-compatible hooks also take."""
     on: list[AlertOn] = Field(default_factory=lambda: list(ALERT_OUTCOMES))
     """Which outcomes: `failed` (an error or a guardrail stopped the run), `partial` (records
-    rejected by Customer.io or dead-lettered), `recovered` (a success after either)."""
+    rejected by Customer.io or dead-lettered), `recovered` (a success after either),
+    `warning` (a success with a guardrail at its `warn_at` share of the limit)."""
     syncs: list[str] | None = None
     """Only these syncs' runs; unset, every sync's."""
     every_run: bool = False

@@ -545,9 +545,13 @@ class StateStore:
     def previous_status(self, sync: str, run_id: str) -> str | None:
         """The status of the sync's last finished run before ``run_id`` (None before any), leaving
         out runs stopped on purpose (`interrupted`) and runs of named records (`--only`): they
-        say nothing of whether the sync works."""
+        say nothing of whether the sync works. A success with a guardrail near its limit
+        (`warn_at`) is `warning`."""
         rows = self.con.execute(
-            "select status from runs where sync = ? and run_id <> ? and status <> 'running' "
+            "select case when status = 'success' and list_contains(coalesce(json_extract("
+            "counts, '$.guardrails[*].near'), []::json[])::varchar[], 'true') then 'warning' "
+            "else status end "
+            "from runs where sync = ? and run_id <> ? and status <> 'running' "
             "and coalesce(error, '') <> 'interrupted' "
             "and coalesce(json_array_length(counts->'$.only'), 0) = 0 "
             "order by started_at desc limit 1",

@@ -7,10 +7,12 @@ run's outcome is compared with the sync's previous run:
 - ``failed``: an error or a guardrail stopped it (a run stopped on purpose by SIGTERM or
   Ctrl-C, and a run of named records, `--only`, alert nobody);
 - ``partial``: Customer.io rejected records or they were dead-lettered;
-- ``recovered``: a success after a failed or partial run, so an alert is not left standing.
+- ``recovered``: a success after a failed or partial run, so an alert is not left standing;
+- ``warning``: a success with a circuit breaker at its `warn_at` share of the limit (a run
+  that would stop if the trend went on: `max_changed` at 21% against 25%).
 
-A failed or partial run alerts when it starts a streak: a sync scheduled every 15 minutes that
-stays broken alerts once, not 96 times a day (`every_run: true` alerts each one).
+A failed, partial or warning run alerts when it starts a streak: a sync scheduled every 15
+minutes that stays broken alerts once, not 96 times a day (`every_run: true` alerts each one).
 
 Each alert configured for that outcome (and sync) gets one POST: the outcome as JSON, or a
 Slack incoming-webhook message. An alert that cannot be sent is a warning; it never changes
@@ -39,15 +41,25 @@ from lockgate.project.models import resolve_env
 TIMEOUT = 10.0
 
 
-def outcome(status: str, previous: str | None, *, every_run: bool = False) -> str | None:
-    """The alert a run's ``status`` calls for, given the sync's ``previous`` run's status: a
-    failed or partial run alerts when it starts a streak (or with ``every_run``), a success
-    after one alerts as `recovered`."""
+def outcome(
+    status: str, previous: str | None, *, every_run: bool = False, near: bool = False
+) -> str | None:
+    """The alert a run's ``status`` calls for, given the sync's ``previous`` run's status
+    (`warning` for a success that was ``near`` a limit): a failed or partial run alerts when
+    it starts a streak (or with ``every_run``), a success after one alerts as `recovered`, and
+    a success ``near`` a guardrail's limit as `warning` when it starts a streak."""
     if status in ("failed", "partial"):
         return status if every_run or previous != status else None
     if status == "success" and previous in ("failed", "partial"):
         return "recovered"
+    if status == "success" and near and (every_run or previous != "warning"):
+        return "warning"
     return None
+
+
+def near_limit(counts: dict[str, Any]) -> list[str]:
+    """The guardrails a run's report shows near their limit (`warn_at`)."""
+    return [str(g.get("name")) for g in counts.get("guardrails") or () if g.get("near")]
 
 
 def notify(
@@ -63,8 +75,9 @@ def notify(
 ) -> int:
     """POST the run's outcome to every alert configured for it; returns how many were sent."""
     wanted = []
+    near = bool(near_limit(counts))
     for alert in project.config.alerts:
-        event = outcome(status, previous, every_run=alert.every_run)
+        event = outcome(status, previous, every_run=alert.every_run, near=near)
         if event in alert.on and (alert.syncs is None or sync in alert.syncs):
             wanted.append((alert, event))
     if not wanted:
@@ -125,6 +138,7 @@ def _document(
         "rejected_by_mapping": changes.get("rejected"),
         "rejected_by_customerio": counts.get("rejected_by_api"),
         "dead_lettered": counts.get("dead_lettered"),
+        "near_limit": near_limit(counts),
         "at": datetime.now(UTC).isoformat(),
     }
 
@@ -151,4 +165,13 @@ def _message(
             f"{counts.get('dead_lettered', 0):,} dead-lettered; the next run sends them again "
             f"(run {run_id}; `lockgate runs show {run_id}`)"
         )
-    return f"{head} recovered: {delivered:,} delivered (run {run_id})"
+    near = [g for g in counts.get("guardrails") or () if g.get("near")]
+    nearing = "; ".join(f"{g['name']} {g['actual']} against {g['limit']}" for g in near)
+    if event == "warning":
+        return (
+            f"{head} is near a guardrail's limit: {nearing}; the run went on, a run over the "
+            f"limit stops before sending (run {run_id}; `lockgate runs show {run_id}`)"
+        )
+    return f"{head} recovered: {delivered:,} delivered (run {run_id})" + (
+        f"; near a guardrail's limit: {nearing}" if near else ""
+    )

@@ -23,6 +23,7 @@ The guardrails (docs/guardrails.md):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,12 @@ class GuardResult:
     """Where a `max_*` limit is raised."""
     hint: str = ""
     """What to do about a breach, where the generic hint does not fit."""
+    near: bool = False
+    """Not breached, but at `warn_at` of the limit or more (a warning, not a stop)."""
+
+    @property
+    def status(self) -> str:
+        return "BREACHED" if self.breached else "near limit" if self.near else "ok"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +77,7 @@ class GuardResult:
             "limit": self.limit,
             "actual": self.actual,
             "breached": self.breached,
+            "near": self.near,
             "forceable": self.forceable,
             "detail": self.detail,
             "samples": list(self.samples),
@@ -86,6 +94,8 @@ class Limits:
     max_events: int | str | None
     max_rejected: int | str | None
     accept_type_changes: dict[str, str]
+    warn_at: float | None = None
+    """`warn_at` as a fraction (0.8 for `80%`), or None."""
 
 
 def limits(project: Project, sync: SyncConfig) -> Limits:
@@ -106,6 +116,7 @@ def limits(project: Project, sync: SyncConfig) -> Limits:
         max_events=pick("max_events"),
         max_rejected=pick("max_rejected"),
         accept_type_changes={**base.accept_type_changes, **own.accept_type_changes},
+        warn_at=float(warn[:-1]) / 100 if (warn := own.warn_at or base.warn_at) else None,
     )
 
 
@@ -159,8 +170,11 @@ def _breaker(
     base_text: str,
     samples: Any,
     outcome: str = "would be sent",
+    *,
+    warn_at: float | None = None,
 ) -> GuardResult | None:
-    """One circuit breaker: ``count`` against ``limit`` (a share of ``base`` or a count)."""
+    """One circuit breaker: ``count`` against ``limit`` (a share of ``base`` or a count); at
+    ``warn_at`` of the allowed count or more (and not over it), the result is `near`."""
     if limit is None or limit == "off":
         return None
     if isinstance(limit, str):
@@ -178,6 +192,16 @@ def _breaker(
         allowed = limit
         actual = f"{count:,}"
     if count <= allowed:
+        if warn_at is not None and count > 0 and count >= math.ceil(warn_at * allowed):
+            return GuardResult(
+                name,
+                _limit_text(limit),
+                actual,
+                False,
+                f"{count:,} {unit} {outcome}: {count / allowed:.0%} of the {allowed:,} the limit "
+                f"allows (warn_at {warn_at:.0%}).",
+                near=True,
+            )
         return GuardResult(name, _limit_text(limit), actual, False)
     over = count - allowed
     return GuardResult(
@@ -301,6 +325,7 @@ def check(
     of the model or snapshot (and the empty-model check) say nothing about such a run and are
     left out, the type and identifier contracts and the event counts still hold."""
     lim = limits(project, sync)
+    breaker = functools.partial(_breaker, warn_at=lim.warn_at)
     if only:
         lim = dataclasses.replace(lim, max_changed=None, max_cleared=None, max_removed=None,
                                   max_rejected=None)  # fmt: skip
@@ -366,11 +391,11 @@ def check(
         results += [
             _mapping(sync, last, changes, noun),
             # records sent again only because the mapping changed are the mapping row's
-            _breaker(
+            breaker(
                 "max_changed", lim.max_changed, changes.changed - changes.remapped, base,
                 f"changed {noun}", people, changed,
             ),
-            None if sync.kind == "relationships" else _breaker(
+            None if sync.kind == "relationships" else breaker(
                 "max_cleared",
                 lim.max_cleared,
                 _cleared_on_known(con, sync, last, changes)
@@ -381,7 +406,7 @@ def check(
                 f"{base:,} {noun} × {n_attrs} attribute{'' if n_attrs == 1 else 's'}",
                 cleared,
             ),
-            _breaker(
+            breaker(
                 "max_removed", lim.max_removed, changes.removed, base, f"removed {noun}",
                 people, removed,
             ),
@@ -396,7 +421,7 @@ def check(
                 ]
 
             results.append(
-                _breaker(
+                breaker(
                     "max_events", lim.max_events, changes.state_events, 0, "state-change events",
                     "", state_events,
                 )
@@ -410,10 +435,10 @@ def check(
             ]
 
         results.append(
-            _breaker("max_events", lim.max_events, changes.to_send, 0, "events", "", events)
+            breaker("max_events", lim.max_events, changes.to_send, 0, "events", "", events)
         )
     results.append(
-        _breaker(
+        breaker(
             "max_rejected",
             lim.max_rejected,
             changes.rejected,

@@ -71,6 +71,10 @@ select run_id, sync, kind, counts->>'$.mode' as mode, status, started_at, finish
            coalesce(json_extract(counts, '$.guardrails[*]'), []::json[]),
            lambda g: (g->>'$.breached')::boolean), lambda g: g->>'$.name'), ', '), '')
            as guardrails_breached,
+       nullif(array_to_string(list_transform(list_filter(
+           coalesce(json_extract(counts, '$.guardrails[*]'), []::json[]),
+           lambda g: coalesce((g->>'$.near')::boolean, false)), lambda g: g->>'$.name'), ', '), '')
+           as guardrails_near,
        error, counts::varchar as report
 from runs where run_id in (select unnest($ids::varchar[]))
 order by started_at
