@@ -825,7 +825,7 @@ class AlertConfig(StrictModel):
     syncs: list[str] | None = None
     """Only these syncs' runs; unset, every sync's."""
     every_run: bool = False
-    """Alert every failed or partial run. Unset, only the first of a streak (the sync's previous
+    """Alert every failed, partial or warning run. Unset, only the first of a streak (the sync's previous
     run ended otherwise): a sync scheduled every 15 minutes that stays broken alerts once, then
     once more when it recovers."""
 
