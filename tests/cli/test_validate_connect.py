@@ -72,6 +72,9 @@ def test_a_working_project_passes_every_check_and_sends_nothing(
     assert checks["App API", "customerio"]["ok"] is None
     assert "CUSTOMERIO_APP_API_KEY" in str(checks["App API", "customerio"]["hint"])
     assert with_app["App API", "customerio"]["ok"] is True
+    # the scaffold's `run_log: {}` writes to the sample warehouse, which this user can write
+    assert checks["run log", "run_log"]["ok"] is True
+    assert "writes `warehouse`.lockgate" in str(checks["run log", "run_log"]["detail"])
     # nothing was sent, nothing written
     assert not emulator.people() and not emulator.events()
     assert not (root / ".lockgate").exists()
@@ -108,7 +111,7 @@ def test_each_failure_is_named_with_its_hint_and_hides_nothing_else(
     assert checks["source", "warehouse"]["ok"] is True
     # on the terminal: the table, the hints, and one error saying how many failed
     assert isinstance(result.exception, ConnectionCheckError)
-    assert str(result.exception).startswith("3 of 14 connection checks failed")
+    assert str(result.exception).startswith("3 of 15 connection checks failed")
     assert "FAILED" in result.output and "CUSTOMERIO_APP_API_KEY: an App API key" in result.output
     assert "rotated-yesterday" not in result.output + str(checks)
 
@@ -264,3 +267,39 @@ def test_a_snowflake_model_is_planned_and_its_mapping_checked(
     assert checks["model", "sf_accounts"]["ok"] is True
     assert renamed["model", "sf_accounts"]["ok"] is False
     assert "`tier`" in str(renamed["model", "sf_accounts"]["detail"])
+
+
+@pytest.mark.postgres
+def test_a_run_log_the_postgres_user_may_not_create_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres_dsn: str
+) -> None:
+    """The run log's check reads the user's CREATE grant (nothing is created): a reader role
+    fails it with the grant to give; the server's owner passes."""
+    import psycopg
+
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute("drop schema if exists lg_runs cascade")
+        conn.execute("drop role if exists lg_reader")
+        conn.execute("create role lg_reader login")
+        conn.execute("revoke create on database postgres from public, lg_reader")
+        conn.execute("revoke create on schema public from public")
+    reader = postgres_dsn.replace("postgres@", "lg_reader@", 1)
+    emulator = Emulator()
+    with emulator.serve() as url:
+        root = project(tmp_path / "p", url, monkeypatch, emulator)
+        add_postgres(root, "app_db", reader)
+        yml = root / "lockgate.yml"
+        yml.write_text(
+            yml.read_text().replace("run_log: {}", "run_log: {warehouse: app_db, dataset: lg_runs}")
+        )
+        code, checks = connect(root)
+        refused = checks["run log", "run_log"]
+        assert code == 1 and refused["ok"] is False
+        assert "user `lg_reader` may not create tables in schema `lg_runs`" in str(
+            refused["detail"]
+        )
+        assert "grant CREATE on schema lg_runs" in str(refused["hint"])
+        yml.write_text(yml.read_text().replace(reader, postgres_dsn))
+        code, checks = connect(root)
+    assert checks["run log", "run_log"]["ok"] is True
+    assert "user `postgres` may create its tables" in str(checks["run log", "run_log"]["detail"])

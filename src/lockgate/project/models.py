@@ -825,9 +825,9 @@ class AlertConfig(StrictModel):
     syncs: list[str] | None = None
     """Only these syncs' runs; unset, every sync's."""
     every_run: bool = False
-    """Alert every failed, partial or warning run. Unset, only the first of a streak (the sync's previous
-    run ended otherwise): a sync scheduled every 15 minutes that stays broken alerts once, then
-    once more when it recovers."""
+    """Alert every failed, partial or warning run. Unset, only the first of a streak (the sync's
+    previous run ended otherwise): a sync scheduled every 15 minutes that stays broken alerts
+    once, then once more when it recovers."""
 
     @field_validator("url")
     @classmethod

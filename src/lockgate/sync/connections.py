@@ -21,6 +21,10 @@ the others, and each failure carries the error and hint a run would give.
 - **webhooks** (when lockgate.yml has a `webhooks:` section): the signing key's variable is
   set, the warehouse the events load into is declared and connected above, and the spool
   folder can be written.
+- **run log** (when lockgate.yml has a `run_log:` section): its warehouse connected above and
+  the tables can be created there: a DuckDB file (or its folder) the user can write; in
+  Postgres, CREATE on the schema if it exists, else on the database. Snowflake's grants are
+  not read: the first run's write says whether they are enough.
 
 Nothing is written anywhere, no state is opened, and no row is read.
 """
@@ -111,6 +115,7 @@ def count(project: Project) -> int:
         + (len(identity.sources) if identity is not None else 0)
         + 2 * len(used)
         + (project.config.webhooks is not None)
+        + (project.config.run_log is not None)
     )
 
 
@@ -126,6 +131,9 @@ def check_connections(
     if project.config.webhooks is not None:
         with checks.check("webhooks", "receiver") as detail:
             detail.append(_check_webhooks(project, checks.done))
+    if project.config.run_log is not None:
+        with checks.check("run log", "run_log") as detail:
+            detail.append(_check_run_log(project, checks.done))
     return checks.done
 
 
@@ -235,6 +243,58 @@ def _check_webhooks(project: Project, done: list[Check]) -> str:
         )
     where = Path(config.spool)
     return f"signing key set; loads into `{warehouse}`.{config.dataset}; spool `{where}`"
+
+
+def _check_run_log(project: Project, done: list[Check]) -> str:
+    """Can the run log's tables be created where `run_log:` writes them? Nothing is written."""
+    import os
+
+    from lockgate.errors import ConfigError
+    from lockgate.project.loader import run_log_warehouse
+    from lockgate.project.models import DuckDBSourceConfig, PostgresSourceConfig, resolve_env
+
+    config = project.config.run_log
+    assert config is not None
+    warehouse = run_log_warehouse(project)
+    if any(c.what == "source" and c.name == warehouse and c.ok is False for c in done):
+        raise ConfigError(
+            f"the run log goes to source `{warehouse}`, which did not connect (above)",
+            hint="fix the source, or point `run_log.warehouse` at another one",
+        )
+    where = f"`{warehouse}`.{config.dataset}"
+    source = project.config.sources[warehouse]
+    if isinstance(source, DuckDBSourceConfig):
+        path = project.root / source.path
+        target = path if path.exists() else path.parent
+        if not os.access(target, os.W_OK):
+            raise ConfigError(
+                f"the run log cannot be written: `{target}` is not writable by this user",
+                hint="give the user write access to the warehouse file, or set "
+                "`run_log.warehouse` to another source",
+            )
+        return f"writes {where} (a DuckDB file this user can write)"
+    if isinstance(source, PostgresSourceConfig):
+        import adbc_driver_postgresql.dbapi as adbc
+
+        from lockgate.sources.base import quote_literal
+
+        schema = quote_literal(config.dataset)
+        with adbc.connect(resolve_env(source.url, field="url") or "") as conn, conn.cursor() as cur:
+            cur.execute(
+                "select current_user, case when exists (select 1 from pg_namespace where nspname"
+                f" = {schema}) then has_schema_privilege({schema}, 'CREATE') else "
+                "has_database_privilege(current_database(), 'CREATE') end"
+            )
+            user, allowed = cur.fetchall()[0]
+        if not allowed:
+            raise ConfigError(
+                f"the run log cannot be written: user `{user}` may not create tables in "
+                f"schema `{config.dataset}` (nor the schema)",
+                hint=f"grant CREATE on schema {config.dataset} (or on the database) to {user}, "
+                "or set `run_log.warehouse` to another source",
+            )
+        return f"writes {where} (user `{user}` may create its tables)"
+    return f"writes {where} (grants not read: the first run's write checks them)"
 
 
 def _check_customerio(project: Project, name: str, checks: _Checks) -> None:
