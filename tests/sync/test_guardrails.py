@@ -467,7 +467,9 @@ def test_state_from_before_mappings_were_recorded_and_a_column_gone_from_the_mod
 def test_warn_at_shows_a_breaker_near_its_limit_and_the_run_goes_on(
     project_factory: ProjectFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from lockgate.cli import main
+    from click.testing import CliRunner
+
+    from lockgate.cli import cli, main
     from lockgate.errors import ConfigError
     from lockgate.project.loader import load_project
 
@@ -493,6 +495,9 @@ def test_warn_at_shows_a_breaker_near_its_limit_and_the_run_goes_on(
     assert changed["near"] is True and not changed["breached"]
     assert "3 changed people would be sent: 60% of the 5 the limit allows" in changed["detail"]
 
+    # `lockgate runs` shows the run that came near its limit as such
+    listed = CliRunner().invoke(cli, ["runs", "--project", str(project.root)])
+    assert "success, near limit: max_changed" in " ".join(listed.output.split())
     (project.root / "lockgate.yml").write_text(
         (project.root / "lockgate.yml").read_text().replace("60%", "0%")
     )

@@ -457,7 +457,7 @@ def runs(
                 r.run_id,
                 r.sync,
                 f"{r.started_at:%Y-%m-%d %H:%M:%S}",
-                r.status,
+                _status_text(r.status, r.counts),
                 r.counts.get("changes", {}).get("to_send", ""),
                 r.counts.get("delivered", ""),
                 _rejected_count(r.counts),
@@ -468,6 +468,12 @@ def runs(
     )
     if rows:
         console.info("One run whole, with its rejected rows: `lockgate runs show RUN`.")
+
+
+def _status_text(status: str, counts: dict[str, Any]) -> str:
+    """A run's status, and the guardrails it came near (`warn_at`), if any."""
+    near = [g.get("name") for g in counts.get("guardrails") or () if g.get("near")]
+    return f"{status}, near limit: {', '.join(map(str, near))}" if near else status
 
 
 def _rejected_count(counts: dict[str, Any]) -> int | str:
