@@ -278,3 +278,43 @@ def test_export_without_a_run_log_says_how_to_add_one(project_factory: ProjectFa
     assert isinstance(result.exception, LockgateError)
     assert "no `run_log:` in lockgate.yml" in str(result.exception)
     assert "run_log: {}" in (result.exception.hint or "")
+
+
+@pytest.mark.postgres
+def test_the_run_log_through_the_redshift_path(
+    project_factory: ProjectFactory, postgres_dsn: str
+) -> None:
+    """`redshift: true` writes with psycopg, client-side literals and multi-row INSERTs into
+    VARCHAR(65535) columns (JSON as text), the SQL Redshift takes; run here against the test
+    Postgres server, as the Redshift source path is (not against Redshift itself)."""
+    import psycopg
+
+    project_factory.sql(DATA)
+    project = project_factory.write({"profile": PROFILE})
+    text = (project.root / "lockgate.yml").read_text()
+    rs = f"  rs: {{type: postgres, redshift: true, url: '{postgres_dsn}'}}\n"
+    (project.root / "lockgate.yml").write_text(
+        text.replace("sources:\n", "sources:\n" + rs)
+        + "run_log: {warehouse: rs, dataset: lg_rs_runlog, records: true}\n"
+    )
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute("drop schema if exists lg_rs_runlog cascade")
+    project = load_project(project.root)
+    assert lockgate(project, "sync", "profile").exit_code == 0
+    assert lockgate(project, "runs", "export", "--all").exit_code == 0
+    with psycopg.connect(postgres_dsn) as conn:
+        runs = conn.execute(
+            "select status, new, rejected_by_mapping, report::json->>'sync', "
+            "format_type(a.atttypid, a.atttypmod) from lg_rs_runlog.sync_runs, pg_attribute a "
+            "where a.attrelid = 'lg_rs_runlog.sync_runs'::regclass and a.attname = 'report'"
+        ).fetchall()
+        rejected = conn.execute(
+            "select stage, record_key from lg_rs_runlog.sync_rejected_rows order by record_key"
+        ).fetchall()
+        records = conn.execute(
+            "select count(*), count(*) filter (where identifiers::json->>'email' = "
+            "'u1@example.com') from lg_rs_runlog.sync_records"
+        ).fetchall()
+    assert runs == [("success", 18, 2, "profile", "character varying(65535)")]
+    assert rejected == [("mapping", "3"), ("mapping", "7")]
+    assert records == [(18, 1)]

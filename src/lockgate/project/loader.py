@@ -350,8 +350,9 @@ def run_log_warehouse(project: Project, lines: Lines | None = None) -> str:
         if name is None:
             raise ConfigError(
                 "`run_log:` has no warehouse to write into: no source is a DuckDB file, "
-                "Postgres or Snowflake",
-                hint="set `run_log.warehouse` to a DuckDB file, Postgres or Snowflake source",
+                "Postgres, Redshift or Snowflake",
+                hint="set `run_log.warehouse` to a DuckDB file, Postgres, Redshift or Snowflake "
+                "source",
                 file=PROJECT_FILE,
                 line=lines.get(("run_log",)),
             )
@@ -368,7 +369,7 @@ def run_log_warehouse(project: Project, lines: Lines | None = None) -> str:
     if why is not None:
         raise ConfigError(
             f"`run_log.warehouse`: source `{config.warehouse}` cannot take the run log: {why}",
-            hint="name a DuckDB file, Postgres or Snowflake source",
+            hint="name a DuckDB file, Postgres, Redshift or Snowflake source",
             file=PROJECT_FILE,
             line=line,
         )

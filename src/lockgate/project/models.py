@@ -845,8 +845,8 @@ class RunLogConfig(StrictModel):
     from."""
 
     warehouse: str | None = None
-    """Source to write into: a DuckDB file, Postgres or Snowflake (not yet BigQuery or
-    Redshift); default: the project's first such source."""
+    """Source to write into: a DuckDB file, Postgres, Redshift or Snowflake (not yet BigQuery);
+    default: the project's first such source."""
     dataset: str = "lockgate"
     """Schema the tables are written to."""
     records: bool = False

@@ -1,5 +1,5 @@
 """Write Lockgate's own tables into a warehouse: the identity graph's analyst tables and the run
-log (`run_log:`), into one schema of a DuckDB file, a Postgres database or Snowflake.
+log (`run_log:`), into one schema of a DuckDB file, a Postgres database, Redshift or Snowflake.
 
 Every write of one call is one transaction: an analyst never reads half of what a run wrote
 (in Snowflake, where DDL commits, the tables are created and widened first, and the rows of
@@ -68,12 +68,9 @@ def writable(project: Project, name: str) -> str | None:
         if source.path == ":memory:":
             return "it is an in-memory DuckDB: what is written there is gone with the process"
         return None
-    if isinstance(source, PostgresSourceConfig) and not source.redshift:
+    if isinstance(source, PostgresSourceConfig | SnowflakeSourceConfig):
         return None
-    if isinstance(source, SnowflakeSourceConfig):
-        return None
-    kind = "redshift" if isinstance(source, PostgresSourceConfig) else source.type
-    return f"writing Lockgate's tables into a `{kind}` warehouse is not supported yet"
+    return f"writing Lockgate's tables into a `{source.type}` warehouse is not supported yet"
 
 
 def write_tables(project: Project, source_name: str, schema: str, writes: list[TableWrite]) -> str:
@@ -97,8 +94,12 @@ def write_tables(project: Project, source_name: str, schema: str, writes: list[T
         finally:
             con.close()
         return f"{path} (schema {schema})"
-    if isinstance(source, PostgresSourceConfig) and not source.redshift:
-        _postgres_write(resolve_env(source.url, field="url") or "", schema, writes)
+    if isinstance(source, PostgresSourceConfig):
+        url = resolve_env(source.url, field="url") or ""
+        if source.redshift:
+            _redshift_write(url, schema, writes)
+        else:
+            _postgres_write(url, schema, writes)
         return f"source `{source_name}` (schema {schema})"
     if isinstance(source, SnowflakeSourceConfig):
         from lockgate.sources.snowflake import SnowflakeSource
@@ -117,7 +118,7 @@ def write_tables(project: Project, source_name: str, schema: str, writes: list[T
         return f"source `{source_name}` (schema {schema.upper()})"
     raise ConfigError(
         f"source `{source_name}`: {writable(project, source_name)}",
-        hint="use a DuckDB file, Postgres or Snowflake source",
+        hint="use a DuckDB file, Postgres, Redshift or Snowflake source",
         file="lockgate.yml",
     )
 
@@ -363,3 +364,107 @@ def _snowflake_write(conn: Any, schema: str, writes: list[TableWrite]) -> None:
         if write.mode == "replace":
             cursor.execute(f"create or replace table {target} as select {select} from {stage}")
         cursor.execute(f"drop table if exists {stage}")
+
+
+# ----------------------------------------------------------------------------------- Redshift
+
+REDSHIFT_TEXT = 65_535
+"""Bytes in Redshift's longest VARCHAR: longer text (a large report) is cut to it."""
+
+REDSHIFT_ROWS_PER_INSERT = 500
+"""Rows per multi-row INSERT (Redshift's statement limit is 16 MB)."""
+
+
+def _redshift_type(kind: pa.DataType) -> str:
+    """The column type for an Arrow type. JSON text, lists and structs are VARCHAR JSON text
+    (`JSON_PARSE` reads it as SUPER); TEXT would be Redshift's VARCHAR(256)."""
+    if pa.types.is_integer(kind):
+        return "bigint"
+    if pa.types.is_floating(kind):
+        return "double precision"
+    if pa.types.is_boolean(kind):
+        return "boolean"
+    if pa.types.is_timestamp(kind):
+        return "timestamptz" if kind.tz else "timestamp"
+    if pa.types.is_date(kind):
+        return "date"
+    return f"varchar({REDSHIFT_TEXT})"
+
+
+def _redshift_value(value: Any, nested: bool) -> Any:
+    import orjson
+
+    if value is None:
+        return None
+    if nested:
+        value = orjson.dumps(value).decode()
+    if isinstance(value, str) and len(value) > REDSHIFT_TEXT // 4:
+        value = value.encode()[:REDSHIFT_TEXT].decode(errors="ignore")
+    return value
+
+
+def _redshift_write(url: str, schema: str, writes: list[TableWrite]) -> None:
+    """Redshift (through psycopg, as its source is read): the tables created and widened, each
+    run's rows deleted and inserted with multi-row INSERTs, one transaction. The values are
+    bound client-side (literals in the statement's text), which Redshift takes as any SQL."""
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - a dependency of the package
+        from lockgate.errors import MissingDependencyError
+
+        raise MissingDependencyError("psycopg", "postgres") from None
+    try:
+        with psycopg.connect(url, cursor_factory=psycopg.ClientCursor) as conn:
+            cursor = conn.cursor()
+            cursor.execute(f"create schema if not exists {quote_ident(schema)}")
+            for write in writes:
+                _redshift_table(cursor, schema, write)
+            conn.commit()
+    except psycopg.Error as exc:
+        raise SourceError(
+            f"Redshift refused the write into schema `{schema}`: {db_message(exc)}",
+            hint="the user needs CREATE on the database (or the schema to exist) and INSERT",
+        ) from exc
+
+
+def _redshift_table(cursor: Any, schema: str, write: TableWrite) -> None:
+    target = f"{quote_ident(schema)}.{quote_ident(write.table)}"
+    fields = list(write.data.schema)
+    names = [quote_ident(f.name) for f in fields]
+    types = [_redshift_type(f.type) for f in fields]
+    if write.mode == "replace":
+        cursor.execute(f"drop table if exists {target}")
+    cursor.execute(
+        f"create table if not exists {target} ("
+        + ", ".join(f"{n} {t}" for n, t in zip(names, types, strict=True))
+        + ")"
+    )
+    cursor.execute(
+        "select column_name from information_schema.columns where table_schema = "
+        f"{quote_literal(schema)} and table_name = {quote_literal(write.table)}"
+    )
+    have = {r[0] for r in cursor.fetchall()}
+    for field, name, kind in zip(fields, names, types, strict=True):
+        if field.name not in have:
+            cursor.execute(f"alter table {target} add column {name} {kind}")
+    if write.replacing is not None:
+        column, values = write.replacing
+        listed = ", ".join(quote_literal(str(v)) for v in values) or "null"
+        cursor.execute(f"delete from {target} where {quote_ident(column)} in ({listed})")
+    nested = [pa.types.is_nested(f.type) for f in fields]  # JSON columns are text already
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    batches = write.data.to_batches() if isinstance(write.data, pa.Table) else write.data
+    for batch in batches:
+        columns = list(batch.to_pydict().values())
+        for start in range(0, batch.num_rows, REDSHIFT_ROWS_PER_INSERT):
+            stop = min(start + REDSHIFT_ROWS_PER_INSERT, batch.num_rows)
+            params = [
+                _redshift_value(columns[c][i], nested[c])
+                for i in range(start, stop)
+                for c in range(len(fields))
+            ]
+            cursor.execute(
+                f"insert into {target} ({', '.join(names)}) values "
+                + ", ".join([row] * (stop - start)),
+                params,
+            )

@@ -274,18 +274,17 @@ def _check_run_log(project: Project, done: list[Check]) -> str:
             )
         return f"writes {where} (a DuckDB file this user can write)"
     if isinstance(source, PostgresSourceConfig):
-        import adbc_driver_postgresql.dbapi as adbc
+        import psycopg  # Postgres and Redshift alike (ADBC does not speak to Redshift)
 
         from lockgate.sources.base import quote_literal
 
         schema = quote_literal(config.dataset)
-        with adbc.connect(resolve_env(source.url, field="url") or "") as conn, conn.cursor() as cur:
-            cur.execute(
+        with psycopg.connect(resolve_env(source.url, field="url") or "") as conn:
+            user, allowed = conn.execute(
                 "select current_user, case when exists (select 1 from pg_namespace where nspname"
                 f" = {schema}) then has_schema_privilege({schema}, 'CREATE') else "
                 "has_database_privilege(current_database(), 'CREATE') end"
-            )
-            user, allowed = cur.fetchall()[0]
+            ).fetchall()[0]
         if not allowed:
             raise ConfigError(
                 f"the run log cannot be written: user `{user}` may not create tables in "

@@ -486,7 +486,8 @@ def write_tables(project: Project, resolution: Resolution) -> str:
     `lockgate`, in one transaction: the graph tables replaced, the logs (merges, refusals,
     splits, moves) appended.
 
-    Returns where they went. DuckDB, Postgres and Snowflake are supported; other warehouses raise
+    Returns where they went. DuckDB, Postgres, Redshift and Snowflake are supported; BigQuery
+    raises
     ``SourceError`` (the tables stay available through `lockgate identity explain`).
     """
     from lockgate.sources.write import TableWrite, writable
@@ -500,8 +501,8 @@ def write_tables(project: Project, resolution: Resolution) -> str:
     if why is not None and source.type != "duckdb":
         raise SourceError(
             f"writing identity tables into a `{source.type}` warehouse is not supported yet",
-            hint="use `lockgate identity explain` to read them, or a DuckDB, Postgres or Snowflake "
-            "source",
+            hint="use `lockgate identity explain` to read them, or a DuckDB, Postgres, Redshift "
+            "or Snowflake source",
         )
     return write(
         project,

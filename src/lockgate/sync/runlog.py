@@ -127,8 +127,8 @@ def write_run_log(project: Project, store: StateStore, *, everything: bool = Fal
     if config is None:
         raise LockgateError(
             "this project has no `run_log:` in lockgate.yml",
-            hint="add `run_log: {}` to write each run to the first DuckDB, Postgres or Snowflake "
-            "source "
+            hint="add `run_log: {}` to write each run to the first DuckDB, Postgres, Redshift or "
+            "Snowflake source "
             '(docs/sync.md, "The run log in the warehouse")',
         )
     source = run_log_warehouse(project)
