@@ -56,6 +56,16 @@ def with_run_log(factory: ProjectFactory, run_log: str) -> Any:
     return load_project(project.root)
 
 
+def writing_to(factory: ProjectFactory, source: str, run_log: str) -> Any:
+    """The profile sync's project with one more source declared first (``source``: its
+    `name: {...}` line) and ``run_log`` appended to lockgate.yml; not loaded."""
+    project = factory.write({"profile": PROFILE})
+    yml = project.root / "lockgate.yml"
+    text = yml.read_text().replace("sources:\n", f"sources:\n  {source}\n")
+    yml.write_text(text + run_log)
+    return project
+
+
 def lockgate(project: Any, *args: str) -> Any:
     return CliRunner().invoke(cli, [*args, "--project", str(project.root)])
 
@@ -186,10 +196,7 @@ def test_records_and_a_column_added_to_an_older_table(project_factory: ProjectFa
 def test_a_run_log_that_cannot_be_written_is_a_config_error(
     project_factory: ProjectFactory, run_log: str, message: str
 ) -> None:
-    project = project_factory.write({"profile": PROFILE})
-    text = (project.root / "lockgate.yml").read_text()
-    text = text.replace("sources:\n", "sources:\n  scratch: {type: duckdb, path: ':memory:'}\n")
-    (project.root / "lockgate.yml").write_text(text + run_log)
+    project = writing_to(project_factory, "scratch: {type: duckdb, path: ':memory:'}", run_log)
     with pytest.raises(ConfigError) as caught:
         load_project(project.root)
     assert message in str(caught.value)
@@ -197,35 +204,43 @@ def test_a_run_log_that_cannot_be_written_is_a_config_error(
 
 
 @pytest.mark.postgres
-def test_the_run_log_lands_in_postgres(project_factory: ProjectFactory, postgres_dsn: str) -> None:
+@pytest.mark.parametrize(
+    ("redshift", "report_type"), [(False, "jsonb"), (True, "character varying(65535)")]
+)
+def test_the_run_log_lands_in_postgres_and_through_the_redshift_path(
+    project_factory: ProjectFactory, postgres_dsn: str, redshift: bool, report_type: str
+) -> None:
+    """Postgres: staged by COPY, JSON as jsonb. `redshift: true` writes with psycopg,
+    client-side literals and multi-row INSERTs into VARCHAR(65535) columns (JSON as text), the
+    SQL Redshift takes; run here against the test Postgres server, as the Redshift source path
+    is (not against Redshift itself)."""
     import psycopg
 
     project_factory.sql(DATA)
-    project = project_factory.write({"profile": PROFILE})
-    text = (project.root / "lockgate.yml").read_text()
-    pg = f"  pg: {{type: postgres, url: '{postgres_dsn}'}}\n"
-    text = text.replace("sources:\n", "sources:\n" + pg)
-    (project.root / "lockgate.yml").write_text(
-        text + "run_log: {warehouse: pg, dataset: lg_runlog, records: true}\n"
+    schema = "lg_rs_runlog" if redshift else "lg_runlog"
+    source = f"pg: {{type: postgres, redshift: {str(redshift).lower()}, url: '{postgres_dsn}'}}"
+    project = writing_to(
+        project_factory, source, f"run_log: {{warehouse: pg, dataset: {schema}, records: true}}\n"
     )
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute("drop schema if exists lg_runlog cascade")
+        conn.execute(f"drop schema if exists {schema} cascade")
     project = load_project(project.root)
     assert lockgate(project, "sync", "profile").exit_code == 0
     assert lockgate(project, "runs", "export", "--all").exit_code == 0
     with psycopg.connect(postgres_dsn) as conn:
         runs = conn.execute(
-            "select status, new, rejected_by_mapping, report->>'sync', "
-            "pg_typeof(report)::text from lg_runlog.sync_runs"
+            "select status, new, rejected_by_mapping, report::json->>'sync', "
+            f"format_type(a.atttypid, a.atttypmod) from {schema}.sync_runs, pg_attribute a "
+            f"where a.attrelid = '{schema}.sync_runs'::regclass and a.attname = 'report'"
         ).fetchall()
         rejected = conn.execute(
-            "select stage, record_key from lg_runlog.sync_rejected_rows order by record_key"
+            f"select stage, record_key from {schema}.sync_rejected_rows order by record_key"
         ).fetchall()
         records = conn.execute(
-            "select count(*), count(*) filter (where identifiers->>'email' = 'u1@example.com') "
-            "from lg_runlog.sync_records"
+            "select count(*), count(*) filter (where identifiers::json->>'email' = "
+            f"'u1@example.com') from {schema}.sync_records"
         ).fetchall()
-    assert runs == [("success", 18, 2, "profile", "jsonb")]
+    assert runs == [("success", 18, 2, "profile", report_type)]
     assert rejected == [("mapping", "3"), ("mapping", "7")]
     assert records == [(18, 1)]
 
@@ -237,12 +252,8 @@ def test_the_run_log_lands_in_snowflake(project_factory: ProjectFactory) -> None
     import snowflake.connector
 
     project_factory.sql(DATA)
-    project = project_factory.write({"profile": PROFILE})
-    text = (project.root / "lockgate.yml").read_text()
-    sf = "  sf: {type: snowflake, account: lg, user: t, database: LG}\n"
-    (project.root / "lockgate.yml").write_text(
-        text.replace("sources:\n", "sources:\n" + sf) + "run_log: {warehouse: sf, records: true}\n"
-    )
+    sf = "sf: {type: snowflake, account: lg, user: t, database: LG}"
+    project = writing_to(project_factory, sf, "run_log: {warehouse: sf, records: true}\n")
     project = load_project(project.root)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fakesnow's own DuckDB warnings, not Lockgate's
@@ -278,43 +289,3 @@ def test_export_without_a_run_log_says_how_to_add_one(project_factory: ProjectFa
     assert isinstance(result.exception, LockgateError)
     assert "no `run_log:` in lockgate.yml" in str(result.exception)
     assert "run_log: {}" in (result.exception.hint or "")
-
-
-@pytest.mark.postgres
-def test_the_run_log_through_the_redshift_path(
-    project_factory: ProjectFactory, postgres_dsn: str
-) -> None:
-    """`redshift: true` writes with psycopg, client-side literals and multi-row INSERTs into
-    VARCHAR(65535) columns (JSON as text), the SQL Redshift takes; run here against the test
-    Postgres server, as the Redshift source path is (not against Redshift itself)."""
-    import psycopg
-
-    project_factory.sql(DATA)
-    project = project_factory.write({"profile": PROFILE})
-    text = (project.root / "lockgate.yml").read_text()
-    rs = f"  rs: {{type: postgres, redshift: true, url: '{postgres_dsn}'}}\n"
-    (project.root / "lockgate.yml").write_text(
-        text.replace("sources:\n", "sources:\n" + rs)
-        + "run_log: {warehouse: rs, dataset: lg_rs_runlog, records: true}\n"
-    )
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute("drop schema if exists lg_rs_runlog cascade")
-    project = load_project(project.root)
-    assert lockgate(project, "sync", "profile").exit_code == 0
-    assert lockgate(project, "runs", "export", "--all").exit_code == 0
-    with psycopg.connect(postgres_dsn) as conn:
-        runs = conn.execute(
-            "select status, new, rejected_by_mapping, report::json->>'sync', "
-            "format_type(a.atttypid, a.atttypmod) from lg_rs_runlog.sync_runs, pg_attribute a "
-            "where a.attrelid = 'lg_rs_runlog.sync_runs'::regclass and a.attname = 'report'"
-        ).fetchall()
-        rejected = conn.execute(
-            "select stage, record_key from lg_rs_runlog.sync_rejected_rows order by record_key"
-        ).fetchall()
-        records = conn.execute(
-            "select count(*), count(*) filter (where identifiers::json->>'email' = "
-            "'u1@example.com') from lg_rs_runlog.sync_records"
-        ).fetchall()
-    assert runs == [("success", 18, 2, "profile", "character varying(65535)")]
-    assert rejected == [("mapping", "3"), ("mapping", "7")]
-    assert records == [(18, 1)]

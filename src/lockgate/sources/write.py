@@ -123,6 +123,52 @@ def write_tables(project: Project, source_name: str, schema: str, writes: list[T
     )
 
 
+def _existing_columns(cursor: Any, schema: str, table: str) -> set[str]:
+    """The target table's column names, from `information_schema` (Postgres, Redshift,
+    Snowflake alike; names as the warehouse stores them)."""
+    cursor.execute(
+        "select column_name from information_schema.columns where table_schema = "
+        f"{quote_literal(schema)} and table_name = {quote_literal(table)}"
+    )
+    return {r[0] for r in cursor.fetchall()}
+
+
+def _delete_replaced(cursor: Any, target: str, write: TableWrite, column: str, text: str) -> None:
+    """Delete the target's rows that ``write.replacing`` names (``column`` quoted as the
+    warehouse stores it, compared as ``text``), values inlined as literals."""
+    if write.replacing is None:
+        return
+    listed = ", ".join(quote_literal(str(v)) for v in write.replacing[1]) or "null"
+    cursor.execute(f"delete from {target} where {column}::{text} in ({listed})")
+
+
+def _row_chunks(
+    data: pa.Table | pa.RecordBatchReader, size: int, nested: set[str], cut: int | None = None
+) -> Iterator[list[tuple[Any, ...]]]:
+    """The rows of ``data`` as bind tuples, ``size`` at a time; the ``nested`` columns' values
+    as JSON text, and with ``cut`` text longer than that many bytes cut to it."""
+    import orjson
+
+    def value(v: Any, as_json: bool) -> Any:
+        if v is None:
+            return None
+        if as_json:
+            v = orjson.dumps(v).decode()
+        if cut is not None and isinstance(v, str) and len(v) > cut // 4:
+            v = v.encode()[:cut].decode(errors="ignore")
+        return v
+
+    batches = data.to_batches() if isinstance(data, pa.Table) else data
+    for batch in batches:
+        columns = [(values, name in nested) for name, values in batch.to_pydict().items()]
+        for start in range(0, batch.num_rows, size):
+            stop = min(start + size, batch.num_rows)
+            yield [
+                tuple(value(values[i], as_json) for values, as_json in columns)
+                for i in range(start, stop)
+            ]
+
+
 # ------------------------------------------------------------------------------------- DuckDB
 
 
@@ -226,11 +272,7 @@ def _postgres_table(cursor: Any, schema: str, write: TableWrite, stage: str) -> 
     cursor.execute(
         f"create table if not exists {target} as select {select} from {stage} with no data"
     )
-    cursor.execute(
-        "select column_name from information_schema.columns where table_schema = "
-        f"{quote_literal(schema)} and table_name = {quote_literal(write.table)}"
-    )
-    have = {r[0] for r in cursor.fetchall()}
+    have = _existing_columns(cursor, schema, write.table)
     cursor.execute(
         "select attname, format_type(atttypid, atttypmod) from pg_attribute "
         f"where attrelid = {quote_literal(stage)}::regclass and attnum > 0"
@@ -241,9 +283,7 @@ def _postgres_table(cursor: Any, schema: str, write: TableWrite, stage: str) -> 
             column_type = "jsonb" if name in write.json else types.get(name, "text")
             cursor.execute(f"alter table {target} add column {quote_ident(name)} {column_type}")
     if write.replacing is not None:
-        column, values = write.replacing
-        listed = ", ".join(quote_literal(str(v)) for v in values) or "null"
-        cursor.execute(f"delete from {target} where {quote_ident(column)}::text in ({listed})")
+        _delete_replaced(cursor, target, write, quote_ident(write.replacing[0]), "text")
     columns = ", ".join(quote_ident(n) for n in names)
     cursor.execute(f"insert into {target} ({columns}) select {select} from {stage}")
     cursor.execute(f"drop table {stage}")
@@ -276,27 +316,6 @@ def _snowflake_type(kind: pa.DataType, json: bool) -> tuple[str, str]:
     return column, column
 
 
-def _snowflake_rows(data: pa.Table | pa.RecordBatchReader, nested: set[str]) -> Iterator[list[Any]]:
-    """The rows of ``data`` as bind lists, in chunks; nested values as JSON text."""
-    import orjson
-
-    batches = data.to_batches() if isinstance(data, pa.Table) else data
-    for batch in batches:
-        columns = batch.to_pydict()
-        names = list(columns)
-        for start in range(0, batch.num_rows, SNOWFLAKE_ROWS_PER_INSERT):
-            stop = min(start + SNOWFLAKE_ROWS_PER_INSERT, batch.num_rows)
-            yield [
-                tuple(
-                    orjson.dumps(columns[n][i]).decode()
-                    if n in nested and columns[n][i] is not None
-                    else columns[n][i]
-                    for n in names
-                )
-                for i in range(start, stop)
-            ]
-
-
 def _snowflake_write(conn: Any, schema: str, writes: list[TableWrite]) -> None:
     """Stage each table's rows in a temporary table, then move them in one transaction.
     Names are written upper case (Snowflake's own folding): `lockgate.sync_runs` reads them."""
@@ -321,7 +340,7 @@ def _snowflake_write(conn: Any, schema: str, writes: list[TableWrite]) -> None:
             + ")"
         )
         nested = {f.name for f in fields if pa.types.is_nested(f.type)}
-        for chunk in _snowflake_rows(write.data, nested):
+        for chunk in _row_chunks(write.data, SNOWFLAKE_ROWS_PER_INSERT, nested):
             cursor.executemany(insert, chunk)
         select = ", ".join(
             f"parse_json({n}) as {n}" if types[f.name][0] == "VARIANT" else n
@@ -333,12 +352,7 @@ def _snowflake_write(conn: Any, schema: str, writes: list[TableWrite]) -> None:
                 + ", ".join(f"{n} {types[f.name][0]}" for n, f in zip(names, fields, strict=True))
                 + ")"
             )
-            cursor.execute(
-                "select column_name from information_schema.columns where table_schema = "
-                f"{quote_literal(schema.upper())} and table_name = "
-                f"{quote_literal(write.table.upper())}"
-            )
-            have = {r[0] for r in cursor.fetchall()}
+            have = _existing_columns(cursor, schema.upper(), write.table.upper())
             for n, f in zip(names, fields, strict=True):
                 if f.name.upper() not in have:
                     cursor.execute(f"alter table {target} add column {n} {types[f.name][0]}")
@@ -349,12 +363,8 @@ def _snowflake_write(conn: Any, schema: str, writes: list[TableWrite]) -> None:
             if write.mode != "append":
                 continue
             if write.replacing is not None:
-                column, values = write.replacing
-                listed = ", ".join(quote_literal(str(v)) for v in values) or "null"
-                cursor.execute(
-                    f"delete from {target} where {quote_ident(column.upper())}::varchar "
-                    f"in ({listed})"
-                )
+                column = quote_ident(write.replacing[0].upper())
+                _delete_replaced(cursor, target, write, column, "varchar")
             cursor.execute(f"insert into {target} ({columns}) select {select} from {stage}")
         cursor.execute("commit")
     except BaseException:
@@ -389,18 +399,6 @@ def _redshift_type(kind: pa.DataType) -> str:
     if pa.types.is_date(kind):
         return "date"
     return f"varchar({REDSHIFT_TEXT})"
-
-
-def _redshift_value(value: Any, nested: bool) -> Any:
-    import orjson
-
-    if value is None:
-        return None
-    if nested:
-        value = orjson.dumps(value).decode()
-    if isinstance(value, str) and len(value) > REDSHIFT_TEXT // 4:
-        value = value.encode()[:REDSHIFT_TEXT].decode(errors="ignore")
-    return value
 
 
 def _redshift_write(url: str, schema: str, writes: list[TableWrite]) -> None:
@@ -439,32 +437,16 @@ def _redshift_table(cursor: Any, schema: str, write: TableWrite) -> None:
         + ", ".join(f"{n} {t}" for n, t in zip(names, types, strict=True))
         + ")"
     )
-    cursor.execute(
-        "select column_name from information_schema.columns where table_schema = "
-        f"{quote_literal(schema)} and table_name = {quote_literal(write.table)}"
-    )
-    have = {r[0] for r in cursor.fetchall()}
+    have = _existing_columns(cursor, schema, write.table)
     for field, name, kind in zip(fields, names, types, strict=True):
         if field.name not in have:
             cursor.execute(f"alter table {target} add column {name} {kind}")
     if write.replacing is not None:
-        column, values = write.replacing
-        listed = ", ".join(quote_literal(str(v)) for v in values) or "null"
-        cursor.execute(f"delete from {target} where {quote_ident(column)} in ({listed})")
-    nested = [pa.types.is_nested(f.type) for f in fields]  # JSON columns are text already
+        _delete_replaced(cursor, target, write, quote_ident(write.replacing[0]), "varchar")
+    nested = {f.name for f in fields if pa.types.is_nested(f.type)}  # JSON columns: text already
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    batches = write.data.to_batches() if isinstance(write.data, pa.Table) else write.data
-    for batch in batches:
-        columns = list(batch.to_pydict().values())
-        for start in range(0, batch.num_rows, REDSHIFT_ROWS_PER_INSERT):
-            stop = min(start + REDSHIFT_ROWS_PER_INSERT, batch.num_rows)
-            params = [
-                _redshift_value(columns[c][i], nested[c])
-                for i in range(start, stop)
-                for c in range(len(fields))
-            ]
-            cursor.execute(
-                f"insert into {target} ({', '.join(names)}) values "
-                + ", ".join([row] * (stop - start)),
-                params,
-            )
+    for chunk in _row_chunks(write.data, REDSHIFT_ROWS_PER_INSERT, nested, cut=REDSHIFT_TEXT):
+        cursor.execute(
+            f"insert into {target} ({', '.join(names)}) values " + ", ".join([row] * len(chunk)),
+            [value for values in chunk for value in values],
+        )

@@ -229,11 +229,7 @@ def _check_webhooks(project: Project, done: list[Check]) -> str:
     assert config is not None
     signing_key(config)  # a variable not set or empty is a ConfigError naming it
     warehouse = warehouse_name(project)
-    if any(c.what == "source" and c.name == warehouse and c.ok is False for c in done):
-        raise ConfigError(
-            f"the events load into source `{warehouse}`, which did not connect (above)",
-            hint="fix the source, or point `webhooks.warehouse` at another one",
-        )
+    _require_connected(done, warehouse, "the events load into", "webhooks.warehouse")
     spool = project.root / config.spool
     existing = next(p for p in (spool, *spool.parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -243,6 +239,18 @@ def _check_webhooks(project: Project, done: list[Check]) -> str:
         )
     where = Path(config.spool)
     return f"signing key set; loads into `{warehouse}`.{config.dataset}; spool `{where}`"
+
+
+def _require_connected(done: list[Check], warehouse: str, what: str, key: str) -> None:
+    """A check that writes into ``warehouse`` fails, naming ``key``, when its source did not
+    connect (its own check, above, says why)."""
+    from lockgate.errors import ConfigError
+
+    if any(c.what == "source" and c.name == warehouse and c.ok is False for c in done):
+        raise ConfigError(
+            f"{what} source `{warehouse}`, which did not connect (above)",
+            hint=f"fix the source, or point `{key}` at another one",
+        )
 
 
 def _check_run_log(project: Project, done: list[Check]) -> str:
@@ -256,11 +264,7 @@ def _check_run_log(project: Project, done: list[Check]) -> str:
     config = project.config.run_log
     assert config is not None
     warehouse = run_log_warehouse(project)
-    if any(c.what == "source" and c.name == warehouse and c.ok is False for c in done):
-        raise ConfigError(
-            f"the run log goes to source `{warehouse}`, which did not connect (above)",
-            hint="fix the source, or point `run_log.warehouse` at another one",
-        )
+    _require_connected(done, warehouse, "the run log goes to", "run_log.warehouse")
     where = f"`{warehouse}`.{config.dataset}"
     source = project.config.sources[warehouse]
     if isinstance(source, DuckDBSourceConfig):
