@@ -471,19 +471,14 @@ def test_a_merge_found_by_one_command_is_sent_and_reported_once(
     assert len(merge_ops) == 1
 
 
-SF_PROJECT = """\
-name: ident
-sources:
-  warehouse: {{type: snowflake, account: lg, user: t, database: LG}}
-destinations:
-  customerio: {{type: customerio, track_url: "{url}"}}
-identity:
-  identifier_types:
-    user_id: {{priority: 1, limit: 1, customerio: id}}
-    email: {{priority: 2, limit: 5, customerio: email}}
+SF_PROJECT = HEAD.replace(
+    "{{type: duckdb, path: w.duckdb}}", "{{type: snowflake, account: lg, user: t, database: LG}}"
+) + (
+    """\
   sources:
     - {{name: app_users, table: lg_ident.app_users}}
 """
+)
 
 
 def test_analyst_tables_land_in_a_snowflake_warehouse(
