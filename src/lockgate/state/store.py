@@ -159,8 +159,26 @@ def read_runs_log(state_dir: Path, *, sync: str | None = None, limit: int = 20) 
 LOCK_WAIT_SECONDS = 0.5
 
 
+#: bytes DuckDB writes when it creates a database file (its three header blocks), before any
+#: data: a shorter file is one whose creation was cut off
+CREATED_BYTES = 3 * 4096
+
+
+def _set_aside_unfinished(path: Path) -> None:
+    """A process killed while DuckDB was creating the state file (the first run's first
+    moments) leaves it shorter than DuckDB's headers, and DuckDB then refuses it as "not a
+    valid DuckDB database file" on every later run. Such a file never held a committed byte
+    (data follows the headers, and nothing is written before they are): move it aside, as
+    ``state.duckdb.unfinished``, so the state is created again. A file with a WAL beside it,
+    or of full header size, is left alone (a damaged one stays an error to look at)."""
+    wal = path.with_name(path.name + ".wal")
+    if path.exists() and path.stat().st_size < CREATED_BYTES and not wal.exists():
+        os.replace(path, path.with_name(path.name + ".unfinished"))
+
+
 def _open_database(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
     """The state database, with the settings every run relies on, its schema up to date."""
+    _set_aside_unfinished(path)
     try:
         con = duckdb.connect(str(path))
     except duckdb.Error as exc:
