@@ -161,3 +161,48 @@ def test_naming_nothing_is_an_error_that_names_the_value(project_factory: Projec
         run_sync(project, "profile", console=NullConsole(), only=("nobody@example.com",))
     assert "id, email or cio_id" in (caught.value.hint or "")
     assert project_factory.emulator.people() == []
+
+
+TYPED = """
+name: typed
+source: warehouse
+model: {table: typed}
+kind: people
+primary_key: key
+identify_by: {id: key, email: email}
+attributes:
+  tier: tier
+  big: {column: big, type: number}
+  tags: {column: tags, type: json}
+"""
+
+
+def test_a_named_row_of_any_column_type_is_the_one_the_whole_run_would_send(
+    project_factory: ProjectFactory,
+) -> None:
+    """A DuckDB source finds the named rows itself (copying a few rows, not the model): keys and
+    hashes must come out as a whole run's do, through the types the copy changes (UUID, ENUM,
+    HUGEINT, JSON) and values JSON escapes, or the whole run after would send them again."""
+    emu = project_factory.emulator
+    project_factory.sql(
+        """
+        create type tier as enum ('free', 'pro');
+        create or replace table typed as
+        select (case when i = 3 then 'a"b\\c' else uuid()::varchar end) as key,
+               'T' || i || '@Example.com' as email,
+               (case when i % 2 = 0 then 'pro' else 'free' end)::tier as tier,
+               (1267650600228229401496703205376 + i)::hugeint as big,
+               ('{"n": ' || i || '}')::json as tags
+        from range(1, 31) t(i);
+        """
+    )
+    project = project_factory.write({"typed": TYPED})
+    quoted = run_sync(project, "typed", console=NullConsole(), only=('a"b\\c',))
+    by_email = run_sync(project, "typed", console=NullConsole(), only=("t4@example.com",))
+    assert (quoted.delivered, by_email.delivered) == (1, 1)
+    people = {p.id: p.attributes for p in emu.people()}
+    assert people['a"b\\c']["tags"] == {"n": 3} and people['a"b\\c']["tier"] == "free"
+
+    rest = run_sync(project, "typed", console=NullConsole())
+    assert (rest.changes.unchanged, rest.delivered) == (2, 28)
+    assert identifies(emu) == 30 and len(emu.people()) == 30

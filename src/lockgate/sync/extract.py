@@ -202,6 +202,35 @@ class InPlace:
         )
         return int(con.execute("select count(*) from model").fetchall()[0][0]) == todo
 
+    def stage_named(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        compiled: Compiled,
+        named: str,
+        values: pa.Table,
+        advance: Advance,
+    ) -> None:
+        """Copy into the temp table ``model`` the rows a run of named records (`--only`) may
+        need: those whose ``k`` or ``ident`` (as ``compiled`` computes them) ``named`` (SQL
+        reading the table ``only_values``, here ``values``) holds true for. The source finds
+        them, so a few rows are copied, not the model. A row is found again by the hash of all
+        its columns: a row equal to a named one comes too, and the caller keeps exactly the
+        named rows."""
+        row = f"hash({', '.join(q(name) for name in self.columns)})"
+        rows = f"select __rid from ({compiled.over(self.relation, row)}) where {named}"
+        reader = self.source.read(
+            f"select * exclude (__row) from (select *, {row} as __row from {self.relation}) "
+            f"where __row in ({rows})",
+            tables={"only_values": values},
+        )
+        _load(
+            con,
+            reader,
+            advance,
+            "create or replace temp table model as select * from _model_reader",
+            sync=self.sync,
+        )
+
     def stage_all(self, con: duckdb.DuckDBPyConnection, advance: Advance) -> None:
         """Copy the whole model into the temp table ``model``, as :func:`stage` does."""
         stage(con, self.source, self.sql, sync=self.sync, advance=advance)

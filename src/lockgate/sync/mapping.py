@@ -85,8 +85,8 @@ class Compiled:
     select: str
     columns_used: tuple[str, ...]
     #: the SELECT list of ``select`` without its FROM (people, objects, relationships), and the
-    #: coerced-value columns its inner relation adds: enough to run the mapping's ``k`` and
-    #: ``src_h`` over another relation (:meth:`keyed_select`)
+    #: coerced-value columns its inner relation adds (every kind): enough to run the mapping
+    #: over another relation (:meth:`keyed_select`, :meth:`over`)
     head: str = ""
     computed: str = ""
     src_h: str = ""
@@ -95,8 +95,22 @@ class Compiled:
         """SQL for ``k`` and ``src_h`` of every row of ``relation`` (a relation with the
         model's columns), as this mapping computes them; DuckDB evaluates only those two."""
         assert self.head, "only people, objects and relationships mappings key rows"
-        inner = f"(select *, null::bigint as __rid{self.computed} from {relation})"
+        inner = _inner(relation, "null::bigint", self.computed)
         return f"select k, src_h from ({self.head}{inner})"
+
+    def over(self, relation: str, rid: str) -> str:
+        """This mapping's SELECT over ``relation`` (a relation with the model's columns) instead
+        of the staged model, with ``rid`` (SQL over the relation's columns) as each row's
+        ``__rid``."""
+        staged = _inner("model", "rowid", self.computed)
+        assert self.select.count(staged) == 1, "the SELECT reads the staged model once"
+        return self.select.replace(staged, _inner(relation, rid, self.computed))
+
+
+def _inner(relation: str, rid: str, computed: str) -> str:
+    """``relation`` with ``__rid`` and each coerced value as a column, so each is computed once
+    (``computed``: the extra SELECT items, see :meth:`Fields.computed_sql`)."""
+    return f"(select *, {rid} as __rid{computed} from {relation})"
 
 
 def shaping(sync: SyncConfig) -> dict[str, Any]:
@@ -523,7 +537,7 @@ class Fields:
 
     def inner_select(self) -> str:
         """The model with each coerced value as a column, so each is computed once."""
-        return f"(select *, rowid as __rid{self.computed_sql()} from model)"
+        return _inner("model", "rowid", self.computed_sql())
 
     def compiled(self, head: str, columns_used: tuple[str, ...], src_h: str) -> Compiled:
         """The mapping whose SELECT list is ``head`` over :meth:`inner_select`; ``src_h`` is
@@ -1161,7 +1175,7 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
         f"{id_ts}::bigint as ts, coalesce({backfill}, false) as backfill, "
         f"coalesce({name_sql}, '') as id_name, __rid from {middle}"
     )
-    return Compiled(select, tuple(dict.fromkeys(used)))
+    return Compiled(select, tuple(dict.fromkeys(used)), computed=fields.computed_sql())
 
 
 MAX_OBJECT_ID_BYTES = 150
