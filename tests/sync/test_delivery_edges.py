@@ -24,7 +24,7 @@ from lockgate.emulator import Emulator, EmulatorConfig, FaultConfig
 from lockgate.errors import StepError
 from lockgate.project.loader import Project, load_project
 from lockgate.state.store import StateStore
-from lockgate.sync.run import run_sync
+from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
 
@@ -220,6 +220,34 @@ def test_a_rejected_person_is_retried_each_run_and_committed_once_fixed(
             ("rejected", 207),
             ("delivered", 200),
         ]
+
+
+def test_an_attribute_taken_out_is_cleared_on_the_records_a_partial_run_left_to_send(
+    project_factory: ProjectFactory,
+) -> None:
+    """`clear_removed_attributes`: the run that first sees `plan` taken out sends its clears,
+    but Customer.io is down and every record is dead-lettered. The next run sends them again,
+    still with the clears: the partial run did not record the new mapping as delivered."""
+    seed_people(project_factory, 4)
+    project_factory.sql("alter table people add column tier varchar default 'gold'")
+    emu = project_factory.emulator
+    both = PEOPLE + "  tier: tier\nclear_removed_attributes: true\n"
+    run_sync(project_factory.write({"people": both}), "people", console=NullConsole())
+    assert all(p.attributes.get("plan") for p in emu.people())
+
+    without_plan = both.replace("  plan: plan\n", "")
+    broken = Emulator(EmulatorConfig(faults=FaultConfig(error_5xx=1.0)))
+    with broken.serve() as url:
+        project = project_factory.write({"people": without_plan}, url=url, retries=0)
+        down = run_sync(project, "people", console=NullConsole())
+    assert (down.status, down.dead_lettered, down.changes.attributes_cleared) == ("partial", 4, 4)
+
+    project = project_factory.write({"people": without_plan})
+    again = run_sync(project, "people", console=NullConsole())
+    assert (again.status, again.delivered, again.changes.attributes_cleared) == ("success", 4, 4)
+    assert not any("plan" in p.attributes for p in emu.people())
+    assert all(p.attributes["tier"] == "gold" for p in emu.people())
+    assert plan_sync(project, "people", console=NullConsole()).changes.to_send == 0
 
 
 WITH_JSON = PEOPLE + "  blob: {column: blob, type: json}\n"

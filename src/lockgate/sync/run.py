@@ -473,6 +473,11 @@ def _prepare(
         return Prepared(changes, recovered, guards, resolution, identity_ops, compiled.src_h)
 
 
+def _undelivered(*counts: CommitCounts | None) -> bool:
+    """Whether a run left records to send again: refused by Customer.io or dead-lettered."""
+    return any(c.rejected or c.dead_lettered for c in counts if c is not None)
+
+
 def _shadow_snapshot(store: StateStore, sync: str) -> None:
     """For `--full-resync`: diff against an empty snapshot without forgetting the real one,
     so a plan, or a run a guardrail stops, leaves the state as it was. A temp table of the
@@ -1054,12 +1059,17 @@ def run_sync(
                     except LockgateError as exc:
                         console.warn(f"{sync.name}: identity tables not written: {exc}")
                 if not only:  # the other records have not been sent under this mapping
+                    # records Customer.io refused or that were dead-lettered are sent by the
+                    # next run: under the mapping last recorded, it sees them as a mapping
+                    # change still to send (with the clears of attributes taken out of it)
+                    left = _undelivered(committer.counts, state_events)
+                    kept = contract_state.last(store.con, sync.name) if left else None
                     contract_state.record(
                         store.con,
                         sync,
                         run_id,
-                        mapping_hash=mapping_hash or None,
-                        mapping=mapping.shaping(sync),
+                        mapping_hash=kept.mapping_hash if kept else mapping_hash or None,
+                        mapping=kept.mapping if kept else mapping.shaping(sync),
                     )
         except BaseException as exc:
             if isinstance(exc, NothingNamedError):  # nothing ran: no run to list
