@@ -1061,8 +1061,9 @@ def run_sync(
                 if not only:  # the other records have not been sent under this mapping
                     # records Customer.io refused or that were dead-lettered are sent by the
                     # next run: under the mapping last recorded, it sees them as a mapping
-                    # change still to send (with the clears of attributes taken out of it)
-                    left = _undelivered(committer.counts, state_events)
+                    # change still to send (with the clears of attributes taken out of it);
+                    # events have no such change (an event is sent once, as first mapped)
+                    left = sync.kind != "events" and _undelivered(committer.counts, state_events)
                     kept = contract_state.last(store.con, sync.name) if left else None
                     contract_state.record(
                         store.con,
