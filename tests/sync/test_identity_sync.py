@@ -528,3 +528,41 @@ def test_analyst_tables_land_in_a_snowflake_warehouse(
     assert profiles == [("u1", 1), ("u2", 1), ("u3", 1)]
     assert runs == [(1,)]
     assert sources == [("app_users",)]
+
+
+def test_a_model_column_named_like_the_graphs_is_left_out_or_refused_when_read(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The graph adds `profile_id` and `cio_person_id` (and more) to each row. A model with
+    its own column of such a name: unread, it is left out and the graph's identifiers stand
+    (before, a people sync crashed and an events sync sent to the model's ids); read by the
+    sync, it is a config error naming the sync file and the rename."""
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    project = setup(tmp_path, customerio_emulator.base_url or "")
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute(
+        "create table billing_view as select *, 'crm-' || stripe_id as profile_id, "
+        "'legacy-' || stripe_id as cio_person_id from invoices"
+    ).fetchall()
+    con.close()
+    sync_file = tmp_path / "syncs" / "billing.yml"
+    sync_file.write_text(textwrap.dedent(BILLING).replace("{table: invoices}", "billing_view"))
+    project = load_project(tmp_path)
+
+    run_sync(project, "profile", console=NullConsole())
+    billing = run_sync(project, "billing", console=NullConsole())
+    assert billing.status == "success" and billing.delivered == 2
+    people = {p.id: p.attributes for p in customerio_emulator.people()}
+    assert sorted(people) == ["u1", "u2"] and people["u1"]["mrr"] == 49.0
+
+    read = sync_file.read_text().replace("number}}", "number}, crm: {column: profile_id}}")
+    sync_file.write_text(read)
+    with pytest.raises(LockgateError) as caught:
+        run_sync(load_project(tmp_path), "billing", console=NullConsole())
+    assert "reads the model's column `profile_id`, which has the name of a column the " in str(
+        caught.value
+    )
+    assert "billing.yml" in str(caught.value)
+    assert "profile_id as crm_profile_id" in (caught.value.hint or "")

@@ -187,6 +187,10 @@ def _check_model(project: Project, sync: SyncConfig, source: Source) -> str:
         from lockgate.sync import resolve
 
         config = resolve.identity_config(project, sync)
+        for clash in resolve.model_collisions(
+            sync, list(columns), project.sync_files.get(sync.name)
+        ):
+            del columns[clash]
         resolve.require_columns(sync, list(columns))
         graph = {}
         if sync.kind == "people":

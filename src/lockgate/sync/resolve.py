@@ -36,7 +36,7 @@ from lockgate.project.models import (
 )
 from lockgate.sources import connect
 from lockgate.state.store import StateStore, run_sql, table
-from lockgate.sync.guard import GuardResult
+from lockgate.sync.guard import GuardResult, columns_read
 from lockgate.sync.mapping import CUSTOMERIO_IDENTIFIERS
 
 IDENTITY_STATE = "identity"
@@ -142,11 +142,38 @@ def resolve_identities(project: Project, config: IdentityConfig, run_id: str) ->
     return Resolution(config, result, Resolver(config, result))
 
 
+def model_collisions(sync: SyncConfig, columns: list[str], file: str | None = None) -> list[str]:
+    """The model's columns named like one :func:`key_rows` adds (``profile_id``, the ``cio_*``
+    identifiers, a graph attribute's): left out of the keyed model when the sync does not read
+    them, so the graph's stand; a config error when it does, since which one it means is not
+    clear (its own `cio_person_id` would otherwise send events to other people)."""
+    from lockgate.identity.explain import CIO_COLUMNS
+
+    added = {"profile_id", *CIO_COLUMNS}
+    clash = [c for c in columns if c in added or c.startswith(graph_attribute_column(""))]
+    read = [c for c in columns_read(sync) if c in clash]
+    if read:
+        raise ConfigError(
+            f"sync `{sync.name}` reads the model's column `{read[0]}`, which has the name of a "
+            "column the identity graph adds to each row (`profile_id`, `cio_person_id`, "
+            "`cio_email`, `cio_anonymous_id`, `cio_id`)",
+            hint=f"rename it in the model (`{read[0]} as crm_{read[0]}`) and in the sync file",
+            file=file,
+        )
+    return clash
+
+
 def key_rows(
-    con: duckdb.DuckDBPyConnection, sync: SyncConfig, resolution: Resolution
+    con: duckdb.DuckDBPyConnection,
+    sync: SyncConfig,
+    resolution: Resolution,
+    file: str | None = None,
 ) -> SyncConfig:
     """Add the Customer.io identifiers to the staged model; return the sync keyed by them."""
     staged = con.sql("select * from model").to_arrow_table()
+    clash = model_collisions(sync, staged.column_names, file)
+    if clash:
+        staged = staged.drop_columns(clash)
     require_columns(sync, staged.column_names)
     aliases = {"id": "user_id"}  # Customer.io's `id` is the identity graph's `user_id`
     columns = {column: aliases.get(kind, kind) for kind, column in sync.identify_by.items()}

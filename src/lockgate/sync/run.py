@@ -411,7 +411,9 @@ def _prepare(
                         session.resolution = resolution
                 identity_ops = resolve_step.merge_operations(store, project, resolution)
                 merge_guard = resolve_step.merge_guard(resolution, identity_ops)
-                sync = resolve_step.key_rows(store.con, sync, resolution)
+                sync = resolve_step.key_rows(
+                    store.con, sync, resolution, project.sync_files.get(sync.name)
+                )
                 staged = Staged(staged.rows, {**staged.columns, **_model_columns(store)})
         on_null = project.config.defaults.on_null
         last = contract_state.last(store.con, sync.name)
