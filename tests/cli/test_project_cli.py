@@ -280,6 +280,11 @@ def test_plan_sync_runs_history_end_to_end(
     for c in calls:
         who = json.loads(c["ident"])
         assert who.get("person", who).get("id") == "1", c
+    # named by email, the same calls: the relationships and events carry only the `id`
+    code, out = invoke("history", "--person", "User1@saasco.io", *project, "--json")
+    by_email = {(c["sync"], c["action"], c["k"]) for c in json.loads(out)}
+    assert by_email == {(c["sync"], c["action"], c["k"]) for c in calls}
+    assert "memberships" in {sync for sync, _, _ in by_email}
 
 
 def test_runs_are_listed_while_a_sync_holds_the_state(

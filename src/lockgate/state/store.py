@@ -599,36 +599,46 @@ class StateStore:
     def history(self, person: str, *, limit: int = 200) -> list[dict[str, Any]]:
         """Every call made for one person: matched by one of its identifiers (`id`, `cio_id`,
         `anonymous_id`, or the email in any case) in a people, events or relationships call,
-        or by a people sync's record key. Objects, and values that only appear elsewhere in
-        a call (an object id, `object_type_id`), are not the person. The latest ``limit``
-        calls, oldest first."""
+        or by a people sync's record key. A person named by one identifier is found by the
+        others their calls carried too (named by email, the relationships and events sent
+        with their `id` alone). Objects, and values that only appear elsewhere in a call (an
+        object id, `object_type_id`), are not the person. The latest ``limit`` calls, oldest
+        first."""
+        rows = self._history([person], limit=None)
+        others = sorted({v for row in rows for v in _identifiers(row["ident"])} - {person})
+        if not others:
+            return rows[max(len(rows) - limit, 0) :]
+        return self._history([person, *others], limit=limit)
+
+    def _history(self, names: list[str], *, limit: int | None) -> list[dict[str, Any]]:
         # a cheap substring test first, then the exact match on the identifiers' own fields
-        needle = orjson.dumps(person).decode()[1:-1].lower()
+        needles = [orjson.dumps(n).decode()[1:-1].lower() for n in names]
         cursor = self.con.execute(
-            """
+            f"""
             with h as (
                 select *, coalesce(json_extract(ident, '$.person'), ident::json) as who
                 from history
-                where k = $1 or contains(lower(ident), $2)
+                where list_contains($1, k)
+                   or list_bool_or(list_transform($2, lambda s: contains(lower(ident), s)))
             )
             select * from (
                 select sent_at, run_id, sync, k, ident, action, outcome, status, reason
                 from h
                 where json_extract(ident, '$.object_type_id') is null
-                  and (json_extract_string(who, '$.id') = $1
-                       or json_extract_string(who, '$.cio_id') = $1
-                       or json_extract_string(who, '$.anonymous_id') = $1
-                       or lower(json_extract_string(who, '$.email')) = lower($1)
-                       or (k = $1 and action <> 'event'
+                  and (list_contains($1, json_extract_string(who, '$.id'))
+                       or list_contains($1, json_extract_string(who, '$.cio_id'))
+                       or list_contains($1, json_extract_string(who, '$.anonymous_id'))
+                       or list_contains($3, lower(json_extract_string(who, '$.email')))
+                       or (list_contains($1, k) and action <> 'event'
                            and json_extract(ident, '$.person') is null))
-                order by sent_at desc, run_id desc limit $3
+                order by sent_at desc, run_id desc {"" if limit is None else f"limit {limit:d}"}
             )
             order by sent_at, run_id
             """,
-            [person, needle, limit],
+            [names, needles, [n.lower() for n in names]],
         )
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        columns = [d[0] for d in cursor.description]
+        return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
     def rejected(self, run_id: str, limit: int | None = 1000) -> list[tuple[str, str, str]]:
         """A run's recorded rejected rows as (stage, key, reason): the mapping's first (by
@@ -652,6 +662,19 @@ class StateStore:
             for r in rows
         ]
         return named_runs(found, run_id)
+
+
+def _identifiers(ident: str | None) -> list[str]:
+    """The `id`, `cio_id` and email a call's identifiers (``ident``) name its person by (an
+    anonymous id is left out: a shared device does not make two people one)."""
+    try:
+        value = orjson.loads(ident or "null")
+    except orjson.JSONDecodeError:
+        return []
+    who = value.get("person", value) if isinstance(value, dict) else None
+    if not isinstance(who, dict):
+        return []
+    return [str(who[f]) for f in ("id", "cio_id", "email") if who.get(f) is not None]
 
 
 def named_runs(rows: list[RunRow], run_id: str) -> list[RunRow]:
