@@ -197,9 +197,11 @@ def test_a_postgres_model_is_planned_and_its_mapping_checked(
         )
         code, checks = connect(root)
     assert code == 1
-    assert "`signup_at`, which the model does not return" in str(
-        checks["model", "accounts"]["detail"]
+    # the sync file and the line of the field, as a load error names them
+    assert "syncs/accounts.yml:8: sync `accounts`: field `account_created_at` reads column " in (
+        detail := str(checks["model", "accounts"]["detail"])
     )
+    assert "`signup_at`, which the model does not return" in detail
 
 
 def test_the_webhook_receiver_is_checked_when_configured(

@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -223,6 +224,21 @@ class Project:
                 f"no sync named `{name}`",
                 hint=f"syncs in this project: {known}",
             ) from None
+
+    def locate(self, error: ConfigError, sync: str) -> ConfigError:
+        """``error``, about sync ``sync`` but raised away from its file (compiling the mapping
+        against the model's columns), pointed at the sync file and at the line of the field
+        it names."""
+        if error.file is None and sync in self.sync_files:
+            error.file = self.sync_files[sync]
+            lines = self.sync_lines.get(sync, {})
+            named = re.search(r"field `([^`]+)`", error.reason)
+            if named:
+                keys = ("attributes", "properties", "relationship_attributes")
+                error.line = next(
+                    (lines[(key, named[1])] for key in keys if (key, named[1]) in lines), None
+                )
+        return error
 
     def model_sql(self, sync: SyncConfig) -> str:
         """The SQL text of a sync's model."""

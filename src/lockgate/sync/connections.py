@@ -41,7 +41,7 @@ import duckdb
 import httpx
 import pyarrow as pa
 
-from lockgate.errors import LockgateError
+from lockgate.errors import ConfigError, LockgateError
 from lockgate.project.loader import Project
 from lockgate.project.models import SyncConfig
 from lockgate.sources import connect
@@ -202,7 +202,10 @@ def _check_model(project: Project, sync: SyncConfig, source: Source) -> str:
         added = ["profile_id", *CIO_COLUMNS, *graph.values()]
         columns = {**columns, **dict.fromkeys(added, "VARCHAR")}
         mapped = resolve.keyed_sync(sync, graph)
-    mapping.compile_sync(mapped, columns, project.config.defaults.on_null, int(time.time()))
+    try:
+        mapping.compile_sync(mapped, columns, project.config.defaults.on_null, int(time.time()))
+    except ConfigError as exc:
+        raise project.locate(exc, sync.name) from None
     return f"{_columns(len(schema))}; the mapping compiles ({sync.kind})"
 
 

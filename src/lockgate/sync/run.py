@@ -425,7 +425,10 @@ def _prepare(
             if n not in sync.attributes
         )
         with step("map"):
-            compiled = mapping.compile_sync(sync, staged.columns, on_null, now, clear)
+            try:
+                compiled = mapping.compile_sync(sync, staged.columns, on_null, now, clear)
+            except ConfigError as exc:
+                raise project.locate(exc, sync.name) from None
         if in_place is not None:
             with step("extract"), console.progress(f"extract {sync.name}", None) as advance:
                 in_place.key(store.con, compiled, advance)
