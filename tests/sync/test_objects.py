@@ -122,6 +122,59 @@ def test_changed_attributes_and_removed_relationships(project_factory: ProjectFa
     }
 
 
+CRM_CONTACTS = """
+name: crm_contacts
+source: warehouse
+model: {table: contacts}
+kind: relationships
+object_type_id: "1"
+object_id: company_id
+identify_by: {email: email}
+relationship_attributes: {crm_role: crm_role}
+"""
+
+
+def test_a_relationship_another_sync_still_holds_is_not_deleted(
+    project_factory: ProjectFactory,
+) -> None:
+    """Memberships from the app (by `id`) and contacts from the CRM (by email, the people
+    sync delivering both) relate Ada to Acme. Her membership leaving the app's model must not
+    delete the relationship the CRM still holds; once it leaves the CRM too, it goes."""
+    seed(project_factory)
+    project_factory.sql(
+        """
+        create or replace table users as select *, lower(first_name) || '@x.io' as email
+        from users;
+        create or replace table contacts as select * from (values
+          ('ada@x.io', 'acme', 'billing')) t(email, company_id, crm_role);
+        """
+    )
+    project = project_factory.write(
+        {
+            "companies": COMPANIES,
+            "people": PEOPLE.replace("{id: user_id}", "{id: user_id, email: email}"),
+            "memberships": MEMBERSHIPS,
+            "crm_contacts": CRM_CONTACTS,
+        }
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    assert ("1", "1", "acme", "admin") in rels(emu)
+
+    project_factory.sql("delete from members where user_id = 1")
+    app = run_sync(project, "memberships", console=NullConsole())
+    assert (app.changes.removed, app.changes.removed_sent) == (1, 0)
+    assert ("1", "acme") in {(who, obj) for who, _, obj, _ in rels(emu)}
+    crm = run_sync(project, "crm_contacts", console=NullConsole())
+    assert crm.changes.to_send == 0
+
+    project_factory.sql("delete from contacts")  # the last: the empty-model check is accepted
+    gone = run_sync(project, "crm_contacts", console=NullConsole(), force=True)
+    assert (gone.changes.removed_sent, gone.delivered) == (1, 1)
+    assert ("1", "acme") not in {(who, obj) for who, _, obj, _ in rels(emu)}
+    assert {(who, obj) for who, _, obj, _ in rels(emu)} == {("2", "acme"), ("3", "globex")}
+
+
 def test_an_object_attribute_taken_out_of_the_mapping_is_cleared_when_asked(
     project_factory: ProjectFactory,
 ) -> None:

@@ -232,18 +232,31 @@ def _live_relationships(
     return "snap_live"
 
 
+def _temp_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(
+        con.execute(
+            "select count(*) from duckdb_tables() where table_name = ? and temporary", [name]
+        ).fetchall()[0][0]
+    )
+
+
 def forget_gone_relationships(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int:
     """After a relationships diff (in a run, not a plan): drop from the snapshot the
     relationships whose object or person is gone, so that they count as not delivered; they
-    are sent again once both ends exist. Returns how many were dropped."""
-    if (
-        sync.kind != "relationships"
-        or not con.execute(
-            "select count(*) from duckdb_tables() where table_name = 'snap_live' and temporary"
-        ).fetchall()[0][0]
-    ):
+    are sent again once both ends exist. Returns how many were dropped. Also drops those that
+    left the model while another relationships sync holds them (:func:`_held_by_siblings`):
+    not deleted, and no longer this sync's, so the other's `mirror` run may delete them."""
+    if sync.kind != "relationships":
         return 0
     snap = table("snap", sync.name)
+    if _temp_table(con, "held_by_siblings"):
+        run_sql(
+            con,
+            f"delete from {snap} where k in (select k from held_by_siblings); "
+            "drop table held_by_siblings",
+        )
+    if not _temp_table(con, "snap_live"):
+        return 0
     gone = con.execute(
         f"select count(*) from {snap} s anti join snap_live l on l.k = s.k"
     ).fetchall()[0][0]
@@ -286,9 +299,20 @@ def _shared_people(
     return count, tuple((str(a), str(ks)) for a, ks in samples)
 
 
-def _mirror_removals(con: duckdb.DuckDBPyConnection, sync: SyncConfig, previous: str) -> int:
+def _mirror_removals(
+    con: duckdb.DuckDBPyConnection,
+    sync: SyncConfig,
+    previous: str,
+    siblings: list[str] | None = None,
+    people_snaps: list[str] | None = None,
+) -> int:
     """Add to ``changes`` the operations undoing the records of ``previous`` (the snapshot)
     that left the model; returns how many.
+
+    A relationship that left is not deleted while another relationships sync of the same
+    object type still holds it (``siblings``, their snapshots; the person found by any of
+    the identifiers a people sync delivered them with, ``people_snaps``): memberships from
+    the app and contacts from the CRM may both relate a person to a company.
 
     A row that left is undone only where no row still in the model goes to the same record
     (shares an `id`, `cio_id` or email with it): after two accounts became one person
@@ -317,6 +341,8 @@ def _mirror_removals(con: duckdb.DuckDBPyConnection, sync: SyncConfig, previous:
         anti join changes c on c.k = h.k
         """,
     )
+    if sync.kind == "relationships" and siblings:
+        _held_by_siblings(con, siblings, people_snaps or [])
     # a row that leaves with another leaving row reaching the same person (one by `id`, one
     # by email) is kept when that one is: add the kept rows' keys until none is new
     while con.execute(
@@ -342,6 +368,57 @@ def _mirror_removals(con: duckdb.DuckDBPyConnection, sync: SyncConfig, previous:
         """,
     )
     return int(_one(con, "select count(*) from changes where removed") or 0)
+
+
+def _person_keys(ident: str) -> str:
+    """SQL: a list naming the person of a JSON ``ident`` (`id:`, `cio_id:`, `email:` keys)."""
+    return (
+        f"['id:' || json_extract_string({ident}, '$.id'), "
+        f"'cio_id:' || json_extract_string({ident}, '$.cio_id'), "
+        f"'email:' || lower(json_extract_string({ident}, '$.email'))]"
+    )
+
+
+def _held_by_siblings(
+    con: duckdb.DuckDBPyConnection, siblings: list[str], people_snaps: list[str]
+) -> None:
+    """Add to ``live_keys`` the relationships of ``gone`` another relationships sync still
+    holds: same object, and a person sharing an identifier with it, directly or through a
+    people sync's record of that person (one sync relating them by `id`, one by email)."""
+    held = " union all ".join(f"select ident from {t}" for t in siblings)
+    people = " union all ".join(f"select ident from {t}" for t in people_snaps)
+    aliases = (
+        f"""
+        union
+        select g.k, unnest({_person_keys("p.ident")}) as a
+        from gone_people g join ({people}) p
+          on len(list_intersect({_person_keys("p.ident")}, g.keys)) > 0
+        """
+        if people
+        else ""
+    )
+    run_sql(
+        con,
+        f"""
+        create or replace temp table gone_people as
+        select k, ident, {_person_keys("json_extract(ident, '$.person')")} as keys,
+               json_extract(ident, '$.object')::varchar as object
+        from gone;
+        create or replace temp table gone_aliases as
+        select * from (
+            select k, unnest(keys) as a from gone_people {aliases}
+        ) where a is not null;
+        create or replace temp table held_by_siblings as
+        select distinct a.k from gone_aliases a join (
+            select unnest({_person_keys("json_extract(ident, '$.person')")}) as a,
+                   json_extract(ident, '$.object')::varchar as object
+            from ({held})
+        ) h on h.a = a.a
+        join gone_people o on o.k = a.k and o.object = h.object;
+        insert into live_keys
+        select distinct ident from gone_people where k in (select k from held_by_siblings);
+        """,
+    )
 
 
 def _hold_relationships(
@@ -535,6 +612,8 @@ def diff_records(
         previous = f'"{_one(con, "select current_database()")}".main.{snap}'
 
     if sync.kind == "relationships":
+        # a temp table of an earlier sync of the same command (one connection) must not count
+        run_sql(con, "drop table if exists held_by_siblings")
         snap = _live_relationships(con, snap, objects_snaps or [], people_snaps or [])
     # Stage 1, cheap: each row's key and the hash of the columns its payload is built from
     # (DuckDB computes only those two expressions of the mapping). Rows whose key and hash
@@ -627,7 +706,9 @@ def diff_records(
         removed = int(_one(con, f"select count(*) from {snap}") or 0) - kept
     removed_sent = 0
     if sync.effective_mode == "mirror" and removed:
-        removed_sent = _mirror_removals(con, sync, previous)
+        removed_sent = _mirror_removals(
+            con, sync, previous, relationship_snaps or [], people_snaps or []
+        )
     row = con.execute(
         """
         select count(*) filter (where not removed), count(*) filter (where is_new),

@@ -771,9 +771,10 @@ def _related_snapshots(
     store: StateStore, project: Project, sync: SyncConfig
 ) -> tuple[list[str], list[str], list[str]]:
     """For a relationships sync: the snapshots of the project's objects syncs of the same type
-    and of its people syncs, which tell whether both ends of a relationship exist yet. For an
-    objects sync with `on_change`: the relationships syncs of its type, whose people hear of
-    the object's transitions."""
+    and of its people syncs, which tell whether both ends of a relationship exist yet, and of
+    its other relationships syncs of the same type, whose relationships a `mirror` run must
+    not delete. For an objects sync with `on_change`: the relationships syncs of its type,
+    whose people hear of the object's transitions."""
     if sync.kind == "objects" and sync.on_change:
         relationships = []
         for other in project:
@@ -783,7 +784,7 @@ def _related_snapshots(
         return [], [], relationships
     if sync.kind != "relationships":
         return [], [], []
-    objects, people = [], []
+    objects, people, siblings = [], [], []
     for other in project:
         if other.destination != sync.destination:
             continue
@@ -793,7 +794,14 @@ def _related_snapshots(
         elif other.kind == "people":
             store.ensure_sync_tables(other.name)
             people.append(table("snap", other.name))
-    return objects, people, []
+        elif (
+            other.kind == "relationships"
+            and other.name != sync.name
+            and other.object_type_id == sync.object_type_id
+        ):
+            store.ensure_sync_tables(other.name)
+            siblings.append(table("snap", other.name))
+    return objects, people, siblings
 
 
 #: `sync --all` runs objects before people before relationships before events, so the
