@@ -87,6 +87,23 @@ def check_url(value: str, where: str = "") -> str:
     return value
 
 
+def url_host(url: str) -> str:
+    """The host (and port) of ``url``, the one part of a secret URL that may be printed: a
+    webhook or alert URL can carry a password (`https://user:password@host/...`) or a token (in
+    its path or query), so neither its netloc nor the URL itself is ever shown."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 address is written in brackets next to its port
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number: the host alone
+        port = None
+    return f"{host}:{port}" if host and port else host
+
+
 def parse_duration(value: str | int) -> int:
     """``72h`` / ``30m`` / ``90s`` / ``7d`` / a number of seconds → seconds."""
     if isinstance(value, int):
