@@ -206,6 +206,52 @@ def test_plan_all_plans_the_other_syncs_when_one_is_broken(
     assert "1 of 6 plans failed: customer_profile" in err
 
 
+def test_json_prints_a_document_when_the_only_sync_or_the_files_fail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a script reads stdout of `--json`: an error is a document there too, not nothing
+    from lockgate.cli import main
+
+    def run(*args: str) -> tuple[int, object, str]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            main([*args, "--project", str(tmp_path), "--json"])
+        out, err = capsys.readouterr()
+        return int(exited.value.code or 0), json.loads(out), err
+
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", "site")
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", "key")
+    monkeypatch.setenv("CUSTOMERIO_TRACK_URL", "http://127.0.0.1:9")  # nothing listens there
+    invoke("init", str(tmp_path), "--sample-data")
+    leads = tmp_path / "syncs" / "leads.yml"
+    leads.write_text(leads.read_text().replace("marketing.leads", "marketing.nosuch"))
+
+    # the only sync named fails: the same list `sync A B` prints, with its error
+    code, runs, err = run("sync", "leads")
+    assert code == 1 and "Error: step `extract` failed" in err
+    assert isinstance(runs, list) and [(r["sync"], r["status"]) for r in runs] == [
+        ("leads", "failed")
+    ]
+    assert "marketing.nosuch" in runs[0]["error"]
+    # `plan ONE --json` prints one report, so its failure is one document
+    code, planned, err = run("plan", "leads")
+    assert code == 1 and isinstance(planned, dict)
+    assert (planned["sync"], planned["status"]) == ("leads", "failed")
+
+    # a file error: `validate --json` says `valid: false` with the error (file and line)
+    leads.write_text(leads.read_text().replace("kind: people", "kind: person"))
+    code, report, err = run("validate")
+    assert code == 1 and "Error: syncs/leads.yml:5:" in err
+    assert isinstance(report, dict)
+    assert report["valid"] is False and report["error"].startswith("syncs/leads.yml:5: ")
+    assert (report["syncs"], report["contract"]) == ([], [])
+    # ... and `sync --all --json` names no sync, as none could be read
+    code, runs, err = run("sync", "--all")
+    assert code == 1 and isinstance(runs, list) and len(runs) == 1
+    assert (runs[0]["sync"], runs[0]["status"]) == (None, "failed")
+    assert runs[0]["error"].startswith("syncs/leads.yml:5: ")
+
+
 def test_plan_sync_runs_history_end_to_end(
     tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
