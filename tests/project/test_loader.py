@@ -99,6 +99,30 @@ def test_duplicate_keys_and_unknown_sources_are_errors(tmp_path: Path) -> None:
     assert "source `snow`" in error.reason and error.location == "syncs/profile.yml:2"
 
 
+def test_identity_and_webhooks_naming_an_undeclared_source_are_errors_at_their_line(
+    tmp_path: Path,
+) -> None:
+    # found by `lockgate validate`, not by the run that reads them after extracting the model
+    identity = PROJECT + (
+        "identity:\n"
+        "  identifier_types: {user_id: {priority: 1}}\n"
+        "  sources:\n"
+        "    - {name: crm, source: warehous, table: crm.contacts}\n"
+    )
+    error = error_for(write(tmp_path, project=identity))
+    assert error.location == "lockgate.yml:7"
+    assert error.reason == (
+        "identity source `crm` reads from source `warehous`, which lockgate.yml does not declare "
+        "under `sources:`"
+    )
+    assert error.hint == "did you mean `warehouse`? (declared sources: `warehouse`)"
+
+    error = error_for(write(tmp_path, project=PROJECT + "webhooks:\n  warehouse: nowhere\n"))
+    assert error.location == "lockgate.yml:5"
+    assert error.reason.startswith("`webhooks.warehouse` names source `nowhere`, which")
+    assert error.hint == "declared sources: `warehouse`"
+
+
 def test_invalid_yaml_points_at_the_line(tmp_path: Path) -> None:
     error = error_for(write(tmp_path, sync=SYNC + "  - [unclosed\n"))
     assert error.file == "syncs/profile.yml" and error.line is not None

@@ -275,6 +275,36 @@ def _check_identifiers(sync: SyncConfig, config: ProjectConfig, lines: Lines, fi
         )
 
 
+def declared_hint(name: str, declared: Any, what: str = "sources") -> str:
+    """The hint for a name that is not among ``declared``: the close one, then every one."""
+    names = sorted(declared)
+    close = difflib.get_close_matches(name, names, n=1)
+    listed = f"declared {what}: {', '.join(f'`{n}`' for n in names) or 'none'}"
+    return f"did you mean `{close[0]}`? ({listed})" if close else listed
+
+
+def _check_sources_named(config: ProjectConfig, lines: Lines) -> None:
+    """`identity.sources[].source` and `webhooks.warehouse` name declared sources, as a sync's
+    `source:` and `run_log.warehouse` must: a typo is an error of `lockgate validate` at its
+    line, not of the run that reads it after extracting the model."""
+    named: list[tuple[str, str | None, tuple[str | int, ...]]] = [
+        (f"identity source `{spec.name}` reads from", spec.source, ("identity", "sources", i))
+        for i, spec in enumerate(config.identity.sources if config.identity else ())
+    ]
+    if config.webhooks is not None:
+        named.append(("`webhooks.warehouse` names", config.webhooks.warehouse, ("webhooks",)))
+    for what, name, path in named:
+        if name is None or name in config.sources:
+            continue
+        key = (*path, "source") if path[0] == "identity" else (*path, "warehouse")
+        raise ConfigError(
+            f"{what} source `{name}`, which lockgate.yml does not declare under `sources:`",
+            hint=declared_hint(name, config.sources),
+            file=PROJECT_FILE,
+            line=lines.get(key) or lines.get(path),
+        )
+
+
 def load_project(root: str | Path = ".") -> Project:
     """Load and validate a project folder. Raises ConfigError naming file and line."""
     root = Path(root).resolve()
@@ -286,6 +316,7 @@ def load_project(root: str | Path = ".") -> Project:
         )
     data, lines = read_yaml(project_file, root)
     config = validate_model(ProjectConfig, data, lines, PROJECT_FILE)
+    _check_sources_named(config, lines)
     project = Project(root=root, config=config)
     for path in sorted((root / SYNCS_DIR).glob("*.y*ml")):
         shown = str(path.relative_to(root))
@@ -302,7 +333,7 @@ def load_project(root: str | Path = ".") -> Project:
             raise ConfigError(
                 f"sync `{sync.name}` reads source `{sync.source}`, "
                 "which lockgate.yml does not declare",
-                hint=f"declared sources: {', '.join(sorted(config.sources))}",
+                hint=declared_hint(sync.source, config.sources),
                 file=shown,
                 line=sync_lines.get(("source",)),
             )
@@ -310,7 +341,7 @@ def load_project(root: str | Path = ".") -> Project:
             raise ConfigError(
                 f"sync `{sync.name}` writes to destination `{sync.destination}`, "
                 "which lockgate.yml does not declare",
-                hint=f"declared destinations: {', '.join(sorted(config.destinations))}",
+                hint=declared_hint(sync.destination, config.destinations, "destinations"),
                 file=shown,
                 line=sync_lines.get(("destination",)),
             )
@@ -361,7 +392,7 @@ def run_log_warehouse(project: Project, lines: Lines | None = None) -> str:
     if config.warehouse not in declared:
         raise ConfigError(
             f"`run_log.warehouse` names source `{config.warehouse}`, which is not declared",
-            hint=f"declared sources: {', '.join(sorted(declared))}",
+            hint=declared_hint(config.warehouse, declared),
             file=PROJECT_FILE,
             line=line,
         )
