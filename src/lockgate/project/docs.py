@@ -12,7 +12,7 @@ import typing
 from pydantic import BaseModel
 
 from lockgate.project import models
-from lockgate.project.fielddocs import field_doc
+from lockgate.project.fielddocs import field_doc, required_in_files
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`lockgate.yml`", models.ProjectConfig),
@@ -76,7 +76,7 @@ def render() -> str:
             key = field.alias or name
             default = (
                 "required"
-                if field.is_required()
+                if field.is_required() or required_in_files(model, name)
                 else ("(computed)" if field.default_factory else f"`{field.default!r}`")
             )
             description = " ".join((field_doc(model, name) or "").split())

@@ -19,6 +19,7 @@ import ast
 import functools
 import inspect
 import sys
+import typing
 from typing import Any
 
 from pydantic import BaseModel
@@ -62,6 +63,20 @@ def field_doc(model: type[BaseModel], name: str) -> str | None:
         if name in cls.__dict__.get("__annotations__", {}):
             return _module_docs(cls.__module__).get(cls.__qualname__, {}).get(name)
     return None
+
+
+def required_in_files(model: type[BaseModel], name: str) -> bool:
+    """Whether a file must write the key ``name`` although its field has a default: the `type`
+    that picks a source's or destination's model (a union told apart by `type`: a mapping
+    without it is refused, as pydantic cannot tell which model it is). The default is for the
+    models built in code (the Customer.io destination a project without `destinations:`
+    gets)."""
+    annotation = model.model_fields[name].annotation
+    return (
+        name == "type"
+        and typing.get_origin(annotation) is typing.Literal
+        and len(typing.get_args(annotation)) == 1  # a tag, not a choice (an attribute's `type`)
+    )
 
 
 class _DocumentedSchema(GenerateJsonSchema):
