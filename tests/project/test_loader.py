@@ -69,6 +69,32 @@ def test_literal_secret_is_refused(tmp_path: Path) -> None:
     assert "abc123" not in str(error)
 
 
+def test_a_literal_app_api_key_names_its_own_key_and_variable(tmp_path: Path) -> None:
+    project = PROJECT + (
+        "destinations:\n  customerio:\n    type: customerio\n    app_api_key: sa_live_k\n"
+    )
+    error = error_for(write(tmp_path, project=project))
+    assert error.location == "lockgate.yml:7"
+    # the path is the keys as written: not `destinations.customerio.customerio.app_api_key`
+    assert error.reason == (
+        "`app_api_key` must be an environment reference like `${CUSTOMERIO_APP_API_KEY}`, not a "
+        "literal secret; put the value in the environment "
+        "(at `destinations.customerio.app_api_key`)"
+    )
+    assert "sa_live_k" not in str(error)
+
+
+def test_an_error_path_holds_the_keys_of_the_file_not_the_type_tag(tmp_path: Path) -> None:
+    bad = PROJECT.replace("path: w.duckdb}", "path: w.duckdb, memory: 1GB}")
+    error = error_for(write(tmp_path, project=bad))
+    assert error.location == "lockgate.yml:3"
+    assert error.reason == "unknown key `memory` (at `sources.warehouse.memory`)"
+    assert error.hint is not None and error.hint.startswith("did you mean `memory_limit`?")
+    bad = PROJECT.replace("path: w.duckdb}", "path: w.duckdb, read_only: maybe}")
+    error = error_for(write(tmp_path, project=bad))
+    assert error.reason.endswith("(at `sources.warehouse.read_only`)")
+
+
 def test_a_destination_url_without_a_scheme_is_refused_where_it_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -114,9 +114,14 @@ def _leaves(annotation: Any) -> list[Any]:
     return [annotation]
 
 
-def _models_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[type[BaseModel]]:
-    """The models the mapping at ``loc`` may be (pydantic's error path, tags included)."""
+def _walk_models(
+    model: type[BaseModel], loc: tuple[str | int, ...]
+) -> tuple[list[type[BaseModel]], tuple[str | int, ...]]:
+    """The models the mapping at ``loc`` may be (pydantic's error path, tags included), and
+    ``loc`` without its union tags (`sources.warehouse.duckdb.path` is `sources.warehouse.path`
+    in the file: `duckdb` is the model its `type:` picked, not a key)."""
     current: list[Any] = [model]
+    keys: list[str | int] = []
     for part in loc:
         step: list[Any] = []
         for tp in current:
@@ -129,19 +134,28 @@ def _models_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[type[
                 step += _leaves(args[1])
             elif origin is list and isinstance(part, int):
                 step += _leaves(args[0])
+        tagged = [
+            tp
+            for tp in current
+            if isinstance(tp, type)
+            and issubclass(tp, BaseModel)
+            and "type" in tp.model_fields
+            and tp.model_fields["type"].default == part
+        ]
         if step:
             current = step
-        else:  # a union tag (`duckdb`): keep the model it names
-            tagged = [
-                tp
-                for tp in current
-                if isinstance(tp, type)
-                and issubclass(tp, BaseModel)
-                and "type" in tp.model_fields
-                and tp.model_fields["type"].default == part
-            ]
-            current = tagged or current
-    return [tp for tp in current if isinstance(tp, type) and issubclass(tp, BaseModel)]
+            keys.append(part)
+        elif tagged:  # a union tag (`duckdb`): keep the model it names
+            current = tagged
+        else:  # an unknown key, or a path the models do not describe
+            keys.append(part)
+    models = [tp for tp in current if isinstance(tp, type) and issubclass(tp, BaseModel)]
+    return models, tuple(keys)
+
+
+def _models_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[type[BaseModel]]:
+    """The models the mapping at ``loc`` may be (pydantic's error path, tags included)."""
+    return _walk_models(model, loc)[0]
 
 
 def _keys_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
@@ -160,12 +174,12 @@ def validate_model(model: type[M], data: Any, lines: Lines, file: str) -> M:
     except ValidationError as exc:
         first = exc.errors()[0]
         raw = first["loc"]
-        # drop union tags such as `function-before[...]`; an unknown key itself is kept even
-        # when it holds a bracket
+        # drop pydantic's validator steps such as `function-before[...]` and the tags of
+        # unions (`duckdb` in `sources.warehouse.duckdb.path`): neither is a key in the file.
+        # An unknown key itself is kept even when it holds a bracket
         keep = len(raw) - 1 if first["type"] == "extra_forbidden" else len(raw)
-        loc = tuple(
-            p for i, p in enumerate(raw) if i >= keep or not (isinstance(p, str) and "[" in p)
-        )
+        keys = tuple(p for p in raw[:keep] if not (isinstance(p, str) and "[" in p))
+        loc = _walk_models(model, keys)[1] + tuple(raw[keep:])
         where = ".".join(str(p) for p in loc) or "(top level)"
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":

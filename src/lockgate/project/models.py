@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -245,8 +246,11 @@ class CustomerIODestinationConfig(StrictModel):
 
     @field_validator("api_key", "app_api_key")
     @classmethod
-    def _secret(cls, value: str | None) -> str | None:
-        return check_secret(value, "api_key")
+    def _secret(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # each key names its own variable: the App API key is not the Track one
+        variable = {"api_key": "CUSTOMERIO_API_KEY", "app_api_key": "CUSTOMERIO_APP_API_KEY"}
+        name = info.field_name or "api_key"
+        return check_secret(value, name, variable[name])
 
     @field_validator("track_url", "app_url")
     @classmethod
