@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Annotated, Any, Literal
@@ -35,6 +36,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from lockgate.errors import ConfigError
 from lockgate.project.identity import IdentityConfig
 
+#: a sync's name: it names its state, its files' tables and the CLI's arguments
+SYNC_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -296,6 +299,24 @@ class FieldConfig(StrictModel):
     default: Any = None
     """The value sent for a null when `on_null: default`."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _spec(cls, value: Any) -> Any:
+        """A column name is made a mapping before this (`_expand_fields`); anything else but a
+        mapping (an empty value, a number) is refused saying what one is, not as pydantic's
+        "a valid dictionary or instance of FieldConfig"."""
+        if isinstance(value, dict | FieldConfig):
+            return value
+        if value is None:
+            given = "not empty"
+        else:
+            shown = json.dumps(value, default=str)
+            given = f"not `{shown}` (a constant is `{{value: {shown}}}`)"
+        raise ValueError(
+            "an attribute or property is a column name (`plan: plan_column`) or a mapping such "
+            f"as `{{column: plan_column, type: string}}`, {given}"
+        )
+
     @model_validator(mode="after")
     def _check(self) -> FieldConfig:
         if self.on_null == "default" and self.default is None:
@@ -427,6 +448,16 @@ class BackfillConfig(StrictModel):
     """Events older than this are backfill."""
     older: Literal["skip", "send"] | dict[str, str] = "skip"
     """`skip` (record but do not send), `send` (send as is), or `{rename: "{name}_backfill"}`."""
+
+    @field_validator("max_age", mode="before")
+    @classmethod
+    def _age_has_a_unit(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise ValueError(
+                f"`max_age: {value}` has no unit; write a duration such as `{value}h`, `30m`, "
+                "`90s` or `7d`"
+            )
+        return value
 
     @field_validator("max_age")
     @classmethod
@@ -583,7 +614,7 @@ class SyncConfig(StrictModel):
         identity graph)."""
         return self._graph_identifiers or self.identify_by
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    name: str = Field(pattern=SYNC_NAME.pattern)
     """Lower-case name, unique in the project; also the state's key."""
     source: str
     """Name of a source in lockgate.yml."""
@@ -646,6 +677,20 @@ class SyncConfig(StrictModel):
     guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
     """Circuit breakers and acknowledged contract changes; unset limits inherit
     `defaults.guardrails` (docs/guardrails.md)."""
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> Any:
+        """Say what a name is, with one made of the name given, before pydantic's "should match
+        pattern" does (the pattern stays on the field for the JSON Schema)."""
+        if isinstance(value, str) and not SYNC_NAME.fullmatch(value):
+            fixed = re.sub(r"[^a-z0-9_]+", "_", value.lower()).strip("_")
+            fixed = fixed if re.match(r"[a-z]", fixed) else f"sync_{fixed}".rstrip("_")
+            raise ValueError(
+                f"sync name `{value}` may hold only lower-case letters, digits and `_`, starting "
+                f"with a letter: e.g. `{fixed}`"
+            )
+        return value
 
     @field_validator("primary_key", mode="before")
     @classmethod
