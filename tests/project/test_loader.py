@@ -6,9 +6,10 @@ from pathlib import Path
 
 import duckdb
 import pytest
+import yaml
 
 from lockgate.errors import ConfigError
-from lockgate.project.loader import load_project
+from lockgate.project.loader import load_project, read_yaml
 from lockgate.sources import connect
 
 PROJECT = """\
@@ -147,6 +148,48 @@ def test_identity_and_webhooks_naming_an_undeclared_source_are_errors_at_their_l
     assert error.location == "lockgate.yml:5"
     assert error.reason.startswith("`webhooks.warehouse` names source `nowhere`, which")
     assert error.hint == "declared sources: `warehouse`"
+
+
+MERGED = """\
+base: &base {column: plan, type: string, on_null: skip}
+more: &more {type: integer, default: 0}
+one: {<<: *base, on_null: clear}
+two:
+  on_null: clear
+  <<: [*more, *base]
+nested:
+  <<: {inner: {a: 1}, b: 2}
+  b: 3
+"""
+
+
+def test_yaml_merge_keys_read_as_safe_load_reads_them(tmp_path: Path) -> None:
+    (tmp_path / "m.yml").write_text(MERGED)
+    data, lines = read_yaml(tmp_path / "m.yml")
+    # PyYAML's pick between two merged mappings holding one key depends on string interning:
+    # the YAML spec's (the earlier one wins) is the one read, the rest as safe_load reads it
+    expected = yaml.safe_load(MERGED)
+    expected["two"]["type"] = "integer"
+    assert data == expected
+    assert [list(v) for v in data.values()] == [list(v) for v in expected.values()]
+    # a key written here is at its own line; a merged one where the anchor writes it
+    assert lines[("one", "on_null")] == 3 and lines[("one", "column")] == 1
+    assert lines[("two", "type")] == 2 and lines[("nested", "inner", "a")] == 8
+
+
+def test_a_sync_may_merge_an_anchored_attribute_and_errors_name_the_line(tmp_path: Path) -> None:
+    sync = SYNC.replace(
+        "  plan: plan\n", "  plan: &text {column: plan, type: string}\n  copy: {<<: *text}\n"
+    )
+    project = load_project(write(tmp_path, sync=sync))
+    copy = project.sync("profile").attributes["copy"]
+    assert (copy.column, copy.type) == ("plan", "string")
+    # a bad merged value is reported where the anchored mapping writes it
+    error = error_for(write(tmp_path, sync=sync.replace("type: string", "type: text")))
+    assert error.location == "syncs/profile.yml:8"
+    error = error_for(write(tmp_path, sync=sync.replace("{<<: *text}", "{<<: plan}")))
+    assert error.location == "syncs/profile.yml:9"
+    assert error.reason.startswith("`<<` merges a mapping into this one")
 
 
 def test_invalid_yaml_points_at_the_line(tmp_path: Path) -> None:

@@ -58,7 +58,10 @@ def render() -> str:
         "",
         "Generated from the models in `src/lockgate/project/models.py` "
         "(`python -m lockgate.project.docs > docs/config.md`). Unknown keys are errors. "
-        "Secrets are accepted only as `${ENV_VAR}` references.",
+        "Secrets are accepted only as `${ENV_VAR}` references. YAML anchors and merge keys "
+        "work (`plan: &text {column: plan, type: string}` then "
+        "`tier: {<<: *text, column: tier}`); an error in a merged value names the line where "
+        "the anchored mapping writes it.",
         "",
     ]
     for title, model in SECTIONS:

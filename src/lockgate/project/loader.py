@@ -2,6 +2,7 @@
 
 YAML is parsed into nodes first so that every validation error can name the file and the
 line of the offending key. Duplicate keys are errors (PyYAML silently keeps the last one).
+Merge keys (`<<: *defaults`) bring in the anchored mapping's keys, as `yaml.safe_load` does.
 
 Example::
 
@@ -31,6 +32,8 @@ BUILTIN_IDENTIFIERS = ("id", "user_id", "cio_id", "email")  # Customer.io's own 
 SYNCS_DIR = "syncs"
 
 Lines = dict[tuple[str | int, ...], int]
+#: the tag of a `<<` key: the YAML merge key (`<<: *defaults`)
+MERGE_TAG = "tag:yaml.org,2002:merge"
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -49,21 +52,63 @@ def _walk(
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
+        merge: yaml.Node | None = None
         for key_node, value_node in node.value:
             key = str(key_node.value)
-            if key in out:
+            if key in out or (key_node.tag == MERGE_TAG and merge is not None):
                 raise ConfigError(
                     f"duplicate key `{key}`",
                     hint="each key may appear once; remove or rename one of them",
                     file=file,
                     line=key_node.start_mark.line + 1,
                 )
+            if key_node.tag == MERGE_TAG:
+                merge = key_node
+                continue
             lines[(*path, key)] = key_node.start_mark.line + 1
             out[key] = _walk(value_node, (*path, key), lines, file, scalars)
-        return out
+        if merge is None:
+            return out
+        # `<<: *defaults` (or a list of them) as `yaml.safe_load` reads it: the keys written
+        # here win over the merged ones (which come first, as there)
+        return {**_merged(node, path, lines, file, scalars), **out}
     if isinstance(node, yaml.SequenceNode):
         return [_walk(item, (*path, i), lines, file, scalars) for i, item in enumerate(node.value)]
     return scalars.construct_object(node, deep=True)  # as `safe_load` reads it
+
+
+def _merged(
+    node: yaml.MappingNode,
+    path: tuple[str | int, ...],
+    lines: Lines,
+    file: str,
+    scalars: yaml.constructor.SafeConstructor,
+) -> dict[str, Any]:
+    """The keys a mapping's merge key (`<<`) brings in, each recorded at the line where it is
+    written (in the anchored mapping), unless the mapping writes that key itself. Of a list of
+    mappings, the earlier one's key wins, as the YAML merge key spec says (PyYAML 6 gives the
+    earlier or the later one depending on whether it interned the two keys' strings)."""
+    key_node, value_node = next((k, v) for k, v in node.value if k.tag == MERGE_TAG)
+    items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+    own = {str(k.value) for k, _ in node.value if k.tag != MERGE_TAG}
+    out: dict[str, Any] = {}
+    for item in items:
+        if not isinstance(item, yaml.MappingNode):
+            raise ConfigError(
+                "`<<` merges a mapping into this one: write `<<: *name` with an anchored "
+                "mapping (`&name {...}`), or a list of them",
+                hint="or write the keys here instead",
+                file=file,
+                line=key_node.start_mark.line + 1,
+            )
+        found: Lines = {}
+        for key, value in _walk(item, path, found, file, scalars).items():
+            if key in out:  # an earlier mapping of the list wins (YAML's merge key spec)
+                continue
+            out[key] = value
+            if key not in own:
+                lines.update((p, n) for p, n in found.items() if p[: len(path) + 1] == (*path, key))
+    return out
 
 
 def read_yaml(path: Path, root: Path | None = None) -> tuple[Any, Lines]:
