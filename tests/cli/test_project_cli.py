@@ -7,11 +7,15 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from lockgate.cli import cli
+from lockgate.cli.project import json_schemas
 from lockgate.demo import warehouse
 from lockgate.emulator import Emulator
+from lockgate.errors import ConfigError
+from lockgate.project.loader import load_project, read_yaml
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -55,6 +59,67 @@ def test_init_then_validate(tmp_path: Path) -> None:
         "product_events",
     ]
     assert "CUSTOMERIO_API_KEY" in report["missing_env"]
+
+
+def schema_errors(schema: dict[str, object], path: Path) -> list[str]:
+    """What an editor's JSON Schema check says of a file, read as an editor (YAML) and as
+    Lockgate reads it."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    found = []
+    for data in (yaml.safe_load(path.read_text()), read_yaml(path)[0]):
+        found += [
+            f"{path.name}: {'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in validator.iter_errors(data)
+        ]
+    return found
+
+
+def test_the_editor_schemas_take_every_file_init_writes_and_what_validate_takes(
+    tmp_path: Path,
+) -> None:
+    # the schemas `init` writes for editors must not flag the scaffold's own shorthands
+    # (`attr: column`, `model: file.sql`, `event: {name: col}`, `properties: [a, b]`,
+    # `max_changed: off`) while `lockgate validate` takes them
+    root = tmp_path / "p"
+    assert invoke("init", str(root))[0] == 0
+    schemas = root / ".lockgate-schema"
+    project = json.loads((schemas / "project.schema.json").read_text())
+    sync = json.loads((schemas / "sync.schema.json").read_text())
+    assert {"lockgate.yml": project, "syncs/*.yml": sync} == json_schemas()
+    written = sorted((root / "syncs").glob("*.yml"))
+    assert len(written) == 6
+    errors = schema_errors(project, root / "lockgate.yml")
+    for path in written:
+        errors += schema_errors(sync, path)
+    assert errors == []
+
+    # shorthands the scaffold does not use: one of each, taken by both
+    lockgate_yml = (root / "lockgate.yml").read_text()
+    (root / "lockgate.yml").write_text(
+        lockgate_yml.replace('sql: "select email from marketing.leads"', 'query: "select 1"')
+    )
+    (root / "syncs" / "more.yml").write_text(
+        "name: more\nsource: warehouse\nmodel: analytics.companies\nkind: objects\n"
+        "primary_key: company_id\nobject_type_id: 1\nattributes: [name, industry]\n"
+        "on_change:\n  - {attribute: name, event: renamed, properties: [industry]}\n"
+        "guardrails: {max_changed: 10, max_removed: off, max_events: off}\n"
+    )
+    assert load_project(root).sync("more").object_type_id == "1"
+    errors = schema_errors(project, root / "lockgate.yml")
+    errors += schema_errors(sync, root / "syncs" / "more.yml")
+    assert errors == []
+
+    # and refuse what validate refuses: a source or destination without `type`
+    no_type = lockgate_yml.replace("    type: duckdb\n", "")
+    (root / "lockgate.yml").write_text(no_type)
+    with pytest.raises(ConfigError, match="`sources.warehouse` has no `type`"):
+        load_project(root)
+    assert schema_errors(project, root / "lockgate.yml")
+    no_type = lockgate_yml.replace("    type: customerio\n", "")
+    (root / "lockgate.yml").write_text(no_type)
+    assert schema_errors(project, root / "lockgate.yml")
 
 
 def test_init_with_sample_data_syncs_into_the_emulator_as_its_hint_says(

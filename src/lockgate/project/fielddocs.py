@@ -22,7 +22,7 @@ import sys
 import typing
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import AliasChoices, BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
@@ -91,6 +91,15 @@ class _DocumentedSchema(GenerateJsonSchema):
             doc = field_doc(model, name)
             if doc and key in properties and "description" not in properties[key]:
                 properties[key] = _described(properties[key], doc)
+            if required_in_files(model, name) and key in properties:
+                # as `lockgate validate` says: a source or destination names its `type`
+                value["required"] = [key, *(k for k in value.get("required", ()) if k != key)]
+            choices = field.validation_alias
+            if isinstance(choices, AliasChoices) and key in properties:
+                # a synonym validate takes (`query:` for `sql:`) is a key editors take too
+                for other in choices.choices:
+                    if isinstance(other, str) and other not in properties:
+                        properties[other] = properties[key]
         return value
 
 

@@ -326,6 +326,11 @@ class FieldConfig(StrictModel):
         return self
 
 
+#: what `attributes:` / `properties:` may be written as (for the JSON Schema; `_expand_fields`
+#: makes it the mapping of FieldConfig): names → column or spec, or a list of column names
+FieldsInput = dict[str, str | FieldConfig] | list[str] | None
+
+
 def _expand_fields(value: Any) -> Any:
     """Accept a list of column names, or a mapping name → column | field spec."""
     if value is None:
@@ -489,7 +494,12 @@ class EventConfig(StrictModel):
     id: EventIdConfig
     """A column, or `{hash: [col, ...]}`: sent as the event's dedupe `id`."""
 
-    @field_validator("name", "id", mode="before")
+    @field_validator("name", mode="before", json_schema_input_type=str | EventNameConfig)
+    @classmethod
+    def _name_shorthand(cls, value: Any) -> Any:
+        return {"column": value} if isinstance(value, str) else value
+
+    @field_validator("id", mode="before", json_schema_input_type=str | EventIdConfig)
     @classmethod
     def _column_shorthand(cls, value: Any) -> Any:
         return {"column": value} if isinstance(value, str) else value
@@ -512,13 +522,16 @@ class OnChangeConfig(StrictModel):
     """A SQL condition over the model's columns; when true the event is not fired (put
     warehouse lookups, such as an order after the cart, in the model's SQL)."""
 
-    @field_validator("properties", mode="before")
+    @field_validator("properties", mode="before", json_schema_input_type=FieldsInput)
     @classmethod
     def _fields(cls, value: Any) -> Any:
         return _expand_fields(value)
 
 
 LIMIT = re.compile(r"^\s*(\d+(\.\d+)?)\s*%\s*$")
+#: what a breaker limit may be written as (for the JSON Schema): a count, a share, `off` (which
+#: a YAML 1.1 reader reads as false) or nothing
+LimitInput = Annotated[int, Field(ge=0)] | str | Literal[False] | None
 
 
 def _check_limit(value: Any) -> Any:
@@ -581,12 +594,19 @@ class GuardrailsConfig(StrictModel):
             )
         return text
 
-    @field_validator("max_changed", "max_cleared", "max_removed", "max_rejected", mode="before")
+    @field_validator(
+        "max_changed",
+        "max_cleared",
+        "max_removed",
+        "max_rejected",
+        mode="before",
+        json_schema_input_type=LimitInput,
+    )
     @classmethod
     def _limit(cls, value: Any) -> Any:
         return _check_limit(value)
 
-    @field_validator("max_events", mode="before")
+    @field_validator("max_events", mode="before", json_schema_input_type=LimitInput)
     @classmethod
     def _events(cls, value: Any) -> Any:
         value = _check_limit(value)
@@ -704,19 +724,25 @@ class SyncConfig(StrictModel):
             " (quote a column whose name is a number)"
         )
 
-    @field_validator("attributes", "properties", "relationship_attributes", mode="before")
+    @field_validator(
+        "attributes",
+        "properties",
+        "relationship_attributes",
+        mode="before",
+        json_schema_input_type=FieldsInput,
+    )
     @classmethod
     def _fields(cls, value: Any) -> Any:
         return _expand_fields(value)
 
-    @field_validator("model", mode="before")
+    @field_validator("model", mode="before", json_schema_input_type=str | ModelRef)
     @classmethod
     def _model(cls, value: Any) -> Any:
         if isinstance(value, str):
             return {"file": value} if value.endswith(".sql") else {"table": value}
         return value
 
-    @field_validator("object_type_id", mode="before")
+    @field_validator("object_type_id", mode="before", json_schema_input_type=int | str | None)
     @classmethod
     def _type_id(cls, value: Any) -> Any:
         if value is None:
