@@ -204,3 +204,52 @@ def test_an_empty_sync_file_and_a_numeric_primary_key_say_what_is_wrong(
     )
     err = fails(capsys, "validate", "--project", str(tmp_path))
     assert "`primary_key` is a column name or a list of them" in err and "not `5`" in err
+
+
+@pytest.mark.parametrize(
+    ("change", "where", "said"),
+    [
+        (
+            ("plan: plan", "plan:"),
+            "syncs/profile.yml:8:",
+            "an attribute or property is a column name (`plan: plan_column`) or a mapping such "
+            "as `{column: plan_column, type: string}`, not empty (at `attributes.plan`)",
+        ),
+        (
+            ("plan: plan", "plan: 5"),
+            "syncs/profile.yml:8:",
+            "an attribute or property is a column name (`plan: plan_column`) or a mapping such "
+            "as `{column: plan_column, type: string}`, not `5` (a constant is `{value: 5}`) "
+            "(at `attributes.plan`)",
+        ),
+        (
+            ("name: profile", "name: Customer-Profile"),
+            "syncs/profile.yml:1:",
+            "sync name `Customer-Profile` may hold only lower-case letters, digits and `_`, "
+            "starting with a letter: e.g. `customer_profile` (at `name`)",
+        ),
+        (
+            (
+                "attributes:\n  plan: plan\n",
+                "event: {name: plan, id: id}\nbackfill: {max_age: 72}\n",
+            ),
+            "syncs/profile.yml:7:",
+            "`max_age: 72` has no unit; write a duration such as `72h`, `30m`, `90s` or `7d` "
+            "(at `backfill.max_age`)",
+        ),
+    ],
+)
+def test_a_value_of_the_wrong_shape_says_what_is_expected_with_an_example(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    change: tuple[str, str],
+    where: str,
+    said: str,
+) -> None:
+    # not pydantic's "a valid dictionary or instance of FieldConfig" / "should match pattern"
+    sync = SYNC.replace(*change)
+    if "event:" in sync:
+        sync = sync.replace("kind: people", "kind: events").replace("primary_key: id\n", "")
+    project(tmp_path, sync=sync)
+    err = fails(capsys, "validate", "--project", str(tmp_path))
+    assert f"Error: {where} {said}" in " ".join(err.split())

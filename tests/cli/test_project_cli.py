@@ -7,11 +7,15 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from lockgate.cli import cli
+from lockgate.cli.project import json_schemas
 from lockgate.demo import warehouse
 from lockgate.emulator import Emulator
+from lockgate.errors import ConfigError
+from lockgate.project.loader import load_project, read_yaml
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -55,6 +59,67 @@ def test_init_then_validate(tmp_path: Path) -> None:
         "product_events",
     ]
     assert "CUSTOMERIO_API_KEY" in report["missing_env"]
+
+
+def schema_errors(schema: dict[str, object], path: Path) -> list[str]:
+    """What an editor's JSON Schema check says of a file, read as an editor (YAML) and as
+    Lockgate reads it."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    found = []
+    for data in (yaml.safe_load(path.read_text()), read_yaml(path)[0]):
+        found += [
+            f"{path.name}: {'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in validator.iter_errors(data)
+        ]
+    return found
+
+
+def test_the_editor_schemas_take_every_file_init_writes_and_what_validate_takes(
+    tmp_path: Path,
+) -> None:
+    # the schemas `init` writes for editors must not flag the scaffold's own shorthands
+    # (`attr: column`, `model: file.sql`, `event: {name: col}`, `properties: [a, b]`,
+    # `max_changed: off`) while `lockgate validate` takes them
+    root = tmp_path / "p"
+    assert invoke("init", str(root))[0] == 0
+    schemas = root / ".lockgate-schema"
+    project = json.loads((schemas / "project.schema.json").read_text())
+    sync = json.loads((schemas / "sync.schema.json").read_text())
+    assert {"lockgate.yml": project, "syncs/*.yml": sync} == json_schemas()
+    written = sorted((root / "syncs").glob("*.yml"))
+    assert len(written) == 6
+    errors = schema_errors(project, root / "lockgate.yml")
+    for path in written:
+        errors += schema_errors(sync, path)
+    assert errors == []
+
+    # shorthands the scaffold does not use: one of each, taken by both
+    lockgate_yml = (root / "lockgate.yml").read_text()
+    (root / "lockgate.yml").write_text(
+        lockgate_yml.replace('sql: "select email from marketing.leads"', 'query: "select 1"')
+    )
+    (root / "syncs" / "more.yml").write_text(
+        "name: more\nsource: warehouse\nmodel: analytics.companies\nkind: objects\n"
+        "primary_key: company_id\nobject_type_id: 1\nattributes: [name, industry]\n"
+        "on_change:\n  - {attribute: name, event: renamed, properties: [industry]}\n"
+        "guardrails: {max_changed: 10, max_removed: off, max_events: off}\n"
+    )
+    assert load_project(root).sync("more").object_type_id == "1"
+    errors = schema_errors(project, root / "lockgate.yml")
+    errors += schema_errors(sync, root / "syncs" / "more.yml")
+    assert errors == []
+
+    # and refuse what validate refuses: a source or destination without `type`
+    no_type = lockgate_yml.replace("    type: duckdb\n", "")
+    (root / "lockgate.yml").write_text(no_type)
+    with pytest.raises(ConfigError, match="`sources.warehouse` has no `type`"):
+        load_project(root)
+    assert schema_errors(project, root / "lockgate.yml")
+    no_type = lockgate_yml.replace("    type: customerio\n", "")
+    (root / "lockgate.yml").write_text(no_type)
+    assert schema_errors(project, root / "lockgate.yml")
 
 
 def test_init_with_sample_data_syncs_into_the_emulator_as_its_hint_says(
@@ -204,6 +269,52 @@ def test_plan_all_plans_the_other_syncs_when_one_is_broken(
     assert "selec" in plans["customer_profile"]["error"]
     assert {p["status"] for n, p in plans.items() if n != "customer_profile"} == {"planned"}
     assert "1 of 6 plans failed: customer_profile" in err
+
+
+def test_json_prints_a_document_when_the_only_sync_or_the_files_fail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a script reads stdout of `--json`: an error is a document there too, not nothing
+    from lockgate.cli import main
+
+    def run(*args: str) -> tuple[int, object, str]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            main([*args, "--project", str(tmp_path), "--json"])
+        out, err = capsys.readouterr()
+        return int(exited.value.code or 0), json.loads(out), err
+
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", "site")
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", "key")
+    monkeypatch.setenv("CUSTOMERIO_TRACK_URL", "http://127.0.0.1:9")  # nothing listens there
+    invoke("init", str(tmp_path), "--sample-data")
+    leads = tmp_path / "syncs" / "leads.yml"
+    leads.write_text(leads.read_text().replace("marketing.leads", "marketing.nosuch"))
+
+    # the only sync named fails: the same list `sync A B` prints, with its error
+    code, runs, err = run("sync", "leads")
+    assert code == 1 and "Error: step `extract` failed" in err
+    assert isinstance(runs, list) and [(r["sync"], r["status"]) for r in runs] == [
+        ("leads", "failed")
+    ]
+    assert "marketing.nosuch" in runs[0]["error"]
+    # `plan ONE --json` prints one report, so its failure is one document
+    code, planned, err = run("plan", "leads")
+    assert code == 1 and isinstance(planned, dict)
+    assert (planned["sync"], planned["status"]) == ("leads", "failed")
+
+    # a file error: `validate --json` says `valid: false` with the error (file and line)
+    leads.write_text(leads.read_text().replace("kind: people", "kind: person"))
+    code, report, err = run("validate")
+    assert code == 1 and "Error: syncs/leads.yml:5:" in err
+    assert isinstance(report, dict)
+    assert report["valid"] is False and report["error"].startswith("syncs/leads.yml:5: ")
+    assert (report["syncs"], report["contract"]) == ([], [])
+    # ... and `sync --all --json` names no sync, as none could be read
+    code, runs, err = run("sync", "--all")
+    assert code == 1 and isinstance(runs, list) and len(runs) == 1
+    assert (runs[0]["sync"], runs[0]["status"]) == (None, "failed")
+    assert runs[0]["error"].startswith("syncs/leads.yml:5: ")
 
 
 def test_plan_sync_runs_history_end_to_end(

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import duckdb
 import pytest
+import yaml
 
 from lockgate.errors import ConfigError
-from lockgate.project.loader import load_project
+from lockgate.project.loader import load_project, read_yaml
 from lockgate.sources import connect
 
 PROJECT = """\
@@ -69,6 +70,32 @@ def test_literal_secret_is_refused(tmp_path: Path) -> None:
     assert "abc123" not in str(error)
 
 
+def test_a_literal_app_api_key_names_its_own_key_and_variable(tmp_path: Path) -> None:
+    project = PROJECT + (
+        "destinations:\n  customerio:\n    type: customerio\n    app_api_key: sa_live_k\n"
+    )
+    error = error_for(write(tmp_path, project=project))
+    assert error.location == "lockgate.yml:7"
+    # the path is the keys as written: not `destinations.customerio.customerio.app_api_key`
+    assert error.reason == (
+        "`app_api_key` must be an environment reference like `${CUSTOMERIO_APP_API_KEY}`, not a "
+        "literal secret; put the value in the environment "
+        "(at `destinations.customerio.app_api_key`)"
+    )
+    assert "sa_live_k" not in str(error)
+
+
+def test_an_error_path_holds_the_keys_of_the_file_not_the_type_tag(tmp_path: Path) -> None:
+    bad = PROJECT.replace("path: w.duckdb}", "path: w.duckdb, memory: 1GB}")
+    error = error_for(write(tmp_path, project=bad))
+    assert error.location == "lockgate.yml:3"
+    assert error.reason == "unknown key `memory` (at `sources.warehouse.memory`)"
+    assert error.hint is not None and error.hint.startswith("did you mean `memory_limit`?")
+    bad = PROJECT.replace("path: w.duckdb}", "path: w.duckdb, read_only: maybe}")
+    error = error_for(write(tmp_path, project=bad))
+    assert error.reason.endswith("(at `sources.warehouse.read_only`)")
+
+
 def test_a_destination_url_without_a_scheme_is_refused_where_it_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -97,6 +124,72 @@ def test_duplicate_keys_and_unknown_sources_are_errors(tmp_path: Path) -> None:
     assert error.location == "syncs/profile.yml:9" and "duplicate key `kind`" in error.reason
     error = error_for(write(tmp_path, sync=SYNC.replace("source: warehouse", "source: snow")))
     assert "source `snow`" in error.reason and error.location == "syncs/profile.yml:2"
+
+
+def test_identity_and_webhooks_naming_an_undeclared_source_are_errors_at_their_line(
+    tmp_path: Path,
+) -> None:
+    # found by `lockgate validate`, not by the run that reads them after extracting the model
+    identity = PROJECT + (
+        "identity:\n"
+        "  identifier_types: {user_id: {priority: 1}}\n"
+        "  sources:\n"
+        "    - {name: crm, source: warehous, table: crm.contacts}\n"
+    )
+    error = error_for(write(tmp_path, project=identity))
+    assert error.location == "lockgate.yml:7"
+    assert error.reason == (
+        "identity source `crm` reads from source `warehous`, which lockgate.yml does not declare "
+        "under `sources:`"
+    )
+    assert error.hint == "did you mean `warehouse`? (declared sources: `warehouse`)"
+
+    error = error_for(write(tmp_path, project=PROJECT + "webhooks:\n  warehouse: nowhere\n"))
+    assert error.location == "lockgate.yml:5"
+    assert error.reason.startswith("`webhooks.warehouse` names source `nowhere`, which")
+    assert error.hint == "declared sources: `warehouse`"
+
+
+MERGED = """\
+base: &base {column: plan, type: string, on_null: skip}
+more: &more {type: integer, default: 0}
+one: {<<: *base, on_null: clear}
+two:
+  on_null: clear
+  <<: [*more, *base]
+nested:
+  <<: {inner: {a: 1}, b: 2}
+  b: 3
+"""
+
+
+def test_yaml_merge_keys_read_as_safe_load_reads_them(tmp_path: Path) -> None:
+    (tmp_path / "m.yml").write_text(MERGED)
+    data, lines = read_yaml(tmp_path / "m.yml")
+    # PyYAML's pick between two merged mappings holding one key depends on string interning:
+    # the YAML spec's (the earlier one wins) is the one read, the rest as safe_load reads it
+    expected = yaml.safe_load(MERGED)
+    expected["two"]["type"] = "integer"
+    assert data == expected
+    assert [list(v) for v in data.values()] == [list(v) for v in expected.values()]
+    # a key written here is at its own line; a merged one where the anchor writes it
+    assert lines[("one", "on_null")] == 3 and lines[("one", "column")] == 1
+    assert lines[("two", "type")] == 2 and lines[("nested", "inner", "a")] == 8
+
+
+def test_a_sync_may_merge_an_anchored_attribute_and_errors_name_the_line(tmp_path: Path) -> None:
+    sync = SYNC.replace(
+        "  plan: plan\n", "  plan: &text {column: plan, type: string}\n  copy: {<<: *text}\n"
+    )
+    project = load_project(write(tmp_path, sync=sync))
+    copy = project.sync("profile").attributes["copy"]
+    assert (copy.column, copy.type) == ("plan", "string")
+    # a bad merged value is reported where the anchored mapping writes it
+    error = error_for(write(tmp_path, sync=sync.replace("type: string", "type: text")))
+    assert error.location == "syncs/profile.yml:8"
+    error = error_for(write(tmp_path, sync=sync.replace("{<<: *text}", "{<<: plan}")))
+    assert error.location == "syncs/profile.yml:9"
+    assert error.reason.startswith("`<<` merges a mapping into this one")
 
 
 def test_invalid_yaml_points_at_the_line(tmp_path: Path) -> None:

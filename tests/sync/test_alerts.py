@@ -165,6 +165,27 @@ def test_an_alert_that_cannot_be_sent_warns_without_its_url_and_the_run_stands(
     assert not any("T0KEN" in m for m in console.messages)  # the token stays secret
 
 
+def test_an_alert_url_with_a_password_shows_only_its_host(
+    project_factory: ProjectFactory, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `user:password@` is part of the URL's netloc: only host and port may be printed
+    port = receiver.url.rsplit(":", 1)[1]
+    monkeypatch.setenv("HOOK_URL", f"http://alertuser:S3cretPw@127.0.0.1:{port}/broken/T0KEN")
+    monkeypatch.setenv("SLACK_URL", "http://alertuser:S3cretPw@127.0.0.1:9/slack/T0KEN")
+    wide_people(project_factory, 30, huge=(7,))
+    project = with_alerts(
+        project_factory, {"wide": WIDE}, ALERTS.replace("on: [failed]", "on: [partial]")
+    )
+    console = NullConsole()
+    assert run_sync(project, "wide", console=console).status == "partial"
+    warnings = sorted(m for m in console.messages if "alert" in m)
+    assert warnings == [
+        f"warning: wide: the `partial` alert to 127.0.0.1:{port} was answered 500",
+        "warning: wide: the `partial` alert to 127.0.0.1:9 was not sent: ConnectError",
+    ]
+    assert not any("S3cretPw" in m or "alertuser" in m for m in console.messages)
+
+
 def test_an_alert_url_is_a_secret_and_names_syncs_that_exist(
     project_factory: ProjectFactory,
 ) -> None:

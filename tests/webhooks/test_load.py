@@ -264,10 +264,11 @@ def test_warehouse_choice_errors_name_the_fix(tmp_path) -> None:
 
     two = "  snow: {type: bigquery, project: p}\n  wh: {type: duckdb, path: w.duckdb}\n"
     assert warehouse_name(write_project(tmp_path / "a", sources=two)) == "wh"
-    wrong = write_project(tmp_path / "b", sources=two, webhooks="webhooks: {warehouse: nope}\n")
+    # a source that is not declared is an error of the file, before any load
     with pytest.raises(ConfigError, match="`nope`") as info:
-        warehouse_name(wrong)
-    assert "snow, wh" in (info.value.hint or "")
+        write_project(tmp_path / "b", sources=two, webhooks="webhooks: {warehouse: nope}\n")
+    assert info.value.location == "lockgate.yml:5"
+    assert "declared sources: `snow`, `wh`" in (info.value.hint or "")
     memory = write_project(tmp_path / "c", sources="  m: {type: duckdb, path: ':memory:'}\n")
     with pytest.raises(ConfigError, match="in-memory"):
         destination_for(memory)

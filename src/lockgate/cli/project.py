@@ -12,7 +12,7 @@ import orjson
 
 from lockgate.cli.options import json_option, open_project, project_option
 from lockgate.console import RichConsole
-from lockgate.errors import ConfigError, ConnectionCheckError, ContractError
+from lockgate.errors import ConfigError, ConnectionCheckError, ContractError, LockgateError
 from lockgate.project.fielddocs import json_schema
 from lockgate.project.loader import Project
 from lockgate.project.models import ENV_REF, ProjectConfig, SyncConfig
@@ -110,21 +110,35 @@ def validate(project_path: Path, as_json: bool, print_schema: bool, connect: boo
     if print_schema:
         sys.stdout.write(orjson.dumps(json_schemas(), option=orjson.OPT_INDENT_2).decode() + "\n")
         return
-    project = open_project(project_path)
-    for sync in project:
-        project.model_sql(sync)  # a model file that cannot be read names the sync file and line
-    missing: list[str] = []
-    for destination in project.config.destinations.values():
-        for value in (destination.site_id, destination.api_key):
-            match = ENV_REF.match(value)
-            if match and not os.environ.get(match.group(1)):
-                missing.append(match.group(1))
-    from lockgate.sync import contract
+    try:
+        project = open_project(project_path)
+        for sync in project:
+            project.model_sql(sync)  # a model file that cannot be read names its sync file, line
+        missing: list[str] = []
+        for destination in project.config.destinations.values():
+            for value in (destination.site_id, destination.api_key):
+                match = ENV_REF.match(value)
+                if match and not os.environ.get(match.group(1)):
+                    missing.append(match.group(1))
+        from lockgate.sync import contract
 
-    findings = contract.check_project(project)
-    errors = [f for f in findings if f.level == "error"]
-    console = RichConsole(quiet=as_json)
-    checks = _connect(project, console) if connect else []
+        findings = contract.check_project(project)
+        errors = [f for f in findings if f.level == "error"]
+        console = RichConsole(quiet=as_json)
+        checks = _connect(project, console) if connect else []
+    except LockgateError as exc:
+        if as_json:  # CI reads `valid` from stdout: a file error is `valid: false` too
+            invalid: dict[str, object] = {
+                "valid": False,
+                "syncs": [],
+                "missing_env": [],
+                "contract": [],
+                "error": str(exc),
+            }
+            if connect:
+                invalid["connections"] = []
+            sys.stdout.write(orjson.dumps(invalid).decode() + "\n")
+        raise
     failed = [c for c in checks if c.ok is False]
     if as_json:
         doc: dict[str, object] = {

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,24 @@ only_option = click.option(
 
 def _print_json(data: Any) -> None:
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+
+
+@contextmanager
+def _failure_as_json(as_json: bool, names: list[str], *, one: bool) -> Iterator[None]:
+    """With ``as_json``, an error that stops the command before its reports are printed (the
+    project does not load, the only sync to run fails) is printed on stdout as each of
+    ``names``' `{"sync", "status": "failed", "error"}` (the list as it stands then: the syncs
+    named, or `--all`'s once the project is read), in the shape of a success (a list, or with
+    ``one`` the only report; `"sync": null` before any sync is known): a script reading stdout
+    always gets a document, as it does when one sync of several fails. The error still goes
+    to stderr and the exit code stays 1."""
+    try:
+        yield
+    except LockgateError as exc:
+        if as_json:
+            docs = [{"sync": n, "status": "failed", "error": str(exc)} for n in names or (None,)]
+            _print_json(docs[0] if one and len(docs) == 1 else docs)
+        raise
 
 
 def _remapped_row(c: Any) -> list[tuple[str, Any]]:
@@ -214,28 +233,31 @@ def plan(
 ) -> None:
     """Show what `lockgate sync SYNC_NAME...` (or `--all`) would send, without sending
     anything. `--json` prints one report for one sync, a list for several."""
-    project = open_project(project_path)
-    names = _sync_names(project, sync_names, plan_all)
-    console = RichConsole(quiet=as_json)
-    found: list[Any] = []  # the rejected rows of each plan, for `--export-rejected`
-    # the plans of one command share the identity graph and the state store, as syncs do
-    with Session() as session:
-        reports, failed = _each(
-            names,
-            lambda name: plan_sync(
-                project,
-                name,
-                console=console,
-                full_resync=full_resync,
-                samples=samples,
-                session=session,
-                rejected_sink=None if export is None else found.append,
-                only=only,
-            ),
-            console,
-            "plan",
-            None if as_json else lambda report: _render_plan(console, report, samples),
-        )
+    one = len(sync_names) == 1 and not plan_all
+    names = list(sync_names)
+    with _failure_as_json(as_json, names, one=one):
+        project = open_project(project_path)
+        names[:] = _sync_names(project, sync_names, plan_all)
+        console = RichConsole(quiet=as_json)
+        found: list[Any] = []  # the rejected rows of each plan, for `--export-rejected`
+        # the plans of one command share the identity graph and the state store, as syncs do
+        with Session() as session:
+            reports, failed = _each(
+                names,
+                lambda name: plan_sync(
+                    project,
+                    name,
+                    console=console,
+                    full_resync=full_resync,
+                    samples=samples,
+                    session=session,
+                    rejected_sink=None if export is None else found.append,
+                    only=only,
+                ),
+                console,
+                "plan",
+                None if as_json else lambda report: _render_plan(console, report, samples),
+            )
     if export is not None:
         import pyarrow as pa
 
@@ -243,7 +265,7 @@ def plan(
         rows = pa.concat_tables(found) if found else empty
         _write_csv(export, rows)
         console.info(f"Wrote {rows.num_rows:,} rejected rows to {export}.")
-    _finish(reports, failed, "plan", as_json=as_json, one=len(sync_names) == 1 and not plan_all)
+    _finish(reports, failed, "plan", as_json=as_json, one=one)
     if detailed_exitcode:
         stopped = [r.sync for r in reports if any(g.breached for g in r.guards)]
         sending = [r.sync for r in reports if would_send(r)]
@@ -395,26 +417,28 @@ def sync(
 ) -> None:
     """Run one or more syncs: send only what changed, record what was delivered. `--only`
     sends the named records alone: one person first, to see them in Customer.io."""
-    project = open_project(project_path)
-    names = _sync_names(project, sync_names, run_all)
-    console = RichConsole(quiet=as_json)
-    # the syncs of this command resolve the identity graph once and share the state store
-    with signals_let_requests_finish(), Session() as session:
-        reports, failed = _each(
-            names,
-            lambda name: run_sync(
-                project,
-                name,
-                console=console,
-                full_resync=full_resync,
-                force=force,
-                session=session,
-                only=only,
-            ),
-            console,
-            "sync",
-            None if as_json else lambda report: render_report(console, report),
-        )
+    names = list(sync_names)
+    with _failure_as_json(as_json, names, one=False):
+        project = open_project(project_path)
+        names[:] = _sync_names(project, sync_names, run_all)
+        console = RichConsole(quiet=as_json)
+        # the syncs of this command resolve the identity graph once and share the state store
+        with signals_let_requests_finish(), Session() as session:
+            reports, failed = _each(
+                names,
+                lambda name: run_sync(
+                    project,
+                    name,
+                    console=console,
+                    full_resync=full_resync,
+                    force=force,
+                    session=session,
+                    only=only,
+                ),
+                console,
+                "sync",
+                None if as_json else lambda report: render_report(console, report),
+            )
     _finish(reports, failed, "sync", as_json=as_json, one=False)
     if any(r.status != "success" for r in reports):
         sys.exit(2)

@@ -17,7 +17,7 @@ from lockgate.cli.options import json_option, open_project, project_option
 from lockgate.console import RichConsole
 from lockgate.errors import TransientError
 from lockgate.project.loader import Project
-from lockgate.project.models import WebhooksConfig
+from lockgate.project.models import WebhooksConfig, url_host
 from lockgate.webhooks.verify import signing_key
 
 
@@ -298,12 +298,13 @@ def send(
         click.echo(json.dumps(summary))
     else:
         RichConsole().info(
-            f"sent {summary['events']} events to {url}: {summary['acknowledged']} acknowledged, "
+            f"sent {summary['events']} events to {url_host(url)}: "
+            f"{summary['acknowledged']} acknowledged, "
             f"{summary['duplicates']} duplicates, {summary['retries']} retries, "
             f"{summary['held']} held back"
         )
     if report.held:
         raise TransientError(
-            f"{len(report.held)} events were never acknowledged by `{url}`",
+            f"{len(report.held)} events were never acknowledged by {url_host(url)}",
             hint="check the receiver is running and uses the same signing key",
         )

@@ -12,7 +12,7 @@ import typing
 from pydantic import BaseModel
 
 from lockgate.project import models
-from lockgate.project.fielddocs import field_doc
+from lockgate.project.fielddocs import field_doc, required_in_files
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`lockgate.yml`", models.ProjectConfig),
@@ -58,7 +58,10 @@ def render() -> str:
         "",
         "Generated from the models in `src/lockgate/project/models.py` "
         "(`python -m lockgate.project.docs > docs/config.md`). Unknown keys are errors. "
-        "Secrets are accepted only as `${ENV_VAR}` references.",
+        "Secrets are accepted only as `${ENV_VAR}` references. YAML anchors and merge keys "
+        "work (`plan: &text {column: plan, type: string}` then "
+        "`tier: {<<: *text, column: tier}`); an error in a merged value names the line where "
+        "the anchored mapping writes it.",
         "",
     ]
     for title, model in SECTIONS:
@@ -76,7 +79,7 @@ def render() -> str:
             key = field.alias or name
             default = (
                 "required"
-                if field.is_required()
+                if field.is_required() or required_in_files(model, name)
                 else ("(computed)" if field.default_factory else f"`{field.default!r}`")
             )
             description = " ".join((field_doc(model, name) or "").split())

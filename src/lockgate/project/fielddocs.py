@@ -19,9 +19,10 @@ import ast
 import functools
 import inspect
 import sys
+import typing
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import AliasChoices, BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
@@ -64,6 +65,20 @@ def field_doc(model: type[BaseModel], name: str) -> str | None:
     return None
 
 
+def required_in_files(model: type[BaseModel], name: str) -> bool:
+    """Whether a file must write the key ``name`` although its field has a default: the `type`
+    that picks a source's or destination's model (a union told apart by `type`: a mapping
+    without it is refused, as pydantic cannot tell which model it is). The default is for the
+    models built in code (the Customer.io destination a project without `destinations:`
+    gets)."""
+    annotation = model.model_fields[name].annotation
+    return (
+        name == "type"
+        and typing.get_origin(annotation) is typing.Literal
+        and len(typing.get_args(annotation)) == 1  # a tag, not a choice (an attribute's `type`)
+    )
+
+
 class _DocumentedSchema(GenerateJsonSchema):
     """Pydantic's JSON Schema, each model property described by its field's docstring."""
 
@@ -76,6 +91,15 @@ class _DocumentedSchema(GenerateJsonSchema):
             doc = field_doc(model, name)
             if doc and key in properties and "description" not in properties[key]:
                 properties[key] = _described(properties[key], doc)
+            if required_in_files(model, name) and key in properties:
+                # as `lockgate validate` says: a source or destination names its `type`
+                value["required"] = [key, *(k for k in value.get("required", ()) if k != key)]
+            choices = field.validation_alias
+            if isinstance(choices, AliasChoices) and key in properties:
+                # a synonym validate takes (`query:` for `sql:`) is a key editors take too
+                for other in choices.choices:
+                    if isinstance(other, str) and other not in properties:
+                        properties[other] = properties[key]
         return value
 
 

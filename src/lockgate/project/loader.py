@@ -2,6 +2,7 @@
 
 YAML is parsed into nodes first so that every validation error can name the file and the
 line of the offending key. Duplicate keys are errors (PyYAML silently keeps the last one).
+Merge keys (`<<: *defaults`) bring in the anchored mapping's keys, as `yaml.safe_load` does.
 
 Example::
 
@@ -32,6 +33,8 @@ BUILTIN_IDENTIFIERS = ("id", "user_id", "cio_id", "email")  # Customer.io's own 
 SYNCS_DIR = "syncs"
 
 Lines = dict[tuple[str | int, ...], int]
+#: the tag of a `<<` key: the YAML merge key (`<<: *defaults`)
+MERGE_TAG = "tag:yaml.org,2002:merge"
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -50,21 +53,63 @@ def _walk(
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
+        merge: yaml.Node | None = None
         for key_node, value_node in node.value:
             key = str(key_node.value)
-            if key in out:
+            if key in out or (key_node.tag == MERGE_TAG and merge is not None):
                 raise ConfigError(
                     f"duplicate key `{key}`",
                     hint="each key may appear once; remove or rename one of them",
                     file=file,
                     line=key_node.start_mark.line + 1,
                 )
+            if key_node.tag == MERGE_TAG:
+                merge = key_node
+                continue
             lines[(*path, key)] = key_node.start_mark.line + 1
             out[key] = _walk(value_node, (*path, key), lines, file, scalars)
-        return out
+        if merge is None:
+            return out
+        # `<<: *defaults` (or a list of them) as `yaml.safe_load` reads it: the keys written
+        # here win over the merged ones (which come first, as there)
+        return {**_merged(node, path, lines, file, scalars), **out}
     if isinstance(node, yaml.SequenceNode):
         return [_walk(item, (*path, i), lines, file, scalars) for i, item in enumerate(node.value)]
     return scalars.construct_object(node, deep=True)  # as `safe_load` reads it
+
+
+def _merged(
+    node: yaml.MappingNode,
+    path: tuple[str | int, ...],
+    lines: Lines,
+    file: str,
+    scalars: yaml.constructor.SafeConstructor,
+) -> dict[str, Any]:
+    """The keys a mapping's merge key (`<<`) brings in, each recorded at the line where it is
+    written (in the anchored mapping), unless the mapping writes that key itself. Of a list of
+    mappings, the earlier one's key wins, as the YAML merge key spec says (PyYAML 6 gives the
+    earlier or the later one depending on whether it interned the two keys' strings)."""
+    key_node, value_node = next((k, v) for k, v in node.value if k.tag == MERGE_TAG)
+    items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+    own = {str(k.value) for k, _ in node.value if k.tag != MERGE_TAG}
+    out: dict[str, Any] = {}
+    for item in items:
+        if not isinstance(item, yaml.MappingNode):
+            raise ConfigError(
+                "`<<` merges a mapping into this one: write `<<: *name` with an anchored "
+                "mapping (`&name {...}`), or a list of them",
+                hint="or write the keys here instead",
+                file=file,
+                line=key_node.start_mark.line + 1,
+            )
+        found: Lines = {}
+        for key, value in _walk(item, path, found, file, scalars).items():
+            if key in out:  # an earlier mapping of the list wins (YAML's merge key spec)
+                continue
+            out[key] = value
+            if key not in own:
+                lines.update((p, n) for p, n in found.items() if p[: len(path) + 1] == (*path, key))
+    return out
 
 
 def read_yaml(path: Path, root: Path | None = None) -> tuple[Any, Lines]:
@@ -115,9 +160,14 @@ def _leaves(annotation: Any) -> list[Any]:
     return [annotation]
 
 
-def _models_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[type[BaseModel]]:
-    """The models the mapping at ``loc`` may be (pydantic's error path, tags included)."""
+def _walk_models(
+    model: type[BaseModel], loc: tuple[str | int, ...]
+) -> tuple[list[type[BaseModel]], tuple[str | int, ...]]:
+    """The models the mapping at ``loc`` may be (pydantic's error path, tags included), and
+    ``loc`` without its union tags (`sources.warehouse.duckdb.path` is `sources.warehouse.path`
+    in the file: `duckdb` is the model its `type:` picked, not a key)."""
     current: list[Any] = [model]
+    keys: list[str | int] = []
     for part in loc:
         step: list[Any] = []
         for tp in current:
@@ -130,19 +180,28 @@ def _models_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[type[
                 step += _leaves(args[1])
             elif origin is list and isinstance(part, int):
                 step += _leaves(args[0])
+        tagged = [
+            tp
+            for tp in current
+            if isinstance(tp, type)
+            and issubclass(tp, BaseModel)
+            and "type" in tp.model_fields
+            and tp.model_fields["type"].default == part
+        ]
         if step:
             current = step
-        else:  # a union tag (`duckdb`): keep the model it names
-            tagged = [
-                tp
-                for tp in current
-                if isinstance(tp, type)
-                and issubclass(tp, BaseModel)
-                and "type" in tp.model_fields
-                and tp.model_fields["type"].default == part
-            ]
-            current = tagged or current
-    return [tp for tp in current if isinstance(tp, type) and issubclass(tp, BaseModel)]
+            keys.append(part)
+        elif tagged:  # a union tag (`duckdb`): keep the model it names
+            current = tagged
+        else:  # an unknown key, or a path the models do not describe
+            keys.append(part)
+    models = [tp for tp in current if isinstance(tp, type) and issubclass(tp, BaseModel)]
+    return models, tuple(keys)
+
+
+def _models_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[type[BaseModel]]:
+    """The models the mapping at ``loc`` may be (pydantic's error path, tags included)."""
+    return _walk_models(model, loc)[0]
 
 
 def _keys_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
@@ -161,12 +220,12 @@ def validate_model(model: type[M], data: Any, lines: Lines, file: str) -> M:
     except ValidationError as exc:
         first = exc.errors()[0]
         raw = first["loc"]
-        # drop union tags such as `function-before[...]`; an unknown key itself is kept even
-        # when it holds a bracket
+        # drop pydantic's validator steps such as `function-before[...]` and the tags of
+        # unions (`duckdb` in `sources.warehouse.duckdb.path`): neither is a key in the file.
+        # An unknown key itself is kept even when it holds a bracket
         keep = len(raw) - 1 if first["type"] == "extra_forbidden" else len(raw)
-        loc = tuple(
-            p for i, p in enumerate(raw) if i >= keep or not (isinstance(p, str) and "[" in p)
-        )
+        keys = tuple(p for p in raw[:keep] if not (isinstance(p, str) and "[" in p))
+        loc = _walk_models(model, keys)[1] + tuple(raw[keep:])
         where = ".".join(str(p) for p in loc) or "(top level)"
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
@@ -291,6 +350,36 @@ def _check_identifiers(sync: SyncConfig, config: ProjectConfig, lines: Lines, fi
         )
 
 
+def declared_hint(name: str, declared: Any, what: str = "sources") -> str:
+    """The hint for a name that is not among ``declared``: the close one, then every one."""
+    names = sorted(declared)
+    close = difflib.get_close_matches(name, names, n=1)
+    listed = f"declared {what}: {', '.join(f'`{n}`' for n in names) or 'none'}"
+    return f"did you mean `{close[0]}`? ({listed})" if close else listed
+
+
+def _check_sources_named(config: ProjectConfig, lines: Lines) -> None:
+    """`identity.sources[].source` and `webhooks.warehouse` name declared sources, as a sync's
+    `source:` and `run_log.warehouse` must: a typo is an error of `lockgate validate` at its
+    line, not of the run that reads it after extracting the model."""
+    named: list[tuple[str, str | None, tuple[str | int, ...]]] = [
+        (f"identity source `{spec.name}` reads from", spec.source, ("identity", "sources", i))
+        for i, spec in enumerate(config.identity.sources if config.identity else ())
+    ]
+    if config.webhooks is not None:
+        named.append(("`webhooks.warehouse` names", config.webhooks.warehouse, ("webhooks",)))
+    for what, name, path in named:
+        if name is None or name in config.sources:
+            continue
+        key = (*path, "source") if path[0] == "identity" else (*path, "warehouse")
+        raise ConfigError(
+            f"{what} source `{name}`, which lockgate.yml does not declare under `sources:`",
+            hint=declared_hint(name, config.sources),
+            file=PROJECT_FILE,
+            line=lines.get(key) or lines.get(path),
+        )
+
+
 def load_project(root: str | Path = ".") -> Project:
     """Load and validate a project folder. Raises ConfigError naming file and line."""
     root = Path(root).resolve()
@@ -302,6 +391,7 @@ def load_project(root: str | Path = ".") -> Project:
         )
     data, lines = read_yaml(project_file, root)
     config = validate_model(ProjectConfig, data, lines, PROJECT_FILE)
+    _check_sources_named(config, lines)
     project = Project(root=root, config=config)
     for path in sorted((root / SYNCS_DIR).glob("*.y*ml")):
         shown = str(path.relative_to(root))
@@ -318,7 +408,7 @@ def load_project(root: str | Path = ".") -> Project:
             raise ConfigError(
                 f"sync `{sync.name}` reads source `{sync.source}`, "
                 "which lockgate.yml does not declare",
-                hint=f"declared sources: {', '.join(sorted(config.sources))}",
+                hint=declared_hint(sync.source, config.sources),
                 file=shown,
                 line=sync_lines.get(("source",)),
             )
@@ -326,7 +416,7 @@ def load_project(root: str | Path = ".") -> Project:
             raise ConfigError(
                 f"sync `{sync.name}` writes to destination `{sync.destination}`, "
                 "which lockgate.yml does not declare",
-                hint=f"declared destinations: {', '.join(sorted(config.destinations))}",
+                hint=declared_hint(sync.destination, config.destinations, "destinations"),
                 file=shown,
                 line=sync_lines.get(("destination",)),
             )
@@ -377,7 +467,7 @@ def run_log_warehouse(project: Project, lines: Lines | None = None) -> str:
     if config.warehouse not in declared:
         raise ConfigError(
             f"`run_log.warehouse` names source `{config.warehouse}`, which is not declared",
-            hint=f"declared sources: {', '.join(sorted(declared))}",
+            hint=declared_hint(config.warehouse, declared),
             file=PROJECT_FILE,
             line=line,
         )

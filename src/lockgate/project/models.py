@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Annotated, Any, Literal
@@ -26,6 +27,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -34,6 +36,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from lockgate.errors import ConfigError
 from lockgate.project.identity import IdentityConfig
 
+#: a sync's name: it names its state, its files' tables and the CLI's arguments
+SYNC_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -85,6 +89,23 @@ def check_url(value: str, where: str = "") -> str:
             "`http://127.0.0.1:8765`, or an env reference such as `${CUSTOMERIO_TRACK_URL}`"
         )
     return value
+
+
+def url_host(url: str) -> str:
+    """The host (and port) of ``url``, the one part of a secret URL that may be printed: a
+    webhook or alert URL can carry a password (`https://user:password@host/...`) or a token (in
+    its path or query), so neither its netloc nor the URL itself is ever shown."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 address is written in brackets next to its port
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number: the host alone
+        port = None
+    return f"{host}:{port}" if host and port else host
 
 
 def parse_duration(value: str | int) -> int:
@@ -228,8 +249,11 @@ class CustomerIODestinationConfig(StrictModel):
 
     @field_validator("api_key", "app_api_key")
     @classmethod
-    def _secret(cls, value: str | None) -> str | None:
-        return check_secret(value, "api_key")
+    def _secret(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # each key names its own variable: the App API key is not the Track one
+        variable = {"api_key": "CUSTOMERIO_API_KEY", "app_api_key": "CUSTOMERIO_APP_API_KEY"}
+        name = info.field_name or "api_key"
+        return check_secret(value, name, variable[name])
 
     @field_validator("track_url", "app_url")
     @classmethod
@@ -275,6 +299,24 @@ class FieldConfig(StrictModel):
     default: Any = None
     """The value sent for a null when `on_null: default`."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _spec(cls, value: Any) -> Any:
+        """A column name is made a mapping before this (`_expand_fields`); anything else but a
+        mapping (an empty value, a number) is refused saying what one is, not as pydantic's
+        "a valid dictionary or instance of FieldConfig"."""
+        if isinstance(value, dict | FieldConfig):
+            return value
+        if value is None:
+            given = "not empty"
+        else:
+            shown = json.dumps(value, default=str)
+            given = f"not `{shown}` (a constant is `{{value: {shown}}}`)"
+        raise ValueError(
+            "an attribute or property is a column name (`plan: plan_column`) or a mapping such "
+            f"as `{{column: plan_column, type: string}}`, {given}"
+        )
+
     @model_validator(mode="after")
     def _check(self) -> FieldConfig:
         if self.on_null == "default" and self.default is None:
@@ -282,6 +324,11 @@ class FieldConfig(StrictModel):
         if self.column is not None and self.value is not None:
             raise ValueError("give either `column` or `value`, not both")
         return self
+
+
+#: what `attributes:` / `properties:` may be written as (for the JSON Schema; `_expand_fields`
+#: makes it the mapping of FieldConfig): names → column or spec, or a list of column names
+FieldsInput = dict[str, str | FieldConfig] | list[str] | None
 
 
 def _expand_fields(value: Any) -> Any:
@@ -407,6 +454,16 @@ class BackfillConfig(StrictModel):
     older: Literal["skip", "send"] | dict[str, str] = "skip"
     """`skip` (record but do not send), `send` (send as is), or `{rename: "{name}_backfill"}`."""
 
+    @field_validator("max_age", mode="before")
+    @classmethod
+    def _age_has_a_unit(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise ValueError(
+                f"`max_age: {value}` has no unit; write a duration such as `{value}h`, `30m`, "
+                "`90s` or `7d`"
+            )
+        return value
+
     @field_validator("max_age")
     @classmethod
     def _age(cls, value: str) -> str:
@@ -437,7 +494,12 @@ class EventConfig(StrictModel):
     id: EventIdConfig
     """A column, or `{hash: [col, ...]}`: sent as the event's dedupe `id`."""
 
-    @field_validator("name", "id", mode="before")
+    @field_validator("name", mode="before", json_schema_input_type=str | EventNameConfig)
+    @classmethod
+    def _name_shorthand(cls, value: Any) -> Any:
+        return {"column": value} if isinstance(value, str) else value
+
+    @field_validator("id", mode="before", json_schema_input_type=str | EventIdConfig)
     @classmethod
     def _column_shorthand(cls, value: Any) -> Any:
         return {"column": value} if isinstance(value, str) else value
@@ -460,13 +522,16 @@ class OnChangeConfig(StrictModel):
     """A SQL condition over the model's columns; when true the event is not fired (put
     warehouse lookups, such as an order after the cart, in the model's SQL)."""
 
-    @field_validator("properties", mode="before")
+    @field_validator("properties", mode="before", json_schema_input_type=FieldsInput)
     @classmethod
     def _fields(cls, value: Any) -> Any:
         return _expand_fields(value)
 
 
 LIMIT = re.compile(r"^\s*(\d+(\.\d+)?)\s*%\s*$")
+#: what a breaker limit may be written as (for the JSON Schema): a count, a share, `off` (which
+#: a YAML 1.1 reader reads as false) or nothing
+LimitInput = Annotated[int, Field(ge=0)] | str | Literal[False] | None
 
 
 def _check_limit(value: Any) -> Any:
@@ -529,12 +594,19 @@ class GuardrailsConfig(StrictModel):
             )
         return text
 
-    @field_validator("max_changed", "max_cleared", "max_removed", "max_rejected", mode="before")
+    @field_validator(
+        "max_changed",
+        "max_cleared",
+        "max_removed",
+        "max_rejected",
+        mode="before",
+        json_schema_input_type=LimitInput,
+    )
     @classmethod
     def _limit(cls, value: Any) -> Any:
         return _check_limit(value)
 
-    @field_validator("max_events", mode="before")
+    @field_validator("max_events", mode="before", json_schema_input_type=LimitInput)
     @classmethod
     def _events(cls, value: Any) -> Any:
         value = _check_limit(value)
@@ -562,7 +634,7 @@ class SyncConfig(StrictModel):
         identity graph)."""
         return self._graph_identifiers or self.identify_by
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    name: str = Field(pattern=SYNC_NAME.pattern)
     """Lower-case name, unique in the project; also the state's key."""
     source: str
     """Name of a source in lockgate.yml."""
@@ -626,6 +698,20 @@ class SyncConfig(StrictModel):
     """Circuit breakers and acknowledged contract changes; unset limits inherit
     `defaults.guardrails` (docs/guardrails.md)."""
 
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> Any:
+        """Say what a name is, with one made of the name given, before pydantic's "should match
+        pattern" does (the pattern stays on the field for the JSON Schema)."""
+        if isinstance(value, str) and not SYNC_NAME.fullmatch(value):
+            fixed = re.sub(r"[^a-z0-9_]+", "_", value.lower()).strip("_")
+            fixed = fixed if re.match(r"[a-z]", fixed) else f"sync_{fixed}".rstrip("_")
+            raise ValueError(
+                f"sync name `{value}` may hold only lower-case letters, digits and `_`, starting "
+                f"with a letter: e.g. `{fixed}`"
+            )
+        return value
+
     @field_validator("primary_key", mode="before")
     @classmethod
     def _key_names(cls, value: Any) -> Any:
@@ -638,19 +724,25 @@ class SyncConfig(StrictModel):
             " (quote a column whose name is a number)"
         )
 
-    @field_validator("attributes", "properties", "relationship_attributes", mode="before")
+    @field_validator(
+        "attributes",
+        "properties",
+        "relationship_attributes",
+        mode="before",
+        json_schema_input_type=FieldsInput,
+    )
     @classmethod
     def _fields(cls, value: Any) -> Any:
         return _expand_fields(value)
 
-    @field_validator("model", mode="before")
+    @field_validator("model", mode="before", json_schema_input_type=str | ModelRef)
     @classmethod
     def _model(cls, value: Any) -> Any:
         if isinstance(value, str):
             return {"file": value} if value.endswith(".sql") else {"table": value}
         return value
 
-    @field_validator("object_type_id", mode="before")
+    @field_validator("object_type_id", mode="before", json_schema_input_type=int | str | None)
     @classmethod
     def _type_id(cls, value: Any) -> Any:
         if value is None:

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
 from lockgate.console import Console
 from lockgate.errors import LockgateError
 from lockgate.project.loader import Project
-from lockgate.project.models import resolve_env
+from lockgate.project.models import resolve_env, url_host
 
 #: seconds an alert endpoint gets to answer
 TIMEOUT = 10.0
@@ -90,7 +89,7 @@ def notify(
         host = "the alert URL"
         try:
             url = resolve_env(alert.url, field="alerts.url") or ""
-            host = urlsplit(url).netloc or host
+            host = url_host(url) or host
             body: dict[str, Any] = (
                 {"text": message}
                 if alert.format == "slack"
