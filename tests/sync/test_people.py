@@ -655,3 +655,25 @@ def test_a_changed_row_that_reaches_the_person_of_an_unchanged_row_is_reported(
     # unchanged rows that left the model reach nobody any more
     project_factory.sql("delete from accounts where account_id = 'a4'")
     assert plan_sync(project, "accounts", console=NullConsole()).changes.shared_person == 0
+
+
+def test_identifiers_lose_tabs_and_line_breaks_at_either_end_not_only_spaces(
+    project_factory: ProjectFactory,
+) -> None:
+    """A CSV load leaves `carol@x.com\\n` or `\\tdan@x.com`: sent as they are, each would be a
+    person of its own apart from the clean address (emails match in any case, not with white
+    space). The same person is reached whatever white space surrounds the value."""
+    project_factory.sql(
+        "create or replace table accounts as select * from (values "
+        "('a1', '  bob@x.com  ', 'pro'), ('a2', 'carol@x.com' || chr(10), 'pro'), "
+        "('a3', chr(9) || 'dan@x.com' || chr(13) || chr(10), 'pro'), "
+        "('a4', chr(160) || 'eve@x.com' || chr(65279), 'pro')) t(account_id, email, plan)"
+    )
+    project = project_factory.write({"accounts": ACCOUNTS_BY_EMAIL})
+    assert run_sync(project, "accounts", console=NullConsole()).delivered == 4
+    emails = sorted(p.email or "" for p in project_factory.emulator.people())
+    assert emails == ["bob@x.com", "carol@x.com", "dan@x.com", "eve@x.com"]
+    # a row whose email is nothing but white space has no identifier
+    project_factory.sql("insert into accounts values ('a5', chr(9) || ' ' || chr(10), 'pro')")
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert dict(report.changes.rejected_samples)["a5"] == "no identifier: `email` is null"

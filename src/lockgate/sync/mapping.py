@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from lockgate.errors import ConfigError
+from lockgate.project.identity import IDENTIFIER_SPACE
 from lockgate.project.models import FieldConfig, SyncConfig
 
 if TYPE_CHECKING:
@@ -791,6 +792,13 @@ def _id_text(column: str, col_type: str) -> str:
     return f"{c}::varchar"
 
 
+def _trim(text: str) -> str:
+    """SQL for the text ``text`` without the white space at either end (every character in
+    :data:`IDENTIFIER_SPACE`, not only spaces): a CSV load's trailing newline or a leading tab
+    is no part of an id or an email, and kept it names a person (or object) of its own."""
+    return f"trim({text}, {lit(IDENTIFIER_SPACE)})"
+
+
 def _id_checks(column: str, col_type: str, what: str, text: str) -> list[str]:
     """The reject check of a number column that :func:`_id_text` cannot name (none for text
     and integer columns); ``text`` is the computed column holding its id text."""
@@ -835,14 +843,12 @@ def identifier_sql(
         if target in chosen:
             raise ConfigError(f"sync `{sync.name}`: two columns map to Customer.io `{target}`")
         chosen[target] = column
-    values = {
-        target: (
-            f"nullif(trim(regexp_replace({_id_text(col, columns[col])}, '^cio_', '')), '')"
-            if target == "cio_id"
-            else f"nullif(trim({_id_text(col, columns[col])}), '')"
-        )
-        for target, col in chosen.items()
-    }
+    values: dict[str, str] = {}
+    for target, col in chosen.items():
+        text = _trim(_id_text(col, columns[col]))
+        if target == "cio_id":
+            text = _trim(f"regexp_replace({text}, '^cio_', '')")
+        values[target] = f"nullif({text}, '')"
     checks = [
         check
         for target, col in chosen.items()
@@ -1100,7 +1106,7 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
                 f"sync `{sync.name}`: event name column `{event.name.column}` is not in the model",
                 hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
             )
-        name_sql = f"trim({q(event.name.column)}::varchar)"
+        name_sql = _trim(f"{q(event.name.column)}::varchar")
         used.append(event.name.column)
     else:
         raise ConfigError(f"sync `{sync.name}`: `event.name` needs a column or `{{value: ...}}`")
@@ -1203,7 +1209,7 @@ def compile_objects(
     _require(sync, key_column, "object id (`primary_key`)", columns)
     fields = Fields()
     fields.computed.append(
-        ("__obj", f"nullif(trim({_id_text(key_column, columns[key_column])}), '')")
+        ("__obj", f"nullif({_trim(_id_text(key_column, columns[key_column]))}, '')")
     )
     for name, spec in sync.attributes.items():
         fields.add(sync.name, name, spec, columns, sync.on_null or default_on_null)
@@ -1252,7 +1258,7 @@ def compile_relationships(
     fields = Fields()
     identifiers, _, checks = identifier_sql(sync, columns, fields)
     obj_type = columns[sync.object_id]
-    fields.computed.append(("__obj", f"nullif(trim({_id_text(sync.object_id, obj_type)}), '')"))
+    fields.computed.append(("__obj", f"nullif({_trim(_id_text(sync.object_id, obj_type))}, '')"))
     for name, spec in sync.relationship_attributes.items():
         fields.add(sync.name, name, spec, columns, sync.on_null or default_on_null)
     type_id = orjson.dumps(sync.object_type_id).decode()
