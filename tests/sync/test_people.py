@@ -677,3 +677,36 @@ def test_identifiers_lose_tabs_and_line_breaks_at_either_end_not_only_spaces(
     project_factory.sql("insert into accounts values ('a5', chr(9) || ' ' || chr(10), 'pro')")
     report = run_sync(project, "accounts", console=NullConsole())
     assert dict(report.changes.rejected_samples)["a5"] == "no identifier: `email` is null"
+
+
+def test_a_row_addressed_by_its_email_because_its_id_is_null_needs_an_at_sign(
+    project_factory: ProjectFactory,
+) -> None:
+    """`identify_by: {id, email}` addresses a row with a null id by its email: that email is
+    checked as it is when it is the only identifier, so `n/a` is rejected, not sent to create
+    a person named `n/a`. Next to a good id the row is sent as before."""
+    project_factory.sql(
+        "create or replace table users as select * from (values "
+        "(1, null, 'n/a', 'pro'), (2, null, 'ok@x.com', 'pro'), (3, 'u3', 'n/a', 'pro')) "
+        "t(pk, user_id, email, plan)"
+    )
+    sync = PROFILE_BY_ID_AND_EMAIL
+    project = project_factory.write({"profile": sync})
+    report = run_sync(project, "profile", console=NullConsole())
+    assert dict(report.changes.rejected_samples) == {
+        "1": "column `email`: `n/a` is not an email address"
+    }
+    # no person addressed by `n/a` alone; u3, addressed by its id, keeps its email attribute
+    people = sorted((p.id or "", p.email) for p in project_factory.emulator.people())
+    assert people == [("", "ok@x.com"), ("u3", "n/a")]
+
+
+PROFILE_BY_ID_AND_EMAIL = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: pk
+identify_by: {id: user_id, email: email}
+attributes: {plan: plan}
+"""

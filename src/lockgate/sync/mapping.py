@@ -882,11 +882,15 @@ def identifier_sql(
     if "id" in values:
         too_long = lit(f"column `{chosen['id']}`: id is over {MAX_ID_BYTES} bytes")
         checks.append(f"case when strlen({values['id']}) > {MAX_ID_BYTES} then {too_long} end")
-    if "email" in values and ordered[0] == "email":
+    if "email" in values:
+        # checked wherever the email is what addresses the row: alone, or because every
+        # identifier before it is null (a row with a null id is addressed by its email, and an
+        # email without `@` would create a person named by it)
         email = values["email"]
+        before = "".join(f" and {values[t]} is null" for t in ordered[: ordered.index("email")])
         prefix = lit(f"column `{chosen['email']}`: `")
         checks.append(
-            f"case when {email} is not null and not contains({email}, '@') "
+            f"case when {email} is not null{before} and not contains({email}, '@') "
             f"then {prefix} || {email} || {lit('` is not an email address')} end"
         )
     return identifiers, ident, checks
