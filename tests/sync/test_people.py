@@ -710,3 +710,39 @@ primary_key: pk
 identify_by: {id: user_id, email: email}
 attributes: {plan: plan}
 """
+
+
+def test_an_integer_field_says_a_whole_value_is_beyond_the_64_bit_range(
+    project_factory: ProjectFactory,
+) -> None:
+    """`type: integer` sends 64-bit integers: a whole value beyond them is rejected saying so
+    (not "is not an integer", which sends the user looking for a fraction), and what would
+    keep its digits; a fraction is still not an integer."""
+    project_factory.sql(
+        "create or replace table users as select * from (values "
+        "(1, 12::hugeint, '12'), (2, 9223372036854775808::hugeint, '-9223372036854775809'), "
+        "(3, 7, '2.5')) t(user_id, seats, quota)"
+    )
+    sync = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes:
+  seats: {column: seats, type: integer}
+  quota: {column: quota, type: integer}
+"""
+    project = project_factory.write({"profile": sync})
+    report = run_sync(project, "profile", console=NullConsole())
+    beyond = (
+        "is beyond the 64-bit integer range (-9223372036854775808 to 9223372036854775807) of "
+        "an `integer` field; `type: string` sends its digits as text"
+    )
+    assert dict(report.changes.rejected_samples) == {
+        "2": f"column `seats` (field `seats`): value `9223372036854775808` {beyond}",
+        "3": "column `quota` (field `quota`): value `2.5` is not an integer",
+    }
+    one = project_factory.emulator.person(id="1")
+    assert one is not None and one.attributes == {"seats": 12, "quota": 12}

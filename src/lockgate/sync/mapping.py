@@ -448,17 +448,29 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
         converted = _finite(f"try_cast({c} as double)")
         return converted, check(converted, "a number")
     if ftype == "integer":
+        # `whole`: SQL true when a value the cast fails on is a whole number all the same, so
+        # beyond the 64-bit range rather than not an integer
         if is_float or _is(col_type, ("DECIMAL",)):
             # a cast rounds (2.5 became 2 from a double, 3 from a decimal): a fraction is
             # rejected, never sent as another number; NaN and infinities fail the cast
             converted = f"case when {c} = floor({c}) then try_cast({c} as bigint) end"
+            whole = f"{c} = floor({c})" + (f" and isfinite({c})" if is_float else "")
         elif is_str:
             # text is cast as a decimal, so `'1.5'` became 2: the integer must equal the number
             number = f"try_cast({c} as double)"
             converted = f"case when {number} = floor({number}) then try_cast({c} as bigint) end"
+            whole = f"isfinite({number}) and {number} = floor({number})"
         else:
             converted = f"try_cast({c} as bigint)"
-        return converted, check(converted, "an integer")
+            whole = "true" if _is(col_type, _INTEGERS) else "false"
+        range_tail = lit(
+            f"` is beyond the 64-bit integer range ({-(2**63)} to {2**63 - 1}) of an `integer` "
+            "field; `type: string` sends its digits as text"
+        )
+        return converted, (
+            f"case when {c} is not null and {converted} is null then {bad}"
+            f"case when {whole} then {range_tail} else {lit('` is not an integer')} end end"
+        )
     if ftype == "string":
         if is_float:
             # `nan`/`inf` as text would be a string where a number was meant; a `number`
