@@ -746,3 +746,28 @@ attributes:
     }
     one = project_factory.emulator.person(id="1")
     assert one is not None and one.attributes == {"seats": 12, "quota": 12}
+
+
+def test_an_email_attribute_of_the_identify_by_column_sends_the_trimmed_identifier(
+    project_factory: ProjectFactory,
+) -> None:
+    """`attributes: {email: ...}` over identify_by's own email column is the same email: it is
+    sent as the identifier is (trimmed, so the person is not renamed to `bob@x.com\\n`), and
+    its null policy still applies."""
+    project_factory.sql(
+        "create or replace table users as select * from (values "
+        "(1, 'u1', 'bob@x.com' || chr(10)), (2, 'u2', 'amy@x.com')) t(pk, user_id, email)"
+    )
+    sync = PROFILE_BY_ID_AND_EMAIL.replace(
+        "attributes: {plan: plan}", "attributes: {email: {column: email, on_null: clear}}"
+    )
+    project = project_factory.write({"profile": sync})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 2
+    emu = project_factory.emulator
+    bob = emu.person(id="u1")
+    assert bob is not None and bob.email == "bob@x.com"
+    project_factory.sql("update users set email = null where pk = 2")
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.changes.attributes_cleared == 1
+    last = [op for r in emu.request_log() if r.path == "/api/v2/batch" for op in r.body["batch"]]
+    assert last[-1]["identifiers"] == {"id": "u2"} and last[-1]["attributes"] == {"email": ""}

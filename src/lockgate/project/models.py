@@ -341,6 +341,16 @@ MESSAGE_OVERRIDES = {
 }
 
 
+def reads_identify_email(spec: FieldConfig, column: str) -> bool:
+    """True when an `email` attribute ``spec`` is the `identify_by` email read from ``column``
+    again (as text): the sync sends it once, cleaned as an identifier."""
+    return (
+        spec.value is None
+        and (spec.column or "email") == column
+        and spec.type in ("auto", "string")
+    )
+
+
 def _error_at(loc: tuple[str | int, ...], message: str) -> ValidationError:
     """A validation error at ``loc``, so that the loader names that key's own line."""
     error = PydanticCustomError("value_error", message)
@@ -747,6 +757,31 @@ class SyncConfig(StrictModel):
                     "gather related ones into one `type: json` attribute",
                 )
         return self
+
+    @model_validator(mode="after")
+    def _one_email(self) -> SyncConfig:
+        """A people sync identified by email sends that email as the `email` attribute too: an
+        `email` attribute of another column would replace it (the identify_by email was never
+        sent, and the person's email became the other column's)."""
+        column = self.identify_by.get("email")
+        spec = self.attributes.get("email")
+        if self.kind != "people" or column is None or spec is None:
+            return self
+        if reads_identify_email(spec, column):
+            return self  # the same email: sent once, as identify_by cleans it
+        if spec.value is not None:
+            what = f"the constant `{spec.value}`"
+        elif (spec.column or "email") != column:
+            what = f"column `{spec.column or 'email'}`"
+        else:  # the same column, as a number or a boolean...
+            what = f"column `{column}` as `type: {spec.type}`"
+        raise _error_at(
+            ("attributes", "email"),
+            f"attribute `email` ({what}) and `identify_by: {{email: {column}}}` both set the "
+            f"person's `email`, and the attribute would replace the identify_by email, which "
+            "would never be sent. Rename the attribute (e.g. `contact_email: ...`), or take "
+            "`email` out of `identify_by` if the attribute is the email to keep",
+        )
 
     @property
     def identify_attributes(self) -> set[str]:

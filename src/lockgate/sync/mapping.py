@@ -25,7 +25,7 @@ import orjson
 
 from lockgate.errors import ConfigError
 from lockgate.project.identity import IDENTIFIER_SPACE
-from lockgate.project.models import FieldConfig, SyncConfig
+from lockgate.project.models import FieldConfig, SyncConfig, reads_identify_email
 
 if TYPE_CHECKING:
     from duckdb.sqltypes import DuckDBPyType
@@ -960,14 +960,16 @@ def compile_people(
     if sync.effective_mode == "update":
         fields.present[len(fields.fragments)] = "true"
         fields.fragments.append("'\"_update\":true'")
-    email_col = next((c for t, c in sync.identify_by.items() if t == "email"), None)
-    if email_col and "email" not in sync.attributes:
-        fields.present[len(fields.fragments)] = '"__id_email" is not null'
-        fields.fragments.append(
-            'case when "__id_email" is null then null '
-            'else \'"email":\' || to_json("__id_email") end'
-        )
+    email_col = sync.identify_by.get("email")
+    email_spec = sync.attributes.get("email")
+    if email_col and email_spec is None:
+        _identify_email(fields, "skip")
     for name, spec in sync.attributes.items():
+        if name == "email" and email_col and reads_identify_email(spec, email_col):
+            # the identify_by email again: sent as the identifier is, trimmed (the loader
+            # refuses an `email` attribute of any other column)
+            _identify_email(fields, spec.on_null or sync.on_null or default_on_null, spec)
+            continue
         fields.add(sync.name, name, spec, columns, sync.on_null or default_on_null)
     _clear_removed(fields, clear)
     checks.extend(fields.checks)
@@ -995,6 +997,25 @@ def compile_people(
         f"{_person_address(fields)} as addr, __rid, {src_h} as src_h from "
     )
     return fields.compiled(select, tuple(dict.fromkeys(used + sync.key_columns)), src_h)
+
+
+def _identify_email(fields: Fields, policy: str, spec: FieldConfig | None = None) -> None:
+    """The `email` attribute of a people sync identified by email: the identifier's text
+    (trimmed, as the identify addresses the person), or the null ``policy`` of the `email`
+    attribute ``spec`` that reads the same column when there is none."""
+    email = q("__id_email")
+    key = json_key("email")
+    if policy == "clear":
+        fields.cleared.append(f"{email} is null")
+        null = f"{key} || '\"\"'"
+    elif policy == "default" and spec is not None:
+        null = f"{key} || {lit(orjson.dumps(spec.default).decode())}"
+    else:
+        null = "null"
+    fields.present[len(fields.fragments)] = "true" if null != "null" else f"{email} is not null"
+    fields.fragments.append(
+        f"case when {email} is null then {null} else {key} || to_json({email}) end"
+    )
 
 
 def _inlined(sql: str, computed: list[tuple[str, str]]) -> str:
