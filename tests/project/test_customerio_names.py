@@ -147,6 +147,36 @@ def test_more_than_300_attributes_counts_the_email_lockgate_adds(tmp_path: Path)
 
 
 @pytest.mark.parametrize(
+    ("mode", "added"),
+    [
+        ("update", "the `_update: true` of `mode: update`"),
+        (
+            "mirror",
+            "the `_update: true` that clears a person who leaves the model in `mode: mirror`",
+        ),
+    ],
+)
+def test_300_attributes_and_the_update_key_of_update_or_mirror_are_refused(
+    tmp_path: Path, mode: str, added: str
+) -> None:
+    """`mode: update` and a mirror removal put `_update: true` in the same `attributes` object:
+    300 mapped made 301 keys, and Customer.io refused every such call, run after run."""
+    names = [f"a{i}" for i in range(300)]
+    sync = PEOPLE.replace("attributes:\n", f"mode: {mode}\nattributes:\n")
+    error = error_for(tmp_path, sync + fields(names))
+    assert error.location == "syncs/profile.yml:8"
+    assert error.reason.startswith(
+        f"301 attributes in one call (with {added}); Customer.io refuses more than 300"
+    )
+    assert "Map at most 299" in error.reason
+    load_project(write(tmp_path, sync + fields(names[:299])))
+    # a mirror that deletes people who leave sends no `_update`
+    deleting = sync.replace("mode: mirror\n", "mode: mirror\ndelete_removed: true\n")
+    if mode == "mirror":
+        load_project(write(tmp_path, deleting + fields(names)))
+
+
+@pytest.mark.parametrize(
     ("sync", "what"),
     [(OBJECTS, "attributes"), (RELATIONSHIPS, "relationship attributes")],
 )

@@ -771,3 +771,42 @@ def test_an_email_attribute_of_the_identify_by_column_sends_the_trimmed_identifi
     assert report.changes.attributes_cleared == 1
     last = [op for r in emu.request_log() if r.path == "/api/v2/batch" for op in r.body["batch"]]
     assert last[-1]["identifiers"] == {"id": "u2"} and last[-1]["attributes"] == {"email": ""}
+
+
+def test_a_run_whose_clears_take_a_call_over_300_attributes_stops_before_sending(
+    project_factory: ProjectFactory,
+) -> None:
+    """`clear_removed_attributes` puts the removed names in the same `attributes` object as the
+    mapped ones: swapping one of 300 attributes made 301 keys, and Customer.io refused every
+    record. The run stops before sending, naming the file, the numbers and the way out."""
+    cols = ", ".join(f"'x' as a{i}" for i in range(301))
+    project_factory.sql(f"create or replace table users as select 1 as user_id, {cols}")
+
+    def profile(names: range) -> str:
+        listed = ", ".join(f"a{i}" for i in names)
+        return (
+            "name: profile\nsource: warehouse\nmodel: {table: users}\nkind: people\n"
+            "primary_key: user_id\nidentify_by: {id: user_id}\n"
+            f"clear_removed_attributes: true\nattributes: [{listed}]\n"
+        )
+
+    project = project_factory.write({"profile": profile(range(300))})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 1
+    batches = len(project_factory.emulator.request_log())
+    project = project_factory.write({"profile": profile(range(1, 301))})  # a0 out, a300 in
+    with pytest.raises(StepError) as caught:
+        run_sync(project, "profile", console=NullConsole())
+    assert str(caught.value.__cause__) == (
+        "syncs/profile.yml: sync `profile`: each call would carry 301 attributes (300 mapped, "
+        "`a0`, taken out and cleared by `clear_removed_attributes`); Customer.io refuses more "
+        'than 300 ("cannot identify more than 300 attributes in one request"), so every record '
+        "would fail\n  hint: take attributes out in one run and add new ones in the next (a run "
+        "that clears 1 has room for 299 mapped), or leave `clear_removed_attributes` off for "
+        "this change (Customer.io then keeps the removed values)"
+    )
+    assert len(project_factory.emulator.request_log()) == batches  # nothing sent
+    # taking `a0` out first (299 mapped and 1 cleared) goes through, and clears it
+    project = project_factory.write({"profile": profile(range(1, 300))})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 1
+    person = project_factory.emulator.person(id="1")
+    assert person is not None and "a0" not in person.attributes

@@ -742,21 +742,46 @@ class SyncConfig(StrictModel):
                             "meant, set `allow_message_overrides: true` in this sync, otherwise "
                             "rename the property",
                         )
-            count = len(fields)
-            implicit = ""
+            count, implicit = len(fields), ""
             if what == "attribute" and self.kind == "people":
-                count = len(self.identify_attributes)
-                if count > len(fields):
-                    implicit = " (with the `email` that `identify_by` adds)"
+                count, added = self.identify_keys()
+                implicit = f" (with {' and '.join(added)})" if added else ""
             if what != "event property" and count > MAX_ATTRIBUTES:
+                most = MAX_ATTRIBUTES - (count - len(fields))
                 raise _error_at(
                     loc,
                     f"{count} {what}s in one call{implicit}; Customer.io refuses more than "
                     f'{MAX_ATTRIBUTES} ("cannot identify more than 300 attributes in one '
-                    'request"), so every row would fail. Map at most 300: drop some, or '
-                    "gather related ones into one `type: json` attribute",
+                    f'request"), so every such call would fail. Map at most {most}: drop some, '
+                    "or gather related ones into one `type: json` attribute",
                 )
         return self
+
+    def identify_keys(self, cleared: int = 0) -> tuple[int, list[str]]:
+        """The most keys a people sync's calls put in one `attributes` object, and what besides
+        its mapped attributes is among them (in words): the `email` it adds from
+        `identify_by`, the `_update: true` of `mode: update` and of each `mirror` removal, and
+        ``cleared`` removed attributes it clears (`clear_removed_attributes`). Customer.io
+        counts them all against its 300 (the emulator, per its reference, does too)."""
+        count, added = len(self.identify_attributes), []
+        if count > len(self.attributes):
+            added.append("the `email` that `identify_by` adds")
+        if cleared:
+            count += cleared
+            added.append(f"the {cleared} removed attribute{'s' if cleared > 1 else ''} cleared")
+        if self.effective_mode == "update":
+            count += 1
+            added.append("the `_update: true` of `mode: update`")
+        elif self.effective_mode == "mirror" and not self.delete_removed:
+            # a person who leaves the model: `_update: true` and each mapped attribute cleared
+            removal = len(self.attributes) + 1
+            if removal > count:
+                count = removal
+                added = [
+                    "the `_update: true` that clears a person who leaves the model in "
+                    "`mode: mirror`"
+                ]
+        return count, added
 
     @model_validator(mode="after")
     def _one_email(self) -> SyncConfig:

@@ -25,7 +25,12 @@ import orjson
 
 from lockgate.errors import ConfigError
 from lockgate.project.identity import IDENTIFIER_SPACE
-from lockgate.project.models import FieldConfig, SyncConfig, reads_identify_email
+from lockgate.project.models import (
+    MAX_ATTRIBUTES,
+    FieldConfig,
+    SyncConfig,
+    reads_identify_email,
+)
 
 if TYPE_CHECKING:
     from duckdb.sqltypes import DuckDBPyType
@@ -181,6 +186,38 @@ def _clear_removed(fields: Fields, names: tuple[str, ...]) -> None:
         fields.present[len(fields.fragments)] = "true"
         fields.fragments.append(lit(orjson.dumps(name).decode() + ':""'))
         fields.cleared.append("true")
+
+
+def _check_count(sync: SyncConfig, fields: Fields, clear: tuple[str, ...]) -> None:
+    """Refuse to build calls whose `attributes` object is over Customer.io's 300 keys: every
+    record would be refused, on every run. The file's own count is checked when it loads
+    (:meth:`SyncConfig.identify_keys`); what only a run knows comes on top of it: the removed
+    attributes it clears, and the attributes the identity graph adds."""
+    count = len(fields.fragments)
+    if count <= MAX_ATTRIBUTES:
+        return
+    extra = count - len(sync.attributes) - len(clear)
+    parts = [f"{len(sync.attributes)} mapped"]
+    if extra:
+        parts.append(f"{extra} more of its own (`email`, `_update`)")
+    if clear:
+        removed = ", ".join(f"`{n}`" for n in clear[:5]) + (
+            f" and {len(clear) - 5} more" if len(clear) > 5 else ""
+        )
+        parts.append(f"{removed}, taken out and cleared by `clear_removed_attributes`")
+    raise ConfigError(
+        f"sync `{sync.name}`: each call would carry {count} attributes ({', '.join(parts)}); "
+        f'Customer.io refuses more than {MAX_ATTRIBUTES} ("cannot identify more than 300 '
+        'attributes in one request"), so every record would fail',
+        hint=(
+            "take attributes out in one run and add new ones in the next (a run that clears "
+            f"{len(clear)} has room for {MAX_ATTRIBUTES - count + len(sync.attributes)} "
+            "mapped), or leave `clear_removed_attributes` off for this change (Customer.io "
+            "then keeps the removed values)"
+            if clear
+            else f"map at most {MAX_ATTRIBUTES - extra} attributes"
+        ),
+    )
 
 
 def source_hash(sync: SyncConfig, columns: tuple[str, ...]) -> str:
@@ -972,6 +1009,7 @@ def compile_people(
             continue
         fields.add(sync.name, name, spec, columns, sync.on_null or default_on_null)
     _clear_removed(fields, clear)
+    _check_count(sync, fields, clear)
     checks.extend(fields.checks)
     used.extend(fields.columns)
     extra_columns = ""
@@ -1251,6 +1289,7 @@ def compile_objects(
     for name, spec in sync.attributes.items():
         fields.add(sync.name, name, spec, columns, sync.on_null or default_on_null)
     _clear_removed(fields, clear)
+    _check_count(sync, fields, clear)
     attributes = _object(fields.fragments)
     type_id = orjson.dumps(sync.object_type_id).decode()
     ident = f"'{{\"object_type_id\":{type_id},\"object_id\":' || to_json(__obj) || '}}'"

@@ -423,7 +423,11 @@ def _prepare(
             if n not in sync.attributes
         )
         with step("map"):
-            compiled = mapping.compile_sync(sync, staged.columns, on_null, now, clear)
+            try:
+                compiled = mapping.compile_sync(sync, staged.columns, on_null, now, clear)
+            except ConfigError as exc:  # name the sync's file, as the loader's errors do
+                exc.file = exc.file or project.sync_files.get(sync.name)
+                raise
         if in_place is not None:
             with step("extract"), console.progress(f"extract {sync.name}", None) as advance:
                 in_place.key(store.con, compiled, advance)
