@@ -810,3 +810,36 @@ def test_a_run_whose_clears_take_a_call_over_300_attributes_stops_before_sending
     assert run_sync(project, "profile", console=NullConsole()).delivered == 1
     person = project_factory.emulator.person(id="1")
     assert person is not None and "a0" not in person.attributes
+
+
+def test_a_typed_default_or_constant_is_sent_as_the_rows_values_are(
+    project_factory: ProjectFactory,
+) -> None:
+    """One attribute, one type: a `type: timestamp` default reaches Customer.io as unix
+    seconds like the rows that have a value (it was the ISO text), and typed constants as
+    their type (a timestamp, a boolean), not as the text written in the file."""
+    project_factory.sql(
+        "create or replace table users as select * from (values (1, null::timestamp), "
+        "(2, timestamp '2024-01-01')) t(user_id, trial_ends_at)"
+    )
+    sync = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes:
+  trial_ends_at: {column: trial_ends_at, type: timestamp, on_null: default,
+                  default: "2030-01-01T00:00:00Z"}
+  launched_at: {value: "2024-05-01T00:00:00Z", type: timestamp}
+  beta: {value: "yes", type: boolean}
+"""
+    project = project_factory.write({"profile": sync})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 2
+    emu = project_factory.emulator
+    people = {p.id: p.attributes for p in emu.people()}
+    assert people == {
+        "1": {"trial_ends_at": 1893456000, "launched_at": 1714521600, "beta": True},
+        "2": {"trial_ends_at": 1704067200, "launched_at": 1714521600, "beta": True},
+    }

@@ -265,7 +265,8 @@ class FieldConfig(StrictModel):
     column: str | None = None
     """Source column; defaults to the attribute's own name."""
     value: Any = None
-    """A constant instead of a column."""
+    """A constant instead of a column; with a `type`, sent as a column's value of that type
+    (`"2030-01-01T00:00:00Z"` as unix seconds under `timestamp`)."""
     type: FieldType = "auto"
     """Coercion: `timestamp`/`date` become unix seconds, `boolean`, `number`, `integer`, `string`,
     `json` (parse a JSON string), or `auto` (native types; timestamps still become unix seconds)."""
@@ -273,7 +274,8 @@ class FieldConfig(StrictModel):
     """What a null does: `skip` (never overwrite; the default), `clear` (remove the attribute) or
     `default` (send `default`)."""
     default: Any = None
-    """The value sent for a null when `on_null: default`."""
+    """The value sent for a null when `on_null: default`, converted to the field's `type` as
+    the column's values are."""
 
     @model_validator(mode="after")
     def _check(self) -> FieldConfig:
@@ -281,6 +283,25 @@ class FieldConfig(StrictModel):
             raise ValueError("`on_null: default` needs a `default` value")
         if self.column is not None and self.value is not None:
             raise ValueError("give either `column` or `value`, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _typed_constants(self) -> FieldConfig:
+        """A `value` or `default` is sent as the field's `type` makes a column's value: a
+        `type: timestamp` default of `"2030-01-01T00:00:00Z"` was sent as that text next to
+        the unix seconds of every other row (two types in one Customer.io attribute). One the
+        type cannot take is refused here, naming the field, rather than sent as something
+        else."""
+        from lockgate.sync.mapping import coerce_constant
+
+        for what in ("value", "default"):
+            constant = getattr(self, what)
+            try:
+                converted = coerce_constant(constant, self.type)
+            except ValueError as exc:
+                raise ValueError(f"`{what}`: {exc}") from None
+            if converted != constant or type(converted) is not type(constant):
+                object.__setattr__(self, what, converted)  # frozen once validated
         return self
 
 

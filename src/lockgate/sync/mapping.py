@@ -541,6 +541,75 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
     raise ConfigError(f"sync `{sync}`: unknown type `{ftype}` for field `{field}`")
 
 
+#: what a constant of each type looks like, for the error about one that is not
+_CONSTANT_EXAMPLES = {
+    "timestamp": "an ISO 8601 time such as `2030-01-01T00:00:00Z`, or unix seconds",
+    "date": "a date such as `2030-01-01`, or unix seconds",
+    "boolean": "`true` or `false`",
+    "integer": "a whole number such as `10`",
+    "number": "a number such as `9.5`",
+    "json": "JSON text, or the value itself written in YAML",
+}
+
+
+def coerce_constant(value: Any, ftype: str) -> Any:
+    """A field's constant (`value:`, or the `default:` of `on_null: default`) as a column
+    holding it is sent under ``ftype``: the same SQL (:func:`coerce` and the JSON it is written
+    as) run over a one-row relation, so `type: timestamp` makes `"2030-01-01T00:00:00Z"` unix
+    seconds, as every non-null row of the field is. A ValueError says why a constant the type
+    cannot take is refused, and what it would take."""
+    if value is None or ftype == "auto" or (ftype == "json" and not isinstance(value, str)):
+        return value  # `auto` keeps the constant's own type; YAML already wrote the JSON
+    if ftype == "string" and isinstance(value, str):
+        return value
+    if isinstance(value, list | dict):
+        shape = "a list" if isinstance(value, list) else "a mapping"
+        raise ValueError(
+            f"{shape} cannot be sent as `type: {ftype}`; use `type: json`, or leave `type` out"
+        )
+    if isinstance(value, bool):
+        literal, col_type = ("true" if value else "false"), "BOOLEAN"
+    elif isinstance(value, int):
+        literal, col_type = f"{value}::hugeint", "HUGEINT"
+        if not -(2**127) <= value < 2**127:
+            raise ValueError(f"`{value}` is beyond the integers a warehouse column holds")
+    elif isinstance(value, float):
+        literal, col_type = f"{lit(repr(value))}::double", "DOUBLE"
+    else:  # text, and the dates and times YAML reads from an unquoted ISO value
+        text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+        literal, col_type = lit(text), "VARCHAR"
+    import duckdb
+
+    computed: list[tuple[str, str]] = []
+    spec = FieldConfig.model_validate({"column": "c", "type": ftype})
+    fragment, checks, _, _ = field_fragment(
+        "", "c", spec, {"c": col_type}, "skip", computed, limit=False
+    )
+    inner = _inner(
+        f"(select {literal} as c)",
+        "0",
+        "".join(f", {expr} as {q(alias)}" for alias, expr in computed),
+    )
+    reason = f"coalesce({', '.join(checks)})" if checks else "null"
+    con = duckdb.connect()
+    try:
+        con.execute("set TimeZone='UTC'")
+        row = con.execute(f"select {fragment}, {reason} from {inner}").fetchone()
+    finally:
+        con.close()
+    assert row is not None
+    sent, why = row
+    if sent is None:
+        # the reason names the stand-in column and quotes the value: keep what it says of it
+        said = "is " + (why or "not convertible").rsplit("` is ", 1)[-1]
+        shown = str(value).lower() if isinstance(value, bool) else str(value)
+        example = (
+            "" if "e.g." in said else f"; a `type: {ftype}` constant is {_CONSTANT_EXAMPLES[ftype]}"
+        )
+        raise ValueError(f"`{shown}` {said}{example}")
+    return orjson.loads(sent.removeprefix('"c":'))
+
+
 @dataclass
 class Fields:
     """Field fragments of one object plus the coerced values they read (computed once)."""
