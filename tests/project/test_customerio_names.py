@@ -143,7 +143,37 @@ def test_more_than_300_attributes_counts_the_email_lockgate_adds(tmp_path: Path)
     assert "cannot identify more than 300 attributes in one request" in error.reason
     # 300 are fine: without the implicit email, or with `email` among them
     load_project(write(tmp_path, PEOPLE + fields(names)))
-    load_project(write(tmp_path, by_email + fields([*names[:299], "email"])))
+    load_project(write(tmp_path, by_email + fields(names[:299]) + "  email: email\n"))
+
+
+@pytest.mark.parametrize(
+    ("mode", "added"),
+    [
+        ("update", "the `_update: true` of `mode: update`"),
+        (
+            "mirror",
+            "the `_update: true` that clears a person who leaves the model in `mode: mirror`",
+        ),
+    ],
+)
+def test_300_attributes_and_the_update_key_of_update_or_mirror_are_refused(
+    tmp_path: Path, mode: str, added: str
+) -> None:
+    """`mode: update` and a mirror removal put `_update: true` in the same `attributes` object:
+    300 mapped made 301 keys, and Customer.io refused every such call, run after run."""
+    names = [f"a{i}" for i in range(300)]
+    sync = PEOPLE.replace("attributes:\n", f"mode: {mode}\nattributes:\n")
+    error = error_for(tmp_path, sync + fields(names))
+    assert error.location == "syncs/profile.yml:8"
+    assert error.reason.startswith(
+        f"301 attributes in one call (with {added}); Customer.io refuses more than 300"
+    )
+    assert "Map at most 299" in error.reason
+    load_project(write(tmp_path, sync + fields(names[:299])))
+    # a mirror that deletes people who leave sends no `_update`
+    deleting = sync.replace("mode: mirror\n", "mode: mirror\ndelete_removed: true\n")
+    if mode == "mirror":
+        load_project(write(tmp_path, deleting + fields(names)))
 
 
 @pytest.mark.parametrize(
@@ -191,6 +221,37 @@ def test_documented_people_attributes_load_next_to_a_refused_id(tmp_path: Path) 
     assert list(sync.attributes) == names
     error = error_for(tmp_path, PEOPLE + fields([*names, "id"]))
     assert error.location == "syncs/profile.yml:13" and "`id` is reserved" in error.reason
+
+
+@pytest.mark.parametrize(
+    ("field", "said"),
+    [
+        ("email: contact_email", "attribute `email` (column `contact_email`)"),
+        ("email: {value: ops@x.com}", "attribute `email` (the constant `ops@x.com`)"),
+        (
+            "email: {column: email, type: json}",
+            "attribute `email` (column `email` as `type: json`)",
+        ),
+    ],
+)
+def test_an_email_attribute_that_would_replace_the_identify_by_email_is_refused(
+    tmp_path: Path, field: str, said: str
+) -> None:
+    """Sent next to `identify_by: {email: ...}`, an `email` attribute of another column
+    replaced the person's email with its own and the identify_by email was never sent."""
+    by_email = PEOPLE.replace("{id: id}", "{id: id, email: email}")
+    error = error_for(tmp_path, by_email + "  plan: plan\n  " + field + "\n")
+    assert error.location == "syncs/profile.yml:9"
+    assert error.reason.startswith(
+        f"{said} and `identify_by: {{email: email}}` both set the person's `email`"
+    )
+    assert "Rename the attribute (e.g. `contact_email: ...`), or take `email` out of" in (
+        error.reason
+    )
+    # the same column, as text, is the same email; without an identify_by email, any is fine
+    for same in ("email: email", "email: {column: email, type: string, on_null: clear}"):
+        load_project(write(tmp_path, by_email + "  " + same + "\n"))
+    load_project(write(tmp_path, PEOPLE + "  " + field + "\n"))
 
 
 @pytest.mark.parametrize(

@@ -151,3 +151,33 @@ def test_plan_shows_exact_payloads_and_sends_nothing(project_factory: ProjectFac
     run_sync(project, "activity", console=NullConsole())
     sent = {e.id for e in project_factory.emulator.events()}
     assert {s["payload"]["id"] for s in plan.samples} == sent
+
+
+def test_an_event_addressed_by_its_email_because_its_id_is_null_needs_an_at_sign(
+    project_factory: ProjectFactory,
+) -> None:
+    """With `identify_by: {id, email}`, an event whose id is null goes to its email: one
+    without `@` is rejected naming the column, not sent to a person it would create."""
+    project_factory.sql(
+        "create or replace table events as select * from (values "
+        "('e1', null, 'not-an-email', now() - interval 1 hour), "
+        "('e2', null, 'ok@x.com', now() - interval 1 hour)) t(event_id, user_id, email, ts)"
+    )
+    sync = """
+name: viewed
+source: warehouse
+model: {table: events}
+kind: events
+identify_by: {id: user_id, email: email}
+event: {name: {value: Viewed}, timestamp: ts, id: event_id}
+"""
+    project = project_factory.write({"viewed": sync})
+    report = run_sync(project, "viewed", console=NullConsole())
+    assert report.delivered == 1
+    assert dict(report.changes.rejected_samples) == {
+        "e1": "column `email`: `not-an-email` is not an email address"
+    }
+    emu = project_factory.emulator
+    ok = emu.person(email="ok@x.com")
+    assert ok is not None and [e.person for e in emu.events()] == [ok.cio_id]
+    assert len(emu.people()) == 1  # nobody named `not-an-email`

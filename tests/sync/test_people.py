@@ -655,3 +655,191 @@ def test_a_changed_row_that_reaches_the_person_of_an_unchanged_row_is_reported(
     # unchanged rows that left the model reach nobody any more
     project_factory.sql("delete from accounts where account_id = 'a4'")
     assert plan_sync(project, "accounts", console=NullConsole()).changes.shared_person == 0
+
+
+def test_identifiers_lose_tabs_and_line_breaks_at_either_end_not_only_spaces(
+    project_factory: ProjectFactory,
+) -> None:
+    """A CSV load leaves `carol@x.com\\n` or `\\tdan@x.com`: sent as they are, each would be a
+    person of its own apart from the clean address (emails match in any case, not with white
+    space). The same person is reached whatever white space surrounds the value."""
+    project_factory.sql(
+        "create or replace table accounts as select * from (values "
+        "('a1', '  bob@x.com  ', 'pro'), ('a2', 'carol@x.com' || chr(10), 'pro'), "
+        "('a3', chr(9) || 'dan@x.com' || chr(13) || chr(10), 'pro'), "
+        "('a4', chr(160) || 'eve@x.com' || chr(65279), 'pro')) t(account_id, email, plan)"
+    )
+    project = project_factory.write({"accounts": ACCOUNTS_BY_EMAIL})
+    assert run_sync(project, "accounts", console=NullConsole()).delivered == 4
+    emails = sorted(p.email or "" for p in project_factory.emulator.people())
+    assert emails == ["bob@x.com", "carol@x.com", "dan@x.com", "eve@x.com"]
+    # a row whose email is nothing but white space has no identifier
+    project_factory.sql("insert into accounts values ('a5', chr(9) || ' ' || chr(10), 'pro')")
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert dict(report.changes.rejected_samples)["a5"] == "no identifier: `email` is null"
+
+
+def test_a_row_addressed_by_its_email_because_its_id_is_null_needs_an_at_sign(
+    project_factory: ProjectFactory,
+) -> None:
+    """`identify_by: {id, email}` addresses a row with a null id by its email: that email is
+    checked as it is when it is the only identifier, so `n/a` is rejected, not sent to create
+    a person named `n/a`. Next to a good id the row is sent as before."""
+    project_factory.sql(
+        "create or replace table users as select * from (values "
+        "(1, null, 'n/a', 'pro'), (2, null, 'ok@x.com', 'pro'), (3, 'u3', 'n/a', 'pro')) "
+        "t(pk, user_id, email, plan)"
+    )
+    sync = PROFILE_BY_ID_AND_EMAIL
+    project = project_factory.write({"profile": sync})
+    report = run_sync(project, "profile", console=NullConsole())
+    assert dict(report.changes.rejected_samples) == {
+        "1": "column `email`: `n/a` is not an email address"
+    }
+    # no person addressed by `n/a` alone; u3, addressed by its id, keeps its email attribute
+    people = sorted((p.id or "", p.email) for p in project_factory.emulator.people())
+    assert people == [("", "ok@x.com"), ("u3", "n/a")]
+
+
+PROFILE_BY_ID_AND_EMAIL = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: pk
+identify_by: {id: user_id, email: email}
+attributes: {plan: plan}
+"""
+
+
+def test_an_integer_field_says_a_whole_value_is_beyond_the_64_bit_range(
+    project_factory: ProjectFactory,
+) -> None:
+    """`type: integer` sends 64-bit integers: a whole value beyond them is rejected saying so
+    (not "is not an integer", which sends the user looking for a fraction), and what would
+    keep its digits; a fraction is still not an integer."""
+    project_factory.sql(
+        "create or replace table users as select * from (values "
+        "(1, 12::hugeint, '12'), (2, 9223372036854775808::hugeint, '-9223372036854775809'), "
+        "(3, 7, '2.5')) t(user_id, seats, quota)"
+    )
+    sync = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes:
+  seats: {column: seats, type: integer}
+  quota: {column: quota, type: integer}
+"""
+    project = project_factory.write({"profile": sync})
+    report = run_sync(project, "profile", console=NullConsole())
+    beyond = (
+        "is beyond the 64-bit integer range (-9223372036854775808 to 9223372036854775807) of "
+        "an `integer` field; `type: string` sends its digits as text"
+    )
+    assert dict(report.changes.rejected_samples) == {
+        "2": f"column `seats` (field `seats`): value `9223372036854775808` {beyond}",
+        "3": "column `quota` (field `quota`): value `2.5` is not an integer",
+    }
+    one = project_factory.emulator.person(id="1")
+    assert one is not None and one.attributes == {"seats": 12, "quota": 12}
+
+
+def test_an_email_attribute_of_the_identify_by_column_sends_the_trimmed_identifier(
+    project_factory: ProjectFactory,
+) -> None:
+    """`attributes: {email: ...}` over identify_by's own email column is the same email: it is
+    sent as the identifier is (trimmed, so the person is not renamed to `bob@x.com\\n`), and
+    its null policy still applies."""
+    project_factory.sql(
+        "create or replace table users as select * from (values "
+        "(1, 'u1', 'bob@x.com' || chr(10)), (2, 'u2', 'amy@x.com')) t(pk, user_id, email)"
+    )
+    sync = PROFILE_BY_ID_AND_EMAIL.replace(
+        "attributes: {plan: plan}", "attributes: {email: {column: email, on_null: clear}}"
+    )
+    project = project_factory.write({"profile": sync})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 2
+    emu = project_factory.emulator
+    bob = emu.person(id="u1")
+    assert bob is not None and bob.email == "bob@x.com"
+    project_factory.sql("update users set email = null where pk = 2")
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.changes.attributes_cleared == 1
+    last = [op for r in emu.request_log() if r.path == "/api/v2/batch" for op in r.body["batch"]]
+    assert last[-1]["identifiers"] == {"id": "u2"} and last[-1]["attributes"] == {"email": ""}
+
+
+def test_a_run_whose_clears_take_a_call_over_300_attributes_stops_before_sending(
+    project_factory: ProjectFactory,
+) -> None:
+    """`clear_removed_attributes` puts the removed names in the same `attributes` object as the
+    mapped ones: swapping one of 300 attributes made 301 keys, and Customer.io refused every
+    record. The run stops before sending, naming the file, the numbers and the way out."""
+    cols = ", ".join(f"'x' as a{i}" for i in range(301))
+    project_factory.sql(f"create or replace table users as select 1 as user_id, {cols}")
+
+    def profile(names: range) -> str:
+        listed = ", ".join(f"a{i}" for i in names)
+        return (
+            "name: profile\nsource: warehouse\nmodel: {table: users}\nkind: people\n"
+            "primary_key: user_id\nidentify_by: {id: user_id}\n"
+            f"clear_removed_attributes: true\nattributes: [{listed}]\n"
+        )
+
+    project = project_factory.write({"profile": profile(range(300))})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 1
+    batches = len(project_factory.emulator.request_log())
+    project = project_factory.write({"profile": profile(range(1, 301))})  # a0 out, a300 in
+    with pytest.raises(StepError) as caught:
+        run_sync(project, "profile", console=NullConsole())
+    assert str(caught.value.__cause__) == (
+        "syncs/profile.yml: sync `profile`: each call would carry 301 attributes (300 mapped, "
+        "`a0`, taken out and cleared by `clear_removed_attributes`); Customer.io refuses more "
+        'than 300 ("cannot identify more than 300 attributes in one request"), so every record '
+        "would fail\n  hint: take attributes out in one run and add new ones in the next (a run "
+        "that clears 1 has room for 299 mapped), or leave `clear_removed_attributes` off for "
+        "this change (Customer.io then keeps the removed values)"
+    )
+    assert len(project_factory.emulator.request_log()) == batches  # nothing sent
+    # taking `a0` out first (299 mapped and 1 cleared) goes through, and clears it
+    project = project_factory.write({"profile": profile(range(1, 300))})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 1
+    person = project_factory.emulator.person(id="1")
+    assert person is not None and "a0" not in person.attributes
+
+
+def test_a_typed_default_or_constant_is_sent_as_the_rows_values_are(
+    project_factory: ProjectFactory,
+) -> None:
+    """One attribute, one type: a `type: timestamp` default reaches Customer.io as unix
+    seconds like the rows that have a value (it was the ISO text), and typed constants as
+    their type (a timestamp, a boolean), not as the text written in the file."""
+    project_factory.sql(
+        "create or replace table users as select * from (values (1, null::timestamp), "
+        "(2, timestamp '2024-01-01')) t(user_id, trial_ends_at)"
+    )
+    sync = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes:
+  trial_ends_at: {column: trial_ends_at, type: timestamp, on_null: default,
+                  default: "2030-01-01T00:00:00Z"}
+  launched_at: {value: "2024-05-01T00:00:00Z", type: timestamp}
+  beta: {value: "yes", type: boolean}
+"""
+    project = project_factory.write({"profile": sync})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 2
+    emu = project_factory.emulator
+    people = {p.id: p.attributes for p in emu.people()}
+    assert people == {
+        "1": {"trial_ends_at": 1893456000, "launched_at": 1714521600, "beta": True},
+        "2": {"trial_ends_at": 1704067200, "launched_at": 1714521600, "beta": True},
+    }

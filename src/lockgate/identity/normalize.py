@@ -21,12 +21,8 @@ from decimal import Decimal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lockgate.project.identity import IdentityConfig, RegexValidateConfig
+from lockgate.project.identity import IDENTIFIER_SPACE, IdentityConfig, RegexValidateConfig
 
-_UNICODE_SPACE = (
-    " \t\n\r\x0b\x0c\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
-    "\u2009\u200a\u200b\u200c\u200d\u2028\u2029\u202f\u205f\u3000\ufeff"
-)
 _UUID = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
 _EMAIL_SHAPE = r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$"
 _E164 = r"^\+[1-9][0-9]{6,14}$"
@@ -175,7 +171,7 @@ def apply_steps(
         if step == "trim":
             values = pc.utf8_trim_whitespace(values)
         elif step == "trim_unicode_space":
-            values = pc.utf8_trim(values, characters=_UNICODE_SPACE)
+            values = pc.utf8_trim(values, characters=IDENTIFIER_SPACE)
         elif step == "strip_mailto":
             values = _where(
                 values,

@@ -40,6 +40,16 @@ NormalizeStep = Literal[
 DegreePolicy = Literal["quarantine", "keep_latest", "keep_first"]
 _CIO_TARGET = re.compile(r"^(id|email|cio_id|anonymous_id|phone|none|attribute:[A-Za-z_][\w.]*)$")
 
+#: what is taken off both ends of an identifier's text, by a sync (`sync/mapping.py`) and by the
+#: graph's `trim_unicode_space`: every character Unicode counts as white space (spaces, tabs,
+#: CR, LF, no-break and wide spaces, line and paragraph separators: Python's `str.isspace`, which
+#: the graph's `trim` also takes off) and the zero-width spaces and byte-order mark that copies
+#: out of spreadsheets and web forms leave behind
+IDENTIFIER_SPACE = (
+    " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u200b\u200c\u200d\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+
 DEFAULT_NORMALIZE: dict[str, tuple[NormalizeStep, ...]] = {
     "email": ("trim_unicode_space", "strip_mailto", "nfc", "lowercase", "idna_domain"),
     "user_id": ("trim", "coerce_numeric_string"),

@@ -289,7 +289,8 @@ class FieldConfig(StrictModel):
     column: str | None = None
     """Source column; defaults to the attribute's own name."""
     value: Any = None
-    """A constant instead of a column."""
+    """A constant instead of a column; with a `type`, sent as a column's value of that type
+    (`"2030-01-01T00:00:00Z"` as unix seconds under `timestamp`)."""
     type: FieldType = "auto"
     """Coercion: `timestamp`/`date` become unix seconds, `boolean`, `number`, `integer`, `string`,
     `json` (parse a JSON string), or `auto` (native types; timestamps still become unix seconds)."""
@@ -297,7 +298,8 @@ class FieldConfig(StrictModel):
     """What a null does: `skip` (never overwrite; the default), `clear` (remove the attribute) or
     `default` (send `default`)."""
     default: Any = None
-    """The value sent for a null when `on_null: default`."""
+    """The value sent for a null when `on_null: default`, converted to the field's `type` as
+    the column's values are."""
 
     @model_validator(mode="before")
     @classmethod
@@ -323,6 +325,25 @@ class FieldConfig(StrictModel):
             raise ValueError("`on_null: default` needs a `default` value")
         if self.column is not None and self.value is not None:
             raise ValueError("give either `column` or `value`, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _typed_constants(self) -> FieldConfig:
+        """A `value` or `default` is sent as the field's `type` makes a column's value: a
+        `type: timestamp` default of `"2030-01-01T00:00:00Z"` was sent as that text next to
+        the unix seconds of every other row (two types in one Customer.io attribute). One the
+        type cannot take is refused here, naming the field, rather than sent as something
+        else."""
+        from lockgate.sync.mapping import coerce_constant
+
+        for what in ("value", "default"):
+            constant = getattr(self, what)
+            try:
+                converted = coerce_constant(constant, self.type)
+            except ValueError as exc:
+                raise ValueError(f"`{what}`: {exc}") from None
+            if converted != constant or type(converted) is not type(constant):
+                object.__setattr__(self, what, converted)  # frozen once validated
         return self
 
 
@@ -386,6 +407,16 @@ MESSAGE_OVERRIDES = {
     "from_address": "the sender",
     "reply_to": "the reply-to address",
 }
+
+
+def reads_identify_email(spec: FieldConfig, column: str) -> bool:
+    """True when an `email` attribute ``spec`` is the `identify_by` email read from ``column``
+    again (as text): the sync sends it once, cleaned as an identifier."""
+    return (
+        spec.value is None
+        and (spec.column or "email") == column
+        and spec.type in ("auto", "string")
+    )
 
 
 def _error_at(loc: tuple[str | int, ...], message: str) -> ValidationError:
@@ -824,21 +855,71 @@ class SyncConfig(StrictModel):
                             "meant, set `allow_message_overrides: true` in this sync, otherwise "
                             "rename the property",
                         )
-            count = len(fields)
-            implicit = ""
+            count, implicit = len(fields), ""
             if what == "attribute" and self.kind == "people":
-                count = len(self.identify_attributes)
-                if count > len(fields):
-                    implicit = " (with the `email` that `identify_by` adds)"
+                count, added = self.identify_keys()
+                implicit = f" (with {' and '.join(added)})" if added else ""
             if what != "event property" and count > MAX_ATTRIBUTES:
+                most = MAX_ATTRIBUTES - (count - len(fields))
                 raise _error_at(
                     loc,
                     f"{count} {what}s in one call{implicit}; Customer.io refuses more than "
                     f'{MAX_ATTRIBUTES} ("cannot identify more than 300 attributes in one '
-                    'request"), so every row would fail. Map at most 300: drop some, or '
-                    "gather related ones into one `type: json` attribute",
+                    f'request"), so every such call would fail. Map at most {most}: drop some, '
+                    "or gather related ones into one `type: json` attribute",
                 )
         return self
+
+    def identify_keys(self, cleared: int = 0) -> tuple[int, list[str]]:
+        """The most keys a people sync's calls put in one `attributes` object, and what besides
+        its mapped attributes is among them (in words): the `email` it adds from
+        `identify_by`, the `_update: true` of `mode: update` and of each `mirror` removal, and
+        ``cleared`` removed attributes it clears (`clear_removed_attributes`). Customer.io
+        counts them all against its 300 (the emulator, per its reference, does too)."""
+        count, added = len(self.identify_attributes), []
+        if count > len(self.attributes):
+            added.append("the `email` that `identify_by` adds")
+        if cleared:
+            count += cleared
+            added.append(f"the {cleared} removed attribute{'s' if cleared > 1 else ''} cleared")
+        if self.effective_mode == "update":
+            count += 1
+            added.append("the `_update: true` of `mode: update`")
+        elif self.effective_mode == "mirror" and not self.delete_removed:
+            # a person who leaves the model: `_update: true` and each mapped attribute cleared
+            removal = len(self.attributes) + 1
+            if removal > count:
+                count = removal
+                added = [
+                    "the `_update: true` that clears a person who leaves the model in "
+                    "`mode: mirror`"
+                ]
+        return count, added
+
+    @model_validator(mode="after")
+    def _one_email(self) -> SyncConfig:
+        """A people sync identified by email sends that email as the `email` attribute too: an
+        `email` attribute of another column would replace it (the identify_by email was never
+        sent, and the person's email became the other column's)."""
+        column = self.identify_by.get("email")
+        spec = self.attributes.get("email")
+        if self.kind != "people" or column is None or spec is None:
+            return self
+        if reads_identify_email(spec, column):
+            return self  # the same email: sent once, as identify_by cleans it
+        if spec.value is not None:
+            what = f"the constant `{spec.value}`"
+        elif (spec.column or "email") != column:
+            what = f"column `{spec.column or 'email'}`"
+        else:  # the same column, as a number or a boolean...
+            what = f"column `{column}` as `type: {spec.type}`"
+        raise _error_at(
+            ("attributes", "email"),
+            f"attribute `email` ({what}) and `identify_by: {{email: {column}}}` both set the "
+            f"person's `email`, and the attribute would replace the identify_by email, which "
+            "would never be sent. Rename the attribute (e.g. `contact_email: ...`), or take "
+            "`email` out of `identify_by` if the attribute is the email to keep",
+        )
 
     @property
     def identify_attributes(self) -> set[str]:

@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from lockgate.errors import ConfigError
-from lockgate.project.models import FieldConfig, SyncConfig
+from lockgate.project.identity import IDENTIFIER_SPACE
+from lockgate.project.models import (
+    MAX_ATTRIBUTES,
+    FieldConfig,
+    SyncConfig,
+    reads_identify_email,
+)
 
 if TYPE_CHECKING:
     from duckdb.sqltypes import DuckDBPyType
@@ -180,6 +186,38 @@ def _clear_removed(fields: Fields, names: tuple[str, ...]) -> None:
         fields.present[len(fields.fragments)] = "true"
         fields.fragments.append(lit(orjson.dumps(name).decode() + ':""'))
         fields.cleared.append("true")
+
+
+def _check_count(sync: SyncConfig, fields: Fields, clear: tuple[str, ...]) -> None:
+    """Refuse to build calls whose `attributes` object is over Customer.io's 300 keys: every
+    record would be refused, on every run. The file's own count is checked when it loads
+    (:meth:`SyncConfig.identify_keys`); what only a run knows comes on top of it: the removed
+    attributes it clears, and the attributes the identity graph adds."""
+    count = len(fields.fragments)
+    if count <= MAX_ATTRIBUTES:
+        return
+    extra = count - len(sync.attributes) - len(clear)
+    parts = [f"{len(sync.attributes)} mapped"]
+    if extra:
+        parts.append(f"{extra} more of its own (`email`, `_update`)")
+    if clear:
+        removed = ", ".join(f"`{n}`" for n in clear[:5]) + (
+            f" and {len(clear) - 5} more" if len(clear) > 5 else ""
+        )
+        parts.append(f"{removed}, taken out and cleared by `clear_removed_attributes`")
+    raise ConfigError(
+        f"sync `{sync.name}`: each call would carry {count} attributes ({', '.join(parts)}); "
+        f'Customer.io refuses more than {MAX_ATTRIBUTES} ("cannot identify more than 300 '
+        'attributes in one request"), so every record would fail',
+        hint=(
+            "take attributes out in one run and add new ones in the next (a run that clears "
+            f"{len(clear)} has room for {MAX_ATTRIBUTES - count + len(sync.attributes)} "
+            "mapped), or leave `clear_removed_attributes` off for this change (Customer.io "
+            "then keeps the removed values)"
+            if clear
+            else f"map at most {MAX_ATTRIBUTES - extra} attributes"
+        ),
+    )
 
 
 def source_hash(sync: SyncConfig, columns: tuple[str, ...]) -> str:
@@ -447,17 +485,29 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
         converted = _finite(f"try_cast({c} as double)")
         return converted, check(converted, "a number")
     if ftype == "integer":
+        # `whole`: SQL true when a value the cast fails on is a whole number all the same, so
+        # beyond the 64-bit range rather than not an integer
         if is_float or _is(col_type, ("DECIMAL",)):
             # a cast rounds (2.5 became 2 from a double, 3 from a decimal): a fraction is
             # rejected, never sent as another number; NaN and infinities fail the cast
             converted = f"case when {c} = floor({c}) then try_cast({c} as bigint) end"
+            whole = f"{c} = floor({c})" + (f" and isfinite({c})" if is_float else "")
         elif is_str:
             # text is cast as a decimal, so `'1.5'` became 2: the integer must equal the number
             number = f"try_cast({c} as double)"
             converted = f"case when {number} = floor({number}) then try_cast({c} as bigint) end"
+            whole = f"isfinite({number}) and {number} = floor({number})"
         else:
             converted = f"try_cast({c} as bigint)"
-        return converted, check(converted, "an integer")
+            whole = "true" if _is(col_type, _INTEGERS) else "false"
+        range_tail = lit(
+            f"` is beyond the 64-bit integer range ({-(2**63)} to {2**63 - 1}) of an `integer` "
+            "field; `type: string` sends its digits as text"
+        )
+        return converted, (
+            f"case when {c} is not null and {converted} is null then {bad}"
+            f"case when {whole} then {range_tail} else {lit('` is not an integer')} end end"
+        )
     if ftype == "string":
         if is_float:
             # `nan`/`inf` as text would be a string where a number was meant; a `number`
@@ -489,6 +539,75 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
             return converted, check(converted, "JSON (it holds NaN or Infinity)")
         return f"to_json({c})", "null"
     raise ConfigError(f"sync `{sync}`: unknown type `{ftype}` for field `{field}`")
+
+
+#: what a constant of each type looks like, for the error about one that is not
+_CONSTANT_EXAMPLES = {
+    "timestamp": "an ISO 8601 time such as `2030-01-01T00:00:00Z`, or unix seconds",
+    "date": "a date such as `2030-01-01`, or unix seconds",
+    "boolean": "`true` or `false`",
+    "integer": "a whole number such as `10`",
+    "number": "a number such as `9.5`",
+    "json": "JSON text, or the value itself written in YAML",
+}
+
+
+def coerce_constant(value: Any, ftype: str) -> Any:
+    """A field's constant (`value:`, or the `default:` of `on_null: default`) as a column
+    holding it is sent under ``ftype``: the same SQL (:func:`coerce` and the JSON it is written
+    as) run over a one-row relation, so `type: timestamp` makes `"2030-01-01T00:00:00Z"` unix
+    seconds, as every non-null row of the field is. A ValueError says why a constant the type
+    cannot take is refused, and what it would take."""
+    if value is None or ftype == "auto" or (ftype == "json" and not isinstance(value, str)):
+        return value  # `auto` keeps the constant's own type; YAML already wrote the JSON
+    if ftype == "string" and isinstance(value, str):
+        return value
+    if isinstance(value, list | dict):
+        shape = "a list" if isinstance(value, list) else "a mapping"
+        raise ValueError(
+            f"{shape} cannot be sent as `type: {ftype}`; use `type: json`, or leave `type` out"
+        )
+    if isinstance(value, bool):
+        literal, col_type = ("true" if value else "false"), "BOOLEAN"
+    elif isinstance(value, int):
+        literal, col_type = f"{value}::hugeint", "HUGEINT"
+        if not -(2**127) <= value < 2**127:
+            raise ValueError(f"`{value}` is beyond the integers a warehouse column holds")
+    elif isinstance(value, float):
+        literal, col_type = f"{lit(repr(value))}::double", "DOUBLE"
+    else:  # text, and the dates and times YAML reads from an unquoted ISO value
+        text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+        literal, col_type = lit(text), "VARCHAR"
+    import duckdb
+
+    computed: list[tuple[str, str]] = []
+    spec = FieldConfig.model_validate({"column": "c", "type": ftype})
+    fragment, checks, _, _ = field_fragment(
+        "", "c", spec, {"c": col_type}, "skip", computed, limit=False
+    )
+    inner = _inner(
+        f"(select {literal} as c)",
+        "0",
+        "".join(f", {expr} as {q(alias)}" for alias, expr in computed),
+    )
+    reason = f"coalesce({', '.join(checks)})" if checks else "null"
+    con = duckdb.connect()
+    try:
+        con.execute("set TimeZone='UTC'")
+        row = con.execute(f"select {fragment}, {reason} from {inner}").fetchone()
+    finally:
+        con.close()
+    assert row is not None
+    sent, why = row
+    if sent is None:
+        # the reason names the stand-in column and quotes the value: keep what it says of it
+        said = "is " + (why or "not convertible").rsplit("` is ", 1)[-1]
+        shown = str(value).lower() if isinstance(value, bool) else str(value)
+        example = (
+            "" if "e.g." in said else f"; a `type: {ftype}` constant is {_CONSTANT_EXAMPLES[ftype]}"
+        )
+        raise ValueError(f"`{shown}` {said}{example}")
+    return orjson.loads(sent.removeprefix('"c":'))
 
 
 @dataclass
@@ -791,6 +910,13 @@ def _id_text(column: str, col_type: str) -> str:
     return f"{c}::varchar"
 
 
+def _trim(text: str) -> str:
+    """SQL for the text ``text`` without the white space at either end (every character in
+    :data:`IDENTIFIER_SPACE`, not only spaces): a CSV load's trailing newline or a leading tab
+    is no part of an id or an email, and kept it names a person (or object) of its own."""
+    return f"trim({text}, {lit(IDENTIFIER_SPACE)})"
+
+
 def _id_checks(column: str, col_type: str, what: str, text: str) -> list[str]:
     """The reject check of a number column that :func:`_id_text` cannot name (none for text
     and integer columns); ``text`` is the computed column holding its id text."""
@@ -835,14 +961,12 @@ def identifier_sql(
         if target in chosen:
             raise ConfigError(f"sync `{sync.name}`: two columns map to Customer.io `{target}`")
         chosen[target] = column
-    values = {
-        target: (
-            f"nullif(trim(regexp_replace({_id_text(col, columns[col])}, '^cio_', '')), '')"
-            if target == "cio_id"
-            else f"nullif(trim({_id_text(col, columns[col])}), '')"
-        )
-        for target, col in chosen.items()
-    }
+    values: dict[str, str] = {}
+    for target, col in chosen.items():
+        text = _trim(_id_text(col, columns[col]))
+        if target == "cio_id":
+            text = _trim(f"regexp_replace({text}, '^cio_', '')")
+        values[target] = f"nullif({text}, '')"
     checks = [
         check
         for target, col in chosen.items()
@@ -876,11 +1000,15 @@ def identifier_sql(
     if "id" in values:
         too_long = lit(f"column `{chosen['id']}`: id is over {MAX_ID_BYTES} bytes")
         checks.append(f"case when strlen({values['id']}) > {MAX_ID_BYTES} then {too_long} end")
-    if "email" in values and ordered[0] == "email":
+    if "email" in values:
+        # checked wherever the email is what addresses the row: alone, or because every
+        # identifier before it is null (a row with a null id is addressed by its email, and an
+        # email without `@` would create a person named by it)
         email = values["email"]
+        before = "".join(f" and {values[t]} is null" for t in ordered[: ordered.index("email")])
         prefix = lit(f"column `{chosen['email']}`: `")
         checks.append(
-            f"case when {email} is not null and not contains({email}, '@') "
+            f"case when {email} is not null{before} and not contains({email}, '@') "
             f"then {prefix} || {email} || {lit('` is not an email address')} end"
         )
     return identifiers, ident, checks
@@ -938,16 +1066,19 @@ def compile_people(
     if sync.effective_mode == "update":
         fields.present[len(fields.fragments)] = "true"
         fields.fragments.append("'\"_update\":true'")
-    email_col = next((c for t, c in sync.identify_by.items() if t == "email"), None)
-    if email_col and "email" not in sync.attributes:
-        fields.present[len(fields.fragments)] = '"__id_email" is not null'
-        fields.fragments.append(
-            'case when "__id_email" is null then null '
-            'else \'"email":\' || to_json("__id_email") end'
-        )
+    email_col = sync.identify_by.get("email")
+    email_spec = sync.attributes.get("email")
+    if email_col and email_spec is None:
+        _identify_email(fields, "skip")
     for name, spec in sync.attributes.items():
+        if name == "email" and email_col and reads_identify_email(spec, email_col):
+            # the identify_by email again: sent as the identifier is, trimmed (the loader
+            # refuses an `email` attribute of any other column)
+            _identify_email(fields, spec.on_null or sync.on_null or default_on_null, spec)
+            continue
         fields.add(sync.name, name, spec, columns, sync.on_null or default_on_null)
     _clear_removed(fields, clear)
+    _check_count(sync, fields, clear)
     checks.extend(fields.checks)
     used.extend(fields.columns)
     extra_columns = ""
@@ -973,6 +1104,25 @@ def compile_people(
         f"{_person_address(fields)} as addr, __rid, {src_h} as src_h from "
     )
     return fields.compiled(select, tuple(dict.fromkeys(used + sync.key_columns)), src_h)
+
+
+def _identify_email(fields: Fields, policy: str, spec: FieldConfig | None = None) -> None:
+    """The `email` attribute of a people sync identified by email: the identifier's text
+    (trimmed, as the identify addresses the person), or the null ``policy`` of the `email`
+    attribute ``spec`` that reads the same column when there is none."""
+    email = q("__id_email")
+    key = json_key("email")
+    if policy == "clear":
+        fields.cleared.append(f"{email} is null")
+        null = f"{key} || '\"\"'"
+    elif policy == "default" and spec is not None:
+        null = f"{key} || {lit(orjson.dumps(spec.default).decode())}"
+    else:
+        null = "null"
+    fields.present[len(fields.fragments)] = "true" if null != "null" else f"{email} is not null"
+    fields.fragments.append(
+        f"case when {email} is null then {null} else {key} || to_json({email}) end"
+    )
 
 
 def _inlined(sql: str, computed: list[tuple[str, str]]) -> str:
@@ -1100,7 +1250,7 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
                 f"sync `{sync.name}`: event name column `{event.name.column}` is not in the model",
                 hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
             )
-        name_sql = f"trim({q(event.name.column)}::varchar)"
+        name_sql = _trim(f"{q(event.name.column)}::varchar")
         used.append(event.name.column)
     else:
         raise ConfigError(f"sync `{sync.name}`: `event.name` needs a column or `{{value: ...}}`")
@@ -1203,11 +1353,12 @@ def compile_objects(
     _require(sync, key_column, "object id (`primary_key`)", columns)
     fields = Fields()
     fields.computed.append(
-        ("__obj", f"nullif(trim({_id_text(key_column, columns[key_column])}), '')")
+        ("__obj", f"nullif({_trim(_id_text(key_column, columns[key_column]))}, '')")
     )
     for name, spec in sync.attributes.items():
         fields.add(sync.name, name, spec, columns, sync.on_null or default_on_null)
     _clear_removed(fields, clear)
+    _check_count(sync, fields, clear)
     attributes = _object(fields.fragments)
     type_id = orjson.dumps(sync.object_type_id).decode()
     ident = f"'{{\"object_type_id\":{type_id},\"object_id\":' || to_json(__obj) || '}}'"
@@ -1252,7 +1403,7 @@ def compile_relationships(
     fields = Fields()
     identifiers, _, checks = identifier_sql(sync, columns, fields)
     obj_type = columns[sync.object_id]
-    fields.computed.append(("__obj", f"nullif(trim({_id_text(sync.object_id, obj_type)}), '')"))
+    fields.computed.append(("__obj", f"nullif({_trim(_id_text(sync.object_id, obj_type))}, '')"))
     for name, spec in sync.relationship_attributes.items():
         fields.add(sync.name, name, spec, columns, sync.on_null or default_on_null)
     type_id = orjson.dumps(sync.object_type_id).decode()
