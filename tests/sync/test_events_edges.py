@@ -418,6 +418,42 @@ def test_two_events_syncs_with_the_same_key_in_the_same_second_both_arrive(
     assert sorted(e.name for e in project_factory.emulator.events()) == ["orders", "signups"]
 
 
+@pytest.mark.parametrize("timestamp", ["timestamp: at, ", ""], ids=["same second", "no timestamp"])
+def test_two_events_syncs_sending_one_name_with_overlapping_keys_lose_no_event(
+    project_factory: ProjectFactory, timestamp: str
+) -> None:
+    """Web and app orders, both `Order Completed`, both numbered from 1, in the same second
+    (or without a timestamp column, where every id's time part is 0): each order is a
+    different person's, so each must keep an id of its own, or Customer.io drops one of each
+    pair as a repeat while Lockgate counts both delivered."""
+    project_factory.sql(
+        f"""
+        create or replace table web_orders as
+        select i as id, 'web_user_' || i as user_id, to_timestamp({NOW} - 60) as at,
+               'web' as channel from range(1, 6) t(i);
+        create or replace table app_orders as
+        select i as id, 'app_user_' || i as user_id, to_timestamp({NOW} - 60) as at,
+               'app' as channel from range(1, 6) t(i);
+        """
+    )
+    sync = f"""
+    name: {{n}}
+    source: warehouse
+    model: {{{{table: {{n}}}}}}
+    kind: events
+    identify_by: {{{{id: user_id}}}}
+    event: {{{{name: {{{{value: Order Completed}}}}, {timestamp}id: id}}}}
+    properties: [channel]
+    """
+    names = ("web_orders", "app_orders")
+    project = project_factory.write({n: sync.format(n=n) for n in names})
+    for name in names:
+        assert run_sync(project, name, console=NullConsole(), now=NOW).delivered == 5
+    emu = project_factory.emulator
+    assert emu.stats.duplicate_events_dropped == 0
+    assert sorted(e.data["channel"] for e in emu.events()) == ["app"] * 5 + ["web"] * 5
+
+
 # ------------------------------------------------------------------ key columns changing type
 
 

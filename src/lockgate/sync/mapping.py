@@ -4,7 +4,8 @@ The mapping of a sync compiles to one ``SELECT`` over the staged model. Each row
 
 - ``k``: the record key (primary key for people, the stable event key for events);
 - ``op``: the operation's JSON text exactly as it will be sent (for events, without the
-  dedupe ``id``, which :func:`lockgate.sync.deliver.event_ulids` derives from ``k``);
+  dedupe ``id``, which :func:`lockgate.sync.deliver.event_ulids` derives from ``k``, ``ts``
+  and ``id_seed``);
 - ``ident``: all the row's identifiers as a JSON object (for history and removals);
 - ``reject``: why the row cannot be sent (null identifier, bad type, oversized value...),
   naming the column and quoting the value, or null when the row is fine.
@@ -1166,14 +1167,18 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
     )
     # `ts` dates the dedupe id (deliver.event_ulids): without a timestamp column it must not
     # be the time of sending, or a re-run after a lost state or a crash sends a new id;
-    # `id_name`, the event's name before any backfill rename, goes into the id's random part
-    # with the key, so two events syncs whose keys meet in the same second keep apart
+    # `id_seed` goes into the id's random part with the key: the event's name before any
+    # backfill rename and the identifiers it is sent to (the person as Customer.io knows
+    # them), so two events syncs whose keys meet in the same second keep apart, unless they
+    # send the same name for the same person. Both come from the row alone: a re-send after
+    # a crash or a lost state carries the same id.
     id_ts = "coalesce(__ts, 0)" if event.timestamp else "0"
+    id_seed = f"coalesce({name_sql}, '') || chr(31) || coalesce({identifiers}, '')"
     select = (
         f"select coalesce({key_sql}, '(null id) ' || coalesce({ident}, '')) as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
         f"{id_ts}::bigint as ts, coalesce({backfill}, false) as backfill, "
-        f"coalesce({name_sql}, '') as id_name, __rid from {middle}"
+        f"{id_seed} as id_seed, __rid from {middle}"
     )
     return Compiled(select, tuple(dict.fromkeys(used)), computed=fields.computed_sql())
 
