@@ -254,15 +254,57 @@ def test_hash_ids_keep_apart_rows_whose_values_only_look_alike(
         project_factory,
         f"""(1, 'Used', {ts(60)}, 'a|b', 'c', '1'), (1, 'Used', {ts(60)}, 'a', 'b|c', '2'),
             (1, 'Used', {ts(60)}, null, 'x', '3'), (1, 'Used', {ts(60)}, 'x', null, '4'),
-            (1, 'Used', {ts(60)}, null, null, '5'), (1, 'Used', {ts(60)}, '', '', '6'),
+            (1, 'Used', {ts(60)}, '', '', '6'),
             (1, 'Used', {ts(60)}, 'ab', '', '7'), (1, 'Used', {ts(60)}, 'a', 'b', '8')""",
         "user_id, event_name, occurred_at, a, b, feature",
     )
     project = project_factory.write({"activity": HASHED})
     report = run(project)
     assert report.changes.duplicates_in_model == 0
-    assert report.delivered == 8
-    assert len({e.id for e in project_factory.emulator.events()}) == 8
+    assert report.delivered == 7
+    assert len({e.id for e in project_factory.emulator.events()}) == 7
+
+
+def test_rows_whose_hash_columns_are_all_null_are_rejected_not_merged(
+    project_factory: ProjectFactory,
+) -> None:
+    """Rows whose `event.id.hash` columns are all null name no occurrence: they are rejected
+    naming the columns (as a null `event.id` column is), not merged into one key whose other
+    copies are counted as repeats and never sent. A row with only some null stays keyed."""
+    table(
+        project_factory,
+        f"""(1, 'Used', {ts(60)}, null, null, 'n1'), (2, 'Used', {ts(120)}, null, null, 'n2'),
+            (3, 'Used', {ts(180)}, null, null, 'n3'), (4, 'Used', {ts(240)}, 'x', null, 'ok')""",
+        "user_id, event_name, occurred_at, a, b, feature",
+    )
+    report = run(project_factory.write({"activity": HASHED}))
+    assert (report.delivered, report.changes.rejected) == (1, 3)
+    assert report.changes.duplicates_in_model == 0
+    assert (
+        sorted(reason for _, reason in report.changes.rejected_samples)
+        == ["event id is null: every `event.id.hash` column (`a`, `b`) is null"] * 3
+    )
+    assert [e.data for e in project_factory.emulator.events()] == [{"feature": "ok"}]
+
+    one = EVENTS.replace("  id: event_id\n", "  id: {hash: [a]}\n")
+    table(
+        project_factory,
+        f"(5, 'Used', {ts(60)}, null::varchar, 'z', 'n5')",
+        "user_id, event_name, occurred_at, a, b, feature",
+    )
+    report = run(project_factory.write({"activity": one}))
+    assert dict(report.changes.rejected_samples).popitem()[1] == (
+        "event id is null: its `event.id.hash` column `a` is null"
+    )
+    table(
+        project_factory,
+        f"(6, 'Used', {ts(60)}, null::varchar, 'n6')",
+        "user_id, event_name, occurred_at, event_id, feature",
+    )
+    report = run(project_factory.write({"activity": EVENTS}))
+    assert dict(report.changes.rejected_samples).popitem()[1] == (
+        "column `event_id`: event id is null or empty"
+    )
 
 
 def test_a_null_in_a_hash_column_is_not_the_text_backslash_n(

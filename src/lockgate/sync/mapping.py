@@ -1073,6 +1073,7 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
                 hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
             )
         key_sql = f"nullif({_key_text(event.id.column, columns[event.id.column])}, '')"
+        null_id = f"column `{event.id.column}`: event id is null or empty"
         used.append(event.id.column)
     elif event.id.hash:
         for col in event.id.hash:
@@ -1088,7 +1089,16 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
             f"{_key_text(c, columns[c])}, '-')"
             for c in event.id.hash
         )
-        key_sql = f"md5(concat_ws(chr(31), {parts}))"
+        # a row whose hash columns are all null names no occurrence: every such row would
+        # share one key (and all but one count as repeats), so it is rejected as a null id
+        all_null = " and ".join(f"{q(c)} is null" for c in event.id.hash)
+        key_sql = f"case when not ({all_null}) then md5(concat_ws(chr(31), {parts})) end"
+        hash_cols = ", ".join(f"`{c}`" for c in event.id.hash)
+        null_id = (
+            f"event id is null: its `event.id.hash` column {hash_cols} is null"
+            if len(event.id.hash) == 1
+            else f"event id is null: every `event.id.hash` column ({hash_cols}) is null"
+        )
         used.extend(event.id.hash)
     else:
         raise ConfigError(f"sync `{sync.name}`: `event.id` needs `column` or `hash`")
@@ -1145,7 +1155,7 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
     used.extend(fields.columns)
     fields.computed.append(("__ts", ts_sql))
     checks = [c.replace(ts_sql, '"__ts"') for c in checks]
-    checks.insert(0, f"case when {key_sql} is null then {lit('event id is null')} end")
+    checks.insert(0, f"case when {key_sql} is null then {lit(null_id)} end")
     checks.append(f"case when coalesce({name_sql}, '') = '' then {lit('event name is blank')} end")
     checks.append(
         f"case when strlen(__name) > {MAX_EVENT_NAME_BYTES} then "
