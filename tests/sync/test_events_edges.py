@@ -382,6 +382,27 @@ def test_timestamps_of_every_type_are_sent_as_the_same_unix_seconds(
 # ------------------------------------------------------------------ the machine's time zone
 
 
+def test_an_event_before_1970_is_rejected_saying_so(project_factory: ProjectFactory) -> None:
+    """A negative unix second is no timestamp Customer.io takes: the row is rejected by the
+    mapping, naming the column and the date, and is not sent (to be refused) on every run."""
+    project_factory.sql(
+        f"""
+        create or replace table events as select * from (values
+          ('old', 1, 'Used', '1900-01-01 00:00:00'::timestamp, 'f'),
+          ('ok', 1, 'Used', to_timestamp({NOW} - 60)::timestamp, 'f')
+        ) t(event_id, user_id, event_name, occurred_at, feature)
+        """
+    )
+    report = run(project_factory.write({"activity": EVENTS}))
+    assert (report.delivered, report.changes.rejected) == (1, 1)
+    assert dict(report.changes.rejected_samples) == {
+        "old": "column `occurred_at`: timestamp 1900-01-01 00:00:00 UTC is before the unix "
+        "epoch (Customer.io takes unix seconds, never negative)"
+    }
+    assert len(project_factory.emulator.events()) == 1
+    assert report.status == "success"  # nothing sent was refused
+
+
 @pytest.fixture
 def machine_tz(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
     """Switch the process's time zone (as a sync run on another machine would see it)."""

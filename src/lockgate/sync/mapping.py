@@ -1138,6 +1138,15 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
             f"{lit(f' is in the future (now {_utc(now_epoch)}; up to {skew} minutes ahead ')} || "
             "'is taken for clock skew)' end"
         )
+        # before 1970 a unix second is negative: the API's timestamps are unix seconds and the
+        # emulator refuses a negative one (saying "milliseconds?") on every run; rejected here
+        # once, saying what is wrong
+        checks.append(
+            f"case when {ts_sql} < 0 then "
+            f"{lit(f'column `{event.timestamp}`: timestamp ')} || {_utc_text(ts_sql)} || "
+            f"{lit(' is before the unix epoch (Customer.io takes unix seconds, never negative)')}"
+            " end"
+        )
         used.append(event.timestamp)
     else:
         ts_sql = str(now_epoch)
