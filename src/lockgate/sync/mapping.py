@@ -133,6 +133,33 @@ def shaping(sync: SyncConfig) -> dict[str, Any]:
     )
 
 
+def event_key(sync: SyncConfig) -> dict[str, Any] | None:
+    """An events sync's `event.id` as JSON (`{"column": "order_id"}` or `{"hash": [...]}`):
+    what the keys in its ledger are made of, so a change re-sends every delivered event as a
+    new one. None for other kinds. Not part of :func:`shaping`, whose text is in every row's
+    hash (adding it there would send every record of every sync again)."""
+    if sync.event is None:
+        return None
+    return sync.event.id.model_dump(mode="json", exclude_none=True)
+
+
+def event_key_text(key: dict[str, Any]) -> str:
+    """An `event.id` as the sync file writes it: `order_id`, `{hash: [order_id, line]}`."""
+    if "hash" in key:
+        return "{hash: [" + ", ".join(str(c) for c in key["hash"]) + "]}"
+    return str(key.get("column"))
+
+
+def recorded_mapping(sync: SyncConfig) -> dict[str, Any]:
+    """What a committed run records of its mapping (``contract_mappings.mapping``): the
+    :func:`shaping` and, for an events sync, its :func:`event_key` (`event_key`)."""
+    out = shaping(sync)
+    key = event_key(sync)
+    if key is not None:
+        out["event_key"] = key
+    return out
+
+
 def shaping_changes(
     was: dict[str, Any], now: dict[str, Any], cleared: tuple[str, ...] = ()
 ) -> list[str]:

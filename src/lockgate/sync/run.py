@@ -1059,7 +1059,7 @@ def run_sync(
                         sync,
                         run_id,
                         mapping_hash=mapping_hash or None,
-                        mapping=mapping.shaping(sync),
+                        mapping=mapping.recorded_mapping(sync),
                     )
         except BaseException as exc:
             if isinstance(exc, NothingNamedError):  # nothing ran: no run to list
