@@ -259,6 +259,10 @@ def test_a_changed_event_key_stops_the_run_until_forced_once(
     assert len(emu.events()) == 24  # what forcing it means: each order twice in Customer.io
     again = run_sync(project, "orders", console=NullConsole())
     assert (again.status, again.delivered, again.changes.already_delivered) == ("success", 0, 12)
+    # a key change in a run that would send no event stops nothing (the model is empty now)
+    project_factory.sql("delete from orders")
+    project = project_factory.write({"orders": renamed})
+    assert run_sync(project, "orders", console=NullConsole()).status == "success"
 
 
 def test_plan_shows_the_guardrails_and_sync_exits_1_naming_the_breach(

@@ -264,7 +264,8 @@ def _event_key(sync: SyncConfig, last: contract.Contract | None, changes: Change
     keys the old definition made: under a new one no delivered event is in it, so each still
     in the model (and not skipped as backfill) would be sent again as a new event, with a new
     dedupe id Customer.io cannot tell from the first. The event name is not part of the key
-    (only of the dedupe id), so renaming an event sends nothing again."""
+    (only of the dedupe id), so renaming an event sends nothing again. A change in a run that
+    would send no event (all older than the backfill window, or none left) stops nothing."""
     name, limit = "event key unchanged", "same as last run"
     was = (last.mapping or {}).get("event_key") if last is not None else None
     if was is None:  # a first run, or one recorded before the key was
@@ -274,6 +275,8 @@ def _event_key(sync: SyncConfig, last: contract.Contract | None, changes: Change
         return GuardResult(name, limit, "unchanged", False)
     assert last is not None and now is not None
     actual = f"`event.id` was `{event_key_text(was)}`, now `{event_key_text(now)}`"
+    if not changes.to_send:  # nothing would go out again: the run records the new key
+        return GuardResult("event key changed", limit, f"{actual}; no event sent again", False)
     backfill = (
         f"older than `backfill.max_age` ({sync.backfill.max_age}) are skipped"
         if sync.backfill.older == "skip"
