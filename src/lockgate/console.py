@@ -125,7 +125,9 @@ class RichConsole:
             # with `…`: a run id, a key or a reason is shown whole. Counts are right-aligned.
             table.add_column(column, overflow="fold", justify="right" if count else "left")
         for row in rows:
-            table.add_row(*(f"{v:,}" if _is_count(v) else str(v) for v in row))
+            # a cell is data, never markup: `{hash: [order_id]}` or a value quoted in a reason
+            # would lose its `[...]` as a style tag
+            table.add_row(*(f"{v:,}" if _is_count(v) else Text(str(v)) for v in row))
         self._print_whole(table)
 
     def _print_whole(self, table: Table) -> None:

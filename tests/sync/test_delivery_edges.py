@@ -139,6 +139,14 @@ def test_a_run_stopped_midway_commits_what_was_delivered_and_the_next_sends_the_
         ledgered = store.exec_sql('select count(*) from "ledger__activity"')[0][0]
     assert run.status == "failed"
     assert 50 <= ledgered <= len(emu.events()) < 200
+    # the report says how long it ran (it said 0.0 s) and `lockgate runs` what it sent before
+    # the stop, not the 200 it planned
+    took = (run.finished_at - run.started_at).total_seconds()
+    assert 0 < run.counts["seconds"] <= took + 1
+    assert run.counts["delivered"] == ledgered
+    code, out = lockgate(project, "runs")
+    (line,) = [row for row in out.splitlines() if run.run_id in row]
+    assert [c.strip() for c in line.split("│")[4:7]] == ["failed", f"{ledgered:,}", f"{ledgered:,}"]
 
     second = run_sync(project, "activity", console=NullConsole())
     assert second.status == "success"

@@ -254,15 +254,57 @@ def test_hash_ids_keep_apart_rows_whose_values_only_look_alike(
         project_factory,
         f"""(1, 'Used', {ts(60)}, 'a|b', 'c', '1'), (1, 'Used', {ts(60)}, 'a', 'b|c', '2'),
             (1, 'Used', {ts(60)}, null, 'x', '3'), (1, 'Used', {ts(60)}, 'x', null, '4'),
-            (1, 'Used', {ts(60)}, null, null, '5'), (1, 'Used', {ts(60)}, '', '', '6'),
+            (1, 'Used', {ts(60)}, '', '', '6'),
             (1, 'Used', {ts(60)}, 'ab', '', '7'), (1, 'Used', {ts(60)}, 'a', 'b', '8')""",
         "user_id, event_name, occurred_at, a, b, feature",
     )
     project = project_factory.write({"activity": HASHED})
     report = run(project)
     assert report.changes.duplicates_in_model == 0
-    assert report.delivered == 8
-    assert len({e.id for e in project_factory.emulator.events()}) == 8
+    assert report.delivered == 7
+    assert len({e.id for e in project_factory.emulator.events()}) == 7
+
+
+def test_rows_whose_hash_columns_are_all_null_are_rejected_not_merged(
+    project_factory: ProjectFactory,
+) -> None:
+    """Rows whose `event.id.hash` columns are all null name no occurrence: they are rejected
+    naming the columns (as a null `event.id` column is), not merged into one key whose other
+    copies are counted as repeats and never sent. A row with only some null stays keyed."""
+    table(
+        project_factory,
+        f"""(1, 'Used', {ts(60)}, null, null, 'n1'), (2, 'Used', {ts(120)}, null, null, 'n2'),
+            (3, 'Used', {ts(180)}, null, null, 'n3'), (4, 'Used', {ts(240)}, 'x', null, 'ok')""",
+        "user_id, event_name, occurred_at, a, b, feature",
+    )
+    report = run(project_factory.write({"activity": HASHED}))
+    assert (report.delivered, report.changes.rejected) == (1, 3)
+    assert report.changes.duplicates_in_model == 0
+    assert (
+        sorted(reason for _, reason in report.changes.rejected_samples)
+        == ["event id is null: every `event.id.hash` column (`a`, `b`) is null"] * 3
+    )
+    assert [e.data for e in project_factory.emulator.events()] == [{"feature": "ok"}]
+
+    one = EVENTS.replace("  id: event_id\n", "  id: {hash: [a]}\n")
+    table(
+        project_factory,
+        f"(5, 'Used', {ts(60)}, null::varchar, 'z', 'n5')",
+        "user_id, event_name, occurred_at, a, b, feature",
+    )
+    report = run(project_factory.write({"activity": one}))
+    assert dict(report.changes.rejected_samples).popitem()[1] == (
+        "event id is null: its `event.id.hash` column `a` is null"
+    )
+    table(
+        project_factory,
+        f"(6, 'Used', {ts(60)}, null::varchar, 'n6')",
+        "user_id, event_name, occurred_at, event_id, feature",
+    )
+    report = run(project_factory.write({"activity": EVENTS}))
+    assert dict(report.changes.rejected_samples).popitem()[1] == (
+        "column `event_id`: event id is null or empty"
+    )
 
 
 def test_a_null_in_a_hash_column_is_not_the_text_backslash_n(
@@ -338,6 +380,27 @@ def test_timestamps_of_every_type_are_sent_as_the_same_unix_seconds(
 
 
 # ------------------------------------------------------------------ the machine's time zone
+
+
+def test_an_event_before_1970_is_rejected_saying_so(project_factory: ProjectFactory) -> None:
+    """A negative unix second is no timestamp Customer.io takes: the row is rejected by the
+    mapping, naming the column and the date, and is not sent (to be refused) on every run."""
+    project_factory.sql(
+        f"""
+        create or replace table events as select * from (values
+          ('old', 1, 'Used', '1900-01-01 00:00:00'::timestamp, 'f'),
+          ('ok', 1, 'Used', to_timestamp({NOW} - 60)::timestamp, 'f')
+        ) t(event_id, user_id, event_name, occurred_at, feature)
+        """
+    )
+    report = run(project_factory.write({"activity": EVENTS}))
+    assert (report.delivered, report.changes.rejected) == (1, 1)
+    assert dict(report.changes.rejected_samples) == {
+        "old": "column `occurred_at`: timestamp 1900-01-01 00:00:00 UTC is before the unix "
+        "epoch (Customer.io takes unix seconds, never negative)"
+    }
+    assert len(project_factory.emulator.events()) == 1
+    assert report.status == "success"  # nothing sent was refused
 
 
 @pytest.fixture
@@ -416,6 +479,42 @@ def test_two_events_syncs_with_the_same_key_in_the_same_second_both_arrive(
     for name in ("orders", "signups"):
         assert run_sync(project, name, console=NullConsole(), now=NOW).delivered == 1
     assert sorted(e.name for e in project_factory.emulator.events()) == ["orders", "signups"]
+
+
+@pytest.mark.parametrize("timestamp", ["timestamp: at, ", ""], ids=["same second", "no timestamp"])
+def test_two_events_syncs_sending_one_name_with_overlapping_keys_lose_no_event(
+    project_factory: ProjectFactory, timestamp: str
+) -> None:
+    """Web and app orders, both `Order Completed`, both numbered from 1, in the same second
+    (or without a timestamp column, where every id's time part is 0): each order is a
+    different person's, so each must keep an id of its own, or Customer.io drops one of each
+    pair as a repeat while Lockgate counts both delivered."""
+    project_factory.sql(
+        f"""
+        create or replace table web_orders as
+        select i as id, 'web_user_' || i as user_id, to_timestamp({NOW} - 60) as at,
+               'web' as channel from range(1, 6) t(i);
+        create or replace table app_orders as
+        select i as id, 'app_user_' || i as user_id, to_timestamp({NOW} - 60) as at,
+               'app' as channel from range(1, 6) t(i);
+        """
+    )
+    sync = f"""
+    name: {{n}}
+    source: warehouse
+    model: {{{{table: {{n}}}}}}
+    kind: events
+    identify_by: {{{{id: user_id}}}}
+    event: {{{{name: {{{{value: Order Completed}}}}, {timestamp}id: id}}}}
+    properties: [channel]
+    """
+    names = ("web_orders", "app_orders")
+    project = project_factory.write({n: sync.format(n=n) for n in names})
+    for name in names:
+        assert run_sync(project, name, console=NullConsole(), now=NOW).delivered == 5
+    emu = project_factory.emulator
+    assert emu.stats.duplicate_events_dropped == 0
+    assert sorted(e.data["channel"] for e in emu.events()) == ["app"] * 5 + ["web"] * 5
 
 
 # ------------------------------------------------------------------ key columns changing type

@@ -214,6 +214,57 @@ def test_a_changed_identifier_stops_the_run_until_forced_once(
     assert run_sync(project, "profile", console=NullConsole()).status == "success"
 
 
+def test_a_changed_event_key_stops_the_run_until_forced_once(
+    project_factory: ProjectFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`event.id: order_id` → `{hash: [order_id]}` keys the same occurrences differently: none
+    is in the ledger under its new key, so every delivered event would be sent again as a new
+    one. `validate`, `plan` and `sync` say so; `--force` accepts it once."""
+    from lockgate.cli import main
+    from lockgate.sync.contract import check_project
+
+    emu = project_factory.emulator
+    project_factory.sql(
+        "create table orders as select i as order_id, i % 3 as user_id from range(12) t(i)"
+    )
+    project = project_factory.write({"orders": EVENTS})
+    assert run_sync(project, "orders", console=NullConsole()).delivered == 12
+    # a new name is not a new key: nothing is sent again, nothing is refused
+    renamed = EVENTS.replace("Order Placed", "Order Completed")
+    report = run_sync(project_factory.write({"orders": renamed}), "orders", console=NullConsole())
+    assert (report.status, report.delivered) == ("success", 0)
+
+    hashed = renamed.replace("id: order_id}", "id: {hash: [order_id]}}")
+    project = project_factory.write({"orders": hashed})
+    (finding,) = [f for f in check_project(project) if f.level == "error"]
+    assert "`event.id` was `order_id`, now `{hash: [order_id]}`" in finding.message
+    assert "every delivered event still in the model would be sent again" in finding.message
+
+    capsys.readouterr()
+    main(["plan", "orders", "--project", str(project.root)])
+    out = capsys.readouterr().out
+    assert "event key changed" in out and "now `{hash: [order_id]}`" in out and "BREACHED" in out
+
+    message = refused(project, "orders", emu)
+    assert message.startswith(
+        "sync `orders` stopped before sending anything: event key changed: `event.id` was "
+        "`order_id`, now `{hash: [order_id]}`."
+    )
+    assert "each still in the model would be sent again as a new event" in message
+    assert "this run would send 12 events" in message
+    assert "set `event.id` back to `order_id`" in message
+    assert "`lockgate sync orders --force` once" in message
+
+    assert run_sync(project, "orders", console=NullConsole(), force=True).delivered == 12
+    assert len(emu.events()) == 24  # what forcing it means: each order twice in Customer.io
+    again = run_sync(project, "orders", console=NullConsole())
+    assert (again.status, again.delivered, again.changes.already_delivered) == ("success", 0, 12)
+    # a key change in a run that would send no event stops nothing (the model is empty now)
+    project_factory.sql("delete from orders")
+    project = project_factory.write({"orders": renamed})
+    assert run_sync(project, "orders", console=NullConsole()).status == "success"
+
+
 def test_plan_shows_the_guardrails_and_sync_exits_1_naming_the_breach(
     project_factory: ProjectFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:

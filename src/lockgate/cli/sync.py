@@ -482,7 +482,7 @@ def runs(
                 r.sync,
                 f"{r.started_at:%Y-%m-%d %H:%M:%S}",
                 _status_text(r.status, r.counts),
-                r.counts.get("changes", {}).get("to_send", ""),
+                _sent_count(r.counts),
                 r.counts.get("delivered", ""),
                 _rejected_count(r.counts),
                 r.counts.get("dead_lettered", ""),
@@ -498,6 +498,15 @@ def _status_text(status: str, counts: dict[str, Any]) -> str:
     """A run's status, and the guardrails it came near (`warn_at`), if any."""
     near = [g.get("name") for g in counts.get("guardrails") or () if g.get("near")]
     return f"{status}, near limit: {', '.join(map(str, near))}" if near else status
+
+
+def _sent_count(counts: dict[str, Any]) -> int | str:
+    """Records sent to Customer.io: delivered, rejected by it, or dead-lettered after their
+    retries ("" for a run still going, or one that failed before its diff). Not the records
+    planned: a run a guardrail or Ctrl-C stopped sent fewer, or none."""
+    if "delivered" not in counts:
+        return ""
+    return sum(int(counts.get(k, 0)) for k in ("delivered", "rejected_by_api", "dead_lettered"))
 
 
 def _rejected_count(counts: dict[str, Any]) -> int | str:
@@ -590,7 +599,8 @@ def show_run(
     )
     if row.counts.get("changes"):  # a run still going, or one that failed before its diff, has none
         took = (row.finished_at - row.started_at).total_seconds() if row.finished_at else 0.0
-        counts = {"seconds": took, **row.counts}  # a failed run stored no time of its own
+        # a failed run recorded by an older Lockgate stored no time of its own (0)
+        counts = {**row.counts, "seconds": row.counts.get("seconds") or took}
         report = recorded_run(row.run_id, row.sync, row.kind, row.status, counts)
         render_report(console, report, where_rejected=False)
     if rejected:

@@ -13,9 +13,10 @@
   several events in Customer.io. Names come from the sync files (constant `event.name`
   values, `on_change` events) and from the state: every name an events sync has sent.
   An error, unless one of the names is listed in `guardrails.distinct_event_names` (warning).
-- **Identifier changed**: `identify_by` or `primary_key` differ from the sync's last
-  committed run (read from the state when there is one). An error: the run would be refused
-  until forced once (`lockgate sync NAME --force`), which records the new identifiers.
+- **Identifier changed**: `identify_by` or `primary_key` (or an events sync's `event.id`, which
+  its delivered events are keyed by) differ from the sync's last committed run (read from the
+  state when there is one). An error: the run would be refused until forced once (`lockgate
+  sync NAME --force`), which records the new identifiers.
 
 Example::
 
@@ -38,6 +39,7 @@ from lockgate.project.loader import Project
 from lockgate.project.models import MAX_ATTRIBUTES
 from lockgate.state import contract
 from lockgate.state.store import StateStore
+from lockgate.sync.mapping import event_key, event_key_text
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,8 @@ def event_names(project: Project, sent: dict[str, list[str]]) -> list[Finding]:
 
 
 def identifiers(project: Project, last: dict[str, contract.Contract]) -> list[Finding]:
-    """Syncs whose `identify_by` or `primary_key` changed since their last committed run."""
+    """Syncs whose `identify_by`, `primary_key` or (events) `event.id` changed since their last
+    committed run."""
     out: list[Finding] = []
     for sync in project:
         was = last.get(sync.name)
@@ -178,6 +181,9 @@ def identifiers(project: Project, last: dict[str, contract.Contract]) -> list[Fi
                 f"`primary_key` was {orjson.dumps(was.key_columns).decode()}, "
                 f"now {orjson.dumps(sync.key_columns).decode()}"
             )
+        key, was_key = event_key(sync), (was.mapping or {}).get("event_key")
+        if key is not None and was_key is not None and key != was_key:
+            parts.append(f"`event.id` was `{event_key_text(was_key)}`, now `{event_key_text(key)}`")
         if parts:
             file = project.sync_files[sync.name]
             out.append(
@@ -186,7 +192,13 @@ def identifiers(project: Project, last: dict[str, contract.Contract]) -> list[Fi
                     "error",
                     f"sync `{sync.name}` ({file}): {'; '.join(parts)} since its last run "
                     f"({was.run_id}); the next run is refused until `lockgate sync "
-                    f"{sync.name} --force` accepts the change once",
+                    f"{sync.name} --force` accepts the change once"
+                    + (
+                        " (with a new `event.id`, every delivered event still in the model "
+                        "would be sent again as a new one)"
+                        if key != was_key and was_key is not None
+                        else ""
+                    ),
                     (file,),
                 )
             )

@@ -3,8 +3,8 @@
 Records are read from DuckDB in Arrow batches (nothing loads the whole change set into
 Python), given their final bytes, and passed to the destination, which batches, rate
 limits and retries them and answers per record. Events get their dedupe ``id`` here: a
-ULID derived from the event's timestamp and a hash of its key, so the same occurrence
-always carries the same id, across re-runs, crashes and even a lost state.
+ULID derived from the event's timestamp and a hash of its key, name and identifiers, so the
+same occurrence always carries the same id, across re-runs, crashes and even a lost state.
 
 With the Customer.io client the hot path is columnar: operations come out of DuckDB already
 followed by a comma, batch boundaries are found on the array of their lengths, each request
@@ -43,7 +43,8 @@ READ_BATCH_ROWS = 20_000
 
 
 def event_ulids(ts_seconds: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> list[bytes]:
-    """Deterministic ULIDs: 48-bit millisecond timestamp + 80 bits of the key's md5."""
+    """Deterministic ULIDs: 48-bit millisecond timestamp + 80 bits of the md5 of the event's
+    key, name and identifiers (``lo``, ``hi``: see ``diff.diff_events``)."""
     return [bytes(row) for row in _ulid_matrix(ts_seconds, lo, hi)]
 
 

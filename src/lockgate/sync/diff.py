@@ -784,8 +784,8 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
         f"""
         create or replace temp table changes as
         select m.k, m.op, null::ubigint as h, m.ident, true as is_new, false as removed,
-               m.ts, m.backfill, md5_number_lower(m.k || chr(31) || m.id_name) as lo,
-               md5_number_upper(m.k || chr(31) || m.id_name) as hi
+               m.ts, m.backfill, md5_number_lower(m.k || chr(31) || m.id_seed) as lo,
+               md5_number_upper(m.k || chr(31) || m.id_seed) as hi
         from mapped m anti join {ledger} l on l.k = m.k
         where m.reject is null and m.rn = 1 {"and not m.backfill" if skip_backfill else ""}
         order by m.ts, m.k

@@ -9,6 +9,8 @@ The guardrails (docs/guardrails.md):
 
 - **identifier changed**: `identify_by` or `primary_key` differ from the last committed run
   (``--force`` once to accept: the run then records the new ones);
+- **event key changed**: an events sync's `event.id` differs from the last committed run's,
+  so every delivered event would be sent again as a new one (``--force`` once to accept);
 - **type drift**: a column the sync reads changed type family (timestamp, number, string,
   boolean, json, nested...) since the last committed run; only acknowledging it in
   ``guardrails.accept_type_changes`` lets the sync run again (``--force`` does not);
@@ -37,7 +39,15 @@ from lockgate.project.models import GuardrailsConfig, SyncConfig
 from lockgate.state import contract
 from lockgate.state.store import StateStore, table
 from lockgate.sync.diff import ChangeSet, with_payloads
-from lockgate.sync.mapping import lit, q, removed_attributes, shaping, shaping_changes
+from lockgate.sync.mapping import (
+    event_key,
+    event_key_text,
+    lit,
+    q,
+    removed_attributes,
+    shaping,
+    shaping_changes,
+)
 
 SAMPLES = 5
 NUMBER_TYPES = (
@@ -249,6 +259,45 @@ def _identity(sync: SyncConfig, last: contract.Contract | None) -> GuardResult |
     )
 
 
+def _event_key(sync: SyncConfig, last: contract.Contract | None, changes: ChangeSet) -> GuardResult:
+    """An events sync's `event.id` against the last committed run's. The ledger holds the
+    keys the old definition made: under a new one no delivered event is in it, so each still
+    in the model (and not skipped as backfill) would be sent again as a new event, with a new
+    dedupe id Customer.io cannot tell from the first. The event name is not part of the key
+    (only of the dedupe id), so renaming an event sends nothing again. A change in a run that
+    would send no event (all older than the backfill window, or none left) stops nothing."""
+    name, limit = "event key unchanged", "same as last run"
+    was = (last.mapping or {}).get("event_key") if last is not None else None
+    if was is None:  # a first run, or one recorded before the key was
+        return GuardResult(name, limit, FIRST_RUN if last is None else "not recorded", False)
+    now = event_key(sync)
+    if now == was:
+        return GuardResult(name, limit, "unchanged", False)
+    assert last is not None and now is not None
+    actual = f"`event.id` was `{event_key_text(was)}`, now `{event_key_text(now)}`"
+    if not changes.to_send:  # nothing would go out again: the run records the new key
+        return GuardResult("event key changed", limit, f"{actual}; no event sent again", False)
+    backfill = (
+        f"older than `backfill.max_age` ({sync.backfill.max_age}) are skipped"
+        if sync.backfill.older == "skip"
+        else f"older than `backfill.max_age` ({sync.backfill.max_age}) are sent as well"
+    )
+    return GuardResult(
+        "event key changed",
+        limit,
+        actual,
+        True,
+        f"Since run {last.run_id} every event is keyed anew, so none of those delivered "
+        f"under the old key is in the ledger any more: each still in the model would "
+        f"be sent again as a new event, with a new dedupe id Customer.io does not drop (this "
+        f"run would send {changes.to_send:,} events; events {backfill}).",
+        hint=f"set `event.id` back to `{event_key_text(was)}` in the sync file to keep the "
+        f"events delivered as they are; if every event still in the model should be sent "
+        f"again as new, run `lockgate sync {sync.name} --force` once (it records the new key; "
+        "`--full-resync` does not re-key events)",
+    )
+
+
 def _mapping(
     sync: SyncConfig, last: contract.Contract | None, changes: ChangeSet, noun: str
 ) -> GuardResult:
@@ -427,6 +476,7 @@ def check(
                 )
             )  # fmt: skip
     elif sync.kind == "events":
+        results.append(_event_key(sync, last, changes))
 
         def events() -> list[str]:
             rows = con.execute(f"select k, op from changes order by ts, k limit {SAMPLES}")

@@ -4,7 +4,8 @@ The mapping of a sync compiles to one ``SELECT`` over the staged model. Each row
 
 - ``k``: the record key (primary key for people, the stable event key for events);
 - ``op``: the operation's JSON text exactly as it will be sent (for events, without the
-  dedupe ``id``, which :func:`lockgate.sync.deliver.event_ulids` derives from ``k``);
+  dedupe ``id``, which :func:`lockgate.sync.deliver.event_ulids` derives from ``k``, ``ts``
+  and ``id_seed``);
 - ``ident``: all the row's identifiers as a JSON object (for history and removals);
 - ``reject``: why the row cannot be sent (null identifier, bad type, oversized value...),
   naming the column and quoting the value, or null when the row is fine.
@@ -136,6 +137,33 @@ def shaping(sync: SyncConfig) -> dict[str, Any]:
             "relationship_attributes",
         },
     )
+
+
+def event_key(sync: SyncConfig) -> dict[str, Any] | None:
+    """An events sync's `event.id` as JSON (`{"column": "order_id"}` or `{"hash": [...]}`):
+    what the keys in its ledger are made of, so a change re-sends every delivered event as a
+    new one. None for other kinds. Not part of :func:`shaping`, whose text is in every row's
+    hash (adding it there would send every record of every sync again)."""
+    if sync.event is None:
+        return None
+    return sync.event.id.model_dump(mode="json", exclude_none=True)
+
+
+def event_key_text(key: dict[str, Any]) -> str:
+    """An `event.id` as the sync file writes it: `order_id`, `{hash: [order_id, line]}`."""
+    if "hash" in key:
+        return "{hash: [" + ", ".join(str(c) for c in key["hash"]) + "]}"
+    return str(key.get("column"))
+
+
+def recorded_mapping(sync: SyncConfig) -> dict[str, Any]:
+    """What a committed run records of its mapping (``contract_mappings.mapping``): the
+    :func:`shaping` and, for an events sync, its :func:`event_key` (`event_key`)."""
+    out = shaping(sync)
+    key = event_key(sync)
+    if key is not None:
+        out["event_key"] = key
+    return out
 
 
 def shaping_changes(
@@ -1222,6 +1250,7 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
                 hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
             )
         key_sql = f"nullif({_key_text(event.id.column, columns[event.id.column])}, '')"
+        null_id = f"column `{event.id.column}`: event id is null or empty"
         used.append(event.id.column)
     elif event.id.hash:
         for col in event.id.hash:
@@ -1237,7 +1266,16 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
             f"{_key_text(c, columns[c])}, '-')"
             for c in event.id.hash
         )
-        key_sql = f"md5(concat_ws(chr(31), {parts}))"
+        # a row whose hash columns are all null names no occurrence: every such row would
+        # share one key (and all but one count as repeats), so it is rejected as a null id
+        all_null = " and ".join(f"{q(c)} is null" for c in event.id.hash)
+        key_sql = f"case when not ({all_null}) then md5(concat_ws(chr(31), {parts})) end"
+        hash_cols = ", ".join(f"`{c}`" for c in event.id.hash)
+        null_id = (
+            f"event id is null: its `event.id.hash` column {hash_cols} is null"
+            if len(event.id.hash) == 1
+            else f"event id is null: every `event.id.hash` column ({hash_cols}) is null"
+        )
         used.extend(event.id.hash)
     else:
         raise ConfigError(f"sync `{sync.name}`: `event.id` needs `column` or `hash`")
@@ -1277,6 +1315,15 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
             f"{lit(f' is in the future (now {_utc(now_epoch)}; up to {skew} minutes ahead ')} || "
             "'is taken for clock skew)' end"
         )
+        # before 1970 a unix second is negative: the API's timestamps are unix seconds and the
+        # emulator refuses a negative one (saying "milliseconds?") on every run; rejected here
+        # once, saying what is wrong
+        checks.append(
+            f"case when {ts_sql} < 0 then "
+            f"{lit(f'column `{event.timestamp}`: timestamp ')} || {_utc_text(ts_sql)} || "
+            f"{lit(' is before the unix epoch (Customer.io takes unix seconds, never negative)')}"
+            " end"
+        )
         used.append(event.timestamp)
     else:
         ts_sql = str(now_epoch)
@@ -1294,7 +1341,7 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
     used.extend(fields.columns)
     fields.computed.append(("__ts", ts_sql))
     checks = [c.replace(ts_sql, '"__ts"') for c in checks]
-    checks.insert(0, f"case when {key_sql} is null then {lit('event id is null')} end")
+    checks.insert(0, f"case when {key_sql} is null then {lit(null_id)} end")
     checks.append(f"case when coalesce({name_sql}, '') = '' then {lit('event name is blank')} end")
     checks.append(
         f"case when strlen(__name) > {MAX_EVENT_NAME_BYTES} then "
@@ -1316,14 +1363,18 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
     )
     # `ts` dates the dedupe id (deliver.event_ulids): without a timestamp column it must not
     # be the time of sending, or a re-run after a lost state or a crash sends a new id;
-    # `id_name`, the event's name before any backfill rename, goes into the id's random part
-    # with the key, so two events syncs whose keys meet in the same second keep apart
+    # `id_seed` goes into the id's random part with the key: the event's name before any
+    # backfill rename and the identifiers it is sent to (the person as Customer.io knows
+    # them), so two events syncs whose keys meet in the same second keep apart, unless they
+    # send the same name for the same person. Both come from the row alone: a re-send after
+    # a crash or a lost state carries the same id.
     id_ts = "coalesce(__ts, 0)" if event.timestamp else "0"
+    id_seed = f"coalesce({name_sql}, '') || chr(31) || coalesce({identifiers}, '')"
     select = (
         f"select coalesce({key_sql}, '(null id) ' || coalesce({ident}, '')) as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
         f"{id_ts}::bigint as ts, coalesce({backfill}, false) as backfill, "
-        f"coalesce({name_sql}, '') as id_name, __rid from {middle}"
+        f"{id_seed} as id_seed, __rid from {middle}"
     )
     return Compiled(select, tuple(dict.fromkeys(used)), computed=fields.computed_sql())
 

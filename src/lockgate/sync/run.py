@@ -891,12 +891,14 @@ def _stopped_counts(
     changes: diff_step.ChangeSet | None,
     committer: Any,
     guards: list[guard_step.GuardResult],
+    seconds: float,
 ) -> dict[str, Any]:
     """The report of a run that failed or was stopped (for `lockgate runs` and `runs show`):
     what it planned, the rows it rejected and the guardrails' verdicts (why a guardrail stopped
-    it), and what it delivered, which is committed, so the counts say how far it got."""
+    it), and what it delivered, which is committed, so the counts say how far it got, and in
+    how long."""
     if changes is None:  # it failed before its diff
-        return {"mode": sync.effective_mode, "only": list(only)}
+        return {"mode": sync.effective_mode, "only": list(only), "seconds": round(seconds, 3)}
     done = committer.counts if committer is not None else None
     return RunReport(
         run_id,
@@ -907,6 +909,7 @@ def _stopped_counts(
         delivered=done.delivered if done else 0,
         rejected_by_api=done.rejected if done else 0,
         dead_lettered=done.dead_lettered if done else 0,
+        seconds=seconds,
         guards=tuple(guards),
         mode=sync.effective_mode,
         only=only,
@@ -1083,14 +1086,16 @@ def run_sync(
                         sync,
                         run_id,
                         mapping_hash=kept.mapping_hash if kept else mapping_hash or None,
-                        mapping=kept.mapping if kept else mapping.shaping(sync),
+                        mapping=kept.mapping if kept else mapping.recorded_mapping(sync),
                     )
         except BaseException as exc:
             if isinstance(exc, NothingNamedError):  # nothing ran: no run to list
                 store.forget_run(run_id)
                 raise
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
-            stopped = _stopped_counts(run_id, sync, only, changes, committer, guards)
+            stopped = _stopped_counts(
+                run_id, sync, only, changes, committer, guards, time.perf_counter() - started
+            )
             store.finish_run(run_id, "failed", stopped, error=reason or type(exc).__name__)
             if not isinstance(exc, KeyboardInterrupt):  # a stop on purpose is no alarm
                 if not only:
