@@ -328,14 +328,17 @@ _NON_FINITE_JSON = r'^(?:[^"]|"(?:[^"\\]|\\.)*")*?(?i:nan|inf)'
 _NON_FINITE_START = r"(?i)(?:^|[\[,:\s])[-+]?(?:nan|inf)"
 
 
-#: a JSON number whose magnitude may be past a double's (exponent of 3 digits, or 309 digits)
-_HUGE_NUMBER = r"(-?(?:\d{309,}(?:\.\d+)?(?:[eE][+-]?\d+)?|\d+(?:\.\d+)?[eE]\+?\d{3,}))"
+#: a JSON number whose magnitude may be past a double's (an exponent of 3 digits, or 309
+#: digits), where a value may start (after `[`, `,`, `:` or space): not inside a string
+_HUGE_NUMBER = (
+    r"(?:^|[\[,:\s])(-?(?:\d{309,}(?:\.\d+)?(?:[eE][+-]?\d+)?|\d+(?:\.\d+)?[eE]\+?\d{3,}))"
+)
 
 
 def _huge_json_number(text: str) -> str:
     """SQL true when the JSON ``text`` holds a number no double can hold (`1e400`): Customer.io
     cannot read it. Only text with an exponent of 3 digits or a run of 309 digits pays for
-    reading its numbers (a string holding such text is read too; its numbers rarely overflow)."""
+    reading its numbers."""
     return (
         rf"(regexp_matches({text}, '\d[eE]\+?\d{{3}}|\d{{309}}') and list_bool_or("
         f"list_transform(regexp_extract_all({text}, {lit(_HUGE_NUMBER)}, 1), "
