@@ -329,7 +329,8 @@ def test_numeric_object_ids_name_the_object_by_its_integer(
     emu = project_factory.emulator
     assert {(o.object_type_id, o.object_id) for o in emu.objects()} == {("1", "7")}
     assert rels(emu) == {("1", "1", "7", "admin")}
-    ((_, reason),) = reports["companies"].changes.rejected_samples
+    ((key, reason),) = reports["companies"].changes.rejected_samples
+    assert key == "7.50"  # its own text, not `(null object id)`
     assert reason == (
         "column `company_id` (object id): value `7.50` is not a whole number; cast the column "
         "to bigint or text in the model"

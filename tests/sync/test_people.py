@@ -150,6 +150,36 @@ attributes:
 """
 
 
+def test_a_json_null_is_a_null_and_a_number_past_a_double_is_rejected(
+    project_factory: ProjectFactory,
+) -> None:
+    """A `type: json` field: the text `null` (a jsonb column's common default) is a null,
+    skipped as the field's `on_null` says, not sent as `null`, which would erase the attribute
+    while the run counted nothing cleared. `1e400` is valid JSON no double holds; Customer.io
+    cannot read it, so its row is rejected naming the column."""
+    project_factory.sql(
+        """
+        create or replace table users as select * from (values
+          (1, '{"theme": "dark"}'), (2, '{"theme": "light"}'), (3, '{"n": 1}'))
+          t(user_id, doc)
+        """
+    )
+    project = project_factory.write({"profile": JSON_VALUES.split("  tags:")[0]})
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql(
+        "update users set doc = case user_id when 1 then 'null' when 2 then ' null ' "
+        """else '{"n": 1e400}' end"""
+    )
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.changes.rejected, report.changes.attributes_cleared) == (1, 0)
+    assert dict(report.changes.rejected_samples) == {
+        "3": 'column `doc` (field `doc`): value `{"n": 1e400}` holds a number too large for '
+        "a double (over 1.8e308)"
+    }
+    docs = {p.id: p.attributes.get("doc") for p in project_factory.emulator.people()}
+    assert docs == {"1": {"theme": "dark"}, "2": {"theme": "light"}, "3": {"n": 1}}
+
+
 def test_json_values_over_1000_bytes_as_sent_are_rejected_naming_the_column(
     project_factory: ProjectFactory,
 ) -> None:

@@ -356,6 +356,24 @@ _NON_FINITE_JSON = r'^(?:[^"]|"(?:[^"\\]|\\.)*")*?(?i:nan|inf)'
 _NON_FINITE_START = r"(?i)(?:^|[\[,:\s])[-+]?(?:nan|inf)"
 
 
+#: a JSON number whose magnitude may be past a double's (an exponent of 3 digits, or 309
+#: digits), where a value may start (after `[`, `,`, `:` or space): not inside a string
+_HUGE_NUMBER = (
+    r"(?:^|[\[,:\s])(-?(?:\d{309,}(?:\.\d+)?(?:[eE][+-]?\d+)?|\d+(?:\.\d+)?[eE]\+?\d{3,}))"
+)
+
+
+def _huge_json_number(text: str) -> str:
+    """SQL true when the JSON ``text`` holds a number no double can hold (`1e400`): Customer.io
+    cannot read it. Only text with an exponent of 3 digits or a run of 309 digits pays for
+    reading its numbers."""
+    return (
+        rf"(regexp_matches({text}, '\d[eE]\+?\d{{3}}|\d{{309}}') and list_bool_or("
+        f"list_transform(regexp_extract_all({text}, {lit(_HUGE_NUMBER)}, 1), "
+        "lambda x: isinf(x::double))))"
+    )
+
+
 def _non_finite_json(text: str) -> str:
     """SQL true when the JSON ``text`` holds a NaN or infinite number (DuckDB reads and writes
     them as bare `NaN`/`Infinity`, which no JSON parser, Customer.io's included, accepts)."""
@@ -549,15 +567,26 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
             # parser does. Only text naming them (`contains` is 3x cheaper than a regex) where
             # a value may start (not in `"info"`) pays for the exact check on its normal form;
             # nested cases, as `json()` fails on invalid text and `and` may run both sides
+            # a JSON `null` is a null (the field's `on_null` applies): sent, it would erase
+            # the attribute while the run counted nothing cleared. A number past a double's
+            # range (`1e400`) is valid JSON that Customer.io cannot read: rejected
             lowered = f"lower({c})"
+            json_null = f"json_type({c}) = 'NULL'"
+            huge = _huge_json_number(c)
             converted = (
-                f"case when not json_valid({c}) then null "
+                f"case when not json_valid({c}) then null when {json_null} or {huge} then null "
                 f"when not (contains({lowered}, 'nan') or contains({lowered}, 'inf')) "
                 f"then {c}::json "
                 f"when not regexp_matches({c}, {lit(_NON_FINITE_START)}) then {c}::json "
                 f"when not {_non_finite_json(f'json({c})::varchar')} then {c}::json end"
             )
-            return converted, check(converted, "valid JSON")
+            reason = (
+                f"case when not json_valid({c}) then {bad}{lit('` is not valid JSON')} "
+                f"when {json_null} then null when {huge} then "
+                f"{bad}{lit('` holds a number too large for a double (over 1.8e308)')} "
+                f"else {bad}{lit('` is not valid JSON')} end"
+            )
+            return converted, f"case when {c} is not null and {converted} is null then {reason} end"
         if is_float:
             converted = f"to_json({_finite(c)})"
             return converted, check(converted, "a finite number")
@@ -1432,7 +1461,9 @@ def compile_objects(
         ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null)
     src_h = source_hash(sync, (key_column, *fields.columns))
     select = (
-        f"select coalesce(__obj, '(null object id)') as k, {op} as op, {ident} as ident, "
+        # a rejected id (`7.5` in a double column) keeps its own text as its key in reports
+        f"select coalesce(__obj, nullif(trim({q(key_column)}::varchar), ''), "
+        f"'(null object id)') as k, {op} as op, {ident} as ident, "
         f"coalesce({', '.join(checks)}) as reject, "
         f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared{extra_columns}, "
         f"__rid, {src_h} as src_h from "
