@@ -970,8 +970,16 @@ def _id_text(column: str, col_type: str) -> str:
 def _trim(text: str) -> str:
     """SQL for the text ``text`` without the white space at either end (every character in
     :data:`IDENTIFIER_SPACE`, not only spaces): a CSV load's trailing newline or a leading tab
-    is no part of an id or an email, and kept it names a person (or object) of its own."""
-    return f"trim({text}, {lit(IDENTIFIER_SPACE)})"
+    is no part of an id or an email, and kept it names a person (or object) of its own.
+
+    A text whose first and last characters are printable ASCII has none to trim: only the
+    others pay for `trim` with the set (8x plain `trim`'s cost at 1M rows; this test is
+    cheaper than plain `trim`)."""
+    printable = "between 33 and 126"
+    return (
+        f"case when ascii({text}) {printable} and ascii(({text})[-1]) {printable} then {text} "
+        f"else trim({text}, {lit(IDENTIFIER_SPACE)}) end"
+    )
 
 
 def _id_checks(column: str, col_type: str, what: str, text: str) -> list[str]:
