@@ -571,7 +571,8 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
             # the attribute while the run counted nothing cleared. A number past a double's
             # range (`1e400`) is valid JSON that Customer.io cannot read: rejected
             lowered = f"lower({c})"
-            json_null = f"json_type({c}) = 'NULL'"
+            # the text `null`, maybe with JSON's white space: no second parse of every value
+            json_null = f"(strlen({c}) <= 12 and trim({c}, ' \t\n\r') = 'null')"
             huge = _huge_json_number(c)
             converted = (
                 f"case when not json_valid({c}) then null when {json_null} or {huge} then null "
