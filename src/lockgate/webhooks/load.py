@@ -56,7 +56,7 @@ from lockgate.project.models import (
     WebhooksConfig,
     resolve_env,
 )
-from lockgate.webhooks.schemas import check_event, table_for
+from lockgate.webhooks.schemas import check_event, may_hold_big_int, parse_json, table_for
 from lockgate.webhooks.spool import Spool, SpoolRecord
 
 PIPELINE_NAME = "lockgate_webhooks"
@@ -143,11 +143,12 @@ def to_row(record: SpoolRecord) -> tuple[str, dict[str, Any]]:
     Never drops an event: a body that is somehow not an event (the receiver checked it before
     acknowledging, so this needs a hand-edited spool) goes to ``other`` with its raw text, and
     a timestamp outside the datetime range (milliseconds sent as seconds) loads as null with
-    the payload intact in ``raw``.
+    the payload intact in ``raw``. An integer beyond 64 bits keeps its exact digits, as text
+    (see :func:`_big_ints_as_text`).
     """
     received_at = datetime.fromtimestamp(record.received_at, UTC)
     try:
-        doc = orjson.loads(record.body)
+        doc = parse_json(record.body)
         event = check_event(doc)
     except Exception:
         raw_text = record.body.decode("utf-8", "replace")
@@ -179,6 +180,8 @@ def to_row(record: SpoolRecord) -> tuple[str, dict[str, Any]]:
             name, value = f"{name}__v_text", str(value)
         row[name] = value
     row["raw"] = doc
+    if may_hold_big_int(record.body):  # a scan of the bytes; the walk only when it says so
+        row = {name: _big_ints_as_text(value) for name, value in row.items()}
     return table_for(event.object_type, event.metric, event.data), row
 
 
@@ -211,6 +214,24 @@ def _beyond_bigint(value: Any, bigint_column: bool) -> bool:
     else:
         return False
     return not -(2**63) <= number < 2**63
+
+
+_JSON_INTS = range(-(2**63), 2**64)
+"""The integers dlt's JSON (orjson) can write; it refuses any other, failing the load."""
+
+
+def _big_ints_as_text(value: Any) -> Any:
+    """``value`` with every integer dlt's JSON cannot write turned into a string of its exact
+    digits: in ``raw``, nested values and identifiers. dlt's JSON (orjson) has no integers
+    beyond 64 bits and reads a JSON number back as a float, so a string is the only way the
+    digits reach the warehouse; the spool keeps the body byte for byte."""
+    if isinstance(value, int):
+        return value if value in _JSON_INTS else str(value)
+    if isinstance(value, dict):
+        return {k: _big_ints_as_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_big_ints_as_text(v) for v in value]
+    return value
 
 
 def _datetime(seconds: int) -> datetime | None:
@@ -525,7 +546,7 @@ class _BatchLoader:
         self.spool.mark_rejected(record.seq, reason)
         object_type = metric = None
         try:
-            doc = orjson.loads(record.body)
+            doc = parse_json(record.body)
             if isinstance(doc, dict):
                 object_type = doc.get("object_type")
                 metric = doc.get("metric")

@@ -8,11 +8,14 @@ spec does not describe (e.g. ``email_deferred``) is kept rather than refused.
 Example::
 
     event = parse_event(raw_body)       # HTTPError 400 with a reason when malformed
+    doc = parse_json(raw_body)          # the body's JSON, every integer exact
     table_for(event.object_type, event.metric, event.data)   # -> "email"
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,10 +118,49 @@ def _bad(reason: str, hint: str) -> HTTPError:
     return HTTPError(400, reason, hint=hint)
 
 
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
+"""19 digits in a row: maybe an integer beyond 64 bits, which orjson would read as a float."""
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON in a webhook body, every integer exact.
+
+    orjson reads an integer beyond 64 bits as a float (``2**64`` comes back as
+    ``1.8446744073709552e+19``, digits lost), so a body with a run of 19 digits anywhere is
+    read by Python's json module instead, which keeps integers of any size; every other body
+    takes orjson's fast path. Raises :class:`orjson.JSONDecodeError` when the body is not JSON.
+    """
+    if not may_hold_big_int(body):
+        return orjson.loads(body)
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_refuse, parse_float=_finite)
+    except (ValueError, RecursionError):
+        # not JSON after all, or nested deeper than Python parses: orjson answers as always
+        return orjson.loads(body)
+
+
+def may_hold_big_int(body: bytes) -> bool:
+    """Whether ``body`` may hold an integer beyond 64 bits (a cheap scan of the bytes)."""
+    # a translate and a substring search run in C, ten times faster than a regular expression
+    return _LONG_NUMBER in body.translate(_DIGITS_AS_ZERO)
+
+
+def _refuse(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")  # Python's json reads NaN and Infinity
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):  # `1e400`: orjson refuses it, so the fallback does too
+        raise ValueError(f"number is infinity when parsed as double: {text}")
+    return number
+
+
 def parse_event(body: bytes) -> Event:
     """Parse and check one webhook body; raise :class:`HTTPError` 400 naming the problem."""
     try:
-        doc = orjson.loads(body)
+        doc = parse_json(body)
     except orjson.JSONDecodeError as exc:
         raise _bad(
             f"body is not valid JSON: {exc}", "send one JSON object per request (§5.3)"
