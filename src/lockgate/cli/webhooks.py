@@ -181,6 +181,7 @@ def rejects(project_path: Path, as_json: bool) -> None:
 
     import orjson
 
+    from lockgate.webhooks.schemas import parse_json
     from lockgate.webhooks.spool import Spool
 
     project = open_project(project_path)
@@ -192,7 +193,7 @@ def rejects(project_path: Path, as_json: bool) -> None:
     rows = []
     for record in records:
         try:
-            doc = orjson.loads(record.body)
+            doc = parse_json(record.body)
         except orjson.JSONDecodeError:
             doc = None
         doc = doc if isinstance(doc, dict) else {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,20 +125,45 @@ _LONG_NUMBER = b"0" * 19
 
 
 def parse_json(body: bytes) -> Any:
-    """The JSON in a webhook body, every integer exact.
+    """The JSON in a webhook body, every integer exact and every string valid text.
 
-    orjson reads an integer beyond 64 bits as a float (``2**64`` comes back as
-    ``1.8446744073709552e+19``, digits lost), so a body with a run of 19 digits anywhere is
-    read by Python's json module instead, which keeps integers of any size; every other body
-    takes orjson's fast path. Raises :class:`orjson.JSONDecodeError` when the body is not JSON.
+    orjson is the fast path. Two kinds of valid JSON it gets wrong go to Python's json module
+    instead: an integer beyond 64 bits (orjson reads ``2**64`` as ``1.8446744073709552e+19``,
+    digits lost), so a body with a run of 19 digits anywhere; and a lone UTF-16 surrogate
+    escape such as ``"\\ud83d"`` (orjson refuses the body; JavaScript's ``JSON.stringify``
+    writes one for a string cut in the middle of an emoji). No UTF-8 text holds a lone
+    surrogate, so it becomes U+FFFD here; the spool keeps the body as received. Raises
+    :class:`orjson.JSONDecodeError` when the body is not JSON.
     """
     if not may_hold_big_int(body):
-        return orjson.loads(body)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            if _SURROGATE_ESCAPE not in body.lower():
+                raise
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_refuse, parse_float=_finite)
+        doc = json.loads(body.decode("utf-8"), parse_constant=_refuse, parse_float=_finite)
+        return _without_lone_surrogates(doc) if _SURROGATE_ESCAPE in body.lower() else doc
     except (ValueError, RecursionError):
         # not JSON after all, or nested deeper than Python parses: orjson answers as always
         return orjson.loads(body)
+
+
+_SURROGATE_ESCAPE = b"\\ud"
+"""How every UTF-16 surrogate escape (``\\ud800`` to ``\\udfff``) starts, lowercased."""
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+"""Python's json joins a valid pair into one character: a surrogate left over is lone."""
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """``value`` with every lone surrogate in its strings and keys replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    return value
 
 
 def may_hold_big_int(body: bytes) -> bool:
