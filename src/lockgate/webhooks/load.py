@@ -63,6 +63,7 @@ PIPELINE_NAME = "lockgate_webhooks"
 KEEP_LOADED = 8 * 86400
 """Seconds loaded events stay in the spool: longer than Customer.io's 7 days of retries."""
 PRUNE_EVERY = 3600.0
+"""Seconds between prunes in ``serve``'s background loader."""
 
 _TEXT = "text"
 _BIGINT = "bigint"
@@ -632,6 +633,16 @@ def _load_error(exc: Exception, duckdb_path: Path | None) -> Exception:
     )
 
 
+def prune_spool(spool: Spool) -> int:
+    """Delete events loaded more than :data:`KEEP_LOADED` seconds ago; return how many.
+
+    ``serve``'s background loader calls it every :data:`PRUNE_EVERY` seconds and
+    ``lockgate webhooks load`` after each load, so a receiver run with ``--no-load`` does not
+    keep every event forever. Quarantined events are never pruned.
+    """
+    return spool.prune(KEEP_LOADED)
+
+
 class BackgroundLoader:
     """Loads the spool every ``interval`` seconds on a thread, while ``serve`` accepts.
 
@@ -677,7 +688,7 @@ class BackgroundLoader:
                     if spool.stats().unloaded:
                         load_pending(self.project, spool=spool, console=self.console)
                     if time.monotonic() - pruned_at > PRUNE_EVERY:
-                        spool.prune(KEEP_LOADED)
+                        prune_spool(spool)
                         pruned_at = time.monotonic()
                 except Exception as exc:
                     self.console.warn(f"webhook load failed, will retry: {exc}")
