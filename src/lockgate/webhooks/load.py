@@ -32,10 +32,13 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -484,7 +487,8 @@ class _BatchLoader:
             for table, rows in sorted(by_table.items())
         ]
         try:
-            self.pipeline.run(resources, loader_file_format=self.file_format)
+            with _dlt_errors_silenced():
+                self.pipeline.run(resources, loader_file_format=self.file_format)
         except Exception as exc:
             raise _load_error(exc, self.duckdb_path) from exc
         return {table: len(rows) for table, rows in by_table.items()}
@@ -571,16 +575,52 @@ class _BatchLoader:
 MAX_REASON = 2000
 
 
+_SQL_EXCERPT = re.compile(r"LINE \d+:|\s*\^+\s*$")
+"""The lines DuckDB and Postgres add under an error to point into the failed statement."""
+
+
 def _reason(error: BaseException) -> str:
-    """The warehouse's own words for a refusal: the innermost cause's message."""
+    """The warehouse's own words for a refusal: the innermost cause's message, without the
+    excerpt of dlt's SQL that DuckDB and Postgres add under it (``LINE 2: ... _dlt_dedup_rn``
+    says nothing about the event)."""
     inner: BaseException = error
     while True:
         cause = inner.__cause__ or inner.__context__
         if cause is None:
             break
         inner = cause
-    text = " ".join(str(inner).split()) or type(inner).__name__
+    lines = [line for line in str(inner).splitlines() if not _SQL_EXCERPT.match(line)]
+    text = " ".join(" ".join(lines).split()) or type(inner).__name__
     return f"{type(inner).__name__}: {text}"[:MAX_REASON]
+
+
+class _DropErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+@contextlib.contextmanager
+def _dlt_errors_silenced() -> Iterator[None]:
+    """Keep dlt's ERROR records (a full traceback per failed job) off stderr during a load.
+
+    Every failure of a load is Lockgate's to report: the error raised names the cause, and an
+    event the warehouse refuses gets one warning when it is set aside. Without this, each try
+    of the split that isolates one refused event printed dlt's tracebacks (hundreds of lines).
+    dlt's warnings still show.
+    """
+    from dlt.common import logger as dlt_logger
+
+    loggers = {logging.getLogger("dlt")}
+    if dlt_logger.LOGGER is not None and dlt_logger.LOGGER is not logging.getLogger():
+        loggers.add(dlt_logger.LOGGER)
+    drop = _DropErrors()
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
 
 
 def _take_load_lock(folder: Path, *, wait: float) -> int:
