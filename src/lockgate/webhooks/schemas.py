@@ -228,7 +228,8 @@ def check_event(doc: dict[str, Any]) -> Event:
 def _field_problem(name: str, value: Any, expected: str) -> str:
     if value is None:
         return f"missing `{name}`; it must be {expected}"
-    shown = orjson.dumps(value).decode()[:60]
+    # Python's json: orjson refuses an integer beyond 64 bits, which `parse_json` keeps
+    shown = json.dumps(value, ensure_ascii=False, separators=(",", ":"))[:60]
     return f"`{name}` is `{shown}`; it must be {expected}"
 
 
