@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import duckdb
@@ -59,9 +60,39 @@ def test_load_and_status_commands(project: Project) -> None:
         "tables": {"email": 1},
         "rejected": [],
         "quarantined": 0,
+        "pruned": 0,
     }
     again = runner.invoke(cli, ["webhooks", "load", *args])
     assert orjson.loads(again.output)["loaded"] == 0
+
+
+def test_load_command_prunes_events_loaded_long_ago(project: Project) -> None:
+    """With `serve --no-load` and `lockgate webhooks load`, nothing pruned the spool: every
+    event stayed in it forever."""
+    spool = Spool(project.root / ".lockgate/webhooks")
+    people = [Recipient(str(i), f"p{i}@example.com", f"c{i}") for i in range(5)]
+    old = simulate_engagement(people=people, metrics=["sent"])
+    spool.append_now([(e["event_id"], orjson.dumps(e)) for e in old])
+    spool.close()
+    runner = CliRunner()
+    args = ["--project", str(project.root), "--json"]
+    assert orjson.loads(runner.invoke(cli, ["webhooks", "load", *args]).output)["loaded"] == 5
+    # nine days pass (more than Customer.io's 7 days of retries); a new event arrives
+    con = sqlite3.connect(project.root / ".lockgate/webhooks/spool.sqlite3")
+    con.execute("update events set loaded_at = loaded_at - 9 * 86400")
+    con.commit()
+    con.close()
+    spool = Spool(project.root / ".lockgate/webhooks")
+    new = simulate_engagement(people=people[:1], metrics=["opened"])
+    spool.append_now([(e["event_id"], orjson.dumps(e)) for e in new])
+    spool.close()
+
+    loaded = orjson.loads(runner.invoke(cli, ["webhooks", "load", *args]).output)
+    assert (loaded["loaded"], loaded["pruned"]) == (1, 5)
+    status = orjson.loads(runner.invoke(cli, ["webhooks", "status", *args]).output)
+    assert status == {"stored": 1, "unloaded": 0, "rejected": 0}
+    with duckdb.connect(str(project.root / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("select count(*) from customerio.email").fetchone() == (6,)
 
 
 def test_serve_without_signing_key_says_which_variable(project: Project) -> None:

@@ -118,6 +118,11 @@ def test_signing_key_never_in_error(client: httpx.Client) -> None:
             "`timestamp`",
         ),
         (b'{"event_id": "e1", "object_type": "email", "metric": "sent", "timestamp": 1}', "`data`"),
+        (
+            b'{"event_id": 18446744073709551616, "object_type": "email", "metric": "sent", '
+            b'"timestamp": 1, "data": {}}',
+            "`event_id` is `18446744073709551616`",
+        ),
     ],
 )
 def test_malformed_body_is_400_with_reason(

@@ -133,6 +133,42 @@ def test_cli_reports_rejects_and_retries_them(project: Project, spool: Spool) ->
     assert out["quarantined"] == 1
 
 
+def test_a_refused_event_gives_one_warning_and_a_reason_without_sql(
+    project: Project, spool: Spool
+) -> None:
+    """Each try of the split printed dlt's full traceback (hundreds of lines around the one
+    warning), and the stored reason ended in an excerpt of dlt's SQL (`LINE 2: ...`)."""
+    import subprocess
+    import sys
+
+    first = make_event("email", "sent")
+    first["data"]["subject"] = "1"
+    spool_events(spool, [first])
+    load_pending(project, spool=spool)
+    with duckdb.connect(str(project.root / "warehouse.duckdb")) as con:  # narrowed by hand
+        con.execute("alter table customerio.email alter subject type integer")
+    events = [make_event("email", "sent") for _ in range(20)]
+    for i, event in enumerate(events):
+        event["data"]["subject"] = "bad text" if i == 13 else str(i)
+    bad = events[13]
+    spool_events(spool, events)
+    done = subprocess.run(
+        [sys.executable, "-m", "lockgate", "webhooks", "load", "--project", str(project.root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "[ERROR]" not in done.stderr, done.stderr
+    assert f"webhook event `{bad['event_id']}` set aside" in " ".join(done.stderr.split())
+    (kept,) = spool.rejected()
+    assert kept.reason == (
+        "ConversionException: Conversion Error: Could not convert string 'bad text' to INT32 "
+        "when casting from source column subject"
+    )
+    assert len(loaded_ids(project)) == 20
+
+
 @pytest.mark.postgres
 def test_a_warehouse_that_refuses_everything_quarantines_nothing(
     tmp_path: Path, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch

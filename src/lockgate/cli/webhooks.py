@@ -86,23 +86,30 @@ def load(project_path: Path, as_json: bool, wait: float, retry_rejected: bool) -
     """Load every spooled event into the warehouse (safe to run while `serve` runs).
 
     An event the warehouse refuses is set aside in the quarantine with the warehouse's error
-    (see `lockgate webhooks rejects`); the others load.
+    (see `lockgate webhooks rejects`); the others load. Events loaded more than 8 days ago
+    (past Customer.io's 7 days of retries) are then removed from the spool, as `serve` does.
     """
     import json
 
-    from lockgate.webhooks.load import load_pending
+    from lockgate.webhooks.load import KEEP_LOADED, load_pending, prune_spool
     from lockgate.webhooks.spool import Spool
 
     project = open_project(project_path)
     console = RichConsole(quiet=as_json)
-    if retry_rejected:
-        spool = Spool(project.root / _config(project).spool)
-        try:
+    spool = Spool(project.root / _config(project).spool)
+    try:
+        if retry_rejected:
             released = spool.release_rejected()
-        finally:
-            spool.close()
-        console.info(f"{released} rejected events back in the queue")
-    result = load_pending(project, wait=wait, console=console)
+            console.info(f"{released} rejected events back in the queue")
+        result = load_pending(project, spool=spool, wait=wait, console=console)
+        pruned = prune_spool(spool)
+    finally:
+        spool.close()
+    if pruned:
+        console.info(
+            f"removed {pruned} events loaded more than {KEEP_LOADED // 86400} days ago "
+            "from the spool"
+        )
     if as_json:
         rejected = [
             {
@@ -118,6 +125,7 @@ def load(project_path: Path, as_json: bool, wait: float, retry_rejected: bool) -
             "tables": result.tables,
             "rejected": rejected,
             "quarantined": result.quarantined,
+            "pruned": pruned,
         }
         click.echo(json.dumps(summary))
         return
@@ -181,6 +189,7 @@ def rejects(project_path: Path, as_json: bool) -> None:
 
     import orjson
 
+    from lockgate.webhooks.schemas import parse_json
     from lockgate.webhooks.spool import Spool
 
     project = open_project(project_path)
@@ -192,7 +201,7 @@ def rejects(project_path: Path, as_json: bool) -> None:
     rows = []
     for record in records:
         try:
-            doc = orjson.loads(record.body)
+            doc = parse_json(record.body)
         except orjson.JSONDecodeError:
             doc = None
         doc = doc if isinstance(doc, dict) else {}

@@ -32,10 +32,13 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -56,13 +59,14 @@ from lockgate.project.models import (
     WebhooksConfig,
     resolve_env,
 )
-from lockgate.webhooks.schemas import check_event, table_for
+from lockgate.webhooks.schemas import check_event, may_hold_big_int, parse_json, table_for
 from lockgate.webhooks.spool import Spool, SpoolRecord
 
 PIPELINE_NAME = "lockgate_webhooks"
 KEEP_LOADED = 8 * 86400
 """Seconds loaded events stay in the spool: longer than Customer.io's 7 days of retries."""
 PRUNE_EVERY = 3600.0
+"""Seconds between prunes in ``serve``'s background loader."""
 
 _TEXT = "text"
 _BIGINT = "bigint"
@@ -143,11 +147,12 @@ def to_row(record: SpoolRecord) -> tuple[str, dict[str, Any]]:
     Never drops an event: a body that is somehow not an event (the receiver checked it before
     acknowledging, so this needs a hand-edited spool) goes to ``other`` with its raw text, and
     a timestamp outside the datetime range (milliseconds sent as seconds) loads as null with
-    the payload intact in ``raw``.
+    the payload intact in ``raw``. An integer beyond 64 bits keeps its exact digits, as text
+    (see :func:`_big_ints_as_text`).
     """
     received_at = datetime.fromtimestamp(record.received_at, UTC)
     try:
-        doc = orjson.loads(record.body)
+        doc = parse_json(record.body)
         event = check_event(doc)
     except Exception:
         raw_text = record.body.decode("utf-8", "replace")
@@ -179,6 +184,8 @@ def to_row(record: SpoolRecord) -> tuple[str, dict[str, Any]]:
             name, value = f"{name}__v_text", str(value)
         row[name] = value
     row["raw"] = doc
+    if may_hold_big_int(record.body):  # a scan of the bytes; the walk only when it says so
+        row = {name: _big_ints_as_text(value) for name, value in row.items()}
     return table_for(event.object_type, event.metric, event.data), row
 
 
@@ -211,6 +218,24 @@ def _beyond_bigint(value: Any, bigint_column: bool) -> bool:
     else:
         return False
     return not -(2**63) <= number < 2**63
+
+
+_JSON_INTS = range(-(2**63), 2**64)
+"""The integers dlt's JSON (orjson) can write; it refuses any other, failing the load."""
+
+
+def _big_ints_as_text(value: Any) -> Any:
+    """``value`` with every integer dlt's JSON cannot write turned into a string of its exact
+    digits: in ``raw``, nested values and identifiers. dlt's JSON (orjson) has no integers
+    beyond 64 bits and reads a JSON number back as a float, so a string is the only way the
+    digits reach the warehouse; the spool keeps the body byte for byte."""
+    if isinstance(value, int):
+        return value if value in _JSON_INTS else str(value)
+    if isinstance(value, dict):
+        return {k: _big_ints_as_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_big_ints_as_text(v) for v in value]
+    return value
 
 
 def _datetime(seconds: int) -> datetime | None:
@@ -462,7 +487,8 @@ class _BatchLoader:
             for table, rows in sorted(by_table.items())
         ]
         try:
-            self.pipeline.run(resources, loader_file_format=self.file_format)
+            with _dlt_errors_silenced():
+                self.pipeline.run(resources, loader_file_format=self.file_format)
         except Exception as exc:
             raise _load_error(exc, self.duckdb_path) from exc
         return {table: len(rows) for table, rows in by_table.items()}
@@ -525,7 +551,7 @@ class _BatchLoader:
         self.spool.mark_rejected(record.seq, reason)
         object_type = metric = None
         try:
-            doc = orjson.loads(record.body)
+            doc = parse_json(record.body)
             if isinstance(doc, dict):
                 object_type = doc.get("object_type")
                 metric = doc.get("metric")
@@ -549,16 +575,52 @@ class _BatchLoader:
 MAX_REASON = 2000
 
 
+_SQL_EXCERPT = re.compile(r"LINE \d+:|\s*\^+\s*$")
+"""The lines DuckDB and Postgres add under an error to point into the failed statement."""
+
+
 def _reason(error: BaseException) -> str:
-    """The warehouse's own words for a refusal: the innermost cause's message."""
+    """The warehouse's own words for a refusal: the innermost cause's message, without the
+    excerpt of dlt's SQL that DuckDB and Postgres add under it (``LINE 2: ... _dlt_dedup_rn``
+    says nothing about the event)."""
     inner: BaseException = error
     while True:
         cause = inner.__cause__ or inner.__context__
         if cause is None:
             break
         inner = cause
-    text = " ".join(str(inner).split()) or type(inner).__name__
+    lines = [line for line in str(inner).splitlines() if not _SQL_EXCERPT.match(line)]
+    text = " ".join(" ".join(lines).split()) or type(inner).__name__
     return f"{type(inner).__name__}: {text}"[:MAX_REASON]
+
+
+class _DropErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+@contextlib.contextmanager
+def _dlt_errors_silenced() -> Iterator[None]:
+    """Keep dlt's ERROR records (a full traceback per failed job) off stderr during a load.
+
+    Every failure of a load is Lockgate's to report: the error raised names the cause, and an
+    event the warehouse refuses gets one warning when it is set aside. Without this, each try
+    of the split that isolates one refused event printed dlt's tracebacks (hundreds of lines).
+    dlt's warnings still show.
+    """
+    from dlt.common import logger as dlt_logger
+
+    loggers = {logging.getLogger("dlt")}
+    if dlt_logger.LOGGER is not None and dlt_logger.LOGGER is not logging.getLogger():
+        loggers.add(dlt_logger.LOGGER)
+    drop = _DropErrors()
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
 
 
 def _take_load_lock(folder: Path, *, wait: float) -> int:
@@ -611,6 +673,16 @@ def _load_error(exc: Exception, duckdb_path: Path | None) -> Exception:
     )
 
 
+def prune_spool(spool: Spool) -> int:
+    """Delete events loaded more than :data:`KEEP_LOADED` seconds ago; return how many.
+
+    ``serve``'s background loader calls it every :data:`PRUNE_EVERY` seconds and
+    ``lockgate webhooks load`` after each load, so a receiver run with ``--no-load`` does not
+    keep every event forever. Quarantined events are never pruned.
+    """
+    return spool.prune(KEEP_LOADED)
+
+
 class BackgroundLoader:
     """Loads the spool every ``interval`` seconds on a thread, while ``serve`` accepts.
 
@@ -656,7 +728,7 @@ class BackgroundLoader:
                     if spool.stats().unloaded:
                         load_pending(self.project, spool=spool, console=self.console)
                     if time.monotonic() - pruned_at > PRUNE_EVERY:
-                        spool.prune(KEEP_LOADED)
+                        prune_spool(spool)
                         pruned_at = time.monotonic()
                 except Exception as exc:
                     self.console.warn(f"webhook load failed, will retry: {exc}")

@@ -8,11 +8,15 @@ spec does not describe (e.g. ``email_deferred``) is kept rather than refused.
 Example::
 
     event = parse_event(raw_body)       # HTTPError 400 with a reason when malformed
+    doc = parse_json(raw_body)          # the body's JSON, every integer exact
     table_for(event.object_type, event.metric, event.data)   # -> "email"
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,10 +119,74 @@ def _bad(reason: str, hint: str) -> HTTPError:
     return HTTPError(400, reason, hint=hint)
 
 
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
+"""19 digits in a row: maybe an integer beyond 64 bits, which orjson would read as a float."""
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON in a webhook body, every integer exact and every string valid text.
+
+    orjson is the fast path. Two kinds of valid JSON it gets wrong go to Python's json module
+    instead: an integer beyond 64 bits (orjson reads ``2**64`` as ``1.8446744073709552e+19``,
+    digits lost), so a body with a run of 19 digits anywhere; and a lone UTF-16 surrogate
+    escape such as ``"\\ud83d"`` (orjson refuses the body; JavaScript's ``JSON.stringify``
+    writes one for a string cut in the middle of an emoji). No UTF-8 text holds a lone
+    surrogate, so it becomes U+FFFD here; the spool keeps the body as received. Raises
+    :class:`orjson.JSONDecodeError` when the body is not JSON.
+    """
+    if not may_hold_big_int(body):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            if _SURROGATE_ESCAPE not in body.lower():
+                raise
+    try:
+        doc = json.loads(body.decode("utf-8"), parse_constant=_refuse, parse_float=_finite)
+        return _without_lone_surrogates(doc) if _SURROGATE_ESCAPE in body.lower() else doc
+    except (ValueError, RecursionError):
+        # not JSON after all, or nested deeper than Python parses: orjson answers as always
+        return orjson.loads(body)
+
+
+_SURROGATE_ESCAPE = b"\\ud"
+"""How every UTF-16 surrogate escape (``\\ud800`` to ``\\udfff``) starts, lowercased."""
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+"""Python's json joins a valid pair into one character: a surrogate left over is lone."""
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """``value`` with every lone surrogate in its strings and keys replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    return value
+
+
+def may_hold_big_int(body: bytes) -> bool:
+    """Whether ``body`` may hold an integer beyond 64 bits (a cheap scan of the bytes)."""
+    # a translate and a substring search run in C, ten times faster than a regular expression
+    return _LONG_NUMBER in body.translate(_DIGITS_AS_ZERO)
+
+
+def _refuse(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")  # Python's json reads NaN and Infinity
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):  # `1e400`: orjson refuses it, so the fallback does too
+        raise ValueError(f"number is infinity when parsed as double: {text}")
+    return number
+
+
 def parse_event(body: bytes) -> Event:
     """Parse and check one webhook body; raise :class:`HTTPError` 400 naming the problem."""
     try:
-        doc = orjson.loads(body)
+        doc = parse_json(body)
     except orjson.JSONDecodeError as exc:
         raise _bad(
             f"body is not valid JSON: {exc}", "send one JSON object per request (§5.3)"
@@ -160,7 +228,8 @@ def check_event(doc: dict[str, Any]) -> Event:
 def _field_problem(name: str, value: Any, expected: str) -> str:
     if value is None:
         return f"missing `{name}`; it must be {expected}"
-    shown = orjson.dumps(value).decode()[:60]
+    # Python's json: orjson refuses an integer beyond 64 bits, which `parse_json` keeps
+    shown = json.dumps(value, ensure_ascii=False, separators=(",", ":"))[:60]
     return f"`{name}` is `{shown}`; it must be {expected}"
 
 
