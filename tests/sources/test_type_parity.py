@@ -1,7 +1,8 @@
 """The same logical model gives the same Customer.io values from every warehouse.
 
 Each test builds one small table in DuckDB, Postgres (the session's real server, read through
-ADBC) and Snowflake (fakesnow behind the official connector), runs the same people sync against
+ADBC, and again with `redshift: true` through psycopg) and Snowflake (fakesnow behind the
+official connector), runs the same people sync against
 the emulator, and checks what Customer.io holds per person, and which rows were rejected and
 why. A value Customer.io cannot hold (NaN, an infinite date) must be rejected, naming the
 column, while the other rows go on.
@@ -37,11 +38,17 @@ class Warehouse:
     _snowflake: Any = None
 
     @property
+    def postgres(self) -> bool:
+        """A Postgres server, read through ADBC or (`redshift`) through psycopg."""
+        return self.kind in ("postgres", "redshift")
+
+    @property
     def yaml(self) -> str:
         if self.kind == "duckdb":
             return "{type: duckdb, path: w.duckdb}"
-        if self.kind == "postgres":
-            return f"{{type: postgres, url: '{self.dsn}'}}"
+        if self.postgres:
+            redshift = ", redshift: true" if self.kind == "redshift" else ""
+            return f"{{type: postgres, url: '{self.dsn}'{redshift}}}"
         return "{type: snowflake, account: lg, user: t, database: LG, schema: PUBLIC}"
 
     def execute(self, statements: list[str]) -> None:
@@ -49,7 +56,7 @@ class Warehouse:
             with duckdb.connect(str(self.root / "w.duckdb")) as con:
                 for statement in statements:
                     con.execute(statement)
-        elif self.kind == "postgres":
+        elif self.postgres:
             import psycopg
 
             with psycopg.connect(self.dsn, autocommit=True) as conn:
@@ -63,12 +70,17 @@ class Warehouse:
 
 
 @pytest.fixture(
-    params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres), "snowflake"]
+    params=[
+        "duckdb",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redshift", marks=pytest.mark.postgres),
+        "snowflake",
+    ]
 )
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
     wh = Warehouse(request.param, tmp_path)
     with wh.stack:
-        if wh.kind == "postgres":
+        if wh.postgres:
             wh.dsn = request.getfixturevalue("postgres_dsn")
             wh.execute(["drop table if exists public.t"])
         elif wh.kind == "snowflake":
@@ -235,11 +247,39 @@ def test_infinite_dates_and_timestamps_reject_their_row_naming_the_column(
     assert "column `ts`" in out.rejected["3"] and "-infinity" in out.rejected["3"]
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("redshift", [False, True])
+def test_infinite_dates_and_timestamps_read_as_infinity_on_both_postgres_read_paths(
+    postgres_dsn: str, redshift: bool
+) -> None:
+    """What DuckDB (which maps every model) makes of ±infinity, alone and inside an array: the
+    psycopg path failed the read, and ADBC's wrapped integers stayed dates in 5877612 BC
+    inside a `date[]`."""
+    from lockgate.sources.postgres import PostgresSource, RedshiftSource
+
+    source = (RedshiftSource if redshift else PostgresSource)(postgres_dsn)
+    try:
+        read = source.read(
+            "select 'infinity'::date as d, '-infinity'::timestamp as ts, "
+            "'infinity'::timestamptz as tz, '{2024-01-01,-infinity}'::date[] as ds"
+        ).read_all()
+    finally:
+        source.close()
+    text = (
+        duckdb.connect()
+        .from_arrow(read)
+        .select("d::varchar, ts::varchar, tz::varchar, ds::varchar")
+    )
+    assert text.fetchall() == [("infinity", "-infinity", "infinity", "[2024-01-01, -infinity]")]
+
+
 def test_postgres_money_is_sent_in_its_units_not_in_cents(
     warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if warehouse.kind != "postgres":
+    if not warehouse.postgres:
         pytest.skip("`money` is a Postgres type")
+    if warehouse.kind == "redshift":
+        pytest.skip("the psycopg path reads `money` as its text")
     warehouse.execute(
         [
             "create table t (id int, paid money)",
@@ -268,7 +308,7 @@ def test_postgres_money_is_sent_in_its_units_not_in_cents(
 def test_postgres_numeric_wider_than_38_digits_syncs_as_a_number(
     warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if warehouse.kind != "postgres":
+    if not warehouse.postgres:
         pytest.skip("only Postgres has decimals wider than 38 digits")
     warehouse.execute(
         [
@@ -493,7 +533,7 @@ def test_a_list_of_floats_holding_nan_or_infinity_rejects_its_row(
     # `to_json` wrote `[1.0,NaN]`: invalid JSON, and Customer.io refused the whole batch
     if warehouse.kind == "snowflake":
         pytest.skip("a Snowflake ARRAY arrives as JSON text (see the json-field test)")
-    if warehouse.kind == "postgres":
+    if warehouse.postgres:
         rows = "(1, '{1.5,2}'), (2, '{1,NaN}'), (3, '{-Infinity,null}'), (4, '{}'), (5, null)"
     else:
         nan, inf = "'nan'::double", "'-inf'::double"

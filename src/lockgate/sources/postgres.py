@@ -167,6 +167,10 @@ def _infinities(array: pa.Array) -> pa.Array:
 
 
 def _adbc_convert(array: pa.Array, target: pa.DataType) -> pa.Array:
+    if isinstance(array, pa.ListArray) and pa.types.is_list(target):
+        # before the type check: a `date[]` has its target's type and still its items' infinities
+        values = _adbc_convert(array.values, target.value_type)
+        return pa.ListArray.from_arrays(array.offsets, values, mask=array.is_null())
     if pa.types.is_date32(array.type) or pa.types.is_timestamp(array.type):
         array = _infinities(array)
     if array.type.equals(target):
@@ -174,9 +178,6 @@ def _adbc_convert(array: pa.Array, target: pa.DataType) -> pa.Array:
     if pa.types.is_int64(array.type) and pa.types.is_decimal(target):  # money, in cents
         whole = array.cast(pa.decimal128(19, 0))  # the same 128-bit integers, read with a scale
         return pa.Array.from_buffers(target, len(whole), whole.buffers(), offset=whole.offset)
-    if isinstance(array, pa.ListArray) and pa.types.is_list(target):
-        values = _adbc_convert(array.values, target.value_type)
-        return pa.ListArray.from_arrays(array.offsets, values, mask=array.is_null())
     if isinstance(array, pa.ExtensionArray):
         array = array.storage
     return array.cast(target)
@@ -226,6 +227,27 @@ def _to_arrow_value(value: Any, kind: pa.DataType) -> Any:
     if pa.types.is_string(kind) and not isinstance(value, str):
         return str(value)
     return value
+
+
+def _infinite(loader: type[Any], infinity: int) -> type[Any]:
+    """A psycopg text loader for dates or timestamps that gives ``infinity`` and ``-infinity``
+    as the integers the ADBC path ends with (:data:`_INFINITY`), which Arrow stores as they
+    are and DuckDB reads back as its own ±infinity. psycopg's own loaders refuse them ("date
+    too large"), which failed the whole read for one row; every other value is parsed by
+    ``loader`` (psycopg's C one when installed)."""
+    from psycopg.adapt import Loader
+
+    class InfinityLoader(Loader):
+        def __init__(self, oid: int, context: Any = None) -> None:
+            super().__init__(oid, context)
+            self._parse = loader(oid, context).load
+
+        def load(self, data: Any) -> Any:
+            if data[-8:] == b"infinity":
+                return -infinity if data[:1] == b"-" else infinity
+            return self._parse(data)
+
+    return InfinityLoader
 
 
 def _rows_to_batch(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.RecordBatch:
@@ -460,6 +482,7 @@ class RedshiftSource(PostgresSource):
 
     def _connect(self) -> Any:
         psycopg = self._driver()
+        from psycopg.pq import Format
         from psycopg.types.string import TextLoader
 
         try:
@@ -469,6 +492,15 @@ class RedshiftSource(PostgresSource):
             raise connect_error(self.who, self.url, exc) from exc
         for json_type in ("json", "jsonb"):  # keep JSON as its text, like the ADBC path
             conn.adapters.register_loader(json_type, TextLoader)
+        for name, kind in (
+            ("date", "date32"),
+            ("timestamp", "timestamp"),
+            ("timestamptz", "timestamp"),
+        ):
+            oid = conn.adapters.types[name].oid
+            parse = conn.adapters.get_loader(oid, Format.TEXT)
+            assert parse is not None  # psycopg loads every built-in type
+            conn.adapters.register_loader(name, _infinite(parse, _INFINITY[kind]))
         return conn
 
     def _rows(self, sql: str) -> list[tuple[Any, ...]]:
