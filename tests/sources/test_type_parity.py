@@ -21,6 +21,7 @@ from typing import Any
 import duckdb
 import pytest
 
+from lockgate.cli import main
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
 from lockgate.project.loader import load_project
@@ -104,14 +105,14 @@ class Outcome:
     rejected: dict[str, str]
 
 
-def sync_people(
+def write_project(
     wh: Warehouse,
     emulator: Emulator,
     monkeypatch: pytest.MonkeyPatch,
     attributes: str,
     sql: str = "select * from t",
-) -> Outcome:
-    """Run a people sync keyed by `id` over ``sql`` and read back what Customer.io holds."""
+) -> None:
+    """A project with a people sync `people` keyed by `id` over ``sql``."""
     site, key = emulator.track_auth
     monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
     monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
@@ -132,6 +133,17 @@ def sync_people(
     (wh.root / "syncs" / "people.yml").write_text(
         textwrap.dedent(body) + textwrap.indent(textwrap.dedent(attributes).strip(), "  ") + "\n"
     )
+
+
+def sync_people(
+    wh: Warehouse,
+    emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    attributes: str,
+    sql: str = "select * from t",
+) -> Outcome:
+    """Run a people sync keyed by `id` over ``sql`` and read back what Customer.io holds."""
+    write_project(wh, emulator, monkeypatch, attributes, sql)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # fakesnow's DuckDB copy warning
         report = run_sync(load_project(wh.root), "people", console=NullConsole())
@@ -303,6 +315,37 @@ def test_postgres_money_is_sent_in_its_units_not_in_cents(
         "2": {"paid": -0.05, "paid_text": "-0.05"},
         "3": {"paid": 92233720368547758.07, "paid_text": "92233720368547758.07"},
     }
+
+
+def test_a_postgres_decimal_nan_fails_the_run_naming_the_column_without_a_traceback(
+    warehouse: Warehouse,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No decimal holds `NaN`, so the read stops (docs/sources.md). The error came from Arrow
+    without the column, inside DuckDB's message with a Python traceback, the error twice."""
+    if not warehouse.postgres:
+        pytest.skip("only Postgres has a decimal `NaN`")
+    warehouse.execute(
+        [
+            "create table t (id int, amount numeric(10,2), other numeric(10,2))",
+            "insert into t values (1, 1.5, 2), (2, 'NaN', 3)",
+        ]
+    )
+    write_project(warehouse, customerio_emulator, monkeypatch, "amount: amount\nother: other")
+
+    with pytest.raises(SystemExit) as exited:
+        main(["sync", "people", "--project", str(warehouse.root)])
+
+    err = capsys.readouterr().err
+    assert exited.value.code == 1
+    source = f"{'redshift' if warehouse.kind == 'redshift' else 'postgres'} source `warehouse`"
+    assert f"{source}: column `amount` holds a numeric `NaN`" in err
+    assert "hint: in the model, `nullif(amount, 'NaN') as amount` makes it a null" in err
+    assert "`amount::double precision as amount` rejects only the rows holding it" in err
+    assert "Traceback" not in err and err.count(source) == 1
+    assert customerio_emulator.people() == []
 
 
 def test_postgres_numeric_wider_than_38_digits_syncs_as_a_number(

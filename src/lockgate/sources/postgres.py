@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
@@ -183,6 +184,17 @@ def _adbc_convert(array: pa.Array, target: pa.DataType) -> pa.Array:
     return array.cast(target)
 
 
+def _values(array: pa.Array) -> list[Any]:
+    """An ADBC column's values as Python objects, for an error message (a Postgres `numeric`
+    is its text: Arrow would make the `NaN` it cannot hold an error again)."""
+    if isinstance(array, pa.ListArray):
+        return _values(array.flatten())
+    if isinstance(array, pa.ExtensionArray):
+        array = array.storage
+    values: list[Any] = array.to_pylist()
+    return values
+
+
 _SCALARS: dict[str, pa.DataType] = {
     "bool": pa.bool_(),
     "int2": pa.int16(),
@@ -250,12 +262,53 @@ def _infinite(loader: type[Any], infinity: int) -> type[Any]:
     return InfinityLoader
 
 
-def _rows_to_batch(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.RecordBatch:
+def _rows_to_batch(who: str, rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.RecordBatch:
     columns = []
     for i, field in enumerate(schema):
-        values = [_to_arrow_value(row[i], field.type) for row in rows]
-        columns.append(pa.array(values, type=field.type))
+        raw = [row[i] for row in rows]
+        try:
+            values = [_to_arrow_value(value, field.type) for value in raw]
+            columns.append(pa.array(values, type=field.type))
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            raise column_error(who, field.name, raw, exc) from exc
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _in_sql(column: str) -> str:
+    """A column's name as a model's SQL writes it: bare when Postgres would not fold it."""
+    plain = column.isidentifier() and column == column.lower() and column.isascii()
+    return column if plain else quote_ident(column)
+
+
+def _holds_nan(values: list[Any]) -> bool:
+    """Whether numeric values (ADBC's text, psycopg's `Decimal`, arrays of them) hold `NaN`."""
+    for value in values:
+        if isinstance(value, list):
+            if _holds_nan(value):
+                return True
+        elif isinstance(value, Decimal) and value.is_nan():
+            return True
+        elif isinstance(value, str) and value.lower() == "nan":
+            return True
+    return False
+
+
+def column_error(who: str, column: str, values: list[Any], exc: BaseException) -> SourceError:
+    """A column whose values could not become its Arrow type: names the column, and for a
+    `numeric(p,s)` `NaN` (which no decimal holds) says how to change the model."""
+    name = _in_sql(column)
+    if _holds_nan(values):
+        return SourceError(
+            f"{who}: column `{column}` holds a numeric `NaN`, which a `numeric(p,s)` column "
+            "cannot read as a decimal",
+            hint=f"in the model, `nullif({name}, 'NaN') as {name}` makes it a null (the "
+            f"field's `on_null` applies), and `{name}::double precision as {name}` rejects "
+            "only the rows holding it",
+        )
+    return SourceError(
+        f"{who}: column `{column}` could not be read: {db_message(exc)}",
+        hint=f"cast it in the model to a type Lockgate reads, such as `{name}::text as {name}`",
+    )
 
 
 # --------------------------------------------------------------------------- the source
@@ -352,10 +405,12 @@ class PostgresSource:
         padded = {i for i, f in enumerate(reader.schema) if _is_bpchar(f)}
 
         def convert(batch: pa.RecordBatch) -> pa.RecordBatch:
-            arrays = [
-                _adbc_convert(column, field.type)
-                for column, field in zip(batch.columns, schema, strict=True)
-            ]
+            arrays = []
+            for column, field in zip(batch.columns, schema, strict=True):
+                try:
+                    arrays.append(_adbc_convert(column, field.type))
+                except pa.ArrowException as exc:
+                    raise column_error(self.who, field.name, _values(column), exc) from exc
             for i in padded:
                 arrays[i] = _unpad(arrays[i])
             return pa.RecordBatch.from_arrays(arrays, schema=schema)
@@ -549,7 +604,7 @@ class RedshiftSource(PostgresSource):
 
         def batches() -> Iterator[pa.RecordBatch]:
             while rows := cursor.fetchmany(batch_rows):
-                batch = _rows_to_batch(rows, schema)
+                batch = _rows_to_batch(self.who, rows, schema)
                 if padded:
                     arrays = [_unpad(c) if i in padded else c for i, c in enumerate(batch.columns)]
                     batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
