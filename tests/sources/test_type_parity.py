@@ -348,6 +348,68 @@ def test_a_postgres_decimal_nan_fails_the_run_naming_the_column_without_a_traceb
     assert customerio_emulator.people() == []
 
 
+def test_a_two_dimensional_postgres_array_fails_the_run_naming_the_column(
+    warehouse: Warehouse,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """ADBC sent `{{1,2},{3,4}}` as [1,2,3,4] without a word; the psycopg path failed inside
+    Arrow. Both now stop naming the column, and the JSON the hint suggests keeps the nesting."""
+    if not warehouse.postgres:
+        pytest.skip("a Postgres array's dimensions are its own")
+    warehouse.execute(
+        [
+            "create table t (id int, grid int[][])",
+            "insert into t values (1, '{{1,2},{3,4}}'), (2, '{5,6}'), (3, null)",
+        ]
+    )
+    write_project(warehouse, customerio_emulator, monkeypatch, "grid: grid")
+
+    with pytest.raises(SystemExit) as exited:
+        main(["sync", "people", "--project", str(warehouse.root)])
+
+    err = capsys.readouterr().err
+    assert exited.value.code == 1
+    assert "source `warehouse`: column `grid` holds a 2-dimensional array" in err
+    assert "would send `{{1,2},{3,4}}` as [1,2,3,4]" in err
+    assert "hint: send it as JSON, which keeps the nesting: `array_to_json(grid) as grid`" in err
+    assert "Traceback" not in err
+    assert customerio_emulator.people() == []
+
+    out = sync_people(
+        warehouse,
+        customerio_emulator,
+        monkeypatch,
+        "grid: {column: grid, type: json}",
+        sql="select id, array_to_json(grid) as grid from t",
+    )
+    assert out.rejected == {}
+    assert out.people == {"1": {"grid": [[1, 2], [3, 4]]}, "2": {"grid": [5, 6]}, "3": {}}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("array", ["'{1,2}'::int[]", "'1,2'"])
+def test_a_postgres_model_ending_in_a_comment_keeps_its_columns(
+    postgres_dsn: str, array: str
+) -> None:
+    """ADBC wraps the model as `COPY (<sql>) TO STDOUT`: a last `-- comment` swallowed the
+    closing parenthesis. A model with arrays is also wrapped to count their dimensions, and
+    keeps its names (duplicates too) and their order."""
+    from lockgate.sources.postgres import PostgresSource
+
+    source = PostgresSource(postgres_dsn)
+    try:
+        table = source.read(
+            f"select 1 as id, {array} as g, 2 as id, 'x' as \"Tags\" -- the last line"
+        ).read_all()
+    finally:
+        source.close()
+    assert table.column_names == ["id", "g", "id", "Tags"]
+    g = [[1, 2]] if array.endswith("[]") else ["1,2"]
+    assert [c.to_pylist() for c in table.columns] == [[1], g, [2], ["x"]]
+
+
 def test_postgres_numeric_wider_than_38_digits_syncs_as_a_number(
     warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

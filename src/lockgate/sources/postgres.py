@@ -44,6 +44,7 @@ from lockgate.sources.base import (
     quote_literal,
     split_table,
     stream,
+    strip_sql,
 )
 
 if TYPE_CHECKING:
@@ -184,6 +185,32 @@ def _adbc_convert(array: pa.Array, target: pa.DataType) -> pa.Array:
     return array.cast(target)
 
 
+def _with_dimensions(sql: str, width: int, lists: list[int]) -> str:
+    """``sql`` (of ``width`` columns) with, after its own columns, the `array_ndims` of each
+    array column at the positions ``lists``. ADBC reads a 2-D array `{{1,2},{3,4}}` as
+    `[1,2,3,4]`, and its Arrow type is the same as a 1-D array's: the server's count is what
+    tells them apart. The columns are renamed by position, so duplicate names do not clash."""
+    renamed = ", ".join(f"c{i}" for i in range(width))
+    counts = "".join(f", array_ndims(q.c{i}) as n{i}" for i in lists)
+    return f"select q.*{counts} from (\n{strip_sql(sql)}\n) as q({renamed})"
+
+
+def dimensions_error(who: str, column: str, dimensions: int) -> SourceError:
+    """An array column holding arrays of several dimensions, which would be sent flattened."""
+    name = _in_sql(column)
+    return SourceError(
+        f"{who}: column `{column}` holds a {dimensions}-dimensional array; Lockgate reads "
+        "arrays of one dimension only, and would send `{{1,2},{3,4}}` as [1,2,3,4]",
+        hint=f"send it as JSON, which keeps the nesting: `array_to_json({name}) as {name}` "
+        "in the model, and `type: json` on the field that reads it",
+    )
+
+
+def _depth(value: Any) -> int:
+    """How many arrays deep psycopg's nested lists for one value go (0 for a scalar)."""
+    return 1 + max(map(_depth, value), default=0) if isinstance(value, list) else 0
+
+
 def _values(array: pa.Array) -> list[Any]:
     """An ADBC column's values as Python objects, for an error message (a Postgres `numeric`
     is its text: Arrow would make the `NaN` it cannot hold an error again)."""
@@ -266,6 +293,10 @@ def _rows_to_batch(who: str, rows: list[tuple[Any, ...]], schema: pa.Schema) -> 
     columns = []
     for i, field in enumerate(schema):
         raw = [row[i] for row in rows]
+        if pa.types.is_list(field.type):
+            deepest = max(map(_depth, raw), default=0)
+            if deepest > 1:
+                raise dimensions_error(who, field.name, deepest)
         try:
             values = [_to_arrow_value(value, field.type) for value in raw]
             columns.append(pa.array(values, type=field.type))
@@ -388,25 +419,40 @@ class PostgresSource:
             conn.close()
 
         try:
-            cursor.execute(sql)
+            described = cursor.adbc_execute_schema(sql)  # planned, not run
+            lists = [i for i, f in enumerate(described) if pa.types.is_list(f.type)]
+            # ADBC runs `COPY (<sql>) TO STDOUT`: the newline ends a last `-- comment`
+            query = _with_dimensions(sql, len(described), lists) if lists else strip_sql(sql)
+            cursor.execute(f"{query}\n")
             reader = cursor.fetch_record_batch()
         except self._errors() as exc:
             close()
             raise query_error(self.who, sql, exc) from exc
+        width = len(described)
+        fields = list(reader.schema)[:width]
         try:
-            scale = self._money_scale(reader.schema)
+            scale = self._money_scale(pa.schema(fields))
         except SourceError:
             close()
             raise
         schema = pa.schema(
-            [pa.field(f.name, _adbc_target(f, scale), f.nullable) for f in reader.schema]
+            [
+                pa.field(name, _adbc_target(f, scale), f.nullable)
+                for name, f in zip(described.names, fields, strict=True)
+            ]
         )
 
-        padded = {i for i, f in enumerate(reader.schema) if _is_bpchar(f)}
+        padded = {i for i, f in enumerate(fields) if _is_bpchar(f)}
 
         def convert(batch: pa.RecordBatch) -> pa.RecordBatch:
+            import pyarrow.compute as pc
+
+            for i, dimensions in zip(lists, batch.columns[width:], strict=True):
+                most = pc.max(dimensions).as_py()
+                if most is not None and most > 1:
+                    raise dimensions_error(self.who, schema.field(i).name, most)
             arrays = []
-            for column, field in zip(batch.columns, schema, strict=True):
+            for column, field in zip(batch.columns[:width], schema, strict=True):
                 try:
                     arrays.append(_adbc_convert(column, field.type))
                 except pa.ArrowException as exc:
