@@ -290,8 +290,6 @@ def test_postgres_money_is_sent_in_its_units_not_in_cents(
 ) -> None:
     if not warehouse.postgres:
         pytest.skip("`money` is a Postgres type")
-    if warehouse.kind == "redshift":
-        pytest.skip("the psycopg path reads `money` as its text")
     warehouse.execute(
         [
             "create table t (id int, paid money)",
@@ -408,6 +406,75 @@ def test_a_postgres_model_ending_in_a_comment_keeps_its_columns(
     assert table.column_names == ["id", "g", "id", "Tags"]
     g = [[1, 2]] if array.endswith("[]") else ["1,2"]
     assert [c.to_pylist() for c in table.columns] == [[1], g, [2], ["x"]]
+
+
+def test_postgres_interval_citext_and_numeric_arrays_arrive_alike_on_both_read_paths(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psycopg made an interval a `timedelta` of 30-day months (`10276:05:06`), a `money[]`
+    and a `numeric[]` the Python text of their list; ADBC's `citext` was listed as `binary`."""
+    if not warehouse.postgres:
+        pytest.skip("Postgres types")
+    warehouse.execute(
+        [
+            "create extension if not exists citext",
+            "create table t (id int, iv interval, e citext, paid money[], n numeric(6,2)[])",
+            "insert into t values (1, '1 year 2 mons 3 days 04:05:06', 'A@x.io', "
+            "'{1.5,-2}', '{1.25}'), (2, '-1 days -00:00:01.5', 'b', null, null)",
+        ]
+    )
+
+    out = sync_people(warehouse, customerio_emulator, monkeypatch, "iv: iv\ne: e\npaid: paid\nn: n")
+
+    assert out.rejected == {}
+    assert out.people == {
+        "1": {
+            "iv": "1 year 2 months 3 days 04:05:06",
+            "e": "A@x.io",
+            "paid": [1.5, -2],
+            "n": [1.25],
+        },
+        "2": {"iv": "-1 day -00:00:01.5", "e": "b"},
+    }
+    from lockgate.sources.postgres import PostgresSource, RedshiftSource
+
+    source = (RedshiftSource if warehouse.kind == "redshift" else PostgresSource)(warehouse.dsn)
+    try:
+        listed = {c.name: str(c.arrow_type) for c in source.columns("t")}
+    finally:
+        source.close()
+    assert listed["iv"] == "month_day_nano_interval" and listed["e"] == "string"
+
+
+@pytest.mark.postgres
+def test_intervals_and_money_read_the_same_through_psycopg_as_through_adbc(
+    postgres_dsn: str,
+) -> None:
+    from lockgate.sources.postgres import PostgresSource, RedshiftSource
+
+    intervals = [
+        "1 year 2 mons 3 days 04:05:06",
+        "-1 years -2 mons +3 days -04:05:06.789",
+        "00:00:00",
+        "100:00:00.000001",
+        "1 mon",
+        "-3 days",
+        "-00:00:00.5",
+        "177999999 years",
+    ]
+    sql = " union all ".join(
+        f"select {i} as i, '{v}'::interval as iv, ({i} * -1234.5)::money as m"
+        for i, v in enumerate(intervals)
+    )
+    read = []
+    for kind in (PostgresSource, RedshiftSource):
+        source = kind(postgres_dsn)
+        try:
+            read.append(source.read(sql + " order by i").read_all())
+        finally:
+            source.close()
+    assert read[0].schema == read[1].schema
+    assert read[1].to_pylist() == read[0].to_pylist()
 
 
 def test_postgres_numeric_wider_than_38_digits_syncs_as_a_number(

@@ -10,7 +10,9 @@ Either way memory holds one batch, never the whole result.
 Both paths give the same Arrow types: `numeric(p,s)` → `decimal128(p,s)` (bare `numeric`, or
 one wider than 38 digits → `float64`, as DuckDB's postgres extension does), `timestamptz` →
 `timestamp[us, UTC]`, `json`/`jsonb` → `string` (the JSON text), `uuid` → the canonical
-`arrow.uuid` extension, arrays → `list<...>`.
+`arrow.uuid` extension, `money` → `decimal128(19,s)`, `interval` → `month_day_nano_interval`,
+±infinity dates and timestamps → the extreme values DuckDB reads as ±infinity, arrays →
+`list<...>` (of one dimension: a 2-D array stops the read).
 
 Example::
 
@@ -20,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -135,6 +138,8 @@ def _adbc_target(field: pa.Field, money_scale: int = 2) -> pa.DataType:
         return pa.string()
     if name == "arrow.uuid":
         return kind
+    if name == "arrow.opaque" and getattr(kind, "type_name", "") == "citext":
+        return pa.string()  # its binary wire form is the text itself
     if name == "arrow.opaque" and getattr(kind, "type_name", "") == "numeric":
         typmod = int((field.metadata or {}).get(b"POSTGRESQL:typmod", b"-1"))
         if typmod < 4:  # no declared precision
@@ -242,23 +247,33 @@ _SCALARS: dict[str, pa.DataType] = {
     "time": pa.time64("us"),
     "timestamp": pa.timestamp("us"),
     "timestamptz": UTC_TS,
-    "interval": pa.duration("us"),
+    "interval": pa.month_day_nano_interval(),  # as ADBC: months and days are not seconds
     "uuid": pa.uuid(),
+    # an array's items carry no precision: ADBC reads a `numeric[]` as floats too
+    "numeric": pa.float64(),
 }
 
 
-def psycopg_type(type_name: str | None, precision: int | None, scale: int | None) -> pa.DataType:
-    """The Arrow type for a column psycopg describes (unknown types become text)."""
+def psycopg_type(
+    type_name: str | None, precision: int | None, scale: int | None, money_scale: int = 2
+) -> pa.DataType:
+    """The Arrow type for a column psycopg describes (unknown types become text), the one
+    ADBC gives the same Postgres type; ``money_scale`` is `money`'s decimal places."""
     if type_name == "numeric":
         return _numeric_type(precision, scale)
-    if type_name and type_name.startswith("_") and type_name[1:] in _SCALARS:
-        return pa.list_(_SCALARS[type_name[1:]])
-    return _SCALARS.get(type_name or "", pa.string())
+    scalars = {**_SCALARS, "money": pa.decimal128(19, money_scale)}
+    if type_name and type_name.startswith("_") and type_name[1:] in scalars:
+        return pa.list_(scalars[type_name[1:]])
+    return scalars.get(type_name or "", pa.string())
 
 
 def _to_arrow_value(value: Any, kind: pa.DataType) -> Any:
     if value is None:
         return None
+    if pa.types.is_list(kind) and isinstance(value, list):
+        return [_to_arrow_value(item, kind.value_type) for item in value]
+    if isinstance(value, _Cents):
+        return Decimal(value).scaleb(-kind.scale)
     if isinstance(kind, pa.UuidType):
         return value.bytes if isinstance(value, uuid.UUID) else uuid.UUID(str(value)).bytes
     if pa.types.is_floating(kind):
@@ -287,6 +302,56 @@ def _infinite(loader: type[Any], infinity: int) -> type[Any]:
             return self._parse(data)
 
     return InfinityLoader
+
+
+#: Postgres's default `IntervalStyle` (`postgres`), which Redshift writes too:
+#: `1 year 2 mons 3 days 04:05:06`, `-1 days -00:00:01.5`
+_INTERVAL = re.compile(
+    r"(?:(?P<years>[+-]?\d+) years? ?)?(?:(?P<months>[+-]?\d+) mons? ?)?"
+    r"(?:(?P<days>[+-]?\d+) days? ?)?"
+    r"(?:(?P<sign>[+-])?(?P<hours>\d+):(?P<minutes>\d+):(?P<seconds>\d+)(?:\.(?P<fraction>\d+))?)?"
+)
+
+
+class _Cents(int):
+    """A `money` value as its whole number of cents; `read` knows the scale."""
+
+
+def _money_cents(text: str) -> _Cents:
+    """A `money`'s text ("$1,234.56", "-$0.05", "1.234,56 €" by `lc_monetary`) as its whole
+    number of cents, as ADBC reads it: every locale prints all of the currency's decimal
+    places, so the digits are the cents whatever the separators."""
+    cents = int("".join(c for c in text if c.isdigit()))
+    return _Cents(-cents if "-" in text or "(" in text else cents)
+
+
+def _interval_parts(text: str) -> tuple[int, int, int]:
+    """An `interval`'s text as (months, days, nanoseconds), ADBC's `month_day_nano_interval`.
+    psycopg's own loader counts a month as 30 days (a `timedelta`), so `1 year 2 mons` reached
+    Customer.io as `10276:05:06` instead of `1 year 2 months`."""
+    import psycopg
+
+    found = _INTERVAL.fullmatch(text)
+    if found is None:
+        raise psycopg.DataError(
+            f"cannot read the interval {text!r}: set `IntervalStyle` to `postgres`"
+        )
+    part = {k: int(v) for k, v in found.groupdict().items() if v and k not in ("sign", "fraction")}
+    months = part.get("years", 0) * 12 + part.get("months", 0)
+    seconds = part.get("hours", 0) * 3600 + part.get("minutes", 0) * 60 + part.get("seconds", 0)
+    nanos = seconds * 10**9 + int((found["fraction"] or "0").ljust(9, "0")[:9])
+    return months, part.get("days", 0), -nanos if found["sign"] == "-" else nanos
+
+
+def _text_loader(parse: Any) -> type[Any]:
+    """A psycopg text loader that gives ``parse(text)``."""
+    from psycopg.adapt import Loader
+
+    class TextParser(Loader):
+        def load(self, data: Any) -> Any:
+            return parse(bytes(data).decode())
+
+    return TextParser
 
 
 def _rows_to_batch(who: str, rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.RecordBatch:
@@ -593,6 +658,9 @@ class RedshiftSource(PostgresSource):
             raise connect_error(self.who, self.url, exc) from exc
         for json_type in ("json", "jsonb"):  # keep JSON as its text, like the ADBC path
             conn.adapters.register_loader(json_type, TextLoader)
+        # as ADBC reads them: `money` in cents (scaled by `read`), `interval` in months and days
+        conn.adapters.register_loader("money", _text_loader(_money_cents))
+        conn.adapters.register_loader("interval", _text_loader(_interval_parts))
         for name, kind in (
             ("date", "date32"),
             ("timestamp", "timestamp"),
@@ -635,14 +703,24 @@ class RedshiftSource(PostgresSource):
         except self._errors() as exc:
             close()
             raise query_error(self.who, sql, exc) from exc
-        fields = []
-        padded = set()
-        for i, column in enumerate(cursor.description or []):
+        described = []
+        for column in cursor.description or []:
             info = pg_types.get(column.type_code)
             type_name = info.name if info else None
             if info is not None and info.array_oid == column.type_code:
                 type_name = f"_{info.name}"  # the registry answers an array's oid with its item
-            kind = psycopg_type(type_name, column.precision, column.scale)
+            described.append((column, type_name))
+        money_scale = 2
+        if any(type_name in ("money", "_money") for _, type_name in described):
+            try:
+                money_scale = int(self._rows("select scale(1::money::numeric)")[0][0])
+            except SourceError:
+                close()
+                raise
+        fields = []
+        padded = set()
+        for i, (column, type_name) in enumerate(described):
+            kind = psycopg_type(type_name, column.precision, column.scale, money_scale)
             fields.append(pa.field(column.name, kind))
             if type_name == "bpchar":
                 padded.add(i)
