@@ -1,7 +1,8 @@
 """The same logical model gives the same Customer.io values from every warehouse.
 
 Each test builds one small table in DuckDB, Postgres (the session's real server, read through
-ADBC) and Snowflake (fakesnow behind the official connector), runs the same people sync against
+ADBC, and again with `redshift: true` through psycopg) and Snowflake (fakesnow behind the
+official connector), runs the same people sync against
 the emulator, and checks what Customer.io holds per person, and which rows were rejected and
 why. A value Customer.io cannot hold (NaN, an infinite date) must be rejected, naming the
 column, while the other rows go on.
@@ -20,6 +21,7 @@ from typing import Any
 import duckdb
 import pytest
 
+from lockgate.cli import main
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
 from lockgate.project.loader import load_project
@@ -37,11 +39,17 @@ class Warehouse:
     _snowflake: Any = None
 
     @property
+    def postgres(self) -> bool:
+        """A Postgres server, read through ADBC or (`redshift`) through psycopg."""
+        return self.kind in ("postgres", "redshift")
+
+    @property
     def yaml(self) -> str:
         if self.kind == "duckdb":
             return "{type: duckdb, path: w.duckdb}"
-        if self.kind == "postgres":
-            return f"{{type: postgres, url: '{self.dsn}'}}"
+        if self.postgres:
+            redshift = ", redshift: true" if self.kind == "redshift" else ""
+            return f"{{type: postgres, url: '{self.dsn}'{redshift}}}"
         return "{type: snowflake, account: lg, user: t, database: LG, schema: PUBLIC}"
 
     def execute(self, statements: list[str]) -> None:
@@ -49,7 +57,7 @@ class Warehouse:
             with duckdb.connect(str(self.root / "w.duckdb")) as con:
                 for statement in statements:
                     con.execute(statement)
-        elif self.kind == "postgres":
+        elif self.postgres:
             import psycopg
 
             with psycopg.connect(self.dsn, autocommit=True) as conn:
@@ -63,12 +71,17 @@ class Warehouse:
 
 
 @pytest.fixture(
-    params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres), "snowflake"]
+    params=[
+        "duckdb",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redshift", marks=pytest.mark.postgres),
+        "snowflake",
+    ]
 )
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
     wh = Warehouse(request.param, tmp_path)
     with wh.stack:
-        if wh.kind == "postgres":
+        if wh.postgres:
             wh.dsn = request.getfixturevalue("postgres_dsn")
             wh.execute(["drop table if exists public.t"])
         elif wh.kind == "snowflake":
@@ -92,14 +105,14 @@ class Outcome:
     rejected: dict[str, str]
 
 
-def sync_people(
+def write_project(
     wh: Warehouse,
     emulator: Emulator,
     monkeypatch: pytest.MonkeyPatch,
     attributes: str,
     sql: str = "select * from t",
-) -> Outcome:
-    """Run a people sync keyed by `id` over ``sql`` and read back what Customer.io holds."""
+) -> None:
+    """A project with a people sync `people` keyed by `id` over ``sql``."""
     site, key = emulator.track_auth
     monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
     monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
@@ -120,6 +133,17 @@ def sync_people(
     (wh.root / "syncs" / "people.yml").write_text(
         textwrap.dedent(body) + textwrap.indent(textwrap.dedent(attributes).strip(), "  ") + "\n"
     )
+
+
+def sync_people(
+    wh: Warehouse,
+    emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    attributes: str,
+    sql: str = "select * from t",
+) -> Outcome:
+    """Run a people sync keyed by `id` over ``sql`` and read back what Customer.io holds."""
+    write_project(wh, emulator, monkeypatch, attributes, sql)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # fakesnow's DuckDB copy warning
         report = run_sync(load_project(wh.root), "people", console=NullConsole())
@@ -235,10 +259,36 @@ def test_infinite_dates_and_timestamps_reject_their_row_naming_the_column(
     assert "column `ts`" in out.rejected["3"] and "-infinity" in out.rejected["3"]
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("redshift", [False, True])
+def test_infinite_dates_and_timestamps_read_as_infinity_on_both_postgres_read_paths(
+    postgres_dsn: str, redshift: bool
+) -> None:
+    """What DuckDB (which maps every model) makes of ±infinity, alone and inside an array: the
+    psycopg path failed the read, and ADBC's wrapped integers stayed dates in 5877612 BC
+    inside a `date[]`."""
+    from lockgate.sources.postgres import PostgresSource, RedshiftSource
+
+    source = (RedshiftSource if redshift else PostgresSource)(postgres_dsn)
+    try:
+        read = source.read(
+            "select 'infinity'::date as d, '-infinity'::timestamp as ts, "
+            "'infinity'::timestamptz as tz, '{2024-01-01,-infinity}'::date[] as ds"
+        ).read_all()
+    finally:
+        source.close()
+    text = (
+        duckdb.connect()
+        .from_arrow(read)
+        .select("d::varchar, ts::varchar, tz::varchar, ds::varchar")
+    )
+    assert text.fetchall() == [("infinity", "-infinity", "infinity", "[2024-01-01, -infinity]")]
+
+
 def test_postgres_money_is_sent_in_its_units_not_in_cents(
     warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if warehouse.kind != "postgres":
+    if not warehouse.postgres:
         pytest.skip("`money` is a Postgres type")
     warehouse.execute(
         [
@@ -265,10 +315,172 @@ def test_postgres_money_is_sent_in_its_units_not_in_cents(
     }
 
 
+def test_a_postgres_decimal_nan_fails_the_run_naming_the_column_without_a_traceback(
+    warehouse: Warehouse,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No decimal holds `NaN`, so the read stops (docs/sources.md). The error came from Arrow
+    without the column, inside DuckDB's message with a Python traceback, the error twice."""
+    if not warehouse.postgres:
+        pytest.skip("only Postgres has a decimal `NaN`")
+    warehouse.execute(
+        [
+            "create table t (id int, amount numeric(10,2), other numeric(10,2))",
+            "insert into t values (1, 1.5, 2), (2, 'NaN', 3)",
+        ]
+    )
+    write_project(warehouse, customerio_emulator, monkeypatch, "amount: amount\nother: other")
+
+    with pytest.raises(SystemExit) as exited:
+        main(["sync", "people", "--project", str(warehouse.root)])
+
+    err = capsys.readouterr().err
+    assert exited.value.code == 1
+    source = f"{'redshift' if warehouse.kind == 'redshift' else 'postgres'} source `warehouse`"
+    assert f"{source}: column `amount` holds a numeric `NaN`" in err
+    assert "hint: in the model, `nullif(amount, 'NaN') as amount` makes it a null" in err
+    assert "`amount::double precision as amount` rejects only the rows holding it" in err
+    assert "Traceback" not in err and err.count(source) == 1
+    assert customerio_emulator.people() == []
+
+
+def test_a_two_dimensional_postgres_array_fails_the_run_naming_the_column(
+    warehouse: Warehouse,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """ADBC sent `{{1,2},{3,4}}` as [1,2,3,4] without a word; the psycopg path failed inside
+    Arrow. Both now stop naming the column, and the JSON the hint suggests keeps the nesting."""
+    if not warehouse.postgres:
+        pytest.skip("a Postgres array's dimensions are its own")
+    warehouse.execute(
+        [
+            "create table t (id int, grid int[][])",
+            "insert into t values (1, '{{1,2},{3,4}}'), (2, '{5,6}'), (3, null)",
+        ]
+    )
+    write_project(warehouse, customerio_emulator, monkeypatch, "grid: grid")
+
+    with pytest.raises(SystemExit) as exited:
+        main(["sync", "people", "--project", str(warehouse.root)])
+
+    err = capsys.readouterr().err
+    assert exited.value.code == 1
+    assert "source `warehouse`: column `grid` holds a 2-dimensional array" in err
+    assert "would send `{{1,2},{3,4}}` as [1,2,3,4]" in err
+    assert "hint: send it as JSON, which keeps the nesting: `array_to_json(grid) as grid`" in err
+    assert "Traceback" not in err
+    assert customerio_emulator.people() == []
+
+    out = sync_people(
+        warehouse,
+        customerio_emulator,
+        monkeypatch,
+        "grid: {column: grid, type: json}",
+        sql="select id, array_to_json(grid) as grid from t",
+    )
+    assert out.rejected == {}
+    assert out.people == {"1": {"grid": [[1, 2], [3, 4]]}, "2": {"grid": [5, 6]}, "3": {}}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("array", ["'{1,2}'::int[]", "'1,2'"])
+def test_a_postgres_model_ending_in_a_comment_keeps_its_columns(
+    postgres_dsn: str, array: str
+) -> None:
+    """ADBC wraps the model as `COPY (<sql>) TO STDOUT`: a last `-- comment` swallowed the
+    closing parenthesis. A model with arrays is also wrapped to count their dimensions, and
+    keeps its names (duplicates too) and their order."""
+    from lockgate.sources.postgres import PostgresSource
+
+    source = PostgresSource(postgres_dsn)
+    try:
+        table = source.read(
+            f"select 1 as id, {array} as g, 2 as id, 'x' as \"Tags\" -- the last line"
+        ).read_all()
+    finally:
+        source.close()
+    assert table.column_names == ["id", "g", "id", "Tags"]
+    g = [[1, 2]] if array.endswith("[]") else ["1,2"]
+    assert [c.to_pylist() for c in table.columns] == [[1], g, [2], ["x"]]
+
+
+def test_postgres_interval_citext_and_numeric_arrays_arrive_alike_on_both_read_paths(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psycopg made an interval a `timedelta` of 30-day months (`10276:05:06`), a `money[]`
+    and a `numeric[]` the Python text of their list; ADBC's `citext` was listed as `binary`."""
+    if not warehouse.postgres:
+        pytest.skip("Postgres types")
+    warehouse.execute(
+        [
+            "create extension if not exists citext",
+            "create table t (id int, iv interval, e citext, paid money[], n numeric(6,2)[])",
+            "insert into t values (1, '1 year 2 mons 3 days 04:05:06', 'A@x.io', "
+            "'{1.5,-2}', '{1.25}'), (2, '-1 days -00:00:01.5', 'b', null, null)",
+        ]
+    )
+
+    out = sync_people(warehouse, customerio_emulator, monkeypatch, "iv: iv\ne: e\npaid: paid\nn: n")
+
+    assert out.rejected == {}
+    assert out.people == {
+        "1": {
+            "iv": "1 year 2 months 3 days 04:05:06",
+            "e": "A@x.io",
+            "paid": [1.5, -2],
+            "n": [1.25],
+        },
+        "2": {"iv": "-1 day -00:00:01.5", "e": "b"},
+    }
+    from lockgate.sources.postgres import PostgresSource, RedshiftSource
+
+    source = (RedshiftSource if warehouse.kind == "redshift" else PostgresSource)(warehouse.dsn)
+    try:
+        listed = {c.name: str(c.arrow_type) for c in source.columns("t")}
+    finally:
+        source.close()
+    assert listed["iv"] == "month_day_nano_interval" and listed["e"] == "string"
+
+
+@pytest.mark.postgres
+def test_intervals_and_money_read_the_same_through_psycopg_as_through_adbc(
+    postgres_dsn: str,
+) -> None:
+    from lockgate.sources.postgres import PostgresSource, RedshiftSource
+
+    intervals = [
+        "1 year 2 mons 3 days 04:05:06",
+        "-1 years -2 mons +3 days -04:05:06.789",
+        "00:00:00",
+        "100:00:00.000001",
+        "1 mon",
+        "-3 days",
+        "-00:00:00.5",
+        "177999999 years",
+    ]
+    sql = " union all ".join(
+        f"select {i} as i, '{v}'::interval as iv, ({i} * -1234.5)::money as m"
+        for i, v in enumerate(intervals)
+    )
+    read = []
+    for kind in (PostgresSource, RedshiftSource):
+        source = kind(postgres_dsn)
+        try:
+            read.append(source.read(sql + " order by i").read_all())
+        finally:
+            source.close()
+    assert read[0].schema == read[1].schema
+    assert read[1].to_pylist() == read[0].to_pylist()
+
+
 def test_postgres_numeric_wider_than_38_digits_syncs_as_a_number(
     warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if warehouse.kind != "postgres":
+    if not warehouse.postgres:
         pytest.skip("only Postgres has decimals wider than 38 digits")
     warehouse.execute(
         [
@@ -493,7 +705,7 @@ def test_a_list_of_floats_holding_nan_or_infinity_rejects_its_row(
     # `to_json` wrote `[1.0,NaN]`: invalid JSON, and Customer.io refused the whole batch
     if warehouse.kind == "snowflake":
         pytest.skip("a Snowflake ARRAY arrives as JSON text (see the json-field test)")
-    if warehouse.kind == "postgres":
+    if warehouse.postgres:
         rows = "(1, '{1.5,2}'), (2, '{1,NaN}'), (3, '{-Infinity,null}'), (4, '{}'), (5, null)"
     else:
         nan, inf = "'nan'::double", "'-inf'::double"

@@ -10,7 +10,9 @@ Either way memory holds one batch, never the whole result.
 Both paths give the same Arrow types: `numeric(p,s)` → `decimal128(p,s)` (bare `numeric`, or
 one wider than 38 digits → `float64`, as DuckDB's postgres extension does), `timestamptz` →
 `timestamp[us, UTC]`, `json`/`jsonb` → `string` (the JSON text), `uuid` → the canonical
-`arrow.uuid` extension, arrays → `list<...>`.
+`arrow.uuid` extension, `money` → `decimal128(19,s)`, `interval` → `month_day_nano_interval`,
+±infinity dates and timestamps → the extreme values DuckDB reads as ±infinity, arrays →
+`list<...>` (of one dimension: a 2-D array stops the read).
 
 Example::
 
@@ -20,8 +22,10 @@ Example::
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
@@ -43,6 +47,7 @@ from lockgate.sources.base import (
     quote_literal,
     split_table,
     stream,
+    strip_sql,
 )
 
 if TYPE_CHECKING:
@@ -133,6 +138,8 @@ def _adbc_target(field: pa.Field, money_scale: int = 2) -> pa.DataType:
         return pa.string()
     if name == "arrow.uuid":
         return kind
+    if name == "arrow.opaque" and getattr(kind, "type_name", "") == "citext":
+        return pa.string()  # its binary wire form is the text itself
     if name == "arrow.opaque" and getattr(kind, "type_name", "") == "numeric":
         typmod = int((field.metadata or {}).get(b"POSTGRESQL:typmod", b"-1"))
         if typmod < 4:  # no declared precision
@@ -167,6 +174,10 @@ def _infinities(array: pa.Array) -> pa.Array:
 
 
 def _adbc_convert(array: pa.Array, target: pa.DataType) -> pa.Array:
+    if isinstance(array, pa.ListArray) and pa.types.is_list(target):
+        # before the type check: a `date[]` has its target's type and still its items' infinities
+        values = _adbc_convert(array.values, target.value_type)
+        return pa.ListArray.from_arrays(array.offsets, values, mask=array.is_null())
     if pa.types.is_date32(array.type) or pa.types.is_timestamp(array.type):
         array = _infinities(array)
     if array.type.equals(target):
@@ -174,12 +185,46 @@ def _adbc_convert(array: pa.Array, target: pa.DataType) -> pa.Array:
     if pa.types.is_int64(array.type) and pa.types.is_decimal(target):  # money, in cents
         whole = array.cast(pa.decimal128(19, 0))  # the same 128-bit integers, read with a scale
         return pa.Array.from_buffers(target, len(whole), whole.buffers(), offset=whole.offset)
-    if isinstance(array, pa.ListArray) and pa.types.is_list(target):
-        values = _adbc_convert(array.values, target.value_type)
-        return pa.ListArray.from_arrays(array.offsets, values, mask=array.is_null())
     if isinstance(array, pa.ExtensionArray):
         array = array.storage
     return array.cast(target)
+
+
+def _with_dimensions(sql: str, width: int, lists: list[int]) -> str:
+    """``sql`` (of ``width`` columns) with, after its own columns, the `array_ndims` of each
+    array column at the positions ``lists``. ADBC reads a 2-D array `{{1,2},{3,4}}` as
+    `[1,2,3,4]`, and its Arrow type is the same as a 1-D array's: the server's count is what
+    tells them apart. The columns are renamed by position, so duplicate names do not clash."""
+    renamed = ", ".join(f"c{i}" for i in range(width))
+    counts = "".join(f", array_ndims(q.c{i}) as n{i}" for i in lists)
+    return f"select q.*{counts} from (\n{strip_sql(sql)}\n) as q({renamed})"
+
+
+def dimensions_error(who: str, column: str, dimensions: int) -> SourceError:
+    """An array column holding arrays of several dimensions, which would be sent flattened."""
+    name = _in_sql(column)
+    return SourceError(
+        f"{who}: column `{column}` holds a {dimensions}-dimensional array; Lockgate reads "
+        "arrays of one dimension only, and would send `{{1,2},{3,4}}` as [1,2,3,4]",
+        hint=f"send it as JSON, which keeps the nesting: `array_to_json({name}) as {name}` "
+        "in the model, and `type: json` on the field that reads it",
+    )
+
+
+def _depth(value: Any) -> int:
+    """How many arrays deep psycopg's nested lists for one value go (0 for a scalar)."""
+    return 1 + max(map(_depth, value), default=0) if isinstance(value, list) else 0
+
+
+def _values(array: pa.Array) -> list[Any]:
+    """An ADBC column's values as Python objects, for an error message (a Postgres `numeric`
+    is its text: Arrow would make the `NaN` it cannot hold an error again)."""
+    if isinstance(array, pa.ListArray):
+        return _values(array.flatten())
+    if isinstance(array, pa.ExtensionArray):
+        array = array.storage
+    values: list[Any] = array.to_pylist()
+    return values
 
 
 _SCALARS: dict[str, pa.DataType] = {
@@ -202,23 +247,33 @@ _SCALARS: dict[str, pa.DataType] = {
     "time": pa.time64("us"),
     "timestamp": pa.timestamp("us"),
     "timestamptz": UTC_TS,
-    "interval": pa.duration("us"),
+    "interval": pa.month_day_nano_interval(),  # as ADBC: months and days are not seconds
     "uuid": pa.uuid(),
+    # an array's items carry no precision: ADBC reads a `numeric[]` as floats too
+    "numeric": pa.float64(),
 }
 
 
-def psycopg_type(type_name: str | None, precision: int | None, scale: int | None) -> pa.DataType:
-    """The Arrow type for a column psycopg describes (unknown types become text)."""
+def psycopg_type(
+    type_name: str | None, precision: int | None, scale: int | None, money_scale: int = 2
+) -> pa.DataType:
+    """The Arrow type for a column psycopg describes (unknown types become text), the one
+    ADBC gives the same Postgres type; ``money_scale`` is `money`'s decimal places."""
     if type_name == "numeric":
         return _numeric_type(precision, scale)
-    if type_name and type_name.startswith("_") and type_name[1:] in _SCALARS:
-        return pa.list_(_SCALARS[type_name[1:]])
-    return _SCALARS.get(type_name or "", pa.string())
+    scalars = {**_SCALARS, "money": pa.decimal128(19, money_scale)}
+    if type_name and type_name.startswith("_") and type_name[1:] in scalars:
+        return pa.list_(scalars[type_name[1:]])
+    return scalars.get(type_name or "", pa.string())
 
 
 def _to_arrow_value(value: Any, kind: pa.DataType) -> Any:
     if value is None:
         return None
+    if pa.types.is_list(kind) and isinstance(value, list):
+        return [_to_arrow_value(item, kind.value_type) for item in value]
+    if isinstance(value, _Cents):
+        return Decimal(value).scaleb(-kind.scale)
     if isinstance(kind, pa.UuidType):
         return value.bytes if isinstance(value, uuid.UUID) else uuid.UUID(str(value)).bytes
     if pa.types.is_floating(kind):
@@ -228,12 +283,128 @@ def _to_arrow_value(value: Any, kind: pa.DataType) -> Any:
     return value
 
 
-def _rows_to_batch(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.RecordBatch:
+def _infinite(loader: type[Any], infinity: int) -> type[Any]:
+    """A psycopg text loader for dates or timestamps that gives ``infinity`` and ``-infinity``
+    as the integers the ADBC path ends with (:data:`_INFINITY`), which Arrow stores as they
+    are and DuckDB reads back as its own ±infinity. psycopg's own loaders refuse them ("date
+    too large"), which failed the whole read for one row; every other value is parsed by
+    ``loader`` (psycopg's C one when installed)."""
+    from psycopg.adapt import Loader
+
+    class InfinityLoader(Loader):
+        def __init__(self, oid: int, context: Any = None) -> None:
+            super().__init__(oid, context)
+            self._parse = loader(oid, context).load
+
+        def load(self, data: Any) -> Any:
+            if data[-8:] == b"infinity":
+                return -infinity if data[:1] == b"-" else infinity
+            return self._parse(data)
+
+    return InfinityLoader
+
+
+#: Postgres's default `IntervalStyle` (`postgres`), which Redshift writes too:
+#: `1 year 2 mons 3 days 04:05:06`, `-1 days -00:00:01.5`
+_INTERVAL = re.compile(
+    r"(?:(?P<years>[+-]?\d+) years? ?)?(?:(?P<months>[+-]?\d+) mons? ?)?"
+    r"(?:(?P<days>[+-]?\d+) days? ?)?"
+    r"(?:(?P<sign>[+-])?(?P<hours>\d+):(?P<minutes>\d+):(?P<seconds>\d+)(?:\.(?P<fraction>\d+))?)?"
+)
+
+
+class _Cents(int):
+    """A `money` value as its whole number of cents; `read` knows the scale."""
+
+
+def _money_cents(text: str) -> _Cents:
+    """A `money`'s text ("$1,234.56", "-$0.05", "1.234,56 €" by `lc_monetary`) as its whole
+    number of cents, as ADBC reads it: every locale prints all of the currency's decimal
+    places, so the digits are the cents whatever the separators."""
+    cents = int("".join(c for c in text if c.isdigit()))
+    return _Cents(-cents if "-" in text or "(" in text else cents)
+
+
+def _interval_parts(text: str) -> tuple[int, int, int]:
+    """An `interval`'s text as (months, days, nanoseconds), ADBC's `month_day_nano_interval`.
+    psycopg's own loader counts a month as 30 days (a `timedelta`), so `1 year 2 mons` reached
+    Customer.io as `10276:05:06` instead of `1 year 2 months`."""
+    import psycopg
+
+    found = _INTERVAL.fullmatch(text)
+    if found is None:
+        raise psycopg.DataError(
+            f"cannot read the interval {text!r}: set `IntervalStyle` to `postgres`"
+        )
+    part = {k: int(v) for k, v in found.groupdict().items() if v and k not in ("sign", "fraction")}
+    months = part.get("years", 0) * 12 + part.get("months", 0)
+    seconds = part.get("hours", 0) * 3600 + part.get("minutes", 0) * 60 + part.get("seconds", 0)
+    nanos = seconds * 10**9 + int((found["fraction"] or "0").ljust(9, "0")[:9])
+    return months, part.get("days", 0), -nanos if found["sign"] == "-" else nanos
+
+
+def _text_loader(parse: Any) -> type[Any]:
+    """A psycopg text loader that gives ``parse(text)``."""
+    from psycopg.adapt import Loader
+
+    class TextParser(Loader):
+        def load(self, data: Any) -> Any:
+            return parse(bytes(data).decode())
+
+    return TextParser
+
+
+def _rows_to_batch(who: str, rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.RecordBatch:
     columns = []
     for i, field in enumerate(schema):
-        values = [_to_arrow_value(row[i], field.type) for row in rows]
-        columns.append(pa.array(values, type=field.type))
+        raw = [row[i] for row in rows]
+        if pa.types.is_list(field.type):
+            deepest = max(map(_depth, raw), default=0)
+            if deepest > 1:
+                raise dimensions_error(who, field.name, deepest)
+        try:
+            values = [_to_arrow_value(value, field.type) for value in raw]
+            columns.append(pa.array(values, type=field.type))
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            raise column_error(who, field.name, raw, exc) from exc
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _in_sql(column: str) -> str:
+    """A column's name as a model's SQL writes it: bare when Postgres would not fold it."""
+    plain = column.isidentifier() and column == column.lower() and column.isascii()
+    return column if plain else quote_ident(column)
+
+
+def _holds_nan(values: list[Any]) -> bool:
+    """Whether numeric values (ADBC's text, psycopg's `Decimal`, arrays of them) hold `NaN`."""
+    for value in values:
+        if isinstance(value, list):
+            if _holds_nan(value):
+                return True
+        elif isinstance(value, Decimal) and value.is_nan():
+            return True
+        elif isinstance(value, str) and value.lower() == "nan":
+            return True
+    return False
+
+
+def column_error(who: str, column: str, values: list[Any], exc: BaseException) -> SourceError:
+    """A column whose values could not become its Arrow type: names the column, and for a
+    `numeric(p,s)` `NaN` (which no decimal holds) says how to change the model."""
+    name = _in_sql(column)
+    if _holds_nan(values):
+        return SourceError(
+            f"{who}: column `{column}` holds a numeric `NaN`, which a `numeric(p,s)` column "
+            "cannot read as a decimal",
+            hint=f"in the model, `nullif({name}, 'NaN') as {name}` makes it a null (the "
+            f"field's `on_null` applies), and `{name}::double precision as {name}` rejects "
+            "only the rows holding it",
+        )
+    return SourceError(
+        f"{who}: column `{column}` could not be read: {db_message(exc)}",
+        hint=f"cast it in the model to a type Lockgate reads, such as `{name}::text as {name}`",
+    )
 
 
 # --------------------------------------------------------------------------- the source
@@ -313,27 +484,44 @@ class PostgresSource:
             conn.close()
 
         try:
-            cursor.execute(sql)
+            described = cursor.adbc_execute_schema(sql)  # planned, not run
+            lists = [i for i, f in enumerate(described) if pa.types.is_list(f.type)]
+            # ADBC runs `COPY (<sql>) TO STDOUT`: the newline ends a last `-- comment`
+            query = _with_dimensions(sql, len(described), lists) if lists else strip_sql(sql)
+            cursor.execute(f"{query}\n")
             reader = cursor.fetch_record_batch()
         except self._errors() as exc:
             close()
             raise query_error(self.who, sql, exc) from exc
+        width = len(described)
+        fields = list(reader.schema)[:width]
         try:
-            scale = self._money_scale(reader.schema)
+            scale = self._money_scale(pa.schema(fields))
         except SourceError:
             close()
             raise
         schema = pa.schema(
-            [pa.field(f.name, _adbc_target(f, scale), f.nullable) for f in reader.schema]
+            [
+                pa.field(name, _adbc_target(f, scale), f.nullable)
+                for name, f in zip(described.names, fields, strict=True)
+            ]
         )
 
-        padded = {i for i, f in enumerate(reader.schema) if _is_bpchar(f)}
+        padded = {i for i, f in enumerate(fields) if _is_bpchar(f)}
 
         def convert(batch: pa.RecordBatch) -> pa.RecordBatch:
-            arrays = [
-                _adbc_convert(column, field.type)
-                for column, field in zip(batch.columns, schema, strict=True)
-            ]
+            import pyarrow.compute as pc
+
+            for i, dimensions in zip(lists, batch.columns[width:], strict=True):
+                most = pc.max(dimensions).as_py()
+                if most is not None and most > 1:
+                    raise dimensions_error(self.who, schema.field(i).name, most)
+            arrays = []
+            for column, field in zip(batch.columns[:width], schema, strict=True):
+                try:
+                    arrays.append(_adbc_convert(column, field.type))
+                except pa.ArrowException as exc:
+                    raise column_error(self.who, field.name, _values(column), exc) from exc
             for i in padded:
                 arrays[i] = _unpad(arrays[i])
             return pa.RecordBatch.from_arrays(arrays, schema=schema)
@@ -460,6 +648,7 @@ class RedshiftSource(PostgresSource):
 
     def _connect(self) -> Any:
         psycopg = self._driver()
+        from psycopg.pq import Format
         from psycopg.types.string import TextLoader
 
         try:
@@ -469,6 +658,18 @@ class RedshiftSource(PostgresSource):
             raise connect_error(self.who, self.url, exc) from exc
         for json_type in ("json", "jsonb"):  # keep JSON as its text, like the ADBC path
             conn.adapters.register_loader(json_type, TextLoader)
+        # as ADBC reads them: `money` in cents (scaled by `read`), `interval` in months and days
+        conn.adapters.register_loader("money", _text_loader(_money_cents))
+        conn.adapters.register_loader("interval", _text_loader(_interval_parts))
+        for name, kind in (
+            ("date", "date32"),
+            ("timestamp", "timestamp"),
+            ("timestamptz", "timestamp"),
+        ):
+            oid = conn.adapters.types[name].oid
+            parse = conn.adapters.get_loader(oid, Format.TEXT)
+            assert parse is not None  # psycopg loads every built-in type
+            conn.adapters.register_loader(name, _infinite(parse, _INFINITY[kind]))
         return conn
 
     def _rows(self, sql: str) -> list[tuple[Any, ...]]:
@@ -502,14 +703,24 @@ class RedshiftSource(PostgresSource):
         except self._errors() as exc:
             close()
             raise query_error(self.who, sql, exc) from exc
-        fields = []
-        padded = set()
-        for i, column in enumerate(cursor.description or []):
+        described = []
+        for column in cursor.description or []:
             info = pg_types.get(column.type_code)
             type_name = info.name if info else None
             if info is not None and info.array_oid == column.type_code:
                 type_name = f"_{info.name}"  # the registry answers an array's oid with its item
-            kind = psycopg_type(type_name, column.precision, column.scale)
+            described.append((column, type_name))
+        money_scale = 2
+        if any(type_name in ("money", "_money") for _, type_name in described):
+            try:
+                money_scale = int(self._rows("select scale(1::money::numeric)")[0][0])
+            except SourceError:
+                close()
+                raise
+        fields = []
+        padded = set()
+        for i, (column, type_name) in enumerate(described):
+            kind = psycopg_type(type_name, column.precision, column.scale, money_scale)
             fields.append(pa.field(column.name, kind))
             if type_name == "bpchar":
                 padded.add(i)
@@ -517,7 +728,7 @@ class RedshiftSource(PostgresSource):
 
         def batches() -> Iterator[pa.RecordBatch]:
             while rows := cursor.fetchmany(batch_rows):
-                batch = _rows_to_batch(rows, schema)
+                batch = _rows_to_batch(self.who, rows, schema)
                 if padded:
                     arrays = [_unpad(c) if i in padded else c for i, c in enumerate(batch.columns)]
                     batch = pa.RecordBatch.from_arrays(arrays, schema=schema)

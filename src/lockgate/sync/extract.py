@@ -29,11 +29,21 @@ class Staged:
     columns: dict[str, str]
 
 
-def _counting(reader: pa.RecordBatchReader, advance: Advance) -> pa.RecordBatchReader:
+def _counting(
+    reader: pa.RecordBatchReader, advance: Advance, failed: list[BaseException]
+) -> pa.RecordBatchReader:
+    """``reader`` counted into ``advance``. What the reader raises is also kept in ``failed``:
+    DuckDB, which pulls the batches, turns it into an error of its own whose text holds the
+    Python traceback, and chains nothing."""
+
     def batches() -> Iterator[pa.RecordBatch]:
-        for batch in reader:
-            advance(batch.num_rows)
-            yield batch
+        try:
+            for batch in reader:
+                advance(batch.num_rows)
+                yield batch
+        except Exception as exc:
+            failed.append(exc)
+            raise
 
     return pa.RecordBatchReader.from_batches(reader.schema, batches())
 
@@ -46,13 +56,18 @@ def _load(
     *,
     sync: str,
 ) -> None:
-    """Run ``sql`` (which reads ``_model_reader``) over the batches of ``reader``."""
-    con.register("_model_reader", _counting(reader, advance))
+    """Run ``sql`` (which reads ``_model_reader``) over the batches of ``reader``. An error
+    the reader raised (a source's `SourceError` naming the column it could not read) is raised
+    as it was, once, not inside DuckDB's message with its traceback."""
+    failed: list[BaseException] = []
+    con.register("_model_reader", _counting(reader, advance, failed))
     try:
         run_sql(con, sql)
     except LockgateError:
         raise
     except duckdb.Error as exc:
+        if failed:
+            raise failed[0] from failed[0].__cause__
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, LockgateError):
             raise cause from None
