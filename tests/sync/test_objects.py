@@ -199,8 +199,14 @@ def test_relationship_waits_for_its_object_and_person(project_factory: ProjectFa
     memberships = reports["memberships"]
     assert memberships.changes.held == 2
     held = dict(memberships.changes.held_samples)
-    assert "object `initech` has not been synced yet" in held['{"id":"1"} initech']
-    assert "has not been synced yet" in held['{"id":"9"} acme']
+    assert held['{"id":"1"} initech'] == (
+        "object `initech` is not among the objects sent (not synced yet, or it left the "
+        "objects sync's model)"
+    )
+    assert held['{"id":"9"} acme'] == (
+        'person {"id":"9"} is not among the people sent (not synced yet, or they left the '
+        "people sync's model)"
+    )
     emu = project_factory.emulator
     assert ("1", "1", "initech", "admin") not in rels(emu)
 

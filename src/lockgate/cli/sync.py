@@ -79,7 +79,7 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
             ),
         ]
         if c.kind == "relationships":
-            rows.append(("held: person or object not synced yet", c.held))
+            rows.append(("held: person or object not sent (or left its model)", c.held))
         else:
             rows += [
                 ("attributes set", c.attributes_set),

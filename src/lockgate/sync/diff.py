@@ -181,7 +181,8 @@ def _missing_ends(
         )
         conditions.append(
             f"case when {object_id} not in ({known}) then 'object `' || {object_id} || "
-            "'` has not been synced yet' end"
+            "'` is not among the objects sent (not synced yet, or it left the objects "
+            "sync''s model)' end"
         )
     if people_snaps:
         known = " union all ".join(
@@ -201,7 +202,8 @@ def _missing_ends(
         conditions.append(
             f"case when {person_key} <> 'anonymous_id' and "
             f"({person_key}, {person_value}) not in (select kind, value from ({known})) "
-            f"then 'person ' || {person} || ' has not been synced yet' end"
+            f"then 'person ' || {person} || ' is not among the people sent (not synced yet, "
+            "or they left the people sync''s model)' end"
         )
     return conditions
 
