@@ -116,12 +116,7 @@ def _record_keys(sync: SyncConfig, ident: str) -> str:
     objects and relationships, the ident itself."""
     if sync.kind != "people":
         return f"[{ident}]"
-    parts = [
-        f"'id:' || json_extract_string({ident}, '$.id')",
-        f"'cio_id:' || json_extract_string({ident}, '$.cio_id')",
-        f"'email:' || lower(json_extract_string({ident}, '$.email'))",
-    ]
-    return f"[{', '.join(parts)}]"  # a null entry joins nothing
+    return _person_keys(ident)
 
 
 def _removal_op(sync: SyncConfig) -> tuple[str, int]:
@@ -252,11 +247,7 @@ def forget_gone_relationships(con: duckdb.DuckDBPyConnection, sync: SyncConfig) 
         return 0
     snap = table("snap", sync.name)
     if _temp_table(con, "held_by_siblings"):
-        run_sql(
-            con,
-            f"delete from {snap} where k in (select k from held_by_siblings); "
-            "drop table held_by_siblings",
-        )
+        run_sql(con, f"delete from {snap} where k in (select k from held_by_siblings)")
     if not _temp_table(con, "snap_live"):
         return 0
     gone = con.execute(
@@ -373,7 +364,8 @@ def _mirror_removals(
 
 
 def _person_keys(ident: str) -> str:
-    """SQL: a list naming the person of a JSON ``ident`` (`id:`, `cio_id:`, `email:` keys)."""
+    """SQL: a list naming the person of a JSON ``ident`` (`id:`, `cio_id:`, `email:` keys, the
+    email lowercased as Customer.io matches it); a null entry joins nothing."""
     return (
         f"['id:' || json_extract_string({ident}, '$.id'), "
         f"'cio_id:' || json_extract_string({ident}, '$.cio_id'), "
@@ -614,8 +606,6 @@ def diff_records(
         previous = f'"{_one(con, "select current_database()")}".main.{snap}'
 
     if sync.kind == "relationships":
-        # a temp table of an earlier sync of the same command (one connection) must not count
-        run_sql(con, "drop table if exists held_by_siblings")
         snap = _live_relationships(con, snap, objects_snaps or [], people_snaps or [])
     # Stage 1, cheap: each row's key and the hash of the columns its payload is built from
     # (DuckDB computes only those two expressions of the mapping). Rows whose key and hash

@@ -68,9 +68,6 @@ def _load(
     except duckdb.Error as exc:
         if failed:
             raise failed[0] from failed[0].__cause__
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, LockgateError):
-            raise cause from None
         raise SourceError(
             f"sync `{sync}`: reading the model failed: {exc}",
             hint="run the model's SQL in the warehouse to check it",
