@@ -35,6 +35,9 @@ class LockgateError(Exception):
     """Base of every error Lockgate raises on purpose."""
 
     retryable: bool = False
+    #: a command's `--json` has already printed this error in its own document (see
+    #: :func:`lockgate.cli.options.json_option`)
+    printed_as_json: bool = False
 
     def __init__(self, reason: str, *, hint: str | None = None) -> None:
         super().__init__(reason)

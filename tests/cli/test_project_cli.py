@@ -315,6 +315,27 @@ def test_json_prints_a_document_when_the_only_sync_or_the_files_fail(
     assert code == 1 and isinstance(runs, list) and len(runs) == 1
     assert (runs[0]["sync"], runs[0]["status"]) == (None, "failed")
     assert runs[0]["error"].startswith("syncs/leads.yml:5: ")
+    # every other `--json` command prints one document too: `{"status": "failed", "error"}`
+    for command in (
+        ["runs"],
+        ["runs", "show"],
+        ["runs", "export"],
+        ["history", "--person", "ada@example.com"],
+        ["sources", "inspect"],
+        ["reconcile", "leads"],
+        ["identity", "explain", "ada@example.com"],
+        ["webhooks", "status"],
+        ["webhooks", "load"],
+    ):
+        code, doc, err = run(*command)
+        assert code == 1 and "Error: syncs/leads.yml:5:" in err, command
+        assert isinstance(doc, dict) and doc["status"] == "failed", command
+        assert doc["error"].startswith("syncs/leads.yml:5: "), command
+    # `--json` given to the group (`runs --json show`) is honoured the same way
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["runs", "--json", "show", "--project", str(tmp_path)])
+    assert json.loads(capsys.readouterr().out)["status"] == "failed"
 
 
 def test_plan_sync_runs_history_end_to_end(

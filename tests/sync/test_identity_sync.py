@@ -566,3 +566,26 @@ def test_a_model_column_named_like_the_graphs_is_left_out_or_refused_when_read(
     )
     assert "billing.yml" in str(caught.value)
     assert "profile_id as crm_profile_id" in (caught.value.hint or "")
+
+
+def test_a_missing_column_is_named_with_the_models_own_columns(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A field reading a column the model lacks names the model's columns, not those the
+    identity graph adds to each row (`profile_id`, `cio_person_id`, ...), which no sync can
+    read."""
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    setup(tmp_path, customerio_emulator.base_url or "")
+    sync_file = tmp_path / "syncs" / "billing.yml"
+    sync_file.write_text(
+        sync_file.read_text().replace("number}}", "number}, tier: {column: plan_tier}}")
+    )
+    with pytest.raises(LockgateError) as caught:
+        run_sync(load_project(tmp_path), "billing", console=NullConsole())
+    assert "field `tier` reads column `plan_tier`, which the model does not return" in str(
+        caught.value
+    )
+    assert caught.value.hint == "the model's columns are `stripe_id`, `mrr`"
+    assert customerio_emulator.people() == []

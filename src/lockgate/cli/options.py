@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import orjson
 
+from lockgate.errors import LockgateError
 from lockgate.project.loader import Project, load_project
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -27,8 +31,36 @@ def project_option(func: F) -> F:
 
 
 def json_option(func: F) -> F:
-    """`--json`: machine-readable output on stdout."""
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")(func)
+    """`--json`: machine-readable output on stdout. A script reading stdout always gets one
+    document: an error that stops the command before it prints its own is printed as
+    `{"status": "failed", "error": ...}` (the message as on stderr, with its file, line and
+    hint); the error still goes to stderr and the exit code stays 1."""
+
+    @functools.wraps(func)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LockgateError as exc:
+            if _json_asked(kwargs) and not exc.printed_as_json:
+                doc = {"status": "failed", "error": str(exc)}
+                sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+                exc.printed_as_json = True
+            raise
+
+    option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+    return option(command)  # type: ignore[return-value]
+
+
+def _json_asked(kwargs: dict[str, Any]) -> bool:
+    """`--json` on this command or on a group above it (`lockgate runs --json show`)."""
+    if kwargs.get("as_json"):
+        return True
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if ctx.params.get("as_json"):
+            return True
+        ctx = ctx.parent
+    return False
 
 
 def open_project(project_path: Path) -> Project:

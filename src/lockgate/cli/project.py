@@ -138,6 +138,7 @@ def validate(project_path: Path, as_json: bool, print_schema: bool, connect: boo
             if connect:
                 invalid["connections"] = []
             sys.stdout.write(orjson.dumps(invalid).decode() + "\n")
+            exc.printed_as_json = True
         raise
     failed = [c for c in checks if c.ok is False]
     if as_json:

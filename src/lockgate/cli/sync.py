@@ -51,6 +51,7 @@ def _failure_as_json(as_json: bool, names: list[str], *, one: bool) -> Iterator[
         if as_json:
             docs = [{"sync": n, "status": "failed", "error": str(exc)} for n in names or (None,)]
             _print_json(docs[0] if one and len(docs) == 1 else docs)
+            exc.printed_as_json = True
         raise
 
 
@@ -331,10 +332,12 @@ def _finish(
         _print_json(docs[0] if one and docs else docs)
     if failed:
         total = len(reports) + len(failed)
-        raise LockgateError(
+        error = LockgateError(
             f"{len(failed)} of {total} {what}s failed: {', '.join(n for n, _ in failed)}",
             hint=f"each one's error is above; the other syncs' {what}s went on",
         )
+        error.printed_as_json = as_json  # each failure is in the document printed above
+        raise error
 
 
 def _render_rejected(console: RichConsole, report: RunReport, *, where: bool) -> None:

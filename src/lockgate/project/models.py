@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -650,14 +651,23 @@ class SyncConfig(StrictModel):
     """One sync: a model, a kind, a mapping, a destination (`syncs/<name>.yml`)."""
 
     _graph_identifiers: dict[str, str] | None = PrivateAttr(default=None)
+    _graph_columns: frozenset[str] = PrivateAttr(default=frozenset())
 
-    def keyed_through_graph(self, **update: Any) -> SyncConfig:
+    def keyed_through_graph(self, graph_columns: Iterable[str], **update: Any) -> SyncConfig:
         """This sync with its rows keyed by the identity graph (``update``: the graph's
-        Customer.io identifier columns, the attributes it adds). What the model itself
-        identifies rows by stays known, so messages name the user's columns."""
+        Customer.io identifier columns, the attributes it adds; ``graph_columns``: the columns
+        the graph adds to each row). What the model itself identifies rows by, and which
+        columns are its own, stay known, so messages name the user's columns."""
         keyed = self.model_copy(update=update)
         keyed._graph_identifiers = self.model_identifiers
+        keyed._graph_columns = frozenset(graph_columns)
         return keyed
+
+    @property
+    def graph_columns(self) -> frozenset[str]:
+        """The columns the identity graph adds to each row of this (keyed) sync's model: no
+        sync file can name them, so a message listing the model's columns leaves them out."""
+        return self._graph_columns
 
     @property
     def model_identifiers(self) -> dict[str, str]:

@@ -183,7 +183,6 @@ def _check_model(project: Project, sync: SyncConfig, source: Source) -> str:
     mapped = sync
     if mapping.needs_identity(project, sync):
         from lockgate.identity.customerio import attribute_names
-        from lockgate.identity.explain import CIO_COLUMNS
         from lockgate.sync import resolve
 
         config = resolve.identity_config(project, sync)
@@ -199,8 +198,7 @@ def _check_model(project: Project, sync: SyncConfig, source: Source) -> str:
                 for name in attribute_names(config)
                 if name not in sync.attributes
             }
-        added = ["profile_id", *CIO_COLUMNS, *graph.values()]
-        columns = {**columns, **dict.fromkeys(added, "VARCHAR")}
+        columns = {**columns, **dict.fromkeys(resolve.graph_columns_added(graph), "VARCHAR")}
         mapped = resolve.keyed_sync(sync, graph)
     try:
         mapping.compile_sync(mapped, columns, project.config.defaults.on_null, int(time.time()))

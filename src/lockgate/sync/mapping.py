@@ -19,6 +19,7 @@ sends the default.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -767,11 +768,10 @@ def field_fragment(
         return lit(constant), [], None, None
     column = spec.column or name
     if column not in columns:
-        known = ", ".join(f"`{c}`" for c in columns)
         raise ConfigError(
             f"sync `{sync}`: field `{name}` reads column `{column}`, "
             "which the model does not return",
-            hint=f"the model's columns are {known}",
+            hint=columns_hint(columns),
         )
     col_type = columns[column]
     # `type: json` over a number column (or a list, struct or map holding numbers) is that
@@ -1022,7 +1022,7 @@ def identifier_sql(
             raise ConfigError(
                 f"sync `{sync.name}`: identifier `{kind}` reads column `{column}`, "
                 "which the model does not return",
-                hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
+                hint=columns_hint(columns),
             )
         if target in chosen:
             raise ConfigError(f"sync `{sync.name}`: two columns map to Customer.io `{target}`")
@@ -1106,13 +1106,24 @@ def compile_sync(
     column the sync file names that the model lacks is a :class:`ConfigError` naming both.
     ``clear``: attributes to clear on every people or objects record
     (:func:`removed_attributes`)."""
-    if sync.kind == "people":
-        return compile_people(sync, columns, default_on_null, clear)
-    if sync.kind == "objects":
-        return compile_objects(sync, columns, default_on_null, clear)
-    if sync.kind == "relationships":
-        return compile_relationships(sync, columns, default_on_null)
-    return compile_events(sync, columns, now_epoch)
+    try:
+        if sync.kind == "people":
+            return compile_people(sync, columns, default_on_null, clear)
+        if sync.kind == "objects":
+            return compile_objects(sync, columns, default_on_null, clear)
+        if sync.kind == "relationships":
+            return compile_relationships(sync, columns, default_on_null)
+        return compile_events(sync, columns, now_epoch)
+    except ConfigError as exc:
+        if sync.graph_columns and exc.hint == columns_hint(columns):
+            # the model's own columns: those the identity graph added cannot be named
+            exc.hint = columns_hint(c for c in columns if c not in sync.graph_columns)
+        raise
+
+
+def columns_hint(columns: Iterable[str]) -> str:
+    """The hint of an error naming a column the model lacks: the columns it has."""
+    return f"the model's columns are {', '.join(f'`{c}`' for c in columns)}"
 
 
 def compile_people(
@@ -1124,7 +1135,7 @@ def compile_people(
         if key not in columns:
             raise ConfigError(
                 f"sync `{sync.name}`: primary key column `{key}` is not in the model",
-                hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
+                hint=columns_hint(columns),
             )
     key_sql = composite_key_sql(sync.key_columns)
     fields = Fields()
@@ -1285,7 +1296,7 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
         if event.id.column not in columns:
             raise ConfigError(
                 f"sync `{sync.name}`: event id column `{event.id.column}` is not in the model",
-                hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
+                hint=columns_hint(columns),
             )
         key_sql = f"nullif({_key_text(event.id.column, columns[event.id.column])}, '')"
         null_id = f"column `{event.id.column}`: event id is null or empty"
@@ -1295,7 +1306,7 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
             if col not in columns:
                 raise ConfigError(
                     f"sync `{sync.name}`: event id hash column `{col}` is not in the model",
-                    hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
+                    hint=columns_hint(columns),
                 )
         # each value as its length, `:` and its text, a null as `-`: no two lists of values
         # (`'a|b', 'c'` and `'a', 'b|c'`, a null and the text `-`) give the same key text
@@ -1324,7 +1335,7 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
         if event.name.column not in columns:
             raise ConfigError(
                 f"sync `{sync.name}`: event name column `{event.name.column}` is not in the model",
-                hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
+                hint=columns_hint(columns),
             )
         name_sql = _trim(f"{q(event.name.column)}::varchar")
         used.append(event.name.column)
@@ -1335,7 +1346,7 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
         if event.timestamp not in columns:
             raise ConfigError(
                 f"sync `{sync.name}`: timestamp column `{event.timestamp}` is not in the model",
-                hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
+                hint=columns_hint(columns),
             )
         ts_sql, ts_check = coerce(
             sync.name, "timestamp", event.timestamp, columns[event.timestamp], "timestamp"
@@ -1425,7 +1436,7 @@ def _require(sync: SyncConfig, column: str, what: str, columns: dict[str, str]) 
     if column not in columns:
         raise ConfigError(
             f"sync `{sync.name}`: {what} column `{column}` is not in the model",
-            hint=f"the model's columns are {', '.join(f'`{c}`' for c in columns)}",
+            hint=columns_hint(columns),
         )
 
 

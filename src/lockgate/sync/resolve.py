@@ -222,7 +222,17 @@ def keyed_sync(sync: SyncConfig, graph_attributes: dict[str, str]) -> SyncConfig
         attributes["anonymous_id"] = FieldConfig(column="cio_anonymous_id")
     for name, column in graph_attributes.items():
         attributes[name] = FieldConfig(column=column, on_null="skip")
-    return sync.keyed_through_graph(identify_by=identify_by, attributes=attributes)
+    return sync.keyed_through_graph(
+        graph_columns_added(graph_attributes), identify_by=identify_by, attributes=attributes
+    )
+
+
+def graph_columns_added(graph_attributes: dict[str, str]) -> list[str]:
+    """The columns :func:`key_rows` adds to each row: the profile id, the Customer.io
+    identifiers and the graph's attributes (``graph_attributes``: name -> column)."""
+    from lockgate.identity.explain import CIO_COLUMNS
+
+    return ["profile_id", *CIO_COLUMNS, *graph_attributes.values()]
 
 
 def require_columns(sync: SyncConfig, columns: list[str]) -> None:
