@@ -1,13 +1,16 @@
-"""`lockgate sources inspect` on a DuckDB project, through the real CLI group."""
+"""`lockgate sources inspect` on a DuckDB project, and on Snowflake (fakesnow), through the
+real CLI group."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import pytest
 from click.testing import CliRunner
+from tests.sources.warehouses import FAKESNOW_WARNING
 
 from lockgate.cli import cli
 
@@ -85,3 +88,55 @@ def test_inspect_an_unknown_schema_says_which_exist(project: Path) -> None:
     # a schema named in another case is the same schema
     code, output = _run("--schema", "ANALYTICS", "--project", str(project))
     assert code == 0 and "users" in output
+
+
+@pytest.fixture
+def snowflake_project(tmp_path: Path) -> Iterator[Path]:
+    """A Snowflake source (fakesnow) holding `USERS` and `"lower_tbl"`, a table created with a
+    quoted lower-case name, which unquoted SQL cannot name (`lower_tbl` means `LOWER_TBL`)."""
+    import fakesnow
+    import snowflake.connector
+
+    (tmp_path / "lockgate.yml").write_text(
+        "name: shop\nsources:\n  warehouse: {type: snowflake, account: lg, user: t, "
+        "database: LG, schema: PUBLIC}\n"
+    )
+    with fakesnow.patch():
+        conn = snowflake.connector.connect(account="lg", user="t", database="LG", schema="PUBLIC")
+        cursor = conn.cursor()
+        cursor.execute("create table users (id int, email varchar)")
+        cursor.execute('create table "lower_tbl" (id int, "mixedCol" varchar)')
+        yield tmp_path
+        conn.close()
+
+
+@pytest.mark.filterwarnings(FAKESNOW_WARNING)
+def test_snowflake_tables_are_listed_as_they_can_be_inspected(snowflake_project: Path) -> None:
+    code, output = _run("--json", "--project", str(snowflake_project))
+    assert code == 0, output
+    tables = [(t["schema"], t["name"]) for t in json.loads(output)["tables"]]
+    assert set(tables) == {("public", '"lower_tbl"'), ("public", "users")}
+    # each name the listing shows, given back to `--table`, bare or with its schema
+    for schema, name in tables:
+        for given in (name, f"{schema}.{name}"):
+            code, output = _run("--table", given, "--json", "--project", str(snowflake_project))
+            assert code == 0, output
+            assert json.loads(output)["columns"][0]["name"] == "id"
+    code, output = _run("--table", '"lower_tbl"', "--project", str(snowflake_project))
+    assert code == 0, output
+    assert "mixedCol" in output and "TEXT" in output
+
+
+@pytest.mark.filterwarnings(FAKESNOW_WARNING)
+def test_snowflake_lower_case_table_named_unquoted_says_how_to_name_it(
+    snowflake_project: Path,
+) -> None:
+    result = CliRunner().invoke(
+        cli, ["sources", "inspect", "--table", "lower_tbl", "--project", str(snowflake_project)]
+    )
+    assert result.exit_code != 0
+    assert "no table or view `lower_tbl`" in str(result.exception)
+    assert getattr(result.exception, "hint", "") == (
+        'did you mean `public."lower_tbl"`? A name listed in quotes is stored in lower case; '
+        "unquoted, `lower_tbl` means `LOWER_TBL`"
+    )

@@ -14,6 +14,7 @@ import pytest
 
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
+from lockgate.errors import StepError
 from lockgate.project.loader import load_project
 from lockgate.sync.run import run_sync
 
@@ -161,3 +162,38 @@ def test_same_customerio_state_from_every_warehouse(
         "3": ("linus@example.com", {"mrr": 10.0}),
     }
     assert events == [("Signed Up", 1767323045), ("Signed Up", 1769904000)]
+
+
+def test_two_columns_of_one_name_are_refused_on_every_warehouse(
+    source_yaml: str,
+    tmp_path: Path,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`plan` and `"plan"`: one name in DuckDB and Postgres; on Snowflake `PLAN` and `plan`,
+    both read as `plan`. Every driver hands both columns over; the run stops before sending."""
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "lockgate.yml").write_text(
+        f"name: t\nsources:\n  warehouse: {source_yaml}\ndestinations:\n  customerio:\n"
+        f"    type: customerio\n    track_url: {customerio_emulator.base_url}\n"
+    )
+    (tmp_path / "syncs" / "profile.yml").write_text(
+        textwrap.dedent(SYNCS["profile"]).replace(
+            "select * from lg_sync.users",
+            "select user_id, email, plan, mrr, vip, signed_up_at, 'enterprise' as \\\"plan\\\" "
+            "from lg_sync.users",
+        )
+    )
+    project = load_project(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # fakesnow's DuckDB copy warning
+        with pytest.raises(StepError) as caught:
+            run_sync(project, "profile", console=NullConsole())
+    assert "syncs/profile.yml:4: sync `profile`: the model returns two columns named `plan`" in (
+        caught.value.reason
+    )
+    assert "`a.plan as account_plan`" in str(caught.value.hint)
+    assert not customerio_emulator.people()

@@ -284,10 +284,12 @@ class Project:
                 hint=f"syncs in this project: {known}",
             ) from None
 
-    def locate(self, error: ConfigError, sync: str) -> ConfigError:
+    def locate(
+        self, error: ConfigError, sync: str, key: tuple[str, ...] | None = None
+    ) -> ConfigError:
         """``error``, about sync ``sync`` but raised away from its file (compiling the mapping
         against the model's columns), pointed at the sync file and at the line of the field
-        it names."""
+        it names, or else of ``key`` (``("model",)`` for an error about the model)."""
         if error.file is None and sync in self.sync_files:
             error.file = self.sync_files[sync]
             lines = self.sync_lines.get(sync, {})
@@ -297,6 +299,8 @@ class Project:
                 error.line = next(
                     (lines[(key, named[1])] for key in keys if (key, named[1]) in lines), None
                 )
+            elif key is not None:
+                error.line = lines.get(key)
         return error
 
     def model_sql(self, sync: SyncConfig) -> str:

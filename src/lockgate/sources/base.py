@@ -131,9 +131,21 @@ def limit_zero(sql: str) -> str:
     return f"select * from ({strip_sql(sql)}) as lockgate_schema_probe limit 0"
 
 
+_UNQUOTED_DOT = re.compile(r"\.(?=(?:[^\"]*\"[^\"]*\")*[^\"]*$)")
+
+
 def split_table(table: str) -> tuple[str | None, str]:
     """``schema.table`` → (schema, table); a bare ``table`` → (None, table). Quotes are removed."""
-    parts = [p.strip().strip('"`') for p in re.split(r"\.(?=(?:[^\"]*\"[^\"]*\")*[^\"]*$)", table)]
+    parts = [p.strip().strip('"`') for p in _UNQUOTED_DOT.split(table)]
+    if len(parts) == 1:
+        return None, parts[0]
+    return ".".join(parts[:-1]), parts[-1]
+
+
+def split_quoted(table: str) -> tuple[str | None, str]:
+    """As :func:`split_table`, with the quotes kept (``public."lower_tbl"``), for a warehouse
+    where quoting a name changes which one it is (Snowflake)."""
+    parts = [p.strip() for p in _UNQUOTED_DOT.split(table)]
     if len(parts) == 1:
         return None, parts[0]
     return ".".join(parts[:-1]), parts[-1]

@@ -182,7 +182,10 @@ class DuckDBSource:
             empty = relation.limit(0)
             to_table = getattr(empty, "to_arrow_table", None) or empty.fetch_arrow_table
             schema: pa.Schema = to_table().schema
-            return schema
+            # `limit` nests the query, and DuckDB renames a second `plan` of a nested query to
+            # `plan_1`; `read` keeps the names as the query gives them, and so does this
+            names = relation.columns
+            return pa.schema(f.with_name(n) for f, n in zip(schema, names, strict=True))
         except duckdb.Error as exc:
             raise query_error(self.who, sql, exc) from exc
         finally:

@@ -7,7 +7,9 @@ is cast to one schema derived from the cursor's description.
 
 Snowflake upper-cases unquoted identifiers. Lockgate lower-cases every all-upper-case column,
 table and schema name (`EMAIL` → `email`), so models read the same on every warehouse; a name
-that was quoted in mixed case (`"signupSource"`) keeps its case.
+that was quoted in mixed case (`"signupSource"`) keeps its case. A table or schema stored in
+lower case (created as `"lower_tbl"`) is listed quoted, as SQL names it: `lower_tbl` unquoted
+is `LOWER_TBL`.
 
 Example::
 
@@ -17,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -34,8 +37,9 @@ from lockgate.sources.base import (
     label,
     limit_zero,
     query_error,
+    quote_ident,
     quote_literal,
-    split_table,
+    split_quoted,
     stream,
 )
 
@@ -76,8 +80,26 @@ def fold(name: str) -> str:
     return name.lower() if name == name.upper() else name
 
 
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+
+
+def listed(name: str) -> str:
+    """How the listings show a stored schema or table name, such that :func:`unfold` gives the
+    stored name back: `USERS` → `users`, `signupSource` as it is, and a name stored in lower case
+    (or one SQL must quote: a space, a dot) quoted, `"lower_tbl"`, since `lower_tbl` unquoted
+    means `LOWER_TBL`."""
+    if _PLAIN.fullmatch(name) and name == name.upper():
+        return name.lower()
+    if _PLAIN.fullmatch(name) and name != name.lower():
+        return name
+    return quote_ident(name)
+
+
 def unfold(name: str) -> str:
-    """The stored form of a name the user typed: unquoted lower case is upper case in Snowflake."""
+    """The stored form of a name the user typed: a quoted name as written (`"lower_tbl"` →
+    `lower_tbl`); unquoted lower case is upper case in Snowflake (`users` → `USERS`)."""
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        return name[1:-1].replace('""', '"')
     return name.upper() if name == name.lower() else name
 
 
@@ -220,7 +242,7 @@ class SnowflakeSource:
             "select schema_name from information_schema.schemata "
             "where schema_name <> 'INFORMATION_SCHEMA' order by 1"
         )
-        return [fold(row[0]) for row in rows]
+        return [listed(row[0]) for row in rows]
 
     def tables(self, schema: str | None = None) -> list[TableInfo]:
         """Tables (with Snowflake's stored row count) and views of the current database."""
@@ -232,8 +254,8 @@ class SnowflakeSource:
         )
         return [
             TableInfo(
-                schema=fold(s),
-                name=fold(n),
+                schema=listed(s),
+                name=listed(n),
                 kind="view" if "VIEW" in str(kind).upper() else "table",
                 rows=None if count is None else int(count),
             )
@@ -241,8 +263,9 @@ class SnowflakeSource:
         ]
 
     def columns(self, table: str) -> list[ColumnInfo]:
-        """Columns with Snowflake's type names and the Arrow types `read` yields."""
-        schema, name = split_table(table)
+        """Columns with Snowflake's type names and the Arrow types `read` yields. ``table`` is
+        named as the listings show it: `users` is `USERS`, `"lower_tbl"` is `lower_tbl`."""
+        schema, name = split_quoted(table)
         in_schema = (
             f"table_schema = {quote_literal(unfold(schema))}"
             if schema
@@ -256,10 +279,12 @@ class SnowflakeSource:
         )
         if not rows:
             raise SourceError(
-                f"{self.who}: no table or view `{table}`",
-                hint="`lockgate sources inspect` lists the tables; qualify it as `schema.table`",
+                f"{self.who}: no table or view `{table}`", hint=self._near(schema, name)
             )
-        arrow = self.schema_of(f"select * from {table}")
+        stored = quote_ident(unfold(name))
+        if schema:
+            stored = f"{quote_ident(unfold(schema))}.{stored}"
+        arrow = self.schema_of(f"select * from {stored}")
         return [
             ColumnInfo(
                 name=fold(column),
@@ -271,6 +296,25 @@ class SnowflakeSource:
             )
             for column, data_type, nullable, precision, scale in rows
         ]
+
+    def _near(self, schema: str | None, name: str) -> str:
+        """The hint for a table not found: the listed names that differ from it only in case
+        or quoting (`lower_tbl` typed for the table stored as `lower_tbl`, listed
+        `"lower_tbl"`), else where to find the tables."""
+        hint = "`lockgate sources inspect` lists the tables; qualify it as `schema.table`"
+        try:
+            tables = self.tables(schema)
+        except SourceError:
+            return hint
+        near = [
+            f"{t.schema}.{t.name}" for t in tables if unfold(t.name).lower() == unfold(name).lower()
+        ]
+        if not near:
+            return hint
+        return (
+            f"did you mean {' or '.join(f'`{n}`' for n in near)}? A name listed in quotes is "
+            f"stored in lower case; unquoted, `{name}` means `{unfold(name)}`"
+        )
 
     @property
     def connection(self) -> Any:

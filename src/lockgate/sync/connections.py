@@ -47,6 +47,7 @@ from lockgate.project.models import SyncConfig
 from lockgate.sources import connect
 from lockgate.sources.base import Source, redact
 from lockgate.sync import mapping
+from lockgate.sync.extract import unique_columns
 
 if TYPE_CHECKING:
     from lockgate.destinations.customerio.settings import CustomerIOSettings
@@ -179,6 +180,10 @@ def _check_sources(project: Project, checks: _Checks) -> None:
 def _check_model(project: Project, sync: SyncConfig, source: Source) -> str:
     """Plan the model (no rows) and compile the sync's mapping against its columns."""
     schema = source.schema_of(project.model_sql(sync))
+    try:
+        unique_columns(schema.names, sync=sync.name, warehouse=source.NAME)
+    except ConfigError as exc:
+        raise project.locate(exc, sync.name, ("model",)) from None
     columns = duckdb_types(schema)
     mapped = sync
     if mapping.needs_identity(project, sync):

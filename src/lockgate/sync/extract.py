@@ -14,7 +14,7 @@ import duckdb
 import pyarrow as pa
 
 from lockgate.console import Advance
-from lockgate.errors import LockgateError, SourceError
+from lockgate.errors import ConfigError, LockgateError, SourceError
 from lockgate.sources.base import Source
 from lockgate.sources.duckdb import DuckDBSource
 from lockgate.state.store import run_sql
@@ -27,6 +27,40 @@ class Staged:
 
     rows: int
     columns: dict[str, str]
+
+
+def unique_columns(names: list[str], *, sync: str, warehouse: str = "") -> None:
+    """Refuse a model with two columns of one name (``select u.*, a.*`` of two tables that both
+    have ``plan``; on Snowflake ``EMAIL`` and ``"email"``, which both come back as ``email``).
+
+    Staged in DuckDB, whose names ignore case, the second becomes ``plan_1`` and a sync mapping
+    ``plan`` silently sends the first one's values. Which one the sync file means is not
+    clear, so the run stops before a row is copied or sent. ``warehouse`` is the source's
+    type (``snowflake`` adds why two names folded into one). A `ConfigError` without a file:
+    callers point it at the sync file (:meth:`Project.locate`)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        if name.lower() not in seen:
+            seen[name.lower()] = name
+            continue
+        first = seen[name.lower()]
+        if first == name:
+            same = f"two columns named `{name}`"
+        else:
+            same = f"columns `{first}` and `{name}`, one name to Lockgate (it ignores case)"
+        folded = (
+            f' (Snowflake\'s `{name.upper()}` and `"{name.lower()}"` both come back as '
+            f"`{name.lower()}`)"
+            if warehouse == "snowflake" and first == name
+            else ""
+        )
+        raise ConfigError(
+            f"sync `{sync}`: the model returns {same}, so which one the sync file means is not "
+            f"clear{folded}",
+            hint=f"give one of them its own name in the model's SQL (`a.{name} as "
+            f"account_{name}`, with `a` the table it comes from; list that table's columns "
+            "instead of `a.*`) and map the one you mean in the sync file",
+        )
 
 
 def _counting(
@@ -79,8 +113,14 @@ def _load(
 def stage(
     con: duckdb.DuckDBPyConnection, source: Source, sql: str, *, sync: str, advance: Advance
 ) -> Staged:
-    """Read the model into the temp table ``model``."""
+    """Read the model into the temp table ``model``; a model with two columns of one name is
+    refused first (:func:`unique_columns`)."""
     reader = source.read(sql)
+    try:
+        unique_columns(reader.schema.names, sync=sync, warehouse=source.NAME)
+    except ConfigError:
+        reader.close()
+        raise
     _load(
         con,
         reader,
@@ -149,17 +189,21 @@ class InPlace:
         cls, con: duckdb.DuckDBPyConnection, source: Source, sql: str, *, sync: str
     ) -> InPlace | None:
         """The model read in place, or None when it must be staged (not a DuckDB source, SQL
-        that does not nest as a subquery, or a column whose type the round trip changes in a
-        way a cast does not reproduce)."""
+        that does not nest as a subquery, two columns of one name, or a column whose type the
+        round trip changes in a way a cast does not reproduce)."""
         if not isinstance(source, DuckDBSource):
             return None
         try:
+            # nested, DuckDB renames a second `plan` to `plan_1`: the names the model gives
+            names = source.schema_of(sql).names
             schema = source.schema_of(f"select * from {_subquery(sql)}")
             native = source.column_types(f"select * from {_subquery(sql)}")
         except SourceError:
             # a broken model, or one that runs alone but not nested (a `;` before a last
             # comment): the copy reads it as written and reports its own error
             return None
+        if len({name.lower() for name in names}) < len(names):
+            return None  # two columns of one name: `stage` refuses the model
         con.register("_model_schema", schema.empty_table())
         try:
             columns = {row[0]: row[1] for row in con.execute("describe _model_schema").fetchall()}

@@ -174,9 +174,12 @@ def _expected(
         source = connect(project.config.sources[sync.source], root=project.root, name=sync.source)
         try:
             with console.progress(f"extract {sync.name}", None) as advance:
-                staged = stage(
-                    con, source, project.model_sql(sync), sync=sync.name, advance=advance
-                )
+                try:
+                    staged = stage(
+                        con, source, project.model_sql(sync), sync=sync.name, advance=advance
+                    )
+                except ConfigError as exc:  # two columns of one name
+                    raise project.locate(exc, sync.name, ("model",)) from None
         finally:
             source.close()
         compiled = mapping.compile_people(sync, staged.columns, project.config.defaults.on_null)

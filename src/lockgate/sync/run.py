@@ -388,9 +388,16 @@ def _prepare(
                 staged = Staged(-1, in_place.columns)
             else:
                 with console.progress(f"extract {sync.name}", None) as advance:
-                    staged = stage(
-                        store.con, source, project.model_sql(sync), sync=sync.name, advance=advance
-                    )
+                    try:
+                        staged = stage(
+                            store.con,
+                            source,
+                            project.model_sql(sync),
+                            sync=sync.name,
+                            advance=advance,
+                        )
+                    except ConfigError as exc:  # two columns of one name
+                        raise project.locate(exc, sync.name, ("model",)) from None
                 open_source.close()
         resolution = None
         identity_ops = None
