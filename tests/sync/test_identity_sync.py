@@ -589,3 +589,78 @@ def test_a_missing_column_is_named_with_the_models_own_columns(
     )
     assert caught.value.hint == "the model's columns are `stripe_id`, `mrr`"
     assert customerio_emulator.people() == []
+
+
+BLOCKING_PROJECT = (
+    HEAD
+    + """\
+    crm_id: {{priority: 4, limit: 1}}
+  blocked_values:
+    crm_id: {{exact_ci: [TBD]}}
+  blocked_values_table: ops.blocklist
+  sources:
+    - {{name: leads, table: leads}}
+    - {{name: crm, table: crm, trust: 2}}
+    - {{name: contacts, table: contacts, trust: 2, columns: {{email: email, work_email: email}}}}
+"""
+)
+
+
+def test_blocked_values_written_in_capitals_block_the_placeholder_and_merge_nobody(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`exact_ci: [TBD]` blocks the CRM's placeholder whatever its case, and the operator's
+    `email, Shared@Corp.com` row blocks the team inbox however it is written: neither links
+    two leads, so no Customer.io person is merged away (before, either linked them and one
+    lead was deleted with its attributes)."""
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute(
+        """
+        create table leads as select * from (values
+          ('ann@a.com', 'webinar'), ('bob@b.com', 'ads'), ('cy@c.com', 'event')
+        ) t(email, lead_source);
+        create table crm (crm_id varchar, email varchar);
+        create table contacts (email varchar, work_email varchar);
+        create schema ops;
+        create table ops.blocklist as select 'email' as id_type, 'Shared@Corp.com' as id_value;
+        """
+    ).fetchall()
+    con.close()
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "lockgate.yml").write_text(
+        BLOCKING_PROJECT.format(url=customerio_emulator.base_url or "")
+    )
+    (tmp_path / "syncs" / "leads.yml").write_text(textwrap.dedent(LEADS))
+    project = load_project(tmp_path)
+    assert run_sync(project, "leads", console=NullConsole()).status == "success"
+
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute(
+        """
+        insert into crm values ('TBD', 'ann@a.com'), ('TBD', 'bob@b.com'), ('tbd', 'cy@c.com');
+        insert into contacts values ('bob@b.com', 'shared@corp.com'),
+          ('cy@c.com', 'SHARED@Corp.com ');
+        update leads set lead_source = lead_source || '!';
+        """
+    ).fetchall()
+    con.close()
+    report = run_sync(project, "leads", console=NullConsole())
+    assert report.status == "success"
+
+    assert customerio_emulator.merges() == []
+    people = {p.email: p.attributes["lead_source"] for p in customerio_emulator.people()}
+    assert people == {"ann@a.com": "webinar!", "bob@b.com": "ads!", "cy@c.com": "event!"}
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    blocked = con.execute(
+        "select source, id_type, reason, value, count from lockgate.lg_blocked_values "
+        "order by source"
+    ).fetchall()
+    con.close()
+    assert blocked == [
+        ("contacts", "email", "blocked", "shared@corp.com", 2),
+        ("crm", "crm_id", "blocked", "TBD", 2),
+        ("crm", "crm_id", "blocked", "tbd", 1),
+    ]

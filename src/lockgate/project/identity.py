@@ -205,7 +205,8 @@ class BlockRuleConfig(BaseConfig):
     """Blocked values for one type (or for `all_types`)."""
 
     exact_ci: tuple[str, ...] = ()
-    """Values blocked after normalisation, compared case-insensitively."""
+    """Values blocked after normalisation, compared case-insensitively (`[TBD]` blocks `TBD`,
+    `tbd` and `Tbd`)."""
 
     exact: tuple[str, ...] = ()
     """Values blocked after normalisation, compared exactly (for case-sensitive ids)."""
@@ -352,7 +353,9 @@ class IdentityConfig(BaseConfig):
 
     blocked_values_table: str | None = None
     """Operator-maintained table of further blocked values (columns `id_type`, `id_value`);
-    `id_type` `*` blocks the value for every type."""
+    `id_type` `*` blocks the value for every type. Each value goes through its type's
+    normalisation first, as the sources' values do (`Shared@Corp.com` blocks the email
+    `shared@corp.com`; a namespaced type's value may carry its `namespace:` prefix or not)."""
 
     sources: tuple[IdentitySourceConfig, ...] = ()
     """Tables or queries that link identifiers."""
