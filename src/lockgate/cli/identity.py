@@ -52,9 +52,8 @@ def identity_config(data: Any, file: Path, root: Path) -> IdentityConfig:
             if line:
                 break
         where = ".".join(str(p) for p in loc)
-        raise ConfigError(
-            f"`{where}`: {first['msg']}", hint="see docs/identity.md", file=shown, line=line
-        ) from exc
+        hint = (first.get("ctx") or {}).get("hint") or "see docs/identity.md"
+        raise ConfigError(f"`{where}`: {first['msg']}", hint=hint, file=shown, line=line) from exc
 
 
 @click.group()

@@ -252,7 +252,10 @@ def validate_model(model: type[M], data: Any, lines: Lines, file: str) -> M:
             message = f"the file holds {shape}; it must be a mapping of keys (`name: ...`)"
             hint = "write one key per line at the top level, without a leading `- `"
         else:
-            hint = "see docs/config.md for the allowed values"
+            # a validator may say how to fix its value (`hint` in its error's context)
+            hint = (first.get("ctx") or {}).get(
+                "hint"
+            ) or "see docs/config.md for the allowed values"
         more = len(exc.errors()) - 1
         if more:
             hint += f" ({more} more error{'s' if more > 1 else ''} after this one)"
