@@ -90,3 +90,45 @@ def test_regexes_in_re2_syntax_load(tmp_path: Path) -> None:
     project = load_project(tmp_path)
     assert project.config.identity is not None
     assert project.config.identity.blocked_values["email"].regex[1] == "\\d{9}\\z"
+
+
+TWO_WAREHOUSES = """\
+name: two
+sources:
+  warehouse: {type: duckdb, path: w.duckdb}
+  analytics: {type: duckdb, path: a.duckdb}
+destinations:
+  customerio: {type: customerio, track_url: "http://127.0.0.1:9"}
+identity:
+  identifier_types:
+    email: {priority: 2, limit: 5, customerio: email}
+  customerio: {id_from: []}
+  sources:
+    - {name: crm, table: crm, source: warehouse}
+    - {name: leads, table: leads}
+"""
+
+
+def test_an_identity_source_without_source_among_several_warehouses_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Before, every sync failed at resolve with "reads from `None`, which lockgate.yml does
+    not declare"."""
+    (tmp_path / "lockgate.yml").write_text(TWO_WAREHOUSES)
+    with pytest.raises(ConfigError) as err:
+        load_project(tmp_path)
+    assert str(err.value).startswith(
+        "lockgate.yml:13: identity source `leads` has no `source:`, and lockgate.yml declares "
+        "several warehouses"
+    )
+    assert err.value.hint == (
+        "add `source: <name>` naming the warehouse that holds `leads`; declared sources: "
+        "`analytics`, `warehouse`"
+    )
+    (tmp_path / "lockgate.yml").write_text(TWO_WAREHOUSES.replace("leads}", "leads, source: a}"))
+    with pytest.raises(ConfigError):
+        load_project(tmp_path)  # a name, but not a declared one
+    (tmp_path / "lockgate.yml").write_text(
+        TWO_WAREHOUSES.replace("leads}", "leads, source: analytics}")
+    )
+    assert load_project(tmp_path).config.identity is not None

@@ -664,3 +664,88 @@ def test_blocked_values_written_in_capitals_block_the_placeholder_and_merge_nobo
         ("crm", "crm_id", "blocked", "TBD", 2),
         ("crm", "crm_id", "blocked", "tbd", 1),
     ]
+
+
+TWO_WAREHOUSES = """\
+name: ident
+sources:
+  warehouse: {{type: duckdb, path: w.duckdb}}
+  analytics: {{type: duckdb, path: a.duckdb}}
+destinations:
+  customerio: {{type: customerio, track_url: "{url}"}}
+identity:
+  identifier_types:
+    user_id: {{priority: 1, limit: 1, customerio: id}}
+    email: {{priority: 2, limit: 5, customerio: email}}
+    crm_id: {{priority: 4, limit: 1}}
+  blocked_values_table: ops.blocklist
+  sources:
+    - {{name: leads, table: leads, source: warehouse}}
+    - {{name: crm, table: crm, source: warehouse, trust: 2}}
+"""
+
+
+def test_operator_tables_are_read_from_the_warehouse_of_the_identity_sources(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a second warehouse (`analytics`, first by name), the blocklist is read where the
+    identity sources are (before: from `analytics`, and every sync failed with a hint about
+    "the model's SQL"); a table that cannot be read names the setting and its line."""
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute(
+        """
+        create table leads as select * from (values ('ann@a.com', 'webinar'), ('bob@b.com', 'ads'))
+          t(email, lead_source);
+        create table crm as select * from (values ('c-0', 'ann@a.com'), ('c-0', 'bob@b.com'))
+          t(crm_id, email);
+        create schema ops;
+        create table ops.blocklist as select 'crm_id' as id_type, 'c-0' as id_value;
+        """
+    ).fetchall()
+    con.close()
+    duckdb.connect(str(tmp_path / "a.duckdb")).execute("create table other as select 1 x").close()
+    (tmp_path / "syncs").mkdir()
+    project_file = tmp_path / "lockgate.yml"
+    project_file.write_text(TWO_WAREHOUSES.format(url=customerio_emulator.base_url or ""))
+    (tmp_path / "syncs" / "leads.yml").write_text(textwrap.dedent(LEADS))
+
+    report = run_sync(load_project(tmp_path), "leads", console=NullConsole())
+    assert report.status == "success"
+    # the blocked CRM id links nobody: two people
+    assert sorted(p.email for p in customerio_emulator.people()) == ["ann@a.com", "bob@b.com"]
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    assert con.execute("select count(*) from lockgate.lg_blocked_values").fetchall() == [(1,)]
+    con.close()
+
+    project_file.write_text(project_file.read_text().replace("ops.blocklist", "ops.blocklst"))
+    with pytest.raises(LockgateError) as caught:
+        run_sync(load_project(tmp_path), "leads", console=NullConsole())
+    assert (
+        "`identity.blocked_values_table` (lockgate.yml:12) names `ops.blocklst`, which could "
+        "not be read: duckdb source `warehouse`: query failed:" in str(caught.value)
+    )
+    assert caught.value.hint == (
+        "create `ops.blocklst` in source `warehouse`, the warehouse of the identity sources "
+        "(columns `id_type`, `id_value`), or correct the name; `lockgate sources inspect "
+        "warehouse` lists its tables"
+    )
+
+    project_file.write_text(
+        project_file.read_text()
+        .replace("ops.blocklst", "ops.blocklist")
+        .replace("table: crm,", "table: crmx,")
+    )
+    with pytest.raises(LockgateError) as caught:
+        run_sync(load_project(tmp_path), "leads", console=NullConsole())
+    assert (
+        "identity source `crm` (`identity.sources[1]`, lockgate.yml:15) could not be read: "
+        "duckdb source `warehouse`: query failed:" in str(caught.value)
+    )
+    assert caught.value.hint == (
+        "check its `table:` (`crmx`) against source `warehouse`; `lockgate sources inspect "
+        "warehouse` lists its tables and columns"
+    )
+    assert "model" not in str(caught.value)

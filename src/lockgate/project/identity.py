@@ -275,7 +275,8 @@ class IdentitySourceConfig(BaseConfig):
     """Unique name, used in the edge, merge and explain outputs."""
 
     source: str | None = None
-    """Which `sources:` connection to read from; the project's default connection when unset."""
+    """Which `sources:` warehouse to read from. May be left out when lockgate.yml declares
+    one warehouse; required when it declares several."""
 
     table: str | None = None
     """A table to read (give `table` or `sql`, not both)."""
@@ -364,7 +365,7 @@ class IdentityRulesConfig(BaseConfig):
 
     overrides_table: str | None = None
     """Operator table of force include/exclude rules (columns `action`, `type_a`, `value_a`,
-    `type_b`, `value_b`, `reason`)."""
+    `type_b`, `value_b`, `reason`), read from the warehouse of the identity sources."""
 
 
 def _default_types() -> dict[str, IdentifierTypeConfig]:
@@ -399,7 +400,9 @@ class IdentityConfig(BaseConfig):
 
     blocked_values_table: str | None = None
     """Operator-maintained table of further blocked values (columns `id_type`, `id_value`);
-    `id_type` `*` blocks the value for every type. Each value goes through its type's
+    `id_type` `*` blocks the value for every type. Read from the warehouse of the identity
+    sources (the first one's `source:`), where the analyst tables go too. Each value goes
+    through its type's
     normalisation first, as the sources' values do (`Shared@Corp.com` blocks the email
     `shared@corp.com`; a namespaced type's value may carry its `namespace:` prefix or not)."""
 
