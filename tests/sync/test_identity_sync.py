@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -749,3 +750,64 @@ def test_operator_tables_are_read_from_the_warehouse_of_the_identity_sources(
         "warehouse` lists its tables and columns"
     )
     assert "model" not in str(caught.value)
+
+
+def test_explain_and_plan_continue_from_the_graph_the_sync_kept(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """u1 takes u2's email in the second run: the sync keeps it with u2 (earlier decisions
+    stand) and refuses u1's link. `identity explain` says the same, with the sync's profile
+    ids (before, it resolved from scratch and gave the email to u1), and `identity plan`
+    previews a rule change from the profiles the syncs use."""
+    from click.testing import CliRunner
+
+    from lockgate.cli import cli
+
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    project = setup(tmp_path, customerio_emulator.base_url or "")
+    assert run_sync(project, "profile", console=NullConsole()).status == "success"
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("update app_users set email = 'grace@acme.io' where user_id = 'u1'").fetchall()
+    con.close()
+    assert run_sync(project, "profile", console=NullConsole()).status == "success"
+    grace = customerio_emulator.person(id="u2")
+    assert grace is not None and grace.email == "grace@acme.io"
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    profile_ids = dict(
+        con.execute("select cio_person_id, profile_id from lockgate.lg_profiles").fetchall()
+    )
+    con.close()
+
+    def invoke(*args: str) -> Any:
+        out = CliRunner().invoke(
+            cli, [*args, "--project", str(tmp_path), "--json"], catch_exceptions=False
+        )
+        assert out.exit_code == 0, out.output
+        return json.loads(out.output)
+
+    why = invoke("identity", "explain", "grace@acme.io")
+    assert why["profile"]["cio_person_id"] == "u2"
+    assert why["profile_id"] == profile_ids["u2"]
+    assert [(r["value_a"], r["value_b"], r["rule"]) for r in why["refused"]] == [
+        ("u1", "grace@acme.io", "limit:user_id 2>1")
+    ]
+    state = sorted(p.name for p in (tmp_path / ".lockgate").rglob("*") if p.is_file())
+
+    # a rule change that lets one profile hold two user ids: u1 and u2 would be merged
+    old = tmp_path / "old.yml"
+    old.write_text((tmp_path / "lockgate.yml").read_text())
+    (tmp_path / "lockgate.yml").write_text(
+        old.read_text().replace(
+            "user_id: {priority: 1, limit: 1", "user_id: {priority: 1, limit: 2"
+        )
+    )
+    preview = invoke("identity", "plan", "--old", str(old))
+    assert len(preview["merges"]) == 1
+    assert sorted(preview["customerio_people"], key=lambda p: p["cio_person_id"]) == [
+        {"profile_id": profile_ids["u1"], "cio_person_id": "u1", "cio_email": None},
+        {"profile_id": profile_ids["u2"], "cio_person_id": "u2", "cio_email": "grace@acme.io"},
+    ]
+    # neither command keeps anything
+    assert sorted(p.name for p in (tmp_path / ".lockgate").rglob("*") if p.is_file()) == state

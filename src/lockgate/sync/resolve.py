@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,11 +188,27 @@ class Resolution:
         self.result.state.write(state_dir / IDENTITY_STATE)
 
 
+def saved_graph(project: Project) -> IdentityState | None:
+    """The graph the last sync kept (`None` before the first), read without the state lock:
+    `identity explain` and `identity plan` read it while a sync may be running. A sync swaps
+    the folder in by renames (`IdentityState.write`), so a read caught between them is
+    tried again rather than failing on a file that was just moved."""
+    folder = project.state_dir / IDENTITY_STATE
+    for attempt in range(5):
+        try:
+            return IdentityState.read(folder)
+        except OSError:
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    return None  # pragma: no cover - the loop returns or raises
+
+
 def resolve_identities(project: Project, config: IdentityConfig, run_id: str) -> Resolution:
     """Stitch the project's identity sources, continuing from the saved graph."""
     inputs = read_sources(project, config)
     blocklist, overrides = read_operator_tables(project, config)
-    previous = IdentityState.read(project.state_dir / IDENTITY_STATE)
+    previous = saved_graph(project)
     result = resolve(
         config, inputs, run_id=run_id, state=previous, blocklist=blocklist, overrides=overrides
     )
