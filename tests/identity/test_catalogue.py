@@ -552,6 +552,35 @@ def test_case_27_gdpr_delete_tombstones_identifiers() -> None:
     assert later.profiles.num_rows == 0 and later.identifier_map.num_rows == 0
 
 
+def test_operator_blocklist_rows_are_normalised_and_may_carry_the_namespace() -> None:
+    """The operator's table is written by hand or by `tombstone` (which gives the graph's
+    `hubspot:123`): a row blocks the value however the sources write it, in this run's rows
+    and among the nodes kept from the last run."""
+    cfg = config()
+    inputs = {
+        "crm_contacts": rows(
+            {"crm_contact_id": "123", "email": "ann@x.com", "ts": 1},
+            {"crm_contact_id": "456", "email": "Bob@X.com", "ts": 1},
+        )
+    }
+    first = run(cfg, inputs)
+    assert profile_of(first, "crm_contact_id", "hubspot:123") is not None
+    blocklist = pa.table(
+        {"id_type": ["crm_contact_id", "email"], "id_value": ["hubspot:123", " BOB@x.com"]}
+    )
+    later = run(cfg, inputs, state=first.state, run_id="r2", blocklist=blocklist)
+    assert groups(later) == {
+        frozenset({"email:ann@x.com"}),
+        frozenset({"crm_contact_id:hubspot:456"}),
+    }
+    assert sorted(later.blocked["value"].to_pylist()) == ["bob@x.com", "hubspot:123"]
+    # the bare value blocks it too
+    bare = pa.table({"id_type": ["crm_contact_id"], "id_value": ["456"]})
+    assert "crm_contact_id:hubspot:456" not in str(
+        groups(run(cfg, inputs, state=later.state, run_id="r3", blocklist=bare))
+    )
+
+
 def test_case_29_same_value_different_types() -> None:
     result = run(
         config(),

@@ -186,3 +186,21 @@ def test_padded_identifiers_on_postgres(postgres_dsn: str) -> None:
         )
         stitcher.run()
         assert warehouse_groups(PostgresRunner(con).fetch) == want
+
+
+def test_exact_ci_written_in_capitals_blocks_in_both_engines() -> None:
+    """`exact_ci: [TBD]` blocks `TBD` and `tbd` in the warehouse's SQL as in the embedded
+    engine: the CRM's placeholder links nobody (before, the SQL compared lower-cased values
+    with the list as written, and both leads ended up in one profile)."""
+    cfg = config(blocked_values={"crm_contact_id": {"exact_ci": ["TBD"]}})
+    sources = {
+        "crm_contacts": rows(
+            {"crm_contact_id": "TBD", "email": "ann@a.com", "ts": 1},
+            {"crm_contact_id": "tbd", "email": "bob@b.com", "ts": 1},
+            {"crm_contact_id": "TBD", "email": "cy@c.com", "ts": 1},
+        )
+    }
+    want = groups(resolve(cfg, sources, run_id="r1"))
+    assert want == {frozenset({f"email:{e}"}) for e in ("ann@a.com", "bob@b.com", "cy@c.com")}
+    got, _, _ = on_duckdb(cfg, sources)
+    assert got == want

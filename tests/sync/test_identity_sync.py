@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -589,3 +590,224 @@ def test_a_missing_column_is_named_with_the_models_own_columns(
     )
     assert caught.value.hint == "the model's columns are `stripe_id`, `mrr`"
     assert customerio_emulator.people() == []
+
+
+BLOCKING_PROJECT = (
+    HEAD
+    + """\
+    crm_id: {{priority: 4, limit: 1}}
+  blocked_values:
+    crm_id: {{exact_ci: [TBD]}}
+  blocked_values_table: ops.blocklist
+  sources:
+    - {{name: leads, table: leads}}
+    - {{name: crm, table: crm, trust: 2}}
+    - {{name: contacts, table: contacts, trust: 2, columns: {{email: email, work_email: email}}}}
+"""
+)
+
+
+def test_blocked_values_written_in_capitals_block_the_placeholder_and_merge_nobody(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`exact_ci: [TBD]` blocks the CRM's placeholder whatever its case, and the operator's
+    `email, Shared@Corp.com` row blocks the team inbox however it is written: neither links
+    two leads, so no Customer.io person is merged away (before, either linked them and one
+    lead was deleted with its attributes)."""
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute(
+        """
+        create table leads as select * from (values
+          ('ann@a.com', 'webinar'), ('bob@b.com', 'ads'), ('cy@c.com', 'event')
+        ) t(email, lead_source);
+        create table crm (crm_id varchar, email varchar);
+        create table contacts (email varchar, work_email varchar);
+        create schema ops;
+        create table ops.blocklist as select 'email' as id_type, 'Shared@Corp.com' as id_value;
+        """
+    ).fetchall()
+    con.close()
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "lockgate.yml").write_text(
+        BLOCKING_PROJECT.format(url=customerio_emulator.base_url or "")
+    )
+    (tmp_path / "syncs" / "leads.yml").write_text(textwrap.dedent(LEADS))
+    project = load_project(tmp_path)
+    assert run_sync(project, "leads", console=NullConsole()).status == "success"
+
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute(
+        """
+        insert into crm values ('TBD', 'ann@a.com'), ('TBD', 'bob@b.com'), ('tbd', 'cy@c.com');
+        insert into contacts values ('bob@b.com', 'shared@corp.com'),
+          ('cy@c.com', 'SHARED@Corp.com ');
+        update leads set lead_source = lead_source || '!';
+        """
+    ).fetchall()
+    con.close()
+    report = run_sync(project, "leads", console=NullConsole())
+    assert report.status == "success"
+
+    assert customerio_emulator.merges() == []
+    people = {p.email: p.attributes["lead_source"] for p in customerio_emulator.people()}
+    assert people == {"ann@a.com": "webinar!", "bob@b.com": "ads!", "cy@c.com": "event!"}
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    blocked = con.execute(
+        "select source, id_type, reason, value, count from lockgate.lg_blocked_values "
+        "order by source"
+    ).fetchall()
+    con.close()
+    assert blocked == [
+        ("contacts", "email", "blocked", "shared@corp.com", 2),
+        ("crm", "crm_id", "blocked", "TBD", 2),
+        ("crm", "crm_id", "blocked", "tbd", 1),
+    ]
+
+
+TWO_WAREHOUSES = """\
+name: ident
+sources:
+  warehouse: {{type: duckdb, path: w.duckdb}}
+  analytics: {{type: duckdb, path: a.duckdb}}
+destinations:
+  customerio: {{type: customerio, track_url: "{url}"}}
+identity:
+  identifier_types:
+    user_id: {{priority: 1, limit: 1, customerio: id}}
+    email: {{priority: 2, limit: 5, customerio: email}}
+    crm_id: {{priority: 4, limit: 1}}
+  blocked_values_table: ops.blocklist
+  sources:
+    - {{name: leads, table: leads, source: warehouse}}
+    - {{name: crm, table: crm, source: warehouse, trust: 2}}
+"""
+
+
+def test_operator_tables_are_read_from_the_warehouse_of_the_identity_sources(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a second warehouse (`analytics`, first by name), the blocklist is read where the
+    identity sources are (before: from `analytics`, and every sync failed with a hint about
+    "the model's SQL"); a table that cannot be read names the setting and its line."""
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute(
+        """
+        create table leads as select * from (values ('ann@a.com', 'webinar'), ('bob@b.com', 'ads'))
+          t(email, lead_source);
+        create table crm as select * from (values ('c-0', 'ann@a.com'), ('c-0', 'bob@b.com'))
+          t(crm_id, email);
+        create schema ops;
+        create table ops.blocklist as select 'crm_id' as id_type, 'c-0' as id_value;
+        """
+    ).fetchall()
+    con.close()
+    duckdb.connect(str(tmp_path / "a.duckdb")).execute("create table other as select 1 x").close()
+    (tmp_path / "syncs").mkdir()
+    project_file = tmp_path / "lockgate.yml"
+    project_file.write_text(TWO_WAREHOUSES.format(url=customerio_emulator.base_url or ""))
+    (tmp_path / "syncs" / "leads.yml").write_text(textwrap.dedent(LEADS))
+
+    report = run_sync(load_project(tmp_path), "leads", console=NullConsole())
+    assert report.status == "success"
+    # the blocked CRM id links nobody: two people
+    assert sorted(p.email for p in customerio_emulator.people()) == ["ann@a.com", "bob@b.com"]
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    assert con.execute("select count(*) from lockgate.lg_blocked_values").fetchall() == [(1,)]
+    con.close()
+
+    project_file.write_text(project_file.read_text().replace("ops.blocklist", "ops.blocklst"))
+    with pytest.raises(LockgateError) as caught:
+        run_sync(load_project(tmp_path), "leads", console=NullConsole())
+    assert (
+        "`identity.blocked_values_table` (lockgate.yml:12) names `ops.blocklst`, which could "
+        "not be read: duckdb source `warehouse`: query failed:" in str(caught.value)
+    )
+    assert caught.value.hint == (
+        "create `ops.blocklst` in source `warehouse`, the warehouse of the identity sources "
+        "(columns `id_type`, `id_value`), or correct the name; `lockgate sources inspect "
+        "warehouse` lists its tables"
+    )
+
+    project_file.write_text(
+        project_file.read_text()
+        .replace("ops.blocklst", "ops.blocklist")
+        .replace("table: crm,", "table: crmx,")
+    )
+    with pytest.raises(LockgateError) as caught:
+        run_sync(load_project(tmp_path), "leads", console=NullConsole())
+    assert (
+        "identity source `crm` (`identity.sources[1]`, lockgate.yml:15) could not be read: "
+        "duckdb source `warehouse`: query failed:" in str(caught.value)
+    )
+    assert caught.value.hint == (
+        "check its `table:` (`crmx`) against source `warehouse`; `lockgate sources inspect "
+        "warehouse` lists its tables and columns"
+    )
+    assert "model" not in str(caught.value)
+
+
+def test_explain_and_plan_continue_from_the_graph_the_sync_kept(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """u1 takes u2's email in the second run: the sync keeps it with u2 (earlier decisions
+    stand) and refuses u1's link. `identity explain` says the same, with the sync's profile
+    ids (before, it resolved from scratch and gave the email to u1), and `identity plan`
+    previews a rule change from the profiles the syncs use."""
+    from click.testing import CliRunner
+
+    from lockgate.cli import cli
+
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    project = setup(tmp_path, customerio_emulator.base_url or "")
+    assert run_sync(project, "profile", console=NullConsole()).status == "success"
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("update app_users set email = 'grace@acme.io' where user_id = 'u1'").fetchall()
+    con.close()
+    assert run_sync(project, "profile", console=NullConsole()).status == "success"
+    grace = customerio_emulator.person(id="u2")
+    assert grace is not None and grace.email == "grace@acme.io"
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    profile_ids = dict(
+        con.execute("select cio_person_id, profile_id from lockgate.lg_profiles").fetchall()
+    )
+    con.close()
+
+    def invoke(*args: str) -> Any:
+        out = CliRunner().invoke(
+            cli, [*args, "--project", str(tmp_path), "--json"], catch_exceptions=False
+        )
+        assert out.exit_code == 0, out.output
+        return json.loads(out.output)
+
+    why = invoke("identity", "explain", "grace@acme.io")
+    assert why["profile"]["cio_person_id"] == "u2"
+    assert why["profile_id"] == profile_ids["u2"]
+    assert [(r["value_a"], r["value_b"], r["rule"]) for r in why["refused"]] == [
+        ("u1", "grace@acme.io", "limit:user_id 2>1")
+    ]
+    state = sorted(p.name for p in (tmp_path / ".lockgate").rglob("*") if p.is_file())
+
+    # a rule change that lets one profile hold two user ids: u1 and u2 would be merged
+    old = tmp_path / "old.yml"
+    old.write_text((tmp_path / "lockgate.yml").read_text())
+    (tmp_path / "lockgate.yml").write_text(
+        old.read_text().replace(
+            "user_id: {priority: 1, limit: 1", "user_id: {priority: 1, limit: 2"
+        )
+    )
+    preview = invoke("identity", "plan", "--old", str(old))
+    assert len(preview["merges"]) == 1
+    assert sorted(preview["customerio_people"], key=lambda p: p["cio_person_id"]) == [
+        {"profile_id": profile_ids["u1"], "cio_person_id": "u1", "cio_email": None},
+        {"profile_id": profile_ids["u2"], "cio_person_id": "u2", "cio_email": "grace@acme.io"},
+    ]
+    # neither command keeps anything
+    assert sorted(p.name for p in (tmp_path / ".lockgate").rglob("*") if p.is_file()) == state

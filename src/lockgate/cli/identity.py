@@ -1,7 +1,9 @@
 """`lockgate identity`: explain a value's profile, preview a rule change.
 
 Both commands read every identity source from the project's warehouses and resolve them in
-memory (no state is written).
+memory, continuing from the graph the last sync kept, as the next sync would: what they
+show is what the syncs do. They write no state and take no lock, so they can run while a
+sync does.
 
 Example::
 
@@ -26,7 +28,7 @@ from lockgate.identity import plan as plan_rules
 from lockgate.identity import resolve
 from lockgate.project.identity import IdentityConfig
 from lockgate.project.loader import read_yaml
-from lockgate.sync.resolve import read_operator_tables, read_sources
+from lockgate.sync.resolve import read_operator_tables, read_sources, saved_graph
 
 
 def identity_config(data: Any, file: Path, root: Path) -> IdentityConfig:
@@ -52,9 +54,8 @@ def identity_config(data: Any, file: Path, root: Path) -> IdentityConfig:
             if line:
                 break
         where = ".".join(str(p) for p in loc)
-        raise ConfigError(
-            f"`{where}`: {first['msg']}", hint="see docs/identity.md", file=shown, line=line
-        ) from exc
+        hint = (first.get("ctx") or {}).get("hint") or "see docs/identity.md"
+        raise ConfigError(f"`{where}`: {first['msg']}", hint=hint, file=shown, line=line) from exc
 
 
 @click.group()
@@ -81,6 +82,9 @@ def explain(value: str, id_type: str | None, project_path: Path, as_json: bool) 
         config,
         read_sources(project, config),
         run_id="explain",
+        # from the graph the syncs kept: which earlier decisions stand (who keeps a contested
+        # email) and the profile ids are theirs, not a fresh resolve's
+        state=saved_graph(project),
         keep_rows=True,
         blocklist=blocklist,
         overrides=overrides,
@@ -160,8 +164,15 @@ def plan(old_path: Path, project_path: Path, as_json: bool) -> None:
     old = identity_config(
         (old_data or {}).get("identity"), old_path.resolve(), old_path.parent.resolve()
     )
-    blocklist, _ = read_operator_tables(project, new)
-    preview = plan_rules(old, new, read_sources(project, new), blocklist=blocklist)
+    blocklist, overrides = read_operator_tables(project, new)
+    preview = plan_rules(
+        old,
+        new,
+        read_sources(project, new),
+        state=saved_graph(project),
+        blocklist=blocklist,
+        overrides=overrides,
+    )
     summary = {
         "merges": preview.merges.drop_columns(["run_id"]).to_pylist(),
         "splits": preview.splits.drop_columns(["run_id"]).to_pylist(),

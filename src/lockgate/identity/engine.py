@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from lockgate.errors import ConfigError
 from lockgate.identity import graph as g
-from lockgate.identity.normalize import check_values, normalize_column
+from lockgate.identity.normalize import check_values, normalize_column, operator_blocked
 from lockgate.identity.profiles import (
     PreviousProfiles,
     assign,
@@ -177,14 +177,7 @@ def resolve(
     batch = (state.batch if state is not None else 0) + 1
     mode = processing or config.rules.processing
 
-    extra_blocked: dict[str, set[str]] = {t: set() for t in types}
-    if blocklist is not None and blocklist.num_rows:
-        for id_type, value in zip(
-            blocklist["id_type"].to_pylist(), blocklist["id_value"].to_pylist(), strict=True
-        ):
-            for t in types if id_type in ("*", None) else [id_type]:
-                if t in extra_blocked and value is not None:
-                    extra_blocked[t].add(str(value))
+    extra_blocked = operator_blocked(config, blocklist)
 
     # 1. normalise every identifier column
     cells: list[_Cells] = []
@@ -217,7 +210,7 @@ def resolve(
                 config,
                 type_name,
                 table[column],
-                extra_blocked=frozenset(extra_blocked[type_name]),
+                extra_blocked=extra_blocked[type_name],
             )
             columns.append((type_index[type_name], clean.values))
             dropped = pc.is_valid(clean.reasons)
@@ -249,11 +242,13 @@ def resolve(
     for t, type_name in enumerate(types):
         part = prev_nodes.filter(pc.equal(prev_nodes["id_type"], type_name))
         if part.num_rows:
+            # a node's value carries its type's `namespace:`; the rules are about the value
+            values = part["id_value"].combine_chunks()
+            namespace = config.identifier_types[type_name].namespace
+            if namespace:
+                values = pc.utf8_replace_slice(values, 0, len(namespace) + 1, "")
             blocked, invalid = check_values(
-                config,
-                type_name,
-                part["id_value"].combine_chunks(),
-                extra_blocked=frozenset(extra_blocked[type_name]),
+                config, type_name, values, extra_blocked=extra_blocked[type_name]
             )
             part = part.filter(pc.invert(pc.or_(blocked, invalid)))
         prev_by_type[t] = part

@@ -273,19 +273,29 @@ def plan(
     state: IdentityState | None = None,
     blocklist: pa.Table | None = None,
     new_blocklist: pa.Table | None = None,
+    overrides: pa.Table | None = None,
 ) -> RulesPlan:
     """Preview a rule change: resolve under the old rules, then re-run under the new ones.
 
     Every run replays the stored links under the current rules, so the second run's merge,
-    split and move tables are exactly what deploying `new_rules` would do.
+    split and move tables are exactly what deploying `new_rules` would do. With `state` (the
+    graph the last sync kept) the profiles and their ids are the ones the syncs use.
     """
-    before = resolve(old_rules, inputs, run_id="plan_before", state=state, blocklist=blocklist)
+    before = resolve(
+        old_rules,
+        inputs,
+        run_id="plan_before",
+        state=state,
+        blocklist=blocklist,
+        overrides=overrides,
+    )
     after = resolve(
         new_rules,
         inputs,
         run_id="plan_after",
         state=before.state,
         blocklist=new_blocklist if new_blocklist is not None else blocklist,
+        overrides=overrides,
     )
     touched = (
         set(after.merges["profile_id"].to_pylist())

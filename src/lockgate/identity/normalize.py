@@ -278,6 +278,41 @@ def _normalize_text(
     return NormalizedColumn(values=kept, reasons=reasons, normalized=values)
 
 
+def operator_blocked(
+    config: IdentityConfig, blocklist: pa.Table | None
+) -> dict[str, frozenset[str]]:
+    """The operator's `blocked_values_table` rows as each type's normalised values to block.
+
+    A row's value goes through its type's normalisation steps, as the sources' values do, so
+    `email, Shared@Corp.com` blocks `shared@corp.com`; a namespaced type's value may be
+    written with its `namespace:` prefix (as the graph's tables and `tombstone` show it) or
+    without. An `id_type` of `*` (or null) blocks the value for every type; a row of a type
+    the config does not declare blocks nothing.
+    """
+    types = config.type_order
+    raw: dict[str, list[str]] = {t: [] for t in types}
+    if blocklist is not None and blocklist.num_rows:
+        for id_type, value in zip(
+            blocklist["id_type"].to_pylist(), blocklist["id_value"].to_pylist(), strict=True
+        ):
+            for t in types if id_type in ("*", None) else [id_type]:
+                if t in raw and value is not None:
+                    raw[t].append(str(value))
+    out: dict[str, frozenset[str]] = {}
+    for type_name, values in raw.items():
+        spec = config.identifier_types[type_name]
+        if spec.namespace:
+            prefix = spec.namespace + ":"
+            values = [v.removeprefix(prefix) for v in values]
+        clean = apply_steps(
+            pa.array(values, pa.string()),
+            config.normalize_steps(type_name),
+            region=spec.default_region,
+        )
+        out[type_name] = frozenset(v for v in clean.to_pylist() if v is not None)
+    return out
+
+
 def check_values(
     config: IdentityConfig,
     type_name: str,
@@ -288,8 +323,10 @@ def check_values(
     """Which normalised values are blocked, and which (not blocked) fail validation."""
     spec = config.identifier_types[type_name]
     rules = config.blocked_for(type_name)
+    # both sides lower-cased by the same function: `exact_ci: [TBD]` blocks `tbd` and `TBD`
     lowered = pc.utf8_lower(values)
-    blocked = pc.is_in(lowered, value_set=pa.array(list(rules.exact_ci), pa.string()))
+    listed = pc.utf8_lower(pa.array(list(rules.exact_ci), pa.string()))
+    blocked = pc.is_in(lowered, value_set=listed)
     blocked = pc.fill_null(blocked, False)
     exact = list(rules.exact) + sorted(extra_blocked)
     if exact:

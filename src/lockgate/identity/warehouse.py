@@ -258,7 +258,9 @@ class WarehouseStitcher:
         rules = self.config.blocked_for(type_name)
         bad = []
         if rules.exact_ci:
-            bad.append(f"LOWER({v}) IN ({', '.join(_lit(x) for x in rules.exact_ci)})")
+            # the list lower-cased by the warehouse's own LOWER too, as the value is
+            listed = ", ".join(f"LOWER({_lit(x)})" for x in rules.exact_ci)
+            bad.append(f"LOWER({v}) IN ({listed})")
         if rules.exact:
             bad.append(f"{v} IN ({', '.join(_lit(x) for x in rules.exact)})")
         if rules.regex:  # one regex pass: every pattern as an alternative

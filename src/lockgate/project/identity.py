@@ -19,10 +19,20 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 NormalizeStep = Literal[
     "trim",
@@ -107,6 +117,46 @@ DEFAULT_BLOCKED_REGEX_BY_TYPE: dict[str, tuple[str, ...]] = {
 }
 
 
+RE2_HINT = (
+    "write it in RE2 syntax, the regexes Lockgate runs them with (Arrow's and DuckDB's): no "
+    "lookarounds (`(?=`, `(?!`, `(?<=`), back-references (`\\1`) or possessive `++`; `\\z` "
+    "for the end of the text, not `\\Z`; a literal `[`, `(` or `{` escaped as `\\[`; see "
+    "docs/identity.md"
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _re2_error(pattern: str) -> str | None:
+    """Why RE2 refuses ``pattern``, or `None`. Compiled by the engine that runs it (Arrow's
+    `match_substring_regex`; DuckDB's `regexp_matches` is the same RE2) on one empty text, so a
+    pattern Python accepts but RE2 does not (a lookahead) fails here, at load, and not in the
+    middle of every sync. Arrow is only imported when the project has its own patterns."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        pc.match_substring_regex(pa.array([""], pa.string()), pattern)
+    except pa.ArrowInvalid as exc:
+        return str(exc).removeprefix("Invalid regular expression: ")
+    return None
+
+
+def _re2(pattern: str) -> str:
+    """``pattern``, when RE2 compiles it; else a config error saying why and what to write."""
+    why = _re2_error(pattern)
+    if why is not None:
+        raise PydanticCustomError(
+            "regex_syntax",
+            "`{pattern}` is not a regular expression Lockgate can run: {why}",
+            {"pattern": pattern, "why": why, "hint": RE2_HINT},
+        )
+    return pattern
+
+
+RE2Pattern = Annotated[str, AfterValidator(_re2)]
+"""A regular expression in RE2 syntax, checked when the config is loaded."""
+
+
 class BaseConfig(BaseModel):
     """Every identity model: unknown keys fail loudly, values never change after loading."""
 
@@ -116,14 +166,8 @@ class BaseConfig(BaseModel):
 class RegexValidateConfig(BaseConfig):
     """`validate: {regex: ...}`: a normalised value must match this regex (searched)."""
 
-    regex: str
+    regex: RE2Pattern
     """A regular expression (RE2 syntax); values that do not match are dropped and counted."""
-
-    @field_validator("regex")
-    @classmethod
-    def _compiles(cls, value: str) -> str:
-        re.compile(value)
-        return value
 
 
 class DegreeCapConfig(BaseConfig):
@@ -188,6 +232,15 @@ class IdentifierTypeConfig(BaseConfig):
         """The `validate:` setting (named `validate_` in Python only to avoid a pydantic clash)."""
         return self.validate_
 
+    @field_validator("validate_", mode="before")
+    @classmethod
+    def _validate_regex(cls, value: object) -> object:
+        # checked before the union: a bad `{regex: ...}` would otherwise be reported as the
+        # first member's error ("should be 'email_shape' or 'e164'")
+        if isinstance(value, dict) and isinstance(value.get("regex"), str):
+            _re2(value["regex"])
+        return value
+
     @field_validator("customerio")
     @classmethod
     def _cio_target(cls, value: str) -> str:
@@ -205,20 +258,14 @@ class BlockRuleConfig(BaseConfig):
     """Blocked values for one type (or for `all_types`)."""
 
     exact_ci: tuple[str, ...] = ()
-    """Values blocked after normalisation, compared case-insensitively."""
+    """Values blocked after normalisation, compared case-insensitively (`[TBD]` blocks `TBD`,
+    `tbd` and `Tbd`)."""
 
     exact: tuple[str, ...] = ()
     """Values blocked after normalisation, compared exactly (for case-sensitive ids)."""
 
-    regex: tuple[str, ...] = ()
+    regex: tuple[RE2Pattern, ...] = ()
     """Regexes (RE2 syntax, searched) that block a normalised value."""
-
-    @field_validator("regex")
-    @classmethod
-    def _compiles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for pattern in value:
-            re.compile(pattern)
-        return value
 
 
 class IdentitySourceConfig(BaseConfig):
@@ -228,7 +275,8 @@ class IdentitySourceConfig(BaseConfig):
     """Unique name, used in the edge, merge and explain outputs."""
 
     source: str | None = None
-    """Which `sources:` connection to read from; the project's default connection when unset."""
+    """Which `sources:` warehouse to read from. May be left out when lockgate.yml declares
+    one warehouse; required when it declares several."""
 
     table: str | None = None
     """A table to read (give `table` or `sql`, not both)."""
@@ -317,7 +365,7 @@ class IdentityRulesConfig(BaseConfig):
 
     overrides_table: str | None = None
     """Operator table of force include/exclude rules (columns `action`, `type_a`, `value_a`,
-    `type_b`, `value_b`, `reason`)."""
+    `type_b`, `value_b`, `reason`), read from the warehouse of the identity sources."""
 
 
 def _default_types() -> dict[str, IdentifierTypeConfig]:
@@ -352,7 +400,11 @@ class IdentityConfig(BaseConfig):
 
     blocked_values_table: str | None = None
     """Operator-maintained table of further blocked values (columns `id_type`, `id_value`);
-    `id_type` `*` blocks the value for every type."""
+    `id_type` `*` blocks the value for every type. Read from the warehouse of the identity
+    sources (the first one's `source:`), where the analyst tables go too. Each value goes
+    through its type's
+    normalisation first, as the sources' values do (`Shared@Corp.com` blocks the email
+    `shared@corp.com`; a namespaced type's value may carry its `namespace:` prefix or not)."""
 
     sources: tuple[IdentitySourceConfig, ...] = ()
     """Tables or queries that link identifiers."""

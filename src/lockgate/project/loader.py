@@ -252,7 +252,10 @@ def validate_model(model: type[M], data: Any, lines: Lines, file: str) -> M:
             message = f"the file holds {shape}; it must be a mapping of keys (`name: ...`)"
             hint = "write one key per line at the top level, without a leading `- `"
         else:
-            hint = "see docs/config.md for the allowed values"
+            # a validator may say how to fix its value (`hint` in its error's context)
+            hint = (first.get("ctx") or {}).get(
+                "hint"
+            ) or "see docs/config.md for the allowed values"
         more = len(exc.errors()) - 1
         if more:
             hint += f" ({more} more error{'s' if more > 1 else ''} after this one)"
@@ -273,6 +276,8 @@ class Project:
     syncs: dict[str, SyncConfig] = field(default_factory=dict)
     sync_files: dict[str, str] = field(default_factory=dict)
     sync_lines: dict[str, Lines] = field(default_factory=dict)
+    #: the line of each key of `lockgate.yml`, for errors found after loading (a run's)
+    lines: Lines = field(default_factory=dict)
 
     def sync(self, name: str) -> SyncConfig:
         try:
@@ -302,6 +307,11 @@ class Project:
             elif key is not None:
                 error.line = lines.get(key)
         return error
+
+    def where(self, *key: str | int) -> str:
+        """`lockgate.yml:<line>` of a key of the project file (`lockgate.yml` when unknown)."""
+        line = _line_for(key, self.lines)
+        return f"{PROJECT_FILE}:{line}" if line else PROJECT_FILE
 
     def model_sql(self, sync: SyncConfig) -> str:
         """The SQL text of a sync's model."""
@@ -372,6 +382,18 @@ def _check_sources_named(config: ProjectConfig, lines: Lines) -> None:
     ]
     if config.webhooks is not None:
         named.append(("`webhooks.warehouse` names", config.webhooks.warehouse, ("webhooks",)))
+    several = len(config.sources) > 1
+    for i, spec in enumerate(config.identity.sources if config.identity and several else ()):
+        if spec.source is None:
+            raise ConfigError(
+                f"identity source `{spec.name}` has no `source:`, and lockgate.yml declares "
+                "several warehouses",
+                hint=f"add `source: <name>` naming the warehouse that holds "
+                f"{f'`{spec.table}`' if spec.table else 'the tables its `sql` reads'}; declared "
+                f"sources: {', '.join(f'`{n}`' for n in sorted(config.sources))}",
+                file=PROJECT_FILE,
+                line=lines.get(("identity", "sources", i)),
+            )
     for what, name, path in named:
         if name is None or name in config.sources:
             continue
@@ -396,7 +418,7 @@ def load_project(root: str | Path = ".") -> Project:
     data, lines = read_yaml(project_file, root)
     config = validate_model(ProjectConfig, data, lines, PROJECT_FILE)
     _check_sources_named(config, lines)
-    project = Project(root=root, config=config)
+    project = Project(root=root, config=config, lines=lines)
     for path in sorted((root / SYNCS_DIR).glob("*.y*ml")):
         shown = str(path.relative_to(root))
         sync_data, sync_lines = read_yaml(path, root)

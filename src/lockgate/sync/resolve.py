@@ -15,7 +15,10 @@ the resolved attributes are re-applied to the survivor by the sync's normal diff
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +32,7 @@ from lockgate.identity import IdentityResult, IdentityState, Resolver, plan_cust
 from lockgate.identity.customerio import attribute_names, profile_attributes
 from lockgate.identity.normalize import normalize_column
 from lockgate.project.identity import IdentityConfig, IdentitySourceConfig
-from lockgate.project.loader import Project
+from lockgate.project.loader import PROJECT_FILE, Project
 from lockgate.project.models import (
     FieldConfig,
     SyncConfig,
@@ -70,47 +73,101 @@ def identity_queries(
     """Each warehouse's identity sources and the query that reads each, by warehouse name."""
     declared = sorted(project.config.sources)
     by_warehouse: dict[str, list[tuple[IdentitySourceConfig, str]]] = {}
-    for spec in config.sources:
+    for i, spec in enumerate(config.sources):
         name = spec.source or (declared[0] if len(declared) == 1 else None)
         if name is None or name not in project.config.sources:
+            # `load_project` refuses both; a config built in code can still get here
             raise ConfigError(
-                f"identity source `{spec.name}` reads from `{spec.source}`, which lockgate.yml "
-                "does not declare",
-                hint=f"declared sources: {', '.join(declared)}",
+                f"identity source `{spec.name}` (`identity.sources[{i}]`) "
+                + (
+                    "has no `source:`, and lockgate.yml declares several warehouses"
+                    if name is None
+                    else f"reads from `{name}`, which lockgate.yml does not declare"
+                ),
+                hint=f"set its `source:` to one of {', '.join(f'`{n}`' for n in declared)}",
+                file=PROJECT_FILE,
+                line=project.lines.get(("identity", "sources", i)),
             )
         by_warehouse.setdefault(name, []).append((spec, spec.sql or f"SELECT * FROM {spec.table}"))
     return by_warehouse
 
 
+def identity_warehouse(project: Project, config: IdentityConfig) -> str:
+    """The warehouse of the identity sources (the first one's `source:`, or the one source
+    lockgate.yml declares): the operator's tables are read from it and the analyst tables
+    written into it, next to the data they are about."""
+    declared = sorted(project.config.sources)
+    return next((s.source for s in config.sources if s.source), None) or declared[0]
+
+
 def read_sources(project: Project, config: IdentityConfig) -> dict[str, pa.Table]:
     """Every identity source's rows, read from the project's warehouses."""
     out: dict[str, pa.Table] = {}
+    index = {spec.name: i for i, spec in enumerate(config.sources)}
     # one connection per warehouse, not per identity source: opening a DuckDB file or a
     # Postgres session costs more than reading a small table
     for name, queries in identity_queries(project, config).items():
         source = connect(project.config.sources[name], root=project.root, name=name)
         try:
             for spec, sql in queries:
-                out[spec.name] = source.read(sql).read_all()
+                i = index[spec.name]
+                what = f"`{spec.table}`" if spec.table else "its `sql`"
+                with _reading(
+                    f"identity source `{spec.name}` (`identity.sources[{i}]`, "
+                    f"{project.where('identity', 'sources', i)})",
+                    f"check its `{'table' if spec.table else 'sql'}:` ({what}) against source "
+                    f"`{name}`; `lockgate sources inspect {name}` lists its tables and columns",
+                ):
+                    out[spec.name] = source.read(sql).read_all()
         finally:
             source.close()
     return {spec.name: out[spec.name] for spec in config.sources}
 
 
+@contextlib.contextmanager
+def _reading(what: str, hint: str) -> Iterator[None]:
+    """A failed read of an identity table names the setting that asked for it, not a sync's
+    model (the warehouse's own message is kept)."""
+    try:
+        yield
+    except SourceError as exc:
+        raise SourceError(f"{what} could not be read: {exc.reason}", hint=hint) from exc
+
+
+#: the columns each operator table needs, for the hint of one that cannot be read
+OPERATOR_COLUMNS = {
+    "blocked_values_table": "`id_type`, `id_value`",
+    "overrides_table": "`action`, `type_a`, `value_a`, `type_b`, `value_b`, `reason`",
+}
+
+
 def read_operator_tables(
     project: Project, config: IdentityConfig
 ) -> tuple[pa.Table | None, pa.Table | None]:
-    """The operator's blocklist and overrides tables, when the config names them."""
-    wanted = [config.blocked_values_table, config.rules.overrides_table]
-    if not any(wanted):
+    """The operator's blocklist and overrides tables, when the config names them, read from
+    the warehouse of the identity sources (:func:`identity_warehouse`)."""
+    wanted = [
+        (("identity", "blocked_values_table"), config.blocked_values_table),
+        (("identity", "rules", "overrides_table"), config.rules.overrides_table),
+    ]
+    if not any(t for _, t in wanted):
         return None, None
-    name = sorted(project.config.sources)[0]
+    name = identity_warehouse(project, config)
     source = connect(project.config.sources[name], root=project.root, name=name)
+    tables: list[pa.Table | None] = []
     try:
-        blocked, overrides = (
-            source.read(f"SELECT * FROM {t}").read_all() if t else None for t in wanted
-        )
-        return blocked, overrides
+        for key, table_name in wanted:
+            if not table_name:
+                tables.append(None)
+                continue
+            with _reading(
+                f"`{'.'.join(key)}` ({project.where(*key)}) names `{table_name}`, which",
+                f"create `{table_name}` in source `{name}`, the warehouse of the identity "
+                f"sources (columns {OPERATOR_COLUMNS[str(key[-1])]}), or correct the name; "
+                f"`lockgate sources inspect {name}` lists its tables",
+            ):
+                tables.append(source.read(f"SELECT * FROM {table_name}").read_all())
+        return tables[0], tables[1]
     finally:
         source.close()
 
@@ -131,11 +188,27 @@ class Resolution:
         self.result.state.write(state_dir / IDENTITY_STATE)
 
 
+def saved_graph(project: Project) -> IdentityState | None:
+    """The graph the last sync kept (`None` before the first), read without the state lock:
+    `identity explain` and `identity plan` read it while a sync may be running. A sync swaps
+    the folder in by renames (`IdentityState.write`), so a read caught between them is
+    tried again rather than failing on a file that was just moved."""
+    folder = project.state_dir / IDENTITY_STATE
+    for attempt in range(5):
+        try:
+            return IdentityState.read(folder)
+        except OSError:
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    return None  # pragma: no cover - the loop returns or raises
+
+
 def resolve_identities(project: Project, config: IdentityConfig, run_id: str) -> Resolution:
     """Stitch the project's identity sources, continuing from the saved graph."""
     inputs = read_sources(project, config)
     blocklist, overrides = read_operator_tables(project, config)
-    previous = IdentityState.read(project.state_dir / IDENTITY_STATE)
+    previous = saved_graph(project)
     result = resolve(
         config, inputs, run_id=run_id, state=previous, blocklist=blocklist, overrides=overrides
     )
@@ -530,9 +603,7 @@ def write_tables(project: Project, resolution: Resolution) -> str:
     from lockgate.sources.write import TableWrite, writable
     from lockgate.sources.write import write_tables as write
 
-    config = resolution.config
-    declared = sorted(project.config.sources)
-    name = next((s.source for s in config.sources if s.source), None) or declared[0]
+    name = identity_warehouse(project, resolution.config)
     source = project.config.sources[name]
     why = writable(project, name)
     if why is not None and source.type != "duckdb":
