@@ -80,7 +80,8 @@ def test_the_scheduled_syncs_run_when_due_in_order_and_the_others_do_not(
     beat = project.root / "heartbeat.json"
     result = schedule(project, "--cycles", "2", "--json", "--heartbeat", str(beat))
     assert result.exit_code == 0, result.output
-    runs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    # a log collector reads stdout as JSON lines: every line is one, no table before them
+    runs = [json.loads(line) for line in result.stdout.splitlines()]
     # the liveness file, as the last round left it: waiting again, the next run ahead of it
     last = json.loads(beat.read_text())
     assert (last["state"], last["pid"]) == ("waiting", os.getpid())
@@ -101,6 +102,15 @@ def test_the_scheduled_syncs_run_when_due_in_order_and_the_others_do_not(
     listed = schedule(project, "--list")
     assert listed.exit_code == 0
     assert "profile" in listed.stdout and "leads" not in listed.stdout
+    listed = schedule(project, "--list", "--json")
+    assert listed.exit_code == 0
+    entries = json.loads(listed.stdout)["syncs"]  # one document, nothing but it
+    assert sorted((e["sync"], e["schedule"]) for e in entries) == [
+        ("orders", "* * * * * */2"),
+        ("profile", "* * * * * */2"),
+    ]
+    next_runs = {datetime.fromisoformat(e["next_run"]) for e in entries}
+    assert {str(n.tzinfo) for n in next_runs} == {"UTC"} and len(next_runs) == 1
 
 
 class TestARunLongerThanItsInterval:
