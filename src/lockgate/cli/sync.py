@@ -718,8 +718,15 @@ def _write_csv(path: Path, table: Any) -> None:
 def history(person: str, project_path: Path, as_json: bool, limit: int) -> None:
     """Every call made for one person: when, what, and the API's answer."""
     project = open_project(project_path)
+    also: list[str] = []
+    if project.config.identity is not None:
+        from lockgate.sync.resolve import people_of_anonymous_id
+
+        # an anonymous id rides on its person's identify as an attribute, and their anonymous
+        # events go out by `id`: the graph names the person the calls were sent to
+        also = people_of_anonymous_id(project, person)
     with StateStore.open(project.state_dir) as store:
-        rows = store.history(person, limit=limit)
+        rows = store.history(person, limit=limit, also=also)
     if as_json:
         _print_json(rows)
         return
