@@ -497,10 +497,11 @@ class StateStore:
 
     # ------------------------------------------------------------------ runs
 
-    def start_run(self, run_id: str, sync: str, kind: str) -> None:
+    def start_run(self, run_id: str, sync: str, kind: str, *, at: datetime | None = None) -> None:
+        """Record a run as `running`, started ``at`` (now by default; the time in its id)."""
         self.exec_sql(
             "insert into runs values (?, ?, ?, ?, null, 'running', '{}', null)",
-            [run_id, sync, kind, datetime.now(UTC)],
+            [run_id, sync, kind, at or datetime.now(UTC)],
         )
         self._write_runs_log()
 
