@@ -83,7 +83,10 @@ class _Count(ProgressColumn):
 
 
 class RichConsole:
-    """Draws with rich on the terminal (stderr for progress, stdout for results)."""
+    """Draws with rich on the terminal (stderr for progress, stdout for results).
+
+    ``quiet`` (a command's ``--json``) draws no progress, info or table: stdout is left to the
+    command's JSON; warnings still go to stderr."""
 
     def __init__(self, *, quiet: bool = False) -> None:
         self.out = _RichConsole(highlight=False)
@@ -114,6 +117,8 @@ class RichConsole:
             yield lambda n: bar.advance(task, n)
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if self.quiet:  # a `--json` command's stdout holds its JSON alone
+            return
         table = Table(title=title, title_justify="left")
         counts = [
             all(_is_count(row[i]) or row[i] in ("", None) for row in rows)

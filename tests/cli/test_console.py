@@ -57,3 +57,11 @@ def test_a_narrow_terminal_folds_values_and_cuts_nothing(width: int) -> None:
     # the run id is all there, over several lines
     folded = "".join(line.split("│")[1].strip() for line in out.splitlines() if "│" in line)
     assert "20261203T024346-7a10d4" in folded
+
+
+def test_a_quiet_console_leaves_stdout_to_the_json() -> None:
+    """`--json` commands make their console quiet: a table drawn by shared code (the
+    scheduler's timetable, a contract's findings) must not land before the JSON."""
+    console = RichConsole(quiet=True)
+    console.out = Console(file=io.StringIO(), highlight=False)
+    assert printed(console) == ""

@@ -401,6 +401,16 @@ def test_plan_sync_runs_history_end_to_end(
     assert {(c["sync"], c["action"]) for c in json.loads(out)} == {
         (sync, action) for sync, action, _, _ in seen
     }
+    # an anonymous id of user 7's (the identify carries one as its `anonymous_id` attribute,
+    # and their anonymous events were sent by `id`): the same person's calls
+    for anonymous in ("anon_7_0", "anon_7_1"):
+        code, out = invoke("history", "--person", anonymous, *project, "--json")
+        assert {(c["sync"], c["action"]) for c in json.loads(out)} == {
+            (sync, action) for sync, action, _, _ in seen
+        }, anonymous
+    # a device shared by twenty people (quarantined by the graph) names none of them
+    code, out = invoke("history", "--person", "device-kiosk", *project, "--json")
+    assert json.loads(out) == []
     # someone never sent to: said so, with how people are looked up
     code, out = invoke("history", "--person", "nobody@example.com", *project)
     assert code == 0 and "No call recorded for `nobody@example.com` in the last 90 days" in out

@@ -103,3 +103,63 @@ def test_a_value_changed_in_customerio_is_reported_as_drift(
     result = runner.invoke(cli, [*args, "--sample", "2"], catch_exceptions=False)
     assert "a sample of 2 of 3 people" in result.output
     assert "matched" in result.output and "missing in Customer.io" in result.output
+
+
+def test_numbers_compare_exactly_not_within_a_tolerance() -> None:
+    assert not same(1780315200, "1780315201")  # a timestamp one second off
+    assert not same(4000000001, "4000000002")
+    assert not same(9007199254740993, "9007199254740992")  # past 2^53, one apart
+    assert same(9007199254740993, "9007199254740993") and same(1780315200, "1780315200.0")
+    assert same(5.0, "5") and same(5.0, "5.0") and same(1e20, "1e+20")
+    assert not same(0.1 + 0.2, "0.3") and not same(5, "five")
+
+
+def test_large_numbers_changed_in_customerio_are_drift(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emu = project_factory.emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project_factory.sql(
+        "create or replace table users as select '1' as id,"
+        " timestamptz '2026-06-01 12:00:00+00' as signed_up_at,"
+        " 4000000001::bigint as account_number, 9007199254740993::bigint as balance_cents"
+    )
+    project = project_factory.write(
+        {
+            "profile": """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes:
+  signed_up_at: {column: signed_up_at, type: timestamp}
+  account_number: {column: account_number, type: integer}
+  balance_cents: {column: balance_cents, type: integer}
+"""
+        }
+    )
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 1
+    assert not reconcile(project, "profile", console=NullConsole()).drifting
+    changed = {
+        "signed_up_at": 1780315201,
+        "account_number": 4000000002,
+        "balance_cents": 9007199254740992,
+    }
+    with emu.client(auth=emu.track_auth) as client:
+        assert client.put("/api/v1/customers/1", json=changed).status_code == 200
+
+    args = ["reconcile", "profile", "--project", str(project.root), "--json"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 2
+    doc = json.loads(result.output)
+    assert {a["attribute"]: a["differing"] for a in doc["attributes"]} == {
+        "signed_up_at": 1,
+        "account_number": 1,
+        "balance_cents": 1,
+    }
+    balance = next(a for a in doc["attributes"] if a["attribute"] == "balance_cents")
+    assert balance["samples"] == [
+        {"key": "1", "warehouse": 9007199254740993, "customerio": "9007199254740992"}
+    ]

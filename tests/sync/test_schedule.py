@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,8 @@ def test_the_scheduled_syncs_run_when_due_in_order_and_the_others_do_not(
     beat = project.root / "heartbeat.json"
     result = schedule(project, "--cycles", "2", "--json", "--heartbeat", str(beat))
     assert result.exit_code == 0, result.output
-    runs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    # a log collector reads stdout as JSON lines: every line is one, no table before them
+    runs = [json.loads(line) for line in result.stdout.splitlines()]
     # the liveness file, as the last round left it: waiting again, the next run ahead of it
     last = json.loads(beat.read_text())
     assert (last["state"], last["pid"]) == ("waiting", os.getpid())
@@ -101,6 +102,15 @@ def test_the_scheduled_syncs_run_when_due_in_order_and_the_others_do_not(
     listed = schedule(project, "--list")
     assert listed.exit_code == 0
     assert "profile" in listed.stdout and "leads" not in listed.stdout
+    listed = schedule(project, "--list", "--json")
+    assert listed.exit_code == 0
+    entries = json.loads(listed.stdout)["syncs"]  # one document, nothing but it
+    assert sorted((e["sync"], e["schedule"]) for e in entries) == [
+        ("orders", "* * * * * */2"),
+        ("profile", "* * * * * */2"),
+    ]
+    next_runs = {datetime.fromisoformat(e["next_run"]) for e in entries}
+    assert {str(n.tzinfo) for n in next_runs} == {"UTC"} and len(next_runs) == 1
 
 
 class TestARunLongerThanItsInterval:
@@ -136,7 +146,13 @@ def test_a_round_waits_for_a_sync_run_by_hand_that_holds_the_state(
     project_factory.sql(DATA)
     project = project_factory.write({"profile": PROFILE})
     held = StateStore.open(project.state_dir)  # as a run by hand holds it
-    release = threading.Timer(3.0, held.close)
+    released: list[datetime] = []
+
+    def release_it() -> None:
+        released.append(datetime.now(UTC))
+        held.close()
+
+    release = threading.Timer(3.0, release_it)
     release.start()
     try:
         result = schedule(project, "--cycles", "1", "--json")
@@ -144,10 +160,21 @@ def test_a_round_waits_for_a_sync_run_by_hand_that_holds_the_state(
         release.cancel()
         held.close()
     assert result.exit_code == 0, result.output
-    [run] = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    [run] = [json.loads(line) for line in result.stdout.splitlines()]
     assert (run["status"], run["delivered"]) == ("success", 20)
     said = " ".join(result.stderr.split())
     assert f"in use by pid {os.getpid()}: waiting for it" in said
+    # the run started when it got the state: its id, `started_at` and seconds agree, and
+    # none of them counts the wait
+    listed = CliRunner().invoke(cli, ["runs", "--json", "--project", str(project.root)])
+    [row] = json.loads(listed.stdout)
+    started = datetime.fromisoformat(row["started_at"])
+    finished = datetime.fromisoformat(row["finished_at"])
+    assert started >= released[0]
+    assert row["run_id"] == run["run_id"] and run["run_id"].startswith(
+        started.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
+    )
+    assert abs((finished - started).total_seconds() - run["seconds"]) < 0.5
 
 
 def test_a_project_without_schedules_says_how_to_add_one(project_factory: ProjectFactory) -> None:

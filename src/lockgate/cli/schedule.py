@@ -81,7 +81,10 @@ def schedule(
             "`lockgate sync NAME` from your own scheduler",
         )
     if list_only:
-        _show_timetable(console, table)
+        if as_json:
+            _print_timetable_json(table)
+        else:
+            _show_timetable(console, table)
         return
     worst = 0  # 0 every run succeeded, 2 some records not delivered, 1 a run failed
     done = 0
@@ -92,7 +95,7 @@ def schedule(
 
     with signals_let_requests_finish():
         try:
-            _show_timetable(console, table)
+            _show_timetable(console, table)  # not with `--json`: its stdout is JSON lines
         except KeyboardInterrupt as stop:  # SIGTERM or Ctrl-C while it is shown
             _stopped_idle(console, stop)
             return
@@ -125,6 +128,15 @@ def _show_timetable(console: RichConsole, table: Timetable) -> None:
             for e in sorted(table.entries.values(), key=lambda e: (e.next_at, e.name))
         ],
     )
+
+
+def _print_timetable_json(table: Timetable) -> None:
+    """`--list --json`: one document, the syncs in the order they are next due."""
+    syncs = [
+        {"sync": e.name, "schedule": e.expression, "next_run": e.next_at.isoformat()}
+        for e in sorted(table.entries.values(), key=lambda e: (e.next_at, e.name))
+    ]
+    sys.stdout.write(orjson.dumps({"syncs": syncs}).decode() + "\n")
 
 
 def _beat(path: Path, state: str, syncs: list[str], table: Timetable, console: RichConsole) -> None:

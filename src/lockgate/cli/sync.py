@@ -470,6 +470,10 @@ def runs(
         # a sync holds the state: list the runs from the log it keeps beside it
         busy = exc.reason
         rows = read_runs_log(project.state_dir, sync=sync_name, limit=limit)
+    if sync_name is not None and not rows and limit > 0 and sync_name not in project.syncs:
+        # a name no sync has (a typo) is an error; a sync taken out of the project keeps
+        # its runs listed
+        project.sync(sync_name)
     if as_json:
         _print_json([dataclasses.asdict(r) for r in rows])
         return
@@ -557,8 +561,6 @@ def show_run(
     if sync_name is None:
         sync_name = parent.get("sync_name")
     project = open_project(project_path)
-    if sync_name is not None:
-        project.sync(sync_name)  # an unknown name is an error that lists the syncs
     busy = None
     try:
         with StateStore.open(project.state_dir) as store:
@@ -576,6 +578,10 @@ def show_run(
         logged = read_runs_log(project.state_dir, sync=sync_name, limit=200)
         found = logged[:1] if run_id is None else named_runs(logged, run_id)
         rejected = []
+    if not found and sync_name is not None and sync_name not in project.syncs:
+        # a name no sync has is an error that lists the syncs; a sync taken out of the
+        # project still shows its runs
+        project.sync(sync_name)
     if len(found) != 1:
         raise _no_such_run(run_id, sync_name, found)
     row = found[0]
@@ -718,8 +724,15 @@ def _write_csv(path: Path, table: Any) -> None:
 def history(person: str, project_path: Path, as_json: bool, limit: int) -> None:
     """Every call made for one person: when, what, and the API's answer."""
     project = open_project(project_path)
+    also: list[str] = []
+    if project.config.identity is not None:
+        from lockgate.sync.resolve import people_of_anonymous_id
+
+        # an anonymous id rides on its person's identify as an attribute, and their anonymous
+        # events go out by `id`: the graph names the person the calls were sent to
+        also = people_of_anonymous_id(project, person)
     with StateStore.open(project.state_dir) as store:
-        rows = store.history(person, limit=limit)
+        rows = store.history(person, limit=limit, also=also)
     if as_json:
         _print_json(rows)
         return

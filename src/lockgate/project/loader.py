@@ -284,9 +284,11 @@ class Project:
             return self.syncs[name]
         except KeyError:
             known = ", ".join(f"`{n}`" for n in sorted(self.syncs)) or "none"
+            close = difflib.get_close_matches(name, sorted(self.syncs), n=1)
+            hint = f"syncs in this project: {known}"
             raise ConfigError(
                 f"no sync named `{name}`",
-                hint=f"syncs in this project: {known}",
+                hint=f"did you mean `{close[0]}`? ({hint})" if close else hint,
             ) from None
 
     def locate(

@@ -497,10 +497,11 @@ class StateStore:
 
     # ------------------------------------------------------------------ runs
 
-    def start_run(self, run_id: str, sync: str, kind: str) -> None:
+    def start_run(self, run_id: str, sync: str, kind: str, *, at: datetime | None = None) -> None:
+        """Record a run as `running`, started ``at`` (now by default; the time in its id)."""
         self.exec_sql(
             "insert into runs values (?, ?, ?, ?, null, 'running', '{}', null)",
-            [run_id, sync, kind, datetime.now(UTC)],
+            [run_id, sync, kind, at or datetime.now(UTC)],
         )
         self._write_runs_log()
 
@@ -596,16 +597,21 @@ class StateStore:
             for r in rows
         ]
 
-    def history(self, person: str, *, limit: int = 200) -> list[dict[str, Any]]:
+    def history(
+        self, person: str, *, limit: int = 200, also: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
         """Every call made for one person: matched by one of its identifiers (`id`, `cio_id`,
         `anonymous_id`, or the email in any case) in a people, events or relationships call,
         or by a people sync's record key. A person named by one identifier is found by the
         others their calls carried too (named by email, the relationships and events sent
-        with their `id` alone). Objects, and values that only appear elsewhere in a call (an
-        object id, `object_type_id`), are not the person. The latest ``limit`` calls, oldest
-        first."""
+        with their `id` alone), and by ``also``: identifiers the caller knows name the same
+        person (those the identity graph gives an anonymous id, which its calls carry only as
+        an attribute). Objects, and values that only appear elsewhere in a call (an object
+        id, `object_type_id`), are not the person. The latest ``limit`` calls, oldest first."""
         rows = self._history([person], limit=None)
-        others = sorted({v for row in rows for v in _identifiers(row["ident"])} - {person})
+        others = sorted(
+            ({v for row in rows for v in _identifiers(row["ident"])} | set(also)) - {person}
+        )
         if not others:
             return rows[max(len(rows) - limit, 0) :]
         return self._history([person, *others], limit=limit)

@@ -7,8 +7,10 @@ sync may run meanwhile). Each valid row's payload is what Customer.io *should* h
 people are read through the App API (``POST /v1/customers/attributes``, 100 ids a request,
 10 requests a second) and compared type-aware: the App API returns every value as a string,
 so ``"1767323045"`` equals ``1767323045``, ``"true"`` equals ``true`` and ``"99.5"`` equals
-``99.5``. An attribute sent as cleared (``""``) matches when Customer.io has no value. A
-null the sync skips is not compared: the sync never claimed it.
+``99.5``. Numbers compare exactly, with no tolerance: an integer by its decimal value (a unix
+timestamp one second off, or an id past 2^53 off by one, is drift), a float as the double it
+is (``"5"`` equals ``5.0``). An attribute sent as cleared (``""``) matches when Customer.io
+has no value. A null the sync skips is not compared: the sync never claimed it.
 
 Against a workspace on a loopback address (the emulator) every person is read; against a
 real workspace a deterministic sample (default 1,000 people, picked by a hash of the key).
@@ -24,10 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlparse
 
@@ -119,12 +121,19 @@ def same(expected: Any, actual: Any) -> bool:
         return bool(actual == expected)
     if isinstance(expected, bool):
         return actual.strip().lower() in (("true", "1") if expected else ("false", "0"))
-    if isinstance(expected, int | float):
+    if isinstance(expected, int):
+        # exactly, as decimals: through a double (or with a relative tolerance) a timestamp one
+        # second off, or an integer past 2^53, would compare equal; "10.0" is still 10
         try:
-            number = float(actual)
+            return Decimal(actual.strip()) == expected
+        except InvalidOperation:
+            return False
+    if isinstance(expected, float):
+        # the same double, whichever text Customer.io gives it back as ("5" for 5.0, "1e+20")
+        try:
+            return float(actual) == expected
         except ValueError:
             return False
-        return math.isclose(number, float(expected), rel_tol=1e-9, abs_tol=1e-9)
     if isinstance(expected, str):
         return actual == expected
     try:

@@ -204,6 +204,46 @@ def saved_graph(project: Project) -> IdentityState | None:
     return None  # pragma: no cover - the loop returns or raises
 
 
+def people_of_anonymous_id(project: Project, value: str) -> list[str]:
+    """The Customer.io `id`, email and `cio_id` of the people whose profile in the saved graph
+    has the anonymous id ``value`` (an identifier of a type sent as Customer.io's
+    `anonymous_id`): their identify carried it as an attribute and their anonymous events went
+    out by `id`, so `lockgate history` finds their calls by these. Empty without an
+    `identity:` section or before a sync saved a graph. Reads only the rows of the graph's
+    Parquet files that hold ``value``."""
+    config = project.config.identity
+    if config is None:
+        return []
+    kinds = [n for n, t in config.identifier_types.items() if t.customerio == "anonymous_id"]
+    folder = project.state_dir / IDENTITY_STATE
+    if not (folder / "state.json").exists():
+        folder = folder.with_name(folder.name + ".old")  # a write caught between its renames
+        if not (folder / "state.json").exists():
+            return []
+
+    def parquet(part: str) -> str:
+        return "'" + str(folder / f"{part}.parquet").replace("'", "''") + "'"
+
+    con = duckdb.connect()
+    try:
+        rows = con.execute(
+            f"""
+            select cio_person_id, cio_email, cio_id from read_parquet({parquet("profiles")})
+            where cio_anonymous_id = $value or profile_id in (
+                select profile_id from read_parquet({parquet("nodes")})
+                where id_value = $value and list_contains($kinds, id_type)
+                  and status = 'active'  -- a quarantined one (a shared device) is no one's
+            )
+            """,
+            {"value": value, "kinds": kinds},
+        ).fetchall()
+    except duckdb.Error:  # the graph was rewritten (a sync) while it was read: as if none
+        return []
+    finally:
+        con.close()
+    return sorted({str(v) for row in rows for v in row if v is not None})
+
+
 def resolve_identities(project: Project, config: IdentityConfig, run_id: str) -> Resolution:
     """Stitch the project's identity sources, continuing from the saved graph."""
     inputs = read_sources(project, config)

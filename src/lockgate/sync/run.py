@@ -345,8 +345,9 @@ def _state(project: Project, session: Session | None) -> Iterator[StateStore]:
         yield session.state(project)
 
 
-def _new_run_id() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+def _new_run_id(at: datetime | None = None) -> str:
+    """A run's id: the time it started (``at``, now by default), then a random part."""
+    return (at or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
 def _prepare(
@@ -856,10 +857,10 @@ def plan_sync(
     pass one ``session`` share the identity graph and the state store (see :class:`Session`).
     ``rejected_sink`` gets every row the mapping rejects, as (sync, key, reason)."""
     sync = project.sync(name)
-    run_id = _new_run_id()
-    step = _Step(run_id)
-    started = time.perf_counter()
     with _state(project, session) as store:
+        run_id = _new_run_id()  # once it holds the state, as a run (:func:`run_sync`)
+        step = _Step(run_id)
+        started = time.perf_counter()
         changes, recovered, guards, _, identity_ops, _ = _prepare(
             store,
             project,
@@ -993,11 +994,14 @@ def run_sync(
     waiting to be sent stop it (they belong to a whole run), and the mapping is not recorded
     as delivered (the other records have not been sent with it)."""
     sync = project.sync(name)
-    run_id = _new_run_id()
-    step = _Step(run_id)
-    started = time.perf_counter()
     with _state(project, session) as store:
-        store.start_run(run_id, sync.name, sync.kind)
+        # the run starts once it holds the state: a wait for another process (a scheduled
+        # round behind a `lockgate sync` by hand) is not in its id, `started_at` or seconds
+        begun = datetime.now(UTC)
+        run_id = _new_run_id(begun)
+        step = _Step(run_id)
+        started = time.perf_counter()
+        store.start_run(run_id, sync.name, sync.kind, at=begun)
         changes = None
         committer = None
         guards: list[guard_step.GuardResult] = []
