@@ -50,6 +50,10 @@ class ChangeSet:
     """Of ``changed``: records whose data is as last delivered, sent again only because the
     mapping changed since (an attribute added, a type changed): the `max_changed` guardrail
     does not count them."""
+    unconfirmed: int = 0
+    """Of ``changed``: records whose data is as last delivered, sent again because Customer.io
+    did not confirm a later delivery of them (dead-lettered, or cut off by a second stop):
+    it may hold what that delivery carried. Not counted by `max_changed` either."""
     shared_person: int = 0
     """Rows sent this run that reach a person another row of the model also reaches (sent
     this run, or unchanged since the last: one email or `id` on two primary keys, no identity
@@ -542,11 +546,16 @@ def _key_model(con: duckdb.DuckDBPyConnection, compiled: Compiled) -> None:
     )
 
 
-def _todo(con: duckdb.DuckDBPyConnection, snap: str) -> tuple[int, int, int, bool]:
+def _todo(
+    con: duckdb.DuckDBPyConnection, snap: str, unconfirmed: str
+) -> tuple[int, int, int, bool, int]:
     """Fill the temp table ``todo`` with the rows of ``keyed`` to map: every row whose (key,
-    hash) is not in the snapshot, plus the rows of repeated keys that are (all copies of a
-    repeated key are rejected later). Returns (rows, rows differing from the snapshot, rows to
-    map, whether any key repeats)."""
+    hash) is not in the snapshot, the rows whose last delivery Customer.io did not confirm
+    (``unconfirmed``: dead-lettered or cut off, maybe applied: sent again even when the row
+    is back at the value the snapshot holds), plus the rows of repeated keys that are (all
+    copies of a repeated key are rejected later). Returns (rows, rows differing from the
+    snapshot or unconfirmed, rows to map, whether any key repeats, rows sent only for being
+    unconfirmed). The unconfirmed keys are looked at only when there are any."""
     run_sql(
         con,
         f"""
@@ -555,6 +564,19 @@ def _todo(con: duckdb.DuckDBPyConnection, snap: str) -> tuple[int, int, int, boo
         """,
     )
     differing = int(_one(con, "select count(*) from todo") or 0)
+    unsure = 0
+    if _one(con, f"select count(*) from {unconfirmed}"):
+        unsure = int(
+            con.execute(
+                f"""
+                insert into todo
+                select __rid, k, src_h from keyed m
+                semi join {unconfirmed} u on u.k = m.k
+                semi join {snap} s on s.k = m.k and s.h = m.src_h
+                """
+            ).fetchall()[0][0]
+        )
+        differing += unsure
     repeated = bool(
         _one(con, "select count(*) from (select k from keyed group by k having count(*) > 1)")
     )
@@ -566,11 +588,12 @@ def _todo(con: duckdb.DuckDBPyConnection, snap: str) -> tuple[int, int, int, boo
             select __rid, k, src_h from keyed m
             semi join (select k from keyed group by k having count(*) > 1) d on d.k = m.k
             semi join {snap} s on s.k = m.k and s.h = m.src_h
+            {"anti join todo t on t.__rid = m.__rid" if unsure else ""}
             """,
         )
     total = int(_one(con, "select count(*) from keyed") or 0)
     todo = int(_one(con, "select count(*) from todo") or 0)
-    return total, differing, todo, repeated
+    return total, differing, todo, repeated, unsure
 
 
 def diff_records(
@@ -612,12 +635,13 @@ def diff_records(
     # match the snapshot are unchanged; only the others are mapped into payloads.
     if in_place is None:
         _key_model(con, compiled)
-    total, differing, todo, repeated = _todo(con, snap)
+    unconfirmed = table("unconfirmed", sync.name)
+    total, differing, todo, repeated, unsure = _todo(con, snap, unconfirmed)
     if in_place is not None and not in_place.stage_todo(con, compiled, todo):
         # the model read differently the second time: copy it whole and diff that instead
         in_place.stage_all(con, lambda _: None)
         _key_model(con, compiled)
-        total, differing, todo, repeated = _todo(con, snap)
+        total, differing, todo, repeated, unsure = _todo(con, snap, unconfirmed)
         in_place = None
     if in_place is None and todo < total:
         run_sql(
@@ -712,6 +736,15 @@ def diff_records(
     remapped = 0
     if previous_hash and not full_resync and sent_rows > new:
         remapped = _remapped(con, snap, previous_hash)
+    if unsure:  # of those added to `todo`, the ones still to send (not rejected since)
+        unsure = int(
+            _one(
+                con,
+                f"select count(*) from changes c semi join {unconfirmed} u on u.k = c.k "
+                f"semi join {snap} s on s.k = c.k and s.h = c.h where not c.removed",
+            )
+            or 0
+        )
     return ChangeSet(
         kind=sync.kind,
         rows=total,
@@ -724,6 +757,7 @@ def diff_records(
         removed_sent=removed_sent,
         held=held,
         remapped=remapped,
+        unconfirmed=unsure,
         state_events=state_events,
         shared_person=shared,
         shared_samples=shared_samples,
