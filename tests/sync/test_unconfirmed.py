@@ -3,7 +3,8 @@
 Customer.io can apply a request whose answer Lockgate never hears (a 503 or a timeout after
 the request was applied, a second stop cutting it off). The snapshot keeps what was last
 confirmed, so a row that went back to that value before the next run looked unchanged and
-Customer.io kept the value never confirmed.
+Customer.io kept the value never confirmed. `on_change` events re-sent after such a loss
+carry the id and timestamp they were first sent with, so Customer.io stores each once.
 
 Every test runs real syncs against the emulator, whose faults change between runs
 (``Emulator.set_faults``).
@@ -21,6 +22,7 @@ from lockgate.cli.sync import change_rows
 from lockgate.console import NullConsole
 from lockgate.emulator import FaultConfig
 from lockgate.project.loader import load_project
+from lockgate.state.store import StateStore
 from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -157,3 +159,90 @@ def test_an_update_cut_off_by_a_second_sigterm_is_sent_again_when_its_row_goes_b
     again = run_sync(load_project(project.root), "people", console=NullConsole())
     assert (again.changes.unconfirmed, again.delivered) == (1, 1)
     assert plan_of(project_factory, "3") == "pro3"
+
+
+PLANS = """
+name: plans
+source: warehouse
+model: {table: people}
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes:
+  plan: plan
+on_change:
+  - attribute: plan
+    to: churned
+    event: plan_churned
+"""
+
+
+def churned(emu: Any) -> list[tuple[str | None, str | None, int]]:
+    by_cio = {p.cio_id: p.id for p in emu.people()}
+    return sorted(
+        (by_cio.get(e.person), e.id, e.timestamp) for e in emu.events() if e.name == "plan_churned"
+    )
+
+
+def test_a_state_change_event_whose_answer_was_lost_is_stored_once(
+    project_factory: ProjectFactory,
+) -> None:
+    """The re-sent transition carries the id and timestamp it was first sent with (they came
+    from each run's own time: a second run re-sent it under a new id, stored twice)."""
+    seed_people(project_factory, 4)
+    project = project_factory.write({"plans": PLANS}, retries=0)
+    emu = project_factory.emulator
+    first = 1_800_000_000
+    run_sync(project, "plans", console=NullConsole(), now=first)
+
+    project_factory.sql("update people set plan = 'churned' where id in ('1', '2')")
+    emu.set_faults(ANSWERS_LOST)
+    lost = run_sync(project, "plans", console=NullConsole(), now=first + 60)
+    assert (lost.changes.state_events, lost.dead_lettered) == (2, 2)
+    sent = churned(emu)
+    assert [(p, ts) for p, _, ts in sent] == [("1", first + 60), ("2", first + 60)]
+
+    emu.set_faults(FaultConfig())
+    again = run_sync(project, "plans", console=NullConsole(), now=first + 120)
+    assert again.status == "success" and again.changes.state_events == 2
+    assert churned(emu) == sent  # the same two events: Customer.io dropped the copies
+    person = emu.person(id="1")
+    assert person is not None and person.attributes["plan"] == "churned"
+    assert run_sync(project, "plans", console=NullConsole(), now=first + 180).changes.to_send == 0
+    with StateStore.open(project.state_dir) as store:  # delivered: nothing kept for them
+        assert store.exec_sql('select count(*) from "oc_sent__plans"')[0][0] == 0
+
+
+def test_a_state_change_event_sent_before_a_crash_is_stored_once(
+    project_factory: ProjectFactory,
+) -> None:
+    """SIGKILL after Customer.io took the event, before its answer: the next run sends it
+    with the same id."""
+    seed_people(project_factory, 4)
+    project = project_factory.write({"plans": PLANS})
+    emu = project_factory.emulator
+    run_sync(project, "plans", console=NullConsole(), now=1_800_000_000)
+
+    project_factory.sql("update people set plan = 'churned' where id = '1'")
+    emu.set_faults(FaultConfig(answer_latency_ms=2000))
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "lockgate", "sync", "plans", "--project", str(project.root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not churned(emu) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sent = churned(emu)
+        assert len(sent) == 1
+    finally:
+        victim.kill()
+        victim.wait(timeout=30)
+
+    emu.set_faults(FaultConfig())
+    # a later second: the id must not come from this run's time
+    time.sleep(1.1)
+    again = run_sync(load_project(project.root), "plans", console=NullConsole())
+    assert again.status == "success" and again.changes.state_events == 1
+    assert churned(emu) == sent

@@ -19,6 +19,8 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   snapshot keeps what was last *confirmed* (an `on_change` event's key is made of it), and the
   next diff sends these keys again whatever their rows hold (``diff._todo``); a later
   confirmed delivery of the key takes it out (:meth:`StateStore.fold_journal`).
+- ``oc_sent__S(k, ts)``: `on_change` events sent and not yet in the ledger, with the time
+  they were first sent: a re-send carries that time, so the same dedupe id.
 - ``runs``, ``history`` (what was sent and the answer: one row per record sent, with its key
   and identifiers; the committer hands it over grouped, one row per group of records that
   got the same answer, and the insert unnests the groups; grouped rows with list columns
@@ -314,6 +316,7 @@ class StateStore:
             "(run_id varchar, k varchar, h ubigint, ident varchar, removed boolean);"
             f"create table if not exists {table('unconfirmed', sync)} "
             "(k varchar, run_id varchar);"
+            f"create table if not exists {table('oc_sent', sync)} (k varchar, ts bigint);"
         )
         columns = {r[0] for r in self.con.execute(f"describe {snap}").fetchall()}
         if "addr" not in columns:  # a snapshot from before `addr`: derive it once

@@ -461,14 +461,22 @@ def _state_change_events(
     A rule fires for a person already in the snapshot whose watched attribute changed (from
     the rule's `from`, to its `to`, when given) unless the rule's `unless` holds. The event key
     is the record key, the rule and the hash of the previous state, so the same transition
-    always has the same key (and dedupe id): a re-run or a crash never fires it twice, and a
-    later, separate transition of the same person fires again.
+    always has the same key: a re-run or a crash never fires it twice, and a later, separate
+    transition of the same person fires again.
+
+    The dedupe id (a ULID) takes its time from the event's timestamp, which is when the
+    transition was first sent: the run's ``now`` the first time, then the time kept in
+    ``oc_sent`` (recorded before sending, see ``run._deliver_state_events``) until the event
+    is in the ledger. An event Customer.io took without Lockgate hearing so (an answer lost,
+    a dead letter, a stop or a crash) is sent again with the same id and timestamp, and
+    Customer.io keeps one. (The run's own time each run would give a new id each run.)
 
     Customer.io events belong to people: an object's transition (an account's `plan` going
     `trial` → `churned`) is sent to every person related to the object, from the snapshots of
     the project's relationships syncs of that type, with the object's id among the properties.
     """
     snap, ledger = table("snap", sync.name), table("ledger", sync.name)
+    sent = table("oc_sent", sync.name)
     selects = []
     for i, rule in enumerate(sync.on_change):
         path = "'$._watch." + orjson.dumps(rule.attribute).decode().replace("'", "''") + "'"
@@ -497,10 +505,10 @@ def _state_change_events(
                        as k, m.k as pk, m.ident,
                        '"type":"person","action":"event","identifiers":'
                        || json_extract(r.ident, '$.person')::varchar || ',"name":' || {name}
-                       || ',"timestamp":{now},"attributes":'
-                       || json_merge_patch(m.__ocp_{i}, json_object('object_type_id', {type_id},
-                                                                    'object_id', m.k))::varchar
-                       || '}}' as op
+                       as head,
+                       json_merge_patch(m.__ocp_{i}, json_object('object_type_id', {type_id},
+                                                                 'object_id', m.k))::varchar
+                       as props
                 from mapped m join {snap} s on s.k = m.k
                 join ({related}) r
                   on json_extract_string(r.ident, '$.object.object_id') = m.k
@@ -514,7 +522,7 @@ def _state_change_events(
             select m.k || '#{i}#' || s.h as k, m.k as pk, m.ident,
                    '"type":"person","action":"event","identifiers":'
                    || json_extract(m.op, '$.identifiers')::varchar || ',"name":' || {name}
-                   || ',"timestamp":{now},"attributes":' || m.__ocp_{i} || '}}' as op
+                   as head, m.__ocp_{i} as props
             from mapped m join {snap} s on s.k = m.k
             where {" and ".join(conditions)}
             """
@@ -522,16 +530,20 @@ def _state_change_events(
     if not selects:
         selects.append(
             "select null::varchar as k, null::varchar as pk, null::varchar as ident, "
-            "null::varchar as op where false"
+            "null::varchar as head, null::varchar as props where false"
         )
     run_sql(
         con,
         f"""
         create or replace temp table oc_changes as
-        select e.k, e.op, null::ubigint as h, e.ident, true as is_new, false as removed,
-               {now}::bigint as ts, md5_number_lower(e.k) as lo, md5_number_upper(e.k) as hi,
-               e.pk
-        from ({" union all ".join(selects)}) e anti join {ledger} l on l.k = e.k
+        select k, head || ',"timestamp":' || ts || ',"attributes":' || props || '}}' as op,
+               null::ubigint as h, ident, true as is_new, false as removed, ts,
+               md5_number_lower(k) as lo, md5_number_upper(k) as hi, pk
+        from (
+            select e.*, coalesce(o.ts, {now})::bigint as ts
+            from ({" union all ".join(selects)}) e anti join {ledger} l on l.k = e.k
+            left join {sent} o on o.k = e.k
+        )
         """,
     )
     return int(_one(con, "select count(*) from oc_changes") or 0)
