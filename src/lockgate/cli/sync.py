@@ -56,8 +56,12 @@ def _failure_as_json(as_json: bool, names: list[str], *, one: bool) -> Iterator[
 
 
 def _remapped_row(c: Any) -> list[tuple[str, Any]]:
-    """The changed records sent again only because the mapping changed, when there are any."""
-    return [("  of which only for the mapping change", c.remapped)] if c.remapped else []
+    """The changed records sent again only because the mapping changed, or because Customer.io
+    did not confirm their last delivery, when there are any."""
+    rows = [("  of which only for the mapping change", c.remapped)] if c.remapped else []
+    if c.unconfirmed:
+        rows.append(("  of which unconfirmed last time (sent again)", c.unconfirmed))
+    return rows
 
 
 def change_rows(report: RunReport) -> list[tuple[str, Any]]:

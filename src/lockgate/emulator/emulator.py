@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import httpx
 
 from lockgate.emulator.app import EmulatorASGI, build_app
-from lockgate.emulator.config import EmulatorConfig
+from lockgate.emulator.config import EmulatorConfig, FaultConfig
 from lockgate.emulator.models import (
     Activity,
     Event,
@@ -66,6 +67,22 @@ class Emulator:
         gc.collect()
         gc.freeze()
         self._rt.store.freeze_applied = True
+
+    def set_faults(self, faults: FaultConfig) -> None:
+        """Change the faults while the emulator runs, keeping its workspace: a Customer.io
+        that starts failing between two runs, or recovers (``FaultConfig()``). Fault draws
+        start again from ``faults.seed``.
+
+        Example::
+
+            emu.set_faults(FaultConfig(error_5xx=1.0, applied_then_failed=True))
+            ...  # a run whose requests are applied but never answered 200
+            emu.set_faults(FaultConfig())
+        """
+        config = dataclasses.replace(self.config, faults=faults)
+        self.config = self._rt.config = self._rt.store.config = config
+        self._rt.injector.config = config
+        self._rt.injector.reset()
 
     # -- credentials ---------------------------------------------------------------------------
 

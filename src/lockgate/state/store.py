@@ -14,6 +14,13 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   into the snapshot yet. Flushed during delivery, folded at the end of the run or at the
   start of the next one after a crash. This is what makes a crash safe: what was delivered
   is recorded before the run moves on, and what was not is simply sent again.
+- ``unconfirmed__S(k, run_id)``: records sent whose answer never came (dead-lettered after
+  retries, or cut off by a second SIGTERM/Ctrl-C): Customer.io may have applied them. The
+  snapshot keeps what was last *confirmed* (an `on_change` event's key is made of it), and the
+  next diff sends these keys again whatever their rows hold (``diff._todo``); a later
+  confirmed delivery of the key takes it out (:meth:`StateStore.fold_journal`).
+- ``oc_sent__S(k, ts)``: `on_change` events sent and not yet in the ledger, with the time
+  they were first sent: a re-send carries that time, so the same dedupe id.
 - ``runs``, ``history`` (what was sent and the answer: one row per record sent, with its key
   and identifiers; the committer hands it over grouped, one row per group of records that
   got the same answer, and the insert unnests the groups; grouped rows with list columns
@@ -307,6 +314,9 @@ class StateStore:
             "(k varchar, delivered_at timestamptz);"
             f"create table if not exists {table('journal', sync)} "
             "(run_id varchar, k varchar, h ubigint, ident varchar, removed boolean);"
+            f"create table if not exists {table('unconfirmed', sync)} "
+            "(k varchar, run_id varchar);"
+            f"create table if not exists {table('oc_sent', sync)} (k varchar, ts bigint);"
         )
         columns = {r[0] for r in self.con.execute(f"describe {snap}").fetchall()}
         if "addr" not in columns:  # a snapshot from before `addr`: derive it once
@@ -320,8 +330,11 @@ class StateStore:
         return bool(rows[0][0])
 
     def fold_journal(self, sync: str) -> int:
-        """Fold delivered-but-unfolded records into the snapshot. Returns how many."""
+        """Fold delivered-but-unfolded records into the snapshot. Returns how many. A key
+        delivered is confirmed: it leaves ``unconfirmed`` (looked at only when that has rows,
+        so a run without faults pays one count)."""
         snap, journal = table("snap", sync), table("journal", sync)
+        unconfirmed = table("unconfirmed", sync)
         rows = self.con.execute(f"select count(*) from {journal}").fetchall()
         pending = int(rows[0][0])
         if not pending:
@@ -344,6 +357,8 @@ class StateStore:
                     """
                 )
                 latest = "_latest"
+            if self.exec_sql(f"select count(*) from {unconfirmed}")[0][0]:
+                self.exec_sql(f"delete from {unconfirmed} where k in (select k from {latest})")
             self.exec_sql(
                 f"""
                 delete from {snap} where k in (select k from {latest});
@@ -384,6 +399,24 @@ class StateStore:
             self.exec_sql(f"insert into {table('journal', sync)} select * from _journal_batch")
         finally:
             self.con.unregister("_journal_batch")
+
+    def append_unconfirmed(self, sync: str, run_id: str, keys: Sequence[str]) -> None:
+        """Record keys sent without a confirmed answer (see ``unconfirmed__S`` above)."""
+        if not keys:
+            return
+        batch = pa.table(
+            {
+                "k": pa.array(keys, pa.string()),
+                "run_id": pa.array([run_id] * len(keys), pa.string()),
+            }
+        )
+        self.con.register("_unconfirmed_batch", batch)
+        try:
+            self.exec_sql(
+                f"insert into {table('unconfirmed', sync)} select * from _unconfirmed_batch"
+            )
+        finally:
+            self.con.unregister("_unconfirmed_batch")
 
     def append_ledger(self, sync: str, keys: Sequence[str]) -> None:
         if not keys:

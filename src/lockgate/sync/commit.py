@@ -4,9 +4,13 @@ Results arrive per HTTP batch. Delivered people go to the journal (folded into t
 snapshot at the end of the run, or at the start of the next one after a crash);
 delivered events go straight to the ledger. Every result, whatever its outcome, goes to
 the per-record history. Rejected and dead-lettered records are not committed, so the
-next run tries them again. Buffers are flushed at least every ``flush_seconds`` (or
-``flush_records``), which bounds what a crash can make a re-run send again (identify is
-idempotent; events carry their dedupe id).
+next run tries them again. Customer.io may have applied a dead-lettered record (a 5xx or a
+timeout after it took the request), or one whose request was cut off: those keys are
+recorded as *unconfirmed*, and the next run sends them whatever their rows hold then (a row
+back at its last delivered value must not leave Customer.io with the value never confirmed).
+A rejected record was refused, so applied nothing: it needs no such mark. Buffers are flushed
+at least every ``flush_seconds`` (or ``flush_records``), which bounds what a crash can make
+a re-run send again (identify is idempotent; events carry their dedupe id).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class _Buffers(NamedTuple):
     history: dict[str, list[Any]]
     rejected: list[tuple[str, str]]
     delivered: list[tuple[pa.RecordBatch, int, datetime]]
+    unconfirmed: list[str]
 
 
 class Pending(NamedTuple):
@@ -105,6 +110,7 @@ class Committer:
         self._rejected: list[tuple[str, str]] = []
         # whole batches delivered in one answer, kept as Arrow (k, h, ident, removed, action)
         self._delivered: list[tuple[pa.RecordBatch, int, datetime]] = []
+        self._unconfirmed: list[str] = []
         self._buffered = 0
 
     def add(self, results: list[Result], pending: dict[str, Pending]) -> None:
@@ -151,6 +157,7 @@ class Committer:
                 self.counts.rejected += len(group_keys)
             else:
                 self.counts.dead_lettered += len(group_keys)
+                self.unconfirmed(group_keys)
             self._rejected.extend((key, text) for key in group_keys)
             self.counts.failed_keys.update(group_keys)
             for key in group_keys[: max(0, 20 - len(self.counts.failures))]:
@@ -166,6 +173,14 @@ class Committer:
         self.counts.delivered += meta.num_rows
         self._buffered_more(meta.num_rows)
 
+    def unconfirmed(self, keys: list[str]) -> None:
+        """Keys sent whose answer never came: dead-lettered (:meth:`add`), or cut off in
+        flight (the delivery says so as it stops at once; they are not counted, the run is
+        stopping). Only records of a snapshot need the mark: an event not in the ledger is
+        sent again anyway."""
+        if self.kind != "events":
+            self._unconfirmed.extend(keys)
+
     def _buffered_more(self, n: int) -> None:
         """Count ``n`` more buffered records; write them at the record or time bound."""
         self._buffered += n
@@ -178,7 +193,12 @@ class Committer:
     def _take(self) -> _Buffers:
         """What is buffered, handed over; the buffers start empty again."""
         taken = _Buffers(
-            self._journal, self._ledger, self._history, self._rejected, self._delivered
+            self._journal,
+            self._ledger,
+            self._history,
+            self._rejected,
+            self._delivered,
+            self._unconfirmed,
         )
         self._reset()
         self._last_flush = time.monotonic()
@@ -217,6 +237,7 @@ class Committer:
             store.append_ledger(self.sync, taken.ledger)
             store.append_history(taken.history)
             store.append_rejected(self.run_id, self.sync, "deliver", taken.rejected)
+            store.append_unconfirmed(self.sync, self.run_id, taken.unconfirmed)
             store.append_delivered(
                 self.sync, self.run_id, taken.delivered, ledger=self.kind == "events"
             )

@@ -135,6 +135,11 @@ async def _deliver(
         async for results in destination.deliver(records):
             committer.add(results, pending)
             advance(len(results))
+    except BaseException:
+        # stopped at once (a second signal, a run-wide error): the records handed over and
+        # not answered may have reached Customer.io
+        committer.unconfirmed(list(pending))
+        raise
     finally:
         records.close()  # a run stopped early must not leave a result open on the connection
         committer.flush()
@@ -324,8 +329,13 @@ async def _deliver_packed(
         max_ops=settings.max_batch_ops,
     )
 
+    # the batches handed to the client and not answered yet (one dict entry per batch)
+    in_flight: dict[int, pa.RecordBatch] = {}
+
     async def jobs() -> AsyncIterator[PackedBatch | list[Result]]:
         for item in batches:
+            if isinstance(item, PackedBatch):
+                in_flight[id(item)] = item.tag[0]
             yield item
 
     try:
@@ -336,11 +346,18 @@ async def _deliver_packed(
                 continue
             packed, status, results = item
             meta = packed.tag[0]
+            del in_flight[id(packed)]
             if results is None:
                 committer.add_delivered(meta, status)
             else:
                 committer.add(results, _pending(meta))
             advance(packed.size)
+    except BaseException:
+        # stopped at once (a second signal, a run-wide error): the requests in flight were
+        # cut off, and Customer.io may have taken them
+        for meta in in_flight.values():
+            committer.unconfirmed(meta.column(0).to_pylist())
+        raise
     finally:
         batches.close()  # a run stopped early must not leave a result open on the connection
         committer.flush()

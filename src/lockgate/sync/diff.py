@@ -50,6 +50,10 @@ class ChangeSet:
     """Of ``changed``: records whose data is as last delivered, sent again only because the
     mapping changed since (an attribute added, a type changed): the `max_changed` guardrail
     does not count them."""
+    unconfirmed: int = 0
+    """Of ``changed``: records whose data is as last delivered, sent again because Customer.io
+    did not confirm a later delivery of them (dead-lettered, or cut off by a second stop):
+    it may hold what that delivery carried. Not counted by `max_changed` either."""
     shared_person: int = 0
     """Rows sent this run that reach a person another row of the model also reaches (sent
     this run, or unchanged since the last: one email or `id` on two primary keys, no identity
@@ -457,14 +461,22 @@ def _state_change_events(
     A rule fires for a person already in the snapshot whose watched attribute changed (from
     the rule's `from`, to its `to`, when given) unless the rule's `unless` holds. The event key
     is the record key, the rule and the hash of the previous state, so the same transition
-    always has the same key (and dedupe id): a re-run or a crash never fires it twice, and a
-    later, separate transition of the same person fires again.
+    always has the same key: a re-run or a crash never fires it twice, and a later, separate
+    transition of the same person fires again.
+
+    The dedupe id (a ULID) takes its time from the event's timestamp, which is when the
+    transition was first sent: the run's ``now`` the first time, then the time kept in
+    ``oc_sent`` (recorded before sending, see ``run._deliver_state_events``) until the event
+    is in the ledger. An event Customer.io took without Lockgate hearing so (an answer lost,
+    a dead letter, a stop or a crash) is sent again with the same id and timestamp, and
+    Customer.io keeps one. (The run's own time each run would give a new id each run.)
 
     Customer.io events belong to people: an object's transition (an account's `plan` going
     `trial` → `churned`) is sent to every person related to the object, from the snapshots of
     the project's relationships syncs of that type, with the object's id among the properties.
     """
     snap, ledger = table("snap", sync.name), table("ledger", sync.name)
+    sent = table("oc_sent", sync.name)
     selects = []
     for i, rule in enumerate(sync.on_change):
         path = "'$._watch." + orjson.dumps(rule.attribute).decode().replace("'", "''") + "'"
@@ -493,10 +505,10 @@ def _state_change_events(
                        as k, m.k as pk, m.ident,
                        '"type":"person","action":"event","identifiers":'
                        || json_extract(r.ident, '$.person')::varchar || ',"name":' || {name}
-                       || ',"timestamp":{now},"attributes":'
-                       || json_merge_patch(m.__ocp_{i}, json_object('object_type_id', {type_id},
-                                                                    'object_id', m.k))::varchar
-                       || '}}' as op
+                       as head,
+                       json_merge_patch(m.__ocp_{i}, json_object('object_type_id', {type_id},
+                                                                 'object_id', m.k))::varchar
+                       as props
                 from mapped m join {snap} s on s.k = m.k
                 join ({related}) r
                   on json_extract_string(r.ident, '$.object.object_id') = m.k
@@ -510,7 +522,7 @@ def _state_change_events(
             select m.k || '#{i}#' || s.h as k, m.k as pk, m.ident,
                    '"type":"person","action":"event","identifiers":'
                    || json_extract(m.op, '$.identifiers')::varchar || ',"name":' || {name}
-                   || ',"timestamp":{now},"attributes":' || m.__ocp_{i} || '}}' as op
+                   as head, m.__ocp_{i} as props
             from mapped m join {snap} s on s.k = m.k
             where {" and ".join(conditions)}
             """
@@ -518,16 +530,20 @@ def _state_change_events(
     if not selects:
         selects.append(
             "select null::varchar as k, null::varchar as pk, null::varchar as ident, "
-            "null::varchar as op where false"
+            "null::varchar as head, null::varchar as props where false"
         )
     run_sql(
         con,
         f"""
         create or replace temp table oc_changes as
-        select e.k, e.op, null::ubigint as h, e.ident, true as is_new, false as removed,
-               {now}::bigint as ts, md5_number_lower(e.k) as lo, md5_number_upper(e.k) as hi,
-               e.pk
-        from ({" union all ".join(selects)}) e anti join {ledger} l on l.k = e.k
+        select k, head || ',"timestamp":' || ts || ',"attributes":' || props || '}}' as op,
+               null::ubigint as h, ident, true as is_new, false as removed, ts,
+               md5_number_lower(k) as lo, md5_number_upper(k) as hi, pk
+        from (
+            select e.*, coalesce(o.ts, {now})::bigint as ts
+            from ({" union all ".join(selects)}) e anti join {ledger} l on l.k = e.k
+            left join {sent} o on o.k = e.k
+        )
         """,
     )
     return int(_one(con, "select count(*) from oc_changes") or 0)
@@ -542,11 +558,16 @@ def _key_model(con: duckdb.DuckDBPyConnection, compiled: Compiled) -> None:
     )
 
 
-def _todo(con: duckdb.DuckDBPyConnection, snap: str) -> tuple[int, int, int, bool]:
+def _todo(
+    con: duckdb.DuckDBPyConnection, snap: str, unconfirmed: str
+) -> tuple[int, int, int, bool, int]:
     """Fill the temp table ``todo`` with the rows of ``keyed`` to map: every row whose (key,
-    hash) is not in the snapshot, plus the rows of repeated keys that are (all copies of a
-    repeated key are rejected later). Returns (rows, rows differing from the snapshot, rows to
-    map, whether any key repeats)."""
+    hash) is not in the snapshot, the rows whose last delivery Customer.io did not confirm
+    (``unconfirmed``: dead-lettered or cut off, maybe applied: sent again even when the row
+    is back at the value the snapshot holds), plus the rows of repeated keys that are (all
+    copies of a repeated key are rejected later). Returns (rows, rows differing from the
+    snapshot or unconfirmed, rows to map, whether any key repeats, rows sent only for being
+    unconfirmed). The unconfirmed keys are looked at only when there are any."""
     run_sql(
         con,
         f"""
@@ -555,6 +576,19 @@ def _todo(con: duckdb.DuckDBPyConnection, snap: str) -> tuple[int, int, int, boo
         """,
     )
     differing = int(_one(con, "select count(*) from todo") or 0)
+    unsure = 0
+    if _one(con, f"select count(*) from {unconfirmed}"):
+        unsure = int(
+            con.execute(
+                f"""
+                insert into todo
+                select __rid, k, src_h from keyed m
+                semi join {unconfirmed} u on u.k = m.k
+                semi join {snap} s on s.k = m.k and s.h = m.src_h
+                """
+            ).fetchall()[0][0]
+        )
+        differing += unsure
     repeated = bool(
         _one(con, "select count(*) from (select k from keyed group by k having count(*) > 1)")
     )
@@ -566,11 +600,12 @@ def _todo(con: duckdb.DuckDBPyConnection, snap: str) -> tuple[int, int, int, boo
             select __rid, k, src_h from keyed m
             semi join (select k from keyed group by k having count(*) > 1) d on d.k = m.k
             semi join {snap} s on s.k = m.k and s.h = m.src_h
+            {"anti join todo t on t.__rid = m.__rid" if unsure else ""}
             """,
         )
     total = int(_one(con, "select count(*) from keyed") or 0)
     todo = int(_one(con, "select count(*) from todo") or 0)
-    return total, differing, todo, repeated
+    return total, differing, todo, repeated, unsure
 
 
 def diff_records(
@@ -612,12 +647,13 @@ def diff_records(
     # match the snapshot are unchanged; only the others are mapped into payloads.
     if in_place is None:
         _key_model(con, compiled)
-    total, differing, todo, repeated = _todo(con, snap)
+    unconfirmed = table("unconfirmed", sync.name)
+    total, differing, todo, repeated, unsure = _todo(con, snap, unconfirmed)
     if in_place is not None and not in_place.stage_todo(con, compiled, todo):
         # the model read differently the second time: copy it whole and diff that instead
         in_place.stage_all(con, lambda _: None)
         _key_model(con, compiled)
-        total, differing, todo, repeated = _todo(con, snap)
+        total, differing, todo, repeated, unsure = _todo(con, snap, unconfirmed)
         in_place = None
     if in_place is None and todo < total:
         run_sql(
@@ -712,6 +748,15 @@ def diff_records(
     remapped = 0
     if previous_hash and not full_resync and sent_rows > new:
         remapped = _remapped(con, snap, previous_hash)
+    if unsure:  # of those added to `todo`, the ones still to send (not rejected since)
+        unsure = int(
+            _one(
+                con,
+                f"select count(*) from changes c semi join {unconfirmed} u on u.k = c.k "
+                f"semi join {snap} s on s.k = c.k and s.h = c.h where not c.removed",
+            )
+            or 0
+        )
     return ChangeSet(
         kind=sync.kind,
         rows=total,
@@ -724,6 +769,7 @@ def diff_records(
         removed_sent=removed_sent,
         held=held,
         remapped=remapped,
+        unconfirmed=unsure,
         state_events=state_events,
         shared_person=shared,
         shared_samples=shared_samples,

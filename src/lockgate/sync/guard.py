@@ -439,9 +439,13 @@ def check(
             )
         results += [
             _mapping(sync, last, changes, noun),
-            # records sent again only because the mapping changed are the mapping row's
+            # records sent again only because the mapping changed are the mapping row's; those
+            # sent again because their last delivery was not confirmed are no data change
             breaker(
-                "max_changed", lim.max_changed, changes.changed - changes.remapped, base,
+                "max_changed",
+                lim.max_changed,
+                changes.changed - changes.remapped - changes.unconfirmed,
+                base,
                 f"changed {noun}", people, changed,
             ),
             None if sync.kind == "relationships" else breaker(

@@ -717,7 +717,15 @@ def _deliver_state_events(
     Delivered events go to the sync's ledger. A person whose event was not delivered is
     held back from this run's updates, so the snapshot does not advance past the
     transition and the next run fires the same event (same key, same dedupe id) again.
+    The same id needs the same timestamp: each event's is kept in ``oc_sent`` before it
+    is sent (committed on its own: a crash in delivery leaves it there) and the next diff
+    reuses it; events in the ledger leave it once delivered.
     """
+    sent = table("oc_sent", sync.name)
+    run_sql(
+        store.con,
+        f"insert into {sent} select k, ts from oc_changes o anti join {sent} s on s.k = o.k",
+    )
     counts = _deliver_to_ledger(
         store,
         project,
@@ -729,6 +737,11 @@ def _deliver_state_events(
         kind="events",
         source="oc_changes",
         total=total,
+    )
+    # every delivered event leaves, those of a run that crashed after its ledger commit too
+    run_sql(
+        store.con,
+        f"delete from {sent} where k in (select k from {table('ledger', sync.name)})",
     )
     failed = counts.failed_keys
     if failed:

@@ -1,0 +1,248 @@
+"""Records whose delivery Customer.io did not confirm: sent again whatever their rows hold.
+
+Customer.io can apply a request whose answer Lockgate never hears (a 503 or a timeout after
+the request was applied, a second stop cutting it off). The snapshot keeps what was last
+confirmed, so a row that went back to that value before the next run looked unchanged and
+Customer.io kept the value never confirmed. `on_change` events re-sent after such a loss
+carry the id and timestamp they were first sent with, so Customer.io stores each once.
+
+Every test runs real syncs against the emulator, whose faults change between runs
+(``Emulator.set_faults``).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from lockgate.cli.sync import change_rows
+from lockgate.console import NullConsole
+from lockgate.emulator import FaultConfig
+from lockgate.project.loader import load_project
+from lockgate.state.store import StateStore
+from lockgate.sync.run import plan_sync, run_sync
+
+ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
+
+PEOPLE = """
+name: people
+source: warehouse
+model: {table: people}
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes:
+  plan: plan
+"""
+
+#: applied in full, then answered 503: every answer is lost
+ANSWERS_LOST = FaultConfig(error_5xx=1.0, applied_then_failed=True)
+
+
+def seed_people(factory: ProjectFactory, n: int) -> None:
+    factory.sql(
+        "create or replace table people as select i::varchar as id, 'pro' || i as plan "
+        f"from range({n}) t(i)"
+    )
+
+
+def plan_of(factory: ProjectFactory, person: str) -> Any:
+    found = factory.emulator.person(id=person)
+    return found.attributes.get("plan") if found is not None else None
+
+
+def test_a_dead_lettered_update_is_sent_again_when_its_row_goes_back(
+    project_factory: ProjectFactory,
+) -> None:
+    seed_people(project_factory, 5)
+    project = project_factory.write({"people": PEOPLE}, retries=0)
+    emu = project_factory.emulator
+    assert run_sync(project, "people", console=NullConsole()).delivered == 5
+
+    project_factory.sql("update people set plan = 'B' where id = '3'")
+    emu.set_faults(ANSWERS_LOST)
+    lost = run_sync(project, "people", console=NullConsole())
+    assert (lost.status, lost.dead_lettered) == ("partial", 1)
+    assert plan_of(project_factory, "3") == "B"  # applied, though never confirmed
+
+    # the row is back at the value last confirmed before the next run
+    project_factory.sql("update people set plan = 'pro3' where id = '3'")
+    emu.set_faults(FaultConfig())
+    plan = plan_sync(project, "people", console=NullConsole())
+    assert (plan.changes.changed, plan.changes.unconfirmed) == (1, 1)
+    assert ("  of which unconfirmed last time (sent again)", 1) in change_rows(plan)
+    again = run_sync(project, "people", console=NullConsole())
+    assert (again.status, again.delivered) == ("success", 1)
+    assert plan_of(project_factory, "3") == "pro3"
+    # confirmed now: nothing more to send
+    assert run_sync(project, "people", console=NullConsole()).changes.to_send == 0
+
+
+def test_a_record_customerio_refused_is_not_sent_again_once_its_row_goes_back(
+    project_factory: ProjectFactory,
+) -> None:
+    """A per-record refusal applied nothing: the snapshot's value is what Customer.io holds."""
+    seed_people(project_factory, 5)
+    project = project_factory.write({"people": PEOPLE})
+    emu = project_factory.emulator
+    run_sync(project, "people", console=NullConsole())
+
+    project_factory.sql("update people set plan = 'B' where id = '3'")
+    emu.set_faults(FaultConfig(reject_people=frozenset({"3"})))
+    refused = run_sync(project, "people", console=NullConsole())
+    assert (refused.status, refused.rejected_by_api) == ("partial", 1)
+    project_factory.sql("update people set plan = 'pro3' where id = '3'")
+    emu.set_faults(FaultConfig())
+    assert run_sync(project, "people", console=NullConsole()).changes.to_send == 0
+    assert plan_of(project_factory, "3") == "pro3"
+
+
+def test_a_mirror_clear_whose_answer_was_lost_is_undone_when_the_row_comes_back(
+    project_factory: ProjectFactory,
+) -> None:
+    seed_people(project_factory, 5)
+    project = project_factory.write({"people": PEOPLE + "mode: mirror\n"}, retries=0)
+    emu = project_factory.emulator
+    run_sync(project, "people", console=NullConsole())
+
+    project_factory.sql("delete from people where id = '3'")
+    emu.set_faults(ANSWERS_LOST)
+    lost = run_sync(project, "people", console=NullConsole())
+    assert (lost.changes.removed_sent, lost.dead_lettered) == (1, 1)
+    assert plan_of(project_factory, "3") is None  # cleared in Customer.io
+
+    seed_people(project_factory, 5)  # person 3 is back, as last confirmed
+    emu.set_faults(FaultConfig())
+    back = run_sync(project, "people", console=NullConsole())
+    assert (back.changes.changed, back.changes.unconfirmed, back.delivered) == (1, 1, 1)
+    assert plan_of(project_factory, "3") == "pro3"
+    assert run_sync(project, "people", console=NullConsole()).changes.to_send == 0
+
+
+def test_an_update_cut_off_by_a_second_sigterm_is_sent_again_when_its_row_goes_back(
+    project_factory: ProjectFactory,
+) -> None:
+    seed_people(project_factory, 5)
+    project = project_factory.write({"people": PEOPLE})
+    emu = project_factory.emulator
+    run_sync(project, "people", console=NullConsole())
+
+    project_factory.sql("update people set plan = 'B' where id = '3'")
+    # Customer.io takes the request at once and answers 2 s later
+    emu.set_faults(FaultConfig(answer_latency_ms=2000))
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "lockgate", "sync", "people", "--project", str(project.root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while plan_of(project_factory, "3") != "B" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert plan_of(project_factory, "3") == "B"
+        victim.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        victim.send_signal(signal.SIGTERM)
+        _, err = victim.communicate(timeout=30)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert victim.returncode == 143, err
+    assert "the requests in flight were cut off" in err
+
+    project_factory.sql("update people set plan = 'pro3' where id = '3'")
+    emu.set_faults(FaultConfig())
+    again = run_sync(load_project(project.root), "people", console=NullConsole())
+    assert (again.changes.unconfirmed, again.delivered) == (1, 1)
+    assert plan_of(project_factory, "3") == "pro3"
+
+
+PLANS = """
+name: plans
+source: warehouse
+model: {table: people}
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes:
+  plan: plan
+on_change:
+  - attribute: plan
+    to: churned
+    event: plan_churned
+"""
+
+
+def churned(emu: Any) -> list[tuple[str | None, str | None, int]]:
+    by_cio = {p.cio_id: p.id for p in emu.people()}
+    return sorted(
+        (by_cio.get(e.person), e.id, e.timestamp) for e in emu.events() if e.name == "plan_churned"
+    )
+
+
+def test_a_state_change_event_whose_answer_was_lost_is_stored_once(
+    project_factory: ProjectFactory,
+) -> None:
+    """The re-sent transition carries the id and timestamp it was first sent with (they came
+    from each run's own time: a second run re-sent it under a new id, stored twice)."""
+    seed_people(project_factory, 4)
+    project = project_factory.write({"plans": PLANS}, retries=0)
+    emu = project_factory.emulator
+    first = 1_800_000_000
+    run_sync(project, "plans", console=NullConsole(), now=first)
+
+    project_factory.sql("update people set plan = 'churned' where id in ('1', '2')")
+    emu.set_faults(ANSWERS_LOST)
+    lost = run_sync(project, "plans", console=NullConsole(), now=first + 60)
+    assert (lost.changes.state_events, lost.dead_lettered) == (2, 2)
+    sent = churned(emu)
+    assert [(p, ts) for p, _, ts in sent] == [("1", first + 60), ("2", first + 60)]
+
+    emu.set_faults(FaultConfig())
+    again = run_sync(project, "plans", console=NullConsole(), now=first + 120)
+    assert again.status == "success" and again.changes.state_events == 2
+    assert churned(emu) == sent  # the same two events: Customer.io dropped the copies
+    person = emu.person(id="1")
+    assert person is not None and person.attributes["plan"] == "churned"
+    assert run_sync(project, "plans", console=NullConsole(), now=first + 180).changes.to_send == 0
+    with StateStore.open(project.state_dir) as store:  # delivered: nothing kept for them
+        assert store.exec_sql('select count(*) from "oc_sent__plans"')[0][0] == 0
+
+
+def test_a_state_change_event_sent_before_a_crash_is_stored_once(
+    project_factory: ProjectFactory,
+) -> None:
+    """SIGKILL after Customer.io took the event, before its answer: the next run sends it
+    with the same id."""
+    seed_people(project_factory, 4)
+    project = project_factory.write({"plans": PLANS})
+    emu = project_factory.emulator
+    run_sync(project, "plans", console=NullConsole(), now=1_800_000_000)
+
+    project_factory.sql("update people set plan = 'churned' where id = '1'")
+    emu.set_faults(FaultConfig(answer_latency_ms=2000))
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "lockgate", "sync", "plans", "--project", str(project.root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not churned(emu) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sent = churned(emu)
+        assert len(sent) == 1
+    finally:
+        victim.kill()
+        victim.wait(timeout=30)
+
+    emu.set_faults(FaultConfig())
+    # a later second: the id must not come from this run's time
+    time.sleep(1.1)
+    again = run_sync(load_project(project.root), "plans", console=NullConsole())
+    assert again.status == "success" and again.changes.state_events == 1
+    assert churned(emu) == sent
