@@ -124,6 +124,43 @@ def test_max_removed_and_max_cleared(project_factory: ProjectFactory) -> None:
     assert "1: clears promo" in message
 
 
+def test_a_full_resync_is_held_to_max_removed_and_max_cleared_of_the_real_snapshot(
+    project_factory: ProjectFactory,
+) -> None:
+    """`--full-resync` sends everyone again, but the people who left the model are still
+    undone from the snapshot: a `mirror` run must not delete (or clear) them past the limits
+    a plain run is held to."""
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    deleting = with_guardrails(PROFILE + "mode: mirror\ndelete_removed: true\n",
+                               "{max_removed: 10%}")  # fmt: skip
+    clearing = with_guardrails(
+        PROFILE.replace("name: profile", "name: cleared") + "mode: mirror\n", "{max_cleared: 5}"
+    )
+    project = project_factory.write({"profile": deleting, "cleared": clearing})
+    run_sync(project, "profile", console=NullConsole())
+    run_sync(project, "cleared", console=NullConsole())
+    project_factory.sql("delete from users where user_id > 10")  # a broken join
+
+    plan = plan_sync(project, "profile", console=NullConsole(), full_resync=True)
+    (guard,) = [g for g in plan.guards if g.name == "max_removed"]
+    assert guard.breached and guard.actual == "10 of 20 people (50.0%)"
+    before = Sent(emu)
+    with pytest.raises(ContractError) as caught:
+        run_sync(project, "profile", console=NullConsole(), full_resync=True)
+    before.assert_nothing_new()
+    assert "max_removed is 10 of 20 people (50.0%), over the limit of 10%" in str(caught.value)
+    assert len(emu.people()) == 20
+
+    with pytest.raises(ContractError, match=r"max_cleared is 30, over the limit of 5"):
+        run_sync(project, "cleared", console=NullConsole(), full_resync=True)
+    before.assert_nothing_new()
+
+    forced = run_sync(project, "profile", console=NullConsole(), full_resync=True, force=True)
+    assert forced.status == "success" and forced.changes.removed_sent == 10
+    assert sorted(int(p.id) for p in emu.people()) == list(range(1, 11))
+
+
 def test_max_events_is_a_count_per_run(project_factory: ProjectFactory) -> None:
     emu = project_factory.emulator
     project_factory.sql(

@@ -118,6 +118,30 @@ def test_full_resync_of_one_person_sends_them_again_and_keeps_the_others(
     assert (plan.changes.unchanged, plan.changes.to_send) == (40, 0)
 
 
+def test_a_full_resync_of_one_person_in_mirror_mode_deletes_nobody_else(
+    project_factory: ProjectFactory,
+) -> None:
+    """`--only 12 --full-resync` sends person 12 again: the other 39 are not in this run's
+    model, but they have not left it, so a `mirror` + `delete_removed` run deletes none."""
+    emu = project_factory.emulator
+    project_factory.sql(DATA)
+    project = project_factory.write({"profile": PROFILE + "mode: mirror\ndelete_removed: true\n"})
+    run_sync(project, "profile", console=NullConsole())
+
+    plan = plan_sync(project, "profile", console=NullConsole(), only=("12",), full_resync=True)
+    assert (plan.changes.to_send, plan.changes.removed) == (1, 0)
+    again = run_sync(project, "profile", console=NullConsole(), only=("12",), full_resync=True)
+    assert again.delivered == 1 and again.changes.removed_sent == 0
+    assert len(emu.people()) == 40
+    assert plan_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+    # one that did leave the model is deleted by a full resync naming it, and only that one
+    project_factory.sql("delete from users where user_id = 7")
+    gone = run_sync(project, "profile", console=NullConsole(), only=("7",), full_resync=True)
+    assert gone.changes.removed_sent == 1
+    assert sorted(int(p.id) for p in emu.people()) == [i for i in range(1, 41) if i != 7]
+
+
 def test_a_mirror_run_of_named_records_undoes_only_those_that_left(
     project_factory: ProjectFactory,
 ) -> None:

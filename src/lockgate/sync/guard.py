@@ -38,7 +38,7 @@ from lockgate.project.loader import Project
 from lockgate.project.models import GuardrailsConfig, SyncConfig
 from lockgate.state import contract
 from lockgate.state.store import StateStore, table
-from lockgate.sync.diff import ChangeSet, with_payloads
+from lockgate.sync.diff import RESYNC_PREVIOUS, ChangeSet, with_payloads
 from lockgate.sync.mapping import (
     event_key,
     event_key_text,
@@ -366,9 +366,15 @@ def check(
     *,
     last: contract.Contract | None,
     only: int = 0,
+    full_resync: bool = False,
 ) -> list[GuardResult]:
     """Evaluate every guardrail that applies to this sync; sends and writes nothing. ``last``
     is the contract of its last committed run (``state.contract.last``), read once per run.
+
+    ``full_resync``: the diff ran against an empty snapshot (every record is sent again, so
+    `max_changed` has nothing to measure), but the records that left the model are still
+    undone from the real one: `max_removed` and `max_cleared` are measured against it, as in
+    any other run, so a full resync does not delete or clear what a plain run would refuse to.
 
     ``only``: the run sends only that many named records (`--only`); the breakers on shares
     of the model or snapshot (and the empty-model check) say nothing about such a run and are
@@ -385,6 +391,9 @@ def check(
     if sync.kind != "events":  # people, objects, relationships: a snapshot of records
         snap = table("snap", sync.name)
         base = int(con.execute(f"select count(*) from {snap}").fetchall()[0][0])
+        if full_resync:  # what was delivered before, hidden by the empty stand-in
+            snap = RESYNC_PREVIOUS
+        known = int(con.execute(f"select count(*) from {snap}").fetchall()[0][0])
         # with the removed attributes this run clears on each record it sends
         n_attrs = len(sync.attributes) + len(
             removed_attributes(sync, last.mapping if last is not None else None)
@@ -426,8 +435,9 @@ def check(
 
         noun = sync.kind  # people, objects or relationships
         people = f"{base:,} {noun}"
+        known_people = f"{known:,} {noun}"
         if not only:
-            results.append(_empty_model(sync, changes, base, noun))
+            results.append(_empty_model(sync, changes, known, noun))
         else:
             results.append(
                 GuardResult(
@@ -447,17 +457,17 @@ def check(
             None if sync.kind == "relationships" else breaker(
                 "max_cleared",
                 lim.max_cleared,
-                _cleared_on_known(con, sync, last, changes)
+                _cleared_on_known(con, sync, last, changes, snap if full_resync else None)
                 if lim.max_cleared not in (None, "off")
                 else 0,
-                base * n_attrs,
+                known * n_attrs,
                 "cleared attribute values",
-                f"{base:,} {noun} × {n_attrs} attribute{'' if n_attrs == 1 else 's'}",
+                f"{known:,} {noun} × {n_attrs} attribute{'' if n_attrs == 1 else 's'}",
                 cleared,
             ),
             breaker(
-                "max_removed", lim.max_removed, changes.removed, base, f"removed {noun}",
-                people, removed,
+                "max_removed", lim.max_removed, changes.removed, known, f"removed {noun}",
+                known_people, removed,
             ),
         ]  # fmt: skip
         if sync.on_change:  # `on_change` events trigger journeys as any other event does
@@ -507,9 +517,15 @@ def _cleared_on_known(
     sync: SyncConfig,
     last: contract.Contract | None,
     changes: ChangeSet,
+    resynced: str | None = None,
 ) -> int:
     """Attribute values the run clears on records already in the snapshot: what `max_cleared`
     counts, a share of the snapshot's records.
+
+    ``resynced``: the real snapshot of a `--full-resync` run, whose diff saw every record as
+    new. The clears counted are then those undoing records that left the model (`mirror`) and
+    those of records whose data differs from what the snapshot holds (a record sent again
+    as it was clears nothing new).
 
     A new record has nothing to clear, so its `""` values (a null under `on_null: clear`) are
     not counted. A record sent again only for a mapping change (``changes.remapped``) has the
@@ -517,6 +533,13 @@ def _cleared_on_known(
     and clears nothing now, so only its clears of attributes new or changed in the mapping
     (which may clear a value another source set) and of those `clear_removed_attributes`
     clears count."""
+    if resynced is not None:
+        sql = (
+            "select coalesce(sum(c.n_cleared), 0) from changes c "
+            f"left join {resynced} s on s.k = c.k "
+            "where c.removed or (s.k is not null and s.h is distinct from c.h)"
+        )
+        return int(con.execute(sql).fetchall()[0][0])
     if not changes.remapped:
         sql = "select coalesce(sum(n_cleared), 0) from changes where not is_new"
         return int(con.execute(sql).fetchall()[0][0])

@@ -468,7 +468,14 @@ def _prepare(
                 )
         with step("guard"):
             guards = guard_step.check(
-                store.con, store, project, configured, changes, last=last, only=len(only)
+                store.con,
+                store,
+                project,
+                configured,
+                changes,
+                last=last,
+                only=len(only),
+                full_resync=full_resync and sync.kind != "events",
             )
             if merge_guard is not None:
                 guards.append(merge_guard)
@@ -487,15 +494,47 @@ def _shadow_snapshot(store: StateStore, sync: str) -> None:
     """For `--full-resync`: diff against an empty snapshot without forgetting the real one,
     so a plan, or a run a guardrail stops, leaves the state as it was. A temp table of the
     same name hides the snapshot on this connection; :func:`_reset_snapshot` drops it and
-    forgets the snapshot once the run is past the guard."""
+    forgets the snapshot once the run is past the guard.
+
+    What was delivered before stays readable as ``diff.RESYNC_PREVIOUS``: the diff undoes the
+    records that left the model from it, and the guardrails measure those removals against
+    it. In a run of named records (`--only`, :func:`_keep_only`) that is the named records
+    alone, not the whole snapshot: the others are not in this run's model, and have not left
+    it."""
     snap = table("snap", sync)
+    previous = diff_step.RESYNC_PREVIOUS
+    named = store.con.execute(
+        "select count(*) from duckdb_tables() where temporary and table_name = ?",
+        [f"snap__{sync}"],
+    ).fetchall()[0][0]
+    _drop_previous(store)
+    if named:  # `_keep_only` hid the records not named behind a temp table: keep that one
+        run_sql(store.con, f"alter table temp.{snap} rename to {previous}")
+    else:
+        database = run_sql(store.con, "select current_database()")[0][0]
+        run_sql(
+            store.con,
+            f'create temp view {previous} as select * from "{database}".main.{snap}',
+        )
     run_sql(store.con, f"create or replace temp table {snap} as from main.{snap} limit 0")
+
+
+def _drop_previous(store: StateStore) -> None:
+    """Drop ``diff.RESYNC_PREVIOUS``, a view or a table (DuckDB drops each only by its kind)."""
+    for kind, name in store.con.execute(
+        "select 'table', table_name from duckdb_tables() where temporary and table_name = $1 "
+        "union all select 'view', view_name from duckdb_views() where temporary and "
+        "view_name = $1",
+        [diff_step.RESYNC_PREVIOUS],
+    ).fetchall():
+        run_sql(store.con, f"drop {kind} temp.main.{name}")
 
 
 def _reset_snapshot(store: StateStore, sync: str, only: bool = False) -> None:
     """Past the guard of a `--full-resync` run: forget the snapshot (with ``only``, of the
     named records alone, :func:`_keep_only`), so what is not delivered is sent again."""
     run_sql(store.con, f"drop table if exists temp.{table('snap', sync)}")
+    _drop_previous(store)
     if not only:
         store.reset_sync(sync)
         return
