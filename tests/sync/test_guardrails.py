@@ -355,6 +355,42 @@ def test_max_rejected_stops_a_run_whose_model_went_bad_even_on_a_first_run(
     assert "primary key is null" in message  # a sample row's reason
     report = run_sync(project, "profile", console=NullConsole(), force=True)
     assert report.delivered == 10 and len(emu.people()) == 10
+    # the same rows are rejected again by the next run: the hint says so, and how to end it
+    assert "fix the rows in the model (`lockgate plan profile --export-rejected FILE`" in message
+    assert "rows still bad are rejected again and stop the next run" in message
+    assert "max_rejected is 10 of 20 rows" in refused(project, "profile", emu)
+
+
+def test_people_who_left_an_upsert_sync_stop_counting_once_a_run_is_forced_past_them(
+    project_factory: ProjectFactory,
+) -> None:
+    """In `upsert` mode nothing is sent for people who left the model, and they stay in the
+    snapshot: the error says so, and the run `--force` accepts them forgets them, so the next
+    run (with an ordinary change) is not refused again for the same people."""
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": with_guardrails(PROFILE, "{max_removed: 10%}")})
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("delete from users where user_id > 17")
+
+    message = refused(project, "profile", emu)
+    assert "max_removed is 3 of 20 people (15.0%), over the limit of 10%" in message
+    assert "3 people left the model (nothing is sent for them in `upsert` mode)" in message
+    assert "would be sent" not in message
+    assert "that run forgets them, so they stop counting" in message
+    forced = run_sync(project, "profile", console=NullConsole(), force=True)
+    assert forced.status == "success" and forced.delivered == 0
+
+    project_factory.sql("update users set plan = 'enterprise' where user_id = 1")
+    after = run_sync(project, "profile", console=NullConsole())
+    assert after.status == "success" and after.delivered == 1
+    assert after.changes.removed == 0
+    person = emu.person(id="1")
+    assert person is not None and person.attributes["plan"] == "enterprise"
+    assert len(emu.people()) == 20  # those who left are still in Customer.io, as they were
+    # one who comes back is sent again
+    project_factory.sql("insert into users select 18, plan, signed_up_at, promo from users limit 1")
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 1
 
 
 def test_an_empty_model_never_undoes_a_mirror_sync_without_force(

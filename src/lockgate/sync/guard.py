@@ -37,7 +37,7 @@ from lockgate.errors import ContractError
 from lockgate.project.loader import Project
 from lockgate.project.models import GuardrailsConfig, SyncConfig
 from lockgate.state import contract
-from lockgate.state.store import StateStore, table
+from lockgate.state.store import StateStore, run_sql, table
 from lockgate.sync.diff import RESYNC_PREVIOUS, ChangeSet, with_payloads
 from lockgate.sync.mapping import (
     event_key,
@@ -465,9 +465,13 @@ def check(
                 f"{known:,} {noun} × {n_attrs} attribute{'' if n_attrs == 1 else 's'}",
                 cleared,
             ),
-            breaker(
-                "max_removed", lim.max_removed, changes.removed, known, f"removed {noun}",
-                known_people, removed,
+            _max_removed(
+                breaker(
+                    "max_removed", lim.max_removed, changes.removed, known,
+                    _removed_words(sync, noun)[0], known_people, removed,
+                    _removed_words(sync, noun)[1],
+                ),
+                sync,
             ),
         ]  # fmt: skip
         if sync.on_change:  # `on_change` events trigger journeys as any other event does
@@ -498,18 +502,82 @@ def check(
             breaker("max_events", lim.max_events, changes.to_send, 0, "events", "", events)
         )
     results.append(
-        breaker(
-            "max_rejected",
-            lim.max_rejected,
-            changes.rejected,
-            changes.rows,
-            "rows",
-            f"{changes.rows:,} rows in the model",
-            lambda: [f"{k}: {reason}" for k, reason in changes.rejected_samples[:SAMPLES]],
-            outcome="rejected by the mapping",
+        _with_hint(
+            breaker(
+                "max_rejected",
+                lim.max_rejected,
+                changes.rejected,
+                changes.rows,
+                "rows",
+                f"{changes.rows:,} rows in the model",
+                lambda: [f"{k}: {reason}" for k, reason in changes.rejected_samples[:SAMPLES]],
+                outcome="rejected by the mapping",
+            ),
+            # a row that stays bad is rejected again by every run: `--force` alone does not end it
+            hint=f"fix the rows in the model (`lockgate plan {sync.name} --export-rejected FILE` "
+            f"lists every one with its reason), or raise the limit in the sync's `guardrails:`; "
+            f"`lockgate sync {sync.name} --force` sends the good rows once, but rows still bad "
+            "are rejected again and stop the next run",
         )
     )
     return [r for r in results if r is not None]
+
+
+def _with_hint(result: GuardResult | None, *, hint: str) -> GuardResult | None:
+    """``result`` with ``hint`` when it is breached."""
+    if result is None or not result.breached:
+        return result
+    return dataclasses.replace(result, hint=hint)
+
+
+def _removed_words(sync: SyncConfig, noun: str) -> tuple[str, str]:
+    """`max_removed`'s unit, base text and outcome, by what the run does with the records
+    that left the model: undoes them in `mirror` mode, nothing in `upsert`/`update` mode."""
+    if sync.effective_mode == "mirror":
+        what = (
+            "removed"
+            if sync.kind == "relationships"
+            else "deleted"
+            if sync.delete_removed
+            else "cleared"
+        )
+        return f"removed {noun}", f"would be {what}"
+    return noun, f"left the model (nothing is sent for them in `{sync.effective_mode}` mode)"
+
+
+def _max_removed(result: GuardResult | None, sync: SyncConfig) -> GuardResult | None:
+    """`max_removed` with the hint of its mode. In `upsert`/`update` mode the records that
+    left stay in the snapshot (one that comes back unchanged is not sent again), so without
+    more they would count, and stop, every later run: a run forced past the limit forgets
+    them (:func:`forget_left`)."""
+    if sync.effective_mode == "mirror":
+        return result
+    return _with_hint(
+        result,
+        hint=f"check the model (a lost join or filter?); if they left on purpose, run "
+        f"`lockgate sync {sync.name} --force` once: that run forgets them, so they stop "
+        f"counting (they stay in Customer.io as they are, and one that comes back is sent "
+        f"again), or raise the limit in the sync's `guardrails:`",
+    )
+
+
+def forget_left(
+    con: duckdb.DuckDBPyConnection, sync: SyncConfig, results: list[GuardResult]
+) -> int:
+    """After a run forced past `max_removed` in `upsert`/`update` mode: drop from the snapshot
+    the records that left the model, which nothing undid. The run accepted their leaving;
+    kept, they would count toward `max_removed` again in every later run, which `--force`
+    "once" would not end. Returns how many were forgotten."""
+    if sync.kind == "events" or sync.effective_mode == "mirror":
+        return 0
+    if not any(r.name == "max_removed" and r.breached for r in results):
+        return 0
+    snap = table("snap", sync.name)
+    left = f"select s.k from {snap} s anti join keyed m on m.k = s.k"
+    gone = int(con.execute(f"select count(*) from ({left})").fetchall()[0][0])
+    if gone:
+        run_sql(con, f"delete from {snap} where k in ({left})")
+    return gone
 
 
 def _cleared_on_known(
@@ -622,7 +690,7 @@ def enforce(sync: SyncConfig, results: list[GuardResult], *, force: bool) -> Non
             hint=f"fix the model, or acknowledge the change under `guardrails:` in the sync "
             f"file (`--force` does not override {first.name})",
         )
-    if first.hint:
+    if first.hint and not first.name.startswith("max_"):
         raise ContractError(
             f"sync `{sync.name}` stopped before sending anything: {first.name}: {first.actual}"
             f"{more}. {first.detail}",
@@ -638,6 +706,7 @@ def enforce(sync: SyncConfig, results: list[GuardResult], *, force: bool) -> Non
     raise ContractError(
         f"sync `{sync.name}` stopped before sending anything: {first.name} is {first.actual}, "
         f"over the limit of {first.limit}{more}. {first.detail}{samples}",
-        hint=f"check the model; if this change is intended, run `lockgate sync {sync.name} "
+        hint=first.hint
+        or f"check the model; if this change is intended, run `lockgate sync {sync.name} "
         f"--force` once, or raise the limit in {first.raise_at}",
     )

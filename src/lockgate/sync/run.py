@@ -1103,6 +1103,8 @@ def run_sync(
                     )
             with step("commit"):
                 store.fold_journal(sync.name)
+                if force and not only:  # the records that left, accepted: they stop counting
+                    guard_step.forget_left(store.con, sync, guards)
                 if resolution is not None and not resolution.saved:
                     from lockgate.sync.resolve import write_tables
 
