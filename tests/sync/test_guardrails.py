@@ -332,6 +332,47 @@ def test_plan_shows_the_guardrails_and_sync_exits_1_naming_the_breach(
     assert "max_removed" in capsys.readouterr().out
 
 
+def test_type_drift_covers_the_columns_of_on_change_properties_and_unless(
+    project_factory: ProjectFactory,
+) -> None:
+    """A column read only as an `on_change` event property (or in its `unless`) that changes
+    type would change what the event carries (`10` → `'20'`): the run is refused like for an
+    attribute's column."""
+    emu = project_factory.emulator
+    project_factory.sql(
+        "create table carts as select i as user_id, 'open' as cart_status, i * 10 as cart_value, "
+        "null::integer as order_id from range(1, 4) t(i)"
+    )
+    carts = """
+    name: carts
+    source: warehouse
+    model: {table: carts}
+    kind: people
+    primary_key: user_id
+    identify_by: {id: user_id}
+    attributes: {cart_status: cart_status}
+    on_change:
+      - attribute: cart_status
+        to: abandoned
+        event: cart_abandoned
+        properties: {cart_value: cart_value}
+        unless: "order_id is not null"
+    """
+    project = project_factory.write({"carts": carts})
+    run_sync(project, "carts", console=NullConsole())
+    project_factory.sql(
+        "alter table carts alter cart_value type varchar; "
+        "alter table carts alter order_id type varchar; "
+        "update carts set cart_status = 'abandoned' where user_id = 2"
+    )
+    (guard,) = [g for g in plan_sync(project, "carts", console=NullConsole()).guards if g.breached]
+    assert guard.actual == "`cart_value` BIGINT → VARCHAR, `order_id` INTEGER → VARCHAR"
+    message = refused(project, "carts", emu)
+    assert "type drift: `cart_value` BIGINT → VARCHAR" in message
+    assert "accept_type_changes: {cart_value: VARCHAR, order_id: VARCHAR}" in message
+    assert emu.events() == []
+
+
 def test_types_drift_across_families_not_within_one() -> None:
     from lockgate.sync.guard import type_family
 

@@ -130,11 +130,17 @@ def limits(project: Project, sync: SyncConfig) -> Limits:
     )
 
 
-def columns_read(sync: SyncConfig) -> list[str]:
-    """Every model column the sync's mapping reads."""
+def columns_read(sync: SyncConfig, con: duckdb.DuckDBPyConnection | None = None) -> list[str]:
+    """Every model column the sync's mapping reads: identifiers, key, attributes, properties
+    (an `on_change` rule's too), event name, id and timestamp. With ``con``, also the columns
+    an `on_change` rule's `unless` condition names (read from DuckDB's parse of it; a name
+    that is not a model column is left out by the caller)."""
     cols: list[str] = [*sync.identify_by.values(), *sync.key_columns]
     fields = {**sync.attributes, **sync.properties, **getattr(sync, "relationship_attributes", {})}
-    for name, spec in fields.items():
+    specs = [*fields.items()]
+    for rule in sync.on_change:
+        specs += rule.properties.items()
+    for name, spec in specs:
         if spec.value is None:
             cols.append(spec.column or name)
     if sync.event is not None:
@@ -143,7 +149,35 @@ def columns_read(sync: SyncConfig) -> list[str]:
     object_id = getattr(sync, "object_id", None)
     if isinstance(object_id, str):
         cols.append(object_id)
+    if con is not None:
+        for rule in sync.on_change:
+            if rule.unless:
+                cols += _sql_columns(con, rule.unless)
     return list(dict.fromkeys(cols))
+
+
+def _sql_columns(con: duckdb.DuckDBPyConnection, expression: str) -> list[str]:
+    """The names an SQL expression refers to as columns (``a.b`` gives both), from DuckDB's
+    parse of it; none when it does not parse (the run's mapping reports that)."""
+    try:
+        rows = con.execute("select json_serialize_sql(?)", [f"select {expression}"]).fetchall()
+        tree = orjson.loads(rows[0][0])
+    except (duckdb.Error, orjson.JSONDecodeError):
+        return []
+    names: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("class") == "COLUMN_REF":
+                names.extend(str(n) for n in node.get("column_names") or [])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(tree.get("statements"))
+    return names
 
 
 def type_family(duckdb_type: str) -> str:
@@ -324,7 +358,7 @@ def _types(
         return GuardResult("column types", "unchanged or accepted", FIRST_RUN, False)
     current = {str(r[0]): str(r[1]) for r in con.execute("describe model").fetchall()}
     drift: list[tuple[str, str, str]] = []
-    for column in columns_read(sync):
+    for column in columns_read(sync, con):
         before, after = last.columns.get(column), current.get(column)
         if before is None or after is None or type_family(before) == type_family(after):
             continue
