@@ -332,6 +332,53 @@ def test_plan_shows_the_guardrails_and_sync_exits_1_naming_the_breach(
     assert "max_removed" in capsys.readouterr().out
 
 
+def test_a_sync_a_guardrail_stops_reports_its_counts_and_guardrails(
+    project_factory: ProjectFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sync --json` of a stopped run carries what `plan --json` does (its run id, counts and
+    `guardrails`), the human output shows the guardrails table, and the error names every
+    breached guardrail, not "(and 1 more)"."""
+    import json
+
+    from lockgate.cli import main
+
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    rails = "{max_changed: 1, max_removed: 0}"
+    project = project_factory.write({"profile": with_guardrails(PROFILE, rails)})
+    args = ["--project", str(project.root)]
+    main(["sync", "profile", *args])
+    project_factory.sql("update users set plan = 'x' where user_id < 5; delete from users "
+                        "where user_id = 10")  # fmt: skip
+    capsys.readouterr()
+
+    before = Sent(emu)
+    with pytest.raises(SystemExit) as exited:
+        main(["sync", "profile", *args, "--json"])
+    assert exited.value.code == 1
+    (doc,) = json.loads(capsys.readouterr().out)
+    assert doc["status"] == "failed" and doc["sync"] == "profile" and doc["run_id"]
+    assert (doc["changes"]["changed"], doc["changes"]["removed"], doc["delivered"]) == (4, 1, 0)
+    breached = {g["name"]: g["actual"] for g in doc["guardrails"] if g["breached"]}
+    assert breached == {"max_changed": "4", "max_removed": "1"}
+    assert "max_changed is 4, over the limit of 1 (also breached: max_removed (1))" in doc["error"]
+    (run,) = [r for r in json.loads(_out(capsys, main, ["runs", *args, "--json"])) if
+              r["run_id"] == doc["run_id"]]  # fmt: skip
+    assert run["status"] == "failed"
+
+    with pytest.raises(SystemExit):
+        main(["sync", "profile", *args])
+    out = capsys.readouterr().out
+    assert "profile: guardrails" in out and out.count("BREACHED") == 2
+    before.assert_nothing_new()
+
+
+def _out(capsys: pytest.CaptureFixture[str], main: Any, argv: list[str]) -> str:
+    capsys.readouterr()
+    main(argv)
+    return capsys.readouterr().out
+
+
 def test_type_drift_covers_the_columns_of_on_change_properties_and_unless(
     project_factory: ProjectFactory,
 ) -> None:

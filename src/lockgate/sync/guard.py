@@ -715,7 +715,9 @@ def enforce(sync: SyncConfig, results: list[GuardResult], *, force: bool) -> Non
         return
     breached.sort(key=lambda r: r.forceable)
     first = breached[0]
-    more = f" (and {len(breached) - 1} more)" if len(breached) > 1 else ""
+    # the others by name: the guardrails table (`plan`, and the stopped run's report) has them
+    others = [f"{r.name} ({r.actual})" for r in breached[1:]]
+    more = f" (also breached: {'; '.join(others)})" if others else ""
     samples = f" Sample rows: {'; '.join(first.samples[:5])}" if first.samples else ""
     if not first.forceable:
         raise ContractError(

@@ -923,7 +923,7 @@ def plan_sync(
     )
 
 
-def _stopped_counts(
+def _stopped_report(
     run_id: str,
     sync: SyncConfig,
     only: tuple[str, ...],
@@ -931,13 +931,13 @@ def _stopped_counts(
     committer: Any,
     guards: list[guard_step.GuardResult],
     seconds: float,
-) -> dict[str, Any]:
-    """The report of a run that failed or was stopped (for `lockgate runs` and `runs show`):
-    what it planned, the rows it rejected and the guardrails' verdicts (why a guardrail stopped
-    it), and what it delivered, which is committed, so the counts say how far it got, and in
-    how long."""
-    if changes is None:  # it failed before its diff
-        return {"mode": sync.effective_mode, "only": list(only), "seconds": round(seconds, 3)}
+) -> RunReport | None:
+    """The report of a run that failed or was stopped after its diff: what it planned, the
+    rows it rejected and the guardrails' verdicts (why a guardrail stopped it), and what it
+    delivered, which is committed, so the counts say how far it got, and in how long. None
+    when it failed before its diff."""
+    if changes is None:
+        return None
     done = committer.counts if committer is not None else None
     return RunReport(
         run_id,
@@ -952,7 +952,7 @@ def _stopped_counts(
         guards=tuple(guards),
         mode=sync.effective_mode,
         only=only,
-    ).as_dict()
+    )
 
 
 def _alert(
@@ -1134,9 +1134,18 @@ def run_sync(
                 store.forget_run(run_id)
                 raise
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
-            stopped = _stopped_counts(
-                run_id, sync, only, changes, committer, guards, time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            stopped_report = _stopped_report(
+                run_id, sync, only, changes, committer, guards, seconds
             )
+            # for `lockgate runs` and `runs show`
+            stopped = (
+                stopped_report.as_dict()
+                if stopped_report is not None
+                else {"mode": sync.effective_mode, "only": list(only), "seconds": round(seconds, 3)}
+            )
+            if isinstance(exc, LockgateError) and exc.report is None:
+                exc.report = stopped_report  # for the command's output: why it stopped
             store.finish_run(run_id, "failed", stopped, error=reason or type(exc).__name__)
             if not isinstance(exc, KeyboardInterrupt):  # a stop on purpose is no alarm
                 if not only:
