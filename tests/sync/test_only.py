@@ -82,6 +82,13 @@ def test_one_person_first_then_everyone_each_record_and_event_sent_once(
     assert plan["samples"][0]["payload"]["identifiers"] == {"id": "7"}
     assert emu.people() == []
 
+    # the plan of all syncs counts their events too, before the person was ever sent: the
+    # email is found through the people sync's plan, as the sync finds it once they are sent
+    plans = {p["sync"]: p for p in invoke(project, "plan", "--all", "--only", "u7@example.com",
+                                          "--json")}  # fmt: skip
+    assert plans["orders"]["changes"]["to_send"] == 3 and plans["profile"]["changes"]["new"] == 1
+    assert emu.people() == [] and emu.events() == []
+
     # one person and their events (named by email: the events carry only the id)
     runs = invoke(project, "sync", "--all", "--only", "u7@example.com", "--json")
     assert {(r["sync"], r["delivered"]) for r in runs} == {("profile", 1), ("orders", 3)}

@@ -17,7 +17,7 @@ import dataclasses
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -285,6 +285,12 @@ class Session:
     a `lockgate sync` run by hand; a command run by hand says at once who holds it)."""
     waiting: Callable[[str], None] | None = None
     """Told which process holds the state, when the wait for it starts."""
+    planned_people: dict[str, set[str]] = field(default_factory=dict)
+    """Plans of named records (`plan --all --only EMAIL`): by destination, the `id`, `cio_id`
+    and email of the people the plans of a people sync would send. A sync finds a person's
+    events and relationships through what the people syncs delivered (their snapshots),
+    which a plan does not commit: the later plans of the command find them here instead, so
+    they count what the sync would send."""
     _store: StateStore | None = field(default=None, repr=False)
     _run_log: tuple[Project, Console] | None = field(default=None, repr=False)
     """Set by a run of a project with `run_log:`: the runs are written when the session ends,
@@ -433,7 +439,8 @@ def _prepare(
             with step("extract"), console.progress(f"extract {sync.name}", None) as advance:
                 in_place.key(store.con, compiled, advance)
         if only:
-            _only_values(store, project, sync, only)
+            planned = session.planned_people.get(sync.destination) if session else None
+            _only_values(store, project, sync, only, planned or ())
             if named_in_source is not None:
                 with step("extract"), console.progress(f"extract {sync.name}", None) as advance:
                     values = store.con.sql("select v from only_values").to_arrow_table()
@@ -466,6 +473,10 @@ def _prepare(
                     shared_check=sync.kind == "people" and resolution is None,
                     previous_hash=_previous_hash(last, compiled),
                 )
+        if only and not payloads and session is not None and sync.kind == "people":
+            session.planned_people.setdefault(sync.destination, set()).update(
+                _identifiers_sent(store)
+            )
         with step("guard"):
             guards = guard_step.check(
                 store.con,
@@ -568,15 +579,38 @@ def _named(key: str, ident: str) -> str:
     )
 
 
+def _identifiers_sent(store: StateStore) -> set[str]:
+    """The `id`, `cio_id` and email of the people a people sync's diff would send (the temp
+    table ``changes``, not those a `mirror` run undoes)."""
+    rows = run_sql(
+        store.con,
+        """
+        select distinct v from (
+            select unnest([json_extract_string(ident, '$.id'),
+                           json_extract_string(ident, '$.cio_id'),
+                           json_extract_string(ident, '$.email')]) as v
+            from changes where not removed and json_valid(ident)
+        ) where v is not null
+        """,
+    )
+    return {str(r[0]) for r in rows}
+
+
 def _only_values(
-    store: StateStore, project: Project, sync: SyncConfig, only: tuple[str, ...]
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    only: tuple[str, ...],
+    planned: Collection[str] = (),
 ) -> None:
     """For `--only`: the temp table ``only_values`` of the values that name records (see
-    :func:`_keep_only`), with the other identifiers of each person they name."""
+    :func:`_keep_only`), with the other identifiers of each person they name: those a people
+    sync delivered them with, and (a plan) those the people syncs planned before it would
+    (``planned``, :attr:`Session.planned_people`)."""
     con = store.con
     con.execute(
         "create or replace temp table only_values as select unnest(?::varchar[]) as v",
-        [list(only)],
+        [list(dict.fromkeys([*only, *sorted(planned)]))],
     ).fetchall()
     # a person named by one identifier is found by the others too: the `id`, `cio_id` and
     # email a people sync delivered them with (an email names their relationships and events,
