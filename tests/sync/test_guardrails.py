@@ -251,6 +251,29 @@ def test_a_changed_identifier_stops_the_run_until_forced_once(
     assert run_sync(project, "profile", console=NullConsole()).status == "success"
 
 
+def test_the_alias_user_id_or_another_order_of_the_same_identifiers_is_no_change(
+    project_factory: ProjectFactory,
+) -> None:
+    """`{id: user_id}` → `{user_id: user_id}` (the documented alias of `id`), or the same
+    identifiers in another order, address everyone as before: neither `validate` nor the run
+    takes it for a changed identifier."""
+    from lockgate.sync.contract import check_project
+
+    project_factory.sql(
+        USERS + "alter table users add column email varchar;"
+        "update users set email = 'u' || user_id || '@example.com';"
+    )
+    both = PROFILE.replace("{id: user_id}", "{id: user_id, email: email}")
+    run_sync(project_factory.write({"profile": both}), "profile", console=NullConsole())
+
+    for same in ("{user_id: user_id, email: email}", "{email: email, id: user_id}"):
+        project = project_factory.write({"profile": PROFILE.replace("{id: user_id}", same)})
+        assert [f for f in check_project(project) if f.check == "identifier changed"] == []
+        report = run_sync(project, "profile", console=NullConsole())
+        assert report.status == "success"
+        assert [g.actual for g in report.guards if g.name.startswith("identifier")] == ["unchanged"]
+
+
 def test_a_changed_event_key_stops_the_run_until_forced_once(
     project_factory: ProjectFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -41,7 +41,7 @@ from lockgate.project.loader import Project
 from lockgate.project.models import MAX_ATTRIBUTES
 from lockgate.state import contract
 from lockgate.state.store import StateStore
-from lockgate.sync.mapping import event_key, event_key_text
+from lockgate.sync.mapping import event_key, event_key_text, same_identifiers
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def identifiers(project: Project, last: dict[str, contract.Contract]) -> list[Fi
         if was is None:
             continue
         parts = []
-        if dict(sync.identify_by) != was.identify_by:
+        if not same_identifiers(was.identify_by, dict(sync.identify_by)):
             parts.append(
                 f"`identify_by` was {orjson.dumps(was.identify_by).decode()}, "
                 f"now {orjson.dumps(dict(sync.identify_by)).decode()}"

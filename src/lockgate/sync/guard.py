@@ -45,6 +45,7 @@ from lockgate.sync.mapping import (
     lit,
     q,
     removed_attributes,
+    same_identifiers,
     shaping,
     shaping_changes,
 )
@@ -276,7 +277,15 @@ def _identity(sync: SyncConfig, last: contract.Contract | None) -> GuardResult |
         return GuardResult("identifier unchanged", "same as last run", FIRST_RUN, False)
     was = {"identify_by": last.identify_by, "primary_key": last.key_columns}
     now = {"identify_by": dict(sync.identify_by), "primary_key": sync.key_columns}
-    changed = [k for k in was if was[k] != now[k]]
+    changed = [
+        k
+        for k, differs in (
+            # the same identifiers in another order, or `user_id` for its alias `id`, are not
+            ("identify_by", not same_identifiers(last.identify_by, dict(sync.identify_by))),
+            ("primary_key", last.key_columns != sync.key_columns),
+        )
+        if differs
+    ]
     if not changed:
         return GuardResult("identifier unchanged", "same as last run", "unchanged", False)
     parts = [
