@@ -30,6 +30,8 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LockgateError(Exception):
     """Base of every error Lockgate raises on purpose."""
@@ -38,6 +40,10 @@ class LockgateError(Exception):
     #: a command's `--json` has already printed this error in its own document (see
     #: :func:`lockgate.cli.options.json_option`)
     printed_as_json: bool = False
+    #: the report (a ``RunReport``) of the run this error stopped, when the run got as far as
+    #: its diff: a guardrail's refusal carries the counts and the guardrails' verdicts, so
+    #: `sync` (and `--json`) show why it stopped as `plan` would
+    report: Any = None
 
     def __init__(self, reason: str, *, hint: str | None = None) -> None:
         super().__init__(reason)

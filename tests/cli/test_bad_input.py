@@ -253,3 +253,22 @@ def test_a_value_of_the_wrong_shape_says_what_is_expected_with_an_example(
     project(tmp_path, sync=sync)
     err = fails(capsys, "validate", "--project", str(tmp_path))
     assert f"Error: {where} {said}" in " ".join(err.split())
+
+
+def test_validate_refuses_an_acknowledged_type_that_is_no_type_and_warns_of_an_unread_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo in `accept_type_changes` would acknowledge nothing and leave the sync refused:
+    a type that is not one is an error at its line, a column the sync does not read a
+    warning."""
+    project(tmp_path, sync=SYNC + "guardrails:\n  accept_type_changes: {plan: VARCHR}\n")
+    err = fails(capsys, "validate", "--project", str(tmp_path))
+    assert "syncs/profile.yml:10: `accept_type_changes.plan`: `VARCHR` is not a type" in err
+    assert "timestamp, number, string, boolean, json, nested" in err
+
+    unread = SYNC + 'guardrails:\n  accept_type_changes: {plann: string, plan: "DECIMAL(12, 2)"}\n'
+    project(tmp_path, sync=unread)
+    main(["validate", "--project", str(tmp_path)])  # a warning: exits 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "acknowledges a type change of `plann`" in out
+    assert "a column it does not read" in out and out.count("acknowledges a type change") == 1

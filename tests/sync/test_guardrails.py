@@ -124,6 +124,43 @@ def test_max_removed_and_max_cleared(project_factory: ProjectFactory) -> None:
     assert "1: clears promo" in message
 
 
+def test_a_full_resync_is_held_to_max_removed_and_max_cleared_of_the_real_snapshot(
+    project_factory: ProjectFactory,
+) -> None:
+    """`--full-resync` sends everyone again, but the people who left the model are still
+    undone from the snapshot: a `mirror` run must not delete (or clear) them past the limits
+    a plain run is held to."""
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    deleting = with_guardrails(PROFILE + "mode: mirror\ndelete_removed: true\n",
+                               "{max_removed: 10%}")  # fmt: skip
+    clearing = with_guardrails(
+        PROFILE.replace("name: profile", "name: cleared") + "mode: mirror\n", "{max_cleared: 5}"
+    )
+    project = project_factory.write({"profile": deleting, "cleared": clearing})
+    run_sync(project, "profile", console=NullConsole())
+    run_sync(project, "cleared", console=NullConsole())
+    project_factory.sql("delete from users where user_id > 10")  # a broken join
+
+    plan = plan_sync(project, "profile", console=NullConsole(), full_resync=True)
+    (guard,) = [g for g in plan.guards if g.name == "max_removed"]
+    assert guard.breached and guard.actual == "10 of 20 people (50.0%)"
+    before = Sent(emu)
+    with pytest.raises(ContractError) as caught:
+        run_sync(project, "profile", console=NullConsole(), full_resync=True)
+    before.assert_nothing_new()
+    assert "max_removed is 10 of 20 people (50.0%), over the limit of 10%" in str(caught.value)
+    assert len(emu.people()) == 20
+
+    with pytest.raises(ContractError, match=r"max_cleared is 30, over the limit of 5"):
+        run_sync(project, "cleared", console=NullConsole(), full_resync=True)
+    before.assert_nothing_new()
+
+    forced = run_sync(project, "profile", console=NullConsole(), full_resync=True, force=True)
+    assert forced.status == "success" and forced.changes.removed_sent == 10
+    assert sorted(int(p.id) for p in emu.people()) == list(range(1, 11))
+
+
 def test_max_events_is_a_count_per_run(project_factory: ProjectFactory) -> None:
     emu = project_factory.emulator
     project_factory.sql(
@@ -214,6 +251,29 @@ def test_a_changed_identifier_stops_the_run_until_forced_once(
     assert run_sync(project, "profile", console=NullConsole()).status == "success"
 
 
+def test_the_alias_user_id_or_another_order_of_the_same_identifiers_is_no_change(
+    project_factory: ProjectFactory,
+) -> None:
+    """`{id: user_id}` → `{user_id: user_id}` (the documented alias of `id`), or the same
+    identifiers in another order, address everyone as before: neither `validate` nor the run
+    takes it for a changed identifier."""
+    from lockgate.sync.contract import check_project
+
+    project_factory.sql(
+        USERS + "alter table users add column email varchar;"
+        "update users set email = 'u' || user_id || '@example.com';"
+    )
+    both = PROFILE.replace("{id: user_id}", "{id: user_id, email: email}")
+    run_sync(project_factory.write({"profile": both}), "profile", console=NullConsole())
+
+    for same in ("{user_id: user_id, email: email}", "{email: email, id: user_id}"):
+        project = project_factory.write({"profile": PROFILE.replace("{id: user_id}", same)})
+        assert [f for f in check_project(project) if f.check == "identifier changed"] == []
+        report = run_sync(project, "profile", console=NullConsole())
+        assert report.status == "success"
+        assert [g.actual for g in report.guards if g.name.startswith("identifier")] == ["unchanged"]
+
+
 def test_a_changed_event_key_stops_the_run_until_forced_once(
     project_factory: ProjectFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -295,6 +355,94 @@ def test_plan_shows_the_guardrails_and_sync_exits_1_naming_the_breach(
     assert "max_removed" in capsys.readouterr().out
 
 
+def test_a_sync_a_guardrail_stops_reports_its_counts_and_guardrails(
+    project_factory: ProjectFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sync --json` of a stopped run carries what `plan --json` does (its run id, counts and
+    `guardrails`), the human output shows the guardrails table, and the error names every
+    breached guardrail, not "(and 1 more)"."""
+    import json
+
+    from lockgate.cli import main
+
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    rails = "{max_changed: 1, max_removed: 0}"
+    project = project_factory.write({"profile": with_guardrails(PROFILE, rails)})
+    args = ["--project", str(project.root)]
+    main(["sync", "profile", *args])
+    project_factory.sql("update users set plan = 'x' where user_id < 5; delete from users "
+                        "where user_id = 10")  # fmt: skip
+    capsys.readouterr()
+
+    before = Sent(emu)
+    with pytest.raises(SystemExit) as exited:
+        main(["sync", "profile", *args, "--json"])
+    assert exited.value.code == 1
+    (doc,) = json.loads(capsys.readouterr().out)
+    assert doc["status"] == "failed" and doc["sync"] == "profile" and doc["run_id"]
+    assert (doc["changes"]["changed"], doc["changes"]["removed"], doc["delivered"]) == (4, 1, 0)
+    breached = {g["name"]: g["actual"] for g in doc["guardrails"] if g["breached"]}
+    assert breached == {"max_changed": "4", "max_removed": "1"}
+    assert "max_changed is 4, over the limit of 1 (also breached: max_removed (1))" in doc["error"]
+    (run,) = [r for r in json.loads(_out(capsys, main, ["runs", *args, "--json"])) if
+              r["run_id"] == doc["run_id"]]  # fmt: skip
+    assert run["status"] == "failed"
+
+    with pytest.raises(SystemExit):
+        main(["sync", "profile", *args])
+    out = capsys.readouterr().out
+    assert "profile: guardrails" in out and out.count("BREACHED") == 2
+    before.assert_nothing_new()
+
+
+def _out(capsys: pytest.CaptureFixture[str], main: Any, argv: list[str]) -> str:
+    capsys.readouterr()
+    main(argv)
+    return capsys.readouterr().out
+
+
+def test_type_drift_covers_the_columns_of_on_change_properties_and_unless(
+    project_factory: ProjectFactory,
+) -> None:
+    """A column read only as an `on_change` event property (or in its `unless`) that changes
+    type would change what the event carries (`10` → `'20'`): the run is refused like for an
+    attribute's column."""
+    emu = project_factory.emulator
+    project_factory.sql(
+        "create table carts as select i as user_id, 'open' as cart_status, i * 10 as cart_value, "
+        "null::integer as order_id from range(1, 4) t(i)"
+    )
+    carts = """
+    name: carts
+    source: warehouse
+    model: {table: carts}
+    kind: people
+    primary_key: user_id
+    identify_by: {id: user_id}
+    attributes: {cart_status: cart_status}
+    on_change:
+      - attribute: cart_status
+        to: abandoned
+        event: cart_abandoned
+        properties: {cart_value: cart_value}
+        unless: "order_id is not null"
+    """
+    project = project_factory.write({"carts": carts})
+    run_sync(project, "carts", console=NullConsole())
+    project_factory.sql(
+        "alter table carts alter cart_value type varchar; "
+        "alter table carts alter order_id type varchar; "
+        "update carts set cart_status = 'abandoned' where user_id = 2"
+    )
+    (guard,) = [g for g in plan_sync(project, "carts", console=NullConsole()).guards if g.breached]
+    assert guard.actual == "`cart_value` BIGINT → VARCHAR, `order_id` INTEGER → VARCHAR"
+    message = refused(project, "carts", emu)
+    assert "type drift: `cart_value` BIGINT → VARCHAR" in message
+    assert "accept_type_changes: {cart_value: VARCHAR, order_id: VARCHAR}" in message
+    assert emu.events() == []
+
+
 def test_types_drift_across_families_not_within_one() -> None:
     from lockgate.sync.guard import type_family
 
@@ -318,6 +466,42 @@ def test_max_rejected_stops_a_run_whose_model_went_bad_even_on_a_first_run(
     assert "primary key is null" in message  # a sample row's reason
     report = run_sync(project, "profile", console=NullConsole(), force=True)
     assert report.delivered == 10 and len(emu.people()) == 10
+    # the same rows are rejected again by the next run: the hint says so, and how to end it
+    assert "fix the rows in the model (`lockgate plan profile --export-rejected FILE`" in message
+    assert "rows still bad are rejected again and stop the next run" in message
+    assert "max_rejected is 10 of 20 rows" in refused(project, "profile", emu)
+
+
+def test_people_who_left_an_upsert_sync_stop_counting_once_a_run_is_forced_past_them(
+    project_factory: ProjectFactory,
+) -> None:
+    """In `upsert` mode nothing is sent for people who left the model, and they stay in the
+    snapshot: the error says so, and the run `--force` accepts them forgets them, so the next
+    run (with an ordinary change) is not refused again for the same people."""
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": with_guardrails(PROFILE, "{max_removed: 10%}")})
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("delete from users where user_id > 17")
+
+    message = refused(project, "profile", emu)
+    assert "max_removed is 3 of 20 people (15.0%), over the limit of 10%" in message
+    assert "3 people left the model (nothing is sent for them in `upsert` mode)" in message
+    assert "would be sent" not in message
+    assert "that run forgets them, so they stop counting" in message
+    forced = run_sync(project, "profile", console=NullConsole(), force=True)
+    assert forced.status == "success" and forced.delivered == 0
+
+    project_factory.sql("update users set plan = 'enterprise' where user_id = 1")
+    after = run_sync(project, "profile", console=NullConsole())
+    assert after.status == "success" and after.delivered == 1
+    assert after.changes.removed == 0
+    person = emu.person(id="1")
+    assert person is not None and person.attributes["plan"] == "enterprise"
+    assert len(emu.people()) == 20  # those who left are still in Customer.io, as they were
+    # one who comes back is sent again
+    project_factory.sql("insert into users select 18, plan, signed_up_at, promo from users limit 1")
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 1
 
 
 def test_an_empty_model_never_undoes_a_mirror_sync_without_force(

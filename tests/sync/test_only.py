@@ -82,6 +82,13 @@ def test_one_person_first_then_everyone_each_record_and_event_sent_once(
     assert plan["samples"][0]["payload"]["identifiers"] == {"id": "7"}
     assert emu.people() == []
 
+    # the plan of all syncs counts their events too, before the person was ever sent: the
+    # email is found through the people sync's plan, as the sync finds it once they are sent
+    plans = {p["sync"]: p for p in invoke(project, "plan", "--all", "--only", "u7@example.com",
+                                          "--json")}  # fmt: skip
+    assert plans["orders"]["changes"]["to_send"] == 3 and plans["profile"]["changes"]["new"] == 1
+    assert emu.people() == [] and emu.events() == []
+
     # one person and their events (named by email: the events carry only the id)
     runs = invoke(project, "sync", "--all", "--only", "u7@example.com", "--json")
     assert {(r["sync"], r["delivered"]) for r in runs} == {("profile", 1), ("orders", 3)}
@@ -116,6 +123,30 @@ def test_full_resync_of_one_person_sends_them_again_and_keeps_the_others(
     # the other 39 are still known as delivered: nothing to send for anyone
     plan = plan_sync(project, "profile", console=NullConsole())
     assert (plan.changes.unchanged, plan.changes.to_send) == (40, 0)
+
+
+def test_a_full_resync_of_one_person_in_mirror_mode_deletes_nobody_else(
+    project_factory: ProjectFactory,
+) -> None:
+    """`--only 12 --full-resync` sends person 12 again: the other 39 are not in this run's
+    model, but they have not left it, so a `mirror` + `delete_removed` run deletes none."""
+    emu = project_factory.emulator
+    project_factory.sql(DATA)
+    project = project_factory.write({"profile": PROFILE + "mode: mirror\ndelete_removed: true\n"})
+    run_sync(project, "profile", console=NullConsole())
+
+    plan = plan_sync(project, "profile", console=NullConsole(), only=("12",), full_resync=True)
+    assert (plan.changes.to_send, plan.changes.removed) == (1, 0)
+    again = run_sync(project, "profile", console=NullConsole(), only=("12",), full_resync=True)
+    assert again.delivered == 1 and again.changes.removed_sent == 0
+    assert len(emu.people()) == 40
+    assert plan_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+    # one that did leave the model is deleted by a full resync naming it, and only that one
+    project_factory.sql("delete from users where user_id = 7")
+    gone = run_sync(project, "profile", console=NullConsole(), only=("7",), full_resync=True)
+    assert gone.changes.removed_sent == 1
+    assert sorted(int(p.id) for p in emu.people()) == [i for i in range(1, 41) if i != 7]
 
 
 def test_a_mirror_run_of_named_records_undoes_only_those_that_left(

@@ -49,10 +49,19 @@ def _failure_as_json(as_json: bool, names: list[str], *, one: bool) -> Iterator[
         yield
     except LockgateError as exc:
         if as_json:
-            docs = [{"sync": n, "status": "failed", "error": str(exc)} for n in names or (None,)]
+            docs = [_failed_doc(n, exc) for n in names or (None,)]
             _print_json(docs[0] if one and len(docs) == 1 else docs)
             exc.printed_as_json = True
         raise
+
+
+def _failed_doc(name: str | None, exc: LockgateError) -> dict[str, Any]:
+    """The `--json` document of a sync that failed: `{sync, status: failed, error}`, and when
+    its run got as far as its diff (a guardrail stopped it), that run's report (`run_id`, the
+    counts, `guardrails`) as a successful run has it."""
+    stopped = exc.report
+    report = stopped.as_dict() if stopped is not None and stopped.sync == name else {"sync": name}
+    return {**report, "status": "failed", "error": str(exc)}
 
 
 def _remapped_row(c: Any) -> list[tuple[str, Any]]:
@@ -314,6 +323,8 @@ def _each(
             console.info(f"{name}: skipped, {exc.reason.split(': ', 1)[-1]}")
             continue
         except LockgateError as exc:
+            if show is not None and exc.report is not None:
+                show(exc.report)  # a run a guardrail stopped: its counts and guardrails table
             if len(names) == 1:
                 raise
             failed.append((name, exc))
@@ -332,7 +343,7 @@ def _finish(
     syncs that failed, if any did."""
     if as_json:
         docs = [report.as_dict() for report in reports]
-        docs += [{"sync": n, "status": "failed", "error": str(e)} for n, e in failed]
+        docs += [_failed_doc(n, e) for n, e in failed]
         _print_json(docs[0] if one and docs else docs)
     if failed:
         total = len(reports) + len(failed)

@@ -579,6 +579,10 @@ def _check_limit(value: Any) -> Any:
     raise ValueError(f"`{value}` is not a limit; write a share like `25%`, a count, or `off`")
 
 
+#: the families type drift compares column types by (`guard.type_family`)
+TYPE_FAMILIES = ("timestamp", "number", "string", "boolean", "json", "nested", "time", "interval")
+
+
 class GuardrailsConfig(StrictModel):
     """The data contract of a sync: circuit breakers and acknowledged changes (docs/guardrails.md).
 
@@ -637,6 +641,26 @@ class GuardrailsConfig(StrictModel):
     @classmethod
     def _limit(cls, value: Any) -> Any:
         return _check_limit(value)
+
+    @field_validator("accept_type_changes")
+    @classmethod
+    def _types(cls, value: dict[str, str]) -> dict[str, str]:
+        """Each acknowledged type is a type the warehouse can report (as DuckDB names it) or a
+        family: a typo (`VARCHR`) would acknowledge nothing, and the sync stay refused."""
+        import duckdb
+
+        for column, name in value.items():
+            if str(name).strip().lower() in TYPE_FAMILIES:
+                continue
+            try:
+                duckdb.sqltype(str(name))
+            except duckdb.Error:
+                raise ValueError(
+                    f"`accept_type_changes.{column}`: `{name}` is not a type; write the new type "
+                    "as the type drift error shows it (`VARCHAR`, `TIMESTAMP WITH TIME ZONE`, "
+                    f"`DECIMAL(12,2)`) or its family: {', '.join(TYPE_FAMILIES)}"
+                ) from None
+        return value
 
     @field_validator("max_events", mode="before", json_schema_input_type=LimitInput)
     @classmethod

@@ -13,6 +13,8 @@
   several events in Customer.io. Names come from the sync files (constant `event.name`
   values, `on_change` events) and from the state: every name an events sync has sent.
   An error, unless one of the names is listed in `guardrails.distinct_event_names` (warning).
+- **Acknowledged types**: an entry of `guardrails.accept_type_changes` naming a column the
+  sync does not read acknowledges nothing (a warning).
 - **Identifier changed**: `identify_by` or `primary_key` (or an events sync's `event.id`, which
   its delivered events are keyed by) differ from the sync's last committed run (read from the
   state when there is one). An error: the run would be refused until forced once (`lockgate
@@ -39,7 +41,7 @@ from lockgate.project.loader import Project
 from lockgate.project.models import MAX_ATTRIBUTES
 from lockgate.state import contract
 from lockgate.state.store import StateStore
-from lockgate.sync.mapping import event_key, event_key_text
+from lockgate.sync.mapping import event_key, event_key_text, same_identifiers
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,7 @@ def identifiers(project: Project, last: dict[str, contract.Contract]) -> list[Fi
         if was is None:
             continue
         parts = []
-        if dict(sync.identify_by) != was.identify_by:
+        if not same_identifiers(was.identify_by, dict(sync.identify_by)):
             parts.append(
                 f"`identify_by` was {orjson.dumps(was.identify_by).decode()}, "
                 f"now {orjson.dumps(dict(sync.identify_by)).decode()}"
@@ -236,9 +238,41 @@ def attribute_budget(project: Project) -> list[Finding]:
     return out
 
 
+def acknowledged_types(project: Project) -> list[Finding]:
+    """`guardrails.accept_type_changes` entries naming a column the sync does not read: type
+    drift is checked only on the columns a sync reads, so such an entry acknowledges nothing
+    (a misspelt column, or one the mapping no longer reads). A warning."""
+    import duckdb
+
+    from lockgate.sync.guard import columns_read
+
+    out: list[Finding] = []
+    with duckdb.connect() as con:  # parses `on_change` `unless` conditions only
+        for sync in project:
+            listed = sync.guardrails.accept_type_changes
+            if not listed:
+                continue
+            read = set(columns_read(sync, con))
+            for column in listed:
+                if column in read:
+                    continue
+                out.append(
+                    Finding(
+                        "accepted type",
+                        "warning",
+                        f"sync `{sync.name}` acknowledges a type change of `{column}` "
+                        "(`guardrails.accept_type_changes`), a column it does not read: type "
+                        "drift is checked only on the columns a sync reads, so this acknowledges "
+                        "nothing. Check the column's name, or remove the entry",
+                        (project.sync_files.get(sync.name, ""),),
+                    )
+                )
+    return out
+
+
 def check_project(project: Project) -> list[Finding]:
     """Every contract check; the state is read when it exists and is not in use."""
-    findings = ownership(project) + attribute_budget(project)
+    findings = ownership(project) + attribute_budget(project) + acknowledged_types(project)
     sent: dict[str, list[str]] = {}
     last: dict[str, contract.Contract] = {}
     if (project.state_dir / "state.duckdb").exists():

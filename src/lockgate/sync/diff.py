@@ -24,6 +24,11 @@ from lockgate.sync import rejects
 from lockgate.sync.extract import InPlace
 from lockgate.sync.mapping import Compiled, json_key, lit
 
+RESYNC_PREVIOUS = "resync_previous"
+"""A `--full-resync` run's temp view (or table) of what was delivered before, while the
+snapshot's name is an empty stand-in (`run._shadow_snapshot`): the records of a run of named
+records (`--only`), else the whole snapshot."""
+
 
 @dataclass(frozen=True)
 class ChangeSet:
@@ -636,9 +641,7 @@ def diff_records(
     snap = table("snap", sync.name)
     # what was delivered before: a full resync diffs against an empty snapshot (every row is
     # sent again), but the rows that left the model since are still undone in `mirror` mode
-    previous = snap
-    if full_resync:  # the real snapshot, not the empty temp table of the same name hiding it
-        previous = f'"{_one(con, "select current_database()")}".main.{snap}'
+    previous = RESYNC_PREVIOUS if full_resync else snap
 
     if sync.kind == "relationships":
         snap = _live_relationships(con, snap, objects_snaps or [], people_snaps or [])

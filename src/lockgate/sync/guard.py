@@ -37,14 +37,15 @@ from lockgate.errors import ContractError
 from lockgate.project.loader import Project
 from lockgate.project.models import GuardrailsConfig, SyncConfig
 from lockgate.state import contract
-from lockgate.state.store import StateStore, table
-from lockgate.sync.diff import ChangeSet, with_payloads
+from lockgate.state.store import StateStore, run_sql, table
+from lockgate.sync.diff import RESYNC_PREVIOUS, ChangeSet, with_payloads
 from lockgate.sync.mapping import (
     event_key,
     event_key_text,
     lit,
     q,
     removed_attributes,
+    same_identifiers,
     shaping,
     shaping_changes,
 )
@@ -130,11 +131,17 @@ def limits(project: Project, sync: SyncConfig) -> Limits:
     )
 
 
-def columns_read(sync: SyncConfig) -> list[str]:
-    """Every model column the sync's mapping reads."""
+def columns_read(sync: SyncConfig, con: duckdb.DuckDBPyConnection | None = None) -> list[str]:
+    """Every model column the sync's mapping reads: identifiers, key, attributes, properties
+    (an `on_change` rule's too), event name, id and timestamp. With ``con``, also the columns
+    an `on_change` rule's `unless` condition names (read from DuckDB's parse of it; a name
+    that is not a model column is left out by the caller)."""
     cols: list[str] = [*sync.identify_by.values(), *sync.key_columns]
     fields = {**sync.attributes, **sync.properties, **getattr(sync, "relationship_attributes", {})}
-    for name, spec in fields.items():
+    specs = [*fields.items()]
+    for rule in sync.on_change:
+        specs += rule.properties.items()
+    for name, spec in specs:
         if spec.value is None:
             cols.append(spec.column or name)
     if sync.event is not None:
@@ -143,7 +150,35 @@ def columns_read(sync: SyncConfig) -> list[str]:
     object_id = getattr(sync, "object_id", None)
     if isinstance(object_id, str):
         cols.append(object_id)
+    if con is not None:
+        for rule in sync.on_change:
+            if rule.unless:
+                cols += _sql_columns(con, rule.unless)
     return list(dict.fromkeys(cols))
+
+
+def _sql_columns(con: duckdb.DuckDBPyConnection, expression: str) -> list[str]:
+    """The names an SQL expression refers to as columns (``a.b`` gives both), from DuckDB's
+    parse of it; none when it does not parse (the run's mapping reports that)."""
+    try:
+        rows = con.execute("select json_serialize_sql(?)", [f"select {expression}"]).fetchall()
+        tree = orjson.loads(rows[0][0])
+    except (duckdb.Error, orjson.JSONDecodeError):
+        return []
+    names: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("class") == "COLUMN_REF":
+                names.extend(str(n) for n in node.get("column_names") or [])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(tree.get("statements"))
+    return names
 
 
 def type_family(duckdb_type: str) -> str:
@@ -242,7 +277,15 @@ def _identity(sync: SyncConfig, last: contract.Contract | None) -> GuardResult |
         return GuardResult("identifier unchanged", "same as last run", FIRST_RUN, False)
     was = {"identify_by": last.identify_by, "primary_key": last.key_columns}
     now = {"identify_by": dict(sync.identify_by), "primary_key": sync.key_columns}
-    changed = [k for k in was if was[k] != now[k]]
+    changed = [
+        k
+        for k, differs in (
+            # the same identifiers in another order, or `user_id` for its alias `id`, are not
+            ("identify_by", not same_identifiers(last.identify_by, dict(sync.identify_by))),
+            ("primary_key", last.key_columns != sync.key_columns),
+        )
+        if differs
+    ]
     if not changed:
         return GuardResult("identifier unchanged", "same as last run", "unchanged", False)
     parts = [
@@ -324,7 +367,7 @@ def _types(
         return GuardResult("column types", "unchanged or accepted", FIRST_RUN, False)
     current = {str(r[0]): str(r[1]) for r in con.execute("describe model").fetchall()}
     drift: list[tuple[str, str, str]] = []
-    for column in columns_read(sync):
+    for column in columns_read(sync, con):
         before, after = last.columns.get(column), current.get(column)
         if before is None or after is None or type_family(before) == type_family(after):
             continue
@@ -366,9 +409,15 @@ def check(
     *,
     last: contract.Contract | None,
     only: int = 0,
+    full_resync: bool = False,
 ) -> list[GuardResult]:
     """Evaluate every guardrail that applies to this sync; sends and writes nothing. ``last``
     is the contract of its last committed run (``state.contract.last``), read once per run.
+
+    ``full_resync``: the diff ran against an empty snapshot (every record is sent again, so
+    `max_changed` has nothing to measure), but the records that left the model are still
+    undone from the real one: `max_removed` and `max_cleared` are measured against it, as in
+    any other run, so a full resync does not delete or clear what a plain run would refuse to.
 
     ``only``: the run sends only that many named records (`--only`); the breakers on shares
     of the model or snapshot (and the empty-model check) say nothing about such a run and are
@@ -385,6 +434,9 @@ def check(
     if sync.kind != "events":  # people, objects, relationships: a snapshot of records
         snap = table("snap", sync.name)
         base = int(con.execute(f"select count(*) from {snap}").fetchall()[0][0])
+        if full_resync:  # what was delivered before, hidden by the empty stand-in
+            snap = RESYNC_PREVIOUS
+        known = int(con.execute(f"select count(*) from {snap}").fetchall()[0][0])
         # with the removed attributes this run clears on each record it sends
         n_attrs = len(sync.attributes) + len(
             removed_attributes(sync, last.mapping if last is not None else None)
@@ -426,8 +478,9 @@ def check(
 
         noun = sync.kind  # people, objects or relationships
         people = f"{base:,} {noun}"
+        known_people = f"{known:,} {noun}"
         if not only:
-            results.append(_empty_model(sync, changes, base, noun))
+            results.append(_empty_model(sync, changes, known, noun))
         else:
             results.append(
                 GuardResult(
@@ -451,17 +504,21 @@ def check(
             None if sync.kind == "relationships" else breaker(
                 "max_cleared",
                 lim.max_cleared,
-                _cleared_on_known(con, sync, last, changes)
+                _cleared_on_known(con, sync, last, changes, snap if full_resync else None)
                 if lim.max_cleared not in (None, "off")
                 else 0,
-                base * n_attrs,
+                known * n_attrs,
                 "cleared attribute values",
-                f"{base:,} {noun} × {n_attrs} attribute{'' if n_attrs == 1 else 's'}",
+                f"{known:,} {noun} × {n_attrs} attribute{'' if n_attrs == 1 else 's'}",
                 cleared,
             ),
-            breaker(
-                "max_removed", lim.max_removed, changes.removed, base, f"removed {noun}",
-                people, removed,
+            _max_removed(
+                breaker(
+                    "max_removed", lim.max_removed, changes.removed, known,
+                    _removed_words(sync, noun)[0], known_people, removed,
+                    _removed_words(sync, noun)[1],
+                ),
+                sync,
             ),
         ]  # fmt: skip
         if sync.on_change:  # `on_change` events trigger journeys as any other event does
@@ -492,18 +549,82 @@ def check(
             breaker("max_events", lim.max_events, changes.to_send, 0, "events", "", events)
         )
     results.append(
-        breaker(
-            "max_rejected",
-            lim.max_rejected,
-            changes.rejected,
-            changes.rows,
-            "rows",
-            f"{changes.rows:,} rows in the model",
-            lambda: [f"{k}: {reason}" for k, reason in changes.rejected_samples[:SAMPLES]],
-            outcome="rejected by the mapping",
+        _with_hint(
+            breaker(
+                "max_rejected",
+                lim.max_rejected,
+                changes.rejected,
+                changes.rows,
+                "rows",
+                f"{changes.rows:,} rows in the model",
+                lambda: [f"{k}: {reason}" for k, reason in changes.rejected_samples[:SAMPLES]],
+                outcome="rejected by the mapping",
+            ),
+            # a row that stays bad is rejected again by every run: `--force` alone does not end it
+            hint=f"fix the rows in the model (`lockgate plan {sync.name} --export-rejected FILE` "
+            f"lists every one with its reason), or raise the limit in the sync's `guardrails:`; "
+            f"`lockgate sync {sync.name} --force` sends the good rows once, but rows still bad "
+            "are rejected again and stop the next run",
         )
     )
     return [r for r in results if r is not None]
+
+
+def _with_hint(result: GuardResult | None, *, hint: str) -> GuardResult | None:
+    """``result`` with ``hint`` when it is breached."""
+    if result is None or not result.breached:
+        return result
+    return dataclasses.replace(result, hint=hint)
+
+
+def _removed_words(sync: SyncConfig, noun: str) -> tuple[str, str]:
+    """`max_removed`'s unit, base text and outcome, by what the run does with the records
+    that left the model: undoes them in `mirror` mode, nothing in `upsert`/`update` mode."""
+    if sync.effective_mode == "mirror":
+        what = (
+            "removed"
+            if sync.kind == "relationships"
+            else "deleted"
+            if sync.delete_removed
+            else "cleared"
+        )
+        return f"removed {noun}", f"would be {what}"
+    return noun, f"left the model (nothing is sent for them in `{sync.effective_mode}` mode)"
+
+
+def _max_removed(result: GuardResult | None, sync: SyncConfig) -> GuardResult | None:
+    """`max_removed` with the hint of its mode. In `upsert`/`update` mode the records that
+    left stay in the snapshot (one that comes back unchanged is not sent again), so without
+    more they would count, and stop, every later run: a run forced past the limit forgets
+    them (:func:`forget_left`)."""
+    if sync.effective_mode == "mirror":
+        return result
+    return _with_hint(
+        result,
+        hint=f"check the model (a lost join or filter?); if they left on purpose, run "
+        f"`lockgate sync {sync.name} --force` once: that run forgets them, so they stop "
+        f"counting (they stay in Customer.io as they are, and one that comes back is sent "
+        f"again), or raise the limit in the sync's `guardrails:`",
+    )
+
+
+def forget_left(
+    con: duckdb.DuckDBPyConnection, sync: SyncConfig, results: list[GuardResult]
+) -> int:
+    """After a run forced past `max_removed` in `upsert`/`update` mode: drop from the snapshot
+    the records that left the model, which nothing undid. The run accepted their leaving;
+    kept, they would count toward `max_removed` again in every later run, which `--force`
+    "once" would not end. Returns how many were forgotten."""
+    if sync.kind == "events" or sync.effective_mode == "mirror":
+        return 0
+    if not any(r.name == "max_removed" and r.breached for r in results):
+        return 0
+    snap = table("snap", sync.name)
+    left = f"select s.k from {snap} s anti join keyed m on m.k = s.k"
+    gone = int(con.execute(f"select count(*) from ({left})").fetchall()[0][0])
+    if gone:
+        run_sql(con, f"delete from {snap} where k in ({left})")
+    return gone
 
 
 def _cleared_on_known(
@@ -511,9 +632,15 @@ def _cleared_on_known(
     sync: SyncConfig,
     last: contract.Contract | None,
     changes: ChangeSet,
+    resynced: str | None = None,
 ) -> int:
     """Attribute values the run clears on records already in the snapshot: what `max_cleared`
     counts, a share of the snapshot's records.
+
+    ``resynced``: the real snapshot of a `--full-resync` run, whose diff saw every record as
+    new. The clears counted are then those undoing records that left the model (`mirror`) and
+    those of records whose data differs from what the snapshot holds (a record sent again
+    as it was clears nothing new).
 
     A new record has nothing to clear, so its `""` values (a null under `on_null: clear`) are
     not counted. A record sent again only for a mapping change (``changes.remapped``) has the
@@ -521,6 +648,13 @@ def _cleared_on_known(
     and clears nothing now, so only its clears of attributes new or changed in the mapping
     (which may clear a value another source set) and of those `clear_removed_attributes`
     clears count."""
+    if resynced is not None:
+        sql = (
+            "select coalesce(sum(c.n_cleared), 0) from changes c "
+            f"left join {resynced} s on s.k = c.k "
+            "where c.removed or (s.k is not null and s.h is distinct from c.h)"
+        )
+        return int(con.execute(sql).fetchall()[0][0])
     if not changes.remapped:
         sql = "select coalesce(sum(n_cleared), 0) from changes where not is_new"
         return int(con.execute(sql).fetchall()[0][0])
@@ -594,7 +728,9 @@ def enforce(sync: SyncConfig, results: list[GuardResult], *, force: bool) -> Non
         return
     breached.sort(key=lambda r: r.forceable)
     first = breached[0]
-    more = f" (and {len(breached) - 1} more)" if len(breached) > 1 else ""
+    # the others by name: the guardrails table (`plan`, and the stopped run's report) has them
+    others = [f"{r.name} ({r.actual})" for r in breached[1:]]
+    more = f" (also breached: {'; '.join(others)})" if others else ""
     samples = f" Sample rows: {'; '.join(first.samples[:5])}" if first.samples else ""
     if not first.forceable:
         raise ContractError(
@@ -603,7 +739,7 @@ def enforce(sync: SyncConfig, results: list[GuardResult], *, force: bool) -> Non
             hint=f"fix the model, or acknowledge the change under `guardrails:` in the sync "
             f"file (`--force` does not override {first.name})",
         )
-    if first.hint:
+    if first.hint and not first.name.startswith("max_"):
         raise ContractError(
             f"sync `{sync.name}` stopped before sending anything: {first.name}: {first.actual}"
             f"{more}. {first.detail}",
@@ -619,6 +755,7 @@ def enforce(sync: SyncConfig, results: list[GuardResult], *, force: bool) -> Non
     raise ContractError(
         f"sync `{sync.name}` stopped before sending anything: {first.name} is {first.actual}, "
         f"over the limit of {first.limit}{more}. {first.detail}{samples}",
-        hint=f"check the model; if this change is intended, run `lockgate sync {sync.name} "
+        hint=first.hint
+        or f"check the model; if this change is intended, run `lockgate sync {sync.name} "
         f"--force` once, or raise the limit in {first.raise_at}",
     )

@@ -157,6 +157,16 @@ def event_key_text(key: dict[str, Any]) -> str:
     return str(key.get("column"))
 
 
+def same_identifiers(was: dict[str, str], now: dict[str, str]) -> bool:
+    """Whether two `identify_by` address people alike: in any order, `user_id` being the
+    alias of `id` (`{id: user_id}` and `{user_id: user_id}` send the same identifiers)."""
+
+    def canonical(identify_by: dict[str, str]) -> dict[str, str]:
+        return {CUSTOMERIO_IDENTIFIERS.get(k, k): v for k, v in identify_by.items()}
+
+    return canonical(was) == canonical(now)
+
+
 def recorded_mapping(sync: SyncConfig) -> dict[str, Any]:
     """What a committed run records of its mapping (``contract_mappings.mapping``): the
     :func:`shaping` and, for an events sync, its :func:`event_key` (`event_key`)."""

@@ -17,7 +17,7 @@ import dataclasses
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -285,6 +285,12 @@ class Session:
     a `lockgate sync` run by hand; a command run by hand says at once who holds it)."""
     waiting: Callable[[str], None] | None = None
     """Told which process holds the state, when the wait for it starts."""
+    planned_people: dict[str, set[str]] = field(default_factory=dict)
+    """Plans of named records (`plan --all --only EMAIL`): by destination, the `id`, `cio_id`
+    and email of the people the plans of a people sync would send. A sync finds a person's
+    events and relationships through what the people syncs delivered (their snapshots),
+    which a plan does not commit: the later plans of the command find them here instead, so
+    they count what the sync would send."""
     _store: StateStore | None = field(default=None, repr=False)
     _run_log: tuple[Project, Console] | None = field(default=None, repr=False)
     """Set by a run of a project with `run_log:`: the runs are written when the session ends,
@@ -441,7 +447,8 @@ def _prepare(
             with step("extract"), console.progress(f"extract {sync.name}", None) as advance:
                 in_place.key(store.con, compiled, advance)
         if only:
-            _only_values(store, project, sync, only)
+            planned = session.planned_people.get(sync.destination) if session else None
+            _only_values(store, project, sync, only, planned or ())
             if named_in_source is not None:
                 with step("extract"), console.progress(f"extract {sync.name}", None) as advance:
                     values = store.con.sql("select v from only_values").to_arrow_table()
@@ -474,9 +481,20 @@ def _prepare(
                     shared_check=sync.kind == "people" and resolution is None,
                     previous_hash=_previous_hash(last, compiled),
                 )
+        if only and not payloads and session is not None and sync.kind == "people":
+            session.planned_people.setdefault(sync.destination, set()).update(
+                _identifiers_sent(store)
+            )
         with step("guard"):
             guards = guard_step.check(
-                store.con, store, project, configured, changes, last=last, only=len(only)
+                store.con,
+                store,
+                project,
+                configured,
+                changes,
+                last=last,
+                only=len(only),
+                full_resync=full_resync and sync.kind != "events",
             )
             if merge_guard is not None:
                 guards.append(merge_guard)
@@ -495,15 +513,47 @@ def _shadow_snapshot(store: StateStore, sync: str) -> None:
     """For `--full-resync`: diff against an empty snapshot without forgetting the real one,
     so a plan, or a run a guardrail stops, leaves the state as it was. A temp table of the
     same name hides the snapshot on this connection; :func:`_reset_snapshot` drops it and
-    forgets the snapshot once the run is past the guard."""
+    forgets the snapshot once the run is past the guard.
+
+    What was delivered before stays readable as ``diff.RESYNC_PREVIOUS``: the diff undoes the
+    records that left the model from it, and the guardrails measure those removals against
+    it. In a run of named records (`--only`, :func:`_keep_only`) that is the named records
+    alone, not the whole snapshot: the others are not in this run's model, and have not left
+    it."""
     snap = table("snap", sync)
+    previous = diff_step.RESYNC_PREVIOUS
+    named = store.con.execute(
+        "select count(*) from duckdb_tables() where temporary and table_name = ?",
+        [f"snap__{sync}"],
+    ).fetchall()[0][0]
+    _drop_previous(store)
+    if named:  # `_keep_only` hid the records not named behind a temp table: keep that one
+        run_sql(store.con, f"alter table temp.{snap} rename to {previous}")
+    else:
+        database = run_sql(store.con, "select current_database()")[0][0]
+        run_sql(
+            store.con,
+            f'create temp view {previous} as select * from "{database}".main.{snap}',
+        )
     run_sql(store.con, f"create or replace temp table {snap} as from main.{snap} limit 0")
+
+
+def _drop_previous(store: StateStore) -> None:
+    """Drop ``diff.RESYNC_PREVIOUS``, a view or a table (DuckDB drops each only by its kind)."""
+    for kind, name in store.con.execute(
+        "select 'table', table_name from duckdb_tables() where temporary and table_name = $1 "
+        "union all select 'view', view_name from duckdb_views() where temporary and "
+        "view_name = $1",
+        [diff_step.RESYNC_PREVIOUS],
+    ).fetchall():
+        run_sql(store.con, f"drop {kind} temp.main.{name}")
 
 
 def _reset_snapshot(store: StateStore, sync: str, only: bool = False) -> None:
     """Past the guard of a `--full-resync` run: forget the snapshot (with ``only``, of the
     named records alone, :func:`_keep_only`), so what is not delivered is sent again."""
     run_sql(store.con, f"drop table if exists temp.{table('snap', sync)}")
+    _drop_previous(store)
     if not only:
         store.reset_sync(sync)
         return
@@ -537,15 +587,38 @@ def _named(key: str, ident: str) -> str:
     )
 
 
+def _identifiers_sent(store: StateStore) -> set[str]:
+    """The `id`, `cio_id` and email of the people a people sync's diff would send (the temp
+    table ``changes``, not those a `mirror` run undoes)."""
+    rows = run_sql(
+        store.con,
+        """
+        select distinct v from (
+            select unnest([json_extract_string(ident, '$.id'),
+                           json_extract_string(ident, '$.cio_id'),
+                           json_extract_string(ident, '$.email')]) as v
+            from changes where not removed and json_valid(ident)
+        ) where v is not null
+        """,
+    )
+    return {str(r[0]) for r in rows}
+
+
 def _only_values(
-    store: StateStore, project: Project, sync: SyncConfig, only: tuple[str, ...]
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    only: tuple[str, ...],
+    planned: Collection[str] = (),
 ) -> None:
     """For `--only`: the temp table ``only_values`` of the values that name records (see
-    :func:`_keep_only`), with the other identifiers of each person they name."""
+    :func:`_keep_only`), with the other identifiers of each person they name: those a people
+    sync delivered them with, and (a plan) those the people syncs planned before it would
+    (``planned``, :attr:`Session.planned_people`)."""
     con = store.con
     con.execute(
         "create or replace temp table only_values as select unnest(?::varchar[]) as v",
-        [list(only)],
+        [list(dict.fromkeys([*only, *sorted(planned)]))],
     ).fetchall()
     # a person named by one identifier is found by the others too: the `id`, `cio_id` and
     # email a people sync delivered them with (an email names their relationships and events,
@@ -905,7 +978,7 @@ def plan_sync(
     )
 
 
-def _stopped_counts(
+def _stopped_report(
     run_id: str,
     sync: SyncConfig,
     only: tuple[str, ...],
@@ -913,13 +986,13 @@ def _stopped_counts(
     committer: Any,
     guards: list[guard_step.GuardResult],
     seconds: float,
-) -> dict[str, Any]:
-    """The report of a run that failed or was stopped (for `lockgate runs` and `runs show`):
-    what it planned, the rows it rejected and the guardrails' verdicts (why a guardrail stopped
-    it), and what it delivered, which is committed, so the counts say how far it got, and in
-    how long."""
-    if changes is None:  # it failed before its diff
-        return {"mode": sync.effective_mode, "only": list(only), "seconds": round(seconds, 3)}
+) -> RunReport | None:
+    """The report of a run that failed or was stopped after its diff: what it planned, the
+    rows it rejected and the guardrails' verdicts (why a guardrail stopped it), and what it
+    delivered, which is committed, so the counts say how far it got, and in how long. None
+    when it failed before its diff."""
+    if changes is None:
+        return None
     done = committer.counts if committer is not None else None
     return RunReport(
         run_id,
@@ -934,7 +1007,7 @@ def _stopped_counts(
         guards=tuple(guards),
         mode=sync.effective_mode,
         only=only,
-    ).as_dict()
+    )
 
 
 def _alert(
@@ -1088,6 +1161,8 @@ def run_sync(
                     )
             with step("commit"):
                 store.fold_journal(sync.name)
+                if force and not only:  # the records that left, accepted: they stop counting
+                    guard_step.forget_left(store.con, sync, guards)
                 if resolution is not None and not resolution.saved:
                     from lockgate.sync.resolve import write_tables
 
@@ -1117,9 +1192,18 @@ def run_sync(
                 store.forget_run(run_id)
                 raise
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
-            stopped = _stopped_counts(
-                run_id, sync, only, changes, committer, guards, time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            stopped_report = _stopped_report(
+                run_id, sync, only, changes, committer, guards, seconds
             )
+            # for `lockgate runs` and `runs show`
+            stopped = (
+                stopped_report.as_dict()
+                if stopped_report is not None
+                else {"mode": sync.effective_mode, "only": list(only), "seconds": round(seconds, 3)}
+            )
+            if isinstance(exc, LockgateError) and exc.report is None:
+                exc.report = stopped_report  # for the command's output: why it stopped
             store.finish_run(run_id, "failed", stopped, error=reason or type(exc).__name__)
             if not isinstance(exc, KeyboardInterrupt):  # a stop on purpose is no alarm
                 if not only:
