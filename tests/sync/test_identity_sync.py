@@ -589,3 +589,70 @@ def test_a_missing_column_is_named_with_the_models_own_columns(
     )
     assert caught.value.hint == "the model's columns are `stripe_id`, `mrr`"
     assert customerio_emulator.people() == []
+
+
+APP_ONLY = (
+    HEAD
+    + """\
+  sources:
+    - {{name: app_users, table: app_users}}
+"""
+)
+
+ACTIVITY = """
+name: activity
+source: warehouse
+model: {table: track}
+kind: events
+identify_by: {user_id: user_id}
+event: {name: name, timestamp: ts, id: event_id}
+"""
+
+
+def app_project(root: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Any:
+    site, key = emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    con = duckdb.connect(str(root / "w.duckdb"))
+    con.execute(
+        """
+        create table app_users as select * from (values
+          ('u1', 'a@x.com', 'pro'), ('u2', 'b@x.com', 'free')) t(user_id, email, plan);
+        create table track (event_id varchar, user_id varchar, name varchar, ts timestamp);
+        insert into track values ('e1', 'u1', 'login', now()::timestamp - interval 1 hour);
+        """
+    ).fetchall()
+    con.close()
+    (root / "syncs").mkdir()
+    (root / "lockgate.yml").write_text(APP_ONLY.format(url=emulator.base_url or ""))
+    for name, body in {"profile": PROFILE, "activity": ACTIVITY}.items():
+        (root / "syncs" / f"{name}.yml").write_text(textwrap.dedent(body))
+    return load_project(root)
+
+
+def sync_all(project: Any) -> list[Any]:
+    return [run_sync(project, name, console=NullConsole()) for name in ("profile", "activity")]
+
+
+def test_two_users_swapping_emails_in_one_run_both_get_theirs(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Identifying u1 with b@x.com while u2 still holds it is dropped by Customer.io (200,
+    nothing applied): one side's email is cleared first, then each is sent in turn."""
+    project = app_project(tmp_path, customerio_emulator, monkeypatch)
+    sync_all(project)
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute(
+        """
+        update app_users set
+          email = case user_id when 'u1' then 'b@x.com' else 'a@x.com' end,
+          plan = case user_id when 'u1' then 'enterprise' else plan end
+        """
+    ).fetchall()
+    con.close()
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered) == ("success", 2)
+    people = {p.id: (p.email, p.attributes["plan"]) for p in customerio_emulator.people()}
+    assert people == {"u1": ("b@x.com", "enterprise"), "u2": ("a@x.com", "free")}
+    assert [a for a in customerio_emulator.activity_log() if "failure" in a.kind] == []
+    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
