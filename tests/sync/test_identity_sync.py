@@ -634,6 +634,40 @@ def sync_all(project: Any) -> list[Any]:
     return [run_sync(project, name, console=NullConsole()) for name in ("profile", "activity")]
 
 
+def test_a_new_user_taking_an_email_given_up_in_the_same_run_is_a_person_of_its_own(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """u1 changes a@x.com -> a2@x.com while new user u0 signs up with a@x.com: u0 is a new
+    person with its own plan and event, not a split of u1's profile sent to u1's person."""
+    project = app_project(tmp_path, customerio_emulator, monkeypatch)
+    sync_all(project)
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute(
+        """
+        update app_users set email = 'a2@x.com' where user_id = 'u1';
+        insert into app_users values ('u0', 'a@x.com', 'trial');
+        insert into track values ('e2', 'u0', 'signed_up', now()::timestamp - interval 1 hour);
+        """
+    ).fetchall()
+    con.close()
+    reports = sync_all(project)
+    assert [(r.status, r.delivered) for r in reports] == [("success", 2), ("success", 1)]
+    people = {p.id: p for p in customerio_emulator.people()}
+    assert {k: (p.email, p.attributes["plan"]) for k, p in people.items()} == {
+        "u0": ("a@x.com", "trial"),
+        "u1": ("a2@x.com", "pro"),
+        "u2": ("b@x.com", "free"),
+    }
+    assert [e.name for e in customerio_emulator.events(people["u0"])] == ["signed_up"]
+    assert [e.name for e in customerio_emulator.events(people["u1"])] == ["login"]
+    assert [a for a in customerio_emulator.activity_log() if "failure" in a.kind] == []
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        assert con.execute("select count(*) from lockgate.lg_split_log").fetchall() == [(0,)]
+        moves = con.execute("select id_type, id_value from lockgate.lg_identifier_moves").fetchall()
+        assert moves == [("email", "a@x.com")]
+    assert [r.delivered for r in sync_all(project)] == [0, 0]
+
+
 def test_two_users_swapping_emails_in_one_run_both_get_theirs(
     tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
