@@ -239,6 +239,31 @@ def test_new_id_with_known_email_updates_that_person(emu: Emulator, track: httpx
     assert emu.person(id="1") is None
 
 
+def test_an_empty_email_removes_it_and_frees_it_for_another_person(
+    emu: Emulator, track: httpx.Client
+) -> None:
+    """Two people swapping emails: taking an email another person holds is an attribute
+    update failure, so one side's email is removed (`""`, as any attribute) first."""
+    for ident_, email in (("1", "a@x.com"), ("2", "b@x.com")):
+        op = person_op("identify", {"id": ident_}, attributes={"email": email})
+        assert track.post("/api/v2/entity", json=op).status_code == 200
+    swap = [
+        person_op("identify", {"id": "1"}, attributes={"email": ""}),
+        person_op("identify", {"id": "2"}, attributes={"email": "a@x.com"}),
+        person_op("identify", {"id": "1"}, attributes={"email": "B@x.com"}),
+    ]
+    assert track.post("/api/v2/batch", json={"batch": swap}).status_code == 200
+    assert {p.id: p.email for p in emu.people()} == {"1": "B@x.com", "2": "a@x.com"}
+    assert emu.activity_log() == []
+    keep = Emulator(EmulatorConfig(null_removes_person_attributes=False))
+    with keep.client(auth=keep.track_auth) as client:
+        for attributes in ({"email": "a@x.com"}, {"email": ""}):
+            client.post(
+                "/api/v2/entity", json=person_op("identify", {"id": "1"}, attributes=attributes)
+            )
+    assert [p.email for p in keep.people()] == ["a@x.com"]
+
+
 def test_anonymous_relationship_carries_over_on_identify(
     emu: Emulator, track: httpx.Client
 ) -> None:

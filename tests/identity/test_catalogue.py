@@ -255,6 +255,40 @@ def test_case_13_email_change_keeps_one_person() -> None:
     assert ops_of(plan, "merge") == []
 
 
+def test_case_13_an_email_given_up_and_taken_by_a_new_user_in_one_run_moves_to_them() -> None:
+    """u1 changes e1 -> e2 while new user u0 signs up with e1: e1 moves to u0's new profile,
+    which is identified as itself, not a split of u1's profile sent to u1's person."""
+    cfg = config()
+    first = run(cfg, {"app_users": rows({"user_id": "u1", "email": "e1@x.com", "ts": 1})})
+    second = run(
+        cfg,
+        {
+            "app_users": rows(
+                {"user_id": "u1", "email": "e2@x.com", "ts": 9},
+                {"user_id": "u0", "email": "e1@x.com", "ts": 9},
+            )
+        },
+        state=first.state,
+        run_id="r2",
+    )
+    assert second.splits.num_rows == 0 and second.held.num_rows == 0
+    [move] = second.moves.to_pylist()
+    assert (move["id_value"], move["from_profile_id"]) == (
+        "e1@x.com",
+        profile_of(first, "user_id", "u1"),
+    )
+    assert move["to_profile_id"] == profile_of(second, "user_id", "u0")
+    plan = plan_customerio(second, cfg, exists={("id", "u1"), ("email", "e1@x.com")})
+    assert sorted(
+        (op["identifiers"]["id"], op["attributes"]["email"]) for op in ops_of(plan, "identify")
+    ) == [
+        ("u0", "e1@x.com"),
+        ("u1", "e2@x.com"),
+    ]
+    rows_ = Resolver(cfg, second).resolve_table(pa.table({"user_id": ["u0"]}))
+    assert rows_["cio_person_id"].to_pylist() == ["u0"]
+
+
 def test_case_14_email_change_onto_an_existing_lead() -> None:
     cfg = config()
     first = run(

@@ -811,3 +811,104 @@ def test_explain_and_plan_continue_from_the_graph_the_sync_kept(
     ]
     # neither command keeps anything
     assert sorted(p.name for p in (tmp_path / ".lockgate").rglob("*") if p.is_file()) == state
+
+
+APP_ONLY = (
+    HEAD
+    + """\
+  sources:
+    - {{name: app_users, table: app_users}}
+"""
+)
+
+ACTIVITY = """
+name: activity
+source: warehouse
+model: {table: track}
+kind: events
+identify_by: {user_id: user_id}
+event: {name: name, timestamp: ts, id: event_id}
+"""
+
+
+def app_project(root: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Any:
+    site, key = emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    con = duckdb.connect(str(root / "w.duckdb"))
+    con.execute(
+        """
+        create table app_users as select * from (values
+          ('u1', 'a@x.com', 'pro'), ('u2', 'b@x.com', 'free')) t(user_id, email, plan);
+        create table track (event_id varchar, user_id varchar, name varchar, ts timestamp);
+        insert into track values ('e1', 'u1', 'login', now()::timestamp - interval 1 hour);
+        """
+    ).fetchall()
+    con.close()
+    (root / "syncs").mkdir()
+    (root / "lockgate.yml").write_text(APP_ONLY.format(url=emulator.base_url or ""))
+    for name, body in {"profile": PROFILE, "activity": ACTIVITY}.items():
+        (root / "syncs" / f"{name}.yml").write_text(textwrap.dedent(body))
+    return load_project(root)
+
+
+def sync_all(project: Any) -> list[Any]:
+    return [run_sync(project, name, console=NullConsole()) for name in ("profile", "activity")]
+
+
+def test_a_new_user_taking_an_email_given_up_in_the_same_run_is_a_person_of_its_own(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """u1 changes a@x.com -> a2@x.com while new user u0 signs up with a@x.com: u0 is a new
+    person with its own plan and event, not a split of u1's profile sent to u1's person."""
+    project = app_project(tmp_path, customerio_emulator, monkeypatch)
+    sync_all(project)
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute(
+        """
+        update app_users set email = 'a2@x.com' where user_id = 'u1';
+        insert into app_users values ('u0', 'a@x.com', 'trial');
+        insert into track values ('e2', 'u0', 'signed_up', now()::timestamp - interval 1 hour);
+        """
+    ).fetchall()
+    con.close()
+    reports = sync_all(project)
+    assert [(r.status, r.delivered) for r in reports] == [("success", 2), ("success", 1)]
+    people = {p.id: p for p in customerio_emulator.people()}
+    assert {k: (p.email, p.attributes["plan"]) for k, p in people.items()} == {
+        "u0": ("a@x.com", "trial"),
+        "u1": ("a2@x.com", "pro"),
+        "u2": ("b@x.com", "free"),
+    }
+    assert [e.name for e in customerio_emulator.events(people["u0"])] == ["signed_up"]
+    assert [e.name for e in customerio_emulator.events(people["u1"])] == ["login"]
+    assert [a for a in customerio_emulator.activity_log() if "failure" in a.kind] == []
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        assert con.execute("select count(*) from lockgate.lg_split_log").fetchall() == [(0,)]
+        moves = con.execute("select id_type, id_value from lockgate.lg_identifier_moves").fetchall()
+        assert moves == [("email", "a@x.com")]
+    assert [r.delivered for r in sync_all(project)] == [0, 0]
+
+
+def test_two_users_swapping_emails_in_one_run_both_get_theirs(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Identifying u1 with b@x.com while u2 still holds it is dropped by Customer.io (200,
+    nothing applied): one side's email is cleared first, then each is sent in turn."""
+    project = app_project(tmp_path, customerio_emulator, monkeypatch)
+    sync_all(project)
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute(
+        """
+        update app_users set
+          email = case user_id when 'u1' then 'b@x.com' else 'a@x.com' end,
+          plan = case user_id when 'u1' then 'enterprise' else plan end
+        """
+    ).fetchall()
+    con.close()
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered) == ("success", 2)
+    people = {p.id: (p.email, p.attributes["plan"]) for p in customerio_emulator.people()}
+    assert people == {"u1": ("b@x.com", "enterprise"), "u2": ("a@x.com", "free")}
+    assert [a for a in customerio_emulator.activity_log() if "failure" in a.kind] == []
+    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0

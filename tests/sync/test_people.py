@@ -873,3 +873,87 @@ attributes:
         "1": {"trial_ends_at": 1893456000, "launched_at": 1714521600, "beta": True},
         "2": {"trial_ends_at": 1704067200, "launched_at": 1714521600, "beta": True},
     }
+
+
+EMAILS = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id, email: email}
+attributes: {plan: plan}
+"""
+
+
+def emails_of(emu: Emulator) -> dict[str | None, tuple[str | None, Any]]:
+    return {p.id: (p.email, p.attributes.get("plan")) for p in emu.people()}
+
+
+def failures(emu: Emulator) -> list[str]:
+    return [a.message for a in emu.activity_log() if a.kind == "attribute update failure"]
+
+
+def test_people_who_pass_emails_between_them_in_one_run_all_get_theirs(
+    project_factory: ProjectFactory,
+) -> None:
+    """Customer.io drops (200, nothing applied) an identify whose email is another person's:
+    a swap, a rotation, an address given up and taken by a new user in the same run, or one
+    cleared by its owner, all land when the givers are sent (or cleared) first."""
+    project_factory.sql(
+        """
+        create table users as select * from (values
+          ('u1', 'a@x.com', 'pro'), ('u2', 'b@x.com', 'free'), ('u3', 'c@x.com', 'free'),
+          ('u4', 'd@x.com', 'free'), ('u5', 'e@x.com', 'free'), ('u6', 'f@x.com', 'free')
+        ) t(user_id, email, plan)
+        """
+    )
+    project = project_factory.write({"profile": EMAILS})
+    run_sync(project, "profile", console=NullConsole())
+    emu = project_factory.emulator
+    project_factory.sql(
+        """
+        -- u1 and u2 swap (and u1's plan changes); u3 -> u4 -> u5 -> u3 rotate
+        update users set email = 'b@x.com', plan = 'enterprise' where user_id = 'u1';
+        update users set email = 'a@x.com' where user_id = 'u2';
+        update users set email = 'd@x.com' where user_id = 'u3';
+        update users set email = 'e@x.com' where user_id = 'u4';
+        update users set email = 'c@x.com' where user_id = 'u5';
+        -- u6 gives its address up (null); new user u7 signs up with it
+        update users set email = null where user_id = 'u6';
+        insert into users values ('u7', 'f@x.com', 'trial');
+        """
+    )
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered) == ("success", 7)
+    assert failures(emu) == []
+    assert emails_of(emu) == {
+        "u1": ("b@x.com", "enterprise"),
+        "u2": ("a@x.com", "free"),
+        "u3": ("d@x.com", "free"),
+        "u4": ("e@x.com", "free"),
+        "u5": ("c@x.com", "free"),
+        "u6": (None, "free"),
+        "u7": ("f@x.com", "trial"),
+    }
+    again = run_sync(project, "profile", console=NullConsole())
+    assert again.changes.to_send == 0
+
+
+def test_a_run_without_email_moves_sends_one_batch(project_factory: ProjectFactory) -> None:
+    project_factory.sql(
+        "create table users as select * from (values ('u1', 'a@x.com', 'pro'), "
+        "('u2', 'b@x.com', 'free')) t(user_id, email, plan)"
+    )
+    project = project_factory.write({"profile": EMAILS})
+    run_sync(project, "profile", console=NullConsole())
+    emu = project_factory.emulator
+    before = len(emu.request_log())
+    # u1 changes its address to a free one, u2 its plan: nothing to wait for
+    project_factory.sql(
+        "update users set email = 'a2@x.com' where user_id = 'u1';"
+        "update users set plan = 'pro' where user_id = 'u2'"
+    )
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.delivered == 2 and len(emu.request_log()) == before + 1
+    assert emails_of(emu) == {"u1": ("a2@x.com", "pro"), "u2": ("b@x.com", "pro")}

@@ -481,6 +481,17 @@ class Store:
                     )
             if "email" not in self._idents and type(attrs.get("email")) is str:
                 p.email = attrs["email"]  # id-only workspace: an attribute, not an identifier
+            elif (
+                ref[0] != "email"
+                and p.email is not None
+                and "email" in attrs
+                and attrs["email"] in (None, "")
+                and self.config.null_removes_person_attributes
+            ):
+                # `email: ""` on a person found by `id` or `cio_id` removes the email as it
+                # removes any attribute (unverified for the email): the address is free again
+                self.by_email.pop(p.email.lower(), None)
+                p.email = None
             self._apply_attrs(p, attrs, timestamp)
             if anonymous_id:
                 self._link_anonymous(p, anonymous_id, now)

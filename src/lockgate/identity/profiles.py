@@ -10,7 +10,9 @@ Rules (identity.md §2.3, §2.4):
   Customer.io person with an `id`, then with an email only, then the most trusted anchor type,
   then the oldest, then the smallest id; the others become aliases;
 * a component heir to nobody that holds identifiers of an earlier profile is a split child
-  (a new id, logged for review); identifiers landing in another existing profile are moves.
+  (a new id, logged for review); identifiers landing in another existing profile are moves,
+  and so are those landing in a new profile with a Customer.io `id` no earlier profile held
+  (a new user who took an email its old owner gave up in the same run).
 """
 
 from __future__ import annotations
@@ -326,7 +328,8 @@ def assign(
     new_ids = new_arr
     node_profile = comp_arr.take(pa.array(comp_of, mask=comp_of < 0))
 
-    # nodes that left their old profile: splits (into a new id) or moves (into an existing one)
+    # nodes that left their old profile: splits (into a new id) or moves (into an existing one,
+    # or into a new profile that has a Customer.io `id` of its own: see `_own_new_id`)
     split_pairs: set[tuple[int, int]] = set()
     moves: list[tuple[int, int, int]] = []
     changed = np.zeros(n_comp, dtype=bool)
@@ -334,11 +337,14 @@ def assign(
         old = prev_pid[pn]
         now = comp_of[pn]
         left = heir[old] != now
+        own_id = _own_new_id(config, types, node_type, prev_pid, comp_of, eligible, n_comp)
         for node, p, c in zip(
             pn[left].tolist(), old[left].tolist(), now[left].tolist(), strict=True
         ):
-            if comp_pid[c] < 0:
+            if comp_pid[c] < 0 and not own_id[c]:
                 split_pairs.add((p, c))
+            elif comp_pid[c] < 0:
+                moves.append((node, p, c))
             elif comp_pid[c] != p and not any(m[2] == p for m in merges):
                 moves.append((node, p, c))
             if heir[p] >= 0:
@@ -482,6 +488,33 @@ def assign(
     )
     del node_batch
     return Assigned(node_profile, profiles, aliases, merges_t, splits, moves_t)
+
+
+def _own_new_id(
+    config: IdentityConfig,
+    types: tuple[str, ...],
+    node_type: npt.NDArray[np.int16],
+    prev_pid: npt.NDArray[np.int64],
+    comp_of: npt.NDArray[np.int64],
+    eligible: npt.NDArray[np.bool_],
+    n_comp: int,
+) -> npt.NDArray[np.bool_]:
+    """Per component, whether it holds a Customer.io `id` (a `customerio.id_from` type) that
+    no earlier profile held, and none that one did.
+
+    Such a component is a new person (a user who signed up), not a part split off an older
+    profile, even when it took identifiers that profile had: an email its owner gave up in
+    the same run (identity.md §3.6 cases 11, 13) belongs to the new user now. Its identifiers
+    are moves, and its rows go to its own person, not to the older profile's (which a split
+    waiting for review would do, sending a new user's attributes and events to someone else).
+    """
+    ids = [types.index(t) for t in config.customerio.id_from if t in types]
+    is_id = eligible & np.isin(node_type, ids) & (comp_of >= 0)
+    fresh = np.zeros(n_comp, dtype=bool)
+    known = np.zeros(n_comp, dtype=bool)
+    fresh[comp_of[is_id & (prev_pid < 0)]] = True
+    known[comp_of[is_id & (prev_pid >= 0)]] = True
+    return fresh & ~known
 
 
 HELD_COLUMNS = ("cio_id", "cio_person_id", "cio_email", "cio_anonymous_id")

@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 import orjson
+import pyarrow as pa
 
 from lockgate.project.models import SyncConfig
 from lockgate.state.store import run_sql, table
@@ -748,6 +749,10 @@ def diff_records(
         """
     ).fetchall()[0]
     sent_rows, new, attrs, cleared = (int(x or 0) for x in row)
+    if payloads and sync.kind == "people":
+        # a run (not a plan): the rows that take an email another row gives up go after it;
+        # nobody gives one up when every row sent is new
+        order_email_moves(con, sync, previous, all_new=sent_rows == new and not full_resync)
     remapped = 0
     if previous_hash and not full_resync and sent_rows > new:
         remapped = _remapped(con, snap, previous_hash)
@@ -782,6 +787,176 @@ def diff_records(
         rejected_reasons=reasons,
         held_samples=held_samples,
     )
+
+
+EMAIL_MOVE_TABLES = ("email_changed", "email_released", "email_phases", "email_clears")
+
+
+def order_email_moves(
+    con: duckdb.DuckDBPyConnection, sync: SyncConfig, previous: str, *, all_new: bool = False
+) -> int:
+    """Order the sends of a people sync whose rows pass emails between them; returns how many
+    rows wait for another (0 when none: the run sends ``changes`` as one batch).
+
+    Customer.io refuses, silently (200, nothing applied, an *attribute update failure* in the
+    workspace's activity), an identify whose email belongs to another person. When a row takes
+    an email that, per what Lockgate last delivered (``previous``, the snapshot), another row
+    of this run gives up (a new user signing up with the address someone just changed from,
+    two users swapping addresses), the giver is sent first: the temp table ``email_phases``
+    gives each waiting row its delivery phase (1, 2, ...; the other rows are phase 0). A giver
+    whose update does not free its email (its email is now null) and one giver of each cycle
+    (a swap, a rotation) get their email cleared first instead (``email_clears``).
+
+    Only the rows sent this run whose identifiers changed are looked at (a plan change sends
+    the same ident), and the new rows only when one of them gives an email up: a run without
+    email changes costs one join of its changed rows with the snapshot. A taker whose email
+    is held by a person no row of this run releases still fails in Customer.io (docs/sync.md).
+    """
+    for name in EMAIL_MOVE_TABLES:
+        run_sql(con, f"drop table if exists {name}")
+    if all_new or sync.kind != "people" or "email" not in sync.identify_by:
+        return 0
+    # the rows whose identifiers changed, joined first: a JSON read of the snapshot's idents
+    # would otherwise be pushed below the join, onto every snapshot row
+    run_sql(
+        con,
+        f"""
+        create temp table email_changed as
+        with changed as materialized (
+            select c.k, c.ident as new_ident, s.ident as old_ident
+            from changes c join {previous} s on s.k = c.k
+            where not c.removed and c.ident <> s.ident
+        )
+        select k, lower(json_extract_string(new_ident, '$.email')) as new_email,
+               lower(json_extract_string(old_ident, '$.email')) as old_email,
+               json_extract_string(old_ident, '$.id') as old_id,
+               json_extract_string(old_ident, '$.cio_id') as old_cio_id
+        from changed
+        """,
+    )
+    # the givers: people Lockgate addressed by `id` (or `cio_id`) whose email changes; a person
+    # known by its email alone keeps it (identifying a new email names a new person)
+    run_sql(
+        con,
+        """
+        create temp table email_released as
+        select * from email_changed
+        where old_email is not null and new_email is distinct from old_email
+          and coalesce(old_id, old_cio_id) is not null
+        """,
+    )
+    if not _one(con, "select count(*) from email_released"):
+        return 0
+    takers = con.execute(
+        """
+        select t.k, r.k from (
+            select k, lower(json_extract_string(ident, '$.email')) as email
+            from changes where is_new and not removed
+            union
+            select k, new_email from email_changed
+        ) t join email_released r on r.old_email = t.email and r.k <> t.k
+        order by t.k, r.k
+        """
+    ).fetchall()
+    if not takers:
+        return 0
+    givers = {
+        k: (old_id, old_cio_id, new_email)
+        for k, new_email, old_id, old_cio_id in con.execute(
+            "select k, new_email, old_id, old_cio_id from email_released"
+        ).fetchall()
+    }
+    waits_for: dict[str, str] = {}
+    for taker, giver in takers:
+        waits_for.setdefault(str(taker), str(giver))
+    clear = {k for k in {g for g in waits_for.values()} if givers[k][2] is None}
+    phase = _email_phases(waits_for, clear)
+    waiting = {k: n for k, n in phase.items() if n > 0}
+    con.register(
+        "_email_phases",
+        pa.table(
+            {"k": pa.array(list(waiting), pa.string()), "phase": pa.array(list(waiting.values()))}
+        ),
+    )
+    ops = []
+    for k in sorted(clear):
+        old_id, old_cio_id, _ = givers[k]
+        address = {"id": old_id} if old_id is not None else {"cio_id": old_cio_id}
+        op = {"type": "person", "action": "identify", "identifiers": address}
+        ops.append((f"{k}#release-email", orjson.dumps({**op, "attributes": {"email": ""}})))
+    con.register(
+        "_email_clears",
+        pa.table(
+            {
+                "k": pa.array([k for k, _ in ops], pa.string()),
+                "op": pa.array([op.decode() for _, op in ops], pa.string()),
+            }
+        ),
+    )
+    try:
+        run_sql(
+            con,
+            """
+            create temp table email_phases as select k, phase::integer as phase
+            from _email_phases;
+            create temp table email_clears as
+            select k, op, null::ubigint as h, null::varchar as ident, false as removed
+            from _email_clears;
+            """,
+        )
+    finally:
+        con.unregister("_email_phases")
+        con.unregister("_email_clears")
+    return len(waiting)
+
+
+def _email_phases(waits_for: dict[str, str], clear: set[str]) -> dict[str, int]:
+    """The delivery phase of each row that takes another's email (``waits_for``: taker ->
+    giver): one after its giver's, 0 when the giver's email is cleared first (``clear``). A
+    cycle is broken by clearing the email of the row where it closes (added to ``clear``)."""
+    phase: dict[str, int] = {}
+    for start in sorted(waits_for):
+        chain: list[str] = []
+        on_chain: set[str] = set()
+        row = start
+        while True:
+            if row in phase:
+                base = phase[row]
+                break
+            if row in on_chain:  # a cycle: `row`'s email is cleared, the row taking it waits
+                clear.add(row)  # for nothing
+                base = -1
+                break
+            giver = waits_for.get(row)
+            if giver is None or giver in clear:
+                phase[row] = base = 0
+                break
+            chain.append(row)
+            on_chain.add(row)
+            row = giver
+        for row in reversed(chain):
+            base += 1
+            phase[row] = base
+    return phase
+
+
+def email_clears(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether :func:`order_email_moves` left emails to clear before ``changes`` is sent."""
+    return _temp_table(con, "email_clears") and bool(_one(con, "select count(*) from email_clears"))
+
+
+def delivery_phases(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The sources to deliver ``changes`` from, in order (see :func:`order_email_moves`)."""
+    if not _temp_table(con, "email_phases"):
+        return ["changes"]
+    last = int(_one(con, "select max(phase) from email_phases") or 0)
+    if not last:
+        return ["changes"]
+    return ["(select * from changes anti join email_phases using (k))"] + [
+        f"(select c.* from changes c semi join (select k from email_phases where phase = {n}) p"
+        " on p.k = c.k)"
+        for n in range(1, last + 1)
+    ]
 
 
 diff_people = diff_records

@@ -776,6 +776,46 @@ def _deliver_identity_ops(
         )
 
 
+def _deliver_email_clears(
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    run_id: str,
+    console: Console,
+    destination_factory: DestinationFactory,
+) -> None:
+    """Clear the emails that rows of this run take from people who keep theirs otherwise
+    (one side of a swap, a person whose email is now null), before the rows are sent
+    (``diff.order_email_moves``). When a clear is not delivered, the rows that pass emails
+    are left for the next run: sent now, Customer.io would drop them (the email is still
+    another person's) and Lockgate would count them delivered."""
+    total = int(store.con.execute("select count(*) from email_clears").fetchall()[0][0])
+    counts = _deliver_to_ledger(
+        store,
+        project,
+        sync,
+        run_id,
+        console,
+        destination_factory,
+        label="email releases",
+        kind="ops",
+        source="email_clears",
+        total=total,
+    )
+    if counts.failed_keys:
+        key, outcome, reason = counts.failures[0]
+        console.warn(
+            f"{sync.name}: {len(counts.failed_keys)} email(s) taken by another person of this "
+            f"run could not be released first (e.g. `{key}`: {outcome}, {reason}); the rows "
+            "passing emails are sent by the next run"
+        )
+        run_sql(
+            store.con,
+            "delete from changes where k in (select k from email_phases) "
+            "or k in (select k from email_released)",
+        )
+
+
 def _deliver_state_events(
     store: StateStore,
     project: Project,
@@ -1149,16 +1189,29 @@ def run_sync(
                 from lockgate.sync.commit import Committer
                 from lockgate.sync.deliver import deliver, notify_retries
 
-                destination = notify_retries(destination_factory(project, sync), console, sync.name)
+                if diff_step.email_clears(store.con):
+                    _deliver_email_clears(
+                        store, project, sync, run_id, console, destination_factory
+                    )
                 committer = Committer(store.writer(), sync=sync.name, run_id=run_id, kind=sync.kind)
                 # the writer is closed with the run: a Session's state store outlives it
                 with (
                     committer.store,
                     console.progress(f"deliver {sync.name}", changes.to_send) as advance,
                 ):
-                    deliver(
-                        store.con, destination, kind=sync.kind, committer=committer, advance=advance
-                    )
+                    # rows taking an email another row of the run gives up go after it
+                    for source in diff_step.delivery_phases(store.con):
+                        destination = notify_retries(
+                            destination_factory(project, sync), console, sync.name
+                        )
+                        deliver(
+                            store.con,
+                            destination,
+                            kind=sync.kind,
+                            committer=committer,
+                            advance=advance,
+                            source=source,
+                        )
             with step("commit"):
                 store.fold_journal(sync.name)
                 if force and not only:  # the records that left, accepted: they stop counting
