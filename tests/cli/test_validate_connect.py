@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import duckdb
 import pytest
 from click.testing import CliRunner
 
@@ -305,3 +306,26 @@ def test_a_run_log_the_postgres_user_may_not_create_is_named(
         code, checks = connect(root)
     assert checks["run log", "run_log"]["ok"] is True
     assert "user `postgres` may create its tables" in str(checks["run log", "run_log"]["detail"])
+
+
+def test_a_duckdb_model_with_a_union_column_is_planned_and_its_mapping_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyarrow cannot build an empty table of a union type: the model's check failed with
+    `ArrowNotImplementedError: sparse_union` where a run reads the model fine."""
+    emulator = Emulator()
+    with emulator.serve() as url:
+        root = project(tmp_path / "p", url, monkeypatch, emulator)
+        with duckdb.connect(str(root / "warehouse.duckdb")) as con:
+            con.execute(
+                "create table tagged as select 1 as id, "
+                "union_value(num := 5)::union(num int, s varchar) as tag"
+            )
+        (root / "syncs" / "tagged.yml").write_text(
+            "name: tagged\nsource: warehouse\nmodel: {table: tagged}\nkind: people\n"
+            "primary_key: id\nidentify_by: {id: id}\nattributes: [tag]\n"
+        )
+        code, checks = connect(root)
+    assert checks["model", "tagged"]["ok"] is True, checks["model", "tagged"]
+    assert "the mapping compiles" in str(checks["model", "tagged"]["detail"])
+    assert code == 0

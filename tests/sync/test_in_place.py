@@ -3,8 +3,10 @@
 A first run copies the model into the state database (there is no snapshot to diff against).
 Later runs of a DuckDB model compute each row's key and hash in the warehouse itself and copy
 only the rows that changed (`lockgate.sync.extract.InPlace`). Columns whose type the copy
-changes (HUGEINT, UUID, ENUM, JSON) are cast the same way, so keys, hashes and payloads match a
-copied run's exactly; a column type the cast cannot reproduce keeps the model copied.
+changes (UUID, ENUM, JSON) are cast the same way, so keys, hashes and payloads match a copied
+run's exactly; a column type the cast cannot reproduce keeps the model copied. Types whose Arrow
+copy would change their values (UHUGEINT, BIT, TIME WITH TIME ZONE) cross it as their text, cast
+back to their own type: sent exactly, and keyed in place too.
 """
 
 from __future__ import annotations
@@ -104,8 +106,9 @@ def test_a_type_the_cast_cannot_reproduce_keeps_the_model_copied(
     project_factory: ProjectFactory,
 ) -> None:
     project_factory.sql(
-        "create or replace table flags as "
-        "select i as id, '1011'::bit as mask, 'v' || i as version from range(50) t(i)"
+        "create or replace table flags as select i as id, "
+        "['00000000-0000-0000-0000-00000000000' || (i % 10)]::uuid[] as tokens, "
+        "'v' || i as version from range(50) t(i)"
     )
     sync = """
 name: flags
@@ -116,15 +119,188 @@ primary_key: id
 identify_by: {id: id}
 attributes:
   version: version
-  mask: {column: mask, type: string}
+  tokens: tokens
 """
     project = project_factory.write({"flags": sync})
     assert run_sync(project, "flags", console=NullConsole()).delivered == 50
-    assert in_place_for(project, "flags") is None  # BIT becomes BLOB in the copy
+    assert in_place_for(project, "flags") is None  # UUID[] becomes VARCHAR[] in the copy
 
     project_factory.sql("update flags set version = 'v99' where id = 3")
     second = run_sync(project, "flags", console=NullConsole())
     assert (second.changes.changed, second.changes.unchanged, second.delivered) == (1, 49, 1)
+
+
+def sent_again(project: Any, sync: str) -> int:
+    """What a plan of ``sync`` would send now, checking it is keyed in the warehouse."""
+    assert in_place_for(project, sync) is not None
+    return plan_sync(project, sync, console=NullConsole()).changes.to_send
+
+
+U128 = 2**128 - 1  # the largest UHUGEINT
+U127 = 2**127  # the smallest UHUGEINT that DuckDB's Arrow export wrapped to a negative number
+HUGE = """
+name: huge
+source: warehouse
+model: {table: huge}
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes:
+  n: n
+  n_text: {column: n, type: string}
+  ns: ns
+"""
+
+
+def test_uhugeints_past_2_127_are_sent_exactly_as_identifiers_and_attributes(
+    project_factory: ProjectFactory,
+) -> None:
+    """A UHUGEINT of 2^127 or more reached Customer.io as a negative number (2^128-1 as `-1`),
+    and 2^127 with `type: string` crashed the run's database. Now it names its person by its
+    own digits, `type: string` sends them, and `auto` the number (a double past 2^64, as for
+    a HUGEINT); a list of them too. The next run, keyed in place, sends nothing."""
+    project_factory.sql(
+        f"""
+        create or replace table huge as select id::uhugeint as id, n::uhugeint as n,
+            [n::uhugeint, 5] as ns
+        from (values ('{U128}', '{U128}'), ('{U127}', '{U127}'), ('42', '7')) v(id, n)
+        """
+    )
+    project = project_factory.write({"huge": HUGE})
+    first = run_sync(project, "huge", console=NullConsole())
+    assert (first.delivered, first.changes.rejected) == (3, 0)
+    emu = project_factory.emulator
+    people = {p.id: dict(p.attributes) for p in emu.people()}
+    assert people == {
+        str(U128): {"n": float(U128), "n_text": str(U128), "ns": [float(U128), 5]},
+        str(U127): {"n": float(U127), "n_text": str(U127), "ns": [float(U127), 5]},
+        "42": {"n": 7, "n_text": "7", "ns": [7, 5]},
+    }
+    assert sent_again(project, "huge") == 0
+
+
+def test_39_digit_hugeints_are_keyed_in_place_and_sent_exactly(
+    project_factory: ProjectFactory,
+) -> None:
+    """A HUGEINT of 39 digits (10^38 up to 2^127-1) made every run after the first fail: keyed
+    in place, it was cast to DECIMAL(38,0). It is keyed as it is, and the next run sends
+    nothing."""
+    project_factory.sql(
+        f"""
+        create or replace table huge as select id, n::hugeint as n, [id] as ns
+        from (values (1, '{2**127 - 1}'), (2, '{-(2**127) + 1}'), (3, '{10**38}'), (4, '42'))
+            v(id, n)
+        """
+    )
+    project = project_factory.write({"huge": HUGE})
+    first = run_sync(project, "huge", console=NullConsole())
+    assert (first.delivered, first.changes.rejected) == (4, 0)
+    people = {p.id: dict(p.attributes) for p in project_factory.emulator.people()}
+    assert {k: a["n_text"] for k, a in people.items()} == {
+        "1": str(2**127 - 1),
+        "2": str(-(2**127) + 1),
+        "3": str(10**38),
+        "4": "42",
+    }
+    assert people["1"]["n"] == float(2**127 - 1) and people["4"]["n"] == 42
+    assert sent_again(project, "huge") == 0
+
+    project_factory.sql("update huge set n = n - 1 where id = 1")
+    again = run_sync(project, "huge", console=NullConsole())
+    assert (again.changes.changed, again.changes.unchanged, again.delivered) == (1, 3, 1)
+    person = project_factory.emulator.person(id="1")
+    assert person is not None and person.attributes["n_text"] == str(2**127 - 2)
+
+
+def test_bit_and_time_with_time_zone_are_sent_as_their_text(
+    project_factory: ProjectFactory,
+) -> None:
+    """A BIT was sent as the text of its internal bytes (`10110` as `\\x03\\xF6`) and a TIME
+    WITH TIME ZONE without its offset; both are their text now, under `auto` and `type:
+    string`, in a struct too, and a later run keyed in place sends nothing."""
+    project_factory.sql(
+        """
+        create or replace table clocks as select i as id, '10110'::bit as flags,
+            '12:34:56+02'::timetz as opens, {'mask': '01'::bit, 'at': '08:00:00-05:30'::timetz}
+            as nested, 'v' || i as version
+        from range(2) t(i)
+        """
+    )
+    sync = """
+name: clocks
+source: warehouse
+model: {table: clocks}
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes:
+  flags: flags
+  flags_text: {column: flags, type: string}
+  opens: opens
+  opens_text: {column: opens, type: string}
+  nested: nested
+  version: version
+"""
+    project = project_factory.write({"clocks": sync})
+    assert run_sync(project, "clocks", console=NullConsole()).delivered == 2
+    person = project_factory.emulator.person(id="1")
+    assert person is not None
+    assert person.attributes == {
+        "flags": "10110",
+        "flags_text": "10110",
+        "opens": "12:34:56+02",
+        "opens_text": "12:34:56+02",
+        "nested": {"mask": "01", "at": "08:00:00-05:30"},
+        "version": "v1",
+    }
+    assert sent_again(project, "clocks") == 0
+
+    project_factory.sql("update clocks set version = 'v9' where id = 1")
+    again = run_sync(project, "clocks", console=NullConsole())
+    assert (again.changes.changed, again.delivered) == (1, 1)
+    assert batch_ops(project_factory.emulator)["1"]["attributes"] == {
+        **person.attributes,
+        "version": "v9",
+    }
+
+
+def test_a_union_column_is_keyed_in_place_and_sent_as_on_the_first_run(
+    project_factory: ProjectFactory,
+) -> None:
+    """A UNION column in the model, mapped or not, made every run after the first fail
+    (`sparse_union`): the model is keyed in place like any other, and its values are sent as
+    the first run sent them."""
+    project_factory.sql(
+        """
+        create or replace table tagged as select i as id, 'v' || i as version,
+            case when i = 0 then union_value(num := 5)::union(num int, s varchar)
+                 else union_value(s := 'hi')::union(num int, s varchar) end as tag,
+            union_value(num := i)::union(num int, s varchar) as unmapped
+        from range(2) t(i)
+        """
+    )
+    sync = """
+name: tagged
+source: warehouse
+model: {table: tagged}
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes: [version, tag]
+"""
+    project = project_factory.write({"tagged": sync})
+    assert run_sync(project, "tagged", console=NullConsole()).delivered == 2
+    first = batch_ops(project_factory.emulator)
+    assert first["0"]["attributes"] == {"version": "v0", "tag": {"num": 5}}
+    assert first["1"]["attributes"] == {"version": "v1", "tag": {"s": "hi"}}
+    assert sent_again(project, "tagged") == 0
+
+    project_factory.sql("update tagged set version = 'v9'")
+    again = run_sync(project, "tagged", console=NullConsole())
+    assert (again.changes.changed, again.delivered) == (2, 2)
+    sent = batch_ops(project_factory.emulator)
+    assert sent["0"]["attributes"] == {"version": "v9", "tag": {"num": 5}}
+    assert sent["1"]["attributes"] == {"version": "v9", "tag": {"s": "hi"}}
 
 
 def test_an_in_place_run_rejects_and_removes_like_a_copied_one(

@@ -47,7 +47,7 @@ from lockgate.project.models import SyncConfig
 from lockgate.sources import connect
 from lockgate.sources.base import Source, redact
 from lockgate.sync import mapping
-from lockgate.sync.extract import unique_columns
+from lockgate.sync.extract import Carry, model_types, staged_types, unique_columns
 
 if TYPE_CHECKING:
     from lockgate.destinations.customerio.settings import CustomerIOSettings
@@ -179,12 +179,13 @@ def _check_sources(project: Project, checks: _Checks) -> None:
 
 def _check_model(project: Project, sync: SyncConfig, source: Source) -> str:
     """Plan the model (no rows) and compile the sync's mapping against its columns."""
-    schema = source.schema_of(project.model_sql(sync))
+    sql = project.model_sql(sync)
+    schema = source.schema_of(sql)
     try:
         unique_columns(schema.names, sync=sync.name, warehouse=source.NAME)
     except ConfigError as exc:
         raise project.locate(exc, sync.name, ("model",)) from None
-    columns = duckdb_types(schema)
+    columns = duckdb_types(schema, model_types(source, sql))
     mapped = sync
     if mapping.needs_identity(project, sync):
         from lockgate.identity.customerio import attribute_names
@@ -216,12 +217,12 @@ def _columns(n: int) -> str:
     return f"{n:,} column{'' if n == 1 else 's'}"
 
 
-def duckdb_types(schema: pa.Schema) -> dict[str, str]:
-    """Column name -> the DuckDB type a run stages it as (Arrow into DuckDB, as extraction)."""
+def duckdb_types(schema: pa.Schema, native: dict[str, str] | None = None) -> dict[str, str]:
+    """Column name -> the DuckDB type a run stages it as (Arrow into DuckDB, as extraction);
+    ``native``: a DuckDB model's own column types (see :class:`~lockgate.sync.extract.Carry`)."""
     con = duckdb.connect()
     try:
-        con.register("_probe", schema.empty_table())
-        return {row[0]: row[1] for row in con.execute("describe _probe").fetchall()}
+        return staged_types(con, schema, Carry.of(native) if native else None)
     finally:
         con.close()
 

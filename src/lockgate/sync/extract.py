@@ -8,7 +8,8 @@ flat however large the model is.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
@@ -19,6 +20,9 @@ from lockgate.sources.base import Source
 from lockgate.sources.duckdb import DuckDBSource
 from lockgate.state.store import run_sql
 from lockgate.sync.mapping import Compiled, q
+
+if TYPE_CHECKING:
+    from duckdb.sqltypes import DuckDBPyType
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,23 +115,31 @@ def _load(
 
 
 def stage(
-    con: duckdb.DuckDBPyConnection, source: Source, sql: str, *, sync: str, advance: Advance
+    con: duckdb.DuckDBPyConnection,
+    source: Source,
+    sql: str,
+    *,
+    sync: str,
+    advance: Advance,
+    native: dict[str, str] | None = None,
 ) -> Staged:
     """Read the model into the temp table ``model``; a model with two columns of one name is
-    refused first (:func:`unique_columns`)."""
-    reader = source.read(sql)
-    try:
-        unique_columns(reader.schema.names, sync=sync, warehouse=source.NAME)
-    except ConfigError:
-        reader.close()
-        raise
-    _load(
-        con,
-        reader,
-        advance,
-        "create or replace temp table model as select * from _model_reader",
-        sync=sync,
-    )
+    refused first (:func:`unique_columns`). From DuckDB, a column whose values the Arrow copy
+    would change crosses it as text (see :class:`Carry`); ``native``: the model's DuckDB column
+    types, when the caller knows them."""
+    carry = Carry.of((native if native is not None else model_types(source, sql)) or {})
+    if carry.as_text:
+        # nested, DuckDB renames a second `plan` to `plan_1`: the names the model itself gives
+        unique_columns(source.schema_of(sql).names, sync=sync, warehouse=source.NAME)
+        reader = source.read(carry.read(_subquery(sql) + " __model"))
+    else:
+        reader = source.read(sql)
+        try:
+            unique_columns(reader.schema.names, sync=sync, warehouse=source.NAME)
+        except ConfigError:
+            reader.close()
+            raise
+    _load(con, reader, advance, f"create or replace temp table model as {carry.load()}", sync=sync)
     columns = {row[0]: row[1] for row in con.execute("describe model").fetchall()}
     count = con.execute("select count(*) from model").fetchall()[0][0]
     return Staged(rows=int(count), columns=columns)
@@ -138,10 +150,96 @@ def stage(
 #: one. A column of any other type that changes on the round trip keeps the model staged.
 _ROUND_TRIP = {
     "HUGEINT": "DECIMAL(38,0)",
-    "UHUGEINT": "DECIMAL(38,0)",
     "UUID": "VARCHAR",
     "JSON": "VARCHAR",
 }
+
+#: Of those, the types a model read in place keeps as they are: DuckDB hashes a whole number
+#: alike whatever its integer or decimal type, and writes it as the same text, so a HUGEINT (a
+#: `sum()` of integers) keys as the DECIMAL(38,0) it is staged as does, while a cast to that
+#: failed on a value of 39 digits (10^38 or more), every run.
+_KEYED_ALIKE = ("HUGEINT",)
+
+#: DuckDB types whose Arrow export changes their values: a UHUGEINT of 2^127 or more wraps to
+#: a negative decimal128 (2^128-1 arrived as -1), a BIT is exported as its internal bytes
+#: (`10110` as `\x03\xF6`), a TIME WITH TIME ZONE without its offset. A column holding one
+#: at any depth (a list of UHUGEINT) crosses Arrow as its text, which DuckDB casts back exactly.
+_AS_TEXT = ("uhugeint", "bit", "time with time zone")
+
+
+def _holds_any(col_type: str, ids: tuple[str, ...]) -> bool:
+    """True when a column of DuckDB type ``col_type`` holds a value of one of the types
+    ``ids`` (lower case, as ``DuckDBPyType.id``), at any depth."""
+    upper = col_type.upper()
+    if not any(name.upper() in upper for name in ids):
+        return False  # every common type: no parsing
+    try:
+        return _holds(duckdb.sqltype(col_type), ids)
+    except duckdb.Error:
+        return False  # a type the client cannot name (an extension's): crosses as it is
+
+
+def _holds(t: DuckDBPyType, ids: tuple[str, ...]) -> bool:
+    if t.id in ids:
+        return True
+    if t.id not in ("list", "array", "struct", "map", "union"):
+        return False
+    return any(_holds(m, ids) for _, m in t.children if not isinstance(m, int | list))
+
+
+@dataclass(frozen=True, slots=True)
+class Carry:
+    """How a DuckDB model's columns cross Arrow intact: ``as_text`` (column -> its DuckDB type)
+    are read as their text (:data:`_AS_TEXT`) and cast back to their type on arrival, so the
+    staged model holds the warehouse's values. Every other column crosses as it is, at no
+    cost."""
+
+    as_text: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, native: dict[str, str]) -> Carry:
+        return cls({name: t for name, t in native.items() if _holds_any(t, _AS_TEXT)})
+
+    def read(self, relation: str) -> str:
+        """SQL reading ``relation`` (a relation of the model's columns, in its own types) as
+        it crosses Arrow."""
+        if not self.as_text:
+            return f"select * from {relation}"
+        texts = ", ".join(f"{q(name)}::varchar as {q(name)}" for name in self.as_text)
+        return f"select * replace ({texts}) from {relation}"
+
+    def load(self) -> str:
+        """SQL reading ``_model_reader`` (what :meth:`read` gave) back in the model's types."""
+        if not self.as_text:
+            return "select * from _model_reader"
+        casts = ", ".join(f"{q(name)}::{t} as {q(name)}" for name, t in self.as_text.items())
+        return f"select * replace ({casts}) from _model_reader"
+
+
+def model_types(source: Source, sql: str) -> dict[str, str] | None:
+    """A DuckDB model's own column types, or None for another source or a model that does not
+    describe as a subquery (the read reports a broken model's error itself)."""
+    if not isinstance(source, DuckDBSource):
+        return None
+    try:
+        return source.column_types(f"select * from {_subquery(sql)}")
+    except SourceError:
+        return None
+
+
+def staged_types(
+    con: duckdb.DuckDBPyConnection, schema: pa.Schema, carry: Carry | None = None
+) -> dict[str, str]:
+    """Column name -> the DuckDB type a model of Arrow ``schema`` is staged as: the type
+    DuckDB reads each Arrow type as, or the model's own for the columns ``carry`` casts
+    back."""
+    # not `schema.empty_table()`, which pyarrow cannot build for a union
+    con.register("_model_schema", pa.Table.from_batches([], schema))
+    try:
+        columns = {row[0]: row[1] for row in con.execute("describe _model_schema").fetchall()}
+    finally:
+        con.unregister("_model_schema")
+    return {**columns, **(carry.as_text if carry else {})}
 
 
 def _subquery(sql: str) -> str:
@@ -162,7 +260,9 @@ class InPlace:
     mapping's key and row hash can run in the source itself (:meth:`key`); after the diff,
     only the rows whose (key, hash) the snapshot lacks are copied (:meth:`stage_todo`). Both
     read the model through ``relation``: its columns cast to the types the Arrow round trip of
-    :func:`stage` gives, so keys, hashes and payloads are the same as a staged run's.
+    :func:`stage` gives (except those it keys alike as they are: a column :class:`Carry` brings
+    back in its own type, a HUGEINT), so keys, hashes and payloads are the same as a staged
+    run's.
     """
 
     def __init__(
@@ -176,10 +276,14 @@ class InPlace:
     ) -> None:
         self.source = source
         self.sql = sql
+        self.native = native
         self.columns = columns
         self.sync = sync
+        self.carry = Carry.of(native)
         items = [
-            q(name) if kept == native[name] else f"{q(name)}::{kept} as {q(name)}"
+            q(name)
+            if kept == native[name] or native[name] in _KEYED_ALIKE
+            else f"{q(name)}::{kept} as {q(name)}"
             for name, kept in columns.items()
         ]
         self.relation = f"(select {', '.join(items)} from {_subquery(sql)} __model)"
@@ -204,11 +308,7 @@ class InPlace:
             return None
         if len({name.lower() for name in names}) < len(names):
             return None  # two columns of one name: `stage` refuses the model
-        con.register("_model_schema", schema.empty_table())
-        try:
-            columns = {row[0]: row[1] for row in con.execute("describe _model_schema").fetchall()}
-        finally:
-            con.unregister("_model_schema")
+        columns = staged_types(con, schema, Carry.of(native))
         if list(columns) != list(native):
             return None
         if any(_round_trip(native[name]) != kept for name, kept in columns.items()):
@@ -234,14 +334,16 @@ class InPlace:
         whole (:meth:`stage_all`) instead of missing rows."""
         hashes = con.sql("select distinct src_h as h from todo").to_arrow_table()
         reader = self.source.read(
-            f"select * from {self.relation} where {compiled.src_h} in (select h from _todo)",
+            self.carry.read(
+                f"(select * from {self.relation} where {compiled.src_h} in (select h from _todo))"
+            ),
             tables={"_todo": hashes},
         )
         _load(
             con,
             reader,
             lambda _: None,
-            "create or replace temp table model as select * from _model_reader",
+            f"create or replace temp table model as {self.carry.load()}",
             sync=self.sync,
         )
         # only the rows whose (key, hash) the diff chose: a row of another key can share a hash
@@ -275,18 +377,20 @@ class InPlace:
         row = f"hash({', '.join(q(name) for name in self.columns)})"
         rows = f"select __rid from ({compiled.over(self.relation, row)}) where {named}"
         reader = self.source.read(
-            f"select * exclude (__row) from (select *, {row} as __row from {self.relation}) "
-            f"where __row in ({rows})",
+            self.carry.read(
+                f"(select * exclude (__row) from (select *, {row} as __row from "
+                f"{self.relation}) where __row in ({rows}))"
+            ),
             tables={"only_values": values},
         )
         _load(
             con,
             reader,
             advance,
-            "create or replace temp table model as select * from _model_reader",
+            f"create or replace temp table model as {self.carry.load()}",
             sync=self.sync,
         )
 
     def stage_all(self, con: duckdb.DuckDBPyConnection, advance: Advance) -> None:
         """Copy the whole model into the temp table ``model``, as :func:`stage` does."""
-        stage(con, self.source, self.sql, sync=self.sync, advance=advance)
+        stage(con, self.source, self.sql, sync=self.sync, advance=advance, native=self.native)

@@ -892,8 +892,12 @@ def _json_number(x: str, t: DuckDBPyType) -> str | None:
     if _is_float(t):
         return _whole_float_json(x)
     if t.id in ("decimal", "hugeint", "uhugeint"):
+        # as `_number_json`: an unsigned value is never compared with a negative bound (DuckDB
+        # casts the bound to the value's type, and fails)
+        whole = f"{x} = trunc({x}) and " if t.id == "decimal" else ""
+        low = "" if t.id == "uhugeint" else f"{x} >= {MIN_JSON_INT} and "
         return (
-            f"case when {x} = trunc({x}) and {x} between {MIN_JSON_INT} and {MAX_JSON_INT} "
+            f"case when {whole}{low}{x} <= {MAX_JSON_INT} "
             f"then {x}::hugeint::varchar else to_json({x}::double)::varchar end"
         )
     return None
