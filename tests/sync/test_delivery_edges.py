@@ -351,12 +351,16 @@ def test_a_stop_signal_lets_the_request_in_flight_finish_and_the_next_run_sends_
         _stop_with_a_request_in_flight(project, slow, signum, exit_code, said)
 
 
-def _signal_sync(project: Project, emu: Emulator, seen: int, *signums: int) -> tuple[int, str]:
-    """Start `lockgate sync activity`; once the emulator holds ``seen`` events, send each of
-    ``signums`` (0.2 s apart). Returns the exit code and stderr."""
+def _signal_sync(
+    project: Project, emu: Emulator, seen: int, *signums: int, args: tuple[str, ...] = ()
+) -> tuple[int, str, str]:
+    """Start `lockgate sync activity` (or `sync ARGS`); once the emulator holds ``seen``
+    events, send each of ``signums`` (0.2 s apart). Returns the exit code, stdout and
+    stderr."""
     victim = subprocess.Popen(
-        [sys.executable, "-m", "lockgate", "sync", "activity", "--project", str(project.root)],
-        stdout=subprocess.DEVNULL,
+        [sys.executable, "-m", "lockgate", "sync", *(args or ("activity",))]
+        + ["--project", str(project.root)],
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -369,17 +373,17 @@ def _signal_sync(project: Project, emu: Emulator, seen: int, *signums: int) -> t
             if i:
                 time.sleep(0.2)
             victim.send_signal(signum)
-        _, err = victim.communicate(timeout=30)
+        out, err = victim.communicate(timeout=30)
     finally:
         if victim.poll() is None:
             victim.kill()
-    return victim.returncode, err
+    return victim.returncode, out, err
 
 
 def _stop_with_a_request_in_flight(
     project: Project, emu: Emulator, signum: int, exit_code: int, said: str
 ) -> None:
-    code, err = _signal_sync(project, emu, 20, signum)
+    code, _, err = _signal_sync(project, emu, 20, signum)
     assert code == exit_code, err
     assert said in err and "Traceback" not in err
     if signum == signal.SIGINT:  # the person at the terminal is told what the wait is for
@@ -405,6 +409,48 @@ def _stop_with_a_request_in_flight(
     assert sum(len(b["batch"]) for b in batches) == EVENTS_SENT
 
 
+@pytest.mark.parametrize(
+    ("signum", "exit_code"),
+    [(signal.SIGTERM, 143), (signal.SIGINT, 130)],
+    ids=["sigterm", "ctrl-c"],
+)
+def test_sync_json_stopped_by_a_signal_still_prints_each_syncs_outcome(
+    project_factory: ProjectFactory, signum: int, exit_code: int
+) -> None:
+    """A wrapper (Airflow, cron) parses `lockgate sync --json`'s stdout: stopped by SIGTERM or
+    Ctrl-C, it still gets the list it gets otherwise, with the stopped run's report as
+    recorded (failed, interrupted, what it had to send and what it delivered) and the sync
+    never begun as `not started` (it printed nothing at all, exit 143 or 130 alone)."""
+    seed_events(project_factory, EVENTS_SENT)
+    seed_people(project_factory, 3)
+    slow = Emulator(EmulatorConfig(faults=FaultConfig(answer_latency_ms=400)))
+    with slow.serve() as url:
+        project = small_batches(
+            project_factory.write({"activity": EVENTS, "people": PEOPLE}, url=url),
+            batch_size=10,
+            concurrency=1,
+        )
+        code, out, err = _signal_sync(
+            project, slow, 20, signum, args=("activity", "people", "--json")
+        )
+    assert code == exit_code, err
+    assert "Traceback" not in err
+    with StateStore.open(project.state_dir) as store:
+        [run] = store.runs()  # people never ran
+        ledgered = store.exec_sql('select count(*) from "ledger__activity"')[0][0]
+    stopped, people = orjson.loads(out)
+    assert (stopped["sync"], stopped["status"], stopped["error"]) == (
+        "activity",
+        "failed",
+        "interrupted",
+    )
+    assert stopped["run_id"] == run.run_id and run.error == "interrupted"
+    assert stopped["changes"]["to_send"] == EVENTS_SENT
+    assert stopped["delivered"] == ledgered == len(slow.events()) == 20
+    assert people["sync"] == "people" and people["status"] == "failed"
+    assert people["error"].startswith("not started")
+
+
 def test_a_second_ctrl_c_stops_at_once_and_the_next_run_sends_each_event_once(
     project_factory: ProjectFactory,
 ) -> None:
@@ -417,7 +463,7 @@ def test_a_second_ctrl_c_stops_at_once_and_the_next_run_sends_each_event_once(
         project = small_batches(
             project_factory.write({"activity": EVENTS}, url=url), batch_size=10, concurrency=1
         )
-        code, err = _signal_sync(project, slow, 1, signal.SIGINT, signal.SIGINT)
+        code, _, err = _signal_sync(project, slow, 1, signal.SIGINT, signal.SIGINT)
         assert code == 130, err
         assert "Ctrl-C again stops at once" in err
         assert "Stopped at once by a second Ctrl-C: the requests in flight were cut off" in err
