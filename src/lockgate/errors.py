@@ -30,6 +30,18 @@ Example::
 
 from __future__ import annotations
 
+import re
+
+#: the userinfo of a URL (`https://user:password@host`): a proxy's or a webhook's credentials
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s`'\"<>]*@")
+
+
+def without_userinfo(text: str) -> str:
+    """``text`` (a URL, or a message quoting URLs) with each URL's user and password replaced
+    by `***` (`http://***@proxy:8080/track`): a `track_url` or `app_url` may carry a proxy's
+    credentials, and messages end up in terminals, CI logs, the run history and alerts."""
+    return _USERINFO.sub(r"\g<scheme>***@", text) if "@" in text else text
+
 
 class LockgateError(Exception):
     """Base of every error Lockgate raises on purpose."""
@@ -40,6 +52,9 @@ class LockgateError(Exception):
     printed_as_json: bool = False
 
     def __init__(self, reason: str, *, hint: str | None = None) -> None:
+        # no message shows a URL's credentials, whichever URL or library text it quotes
+        reason = without_userinfo(reason)
+        hint = without_userinfo(hint) if hint else hint
         super().__init__(reason)
         self.reason = reason
         self.hint = hint

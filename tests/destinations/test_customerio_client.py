@@ -444,3 +444,20 @@ def test_an_https_url_still_checks_the_certificate() -> None:
         results = client.deliver_all([identify(1), identify(2)])
     assert {r.outcome for r in results} == {Outcome.DEAD_LETTER}
     assert all("CERTIFICATE_VERIFY_FAILED" in (r.reason or "") for r in results), results
+
+
+def test_an_error_quoting_a_url_never_shows_its_user_or_password() -> None:
+    """A proxy's credentials in `track_url` (a password holding `@` too) are `***` in every
+    message; the host, port and path, which say what answered, are kept."""
+    from lockgate.errors import DestinationError
+
+    error = DestinationError(
+        "`http://proxy:p@ss:w0rd@10.0.0.1:8080/track/api/v2/batch` answered HTTP 404",
+        hint="check CUSTOMERIO_TRACK_URL (`https://tok3n@proxy.example.com`)",
+    )
+    assert str(error) == (
+        "`http://***@10.0.0.1:8080/track/api/v2/batch` answered HTTP 404\n"
+        "  hint: check CUSTOMERIO_TRACK_URL (`https://***@proxy.example.com`)"
+    )
+    settings = CustomerIOSettings("site", "key", track_url="http://u:secret@127.0.0.1:1/")
+    assert settings.track_shown == "http://***@127.0.0.1:1"

@@ -323,6 +323,40 @@ def test_the_track_api_key_appears_in_no_report_error_or_history(
     assert api_key not in everything
 
 
+def test_a_password_in_the_track_url_appears_in_no_message_report_or_state(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `track_url` through a proxy may carry its user and password: no error, warning,
+    report, `validate --connect` line, runs log or state table shows them (the URL is shown
+    as `http://***@host:port/...`, enough to see which host and path answered)."""
+    seed_people(project_factory, 6)
+    secret = "PROXYPASS123"
+    host = (project_factory.emulator.base_url or "").removeprefix("http://")
+    said: list[str] = []
+    for url in (  # a wrong path (404), then nothing listening (connection errors)
+        f"http://proxyuser:{secret}@{host}/prefix",
+        f"http://proxyuser:{secret}@127.0.0.1:1",
+    ):
+        project = project_factory.write({"people": PEOPLE}, url=url, retries=0)
+        said.append(lockgate(project, "sync", "people")[1])
+        said.append(lockgate(project, "sync", "people", "--json")[1])
+        said.append(lockgate(project, "validate", "--connect")[1])
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", "wrong")  # refused credentials, through the proxy
+    project = project_factory.write({"people": PEOPLE}, url=f"http://proxyuser:{secret}@{host}")
+    said.append(lockgate(project, "sync", "people")[1])
+    said += [lockgate(project, "runs", "--json")[1], lockgate(project, "runs", "show")[1]]
+    said.append((project.state_dir / "runs.json").read_text())
+    with StateStore.open(project.state_dir) as store:
+        for name in ("runs", "history", "rejected"):
+            said.append(repr(store.exec_sql(f"select * from {name}")))
+
+    everything = "\n".join(said)
+    assert f"`http://***@{host}/prefix/api/v2/batch` answered HTTP 404" in everything
+    assert "connection error" in everything
+    assert f"refused the Track API credentials (HTTP 401) at `http://***@{host}`" in everything
+    assert secret not in everything and "proxyuser" not in everything
+
+
 EVENTS_SENT = 60  # 6 requests of 10
 
 

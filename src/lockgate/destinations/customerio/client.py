@@ -420,7 +420,7 @@ class CustomerIOClient:
             stop = self.settings.stop_after_failed_batches
             if stop and self._failed_in_a_row >= stop:
                 raise DestinationUnavailableError(
-                    f"`{self.settings.track_base}` is down or unreachable: "
+                    f"`{self.settings.track_shown}` is down or unreachable: "
                     f"{self._failed_in_a_row} batches in a row failed {attempts} attempts each "
                     f"(last: {answer.error}); the run stopped, and records not delivered wait "
                     "for the next run",
@@ -441,11 +441,11 @@ class CustomerIOClient:
             # an `id` are safe to apply twice).
             return await self._split(batch, status, answer.body, attempts)
         if status in AUTH_STATUSES:
-            raise refused_credentials(status, self.settings.track_base)
+            raise refused_credentials(status, self.settings.track_shown)
         if 300 <= status < 400:
             location = answer.location or "no Location header"
             raise DestinationError(
-                f"`{self.settings.track_base}{BATCH_PATH}` redirected (HTTP {status}) to "
+                f"`{self.settings.track_shown}{BATCH_PATH}` redirected (HTTP {status}) to "
                 f"`{location}`",
                 status=status,
                 hint="Customer.io redirects traffic sent to the other region's host; set "
@@ -453,7 +453,7 @@ class CustomerIOClient:
             )
         if status in URL_STATUSES:
             raise DestinationError(
-                f"`{self.settings.track_base}{BATCH_PATH}` answered HTTP {status}: "
+                f"`{self.settings.track_shown}{BATCH_PATH}` answered HTTP {status}: "
                 f"{_snippet(answer.body)}",
                 status=status,
                 hint="check CUSTOMERIO_TRACK_URL (unset it to use the region's host)",
@@ -475,7 +475,7 @@ class CustomerIOClient:
         # Anything else (409, 415, ...) is not about one record: splitting would send
         # every record alone to get the same answer. Stop the run instead.
         raise DestinationError(
-            f"unexpected answer from `{self.settings.track_base}{BATCH_PATH}`: "
+            f"unexpected answer from `{self.settings.track_shown}{BATCH_PATH}`: "
             f"{whole_batch_reason(status, answer.body)}",
             status=status,
             hint="check CUSTOMERIO_TRACK_URL and any proxy in between; report this if it persists",
