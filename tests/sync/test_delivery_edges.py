@@ -294,6 +294,51 @@ def test_an_oversized_json_value_is_rejected_before_sending_and_sent_once_fixed(
     assert person is not None and person.attributes["blob"] == {"x": 1}
 
 
+def seed_big_event(factory: ProjectFactory, size: int) -> None:
+    """Events 0..4 of person 1; event 0 carries a `blob` property of ``size`` bytes."""
+    factory.sql(
+        "create or replace table events as select 'e' || i as event_id, '1' as user_id, "
+        "'Used' as event_name, now() - interval 1 hour as occurred_at, i as n, "
+        f"case when i = 0 then repeat('x', {size}) end as blob from range(5) t(i)"
+    )
+
+
+def test_an_event_over_32_kb_is_rejected_by_the_mapping_naming_its_size(
+    project_factory: ProjectFactory,
+) -> None:
+    """Customer.io takes at most 32,768 bytes per operation: an event over it is a row the
+    mapping rejects (its size and the limit in the reason; the run succeeds, exit 0), not a
+    record "rejected by Customer.io" that made the run partial (exit 2) though it was never
+    sent. One at the limit exactly is sent."""
+    seed_big_event(project_factory, 40_000)
+    events = EVENTS + "  blob: blob\n"
+    project = project_factory.write({"activity": events})
+    [(_, reason)] = plan_sync(project, "activity", console=NullConsole()).changes.rejected_samples
+    over = int(reason.split(" bytes as sent")[0].removeprefix("event is "))
+    at_limit = 40_000 - (over - 32_768)
+
+    seed_big_event(project_factory, at_limit + 1)
+    code, said = lockgate(project, "sync", "activity")
+    assert code == 0, said
+    with StateStore.open(project.state_dir) as store:
+        [run] = store.runs()
+        [(stage, key, reason)] = store.rejected(run.run_id, limit=None)
+    assert run.status == "success" and run.counts["rejected_by_api"] == 0
+    assert run.counts["changes"]["rejected"] == 1 and run.counts["delivered"] == 4
+    assert (stage, key) == ("map", "e0")
+    assert reason.startswith(
+        "event is 32769 bytes as sent, over the 32768-byte limit of Customer.io per operation"
+    )
+    emu = project_factory.emulator
+    assert sorted(e.data["n"] for e in emu.events()) == [1, 2, 3, 4]
+
+    seed_big_event(project_factory, at_limit)  # trimmed to the limit: sent on the next run
+    fixed = run_sync(project, "activity", console=NullConsole())
+    assert (fixed.status, fixed.changes.rejected, fixed.delivered) == ("success", 0, 1)
+    [big] = [e for e in emu.events() if e.data["n"] == 0]
+    assert len(big.data["blob"]) == at_limit
+
+
 def test_the_track_api_key_appears_in_no_report_error_or_history(
     project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
