@@ -31,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import re
+from typing import Any
 
 #: the userinfo of a URL (`https://user:password@host`): a proxy's or a webhook's credentials
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s`'\"<>]*@")
@@ -153,6 +154,11 @@ class DestinationUnavailableError(DestinationError):
     """Batch after batch got no answer but errors (connection refused, timeouts, 429/5xx)
     through every retry: the destination is down or unreachable, so the run stops instead of
     dead-lettering everything left. Records not delivered wait for the next run."""
+
+    #: what the destination yields for the batch whose failure stopped the run, its records
+    #: dead-lettered: they were sent, so the caller records them (a run's `sent` counts them)
+    #: before it stops
+    settled: Any = None
 
 
 class ConnectionCheckError(TerminalError):

@@ -600,6 +600,34 @@ def test_a_sync_stops_when_customerio_is_down_and_the_next_run_sends_everyone_on
     assert run_sync(project, "people", console=NullConsole()).changes.to_send == 0
 
 
+def test_a_run_customerio_being_down_stops_counts_every_record_it_sent(
+    project_factory: ProjectFactory,
+) -> None:
+    """The batch whose failure trips `stop_after_failed_batches` was sent like the ones before
+    it: its records are dead letters of the run, in `lockgate runs`' `sent` and the history
+    (it was left out: 20 reported of the 30 put on the wire)."""
+    seed_people(project_factory, 100)
+    down = Emulator(EmulatorConfig(faults=FaultConfig(error_5xx=1.0)))
+    with down.serve() as url:
+        project = small_batches(
+            project_factory.write({"people": PEOPLE}, url=url, retries=0),
+            batch_size=10,
+            concurrency=1,
+        )
+        assert lockgate(project, "sync", "people")[0] == 1
+        posts = [r.body for r in down.request_log() if r.path == "/api/v2/batch"]
+    sent = {op["identifiers"]["id"] for body in posts for op in body["batch"]}
+    assert len(posts) == 3 and len(sent) == 30  # three batches in a row failed: it stopped
+    [failed] = orjson.loads(lockgate(project, "runs", "--json")[1])
+    assert failed["status"] == "failed"
+    assert (failed["counts"]["delivered"], failed["counts"]["dead_lettered"]) == (0, 30)
+    table = lockgate(project, "runs")[1]
+    assert "│   30 │         0 │" in table  # sent, delivered
+    with StateStore.open(project.state_dir) as store:
+        tried = store.exec_sql("select distinct k from history where outcome = 'dead_letter'")
+    assert {key for (key,) in tried} == sent
+
+
 def test_a_workspace_in_another_region_is_found_before_any_record_is_sent(
     project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
