@@ -30,7 +30,18 @@ Example::
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+#: the userinfo of a URL (`https://user:password@host`): a proxy's or a webhook's credentials
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s`'\"<>]*@")
+
+
+def without_userinfo(text: str) -> str:
+    """``text`` (a URL, or a message quoting URLs) with each URL's user and password replaced
+    by `***` (`http://***@proxy:8080/track`): a `track_url` or `app_url` may carry a proxy's
+    credentials, and messages end up in terminals, CI logs, the run history and alerts."""
+    return _USERINFO.sub(r"\g<scheme>***@", text) if "@" in text else text
 
 
 class LockgateError(Exception):
@@ -46,6 +57,9 @@ class LockgateError(Exception):
     report: Any = None
 
     def __init__(self, reason: str, *, hint: str | None = None) -> None:
+        # no message shows a URL's credentials, whichever URL or library text it quotes
+        reason = without_userinfo(reason)
+        hint = without_userinfo(hint) if hint else hint
         super().__init__(reason)
         self.reason = reason
         self.hint = hint
@@ -144,6 +158,11 @@ class DestinationUnavailableError(DestinationError):
     """Batch after batch got no answer but errors (connection refused, timeouts, 429/5xx)
     through every retry: the destination is down or unreachable, so the run stops instead of
     dead-lettering everything left. Records not delivered wait for the next run."""
+
+    #: what the destination yields for the batch whose failure stopped the run, its records
+    #: dead-lettered: they were sent, so the caller records them (a run's `sent` counts them)
+    #: before it stops
+    settled: Any = None
 
 
 class ConnectionCheckError(TerminalError):

@@ -294,6 +294,51 @@ def test_an_oversized_json_value_is_rejected_before_sending_and_sent_once_fixed(
     assert person is not None and person.attributes["blob"] == {"x": 1}
 
 
+def seed_big_event(factory: ProjectFactory, size: int) -> None:
+    """Events 0..4 of person 1; event 0 carries a `blob` property of ``size`` bytes."""
+    factory.sql(
+        "create or replace table events as select 'e' || i as event_id, '1' as user_id, "
+        "'Used' as event_name, now() - interval 1 hour as occurred_at, i as n, "
+        f"case when i = 0 then repeat('x', {size}) end as blob from range(5) t(i)"
+    )
+
+
+def test_an_event_over_32_kb_is_rejected_by_the_mapping_naming_its_size(
+    project_factory: ProjectFactory,
+) -> None:
+    """Customer.io takes at most 32,768 bytes per operation: an event over it is a row the
+    mapping rejects (its size and the limit in the reason; the run succeeds, exit 0), not a
+    record "rejected by Customer.io" that made the run partial (exit 2) though it was never
+    sent. One at the limit exactly is sent."""
+    seed_big_event(project_factory, 40_000)
+    events = EVENTS + "  blob: blob\n"
+    project = project_factory.write({"activity": events})
+    [(_, reason)] = plan_sync(project, "activity", console=NullConsole()).changes.rejected_samples
+    over = int(reason.split(" bytes as sent")[0].removeprefix("event is "))
+    at_limit = 40_000 - (over - 32_768)
+
+    seed_big_event(project_factory, at_limit + 1)
+    code, said = lockgate(project, "sync", "activity")
+    assert code == 0, said
+    with StateStore.open(project.state_dir) as store:
+        [run] = store.runs()
+        [(stage, key, reason)] = store.rejected(run.run_id, limit=None)
+    assert run.status == "success" and run.counts["rejected_by_api"] == 0
+    assert run.counts["changes"]["rejected"] == 1 and run.counts["delivered"] == 4
+    assert (stage, key) == ("map", "e0")
+    assert reason.startswith(
+        "event is 32769 bytes as sent, over the 32768-byte limit of Customer.io per operation"
+    )
+    emu = project_factory.emulator
+    assert sorted(e.data["n"] for e in emu.events()) == [1, 2, 3, 4]
+
+    seed_big_event(project_factory, at_limit)  # trimmed to the limit: sent on the next run
+    fixed = run_sync(project, "activity", console=NullConsole())
+    assert (fixed.status, fixed.changes.rejected, fixed.delivered) == ("success", 0, 1)
+    [big] = [e for e in emu.events() if e.data["n"] == 0]
+    assert len(big.data["blob"]) == at_limit
+
+
 def test_the_track_api_key_appears_in_no_report_error_or_history(
     project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -321,6 +366,40 @@ def test_the_track_api_key_appears_in_no_report_error_or_history(
     assert "dead_letter" in everything and "id `3` is refused" in everything
     assert "credentials" in everything
     assert api_key not in everything
+
+
+def test_a_password_in_the_track_url_appears_in_no_message_report_or_state(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `track_url` through a proxy may carry its user and password: no error, warning,
+    report, `validate --connect` line, runs log or state table shows them (the URL is shown
+    as `http://***@host:port/...`, enough to see which host and path answered)."""
+    seed_people(project_factory, 6)
+    secret = "PROXYPASS123"
+    host = (project_factory.emulator.base_url or "").removeprefix("http://")
+    said: list[str] = []
+    for url in (  # a wrong path (404), then nothing listening (connection errors)
+        f"http://proxyuser:{secret}@{host}/prefix",
+        f"http://proxyuser:{secret}@127.0.0.1:1",
+    ):
+        project = project_factory.write({"people": PEOPLE}, url=url, retries=0)
+        said.append(lockgate(project, "sync", "people")[1])
+        said.append(lockgate(project, "sync", "people", "--json")[1])
+        said.append(lockgate(project, "validate", "--connect")[1])
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", "wrong")  # refused credentials, through the proxy
+    project = project_factory.write({"people": PEOPLE}, url=f"http://proxyuser:{secret}@{host}")
+    said.append(lockgate(project, "sync", "people")[1])
+    said += [lockgate(project, "runs", "--json")[1], lockgate(project, "runs", "show")[1]]
+    said.append((project.state_dir / "runs.json").read_text())
+    with StateStore.open(project.state_dir) as store:
+        for name in ("runs", "history", "rejected"):
+            said.append(repr(store.exec_sql(f"select * from {name}")))
+
+    everything = "\n".join(said)
+    assert f"`http://***@{host}/prefix/api/v2/batch` answered HTTP 404" in everything
+    assert "connection error" in everything
+    assert f"refused the Track API credentials (HTTP 401) at `http://***@{host}`" in everything
+    assert secret not in everything and "proxyuser" not in everything
 
 
 EVENTS_SENT = 60  # 6 requests of 10
@@ -351,12 +430,16 @@ def test_a_stop_signal_lets_the_request_in_flight_finish_and_the_next_run_sends_
         _stop_with_a_request_in_flight(project, slow, signum, exit_code, said)
 
 
-def _signal_sync(project: Project, emu: Emulator, seen: int, *signums: int) -> tuple[int, str]:
-    """Start `lockgate sync activity`; once the emulator holds ``seen`` events, send each of
-    ``signums`` (0.2 s apart). Returns the exit code and stderr."""
+def _signal_sync(
+    project: Project, emu: Emulator, seen: int, *signums: int, args: tuple[str, ...] = ()
+) -> tuple[int, str, str]:
+    """Start `lockgate sync activity` (or `sync ARGS`); once the emulator holds ``seen``
+    events, send each of ``signums`` (0.2 s apart). Returns the exit code, stdout and
+    stderr."""
     victim = subprocess.Popen(
-        [sys.executable, "-m", "lockgate", "sync", "activity", "--project", str(project.root)],
-        stdout=subprocess.DEVNULL,
+        [sys.executable, "-m", "lockgate", "sync", *(args or ("activity",))]
+        + ["--project", str(project.root)],
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -369,17 +452,17 @@ def _signal_sync(project: Project, emu: Emulator, seen: int, *signums: int) -> t
             if i:
                 time.sleep(0.2)
             victim.send_signal(signum)
-        _, err = victim.communicate(timeout=30)
+        out, err = victim.communicate(timeout=30)
     finally:
         if victim.poll() is None:
             victim.kill()
-    return victim.returncode, err
+    return victim.returncode, out, err
 
 
 def _stop_with_a_request_in_flight(
     project: Project, emu: Emulator, signum: int, exit_code: int, said: str
 ) -> None:
-    code, err = _signal_sync(project, emu, 20, signum)
+    code, _, err = _signal_sync(project, emu, 20, signum)
     assert code == exit_code, err
     assert said in err and "Traceback" not in err
     if signum == signal.SIGINT:  # the person at the terminal is told what the wait is for
@@ -405,6 +488,48 @@ def _stop_with_a_request_in_flight(
     assert sum(len(b["batch"]) for b in batches) == EVENTS_SENT
 
 
+@pytest.mark.parametrize(
+    ("signum", "exit_code"),
+    [(signal.SIGTERM, 143), (signal.SIGINT, 130)],
+    ids=["sigterm", "ctrl-c"],
+)
+def test_sync_json_stopped_by_a_signal_still_prints_each_syncs_outcome(
+    project_factory: ProjectFactory, signum: int, exit_code: int
+) -> None:
+    """A wrapper (Airflow, cron) parses `lockgate sync --json`'s stdout: stopped by SIGTERM or
+    Ctrl-C, it still gets the list it gets otherwise, with the stopped run's report as
+    recorded (failed, interrupted, what it had to send and what it delivered) and the sync
+    never begun as `not started` (it printed nothing at all, exit 143 or 130 alone)."""
+    seed_events(project_factory, EVENTS_SENT)
+    seed_people(project_factory, 3)
+    slow = Emulator(EmulatorConfig(faults=FaultConfig(answer_latency_ms=400)))
+    with slow.serve() as url:
+        project = small_batches(
+            project_factory.write({"activity": EVENTS, "people": PEOPLE}, url=url),
+            batch_size=10,
+            concurrency=1,
+        )
+        code, out, err = _signal_sync(
+            project, slow, 20, signum, args=("activity", "people", "--json")
+        )
+    assert code == exit_code, err
+    assert "Traceback" not in err
+    with StateStore.open(project.state_dir) as store:
+        [run] = store.runs()  # people never ran
+        ledgered = store.exec_sql('select count(*) from "ledger__activity"')[0][0]
+    stopped, people = orjson.loads(out)
+    assert (stopped["sync"], stopped["status"], stopped["error"]) == (
+        "activity",
+        "failed",
+        "interrupted",
+    )
+    assert stopped["run_id"] == run.run_id and run.error == "interrupted"
+    assert stopped["changes"]["to_send"] == EVENTS_SENT
+    assert stopped["delivered"] == ledgered == len(slow.events()) == 20
+    assert people["sync"] == "people" and people["status"] == "failed"
+    assert people["error"].startswith("not started")
+
+
 def test_a_second_ctrl_c_stops_at_once_and_the_next_run_sends_each_event_once(
     project_factory: ProjectFactory,
 ) -> None:
@@ -417,7 +542,7 @@ def test_a_second_ctrl_c_stops_at_once_and_the_next_run_sends_each_event_once(
         project = small_batches(
             project_factory.write({"activity": EVENTS}, url=url), batch_size=10, concurrency=1
         )
-        code, err = _signal_sync(project, slow, 1, signal.SIGINT, signal.SIGINT)
+        code, _, err = _signal_sync(project, slow, 1, signal.SIGINT, signal.SIGINT)
         assert code == 130, err
         assert "Ctrl-C again stops at once" in err
         assert "Stopped at once by a second Ctrl-C: the requests in flight were cut off" in err
@@ -473,6 +598,34 @@ def test_a_sync_stops_when_customerio_is_down_and_the_next_run_sends_everyone_on
     assert sorted(int(p.id) for p in people) == list(range(600))
     assert all(p.attributes == {"plan": f"pro{p.id}"} for p in people)
     assert run_sync(project, "people", console=NullConsole()).changes.to_send == 0
+
+
+def test_a_run_customerio_being_down_stops_counts_every_record_it_sent(
+    project_factory: ProjectFactory,
+) -> None:
+    """The batch whose failure trips `stop_after_failed_batches` was sent like the ones before
+    it: its records are dead letters of the run, in `lockgate runs`' `sent` and the history
+    (it was left out: 20 reported of the 30 put on the wire)."""
+    seed_people(project_factory, 100)
+    down = Emulator(EmulatorConfig(faults=FaultConfig(error_5xx=1.0)))
+    with down.serve() as url:
+        project = small_batches(
+            project_factory.write({"people": PEOPLE}, url=url, retries=0),
+            batch_size=10,
+            concurrency=1,
+        )
+        assert lockgate(project, "sync", "people")[0] == 1
+        posts = [r.body for r in down.request_log() if r.path == "/api/v2/batch"]
+    sent = {op["identifiers"]["id"] for body in posts for op in body["batch"]}
+    assert len(posts) == 3 and len(sent) == 30  # three batches in a row failed: it stopped
+    [failed] = orjson.loads(lockgate(project, "runs", "--json")[1])
+    assert failed["status"] == "failed"
+    assert (failed["counts"]["delivered"], failed["counts"]["dead_lettered"]) == (0, 30)
+    table = lockgate(project, "runs")[1]
+    assert "│   30 │         0 │" in table  # sent, delivered
+    with StateStore.open(project.state_dir) as store:
+        tried = store.exec_sql("select distinct k from history where outcome = 'dead_letter'")
+    assert {key for (key,) in tried} == sent
 
 
 def test_a_workspace_in_another_region_is_found_before_any_record_is_sent(

@@ -107,11 +107,12 @@ def test_an_event_rejected_then_fixed_in_the_warehouse_is_sent_once(
     )
     project = project_factory.write({"activity": EVENTS})
     first = run(project)
-    # the 1,000-byte limit is for attribute values: a long event property goes out (e5), event
-    # data over 100,000 bytes in all does not (e3)
+    # the 1,000-byte limit is for attribute values: a long event property goes out (e5), an
+    # event over Customer.io's 32,768 bytes per operation does not (e3)
     assert first.delivered == 2 and first.changes.rejected == 3
     reasons = dict(first.changes.rejected_samples)
-    assert "is in the future" in reasons["e2"] and "over 100000 bytes" in reasons["e3"]
+    assert "is in the future" in reasons["e2"]
+    assert "over the 32768-byte limit of Customer.io per operation" in reasons["e3"]
 
     project_factory.sql("update events set user_id = 1 where event_id = 'e1'")
     project_factory.sql("update events set feature = 'c' where event_id = 'e3'")

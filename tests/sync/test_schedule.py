@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from lockgate.cli import cli
-from lockgate.emulator import EmulatorConfig, FaultConfig
+from lockgate.emulator import Emulator, EmulatorConfig, FaultConfig
 from lockgate.errors import LockgateError
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -219,3 +220,40 @@ def test_sigterm_between_runs_stops_the_scheduler_at_once_and_cleanly(
         process.kill()
     assert process.returncode == 0, err
     assert "stopped by SIGTERM between runs; nothing was running" in " ".join(err.split())
+
+
+def test_sigterm_during_a_run_prints_the_stopped_runs_line_with_json(
+    project_factory: ProjectFactory,
+) -> None:
+    """`lockgate schedule --json` is read line by line by a log collector: a SIGTERM during
+    a run ends the stream with that run's line, as recorded (failed, interrupted, what it
+    delivered before it stopped), not with nothing."""
+    project_factory.sql(
+        "create or replace table users as select i as user_id, 'pro' as plan from range(1, 61) t(i)"
+    )
+    slow = Emulator(EmulatorConfig(faults=FaultConfig(answer_latency_ms=400)))
+    with slow.serve() as url:
+        project = project_factory.write({"profile": PROFILE}, url=url)
+        yml = project.root / "lockgate.yml"
+        yml.write_text(yml.read_text() + "    batch_size: 10\n    concurrency: 1\n")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lockgate", "schedule", "--json"]
+            + ["--project", str(project.root)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while len(slow.people()) < 20 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            out, err = process.communicate(timeout=30)
+        finally:
+            process.kill()
+        delivered = len(slow.people())
+    assert process.returncode == 143, err
+    [line] = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert (line["sync"], line["status"], line["error"]) == ("profile", "failed", "interrupted")
+    assert line["delivered"] == delivered and 20 <= delivered < 60
+    assert line["changes"]["to_send"] == 60 and "scheduled_at" in line

@@ -14,12 +14,12 @@ import click
 import orjson
 
 from lockgate.cli import signals_let_requests_finish
-from lockgate.cli.options import json_option, open_project, project_option
+from lockgate.cli.options import json_option, mark_printed_as_json, open_project, project_option
 from lockgate.console import RichConsole
 from lockgate.errors import LockgateError
 from lockgate.project.loader import Project
 from lockgate.stopping import Stopped
-from lockgate.sync.run import RunReport, Session, run_sync
+from lockgate.sync.run import RunReport, Session, run_sync, stopped_run
 from lockgate.sync.schedule import Timetable
 
 #: how long a round waits for a `lockgate sync` run by hand (or another process) that holds
@@ -211,6 +211,12 @@ def _round(
             try:
                 # no progress bars in a scheduler's log: one line per run (below), warnings kept
                 report = run_sync(project, name, console=quiet, session=session)
+            except KeyboardInterrupt as stop:  # SIGTERM or Ctrl-C during the run
+                if as_json:  # the stopped run's line: its report as recorded
+                    line = stopped_run(stop) or {"sync": name, "status": "failed"}
+                    _say_json({**line, "error": "interrupted"}, scheduled_at)
+                    mark_printed_as_json(stop)
+                raise
             except LockgateError as exc:
                 worst = 1
                 _say(console, as_json, name, scheduled_at, None, str(exc))
@@ -241,11 +247,9 @@ def _say(
         line: dict[str, Any] = (
             report.as_dict() if report is not None else {"sync": name, "status": "failed"}
         )
-        line["scheduled_at"] = scheduled_at.isoformat()
         if error is not None:
             line["error"] = error
-        sys.stdout.write(orjson.dumps(line).decode() + "\n")
-        sys.stdout.flush()
+        _say_json(line, scheduled_at)
         return
     if report is None:
         console.warn(f"{_at(scheduled_at)} {name}: failed: {error}")
@@ -257,3 +261,10 @@ def _say(
         f"{c.rejected + report.rejected_by_api:,} rejected, {report.dead_lettered:,} "
         f"dead-lettered (run {report.run_id})"
     )
+
+
+def _say_json(line: dict[str, Any], scheduled_at: datetime) -> None:
+    """One run's line for `--json`: its report (or failure) and the time it was due."""
+    line["scheduled_at"] = scheduled_at.isoformat()
+    sys.stdout.write(orjson.dumps(line).decode() + "\n")
+    sys.stdout.flush()

@@ -13,13 +13,26 @@ import click
 import orjson
 
 from lockgate.cli import signals_let_requests_finish
-from lockgate.cli.options import json_option, open_project, project_option
+from lockgate.cli.options import (
+    json_option,
+    mark_printed_as_json,
+    open_project,
+    project_option,
+)
 from lockgate.console import RichConsole
 from lockgate.errors import ConfigError, LockgateError, NothingNamedError, StateError
 from lockgate.project.loader import Project
 from lockgate.state.store import StateStore, named_runs, read_runs_log
 from lockgate.sync import rejects
-from lockgate.sync.run import KIND_ORDER, RunReport, Session, plan_sync, recorded_run, run_sync
+from lockgate.sync.run import (
+    KIND_ORDER,
+    RunReport,
+    Session,
+    plan_sync,
+    recorded_run,
+    run_sync,
+    stopped_run,
+)
 
 #: `--only KEY` of `plan` and `sync` (docs/sync.md "One person first")
 only_option = click.option(
@@ -32,26 +45,69 @@ only_option = click.option(
 )
 
 
+Failures = list[tuple[str, LockgateError]]
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
 
 
+@dataclasses.dataclass
+class _Progress:
+    """How far the syncs (or plans) of one command got: ``names`` those it runs (known once the
+    project is read), each one's report or failure as it ends, and the one under way. A
+    command stopped half-way (SIGTERM, Ctrl-C) prints it with `--json`."""
+
+    names: list[str]
+    reports: list[RunReport] = dataclasses.field(default_factory=list)
+    failed: Failures = dataclasses.field(default_factory=list)
+    ended: set[str] = dataclasses.field(default_factory=set)
+    current: str | None = None
+
+    def stopped(self, stop: BaseException) -> list[dict[str, Any]]:
+        """The `--json` documents of a command ``stop`` ended: the reports of the syncs that
+        ran, the report of the run it stopped as recorded (status `failed`, error
+        `interrupted`, what it delivered so far), and `{sync, status: failed, error: not
+        started ...}` for each sync it never began."""
+        docs = [report.as_dict() for report in self.reports]
+        docs += [_failed_doc(n, e) for n, e in self.failed]
+        for name in self.names:
+            if name in self.ended:
+                continue
+            if name == self.current:
+                docs.append(stopped_run(stop) or _failed(name, "interrupted"))
+            else:
+                docs.append(_failed(name, "not started: the command was stopped before it"))
+        return docs or [_failed(None, "interrupted")]  # stopped while the project was read
+
+
+def _failed(name: str | None, error: str) -> dict[str, Any]:
+    return {"sync": name, "status": "failed", "error": error}
+
+
 @contextmanager
-def _failure_as_json(as_json: bool, names: list[str], *, one: bool) -> Iterator[None]:
+def _failure_as_json(as_json: bool, progress: _Progress, *, one: bool) -> Iterator[None]:
     """With ``as_json``, an error that stops the command before its reports are printed (the
-    project does not load, the only sync to run fails) is printed on stdout as each of
-    ``names``' `{"sync", "status": "failed", "error"}` (the list as it stands then: the syncs
+    project does not load, the only sync to run fails) is printed on stdout as each of the
+    syncs' `{"sync", "status": "failed", "error"}` (the list as it stands then: the syncs
     named, or `--all`'s once the project is read), in the shape of a success (a list, or with
     ``one`` the only report; `"sync": null` before any sync is known): a script reading stdout
     always gets a document, as it does when one sync of several fails. The error still goes
-    to stderr and the exit code stays 1."""
+    to stderr and the exit code stays 1. A stop by SIGTERM or Ctrl-C prints how far the
+    command got (:meth:`_Progress.stopped`); the exit code stays 143 or 130."""
     try:
         yield
     except LockgateError as exc:
         if as_json:
-            docs = [_failed_doc(n, exc) for n in names or (None,)]
+            docs = [_failed_doc(n, exc) for n in progress.names or (None,)]
             _print_json(docs[0] if one and len(docs) == 1 else docs)
             exc.printed_as_json = True
+        raise
+    except KeyboardInterrupt as stop:
+        if as_json:
+            docs = progress.stopped(stop)
+            _print_json(docs[0] if one and len(docs) == 1 else docs)
+            mark_printed_as_json(stop)
         raise
 
 
@@ -248,16 +304,16 @@ def plan(
     """Show what `lockgate sync SYNC_NAME...` (or `--all`) would send, without sending
     anything. `--json` prints one report for one sync, a list for several."""
     one = len(sync_names) == 1 and not plan_all
-    names = list(sync_names)
-    with _failure_as_json(as_json, names, one=one):
+    progress = _Progress(list(sync_names))
+    with _failure_as_json(as_json, progress, one=one):
         project = open_project(project_path)
-        names[:] = _sync_names(project, sync_names, plan_all)
+        progress.names = _sync_names(project, sync_names, plan_all)
         console = RichConsole(quiet=as_json)
         found: list[Any] = []  # the rejected rows of each plan, for `--export-rejected`
         # the plans of one command share the identity graph and the state store, as syncs do
         with Session() as session:
             reports, failed = _each(
-                names,
+                progress,
                 lambda name: plan_sync(
                     project,
                     name,
@@ -298,22 +354,20 @@ def would_send(report: RunReport) -> bool:
     return bool(report.changes.to_send or report.changes.state_events or report.identity_ops)
 
 
-Failures = list[tuple[str, LockgateError]]
-
-
 def _each(
-    names: list[str],
+    progress: _Progress,
     work: Callable[[str], RunReport],
     console: RichConsole,
     what: str,
     show: Callable[[RunReport], None] | None,
 ) -> tuple[list[RunReport], Failures]:
-    """``work`` for every sync named. With several, one sync's failure (a guardrail, a broken
-    model) does not stop the others: their data is independent, and a relationship whose end
-    is missing waits. ``show`` draws each report as it comes."""
-    reports: list[RunReport] = []
-    failed: Failures = []
+    """``work`` for every sync of ``progress``, which it keeps up to date. With several, one
+    sync's failure (a guardrail, a broken model) does not stop the others: their data is
+    independent, and a relationship whose end is missing waits. ``show`` draws each report as
+    it comes."""
+    names = progress.names
     for name in names:
+        progress.current = name
         try:
             report = work(name)
         except NothingNamedError as exc:
@@ -321,19 +375,23 @@ def _each(
                 raise
             # `--only` with several syncs: a sync without the named records has nothing to do
             console.info(f"{name}: skipped, {exc.reason.split(': ', 1)[-1]}")
+            progress.ended.add(name)
             continue
         except LockgateError as exc:
             if show is not None and exc.report is not None:
                 show(exc.report)  # a run a guardrail stopped: its counts and guardrails table
             if len(names) == 1:
                 raise
-            failed.append((name, exc))
+            progress.failed.append((name, exc))
+            progress.ended.add(name)
             console.warn(f"{what} of `{name}` failed, the others go on: {exc}")
             continue
-        reports.append(report)
+        progress.reports.append(report)
+        progress.ended.add(name)
         if show is not None:
             show(report)
-    return reports, failed
+    progress.current = None
+    return progress.reports, progress.failed
 
 
 def _finish(
@@ -435,15 +493,15 @@ def sync(
 ) -> None:
     """Run one or more syncs: send only what changed, record what was delivered. `--only`
     sends the named records alone: one person first, to see them in Customer.io."""
-    names = list(sync_names)
-    with _failure_as_json(as_json, names, one=False):
+    progress = _Progress(list(sync_names))
+    with _failure_as_json(as_json, progress, one=False):
         project = open_project(project_path)
-        names[:] = _sync_names(project, sync_names, run_all)
+        progress.names = _sync_names(project, sync_names, run_all)
         console = RichConsole(quiet=as_json)
         # the syncs of this command resolve the identity graph once and share the state store
         with signals_let_requests_finish(), Session() as session:
             reports, failed = _each(
-                names,
+                progress,
                 lambda name: run_sync(
                     project,
                     name,

@@ -347,7 +347,7 @@ def _check_track(settings: CustomerIOSettings) -> str:
     from lockgate.destinations.customerio.client import refused_credentials
     from lockgate.errors import DestinationAuthError, DestinationError
 
-    url = settings.track_base + region.REGION_PATH
+    url = settings.track_shown + region.REGION_PATH  # as messages show it
     if not settings.site_id or not settings.api_key:
         raise DestinationAuthError(
             "no Track API credentials", hint="set CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY"
@@ -356,13 +356,13 @@ def _check_track(settings: CustomerIOSettings) -> str:
         answer = region.ask(settings, timeout=TIMEOUT)
     except httpx.HTTPError as exc:
         raise DestinationError(
-            f"cannot reach `{settings.track_base}`: {type(exc).__name__}: {exc}",
+            f"cannot reach `{settings.track_shown}`: {type(exc).__name__}: {exc}",
             hint="check CUSTOMERIO_TRACK_URL (unset it to use the region's host), "
             "CUSTOMERIO_REGION, and the network or proxy between here and Customer.io",
         ) from exc
     status = answer.status_code
     if status in (401, 403):
-        raise refused_credentials(status, settings.track_base, checking=True)
+        raise refused_credentials(status, settings.track_shown, checking=True)
     if 300 <= status < 400:
         raise DestinationError(
             f"`{url}` redirected (HTTP {status}) to `{answer.headers.get('location', '?')}`",
@@ -389,23 +389,23 @@ def _check_track(settings: CustomerIOSettings) -> str:
 def _check_app(settings: CustomerIOSettings, verify: bool) -> str:
     from lockgate.errors import DestinationAuthError, DestinationError
 
-    url = f"{settings.app_base}/v1/workspaces"
+    url = f"{settings.app_shown}/v1/workspaces"  # as messages show it
     try:
         answer = httpx.get(
-            url,
+            f"{settings.app_base}/v1/workspaces",
             headers={"Authorization": f"Bearer {settings.app_api_key}"},
             timeout=TIMEOUT,
             verify=verify,
         )
     except httpx.HTTPError as exc:
         raise DestinationError(
-            f"cannot reach `{settings.app_base}`: {type(exc).__name__}: {exc}",
+            f"cannot reach `{settings.app_shown}`: {type(exc).__name__}: {exc}",
             hint="check CUSTOMERIO_APP_URL (unset it to use the region's host) and the network",
         ) from exc
     if answer.status_code in (401, 403):
         raise DestinationAuthError(
             f"Customer.io refused the App API key (HTTP {answer.status_code}) at "
-            f"`{settings.app_base}`",
+            f"`{settings.app_shown}`",
             status=answer.status_code,
             hint="check CUSTOMERIO_APP_API_KEY: an App API key (Settings > API credentials > "
             "App API keys), not a Track API key, of a workspace in CUSTOMERIO_REGION",

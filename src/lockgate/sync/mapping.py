@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from lockgate.destinations.customerio.settings import MAX_OP_BYTES
 from lockgate.errors import ConfigError
 from lockgate.project.identity import IDENTIFIER_SPACE
 from lockgate.project.models import (
@@ -45,7 +46,8 @@ IDENTIFIER_PRIORITY = ("id", "cio_id", "email")
 MAX_ID_BYTES = 150
 MAX_VALUE_BYTES = 1000
 MAX_EVENT_NAME_BYTES = 100
-MAX_EVENT_DATA_BYTES = 100_000
+#: what delivery puts before an event's operation: `{"id":"<its 26-character ULID>",`
+EVENT_ID_BYTES = len('{"id":"",') + 26
 FUTURE_TOLERANCE_SECONDS = 300
 
 TIMESTAMP_TYPES = ("TIMESTAMP", "DATE")
@@ -1410,14 +1412,20 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
         f"case when strlen(__name) > {MAX_EVENT_NAME_BYTES} then "
         f"{lit('event name `')} || __name || {lit(f'` is over {MAX_EVENT_NAME_BYTES} bytes')} end"
     )
-    checks.append(
-        f"case when strlen(__props) > {MAX_EVENT_DATA_BYTES} then "
-        f"{lit(f'event properties are over {MAX_EVENT_DATA_BYTES} bytes')} end"
-    )
     op = (
         '\'"type":"person","action":"event","identifiers":\' || '
         f"{identifiers} || ',\"name\":' || to_json(__name) || ',\"timestamp\":' || "
         "coalesce(__ts, 0) || ',\"attributes\":' || __props || '}'"
+    )
+    # Customer.io takes at most 32 KB per operation of a batch, which its 100,000-byte limit of
+    # event data cannot reach: an event over it is never sent, so it is rejected here, with
+    # its size, not counted as refused by Customer.io
+    size = f"(strlen({op}) + {EVENT_ID_BYTES})"
+    over = f" bytes as sent, over the {MAX_OP_BYTES}-byte limit of Customer.io per operation ("
+    tail = " bytes of properties); trim large properties in the model or leave them out"
+    checks.append(
+        f"case when {size} > {MAX_OP_BYTES} then {lit('event is ')} || {size} || {lit(over)} || "
+        f"strlen(__props) || {lit(tail)} end"
     )
     backfill = backfill_sql.replace(ts_sql, "__ts")
     middle = (

@@ -1050,6 +1050,27 @@ def _stopped_report(
     )
 
 
+#: the attribute of a stop (SIGTERM, Ctrl-C: a KeyboardInterrupt) that holds the report of
+#: the run it stopped (:func:`stopped_run`)
+_STOPPED_RUN = "lockgate_stopped_run"
+
+
+def report_stop(
+    stop: KeyboardInterrupt, run_id: str, sync: SyncConfig, counts: dict[str, Any]
+) -> None:
+    """Attach to ``stop`` the report of the run it stopped, as recorded (status `failed`,
+    error `interrupted`, what it planned and delivered so far): `lockgate sync --json` prints
+    it, so a wrapper reading stdout (Airflow, cron) learns how far the run got."""
+    report = {"run_id": run_id, "sync": sync.name, "kind": sync.kind, "status": "failed"}
+    setattr(stop, _STOPPED_RUN, {**report, **counts, "error": "interrupted"})
+
+
+def stopped_run(stop: BaseException) -> dict[str, Any] | None:
+    """The report :func:`report_stop` attached to ``stop``; None when it stopped no run."""
+    report: dict[str, Any] | None = getattr(stop, _STOPPED_RUN, None)
+    return report
+
+
 def _alert(
     store: StateStore,
     project: Project,
@@ -1258,6 +1279,8 @@ def run_sync(
             if isinstance(exc, LockgateError) and exc.report is None:
                 exc.report = stopped_report  # for the command's output: why it stopped
             store.finish_run(run_id, "failed", stopped, error=reason or type(exc).__name__)
+            if isinstance(exc, KeyboardInterrupt):
+                report_stop(exc, run_id, sync, stopped)
             if not isinstance(exc, KeyboardInterrupt):  # a stop on purpose is no alarm
                 if not only:
                     _alert(store, project, sync.name, run_id, "failed", stopped, reason, console)

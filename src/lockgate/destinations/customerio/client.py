@@ -286,7 +286,11 @@ class CustomerIOClient:
             if answer.error is None and status is not None and status in ACCEPTED_WHOLE:
                 self.stats.delivered += packed.size
                 return packed, status, None
-            return packed, status or 0, await self._answered(packed.unpack(), answer, 0)
+            try:
+                return packed, status or 0, await self._answered(packed.unpack(), answer, 0)
+            except DestinationUnavailableError as exc:  # yielded as this batch's outcome
+                exc.settled = (packed, status or 0, exc.settled)
+                raise
 
         async for item in self._in_flight(batches, run):
             yield item
@@ -344,6 +348,9 @@ class CustomerIOClient:
                 if item is done:
                     return
                 if isinstance(item, BaseException):
+                    settled = getattr(item, "settled", None)
+                    if settled is not None:  # the outcome of the batch that stopped the run
+                        yield settled
                     raise item
                 yield item
         finally:
@@ -419,8 +426,8 @@ class CustomerIOClient:
             self._failed_in_a_row += 1
             stop = self.settings.stop_after_failed_batches
             if stop and self._failed_in_a_row >= stop:
-                raise DestinationUnavailableError(
-                    f"`{self.settings.track_base}` is down or unreachable: "
+                unavailable = DestinationUnavailableError(
+                    f"`{self.settings.track_shown}` is down or unreachable: "
                     f"{self._failed_in_a_row} batches in a row failed {attempts} attempts each "
                     f"(last: {answer.error}); the run stopped, and records not delivered wait "
                     "for the next run",
@@ -429,6 +436,11 @@ class CustomerIOClient:
                     "the network or proxy, status.customer.io), then run again; "
                     "`stop_after_failed_batches` sets how many failed batches stop a run",
                 )
+                # this batch was sent too: its records are dead letters of the run it stops
+                unavailable.settled = self._settle(
+                    batch, Outcome.DEAD_LETTER, status, str(answer.error), attempts
+                )
+                raise unavailable
             return self._settle(batch, Outcome.DEAD_LETTER, status, str(answer.error), attempts)
         assert status is not None
         if 200 <= status < 300 and status != 207:
@@ -441,11 +453,11 @@ class CustomerIOClient:
             # an `id` are safe to apply twice).
             return await self._split(batch, status, answer.body, attempts)
         if status in AUTH_STATUSES:
-            raise refused_credentials(status, self.settings.track_base)
+            raise refused_credentials(status, self.settings.track_shown)
         if 300 <= status < 400:
             location = answer.location or "no Location header"
             raise DestinationError(
-                f"`{self.settings.track_base}{BATCH_PATH}` redirected (HTTP {status}) to "
+                f"`{self.settings.track_shown}{BATCH_PATH}` redirected (HTTP {status}) to "
                 f"`{location}`",
                 status=status,
                 hint="Customer.io redirects traffic sent to the other region's host; set "
@@ -453,7 +465,7 @@ class CustomerIOClient:
             )
         if status in URL_STATUSES:
             raise DestinationError(
-                f"`{self.settings.track_base}{BATCH_PATH}` answered HTTP {status}: "
+                f"`{self.settings.track_shown}{BATCH_PATH}` answered HTTP {status}: "
                 f"{_snippet(answer.body)}",
                 status=status,
                 hint="check CUSTOMERIO_TRACK_URL (unset it to use the region's host)",
@@ -468,14 +480,18 @@ class CustomerIOClient:
                 self.stats.rejected += len(results)
                 rest = batch.without(mapped)
                 if len(rest):
-                    results += await self._deliver_batch(rest, attempts)
+                    try:
+                        results += await self._deliver_batch(rest, attempts)
+                    except DestinationUnavailableError as exc:  # the rejected go with it
+                        exc.settled = results + list(exc.settled or ())
+                        raise
                 return results
         if status in SPLIT_STATUSES:
             return await self._split(batch, status, answer.body, attempts)
         # Anything else (409, 415, ...) is not about one record: splitting would send
         # every record alone to get the same answer. Stop the run instead.
         raise DestinationError(
-            f"unexpected answer from `{self.settings.track_base}{BATCH_PATH}`: "
+            f"unexpected answer from `{self.settings.track_shown}{BATCH_PATH}`: "
             f"{whole_batch_reason(status, answer.body)}",
             status=status,
             hint="check CUSTOMERIO_TRACK_URL and any proxy in between; report this if it persists",
@@ -488,7 +504,11 @@ class CustomerIOClient:
         self.stats.splits += 1
         left, right = batch.halves()
         first = await self._deliver_batch(left, attempts)
-        return first + await self._deliver_batch(right, attempts)
+        try:
+            return first + await self._deliver_batch(right, attempts)
+        except DestinationUnavailableError as exc:  # the first half's outcomes go with it
+            exc.settled = first + list(exc.settled or ())
+            raise
 
     def _settle(
         self, batch: Batch, outcome: Outcome, status: int | None, reason: str | None, n: int

@@ -79,7 +79,7 @@ def check_before_sending(settings: CustomerIOSettings) -> None:
     if answer.status_code == 401:
         from lockgate.destinations.customerio.client import refused_credentials
 
-        raise refused_credentials(answer.status_code, settings.track_base)
+        raise refused_credentials(answer.status_code, settings.track_shown)
     found = workspace(answer)
     if found is None:
         return

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lockgate.errors import ConfigError
+from lockgate.errors import ConfigError, without_userinfo
 
 Region = Literal["us", "eu"]
 
@@ -135,6 +135,16 @@ class CustomerIOSettings:
     def app_base(self) -> str:
         """The App API base URL in use (override or region host), without a trailing slash."""
         return (self.app_url or APP_HOSTS[self.region]).rstrip("/")
+
+    @property
+    def track_shown(self) -> str:
+        """:attr:`track_base` as messages show it: a proxy's user and password as `***`."""
+        return without_userinfo(self.track_base)
+
+    @property
+    def app_shown(self) -> str:
+        """:attr:`app_base` as messages show it: a proxy's user and password as `***`."""
+        return without_userinfo(self.app_base)
 
     @classmethod
     def from_env(
