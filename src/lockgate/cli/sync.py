@@ -407,7 +407,8 @@ def _finish(
         total = len(reports) + len(failed)
         error = LockgateError(
             f"{len(failed)} of {total} {what}s failed: {', '.join(n for n, _ in failed)}",
-            hint=f"each one's error is above; the other syncs' {what}s went on",
+            hint="each one's error is above; the other syncs "
+            + ("went on" if what == "sync" else f"were {what}ned"),
         )
         error.printed_as_json = as_json  # each failure is in the document printed above
         raise error
@@ -663,7 +664,7 @@ def show_run(
     if as_json:
         data = dataclasses.asdict(row)
         data["rejected"] = [
-            {"stage": stage, "key": key, "reason": reason}
+            {"stage": _STAGES.get(stage, stage), "key": key, "reason": reason}
             for stage, key, reason in rejected[:limit]
         ]
         data["rejected_recorded"] = len(rejected)
@@ -695,7 +696,7 @@ def show_run(
                 if more
                 else ""
             ),
-            ["rejected at", "key", "reason"],
+            ["stage", "key", "reason"],
             [(_STAGES.get(stage, stage), key, reason) for stage, key, reason in shown],
         )
     if export is not None:
@@ -770,7 +771,7 @@ def _write_rejected_csv(path: Path, sync: str, rows: list[tuple[str, str, str]])
     table = pa.table(
         {
             "sync": pa.array([sync] * len(rows), pa.string()),
-            "stage": pa.array([r[0] for r in rows], pa.string()),
+            "stage": pa.array([_STAGES.get(r[0], r[0]) for r in rows], pa.string()),
             "key": pa.array([r[1] for r in rows], pa.string()),
             "reason": pa.array([r[2] for r in rows], pa.string()),
         }

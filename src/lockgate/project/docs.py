@@ -33,6 +33,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`event.id`", models.EventIdConfig),
     ("`backfill:` in an events sync", models.BackfillConfig),
     ("`guardrails:` in a sync or in `defaults`", models.GuardrailsConfig),
+    ("an entry of `on_change` in a people or objects sync", models.OnChangeConfig),
 ]
 
 
@@ -65,7 +66,8 @@ def render() -> str:
         "",
     ]
     for title, model in SECTIONS:
-        doc = (model.__doc__ or "").strip().splitlines()[0]
+        # the docstring's first paragraph, which may run over several lines
+        doc = " ".join((model.__doc__ or "").strip().split("\n\n")[0].split())
         lines += [
             f"## {title}",
             "",

@@ -226,8 +226,23 @@ class CustomerIODestinationConfig(StrictModel):
     """Track API key, as an env reference (secret)."""
     app_api_key: str | None = "${CUSTOMERIO_APP_API_KEY}"
     """App API key for read-back and reconcile, as an env reference (secret)."""
-    region: Literal["us", "eu"] = "us"
-    """Workspace region: `us` or `eu`."""
+    region: Literal["us", "eu"] | None = None
+    """Workspace region: `us` or `eu`. Unset, the `CUSTOMERIO_REGION` variable, else `us`."""
+
+    def region_to_use(self) -> Literal["us", "eu"]:
+        """`region`, else the `CUSTOMERIO_REGION` variable (any case; empty is unset), else
+        `us`: as `track_url` and `CUSTOMERIO_TRACK_URL`, what lockgate.yml says wins."""
+        if self.region is not None:
+            return self.region
+        raw = os.environ.get("CUSTOMERIO_REGION") or ""
+        value = raw.strip().lower() or "us"
+        if value not in ("us", "eu"):
+            raise ConfigError(
+                f"`CUSTOMERIO_REGION` is `{raw}`, which is not a Customer.io region",
+                hint="set it to `us` or `eu` (or `region:` in lockgate.yml's destination)",
+            )
+        return "eu" if value == "eu" else "us"
+
     track_url: str | None = None
     """Override the Track API base URL, e.g. `http://127.0.0.1:8765` for the local emulator,
     or an env reference (`${CUSTOMERIO_TRACK_URL}`). Unset, the `CUSTOMERIO_TRACK_URL`

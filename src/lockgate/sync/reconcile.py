@@ -154,7 +154,7 @@ def app_settings(project: Project, sync: SyncConfig) -> CustomerIOSettings:
         or os.environ.get("CUSTOMERIO_TRACK_URL")
     )
     return CustomerIOSettings(
-        region=os.environ.get("CUSTOMERIO_REGION", config.region),  # type: ignore[arg-type]
+        region=config.region_to_use(),
         app_api_key=key or "",
         app_url=url,
         max_retries=config.max_retries,

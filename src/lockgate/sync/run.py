@@ -75,7 +75,7 @@ def destination_settings(project: Project, name: str) -> CustomerIOSettings:
     return CustomerIOSettings(
         site_id=resolve_env(config.site_id, field="site_id") or "",
         api_key=resolve_env(config.api_key, field="api_key") or "",
-        region=os.environ.get("CUSTOMERIO_REGION", config.region),  # type: ignore[arg-type]
+        region=config.region_to_use(),
         track_url=track_url,
         app_api_key=_optional_env(config.app_api_key) or "",
         app_url=app_url,

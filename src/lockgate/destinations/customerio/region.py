@@ -59,7 +59,8 @@ def wrong_region(settings: CustomerIOSettings, found: str) -> DestinationError:
         f"the workspace is in the `{found}` region, but Lockgate is set to `{settings.region}`: "
         "its data would pass through the other region's host, and App API reads would go to "
         "the wrong one",
-        hint=f"set CUSTOMERIO_REGION={found} (or `region: {found}` in lockgate.yml)",
+        hint=f"set `region: {found}` in lockgate.yml's destination (or, when lockgate.yml "
+        f"sets no region, CUSTOMERIO_REGION={found})",
     )
 
 
