@@ -297,3 +297,39 @@ def test_a_cio_id_finds_its_person_only_when_written_exactly(
     assert [p.attributes for p in emu.people()] == [{"a": 3}]
     failures = [a for a in emu.activity_log() if a.kind == "attribute update failure"]
     assert len(failures) == 6
+
+
+def test_a_number_as_person_identifier_is_refused_not_turned_into_text(
+    emu: Emulator, track: httpx.Client
+) -> None:
+    """The spec types identifiers as strings and v1 refuses a body ``"id": 42``: a client that
+    sends numbers must fail here as it would against Customer.io, not store person "42"."""
+    op = {"type": "person", "action": "identify", "identifiers": {"id": 42}, "attributes": {}}
+    r = track.post("/api/v2/entity", json=op)
+    assert (r.status_code, r.json()) == (
+        400,
+        {
+            "errors": [
+                {
+                    "reason": "invalid",
+                    "field": "identifiers.id",
+                    "message": "id must be a string, got `42`",
+                }
+            ]
+        },
+    )
+    batch = [
+        {"type": "person", "action": "event", "identifiers": {"cio_id": 5}, "name": "x"},
+        person_op("identify", {"id": "42"}),
+    ]
+    r = track.post("/api/v2/batch", json={"batch": batch})
+    assert r.status_code == 207
+    assert r.json()["errors"] == [
+        {
+            "batch_index": 0,
+            "reason": "invalid",
+            "field": "identifiers.cio_id",
+            "message": "cio_id must be a string, got `5`",
+        }
+    ]
+    assert [p.id for p in emu.people()] == ["42"] and emu.events() == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -114,11 +115,14 @@ def check_timestamp(value: Any, field: str = "timestamp") -> int | None:
 
 
 def check_identifier_value(kind: str, value: Any, field: str) -> str:
-    """A person identifier value: a non-empty string; ``id`` at most 150 bytes."""
-    if isinstance(value, int) and not isinstance(value, bool) and kind in ("id", "cio_id"):
-        value = str(value)
+    """A person identifier value: a non-empty string; ``id`` at most 150 bytes.
+
+    A JSON number is refused like any other non-string (the spec types every identifier as a
+    string, and v1 refuses a body ``"id": 42``): turning ``42`` into ``"42"`` here would let a
+    client that sends numbers pass the tests and fail against Customer.io.
+    """
     if not isinstance(value, str):
-        raise ItemError("invalid", field, f"{kind} must be a string")
+        raise ItemError("invalid", field, f"{kind} must be a string, got `{json.dumps(value)}`")
     if value == "":
         raise ItemError("required", field, f"{kind} cannot be an empty string")
     if kind == "id" and len(value.encode()) > ID_MAX_BYTES:
