@@ -333,3 +333,28 @@ def test_a_number_as_person_identifier_is_refused_not_turned_into_text(
         }
     ]
     assert [p.id for p in emu.people()] == ["42"] and emu.events() == []
+
+
+def test_created_at_in_v2_identify_must_be_unix_seconds_as_in_v1(
+    emu: Emulator, track: httpx.Client
+) -> None:
+    """The fast path for plain identifies must not let a millisecond ``created_at`` through."""
+    bad = [1_700_000_000_000, 1_700_000_000.5, "1700000000", "2024-01-02T00:00:00Z"]
+    batch = [
+        person_op("identify", {"id": f"u{i}"}, attributes={"created_at": v})
+        for i, v in enumerate(bad)
+    ]
+    batch.append(person_op("identify", {"id": "ok"}, attributes={"created_at": 1_700_000_000}))
+    r = track.post("/api/v2/batch", json={"batch": batch})
+    assert r.status_code == 207
+    errors = r.json()["errors"]
+    assert [(e["batch_index"], e["field"]) for e in errors] == [
+        (i, "attributes.created_at") for i in range(4)
+    ]
+    assert errors[0]["message"] == (
+        "attributes.created_at `1700000000000` is not unix seconds (milliseconds? divide by 1000)"
+    )
+    assert [p.id for p in emu.people()] == ["ok"]
+    assert emu.person(id="ok").created_at == 1_700_000_000  # type: ignore[union-attr]
+    r = track.post("/api/v2/entity", json=batch[0])
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "attributes.created_at"

@@ -188,6 +188,8 @@ def _person(op: dict[str, Any], rt: Runtime) -> Apply:
         attrs = L.check_attributes(op.get("attributes"), "attributes")
         ts = L.check_timestamp(op.get("timestamp"))
         L.check_timestamp(attrs.get("_timestamp"), "attributes._timestamp")
+        # the reserved attribute is unix seconds on every surface (v1 checks it the same way)
+        L.check_timestamp(attrs.get("created_at"), "attributes.created_at")
         rels = op.get("cio_relationships")
         items = person_relationships(rels, "cio_relationships") if rels else []
         update_only = attrs.get("_update") is True
@@ -394,6 +396,7 @@ def fast_identifies(ops: list[Any], start: int, run: IdentifyRun) -> int:
     when it accepted them all)."""
     kinds, values, attrs_of, plains = run.kinds, run.values, run.attrs, run.plain
     max_count, value_max, op_max = L.ATTRS_MAX_COUNT, L.ATTR_VALUE_MAX_BYTES, L.OP_MAX_BYTES
+    ts_max = L.MAX_UNIX_SECONDS
     verdicts = _NAMES.get
     last_names: tuple[str, ...] | None = None  # most ops repeat the previous op's names
     last_verdict = _REJECT
@@ -430,6 +433,10 @@ def fast_identifies(ops: list[Any], start: int, run: IdentifyRun) -> int:
         if verdict is _REJECT:
             return i
         plain = verdict is _PLAIN
+        if not plain and "created_at" in attrs:  # unix seconds, else plan() says why not
+            created = attrs["created_at"]
+            if created is not None and (type(created) is not int or not 0 <= created < ts_max):
+                return i
         chars = 0  # characters of string values
         for v in attrs.values():
             tv = type(v)
