@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import orjson
 
 from lockgate.emulator import Emulator, EmulatorConfig
 
@@ -358,3 +359,21 @@ def test_created_at_in_v2_identify_must_be_unix_seconds_as_in_v1(
     assert emu.person(id="ok").created_at == 1_700_000_000  # type: ignore[union-attr]
     r = track.post("/api/v2/entity", json=batch[0])
     assert r.status_code == 400 and r.json()["errors"][0]["field"] == "attributes.created_at"
+
+
+def test_batch_limit_is_500_000_bytes_not_500_kib(emu: Emulator, track: httpx.Client) -> None:
+    """ "< 500 KB" read strictly: a client packing batches up to 500 KiB would fail for real."""
+
+    headers = {"content-type": "application/json"}
+    ops = [person_op("identify", {"id": f"u{i}"}, attributes={"v": "x" * 900}) for i in range(507)]
+    over = orjson.dumps({"batch": ops})
+    assert 500_000 < len(over) < 500 * 1024
+    r = track.post("/api/v2/batch", content=over, headers=headers)
+    assert r.status_code == 400
+    assert r.json()["errors"][0]["message"] == (
+        f"request body is {len(over):,} B; /batch takes < 500,000 B (500 KB)"
+    )
+    assert emu.people() == []
+    under = orjson.dumps({"batch": ops[:500]})
+    assert len(under) < 500_000
+    assert track.post("/api/v2/batch", content=under, headers=headers).status_code == 200

@@ -498,7 +498,9 @@ def entity(rt: Runtime, request: Request, body: bytes) -> Response:
 def batch(rt: Runtime, request: Request, body: bytes) -> Response:
     started = time.perf_counter()
     if len(body) >= L.BATCH_MAX_BYTES:
-        return _whole(400, "limit", "", f"request body is {len(body)} B; /batch takes < 500 KB")
+        return _whole(
+            400, "limit", "", f"request body is {len(body):,} B; /batch takes < 500,000 B (500 KB)"
+        )
     with L.gc_paused():
         return _batch(rt, body, started)
 
