@@ -377,3 +377,61 @@ def test_batch_limit_is_500_000_bytes_not_500_kib(emu: Emulator, track: httpx.Cl
     under = orjson.dumps({"batch": ops[:500]})
     assert len(under) < 500_000
     assert track.post("/api/v2/batch", content=under, headers=headers).status_code == 200
+
+
+def test_a_person_holds_at_most_300_attributes_across_calls(
+    emu: Emulator, track: httpx.Client
+) -> None:
+    """Reference §9: 300 attributes per person, not only per call. The call is accepted (200,
+    as Customer.io answers before it applies), the attributes past the cap are not added, and
+    the failure is in the activity log; known attributes still update."""
+    first = {f"a{i}": i for i in range(200)}
+    second = {"a0": "changed", **{f"b{i}": i for i in range(200)}}
+    for attrs in (first, second):
+        r = track.post(
+            "/api/v2/batch", json={"batch": [person_op("identify", {"id": "p"}, attributes=attrs)]}
+        )
+        assert (r.status_code, r.json()) == (200, {})
+    person = emu.person(id="p")
+    assert person is not None and len(person.attributes) == 300
+    assert person.attributes["a0"] == "changed" and "b99" in person.attributes
+    assert "b100" not in person.attributes
+    (failure,) = emu.activity_log()
+    assert failure.kind == "attribute update failure"
+    assert failure.message == (
+        f"{person.cio_id} has 300 attributes, the most a person can have; 100 new attribute(s) "
+        "not added: b100, b101, b102, b103, b104, …"
+    )
+    # removing attributes makes room again
+    removal = {f"a{i}": None for i in range(1, 11)} | {"c": 1}
+    track.post("/api/v2/entity", json=person_op("identify", {"id": "p"}, attributes=removal))
+    assert len(emu.person(id="p").attributes) == 291  # type: ignore[union-attr]
+
+
+def test_an_object_holds_at_most_100_kb_and_300_attributes_across_calls(
+    emu: Emulator, track: httpx.Client
+) -> None:
+    """Reference §3: <= 300 attributes and <= 100 KB of them per object or relationship."""
+    acme = {"object_type_id": "1", "object_id": "acme"}
+    for j in range(12):  # 30 attributes of ~900 B per call: each call is within its own limits
+        op = {
+            "type": "object",
+            "action": "identify",
+            "identifiers": acme,
+            "attributes": {f"k{j}_{i}": "x" * 900 for i in range(30)},
+        }
+        assert track.post("/api/v2/entity", json=op).status_code == 200
+    (obj,) = emu.objects()
+    size = sum(len(k) + len(v) for k, v in obj.attributes.items())
+    assert size <= 100 * 1024 and len(obj.attributes) == 113
+    kinds = {a.kind for a in emu.activity_log()}
+    assert kinds == {"attribute update failure"}
+    assert (
+        "object `1/acme` would pass 300 attributes or 102,400 bytes"
+        in emu.activity_log()[0].message
+    )
+    small = {"type": "object", "action": "identify", "identifiers": acme}
+    for j in range(2):
+        small["attributes"] = {f"n{j}_{i}": 1 for i in range(150)}
+        track.post("/api/v2/entity", json=small)
+    assert len(emu.objects()[0].attributes) <= 300

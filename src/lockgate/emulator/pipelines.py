@@ -165,7 +165,7 @@ def _semantic(rt: Runtime, msg: dict[str, Any], user: str | None, event: str) ->
         def unrelate(s: Store) -> None:
             p = s.resolve(r)
             if p is not None:
-                s.relate(("p", p.cio_id), key, None, add=False)
+                s.relate(("p", p.cio_id), key, None, add=False, source=SOURCE)
 
         return unrelate
     if event in ("Report Delivery Event", "Report Content Event"):
@@ -263,9 +263,9 @@ def _group(
         if user:
             p = s.person_or_create(("id", user), SOURCE)
             if p is not None:
-                s.relate(("p", p.cio_id), key, rel_attrs, add=True)
+                s.relate(("p", p.cio_id), key, rel_attrs, add=True, source=SOURCE)
         elif anon:
-            s.relate(("a", anon), key, rel_attrs, add=True)
+            s.relate(("a", anon), key, rel_attrs, add=True, source=SOURCE)
 
     return group
 

@@ -160,7 +160,7 @@ def relate_person(
             else store.object_key(oref, source, create=False)
         )
         if key is not None:
-            store.relate(("p", p.cio_id), key, attrs, add=add)
+            store.relate(("p", p.cio_id), key, attrs, add=add, source=source)
 
 
 def _person(op: dict[str, Any], rt: Runtime) -> Apply:
@@ -300,11 +300,11 @@ def _relate_people(
 ) -> None:
     for pref, attrs in people:
         if pref[0] == "anonymous_id":
-            s.relate(("a", pref[1]), key, attrs, add=add)
+            s.relate(("a", pref[1]), key, attrs, add=add, source=SOURCE)
             continue
         p = s.person_or_create(pref, SOURCE) if add else s.resolve(pref)
         if p is not None:
-            s.relate(("p", p.cio_id), key, attrs, add=add)
+            s.relate(("p", p.cio_id), key, attrs, add=add, source=SOURCE)
 
 
 def _delivery(op: dict[str, Any], rt: Runtime) -> Apply:
