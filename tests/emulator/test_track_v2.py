@@ -435,3 +435,35 @@ def test_an_object_holds_at_most_100_kb_and_300_attributes_across_calls(
         small["attributes"] = {f"n{j}_{i}": 1 for i in range(150)}
         track.post("/api/v2/entity", json=small)
     assert len(emu.objects()[0].attributes) <= 300
+
+
+def test_integers_past_64_bits_stay_exact_and_count_their_digits(
+    emu: Emulator, track: httpx.Client
+) -> None:
+    """A big integer is valid JSON: stored exactly (not as a float losing digits), and held to
+    the 1000-byte value limit by its digits, not refused as "not valid JSON"."""
+    headers = {"content-type": "application/json"}
+    body = (
+        b'{"batch": [{"type": "person", "action": "identify", "identifiers": {"id": "big"},'
+        b' "attributes": {"n": 123456789012345678901234, "m": -9223372036854775809}},'
+        b' {"type": "person", "action": "identify", "identifiers": {"id": "huge"},'
+        b' "attributes": {"n": 1' + b"0" * 1000 + b"}}]}"
+    )
+    r = track.post("/api/v2/batch", content=body, headers=headers)
+    assert r.status_code == 207
+    assert r.json()["errors"] == [
+        {
+            "batch_index": 1,
+            "reason": "limit",
+            "field": "attributes.n",
+            "message": "value for attribute 'n' cannot be longer than 1000 bytes",
+        }
+    ]
+    big = emu.person(id="big")
+    assert big is not None and big.attributes == {
+        "n": 123456789012345678901234,
+        "m": -9223372036854775809,
+    }
+    with emu.client(headers=emu.app_headers) as app:
+        found = app.get("/v1/customers/big/attributes").json()["customer"]["attributes"]
+    assert found["n"] == "123456789012345678901234"

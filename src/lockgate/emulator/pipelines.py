@@ -169,7 +169,7 @@ def _semantic(rt: Runtime, msg: dict[str, Any], user: str | None, event: str) ->
 
         return unrelate
     if event in ("Report Delivery Event", "Report Content Event"):
-        return lambda s: s.log(event.lower(), orjson.dumps(props).decode()[:200], SOURCE)
+        return lambda s: s.log(event.lower(), L.dumps(props).decode()[:200], SOURCE)
     return None
 
 
@@ -323,7 +323,7 @@ def handler(kind: str | None) -> Handler:
                 return _reject(
                     rt, strict, 400, f"request is {len(raw)} B, over the {limit} B limit"
                 )
-            doc = orjson.loads(raw)
+            doc = L.loads(raw)
         except ItemError as exc:
             return _reject(rt, strict, 400, exc.message)
         except orjson.JSONDecodeError:
@@ -338,7 +338,7 @@ def handler(kind: str | None) -> Handler:
         errors: list[str] = []
         for i, msg in enumerate(msgs):
             try:
-                if kind is None and len(orjson.dumps(msg)) > L.PIPELINES_CALL_MAX_BYTES:
+                if kind is None and len(L.dumps(msg)) > L.PIPELINES_CALL_MAX_BYTES:
                     raise ItemError("limit", "", "call is over 32 KB")
                 plans.append((msg, plan(rt, msg, kind)))
             except ItemError as exc:

@@ -24,6 +24,7 @@ from starlette.responses import Response
 from lockgate.emulator import auth
 from lockgate.emulator.config import EmulatorConfig
 from lockgate.emulator.faults import DropConnection, FaultInjector
+from lockgate.emulator.limits import dumps, loads
 from lockgate.emulator.models import RequestRecord
 from lockgate.emulator.store import Store
 
@@ -32,7 +33,7 @@ Handler = Callable[["Runtime", Request, bytes], Response]
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
+    return Response(dumps(body), status, headers=headers, media_type="application/json")
 
 
 OK_EMPTY = b"{}"
@@ -176,7 +177,7 @@ def _decode(body: bytes) -> Any:
         except (OSError, EOFError):
             return None
     try:
-        return orjson.loads(body)
+        return loads(body)
     except orjson.JSONDecodeError:
         return body.decode("utf-8", "replace")
 

@@ -455,7 +455,7 @@ def fast_identifies(ops: list[Any], start: int, run: IdentifyRun) -> int:
         if plain and type(attrs.get("email", "")) is not str:
             plain = False
         bound = _OP_FIXED_JSON + len(attrs) * _ATTR_JSON + 6 * (chars + len(value))
-        if bound > op_max and len(orjson.dumps(op)) > op_max:
+        if bound > op_max and len(L.dumps(op)) > op_max:
             return i
         kinds.append(kind)
         values.append(value)
@@ -484,7 +484,7 @@ def entity(rt: Runtime, request: Request, body: bytes) -> Response:
     if len(body) >= L.ENTITY_MAX_BYTES:
         return _whole(400, "limit", "", f"request body is {len(body)} B; /entity takes < 32 KB")
     try:
-        op = orjson.loads(body)
+        op = L.loads(body)
         apply = plan(op, rt)
     except orjson.JSONDecodeError as exc:
         return _whole(400, "invalid", "", f"body is not valid JSON: {exc}")
@@ -506,8 +506,9 @@ def batch(rt: Runtime, request: Request, body: bytes) -> Response:
 
 
 def _batch(rt: Runtime, body: bytes, started: float) -> Response:
+    long = L.has_long_number(body)
     try:
-        doc = orjson.loads(body)
+        doc = L.loads(body, long)
     except orjson.JSONDecodeError as exc:
         return _whole(400, "invalid", "", f"body is not valid JSON: {exc}")
     ops = doc.get("batch") if isinstance(doc, dict) else None
@@ -518,8 +519,9 @@ def _batch(rt: Runtime, body: bytes, started: float) -> Response:
     plans: list[Apply] = []
     run = IdentifyRun()  # consecutive fast identifies, applied as one unit
     accepted = 0
-    # refused people are found by the exact path only: the fast one stays as it is
-    fast = _no_fast_path if rt.config.faults.reject_people else fast_identifies
+    # refused people and integers past 64 bits (which the fast path takes for 8 bytes) are
+    # found by the exact path only: the fast one stays as it is
+    fast = _no_fast_path if rt.config.faults.reject_people or long else fast_identifies
     i = fast(ops, 0, run)
     while i < len(ops):
         op = ops[i]
@@ -528,7 +530,7 @@ def _batch(rt: Runtime, body: bytes, started: float) -> Response:
             accepted += len(run)
             run = IdentifyRun()
         try:
-            if check_size and len(orjson.dumps(op)) > L.OP_MAX_BYTES:
+            if check_size and len(L.dumps(op)) > L.OP_MAX_BYTES:
                 raise ItemError("limit", "", "operation is over 32 KB")
             plans.append(plan(op, rt))
             accepted += 1
