@@ -103,5 +103,12 @@ def test_app_api_needs_bearer(emu: Emulator) -> None:
 def test_app_rate_limit_is_ten_per_second() -> None:
     emu = Emulator(EmulatorConfig())
     with emu.client(headers=emu.app_headers) as app:
-        statuses = [app.get("/v1/workspaces").status_code for _ in range(12)]
+        answers = [app.get("/v1/workspaces") for _ in range(12)]
+    statuses = [r.status_code for r in answers]
     assert statuses[:10] == [200] * 10 and 429 in statuses[10:]
+    # the App API's error shape, as its 401 and 404 answers: one shape for a client to read
+    limited = answers[statuses.index(429)]
+    assert limited.json() == {
+        "errors": [{"detail": "Your request is over the 10-per-second limit", "status": "429"}]
+    }
+    assert limited.headers["Retry-After"] == "1"

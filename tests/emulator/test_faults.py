@@ -106,3 +106,20 @@ def test_rejected_people_get_a_207_entry_like_a_real_error_and_nothing_applied()
 def test_reject_people_must_be_identifiers_not_one_text() -> None:
     with pytest.raises(ConfigError, match="not a set"):
         FaultConfig(reject_people="42")  # type: ignore[arg-type]
+
+
+def test_injected_faults_answer_in_each_surface_s_error_shape() -> None:
+    """A client parses one error shape per API: faults must not bring a second one."""
+    emu = Emulator(EmulatorConfig(faults=FaultConfig(error_5xx=1.0)))
+    with emu.client(headers=emu.app_headers) as app:
+        r = app.get("/v1/workspaces")
+    assert (r.status_code, r.json()) == (
+        503,
+        {"errors": [{"detail": "emulator fault: service unavailable", "status": "503"}]},
+    )
+    with emu.client(auth=emu.pipelines_auth) as cdp:
+        r = cdp.post("/v1/identify", json={"userId": "1"}, headers={"X-Strict-Mode": "1"})
+    assert r.json() == {"code": 503, "message": "emulator fault: service unavailable"}
+    with emu.client(auth=emu.track_auth) as track:
+        r = track.put("/api/v1/customers/1", json={})
+    assert r.json() == {"meta": {"error": "emulator fault: service unavailable"}}

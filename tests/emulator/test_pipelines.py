@@ -94,3 +94,56 @@ def test_semantic_events_and_alias(emu: Emulator, cdp: httpx.Client) -> None:
     assert emu.person(id="1").devices[0].platform == "android"  # type: ignore[union-attr]
     cdp.post("/v1/track", json={"userId": "1", "event": "User Deleted"})
     assert emu.people() == []
+
+
+def test_iso_dates_in_traits_become_unix_seconds_as_segment_reads_them(
+    emu: Emulator, cdp: httpx.Client
+) -> None:
+    """Date-only and zone-less ISO strings are dates too (zone-less read as UTC); a string that
+    only looks like a date stays a string."""
+    traits = {
+        "signup_date": "2024-01-02",
+        "local_ts": "2024-01-02T03:04:05",
+        "utc_ts": "2024-01-02T03:04:05.123+00:00",
+        "not_a_date": "2024-13-45",
+    }
+    r = cdp.post("/v1/identify", json={"userId": "u1", "traits": traits})
+    assert r.status_code == 200
+    assert emu.person(id="u1").attributes == {  # type: ignore[union-attr]
+        "signup_date": 1704153600,
+        "local_ts": 1704164645,
+        "utc_ts": 1704164645,
+        "not_a_date": "2024-13-45",
+    }
+
+
+def test_a_numeric_timestamp_is_refused_strict_and_dropped_permissive(
+    emu: Emulator, cdp: httpx.Client
+) -> None:
+    """Pipelines timestamps are ISO-8601 strings: milliseconds must not become an event time."""
+    call = {"userId": "u1", "event": "paid", "timestamp": 1_700_000_000_000}
+    r = cdp.post("/v1/track", json=call, headers={"X-Strict-Mode": "1"})
+    assert r.status_code == 400
+    assert r.json()["message"] == (
+        'timestamp must be an ISO-8601 string like "2024-01-02T03:04:05Z", got `1700000000000`'
+    )
+    assert cdp.post("/v1/track", json=call).status_code == 200
+    assert emu.events() == []
+    assert emu.activity_log()[-1].kind == "pipelines dropped"
+
+
+def test_ids_track_would_refuse_do_not_land(emu: Emulator, cdp: httpx.Client) -> None:
+    """A userId becomes a person id and a groupId an object_id: both at most 150 bytes."""
+    strict = {"X-Strict-Mode": "1"}
+    r = cdp.post("/v1/identify", json={"userId": "u" * 151, "traits": {"a": 1}}, headers=strict)
+    assert (r.status_code, r.json()["message"]) == (
+        400,
+        "userId is 151 bytes; a person id is at most 150",
+    )
+    group = {"userId": "u1", "groupId": "g" * 151, "traits": {"name": "Acme"}}
+    r = cdp.post("/v1/group", json=group, headers=strict)
+    assert r.status_code == 400 and "groupId is 151 bytes" in r.json()["message"]
+    assert cdp.post("/v1/identify", json={"userId": "u" * 151}).status_code == 200
+    assert emu.people() == [] and emu.objects() == []
+    assert cdp.post("/v1/identify", json={"userId": "u" * 150}).status_code == 200
+    assert [p.id for p in emu.people()] == ["u" * 150]

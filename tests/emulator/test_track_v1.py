@@ -178,3 +178,11 @@ def test_manual_segments_and_app_membership(emu: Emulator, track: httpx.Client) 
         assert app.get("/v1/segments/7/membership").json()["ids"] == ["0"]
         found = app.post("/v1/customers", json={"filter": {"segment": {"id": 7}}}).json()
     assert found["ids"] == ["0"]
+
+
+def test_negative_timestamp_is_refused_without_a_milliseconds_hint(track: httpx.Client) -> None:
+    r = track.post("/api/v1/customers/1/events", json={"name": "x", "timestamp": -5})
+    assert r.status_code == 400
+    assert r.json()["meta"]["error"] == (
+        "timestamp `-5` is before 1970: unix seconds are not negative"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import orjson
 
 from lockgate.emulator import Emulator, EmulatorConfig
 
@@ -297,3 +298,172 @@ def test_a_cio_id_finds_its_person_only_when_written_exactly(
     assert [p.attributes for p in emu.people()] == [{"a": 3}]
     failures = [a for a in emu.activity_log() if a.kind == "attribute update failure"]
     assert len(failures) == 6
+
+
+def test_a_number_as_person_identifier_is_refused_not_turned_into_text(
+    emu: Emulator, track: httpx.Client
+) -> None:
+    """The spec types identifiers as strings and v1 refuses a body ``"id": 42``: a client that
+    sends numbers must fail here as it would against Customer.io, not store person "42"."""
+    op = {"type": "person", "action": "identify", "identifiers": {"id": 42}, "attributes": {}}
+    r = track.post("/api/v2/entity", json=op)
+    assert (r.status_code, r.json()) == (
+        400,
+        {
+            "errors": [
+                {
+                    "reason": "invalid",
+                    "field": "identifiers.id",
+                    "message": "id must be a string, got `42`",
+                }
+            ]
+        },
+    )
+    batch = [
+        {"type": "person", "action": "event", "identifiers": {"cio_id": 5}, "name": "x"},
+        person_op("identify", {"id": "42"}),
+    ]
+    r = track.post("/api/v2/batch", json={"batch": batch})
+    assert r.status_code == 207
+    assert r.json()["errors"] == [
+        {
+            "batch_index": 0,
+            "reason": "invalid",
+            "field": "identifiers.cio_id",
+            "message": "cio_id must be a string, got `5`",
+        }
+    ]
+    assert [p.id for p in emu.people()] == ["42"] and emu.events() == []
+
+
+def test_created_at_in_v2_identify_must_be_unix_seconds_as_in_v1(
+    emu: Emulator, track: httpx.Client
+) -> None:
+    """The fast path for plain identifies must not let a millisecond ``created_at`` through."""
+    bad = [1_700_000_000_000, 1_700_000_000.5, "1700000000", "2024-01-02T00:00:00Z"]
+    batch = [
+        person_op("identify", {"id": f"u{i}"}, attributes={"created_at": v})
+        for i, v in enumerate(bad)
+    ]
+    batch.append(person_op("identify", {"id": "ok"}, attributes={"created_at": 1_700_000_000}))
+    r = track.post("/api/v2/batch", json={"batch": batch})
+    assert r.status_code == 207
+    errors = r.json()["errors"]
+    assert [(e["batch_index"], e["field"]) for e in errors] == [
+        (i, "attributes.created_at") for i in range(4)
+    ]
+    assert errors[0]["message"] == (
+        "attributes.created_at `1700000000000` is not unix seconds (milliseconds? divide by 1000)"
+    )
+    assert [p.id for p in emu.people()] == ["ok"]
+    assert emu.person(id="ok").created_at == 1_700_000_000  # type: ignore[union-attr]
+    r = track.post("/api/v2/entity", json=batch[0])
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "attributes.created_at"
+
+
+def test_batch_limit_is_500_000_bytes_not_500_kib(emu: Emulator, track: httpx.Client) -> None:
+    """ "< 500 KB" read strictly: a client packing batches up to 500 KiB would fail for real."""
+
+    headers = {"content-type": "application/json"}
+    ops = [person_op("identify", {"id": f"u{i}"}, attributes={"v": "x" * 900}) for i in range(507)]
+    over = orjson.dumps({"batch": ops})
+    assert 500_000 < len(over) < 500 * 1024
+    r = track.post("/api/v2/batch", content=over, headers=headers)
+    assert r.status_code == 400
+    assert r.json()["errors"][0]["message"] == (
+        f"request body is {len(over):,} B; /batch takes < 500,000 B (500 KB)"
+    )
+    assert emu.people() == []
+    under = orjson.dumps({"batch": ops[:500]})
+    assert len(under) < 500_000
+    assert track.post("/api/v2/batch", content=under, headers=headers).status_code == 200
+
+
+def test_a_person_holds_at_most_300_attributes_across_calls(
+    emu: Emulator, track: httpx.Client
+) -> None:
+    """Reference §9: 300 attributes per person, not only per call. The call is accepted (200,
+    as Customer.io answers before it applies), the attributes past the cap are not added, and
+    the failure is in the activity log; known attributes still update."""
+    first = {f"a{i}": i for i in range(200)}
+    second = {"a0": "changed", **{f"b{i}": i for i in range(200)}}
+    for attrs in (first, second):
+        r = track.post(
+            "/api/v2/batch", json={"batch": [person_op("identify", {"id": "p"}, attributes=attrs)]}
+        )
+        assert (r.status_code, r.json()) == (200, {})
+    person = emu.person(id="p")
+    assert person is not None and len(person.attributes) == 300
+    assert person.attributes["a0"] == "changed" and "b99" in person.attributes
+    assert "b100" not in person.attributes
+    (failure,) = emu.activity_log()
+    assert failure.kind == "attribute update failure"
+    assert failure.message == (
+        f"{person.cio_id} has 300 attributes, the most a person can have; 100 new attribute(s) "
+        "not added: b100, b101, b102, b103, b104, …"
+    )
+    # removing attributes makes room again
+    removal = {f"a{i}": None for i in range(1, 11)} | {"c": 1}
+    track.post("/api/v2/entity", json=person_op("identify", {"id": "p"}, attributes=removal))
+    assert len(emu.person(id="p").attributes) == 291  # type: ignore[union-attr]
+
+
+def test_an_object_holds_at_most_100_kb_and_300_attributes_across_calls(
+    emu: Emulator, track: httpx.Client
+) -> None:
+    """Reference §3: <= 300 attributes and <= 100 KB of them per object or relationship."""
+    acme = {"object_type_id": "1", "object_id": "acme"}
+    for j in range(12):  # 30 attributes of ~900 B per call: each call is within its own limits
+        op = {
+            "type": "object",
+            "action": "identify",
+            "identifiers": acme,
+            "attributes": {f"k{j}_{i}": "x" * 900 for i in range(30)},
+        }
+        assert track.post("/api/v2/entity", json=op).status_code == 200
+    (obj,) = emu.objects()
+    size = sum(len(k) + len(v) for k, v in obj.attributes.items())
+    assert size <= 100 * 1024 and len(obj.attributes) == 113
+    kinds = {a.kind for a in emu.activity_log()}
+    assert kinds == {"attribute update failure"}
+    assert (
+        "object `1/acme` would pass 300 attributes or 102,400 bytes"
+        in emu.activity_log()[0].message
+    )
+    small = {"type": "object", "action": "identify", "identifiers": acme}
+    for j in range(2):
+        small["attributes"] = {f"n{j}_{i}": 1 for i in range(150)}
+        track.post("/api/v2/entity", json=small)
+    assert len(emu.objects()[0].attributes) <= 300
+
+
+def test_integers_past_64_bits_stay_exact_and_count_their_digits(
+    emu: Emulator, track: httpx.Client
+) -> None:
+    """A big integer is valid JSON: stored exactly (not as a float losing digits), and held to
+    the 1000-byte value limit by its digits, not refused as "not valid JSON"."""
+    headers = {"content-type": "application/json"}
+    body = (
+        b'{"batch": [{"type": "person", "action": "identify", "identifiers": {"id": "big"},'
+        b' "attributes": {"n": 123456789012345678901234, "m": -9223372036854775809}},'
+        b' {"type": "person", "action": "identify", "identifiers": {"id": "huge"},'
+        b' "attributes": {"n": 1' + b"0" * 1000 + b"}}]}"
+    )
+    r = track.post("/api/v2/batch", content=body, headers=headers)
+    assert r.status_code == 207
+    assert r.json()["errors"] == [
+        {
+            "batch_index": 1,
+            "reason": "limit",
+            "field": "attributes.n",
+            "message": "value for attribute 'n' cannot be longer than 1000 bytes",
+        }
+    ]
+    big = emu.person(id="big")
+    assert big is not None and big.attributes == {
+        "n": 123456789012345678901234,
+        "m": -9223372036854775809,
+    }
+    with emu.client(headers=emu.app_headers) as app:
+        found = app.get("/v1/customers/big/attributes").json()["customer"]["attributes"]
+    assert found["n"] == "123456789012345678901234"

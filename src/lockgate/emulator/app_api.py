@@ -44,7 +44,7 @@ def stringify(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
-    return orjson.dumps(value).decode()
+    return L.dumps(value).decode()
 
 
 def _lookup(rt: Runtime, request: Request, value: str) -> _P | None | Response:

@@ -2,9 +2,11 @@
 
 Calls land in the same store as Track: ``userId`` → person ``id``, ``traits.email`` → ``email``,
 ``anonymousId`` → anonymous events linked later; ISO-8601 timestamps (and ISO date strings in
-traits) become unix seconds. ``group`` → object identify plus a relationship; the semantic events of
-section 4.5 (``User Deleted``, ``Device Created or Updated``, ``Relationship Deleted``, ...) act
-on the store. Bodies may be gzip-compressed (``Content-Encoding: gzip``).
+traits) become unix seconds; a ``timestamp`` that is not a string, and a ``userId``/``groupId``
+Track would refuse (over 150 bytes), make the call invalid. ``group`` → object identify plus a
+relationship; the semantic events of section 4.5 (``User Deleted``, ``Device Created or
+Updated``, ``Relationship Deleted``, ...) act on the store.
+Bodies may be gzip-compressed (``Content-Encoding: gzip``).
 
 **Permissive by default**: invalid or oversized calls answer ``200 {}`` and are dropped (and
 logged in the activity log). With ``X-Strict-Mode: 1`` they answer 400 (401 for a bad write key)
@@ -16,10 +18,11 @@ batch with any invalid item applies nothing. ``messageId`` repeats are dropped
 from __future__ import annotations
 
 import gzip
+import json
 import re
 import zlib
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -34,39 +37,79 @@ from lockgate.emulator.store import Store
 
 SOURCE = "pipelines"
 CALL_TYPES = ("identify", "track", "page", "screen", "group", "alias")
-ISO_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$")
+#: An ISO date in a trait, by the rule of Segment's ``isIsoDate`` (reference §4.4): a date, or a
+#: date and time with optional seconds, fraction and zone.
+ISO_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2})?(\.\d{1,6})?(Z|[+-]\d{2}:?\d{2})?)?$")
 Apply = Callable[[Store], None]
 
 
+def _parse_iso(value: str) -> int | None:
+    """Unix seconds of an ISO-8601 string, None when it is not one; no zone means UTC (the
+    servers that convert it run in UTC)."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp())
+
+
 def iso_to_unix(value: Any, field: str) -> int | None:
-    """ISO-8601 string (or unix number) → unix seconds."""
+    """A Pipelines timestamp (an ISO-8601 string, reference §0 and §4.2) → unix seconds.
+
+    A number is refused, not taken as unix time: ``1700000000000`` is milliseconds that would be
+    stored as a date in the year 55,000, and Customer.io documents only strings.
+    """
     if value is None:
         return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
     if not isinstance(value, str):
-        raise ItemError("invalid", field, f"{field} must be an ISO-8601 string")
-    try:
-        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
-    except ValueError:
-        raise ItemError("invalid", field, f"{field} `{value}` is not ISO-8601") from None
+        raise ItemError(
+            "invalid",
+            field,
+            f'{field} must be an ISO-8601 string like "2024-01-02T03:04:05Z", '
+            f"got `{json.dumps(value)}`",
+        )
+    unix = _parse_iso(value)
+    if unix is None:
+        raise ItemError("invalid", field, f"{field} `{value}` is not ISO-8601")
+    return unix
 
 
 def _convert_dates(traits: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: iso_to_unix(v, k) if isinstance(v, str) and ISO_RE.match(v) else v
-        for k, v in traits.items()
-    }
+    """ISO date strings in traits → unix seconds; a string that only looks like one (say
+    ``2024-13-45``) stays a string, as Segment's ``isIsoDate`` also asks the date to parse."""
+    out = {}
+    for k, v in traits.items():
+        if isinstance(v, str) and ISO_RE.match(v):
+            unix = _parse_iso(v)
+            out[k] = v if unix is None else unix
+        else:
+            out[k] = v
+    return out
 
 
-def _sid(value: Any) -> str | None:
+def _sid(value: Any, field: str) -> str | None:
+    """A user or anonymous id as text (Segment's libraries stringify numbers)."""
     if value is None or value == "":
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
+        value = str(value)
     if not isinstance(value, str):
-        raise ItemError("invalid", "userId", "userId/anonymousId must be strings")
+        raise ItemError("invalid", field, f"{field} must be a string")
     return value
+
+
+def _person_id(value: Any, field: str, what: str = "a person id") -> str | None:
+    """A ``userId`` (or ``previousId``) becomes a person ``id`` and a ``groupId`` an
+    ``object_id``, which Track refuses over 150 bytes (reference §9): such a call cannot land in
+    Journeys."""
+    sid = _sid(value, field)
+    if sid is not None and len(sid.encode()) > L.ID_MAX_BYTES:
+        raise ItemError(
+            "limit", field, f"{field} is {len(sid.encode())} bytes; {what} is at most 150"
+        )
+    return sid
 
 
 def _obj(msg: dict[str, Any], key: str) -> dict[str, Any]:
@@ -122,11 +165,11 @@ def _semantic(rt: Runtime, msg: dict[str, Any], user: str | None, event: str) ->
         def unrelate(s: Store) -> None:
             p = s.resolve(r)
             if p is not None:
-                s.relate(("p", p.cio_id), key, None, add=False)
+                s.relate(("p", p.cio_id), key, None, add=False, source=SOURCE)
 
         return unrelate
     if event in ("Report Delivery Event", "Report Content Event"):
-        return lambda s: s.log(event.lower(), orjson.dumps(props).decode()[:200], SOURCE)
+        return lambda s: s.log(event.lower(), L.dumps(props).decode()[:200], SOURCE)
     return None
 
 
@@ -137,10 +180,13 @@ def plan(rt: Runtime, msg: Any, kind: str | None = None) -> Apply:
     kind = kind or msg.get("type")
     if kind not in CALL_TYPES:
         raise ItemError("invalid", "type", f"type must be one of {', '.join(CALL_TYPES)}")
-    user, anon = _sid(msg.get("userId")), _sid(msg.get("anonymousId"))
+    user, anon = (
+        _person_id(msg.get("userId"), "userId"),
+        _sid(msg.get("anonymousId"), "anonymousId"),
+    )
     ts = iso_to_unix(msg.get("timestamp"), "timestamp")
     if kind == "alias":
-        previous = _sid(msg.get("previousId"))
+        previous = _person_id(msg.get("previousId"), "previousId")
         if not previous or not user:
             raise ItemError("required", "previousId", "alias needs previousId and userId")
         return _alias(rt, previous, user)
@@ -195,7 +241,7 @@ def plan(rt: Runtime, msg: Any, kind: str | None = None) -> Apply:
 def _group(
     rt: Runtime, msg: dict[str, Any], user: str | None, anon: str | None, traits: dict[str, Any]
 ) -> Apply:
-    group_id = _sid(msg.get("groupId"))
+    group_id = _person_id(msg.get("groupId"), "groupId", "an object_id")
     if not group_id:
         raise ItemError("required", "groupId", "group needs groupId")
     type_id = str(traits.get("object_type_id") or traits.get("objectTypeId") or "1")
@@ -217,9 +263,9 @@ def _group(
         if user:
             p = s.person_or_create(("id", user), SOURCE)
             if p is not None:
-                s.relate(("p", p.cio_id), key, rel_attrs, add=True)
+                s.relate(("p", p.cio_id), key, rel_attrs, add=True, source=SOURCE)
         elif anon:
-            s.relate(("a", anon), key, rel_attrs, add=True)
+            s.relate(("a", anon), key, rel_attrs, add=True, source=SOURCE)
 
     return group
 
@@ -277,7 +323,7 @@ def handler(kind: str | None) -> Handler:
                 return _reject(
                     rt, strict, 400, f"request is {len(raw)} B, over the {limit} B limit"
                 )
-            doc = orjson.loads(raw)
+            doc = L.loads(raw)
         except ItemError as exc:
             return _reject(rt, strict, 400, exc.message)
         except orjson.JSONDecodeError:
@@ -292,7 +338,7 @@ def handler(kind: str | None) -> Handler:
         errors: list[str] = []
         for i, msg in enumerate(msgs):
             try:
-                if kind is None and len(orjson.dumps(msg)) > L.PIPELINES_CALL_MAX_BYTES:
+                if kind is None and len(L.dumps(msg)) > L.PIPELINES_CALL_MAX_BYTES:
                     raise ItemError("limit", "", "call is over 32 KB")
                 plans.append((msg, plan(rt, msg, kind)))
             except ItemError as exc:

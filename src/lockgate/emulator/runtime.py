@@ -24,6 +24,7 @@ from starlette.responses import Response
 from lockgate.emulator import auth
 from lockgate.emulator.config import EmulatorConfig
 from lockgate.emulator.faults import DropConnection, FaultInjector
+from lockgate.emulator.limits import dumps, loads
 from lockgate.emulator.models import RequestRecord
 from lockgate.emulator.store import Store
 
@@ -32,7 +33,7 @@ Handler = Callable[["Runtime", Request, bytes], Response]
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
+    return Response(dumps(body), status, headers=headers, media_type="application/json")
 
 
 OK_EMPTY = b"{}"
@@ -176,7 +177,7 @@ def _decode(body: bytes) -> Any:
         except (OSError, EOFError):
             return None
     try:
-        return orjson.loads(body)
+        return loads(body)
     except orjson.JSONDecodeError:
         return body.decode("utf-8", "replace")
 
@@ -195,14 +196,27 @@ def _unauthorized(rt: Runtime, spec: RouteSpec, request: Request) -> Response | 
     return None
 
 
-def _fault_response(rt: Runtime, fault: str) -> Response:
+def error_body(surface: str, status: int, message: str) -> dict[str, Any]:
+    """An error in the shape the surface uses for its other errors, so a client's error parsing
+    meets one shape per API: App ``{"errors": [{"detail", "status"}]}``, Pipelines
+    ``{"code", "message"}`` (strict mode), Track ``{"meta": {"error"}}`` (v1, reference §1.10)."""
+    if surface == "app":
+        return {"errors": [{"detail": message, "status": str(status)}]}
+    if surface == "pipelines":
+        return {"code": status, "message": message}
+    return {"meta": {"error": message}}
+
+
+def _fault_response(rt: Runtime, spec: RouteSpec, fault: str) -> Response:
     rt._fault(fault)
     if fault == "5xx":
-        return json_response(503, {"meta": {"error": "emulator fault: service unavailable"}})
+        return json_response(
+            503, error_body(spec.surface, 503, "emulator fault: service unavailable")
+        )
     if fault == "429":
         return json_response(
             429,
-            {"meta": {"error": "emulator fault: too many requests"}},
+            error_body(spec.surface, 429, "emulator fault: too many requests"),
             {"Retry-After": str(rt.config.faults.retry_after_s)},
         )
     raise DropConnection(timeout=fault == "timeout")
@@ -218,7 +232,7 @@ async def dispatch(rt: Runtime, spec: RouteSpec, request: Request) -> Response:
     method, path = request.method, request.url.path
     late = rt.config.faults.applied_then_failed
     if fault is not None and not late:
-        response = _fault_response(rt, fault)
+        response = _fault_response(rt, spec, fault)
     elif rt.injector.rate_limited(spec.surface):
         with rt.lock:
             rt.counters.rate_limited += 1
@@ -228,13 +242,15 @@ async def dispatch(rt: Runtime, spec: RouteSpec, request: Request) -> Response:
             else "rate limit exceeded"
         )
         response = json_response(
-            429, {"meta": {"error": message}}, {"Retry-After": str(rt.config.faults.retry_after_s)}
+            429,
+            error_body(spec.surface, 429, message),
+            {"Retry-After": str(rt.config.faults.retry_after_s)},
         )
     else:
         response = _unauthorized(rt, spec, request) or spec.handler(rt, request, body)
         if fault is not None:
             rt._record(method, path, spec.name, response.status_code, body)
-            return _fault_response(rt, fault)
+            return _fault_response(rt, spec, fault)
     rt._record(method, path, spec.name, response.status_code, body)
     if rt.config.faults.answer_latency_ms:
         await asyncio.sleep(rt.config.faults.answer_latency_ms / 1000.0)

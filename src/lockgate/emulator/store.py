@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from lockgate.emulator.config import EmulatorConfig
-from lockgate.emulator.limits import gc_paused
+from lockgate.emulator.limits import ATTRS_MAX_COUNT, OBJECT_ATTRS_MAX_TOTAL, gc_paused, nbytes
 from lockgate.emulator.models import (
     Activity,
     Device,
@@ -492,7 +492,7 @@ class Store:
                 # removes any attribute (unverified for the email): the address is free again
                 self.by_email.pop(p.email.lower(), None)
                 p.email = None
-            self._apply_attrs(p, attrs, timestamp)
+            self._apply_attrs(p, attrs, timestamp, source)
             if anonymous_id:
                 self._link_anonymous(p, anonymous_id, now)
             p.updated_at = now
@@ -549,6 +549,11 @@ class Store:
                     seq = self._seq
                     continue
                 p = people[found]
+                if len(p.attrs) + len(attrs) > ATTRS_MAX_COUNT:  # the cap may bite: exact rules
+                    self._seq = seq
+                    self.identify((kind, value), attrs, source=source)
+                    seq = self._seq
+                    continue
                 if email is not None and p.email != email:
                     p.email = email  # the same address in another case
                 p.attrs.update(attrs)
@@ -559,42 +564,71 @@ class Store:
             self._seq = seq
             self.counters["records_ingested"] += applied
 
-    def _apply_attrs(self, p: _P, attrs: dict[str, Any], timestamp: int | None) -> None:
+    def _apply_attrs(
+        self, p: _P, attrs: dict[str, Any], timestamp: int | None, source: str
+    ) -> None:
+        """Set ``attrs`` on ``p``; a new attribute that would take the person past 300 is not
+        added (reference §9: 300 attributes per person, not only per call) and is logged as an
+        attribute update failure, while the rest of the update applies."""
         ts = timestamp if timestamp is not None else attrs.get("_timestamp")
         ts = ts if type(ts) is int else None
         removes = self.config.null_removes_person_attributes
         target = p.attrs
+        refused: list[str] = []
         for name, value in attrs.items():
             if name in SPECIAL_ATTRS or name[:29] == SUBSCRIPTION_PREFIX or ts is not None:
-                self._apply_special(p, name, value, ts)
+                if not self._apply_special(p, name, value, ts):
+                    refused.append(name)
             elif removes and (value is None or value == ""):
                 target.pop(name, None)
-            else:
+            elif len(target) < ATTRS_MAX_COUNT or name in target:
                 target[name] = value
+            else:
+                refused.append(name)
+        if refused:
+            self.log(
+                "attribute update failure",
+                f"{p.cio_id} has {ATTRS_MAX_COUNT} attributes, the most a person can have; "
+                f"{len(refused)} new attribute(s) not added: {', '.join(refused[:5])}"
+                + (", …" if len(refused) > 5 else ""),
+                source,
+            )
 
-    def _apply_special(self, p: _P, name: str, value: Any, ts: int | None) -> None:
+    def _apply_special(self, p: _P, name: str, value: Any, ts: int | None) -> bool:
+        """Apply one attribute with a rule of its own; False when the 300 cap refused it."""
         if name in _SKIP_ATTRS:
-            return
+            return True
         if ts is not None:
             if p.attr_ts.get(name, -1) > ts:
-                return
+                return True
+        stored = "cio_subscription_preferences" if name.startswith(SUBSCRIPTION_PREFIX) else name
+        removal = self.config.null_removes_person_attributes and (value is None or value == "")
+        if (
+            name != "unsubscribed"
+            and not removal
+            and stored not in p.attrs
+            and len(p.attrs) >= ATTRS_MAX_COUNT
+        ):
+            return False
+        if ts is not None:
             p.own_attr_ts()[name] = ts
         if name == "unsubscribed":
             p.unsubscribed = truthy_unsubscribed(value)
-            return
+            return True
         if name.startswith(SUBSCRIPTION_PREFIX):
             node = p.attrs.setdefault("cio_subscription_preferences", {})
             parts = name[len(SUBSCRIPTION_PREFIX) :].split(".")
             for part in parts[:-1]:
                 node = node.setdefault(part, {})
             node[parts[-1]] = value
-            return
-        if self.config.null_removes_person_attributes and (value is None or value == ""):
+            return True
+        if removal:
             p.attrs.pop(name, None)
-            return
+            return True
         p.attrs[name] = value
         if name == "created_at" and type(value) is int:
             p.created_at = value
+        return True
 
     def _link_anonymous(self, p: _P, anonymous_id: str, now: int) -> None:
         if anonymous_id not in p.anonymous_ids:
@@ -778,7 +812,9 @@ class Store:
                 self._seq += 1
                 old = Object(key[0], key[1], f"o{self._seq:07x}", {}, now, now)
                 self.objects_by_cio[old.cio_object_id] = key
-            merged = _merge_attrs(old.attributes, attrs)
+            merged = self._capped_merge(
+                old.attributes, attrs, f"object `{key[0]}/{key[1]}`", source
+            )
             self.objects[key] = Object(
                 key[0], key[1], old.cio_object_id, merged, old.created_at, now
             )
@@ -803,15 +839,54 @@ class Store:
         attrs: dict[str, Any] | None,
         *,
         add: bool,
+        source: str,
     ) -> None:
         """Add (merging attributes) or delete a relationship; owner ("p", cio) or ("a", anon)."""
         with self.lock:
             key = (owner[0], owner[1], obj[0], obj[1])
             if add:
-                self.rels[key] = _merge_attrs(self.rels.get(key, {}), attrs or {})
+                what = f"relationship of `{owner[1]}` to object `{obj[0]}/{obj[1]}`"
+                self.rels[key] = self._capped_merge(
+                    self.rels.get(key, {}), attrs or {}, what, source
+                )
             else:
                 self.rels.pop(key, None)
             self.counters["records_ingested"] += 1
+
+    def _capped_merge(
+        self, old: dict[str, Any], new: dict[str, Any], what: str, source: str
+    ) -> dict[str, Any]:
+        """:func:`_merge_attrs` within the limits of an object or relationship as a whole
+        (reference §3: at most 300 attributes and 100 KB of them): an attribute that would take
+        it past either is not set and is logged as an attribute update failure."""
+        merged = _merge_attrs(old, new)
+        if len(merged) <= ATTRS_MAX_COUNT and _attrs_bytes(merged) <= OBJECT_ATTRS_MAX_TOTAL:
+            return merged
+        out = dict(old)
+        size = _attrs_bytes(out)
+        refused = []
+        for name, value in new.items():
+            before = _attr_bytes(name, out[name]) if name in out else 0
+            if value is None or value == "":
+                out.pop(name, None)
+                size -= before
+                continue
+            grown = size - before + _attr_bytes(name, value)
+            if (name not in out and len(out) >= ATTRS_MAX_COUNT) or (
+                grown > OBJECT_ATTRS_MAX_TOTAL and grown > size
+            ):
+                refused.append(name)
+                continue
+            out[name] = value
+            size = grown
+        self.log(
+            "attribute update failure",
+            f"{what} would pass {ATTRS_MAX_COUNT} attributes or {OBJECT_ATTRS_MAX_TOTAL:,} bytes "
+            f"of them; {len(refused)} attribute(s) not set: {', '.join(refused[:5])}"
+            + (", …" if len(refused) > 5 else ""),
+            source,
+        )
+        return out
 
     # -- manual segments -----------------------------------------------------------------------
 
@@ -850,6 +925,15 @@ def _replace_person(e: Event, cio_id: str) -> Event:
     return Event(
         cio_id, e.anonymous_id, e.name, e.type, e.id, e.timestamp, e.data, e.received_at, e.source
     )
+
+
+def _attr_bytes(name: str, value: Any) -> int:
+    """An attribute's share of the 100 KB total: its name's and value's bytes."""
+    return len(name.encode()) + nbytes(value)
+
+
+def _attrs_bytes(attrs: dict[str, Any]) -> int:
+    return sum(_attr_bytes(name, value) for name, value in attrs.items())
 
 
 def _merge_attrs(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

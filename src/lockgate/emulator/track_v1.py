@@ -50,7 +50,7 @@ def _json_object(body: bytes, *, required: bool = True) -> dict[str, Any]:
             raise ItemError("invalid", "", "request body must be a JSON object")
         return {}
     try:
-        doc = orjson.loads(body)
+        doc = L.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ItemError("invalid", "", f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):

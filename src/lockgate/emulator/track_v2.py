@@ -160,7 +160,7 @@ def relate_person(
             else store.object_key(oref, source, create=False)
         )
         if key is not None:
-            store.relate(("p", p.cio_id), key, attrs, add=add)
+            store.relate(("p", p.cio_id), key, attrs, add=add, source=source)
 
 
 def _person(op: dict[str, Any], rt: Runtime) -> Apply:
@@ -188,6 +188,8 @@ def _person(op: dict[str, Any], rt: Runtime) -> Apply:
         attrs = L.check_attributes(op.get("attributes"), "attributes")
         ts = L.check_timestamp(op.get("timestamp"))
         L.check_timestamp(attrs.get("_timestamp"), "attributes._timestamp")
+        # the reserved attribute is unix seconds on every surface (v1 checks it the same way)
+        L.check_timestamp(attrs.get("created_at"), "attributes.created_at")
         rels = op.get("cio_relationships")
         items = person_relationships(rels, "cio_relationships") if rels else []
         update_only = attrs.get("_update") is True
@@ -298,11 +300,11 @@ def _relate_people(
 ) -> None:
     for pref, attrs in people:
         if pref[0] == "anonymous_id":
-            s.relate(("a", pref[1]), key, attrs, add=add)
+            s.relate(("a", pref[1]), key, attrs, add=add, source=SOURCE)
             continue
         p = s.person_or_create(pref, SOURCE) if add else s.resolve(pref)
         if p is not None:
-            s.relate(("p", p.cio_id), key, attrs, add=add)
+            s.relate(("p", p.cio_id), key, attrs, add=add, source=SOURCE)
 
 
 def _delivery(op: dict[str, Any], rt: Runtime) -> Apply:
@@ -394,6 +396,7 @@ def fast_identifies(ops: list[Any], start: int, run: IdentifyRun) -> int:
     when it accepted them all)."""
     kinds, values, attrs_of, plains = run.kinds, run.values, run.attrs, run.plain
     max_count, value_max, op_max = L.ATTRS_MAX_COUNT, L.ATTR_VALUE_MAX_BYTES, L.OP_MAX_BYTES
+    ts_max = L.MAX_UNIX_SECONDS
     verdicts = _NAMES.get
     last_names: tuple[str, ...] | None = None  # most ops repeat the previous op's names
     last_verdict = _REJECT
@@ -430,6 +433,10 @@ def fast_identifies(ops: list[Any], start: int, run: IdentifyRun) -> int:
         if verdict is _REJECT:
             return i
         plain = verdict is _PLAIN
+        if not plain and "created_at" in attrs:  # unix seconds, else plan() says why not
+            created = attrs["created_at"]
+            if created is not None and (type(created) is not int or not 0 <= created < ts_max):
+                return i
         chars = 0  # characters of string values
         for v in attrs.values():
             tv = type(v)
@@ -448,7 +455,7 @@ def fast_identifies(ops: list[Any], start: int, run: IdentifyRun) -> int:
         if plain and type(attrs.get("email", "")) is not str:
             plain = False
         bound = _OP_FIXED_JSON + len(attrs) * _ATTR_JSON + 6 * (chars + len(value))
-        if bound > op_max and len(orjson.dumps(op)) > op_max:
+        if bound > op_max and len(L.dumps(op)) > op_max:
             return i
         kinds.append(kind)
         values.append(value)
@@ -477,7 +484,7 @@ def entity(rt: Runtime, request: Request, body: bytes) -> Response:
     if len(body) >= L.ENTITY_MAX_BYTES:
         return _whole(400, "limit", "", f"request body is {len(body)} B; /entity takes < 32 KB")
     try:
-        op = orjson.loads(body)
+        op = L.loads(body)
         apply = plan(op, rt)
     except orjson.JSONDecodeError as exc:
         return _whole(400, "invalid", "", f"body is not valid JSON: {exc}")
@@ -491,14 +498,17 @@ def entity(rt: Runtime, request: Request, body: bytes) -> Response:
 def batch(rt: Runtime, request: Request, body: bytes) -> Response:
     started = time.perf_counter()
     if len(body) >= L.BATCH_MAX_BYTES:
-        return _whole(400, "limit", "", f"request body is {len(body)} B; /batch takes < 500 KB")
+        return _whole(
+            400, "limit", "", f"request body is {len(body):,} B; /batch takes < 500,000 B (500 KB)"
+        )
     with L.gc_paused():
         return _batch(rt, body, started)
 
 
 def _batch(rt: Runtime, body: bytes, started: float) -> Response:
+    long = L.has_long_number(body)
     try:
-        doc = orjson.loads(body)
+        doc = L.loads(body, long)
     except orjson.JSONDecodeError as exc:
         return _whole(400, "invalid", "", f"body is not valid JSON: {exc}")
     ops = doc.get("batch") if isinstance(doc, dict) else None
@@ -509,8 +519,9 @@ def _batch(rt: Runtime, body: bytes, started: float) -> Response:
     plans: list[Apply] = []
     run = IdentifyRun()  # consecutive fast identifies, applied as one unit
     accepted = 0
-    # refused people are found by the exact path only: the fast one stays as it is
-    fast = _no_fast_path if rt.config.faults.reject_people else fast_identifies
+    # refused people and integers past 64 bits (which the fast path takes for 8 bytes) are
+    # found by the exact path only: the fast one stays as it is
+    fast = _no_fast_path if rt.config.faults.reject_people or long else fast_identifies
     i = fast(ops, 0, run)
     while i < len(ops):
         op = ops[i]
@@ -519,7 +530,7 @@ def _batch(rt: Runtime, body: bytes, started: float) -> Response:
             accepted += len(run)
             run = IdentifyRun()
         try:
-            if check_size and len(orjson.dumps(op)) > L.OP_MAX_BYTES:
+            if check_size and len(L.dumps(op)) > L.OP_MAX_BYTES:
                 raise ItemError("limit", "", "operation is over 32 KB")
             plans.append(plan(op, rt))
             accepted += 1
