@@ -131,7 +131,8 @@ def test_an_empty_environment_variable_is_named(
     monkeypatch.setenv("CUSTOMERIO_SITE_ID", "site")
     monkeypatch.setenv("CUSTOMERIO_API_KEY", "")
     main(["validate", "--project", str(tmp_path)])
-    assert "`CUSTOMERIO_API_KEY` is empty" in capsys.readouterr().err.replace("\n", " ")
+    said = " ".join(capsys.readouterr().err.split())
+    assert "`CUSTOMERIO_API_KEY` (for `destinations.customerio.api_key`) is empty" in said
 
 
 def test_a_column_typo_in_a_sync_resolved_through_identity_names_the_column(

@@ -46,7 +46,7 @@ def test_an_operation_too_large_to_send_is_rejected_and_the_rest_committed(
         cli, ["runs", "show", first.run_id, "--json", "--project", str(project.root)]
     )
     rejected = json.loads(shown.output)["rejected"]
-    assert [(r["stage"], r["key"]) for r in rejected] == [("deliver", "17")]
+    assert [(r["stage"], r["key"]) for r in rejected] == [("delivery", "17")]
     assert "32 KB" in rejected[0]["reason"]
 
     second = run_sync(project, "wide", console=NullConsole())
