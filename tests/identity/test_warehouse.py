@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import duckdb
 import pyarrow as pa
 import pytest
@@ -88,6 +90,19 @@ def test_duckdb_matches_embedded_with_caps_blocklists_and_bridges() -> None:
     assert got == groups(result)
 
 
+def load_postgres(con: Any, sources: dict[str, pa.Table]) -> None:
+    """Each source as a Postgres table of its name (`ts` a timestamptz, the rest text)."""
+    for name, table in sources.items():
+        con.execute(f"DROP TABLE IF EXISTS {name}")
+        cols = ", ".join(
+            f"{c} TIMESTAMPTZ" if c == "ts" else f"{c} TEXT" for c in table.column_names
+        )
+        con.execute(f"CREATE TABLE {name} ({cols})")
+        with con.cursor().copy(f"COPY {name} ({', '.join(table.column_names)}) FROM STDIN") as cp:
+            for row in table.to_pylist():
+                cp.write_row([row[c] for c in table.column_names])
+
+
 @pytest.mark.postgres
 def test_postgres_matches_embedded_on_the_synthetic_corpus(postgres_dsn: str) -> None:
     import psycopg
@@ -95,17 +110,7 @@ def test_postgres_matches_embedded_on_the_synthetic_corpus(postgres_dsn: str) ->
     cfg, sources = synthetic_config(), corpus()
     want, refused = embedded(cfg, sources)
     with psycopg.connect(postgres_dsn, autocommit=True) as con:
-        for name, table in sources.items():
-            con.execute(f"DROP TABLE IF EXISTS {name}")
-            cols = ", ".join(
-                f"{c} TIMESTAMPTZ" if c == "ts" else f"{c} TEXT" for c in table.column_names
-            )
-            con.execute(f"CREATE TABLE {name} ({cols})")
-            with con.cursor().copy(
-                f"COPY {name} ({', '.join(table.column_names)}) FROM STDIN"
-            ) as cp:
-                for row in table.to_pylist():
-                    cp.write_row([row[c] for c in table.column_names])
+        load_postgres(con, sources)
         stitcher = WarehouseStitcher(
             cfg, PostgresRunner(con), columns={k: v.column_names for k, v in sources.items()}
         )
@@ -167,17 +172,7 @@ def test_padded_identifiers_on_postgres(postgres_dsn: str) -> None:
     cfg, sources = config(), padded_sources()
     want = groups(resolve(cfg, sources, run_id="r1"))
     with psycopg.connect(postgres_dsn, autocommit=True) as con:
-        for name, table in sources.items():
-            con.execute(f"DROP TABLE IF EXISTS {name}")
-            cols = ", ".join(
-                f"{c} TIMESTAMPTZ" if c == "ts" else f"{c} TEXT" for c in table.column_names
-            )
-            con.execute(f"CREATE TABLE {name} ({cols})")
-            with con.cursor().copy(
-                f"COPY {name} ({', '.join(table.column_names)}) FROM STDIN"
-            ) as cp:
-                for row in table.to_pylist():
-                    cp.write_row([row[c] for c in table.column_names])
+        load_postgres(con, sources)
         stitcher = WarehouseStitcher(
             cfg,
             PostgresRunner(con),
