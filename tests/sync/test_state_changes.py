@@ -80,6 +80,22 @@ def test_transition_fires_once_and_unless_suppresses(project_factory: ProjectFac
     assert abandoned(emu) == [("1", 12.0), ("1", 40.0)]
 
 
+def test_the_same_transition_again_fires_again(project_factory: ProjectFactory) -> None:
+    """open -> inactive, back to open, inactive again, with nothing else changing: the second
+    transition starts from the very state the first did, and is still a separate one."""
+    seed(project_factory)
+    project = project_factory.write({"carts": CARTS})
+    run_sync(project, "carts", console=NullConsole())
+    emu = project_factory.emulator
+    for status, fired in (("inactive", 1), ("open", 0), ("inactive", 1), ("open", 0)):
+        project_factory.sql(f"update carts set cart_status = '{status}' where user_id = 1")
+        assert plan_sync(project, "carts", console=NullConsole()).changes.state_events == fired
+        assert run_sync(project, "carts", console=NullConsole()).changes.state_events == fired
+    assert run_sync(project, "carts", console=NullConsole()).changes.state_events == 0
+    assert abandoned(emu) == [("1", 40.0), ("1", 40.0)]
+    assert len({e.id for e in emu.events() if e.name == "cart_abandoned"}) == 2
+
+
 ACCOUNTS = """
 name: accounts
 source: warehouse
@@ -130,6 +146,12 @@ def test_object_transition_notifies_every_related_person(project_factory: Projec
     expected = {"plan": "churned", "object_type_id": "1", "object_id": "acme"}
     assert churned == [("1", expected), ("2", expected)]
     assert run_sync(project, "accounts", console=NullConsole()).changes.state_events == 0
+
+    # back to pro, then churned again: a second, separate transition reaches both again
+    for plan, fired in (("pro", 0), ("churned", 2)):
+        project_factory.sql(f"update accounts set plan = '{plan}' where account_id = 'acme'")
+        assert run_sync(project, "accounts", console=NullConsole()).changes.state_events == fired
+    assert len([e for e in emu.events() if e.name == "account_churned"]) == 4
 
 
 HEALTH = """

@@ -466,9 +466,14 @@ def _state_change_events(
 
     A rule fires for a person already in the snapshot whose watched attribute changed (from
     the rule's `from`, to its `to`, when given) unless the rule's `unless` holds. The event key
-    is the record key, the rule and the hash of the previous state, so the same transition
-    always has the same key: a re-run or a crash never fires it twice, and a later, separate
-    transition of the same person fires again.
+    is the record key, the rule, the hash of the previous state and the run that committed
+    that state (``_run`` in the snapshot's ident, stamped by :func:`_stamped`). Until the
+    snapshot moves past the transition (its update not delivered, a crash) the same
+    transition has the same key, so a re-run never fires it twice; a later, separate
+    transition from the same state (open → inactive, back to open, inactive again) starts
+    from a state committed anew, by another run, and fires again. The hash alone would give
+    it the key of the first one, already in the ledger. (Snapshot rows from before ``_run``
+    keep the key without it, so an event waiting to be re-sent keeps its key.)
 
     The dedupe id (a ULID) takes its time from the event's timestamp, which is when the
     transition was first sent: the run's ``now`` the first time, then the time kept in
@@ -483,6 +488,7 @@ def _state_change_events(
     """
     snap, ledger = table("snap", sync.name), table("ledger", sync.name)
     sent = table("oc_sent", sync.name)
+    run = "coalesce('#' || json_extract_string(s.ident, '$._run'), '')"
     selects = []
     for i, rule in enumerate(sync.on_change):
         path = "'$._watch." + orjson.dumps(rule.attribute).decode().replace("'", "''") + "'"
@@ -507,8 +513,8 @@ def _state_change_events(
             type_id = lit(str(sync.object_type_id))
             selects.append(
                 f"""
-                select m.k || '#{i}#' || s.h || '#' || json_extract(r.ident, '$.person')::varchar
-                       as k, m.k as pk, m.ident,
+                select m.k || '#{i}#' || s.h || {run} || '#'
+                       || json_extract(r.ident, '$.person')::varchar as k, m.k as pk, m.ident,
                        '"type":"person","action":"event","identifiers":'
                        || json_extract(r.ident, '$.person')::varchar || ',"name":' || {name}
                        as head,
@@ -525,7 +531,7 @@ def _state_change_events(
             continue
         selects.append(
             f"""
-            select m.k || '#{i}#' || s.h as k, m.k as pk, m.ident,
+            select m.k || '#{i}#' || s.h || {run} as k, m.k as pk, m.ident,
                    '"type":"person","action":"event","identifiers":'
                    || json_extract(m.op, '$.identifiers')::varchar || ',"name":' || {name}
                    as head, m.__ocp_{i} as props
@@ -553,6 +559,19 @@ def _state_change_events(
         """,
     )
     return int(_one(con, "select count(*) from oc_changes") or 0)
+
+
+def _stamped(ident: str, run_id: str) -> str:
+    """SQL: the JSON ``ident`` with the run's id added (``_run``). The rows of an `on_change`
+    sync are mapped with it, so what the run delivers is committed with it and
+    :func:`_state_change_events` keys a transition by the run that committed its previous
+    state. Only `on_change` syncs (whose ident ends with its `_watch` object, so it is never
+    `{}`) pay for it, in the select that maps the rows (an update of them after took 0.65 s
+    at 1M changed rows, this 0.25 s)."""
+    return (
+        f"left({ident}, length({ident}) - 1) || ',\"_run\":' || "
+        f"{lit(orjson.dumps(run_id).decode())} || '}}'"
+    )
 
 
 def _key_model(con: duckdb.DuckDBPyConnection, compiled: Compiled) -> None:
@@ -628,8 +647,12 @@ def diff_records(
     full_resync: bool = False,
     shared_check: bool = False,
     previous_hash: str | None = None,
+    run_id: str = "",
 ) -> ChangeSet:
     """Diff a people, objects or relationships sync against its snapshot.
+
+    ``run_id`` is the run's id, kept in the snapshot with the rows of an `on_change` sync
+    (:func:`_stamped`).
 
     ``previous_hash`` is the SQL of the rows' hash under the mapping of the last committed run
     when it differs from this one's: the changed records that hash as the snapshot under it
@@ -686,6 +709,8 @@ def diff_records(
     )
     # `on_change` rules read each row's identifiers from its payload
     columns = "c.*" if payloads or sync.on_change else "c.* exclude (op), null::varchar as op"
+    if sync.on_change and run_id:
+        columns = f"c.* replace ({_stamped('c.ident', run_id)} as ident)"
     run_sql(
         con,
         f"""

@@ -480,6 +480,7 @@ def _prepare(
                     # through the identity graph, rows of one person are already made one
                     shared_check=sync.kind == "people" and resolution is None,
                     previous_hash=_previous_hash(last, compiled),
+                    run_id=step.run_id,
                 )
         if only and not payloads and session is not None and sync.kind == "people":
             session.planned_people.setdefault(sync.destination, set()).update(
