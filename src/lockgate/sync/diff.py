@@ -247,18 +247,24 @@ def _temp_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     )
 
 
-def forget_gone_relationships(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int:
+def forget_gone_relationships(
+    con: duckdb.DuckDBPyConnection, sync: SyncConfig, *, full_resync: bool = False
+) -> int:
     """After a relationships diff (in a run, not a plan): drop from the snapshot the
     relationships whose object or person is gone, so that they count as not delivered; they
     are sent again once both ends exist. Returns how many were dropped. Also drops those that
     left the model while another relationships sync holds them (:func:`_held_by_siblings`):
-    not deleted, and no longer this sync's, so the other's `mirror` run may delete them."""
+    not deleted, and no longer this sync's, so the other's `mirror` run may delete them.
+
+    Not after a `--full-resync` diff: that one read an empty stand-in for the snapshot, so its
+    ``snap_live`` is empty, and the resync already forgot what it sends again (with `--only`,
+    the named records alone: dropping the rest would send every other relationship again)."""
     if sync.kind != "relationships":
         return 0
     snap = table("snap", sync.name)
     if _temp_table(con, "held_by_siblings"):
         run_sql(con, f"delete from {snap} where k in (select k from held_by_siblings)")
-    if not _temp_table(con, "snap_live"):
+    if full_resync or not _temp_table(con, "snap_live"):
         return 0
     gone = con.execute(
         f"select count(*) from {snap} s anti join snap_live l on l.k = s.k"
