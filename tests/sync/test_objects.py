@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lockgate.console import NullConsole
+from lockgate.emulator import FaultConfig
 from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -310,6 +311,42 @@ def test_relationships_come_back_with_a_deleted_person(project_factory: ProjectF
     back = run_all(project)
     assert back["memberships"].delivered == 1
     assert ("3", "1", "globex", "owner") in rels(emu)
+
+
+def test_relationships_of_a_person_whose_delete_was_not_confirmed_are_sent_again_when_asked(
+    project_factory: ProjectFactory,
+) -> None:
+    """A mirror delete applied but never answered leaves the person unconfirmed: when the row
+    is back the person is sent again, but not their relationships (the relationships sync saw
+    the person present throughout). `sync RELATIONSHIPS --only PERSON --full-resync` sends
+    them (docs/sync.md), and forgets nobody else's: the next whole run sends nothing."""
+    seed(project_factory)
+    people = PEOPLE + "mode: mirror\ndelete_removed: true\n"
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": people, "memberships": MEMBERSHIPS}, retries=0
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    project_factory.sql("create table linus as select * from users where user_id = 3")
+    project_factory.sql("delete from users where user_id = 3")
+    emu.set_faults(FaultConfig(error_5xx=1.0, applied_then_failed=True))
+    lost = run_sync(project, "people", console=NullConsole())
+    assert (lost.status, lost.dead_lettered) == ("partial", 1)
+    emu.set_faults(FaultConfig())
+    assert emu.person(id="3") is None
+    project_factory.sql("insert into users select * from linus")
+    run_all(project)
+    assert emu.person(id="3") is not None
+    assert ("3", "1", "globex", "owner") not in rels(emu)  # the limit docs/sync.md describes
+
+    resent = run_sync(project, "memberships", console=NullConsole(), only=("3",), full_resync=True)
+    assert (resent.status, resent.delivered) == ("success", 1)
+    assert rels(emu) == {
+        ("1", "1", "acme", "admin"),
+        ("2", "1", "acme", "member"),
+        ("3", "1", "globex", "owner"),
+    }
+    assert all(r.changes.to_send == 0 for r in run_all(project).values())
 
 
 def test_numeric_object_ids_name_the_object_by_its_integer(

@@ -940,6 +940,34 @@ def test_people_who_pass_emails_between_them_in_one_run_all_get_theirs(
     assert again.changes.to_send == 0
 
 
+@pytest.mark.parametrize("full_resync", [False, True])
+def test_people_who_swap_emails_all_get_theirs_in_a_run_of_one_of_them(
+    project_factory: ProjectFactory, full_resync: bool
+) -> None:
+    """`--only u1` also sends u2, who takes u1's old email, though the snapshot the run diffs
+    against holds u1 alone: whose email is whose is read from every record delivered, so u1's
+    email is cleared first and neither identify is dropped."""
+    project_factory.sql(
+        "create table users as select * from (values ('u1', 'a@x.com', 'free'), "
+        "('u2', 'b@x.com', 'free')) t(user_id, email, plan)"
+    )
+    project = project_factory.write({"profile": EMAILS})
+    run_sync(project, "profile", console=NullConsole())
+    emu = project_factory.emulator
+    project_factory.sql(
+        "update users set plan = 'pro', "
+        "email = case user_id when 'u1' then 'b@x.com' else 'a@x.com' end"
+    )
+    report = run_sync(
+        project, "profile", console=NullConsole(), only=("u1",), full_resync=full_resync
+    )
+    assert (report.status, report.delivered) == ("success", 2)
+    assert failures(emu) == []
+    assert emails_of(emu) == {"u1": ("b@x.com", "pro"), "u2": ("a@x.com", "pro")}
+    again = run_sync(project, "profile", console=NullConsole())
+    assert again.changes.to_send == 0
+
+
 def test_a_run_without_email_moves_sends_one_batch(project_factory: ProjectFactory) -> None:
     project_factory.sql(
         "create table users as select * from (values ('u1', 'a@x.com', 'pro'), "

@@ -247,18 +247,24 @@ def _temp_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     )
 
 
-def forget_gone_relationships(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int:
+def forget_gone_relationships(
+    con: duckdb.DuckDBPyConnection, sync: SyncConfig, *, full_resync: bool = False
+) -> int:
     """After a relationships diff (in a run, not a plan): drop from the snapshot the
     relationships whose object or person is gone, so that they count as not delivered; they
     are sent again once both ends exist. Returns how many were dropped. Also drops those that
     left the model while another relationships sync holds them (:func:`_held_by_siblings`):
-    not deleted, and no longer this sync's, so the other's `mirror` run may delete them."""
+    not deleted, and no longer this sync's, so the other's `mirror` run may delete them.
+
+    Not after a `--full-resync` diff: that one read an empty stand-in for the snapshot, so its
+    ``snap_live`` is empty, and the resync already forgot what it sends again (with `--only`,
+    the named records alone: dropping the rest would send every other relationship again)."""
     if sync.kind != "relationships":
         return 0
     snap = table("snap", sync.name)
     if _temp_table(con, "held_by_siblings"):
         run_sql(con, f"delete from {snap} where k in (select k from held_by_siblings)")
-    if not _temp_table(con, "snap_live"):
+    if full_resync or not _temp_table(con, "snap_live"):
         return 0
     gone = con.execute(
         f"select count(*) from {snap} s anti join snap_live l on l.k = s.k"
@@ -777,7 +783,7 @@ def diff_records(
     if payloads and sync.kind == "people":
         # a run (not a plan): the rows that take an email another row gives up go after it;
         # nobody gives one up when every row sent is new
-        order_email_moves(con, sync, previous, all_new=sent_rows == new and not full_resync)
+        order_email_moves(con, sync, all_new=sent_rows == new and not full_resync)
     remapped = 0
     if previous_hash and not full_resync and sent_rows > new:
         remapped = _remapped(con, snap, previous_hash)
@@ -818,19 +824,20 @@ EMAIL_MOVE_TABLES = ("email_changed", "email_released", "email_phases", "email_c
 
 
 def order_email_moves(
-    con: duckdb.DuckDBPyConnection, sync: SyncConfig, previous: str, *, all_new: bool = False
+    con: duckdb.DuckDBPyConnection, sync: SyncConfig, *, all_new: bool = False
 ) -> int:
     """Order the sends of a people sync whose rows pass emails between them; returns how many
     rows wait for another (0 when none: the run sends ``changes`` as one batch).
 
     Customer.io refuses, silently (200, nothing applied, an *attribute update failure* in the
     workspace's activity), an identify whose email belongs to another person. When a row takes
-    an email that, per what Lockgate last delivered (``previous``, the snapshot), another row
-    of this run gives up (a new user signing up with the address someone just changed from,
-    two users swapping addresses), the giver is sent first: the temp table ``email_phases``
-    gives each waiting row its delivery phase (1, 2, ...; the other rows are phase 0). A giver
-    whose update does not free its email (its email is now null) and one giver of each cycle
-    (a swap, a rotation) get their email cleared first instead (``email_clears``).
+    an email that, per what Lockgate last delivered (the whole snapshot, :func:`_delivered`),
+    another row of this run gives up (a new user signing up with the address someone just
+    changed from, two users swapping addresses), the giver is sent first: the temp table
+    ``email_phases`` gives each waiting row its delivery phase (1, 2, ...; the other rows are
+    phase 0). A giver whose update does not free its email (its email is now null) and one
+    giver of each cycle (a swap, a rotation) get their email cleared first instead
+    (``email_clears``).
 
     Only the rows sent this run whose identifiers changed are looked at (a plan change sends
     the same ident), and the new rows only when one of them gives an email up: a run without
@@ -839,8 +846,12 @@ def order_email_moves(
     """
     for name in EMAIL_MOVE_TABLES:
         run_sql(con, f"drop table if exists {name}")
-    if all_new or sync.kind != "people" or "email" not in sync.identify_by:
+    if sync.kind != "people" or "email" not in sync.identify_by:
         return 0
+    hidden = _temp_table(con, f"snap__{sync.name}")  # `--only`, `--full-resync`: `_delivered`
+    if all_new and not hidden:
+        return 0
+    previous = _delivered(con, sync.name)
     # the rows whose identifiers changed, joined first: a JSON read of the snapshot's idents
     # would otherwise be pushed below the join, onto every snapshot row
     run_sql(
@@ -873,10 +884,11 @@ def order_email_moves(
     if not _one(con, "select count(*) from email_released"):
         return 0
     takers = con.execute(
-        """
+        f"""
         select t.k, r.k from (
-            select k, lower(json_extract_string(ident, '$.email')) as email
-            from changes where is_new and not removed
+            select c.k, lower(json_extract_string(c.ident, '$.email')) as email
+            from changes c anti join {previous} s on s.k = c.k
+            where c.is_new and not c.removed
             union
             select k, new_email from email_changed
         ) t join email_released r on r.old_email = t.email and r.k <> t.k
@@ -933,6 +945,19 @@ def order_email_moves(
         con.unregister("_email_phases")
         con.unregister("_email_clears")
     return len(waiting)
+
+
+def _delivered(con: duckdb.DuckDBPyConnection, sync: str) -> str:
+    """The whole snapshot of ``sync``: what Lockgate last delivered to every record.
+    A run of named records (`--only`) hides the others behind a temp table of the same name
+    and a `--full-resync` run behind an empty one, but the rows it sends may still take an
+    email from, or give one to, a record it does not name (two users swap addresses, `--only`
+    one of them): whose email is whose is read from all the records."""
+    snap = table("snap", sync)
+    if not _temp_table(con, f"snap__{sync}"):
+        return snap
+    database = con.execute("select current_database()").fetchall()[0][0]
+    return f'"{database}".main.{snap}'
 
 
 def _email_phases(waits_for: dict[str, str], clear: set[str]) -> dict[str, int]:

@@ -1170,7 +1170,7 @@ def run_sync(
             guard_step.enforce(sync, guards, force=force)
             if full_resync and sync.kind != "events":
                 _reset_snapshot(store, sync.name, only=bool(only))
-            diff_step.forget_gone_relationships(store.con, sync)
+            diff_step.forget_gone_relationships(store.con, sync, full_resync=full_resync)
             merges = identity_ops is not None and identity_ops.num_rows > 0
             if merges and only:
                 raise LockgateError(
