@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from lockgate.console import NullConsole
-from lockgate.emulator import Emulator
+from lockgate.emulator import Emulator, FaultConfig
 from lockgate.errors import StepError
 from lockgate.project.loader import load_project
 from lockgate.state.store import StateStore
@@ -966,6 +966,102 @@ def test_people_who_swap_emails_all_get_theirs_in_a_run_of_one_of_them(
     assert emails_of(emu) == {"u1": ("b@x.com", "pro"), "u2": ("a@x.com", "pro")}
     again = run_sync(project, "profile", console=NullConsole())
     assert again.changes.to_send == 0
+
+
+def test_a_row_taking_an_email_its_giver_did_not_give_up_waits_for_the_next_run(
+    project_factory: ProjectFactory,
+) -> None:
+    """u1 takes u2's email, u2 takes u3's, u3 moves on; Customer.io refuses u3. Sent anyway,
+    u2 and u1 would be dropped by Customer.io (their emails still taken) yet counted
+    delivered, and never sent again: both are held back and land with the next run."""
+    project_factory.sql(
+        "create table users as select * from (values ('u1', 'a@x.com', 'free'), "
+        "('u2', 'b@x.com', 'free'), ('u3', 'c@x.com', 'free'), ('u4', 'd@x.com', 'free')) "
+        "t(user_id, email, plan)"
+    )
+    project = project_factory.write({"profile": EMAILS})
+    run_sync(project, "profile", console=NullConsole())
+    emu = project_factory.emulator
+    project_factory.sql(
+        """
+        update users set email = 'b@x.com', plan = 'pro' where user_id = 'u1';
+        update users set email = 'c@x.com', plan = 'pro' where user_id = 'u2';
+        update users set email = 'e@x.com', plan = 'pro' where user_id = 'u3';
+        update users set plan = 'pro' where user_id = 'u4';
+        """
+    )
+    emu.set_faults(FaultConfig(reject_people=frozenset({"u3"})))
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered, report.rejected_by_api) == ("partial", 1, 1)
+    assert failures(emu) == []  # nothing was sent for Customer.io to drop
+    assert emails_of(emu) == {
+        "u1": ("a@x.com", "free"),
+        "u2": ("b@x.com", "free"),
+        "u3": ("c@x.com", "free"),
+        "u4": ("d@x.com", "pro"),
+    }
+    emu.set_faults(FaultConfig())
+    again = run_sync(project, "profile", console=NullConsole())
+    assert (again.status, again.delivered) == ("success", 3)
+    assert emails_of(emu) == {
+        "u1": ("b@x.com", "pro"),
+        "u2": ("c@x.com", "pro"),
+        "u3": ("e@x.com", "pro"),
+        "u4": ("d@x.com", "pro"),
+    }
+    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
+def test_a_swap_whose_email_release_fails_is_a_partial_run_sent_again(
+    project_factory: ProjectFactory,
+) -> None:
+    """Customer.io down for the whole run: the release of a swapped email is dead-lettered and
+    the swapping rows wait. The run says so (`partial`, one dead letter), not `success`."""
+    project_factory.sql(
+        "create table users as select * from (values ('u1', 'a@x.com', 'free'), "
+        "('u2', 'b@x.com', 'free')) t(user_id, email, plan)"
+    )
+    project = project_factory.write({"profile": EMAILS}, retries=0)
+    run_sync(project, "profile", console=NullConsole())
+    emu = project_factory.emulator
+    project_factory.sql(
+        "update users set plan = 'pro', "
+        "email = case user_id when 'u1' then 'b@x.com' else 'a@x.com' end"
+    )
+    emu.set_faults(FaultConfig(error_5xx=1.0))
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered, report.dead_lettered) == ("partial", 0, 1)
+    assert [(k, o) for k, o, _ in report.failures] == [("u1#release-email", "dead_letter")]
+    emu.set_faults(FaultConfig())
+    again = run_sync(project, "profile", console=NullConsole())
+    assert again.status == "success"
+    assert emails_of(emu) == {"u1": ("b@x.com", "pro"), "u2": ("a@x.com", "pro")}
+
+
+def test_an_email_release_applied_unheard_then_undone_gives_the_email_back(
+    project_factory: ProjectFactory,
+) -> None:
+    """The release of u1's email in a swap is applied but its answer lost; the swap is then
+    undone in the warehouse. u1's row is back at what Lockgate last delivered, yet Customer.io
+    holds u1 without an email: the next run sends u1 again (its release was unconfirmed)."""
+    project_factory.sql(
+        "create table users as select * from (values ('u1', 'a@x.com', 'free'), "
+        "('u2', 'b@x.com', 'free')) t(user_id, email, plan)"
+    )
+    project = project_factory.write({"profile": EMAILS}, retries=0)
+    run_sync(project, "profile", console=NullConsole())
+    emu = project_factory.emulator
+    swap = "update users set email = case user_id when 'u1' then 'b@x.com' else 'a@x.com' end"
+    project_factory.sql(swap)
+    emu.set_faults(FaultConfig(error_5xx=1.0, applied_then_failed=True))
+    assert run_sync(project, "profile", console=NullConsole()).status == "partial"
+    assert emails_of(emu)["u1"] == (None, "free")  # the release was applied
+    emu.set_faults(FaultConfig())
+    project_factory.sql(swap.replace("'b@x.com' else 'a@x.com'", "'a@x.com' else 'b@x.com'"))
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.changes.unconfirmed, report.delivered) == ("success", 1, 1)
+    assert emails_of(emu) == {"u1": ("a@x.com", "free"), "u2": ("b@x.com", "free")}
+    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
 
 
 def test_a_run_without_email_moves_sends_one_batch(project_factory: ProjectFactory) -> None:

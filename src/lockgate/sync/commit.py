@@ -19,12 +19,15 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 
 from lockgate.destinations.base import Outcome, Result
 from lockgate.state.store import StateStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class _Buffers(NamedTuple):
@@ -71,8 +74,12 @@ class Committer:
         kind: str,
         flush_seconds: float = 1.0,
         flush_records: int = 100_000,
+        unconfirmed_as: Callable[[str], str] | None = None,
     ) -> None:
         self.store = store
+        # an operation ahead of the records (an email cleared) whose answer never came marks
+        # the record it was for (``unconfirmed_as(key)``): the next run sends that record
+        self.unconfirmed_as = unconfirmed_as
         self.sync = sync
         self.run_id = run_id
         self.kind = kind
@@ -177,8 +184,10 @@ class Committer:
         """Keys sent whose answer never came: dead-lettered (:meth:`add`), or cut off in
         flight (the delivery says so as it stops at once; they are not counted, the run is
         stopping). Only records of a snapshot need the mark: an event not in the ledger is
-        sent again anyway."""
-        if self.kind != "events":
+        sent again anyway, unless it was for a record (``unconfirmed_as``)."""
+        if self.unconfirmed_as is not None:
+            self._unconfirmed.extend(self.unconfirmed_as(k) for k in keys)
+        elif self.kind != "events":
             self._unconfirmed.extend(keys)
 
     def _buffered_more(self, n: int) -> None:

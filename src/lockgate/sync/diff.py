@@ -820,7 +820,13 @@ def diff_records(
     )
 
 
-EMAIL_MOVE_TABLES = ("email_changed", "email_released", "email_phases", "email_clears")
+EMAIL_MOVE_TABLES = (
+    "email_changed",
+    "email_released",
+    "email_phases",
+    "email_clears",
+    "email_held",
+)
 
 
 def order_email_moves(
@@ -835,9 +841,10 @@ def order_email_moves(
     another row of this run gives up (a new user signing up with the address someone just
     changed from, two users swapping addresses), the giver is sent first: the temp table
     ``email_phases`` gives each waiting row its delivery phase (1, 2, ...; the other rows are
-    phase 0). A giver whose update does not free its email (its email is now null) and one
-    giver of each cycle (a swap, a rotation) get their email cleared first instead
-    (``email_clears``).
+    phase 0) and the row it waits for (``giver``: a taker whose giver was not delivered is held
+    back, see :func:`hold_takers`). A giver whose update does not free its email (its email is
+    now null) and one giver of each cycle (a swap, a rotation) get their email cleared first
+    instead (``email_clears``).
 
     Only the rows sent this run whose identifiers changed are looked at (a plan change sends
     the same ident), and the new rows only when one of them gives an email up: a run without
@@ -912,7 +919,11 @@ def order_email_moves(
     con.register(
         "_email_phases",
         pa.table(
-            {"k": pa.array(list(waiting), pa.string()), "phase": pa.array(list(waiting.values()))}
+            {
+                "k": pa.array(list(waiting), pa.string()),
+                "phase": pa.array(list(waiting.values())),
+                "giver": pa.array([waits_for[k] for k in waiting], pa.string()),
+            }
         ),
     )
     ops = []
@@ -934,7 +945,7 @@ def order_email_moves(
         run_sql(
             con,
             """
-            create temp table email_phases as select k, phase::integer as phase
+            create temp table email_phases as select k, phase::integer as phase, giver
             from _email_phases;
             create temp table email_clears as
             select k, op, null::ubigint as h, null::varchar as ident, false as removed
@@ -1007,6 +1018,30 @@ def delivery_phases(con: duckdb.DuckDBPyConnection) -> list[str]:
         " on p.k = c.k)"
         for n in range(1, last + 1)
     ]
+
+
+def hold_takers(con: duckdb.DuckDBPyConnection, phase: int, undelivered: set[str]) -> int:
+    """Before delivery phase ``phase`` (1, 2, ...): take out of ``changes`` the rows of that
+    phase whose giver was not delivered (refused, dead-lettered: ``undelivered``) or was held
+    back itself; returns how many. Sent anyway, Customer.io would drop them (the email is still
+    the giver's) and Lockgate would count them delivered; held, they are not committed, so the
+    next run sends them. The held keys collect in the temp table ``email_held``."""
+    run_sql(con, "create temp table if not exists email_held (k varchar)")
+    con.register("_undelivered", pa.table({"k": pa.array(sorted(undelivered), pa.string())}))
+    try:
+        held = con.execute(
+            f"""
+            insert into email_held
+            select k from email_phases
+            where phase = {int(phase)}
+              and (giver in (select k from _undelivered) or giver in (select k from email_held))
+            """
+        ).fetchall()[0][0]
+    finally:
+        con.unregister("_undelivered")
+    if held:
+        run_sql(con, "delete from changes where k in (select k from email_held)")
+    return int(held)
 
 
 diff_people = diff_records

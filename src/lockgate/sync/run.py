@@ -784,12 +784,15 @@ def _deliver_email_clears(
     run_id: str,
     console: Console,
     destination_factory: DestinationFactory,
-) -> None:
+) -> CommitCounts:
     """Clear the emails that rows of this run take from people who keep theirs otherwise
     (one side of a swap, a person whose email is now null), before the rows are sent
     (``diff.order_email_moves``). When a clear is not delivered, the rows that pass emails
     are left for the next run: sent now, Customer.io would drop them (the email is still
-    another person's) and Lockgate would count them delivered."""
+    another person's) and Lockgate would count them delivered. A clear whose answer never came
+    (dead-lettered, cut off) may have been applied: its person is marked unconfirmed, so the
+    next run sends that person's row whatever it holds then (the swap undone meanwhile would
+    otherwise leave the person without an email). The counts join the run's."""
     total = int(store.con.execute("select count(*) from email_clears").fetchall()[0][0])
     counts = _deliver_to_ledger(
         store,
@@ -802,6 +805,7 @@ def _deliver_email_clears(
         kind="ops",
         source="email_clears",
         total=total,
+        unconfirmed_as=lambda key: key.removesuffix("#release-email"),
     )
     if counts.failed_keys:
         key, outcome, reason = counts.failures[0]
@@ -814,6 +818,21 @@ def _deliver_email_clears(
             store.con,
             "delete from changes where k in (select k from email_phases) "
             "or k in (select k from email_released)",
+        )
+    return counts
+
+
+def _hold_takers(
+    store: StateStore, sync: SyncConfig, console: Console, phase: int, counts: CommitCounts
+) -> None:
+    """Before delivery phase ``phase``: hold back the rows taking an email from a row that
+    was not delivered, or was held itself (``diff.hold_takers``); they are sent by the next
+    run."""
+    held = diff_step.hold_takers(store.con, phase, counts.failed_keys)
+    if held:
+        console.warn(
+            f"{sync.name}: {held} row(s) taking an email that another row of this run could "
+            "not give up first (not delivered) are sent by the next run"
         )
 
 
@@ -883,13 +902,20 @@ def _deliver_to_ledger(
     kind: str,
     source: str,
     total: int,
+    unconfirmed_as: Callable[[str], str] | None = None,
 ) -> CommitCounts:
     """Deliver a side table of operations ahead of the sync's own; each delivered key goes to
-    the sync's ledger, so it is never sent again."""
+    the sync's ledger, so it is never sent again (``unconfirmed_as``: see ``Committer``)."""
     from lockgate.sync.commit import Committer
     from lockgate.sync.deliver import deliver, notify_retries
 
-    committer = Committer(store.writer(), sync=sync.name, run_id=run_id, kind="events")
+    committer = Committer(
+        store.writer(),
+        sync=sync.name,
+        run_id=run_id,
+        kind="events",
+        unconfirmed_as=unconfirmed_as,
+    )
     with committer.store, console.progress(f"deliver {sync.name} {label}", total) as advance:
         deliver(
             store.con,
@@ -1194,6 +1220,7 @@ def run_sync(
                         store, project, sync, run_id, console, identity_ops, destination_factory
                     )
             state_events = None
+            email_clears = None
             if changes.state_events:
                 with step("deliver"):
                     state_events = _deliver_state_events(
@@ -1212,7 +1239,7 @@ def run_sync(
                 from lockgate.sync.deliver import deliver, notify_retries
 
                 if diff_step.email_clears(store.con):
-                    _deliver_email_clears(
+                    email_clears = _deliver_email_clears(
                         store, project, sync, run_id, console, destination_factory
                     )
                 committer = Committer(store.writer(), sync=sync.name, run_id=run_id, kind=sync.kind)
@@ -1222,7 +1249,9 @@ def run_sync(
                     console.progress(f"deliver {sync.name}", changes.to_send) as advance,
                 ):
                     # rows taking an email another row of the run gives up go after it
-                    for source in diff_step.delivery_phases(store.con):
+                    for phase, source in enumerate(diff_step.delivery_phases(store.con)):
+                        if phase:
+                            _hold_takers(store, sync, console, phase, committer.counts)
                         destination = notify_retries(
                             destination_factory(project, sync), console, sync.name
                         )
@@ -1253,7 +1282,9 @@ def run_sync(
                     # next run: under the mapping last recorded, it sees them as a mapping
                     # change still to send (with the clears of attributes taken out of it);
                     # events have no such change (an event is sent once, as first mapped)
-                    left = sync.kind != "events" and _undelivered(committer.counts, state_events)
+                    left = sync.kind != "events" and _undelivered(
+                        committer.counts, state_events, email_clears
+                    )
                     kept = contract_state.last(store.con, sync.name) if left else None
                     contract_state.record(
                         store.con,
@@ -1290,9 +1321,13 @@ def run_sync(
         counts = committer.counts
         if state_events is not None:
             counts.delivered += state_events.delivered
-            counts.rejected += state_events.rejected
-            counts.dead_lettered += state_events.dead_lettered
-            counts.failures.extend(state_events.failures[: 20 - len(counts.failures)])
+        # a clear not delivered is a dead letter of the run (its rows wait for the next one);
+        # those delivered are the means of the rows', not counted apart
+        for ahead in (state_events, email_clears):
+            if ahead is not None:
+                counts.rejected += ahead.rejected
+                counts.dead_lettered += ahead.dead_lettered
+                counts.failures.extend(ahead.failures[: max(0, 20 - len(counts.failures))])
         status = "success" if not (counts.rejected or counts.dead_lettered) else "partial"
         report = RunReport(
             run_id,
