@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+#: a people sync of one attribute (`plan`) over a `people` table keyed by `id`
+PEOPLE = """
+name: people
+source: warehouse
+model: {table: people}
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes:
+  plan: plan
+"""
+
 #: a people sync of 40 attributes, over the `people` table :func:`wide_people` builds
 WIDE = """
 name: wide

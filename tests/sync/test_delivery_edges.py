@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import CliRunner
+from tests.sync.helpers import PEOPLE
 
 from lockgate.cli import cli
 from lockgate.console import Advance, NullConsole
@@ -28,16 +29,6 @@ from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
 
-PEOPLE = """
-name: people
-source: warehouse
-model: {table: people}
-kind: people
-primary_key: id
-identify_by: {id: id}
-attributes:
-  plan: plan
-"""
 
 EVENTS = """
 name: activity

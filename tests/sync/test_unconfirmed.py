@@ -18,6 +18,8 @@ import sys
 import time
 from typing import Any
 
+from tests.sync.helpers import PEOPLE
+
 from lockgate.cli.sync import change_rows
 from lockgate.console import NullConsole
 from lockgate.emulator import FaultConfig
@@ -27,16 +29,6 @@ from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
 
-PEOPLE = """
-name: people
-source: warehouse
-model: {table: people}
-kind: people
-primary_key: id
-identify_by: {id: id}
-attributes:
-  plan: plan
-"""
 
 #: applied in full, then answered 503: every answer is lost
 ANSWERS_LOST = FaultConfig(error_5xx=1.0, applied_then_failed=True)
