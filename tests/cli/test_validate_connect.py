@@ -69,7 +69,7 @@ def test_a_working_project_passes_every_check_and_sends_nothing(
         "leads",
     }
     assert "workspace 4242 (region us)" in str(checks["Track API", "customerio"]["detail"])
-    # no App API key: skipped, not failed (syncs do not need one), with how to set it
+    # no App API key: skipped, not failed (syncs run without one), with how to set it
     assert checks["App API", "customerio"]["ok"] is None
     assert "CUSTOMERIO_APP_API_KEY" in str(checks["App API", "customerio"]["hint"])
     assert with_app["App API", "customerio"]["ok"] is True

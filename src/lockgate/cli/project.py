@@ -185,7 +185,8 @@ def _missing_env(project: Project) -> dict[str, str]:
     """Each `${VAR}` reference in lockgate.yml whose variable is unset or empty -> the first
     key that names it (`alerts[0].url`): those written in the file, and the destinations'
     `site_id` and `api_key`, which every sync needs even when left to their defaults (the
-    default `app_api_key` is needed only by `reconcile`, which says so itself)."""
+    default `app_api_key` is optional: `reconcile` says so itself when it is missing, a run
+    reads back no email change without it and its report says so)."""
     found: dict[str, str] = {}
 
     def walk(value: object, where: str) -> None:

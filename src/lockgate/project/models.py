@@ -262,6 +262,11 @@ class CustomerIODestinationConfig(StrictModel):
     being dead-lettered one batch at a time. 0 never stops."""
     batch_size: int | None = Field(default=None, ge=1)
     """Most operations per request; default: as many as fit in Customer.io's 500 KB limit."""
+    read_back_emails: int = Field(default=100, ge=0)
+    """With `app_api_key` set: after delivery, a people sync run identified by `id` and `email`
+    reads back through the App API the people it gave a new email, the first this many (by
+    key): Customer.io drops an update whose email another person holds, so such a row is
+    rejected and sent again by the next run (docs/sync.md). 0 turns the read-back off."""
 
     @field_validator("api_key", "app_api_key")
     @classmethod

@@ -524,6 +524,50 @@ class StateStore:
             [run_id, sync, datetime.now(UTC), limit],
         )
 
+    def refuse_delivered(self, sync: str, run_id: str, refused: Sequence[tuple[str, str]]) -> None:
+        """Take records the run delivered back out of its journal, as rejected with their
+        reason (``refused``: key, reason), before the journal is folded: Customer.io accepted
+        them but, read back, does not hold them (an email another person holds,
+        :mod:`lockgate.sync.emailcheck`). The snapshot keeps what was last delivered, so the
+        next run sends them again; they are marked unconfirmed too (Customer.io may yet apply
+        an update it had not applied when read), so it sends them whatever their rows hold."""
+        if not refused:
+            return
+        keys = [k for k, _ in refused]
+        journal = table("journal", sync)
+        idents = dict(
+            self.con.execute(
+                f"select k, ident from {journal} where run_id = ? and k in (select unnest(?))",
+                [run_id, keys],
+            ).fetchall()
+        )
+        now = datetime.now(UTC)
+        self.exec_sql("begin")
+        try:
+            self.exec_sql(
+                f"delete from {journal} where run_id = ? and k in (select unnest(?))",
+                [run_id, keys],
+            )
+            self.append_history(
+                {
+                    "run_id": [run_id] * len(refused),
+                    "sync": [sync] * len(refused),
+                    "keys": [[k] for k in keys],
+                    "idents": [[idents.get(k)] for k in keys],
+                    "action": ["identify"] * len(refused),
+                    "outcome": ["rejected"] * len(refused),
+                    "status": [None] * len(refused),
+                    "reason": [r for _, r in refused],
+                    "sent_at": [now] * len(refused),
+                }
+            )
+            self.append_rejected(run_id, sync, "deliver", refused)
+            self.append_unconfirmed(sync, run_id, keys)
+            self.exec_sql("commit")
+        except BaseException:
+            self.exec_sql("rollback")
+            raise
+
     def reset_sync(self, sync: str) -> None:
         """Forget what was delivered (for `--full-resync` of people; ledgers are kept)."""
         self.exec_sql(f"delete from {table('snap', sync)}; delete from {table('journal', sync)}")

@@ -333,9 +333,10 @@ def _check_customerio(project: Project, name: str, checks: _Checks) -> None:
         checks.skip(
             "App API",
             name,
-            "no App API key set; syncs do not need one",
-            hint="`lockgate reconcile` reads back through the App API: set "
-            "CUSTOMERIO_APP_API_KEY (Settings > API credentials > App API keys) to use it",
+            "no App API key set; syncs run without one, but read back no email change",
+            hint="people syncs read back the emails they change, and `lockgate reconcile` "
+            "every attribute, through the App API: set CUSTOMERIO_APP_API_KEY (Settings > API "
+            "credentials > App API keys) to use it",
         )
         return
     with checks.check("App API", name) as detail:

@@ -849,34 +849,14 @@ def order_email_moves(
     Only the rows sent this run whose identifiers changed are looked at (a plan change sends
     the same ident), and the new rows only when one of them gives an email up: a run without
     email changes costs one join of its changed rows with the snapshot. A taker whose email
-    is held by a person no row of this run releases still fails in Customer.io (docs/sync.md).
+    is held by a person no row of this run releases still fails in Customer.io: the run reads
+    such people back after delivery when it can (:mod:`lockgate.sync.emailcheck`).
     """
     for name in EMAIL_MOVE_TABLES:
         run_sql(con, f"drop table if exists {name}")
-    if sync.kind != "people" or "email" not in sync.identify_by:
-        return 0
-    hidden = _temp_table(con, f"snap__{sync.name}")  # `--only`, `--full-resync`: `_delivered`
-    if all_new and not hidden:
+    if not _email_changed(con, sync, all_new=all_new):
         return 0
     previous = _delivered(con, sync.name)
-    # the rows whose identifiers changed, joined first: a JSON read of the snapshot's idents
-    # would otherwise be pushed below the join, onto every snapshot row
-    run_sql(
-        con,
-        f"""
-        create temp table email_changed as
-        with changed as materialized (
-            select c.k, c.ident as new_ident, s.ident as old_ident
-            from changes c join {previous} s on s.k = c.k
-            where not c.removed and c.ident <> s.ident
-        )
-        select k, lower(json_extract_string(new_ident, '$.email')) as new_email,
-               lower(json_extract_string(old_ident, '$.email')) as old_email,
-               json_extract_string(old_ident, '$.id') as old_id,
-               json_extract_string(old_ident, '$.cio_id') as old_cio_id
-        from changed
-        """,
-    )
     # the givers: people Lockgate addressed by `id` (or `cio_id`) whose email changes; a person
     # known by its email alone keeps it (identifying a new email names a new person)
     run_sql(
@@ -956,6 +936,78 @@ def order_email_moves(
         con.unregister("_email_phases")
         con.unregister("_email_clears")
     return len(waiting)
+
+
+def _email_changed(con: duckdb.DuckDBPyConnection, sync: SyncConfig, *, all_new: bool) -> bool:
+    """Build the temp table ``email_changed``: the rows of ``changes`` whose identifiers differ
+    from what was last delivered to them (:func:`_delivered`), with their emails before and
+    after (lowercased, as Customer.io matches them; ``sent_email`` as sent) and their `id` and
+    `cio_id` before and after. False, and no table, when the sync has no email identifier or
+    every row is new (``all_new``: nothing was delivered to them to differ from)."""
+    if sync.kind != "people" or "email" not in sync.identify_by:
+        return False
+    hidden = _temp_table(con, f"snap__{sync.name}")  # `--only`, `--full-resync`: `_delivered`
+    if all_new and not hidden:
+        return False
+    previous = _delivered(con, sync.name)
+    # the rows whose identifiers changed, joined first: a JSON read of the snapshot's idents
+    # would otherwise be pushed below the join, onto every snapshot row
+    run_sql(
+        con,
+        f"""
+        create or replace temp table email_changed as
+        with changed as materialized (
+            select c.k, c.ident as new_ident, s.ident as old_ident
+            from changes c join {previous} s on s.k = c.k
+            where not c.removed and c.ident <> s.ident
+        )
+        select k, lower(json_extract_string(new_ident, '$.email')) as new_email,
+               lower(json_extract_string(old_ident, '$.email')) as old_email,
+               json_extract_string(old_ident, '$.id') as old_id,
+               json_extract_string(old_ident, '$.cio_id') as old_cio_id,
+               json_extract_string(new_ident, '$.email') as sent_email,
+               json_extract_string(new_ident, '$.id') as new_id,
+               json_extract_string(new_ident, '$.cio_id') as new_cio_id
+        from changed
+        """,
+    )
+    return True
+
+
+def email_moves(
+    con: duckdb.DuckDBPyConnection, sync: SyncConfig, *, journal_of: str | None = None
+) -> list[tuple[str, str, str, str]]:
+    """The people of this run given an email they did not have, as (key, id type, id, email
+    as sent), by key: the rows of ``email_changed`` (built by :func:`order_email_moves` in a
+    run; built here in a plan) whose email is new and who are addressed by `id` or `cio_id`
+    (an identify by a new email names a new person, which no other can hold the email of).
+    Customer.io drops such an identify whole when another person holds the email.
+
+    ``journal_of`` (a run id): only the records that run delivered (in the sync's journal,
+    before it is folded into the snapshot)."""
+    if not _temp_table(con, "email_changed"):  # in a run, none to look at
+        if journal_of is not None or not _email_changed(con, sync, all_new=False):
+            return []
+    delivered = ""
+    params: list[Any] = []
+    if journal_of is not None:
+        delivered = (
+            f"semi join {table('journal', sync.name)} j "
+            "on j.k = e.k and j.run_id = ? and not j.removed"
+        )
+        params = [journal_of]
+    rows = con.execute(
+        f"""
+        select e.k, case when e.new_id is not null then 'id' else 'cio_id' end,
+               coalesce(e.new_id, e.new_cio_id), e.sent_email
+        from email_changed e {delivered}
+        where e.new_email is not null and e.new_email is distinct from e.old_email
+          and coalesce(e.new_id, e.new_cio_id) is not null
+        order by e.k
+        """,
+        params,
+    ).fetchall()
+    return [(str(k), str(t), str(i), str(m)) for k, t, i, m in rows]
 
 
 def _delivered(con: duckdb.DuckDBPyConnection, sync: str) -> str:

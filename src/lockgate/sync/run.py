@@ -134,6 +134,12 @@ class RunReport:
     merges, then the identifiers re-applied to their survivors."""
     only: tuple[str, ...] = ()
     """The values `--only` named: the run was of their records alone."""
+    emails_read_back: int = 0
+    """People given a new email whom the run read back through the App API
+    (:mod:`lockgate.sync.emailcheck`)."""
+    email_check: str = ""
+    """What the run (or a plan) could not verify of the emails it changes, and how to: no App
+    API key, the read-back turned off, or people past `read_back_emails`; empty otherwise."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -160,6 +166,8 @@ class RunReport:
             "identity_reapplied": self.identity_reapplied,
             "identity_ops": list(self.identity_ops[:IDENTITY_OPS_SHOWN]),
             "only": list(self.only),
+            "emails_read_back": self.emails_read_back,
+            "email_check": self.email_check,
         }
 
     @property
@@ -240,6 +248,8 @@ def recorded_run(
         merges=int(counts.get("identity_merges", 0)),
         reapplied=int(counts.get("identity_reapplied", 0)),
         only=tuple(counts.get("only", ())),
+        emails_read_back=int(counts.get("emails_read_back", 0)),
+        email_check=str(counts.get("email_check", "")),
     )
 
 
@@ -822,6 +832,94 @@ def _deliver_email_clears(
     return counts
 
 
+def _email_check_settings(project: Project, sync: SyncConfig) -> CustomerIOSettings | None:
+    """The App API settings to read back email changes with (as `lockgate reconcile` reads
+    back), or None without a key or with `read_back_emails: 0`."""
+    from lockgate.sync.reconcile import app_settings
+
+    if not project.config.destinations[sync.destination].read_back_emails:
+        return None
+    try:
+        settings = app_settings(project, sync)
+    except LockgateError:  # the key's variable is not set
+        return None
+    return settings if settings.app_api_key else None
+
+
+def _not_verified(project: Project, sync: SyncConfig, moves: int, *, planned: bool) -> str:
+    """The report's line on ``moves`` email changes no read-back verifies, and how to."""
+    config = project.config.destinations[sync.destination]
+    people = f"{moves} {'person' if moves == 1 else 'people'}"
+    verb = "will not be" if planned else "was not" if moves == 1 else "were not"
+    what = f"{people} given a new email {verb} read back"
+    if not config.read_back_emails:
+        how = f"`read_back_emails: 0` in destination `{sync.destination}` turns it off"
+    else:
+        match = ENV_REF.match(config.app_api_key or "")
+        how = (
+            f"set `{match.group(1)}` (an App API key) to read them back"
+            if match
+            else f"set `app_api_key` in destination `{sync.destination}` to read them back"
+        )
+    return (
+        f"{what}: Customer.io drops, unseen, an update whose email another person holds; {how} "
+        "(docs/sync.md, Emails that change hands)"
+    )
+
+
+def _check_emails(
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    run_id: str,
+    console: Console,
+    counts: CommitCounts,
+) -> tuple[int, str]:
+    """After delivery, before the journal is folded: read back the people this run gave a new
+    email (:mod:`lockgate.sync.emailcheck`); those who do not hold it are taken out of the
+    journal as rejected, so the next run sends them again. Returns (people read back, the
+    report's line on what was not). A run that changed no email makes no App API call."""
+    moves = diff_step.email_moves(store.con, sync, journal_of=run_id)
+    if not moves:
+        return 0, ""
+    settings = _email_check_settings(project, sync)
+    if settings is None:
+        return 0, _not_verified(project, sync, len(moves), planned=False)
+    from lockgate.sync.emailcheck import read_back
+
+    limit = project.config.destinations[sync.destination].read_back_emails
+    check = read_back(moves[:limit], settings, console=console)
+    if check.error:
+        console.warn(f"{sync.name}: email changes not read back: {check.error}")
+        people = f"{len(moves)} {'person was' if len(moves) == 1 else 'people were'}"
+        return 0, (
+            f"{people} given a new email, not read back: the App API failed "
+            f"({check.error}); `lockgate reconcile {sync.name}` reads them back"
+        )
+    note = ""
+    if len(moves) > limit:
+        past = len(moves) - limit
+        note = (
+            f"{past} more {'person was' if past == 1 else 'people were'} given a new email, "
+            f"committed without a read-back (the first {limit} by key were read back: "
+            f"`read_back_emails` in destination `{sync.destination}`)"
+        )
+    if check.refused:
+        store.refuse_delivered(sync.name, run_id, check.refused)
+        counts.delivered -= len(check.refused)
+        counts.rejected += len(check.refused)
+        for key, reason in check.refused:
+            counts.failed_keys.add(key)
+            if len(counts.failures) < 20:
+                counts.failures.append((key, "rejected", reason))
+        n = len(check.refused)
+        console.warn(
+            f"{sync.name}: {n} {'person does' if n == 1 else 'people do'} not hold the new email "
+            "sent (read back from Customer.io): rejected, sent again by the next run"
+        )
+    return check.read_back, note
+
+
 def _hold_takers(
     store: StateStore, sync: SyncConfig, console: Console, phase: int, counts: CommitCounts
 ) -> None:
@@ -1029,6 +1127,12 @@ def plan_sync(
         sample = _samples(store, sync.kind, samples)
         if rejected_sink is not None:
             rejected_sink(rejects.table_of(store.con, sync.name))
+        email_check = ""
+        if sync.kind == "people" and _email_check_settings(project, sync) is None:
+            # a plan never reads back: it says only when the run could not either
+            moves = len(diff_step.email_moves(store.con, sync))
+            if moves:
+                email_check = _not_verified(project, sync, moves, planned=True)
     return RunReport(
         run_id,
         sync.name,
@@ -1042,6 +1146,7 @@ def plan_sync(
         mode=project.sync(name).effective_mode,
         identity_ops=_op_payloads(identity_ops),
         only=only,
+        email_check=email_check,
     )
 
 
@@ -1221,6 +1326,7 @@ def run_sync(
                     )
             state_events = None
             email_clears = None
+            emails_read_back, email_check = 0, ""
             if changes.state_events:
                 with step("deliver"):
                     state_events = _deliver_state_events(
@@ -1263,6 +1369,10 @@ def run_sync(
                             advance=advance,
                             source=source,
                         )
+                if sync.kind == "people":
+                    emails_read_back, email_check = _check_emails(
+                        store, project, sync, run_id, console, committer.counts
+                    )
             with step("commit"):
                 store.fold_journal(sync.name)
                 if force and not only:  # the records that left, accepted: they stop counting
@@ -1345,6 +1455,8 @@ def run_sync(
             mode=project.sync(name).effective_mode,
             identity_ops=_op_payloads(identity_ops),
             only=only,
+            emails_read_back=emails_read_back,
+            email_check=email_check,
         )
         store.finish_run(run_id, status, report.as_dict())
         if not only:

@@ -1,0 +1,174 @@
+"""Read back the emails a people sync run changed, before they are committed.
+
+Customer.io drops, silently, an identify whose email another person holds: it answers 200,
+applies nothing (neither the email nor the other attributes of the update) and records an
+*attribute update failure* in the workspace's activity log, which Lockgate cannot see. The
+run orders the emails its own rows pass between them (``diff.order_email_moves``), but an
+email held by a person no row of the run releases (a person of another sync, one created
+outside Lockgate, a row whose email is unchanged) cannot be taken, and the row would be
+counted delivered, committed, and never sent again.
+
+So when the destination has an App API key, a run reads back, after delivery, the people it
+gave an email they did not have (``diff.email_moves``: the first ``read_back_emails`` of them
+by key), 100 a request, at the App API's 10 requests a second. A person whose email in
+Customer.io is not the one sent is refused: taken out of the journal (so the snapshot keeps
+what was last delivered and the next run sends the row again), recorded among the run's
+rejected rows with who holds the email (``GET /v1/customers?email=``) and how to fix it. A
+run that changed no email makes no App API call; a plan makes none ever.
+
+Customer.io applies Track API updates within moments, not at once: a person that does not
+hold the email sent and whose email nobody else holds is read once more after
+:data:`SETTLE_SECONDS` before the row is refused.
+
+Example::
+
+    check = read_back(moves, settings, console=console)
+    for key, reason in check.refused:
+        ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from lockgate.console import Console
+from lockgate.destinations.customerio.app_api import AppAPIClient
+from lockgate.destinations.customerio.settings import CustomerIOSettings
+from lockgate.errors import LockgateError
+
+SETTLE_SECONDS = 2.0
+"""How long to wait before reading again a person whose email nobody else holds yet does not
+hold the email sent (an update Customer.io has not applied yet)."""
+
+Move = tuple[str, str, str, str]
+"""(record key, id type, id, email as sent): a person given an email (``diff.email_moves``)."""
+
+
+@dataclass
+class EmailCheck:
+    """What the read-back of a run's email changes found."""
+
+    read_back: int = 0
+    """People read back."""
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    """(key, reason) of each person whose email in Customer.io is not the one sent."""
+    error: str = ""
+    """Why the read-back could not be done (the App API refused the key, or did not answer):
+    the people were not verified."""
+
+
+def _email_of(customer: dict[str, Any]) -> str | None:
+    identifiers = customer.get("identifiers") or {}
+    attributes = customer.get("attributes") or {}
+    email = identifiers.get("email") or attributes.get("email")
+    return str(email) if email else None
+
+
+def _who(person: dict[str, Any]) -> str:
+    """A person found by email, as the App API names them (`id`, then `cio_id`)."""
+    parts = [f"{n} `{person[n]}`" for n in ("id", "cio_id") if person.get(n)]
+    return ", ".join(parts) or "a person without an id"
+
+
+async def _read(
+    app: AppAPIClient, moves: list[Move], advance: Any
+) -> dict[str, dict[str, Any] | None]:
+    """Key -> the person Customer.io holds under the move's id (None when it has none)."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for id_type in sorted({t for _, t, _, _ in moves}):
+        ids = [i for _, t, i, _ in moves if t == id_type]
+        for customer in await app.get_people_attributes(ids, id_type):
+            identifiers = customer.get("identifiers") or {}
+            value = identifiers.get(id_type) or (customer.get("id") if id_type == "id" else None)
+            if value is not None:
+                found[(id_type, str(value))] = customer
+        advance(len(ids))
+    return {k: found.get((t, i)) for k, t, i, _ in moves}
+
+
+async def _check(
+    moves: list[Move],
+    settings: CustomerIOSettings,
+    console: Console,
+    transport: httpx.AsyncBaseTransport | None,
+    settle: float,
+) -> EmailCheck:
+    by_key = {m[0]: m for m in moves}
+    check = EmailCheck(read_back=len(moves))
+    async with AppAPIClient(settings, transport=transport) as app:
+        with console.progress("read back email changes", len(moves)) as advance:
+            held = await _read(app, moves, advance)
+            wrong = [k for k, p in held.items() if not _holds(p, by_key[k][3])]
+            reasons: dict[str, str] = {}
+            unheld = []
+            for key in wrong:
+                _, id_type, id_, email = by_key[key]
+                holders = [
+                    p
+                    for p in await app.find_people_by_email(email)
+                    if str(p.get(id_type) or "") != id_
+                ]
+                if holders:
+                    reasons[key] = _reason(key, email, held[key], holders)
+                else:
+                    unheld.append(key)
+            if unheld:  # not applied yet, or dropped for another reason: read once more
+                await asyncio.sleep(settle)
+                again = await _read(app, [by_key[k] for k in unheld], lambda n: None)
+                for key in unheld:
+                    if not _holds(again[key], by_key[key][3]):
+                        reasons[key] = _reason(key, by_key[key][3], again[key], [])
+    check.refused = [(k, reasons[k]) for k in sorted(reasons)]
+    return check
+
+
+def _holds(person: dict[str, Any] | None, email: str) -> bool:
+    held = _email_of(person) if person is not None else None
+    return held is not None and held.lower() == email.lower()
+
+
+def _reason(
+    key: str, email: str, person: dict[str, Any] | None, holders: list[dict[str, Any]]
+) -> str:
+    """Why row ``key`` was refused, and how to fix it."""
+    fix = (
+        "release the email in the workspace (or change it in the model), then run the sync "
+        "again: the row is sent again"
+    )
+    if holders:
+        who = "; ".join(_who(p) for p in holders[:3])
+        return (
+            f"row `{key}`: Customer.io dropped the update (the email and every attribute of "
+            f"it): email `{email}` is held by another person ({who}); {fix}"
+        )
+    now = _email_of(person) if person is not None else None
+    has = f"holds `{now}`" if now else "holds no email"
+    if person is None:
+        has = "has no such person"
+    return (
+        f"row `{key}`: Customer.io {has} for it, not `{email}` as sent: the update was not "
+        f"applied (the workspace's activity log says why); {fix}"
+    )
+
+
+def read_back(
+    moves: list[Move],
+    settings: CustomerIOSettings,
+    *,
+    console: Console,
+    transport: httpx.AsyncBaseTransport | None = None,
+    settle: float = SETTLE_SECONDS,
+) -> EmailCheck:
+    """Read back the people of ``moves`` through the App API; see the module's docstring.
+    An App API that refuses the key or does not answer leaves them unverified (``error``),
+    not refused: the updates were accepted by the Track API and most likely applied."""
+    try:
+        return asyncio.run(_check(moves, settings, console, transport, settle))
+    except LockgateError as exc:
+        return EmailCheck(error=exc.reason + (f"; {exc.hint}" if exc.hint else ""))
+    except httpx.HTTPError as exc:
+        return EmailCheck(error=f"{type(exc).__name__}: {exc or 'no detail'}")
