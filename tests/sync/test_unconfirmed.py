@@ -202,9 +202,14 @@ def test_an_update_in_flight_when_the_run_is_killed_is_sent_again_when_its_row_g
     killed_once_applied(project.root, "people", emu, lambda: plan_of(project_factory, "3") == "B")
 
     project_factory.sql("update people set plan = 'pro3' where id = '3'")
-    again = run_sync(load_project(project.root), "people", console=NullConsole())
+    console = NullConsole()
+    again = run_sync(load_project(project.root), "people", console=console)
     assert (again.status, again.changes.unconfirmed, again.delivered) == ("success", 1, 1)
     assert plan_of(project_factory, "3") == "pro3"
+    assert (
+        "warning: people: a run killed while sending left 1 record(s) unconfirmed (Customer.io "
+        "may have applied them): they are sent again whatever their rows hold"
+    ) in console.messages
     # confirmed now, the others never changed: nothing more to send
     assert run_sync(project, "people", console=NullConsole()).changes.to_send == 0
 

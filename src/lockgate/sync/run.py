@@ -378,7 +378,7 @@ def _prepare(
     unheard = store.recover_sending(sync.name, step.run_id)
     if unheard:
         console.warn(
-            f"{sync.name}: a run killed while sending left {unheard} records unconfirmed "
+            f"{sync.name}: a run killed while sending left {unheard} record(s) unconfirmed "
             "(Customer.io may have applied them): they are sent again whatever their rows hold"
         )
     recovered = store.fold_journal(sync.name)
