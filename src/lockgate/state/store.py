@@ -20,7 +20,7 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   next diff sends these keys again whatever their rows hold (``diff._todo``); a later
   confirmed delivery of the key takes it out (:meth:`StateStore.fold_journal`).
 - ``sending__S(kh)``: the write-ahead record of what a run is about to send (the hash of each
-  record's key; 8 bytes a record: 0.1 s at 1M), written in one insert committed before its
+  record's key; 8 bytes a record: 0.1-0.2 s at 1M), written in one insert committed before its
   first request and dropped once the run has recorded every answer (:meth:`StateStore.fold_journal`
   at its end, or when it stops or fails). A run killed outright (SIGKILL, the machine dying)
   leaves it behind with requests in flight whose answers it could not mark unconfirmed: the
