@@ -6,6 +6,9 @@ confirmed, so a row that went back to that value before the next run looked unch
 Customer.io kept the value never confirmed. `on_change` events re-sent after such a loss
 carry the id and timestamp they were first sent with, so Customer.io stores each once.
 
+A run killed outright (SIGKILL, the machine dying) cannot mark what it had in flight: what it
+was about to send is written ahead, and the next run marks what its journal does not confirm.
+
 Every test runs real syncs against the emulator, whose faults change between runs
 (``Emulator.set_faults``).
 """
@@ -16,14 +19,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
 from tests.sync.helpers import PEOPLE
+from tests.sync.test_objects import COMPANIES, MEMBERSHIPS, rels, run_all, seed
+from tests.sync.test_objects import PEOPLE as USERS
 
 from lockgate.cli.sync import change_rows
 from lockgate.console import NullConsole
 from lockgate.emulator import FaultConfig
-from lockgate.project.loader import load_project
+from lockgate.errors import ContractError
+from lockgate.project.loader import Project, load_project
 from lockgate.state.store import StateStore
 from lockgate.sync.run import plan_sync, run_sync
 
@@ -145,12 +154,149 @@ def test_an_update_cut_off_by_a_second_sigterm_is_sent_again_when_its_row_goes_b
             victim.kill()
     assert victim.returncode == 143, err
     assert "the requests in flight were cut off" in err
+    # the stop marked what it cut off itself: nothing is left for the next run to take as a kill's
+    assert sending_keys(project, "people") == 0
 
     project_factory.sql("update people set plan = 'pro3' where id = '3'")
     emu.set_faults(FaultConfig())
     again = run_sync(load_project(project.root), "people", console=NullConsole())
     assert (again.changes.unconfirmed, again.delivered) == (1, 1)
     assert plan_of(project_factory, "3") == "pro3"
+
+
+def killed_once_applied(root: Path, sync: str, emu: Any, applied: Callable[[], bool]) -> None:
+    """`lockgate sync SYNC` in a process of its own, against a Customer.io that applies each
+    request at once and answers it 3 s later; SIGKILLed once ``applied()`` sees the change in
+    the emulator: the run dies with the request applied and its answer not heard."""
+    emu.set_faults(FaultConfig(answer_latency_ms=3000))
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "lockgate", "sync", sync, "--project", str(root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not applied() and time.monotonic() < deadline and victim.poll() is None:
+            time.sleep(0.05)
+        assert applied(), "the change never reached the emulator"
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert victim.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    emu.set_faults(FaultConfig())
+
+
+def test_an_update_in_flight_when_the_run_is_killed_is_sent_again_when_its_row_goes_back(
+    project_factory: ProjectFactory,
+) -> None:
+    """Customer.io applied `plan = B`, the run was SIGKILLed before it heard so; the row went
+    back to the value last confirmed: the next run sends it, Customer.io ends with the row's."""
+    seed_people(project_factory, 5)
+    project = project_factory.write({"people": PEOPLE})
+    emu = project_factory.emulator
+    run_sync(project, "people", console=NullConsole())
+
+    project_factory.sql("update people set plan = 'B' where id = '3'")
+    killed_once_applied(project.root, "people", emu, lambda: plan_of(project_factory, "3") == "B")
+
+    project_factory.sql("update people set plan = 'pro3' where id = '3'")
+    console = NullConsole()
+    again = run_sync(load_project(project.root), "people", console=console)
+    assert (again.status, again.changes.unconfirmed, again.delivered) == ("success", 1, 1)
+    assert plan_of(project_factory, "3") == "pro3"
+    assert (
+        "warning: people: a run killed while sending left 1 record(s) unconfirmed (Customer.io "
+        "may have applied them): they are sent again whatever their rows hold"
+    ) in console.messages
+    # confirmed now, the others never changed: nothing more to send
+    assert run_sync(project, "people", console=NullConsole()).changes.to_send == 0
+
+
+def test_a_mirror_clear_in_flight_when_the_run_is_killed_is_undone_when_the_row_comes_back(
+    project_factory: ProjectFactory,
+) -> None:
+    seed_people(project_factory, 5)
+    project = project_factory.write({"people": PEOPLE + "mode: mirror\n"})
+    emu = project_factory.emulator
+    run_sync(project, "people", console=NullConsole())
+
+    project_factory.sql("delete from people where id = '3'")
+    killed_once_applied(project.root, "people", emu, lambda: plan_of(project_factory, "3") is None)
+
+    seed_people(project_factory, 5)  # person 3 is back, as last confirmed
+    again = run_sync(load_project(project.root), "people", console=NullConsole())
+    assert (again.changes.unconfirmed, again.delivered) == (1, 1)
+    assert plan_of(project_factory, "3") == "pro3"
+
+
+def test_a_relationship_deleted_in_flight_when_the_run_is_killed_is_added_back_with_its_row(
+    project_factory: ProjectFactory,
+) -> None:
+    seed(project_factory)
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": USERS, "memberships": MEMBERSHIPS}
+    )
+    emu = project_factory.emulator
+    run_all(project)
+    linus = ("3", "1", "globex", "owner")
+
+    project_factory.sql("delete from members where user_id = 3")
+    killed_once_applied(project.root, "memberships", emu, lambda: linus not in rels(emu))
+
+    project_factory.sql("insert into members values (3, 'globex', 'owner')")
+    again = run_sync(load_project(project.root), "memberships", console=NullConsole())
+    assert (again.changes.unconfirmed, again.delivered) == (1, 1)
+    assert linus in rels(emu)
+
+
+def sending_keys(project: Project, sync: str) -> int:
+    """How many records the write-ahead record of ``sync`` holds."""
+    with StateStore.open(project.state_dir) as store:
+        return int(store.exec_sql(f'select count(*) from "sending__{sync}"')[0][0])
+
+
+def test_runs_that_end_leave_nothing_written_ahead(project_factory: ProjectFactory) -> None:
+    """A run that heard every answer, one with a record Customer.io refused, and a plan leave
+    no write-ahead record: the next run sends only what changed (a refused record's row back
+    at its value is not sent: Customer.io applied nothing of it)."""
+    seed_people(project_factory, 5)
+    project = project_factory.write({"people": PEOPLE})
+    emu = project_factory.emulator
+    run_sync(project, "people", console=NullConsole())
+    project_factory.sql("update people set plan = 'B' where id in ('2', '3')")
+    emu.set_faults(FaultConfig(reject_people=frozenset({"3"})))
+    assert run_sync(project, "people", console=NullConsole()).status == "partial"
+    emu.set_faults(FaultConfig())
+    assert sending_keys(project, "people") == 0
+
+    project_factory.sql("update people set plan = 'pro3' where id = '3'")
+    project_factory.sql("update people set plan = 'C' where id = '4'")
+    assert plan_sync(project, "people", console=NullConsole()).changes.to_send == 1
+    assert sending_keys(project, "people") == 0
+    again = run_sync(project, "people", console=NullConsole())
+    assert (again.changes.to_send, again.changes.unconfirmed) == (1, 0)
+    assert sending_keys(project, "people") == 0
+    assert run_sync(project, "people", console=NullConsole()).changes.to_send == 0
+    assert [plan_of(project_factory, p) for p in "01234"] == ["pro0", "pro1", "B", "pro3", "C"]
+
+
+def test_a_run_a_guardrail_stops_and_a_run_of_named_records_leave_nothing_written_ahead(
+    project_factory: ProjectFactory,
+) -> None:
+    seed_people(project_factory, 5)
+    project = project_factory.write({"people": PEOPLE + "guardrails: {max_changed: 1}\n"})
+    run_sync(project, "people", console=NullConsole())
+    project_factory.sql("update people set plan = 'B' where id in ('1', '2')")
+    with pytest.raises(ContractError, match="max_changed is 2, over the limit of 1"):
+        run_sync(project, "people", console=NullConsole())
+    assert sending_keys(project, "people") == 0
+
+    named = run_sync(project, "people", console=NullConsole(), only=("1",))
+    assert (named.status, named.delivered) == ("success", 1)
+    assert sending_keys(project, "people") == 0
+    assert [plan_of(project_factory, p) for p in "012"] == ["pro0", "B", "pro2"]
 
 
 PLANS = """

@@ -594,11 +594,12 @@ def _todo(
 ) -> tuple[int, int, int, bool, int]:
     """Fill the temp table ``todo`` with the rows of ``keyed`` to map: every row whose (key,
     hash) is not in the snapshot, the rows whose last delivery Customer.io did not confirm
-    (``unconfirmed``: dead-lettered or cut off, maybe applied: sent again even when the row
-    is back at the value the snapshot holds), plus the rows of repeated keys that are (all
-    copies of a repeated key are rejected later). Returns (rows, rows differing from the
-    snapshot or unconfirmed, rows to map, whether any key repeats, rows sent only for being
-    unconfirmed). The unconfirmed keys are looked at only when there are any."""
+    (``unconfirmed``: dead-lettered, cut off, or in flight when a run was killed; maybe
+    applied: sent again even when the row is back at the value the snapshot holds), plus the
+    rows of repeated keys that are (all copies of a repeated key are rejected later). Returns
+    (rows, rows differing from the snapshot or unconfirmed, rows to map, whether any key
+    repeats, rows sent only for being unconfirmed). The unconfirmed keys are looked at only
+    when there are any."""
     run_sql(
         con,
         f"""

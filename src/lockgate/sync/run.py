@@ -384,6 +384,13 @@ def _prepare(
     records those values name (:func:`_keep_only`)."""
     store.ensure_sync_tables(sync.name)
     store.mark_crashed_runs(sync.name)
+    # before the fold: the records the journal confirms are left out
+    unheard = store.recover_sending(sync.name, step.run_id)
+    if unheard:
+        console.warn(
+            f"{sync.name}: a run killed while sending left {unheard} record(s) unconfirmed "
+            "(Customer.io may have applied them): they are sent again whatever their rows hold"
+        )
     recovered = store.fold_journal(sync.name)
     if recovered:
         console.warn(f"{sync.name}: recovered {recovered} records delivered by an interrupted run")
@@ -513,6 +520,22 @@ def _prepare(
             # the snapshot's other records were hidden for the diff; delivery commits to it
             run_sql(store.con, f"drop table if exists temp.{table('snap', sync.name)}")
         return Prepared(changes, recovered, guards, resolution, identity_ops, compiled.src_h)
+
+
+def _answers_recorded(exc: BaseException) -> bool:
+    """Whether a run that stopped or failed during or after delivery recorded every answer it
+    got: a stop (SIGTERM, Ctrl-C) or a failure commits what was delivered and marks what was
+    in flight unconfirmed (``deliver``) unless writing the state failed, a DuckDB error that
+    reaches the run as it is (or as the cause of another). Then the run's write-ahead record
+    is kept, and the next run takes it as a killed run's."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, duckdb.Error):
+            return False
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return True
 
 
 def _undelivered(*counts: CommitCounts | None) -> bool:
@@ -1283,6 +1306,7 @@ def run_sync(
         store.start_run(run_id, sync.name, sync.kind, at=begun)
         changes = None
         committer = None
+        written_ahead = False
         guards: list[guard_step.GuardResult] = []
         try:
             changes, recovered, guards, resolution, identity_ops, mapping_hash = _prepare(
@@ -1344,6 +1368,12 @@ def run_sync(
                 from lockgate.sync.commit import Committer
                 from lockgate.sync.deliver import deliver, notify_retries
 
+                if sync.kind != "events" and changes.to_send:
+                    # committed before the first request (an email release included): a run
+                    # killed from here on cannot mark what it has in flight, the next one
+                    # does from this (events need none: the ledger and their ids)
+                    store.record_sending(sync.name, "changes")
+                    written_ahead = True
                 if diff_step.email_clears(store.con):
                     email_clears = _deliver_email_clears(
                         store, project, sync, run_id, console, destination_factory
@@ -1374,7 +1404,7 @@ def run_sync(
                         store, project, sync, run_id, console, committer.counts
                     )
             with step("commit"):
-                store.fold_journal(sync.name)
+                store.fold_journal(sync.name, sent=True)
                 if force and not only:  # the records that left, accepted: they stop counting
                     guard_step.forget_left(store.con, sync, guards)
                 if resolution is not None and not resolution.saved:
@@ -1420,6 +1450,9 @@ def run_sync(
             )
             if isinstance(exc, LockgateError) and exc.report is None:
                 exc.report = stopped_report  # for the command's output: why it stopped
+            if written_ahead and _answers_recorded(exc):
+                with contextlib.suppress(duckdb.Error):  # kept, it only sends more next run
+                    store.forget_sending(sync.name)
             store.finish_run(run_id, "failed", stopped, error=reason or type(exc).__name__)
             if isinstance(exc, KeyboardInterrupt):
                 report_stop(exc, run_id, sync, stopped)
