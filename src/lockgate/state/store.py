@@ -692,11 +692,13 @@ class StateStore:
         tmp.write_bytes(orjson.dumps(doc))
         os.replace(tmp, target)
 
-    def mark_crashed_runs(self, sync: str) -> int:
-        """Runs of this sync still `running` were cut off (the lock proves none is alive)."""
+    def mark_crashed_runs(self, sync: str, current: str = "") -> int:
+        """Runs of this sync still `running` were cut off (the lock proves none is alive),
+        except ``current``, the run that holds the lock now."""
         row = self.con.execute(
-            "update runs set status = 'crashed' where sync = ? and status = 'running' returning 1",
-            [sync],
+            "update runs set status = 'crashed' "
+            "where sync = ? and status = 'running' and run_id <> ? returning 1",
+            [sync, current],
         ).fetchall()
         return len(row)
 

@@ -383,7 +383,7 @@ def _prepare(
     only for the samples shown (``diff.with_payloads``). With ``only``, the run is of the
     records those values name (:func:`_keep_only`)."""
     store.ensure_sync_tables(sync.name)
-    store.mark_crashed_runs(sync.name)
+    store.mark_crashed_runs(sync.name, step.run_id)
     # before the fold: the records the journal confirms are left out
     unheard = store.recover_sending(sync.name, step.run_id)
     if unheard:
