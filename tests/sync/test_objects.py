@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from lockgate.console import NullConsole
 from lockgate.emulator import FaultConfig
+from lockgate.state.store import StateStore
 from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -313,13 +316,94 @@ def test_relationships_come_back_with_a_deleted_person(project_factory: ProjectF
     assert ("3", "1", "globex", "owner") in rels(emu)
 
 
-def test_relationships_of_a_person_whose_delete_was_not_confirmed_are_sent_again_when_asked(
+#: applied in full, then answered 503: every answer is lost
+ANSWERS_LOST = FaultConfig(error_5xx=1.0, applied_then_failed=True)
+
+ALL_RELATIONSHIPS = {
+    ("1", "1", "acme", "admin"),
+    ("2", "1", "acme", "member"),
+    ("3", "1", "globex", "owner"),
+}
+
+
+def lose_a_delete(factory: ProjectFactory, kind: str) -> Any:
+    """The three syncs delivered, then user 3 (``kind`` `people`) or company globex
+    (`objects`) leaves its model and its mirror delete is applied with its answer lost; the
+    project, with the row kept aside (table `gone`) to put back."""
+    seed(factory)
+    mirror = "mode: mirror\ndelete_removed: true\n"
+    people, companies = (PEOPLE + mirror, COMPANIES)
+    if kind == "objects":
+        people, companies = (PEOPLE, COMPANIES + mirror)
+    project = factory.write(
+        {"companies": companies, "people": people, "memberships": MEMBERSHIPS}, retries=0
+    )
+    run_all(project)
+    emu = factory.emulator
+    assert rels(emu) == ALL_RELATIONSHIPS
+    model, where = ("users", "user_id = 3")
+    if kind == "objects":
+        model, where = ("companies", "company_id = 'globex'")
+    factory.sql(f"create table gone as select * from {model} where {where}")
+    factory.sql(f"delete from {model} where {where}")
+    emu.set_faults(ANSWERS_LOST)
+    lost = run_sync(project, "people" if kind == "people" else "companies", console=NullConsole())
+    assert (lost.status, lost.dead_lettered) == ("partial", 1)
+    emu.set_faults(FaultConfig())
+    # Customer.io deleted the record, and its relationships with it
+    if kind == "people":
+        assert emu.person(id="3") is None
+    else:
+        assert ("1", "globex") not in {(o.object_type_id, o.object_id) for o in emu.objects()}
+    assert ("3", "1", "globex", "owner") not in rels(emu)
+    return project
+
+
+@pytest.mark.parametrize("kind", ["people", "objects"])
+@pytest.mark.parametrize("relationships_meanwhile", [True, False], ids=["between", "after"])
+def test_relationships_come_back_with_a_record_whose_delete_was_not_confirmed(
+    project_factory: ProjectFactory, kind: str, relationships_meanwhile: bool
+) -> None:
+    """A mirror delete applied but never answered: the person (object) may be gone with its
+    relationships. Whether the relationships sync runs while it may be gone (the relationship
+    is held, naming why) or only once it is back, the relationship is sent again once the
+    record is delivered again, and only that one."""
+    project = lose_a_delete(project_factory, kind)
+    emu = project_factory.emulator
+    if relationships_meanwhile:
+        meanwhile = run_sync(project, "memberships", console=NullConsole())
+        assert (meanwhile.status, meanwhile.changes.to_send, meanwhile.changes.held) == (
+            "success",
+            0,
+            1,
+        )
+        ((key, reason),) = meanwhile.changes.held_samples
+        assert key == '{"id":"3"} globex'
+        if kind == "people":
+            assert reason == (
+                'person {"id":"3"} may have been deleted, with their relationships: the people '
+                "sync's delete of them was not confirmed; held until the person is delivered "
+                "again"
+            )
+        else:
+            assert reason == (
+                "object `globex` may have been deleted, with its relationships: the objects "
+                "sync's delete of it was not confirmed; held until the object is delivered again"
+            )
+    table = "users" if kind == "people" else "companies"
+    project_factory.sql(f"insert into {table} select * from gone")
+    back = run_all(project)
+    assert all(r.status == "success" for r in back.values())
+    assert back["memberships"].delivered == 1
+    assert rels(emu) == ALL_RELATIONSHIPS
+    assert all(r.changes.to_send == 0 for r in run_all(project).values())
+
+
+def test_relationships_are_not_sent_again_for_a_person_whose_update_was_not_confirmed(
     project_factory: ProjectFactory,
 ) -> None:
-    """A mirror delete applied but never answered leaves the person unconfirmed: when the row
-    is back the person is sent again, but not their relationships (the relationships sync saw
-    the person present throughout). `sync RELATIONSHIPS --only PERSON --full-resync` sends
-    them (docs/sync.md), and forgets nobody else's: the next whole run sends nothing."""
+    """Only a lost delete can have taken the relationships with it: a person whose identify
+    was not confirmed is sent again, and their relationships are neither held nor re-sent."""
     seed(project_factory)
     people = PEOPLE + "mode: mirror\ndelete_removed: true\n"
     project = project_factory.write(
@@ -327,26 +411,54 @@ def test_relationships_of_a_person_whose_delete_was_not_confirmed_are_sent_again
     )
     run_all(project)
     emu = project_factory.emulator
-    project_factory.sql("create table linus as select * from users where user_id = 3")
-    project_factory.sql("delete from users where user_id = 3")
-    emu.set_faults(FaultConfig(error_5xx=1.0, applied_then_failed=True))
+    project_factory.sql("update users set first_name = 'Linus T.' where user_id = 3")
+    emu.set_faults(ANSWERS_LOST)
     lost = run_sync(project, "people", console=NullConsole())
     assert (lost.status, lost.dead_lettered) == ("partial", 1)
     emu.set_faults(FaultConfig())
-    assert emu.person(id="3") is None
-    project_factory.sql("insert into users select * from linus")
-    run_all(project)
-    assert emu.person(id="3") is not None
-    assert ("3", "1", "globex", "owner") not in rels(emu)  # the limit docs/sync.md describes
+    meanwhile = run_sync(project, "memberships", console=NullConsole())
+    assert (meanwhile.changes.to_send, meanwhile.changes.held) == (0, 0)
+    # the row goes back: the person is sent again only for being unconfirmed
+    project_factory.sql("update users set first_name = 'Linus' where user_id = 3")
+    again = run_all(project)
+    assert (again["people"].changes.unconfirmed, again["people"].delivered) == (1, 1)
+    assert (again["memberships"].changes.to_send, again["memberships"].changes.held) == (0, 0)
+    assert rels(emu) == ALL_RELATIONSHIPS
+    assert emu.person(id="3").attributes["first_name"] == "Linus"
 
-    resent = run_sync(project, "memberships", console=NullConsole(), only=("3",), full_resync=True)
-    assert (resent.status, resent.delivered) == ("success", 1)
-    assert rels(emu) == {
-        ("1", "1", "acme", "admin"),
-        ("2", "1", "acme", "member"),
-        ("3", "1", "globex", "owner"),
-    }
-    assert all(r.changes.to_send == 0 for r in run_all(project).values())
+
+def test_a_delete_lost_before_the_upgrade_still_holds_and_brings_back_the_relationships(
+    project_factory: ProjectFactory,
+) -> None:
+    """State written before the unconfirmed records kept what was sent: the table gets its
+    `action` column, filled from the history, so a person whose delete was lost then counts
+    as maybe gone for the relationships sync, and their relationship comes back with them."""
+    seed(project_factory)
+    people = PEOPLE + "mode: mirror\ndelete_removed: true\n"
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": people, "memberships": MEMBERSHIPS}, retries=0
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    with StateStore.open(project.state_dir) as store:
+        store.exec_sql('create table kept as select * from "snap__memberships"')
+    project_factory.sql("create table linus as select * from users where user_id = 3")
+    project_factory.sql("delete from users where user_id = 3")
+    emu.set_faults(ANSWERS_LOST)
+    assert run_sync(project, "people", console=NullConsole()).dead_lettered == 1
+    emu.set_faults(FaultConfig())
+    with StateStore.open(project.state_dir) as store:  # as the earlier version left it
+        store.exec_sql(
+            'delete from "snap__memberships"; insert into "snap__memberships" '
+            "select * from kept; drop table kept;"
+            'alter table "unconfirmed__people" drop column action;'
+        )
+    meanwhile = run_sync(project, "memberships", console=NullConsole())
+    assert meanwhile.changes.held == 1
+    project_factory.sql("insert into users select * from linus")
+    back = run_all(project)
+    assert back["memberships"].delivered == 1
+    assert rels(emu) == ALL_RELATIONSHIPS
 
 
 def test_numeric_object_ids_name_the_object_by_its_integer(

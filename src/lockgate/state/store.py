@@ -14,11 +14,14 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   into the snapshot yet. Flushed during delivery, folded at the end of the run or at the
   start of the next one after a crash. This is what makes a crash safe: what was delivered
   is recorded before the run moves on, and what was not is simply sent again.
-- ``unconfirmed__S(k, run_id)``: records sent whose answer never came (dead-lettered after
-  retries, or cut off by a second SIGTERM/Ctrl-C): Customer.io may have applied them. The
+- ``unconfirmed__S(k, run_id, action)``: records sent whose answer never came (dead-lettered
+  after retries, or cut off by a second SIGTERM/Ctrl-C): Customer.io may have applied them. The
   snapshot keeps what was last *confirmed* (an `on_change` event's key is made of it), and the
   next diff sends these keys again whatever their rows hold (``diff._todo``); a later
-  confirmed delivery of the key takes it out (:meth:`StateStore.fold_journal`).
+  confirmed delivery of the key takes it out (:meth:`StateStore.fold_journal`). ``action`` is
+  what was sent (`identify`, `delete`, ...): a person or object whose `delete` is unconfirmed
+  may be gone with its relationships, so the relationships syncs hold theirs until it is
+  delivered again (``run._related_snapshots``).
 - ``sending__S(kh)``: the write-ahead record of what a run is about to send (the hash of each
   record's key; 8 bytes a record: 0.1-0.2 s at 1M), written in one insert committed before its
   first request and dropped once the run has recorded every answer (:meth:`StateStore.fold_journal`
@@ -322,7 +325,7 @@ class StateStore:
             f"create table if not exists {table('journal', sync)} "
             "(run_id varchar, k varchar, h ubigint, ident varchar, removed boolean);"
             f"create table if not exists {table('unconfirmed', sync)} "
-            "(k varchar, run_id varchar);"
+            "(k varchar, run_id varchar, action varchar);"
             f"create table if not exists {table('oc_sent', sync)} (k varchar, ts bigint);"
             f"create table if not exists {table('sending', sync)} (kh ubigint);"
         )
@@ -332,6 +335,33 @@ class StateStore:
                 f"alter table {snap} add column addr varchar; "
                 f"update {snap} set addr = {PERSON_ADDRESS};"
             )
+        self._add_unconfirmed_action(sync)
+
+    def _add_unconfirmed_action(self, sync: str) -> None:
+        """An ``unconfirmed`` table from before ``action``: add it, once, and fill it from the
+        history of the run that sent each record (a dead letter's row there says `delete` or
+        `identify`). A record cut off in flight has no history row: its action stays unknown,
+        and it counts as no delete."""
+        unconfirmed = table("unconfirmed", sync)
+        columns = {r[0] for r in self.con.execute(f"describe {unconfirmed}").fetchall()}
+        if "action" in columns:
+            return
+        self.exec_sql("begin")
+        try:
+            self.exec_sql(f"alter table {unconfirmed} add column if not exists action varchar")
+            self.exec_sql(
+                f"""
+                update {unconfirmed} u set action = h.action
+                from (select run_id, k, max(action) as action from history
+                      where sync = ? group by run_id, k) h
+                where h.run_id = u.run_id and h.k = u.k
+                """,
+                [sync],
+            )
+            self.exec_sql("commit")
+        except duckdb.Error:
+            self.exec_sql("rollback")
+            raise
 
     def has_snapshot(self, sync: str) -> bool:
         rows = self.con.execute(f"select count(*) from {table('snap', sync)}").fetchall()
@@ -371,7 +401,7 @@ class StateStore:
         try:
             marked = self.exec_sql(
                 f"""
-                insert into {table("unconfirmed", sync)}
+                insert into {table("unconfirmed", sync)} (k, run_id)
                 select s.k, ? from {snap} s
                 semi join {sending} w on w.kh = hash(s.k)
                 anti join {journal} j on j.k = s.k
@@ -462,14 +492,18 @@ class StateStore:
         finally:
             self.con.unregister("_journal_batch")
 
-    def append_unconfirmed(self, sync: str, run_id: str, keys: Sequence[str]) -> None:
-        """Record keys sent without a confirmed answer (see ``unconfirmed__S`` above)."""
+    def append_unconfirmed(
+        self, sync: str, run_id: str, keys: Sequence[str], actions: Sequence[str | None]
+    ) -> None:
+        """Record keys sent without a confirmed answer, with what was sent to each (see
+        ``unconfirmed__S`` above)."""
         if not keys:
             return
         batch = pa.table(
             {
                 "k": pa.array(keys, pa.string()),
                 "run_id": pa.array([run_id] * len(keys), pa.string()),
+                "action": pa.array(actions, pa.string()),
             }
         )
         self.con.register("_unconfirmed_batch", batch)
@@ -624,7 +658,7 @@ class StateStore:
                 }
             )
             self.append_rejected(run_id, sync, "deliver", refused)
-            self.append_unconfirmed(sync, run_id, keys)
+            self.append_unconfirmed(sync, run_id, keys, ["identify"] * len(keys))
             self.exec_sql("commit")
         except BaseException:
             self.exec_sql("rollback")

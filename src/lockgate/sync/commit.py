@@ -38,7 +38,7 @@ class _Buffers(NamedTuple):
     history: dict[str, list[Any]]
     rejected: list[tuple[str, str]]
     delivered: list[tuple[pa.RecordBatch, int, datetime]]
-    unconfirmed: list[str]
+    unconfirmed: tuple[list[str], list[str | None], list[str | None]]
 
 
 class Pending(NamedTuple):
@@ -75,11 +75,17 @@ class Committer:
         flush_seconds: float = 1.0,
         flush_records: int = 100_000,
         unconfirmed_as: Callable[[str], str] | None = None,
+        forget_relationships: Callable[[StateStore, list[str]], None] | None = None,
     ) -> None:
         self.store = store
         # an operation ahead of the records (an email cleared) whose answer never came marks
         # the record it was for (``unconfirmed_as(key)``): the next run sends that record
         self.unconfirmed_as = unconfirmed_as
+        # a person or object whose delete was not confirmed may be gone, and Customer.io
+        # deleted its relationships with it: ``forget_relationships(store, idents)`` takes
+        # them out of the relationships snapshots, in the same transaction as the mark, so
+        # they are sent again once the record is back (whenever the relationships syncs run)
+        self.forget_relationships = forget_relationships
         self.sync = sync
         self.run_id = run_id
         self.kind = kind
@@ -117,7 +123,8 @@ class Committer:
         self._rejected: list[tuple[str, str]] = []
         # whole batches delivered in one answer, kept as Arrow (k, h, ident, removed, action)
         self._delivered: list[tuple[pa.RecordBatch, int, datetime]] = []
-        self._unconfirmed: list[str] = []
+        # (keys, actions, idents) of the records sent whose answer never came
+        self._unconfirmed: tuple[list[str], list[str | None], list[str | None]] = ([], [], [])
         self._buffered = 0
 
     def add(self, results: list[Result], pending: dict[str, Pending]) -> None:
@@ -164,7 +171,7 @@ class Committer:
                 self.counts.rejected += len(group_keys)
             else:
                 self.counts.dead_lettered += len(group_keys)
-                self.unconfirmed(group_keys)
+                self.unconfirmed(group_keys, [action] * len(group_keys), group_idents)
             self._rejected.extend((key, text) for key in group_keys)
             self.counts.failed_keys.update(group_keys)
             for key in group_keys[: max(0, 20 - len(self.counts.failures))]:
@@ -180,15 +187,24 @@ class Committer:
         self.counts.delivered += meta.num_rows
         self._buffered_more(meta.num_rows)
 
-    def unconfirmed(self, keys: list[str]) -> None:
-        """Keys sent whose answer never came: dead-lettered (:meth:`add`), or cut off in
-        flight (the delivery says so as it stops at once; they are not counted, the run is
-        stopping). Only records of a snapshot need the mark: an event not in the ledger is
-        sent again anyway, unless it was for a record (``unconfirmed_as``)."""
+    def unconfirmed(
+        self, keys: list[str], actions: list[str | None], idents: list[str | None]
+    ) -> None:
+        """Keys sent whose answer never came, with what was sent to each (`identify`,
+        `delete`, ...) and to whom: dead-lettered (:meth:`add`), or cut off in flight (the
+        delivery says so as it stops at once; they are not counted, the run is stopping). Only
+        records of a snapshot need the mark: an event not in the ledger is sent again anyway,
+        unless it was for a record (``unconfirmed_as``: an email cleared ahead of its record,
+        which that record's next identify follows, so no delete)."""
+        marked_keys, marked_actions, marked_idents = self._unconfirmed
         if self.unconfirmed_as is not None:
-            self._unconfirmed.extend(self.unconfirmed_as(k) for k in keys)
+            marked_keys.extend(self.unconfirmed_as(k) for k in keys)
+            marked_actions.extend("identify" for _ in keys)
+            marked_idents.extend(None for _ in keys)
         elif self.kind != "events":
-            self._unconfirmed.extend(keys)
+            marked_keys.extend(keys)
+            marked_actions.extend(actions)
+            marked_idents.extend(idents)
 
     def _buffered_more(self, n: int) -> None:
         """Count ``n`` more buffered records; write them at the record or time bound."""
@@ -246,7 +262,13 @@ class Committer:
             store.append_ledger(self.sync, taken.ledger)
             store.append_history(taken.history)
             store.append_rejected(self.run_id, self.sync, "deliver", taken.rejected)
-            store.append_unconfirmed(self.sync, self.run_id, taken.unconfirmed)
+            keys_unsure, actions, idents_unsure = taken.unconfirmed
+            store.append_unconfirmed(self.sync, self.run_id, keys_unsure, actions)
+            deleted = [
+                i for a, i in zip(actions, idents_unsure, strict=True) if a == "delete" and i
+            ]
+            if deleted and self.forget_relationships is not None:
+                self.forget_relationships(store, deleted)
             store.append_delivered(
                 self.sync, self.run_id, taken.delivered, ledger=self.kind == "events"
             )

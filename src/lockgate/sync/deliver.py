@@ -138,7 +138,9 @@ async def _deliver(
     except BaseException:
         # stopped at once (a second signal, a run-wide error): the records handed over and
         # not answered may have reached Customer.io
-        committer.unconfirmed(list(pending))
+        committer.unconfirmed(
+            list(pending), [p.action for p in pending.values()], [p.ident for p in pending.values()]
+        )
         raise
     finally:
         records.close()  # a run stopped early must not leave a result open on the connection
@@ -356,7 +358,9 @@ async def _deliver_packed(
         # stopped at once (a second signal, a run-wide error): the requests in flight were
         # cut off, and Customer.io may have taken them
         for meta in in_flight.values():
-            committer.unconfirmed(meta.column(0).to_pylist())
+            committer.unconfirmed(
+                meta.column(0).to_pylist(), meta.column(4).to_pylist(), meta.column(2).to_pylist()
+            )
         raise
     finally:
         batches.close()  # a run stopped early must not leave a result open on the connection

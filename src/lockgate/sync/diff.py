@@ -174,57 +174,169 @@ def _removal_op(sync: SyncConfig) -> tuple[str, int]:
     )
 
 
+def _person_pairs(idents: str) -> str:
+    """SQL selecting ``(kind, value)`` for every identifier Customer.io finds a person by
+    (`id`, email in lower case, `cio_id`) of the ``ident`` JSON of the rows of ``idents``."""
+    return (
+        "select unnest(['id', 'email', 'cio_id']) as kind, "
+        "unnest([json_extract_string(ident, '$.id'), "
+        "lower(json_extract_string(ident, '$.email')), "
+        f"json_extract_string(ident, '$.cio_id')]) as value from {idents}"
+    )
+
+
+def _person_pair(person: str) -> tuple[str, str]:
+    """SQL for the identifier a relationship names its person by (``person``, its
+    identifiers JSON): its kind (`id`, `email`, ...) and its value, as :func:`_person_pairs`
+    gives them."""
+    key = f"json_keys({person})[1]"
+    value = (
+        f"case when {key} = 'email' then lower(json_extract_string({person}, '$.email'))"
+        f" else json_extract_string({person}, '$.' || {key}) end"
+    )
+    return key, value
+
+
 def _missing_ends(
-    objects_snaps: list[str], people_snaps: list[str], object_id: str, person: str
+    objects_snaps: list[str],
+    people_snaps: list[str],
+    object_id: str,
+    person: str,
+    unsure_objects: list[str] | None = None,
+    unsure_people: list[str] | None = None,
 ) -> list[str]:
     """SQL reasons (null when fine) for a relationship whose object (``object_id``, SQL) or
-    person (``person``, its identifiers JSON) Lockgate has not delivered, or has deleted."""
+    person (``person``, its identifiers JSON) Lockgate has not delivered, or has deleted, or
+    may have deleted: ``unsure_objects`` and ``unsure_people`` are the records a sync's delete
+    was sent to without an answer (:func:`present_ends`, left out of the snapshots)."""
     conditions = []
     if objects_snaps:
         known = " union all ".join(
             f"select json_extract_string(ident, '$.object_id') as o from {t}" for t in objects_snaps
         )
-        conditions.append(
-            f"case when {object_id} not in ({known}) then 'object `' || {object_id} || "
-            "'` is not among the objects sent (not synced yet, or it left the objects "
-            "sync''s model)' end"
+        reason = (
+            f"'object `' || {object_id} || '` is not among the objects sent (not synced yet, "
+            "or it left the objects sync''s model)'"
         )
+        if unsure_objects:
+            unsure = " union all ".join(
+                f"select json_extract_string(ident, '$.object_id') as o from {t}"
+                for t in unsure_objects
+            )
+            reason = (
+                f"case when {object_id} in ({unsure}) then 'object `' || {object_id} || "
+                "'` may have been deleted, with its relationships: the objects sync''s delete "
+                "of it was not confirmed; held until the object is delivered again' "
+                f"else {reason} end"
+            )
+        conditions.append(f"case when {object_id} not in ({known}) then {reason} end")
     if people_snaps:
-        known = " union all ".join(
-            f"select unnest(['id', 'email', 'cio_id']) as kind, "
-            f"unnest([json_extract_string(ident, '$.id'), "
-            f"lower(json_extract_string(ident, '$.email')), "
-            f"json_extract_string(ident, '$.cio_id')]) as value from {t}"
-            for t in people_snaps
+        known = " union all ".join(_person_pairs(t) for t in people_snaps)
+        person_key, person_value = _person_pair(person)
+        reason = (
+            f"'person ' || {person} || ' is not among the people sent (not synced yet, "
+            "or they left the people sync''s model)'"
         )
-        person_key = f"json_keys({person})[1]"
-        person_value = (
-            f"case when {person_key} = 'email' then lower(json_extract_string({person}, '$.email'))"
-            f" else json_extract_string({person}, '$.' || {person_key}) end"
-        )
+        if unsure_people:
+            unsure = " union all ".join(_person_pairs(t) for t in unsure_people)
+            reason = (
+                f"case when ({person_key}, {person_value}) in (select kind, value from "
+                f"({unsure})) then 'person ' || {person} || ' may have been deleted, with "
+                "their relationships: the people sync''s delete of them was not confirmed; "
+                f"held until the person is delivered again' else {reason} end"
+            )
         # a person known only by an anonymous id exists in Customer.io only once identified:
         # the relationship is held by Customer.io itself (`identify_anonymous`), not by us
         conditions.append(
             f"case when {person_key} <> 'anonymous_id' and "
             f"({person_key}, {person_value}) not in (select kind, value from ({known})) "
-            f"then 'person ' || {person} || ' is not among the people sent (not synced yet, "
-            "or they left the people sync''s model)' end"
+            f"then {reason} end"
         )
     return conditions
 
 
+def present_ends(con: duckdb.DuckDBPyConnection, syncs: list[str]) -> tuple[list[str], list[str]]:
+    """For the people (or objects) syncs ``syncs``, whose records are the ends of a
+    relationships sync's relationships: the tables to read those records from, and the
+    tables of the records whose delete is unconfirmed (sent, its answer lost).
+
+    Customer.io may have deleted such a record, and its relationships with it: it counts as
+    gone (the relationships with it are held and forgotten, :func:`_live_relationships`),
+    until its sync delivers it again. A sync without such records gives its snapshot as it
+    is; the unconfirmed table is read further only when it has a delete in it."""
+    present, unsure = [], []
+    for name in syncs:
+        snap, unconfirmed = table("snap", name), table("unconfirmed", name)
+        if not _one(con, f"select count(*) from {unconfirmed} where action = 'delete'"):
+            present.append(snap)
+            continue
+        gone, kept = table("unsure_deleted", name), table("present", name)
+        run_sql(
+            con,
+            f"""
+            create or replace temp view {gone} as
+            select s.* from {snap} s
+            semi join (select k from {unconfirmed} where action = 'delete') u on u.k = s.k;
+            create or replace temp view {kept} as
+            select s.* from {snap} s anti join {gone} g on g.k = s.k;
+            """,
+        )
+        present.append(kept)
+        unsure.append(gone)
+    return present, unsure
+
+
+def forget_relationships_of(
+    con: duckdb.DuckDBPyConnection, kind: str, relationship_snaps: list[str], idents: list[str]
+) -> None:
+    """Take out of the snapshots ``relationship_snaps`` the relationships of the people
+    (``kind`` `people`) or objects (`objects`) ``idents`` (their identifiers JSON, as their
+    snapshot holds them), sent a delete whose answer never came.
+
+    Customer.io deletes a person's (an object's) relationships with them, so these may be
+    gone: no longer counted as delivered, they are sent again once the record is delivered
+    again, even by a relationships sync that runs only after that (it would otherwise never
+    see the record gone). Meanwhile its diff holds them (:func:`present_ends`)."""
+    if not relationship_snaps or kind not in ("people", "objects"):
+        return
+    con.register("_deleted_ends", pa.table({"ident": pa.array(idents, pa.string())}))
+    try:
+        for snap in relationship_snaps:
+            if kind == "objects":
+                where = (
+                    "json_extract_string(ident, '$.object.object_id') in "
+                    "(select json_extract_string(ident, '$.object_id') from _deleted_ends)"
+                )
+            else:
+                key, value = _person_pair("json_extract(ident, '$.person')")
+                where = (
+                    f"({key}, {value}) in "
+                    f"(select kind, value from ({_person_pairs('_deleted_ends')}))"
+                )
+            run_sql(con, f"delete from {snap} where {where}")
+    finally:
+        con.unregister("_deleted_ends")
+
+
 def _live_relationships(
-    con: duckdb.DuckDBPyConnection, snap: str, objects_snaps: list[str], people_snaps: list[str]
+    con: duckdb.DuckDBPyConnection,
+    snap: str,
+    objects_snaps: list[str],
+    people_snaps: list[str],
+    unsure_objects: list[str] | None = None,
+    unsure_people: list[str] | None = None,
 ) -> str:
     """The relationships snapshot without the relationships whose object or person is gone
-    (deleted by a mirror sync: Customer.io deleted its relationships with it), as a temp
-    table's name. Diffed against it, such a relationship still in the model is new again:
-    held while its end is missing, sent once it is back."""
+    (deleted by a mirror sync: Customer.io deleted its relationships with it), or may be (its
+    delete unconfirmed), as a temp table's name. Diffed against it, such a relationship still
+    in the model is new again: held while its end is missing, sent once it is back."""
     conditions = _missing_ends(
         objects_snaps,
         people_snaps,
         "json_extract_string(s.ident, '$.object.object_id')",
         "json_extract(s.ident, '$.person')",
+        unsure_objects,
+        unsure_people,
     )
     if not conditions:
         run_sql(con, "drop table if exists snap_live")
@@ -432,12 +544,19 @@ def _held_by_siblings(
 
 
 def _hold_relationships(
-    con: duckdb.DuckDBPyConnection, objects_snaps: list[str], people_snaps: list[str]
+    con: duckdb.DuckDBPyConnection,
+    objects_snaps: list[str],
+    people_snaps: list[str],
+    unsure_objects: list[str] | None = None,
+    unsure_people: list[str] | None = None,
 ) -> tuple[int, tuple[tuple[str, str], ...]]:
-    """Move relationships whose object or person Lockgate has not delivered yet out of
-    ``changes`` into ``held``: they are not sent and not committed, so a later run sends them
-    once both ends exist (instead of a silent failure in Customer.io's activity log)."""
-    conditions = _missing_ends(objects_snaps, people_snaps, "c.object_id", "c.person")
+    """Move relationships whose object or person Lockgate has not delivered yet (or may have
+    deleted) out of ``changes`` into ``held``: they are not sent and not committed, so a later
+    run sends them once both ends exist (instead of a silent failure in Customer.io's activity
+    log)."""
+    conditions = _missing_ends(
+        objects_snaps, people_snaps, "c.object_id", "c.person", unsure_objects, unsure_people
+    )
     if not conditions:
         return 0, ()
     run_sql(
@@ -648,6 +767,8 @@ def diff_records(
     objects_snaps: list[str] | None = None,
     people_snaps: list[str] | None = None,
     relationship_snaps: list[str] | None = None,
+    unsure_objects: list[str] | None = None,
+    unsure_people: list[str] | None = None,
     now: int = 0,
     in_place: InPlace | None = None,
     payloads: bool = True,
@@ -657,6 +778,10 @@ def diff_records(
     run_id: str = "",
 ) -> ChangeSet:
     """Diff a people, objects or relationships sync against its snapshot.
+
+    For a relationships sync, ``objects_snaps`` and ``people_snaps`` hold the records of its
+    ends, and ``unsure_objects`` and ``unsure_people`` those whose delete is unconfirmed (left
+    out of the others: :func:`present_ends`).
 
     ``run_id`` is the run's id, kept in the snapshot with the rows of an `on_change` sync
     (:func:`_stamped`).
@@ -675,7 +800,9 @@ def diff_records(
     previous = RESYNC_PREVIOUS if full_resync else snap
 
     if sync.kind == "relationships":
-        snap = _live_relationships(con, snap, objects_snaps or [], people_snaps or [])
+        snap = _live_relationships(
+            con, snap, objects_snaps or [], people_snaps or [], unsure_objects, unsure_people
+        )
     # Stage 1, cheap: each row's key and the hash of the columns its payload is built from
     # (DuckDB computes only those two expressions of the mapping). Rows whose key and hash
     # match the snapshot are unchanged; only the others are mapped into payloads.
@@ -757,7 +884,9 @@ def diff_records(
     held = 0
     held_samples: tuple[tuple[str, str], ...] = ()
     if sync.kind == "relationships":
-        held, held_samples = _hold_relationships(con, objects_snaps or [], people_snaps or [])
+        held, held_samples = _hold_relationships(
+            con, objects_snaps or [], people_snaps or [], unsure_objects, unsure_people
+        )
     if repeated or full_resync:
         removed = int(
             _one(con, f"select count(*) from {previous} s anti join keyed m on m.k = s.k") or 0

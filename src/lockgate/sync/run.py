@@ -480,16 +480,16 @@ def _prepare(
             if sync.kind == "events":
                 changes = diff_step.diff_events(store.con, sync, compiled)
             else:
-                objects_snaps, people_snaps, relationship_snaps = _related_snapshots(
-                    store, project, sync
-                )
+                related = _related_snapshots(store, project, sync)
                 changes = diff_step.diff_records(
                     store.con,
                     sync,
                     compiled,
-                    objects_snaps=objects_snaps,
-                    people_snaps=people_snaps,
-                    relationship_snaps=relationship_snaps,
+                    objects_snaps=related.objects,
+                    people_snaps=related.people,
+                    relationship_snaps=related.relationships,
+                    unsure_objects=related.unsure_objects,
+                    unsure_people=related.unsure_people,
                     now=now,
                     in_place=in_place,
                     payloads=payloads,
@@ -1049,33 +1049,45 @@ def _deliver_to_ledger(
     return committer.counts
 
 
-def _related_snapshots(
-    store: StateStore, project: Project, sync: SyncConfig
-) -> tuple[list[str], list[str], list[str]]:
+class Related(NamedTuple):
+    """The snapshots a sync's diff reads besides its own (:func:`_related_snapshots`)."""
+
+    objects: list[str]
+    people: list[str]
+    relationships: list[str]
+    unsure_objects: list[str]
+    """Of the objects syncs: the objects whose delete is unconfirmed (``diff.present_ends``),
+    left out of ``objects``."""
+    unsure_people: list[str]
+    """Of the people syncs: the people whose delete is unconfirmed, left out of ``people``."""
+
+
+def _related_snapshots(store: StateStore, project: Project, sync: SyncConfig) -> Related:
     """For a relationships sync: the snapshots of the project's objects syncs of the same type
-    and of its people syncs, which tell whether both ends of a relationship exist yet, and of
-    its other relationships syncs of the same type, whose relationships a `mirror` run must
-    not delete. For an objects sync with `on_change`: the relationships syncs of its type,
-    whose people hear of the object's transitions."""
+    and of its people syncs, which tell whether both ends of a relationship exist yet (without
+    the records whose delete is unconfirmed: they may be gone), and of its other relationships
+    syncs of the same type, whose relationships a `mirror` run must not delete. For an objects
+    sync with `on_change`: the relationships syncs of its type, whose people hear of the
+    object's transitions."""
     if sync.kind == "objects" and sync.on_change:
         relationships = []
         for other in project:
             if other.kind == "relationships" and other.object_type_id == sync.object_type_id:
                 store.ensure_sync_tables(other.name)
                 relationships.append(table("snap", other.name))
-        return [], [], relationships
+        return Related([], [], relationships, [], [])
     if sync.kind != "relationships":
-        return [], [], []
+        return Related([], [], [], [], [])
     objects, people, siblings = [], [], []
     for other in project:
         if other.destination != sync.destination:
             continue
         if other.kind == "objects" and other.object_type_id == sync.object_type_id:
             store.ensure_sync_tables(other.name)
-            objects.append(table("snap", other.name))
+            objects.append(other.name)
         elif other.kind == "people":
             store.ensure_sync_tables(other.name)
-            people.append(table("snap", other.name))
+            people.append(other.name)
         elif (
             other.kind == "relationships"
             and other.name != sync.name
@@ -1083,7 +1095,36 @@ def _related_snapshots(
         ):
             store.ensure_sync_tables(other.name)
             siblings.append(table("snap", other.name))
-    return objects, people, siblings
+    objects_present, unsure_objects = diff_step.present_ends(store.con, objects)
+    people_present, unsure_people = diff_step.present_ends(store.con, people)
+    return Related(objects_present, people_present, siblings, unsure_objects, unsure_people)
+
+
+def _relationships_of(
+    store: StateStore, project: Project, sync: SyncConfig
+) -> Callable[[StateStore, list[str]], None] | None:
+    """For a people or objects sync that may delete records (`mirror`, `delete_removed`):
+    what forgets, in the relationships syncs of its destination (of its object type), the
+    relationships of the records whose delete was not confirmed (``Committer``)."""
+    if sync.kind not in ("people", "objects") or not sync.delete_removed:
+        return None
+    snaps = []
+    for other in project:
+        if (
+            other.kind == "relationships"
+            and other.destination == sync.destination
+            and (sync.kind == "people" or other.object_type_id == sync.object_type_id)
+        ):
+            store.ensure_sync_tables(other.name)
+            snaps.append(table("snap", other.name))
+    if not snaps:
+        return None
+    kind = sync.kind
+
+    def forget(writer: StateStore, idents: list[str]) -> None:
+        diff_step.forget_relationships_of(writer.con, kind, snaps, idents)
+
+    return forget
 
 
 #: `sync --all` runs objects before people before relationships before events, so the
@@ -1378,7 +1419,13 @@ def run_sync(
                     email_clears = _deliver_email_clears(
                         store, project, sync, run_id, console, destination_factory
                     )
-                committer = Committer(store.writer(), sync=sync.name, run_id=run_id, kind=sync.kind)
+                committer = Committer(
+                    store.writer(),
+                    sync=sync.name,
+                    run_id=run_id,
+                    kind=sync.kind,
+                    forget_relationships=_relationships_of(store, project, sync),
+                )
                 # the writer is closed with the run: a Session's state store outlives it
                 with (
                     committer.store,
