@@ -171,21 +171,43 @@ LOCK_WAIT_SECONDS = 0.5
 CREATED_BYTES = 3 * 4096
 
 
-def _set_aside_unfinished(path: Path) -> None:
+def _set_aside_unfinished(path: Path) -> Path | None:
     """A process killed while DuckDB was creating the state file (the first run's first
     moments) leaves it shorter than DuckDB's headers, and DuckDB then refuses it as "not a
     valid DuckDB database file" on every later run. Such a file never held a committed byte
     (data follows the headers, and nothing is written before they are): move it aside, as
-    ``state.duckdb.unfinished``, so the state is created again. A file with a WAL beside it,
-    or of full header size, is left alone (a damaged one stays an error to look at)."""
+    ``state.duckdb.unfinished``, so the state is created again; returns where it went (the
+    caller warns). A file with a WAL beside it, or of full header size, is left alone (a
+    damaged one stays an error to look at).
+
+    A short file beside a `runs.json` that lists runs is no such file: a run is recorded
+    only once the state exists, so it held them, and was cut short since (a bad copy or
+    restore, a full disk, filesystem damage). Set aside, every record and event would be
+    sent again as on a first run, and the run history lost: that is an error naming the file."""
     wal = path.with_name(path.name + ".wal")
-    if path.exists() and path.stat().st_size < CREATED_BYTES and not wal.exists():
-        os.replace(path, path.with_name(path.name + ".unfinished"))
+    if not path.exists() or wal.exists():
+        return None
+    size = path.stat().st_size
+    if size >= CREATED_BYTES:
+        return None
+    earlier = read_runs_log(path.parent, limit=RUNS_LOG_SIZE)
+    if earlier:
+        last = max(earlier, key=lambda r: r.started_at)
+        raise StateError(
+            f"the state database `{path}` is {size:,} bytes, too short to hold anything, but "
+            f"`{path.with_name(RUNS_LOG)}` lists {len(earlier)} earlier "
+            f"run{'s' if len(earlier) != 1 else ''} (the latest {last.run_id} of sync "
+            f"`{last.sync}`): the file was cut short (a bad copy or restore, a full disk?)",
+            hint="restore it from a backup; or, to start over, move it away (the next runs "
+            "then send every record and event again, as first runs do)",
+        )
+    aside = path.with_name(path.name + ".unfinished")
+    os.replace(path, aside)
+    return aside
 
 
 def _open_database(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
     """The state database, with the settings every run relies on, its schema up to date."""
-    _set_aside_unfinished(path)
     try:
         con = duckdb.connect(str(path))
     except duckdb.Error as exc:
@@ -231,6 +253,9 @@ class StateStore:
         self.path = path
         self.con = con
         self._lock_fd = lock_fd
+        self.set_aside: Path | None = None
+        """Where opening moved a state file cut off while it was created (see
+        :func:`_set_aside_unfinished`): the first run to open the store warns of it."""
 
     @classmethod
     def open(
@@ -263,7 +288,10 @@ class StateStore:
             os.ftruncate(fd, 0)
             os.write(fd, f"pid {os.getpid()}".encode())
             path = state_dir / "state.duckdb"
-            return cls(path, _open_database(path, memory_limit), fd)
+            aside = _set_aside_unfinished(path)
+            store = cls(path, _open_database(path, memory_limit), fd)
+            store.set_aside = aside
+            return store
         except BaseException:
             os.close(fd)  # whatever failed, the lock is not left held by this process
             raise

@@ -382,6 +382,13 @@ def _prepare(
     """Everything before delivery. Without ``payloads`` (a plan), records' payloads are built
     only for the samples shown (``diff.with_payloads``). With ``only``, the run is of the
     records those values name (:func:`_keep_only`)."""
+    if store.set_aside is not None:  # said once, by the first run of the store
+        console.warn(
+            f"the state file was cut off while it was being created (a run killed in its "
+            f"first moments) and held nothing: set aside as `{store.set_aside}`, and a new "
+            "state created; this run sends every record as a first run does"
+        )
+        store.set_aside = None
     store.ensure_sync_tables(sync.name)
     store.mark_crashed_runs(sync.name)
     recovered = store.fold_journal(sync.name)
