@@ -2,6 +2,7 @@
 
 - A state file cut short after it held runs (a bad restore) is refused, not set aside and
   replaced by an empty one (which would send everything again and lose the run history).
+- A state written by a newer Lockgate (a newer state format) is refused by an older one.
 
 Every test runs real syncs against the emulator (tests/sync/conftest.py).
 """
@@ -12,11 +13,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import duckdb
 from click.testing import CliRunner
 from tests.sync.helpers import PEOPLE
 
 from lockgate.cli import cli
 from lockgate.console import NullConsole
+from lockgate.state.store import STATE_FORMAT
 from lockgate.sync.run import run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -81,3 +84,26 @@ def test_a_state_file_cut_off_while_created_is_set_aside_with_a_warning(
         f"first moments) and held nothing: set aside as `{aside}`, and a new state created; "
         "this run sends every record as a first run does"
     ) in console.messages
+
+
+def test_a_state_of_a_newer_format_is_refused_before_anything_is_sent(
+    project_factory: ProjectFactory,
+) -> None:
+    """A Lockgate rolled back after a newer one wrote the state: refused at once, where it
+    could misread the state after sending."""
+    seed(project_factory)
+    project = project_factory.write({"people": PEOPLE})
+    assert lockgate(project, "sync", "people").exit_code == 0
+    con = duckdb.connect(str(project.root / ".lockgate" / "state.duckdb"))
+    con.execute("update state_format set format = ?, written_by = '9.1.0'", [STATE_FORMAT + 1])
+    con.close()
+    project_factory.sql("update people set plan = 'B'")
+    requests = len(project_factory.emulator.request_log())
+
+    said = refused(project.root, "sync", "people")["people"]
+    assert (
+        f"is of state format {STATE_FORMAT + 1}, written by Lockgate 9.1.0; this Lockgate" in said
+    )
+    assert f"knows state formats up to {STATE_FORMAT}" in said
+    assert "upgrade Lockgate to 9.1.0 or later" in said
+    assert len(project_factory.emulator.request_log()) == requests

@@ -28,6 +28,8 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   ``rejected`` (rows refused by Lockgate or the API, with the reason).
 - ``run_log_written(run_id, written_at)``: the finished runs already written to the warehouse's
   run log (`run_log:`; sync/runlog.py).
+- ``state_format(format, written_by, recorded_at)``: the format of the state
+  (:data:`STATE_FORMAT`) and the Lockgate that brought it there; a newer one is refused.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from lockgate import __version__
 from lockgate.errors import StateError
 from lockgate.filelock import flock_waiting
 
@@ -206,6 +209,46 @@ def _set_aside_unfinished(path: Path) -> Path | None:
     return aside
 
 
+#: The format of the state, recorded in it (table ``state_format``). Raise it with a change that
+#: makes the state unsafe for the Lockgate before it (a table it fills without naming columns
+#: gains one, a table's meaning changes): that Lockgate then refuses the state as it opens it,
+#: naming the version that wrote it, where it would otherwise fail part-way through a run,
+#: after sending, or misread what was delivered. (Lockgates from before the format was
+#: recorded do not read it.)
+STATE_FORMAT = 1
+
+
+def _check_format(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Refuse a state of a newer format than this Lockgate knows (:data:`STATE_FORMAT`)."""
+    run_sql(
+        con,
+        "create table if not exists state_format "
+        "(format integer, written_by varchar, recorded_at timestamptz)",
+    )
+    rows = run_sql(con, "select format, written_by from state_format order by format desc limit 1")
+    if rows and rows[0][0] > STATE_FORMAT:
+        found, written_by = rows[0]
+        raise StateError(
+            f"the state `{path}` is of state format {found}, written by Lockgate {written_by}; "
+            f"this Lockgate ({__version__}) knows state formats up to {STATE_FORMAT}, and "
+            "could misread it (send records again, or skip some)",
+            hint=f"upgrade Lockgate to {written_by} or later (`pip install -U lockgate`) to use "
+            "this state; to go back to this version, restore a state it wrote (a backup)",
+        )
+
+
+def _record_format(con: duckdb.DuckDBPyConnection) -> None:
+    """Record :data:`STATE_FORMAT` once the state's schema is up to it."""
+    rows = run_sql(con, "select max(format) from state_format")
+    if rows[0][0] is None or rows[0][0] < STATE_FORMAT:
+        run_sql(con, "delete from state_format")
+        run_sql(
+            con,
+            "insert into state_format values (?, ?, ?)",
+            [STATE_FORMAT, __version__, datetime.now(UTC)],
+        )
+
+
 def _open_database(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
     """The state database, with the settings every run relies on, its schema up to date."""
     try:
@@ -227,8 +270,10 @@ def _open_database(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
         # checkpoint at close rather than during a run: commits stay cheap, and the WAL is
         # replayed after a crash
         run_sql(con, "set checkpoint_threshold='4GB'")
+        _check_format(con, path)
         run_sql(con, SCHEMA)
         _flatten_grouped_history(con)
+        _record_format(con)
     except BaseException:
         con.close()
         raise
