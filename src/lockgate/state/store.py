@@ -30,6 +30,8 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   run log (`run_log:`; sync/runlog.py).
 - ``state_format(format, written_by, recorded_at)``: the format of the state
   (:data:`STATE_FORMAT`) and the Lockgate that brought it there; a newer one is refused.
+- ``workspaces(sync, workspace, recorded_at)``: the Customer.io workspace each sync's state is
+  of (:mod:`lockgate.state.workspace`).
 """
 
 from __future__ import annotations
