@@ -688,7 +688,9 @@ def test_state_from_before_mappings_were_recorded_and_a_column_gone_from_the_mod
     project = project_factory.write({"profile": PROFILE})  # `region` no longer sent
     plan = plan_sync(project, "profile", console=NullConsole())
     assert plan.changes.changed == 20 and plan.changes.remapped == 0
-    assert {g.name: g.actual for g in plan.guards}["mapping"] == "not recorded"
+    assert {g.name: g.actual for g in plan.guards}["mapping"] == (
+        "not recorded (a state of an older Lockgate)"
+    )
     assert run_sync(project, "profile", console=NullConsole(), force=True).delivered == 20
 
     # recorded now; the model drops `promo`, which the last mapping read, and the sync stops
@@ -703,6 +705,40 @@ def test_state_from_before_mappings_were_recorded_and_a_column_gone_from_the_mod
         "removed attribute `promo` (Customer.io keeps the values sent before): 0 people"
     )
     assert len(emu.people()) == 20
+
+
+def test_max_changed_after_an_upgrade_that_sends_everyone_again_says_why(
+    project_factory: ProjectFactory,
+) -> None:
+    """An upgrade whose payloads differ (the CHANGELOG says every record is sent again once),
+    on a state whose older Lockgate recorded no mapping: every person counts as changed, and
+    `max_changed`'s hint says so and how to go on, instead of sending the user to the model."""
+    from lockgate.state.store import StateStore
+
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": with_guardrails(PROFILE, "{max_changed: 10%}")})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 20
+    with StateStore.open(project.state_dir) as store:
+        store.exec_sql("drop table contract_mappings")  # as an older Lockgate left the state
+        store.exec_sql('update "snap__profile" set h = h + 1')  # which hashed payloads apart
+
+    said = " ".join(refused(project, "profile", emu).split())
+    assert "max_changed is 20 of 20 people (100.0%), over the limit of 10%" in said
+    assert (
+        "hint: these may not be data changes: the state, written by an older Lockgate, does not "
+        "record the mapping they were last sent with: after an upgrade that sends every record "
+        "again once (its CHANGELOG says so), each counts as changed. If that is expected, run "
+        "`lockgate sync profile --force` once (it records the mapping; later runs count data "
+        "changes alone)"
+    ) in said
+    assert run_sync(project, "profile", console=NullConsole(), force=True).delivered == 20
+
+    # the mapping recorded now: a real change of every person sends the user to the model
+    project_factory.sql("update users set plan = 'team'")
+    said = " ".join(refused(project, "profile", emu).split())
+    assert "these may not be data changes" not in said
+    assert "hint: check the model; if this change is intended" in said
 
 
 def test_warn_at_shows_a_breaker_near_its_limit_and_the_run_goes_on(

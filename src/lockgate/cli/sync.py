@@ -487,6 +487,13 @@ def _sync_names(project: Project, names: tuple[str, ...], every: bool) -> list[s
 )
 @click.option("--force", is_flag=True, help="Run even if a guardrail is breached (this run only).")
 @only_option
+@click.option(
+    "--new-workspace",
+    is_flag=True,
+    help="Start the syncs over in the Customer.io workspace they point at now: forget what "
+    "the state says they delivered (snapshot, event ledger, unconfirmed records) and send "
+    "every record and event again.",
+)
 def sync(
     sync_names: tuple[str, ...],
     run_all: bool,
@@ -495,11 +502,18 @@ def sync(
     full_resync: bool,
     force: bool,
     only: tuple[str, ...],
+    new_workspace: bool,
 ) -> None:
     """Run one or more syncs: send only what changed, record what was delivered. `--only`
     sends the named records alone: one person first, to see them in Customer.io."""
     progress = _Progress(list(sync_names))
     with _failure_as_json(as_json, progress, one=False):
+        if new_workspace and only:
+            raise ConfigError(
+                "`--new-workspace` starts the syncs over with every record, `--only` sends the "
+                "named ones alone: they do not go together",
+                hint="run `lockgate sync SYNC --new-workspace` without `--only`",
+            )
         project = open_project(project_path)
         progress.names = _sync_names(project, sync_names, run_all)
         console = RichConsole(quiet=as_json)
@@ -515,6 +529,7 @@ def sync(
                     force=force,
                     session=session,
                     only=only,
+                    new_workspace=new_workspace,
                 ),
                 console,
                 "sync",

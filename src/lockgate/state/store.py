@@ -38,6 +38,10 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   ``rejected`` (rows refused by Lockgate or the API, with the reason).
 - ``run_log_written(run_id, written_at)``: the finished runs already written to the warehouse's
   run log (`run_log:`; sync/runlog.py).
+- ``state_format(format, written_by, recorded_at)``: the format of the state
+  (:data:`STATE_FORMAT`) and the Lockgate that brought it there; a newer one is refused.
+- ``workspaces(sync, workspace, recorded_at)``: the Customer.io workspace each sync's state is
+  of (:mod:`lockgate.state.workspace`).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from lockgate import __version__
 from lockgate.errors import StateError
 from lockgate.filelock import flock_waiting
 
@@ -181,21 +186,83 @@ LOCK_WAIT_SECONDS = 0.5
 CREATED_BYTES = 3 * 4096
 
 
-def _set_aside_unfinished(path: Path) -> None:
+def _set_aside_unfinished(path: Path) -> Path | None:
     """A process killed while DuckDB was creating the state file (the first run's first
     moments) leaves it shorter than DuckDB's headers, and DuckDB then refuses it as "not a
     valid DuckDB database file" on every later run. Such a file never held a committed byte
     (data follows the headers, and nothing is written before they are): move it aside, as
-    ``state.duckdb.unfinished``, so the state is created again. A file with a WAL beside it,
-    or of full header size, is left alone (a damaged one stays an error to look at)."""
+    ``state.duckdb.unfinished``, so the state is created again; returns where it went (the
+    caller warns). A file with a WAL beside it, or of full header size, is left alone (a
+    damaged one stays an error to look at).
+
+    A short file beside a `runs.json` that lists runs is no such file: a run is recorded
+    only once the state exists, so it held them, and was cut short since (a bad copy or
+    restore, a full disk, filesystem damage). Set aside, every record and event would be
+    sent again as on a first run, and the run history lost: that is an error naming the file."""
     wal = path.with_name(path.name + ".wal")
-    if path.exists() and path.stat().st_size < CREATED_BYTES and not wal.exists():
-        os.replace(path, path.with_name(path.name + ".unfinished"))
+    if not path.exists() or wal.exists():
+        return None
+    size = path.stat().st_size
+    if size >= CREATED_BYTES:
+        return None
+    earlier = read_runs_log(path.parent, limit=RUNS_LOG_SIZE)
+    if earlier:
+        last = max(earlier, key=lambda r: r.started_at)
+        raise StateError(
+            f"the state database `{path}` is {size:,} bytes, too short to hold anything, but "
+            f"`{path.with_name(RUNS_LOG)}` lists {len(earlier)} earlier "
+            f"run{'s' if len(earlier) != 1 else ''} (the latest {last.run_id} of sync "
+            f"`{last.sync}`): the file was cut short (a bad copy or restore, a full disk?)",
+            hint="restore it from a backup; or, to start over, move it away (the next runs "
+            "then send every record and event again, as first runs do)",
+        )
+    aside = path.with_name(path.name + ".unfinished")
+    os.replace(path, aside)
+    return aside
+
+
+#: The format of the state, recorded in it (table ``state_format``). Raise it with a change that
+#: makes the state unsafe for the Lockgate before it (a table it fills without naming columns
+#: gains one, a table's meaning changes): that Lockgate then refuses the state as it opens it,
+#: naming the version that wrote it, where it would otherwise fail part-way through a run,
+#: after sending, or misread what was delivered. (Lockgates from before the format was
+#: recorded do not read it.)
+STATE_FORMAT = 1
+
+
+def _check_format(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Refuse a state of a newer format than this Lockgate knows (:data:`STATE_FORMAT`)."""
+    run_sql(
+        con,
+        "create table if not exists state_format "
+        "(format integer, written_by varchar, recorded_at timestamptz)",
+    )
+    rows = run_sql(con, "select format, written_by from state_format order by format desc limit 1")
+    if rows and rows[0][0] > STATE_FORMAT:
+        found, written_by = rows[0]
+        raise StateError(
+            f"the state `{path}` is of state format {found}, written by Lockgate {written_by}; "
+            f"this Lockgate ({__version__}) knows state formats up to {STATE_FORMAT}, and "
+            "could misread it (send records again, or skip some)",
+            hint=f"upgrade Lockgate to {written_by} or later (`pip install -U lockgate`) to use "
+            "this state; to go back to this version, restore a state it wrote (a backup)",
+        )
+
+
+def _record_format(con: duckdb.DuckDBPyConnection) -> None:
+    """Record :data:`STATE_FORMAT` once the state's schema is up to it."""
+    rows = run_sql(con, "select max(format) from state_format")
+    if rows[0][0] is None or rows[0][0] < STATE_FORMAT:
+        run_sql(con, "delete from state_format")
+        run_sql(
+            con,
+            "insert into state_format values (?, ?, ?)",
+            [STATE_FORMAT, __version__, datetime.now(UTC)],
+        )
 
 
 def _open_database(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
     """The state database, with the settings every run relies on, its schema up to date."""
-    _set_aside_unfinished(path)
     try:
         con = duckdb.connect(str(path))
     except duckdb.Error as exc:
@@ -215,8 +282,10 @@ def _open_database(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
         # checkpoint at close rather than during a run: commits stay cheap, and the WAL is
         # replayed after a crash
         run_sql(con, "set checkpoint_threshold='4GB'")
+        _check_format(con, path)
         run_sql(con, SCHEMA)
         _flatten_grouped_history(con)
+        _record_format(con)
     except BaseException:
         con.close()
         raise
@@ -241,6 +310,9 @@ class StateStore:
         self.path = path
         self.con = con
         self._lock_fd = lock_fd
+        self.set_aside: Path | None = None
+        """Where opening moved a state file cut off while it was created (see
+        :func:`_set_aside_unfinished`): the first run to open the store warns of it."""
 
     @classmethod
     def open(
@@ -273,7 +345,10 @@ class StateStore:
             os.ftruncate(fd, 0)
             os.write(fd, f"pid {os.getpid()}".encode())
             path = state_dir / "state.duckdb"
-            return cls(path, _open_database(path, memory_limit), fd)
+            aside = _set_aside_unfinished(path)
+            store = cls(path, _open_database(path, memory_limit), fd)
+            store.set_aside = aside
+            return store
         except BaseException:
             os.close(fd)  # whatever failed, the lock is not left held by this process
             raise

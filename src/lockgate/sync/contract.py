@@ -19,6 +19,10 @@
   its delivered events are keyed by) differ from the sync's last committed run (read from the
   state when there is one). An error: the run would be refused until forced once (`lockgate
   sync NAME --force`), which records the new identifiers.
+- **Workspace**: the state of a sync is of another Customer.io workspace than its destination
+  points at now (a project copied with its `.lockgate`, a `state:` folder shared by two
+  projects). A warning: runs and plans of the sync are refused until it has a state of its own
+  or is started over (`lockgate sync NAME --new-workspace`).
 
 Example::
 
@@ -39,7 +43,7 @@ from lockgate.console import Console
 from lockgate.errors import StateError
 from lockgate.project.loader import Project
 from lockgate.project.models import MAX_ATTRIBUTES
-from lockgate.state import contract
+from lockgate.state import contract, workspace
 from lockgate.state.store import StateStore
 from lockgate.sync.mapping import event_key, event_key_text, same_identifiers
 
@@ -283,6 +287,7 @@ def check_project(project: Project) -> list[Finding]:
                     found = contract.last(store.con, sync.name)
                     if found is not None:
                         last[sync.name] = found
+                findings += other_workspace(store, project)
         except StateError as exc:
             findings.append(
                 Finding(
@@ -295,6 +300,26 @@ def check_project(project: Project) -> list[Finding]:
     findings += event_names(project, {k: v for k, v in sent.items() if k in project.syncs})
     findings += identifiers(project, last)
     return findings
+
+
+def other_workspace(store: StateStore, project: Project) -> list[Finding]:
+    """The syncs whose state is of another Customer.io workspace than they point at now: their
+    runs and plans are refused (:mod:`lockgate.state.workspace`)."""
+    names = [s.name for s in project if workspace.moved(store, project, s)]
+    if not names:
+        return []
+    listed = ", ".join(f"`{n}`" for n in names)
+    return [
+        Finding(
+            "workspace",
+            "warning",
+            f"sync{'s' if len(names) > 1 else ''} {listed}: the state `{store.path}` is of "
+            "another Customer.io workspace (another site id) than the destination points at "
+            "now, so `lockgate sync` and `plan` refuse "
+            f"{'them' if len(names) > 1 else 'it'}: {workspace.FIX.format(syncs=' '.join(names))}",
+            tuple(project.sync_files[n] for n in names),
+        )
+    ]
 
 
 def render(console: Console, findings: list[Finding]) -> None:

@@ -344,6 +344,9 @@ def _event_key(sync: SyncConfig, last: contract.Contract | None, changes: Change
     )
 
 
+NOT_RECORDED = "not recorded (a state of an older Lockgate)"
+
+
 def _mapping(
     sync: SyncConfig, last: contract.Contract | None, changes: ChangeSet, noun: str
 ) -> GuardResult:
@@ -351,7 +354,7 @@ def _mapping(
     and how many records that alone sends again (their data is as last delivered)."""
     name, limit = "mapping", "a change re-sends each record once"
     if last is None or last.mapping is None:
-        return GuardResult(name, limit, FIRST_RUN if last is None else "not recorded", False)
+        return GuardResult(name, limit, FIRST_RUN if last is None else NOT_RECORDED, False)
     what = shaping_changes(last.mapping, shaping(sync), removed_attributes(sync, last.mapping))
     if not what and not changes.remapped:
         return GuardResult(name, limit, "unchanged", False)
@@ -482,6 +485,7 @@ def check(
         noun = sync.kind  # people, objects or relationships
         people = f"{base:,} {noun}"
         known_people = f"{known:,} {noun}"
+        mapping_row = _mapping(sync, last, changes, noun)
         if not only:
             results.append(_empty_model(sync, changes, known, noun))
         else:
@@ -494,15 +498,18 @@ def check(
                 )
             )
         results += [
-            _mapping(sync, last, changes, noun),
+            mapping_row,
             # records sent again only because the mapping changed are the mapping row's; those
             # sent again because their last delivery was not confirmed are no data change
-            breaker(
-                "max_changed",
-                lim.max_changed,
-                changes.changed - changes.remapped - changes.unconfirmed,
-                base,
-                f"changed {noun}", people, changed,
+            _with_hint(
+                breaker(
+                    "max_changed",
+                    lim.max_changed,
+                    changes.changed - changes.remapped - changes.unconfirmed,
+                    base,
+                    f"changed {noun}", people, changed,
+                ),
+                hint=_remapped_untold(sync, last, changes, mapping_row, base),
             ),
             None if sync.kind == "relationships" else breaker(
                 "max_cleared",
@@ -573,9 +580,41 @@ def check(
     return [r for r in results if r is not None]
 
 
+def _remapped_untold(
+    sync: SyncConfig,
+    last: contract.Contract | None,
+    changes: ChangeSet,
+    mapping_row: GuardResult,
+    base: int,
+) -> str:
+    """`max_changed`'s hint when the run cannot tell the records sent again only for the
+    mapping from those whose data changed, so every one counts as changed: the state does not
+    record the mapping they were last sent with (written by an older Lockgate, which an
+    upgrade that re-sends every record once trips), or it changed in a way the last mapping's
+    hash cannot be read back for (a column it read is gone). Empty otherwise (the generic
+    hint: check the model)."""
+    if base <= 0:
+        return ""
+    if last is None or last.mapping is None or not last.mapping_hash:
+        why = (
+            "the state, written by an older Lockgate, does not record the mapping they were "
+            "last sent with: after an upgrade that sends every record again once (its "
+            "CHANGELOG says so), each counts as changed"
+        )
+    elif mapping_row.actual != "unchanged" and not changes.remapped:
+        why = "the mapping changed (the `mapping` row), and those it alone sends again count"
+    else:
+        return ""
+    return (
+        f"these may not be data changes: {why}. If that is expected, run `lockgate sync "
+        f"{sync.name} --force` once (it records the mapping; later runs count data changes "
+        "alone); otherwise check the model, or raise the limit in the sync's `guardrails:`"
+    )
+
+
 def _with_hint(result: GuardResult | None, *, hint: str) -> GuardResult | None:
-    """``result`` with ``hint`` when it is breached."""
-    if result is None or not result.breached:
+    """``result`` with ``hint`` when it is breached (and ``hint`` says something)."""
+    if result is None or not result.breached or not hint:
         return result
     return dataclasses.replace(result, hint=hint)
 

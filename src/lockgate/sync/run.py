@@ -41,6 +41,7 @@ from lockgate.project.models import ENV_REF, SyncConfig, check_url, resolve_env
 from lockgate.sources import connect
 from lockgate.sources.base import Source
 from lockgate.state import contract as contract_state
+from lockgate.state import workspace
 from lockgate.state.store import LOCK_WAIT_SECONDS, StateStore, run_sql, table
 from lockgate.sync import diff as diff_step
 from lockgate.sync import guard as guard_step
@@ -378,11 +379,28 @@ def _prepare(
     payloads: bool = True,
     session: Session | None = None,
     only: tuple[str, ...] = (),
+    new_workspace: bool = False,
 ) -> Prepared:
     """Everything before delivery. Without ``payloads`` (a plan), records' payloads are built
     only for the samples shown (``diff.with_payloads``). With ``only``, the run is of the
-    records those values name (:func:`_keep_only`)."""
+    records those values name (:func:`_keep_only`). With ``new_workspace``, the sync starts
+    over (:func:`workspace.start_over`); otherwise a state of another workspace stops it here
+    (:func:`workspace.check`), before anything is read or sent."""
+    if store.set_aside is not None:  # said once, by the first run of the store
+        console.warn(
+            f"the state file was cut off while it was being created (a run killed in its "
+            f"first moments) and held nothing: set aside as `{store.set_aside}`, and a new "
+            "state created; this run sends every record as a first run does"
+        )
+        store.set_aside = None
     store.ensure_sync_tables(sync.name)
+    if new_workspace:
+        workspace.start_over(store, sync.name)
+        console.info(
+            f"{sync.name}: started over: what the state said was delivered is forgotten, "
+            "everything is sent to the workspace the destination points at"
+        )
+    workspace.check(store, project, sync)
     store.mark_crashed_runs(sync.name, step.run_id)
     # before the fold: the records the journal confirms are left out
     unheard = store.recover_sending(sync.name, step.run_id)
@@ -1327,6 +1345,7 @@ def run_sync(
     now: int | None = None,
     session: Session | None = None,
     only: tuple[str, ...] = (),
+    new_workspace: bool = False,
 ) -> RunReport:
     """Run one sync to the end; returns its report. Raises StepError when a step fails,
     ContractError (before anything is sent) when a guardrail is breached and not ``force``.
@@ -1335,7 +1354,13 @@ def run_sync(
     With ``only``, the run is of the records those values name (`lockgate sync --only`): only
     they are diffed, sent and committed; the share guardrails are skipped, identity merges
     waiting to be sent stop it (they belong to a whole run), and the mapping is not recorded
-    as delivered (the other records have not been sent with it)."""
+    as delivered (the other records have not been sent with it).
+
+    With ``new_workspace`` (`lockgate sync --new-workspace`), the run first forgets what the
+    state says the sync delivered, and the workspace it was to: it sends everything to the
+    workspace its destination points at, as a first run does. Without it, a state recorded
+    for another workspace stops the run before it sends anything
+    (:mod:`lockgate.state.workspace`)."""
     sync = project.sync(name)
     with _state(project, session) as store:
         # the run starts once it holds the state: a wait for another process (a scheduled
@@ -1360,6 +1385,7 @@ def run_sync(
                 now=now or int(time.time()),
                 session=session,
                 only=only,
+                new_workspace=new_workspace,
             )
             # before the guardrails: a run they stop still shows which rows were rejected
             store.keep_rejected_rows(run_id, sync.name, rejects.KEPT_PER_RUN)
@@ -1452,6 +1478,8 @@ def run_sync(
                     )
             with step("commit"):
                 store.fold_journal(sync.name, sent=True)
+                # the state now says what this workspace holds (kept from the first commit on)
+                workspace.record(store, sync.name, workspace.of(project, sync))
                 if force and not only:  # the records that left, accepted: they stop counting
                     guard_step.forget_left(store.con, sync, guards)
                 if resolution is not None and not resolution.saved:
