@@ -14,6 +14,7 @@ can be retried is part of its type, never decided by matching message text::
           ├── DestinationError          the destination refused a request for good (4xx)
           │    └── DestinationAuthError  401/403: credentials wrong; stops the whole run
           ├── StateError                the state store is unusable or locked
+          │    └── StateUnwritableError  its disk or folder refuses writes (full, read-only)
           ├── ContractError             a guardrail refused the run (data contract)
           ├── NothingNamedError         `--only` names no record of the sync
           └── StepError                 a pipeline step failed; wraps the cause once
@@ -171,6 +172,11 @@ class ConnectionCheckError(TerminalError):
 
 class StateError(TerminalError):
     """The state store (snapshots, ledgers, run history) cannot be used."""
+
+
+class StateUnwritableError(StateError):
+    """The state's disk or folder refused a write: full, read-only, or not the user's to
+    write. What is already in it can still be read (`lockgate runs` lists `runs.json`)."""
 
 
 class ContractError(TerminalError):

@@ -15,7 +15,7 @@ from lockgate.console import RichConsole
 from lockgate.errors import ConfigError, ConnectionCheckError, ContractError, LockgateError
 from lockgate.project.fielddocs import json_schema
 from lockgate.project.loader import Project
-from lockgate.project.models import ENV_REF, ProjectConfig, SyncConfig
+from lockgate.project.models import ENV_IN_TEXT, ENV_REF, ProjectConfig, SyncConfig
 
 if TYPE_CHECKING:
     from lockgate.sync.connections import Check
@@ -205,6 +205,9 @@ def _missing_env(project: Project) -> dict[str, str]:
         for key in ("site_id", "api_key"):
             walk(getattr(destination, key), f"destinations.{name}.{key}")
     walk(project.config.model_dump(exclude_unset=True, by_alias=True), "")
+    for name in ENV_IN_TEXT.findall(project.config.state):  # a path: `${VOLUME}/lockgate`
+        if not os.environ.get(name):
+            found.setdefault(name, "state")
     return found
 
 

@@ -20,7 +20,13 @@ from lockgate.cli.options import (
     project_option,
 )
 from lockgate.console import RichConsole
-from lockgate.errors import ConfigError, LockgateError, NothingNamedError, StateError
+from lockgate.errors import (
+    ConfigError,
+    LockgateError,
+    NothingNamedError,
+    StateError,
+    StateUnwritableError,
+)
 from lockgate.project.loader import Project
 from lockgate.state.store import StateStore, named_runs, read_runs_log
 from lockgate.sync import rejects
@@ -558,9 +564,10 @@ def runs(
         with StateStore.open(project.state_dir) as store:
             rows = store.runs(sync=sync_name, limit=limit)
     except StateError as exc:
-        if "in use" not in exc.reason:
+        if "in use" not in exc.reason and not isinstance(exc, StateUnwritableError):
             raise
-        # a sync holds the state: list the runs from the log it keeps beside it
+        # a sync holds the state, or its folder cannot be written (read-only, full): list
+        # the runs from the log kept beside it
         busy = exc.reason
         rows = read_runs_log(project.state_dir, sync=sync_name, limit=limit)
     if sync_name is not None and not rows and limit > 0 and sync_name not in project.syncs:
@@ -572,7 +579,7 @@ def runs(
         return
     console = RichConsole()
     if busy:
-        console.info(f"{busy}: runs as of its start (runs.json)")
+        console.info(f"{busy}: runs as of the last start or finish of a run (runs.json)")
     console.table(
         "runs",
         ["run", "sync", "started", "status", "sent", "delivered", "rejected", "dead-lettered"],
@@ -663,9 +670,10 @@ def show_run(
                 found = [r for r in store.find_runs(run_id) if sync_name in (None, r.sync)]
             rejected = store.rejected(found[0].run_id, limit=None) if len(found) == 1 else []
     except StateError as exc:
-        if "in use" not in exc.reason:
+        if "in use" not in exc.reason and not isinstance(exc, StateUnwritableError):
             raise
-        # a sync holds the state: the run from the log kept beside it (its report and the
+        # a sync holds the state (or its folder cannot be written): the run from the log
+        # kept beside it (its report and the
         # groups of its rejected rows; the rows themselves are in the state)
         busy = exc.reason
         logged = read_runs_log(project.state_dir, sync=sync_name, limit=200)

@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from lockgate.errors import ConfigError
-from lockgate.project.models import ProjectConfig, SyncConfig
+from lockgate.project.models import ProjectConfig, SyncConfig, expand_path
 
 PROJECT_FILE = "lockgate.yml"
 BUILTIN_IDENTIFIERS = ("id", "user_id", "cio_id", "email")  # Customer.io's own identifiers
@@ -336,7 +336,17 @@ class Project:
 
     @property
     def state_dir(self) -> Path:
-        return (self.root / self.config.state).resolve()
+        """The state folder: `state:` with its `${VAR}` references and a leading `~` expanded,
+        relative to the project folder. A deployment points it at a persistent volume by a
+        variable; kept as written, the state went into a folder named `${VAR}` in the project
+        and was lost with the container (the next run a full resend). Raises ConfigError
+        naming the line of `state:` when a variable it names is not set."""
+        try:
+            path = expand_path(self.config.state, field="state")
+        except ConfigError as exc:
+            exc.file, exc.line = PROJECT_FILE, self.lines.get(("state",))
+            raise
+        return (self.root / path).resolve()
 
     def __iter__(self) -> Iterator[SyncConfig]:
         return iter(self.syncs.values())

@@ -78,6 +78,40 @@ def resolve_env(value: str | None, *, field: str) -> str | None:
     return resolved
 
 
+#: an ``${ENV_VAR}`` reference inside a longer value (a path: `${DATA_DIR}/lockgate`)
+ENV_IN_TEXT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def check_path_refs(value: str, field: str) -> str:
+    """``value`` if each `$` in it starts an ``${ENV_VAR}`` reference; else a ValueError: a
+    shell's `$HOME/x` is not expanded (only `${HOME}` is), and kept as written it made a
+    folder named `$HOME` in the project."""
+    rest = ENV_IN_TEXT.sub("", value)
+    if "$" in rest:
+        bare = re.search(r"\$(\w*)", rest)
+        name = bare.group(1) if bare and bare.group(1) else "NAME"
+        raise ValueError(
+            f"`{field}` `{value}` has a `$` that is not an `${{VAR}}` reference: write "
+            f"`${{{name}}}` for an environment variable"
+        )
+    return value
+
+
+def expand_path(value: str, *, field: str) -> str:
+    """A path with its ``${ENV_VAR}`` references replaced by their values, then a leading `~`
+    by the home folder (`~/lockgate`, `${STATE_VOLUME}/lockgate`). Raises ConfigError (without
+    a location: the caller knows the line) when a variable it names is not set or empty."""
+    for name in ENV_IN_TEXT.findall(value):
+        if not os.environ.get(name):
+            state = "is not set" if name not in os.environ else "is set but empty"
+            raise ConfigError(
+                f"environment variable `{name}` (for `{field}`) {state}",
+                hint=f"export {name}=... before running, or change `{field}` in lockgate.yml",
+            )
+    expanded = ENV_IN_TEXT.sub(lambda m: os.environ[m.group(1)], value)
+    return os.path.expanduser(expanded)
+
+
 def check_url(value: str, where: str = "") -> str:
     """``value`` if it is an http(s) URL with a host; else a ValueError saying what one is
     (a URL without a scheme reached the HTTP client, which retried it as a network error)."""
@@ -1098,7 +1132,10 @@ class ProjectConfig(StrictModel):
     name: str
     """Project name."""
     state: str = ".lockgate"
-    """Where snapshots, ledgers and run history live: a folder (embedded, the default)."""
+    """Where snapshots, ledgers and run history live: a folder, relative to the project folder
+    unless absolute. `${ENV_VAR}` references and a leading `~` are expanded when a command
+    needs the state (`${LOCKGATE_STATE_DIR}`, `~/lockgate/crm`): a variable not set is then an
+    error."""
     history_days: int | None = Field(default=90, ge=1)
     """Days of per-record history (`lockgate history`) and rejected rows kept; older ones are
     dropped at the end of each run. `null` keeps everything. Snapshots and event ledgers are
@@ -1120,6 +1157,11 @@ class ProjectConfig(StrictModel):
     recovers (a Slack webhook, or any URL taking JSON)."""
     run_log: RunLogConfig | None = None
     """Write every run, and the rows it rejected, to warehouse tables (off unless set)."""
+
+    @field_validator("state")
+    @classmethod
+    def _state_refs(cls, value: str) -> str:
+        return check_path_refs(value, "state")
 
     @model_validator(mode="after")
     def _nonempty(self) -> ProjectConfig:

@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -229,7 +230,10 @@ def _duckdb_write(con: duckdb.DuckDBPyConnection, schema: str, writes: list[Tabl
             con.unregister("_lockgate_rows")
         con.execute("commit")
     except BaseException:
-        con.execute("rollback")
+        # a commit the disk refused has ended the transaction already: its error, not the
+        # rollback's "no transaction is active", is the one to see
+        with contextlib.suppress(duckdb.Error):
+            con.execute("rollback")
         raise
 
 

@@ -34,7 +34,7 @@ import duckdb
 import orjson
 
 from lockgate.project.models import SyncConfig
-from lockgate.state.store import run_sql
+from lockgate.state.store import run_sql, transaction
 
 SCHEMA = """
 create table if not exists contract_syncs (
@@ -87,8 +87,7 @@ def record(
     """
     ensure_tables(con)
     columns = con.execute("describe model").fetchall()
-    run_sql(con, "begin")
-    try:
+    with transaction(con):
         run_sql(con, "delete from contract_syncs where sync = ?", [sync.name])
         run_sql(
             con,
@@ -130,10 +129,6 @@ def record(
                 """,
                 [sync.name, datetime.now(UTC), sync.name],
             )
-        run_sql(con, "commit")
-    except duckdb.Error:
-        run_sql(con, "rollback")
-        raise
 
 
 def last(con: duckdb.DuckDBPyConnection, sync: str) -> Contract | None:

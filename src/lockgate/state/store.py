@@ -47,7 +47,9 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -59,7 +61,7 @@ import orjson
 import pyarrow as pa
 
 from lockgate import __version__
-from lockgate.errors import StateError
+from lockgate.errors import StateError, StateUnwritableError
 from lockgate.filelock import flock_waiting
 
 SCHEMA = """
@@ -106,14 +108,81 @@ class RunRow:
     error: str | None
 
 
+#: the OS errors of a write the state's disk or folder refuses: what to do about each
+_FULL = "free space on that disk (or point `state:` in lockgate.yml at a folder on a bigger one)"
+_NOT_YOURS = (
+    "make the folder writable by the user running Lockgate (or point `state:` in lockgate.yml "
+    "at a writable folder)"
+)
+_REFUSED = {
+    errno.ENOSPC: _FULL,
+    errno.EDQUOT: _FULL,
+    errno.EROFS: _NOT_YOURS,
+    errno.EACCES: _NOT_YOURS,
+    errno.EPERM: _NOT_YOURS,
+}
+#: the file a DuckDB I/O error names (`Could not write file "/x/state.duckdb.wal": ...`)
+_DUCKDB_FILE = re.compile(r'file "([^"]+)"')
+
+
+def write_refused(
+    exc: BaseException, where: Path | None = None, *, inside: Path | None = None
+) -> StateUnwritableError | None:
+    """The error to show for ``exc`` when it is the state's disk or folder refusing a write
+    (full, read-only, not permitted), naming the file (the one the error names, else
+    ``where``) and the fix; None for any other error, and for one naming a file outside the
+    folder ``inside`` (a step's error may be a warehouse's). DuckDB reports the OS error in
+    its message only (its exception types say nothing of the cause), so that is where it is
+    found."""
+    if isinstance(exc, OSError):
+        code = exc.errno
+        named = exc.filename
+    elif isinstance(exc, duckdb.Error):
+        text = str(exc)
+        code = next((c for c in _REFUSED if os.strerror(c) in text), None)
+        found = _DUCKDB_FILE.search(text)
+        named = found.group(1) if found else None
+    else:
+        return None
+    if code not in _REFUSED:
+        return None
+    if inside is not None and named and not Path(named).resolve().is_relative_to(inside):
+        return None
+    path = named or where
+    what = f"state `{path}`" if path else "the state"
+    return StateUnwritableError(
+        f"{what} not written: {os.strerror(code).lower()}", hint=f"{_REFUSED[code]}, then run again"
+    )
+
+
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection, where: Path | None = None) -> Iterator[None]:
+    """One transaction on the state: committed when the block ends, rolled back when it
+    raises. A commit whose write the disk refuses (full, read-only) has already ended the
+    transaction inside DuckDB, so the rollback finds none: its own error is not raised over
+    the cause, and the cause becomes an error naming the file and the fix
+    (:func:`write_refused`), as a :class:`~lockgate.errors.StateError` the other syncs of the
+    command go on after."""
+    run_sql(con, "begin")
+    try:
+        yield
+        run_sql(con, "commit")
+    except BaseException as exc:
+        with contextlib.suppress(duckdb.Error):
+            run_sql(con, "rollback")
+        refused = write_refused(exc, where)
+        if refused is not None:
+            raise refused from exc
+        raise
+
+
 def _flatten_grouped_history(con: duckdb.DuckDBPyConnection) -> None:
     """State written before history became one row per record kept one row per group with
     ``keys``/``idents`` lists: unnest it once, in one transaction."""
     columns = {r[0] for r in con.execute("describe history").fetchall()}
     if "keys" not in columns:
         return
-    run_sql(con, "begin")
-    try:
+    with transaction(con):
         run_sql(
             con,
             """
@@ -125,10 +194,6 @@ def _flatten_grouped_history(con: duckdb.DuckDBPyConnection) -> None:
             alter table history_flat rename to history;
             """,
         )
-        run_sql(con, "commit")
-    except duckdb.Error:
-        run_sql(con, "rollback")
-        raise
 
 
 def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[Any]:
@@ -266,6 +331,9 @@ def _open_database(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
     try:
         con = duckdb.connect(str(path))
     except duckdb.Error as exc:
+        refused = write_refused(exc, path)  # not a damaged file: a full or read-only disk
+        if refused is not None:
+            raise refused from exc
         raise StateError(
             f"cannot open the state database `{path}`: {exc}",
             hint="if the file is damaged, move it away; the next run is then a full resync",
@@ -325,9 +393,16 @@ class StateStore:
     ) -> StateStore:
         """Open the project's state, taking its lock; ``wait`` seconds at most for a process
         that holds it (``waiting`` is told who, once, when it does)."""
-        state_dir.mkdir(parents=True, exist_ok=True)
         lock_path = state_dir / "state.lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise write_refused(exc, lock_path) or StateError(
+                f"cannot use the state folder `{state_dir}`: {exc.strerror}",
+                hint="`state:` in lockgate.yml must name a folder Lockgate can create and write "
+                "(not a file)",
+            ) from exc
         if wait > LOCK_WAIT_SECONDS and not flock_waiting(fd, LOCK_WAIT_SECONDS):
             if waiting is not None:
                 waiting(lock_path.read_text().strip() or "another process")
@@ -342,8 +417,14 @@ class StateStore:
                 hint="wait for the running sync to finish; a crashed process releases it by itself",
             ) from None
         try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"pid {os.getpid()}".encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"pid {os.getpid()}".encode())
+            except OSError as exc:  # a full disk: no block for the few bytes
+                refused = write_refused(exc, lock_path)
+                if refused is None:
+                    raise
+                raise refused from exc
             path = state_dir / "state.duckdb"
             aside = _set_aside_unfinished(path)
             store = cls(path, _open_database(path, memory_limit), fd)
@@ -354,7 +435,15 @@ class StateStore:
             raise
 
     def exec_sql(self, sql: str, params: list[Any] | None = None) -> list[Any]:
-        return run_sql(self.con, sql, params)
+        """Run a statement on the state; a write its disk or folder refuses is an error
+        naming the file and the fix (:func:`write_refused`)."""
+        try:
+            return run_sql(self.con, sql, params)
+        except duckdb.Error as exc:
+            refused = write_refused(exc, self.path)
+            if refused is not None:
+                raise refused from exc
+            raise
 
     def writer(self) -> StateStore:
         """A second handle on the same database (for writing while a result is streamed)."""
@@ -472,8 +561,7 @@ class StateStore:
             "order by started_at desc limit 1",
             [sync, run_id],
         )
-        self.exec_sql("begin")
-        try:
+        with transaction(self.con, self.path):
             marked = self.exec_sql(
                 f"""
                 insert into {table("unconfirmed", sync)} (k, run_id)
@@ -484,10 +572,6 @@ class StateStore:
                 [last[0][0] if last else None],
             )[0][0]
             self.exec_sql(f"delete from {sending}")
-            self.exec_sql("commit")
-        except duckdb.Error:
-            self.exec_sql("rollback")
-            raise
         return int(marked)
 
     def fold_journal(self, sync: str, *, sent: bool = False) -> int:
@@ -504,8 +588,7 @@ class StateStore:
             if sent:
                 self.forget_sending(sync)
             return 0
-        self.exec_sql("begin")
-        try:
+        with transaction(self.con, self.path):
             # the latest entry per key wins (a key can be delivered twice within a run's
             # retries); the usual journal has each key once, and a hash check (0.1 s at 1M)
             # spares it the sort that picking the latest takes (0.4-1 s)
@@ -535,10 +618,6 @@ class StateStore:
             )
             if sent:
                 self.forget_sending(sync)
-            self.exec_sql("commit")
-        except duckdb.Error:
-            self.exec_sql("rollback")
-            raise
         return pending
 
     def append_journal(
@@ -713,8 +792,7 @@ class StateStore:
             ).fetchall()
         )
         now = datetime.now(UTC)
-        self.exec_sql("begin")
-        try:
+        with transaction(self.con, self.path):
             self.exec_sql(
                 f"delete from {journal} where run_id = ? and k in (select unnest(?))",
                 [run_id, keys],
@@ -734,10 +812,6 @@ class StateStore:
             )
             self.append_rejected(run_id, sync, "deliver", refused)
             self.append_unconfirmed(sync, run_id, keys, ["identify"] * len(keys))
-            self.exec_sql("commit")
-        except BaseException:
-            self.exec_sql("rollback")
-            raise
 
     def reset_sync(self, sync: str) -> None:
         """Forget what was delivered (for `--full-resync` of people; ledgers are kept)."""
@@ -746,12 +820,19 @@ class StateStore:
     # ------------------------------------------------------------------ runs
 
     def start_run(self, run_id: str, sync: str, kind: str, *, at: datetime | None = None) -> None:
-        """Record a run as `running`, started ``at`` (now by default; the time in its id)."""
+        """Record a run as `running`, started ``at`` (now by default; the time in its id).
+        When `runs.json` cannot be written (a full disk), the run is taken out again before
+        the error is raised: it never started, and is not left listed as `running`."""
         self.exec_sql(
             "insert into runs values (?, ?, ?, ?, null, 'running', '{}', null)",
             [run_id, sync, kind, at or datetime.now(UTC)],
         )
-        self._write_runs_log()
+        try:
+            self._write_runs_log()
+        except StateError:
+            with contextlib.suppress(duckdb.Error, StateError):
+                self.exec_sql("delete from runs where run_id = ?", [run_id])
+            raise
 
     def finish_run(
         self, run_id: str, status: str, counts: dict[str, Any], error: str | None = None
@@ -769,14 +850,9 @@ class StateStore:
         History is appended in time order, so DuckDB's row-group min/max on the time skips
         the rest: a run that drops nothing pays almost nothing."""
         cutoff = datetime.now(UTC) - timedelta(days=days)
-        self.exec_sql("begin")
-        try:
+        with transaction(self.con, self.path):
             dropped = self.exec_sql("delete from history where sent_at < ?", [cutoff])[0][0]
             self.exec_sql("delete from rejected where rejected_at < ?", [cutoff])
-            self.exec_sql("commit")
-        except duckdb.Error:
-            self.exec_sql("rollback")
-            raise
         return int(dropped or 0)
 
     def _write_runs_log(self) -> None:
@@ -798,8 +874,17 @@ class StateStore:
         ]
         target = self.path.with_name(RUNS_LOG)
         tmp = target.with_suffix(".json.tmp")
-        tmp.write_bytes(orjson.dumps(doc))
-        os.replace(tmp, target)
+        try:
+            tmp.write_bytes(orjson.dumps(doc))
+            os.replace(tmp, target)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)  # a part written before the disk filled up
+            raise write_refused(exc, target) or StateError(
+                f"cannot write `{target}`: {exc.strerror}",
+                hint="`lockgate runs` lists the runs from it while a sync holds the state; "
+                "check the folder",
+            ) from exc
 
     def mark_crashed_runs(self, sync: str, current: str = "") -> int:
         """Runs of this sync still `running` were cut off (the lock proves none is alive),

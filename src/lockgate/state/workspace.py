@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from lockgate.errors import LockgateError, StateError
 from lockgate.project.loader import Project
 from lockgate.project.models import SyncConfig, resolve_env
-from lockgate.state.store import StateStore, run_sql, table
+from lockgate.state.store import StateStore, run_sql, table, transaction
 
 SCHEMA = """
 create table if not exists workspaces (
@@ -86,15 +86,10 @@ def start_over(store: StateStore, sync: str) -> None:
     contract (identifiers, column types, mapping) stay."""
     run_sql(store.con, SCHEMA)
     store.ensure_sync_tables(sync)
-    run_sql(store.con, "begin")
-    try:
+    with transaction(store.con, store.path):
         for name in DELIVERED:
             run_sql(store.con, f"delete from {table(name, sync)}")
         run_sql(store.con, "delete from workspaces where sync = ?", [sync])
-        run_sql(store.con, "commit")
-    except BaseException:
-        run_sql(store.con, "rollback")
-        raise
 
 
 def moved(store: StateStore, project: Project, sync: SyncConfig) -> bool:

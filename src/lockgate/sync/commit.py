@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import pyarrow as pa
 
 from lockgate.destinations.base import Outcome, Result
-from lockgate.state.store import StateStore
+from lockgate.errors import StateUnwritableError
+from lockgate.state.store import StateStore, transaction
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -255,9 +256,18 @@ class Committer:
 
     def _write(self, taken: _Buffers) -> None:
         store = self.store
-        keys, hashes, idents, removed = taken.journal
-        store.exec_sql("begin")
         try:
+            self._commit(store, taken)
+        except StateUnwritableError as exc:  # the disk full: the run fails, naming the file
+            exc.hint = (
+                f"{exc.hint}: it sends again what this run delivered and could not record "
+                "(events keep their ids: none is stored twice)"
+            )
+            raise
+
+    def _commit(self, store: StateStore, taken: _Buffers) -> None:
+        keys, hashes, idents, removed = taken.journal
+        with transaction(store.con, store.path):
             store.append_journal(self.sync, self.run_id, keys, hashes, idents, removed)
             store.append_ledger(self.sync, taken.ledger)
             store.append_history(taken.history)
@@ -272,7 +282,3 @@ class Committer:
             store.append_delivered(
                 self.sync, self.run_id, taken.delivered, ledger=self.kind == "events"
             )
-            store.exec_sql("commit")
-        except BaseException:
-            store.exec_sql("rollback")
-            raise

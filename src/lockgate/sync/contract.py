@@ -35,12 +35,13 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from lockgate.console import Console
-from lockgate.errors import StateError
+from lockgate.errors import ConfigError, StateError
 from lockgate.project.loader import Project
 from lockgate.project.models import MAX_ATTRIBUTES
 from lockgate.state import contract, workspace
@@ -279,9 +280,13 @@ def check_project(project: Project) -> list[Finding]:
     findings = ownership(project) + attribute_budget(project) + acknowledged_types(project)
     sent: dict[str, list[str]] = {}
     last: dict[str, contract.Contract] = {}
-    if (project.state_dir / "state.duckdb").exists():
+    try:
+        state_dir: Path | None = project.state_dir
+    except ConfigError:  # `state: ${VAR}` with the variable not set: validate warns of it
+        state_dir = None
+    if state_dir is not None and (state_dir / "state.duckdb").exists():
         try:
-            with StateStore.open(project.state_dir) as store:
+            with StateStore.open(state_dir) as store:
                 sent = {k: v for k, v in contract.event_names(store.con).items()}
                 for sync in project:
                     found = contract.last(store.con, sync.name)

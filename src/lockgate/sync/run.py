@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import duckdb
@@ -34,6 +35,8 @@ from lockgate.errors import (
     DestinationError,
     LockgateError,
     NothingNamedError,
+    StateError,
+    StateUnwritableError,
     StepError,
 )
 from lockgate.project.loader import Project
@@ -42,7 +45,13 @@ from lockgate.sources import connect
 from lockgate.sources.base import Source
 from lockgate.state import contract as contract_state
 from lockgate.state import workspace
-from lockgate.state.store import LOCK_WAIT_SECONDS, StateStore, run_sql, table
+from lockgate.state.store import (
+    LOCK_WAIT_SECONDS,
+    StateStore,
+    run_sql,
+    table,
+    write_refused,
+)
 from lockgate.sync import diff as diff_step
 from lockgate.sync import guard as guard_step
 from lockgate.sync import mapping, rejects
@@ -263,6 +272,8 @@ class _Step:
     run_id: str
     name: str = "prepare"
     timings: dict[str, float] = field(default_factory=dict)
+    #: the state file, named when its disk refuses a write (full, read-only)
+    state: Path | None = None
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -273,9 +284,20 @@ class _Step:
         except StepError:
             raise
         except (LockgateError, OSError, ValueError, RuntimeError) as exc:
-            raise StepError(name, self.run_id, exc) from exc
+            raise StepError(name, self.run_id, self._refused(exc) or exc) from exc
+        except duckdb.Error as exc:  # the state's disk full while the step wrote to it
+            refused = self._refused(exc)
+            if refused is None:
+                raise
+            raise StepError(name, self.run_id, refused) from exc
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
+
+    def _refused(self, exc: BaseException) -> StateUnwritableError | None:
+        """``exc`` as the state's disk or folder refusing a write, if it is one."""
+        if self.state is None:
+            return None
+        return write_refused(exc, self.state, inside=self.state.parent)
 
 
 @dataclass
@@ -549,7 +571,7 @@ def _answers_recorded(exc: BaseException) -> bool:
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
-        if isinstance(cause, duckdb.Error):
+        if isinstance(cause, duckdb.Error | StateError):  # a write the state refused
             return False
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
@@ -1192,7 +1214,7 @@ def plan_sync(
     sync = project.sync(name)
     with _state(project, session) as store:
         run_id = _new_run_id()  # once it holds the state, as a run (:func:`run_sync`)
-        step = _Step(run_id)
+        step = _Step(run_id, state=store.path)
         started = time.perf_counter()
         changes, recovered, guards, _, identity_ops, _ = _prepare(
             store,
@@ -1367,7 +1389,7 @@ def run_sync(
         # round behind a `lockgate sync` by hand) is not in its id, `started_at` or seconds
         begun = datetime.now(UTC)
         run_id = _new_run_id(begun)
-        step = _Step(run_id)
+        step = _Step(run_id, state=store.path)
         started = time.perf_counter()
         store.start_run(run_id, sync.name, sync.kind, at=begun)
         changes = None
@@ -1528,7 +1550,11 @@ def run_sync(
             if written_ahead and _answers_recorded(exc):
                 with contextlib.suppress(duckdb.Error):  # kept, it only sends more next run
                     store.forget_sending(sync.name)
-            store.finish_run(run_id, "failed", stopped, error=reason or type(exc).__name__)
+            try:
+                store.finish_run(run_id, "failed", stopped, error=reason or type(exc).__name__)
+            except (StateError, duckdb.Error) as unrecorded:  # the disk that failed the run
+                # the run's own error is the one to show; the next run marks it `crashed`
+                console.warn(f"{sync.name}: run `{run_id}` not recorded as failed: {unrecorded}")
             if isinstance(exc, KeyboardInterrupt):
                 report_stop(exc, run_id, sync, stopped)
             if not isinstance(exc, KeyboardInterrupt):  # a stop on purpose is no alarm
@@ -1573,7 +1599,7 @@ def run_sync(
         if days is not None:
             try:
                 store.prune_history(days)
-            except duckdb.Error as exc:  # the run itself is committed; prune next time
+            except (duckdb.Error, StateError) as exc:  # the run is committed; prune next time
                 console.warn(f"{name}: could not drop history older than {days} days: {exc}")
         _log_run(store, project, console, session)
     return report
