@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from click.testing import CliRunner
+
+from lockgate.cli import cli
 from lockgate.console import NullConsole
 from lockgate.emulator import FaultConfig
 from lockgate.sync.run import plan_sync, run_sync
@@ -217,6 +221,36 @@ def test_relationship_waits_for_its_object_and_person(project_factory: ProjectFa
     assert again["memberships"].delivered == 1 and again["memberships"].changes.held == 1
     assert ("1", "1", "initech", "admin") in rels(emu)
     assert run_sync(project, "memberships", console=NullConsole()).changes.to_send == 0
+
+
+def test_syncs_named_in_any_order_run_objects_then_people_then_relationships(
+    project_factory: ProjectFactory,
+) -> None:
+    """`lockgate sync memberships people companies` runs the companies and the people before
+    the memberships, as `--all` does: every membership lands on the first run instead of
+    being held for objects and people the same command was about to send."""
+    seed(project_factory)
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    plans = invoke(project, "plan", "memberships", "people", "companies")
+    assert [p["sync"] for p in plans] == ["companies", "people", "memberships"]
+    runs = invoke(project, "sync", "memberships", "people", "companies")
+    assert [r["sync"] for r in runs] == ["companies", "people", "memberships"]
+    memberships = runs[2]
+    assert (memberships["changes"]["held"], memberships["delivered"]) == (0, 3)
+    assert rels(project_factory.emulator) == {
+        ("1", "1", "acme", "admin"),
+        ("2", "1", "acme", "member"),
+        ("3", "1", "globex", "owner"),
+    }
+
+
+def invoke(project: Any, *args: str) -> Any:
+    """`lockgate ARGS --project ... --json`, its JSON output."""
+    result = CliRunner().invoke(cli, [*args, "--project", str(project.root), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
 
 
 def test_objects_mirror_delete(project_factory: ProjectFactory) -> None:
