@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from lockgate.cli import cli
 from lockgate.console import NullConsole
 from lockgate.emulator import FaultConfig
 from lockgate.state.store import StateStore
@@ -220,6 +223,36 @@ def test_relationship_waits_for_its_object_and_person(project_factory: ProjectFa
     assert again["memberships"].delivered == 1 and again["memberships"].changes.held == 1
     assert ("1", "1", "initech", "admin") in rels(emu)
     assert run_sync(project, "memberships", console=NullConsole()).changes.to_send == 0
+
+
+def test_syncs_named_in_any_order_run_objects_then_people_then_relationships(
+    project_factory: ProjectFactory,
+) -> None:
+    """`lockgate sync memberships people companies` runs the companies and the people before
+    the memberships, as `--all` does: every membership lands on the first run instead of
+    being held for objects and people the same command was about to send."""
+    seed(project_factory)
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    plans = invoke(project, "plan", "memberships", "people", "companies")
+    assert [p["sync"] for p in plans] == ["companies", "people", "memberships"]
+    runs = invoke(project, "sync", "memberships", "people", "companies")
+    assert [r["sync"] for r in runs] == ["companies", "people", "memberships"]
+    memberships = runs[2]
+    assert (memberships["changes"]["held"], memberships["delivered"]) == (0, 3)
+    assert rels(project_factory.emulator) == {
+        ("1", "1", "acme", "admin"),
+        ("2", "1", "acme", "member"),
+        ("3", "1", "globex", "owner"),
+    }
+
+
+def invoke(project: Any, *args: str) -> Any:
+    """`lockgate ARGS --project ... --json`, its JSON output."""
+    result = CliRunner().invoke(cli, [*args, "--project", str(project.root), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
 
 
 def test_objects_mirror_delete(project_factory: ProjectFactory) -> None:
@@ -565,3 +598,62 @@ def test_relationship_attributes_over_100_kb_in_all_reject_the_relationship(
     assert [
         (by_cio.get(r.person), r.object_id, len(r.attributes)) for r in emu.relationships()
     ] == [("1", "acme", 101)]
+
+
+def test_an_object_id_over_150_bytes_or_empty_is_rejected_by_relationships_too(
+    project_factory: ProjectFactory,
+) -> None:
+    """Customer.io refuses an object id over 150 bytes. The objects sync rejects such a row,
+    and so must a relationships sync: it was held forever, for an object "not among the
+    objects sent", and without an objects sync sent and refused by Customer.io every run.
+    An empty id is said to be empty, not null; the good rows go on."""
+    long = "L" * 151
+    project_factory.sql(
+        f"""
+        create or replace table companies as select * from (values
+          ('acme', 'Acme', 'pro', 25), ('{long}', 'Long', 'pro', 1), ('', 'Empty', 'free', 1),
+          (null, 'Null', 'free', 1)
+        ) t(company_id, name, plan, seats);
+        create or replace table users as select * from (values (1, 'Ada'), (2, 'Grace'))
+          t(user_id, first_name);
+        create or replace table members as select * from (values
+          (1, 'acme', 'admin'), (2, '{long}', 'member'), (1, '', 'guest'), (2, null, 'guest')
+        ) t(user_id, company_id, role);
+        """
+    )
+    too_long = (
+        "column `company_id`: object id is 151 bytes, over the 150-byte limit of Customer.io; "
+        "shorten it in the model, the same way in the objects sync and the relationships "
+        "syncs of its type"
+    )
+    reports = run_all(
+        project_factory.write(
+            {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+        )
+    )
+    assert dict(reports["companies"].changes.rejected_samples) == {
+        long: too_long,
+        "(empty object id)": "column `company_id`: object id is empty",
+        "(null object id)": "column `company_id`: object id is null",
+    }
+    memberships = reports["memberships"]
+    assert (memberships.changes.held, memberships.delivered) == (0, 1)
+    assert dict(memberships.changes.rejected_samples) == {
+        f'{{"id":"2"}} {long}': too_long,
+        '{"id":"1"} (empty object id)': "column `company_id`: object id is empty",
+        '{"id":"2"} (null object id)': "column `company_id`: object id is null",
+    }
+    emu = project_factory.emulator
+    assert {o.object_id for o in emu.objects()} == {"acme"}
+    assert rels(emu) == {("1", "1", "acme", "admin")}
+
+    # without an objects sync the object is assumed to exist: the row is still rejected here,
+    # not sent for Customer.io to refuse on every run
+    alone = run_sync(
+        project_factory.write({"people": PEOPLE, "memberships": MEMBERSHIPS}),
+        "memberships",
+        console=NullConsole(),
+    )
+    assert (alone.status, alone.rejected_by_api) == ("success", 0)
+    assert dict(alone.changes.rejected_samples)[f'{{"id":"2"}} {long}'] == too_long
+    assert rels(emu) == {("1", "1", "acme", "admin")}

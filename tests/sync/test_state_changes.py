@@ -154,6 +154,61 @@ def test_object_transition_notifies_every_related_person(project_factory: Projec
     assert len([e for e in emu.events() if e.name == "account_churned"]) == 4
 
 
+def test_an_object_transition_reaches_a_person_two_relationships_syncs_relate_once(
+    project_factory: ProjectFactory,
+) -> None:
+    """The app's memberships relate Ada to Acme by `id`, the CRM's contacts by email, and the
+    people sync delivers both: Customer.io holds one Ada and one relationship, so Acme
+    churning is one event for her (it was two, with two dedupe ids), and one for Grace, whom
+    only the app relates."""
+    project_factory.sql(
+        """
+        create or replace table accounts as select * from (values ('acme', 'pro'))
+          t(account_id, plan);
+        create or replace table users as select * from (values
+          (1, 'ada@x.io'), (2, 'grace@x.io')) t(user_id, email);
+        create or replace table members as select * from (values (1, 'acme'), (2, 'acme'))
+          t(user_id, account_id);
+        create or replace table contacts as select * from (values ('Ada@x.io', 'acme'))
+          t(email, account_id);
+        """
+    )
+    users = """
+    name: users
+    source: warehouse
+    model: {table: users}
+    kind: people
+    primary_key: user_id
+    identify_by: {id: user_id, email: email}
+    attributes: {}
+    """
+    contacts = MEMBERS.replace("name: members", "name: contacts").replace(
+        "{table: members}", "{table: contacts}"
+    )
+    project = project_factory.write(
+        {
+            "accounts": ACCOUNTS,
+            "users": users,
+            "members": MEMBERS,
+            "contacts": contacts.replace("{id: user_id}", "{email: email}"),
+        }
+    )
+    for name in ("accounts", "users", "members", "contacts"):
+        assert run_sync(project, name, console=NullConsole()).delivered > 0
+    emu = project_factory.emulator
+    assert len(emu.people()) == 2 and len(emu.relationships()) == 2
+
+    project_factory.sql("update accounts set plan = 'churned'")
+    plan = plan_sync(project, "accounts", console=NullConsole())
+    assert plan.changes.state_events == 2
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert report.status == "success" and report.changes.state_events == 2
+    by_cio = {p.cio_id: p.id for p in emu.people()}
+    churned = sorted(by_cio.get(e.person) for e in emu.events() if e.name == "account_churned")
+    assert churned == ["1", "2"]
+    assert run_sync(project, "accounts", console=NullConsole()).changes.state_events == 0
+
+
 HEALTH = """
 name: accounts_health
 source: warehouse

@@ -312,7 +312,8 @@ def plan(
     detailed_exitcode: bool,
 ) -> None:
     """Show what `lockgate sync SYNC_NAME...` (or `--all`) would send, without sending
-    anything. `--json` prints one report for one sync, a list for several."""
+    anything. Several are planned in the order `sync` runs them: objects, people,
+    relationships, events. `--json` prints one report for one sync, a list for several."""
     one = len(sync_names) == 1 and not plan_all
     progress = _Progress(list(sync_names))
     with _failure_as_json(as_json, progress, one=one):
@@ -469,16 +470,24 @@ def _render_plan(console: RichConsole, report: RunReport, samples: int) -> None:
 
 
 def _sync_names(project: Project, names: tuple[str, ...], every: bool) -> list[str]:
-    """The syncs a command names, or with ``every`` all of them in the order `sync --all`
-    runs them (objects before the relationships that need them)."""
+    """The syncs a command names, or with ``every`` all of them, in the order `sync --all`
+    runs them: objects before people before relationships before events, so the objects and
+    people a relationship points to exist before it is sent, whatever order they were typed
+    in (within a kind, the order given). A name the project lacks comes first, so its error
+    is the first thing said; the others still run."""
     if every:
-        return sorted(project.syncs, key=lambda n: KIND_ORDER[project.syncs[n].kind])
-    if not names:
+        names = tuple(project.syncs)
+    elif not names:
         raise ConfigError(
             "name a sync, or pass `--all`",
             hint=f"syncs: {', '.join(sorted(project.syncs)) or 'none'}",
         )
-    return list(names)
+
+    def kind_order(name: str) -> int:
+        sync = project.syncs.get(name)
+        return -1 if sync is None else KIND_ORDER[sync.kind]
+
+    return sorted(names, key=kind_order)
 
 
 @click.command()
@@ -510,8 +519,9 @@ def sync(
     only: tuple[str, ...],
     new_workspace: bool,
 ) -> None:
-    """Run one or more syncs: send only what changed, record what was delivered. `--only`
-    sends the named records alone: one person first, to see them in Customer.io."""
+    """Run one or more syncs: send only what changed, record what was delivered. Several run
+    objects first, then people, relationships and events, whatever order they are named in.
+    `--only` sends the named records alone: one person first, to see them in Customer.io."""
     progress = _Progress(list(sync_names))
     with _failure_as_json(as_json, progress, one=False):
         if new_workspace and only:

@@ -23,7 +23,7 @@ from lockgate.project.models import SyncConfig
 from lockgate.state.store import run_sql, table
 from lockgate.sync import rejects
 from lockgate.sync.extract import InPlace
-from lockgate.sync.mapping import Compiled, json_key, lit
+from lockgate.sync.mapping import IDENTIFIER_PRIORITY, Compiled, json_key, lit
 
 RESYNC_PREVIOUS = "resync_previous"
 """A `--full-resync` run's temp view (or table) of what was delivered before, while the
@@ -584,8 +584,93 @@ def _same_json(a: str, b: str) -> str:
     return f"coalesce({number.format(a)} = {number.format(b)}, {a} is not distinct from {b})"
 
 
+def _related_people(
+    con: duckdb.DuckDBPyConnection,
+    sync: SyncConfig,
+    relationship_snaps: list[str],
+    people_snaps: list[str],
+) -> None:
+    """Fill ``oc_related(object_id, person)``: the people the relationships syncs of the
+    type relate to each object of this run, each person once.
+
+    Two relationships syncs may relate one person to one object by two identifiers (the app's
+    memberships by `id`, the CRM's contacts by email, a people sync delivering both): one
+    person in Customer.io, who must hear of the object's transition once. Rows are one person
+    when they share an identifier, directly or through a people sync's record of that person
+    (as :func:`_held_by_siblings` matches them); of those, the event goes by the `id` (else
+    `cio_id`, else email; the least text among equals), the same choice every run, so a
+    re-sent event keeps its key. A person no people sync links stays apart."""
+    related = " union all ".join(f"select ident from {t}" for t in relationship_snaps)
+    type_id = lit(str(sync.object_type_id))
+    rank = " ".join(
+        f"when starts_with(person, {lit('{' + orjson.dumps(t).decode() + ':')}) then {n}"
+        for n, t in enumerate(IDENTIFIER_PRIORITY)
+    )
+    people = " union all ".join(f"select ident from {t}" for t in people_snaps)
+    through_people = (
+        f"""
+        union
+        select o.object_id, o.person, unnest(p.keys) as a
+        from own o join (
+            select unnest(keys) as a, keys
+            from (select {_person_keys("ident")} as keys from ({people}))
+        ) p on p.a = o.a
+        """
+        if people
+        else ""
+    )
+    run_sql(
+        con,
+        f"""
+        create or replace temp table oc_related as
+        select distinct json_extract_string(ident, '$.object.object_id') as object_id,
+               json_extract(ident, '$.person')::varchar as person
+        from ({related})
+        where json_extract_string(ident, '$.object.object_type_id') = {type_id}
+          and json_extract_string(ident, '$.object.object_id') in (select k from mapped)
+        """,
+    )
+    # only an object related more than once can reach one person twice: without one, the
+    # people snapshots are not read
+    if not _one(
+        con,
+        "select count(*) from (select 1 from oc_related group by object_id having count(*) > 1)",
+    ):
+        return
+    run_sql(
+        con,
+        f"""
+        create or replace temp table oc_second as
+        with ranked as (
+            select *, case {rank} else {len(IDENTIFIER_PRIORITY)} end as rk from oc_related
+        ),
+        own as (
+            select * from (select object_id, person, unnest({_person_keys("person")}) as a
+                           from oc_related)
+            where a is not null
+        ),
+        aliases as (
+            select * from (select object_id, person, a from own {through_people})
+            where a is not null
+        )
+        select distinct x.object_id, x.person
+        from aliases x join aliases y
+          on y.object_id = x.object_id and y.a = x.a and y.person <> x.person
+        join ranked rx on rx.object_id = x.object_id and rx.person = x.person
+        join ranked ry on ry.object_id = y.object_id and ry.person = y.person
+        where ry.rk < rx.rk or (ry.rk = rx.rk and ry.person < rx.person);
+        delete from oc_related r using oc_second d
+        where d.object_id = r.object_id and d.person = r.person;
+        """,
+    )
+
+
 def _state_change_events(
-    con: duckdb.DuckDBPyConnection, sync: SyncConfig, now: int, relationship_snaps: list[str]
+    con: duckdb.DuckDBPyConnection,
+    sync: SyncConfig,
+    now: int,
+    relationship_snaps: list[str],
+    people_snaps: list[str],
 ) -> int:
     """Fill ``oc_changes`` with the `on_change` events this run fires.
 
@@ -609,12 +694,15 @@ def _state_change_events(
 
     Customer.io events belong to people: an object's transition (an account's `plan` going
     `trial` → `churned`) is sent to every person related to the object, from the snapshots of
-    the project's relationships syncs of that type, with the object's id among the properties.
+    the project's relationships syncs of that type, with the object's id among the properties;
+    once to a person two of them relate (:func:`_related_people`, with ``people_snaps``).
     """
     snap, ledger = table("snap", sync.name), table("ledger", sync.name)
     sent = table("oc_sent", sync.name)
     run = "coalesce('#' || json_extract_string(s.ident, '$._run'), '')"
     selects = []
+    if sync.kind == "objects" and relationship_snaps:
+        _related_people(con, sync, relationship_snaps, people_snaps)
     for i, rule in enumerate(sync.on_change):
         path = "'$._watch." + orjson.dumps(rule.attribute).decode().replace("'", "''") + "'"
         old = f"json_extract(s.ident, {path})::varchar"
@@ -634,22 +722,18 @@ def _state_change_events(
         if sync.kind == "objects":
             if not relationship_snaps:
                 continue
-            related = " union all ".join(f"select ident from {t}" for t in relationship_snaps)
             type_id = lit(str(sync.object_type_id))
             selects.append(
                 f"""
-                select m.k || '#{i}#' || s.h || {run} || '#'
-                       || json_extract(r.ident, '$.person')::varchar as k, m.k as pk, m.ident,
+                select m.k || '#{i}#' || s.h || {run} || '#' || r.person as k, m.k as pk,
+                       m.ident,
                        '"type":"person","action":"event","identifiers":'
-                       || json_extract(r.ident, '$.person')::varchar || ',"name":' || {name}
-                       as head,
+                       || r.person || ',"name":' || {name} as head,
                        json_merge_patch(m.__ocp_{i}, json_object('object_type_id', {type_id},
                                                                  'object_id', m.k))::varchar
                        as props
                 from mapped m join {snap} s on s.k = m.k
-                join ({related}) r
-                  on json_extract_string(r.ident, '$.object.object_id') = m.k
-                 and json_extract_string(r.ident, '$.object.object_type_id') = {type_id}
+                join oc_related r on r.object_id = m.k
                 where {" and ".join(conditions)}
                 """
             )
@@ -866,7 +950,9 @@ def diff_records(
             """,
         )
     state_events = (
-        _state_change_events(con, sync, now, relationship_snaps or []) if sync.on_change else 0
+        _state_change_events(con, sync, now, relationship_snaps or [], people_snaps or [])
+        if sync.on_change
+        else 0
     )
     rejected, samples, reasons = _rejected(con)
     valid = total - todo + int(_one(con, "select count(*) from mapped where reject is null") or 0)

@@ -1463,6 +1463,38 @@ def _require(sync: SyncConfig, column: str, what: str, columns: dict[str, str]) 
         )
 
 
+def _object_id_checks(column: str, col_type: str) -> list[str]:
+    """The reject checks of an object id (``__obj``, the column's trimmed text or null), the
+    same in an objects sync and in a relationships sync of the type: a relationship whose
+    object could never be sent is refused at mapping with the reason its objects sync gives,
+    not held for an object that never comes, nor sent for Customer.io to refuse every run."""
+    c = q(column)
+    too_long = lit(
+        f" bytes, over the {MAX_OBJECT_ID_BYTES}-byte limit of Customer.io; shorten it in the "
+        "model, the same way in the objects sync and the relationships syncs of its type"
+    )
+    return [
+        *_id_checks(column, col_type, "object id", "__obj"),
+        f"case when {c} is null then {lit(f'column `{column}`: object id is null')} "
+        f"when __obj is null and {c}::varchar = '' then "
+        f"{lit(f'column `{column}`: object id is empty')} "
+        f"when __obj is null then {lit(f'column `{column}`: object id is only white space')} "
+        "end",
+        f"case when strlen(__obj) > {MAX_OBJECT_ID_BYTES} then "
+        f"{lit(f'column `{column}`: object id is ')} || strlen(__obj) || {too_long} end",
+    ]
+
+
+def _object_key(column: str) -> str:
+    """SQL for the key a row's object id gives in reports when it has no valid one: a rejected
+    id (`7.5` in a double column) keeps its own text, else it says null or empty."""
+    c = q(column)
+    return (
+        f"coalesce(__obj, case when {c} is null then '(null object id)' "
+        f"when {_trim(f'{c}::varchar')} = '' then '(empty object id)' else {c}::varchar end)"
+    )
+
+
 def compile_objects(
     sync: SyncConfig, columns: dict[str, str], default_on_null: str, clear: tuple[str, ...] = ()
 ) -> Compiled:
@@ -1486,10 +1518,7 @@ def compile_objects(
     type_id = orjson.dumps(sync.object_type_id).decode()
     ident = f"'{{\"object_type_id\":{type_id},\"object_id\":' || to_json(__obj) || '}}'"
     checks = [
-        *_id_checks(key_column, columns[key_column], "object id", "__obj"),
-        f"case when __obj is null then {lit(f'column `{key_column}`: object id is null')} end",
-        f"case when strlen(__obj) > {MAX_OBJECT_ID_BYTES} then "
-        f"{lit(f'column `{key_column}`: object id is over {MAX_OBJECT_ID_BYTES} bytes')} end",
+        *_object_id_checks(key_column, columns[key_column]),
         *fields.checks,
         f"case when strlen({attributes}) > {MAX_OBJECT_ATTRIBUTES_BYTES} then "
         f"{lit(f'attributes are over {MAX_OBJECT_ATTRIBUTES_BYTES} bytes in total')} end",
@@ -1504,9 +1533,7 @@ def compile_objects(
         ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null)
     src_h = source_hash(sync, (key_column, *fields.columns))
     select = (
-        # a rejected id (`7.5` in a double column) keeps its own text as its key in reports
-        f"select coalesce(__obj, nullif(trim({q(key_column)}::varchar), ''), "
-        f"'(null object id)') as k, {op} as op, {ident} as ident, "
+        f"select {_object_key(key_column)} as k, {op} as op, {ident} as ident, "
         f"coalesce({', '.join(checks)}) as reject, "
         f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared{extra_columns}, "
         f"__rid, {src_h} as src_h from "
@@ -1535,8 +1562,7 @@ def compile_relationships(
     obj = f"'{{\"object_type_id\":{type_id},\"object_id\":' || to_json(__obj) || '}}'"
     ident = f"'{{\"person\":' || {identifiers} || ',\"object\":' || {obj} || '}}'"
     checks += [
-        *_id_checks(sync.object_id, obj_type, "object id", "__obj"),
-        f"case when __obj is null then {lit(f'column `{sync.object_id}`: object id is null')} end",
+        *_object_id_checks(sync.object_id, obj_type),
         *fields.checks,
     ]
     rel_attrs = _object(fields.fragments)
@@ -1563,7 +1589,8 @@ def compile_relationships(
     used = (*sync.identify_by.values(), sync.object_id, *fields.columns)
     src_h = source_hash(sync, used)
     select = (
-        f"select coalesce({identifiers} || ' ' || __obj, '(no person or object)') as k, "
+        f"select coalesce({identifiers} || ' ' || {_object_key(sync.object_id)}, "
+        "'(no person or object)') as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
         f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared, "
         f"{identifiers} as person, __obj as object_id, __rid, {src_h} as src_h from "

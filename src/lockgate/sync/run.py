@@ -1108,14 +1108,18 @@ def _related_snapshots(store: StateStore, project: Project, sync: SyncConfig) ->
     the records whose delete is unconfirmed: they may be gone), and of its other relationships
     syncs of the same type, whose relationships a `mirror` run must not delete. For an objects
     sync with `on_change`: the relationships syncs of its type, whose people hear of the
-    object's transitions."""
+    object's transitions, and the people syncs, which tell when two of those relate one person
+    (by `id` and by email) who must hear once."""
     if sync.kind == "objects" and sync.on_change:
-        relationships = []
+        people, relationships = [], []
         for other in project:
             if other.kind == "relationships" and other.object_type_id == sync.object_type_id:
                 store.ensure_sync_tables(other.name)
                 relationships.append(table("snap", other.name))
-        return Related([], [], relationships, [], [])
+            elif other.kind == "people" and other.destination == sync.destination:
+                store.ensure_sync_tables(other.name)
+                people.append(table("snap", other.name))
+        return Related([], people, relationships, [], [])
     if sync.kind != "relationships":
         return Related([], [], [], [], [])
     objects, people, siblings = [], [], []
