@@ -13,7 +13,9 @@ import pytest
 
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator, EmulatorConfig, FaultConfig
+from lockgate.errors import ContractError
 from lockgate.project.loader import load_project
+from lockgate.state.store import StateStore
 from lockgate.sync.run import run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -126,6 +128,46 @@ def test_an_event_rejected_then_fixed_in_the_warehouse_is_sent_once(
         "d",
         "y" * 5000,
     ]
+
+
+def test_a_delivered_event_whose_row_goes_bad_is_already_delivered_not_rejected(
+    project_factory: ProjectFactory,
+) -> None:
+    """Its event is in Customer.io and is never sent again: a bad value its row takes later is
+    no rejection (it counted as one at every run, and against `max_rejected`)."""
+    table(
+        project_factory,
+        f"('o1', 1, 'Used', {ts(600)}, '3')",
+        "event_id, user_id, event_name, occurred_at, qty",
+    )
+    typed = EVENTS.replace("  feature: feature\n", "  qty: {column: qty, type: integer}\n")
+    project = project_factory.write({"activity": typed + "guardrails: {max_rejected: 0}\n"})
+    assert run(project).delivered == 1
+
+    project_factory.sql(
+        f"update events set qty = 'three'; insert into events values ('o2', 1, 'Used', "
+        f"{ts(60)}, '4')"
+    )
+    report = run(project)
+    assert (report.status, report.delivered) == ("success", 1)
+    assert (report.changes.rejected, report.changes.already_delivered) == (0, 1)
+    assert report.changes.rejected_samples == ()
+    with StateStore.open(project.state_dir) as store:
+        assert store.exec_sql("select count(*) from rejected")[0][0] == 0
+    assert held(project_factory) == [
+        ("Used", NOW - 600, {"qty": 3}),
+        ("Used", NOW - 60, {"qty": 4}),
+    ]
+
+    # a row not delivered yet with a bad value is still rejected, and counted
+    project_factory.sql(f"insert into events values ('o3', 1, 'Used', {ts(30)}, 'four')")
+    with pytest.raises(ContractError, match="max_rejected"):
+        run(project)
+    report = run(project, force=True)
+    assert (report.changes.rejected, report.changes.already_delivered) == (1, 2)
+    assert report.changes.rejected_samples == (
+        ("o3", "column `qty` (field `qty`): value `four` is not an integer"),
+    )
 
 
 # ------------------------------------------------------------------ failed deliveries

@@ -1122,6 +1122,10 @@ def _remapped(con: duckdb.DuckDBPyConnection, snap: str, previous_hash: str) -> 
 
 
 def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Compiled) -> ChangeSet:
+    """Fill ``changes`` with the events to send: each key not in the ledger, once.
+
+    A row of a key in the ledger is never rejected: whatever it holds now, its event is in
+    Customer.io and is never sent again (already delivered)."""
     ledger = table("ledger", sync.name)
     skip_backfill = sync.backfill.older == "skip"
     run_sql(
@@ -1132,6 +1136,12 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
         from ({compiled.select})
         """,
     )
+    if _one(con, "select count(*) from mapped where reject is not null"):
+        run_sql(
+            con,
+            f"update mapped set reject = null "
+            f"where reject is not null and k in (select k from {ledger})",
+        )
     run_sql(
         con,
         f"""
