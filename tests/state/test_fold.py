@@ -29,3 +29,30 @@ def test_the_last_delivery_of_a_key_wins_and_removed_keys_leave_the_snapshot(
         store.append_journal("people", "r4", ["d"], [4], ["{}"], [False])
         assert store.fold_journal("people") == 1
         assert snapshot(store) == {"a": 11, "c": 3, "d": 4}
+
+
+def event_ids(store: StateStore) -> list[tuple[str, int, int, int, str]]:
+    return store.exec_sql('select k, ts, lo, hi, run_id from "event_ids__activity" order by k')
+
+
+def test_an_events_first_recorded_id_stays_until_its_key_is_delivered(tmp_path: Path) -> None:
+    """The ids of events whose answer never came, as a run records them (its keys) or as a
+    write-ahead record of what a killed run was sending gives them (every key not delivered)."""
+    with StateStore.open(tmp_path) as store:
+        store.ensure_sync_tables("activity")
+        store.exec_sql(
+            "create temp table sent as select * from (values ('a', 10, 1, 2), ('b', 20, 3, 4), "
+            "('c', 30, 5, 6)) t(k, ts, lo, hi)"
+        )
+        store.keep_event_ids("activity", "r1", "sent", ["a"])
+        assert event_ids(store) == [("a", 10, 1, 2, "r1")]
+
+        # `a` sent again (a corrected row) and lost again: it keeps the id it was first sent with
+        store.exec_sql("update sent set ts = 99 where k = 'a'")
+        store.append_ledger("activity", ["b"])
+        store.keep_event_ids("activity", "r2", "sent")
+        assert event_ids(store) == [("a", 10, 1, 2, "r1"), ("c", 30, 5, 6, "r2")]
+
+        store.append_ledger("activity", ["a"])
+        store.keep_event_ids("activity", "r3", "sent", [])
+        assert event_ids(store) == [("c", 30, 5, 6, "r2")]

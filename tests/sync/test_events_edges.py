@@ -5,16 +5,22 @@ Customer.io exactly once."""
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from lockgate.cli.sync import change_rows
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator, EmulatorConfig, FaultConfig
+from lockgate.errors import ContractError
 from lockgate.project.loader import load_project
-from lockgate.sync.run import run_sync
+from lockgate.state.store import StateStore
+from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
 
@@ -126,6 +132,46 @@ def test_an_event_rejected_then_fixed_in_the_warehouse_is_sent_once(
         "d",
         "y" * 5000,
     ]
+
+
+def test_a_delivered_event_whose_row_goes_bad_is_already_delivered_not_rejected(
+    project_factory: ProjectFactory,
+) -> None:
+    """Its event is in Customer.io and is never sent again: a bad value its row takes later is
+    no rejection (it counted as one at every run, and against `max_rejected`)."""
+    table(
+        project_factory,
+        f"('o1', 1, 'Used', {ts(600)}, '3')",
+        "event_id, user_id, event_name, occurred_at, qty",
+    )
+    typed = EVENTS.replace("  feature: feature\n", "  qty: {column: qty, type: integer}\n")
+    project = project_factory.write({"activity": typed + "guardrails: {max_rejected: 0}\n"})
+    assert run(project).delivered == 1
+
+    project_factory.sql(
+        f"update events set qty = 'three'; insert into events values ('o2', 1, 'Used', "
+        f"{ts(60)}, '4')"
+    )
+    report = run(project)
+    assert (report.status, report.delivered) == ("success", 1)
+    assert (report.changes.rejected, report.changes.already_delivered) == (0, 1)
+    assert report.changes.rejected_samples == ()
+    with StateStore.open(project.state_dir) as store:
+        assert store.exec_sql("select count(*) from rejected")[0][0] == 0
+    assert held(project_factory) == [
+        ("Used", NOW - 600, {"qty": 3}),
+        ("Used", NOW - 60, {"qty": 4}),
+    ]
+
+    # a row not delivered yet with a bad value is still rejected, and counted
+    project_factory.sql(f"insert into events values ('o3', 1, 'Used', {ts(30)}, 'four')")
+    with pytest.raises(ContractError, match="max_rejected"):
+        run(project)
+    report = run(project, force=True)
+    assert (report.changes.rejected, report.changes.already_delivered) == (1, 2)
+    assert report.changes.rejected_samples == (
+        ("o3", "column `qty` (field `qty`): value `four` is not an integer"),
+    )
 
 
 # ------------------------------------------------------------------ failed deliveries
@@ -240,6 +286,157 @@ def test_an_event_that_ages_into_backfill_before_its_retry_is_renamed_not_duplic
     retried = project_factory.emulator.events()
     assert [e.name for e in retried] == ["Used_backfill"]
     assert retried[0].id == lossy.events()[0].id
+
+
+# ------------------------------------------------------------------ answers lost, rows corrected
+
+#: applied in full, then answered 503: every answer is lost
+ANSWERS_LOST = FaultConfig(error_5xx=1.0, applied_then_failed=True)
+
+
+def stored(emu: Emulator) -> list[tuple[str | None, str, int, str]]:
+    """(person id, name, timestamp, dedupe id) of every event Customer.io holds."""
+    by_cio = {p.cio_id: p.id for p in emu.people()}
+    return sorted((by_cio.get(e.person), e.name, e.timestamp, e.id) for e in emu.events())
+
+
+def event_ids_kept(project: Any) -> list[str]:
+    with StateStore.open(project.state_dir) as store:
+        return [r[0] for r in store.exec_sql('select k from "event_ids__activity" order by k')]
+
+
+@pytest.mark.parametrize(
+    "correction",
+    [
+        "occurred_at = occurred_at - interval 1 hour",  # a time zone fixed upstream
+        "event_name = 'Order Placed'",
+        "user_id = 2",
+    ],
+)
+def test_an_event_whose_answer_was_lost_is_stored_once_after_its_row_is_corrected(
+    project_factory: ProjectFactory, correction: str
+) -> None:
+    """Its dedupe id is made of its timestamp, name and person: the re-send carries the id it
+    was first sent with, whatever the row holds now, so Customer.io drops the copy (with an id
+    made of the corrected row it stored the event twice)."""
+    table(
+        project_factory,
+        f"('e0', 1, 'Used', {ts(7200)}, 'f')",
+        "event_id, user_id, event_name, occurred_at, feature",
+    )
+    project = project_factory.write({"activity": EVENTS}, retries=0)
+    emu = project_factory.emulator
+    assert run(project).delivered == 1
+    with StateStore.open(project.state_dir) as store:  # as a state from before the table
+        store.exec_sql('drop table "event_ids__activity"')
+
+    project_factory.sql(f"insert into events values ('order-1', 1, 'Used', {ts(600)}, 'g')")
+    emu.set_faults(ANSWERS_LOST)
+    lost = run(project)
+    assert (lost.status, lost.dead_lettered) == ("partial", 1)
+    first = stored(emu)
+    assert len(first) == 2  # applied, though never confirmed
+    assert event_ids_kept(project) == ["order-1"]
+
+    project_factory.sql(f"update events set {correction} where event_id = 'order-1'")
+    emu.set_faults(FaultConfig())
+    plan = plan_sync(project, "activity", console=NullConsole(), now=NOW)
+    assert (plan.changes.new, plan.changes.unconfirmed) == (1, 1)
+    assert ("  of which unconfirmed last time (sent again, same id)", 1) in change_rows(plan)
+    first_id = next(i for _, _, t, i in first if t == NOW - 600)
+    assert plan.samples[0]["payload"]["id"] == first_id
+
+    again = run(project)
+    assert (again.status, again.delivered) == ("success", 1)
+    assert stored(emu) == first  # Customer.io dropped the copy: the event is there once
+    assert emu.stats.duplicate_events_dropped == 1
+    assert event_ids_kept(project) == []  # confirmed: nothing kept for it
+    assert run(project).changes.to_send == 0
+
+
+def test_an_event_whose_answer_never_came_reaches_customerio_once_when_first_sent_again(
+    project_factory: ProjectFactory,
+) -> None:
+    """Not applied after all (a 503 before Customer.io took it): the re-send, under the id it
+    was first sent with, stores the event as its row holds it now."""
+    table(
+        project_factory,
+        f"('order-1', 1, 'Used', {ts(600)}, 'g')",
+        "event_id, user_id, event_name, occurred_at, feature",
+    )
+    project = project_factory.write({"activity": EVENTS}, retries=0)
+    emu = project_factory.emulator
+    emu.set_faults(FaultConfig(error_5xx=1.0))
+    assert run(project).dead_lettered == 1 and stored(emu) == []
+    project_factory.sql("update events set occurred_at = occurred_at - interval 1 hour")
+    emu.set_faults(FaultConfig())
+    assert run(project).delivered == 1
+    [(person, name, timestamp, _)] = stored(emu)
+    assert (person, name, timestamp) == ("1", "Used", NOW - 600 - 3600)
+
+
+def test_an_event_customerio_refused_is_sent_as_corrected_under_a_new_id(
+    project_factory: ProjectFactory,
+) -> None:
+    """A per-record refusal applied nothing: no id is kept for it."""
+    table(
+        project_factory,
+        f"('order-1', 1, 'Used', {ts(600)}, 'g')",
+        "event_id, user_id, event_name, occurred_at, feature",
+    )
+    project = project_factory.write({"activity": EVENTS})
+    emu = project_factory.emulator
+    emu.set_faults(FaultConfig(reject_people=frozenset({"1"})))
+    refused = run(project)
+    assert (refused.status, refused.rejected_by_api) == ("partial", 1)
+    assert event_ids_kept(project) == []
+    project_factory.sql("update events set user_id = 2")
+    emu.set_faults(FaultConfig())
+    assert run(project).delivered == 1
+    [(person, _, _, _)] = stored(emu)
+    assert person == "2"
+
+
+def test_an_event_cut_off_by_a_second_sigterm_is_stored_once_after_its_row_is_corrected(
+    project_factory: ProjectFactory,
+) -> None:
+    table(  # the run in a process of its own runs at the time of day
+        project_factory,
+        "('order-1', 1, 'Used', now() - interval 10 minute, 'g')",
+        "event_id, user_id, event_name, occurred_at, feature",
+    )
+    project = project_factory.write({"activity": EVENTS})
+    emu = project_factory.emulator
+    # Customer.io takes the request at once and answers 2 s later
+    emu.set_faults(FaultConfig(answer_latency_ms=2000))
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "lockgate", "sync", "activity", "--project", str(project.root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not emu.events() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = stored(emu)
+        assert len(first) == 1
+        victim.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        victim.send_signal(signal.SIGTERM)
+        _, err = victim.communicate(timeout=30)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert victim.returncode == 143, err
+    assert "the requests in flight were cut off" in err
+    assert event_ids_kept(project) == ["order-1"]
+
+    project_factory.sql("update events set occurred_at = occurred_at - interval 1 hour")
+    emu.set_faults(FaultConfig())
+    again = run_sync(load_project(project.root), "activity", console=NullConsole())
+    assert (again.changes.unconfirmed, again.delivered) == (1, 1)
+    assert stored(emu) == first
 
 
 # ------------------------------------------------------------------ hash ids

@@ -194,6 +194,11 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
     else:
         rows += [
             ("events new", c.new),
+            *(
+                [("  of which unconfirmed last time (sent again, same id)", c.unconfirmed)]
+                if c.unconfirmed
+                else []
+            ),
             ("duplicates prevented (already delivered)", c.already_delivered),
             ("duplicates prevented (repeated in model)", c.duplicates_in_model),
             ("backfill skipped (older than max_age)", c.backfill_skipped),

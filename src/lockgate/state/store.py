@@ -31,6 +31,13 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   (:meth:`StateStore.recover_sending`).
 - ``oc_sent__S(k, ts)``: `on_change` events sent and not yet in the ledger, with the time
   they were first sent: a re-send carries that time, so the same dedupe id.
+- ``event_ids__S(k, ts, lo, hi, run_id)``: events of an events sync sent whose answer never
+  came (dead-lettered after retries, or cut off by a second stop), with the dedupe id they
+  were sent with, as the three numbers it is made of (``deliver.event_ulids``: the columns
+  ``ts, lo, hi`` of the run's ``changes``). Customer.io may hold the event under that id, so
+  the next run sends the key with it whatever its row holds then (a corrected timestamp, name
+  or person would make a new id: stored twice); the first id recorded for a key stays until
+  the key is in the ledger (:meth:`StateStore.keep_event_ids`).
 - ``runs``, ``history`` (what was sent and the answer: one row per record sent, with its key
   and identifiers; the committer hands it over grouped, one row per group of records that
   got the same answer, and the insert unnests the groups; grouped rows with list columns
@@ -492,6 +499,10 @@ class StateStore:
             "(k varchar, run_id varchar, action varchar);"
             f"create table if not exists {table('oc_sent', sync)} (k varchar, ts bigint);"
             f"create table if not exists {table('sending', sync)} (kh ubigint);"
+            # a state from before it gets it here, empty: its events went out with ids made of
+            # their rows, which is what they still get when it holds nothing
+            f"create table if not exists {table('event_ids', sync)} "
+            "(k varchar, ts bigint, lo ubigint, hi ubigint, run_id varchar);"
         )
         columns = {r[0] for r in self.con.execute(f"describe {snap}").fetchall()}
         if "addr" not in columns:  # a snapshot from before `addr`: derive it once
@@ -667,6 +678,38 @@ class StateStore:
             )
         finally:
             self.con.unregister("_unconfirmed_batch")
+
+    def keep_event_ids(
+        self, sync: str, run_id: str, sent: str, keys: Sequence[str] | None = None
+    ) -> None:
+        """Record the dedupe ids of an events sync's events sent without a confirmed answer
+        (see ``event_ids__S`` above), from ``sent``: a relation of the events as sent, with
+        columns ``k, ts, lo, hi``. ``keys``: those whose answer never came, of the run's
+        ``changes``; None: every event of ``sent`` not in the ledger, for a write-ahead record
+        of the events a run was about to send, read after the run was killed. A key recorded
+        already keeps its first id, and the keys delivered since (in the ledger) leave: the
+        table is looked at only when it has rows, so a run without lost answers pays one
+        count."""
+        ids, ledger = table("event_ids", sync), table("ledger", sync)
+        if self.exec_sql(f"select count(*) from {ids}")[0][0]:
+            self.exec_sql(f"delete from {ids} where k in (select k from {ledger})")
+        if keys is not None and not keys:
+            return
+        chosen = "" if keys is None else "semi join _unsure_events u on u.k = s.k"
+        self.con.register("_unsure_events", pa.table({"k": pa.array(keys or [], pa.string())}))
+        try:
+            self.exec_sql(
+                f"""
+                insert into {ids}
+                select distinct on (s.k) s.k, s.ts, s.lo, s.hi, ?
+                from {sent} s {chosen}
+                anti join {ledger} l on l.k = s.k
+                anti join {ids} i on i.k = s.k
+                """,
+                [run_id],
+            )
+        finally:
+            self.con.unregister("_unsure_events")
 
     def append_ledger(self, sync: str, keys: Sequence[str]) -> None:
         if not keys:

@@ -7,7 +7,9 @@ the per-record history. Rejected and dead-lettered records are not committed, so
 next run tries them again. Customer.io may have applied a dead-lettered record (a 5xx or a
 timeout after it took the request), or one whose request was cut off: those keys are
 recorded as *unconfirmed*, and the next run sends them whatever their rows hold then (a row
-back at its last delivered value must not leave Customer.io with the value never confirmed).
+back at its last delivered value must not leave Customer.io with the value never confirmed);
+such an event keeps the dedupe id it was sent with (a row corrected meanwhile would give it
+another, and Customer.io would store it twice).
 A rejected record was refused, so applied nothing: it needs no such mark. Buffers are flushed
 at least every ``flush_seconds`` (or ``flush_records``), which bounds what a crash can make
 a re-run send again (identify is idempotent; events carry their dedupe id).
@@ -93,6 +95,9 @@ class Committer:
         self.flush_seconds = flush_seconds
         self.flush_records = flush_records
         self.counts = CommitCounts()
+        # an events sync's keys sent whose answer never came: the run records the dedupe ids
+        # they were sent with once delivery is over (``StateStore.keep_event_ids``)
+        self.unsure_events: list[str] = []
         self._last_flush = time.monotonic()
         self._pool: ThreadPoolExecutor | None = None
         self._writing: Future[None] | None = None
@@ -195,8 +200,9 @@ class Committer:
         `delete`, ...) and to whom: dead-lettered (:meth:`add`), or cut off in flight (the
         delivery says so as it stops at once; they are not counted, the run is stopping). Only
         records of a snapshot need the mark: an event not in the ledger is sent again anyway,
-        unless it was for a record (``unconfirmed_as``: an email cleared ahead of its record,
-        which that record's next identify follows, so no delete)."""
+        with the id it was sent with (``unsure_events``), unless it was for a record
+        (``unconfirmed_as``: an email cleared ahead of its record, which that record's next
+        identify follows, so no delete)."""
         marked_keys, marked_actions, marked_idents = self._unconfirmed
         if self.unconfirmed_as is not None:
             marked_keys.extend(self.unconfirmed_as(k) for k in keys)
@@ -206,6 +212,8 @@ class Committer:
             marked_keys.extend(keys)
             marked_actions.extend(actions)
             marked_idents.extend(idents)
+        else:
+            self.unsure_events.extend(keys)
 
     def _buffered_more(self, n: int) -> None:
         """Count ``n`` more buffered records; write them at the record or time bound."""

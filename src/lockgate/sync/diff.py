@@ -59,7 +59,8 @@ class ChangeSet:
     unconfirmed: int = 0
     """Of ``changed``: records whose data is as last delivered, sent again because Customer.io
     did not confirm a later delivery of them (dead-lettered, or cut off by a second stop):
-    it may hold what that delivery carried. Not counted by `max_changed` either."""
+    it may hold what that delivery carried. Not counted by `max_changed` either. Of an events
+    sync's ``new``: events whose answer never came, sent again with the id they were sent with."""
     shared_person: int = 0
     """Rows sent this run that reach a person another row of the model also reaches (sent
     this run, or unchanged since the last: one email or `id` on two primary keys, no identity
@@ -1338,7 +1339,15 @@ def _remapped(con: duckdb.DuckDBPyConnection, snap: str, previous_hash: str) -> 
 
 
 def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Compiled) -> ChangeSet:
+    """Fill ``changes`` with the events to send: each key not in the ledger, once.
+
+    An event sent whose answer never came (``event_ids__S``, see the state store) is sent with
+    the dedupe id it was sent with, whatever its row holds now: Customer.io may hold it under
+    that id, and a timestamp, name or person corrected since would make another id, which it
+    would store a second time. A row of a key in the ledger is never rejected: whatever it
+    holds now, its event is in Customer.io and is never sent again (already delivered)."""
     ledger = table("ledger", sync.name)
+    ids = table("event_ids", sync.name)
     skip_backfill = sync.backfill.older == "skip"
     run_sql(
         con,
@@ -1348,18 +1357,32 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
         from ({compiled.select})
         """,
     )
+    if _one(con, "select count(*) from mapped where reject is not null"):
+        run_sql(
+            con,
+            f"update mapped set reject = null "
+            f"where reject is not null and k in (select k from {ledger})",
+        )
+    lo = "md5_number_lower(m.k || chr(31) || m.id_seed)"
+    hi = "md5_number_upper(m.k || chr(31) || m.id_seed)"
+    ts, unsure = "m.ts", ""
+    resent = 0
+    if _one(con, f"select count(*) from {ids}"):  # only after an answer was lost
+        ts, lo, hi = f"coalesce(u.ts, {ts})", f"coalesce(u.lo, {lo})", f"coalesce(u.hi, {hi})"
+        unsure = f"left join {ids} u on u.k = m.k"
     run_sql(
         con,
         f"""
         create or replace temp table changes as
         select m.k, m.op, null::ubigint as h, m.ident, true as is_new, false as removed,
-               m.ts, m.backfill, md5_number_lower(m.k || chr(31) || m.id_seed) as lo,
-               md5_number_upper(m.k || chr(31) || m.id_seed) as hi
-        from mapped m anti join {ledger} l on l.k = m.k
+               {ts} as ts, m.backfill, {lo} as lo, {hi} as hi
+        from mapped m anti join {ledger} l on l.k = m.k {unsure}
         where m.reject is null and m.rn = 1 {"and not m.backfill" if skip_backfill else ""}
         order by m.ts, m.k
         """,
     )
+    if unsure:
+        resent = int(_one(con, f"select count(*) from changes semi join {ids} using (k)") or 0)
     rejected, samples, reasons = _rejected(con)
     in_ledger = f"k in (select k from {ledger})"
     row = con.execute(
@@ -1384,6 +1407,7 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
         already_delivered=delivered,
         backfill_skipped=backfill if skip_backfill else 0,
         backfill_sent=0 if skip_backfill else backfill,
+        unconfirmed=resent,
         rejected_samples=samples,
         rejected_reasons=reasons,
     )

@@ -1490,14 +1490,20 @@ def run_sync(
                         destination = notify_retries(
                             destination_factory(project, sync), console, sync.name
                         )
-                        deliver(
-                            store.con,
-                            destination,
-                            kind=sync.kind,
-                            committer=committer,
-                            advance=advance,
-                            source=source,
-                        )
+                        try:
+                            deliver(
+                                store.con,
+                                destination,
+                                kind=sync.kind,
+                                committer=committer,
+                                advance=advance,
+                                source=source,
+                            )
+                        finally:
+                            if sync.kind == "events":  # stopped at once too: cut off in flight
+                                store.keep_event_ids(
+                                    sync.name, run_id, source, committer.unsure_events
+                                )
                 if sync.kind == "people":
                     emails_read_back, email_check = _check_emails(
                         store, project, sync, run_id, console, committer.counts
