@@ -12,8 +12,10 @@ Tables (created by :func:`ensure_tables`):
 - ``contract_mappings(sync, mapping_hash, mapping)``: one row per sync; ``mapping`` (what of
   the sync file shapes payloads, ``mapping.shaping``) is JSON, ``mapping_hash`` the SQL of the
   rows' hash under it (``Compiled.src_h``), so a run can tell the records it sends only
-  because the mapping changed from those whose data changed. A table of its own, not columns
-  of ``contract_syncs``: an older Lockgate inserts into that one without naming columns.
+  because the mapping changed from those whose data changed. A sync file since edited without
+  changing any payload keeps both (``mapping.source_hash``: the hash stays valid with the
+  mapping it was made from). A table of its own, not columns of ``contract_syncs``: an older
+  Lockgate inserts into that one without naming columns.
 - ``contract_columns(sync, column_name, column_type)``: the model's columns at that run.
 - ``contract_event_names(sync, name, first_seen)``: every event name an events sync has sent.
 

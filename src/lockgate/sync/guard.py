@@ -43,6 +43,7 @@ from lockgate.sync.mapping import (
     event_key,
     event_key_text,
     lit,
+    normal_form,
     q,
     removed_attributes,
     same_identifiers,
@@ -355,7 +356,12 @@ def _mapping(
     name, limit = "mapping", "a change re-sends each record once"
     if last is None or last.mapping is None:
         return GuardResult(name, limit, FIRST_RUN if last is None else NOT_RECORDED, False)
-    what = shaping_changes(last.mapping, shaping(sync), removed_attributes(sync, last.mapping))
+    # compared as written one way: a mapping only spelt otherwise is `unchanged`
+    what = shaping_changes(
+        normal_form(last.mapping),
+        normal_form(shaping(sync)),
+        removed_attributes(sync, last.mapping),
+    )
     if not what and not changes.remapped:
         return GuardResult(name, limit, "unchanged", False)
     # nothing in the sync file: the identity graph's attributes, or Lockgate's own format
@@ -700,10 +706,11 @@ def _cleared_on_known(
     if not changes.remapped:
         sql = "select coalesce(sum(n_cleared), 0) from changes where not is_new"
         return int(con.execute(sql).fetchall()[0][0])
-    before = (last.mapping or {}).get("attributes") or {} if last is not None else {}
-    now = shaping(sync).get("attributes") or {}
-    same_policy = (last.mapping or {}).get("on_null") == sync.on_null if last else False
-    fresh = [n for n, spec in now.items() if not same_policy or before.get(n) != spec]
+    # each field with its null policy in force (`normal_form`): a sync-wide `on_null` change
+    # changes every field that does not set its own
+    before = normal_form(last.mapping)["attributes"] if last and last.mapping else {}
+    now = normal_form(shaping(sync))["attributes"]
+    fresh = [n for n, spec in now.items() if before.get(n) != spec]
     fresh += removed_attributes(sync, last.mapping if last is not None else None)
     others = con.execute(
         "select coalesce(sum(n_cleared), 0) from changes c "

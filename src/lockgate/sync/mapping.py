@@ -261,14 +261,108 @@ def _check_count(sync: SyncConfig, fields: Fields, clear: tuple[str, ...]) -> No
     )
 
 
-def source_hash(sync: SyncConfig, columns: tuple[str, ...]) -> str:
-    """SQL for ``src_h``: the row's mapped columns plus a fingerprint of the sync's config."""
+@dataclass(frozen=True)
+class LastHash:
+    """The row hash of a sync's last committed run: its SQL (``Compiled.src_h``) and the
+    mapping recorded with it (:func:`recorded_mapping`), as the state's `contract_mappings`
+    holds them."""
+
+    sql: str
+    mapping: dict[str, Any]
+
+
+def normal_form(shape: dict[str, Any]) -> dict[str, Any]:
+    """A :func:`shaping` (of a sync, or one recorded in the state) written one way: two sync
+    files that send the same payload for every row have the same normal form, so an edit that
+    only spells the mapping differently re-sends nothing (:func:`source_hash`).
+
+    Spellings made one: `primary_key: id` and `[id]`; `identify_by` in any order, `user_id`
+    for `id`; attributes in any order; a field's `column` left out (its own name) or written;
+    a field's `on_null` left out or written as the sync's; a `default` without `on_null:
+    default` (never sent); a constant's `type` (the `value` is already converted to it); the
+    default `mode` written or not; an `email` attribute that is the `identify_by` email again
+    under the `skip` policy (sent anyway). Anything that can change a payload (an attribute
+    added, removed or renamed, its column, type, null policy or constant, the identifiers, the
+    key, the mode) still differs."""
+    kind = shape.get("kind")
+    on_null = shape.get("on_null") or "skip"
+    identify_by: dict[str, Any] = dict(shape.get("identify_by") or {})
+    aliased = {CUSTOMERIO_IDENTIFIERS.get(k, k): v for k, v in identify_by.items()}
+    if len(aliased) == len(identify_by):  # `{id: a, user_id: b}` is refused when compiled
+        identify_by = aliased
+    key = shape.get("primary_key")
+    mode = shape.get("mode") or ("mirror" if kind == "relationships" else "upsert")
+
+    def fields(specs: dict[str, Any] | None, *, email: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, spec in (specs or {}).items():
+            if spec.get("value") is not None:
+                out[name] = {"value": spec["value"]}
+                continue
+            field = {
+                "column": spec.get("column") or name,
+                "type": spec.get("type") or "auto",
+                "on_null": spec.get("on_null") or on_null,
+            }
+            if field["on_null"] == "default":
+                field["default"] = spec.get("default")
+            if (
+                email
+                and name == "email"
+                and field["column"] == identify_by.get("email")
+                and field["type"] in ("auto", "string")
+                and field["on_null"] == "skip"
+            ):
+                continue  # `_identify_email` sends it as it sends the implicit one
+            out[name] = field
+        return out
+
+    return {
+        "kind": kind,
+        "primary_key": [key] if isinstance(key, str) else list(key or []),
+        "identify_by": identify_by,
+        "mode": mode,
+        "attributes": fields(shape.get("attributes"), email=kind == "people"),
+        "object_type_id": shape.get("object_type_id"),
+        "object_id": shape.get("object_id"),
+        "relationship_attributes": fields(shape.get("relationship_attributes")),
+    }
+
+
+def _fingerprint(shape: dict[str, Any]) -> str:
     import hashlib
 
-    text = MAPPING_VERSION + orjson.dumps(shaping(sync), option=orjson.OPT_SORT_KEYS).decode()
-    fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
-    cols = ", ".join(q(c) for c in dict.fromkeys(columns))
-    return f"hash({cols}{', ' if cols else ''}{lit(fingerprint)})"
+    text = MAPPING_VERSION + orjson.dumps(shape, option=orjson.OPT_SORT_KEYS).decode()
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _hash_sql(shape: dict[str, Any], columns: Iterable[str]) -> str:
+    cols = ", ".join(q(c) for c in columns)
+    return f"hash({cols}{', ' if cols else ''}{lit(_fingerprint(shape))})"
+
+
+def source_hash(sync: SyncConfig, columns: tuple[str, ...], last: LastHash | None = None) -> str:
+    """SQL for ``src_h``: the row's mapped columns plus a fingerprint of the sync's config, both
+    taken from its :func:`normal_form` (the columns in name order), so an edit that changes no
+    payload keeps every row's hash and sends nothing.
+
+    ``last``: the last committed run's hash, reused when it was made before hashes were
+    normalised (the same SQL without :func:`normal_form`, the columns in the file's order) of
+    this same mapping, or of one with the same normal form under this `MAPPING_VERSION` (its
+    fingerprint is that of the mapping recorded with it). Upgrading Lockgate, with or without
+    such an edit, then re-sends nothing; the run records the hash it reused with the mapping it
+    was made from, and the first real mapping change (which re-sends every record anyway)
+    moves the state to the normal form."""
+    shape = shaping(sync)
+    sql = _hash_sql(normal_form(shape), sorted(set(columns)))
+    if last is None or last.sql == sql:
+        return sql
+    if last.sql == _hash_sql(shape, dict.fromkeys(columns)):
+        return last.sql
+    fingerprint = lit(_fingerprint(last.mapping)) + ")"
+    if last.sql.endswith(fingerprint) and normal_form(last.mapping) == normal_form(shape):
+        return last.sql
+    return sql
 
 
 #: bump when the SQL this module generates changes what is sent for the same row
@@ -1117,18 +1211,20 @@ def compile_sync(
     default_on_null: str,
     now_epoch: int,
     clear: tuple[str, ...] = (),
+    last: LastHash | None = None,
 ) -> Compiled:
     """The SELECT of any sync kind over a model with ``columns`` (name -> DuckDB type); a
     column the sync file names that the model lacks is a :class:`ConfigError` naming both.
     ``clear``: attributes to clear on every people or objects record
-    (:func:`removed_attributes`)."""
+    (:func:`removed_attributes`); ``last``: the last committed run's row hash
+    (:func:`source_hash`)."""
     try:
         if sync.kind == "people":
-            return compile_people(sync, columns, default_on_null, clear)
+            return compile_people(sync, columns, default_on_null, clear, last)
         if sync.kind == "objects":
-            return compile_objects(sync, columns, default_on_null, clear)
+            return compile_objects(sync, columns, default_on_null, clear, last)
         if sync.kind == "relationships":
-            return compile_relationships(sync, columns, default_on_null)
+            return compile_relationships(sync, columns, default_on_null, last)
         return compile_events(sync, columns, now_epoch)
     except ConfigError as exc:
         if sync.graph_columns and exc.hint == columns_hint(columns):
@@ -1143,7 +1239,11 @@ def columns_hint(columns: Iterable[str]) -> str:
 
 
 def compile_people(
-    sync: SyncConfig, columns: dict[str, str], default_on_null: str, clear: tuple[str, ...] = ()
+    sync: SyncConfig,
+    columns: dict[str, str],
+    default_on_null: str,
+    clear: tuple[str, ...] = (),
+    last: LastHash | None = None,
 ) -> Compiled:
     """The SELECT producing (k, op, ident, reject) for a people sync."""
     used: list[str] = list(sync.identify_by.values())
@@ -1179,7 +1279,7 @@ def compile_people(
     if sync.on_change:
         ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null)
     null_key = " or ".join(f"{q(k)} is null" for k in sync.key_columns)
-    src_h = source_hash(sync, (*used, *sync.key_columns))
+    src_h = source_hash(sync, (*used, *sync.key_columns), last)
     checks.insert(0, f"case when {null_key} then {lit('primary key is null')} end")
     op = (
         '\'{"type":"person","action":"identify","identifiers":\' || '
@@ -1496,7 +1596,11 @@ def _object_key(column: str) -> str:
 
 
 def compile_objects(
-    sync: SyncConfig, columns: dict[str, str], default_on_null: str, clear: tuple[str, ...] = ()
+    sync: SyncConfig,
+    columns: dict[str, str],
+    default_on_null: str,
+    clear: tuple[str, ...] = (),
+    last: LastHash | None = None,
 ) -> Compiled:
     """The SELECT producing (k, op, ident, reject, n_set, n_cleared) for an objects sync.
 
@@ -1531,7 +1635,7 @@ def compile_objects(
     if sync.on_change:
         # the watched values ride in `ident` (removal ops rebuild identifiers from its keys)
         ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null)
-    src_h = source_hash(sync, (key_column, *fields.columns))
+    src_h = source_hash(sync, (key_column, *fields.columns), last)
     select = (
         f"select {_object_key(key_column)} as k, {op} as op, {ident} as ident, "
         f"coalesce({', '.join(checks)}) as reject, "
@@ -1542,7 +1646,7 @@ def compile_objects(
 
 
 def compile_relationships(
-    sync: SyncConfig, columns: dict[str, str], default_on_null: str
+    sync: SyncConfig, columns: dict[str, str], default_on_null: str, last: LastHash | None = None
 ) -> Compiled:
     """The SELECT producing (k, op, ident, reject, n_set, n_cleared, person, object_id) for a
     relationships sync: one person-side `add_relationships` per person-object pair.
@@ -1587,7 +1691,7 @@ def compile_relationships(
         anonymous = f"starts_with({identifiers}, '{{\"anonymous_id\"')"
         op = f"case when {anonymous} then {anonymous_op} else {op} end"
     used = (*sync.identify_by.values(), sync.object_id, *fields.columns)
-    src_h = source_hash(sync, used)
+    src_h = source_hash(sync, used, last)
     select = (
         f"select coalesce({identifiers} || ' ' || {_object_key(sync.object_id)}, "
         "'(no person or object)') as k, "

@@ -497,7 +497,9 @@ def _prepare(
         )
         with step("map"):
             try:
-                compiled = mapping.compile_sync(sync, staged.columns, on_null, now, clear)
+                compiled = mapping.compile_sync(
+                    sync, staged.columns, on_null, now, clear, _last_hash(last)
+                )
             except ConfigError as exc:
                 raise project.locate(exc, sync.name) from None
         if in_place is not None:
@@ -792,6 +794,27 @@ class Prepared(NamedTuple):
     identity_ops: pa.Table | None
     mapping_hash: str
     """The SQL of the rows' hash under this run's mapping, recorded when the run commits."""
+
+
+def _last_hash(last: contract_state.Contract | None) -> mapping.LastHash | None:
+    """The row hash the sync's last committed run recorded, with its mapping: kept when this
+    run's mapping sends the same payloads (``mapping.source_hash``)."""
+    if last is None or not last.mapping_hash or last.mapping is None:
+        return None
+    return mapping.LastHash(last.mapping_hash, last.mapping)
+
+
+def _same_hash(last: contract_state.Contract, sync: SyncConfig, mapping_hash: str) -> bool:
+    """Whether a run that hashed rows with ``mapping_hash`` keeps the last recorded mapping:
+    the same hash of a mapping only spelt otherwise (``mapping.normal_form``). A hash kept from
+    before hashes were normalised (``mapping.source_hash``) stays valid only with the mapping
+    it was made from."""
+    return (
+        bool(mapping_hash)
+        and last.mapping_hash == mapping_hash
+        and last.mapping is not None
+        and mapping.normal_form(last.mapping) == mapping.normal_form(mapping.shaping(sync))
+    )
 
 
 def _previous_hash(last: contract_state.Contract | None, compiled: mapping.Compiled) -> str | None:
@@ -1528,11 +1551,14 @@ def run_sync(
                     # records Customer.io refused or that were dead-lettered are sent by the
                     # next run: under the mapping last recorded, it sees them as a mapping
                     # change still to send (with the clears of attributes taken out of it);
-                    # events have no such change (an event is sent once, as first mapped)
+                    # events have no such change (an event is sent once, as first mapped);
+                    # a mapping only spelt otherwise keeps the record too (`_same_hash`)
                     left = sync.kind != "events" and _undelivered(
                         committer.counts, state_events, email_clears
                     )
-                    kept = contract_state.last(store.con, sync.name) if left else None
+                    kept = contract_state.last(store.con, sync.name)
+                    if kept is not None and not left and not _same_hash(kept, sync, mapping_hash):
+                        kept = None
                     contract_state.record(
                         store.con,
                         sync,
