@@ -492,23 +492,24 @@ def test_sync_json_stopped_by_a_signal_still_prints_each_syncs_outcome(
     recorded (failed, interrupted, what it had to send and what it delivered) and the sync
     never begun as `not started` (it printed nothing at all, exit 143 or 130 alone)."""
     seed_events(project_factory, EVENTS_SENT)
-    seed_people(project_factory, 3)
+    # a second events sync: named syncs run by kind (events last), in the order typed within it
+    later = EVENTS.replace("name: activity", "name: later")
     slow = Emulator(EmulatorConfig(faults=FaultConfig(answer_latency_ms=400)))
     with slow.serve() as url:
         project = small_batches(
-            project_factory.write({"activity": EVENTS, "people": PEOPLE}, url=url),
+            project_factory.write({"activity": EVENTS, "later": later}, url=url),
             batch_size=10,
             concurrency=1,
         )
         code, out, err = _signal_sync(
-            project, slow, 20, signum, args=("activity", "people", "--json")
+            project, slow, 20, signum, args=("activity", "later", "--json")
         )
     assert code == exit_code, err
     assert "Traceback" not in err
     with StateStore.open(project.state_dir) as store:
-        [run] = store.runs()  # people never ran
+        [run] = store.runs()  # `later` never ran
         ledgered = store.exec_sql('select count(*) from "ledger__activity"')[0][0]
-    stopped, people = orjson.loads(out)
+    stopped, never = orjson.loads(out)
     assert (stopped["sync"], stopped["status"], stopped["error"]) == (
         "activity",
         "failed",
@@ -517,8 +518,8 @@ def test_sync_json_stopped_by_a_signal_still_prints_each_syncs_outcome(
     assert stopped["run_id"] == run.run_id and run.error == "interrupted"
     assert stopped["changes"]["to_send"] == EVENTS_SENT
     assert stopped["delivered"] == ledgered == len(slow.events()) == 20
-    assert people["sync"] == "people" and people["status"] == "failed"
-    assert people["error"].startswith("not started")
+    assert never["sync"] == "later" and never["status"] == "failed"
+    assert never["error"].startswith("not started")
 
 
 def test_a_second_ctrl_c_stops_at_once_and_the_next_run_sends_each_event_once(
