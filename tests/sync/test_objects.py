@@ -657,3 +657,84 @@ def test_an_object_id_over_150_bytes_or_empty_is_rejected_by_relationships_too(
     assert (alone.status, alone.rejected_by_api) == ("success", 0)
     assert dict(alone.changes.rejected_samples)[f'{{"id":"2"}} {long}'] == too_long
     assert rels(emu) == {("1", "1", "acme", "admin")}
+
+
+USERS_BY_EMAIL = PEOPLE.replace("{id: user_id}", "{id: user_id, email: email}")
+
+
+def test_a_person_without_an_email_does_not_let_unsynced_people_be_related(
+    project_factory: ProjectFactory,
+) -> None:
+    """One person of the people sync has no email: a relationships sync keyed by email still
+    holds the contact whose person was never sent (a SQL `not in` over a list holding that
+    null matched nothing, so it was sent, and Customer.io made a stray email-only person)."""
+    seed(project_factory)
+    project_factory.sql(
+        """
+        create or replace table users as select * from (values
+          (1, 'Ada', 'ada@x.io'), (2, 'Grace', null)) t(user_id, first_name, email);
+        create or replace table contacts as select * from (values
+          ('ada@x.io', 'acme', 'billing'), ('ghost@x.io', 'acme', 'legal')
+        ) t(email, company_id, crm_role);
+        """
+    )
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": USERS_BY_EMAIL, "crm_contacts": CRM_CONTACTS}
+    )
+    contacts = run_all(project)["crm_contacts"]
+    assert (contacts.delivered, contacts.changes.held) == (1, 1)
+    assert dict(contacts.changes.held_samples) == {
+        '{"email":"ghost@x.io"} acme': 'person {"email":"ghost@x.io"} is not among the people '
+        "sent (not synced yet, or they left the people sync's model)"
+    }
+    emu = project_factory.emulator
+    assert emu.person(email="ghost@x.io") is None
+    assert {(p.id, p.email) for p in emu.people()} == {("1", "ada@x.io"), ("2", None)}
+
+
+@pytest.mark.parametrize("null_email", [False, True], ids=["emails", "one-null-email"])
+@pytest.mark.parametrize("relationships_meanwhile", [True], ids=["between"])
+def test_a_deleted_person_gets_their_relationship_by_email_back(
+    project_factory: ProjectFactory, null_email: bool, relationships_meanwhile: bool
+) -> None:
+    """A people sync in `mirror` with `delete_removed` deletes Ada, and Customer.io her
+    relationships with her; when she is back, her relationship by email is sent again, though
+    another person has no email (which hid her absence from the relationships sync)."""
+    seed(project_factory)
+    other = "null" if null_email else "'grace@x.io'"
+    project_factory.sql(
+        f"""
+        create or replace table users as select * from (values
+          (1, 'Ada', 'ada@x.io'), (2, 'Grace', {other})) t(user_id, first_name, email);
+        create or replace table contacts as select * from (values
+          ('ada@x.io', 'acme', 'billing')) t(email, company_id, crm_role);
+        """
+    )
+    people = USERS_BY_EMAIL + "mode: mirror\ndelete_removed: true\n"
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": people, "crm_contacts": CRM_CONTACTS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    contact = {
+        (p.id, r.object_id, r.attributes.get("crm_role"))
+        for r in emu.relationships()
+        for p in emu.people()
+        if p.cio_id == r.person
+    }
+    assert contact == {("1", "acme", "billing")}
+    project_factory.sql("create table ada as select * from users where user_id = 1")
+    project_factory.sql("delete from users where user_id = 1")
+    run_sync(project, "people", console=NullConsole(), force=True)
+    assert emu.person(id="1") is None and not emu.relationships()
+    if relationships_meanwhile:
+        meanwhile = run_sync(project, "crm_contacts", console=NullConsole())
+        assert (meanwhile.changes.to_send, meanwhile.changes.held) == (0, 1)
+    project_factory.sql("insert into users select * from ada")
+    run_sync(project, "people", console=NullConsole())
+    back = run_sync(project, "crm_contacts", console=NullConsole())
+    assert back.delivered == 1
+    ada = emu.person(id="1")
+    assert ada is not None
+    assert [(r.person, r.object_id) for r in emu.relationships()] == [(ada.cio_id, "acme")]
+    assert run_sync(project, "crm_contacts", console=NullConsole()).changes.to_send == 0

@@ -212,8 +212,11 @@ def _missing_ends(
     was sent to without an answer (:func:`present_ends`, left out of the snapshots)."""
     conditions = []
     if objects_snaps:
+        # a null in the list would make `not in` null for every object (no match is not
+        # false then): never an end, it is left out
         known = " union all ".join(
-            f"select json_extract_string(ident, '$.object_id') as o from {t}" for t in objects_snaps
+            f"select json_extract_string(ident, '$.object_id') as o from {t} where o is not null"
+            for t in objects_snaps
         )
         reason = (
             f"'object `' || {object_id} || '` is not among the objects sent (not synced yet, "
@@ -250,7 +253,8 @@ def _missing_ends(
         # the relationship is held by Customer.io itself (`identify_anonymous`), not by us
         conditions.append(
             f"case when {person_key} <> 'anonymous_id' and "
-            f"({person_key}, {person_value}) not in (select kind, value from ({known})) "
+            f"({person_key}, {person_value}) not in "
+            f"(select kind, value from ({known}) where value is not null) "
             f"then {reason} end"
         )
     return conditions
