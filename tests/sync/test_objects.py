@@ -659,6 +659,31 @@ def test_an_object_id_over_150_bytes_or_empty_is_rejected_by_relationships_too(
     assert rels(emu) == {("1", "1", "acme", "admin")}
 
 
+def test_a_run_of_named_relationships_keeps_the_others_delivered(
+    project_factory: ProjectFactory,
+) -> None:
+    """`sync memberships --only 2` with companies and people syncs in the project: the
+    relationships it does not name stay delivered. They were all dropped from the snapshot,
+    so the next whole run sent every unchanged one again, and one that had left the model,
+    waiting for that whole run, was never deleted."""
+    seed(project_factory)
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    project_factory.sql("delete from members where user_id in (2, 3)")
+    named = run_sync(project, "memberships", console=NullConsole(), only=("2",), force=True)
+    assert (named.changes.removed_sent, named.delivered) == (1, 1)
+    assert rels(emu) == {("1", "1", "acme", "admin"), ("3", "1", "globex", "owner")}
+
+    plan = plan_sync(project, "memberships", console=NullConsole())
+    assert (plan.changes.new, plan.changes.unchanged, plan.changes.removed_sent) == (0, 1, 1)
+    whole = run_sync(project, "memberships", console=NullConsole(), force=True)
+    assert (whole.changes.to_send, whole.delivered) == (1, 1)
+    assert rels(emu) == {("1", "1", "acme", "admin")}
+
+
 USERS_BY_EMAIL = PEOPLE.replace("{id: user_id}", "{id: user_id, email: email}")
 
 

@@ -333,8 +333,10 @@ def _live_relationships(
 ) -> str:
     """The relationships snapshot without the relationships whose object or person is gone
     (deleted by a mirror sync: Customer.io deleted its relationships with it), or may be (its
-    delete unconfirmed), as a temp table's name. Diffed against it, such a relationship still
-    in the model is new again: held while its end is missing, sent once it is back."""
+    delete unconfirmed), as a temp table's name; their keys are kept in the temp table
+    ``ends_gone`` (:func:`forget_gone_relationships`). Diffed against it, such a relationship
+    still in the model is new again: held while its end is missing, sent once it is back."""
+    run_sql(con, "drop table if exists snap_live; drop table if exists ends_gone")
     conditions = _missing_ends(
         objects_snaps,
         people_snaps,
@@ -344,13 +346,15 @@ def _live_relationships(
         unsure_people,
     )
     if not conditions:
-        run_sql(con, "drop table if exists snap_live")
         return snap
+    # of the snapshot the diff reads: with `--only`, the named records alone
     run_sql(
         con,
         f"""
-        create or replace temp table snap_live as
-        select * from {snap} s where coalesce({", ".join(conditions)}) is null
+        create temp table ends_gone as
+        select k from {snap} s where coalesce({", ".join(conditions)}) is not null;
+        create temp table snap_live as
+        select * from {snap} s anti join ends_gone g on g.k = s.k;
         """,
     )
     return "snap_live"
@@ -368,27 +372,24 @@ def forget_gone_relationships(
     con: duckdb.DuckDBPyConnection, sync: SyncConfig, *, full_resync: bool = False
 ) -> int:
     """After a relationships diff (in a run, not a plan): drop from the snapshot the
-    relationships whose object or person is gone, so that they count as not delivered; they
-    are sent again once both ends exist. Returns how many were dropped. Also drops those that
-    left the model while another relationships sync holds them (:func:`_held_by_siblings`):
-    not deleted, and no longer this sync's, so the other's `mirror` run may delete them.
+    relationships whose object or person is gone (``ends_gone``, of the records the diff
+    read: a run of named records drops none of the others), so that they count as not
+    delivered; they are sent again once both ends exist. Returns how many were dropped. Also
+    drops those that left the model while another relationships sync holds them
+    (:func:`_held_by_siblings`): not deleted, and no longer this sync's, so the other's
+    `mirror` run may delete them.
 
-    Not after a `--full-resync` diff: that one read an empty stand-in for the snapshot, so its
-    ``snap_live`` is empty, and the resync already forgot what it sends again (with `--only`,
-    the named records alone: dropping the rest would send every other relationship again)."""
+    Not after a `--full-resync` diff: that one read an empty stand-in for the snapshot, and
+    the resync already forgot what it sends again."""
     if sync.kind != "relationships":
         return 0
     snap = table("snap", sync.name)
     if _temp_table(con, "held_by_siblings"):
         run_sql(con, f"delete from {snap} where k in (select k from held_by_siblings)")
-    if full_resync or not _temp_table(con, "snap_live"):
+    if full_resync or not _temp_table(con, "ends_gone"):
         return 0
-    gone = con.execute(
-        f"select count(*) from {snap} s anti join snap_live l on l.k = s.k"
-    ).fetchall()[0][0]
-    if gone:
-        run_sql(con, f"delete from {snap} where k not in (select k from snap_live)")
-    return int(gone)
+    gone = con.execute(f"delete from {snap} where k in (select k from ends_gone)").fetchall()
+    return int(gone[0][0])
 
 
 def _shared_people(
