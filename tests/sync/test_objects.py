@@ -718,13 +718,14 @@ def test_a_person_without_an_email_does_not_let_unsynced_people_be_related(
 
 
 @pytest.mark.parametrize("null_email", [False, True], ids=["emails", "one-null-email"])
-@pytest.mark.parametrize("relationships_meanwhile", [True], ids=["between"])
+@pytest.mark.parametrize("relationships_meanwhile", [True, False], ids=["between", "after"])
 def test_a_deleted_person_gets_their_relationship_by_email_back(
     project_factory: ProjectFactory, null_email: bool, relationships_meanwhile: bool
 ) -> None:
     """A people sync in `mirror` with `delete_removed` deletes Ada, and Customer.io her
     relationships with her; when she is back, her relationship by email is sent again, though
-    another person has no email (which hid her absence from the relationships sync)."""
+    another person has no email (which hid her absence) and whether or not the relationships
+    sync ran while she was gone (the people run that deletes her forgets them)."""
     seed(project_factory)
     other = "null" if null_email else "'grace@x.io'"
     project_factory.sql(
@@ -763,3 +764,52 @@ def test_a_deleted_person_gets_their_relationship_by_email_back(
     assert ada is not None
     assert [(r.person, r.object_id) for r in emu.relationships()] == [(ada.cio_id, "acme")]
     assert run_sync(project, "crm_contacts", console=NullConsole()).changes.to_send == 0
+
+
+@pytest.mark.parametrize("kind", ["objects", "people"])
+def test_a_relationship_leaving_while_its_cleared_end_is_out_is_deleted(
+    project_factory: ProjectFactory, kind: str
+) -> None:
+    """A `mirror` sync without `delete_removed` clears company globex (or user 3) that left
+    its model: it still exists in Customer.io, with its relationships. The membership that
+    leaves the model meanwhile is deleted at once; it was dropped unsent, and stayed in
+    Customer.io for good. The others are not sent again when the record is back."""
+    seed(project_factory)
+    project_factory.sql("insert into members values (3, 'acme', 'viewer')")
+    companies, people = COMPANIES, PEOPLE
+    if kind == "objects":
+        companies += "mode: mirror\n"
+        model, where = ("companies", "company_id = 'globex'")
+        leaves = "user_id = 3 and company_id = 'globex'"
+    else:
+        people += "mode: mirror\n"
+        model, where = ("users", "user_id = 3")
+        leaves = "user_id = 3 and company_id = 'acme'"
+    project = project_factory.write(
+        {"companies": companies, "people": people, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    everyone = {
+        ("1", "1", "acme", "admin"),
+        ("2", "1", "acme", "member"),
+        ("3", "1", "globex", "owner"),
+        ("3", "1", "acme", "viewer"),
+    }
+    assert rels(emu) == everyone
+    project_factory.sql(f"create table back as select * from {model} where {where}")
+    project_factory.sql(f"delete from {model} where {where}; delete from members where {leaves}")
+    out = run_all(project)
+    assert all(r.status == "success" for r in out.values())
+    left = ("3", "1", "globex", "owner") if kind == "objects" else ("3", "1", "acme", "viewer")
+    assert (out["memberships"].changes.removed, out["memberships"].delivered) == (1, 1)
+    assert rels(emu) == everyone - {left}
+    if kind == "objects":
+        assert {o.object_id: o.attributes for o in emu.objects()}["globex"] == {}
+    else:
+        assert emu.person(id="3").attributes == {}
+
+    project_factory.sql(f"insert into {model} select * from back")
+    again = run_all(project)
+    assert again["memberships"].changes.to_send == 0
+    assert rels(emu) == everyone - {left}

@@ -296,12 +296,13 @@ def forget_relationships_of(
 ) -> None:
     """Take out of the snapshots ``relationship_snaps`` the relationships of the people
     (``kind`` `people`) or objects (`objects`) ``idents`` (their identifiers JSON, as their
-    snapshot holds them), sent a delete whose answer never came.
+    snapshot holds them), deleted, or sent a delete whose answer never came.
 
-    Customer.io deletes a person's (an object's) relationships with them, so these may be
-    gone: no longer counted as delivered, they are sent again once the record is delivered
-    again, even by a relationships sync that runs only after that (it would otherwise never
-    see the record gone). Meanwhile its diff holds them (:func:`present_ends`)."""
+    Customer.io deletes a person's (an object's) relationships with them, so these are (or
+    may be) gone: no longer counted as delivered, they are sent again once the record is
+    delivered again, even by a relationships sync that runs only after that (it would
+    otherwise never see the record gone). Meanwhile its diff holds them (absent from the
+    snapshot of the record's sync, or its delete unconfirmed: :func:`present_ends`)."""
     if not relationship_snaps or kind not in ("people", "objects"):
         return
     con.register("_deleted_ends", pa.table({"ident": pa.array(idents, pa.string())}))
@@ -326,25 +327,37 @@ def forget_relationships_of(
 def _live_relationships(
     con: duckdb.DuckDBPyConnection,
     snap: str,
-    objects_snaps: list[str],
-    people_snaps: list[str],
     unsure_objects: list[str] | None = None,
     unsure_people: list[str] | None = None,
 ) -> str:
-    """The relationships snapshot without the relationships whose object or person is gone
-    (deleted by a mirror sync: Customer.io deleted its relationships with it), or may be (its
-    delete unconfirmed), as a temp table's name; their keys are kept in the temp table
-    ``ends_gone`` (:func:`forget_gone_relationships`). Diffed against it, such a relationship
-    still in the model is new again: held while its end is missing, sent once it is back."""
+    """The relationships snapshot without the relationships whose object or person may be
+    gone (its delete sent, the answer lost: Customer.io may have deleted its relationships
+    with it), as a temp table's name; their keys are kept in the temp table ``ends_gone``
+    (:func:`forget_gone_relationships`). Diffed against it, such a relationship still in the
+    model is new again: held while its end may be missing, sent once it is back.
+
+    The run that deletes a record (or loses the answer) takes its relationships out of the
+    snapshot itself (:func:`forget_relationships_of`); this covers a state written before it
+    did. An end merely absent from its sync's snapshot is not gone: an object or person a
+    `mirror` sync cleared (without `delete_removed`) still exists in Customer.io with its
+    relationships, which stay delivered, and one that leaves the model is deleted."""
     run_sql(con, "drop table if exists snap_live; drop table if exists ends_gone")
-    conditions = _missing_ends(
-        objects_snaps,
-        people_snaps,
-        "json_extract_string(s.ident, '$.object.object_id')",
-        "json_extract(s.ident, '$.person')",
-        unsure_objects,
-        unsure_people,
-    )
+    conditions = []
+    if unsure_objects:
+        unsure = " union all ".join(
+            f"select json_extract_string(ident, '$.object_id') as o from {t}"
+            for t in unsure_objects
+        )
+        conditions.append(
+            f"json_extract_string(s.ident, '$.object.object_id') in "
+            f"(select o from ({unsure}) where o is not null)"
+        )
+    if unsure_people:
+        unsure = " union all ".join(_person_pairs(t) for t in unsure_people)
+        key, value = _person_pair("json_extract(s.ident, '$.person')")
+        conditions.append(
+            f"({key}, {value}) in (select kind, value from ({unsure}) where value is not null)"
+        )
     if not conditions:
         return snap
     # of the snapshot the diff reads: with `--only`, the named records alone
@@ -352,7 +365,7 @@ def _live_relationships(
         con,
         f"""
         create temp table ends_gone as
-        select k from {snap} s where coalesce({", ".join(conditions)}) is not null;
+        select k from {snap} s where coalesce({" or ".join(conditions)}, false);
         create temp table snap_live as
         select * from {snap} s anti join ends_gone g on g.k = s.k;
         """,
@@ -372,7 +385,7 @@ def forget_gone_relationships(
     con: duckdb.DuckDBPyConnection, sync: SyncConfig, *, full_resync: bool = False
 ) -> int:
     """After a relationships diff (in a run, not a plan): drop from the snapshot the
-    relationships whose object or person is gone (``ends_gone``, of the records the diff
+    relationships whose object or person may be gone (``ends_gone``, of the records the diff
     read: a run of named records drops none of the others), so that they count as not
     delivered; they are sent again once both ends exist. Returns how many were dropped. Also
     drops those that left the model while another relationships sync holds them
@@ -890,9 +903,7 @@ def diff_records(
     previous = RESYNC_PREVIOUS if full_resync else snap
 
     if sync.kind == "relationships":
-        snap = _live_relationships(
-            con, snap, objects_snaps or [], people_snaps or [], unsure_objects, unsure_people
-        )
+        snap = _live_relationships(con, snap, unsure_objects, unsure_people)
     # Stage 1, cheap: each row's key and the hash of the columns its payload is built from
     # (DuckDB computes only those two expressions of the mapping). Rows whose key and hash
     # match the snapshot are unchanged; only the others are mapped into payloads.
