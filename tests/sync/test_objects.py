@@ -657,3 +657,159 @@ def test_an_object_id_over_150_bytes_or_empty_is_rejected_by_relationships_too(
     assert (alone.status, alone.rejected_by_api) == ("success", 0)
     assert dict(alone.changes.rejected_samples)[f'{{"id":"2"}} {long}'] == too_long
     assert rels(emu) == {("1", "1", "acme", "admin")}
+
+
+def test_a_run_of_named_relationships_keeps_the_others_delivered(
+    project_factory: ProjectFactory,
+) -> None:
+    """`sync memberships --only 2` with companies and people syncs in the project: the
+    relationships it does not name stay delivered. They were all dropped from the snapshot,
+    so the next whole run sent every unchanged one again, and one that had left the model,
+    waiting for that whole run, was never deleted."""
+    seed(project_factory)
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    project_factory.sql("delete from members where user_id in (2, 3)")
+    named = run_sync(project, "memberships", console=NullConsole(), only=("2",), force=True)
+    assert (named.changes.removed_sent, named.delivered) == (1, 1)
+    assert rels(emu) == {("1", "1", "acme", "admin"), ("3", "1", "globex", "owner")}
+
+    plan = plan_sync(project, "memberships", console=NullConsole())
+    assert (plan.changes.new, plan.changes.unchanged, plan.changes.removed_sent) == (0, 1, 1)
+    whole = run_sync(project, "memberships", console=NullConsole(), force=True)
+    assert (whole.changes.to_send, whole.delivered) == (1, 1)
+    assert rels(emu) == {("1", "1", "acme", "admin")}
+
+
+USERS_BY_EMAIL = PEOPLE.replace("{id: user_id}", "{id: user_id, email: email}")
+
+
+def test_a_person_without_an_email_does_not_let_unsynced_people_be_related(
+    project_factory: ProjectFactory,
+) -> None:
+    """One person of the people sync has no email: a relationships sync keyed by email still
+    holds the contact whose person was never sent (a SQL `not in` over a list holding that
+    null matched nothing, so it was sent, and Customer.io made a stray email-only person)."""
+    seed(project_factory)
+    project_factory.sql(
+        """
+        create or replace table users as select * from (values
+          (1, 'Ada', 'ada@x.io'), (2, 'Grace', null)) t(user_id, first_name, email);
+        create or replace table contacts as select * from (values
+          ('ada@x.io', 'acme', 'billing'), ('ghost@x.io', 'acme', 'legal')
+        ) t(email, company_id, crm_role);
+        """
+    )
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": USERS_BY_EMAIL, "crm_contacts": CRM_CONTACTS}
+    )
+    contacts = run_all(project)["crm_contacts"]
+    assert (contacts.delivered, contacts.changes.held) == (1, 1)
+    assert dict(contacts.changes.held_samples) == {
+        '{"email":"ghost@x.io"} acme': 'person {"email":"ghost@x.io"} is not among the people '
+        "sent (not synced yet, or they left the people sync's model)"
+    }
+    emu = project_factory.emulator
+    assert emu.person(email="ghost@x.io") is None
+    assert {(p.id, p.email) for p in emu.people()} == {("1", "ada@x.io"), ("2", None)}
+
+
+@pytest.mark.parametrize("null_email", [False, True], ids=["emails", "one-null-email"])
+@pytest.mark.parametrize("relationships_meanwhile", [True, False], ids=["between", "after"])
+def test_a_deleted_person_gets_their_relationship_by_email_back(
+    project_factory: ProjectFactory, null_email: bool, relationships_meanwhile: bool
+) -> None:
+    """A people sync in `mirror` with `delete_removed` deletes Ada, and Customer.io her
+    relationships with her; when she is back, her relationship by email is sent again, though
+    another person has no email (which hid her absence) and whether or not the relationships
+    sync ran while she was gone (the people run that deletes her forgets them)."""
+    seed(project_factory)
+    other = "null" if null_email else "'grace@x.io'"
+    project_factory.sql(
+        f"""
+        create or replace table users as select * from (values
+          (1, 'Ada', 'ada@x.io'), (2, 'Grace', {other})) t(user_id, first_name, email);
+        create or replace table contacts as select * from (values
+          ('ada@x.io', 'acme', 'billing')) t(email, company_id, crm_role);
+        """
+    )
+    people = USERS_BY_EMAIL + "mode: mirror\ndelete_removed: true\n"
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": people, "crm_contacts": CRM_CONTACTS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    contact = {
+        (p.id, r.object_id, r.attributes.get("crm_role"))
+        for r in emu.relationships()
+        for p in emu.people()
+        if p.cio_id == r.person
+    }
+    assert contact == {("1", "acme", "billing")}
+    project_factory.sql("create table ada as select * from users where user_id = 1")
+    project_factory.sql("delete from users where user_id = 1")
+    run_sync(project, "people", console=NullConsole(), force=True)
+    assert emu.person(id="1") is None and not emu.relationships()
+    if relationships_meanwhile:
+        meanwhile = run_sync(project, "crm_contacts", console=NullConsole())
+        assert (meanwhile.changes.to_send, meanwhile.changes.held) == (0, 1)
+    project_factory.sql("insert into users select * from ada")
+    run_sync(project, "people", console=NullConsole())
+    back = run_sync(project, "crm_contacts", console=NullConsole())
+    assert back.delivered == 1
+    ada = emu.person(id="1")
+    assert ada is not None
+    assert [(r.person, r.object_id) for r in emu.relationships()] == [(ada.cio_id, "acme")]
+    assert run_sync(project, "crm_contacts", console=NullConsole()).changes.to_send == 0
+
+
+@pytest.mark.parametrize("kind", ["objects", "people"])
+def test_a_relationship_leaving_while_its_cleared_end_is_out_is_deleted(
+    project_factory: ProjectFactory, kind: str
+) -> None:
+    """A `mirror` sync without `delete_removed` clears company globex (or user 3) that left
+    its model: it still exists in Customer.io, with its relationships. The membership that
+    leaves the model meanwhile is deleted at once; it was dropped unsent, and stayed in
+    Customer.io for good. The others are not sent again when the record is back."""
+    seed(project_factory)
+    project_factory.sql("insert into members values (3, 'acme', 'viewer')")
+    companies, people = COMPANIES, PEOPLE
+    if kind == "objects":
+        companies += "mode: mirror\n"
+        model, where = ("companies", "company_id = 'globex'")
+        leaves = "user_id = 3 and company_id = 'globex'"
+    else:
+        people += "mode: mirror\n"
+        model, where = ("users", "user_id = 3")
+        leaves = "user_id = 3 and company_id = 'acme'"
+    project = project_factory.write(
+        {"companies": companies, "people": people, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    everyone = {
+        ("1", "1", "acme", "admin"),
+        ("2", "1", "acme", "member"),
+        ("3", "1", "globex", "owner"),
+        ("3", "1", "acme", "viewer"),
+    }
+    assert rels(emu) == everyone
+    project_factory.sql(f"create table back as select * from {model} where {where}")
+    project_factory.sql(f"delete from {model} where {where}; delete from members where {leaves}")
+    out = run_all(project)
+    assert all(r.status == "success" for r in out.values())
+    left = ("3", "1", "globex", "owner") if kind == "objects" else ("3", "1", "acme", "viewer")
+    assert (out["memberships"].changes.removed, out["memberships"].delivered) == (1, 1)
+    assert rels(emu) == everyone - {left}
+    if kind == "objects":
+        assert {o.object_id: o.attributes for o in emu.objects()}["globex"] == {}
+    else:
+        assert emu.person(id="3").attributes == {}
+
+    project_factory.sql(f"insert into {model} select * from back")
+    again = run_all(project)
+    assert again["memberships"].changes.to_send == 0
+    assert rels(emu) == everyone - {left}

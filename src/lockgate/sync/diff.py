@@ -212,8 +212,11 @@ def _missing_ends(
     was sent to without an answer (:func:`present_ends`, left out of the snapshots)."""
     conditions = []
     if objects_snaps:
+        # a null in the list would make `not in` null for every object (no match is not
+        # false then): never an end, it is left out
         known = " union all ".join(
-            f"select json_extract_string(ident, '$.object_id') as o from {t}" for t in objects_snaps
+            f"select json_extract_string(ident, '$.object_id') as o from {t} where o is not null"
+            for t in objects_snaps
         )
         reason = (
             f"'object `' || {object_id} || '` is not among the objects sent (not synced yet, "
@@ -250,7 +253,8 @@ def _missing_ends(
         # the relationship is held by Customer.io itself (`identify_anonymous`), not by us
         conditions.append(
             f"case when {person_key} <> 'anonymous_id' and "
-            f"({person_key}, {person_value}) not in (select kind, value from ({known})) "
+            f"({person_key}, {person_value}) not in "
+            f"(select kind, value from ({known}) where value is not null) "
             f"then {reason} end"
         )
     return conditions
@@ -292,12 +296,13 @@ def forget_relationships_of(
 ) -> None:
     """Take out of the snapshots ``relationship_snaps`` the relationships of the people
     (``kind`` `people`) or objects (`objects`) ``idents`` (their identifiers JSON, as their
-    snapshot holds them), sent a delete whose answer never came.
+    snapshot holds them), deleted, or sent a delete whose answer never came.
 
-    Customer.io deletes a person's (an object's) relationships with them, so these may be
-    gone: no longer counted as delivered, they are sent again once the record is delivered
-    again, even by a relationships sync that runs only after that (it would otherwise never
-    see the record gone). Meanwhile its diff holds them (:func:`present_ends`)."""
+    Customer.io deletes a person's (an object's) relationships with them, so these are (or
+    may be) gone: no longer counted as delivered, they are sent again once the record is
+    delivered again, even by a relationships sync that runs only after that (it would
+    otherwise never see the record gone). Meanwhile its diff holds them (absent from the
+    snapshot of the record's sync, or its delete unconfirmed: :func:`present_ends`)."""
     if not relationship_snaps or kind not in ("people", "objects"):
         return
     con.register("_deleted_ends", pa.table({"ident": pa.array(idents, pa.string())}))
@@ -322,31 +327,47 @@ def forget_relationships_of(
 def _live_relationships(
     con: duckdb.DuckDBPyConnection,
     snap: str,
-    objects_snaps: list[str],
-    people_snaps: list[str],
     unsure_objects: list[str] | None = None,
     unsure_people: list[str] | None = None,
 ) -> str:
-    """The relationships snapshot without the relationships whose object or person is gone
-    (deleted by a mirror sync: Customer.io deleted its relationships with it), or may be (its
-    delete unconfirmed), as a temp table's name. Diffed against it, such a relationship still
-    in the model is new again: held while its end is missing, sent once it is back."""
-    conditions = _missing_ends(
-        objects_snaps,
-        people_snaps,
-        "json_extract_string(s.ident, '$.object.object_id')",
-        "json_extract(s.ident, '$.person')",
-        unsure_objects,
-        unsure_people,
-    )
+    """The relationships snapshot without the relationships whose object or person may be
+    gone (its delete sent, the answer lost: Customer.io may have deleted its relationships
+    with it), as a temp table's name; their keys are kept in the temp table ``ends_gone``
+    (:func:`forget_gone_relationships`). Diffed against it, such a relationship still in the
+    model is new again: held while its end may be missing, sent once it is back.
+
+    The run that deletes a record (or loses the answer) takes its relationships out of the
+    snapshot itself (:func:`forget_relationships_of`); this covers a state written before it
+    did. An end merely absent from its sync's snapshot is not gone: an object or person a
+    `mirror` sync cleared (without `delete_removed`) still exists in Customer.io with its
+    relationships, which stay delivered, and one that leaves the model is deleted."""
+    run_sql(con, "drop table if exists snap_live; drop table if exists ends_gone")
+    conditions = []
+    if unsure_objects:
+        unsure = " union all ".join(
+            f"select json_extract_string(ident, '$.object_id') as o from {t}"
+            for t in unsure_objects
+        )
+        conditions.append(
+            f"json_extract_string(s.ident, '$.object.object_id') in "
+            f"(select o from ({unsure}) where o is not null)"
+        )
+    if unsure_people:
+        unsure = " union all ".join(_person_pairs(t) for t in unsure_people)
+        key, value = _person_pair("json_extract(s.ident, '$.person')")
+        conditions.append(
+            f"({key}, {value}) in (select kind, value from ({unsure}) where value is not null)"
+        )
     if not conditions:
-        run_sql(con, "drop table if exists snap_live")
         return snap
+    # of the snapshot the diff reads: with `--only`, the named records alone
     run_sql(
         con,
         f"""
-        create or replace temp table snap_live as
-        select * from {snap} s where coalesce({", ".join(conditions)}) is null
+        create temp table ends_gone as
+        select k from {snap} s where coalesce({" or ".join(conditions)}, false);
+        create temp table snap_live as
+        select * from {snap} s anti join ends_gone g on g.k = s.k;
         """,
     )
     return "snap_live"
@@ -364,27 +385,24 @@ def forget_gone_relationships(
     con: duckdb.DuckDBPyConnection, sync: SyncConfig, *, full_resync: bool = False
 ) -> int:
     """After a relationships diff (in a run, not a plan): drop from the snapshot the
-    relationships whose object or person is gone, so that they count as not delivered; they
-    are sent again once both ends exist. Returns how many were dropped. Also drops those that
-    left the model while another relationships sync holds them (:func:`_held_by_siblings`):
-    not deleted, and no longer this sync's, so the other's `mirror` run may delete them.
+    relationships whose object or person may be gone (``ends_gone``, of the records the diff
+    read: a run of named records drops none of the others), so that they count as not
+    delivered; they are sent again once both ends exist. Returns how many were dropped. Also
+    drops those that left the model while another relationships sync holds them
+    (:func:`_held_by_siblings`): not deleted, and no longer this sync's, so the other's
+    `mirror` run may delete them.
 
-    Not after a `--full-resync` diff: that one read an empty stand-in for the snapshot, so its
-    ``snap_live`` is empty, and the resync already forgot what it sends again (with `--only`,
-    the named records alone: dropping the rest would send every other relationship again)."""
+    Not after a `--full-resync` diff: that one read an empty stand-in for the snapshot, and
+    the resync already forgot what it sends again."""
     if sync.kind != "relationships":
         return 0
     snap = table("snap", sync.name)
     if _temp_table(con, "held_by_siblings"):
         run_sql(con, f"delete from {snap} where k in (select k from held_by_siblings)")
-    if full_resync or not _temp_table(con, "snap_live"):
+    if full_resync or not _temp_table(con, "ends_gone"):
         return 0
-    gone = con.execute(
-        f"select count(*) from {snap} s anti join snap_live l on l.k = s.k"
-    ).fetchall()[0][0]
-    if gone:
-        run_sql(con, f"delete from {snap} where k not in (select k from snap_live)")
-    return int(gone)
+    gone = con.execute(f"delete from {snap} where k in (select k from ends_gone)").fetchall()
+    return int(gone[0][0])
 
 
 def _shared_people(
@@ -885,9 +903,7 @@ def diff_records(
     previous = RESYNC_PREVIOUS if full_resync else snap
 
     if sync.kind == "relationships":
-        snap = _live_relationships(
-            con, snap, objects_snaps or [], people_snaps or [], unsure_objects, unsure_people
-        )
+        snap = _live_relationships(con, snap, unsure_objects, unsure_people)
     # Stage 1, cheap: each row's key and the hash of the columns its payload is built from
     # (DuckDB computes only those two expressions of the mapping). Rows whose key and hash
     # match the snapshot are unchanged; only the others are mapped into payloads.

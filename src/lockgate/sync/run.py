@@ -1172,7 +1172,8 @@ def _relationships_of(
 ) -> Callable[[StateStore, list[str]], None] | None:
     """For a people or objects sync that may delete records (`mirror`, `delete_removed`):
     what forgets, in the relationships syncs of its destination (of its object type), the
-    relationships of the records whose delete was not confirmed (``Committer``)."""
+    relationships of the records it deletes, or whose delete was not confirmed
+    (``Committer``)."""
     if sync.kind not in ("people", "objects") or not sync.delete_removed:
         return None
     snaps = []
