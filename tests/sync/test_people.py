@@ -1081,3 +1081,161 @@ def test_a_run_without_email_moves_sends_one_batch(project_factory: ProjectFacto
     report = run_sync(project, "profile", console=NullConsole())
     assert report.delivered == 2 and len(emu.request_log()) == before + 1
     assert emails_of(emu) == {"u1": ("a2@x.com", "pro"), "u2": ("b@x.com", "pro")}
+
+
+def people_of(emu: Emulator) -> dict[str | None, tuple[str, str | None, Any]]:
+    return {p.id: (p.cio_id, p.email, p.attributes.get("plan")) for p in emu.people()}
+
+
+def test_an_email_set_to_null_is_released_when_a_later_run_gives_it_to_a_new_user(
+    project_factory: ProjectFactory,
+) -> None:
+    """u1's email goes null (`on_null: skip`: nothing is sent for it, Customer.io keeps it);
+    a later run brings new user u2 with that address. Sent as is, Customer.io would give u2's
+    id to u1's profile (u1 gone, u2 with u1's plan): u1's email is released first, and u2 is
+    a new person."""
+    project_factory.sql(
+        "create table users as select * from (values ('u1', 'a@x.com', 'pro'), "
+        "('u0', 'z@x.com', 'free')) t(user_id, email, plan)"
+    )
+    project = project_factory.write({"profile": EMAILS})
+    run_sync(project, "profile", console=NullConsole())
+    emu = project_factory.emulator
+    u1 = emu.person(id="u1")
+    assert u1 is not None
+    project_factory.sql("update users set email = null where user_id = 'u1'")
+    run_sync(project, "profile", console=NullConsole())
+    assert emails_of(emu)["u1"] == ("a@x.com", "pro")  # skipped: Customer.io keeps it
+    project_factory.sql("insert into users values ('u2', 'A@x.com', 'trial')")
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered) == ("success", 1)
+    assert failures(emu) == []
+    people = people_of(emu)
+    assert people["u1"] == (u1.cio_id, None, "pro")
+    assert people["u2"][1:] == ("A@x.com", "trial") and people["u2"][0] != u1.cio_id
+    assert len(people) == 3
+    assert email_clears_sent(emu) == ["u1"]
+    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
+def test_the_email_of_a_row_that_left_in_mirror_mode_is_released_for_a_later_user(
+    project_factory: ProjectFactory,
+) -> None:
+    """`mirror` without `delete_removed`: u1 leaves, its attributes are cleared, its email
+    stays on the profile. A later run brings new user u2 with that email: u1's is released
+    first, so u2 is a new person instead of taking u1's profile."""
+    project_factory.sql(
+        "create table users as select * from (values ('u1', 'a@x.com', 'pro'), "
+        "('u0', 'z@x.com', 'free')) t(user_id, email, plan)"
+    )
+    project = project_factory.write({"profile": EMAILS + "mode: mirror\n"})
+    run_sync(project, "profile", console=NullConsole())
+    emu = project_factory.emulator
+    u1 = emu.person(id="u1")
+    assert u1 is not None
+    project_factory.sql("delete from users where user_id = 'u1'")
+    assert run_sync(project, "profile", console=NullConsole()).changes.removed_sent == 1
+    assert emails_of(emu)["u1"] == ("a@x.com", None)
+    project_factory.sql("insert into users values ('u2', 'a@x.com', 'trial')")
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered) == ("success", 1)
+    assert failures(emu) == []
+    people = people_of(emu)
+    assert people["u1"] == (u1.cio_id, None, None)
+    assert people["u2"][1:] == ("a@x.com", "trial") and people["u2"][0] != u1.cio_id
+    assert len(people) == 3
+    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
+def test_a_person_whose_email_went_null_then_changed_keeps_the_new_one(
+    project_factory: ProjectFactory,
+) -> None:
+    """u1's email goes null, then u1 gets another address: Customer.io holds the new one,
+    so a later user taking u1's first address releases nothing of u1's (its new address
+    stays) and is sent at once."""
+    project_factory.sql(
+        "create table users as select * from (values ('u1', 'a@x.com', 'pro')) "
+        "t(user_id, email, plan)"
+    )
+    project = project_factory.write({"profile": EMAILS})
+    run_sync(project, "profile", console=NullConsole())
+    emu = project_factory.emulator
+    project_factory.sql("update users set email = null")
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("update users set email = 'b@x.com'")
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("insert into users values ('u2', 'a@x.com', 'trial')")
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered) == ("success", 1)
+    assert emails_of(emu) == {"u1": ("b@x.com", "pro"), "u2": ("a@x.com", "trial")}
+    assert email_clears_sent(emu) == []
+
+
+def email_clears_sent(emu: Emulator) -> list[str]:
+    """The ids of the people sent `"email": ""` (an email released)."""
+    return [
+        op["identifiers"].get("id")
+        for r in emu.request_log()
+        if isinstance(r.body, dict)
+        for op in r.body.get("batch", [])
+        if op.get("attributes", {}).get("email") == ""
+    ]
+
+
+def test_a_person_deleted_after_keeping_an_email_is_not_sent_again_for_it(
+    project_factory: ProjectFactory,
+) -> None:
+    """u1's email goes null (kept in Customer.io), then u1 leaves a `delete_removed` sync and
+    is deleted, email and all: a later user taking the address is sent as is, with no release
+    of u1's email that would bring u1 back as an empty person."""
+    project_factory.sql(
+        "create table users as select * from (values ('u1', 'a@x.com', 'pro'), "
+        "('u0', 'z@x.com', 'free')) t(user_id, email, plan)"
+    )
+    sync = EMAILS + "mode: mirror\ndelete_removed: true\n"
+    project = project_factory.write({"profile": sync})
+    run_sync(project, "profile", console=NullConsole())
+    emu = project_factory.emulator
+    project_factory.sql("update users set email = null where user_id = 'u1'")
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("delete from users where user_id = 'u1'")
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("insert into users values ('u2', 'a@x.com', 'trial')")
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered) == ("success", 1)
+    assert emails_of(emu) == {"u0": ("z@x.com", "free"), "u2": ("a@x.com", "trial")}
+    assert email_clears_sent(emu) == []
+
+
+@pytest.mark.parametrize("later", [False, True])
+def test_a_new_user_waits_while_the_email_it_takes_cannot_be_released(
+    project_factory: ProjectFactory, later: bool
+) -> None:
+    """u1's email goes null and new user u2 takes it (the same run, or a later one): Customer.io
+    refuses the release of u1's email. Sent anyway, u2 would take over u1's profile: u2 waits
+    (a partial run) and lands, as a new person, with the next run."""
+    project_factory.sql(
+        "create table users as select * from (values ('u1', 'a@x.com', 'pro')) "
+        "t(user_id, email, plan)"
+    )
+    project = project_factory.write({"profile": EMAILS})
+    run_sync(project, "profile", console=NullConsole())
+    emu = project_factory.emulator
+    u1 = emu.person(id="u1")
+    assert u1 is not None
+    project_factory.sql("update users set email = null where user_id = 'u1'")
+    if later:
+        run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("insert into users values ('u2', 'a@x.com', 'trial')")
+    emu.set_faults(FaultConfig(reject_people=frozenset({"u1"})))
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.status == "partial"
+    assert [k for k, _, _ in report.failures] == ["u1#release-email"]
+    assert people_of(emu) == {"u1": (u1.cio_id, "a@x.com", "pro")}
+    emu.set_faults(FaultConfig())
+    again = run_sync(project, "profile", console=NullConsole())
+    assert again.status == "success"
+    people = people_of(emu)
+    assert people["u1"] == (u1.cio_id, None, "pro")
+    assert people["u2"][1:] == ("a@x.com", "trial") and people["u2"][0] != u1.cio_id
+    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0

@@ -29,6 +29,14 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   leaves it behind with requests in flight whose answers it could not mark unconfirmed: the
   next run marks the snapshot's records it names that the journal does not confirm
   (:meth:`StateStore.recover_sending`).
+- ``emails_kept__S(k, email, ident)``: people whose email Customer.io still holds though
+  their row no longer has it (set to null under `on_null: skip`, or the row left a `mirror`
+  sync that clears rather than deletes): the email (lowercased) and the identifiers to reach
+  the person by. The snapshot, which says what the row was last sent, no longer shows it; a
+  row of a later run that takes the email has it released first (``diff.order_email_moves``),
+  else Customer.io would give that row's new id to this person's profile. Recorded before the
+  run sends (it holds whether that update lands or not), forgotten once the email is released
+  or replaced, or the person deleted.
 - ``oc_sent__S(k, ts)``: `on_change` events sent and not yet in the ledger, with the time
   they were first sent: a re-send carries that time, so the same dedupe id.
 - ``event_ids__S(k, ts, lo, hi, run_id)``: events of an events sync sent whose answer never
@@ -498,6 +506,8 @@ class StateStore:
             f"create table if not exists {table('unconfirmed', sync)} "
             "(k varchar, run_id varchar, action varchar);"
             f"create table if not exists {table('oc_sent', sync)} (k varchar, ts bigint);"
+            f"create table if not exists {table('emails_kept', sync)} "
+            "(k varchar, email varchar, ident varchar);"
             f"create table if not exists {table('sending', sync)} (kh ubigint);"
             # a state from before it gets it here, empty: its events went out with ids made of
             # their rows, which is what they still get when it holds nothing

@@ -12,6 +12,7 @@ the temp table ``changes`` holding exactly the operations to send, in order.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ import orjson
 import pyarrow as pa
 
 from lockgate.project.models import SyncConfig
-from lockgate.state.store import run_sql, table
+from lockgate.state.store import StateStore, run_sql, table, transaction
 from lockgate.sync import rejects
 from lockgate.sync.extract import InPlace
 from lockgate.sync.mapping import IDENTIFIER_PRIORITY, Compiled, json_key, lit
@@ -1016,7 +1017,9 @@ def diff_records(
     if payloads and sync.kind == "people":
         # a run (not a plan): the rows that take an email another row gives up go after it;
         # nobody gives one up when every row sent is new
-        order_email_moves(con, sync, all_new=sent_rows == new and not full_resync)
+        order_email_moves(
+            con, sync, all_new=sent_rows == new and not full_resync, removed=bool(removed_sent)
+        )
     remapped = 0
     if previous_hash and not full_resync and sent_rows > new:
         remapped = _remapped(con, snap, previous_hash)
@@ -1055,6 +1058,7 @@ def diff_records(
 
 EMAIL_MOVE_TABLES = (
     "email_changed",
+    "email_kept",
     "email_released",
     "email_phases",
     "email_clears",
@@ -1063,54 +1067,94 @@ EMAIL_MOVE_TABLES = (
 
 
 def order_email_moves(
-    con: duckdb.DuckDBPyConnection, sync: SyncConfig, *, all_new: bool = False
+    con: duckdb.DuckDBPyConnection,
+    sync: SyncConfig,
+    *,
+    all_new: bool = False,
+    removed: bool = False,
 ) -> int:
     """Order the sends of a people sync whose rows pass emails between them; returns how many
     rows wait for another (0 when none: the run sends ``changes`` as one batch).
 
     Customer.io refuses, silently (200, nothing applied, an *attribute update failure* in the
-    workspace's activity), an identify whose email belongs to another person. When a row takes
-    an email that, per what Lockgate last delivered (the whole snapshot, :func:`_delivered`),
-    another row of this run gives up (a new user signing up with the address someone just
-    changed from, two users swapping addresses), the giver is sent first: the temp table
-    ``email_phases`` gives each waiting row its delivery phase (1, 2, ...; the other rows are
-    phase 0) and the row it waits for (``giver``: a taker whose giver was not delivered is held
-    back, see :func:`hold_takers`). A giver whose update does not free its email (its email is
-    now null) and one giver of each cycle (a swap, a rotation) get their email cleared first
-    instead (``email_clears``).
+    workspace's activity), an identify whose email belongs to another person, and gives a new
+    id sent with such an email to that person (its profile renamed, its attributes kept). When
+    a row takes an email that, per what Lockgate last delivered (the whole snapshot,
+    :func:`_delivered`), another row of this run gives up (a new user signing up with the
+    address someone just changed from, two users swapping addresses), the giver is sent first:
+    the temp table ``email_phases`` gives each waiting row its delivery phase (1, 2, ...; the
+    other rows are phase 0) and the row it waits for (``giver``: a taker whose giver was not
+    delivered is held back, see :func:`hold_takers`). A giver whose update does not free its
+    email (its email is now null) and one giver of each cycle (a swap, a rotation) get their
+    email cleared first instead (``email_clears``), and so does a person who kept an email an
+    earlier run left with them (``emails_kept__S``, see :func:`keep_emails`: their row set it
+    to null, or left a `mirror` sync that clears) when a row of this run takes it. The rows
+    taking a cleared email are phase 0 in ``email_phases``: held back, with every row passing
+    emails, when a clear fails.
 
     Only the rows sent this run whose identifiers changed are looked at (a plan change sends
-    the same ident), and the new rows only when one of them gives an email up: a run without
-    email changes costs one join of its changed rows with the snapshot. A taker whose email
-    is held by a person no row of this run releases still fails in Customer.io: the run reads
-    such people back after delivery when it can (:mod:`lockgate.sync.emailcheck`).
+    the same ident), and the new rows only when one of them gives an email up or a person
+    keeps one: a run without email changes costs one join of its changed rows with the
+    snapshot. A taker whose email is held by a person no row of this run releases still fails
+    in Customer.io: the run reads such people back after delivery when it can
+    (:mod:`lockgate.sync.emailcheck`).
     """
     for name in EMAIL_MOVE_TABLES:
         run_sql(con, f"drop table if exists {name}")
-    if not _email_changed(con, sync, all_new=all_new):
+    if sync.kind != "people" or "email" not in sync.identify_by:
         return 0
+    changed = _email_changed(con, sync, all_new=all_new)
+    _email_kept(con, sync, changed=changed, removed=removed)
     previous = _delivered(con, sync.name)
+    kept = table("emails_kept", sync.name)
     # the givers: people Lockgate addressed by `id` (or `cio_id`) whose email changes; a person
     # known by its email alone keeps it (identifying a new email names a new person)
-    run_sql(
-        con,
-        """
-        create temp table email_released as
-        select * from email_changed
-        where old_email is not null and new_email is distinct from old_email
-          and coalesce(old_id, old_cio_id) is not null
-        """,
-    )
+    parts = []
+    if changed:
+        parts.append(
+            """
+            select k, new_email, old_email, old_id, old_cio_id from email_changed
+            where old_email is not null and new_email is distinct from old_email
+              and coalesce(old_id, old_cio_id) is not null
+            """
+        )
+    if _one(con, f"select count(*) from {kept}"):
+        # and the people who kept an email their row no longer has, as long as the snapshot
+        # shows them none (one shown is what Customer.io holds since) and no row of this run
+        # gives it back to them
+        parts.append(
+            f"""
+            select h.k, c.email as new_email, h.email as old_email,
+                   json_extract_string(h.ident, '$.id') as old_id,
+                   json_extract_string(h.ident, '$.cio_id') as old_cio_id
+            from {kept} h
+            left join (
+                select k, case when not removed
+                               then lower(json_extract_string(ident, '$.email')) end as email
+                from changes
+            ) c on c.k = h.k
+            left join {previous} s on s.k = h.k
+            where json_extract_string(s.ident, '$.email') is null
+              and c.email is distinct from h.email
+            """
+        )
+    if not parts:
+        return 0
+    run_sql(con, "create temp table email_released as " + " union all ".join(parts))
     if not _one(con, "select count(*) from email_released"):
         return 0
+    new_emails = (
+        "union select k, new_email from email_changed where new_email is not null"
+        if changed
+        else ""
+    )
     takers = con.execute(
         f"""
         select t.k, r.k from (
             select c.k, lower(json_extract_string(c.ident, '$.email')) as email
             from changes c anti join {previous} s on s.k = c.k
             where c.is_new and not c.removed
-            union
-            select k, new_email from email_changed
+            {new_emails}
         ) t join email_released r on r.old_email = t.email and r.k <> t.k
         order by t.k, r.k
         """
@@ -1129,13 +1173,19 @@ def order_email_moves(
     clear = {k for k in {g for g in waits_for.values()} if givers[k][2] is None}
     phase = _email_phases(waits_for, clear)
     waiting = {k: n for k, n in phase.items() if n > 0}
+    # phase 0 rows taking an email: theirs is cleared ahead of them (``email_clears``), and
+    # they wait for that (``run._deliver_email_clears``)
+    after_clears = sorted(k for k, n in phase.items() if n == 0 and k in waits_for)
     con.register(
         "_email_phases",
         pa.table(
             {
-                "k": pa.array(list(waiting), pa.string()),
-                "phase": pa.array(list(waiting.values())),
-                "giver": pa.array([waits_for[k] for k in waiting], pa.string()),
+                "k": pa.array(list(waiting) + after_clears, pa.string()),
+                "phase": pa.array(list(waiting.values()) + [0] * len(after_clears)),
+                "giver": pa.array(
+                    [waits_for[k] for k in waiting] + [waits_for[k] for k in after_clears],
+                    pa.string(),
+                ),
             }
         ),
     )
@@ -1205,6 +1255,95 @@ def _email_changed(con: duckdb.DuckDBPyConnection, sync: SyncConfig, *, all_new:
         """,
     )
     return True
+
+
+def _email_kept(
+    con: duckdb.DuckDBPyConnection, sync: SyncConfig, *, changed: bool, removed: bool
+) -> None:
+    """Build the temp table ``email_kept`` (``k, email, ident``): the people this run sends
+    an update that leaves in Customer.io an email their row no longer has: a row whose email
+    is now null and whose operation sends no `email` (`on_null: skip`), and a row that left a
+    `mirror` sync undone by clearing its attributes (not deleted). ``ident``: the `id` (else
+    `cio_id`) to release it by later (:func:`keep_emails`). Only the rows whose identifiers
+    changed (``changed``: ``email_changed`` was built) and those that left (``removed``) are
+    looked at."""
+    parts = []
+    address = """case when {i} is not null then '{{"id":' || to_json({i}) || '}}'
+                      else '{{"cio_id":' || to_json({c}) || '}}' end"""
+    if changed:
+        parts.append(
+            f"""
+            select e.k, e.old_email as email,
+                   {address.format(i="e.old_id", c="e.old_cio_id")} as ident
+            from email_changed e join changes c on c.k = e.k
+            where e.old_email is not null and e.new_email is null
+              and coalesce(e.old_id, e.old_cio_id) is not null
+              and json_extract(c.op, '$.attributes.email') is null
+            """
+        )
+    if removed:
+        kept_id = "json_extract_string(ident, '$.id')"
+        kept_cio_id = "json_extract_string(ident, '$.cio_id')"
+        parts.append(
+            f"""
+            select k, lower(json_extract_string(ident, '$.email')) as email,
+                   {address.format(i=kept_id, c=kept_cio_id)} as ident
+            from changes
+            where removed and json_extract_string(op, '$.action') = 'identify'
+              and json_extract_string(ident, '$.email') is not null
+              and coalesce({kept_id}, {kept_cio_id}) is not null
+            """
+        )
+    if not parts:
+        parts.append("select null::varchar as k, null::varchar as email, null::varchar as ident")
+        parts[0] += " where false"
+    run_sql(con, "create temp table email_kept as " + " union all ".join(parts))
+
+
+def keep_emails(store: StateStore, sync: SyncConfig) -> int:
+    """Record in ``emails_kept__S`` the people whose email this run leaves in Customer.io
+    though their row no longer has it (the temp table ``email_kept``, see
+    :func:`_email_kept`), before it sends: a person keeps it whether that update lands or not.
+    Returns how many."""
+    con = store.con
+    if not _temp_table(con, "email_kept") or not _one(con, "select count(*) from email_kept"):
+        return 0
+    kept = table("emails_kept", sync.name)
+    with transaction(con, store.path):
+        run_sql(con, f"delete from {kept} where k in (select k from email_kept)")
+        rows = run_sql(con, f"insert into {kept} select k, email, ident from email_kept")
+    return int(rows[0][0])
+
+
+def forget_kept_emails(
+    store: StateStore, sync: SyncConfig, run_id: str, released: Iterable[str] = ()
+) -> None:
+    """After delivery: the people of ``emails_kept__S`` who hold no such email any more leave
+    it: those whose email this run released (``released``: their keys), those it delivered an
+    email to (what Customer.io holds now), and those it deleted (`delete_removed`). The table
+    is looked at only when it has rows."""
+    con = store.con
+    kept = table("emails_kept", sync.name)
+    if not _one(con, f"select count(*) from {kept}"):
+        return
+    # a row that left is journaled with the identifiers it was last sent: only a delete ends
+    # what it kept
+    gone = " or removed" if sync.delete_removed else ""
+    con.register("_released", pa.table({"k": pa.array(sorted(released), pa.string())}))
+    try:
+        run_sql(
+            con,
+            f"""
+            delete from {kept} where k in (select k from _released)
+               or k in (select k from {table("journal", sync.name)}
+                        where run_id = ?
+                          and (not removed and json_extract_string(ident, '$.email') is not null
+                               {gone}))
+            """,
+            [run_id],
+        )
+    finally:
+        con.unregister("_released")
 
 
 def email_moves(
@@ -1298,7 +1437,9 @@ def delivery_phases(con: duckdb.DuckDBPyConnection) -> list[str]:
     last = int(_one(con, "select max(phase) from email_phases") or 0)
     if not last:
         return ["changes"]
-    return ["(select * from changes anti join email_phases using (k))"] + [
+    return [
+        "(select * from changes anti join (select k from email_phases where phase > 0) using (k))"
+    ] + [
         f"(select c.* from changes c semi join (select k from email_phases where phase = {n}) p"
         " on p.k = c.k)"
         for n in range(1, last + 1)

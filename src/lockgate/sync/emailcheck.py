@@ -5,8 +5,10 @@ applies nothing (neither the email nor the other attributes of the update) and r
 *attribute update failure* in the workspace's activity log, which Lockgate cannot see. The
 run orders the emails its own rows pass between them (``diff.order_email_moves``), but an
 email held by a person no row of the run releases (a person of another sync, one created
-outside Lockgate, a row whose email is unchanged) cannot be taken, and the row would be
-counted delivered, committed, and never sent again.
+outside Lockgate, a row whose email is unchanged) cannot be taken by a person Customer.io
+already has, and the row would be counted delivered, committed, and never sent again. (A row
+whose `id` Customer.io does not have yet is not dropped: the holder is given that id, which a
+read-back by id cannot tell from a success; docs/sync.md says what to do.)
 
 So when the destination has an App API key, a run reads back, after delivery, the people it
 gave an email they did not have (``diff.email_moves``: the first ``read_back_emails`` of them

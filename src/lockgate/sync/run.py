@@ -918,6 +918,14 @@ def _deliver_email_clears(
     return counts
 
 
+def _released(store: StateStore, counts: CommitCounts | None) -> set[str]:
+    """The keys of the people whose email this run cleared (:func:`_deliver_email_clears`)."""
+    if counts is None:
+        return set()
+    keys = store.con.execute("select k from email_clears").fetchall()
+    return {k.removesuffix("#release-email") for (k,) in keys if k not in counts.failed_keys}
+
+
 def _email_check_settings(project: Project, sync: SyncConfig) -> CustomerIOSettings | None:
     """The App API settings to read back email changes with (as `lockgate reconcile` reads
     back), or None without a key or with `read_back_emails: 0`."""
@@ -1491,6 +1499,8 @@ def run_sync(
                     # does from this (events need none: the ledger and their ids)
                     store.record_sending(sync.name, "changes")
                     written_ahead = True
+                if sync.kind == "people":  # true whether what follows lands or not
+                    diff_step.keep_emails(store, sync)
                 if diff_step.email_clears(store.con):
                     email_clears = _deliver_email_clears(
                         store, project, sync, run_id, console, destination_factory
@@ -1531,6 +1541,9 @@ def run_sync(
                 if sync.kind == "people":
                     emails_read_back, email_check = _check_emails(
                         store, project, sync, run_id, console, committer.counts
+                    )
+                    diff_step.forget_kept_emails(
+                        store, sync, run_id, _released(store, email_clears)
                     )
             with step("commit"):
                 store.fold_journal(sync.name, sent=True)
