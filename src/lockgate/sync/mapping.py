@@ -18,6 +18,7 @@ sends the default.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -341,10 +342,81 @@ def _hash_sql(shape: dict[str, Any], columns: Iterable[str]) -> str:
     return f"hash({cols}{', ' if cols else ''}{lit(_fingerprint(shape))})"
 
 
-def source_hash(sync: SyncConfig, columns: tuple[str, ...], last: LastHash | None = None) -> str:
+#: a row hash with the terms of :func:`_nested_terms`: ``xor(<the hash of _hash_sql>, ...)``
+_WITH_TERMS = re.compile(r"xor\((hash\(.*?'[0-9a-f]{16}'\)), ")
+
+
+def hash_base(sql: str) -> str:
+    """A row hash's SQL (``Compiled.src_h``, or one a state recorded) without the terms
+    :func:`_nested_terms` adds to it: the hash Lockgate wrote before it had them, of the same
+    columns and mapping, whatever the model's types."""
+    found = _WITH_TERMS.match(sql)
+    return found.group(1) if found else sql
+
+
+def _nested_terms(columns: Iterable[str], types: dict[str, str]) -> str:
+    """SQL xor-ed into the row hash so that it tells apart the rows whose list, map or struct
+    values differ; empty when the columns hold none (a model of plain columns pays nothing).
+
+    DuckDB's `hash` of several columns folds a list's items into the row's hash one by one,
+    and an empty or null list in any column but the first adds nothing: `[]` and null hash
+    alike (as do `[null]`, `{a: null}` and a null struct), an item moved from one list to the
+    next, or a list item and a leading zero of the column before it. Each such value adds the
+    hash of its column and JSON text, so the row hash changes with every payload, and a row
+    whose values are null or plain keeps the hash it had before these terms: only the rows
+    holding a list, map or union value, or a struct all of whose fields are null (or that holds
+    such a value), hash anew once, and are sent again once."""
+    terms = []
+    for name in columns:
+        col_type = types.get(name, "")
+        if not _is_nested(col_type):
+            continue
+        import duckdb
+
+        c = q(name)
+        ambiguous = _ambiguous(c, duckdb.sqltype(col_type))
+        when = f"{c} is not null" + ("" if ambiguous == "true" else f" and {ambiguous}")
+        # one text, not `hash(name, json)`: DuckDB folds two arguments into one hash by a
+        # product and an xor, so the terms of two columns would cancel out when swapped
+        text = f"{lit(name + ':')} || to_json({c})::varchar"
+        terms.append(f"case when {when} then hash({text}) else 0::ubigint end")
+    out = ""
+    for term in reversed(terms):
+        out = f"xor({term}, {out})" if out else term
+    return out
+
+
+def _is_nested(col_type: str) -> bool:
+    """True for a list, array, map, struct or union column type."""
+    return col_type.endswith("]") or col_type.upper().startswith(("STRUCT", "MAP", "UNION"))
+
+
+def _ambiguous(value: str, t: DuckDBPyType) -> str:
+    """SQL true when ``value`` (of the nested type ``t``, not null) is one whose part in a row's
+    DuckDB hash another value shares (:func:`_nested_terms`): any list, array, map or union,
+    and a struct whose fields are all null or hold such a value. A struct of plain fields, not
+    all null, adds one hash per field to the row's: always as many, so it is told apart."""
+    if t.id != "struct":
+        return "true"
+    fields = [(f"struct_extract({value}, {lit(name)})", m) for name, m in _members(t)]
+    parts = [" and ".join(f"{e} is null" for e, _ in fields)]
+    for e, member in fields:
+        if member.id in ("list", "array", "map", "struct", "union"):
+            inner = _ambiguous(e, member)
+            parts.append(f"{e} is not null" + ("" if inner == "true" else f" and {inner}"))
+    return "(" + " or ".join(f"({p})" for p in parts) + ")"
+
+
+def source_hash(
+    sync: SyncConfig,
+    columns: tuple[str, ...],
+    types: dict[str, str],
+    last: LastHash | None = None,
+) -> str:
     """SQL for ``src_h``: the row's mapped columns plus a fingerprint of the sync's config, both
     taken from its :func:`normal_form` (the columns in name order), so an edit that changes no
-    payload keeps every row's hash and sends nothing.
+    payload keeps every row's hash and sends nothing; ``types`` are the model's column types,
+    for the terms that tell apart list, map and struct values (:func:`_nested_terms`).
 
     ``last``: the last committed run's hash, reused when it was made before hashes were
     normalised (the same SQL without :func:`normal_form`, the columns in the file's order) of
@@ -352,17 +424,27 @@ def source_hash(sync: SyncConfig, columns: tuple[str, ...], last: LastHash | Non
     fingerprint is that of the mapping recorded with it). Upgrading Lockgate, with or without
     such an edit, then re-sends nothing; the run records the hash it reused with the mapping it
     was made from, and the first real mapping change (which re-sends every record anyway)
-    moves the state to the normal form."""
+    moves the state to the normal form. A hash recorded before the nested terms is reused with
+    them added (:func:`hash_base`)."""
     shape = shaping(sync)
-    sql = _hash_sql(normal_form(shape), sorted(set(columns)))
-    if last is None or last.sql == sql:
-        return sql
-    if last.sql == _hash_sql(shape, dict.fromkeys(columns)):
-        return last.sql
+    names = sorted(set(columns))
+    terms = _nested_terms(names, types)
+
+    def with_terms(base: str) -> str:
+        return f"xor({base}, {terms})" if terms else base
+
+    sql = _hash_sql(normal_form(shape), names)
+    if last is None:
+        return with_terms(sql)
+    base = hash_base(last.sql)
+    if base == sql:
+        return with_terms(sql)
+    if base == _hash_sql(shape, dict.fromkeys(columns)):
+        return with_terms(base)
     fingerprint = lit(_fingerprint(last.mapping)) + ")"
-    if last.sql.endswith(fingerprint) and normal_form(last.mapping) == normal_form(shape):
-        return last.sql
-    return sql
+    if base.endswith(fingerprint) and normal_form(last.mapping) == normal_form(shape):
+        return with_terms(base)
+    return with_terms(sql)
 
 
 #: bump when the SQL this module generates changes what is sent for the same row
@@ -1279,7 +1361,7 @@ def compile_people(
     if sync.on_change:
         ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null)
     null_key = " or ".join(f"{q(k)} is null" for k in sync.key_columns)
-    src_h = source_hash(sync, (*used, *sync.key_columns), last)
+    src_h = source_hash(sync, (*used, *sync.key_columns), columns, last)
     checks.insert(0, f"case when {null_key} then {lit('primary key is null')} end")
     op = (
         '\'{"type":"person","action":"identify","identifiers":\' || '
@@ -1635,7 +1717,7 @@ def compile_objects(
     if sync.on_change:
         # the watched values ride in `ident` (removal ops rebuild identifiers from its keys)
         ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null)
-    src_h = source_hash(sync, (key_column, *fields.columns), last)
+    src_h = source_hash(sync, (key_column, *fields.columns), columns, last)
     select = (
         f"select {_object_key(key_column)} as k, {op} as op, {ident} as ident, "
         f"coalesce({', '.join(checks)}) as reject, "
@@ -1691,7 +1773,7 @@ def compile_relationships(
         anonymous = f"starts_with({identifiers}, '{{\"anonymous_id\"')"
         op = f"case when {anonymous} then {anonymous_op} else {op} end"
     used = (*sync.identify_by.values(), sync.object_id, *fields.columns)
-    src_h = source_hash(sync, used, last)
+    src_h = source_hash(sync, used, columns, last)
     select = (
         f"select coalesce({identifiers} || ' ' || {_object_key(sync.object_id)}, "
         "'(no person or object)') as k, "

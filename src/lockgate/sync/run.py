@@ -806,12 +806,14 @@ def _last_hash(last: contract_state.Contract | None) -> mapping.LastHash | None:
 
 def _same_hash(last: contract_state.Contract, sync: SyncConfig, mapping_hash: str) -> bool:
     """Whether a run that hashed rows with ``mapping_hash`` keeps the last recorded mapping:
-    the same hash of a mapping only spelt otherwise (``mapping.normal_form``). A hash kept from
+    the same hash of a mapping only spelt otherwise (``mapping.normal_form``), maybe with the
+    terms for list, map and struct values added to it (``mapping.hash_base``). A hash kept from
     before hashes were normalised (``mapping.source_hash``) stays valid only with the mapping
     it was made from."""
     return (
         bool(mapping_hash)
-        and last.mapping_hash == mapping_hash
+        and last.mapping_hash is not None
+        and mapping.hash_base(last.mapping_hash) == mapping.hash_base(mapping_hash)
         and last.mapping is not None
         and mapping.normal_form(last.mapping) == mapping.normal_form(mapping.shaping(sync))
     )
@@ -1577,7 +1579,9 @@ def run_sync(
                         store.con,
                         sync,
                         run_id,
-                        mapping_hash=kept.mapping_hash if kept else mapping_hash or None,
+                        # the hash this run made (a kept one with the nested terms added),
+                        # unless records are left to send under the last one
+                        mapping_hash=kept.mapping_hash if kept and left else mapping_hash or None,
                         mapping=kept.mapping if kept else mapping.recorded_mapping(sync),
                     )
         except BaseException as exc:

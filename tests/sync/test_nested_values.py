@@ -1,0 +1,228 @@
+"""A list, map or struct value that DuckDB's `hash` cannot tell from null (`[]`, `{}`, a
+struct of nulls) or from its neighbours is still a change: Customer.io ends with the
+warehouse's value. A state hashed before these values were told apart re-sends only the rows
+that hold them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lockgate.console import NullConsole
+from lockgate.state.store import StateStore, table
+from lockgate.sync import mapping
+from lockgate.sync.run import plan_sync, run_sync
+
+ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
+
+PROFILE = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: id
+identify_by: {id: id}
+on_null: POLICY
+attributes: [tags, prefs, address, nick]
+"""
+
+#: the model: `u1`'s values, and `u2`, whose values never change
+USERS = """
+create or replace table users as
+select * from (values
+  ('u1', {tags}::varchar[], {prefs}::map(varchar, varchar),
+   {address}::struct(city varchar, zip varchar), 'Bob'),
+  ('u2', ['a', 'b'], map {{'k': 'v'}}, {{'city': 'Rome', 'zip': null}}, 'Ann')
+) t(id, tags, prefs, address, nick)
+"""
+
+FULL = {
+    "tags": "['vip']",
+    "prefs": "map {'lang': 'en'}",
+    "address": "{'city': 'Oslo', 'zip': '01'}",
+}
+NULL = {"tags": "null", "prefs": "null", "address": "null"}
+EMPTY = {"tags": "[]", "prefs": "map {}", "address": "{'city': null, 'zip': null}"}
+SENT_FULL = {"tags": ["vip"], "prefs": {"lang": "en"}, "address": {"city": "Oslo", "zip": "01"}}
+SENT_EMPTY = {"tags": [], "prefs": {}, "address": {"city": None, "zip": None}}
+
+
+def u1(project_factory: ProjectFactory, policy: str, values: dict[str, str]) -> dict[str, Any]:
+    """Set `u1`'s values, run the sync (it sends `u1` alone) and return `u1`'s attributes in the
+    emulator."""
+    project_factory.sql(USERS.format(**values))
+    project = project_factory.write({"profile": PROFILE.replace("POLICY", policy)})
+    assert plan_sync(project, "profile", console=NullConsole()).changes.to_send == 1
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 1
+    assert plan_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+    person = project_factory.emulator.person(id="u1")
+    assert person is not None
+    return {k: v for k, v in person.attributes.items() if k != "nick"}
+
+
+def test_empty_values_after_null_are_sent_and_a_null_after_them_is_skipped(
+    project_factory: ProjectFactory,
+) -> None:
+    """`on_null: skip`: a null keeps the last value sent; `[]`, `{}` and a struct of nulls
+    after a null are values Customer.io must get, and a null after them keeps them."""
+    project_factory.sql(USERS.format(**FULL))
+    project = project_factory.write({"profile": PROFILE.replace("POLICY", "skip")})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 2
+
+    assert u1(project_factory, "skip", NULL) == SENT_FULL
+    assert u1(project_factory, "skip", EMPTY) == SENT_EMPTY
+    # a null after them: sent (its payload differs) as a skip, which keeps them
+    assert u1(project_factory, "skip", NULL) == SENT_EMPTY
+    assert u1(project_factory, "skip", FULL) == SENT_FULL
+
+
+def test_a_null_after_empty_values_is_cleared(project_factory: ProjectFactory) -> None:
+    """`on_null: clear`: null clears the attribute, `[]`, `{}` and a struct of nulls set it,
+    each way round."""
+    project_factory.sql(USERS.format(**FULL))
+    project = project_factory.write({"profile": PROFILE.replace("POLICY", "clear")})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 2
+
+    assert u1(project_factory, "clear", NULL) == {}
+    assert u1(project_factory, "clear", EMPTY) == SENT_EMPTY
+    assert u1(project_factory, "clear", NULL) == {}
+    assert u1(project_factory, "clear", EMPTY) == SENT_EMPTY
+
+
+def test_an_item_moved_to_the_next_list_is_sent(project_factory: ProjectFactory) -> None:
+    """DuckDB hashes the items of two list columns as one run of items: `['a'], ['b']` and
+    `['a', 'b'], []` hashed alike."""
+    project_factory.sql(
+        "create or replace table users as select 'u1' as id, ['a'] as roles, ['b'] as teams"
+    )
+    body = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes: [roles, teams]
+"""
+    project = project_factory.write({"profile": body})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 1
+    project_factory.sql("update users set roles = ['a', 'b'], teams = []")
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 1
+    person = project_factory.emulator.person(id="u1")
+    assert person is not None and person.attributes == {"roles": ["a", "b"], "teams": []}
+
+
+def test_an_objects_list_emptied_after_a_null_is_sent(project_factory: ProjectFactory) -> None:
+    project_factory.sql(
+        "create or replace table accounts as select 'acc1' as account_id, ['eu'] as regions"
+    )
+    body = """
+name: accounts
+source: warehouse
+model: {table: accounts}
+kind: objects
+object_type_id: "1"
+primary_key: account_id
+attributes: {regions: {column: regions, on_null: clear}}
+"""
+    project = project_factory.write({"accounts": body})
+    for value, sent in (("['eu']", ["eu"]), ("null", None), ("[]", []), ("null", None)):
+        project_factory.sql(f"update accounts set regions = {value}")
+        run_sync(project, "accounts", console=NullConsole())
+        (account,) = project_factory.emulator.objects()
+        assert account.attributes.get("regions") == sent
+
+
+def _hashed_before_nested_terms(project: Any) -> str:
+    """Rewrite the state as Lockgate wrote it before the row hash told nested values apart:
+    every record's hash, and the recorded hash SQL, without the nested terms. Returns it."""
+    with StateStore.open(project.state_dir) as store:
+        (recorded,) = store.exec_sql(
+            "select mapping_hash from contract_mappings where sync = 'profile'"
+        )[0]
+        old = mapping.hash_base(recorded)
+        assert old != recorded  # the model has nested columns: the hash has terms
+        store.exec_sql(f"attach '{project.root / 'warehouse.duckdb'}' as wh (read_only)")
+        store.exec_sql(
+            f"update {table('snap', 'profile')} s set h = u.h "
+            f"from (select id::varchar as k, {old} as h from wh.users) u where u.k = s.k"
+        )
+        store.exec_sql(
+            "update contract_mappings set mapping_hash = ? where sync = 'profile'", [old]
+        )
+        store.exec_sql("detach wh")
+    return old
+
+
+@pytest.mark.parametrize("ambiguous", [False, True])
+def test_a_state_hashed_before_upgrading_sends_only_rows_with_ambiguous_values(
+    project_factory: ProjectFactory, ambiguous: bool
+) -> None:
+    """Upgrading keeps the hash of every row whose values are null, plain or a struct of
+    plain values: such a state sends nothing. A row holding a list (or a struct of nulls) is
+    sent once, as a change of what payloads are built from, and then no more."""
+    emu = project_factory.emulator
+    project_factory.sql(
+        """
+        create or replace table users as
+        select 'u' || i as id, null::varchar[] as tags, null::map(varchar, varchar) as prefs,
+               {'city': 'C' || i, 'zip': null}::struct(city varchar, zip varchar) as address,
+               'N' || i as nick
+        from range(1, 11) t(i)
+        """
+    )
+    if ambiguous:
+        project_factory.sql(
+            "update users set tags = ['x'] where id = 'u1';"
+            "update users set address = {'city': null, 'zip': null} where id = 'u2'"
+        )
+    project = project_factory.write({"profile": PROFILE.replace("POLICY", "skip")})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 10
+    old = _hashed_before_nested_terms(project)
+    people, sent = emu.people(), len(emu.request_log())
+
+    plan = plan_sync(project, "profile", console=NullConsole())
+    guards = {g.name: g.actual for g in plan.guards}
+    if not ambiguous:
+        assert plan.changes.to_send == 0
+        assert guards["mapping"] == "unchanged"
+        assert run_sync(project, "profile", console=NullConsole()).delivered == 0
+        assert len(emu.request_log()) == sent
+    else:
+        assert plan.changes.to_send == plan.changes.remapped == 2
+        assert (
+            guards["mapping"]
+            == "what the payloads are built from changed: 2 people sent again for it"
+        )
+        assert run_sync(project, "profile", console=NullConsole()).delivered == 2
+    assert emu.people() == people
+    with StateStore.open(project.state_dir) as store:
+        recorded = store.exec_sql(
+            "select mapping_hash from contract_mappings where sync = 'profile'"
+        )[0][0]
+    assert mapping.hash_base(recorded) == old and recorded != old
+    assert plan_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
+def test_a_model_of_plain_columns_hashes_as_before() -> None:
+    """No nested column: the row hash is the one earlier versions wrote, so it costs nothing
+    more and an upgrade sends nothing."""
+    from lockgate.project.models import SyncConfig
+
+    sync = SyncConfig.model_validate(
+        {
+            "name": "p",
+            "source": "w",
+            "model": {"table": "t"},
+            "kind": "people",
+            "primary_key": "id",
+            "identify_by": {"id": "id"},
+            "attributes": ["plan", "meta"],
+        }
+    )
+    types = {"id": "VARCHAR", "plan": "VARCHAR", "meta": "JSON"}
+    sql = mapping.source_hash(sync, ("id", "plan", "meta"), types)
+    assert sql.startswith("hash(") and mapping.hash_base(sql) == sql
+    nested = mapping.source_hash(sync, ("id", "plan", "meta"), {**types, "plan": "VARCHAR[]"})
+    assert mapping.hash_base(nested) == sql
