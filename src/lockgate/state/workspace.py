@@ -75,8 +75,17 @@ def record(store: StateStore, sync: str, workspace: str | None) -> None:
 
 
 #: what the state says was delivered by a sync: its snapshot, event ledger, journal,
-#: unconfirmed records and `on_change` events under way
-DELIVERED = ("snap", "ledger", "journal", "unconfirmed", "oc_sent", "sending", "event_ids")
+#: unconfirmed records, `on_change` events under way, write-ahead records and events' ids kept
+DELIVERED = (
+    "snap",
+    "ledger",
+    "journal",
+    "unconfirmed",
+    "oc_sent",
+    "sending",
+    "sending_events",
+    "event_ids",
+)
 
 
 def start_over(store: StateStore, sync: str) -> None:
