@@ -56,3 +56,30 @@ def test_an_events_first_recorded_id_stays_until_its_key_is_delivered(tmp_path: 
         store.append_ledger("activity", ["a"])
         store.keep_event_ids("activity", "r3", "sent", [])
         assert event_ids(store) == [("c", 30, 5, 6, "r2")]
+
+
+def test_a_killed_events_runs_write_ahead_record_keeps_the_ids_of_its_undelivered_events(
+    tmp_path: Path,
+) -> None:
+    """What a run killed outright wrote ahead: the next run keeps the ids of the events the
+    ledger does not have (an id kept earlier stays), under the killed run's id, and drops the
+    record; a record dropped by a run that ended leaves nothing to recover."""
+    with StateStore.open(tmp_path) as store:
+        store.ensure_sync_tables("activity")
+        store.start_run("r1", "activity", "events")
+        store.exec_sql(
+            "create temp table changes as select * from (values ('a', 10, 1, 2), "
+            "('b', 20, 3, 4), ('c', 30, 5, 6)) t(k, ts, lo, hi)"
+        )
+        store.keep_event_ids("activity", "r0", "changes", ["c"])
+        assert store.record_sending_events("activity", "changes") == 3
+        store.append_ledger("activity", ["b"])  # delivered and flushed before the kill
+
+        store.start_run("r2", "activity", "events")
+        assert store.recover_sending_events("activity", "r2") == 1
+        assert event_ids(store) == [("a", 10, 1, 2, "r1"), ("c", 30, 5, 6, "r0")]
+        assert store.exec_sql('select count(*) from "sending_events__activity"') == [(0,)]
+
+        store.record_sending_events("activity", "changes")
+        store.fold_journal("activity", sent=True)  # the end of a run that heard every answer
+        assert store.recover_sending_events("activity", "r3") == 0

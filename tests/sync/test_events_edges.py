@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from tests.sync.test_unconfirmed import killed_once_applied
 
 from lockgate.cli.sync import change_rows
 from lockgate.console import NullConsole
@@ -437,6 +438,81 @@ def test_an_event_cut_off_by_a_second_sigterm_is_stored_once_after_its_row_is_co
     again = run_sync(load_project(project.root), "activity", console=NullConsole())
     assert (again.changes.unconfirmed, again.delivered) == (1, 1)
     assert stored(emu) == first
+
+
+def written_ahead(project: Any) -> list[str]:
+    """The keys of the events sync's write-ahead record (what a killed run leaves behind)."""
+    with StateStore.open(project.state_dir) as store:
+        rows = store.exec_sql('select k from "sending_events__activity" order by k')
+        return [r[0] for r in rows]
+
+
+def test_an_event_in_flight_when_the_run_is_killed_is_stored_once_after_its_row_is_corrected(
+    project_factory: ProjectFactory,
+) -> None:
+    """SIGKILL after Customer.io took the event, before its answer: the killed run could record
+    nothing, but it wrote ahead the event with the id it sent it with; the next run sends it
+    with that id although its timestamp was corrected meanwhile (a new id: stored twice)."""
+    table(  # the run in a process of its own runs at the time of day
+        project_factory,
+        "('order-1', 1, 'Used', now() - interval 10 minute, 'g')",
+        "event_id, user_id, event_name, occurred_at, feature",
+    )
+    project = project_factory.write({"activity": EVENTS})
+    emu = project_factory.emulator
+    killed_once_applied(project.root, "activity", emu, lambda: bool(emu.events()))
+    first = stored(emu)
+    assert len(first) == 1
+    assert written_ahead(project) == ["order-1"]
+
+    project_factory.sql("update events set occurred_at = occurred_at - interval 1 hour")
+    console = NullConsole()
+    again = run_sync(load_project(project.root), "activity", console=console)
+    assert (again.status, again.changes.unconfirmed, again.delivered) == ("success", 1, 1)
+    assert stored(emu) == first  # Customer.io dropped the copy: the event is there once
+    assert emu.stats.duplicate_events_dropped == 1
+    assert (
+        "warning: activity: a run killed while sending left 1 event(s) unconfirmed (Customer.io "
+        "may have stored them): they are sent again with the id they were sent with, whatever "
+        "their rows hold"
+    ) in console.messages
+    assert (written_ahead(project), event_ids_kept(project)) == ([], [])
+    assert run_sync(project, "activity", console=NullConsole()).changes.to_send == 0
+
+
+def test_events_runs_that_end_leave_nothing_written_ahead(
+    project_factory: ProjectFactory,
+) -> None:
+    """A run that heard every answer, one whose answers were lost (their ids are kept, not the
+    write-ahead record) and a run a guardrail stops: the next run takes none of them for a
+    killed run's, and sends again only the event whose answer was lost."""
+    table(
+        project_factory,
+        f"('e0', 1, 'Used', {ts(7200)}, 'f')",
+        "event_id, user_id, event_name, occurred_at, feature",
+    )
+    project = project_factory.write({"activity": EVENTS}, retries=0)
+    emu = project_factory.emulator
+    assert run(project).delivered == 1
+    assert written_ahead(project) == []
+
+    project_factory.sql(f"insert into events values ('order-1', 1, 'Used', {ts(600)}, 'g')")
+    emu.set_faults(ANSWERS_LOST)
+    assert run(project).status == "partial"
+    emu.set_faults(FaultConfig())
+    assert (written_ahead(project), event_ids_kept(project)) == ([], ["order-1"])
+
+    guarded = project_factory.write({"activity": EVENTS + "guardrails: {max_events: 0}\n"})
+    with pytest.raises(ContractError, match="max_events is 1, over the limit of 0"):
+        run(guarded)
+    assert written_ahead(project) == []
+
+    console = NullConsole()
+    again = run_sync(project, "activity", console=console, now=NOW)
+    assert (again.status, again.changes.unconfirmed, again.delivered) == ("success", 1, 1)
+    assert not [m for m in console.messages if "killed" in m]
+    assert (written_ahead(project), event_ids_kept(project)) == ([], [])
+    assert len(stored(emu)) == 2
 
 
 # ------------------------------------------------------------------ hash ids

@@ -37,6 +37,11 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   else Customer.io would give that row's new id to this person's profile. Recorded before the
   run sends (it holds whether that update lands or not), forgotten once the email is released
   or replaced, or the person deleted.
+- ``sending_events__S(k, ts, lo, hi)``: the same write-ahead record for an events sync, with
+  the dedupe id each event is about to be sent with (the columns of ``event_ids__S`` below):
+  the next run moves the events of a killed run's record that the ledger does not have into
+  ``event_ids__S``, so they are sent again with the id Customer.io may hold them under
+  whatever their rows hold then (:meth:`StateStore.recover_sending_events`).
 - ``oc_sent__S(k, ts)``: `on_change` events sent and not yet in the ledger, with the time
   they were first sent: a re-send carries that time, so the same dedupe id.
 - ``event_ids__S(k, ts, lo, hi, run_id)``: events of an events sync sent whose answer never
@@ -509,6 +514,8 @@ class StateStore:
             f"create table if not exists {table('emails_kept', sync)} "
             "(k varchar, email varchar, ident varchar);"
             f"create table if not exists {table('sending', sync)} (kh ubigint);"
+            f"create table if not exists {table('sending_events', sync)} "
+            "(k varchar, ts bigint, lo ubigint, hi ubigint);"
             # a state from before it gets it here, empty: its events went out with ids made of
             # their rows, which is what they still get when it holds nothing
             f"create table if not exists {table('event_ids', sync)} "
@@ -559,10 +566,23 @@ class StateStore:
         rows = self.exec_sql(f"insert into {table('sending', sync)} select hash(k) from {source}")
         return int(rows[0][0])
 
+    def record_sending_events(self, sync: str, source: str) -> int:
+        """Write ahead the events an events sync's run is about to send, with the ids it sends
+        them with: the columns ``k, ts, lo, hi`` of ``source`` (the run's ``changes``, keys
+        not in the ledger), in one insert committed before the first request (see
+        ``sending_events__S`` above). Returns how many."""
+        rows = self.exec_sql(
+            f"insert into {table('sending_events', sync)} select k, ts, lo, hi from {source}"
+        )
+        return int(rows[0][0])
+
     def forget_sending(self, sync: str) -> None:
         """Drop the write-ahead record of a run that recorded every answer it got (the
-        delivered ones in the journal, those it never heard in ``unconfirmed``)."""
-        self.exec_sql(f"delete from {table('sending', sync)}")
+        delivered ones in the journal or the ledger, those it never heard in ``unconfirmed``
+        or ``event_ids``)."""
+        self.exec_sql(
+            f"delete from {table('sending', sync)}; delete from {table('sending_events', sync)}"
+        )
 
     def recover_sending(self, sync: str, run_id: str) -> int:
         """At the start of a run (before :meth:`fold_journal`): a write-ahead record left
@@ -577,11 +597,7 @@ class StateStore:
             return 0
         snap, journal = table("snap", sync), table("journal", sync)
         # the run that left it: the last one of the sync before the one starting now
-        last = self.exec_sql(
-            "select run_id from runs where sync = ? and run_id <> ? "
-            "order by started_at desc limit 1",
-            [sync, run_id],
-        )
+        last = self._last_run(sync, run_id)
         with transaction(self.con, self.path):
             marked = self.exec_sql(
                 f"""
@@ -590,10 +606,37 @@ class StateStore:
                 semi join {sending} w on w.kh = hash(s.k)
                 anti join {journal} j on j.k = s.k
                 """,
-                [last[0][0] if last else None],
+                [last],
             )[0][0]
             self.exec_sql(f"delete from {sending}")
         return int(marked)
+
+    def recover_sending_events(self, sync: str, run_id: str) -> int:
+        """At the start of a run of an events sync: a write-ahead record left behind
+        (``sending_events__S``) is that of a run killed with requests in flight. Its events
+        that the ledger does not have may be in Customer.io without the run having heard so:
+        their ids go to ``event_ids__S`` (:meth:`keep_event_ids`), so the diff sends them with
+        the id they were sent with, whatever their rows hold now (a row corrected since would
+        give another id, and Customer.io would store the event twice). Returns how many were
+        kept; one count when there is nothing to recover. ``run_id``: the run (or plan)
+        starting."""
+        sending = table("sending_events", sync)
+        if not self.exec_sql(f"select count(*) from {sending}")[0][0]:
+            return 0
+        killed = self._last_run(sync, run_id)
+        with transaction(self.con, self.path):
+            kept = self.keep_event_ids(sync, killed, sending)
+            self.exec_sql(f"delete from {sending}")
+        return kept
+
+    def _last_run(self, sync: str, run_id: str) -> str | None:
+        """The run of ``sync`` before ``run_id``: the one that left a write-ahead record."""
+        last = self.exec_sql(
+            "select run_id from runs where sync = ? and run_id <> ? "
+            "order by started_at desc limit 1",
+            [sync, run_id],
+        )
+        return str(last[0][0]) if last else None
 
     def fold_journal(self, sync: str, *, sent: bool = False) -> int:
         """Fold delivered-but-unfolded records into the snapshot. Returns how many. A key
@@ -690,8 +733,8 @@ class StateStore:
             self.con.unregister("_unconfirmed_batch")
 
     def keep_event_ids(
-        self, sync: str, run_id: str, sent: str, keys: Sequence[str] | None = None
-    ) -> None:
+        self, sync: str, run_id: str | None, sent: str, keys: Sequence[str] | None = None
+    ) -> int:
         """Record the dedupe ids of an events sync's events sent without a confirmed answer
         (see ``event_ids__S`` above), from ``sent``: a relation of the events as sent, with
         columns ``k, ts, lo, hi``. ``keys``: those whose answer never came, of the run's
@@ -699,16 +742,16 @@ class StateStore:
         of the events a run was about to send, read after the run was killed. A key recorded
         already keeps its first id, and the keys delivered since (in the ledger) leave: the
         table is looked at only when it has rows, so a run without lost answers pays one
-        count."""
+        count. Returns how many ids were recorded."""
         ids, ledger = table("event_ids", sync), table("ledger", sync)
         if self.exec_sql(f"select count(*) from {ids}")[0][0]:
             self.exec_sql(f"delete from {ids} where k in (select k from {ledger})")
         if keys is not None and not keys:
-            return
+            return 0
         chosen = "" if keys is None else "semi join _unsure_events u on u.k = s.k"
         self.con.register("_unsure_events", pa.table({"k": pa.array(keys or [], pa.string())}))
         try:
-            self.exec_sql(
+            rows = self.exec_sql(
                 f"""
                 insert into {ids}
                 select distinct on (s.k) s.k, s.ts, s.lo, s.hi, ?
@@ -720,6 +763,7 @@ class StateStore:
             )
         finally:
             self.con.unregister("_unsure_events")
+        return int(rows[0][0])
 
     def append_ledger(self, sync: str, keys: Sequence[str]) -> None:
         if not keys:

@@ -75,7 +75,8 @@ def record(store: StateStore, sync: str, workspace: str | None) -> None:
 
 
 #: what the state says was delivered by a sync: its snapshot, event ledger, journal,
-#: unconfirmed records, `on_change` events under way and emails people keep unseen
+#: unconfirmed records, `on_change` events under way, write-ahead records, events' ids
+#: kept and emails people keep unseen
 DELIVERED = (
     "snap",
     "ledger",
@@ -83,6 +84,7 @@ DELIVERED = (
     "unconfirmed",
     "oc_sent",
     "sending",
+    "sending_events",
     "event_ids",
     "emails_kept",
 )

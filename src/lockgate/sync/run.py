@@ -431,6 +431,13 @@ def _prepare(
             f"{sync.name}: a run killed while sending left {unheard} record(s) unconfirmed "
             "(Customer.io may have applied them): they are sent again whatever their rows hold"
         )
+    unheard_events = store.recover_sending_events(sync.name, step.run_id)
+    if unheard_events:
+        console.warn(
+            f"{sync.name}: a run killed while sending left {unheard_events} event(s) "
+            "unconfirmed (Customer.io may have stored them): they are sent again with the id "
+            "they were sent with, whatever their rows hold"
+        )
     recovered = store.fold_journal(sync.name)
     if recovered:
         console.warn(f"{sync.name}: recovered {recovered} records delivered by an interrupted run")
@@ -1495,11 +1502,15 @@ def run_sync(
                 from lockgate.sync.commit import Committer
                 from lockgate.sync.deliver import deliver, notify_retries
 
-                if sync.kind != "events" and changes.to_send:
+                if changes.to_send:
                     # committed before the first request (an email release included): a run
                     # killed from here on cannot mark what it has in flight, the next one
-                    # does from this (events need none: the ledger and their ids)
-                    store.record_sending(sync.name, "changes")
+                    # does from this; events with the ids they are sent with, which the next
+                    # run sends them with again (a row corrected meanwhile makes another id)
+                    if sync.kind == "events":
+                        store.record_sending_events(sync.name, "changes")
+                    else:
+                        store.record_sending(sync.name, "changes")
                     written_ahead = True
                 if sync.kind == "people":  # true whether what follows lands or not
                     diff_step.keep_emails(store, sync)
