@@ -196,7 +196,8 @@ def test_a_state_hashed_before_upgrading_sends_only_rows_with_ambiguous_values(
             == "what the payloads are built from changed: 2 people sent again for it"
         )
         assert run_sync(project, "profile", console=NullConsole()).delivered == 2
-    assert emu.people() == people
+    # the same values (the re-send may move `updated_at` on by a second)
+    assert [(p.id, p.attributes) for p in emu.people()] == [(p.id, p.attributes) for p in people]
     with StateStore.open(project.state_dir) as store:
         recorded = store.exec_sql(
             "select mapping_hash from contract_mappings where sync = 'profile'"
