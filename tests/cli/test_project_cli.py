@@ -435,6 +435,16 @@ def test_plan_sync_runs_history_end_to_end(
     by_email = {(c["sync"], c["action"], c["k"]) for c in json.loads(out)}
     assert by_email == {(c["sync"], c["action"], c["k"]) for c in calls}
     assert "memberships" in {sync for sync, _, _ in by_email}
+    # more calls than `--limit`: the table says it shows the latest ones, and names each
+    # call's record (which event of several)
+    assert len(calls) > 2
+    code, out = invoke("history", "--person", "User1@saasco.io", *project, "--limit", "2")
+    said = " ".join(out.split())
+    assert (
+        code == 0 and "history of User1@saasco.io: the latest 2 calls (`--limit` for more)" in said
+    )
+    shown = [line.split("│")[5].strip() for line in out.splitlines() if "│ delivered" in line]
+    assert len(shown) == 2 and set(shown) <= {c["k"] for c in calls}
 
 
 def test_runs_are_listed_while_a_sync_holds_the_state(
