@@ -317,3 +317,13 @@ def test_a_key_a_kind_needs_is_missing_at_the_line_of_its_kind(
     project(tmp_path, sync=SYNC.replace("primary_key: id\n", ""))
     err = " ".join(fails(capsys, "validate", "--project", str(tmp_path)).split())
     assert "Error: syncs/profile.yml:4: a `people` sync needs `primary_key` (at `kind`)" in err
+
+
+def test_a_tab_in_the_indentation_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # PyYAML's "found character that cannot start any token" does not say what the character is
+    project(tmp_path, sync=SYNC.replace("  plan: plan", "\tplan: plan"))
+    err = " ".join(fails(capsys, "validate", "--project", str(tmp_path)).split())
+    assert "Error: syncs/profile.yml:8: not valid YAML" in err
+    assert "hint: this line is indented with a tab; YAML indents with spaces only" in err
