@@ -273,3 +273,57 @@ def test_validate_refuses_an_acknowledged_type_that_is_no_type_and_warns_of_an_u
     out = " ".join(capsys.readouterr().out.split())
     assert "acknowledges a type change of `plann`" in out
     assert "a column it does not read" in out and out.count("acknowledges a type change") == 1
+
+
+EVENTS = """\
+name: clicks
+source: warehouse
+model: {table: users}
+kind: events
+identify_by: {id: id}
+event: {name: plan, id: id}
+"""
+
+
+@pytest.mark.parametrize(
+    ("sync", "added", "said"),
+    [
+        # keys the kind has no use for were taken and ignored: `mode: update` on events still
+        # created people, `primary_key` keyed nothing, `backfill` held back no person
+        (EVENTS, "mode: update", "`mode` does not apply to an `events` sync"),
+        (EVENTS, "primary_key: id", "an `events` sync is keyed by `event.id`, not `primary_key`"),
+        (SYNC, "backfill: {max_age: 72h}", "`backfill` belongs to `events` syncs"),
+        (SYNC, "object_id: plan", "`object_id` belongs to `relationships` syncs"),
+        (SYNC, 'object_type_id: "1"', "`object_type_id` belongs to `objects` and `relationships`"),
+        # errors across keys named line 2 (`name:`) and `(top level)`: now the key's own line
+        (SYNC, "delete_removed: true", "`delete_removed` only applies with `mode: mirror`"),
+        (EVENTS, "attributes: {plan: plan}", "`attributes` belong to `people` syncs"),
+        (EVENTS, "on_change: [{attribute: plan, event: x}]", "`on_change` belongs to `people`"),
+    ],
+)
+def test_a_key_the_sync_kind_does_not_use_is_an_error_at_its_own_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sync: str, added: str, said: str
+) -> None:
+    line = sync.count("\n") + 1
+    project(tmp_path, sync=sync + added + "\n")
+    err = " ".join(fails(capsys, "validate", "--project", str(tmp_path)).split())
+    assert f"Error: syncs/profile.yml:{line}: {said}" in err
+    assert "(top level)" not in err
+
+
+def test_a_key_a_kind_needs_is_missing_at_the_line_of_its_kind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project(tmp_path, sync=SYNC.replace("primary_key: id\n", ""))
+    err = " ".join(fails(capsys, "validate", "--project", str(tmp_path)).split())
+    assert "Error: syncs/profile.yml:4: a `people` sync needs `primary_key` (at `kind`)" in err
+
+
+def test_a_tab_in_the_indentation_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # PyYAML's "found character that cannot start any token" does not say what the character is
+    project(tmp_path, sync=SYNC.replace("  plan: plan", "\tplan: plan"))
+    err = " ".join(fails(capsys, "validate", "--project", str(tmp_path)).split())
+    assert "Error: syncs/profile.yml:8: not valid YAML" in err
+    assert "hint: this line is indented with a tab; YAML indents with spaces only" in err

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from lockgate.cli import cli
+from lockgate.cli import cli, main
 from lockgate.cli.project import json_schemas
 from lockgate.demo import warehouse
 from lockgate.emulator import Emulator
@@ -435,6 +435,16 @@ def test_plan_sync_runs_history_end_to_end(
     by_email = {(c["sync"], c["action"], c["k"]) for c in json.loads(out)}
     assert by_email == {(c["sync"], c["action"], c["k"]) for c in calls}
     assert "memberships" in {sync for sync, _, _ in by_email}
+    # more calls than `--limit`: the table says it shows the latest ones, and names each
+    # call's record (which event of several)
+    assert len(calls) > 2
+    code, out = invoke("history", "--person", "User1@saasco.io", *project, "--limit", "2")
+    said = " ".join(out.split())
+    assert (
+        code == 0 and "history of User1@saasco.io: the latest 2 calls (`--limit` for more)" in said
+    )
+    shown = [line.split("│")[5].strip() for line in out.splitlines() if "│ delivered" in line]
+    assert len(shown) == 2 and set(shown) <= {c["k"] for c in calls}
 
 
 def test_runs_are_listed_while_a_sync_holds_the_state(
@@ -487,3 +497,60 @@ def test_sync_all_runs_the_other_syncs_when_one_fails(
     assert set(runs.values()) == {"success"} and len(runs) == 5  # the other five ran
     assert "1 of 6 syncs failed: customer_profile" in captured.err
     assert len(customerio_emulator.people()) > 0
+
+
+def _fails(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """Run the CLI as the console script does; it must exit 1. What it said, on one line."""
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    out = capsys.readouterr()
+    assert exited.value.code == 1, out
+    return " ".join((out.out + out.err).split())
+
+
+def test_init_never_overwrites_a_file_of_the_folder_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a folder holding the team's own warehouse under the name the sample one takes, and a
+    # sync and a model of the scaffold's names, but no lockgate.yml yet: `init --sample-data`
+    # deleted the warehouse and replaced both files
+    import duckdb
+
+    root = tmp_path / "p"
+    (root / "syncs").mkdir(parents=True)
+    (root / "models").mkdir()
+    con = duckdb.connect(str(root / "warehouse.duckdb"))
+    con.execute("create table mine as select 42 as answer")
+    con.close()
+    (root / "syncs" / "customer_profile.yml").write_text("# ours\n")
+    (root / "models" / "customer_profile.sql").write_text("select 1 -- ours\n")
+
+    said = _fails(capsys, "init", str(root), "--sample-data")
+    assert "`models/customer_profile.sql`, `syncs/customer_profile.yml`, `warehouse.duckdb`" in said
+    assert "nothing was written" in said and "--force" in said
+    assert (root / "syncs" / "customer_profile.yml").read_text() == "# ours\n"
+    assert (root / "models" / "customer_profile.sql").read_text() == "select 1 -- ours\n"
+    assert not (root / "lockgate.yml").exists() and not (root / ".lockgate-schema").exists()
+    con = duckdb.connect(str(root / "warehouse.duckdb"))
+    assert con.execute("select answer from mine").fetchall() == [(42,)]
+    con.close()
+
+    # without --sample-data the warehouse is not the scaffold's to write: only the two files
+    code, out = invoke("init", str(root), "--force")
+    assert code == 0 and "# ours" not in (root / "syncs" / "customer_profile.yml").read_text()
+    con = duckdb.connect(str(root / "warehouse.duckdb"))
+    assert con.execute("select answer from mine").fetchall() == [(42,)]
+    con.close()
+
+
+def test_demo_never_removes_a_folder_it_did_not_make(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `lockgate demo --dir .` (or a folder of one's own named demo/) was removed whole
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "notes.txt").write_text("keep me\n")
+    said = _fails(capsys, "demo", "--dir", str(root))
+    assert "is not a folder `lockgate demo` made" in said
+    assert (root / "notes.txt").read_text() == "keep me\n"
+    assert sorted(p.name for p in root.iterdir()) == ["notes.txt"]

@@ -22,7 +22,8 @@ from lockgate.sync.run import RunReport
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("demo"),
     show_default=True,
-    help="Where to build the demo project (replaced if it exists).",
+    help="Where to build the demo project (a previous demo's folder is replaced; any other "
+    "existing folder is refused).",
 )
 def demo(directory: Path) -> None:
     """Build a sample DuckDB warehouse, sync it into a local Customer.io emulator, twice."""

@@ -42,20 +42,32 @@ def init(directory: Path, force: bool, sample_data: bool) -> None:
     """Scaffold a project: lockgate.yml, syncs of people, events, companies (objects) and
     memberships (relationships) keyed through the identity graph, a SQL model, and JSON Schemas
     for editors."""
-    from lockgate.demo import scaffold
+    from lockgate.demo import scaffold, scaffold_files
 
-    directory.mkdir(parents=True, exist_ok=True)
-    if (directory / "lockgate.yml").exists() and not force:
-        raise ConfigError(
-            f"`{directory / 'lockgate.yml'}` already exists",
-            hint="pass `--force` to overwrite, or choose another folder",
-        )
-    scaffold(directory)
     schema_dir = directory / ".lockgate-schema"
+    schema_files = {"lockgate.yml": "project.schema.json", "syncs/*.yml": "sync.schema.json"}
+    writes = [
+        *scaffold_files(),
+        *(schema_dir.relative_to(directory) / f for f in schema_files.values()),
+        *([Path("warehouse.duckdb")] if sample_data else []),
+    ]
+    # a file of the folder's own (a warehouse named `warehouse.duckdb`, a sync or a model of
+    # the same name) is never replaced without `--force`: nothing is written then
+    taken = [str(f) for f in writes if (directory / f).exists()]
+    if taken and not force:
+        shown = ", ".join(f"`{f}`" for f in taken[:5]) + (" and more" if len(taken) > 5 else "")
+        raise ConfigError(
+            f"`{directory}` already has {shown}, which `lockgate init` would overwrite; "
+            "nothing was written",
+            hint="pass `--force` to overwrite them, or choose another folder",
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    scaffold(directory)
     schema_dir.mkdir(exist_ok=True)
     for name, schema in json_schemas().items():
-        file = "project.schema.json" if name == "lockgate.yml" else "sync.schema.json"
-        (schema_dir / file).write_bytes(orjson.dumps(schema, option=orjson.OPT_INDENT_2))
+        (schema_dir / schema_files[name]).write_bytes(
+            orjson.dumps(schema, option=orjson.OPT_INDENT_2)
+        )
     console = RichConsole()
     if sample_data:
         from lockgate.demo import warehouse

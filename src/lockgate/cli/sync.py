@@ -861,15 +861,19 @@ def history(person: str, project_path: Path, as_json: bool, limit: int) -> None:
             "`lockgate plan SYNC` shows what a sync would send."
         )
         return
-    RichConsole().table(
-        f"history of {person}",
-        ["at", "sync", "run", "action", "outcome", "status", "reason"],
+    console = RichConsole()
+    # the latest `limit` calls: a person with more is not shown whole, so the title says so
+    shown = f"the latest {len(rows):,} calls (`--limit` for more)" if len(rows) >= limit else ""
+    console.table(
+        f"history of {person}" + (f": {shown}" if shown else ""),
+        ["at", "sync", "run", "action", "key", "outcome", "status", "reason"],
         [
             (
                 f"{r['sent_at']:%Y-%m-%d %H:%M:%S}",
                 r["sync"],
                 r["run_id"],
                 r["action"],
+                r["k"],
                 r["outcome"],
                 r["status"] if r["status"] is not None else "",
                 r["reason"] or "",

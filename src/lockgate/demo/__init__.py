@@ -22,6 +22,7 @@ from typing import Any
 from lockgate.console import Console
 from lockgate.demo import warehouse
 from lockgate.emulator import Emulator
+from lockgate.errors import LockgateError
 from lockgate.project.loader import load_project
 from lockgate.sync.run import KIND_ORDER, RunReport, Session, run_sync
 
@@ -51,6 +52,28 @@ def scaffold(directory: Path) -> None:
         shutil.copytree(source, directory, dirs_exist_ok=True)
 
 
+def scaffold_files() -> list[Path]:
+    """The files :func:`scaffold` writes, relative to the folder it writes them in."""
+    template = resources.files("lockgate.demo") / "project"
+    with resources.as_file(template) as source:
+        return sorted(p.relative_to(source) for p in source.rglob("*") if p.is_file())
+
+
+#: the file `lockgate demo` leaves in its folder: a later demo replaces only a folder holding
+#: it (or an empty one), never one that holds someone's own files
+DEMO_MARK = ".lockgate-demo"
+
+
+def _replaceable(directory: Path) -> bool:
+    """Whether ``directory`` is empty or a demo's own folder (by its mark, or, for a demo
+    folder made before the mark, by its lockgate.yml being the demo's)."""
+    if not any(directory.iterdir()) or (directory / DEMO_MARK).is_file():
+        return True
+    template = resources.files("lockgate.demo") / "project" / "lockgate.yml"
+    ours = directory / "lockgate.yml"
+    return ours.is_file() and ours.read_bytes() == template.read_bytes()
+
+
 @contextmanager
 def _env(values: dict[str, str]) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in values}
@@ -66,10 +89,20 @@ def _env(values: dict[str, str]) -> Iterator[None]:
 
 
 def run_demo(directory: Path, console: Console) -> DemoResult:
-    """Build, sync, change, sync again; returns both acts' reports."""
+    """Build, sync, change, sync again; returns both acts' reports. ``directory`` is replaced
+    when it is a previous demo's (or empty); any other existing path is refused untouched."""
     if directory.exists():
+        if not directory.is_dir() or not _replaceable(directory):
+            raise LockgateError(
+                f"`{directory}` exists and is not a folder `lockgate demo` made: the demo "
+                "replaces its folder, so it will not use this one",
+                hint="pass `--dir` a new or empty folder (or remove this one yourself)",
+            )
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
+    (directory / DEMO_MARK).write_text(
+        "Made by `lockgate demo`, which replaces this folder when it runs again.\n"
+    )
     scaffold(directory)
     warehouse.build(directory / "warehouse.duckdb")
     result = DemoResult(directory)

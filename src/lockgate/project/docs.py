@@ -58,7 +58,9 @@ def render() -> str:
         "# Configuration reference",
         "",
         "Generated from the models in `src/lockgate/project/models.py` "
-        "(`python -m lockgate.project.docs > docs/config.md`). Unknown keys are errors. "
+        "(`python -m lockgate.project.docs > docs/config.md`). Unknown keys are errors, and so "
+        "are keys the sync's `kind` does not use (`mode` or `primary_key` in an `events` sync, "
+        "`backfill` outside one). "
         "Secrets are accepted only as `${ENV_VAR}` references. YAML anchors and merge keys "
         "work (`plan: &text {column: plan, type: string}` then "
         "`tier: {<<: *text, column: tier}`); an error in a merged value names the line where "

@@ -123,9 +123,13 @@ def read_yaml(path: Path, root: Path | None = None) -> tuple[Any, Lines]:
         node = yaml.compose(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
+        hint = "check indentation and quoting around this line"
+        if mark is not None and "\t" in text[text.rfind("\n", 0, mark.index) + 1 : mark.index + 1]:
+            # PyYAML says "found character '\t' that cannot start any token"
+            hint = "this line is indented with a tab; YAML indents with spaces only"
         raise ConfigError(
             f"not valid YAML: {getattr(exc, 'problem', exc)}",
-            hint="check indentation and quoting around this line",
+            hint=hint,
             file=shown,
             line=mark.line + 1 if mark else None,
         ) from exc

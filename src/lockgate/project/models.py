@@ -882,36 +882,79 @@ class SyncConfig(StrictModel):
 
     @model_validator(mode="after")
     def _kind_fields(self) -> SyncConfig:
-        if self.kind != "objects" and not self.identify_by:
-            raise ValueError("`identify_by` needs at least one identifier, e.g. `{id: user_id}`")
-        if self.kind == "objects":
+        """Keys the sync's kind needs, and keys it has no use for: a key a kind ignores is an
+        error, not silently dropped (`mode: update` on an events sync would still create
+        people). Each error names the key's own line (or `kind:`'s, for a key missing)."""
+
+        def error(key: str, message: str) -> ValidationError:
+            return _error_at((key,) if key in self.model_fields_set else ("kind",), message)
+
+        kind, given = self.kind, self.model_fields_set
+        if kind != "objects" and not self.identify_by:
+            raise error(
+                "identify_by", "`identify_by` needs at least one identifier, e.g. `{id: user_id}`"
+            )
+        if kind == "objects":
             if self.identify_by:
-                raise ValueError("an `objects` sync has no `identify_by`; `primary_key` is the id")
+                raise error(
+                    "identify_by", "an `objects` sync has no `identify_by`; `primary_key` is the id"
+                )
             if self.primary_key is None or self.object_type_id is None:
-                raise ValueError("an `objects` sync needs `object_type_id` and `primary_key`")
-        if self.kind == "relationships":
+                raise error("kind", "an `objects` sync needs `object_type_id` and `primary_key`")
+        if kind == "relationships":
             if self.object_type_id is None or self.object_id is None:
-                raise ValueError("a `relationships` sync needs `object_type_id` and `object_id`")
+                raise error("kind", "a `relationships` sync needs `object_type_id` and `object_id`")
             if self.attributes or self.event is not None:
-                raise ValueError("use `relationship_attributes` in a `relationships` sync")
+                raise error(
+                    "attributes" if self.attributes else "event",
+                    "use `relationship_attributes` in a `relationships` sync",
+                )
             if self.mode == "update":
-                raise ValueError("a `relationships` sync is `upsert` or `mirror`")
-        if self.on_change and self.kind not in ("people", "objects"):
-            raise ValueError("`on_change` belongs to `people` and `objects` syncs")
-        if self.kind == "people":
+                raise error("mode", "a `relationships` sync is `upsert` or `mirror`")
+        if self.on_change and kind not in ("people", "objects"):
+            raise error("on_change", "`on_change` belongs to `people` and `objects` syncs")
+        if kind == "people":
             if self.primary_key is None:
-                raise ValueError("a `people` sync needs `primary_key`")
+                raise error("kind", "a `people` sync needs `primary_key`")
             if self.event is not None or self.properties:
-                raise ValueError("`event` and `properties` belong to `events` syncs")
-        if self.kind == "events":
+                raise error(
+                    "event" if self.event is not None else "properties",
+                    "`event` and `properties` belong to `events` syncs",
+                )
+        if kind == "events":
             if self.event is None:
-                raise ValueError("an `events` sync needs `event: {name, timestamp, id}`")
+                raise error("kind", "an `events` sync needs `event: {name, timestamp, id}`")
             if self.attributes:
-                raise ValueError("`attributes` belong to `people` syncs; use `properties`")
+                raise error("attributes", "`attributes` belong to `people` syncs; use `properties`")
+            if "mode" in given:
+                raise error(
+                    "mode",
+                    "`mode` does not apply to an `events` sync: each row is one event, sent "
+                    "once whatever the mode; remove it",
+                )
+        if kind in ("events", "relationships") and self.primary_key is not None:
+            keyed = "`event.id`" if kind == "events" else "its person and `object_id`"
+            raise error(
+                "primary_key", f"an `{kind}` sync is keyed by {keyed}, not `primary_key`; remove it"
+            )
+        if kind != "events" and "backfill" in given:
+            raise error("backfill", "`backfill` belongs to `events` syncs; remove it")
+        if kind not in ("objects", "relationships") and self.object_type_id is not None:
+            raise error(
+                "object_type_id",
+                "`object_type_id` belongs to `objects` and `relationships` syncs; remove it",
+            )
+        if kind != "relationships":
+            for key in ("object_id", "relationship_attributes"):
+                if getattr(self, key):
+                    raise error(key, f"`{key}` belongs to `relationships` syncs; remove it")
         if self.delete_removed and self.effective_mode != "mirror":
-            raise ValueError("`delete_removed` only applies with `mode: mirror`")
-        if self.clear_removed_attributes and self.kind not in ("people", "objects"):
-            raise ValueError("`clear_removed_attributes` belongs to `people` and `objects` syncs")
+            raise error("delete_removed", "`delete_removed` only applies with `mode: mirror`")
+        if self.clear_removed_attributes and kind not in ("people", "objects"):
+            raise error(
+                "clear_removed_attributes",
+                "`clear_removed_attributes` belongs to `people` and `objects` syncs",
+            )
         return self
 
     @model_validator(mode="after")
