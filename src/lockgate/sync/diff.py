@@ -1403,8 +1403,12 @@ def new_emails(
     new row costs a count of ``changes``; the JSON of the rows is read only up to ``limit``."""
     if sync.kind != "people" or "email" not in sync.identify_by:
         return 0, []
-    previous = _delivered(con, sync.name)
-    rows = f"from changes c anti join {previous} s on s.k = c.k where {_NEW_WITH_EMAIL}"
+    # `is_new`: not in the snapshot the run diffed against; a run of named records or a full
+    # resync hides the whole one (:func:`_delivered`), which a row delivered before is in
+    rows = f"from changes c where {_NEW_WITH_EMAIL}"
+    if _temp_table(con, f"snap__{sync.name}"):
+        previous = _delivered(con, sync.name)
+        rows = f"from changes c anti join {previous} s on s.k = c.k where {_NEW_WITH_EMAIL}"
     total = int(_one(con, f"select count(*) {rows}") or 0)
     if not total or not limit:
         return total, []

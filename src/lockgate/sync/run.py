@@ -1563,6 +1563,16 @@ def run_sync(
             # before the guardrails: a run they stop still shows which rows were rejected
             store.keep_rejected_rows(run_id, sync.name, rejects.KEPT_PER_RUN)
             guard_step.enforce(sync, guards, force=force)
+            new_checked, new_unchecked, new_note = 0, 0, ""
+            new_refused: list[tuple[str, str]] = []
+            if sync.kind == "people" and changes.new:
+                # before anything of the run's rows is sent (and before a full resync forgets
+                # what was delivered): a new row whose email another person holds would take
+                # that person over
+                with step("deliver"):
+                    new_checked, new_unchecked, new_note, new_refused = _check_new_emails(
+                        store, project, sync, run_id, console
+                    )
             if full_resync and sync.kind != "events":
                 _reset_snapshot(store, sync.name, only=bool(only))
             diff_step.forget_gone_relationships(store.con, sync, full_resync=full_resync)
@@ -1591,15 +1601,6 @@ def run_sync(
             state_events = None
             email_clears = None
             emails_read_back, email_check = 0, ""
-            new_checked, new_unchecked, new_note = 0, 0, ""
-            new_refused: list[tuple[str, str]] = []
-            if sync.kind == "people" and changes.new:
-                # before anything of the run's rows is sent: a new row whose email another
-                # person holds would take that person over
-                with step("deliver"):
-                    new_checked, new_unchecked, new_note, new_refused = _check_new_emails(
-                        store, project, sync, run_id, console
-                    )
             if changes.state_events:
                 with step("deliver"):
                     state_events = _deliver_state_events(
