@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from lockgate.cli import cli
+from lockgate.cli.sync import change_rows
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
 from lockgate.emulator.config import FaultConfig, FaultRates
@@ -81,6 +82,7 @@ def test_a_new_row_whose_email_another_id_holds_is_rejected_and_sent_once_releas
     report = run_sync(project, "profile", console=NullConsole())
     assert (report.status, report.delivered, report.rejected_by_api) == ("partial", 1, 1)
     assert (report.new_emails_checked, report.email_check) == (2, "")
+    assert ("new people's emails checked", 2) in change_rows(report)
     reason = (
         "sync `profile`, row `u9`: email `A@x.com` is held in Customer.io by another person "
         f"(id `crm-7`, cio_id `{cio_id}`); not sent: Customer.io would give that person the "

@@ -1096,8 +1096,9 @@ def order_email_moves(
     the same ident), and the new rows only when one of them gives an email up or a person
     keeps one: a run without email changes costs one join of its changed rows with the
     snapshot. A taker whose email is held by a person no row of this run releases still fails
-    in Customer.io: the run reads such people back after delivery when it can
-    (:mod:`lockgate.sync.emailcheck`).
+    in Customer.io: the run reads such people back after delivery when it can, and looks up
+    the holders of its new rows' emails before it sends them (:mod:`lockgate.sync.emailcheck`,
+    which leaves alone the people released here: :func:`new_emails`).
     """
     for name in EMAIL_MOVE_TABLES:
         run_sql(con, f"drop table if exists {name}")
