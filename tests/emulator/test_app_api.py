@@ -80,6 +80,36 @@ def test_search_with_filter_and_pagination(track: httpx.Client, app: httpx.Clien
     assert app.post("/v1/customers", json=bad).status_code == 400
 
 
+def test_search_by_emails_names_each_holder_leads_included(
+    track: httpx.Client, app: httpx.Client
+) -> None:
+    """An `or` of `email eq` conditions finds the holders of many emails in one request; a
+    lead known by email alone has a null `id` (an empty string in `ids`)."""
+    _seed(track)
+    lead = person_op("identify", {"email": "lead@x.co"}, attributes={"plan": "trial"})
+    assert track.post("/api/v2/batch", json={"batch": [lead]}).status_code == 200
+    emails = ["a@x.co", "lead@x.co", "nobody@x.co"]
+    body = {
+        "filter": {
+            "or": [{"attribute": {"field": "email", "operator": "eq", "value": e}} for e in emails]
+        }
+    }
+    found = app.post("/v1/customers", json=body).json()
+    assert [(w["id"], w["email"]) for w in found["identifiers"]] == [
+        ("1", "a@x.co"),
+        (None, "lead@x.co"),
+    ]
+    assert all(w["cio_id"] for w in found["identifiers"])
+    assert (found["ids"], found["next"]) == (["1", ""], "")
+    no_value = {"filter": {"or": [{"attribute": {"field": "email", "operator": "eq"}}]}}
+    answer = app.post("/v1/customers", json=no_value)
+    assert answer.status_code == 400
+    assert answer.json()["errors"][0]["detail"] == (
+        "`value` (a string) is required for operator eq"
+    )
+    assert app.post("/v1/customers?limit=1001", json=body).status_code == 400
+
+
 def test_activities_relationships_objects(track: httpx.Client, app: httpx.Client) -> None:
     _seed(track)
     assert [a["name"] for a in app.get("/v1/customers/1/activities").json()["activities"]] == [

@@ -212,6 +212,8 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
             ("rejected by Customer.io", report.rejected_by_api),
             ("dead-lettered after retries", report.dead_lettered),
         ]
+        if report.new_emails_checked:
+            rows.append(("new people's emails checked", report.new_emails_checked))
         if report.emails_read_back:
             rows.append(("people given a new email, read back", report.emails_read_back))
     return rows
@@ -239,8 +241,8 @@ def render_report(console: RichConsole, report: RunReport, *, where_rejected: bo
         f" in {report.seconds:.1f}s" if report.status != "planned" else ""
     )
     console.table(title, ["", "count"], change_rows(report))
-    if report.email_check:
-        console.info(f"{report.sync}: {report.email_check}")
+    for line in report.email_check.splitlines():
+        console.info(f"{report.sync}: {line}")
     _render_rejected(console, report, where=where_rejected)
     if report.changes.shared_samples:
         console.table(

@@ -139,21 +139,26 @@ def bulk_attributes(rt: Runtime, request: Request, body: bytes) -> Response:
     return json_response(200, {"customers": out})
 
 
-def _match(rt: Runtime, p: _P, node: Any) -> bool:
+def _match(rt: Runtime, p: _P, node: Any, seen: dict[str, Any] | None = None) -> bool:
+    """Whether person ``p`` matches filter ``node``; ``seen`` keeps the person's attributes,
+    as the App API returns them, for the other conditions (an ``or`` of many ``eq``)."""
+    seen = {} if seen is None else seen
     if not isinstance(node, dict) or len(node) != 1:
         raise ValueError("a filter holds exactly one of and, or, not, segment, attribute")
     ((key, value),) = node.items()
     if key == "and" and isinstance(value, list):
-        return all(_match(rt, p, n) for n in value)
+        return all(_match(rt, p, n, seen) for n in value)
     if key == "or" and isinstance(value, list):
-        return any(_match(rt, p, n) for n in value)
+        return any(_match(rt, p, n, seen) for n in value)
     if key == "not":
-        return not _match(rt, p, value)
+        return not _match(rt, p, value, seen)
     if key == "segment" and isinstance(value, dict):
         return value.get("id") in p.segments
     if key == "attribute" and isinstance(value, dict):
         field, op = value.get("field"), value.get("operator")
-        current = customer_json(p)["attributes"].get(field) if isinstance(field, str) else None
+        if "attributes" not in seen:
+            seen["attributes"] = customer_json(p)["attributes"]
+        current = seen["attributes"].get(field) if isinstance(field, str) else None
         if op == "exists":
             return current is not None
         if op == "eq":

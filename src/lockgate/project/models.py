@@ -301,6 +301,13 @@ class CustomerIODestinationConfig(StrictModel):
     reads back through the App API the people it gave a new email, the first this many (by
     key): Customer.io drops an update whose email another person holds, so such a row is
     rejected and sent again by the next run (docs/sync.md). 0 turns the read-back off."""
+    check_new_emails: int = Field(default=1000, ge=0)
+    """With `app_api_key` set: before delivery, a people sync run identified by `id` and `email`
+    looks up through the App API who holds the emails of its new rows (not delivered before),
+    the first this many (by key): Customer.io gives a new `id` sent with an email another person
+    holds to that person, so a row whose email a person with another `id` holds is rejected
+    instead, and checked again by the next run (docs/sync.md). Rows past it are sent
+    unchecked. 0 turns the check off."""
 
     @field_validator("api_key", "app_api_key")
     @classmethod

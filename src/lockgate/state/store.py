@@ -910,6 +910,34 @@ class StateStore:
             self.append_rejected(run_id, sync, "deliver", refused)
             self.append_unconfirmed(sync, run_id, keys, ["identify"] * len(keys))
 
+    def refuse_unsent(
+        self, sync: str, run_id: str, refused: Sequence[tuple[str, str]], idents: dict[str, str]
+    ) -> None:
+        """Record records the run does not send, found unfit before delivery (a new person
+        whose email another person holds, :mod:`lockgate.sync.emailcheck`), as rejected with
+        their reason (``refused``: key, reason; ``idents``: key -> identifiers), as Customer.io's
+        own rejections are: nothing was sent, so nothing is marked unconfirmed, and the next
+        run, whose snapshot does not have them, looks at them again."""
+        if not refused:
+            return
+        keys = [k for k, _ in refused]
+        now = datetime.now(UTC)
+        with transaction(self.con, self.path):
+            self.append_history(
+                {
+                    "run_id": [run_id] * len(refused),
+                    "sync": [sync] * len(refused),
+                    "keys": [[k] for k in keys],
+                    "idents": [[idents.get(k)] for k in keys],
+                    "action": ["identify"] * len(refused),
+                    "outcome": ["rejected"] * len(refused),
+                    "status": [None] * len(refused),
+                    "reason": [r for _, r in refused],
+                    "sent_at": [now] * len(refused),
+                }
+            )
+            self.append_rejected(run_id, sync, "deliver", refused)
+
     def reset_sync(self, sync: str) -> None:
         """Forget what was delivered (for `--full-resync` of people; ledgers are kept)."""
         self.exec_sql(f"delete from {table('snap', sync)}; delete from {table('journal', sync)}")

@@ -1096,8 +1096,9 @@ def order_email_moves(
     the same ident), and the new rows only when one of them gives an email up or a person
     keeps one: a run without email changes costs one join of its changed rows with the
     snapshot. A taker whose email is held by a person no row of this run releases still fails
-    in Customer.io: the run reads such people back after delivery when it can
-    (:mod:`lockgate.sync.emailcheck`).
+    in Customer.io: the run reads such people back after delivery when it can, and looks up
+    the holders of its new rows' emails before it sends them (:mod:`lockgate.sync.emailcheck`,
+    which leaves alone the people released here: :func:`new_emails`).
     """
     for name in EMAIL_MOVE_TABLES:
         run_sql(con, f"drop table if exists {name}")
@@ -1380,6 +1381,55 @@ def email_moves(
         params,
     ).fetchall()
     return [(str(k), str(t), str(i), str(m)) for k, t, i, m in rows]
+
+
+#: a row of ``changes`` that names a new person by `id` with an email (``ident`` holds only
+#: the identifiers that are not null; a JSON string value escapes its quotes, so neither
+#: test matches inside a value, and `"cio_id":` is not `"id":`)
+_NEW_WITH_EMAIL = (
+    "c.is_new and not c.removed and contains(c.ident, '\"email\":') "
+    "and contains(c.ident, '\"id\":')"
+)
+
+
+def new_emails(
+    con: duckdb.DuckDBPyConnection, sync: SyncConfig, *, limit: int
+) -> tuple[int, list[tuple[str, str, str, frozenset[str]]]]:
+    """The rows of a people sync identified by `id` and `email` that this run sends to a
+    person Lockgate never delivered to (not in the snapshot, :func:`_delivered`) with an `id`
+    and an email: Customer.io gives that `id` to the person holding the email, if one does
+    (:mod:`lockgate.sync.emailcheck`). Returns how many, and the first ``limit`` of them by
+    key as (key, id, email as sent, the `id`s and `cio_id`s of the people this run releases
+    that email from first: ``email_released``, see :func:`order_email_moves`). A run of no
+    new row costs a count of ``changes``; the JSON of the rows is read only up to ``limit``."""
+    if sync.kind != "people" or "email" not in sync.identify_by:
+        return 0, []
+    # `is_new`: not in the snapshot the run diffed against; a run of named records or a full
+    # resync hides the whole one (:func:`_delivered`), which a row delivered before is in
+    rows = f"from changes c where {_NEW_WITH_EMAIL}"
+    if _temp_table(con, f"snap__{sync.name}"):
+        previous = _delivered(con, sync.name)
+        rows = f"from changes c anti join {previous} s on s.k = c.k where {_NEW_WITH_EMAIL}"
+    total = int(_one(con, f"select count(*) {rows}") or 0)
+    if not total or not limit:
+        return total, []
+    found = con.execute(
+        f"""
+        select c.k, json_extract_string(c.ident, '$.id'), json_extract_string(c.ident, '$.email')
+        {rows} order by c.k limit {int(limit)}
+        """
+    ).fetchall()
+    released: dict[str, set[str]] = {}
+    if _temp_table(con, "email_released"):
+        for email, old_id, old_cio_id in con.execute(
+            "select old_email, old_id, old_cio_id from email_released"
+        ).fetchall():
+            released.setdefault(str(email), set()).update(
+                f"{kind}:{v}" for kind, v in (("id", old_id), ("cio_id", old_cio_id)) if v
+            )
+    return total, [
+        (str(k), str(i), str(e), frozenset(released.get(str(e).lower(), ()))) for k, i, e in found
+    ]
 
 
 def _delivered(con: duckdb.DuckDBPyConnection, sync: str) -> str:

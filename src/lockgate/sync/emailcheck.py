@@ -6,9 +6,10 @@ applies nothing (neither the email nor the other attributes of the update) and r
 run orders the emails its own rows pass between them (``diff.order_email_moves``), but an
 email held by a person no row of the run releases (a person of another sync, one created
 outside Lockgate, a row whose email is unchanged) cannot be taken by a person Customer.io
-already has, and the row would be counted delivered, committed, and never sent again. (A row
-whose `id` Customer.io does not have yet is not dropped: the holder is given that id, which a
-read-back by id cannot tell from a success; docs/sync.md says what to do.)
+already has, and the row would be counted delivered, committed, and never sent again. A row
+whose `id` Customer.io does not have yet is not dropped: the holder is given that id (renamed,
+its profile written over), which a read-back by id cannot tell from a success; those rows are
+checked before they are sent instead (:func:`check_new`, below).
 
 So when the destination has an App API key, a run reads back, after delivery, the people it
 gave an email they did not have (``diff.email_moves``: the first ``read_back_emails`` of them
@@ -21,6 +22,14 @@ run that changed no email makes no App API call; a plan makes none ever.
 Customer.io applies Track API updates within moments, not at once: a person that does not
 hold the email sent and whose email nobody else holds is read once more after
 :data:`SETTLE_SECONDS` before the row is refused.
+
+Before delivery, :func:`check_new` looks up who holds the emails of the run's new rows
+(``diff.new_emails``: the first ``check_new_emails`` of them by key), 100 emails a request
+(``POST /v1/customers`` with an ``or`` of ``email eq`` conditions: one request answers for 100
+rows, where ``GET /v1/customers?email=`` answers for one). A row whose email a person with
+another non-empty `id` holds is refused before it is sent; a holder without an `id` (a lead
+known by email alone) is the person the row is meant to become, and a holder this run
+releases the email from first (``diff.order_email_moves``) gives it up before the row lands.
 
 Example::
 
@@ -41,6 +50,8 @@ from lockgate.console import Console
 from lockgate.destinations.customerio.app_api import AppAPIClient
 from lockgate.destinations.customerio.settings import CustomerIOSettings
 from lockgate.errors import LockgateError
+
+JSON = dict[str, Any]
 
 SETTLE_SECONDS = 2.0
 """How long to wait before reading again a person whose email nobody else holds yet does not
@@ -170,6 +181,99 @@ def read_back(
     not refused: the updates were accepted by the Track API and most likely applied."""
     try:
         return asyncio.run(_check(moves, settings, console, transport, settle))
+    except LockgateError as exc:
+        return EmailCheck(error=exc.reason + (f"; {exc.hint}" if exc.hint else ""))
+    except httpx.HTTPError as exc:
+        return EmailCheck(error=f"{type(exc).__name__}: {exc or 'no detail'}")
+
+
+NEW_CHUNK = 100
+"""New rows whose emails one ``POST /v1/customers`` looks up (an ``or`` of up to two
+conditions each: the email as sent and lowercased)."""
+
+NewRow = tuple[str, str, str, frozenset[str]]
+"""(record key, id, email as sent, ``"id:X"``/``"cio_id:X"`` of the people this run releases
+that email from first): a new row (``diff.new_emails``)."""
+
+
+def _bare(cio_id: object) -> str:
+    return str(cio_id).removeprefix("cio_")
+
+
+async def _holders(app: AppAPIClient, rows: list[NewRow], advance: Any) -> dict[str, list[JSON]]:
+    """Lowercased email -> the people holding it, for the emails of ``rows``."""
+    found: dict[str, list[JSON]] = {}
+    for start in range(0, len(rows), NEW_CHUNK):
+        chunk = rows[start : start + NEW_CHUNK]
+        # Customer.io matches an identifying email whatever its case; a search matches the
+        # value: the email as sent and lowercased cover an address stored either way
+        values = dict.fromkeys(v for _, _, email, _ in chunk for v in (email, email.lower()))
+        conditions = [
+            {"attribute": {"field": "email", "operator": "eq", "value": v}} for v in values
+        ]
+        async for who in app.search_people({"or": conditions}):
+            email = who.get("email")
+            if email:
+                found.setdefault(str(email).lower(), []).append(who)
+        advance(len(chunk))
+    return found
+
+
+def _takes_over(row: NewRow, holders: list[JSON]) -> list[JSON]:
+    """The people holding ``row``'s email whom sending it would rename: those with another
+    non-empty `id`, unless one holds the row's `id` already (the row is theirs) or this run
+    releases the email from them first."""
+    _, id_, _, released = row
+    if any(str(p.get("id") or "") == id_ for p in holders):
+        return []
+    ids = {r.removeprefix("id:") for r in released if r.startswith("id:")}
+    cio_ids = {_bare(r.removeprefix("cio_id:")) for r in released if r.startswith("cio_id:")}
+    return [
+        p
+        for p in holders
+        if p.get("id") not in (None, "")
+        and str(p["id"]) not in ids
+        and not (p.get("cio_id") and _bare(p["cio_id"]) in cio_ids)
+    ]
+
+
+def _new_reason(sync: str, row: NewRow, holders: list[JSON]) -> str:
+    key, id_, email, _ = row
+    who = "; ".join(_who(p) for p in holders[:3])
+    return (
+        f"sync `{sync}`, row `{key}`: email `{email}` is held in Customer.io by another "
+        f"person ({who}); not sent: Customer.io would give that person the new id `{id_}` "
+        "and write the row over its profile. Release or merge that person in Customer.io, or "
+        "give your app and the sync the same id for a person, then run the sync again: the "
+        "row is checked again"
+    )
+
+
+def check_new(
+    sync: str,
+    rows: list[NewRow],
+    settings: CustomerIOSettings,
+    *,
+    console: Console,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> EmailCheck:
+    """Look up who holds the emails of the new ``rows`` (see the module's docstring);
+    ``refused`` names the rows not to send, ``read_back`` counts the rows looked up. An App API
+    that refuses the key or does not answer leaves them unchecked (``error``): they are sent."""
+
+    async def check() -> EmailCheck:
+        async with AppAPIClient(settings, transport=transport) as app:
+            with console.progress("check new people's emails", len(rows)) as advance:
+                held = await _holders(app, rows, advance)
+        refused = []
+        for row in rows:
+            takes = _takes_over(row, held.get(row[2].lower(), []))
+            if takes:
+                refused.append((row[0], _new_reason(sync, row, takes)))
+        return EmailCheck(read_back=len(rows), refused=sorted(refused))
+
+    try:
+        return asyncio.run(check())
     except LockgateError as exc:
         return EmailCheck(error=exc.reason + (f"; {exc.hint}" if exc.hint else ""))
     except httpx.HTTPError as exc:

@@ -147,9 +147,13 @@ class RunReport:
     emails_read_back: int = 0
     """People given a new email whom the run read back through the App API
     (:mod:`lockgate.sync.emailcheck`)."""
+    new_emails_checked: int = 0
+    """New people whose email the run looked up in Customer.io before sending them, to find a
+    person of another `id` holding it (:func:`lockgate.sync.emailcheck.check_new`)."""
     email_check: str = ""
-    """What the run (or a plan) could not verify of the emails it changes, and how to: no App
-    API key, the read-back turned off, or people past `read_back_emails`; empty otherwise."""
+    """What the run (or a plan) could not verify of the emails it sends, and how to, a line
+    each: no App API key, a check turned off, people past `read_back_emails` or
+    `check_new_emails`; empty otherwise."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -177,6 +181,7 @@ class RunReport:
             "identity_ops": list(self.identity_ops[:IDENTITY_OPS_SHOWN]),
             "only": list(self.only),
             "emails_read_back": self.emails_read_back,
+            "new_emails_checked": self.new_emails_checked,
             "email_check": self.email_check,
         }
 
@@ -259,6 +264,7 @@ def recorded_run(
         reapplied=int(counts.get("identity_reapplied", 0)),
         only=tuple(counts.get("only", ())),
         emails_read_back=int(counts.get("emails_read_back", 0)),
+        new_emails_checked=int(counts.get("new_emails_checked", 0)),
         email_check=str(counts.get("email_check", "")),
     )
 
@@ -935,13 +941,11 @@ def _released(store: StateStore, counts: CommitCounts | None) -> set[str]:
     return {k.removesuffix("#release-email") for (k,) in keys if k not in counts.failed_keys}
 
 
-def _email_check_settings(project: Project, sync: SyncConfig) -> CustomerIOSettings | None:
-    """The App API settings to read back email changes with (as `lockgate reconcile` reads
-    back), or None without a key or with `read_back_emails: 0`."""
+def _app_settings(project: Project, sync: SyncConfig) -> CustomerIOSettings | None:
+    """The App API settings to check emails with (as `lockgate reconcile` reads back), or
+    None without a key."""
     from lockgate.sync.reconcile import app_settings
 
-    if not project.config.destinations[sync.destination].read_back_emails:
-        return None
     try:
         settings = app_settings(project, sync)
     except LockgateError:  # the key's variable is not set
@@ -949,25 +953,117 @@ def _email_check_settings(project: Project, sync: SyncConfig) -> CustomerIOSetti
     return settings if settings.app_api_key else None
 
 
-def _not_verified(project: Project, sync: SyncConfig, moves: int, *, planned: bool) -> str:
-    """The report's line on ``moves`` email changes no read-back verifies, and how to."""
+def _email_check_settings(project: Project, sync: SyncConfig) -> CustomerIOSettings | None:
+    """The App API settings to read back email changes with, or None without a key or with
+    `read_back_emails: 0`."""
+    if not project.config.destinations[sync.destination].read_back_emails:
+        return None
+    return _app_settings(project, sync)
+
+
+def _new_check_settings(project: Project, sync: SyncConfig) -> CustomerIOSettings | None:
+    """The App API settings to check new people's emails with, or None without a key or with
+    `check_new_emails: 0`."""
+    if not project.config.destinations[sync.destination].check_new_emails:
+        return None
+    return _app_settings(project, sync)
+
+
+def _not_verified(
+    project: Project, sync: SyncConfig, moves: int, *, planned: bool, new: int = 0
+) -> str:
+    """The report's line on the ``new`` people whose email nobody checks before they are sent
+    and the ``moves`` email changes no read-back verifies, and how to turn the checks on."""
     config = project.config.destinations[sync.destination]
-    people = f"{moves} {'person' if moves == 1 else 'people'}"
-    verb = "will not be" if planned else "was not" if moves == 1 else "were not"
-    what = f"{people} given a new email {verb} read back"
-    if not config.read_back_emails:
-        how = f"`read_back_emails: 0` in destination `{sync.destination}` turns it off"
+    whats = []
+    if new:
+        people = f"{new} new {'person' if new == 1 else 'people'}"
+        verb = "will not be" if planned else "was not" if new == 1 else "were not"
+        whats.append(f"{people}'s {'email' if new == 1 else 'emails'} {verb} checked")
+    if moves:
+        people = f"{moves} {'person' if moves == 1 else 'people'}"
+        verb = "will not be" if planned else "was not" if moves == 1 else "were not"
+        whats.append(f"{people} given a new email {verb} read back")
+    options = [
+        f"`{option}: 0`"
+        for option, count in (("check_new_emails", new), ("read_back_emails", moves))
+        if count and not getattr(config, option)
+    ]
+    them = "check them" if new else "read them back"
+    match = ENV_REF.match(config.app_api_key or "")
+    if options:
+        how = f"{' and '.join(options)} in destination `{sync.destination}` turn"
+        how += "s it off" if len(options) == 1 else " them off"
+    elif match:
+        how = f"set `{match.group(1)}` (an App API key) to {them}"
     else:
-        match = ENV_REF.match(config.app_api_key or "")
-        how = (
-            f"set `{match.group(1)}` (an App API key) to read them back"
-            if match
-            else f"set `app_api_key` in destination `{sync.destination}` to read them back"
+        how = f"set `app_api_key` in destination `{sync.destination}` to {them}"
+    why = []
+    if new:
+        why.append("gives a new id sent with an email another person holds to that person")
+    if moves:
+        why.append("drops, unseen, an update whose email another person holds")
+    where = "An email someone else holds" if new else "Emails that change hands"
+    return f"{' and '.join(whats)}: Customer.io {', and '.join(why)}; {how} (docs/sync.md, {where})"
+
+
+def _check_new_emails(
+    store: StateStore, project: Project, sync: SyncConfig, run_id: str, console: Console
+) -> tuple[int, int, str, list[tuple[str, str]]]:
+    """Before delivery: look up who holds the emails of the people this run sends for the
+    first time (:func:`lockgate.sync.emailcheck.check_new`); the rows whose email a person of
+    another `id` holds are taken out of ``changes`` and recorded as rejected, so they are not
+    sent (Customer.io would give that person their `id`) and the next run looks at them again.
+    Returns (rows checked, rows left unchecked for want of a key or with the check off, the
+    report's line on the others not checked, the rows refused). A run without new rows makes
+    no App API call."""
+    config = project.config.destinations[sync.destination]
+    limit = config.check_new_emails
+    settings = _new_check_settings(project, sync)
+    total, rows = diff_step.new_emails(store.con, sync, limit=limit if settings else 0)
+    if not total:
+        return 0, 0, "", []
+    if settings is None:
+        return 0, total, "", []
+    from lockgate.sync.emailcheck import check_new
+
+    check = check_new(sync.name, rows, settings, console=console)
+    if check.error:
+        console.warn(f"{sync.name}: new people's emails not checked: {check.error}")
+        people = f"{total} new {'person' if total == 1 else 'people'}"
+        return (
+            0,
+            0,
+            (
+                f"{people} sent without checking who holds {'its' if total == 1 else 'their'} "
+                f"email: the App API failed ({check.error})"
+            ),
+            [],
         )
-    return (
-        f"{what}: Customer.io drops, unseen, an update whose email another person holds; {how} "
-        "(docs/sync.md, Emails that change hands)"
-    )
+    note = ""
+    if total > limit:
+        past = total - limit
+        note = (
+            f"{past} more new {'person was' if past == 1 else 'people were'} sent without "
+            f"checking who holds {'its' if past == 1 else 'their'} email (the first {limit} by "
+            f"key were checked: `check_new_emails` in destination `{sync.destination}`)"
+        )
+    if check.refused:
+        keys = [k for k, _ in check.refused]
+        idents = dict(
+            store.con.execute(
+                "select k, ident from changes where k in (select unnest(?))", [keys]
+            ).fetchall()
+        )
+        run_sql(store.con, "delete from changes where k in (select unnest(?))", [keys])
+        store.refuse_unsent(sync.name, run_id, check.refused, idents)
+        n = len(check.refused)
+        console.warn(
+            f"{sync.name}: {n} new {'person' if n == 1 else 'people'} not sent: "
+            f"{'its' if n == 1 else 'their'} email is held in Customer.io by a person of "
+            "another id, who would be renamed (rejected, checked again by the next run)"
+        )
+    return check.read_back, 0, note, check.refused
 
 
 def _check_emails(
@@ -977,17 +1073,22 @@ def _check_emails(
     run_id: str,
     console: Console,
     counts: CommitCounts,
+    *,
+    new: int = 0,
 ) -> tuple[int, str]:
     """After delivery, before the journal is folded: read back the people this run gave a new
     email (:mod:`lockgate.sync.emailcheck`); those who do not hold it are taken out of the
     journal as rejected, so the next run sends them again. Returns (people read back, the
-    report's line on what was not). A run that changed no email makes no App API call."""
+    report's line on what was not). A run that changed no email makes no App API call.
+    ``new``: the new people whose email was not checked before they were sent, for want of
+    a key or with the check off (one line says both)."""
     moves = diff_step.email_moves(store.con, sync, journal_of=run_id)
     if not moves:
-        return 0, ""
+        return 0, _not_verified(project, sync, 0, planned=False, new=new) if new else ""
     settings = _email_check_settings(project, sync)
     if settings is None:
-        return 0, _not_verified(project, sync, len(moves), planned=False)
+        return 0, _not_verified(project, sync, len(moves), planned=False, new=new)
+    lines = [_not_verified(project, sync, 0, planned=False, new=new)] if new else []
     from lockgate.sync.emailcheck import read_back
 
     limit = project.config.destinations[sync.destination].read_back_emails
@@ -995,18 +1096,19 @@ def _check_emails(
     if check.error:
         console.warn(f"{sync.name}: email changes not read back: {check.error}")
         people = f"{len(moves)} {'person was' if len(moves) == 1 else 'people were'}"
-        return 0, (
+        lines.append(
             f"{people} given a new email, not read back: the App API failed "
             f"({check.error}); `lockgate reconcile {sync.name}` reads them back"
         )
-    note = ""
+        return 0, "\n".join(lines)
     if len(moves) > limit:
         past = len(moves) - limit
-        note = (
+        lines.append(
             f"{past} more {'person was' if past == 1 else 'people were'} given a new email, "
             f"committed without a read-back (the first {limit} by key were read back: "
             f"`read_back_emails` in destination `{sync.destination}`)"
         )
+    note = "\n".join(lines)
     if check.refused:
         store.refuse_delivered(sync.name, run_id, check.refused)
         counts.delivered -= len(check.refused)
@@ -1277,11 +1379,15 @@ def plan_sync(
         if rejected_sink is not None:
             rejected_sink(rejects.table_of(store.con, sync.name))
         email_check = ""
-        if sync.kind == "people" and _email_check_settings(project, sync) is None:
-            # a plan never reads back: it says only when the run could not either
-            moves = len(diff_step.email_moves(store.con, sync))
-            if moves:
-                email_check = _not_verified(project, sync, moves, planned=True)
+        if sync.kind == "people":
+            # a plan never reads back nor looks up: it says only when the run could not either
+            moves = new = 0
+            if _email_check_settings(project, sync) is None:
+                moves = len(diff_step.email_moves(store.con, sync))
+            if changes.new and _new_check_settings(project, sync) is None:
+                new, _ = diff_step.new_emails(store.con, sync, limit=0)
+            if moves or new:
+                email_check = _not_verified(project, sync, moves, planned=True, new=new)
     return RunReport(
         run_id,
         sync.name,
@@ -1457,6 +1563,16 @@ def run_sync(
             # before the guardrails: a run they stop still shows which rows were rejected
             store.keep_rejected_rows(run_id, sync.name, rejects.KEPT_PER_RUN)
             guard_step.enforce(sync, guards, force=force)
+            new_checked, new_unchecked, new_note = 0, 0, ""
+            new_refused: list[tuple[str, str]] = []
+            if sync.kind == "people" and changes.new:
+                # before anything of the run's rows is sent (and before a full resync forgets
+                # what was delivered): a new row whose email another person holds would take
+                # that person over
+                with step("deliver"):
+                    new_checked, new_unchecked, new_note, new_refused = _check_new_emails(
+                        store, project, sync, run_id, console
+                    )
             if full_resync and sync.kind != "events":
                 _reset_snapshot(store, sync.name, only=bool(only))
             diff_step.forget_gone_relationships(store.con, sync, full_resync=full_resync)
@@ -1526,9 +1642,16 @@ def run_sync(
                     forget_relationships=_relationships_of(store, project, sync),
                 )
                 # the writer is closed with the run: a Session's state store outlives it
+                for key, reason in new_refused:  # not sent: rejected, as by Customer.io
+                    committer.counts.rejected += 1
+                    committer.counts.failed_keys.add(key)
+                    if len(committer.counts.failures) < 20:
+                        committer.counts.failures.append((key, "rejected", reason))
                 with (
                     committer.store,
-                    console.progress(f"deliver {sync.name}", changes.to_send) as advance,
+                    console.progress(
+                        f"deliver {sync.name}", changes.to_send - len(new_refused)
+                    ) as advance,
                 ):
                     # rows taking an email another row of the run gives up go after it
                     for phase, source in enumerate(diff_step.delivery_phases(store.con)):
@@ -1553,8 +1676,9 @@ def run_sync(
                                 )
                 if sync.kind == "people":
                     emails_read_back, email_check = _check_emails(
-                        store, project, sync, run_id, console, committer.counts
+                        store, project, sync, run_id, console, committer.counts, new=new_unchecked
                     )
+                    email_check = "\n".join(n for n in (new_note, email_check) if n)
                     diff_step.forget_kept_emails(
                         store, sync, run_id, _released(store, email_clears)
                     )
@@ -1655,6 +1779,7 @@ def run_sync(
             identity_ops=_op_payloads(identity_ops),
             only=only,
             emails_read_back=emails_read_back,
+            new_emails_checked=new_checked,
             email_check=email_check,
         )
         store.finish_run(run_id, status, report.as_dict())

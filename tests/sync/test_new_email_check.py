@@ -1,0 +1,302 @@
+"""A people sync run looks up, before sending them, who holds the emails of its new rows (with
+an App API key): Customer.io gives a new id sent with an email another person holds to that
+person, renamed and written over, unseen; so such a row is rejected instead (docs/sync.md,
+An email someone else holds)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from lockgate.cli import cli
+from lockgate.cli.sync import change_rows
+from lockgate.console import NullConsole
+from lockgate.emulator import Emulator
+from lockgate.emulator.config import FaultConfig, FaultRates
+from lockgate.project.loader import Project, load_project
+from lockgate.state.store import StateStore
+from lockgate.sync.run import plan_sync, run_sync
+
+ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
+
+PEOPLE = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id, email: email}
+attributes: {plan: plan}
+"""
+
+
+def people(emu: Emulator) -> dict[str | None, tuple[str | None, Any]]:
+    return {p.id: (p.email, p.attributes.get("plan")) for p in emu.people()}
+
+
+def app_api_calls(emu: Emulator) -> list[str]:
+    return [f"{r.method} {r.path}" for r in emu.request_log() if r.path.startswith("/v1/")]
+
+
+def identify(emu: Emulator, identifiers: dict[str, str], **attributes: Any) -> None:
+    """A person created outside Lockgate (the customer's app, another tool)."""
+    op = {"type": "person", "action": "identify", "identifiers": identifiers}
+    with emu.client(auth=emu.track_auth) as client:
+        answer = client.post("/api/v2/batch", json={"batch": [{**op, "attributes": attributes}]})
+        assert answer.status_code == 200
+
+
+def users(factory: ProjectFactory, *rows: tuple[str, str | None, str]) -> None:
+    values = ", ".join(f"('{k}', {'null' if e is None else repr(e)}, '{p}')" for k, e, p in rows)
+    factory.sql(
+        f"create or replace table users as select * from (values {values}) t(user_id, email, plan)"
+    )
+
+
+def with_option(project: Project, line: str) -> Project:
+    yml = project.root / "lockgate.yml"
+    yml.write_text(yml.read_text() + f"    {line}\n")
+    return load_project(project.root)
+
+
+@pytest.fixture
+def app_key(project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", project_factory.emulator.config.app_api_key)
+
+
+def test_a_new_row_whose_email_another_id_holds_is_rejected_and_sent_once_released(
+    project_factory: ProjectFactory, app_key: None
+) -> None:
+    """`crm-7` (created by the app) holds a@x.com; the new row `u9` has it. Sent, `crm-7`
+    would become `u9` with the row's plan. Checked first, `u9` is rejected, naming the
+    holder and the fix; `crm-7` is untouched and the other new row lands. Once `crm-7` lets
+    the address go, the next run sends `u9`."""
+    emu = project_factory.emulator
+    identify(emu, {"id": "crm-7"}, email="a@x.com", plan="gold")
+    cio_id = emu.person(id="crm-7").cio_id  # type: ignore[union-attr]
+    users(project_factory, ("u9", "A@x.com", "free"), ("u2", "b@x.com", "free"))
+    project = project_factory.write({"profile": PEOPLE})
+
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered, report.rejected_by_api) == ("partial", 1, 1)
+    assert (report.new_emails_checked, report.email_check) == (2, "")
+    assert ("new people's emails checked", 2) in change_rows(report)
+    reason = (
+        "sync `profile`, row `u9`: email `A@x.com` is held in Customer.io by another person "
+        f"(id `crm-7`, cio_id `{cio_id}`); not sent: Customer.io would give that person the "
+        "new id `u9` and write the row over its profile. Release or merge that person in "
+        "Customer.io, or give your app and the sync the same id for a person, then run the "
+        "sync again: the row is checked again"
+    )
+    assert report.failures == (("u9", "rejected", reason),)
+    assert people(emu) == {"crm-7": ("a@x.com", "gold"), "u2": ("b@x.com", "free")}
+    assert emu.person(id="crm-7").cio_id == cio_id  # type: ignore[union-attr]
+    with StateStore.open(project.state_dir) as store:
+        assert store.rejected(report.run_id) == [("deliver", "u9", reason)]
+        assert store.con.execute("select k from snap__profile").fetchall() == [("u2",)]
+        outcomes = store.con.execute(
+            "select outcome from history where k = 'u9' and run_id = ?", [report.run_id]
+        ).fetchall()
+        assert outcomes == [("rejected",)]
+
+    again = run_sync(project, "profile", console=NullConsole())  # still held: checked again
+    assert (again.status, again.changes.to_send, again.rejected_by_api) == ("partial", 1, 1)
+    assert again.new_emails_checked == 1
+
+    identify(emu, {"id": "crm-7"}, email="")  # the app lets the address go
+    released = run_sync(project, "profile", console=NullConsole())
+    assert (released.status, released.delivered, released.new_emails_checked) == ("success", 1, 1)
+    assert people(emu) == {
+        "crm-7": (None, "gold"),
+        "u9": ("A@x.com", "free"),
+        "u2": ("b@x.com", "free"),
+    }
+    assert emu.person(id="u9").cio_id != cio_id  # type: ignore[union-attr]
+    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
+def test_a_lead_known_by_email_alone_or_a_person_with_the_rows_id_is_not_in_the_way(
+    project_factory: ProjectFactory, app_key: None
+) -> None:
+    """A holder without an `id` is the person the row is meant to become (Customer.io attaches
+    the id to it); a holder with the row's own `id` is the row's person already."""
+    emu = project_factory.emulator
+    identify(emu, {"email": "lead@x.com"}, plan="trial")
+    lead = emu.person(email="lead@x.com").cio_id  # type: ignore[union-attr]
+    identify(emu, {"id": "u3"}, email="c@x.com", plan="trial")
+    users(project_factory, ("u1", "lead@x.com", "free"), ("u3", "c@x.com", "pro"))
+    project = project_factory.write({"profile": PEOPLE})
+
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered, report.new_emails_checked) == ("success", 2, 2)
+    assert people(emu) == {"u1": ("lead@x.com", "free"), "u3": ("c@x.com", "pro")}
+    assert emu.person(id="u1").cio_id == lead  # type: ignore[union-attr]
+    assert app_api_calls(emu) == ["POST /v1/customers"]  # both emails, one request
+
+
+def test_an_email_the_run_releases_first_is_not_held_against_the_new_row(
+    project_factory: ProjectFactory, app_key: None
+) -> None:
+    """u1 changes address and the new user u9 signs up with the old one (u1 is sent first);
+    later u2's email goes null (it keeps it in Customer.io) and the new user u8 takes it (u2's
+    is cleared first, `u2#release-email`). Neither new row is held against the person giving
+    the email up."""
+    emu = project_factory.emulator
+    users(project_factory, ("u1", "a@x.com", "free"), ("u2", "b@x.com", "free"))
+    project = project_factory.write({"profile": PEOPLE})
+    assert run_sync(project, "profile", console=NullConsole()).status == "success"
+
+    users(
+        project_factory,
+        ("u1", "a2@x.com", "free"),
+        ("u2", "b@x.com", "free"),
+        ("u9", "a@x.com", "pro"),
+    )
+    moved = run_sync(project, "profile", console=NullConsole())
+    assert (moved.status, moved.delivered, moved.new_emails_checked) == ("success", 2, 1)
+    assert people(emu) == {
+        "u1": ("a2@x.com", "free"),
+        "u2": ("b@x.com", "free"),
+        "u9": ("a@x.com", "pro"),
+    }
+
+    users(
+        project_factory,
+        ("u1", "a2@x.com", "free"),
+        ("u2", None, "free"),
+        ("u9", "a@x.com", "pro"),
+    )
+    assert run_sync(project, "profile", console=NullConsole()).status == "success"
+    assert people(emu)["u2"] == ("b@x.com", "free")  # kept: nothing is sent for a null
+    users(
+        project_factory,
+        ("u1", "a2@x.com", "free"),
+        ("u2", None, "free"),
+        ("u9", "a@x.com", "pro"),
+        ("u8", "B@x.com", "pro"),
+    )
+    taken = run_sync(project, "profile", console=NullConsole())
+    assert (taken.status, taken.delivered, taken.new_emails_checked) == ("success", 1, 1)
+    assert people(emu)["u2"] == (None, "free") and people(emu)["u8"] == ("B@x.com", "pro")
+
+
+def test_new_rows_past_check_new_emails_are_sent_unchecked_and_counted(
+    project_factory: ProjectFactory, app_key: None
+) -> None:
+    emu = project_factory.emulator
+    identify(emu, {"id": "crm-7"}, email="c@x.com", plan="gold")
+    users(
+        project_factory,
+        ("u1", "a@x.com", "free"),
+        ("u2", "b@x.com", "free"),
+        ("u3", "c@x.com", "free"),
+    )
+    project = with_option(project_factory.write({"profile": PEOPLE}), "check_new_emails: 2")
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered, report.new_emails_checked) == ("success", 3, 2)
+    assert report.email_check == (
+        "1 more new person was sent without checking who holds its email (the first 2 by key "
+        "were checked: `check_new_emails` in destination `customerio`)"
+    )
+    (search,) = [r for r in emu.request_log() if r.path.startswith("/v1/")]
+    assert search.body == {
+        "filter": {
+            "or": [
+                {"attribute": {"field": "email", "operator": "eq", "value": v}}
+                for v in ("a@x.com", "b@x.com")
+            ]
+        }
+    }
+    # unchecked, u3 took `crm-7` over, as Customer.io does
+    assert "crm-7" not in people(emu) and people(emu)["u3"] == ("c@x.com", "free")
+
+
+def test_check_new_emails_0_turns_the_check_off(
+    project_factory: ProjectFactory, app_key: None
+) -> None:
+    users(project_factory, ("u1", "a@x.com", "free"))
+    project = with_option(project_factory.write({"profile": PEOPLE}), "check_new_emails: 0")
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.new_emails_checked) == ("success", 0)
+    assert app_api_calls(project_factory.emulator) == []
+    assert report.email_check == (
+        "1 new person's email was not checked: Customer.io gives a new id sent with an email "
+        "another person holds to that person; `check_new_emails: 0` in destination "
+        "`customerio` turns it off (docs/sync.md, An email someone else holds)"
+    )
+
+
+def test_without_an_app_api_key_one_line_says_what_was_not_checked(
+    project_factory: ProjectFactory,
+) -> None:
+    emu = project_factory.emulator
+    users(project_factory, ("u1", "a@x.com", "free"), ("u2", "b@x.com", "free"))
+    project = project_factory.write({"profile": PEOPLE})
+    line = (
+        "2 new people's emails {} checked: Customer.io gives a new id sent with an email "
+        "another person holds to that person; set `CUSTOMERIO_APP_API_KEY` (an App API key) "
+        "to check them (docs/sync.md, An email someone else holds)"
+    )
+    assert plan_sync(project, "profile", console=NullConsole()).email_check == line.format(
+        "will not be"
+    )
+    result = CliRunner().invoke(cli, ["sync", "profile", "--project", str(project.root)])
+    assert result.exit_code == 0, result.output
+    assert line.format("were not") in " ".join(result.output.split())
+    assert app_api_calls(emu) == []
+    assert people(emu) == {"u1": ("a@x.com", "free"), "u2": ("b@x.com", "free")}
+
+    # a new row and an email change in one run: still one line
+    users(
+        project_factory,
+        ("u1", "a2@x.com", "free"),
+        ("u2", "b@x.com", "free"),
+        ("u3", "c@x.com", "free"),
+    )
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered, app_api_calls(emu)) == ("success", 2, [])
+    assert report.email_check == (
+        "1 new person's email was not checked and 1 person given a new email was not read "
+        "back: Customer.io gives a new id sent with an email another person holds to that "
+        "person, and drops, unseen, an update whose email another person holds; set "
+        "`CUSTOMERIO_APP_API_KEY` (an App API key) to check them (docs/sync.md, An email "
+        "someone else holds)"
+    )
+
+
+def test_an_app_api_that_does_not_answer_leaves_the_new_rows_sent_unchecked(
+    project_factory: ProjectFactory, app_key: None
+) -> None:
+    emu = project_factory.emulator
+    emu.set_faults(FaultConfig(overrides={"app": FaultRates(error_5xx=1.0)}))
+    users(project_factory, ("u1", "a@x.com", "free"))
+    project = project_factory.write({"profile": PEOPLE}, retries=1)
+    console = NullConsole()
+    report = run_sync(project, "profile", console=console)
+    assert (report.status, report.delivered, report.new_emails_checked) == ("success", 1, 0)
+    assert report.email_check.startswith(
+        "1 new person sent without checking who holds its email: the App API failed (App API "
+        "POST /v1/customers answered HTTP 503"
+    )
+    assert any("new people's emails not checked" in m for m in console.messages)
+    assert app_api_calls(emu) == ["POST /v1/customers"] * 2  # tried, retried once
+    assert people(emu) == {"u1": ("a@x.com", "free")}
+
+
+def test_a_run_without_new_rows_makes_no_app_api_call(
+    project_factory: ProjectFactory, app_key: None
+) -> None:
+    emu = project_factory.emulator
+    users(project_factory, ("u1", "a@x.com", "free"))
+    project = project_factory.write({"profile": PEOPLE})
+    run_sync(project, "profile", console=NullConsole())
+    users(project_factory, ("u1", "a@x.com", "pro"))
+    assert plan_sync(project, "profile", console=NullConsole()).email_check == ""
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.delivered, report.new_emails_checked) == (1, 0)
+    # a full resync sends every row again, none of them new to Customer.io
+    resync = run_sync(project, "profile", console=NullConsole(), full_resync=True)
+    assert (resync.delivered, resync.new_emails_checked) == (1, 0)
+    assert app_api_calls(emu) == ["POST /v1/customers"]  # the first run's alone
