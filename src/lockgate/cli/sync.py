@@ -576,7 +576,7 @@ def runs(
     project = open_project(project_path)
     busy = None
     try:
-        with StateStore.open(project.state_dir) as store:
+        with StateStore.open_read_only(project.state_dir) as store:
             rows = store.runs(sync=sync_name, limit=limit)
     except StateError as exc:
         if "in use" not in exc.reason and not isinstance(exc, StateUnwritableError):
@@ -678,7 +678,7 @@ def show_run(
     project = open_project(project_path)
     busy = None
     try:
-        with StateStore.open(project.state_dir) as store:
+        with StateStore.open_read_only(project.state_dir) as store:
             if run_id is None:
                 found = store.runs(sync=sync_name, limit=1)
             else:
@@ -847,7 +847,7 @@ def history(person: str, project_path: Path, as_json: bool, limit: int) -> None:
         # an anonymous id rides on its person's identify as an attribute, and their anonymous
         # events go out by `id`: the graph names the person the calls were sent to
         also = people_of_anonymous_id(project, person)
-    with StateStore.open(project.state_dir) as store:
+    with StateStore.open_read_only(project.state_dir) as store:
         rows = store.history(person, limit=limit, also=also)
     if as_json:
         _print_json(rows)

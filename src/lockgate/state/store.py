@@ -315,13 +315,14 @@ def _set_aside_unfinished(path: Path) -> Path | None:
 STATE_FORMAT = 1
 
 
-def _check_format(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+def _check_format(con: duckdb.DuckDBPyConnection, path: Path, *, read_only: bool = False) -> None:
     """Refuse a state of a newer format than this Lockgate knows (:data:`STATE_FORMAT`)."""
-    run_sql(
-        con,
-        "create table if not exists state_format "
-        "(format integer, written_by varchar, recorded_at timestamptz)",
-    )
+    if not read_only:
+        run_sql(
+            con,
+            "create table if not exists state_format "
+            "(format integer, written_by varchar, recorded_at timestamptz)",
+        )
     rows = run_sql(con, "select format, written_by from state_format order by format desc limit 1")
     if rows and rows[0][0] > STATE_FORMAT:
         found, written_by = rows[0]
@@ -359,17 +360,7 @@ def _open_database(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
             hint="if the file is damaged, move it away; the next run is then a full resync",
         ) from exc
     try:
-        tmp = path.parent / "tmp"
-        run_sql(con, f"set memory_limit='{memory_limit}'")
-        run_sql(con, f"set temp_directory='{tmp}'")
-        run_sql(con, "set preserve_insertion_order=false")
-        run_sql(con, "set enable_progress_bar=false")  # progress is drawn by the console
-        # mapping runs here: a text timestamp without an offset is UTC, and a TIMESTAMPTZ's
-        # text is its UTC text, on any machine (not in the zone of the one running the sync)
-        run_sql(con, "set TimeZone='UTC'")
-        # checkpoint at close rather than during a run: commits stay cheap, and the WAL is
-        # replayed after a crash
-        run_sql(con, "set checkpoint_threshold='4GB'")
+        _configure(con, path, memory_limit)
         _check_format(con, path)
         run_sql(con, SCHEMA)
         _flatten_grouped_history(con)
@@ -378,6 +369,66 @@ def _open_database(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
         con.close()
         raise
     return con
+
+
+def _configure(con: duckdb.DuckDBPyConnection, path: Path, memory_limit: str) -> None:
+    """The settings every use of the state relies on."""
+    tmp = path.parent / "tmp"
+    run_sql(con, f"set memory_limit='{memory_limit}'")
+    run_sql(con, f"set temp_directory='{tmp}'")
+    run_sql(con, "set preserve_insertion_order=false")
+    run_sql(con, "set enable_progress_bar=false")  # progress is drawn by the console
+    # mapping runs here: a text timestamp without an offset is UTC, and a TIMESTAMPTZ's
+    # text is its UTC text, on any machine (not in the zone of the one running the sync)
+    run_sql(con, "set TimeZone='UTC'")
+    # checkpoint at close rather than during a run: commits stay cheap, and the WAL is
+    # replayed after a crash
+    run_sql(con, "set checkpoint_threshold='4GB'")
+
+
+def _open_database_read_only(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
+    """The state database opened to read only: nothing created, upgraded or written, so a
+    state on a read-only disk (a backup, a read-only mount) reads as well. No state file yet
+    reads as an empty state (an in-memory one)."""
+    if not path.exists():
+        con = duckdb.connect(":memory:")
+        _configure(con, path, memory_limit)
+        run_sql(con, SCHEMA)
+        return con
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        if "lock" in str(exc).lower():  # a process writing it, from before `state.lock`
+            raise _in_use(path.parent, "another process") from exc
+        raise StateError(
+            f"cannot open the state database `{path}` to read it: {exc}",
+            hint="if the file is damaged, move it away; the next run is then a full resync",
+        ) from exc
+    try:
+        _configure(con, path, memory_limit)
+        tables = run_sql(con, "select 1 from duckdb_tables() where table_name = 'state_format'")
+        rows = run_sql(con, "select max(format) from state_format") if tables else [(None,)]
+        found = rows[0][0]
+        if found is None or found < STATE_FORMAT:
+            raise StateError(
+                f"the state `{path}` is of an older state format ({found or 0}; this Lockgate "
+                f"reads {STATE_FORMAT}), and this command only reads it, so it does not "
+                "upgrade it",
+                hint="run `lockgate sync` or `lockgate plan` once where the state can be "
+                "written: that upgrades it",
+            )
+        _check_format(con, path, read_only=True)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _in_use(state_dir: Path, holder: str) -> StateError:
+    return StateError(
+        f"the project state in `{state_dir}` is in use by {holder}",
+        hint="wait for the running sync to finish; a crashed process releases it by itself",
+    )
 
 
 def table(name: str, sync: str) -> str:
@@ -431,11 +482,7 @@ class StateStore:
             taken = flock_waiting(fd, wait)
         if not taken:
             os.close(fd)
-            holder = lock_path.read_text().strip() or "another process"
-            raise StateError(
-                f"the project state in `{state_dir}` is in use by {holder}",
-                hint="wait for the running sync to finish; a crashed process releases it by itself",
-            ) from None
+            raise _in_use(state_dir, lock_path.read_text().strip() or "another process") from None
         try:
             try:
                 os.ftruncate(fd, 0)
@@ -452,6 +499,39 @@ class StateStore:
             return store
         except BaseException:
             os.close(fd)  # whatever failed, the lock is not left held by this process
+            raise
+
+    @classmethod
+    def open_read_only(
+        cls, state_dir: Path, *, memory_limit: str = "256MB", wait: float = LOCK_WAIT_SECONDS
+    ) -> StateStore:
+        """Open the project's state to read it only (`lockgate runs`, `history`): nothing in
+        the folder is created or written, so a read-only copy or mount of the state reads as
+        well as the live one. Readers share the project lock: they read together, and a sync
+        waits for them (as they wait ``wait`` seconds at most for a sync, then fail saying
+        who holds it: DuckDB lets no other process read a database one is writing)."""
+        lock_path = state_dir / "state.lock"
+        try:
+            fd: int | None = os.open(lock_path, os.O_RDONLY)
+        except FileNotFoundError:  # no state yet, or a copy without its lock file
+            fd = None
+        except OSError as exc:
+            raise StateError(
+                f"cannot read the state folder `{state_dir}`: {exc.strerror}",
+                hint="`state:` in lockgate.yml must name a folder this user can read",
+            ) from exc
+        if fd is not None and not flock_waiting(fd, wait, shared=True):
+            os.close(fd)
+            raise _in_use(state_dir, lock_path.read_text().strip() or "another process")
+        try:
+            return cls(
+                state_dir / "state.duckdb",
+                _open_database_read_only(state_dir / "state.duckdb", memory_limit),
+                fd,
+            )
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
             raise
 
     def exec_sql(self, sql: str, params: list[Any] | None = None) -> list[Any]:
