@@ -149,22 +149,20 @@ def stage(
 #: type: a model read in place casts these columns so it hashes and maps exactly like a staged
 #: one. A column of any other type that changes on the round trip keeps the model staged.
 _ROUND_TRIP = {
-    "HUGEINT": "DECIMAL(38,0)",
     "UUID": "VARCHAR",
     "JSON": "VARCHAR",
 }
 
-#: Of those, the types a model read in place keeps as they are: DuckDB hashes a whole number
-#: alike whatever its integer or decimal type, and writes it as the same text, so a HUGEINT (a
-#: `sum()` of integers) keys as the DECIMAL(38,0) it is staged as does, while a cast to that
-#: failed on a value of 39 digits (10^38 or more), every run.
-_KEYED_ALIKE = ("HUGEINT",)
-
 #: DuckDB types whose Arrow export changes their values: a UHUGEINT of 2^127 or more wraps to
 #: a negative decimal128 (2^128-1 arrived as -1), a BIT is exported as its internal bytes
-#: (`10110` as `\x03\xF6`), a TIME WITH TIME ZONE without its offset. A column holding one
-#: at any depth (a list of UHUGEINT) crosses Arrow as its text, which DuckDB casts back exactly.
-_AS_TEXT = ("uhugeint", "bit", "time with time zone")
+#: (`10110` as `\x03\xF6`), a TIME WITH TIME ZONE without its offset. A HUGEINT is exported
+#: as a DECIMAL(38,0) holding its 128 bits: -2^127 there is no decimal DuckDB can negate, and
+#: writing it as text or JSON failed with an internal error that invalidated the state
+#: database (the whole command failed). A column holding one at any depth (a list of
+#: UHUGEINT) crosses Arrow as its text, which DuckDB casts back exactly. (DuckDB hashes and
+#: writes a whole number alike whatever its integer or decimal type, so a HUGEINT staged as
+#: itself keys as it did when it was staged as a DECIMAL(38,0).)
+_AS_TEXT = ("hugeint", "uhugeint", "bit", "time with time zone")
 
 
 def _holds_any(col_type: str, ids: tuple[str, ...]) -> bool:
@@ -260,9 +258,8 @@ class InPlace:
     mapping's key and row hash can run in the source itself (:meth:`key`); after the diff,
     only the rows whose (key, hash) the snapshot lacks are copied (:meth:`stage_todo`). Both
     read the model through ``relation``: its columns cast to the types the Arrow round trip of
-    :func:`stage` gives (except those it keys alike as they are: a column :class:`Carry` brings
-    back in its own type, a HUGEINT), so keys, hashes and payloads are the same as a staged
-    run's.
+    :func:`stage` gives (except a column :class:`Carry` brings back in its own type), so keys,
+    hashes and payloads are the same as a staged run's.
     """
 
     def __init__(
@@ -281,9 +278,7 @@ class InPlace:
         self.sync = sync
         self.carry = Carry.of(native)
         items = [
-            q(name)
-            if kept == native[name] or native[name] in _KEYED_ALIKE
-            else f"{q(name)}::{kept} as {q(name)}"
+            q(name) if kept == native[name] else f"{q(name)}::{kept} as {q(name)}"
             for name, kept in columns.items()
         ]
         self.relation = f"(select {', '.join(items)} from {_subquery(sql)} __model)"
