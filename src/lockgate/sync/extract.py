@@ -7,7 +7,7 @@ flat however large the model is.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -206,12 +206,36 @@ class Carry:
         texts = ", ".join(f"{q(name)}::varchar as {q(name)}" for name in self.as_text)
         return f"select * replace ({texts}) from {relation}"
 
-    def load(self) -> str:
-        """SQL reading ``_model_reader`` (what :meth:`read` gave) back in the model's types."""
+    def load(self, relation: str = "_model_reader") -> str:
+        """SQL reading ``relation`` (what :meth:`read` gave) back in the model's types."""
         if not self.as_text:
-            return "select * from _model_reader"
+            return f"select * from {relation}"
         casts = ", ".join(f"{q(name)}::{t} as {q(name)}" for name, t in self.as_text.items())
-        return f"select * replace ({casts}) from _model_reader"
+        return f"select * replace ({casts}) from {relation}"
+
+    def only(self, names: Iterable[str]) -> Carry:
+        """This carry of the columns ``names`` (those a step kept)."""
+        kept = set(names)
+        return Carry({n: t for n, t in self.as_text.items() if n in kept})
+
+
+def read_as_text(source: Source, sql: str) -> pa.RecordBatchReader:
+    """``sql``'s rows from ``source``, each scalar column whose Arrow export would change its
+    values (a UHUGEINT of 2^127 or more, a HUGEINT of -2^127, see :data:`_AS_TEXT`) read as
+    its text: the identity graph reads its identifiers so, the exact digits the syncs send.
+    Nested columns, and every column of another warehouse, are read as they are."""
+    carry = Carry.of(model_types(source, sql) or {})
+    scalar = {n: t for n, t in carry.as_text.items() if _holds_any(t, _AS_TEXT) and _scalar(t)}
+    if not scalar:
+        return source.read(sql)
+    return source.read(Carry(scalar).read(_subquery(sql) + " __model"))
+
+
+def _scalar(col_type: str) -> bool:
+    try:
+        return duckdb.sqltype(col_type).id in _AS_TEXT
+    except duckdb.Error:
+        return False
 
 
 def model_types(source: Source, sql: str) -> dict[str, str] | None:
