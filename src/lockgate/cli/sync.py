@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -325,6 +325,7 @@ def plan(
         project = open_project(project_path)
         progress.names = _sync_names(project, sync_names, plan_all)
         console = RichConsole(quiet=as_json)
+        _warn_attribute_budget(project, progress.names, console)
         found: list[Any] = []  # the rejected rows of each plan, for `--export-rejected`
         # the plans of one command share the identity graph and the state store, as syncs do
         with Session() as session:
@@ -362,6 +363,16 @@ def plan(
             console.info(f"would send: {', '.join(sending)} (exit 2)")
             sys.exit(2)
         console.info("nothing would be sent (exit 0)")
+
+
+def _warn_attribute_budget(project: Project, names: Sequence[str], console: RichConsole) -> None:
+    """Once per command: the syncs run that, with others, write more distinct attributes onto
+    one person (or object) than Customer.io keeps (`validate` says the same)."""
+    from lockgate.sync.contract import attribute_budgets
+
+    for budget in attribute_budgets(project):
+        if set(budget.syncs) & set(names):
+            console.warn(budget.message())
 
 
 def would_send(report: RunReport) -> bool:
@@ -538,6 +549,7 @@ def sync(
         project = open_project(project_path)
         progress.names = _sync_names(project, sync_names, run_all)
         console = RichConsole(quiet=as_json)
+        _warn_attribute_budget(project, progress.names, console)
         # the syncs of this command resolve the identity graph once and share the state store
         with signals_let_requests_finish(), Session() as session:
             reports, failed = _each(
