@@ -22,8 +22,9 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   what was sent (`identify`, `delete`, ...): a person or object whose `delete` is unconfirmed
   may be gone with its relationships, so the relationships syncs hold theirs until it is
   delivered again (``run._related_snapshots``).
-- ``sending__S(kh)``: the write-ahead record of what a run is about to send (the hash of each
-  record's key; 8 bytes a record: 0.1-0.2 s at 1M), written in one insert committed before its
+- ``sending__S(kh, action)``: the write-ahead record of what a run is about to send (the hash
+  of each record's key, and the action sent: `identify`, `delete`, ...; a few bytes a record:
+  0.1-0.2 s at 1M), written in one insert committed before its
   first request and dropped once the run has recorded every answer (:meth:`StateStore.fold_journal`
   at its end, or when it stops or fails). A run killed outright (SIGKILL, the machine dying)
   leaves it behind with requests in flight whose answers it could not mark unconfirmed: the
@@ -312,7 +313,11 @@ def _set_aside_unfinished(path: Path) -> Path | None:
 #: naming the version that wrote it, where it would otherwise fail part-way through a run,
 #: after sending, or misread what was delivered. (Lockgates from before the format was
 #: recorded do not read it.)
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+# 2: ``sending__S`` gains ``action`` (a Lockgate of format 1 inserts into it unnamed)
+#: The oldest format whose run list, history and rejected rows the commands that only read
+#: (`lockgate runs`, `history`) read as they are, without upgrading it
+READ_FORMAT = 1
 
 
 def _check_format(con: duckdb.DuckDBPyConnection, path: Path, *, read_only: bool = False) -> None:
@@ -409,10 +414,10 @@ def _open_database_read_only(path: Path, memory_limit: str) -> duckdb.DuckDBPyCo
         tables = run_sql(con, "select 1 from duckdb_tables() where table_name = 'state_format'")
         rows = run_sql(con, "select max(format) from state_format") if tables else [(None,)]
         found = rows[0][0]
-        if found is None or found < STATE_FORMAT:
+        if found is None or found < READ_FORMAT:
             raise StateError(
                 f"the state `{path}` is of an older state format ({found or 0}; this Lockgate "
-                f"reads {STATE_FORMAT}), and this command only reads it, so it does not "
+                f"reads {READ_FORMAT} and later), and this command only reads it, so it does not "
                 "upgrade it",
                 hint="run `lockgate sync` or `lockgate plan` once where the state can be "
                 "written: that upgrades it",
@@ -593,7 +598,7 @@ class StateStore:
             f"create table if not exists {table('oc_sent', sync)} (k varchar, ts bigint);"
             f"create table if not exists {table('emails_kept', sync)} "
             "(k varchar, email varchar, ident varchar);"
-            f"create table if not exists {table('sending', sync)} (kh ubigint);"
+            f"create table if not exists {table('sending', sync)} (kh ubigint, action varchar);"
             f"create table if not exists {table('sending_events', sync)} "
             "(k varchar, ts bigint, lo ubigint, hi ubigint);"
             # a state from before it gets it here, empty: its events went out with ids made of
@@ -608,6 +613,10 @@ class StateStore:
                 f"update {snap} set addr = {PERSON_ADDRESS};"
             )
         self._add_unconfirmed_action(sync)
+        sending = table("sending", sync)
+        if "action" not in {r[0] for r in self.con.execute(f"describe {sending}").fetchall()}:
+            # a write-ahead record of the state format before 2: its records' action unknown
+            self.exec_sql(f"alter table {sending} add column action varchar")
 
     def _add_unconfirmed_action(self, sync: str) -> None:
         """An ``unconfirmed`` table from before ``action``: add it, once, and fill it from the
@@ -639,11 +648,15 @@ class StateStore:
         rows = self.con.execute(f"select count(*) from {table('snap', sync)}").fetchall()
         return bool(rows[0][0])
 
-    def record_sending(self, sync: str, source: str) -> int:
+    def record_sending(self, sync: str, source: str, action: str = "null") -> int:
         """Write ahead the records a run is about to send: the keys (``k``) of ``source``, a
-        table or a query, in one insert committed before the first request (see
-        ``sending__S`` above). Returns how many."""
-        rows = self.exec_sql(f"insert into {table('sending', sync)} select hash(k) from {source}")
+        table or a query, and what is sent for each (``action``, SQL over its rows: `identify`,
+        `delete`, ...), in one insert committed before the first request (see ``sending__S``
+        above). Returns how many."""
+        rows = self.exec_sql(
+            f"insert into {table('sending', sync)} (kh, action) "
+            f"select hash(k), {action} from {source}"
+        )
         return int(rows[0][0])
 
     def record_sending_events(self, sync: str, source: str) -> int:
@@ -664,30 +677,49 @@ class StateStore:
             f"delete from {table('sending', sync)}; delete from {table('sending_events', sync)}"
         )
 
-    def recover_sending(self, sync: str, run_id: str) -> int:
+    def recover_sending(
+        self,
+        sync: str,
+        run_id: str,
+        forget_relationships: Callable[[StateStore, list[str]], None] | None = None,
+    ) -> int:
         """At the start of a run (before :meth:`fold_journal`): a write-ahead record left
         behind is that of a run killed with requests in flight. The snapshot's records it
         names that the journal does not have delivered may have been applied by Customer.io
-        without the run hearing so: they become unconfirmed, and the next diff sends them
-        whatever their rows hold. A record not in the snapshot needs no mark (it was never
-        confirmed: a row of it is sent anyway). Returns how many were marked; one count when
-        there is nothing to recover. ``run_id``: the run (or plan) starting."""
+        without the run hearing so: they become unconfirmed, with the action that was sent
+        (a `delete` may have taken the record's relationships with it: they are held by the
+        relationships syncs, and ``forget_relationships`` takes them out of their snapshots,
+        as for a delete whose answer was lost), and the next diff sends them whatever their
+        rows hold. A record not in the snapshot needs no mark (it was never confirmed: a row
+        of it is sent anyway). Returns how many were marked; one count when there is nothing
+        to recover. ``run_id``: the run (or plan) starting."""
         sending = table("sending", sync)
         if not self.exec_sql(f"select count(*) from {sending}")[0][0]:
             return 0
         snap, journal = table("snap", sync), table("journal", sync)
+        unconfirmed = table("unconfirmed", sync)
         # the run that left it: the last one of the sync before the one starting now
         last = self._last_run(sync, run_id)
         with transaction(self.con, self.path):
             marked = self.exec_sql(
                 f"""
-                insert into {table("unconfirmed", sync)} (k, run_id)
-                select s.k, ? from {snap} s
-                semi join {sending} w on w.kh = hash(s.k)
+                insert into {unconfirmed} (k, run_id, action)
+                select s.k, ?, w.action from {snap} s
+                join (select kh, max(action) as action from {sending} group by kh) w
+                    on w.kh = hash(s.k)
                 anti join {journal} j on j.k = s.k
                 """,
                 [last],
             )[0][0]
+            if marked and forget_relationships is not None:
+                deleted = self.exec_sql(
+                    f"select s.ident from {snap} s semi join (select k from {unconfirmed} "
+                    "where run_id = ? and action = 'delete') u on u.k = s.k "
+                    "where s.ident is not null",
+                    [last],
+                )
+                if deleted:
+                    forget_relationships(self, [str(r[0]) for r in deleted])
             self.exec_sql(f"delete from {sending}")
         return int(marked)
 
