@@ -11,13 +11,15 @@ import fcntl
 import time
 
 
-def flock_waiting(fd: int, wait: float, *, poll: float = 0.01) -> bool:
-    """Take the exclusive lock on ``fd``, retrying for up to ``wait`` seconds; False if
-    another process still holds it then."""
+def flock_waiting(fd: int, wait: float, *, poll: float = 0.01, shared: bool = False) -> bool:
+    """Take the exclusive lock on ``fd`` (a shared one with ``shared``: readers together, no
+    writer), retrying for up to ``wait`` seconds; False if another process still holds it
+    then."""
     deadline = time.monotonic() + wait
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
             if time.monotonic() >= deadline:

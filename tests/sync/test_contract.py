@@ -120,6 +120,102 @@ def test_people_syncs_setting_over_300_attributes_together_are_a_warning(
     assert budget["files"] == ["syncs/app.yml", "syncs/crm.yml"]
 
 
+def wide_sync(name: str, columns: range, *, kind: str = "people") -> str:
+    """A sync of one row writing the attributes `a<i>` for each i of ``columns``."""
+    select = ", ".join(f"{i} as a{i}" for i in columns)
+    listed = ", ".join(f"a{i}" for i in columns)
+    if kind == "objects":
+        return f"""
+name: {name}
+source: warehouse
+model: {{sql: "select 'c1' as company_id, {select}"}}
+kind: objects
+object_type_id: "1"
+primary_key: company_id
+attributes: [{listed}]
+"""
+    return f"""
+name: {name}
+source: warehouse
+model: {{sql: "select 1 as user_id, {select}"}}
+kind: people
+primary_key: user_id
+identify_by: {{id: user_id}}
+attributes: [{listed}]
+"""
+
+
+def test_objects_syncs_of_one_type_setting_over_300_attributes_together_are_a_warning(
+    project_factory: ProjectFactory,
+) -> None:
+    """Customer.io keeps 300 attributes on an object too; objects syncs of one object type
+    were not counted together."""
+    project = project_factory.write(
+        {
+            "crm": wide_sync("crm", range(200), kind="objects"),
+            "app": wide_sync("app", range(150, 350), kind="objects"),
+        }
+    )
+    code, report = validate(project)
+    assert code == 0 and report["valid"]
+    (budget,) = report["contract"]
+    assert budget["check"] == "attribute budget" and budget["level"] == "warning"
+    assert "the objects syncs `app`, `crm` (objects of type `1`)" in budget["message"]
+    assert "write 350 distinct attributes together" in budget["message"]
+    assert "Customer.io keeps at most 300 on an object" in budget["message"]
+
+
+def test_the_identity_graphs_attributes_count_toward_the_people_budget(
+    project_factory: ProjectFactory,
+) -> None:
+    """An identity graph adds its `attribute:` identifiers (and `contested_email`) to every
+    person a people sync keyed through it writes: 299 of the sync's own and those are over 300."""
+    project = project_factory.write({"crm": wide_sync("crm", range(299))})
+    yml = project.root / "lockgate.yml"
+    yml.write_text(
+        yml.read_text()
+        + "identity:\n  identifier_types:\n"
+        + "    user_id: {priority: 1, limit: 1, customerio: id}\n"
+        + "    email: {priority: 2, limit: 5, customerio: email}\n"
+        + '    stripe_id: {priority: 3, limit: 2, customerio: "attribute:stripe_id"}\n'
+        + "  sources: [{name: users, table: users}]\n"
+    )
+    code, report = validate(project)
+    assert code == 0 and report["valid"], report
+    (budget,) = report["contract"]
+    assert (
+        "the people sync `crm` of destination `customerio` writes 302 distinct"
+        in (budget["message"])
+    )
+    graph = "`contested_email`, `contested_id`, `stripe_id`"
+    assert f"(with the 3 the identity graph adds: {graph})" in budget["message"]
+
+
+def test_sync_warns_once_of_people_syncs_over_300_attributes_together(
+    project_factory: ProjectFactory,
+) -> None:
+    """`validate` warned, `sync` said nothing: the person got 300 attributes, and Customer.io
+    logged the rest as attribute update failures no run report shows. `sync` (and `plan`)
+    now say it once per command, naming the syncs, the count and the fix."""
+    project_factory.sql("create table if not exists unused as select 1 as x")
+    project = project_factory.write(
+        {"crm": wide_sync("crm", range(200)), "app": wide_sync("app", range(200, 310))}
+    )
+    args = ["--all", "--project", str(project.root)]
+    for command in ("plan", "sync"):
+        result = CliRunner().invoke(cli, [command, *args])
+        assert result.exit_code == 0, result.output
+        said = " ".join(result.output.split())
+        warning = (
+            "the people syncs `app`, `crm` of destination `customerio` write 310 distinct "
+            "attributes together; Customer.io keeps at most 300 on a person"
+        )
+        assert said.count(warning) == 1, said
+        assert "Drop attributes no campaign or segment reads" in said
+    person = project_factory.emulator.person(id="1")
+    assert person is not None and len(person.attributes) == 300  # what the warning foretold
+
+
 def test_event_name_drift_in_configs_and_in_names_already_sent(
     project_factory: ProjectFactory,
 ) -> None:

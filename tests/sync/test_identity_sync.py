@@ -912,3 +912,49 @@ def test_two_users_swapping_emails_in_one_run_both_get_theirs(
     assert people == {"u1": ("b@x.com", "enterprise"), "u2": ("a@x.com", "free")}
     assert [a for a in customerio_emulator.activity_log() if "failure" in a.kind] == []
     assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
+@pytest.mark.parametrize("crm_type", ["uhugeint", "hugeint"])
+def test_crm_ids_past_64_and_127_bits_are_read_by_the_graph_with_every_digit(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch, crm_type: str
+) -> None:
+    """A UHUGEINT of 2^127 or more (a HUGEINT of -2^127) reached the identity graph as
+    DuckDB's Arrow export gives it: wrapped to a negative number (-2^127: a decimal that
+    cannot be written). The syncs send such an id by its exact digits, so the graph and the
+    rows it keys disagreed on who it was. The graph reads them as their text now."""
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    ids = [2**64 + 5, 2**127 + 7, 2**128 - 1] if crm_type == "uhugeint" else [2**64 + 5, -(2**127)]
+    users = ", ".join(f"('u{i}', 'p{i}@acme.io', 'pro', '{v}')" for i, v in enumerate(ids))
+    contacts = ", ".join(f"('{v}', 'work{i}@acme.io')" for i, v in enumerate(ids))
+    deals = ", ".join(f"('{v}', 'won{i}')" for i, v in enumerate(ids))
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute(
+        f"""
+        create table app_users as select user_id, email, plan, crm_id::{crm_type} as crm_id
+            from (values {users}) v(user_id, email, plan, crm_id);
+        create table crm_contacts as select crm_id::{crm_type} as crm_id, email
+            from (values {contacts}) v(crm_id, email);
+        create table crm_deals as select crm_id::{crm_type} as crm_id, stage
+            from (values {deals}) v(crm_id, stage);
+        """
+    ).fetchall()
+    con.close()
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "lockgate.yml").write_text(
+        CRM_PROJECT.format(url=customerio_emulator.base_url or "")
+    )
+    for name, body in {"profile": PROFILE, "deals": DEALS}.items():
+        (tmp_path / "syncs" / f"{name}.yml").write_text(textwrap.dedent(body))
+    project = load_project(tmp_path)
+
+    profile = run_sync(project, "profile", console=NullConsole())
+    deals_run = run_sync(project, "deals", console=NullConsole())
+    assert (profile.status, deals_run.status) == ("success", "success")
+    assert deals_run.changes.rejected == 0, deals_run.changes.rejected_samples
+    people = {p.id: dict(p.attributes) for p in customerio_emulator.people()}
+    assert sorted(people) == [f"u{i}" for i in range(len(ids))]  # nobody new
+    assert {k: (a["crm_id"], a["deal_stage"]) for k, a in people.items()} == {
+        f"u{i}": (str(v), f"won{i}") for i, v in enumerate(ids)
+    }

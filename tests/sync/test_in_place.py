@@ -212,6 +212,57 @@ def test_39_digit_hugeints_are_keyed_in_place_and_sent_exactly(
     assert person is not None and person.attributes["n_text"] == str(2**127 - 2)
 
 
+H127 = -(2**127)  # the smallest HUGEINT: no DECIMAL(38,0) DuckDB can negate
+
+HUGE_EVENTS = """
+name: huge_events
+source: warehouse
+model: {table: huge}
+kind: events
+identify_by: {id: id}
+event: {name: {value: Counted}, timestamp: ts, id: id}
+properties:
+  n: n
+  n_text: {column: n, type: string}
+  ns: ns
+"""
+
+
+def test_the_smallest_hugeint_is_sent_like_any_other_by_people_and_events_syncs_and_plan(
+    project_factory: ProjectFactory,
+) -> None:
+    """A HUGEINT of -2^127 crossed into the state as a DECIMAL(38,0) no decimal can hold:
+    writing it as text or JSON was an internal DuckDB error that invalidated the state
+    database, failing the plan and the run of every sync of the command. It now crosses as
+    its text and is sent as -(2^127)+1 is: its digits with `type: string`, the number with
+    `auto`; the other rows as ever, and the next run, keyed in place, sends nothing."""
+    project_factory.sql(
+        f"""
+        create or replace table huge as select id, n::hugeint as n, [n::hugeint, 5] as ns,
+            now() - interval 1 hour as ts
+        from (values (1, '{H127}'), (2, '{H127 + 1}'), (4, '42')) v(id, n)
+        """
+    )
+    project = project_factory.write({"huge": HUGE, "huge_events": HUGE_EVENTS})
+    assert plan_sync(project, "huge", console=NullConsole()).changes.to_send == 3
+    first = run_sync(project, "huge", console=NullConsole())
+    assert (first.delivered, first.changes.rejected) == (3, 0)
+    people = {p.id: dict(p.attributes) for p in project_factory.emulator.people()}
+    assert people == {
+        "1": {"n": float(H127), "n_text": str(H127), "ns": [float(H127), 5]},
+        "2": {"n": float(H127 + 1), "n_text": str(H127 + 1), "ns": [float(H127 + 1), 5]},
+        "4": {"n": 42, "n_text": "42", "ns": [42, 5]},
+    }
+    assert sent_again(project, "huge") == 0
+
+    events = run_sync(project, "huge_events", console=NullConsole())
+    assert (events.delivered, events.changes.rejected) == (3, 0)
+    person = project_factory.emulator.person(id="1")
+    assert person is not None
+    [event] = project_factory.emulator.events(person)
+    assert event.data == {"n": float(H127), "n_text": str(H127), "ns": [float(H127), 5]}
+
+
 def test_bit_and_time_with_time_zone_are_sent_as_their_text(
     project_factory: ProjectFactory,
 ) -> None:

@@ -269,7 +269,7 @@ def test_a_read_only_state_folder_is_named_with_the_fix_and_runs_are_still_liste
     with read_only(state) as why:
         said = f"state `{state}/state.lock` not written: {why}"
         fix = "hint: make the folder writable by the user running Lockgate"
-        for command in (["sync", "people"], ["plan", "people"], ["history", "--person", "1"]):
+        for command in (["sync", "people"], ["plan", "people"]):
             code, _, err = lockgate(project, capsys, *command)
             assert code == 1, command
             assert f"Error: {said} {fix}" in err, command
@@ -277,13 +277,19 @@ def test_a_read_only_state_folder_is_named_with_the_fix_and_runs_are_still_liste
         assert code == 1
         assert said in json.loads(out)[0]["error"]
 
-        # what is already there can be read: the runs, from runs.json
+        # the commands that only read open the state read-only: they read it as it is
         code, out, err = lockgate(project, capsys, "runs", "--json")
         assert code == 0, err
         assert [r["status"] for r in json.loads(out)] == ["success"]
         code, out, _ = lockgate(project, capsys, "runs")
         assert code == 0
-        assert f"{said}: runs as of the last start or finish of a run" in out
+        assert said not in out
+        code, out, err = lockgate(project, capsys, "runs", "show", "--json")
+        assert code == 0, err
+        assert json.loads(out)["status"] == "success"
+        code, out, err = lockgate(project, capsys, "history", "--person", "1", "--json")
+        assert code == 0, err
+        assert [(r["sync"], r["status"]) for r in json.loads(out)] == [("people", 200)]
 
         # validate checks the files; the state it could not read is a warning
         code, out, err = lockgate(project, capsys, "validate", "--json")
@@ -339,3 +345,35 @@ def test_a_file_where_the_state_folder_should_be_is_named(
         "(not a file)"
     ) in err
     assert project_factory.emulator.people() == []
+
+
+def test_reading_commands_share_the_state_and_name_a_sync_that_holds_it(
+    project_factory: ProjectFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lockgate.state.store import StateStore
+
+    project = seed(project_factory)
+    assert lockgate(project, capsys, "sync", "people")[0] == 0
+    state = project.root / ".lockgate"
+    # another reader (a `lockgate runs` in another terminal) does not stop this one
+    with StateStore.open_read_only(state):
+        code, out, err = lockgate(project, capsys, "history", "--person", "1", "--json")
+        assert code == 0, err
+        assert len(json.loads(out)) == 1
+    # a sync holds it: DuckDB lets no other process read it, so say who and what to do
+    with StateStore.open(state):
+        code, _, err = lockgate(project, capsys, "history", "--person", "1")
+        assert code == 1
+        assert f"Error: the project state in `{state}` is in use by pid {os.getpid()}" in err
+        assert "hint: wait for the running sync to finish" in err
+
+
+def test_reading_commands_create_nothing_in_a_project_never_synced(
+    project_factory: ProjectFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project = seed(project_factory)
+    code, out, err = lockgate(project, capsys, "runs", "--json")
+    assert (code, json.loads(out)) == (0, []), err
+    code, out, err = lockgate(project, capsys, "history", "--person", "1", "--json")
+    assert (code, json.loads(out)) == (0, []), err
+    assert not (project.root / ".lockgate").exists()

@@ -15,6 +15,7 @@ Every test runs real syncs against the emulator, whose faults change between run
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -249,6 +250,72 @@ def test_a_relationship_deleted_in_flight_when_the_run_is_killed_is_added_back_w
     again = run_sync(load_project(project.root), "memberships", console=NullConsole())
     assert (again.changes.unconfirmed, again.delivered) == (1, 1)
     assert linus in rels(emu)
+
+
+def test_a_person_delete_in_flight_when_the_run_is_killed_lets_their_relationships_come_back(
+    project_factory: ProjectFactory,
+) -> None:
+    """A `mirror` + `delete_removed` people sync deleted Linus; Customer.io deleted him with
+    his relationships, and the run was SIGKILLed before it heard so. The next run took the
+    delete it had in flight for an identify (the write-ahead record kept no action): Linus
+    came back with his row, but his membership stayed in the relationships snapshot as
+    delivered and was never sent again. The delete is now recovered as a delete: his
+    relationships are forgotten, and sent again once he is back."""
+    seed(project_factory)
+    deleting = USERS + "mode: mirror\ndelete_removed: true\n"
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": deleting, "memberships": MEMBERSHIPS}
+    )
+    emu = project_factory.emulator
+    run_all(project)
+    linus = ("3", "1", "globex", "owner")
+    assert linus in rels(emu)
+
+    project_factory.sql("delete from users where user_id = 3")
+    killed_once_applied(project.root, "people", emu, lambda: emu.person(id="3") is None)
+    assert linus not in rels(emu)  # Customer.io took his relationships with him
+    with StateStore.open(project.state_dir) as store:  # written ahead with what was sent
+        assert store.exec_sql('select action from "sending__people"') == [("delete",)]
+
+    project_factory.sql("insert into users values (3, 'Linus')")  # back, as last confirmed
+    again = run_all(load_project(project.root))
+    assert again["people"].changes.unconfirmed == 1
+    assert again["memberships"].delivered == 1
+    assert linus in rels(emu)
+    assert emu.person(id="3") is not None
+
+
+def test_a_write_ahead_record_of_the_format_before_actions_is_still_recovered(
+    project_factory: ProjectFactory,
+) -> None:
+    """A state of format 1 has `sending__S(kh)` alone: opened by this Lockgate it gains
+    `action` (the records left there recovered with none, as before), and the state is
+    recorded as format 2, which a Lockgate of format 1 then refuses rather than failing on
+    its insert."""
+    seed_people(project_factory, 5)
+    project = project_factory.write({"people": PEOPLE})
+    run_sync(project, "people", console=NullConsole())
+    with StateStore.open(project.state_dir) as store:  # as a format-1 run killed while sending
+        store.exec_sql(
+            'drop table "sending__people"; create table "sending__people" (kh ubigint); '
+            "insert into \"sending__people\" select hash('3'); "
+            "update state_format set format = 1"
+        )
+    # the commands that only read read it as it is (they upgrade nothing)
+    from click.testing import CliRunner
+
+    from lockgate.cli import cli
+
+    listed = CliRunner().invoke(cli, ["runs", "--json", "--project", str(project.root)])
+    assert listed.exit_code == 0, listed.output
+    assert [r["status"] for r in json.loads(listed.output)] == ["success"]
+
+    again = run_sync(load_project(project.root), "people", console=NullConsole())
+    assert (again.changes.unconfirmed, again.delivered) == (1, 1)
+    with StateStore.open(project.state_dir) as store:
+        columns = store.exec_sql('describe "sending__people"')
+        assert [c[0] for c in columns] == ["kh", "action"]
+        assert store.exec_sql("select format from state_format") == [(2,)]
 
 
 def sending_keys(project: Project, sync: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from pathlib import Path
 
 import duckdb
 import orjson
@@ -18,7 +19,7 @@ from lockgate.webhooks.app import create_app
 from lockgate.webhooks.load import BackgroundLoader
 from lockgate.webhooks.spool import Spool
 
-from .conftest import KEY, running
+from .conftest import KEY, running, write_project
 
 
 def test_serve_loads_in_the_background(project: Project) -> None:
@@ -144,3 +145,56 @@ def test_send_command_turns_emulator_people_into_webhooks(
         spool.close()
     assert sorted({e["data"]["identifiers"]["id"] for e in stored}) == ["u0", "u1", "u2"]
     assert len(stored) == 6
+
+
+def test_spool_and_warehouse_paths_expand_variables_and_home_like_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`webhooks.spool` and a DuckDB source's `path` in `${VAR}` or `~/` form went into
+    folders named `${VAR}` and `~` inside the project (lost with a container), unlike
+    `state:`, which always expanded them."""
+    volume, home = tmp_path / "volume", tmp_path / "home"
+    volume.mkdir()
+    home.mkdir()
+    monkeypatch.setenv("LG_VOLUME", str(volume))
+    monkeypatch.setenv("HOME", str(home))
+    project = write_project(
+        tmp_path / "proj",
+        sources="  warehouse: {type: duckdb, path: '~/wh.duckdb', read_only: false}\n",
+        webhooks="webhooks: {spool: '${LG_VOLUME}/hooks'}\n",
+    )
+    spool = Spool(volume / "hooks")
+    events = simulate_engagement(people=[Recipient("7", "x@example.com", "c7")], metrics=["sent"])
+    spool.append_now([(e["event_id"], orjson.dumps(e)) for e in events])
+    spool.close()
+    runner = CliRunner()
+    args = ["--project", str(project.root), "--json"]
+    status = runner.invoke(cli, ["webhooks", "status", *args])
+    assert orjson.loads(status.output) == {"stored": 1, "unloaded": 1, "rejected": 0}
+    loaded = runner.invoke(cli, ["webhooks", "load", *args])
+    assert orjson.loads(loaded.output)["loaded"] == 1, loaded.output
+    with duckdb.connect(str(home / "wh.duckdb"), read_only=True) as con:
+        assert con.execute("select count(*) from customerio.email").fetchone() == (1,)
+    assert not list(project.root.glob("[$~]*")), "no folder named after the reference"
+    assert not (project.root / ".lockgate/webhooks").exists()
+
+
+def test_spool_variable_not_set_is_an_error_at_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LG_VOLUME", raising=False)
+    project = write_project(tmp_path / "proj", webhooks="webhooks:\n  spool: ${LG_VOLUME}/x\n")
+    result = CliRunner().invoke(cli, ["webhooks", "status", "--project", str(project.root)])
+    assert isinstance(result.exception, ConfigError)
+    error = result.exception
+    assert (error.file, error.line) == ("lockgate.yml", 5)
+    assert error.reason == "environment variable `LG_VOLUME` (for `webhooks.spool`) is not set"
+    assert not (project.root / "${LG_VOLUME}").exists()
+    # validate checks the files and names the variable, as it does for `state:`
+    validated = CliRunner().invoke(cli, ["validate", "--json", "--project", str(project.root)])
+    assert "LG_VOLUME" in orjson.loads(validated.output)["missing_env"]
+
+
+def test_a_shell_style_variable_in_spool_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"`spool` `\$HOME/x` has a `\$` that is not"):
+        write_project(tmp_path / "proj", webhooks="webhooks: {spool: $HOME/x}\n")

@@ -209,18 +209,26 @@ def _missing_env(project: Project) -> dict[str, str]:
             for i, item in enumerate(value):
                 walk(item, f"{where}[{i}]")
         elif isinstance(value, str):
+            # a path option expands references anywhere in it (`${VOLUME}/lockgate`)
+            path = where.rsplit(".", 1)[-1] in PATH_OPTIONS
+            names = ENV_IN_TEXT.findall(value) if path else []
             match = ENV_REF.match(value)
-            if match and not os.environ.get(match.group(1)):
-                found.setdefault(match.group(1), where)
+            for name in names or ([match.group(1)] if match else []):
+                if not os.environ.get(name):
+                    found.setdefault(name, where)
 
     for name, destination in project.config.destinations.items():
         for key in ("site_id", "api_key"):
             walk(getattr(destination, key), f"destinations.{name}.{key}")
     walk(project.config.model_dump(exclude_unset=True, by_alias=True), "")
-    for name in ENV_IN_TEXT.findall(project.config.state):  # a path: `${VOLUME}/lockgate`
+    for name in ENV_IN_TEXT.findall(project.config.state):  # the default is not dumped
         if not os.environ.get(name):
             found.setdefault(name, "state")
     return found
+
+
+#: the keys of lockgate.yml that name a file or folder (`project_path` expands them)
+PATH_OPTIONS = ("state", "spool", "path", "private_key_path", "credentials_path")
 
 
 def _connect(project: Project, console: RichConsole) -> list[Check]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -327,6 +327,7 @@ def plan(
         project = open_project(project_path)
         progress.names = _sync_names(project, sync_names, plan_all)
         console = RichConsole(quiet=as_json)
+        _warn_attribute_budget(project, progress.names, console)
         found: list[Any] = []  # the rejected rows of each plan, for `--export-rejected`
         # the plans of one command share the identity graph and the state store, as syncs do
         with Session() as session:
@@ -364,6 +365,16 @@ def plan(
             console.info(f"would send: {', '.join(sending)} (exit 2)")
             sys.exit(2)
         console.info("nothing would be sent (exit 0)")
+
+
+def _warn_attribute_budget(project: Project, names: Sequence[str], console: RichConsole) -> None:
+    """Once per command: the syncs run that, with others, write more distinct attributes onto
+    one person (or object) than Customer.io keeps (`validate` says the same)."""
+    from lockgate.sync.contract import attribute_budgets
+
+    for budget in attribute_budgets(project):
+        if set(budget.syncs) & set(names):
+            console.warn(budget.message())
 
 
 def would_send(report: RunReport) -> bool:
@@ -540,6 +551,7 @@ def sync(
         project = open_project(project_path)
         progress.names = _sync_names(project, sync_names, run_all)
         console = RichConsole(quiet=as_json)
+        _warn_attribute_budget(project, progress.names, console)
         # the syncs of this command resolve the identity graph once and share the state store
         with signals_let_requests_finish(), Session() as session:
             reports, failed = _each(
@@ -578,7 +590,7 @@ def runs(
     project = open_project(project_path)
     busy = None
     try:
-        with StateStore.open(project.state_dir) as store:
+        with StateStore.open_read_only(project.state_dir) as store:
             rows = store.runs(sync=sync_name, limit=limit)
     except StateError as exc:
         if "in use" not in exc.reason and not isinstance(exc, StateUnwritableError):
@@ -680,7 +692,7 @@ def show_run(
     project = open_project(project_path)
     busy = None
     try:
-        with StateStore.open(project.state_dir) as store:
+        with StateStore.open_read_only(project.state_dir) as store:
             if run_id is None:
                 found = store.runs(sync=sync_name, limit=1)
             else:
@@ -849,7 +861,7 @@ def history(person: str, project_path: Path, as_json: bool, limit: int) -> None:
         # an anonymous id rides on its person's identify as an attribute, and their anonymous
         # events go out by `id`: the graph names the person the calls were sent to
         also = people_of_anonymous_id(project, person)
-    with StateStore.open(project.state_dir) as store:
+    with StateStore.open_read_only(project.state_dir) as store:
         rows = store.history(person, limit=limit, also=also)
     if as_json:
         _print_json(rows)

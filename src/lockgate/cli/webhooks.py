@@ -55,7 +55,7 @@ def serve(project_path: Path, host: str, port: int, load_interval: float, no_loa
     key = signing_key(config)
     console = RichConsole()
     loader = None if no_load else BackgroundLoader(project, interval=load_interval, console=console)
-    spool = Spool(project.root / config.spool)
+    spool = Spool(project.spool_dir)
     app = create_app(
         spool=spool,
         signing_key=key,
@@ -96,7 +96,7 @@ def load(project_path: Path, as_json: bool, wait: float, retry_rejected: bool) -
 
     project = open_project(project_path)
     console = RichConsole(quiet=as_json)
-    spool = Spool(project.root / _config(project).spool)
+    spool = Spool(project.spool_dir)
     try:
         if retry_rejected:
             released = spool.release_rejected()
@@ -157,7 +157,7 @@ def status(project_path: Path, as_json: bool) -> None:
     from lockgate.webhooks.spool import Spool
 
     project = open_project(project_path)
-    spool = Spool(project.root / _config(project).spool)
+    spool = Spool(project.spool_dir)
     try:
         stats = spool.stats()
     finally:
@@ -193,7 +193,7 @@ def rejects(project_path: Path, as_json: bool) -> None:
     from lockgate.webhooks.spool import Spool
 
     project = open_project(project_path)
-    spool = Spool(project.root / _config(project).spool)
+    spool = Spool(project.spool_dir)
     try:
         records = spool.rejected()
     finally:

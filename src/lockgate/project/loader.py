@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from lockgate.errors import ConfigError
-from lockgate.project.models import ProjectConfig, SyncConfig, expand_path
+from lockgate.project.models import ProjectConfig, SyncConfig, WebhooksConfig, project_path
 
 PROJECT_FILE = "lockgate.yml"
 BUILTIN_IDENTIFIERS = ("id", "user_id", "cio_id", "email")  # Customer.io's own identifiers
@@ -345,12 +345,24 @@ class Project:
         variable; kept as written, the state went into a folder named `${VAR}` in the project
         and was lost with the container (the next run a full resend). Raises ConfigError
         naming the line of `state:` when a variable it names is not set."""
+        return self.path_option(self.config.state, "state")
+
+    def path_option(self, value: str, *loc: str) -> Path:
+        """A path option of lockgate.yml at ``loc`` (`state`, `webhooks.spool`, a DuckDB
+        source's `path`) as the path it names: `${VAR}` references and a leading `~` expanded,
+        relative to the project folder unless absolute. Raises ConfigError naming the option's
+        line when a variable it names is not set."""
         try:
-            path = expand_path(self.config.state, field="state")
+            return project_path(self.root, value, field=".".join(loc))
         except ConfigError as exc:
-            exc.file, exc.line = PROJECT_FILE, self.lines.get(("state",))
+            exc.file, exc.line = PROJECT_FILE, self.lines.get(loc)
             raise
-        return (self.root / path).resolve()
+
+    @property
+    def spool_dir(self) -> Path:
+        """The webhooks spool folder (`webhooks.spool`, expanded as `state:` is)."""
+        config = self.config.webhooks or WebhooksConfig()
+        return self.path_option(config.spool, "webhooks", "spool")
 
     def __iter__(self) -> Iterator[SyncConfig]:
         return iter(self.syncs.values())

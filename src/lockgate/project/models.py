@@ -20,6 +20,7 @@ import json
 import os
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -112,6 +113,13 @@ def expand_path(value: str, *, field: str) -> str:
     return os.path.expanduser(expanded)
 
 
+def project_path(root: Path, value: str, *, field: str) -> Path:
+    """A path option of the project (`state:`, a DuckDB `path`, `webhooks.spool`, ...) as the
+    folder or file it names: ``${ENV_VAR}`` references and a leading `~` expanded
+    (:func:`expand_path`), then relative to the project folder ``root`` unless absolute."""
+    return (root / expand_path(value, field=field)).resolve()
+
+
 def check_url(value: str, where: str = "") -> str:
     """``value`` if it is an http(s) URL with a host; else a ValueError saying what one is
     (a URL without a scheme reached the HTTP client, which retried it as a network error)."""
@@ -162,7 +170,8 @@ class DuckDBSourceConfig(StrictModel):
     type: Literal["duckdb"] = "duckdb"
     """Picks this implementation."""
     path: str = "warehouse.duckdb"
-    """Path of the DuckDB database file, relative to the project folder."""
+    """Path of the DuckDB database file (or `:memory:`), relative to the project folder unless
+    absolute. `${ENV_VAR}` references and a leading `~` are expanded, as in `state:`."""
     read_only: bool = True
     """Open the file read-only (syncs never write to the warehouse)."""
     memory_limit: str = "64MB"
@@ -175,6 +184,11 @@ class DuckDBSourceConfig(StrictModel):
         if not re.fullmatch(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value.strip(), re.I):
             raise ValueError(f"`{value}` is not a memory size; write it like `64MB` or `1GB`")
         return value.strip()
+
+    @field_validator("path")
+    @classmethod
+    def _path_refs(cls, value: str) -> str:
+        return check_path_refs(value, "path")
 
 
 class PostgresSourceConfig(StrictModel):
@@ -209,7 +223,9 @@ class SnowflakeSourceConfig(StrictModel):
     password: str | None = None
     """Password as `${SNOWFLAKE_PASSWORD}` (secret)."""
     private_key_path: str | None = None
-    """Path to a PEM private key for key-pair authentication, instead of a password."""
+    """Path to a PEM private key for key-pair authentication, instead of a password; relative
+    to the project folder unless absolute. `${ENV_VAR}` references and a leading `~` are
+    expanded, as in `state:`."""
     warehouse: str | None = None
     """Virtual warehouse to run queries on."""
     database: str | None = None
@@ -224,6 +240,11 @@ class SnowflakeSourceConfig(StrictModel):
     def _secret_password(cls, value: str | None) -> str | None:
         return check_secret(value, "password", "SNOWFLAKE_PASSWORD")
 
+    @field_validator("private_key_path")
+    @classmethod
+    def _path_refs(cls, value: str | None) -> str | None:
+        return None if value is None else check_path_refs(value, "private_key_path")
+
 
 class BigQuerySourceConfig(StrictModel):
     """Google BigQuery through the official client."""
@@ -237,7 +258,14 @@ class BigQuerySourceConfig(StrictModel):
     location: str | None = None
     """Processing location, e.g. `EU`."""
     credentials_path: str | None = None
-    """Service-account JSON file; default: Application Default Credentials."""
+    """Service-account JSON file, relative to the project folder unless absolute (`${ENV_VAR}`
+    references and a leading `~` are expanded, as in `state:`); default: Application Default
+    Credentials."""
+
+    @field_validator("credentials_path")
+    @classmethod
+    def _path_refs(cls, value: str | None) -> str | None:
+        return None if value is None else check_path_refs(value, "credentials_path")
 
 
 SourceConfig = Annotated[
@@ -1097,7 +1125,14 @@ class WebhooksConfig(StrictModel):
     replay_window: int = Field(default=300, ge=1)
     """Reject signatures whose `X-CIO-Timestamp` is further than this many seconds from now."""
     spool: str = ".lockgate/webhooks"
-    """Folder where accepted events are made durable before they are loaded."""
+    """Folder where accepted events are made durable before they are loaded; relative to the
+    project folder unless absolute. `${ENV_VAR}` references and a leading `~` are expanded, as
+    in `state:`."""
+
+    @field_validator("spool")
+    @classmethod
+    def _spool_refs(cls, value: str) -> str:
+        return check_path_refs(value, "spool")
 
     @field_validator("signing_key")
     @classmethod

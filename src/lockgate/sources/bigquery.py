@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pyarrow as pa
 
 from lockgate.errors import MissingDependencyError, SourceError
-from lockgate.project.models import resolve_env
+from lockgate.project.models import project_path
 from lockgate.sources.base import (
     DEFAULT_BATCH_ROWS,
     ColumnInfo,
@@ -243,9 +243,9 @@ def client_for(config: BigQuerySourceConfig, *, root: Path, name: str | None = N
     except ImportError:
         raise MissingDependencyError("google-cloud-bigquery", "bigquery") from None
     credentials = None
-    raw_path = resolve_env(config.credentials_path, field="credentials_path")
+    raw_path = config.credentials_path
     if raw_path is not None:
-        path = root / raw_path
+        path = project_path(root, raw_path, field="credentials_path")
         try:
             credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
                 str(path)

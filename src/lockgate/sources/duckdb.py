@@ -126,7 +126,12 @@ class DuckDBSource:
         cls, config: DuckDBSourceConfig, *, root: Path, name: str | None = None
     ) -> DuckDBSource:
         """Open the configured file; a relative `path` is relative to the project folder."""
-        path = config.path if config.path == MEMORY else str((root / config.path).resolve())
+        from lockgate.project.models import project_path
+
+        field = f"sources.{name}.path" if name else "path"
+        path = config.path
+        if path != MEMORY:
+            path = str(project_path(root, path, field=field))
         return cls(path, read_only=config.read_only, name=name, memory_limit=config.memory_limit)
 
     # ------------------------------------------------------------------ reading

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pyarrow as pa
 
 from lockgate.errors import MissingDependencyError, SourceError
-from lockgate.project.models import resolve_env
+from lockgate.project.models import project_path, resolve_env
 from lockgate.sources.base import (
     DEFAULT_BATCH_ROWS,
     ColumnInfo,
@@ -157,7 +157,9 @@ class SnowflakeSource:
         if config.password is not None:
             kwargs["password"] = resolve_env(config.password, field="password")
         if config.private_key_path is not None:
-            kwargs["private_key_file"] = str(root / config.private_key_path)
+            kwargs["private_key_file"] = str(
+                project_path(root, config.private_key_path, field="private_key_path")
+            )
         for key, value in (
             ("warehouse", config.warehouse),
             ("database", config.database),

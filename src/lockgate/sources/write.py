@@ -80,7 +80,11 @@ def write_tables(project: Project, source_name: str, schema: str, writes: list[T
     could not be reached (nothing is written then)."""
     source = project.config.sources[source_name]
     if isinstance(source, DuckDBSourceConfig):
-        path = source.path if source.path == ":memory:" else str(project.root / source.path)
+        path = (
+            source.path
+            if source.path == ":memory:"
+            else str(project.path_option(source.path, "sources", source_name, "path"))
+        )
         try:
             con = connect_waiting(path)
         except duckdb.Error as exc:

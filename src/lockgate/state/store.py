@@ -22,8 +22,9 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   what was sent (`identify`, `delete`, ...): a person or object whose `delete` is unconfirmed
   may be gone with its relationships, so the relationships syncs hold theirs until it is
   delivered again (``run._related_snapshots``).
-- ``sending__S(kh)``: the write-ahead record of what a run is about to send (the hash of each
-  record's key; 8 bytes a record: 0.1-0.2 s at 1M), written in one insert committed before its
+- ``sending__S(kh, action)``: the write-ahead record of what a run is about to send (the hash
+  of each record's key, and the action sent: `identify`, `delete`, ...; a few bytes a record:
+  0.1-0.2 s at 1M), written in one insert committed before its
   first request and dropped once the run has recorded every answer (:meth:`StateStore.fold_journal`
   at its end, or when it stops or fails). A run killed outright (SIGKILL, the machine dying)
   leaves it behind with requests in flight whose answers it could not mark unconfirmed: the
@@ -312,16 +313,21 @@ def _set_aside_unfinished(path: Path) -> Path | None:
 #: naming the version that wrote it, where it would otherwise fail part-way through a run,
 #: after sending, or misread what was delivered. (Lockgates from before the format was
 #: recorded do not read it.)
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+# 2: ``sending__S`` gains ``action`` (a Lockgate of format 1 inserts into it unnamed)
+#: The oldest format whose run list, history and rejected rows the commands that only read
+#: (`lockgate runs`, `history`) read as they are, without upgrading it
+READ_FORMAT = 1
 
 
-def _check_format(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+def _check_format(con: duckdb.DuckDBPyConnection, path: Path, *, read_only: bool = False) -> None:
     """Refuse a state of a newer format than this Lockgate knows (:data:`STATE_FORMAT`)."""
-    run_sql(
-        con,
-        "create table if not exists state_format "
-        "(format integer, written_by varchar, recorded_at timestamptz)",
-    )
+    if not read_only:
+        run_sql(
+            con,
+            "create table if not exists state_format "
+            "(format integer, written_by varchar, recorded_at timestamptz)",
+        )
     rows = run_sql(con, "select format, written_by from state_format order by format desc limit 1")
     if rows and rows[0][0] > STATE_FORMAT:
         found, written_by = rows[0]
@@ -359,17 +365,7 @@ def _open_database(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
             hint="if the file is damaged, move it away; the next run is then a full resync",
         ) from exc
     try:
-        tmp = path.parent / "tmp"
-        run_sql(con, f"set memory_limit='{memory_limit}'")
-        run_sql(con, f"set temp_directory='{tmp}'")
-        run_sql(con, "set preserve_insertion_order=false")
-        run_sql(con, "set enable_progress_bar=false")  # progress is drawn by the console
-        # mapping runs here: a text timestamp without an offset is UTC, and a TIMESTAMPTZ's
-        # text is its UTC text, on any machine (not in the zone of the one running the sync)
-        run_sql(con, "set TimeZone='UTC'")
-        # checkpoint at close rather than during a run: commits stay cheap, and the WAL is
-        # replayed after a crash
-        run_sql(con, "set checkpoint_threshold='4GB'")
+        _configure(con, path, memory_limit)
         _check_format(con, path)
         run_sql(con, SCHEMA)
         _flatten_grouped_history(con)
@@ -378,6 +374,66 @@ def _open_database(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
         con.close()
         raise
     return con
+
+
+def _configure(con: duckdb.DuckDBPyConnection, path: Path, memory_limit: str) -> None:
+    """The settings every use of the state relies on."""
+    tmp = path.parent / "tmp"
+    run_sql(con, f"set memory_limit='{memory_limit}'")
+    run_sql(con, f"set temp_directory='{tmp}'")
+    run_sql(con, "set preserve_insertion_order=false")
+    run_sql(con, "set enable_progress_bar=false")  # progress is drawn by the console
+    # mapping runs here: a text timestamp without an offset is UTC, and a TIMESTAMPTZ's
+    # text is its UTC text, on any machine (not in the zone of the one running the sync)
+    run_sql(con, "set TimeZone='UTC'")
+    # checkpoint at close rather than during a run: commits stay cheap, and the WAL is
+    # replayed after a crash
+    run_sql(con, "set checkpoint_threshold='4GB'")
+
+
+def _open_database_read_only(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
+    """The state database opened to read only: nothing created, upgraded or written, so a
+    state on a read-only disk (a backup, a read-only mount) reads as well. No state file yet
+    reads as an empty state (an in-memory one)."""
+    if not path.exists():
+        con = duckdb.connect(":memory:")
+        _configure(con, path, memory_limit)
+        run_sql(con, SCHEMA)
+        return con
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        if "lock" in str(exc).lower():  # a process writing it, from before `state.lock`
+            raise _in_use(path.parent, "another process") from exc
+        raise StateError(
+            f"cannot open the state database `{path}` to read it: {exc}",
+            hint="if the file is damaged, move it away; the next run is then a full resync",
+        ) from exc
+    try:
+        _configure(con, path, memory_limit)
+        tables = run_sql(con, "select 1 from duckdb_tables() where table_name = 'state_format'")
+        rows = run_sql(con, "select max(format) from state_format") if tables else [(None,)]
+        found = rows[0][0]
+        if found is None or found < READ_FORMAT:
+            raise StateError(
+                f"the state `{path}` is of an older state format ({found or 0}; this Lockgate "
+                f"reads {READ_FORMAT} and later), and this command only reads it, so it does not "
+                "upgrade it",
+                hint="run `lockgate sync` or `lockgate plan` once where the state can be "
+                "written: that upgrades it",
+            )
+        _check_format(con, path, read_only=True)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _in_use(state_dir: Path, holder: str) -> StateError:
+    return StateError(
+        f"the project state in `{state_dir}` is in use by {holder}",
+        hint="wait for the running sync to finish; a crashed process releases it by itself",
+    )
 
 
 def table(name: str, sync: str) -> str:
@@ -431,11 +487,7 @@ class StateStore:
             taken = flock_waiting(fd, wait)
         if not taken:
             os.close(fd)
-            holder = lock_path.read_text().strip() or "another process"
-            raise StateError(
-                f"the project state in `{state_dir}` is in use by {holder}",
-                hint="wait for the running sync to finish; a crashed process releases it by itself",
-            ) from None
+            raise _in_use(state_dir, lock_path.read_text().strip() or "another process") from None
         try:
             try:
                 os.ftruncate(fd, 0)
@@ -452,6 +504,39 @@ class StateStore:
             return store
         except BaseException:
             os.close(fd)  # whatever failed, the lock is not left held by this process
+            raise
+
+    @classmethod
+    def open_read_only(
+        cls, state_dir: Path, *, memory_limit: str = "256MB", wait: float = LOCK_WAIT_SECONDS
+    ) -> StateStore:
+        """Open the project's state to read it only (`lockgate runs`, `history`): nothing in
+        the folder is created or written, so a read-only copy or mount of the state reads as
+        well as the live one. Readers share the project lock: they read together, and a sync
+        waits for them (as they wait ``wait`` seconds at most for a sync, then fail saying
+        who holds it: DuckDB lets no other process read a database one is writing)."""
+        lock_path = state_dir / "state.lock"
+        try:
+            fd: int | None = os.open(lock_path, os.O_RDONLY)
+        except FileNotFoundError:  # no state yet, or a copy without its lock file
+            fd = None
+        except OSError as exc:
+            raise StateError(
+                f"cannot read the state folder `{state_dir}`: {exc.strerror}",
+                hint="`state:` in lockgate.yml must name a folder this user can read",
+            ) from exc
+        if fd is not None and not flock_waiting(fd, wait, shared=True):
+            os.close(fd)
+            raise _in_use(state_dir, lock_path.read_text().strip() or "another process")
+        try:
+            return cls(
+                state_dir / "state.duckdb",
+                _open_database_read_only(state_dir / "state.duckdb", memory_limit),
+                fd,
+            )
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
             raise
 
     def exec_sql(self, sql: str, params: list[Any] | None = None) -> list[Any]:
@@ -513,7 +598,7 @@ class StateStore:
             f"create table if not exists {table('oc_sent', sync)} (k varchar, ts bigint);"
             f"create table if not exists {table('emails_kept', sync)} "
             "(k varchar, email varchar, ident varchar);"
-            f"create table if not exists {table('sending', sync)} (kh ubigint);"
+            f"create table if not exists {table('sending', sync)} (kh ubigint, action varchar);"
             f"create table if not exists {table('sending_events', sync)} "
             "(k varchar, ts bigint, lo ubigint, hi ubigint);"
             # a state from before it gets it here, empty: its events went out with ids made of
@@ -528,6 +613,10 @@ class StateStore:
                 f"update {snap} set addr = {PERSON_ADDRESS};"
             )
         self._add_unconfirmed_action(sync)
+        sending = table("sending", sync)
+        if "action" not in {r[0] for r in self.con.execute(f"describe {sending}").fetchall()}:
+            # a write-ahead record of the state format before 2: its records' action unknown
+            self.exec_sql(f"alter table {sending} add column action varchar")
 
     def _add_unconfirmed_action(self, sync: str) -> None:
         """An ``unconfirmed`` table from before ``action``: add it, once, and fill it from the
@@ -559,11 +648,15 @@ class StateStore:
         rows = self.con.execute(f"select count(*) from {table('snap', sync)}").fetchall()
         return bool(rows[0][0])
 
-    def record_sending(self, sync: str, source: str) -> int:
+    def record_sending(self, sync: str, source: str, action: str = "null") -> int:
         """Write ahead the records a run is about to send: the keys (``k``) of ``source``, a
-        table or a query, in one insert committed before the first request (see
-        ``sending__S`` above). Returns how many."""
-        rows = self.exec_sql(f"insert into {table('sending', sync)} select hash(k) from {source}")
+        table or a query, and what is sent for each (``action``, SQL over its rows: `identify`,
+        `delete`, ...), in one insert committed before the first request (see ``sending__S``
+        above). Returns how many."""
+        rows = self.exec_sql(
+            f"insert into {table('sending', sync)} (kh, action) "
+            f"select hash(k), {action} from {source}"
+        )
         return int(rows[0][0])
 
     def record_sending_events(self, sync: str, source: str) -> int:
@@ -584,30 +677,49 @@ class StateStore:
             f"delete from {table('sending', sync)}; delete from {table('sending_events', sync)}"
         )
 
-    def recover_sending(self, sync: str, run_id: str) -> int:
+    def recover_sending(
+        self,
+        sync: str,
+        run_id: str,
+        forget_relationships: Callable[[StateStore, list[str]], None] | None = None,
+    ) -> int:
         """At the start of a run (before :meth:`fold_journal`): a write-ahead record left
         behind is that of a run killed with requests in flight. The snapshot's records it
         names that the journal does not have delivered may have been applied by Customer.io
-        without the run hearing so: they become unconfirmed, and the next diff sends them
-        whatever their rows hold. A record not in the snapshot needs no mark (it was never
-        confirmed: a row of it is sent anyway). Returns how many were marked; one count when
-        there is nothing to recover. ``run_id``: the run (or plan) starting."""
+        without the run hearing so: they become unconfirmed, with the action that was sent
+        (a `delete` may have taken the record's relationships with it: they are held by the
+        relationships syncs, and ``forget_relationships`` takes them out of their snapshots,
+        as for a delete whose answer was lost), and the next diff sends them whatever their
+        rows hold. A record not in the snapshot needs no mark (it was never confirmed: a row
+        of it is sent anyway). Returns how many were marked; one count when there is nothing
+        to recover. ``run_id``: the run (or plan) starting."""
         sending = table("sending", sync)
         if not self.exec_sql(f"select count(*) from {sending}")[0][0]:
             return 0
         snap, journal = table("snap", sync), table("journal", sync)
+        unconfirmed = table("unconfirmed", sync)
         # the run that left it: the last one of the sync before the one starting now
         last = self._last_run(sync, run_id)
         with transaction(self.con, self.path):
             marked = self.exec_sql(
                 f"""
-                insert into {table("unconfirmed", sync)} (k, run_id)
-                select s.k, ? from {snap} s
-                semi join {sending} w on w.kh = hash(s.k)
+                insert into {unconfirmed} (k, run_id, action)
+                select s.k, ?, w.action from {snap} s
+                join (select kh, max(action) as action from {sending} group by kh) w
+                    on w.kh = hash(s.k)
                 anti join {journal} j on j.k = s.k
                 """,
                 [last],
             )[0][0]
+            if marked and forget_relationships is not None:
+                deleted = self.exec_sql(
+                    f"select s.ident from {snap} s semi join (select k from {unconfirmed} "
+                    "where run_id = ? and action = 'delete') u on u.k = s.k "
+                    "where s.ident is not null",
+                    [last],
+                )
+                if deleted:
+                    forget_relationships(self, [str(r[0]) for r in deleted])
             self.exec_sql(f"delete from {sending}")
         return int(marked)
 

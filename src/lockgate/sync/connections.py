@@ -230,7 +230,6 @@ def duckdb_types(schema: pa.Schema, native: dict[str, str] | None = None) -> dic
 def _check_webhooks(project: Project, done: list[Check]) -> str:
     """The receiver's signing key, warehouse and spool folder (see the module docstring)."""
     import os
-    from pathlib import Path
 
     from lockgate.errors import ConfigError
     from lockgate.webhooks.load import warehouse_name
@@ -241,15 +240,14 @@ def _check_webhooks(project: Project, done: list[Check]) -> str:
     signing_key(config)  # a variable not set or empty is a ConfigError naming it
     warehouse = warehouse_name(project)
     _require_connected(done, warehouse, "the events load into", "webhooks.warehouse")
-    spool = project.root / config.spool
+    spool = project.spool_dir
     existing = next(p for p in (spool, *spool.parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(
             f"the spool folder `{spool}` cannot be written (`{existing}` is not writable)",
             hint="give the receiver's user write access, or set `webhooks.spool` elsewhere",
         )
-    where = Path(config.spool)
-    return f"signing key set; loads into `{warehouse}`.{config.dataset}; spool `{where}`"
+    return f"signing key set; loads into `{warehouse}`.{config.dataset}; spool `{spool}`"
 
 
 def _require_connected(done: list[Check], warehouse: str, what: str, key: str) -> None:
@@ -279,7 +277,7 @@ def _check_run_log(project: Project, done: list[Check]) -> str:
     where = f"`{warehouse}`.{config.dataset}"
     source = project.config.sources[warehouse]
     if isinstance(source, DuckDBSourceConfig):
-        path = project.root / source.path
+        path = project.path_option(source.path, "sources", warehouse, "path")
         target = path if path.exists() else path.parent
         if not os.access(target, os.W_OK):
             raise ConfigError(

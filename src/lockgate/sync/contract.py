@@ -212,35 +212,94 @@ def identifiers(project: Project, last: dict[str, contract.Contract]) -> list[Fi
     return out
 
 
-def attribute_budget(project: Project) -> list[Finding]:
-    """People syncs of one destination that together set more attributes than Customer.io
-    says a person holds (300). Each identify is checked on its own (at most 300 per call,
-    an error when a sync file loads); whether Customer.io refuses a person's 301st attribute
-    across calls is not documented, so this is a warning."""
-    names: dict[str, set[str]] = defaultdict(set)
-    syncs: dict[str, list[str]] = defaultdict(list)
-    for sync in project:
-        if sync.kind != "people":
-            continue
-        names[sync.destination].update(sync.identify_attributes)
-        syncs[sync.destination].append(sync.name)
-    out: list[Finding] = []
-    for destination, attributes in sorted(names.items()):
-        if len(attributes) <= MAX_ATTRIBUTES or len(syncs[destination]) < 2:
-            continue
-        which = ", ".join(f"`{n}`" for n in syncs[destination])
-        out.append(
-            Finding(
-                "attribute budget",
-                "warning",
-                f"the people syncs {which} of destination `{destination}` set "
-                f"{len(attributes)} distinct attributes together; Customer.io states a limit "
-                f"of {MAX_ATTRIBUTES} attributes per person, so a person all of them reach "
-                "may hold more than it keeps. Drop attributes no campaign or segment reads",
-                tuple(project.sync_files[n] for n in syncs[destination]),
-            )
+@dataclass(frozen=True)
+class Budget:
+    """The syncs that write attributes onto the same people (or objects of one type) of one
+    destination, and how many distinct attribute names they write together."""
+
+    what: str  # "people" or "objects of type `1`"
+    destination: str
+    syncs: tuple[str, ...]
+    names: int
+    graph: tuple[str, ...] = ()  # the identity graph's attributes among them
+
+    def message(self) -> str:
+        which = ", ".join(f"`{n}`" for n in self.syncs)
+        people = self.what == "people"
+        plural = "s" if len(self.syncs) > 1 else ""
+        syncs = (
+            f"the people sync{plural} {which}"
+            if people
+            else (f"the objects sync{plural} {which} ({self.what})")
         )
+        graph = (
+            f" (with the {len(self.graph)} the identity graph adds: "
+            f"{', '.join(f'`{n}`' for n in self.graph)})"
+            if self.graph
+            else ""
+        )
+        return (
+            f"{syncs} of destination `{self.destination}` {'write' if plural else 'writes'} "
+            f"{self.names} distinct "
+            f"attributes together{graph}; Customer.io keeps at most {MAX_ATTRIBUTES} on "
+            f"{'a person' if people else 'an object'}: past that, a new attribute is not stored "
+            "and Customer.io only logs an attribute update failure (the call answers 200, so "
+            "Lockgate never sees it). Drop attributes no campaign or segment reads, or gather "
+            "related ones into one JSON attribute (`type: json`)"
+        )
+
+
+def attribute_budgets(project: Project) -> list[Budget]:
+    """Each group of syncs that together write more distinct attribute names than Customer.io
+    keeps on one person or object (300): the people syncs of a destination (the `email` an
+    email-identified sync sends, and the attributes an identity graph adds to every person,
+    counted), and the objects syncs of an object type. Each identify is checked on its own
+    (at most 300 per call, an error when a sync file loads); several calls adding up to more
+    are not refused, only logged by Customer.io, so this is what catches it. Names only: how
+    many a given person holds depends on the data."""
+    graph: set[str] = set()
+    if project.config.identity is not None:
+        from lockgate.identity.customerio import attribute_names
+        from lockgate.sync.mapping import needs_identity
+
+        graph = set(attribute_names(project.config.identity))
+    names: dict[tuple[str, str], set[str]] = defaultdict(set)
+    syncs: dict[tuple[str, str], list[str]] = defaultdict(list)
+    added: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for sync in project:
+        if sync.kind == "people":
+            group = ("people", sync.destination)
+            names[group].update(sync.identify_attributes)
+            if graph and needs_identity(project, sync):
+                added[group].update(graph - set(sync.attributes))
+        elif sync.kind == "objects":
+            group = (f"objects of type `{sync.object_type_id}`", sync.destination)
+            names[group].update(sync.attributes)
+        else:
+            continue
+        syncs[group].append(sync.name)
+    out: list[Budget] = []
+    for group in sorted(names):
+        graph_only = added[group] - names[group]
+        total = len(names[group]) + len(graph_only)
+        if total <= MAX_ATTRIBUTES:
+            continue
+        what, destination = group
+        out.append(Budget(what, destination, tuple(syncs[group]), total, tuple(sorted(graph_only))))
     return out
+
+
+def attribute_budget(project: Project) -> list[Finding]:
+    """:func:`attribute_budgets` as warnings naming the syncs' files."""
+    return [
+        Finding(
+            "attribute budget",
+            "warning",
+            budget.message(),
+            tuple(project.sync_files[n] for n in budget.syncs),
+        )
+        for budget in attribute_budgets(project)
+    ]
 
 
 def acknowledged_types(project: Project) -> list[Finding]:

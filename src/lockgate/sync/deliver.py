@@ -148,7 +148,7 @@ async def _deliver(
         await destination.aclose()
 
 
-def _action_sql(kind: str) -> str:
+def action_sql(kind: str) -> str:
     """The history's `action` of each row, as `_batch_records` names it, in SQL."""
     if kind == "events":
         return "'event'"
@@ -220,7 +220,7 @@ def _packed_batches(
 ) -> Generator[PackedBatch | list[Result]]:
     """Request bodies cut straight from Arrow buffers; oversize operations come out as
     lists of REJECTED results (never sent), as the client's own packer gives them."""
-    columns = f"k, h, ident, removed, {_action_sql(kind)} as action, "
+    columns = f"k, h, ident, removed, {action_sql(kind)} as action, "
     if kind == "events":
         columns += "op, ts, lo, hi"
     else:

@@ -7,7 +7,7 @@ flat however large the model is.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -149,22 +149,20 @@ def stage(
 #: type: a model read in place casts these columns so it hashes and maps exactly like a staged
 #: one. A column of any other type that changes on the round trip keeps the model staged.
 _ROUND_TRIP = {
-    "HUGEINT": "DECIMAL(38,0)",
     "UUID": "VARCHAR",
     "JSON": "VARCHAR",
 }
 
-#: Of those, the types a model read in place keeps as they are: DuckDB hashes a whole number
-#: alike whatever its integer or decimal type, and writes it as the same text, so a HUGEINT (a
-#: `sum()` of integers) keys as the DECIMAL(38,0) it is staged as does, while a cast to that
-#: failed on a value of 39 digits (10^38 or more), every run.
-_KEYED_ALIKE = ("HUGEINT",)
-
 #: DuckDB types whose Arrow export changes their values: a UHUGEINT of 2^127 or more wraps to
 #: a negative decimal128 (2^128-1 arrived as -1), a BIT is exported as its internal bytes
-#: (`10110` as `\x03\xF6`), a TIME WITH TIME ZONE without its offset. A column holding one
-#: at any depth (a list of UHUGEINT) crosses Arrow as its text, which DuckDB casts back exactly.
-_AS_TEXT = ("uhugeint", "bit", "time with time zone")
+#: (`10110` as `\x03\xF6`), a TIME WITH TIME ZONE without its offset. A HUGEINT is exported
+#: as a DECIMAL(38,0) holding its 128 bits: -2^127 there is no decimal DuckDB can negate, and
+#: writing it as text or JSON failed with an internal error that invalidated the state
+#: database (the whole command failed). A column holding one at any depth (a list of
+#: UHUGEINT) crosses Arrow as its text, which DuckDB casts back exactly. (DuckDB hashes and
+#: writes a whole number alike whatever its integer or decimal type, so a HUGEINT staged as
+#: itself keys as it did when it was staged as a DECIMAL(38,0).)
+_AS_TEXT = ("hugeint", "uhugeint", "bit", "time with time zone")
 
 
 def _holds_any(col_type: str, ids: tuple[str, ...]) -> bool:
@@ -208,12 +206,36 @@ class Carry:
         texts = ", ".join(f"{q(name)}::varchar as {q(name)}" for name in self.as_text)
         return f"select * replace ({texts}) from {relation}"
 
-    def load(self) -> str:
-        """SQL reading ``_model_reader`` (what :meth:`read` gave) back in the model's types."""
+    def load(self, relation: str = "_model_reader") -> str:
+        """SQL reading ``relation`` (what :meth:`read` gave) back in the model's types."""
         if not self.as_text:
-            return "select * from _model_reader"
+            return f"select * from {relation}"
         casts = ", ".join(f"{q(name)}::{t} as {q(name)}" for name, t in self.as_text.items())
-        return f"select * replace ({casts}) from _model_reader"
+        return f"select * replace ({casts}) from {relation}"
+
+    def only(self, names: Iterable[str]) -> Carry:
+        """This carry of the columns ``names`` (those a step kept)."""
+        kept = set(names)
+        return Carry({n: t for n, t in self.as_text.items() if n in kept})
+
+
+def read_as_text(source: Source, sql: str) -> pa.RecordBatchReader:
+    """``sql``'s rows from ``source``, each scalar column whose Arrow export would change its
+    values (a UHUGEINT of 2^127 or more, a HUGEINT of -2^127, see :data:`_AS_TEXT`) read as
+    its text: the identity graph reads its identifiers so, the exact digits the syncs send.
+    Nested columns, and every column of another warehouse, are read as they are."""
+    carry = Carry.of(model_types(source, sql) or {})
+    scalar = {n: t for n, t in carry.as_text.items() if _holds_any(t, _AS_TEXT) and _scalar(t)}
+    if not scalar:
+        return source.read(sql)
+    return source.read(Carry(scalar).read(_subquery(sql) + " __model"))
+
+
+def _scalar(col_type: str) -> bool:
+    try:
+        return duckdb.sqltype(col_type).id in _AS_TEXT
+    except duckdb.Error:
+        return False
 
 
 def model_types(source: Source, sql: str) -> dict[str, str] | None:
@@ -260,9 +282,8 @@ class InPlace:
     mapping's key and row hash can run in the source itself (:meth:`key`); after the diff,
     only the rows whose (key, hash) the snapshot lacks are copied (:meth:`stage_todo`). Both
     read the model through ``relation``: its columns cast to the types the Arrow round trip of
-    :func:`stage` gives (except those it keys alike as they are: a column :class:`Carry` brings
-    back in its own type, a HUGEINT), so keys, hashes and payloads are the same as a staged
-    run's.
+    :func:`stage` gives (except a column :class:`Carry` brings back in its own type), so keys,
+    hashes and payloads are the same as a staged run's.
     """
 
     def __init__(
@@ -281,9 +302,7 @@ class InPlace:
         self.sync = sync
         self.carry = Carry.of(native)
         items = [
-            q(name)
-            if kept == native[name] or native[name] in _KEYED_ALIKE
-            else f"{q(name)}::{kept} as {q(name)}"
+            q(name) if kept == native[name] else f"{q(name)}::{kept} as {q(name)}"
             for name, kept in columns.items()
         ]
         self.relation = f"(select {', '.join(items)} from {_subquery(sql)} __model)"

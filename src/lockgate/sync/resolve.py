@@ -39,6 +39,7 @@ from lockgate.project.models import (
 )
 from lockgate.sources import connect
 from lockgate.state.store import StateStore, run_sql, table
+from lockgate.sync.extract import Carry, read_as_text
 from lockgate.sync.guard import GuardResult, columns_read
 from lockgate.sync.mapping import CUSTOMERIO_IDENTIFIERS
 
@@ -118,7 +119,8 @@ def read_sources(project: Project, config: IdentityConfig) -> dict[str, pa.Table
                     f"check its `{'table' if spec.table else 'sql'}:` ({what}) against source "
                     f"`{name}`; `lockgate sources inspect {name}` lists its tables and columns",
                 ):
-                    out[spec.name] = source.read(sql).read_all()
+                    # a UHUGEINT past 2^127 as its digits, not as Arrow wraps it
+                    out[spec.name] = read_as_text(source, sql).read_all()
         finally:
             source.close()
     return {spec.name: out[spec.name] for spec in config.sources}
@@ -166,7 +168,7 @@ def read_operator_tables(
                 f"sources (columns {OPERATOR_COLUMNS[str(key[-1])]}), or correct the name; "
                 f"`lockgate sources inspect {name}` lists its tables",
             ):
-                tables.append(source.read(f"SELECT * FROM {table_name}").read_all())
+                tables.append(read_as_text(source, f"SELECT * FROM {table_name}").read_all())
         return tables[0], tables[1]
     finally:
         source.close()
@@ -283,7 +285,9 @@ def key_rows(
     file: str | None = None,
 ) -> SyncConfig:
     """Add the Customer.io identifiers to the staged model; return the sync keyed by them."""
-    staged = con.sql("select * from model").to_arrow_table()
+    # through Arrow and back: a UHUGEINT past 2^127 (a HUGEINT of -2^127) crosses as its text
+    carry = Carry.of({r[0]: r[1] for r in con.execute("describe model").fetchall()})
+    staged = con.sql(carry.read("model")).to_arrow_table()
     clash = model_collisions(sync, staged.column_names, file)
     if clash:
         staged = staged.drop_columns(clash)
@@ -313,7 +317,8 @@ def key_rows(
             graph_attributes[name] = column
     con.register("_keyed_model", keyed)
     try:
-        run_sql(con, "create or replace temp table model as select * from _keyed_model")
+        loaded = carry.only(keyed.column_names).load("_keyed_model")
+        run_sql(con, f"create or replace temp table model as {loaded}")
     finally:
         con.unregister("_keyed_model")
     return keyed_sync(sync, graph_attributes)

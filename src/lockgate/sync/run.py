@@ -431,7 +431,9 @@ def _prepare(
     workspace.check(store, project, sync)
     store.mark_crashed_runs(sync.name, step.run_id)
     # before the fold: the records the journal confirms are left out
-    unheard = store.recover_sending(sync.name, step.run_id)
+    unheard = store.recover_sending(
+        sync.name, step.run_id, forget_relationships=_relationships_of(store, project, sync)
+    )
     if unheard:
         console.warn(
             f"{sync.name}: a run killed while sending left {unheard} record(s) unconfirmed "
@@ -1616,7 +1618,7 @@ def run_sync(
                 # imported here: HTTP, NumPy and the committer thread are ~0.1 s of start-up
                 # that a plan, or a run with nothing to send, does not need
                 from lockgate.sync.commit import Committer
-                from lockgate.sync.deliver import deliver, notify_retries
+                from lockgate.sync.deliver import action_sql, deliver, notify_retries
 
                 if changes.to_send:
                     # committed before the first request (an email release included): a run
@@ -1626,7 +1628,7 @@ def run_sync(
                     if sync.kind == "events":
                         store.record_sending_events(sync.name, "changes")
                     else:
-                        store.record_sending(sync.name, "changes")
+                        store.record_sending(sync.name, "changes", action_sql(sync.kind))
                     written_ahead = True
                 if sync.kind == "people":  # true whether what follows lands or not
                     diff_step.keep_emails(store, sync)

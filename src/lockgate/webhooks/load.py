@@ -309,7 +309,7 @@ def destination_for(project: Project) -> tuple[Any, Path | None]:
                 hint="give the source a `path`, or set `webhooks.warehouse`",
                 file="lockgate.yml",
             )
-        path = (project.root / source.path).resolve()
+        path = project.path_option(source.path, "sources", name, "path")
         return destinations.duckdb(credentials=str(path)), path
     if isinstance(source, PostgresSourceConfig):
         url = resolve_env(source.url, field=f"sources.{name}.url") or ""
@@ -393,7 +393,7 @@ def load_pending(
     console = console or NullConsole()
     config = project.config.webhooks or WebhooksConfig()
     own_spool = spool is None
-    spool = spool or Spool(project.root / config.spool)
+    spool = spool or Spool(project.spool_dir)
     destination, duckdb_path = destination_for(project)
     # DuckDB reads parquet natively: several times faster than dlt's default INSERT statements
     file_format: Any = "parquet" if duckdb_path is not None else None
@@ -707,8 +707,7 @@ class BackgroundLoader:
         self.console = console or NullConsole()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="webhooks-loader", daemon=True)
-        config = project.config.webhooks or WebhooksConfig()
-        self._spool_dir = project.root / config.spool
+        self._spool_dir = project.spool_dir
 
     def start(self) -> None:
         self._thread.start()

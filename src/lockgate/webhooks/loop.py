@@ -146,7 +146,7 @@ def run_engagement_loop(
     events = simulate_engagement(people=openers, metrics=engaged, seed=seed)
     events += simulate_engagement(people=others, metrics=engaged[:2], seed=seed + 1)
     key = secrets.token_hex(16).encode()
-    spool = Spool(project.root / config.spool)
+    spool = Spool(project.spool_dir)
     try:
         app = create_app(spool=spool, signing_key=key, replay_window=config.replay_window)
         with serving(app) as url:
