@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from tests.sync import test_identity_sync
 
 from lockgate.cli import cli
-from lockgate.emulator import Emulator
+from lockgate.emulator import Emulator, FaultConfig
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
 
@@ -131,7 +131,7 @@ def b2b(project_factory: ProjectFactory) -> ProjectFactory:
     """Three companies, six people, a membership each, all synced once."""
     project_factory.sql(DATA)
     project_factory.project = project_factory.write(
-        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}, retries=0
     )
     lockgate(project_factory.project, "sync", "--all", "--json")
     return project_factory
@@ -206,6 +206,26 @@ def test_an_object_deleted_first_holds_its_relationships_and_fires_its_events(
     assert_plans_match(plans, runs, sent)
     churned = [op for op in sent if is_event(op) and op["name"] == "account_churned"]
     assert sorted(op["identifiers"]["id"] for op in churned) == ["3", "6"]
+
+
+def test_a_person_whose_delete_was_unconfirmed_and_is_sent_again_first_is_not_waited_for(
+    b2b: ProjectFactory,
+) -> None:
+    """A person whose delete Customer.io never confirmed (they may be gone, with their
+    relationships): once their row is back, the people sync sends them again, and the
+    memberships sync then sends their membership; planned alone, it was held ("may have been
+    deleted")."""
+    b2b.sql("delete from users where user_id = 3")
+    b2b.emulator.set_faults(FaultConfig(error_5xx=1.0, applied_then_failed=True))
+    lost = lockgate(b2b.project, "sync", "people", "--json")[0]
+    assert (lost["changes"]["removed_sent"], lost["dead_lettered"]) == (1, 1)
+    b2b.emulator.set_faults(FaultConfig())
+    b2b.sql("insert into users values (3, 'U3')")
+    plans, runs, sent = plan_then_sync(b2b)
+    assert plans["people"]["changes"]["unconfirmed"] == 1
+    memberships = plans["memberships"]["changes"]
+    assert (memberships["new"], memberships["held"]) == (1, 0)
+    assert_plans_match(plans, runs, sent)
 
 
 CONTACTS = """
