@@ -55,6 +55,10 @@ class Planned:
     """Syncs planned with `--full-resync` (not `--only`): their run forgets the snapshot first."""
     ledger: set[str] = field(default_factory=set)
     """Syncs with a ``plan_ledger__S``."""
+    deleting: list[str] = field(default_factory=list)
+    """People and objects syncs whose runs delete records, the relationships of which are not
+    yet in the ``plan_drop__R`` of the relationships syncs (worked out only for a plan that
+    reads them: a relationships sync's, an `on_change` objects sync's)."""
 
     def tables(self) -> set[str]:
         """The temp tables to keep between the plans of the command."""
@@ -114,17 +118,18 @@ def record(
             if diff_step.temp_table(con, gone):
                 _dropping(con, planned, sync.name, f"select k from {gone}")
     if sync.kind in ("people", "objects") and sync.delete_removed:
-        _forget_relationships(store, project, sync, planned, delta)
+        planned.deleting.append(sync.name)
 
 
 def _forget_relationships(
-    store: StateStore, project: Project, sync: SyncConfig, planned: Planned, delta: str
+    store: StateStore, project: Project, sync: SyncConfig, planned: Planned
 ) -> None:
     """The relationships of the people (objects) ``sync``'s run deletes leave the snapshots
     of the relationships syncs of its destination (of its object type), as they do in the run
-    (``run._relationships_of``)."""
+    (``run._relationships_of``). Those syncs run after it (relationships after people and
+    objects): their snapshots are as the state has them."""
     con = store.con
-    deleted = f"(select ident from {delta} where removed)"
+    deleted = f"(select ident from {table('plan_delta', sync.name)} where removed)"
     if not con.execute(f"select count(*) from {deleted}").fetchall()[0][0]:
         return
     for other in project:
@@ -143,10 +148,14 @@ def _forget_relationships(
             )
 
 
-def shadow(store: StateStore, sync: SyncConfig, planned: Planned) -> None:
+def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Planned) -> None:
     """Before the plan of ``sync``: put in front of the state's tables what the runs of the
     syncs planned before it in the command would have committed (see the module's doc)."""
     con = store.con
+    if sync.kind == "relationships" or (sync.kind == "objects" and sync.on_change):
+        for name in planned.deleting:  # this plan reads relationships snapshots
+            _forget_relationships(store, project, project.sync(name), planned)
+        planned.deleting.clear()
     database = con.execute("select current_database()").fetchall()[0][0]
 
     def stored(kind: str, name: str) -> str:

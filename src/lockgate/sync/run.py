@@ -449,7 +449,7 @@ def _prepare(
     if recovered:
         console.warn(f"{sync.name}: recovered {recovered} records delivered by an interrupted run")
     if not payloads and session is not None:  # a plan after others: the state as they leave it
-        planned_step.shadow(store, sync, session.planned)
+        planned_step.shadow(store, project, sync, session.planned)
     with contextlib.ExitStack() as open_source:
         with step("extract"):
             source = connect(
