@@ -71,7 +71,7 @@ import contextlib
 import errno
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -554,10 +554,11 @@ class StateStore:
         """A second handle on the same database (for writing while a result is streamed)."""
         return StateStore(self.path, self.con.cursor(), None)
 
-    def reset_connection(self) -> None:
+    def reset_connection(self, keep: Collection[str] = ()) -> None:
         """Drop what a run leaves on the connection for the next run on it: its temp tables
         and views (a `--full-resync` run's empty stand-in for a snapshot among them), and a
-        transaction a failure left open."""
+        transaction a failure left open. The temp tables named in ``keep`` stay (what the
+        plans of a command keep for the later ones, ``sync.planned``)."""
         with contextlib.suppress(duckdb.Error):
             run_sql(self.con, "rollback")
         temps = self.con.execute(
@@ -566,6 +567,8 @@ class StateStore:
             "where temporary and not internal"
         ).fetchall()
         for kind, name in temps:
+            if kind == "table" and name in keep:
+                continue
             quoted = name.replace('"', '""')
             run_sql(self.con, f'drop {kind} if exists temp.main."{quoted}"')
 

@@ -309,20 +309,22 @@ def forget_relationships_of(
     con.register("_deleted_ends", pa.table({"ident": pa.array(idents, pa.string())}))
     try:
         for snap in relationship_snaps:
-            if kind == "objects":
-                where = (
-                    "json_extract_string(ident, '$.object.object_id') in "
-                    "(select json_extract_string(ident, '$.object_id') from _deleted_ends)"
-                )
-            else:
-                key, value = _person_pair("json_extract(ident, '$.person')")
-                where = (
-                    f"({key}, {value}) in "
-                    f"(select kind, value from ({_person_pairs('_deleted_ends')}))"
-                )
-            run_sql(con, f"delete from {snap} where {where}")
+            run_sql(con, f"delete from {snap} where {relationships_of(kind, '_deleted_ends')}")
     finally:
         con.unregister("_deleted_ends")
+
+
+def relationships_of(kind: str, deleted: str) -> str:
+    """SQL true for a relationships snapshot row (its ``ident``) whose person (``kind``
+    `people`) or object (`objects`) is one of the records of ``deleted`` (a relation with
+    their identifiers JSON as ``ident``)."""
+    if kind == "objects":
+        return (
+            "json_extract_string(ident, '$.object.object_id') in "
+            f"(select json_extract_string(ident, '$.object_id') from {deleted})"
+        )
+    key, value = _person_pair("json_extract(ident, '$.person')")
+    return f"({key}, {value}) in (select kind, value from ({_person_pairs(deleted)}))"
 
 
 def _live_relationships(
@@ -374,7 +376,7 @@ def _live_relationships(
     return "snap_live"
 
 
-def _temp_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+def temp_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(
         con.execute(
             "select count(*) from duckdb_tables() where table_name = ? and temporary", [name]
@@ -398,9 +400,9 @@ def forget_gone_relationships(
     if sync.kind != "relationships":
         return 0
     snap = table("snap", sync.name)
-    if _temp_table(con, "held_by_siblings"):
+    if temp_table(con, "held_by_siblings"):
         run_sql(con, f"delete from {snap} where k in (select k from held_by_siblings)")
-    if full_resync or not _temp_table(con, "ends_gone"):
+    if full_resync or not temp_table(con, "ends_gone"):
         return 0
     gone = con.execute(f"delete from {snap} where k in (select k from ends_gone)").fetchall()
     return int(gone[0][0])
@@ -1230,7 +1232,7 @@ def _email_changed(con: duckdb.DuckDBPyConnection, sync: SyncConfig, *, all_new:
     every row is new (``all_new``: nothing was delivered to them to differ from)."""
     if sync.kind != "people" or "email" not in sync.identify_by:
         return False
-    hidden = _temp_table(con, f"snap__{sync.name}")  # `--only`, `--full-resync`: `_delivered`
+    hidden = temp_table(con, f"snap__{sync.name}")  # `--only`, `--full-resync`: `_delivered`
     if all_new and not hidden:
         return False
     previous = _delivered(con, sync.name)
@@ -1307,7 +1309,7 @@ def keep_emails(store: StateStore, sync: SyncConfig) -> int:
     :func:`_email_kept`), before it sends: a person keeps it whether that update lands or not.
     Returns how many."""
     con = store.con
-    if not _temp_table(con, "email_kept") or not _one(con, "select count(*) from email_kept"):
+    if not temp_table(con, "email_kept") or not _one(con, "select count(*) from email_kept"):
         return 0
     kept = table("emails_kept", sync.name)
     with transaction(con, store.path):
@@ -1358,7 +1360,7 @@ def email_moves(
 
     ``journal_of`` (a run id): only the records that run delivered (in the sync's journal,
     before it is folded into the snapshot)."""
-    if not _temp_table(con, "email_changed"):  # in a run, none to look at
+    if not temp_table(con, "email_changed"):  # in a run, none to look at
         if journal_of is not None or not _email_changed(con, sync, all_new=False):
             return []
     delivered = ""
@@ -1407,7 +1409,7 @@ def new_emails(
     # `is_new`: not in the snapshot the run diffed against; a run of named records or a full
     # resync hides the whole one (:func:`_delivered`), which a row delivered before is in
     rows = f"from changes c where {_NEW_WITH_EMAIL}"
-    if _temp_table(con, f"snap__{sync.name}"):
+    if temp_table(con, f"snap__{sync.name}"):
         previous = _delivered(con, sync.name)
         rows = f"from changes c anti join {previous} s on s.k = c.k where {_NEW_WITH_EMAIL}"
     total = int(_one(con, f"select count(*) {rows}") or 0)
@@ -1420,7 +1422,7 @@ def new_emails(
         """
     ).fetchall()
     released: dict[str, set[str]] = {}
-    if _temp_table(con, "email_released"):
+    if temp_table(con, "email_released"):
         for email, old_id, old_cio_id in con.execute(
             "select old_email, old_id, old_cio_id from email_released"
         ).fetchall():
@@ -1439,7 +1441,7 @@ def _delivered(con: duckdb.DuckDBPyConnection, sync: str) -> str:
     email from, or give one to, a record it does not name (two users swap addresses, `--only`
     one of them): whose email is whose is read from all the records."""
     snap = table("snap", sync)
-    if not _temp_table(con, f"snap__{sync}"):
+    if not temp_table(con, f"snap__{sync}"):
         return snap
     database = con.execute("select current_database()").fetchall()[0][0]
     return f'"{database}".main.{snap}'
@@ -1477,12 +1479,12 @@ def _email_phases(waits_for: dict[str, str], clear: set[str]) -> dict[str, int]:
 
 def email_clears(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether :func:`order_email_moves` left emails to clear before ``changes`` is sent."""
-    return _temp_table(con, "email_clears") and bool(_one(con, "select count(*) from email_clears"))
+    return temp_table(con, "email_clears") and bool(_one(con, "select count(*) from email_clears"))
 
 
 def delivery_phases(con: duckdb.DuckDBPyConnection) -> list[str]:
     """The sources to deliver ``changes`` from, in order (see :func:`order_email_moves`)."""
-    if not _temp_table(con, "email_phases"):
+    if not temp_table(con, "email_phases"):
         return ["changes"]
     last = int(_one(con, "select max(phase) from email_phases") or 0)
     if not last:

@@ -55,7 +55,9 @@ from lockgate.state.store import (
 from lockgate.sync import diff as diff_step
 from lockgate.sync import guard as guard_step
 from lockgate.sync import mapping, rejects
+from lockgate.sync import planned as planned_step
 from lockgate.sync.extract import InPlace, Staged, stage
+from lockgate.sync.planned import Planned
 
 if TYPE_CHECKING:
     from lockgate.destinations.customerio import CustomerIOSettings
@@ -330,6 +332,10 @@ class Session:
     events and relationships through what the people syncs delivered (their snapshots),
     which a plan does not commit: the later plans of the command find them here instead, so
     they count what the sync would send."""
+    planned: Planned = field(default_factory=lambda: Planned())
+    """What the plans of the command so far would change in the state, for the later plans
+    (:mod:`lockgate.sync.planned`): a sync of `sync --all` sees what the syncs before it
+    committed, so the plan of it counts what it then sends."""
     _store: StateStore | None = field(default=None, repr=False)
     _run_log: tuple[Project, Console] | None = field(default=None, repr=False)
     """Set by a run of a project with `run_log:`: the runs are written when the session ends,
@@ -346,13 +352,14 @@ class Session:
             raise ValueError("a Session holds the state of one project")
         if store is not None:
             try:
-                store.reset_connection()
+                store.reset_connection(keep=self.planned.tables())
                 return store
             except duckdb.Error:  # the connection is unusable (DuckDB invalidates it after
                 self.close()  # a fatal error): the next run opens the state afresh
         store = self._store = StateStore.open(
             project.state_dir, wait=self.lock_wait, waiting=self.waiting
         )
+        self.planned = Planned()  # kept on the connection closed, if any
         return store
 
     def close(self) -> None:
@@ -449,6 +456,8 @@ def _prepare(
     recovered = store.fold_journal(sync.name)
     if recovered:
         console.warn(f"{sync.name}: recovered {recovered} records delivered by an interrupted run")
+    if not payloads and session is not None:  # a plan after others: the state as they leave it
+        planned_step.shadow(store, project, sync, session.planned)
     with contextlib.ExitStack() as open_source:
         with step("extract"):
             source = connect(
@@ -1390,6 +1399,18 @@ def plan_sync(
                 new, _ = diff_step.new_emails(store.con, sync, limit=0)
             if moves or new:
                 email_check = _not_verified(project, sync, moves, planned=True, new=new)
+        if session is not None and not any(g.breached for g in guards):
+            # the later plans of the command see what this run would commit (a run a
+            # guardrail stops commits nothing)
+            planned_step.record(
+                store,
+                project,
+                sync,
+                session.planned,
+                full_resync=full_resync,
+                only=bool(only),
+                identity_ops=identity_ops,
+            )
     return RunReport(
         run_id,
         sync.name,

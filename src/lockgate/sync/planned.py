@@ -1,0 +1,199 @@
+"""What the earlier plans of one command would change in the state, for its later plans.
+
+`lockgate sync --all` runs its syncs one after the other, each committing before the next
+starts: a relationships sync sees the people an earlier people sync of the command created,
+deleted or cleared, and the relationships a deleting sync forgot with them; an identity sync
+finds the merges an earlier one sent. A plan commits nothing, so `lockgate plan --all` keeps
+here what each plan's run would leave behind, and the later plans of the command read the
+state through it (:func:`shadow`): they count what the sync then sends.
+
+Nothing is written to the state. What a plan's run would commit is kept on the command's
+connection, in temp tables that outlive the plan (``StateStore.reset_connection`` keeps them):
+
+- ``plan_delta__S``: the run's ``changes`` (kept, not copied): the records it sends, and
+  those a `mirror` run undoes (``removed``), which leave the snapshot;
+- ``plan_drop__S(k)``: records that leave the snapshot of S without being sent: what a
+  `--full-resync --only` run forgets first, the relationships a relationships run forgets
+  (``diff.forget_gone_relationships``), and those an earlier people or objects sync of the
+  command deletes the person or object of (``diff.forget_relationships_of``);
+- ``plan_ledger__S(k)``: the identity operations the run sends (a merge is sent once, by the
+  first sync of the command that needs the identity graph).
+
+A later plan then reads temp views of the same names as the state's tables (``snap__S``,
+``unconfirmed__S``, ``ledger__S``) in front of them, and its own snapshot, when an earlier sync
+forgets some of its relationships, as a temp table without them.
+
+A plan a guardrail stops is not counted: its run would send nothing (without `--force`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+
+from lockgate.project.loader import Project
+from lockgate.project.models import SyncConfig
+from lockgate.state.store import PERSON_ADDRESS, StateStore, run_sql, table
+from lockgate.sync import diff as diff_step
+
+
+def _name(kind: str, sync: str) -> str:
+    return f"{kind}__{sync}"
+
+
+@dataclass
+class Planned:
+    """The syncs planned so far in a command, and what their runs would leave behind."""
+
+    delta: set[str] = field(default_factory=set)
+    """Syncs with a ``plan_delta__S``."""
+    drop: set[str] = field(default_factory=set)
+    """Syncs with a ``plan_drop__S``."""
+    reset: set[str] = field(default_factory=set)
+    """Syncs planned with `--full-resync` (not `--only`): their run forgets the snapshot first."""
+    ledger: set[str] = field(default_factory=set)
+    """Syncs with a ``plan_ledger__S``."""
+    deleting: list[str] = field(default_factory=list)
+    """People and objects syncs whose runs delete records, the relationships of which are not
+    yet in the ``plan_drop__R`` of the relationships syncs (worked out only for a plan that
+    reads them: a relationships sync's, an `on_change` objects sync's)."""
+
+    def tables(self) -> set[str]:
+        """The temp tables to keep between the plans of the command."""
+        return (
+            {_name("plan_delta", s) for s in self.delta}
+            | {_name("plan_drop", s) for s in self.drop}
+            | {_name("plan_ledger", s) for s in self.ledger}
+        )
+
+
+def _dropping(con: duckdb.DuckDBPyConnection, planned: Planned, sync: str, select: str) -> None:
+    """Add the keys ``select`` gives to ``plan_drop__<sync>``."""
+    drop = table("plan_drop", sync)
+    if sync not in planned.drop:
+        run_sql(con, f"create or replace temp table {drop} (k varchar)")
+        planned.drop.add(sync)
+    run_sql(con, f"insert into {drop} {select}")
+
+
+def record(
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    planned: Planned,
+    *,
+    full_resync: bool,
+    only: bool,
+    identity_ops: pa.Table | None,
+) -> None:
+    """After the plan of ``sync`` (its temp tables still there): keep what its run would
+    change in the state for the later plans of the command."""
+    con = store.con
+    if identity_ops is not None and identity_ops.num_rows:
+        con.register("_planned_ops", identity_ops.select(["k"]))
+        try:
+            run_sql(
+                con,
+                f"create or replace temp table {table('plan_ledger', sync.name)} as "
+                "select k from _planned_ops",
+            )
+        finally:
+            con.unregister("_planned_ops")
+        planned.ledger.add(sync.name)
+    if sync.kind == "events":
+        return
+    delta = table("plan_delta", sync.name)
+    run_sql(con, f"drop table if exists {delta}; alter table changes rename to {delta}")
+    planned.delta.add(sync.name)
+    if full_resync and not only:
+        planned.reset.add(sync.name)
+    elif full_resync:
+        _dropping(con, planned, sync.name, f"select k from {diff_step.RESYNC_PREVIOUS}")
+    if sync.kind == "relationships":
+        for gone in ("held_by_siblings", "ends_gone"):
+            if gone == "ends_gone" and full_resync:
+                continue
+            if diff_step.temp_table(con, gone):
+                _dropping(con, planned, sync.name, f"select k from {gone}")
+    if sync.kind in ("people", "objects") and sync.delete_removed:
+        planned.deleting.append(sync.name)
+
+
+def _forget_relationships(
+    store: StateStore, project: Project, sync: SyncConfig, planned: Planned
+) -> None:
+    """The relationships of the people (objects) ``sync``'s run deletes leave the snapshots
+    of the relationships syncs of its destination (of its object type), as they do in the run
+    (``run._relationships_of``). Those syncs run after it (relationships after people and
+    objects): their snapshots are as the state has them."""
+    con = store.con
+    deleted = f"(select ident from {table('plan_delta', sync.name)} where removed)"
+    if not con.execute(f"select count(*) from {deleted}").fetchall()[0][0]:
+        return
+    for other in project:
+        if (
+            other.kind == "relationships"
+            and other.destination == sync.destination
+            and (sync.kind == "people" or other.object_type_id == sync.object_type_id)
+        ):
+            store.ensure_sync_tables(other.name)
+            _dropping(
+                con,
+                planned,
+                other.name,
+                f"select k from {table('snap', other.name)} "
+                f"where {diff_step.relationships_of(sync.kind, deleted)}",
+            )
+
+
+def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Planned) -> None:
+    """Before the plan of ``sync``: put in front of the state's tables what the runs of the
+    syncs planned before it in the command would have committed (see the module's doc)."""
+    con = store.con
+    if sync.kind == "relationships" or (sync.kind == "objects" and sync.on_change):
+        for name in planned.deleting:  # this plan reads relationships snapshots
+            _forget_relationships(store, project, project.sync(name), planned)
+        planned.deleting.clear()
+    database = con.execute("select current_database()").fetchall()[0][0]
+
+    def stored(kind: str, name: str) -> str:
+        quoted = database.replace('"', '""')
+        return f'"{quoted}".main.{table(kind, name)}'
+
+    for name in sorted(planned.delta | planned.drop):
+        store.ensure_sync_tables(name)
+        joins, sent = "", ""
+        if name in planned.drop:
+            joins += f" anti join {table('plan_drop', name)} d on d.k = s.k"
+        if name in planned.delta:
+            delta = table("plan_delta", name)
+            joins += f" anti join {delta} c on c.k = s.k"
+            sent = (
+                f" union all select k, h, ident, {PERSON_ADDRESS} as addr "
+                f"from {delta} where not removed"
+            )
+            run_sql(
+                con,
+                f"create or replace temp view {table('unconfirmed', name)} as "
+                f"select u.* from {stored('unconfirmed', name)} u "
+                f"anti join {delta} c on c.k = u.k",
+            )
+        where = " where false" if name in planned.reset else ""
+        # its own snapshot is a table, which the plan may cut down (`--only`) or set aside
+        # (`--full-resync`) as it does the state's
+        kind = "table" if name == sync.name else "view"
+        run_sql(
+            con,
+            f"create or replace temp {kind} {table('snap', name)} as "
+            f"select s.* from {stored('snap', name)} s{joins}{where}{sent}",
+        )
+    for name in sorted(planned.ledger - {sync.name}):
+        store.ensure_sync_tables(name)
+        run_sql(
+            con,
+            f"create or replace temp view {table('ledger', name)} as "
+            f"select k, delivered_at from {stored('ledger', name)} "
+            f"union all select k, null::timestamptz from {table('plan_ledger', name)}",
+        )

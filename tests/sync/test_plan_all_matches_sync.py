@@ -1,0 +1,291 @@
+"""`lockgate plan --all` counts exactly what the following `lockgate sync --all` sends, when
+an earlier sync of the command changes what a later one sees: people or objects a `mirror`
+sync deletes (with their relationships) or a first sync creates, relationships another
+relationships sync takes over, identity merges sent once by the first sync that needs them.
+Each case plans twice (a plan changes nothing), then syncs, and compares the plans' counts
+and sample payloads with the run's reports and what the emulator received."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+from tests.sync import test_identity_sync
+
+from lockgate.cli import cli
+from lockgate.emulator import Emulator, FaultConfig
+
+ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
+
+COMPANIES = """
+name: companies
+source: warehouse
+model: {table: companies}
+kind: objects
+object_type_id: "1"
+primary_key: company_id
+mode: mirror
+delete_removed: true
+attributes: {name: name, plan: plan}
+on_change:
+  - {attribute: plan, to: churned, event: account_churned}
+"""
+
+PEOPLE = """
+name: people
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+mode: mirror
+delete_removed: true
+attributes: [first_name]
+guardrails: {max_removed: off, max_changed: off}
+"""
+
+MEMBERSHIPS = """
+name: memberships
+source: warehouse
+model: {table: members}
+kind: relationships
+object_type_id: "1"
+object_id: company_id
+identify_by: {id: user_id}
+mode: mirror
+relationship_attributes: {role: role}
+guardrails: {max_removed: off}
+"""
+
+DATA = """
+create or replace table companies as
+select 'c' || i as company_id, 'Company ' || i as name, 'pro' as plan from range(1, 4) t(i);
+create or replace table users as select i as user_id, 'U' || i as first_name from range(1, 7) t(i);
+create or replace table members as
+select i as user_id, 'c' || (1 + i % 3) as company_id, 'member' as role from range(1, 7) t(i);
+"""
+
+#: the counts of a plan that its run's report must show the same
+COUNTS = ("to_send", "new", "changed", "unchanged", "removed_sent", "held", "state_events")
+
+
+def lockgate(project: Any, *args: str) -> Any:
+    result = CliRunner().invoke(
+        cli, [*args, "--project", str(project.root)], catch_exceptions=False, standalone_mode=False
+    )
+    return json.loads(result.output)
+
+
+def batch_ops(emu: Any, since: int) -> list[dict[str, Any]]:
+    """The Track v2 operations the emulator received after request ``since``."""
+    return [
+        op
+        for r in emu.request_log()[since:]
+        if r.path == "/api/v2/batch" and isinstance(r.body, dict)
+        for op in r.body.get("batch", [])
+    ]
+
+
+def canonical(ops: list[dict[str, Any]]) -> list[str]:
+    return sorted(json.dumps(op, sort_keys=True) for op in ops)
+
+
+def plan_then_sync(factory: Any, *extra: str) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+    """Plan every sync twice (the plans agree: a plan changes nothing), then sync them; the
+    plans and runs by sync, and the operations the run sent."""
+    emu, project = factory.emulator, factory.project
+    first = lockgate(project, "plan", "--all", "--json", "--samples", "100", *extra)
+    again = lockgate(project, "plan", "--all", "--json", "--samples", "100", *extra)
+    assert [p["changes"] for p in again] == [p["changes"] for p in first]
+    before = len(emu.request_log())
+    runs = lockgate(project, "sync", "--all", "--json", *extra)
+    return {p["sync"]: p for p in first}, {r["sync"]: r for r in runs}, batch_ops(emu, before)
+
+
+def is_event(op: dict[str, Any]) -> bool:
+    return op.get("type") == "person" and op.get("action") == "event"
+
+
+def assert_plans_match(
+    plans: dict[str, Any], runs: dict[str, Any], sent: list[dict[str, Any]]
+) -> None:
+    """Each plan's counts are its run's, and the operations sent are those the plans showed
+    (state-change events aside: they carry the time of the run that fires them)."""
+    assert list(plans) == list(runs)
+    for name, plan in plans.items():
+        run = runs[name]
+        assert run["status"] == "success", run
+        planned = {c: plan["changes"][c] for c in COUNTS}
+        assert planned == {c: run["changes"][c] for c in COUNTS}, name
+        assert run["delivered"] == plan["changes"]["to_send"] + plan["changes"]["state_events"]
+    shown = [s["payload"] for p in plans.values() for s in p["samples"]]
+    assert canonical([op for op in sent if not is_event(op)]) == canonical(shown)
+
+
+@pytest.fixture
+def b2b(project_factory: ProjectFactory) -> ProjectFactory:
+    """Three companies, six people, a membership each, all synced once."""
+    project_factory.sql(DATA)
+    project_factory.project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}, retries=0
+    )
+    lockgate(project_factory.project, "sync", "--all", "--json")
+    return project_factory
+
+
+def test_a_person_a_mirror_sync_deletes_first_holds_their_relationship(
+    b2b: ProjectFactory,
+) -> None:
+    """The case of the QA report: the people sync deletes users 3 and 4, and the memberships
+    sync then holds theirs (Customer.io deleted them with the people, who are gone); planned
+    alone against the state, the memberships plan counted the changed one of user 4 as sent."""
+    b2b.sql(
+        "delete from users where user_id in (3, 4); "
+        "update members set role = 'admin' where user_id in (4, 5)"
+    )
+    plans, runs, sent = plan_then_sync(b2b)
+    assert plans["people"]["changes"]["removed_sent"] == 2
+    memberships = plans["memberships"]["changes"]
+    assert (memberships["to_send"], memberships["held"]) == (1, 2)
+    assert_plans_match(plans, runs, sent)
+    assert {op["identifiers"]["id"] for op in sent if op["type"] == "person"} == {"3", "4", "5"}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [("--full-resync",), ("--only", "4")],
+    ids=["full-resync", "only"],
+)
+def test_a_person_deleted_first_holds_their_relationship_in_a_resync_or_named_run(
+    b2b: ProjectFactory, extra: tuple[str, ...]
+) -> None:
+    """The same with every record sent again (`--full-resync`: the people sync's snapshot
+    forgotten first), and for the named person alone (`--only`)."""
+    b2b.sql("delete from users where user_id in (3, 4)")
+    plans, runs, sent = plan_then_sync(b2b, *extra)
+    memberships = plans["memberships"]["changes"]
+    assert memberships["held"] == (2 if extra[0] == "--full-resync" else 1)
+    assert_plans_match(plans, runs, sent)
+
+
+def test_a_person_and_object_created_first_are_not_waited_for(b2b: ProjectFactory) -> None:
+    """The other way round: a relationship to a person and to a company that the people and
+    objects syncs create in the same command is sent, not held (planned alone, it was held:
+    neither had been sent yet)."""
+    b2b.sql(
+        "insert into users values (7, 'U7'); "
+        "insert into companies values ('c4', 'Company 4', 'pro'); "
+        "insert into members values (7, 'c1', 'owner'), (2, 'c4', 'owner')"
+    )
+    plans, runs, sent = plan_then_sync(b2b)
+    memberships = plans["memberships"]["changes"]
+    assert (memberships["new"], memberships["held"]) == (2, 0)
+    assert_plans_match(plans, runs, sent)
+    assert len([op for op in sent if op.get("action") == "add_relationships"]) == 2
+
+
+def test_an_object_deleted_first_holds_its_relationships_and_fires_its_events(
+    b2b: ProjectFactory,
+) -> None:
+    """A company the objects sync deletes: the memberships sync holds the membership that
+    changed to it; a company whose plan turns `churned` tells its people once (its objects
+    sync planned with the others)."""
+    b2b.sql(
+        "delete from companies where company_id = 'c3'; "
+        "update companies set plan = 'churned' where company_id = 'c1'; "
+        "update members set role = 'admin' where company_id = 'c3' and user_id = 2"
+    )
+    plans, runs, sent = plan_then_sync(b2b)
+    assert plans["companies"]["changes"]["state_events"] == 2  # users 3 and 6 are in c1
+    memberships = plans["memberships"]["changes"]
+    assert (memberships["to_send"], memberships["held"]) == (0, 2)
+    assert_plans_match(plans, runs, sent)
+    churned = [op for op in sent if is_event(op) and op["name"] == "account_churned"]
+    assert sorted(op["identifiers"]["id"] for op in churned) == ["3", "6"]
+
+
+def test_a_person_whose_delete_was_unconfirmed_and_is_sent_again_first_is_not_waited_for(
+    b2b: ProjectFactory,
+) -> None:
+    """A person whose delete Customer.io never confirmed (they may be gone, with their
+    relationships): once their row is back, the people sync sends them again, and the
+    memberships sync then sends their membership; planned alone, it was held ("may have been
+    deleted")."""
+    b2b.sql("delete from users where user_id = 3")
+    b2b.emulator.set_faults(FaultConfig(error_5xx=1.0, applied_then_failed=True))
+    lost = lockgate(b2b.project, "sync", "people", "--json")[0]
+    assert (lost["changes"]["removed_sent"], lost["dead_lettered"]) == (1, 1)
+    b2b.emulator.set_faults(FaultConfig())
+    b2b.sql("insert into users values (3, 'U3')")
+    plans, runs, sent = plan_then_sync(b2b)
+    assert plans["people"]["changes"]["unconfirmed"] == 1
+    memberships = plans["memberships"]["changes"]
+    assert (memberships["new"], memberships["held"]) == (1, 0)
+    assert_plans_match(plans, runs, sent)
+
+
+CONTACTS = """
+name: zz_contacts
+source: warehouse
+model: {table: contacts}
+kind: relationships
+object_type_id: "1"
+object_id: company_id
+identify_by: {id: user_id}
+mode: mirror
+relationship_attributes: {role: role}
+guardrails: {max_removed: off}
+"""
+
+
+def test_a_relationship_another_relationships_sync_takes_over_first_is_not_deleted(
+    project_factory: ProjectFactory,
+) -> None:
+    """Two relationships syncs of one object type (the app's memberships, the CRM's
+    contacts): when the memberships sync starts sending one the contacts sync lets go, the
+    contacts sync (run after it) does not delete it; planned alone, it counted the delete."""
+    project_factory.sql(
+        DATA + "create or replace table contacts as select 1 as user_id, 'c3' as company_id, "
+        "'champion' as role;"
+    )
+    project_factory.project = project_factory.write(
+        {"people": PEOPLE, "memberships": MEMBERSHIPS, "zz_contacts": CONTACTS}
+    )
+    lockgate(project_factory.project, "sync", "--all", "--json")
+    project_factory.sql("delete from contacts; insert into members values (1, 'c3', 'member')")
+    plans, runs, sent = plan_then_sync(project_factory)
+    assert plans["memberships"]["changes"]["new"] == 1
+    assert plans["zz_contacts"]["changes"]["removed_sent"] == 0
+    assert_plans_match(plans, runs, sent)
+    assert not [op for op in sent if op.get("action") == "delete_relationships"]
+
+
+def test_a_merge_is_planned_once_by_the_first_sync_that_sends_it(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Syncs keyed through the identity graph: the first of the command sends the merge the
+    graph found, the others find it sent; each plan counted it (each sync's ledger lacked it)."""
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    project = test_identity_sync.setup(tmp_path, customerio_emulator.base_url or "")
+    lockgate(project, "sync", "--all", "--json")
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("insert into stripe_customers values ('cus_C', 'ada.work@acme.io')").fetchall()
+    con.execute("insert into app_users values ('u1', 'ada.work@acme.io', 'pro')").fetchall()
+    con.close()
+
+    plans = lockgate(project, "plan", "--all", "--json")
+    again = lockgate(project, "plan", "--all", "--json")
+    assert [p["identity_merges"] for p in again] == [p["identity_merges"] for p in plans]
+    runs = lockgate(project, "sync", "--all", "--json")
+    assert [p["sync"] for p in plans] == [r["sync"] for r in runs]
+    merges = [(p["identity_merges"], p["identity_reapplied"]) for p in plans]
+    assert merges == [(r["identity_merges"], r["identity_reapplied"]) for r in runs]
+    assert sorted(merges) == [(0, 0), (0, 0), (1, 1)]
+    assert [p["changes"] for p in plans] == [r["changes"] for r in runs]
+    assert len(customerio_emulator.merges()) == 1
