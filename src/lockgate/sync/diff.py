@@ -846,9 +846,11 @@ def _todo(
             ).fetchall()[0][0]
         )
         differing += unsure
-    repeated = bool(
-        _one(con, "select count(*) from (select k from keyed group by k having count(*) > 1)")
-    )
+    # the rows, and whether a key repeats, in one pass (a null key repeats when two rows have
+    # one, as in a `group by k`): a distinct count is cheaper than grouping every key
+    counts = con.execute("select count(*), count(k), count(distinct k) from keyed").fetchall()
+    total, valued, distinct = (int(n or 0) for n in counts[0])
+    repeated = valued > distinct or total - valued > 1
     if repeated:
         run_sql(
             con,
@@ -860,7 +862,6 @@ def _todo(
             {"anti join todo t on t.__rid = m.__rid" if unsure else ""}
             """,
         )
-    total = int(_one(con, "select count(*) from keyed") or 0)
     todo = int(_one(con, "select count(*) from todo") or 0)
     return total, differing, todo, repeated, unsure
 
@@ -931,11 +932,13 @@ def diff_records(
             """,
         )
     # the keys to map that the snapshot has: the snapshot is scanned against the (small)
-    # todo table instead of the rows to map joined against a hash table of the whole snapshot
+    # todo table instead of the rows to map joined against a hash table of the whole snapshot;
+    # with their `ident`, so a people run reads what was delivered to the rows it sends here
+    # (:func:`_email_changed`) rather than in a second scan of the whole snapshot
     run_sql(
         con,
         "create or replace temp table known as "
-        f"select k from {snap} s semi join todo t on t.k = s.k",
+        f"select k, ident from {snap} s semi join todo t on t.k = s.k",
     )
     # every row mapped here is new, changed or a repeated key (rejected below): the rows whose
     # key and hash match the snapshot were left out above
@@ -1020,7 +1023,11 @@ def diff_records(
         # a run (not a plan): the rows that take an email another row gives up go after it;
         # nobody gives one up when every row sent is new
         order_email_moves(
-            con, sync, all_new=sent_rows == new and not full_resync, removed=bool(removed_sent)
+            con,
+            sync,
+            all_new=sent_rows == new and not full_resync,
+            removed=bool(removed_sent),
+            known=True,
         )
     remapped = 0
     if previous_hash and not full_resync and sent_rows > new:
@@ -1074,6 +1081,7 @@ def order_email_moves(
     *,
     all_new: bool = False,
     removed: bool = False,
+    known: bool = False,
 ) -> int:
     """Order the sends of a people sync whose rows pass emails between them; returns how many
     rows wait for another (0 when none: the run sends ``changes`` as one batch).
@@ -1106,7 +1114,7 @@ def order_email_moves(
         run_sql(con, f"drop table if exists {name}")
     if sync.kind != "people" or "email" not in sync.identify_by:
         return 0
-    changed = _email_changed(con, sync, all_new=all_new)
+    changed = _email_changed(con, sync, all_new=all_new, known=known)
     _email_kept(con, sync, changed=changed, removed=removed)
     previous = _delivered(con, sync.name)
     kept = table("emails_kept", sync.name)
@@ -1224,18 +1232,25 @@ def order_email_moves(
     return len(waiting)
 
 
-def _email_changed(con: duckdb.DuckDBPyConnection, sync: SyncConfig, *, all_new: bool) -> bool:
+def _email_changed(
+    con: duckdb.DuckDBPyConnection, sync: SyncConfig, *, all_new: bool, known: bool = False
+) -> bool:
     """Build the temp table ``email_changed``: the rows of ``changes`` whose identifiers differ
     from what was last delivered to them (:func:`_delivered`), with their emails before and
     after (lowercased, as Customer.io matches them; ``sent_email`` as sent) and their `id` and
     `cio_id` before and after. False, and no table, when the sync has no email identifier or
-    every row is new (``all_new``: nothing was delivered to them to differ from)."""
+    every row is new (``all_new``: nothing was delivered to them to differ from).
+
+    ``known``: the temp table ``known`` (built by :func:`diff_records` of this run, the
+    snapshot unchanged since) holds the snapshot's rows of every key ``changes`` sends, with
+    their ``ident``: read instead of the whole snapshot (a scan of 1M idents, 25-70 ms) when
+    the snapshot is not hidden (`--only`, `--full-resync` read all of it)."""
     if sync.kind != "people" or "email" not in sync.identify_by:
         return False
     hidden = temp_table(con, f"snap__{sync.name}")  # `--only`, `--full-resync`: `_delivered`
     if all_new and not hidden:
         return False
-    previous = _delivered(con, sync.name)
+    previous = "known" if known and not hidden else _delivered(con, sync.name)
     # the rows whose identifiers changed, joined first: a JSON read of the snapshot's idents
     # would otherwise be pushed below the join, onto every snapshot row
     run_sql(
