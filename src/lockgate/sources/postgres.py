@@ -12,7 +12,8 @@ one wider than 38 digits → `float64`, as DuckDB's postgres extension does), `t
 `timestamp[us, UTC]`, `json`/`jsonb` → `string` (the JSON text), `uuid` → the canonical
 `arrow.uuid` extension, `money` → `decimal128(19,s)`, `interval` → `month_day_nano_interval`,
 ±infinity dates and timestamps → the extreme values DuckDB reads as ±infinity, arrays →
-`list<...>` (of one dimension: a 2-D array stops the read).
+`list<...>` (of one dimension: a 2-D array stops the read), and types Arrow lacks (`inet`,
+`timetz`, ranges, records) → `string`, the server's own text for them.
 
 Example::
 
@@ -131,6 +132,8 @@ def _adbc_target(field: pa.Field, money_scale: int = 2) -> pa.DataType:
         return pa.list_(_adbc_target(kind.value_field, money_scale))
     if _is_money(field):
         return pa.decimal128(19, money_scale)
+    if pa.types.is_struct(kind):
+        return pa.string()  # a `record`, which `read` casts to text
     if not isinstance(kind, pa.BaseExtensionType):
         return kind
     name = kind.extension_name
@@ -146,7 +149,37 @@ def _adbc_target(field: pa.Field, money_scale: int = 2) -> pa.DataType:
             return pa.float64()
         typmod -= 4
         return _numeric_type((typmod >> 16) & 0xFFFF, typmod & 0xFFFF)
-    return kind.storage_type  # other Postgres-only types (inet, ...) as their text/bytes
+    if name == "arrow.opaque":
+        return pa.string()  # other Postgres-only types (inet, ...): `read` casts them to text
+    return kind.storage_type
+
+
+def _text_cast(field: pa.Field, column: str) -> str | None:
+    """SQL that makes ``column`` its text when ADBC would give it as its binary wire form
+    (`inet`, `timetz`, ranges, `bit`, `xml`, ...: types Arrow has no equivalent for) or cannot
+    read it (a `record`); an array of one becomes a `text[]`. The text is the type's own
+    output, as `psql` and the Redshift path show it. None for every other column."""
+    kind = field.type
+    if pa.types.is_list(kind):
+        item = _text_cast(kind.value_field, "e")
+        if item is None:
+            return None
+        if item == "e::text":
+            return f"{column}::text[]"
+        return (
+            f"case when {column} is null then null else array(select {item} from "
+            f"unnest({column}) with ordinality as u(e, n) order by n) end"
+        )
+    if pa.types.is_struct(kind):
+        return f"{column}::text"
+    if not isinstance(kind, pa.BaseExtensionType) or kind.extension_name != "arrow.opaque":
+        return None
+    type_name = getattr(kind, "type_name", "")
+    if type_name in ("citext", "numeric"):
+        return None
+    if type_name == "inet":  # `inet::text` always adds the netmask (`1.1.1.1/32`)
+        return f"abbrev({column})"
+    return f"{column}::text"
 
 
 #: Postgres dates and timestamps count from 2000-01-01; ADBC shifts them to 1970 in 32/64-bit
@@ -190,14 +223,16 @@ def _adbc_convert(array: pa.Array, target: pa.DataType) -> pa.Array:
     return array.cast(target)
 
 
-def _with_dimensions(sql: str, width: int, lists: list[int]) -> str:
-    """``sql`` (of ``width`` columns) with, after its own columns, the `array_ndims` of each
-    array column at the positions ``lists``. ADBC reads a 2-D array `{{1,2},{3,4}}` as
-    `[1,2,3,4]`, and its Arrow type is the same as a 1-D array's: the server's count is what
-    tells them apart. The columns are renamed by position, so duplicate names do not clash."""
+def _wrapped(sql: str, width: int, lists: list[int], casts: dict[int, str]) -> str:
+    """``sql`` (of ``width`` columns) with the columns at ``casts`` replaced by their SQL (the
+    column is `q.cN`) and, after its own columns, the `array_ndims` of each array column at
+    the positions ``lists``. ADBC reads a 2-D array `{{1,2},{3,4}}` as `[1,2,3,4]`, and its
+    Arrow type is the same as a 1-D array's: the server's count is what tells them apart. The
+    columns are renamed by position, so duplicate names do not clash."""
     renamed = ", ".join(f"c{i}" for i in range(width))
+    columns = ", ".join(f"{casts[i]} as c{i}" if i in casts else f"q.c{i}" for i in range(width))
     counts = "".join(f", array_ndims(q.c{i}) as n{i}" for i in lists)
-    return f"select q.*{counts} from (\n{strip_sql(sql)}\n) as q({renamed})"
+    return f"select {columns}{counts} from (\n{strip_sql(sql)}\n) as q({renamed})"
 
 
 def dimensions_error(who: str, column: str, dimensions: int) -> SourceError:
@@ -486,8 +521,15 @@ class PostgresSource:
         try:
             described = cursor.adbc_execute_schema(sql)  # planned, not run
             lists = [i for i, f in enumerate(described) if pa.types.is_list(f.type)]
+            casts = {
+                i: cast
+                for i, f in enumerate(described)
+                if (cast := _text_cast(f, f"q.c{i}")) is not None
+            }
             # ADBC runs `COPY (<sql>) TO STDOUT`: the newline ends a last `-- comment`
-            query = _with_dimensions(sql, len(described), lists) if lists else strip_sql(sql)
+            query = strip_sql(sql)
+            if lists or casts:
+                query = _wrapped(sql, len(described), lists, casts)
             cursor.execute(f"{query}\n")
             reader = cursor.fetch_record_batch()
         except self._errors() as exc:
@@ -658,6 +700,14 @@ class RedshiftSource(PostgresSource):
             raise connect_error(self.who, self.url, exc) from exc
         for json_type in ("json", "jsonb"):  # keep JSON as its text, like the ADBC path
             conn.adapters.register_loader(json_type, TextLoader)
+        # A type Lockgate reads as text (`inet`, `timetz`, ranges, records, and arrays of
+        # them) keeps the server's own text: psycopg's Python objects printed otherwise
+        # (`[1, 5)` for `[1,5)`, `[IPv4Address('1.1.1.1')]` for `{1.1.1.1}`).
+        for info in conn.adapters.types:
+            if info.name not in _SCALARS and info.name not in ("money", "interval"):
+                conn.adapters.register_loader(info.oid, TextLoader)
+                if info.array_oid:
+                    conn.adapters.register_loader(info.array_oid, TextLoader)
         # as ADBC reads them: `money` in cents (scaled by `read`), `interval` in months and days
         conn.adapters.register_loader("money", _text_loader(_money_cents))
         conn.adapters.register_loader("interval", _text_loader(_interval_parts))
