@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from lockgate.cli import main
@@ -872,3 +873,74 @@ def test_postgres_only_types_are_sent_as_their_text_on_both_read_paths(
     finally:
         source.close()
     assert listed["ip"] == listed["at"] == listed["span"] == "string"
+
+
+def test_dates_outside_years_1_to_9999_and_midnight_24_00_read_on_both_postgres_paths(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postgres and Redshift keep dates from 4713 BC to 294276 AD and a `time` of `24:00:00`;
+    Python's do not. One such value (a typo like `20241-01-01`) failed the whole read on the
+    Redshift path, with no column named, while ADBC read it."""
+    if not warehouse.postgres:
+        pytest.skip("Postgres dates and times")
+    warehouse.execute(
+        [
+            "create table t (id int, d date, ts timestamp, tz timestamptz, tm time)",
+            "insert into t values (1, '0044-03-15 BC', '0044-03-15 12:00:00.5 BC', "
+            "'20241-01-01 00:00:00+02', '24:00:00'), "
+            "(2, '20241-01-01', '20241-01-01 00:00:00', '0001-01-01 00:00:00+00 BC', '00:00:00')",
+        ]
+    )
+
+    out = sync_people(
+        warehouse,
+        customerio_emulator,
+        monkeypatch,
+        "d: d\nts: ts\ntz: tz\ntm: tm\nds: {column: d, type: string}",
+    )
+
+    assert out.report.status == "success" and out.rejected == {}
+    assert out.people == {
+        "1": {
+            "d": -63517824000,
+            "ts": -63517780800,
+            "tz": 576577087200,
+            "tm": "24:00:00",
+            "ds": "0044-03-15 (BC)",
+        },
+        "2": {
+            "d": 576577094400,
+            "ts": 576577094400,
+            "tz": -62167219200,
+            "tm": "00:00:00",
+            "ds": "20241-01-01",
+        },
+    }
+
+
+@pytest.mark.postgres
+def test_dates_and_times_python_cannot_hold_read_the_same_through_psycopg_as_through_adbc(
+    postgres_dsn: str,
+) -> None:
+    """In arrays too, and in a session zone whose old offsets have seconds (`+00:19:32`)."""
+    from lockgate.sources.postgres import PostgresSource, RedshiftSource
+
+    url = f"{postgres_dsn}?options=-c%20TimeZone%3DEurope/Amsterdam"
+    sql = (
+        "select array['24:00:00'::time, '01:00', null] as times, "
+        "array['20241-01-01'::date, '0001-01-01 BC', '2020-01-01'] as dates, "
+        "'1800-01-01 00:00:00+00'::timestamptz as lmt, "
+        "'0100-01-01 00:00:00.25+00 BC'::timestamptz as bc, "
+        "'20241-06-01 12:30:00-07'::timestamptz as far, "
+        "'0044-03-15 23:59:59.999999 BC'::timestamp as ides"
+    )
+    read = []
+    for kind in (PostgresSource, RedshiftSource):
+        source = kind(url)
+        try:
+            read.append(source.read(sql).read_all())
+        finally:
+            source.close()
+    assert read[0].schema == read[1].schema
+    assert read[1].equals(read[0])
+    assert read[0].column("far").cast(pa.int64()).to_pylist() == [576590211000000000]

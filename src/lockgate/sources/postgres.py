@@ -318,13 +318,55 @@ def _to_arrow_value(value: Any, kind: pa.DataType) -> Any:
     return value
 
 
-def _infinite(loader: type[Any], infinity: int) -> type[Any]:
-    """A psycopg text loader for dates or timestamps that gives ``infinity`` and ``-infinity``
-    as the integers the ADBC path ends with (:data:`_INFINITY`), which Arrow stores as they
-    are and DuckDB reads back as its own ±infinity. psycopg's own loaders refuse them ("date
-    too large"), which failed the whole read for one row; every other value is parsed by
-    ``loader`` (psycopg's C one when installed)."""
+#: A date or timestamp as Postgres writes it in `DateStyle` ISO, of any year (`20241-01-01`,
+#: `0044-03-15 12:00:00.5+00 BC`), for the values Python's `datetime` cannot hold
+_ISO = re.compile(
+    r"(?P<year>\d{4,})-(?P<month>\d\d)-(?P<day>\d\d)"
+    r"(?: (?P<hour>\d\d):(?P<minute>\d\d):(?P<second>\d\d)(?:\.(?P<fraction>\d{1,6}))?)?"
+    r"(?:(?P<sign>[+-])(?P<oh>\d\d)(?::(?P<om>\d\d))?(?::(?P<os>\d\d))?)?(?P<bc> BC)?"
+)
+
+
+def _civil_days(year: int, month: int, day: int) -> int:
+    """Days from 1970-01-01 to a date of the proleptic Gregorian calendar (year 0 is 1 BC)."""
+    year -= month <= 2
+    era = year // 400
+    of_era = year - era * 400
+    of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    return era * 146_097 + of_era * 365 + of_era // 4 - of_era // 100 + of_year - 719_468
+
+
+def _iso_units(text: str, kind: str) -> int | None:
+    """A date's days (``kind`` `date32`) or a timestamp's microseconds from 1970, as ADBC
+    reads them, from its ISO text; None when ``text`` is not one."""
+    found = _ISO.fullmatch(text)
+    if found is None:
+        return None
+    part = {k: int(v) for k, v in found.groupdict().items() if v and k not in ("sign", "bc")}
+    year = 1 - part["year"] if found["bc"] else part["year"]
+    days = _civil_days(year, part["month"], part["day"])
+    if kind == "date32":
+        return days
+    seconds = days * 86_400 + part.get("hour", 0) * 3_600 + part.get("minute", 0) * 60
+    seconds += part.get("second", 0)
+    offset = part.get("oh", 0) * 3_600 + part.get("om", 0) * 60 + part.get("os", 0)
+    seconds -= -offset if found["sign"] == "-" else offset
+    return seconds * 10**6 + int((found["fraction"] or "0").ljust(6, "0"))
+
+
+def _infinite(loader: type[Any], kind: str) -> type[Any]:
+    """A psycopg text loader for dates, timestamps or times (``kind`` `date32`, `timestamp`,
+    `time64`) that gives the values Python's cannot hold as the integers the ADBC path ends
+    with, which Arrow stores as they are: ``infinity`` and ``-infinity`` as :data:`_INFINITY`
+    (DuckDB reads them back as its own ±infinity), a year before 1 or after 9999 as its days
+    or microseconds from 1970, and a time of `24:00:00` (Postgres and Redshift allow it) as
+    its microseconds. psycopg's own loaders refuse them ("date too large"), which failed the
+    whole read for one row; every other value is parsed by ``loader`` (psycopg's C one when
+    installed)."""
+    import psycopg
     from psycopg.adapt import Loader
+
+    infinity = _INFINITY.get(kind, 0)
 
     class InfinityLoader(Loader):
         def __init__(self, oid: int, context: Any = None) -> None:
@@ -332,9 +374,18 @@ def _infinite(loader: type[Any], infinity: int) -> type[Any]:
             self._parse = loader(oid, context).load
 
         def load(self, data: Any) -> Any:
-            if data[-8:] == b"infinity":
+            if kind != "time64" and data[-8:] == b"infinity":
                 return -infinity if data[:1] == b"-" else infinity
-            return self._parse(data)
+            try:
+                return self._parse(data)
+            except psycopg.DataError:
+                text = bytes(data).decode()
+                if kind == "time64" and text in ("24:00:00", "24:00:00+00"):
+                    return 86_400 * 10**6
+                units = None if kind == "time64" else _iso_units(text, kind)
+                if units is None:
+                    raise
+                return units
 
     return InfinityLoader
 
@@ -715,11 +766,12 @@ class RedshiftSource(PostgresSource):
             ("date", "date32"),
             ("timestamp", "timestamp"),
             ("timestamptz", "timestamp"),
+            ("time", "time64"),
         ):
             oid = conn.adapters.types[name].oid
             parse = conn.adapters.get_loader(oid, Format.TEXT)
             assert parse is not None  # psycopg loads every built-in type
-            conn.adapters.register_loader(name, _infinite(parse, _INFINITY[kind]))
+            conn.adapters.register_loader(name, _infinite(parse, kind))
         return conn
 
     def _rows(self, sql: str) -> list[tuple[Any, ...]]:
