@@ -944,3 +944,45 @@ def test_dates_and_times_python_cannot_hold_read_the_same_through_psycopg_as_thr
     assert read[0].schema == read[1].schema
     assert read[1].equals(read[0])
     assert read[0].column("far").cast(pa.int64()).to_pylist() == [576590211000000000]
+
+
+def test_a_single_precision_float_is_sent_as_the_number_it_holds_not_its_widened_double(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `real` 19.99 reached Customer.io as 19.989999771118164 from Postgres, Redshift and
+    DuckDB (`FLOAT`), and as 19.99 from Snowflake, whose `FLOAT` is a double: each float32 is
+    now sent as the shortest number that reads back as it, as the warehouse prints it."""
+    single = "float" if warehouse.kind in ("duckdb", "snowflake") else "real"
+    warehouse.execute(
+        [
+            f"create table t (id int, price {single}, prices {single}[])"
+            if warehouse.kind != "snowflake"
+            else "create table t (id int, price float, prices array)",
+            "insert into t values (1, 19.99, null), (2, 3, null), (3, 1e-7, null), "
+            "(4, -0.1, null), (5, null, null)",
+        ]
+    )
+    attributes = (
+        "price: price\nas_number: {column: price, type: number}\n"
+        "as_json: {column: price, type: json}"
+    )
+    if warehouse.kind != "snowflake":  # whose ARRAY is JSON text
+        literal = "[19.99, 2]" if warehouse.kind == "duckdb" else "'{19.99, 2}'"
+        warehouse.execute([f"insert into t values (6, null, {literal})"])
+        attributes += "\nprices: prices"
+
+    out = sync_people(warehouse, customerio_emulator, monkeypatch, attributes)
+
+    assert out.rejected == {}
+
+    def sent(kind: str, value: float) -> dict[str, tuple[str, float]]:
+        return {"price": (kind, value), "as_number": (kind, value), "as_json": (kind, value)}
+
+    assert typed(out.people) == {
+        "1": sent("float", 19.99),
+        "2": sent("int", 3),
+        "3": sent("float", 1e-7),
+        "4": sent("float", -0.1),
+        "5": {},
+        **({} if warehouse.kind == "snowflake" else {"6": {"prices": ("list", [19.99, 2])}}),
+    }
