@@ -986,3 +986,35 @@ def test_a_single_precision_float_is_sent_as_the_number_it_holds_not_its_widened
         "5": {},
         **({} if warehouse.kind == "snowflake" else {"6": {"prices": ("list", [19.99, 2])}}),
     }
+
+
+@pytest.mark.parametrize(
+    "ending", [";\\n-- the end", "; -- the end;", " -- the end", ";\\n/* done; */ ;"]
+)
+def test_a_model_ending_in_a_semicolon_or_a_comment_syncs_and_validates_on_every_warehouse(
+    warehouse: Warehouse,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    ending: str,
+) -> None:
+    """A `.sql` model as editors leave it, `select ...;` and a comment after. Postgres failed
+    the run (`COPY (select ...;` is a syntax error), and `validate --connect` failed on
+    Postgres and Snowflake, whose `limit 0` probe put the closing parenthesis in the comment."""
+    warehouse.execute(
+        [
+            "create table t (id int, plan varchar(20))",
+            "insert into t values (1, 'pro'), (2, 'it''s; -- not')",
+        ]
+    )
+
+    out = sync_people(
+        warehouse, customerio_emulator, monkeypatch, "plan: plan", sql=f"select * from t{ending}"
+    )
+
+    assert out.report.status == "success"
+    assert out.people == {"1": {"plan": "pro"}, "2": {"plan": "it's; -- not"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # fakesnow's DuckDB copy warning
+        main(["validate", "--connect", "--project", str(warehouse.root)])
+    assert "model" in capsys.readouterr().out
