@@ -1018,3 +1018,47 @@ def test_a_model_ending_in_a_semicolon_or_a_comment_syncs_and_validates_on_every
         warnings.simplefilter("ignore", UserWarning)  # fakesnow's DuckDB copy warning
         main(["validate", "--connect", "--project", str(warehouse.root)])
     assert "model" in capsys.readouterr().out
+
+
+def test_a_postgres_table_named_with_capitals_unquoted_gets_a_hint_naming_it_quoted(
+    warehouse: Warehouse,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`sources inspect` lists `Analytics.Users` and finds it as `--table Analytics.Users`;
+    the same name as a model's `table:` is `analytics.users` to Postgres, which does not
+    exist. The error said to check the SQL against `inspect`, which showed just that name."""
+    if not warehouse.postgres:
+        pytest.skip("Postgres folds unquoted names to lower case")
+    warehouse.execute(
+        [
+            'drop schema if exists "Analytics" cascade',
+            'create schema "Analytics"',
+            'create table "Analytics"."Users" (id int, plan text)',
+            'insert into "Analytics"."Users" values (1, \'pro\')',
+        ]
+    )
+    write_project(warehouse, customerio_emulator, monkeypatch, "plan: plan")
+    sync_file = warehouse.root / "syncs" / "people.yml"
+    sync_file.write_text(
+        sync_file.read_text().replace(
+            'model: {sql: "select * from t"}', "model: {table: Analytics.Users}"
+        )
+    )
+
+    with pytest.raises(SystemExit):
+        main(["sync", "people", "--project", str(warehouse.root)])
+
+    err = " ".join(capsys.readouterr().err.split())
+    assert 'relation "analytics.users" does not exist' in err
+    assert 'hint: did you mean `"Analytics"."Users"`?' in err
+    assert "Postgres reads an unquoted name in lower case" in err
+    assert customerio_emulator.people() == []
+
+    # quoted, as the hint says (the model's SQL is in a YAML string, hence `\\"`)
+    quoted = '\\"Analytics\\".\\"Users\\"'
+    out = sync_people(
+        warehouse, customerio_emulator, monkeypatch, "plan: plan", f"select * from {quoted}"
+    )
+    assert out.people == {"1": {"plan": "pro"}}

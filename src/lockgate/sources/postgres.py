@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from lockgate.project.models import PostgresSourceConfig
 
 UTC_TS = pa.timestamp("us", tz="UTC")
+#: a model's error naming a table that does not exist: `relation "analytics.users" does ...`
+_MISSING_RELATION = re.compile(r'relation "([^"]+)" does not exist')
 _SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema', 'pg_toast')"
 
 
@@ -557,6 +559,34 @@ class PostgresSource:
         finally:
             cursor.close()
 
+    def _query_error(self, sql: str, exc: BaseException) -> SourceError:
+        """A failed model query; when it names a table that does not exist but one does in
+        other case (`analytics.users` for `"Analytics"."Users"`), the hint names that one."""
+        error = query_error(self.who, sql, exc)
+        missing = _MISSING_RELATION.search(db_message(exc))
+        if missing is None:
+            return error
+        schema, _, name = missing.group(1).rpartition(".")
+        in_schema = f"and lower(n.nspname) = lower({quote_literal(schema)})" if schema else ""
+        try:
+            rows = self._rows(
+                "select n.nspname, c.relname from pg_catalog.pg_class c "
+                "join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
+                "where c.relkind in ('r', 'p', 'v', 'm', 'f') "
+                f"and lower(c.relname) = lower({quote_literal(name)}) {in_schema} order by 1, 2"
+            )
+        except SourceError:
+            return error
+        near = [f"{_in_sql(s)}.{_in_sql(n)}" for s, n in rows if (s, n) != (schema, name)]
+        if not near:
+            return error
+        return SourceError(
+            error.reason,
+            hint=f"did you mean {' or '.join(f'`{n}`' for n in near)}? Postgres reads an unquoted "
+            "name in lower case, so SQL quotes one with capitals or spaces; as a model: "
+            f"`table: '{near[0]}'`",
+        )
+
     # ------------------------------------------------------------------ reading
 
     def read(self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
@@ -585,7 +615,7 @@ class PostgresSource:
             reader = cursor.fetch_record_batch()
         except self._errors() as exc:
             close()
-            raise query_error(self.who, sql, exc) from exc
+            raise self._query_error(sql, exc) from exc
         width = len(described)
         fields = list(reader.schema)[:width]
         try:
@@ -623,7 +653,7 @@ class PostgresSource:
             schema,
             reader,
             batch_rows=batch_rows,
-            on_error=lambda exc: query_error(self.who, sql, exc),
+            on_error=lambda exc: self._query_error(sql, exc),
             errors=self._errors(),
             close=close,
             convert=convert,
@@ -639,7 +669,7 @@ class PostgresSource:
             cursor.execute(probe)
             fields = cursor.fetch_arrow_table().schema
         except self._errors() as exc:
-            raise query_error(self.who, sql, exc) from exc
+            raise self._query_error(sql, exc) from exc
         finally:
             cursor.close()
         scale = self._money_scale(fields)
@@ -804,7 +834,7 @@ class RedshiftSource(PostgresSource):
             cursor.execute(sql)
         except self._errors() as exc:
             close()
-            raise query_error(self.who, sql, exc) from exc
+            raise self._query_error(sql, exc) from exc
         described = []
         for column in cursor.description or []:
             info = pg_types.get(column.type_code)
@@ -840,7 +870,7 @@ class RedshiftSource(PostgresSource):
             schema,
             batches(),
             batch_rows=batch_rows,
-            on_error=lambda exc: query_error(self.who, sql, exc),
+            on_error=lambda exc: self._query_error(sql, exc),
             errors=self._errors(),
             close=close,
         )
