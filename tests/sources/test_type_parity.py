@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from lockgate.cli import main
@@ -817,3 +818,247 @@ def test_a_numeric_identifier_names_the_person_by_its_integer(
         assert reason.startswith("column `id` (identifier `id`): value `")
         assert "is not a whole number" in reason
     assert out.report.delivered == 1
+
+
+def test_postgres_only_types_are_sent_as_their_text_on_both_read_paths(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ADBC hands over a type Arrow lacks (`inet`, `timetz`, ranges, ...) as its binary wire
+    form: an IP address reached Customer.io as `\\x02\\x18\\x00\\x04\\xC0...`, while the
+    Redshift path sent `192.168.0.1/24`. Both now send what `::text` gives, and a re-run sends
+    nothing."""
+    if not warehouse.postgres:
+        pytest.skip("Postgres types")
+    warehouse.execute(
+        [
+            "create table t (id int, ip inet, net cidr, mac macaddr, at timetz, flags bit(5), "
+            "span int4range, doc xml, ips inet[])",
+            "insert into t values (1, '192.168.0.1/24', '10.0.0.0/8', '08:00:2b:01:02:03', "
+            "'12:00:00+05:30', B'10110', '[1,5)', '<a>x</a>', '{1.1.1.1,::1}'), "
+            "(2, null, null, null, null, null, 'empty', null, '{}')",
+        ]
+    )
+    attributes = (
+        "ip: ip\nnet: net\nmac: mac\nat: at\nflags: flags\nspan: span\ndoc: doc\nips: ips\n"
+        "pair: pair"
+    )
+    sql = "select t.*, row(id, ip) as pair from t"  # a record, which ADBC could not read at all
+
+    out = sync_people(warehouse, customerio_emulator, monkeypatch, attributes, sql)
+
+    assert out.rejected == {}
+    # an array of such a type is a list from ADBC and one text on the Redshift path
+    ips = ["1.1.1.1", "::1"] if warehouse.kind == "postgres" else "{1.1.1.1,::1}"
+    assert out.people == {
+        "1": {
+            "ip": "192.168.0.1/24",
+            "net": "10.0.0.0/8",
+            "mac": "08:00:2b:01:02:03",
+            "at": "12:00:00+05:30",
+            "flags": "10110",
+            "span": "[1,5)",
+            "doc": "<a>x</a>",
+            "ips": ips,
+            "pair": "(1,192.168.0.1/24)",
+        },
+        "2": {"span": "empty", "ips": [] if warehouse.kind == "postgres" else "{}", "pair": "(2,)"},
+    }
+    again = sync_people(warehouse, customerio_emulator, monkeypatch, attributes, sql)
+    assert again.report.changes.to_send == 0
+    from lockgate.sources.postgres import PostgresSource, RedshiftSource
+
+    source = (RedshiftSource if warehouse.kind == "redshift" else PostgresSource)(warehouse.dsn)
+    try:
+        listed = {c.name: str(c.arrow_type) for c in source.columns("t")}
+    finally:
+        source.close()
+    assert listed["ip"] == listed["at"] == listed["span"] == "string"
+
+
+def test_dates_outside_years_1_to_9999_and_midnight_24_00_read_on_both_postgres_paths(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postgres and Redshift keep dates from 4713 BC to 294276 AD and a `time` of `24:00:00`;
+    Python's do not. One such value (a typo like `20241-01-01`) failed the whole read on the
+    Redshift path, with no column named, while ADBC read it."""
+    if not warehouse.postgres:
+        pytest.skip("Postgres dates and times")
+    warehouse.execute(
+        [
+            "create table t (id int, d date, ts timestamp, tz timestamptz, tm time)",
+            "insert into t values (1, '0044-03-15 BC', '0044-03-15 12:00:00.5 BC', "
+            "'20241-01-01 00:00:00+02', '24:00:00'), "
+            "(2, '20241-01-01', '20241-01-01 00:00:00', '0001-01-01 00:00:00+00 BC', '00:00:00')",
+        ]
+    )
+
+    out = sync_people(
+        warehouse,
+        customerio_emulator,
+        monkeypatch,
+        "d: d\nts: ts\ntz: tz\ntm: tm\nds: {column: d, type: string}",
+    )
+
+    assert out.report.status == "success" and out.rejected == {}
+    assert out.people == {
+        "1": {
+            "d": -63517824000,
+            "ts": -63517780800,
+            "tz": 576577087200,
+            "tm": "24:00:00",
+            "ds": "0044-03-15 (BC)",
+        },
+        "2": {
+            "d": 576577094400,
+            "ts": 576577094400,
+            "tz": -62167219200,
+            "tm": "00:00:00",
+            "ds": "20241-01-01",
+        },
+    }
+
+
+@pytest.mark.postgres
+def test_dates_and_times_python_cannot_hold_read_the_same_through_psycopg_as_through_adbc(
+    postgres_dsn: str,
+) -> None:
+    """In arrays too, and in a session zone whose old offsets have seconds (`+00:19:32`)."""
+    from lockgate.sources.postgres import PostgresSource, RedshiftSource
+
+    url = f"{postgres_dsn}?options=-c%20TimeZone%3DEurope/Amsterdam"
+    sql = (
+        "select array['24:00:00'::time, '01:00', null] as times, "
+        "array['20241-01-01'::date, '0001-01-01 BC', '2020-01-01'] as dates, "
+        "'1800-01-01 00:00:00+00'::timestamptz as lmt, "
+        "'0100-01-01 00:00:00.25+00 BC'::timestamptz as bc, "
+        "'20241-06-01 12:30:00-07'::timestamptz as far, "
+        "'0044-03-15 23:59:59.999999 BC'::timestamp as ides"
+    )
+    read = []
+    for kind in (PostgresSource, RedshiftSource):
+        source = kind(url)
+        try:
+            read.append(source.read(sql).read_all())
+        finally:
+            source.close()
+    assert read[0].schema == read[1].schema
+    assert read[1].equals(read[0])
+    assert read[0].column("far").cast(pa.int64()).to_pylist() == [576590211000000000]
+
+
+def test_a_single_precision_float_is_sent_as_the_number_it_holds_not_its_widened_double(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `real` 19.99 reached Customer.io as 19.989999771118164 from Postgres, Redshift and
+    DuckDB (`FLOAT`), and as 19.99 from Snowflake, whose `FLOAT` is a double: each float32 is
+    now sent as the shortest number that reads back as it, as the warehouse prints it."""
+    single = "float" if warehouse.kind in ("duckdb", "snowflake") else "real"
+    warehouse.execute(
+        [
+            f"create table t (id int, price {single}, prices {single}[])"
+            if warehouse.kind != "snowflake"
+            else "create table t (id int, price float, prices array)",
+            "insert into t values (1, 19.99, null), (2, 3, null), (3, 1e-7, null), "
+            "(4, -0.1, null), (5, null, null)",
+        ]
+    )
+    attributes = (
+        "price: price\nas_number: {column: price, type: number}\n"
+        "as_json: {column: price, type: json}"
+    )
+    if warehouse.kind != "snowflake":  # whose ARRAY is JSON text
+        literal = "[19.99, 2]" if warehouse.kind == "duckdb" else "'{19.99, 2}'"
+        warehouse.execute([f"insert into t values (6, null, {literal})"])
+        attributes += "\nprices: prices"
+
+    out = sync_people(warehouse, customerio_emulator, monkeypatch, attributes)
+
+    assert out.rejected == {}
+
+    def sent(kind: str, value: float) -> dict[str, tuple[str, float]]:
+        return {"price": (kind, value), "as_number": (kind, value), "as_json": (kind, value)}
+
+    assert typed(out.people) == {
+        "1": sent("float", 19.99),
+        "2": sent("int", 3),
+        "3": sent("float", 1e-7),
+        "4": sent("float", -0.1),
+        "5": {},
+        **({} if warehouse.kind == "snowflake" else {"6": {"prices": ("list", [19.99, 2])}}),
+    }
+
+
+@pytest.mark.parametrize(
+    "ending", [";\\n-- the end", "; -- the end;", " -- the end", ";\\n/* done; */ ;"]
+)
+def test_a_model_ending_in_a_semicolon_or_a_comment_syncs_and_validates_on_every_warehouse(
+    warehouse: Warehouse,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    ending: str,
+) -> None:
+    """A `.sql` model as editors leave it, `select ...;` and a comment after. Postgres failed
+    the run (`COPY (select ...;` is a syntax error), and `validate --connect` failed on
+    Postgres and Snowflake, whose `limit 0` probe put the closing parenthesis in the comment."""
+    warehouse.execute(
+        [
+            "create table t (id int, plan varchar(20))",
+            "insert into t values (1, 'pro'), (2, 'it''s; -- not')",
+        ]
+    )
+
+    out = sync_people(
+        warehouse, customerio_emulator, monkeypatch, "plan: plan", sql=f"select * from t{ending}"
+    )
+
+    assert out.report.status == "success"
+    assert out.people == {"1": {"plan": "pro"}, "2": {"plan": "it's; -- not"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # fakesnow's DuckDB copy warning
+        main(["validate", "--connect", "--project", str(warehouse.root)])
+    assert "model" in capsys.readouterr().out
+
+
+def test_a_postgres_table_named_with_capitals_unquoted_gets_a_hint_naming_it_quoted(
+    warehouse: Warehouse,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`sources inspect` lists `Analytics.Users` and finds it as `--table Analytics.Users`;
+    the same name as a model's `table:` is `analytics.users` to Postgres, which does not
+    exist. The error said to check the SQL against `inspect`, which showed just that name."""
+    if not warehouse.postgres:
+        pytest.skip("Postgres folds unquoted names to lower case")
+    warehouse.execute(
+        [
+            'drop schema if exists "Analytics" cascade',
+            'create schema "Analytics"',
+            'create table "Analytics"."Users" (id int, plan text)',
+            'insert into "Analytics"."Users" values (1, \'pro\')',
+        ]
+    )
+    write_project(warehouse, customerio_emulator, monkeypatch, "plan: plan")
+    sync_file = warehouse.root / "syncs" / "people.yml"
+    sync_file.write_text(
+        sync_file.read_text().replace(
+            'model: {sql: "select * from t"}', "model: {table: Analytics.Users}"
+        )
+    )
+
+    with pytest.raises(SystemExit):
+        main(["sync", "people", "--project", str(warehouse.root)])
+
+    err = " ".join(capsys.readouterr().err.split())
+    assert 'relation "analytics.users" does not exist' in err
+    assert 'hint: did you mean `"Analytics"."Users"`?' in err
+    assert "Postgres reads an unquoted name in lower case" in err
+    assert customerio_emulator.people() == []
+
+    # quoted, as the hint says (the model's SQL is in a YAML string, hence `\\"`)
+    quoted = '\\"Analytics\\".\\"Users\\"'
+    out = sync_people(
+        warehouse, customerio_emulator, monkeypatch, "plan: plan", f"select * from {quoted}"
+    )
+    assert out.people == {"1": {"plan": "pro"}}

@@ -112,9 +112,40 @@ def redact(text: str) -> str:
     return _KEYWORD_PASSWORD.sub(r"\1***", text)
 
 
+#: one token of SQL, enough to tell code from comments: a comment, a quoted string or name
+#: (whose `--`, `/*` or `;` is not one; `''` inside is a quote, as is `\'` in Postgres's
+#: `E'...'`; `$tag$...$tag$` is Postgres's and Snowflake's dollar quoting), white space, or
+#: code. An unclosed one runs to the end.
+_TOKEN = re.compile(
+    r"""(?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))
+    |(?P<quoted>(?<![\w$])[eE]'(?:[^'\\]|\\.|'')*(?:'|\Z)|'(?:[^']|'')*(?:'|\Z)
+      |"(?:[^"]|"")*(?:"|\Z)|`[^`]*(?:`|\Z)
+      |(?<![\w$])(?P<tag>\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$).*?(?:(?P=tag)|\Z))
+    |(?P<space>\s+)
+    |[^\s'"`$/eE-]+|.""",
+    re.S | re.X,
+)
+
+
+def _code_end(sql: str) -> int:
+    """Where the last token of ``sql`` that is code ends: only white space and comments lie
+    after it."""
+    end = 0
+    for token in _TOKEN.finditer(sql):
+        if token.lastgroup not in ("comment", "space"):
+            end = token.end()
+    return end
+
+
 def strip_sql(sql: str) -> str:
-    """The query without surrounding whitespace and trailing semicolons, for wrapping."""
-    return sql.strip().rstrip(";").strip()
+    """The query without surrounding white space and without the semicolons that end it, even
+    with comments after them (`select ...; -- done`), so that it can be wrapped: `select *
+    from (\n<sql>\n) ...`, the closing parenthesis on a line of its own, after a comment the
+    query may still end with. A `;` inside a string, a quoted name or a comment stays."""
+    sql = sql.strip()
+    while (end := _code_end(sql)) and sql[end - 1] == ";":
+        sql = (sql[: end - 1] + sql[end:]).strip()
+    return sql
 
 
 _SQL_COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
@@ -128,7 +159,7 @@ def sql_excerpt(sql: str, width: int = 80) -> str:
 
 def limit_zero(sql: str) -> str:
     """A query with the same columns as ``sql`` and no rows."""
-    return f"select * from ({strip_sql(sql)}) as lockgate_schema_probe limit 0"
+    return f"select * from (\n{strip_sql(sql)}\n) as lockgate_schema_probe limit 0"
 
 
 _UNQUOTED_DOT = re.compile(r"\.(?=(?:[^\"]*\"[^\"]*\")*[^\"]*$)")

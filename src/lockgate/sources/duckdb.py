@@ -33,6 +33,7 @@ from lockgate.sources.base import (
     quote_ident,
     split_table,
     stream,
+    strip_sql,
 )
 
 if TYPE_CHECKING:
@@ -150,7 +151,8 @@ class DuckDBSource:
         try:
             for name, arrow in (tables or {}).items():
                 cursor.register(name, arrow)
-            relation = cursor.sql(sql)
+            # `limit` below nests the query's text, where a last `;` is a syntax error
+            relation = cursor.sql(strip_sql(sql))
             if relation is None:
                 raise SourceError(
                     f"{self.who}: the model's SQL returns no result set",
@@ -178,7 +180,8 @@ class DuckDBSource:
         """The result schema; DuckDB plans the query and reads no rows."""
         cursor = self._conn.cursor()
         try:
-            relation = cursor.sql(sql)
+            # `limit` below nests the query's text, where a last `;` is a syntax error
+            relation = cursor.sql(strip_sql(sql))
             if relation is None:
                 raise SourceError(
                     f"{self.who}: the model's SQL returns no result set",
@@ -198,7 +201,7 @@ class DuckDBSource:
 
     def column_types(self, sql: str) -> dict[str, str]:
         """The result's columns and their DuckDB type names (as `describe` gives them)."""
-        return {row[0]: row[1] for row in self._rows(f"describe {sql}")}
+        return {row[0]: row[1] for row in self._rows(f"describe {strip_sql(sql)}")}
 
     # ------------------------------------------------------------------ catalog
 

@@ -12,7 +12,8 @@ one wider than 38 digits → `float64`, as DuckDB's postgres extension does), `t
 `timestamp[us, UTC]`, `json`/`jsonb` → `string` (the JSON text), `uuid` → the canonical
 `arrow.uuid` extension, `money` → `decimal128(19,s)`, `interval` → `month_day_nano_interval`,
 ±infinity dates and timestamps → the extreme values DuckDB reads as ±infinity, arrays →
-`list<...>` (of one dimension: a 2-D array stops the read).
+`list<...>` (of one dimension: a 2-D array stops the read), and types Arrow lacks (`inet`,
+`timetz`, ranges, records) → `string`, the server's own text for them.
 
 Example::
 
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
     from lockgate.project.models import PostgresSourceConfig
 
 UTC_TS = pa.timestamp("us", tz="UTC")
+#: a model's error naming a table that does not exist: `relation "analytics.users" does ...`
+_MISSING_RELATION = re.compile(r'relation "([^"]+)" does not exist')
 _SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema', 'pg_toast')"
 
 
@@ -131,6 +134,8 @@ def _adbc_target(field: pa.Field, money_scale: int = 2) -> pa.DataType:
         return pa.list_(_adbc_target(kind.value_field, money_scale))
     if _is_money(field):
         return pa.decimal128(19, money_scale)
+    if pa.types.is_struct(kind):
+        return pa.string()  # a `record`, which `read` casts to text
     if not isinstance(kind, pa.BaseExtensionType):
         return kind
     name = kind.extension_name
@@ -146,7 +151,37 @@ def _adbc_target(field: pa.Field, money_scale: int = 2) -> pa.DataType:
             return pa.float64()
         typmod -= 4
         return _numeric_type((typmod >> 16) & 0xFFFF, typmod & 0xFFFF)
-    return kind.storage_type  # other Postgres-only types (inet, ...) as their text/bytes
+    if name == "arrow.opaque":
+        return pa.string()  # other Postgres-only types (inet, ...): `read` casts them to text
+    return kind.storage_type
+
+
+def _text_cast(field: pa.Field, column: str) -> str | None:
+    """SQL that makes ``column`` its text when ADBC would give it as its binary wire form
+    (`inet`, `timetz`, ranges, `bit`, `xml`, ...: types Arrow has no equivalent for) or cannot
+    read it (a `record`); an array of one becomes a `text[]`. The text is the type's own
+    output, as `psql` and the Redshift path show it. None for every other column."""
+    kind = field.type
+    if pa.types.is_list(kind):
+        item = _text_cast(kind.value_field, "e")
+        if item is None:
+            return None
+        if item == "e::text":
+            return f"{column}::text[]"
+        return (
+            f"case when {column} is null then null else array(select {item} from "
+            f"unnest({column}) with ordinality as u(e, n) order by n) end"
+        )
+    if pa.types.is_struct(kind):
+        return f"{column}::text"
+    if not isinstance(kind, pa.BaseExtensionType) or kind.extension_name != "arrow.opaque":
+        return None
+    type_name = getattr(kind, "type_name", "")
+    if type_name in ("citext", "numeric"):
+        return None
+    if type_name == "inet":  # `inet::text` always adds the netmask (`1.1.1.1/32`)
+        return f"abbrev({column})"
+    return f"{column}::text"
 
 
 #: Postgres dates and timestamps count from 2000-01-01; ADBC shifts them to 1970 in 32/64-bit
@@ -190,14 +225,16 @@ def _adbc_convert(array: pa.Array, target: pa.DataType) -> pa.Array:
     return array.cast(target)
 
 
-def _with_dimensions(sql: str, width: int, lists: list[int]) -> str:
-    """``sql`` (of ``width`` columns) with, after its own columns, the `array_ndims` of each
-    array column at the positions ``lists``. ADBC reads a 2-D array `{{1,2},{3,4}}` as
-    `[1,2,3,4]`, and its Arrow type is the same as a 1-D array's: the server's count is what
-    tells them apart. The columns are renamed by position, so duplicate names do not clash."""
+def _wrapped(sql: str, width: int, lists: list[int], casts: dict[int, str]) -> str:
+    """``sql`` (of ``width`` columns) with the columns at ``casts`` replaced by their SQL (the
+    column is `q.cN`) and, after its own columns, the `array_ndims` of each array column at
+    the positions ``lists``. ADBC reads a 2-D array `{{1,2},{3,4}}` as `[1,2,3,4]`, and its
+    Arrow type is the same as a 1-D array's: the server's count is what tells them apart. The
+    columns are renamed by position, so duplicate names do not clash."""
     renamed = ", ".join(f"c{i}" for i in range(width))
+    columns = ", ".join(f"{casts[i]} as c{i}" if i in casts else f"q.c{i}" for i in range(width))
     counts = "".join(f", array_ndims(q.c{i}) as n{i}" for i in lists)
-    return f"select q.*{counts} from (\n{strip_sql(sql)}\n) as q({renamed})"
+    return f"select {columns}{counts} from (\n{strip_sql(sql)}\n) as q({renamed})"
 
 
 def dimensions_error(who: str, column: str, dimensions: int) -> SourceError:
@@ -283,13 +320,55 @@ def _to_arrow_value(value: Any, kind: pa.DataType) -> Any:
     return value
 
 
-def _infinite(loader: type[Any], infinity: int) -> type[Any]:
-    """A psycopg text loader for dates or timestamps that gives ``infinity`` and ``-infinity``
-    as the integers the ADBC path ends with (:data:`_INFINITY`), which Arrow stores as they
-    are and DuckDB reads back as its own ±infinity. psycopg's own loaders refuse them ("date
-    too large"), which failed the whole read for one row; every other value is parsed by
-    ``loader`` (psycopg's C one when installed)."""
+#: A date or timestamp as Postgres writes it in `DateStyle` ISO, of any year (`20241-01-01`,
+#: `0044-03-15 12:00:00.5+00 BC`), for the values Python's `datetime` cannot hold
+_ISO = re.compile(
+    r"(?P<year>\d{4,})-(?P<month>\d\d)-(?P<day>\d\d)"
+    r"(?: (?P<hour>\d\d):(?P<minute>\d\d):(?P<second>\d\d)(?:\.(?P<fraction>\d{1,6}))?)?"
+    r"(?:(?P<sign>[+-])(?P<oh>\d\d)(?::(?P<om>\d\d))?(?::(?P<os>\d\d))?)?(?P<bc> BC)?"
+)
+
+
+def _civil_days(year: int, month: int, day: int) -> int:
+    """Days from 1970-01-01 to a date of the proleptic Gregorian calendar (year 0 is 1 BC)."""
+    year -= month <= 2
+    era = year // 400
+    of_era = year - era * 400
+    of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    return era * 146_097 + of_era * 365 + of_era // 4 - of_era // 100 + of_year - 719_468
+
+
+def _iso_units(text: str, kind: str) -> int | None:
+    """A date's days (``kind`` `date32`) or a timestamp's microseconds from 1970, as ADBC
+    reads them, from its ISO text; None when ``text`` is not one."""
+    found = _ISO.fullmatch(text)
+    if found is None:
+        return None
+    part = {k: int(v) for k, v in found.groupdict().items() if v and k not in ("sign", "bc")}
+    year = 1 - part["year"] if found["bc"] else part["year"]
+    days = _civil_days(year, part["month"], part["day"])
+    if kind == "date32":
+        return days
+    seconds = days * 86_400 + part.get("hour", 0) * 3_600 + part.get("minute", 0) * 60
+    seconds += part.get("second", 0)
+    offset = part.get("oh", 0) * 3_600 + part.get("om", 0) * 60 + part.get("os", 0)
+    seconds -= -offset if found["sign"] == "-" else offset
+    return seconds * 10**6 + int((found["fraction"] or "0").ljust(6, "0"))
+
+
+def _infinite(loader: type[Any], kind: str) -> type[Any]:
+    """A psycopg text loader for dates, timestamps or times (``kind`` `date32`, `timestamp`,
+    `time64`) that gives the values Python's cannot hold as the integers the ADBC path ends
+    with, which Arrow stores as they are: ``infinity`` and ``-infinity`` as :data:`_INFINITY`
+    (DuckDB reads them back as its own ±infinity), a year before 1 or after 9999 as its days
+    or microseconds from 1970, and a time of `24:00:00` (Postgres and Redshift allow it) as
+    its microseconds. psycopg's own loaders refuse them ("date too large"), which failed the
+    whole read for one row; every other value is parsed by ``loader`` (psycopg's C one when
+    installed)."""
+    import psycopg
     from psycopg.adapt import Loader
+
+    infinity = _INFINITY.get(kind, 0)
 
     class InfinityLoader(Loader):
         def __init__(self, oid: int, context: Any = None) -> None:
@@ -297,9 +376,18 @@ def _infinite(loader: type[Any], infinity: int) -> type[Any]:
             self._parse = loader(oid, context).load
 
         def load(self, data: Any) -> Any:
-            if data[-8:] == b"infinity":
+            if kind != "time64" and data[-8:] == b"infinity":
                 return -infinity if data[:1] == b"-" else infinity
-            return self._parse(data)
+            try:
+                return self._parse(data)
+            except psycopg.DataError:
+                text = bytes(data).decode()
+                if kind == "time64" and text in ("24:00:00", "24:00:00+00"):
+                    return 86_400 * 10**6
+                units = None if kind == "time64" else _iso_units(text, kind)
+                if units is None:
+                    raise
+                return units
 
     return InfinityLoader
 
@@ -471,6 +559,34 @@ class PostgresSource:
         finally:
             cursor.close()
 
+    def _query_error(self, sql: str, exc: BaseException) -> SourceError:
+        """A failed model query; when it names a table that does not exist but one does in
+        other case (`analytics.users` for `"Analytics"."Users"`), the hint names that one."""
+        error = query_error(self.who, sql, exc)
+        missing = _MISSING_RELATION.search(db_message(exc))
+        if missing is None:
+            return error
+        schema, _, name = missing.group(1).rpartition(".")
+        in_schema = f"and lower(n.nspname) = lower({quote_literal(schema)})" if schema else ""
+        try:
+            rows = self._rows(
+                "select n.nspname, c.relname from pg_catalog.pg_class c "
+                "join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
+                "where c.relkind in ('r', 'p', 'v', 'm', 'f') "
+                f"and lower(c.relname) = lower({quote_literal(name)}) {in_schema} order by 1, 2"
+            )
+        except SourceError:
+            return error
+        near = [f"{_in_sql(s)}.{_in_sql(n)}" for s, n in rows if (s, n) != (schema, name)]
+        if not near:
+            return error
+        return SourceError(
+            error.reason,
+            hint=f"did you mean {' or '.join(f'`{n}`' for n in near)}? Postgres reads an unquoted "
+            "name in lower case, so SQL quotes one with capitals or spaces; as a model: "
+            f"`table: '{near[0]}'`",
+        )
+
     # ------------------------------------------------------------------ reading
 
     def read(self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
@@ -486,13 +602,20 @@ class PostgresSource:
         try:
             described = cursor.adbc_execute_schema(sql)  # planned, not run
             lists = [i for i, f in enumerate(described) if pa.types.is_list(f.type)]
+            casts = {
+                i: cast
+                for i, f in enumerate(described)
+                if (cast := _text_cast(f, f"q.c{i}")) is not None
+            }
             # ADBC runs `COPY (<sql>) TO STDOUT`: the newline ends a last `-- comment`
-            query = _with_dimensions(sql, len(described), lists) if lists else strip_sql(sql)
+            query = strip_sql(sql)
+            if lists or casts:
+                query = _wrapped(sql, len(described), lists, casts)
             cursor.execute(f"{query}\n")
             reader = cursor.fetch_record_batch()
         except self._errors() as exc:
             close()
-            raise query_error(self.who, sql, exc) from exc
+            raise self._query_error(sql, exc) from exc
         width = len(described)
         fields = list(reader.schema)[:width]
         try:
@@ -530,7 +653,7 @@ class PostgresSource:
             schema,
             reader,
             batch_rows=batch_rows,
-            on_error=lambda exc: query_error(self.who, sql, exc),
+            on_error=lambda exc: self._query_error(sql, exc),
             errors=self._errors(),
             close=close,
             convert=convert,
@@ -546,7 +669,7 @@ class PostgresSource:
             cursor.execute(probe)
             fields = cursor.fetch_arrow_table().schema
         except self._errors() as exc:
-            raise query_error(self.who, sql, exc) from exc
+            raise self._query_error(sql, exc) from exc
         finally:
             cursor.close()
         scale = self._money_scale(fields)
@@ -658,6 +781,14 @@ class RedshiftSource(PostgresSource):
             raise connect_error(self.who, self.url, exc) from exc
         for json_type in ("json", "jsonb"):  # keep JSON as its text, like the ADBC path
             conn.adapters.register_loader(json_type, TextLoader)
+        # A type Lockgate reads as text (`inet`, `timetz`, ranges, records, and arrays of
+        # them) keeps the server's own text: psycopg's Python objects printed otherwise
+        # (`[1, 5)` for `[1,5)`, `[IPv4Address('1.1.1.1')]` for `{1.1.1.1}`).
+        for info in conn.adapters.types:
+            if info.name not in _SCALARS and info.name not in ("money", "interval"):
+                conn.adapters.register_loader(info.oid, TextLoader)
+                if info.array_oid:
+                    conn.adapters.register_loader(info.array_oid, TextLoader)
         # as ADBC reads them: `money` in cents (scaled by `read`), `interval` in months and days
         conn.adapters.register_loader("money", _text_loader(_money_cents))
         conn.adapters.register_loader("interval", _text_loader(_interval_parts))
@@ -665,11 +796,12 @@ class RedshiftSource(PostgresSource):
             ("date", "date32"),
             ("timestamp", "timestamp"),
             ("timestamptz", "timestamp"),
+            ("time", "time64"),
         ):
             oid = conn.adapters.types[name].oid
             parse = conn.adapters.get_loader(oid, Format.TEXT)
             assert parse is not None  # psycopg loads every built-in type
-            conn.adapters.register_loader(name, _infinite(parse, _INFINITY[kind]))
+            conn.adapters.register_loader(name, _infinite(parse, kind))
         return conn
 
     def _rows(self, sql: str) -> list[tuple[Any, ...]]:
@@ -702,7 +834,7 @@ class RedshiftSource(PostgresSource):
             cursor.execute(sql)
         except self._errors() as exc:
             close()
-            raise query_error(self.who, sql, exc) from exc
+            raise self._query_error(sql, exc) from exc
         described = []
         for column in cursor.description or []:
             info = pg_types.get(column.type_code)
@@ -738,7 +870,7 @@ class RedshiftSource(PostgresSource):
             schema,
             batches(),
             batch_rows=batch_rows,
-            on_error=lambda exc: query_error(self.who, sql, exc),
+            on_error=lambda exc: self._query_error(sql, exc),
             errors=self._errors(),
             close=close,
         )

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from lockgate.console import Advance
 from lockgate.errors import ConfigError, LockgateError, SourceError
-from lockgate.sources.base import Source
+from lockgate.sources.base import Source, strip_sql
 from lockgate.sources.duckdb import DuckDBSource
 from lockgate.state.store import run_sql
 from lockgate.sync.mapping import Compiled, q
@@ -265,9 +265,9 @@ def staged_types(
 
 
 def _subquery(sql: str) -> str:
-    """A model's SQL nested as a subquery: a trailing `;` dropped, and the closing parenthesis
-    on its own line so a trailing `-- comment` does not swallow it."""
-    return "(\n" + sql.rstrip().rstrip(";") + "\n)"
+    """A model's SQL nested as a subquery: its last `;` dropped (comments after it too), and
+    the closing parenthesis on its own line so a trailing `-- comment` does not swallow it."""
+    return "(\n" + strip_sql(sql) + "\n)"
 
 
 def _round_trip(native: str) -> str:
@@ -322,8 +322,8 @@ class InPlace:
             schema = source.schema_of(f"select * from {_subquery(sql)}")
             native = source.column_types(f"select * from {_subquery(sql)}")
         except SourceError:
-            # a broken model, or one that runs alone but not nested (a `;` before a last
-            # comment): the copy reads it as written and reports its own error
+            # a broken model, or one that runs alone but not nested: the copy reads it as
+            # written and reports its own error
             return None
         if len({name.lower() for name in names}) < len(names):
             return None  # two columns of one name: `stage` refuses the model

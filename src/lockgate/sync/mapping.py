@@ -530,6 +530,14 @@ def _constant_bytes(value: object) -> int:
     return len(value.encode()) if isinstance(value, str) else len(orjson.dumps(value))
 
 
+def _single_as_double(value: str) -> str:
+    """SQL for a single-precision ``value`` (a DuckDB `FLOAT`, a Postgres or Redshift `real`)
+    as the double of its shortest text, the number the warehouse prints: widened as it is, a
+    `real` 19.99 is 19.989999771118164, and `to_json` writes that. Snowflake's `FLOAT` is a
+    double already, so the same model sent 19.99 from there."""
+    return f"({value})::varchar::double"
+
+
 def _finite(value: str) -> str:
     """SQL for a double ``value``, null when it is NaN or infinite (JSON has no such number)."""
     return f"case when isfinite({value}) then {value} end"
@@ -658,7 +666,7 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
     number, a list or a struct, a fraction as an integer, text that is not JSON) is never
     sent as something else: its value is null and the reason names the column and field.
     """
-    c = q(column)
+    c = _single_as_double(q(column)) if _is(col_type, ("FLOAT",)) else q(column)
     is_str = _is(col_type, ("VARCHAR",))
     is_float = _is(col_type, ("FLOAT", "DOUBLE"))
     bad = f"{lit(f'column `{column}` (field `{field}`): value `')} || {c}::varchar || "
@@ -1068,7 +1076,7 @@ def _json_number(x: str, t: DuckDBPyType) -> str | None:
     write with a fraction or beyond what JSON readers take as an integer; None for any other
     type. A whole value is an integer, as a scalar number field sends it (:func:`_number_json`)."""
     if _is_float(t):
-        return _whole_float_json(x)
+        return _whole_float_json(_single_as_double(x) if t.id == "float" else x)
     if t.id in ("decimal", "hugeint", "uhugeint"):
         # as `_number_json`: an unsigned value is never compared with a negative bound (DuckDB
         # casts the bound to the value's type, and fails)
