@@ -780,3 +780,62 @@ def test_warn_at_shows_a_breaker_near_its_limit_and_the_run_goes_on(
     )
     with pytest.raises(ConfigError, match="not a share of a limit"):
         load_project(project.root)
+
+
+def test_a_column_retyped_within_its_family_is_not_counted_as_changed_data(
+    project_factory: ProjectFactory,
+) -> None:
+    """A model refactor that changes a column's type but not its values (`DECIMAL(8,2)` →
+    `DECIMAL(8,4)`, `INTEGER` → `DOUBLE`, `DATE` → `TIMESTAMP`) passes type drift, but the
+    row hash is of the typed value, so every person is sent again once: the `mapping` row says
+    why, and `max_changed` counts only the people whose value really changed (not stopping
+    a run that changes no data)."""
+    emu = project_factory.emulator
+    body = """
+name: scores
+source: warehouse
+model: {table: scores}
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes: {score: score, level: level, since: since}
+guardrails: {max_changed: 10%}
+"""
+    project_factory.sql(
+        "create table scores as select i as id, (i + 0.5)::decimal(8,2) as score, "
+        "i::integer as level, date '2026-01-01' + i::integer as since from range(20) t(i)"
+    )
+    project = project_factory.write({"scores": body})
+    run_sync(project, "scores", console=NullConsole())
+    first = {p.id: dict(p.attributes) for p in emu.people()}
+
+    project_factory.sql(
+        "create or replace table scores as select id, score::decimal(8,4) as score, "
+        "level::double as level, since::timestamp as since from scores"
+    )
+    plan = plan_sync(project, "scores", console=NullConsole())
+    assert plan.changes.changed == 20 and plan.changes.remapped == 20
+    (mapping_row,) = [g for g in plan.guards if g.name == "mapping"]
+    assert mapping_row.actual == (
+        "column types changed (`score` DECIMAL(8,2) → DECIMAL(8,4), `level` INTEGER → DOUBLE, "
+        "`since` DATE → TIMESTAMP): 20 people sent again for it"
+    )
+    (changed,) = [g for g in plan.guards if g.name == "max_changed"]
+    assert not changed.breached and changed.actual == "0 of 20 people (0.0%)"
+    report = run_sync(project, "scores", console=NullConsole())
+    assert report.status == "success" and report.delivered == 20
+    assert {p.id: dict(p.attributes) for p in emu.people()} == first  # the same values
+
+    # a value its old type would round to the old value is a change all the same (0.50001
+    # is not 0.5000), and so is one changed with its type (3 hours later, now with a zone)
+    project_factory.sql(
+        "create or replace table scores as select id, "
+        "(score + case when id < 3 then 0.00001 else 0 end)::decimal(10,6) as score, "
+        "level::integer as level, "
+        "(since + case when id = 5 then interval 3 hour else interval 0 hour end)::timestamptz "
+        "as since from scores"
+    )
+    message = refused(project, "scores", emu)
+    assert "max_changed is 4 of 20 people (20.0%), over the limit of 10%" in message
+    plan = plan_sync(project, "scores", console=NullConsole())
+    assert (plan.changes.changed, plan.changes.remapped) == (20, 16)

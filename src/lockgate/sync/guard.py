@@ -206,6 +206,23 @@ def type_family(duckdb_type: str) -> str:
     return t.lower()
 
 
+def retyped(
+    before: dict[str, str], now: dict[str, str], columns: tuple[str, ...] | list[str]
+) -> dict[str, str]:
+    """The ``columns`` whose type changed since the last committed run (``before``) within
+    its family (`DECIMAL(8,2)` → `DECIMAL(8,4)`, `INTEGER` → `DOUBLE`, `DATE` → `TIMESTAMP`),
+    each with its type then. Type drift lets such a change through, but the row hash is of
+    the values as typed, so every row hashes anew: the diff tells the rows whose values are
+    the same apart (``diff._remapped``), as it does for a mapping change, so `max_changed`
+    does not count them as changed data."""
+    out: dict[str, str] = {}
+    for column in dict.fromkeys(columns):
+        was, is_ = before.get(column), now.get(column)
+        if was and is_ and was != is_ and type_family(was) == type_family(is_):
+            out[column] = was
+    return out
+
+
 def _limit_text(limit: int | str) -> str:
     return limit if isinstance(limit, str) else f"{limit:,}"
 
@@ -349,10 +366,16 @@ NOT_RECORDED = "not recorded (a state of an older Lockgate)"
 
 
 def _mapping(
-    sync: SyncConfig, last: contract.Contract | None, changes: ChangeSet, noun: str
+    sync: SyncConfig,
+    last: contract.Contract | None,
+    changes: ChangeSet,
+    noun: str,
+    types: dict[str, tuple[str, str]] | None = None,
 ) -> GuardResult:
-    """Not a limit: says when the sync file's mapping changed since the last committed run,
-    and how many records that alone sends again (their data is as last delivered)."""
+    """Not a limit: says when the sync file's mapping (or the type of a column it reads,
+    within its family: ``types``, each column's type then and now) changed since the last
+    committed run, and how many records that alone sends again (their data is as last
+    delivered)."""
     name, limit = "mapping", "a change re-sends each record once"
     if last is None or last.mapping is None:
         return GuardResult(name, limit, FIRST_RUN if last is None else NOT_RECORDED, False)
@@ -362,6 +385,13 @@ def _mapping(
         normal_form(shaping(sync)),
         removed_attributes(sync, last.mapping),
     )
+    if types and changes.remapped:
+        what = [
+            *what,
+            "column types changed ("
+            + ", ".join(f"`{c}` {was} → {now}" for c, (was, now) in types.items())
+            + ")",
+        ]
     if not what and not changes.remapped:
         return GuardResult(name, limit, "unchanged", False)
     # nothing in the sync file: the identity graph's attributes, or Lockgate's own format
@@ -491,7 +521,14 @@ def check(
         noun = sync.kind  # people, objects or relationships
         people = f"{base:,} {noun}"
         known_people = f"{known:,} {noun}"
-        mapping_row = _mapping(sync, last, changes, noun)
+        current = {str(r[0]): str(r[1]) for r in con.execute("describe model").fetchall()}
+        types = {
+            c: (was, current[c])
+            for c, was in retyped(
+                last.columns if last is not None else {}, current, columns_read(sync, con)
+            ).items()
+        }
+        mapping_row = _mapping(sync, last, changes, noun, types)
         if not only:
             results.append(_empty_model(sync, changes, known, noun))
         else:
