@@ -447,6 +447,11 @@ def source_hash(
     return with_terms(sql)
 
 
+#: the columns the identity graph adds for its attributes (a Stripe id...) start so
+#: (:func:`lockgate.sync.resolve.graph_attribute_column`); their `""` is a clear the graph
+#: sends on purpose (a value moved to another profile), not an empty string of the model
+GRAPH_ATTRIBUTE_PREFIX = "_lg_attr_"
+
 #: bump when the SQL this module generates changes what is sent for the same row
 MAPPING_VERSION = "1"
 
@@ -980,7 +985,9 @@ def field_fragment(
     # a decimal's `5.00`)
     numbers = _is(col_type, NUMERIC_TYPES) or _nested_numbers(col_type)
     ftype = "auto" if spec.type == "json" and numbers else spec.type
-    expression, check = coerce(sync, name, column, col_type, ftype, attribute=limit)
+    # the identity graph's own `""` clears a value that moved to another profile
+    attribute = limit and not column.startswith(GRAPH_ATTRIBUTE_PREFIX)
+    expression, check = coerce(sync, name, column, col_type, ftype, attribute=attribute)
     alias = f"__v{len(computed)}"
     # a value that can be over the limit is kept as the JSON text it is sent as, built once for
     # the fragment and its size check (`to_json` of null is null, so `check` still holds)
@@ -1445,7 +1452,12 @@ def _on_change_sql(
             continue
         column = spec.column or name
         watched[name], _ = coerce(
-            sync.name, name, column, columns[column], spec.type, attribute=True
+            sync.name,
+            name,
+            column,
+            columns[column],
+            spec.type,
+            attribute=not column.startswith(GRAPH_ATTRIBUTE_PREFIX),
         )
     fragments = []
     for rule in sync.on_change:
