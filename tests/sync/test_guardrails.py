@@ -839,3 +839,55 @@ guardrails: {max_changed: 10%}
     assert "max_changed is 4 of 20 people (20.0%), over the limit of 10%" in message
     plan = plan_sync(project, "scores", console=NullConsole())
     assert (plan.changes.changed, plan.changes.remapped) == (20, 16)
+
+
+def test_an_event_name_drifting_in_the_model_stops_the_run_that_would_first_send_it(
+    project_factory: ProjectFactory,
+) -> None:
+    """An events sync reading its name from a column: the model starts writing `order_placed`
+    where it wrote `Order Placed`. Customer.io would keep two events and every campaign
+    triggered by `Order Placed` would miss the new ones, so the run that would first send the
+    new spelling stops (with the names, where each comes from, sample keys and the fix); a
+    name listed in `distinct_event_names` is not compared, and `--force` sends it once."""
+    emu = project_factory.emulator
+    body = """
+name: orders
+source: warehouse
+model: {table: orders}
+kind: events
+identify_by: {id: user_id}
+event: {name: event_name, id: order_id}
+"""
+    project_factory.sql(
+        "create table orders as select i as order_id, 1 as user_id, 'Order Placed' as event_name "
+        "from range(3) t(i)"
+    )
+    project = project_factory.write({"orders": body})
+    run_sync(project, "orders", console=NullConsole())
+    project_factory.sql(
+        "insert into orders values (3, 1, 'order_placed'), (4, 1, 'order_placed'), "
+        "(5, 1, 'Order Refunded')"
+    )
+    plan = plan_sync(project, "orders", console=NullConsole())
+    (drift,) = [g for g in plan.guards if g.name == "event-name drift"]
+    assert drift.breached
+    assert drift.actual == "`order_placed` vs `Order Placed` (sent by sync `orders`)"
+    message = refused(project, "orders", emu)
+    assert "event-name drift: `order_placed` vs `Order Placed` (sent by sync `orders`)" in message
+    assert "would send 2 events under a name new to the sync" in message
+    assert "Sample rows: 3: order_placed; 4: order_placed" in message
+    assert "distinct_event_names: [order_placed]" in message
+    assert sorted(e.name for e in emu.events()) == ["Order Placed"] * 3
+
+    # a name that is no other's spelling goes; acknowledged, the new one goes too
+    acknowledged = with_guardrails(body, "{distinct_event_names: [order_placed]}")
+    report = run_sync(project_factory.write({"orders": acknowledged}), "orders",
+                      console=NullConsole())  # fmt: skip
+    assert report.status == "success" and report.delivered == 3
+    # forced once, a new spelling is recorded and stops nothing more
+    project_factory.sql("insert into orders values (6, 1, 'ORDER-REFUNDED')")
+    project = project_factory.write({"orders": body})
+    assert "`ORDER-REFUNDED` vs `Order Refunded`" in refused(project, "orders", emu)
+    assert run_sync(project, "orders", console=NullConsole(), force=True).delivered == 1
+    project_factory.sql("insert into orders values (7, 1, 'ORDER-REFUNDED')")
+    assert run_sync(project, "orders", console=NullConsole()).delivered == 1
