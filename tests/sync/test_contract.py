@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from lockgate.cli import cli
 from lockgate.console import NullConsole
+from lockgate.errors import ContractError
 from lockgate.sync.contract import event_name_key
 from lockgate.sync.run import run_sync
 
@@ -243,7 +245,10 @@ def test_event_name_drift_in_configs_and_in_names_already_sent(
     )
     assert validate(project)[0] == 0  # nothing sent yet
     project_factory.sql("create table if not exists t as select 1 as x")  # the warehouse file
-    assert run_sync(project, "a", console=NullConsole()).delivered == 1
+    # the run that would first send the name stops (docs/guardrails.md); forced, it is sent
+    with pytest.raises(ContractError, match="event-name drift: `Checkout Abandoned` vs `abandon"):
+        run_sync(project, "a", console=NullConsole())
+    assert run_sync(project, "a", console=NullConsole(), force=True).delivered == 1
     code, report = validate(project)
     assert code == 1
     assert "`Checkout Abandoned` (sent by sync `a`)" in report["contract"][0]["message"]

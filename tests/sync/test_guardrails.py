@@ -780,3 +780,114 @@ def test_warn_at_shows_a_breaker_near_its_limit_and_the_run_goes_on(
     )
     with pytest.raises(ConfigError, match="not a share of a limit"):
         load_project(project.root)
+
+
+def test_a_column_retyped_within_its_family_is_not_counted_as_changed_data(
+    project_factory: ProjectFactory,
+) -> None:
+    """A model refactor that changes a column's type but not its values (`DECIMAL(8,2)` →
+    `DECIMAL(8,4)`, `INTEGER` → `DOUBLE`, `DATE` → `TIMESTAMP`) passes type drift, but the
+    row hash is of the typed value, so every person is sent again once: the `mapping` row says
+    why, and `max_changed` counts only the people whose value really changed (not stopping
+    a run that changes no data)."""
+    emu = project_factory.emulator
+    body = """
+name: scores
+source: warehouse
+model: {table: scores}
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes: {score: score, level: level, since: since}
+guardrails: {max_changed: 10%}
+"""
+    project_factory.sql(
+        "create table scores as select i as id, (i + 0.5)::decimal(8,2) as score, "
+        "i::integer as level, date '2026-01-01' + i::integer as since from range(20) t(i)"
+    )
+    project = project_factory.write({"scores": body})
+    run_sync(project, "scores", console=NullConsole())
+    first = {p.id: dict(p.attributes) for p in emu.people()}
+
+    project_factory.sql(
+        "create or replace table scores as select id, score::decimal(8,4) as score, "
+        "level::double as level, since::timestamp as since from scores"
+    )
+    plan = plan_sync(project, "scores", console=NullConsole())
+    assert plan.changes.changed == 20 and plan.changes.remapped == 20
+    (mapping_row,) = [g for g in plan.guards if g.name == "mapping"]
+    assert mapping_row.actual == (
+        "column types changed (`score` DECIMAL(8,2) → DECIMAL(8,4), `level` INTEGER → DOUBLE, "
+        "`since` DATE → TIMESTAMP): 20 people sent again for it"
+    )
+    (changed,) = [g for g in plan.guards if g.name == "max_changed"]
+    assert not changed.breached and changed.actual == "0 of 20 people (0.0%)"
+    report = run_sync(project, "scores", console=NullConsole())
+    assert report.status == "success" and report.delivered == 20
+    assert {p.id: dict(p.attributes) for p in emu.people()} == first  # the same values
+
+    # a value its old type would round to the old value is a change all the same (0.50001
+    # is not 0.5000), and so is one changed with its type (3 hours later, now with a zone)
+    project_factory.sql(
+        "create or replace table scores as select id, "
+        "(score + case when id < 3 then 0.00001 else 0 end)::decimal(10,6) as score, "
+        "level::integer as level, "
+        "(since + case when id = 5 then interval 3 hour else interval 0 hour end)::timestamptz "
+        "as since from scores"
+    )
+    message = refused(project, "scores", emu)
+    assert "max_changed is 4 of 20 people (20.0%), over the limit of 10%" in message
+    plan = plan_sync(project, "scores", console=NullConsole())
+    assert (plan.changes.changed, plan.changes.remapped) == (20, 16)
+
+
+def test_an_event_name_drifting_in_the_model_stops_the_run_that_would_first_send_it(
+    project_factory: ProjectFactory,
+) -> None:
+    """An events sync reading its name from a column: the model starts writing `order_placed`
+    where it wrote `Order Placed`. Customer.io would keep two events and every campaign
+    triggered by `Order Placed` would miss the new ones, so the run that would first send the
+    new spelling stops (with the names, where each comes from, sample keys and the fix); a
+    name listed in `distinct_event_names` is not compared, and `--force` sends it once."""
+    emu = project_factory.emulator
+    body = """
+name: orders
+source: warehouse
+model: {table: orders}
+kind: events
+identify_by: {id: user_id}
+event: {name: event_name, id: order_id}
+"""
+    project_factory.sql(
+        "create table orders as select i as order_id, 1 as user_id, 'Order Placed' as event_name "
+        "from range(3) t(i)"
+    )
+    project = project_factory.write({"orders": body})
+    run_sync(project, "orders", console=NullConsole())
+    project_factory.sql(
+        "insert into orders values (3, 1, 'order_placed'), (4, 1, 'order_placed'), "
+        "(5, 1, 'Order Refunded')"
+    )
+    plan = plan_sync(project, "orders", console=NullConsole())
+    (drift,) = [g for g in plan.guards if g.name == "event-name drift"]
+    assert drift.breached
+    assert drift.actual == "`order_placed` vs `Order Placed` (sent by sync `orders`)"
+    message = refused(project, "orders", emu)
+    assert "event-name drift: `order_placed` vs `Order Placed` (sent by sync `orders`)" in message
+    assert "would send 2 events under a name new to the sync" in message
+    assert "Sample rows: 3: order_placed; 4: order_placed" in message
+    assert "distinct_event_names: [order_placed]" in message
+    assert sorted(e.name for e in emu.events()) == ["Order Placed"] * 3
+
+    # a name that is no other's spelling goes; acknowledged, the new one goes too
+    acknowledged = with_guardrails(body, "{distinct_event_names: [order_placed]}")
+    report = run_sync(project_factory.write({"orders": acknowledged}), "orders",
+                      console=NullConsole())  # fmt: skip
+    assert report.status == "success" and report.delivered == 3
+    # forced once, a new spelling is recorded and stops nothing more
+    project_factory.sql("insert into orders values (6, 1, 'ORDER-REFUNDED')")
+    project = project_factory.write({"orders": body})
+    assert "`ORDER-REFUNDED` vs `Order Refunded`" in refused(project, "orders", emu)
+    assert run_sync(project, "orders", console=NullConsole(), force=True).delivered == 1
+    project_factory.sql("insert into orders values (7, 1, 'ORDER-REFUNDED')")
+    assert run_sync(project, "orders", console=NullConsole()).delivered == 1

@@ -24,7 +24,7 @@ from lockgate.project.models import SyncConfig
 from lockgate.state.store import StateStore, run_sql, table, transaction
 from lockgate.sync import rejects
 from lockgate.sync.extract import InPlace
-from lockgate.sync.mapping import IDENTIFIER_PRIORITY, Compiled, json_key, lit
+from lockgate.sync.mapping import IDENTIFIER_PRIORITY, Compiled, json_key, lit, q
 
 RESYNC_PREVIOUS = "resync_previous"
 """A `--full-resync` run's temp view (or table) of what was delivered before, while the
@@ -883,6 +883,7 @@ def diff_records(
     shared_check: bool = False,
     previous_hash: str | None = None,
     run_id: str = "",
+    retyped: dict[str, str] | None = None,
 ) -> ChangeSet:
     """Diff a people, objects or relationships sync against its snapshot.
 
@@ -895,7 +896,9 @@ def diff_records(
 
     ``previous_hash`` is the SQL of the rows' hash under the mapping of the last committed run
     when it differs from this one's: the changed records that hash as the snapshot under it
-    are counted as ``remapped``.
+    are counted as ``remapped``. ``retyped``: the columns whose type changed within its
+    family since that run, each with its type then (the rows are hashed with their values as
+    they were typed then, see :func:`_remapped`).
 
     With ``in_place``, the temp table ``keyed`` was built in the source (:meth:`InPlace.key`)
     and ``model`` is filled here with only the rows to map. Without ``payloads`` (a plan), the
@@ -1031,7 +1034,7 @@ def diff_records(
         )
     remapped = 0
     if previous_hash and not full_resync and sent_rows > new:
-        remapped = _remapped(con, snap, previous_hash)
+        remapped = _remapped(con, snap, previous_hash, retyped or {})
     if unsure:  # of those added to `todo`, the ones still to send (not rejected since)
         unsure = int(
             _one(
@@ -1540,25 +1543,47 @@ def hold_takers(con: duckdb.DuckDBPyConnection, phase: int, undelivered: set[str
 diff_people = diff_records
 
 
-def _remapped(con: duckdb.DuckDBPyConnection, snap: str, previous_hash: str) -> int:
+def _remapped(
+    con: duckdb.DuckDBPyConnection,
+    snap: str,
+    previous_hash: str,
+    retyped: dict[str, str] | None = None,
+) -> int:
     """How many changed records of ``changes`` hash, under the last run's mapping, as the
     snapshot holds them: their data did not change, the mapping did. They are kept in the temp
     table ``remapped(__rid)`` (the guardrails count their clears apart). 0 when the last
-    mapping read a column the model no longer has (nothing to tell them apart by)."""
+    mapping read a column the model no longer has (nothing to tell them apart by).
+
+    ``retyped``: columns whose type changed within its family since the last run (`DECIMAL(8,2)`
+    → `DECIMAL(8,4)`, `DATE` → `TIMESTAMP`), each with its type then. DuckDB's hash is of the
+    typed value, so `1.50` hashes anew: such a column is hashed cast back to its old type, for
+    the rows whose value the cast keeps (equal to the value as it is now; `1.5` cast to an old
+    `INTEGER` is `2`, which is another value, so that row counts as changed)."""
+    source = "select rowid as __rid, true as __lg_same, * from model"
+    if retyped:
+        casts = ", ".join(f"try_cast({q(c)} as {t}) as {q(c)}" for c, t in retyped.items())
+        same = " and ".join(
+            f"({q(c)} is null or try_cast({q(c)} as {t}) = {q(c)})" for c, t in retyped.items()
+        )
+        source = f"select rowid as __rid, ({same}) as __lg_same, * replace ({casts}) from model"
     try:
         run_sql(
             con,
             f"""
             create or replace temp table remapped as
             select c.__rid from changes c
-            join (select rowid as __rid, {previous_hash} as old_h from model) m
+            join (select __rid, __lg_same, {previous_hash} as old_h from ({source})) m
               on m.__rid = c.__rid
             semi join {snap} s on s.k = c.k and s.h = m.old_h
-            where not c.is_new and not c.removed
+            where not c.is_new and not c.removed and m.__lg_same
             """,
         )
     except duckdb.BinderException:
         return 0
+    except duckdb.Error:
+        if not retyped:
+            raise
+        return 0  # a value its old type cannot be compared with: every row counts as changed
     return int(_one(con, "select count(*) from remapped") or 0)
 
 

@@ -11,6 +11,8 @@ The guardrails (docs/guardrails.md):
   (``--force`` once to accept: the run then records the new ones);
 - **event key changed**: an events sync's `event.id` differs from the last committed run's,
   so every delivered event would be sent again as a new one (``--force`` once to accept);
+- **event-name drift**: an events sync would send a name new to it that is another spelling
+  (case, punctuation, word order) of a name already sent or configured (``--force`` once);
 - **type drift**: a column the sync reads changed type family (timestamp, number, string,
   boolean, json, nested...) since the last committed run; only acknowledging it in
   ``guardrails.accept_type_changes`` lets the sync run again (``--force`` does not);
@@ -206,6 +208,23 @@ def type_family(duckdb_type: str) -> str:
     return t.lower()
 
 
+def retyped(
+    before: dict[str, str], now: dict[str, str], columns: tuple[str, ...] | list[str]
+) -> dict[str, str]:
+    """The ``columns`` whose type changed since the last committed run (``before``) within
+    its family (`DECIMAL(8,2)` → `DECIMAL(8,4)`, `INTEGER` → `DOUBLE`, `DATE` → `TIMESTAMP`),
+    each with its type then. Type drift lets such a change through, but the row hash is of
+    the values as typed, so every row hashes anew: the diff tells the rows whose values are
+    the same apart (``diff._remapped``), as it does for a mapping change, so `max_changed`
+    does not count them as changed data."""
+    out: dict[str, str] = {}
+    for column in dict.fromkeys(columns):
+        was, is_ = before.get(column), now.get(column)
+        if was and is_ and was != is_ and type_family(was) == type_family(is_):
+            out[column] = was
+    return out
+
+
 def _limit_text(limit: int | str) -> str:
     return limit if isinstance(limit, str) else f"{limit:,}"
 
@@ -345,14 +364,103 @@ def _event_key(sync: SyncConfig, last: contract.Contract | None, changes: Change
     )
 
 
+def _event_names(con: duckdb.DuckDBPyConnection, project: Project, sync: SyncConfig) -> GuardResult:
+    """Event-name drift, as it happens: a name this run would send for the first time (read
+    from a column, `Order Placed` one day and `order_placed` the next) that differs only in
+    case, punctuation, separators or word order from a name already sent (by any sync of the
+    project), written in a sync file, or sent in this same run. Customer.io keeps them as two
+    events, so a campaign triggered by one misses the other. `lockgate validate` reports such
+    names once sent; this stops the first run that would send one. Names listed in
+    `distinct_event_names` are not compared; `--force` sends them once (the name is then
+    recorded, and `validate` reports the pair until one is acknowledged or fixed)."""
+    from lockgate.sync.contract import event_name_key
+
+    name, limit = "event names", "no new spelling of a known name"
+    rows = con.execute(
+        "select n, count(*) from (select json_extract_string('{' || op, '$.name') as n "
+        "from changes) where n is not null group by n order by n"
+    ).fetchall()
+    now = {str(n): int(c) for n, c in rows}
+    sent = contract.event_names(con)
+    own = set(sent.get(sync.name, []))
+    origins: dict[str, set[str]] = {}
+    for other, names in sent.items():
+        if other in project.syncs:
+            for n in names:
+                origins.setdefault(n, set()).add(f"sent by sync `{other}`")
+    for each in project:
+        if each.event is not None and each.event.name.value:
+            origins.setdefault(each.event.name.value.strip(), set()).add(
+                f"in {project.sync_files.get(each.name, each.name)}"
+            )
+        for change in getattr(each, "on_change", None) or []:
+            origins.setdefault(str(change.event).strip(), set()).add(
+                f"`on_change` of sync `{each.name}`"
+            )
+    for n in now:
+        origins.setdefault(n, set()).add("in this run")
+    distinct = set(project.config.defaults.guardrails.distinct_event_names)
+    for each in project:
+        distinct.update(each.guardrails.distinct_event_names)
+    by_key: dict[str, list[str]] = {}
+    for n in origins:
+        if n:
+            by_key.setdefault(event_name_key(n), []).append(n)
+    clashes: list[tuple[str, list[str]]] = []
+    for n in sorted(now):
+        if n in own or n in distinct:
+            continue
+        others = sorted(o for o in by_key.get(event_name_key(n), []) if o != n)
+        if others and not distinct & set(others):
+            clashes.append((n, others))
+    if not clashes:
+        return GuardResult(name, limit, f"{len(now):,} name{'' if len(now) == 1 else 's'}", False)
+    actual = "; ".join(
+        f"`{n}` vs " + ", ".join(f"`{o}` ({', '.join(sorted(origins[o]))})" for o in others)
+        for n, others in clashes
+    )
+    count = sum(now[n] for n, _ in clashes)
+    first = clashes[0][0]
+    return GuardResult(
+        "event-name drift",
+        limit,
+        actual,
+        True,
+        f"This run would send {count:,} event{'' if count == 1 else 's'} under a name new to "
+        "the sync that differs only in case, punctuation or word order from a known one: "
+        "Customer.io treats them as different events, so campaigns and segments triggered by "
+        "one miss the others.",
+        tuple(f"{k}: {n}" for n, _ in clashes for k in _keys_named(con, n))[:SAMPLES],
+        hint=f"use one spelling in the model; if `{first}` really is another event, list it "
+        f"under `guardrails: {{distinct_event_names: [{first}]}}`; `lockgate sync {sync.name} "
+        "--force` sends it once (the name is then recorded, and `lockgate validate` reports "
+        "the pair)",
+    )
+
+
+def _keys_named(con: duckdb.DuckDBPyConnection, name: str) -> list[str]:
+    rows = con.execute(
+        "select k from changes where json_extract_string('{' || op, '$.name') = ? "
+        f"order by ts, k limit {SAMPLES}",
+        [name],
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
 NOT_RECORDED = "not recorded (a state of an older Lockgate)"
 
 
 def _mapping(
-    sync: SyncConfig, last: contract.Contract | None, changes: ChangeSet, noun: str
+    sync: SyncConfig,
+    last: contract.Contract | None,
+    changes: ChangeSet,
+    noun: str,
+    types: dict[str, tuple[str, str]] | None = None,
 ) -> GuardResult:
-    """Not a limit: says when the sync file's mapping changed since the last committed run,
-    and how many records that alone sends again (their data is as last delivered)."""
+    """Not a limit: says when the sync file's mapping (or the type of a column it reads,
+    within its family: ``types``, each column's type then and now) changed since the last
+    committed run, and how many records that alone sends again (their data is as last
+    delivered)."""
     name, limit = "mapping", "a change re-sends each record once"
     if last is None or last.mapping is None:
         return GuardResult(name, limit, FIRST_RUN if last is None else NOT_RECORDED, False)
@@ -362,6 +470,13 @@ def _mapping(
         normal_form(shaping(sync)),
         removed_attributes(sync, last.mapping),
     )
+    if types and changes.remapped:
+        what = [
+            *what,
+            "column types changed ("
+            + ", ".join(f"`{c}` {was} → {now}" for c, (was, now) in types.items())
+            + ")",
+        ]
     if not what and not changes.remapped:
         return GuardResult(name, limit, "unchanged", False)
     # nothing in the sync file: the identity graph's attributes, or Lockgate's own format
@@ -491,7 +606,14 @@ def check(
         noun = sync.kind  # people, objects or relationships
         people = f"{base:,} {noun}"
         known_people = f"{known:,} {noun}"
-        mapping_row = _mapping(sync, last, changes, noun)
+        current = {str(r[0]): str(r[1]) for r in con.execute("describe model").fetchall()}
+        types = {
+            c: (was, current[c])
+            for c, was in retyped(
+                last.columns if last is not None else {}, current, columns_read(sync, con)
+            ).items()
+        }
+        mapping_row = _mapping(sync, last, changes, noun, types)
         if not only:
             results.append(_empty_model(sync, changes, known, noun))
         else:
@@ -554,6 +676,7 @@ def check(
             )  # fmt: skip
     elif sync.kind == "events":
         results.append(_event_key(sync, last, changes))
+        results.append(_event_names(con, project, sync))
 
         def events() -> list[str]:
             rows = con.execute(f"select k, op from changes order by ts, k limit {SAMPLES}")
@@ -791,7 +914,7 @@ def enforce(sync: SyncConfig, results: list[GuardResult], *, force: bool) -> Non
     if first.hint and not first.name.startswith("max_"):
         raise ContractError(
             f"sync `{sync.name}` stopped before sending anything: {first.name}: {first.actual}"
-            f"{more}. {first.detail}",
+            f"{more}. {first.detail}{samples}",
             hint=first.hint,
         )
     if not first.name.startswith("max_"):

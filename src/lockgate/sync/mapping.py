@@ -447,6 +447,11 @@ def source_hash(
     return with_terms(sql)
 
 
+#: the columns the identity graph adds for its attributes (a Stripe id...) start so
+#: (:func:`lockgate.sync.resolve.graph_attribute_column`); their `""` is a clear the graph
+#: sends on purpose (a value moved to another profile), not an empty string of the model
+GRAPH_ATTRIBUTE_PREFIX = "_lg_attr_"
+
 #: bump when the SQL this module generates changes what is sent for the same row
 MAPPING_VERSION = "1"
 
@@ -659,13 +664,24 @@ def _utc_text(seconds: str) -> str:
     )
 
 
-def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tuple[str, str]:
+def coerce(
+    sync: str, field: str, column: str, col_type: str, ftype: str, *, attribute: bool = False
+) -> tuple[str, str]:
     """SQL for a column's value after coercion, and SQL for its reject reason (or NULL).
 
     A value the field's type cannot carry to Customer.io as itself (NaN or an infinity in a
     number, a list or a struct, a fraction as an integer, text that is not JSON) is never
     sent as something else: its value is null and the reason names the column and field.
+
+    ``attribute``: the value is an attribute (of a person, object or relationship), which
+    Customer.io removes when it is sent as `""`. An empty string (text, or a `json` field's
+    JSON string `""`) is then a null, so the field's `on_null` applies: skipped by default,
+    counted by `max_cleared` under `clear`, instead of a model that turned its nulls into
+    `''` erasing the attribute while the run counts nothing cleared.
     """
+    if attribute and _is(col_type, ("VARCHAR",)) and ftype in ("auto", "string"):
+        converted, reason = coerce(sync, field, column, col_type, ftype)
+        return f"nullif({converted}, '')", reason
     c = _single_as_double(q(column)) if _is(col_type, ("FLOAT",)) else q(column)
     is_str = _is(col_type, ("VARCHAR",))
     is_float = _is(col_type, ("FLOAT", "DOUBLE"))
@@ -768,8 +784,10 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
             # the attribute while the run counted nothing cleared. A number past a double's
             # range (`1e400`) is valid JSON that Customer.io cannot read: rejected
             lowered = f"lower({c})"
-            # the text `null`, maybe with JSON's white space: no second parse of every value
-            json_null = f"(strlen({c}) <= 12 and trim({c}, ' \t\n\r') = 'null')"
+            # the text `null`, maybe with JSON's white space: no second parse of every value;
+            # for an attribute, the JSON string `""` too, which would erase it as well
+            nulls = "('null', '\"\"')" if attribute else "('null')"
+            json_null = f"(strlen({c}) <= 12 and trim({c}, ' \t\n\r') in {nulls})"
             huge = _huge_json_number(c)
             converted = (
                 f"case when not json_valid({c}) then null when {json_null} or {huge} then null "
@@ -975,7 +993,9 @@ def field_fragment(
     # a decimal's `5.00`)
     numbers = _is(col_type, NUMERIC_TYPES) or _nested_numbers(col_type)
     ftype = "auto" if spec.type == "json" and numbers else spec.type
-    expression, check = coerce(sync, name, column, col_type, ftype)
+    # the identity graph's own `""` clears a value that moved to another profile
+    attribute = limit and not column.startswith(GRAPH_ATTRIBUTE_PREFIX)
+    expression, check = coerce(sync, name, column, col_type, ftype, attribute=attribute)
     alias = f"__v{len(computed)}"
     # a value that can be over the limit is kept as the JSON text it is sent as, built once for
     # the fragment and its size check (`to_json` of null is null, so `check` still holds)
@@ -1439,7 +1459,14 @@ def _on_change_sql(
             watched[name] = lit(orjson.dumps(spec.value).decode()) + "::json"
             continue
         column = spec.column or name
-        watched[name], _ = coerce(sync.name, name, column, columns[column], spec.type)
+        watched[name], _ = coerce(
+            sync.name,
+            name,
+            column,
+            columns[column],
+            spec.type,
+            attribute=not column.startswith(GRAPH_ATTRIBUTE_PREFIX),
+        )
     fragments = []
     for rule in sync.on_change:
         if rule.attribute not in sync.attributes:

@@ -41,7 +41,7 @@ from lockgate.sources import connect
 from lockgate.state.store import StateStore, run_sql, table
 from lockgate.sync.extract import Carry, read_as_text
 from lockgate.sync.guard import GuardResult, columns_read
-from lockgate.sync.mapping import CUSTOMERIO_IDENTIFIERS
+from lockgate.sync.mapping import CUSTOMERIO_IDENTIFIERS, GRAPH_ATTRIBUTE_PREFIX
 
 IDENTITY_STATE = "identity"
 
@@ -326,7 +326,7 @@ def key_rows(
 
 def graph_attribute_column(name: str) -> str:
     """The column :func:`key_rows` adds for the graph attribute ``name`` (a Stripe id...)."""
-    return f"_lg_attr_{name}"
+    return f"{GRAPH_ATTRIBUTE_PREFIX}{name}"
 
 
 def keyed_sync(sync: SyncConfig, graph_attributes: dict[str, str]) -> SyncConfig:

@@ -540,6 +540,10 @@ def _prepare(
                     )
                 open_source.close()
             _keep_only(store, sync, compiled, only)
+        # columns whose type changed within its family: their rows hash anew
+        retyped = guard_step.retyped(
+            last.columns if last is not None else {}, staged.columns, compiled.columns_used
+        )
         with step("diff"), console.progress(f"diff {sync.name}", None):
             if full_resync and sync.kind != "events":
                 _shadow_snapshot(store, sync.name)
@@ -562,7 +566,8 @@ def _prepare(
                     full_resync=full_resync,
                     # through the identity graph, rows of one person are already made one
                     shared_check=sync.kind == "people" and resolution is None,
-                    previous_hash=_previous_hash(last, compiled),
+                    previous_hash=_previous_hash(last, compiled, retyped),
+                    retyped=retyped,
                     run_id=step.run_id,
                 )
         if only and not payloads and session is not None and sync.kind == "people":
@@ -843,10 +848,17 @@ def _same_hash(last: contract_state.Contract, sync: SyncConfig, mapping_hash: st
     )
 
 
-def _previous_hash(last: contract_state.Contract | None, compiled: mapping.Compiled) -> str | None:
+def _previous_hash(
+    last: contract_state.Contract | None,
+    compiled: mapping.Compiled,
+    retyped: dict[str, str] | None = None,
+) -> str | None:
     """The row hash SQL of the sync's last committed run (``last``), when its mapping differs
-    from this run's (see ``ChangeSet.remapped``)."""
-    if last is None or not last.mapping_hash or last.mapping_hash == compiled.src_h:
+    from this run's, or a column it hashes changed type within its family (``retyped``; see
+    ``ChangeSet.remapped``)."""
+    if last is None or not last.mapping_hash:
+        return None
+    if last.mapping_hash == compiled.src_h and not retyped:
         return None
     return last.mapping_hash
 

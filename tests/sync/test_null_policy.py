@@ -1,0 +1,80 @@
+"""The null policy across runs: a value the model lost never erases what Customer.io holds,
+unless the sync asks for it (`on_null: clear`), and then `max_cleared` counts it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from tests.sync.test_guardrails import PROFILE, USERS, refused, with_guardrails
+
+from lockgate.console import NullConsole
+from lockgate.sync.run import run_sync
+
+ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
+
+
+def attributes(factory: ProjectFactory, person: int) -> dict[str, Any]:
+    found = factory.emulator.person(id=str(person))
+    assert found is not None
+    return dict(found.attributes)
+
+
+def test_an_empty_string_is_a_null_and_never_erases_an_attribute(
+    project_factory: ProjectFactory,
+) -> None:
+    """Customer.io removes an attribute sent as `""`: a model that turned nulls into empty
+    strings (`coalesce(plan, '')` in a bad deploy) would erase half the profiles while the run
+    counted nothing cleared. An empty string follows the null policy: skipped by default,
+    cleared (and counted, so `max_cleared` stops it) under `on_null: clear`, the default under
+    `on_null: default`."""
+    project_factory.sql(USERS + "alter table users add column tier varchar default 'gold';")
+    body = with_guardrails(
+        PROFILE + "  tier: {column: tier, on_null: default, default: basic}\n", "{max_cleared: 3}"
+    )
+    project = project_factory.write({"profile": body})
+    run_sync(project, "profile", console=NullConsole())
+
+    project_factory.sql("update users set plan = '', tier = '' where user_id <= 10")
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.status == "success" and report.changes.attributes_cleared == 0
+    assert attributes(project_factory, 1)["plan"] == "free"  # kept, not erased
+    assert attributes(project_factory, 1)["tier"] == "basic"  # the default, as for a null
+    assert attributes(project_factory, 11)["plan"] == "free"
+
+    # `on_null: clear` clears it, and the clear is counted
+    project_factory.sql("update users set promo = '' where user_id <= 4")
+    message = refused(project, "profile", project_factory.emulator)
+    assert "max_cleared is 4, over the limit of 3" in message
+    assert "1: clears promo" in message
+    assert attributes(project_factory, 1)["promo"] == "P1"
+
+    # back to a value: sent again
+    project_factory.sql("update users set plan = 'pro', promo = 'P' || user_id where user_id <= 10")
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 10
+    assert attributes(project_factory, 1)["plan"] == "pro"
+
+
+@pytest.mark.parametrize("text", ['""', ' "" '])
+def test_a_json_empty_string_is_a_null_too(project_factory: ProjectFactory, text: str) -> None:
+    """A `json` field whose text is `""` would be sent as the empty string, which erases the
+    attribute: like the JSON `null`, it is a null for the field's `on_null`."""
+    project_factory.sql(
+        "create table users as select i as user_id, '{\"a\": 1}' as meta from range(1, 4) t(i)"
+    )
+    body = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes:
+  meta: {column: meta, type: json}
+"""
+    project = project_factory.write({"profile": body})
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql(f"update users set meta = '{text}' where user_id = 1")
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.status == "success" and report.changes.rejected == 0
+    assert attributes(project_factory, 1)["meta"] == {"a": 1}
