@@ -173,7 +173,9 @@ class DuckDBSourceConfig(StrictModel):
     """Path of the DuckDB database file (or `:memory:`), relative to the project folder unless
     absolute. `${ENV_VAR}` references and a leading `~` are expanded, as in `state:`."""
     read_only: bool = True
-    """Open the file read-only (syncs never write to the warehouse)."""
+    """Open the file read-only to read models (a model is never written). Lockgate's own
+    tables (the identity graph's, `run_log:`, webhooks) are written on a connection of their
+    own, whatever this says."""
     memory_limit: str = "64MB"
     """DuckDB buffer pool for reading models. Streaming a table needs little; raise it (e.g.
     `1GB`) for models whose SQL joins or aggregates large tables. The state engine has its own."""
@@ -573,7 +575,8 @@ class BackfillConfig(StrictModel):
     max_age: str = "72h"
     """Events older than this are backfill."""
     older: Literal["skip", "send"] | dict[str, str] = "skip"
-    """`skip` (record but do not send), `send` (send as is), or `{rename: "{name}_backfill"}`."""
+    """`skip` (counted, not sent; not recorded either, so a later `send` sends them), `send`
+    (send as is), or `{rename: "{name}_backfill"}`."""
 
     @field_validator("max_age", mode="before")
     @classmethod
@@ -636,7 +639,8 @@ class OnChangeConfig(StrictModel):
     to: Any = None
     """Fire only when the new value is this (default: any value)."""
     event: str
-    """Name of the event to send to the person (or, for objects, nothing: see docs/sync.md)."""
+    """Name of the event sent to the person (from an objects sync, to each person related to
+    the object: docs/sync.md)."""
     properties: dict[str, FieldConfig] = Field(default_factory=dict)
     """Event properties: name → column or field spec (also accepts a list of column names)."""
     unless: str | None = None
@@ -843,7 +847,8 @@ class SyncConfig(StrictModel):
     backfill: BackfillConfig = Field(default_factory=BackfillConfig)
     """`events`: what to do with old events."""
     on_null: NullPolicy = "skip"
-    """Default null policy for this sync's fields; unset, `defaults.on_null` of lockgate.yml."""
+    """Default null policy for this sync's fields; unset, `defaults.on_null` of lockgate.yml
+    (for an events sync, `skip`: a null property is left out)."""
     schedule: str | None = None
     """When `lockgate schedule` runs this sync: a cron expression in UTC (`*/15 * * * *`; a
     sixth field is seconds). Or leave it out and run `lockgate sync NAME` from cron, Airflow
