@@ -149,7 +149,7 @@ def test_without_an_app_api_key_the_report_says_email_changes_were_not_verified(
     line = (
         "1 person given a new email {} read back: Customer.io drops, unseen, an update whose "
         "email another person holds; set `CUSTOMERIO_APP_API_KEY` (an App API key) to read "
-        "them back (docs/sync.md, Emails that change hands)"
+        "them back (docs/sync.md, Emails read back)"
     )
     plan = plan_sync(project, "profile", console=NullConsole())
     assert plan.email_check == line.format("will not be")

@@ -1026,7 +1026,7 @@ def _not_verified(
         why.append("gives a new id sent with an email another person holds to that person")
     if moves:
         why.append("drops, unseen, an update whose email another person holds")
-    where = "An email someone else holds" if new else "Emails that change hands"
+    where = "An email someone else holds" if new else "Emails read back"
     return f"{' and '.join(whats)}: Customer.io {', and '.join(why)}; {how} (docs/sync.md, {where})"
 
 
