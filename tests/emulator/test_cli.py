@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -11,8 +12,21 @@ import httpx
 
 from lockgate.emulator import EmulatorInspector
 from lockgate.emulator.config import DEFAULT_API_KEY, DEFAULT_SITE_ID
+from lockgate.emulator.server import bind
 
 LOCKGATE = Path(sys.executable).with_name("lockgate")
+
+
+def test_the_printed_address_takes_connections_before_the_server_loop_runs() -> None:
+    """`lockgate emulator` prints its address once the socket is bound, before uvicorn's loop
+    starts: a caller that connects at once (a script reading the first line) must be queued,
+    not refused."""
+    sock = bind("127.0.0.1", 0)
+    try:
+        with socket.create_connection(sock.getsockname(), timeout=5):
+            pass
+    finally:
+        sock.close()
 
 
 def test_cli_serves_with_env_credentials(tmp_path: Path) -> None:

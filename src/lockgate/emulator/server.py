@@ -63,6 +63,10 @@ def bind(host: str, port: int) -> socket.socket:
             f"cannot listen on `{host}:{port}`: {exc.strerror}",
             hint="pick another --port, or 0 for any free port",
         ) from None
+    # listening at once: a caller that reads the printed address and connects before the
+    # server's loop starts is queued in the backlog instead of refused (uvicorn listens again,
+    # which only sets the backlog)
+    sock.listen(2048)
     return sock
 
 
