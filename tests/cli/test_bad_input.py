@@ -327,3 +327,41 @@ def test_a_tab_in_the_indentation_is_named_as_such(
     err = " ".join(fails(capsys, "validate", "--project", str(tmp_path)).split())
     assert "Error: syncs/profile.yml:8: not valid YAML" in err
     assert "hint: this line is indented with a tab; YAML indents with spaces only" in err
+
+
+OBJECTS = """\
+name: profile
+source: warehouse
+model: {table: users}
+kind: objects
+object_type_id: "1"
+primary_key: id
+attributes:
+  plan: plan
+"""
+
+
+@pytest.mark.parametrize(
+    ("sync", "added", "said"),
+    [
+        # the block is also incomplete for an events sync (no `id`): that error came first,
+        # and the user went on to add keys to a block the sync does not use
+        (SYNC, "event:\n  name: signed_up", "`event` and `properties` belong to `events` syncs"),
+        (SYNC, "properties: {plan: 7}", "`event` and `properties` belong to `events` syncs"),
+        (EVENTS, "attributes: {plan: 7}", "`attributes` belong to `people` syncs"),
+        (EVENTS, "on_change: [{attribute: plan}]", "`on_change` belongs to `people`"),
+        (SYNC, "backfill: {older: later}", "`backfill` belongs to `events` syncs"),
+        (SYNC, "relationship_attributes: {x: 7}", "`relationship_attributes` belongs to `rel"),
+        # an objects sync took `event` and `properties` and ignored them
+        (OBJECTS, "event: {name: x, id: id}", "`event` and `properties` belong to `events` syncs"),
+        (OBJECTS, "properties: {plan: plan}", "`event` and `properties` belong to `events` syncs"),
+    ],
+)
+def test_a_block_the_sync_kind_does_not_use_is_named_before_what_is_wrong_inside_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sync: str, added: str, said: str
+) -> None:
+    line = sync.count("\n") + 1
+    project(tmp_path, sync=sync + added + "\n")
+    err = " ".join(fails(capsys, "validate", "--project", str(tmp_path)).split())
+    assert f"Error: syncs/profile.yml:{line}: {said}" in err
+    assert "missing required key" not in err and "more error" not in err

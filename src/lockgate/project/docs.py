@@ -60,7 +60,7 @@ def render() -> str:
         "Generated from the models in `src/lockgate/project/models.py` "
         "(`python -m lockgate.project.docs > docs/config.md`). Unknown keys are errors, and so "
         "are keys the sync's `kind` does not use (`mode` or `primary_key` in an `events` sync, "
-        "`backfill` outside one). "
+        "`backfill` or `event` outside one), named before anything wrong inside them. "
         "Secrets are accepted only as `${ENV_VAR}` references. YAML anchors and merge keys "
         "work (`plan: &text {column: plan, type: string}` then "
         "`tier: {<<: *text, column: tier}`); an error in a merged value names the line where "
