@@ -61,7 +61,11 @@ def render() -> str:
         "(`python -m lockgate.project.docs > docs/config.md`). Unknown keys are errors, and so "
         "are keys the sync's `kind` does not use (`mode` or `primary_key` in an `events` sync, "
         "`backfill` or `event` outside one), named before anything wrong inside them. "
-        "Secrets are accepted only as `${ENV_VAR}` references. YAML anchors and merge keys "
+        "Secrets are accepted only as `${ENV_VAR}` references; a message about a secret's "
+        "variable not set names it only when it is written in upper case (letters, digits, "
+        "`_`, as environment variables are), else the key and line it is in: "
+        "`api_key: ${sk_live_abc123}` is the key itself wrapped in `${...}`, and is never "
+        "printed. YAML anchors and merge keys "
         "work (`plan: &text {column: plan, type: string}` then "
         "`tier: {<<: *text, column: tier}`); an error in a merged value names the line where "
         "the anchored mapping writes it.",

@@ -61,8 +61,43 @@ def check_secret(value: str | None, field: str, example: str = "CUSTOMERIO_API_K
     )
 
 
+#: how environment variables are named by convention (POSIX's own variables, and what shells
+#: and deployment tools export): upper-case letters, digits and `_`
+CONVENTIONAL_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+#: the keys whose values are secrets, accepted only as `${VAR}` references
+#: (:func:`check_secret`): a warehouse's `url` and `password`, Customer.io's `api_key` and
+#: `app_api_key`, the reporting webhook's `signing_key`, an alert's `url`
+SECRET_KEYS = frozenset({"api_key", "app_api_key", "password", "signing_key", "url"})
+
+
+def name_hidden(name: str, field: str) -> bool:
+    """Whether the variable ``name`` that ``field`` (`destinations.customerio.api_key`,
+    `alerts[0].url`, `password`) refers to must not be printed: the field holds a secret
+    (:data:`SECRET_KEYS`) and the name is not written as variables are
+    (:data:`CONVENTIONAL_ENV_NAME`). The secret wrapped in `${...}` (`api_key:
+    ${sk_live_abc123}`) reads as a reference to a variable not set, whose "name" is the secret;
+    one in upper case (`${CUSTOMERIO_API_KEY}`) is named."""
+    key = field.rsplit(".", 1)[-1]
+    return key in SECRET_KEYS and not CONVENTIONAL_ENV_NAME.match(name)
+
+
+#: what is said of a variable whose name is not shown (:func:`name_hidden`)
+HIDDEN_NAME = (
+    "its name is not shown: in a secret's key and not in upper case, it may be the secret itself"
+)
+
+#: how to fix a secret written where its variable's name goes
+HIDDEN_NAME_HINT = (
+    "keep the secret in an environment variable named in upper case (`export MY_SECRET=...`) "
+    "and write `${MY_SECRET}` in lockgate.yml; if what is written there is the secret itself, "
+    "remove it from the file (and revoke it if the file was shared)"
+)
+
+
 def resolve_env(value: str | None, *, field: str) -> str | None:
-    """The value of an ``${ENV_VAR}`` reference (or the literal value when not a reference)."""
+    """The value of an ``${ENV_VAR}`` reference (or the literal value when not a reference).
+    A variable not set is a ConfigError naming it, unless :func:`name_hidden`."""
     if value is None:
         return None
     match = ENV_REF.match(value)
@@ -72,6 +107,11 @@ def resolve_env(value: str | None, *, field: str) -> str | None:
     resolved = os.environ.get(name)
     if not resolved:
         state = "is not set" if resolved is None else "is set but empty"
+        if name_hidden(name, field):
+            raise ConfigError(
+                f"the environment variable named in `{field}` {state} ({HIDDEN_NAME})",
+                hint=HIDDEN_NAME_HINT,
+            )
         raise ConfigError(
             f"environment variable `{name}` (for `{field}`) {state}",
             hint=f"export {name}=... before running, or change `{field}` in lockgate.yml",
