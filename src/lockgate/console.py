@@ -83,7 +83,8 @@ class _Count(ProgressColumn):
 
 
 class RichConsole:
-    """Draws with rich on the terminal (stderr for progress, stdout for results).
+    """Draws with rich on the terminal (stderr for progress, stdout for results). Progress
+    bars are drawn on an interactive terminal only (:meth:`progress`).
 
     ``quiet`` (a command's ``--json``) draws no progress, info or table: stdout is left to the
     command's JSON; warnings still go to stderr."""
@@ -102,7 +103,11 @@ class RichConsole:
 
     @contextlib.contextmanager
     def progress(self, label: str, total: int | None) -> Iterator[Advance]:
-        if self.quiet:
+        """A bar on stderr while the step runs, drawn only where stderr is a terminal that can
+        redraw it (rich's ``is_interactive``: not a pipe, a file or a scheduler's log, not
+        ``TERM=dumb``; ``TTY_INTERACTIVE=0/1`` overrides): elsewhere a bar would be left
+        there as its last frame, one line per step. ``NO_COLOR`` draws it without colour."""
+        if self.quiet or not self.err.is_interactive:
             yield lambda n: None
             return
         columns = [

@@ -3,6 +3,7 @@ to fix it, exits 1, shows no traceback and never prints a secret."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -327,3 +328,105 @@ def test_a_tab_in_the_indentation_is_named_as_such(
     err = " ".join(fails(capsys, "validate", "--project", str(tmp_path)).split())
     assert "Error: syncs/profile.yml:8: not valid YAML" in err
     assert "hint: this line is indented with a tab; YAML indents with spaces only" in err
+
+
+OBJECTS = """\
+name: profile
+source: warehouse
+model: {table: users}
+kind: objects
+object_type_id: "1"
+primary_key: id
+attributes:
+  plan: plan
+"""
+
+
+@pytest.mark.parametrize(
+    ("sync", "added", "said"),
+    [
+        # the block is also incomplete for an events sync (no `id`): that error came first,
+        # and the user went on to add keys to a block the sync does not use
+        (SYNC, "event:\n  name: signed_up", "`event` and `properties` belong to `events` syncs"),
+        (SYNC, "properties: {plan: 7}", "`event` and `properties` belong to `events` syncs"),
+        (EVENTS, "attributes: {plan: 7}", "`attributes` belong to `people` syncs"),
+        (EVENTS, "on_change: [{attribute: plan}]", "`on_change` belongs to `people`"),
+        (SYNC, "backfill: {older: later}", "`backfill` belongs to `events` syncs"),
+        (SYNC, "relationship_attributes: {x: 7}", "`relationship_attributes` belongs to `rel"),
+        # an objects sync took `event` and `properties` and ignored them
+        (OBJECTS, "event: {name: x, id: id}", "`event` and `properties` belong to `events` syncs"),
+        (OBJECTS, "properties: {plan: plan}", "`event` and `properties` belong to `events` syncs"),
+    ],
+)
+def test_a_block_the_sync_kind_does_not_use_is_named_before_what_is_wrong_inside_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sync: str, added: str, said: str
+) -> None:
+    line = sync.count("\n") + 1
+    project(tmp_path, sync=sync + added + "\n")
+    err = " ".join(fails(capsys, "validate", "--project", str(tmp_path)).split())
+    assert f"Error: syncs/profile.yml:{line}: {said}" in err
+    assert "missing required key" not in err and "more error" not in err
+
+
+#: secrets wrapped in `${...}` as if they were variable names (no such variables are set)
+KEY, PASSWORD = "sk_live_abc123", "pg_pass_hunter2"
+
+
+def secrets_in_references(root: Path, warehouse: str) -> None:
+    source = (
+        "type: duckdb\n    path: w.duckdb"
+        if warehouse == "duckdb"
+        else f"type: postgres\n    url: ${{{PASSWORD}}}"
+    )
+    yml = PROJECT.replace("type: duckdb\n    path: w.duckdb", source) + (
+        "destinations:\n"
+        "  customerio:\n"
+        "    type: customerio\n"
+        "    site_id: ${LG_TEST_SITE}\n"
+        f"    api_key: ${{{KEY}}}\n"
+        "alerts:\n"
+        "  - url: ${hooks_slack_com_services_T0001}\n"
+    )
+    project(root, yml)
+
+
+def test_a_secret_wrapped_in_a_reference_is_never_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`api_key: ${sk_live_abc123}` passes as a reference to a variable not set: the warnings
+    and errors about it name the key it is in and its line, never the "variable" (the secret);
+    a variable named as they are (`LG_TEST_SITE`) is still named."""
+    monkeypatch.setenv("LG_TEST_SITE", "")
+    secrets_in_references(tmp_path, "postgres")
+    root = str(tmp_path)
+    main(["validate", "--project", root])
+    out = capsys.readouterr()
+    said = " ".join((out.out + out.err).split())
+    assert "`LG_TEST_SITE` (for `destinations.customerio.site_id`) is empty" in said
+    for key in ("destinations.customerio.api_key", "sources.warehouse.url", "alerts[0].url"):
+        assert f"the environment variable named in `{key}` (lockgate.yml:" in said, key
+    main(["validate", "--project", root, "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert "LG_TEST_SITE" in doc["missing_env"] and len(doc["missing_env"]) == 4
+    printed = [said, json.dumps(doc)]
+
+    # what a run, a connection check, the alerts and a key's own error say
+    for args in (
+        ["validate", "--connect", "--json"],
+        ["validate", "--connect"],
+        ["sources", "inspect"],
+    ):
+        with pytest.raises(SystemExit):
+            main([*args, "--project", root])
+        out = capsys.readouterr()
+        printed.append(out.out + out.err)
+    monkeypatch.setenv("LG_TEST_SITE", "site")
+    secrets_in_references(tmp_path, "duckdb")
+    with pytest.raises(SystemExit):
+        main(["sync", "profile", "--project", root])
+    out = capsys.readouterr()
+    printed.append(" ".join((out.out + out.err).split()))
+    assert "the environment variable named in `api_key`" in printed[-1]
+    for text in printed:
+        for secret in (KEY, PASSWORD, "hooks_slack_com"):
+            assert secret not in text, text

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 #: a people sync of one attribute (`plan`) over a `people` table keyed by `id`
 PEOPLE = """
@@ -40,3 +48,30 @@ def wide_people(factory: Any, rows: int, *, huge: tuple[int, ...] = ()) -> None:
     factory.sql(
         f"create or replace table people as select i as id, {columns} from range({rows}) t(i)"
     )
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[str]:
+    """``folder`` made read-only for real: remounted read-only as root, else its permissions
+    taken away. Yields what the OS then says of a write."""
+    if os.geteuid() == 0:
+        if shutil.which("mount") is None:
+            pytest.skip("no `mount` to make a folder read-only as root")
+        for args in (["--bind", str(folder), str(folder)], ["-o", "remount,ro,bind", str(folder)]):
+            done = subprocess.run(["mount", *args], capture_output=True)
+            if done.returncode:
+                subprocess.run(["umount", str(folder)], check=False, capture_output=True)
+                pytest.skip(f"cannot remount read-only: {done.stderr.decode().strip()}")
+        try:
+            yield "read-only file system"
+        finally:
+            subprocess.run(["umount", str(folder)], check=False)
+        return
+    modes = {p: p.stat().st_mode for p in [folder, *folder.iterdir()]}
+    for path in modes:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        yield "permission denied"
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from tests.sync.helpers import read_only
 
 from lockgate.cli import cli
 from lockgate.console import NullConsole
@@ -282,3 +283,59 @@ def test_an_identifier_changed_since_the_last_run(project_factory: ProjectFactor
         'sync `crm` (syncs/crm.yml): `identify_by` was {"id":"user_id","email":"email"}, '
         'now {"email":"email"}' in finding["message"]
     )
+
+
+def test_validate_reads_a_read_only_state_and_one_other_readers_hold(
+    project_factory: ProjectFactory,
+) -> None:
+    """The contract checks that read the state open it to read only: a state on a read-only
+    mount (a backup, a CI copy) or one a `lockgate runs` is reading is checked all the same."""
+    from lockgate.state.store import StateStore
+
+    project_factory.sql("create table if not exists t as select 1 as x")  # the warehouse file
+    project = project_factory.write(
+        {"crm": PEOPLE.format(name="crm"), "a": EVENTS.format(name="a", event="what")}
+    )
+    state = project.root / ".lockgate"
+    # a state written before any run committed (a plan): no contract recorded in it yet
+    assert CliRunner().invoke(cli, ["plan", "crm", "--project", str(project.root)]).exit_code == 0
+    assert (state / "state.duckdb").exists()
+    with read_only(state):
+        assert validate(project) == (
+            0,
+            {"valid": True, "syncs": ["a", "crm"], "missing_env": [], "contract": []},
+        )
+
+    for name in ("crm", "a"):
+        assert run_sync(project, name, console=NullConsole()).status == "success"
+    changed = PEOPLE.format(name="crm").replace("{id: user_id, email: email}", "{email: email}")
+    project = project_factory.write(
+        {
+            "crm": changed,
+            "a": EVENTS.format(name="a", event="what"),
+            "b": EVENTS.format(name="b", event="{value: abandoned checkout}"),
+        }
+    )
+
+    def found(report: dict[str, Any]) -> dict[str, str]:
+        return {f["check"]: f["message"] for f in report["contract"] if f["level"] == "error"}
+
+    with read_only(state):
+        code, report = validate(project)
+        assert code == 1
+        errors = found(report)
+        assert sorted(errors) == ["event-name drift", "identifier changed"], report["contract"]
+        assert "`Checkout Abandoned` (sent by sync `a`)" in errors["event-name drift"]
+        assert "sync `crm` (syncs/crm.yml): `identify_by` was" in errors["identifier changed"]
+        assert not [f for f in report["contract"] if f["check"] == "state"]
+    with StateStore.open_read_only(state):  # another reader
+        code, report = validate(project)
+        assert (code, sorted(found(report))) == (1, ["event-name drift", "identifier changed"])
+
+
+def test_validate_creates_nothing_in_a_project_never_synced(
+    project_factory: ProjectFactory,
+) -> None:
+    project = project_factory.write({"crm": PEOPLE.format(name="crm")})
+    assert validate(project)[0] == 0
+    assert not (project.root / ".lockgate").exists()

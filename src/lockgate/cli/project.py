@@ -15,7 +15,15 @@ from lockgate.console import RichConsole
 from lockgate.errors import ConfigError, ConnectionCheckError, ContractError, LockgateError
 from lockgate.project.fielddocs import json_schema
 from lockgate.project.loader import Project
-from lockgate.project.models import ENV_IN_TEXT, ENV_REF, ProjectConfig, SyncConfig
+from lockgate.project.models import (
+    ENV_IN_TEXT,
+    ENV_REF,
+    HIDDEN_NAME,
+    HIDDEN_NAME_HINT,
+    ProjectConfig,
+    SyncConfig,
+    name_hidden,
+)
 
 if TYPE_CHECKING:
     from lockgate.sync.connections import Check
@@ -152,7 +160,7 @@ def validate(project_path: Path, as_json: bool, print_schema: bool, connect: boo
         doc: dict[str, object] = {
             "valid": not errors and not failed,
             "syncs": sorted(project.syncs),
-            "missing_env": list(missing),
+            "missing_env": _missing_shown(missing),
             "contract": [f.as_dict() for f in findings],
         }
         if connect:
@@ -175,8 +183,15 @@ def validate(project_path: Path, as_json: bool, print_schema: bool, connect: boo
             for s in project
         ],
     )
-    for name, where in missing.items():
+    for name, (where, line) in missing.items():
         state = "is empty" if name in os.environ else "is not set"
+        if name_hidden(name, where):  # `api_key: ${sk_live_...}`: the "name" is the key
+            at = f"lockgate.yml:{line}" if line else "lockgate.yml"
+            console.warn(
+                f"the environment variable named in `{where}` ({at}) {state}; syncs will need "
+                f"it ({HIDDEN_NAME}). Hint: {HIDDEN_NAME_HINT}"
+            )
+            continue
         console.warn(f"environment variable `{name}` (for `{where}`) {state}; syncs will need it")
     contract.render(console, findings)
     if connect:
@@ -193,38 +208,55 @@ def validate(project_path: Path, as_json: bool, print_schema: bool, connect: boo
         )
 
 
-def _missing_env(project: Project) -> dict[str, str]:
+def _missing_env(project: Project) -> dict[str, tuple[str, int | None]]:
     """Each `${VAR}` reference in lockgate.yml whose variable is unset or empty -> the first
-    key that names it (`alerts[0].url`): those written in the file, and the destinations'
-    `site_id` and `api_key`, which every sync needs even when left to their defaults (the
-    default `app_api_key` is optional: `reconcile` says so itself when it is missing, a run
-    reads back no email change without it and its report says so)."""
-    found: dict[str, str] = {}
+    key that names it (`alerts[0].url`) and that key's line: those written in the file, and the
+    destinations' `site_id` and `api_key`, which every sync needs even when left to their
+    defaults (the default `app_api_key` is optional: `reconcile` says so itself when it is
+    missing, a run reads back no email change without it and its report says so)."""
+    found: dict[str, tuple[str, int | None]] = {}
 
-    def walk(value: object, where: str) -> None:
+    def walk(value: object, loc: tuple[str | int, ...]) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
-                walk(item, f"{where}.{key}" if where else str(key))
+                walk(item, (*loc, str(key)))
         elif isinstance(value, list):
             for i, item in enumerate(value):
-                walk(item, f"{where}[{i}]")
+                walk(item, (*loc, i))
         elif isinstance(value, str):
             # a path option expands references anywhere in it (`${VOLUME}/lockgate`)
-            path = where.rsplit(".", 1)[-1] in PATH_OPTIONS
+            path = bool(loc) and loc[-1] in PATH_OPTIONS
             names = ENV_IN_TEXT.findall(value) if path else []
             match = ENV_REF.match(value)
             for name in names or ([match.group(1)] if match else []):
                 if not os.environ.get(name):
-                    found.setdefault(name, where)
+                    found.setdefault(name, (_dotted(loc), project.lines.get(loc)))
 
     for name, destination in project.config.destinations.items():
         for key in ("site_id", "api_key"):
-            walk(getattr(destination, key), f"destinations.{name}.{key}")
-    walk(project.config.model_dump(exclude_unset=True, by_alias=True), "")
+            walk(getattr(destination, key), ("destinations", name, key))
+    walk(project.config.model_dump(exclude_unset=True, by_alias=True), ())
     for name in ENV_IN_TEXT.findall(project.config.state):  # the default is not dumped
         if not os.environ.get(name):
-            found.setdefault(name, "state")
+            found.setdefault(name, ("state", project.lines.get(("state",))))
     return found
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    """``("alerts", 0, "url")`` as `alerts[0].url`."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _missing_shown(missing: dict[str, tuple[str, int | None]]) -> list[str]:
+    """The variables of `missing_env` (`validate --json`) as they may be printed: a name
+    :func:`name_hidden` hides is replaced by the key it is in."""
+    return [
+        f"(name not shown, in {where})" if name_hidden(name, where) else name
+        for name, (where, _line) in missing.items()
+    ]
 
 
 #: the keys of lockgate.yml that name a file or folder (`project_path` expands them)

@@ -61,8 +61,43 @@ def check_secret(value: str | None, field: str, example: str = "CUSTOMERIO_API_K
     )
 
 
+#: how environment variables are named by convention (POSIX's own variables, and what shells
+#: and deployment tools export): upper-case letters, digits and `_`
+CONVENTIONAL_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+#: the keys whose values are secrets, accepted only as `${VAR}` references
+#: (:func:`check_secret`): a warehouse's `url` and `password`, Customer.io's `api_key` and
+#: `app_api_key`, the reporting webhook's `signing_key`, an alert's `url`
+SECRET_KEYS = frozenset({"api_key", "app_api_key", "password", "signing_key", "url"})
+
+
+def name_hidden(name: str, field: str) -> bool:
+    """Whether the variable ``name`` that ``field`` (`destinations.customerio.api_key`,
+    `alerts[0].url`, `password`) refers to must not be printed: the field holds a secret
+    (:data:`SECRET_KEYS`) and the name is not written as variables are
+    (:data:`CONVENTIONAL_ENV_NAME`). The secret wrapped in `${...}` (`api_key:
+    ${sk_live_abc123}`) reads as a reference to a variable not set, whose "name" is the secret;
+    one in upper case (`${CUSTOMERIO_API_KEY}`) is named."""
+    key = field.rsplit(".", 1)[-1]
+    return key in SECRET_KEYS and not CONVENTIONAL_ENV_NAME.match(name)
+
+
+#: what is said of a variable whose name is not shown (:func:`name_hidden`)
+HIDDEN_NAME = (
+    "its name is not shown: in a secret's key and not in upper case, it may be the secret itself"
+)
+
+#: how to fix a secret written where its variable's name goes
+HIDDEN_NAME_HINT = (
+    "keep the secret in an environment variable named in upper case (`export MY_SECRET=...`) "
+    "and write `${MY_SECRET}` in lockgate.yml; if what is written there is the secret itself, "
+    "remove it from the file (and revoke it if the file was shared)"
+)
+
+
 def resolve_env(value: str | None, *, field: str) -> str | None:
-    """The value of an ``${ENV_VAR}`` reference (or the literal value when not a reference)."""
+    """The value of an ``${ENV_VAR}`` reference (or the literal value when not a reference).
+    A variable not set is a ConfigError naming it, unless :func:`name_hidden`."""
     if value is None:
         return None
     match = ENV_REF.match(value)
@@ -72,6 +107,11 @@ def resolve_env(value: str | None, *, field: str) -> str | None:
     resolved = os.environ.get(name)
     if not resolved:
         state = "is not set" if resolved is None else "is set but empty"
+        if name_hidden(name, field):
+            raise ConfigError(
+                f"the environment variable named in `{field}` {state} ({HIDDEN_NAME})",
+                hint=HIDDEN_NAME_HINT,
+            )
         raise ConfigError(
             f"environment variable `{name}` (for `{field}`) {state}",
             hint=f"export {name}=... before running, or change `{field}` in lockgate.yml",
@@ -764,6 +804,52 @@ class GuardrailsConfig(StrictModel):
         return value
 
 
+#: what a sync can be (`kind:`)
+SYNC_KINDS = ("people", "events", "objects", "relationships")
+
+#: the kinds of sync that use each key some kinds have no use for
+KIND_KEYS: dict[str, tuple[str, ...]] = {
+    "identify_by": ("people", "events", "relationships"),
+    "primary_key": ("people", "objects"),
+    "mode": ("people", "objects", "relationships"),
+    "attributes": ("people", "objects"),
+    "event": ("events",),
+    "properties": ("events",),
+    "backfill": ("events",),
+    "on_change": ("people", "objects"),
+    "clear_removed_attributes": ("people", "objects"),
+    "object_type_id": ("objects", "relationships"),
+    "object_id": ("relationships",),
+    "relationship_attributes": ("relationships",),
+}
+
+
+def unused_key(kind: str, key: str) -> str | None:
+    """What to say of ``key`` in a sync of ``kind`` that has no use for it (None: it has)."""
+    if key not in KIND_KEYS or kind in KIND_KEYS[key]:
+        return None
+    if kind == "relationships" and key in ("attributes", "event", "properties"):
+        return "use `relationship_attributes` in a `relationships` sync"
+    if key in ("event", "properties"):
+        return "`event` and `properties` belong to `events` syncs"
+    if key == "attributes":
+        return "`attributes` belong to `people` syncs; use `properties`"
+    if key == "identify_by":
+        return "an `objects` sync has no `identify_by`; `primary_key` is the id"
+    if key == "mode":
+        return (
+            "`mode` does not apply to an `events` sync: each row is one event, sent once "
+            "whatever the mode; remove it"
+        )
+    if key == "primary_key":
+        keyed = "`event.id`" if kind == "events" else "its person and `object_id`"
+        return f"an `{kind}` sync is keyed by {keyed}, not `primary_key`; remove it"
+    if key in ("on_change", "clear_removed_attributes"):
+        return f"`{key}` belongs to `people` and `objects` syncs"
+    users = " and ".join(f"`{k}`" for k in KIND_KEYS[key])
+    return f"`{key}` belongs to {users} syncs; remove it"
+
+
 class SyncConfig(StrictModel):
     """One sync: a model, a kind, a mapping, a destination (`syncs/<name>.yml`)."""
 
@@ -920,81 +1006,53 @@ class SyncConfig(StrictModel):
                 raise ValueError(f"`{value}` is not a cron expression, e.g. `*/15 * * * *`")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_keys(cls, data: Any) -> Any:
+        """A key the sync's kind has no use for (:data:`KIND_KEYS`) is an error at its own
+        line, not silently dropped (`mode: update` on an events sync would still create
+        people). Checked before the keys' values are: a people sync's `event:` block is named
+        as the mistake it is, not for the `id` an events sync's block would need. An empty
+        value (`event:`, `attributes: {}`) uses nothing."""
+        if not isinstance(data, dict) or data.get("kind") not in SYNC_KINDS:
+            return data  # a kind not known is pydantic's to name
+        for key, value in data.items():
+            if value is None or value == {} or value == [] or value is False:
+                continue
+            message = unused_key(data["kind"], key)
+            if message is not None:
+                raise _error_at((key,), message)
+        return data
+
     @model_validator(mode="after")
     def _kind_fields(self) -> SyncConfig:
-        """Keys the sync's kind needs, and keys it has no use for: a key a kind ignores is an
-        error, not silently dropped (`mode: update` on an events sync would still create
-        people). Each error names the key's own line (or `kind:`'s, for a key missing)."""
+        """Keys the sync's kind needs (a key it has no use for: :meth:`_kind_keys`). Each
+        error names the key's own line (or `kind:`'s, for a key missing)."""
 
         def error(key: str, message: str) -> ValidationError:
             return _error_at((key,) if key in self.model_fields_set else ("kind",), message)
 
-        kind, given = self.kind, self.model_fields_set
+        kind = self.kind
         if kind != "objects" and not self.identify_by:
             raise error(
                 "identify_by", "`identify_by` needs at least one identifier, e.g. `{id: user_id}`"
             )
         if kind == "objects":
-            if self.identify_by:
-                raise error(
-                    "identify_by", "an `objects` sync has no `identify_by`; `primary_key` is the id"
-                )
             if self.primary_key is None or self.object_type_id is None:
                 raise error("kind", "an `objects` sync needs `object_type_id` and `primary_key`")
         if kind == "relationships":
             if self.object_type_id is None or self.object_id is None:
                 raise error("kind", "a `relationships` sync needs `object_type_id` and `object_id`")
-            if self.attributes or self.event is not None:
-                raise error(
-                    "attributes" if self.attributes else "event",
-                    "use `relationship_attributes` in a `relationships` sync",
-                )
             if self.mode == "update":
                 raise error("mode", "a `relationships` sync is `upsert` or `mirror`")
-        if self.on_change and kind not in ("people", "objects"):
-            raise error("on_change", "`on_change` belongs to `people` and `objects` syncs")
         if kind == "people":
             if self.primary_key is None:
                 raise error("kind", "a `people` sync needs `primary_key`")
-            if self.event is not None or self.properties:
-                raise error(
-                    "event" if self.event is not None else "properties",
-                    "`event` and `properties` belong to `events` syncs",
-                )
         if kind == "events":
             if self.event is None:
                 raise error("kind", "an `events` sync needs `event: {name, timestamp, id}`")
-            if self.attributes:
-                raise error("attributes", "`attributes` belong to `people` syncs; use `properties`")
-            if "mode" in given:
-                raise error(
-                    "mode",
-                    "`mode` does not apply to an `events` sync: each row is one event, sent "
-                    "once whatever the mode; remove it",
-                )
-        if kind in ("events", "relationships") and self.primary_key is not None:
-            keyed = "`event.id`" if kind == "events" else "its person and `object_id`"
-            raise error(
-                "primary_key", f"an `{kind}` sync is keyed by {keyed}, not `primary_key`; remove it"
-            )
-        if kind != "events" and "backfill" in given:
-            raise error("backfill", "`backfill` belongs to `events` syncs; remove it")
-        if kind not in ("objects", "relationships") and self.object_type_id is not None:
-            raise error(
-                "object_type_id",
-                "`object_type_id` belongs to `objects` and `relationships` syncs; remove it",
-            )
-        if kind != "relationships":
-            for key in ("object_id", "relationship_attributes"):
-                if getattr(self, key):
-                    raise error(key, f"`{key}` belongs to `relationships` syncs; remove it")
         if self.delete_removed and self.effective_mode != "mirror":
             raise error("delete_removed", "`delete_removed` only applies with `mode: mirror`")
-        if self.clear_removed_attributes and kind not in ("people", "objects"):
-            raise error(
-                "clear_removed_attributes",
-                "`clear_removed_attributes` belongs to `people` and `objects` syncs",
-            )
         return self
 
     @model_validator(mode="after")

@@ -5,7 +5,9 @@ the identifier columns and primary key, and (events) the event names sent. The r
 written only after a run's commit step (``record``), so a run that was refused, failed or
 crashed never moves the contract.
 
-Tables (created by :func:`ensure_tables`):
+Tables (created by :func:`ensure_tables` when a run records its contract; the readers,
+:func:`last` and :func:`event_names`, create nothing, so they read a state opened to read only,
+and a table not there yet reads as nothing recorded):
 
 - ``contract_syncs(sync, run_id, identify_by, key_columns, recorded_at)``: one row per sync;
   ``identify_by`` and ``key_columns`` are JSON.
@@ -36,7 +38,7 @@ import duckdb
 import orjson
 
 from lockgate.project.models import SyncConfig
-from lockgate.state.store import run_sql, transaction
+from lockgate.state.store import has_table, run_sql, transaction
 
 SCHEMA = """
 create table if not exists contract_syncs (
@@ -135,18 +137,28 @@ def record(
 
 def last(con: duckdb.DuckDBPyConnection, sync: str) -> Contract | None:
     """The contract of the sync's last committed run, or ``None`` before the first one."""
-    ensure_tables(con)
+    if not has_table(con, "contract_syncs"):
+        return None
+    mappings = (
+        "(select sync, mapping_hash, mapping from contract_mappings)"
+        if has_table(con, "contract_mappings")
+        else "(select null::varchar as sync, null::varchar as mapping_hash, null::json as mapping)"
+    )
     rows = con.execute(
         "select run_id, identify_by, key_columns, recorded_at, m.mapping_hash, m.mapping "
-        "from contract_syncs c left join contract_mappings m using (sync) where sync = ?",
+        f"from contract_syncs c left join {mappings} m using (sync) where sync = ?",
         [sync],
     ).fetchall()
     if not rows:
         return None
     run_id, identify_by, key_columns, recorded_at, mapping_hash, mapping = rows[0]
-    columns = con.execute(
-        "select column_name, column_type from contract_columns where sync = ?", [sync]
-    ).fetchall()
+    columns = (
+        con.execute(
+            "select column_name, column_type from contract_columns where sync = ?", [sync]
+        ).fetchall()
+        if has_table(con, "contract_columns")
+        else []
+    )
     return Contract(
         sync=sync,
         run_id=str(run_id),
@@ -161,8 +173,9 @@ def last(con: duckdb.DuckDBPyConnection, sync: str) -> Contract | None:
 
 def event_names(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
     """Every event name sent so far, per sync."""
-    ensure_tables(con)
     out: dict[str, list[str]] = {}
+    if not has_table(con, "contract_event_names"):
+        return out
     for sync, name in con.execute(
         "select sync, name from contract_event_names order by sync, name"
     ).fetchall():

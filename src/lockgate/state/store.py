@@ -222,6 +222,20 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None =
     return con.execute(sql, params).fetchall()
 
 
+def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether the state database has the table ``name`` (a temp table of that name is not
+    it). What a reader asks before reading a table a write creates: on a state opened to read
+    only nothing can be created, and no table means nothing recorded yet."""
+    return bool(
+        run_sql(
+            con,
+            "select 1 from duckdb_tables() where table_name = ? and not temporary "
+            "and database_name = current_database()",
+            [name],
+        )
+    )
+
+
 #: SQL for the person a snapshot row's ``ident`` reaches as Customer.io finds it: its `id`,
 #: else its `cio_id`, else its email in lower case; the same text as a people sync's ``addr``
 #: (``mapping._person_address``). Null for records that are not people.

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from lockgate.errors import LockgateError, StateError
 from lockgate.project.loader import Project
 from lockgate.project.models import SyncConfig, resolve_env
-from lockgate.state.store import StateStore, run_sql, table, transaction
+from lockgate.state.store import StateStore, has_table, run_sql, table, transaction
 
 SCHEMA = """
 create table if not exists workspaces (
@@ -55,8 +55,10 @@ def of(project: Project, sync: SyncConfig) -> str | None:
 
 def recorded(store: StateStore, sync: str) -> str | None:
     """The digest recorded for ``sync``; None before its first committed run (or in a state
-    written before workspaces were recorded)."""
-    run_sql(store.con, SCHEMA)
+    written before workspaces were recorded). Creates nothing: reads a state opened to read
+    only."""
+    if not has_table(store.con, "workspaces"):
+        return None
     rows = run_sql(store.con, "select workspace from workspaces where sync = ?", [sync])
     return str(rows[0][0]) if rows else None
 

@@ -335,7 +335,9 @@ def acknowledged_types(project: Project) -> list[Finding]:
 
 
 def check_project(project: Project) -> list[Finding]:
-    """Every contract check; the state is read when it exists and is not in use."""
+    """Every contract check; the state is read when it exists and no sync is writing it. It
+    is opened to read only: nothing is created or written, so a state on a read-only disk is
+    checked as well, and other readers (`lockgate runs`) do not stop it."""
     findings = ownership(project) + attribute_budget(project) + acknowledged_types(project)
     sent: dict[str, list[str]] = {}
     last: dict[str, contract.Contract] = {}
@@ -345,7 +347,7 @@ def check_project(project: Project) -> list[Finding]:
         state_dir = None
     if state_dir is not None and (state_dir / "state.duckdb").exists():
         try:
-            with StateStore.open(state_dir) as store:
+            with StateStore.open_read_only(state_dir) as store:
                 sent = {k: v for k, v in contract.event_names(store.con).items()}
                 for sync in project:
                     found = contract.last(store.con, sync.name)
