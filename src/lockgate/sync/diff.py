@@ -24,7 +24,7 @@ from lockgate.project.models import SyncConfig
 from lockgate.state.store import StateStore, run_sql, table, transaction
 from lockgate.sync import rejects
 from lockgate.sync.extract import InPlace
-from lockgate.sync.mapping import IDENTIFIER_PRIORITY, Compiled, json_key, lit
+from lockgate.sync.mapping import IDENTIFIER_PRIORITY, Compiled, hash_over_json, json_key, lit
 
 RESYNC_PREVIOUS = "resync_previous"
 """A `--full-resync` run's temp view (or table) of what was delivered before, while the
@@ -1545,6 +1545,8 @@ def _remapped(con: duckdb.DuckDBPyConnection, snap: str, previous_hash: str) -> 
     snapshot holds them: their data did not change, the mapping did. They are kept in the temp
     table ``remapped(__rid)`` (the guardrails count their clears apart). 0 when the last
     mapping read a column the model no longer has (nothing to tell them apart by)."""
+    types = {str(r[0]): str(r[1]) for r in con.execute("describe model").fetchall()}
+    previous_hash = hash_over_json(previous_hash, types)
     try:
         run_sql(
             con,
