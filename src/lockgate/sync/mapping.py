@@ -710,8 +710,13 @@ def _nested_non_finite(column: str, col_type: str) -> str | None:
 
 def _seconds(timestamp: str) -> str:
     """SQL for the unix second a timestamp falls in: 23:59:59.6 is still that day (a cast of
-    ``epoch``'s fraction to bigint would round it up to the next)."""
-    return f"floor(epoch({timestamp}))::bigint"
+    ``epoch``'s fraction to bigint would round it up to the next), and 1969-12-31 23:59:59.5
+    is -1. In integers: ``epoch``'s double has too few digits for a microsecond past year
+    9999 (`20241-01-01 00:00:01` gave `...400`) nor near the end of a second in far years
+    (`9999-12-31 23:59:59.999999` gave year 10000). Null for ±infinity, as ``epoch``'s was.
+    DuckDB's `//` truncates towards zero: the remainder, made positive, is taken off first."""
+    us = f"epoch_us({timestamp})"
+    return f"(({us} - (({us} % 1000000) + 1000000) % 1000000) // 1000000)"
 
 
 #: 9999-12-31 23:59:59 UTC + 1 s: the unix seconds a TIMESTAMP can still hold
@@ -755,7 +760,7 @@ def coerce(sync: str, field: str, column: str, col_type: str, ftype: str) -> tup
     def epoch() -> tuple[str, str]:
         # `infinity` (DuckDB, Postgres) has no unix second: reject it, never send it as null
         if _is(col_type, ("DATE",)):
-            converted = f"epoch(try_cast({c} as timestamp))::bigint"
+            converted = _seconds(f"try_cast({c} as timestamp)")
             return converted, check(converted, "a finite date")
         converted = _seconds(c)
         return converted, check(converted, "a finite timestamp")
