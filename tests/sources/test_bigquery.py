@@ -138,7 +138,7 @@ def test_an_unqualified_table_needs_a_dataset(tmp_path: Path) -> None:
         (SchemaField("a", "DATETIME"), pa.timestamp("us"), "DATETIME"),
         (SchemaField("a", "TIMESTAMP"), pa.timestamp("us", tz="UTC"), "TIMESTAMP"),
         (SchemaField("a", "TIME"), pa.time64("us"), "TIME"),
-        (SchemaField("a", "JSON"), pa.string(), "JSON"),
+        (SchemaField("a", "JSON"), pa.json_(pa.string()), "JSON"),
         (SchemaField("a", "GEOGRAPHY"), pa.string(), "GEOGRAPHY"),
         (SchemaField("a", "STRING", mode="REPEATED"), pa.list_(pa.string()), "ARRAY<STRING>"),
         (

@@ -54,7 +54,10 @@ def test_users_come_back_with_sensible_arrow_types(warehouse: Warehouse) -> None
     assert pa.types.is_timestamp(types["last_seen"]) and types["last_seen"].tz is None
     assert types["birthday"] == pa.date32()
     assert types["balance"] == pa.decimal128(12, 2)
-    assert types["prefs"] == pa.string()  # JSON text, parsed by the mapping step when asked
+    # JSON text, tagged as JSON (DuckDB stages it as its `JSON` type) except from DuckDB, whose
+    # own export drops the tag: the stage reads the model's types there (`extract.Carry`)
+    json = pa.string() if warehouse.kind == "duckdb" else pa.json_(pa.string())
+    assert types["prefs"] == json
 
 
 def test_schema_of_matches_what_read_yields_without_reading(warehouse: Warehouse) -> None:

@@ -227,6 +227,40 @@ def test_timestamps_become_the_unix_second_they_fall_in_not_the_nearest_one(
     }
 
 
+def test_timestamps_after_year_9999_become_their_exact_unix_second(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `floor(epoch(ts))` went through a double: 20241-01-01 00:00:01 became ...400, a second
+    # early; through year 9999 the values are as they were
+    if warehouse.kind == "snowflake":
+        pytest.skip("Snowflake's years end at 9999")
+    warehouse.execute(
+        [
+            "create table t (id int, ts timestamp, tz timestamptz, txt varchar(40))",
+            "insert into t values (1, '20241-01-01 00:00:01', '20241-01-01 00:00:01.5+00', "
+            "'20241-01-01T00:00:01Z'), (2, '9999-12-31 23:59:59.999999', "
+            "'1969-12-31 23:59:59.999999+00', '1969-12-31T23:59:59.5Z')",
+        ]
+    )
+
+    out = sync_people(
+        warehouse,
+        customerio_emulator,
+        monkeypatch,
+        """
+        ts: {column: ts, type: timestamp}
+        tz: tz
+        txt: {column: txt, type: timestamp}
+        """,
+    )
+
+    assert out.rejected == {}
+    assert out.people == {
+        "1": {"ts": 576577094401, "tz": 576577094401, "txt": 576577094401},
+        "2": {"ts": 253402300799, "tz": -1, "txt": -1},
+    }
+
+
 @pytest.mark.parametrize("attribute", ["{column: d, type: date}", "d"])
 def test_infinite_dates_and_timestamps_reject_their_row_naming_the_column(
     warehouse: Warehouse,

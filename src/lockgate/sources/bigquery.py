@@ -57,7 +57,7 @@ _SCALARS: dict[str, pa.DataType] = {
     "DATETIME": pa.timestamp("us"),
     "TIMESTAMP": pa.timestamp("us", tz="UTC"),
     "TIME": pa.time64("us"),
-    "JSON": pa.string(),
+    "JSON": pa.json_(pa.string()),  # JSON text, staged by DuckDB as `JSON`
     "GEOGRAPHY": pa.string(),
 }
 

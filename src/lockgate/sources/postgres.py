@@ -9,7 +9,8 @@ Either way memory holds one batch, never the whole result.
 
 Both paths give the same Arrow types: `numeric(p,s)` → `decimal128(p,s)` (bare `numeric`, or
 one wider than 38 digits → `float64`, as DuckDB's postgres extension does), `timestamptz` →
-`timestamp[us, UTC]`, `json`/`jsonb` → `string` (the JSON text), `uuid` → the canonical
+`timestamp[us, UTC]`, `json`/`jsonb` → the canonical `arrow.json` extension (the JSON text,
+which DuckDB stages as `JSON`, so a field tells a JSON value from text), `uuid` → the canonical
 `arrow.uuid` extension, `money` → `decimal128(19,s)`, `interval` → `month_day_nano_interval`,
 ±infinity dates and timestamps → the extreme values DuckDB reads as ±infinity, arrays →
 `list<...>` (of one dimension: a 2-D array stops the read), and types Arrow lacks (`inet`,
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
     from lockgate.project.models import PostgresSourceConfig
 
 UTC_TS = pa.timestamp("us", tz="UTC")
+#: JSON text that DuckDB stages as its `JSON` type (the canonical `arrow.json` extension)
+JSON = pa.json_(pa.string())
 #: a model's error naming a table that does not exist: `relation "analytics.users" does ...`
 _MISSING_RELATION = re.compile(r'relation "([^"]+)" does not exist')
 _SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema', 'pg_toast')"
@@ -140,7 +143,7 @@ def _adbc_target(field: pa.Field, money_scale: int = 2) -> pa.DataType:
         return kind
     name = kind.extension_name
     if name == "arrow.json":
-        return pa.string()
+        return JSON
     if name == "arrow.uuid":
         return kind
     if name == "arrow.opaque" and getattr(kind, "type_name", "") == "citext":
@@ -277,8 +280,8 @@ _SCALARS: dict[str, pa.DataType] = {
     "bpchar": pa.string(),
     "name": pa.string(),
     "char": pa.string(),
-    "json": pa.string(),
-    "jsonb": pa.string(),
+    "json": JSON,
+    "jsonb": JSON,
     "bytea": pa.binary(),
     "date": pa.date32(),
     "time": pa.time64("us"),
@@ -315,7 +318,7 @@ def _to_arrow_value(value: Any, kind: pa.DataType) -> Any:
         return value.bytes if isinstance(value, uuid.UUID) else uuid.UUID(str(value)).bytes
     if pa.types.is_floating(kind):
         return float(value)
-    if pa.types.is_string(kind) and not isinstance(value, str):
+    if (pa.types.is_string(kind) or isinstance(kind, pa.JsonType)) and not isinstance(value, str):
         return str(value)
     return value
 
@@ -442,6 +445,15 @@ def _text_loader(parse: Any) -> type[Any]:
     return TextParser
 
 
+def _storage(kind: pa.DataType) -> pa.DataType:
+    """``kind`` with JSON as the text it is stored as (a `json[]` a list of strings)."""
+    if isinstance(kind, pa.JsonType):
+        return kind.storage_type
+    if pa.types.is_list(kind):
+        return pa.list_(_storage(kind.value_type))
+    return kind
+
+
 def _rows_to_batch(who: str, rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.RecordBatch:
     columns = []
     for i, field in enumerate(schema):
@@ -452,7 +464,10 @@ def _rows_to_batch(who: str, rows: list[tuple[Any, ...]], schema: pa.Schema) -> 
                 raise dimensions_error(who, field.name, deepest)
         try:
             values = [_to_arrow_value(value, field.type) for value in raw]
-            columns.append(pa.array(values, type=field.type))
+            # built as text, then made JSON: pyarrow builds no list of an extension type
+            storage = _storage(field.type)
+            array = pa.array(values, type=storage)
+            columns.append(array if storage.equals(field.type) else array.cast(field.type))
         except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
             raise column_error(who, field.name, raw, exc) from exc
     return pa.RecordBatch.from_arrays(columns, schema=schema)

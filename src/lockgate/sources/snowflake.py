@@ -47,6 +47,9 @@ if TYPE_CHECKING:
     from lockgate.project.models import SnowflakeSourceConfig
 
 UTC_TS = pa.timestamp("us", tz="UTC")
+#: JSON text that DuckDB stages as its `JSON` type (the canonical `arrow.json` extension), so
+#: a field tells a VARIANT's `"pro"` from the text `"pro"`
+JSON = pa.json_(pa.string())
 
 # Snowflake's result type codes (snowflake.connector.constants.FIELD_TYPES) → Arrow.
 _BY_CODE: dict[int, pa.DataType] = {
@@ -54,12 +57,12 @@ _BY_CODE: dict[int, pa.DataType] = {
     2: pa.string(),  # TEXT
     3: pa.date32(),  # DATE
     4: pa.timestamp("us"),  # TIMESTAMP (an alias, NTZ by default)
-    5: pa.string(),  # VARIANT, as JSON text
+    5: JSON,  # VARIANT, as JSON text
     6: UTC_TS,  # TIMESTAMP_LTZ
     7: UTC_TS,  # TIMESTAMP_TZ
     8: pa.timestamp("us"),  # TIMESTAMP_NTZ
-    9: pa.string(),  # OBJECT, as JSON text
-    10: pa.string(),  # ARRAY, as JSON text
+    9: JSON,  # OBJECT, as JSON text
+    10: JSON,  # ARRAY, as JSON text
     11: pa.binary(),  # BINARY
     12: pa.time64("us"),  # TIME
     13: pa.bool_(),  # BOOLEAN
@@ -106,7 +109,7 @@ def unfold(name: str) -> str:
 def _to_arrow_value(value: Any, kind: pa.DataType) -> Any:
     if value is None:
         return None
-    if pa.types.is_string(kind) and not isinstance(value, str):
+    if (pa.types.is_string(kind) or isinstance(kind, pa.JsonType)) and not isinstance(value, str):
         return str(value)
     return value
 

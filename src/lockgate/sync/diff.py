@@ -24,7 +24,14 @@ from lockgate.project.models import SyncConfig
 from lockgate.state.store import StateStore, run_sql, table, transaction
 from lockgate.sync import rejects
 from lockgate.sync.extract import InPlace
-from lockgate.sync.mapping import IDENTIFIER_PRIORITY, Compiled, json_key, lit, q
+from lockgate.sync.mapping import (
+    IDENTIFIER_PRIORITY,
+    Compiled,
+    hash_over_json,
+    json_key,
+    lit,
+    q,
+)
 
 RESYNC_PREVIOUS = "resync_previous"
 """A `--full-resync` run's temp view (or table) of what was delivered before, while the
@@ -1559,6 +1566,8 @@ def _remapped(
     typed value, so `1.50` hashes anew: such a column is hashed cast back to its old type, for
     the rows whose value the cast keeps (equal to the value as it is now; `1.5` cast to an old
     `INTEGER` is `2`, which is another value, so that row counts as changed)."""
+    types = {str(r[0]): str(r[1]) for r in con.execute("describe model").fetchall()}
+    previous_hash = hash_over_json(previous_hash, types)
     source = "select rowid as __rid, true as __lg_same, * from model"
     if retyped:
         casts = ", ".join(f"try_cast({q(c)} as {t}) as {q(c)}" for c, t in retyped.items())

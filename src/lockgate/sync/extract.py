@@ -19,7 +19,7 @@ from lockgate.errors import ConfigError, LockgateError, SourceError
 from lockgate.sources.base import Source, strip_sql
 from lockgate.sources.duckdb import DuckDBSource
 from lockgate.state.store import run_sql
-from lockgate.sync.mapping import Compiled, q
+from lockgate.sync.mapping import Compiled, holds_json, q
 
 if TYPE_CHECKING:
     from duckdb.sqltypes import DuckDBPyType
@@ -150,7 +150,6 @@ def stage(
 #: one. A column of any other type that changes on the round trip keeps the model staged.
 _ROUND_TRIP = {
     "UUID": "VARCHAR",
-    "JSON": "VARCHAR",
 }
 
 #: DuckDB types whose Arrow export changes their values: a UHUGEINT of 2^127 or more wraps to
@@ -189,14 +188,24 @@ def _holds(t: DuckDBPyType, ids: tuple[str, ...]) -> bool:
 class Carry:
     """How a DuckDB model's columns cross Arrow intact: ``as_text`` (column -> its DuckDB type)
     are read as their text (:data:`_AS_TEXT`) and cast back to their type on arrival, so the
-    staged model holds the warehouse's values. Every other column crosses as it is, at no
-    cost."""
+    staged model holds the warehouse's values; ``retyped`` (column -> its DuckDB type) hold
+    JSON at some depth, which the Arrow copy makes text (a `JSON[]` a `VARCHAR[]`): read as
+    they are and cast back, so the mapping knows a JSON value from text (`auto` sends the
+    value it holds). Every other column crosses as it is, at no cost."""
 
     as_text: dict[str, str] = field(default_factory=dict)
+    retyped: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, native: dict[str, str]) -> Carry:
-        return cls({name: t for name, t in native.items() if _holds_any(t, _AS_TEXT)})
+        as_text = {name: t for name, t in native.items() if _holds_any(t, _AS_TEXT)}
+        retyped = {name: t for name, t in native.items() if name not in as_text and holds_json(t)}
+        return cls(as_text, retyped)
+
+    @property
+    def types(self) -> dict[str, str]:
+        """Column -> the DuckDB type it is staged as, for the columns this carry casts back."""
+        return {**self.as_text, **self.retyped}
 
     def read(self, relation: str) -> str:
         """SQL reading ``relation`` (a relation of the model's columns, in its own types) as
@@ -208,15 +217,18 @@ class Carry:
 
     def load(self, relation: str = "_model_reader") -> str:
         """SQL reading ``relation`` (what :meth:`read` gave) back in the model's types."""
-        if not self.as_text:
+        if not self.types:
             return f"select * from {relation}"
-        casts = ", ".join(f"{q(name)}::{t} as {q(name)}" for name, t in self.as_text.items())
+        casts = ", ".join(f"{q(name)}::{t} as {q(name)}" for name, t in self.types.items())
         return f"select * replace ({casts}) from {relation}"
 
     def only(self, names: Iterable[str]) -> Carry:
         """This carry of the columns ``names`` (those a step kept)."""
         kept = set(names)
-        return Carry({n: t for n, t in self.as_text.items() if n in kept})
+        return Carry(
+            {n: t for n, t in self.as_text.items() if n in kept},
+            {n: t for n, t in self.retyped.items() if n in kept},
+        )
 
 
 def read_as_text(source: Source, sql: str) -> pa.RecordBatchReader:
@@ -261,7 +273,7 @@ def staged_types(
         columns = {row[0]: row[1] for row in con.execute("describe _model_schema").fetchall()}
     finally:
         con.unregister("_model_schema")
-    return {**columns, **(carry.as_text if carry else {})}
+    return {**columns, **(carry.types if carry else {})}
 
 
 def _subquery(sql: str) -> str:

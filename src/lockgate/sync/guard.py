@@ -44,6 +44,8 @@ from lockgate.sync.diff import RESYNC_PREVIOUS, ChangeSet, with_payloads
 from lockgate.sync.mapping import (
     event_key,
     event_key_text,
+    holds_json,
+    json_values,
     lit,
     normal_form,
     q,
@@ -451,6 +453,7 @@ NOT_RECORDED = "not recorded (a state of an older Lockgate)"
 
 
 def _mapping(
+    con: duckdb.DuckDBPyConnection,
     sync: SyncConfig,
     last: contract.Contract | None,
     changes: ChangeSet,
@@ -477,11 +480,33 @@ def _mapping(
             + ", ".join(f"`{c}` {was} → {now}" for c, (was, now) in types.items())
             + ")",
         ]
+    if changes.remapped and last.columns:
+        what += _json_upgrade(con, sync, last.columns)
     if not what and not changes.remapped:
         return GuardResult(name, limit, "unchanged", False)
     # nothing in the sync file: the identity graph's attributes, or Lockgate's own format
     said = "; ".join(what) or "what the payloads are built from changed"
     return GuardResult(name, limit, f"{said}: {changes.remapped:,} {noun} sent again for it", False)
+
+
+def _json_upgrade(
+    con: duckdb.DuckDBPyConnection, sync: SyncConfig, before: dict[str, str]
+) -> list[str]:
+    """The fields now sent as the JSON values their column holds (`mapping.json_values`) that
+    the last run sent as the JSON's text: their column, JSON now, was staged as text then."""
+    now = {str(r[0]): str(r[1]) for r in con.execute("describe model").fetchall()}
+    fields = {**sync.attributes, **sync.relationship_attributes}
+    out = []
+    for field_name in json_values(sync, now):
+        spec = fields[field_name]
+        column = spec.column or field_name
+        was = before.get(column)
+        if was is not None and not holds_json(was):
+            out.append(
+                f"`{field_name}` sent as the JSON value column `{column}` holds, no longer as "
+                "the JSON's text (Lockgate now reads the column's JSON type)"
+            )
+    return out
 
 
 def _types(
@@ -497,6 +522,10 @@ def _types(
     for column in columns_read(sync, con):
         before, after = last.columns.get(column), current.get(column)
         if before is None or after is None or type_family(before) == type_family(after):
+            continue
+        if type_family(before) == "string" and type_family(after) == "json":
+            # a JSON column an earlier Lockgate staged as text: the `mapping` row says what
+            # that changes (`mapping.json_values`), the column did not
             continue
         ack = accepted.get(column)
         if ack is not None and ack.strip().upper() in (after.upper(), type_family(after).upper()):
@@ -613,7 +642,7 @@ def check(
                 last.columns if last is not None else {}, current, columns_read(sync, con)
             ).items()
         }
-        mapping_row = _mapping(sync, last, changes, noun, types)
+        mapping_row = _mapping(con, sync, last, changes, noun, types)
         if not only:
             results.append(_empty_model(sync, changes, known, noun))
         else:

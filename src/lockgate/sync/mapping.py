@@ -376,14 +376,29 @@ def _nested_terms(columns: Iterable[str], types: dict[str, str]) -> str:
         c = q(name)
         ambiguous = _ambiguous(c, duckdb.sqltype(col_type))
         when = f"{c} is not null" + ("" if ambiguous == "true" else f" and {ambiguous}")
+        # a value holding JSON hashes as its text, as it did when it was staged as text: the
+        # same data keeps its hash (`json_values` re-sends the records whose payload changed)
+        value = f"{c}::{json_as_text(col_type)}" if holds_json(col_type) else c
         # one text, not `hash(name, json)`: DuckDB folds two arguments into one hash by a
         # product and an xor, so the terms of two columns would cancel out when swapped
-        text = f"{lit(name + ':')} || to_json({c})::varchar"
+        text = f"{lit(name + ':')} || to_json({value})::varchar"
         terms.append(f"case when {when} then hash({text}) else 0::ubigint end")
     out = ""
     for term in reversed(terms):
         out = f"xor({term}, {out})" if out else term
     return out
+
+
+def hash_over_json(sql: str, types: dict[str, str]) -> str:
+    """A row hash's SQL (one a state recorded) read over a model of ``types``: a list, map or
+    struct column that holds JSON, staged as text by an earlier Lockgate, is hashed as its text
+    as that hash read it (:func:`_nested_terms` does so now), so the same data hashes alike."""
+    for name, col_type in types.items():
+        if _is_nested(col_type) and holds_json(col_type):
+            c = q(name)
+            text = f"to_json({c}::{json_as_text(col_type)})::varchar"
+            sql = sql.replace(f"to_json({c})::varchar", text)
+    return sql
 
 
 def _is_nested(col_type: str) -> bool:
@@ -433,8 +448,14 @@ def source_hash(
     def with_terms(base: str) -> str:
         return f"xor({base}, {terms})" if terms else base
 
-    sql = _hash_sql(normal_form(shape), names)
-    if last is None:
+    normal = normal_form(shape)
+    as_json = json_values(sync, types)
+    if as_json:
+        # these fields send JSON values where an earlier Lockgate sent the JSON's text: a
+        # fingerprint of its own, never one reused below, so each record is sent once again
+        normal["json_values"] = as_json
+    sql = _hash_sql(normal, names)
+    if last is None or as_json:
         return with_terms(sql)
     base = hash_base(last.sql)
     if base == sql:
@@ -471,6 +492,58 @@ def needs_identity(project: Project, sync: SyncConfig) -> bool:
 def _is(col_type: str, prefixes: tuple[str, ...]) -> bool:
     """True for a scalar column of one of these types; a list of them (`VARCHAR[]`) is not."""
     return not col_type.endswith("]") and col_type.upper().startswith(prefixes)
+
+
+#: a type named JSON in a DuckDB type's text, and the quoted names and strings to skip over
+#: (a struct field `"json"`, an enum value `'JSON'`)
+_JSON_WORD = re.compile(r"\"(?:[^\"]|\"\")*\"|'(?:[^']|'')*'|\bJSON\b")
+
+
+def holds_json(col_type: str) -> bool:
+    """True for a JSON column type, or a list, struct or map one holding JSON at any depth
+    (`JSON[]`, `STRUCT(plan JSON)`)."""
+    return "JSON" in col_type and any(m.group() == "JSON" for m in _JSON_WORD.finditer(col_type))
+
+
+def json_as_text(col_type: str) -> str:
+    """``col_type`` with each JSON in it VARCHAR: the type a column holding JSON was staged as
+    before the Arrow copy kept JSON (``STRUCT(plan JSON)`` -> ``STRUCT(plan VARCHAR)``)."""
+    return _JSON_WORD.sub(lambda m: "VARCHAR" if m.group() == "JSON" else m.group(), col_type)
+
+
+def json_read(col_type: str, ftype: str) -> tuple[str, str]:
+    """How a field of type ``ftype`` reads a column of ``col_type``: (the type it reads the
+    column as, the type it coerces it under). A column holding JSON (a DuckDB `JSON`, a
+    Postgres `json`/`jsonb`, a Snowflake `VARIANT`) sends, under `auto`, the JSON value it
+    holds: a scalar one as `type: json` sends text (a JSON `null` is a null, `"pro"` the string
+    `pro`), a list or struct holding JSON with the JSON values in it. Any other type reads the
+    column as its text, as it always did. Every other column: as it is."""
+    if not holds_json(col_type):
+        return col_type, ftype
+    if _is(col_type, ("JSON",)):
+        return "VARCHAR", "json" if ftype == "auto" else ftype
+    if ftype in ("auto", "json"):
+        return col_type, "auto"
+    return json_as_text(col_type), ftype
+
+
+def json_values(sync: SyncConfig, types: dict[str, str]) -> list[str]:
+    """The fields of ``sync`` that send the JSON values a column holds where an earlier Lockgate
+    sent the JSON's text (`"\\"pro\\""` for `"pro"`, `"null"` for `null`): `auto` over a
+    column holding JSON, and `type: json` over a list or struct holding it. Named in the row
+    hash's fingerprint (:func:`source_hash`), so each record is sent once again, counted as
+    remapped, and Customer.io holds the values."""
+    out = []
+    for group in (sync.attributes, sync.relationship_attributes):
+        for name, spec in group.items():
+            if spec.value is not None:
+                continue
+            col_type = types.get(spec.column or name, "")
+            if holds_json(col_type) and (
+                spec.type == "auto" or (spec.type == "json" and not _is(col_type, ("JSON",)))
+            ):
+                out.append(name)
+    return sorted(set(out))
 
 
 #: column types whose text (``::varchar``) is already their JSON: integers and booleans
@@ -642,8 +715,13 @@ def _nested_non_finite(column: str, col_type: str) -> str | None:
 
 def _seconds(timestamp: str) -> str:
     """SQL for the unix second a timestamp falls in: 23:59:59.6 is still that day (a cast of
-    ``epoch``'s fraction to bigint would round it up to the next)."""
-    return f"floor(epoch({timestamp}))::bigint"
+    ``epoch``'s fraction to bigint would round it up to the next), and 1969-12-31 23:59:59.5
+    is -1. In integers: ``epoch``'s double has too few digits for a microsecond past year
+    9999 (`20241-01-01 00:00:01` gave `...400`) nor near the end of a second in far years
+    (`9999-12-31 23:59:59.999999` gave year 10000). Null for ±infinity, as ``epoch``'s was.
+    DuckDB's `//` truncates towards zero: the remainder, made positive, is taken off first."""
+    us = f"epoch_us({timestamp})"
+    return f"(({us} - (({us} % 1000000) + 1000000) % 1000000) // 1000000)"
 
 
 #: 9999-12-31 23:59:59 UTC + 1 s: the unix seconds a TIMESTAMP can still hold
@@ -682,7 +760,11 @@ def coerce(
     if attribute and _is(col_type, ("VARCHAR",)) and ftype in ("auto", "string"):
         converted, reason = coerce(sync, field, column, col_type, ftype)
         return f"nullif({converted}, '')", reason
-    c = _single_as_double(q(column)) if _is(col_type, ("FLOAT",)) else q(column)
+    read_as, ftype = json_read(col_type, ftype)
+    if read_as != col_type:  # a column holding JSON, read as its text (see `json_read`)
+        col_type, c = read_as, f"{q(column)}::{read_as}"
+    else:
+        c = _single_as_double(q(column)) if _is(col_type, ("FLOAT",)) else q(column)
     is_str = _is(col_type, ("VARCHAR",))
     is_float = _is(col_type, ("FLOAT", "DOUBLE"))
     bad = f"{lit(f'column `{column}` (field `{field}`): value `')} || {c}::varchar || "
@@ -694,7 +776,7 @@ def coerce(
     def epoch() -> tuple[str, str]:
         # `infinity` (DuckDB, Postgres) has no unix second: reject it, never send it as null
         if _is(col_type, ("DATE",)):
-            converted = f"epoch(try_cast({c} as timestamp))::bigint"
+            converted = _seconds(f"try_cast({c} as timestamp)")
             return converted, check(converted, "a finite date")
         converted = _seconds(c)
         return converted, check(converted, "a finite timestamp")
@@ -703,6 +785,12 @@ def coerce(
         # `to_json` writes a NaN inside a list or struct as `NaN`: invalid JSON, and
         # Customer.io refuses the whole batch it is in
         non_finite = _nested_non_finite(column, col_type)
+        if holds_json(col_type):
+            # the JSON values in it are written as they are: one DuckDB reads (`NaN`, `1e400`)
+            # and no JSON parser does would make the whole payload invalid
+            text = f"to_json({c})::varchar"
+            bad = f"({_non_finite_json(text)} or {_huge_json_number(text)})"
+            non_finite = bad if non_finite is None else f"({non_finite} or {bad})"
         if non_finite is None:
             return None
         converted = f"case when {non_finite} then null else {c} end"
@@ -992,10 +1080,12 @@ def field_fragment(
     # value as JSON: sent as `auto` sends it, so a whole value is an integer (`5`, not `5.0` or
     # a decimal's `5.00`)
     numbers = _is(col_type, NUMERIC_TYPES) or _nested_numbers(col_type)
-    ftype = "auto" if spec.type == "json" and numbers else spec.type
+    ftype: str = "auto" if spec.type == "json" and numbers else spec.type
     # the identity graph's own `""` clears a value that moved to another profile
     attribute = limit and not column.startswith(GRAPH_ATTRIBUTE_PREFIX)
     expression, check = coerce(sync, name, column, col_type, ftype, attribute=attribute)
+    # a column holding JSON is read as `coerce` reads it (`json_read`)
+    col_type, ftype = json_read(col_type, ftype)
     alias = f"__v{len(computed)}"
     # a value that can be over the limit is kept as the JSON text it is sent as, built once for
     # the fragment and its size check (`to_json` of null is null, so `check` still holds)
