@@ -342,6 +342,9 @@ def main() -> None:
         help="the --big ledger grows by this many events a run (a first sync of 10M fails)",
     )
     parser.add_argument("--skip-big-plan", action="store_true", help="no fresh plan at --big")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the --big model and project (for an A/B)"
+    )
     parser.add_argument("--skip-emulator", action="store_true", help="sink only, no baseline")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/lockgate-bench-events"))
     args = parser.parse_args()
@@ -386,12 +389,13 @@ def main() -> None:
             console.print(f"model of {chunk:,} rows built in {built:.1f} s, to grow to {big:,}")
             project = write_project(work / "lockgate-big", wh_big, url)
             three_runs(r, "big", wh_big, project, url, big, new, chunk)
-            shutil.rmtree(project, ignore_errors=True)
             r["floor_big_all"] = [scan_and_hash(wh_big) for _ in range(3)]
             r["floor_big"] = min(r["floor_big_all"])
             if not args.skip_big_plan:
                 plan_fresh(r, "plan_big", wh_big, work, big + new)
-            wh_big.unlink()
+            if not args.keep:
+                shutil.rmtree(project, ignore_errors=True)
+                wh_big.unlink()
     report(r)
     saved = {
         k: {f: getattr(v, f) for f in ("seconds", "peak_rss", "cpu")}
