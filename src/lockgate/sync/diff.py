@@ -1603,10 +1603,43 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
     the dedupe id it was sent with, whatever its row holds now: Customer.io may hold it under
     that id, and a timestamp, name or person corrected since would make another id, which it
     would store a second time. A row of a key in the ledger is never rejected: whatever it
-    holds now, its event is in Customer.io and is never sent again (already delivered)."""
+    holds now, its event is in Customer.io and is never sent again (already delivered).
+
+    An events model only grows, and so does its ledger: the rows of keys in the ledger are
+    counted from their keys alone (DuckDB computes only the key of the mapping for them) and
+    left out of the model before it is mapped, so a run maps, checks and orders only the rows
+    of keys the ledger does not have, however many events were delivered before."""
     ledger = table("ledger", sync.name)
     ids = table("event_ids", sync.name)
     skip_backfill = sync.backfill.older == "skip"
+    # rows (and distinct keys) of the model whose key the ledger has: already delivered
+    old_rows = old_keys = 0
+    if _one(con, f"select exists(select 1 from {ledger})"):
+        run_sql(
+            con,
+            f"""
+            create or replace temp table ev_keyed as
+            select __rid, k, k in (select k from {ledger}) as done
+            from (select __rid, k from ({compiled.select}))
+            """,
+        )
+        row = con.execute(
+            "select count(*) filter (where done), count(distinct k) filter (where done) "
+            "from ev_keyed"
+        ).fetchall()[0]
+        old_rows, old_keys = int(row[0] or 0), int(row[1] or 0)
+        if old_rows:
+            run_sql(
+                con,
+                """
+                create or replace temp table model_todo as
+                select * from model where rowid in (select __rid from ev_keyed where not done);
+                drop table model;
+                alter table model_todo rename to model;
+                """,
+            )
+        run_sql(con, "drop table ev_keyed")
+    # every row left is of a key the ledger does not have
     run_sql(
         con,
         f"""
@@ -1615,12 +1648,6 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
         from ({compiled.select})
         """,
     )
-    if _one(con, "select count(*) from mapped where reject is not null"):
-        run_sql(
-            con,
-            f"update mapped set reject = null "
-            f"where reject is not null and k in (select k from {ledger})",
-        )
     lo = "md5_number_lower(m.k || chr(31) || m.id_seed)"
     hi = "md5_number_upper(m.k || chr(31) || m.id_seed)"
     ts, unsure = "m.ts", ""
@@ -1634,7 +1661,7 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
         create or replace temp table changes as
         select m.k, m.op, null::ubigint as h, m.ident, true as is_new, false as removed,
                {ts} as ts, m.backfill, {lo} as lo, {hi} as hi
-        from mapped m anti join {ledger} l on l.k = m.k {unsure}
+        from mapped m {unsure}
         where m.reject is null and m.rn = 1 {"and not m.backfill" if skip_backfill else ""}
         order by m.ts, m.k
         """,
@@ -1642,27 +1669,25 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
     if unsure:
         resent = int(_one(con, f"select count(*) from changes semi join {ids} using (k)") or 0)
     rejected, samples, reasons = _rejected(con)
-    in_ledger = f"k in (select k from {ledger})"
     row = con.execute(
-        f"""
+        """
         select count(*),
                count(*) filter (where reject is null and rn > 1),
-               count(*) filter (where reject is null and rn = 1 and {in_ledger}),
-               count(*) filter (where reject is null and rn = 1 and backfill
-                                and not {in_ledger})
+               count(*) filter (where reject is null and rn = 1 and backfill)
         from mapped
         """
     ).fetchall()[0]
-    total, dups, delivered, backfill = (int(x or 0) for x in row)
+    new_rows, dups, backfill = (int(x or 0) for x in row)
     to_send = int(_one(con, "select count(*) from changes") or 0)
     return ChangeSet(
         kind="events",
-        rows=total,
+        rows=new_rows + old_rows,
         rejected=rejected,
         to_send=to_send,
         new=to_send,
-        duplicates_in_model=dups,
-        already_delivered=delivered,
+        # each key in the ledger counts once as delivered, its other rows as duplicates
+        duplicates_in_model=dups + old_rows - old_keys,
+        already_delivered=old_keys,
         backfill_skipped=backfill if skip_backfill else 0,
         backfill_sent=0 if skip_backfill else backfill,
         unconfirmed=resent,
