@@ -78,3 +78,51 @@ attributes:
     report = run_sync(project, "profile", console=NullConsole())
     assert report.status == "success" and report.changes.rejected == 0
     assert attributes(project_factory, 1)["meta"] == {"a": 1}
+
+
+def test_an_empty_string_of_a_typed_attribute_is_a_null_not_a_rejected_row(
+    project_factory: ProjectFactory,
+) -> None:
+    """A text column read as a `number`, `timestamp`, `boolean` or `json` attribute, with its
+    nulls turned into `''` (a CSV load, `coalesce(x::varchar, '')`): the empty string is a
+    null as it is under `auto` and `string`, so the field's `on_null` applies, instead of the
+    whole row (its other attributes too) being rejected as "`` is not a number"."""
+    project_factory.sql(
+        """
+        create table users as select * from (values
+          (1, '5', '2026-01-31T12:00:00Z', 'true', '{"a": 1}', 'pro'),
+          (2, '7', '2026-02-01T00:00:00Z', 'false', '[1]', 'free')
+        ) t(user_id, seats, renewed_at, active, meta, plan)
+        """
+    )
+    body = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes:
+  seats: {column: seats, type: number}
+  renewed_at: {column: renewed_at, type: timestamp, on_null: clear}
+  active: {column: active, type: boolean, on_null: default, default: false}
+  meta: {column: meta, type: json}
+  plan: plan
+"""
+    project = project_factory.write({"profile": body})
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql(
+        "update users set seats = '', renewed_at = '', active = '', meta = '', plan = 'team' "
+        "where user_id = 1"
+    )
+
+    report = run_sync(project, "profile", console=NullConsole())
+
+    assert (report.status, report.changes.rejected) == ("success", 0)
+    assert report.changes.attributes_cleared == 1
+    assert attributes(project_factory, 1) == {
+        "seats": 5,
+        "active": False,
+        "meta": {"a": 1},
+        "plan": "team",
+    }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import duckdb
+
 from lockgate.cli.sync import change_rows
 from lockgate.console import NullConsole
 from lockgate.sync.run import plan_sync, run_sync
@@ -270,3 +272,91 @@ def test_a_row_without_a_key_is_named_by_its_identifiers_alone(
     assert [key for key, _ in report.changes.rejected_samples] == [
         '(null key) {"email":"ghost@x.com"}'
     ]
+
+
+STATUS = """
+name: carts
+source: warehouse
+model: {sql: "select user_id, {status} as cart_status, items from carts"}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes: {cart_status: cart_status, items: items}
+on_change:
+  - attribute: cart_status
+    to: inactive
+    event: cart_abandoned
+  - attribute: cart_status
+    event: cart_status_changed
+"""
+
+
+def fired(emu: Any) -> list[tuple[str, str | None]]:
+    by_cio = {p.cio_id: p.id for p in emu.people()}
+    return sorted((e.name, by_cio.get(e.person)) for e in emu.events())
+
+
+def test_a_json_column_read_as_its_value_after_the_upgrade_fires_no_transition(
+    project_factory: ProjectFactory,
+) -> None:
+    """An earlier Lockgate staged a JSON column as text and watched `"\\"inactive\\""`; this
+    one watches `"inactive"`. The upgrade's run sends every record once more (the mapping
+    changed), and no cart went anywhere: it fires nothing (it fired `cart_abandoned` for every
+    inactive cart, and `cart_status_changed` for all of them)."""
+    project_factory.sql(
+        """
+        create or replace table carts as select * from (values
+          (1, '"inactive"'::json, 1), (2, '"open"'::json, 1), (3, '{"a": [1, 2]}'::json, 1)
+        ) t(user_id, cart_status, items)
+        """
+    )
+    # what an earlier Lockgate staged: the JSON's text
+    project = project_factory.write({"carts": STATUS.replace("{status}", "cart_status::varchar")})
+    run_sync(project, "carts", console=NullConsole())
+    project = project_factory.write({"carts": STATUS.replace("{status}", "cart_status")})
+
+    assert plan_sync(project, "carts", console=NullConsole()).changes.state_events == 0
+    report = run_sync(project, "carts", console=NullConsole())
+
+    assert (report.changes.remapped, report.changes.state_events) == (3, 0)
+    emu = project_factory.emulator
+    assert fired(emu) == []
+    assert [emu.person(id=str(i)).attributes["cart_status"] for i in (1, 2)] == [  # type: ignore[union-attr]
+        "inactive",
+        "open",
+    ]
+    # and a real transition afterwards still fires
+    project_factory.sql("update carts set cart_status = '\"inactive\"' where user_id = 2")
+    assert run_sync(project, "carts", console=NullConsole()).changes.state_events == 2
+    assert fired(emu) == [("cart_abandoned", "2"), ("cart_status_changed", "2")]
+
+
+def test_an_empty_string_an_earlier_lockgate_watched_is_no_transition_to_null(
+    project_factory: ProjectFactory,
+) -> None:
+    """An earlier Lockgate sent (and watched) a model's `''` as `""`; this one reads it as a
+    null (`on_null`). A cart whose `items` change while its status stays `''` did not change
+    status: no `cart_status_changed` (it fired, `""` → null)."""
+    project_factory.sql(
+        "create or replace table carts as select * from (values (1, '', 1), (2, 'open', 1)) "
+        "t(user_id, cart_status, items)"
+    )
+    project = project_factory.write({"carts": STATUS.replace("{status}", "cart_status")})
+    run_sync(project, "carts", console=NullConsole())
+    # the state as an earlier Lockgate left it: the `''` watched as `""`
+    con = duckdb.connect(str(project.state_dir / "state.duckdb"))
+    try:
+        changed = con.execute(
+            """update "snap__carts" set ident = replace(ident, '"cart_status":null', """
+            """'"cart_status":""') where k = '1'"""
+        ).fetchall()
+        assert changed == [(1,)]
+    finally:
+        con.close()
+    project_factory.sql("update carts set items = 2")
+
+    assert plan_sync(project, "carts", console=NullConsole()).changes.state_events == 0
+    report = run_sync(project, "carts", console=NullConsole())
+
+    assert (report.changes.changed, report.changes.state_events) == (2, 0)
+    assert fired(project_factory.emulator) == []

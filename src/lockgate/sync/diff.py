@@ -613,6 +613,11 @@ def _same_json(a: str, b: str) -> str:
     return f"coalesce({number.format(a)} = {number.format(b)}, {a} is not distinct from {b})"
 
 
+def _no_value(watched: str) -> str:
+    """SQL: the JSON text of a watched value, with `""` (an attribute erased) as `null`."""
+    return f"(case when {watched} = '\"\"' then 'null' else {watched} end)"
+
+
 def _related_people(
     con: duckdb.DuckDBPyConnection,
     sync: SyncConfig,
@@ -700,6 +705,7 @@ def _state_change_events(
     now: int,
     relationship_snaps: list[str],
     people_snaps: list[str],
+    json_text: Iterable[str] = (),
 ) -> int:
     """Fill ``oc_changes`` with the `on_change` events this run fires.
 
@@ -725,7 +731,15 @@ def _state_change_events(
     `trial` → `churned`) is sent to every person related to the object, from the snapshots of
     the project's relationships syncs of that type, with the object's id among the properties;
     once to a person two of them relate (:func:`_related_people`, with ``people_snaps``).
+
+    A value and no value are compared as Customer.io holds them: `""` (which erases an
+    attribute, and which an earlier Lockgate sent for a model's empty string) is no value, as
+    a null is. ``json_text``: the watched attributes whose last committed run sent, and
+    watched, the JSON's text (a JSON column staged as text by an earlier Lockgate) where this
+    one sends the JSON value (``mapping.json_values``): the text is read as the value it
+    holds, so the upgrade's run, which sends every record again, fires no transition.
     """
+    json_text = set(json_text)
     snap, ledger = table("snap", sync.name), table("ledger", sync.name)
     sent = table("oc_sent", sync.name)
     run = "coalesce('#' || json_extract_string(s.ident, '$._run'), '')"
@@ -736,11 +750,17 @@ def _state_change_events(
         path = "'$._watch." + orjson.dumps(rule.attribute).decode().replace("'", "''") + "'"
         old = f"json_extract(s.ident, {path})::varchar"
         new = f"json_extract(m.ident, {path})::varchar"
+        if rule.attribute in json_text:
+            text = f"json_extract_string(s.ident, {path})"
+            old = (
+                f"(case when json_type(s.ident, {path}) = 'VARCHAR' and json_valid({text}) "
+                f"then json({text})::varchar else {old} end)"
+            )
         conditions = [
             "m.reject is null",
             "s.h <> m.h",
             "json_extract(s.ident, '$._watch') is not null",
-            f"not {_same_json(old, new)}",
+            f"not {_same_json(_no_value(old), _no_value(new))}",
             f"not m.__ocu_{i}",
         ]
         if rule.from_ is not None:
@@ -891,6 +911,7 @@ def diff_records(
     previous_hash: str | None = None,
     run_id: str = "",
     retyped: dict[str, str] | None = None,
+    json_text: Iterable[str] | None = None,
 ) -> ChangeSet:
     """Diff a people, objects or relationships sync against its snapshot.
 
@@ -905,7 +926,9 @@ def diff_records(
     when it differs from this one's: the changed records that hash as the snapshot under it
     are counted as ``remapped``. ``retyped``: the columns whose type changed within its
     family since that run, each with its type then (the rows are hashed with their values as
-    they were typed then, see :func:`_remapped`).
+    they were typed then, see :func:`_remapped`). ``json_text``: the attributes the last run
+    sent as the JSON's text that this one sends as JSON values (see
+    :func:`_state_change_events`).
 
     With ``in_place``, the temp table ``keyed`` was built in the source (:meth:`InPlace.key`)
     and ``model`` is filled here with only the rows to map. Without ``payloads`` (a plan), the
@@ -983,7 +1006,9 @@ def diff_records(
             """,
         )
     state_events = (
-        _state_change_events(con, sync, now, relationship_snaps or [], people_snaps or [])
+        _state_change_events(
+            con, sync, now, relationship_snaps or [], people_snaps or [], json_text or ()
+        )
         if sync.on_change
         else 0
     )

@@ -568,6 +568,7 @@ def _prepare(
                     shared_check=sync.kind == "people" and resolution is None,
                     previous_hash=_previous_hash(last, compiled, retyped),
                     retyped=retyped,
+                    json_text=_json_text(last, sync, staged.columns),
                     run_id=step.run_id,
                 )
         if only and not payloads and session is not None and sync.kind == "people":
@@ -846,6 +847,23 @@ def _same_hash(last: contract_state.Contract, sync: SyncConfig, mapping_hash: st
         and last.mapping is not None
         and mapping.normal_form(last.mapping) == mapping.normal_form(mapping.shaping(sync))
     )
+
+
+def _json_text(
+    last: contract_state.Contract | None, sync: SyncConfig, columns: dict[str, str]
+) -> list[str]:
+    """The attributes this run sends as the JSON values their column holds
+    (``mapping.json_values``) whose last committed run staged that column as text, and so
+    sent, and watched for `on_change`, the JSON's text (an earlier Lockgate)."""
+    if last is None or not sync.on_change:
+        return []
+    out = []
+    for name in mapping.json_values(sync, columns):
+        spec = sync.attributes.get(name)
+        was = last.columns.get((spec.column or name) if spec is not None else "")
+        if was is not None and not mapping.holds_json(was):
+            out.append(name)
+    return out
 
 
 def _previous_hash(
