@@ -230,6 +230,92 @@ def test_type_drift_stops_until_acknowledged_and_force_does_not_override(
     assert run_sync(project, "profile", console=NullConsole()).status == "success"
 
 
+def test_a_column_that_became_a_bare_null_is_named_a_model_bug_not_a_type_to_accept(
+    project_factory: ProjectFactory,
+) -> None:
+    """`null as signed_up_at` in the model (a placeholder, a join that lost its table) has no
+    type at all (DuckDB: NULL): the run stops saying every value is null and how to fix the
+    model, and offers no acknowledgement (a column of no type is no type to accept). Once
+    the model casts it (`cast(null as ...)`), its type is back and nothing stops it."""
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE})
+    run_sync(project, "profile", console=NullConsole())
+
+    project_factory.sql(
+        "create or replace table users as select user_id, plan, null as signed_up_at, promo "
+        "from (select * from users)"
+    )
+    message = refused(project, "profile", emu)
+    assert "type drift: `signed_up_at` TIMESTAMP WITH TIME ZONE → NULL (no type)" in message
+    assert "every value in it is null (all 20 rows)" in message
+    assert "a bug in the model, most often a broken join or a placeholder" in message
+    assert "has no type any more (a bare `null as signed_up_at` in the model)" in message
+    assert "cast(null as TIMESTAMP WITH TIME ZONE) as signed_up_at" in message
+    assert "remove the field" in message
+    assert "accept_type_changes: {" not in message  # nothing to acknowledge
+    plan = plan_sync(project, "profile", console=NullConsole())
+    (guard,) = [g for g in plan.guards if g.name == "type drift"]
+    assert guard.breached and not guard.forceable
+
+    # acknowledging it is refused where it is written, with the same fix
+    from lockgate.errors import ConfigError
+
+    acked = with_guardrails(PROFILE, '{accept_type_changes: {signed_up_at: "NULL"}}')
+    with pytest.raises(ConfigError, match=r"cast\(null as"):
+        project_factory.write({"profile": acked})
+
+    # cast in the model: the type is the contract's again and the run goes on; under
+    # `on_null: skip` everyone keeps the value they had
+    project_factory.sql(
+        "create or replace table users as select user_id, plan, "
+        "cast(null as timestamptz) as signed_up_at, promo from (select * from users)"
+    )
+    assert run_sync(project, "profile", console=NullConsole()).status == "success"
+    person = emu.person(id="3")
+    assert person is not None and person.attributes["signed_up_at"] == 1767484800
+
+
+def test_a_column_of_a_new_type_whose_every_value_is_null_says_so(
+    project_factory: ProjectFactory,
+) -> None:
+    """A type change where every value is null (Postgres types a bare `null as x` as text)
+    leads with that: no sample value to show, most likely a model bug."""
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE})
+    run_sync(project, "profile", console=NullConsole())
+
+    project_factory.sql(
+        "create or replace table users as select user_id, plan, "
+        "cast(null as varchar) as signed_up_at, promo from (select * from users)"
+    )
+    message = refused(project, "profile", emu)
+    assert "`signed_up_at` TIMESTAMP WITH TIME ZONE → VARCHAR" in message
+    assert "every value in it is null (all 20 rows)" in message
+    assert "cast(null as TIMESTAMP WITH TIME ZONE) as signed_up_at" in message
+    assert "Sample rows" not in message
+
+
+def test_a_column_of_no_type_given_its_type_again_is_no_drift(
+    project_factory: ProjectFactory,
+) -> None:
+    """A first run with a bare `null as signed_up_at` records a column of no type; the model
+    fixed (timestamps again) is what should happen, not a drift to acknowledge."""
+    project_factory.sql(USERS)
+    project_factory.sql(
+        "create or replace table users as select user_id, plan, null as signed_up_at, promo "
+        "from (select * from users)"
+    )
+    project = project_factory.write({"profile": PROFILE})
+    assert run_sync(project, "profile", console=NullConsole()).status == "success"
+    project_factory.sql(USERS)
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.status == "success"
+    person = project_factory.emulator.person(id="3")
+    assert person is not None and person.attributes["signed_up_at"] == 1767484800
+
+
 def test_a_changed_identifier_stops_the_run_until_forced_once(
     project_factory: ProjectFactory,
 ) -> None:

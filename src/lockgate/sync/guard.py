@@ -484,6 +484,16 @@ def _mapping(
     return GuardResult(name, limit, f"{said}: {changes.remapped:,} {noun} sent again for it", False)
 
 
+def untyped(duckdb_type: str) -> bool:
+    """Whether a column has no type at all: DuckDB's `NULL`, what a bare `null as x` in the
+    model gives (every value of it is null)."""
+    return duckdb_type.strip().strip('"').upper() == "NULL"
+
+
+def _type_text(duckdb_type: str) -> str:
+    return "NULL (no type)" if untyped(duckdb_type) else duckdb_type
+
+
 def _types(
     con: duckdb.DuckDBPyConnection,
     sync: SyncConfig,
@@ -498,32 +508,88 @@ def _types(
         before, after = last.columns.get(column), current.get(column)
         if before is None or after is None or type_family(before) == type_family(after):
             continue
+        if untyped(before):  # a column of no type given one again: the model's fix
+            continue
         ack = accepted.get(column)
-        if ack is not None and ack.strip().upper() in (after.upper(), type_family(after).upper()):
+        if (
+            ack is not None
+            and not untyped(after)
+            and ack.strip().upper() in (after.upper(), type_family(after).upper())
+        ):
             continue
         drift.append((column, before, after))
     if not drift:
         return GuardResult("column types", "unchanged or accepted", "unchanged", False)
-    column, before, after = drift[0]
-    samples = [
-        f"`{column}` = {_clip(str(v[0]), 60)!r}"
-        for v in con.execute(
-            f"select distinct {q(column)}::varchar from model where {q(column)} is not null "
-            f"limit {SAMPLES}"
-        ).fetchall()
-    ]
-    changes = ", ".join(f"`{c}` {b} → {a}" for c, b, a in drift)
-    accept = ", ".join(f"{c}: {a}" for c, _, a in drift)
+    # a column whose every value is null is most likely a bug in the model (a placeholder, a
+    # join that lost its table) and has no value to show: say that first, and how to fix it
+    counts = con.execute(
+        "select count(*), " + ", ".join(f"count({q(c)})" for c, _, _ in drift) + " from model"
+    ).fetchall()[0]
+    rows = int(counts[0])
+    all_null = {c for (c, _, _), n in zip(drift, counts[1:], strict=True) if rows and not n}
+    changes = ", ".join(f"`{c}` {b} → {_type_text(a)}" for c, b, a in drift)
+    parts = [f"Since run {last.run_id} the model's types changed: {changes}."]
+    nulls = [(c, b, a) for c, b, a in drift if c in all_null or untyped(a)]
+    for column, _before, after in nulls:
+        what = (
+            f"`{column}` has no type any more (a bare `null as {column}` in the model):"
+            if untyped(after)
+            else f"`{column}`:"
+        )
+        parts.append(
+            f"{what} every value in it is null (all {rows:,} rows), a bug in the model, most "
+            "often a broken join or a placeholder."
+        )
+    fix = "; ".join(f"`cast(null as {b}) as {c}`" for c, b, _ in nulls)
+    if nulls:
+        parts.append(
+            "Fix the join, or, if the column is meant to be null for now, cast it in the model "
+            f"so it keeps its type ({fix}), or remove the field from the sync file."
+        )
+    acceptable = [(c, a) for c, _, a in drift if not untyped(a)]
+    if acceptable:
+        accept = ", ".join(f"{c}: {a}" for c, a in acceptable)
+        parts.append(
+            f"If the new type is intended, acknowledge it in the sync's "
+            f"`guardrails: {{accept_type_changes: {{{accept}}}}}` once the mapping is right "
+            "for it."
+        )
+    sampled = next((c for c, _, _ in drift if c not in all_null and rows), None)
+    samples = (
+        [
+            f"`{sampled}` = {_clip(str(v[0]), 60)!r}"
+            for v in con.execute(
+                f"select distinct {q(sampled)}::varchar from model where {q(sampled)} is not "
+                f"null limit {SAMPLES}"
+            ).fetchall()
+        ]
+        if sampled is not None
+        else []
+    )
+    hint = (
+        "fix the model, or acknowledge the change under `guardrails:` in the sync file "
+        "(`--force` does not override type drift)"
+    )
+    if nulls:
+        hint = (
+            f"fix the model (a column meant to be null keeps its type with {fix}) or remove "
+            "the field from the sync file"
+            + (
+                ""
+                if len(nulls) == len(drift)
+                else "; acknowledge the other type changes under `guardrails:`"
+            )
+            + " (`--force` does not override type drift)"
+        )
     return GuardResult(
         "type drift",
         "unchanged or accepted",
         changes,
         True,
-        f"Since run {last.run_id} the model's types changed: {changes}. Acknowledge it in the "
-        f"sync's `guardrails: {{accept_type_changes: {{{accept}}}}}` once the mapping is "
-        "right for the new type.",
+        " ".join(parts),
         tuple(samples),
         forceable=False,
+        hint=hint,
     )
 
 
@@ -908,7 +974,8 @@ def enforce(sync: SyncConfig, results: list[GuardResult], *, force: bool) -> Non
         raise ContractError(
             f"sync `{sync.name}` stopped before sending anything: {first.name}: {first.actual}"
             f"{more}. {first.detail}{samples}",
-            hint=f"fix the model, or acknowledge the change under `guardrails:` in the sync "
+            hint=first.hint
+            or f"fix the model, or acknowledge the change under `guardrails:` in the sync "
             f"file (`--force` does not override {first.name})",
         )
     if first.hint and not first.name.startswith("max_"):
