@@ -564,6 +564,48 @@ def test_max_rejected_stops_a_run_whose_model_went_bad_even_on_a_first_run(
     assert "max_rejected is 10 of 20 rows" in refused(project, "profile", emu)
 
 
+def test_a_share_limit_skipped_says_why_a_first_run_an_empty_snapshot_or_no_rows(
+    project_factory: ProjectFactory,
+) -> None:
+    """A share needs something to be a share of. Each skipped breaker says what is missing:
+    no previous snapshot (a first run), a previous snapshot that is empty (the last committed
+    run's model was empty: nothing in it can change, be cleared or be removed, so the share
+    stops nothing), or a model with no rows (`max_rejected`, a share of this run's rows).
+    Once the snapshot holds people again, the shares hold."""
+    emu = project_factory.emulator
+    project_factory.sql(USERS + "delete from users;")
+    rails = "{max_changed: 10%, max_cleared: 10%, max_removed: 10%, max_rejected: 10%}"
+    project = project_factory.write({"profile": with_guardrails(PROFILE + "mode: mirror\n", rails)})
+
+    def skipped(report: Any) -> dict[str, tuple[str, str]]:
+        return {g.name: (g.actual, g.detail) for g in report.guards if g.name.startswith("max_")}
+
+    first = skipped(run_sync(project, "profile", console=NullConsole()))
+    for name in ("max_changed", "max_cleared", "max_removed"):
+        assert first[name][0] == "0 (skipped: no previous snapshot)"
+    assert first["max_rejected"][0] == "0 (skipped: the model has no rows)"
+    assert "a share of this run's rows" in first["max_rejected"][1]
+
+    second = skipped(plan_sync(project, "profile", console=NullConsole()))
+    for name in ("max_changed", "max_cleared", "max_removed"):
+        assert second[name][0] == "0 (skipped: the previous snapshot is empty)"
+        assert "the last committed run left no people" in second[name][1]
+        assert "no previous snapshot" not in second[name][1]
+        assert "first" not in second[name][1]
+
+    # the model fills again: every person is new, nothing in the snapshot to count
+    project_factory.sql(USERS)
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered) == ("success", 20)
+    assert skipped(report)["max_removed"][0] == "0 (skipped: the previous snapshot is empty)"
+    assert skipped(report)["max_rejected"][0] == "0 of 20 rows in the model (0.0%)"
+    # and now the shares are of those 20
+    project_factory.sql("delete from users where user_id > 17")
+    message = refused(project, "profile", emu)
+    assert "max_cleared is 9 of 20 people × 3 attributes (15.0%)" in message
+    assert "also breached: max_removed (3 of 20 people (15.0%))" in message
+
+
 def test_people_who_left_an_upsert_sync_stop_counting_once_a_run_is_forced_past_them(
     project_factory: ProjectFactory,
 ) -> None:

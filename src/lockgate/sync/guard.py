@@ -225,6 +225,9 @@ def retyped(
     return out
 
 
+NO_SNAPSHOT = "no previous snapshot"
+
+
 def _limit_text(limit: int | str) -> str:
     return limit if isinstance(limit, str) else f"{limit:,}"
 
@@ -240,20 +243,18 @@ def _breaker(
     outcome: str = "would be sent",
     *,
     warn_at: float | None = None,
+    skipped: tuple[str, str] = (NO_SNAPSHOT, "a share needs a previous committed run"),
 ) -> GuardResult | None:
     """One circuit breaker: ``count`` against ``limit`` (a share of ``base`` or a count); at
-    ``warn_at`` of the allowed count or more (and not over it), the result is `near`."""
+    ``warn_at`` of the allowed count or more (and not over it), the result is `near`. A share
+    of a ``base`` of 0 is no limit: the result says it is skipped, and why (``skipped``: what
+    is the case, and a sentence saying what that means)."""
     if limit is None or limit == "off":
         return None
     if isinstance(limit, str):
         if base <= 0:
-            return GuardResult(
-                name,
-                limit,
-                f"{count:,} (skipped: no previous snapshot)",
-                False,
-                "a share needs a previous committed run; this is the first (or a full resync)",
-            )
+            why, detail = skipped
+            return GuardResult(name, limit, f"{count:,} (skipped: {why})", False, detail)
         allowed = math.floor(float(limit.rstrip("%")) / 100 * base)
         actual = f"{count:,} of {base_text} ({count / base:.1%})"
     else:
@@ -279,6 +280,34 @@ def _breaker(
         True,
         f"{count:,} {unit} {outcome} where the limit allows {allowed:,}: {over:,} over.",
         tuple(samples()),
+    )
+
+
+def _no_base(
+    sync: SyncConfig, last: contract.Contract | None, known: int, *, resynced: bool = False
+) -> tuple[str, str]:
+    """Why a share of the snapshot is skipped (its ``known`` records are 0, or ``resynced``:
+    `max_changed` in a `--full-resync`, whose diff is against an empty snapshot): what is
+    the case, and what it means."""
+    noun = sync.kind
+    if resynced:
+        return (
+            "full resync",
+            f"`--full-resync` sends every one of the {noun} again on purpose, so none counts "
+            "as changed",
+        )
+    if last is None:
+        return (
+            NO_SNAPSHOT,
+            "a share needs a previous committed run, and this is the first: every record is new",
+        )
+    if known:
+        return ("no attributes mapped", "the sync maps no attribute that could be cleared")
+    return (
+        "the previous snapshot is empty",
+        f"the last committed run left no {noun} in the snapshot (its model was empty, or it "
+        f"undid every one), so none can change, be cleared or be removed, and a share of none "
+        f"is no limit: every record of this run is new",
     )
 
 
@@ -702,6 +731,7 @@ def check(
                     changes.changed - changes.remapped - changes.unconfirmed,
                     base,
                     f"changed {noun}", people, changed,
+                    skipped=_no_base(sync, last, known, resynced=full_resync and known > 0),
                 ),
                 hint=_remapped_untold(sync, last, changes, mapping_row, base),
             ),
@@ -715,12 +745,13 @@ def check(
                 "cleared attribute values",
                 f"{known:,} {noun} × {n_attrs} attribute{'' if n_attrs == 1 else 's'}",
                 cleared,
+                skipped=_no_base(sync, last, known),
             ),
             _max_removed(
                 breaker(
                     "max_removed", lim.max_removed, changes.removed, known,
                     _removed_words(sync, noun)[0], known_people, removed,
-                    _removed_words(sync, noun)[1],
+                    _removed_words(sync, noun)[1], skipped=_no_base(sync, last, known),
                 ),
                 sync,
             ),
@@ -764,6 +795,11 @@ def check(
                 f"{changes.rows:,} rows in the model",
                 lambda: [f"{k}: {reason}" for k, reason in changes.rejected_samples[:SAMPLES]],
                 outcome="rejected by the mapping",
+                skipped=(
+                    "the model has no rows",
+                    "the limit is a share of this run's rows, and the model returned none: "
+                    "there is nothing to reject",
+                ),
             ),
             # a row that stays bad is rejected again by every run: `--force` alone does not end it
             hint=f"fix the rows in the model (`lockgate plan {sync.name} --export-rejected FILE` "
