@@ -638,6 +638,98 @@ def test_people_who_left_an_upsert_sync_stop_counting_once_a_run_is_forced_past_
     assert run_sync(project, "profile", console=NullConsole()).delivered == 1
 
 
+def test_emails_as_keys_in_another_case_are_the_same_people_not_removed_ones(
+    project_factory: ProjectFactory,
+) -> None:
+    """A `mirror` sync keyed by the email: every email upper-cased in the model (one with
+    spaces around it) gives every row a new key, but Customer.io finds people by their email
+    in any case, and Lockgate trims it: they are the same people. The run undoes none of
+    them, so `max_removed` does not count them; the run keeps them under their new keys only,
+    so the next run counts nothing again, and a real removal still counts."""
+    emu = project_factory.emulator
+    project_factory.sql(
+        "create table users as select 'u' || i || '@example.com' as email, 'pro' as plan "
+        "from range(1, 11) t(i)"
+    )
+    body = """
+name: profile
+source: warehouse
+model: {sql: "select * from users"}
+kind: people
+primary_key: email
+identify_by: {email: email}
+attributes: {plan: plan}
+mode: mirror
+delete_removed: true
+guardrails: {max_removed: 10%}
+"""
+    project = project_factory.write({"profile": body})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 10
+    project_factory.sql(
+        "update users set email = upper(email); "
+        "update users set email = '  ' || email || ' ' where email = 'U1@EXAMPLE.COM'"
+    )
+
+    plan = plan_sync(project, "profile", console=NullConsole())
+    (guard,) = [g for g in plan.guards if g.name == "max_removed"]
+    assert not guard.breached
+    assert guard.actual.startswith("0 of 10 people (0.0%)")
+    assert "10 under a new key" in guard.actual
+    assert plan.changes.removed_sent == 0
+
+    before = len(emu.request_log())
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.status == "success"
+    sent = [
+        op["action"]
+        for r in emu.request_log()[before:]
+        if r.path == "/api/v2/batch"
+        for op in r.body["batch"]
+    ]
+    assert "delete" not in sent and sent == ["identify"] * 10
+    assert sorted((p.email or "").lower() for p in emu.people()) == sorted(
+        f"u{i}@example.com" for i in range(1, 11)
+    )
+    assert all(p.attributes == {"plan": "pro"} for p in emu.people())
+
+    # the old keys are gone from the snapshot: nothing left to count, shares of 10 people
+    again = plan_sync(project, "profile", console=NullConsole())
+    assert again.changes.removed == 0 and again.changes.to_send == 0
+    (guard,) = [g for g in again.guards if g.name == "max_removed"]
+    assert guard.actual == "0 of 10 people (0.0%)"
+    gone = "('U1@EXAMPLE.COM', 'U2@EXAMPLE.COM')"  # U1 with its spaces
+    project_factory.sql(f"delete from users where trim(email) in {gone}")
+    assert "max_removed is 2 of 10 people (20.0%)" in refused(project, "profile", emu)
+
+
+def test_emails_as_keys_in_another_case_have_not_left_an_upsert_sync(
+    project_factory: ProjectFactory,
+) -> None:
+    """In `upsert` mode nothing is sent for rows that left, but `max_removed` counts them: a
+    recased email key is the same person, not one that left, and stops nothing."""
+    project_factory.sql(
+        "create table users as select 'u' || i || '@example.com' as email, 'pro' as plan "
+        "from range(1, 11) t(i)"
+    )
+    body = """
+name: profile
+source: warehouse
+model: {sql: "select * from users"}
+kind: people
+primary_key: email
+identify_by: {email: email}
+attributes: {plan: plan}
+guardrails: {max_removed: 10%}
+"""
+    project = project_factory.write({"profile": body})
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("update users set email = upper(email)")
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.status == "success" and report.changes.rekeyed == 10
+    assert run_sync(project, "profile", console=NullConsole()).changes.removed == 0
+    assert len(project_factory.emulator.people()) == 10
+
+
 def test_an_empty_model_never_undoes_a_mirror_sync_without_force(
     project_factory: ProjectFactory,
 ) -> None:

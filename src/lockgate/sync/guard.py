@@ -692,9 +692,12 @@ def check(
             return out
 
         def removed() -> list[str]:
+            # those the run undoes (`mirror`), else those that left and no row reaches
             rows = con.execute(
-                f"select s.k, s.ident from {snap} s anti join keyed m on m.k = s.k "
-                f"order by s.k limit {SAMPLES}"
+                f"select k, ident from changes where removed order by k limit {SAMPLES}"
+                if sync.effective_mode == "mirror"
+                else f"select s.k, s.ident from {snap} s anti join keyed m on m.k = s.k "
+                f"anti join rekeyed r on r.k = s.k order by s.k limit {SAMPLES}"
             ).fetchall()
             return [f"{k} {ident}" for k, ident in rows]
 
@@ -749,11 +752,12 @@ def check(
             ),
             _max_removed(
                 breaker(
-                    "max_removed", lim.max_removed, changes.removed, known,
+                    "max_removed", lim.max_removed, _removed_count(sync, changes), known,
                     _removed_words(sync, noun)[0], known_people, removed,
                     _removed_words(sync, noun)[1], skipped=_no_base(sync, last, known),
                 ),
                 sync,
+                changes,
             ),
         ]  # fmt: skip
         if sync.on_change:  # `on_change` events trigger journeys as any other event does
@@ -865,11 +869,30 @@ def _removed_words(sync: SyncConfig, noun: str) -> tuple[str, str]:
     return noun, f"left the model (nothing is sent for them in `{sync.effective_mode}` mode)"
 
 
-def _max_removed(result: GuardResult | None, sync: SyncConfig) -> GuardResult | None:
-    """`max_removed` with the hint of its mode. In `upsert`/`update` mode the records that
-    left stay in the snapshot (one that comes back unchanged is not sent again), so without
-    more they would count, and stop, every later run: a run forced past the limit forgets
-    them (:func:`forget_left`)."""
+def _removed_count(sync: SyncConfig, changes: ChangeSet) -> int:
+    """What `max_removed` counts: the records a `mirror` run undoes, or in `upsert`/`update`
+    mode those that left the model. Neither counts a record a row still in the model reaches
+    under another key (``changes.rekeyed``: an email key in another case or with spaces
+    around it, as Customer.io finds the person; two rows carrying one email): the run
+    undoes nothing for it, and keeps sending it."""
+    if sync.effective_mode == "mirror":
+        return changes.removed_sent
+    return changes.removed - changes.rekeyed
+
+
+def _max_removed(
+    result: GuardResult | None, sync: SyncConfig, changes: ChangeSet
+) -> GuardResult | None:
+    """`max_removed` with the hint of its mode, and the records under a new key it did not
+    count. In `upsert`/`update` mode the records that left stay in the snapshot (one that
+    comes back unchanged is not sent again), so without more they would count, and stop,
+    every later run: a run forced past the limit forgets them (:func:`forget_left`)."""
+    if result is not None and changes.rekeyed:
+        result = dataclasses.replace(
+            result,
+            actual=f"{result.actual}; {changes.rekeyed:,} under a new key of the same "
+            f"{sync.kind} (not counted)",
+        )
     if sync.effective_mode == "mirror":
         return result
     return _with_hint(
