@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from rich.console import Console as _RichConsole
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -99,7 +100,8 @@ class RichConsole:
             self.out.print(message)
 
     def warn(self, message: str) -> None:
-        self.err.print(f"[yellow]warning:[/yellow] {message}")
+        # a message is text, never markup: a hint's `shared_attributes: [plan]` keeps `[plan]`
+        self.err.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
     @contextlib.contextmanager
     def progress(self, label: str, total: int | None) -> Iterator[Advance]:

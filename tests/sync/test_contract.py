@@ -219,6 +219,38 @@ def test_sync_warns_once_of_people_syncs_over_300_attributes_together(
     assert person is not None and len(person.attributes) == 300  # what the warning foretold
 
 
+def test_sync_and_plan_warn_once_of_two_syncs_writing_one_attribute(
+    project_factory: ProjectFactory,
+) -> None:
+    """`validate` called it an error, but `sync --all` ran both syncs without a word and the
+    later one overwrote the earlier one's `plan` on every person. `plan` and `sync` now say
+    it once per command, naming the attribute, both syncs and the fix; acknowledged in
+    `shared_attributes`, nothing is said."""
+    project_factory.sql("create table if not exists unused as select 1 as x")
+    syncs = {"crm": PEOPLE.format(name="crm"), "billing": PEOPLE.format(name="billing")}
+    project = project_factory.write(syncs)
+    args = ["--all", "--project", str(project.root)]
+    warning = (
+        "attribute `plan` of destination `customerio` is written by sync `billing` "
+        "(syncs/billing.yml) and sync `crm` (syncs/crm.yml): each run overwrites the other's "
+        "value"
+    )
+    for command in ("plan", "sync"):
+        result = CliRunner().invoke(cli, [command, *args])
+        assert result.exit_code == 0, result.output
+        said = " ".join(result.output.split())
+        assert said.count(warning) == 1, said
+        assert "`guardrails: {shared_attributes: [plan]}`" in said  # the fix, `[plan]` kept
+    # one sync of the two, run alone, is warned too
+    result = CliRunner().invoke(cli, ["plan", "crm", "--project", str(project.root)])
+    assert " ".join(result.output.split()).count(warning) == 1
+
+    shared = "guardrails: {shared_attributes: [plan]}\n"
+    project = project_factory.write({n: body + shared for n, body in syncs.items()})
+    result = CliRunner().invoke(cli, ["sync", *args])
+    assert result.exit_code == 0 and "overwrites" not in result.output, result.output
+
+
 def test_event_name_drift_in_configs_and_in_names_already_sent(
     project_factory: ProjectFactory,
 ) -> None:

@@ -230,6 +230,92 @@ def test_type_drift_stops_until_acknowledged_and_force_does_not_override(
     assert run_sync(project, "profile", console=NullConsole()).status == "success"
 
 
+def test_a_column_that_became_a_bare_null_is_named_a_model_bug_not_a_type_to_accept(
+    project_factory: ProjectFactory,
+) -> None:
+    """`null as signed_up_at` in the model (a placeholder, a join that lost its table) has no
+    type at all (DuckDB: NULL): the run stops saying every value is null and how to fix the
+    model, and offers no acknowledgement (a column of no type is no type to accept). Once
+    the model casts it (`cast(null as ...)`), its type is back and nothing stops it."""
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE})
+    run_sync(project, "profile", console=NullConsole())
+
+    project_factory.sql(
+        "create or replace table users as select user_id, plan, null as signed_up_at, promo "
+        "from (select * from users)"
+    )
+    message = refused(project, "profile", emu)
+    assert "type drift: `signed_up_at` TIMESTAMP WITH TIME ZONE → NULL (no type)" in message
+    assert "every value in it is null (all 20 rows)" in message
+    assert "a bug in the model, most often a broken join or a placeholder" in message
+    assert "has no type any more (a bare `null as signed_up_at` in the model)" in message
+    assert "cast(null as TIMESTAMP WITH TIME ZONE) as signed_up_at" in message
+    assert "remove the field" in message
+    assert "accept_type_changes: {" not in message  # nothing to acknowledge
+    plan = plan_sync(project, "profile", console=NullConsole())
+    (guard,) = [g for g in plan.guards if g.name == "type drift"]
+    assert guard.breached and not guard.forceable
+
+    # acknowledging it is refused where it is written, with the same fix
+    from lockgate.errors import ConfigError
+
+    acked = with_guardrails(PROFILE, '{accept_type_changes: {signed_up_at: "NULL"}}')
+    with pytest.raises(ConfigError, match=r"cast\(null as"):
+        project_factory.write({"profile": acked})
+
+    # cast in the model: the type is the contract's again and the run goes on; under
+    # `on_null: skip` everyone keeps the value they had
+    project_factory.sql(
+        "create or replace table users as select user_id, plan, "
+        "cast(null as timestamptz) as signed_up_at, promo from (select * from users)"
+    )
+    assert run_sync(project, "profile", console=NullConsole()).status == "success"
+    person = emu.person(id="3")
+    assert person is not None and person.attributes["signed_up_at"] == 1767484800
+
+
+def test_a_column_of_a_new_type_whose_every_value_is_null_says_so(
+    project_factory: ProjectFactory,
+) -> None:
+    """A type change where every value is null (Postgres types a bare `null as x` as text)
+    leads with that: no sample value to show, most likely a model bug."""
+    emu = project_factory.emulator
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE})
+    run_sync(project, "profile", console=NullConsole())
+
+    project_factory.sql(
+        "create or replace table users as select user_id, plan, "
+        "cast(null as varchar) as signed_up_at, promo from (select * from users)"
+    )
+    message = refused(project, "profile", emu)
+    assert "`signed_up_at` TIMESTAMP WITH TIME ZONE → VARCHAR" in message
+    assert "every value in it is null (all 20 rows)" in message
+    assert "cast(null as TIMESTAMP WITH TIME ZONE) as signed_up_at" in message
+    assert "Sample rows" not in message
+
+
+def test_a_column_of_no_type_given_its_type_again_is_no_drift(
+    project_factory: ProjectFactory,
+) -> None:
+    """A first run with a bare `null as signed_up_at` records a column of no type; the model
+    fixed (timestamps again) is what should happen, not a drift to acknowledge."""
+    project_factory.sql(USERS)
+    project_factory.sql(
+        "create or replace table users as select user_id, plan, null as signed_up_at, promo "
+        "from (select * from users)"
+    )
+    project = project_factory.write({"profile": PROFILE})
+    assert run_sync(project, "profile", console=NullConsole()).status == "success"
+    project_factory.sql(USERS)
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.status == "success"
+    person = project_factory.emulator.person(id="3")
+    assert person is not None and person.attributes["signed_up_at"] == 1767484800
+
+
 def test_a_changed_identifier_stops_the_run_until_forced_once(
     project_factory: ProjectFactory,
 ) -> None:
@@ -478,6 +564,48 @@ def test_max_rejected_stops_a_run_whose_model_went_bad_even_on_a_first_run(
     assert "max_rejected is 10 of 20 rows" in refused(project, "profile", emu)
 
 
+def test_a_share_limit_skipped_says_why_a_first_run_an_empty_snapshot_or_no_rows(
+    project_factory: ProjectFactory,
+) -> None:
+    """A share needs something to be a share of. Each skipped breaker says what is missing:
+    no previous snapshot (a first run), a previous snapshot that is empty (the last committed
+    run's model was empty: nothing in it can change, be cleared or be removed, so the share
+    stops nothing), or a model with no rows (`max_rejected`, a share of this run's rows).
+    Once the snapshot holds people again, the shares hold."""
+    emu = project_factory.emulator
+    project_factory.sql(USERS + "delete from users;")
+    rails = "{max_changed: 10%, max_cleared: 10%, max_removed: 10%, max_rejected: 10%}"
+    project = project_factory.write({"profile": with_guardrails(PROFILE + "mode: mirror\n", rails)})
+
+    def skipped(report: Any) -> dict[str, tuple[str, str]]:
+        return {g.name: (g.actual, g.detail) for g in report.guards if g.name.startswith("max_")}
+
+    first = skipped(run_sync(project, "profile", console=NullConsole()))
+    for name in ("max_changed", "max_cleared", "max_removed"):
+        assert first[name][0] == "0 (skipped: no previous snapshot)"
+    assert first["max_rejected"][0] == "0 (skipped: the model has no rows)"
+    assert "a share of this run's rows" in first["max_rejected"][1]
+
+    second = skipped(plan_sync(project, "profile", console=NullConsole()))
+    for name in ("max_changed", "max_cleared", "max_removed"):
+        assert second[name][0] == "0 (skipped: the previous snapshot is empty)"
+        assert "the last committed run left no people" in second[name][1]
+        assert "no previous snapshot" not in second[name][1]
+        assert "first" not in second[name][1]
+
+    # the model fills again: every person is new, nothing in the snapshot to count
+    project_factory.sql(USERS)
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered) == ("success", 20)
+    assert skipped(report)["max_removed"][0] == "0 (skipped: the previous snapshot is empty)"
+    assert skipped(report)["max_rejected"][0] == "0 of 20 rows in the model (0.0%)"
+    # and now the shares are of those 20
+    project_factory.sql("delete from users where user_id > 17")
+    message = refused(project, "profile", emu)
+    assert "max_cleared is 9 of 20 people × 3 attributes (15.0%)" in message
+    assert "also breached: max_removed (3 of 20 people (15.0%))" in message
+
+
 def test_people_who_left_an_upsert_sync_stop_counting_once_a_run_is_forced_past_them(
     project_factory: ProjectFactory,
 ) -> None:
@@ -508,6 +636,98 @@ def test_people_who_left_an_upsert_sync_stop_counting_once_a_run_is_forced_past_
     # one who comes back is sent again
     project_factory.sql("insert into users select 18, plan, signed_up_at, promo from users limit 1")
     assert run_sync(project, "profile", console=NullConsole()).delivered == 1
+
+
+def test_emails_as_keys_in_another_case_are_the_same_people_not_removed_ones(
+    project_factory: ProjectFactory,
+) -> None:
+    """A `mirror` sync keyed by the email: every email upper-cased in the model (one with
+    spaces around it) gives every row a new key, but Customer.io finds people by their email
+    in any case, and Lockgate trims it: they are the same people. The run undoes none of
+    them, so `max_removed` does not count them; the run keeps them under their new keys only,
+    so the next run counts nothing again, and a real removal still counts."""
+    emu = project_factory.emulator
+    project_factory.sql(
+        "create table users as select 'u' || i || '@example.com' as email, 'pro' as plan "
+        "from range(1, 11) t(i)"
+    )
+    body = """
+name: profile
+source: warehouse
+model: {sql: "select * from users"}
+kind: people
+primary_key: email
+identify_by: {email: email}
+attributes: {plan: plan}
+mode: mirror
+delete_removed: true
+guardrails: {max_removed: 10%}
+"""
+    project = project_factory.write({"profile": body})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 10
+    project_factory.sql(
+        "update users set email = upper(email); "
+        "update users set email = '  ' || email || ' ' where email = 'U1@EXAMPLE.COM'"
+    )
+
+    plan = plan_sync(project, "profile", console=NullConsole())
+    (guard,) = [g for g in plan.guards if g.name == "max_removed"]
+    assert not guard.breached
+    assert guard.actual.startswith("0 of 10 people (0.0%)")
+    assert "10 under a new key" in guard.actual
+    assert plan.changes.removed_sent == 0
+
+    before = len(emu.request_log())
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.status == "success"
+    sent = [
+        op["action"]
+        for r in emu.request_log()[before:]
+        if r.path == "/api/v2/batch"
+        for op in r.body["batch"]
+    ]
+    assert "delete" not in sent and sent == ["identify"] * 10
+    assert sorted((p.email or "").lower() for p in emu.people()) == sorted(
+        f"u{i}@example.com" for i in range(1, 11)
+    )
+    assert all(p.attributes == {"plan": "pro"} for p in emu.people())
+
+    # the old keys are gone from the snapshot: nothing left to count, shares of 10 people
+    again = plan_sync(project, "profile", console=NullConsole())
+    assert again.changes.removed == 0 and again.changes.to_send == 0
+    (guard,) = [g for g in again.guards if g.name == "max_removed"]
+    assert guard.actual == "0 of 10 people (0.0%)"
+    gone = "('U1@EXAMPLE.COM', 'U2@EXAMPLE.COM')"  # U1 with its spaces
+    project_factory.sql(f"delete from users where trim(email) in {gone}")
+    assert "max_removed is 2 of 10 people (20.0%)" in refused(project, "profile", emu)
+
+
+def test_emails_as_keys_in_another_case_have_not_left_an_upsert_sync(
+    project_factory: ProjectFactory,
+) -> None:
+    """In `upsert` mode nothing is sent for rows that left, but `max_removed` counts them: a
+    recased email key is the same person, not one that left, and stops nothing."""
+    project_factory.sql(
+        "create table users as select 'u' || i || '@example.com' as email, 'pro' as plan "
+        "from range(1, 11) t(i)"
+    )
+    body = """
+name: profile
+source: warehouse
+model: {sql: "select * from users"}
+kind: people
+primary_key: email
+identify_by: {email: email}
+attributes: {plan: plan}
+guardrails: {max_removed: 10%}
+"""
+    project = project_factory.write({"profile": body})
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("update users set email = upper(email)")
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.status == "success" and report.changes.rekeyed == 10
+    assert run_sync(project, "profile", console=NullConsole()).changes.removed == 0
+    assert len(project_factory.emulator.people()) == 10
 
 
 def test_an_empty_model_never_undoes_a_mirror_sync_without_force(

@@ -370,11 +370,14 @@ def plan(
 def _warn_attribute_budget(project: Project, names: Sequence[str], console: RichConsole) -> None:
     """Once per command: the syncs run that, with others, write more distinct attributes onto
     one person (or object) than Customer.io keeps (`validate` says the same)."""
-    from lockgate.sync.contract import attribute_budgets
+    from lockgate.sync.contract import attribute_budgets, ownership_warnings
 
     for budget in attribute_budgets(project):
         if set(budget.syncs) & set(names):
             console.warn(budget.message())
+    # and two people syncs writing one attribute, each overwriting the other's value
+    for warning in ownership_warnings(project, names):
+        console.warn(warning)
 
 
 def would_send(report: RunReport) -> bool:

@@ -785,6 +785,14 @@ class GuardrailsConfig(StrictModel):
         for column, name in value.items():
             if str(name).strip().lower() in TYPE_FAMILIES:
                 continue
+            if str(name).strip().strip('"').upper() == "NULL":
+                raise ValueError(
+                    f"`accept_type_changes.{column}`: NULL is no type to accept: it is what a "
+                    f"bare `null as {column}` in the model gives, every value null (most often "
+                    "a broken join or a placeholder). Fix the model: cast the column so it "
+                    f"keeps its type (`cast(null as <its type>) as {column}`), or remove the "
+                    "field from the sync file"
+                )
             try:
                 duckdb.sqltype(str(name))
             except duckdb.Error:

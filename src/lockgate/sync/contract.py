@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,10 @@ class Finding:
         }
 
 
-def ownership(project: Project) -> list[Finding]:
-    """Attributes written by more than one people sync of the same destination."""
+def _writers(project: Project) -> list[tuple[str, str, list[str], bool]]:
+    """Each attribute more than one people sync of a destination writes: (destination,
+    attribute, the syncs, whether every one of them acknowledges it in `shared_attributes`,
+    or `defaults.guardrails` does)."""
     writers: dict[tuple[str, str], list[str]] = defaultdict(list)
     for sync in project:
         if sync.kind != "people":
@@ -76,14 +79,32 @@ def ownership(project: Project) -> list[Finding]:
         for attribute in sync.attributes:
             writers[(sync.destination, attribute)].append(sync.name)
     shared_default = set(project.config.defaults.guardrails.shared_attributes)
-    # one finding per set of syncs and verdict, listing every attribute they share
-    groups: dict[tuple[str, tuple[str, ...], bool], list[str]] = defaultdict(list)
+    out = []
     for (destination, attribute), names in sorted(writers.items()):
         if len(names) < 2:
             continue
         acknowledged = attribute in shared_default or all(
             attribute in project.syncs[n].guardrails.shared_attributes for n in names
         )
+        out.append((destination, attribute, names, acknowledged))
+    return out
+
+
+def _ownership_fix(attributes: list[str]) -> str:
+    listed = ", ".join(attributes)
+    return (
+        "give each attribute one owner (take it out of the other syncs' `attributes:`), or, if "
+        f"they are meant to write it together, list it in every one of them: `guardrails: "
+        f"{{shared_attributes: [{listed}]}}` (or once under `defaults.guardrails` in "
+        "lockgate.yml)"
+    )
+
+
+def ownership(project: Project) -> list[Finding]:
+    """Attributes written by more than one people sync of the same destination."""
+    # one finding per set of syncs and verdict, listing every attribute they share
+    groups: dict[tuple[str, tuple[str, ...], bool], list[str]] = defaultdict(list)
+    for destination, attribute, names, acknowledged in _writers(project):
         groups[(destination, tuple(names), acknowledged)].append(attribute)
     out: list[Finding] = []
     for (destination, syncs, acknowledged), attributes in groups.items():
@@ -99,11 +120,30 @@ def ownership(project: Project) -> list[Finding]:
             message = f"{what} written by {where} (acknowledged in `shared_attributes`)"
         else:
             message = (
-                f"{what} written by {where}: each run overwrites the other's value. Give "
-                f"each attribute one owner, or list it under `guardrails: {{shared_attributes: "
-                "[...]}` in every one of these syncs"
+                f"{what} written by {where}: each run overwrites the other's value, and "
+                f"`lockgate sync` and `plan` warn of it. To fix it, "
+                f"{_ownership_fix(attributes)}"
             )
         out.append(Finding("ownership", "warning" if acknowledged else "error", message, files))
+    return out
+
+
+def ownership_warnings(project: Project, names: Sequence[str]) -> list[str]:
+    """What `lockgate sync` and `plan` warn of, once per command: each attribute that the
+    people syncs run (``names``), with another people sync of their destination, write
+    without every one of them acknowledging it in `shared_attributes`. `lockgate validate`
+    reports the same as an error."""
+    out = []
+    for destination, attribute, writers, acknowledged in _writers(project):
+        if acknowledged or not set(writers) & set(names):
+            continue
+        syncs = " and ".join(f"sync `{n}` ({project.sync_files.get(n, n)})" for n in writers)
+        out.append(
+            f"attribute `{attribute}` of destination `{destination}` is written by {syncs}: "
+            "each run overwrites the other's value, so every person both reach holds "
+            f"whichever ran last (`lockgate validate` reports it as an error). To fix it, "
+            f"{_ownership_fix([attribute])}"
+        )
     return out
 
 

@@ -52,6 +52,12 @@ class ChangeSet:
     unchanged: int = 0
     removed: int = 0
     removed_sent: int = 0
+    rekeyed: int = 0
+    """Of ``removed``: records that left the model under their key while a row still in it
+    reaches the same record (the same `id` or `cio_id`, or the email in another case or with
+    white space around it, as Customer.io finds a person; or two rows carrying one email):
+    nothing is undone for them, `max_removed` does not count them, and the run's commit
+    forgets their old keys (:func:`forget_rekeyed`)."""
     duplicates_in_model: int = 0
     already_delivered: int = 0
     backfill_skipped: int = 0
@@ -449,29 +455,28 @@ def _shared_people(
     return count, tuple((str(a), str(ks)) for a, ks in samples)
 
 
-def _mirror_removals(
+def _still_reached(
     con: duckdb.DuckDBPyConnection,
     sync: SyncConfig,
     previous: str,
     siblings: list[str] | None = None,
     people_snaps: list[str] | None = None,
-) -> int:
-    """Add to ``changes`` the operations undoing the records of ``previous`` (the snapshot)
-    that left the model; returns how many.
+) -> None:
+    """Of the records of ``previous`` (the snapshot) that left the model under their key, the
+    temp table ``gone`` (``k``, ``ident``), and ``kept``: the keys of those a row still in the
+    model reaches (shares an `id`, `cio_id` or email with it, the email in any case and
+    trimmed, as Customer.io finds a person), or another relationships sync holds. ``rekeyed``
+    is ``kept`` without the latter: the same records under a new key (an email key whose case
+    changed), or another row's (two rows carrying one email).
 
-    A relationship that left is not deleted while another relationships sync of the same
-    object type still holds it (``siblings``, their snapshots; the person found by any of
-    the identifiers a people sync delivered them with, ``people_snaps``): memberships from
-    the app and contacts from the CRM may both relate a person to a company.
+    A relationship that left is held while another relationships sync of the same object type
+    still holds it (``siblings``, their snapshots; the person found by any of the identifiers
+    a people sync delivered them with, ``people_snaps``): memberships from the app and
+    contacts from the CRM may both relate a person to a company.
 
-    A row that left is undone only where no row still in the model goes to the same record
-    (shares an `id`, `cio_id` or email with it): after two accounts became one person
-    (identity), or two rows carry one email, the row that leaves must not clear (or delete)
-    what the other row keeps sending there. The records still synced are those of the rows
-    sent now and of the unchanged (or rejected) rows still in the model, as the snapshot last
-    sent them.
-    """
-    op, cleared_each = _removal_op(sync)
+    The records still synced are those of the rows sent now (``changes``, before any removal
+    is added to it) and of the unchanged (or rejected) rows still in the model, as the
+    snapshot last sent them."""
     keys = _record_keys(sync, "ident")
     run_sql(
         con,
@@ -491,8 +496,9 @@ def _mirror_removals(
         anti join changes c on c.k = h.k
         """,
     )
-    if sync.kind == "relationships" and siblings:
-        _held_by_siblings(con, siblings, people_snaps or [])
+    held = sync.kind == "relationships" and bool(siblings)
+    if held:
+        _held_by_siblings(con, siblings or [], people_snaps or [])
     # a row that leaves with another leaving row reaching the same person (one by `id`, one
     # by email) is kept when that one is: add the kept rows' keys until none is new
     while con.execute(
@@ -509,15 +515,83 @@ def _mirror_removals(
     run_sql(
         con,
         f"""
+        create or replace temp table kept as
+        select distinct g.k from gone_keys g semi join live_keys l on l.a = g.a;
+        create or replace temp table rekeyed as
+        select k from kept {"anti join held_by_siblings h on h.k = kept.k" if held else ""};
+        """,
+    )
+
+
+def _mirror_removals(
+    con: duckdb.DuckDBPyConnection,
+    sync: SyncConfig,
+    previous: str,
+    siblings: list[str] | None = None,
+    people_snaps: list[str] | None = None,
+) -> int:
+    """Add to ``changes`` the operations undoing the records of ``previous`` (the snapshot)
+    that left the model; returns how many.
+
+    A row that left is undone only where no row still in the model goes to the same record
+    (:func:`_still_reached`): after two accounts became one person (identity), two rows carry
+    one email, or an email key changed case, the row that leaves must not clear (or delete)
+    what the other row keeps sending there; nor is a relationship another relationships sync
+    holds deleted.
+    """
+    op, cleared_each = _removal_op(sync)
+    _still_reached(con, sync, previous, siblings, people_snaps)
+    run_sql(
+        con,
+        f"""
         insert into changes (k, op, h, ident, is_new, removed, n_set, n_cleared)
         select s.k, {op} as op, null as h, s.ident, false as is_new, true as removed,
                0 as n_set, {cleared_each} as n_cleared
-        from gone s anti join (
-            select g.k from gone_keys g semi join live_keys l on l.a = g.a
-        ) x on x.k = s.k
+        from gone s anti join kept x on x.k = s.k
         """,
     )
     return int(_one(con, "select count(*) from changes where removed") or 0)
+
+
+def forget_rekeyed(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int:
+    """After a run's commit: drop from the snapshot the records that left the model under
+    their key while a row still in it reaches the same record (``rekeyed``, of the run's
+    diff), where the snapshot now holds that record under another key with every identifier
+    the old one had (an email key in another case: the same email). Nothing was undone for
+    them; kept, they would be gone again in every later run, and in the shares' base.
+
+    One whose identifiers no single other record carries is kept: it is what links them (a
+    row by `id` and one by email, once both on one row) so that the run does not undo a
+    person another row still reaches. One whose new key was not delivered is kept until it
+    is, so the record is still undone (`mirror`) when its last row leaves. Returns how many
+    were forgotten."""
+    if sync.kind == "events" or not temp_table(con, "rekeyed"):
+        return 0
+    if not _one(con, "select count(*) from rekeyed"):
+        return 0
+    snap = table("snap", sync.name)
+    keys = _record_keys(sync, "s.ident")
+    run_sql(
+        con,
+        f"""
+        create or replace temp table rekeyed_held as
+        with old as (
+            select k, a, count(*) over (partition by k) as n from (
+                select s.k, unnest({keys}) as a from {snap} s semi join rekeyed r on r.k = s.k
+            ) where a is not null
+        ),
+        others as (
+            select s.k, unnest({keys}) as a from {snap} s anti join rekeyed r on r.k = s.k
+        )
+        select o.k from old o join others x on x.a = o.a
+        group by o.k, x.k, o.n having count(distinct o.a) = o.n
+        """,
+    )
+    gone = int(_one(con, "select count(distinct k) from rekeyed_held") or 0)
+    if gone:
+        run_sql(con, f"delete from {snap} where k in (select k from rekeyed_held)")
+    run_sql(con, "drop table rekeyed; drop table rekeyed_held")
+    return gone
 
 
 def _person_keys(ident: str) -> str:
@@ -1042,10 +1116,15 @@ def diff_records(
         kept = total - differing + int(_one(con, "select count(*) from known") or 0)
         removed = int(_one(con, f"select count(*) from {snap}") or 0) - kept
     removed_sent = 0
+    # a table of this sync's diff, not of the last sync's diffed on this connection
+    run_sql(con, "create or replace temp table rekeyed (k varchar)")
     if sync.effective_mode == "mirror" and removed:
         removed_sent = _mirror_removals(
             con, sync, previous, relationship_snaps or [], people_snaps or []
         )
+    elif removed:  # nothing is sent for them, but `max_removed` counts those really gone
+        _still_reached(con, sync, previous)
+    rekeyed = int(_one(con, "select count(*) from rekeyed") or 0) if removed else 0
     row = con.execute(
         """
         select count(*) filter (where not removed), count(*) filter (where is_new),
@@ -1086,6 +1165,7 @@ def diff_records(
         unchanged=valid - sent_rows - held,
         removed=removed,
         removed_sent=removed_sent,
+        rekeyed=rekeyed,
         held=held,
         remapped=remapped,
         unconfirmed=unsure,

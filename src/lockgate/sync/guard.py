@@ -227,6 +227,9 @@ def retyped(
     return out
 
 
+NO_SNAPSHOT = "no previous snapshot"
+
+
 def _limit_text(limit: int | str) -> str:
     return limit if isinstance(limit, str) else f"{limit:,}"
 
@@ -242,20 +245,18 @@ def _breaker(
     outcome: str = "would be sent",
     *,
     warn_at: float | None = None,
+    skipped: tuple[str, str] = (NO_SNAPSHOT, "a share needs a previous committed run"),
 ) -> GuardResult | None:
     """One circuit breaker: ``count`` against ``limit`` (a share of ``base`` or a count); at
-    ``warn_at`` of the allowed count or more (and not over it), the result is `near`."""
+    ``warn_at`` of the allowed count or more (and not over it), the result is `near`. A share
+    of a ``base`` of 0 is no limit: the result says it is skipped, and why (``skipped``: what
+    is the case, and a sentence saying what that means)."""
     if limit is None or limit == "off":
         return None
     if isinstance(limit, str):
         if base <= 0:
-            return GuardResult(
-                name,
-                limit,
-                f"{count:,} (skipped: no previous snapshot)",
-                False,
-                "a share needs a previous committed run; this is the first (or a full resync)",
-            )
+            why, detail = skipped
+            return GuardResult(name, limit, f"{count:,} (skipped: {why})", False, detail)
         allowed = math.floor(float(limit.rstrip("%")) / 100 * base)
         actual = f"{count:,} of {base_text} ({count / base:.1%})"
     else:
@@ -281,6 +282,34 @@ def _breaker(
         True,
         f"{count:,} {unit} {outcome} where the limit allows {allowed:,}: {over:,} over.",
         tuple(samples()),
+    )
+
+
+def _no_base(
+    sync: SyncConfig, last: contract.Contract | None, known: int, *, resynced: bool = False
+) -> tuple[str, str]:
+    """Why a share of the snapshot is skipped (its ``known`` records are 0, or ``resynced``:
+    `max_changed` in a `--full-resync`, whose diff is against an empty snapshot): what is
+    the case, and what it means."""
+    noun = sync.kind
+    if resynced:
+        return (
+            "full resync",
+            f"`--full-resync` sends every one of the {noun} again on purpose, so none counts "
+            "as changed",
+        )
+    if last is None:
+        return (
+            NO_SNAPSHOT,
+            "a share needs a previous committed run, and this is the first: every record is new",
+        )
+    if known:
+        return ("no attributes mapped", "the sync maps no attribute that could be cleared")
+    return (
+        "the previous snapshot is empty",
+        f"the last committed run left no {noun} in the snapshot (its model was empty, or it "
+        f"undid every one), so none can change, be cleared or be removed, and a share of none "
+        f"is no limit: every record of this run is new",
     )
 
 
@@ -509,6 +538,16 @@ def _json_upgrade(
     return out
 
 
+def untyped(duckdb_type: str) -> bool:
+    """Whether a column has no type at all: DuckDB's `NULL`, what a bare `null as x` in the
+    model gives (every value of it is null)."""
+    return duckdb_type.strip().strip('"').upper() == "NULL"
+
+
+def _type_text(duckdb_type: str) -> str:
+    return "NULL (no type)" if untyped(duckdb_type) else duckdb_type
+
+
 def _types(
     con: duckdb.DuckDBPyConnection,
     sync: SyncConfig,
@@ -527,32 +566,88 @@ def _types(
             # a JSON column an earlier Lockgate staged as text: the `mapping` row says what
             # that changes (`mapping.json_values`), the column did not
             continue
+        if untyped(before):  # a column of no type given one again: the model's fix
+            continue
         ack = accepted.get(column)
-        if ack is not None and ack.strip().upper() in (after.upper(), type_family(after).upper()):
+        if (
+            ack is not None
+            and not untyped(after)
+            and ack.strip().upper() in (after.upper(), type_family(after).upper())
+        ):
             continue
         drift.append((column, before, after))
     if not drift:
         return GuardResult("column types", "unchanged or accepted", "unchanged", False)
-    column, before, after = drift[0]
-    samples = [
-        f"`{column}` = {_clip(str(v[0]), 60)!r}"
-        for v in con.execute(
-            f"select distinct {q(column)}::varchar from model where {q(column)} is not null "
-            f"limit {SAMPLES}"
-        ).fetchall()
-    ]
-    changes = ", ".join(f"`{c}` {b} → {a}" for c, b, a in drift)
-    accept = ", ".join(f"{c}: {a}" for c, _, a in drift)
+    # a column whose every value is null is most likely a bug in the model (a placeholder, a
+    # join that lost its table) and has no value to show: say that first, and how to fix it
+    counts = con.execute(
+        "select count(*), " + ", ".join(f"count({q(c)})" for c, _, _ in drift) + " from model"
+    ).fetchall()[0]
+    rows = int(counts[0])
+    all_null = {c for (c, _, _), n in zip(drift, counts[1:], strict=True) if rows and not n}
+    changes = ", ".join(f"`{c}` {b} → {_type_text(a)}" for c, b, a in drift)
+    parts = [f"Since run {last.run_id} the model's types changed: {changes}."]
+    nulls = [(c, b, a) for c, b, a in drift if c in all_null or untyped(a)]
+    for column, _before, after in nulls:
+        what = (
+            f"`{column}` has no type any more (a bare `null as {column}` in the model):"
+            if untyped(after)
+            else f"`{column}`:"
+        )
+        parts.append(
+            f"{what} every value in it is null (all {rows:,} rows), a bug in the model, most "
+            "often a broken join or a placeholder."
+        )
+    fix = "; ".join(f"`cast(null as {b}) as {c}`" for c, b, _ in nulls)
+    if nulls:
+        parts.append(
+            "Fix the join, or, if the column is meant to be null for now, cast it in the model "
+            f"so it keeps its type ({fix}), or remove the field from the sync file."
+        )
+    acceptable = [(c, a) for c, _, a in drift if not untyped(a)]
+    if acceptable:
+        accept = ", ".join(f"{c}: {a}" for c, a in acceptable)
+        parts.append(
+            f"If the new type is intended, acknowledge it in the sync's "
+            f"`guardrails: {{accept_type_changes: {{{accept}}}}}` once the mapping is right "
+            "for it."
+        )
+    sampled = next((c for c, _, _ in drift if c not in all_null and rows), None)
+    samples = (
+        [
+            f"`{sampled}` = {_clip(str(v[0]), 60)!r}"
+            for v in con.execute(
+                f"select distinct {q(sampled)}::varchar from model where {q(sampled)} is not "
+                f"null limit {SAMPLES}"
+            ).fetchall()
+        ]
+        if sampled is not None
+        else []
+    )
+    hint = (
+        "fix the model, or acknowledge the change under `guardrails:` in the sync file "
+        "(`--force` does not override type drift)"
+    )
+    if nulls:
+        hint = (
+            f"fix the model (a column meant to be null keeps its type with {fix}) or remove "
+            "the field from the sync file"
+            + (
+                ""
+                if len(nulls) == len(drift)
+                else "; acknowledge the other type changes under `guardrails:`"
+            )
+            + " (`--force` does not override type drift)"
+        )
     return GuardResult(
         "type drift",
         "unchanged or accepted",
         changes,
         True,
-        f"Since run {last.run_id} the model's types changed: {changes}. Acknowledge it in the "
-        f"sync's `guardrails: {{accept_type_changes: {{{accept}}}}}` once the mapping is "
-        "right for the new type.",
+        " ".join(parts),
         tuple(samples),
         forceable=False,
+        hint=hint,
     )
 
 
@@ -626,9 +721,12 @@ def check(
             return out
 
         def removed() -> list[str]:
+            # those the run undoes (`mirror`), else those that left and no row reaches
             rows = con.execute(
-                f"select s.k, s.ident from {snap} s anti join keyed m on m.k = s.k "
-                f"order by s.k limit {SAMPLES}"
+                f"select k, ident from changes where removed order by k limit {SAMPLES}"
+                if sync.effective_mode == "mirror"
+                else f"select s.k, s.ident from {snap} s anti join keyed m on m.k = s.k "
+                f"anti join rekeyed r on r.k = s.k order by s.k limit {SAMPLES}"
             ).fetchall()
             return [f"{k} {ident}" for k, ident in rows]
 
@@ -665,6 +763,7 @@ def check(
                     changes.changed - changes.remapped - changes.unconfirmed,
                     base,
                     f"changed {noun}", people, changed,
+                    skipped=_no_base(sync, last, known, resynced=full_resync and known > 0),
                 ),
                 hint=_remapped_untold(sync, last, changes, mapping_row, base),
             ),
@@ -678,14 +777,16 @@ def check(
                 "cleared attribute values",
                 f"{known:,} {noun} × {n_attrs} attribute{'' if n_attrs == 1 else 's'}",
                 cleared,
+                skipped=_no_base(sync, last, known),
             ),
             _max_removed(
                 breaker(
-                    "max_removed", lim.max_removed, changes.removed, known,
+                    "max_removed", lim.max_removed, _removed_count(sync, changes), known,
                     _removed_words(sync, noun)[0], known_people, removed,
-                    _removed_words(sync, noun)[1],
+                    _removed_words(sync, noun)[1], skipped=_no_base(sync, last, known),
                 ),
                 sync,
+                changes,
             ),
         ]  # fmt: skip
         if sync.on_change:  # `on_change` events trigger journeys as any other event does
@@ -727,6 +828,11 @@ def check(
                 f"{changes.rows:,} rows in the model",
                 lambda: [f"{k}: {reason}" for k, reason in changes.rejected_samples[:SAMPLES]],
                 outcome="rejected by the mapping",
+                skipped=(
+                    "the model has no rows",
+                    "the limit is a share of this run's rows, and the model returned none: "
+                    "there is nothing to reject",
+                ),
             ),
             # a row that stays bad is rejected again by every run: `--force` alone does not end it
             hint=f"fix the rows in the model (`lockgate plan {sync.name} --export-rejected FILE` "
@@ -792,11 +898,30 @@ def _removed_words(sync: SyncConfig, noun: str) -> tuple[str, str]:
     return noun, f"left the model (nothing is sent for them in `{sync.effective_mode}` mode)"
 
 
-def _max_removed(result: GuardResult | None, sync: SyncConfig) -> GuardResult | None:
-    """`max_removed` with the hint of its mode. In `upsert`/`update` mode the records that
-    left stay in the snapshot (one that comes back unchanged is not sent again), so without
-    more they would count, and stop, every later run: a run forced past the limit forgets
-    them (:func:`forget_left`)."""
+def _removed_count(sync: SyncConfig, changes: ChangeSet) -> int:
+    """What `max_removed` counts: the records a `mirror` run undoes, or in `upsert`/`update`
+    mode those that left the model. Neither counts a record a row still in the model reaches
+    under another key (``changes.rekeyed``: an email key in another case or with spaces
+    around it, as Customer.io finds the person; two rows carrying one email): the run
+    undoes nothing for it, and keeps sending it."""
+    if sync.effective_mode == "mirror":
+        return changes.removed_sent
+    return changes.removed - changes.rekeyed
+
+
+def _max_removed(
+    result: GuardResult | None, sync: SyncConfig, changes: ChangeSet
+) -> GuardResult | None:
+    """`max_removed` with the hint of its mode, and the records under a new key it did not
+    count. In `upsert`/`update` mode the records that left stay in the snapshot (one that
+    comes back unchanged is not sent again), so without more they would count, and stop,
+    every later run: a run forced past the limit forgets them (:func:`forget_left`)."""
+    if result is not None and changes.rekeyed:
+        result = dataclasses.replace(
+            result,
+            actual=f"{result.actual}; {changes.rekeyed:,} under a new key of the same "
+            f"{sync.kind} (not counted)",
+        )
     if sync.effective_mode == "mirror":
         return result
     return _with_hint(
@@ -937,7 +1062,8 @@ def enforce(sync: SyncConfig, results: list[GuardResult], *, force: bool) -> Non
         raise ContractError(
             f"sync `{sync.name}` stopped before sending anything: {first.name}: {first.actual}"
             f"{more}. {first.detail}{samples}",
-            hint=f"fix the model, or acknowledge the change under `guardrails:` in the sync "
+            hint=first.hint
+            or f"fix the model, or acknowledge the change under `guardrails:` in the sync "
             f"file (`--force` does not override {first.name})",
         )
     if first.hint and not first.name.startswith("max_"):

@@ -1737,6 +1737,8 @@ def run_sync(
                     )
             with step("commit"):
                 store.fold_journal(sync.name, sent=True)
+                if not only:  # records under a new key: their old keys stop counting as gone
+                    diff_step.forget_rekeyed(store.con, sync)
                 # the state now says what this workspace holds (kept from the first commit on)
                 workspace.record(store, sync.name, workspace.of(project, sync))
                 if force and not only:  # the records that left, accepted: they stop counting
