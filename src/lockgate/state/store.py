@@ -1000,6 +1000,29 @@ class StateStore:
             [run_id, sync, datetime.now(UTC), limit],
         )
 
+    def _record_refused(
+        self, sync: str, run_id: str, refused: Sequence[tuple[str, str]], idents: dict[str, str]
+    ) -> None:
+        """History rows (outcome `rejected`) and rejected rows (stage `deliver`) for records a
+        run refused after mapping them (``refused``: key, reason; ``idents``: key ->
+        identifiers). The caller holds the transaction."""
+        keys = [k for k, _ in refused]
+        now = datetime.now(UTC)
+        self.append_history(
+            {
+                "run_id": [run_id] * len(refused),
+                "sync": [sync] * len(refused),
+                "keys": [[k] for k in keys],
+                "idents": [[idents.get(k)] for k in keys],
+                "action": ["identify"] * len(refused),
+                "outcome": ["rejected"] * len(refused),
+                "status": [None] * len(refused),
+                "reason": [r for _, r in refused],
+                "sent_at": [now] * len(refused),
+            }
+        )
+        self.append_rejected(run_id, sync, "deliver", refused)
+
     def refuse_delivered(self, sync: str, run_id: str, refused: Sequence[tuple[str, str]]) -> None:
         """Take records the run delivered back out of its journal, as rejected with their
         reason (``refused``: key, reason), before the journal is folded: Customer.io accepted
@@ -1017,26 +1040,12 @@ class StateStore:
                 [run_id, keys],
             ).fetchall()
         )
-        now = datetime.now(UTC)
         with transaction(self.con, self.path):
             self.exec_sql(
                 f"delete from {journal} where run_id = ? and k in (select unnest(?))",
                 [run_id, keys],
             )
-            self.append_history(
-                {
-                    "run_id": [run_id] * len(refused),
-                    "sync": [sync] * len(refused),
-                    "keys": [[k] for k in keys],
-                    "idents": [[idents.get(k)] for k in keys],
-                    "action": ["identify"] * len(refused),
-                    "outcome": ["rejected"] * len(refused),
-                    "status": [None] * len(refused),
-                    "reason": [r for _, r in refused],
-                    "sent_at": [now] * len(refused),
-                }
-            )
-            self.append_rejected(run_id, sync, "deliver", refused)
+            self._record_refused(sync, run_id, refused, idents)
             self.append_unconfirmed(sync, run_id, keys, ["identify"] * len(keys))
 
     def refuse_unsent(
@@ -1049,23 +1058,8 @@ class StateStore:
         run, whose snapshot does not have them, looks at them again."""
         if not refused:
             return
-        keys = [k for k, _ in refused]
-        now = datetime.now(UTC)
         with transaction(self.con, self.path):
-            self.append_history(
-                {
-                    "run_id": [run_id] * len(refused),
-                    "sync": [sync] * len(refused),
-                    "keys": [[k] for k in keys],
-                    "idents": [[idents.get(k)] for k in keys],
-                    "action": ["identify"] * len(refused),
-                    "outcome": ["rejected"] * len(refused),
-                    "status": [None] * len(refused),
-                    "reason": [r for _, r in refused],
-                    "sent_at": [now] * len(refused),
-                }
-            )
-            self.append_rejected(run_id, sync, "deliver", refused)
+            self._record_refused(sync, run_id, refused, idents)
 
     def reset_sync(self, sync: str) -> None:
         """Forget what was delivered (for `--full-resync` of people; ledgers are kept)."""
