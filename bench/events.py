@@ -339,7 +339,7 @@ def main() -> None:
         "--chunk",
         type=int,
         default=2_000_000,
-        help="the --big ledger grows by this many events a run (a first sync of 10M fails)",
+        help="the --big ledger grows by this many events a run (--chunk = --big: one first sync)",
     )
     parser.add_argument("--skip-big-plan", action="store_true", help="no fresh plan at --big")
     parser.add_argument(

@@ -99,6 +99,50 @@ def test_a_rejected_copy_of_a_repeated_id_does_not_hold_back_the_good_one(
     assert run(project).changes.to_send == 0
 
 
+def test_which_copy_of_a_repeated_id_is_sent_and_how_copies_are_counted(
+    project_factory: ProjectFactory,
+) -> None:
+    """Of the copies of a key that can be sent, the earliest; copies of one time go by their
+    payload (the least as text). The choice does not depend on the model's row order: the
+    same copies, with the same ids, whichever way the rows come."""
+    rows = [
+        f"('e1', 1, 'Used', {ts(3600)}, 'zeta')",
+        f"('e1', 1, 'Used', {ts(3600)}, 'alpha')",
+        f"('e1', 1, 'Used', {ts(600)}, 'later')",
+        f"('e2', null, 'Used', {ts(7200)}, 'no user')",
+        f"('e2', 2, 'Used', {ts(600)}, 'same')",
+        f"('e2', 2, 'Used', {ts(600)}, 'same')",
+        f"('e3', 3, 'Used', {ts(9 * 86400)}, 'old')",
+        f"('e3', 3, 'Used', {ts(9 * 86400)}, 'old')",
+        f"('e4', 4, 'Used', {ts(60)}, 'once')",
+    ]
+    columns = "event_id, user_id, event_name, occurred_at, feature"
+    table(project_factory, ", ".join(rows), columns)
+    project = project_factory.write({"activity": EVENTS})
+    report = run(project)
+    c = report.changes
+    # e1: 2 copies over the one sent; e2 and e3: 1 each (the rejected copy of e2 is rejected,
+    # not a duplicate); e3 is older than the backfill window: counted once, not sent
+    assert (c.rows, c.duplicates_in_model, c.rejected, c.backfill_skipped) == (9, 4, 1, 1)
+    assert report.delivered == 3
+    sent = [
+        ("Used", NOW - 3600, {"feature": "alpha"}),
+        ("Used", NOW - 600, {"feature": "same"}),
+        ("Used", NOW - 60, {"feature": "once"}),
+    ]
+    assert held(project_factory) == sent
+    ids = sorted(e.id for e in project_factory.emulator.events())
+
+    # the rows the other way round, the state lost: the same copies, so the same ids
+    table(project_factory, ", ".join(reversed(rows)), columns)
+    shutil.rmtree(project.state_dir)
+    again = run(project)
+    assert (again.changes.duplicates_in_model, again.delivered) == (4, 3)
+    assert held(project_factory) == sent
+    assert sorted(e.id for e in project_factory.emulator.events()) == ids
+    assert project_factory.emulator.stats.duplicate_events_dropped == 3
+
+
 # ------------------------------------------------------------------ rejected, then fixed
 
 

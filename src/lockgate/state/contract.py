@@ -87,7 +87,8 @@ def record(
     """Record the contract of a run that has just committed.
 
     Reads the column types of the staged model (temp table ``model``) and, for an events
-    sync, the event names of the mapped rows (temp table ``mapped``) on ``con``.
+    sync, the event names of the rows that could be sent (temp tables ``changes`` and
+    ``unsent_event_names``, see :func:`lockgate.sync.diff.diff_events`) on ``con``.
     """
     ensure_tables(con)
     columns = con.execute("describe model").fetchall()
@@ -126,8 +127,9 @@ def record(
                 """
                 insert into contract_event_names
                 select distinct ?, n, ? from (
-                    select json_extract_string('{' || op, '$.name') as n
-                    from mapped where reject is null
+                    select json_extract_string('{' || op, '$.name') as n from changes
+                    union all
+                    select n from unsent_event_names
                 ) where n is not null
                   and n not in (select name from contract_event_names where sync = ?)
                 """,

@@ -7,7 +7,7 @@ ledger (already delivered) or appears earlier in the same model (duplicate), and
 events are *backfill*.
 
 The result is a frozen :class:`ChangeSet` whose counts are derived from the tables, and
-the temp table ``changes`` holding exactly the operations to send, in order.
+the temp table ``changes`` holding exactly the operations to send.
 """
 
 from __future__ import annotations
@@ -1701,6 +1701,41 @@ def _remapped(
     return int(_one(con, "select count(*) from remapped") or 0)
 
 
+def _repeated_events(con: duckdb.DuckDBPyConnection) -> int:
+    """Keep in the temp table ``ev_repeats`` the ``__rid`` of each row of ``mapped`` that
+    repeats the key of the row sent for it, and return how many there are (the duplicates).
+
+    Of the copies of a key that can be sent (a rejected copy never holds back a good one), the
+    earliest is sent; copies of one time go by their payload (the least as text), then by
+    staging order. Only the repeated keys are looked at, and the payloads only of copies of a
+    key that share its earliest time."""
+    run_sql(
+        con,
+        """
+        create or replace temp table ev_copies as
+        select m.__rid, m.k, m.ts from mapped m
+        semi join (select k from mapped group by k having count(*) > 1) r on r.k = m.k
+        where m.reject is null;
+        create or replace temp table ev_first as
+        select c.__rid, c.k from ev_copies c
+        semi join (select k, min(ts) as ts from ev_copies group by k) f
+          on f.k = c.k and f.ts = c.ts;
+        create or replace temp table ev_kept as
+        select k, min(__rid) as __rid from ev_first group by k having count(*) = 1
+        union all
+        select m.k, arg_min(m.__rid, (m.op, m.__rid)) from mapped m
+        semi join (select __rid from ev_first semi join (
+            select k from ev_first group by k having count(*) > 1) t on t.k = ev_first.k) f
+          on f.__rid = m.__rid
+        group by m.k;
+        create or replace temp table ev_repeats as
+        select __rid from ev_copies anti join ev_kept using (__rid);
+        drop table ev_copies; drop table ev_first; drop table ev_kept;
+        """,
+    )
+    return int(_one(con, "select count(*) from ev_repeats") or 0)
+
+
 def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Compiled) -> ChangeSet:
     """Fill ``changes`` with the events to send: each key not in the ledger, once.
 
@@ -1713,7 +1748,14 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
     An events model only grows, and so does its ledger: the rows of keys in the ledger are
     counted from their keys alone (DuckDB computes only the key of the mapping for them) and
     left out of the model before it is mapped, so a run maps, checks and orders only the rows
-    of keys the ledger does not have, however many events were delivered before."""
+    of keys the ledger does not have, however many events were delivered before.
+
+    Those rows are mapped once, into the table that becomes ``changes``: repeated keys are
+    found by a count (the copies of a key are compared only when it repeats, see
+    :func:`_repeated_events`) and the rows not to send are deleted from it. Nothing is sorted
+    or windowed over the payloads (a first run of 10M events outgrew the state's memory limit
+    that way): the events go out in no set order, as delivery keeps several batches in flight
+    anyway; each carries its own timestamp."""
     ledger = table("ledger", sync.name)
     ids = table("event_ids", sync.name)
     skip_backfill = sync.backfill.older == "skip"
@@ -1744,45 +1786,56 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
                 """,
             )
         run_sql(con, "drop table ev_keyed")
-    # every row left is of a key the ledger does not have
+    # every row left is of a key the ledger does not have: map each once, into the table that
+    # becomes ``changes`` (no window and no sort over the payloads: at 10M rows either one
+    # outgrew the state's memory limit; the rows not to send are deleted, a copy is not made)
     run_sql(
         con,
         f"""
         create or replace temp table mapped as
-        select *, row_number() over (partition by k order by reject is not null, ts, op) as rn
+        select k, op, null::ubigint as h, ident, true as is_new, false as removed, ts, backfill,
+               md5_number_lower(k || chr(31) || id_seed) as lo,
+               md5_number_upper(k || chr(31) || id_seed) as hi, reject, __rid
         from ({compiled.select})
         """,
     )
-    lo = "md5_number_lower(m.k || chr(31) || m.id_seed)"
-    hi = "md5_number_upper(m.k || chr(31) || m.id_seed)"
-    ts, unsure = "m.ts", ""
-    resent = 0
-    if _one(con, f"select count(*) from {ids}"):  # only after an answer was lost
-        ts, lo, hi = f"coalesce(u.ts, {ts})", f"coalesce(u.lo, {lo})", f"coalesce(u.hi, {hi})"
-        unsure = f"left join {ids} u on u.k = m.k"
+    new_rows, distinct = con.execute("select count(*), count(distinct k) from mapped").fetchall()[0]
+    new_rows = int(new_rows or 0)
+    dups = _repeated_events(con) if new_rows > int(distinct or 0) else 0
+    rejected, samples, reasons = _rejected(con)
+    drop = "__rid in (select __rid from ev_repeats)" if dups else "false"
+    backfill = int(
+        _one(con, f"select count(*) from mapped where reject is null and backfill and not {drop}")
+        or 0
+    )
+    # the names of the rows that can be sent but are not (repeats, backfill skipped): the
+    # contract records the names of every row that can be sent (`state.contract.record`)
+    unsent = f"{drop} or backfill" if skip_backfill else drop
     run_sql(
         con,
         f"""
-        create or replace temp table changes as
-        select m.k, m.op, null::ubigint as h, m.ident, true as is_new, false as removed,
-               {ts} as ts, m.backfill, {lo} as lo, {hi} as hi
-        from mapped m {unsure}
-        where m.reject is null and m.rn = 1 {"and not m.backfill" if skip_backfill else ""}
-        order by m.ts, m.k
+        create or replace temp table unsent_event_names as
+        select distinct json_extract_string('{{' || op, '$.name') as n from mapped
+        where reject is null and ({unsent});
+        delete from mapped where reject is not null or {unsent};
+        drop table if exists ev_repeats;
+        alter table mapped drop column reject;
+        alter table mapped drop column __rid;
+        drop table if exists changes;
+        alter table mapped rename to changes;
         """,
     )
-    if unsure:
-        resent = int(_one(con, f"select count(*) from changes semi join {ids} using (k)") or 0)
-    rejected, samples, reasons = _rejected(con)
-    row = con.execute(
-        """
-        select count(*),
-               count(*) filter (where reject is null and rn > 1),
-               count(*) filter (where reject is null and rn = 1 and backfill)
-        from mapped
-        """
-    ).fetchall()[0]
-    new_rows, dups, backfill = (int(x or 0) for x in row)
+    resent = 0
+    if _one(con, f"select count(*) from {ids}"):  # only after an answer was lost
+        resent = int(
+            con.execute(
+                f"""
+                update changes set ts = coalesce(u.ts, changes.ts), lo = coalesce(u.lo, changes.lo),
+                                   hi = coalesce(u.hi, changes.hi)
+                from {ids} u where u.k = changes.k
+                """
+            ).fetchall()[0][0]
+        )
     to_send = int(_one(con, "select count(*) from changes") or 0)
     return ChangeSet(
         kind="events",
