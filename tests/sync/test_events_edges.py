@@ -872,3 +872,23 @@ def test_a_key_column_changing_type_within_its_family_sends_nothing_twice(
         expected = (3, 0) if n == 0 else (0, 3)  # (delivered, already delivered)
         assert (report.delivered, report.changes.already_delivered) == expected
     assert len(project_factory.emulator.events()) == 3
+
+
+# ------------------------------------------------------------------ order of sending
+
+
+def test_a_run_sends_its_events_oldest_first_whatever_the_models_row_order(
+    project_factory: ProjectFactory,
+) -> None:
+    """A person's events reach Customer.io in the order they happened (a campaign triggered by
+    `trial_started` and filtered on `signed_up` sees both), not in the model's row order."""
+    ages = [(i * 7919) % 200 * 60 + 60 for i in range(60)]  # 60 distinct ages, shuffled
+    rows = ", ".join(
+        f"('e{i}', {1 + i % 3}, 'Used', {ts(age)}, 'f{i}')" for i, age in enumerate(ages)
+    )
+    table(project_factory, rows, "event_id, user_id, event_name, occurred_at, feature")
+    project = project_factory.write({"activity": EVENTS})
+    assert run(project).delivered == 60
+    arrived = [e.timestamp for e in project_factory.emulator.events()]
+    assert len(arrived) == 60
+    assert arrived == sorted(arrived)

@@ -81,11 +81,29 @@ def _ulid_matrix(ts_seconds: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.n
     return out
 
 
+#: an events run of at most this many events sends them in time order (a sort of their
+#: payloads, which the state's memory limit holds at this size); a larger one (a first sync of
+#: a long history) sends them as they are staged, in no set order
+EVENTS_IN_TIME_ORDER = 1_000_000
+
+
+def _order(con: duckdb.DuckDBPyConnection, kind: str, source: str) -> str:
+    """The ``order by`` an events run reads its events with: oldest first, so that a person's
+    events reach Customer.io in the order they happened as far as batches in flight allow
+    (`signed_up` before `trial_started`: a campaign triggered by one and filtered on the other
+    sees both). Nothing for other kinds, or past :data:`EVENTS_IN_TIME_ORDER` events."""
+    if kind != "events":
+        return ""
+    count = con.execute(f"select count(*) from {source}").fetchall()[0][0]
+    return " order by ts, k" if count <= EVENTS_IN_TIME_ORDER else ""
+
+
 def _records(
     con: duckdb.DuckDBPyConnection, kind: str, pending: dict[str, Pending], source: str
 ) -> Generator[Record]:
     columns = "k, op, h, ident, removed" + (", ts, lo, hi" if kind == "events" else "")
-    reader = con.sql(f"select {columns} from {source}").to_arrow_reader(READ_BATCH_ROWS)
+    order = _order(con, kind, source)
+    reader = con.sql(f"select {columns} from {source}{order}").to_arrow_reader(READ_BATCH_ROWS)
     with reader:  # closed even when delivery stops early: it holds the state connection
         for batch in reader:
             yield from _batch_records(batch, kind, pending)
@@ -225,7 +243,8 @@ def _packed_batches(
         columns += "op, ts, lo, hi"
     else:
         columns += "op || ',' as op"
-    reader = con.sql(f"select {columns} from {source}").to_arrow_reader(READ_BATCH_ROWS)
+    order = _order(con, kind, source)
+    reader = con.sql(f"select {columns} from {source}{order}").to_arrow_reader(READ_BATCH_ROWS)
     with reader:  # closed even when delivery stops early: it holds the state connection
         yield from _packed_from(reader, kind, max_bytes=max_bytes, max_ops=max_ops)
 
