@@ -947,11 +947,13 @@ def _todo(
             ).fetchall()[0][0]
         )
         differing += unsure
-    # the rows, and whether a key repeats, in one pass (a null key repeats when two rows have
-    # one, as in a `group by k`): a distinct count is cheaper than grouping every key
-    counts = con.execute("select count(*), count(k), count(distinct k) from keyed").fetchall()
-    total, valued, distinct = (int(n or 0) for n in counts[0])
-    repeated = valued > distinct or total - valued > 1
+    # whether a key repeats (a null key repeats when two rows have one). A `group by`, which
+    # spills to disk under the state's memory limit: a `count(distinct k)` does not, and ran
+    # out of memory at 10M keys
+    repeated = bool(
+        _one(con, "select count(*) from (select k from keyed group by k having count(*) > 1)")
+    )
+    total = int(_one(con, "select count(*) from keyed") or 0)
     if repeated:
         run_sql(
             con,
