@@ -855,6 +855,8 @@ def test_a_relationship_by_email_survives_its_email_changing_case(
     project_factory.sql(
         "update contacts set email = ' ' || upper(email) || '\t' where company_id = 'acme'"
     )
+    plan = plan_sync(project, "crm_contacts", console=NullConsole())
+    assert (plan.changes.new, plan.changes.removed_sent) == (1, 0)
     report = run_sync(project, "crm_contacts", console=NullConsole())
     assert report.status == "success"
     sent = [op for r in emu.request_log()[requests:] for op in r.body.get("batch", [])]
@@ -867,3 +869,35 @@ def test_a_relationship_by_email_survives_its_email_changing_case(
     again = run_sync(project, "crm_contacts", console=NullConsole())
     assert again.changes.to_send == 0 and again.changes.removed == 0
     assert contacts() == {("1", "acme", "billing"), ("2", "globex", "legal")}
+
+
+def test_a_relationship_two_rows_carry_in_two_cases_stays_while_one_is_left(
+    project_factory: ProjectFactory,
+) -> None:
+    """Two rows of a `mirror` relationships sync relate Ada to Acme, by `ada@x.io` and by
+    `ADA@X.IO`: one relationship in Customer.io. One row leaving must not delete what the
+    other still holds; the last one leaving does."""
+    seed(project_factory)
+    project_factory.sql(
+        """
+        create or replace table users as select * from (values
+          (1, 'Ada', 'ada@x.io')) t(user_id, first_name, email);
+        create or replace table contacts as select * from (values
+          ('ada@x.io', 'acme', 'billing'), ('ADA@X.IO', 'acme', 'billing')
+        ) t(email, company_id, crm_role);
+        """
+    )
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": USERS_BY_EMAIL, "crm_contacts": CRM_CONTACTS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    assert [r.object_id for r in emu.relationships()] == ["acme"]
+    project_factory.sql("delete from contacts where email = 'ada@x.io'")
+    one_left = run_sync(project, "crm_contacts", console=NullConsole())
+    assert (one_left.changes.removed, one_left.changes.removed_sent) == (1, 0)
+    assert [r.object_id for r in emu.relationships()] == ["acme"]
+    project_factory.sql("delete from contacts")
+    none_left = run_sync(project, "crm_contacts", console=NullConsole(), force=True)
+    assert none_left.changes.removed_sent == 1
+    assert not emu.relationships()
