@@ -813,3 +813,91 @@ def test_a_relationship_leaving_while_its_cleared_end_is_out_is_deleted(
     again = run_all(project)
     assert again["memberships"].changes.to_send == 0
     assert rels(emu) == everyone - {left}
+
+
+@pytest.mark.parametrize("mode", ["mirror", "upsert"])
+def test_a_relationship_by_email_survives_its_email_changing_case(
+    project_factory: ProjectFactory, mode: str
+) -> None:
+    """A relationships sync keyed by email: the model's email changes case (`ada@x.io` ->
+    ` ADA@X.IO`), nothing else. Customer.io matches emails in any case, so it is the same
+    person and the same relationship: no delete is sent (it could land after the add, and
+    the relationship was gone from Customer.io while the snapshot held it), and it stays."""
+    seed(project_factory)
+    project_factory.sql(
+        """
+        create or replace table users as select * from (values
+          (1, 'Ada', 'ada@x.io'), (2, 'Grace', 'grace@x.io')) t(user_id, first_name, email);
+        create or replace table contacts as select * from (values
+          ('ada@x.io', 'acme', 'billing'), ('grace@x.io', 'globex', 'legal')
+        ) t(email, company_id, crm_role);
+        """
+    )
+    project = project_factory.write(
+        {
+            "companies": COMPANIES,
+            "people": USERS_BY_EMAIL,
+            "crm_contacts": CRM_CONTACTS + f"mode: {mode}\n",
+        }
+    )
+    run_all(project)
+    emu = project_factory.emulator
+
+    def contacts() -> set[tuple[str | None, str, Any]]:
+        by_cio = {p.cio_id: p.id for p in emu.people()}
+        return {
+            (by_cio.get(r.person), r.object_id, r.attributes.get("crm_role"))
+            for r in emu.relationships()
+        }
+
+    assert contacts() == {("1", "acme", "billing"), ("2", "globex", "legal")}
+    requests = len(emu.request_log())
+    project_factory.sql(
+        "update contacts set email = ' ' || upper(email) || '\t' where company_id = 'acme'"
+    )
+    plan = plan_sync(project, "crm_contacts", console=NullConsole())
+    assert (plan.changes.new, plan.changes.removed_sent) == (1, 0)
+    report = run_sync(project, "crm_contacts", console=NullConsole())
+    assert report.status == "success"
+    sent = [op for r in emu.request_log()[requests:] for op in r.body.get("batch", [])]
+    # the add under the new key goes again (harmless: Customer.io has it); no delete
+    assert [(op["action"], op["identifiers"]) for op in sent] == [
+        ("add_relationships", {"email": "ADA@X.IO"})
+    ]
+    assert contacts() == {("1", "acme", "billing"), ("2", "globex", "legal")}
+    # and it settles: the next run sends nothing, the relationship still there
+    again = run_sync(project, "crm_contacts", console=NullConsole())
+    assert again.changes.to_send == 0 and again.changes.removed == 0
+    assert contacts() == {("1", "acme", "billing"), ("2", "globex", "legal")}
+
+
+def test_a_relationship_two_rows_carry_in_two_cases_stays_while_one_is_left(
+    project_factory: ProjectFactory,
+) -> None:
+    """Two rows of a `mirror` relationships sync relate Ada to Acme, by `ada@x.io` and by
+    `ADA@X.IO`: one relationship in Customer.io. One row leaving must not delete what the
+    other still holds; the last one leaving does."""
+    seed(project_factory)
+    project_factory.sql(
+        """
+        create or replace table users as select * from (values
+          (1, 'Ada', 'ada@x.io')) t(user_id, first_name, email);
+        create or replace table contacts as select * from (values
+          ('ada@x.io', 'acme', 'billing'), ('ADA@X.IO', 'acme', 'billing')
+        ) t(email, company_id, crm_role);
+        """
+    )
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": USERS_BY_EMAIL, "crm_contacts": CRM_CONTACTS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    assert [r.object_id for r in emu.relationships()] == ["acme"]
+    project_factory.sql("delete from contacts where email = 'ada@x.io'")
+    one_left = run_sync(project, "crm_contacts", console=NullConsole())
+    assert (one_left.changes.removed, one_left.changes.removed_sent) == (1, 0)
+    assert [r.object_id for r in emu.relationships()] == ["acme"]
+    project_factory.sql("delete from contacts")
+    none_left = run_sync(project, "crm_contacts", console=NullConsole(), force=True)
+    assert none_left.changes.removed_sent == 1
+    assert not emu.relationships()

@@ -137,11 +137,28 @@ def _addressed(sync: SyncConfig, ident: str) -> str:
 def _record_keys(sync: SyncConfig, ident: str) -> str:
     """SQL for a list of strings naming the record an ``ident`` goes to, one per identifier
     Customer.io could find it by: a person's `id`, `cio_id` and email (lowercased, as
-    Customer.io matches emails); two rows sharing any of them reach the same person. For
-    objects and relationships, the ident itself."""
+    Customer.io matches emails); two rows sharing any of them reach the same person. For a
+    relationship, its person and object with a person's email lowercased
+    (:func:`_relationship_key`); for an object, the ident itself."""
+    if sync.kind == "relationships":
+        return f"[{_relationship_key(ident)}]"
     if sync.kind != "people":
         return f"[{ident}]"
     return _person_keys(ident)
+
+
+def _relationship_key(ident: str) -> str:
+    """SQL naming the relationship a relationships ``ident`` (``person``, ``object``) is
+    sent to: its person's identifier, an email lowercased as Customer.io matches it, and its
+    object. A relationship whose email changes case is the same relationship (its row key,
+    the email as the model has it, changes): the old key must not be deleted after the new
+    one is added, in one batch."""
+    email = f"json_extract_string({ident}, '$.person.email')"
+    person = (
+        f"case when {email} is not null then 'email:' || lower({email}) "
+        f"else json_extract({ident}, '$.person')::varchar end"
+    )
+    return f"{person} || ' ' || json_extract({ident}, '$.object')::varchar"
 
 
 def _removal_op(sync: SyncConfig) -> tuple[str, int]:
@@ -641,7 +658,8 @@ def _held_by_siblings(
         ) h on h.a = a.a
         join gone_people o on o.k = a.k and o.object = h.object;
         insert into live_keys
-        select distinct ident from gone_people where k in (select k from held_by_siblings);
+        select distinct {_relationship_key("ident")} from gone_people
+        where k in (select k from held_by_siblings);
         """,
     )
 
