@@ -1790,11 +1790,12 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
             from (select __rid, k from ({compiled.select}))
             """,
         )
-        row = con.execute(
-            "select count(*) filter (where done), count(distinct k) filter (where done) "
-            "from ev_keyed"
-        ).fetchall()[0]
-        old_rows, old_keys = int(row[0] or 0), int(row[1] or 0)
+        # distinct keys by a `group by`, which spills under the state's memory limit (a
+        # `count(distinct k)` does not: a fresh plan of 10M people ran out of memory so)
+        old_rows = int(_one(con, "select count(*) from ev_keyed where done") or 0)
+        old_keys = int(
+            _one(con, "select count(*) from (select k from ev_keyed where done group by k)") or 0
+        )
         if old_rows:
             run_sql(
                 con,
@@ -1819,8 +1820,8 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
         from ({compiled.select})
         """,
     )
-    new_rows, distinct = con.execute("select count(*), count(distinct k) from mapped").fetchall()[0]
-    new_rows = int(new_rows or 0)
+    new_rows = int(_one(con, "select count(*) from mapped") or 0)
+    distinct = _one(con, "select count(*) from (select k from mapped group by k)")  # spills
     dups = _repeated_events(con) if new_rows > int(distinct or 0) else 0
     rejected, samples, reasons = _rejected(con)
     drop = "__rid in (select __rid from ev_repeats)" if dups else "false"
