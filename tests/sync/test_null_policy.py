@@ -126,3 +126,30 @@ attributes:
         "meta": {"a": 1},
         "plan": "team",
     }
+
+
+def test_an_empty_enum_value_is_a_null_too(project_factory: ProjectFactory) -> None:
+    """A DuckDB `ENUM` whose values include `''` (a CSV load's empty category) would be sent
+    as `""`, which erases the attribute: it is a null for the field's `on_null`, as text is."""
+    project_factory.sql(
+        """
+        create type tier_t as enum ('', 'gold', 'free');
+        create table users as select i as user_id, 'gold'::tier_t as tier from range(1, 4) t(i)
+        """
+    )
+    body = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes:
+  tier: tier
+"""
+    project = project_factory.write({"profile": body})
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("update users set tier = '' where user_id = 1")
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.status == "success" and report.changes.attributes_cleared == 0
+    assert attributes(project_factory, 1)["tier"] == "gold"
