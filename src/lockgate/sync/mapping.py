@@ -754,20 +754,15 @@ def coerce(
     ``attribute``: the value is an attribute (of a person, object or relationship), which
     Customer.io removes when it is sent as `""`. An empty string (text, whatever the field's
     type, or a `json` field's JSON string `""`) is then a null, so the field's `on_null`
-    applies: skipped by default,
-    counted by `max_cleared` under `clear`, instead of a model that turned its nulls into
-    `''` erasing the attribute while the run counts nothing cleared.
+    applies: skipped by default, counted by `max_cleared` under `clear`, instead of a model
+    that turned its nulls into `''` erasing the attribute while the run counts nothing
+    cleared (or, under a `number`, `timestamp` or `boolean` type, its row rejected).
     """
-    if attribute and _is(col_type, ("VARCHAR",)) and ftype in ("auto", "string"):
-        converted, reason = coerce(sync, field, column, col_type, ftype)
-        return f"nullif({converted}, '')", reason
     read_as, ftype = json_read(col_type, ftype)
     if read_as != col_type:  # a column holding JSON, read as its text (see `json_read`)
         col_type, c = read_as, f"{q(column)}::{read_as}"
     elif attribute and _is(col_type, ("VARCHAR",)):
-        # text read as a `number`, `timestamp`, `boolean` or `json` attribute: its `''` is a
-        # null too (the field's `on_null`), not a value the type cannot take (a rejected row)
-        c = f"nullif({q(column)}, '')"
+        c = f"nullif({q(column)}, '')"  # an attribute's `''` is a null (above)
     else:
         c = _single_as_double(q(column)) if _is(col_type, ("FLOAT",)) else q(column)
     is_str = _is(col_type, ("VARCHAR",))
