@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from tests.sync.test_people import EMAILS, emails_of
 
 from lockgate.cli import cli
 from lockgate.cli.sync import change_rows
@@ -21,19 +22,8 @@ from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
 
-PEOPLE = """
-name: profile
-source: warehouse
-model: {table: users}
-kind: people
-primary_key: user_id
-identify_by: {id: user_id, email: email}
-attributes: {plan: plan}
-"""
-
-
-def people(emu: Emulator) -> dict[str | None, tuple[str | None, Any]]:
-    return {p.id: (p.email, p.attributes.get("plan")) for p in emu.people()}
+PEOPLE = EMAILS  # identified by `id` and `email`, one attribute `plan`
+people = emails_of  # id -> (email, plan) in the emulator
 
 
 def app_api_calls(emu: Emulator) -> list[str]:
