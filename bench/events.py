@@ -199,33 +199,11 @@ def state_size(project: Path) -> int:
 
 # -- the hand-written baseline ----------------------------------------------------------------
 
-BASELINE_SCRIPT = textwrap.dedent(
+BASELINE_SCRIPT = bench.baseline_script(
     """
-    import json, sys, time
-    import duckdb
-    from customerio import CustomerIO
-    warehouse, sql, url, site_id, api_key, seconds = sys.argv[1:7]
-    seconds = float(seconds)
-    started = time.perf_counter()
-    cio = CustomerIO(site_id, api_key)
-    cio.base_url = url + "/api/v1"              # https-only client: use the plain listener
-    cio.http.mount("http://", cio.http.adapters["https://"])  # its retrying keep-alive adapter
-    con = duckdb.connect(warehouse, read_only=True)
-    cursor = con.execute(sql)
-    names = [d[0] for d in cursor.description]
-    n = 0
-    while time.perf_counter() - started < seconds:
-        rows = cursor.fetchmany(1000)
-        if not rows:
-            break
-        for row in rows:
-            data = {k: v for k, v in zip(names, row) if v is not None}
-            cio.track(customer_id=str(data.pop("user_id")), name=data.pop("event_name"),
-                      timestamp=data.pop("occurred_at"), data=data)
-            n += 1
-            if time.perf_counter() - started >= seconds:
-                break
-    print(json.dumps({"records": n, "seconds": time.perf_counter() - started}))
+    data = {k: v for k, v in zip(names, row) if v is not None}
+    cio.track(customer_id=str(data.pop("user_id")), name=data.pop("event_name"),
+              timestamp=data.pop("occurred_at"), data=data)
     """
 )
 

@@ -568,32 +568,50 @@ def write_drt_project(root: Path, warehouse: Path, url: str) -> tuple[Path, dict
 
 # -- the hand-written baseline ----------------------------------------------------------------
 
-BASELINE_SCRIPT = textwrap.dedent(
-    """
-    import json, sys, time
-    import duckdb
-    from customerio import CustomerIO
-    warehouse, sql, url, site_id, api_key, seconds = sys.argv[1:7]
-    seconds = float(seconds)
-    started = time.perf_counter()
-    cio = CustomerIO(site_id, api_key)
-    cio.base_url = url + "/api/v1"              # https-only client: use the plain listener
-    cio.http.mount("http://", cio.http.adapters["https://"])  # its retrying keep-alive adapter
-    con = duckdb.connect(warehouse, read_only=True)
-    cursor = con.execute(sql)
-    names = [d[0] for d in cursor.description]
-    n = 0
-    while time.perf_counter() - started < seconds:
-        rows = cursor.fetchmany(1000)
-        if not rows:
-            break
-        for row in rows:
-            attrs = dict(zip(names, row))
-            cio.identify(id=attrs.pop("id"), **attrs)
-            n += 1
-            if time.perf_counter() - started >= seconds:
+
+def baseline_script(per_row: str) -> str:
+    """The hand-written baseline's script: read the model (``argv``: warehouse, SQL, URL, site
+    id, API key, seconds) with a DuckDB cursor and make one official-client call per row
+    (``per_row``: Python lines over ``names`` and ``row``, calling ``cio``) until ``seconds``
+    pass; prints the records done and the seconds taken as JSON."""
+    head = textwrap.dedent(
+        """
+        import json, sys, time
+        import duckdb
+        from customerio import CustomerIO
+        warehouse, sql, url, site_id, api_key, seconds = sys.argv[1:7]
+        seconds = float(seconds)
+        started = time.perf_counter()
+        cio = CustomerIO(site_id, api_key)
+        cio.base_url = url + "/api/v1"              # https-only client: use the plain listener
+        cio.http.mount("http://", cio.http.adapters["https://"])  # its keep-alive adapter
+        con = duckdb.connect(warehouse, read_only=True)
+        cursor = con.execute(sql)
+        names = [d[0] for d in cursor.description]
+        n = 0
+        while time.perf_counter() - started < seconds:
+            rows = cursor.fetchmany(1000)
+            if not rows:
                 break
-    print(json.dumps({"records": n, "seconds": time.perf_counter() - started}))
+            for row in rows:
+        """
+    )
+    tail = textwrap.dedent(
+        """
+                n += 1
+                if time.perf_counter() - started >= seconds:
+                    break
+        print(json.dumps({"records": n, "seconds": time.perf_counter() - started}))
+        """
+    )
+    body = textwrap.indent(textwrap.dedent(per_row).strip("\n"), " " * 8)
+    return head + body + tail
+
+
+BASELINE_SCRIPT = baseline_script(
+    """
+    attrs = dict(zip(names, row))
+    cio.identify(id=attrs.pop("id"), **attrs)
     """
 )
 
