@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from rich.console import Console as _RichConsole
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -36,9 +35,13 @@ Advance = Callable[[int], None]
 
 
 class Console(Protocol):
-    """What the core may tell a person. Keep it to a handful of methods."""
+    """What the core may tell a person. Keep it to a handful of methods.
 
-    def info(self, message: str) -> None: ...
+    A message is text, printed as it is: a key, a path or an error quoted in it keeps its
+    ``[...]`` (it is never read as markup). A part to stand out (a heading in bold) is a rich
+    :class:`~rich.text.Text` with that style."""
+
+    def info(self, message: str | Text) -> None: ...
 
     def warn(self, message: str) -> None: ...
 
@@ -55,8 +58,8 @@ class NullConsole:
     def __init__(self) -> None:
         self.messages: list[str] = []
 
-    def info(self, message: str) -> None:
-        self.messages.append(message)
+    def info(self, message: str | Text) -> None:
+        self.messages.append(str(message))
 
     def warn(self, message: str) -> None:
         self.messages.append(f"warning: {message}")
@@ -102,13 +105,15 @@ class RichConsole:
         self.err = _RichConsole(stderr=True, highlight=False)
         self.quiet = quiet
 
-    def info(self, message: str) -> None:
+    def info(self, message: str | Text) -> None:
         if not self.quiet:
-            _say(self.out, message)
+            # a message is text, never markup: `history --person '[/x]'` or a run's error
+            # quoting `[plan]` is printed as it is
+            _say(self.out, Text(message) if isinstance(message, str) else message)
 
     def warn(self, message: str) -> None:
         # a message is text, never markup: a hint's `shared_attributes: [plan]` keeps `[plan]`
-        _say(self.err, f"[yellow]warning:[/yellow] {escape(message)}")
+        _say(self.err, Text.assemble(("warning:", "yellow"), " ", message))
 
     @contextlib.contextmanager
     def progress(self, label: str, total: int | None) -> Iterator[Advance]:
@@ -193,7 +198,7 @@ def _on_a_terminal(console: _RichConsole) -> bool:
     return True
 
 
-def _say(console: _RichConsole, message: str | Text) -> None:
+def _say(console: _RichConsole, message: Text) -> None:
     """Print a message: wrapped at the width of a terminal, whole (one line per line of it)
     anywhere else, where a hard wrap at 80 columns would split what ``grep`` looks for."""
     console.print(message, soft_wrap=not _on_a_terminal(console))

@@ -233,3 +233,22 @@ def test_no_color_leaves_a_terminals_error_plain(tmp_path: Path, no_color: str) 
     )
     assert "Error:" in shown
     assert ("\x1b[" in shown) is (not no_color)
+
+
+def test_a_message_or_title_is_text_never_markup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key, a path or an error quoted in a message keeps its `[...]`; `[/x]` is no crash."""
+    console = piped(monkeypatch)
+    quoted = "run failed: {hash: [order_id]} is not [plan] [/x]"
+    console.info(quoted)
+    console.table(f"history of {quoted}", ["key"], [("[bold]k[/bold]",)])
+    out = text(console.out)
+    assert out.splitlines()[:2] == [quoted, f"history of {quoted}"]
+    assert "[bold]k[/bold]" in out
+
+
+def test_history_of_a_person_named_like_markup(tmp_path: Path) -> None:
+    """`lockgate history --person '[/x] [email]'` answers about that value, as typed."""
+    assert lockgate("init", str(tmp_path / "p"), cwd=tmp_path).returncode == 0
+    done = lockgate("history", "--person", "[/x] [email]", "--project", "p", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("No call recorded for `[/x] [email]`")
