@@ -120,8 +120,13 @@ class RichConsole:
         """A bar on stderr while the step runs, drawn only where stderr is a terminal that can
         redraw it (rich's ``is_interactive``: not a pipe, a file or a scheduler's log, not
         ``TERM=dumb``; ``TTY_INTERACTIVE=0/1`` overrides): elsewhere a bar would be left
-        there as its last frame, one line per step. ``NO_COLOR`` draws it without colour."""
-        if self.quiet or not self.err.is_interactive:
+        there as its last frame, one line per step. ``NO_COLOR`` draws it without colour;
+        ``FORCE_COLOR`` (colour in a CI log) draws none, as a log is no terminal: its frames
+        and cursor codes would fill the log."""
+        interactive = self.err.is_interactive and (
+            _on_a_terminal(self.err) or os.environ.get("TTY_INTERACTIVE") == "1"
+        )
+        if self.quiet or not interactive:
             yield lambda n: None
             return
         columns = [

@@ -157,6 +157,14 @@ def test_force_color_colours_a_log_but_does_not_wrap_it(monkeypatch: pytest.Monk
     assert "20261203T024346-7a10d4" in line  # one line per row, as in any log
 
 
+def test_force_color_draws_no_progress_bar_into_a_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bar's frames and cursor codes would fill a CI log asking only for colour."""
+    console = piped(monkeypatch, FORCE_COLOR="1")
+    with console.progress("deliver customer_profile", total=10) as advance:
+        advance(5)
+    assert text(console.err) == ""
+
+
 def lockgate(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """The command as a scheduler or `| tee` runs it: stdout and stderr are pipes."""
     environ = {
