@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from rich.console import Console as _RichConsole
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -36,9 +35,13 @@ Advance = Callable[[int], None]
 
 
 class Console(Protocol):
-    """What the core may tell a person. Keep it to a handful of methods."""
+    """What the core may tell a person. Keep it to a handful of methods.
 
-    def info(self, message: str) -> None: ...
+    A message is text, printed as it is: a key, a path or an error quoted in it keeps its
+    ``[...]`` (it is never read as markup). A part to stand out (a heading in bold) is a rich
+    :class:`~rich.text.Text` with that style."""
+
+    def info(self, message: str | Text) -> None: ...
 
     def warn(self, message: str) -> None: ...
 
@@ -55,8 +58,8 @@ class NullConsole:
     def __init__(self) -> None:
         self.messages: list[str] = []
 
-    def info(self, message: str) -> None:
-        self.messages.append(message)
+    def info(self, message: str | Text) -> None:
+        self.messages.append(str(message))
 
     def warn(self, message: str) -> None:
         self.messages.append(f"warning: {message}")
@@ -87,6 +90,13 @@ class RichConsole:
     """Draws with rich on the terminal (stderr for progress, stdout for results). Progress
     bars are drawn on an interactive terminal only (:meth:`progress`).
 
+    On a terminal, messages wrap at its width and a table folds its values to fit it. Where a
+    stream is not a terminal (a pipe, a file, a CI log, cron's mail) it has no width: a message
+    is printed whole, one line per line of it, and a table as wide as it needs
+    (:meth:`_print_whole`), so that ``grep`` finds a line whole. Colour follows rich: none off
+    a terminal, none with ``NO_COLOR``; ``FORCE_COLOR`` adds it to a log, without the
+    terminal's wrapping.
+
     ``quiet`` (a command's ``--json``) draws no progress, info or table: stdout is left to the
     command's JSON; warnings still go to stderr."""
 
@@ -95,21 +105,28 @@ class RichConsole:
         self.err = _RichConsole(stderr=True, highlight=False)
         self.quiet = quiet
 
-    def info(self, message: str) -> None:
+    def info(self, message: str | Text) -> None:
         if not self.quiet:
-            self.out.print(message)
+            # a message is text, never markup: `history --person '[/x]'` or a run's error
+            # quoting `[plan]` is printed as it is
+            _say(self.out, Text(message) if isinstance(message, str) else message)
 
     def warn(self, message: str) -> None:
         # a message is text, never markup: a hint's `shared_attributes: [plan]` keeps `[plan]`
-        self.err.print(f"[yellow]warning:[/yellow] {escape(message)}")
+        _say(self.err, Text.assemble(("warning:", "yellow"), " ", message))
 
     @contextlib.contextmanager
     def progress(self, label: str, total: int | None) -> Iterator[Advance]:
         """A bar on stderr while the step runs, drawn only where stderr is a terminal that can
         redraw it (rich's ``is_interactive``: not a pipe, a file or a scheduler's log, not
         ``TERM=dumb``; ``TTY_INTERACTIVE=0/1`` overrides): elsewhere a bar would be left
-        there as its last frame, one line per step. ``NO_COLOR`` draws it without colour."""
-        if self.quiet or not self.err.is_interactive:
+        there as its last frame, one line per step. ``NO_COLOR`` draws it without colour;
+        ``FORCE_COLOR`` (colour in a CI log) draws none, as a log is no terminal: its frames
+        and cursor codes would fill the log."""
+        interactive = self.err.is_interactive and (
+            _on_a_terminal(self.err) or os.environ.get("TTY_INTERACTIVE") == "1"
+        )
+        if self.quiet or not interactive:
             yield lambda n: None
             return
         columns = [
@@ -126,7 +143,7 @@ class RichConsole:
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if self.quiet:  # a `--json` command's stdout holds its JSON alone
             return
-        table = Table(title=title, title_justify="left")
+        table = Table()
         counts = [
             all(_is_count(row[i]) or row[i] in ("", None) for row in rows)
             and any(_is_count(row[i]) for row in rows)
@@ -140,6 +157,11 @@ class RichConsole:
             # a cell is data, never markup: `{hash: [order_id]}` or a value quoted in a reason
             # would lose its `[...]` as a style tag
             table.add_row(*(f"{v:,}" if _is_count(v) else Text(str(v)) for v in row))
+        # the title is a line of its own, not the table's: a title longer than a narrow table
+        # (a report's `customer_profile (people, upsert) — success in 0.2s` over two columns)
+        # is not wrapped to the table's width nor padded to it
+        if title:
+            _say(self.out, Text(title, style="table.title"))
         self._print_whole(table)
 
     def _print_whole(self, table: Table) -> None:
@@ -147,7 +169,7 @@ class RichConsole:
         ``COLUMNS`` is set, as wide as it needs (up to :data:`PIPED_WIDTH`) rather than folded
         into 80 columns: one line per row reads and greps better there."""
         out = self.out
-        if out.is_terminal or os.environ.get("COLUMNS"):
+        if _on_a_terminal(out) or os.environ.get("COLUMNS"):
             out.print(table)
             return
         natural = out.measure(table, options=out.options.update_width(PIPED_WIDTH)).maximum
@@ -164,6 +186,27 @@ class RichConsole:
 
 #: the widest a table is printed where the output is not a terminal
 PIPED_WIDTH = 200
+
+
+def _on_a_terminal(console: _RichConsole) -> bool:
+    """Whether ``console`` writes to a terminal, whose width its lines are fitted to: rich's
+    ``is_terminal``, but not where only ``FORCE_COLOR`` or ``TTY_COMPATIBLE=1`` make it one (a
+    CI log asking for colour): that output still goes to a log, which has no width."""
+    if not console.is_terminal:
+        return False
+    if os.environ.get("FORCE_COLOR") or os.environ.get("TTY_COMPATIBLE") == "1":
+        isatty = getattr(console.file, "isatty", None)
+        try:
+            return bool(isatty and isatty())
+        except ValueError:  # a closed stream
+            return False
+    return True
+
+
+def _say(console: _RichConsole, message: Text) -> None:
+    """Print a message: wrapped at the width of a terminal, whole (one line per line of it)
+    anywhere else, where a hard wrap at 80 columns would split what ``grep`` looks for."""
+    console.print(message, soft_wrap=not _on_a_terminal(console))
 
 
 def _is_count(value: object) -> bool:

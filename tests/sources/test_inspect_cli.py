@@ -44,6 +44,20 @@ def test_inspect_lists_schemas_and_tables_with_kind_and_rows(project: Path) -> N
     assert "recent" in output and "view" in output
 
 
+def test_inspect_row_counts_read_as_counts(project: Path) -> None:
+    """Right-aligned as every count in Lockgate's tables; a view's unknown count is empty."""
+    code, output = _run("--project", str(project))
+
+    assert code == 0, output
+    cells = {
+        line.split("│")[2].strip(): line.split("│")[4]
+        for line in output.splitlines()
+        if line.count("│") == 5  # the tables' rows, not the schemas'
+    }
+    assert cells["users"].endswith("42 ") and cells["users"].strip() == "42"
+    assert cells["recent"].strip() == ""
+
+
 def test_inspect_a_table_shows_columns_with_warehouse_and_arrow_types(project: Path) -> None:
     code, output = _run("warehouse", "--table", "analytics.users", "--project", str(project))
 

@@ -170,7 +170,12 @@ def main(argv: list[str] | None = None) -> Any:
         if debug:
             raise
         where = getattr(exc, "location", None)
-        click.secho(f"Error: {where + ': ' if where else ''}{exc.reason}", fg="red", err=True)
+        click.secho(
+            f"Error: {where + ': ' if where else ''}{exc.reason}",
+            fg="red",
+            err=True,
+            color=_colour(),
+        )
         if exc.hint:
             click.echo(f"  hint: {exc.hint}", err=True)
         sys.exit(1)
@@ -180,7 +185,10 @@ def main(argv: list[str] | None = None) -> Any:
         from lockgate.sources.base import redact
 
         click.secho(
-            f"Error: unexpected {type(exc).__name__}: {redact(str(exc))}", fg="red", err=True
+            f"Error: unexpected {type(exc).__name__}: {redact(str(exc))}",
+            fg="red",
+            err=True,
+            color=_colour(),
         )
         click.echo(
             "  hint: this is a bug in Lockgate; check the names above against your project "
@@ -188,6 +196,15 @@ def main(argv: list[str] | None = None) -> Any:
             err=True,
         )
         sys.exit(1)
+
+
+def _colour() -> bool:
+    """Whether `Error:` is red: by the rule the rest of the output follows (rich's), so that
+    ``NO_COLOR`` leaves a terminal's error plain too and ``FORCE_COLOR`` colours a log's."""
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    return err.is_terminal and not err.no_color
 
 
 def entry() -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
+from rich.text import Text
 
 from lockgate.cli.sync import render_report
 from lockgate.console import RichConsole
@@ -32,7 +33,7 @@ def demo(directory: Path) -> None:
     console = RichConsole()
     result = run_demo(directory.resolve(), console)
     for act, reports in enumerate(result.acts, start=1):
-        console.info(f"\n[bold]Act {act} report[/bold]")
+        console.info(Text.assemble("\n", (f"Act {act} report", "bold")))
         for report in reports:
             render_report(console, report, where_rejected=False)
 
@@ -98,10 +99,13 @@ def demo(directory: Path) -> None:
     if sys.prefix != sys.base_prefix and venv_exe.exists() and not shutil.which("lockgate"):
         exe = os.path.relpath(venv_exe)
     console.info(
-        f"\nThe demo project is in [bold]{result.directory}[/bold]: try "
-        f"`{exe} plan customer_profile --project {directory}`, "
-        f"`{exe} runs show --sync customer_profile --project {directory}` (a run whole, with "
-        f"its rejected rows) or `{exe} history --person 1 --project {directory}`. Every run "
-        "is also in the warehouse (`run_log:`): `select * from lockgate.sync_runs` in "
-        f"{directory}/warehouse.duckdb."
+        Text.assemble(
+            "\nThe demo project is in ",
+            (str(result.directory), "bold"),
+            f": try `{exe} plan customer_profile --project {directory}`, "
+            f"`{exe} runs show --sync customer_profile --project {directory}` (a run whole, with "
+            f"its rejected rows) or `{exe} history --person 1 --project {directory}`. Every run "
+            "is also in the warehouse (`run_log:`): `select * from lockgate.sync_runs` in "
+            f"{directory}/warehouse.duckdb.",
+        )
     )

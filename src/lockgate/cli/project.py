@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 import orjson
+from rich.text import Text
 
 from lockgate.cli.options import json_option, open_project, project_option
 from lockgate.console import RichConsole
@@ -82,7 +83,7 @@ def init(directory: Path, force: bool, sample_data: bool) -> None:
 
         with console.progress("building the sample warehouse", None):
             warehouse.build(directory / "warehouse.duckdb")
-    console.info(f"Created a Lockgate project in [bold]{directory}[/bold]:")
+    console.info(Text.assemble("Created a Lockgate project in ", (str(directory), "bold"), ":"))
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         console.info(f"  {path.relative_to(directory)}")
     if sample_data:

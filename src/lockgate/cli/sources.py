@@ -45,8 +45,10 @@ def pick_source(project: Project, name: str | None) -> str:
     )
 
 
-def _rows(value: int | None) -> str:
-    return "" if value is None else f"{value:,}"
+def _rows(value: int | None) -> int | str:
+    """A count, right-aligned and grouped by the table as every count; empty where the
+    warehouse keeps no estimate (a view)."""
+    return "" if value is None else value
 
 
 @sources.command()

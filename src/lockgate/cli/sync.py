@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 import orjson
+from rich.text import Text
 
 from lockgate.cli import signals_let_requests_finish
 from lockgate.cli.options import (
@@ -483,10 +484,12 @@ def _render_rejected(console: RichConsole, report: RunReport, *, where: bool) ->
 def _render_plan(console: RichConsole, report: RunReport, samples: int) -> None:
     render_report(console, report)
     for op in report.identity_ops[:samples]:
-        console.info("[bold]identity operation[/bold] (sent before the sync's own changes):")
+        console.info(
+            Text.assemble(("identity operation", "bold"), " (sent before the sync's own changes):")
+        )
         console.info(orjson.dumps(op, option=orjson.OPT_INDENT_2).decode())
     for sample in report.samples:
-        console.info(f"[bold]sample payload[/bold] (key {sample['key']}):")
+        console.info(Text.assemble(("sample payload", "bold"), f" (key {sample['key']}):"))
         console.info(orjson.dumps(sample["payload"], option=orjson.OPT_INDENT_2).decode())
 
 
@@ -735,9 +738,11 @@ def show_run(
             f"{busy}: the run as of its last start or finish (runs.json), without its rows"
         )
     console.info(
-        f"[bold]run {row.run_id}[/bold] of {row.sync}: started "
-        f"{row.started_at:%Y-%m-%d %H:%M:%S %Z}, {row.status}"
-        + (f": {row.error}" if row.error else "")
+        Text.assemble(
+            (f"run {row.run_id}", "bold"),
+            f" of {row.sync}: started {row.started_at:%Y-%m-%d %H:%M:%S %Z}, {row.status}"
+            + (f": {row.error}" if row.error else ""),
+        )
     )
     if row.counts.get("changes"):  # a run still going, or one that failed before its diff, has none
         took = (row.finished_at - row.started_at).total_seconds() if row.finished_at else 0.0

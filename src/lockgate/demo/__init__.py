@@ -19,6 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
+
 from lockgate.console import Console
 from lockgate.demo import warehouse
 from lockgate.emulator import Emulator
@@ -123,15 +125,21 @@ def run_demo(directory: Path, console: Console) -> DemoResult:
             if act == 2:
                 changed = warehouse.change_a_few_rows(directory / "warehouse.duckdb")
                 console.info(
-                    f"\n[bold]Act 2[/bold]: changed the warehouse ({changed['people_changed']} "
-                    f"upgrades, {changed['people_added']} new person, "
-                    f"{changed['events_added']} new events, {changed['companies_added']} new "
-                    f"company, {changed['emails_changed']} email change, "
-                    f"{changed['work_emails_linked']} work addresses learned by Stripe) "
-                    "and ran again"
+                    Text.assemble(
+                        "\n",
+                        ("Act 2", "bold"),
+                        f": changed the warehouse ({changed['people_changed']} "
+                        f"upgrades, {changed['people_added']} new person, "
+                        f"{changed['events_added']} new events, {changed['companies_added']} new "
+                        f"company, {changed['emails_changed']} email change, "
+                        f"{changed['work_emails_linked']} work addresses learned by Stripe) "
+                        "and ran again",
+                    )
                 )
             else:
-                console.info("\n[bold]Act 1[/bold]: first sync of a fresh warehouse")
+                console.info(
+                    Text.assemble("\n", ("Act 1", "bold"), ": first sync of a fresh warehouse")
+                )
             project = load_project(directory)
             names = sorted(project.syncs, key=lambda n: KIND_ORDER[project.syncs[n].kind])
             # the identity graph resolved once for all the syncs, the state store opened once
@@ -146,8 +154,12 @@ def run_demo(directory: Path, console: Console) -> DemoResult:
             result.relationships_in_customerio.append(len(emulator.relationships()))
             result.merges_in_customerio.append(len(emulator.merges()))
         console.info(
-            "\n[bold]Act 3[/bold]: Customer.io sends engagement back (reporting webhooks) into "
-            "the warehouse, and a sync turns it into attributes"
+            Text.assemble(
+                "\n",
+                ("Act 3", "bold"),
+                ": Customer.io sends engagement back (reporting webhooks) into the warehouse, "
+                "and a sync turns it into attributes",
+            )
         )
         if importlib.util.find_spec("dlt") is None:  # the `webhooks` extra loads them
             console.warn(
