@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pyarrow as pa
 
 from lockgate.errors import MissingDependencyError, SourceError
-from lockgate.project.models import project_path, resolve_env
+from lockgate.project.models import key_file, resolve_env
 from lockgate.sources.base import (
     DEFAULT_BATCH_ROWS,
     ColumnInfo,
@@ -161,7 +161,12 @@ class SnowflakeSource:
             kwargs["password"] = resolve_env(config.password, field="password")
         if config.private_key_path is not None:
             kwargs["private_key_file"] = str(
-                project_path(root, config.private_key_path, field="private_key_path")
+                key_file(
+                    root,
+                    config.private_key_path,
+                    field="private_key_path",
+                    who=label(cls.NAME, name),
+                )
             )
         for key, value in (
             ("warehouse", config.warehouse),
