@@ -30,6 +30,8 @@ from lockgate.errors import MissingDependencyError, SourceError
 from lockgate.project.models import key_file, resolve_env
 from lockgate.sources.base import (
     DEFAULT_BATCH_ROWS,
+    JSON,
+    UTC_TS,
     ColumnInfo,
     TableInfo,
     check_batch_rows,
@@ -46,10 +48,6 @@ from lockgate.sources.base import (
 if TYPE_CHECKING:
     from lockgate.project.models import SnowflakeSourceConfig
 
-UTC_TS = pa.timestamp("us", tz="UTC")
-#: JSON text that DuckDB stages as its `JSON` type (the canonical `arrow.json` extension), so
-#: a field tells a VARIANT's `"pro"` from the text `"pro"`
-JSON = pa.json_(pa.string())
 
 # Snowflake's result type codes (snowflake.connector.constants.FIELD_TYPES) → Arrow.
 _BY_CODE: dict[int, pa.DataType] = {
