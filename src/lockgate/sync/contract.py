@@ -147,6 +147,15 @@ def ownership_warnings(project: Project, names: Sequence[str]) -> list[str]:
     return out
 
 
+def run_warnings(project: Project, names: Sequence[str]) -> list[str]:
+    """What a command that runs or plans the syncs ``names`` (`lockgate sync`, `plan`,
+    `schedule`) warns of before it runs them, once: the attribute budgets they take part in
+    and the attributes they write with another people sync unacknowledged
+    (:func:`ownership_warnings`). `lockgate validate` reports the same."""
+    budgets = [b.message() for b in attribute_budgets(project) if set(b.syncs) & set(names)]
+    return budgets + ownership_warnings(project, names)
+
+
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _NON_WORD = re.compile(r"[^0-9a-z]+")
 
