@@ -53,42 +53,61 @@ def fails(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     return text
 
 
+def validate_fails(
+    capsys: pytest.CaptureFixture[str], root: Path, lockgate_yml: str = PROJECT, sync: str = SYNC
+) -> str:
+    """`lockgate validate` of the project these files make: it must exit 1 without a
+    traceback. Returns what it printed."""
+    project(root, lockgate_yml, sync)
+    return fails(capsys, "validate", "--project", str(root))
+
+
+def validate_says(
+    capsys: pytest.CaptureFixture[str], root: Path, lockgate_yml: str = PROJECT, sync: str = SYNC
+) -> str:
+    """:func:`validate_fails`, what it printed on one line (a message wraps at the terminal's
+    width)."""
+    return " ".join(validate_fails(capsys, root, lockgate_yml, sync).split())
+
+
+def key_added(sync: str, added: str) -> tuple[str, str]:
+    """``sync`` with the key ``added`` at its end, and where an error about it is shown
+    (`syncs/profile.yml:<its line>:`)."""
+    return sync + added + "\n", f"syncs/profile.yml:{sync.count(chr(10)) + 1}:"
+
+
 def test_a_key_with_brackets_is_named_not_a_crash(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    project(tmp_path, sync=SYNC + "attributes[0]: plan\n")
-    err = fails(capsys, "validate", "--project", str(tmp_path))
+    err = validate_fails(capsys, tmp_path, sync=SYNC + "attributes[0]: plan\n")
     assert "syncs/profile.yml:9: unknown key `attributes[0]`" in err
 
 
 def test_an_unknown_key_suggests_the_key_meant(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    project(tmp_path, sync=SYNC.replace("identify_by:", "identfy_by:"))
-    err = fails(capsys, "validate", "--project", str(tmp_path))
+    err = validate_fails(capsys, tmp_path, sync=SYNC.replace("identify_by:", "identfy_by:"))
     assert "syncs/profile.yml:6: unknown key `identfy_by`" in err
     assert "did you mean `identify_by`?" in err
     # in a nested spec, only keys valid there are suggested
-    project(tmp_path, sync=SYNC.replace("plan: plan", "plan: {colum: plan}"))
-    err = fails(capsys, "validate", "--project", str(tmp_path))
+    err = validate_fails(capsys, tmp_path, sync=SYNC.replace("plan: plan", "plan: {colum: plan}"))
     assert "syncs/profile.yml:8: unknown key `colum`" in err
     assert "did you mean `column`?" in err
-    project(tmp_path, PROJECT.replace("path:", "pathh:"))
-    err = fails(capsys, "validate", "--project", str(tmp_path))
+    err = validate_fails(capsys, tmp_path, PROJECT.replace("path:", "pathh:"))
     assert "lockgate.yml:5: unknown key `pathh`" in err and "did you mean `path`?" in err
 
 
 def test_validate_refuses_an_unknown_identifier_type(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    project(tmp_path, sync=SYNC.replace("{id: id,", "{idd: id,"))
-    err = fails(capsys, "validate", "--project", str(tmp_path))
+    err = validate_fails(capsys, tmp_path, sync=SYNC.replace("{id: id,", "{idd: id,"))
     assert "syncs/profile.yml:6: identifier type `idd`" in err
     assert "did you mean `id`?" in err and "identity:" in err
     # with identity rules, the declared types are the ones allowed
     identity = "identity:\n  identifier_types:\n    user_id: {priority: 1, customerio: id}\n"
-    project(tmp_path, PROJECT + identity, SYNC.replace("{id: id, email: email}", "{usr_id: id}"))
-    err = fails(capsys, "validate", "--project", str(tmp_path))
+    err = validate_fails(
+        capsys, tmp_path, PROJECT + identity, SYNC.replace("{id: id, email: email}", "{usr_id: id}")
+    )
     assert "syncs/profile.yml:6: identifier type `usr_id`" in err
     assert "did you mean `user_id`?" in err
 
@@ -96,8 +115,9 @@ def test_validate_refuses_an_unknown_identifier_type(
 def test_validate_refuses_a_model_file_that_does_not_exist(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    project(tmp_path, sync=SYNC.replace("{table: users}", "models/profile.sql"))
-    err = fails(capsys, "validate", "--project", str(tmp_path))
+    err = validate_fails(
+        capsys, tmp_path, sync=SYNC.replace("{table: users}", "models/profile.sql")
+    )
     assert "syncs/profile.yml:3: sync `profile`: cannot read model file `models/profile.sql`" in err
     assert "relative to the project folder" in err
 
@@ -114,8 +134,7 @@ def test_a_literal_password_in_a_postgres_url_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str
 ) -> None:
     yml = PROJECT.replace("type: duckdb\n    path: w.duckdb", f"type: postgres\n    url: {url}")
-    project(tmp_path, yml)
-    err = fails(capsys, "validate", "--project", str(tmp_path))
+    err = validate_fails(capsys, tmp_path, yml)
     assert "lockgate.yml:5: `url` must be an environment reference like `${WAREHOUSE_URL}`" in err
     assert "hunter2" not in err
 
@@ -176,20 +195,17 @@ def test_an_unexpected_failure_shows_no_traceback_without_debug(
 def test_a_source_without_a_known_type_says_which_types_exist(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    project(tmp_path, PROJECT.replace("    type: duckdb\n", ""))
-    err = fails(capsys, "validate", "--project", str(tmp_path))
+    err = validate_fails(capsys, tmp_path, PROJECT.replace("    type: duckdb\n", ""))
     assert "lockgate.yml:3: `sources.warehouse` has no `type`" in err
     assert "add `type:` with one of `duckdb`, `postgres`, `snowflake`, `bigquery`" in err
-    project(tmp_path, PROJECT.replace("type: duckdb", "type: duckbd"))
-    err = fails(capsys, "validate", "--project", str(tmp_path))
+    err = validate_fails(capsys, tmp_path, PROJECT.replace("type: duckdb", "type: duckbd"))
     assert "`type` `duckbd` is not one of `duckdb`, `postgres`, `snowflake`, `bigquery`" in err
 
 
 def test_a_sync_file_that_is_a_list_says_it_must_be_a_mapping(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    project(tmp_path, sync="- name: profile\n- source: warehouse\n")
-    err = fails(capsys, "validate", "--project", str(tmp_path))
+    err = validate_fails(capsys, tmp_path, sync="- name: profile\n- source: warehouse\n")
     assert "syncs/profile.yml:1: the file holds a list; it must be a mapping of keys" in err
 
 
@@ -252,9 +268,7 @@ def test_a_value_of_the_wrong_shape_says_what_is_expected_with_an_example(
     sync = SYNC.replace(*change)
     if "event:" in sync:
         sync = sync.replace("kind: people", "kind: events").replace("primary_key: id\n", "")
-    project(tmp_path, sync=sync)
-    err = fails(capsys, "validate", "--project", str(tmp_path))
-    assert f"Error: {where} {said}" in " ".join(err.split())
+    assert f"Error: {where} {said}" in validate_says(capsys, tmp_path, sync=sync)
 
 
 def test_validate_refuses_an_acknowledged_type_that_is_no_type_and_warns_of_an_unread_column(
@@ -263,8 +277,9 @@ def test_validate_refuses_an_acknowledged_type_that_is_no_type_and_warns_of_an_u
     """A typo in `accept_type_changes` would acknowledge nothing and leave the sync refused:
     a type that is not one is an error at its line, a column the sync does not read a
     warning."""
-    project(tmp_path, sync=SYNC + "guardrails:\n  accept_type_changes: {plan: VARCHR}\n")
-    err = fails(capsys, "validate", "--project", str(tmp_path))
+    err = validate_fails(
+        capsys, tmp_path, sync=SYNC + "guardrails:\n  accept_type_changes: {plan: VARCHR}\n"
+    )
     assert "syncs/profile.yml:10: `accept_type_changes.plan`: `VARCHR` is not a type" in err
     assert "timestamp, number, string, boolean, json, nested" in err
 
@@ -305,18 +320,16 @@ event: {name: plan, id: id}
 def test_a_key_the_sync_kind_does_not_use_is_an_error_at_its_own_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], sync: str, added: str, said: str
 ) -> None:
-    line = sync.count("\n") + 1
-    project(tmp_path, sync=sync + added + "\n")
-    err = " ".join(fails(capsys, "validate", "--project", str(tmp_path)).split())
-    assert f"Error: syncs/profile.yml:{line}: {said}" in err
+    written, where = key_added(sync, added)
+    err = validate_says(capsys, tmp_path, sync=written)
+    assert f"Error: {where} {said}" in err
     assert "(top level)" not in err
 
 
 def test_a_key_a_kind_needs_is_missing_at_the_line_of_its_kind(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    project(tmp_path, sync=SYNC.replace("primary_key: id\n", ""))
-    err = " ".join(fails(capsys, "validate", "--project", str(tmp_path)).split())
+    err = validate_says(capsys, tmp_path, sync=SYNC.replace("primary_key: id\n", ""))
     assert "Error: syncs/profile.yml:4: a `people` sync needs `primary_key` (at `kind`)" in err
 
 
@@ -324,8 +337,7 @@ def test_a_tab_in_the_indentation_is_named_as_such(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # PyYAML's "found character that cannot start any token" does not say what the character is
-    project(tmp_path, sync=SYNC.replace("  plan: plan", "\tplan: plan"))
-    err = " ".join(fails(capsys, "validate", "--project", str(tmp_path)).split())
+    err = validate_says(capsys, tmp_path, sync=SYNC.replace("  plan: plan", "\tplan: plan"))
     assert "Error: syncs/profile.yml:8: not valid YAML" in err
     assert "hint: this line is indented with a tab; YAML indents with spaces only" in err
 
@@ -361,10 +373,9 @@ attributes:
 def test_a_block_the_sync_kind_does_not_use_is_named_before_what_is_wrong_inside_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], sync: str, added: str, said: str
 ) -> None:
-    line = sync.count("\n") + 1
-    project(tmp_path, sync=sync + added + "\n")
-    err = " ".join(fails(capsys, "validate", "--project", str(tmp_path)).split())
-    assert f"Error: syncs/profile.yml:{line}: {said}" in err
+    written, where = key_added(sync, added)
+    err = validate_says(capsys, tmp_path, sync=written)
+    assert f"Error: {where} {said}" in err
     assert "missing required key" not in err and "more error" not in err
 
 

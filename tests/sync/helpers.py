@@ -24,6 +24,18 @@ attributes:
   plan: plan
 """
 
+#: the head of a people sync `profile` over the `users` table, keyed and identified by
+#: `user_id`: its attributes follow, one a line (`USERS_PROFILE + "  plan: plan\n"`)
+USERS_PROFILE = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes:
+"""
+
 #: a people sync of 40 attributes, over the `people` table :func:`wide_people` builds
 WIDE = """
 name: wide

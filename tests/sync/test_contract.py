@@ -156,7 +156,8 @@ def test_objects_syncs_of_one_type_setting_over_300_attributes_together_are_a_wa
     project = project_factory.write(
         {
             "crm": wide_sync("crm", range(200), kind="objects"),
-            "app": wide_sync("app", range(150, 350), kind="objects"),
+            # no attribute written by both: that is an ownership error, not this warning
+            "app": wide_sync("app", range(200, 350), kind="objects"),
         }
     )
     code, report = validate(project)
@@ -249,6 +250,57 @@ def test_sync_and_plan_warn_once_of_two_syncs_writing_one_attribute(
     project = project_factory.write({n: body + shared for n, body in syncs.items()})
     result = CliRunner().invoke(cli, ["sync", *args])
     assert result.exit_code == 0 and "overwrites" not in result.output, result.output
+
+
+OBJECTS = """
+name: {name}
+source: warehouse
+model: {{sql: "select 'acme' as company_id, '{value}' as tier"}}
+kind: objects
+object_type_id: "{type}"
+primary_key: company_id
+attributes: [tier]
+"""
+
+
+def test_two_objects_syncs_writing_one_attribute_of_a_type_is_an_error_and_a_run_warning(
+    project_factory: ProjectFactory,
+) -> None:
+    """Two objects syncs of one object type writing `tier` overwrite each other on every
+    object both reach, as two people syncs do, but only people syncs were checked: `validate`
+    passed and the runs said nothing. Now it is the same ownership error (a warning when every
+    sync acknowledges it), and `sync` warns and sends, as for people (docs/guardrails.md).
+    Syncs of two object types do not share an attribute."""
+    syncs = {
+        "crm": OBJECTS.format(name="crm", value="gold", type="1"),
+        "billing": OBJECTS.format(name="billing", value="silver", type="1"),
+    }
+    project_factory.sql("create table if not exists unused as select 1 as x")
+    project = project_factory.write(syncs)
+    code, report = validate(project)
+    assert code == 1 and not report["valid"]
+    (finding,) = report["contract"]
+    assert (finding["check"], finding["level"]) == ("ownership", "error")
+    assert finding["message"].startswith(
+        "attribute `tier` of objects of type `1` of destination `customerio` is written by "
+        "sync `billing` (syncs/billing.yml) and sync `crm` (syncs/crm.yml)"
+    )
+    result = CliRunner().invoke(cli, ["sync", "--all", "--project", str(project.root)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert said.count("attribute `tier` of objects of type `1`") == 1, said
+    assert "every object both reach holds whichever ran last" in said
+    (acme,) = project_factory.emulator.objects()
+    assert acme.attributes["tier"] in ("gold", "silver")  # the one that ran last
+
+    shared = "guardrails: {shared_attributes: [tier]}\n"
+    project = project_factory.write({n: body + shared for n, body in syncs.items()})
+    code, report = validate(project)
+    assert code == 0 and [f["level"] for f in report["contract"]] == ["warning"]
+    other_type = {**syncs, "billing": syncs["billing"].replace('"1"', '"2"')}
+    project = project_factory.write(other_type)
+    code, report = validate(project)
+    assert code == 0 and report["contract"] == []
 
 
 def test_event_name_drift_in_configs_and_in_names_already_sent(

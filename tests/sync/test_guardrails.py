@@ -75,6 +75,24 @@ def refused(project: Any, sync: str, emu: Emulator) -> str:
     return str(caught.value)
 
 
+def synced_once(factory: ProjectFactory, guardrails: str | None = None) -> Any:
+    """The 20 users of USERS sent once by PROFILE (with ``guardrails``, if any): the
+    snapshot and contract the next run is held to. Returns the project."""
+    factory.sql(USERS)
+    body = PROFILE if guardrails is None else with_guardrails(PROFILE, guardrails)
+    project = factory.write({"profile": body})
+    run_sync(project, "profile", console=NullConsole())
+    return project
+
+
+def signed_up_at_as(factory: ProjectFactory, expression: str) -> None:
+    """The `users` table with its `signed_up_at` read as ``expression`` (a model change)."""
+    factory.sql(
+        f"create or replace table users as select user_id, plan, {expression} as signed_up_at, "
+        "promo from (select * from users)"
+    )
+
+
 def test_max_changed_stops_the_run_with_the_limit_the_excess_and_samples(
     project_factory: ProjectFactory,
 ) -> None:
@@ -108,10 +126,7 @@ def test_max_changed_stops_the_run_with_the_limit_the_excess_and_samples(
 
 def test_max_removed_and_max_cleared(project_factory: ProjectFactory) -> None:
     emu = project_factory.emulator
-    project_factory.sql(USERS)
-    rails = "{max_removed: 10%, max_cleared: 3}"
-    project = project_factory.write({"profile": with_guardrails(PROFILE, rails)})
-    run_sync(project, "profile", console=NullConsole())
+    project = synced_once(project_factory, "{max_removed: 10%, max_cleared: 3}")
 
     project_factory.sql("delete from users where user_id > 17")
     message = refused(project, "profile", emu)
@@ -198,15 +213,9 @@ def test_type_drift_stops_until_acknowledged_and_force_does_not_override(
     project_factory: ProjectFactory,
 ) -> None:
     emu = project_factory.emulator
-    project_factory.sql(USERS)
-    project = project_factory.write({"profile": PROFILE})
-    run_sync(project, "profile", console=NullConsole())
+    project = synced_once(project_factory)
 
-    project_factory.sql(
-        "create or replace table users as select user_id, plan, "
-        "strftime(signed_up_at, '%Y-%m-%dT%H:%M:%SZ') as signed_up_at, promo "
-        "from (select * from users)"
-    )
+    signed_up_at_as(project_factory, "strftime(signed_up_at, '%Y-%m-%dT%H:%M:%SZ')")
     message = refused(project, "profile", emu)
     assert "type drift" in message
     assert "`signed_up_at` TIMESTAMP WITH TIME ZONE → VARCHAR" in message
@@ -238,14 +247,9 @@ def test_a_column_that_became_a_bare_null_is_named_a_model_bug_not_a_type_to_acc
     model, and offers no acknowledgement (a column of no type is no type to accept). Once
     the model casts it (`cast(null as ...)`), its type is back and nothing stops it."""
     emu = project_factory.emulator
-    project_factory.sql(USERS)
-    project = project_factory.write({"profile": PROFILE})
-    run_sync(project, "profile", console=NullConsole())
+    project = synced_once(project_factory)
 
-    project_factory.sql(
-        "create or replace table users as select user_id, plan, null as signed_up_at, promo "
-        "from (select * from users)"
-    )
+    signed_up_at_as(project_factory, "null")
     message = refused(project, "profile", emu)
     assert "type drift: `signed_up_at` TIMESTAMP WITH TIME ZONE → NULL (no type)" in message
     assert "every value in it is null (all 20 rows)" in message
@@ -267,10 +271,7 @@ def test_a_column_that_became_a_bare_null_is_named_a_model_bug_not_a_type_to_acc
 
     # cast in the model: the type is the contract's again and the run goes on; under
     # `on_null: skip` everyone keeps the value they had
-    project_factory.sql(
-        "create or replace table users as select user_id, plan, "
-        "cast(null as timestamptz) as signed_up_at, promo from (select * from users)"
-    )
+    signed_up_at_as(project_factory, "cast(null as timestamptz)")
     assert run_sync(project, "profile", console=NullConsole()).status == "success"
     person = emu.person(id="3")
     assert person is not None and person.attributes["signed_up_at"] == 1767484800
@@ -282,14 +283,9 @@ def test_a_column_of_a_new_type_whose_every_value_is_null_says_so(
     """A type change where every value is null (Postgres types a bare `null as x` as text)
     leads with that: no sample value to show, most likely a model bug."""
     emu = project_factory.emulator
-    project_factory.sql(USERS)
-    project = project_factory.write({"profile": PROFILE})
-    run_sync(project, "profile", console=NullConsole())
+    project = synced_once(project_factory)
 
-    project_factory.sql(
-        "create or replace table users as select user_id, plan, "
-        "cast(null as varchar) as signed_up_at, promo from (select * from users)"
-    )
+    signed_up_at_as(project_factory, "cast(null as varchar)")
     message = refused(project, "profile", emu)
     assert "`signed_up_at` TIMESTAMP WITH TIME ZONE → VARCHAR" in message
     assert "every value in it is null (all 20 rows)" in message
@@ -303,10 +299,7 @@ def test_a_column_of_no_type_given_its_type_again_is_no_drift(
     """A first run with a bare `null as signed_up_at` records a column of no type; the model
     fixed (timestamps again) is what should happen, not a drift to acknowledge."""
     project_factory.sql(USERS)
-    project_factory.sql(
-        "create or replace table users as select user_id, plan, null as signed_up_at, promo "
-        "from (select * from users)"
-    )
+    signed_up_at_as(project_factory, "null")
     project = project_factory.write({"profile": PROFILE})
     assert run_sync(project, "profile", console=NullConsole()).status == "success"
     project_factory.sql(USERS)
@@ -613,9 +606,7 @@ def test_people_who_left_an_upsert_sync_stop_counting_once_a_run_is_forced_past_
     snapshot: the error says so, and the run `--force` accepts them forgets them, so the next
     run (with an ordinary change) is not refused again for the same people."""
     emu = project_factory.emulator
-    project_factory.sql(USERS)
-    project = project_factory.write({"profile": with_guardrails(PROFILE, "{max_removed: 10%}")})
-    run_sync(project, "profile", console=NullConsole())
+    project = synced_once(project_factory, "{max_removed: 10%}")
     project_factory.sql("delete from users where user_id > 17")
 
     message = refused(project, "profile", emu)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from tests.sync.helpers import USERS_PROFILE
 from tests.sync.test_guardrails import PROFILE, USERS, refused, with_guardrails
 
 from lockgate.console import NullConsole
@@ -62,16 +63,7 @@ def test_a_json_empty_string_is_a_null_too(project_factory: ProjectFactory, text
     project_factory.sql(
         "create table users as select i as user_id, '{\"a\": 1}' as meta from range(1, 4) t(i)"
     )
-    body = """
-name: profile
-source: warehouse
-model: {table: users}
-kind: people
-primary_key: user_id
-identify_by: {id: user_id}
-attributes:
-  meta: {column: meta, type: json}
-"""
+    body = USERS_PROFILE + "  meta: {column: meta, type: json}\n"
     project = project_factory.write({"profile": body})
     run_sync(project, "profile", console=NullConsole())
     project_factory.sql(f"update users set meta = '{text}' where user_id = 1")
@@ -95,20 +87,16 @@ def test_an_empty_string_of_a_typed_attribute_is_a_null_not_a_rejected_row(
         ) t(user_id, seats, renewed_at, active, meta, plan)
         """
     )
-    body = """
-name: profile
-source: warehouse
-model: {table: users}
-kind: people
-primary_key: user_id
-identify_by: {id: user_id}
-attributes:
+    body = (
+        USERS_PROFILE
+        + """\
   seats: {column: seats, type: number}
   renewed_at: {column: renewed_at, type: timestamp, on_null: clear}
   active: {column: active, type: boolean, on_null: default, default: false}
   meta: {column: meta, type: json}
   plan: plan
 """
+    )
     project = project_factory.write({"profile": body})
     run_sync(project, "profile", console=NullConsole())
     project_factory.sql(
@@ -137,16 +125,7 @@ def test_an_empty_enum_value_is_a_null_too(project_factory: ProjectFactory) -> N
         create table users as select i as user_id, 'gold'::tier_t as tier from range(1, 4) t(i)
         """
     )
-    body = """
-name: profile
-source: warehouse
-model: {table: users}
-kind: people
-primary_key: user_id
-identify_by: {id: user_id}
-attributes:
-  tier: tier
-"""
+    body = USERS_PROFILE + "  tier: tier\n"
     project = project_factory.write({"profile": body})
     run_sync(project, "profile", console=NullConsole())
     project_factory.sql("update users set tier = '' where user_id = 1")

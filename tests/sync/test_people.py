@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from tests.sync.helpers import USERS_PROFILE
 
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator, FaultConfig
@@ -135,19 +136,15 @@ def test_bad_rows_are_rejected_with_reasons_and_good_rows_go_on(
     assert emu.person(id="1") is not None and emu.person(id="4") is None
 
 
-JSON_VALUES = """
-name: profile
-source: warehouse
-model: {table: users}
-kind: people
-primary_key: user_id
-identify_by: {id: user_id}
-attributes:
+JSON_VALUES = (
+    USERS_PROFILE
+    + """\
   doc: {column: doc, type: json}
   tags: tags
   nums_text: {column: nums, type: string}
   address: address
 """
+)
 
 
 def test_a_json_null_is_a_null_and_a_number_past_a_double_is_rejected(
@@ -753,17 +750,13 @@ def test_an_integer_field_says_a_whole_value_is_beyond_the_64_bit_range(
         "(1, 12::hugeint, '12'), (2, 9223372036854775808::hugeint, '-9223372036854775809'), "
         "(3, 7, '2.5')) t(user_id, seats, quota)"
     )
-    sync = """
-name: profile
-source: warehouse
-model: {table: users}
-kind: people
-primary_key: user_id
-identify_by: {id: user_id}
-attributes:
+    sync = (
+        USERS_PROFILE
+        + """\
   seats: {column: seats, type: integer}
   quota: {column: quota, type: integer}
 """
+    )
     project = project_factory.write({"profile": sync})
     report = run_sync(project, "profile", console=NullConsole())
     beyond = (
@@ -852,19 +845,15 @@ def test_a_typed_default_or_constant_is_sent_as_the_rows_values_are(
         "create or replace table users as select * from (values (1, null::timestamp), "
         "(2, timestamp '2024-01-01')) t(user_id, trial_ends_at)"
     )
-    sync = """
-name: profile
-source: warehouse
-model: {table: users}
-kind: people
-primary_key: user_id
-identify_by: {id: user_id}
-attributes:
+    sync = (
+        USERS_PROFILE
+        + """\
   trial_ends_at: {column: trial_ends_at, type: timestamp, on_null: default,
                   default: "2030-01-01T00:00:00Z"}
   launched_at: {value: "2024-05-01T00:00:00Z", type: timestamp}
   beta: {value: "yes", type: boolean}
 """
+    )
     project = project_factory.write({"profile": sync})
     assert run_sync(project, "profile", console=NullConsole()).delivered == 2
     emu = project_factory.emulator

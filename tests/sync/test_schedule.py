@@ -257,3 +257,24 @@ def test_sigterm_during_a_run_prints_the_stopped_runs_line_with_json(
     assert (line["sync"], line["status"], line["error"]) == ("profile", "failed", "interrupted")
     assert line["delivered"] == delivered and 20 <= delivered < 60
     assert line["changes"]["to_send"] == 60 and "scheduled_at" in line
+
+
+def test_the_scheduler_warns_once_of_two_syncs_writing_one_attribute(
+    project_factory: ProjectFactory,
+) -> None:
+    """`profile` (scheduled) and `leads` both write `plan` unacknowledged: `validate` refuses
+    it, and `sync` and `plan` warn of it once per command, but the scheduler, where a
+    project runs in production, ran `profile` round after round without a word. It warns
+    once (not every round), and runs, as `lockgate sync` does (docs/guardrails.md)."""
+    project_factory.sql(DATA)
+    project = project_factory.write({"profile": PROFILE, "leads": LEADS})
+    result = schedule(project, "--cycles", "2", "--json")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    warning = (
+        "attribute `plan` of destination `customerio` is written by sync `leads` "
+        "(syncs/leads.yml) and sync `profile` (syncs/profile.yml): each run overwrites"
+    )
+    assert said.count(warning) == 1, said
+    runs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["sync"], r["status"]) for r in runs] == [("profile", "success")] * 2

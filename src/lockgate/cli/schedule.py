@@ -19,6 +19,7 @@ from lockgate.console import RichConsole
 from lockgate.errors import LockgateError
 from lockgate.project.loader import Project
 from lockgate.stopping import Stopped
+from lockgate.sync.contract import run_warnings
 from lockgate.sync.run import RunReport, Session, run_sync, stopped_run
 from lockgate.sync.schedule import Timetable
 
@@ -88,6 +89,7 @@ def schedule(
         return
     worst = 0  # 0 every run succeeded, 2 some records not delivered, 1 a run failed
     done = 0
+    warned: set[str] = set()  # each said once, as `lockgate sync` says it once per command
 
     def beat(state: str, syncs: list[str]) -> None:
         if heartbeat is not None:
@@ -108,6 +110,12 @@ def schedule(
             if not due:  # the sync due was taken out of the project while we waited
                 continue
             beat("running", due)
+            # as `lockgate sync` warns before it runs: two syncs writing one attribute
+            # unacknowledged, an attribute budget passed (an edited file may add one)
+            for warning in run_warnings(project, due):
+                if warning not in warned:
+                    console.warn(warning)
+                    warned.add(warning)
             worst = max(worst, _round(project, due, table, console, as_json), key=_severity)
             beat("waiting", [])
             done += 1

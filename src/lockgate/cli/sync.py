@@ -370,14 +370,11 @@ def plan(
 
 def _warn_attribute_budget(project: Project, names: Sequence[str], console: RichConsole) -> None:
     """Once per command: the syncs run that, with others, write more distinct attributes onto
-    one person (or object) than Customer.io keeps (`validate` says the same)."""
-    from lockgate.sync.contract import attribute_budgets, ownership_warnings
+    one person (or object) than Customer.io keeps, or one attribute unacknowledged
+    (`validate` says the same, ownership as an error)."""
+    from lockgate.sync.contract import run_warnings
 
-    for budget in attribute_budgets(project):
-        if set(budget.syncs) & set(names):
-            console.warn(budget.message())
-    # and two people syncs writing one attribute, each overwriting the other's value
-    for warning in ownership_warnings(project, names):
+    for warning in run_warnings(project, names):
         console.warn(warning)
 
 

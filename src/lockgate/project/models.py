@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,15 +29,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     PrivateAttr,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
 
-from lockgate.errors import ConfigError
+from lockgate.errors import ConfigError, SourceError
 from lockgate.project.identity import IdentityConfig
 
 #: a sync's name: it names its state, its files' tables and the CLI's arguments
@@ -65,10 +67,58 @@ def check_secret(value: str | None, field: str, example: str = "CUSTOMERIO_API_K
 #: and deployment tools export): upper-case letters, digits and `_`
 CONVENTIONAL_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
-#: the keys whose values are secrets, accepted only as `${VAR}` references
-#: (:func:`check_secret`): a warehouse's `url` and `password`, Customer.io's `api_key` and
-#: `app_api_key`, the reporting webhook's `signing_key`, an alert's `url`
-SECRET_KEYS = frozenset({"api_key", "app_api_key", "password", "signing_key", "url"})
+
+@dataclass(frozen=True)
+class Secret:
+    """Marks a config field that holds a secret (`Annotated[str, Secret("CUSTOMERIO_API_KEY")]`):
+    it accepts only an ``${ENV_VAR}`` reference (:func:`check_secret`, whose example names
+    ``variable``), and a variable named in it is not printed unless named as variables are
+    (:func:`name_hidden`). ``holds`` says whether a literal value holds a secret at all (a
+    Postgres URL without a password may be written as it is); unset, every literal does.
+    :data:`SECRET_KEYS` is read from these marks, and a test fails when a field whose name
+    looks secret has none."""
+
+    variable: str
+    holds: Callable[[str], bool] | None = None
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        def check(value: str | None, info: core_schema.ValidationInfo) -> str | None:
+            if value is not None and self.holds is not None and not self.holds(value):
+                return value
+            return check_secret(value, info.field_name or "value", self.variable)
+
+        return core_schema.with_info_after_validator_function(check, handler(source))
+
+
+def secret_fields(model: type[BaseModel]) -> dict[str, Secret]:
+    """The fields of ``model`` and of every model inside it (a dict's values, a list's items,
+    a union's members) marked :class:`Secret`, by key (the alias when the file uses one)."""
+    found: dict[str, Secret] = {}
+    seen: set[type[BaseModel]] = set()
+
+    def leaves(annotation: Any) -> Iterable[Any]:
+        args = typing.get_args(annotation)
+        if not args:
+            yield annotation
+        for arg in args:
+            yield from leaves(arg)
+
+    def walk(tp: type[BaseModel]) -> None:
+        if tp in seen:
+            return
+        seen.add(tp)
+        for name, info in tp.model_fields.items():
+            for mark in info.metadata:
+                if isinstance(mark, Secret):
+                    found[info.alias or name] = mark
+            for leaf in leaves(info.annotation):
+                if isinstance(leaf, type) and issubclass(leaf, BaseModel):
+                    walk(leaf)
+
+    walk(model)
+    return found
 
 
 def name_hidden(name: str, field: str) -> bool:
@@ -160,6 +210,61 @@ def project_path(root: Path, value: str, *, field: str) -> Path:
     return (root / expand_path(value, field=field)).resolve()
 
 
+def looks_like_key(text: str) -> bool:
+    """Whether the value of a key file's path option (`private_key_path`, `credentials_path`)
+    is a key itself rather than a path: a PEM block, a JSON document, several lines, or a part
+    longer than a file name can be (a base64 key on one line)."""
+    return (
+        "-----BEGIN" in text
+        or text.lstrip().startswith("{")
+        or "\n" in text
+        or any(len(part) > 255 for part in re.split(r"[/\\]", text))
+    )
+
+
+#: how to give a key file instead of the key
+KEY_FILE_HINT = (
+    "write the key to a file kept out of the project's repository and give that file's path "
+    "(or `${VAR}` naming a variable that holds the path); if the key was in a shared file or "
+    "log, revoke it"
+)
+
+
+def check_key_file(value: str | None, field: str) -> str | None:
+    """``value`` if it may be the path of a key file; else a ValueError that does not show it:
+    a private key or a service-account JSON written where its file's path goes."""
+    if value is None:
+        return None
+    if looks_like_key(value):
+        raise PydanticCustomError(
+            "key_not_path",
+            f"`{field}` holds a key itself, not the path of the file holding it (not shown)",
+            {"hint": KEY_FILE_HINT},
+        )
+    return check_path_refs(value, field)
+
+
+def key_file(root: Path, value: str, *, field: str, who: str) -> Path:
+    """The key file a `private_key_path` or `credentials_path` names (:func:`project_path`). A
+    ConfigError, which never shows what the option's variables hold, when they hold the key
+    itself (`${GOOGLE_CREDENTIALS}` set to the JSON); a SourceError when they name no file."""
+    expanded = expand_path(value, field=field)
+    if looks_like_key(expanded):
+        raise ConfigError(
+            f"{who}: `{field}` (`{value}`) holds a key itself, not the path of the file holding "
+            "it (not shown)",
+            hint=KEY_FILE_HINT,
+        )
+    path = (root / expanded).resolve()
+    if not path.is_file():
+        raise SourceError(
+            f"{who}: cannot read key file `{value}`: `{path}` is not a file",
+            hint=f"check `{field}` in lockgate.yml (relative to the project folder) and the "
+            "variables it names",
+        )
+    return path
+
+
 def check_url(value: str, where: str = "") -> str:
     """``value`` if it is an http(s) URL with a host; else a ValueError saying what one is
     (a URL without a scheme reached the HTTP client, which retried it as a network error)."""
@@ -233,24 +338,22 @@ class DuckDBSourceConfig(StrictModel):
         return check_path_refs(value, "path")
 
 
+def _has_password(url: str) -> bool:
+    """Whether a Postgres URL holds a password: in its userinfo, in a `?password=` parameter or
+    a `password=` keyword."""
+    userinfo = url.split("@", 1)[0].split("//")[-1] if "@" in url else ""
+    return ":" in userinfo or bool(re.search(r"(^|[\s?&])password\s*=", url, re.I))
+
+
 class PostgresSourceConfig(StrictModel):
     """A Postgres server; also the path for Amazon Redshift (it speaks the Postgres protocol)."""
 
     type: Literal["postgres"] = "postgres"
     """Picks this implementation."""
-    url: str
+    url: Annotated[str, Secret("WAREHOUSE_URL", holds=_has_password)]
     """Connection URL, e.g. `${WAREHOUSE_URL}`; may hold a password, so use an env reference."""
     redshift: bool = False
     """Set for Amazon Redshift: avoids server-side features Redshift lacks (see docs/sources.md)."""
-
-    @field_validator("url")
-    @classmethod
-    def _secret_url(cls, value: str) -> str:
-        # a password in the userinfo, in a `?password=` parameter or a `password=` keyword
-        userinfo = value.split("@", 1)[0].split("//")[-1] if "@" in value else ""
-        if ":" in userinfo or re.search(r"(^|[\s?&])password\s*=", value, re.I):
-            check_secret(value, "url", "WAREHOUSE_URL")
-        return value
 
 
 class SnowflakeSourceConfig(StrictModel):
@@ -262,12 +365,13 @@ class SnowflakeSourceConfig(StrictModel):
     """Account identifier, e.g. `${SNOWFLAKE_ACCOUNT}`."""
     user: str
     """User name."""
-    password: str | None = None
+    password: Annotated[str | None, Secret("SNOWFLAKE_PASSWORD")] = None
     """Password as `${SNOWFLAKE_PASSWORD}` (secret)."""
     private_key_path: str | None = None
     """Path to a PEM private key for key-pair authentication, instead of a password; relative
     to the project folder unless absolute. `${ENV_VAR}` references and a leading `~` are
-    expanded, as in `state:`."""
+    expanded, as in `state:`. The key itself, written here or in the variable, is refused
+    (without being shown): give its file's path."""
     warehouse: str | None = None
     """Virtual warehouse to run queries on."""
     database: str | None = None
@@ -277,15 +381,10 @@ class SnowflakeSourceConfig(StrictModel):
     role: str | None = None
     """Role to assume."""
 
-    @field_validator("password")
-    @classmethod
-    def _secret_password(cls, value: str | None) -> str | None:
-        return check_secret(value, "password", "SNOWFLAKE_PASSWORD")
-
     @field_validator("private_key_path")
     @classmethod
-    def _path_refs(cls, value: str | None) -> str | None:
-        return None if value is None else check_path_refs(value, "private_key_path")
+    def _key_path(cls, value: str | None) -> str | None:
+        return check_key_file(value, "private_key_path")
 
 
 class BigQuerySourceConfig(StrictModel):
@@ -302,12 +401,13 @@ class BigQuerySourceConfig(StrictModel):
     credentials_path: str | None = None
     """Service-account JSON file, relative to the project folder unless absolute (`${ENV_VAR}`
     references and a leading `~` are expanded, as in `state:`); default: Application Default
-    Credentials."""
+    Credentials. The JSON itself, written here or in the variable, is refused (without being
+    shown): give its file's path."""
 
     @field_validator("credentials_path")
     @classmethod
-    def _path_refs(cls, value: str | None) -> str | None:
-        return None if value is None else check_path_refs(value, "credentials_path")
+    def _key_path(cls, value: str | None) -> str | None:
+        return check_key_file(value, "credentials_path")
 
 
 SourceConfig = Annotated[
@@ -326,9 +426,11 @@ class CustomerIODestinationConfig(StrictModel):
     """Picks this implementation."""
     site_id: str = "${CUSTOMERIO_SITE_ID}"
     """Track API site id, as an env reference."""
-    api_key: str = "${CUSTOMERIO_API_KEY}"
+    api_key: Annotated[str, Secret("CUSTOMERIO_API_KEY")] = "${CUSTOMERIO_API_KEY}"
     """Track API key, as an env reference (secret)."""
-    app_api_key: str | None = "${CUSTOMERIO_APP_API_KEY}"
+    app_api_key: Annotated[str | None, Secret("CUSTOMERIO_APP_API_KEY")] = (
+        "${CUSTOMERIO_APP_API_KEY}"
+    )
     """App API key for read-back and reconcile, as an env reference (secret)."""
     region: Literal["us", "eu"] | None = None
     """Workspace region: `us` or `eu`. Unset, the `CUSTOMERIO_REGION` variable, else `us`."""
@@ -378,14 +480,6 @@ class CustomerIODestinationConfig(StrictModel):
     holds to that person, so a row whose email a person with another `id` holds is rejected
     instead, and checked again by the next run (docs/sync.md). Rows past it are sent
     unchecked. 0 turns the check off."""
-
-    @field_validator("api_key", "app_api_key")
-    @classmethod
-    def _secret(cls, value: str | None, info: ValidationInfo) -> str | None:
-        # each key names its own variable: the App API key is not the Track one
-        variable = {"api_key": "CUSTOMERIO_API_KEY", "app_api_key": "CUSTOMERIO_APP_API_KEY"}
-        name = info.field_name or "api_key"
-        return check_secret(value, name, variable[name])
 
     @field_validator("track_url", "app_url")
     @classmethod
@@ -1191,7 +1285,9 @@ class WebhooksConfig(StrictModel):
     """Source name to load into; default: the project's first DuckDB or Postgres source."""
     dataset: str = "customerio"
     """Schema/dataset the engagement tables are written to."""
-    signing_key: str = "${CUSTOMERIO_WEBHOOK_SIGNING_KEY}"
+    signing_key: Annotated[str, Secret("CUSTOMERIO_WEBHOOK_SIGNING_KEY")] = (
+        "${CUSTOMERIO_WEBHOOK_SIGNING_KEY}"
+    )
     """The reporting webhook's signing key, as an env reference (secret)."""
     replay_window: int = Field(default=300, ge=1)
     """Reject signatures whose `X-CIO-Timestamp` is further than this many seconds from now."""
@@ -1204,12 +1300,6 @@ class WebhooksConfig(StrictModel):
     @classmethod
     def _spool_refs(cls, value: str) -> str:
         return check_path_refs(value, "spool")
-
-    @field_validator("signing_key")
-    @classmethod
-    def _secret(cls, value: str) -> str:
-        check_secret(value, "signing_key", "CUSTOMERIO_WEBHOOK_SIGNING_KEY")
-        return value
 
 
 class DefaultsConfig(StrictModel):
@@ -1229,7 +1319,7 @@ ALERT_OUTCOMES: tuple[AlertOn, ...] = ("failed", "partial", "recovered", "warnin
 class AlertConfig(StrictModel):
     """Where to say that a run failed (`alerts:` in lockgate.yml; docs/sync.md "Alerts")."""
 
-    url: str
+    url: Annotated[str, Secret("SLACK_WEBHOOK_URL")]
     """The endpoint to POST to, as an env reference (`${SLACK_WEBHOOK_URL}`): a webhook URL
     carries its token, so it is a secret."""
     format: Literal["json", "slack"] = "json"
@@ -1245,13 +1335,6 @@ class AlertConfig(StrictModel):
     """Alert every failed, partial or warning run. Unset, only the first of a streak (the sync's
     previous run ended otherwise): a sync scheduled every 15 minutes that stays broken alerts
     once, then once more when it recovers."""
-
-    @field_validator("url")
-    @classmethod
-    def _secret_url(cls, value: str) -> str:
-        checked = check_secret(value, "url", "SLACK_WEBHOOK_URL")
-        assert checked is not None
-        return checked
 
 
 class RunLogConfig(StrictModel):
@@ -1324,3 +1407,9 @@ class ProjectConfig(StrictModel):
         if not self.sources:
             raise ValueError("declare at least one source under `sources:`")
         return self
+
+
+#: the keys whose values are secrets (a warehouse's `url` and `password`, Customer.io's
+#: `api_key` and `app_api_key`, the reporting webhook's `signing_key`, an alert's `url`), read
+#: from the fields marked :class:`Secret`
+SECRET_KEYS = frozenset(secret_fields(ProjectConfig))

@@ -30,6 +30,13 @@ from lockgate.errors import SourceError
 
 DEFAULT_BATCH_ROWS = 100_000
 
+#: the Arrow type a warehouse's timestamp with a time zone is read as
+UTC_TS = pa.timestamp("us", tz="UTC")
+#: JSON text that DuckDB stages as its `JSON` type (the canonical `arrow.json` extension), so
+#: a field tells a JSON value's `"pro"` (Postgres `jsonb`, a Snowflake VARIANT) from the text
+#: `"pro"`
+JSON = pa.json_(pa.string())
+
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):[^@\s]*@")
 _KEYWORD_PASSWORD = re.compile(r"(?i)(password\s*=\s*)('[^']*'|\S+)")
 

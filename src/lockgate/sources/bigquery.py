@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pyarrow as pa
 
 from lockgate.errors import MissingDependencyError, SourceError
-from lockgate.project.models import project_path
+from lockgate.project.models import key_file
 from lockgate.sources.base import (
     DEFAULT_BATCH_ROWS,
     ColumnInfo,
@@ -245,7 +245,7 @@ def client_for(config: BigQuerySourceConfig, *, root: Path, name: str | None = N
     credentials = None
     raw_path = config.credentials_path
     if raw_path is not None:
-        path = project_path(root, raw_path, field="credentials_path")
+        path = key_file(root, raw_path, field="credentials_path", who=who)
         try:
             credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
                 str(path)

@@ -38,6 +38,8 @@ from lockgate.errors import MissingDependencyError, SourceError
 from lockgate.project.models import resolve_env
 from lockgate.sources.base import (
     DEFAULT_BATCH_ROWS,
+    JSON,
+    UTC_TS,
     ColumnInfo,
     TableInfo,
     check_batch_rows,
@@ -55,9 +57,6 @@ from lockgate.sources.base import (
 if TYPE_CHECKING:
     from lockgate.project.models import PostgresSourceConfig
 
-UTC_TS = pa.timestamp("us", tz="UTC")
-#: JSON text that DuckDB stages as its `JSON` type (the canonical `arrow.json` extension)
-JSON = pa.json_(pa.string())
 #: a model's error naming a table that does not exist: `relation "analytics.users" does ...`
 _MISSING_RELATION = re.compile(r'relation "([^"]+)" does not exist')
 _SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema', 'pg_toast')"

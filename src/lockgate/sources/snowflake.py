@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pyarrow as pa
 
 from lockgate.errors import MissingDependencyError, SourceError
-from lockgate.project.models import project_path, resolve_env
+from lockgate.project.models import key_file, resolve_env
 from lockgate.sources.base import (
     DEFAULT_BATCH_ROWS,
+    JSON,
+    UTC_TS,
     ColumnInfo,
     TableInfo,
     check_batch_rows,
@@ -46,10 +48,6 @@ from lockgate.sources.base import (
 if TYPE_CHECKING:
     from lockgate.project.models import SnowflakeSourceConfig
 
-UTC_TS = pa.timestamp("us", tz="UTC")
-#: JSON text that DuckDB stages as its `JSON` type (the canonical `arrow.json` extension), so
-#: a field tells a VARIANT's `"pro"` from the text `"pro"`
-JSON = pa.json_(pa.string())
 
 # Snowflake's result type codes (snowflake.connector.constants.FIELD_TYPES) → Arrow.
 _BY_CODE: dict[int, pa.DataType] = {
@@ -161,7 +159,12 @@ class SnowflakeSource:
             kwargs["password"] = resolve_env(config.password, field="password")
         if config.private_key_path is not None:
             kwargs["private_key_file"] = str(
-                project_path(root, config.private_key_path, field="private_key_path")
+                key_file(
+                    root,
+                    config.private_key_path,
+                    field="private_key_path",
+                    who=label(cls.NAME, name),
+                )
             )
         for key, value in (
             ("warehouse", config.warehouse),

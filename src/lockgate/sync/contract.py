@@ -1,10 +1,10 @@
 """Project-wide data-contract checks run by `lockgate validate`, before any run.
 
 - **Ownership**: two people syncs writing the same Customer.io attribute to the same
-  destination overwrite each other. An error naming both syncs, their files and the
-  attribute, unless every sync writing it lists it in `guardrails.shared_attributes`
-  (then a warning). The `email` attribute a sync sends implicitly because it identifies by
-  email is not counted.
+  destination (or two objects syncs to the same object type) overwrite each other. An error
+  naming both syncs, their files and the attribute, unless every sync writing it lists it in
+  `guardrails.shared_attributes` (then a warning). The `email` attribute a sync sends
+  implicitly because it identifies by email is not counted.
 - **Attribute budget**: people syncs of one destination that together set more than the 300
   attributes Customer.io states a person holds. A warning (enforcement across calls is not
   documented); each identify's own 300 is checked when the sync file loads.
@@ -69,15 +69,20 @@ class Finding:
 
 
 def _writers(project: Project) -> list[tuple[str, str, list[str], bool]]:
-    """Each attribute more than one people sync of a destination writes: (destination,
-    attribute, the syncs, whether every one of them acknowledges it in `shared_attributes`,
-    or `defaults.guardrails` does)."""
+    """Each attribute more than one people sync of a destination (or objects sync of one
+    object type) writes: (what they write to: ``destination `customerio```, ``objects of
+    type `1` of destination `customerio```; the attribute; the syncs; whether every one of
+    them acknowledges it in `shared_attributes`, or `defaults.guardrails` does)."""
     writers: dict[tuple[str, str], list[str]] = defaultdict(list)
     for sync in project:
-        if sync.kind != "people":
+        if sync.kind == "people":
+            where = f"destination `{sync.destination}`"
+        elif sync.kind == "objects":
+            where = f"objects of type `{sync.object_type_id}` of destination `{sync.destination}`"
+        else:
             continue
         for attribute in sync.attributes:
-            writers[(sync.destination, attribute)].append(sync.name)
+            writers[(where, attribute)].append(sync.name)
     shared_default = set(project.config.defaults.guardrails.shared_attributes)
     out = []
     for (destination, attribute), names in sorted(writers.items()):
@@ -101,7 +106,8 @@ def _ownership_fix(attributes: list[str]) -> str:
 
 
 def ownership(project: Project) -> list[Finding]:
-    """Attributes written by more than one people sync of the same destination."""
+    """Attributes written by more than one people sync of the same destination, or objects
+    sync of the same object type."""
     # one finding per set of syncs and verdict, listing every attribute they share
     groups: dict[tuple[str, tuple[str, ...], bool], list[str]] = defaultdict(list)
     for destination, attribute, names, acknowledged in _writers(project):
@@ -112,9 +118,9 @@ def ownership(project: Project) -> list[Finding]:
         where = " and ".join(f"sync `{n}` ({project.sync_files[n]})" for n in syncs)
         listed = ", ".join(f"`{a}`" for a in attributes)
         what = (
-            f"attribute {listed} of destination `{destination}` is"
+            f"attribute {listed} of {destination} is"
             if len(attributes) == 1
-            else f"attributes {listed} of destination `{destination}` are"
+            else f"attributes {listed} of {destination} are"
         )
         if acknowledged:
             message = f"{what} written by {where} (acknowledged in `shared_attributes`)"
@@ -139,12 +145,22 @@ def ownership_warnings(project: Project, names: Sequence[str]) -> list[str]:
             continue
         syncs = " and ".join(f"sync `{n}` ({project.sync_files.get(n, n)})" for n in writers)
         out.append(
-            f"attribute `{attribute}` of destination `{destination}` is written by {syncs}: "
-            "each run overwrites the other's value, so every person both reach holds "
+            f"attribute `{attribute}` of {destination} is written by {syncs}: "
+            "each run overwrites the other's value, so every "
+            f"{'object' if destination.startswith('objects') else 'person'} both reach holds "
             f"whichever ran last (`lockgate validate` reports it as an error). To fix it, "
             f"{_ownership_fix([attribute])}"
         )
     return out
+
+
+def run_warnings(project: Project, names: Sequence[str]) -> list[str]:
+    """What a command that runs or plans the syncs ``names`` (`lockgate sync`, `plan`,
+    `schedule`) warns of before it runs them, once: the attribute budgets they take part in
+    and the attributes they write with another people sync unacknowledged
+    (:func:`ownership_warnings`). `lockgate validate` reports the same."""
+    budgets = [b.message() for b in attribute_budgets(project) if set(b.syncs) & set(names)]
+    return budgets + ownership_warnings(project, names)
 
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")

@@ -121,6 +121,19 @@ def record(
         planned.deleting.append(sync.name)
 
 
+def relationship_syncs(project: Project, sync: SyncConfig) -> list[SyncConfig]:
+    """The relationships syncs whose snapshots forget the relationships of the records the
+    people (objects) ``sync`` deletes: those of its destination (of its object type). One rule
+    for the plan (:func:`_forget_relationships`) and the run (``run._relationships_of``)."""
+    return [
+        other
+        for other in project
+        if other.kind == "relationships"
+        and other.destination == sync.destination
+        and (sync.kind == "people" or other.object_type_id == sync.object_type_id)
+    ]
+
+
 def _forget_relationships(
     store: StateStore, project: Project, sync: SyncConfig, planned: Planned
 ) -> None:
@@ -132,20 +145,15 @@ def _forget_relationships(
     deleted = f"(select ident from {table('plan_delta', sync.name)} where removed)"
     if not con.execute(f"select count(*) from {deleted}").fetchall()[0][0]:
         return
-    for other in project:
-        if (
-            other.kind == "relationships"
-            and other.destination == sync.destination
-            and (sync.kind == "people" or other.object_type_id == sync.object_type_id)
-        ):
-            store.ensure_sync_tables(other.name)
-            _dropping(
-                con,
-                planned,
-                other.name,
-                f"select k from {table('snap', other.name)} "
-                f"where {diff_step.relationships_of(sync.kind, deleted)}",
-            )
+    for other in relationship_syncs(project, sync):
+        store.ensure_sync_tables(other.name)
+        _dropping(
+            con,
+            planned,
+            other.name,
+            f"select k from {table('snap', other.name)} "
+            f"where {diff_step.relationships_of(sync.kind, deleted)}",
+        )
 
 
 def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Planned) -> None:

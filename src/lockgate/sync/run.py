@@ -1337,14 +1337,9 @@ def _relationships_of(
     if sync.kind not in ("people", "objects") or not sync.delete_removed:
         return None
     snaps = []
-    for other in project:
-        if (
-            other.kind == "relationships"
-            and other.destination == sync.destination
-            and (sync.kind == "people" or other.object_type_id == sync.object_type_id)
-        ):
-            store.ensure_sync_tables(other.name)
-            snaps.append(table("snap", other.name))
+    for other in planned_step.relationship_syncs(project, sync):
+        store.ensure_sync_tables(other.name)
+        snaps.append(table("snap", other.name))
     if not snaps:
         return None
     kind = sync.kind
