@@ -215,7 +215,9 @@ def test_every_long_step_of_a_plan_shows_progress(
     show that they are running (with their elapsed time), so a long step never looks stuck."""
     from lockgate.cli import main
 
-    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # bars are drawn on a terminal only: be one
+    # bars are drawn on a terminal only: be one that redraws them
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    monkeypatch.setenv("TTY_INTERACTIVE", "1")
     monkeypatch.setenv("TERM", "xterm")
     project = demo_project(tmp_path, customerio_emulator, monkeypatch, users=50)
     main(["plan", "customer_profile", *project])
