@@ -48,7 +48,8 @@ select i as order_id,
        ('00000000-0000-0000-0000-' || lpad(i::varchar, 12, '0'))::uuid as token,
        case when i = 5 then null else i % 7 end as user_id,        -- 5: rejected
        (case when i % 2 = 0 then 'signup' else 'purchase' end)::kind as kind,
-       to_timestamp({now} - case when i % 10 = 0 then 200 else i end * 3600) as placed_at,  -- backfill
+       -- 10, 20, ... 60: older than the backfill window
+       to_timestamp({now} - case when i % 10 = 0 then 200 else i end * 3600) as placed_at,
        i * 1.25 as amount,
        ('{{"n": ' || i || '}}')::json as meta{extra}
 from range(1, 61) t(i);
@@ -60,13 +61,17 @@ insert into orders select * replace (99.5 as amount) from orders where order_id 
 # copies), a new rejected row, a new backfill row; a copy of a delivered event and a delivered
 # event whose row changed (both already delivered, never sent again)
 APPEND = """
-insert into orders select * replace (order_id + 100 as order_id, to_timestamp({now} - 60) as placed_at)
+insert into orders
+select * replace (order_id + 100 as order_id, to_timestamp({now} - 60) as placed_at)
 from orders where order_id between 1 and 12 and order_id not in (5, 7, 8, 10);
 insert into orders select * replace (201 as order_id) from orders where order_id = 11;
 insert into orders select * replace (201 as order_id) from orders where order_id = 11;
-insert into orders select * replace (202 as order_id, 1.0 as amount) from orders where order_id = 11;
-insert into orders select * replace (202 as order_id, 2.0 as amount) from orders where order_id = 11;
-insert into orders select * replace (203 as order_id, null as user_id) from orders where order_id = 11;
+insert into orders select * replace (202 as order_id, 1.0 as amount)
+from orders where order_id = 11;
+insert into orders select * replace (202 as order_id, 2.0 as amount)
+from orders where order_id = 11;
+insert into orders select * replace (203 as order_id, null as user_id)
+from orders where order_id = 11;
 insert into orders select * replace (204 as order_id, to_timestamp({now} - 99 * 3600) as placed_at)
 from orders where order_id = 11;
 insert into orders select * from orders where order_id = 9;
@@ -142,6 +147,7 @@ def test_an_events_run_in_place_sends_and_counts_what_a_copied_run_does(
     # sent (5 rejected, 10 ... 60 skipped as backfill), then those and 203, 204 again
     assert copied_rows == [62, 77, 77]
     assert in_place_rows == [62, 14 + 7, 9]
+
 
 def test_a_run_with_a_few_new_events_copies_only_their_rows(
     project_factory: ProjectFactory,
