@@ -32,14 +32,14 @@ identify_by: {id: user_id}
 event:
   name: kind
   timestamp: placed_at
-  id: {hash: [order_id, line, token]}
+  id: {hash: [order_id, line, token, placed_at]}
 properties:
   amount: {column: amount, type: number}
   meta: {column: meta, type: json}
 """
 
-# key columns of several type families (an integer, a decimal, a UUID), an ENUM name and a JSON
-# property: the types whose text the in-place read must give as the copy does
+# key columns of several type families (an integer, a decimal, a UUID, a timestamp), an ENUM
+# name and a JSON property: the types whose text the in-place read must give as the copy does
 BUILD = """
 create type if not exists kind as enum ('signup', 'purchase');
 create or replace table orders as
