@@ -392,6 +392,9 @@ attributes:
     assert any("primary key is null" in r for r in reasons.values())
     assert (report.changes.new, report.changes.changed, report.changes.removed_sent) == (1, 1, 1)
     assert report.changes.unchanged == 97  # 100 - 1 removed - 1 changed - 1 repeated
+    # keyed in place, only the rows to map were copied: the keyless row, the new one, both
+    # copies of the repeated key and the changed one
+    assert report.changes.rows_copied == 5
     emu = project_factory.emulator
     gone, changed = emu.person(id="10"), emu.person(id="30")
     assert gone is not None and "score" not in gone.attributes

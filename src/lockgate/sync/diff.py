@@ -75,6 +75,10 @@ class ChangeSet:
     did not confirm a later delivery of them (dead-lettered, or cut off by a second stop):
     it may hold what that delivery carried. Not counted by `max_changed` either. Of an events
     sync's ``new``: events whose answer never came, sent again with the id they were sent with."""
+    rows_copied: int = -1
+    """Rows of the model copied into the state database to be diffed and mapped: all of them,
+    unless the model was read where it lives (a DuckDB model on a later run, see
+    :class:`~lockgate.sync.extract.InPlace`); -1 when not counted."""
     shared_person: int = 0
     """Rows sent this run that reach a person another row of the model also reaches (sent
     this run, or unchanged since the last: one email or `id` on two primary keys, no identity
@@ -1178,6 +1182,7 @@ def diff_records(
     return ChangeSet(
         kind=sync.kind,
         rows=total,
+        rows_copied=todo if in_place is not None else total,
         rejected=rejected,
         to_send=sent_rows + removed_sent,
         new=new,
@@ -1756,7 +1761,49 @@ def _repeated_events(con: duckdb.DuckDBPyConnection) -> int:
     return int(_one(con, "select count(*) from ev_repeats") or 0)
 
 
-def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Compiled) -> ChangeSet:
+def _events_in_place(
+    con: duckdb.DuckDBPyConnection, compiled: Compiled, ledger: str, in_place: InPlace
+) -> tuple[int, int] | None:
+    """Fill ``model`` with the rows of keys the ledger lacks, from the temp table ``ev_keyed``
+    the source built (:meth:`InPlace.key_events`), and return the rows and distinct keys of
+    the model the ledger has; None, with ``model`` the whole model, when the source did not
+    give those rows back as keyed (a model that reads differently on each read)."""
+    old_rows = int(_one(con, "select count(*) from ev_keyed where done") or 0)
+    old_keys = int(
+        _one(con, "select count(*) from (select k from ev_keyed where done group by k)") or 0
+    )
+    new_rows = int(_one(con, "select count(*) from ev_keyed where not done") or 0)
+    hashes = con.sql("select distinct h from ev_keyed where not done").to_arrow_table()
+    run_sql(con, "drop table ev_keyed")
+    in_place.stage_rows(con, hashes, lambda _: None)
+    # exactly the rows of keys the ledger lacks: a row of a delivered key whose columns hash
+    # as one of them (a 64-bit collision) came too
+    run_sql(
+        con,
+        f"""
+        create or replace temp table model_todo as
+        select * from model where rowid in (
+            select c.__rid from (select __rid, k from ({compiled.select})) c
+            anti join {ledger} l on l.k = c.k);
+        drop table model;
+        alter table model_todo rename to model;
+        """,
+    )
+    if _one(con, "select count(*) from model") == new_rows:
+        return old_rows, old_keys
+    # the model read differently the second time (a column from `random()` or `now()`): copy
+    # it whole and diff that, as a run that does not read it in place
+    in_place.stage_all(con, lambda _: None)
+    return None
+
+
+def diff_events(
+    con: duckdb.DuckDBPyConnection,
+    sync: SyncConfig,
+    compiled: Compiled,
+    *,
+    in_place: InPlace | None = None,
+) -> ChangeSet:
     """Fill ``changes`` with the events to send: each key not in the ledger, once.
 
     An event sent whose answer never came (``event_ids__S``, see the state store) is sent with
@@ -1775,13 +1822,20 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
     :func:`_repeated_events`) and the rows not to send are deleted from it. Nothing is sorted
     or windowed over the payloads (a first run of 10M events outgrew the state's memory limit
     that way): the events go out in no set order, as delivery keeps several batches in flight
-    anyway; each carries its own timestamp."""
+    anyway; each carries its own timestamp.
+
+    With ``in_place``, the temp table ``ev_keyed`` was built in the source
+    (:meth:`InPlace.key_events`): only the rows of keys the ledger lacks are copied into
+    ``model`` (:func:`_events_in_place`), the delivered ones are counted from their keys."""
     ledger = table("ledger", sync.name)
     ids = table("event_ids", sync.name)
     skip_backfill = sync.backfill.older == "skip"
     # rows (and distinct keys) of the model whose key the ledger has: already delivered
     old_rows = old_keys = 0
-    if _one(con, f"select exists(select 1 from {ledger})"):
+    counted = _events_in_place(con, compiled, ledger, in_place) if in_place else None
+    if counted is not None:
+        old_rows, old_keys = counted
+    elif _one(con, f"select exists(select 1 from {ledger})"):
         run_sql(
             con,
             f"""
@@ -1821,6 +1875,7 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
         """,
     )
     new_rows = int(_one(con, "select count(*) from mapped") or 0)
+    copied = new_rows if counted is not None else new_rows + old_rows
     distinct = _one(con, "select count(*) from (select k from mapped group by k)")  # spills
     dups = _repeated_events(con) if new_rows > int(distinct or 0) else 0
     rejected, samples, reasons = _rejected(con)
@@ -1870,6 +1925,7 @@ def diff_events(con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Comp
         backfill_skipped=backfill if skip_backfill else 0,
         backfill_sent=0 if skip_backfill else backfill,
         unconfirmed=resent,
+        rows_copied=copied,
         rejected_samples=samples,
         rejected_reasons=reasons,
     )

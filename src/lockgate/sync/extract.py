@@ -391,6 +391,51 @@ class InPlace:
         )
         return int(con.execute("select count(*) from model").fetchall()[0][0]) == todo
 
+    @property
+    def row_hash(self) -> str:
+        """SQL for the hash of all of a row's columns (over ``relation``): how a row keyed in
+        the source is found again by a second read."""
+        return f"hash({', '.join(q(name) for name in self.columns)})"
+
+    def key_events(
+        self, con: duckdb.DuckDBPyConnection, compiled: Compiled, ledger: str, advance: Advance
+    ) -> None:
+        """The temp table ``ev_keyed`` (``k``, ``h``, ``done``) of every model row of an events
+        sync: its event key as ``compiled`` computes it, the hash of all its columns
+        (:attr:`row_hash`, to find it again), and whether the table ``ledger`` holds the key.
+        DuckDB computes only those two expressions of the mapping in the source."""
+        keys = f"select k, __rid as h from ({compiled.over(self.relation, self.row_hash)})"
+        _load(
+            con,
+            self.source.read(keys),
+            advance,
+            "create or replace temp table ev_keyed as "
+            f"select k, h, k in (select k from {ledger}) as done from _model_reader",
+            sync=self.sync,
+        )
+
+    def stage_rows(
+        self, con: duckdb.DuckDBPyConnection, hashes: pa.Table, advance: Advance
+    ) -> None:
+        """Copy into the temp table ``model`` the rows whose :attr:`row_hash` the column ``h``
+        of ``hashes`` holds (every copy of each), read in the model's own types."""
+        # none: DuckDB reads no row of `where false`, so nothing new costs no scan
+        wanted = "__row in (select h from _hashes)" if hashes.num_rows else "false"
+        reader = self.source.read(
+            self.carry.read(
+                f"(select * exclude (__row) from (select *, {self.row_hash} as __row from "
+                f"{self.relation}) where {wanted})"
+            ),
+            tables={"_hashes": hashes},
+        )
+        _load(
+            con,
+            reader,
+            advance,
+            f"create or replace temp table model as {self.carry.load()}",
+            sync=self.sync,
+        )
+
     def stage_named(
         self,
         con: duckdb.DuckDBPyConnection,
@@ -405,7 +450,7 @@ class InPlace:
         them, so a few rows are copied, not the model. A row is found again by the hash of all
         its columns: a row equal to a named one comes too, and the caller keeps exactly the
         named rows."""
-        row = f"hash({', '.join(q(name) for name in self.columns)})"
+        row = self.row_hash
         rows = f"select __rid from ({compiled.over(self.relation, row)}) where {named}"
         reader = self.source.read(
             self.carry.read(

@@ -528,7 +528,11 @@ def _prepare(
                 raise project.locate(exc, sync.name) from None
         if in_place is not None:
             with step("extract"), console.progress(f"extract {sync.name}", None) as advance:
-                in_place.key(store.con, compiled, advance)
+                if sync.kind == "events":
+                    ledger = table("ledger", sync.name)
+                    in_place.key_events(store.con, compiled, ledger, advance)
+                else:
+                    in_place.key(store.con, compiled, advance)
         if only:
             planned = session.planned_people.get(sync.destination) if session else None
             _only_values(store, project, sync, only, planned or ())
@@ -548,7 +552,7 @@ def _prepare(
             if full_resync and sync.kind != "events":
                 _shadow_snapshot(store, sync.name)
             if sync.kind == "events":
-                changes = diff_step.diff_events(store.con, sync, compiled)
+                changes = diff_step.diff_events(store.con, sync, compiled, in_place=in_place)
             else:
                 related = _related_snapshots(store, project, sync)
                 changes = diff_step.diff_records(
@@ -804,12 +808,19 @@ def _in_place(
     store: StateStore, project: Project, sync: SyncConfig, source: Source, *, full_resync: bool
 ) -> InPlace | None:
     """The model read where it lives (see :class:`InPlace`) when that can save copying it: a
-    DuckDB model of a people, objects or relationships sync with a snapshot to diff against and
-    no identity graph (which rewrites the staged rows)."""
-    if full_resync or sync.kind == "events" or mapping.needs_identity(project, sync):
+    DuckDB model without an identity graph (which rewrites the staged rows), of a people,
+    objects or relationships sync with a snapshot to diff against (not a full resync, which
+    diffs against none), or of an events sync with delivered events in its ledger (a full
+    resync keeps the ledger, so it reads in place too)."""
+    if mapping.needs_identity(project, sync):
         return None
-    snapshot = f"select exists(select 1 from {table('snap', sync.name)})"
-    if not store.con.execute(snapshot).fetchall()[0][0]:
+    if sync.kind == "events":
+        delivered = table("ledger", sync.name)
+    elif full_resync:
+        return None
+    else:
+        delivered = table("snap", sync.name)
+    if not store.con.execute(f"select exists(select 1 from {delivered})").fetchall()[0][0]:
         return None
     return InPlace.open(store.con, source, project.model_sql(sync), sync=sync.name)
 
