@@ -1111,3 +1111,30 @@ event: {name: event_name, id: order_id}
     assert run_sync(project, "orders", console=NullConsole(), force=True).delivered == 1
     project_factory.sql("insert into orders values (7, 1, 'ORDER-REFUNDED')")
     assert run_sync(project, "orders", console=NullConsole()).delivered == 1
+
+
+def test_event_names_in_other_scripts_are_not_taken_for_spellings_of_each_other(
+    project_factory: ProjectFactory,
+) -> None:
+    """Names with no Latin letter (`注文完了`, `会員登録`) are distinct events: they go, while
+    a case variant of a Cyrillic name already sent stops the run as a Latin one does."""
+    emu = project_factory.emulator
+    body = """
+name: orders
+source: warehouse
+model: {table: orders}
+kind: events
+identify_by: {id: user_id}
+event: {name: event_name, id: order_id}
+"""
+    project_factory.sql(
+        "create table orders as select * from (values (1, 1, '注文完了'), (2, 1, '会員登録'), "
+        "(3, 1, 'Заказ оформлен')) t(order_id, user_id, event_name)"
+    )
+    project = project_factory.write({"orders": body})
+    report = run_sync(project, "orders", console=NullConsole())
+    assert report.status == "success" and report.delivered == 3
+    names = sorted(e.name for e in emu.events())
+    assert names == sorted(["注文完了", "会員登録", "Заказ оформлен"])
+    project_factory.sql("insert into orders values (4, 1, 'заказ_оформлен')")
+    assert "`заказ_оформлен` vs `Заказ оформлен`" in refused(project, "orders", emu)
