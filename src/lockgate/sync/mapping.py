@@ -31,6 +31,7 @@ from lockgate.errors import ConfigError
 from lockgate.project.identity import IDENTIFIER_SPACE
 from lockgate.project.models import (
     MAX_ATTRIBUTES,
+    MAX_EVENT_NAME_BYTES,
     FieldConfig,
     SyncConfig,
     reads_identify_email,
@@ -46,7 +47,6 @@ CUSTOMERIO_IDENTIFIERS = {"id": "id", "user_id": "id", "cio_id": "cio_id", "emai
 IDENTIFIER_PRIORITY = ("id", "cio_id", "email")
 MAX_ID_BYTES = 150
 MAX_VALUE_BYTES = 1000
-MAX_EVENT_NAME_BYTES = 100
 #: what delivery puts before an event's operation: `{"id":"<its 26-character ULID>",`
 EVENT_ID_BYTES = len('{"id":"",') + 26
 FUTURE_TOLERANCE_SECONDS = 300
