@@ -411,6 +411,36 @@ def test_a_changed_event_key_stops_the_run_until_forced_once(
     assert run_sync(project, "orders", console=NullConsole()).status == "success"
 
 
+def test_a_key_changed_while_every_event_is_backfill_is_refused_not_recorded_unseen(
+    project_factory: ProjectFactory,
+) -> None:
+    """A key changed in a run where every event is older than `backfill.max_age` (skipped)
+    sends nothing now, but the events delivered under the old key are not in the ledger under
+    the new one: recorded silently, the new key let a later `older: send` (or a longer
+    `max_age`) send each of them again as a new event. The run is refused, saying so."""
+    emu = project_factory.emulator
+    project_factory.sql(
+        "create table orders as select i as order_id, 1 as user_id, "
+        "now() - to_hours(i) as placed_at from range(1, 5) t(i)"
+    )
+    timed = EVENTS.replace("order_id}", "order_id, timestamp: placed_at}")
+    project = project_factory.write({"orders": timed})
+    assert run_sync(project, "orders", console=NullConsole()).delivered == 4
+    # all four are older than 30 minutes now: skipped, nothing would be sent
+    quiet = timed.replace("id: order_id,", "id: {hash: [order_id]},").replace(
+        "backfill: {older: send}", "backfill: {max_age: 30m, older: skip}"
+    )
+    message = refused(project_factory.write({"orders": quiet}), "orders", emu)
+    assert "event key changed: `event.id` was `order_id`, now `{hash: [order_id]}`" in message
+    assert "4 events older than `backfill.max_age` (30m) are skipped now" in message
+    assert "sent again as new events if `backfill.older` becomes `send`" in message
+    # nothing was recorded: sending the old events later sends none of them twice
+    project = project_factory.write({"orders": timed})
+    report = run_sync(project, "orders", console=NullConsole())
+    assert (report.status, report.delivered, report.changes.already_delivered) == ("success", 0, 4)
+    assert len(emu.events()) == 4
+
+
 def test_plan_shows_the_guardrails_and_sync_exits_1_naming_the_breach(
     project_factory: ProjectFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
