@@ -721,6 +721,30 @@ def test_an_event_before_1970_is_rejected_saying_so(project_factory: ProjectFact
     assert report.status == "success"  # nothing sent was refused
 
 
+def test_an_epoch_milliseconds_column_is_rejected_saying_it_looks_like_milliseconds(
+    project_factory: ProjectFactory,
+) -> None:
+    """A number column is read as unix seconds; one of milliseconds (JavaScript, Kafka and
+    many exports write them) is rejected naming the column, the value and the fix, not only
+    as "in the future" (in the year 58000). Unix seconds of the same column go."""
+    table(
+        project_factory,
+        f"('ms', 1, 'Used', {(NOW - 60) * 1000}::bigint, 'f'), "
+        f"('s', 1, 'Used', {NOW - 60}::bigint, 'f'), ('soon', 1, 'Used', {NOW + 3600}, 'f')",
+        "event_id, user_id, event_name, occurred_at, feature",
+    )
+    report = run(project_factory.write({"activity": EVENTS}))
+    assert (report.delivered, report.changes.rejected) == (1, 2)
+    reasons = dict(report.changes.rejected_samples)
+    assert reasons["ms"] == (
+        f"column `occurred_at`: timestamp {(NOW - 60) * 1000} is not unix seconds (it would be "
+        "past the year 5000): it looks like milliseconds; divide it in the model, e.g. "
+        "`occurred_at // 1000 as occurred_at`"
+    )
+    assert "is in the future" in reasons["soon"]  # an hour ahead is not milliseconds
+    assert held(project_factory) == [("Used", NOW - 60, {"feature": "f"})]
+
+
 @pytest.fixture
 def machine_tz(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
     """Switch the process's time zone (as a sync run on another machine would see it)."""

@@ -50,6 +50,9 @@ MAX_VALUE_BYTES = 1000
 #: what delivery puts before an event's operation: `{"id":"<its 26-character ULID>",`
 EVENT_ID_BYTES = len('{"id":"",') + 26
 FUTURE_TOLERANCE_SECONDS = 300
+#: unix seconds in the year 5138 (unix milliseconds since 1973): a number column's event
+#: timestamp from here on is taken for milliseconds in its reject reason
+EPOCH_MS_FROM = 10**11
 
 TIMESTAMP_TYPES = ("TIMESTAMP", "DATE")
 NUMERIC_TYPES = (
@@ -1681,6 +1684,17 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
             f"case when {q(event.timestamp)} is null then "
             f"{lit(f'column `{event.timestamp}`: timestamp is null')} end"
         )
+        if _is(columns[event.timestamp], NUMERIC_TYPES):
+            # a number column is read as unix seconds: one of milliseconds (how JavaScript,
+            # Kafka and many exports write time) is tens of thousands of years ahead, which
+            # the check below would only call "in the future"
+            checks.append(
+                f"case when {ts_sql} >= {EPOCH_MS_FROM} then "
+                f"{lit(f'column `{event.timestamp}`: timestamp ')} || {ts_sql} || "
+                f"{lit(' is not unix seconds (it would be past the year 5000): it looks like ')}"
+                f" || {lit('milliseconds; divide it in the model, e.g. `')} || "
+                f"{lit(f'{event.timestamp} // 1000 as {event.timestamp}`')} end"
+            )
         skew = FUTURE_TOLERANCE_SECONDS // 60
         checks.append(
             f"case when {ts_sql} > {now_epoch + FUTURE_TOLERANCE_SECONDS} then "
