@@ -621,8 +621,31 @@ def test_rows_whose_hash_columns_are_all_null_are_rejected_not_merged(
     )
     report = run(project_factory.write({"activity": EVENTS}))
     assert dict(report.changes.rejected_samples).popitem()[1] == (
-        "column `event_id`: event id is null or empty"
+        "column `event_id`: event id is null, empty or blank"
     )
+
+
+def test_rows_whose_event_id_is_blank_are_rejected_not_merged(
+    project_factory: ProjectFactory,
+) -> None:
+    """An `event.id` of white space alone (a padded `char(n)` column, `coalesce(ref, ' ')`)
+    names no occurrence, as an empty one does: such rows are rejected, not keyed as one event
+    whose other rows are counted as repeats and never sent. White space around an id is kept
+    (a key delivered as `' o1'` stays that key)."""
+    table(
+        project_factory,
+        f"""(' ', 1, 'Used', {ts(60)}, 'a'), (' ', 2, 'Used', {ts(120)}, 'b'),
+            (chr(9) || chr(12288), 3, 'Used', {ts(180)}, 'c'),
+            (' o1', 4, 'Used', {ts(240)}, 'd')""",
+        "event_id, user_id, event_name, occurred_at, feature",
+    )
+    report = run(project_factory.write({"activity": EVENTS}))
+    assert (report.delivered, report.changes.rejected) == (1, 3)
+    assert report.changes.duplicates_in_model == 0
+    assert {reason for _, reason in report.changes.rejected_samples} == {
+        "column `event_id`: event id is null, empty or blank"
+    }
+    assert [e.data for e in project_factory.emulator.events()] == [{"feature": "d"}]
 
 
 def test_a_null_in_a_hash_column_is_not_the_text_backslash_n(

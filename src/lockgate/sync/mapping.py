@@ -1625,8 +1625,12 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
                 f"sync `{sync.name}`: event id column `{event.id.column}` is not in the model",
                 hint=columns_hint(columns),
             )
-        key_sql = f"nullif({_key_text(event.id.column, columns[event.id.column])}, '')"
-        null_id = f"column `{event.id.column}`: event id is null or empty"
+        # an id of white space alone names no occurrence, as an empty one does (every such
+        # row would be one event, the others counted as repeats); around an id it is kept,
+        # so no key delivered before changes
+        key_text = _key_text(event.id.column, columns[event.id.column])
+        key_sql = f"case when {_trim(key_text)} <> '' then {key_text} end"
+        null_id = f"column `{event.id.column}`: event id is null, empty or blank"
         used.append(event.id.column)
     elif event.id.hash:
         for col in event.id.hash:
