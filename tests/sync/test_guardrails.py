@@ -411,13 +411,14 @@ def test_a_changed_event_key_stops_the_run_until_forced_once(
     assert run_sync(project, "orders", console=NullConsole()).status == "success"
 
 
-def test_a_key_changed_while_every_event_is_backfill_is_refused_not_recorded_unseen(
+def test_a_key_changed_while_no_event_would_be_sent_is_refused_not_recorded_unseen(
     project_factory: ProjectFactory,
 ) -> None:
-    """A key changed in a run where every event is older than `backfill.max_age` (skipped)
-    sends nothing now, but the events delivered under the old key are not in the ledger under
-    the new one: recorded silently, the new key let a later `older: send` (or a longer
-    `max_age`) send each of them again as a new event. The run is refused, saying so."""
+    """A key changed in a run where every event is older than `backfill.max_age` (skipped),
+    or every row is rejected, sends nothing now, but the events delivered under the old key
+    are not in the ledger under the new one: recorded silently, the new key let a later
+    `older: send` (or a longer `max_age`, or a fixed row) send each of them again as a new
+    event. The run is refused, saying so."""
     emu = project_factory.emulator
     project_factory.sql(
         "create table orders as select i as order_id, 1 as user_id, "
@@ -434,6 +435,12 @@ def test_a_key_changed_while_every_event_is_backfill_is_refused_not_recorded_uns
     assert "event key changed: `event.id` was `order_id`, now `{hash: [order_id]}`" in message
     assert "4 events older than `backfill.max_age` (30m) are skipped now" in message
     assert "sent again as new events if `backfill.older` becomes `send`" in message
+    # so is one whose rows are all rejected now (a row gone bad after its event was sent)
+    project_factory.sql("update orders set user_id = null")
+    bad = quiet.replace("max_age: 30m", "max_age: 72h")
+    message = refused(project_factory.write({"orders": bad}), "orders", emu)
+    assert "4 rows rejected now would be sent as new events once fixed" in message
+    project_factory.sql("update orders set user_id = 1")
     # nothing was recorded: sending the old events later sends none of them twice
     project = project_factory.write({"orders": timed})
     report = run_sync(project, "orders", console=NullConsole())

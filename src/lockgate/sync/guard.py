@@ -361,11 +361,11 @@ def _event_key(sync: SyncConfig, last: contract.Contract | None, changes: Change
     keys the old definition made: under a new one no delivered event is in it, so each still
     in the model (and not skipped as backfill) would be sent again as a new event, with a new
     dedupe id Customer.io cannot tell from the first. The event name is not part of the key
-    (only of the dedupe id), so renaming an event sends nothing again. A change in a run that
-    would send no event and skips none as backfill (none left in the model) stops nothing. One
-    whose events are all skipped as backfill stops all the same: recorded, the new key would
-    let a later `older: send` (or a longer `max_age`) send the events delivered under the old
-    key again as new ones."""
+    (only of the dedupe id), so renaming an event sends nothing again. A change in a run whose
+    model is empty stops nothing. One that would send no event stops all the same when the
+    model holds rows: recorded, the new key would let a later `older: send` (or a longer
+    `max_age`) send the events skipped as backfill now, and a fix send the rows rejected now,
+    as new events, those delivered under the old key among them."""
     name, limit = "event key unchanged", "same as last run"
     was = (last.mapping or {}).get("event_key") if last is not None else None
     if was is None:  # a first run, or one recorded before the key was
@@ -375,8 +375,8 @@ def _event_key(sync: SyncConfig, last: contract.Contract | None, changes: Change
         return GuardResult(name, limit, "unchanged", False)
     assert last is not None and now is not None
     actual = f"`event.id` was `{event_key_text(was)}`, now `{event_key_text(now)}`"
-    if not changes.to_send and not changes.backfill_skipped:
-        # no event in the model: nothing can go out again, the run records the new key
+    if not changes.rows:
+        # no row in the model: nothing can go out again, the run records the new key
         return GuardResult("event key changed", limit, f"{actual}; no event sent again", False)
     age = f"older than `backfill.max_age` ({sync.backfill.max_age})"
     if sync.backfill.older != "skip":
@@ -391,6 +391,11 @@ def _event_key(sync: SyncConfig, last: contract.Contract | None, changes: Change
         )
     else:
         backfill = f"events {age} are skipped"
+    if changes.rejected:
+        backfill += (
+            f"; {changes.rejected:,} {'row' if changes.rejected == 1 else 'rows'} rejected now "
+            "would be sent as new events once fixed"
+        )
     return GuardResult(
         "event key changed",
         limit,
