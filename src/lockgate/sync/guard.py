@@ -392,9 +392,10 @@ def _event_key(sync: SyncConfig, last: contract.Contract | None, changes: Change
     else:
         backfill = f"events {age} are skipped"
     if changes.rejected:
+        one = changes.rejected == 1
         backfill += (
-            f"; {changes.rejected:,} {'row' if changes.rejected == 1 else 'rows'} rejected now "
-            "would be sent as new events once fixed"
+            f"; {changes.rejected:,} {'row' if one else 'rows'} rejected now would be sent as "
+            f"{'a new event' if one else 'new events'} once fixed"
         )
     return GuardResult(
         "event key changed",
