@@ -66,7 +66,7 @@ properties:
 def write(root: Path, sync: str) -> Path:
     (root / "syncs").mkdir(exist_ok=True)
     (root / "lockgate.yml").write_text(PROJECT)
-    (root / "syncs" / "profile.yml").write_text(sync)
+    (root / "syncs" / ("orders.yml" if "name: orders" in sync else "profile.yml")).write_text(sync)
     return root
 
 
@@ -302,3 +302,56 @@ def test_an_on_change_event_overriding_the_sender_needs_the_acknowledgment_too(
     assert "`allow_message_overrides: true`" in error.reason
     acknowledged = PEOPLE + fields(["owner_email"]) + on_change + "allow_message_overrides: true\n"
     assert load_project(write(tmp_path, acknowledged)).sync("profile").allow_message_overrides
+
+
+# ------------------------------------------------------------------------- event names and ids
+
+EVENT_HEAD = """\
+name: orders
+source: warehouse
+model: {table: orders}
+kind: events
+identify_by: {id: user_id}
+"""
+
+ONE_NAME = "exactly one of `column` and `value`"
+ONE_ID = "exactly one of `column` and `hash`"
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        # a constant every row would be rejected for, run after run
+        ("{name: {value: '  '}, id: order_id}", "event name is blank"),
+        ("{name: {value: ''}, id: order_id}", "event name is blank"),
+        (f"{{name: {{value: {'é' * 51}}}, id: order_id}}", "is 102 bytes"),
+        # two answers to one question: one of them was silently ignored
+        ("{name: {column: what, value: Order Placed}, id: order_id}", ONE_NAME),
+        ("{name: {}, id: order_id}", ONE_NAME),
+        ("{name: what, id: {column: order_id, hash: [order_id, line]}}", ONE_ID),
+        ("{name: what, id: {hash: []}}", ONE_ID),
+        ("{name: what, id: {}}", ONE_ID),
+    ],
+)
+def test_an_event_name_or_id_customerio_or_lockgate_cannot_use_fails_at_load(
+    tmp_path: Path, event: str, reason: str
+) -> None:
+    error = error_for(tmp_path, EVENT_HEAD + f"event: {event}\n")
+    assert error.location == "syncs/orders.yml:6"
+    assert reason in error.reason, error.reason
+
+
+def test_an_event_name_of_100_bytes_is_taken(tmp_path: Path) -> None:
+    load_project(write(tmp_path, EVENT_HEAD + f"event: {{name: {{value: {'é' * 50}}}, id: o}}\n"))
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"), [("' '", "event name is blank"), ("x" * 101, "is 101 bytes")]
+)
+def test_an_on_change_event_name_customerio_refuses_fails_at_load(
+    tmp_path: Path, event: str, reason: str
+) -> None:
+    sync = PEOPLE + fields(["status"]) + f"on_change:\n  - attribute: status\n    event: {event}\n"
+    error = error_for(tmp_path, sync)
+    assert error.location == "syncs/profile.yml:11"
+    assert reason in error.reason, error.reason

@@ -59,6 +59,19 @@ def test_event_names_are_compared_without_case_punctuation_or_word_order() -> No
     assert event_name_key("Checkout Started") != event_name_key("Checkout Abandoned")
 
 
+def test_event_names_in_other_scripts_are_words_too() -> None:
+    """Letters beyond a-z are letters: `注文完了` (order completed) and `会員登録` (signed up)
+    are two events, not two spellings of one (every name without a Latin letter had the empty
+    key, so a Japanese team's second event name stopped the run as drift)."""
+    assert event_name_key("注文完了") != event_name_key("会員登録")
+    assert event_name_key("Ödeme Yapıldı") != event_name_key("Ädeme Yapıldı")
+    assert event_name_key("🎉") != event_name_key("🚀")  # no word at all: the name itself
+    # spellings of one name still meet, whatever the script
+    assert event_name_key("Заказ оформлен") == event_name_key("заказ_оформлен")
+    assert event_name_key("Ödeme Yapıldı") == event_name_key("ödeme-yapıldı")
+    assert event_name_key("\u00d6deme") == event_name_key("O\u0308deme")  # composed or not
+
+
 def test_two_syncs_writing_one_attribute_is_an_error_naming_both(
     project_factory: ProjectFactory,
 ) -> None:

@@ -610,7 +610,8 @@ def test_rows_whose_hash_columns_are_all_null_are_rejected_not_merged(
         f"(5, 'Used', {ts(60)}, null::varchar, 'z', 'n5')",
         "user_id, event_name, occurred_at, a, b, feature",
     )
-    report = run(project_factory.write({"activity": one}))
+    # (a new `event.id` over a model with rows is refused unless forced: docs/guardrails.md)
+    report = run(project_factory.write({"activity": one}), force=True)
     assert dict(report.changes.rejected_samples).popitem()[1] == (
         "event id is null: its `event.id.hash` column `a` is null"
     )
@@ -619,10 +620,33 @@ def test_rows_whose_hash_columns_are_all_null_are_rejected_not_merged(
         f"(6, 'Used', {ts(60)}, null::varchar, 'n6')",
         "user_id, event_name, occurred_at, event_id, feature",
     )
-    report = run(project_factory.write({"activity": EVENTS}))
+    report = run(project_factory.write({"activity": EVENTS}), force=True)
     assert dict(report.changes.rejected_samples).popitem()[1] == (
-        "column `event_id`: event id is null or empty"
+        "column `event_id`: event id is null, empty or blank"
     )
+
+
+def test_rows_whose_event_id_is_blank_are_rejected_not_merged(
+    project_factory: ProjectFactory,
+) -> None:
+    """An `event.id` of white space alone (a padded `char(n)` column, `coalesce(ref, ' ')`)
+    names no occurrence, as an empty one does: such rows are rejected, not keyed as one event
+    whose other rows are counted as repeats and never sent. White space around an id is kept
+    (a key delivered as `' o1'` stays that key)."""
+    table(
+        project_factory,
+        f"""(' ', 1, 'Used', {ts(60)}, 'a'), (' ', 2, 'Used', {ts(120)}, 'b'),
+            (chr(9) || chr(12288), 3, 'Used', {ts(180)}, 'c'),
+            (' o1', 4, 'Used', {ts(240)}, 'd')""",
+        "event_id, user_id, event_name, occurred_at, feature",
+    )
+    report = run(project_factory.write({"activity": EVENTS}))
+    assert (report.delivered, report.changes.rejected) == (1, 3)
+    assert report.changes.duplicates_in_model == 0
+    assert {reason for _, reason in report.changes.rejected_samples} == {
+        "column `event_id`: event id is null, empty or blank"
+    }
+    assert [e.data for e in project_factory.emulator.events()] == [{"feature": "d"}]
 
 
 def test_a_null_in_a_hash_column_is_not_the_text_backslash_n(
@@ -719,6 +743,30 @@ def test_an_event_before_1970_is_rejected_saying_so(project_factory: ProjectFact
     }
     assert len(project_factory.emulator.events()) == 1
     assert report.status == "success"  # nothing sent was refused
+
+
+def test_an_epoch_milliseconds_column_is_rejected_saying_it_looks_like_milliseconds(
+    project_factory: ProjectFactory,
+) -> None:
+    """A number column is read as unix seconds; one of milliseconds (JavaScript, Kafka and
+    many exports write them) is rejected naming the column, the value and the fix, not only
+    as "in the future" (in the year 58000). Unix seconds of the same column go."""
+    table(
+        project_factory,
+        f"('ms', 1, 'Used', {(NOW - 60) * 1000}::bigint, 'f'), "
+        f"('s', 1, 'Used', {NOW - 60}::bigint, 'f'), ('soon', 1, 'Used', {NOW + 3600}, 'f')",
+        "event_id, user_id, event_name, occurred_at, feature",
+    )
+    report = run(project_factory.write({"activity": EVENTS}))
+    assert (report.delivered, report.changes.rejected) == (1, 2)
+    reasons = dict(report.changes.rejected_samples)
+    assert reasons["ms"] == (
+        f"column `occurred_at`: timestamp {(NOW - 60) * 1000} is not unix seconds (it would be "
+        "past the year 5000): it looks like milliseconds; divide it in the model, e.g. "
+        "`occurred_at // 1000 as occurred_at`"
+    )
+    assert "is in the future" in reasons["soon"]  # an hour ahead is not milliseconds
+    assert held(project_factory) == [("Used", NOW - 60, {"feature": "f"})]
 
 
 @pytest.fixture

@@ -404,6 +404,43 @@ def test_a_changed_event_key_stops_the_run_until_forced_once(
     assert run_sync(project, "orders", console=NullConsole()).status == "success"
 
 
+def test_a_key_changed_while_no_event_would_be_sent_is_refused_not_recorded_unseen(
+    project_factory: ProjectFactory,
+) -> None:
+    """A key changed in a run where every event is older than `backfill.max_age` (skipped),
+    or every row is rejected, sends nothing now, but the events delivered under the old key
+    are not in the ledger under the new one: recorded silently, the new key let a later
+    `older: send` (or a longer `max_age`, or a fixed row) send each of them again as a new
+    event. The run is refused, saying so."""
+    emu = project_factory.emulator
+    project_factory.sql(
+        "create table orders as select i as order_id, 1 as user_id, "
+        "now() - to_hours(i) as placed_at from range(1, 5) t(i)"
+    )
+    timed = EVENTS.replace("order_id}", "order_id, timestamp: placed_at}")
+    project = project_factory.write({"orders": timed})
+    assert run_sync(project, "orders", console=NullConsole()).delivered == 4
+    # all four are older than 30 minutes now: skipped, nothing would be sent
+    quiet = timed.replace("id: order_id,", "id: {hash: [order_id]},").replace(
+        "backfill: {older: send}", "backfill: {max_age: 30m, older: skip}"
+    )
+    message = refused(project_factory.write({"orders": quiet}), "orders", emu)
+    assert "event key changed: `event.id` was `order_id`, now `{hash: [order_id]}`" in message
+    assert "4 events older than `backfill.max_age` (30m) are skipped now" in message
+    assert "sent again as new events if `backfill.older` becomes `send`" in message
+    # so is one whose rows are all rejected now (a row gone bad after its event was sent)
+    project_factory.sql("update orders set user_id = null")
+    bad = quiet.replace("max_age: 30m", "max_age: 72h")
+    message = refused(project_factory.write({"orders": bad}), "orders", emu)
+    assert "4 rows rejected now would be sent as new events once fixed" in message
+    project_factory.sql("update orders set user_id = 1")
+    # nothing was recorded: sending the old events later sends none of them twice
+    project = project_factory.write({"orders": timed})
+    report = run_sync(project, "orders", console=NullConsole())
+    assert (report.status, report.delivered, report.changes.already_delivered) == ("success", 0, 4)
+    assert len(emu.events()) == 4
+
+
 def test_plan_shows_the_guardrails_and_sync_exits_1_naming_the_breach(
     project_factory: ProjectFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1102,3 +1139,30 @@ event: {name: event_name, id: order_id}
     assert run_sync(project, "orders", console=NullConsole(), force=True).delivered == 1
     project_factory.sql("insert into orders values (7, 1, 'ORDER-REFUNDED')")
     assert run_sync(project, "orders", console=NullConsole()).delivered == 1
+
+
+def test_event_names_in_other_scripts_are_not_taken_for_spellings_of_each_other(
+    project_factory: ProjectFactory,
+) -> None:
+    """Names with no Latin letter (`注文完了`, `会員登録`) are distinct events: they go, while
+    a case variant of a Cyrillic name already sent stops the run as a Latin one does."""
+    emu = project_factory.emulator
+    body = """
+name: orders
+source: warehouse
+model: {table: orders}
+kind: events
+identify_by: {id: user_id}
+event: {name: event_name, id: order_id}
+"""
+    project_factory.sql(
+        "create table orders as select * from (values (1, 1, '注文完了'), (2, 1, '会員登録'), "
+        "(3, 1, 'Заказ оформлен')) t(order_id, user_id, event_name)"
+    )
+    project = project_factory.write({"orders": body})
+    report = run_sync(project, "orders", console=NullConsole())
+    assert report.status == "success" and report.delivered == 3
+    names = sorted(e.name for e in emu.events())
+    assert names == sorted(["注文完了", "会員登録", "Заказ оформлен"])
+    project_factory.sql("insert into orders values (4, 1, 'заказ_оформлен')")
+    assert "`заказ_оформлен` vs `Заказ оформлен`" in refused(project, "orders", emu)

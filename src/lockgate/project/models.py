@@ -594,6 +594,8 @@ def _expand_fields(value: Any) -> Any:
 
 # Customer.io's limits on the names and the number of attributes in one call (reference §9)
 MAX_NAME_BYTES = 150
+#: Customer.io's limit on an event's name, in bytes of UTF-8
+MAX_EVENT_NAME_BYTES = 100
 MAX_ATTRIBUTES = 300
 
 # people `attributes:` keys that change who the person is or how Customer.io treats the
@@ -685,6 +687,21 @@ class ModelRef(StrictModel):
         return self
 
 
+def _check_event_name(value: str) -> str:
+    """A constant event name Customer.io takes (trimmed, as it is sent): not blank, at most
+    100 bytes of UTF-8. One it refuses would reject every event of every run."""
+    name = value.strip()
+    if not name:
+        raise ValueError("event name is blank; Customer.io refuses an event without one")
+    size = len(name.encode())
+    if size > MAX_EVENT_NAME_BYTES:
+        raise ValueError(
+            f"event name `{name[:40]}…` is {size} bytes; Customer.io refuses event names over "
+            f"{MAX_EVENT_NAME_BYTES} bytes (UTF-8)"
+        )
+    return value
+
+
 class EventNameConfig(StrictModel):
     """The event name: a column or a constant."""
 
@@ -692,6 +709,17 @@ class EventNameConfig(StrictModel):
     """Column holding the event name."""
     value: str | None = None
     """A constant event name."""
+
+    @model_validator(mode="after")
+    def _one(self) -> EventNameConfig:
+        if (self.column is None) == (self.value is None):
+            raise ValueError(
+                "`event.name` needs exactly one of `column` and `value`: `name: event_name` "
+                "or `name: {value: Order Placed}`"
+            )
+        if self.value is not None:
+            _check_event_name(self.value)
+        return self
 
 
 class EventIdConfig(StrictModel):
@@ -701,6 +729,15 @@ class EventIdConfig(StrictModel):
     """Column holding a unique id per occurrence."""
     hash: list[str] | None = None
     """Columns whose values together identify one occurrence; their hash is the id."""
+
+    @model_validator(mode="after")
+    def _one(self) -> EventIdConfig:
+        if (self.column is None) == (not self.hash):
+            raise ValueError(
+                "`event.id` needs exactly one of `column` and `hash` (a list of columns): "
+                "`id: order_id` or `id: {hash: [order_id, line]}`"
+            )
+        return self
 
 
 class BackfillConfig(StrictModel):
@@ -785,6 +822,11 @@ class OnChangeConfig(StrictModel):
     @classmethod
     def _fields(cls, value: Any) -> Any:
         return _expand_fields(value)
+
+    @field_validator("event")
+    @classmethod
+    def _event(cls, value: str) -> str:
+        return _check_event_name(value)
 
 
 LIMIT = re.compile(r"^\s*(\d+(\.\d+)?)\s*%\s*$")

@@ -33,6 +33,7 @@ Example::
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -164,14 +165,20 @@ def run_warnings(project: Project, names: Sequence[str]) -> list[str]:
 
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-_NON_WORD = re.compile(r"[^0-9a-z]+")
+#: what separates words: anything but a letter or digit of any script (`_` included), so
+#: `注文完了` or `Ödeme` are words, not separators
+_NON_WORD = re.compile(r"[\W_]+")
 
 
 def event_name_key(name: str) -> str:
     """A name with case, punctuation, separators and word order normalised away:
-    `Checkout Abandoned`, `abandoned_checkout` and `checkoutAbandoned` share one key."""
-    words = _NON_WORD.split(_CAMEL.sub(" ", name.strip()).lower())
-    return " ".join(sorted(w for w in words if w))
+    `Checkout Abandoned`, `abandoned_checkout` and `checkoutAbandoned` share one key. A name
+    with no letter or digit at all (`🎉`) is its own key: only itself is its spelling. Unicode
+    forms are normalised (NFKC): a composed `Ö` and an `O` with a combining diaeresis are one
+    spelling to a reader, two names to Customer.io."""
+    text = unicodedata.normalize("NFKC", name.strip())
+    words = _NON_WORD.split(_CAMEL.sub(" ", text).casefold())
+    return " ".join(sorted(w for w in words if w)) or name.strip()
 
 
 def event_names(project: Project, sent: dict[str, list[str]]) -> list[Finding]:

@@ -361,8 +361,11 @@ def _event_key(sync: SyncConfig, last: contract.Contract | None, changes: Change
     keys the old definition made: under a new one no delivered event is in it, so each still
     in the model (and not skipped as backfill) would be sent again as a new event, with a new
     dedupe id Customer.io cannot tell from the first. The event name is not part of the key
-    (only of the dedupe id), so renaming an event sends nothing again. A change in a run that
-    would send no event (all older than the backfill window, or none left) stops nothing."""
+    (only of the dedupe id), so renaming an event sends nothing again. A change in a run whose
+    model is empty stops nothing. One that would send no event stops all the same when the
+    model holds rows: recorded, the new key would let a later `older: send` (or a longer
+    `max_age`) send the events skipped as backfill now, and a fix send the rows rejected now,
+    as new events, those delivered under the old key among them."""
     name, limit = "event key unchanged", "same as last run"
     was = (last.mapping or {}).get("event_key") if last is not None else None
     if was is None:  # a first run, or one recorded before the key was
@@ -372,13 +375,28 @@ def _event_key(sync: SyncConfig, last: contract.Contract | None, changes: Change
         return GuardResult(name, limit, "unchanged", False)
     assert last is not None and now is not None
     actual = f"`event.id` was `{event_key_text(was)}`, now `{event_key_text(now)}`"
-    if not changes.to_send:  # nothing would go out again: the run records the new key
+    if not changes.rows:
+        # no row in the model: nothing can go out again, the run records the new key
         return GuardResult("event key changed", limit, f"{actual}; no event sent again", False)
-    backfill = (
-        f"older than `backfill.max_age` ({sync.backfill.max_age}) are skipped"
-        if sync.backfill.older == "skip"
-        else f"older than `backfill.max_age` ({sync.backfill.max_age}) are sent as well"
-    )
+    age = f"older than `backfill.max_age` ({sync.backfill.max_age})"
+    if sync.backfill.older != "skip":
+        backfill = f"events {age} are sent as well"
+    elif changes.backfill_skipped:
+        skipped = changes.backfill_skipped
+        backfill = (
+            f"{skipped:,} {'event' if skipped == 1 else 'events'} {age} "
+            f"{'is' if skipped == 1 else 'are'} skipped now; those "
+            "delivered under the old key would be sent again as new events if "
+            "`backfill.older` becomes `send` or `max_age` longer"
+        )
+    else:
+        backfill = f"events {age} are skipped"
+    if changes.rejected:
+        one = changes.rejected == 1
+        backfill += (
+            f"; {changes.rejected:,} {'row' if one else 'rows'} rejected now would be sent as "
+            f"{'a new event' if one else 'new events'} once fixed"
+        )
     return GuardResult(
         "event key changed",
         limit,
@@ -387,7 +405,7 @@ def _event_key(sync: SyncConfig, last: contract.Contract | None, changes: Change
         f"Since run {last.run_id} every event is keyed anew, so none of those delivered "
         f"under the old key is in the ledger any more: each still in the model would "
         f"be sent again as a new event, with a new dedupe id Customer.io does not drop (this "
-        f"run would send {changes.to_send:,} events; events {backfill}).",
+        f"run would send {changes.to_send:,} events; {backfill}).",
         hint=f"set `event.id` back to `{event_key_text(was)}` in the sync file to keep the "
         f"events delivered as they are; if every event still in the model should be sent "
         f"again as new, run `lockgate sync {sync.name} --force` once (it records the new key; "

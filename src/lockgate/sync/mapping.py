@@ -31,6 +31,7 @@ from lockgate.errors import ConfigError
 from lockgate.project.identity import IDENTIFIER_SPACE
 from lockgate.project.models import (
     MAX_ATTRIBUTES,
+    MAX_EVENT_NAME_BYTES,
     FieldConfig,
     SyncConfig,
     reads_identify_email,
@@ -46,10 +47,12 @@ CUSTOMERIO_IDENTIFIERS = {"id": "id", "user_id": "id", "cio_id": "cio_id", "emai
 IDENTIFIER_PRIORITY = ("id", "cio_id", "email")
 MAX_ID_BYTES = 150
 MAX_VALUE_BYTES = 1000
-MAX_EVENT_NAME_BYTES = 100
 #: what delivery puts before an event's operation: `{"id":"<its 26-character ULID>",`
 EVENT_ID_BYTES = len('{"id":"",') + 26
 FUTURE_TOLERANCE_SECONDS = 300
+#: unix seconds in the year 5138 (unix milliseconds since 1973): a number column's event
+#: timestamp from here on is taken for milliseconds in its reject reason
+EPOCH_MS_FROM = 10**11
 
 TIMESTAMP_TYPES = ("TIMESTAMP", "DATE")
 NUMERIC_TYPES = (
@@ -1622,8 +1625,12 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
                 f"sync `{sync.name}`: event id column `{event.id.column}` is not in the model",
                 hint=columns_hint(columns),
             )
-        key_sql = f"nullif({_key_text(event.id.column, columns[event.id.column])}, '')"
-        null_id = f"column `{event.id.column}`: event id is null or empty"
+        # an id of white space alone names no occurrence, as an empty one does (every such
+        # row would be one event, the others counted as repeats); around an id it is kept,
+        # so no key delivered before changes
+        key_text = _key_text(event.id.column, columns[event.id.column])
+        key_sql = f"case when {_trim(key_text)} <> '' then {key_text} end"
+        null_id = f"column `{event.id.column}`: event id is null, empty or blank"
         used.append(event.id.column)
     elif event.id.hash:
         for col in event.id.hash:
@@ -1681,6 +1688,17 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
             f"case when {q(event.timestamp)} is null then "
             f"{lit(f'column `{event.timestamp}`: timestamp is null')} end"
         )
+        if _is(columns[event.timestamp], NUMERIC_TYPES):
+            # a number column is read as unix seconds: one of milliseconds (how JavaScript,
+            # Kafka and many exports write time) is tens of thousands of years ahead, which
+            # the check below would only call "in the future"
+            checks.append(
+                f"case when {ts_sql} >= {EPOCH_MS_FROM} then "
+                f"{lit(f'column `{event.timestamp}`: timestamp ')} || {ts_sql} || "
+                f"{lit(' is not unix seconds (it would be past the year 5000): it looks like ')}"
+                f" || {lit('milliseconds; divide it in the model, e.g. `')} || "
+                f"{lit(f'{event.timestamp} // 1000 as {event.timestamp}`')} end"
+            )
         skew = FUTURE_TOLERANCE_SECONDS // 60
         checks.append(
             f"case when {ts_sql} > {now_epoch + FUTURE_TOLERANCE_SECONDS} then "
