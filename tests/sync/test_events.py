@@ -6,6 +6,7 @@ import re
 import time
 from typing import Any
 
+import pytest
 from ulid import ULID
 
 from lockgate.console import NullConsole
@@ -112,14 +113,23 @@ def test_event_ids_are_stable_so_the_api_dedupes_even_without_state(
     assert emu.stats.duplicate_events_dropped == 3
 
 
-def test_backfill_can_be_renamed_instead_of_skipped(project_factory: ProjectFactory) -> None:
+@pytest.mark.parametrize(
+    ("template", "sent_as"),
+    [
+        ("{name}_backfill", "Feature Used_backfill"),
+        ("{name} (backfill of {name})", "Feature Used (backfill of Feature Used)"),
+    ],
+)
+def test_backfill_can_be_renamed_instead_of_skipped(
+    project_factory: ProjectFactory, template: str, sent_as: str
+) -> None:
     seed(project_factory)
-    renamed = EVENTS + 'backfill: {max_age: 24h, older: {rename: "{name}_backfill"}}\n'
+    renamed = EVENTS + f'backfill: {{max_age: 24h, older: {{rename: "{template}"}}}}\n'
     project = project_factory.write({"activity": renamed})
     report = run_sync(project, "activity", console=NullConsole())
     assert report.changes.backfill_sent == 1
     names = sorted(e.name for e in project_factory.emulator.events())
-    assert names.count("Feature Used_backfill") == 1
+    assert names.count(sent_as) == 1
 
 
 def test_hash_ids_and_constant_names(project_factory: ProjectFactory) -> None:

@@ -1721,8 +1721,8 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
     backfill_sql = f"({ts_sql} < {now_epoch - sync.backfill.max_age_seconds})"
     older = sync.backfill.older
     if isinstance(older, dict):
-        before, _, after = older["rename"].partition("{name}")
-        renamed = f"{lit(before)} || {name_sql} || {lit(after)}"
+        # every `{name}` in the template is the event's name: `{name}_{name}` too
+        renamed = f" || {name_sql} || ".join(lit(part) for part in older["rename"].split("{name}"))
         sent_name = f"case when {backfill_sql} then {renamed} else {name_sql} end"
     else:
         sent_name = name_sql
