@@ -366,7 +366,7 @@ def _record_format(con: duckdb.DuckDBPyConnection) -> None:
         )
 
 
-def _open_database(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
+def _open_database(path: Path, memory_limit: str | None) -> duckdb.DuckDBPyConnection:
     """The state database, with the settings every run relies on, its schema up to date."""
     try:
         con = duckdb.connect(str(path))
@@ -390,10 +390,54 @@ def _open_database(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _configure(con: duckdb.DuckDBPyConnection, path: Path, memory_limit: str) -> None:
+#: DuckDB's memory limit on the state's connection; past it, joins, sorts and group-bys
+#: spill to ``tmp/`` in the state folder
+MEMORY_LIMIT = "256MB"
+#: the environment variable that sets another limit (tests run the engine under a tiny one,
+#: so that an operator that cannot spill runs out of memory on a small model)
+MEMORY_LIMIT_ENV = "LOCKGATE_STATE_MEMORY_LIMIT"
+#: the environment variable that sets how many threads DuckDB runs the state's queries on
+#: (one per core by default); the memory limit is shared among them
+THREADS_ENV = "LOCKGATE_STATE_THREADS"
+
+
+def _memory_limit(given: str | None) -> str:
+    """The state's memory limit: ``given``, else :data:`MEMORY_LIMIT_ENV`'s, else 256MB."""
+    if given:
+        return given
+    value = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    if not value:
+        return MEMORY_LIMIT
+    if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", value, re.IGNORECASE):
+        raise StateError(
+            f"{MEMORY_LIMIT_ENV}={value!r} is not a memory size",
+            hint=f"give a size such as 256MB or 1GB, or unset {MEMORY_LIMIT_ENV} for the "
+            f"default ({MEMORY_LIMIT})",
+        )
+    return value
+
+
+def _threads() -> int | None:
+    """The threads :data:`THREADS_ENV` asks for, if it is set."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise StateError(
+            f"{THREADS_ENV}={value!r} is not a number of threads",
+            hint=f"give a whole number of at least 1, or unset {THREADS_ENV} for one thread "
+            "per core",
+        )
+    return int(value)
+
+
+def _configure(con: duckdb.DuckDBPyConnection, path: Path, memory_limit: str | None) -> None:
     """The settings every use of the state relies on."""
     tmp = path.parent / "tmp"
-    run_sql(con, f"set memory_limit='{memory_limit}'")
+    run_sql(con, f"set memory_limit='{_memory_limit(memory_limit)}'")
+    threads = _threads()
+    if threads is not None:
+        run_sql(con, f"set threads={threads}")
     run_sql(con, f"set temp_directory='{tmp}'")
     run_sql(con, "set preserve_insertion_order=false")
     run_sql(con, "set enable_progress_bar=false")  # progress is drawn by the console
@@ -405,7 +449,7 @@ def _configure(con: duckdb.DuckDBPyConnection, path: Path, memory_limit: str) ->
     run_sql(con, "set checkpoint_threshold='4GB'")
 
 
-def _open_database_read_only(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
+def _open_database_read_only(path: Path, memory_limit: str | None) -> duckdb.DuckDBPyConnection:
     """The state database opened to read only: nothing created, upgraded or written, so a
     state on a read-only disk (a backup, a read-only mount) reads as well. No state file yet
     reads as an empty state (an in-memory one)."""
@@ -477,7 +521,7 @@ class StateStore:
         cls,
         state_dir: Path,
         *,
-        memory_limit: str = "256MB",
+        memory_limit: str | None = None,
         wait: float = LOCK_WAIT_SECONDS,
         waiting: Callable[[str], None] | None = None,
     ) -> StateStore:
@@ -522,7 +566,7 @@ class StateStore:
 
     @classmethod
     def open_read_only(
-        cls, state_dir: Path, *, memory_limit: str = "256MB", wait: float = LOCK_WAIT_SECONDS
+        cls, state_dir: Path, *, memory_limit: str | None = None, wait: float = LOCK_WAIT_SECONDS
     ) -> StateStore:
         """Open the project's state to read it only (`lockgate runs`, `history`): nothing in
         the folder is created or written, so a read-only copy or mount of the state reads as

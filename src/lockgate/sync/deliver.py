@@ -82,20 +82,42 @@ def _ulid_matrix(ts_seconds: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.n
 
 
 #: an events run of at most this many events sends them in time order (a sort of their
-#: payloads, which the state's memory limit holds at this size); a larger one (a first sync of
-#: a long history) sends them as they are staged, in no set order
+#: payloads); a larger one (a first sync of a long history) sends them as they are staged, in
+#: no set order
 EVENTS_IN_TIME_ORDER = 1_000_000
+#: ... and only while their payloads take at most this share of the state's memory limit: the
+#: sort does not spill well (250,000 events of 1 KB ran out of memory under 256 MB; 120,000
+#: did not)
+EVENTS_IN_TIME_ORDER_SHARE = 0.25
+
+_UNITS = {"bytes": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def _memory_limit(con: duckdb.DuckDBPyConnection) -> float | None:
+    """The connection's memory limit in bytes (DuckDB gives it as text: ``244.1 MiB``)."""
+    text = str(con.execute("select current_setting('memory_limit')").fetchall()[0][0])
+    number, _, unit = text.strip().partition(" ")
+    try:
+        return float(number) * _UNITS[unit.lower()]
+    except (ValueError, KeyError):
+        return None
 
 
 def _order(con: duckdb.DuckDBPyConnection, kind: str, source: str) -> str:
     """The ``order by`` an events run reads its events with: oldest first, so that a person's
     events reach Customer.io in the order they happened as far as batches in flight allow
     (`signed_up` before `trial_started`: a campaign triggered by one and filtered on the other
-    sees both). Nothing for other kinds, or past :data:`EVENTS_IN_TIME_ORDER` events."""
+    sees both). Nothing for other kinds, past :data:`EVENTS_IN_TIME_ORDER` events, or past
+    :data:`EVENTS_IN_TIME_ORDER_SHARE` of the memory limit in payloads."""
     if kind != "events":
         return ""
-    count = con.execute(f"select count(*) from {source}").fetchall()[0][0]
-    return " order by ts, k" if count <= EVENTS_IN_TIME_ORDER else ""
+    count, size = con.execute(
+        "select count(*), coalesce(sum(strlen(coalesce(op, '')) + strlen(coalesce(k, '')) "
+        f"+ strlen(coalesce(ident, ''))), 0) from {source}"
+    ).fetchall()[0]
+    limit = _memory_limit(con)
+    fits = limit is None or size <= limit * EVENTS_IN_TIME_ORDER_SHARE
+    return " order by ts, k" if count <= EVENTS_IN_TIME_ORDER and fits else ""
 
 
 def _records(
