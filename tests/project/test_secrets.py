@@ -94,6 +94,23 @@ LITERALS = {
         7,
         "SNOWFLAKE_PASSWORD",
     ),
+    "private_key": (
+        PROJECT.replace(
+            "type: duckdb\n    path: w.duckdb",
+            "type: snowflake\n    account: a\n    user: u\n    private_key: LITERAL",
+        ),
+        7,
+        "SNOWFLAKE_PRIVATE_KEY",
+    ),
+    "private_key_passphrase": (
+        PROJECT.replace(
+            "type: duckdb\n    path: w.duckdb",
+            "type: snowflake\n    account: a\n    user: u\n    private_key_path: k.p8\n"
+            "    private_key_passphrase: LITERAL",
+        ),
+        8,
+        "SNOWFLAKE_PRIVATE_KEY_PASSPHRASE",
+    ),
     "api_key": (
         PROJECT + "destinations:\n  customerio:\n    type: customerio\n    api_key: LITERAL\n",
         9,
