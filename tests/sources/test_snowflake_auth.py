@@ -183,6 +183,16 @@ def test_a_password_still_logs_in_with_the_password(
     assert "TOKEN" not in login
 
 
+def test_an_oauth_token_logs_in_with_the_token(
+    server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SNOWFLAKE_TOKEN", "oauth_token_x")
+    config = {"authenticator": "oauth", "token": "${SNOWFLAKE_TOKEN}"}
+    login = login_with(server, config, tmp_path)
+    assert (login["AUTHENTICATOR"], login["TOKEN"]) == ("OAUTH", "oauth_token_x")
+    assert "PASSWORD" not in login
+
+
 # --------------------------------------------------------------------------- errors
 
 PROJECT = """\
@@ -303,8 +313,30 @@ def test_a_passphrase_for_a_key_that_is_not_encrypted_is_said(tmp_path: Path) ->
             "`private_key_passphrase` decrypts a key, but neither `private_key` nor "
             "`private_key_path` is set",
         ),
+        (
+            "    authenticator: oauth\n    password: ${SNOWFLAKE_PASSWORD}\n",
+            8,
+            "`authenticator: oauth` logs in with `token`, not `password`",
+        ),
+        (
+            "    authenticator: oauth\n",
+            7,
+            "`authenticator: oauth` needs `token: ${SNOWFLAKE_TOKEN}`",
+        ),
+        (
+            "    private_key_path: rsa_key.p8\n    token: ${SNOWFLAKE_TOKEN}\n",
+            8,
+            "`token` is an OAuth access token: set `authenticator: oauth`",
+        ),
     ],
-    ids=["password and key", "key and key file", "passphrase without a key"],
+    ids=[
+        "password and key",
+        "key and key file",
+        "passphrase without a key",
+        "oauth and password",
+        "oauth without a token",
+        "token without oauth",
+    ],
 )
 def test_two_ways_to_log_in_are_refused_at_the_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], lines: str, line: int, said: str

@@ -380,6 +380,12 @@ class SnowflakeSourceConfig(StrictModel):
     private_key_passphrase: Annotated[str | None, Secret("SNOWFLAKE_PRIVATE_KEY_PASSPHRASE")] = None
     """Passphrase of an encrypted key (`private_key` or `private_key_path`), as
     `${SNOWFLAKE_PRIVATE_KEY_PASSPHRASE}` (secret)."""
+    authenticator: Literal["oauth"] | None = None
+    """`oauth` to log in with an OAuth access token (`token`) instead of a password or key;
+    unset: `password`, or key-pair authentication with `private_key` or `private_key_path`."""
+    token: Annotated[str | None, Secret("SNOWFLAKE_TOKEN")] = None
+    """The OAuth access token for `authenticator: oauth`, as `${SNOWFLAKE_TOKEN}` (secret).
+    Read when Lockgate connects, so whatever runs Lockgate keeps the variable fresh."""
     warehouse: str | None = None
     """Virtual warehouse to run queries on."""
     database: str | None = None
@@ -402,6 +408,25 @@ class SnowflakeSourceConfig(StrictModel):
             for key in ("password", "private_key", "private_key_path")
             if getattr(self, key) is not None
         ]
+        if self.authenticator == "oauth":
+            if given:
+                raise _error_at(
+                    (given[0],),
+                    f"`authenticator: oauth` logs in with `token`, not `{given[0]}`: remove "
+                    f"`{given[0]}`, or `authenticator` to log in with it",
+                )
+            if self.token is None:
+                raise _error_at(
+                    ("authenticator",),
+                    "`authenticator: oauth` needs `token: ${SNOWFLAKE_TOKEN}`, the OAuth access "
+                    "token",
+                )
+        elif self.token is not None:
+            raise _error_at(
+                ("token",),
+                "`token` is an OAuth access token: set `authenticator: oauth` to log in with "
+                "it, or remove it",
+            )
         if len(given) > 1:
             raise _error_at(
                 (given[1],),

@@ -216,8 +216,8 @@ class SnowflakeSource:
             account = connect_kwargs.get("account", "?")
             raise SourceError(
                 f"{self.who}: cannot connect to account `{account}`: {db_message(exc)}",
-                hint="check `account`, `user` and the password or key in lockgate.yml and the "
-                "environment; is the account reachable from here?",
+                hint="check `account`, `user` and the password, key or token in lockgate.yml and "
+                "the environment; is the account reachable from here?",
             ) from exc
 
     @classmethod
@@ -241,6 +241,9 @@ class SnowflakeSource:
         }
         if config.password is not None:
             kwargs["password"] = resolve_env(config.password, field="password")
+        if config.authenticator == "oauth":
+            kwargs["authenticator"] = "oauth"
+            kwargs["token"] = resolve_env(config.token, field="token")
         passphrase = resolve_env(config.private_key_passphrase, field="private_key_passphrase")
         if config.private_key is not None:
             text = resolve_env(config.private_key, field="private_key") or ""
