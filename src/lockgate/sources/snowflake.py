@@ -163,7 +163,7 @@ def private_key_der(data: bytes, passphrase: str | None, *, who: str, where: str
             f"{who}: {where} does not hold a private key Lockgate can read (not shown)",
             hint="give a PEM private key (`-----BEGIN PRIVATE KEY-----` or `-----BEGIN "
             "ENCRYPTED PRIVATE KEY-----`, as `openssl genrsa` / `openssl pkcs8` write it) or "
-            "its DER bytes in base64",
+            "its DER bytes in base64; a key file's path goes in `private_key_path`",
         ) from None
     else:
         if passphrase is not None:
