@@ -28,6 +28,7 @@ NOT_SECRET = {
     "private_key_path": "the path of a key file; a key written there is refused (tests below)",
     "credentials_path": "the path of a key file; a key written there is refused (tests below)",
     "key": "an identity source's column naming its rows",
+    "authenticator": "how Snowflake logs in (`oauth`); its secret is `token`",
     "primary_key": "a sync's key column",
     "webhooks": "the reporting webhooks' block; its secret is `signing_key`",
 }
@@ -93,6 +94,32 @@ LITERALS = {
         ),
         7,
         "SNOWFLAKE_PASSWORD",
+    ),
+    "private_key": (
+        PROJECT.replace(
+            "type: duckdb\n    path: w.duckdb",
+            "type: snowflake\n    account: a\n    user: u\n    private_key: LITERAL",
+        ),
+        7,
+        "SNOWFLAKE_PRIVATE_KEY",
+    ),
+    "private_key_passphrase": (
+        PROJECT.replace(
+            "type: duckdb\n    path: w.duckdb",
+            "type: snowflake\n    account: a\n    user: u\n    private_key_path: k.p8\n"
+            "    private_key_passphrase: LITERAL",
+        ),
+        8,
+        "SNOWFLAKE_PRIVATE_KEY_PASSPHRASE",
+    ),
+    "token": (
+        PROJECT.replace(
+            "type: duckdb\n    path: w.duckdb",
+            "type: snowflake\n    account: a\n    user: u\n    authenticator: oauth\n"
+            "    token: LITERAL",
+        ),
+        8,
+        "SNOWFLAKE_TOKEN",
     ),
     "api_key": (
         PROJECT + "destinations:\n  customerio:\n    type: customerio\n    api_key: LITERAL\n",

@@ -366,12 +366,26 @@ class SnowflakeSourceConfig(StrictModel):
     user: str
     """User name."""
     password: Annotated[str | None, Secret("SNOWFLAKE_PASSWORD")] = None
-    """Password as `${SNOWFLAKE_PASSWORD}` (secret)."""
+    """Password as `${SNOWFLAKE_PASSWORD}` (secret). Give one of `password`, `private_key` or
+    `private_key_path`."""
+    private_key: Annotated[str | None, Secret("SNOWFLAKE_PRIVATE_KEY")] = None
+    """The private key itself for key-pair authentication, as `${SNOWFLAKE_PRIVATE_KEY}`
+    (secret): the PEM text (its line breaks may be written `\\n`) or base64 DER on one line,
+    as CI systems hold keys. Instead of `password` or `private_key_path`."""
     private_key_path: str | None = None
     """Path to a PEM private key for key-pair authentication, instead of a password; relative
     to the project folder unless absolute. `${ENV_VAR}` references and a leading `~` are
     expanded, as in `state:`. The key itself, written here or in the variable, is refused
-    (without being shown): give its file's path."""
+    (without being shown): give its file's path, or the key as `private_key`."""
+    private_key_passphrase: Annotated[str | None, Secret("SNOWFLAKE_PRIVATE_KEY_PASSPHRASE")] = None
+    """Passphrase of an encrypted key (`private_key` or `private_key_path`), as
+    `${SNOWFLAKE_PRIVATE_KEY_PASSPHRASE}` (secret)."""
+    authenticator: Literal["oauth"] | None = None
+    """`oauth` to log in with an OAuth access token (`token`) instead of a password or key;
+    unset: `password`, or key-pair authentication with `private_key` or `private_key_path`."""
+    token: Annotated[str | None, Secret("SNOWFLAKE_TOKEN")] = None
+    """The OAuth access token for `authenticator: oauth`, as `${SNOWFLAKE_TOKEN}` (secret).
+    Read when Lockgate connects, so whatever runs Lockgate keeps the variable fresh."""
     warehouse: str | None = None
     """Virtual warehouse to run queries on."""
     database: str | None = None
@@ -385,6 +399,47 @@ class SnowflakeSourceConfig(StrictModel):
     @classmethod
     def _key_path(cls, value: str | None) -> str | None:
         return check_key_file(value, "private_key_path")
+
+    @model_validator(mode="after")
+    def _one_login(self) -> SnowflakeSourceConfig:
+        """One way to log in: two were ambiguous (the connector silently preferred the key)."""
+        given = [
+            key
+            for key in ("password", "private_key", "private_key_path")
+            if getattr(self, key) is not None
+        ]
+        if self.authenticator == "oauth":
+            if given:
+                raise _error_at(
+                    (given[0],),
+                    f"`authenticator: oauth` logs in with `token`, not `{given[0]}`: remove "
+                    f"`{given[0]}`, or `authenticator` to log in with it",
+                )
+            if self.token is None:
+                raise _error_at(
+                    ("authenticator",),
+                    "`authenticator: oauth` needs `token: ${SNOWFLAKE_TOKEN}`, the OAuth access "
+                    "token",
+                )
+        elif self.token is not None:
+            raise _error_at(
+                ("token",),
+                "`token` is an OAuth access token: set `authenticator: oauth` to log in with "
+                "it, or remove it",
+            )
+        if len(given) > 1:
+            raise _error_at(
+                (given[1],),
+                f"both `{given[0]}` and `{given[1]}` are set; a Snowflake source logs in with "
+                "one of `password`, `private_key` or `private_key_path`: remove the others",
+            )
+        if self.private_key_passphrase is not None and given in ([], ["password"]):
+            raise _error_at(
+                ("private_key_passphrase",),
+                "`private_key_passphrase` decrypts a key, but neither `private_key` nor "
+                "`private_key_path` is set",
+            )
+        return self
 
 
 class BigQuerySourceConfig(StrictModel):

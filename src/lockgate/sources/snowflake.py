@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
-from lockgate.errors import MissingDependencyError, SourceError
+from lockgate.errors import ConfigError, MissingDependencyError, SourceError
 from lockgate.project.models import key_file, resolve_env
 from lockgate.sources.base import (
     DEFAULT_BATCH_ROWS,
@@ -104,6 +105,79 @@ def unfold(name: str) -> str:
     return name.upper() if name == name.lower() else name
 
 
+def key_bytes(text: str) -> bytes:
+    """The key a `private_key` variable holds: PEM text (its line breaks possibly written as
+    `\\n`, as some secret stores keep one line), else base64 DER. Returned as given when it
+    is neither; :func:`private_key_der` then says the key cannot be read."""
+    text = text.strip()
+    if "-----BEGIN" in text:
+        if "\n" not in text and "\\n" in text:
+            text = text.replace("\\n", "\n")
+        return text.encode()
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except ValueError:
+        return text.encode()
+
+
+def private_key_der(data: bytes, passphrase: str | None, *, who: str, where: str) -> bytes:
+    """``data`` (a PEM or DER private key, perhaps encrypted) as unencrypted DER in PKCS#8,
+    what the connector's `private_key` takes. A ConfigError naming ``who`` and ``where`` the
+    key is (`` `private_key` ``, `` `private_key_path` (`keys/rsa_key.p8`) ``), never
+    the key or the passphrase, when it is encrypted and no passphrase is set, the passphrase
+    is wrong, a passphrase is set for a key that is not encrypted, or it is not a key."""
+    try:
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+    except ImportError:  # installed with the connector
+        raise MissingDependencyError("snowflake-connector-python", "snowflake") from None
+
+    load = (
+        serialization.load_pem_private_key
+        if data.lstrip().startswith(b"-----BEGIN")
+        else serialization.load_der_private_key
+    )
+    fix = (
+        "set `private_key_passphrase: ${SNOWFLAKE_PRIVATE_KEY_PASSPHRASE}` and export the "
+        "passphrase the key was encrypted with"
+    )
+    try:
+        key = load(data, password=None)
+    except TypeError:  # encrypted
+        if passphrase is None:
+            raise ConfigError(
+                f"{who}: the key in {where} is encrypted and `private_key_passphrase` is not set",
+                hint=fix,
+            ) from None
+        try:
+            key = load(data, password=passphrase.encode())
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise ConfigError(
+                f"{who}: `private_key_passphrase` does not decrypt the key in {where} "
+                "(wrong passphrase; neither is shown)",
+                hint="check the variable `private_key_passphrase` names holds the passphrase "
+                "this key was encrypted with, and that the key is the one you meant",
+            ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ConfigError(
+            f"{who}: {where} does not hold a private key Lockgate can read (not shown)",
+            hint="give a PEM private key (`-----BEGIN PRIVATE KEY-----` or `-----BEGIN "
+            "ENCRYPTED PRIVATE KEY-----`, as `openssl genrsa` / `openssl pkcs8` write it) or "
+            "its DER bytes in base64; a key file's path goes in `private_key_path`",
+        ) from None
+    else:
+        if passphrase is not None:
+            raise ConfigError(
+                f"{who}: `private_key_passphrase` is set but the key in {where} is not encrypted",
+                hint="remove `private_key_passphrase`, or give the encrypted key you meant",
+            )
+    return key.private_bytes(
+        encoding=serialization.Encoding.DER,
+        format=serialization.PrivateFormat.PKCS8,
+        encryption_algorithm=serialization.NoEncryption(),
+    )
+
+
 def _to_arrow_value(value: Any, kind: pa.DataType) -> Any:
     if value is None:
         return None
@@ -142,8 +216,8 @@ class SnowflakeSource:
             account = connect_kwargs.get("account", "?")
             raise SourceError(
                 f"{self.who}: cannot connect to account `{account}`: {db_message(exc)}",
-                hint="check `account`, `user` and the password or key in lockgate.yml and the "
-                "environment; is the account reachable from here?",
+                hint="check `account`, `user` and the password, key or token in lockgate.yml and "
+                "the environment; is the account reachable from here?",
             ) from exc
 
     @classmethod
@@ -151,20 +225,46 @@ class SnowflakeSource:
         cls, config: SnowflakeSourceConfig, *, root: Path, name: str | None = None
     ) -> SnowflakeSource:
         """Connect with the configured account; `${ENV}` references are resolved here."""
+        return cls(name=name, **cls.connect_args(config, root=root, name=name))
+
+    @classmethod
+    def connect_args(
+        cls, config: SnowflakeSourceConfig, *, root: Path, name: str | None = None
+    ) -> dict[str, Any]:
+        """The connector's arguments for ``config``: `${ENV}` references resolved, and a key
+        (`private_key` or `private_key_path`, decrypted with `private_key_passphrase`) loaded
+        as the unencrypted DER (PKCS#8) bytes the connector's `private_key` takes."""
+        who = label(cls.NAME, name)
         kwargs: dict[str, Any] = {
             "account": resolve_env(config.account, field="account"),
             "user": resolve_env(config.user, field="user"),
         }
         if config.password is not None:
             kwargs["password"] = resolve_env(config.password, field="password")
+        if config.authenticator == "oauth":
+            kwargs["authenticator"] = "oauth"
+            kwargs["token"] = resolve_env(config.token, field="token")
+        passphrase = resolve_env(config.private_key_passphrase, field="private_key_passphrase")
+        if config.private_key is not None:
+            text = resolve_env(config.private_key, field="private_key") or ""
+            kwargs["private_key"] = private_key_der(
+                key_bytes(text), passphrase, who=who, where="`private_key`"
+            )
         if config.private_key_path is not None:
-            kwargs["private_key_file"] = str(
-                key_file(
-                    root,
-                    config.private_key_path,
-                    field="private_key_path",
-                    who=label(cls.NAME, name),
-                )
+            path = key_file(root, config.private_key_path, field="private_key_path", who=who)
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise SourceError(
+                    f"{who}: cannot read key file `{config.private_key_path}`: "
+                    f"{exc.strerror or exc}",
+                    hint="check that the file is readable by the user running Lockgate",
+                ) from exc
+            kwargs["private_key"] = private_key_der(
+                data,
+                passphrase,
+                who=who,
+                where=f"`private_key_path` (`{config.private_key_path}`)",
             )
         for key, value in (
             ("warehouse", config.warehouse),
@@ -174,7 +274,7 @@ class SnowflakeSource:
         ):
             if value is not None:
                 kwargs[key] = resolve_env(value, field=key)
-        return cls(name=name, **kwargs)
+        return kwargs
 
     # ------------------------------------------------------------------ reading
 
