@@ -38,6 +38,23 @@ from typing import Any
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s`'\"<>]*@")
 
 
+#: a value a message quotes (a reject reason, an answer of Customer.io) is shown whole up to
+#: this many characters; a longer one is cut to its first :data:`QUOTED_HEAD` characters and
+#: followed by its length, so a 5,000-character value gives a reason of a line, not of 5,000
+#: characters (in the report, `lockgate runs show`, the run log)
+QUOTED_CHARS = 100
+QUOTED_HEAD = 80
+
+
+def shorten(text: str, limit: int = QUOTED_CHARS, head: int = QUOTED_HEAD) -> str:
+    """``text`` as a message quotes it: whole up to ``limit`` characters, else its first
+    ``head`` and `… (N characters)`. Characters, not bytes: none is cut in two.
+    :func:`lockgate.sync.mapping.quoted` is the same in SQL, for the reasons made there."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:head]}… ({len(text)} characters)"
+
+
 def without_userinfo(text: str) -> str:
     """``text`` (a URL, or a message quoting URLs) with each URL's user and password replaced
     by `***` (`http://***@proxy:8080/track`): a `track_url` or `app_url` may carry a proxy's

@@ -441,3 +441,93 @@ def test_a_secret_wrapped_in_a_reference_is_never_printed(
     for text in printed:
         for secret in (KEY, PASSWORD, "hooks_slack_com"):
             assert secret not in text, text
+
+
+PLACES = """\
+name: acme
+sources:
+  warehouse:
+    type: duckdb
+    path: ${LG_TEST_DATA}/w.duckdb
+  pg:
+    type: postgres
+    url: ${LG_TEST_PG_URL}
+  snow:
+    type: snowflake
+    account: acme
+    user: bob
+    private_key: ${LG_TEST_SNOW_KEY}
+destinations:
+  customerio:
+    type: customerio
+    site_id: ${LG_TEST_SITE}
+    track_url: http://127.0.0.1:9
+alerts:
+  - url: ${LG_TEST_ALERT}
+webhooks:
+  signing_key: ${LG_TEST_SIGNING}
+"""
+
+
+def test_a_variable_not_set_is_named_with_its_source_destination_or_alert_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`environment variable `X` (for `private_key`) is not set` said neither which source
+    nor where in lockgate.yml; each such error now names both, never a value."""
+    for name in ("DATA", "PG_URL", "SNOW_KEY", "SITE", "ALERT", "SIGNING"):
+        monkeypatch.delenv(f"LG_TEST_{name}", raising=False)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", "sekrit-api-key")
+    project(tmp_path, PLACES)
+    at = ["--project", str(tmp_path)]
+
+    # validate lists them all, each at its line
+    main(["validate", *at])
+    said = capsys.readouterr().err.splitlines()
+    for line, name, where in [
+        (5, "LG_TEST_DATA", "sources.warehouse.path"),
+        (8, "LG_TEST_PG_URL", "sources.pg.url"),
+        (13, "LG_TEST_SNOW_KEY", "sources.snow.private_key"),
+        (17, "LG_TEST_SITE", "destinations.customerio.site_id"),
+        (20, "LG_TEST_ALERT", "alerts[0].url"),
+        (22, "LG_TEST_SIGNING", "webhooks.signing_key"),
+    ]:
+        assert (
+            f"warning: lockgate.yml:{line}: environment variable `{name}` (for `{where}`) is "
+            "not set; syncs will need it"
+        ) in said
+
+    # a command that connects names the source, its option and its line
+    for source, line, name, option in [
+        ("pg", 8, "LG_TEST_PG_URL", "url"),
+        ("snow", 13, "LG_TEST_SNOW_KEY", "private_key"),
+        ("warehouse", 5, "LG_TEST_DATA", "path"),
+    ]:
+        err = fails(capsys, "sources", "inspect", source, *at)
+        assert (
+            f"Error: lockgate.yml:{line}: source `{source}`: environment variable `{name}` "
+            f"(for `{option}`) is not set\n  hint: export {name}=... before running, or change "
+            f"`{option}` of source `{source}` in lockgate.yml"
+        ) in err
+
+    # a sync: the source's path, then the destination's site id; the alert names its line
+    err = " ".join(fails(capsys, "sync", "profile", *at).split())
+    assert "lockgate.yml:5: source `warehouse`: environment variable `LG_TEST_DATA`" in err
+    assert (  # the first failure of a streak is alerted
+        "the `failed` alert to the alert URL was not sent: lockgate.yml:20: alerts[0]: "
+        "environment variable `LG_TEST_ALERT` (for `url`) is not set"
+    ) in err
+    monkeypatch.setenv("LG_TEST_DATA", str(tmp_path))
+    err = " ".join(fails(capsys, "sync", "profile", *at).split())
+    assert (
+        "lockgate.yml:17: destination `customerio`: environment variable `LG_TEST_SITE` (for "
+        "`site_id`) is not set"
+    ) in err
+    # the API key left to its default is in the destination's block (line 15)
+    monkeypatch.setenv("LG_TEST_SITE", "site")
+    monkeypatch.delenv("CUSTOMERIO_API_KEY")
+    err = " ".join(fails(capsys, "sync", "profile", *at).split())
+    assert (
+        "lockgate.yml:15: destination `customerio`: environment variable `CUSTOMERIO_API_KEY` "
+        "(for `api_key`) is not set"
+    ) in err
+    assert "sekrit" not in err

@@ -96,3 +96,32 @@ def test_a_207_whose_errors_cannot_be_placed_is_isolated_by_splitting() -> None:
     assert results["5"].outcome is Outcome.REJECTED and results["5"].status == 207
     assert "somewhere" in (results["5"].reason or "")
     assert all(r.outcome is Outcome.DELIVERED for k, r in results.items() if k != "5")
+
+
+def test_a_400_echoing_a_huge_payload_gives_bounded_reasons() -> None:
+    """An answer quoting the value or the whole payload sent was kept whole in the reason
+    (the report, `lockgate runs show`, the run log): now each error's text is cut, saying how
+    long it was, and so is the whole answer."""
+    seen: list[list[dict[str, Any]]] = []
+    echo = "x" * 5000
+
+    def answer(ops: list[dict[str, Any]]) -> tuple[int, dict[str, str], bytes]:
+        ids = [op["identifiers"]["id"] for op in ops]
+        if ids == ["1"]:  # alone: 50 errors naming no record, each echoing the value
+            errors = [{"reason": "invalid", "message": f"bad `{echo}` #{n}"} for n in range(50)]
+            return 400, {}, orjson.dumps({"errors": errors})
+        if "1" in ids:  # an error echoing the whole payload: the batch is split
+            return 400, {}, orjson.dumps({"meta": {"error": f"bad batch {orjson.dumps(ops)!r}"}})
+        if "2" in ids:  # an error naming the record, echoing its value
+            error = {"batch_index": ids.index("2"), "reason": "invalid", "field": "id"}
+            return 400, {}, orjson.dumps({"errors": [{**error, "message": echo}]})
+        return 200, {}, b"{}"
+
+    results = {r.key: r for r in client_for(answer, seen).deliver_all(people(3))}
+    assert results["0"].outcome is Outcome.DELIVERED
+    one, two = results["1"], results["2"]
+    assert one.outcome is two.outcome is Outcome.REJECTED
+    assert one.reason is not None and two.reason is not None
+    assert one.reason.startswith("HTTP 400: invalid: bad `xxx")
+    assert len(one.reason) < 1100 and one.reason.endswith(" characters)")
+    assert two.reason == f"invalid: field `id`: {'x' * 280}… (5000 characters)"

@@ -205,3 +205,94 @@ def test_reasons_past_the_groups_kept_are_counted_as_other_reasons() -> None:
     assert found[-1].kind == "other reasons"
     assert found[-1].rows == sum(30 - i for i in range(rejects.GROUPS_KEPT, 25)) + 7
     assert sum(g.rows for g in found) == total
+
+
+HUGE = 5000  # characters of each bad value below; `é` is two bytes, so 10,000 bytes
+
+TYPED = """
+name: typed
+source: warehouse
+model: {table: typed}
+kind: people
+primary_key: pk
+identify_by: {id: user_id, email: email}
+attributes:
+  signed_up: {column: signed_up, type: timestamp}
+  score: {column: score, type: number}
+  seats: {column: seats, type: integer}
+  active: {column: active, type: boolean}
+  meta: {column: meta, type: json}
+"""
+
+ACTIVITY = """
+name: activity
+source: warehouse
+model: {table: activity}
+kind: events
+identify_by: {id: user_id}
+event: {name: event_name, timestamp: occurred_at, id: event_id}
+"""
+
+
+def test_a_huge_bad_value_gives_a_reason_of_a_line_naming_the_column_and_its_length(
+    project_factory: ProjectFactory, tmp_path: Path
+) -> None:
+    """A 5,000-character bad value was quoted whole in its reason (5,050 characters in the
+    report, `runs show` and the run log); now its first 80 characters and its length."""
+    huge = "'2026-01-01 ' || repeat('é', " + str(HUGE - 11) + ")"  # HUGE characters
+    good = "'2026-01-01', '1.5', '2', 'true', '{}'"
+    project_factory.sql(
+        f"""
+        create or replace table typed as
+        select * from (values
+            ('u1', 'u1@example.com', {good}),
+            ('u2', 'u2@example.com', {good}),
+            ('b1', 'b1@example.com', {huge}, '1.5', '2', 'true', '{{}}'),
+            ('b2', 'b2@example.com', '2026-01-01', {huge}, '2', 'true', '{{}}'),
+            ('b3', 'b3@example.com', '2026-01-01', '1.5', {huge}, 'true', '{{}}'),
+            ('b4', 'b4@example.com', '2026-01-01', '1.5', '2', {huge}, '{{}}'),
+            ('b5', 'b5@example.com', '2026-01-01', '1.5', '2', 'true', {huge}),
+            (null, {huge}, '2026-01-01', '1.5', '2', 'true', '{{}}')
+        ) t(user_id, email, signed_up, score, seats, active, meta);
+        -- the key: the id, and `b6` for the row without one
+        alter table typed add column pk varchar;
+        update typed set pk = coalesce(user_id, 'b6');
+        create or replace table activity as
+        select * from (values
+            ('e1', 'u1', 'signed_up', (now() - interval 1 hour)::varchar),  -- not a backfill
+            ('e2', 'u1', 'signed_up', {huge}),
+            ('e3', 'u1', repeat('x', {HUGE}), '2026-01-01')
+        ) t(event_id, user_id, event_name, occurred_at)
+        """
+    )
+    project = project_factory.write({"typed": TYPED, "activity": ACTIVITY})
+    invoke(project, "plan", "typed", "--export-rejected", str(tmp_path / "typed.csv"))
+    invoke(project, "plan", "activity", "--export-rejected", str(tmp_path / "activity.csv"))
+    reasons = {
+        r["key"]: r["reason"]
+        for name in ("typed", "activity")
+        for r in read_csv(tmp_path / f"{name}.csv")
+    }
+    head = "2026-01-01 " + "é" * 69  # the first 80 characters, none cut in two
+    shown = f"`{head}… ({HUGE} characters)`"
+    assert reasons == {
+        "b1": f"column `signed_up` (field `signed_up`): value {shown} is not a timestamp "
+        "(use ISO 8601, e.g. 2026-01-31T12:00:00Z)",
+        "b2": f"column `score` (field `score`): value {shown} is not a number",
+        "b3": f"column `seats` (field `seats`): value {shown} is not an integer",
+        "b4": f"column `active` (field `active`): value {shown} is not a boolean (true/false/1/0)",
+        "b5": f"column `meta` (field `meta`): value {shown} is not valid JSON",
+        # a null id: the row is addressed by its email, which is not one
+        "b6": f"column `email`: {shown} is not an email address",
+        "e2": f"column `occurred_at` (field `timestamp`): value {shown} is not a timestamp "
+        "(use ISO 8601, e.g. 2026-01-31T12:00:00Z)",
+        "e3": f"event name `{'x' * 80}… ({HUGE} characters)` is over 100 bytes",
+    }
+    # the good rows still go, and the report groups the reasons as it does short ones
+    report = json.loads(invoke(project, "sync", "typed", "activity", "--json"))
+    assert [r["delivered"] for r in report] == [2, 1]
+    assert sorted(p.id or "" for p in project_factory.emulator.people()) == ["u1", "u2"]
+    assert [e.name for e in project_factory.emulator.events()] == ["signed_up"]
+    assert ("column `score` (field `score`): value `…` is not a number", 1) in [
+        (g["kind"], g["rows"]) for g in report[0]["rejected_reasons"]
+    ]

@@ -188,7 +188,7 @@ def test_spool_variable_not_set_is_an_error_at_its_line(
     assert isinstance(result.exception, ConfigError)
     error = result.exception
     assert (error.file, error.line) == ("lockgate.yml", 5)
-    assert error.reason == "environment variable `LG_VOLUME` (for `webhooks.spool`) is not set"
+    assert error.reason == "`webhooks`: environment variable `LG_VOLUME` (for `spool`) is not set"
     assert not (project.root / "${LG_VOLUME}").exists()
     # validate checks the files and names the variable, as it does for `state:`
     validated = CliRunner().invoke(cli, ["validate", "--json", "--project", str(project.root)])

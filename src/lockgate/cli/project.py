@@ -186,14 +186,16 @@ def validate(project_path: Path, as_json: bool, print_schema: bool, connect: boo
     )
     for name, (where, line) in missing.items():
         state = "is empty" if name in os.environ else "is not set"
+        at = f"lockgate.yml:{line}" if line else "lockgate.yml"
         if name_hidden(name, where):  # `api_key: ${sk_live_...}`: the "name" is the key
-            at = f"lockgate.yml:{line}" if line else "lockgate.yml"
             console.warn(
                 f"the environment variable named in `{where}` ({at}) {state}; syncs will need "
                 f"it ({HIDDEN_NAME}). Hint: {HIDDEN_NAME_HINT}"
             )
             continue
-        console.warn(f"environment variable `{name}` (for `{where}`) {state}; syncs will need it")
+        console.warn(
+            f"{at}: environment variable `{name}` (for `{where}`) {state}; syncs will need it"
+        )
     contract.render(console, findings)
     if connect:
         _render_connections(console, checks)
@@ -231,7 +233,7 @@ def _missing_env(project: Project) -> dict[str, tuple[str, int | None]]:
             match = ENV_REF.match(value)
             for name in names or ([match.group(1)] if match else []):
                 if not os.environ.get(name):
-                    found.setdefault(name, (_dotted(loc), project.lines.get(loc)))
+                    found.setdefault(name, (_dotted(loc), _line_of(project, loc)))
 
     for name, destination in project.config.destinations.items():
         for key in ("site_id", "api_key"):
@@ -241,6 +243,12 @@ def _missing_env(project: Project) -> dict[str, tuple[str, int | None]]:
         if not os.environ.get(name):
             found.setdefault(name, ("state", project.lines.get(("state",))))
     return found
+
+
+def _line_of(project: Project, loc: tuple[str | int, ...]) -> int | None:
+    """The line of the key at ``loc`` in lockgate.yml; for a key left to its default (a
+    destination's `api_key`), the line of the block it is in."""
+    return project.lines.get(loc) or (project.lines.get(loc[:-1]) if len(loc) > 1 else None)
 
 
 def _dotted(loc: tuple[str | int, ...]) -> str:

@@ -65,7 +65,12 @@ def render() -> str:
         "variable not set names it only when it is written in upper case (letters, digits, "
         "`_`, as environment variables are), else the key and line it is in: "
         "`api_key: ${sk_live_abc123}` is the key itself wrapped in `${...}`, and is never "
-        "printed. YAML anchors and merge keys "
+        "printed. Variables are read when a command needs them (connecting to a source, "
+        "sending to Customer.io, posting an alert); one not set or empty is an error naming "
+        "the block and its line, never a value: `lockgate.yml:13: source `snow`: environment "
+        "variable `SNOWFLAKE_PRIVATE_KEY` (for `private_key`) is not set` (an option left to "
+        "its default, such as a destination's `api_key`, is named at its block's line). "
+        "YAML anchors and merge keys "
         "work (`plan: &text {column: plan, type: string}` then "
         "`tier: {<<: *text, column: tier}`); an error in a merged value names the line where "
         "the anchored mapping writes it.",

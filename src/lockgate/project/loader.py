@@ -26,7 +26,15 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from lockgate.errors import ConfigError
-from lockgate.project.models import ProjectConfig, SyncConfig, WebhooksConfig, project_path
+from lockgate.project.models import (
+    Place,
+    Placed,
+    ProjectConfig,
+    SyncConfig,
+    WebhooksConfig,
+    place_of,
+    project_path,
+)
 
 PROJECT_FILE = "lockgate.yml"
 BUILTIN_IDENTIFIERS = ("id", "user_id", "cio_id", "email")  # Customer.io's own identifiers
@@ -352,6 +360,10 @@ class Project:
         source's `path`) as the path it names: `${VAR}` references and a leading `~` expanded,
         relative to the project folder unless absolute. Raises ConfigError naming the option's
         line when a variable it names is not set."""
+        what = place_of(loc)
+        if what:  # `source `warehouse`: environment variable `X` (for `path`) is not set`
+            place = Place(what, loc[:-1], self.lines, PROJECT_FILE)
+            return project_path(self.root, value, field=".".join(loc), at=place)
         try:
             return project_path(self.root, value, field=".".join(loc))
         except ConfigError as exc:
@@ -434,6 +446,21 @@ def _check_sources_named(config: ProjectConfig, lines: Lines) -> None:
         )
 
 
+def _place_blocks(config: ProjectConfig, lines: Lines) -> None:
+    """Give each block of lockgate.yml whose options may name environment variables (sources,
+    destinations, `webhooks`, alerts) its :class:`Place`: a variable not set, found when a
+    command connects, is then an error naming the block and its line."""
+    blocks: list[tuple[tuple[str | int, ...], Placed | None]] = [
+        *((("sources", name), source) for name, source in config.sources.items()),
+        *((("destinations", name), dest) for name, dest in config.destinations.items()),
+        (("webhooks",), config.webhooks),
+        *((("alerts", i), alert) for i, alert in enumerate(config.alerts)),
+    ]
+    for loc, block in blocks:
+        if block is not None:
+            block.placed(Place(place_of(loc) or "", loc, lines, PROJECT_FILE))
+
+
 def load_project(root: str | Path = ".") -> Project:
     """Load and validate a project folder. Raises ConfigError naming file and line."""
     root = Path(root).resolve()
@@ -446,6 +473,7 @@ def load_project(root: str | Path = ".") -> Project:
     data, lines = read_yaml(project_file, root)
     config = validate_model(ProjectConfig, data, lines, PROJECT_FILE)
     _check_sources_named(config, lines)
+    _place_blocks(config, lines)
     project = Project(root=root, config=config, lines=lines)
     for path in sorted((root / SYNCS_DIR).glob("*.y*ml")):
         shown = str(path.relative_to(root))

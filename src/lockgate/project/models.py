@@ -20,8 +20,9 @@ import json
 import os
 import re
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -51,6 +52,44 @@ class StrictModel(BaseModel):
     """Base of every config model: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a block of lockgate.yml is, for the errors found after loading (a variable not
+    set when a source connects): what it is (`source `warehouse``), its keys' path and the
+    lines of the file's keys (:attr:`lockgate.project.loader.Project.lines`)."""
+
+    what: str
+    loc: tuple[str | int, ...]
+    lines: Mapping[tuple[str | int, ...], int] = dataclass_field(compare=False, repr=False)
+    file: str = "lockgate.yml"
+
+    def line_of(self, key: str) -> int | None:
+        """The line of ``key`` in the block, else of the block (a key left to its default)."""
+        return self.lines.get((*self.loc, key)) or self.lines.get(self.loc)
+
+
+def place_of(loc: tuple[str | int, ...]) -> str | None:
+    """What the block of lockgate.yml at ``loc`` is, in a message: `source `warehouse``,
+    `destination `customerio``, `webhooks`, `alerts[0]`; None for a top-level key (`state`)."""
+    if len(loc) >= 2 and loc[0] in ("sources", "destinations"):
+        return f"{str(loc[0])[:-1]} `{loc[1]}`"
+    if len(loc) >= 2 and loc[0] == "alerts":
+        return f"alerts[{loc[1]}]"
+    if loc and loc[0] in ("webhooks", "run_log"):
+        return f"`{loc[0]}`"
+    return None
+
+
+class Placed(StrictModel):
+    """A block of lockgate.yml whose options may name environment variables: the loader gives
+    it its :class:`Place`, so an error about one of them names the block, file and line."""
+
+    _place: Place | None = PrivateAttr(default=None)
+
+    def placed(self, place: Place) -> None:
+        self._place = place
 
 
 def check_secret(value: str | None, field: str, example: str = "CUSTOMERIO_API_KEY") -> str | None:
@@ -145,9 +184,11 @@ HIDDEN_NAME_HINT = (
 )
 
 
-def resolve_env(value: str | None, *, field: str) -> str | None:
+def resolve_env(value: str | None, *, field: str, at: Placed | None = None) -> str | None:
     """The value of an ``${ENV_VAR}`` reference (or the literal value when not a reference).
-    A variable not set is a ConfigError naming it, unless :func:`name_hidden`."""
+    A variable not set is a ConfigError naming it (unless :func:`name_hidden`), and where it
+    is named: the block ``at`` (the source, destination, ... ``field`` is an option of), its
+    file and line. The value is never shown."""
     if value is None:
         return None
     match = ENV_REF.match(value)
@@ -156,17 +197,33 @@ def resolve_env(value: str | None, *, field: str) -> str | None:
     name = match.group(1)
     resolved = os.environ.get(name)
     if not resolved:
-        state = "is not set" if resolved is None else "is set but empty"
-        if name_hidden(name, field):
-            raise ConfigError(
-                f"the environment variable named in `{field}` {state} ({HIDDEN_NAME})",
-                hint=HIDDEN_NAME_HINT,
-            )
-        raise ConfigError(
-            f"environment variable `{name}` (for `{field}`) {state}",
-            hint=f"export {name}=... before running, or change `{field}` in lockgate.yml",
-        )
+        raise unset_env(name, field, at, "is not set" if resolved is None else "is set but empty")
     return resolved
+
+
+def unset_env(name: str, field: str, at: Placed | Place | None, state: str) -> ConfigError:
+    """The error for the variable ``name`` that option ``field`` of block ``at`` names and
+    that is not set (``state``: `is not set`, `is set but empty`): it names the block and the
+    line of lockgate.yml (the block's own when the option is left to its default)."""
+    place = at._place if isinstance(at, Placed) else at
+    key = field.rsplit(".", 1)[-1]
+    shown = key if place is not None else field
+    prefix = f"{place.what}: " if place is not None and place.what else ""
+    if name_hidden(name, field):
+        error = ConfigError(
+            f"{prefix}the environment variable named in `{shown}` {state} ({HIDDEN_NAME})",
+            hint=HIDDEN_NAME_HINT,
+        )
+    else:
+        error = ConfigError(
+            f"{prefix}environment variable `{name}` (for `{shown}`) {state}",
+            hint=f"export {name}=... before running, or change `{shown}`"
+            + (f" of {place.what}" if place is not None and place.what else "")
+            + " in lockgate.yml",
+        )
+    if place is not None:
+        error.file, error.line = place.file, place.line_of(key)
+    return error
 
 
 #: an ``${ENV_VAR}`` reference inside a longer value (a path: `${DATA_DIR}/lockgate`)
@@ -188,26 +245,24 @@ def check_path_refs(value: str, field: str) -> str:
     return value
 
 
-def expand_path(value: str, *, field: str) -> str:
+def expand_path(value: str, *, field: str, at: Placed | Place | None = None) -> str:
     """A path with its ``${ENV_VAR}`` references replaced by their values, then a leading `~`
-    by the home folder (`~/lockgate`, `${STATE_VOLUME}/lockgate`). Raises ConfigError (without
-    a location: the caller knows the line) when a variable it names is not set or empty."""
+    by the home folder (`~/lockgate`, `${STATE_VOLUME}/lockgate`). Raises ConfigError when a
+    variable it names is not set or empty, naming the block ``at`` and its line when given
+    (else without a location: the caller knows the line)."""
     for name in ENV_IN_TEXT.findall(value):
         if not os.environ.get(name):
             state = "is not set" if name not in os.environ else "is set but empty"
-            raise ConfigError(
-                f"environment variable `{name}` (for `{field}`) {state}",
-                hint=f"export {name}=... before running, or change `{field}` in lockgate.yml",
-            )
+            raise unset_env(name, field, at, state)
     expanded = ENV_IN_TEXT.sub(lambda m: os.environ[m.group(1)], value)
     return os.path.expanduser(expanded)
 
 
-def project_path(root: Path, value: str, *, field: str) -> Path:
+def project_path(root: Path, value: str, *, field: str, at: Placed | Place | None = None) -> Path:
     """A path option of the project (`state:`, a DuckDB `path`, `webhooks.spool`, ...) as the
     folder or file it names: ``${ENV_VAR}`` references and a leading `~` expanded
     (:func:`expand_path`), then relative to the project folder ``root`` unless absolute."""
-    return (root / expand_path(value, field=field)).resolve()
+    return (root / expand_path(value, field=field, at=at)).resolve()
 
 
 def looks_like_key(text: str) -> bool:
@@ -244,11 +299,11 @@ def check_key_file(value: str | None, field: str) -> str | None:
     return check_path_refs(value, field)
 
 
-def key_file(root: Path, value: str, *, field: str, who: str) -> Path:
+def key_file(root: Path, value: str, *, field: str, who: str, at: Placed | None = None) -> Path:
     """The key file a `private_key_path` or `credentials_path` names (:func:`project_path`). A
     ConfigError, which never shows what the option's variables hold, when they hold the key
     itself (`${GOOGLE_CREDENTIALS}` set to the JSON); a SourceError when they name no file."""
-    expanded = expand_path(value, field=field)
+    expanded = expand_path(value, field=field, at=at)
     if looks_like_key(expanded):
         raise ConfigError(
             f"{who}: `{field}` (`{value}`) holds a key itself, not the path of the file holding "
@@ -309,7 +364,7 @@ def parse_duration(value: str | int) -> int:
 # --------------------------------------------------------------------------- sources
 
 
-class DuckDBSourceConfig(StrictModel):
+class DuckDBSourceConfig(Placed):
     """The embedded default warehouse: a DuckDB file (or `:memory:`)."""
 
     type: Literal["duckdb"] = "duckdb"
@@ -345,7 +400,7 @@ def _has_password(url: str) -> bool:
     return ":" in userinfo or bool(re.search(r"(^|[\s?&])password\s*=", url, re.I))
 
 
-class PostgresSourceConfig(StrictModel):
+class PostgresSourceConfig(Placed):
     """A Postgres server; also the path for Amazon Redshift (it speaks the Postgres protocol)."""
 
     type: Literal["postgres"] = "postgres"
@@ -356,7 +411,7 @@ class PostgresSourceConfig(StrictModel):
     """Set for Amazon Redshift: avoids server-side features Redshift lacks (see docs/sources.md)."""
 
 
-class SnowflakeSourceConfig(StrictModel):
+class SnowflakeSourceConfig(Placed):
     """Snowflake through the official connector."""
 
     type: Literal["snowflake"] = "snowflake"
@@ -442,7 +497,7 @@ class SnowflakeSourceConfig(StrictModel):
         return self
 
 
-class BigQuerySourceConfig(StrictModel):
+class BigQuerySourceConfig(Placed):
     """Google BigQuery through the official client."""
 
     type: Literal["bigquery"] = "bigquery"
@@ -474,7 +529,7 @@ SourceConfig = Annotated[
 # --------------------------------------------------------------------------- destinations
 
 
-class CustomerIODestinationConfig(StrictModel):
+class CustomerIODestinationConfig(Placed):
     """Customer.io: Track API v2 batches for writes, the App API for read-back."""
 
     type: Literal["customerio"] = "customerio"
@@ -1375,7 +1430,7 @@ class SyncConfig(StrictModel):
 # --------------------------------------------------------------------------- project
 
 
-class WebhooksConfig(StrictModel):
+class WebhooksConfig(Placed):
     """Customer.io reporting webhooks received and loaded into the warehouse."""
 
     warehouse: str | None = None
@@ -1413,7 +1468,7 @@ AlertOn = Literal["failed", "partial", "recovered", "warning"]
 ALERT_OUTCOMES: tuple[AlertOn, ...] = ("failed", "partial", "recovered", "warning")
 
 
-class AlertConfig(StrictModel):
+class AlertConfig(Placed):
     """Where to say that a run failed (`alerts:` in lockgate.yml; docs/sync.md "Alerts")."""
 
     url: Annotated[str, Secret("SLACK_WEBHOOK_URL")]

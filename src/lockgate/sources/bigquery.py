@@ -245,7 +245,7 @@ def client_for(config: BigQuerySourceConfig, *, root: Path, name: str | None = N
     credentials = None
     raw_path = config.credentials_path
     if raw_path is not None:
-        path = key_file(root, raw_path, field="credentials_path", who=who)
+        path = key_file(root, raw_path, field="credentials_path", who=who, at=config)
         try:
             credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
                 str(path)

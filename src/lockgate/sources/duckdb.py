@@ -132,7 +132,7 @@ class DuckDBSource:
         field = f"sources.{name}.path" if name else "path"
         path = config.path
         if path != MEMORY:
-            path = str(project_path(root, path, field=field))
+            path = str(project_path(root, path, field=field, at=config))
         return cls(path, read_only=config.read_only, name=name, memory_limit=config.memory_limit)
 
     # ------------------------------------------------------------------ reading

@@ -535,7 +535,7 @@ class PostgresSource:
         cls, config: PostgresSourceConfig, *, root: Path, name: str | None = None
     ) -> PostgresSource:
         """A Postgres source, or a :class:`RedshiftSource` when `redshift: true`."""
-        url = resolve_env(config.url, field="url")
+        url = resolve_env(config.url, field="url", at=config)
         assert url is not None
         source_class = RedshiftSource if config.redshift else cls
         return source_class(url, name=name)

@@ -236,22 +236,26 @@ class SnowflakeSource:
         as the unencrypted DER (PKCS#8) bytes the connector's `private_key` takes."""
         who = label(cls.NAME, name)
         kwargs: dict[str, Any] = {
-            "account": resolve_env(config.account, field="account"),
-            "user": resolve_env(config.user, field="user"),
+            "account": resolve_env(config.account, field="account", at=config),
+            "user": resolve_env(config.user, field="user", at=config),
         }
         if config.password is not None:
-            kwargs["password"] = resolve_env(config.password, field="password")
+            kwargs["password"] = resolve_env(config.password, field="password", at=config)
         if config.authenticator == "oauth":
             kwargs["authenticator"] = "oauth"
-            kwargs["token"] = resolve_env(config.token, field="token")
-        passphrase = resolve_env(config.private_key_passphrase, field="private_key_passphrase")
+            kwargs["token"] = resolve_env(config.token, field="token", at=config)
+        passphrase = resolve_env(
+            config.private_key_passphrase, field="private_key_passphrase", at=config
+        )
         if config.private_key is not None:
-            text = resolve_env(config.private_key, field="private_key") or ""
+            text = resolve_env(config.private_key, field="private_key", at=config) or ""
             kwargs["private_key"] = private_key_der(
                 key_bytes(text), passphrase, who=who, where="`private_key`"
             )
         if config.private_key_path is not None:
-            path = key_file(root, config.private_key_path, field="private_key_path", who=who)
+            path = key_file(
+                root, config.private_key_path, field="private_key_path", who=who, at=config
+            )
             try:
                 data = path.read_bytes()
             except OSError as exc:
@@ -273,7 +277,7 @@ class SnowflakeSource:
             ("role", config.role),
         ):
             if value is not None:
-                kwargs[key] = resolve_env(value, field=key)
+                kwargs[key] = resolve_env(value, field=key, at=config)
         return kwargs
 
     # ------------------------------------------------------------------ reading

@@ -100,7 +100,7 @@ def write_tables(project: Project, source_name: str, schema: str, writes: list[T
             con.close()
         return f"{path} (schema {schema})"
     if isinstance(source, PostgresSourceConfig):
-        url = resolve_env(source.url, field="url") or ""
+        url = resolve_env(source.url, field="url", at=source) or ""
         if source.redshift:
             _redshift_write(url, schema, writes)
         else:

@@ -45,7 +45,7 @@ def of(project: Project, sync: SyncConfig) -> str | None:
     if config is None:
         return None
     try:
-        site_id = resolve_env(config.site_id, field="site_id")
+        site_id = resolve_env(config.site_id, field="site_id", at=config)
     except LockgateError:
         return None
     if not site_id:

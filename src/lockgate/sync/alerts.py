@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 from lockgate.console import Console
-from lockgate.errors import LockgateError
+from lockgate.errors import ConfigError, LockgateError
 from lockgate.project.loader import Project
 from lockgate.project.models import resolve_env, url_host
 
@@ -88,7 +88,7 @@ def notify(
         message = _message(project.config.name, sync, run_id, event, counts, error)
         host = "the alert URL"
         try:
-            url = resolve_env(alert.url, field="alerts.url") or ""
+            url = resolve_env(alert.url, field="alerts.url", at=alert) or ""
             host = url_host(url) or host
             body: dict[str, Any] = (
                 {"text": message}
@@ -105,6 +105,8 @@ def notify(
         except (LockgateError, httpx.HTTPError, ValueError) as exc:
             # never the URL itself, nor an exception text that may quote it
             reason = exc.reason if isinstance(exc, LockgateError) else type(exc).__name__
+            if isinstance(exc, ConfigError) and exc.location:  # the alert's line
+                reason = f"{exc.location}: {reason}"
             console.warn(f"{sync}: the `{event}` alert to {host} was not sent: {reason}")
             continue
         if answer.status_code >= 300:

@@ -72,6 +72,12 @@ class Check:
         return asdict(self)
 
 
+def _located(exc: LockgateError) -> str:
+    """An error's reason after its `file:line` when it has one (lockgate.yml's)."""
+    where = getattr(exc, "location", None)
+    return f"{where}: {exc.reason}" if where else exc.reason
+
+
 class _Checks:
     def __init__(self, advance: Callable[[int], None]) -> None:
         self.done: list[Check] = []
@@ -86,9 +92,9 @@ class _Checks:
         try:
             yield detail
         except LockgateError as exc:
-            where = getattr(exc, "location", None)
-            reason = f"{where}: {exc.reason}" if where else exc.reason
-            self._add(Check(what, name, False, reason, exc.hint, time.perf_counter() - start))
+            self._add(
+                Check(what, name, False, _located(exc), exc.hint, time.perf_counter() - start)
+            )
         except Exception as exc:  # a driver's own error: its text, never a credential
             text = redact(f"{type(exc).__name__}: {exc}")
             self._add(Check(what, name, False, text, None, time.perf_counter() - start))
@@ -96,7 +102,7 @@ class _Checks:
             self._add(Check(what, name, True, "; ".join(detail), None, time.perf_counter() - start))
 
     def fail(self, what: str, name: str, exc: LockgateError) -> None:
-        self._add(Check(what, name, False, exc.reason, exc.hint))
+        self._add(Check(what, name, False, _located(exc), exc.hint))
 
     def skip(self, what: str, name: str, why: str, hint: str | None = None) -> None:
         self._add(Check(what, name, None, why, hint))
@@ -292,7 +298,7 @@ def _check_run_log(project: Project, done: list[Check]) -> str:
         from lockgate.sources.base import quote_literal
 
         schema = quote_literal(config.dataset)
-        with psycopg.connect(resolve_env(source.url, field="url") or "") as conn:
+        with psycopg.connect(resolve_env(source.url, field="url", at=source) or "") as conn:
             user, allowed = conn.execute(
                 "select current_user, case when exists (select 1 from pg_namespace where nspname"
                 f" = {schema}) then has_schema_privilege({schema}, 'CREATE') else "

@@ -31,6 +31,7 @@ from lockgate.sync.mapping import (
     json_key,
     lit,
     q,
+    quoted,
 )
 
 RESYNC_PREVIOUS = "resync_previous"
@@ -254,8 +255,8 @@ def _missing_ends(
             for t in objects_snaps
         )
         reason = (
-            f"'object `' || {object_id} || '` is not among the objects sent (not synced yet, "
-            "or it left the objects sync''s model)'"
+            f"'object `' || {quoted(object_id)} || '` is not among the objects sent (not synced "
+            "yet, or it left the objects sync''s model)'"
         )
         if unsure_objects:
             unsure = " union all ".join(
@@ -263,7 +264,7 @@ def _missing_ends(
                 for t in unsure_objects
             )
             reason = (
-                f"case when {object_id} in ({unsure}) then 'object `' || {object_id} || "
+                f"case when {object_id} in ({unsure}) then 'object `' || {quoted(object_id)} || "
                 "'` may have been deleted, with its relationships: the objects sync''s delete "
                 "of it was not confirmed; held until the object is delivered again' "
                 f"else {reason} end"
@@ -1096,8 +1097,8 @@ def diff_records(
     if repeated:
         run_sql(
             con,
-            """
-            update mapped set reject = coalesce(reject, 'key `' || d.k || '` appears '
+            f"""
+            update mapped set reject = coalesce(reject, 'key `' || {quoted("d.k")} || '` appears '
                                                 || d.n || ' times in the model')
             from (select k, count(*) as n from mapped group by k having count(*) > 1) d
             where mapped.k = d.k

@@ -49,7 +49,7 @@ import httpx
 from lockgate.console import Console
 from lockgate.destinations.customerio.app_api import AppAPIClient
 from lockgate.destinations.customerio.settings import CustomerIOSettings
-from lockgate.errors import LockgateError
+from lockgate.errors import LockgateError, shorten
 
 JSON = dict[str, Any]
 
@@ -156,15 +156,15 @@ def _reason(
         who = "; ".join(_who(p) for p in holders[:3])
         return (
             f"row `{key}`: Customer.io dropped the update (the email and every attribute of "
-            f"it): email `{email}` is held by another person ({who}); {fix}"
+            f"it): email `{shorten(email)}` is held by another person ({who}); {fix}"
         )
     now = _email_of(person) if person is not None else None
-    has = f"holds `{now}`" if now else "holds no email"
+    has = f"holds `{shorten(now)}`" if now else "holds no email"
     if person is None:
         has = "has no such person"
     return (
-        f"row `{key}`: Customer.io {has} for it, not `{email}` as sent: the update was not "
-        f"applied (the workspace's activity log says why); {fix}"
+        f"row `{key}`: Customer.io {has} for it, not `{shorten(email)}` as sent: the update was "
+        f"not applied (the workspace's activity log says why); {fix}"
     )
 
 
@@ -241,7 +241,7 @@ def _new_reason(sync: str, row: NewRow, holders: list[JSON]) -> str:
     key, id_, email, _ = row
     who = "; ".join(_who(p) for p in holders[:3])
     return (
-        f"sync `{sync}`, row `{key}`: email `{email}` is held in Customer.io by another "
+        f"sync `{sync}`, row `{key}`: email `{shorten(email)}` is held in Customer.io by another "
         f"person ({who}); not sent: Customer.io would give that person the new id `{id_}` "
         "and write the row over its profile. Release or merge that person in Customer.io, or "
         "give your app and the sync the same id for a person, then run the sync again: the "

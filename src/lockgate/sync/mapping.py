@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from lockgate.destinations.customerio.settings import MAX_OP_BYTES
-from lockgate.errors import ConfigError
+from lockgate.errors import QUOTED_CHARS, QUOTED_HEAD, ConfigError
 from lockgate.project.identity import IDENTIFIER_SPACE
 from lockgate.project.models import (
     MAX_ATTRIBUTES,
@@ -80,6 +80,18 @@ def q(name: str) -> str:
 def lit(value: object) -> str:
     """A SQL string literal."""
     return "'" + str(value).replace("'", "''") + "'"
+
+
+def quoted(text: str) -> str:
+    """SQL for the text ``text`` (SQL of a VARCHAR) as a reject reason quotes it: whole up to
+    :data:`~lockgate.errors.QUOTED_CHARS` characters, else its first
+    :data:`~lockgate.errors.QUOTED_HEAD` and `… (N characters)`.
+    DuckDB's `length` and `left` count characters, not bytes, so no character is cut in two;
+    :func:`lockgate.errors.shorten` is the same for the reasons made in Python."""
+    return (
+        f"case when length({text}) <= {QUOTED_CHARS} then {text} "
+        f"else left({text}, {QUOTED_HEAD}) || '… (' || length({text}) || ' characters)' end"
+    )
 
 
 def json_key(name: str) -> str:
@@ -770,7 +782,7 @@ def coerce(
         c = _single_as_double(q(column)) if _is(col_type, ("FLOAT",)) else q(column)
     is_str = _is(col_type, ("VARCHAR",))
     is_float = _is(col_type, ("FLOAT", "DOUBLE"))
-    bad = f"{lit(f'column `{column}` (field `{field}`): value `')} || {c}::varchar || "
+    bad = f"{lit(f'column `{column}` (field `{field}`): value `')} || {quoted(f'{c}::varchar')} || "
 
     def check(converted: str, what: str) -> str:
         tail = lit(f"` is not {what}")
@@ -1308,7 +1320,7 @@ def _id_checks(column: str, col_type: str, what: str, text: str) -> list[str]:
     c = q(column)
     return [
         f"case when {c} is not null and {text} is null then "
-        f"{lit(f'column `{column}` ({what}): value `')} || {c}::varchar || "
+        f"{lit(f'column `{column}` ({what}): value `')} || {quoted(f'{c}::varchar')} || "
         f"{lit(why + CAST_THE_ID)} end"
     ]
 
@@ -1388,7 +1400,7 @@ def identifier_sql(
         prefix = lit(f"column `{chosen['email']}`: `")
         checks.append(
             f"case when {email} is not null{before} and not contains({email}, '@') "
-            f"then {prefix} || {email} || {lit('` is not an email address')} end"
+            f"then {prefix} || {quoted(email)} || {lit('` is not an email address')} end"
         )
     return identifiers, ident, checks
 
@@ -1736,7 +1748,8 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
     checks.append(f"case when coalesce({name_sql}, '') = '' then {lit('event name is blank')} end")
     checks.append(
         f"case when strlen(__name) > {MAX_EVENT_NAME_BYTES} then "
-        f"{lit('event name `')} || __name || {lit(f'` is over {MAX_EVENT_NAME_BYTES} bytes')} end"
+        f"{lit('event name `')} || {quoted('__name')} || "
+        f"{lit(f'` is over {MAX_EVENT_NAME_BYTES} bytes')} end"
     )
     op = (
         '\'"type":"person","action":"event","identifiers":\' || '

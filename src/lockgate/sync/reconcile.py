@@ -146,7 +146,11 @@ def app_settings(project: Project, sync: SyncConfig) -> CustomerIOSettings:
     """App API settings of the sync's destination: the key from the env, the URL from
     `app_url`, `CUSTOMERIO_APP_URL`, `track_url` or `CUSTOMERIO_TRACK_URL` (in that order)."""
     config = project.config.destinations[sync.destination]
-    key = resolve_env(config.app_api_key, field="app_api_key") if config.app_api_key else None
+    key = (
+        resolve_env(config.app_api_key, field="app_api_key", at=config)
+        if config.app_api_key
+        else None
+    )
     url = (
         config.app_url
         or os.environ.get("CUSTOMERIO_APP_URL")

@@ -40,7 +40,7 @@ from lockgate.errors import (
     StepError,
 )
 from lockgate.project.loader import Project
-from lockgate.project.models import ENV_REF, SyncConfig, check_url, resolve_env
+from lockgate.project.models import ENV_REF, Placed, SyncConfig, check_url, resolve_env
 from lockgate.sources import connect
 from lockgate.sources.base import Source
 from lockgate.state import contract as contract_state
@@ -80,13 +80,13 @@ def destination_settings(project: Project, name: str) -> CustomerIOSettings:
     from lockgate.destinations.customerio import CustomerIOSettings
 
     config = project.config.destinations[name]
-    track_url = _url(config.track_url, "track_url", "CUSTOMERIO_TRACK_URL")
-    app_url = _url(config.app_url, "app_url", "CUSTOMERIO_APP_URL")
+    track_url = _url(config.track_url, "track_url", "CUSTOMERIO_TRACK_URL", config)
+    app_url = _url(config.app_url, "app_url", "CUSTOMERIO_APP_URL", config)
     if config.app_url is None and config.track_url is not None:
         app_url = track_url
     return CustomerIOSettings(
-        site_id=resolve_env(config.site_id, field="site_id") or "",
-        api_key=resolve_env(config.api_key, field="api_key") or "",
+        site_id=resolve_env(config.site_id, field="site_id", at=config) or "",
+        api_key=resolve_env(config.api_key, field="api_key", at=config) or "",
         region=config.region_to_use(),
         track_url=track_url,
         app_api_key=_optional_env(config.app_api_key) or "",
@@ -99,7 +99,7 @@ def destination_settings(project: Project, name: str) -> CustomerIOSettings:
     )
 
 
-def _url(value: str | None, field: str, variable: str) -> str | None:
+def _url(value: str | None, field: str, variable: str, at: Placed) -> str | None:
     """A destination URL: ``value`` (a URL or an env reference), else the env ``variable``;
     what is not an http(s) URL is a :class:`ConfigError` naming where it came from."""
     where = f"`{field}` in lockgate.yml"
@@ -107,7 +107,7 @@ def _url(value: str | None, field: str, variable: str) -> str | None:
         value, where = os.environ.get(variable) or None, f"`{variable}`"
     elif ENV_REF.match(value):
         where = f"`{value}` (`{field}` in lockgate.yml)"
-        value = resolve_env(value, field=field)
+        value = resolve_env(value, field=field, at=at)
     if value is None:
         return None
     try:

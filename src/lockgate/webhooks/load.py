@@ -312,7 +312,7 @@ def destination_for(project: Project) -> tuple[Any, Path | None]:
         path = project.path_option(source.path, "sources", name, "path")
         return destinations.duckdb(credentials=str(path)), path
     if isinstance(source, PostgresSourceConfig):
-        url = resolve_env(source.url, field=f"sources.{name}.url") or ""
+        url = resolve_env(source.url, field=f"sources.{name}.url", at=source) or ""
         try:
             import psycopg2  # noqa: F401
         except ImportError:
@@ -326,9 +326,9 @@ def destination_for(project: Project) -> tuple[Any, Path | None]:
         return destinations.postgres(credentials=pg), None
     if isinstance(source, SnowflakeSourceConfig):
         credentials = {
-            "host": resolve_env(source.account, field=f"sources.{name}.account"),
-            "username": resolve_env(source.user, field=f"sources.{name}.user"),
-            "password": resolve_env(source.password, field=f"sources.{name}.password"),
+            "host": resolve_env(source.account, field=f"sources.{name}.account", at=source),
+            "username": resolve_env(source.user, field=f"sources.{name}.user", at=source),
+            "password": resolve_env(source.password, field=f"sources.{name}.password", at=source),
             "database": source.database,
             "warehouse": source.warehouse,
             "role": source.role,

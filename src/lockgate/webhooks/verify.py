@@ -24,7 +24,7 @@ from lockgate.webhooks.errors import HTTPError
 
 def signing_key(config: WebhooksConfig) -> bytes:
     """The reporting webhook's signing key from the environment (never printed)."""
-    key = resolve_env(config.signing_key, field="webhooks.signing_key")
+    key = resolve_env(config.signing_key, field="webhooks.signing_key", at=config)
     if not key:
         raise ConfigError(
             "the webhook signing key is empty",

@@ -49,6 +49,7 @@ from lockgate.errors import (
     DestinationError,
     DestinationTransientError,
     DestinationUnavailableError,
+    shorten,
 )
 
 BATCH_PATH = "/api/v2/batch"
@@ -97,18 +98,30 @@ class _Answer:
     location: str | None = None
 
 
+#: characters of an answer of Customer.io kept in a reason (of one error item; of all of them
+#: together, :data:`ANSWER_CHARS`): an error may echo the value or the payload sent, which would
+#: otherwise flood the report, `lockgate runs show` and the run log (see :func:`shorten`)
+ITEM_CHARS = 300
+ANSWER_CHARS = 1000
+
+
+def _clip(text: str, limit: int) -> str:
+    return shorten(text, limit=limit, head=limit - 20)
+
+
 def describe_api_error(error: Any) -> str:
-    """One readable line from a Track error item ``{"reason","field","message"}``."""
+    """One readable line from a Track error item ``{"reason","field","message"}``, each part
+    at most :data:`ITEM_CHARS` characters."""
     if not isinstance(error, dict):
-        return str(error)
+        return _clip(str(error), ITEM_CHARS)
     parts = []
     if error.get("reason"):
-        parts.append(str(error["reason"]))
+        parts.append(_clip(str(error["reason"]), ITEM_CHARS))
     if error.get("field"):
-        parts.append(f"field `{error['field']}`")
+        parts.append(f"field `{shorten(str(error['field']))}`")
     if error.get("message"):
-        parts.append(str(error["message"]))
-    return ": ".join(parts) or orjson.dumps(error).decode()
+        parts.append(_clip(str(error["message"]), ITEM_CHARS))
+    return ": ".join(parts) or _clip(orjson.dumps(error).decode(), ITEM_CHARS)
 
 
 def _loads(body: bytes) -> Any:
@@ -155,7 +168,7 @@ def whole_batch_reason(status: int, body: bytes) -> str:
                 found.append(str(meta["error"]))
             if isinstance(meta.get("errors"), list):
                 found += [str(e) for e in meta["errors"]]
-    detail = "; ".join(found) if found else (_snippet(body) or "no body")
+    detail = _clip("; ".join(found), ANSWER_CHARS) if found else (_snippet(body) or "no body")
     return f"HTTP {status}: {detail}"
 
 
@@ -171,7 +184,7 @@ def indexed_errors(body: bytes, size: int) -> dict[int, str] | None:
             return None
         reason = describe_api_error(error)
         mapped[index] = f"{mapped[index]}; {reason}" if index in mapped else reason
-    return mapped
+    return {i: _clip(reason, ANSWER_CHARS) for i, reason in mapped.items()}
 
 
 class CustomerIOClient:
