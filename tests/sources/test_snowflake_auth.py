@@ -10,21 +10,20 @@ the source, printing neither the key nor the passphrase.
 from __future__ import annotations
 
 import base64
-import contextlib
-import gzip
-import hashlib
-import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from tests.sources.snowflake_login import (
+    KEY,
+    PASSPHRASE,
+    Server,
+    assert_signed_with_the_key,
+    login_server,
+    pem,
+)
 from tests.sources.warehouses import FAKESNOW_WARNING
 
 from lockgate.cli import main
@@ -35,80 +34,14 @@ from lockgate.sources import SnowflakeSource
 
 pytestmark = pytest.mark.filterwarnings(FAKESNOW_WARNING)
 
-PASSPHRASE = "pp_hunter2_x"
-KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def pem(passphrase: str | None = None) -> bytes:
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase.encode())
-        if passphrase
-        else serialization.NoEncryption()
-    )
-    return KEY.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-    )
-
-
-def fingerprint() -> str:
-    der = KEY.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return "SHA256:" + base64.b64encode(hashlib.sha256(der).digest()).decode()
-
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """fakesnow's server on loopback, behind a recorder of the login requests it receives."""
-    import fakesnow.server
-    import uvicorn
-
-    logins: list[dict[str, Any]] = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/session/v1/login-request":
-            messages = []
-            more = True
-            while more:
-                message = await receive()
-                messages.append(message)
-                more = message.get("more_body", False)
-            body = b"".join(m.get("body", b"") for m in messages)
-            if dict(scope["headers"]).get(b"content-encoding") == b"gzip":
-                body = gzip.decompress(body)
-            logins.append(json.loads(body)["data"])
-            replay = iter(messages)
-
-            async def receive_again() -> Any:
-                return next(replay)
-
-            return await fakesnow.server.app(scope, receive_again, send)
-        return await fakesnow.server.app(scope, receive, send)
-
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    while thread.is_alive() and not uv.started:
-        time.sleep(0.05)
-    assert uv.started
-    where = {
-        "host": "127.0.0.1",
-        "port": port,
-        "protocol": "http",
-        "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
-        "network_timeout": 5,
-    }
-    yield where, logins
-    uv.should_exit = True
-    thread.join()
+def server() -> Iterator[Server]:
+    with login_server() as running:
+        yield running
 
 
-def login_with(
-    server: tuple[dict[str, Any], list[dict[str, Any]]], config: dict[str, Any], root: Path
-) -> dict[str, Any]:
+def login_with(server: Server, config: dict[str, Any], root: Path) -> dict[str, Any]:
     """Connect as Lockgate would with ``config`` (pointed at the loopback server), read a row,
     and return the login request the server received."""
     where, logins = server
@@ -122,16 +55,6 @@ def login_with(
     finally:
         source.close()
     return logins[-1]
-
-
-def assert_signed_with_the_key(login: dict[str, Any]) -> None:
-    """What Snowflake checks: a JWT for `ACCOUNT.USER` naming the registered public key's
-    fingerprint, whose signature that public key verifies."""
-    assert login["AUTHENTICATOR"] == "SNOWFLAKE_JWT"
-    assert "PASSWORD" not in login
-    claims = jwt.decode(login["TOKEN"], KEY.public_key(), algorithms=["RS256"])
-    assert claims["iss"] == f"XY12345.LOCKGATE_SVC.{fingerprint()}"
-    assert claims["sub"] == "XY12345.LOCKGATE_SVC"
 
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])

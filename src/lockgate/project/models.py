@@ -503,11 +503,11 @@ class BigQuerySourceConfig(Placed):
     type: Literal["bigquery"] = "bigquery"
     """Picks this implementation."""
     project: str
-    """Google Cloud project that runs the queries."""
+    """Google Cloud project that runs the queries, or an `${ENV_VAR}` reference."""
     dataset: str | None = None
-    """Default dataset for unqualified table names."""
+    """Default dataset for unqualified table names, or an `${ENV_VAR}` reference."""
     location: str | None = None
-    """Processing location, e.g. `EU`."""
+    """Processing location, e.g. `EU`, or an `${ENV_VAR}` reference."""
     credentials_path: str | None = None
     """Service-account JSON file, relative to the project folder unless absolute (`${ENV_VAR}`
     references and a leading `~` are expanded, as in `state:`); default: Application Default

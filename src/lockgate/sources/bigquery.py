@@ -18,13 +18,14 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
 from lockgate.errors import MissingDependencyError, SourceError
-from lockgate.project.models import key_file
+from lockgate.project.models import key_file, resolve_env
 from lockgate.sources.base import (
     DEFAULT_BATCH_ROWS,
     ColumnInfo,
@@ -121,7 +122,8 @@ class BigQuerySource:
         cls, config: BigQuerySourceConfig, *, root: Path, name: str | None = None
     ) -> BigQuerySource:
         """Build the client from the config; no request is made until the first query."""
-        return cls(client_for(config, root=root, name=name), dataset=config.dataset, name=name)
+        settings = settings_for(config, root=root, name=name)
+        return cls(client_for(settings, name=name), dataset=settings.dataset, name=name)
 
     # ------------------------------------------------------------------ reading
 
@@ -233,12 +235,27 @@ class BigQuerySource:
         self.client.close()
 
 
-def client_for(config: BigQuerySourceConfig, *, root: Path, name: str | None = None) -> Any:
-    """A `bigquery.Client` for the config: service-account file, else default credentials."""
+@dataclass(frozen=True)
+class BigQuerySettings:
+    """How Lockgate logs in to a BigQuery source, for reading models and for every writer
+    (webhook loads): `${ENV}` references resolved, the key file read."""
+
+    project: str
+    dataset: str | None
+    location: str | None
+    credentials: Any
+    """`google.oauth2.service_account.Credentials` from `credentials_path`, or None for
+    Application Default Credentials."""
+
+
+def settings_for(
+    config: BigQuerySourceConfig, *, root: Path, name: str | None = None
+) -> BigQuerySettings:
+    """The settings of ``config``: `project`, `dataset` and `location` may be `${ENV}`
+    references (a variable not set names the source and its lockgate.yml line); the key file
+    `credentials_path` is expanded (`${ENV}`, `~`) and relative to the project folder ``root``."""
     who = label(BigQuerySource.NAME, name)
     try:
-        from google.auth.exceptions import DefaultCredentialsError
-        from google.cloud import bigquery
         from google.oauth2 import service_account
     except ImportError:
         raise MissingDependencyError("google-cloud-bigquery", "bigquery") from None
@@ -256,9 +273,25 @@ def client_for(config: BigQuerySourceConfig, *, root: Path, name: str | None = N
                 hint="check `credentials_path` in lockgate.yml (relative to the project folder); "
                 "it must be a service-account JSON key file",
             ) from exc
+    return BigQuerySettings(
+        project=resolve_env(config.project, field="project", at=config) or "",
+        dataset=resolve_env(config.dataset, field="dataset", at=config),
+        location=resolve_env(config.location, field="location", at=config),
+        credentials=credentials,
+    )
+
+
+def client_for(settings: BigQuerySettings, *, name: str | None = None) -> Any:
+    """A `bigquery.Client` for the settings: service-account file, else default credentials."""
+    who = label(BigQuerySource.NAME, name)
+    try:
+        from google.auth.exceptions import DefaultCredentialsError
+        from google.cloud import bigquery
+    except ImportError:
+        raise MissingDependencyError("google-cloud-bigquery", "bigquery") from None
     try:
         return bigquery.Client(
-            project=config.project, credentials=credentials, location=config.location
+            project=settings.project, credentials=settings.credentials, location=settings.location
         )
     except DefaultCredentialsError as exc:
         raise SourceError(

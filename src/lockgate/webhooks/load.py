@@ -32,6 +32,7 @@ Example::
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
@@ -325,25 +326,63 @@ def destination_for(project: Project) -> tuple[Any, Path | None]:
             pg.password = ""
         return destinations.postgres(credentials=pg), None
     if isinstance(source, SnowflakeSourceConfig):
-        credentials = {
-            "host": resolve_env(source.account, field=f"sources.{name}.account", at=source),
-            "username": resolve_env(source.user, field=f"sources.{name}.user", at=source),
-            "password": resolve_env(source.password, field=f"sources.{name}.password", at=source),
-            "database": source.database,
-            "warehouse": source.warehouse,
-            "role": source.role,
-        }
-        if source.private_key_path:
-            credentials["private_key_path"] = source.private_key_path
         return destinations.snowflake(
-            credentials={k: v for k, v in credentials.items() if v is not None}
+            credentials=_snowflake_credentials(source, root=project.root, name=name)
         ), None
     if isinstance(source, BigQuerySourceConfig):
-        options: dict[str, Any] = {"location": source.location or "US"}
-        if source.credentials_path:
-            options["credentials"] = source.credentials_path
-        return destinations.bigquery(**options), None
+        credentials, location = _bigquery_credentials(source, root=project.root, name=name)
+        return destinations.bigquery(credentials=credentials, location=location), None
     raise ConfigError(f"source `{name}` cannot take webhook events", file="lockgate.yml")
+
+
+_SNOWFLAKE_FIELDS = ("warehouse", "role", "authenticator", "token")
+"""Connector arguments dlt's Snowflake credentials hold as fields of their own (its login
+checks read them); every other one goes to the connector through their `query`."""
+
+
+def _snowflake_credentials(source: SnowflakeSourceConfig, *, root: Path, name: str) -> Any:
+    """dlt's Snowflake credentials carrying the very arguments the Snowflake source connects
+    with (:meth:`SnowflakeSource.connect_args`): the same login (password, key from a file or
+    the environment, decrypted with its passphrase, or OAuth token), database, warehouse and
+    role, `${ENV}` references resolved. dlt picks the schema (`webhooks.dataset`)."""
+    from dlt.destinations.impl.snowflake.configuration import SnowflakeCredentials
+
+    from lockgate.sources.snowflake import SnowflakeSource
+
+    args = SnowflakeSource.connect_args(source, root=root, name=name)
+    args.pop("schema", None)
+    credentials = SnowflakeCredentials()
+    credentials.host = args.pop("account")
+    credentials.username = args.pop("user")
+    credentials.password = args.pop("password", None)
+    credentials.database = args.pop("database", None)
+    key = args.pop("private_key", None)
+    if key is not None:  # unencrypted DER; dlt's field takes it in base64
+        credentials.private_key = base64.b64encode(key).decode()
+    for key_name in _SNOWFLAKE_FIELDS:
+        if key_name in args:
+            setattr(credentials, key_name, args.pop(key_name))
+    credentials.query = args
+    credentials.application = "lockgate"
+    return credentials.resolve()
+
+
+def _bigquery_credentials(
+    source: BigQuerySourceConfig, *, root: Path, name: str
+) -> tuple[Any, str]:
+    """dlt's BigQuery credentials and location for a BigQuery source, from the settings the
+    source reads with (:func:`lockgate.sources.bigquery.settings_for`): its `project`, the
+    service-account key of `credentials_path` or else Application Default Credentials."""
+    from dlt.common.configuration.specs import GcpServiceAccountCredentials
+
+    from lockgate.sources.bigquery import settings_for
+
+    settings = settings_for(source, root=root, name=name)
+    credentials = GcpServiceAccountCredentials()
+    if settings.credentials is not None:
+        credentials.parse_native_representation(settings.credentials)
+    credentials.project_id = settings.project
+    return credentials, settings.location or "US"
 
 
 def _wait_for_duckdb(path: Path, *, wait: float) -> None:

@@ -1,0 +1,281 @@
+"""Webhook loads log in to Snowflake and BigQuery exactly as reading models does: the same
+source block gives the same login (password, key from a file or the environment, encrypted
+with a passphrase, OAuth token), database, warehouse and role, `${VAR}` references resolved
+and key paths expanded and relative to the project folder.
+
+Snowflake: fakesnow's server on loopback records the login requests, as in
+tests/sources/test_snowflake_auth.py; the connector is pointed at it (Lockgate has no option
+for a host, a real account's is derived from `account`). fakesnow runs none of dlt's DDL, so
+the load goes no further than the login: these tests are about the login. BigQuery: what can be
+seen offline, the settings both build from the source block.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives import serialization
+from tests.sources.snowflake_login import (
+    KEY,
+    PASSPHRASE,
+    Server,
+    assert_signed_with_the_key,
+    login_server,
+    pem,
+)
+from tests.sources.warehouses import FAKESNOW_WARNING
+
+from lockgate.emulator.webhook_sender import make_event
+from lockgate.errors import ConfigError, SourceError, TransientError
+from lockgate.project.loader import Project
+from lockgate.sources import connect
+from lockgate.webhooks.load import destination_for, load_pending
+from lockgate.webhooks.spool import Spool
+
+from .conftest import write_project
+
+pytestmark = pytest.mark.filterwarnings(FAKESNOW_WARNING)
+
+UNENCRYPTED = (
+    serialization.Encoding.DER,
+    serialization.PrivateFormat.PKCS8,
+    serialization.NoEncryption(),
+)
+
+SNOWFLAKE = """\
+  warehouse:
+    type: snowflake
+    account: xy12345
+    user: lockgate_svc
+"""
+
+
+def snowflake_project(root: Path, sources: str) -> Project:
+    return write_project(root, sources=sources, webhooks="webhooks: {warehouse: warehouse}\n")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    with login_server() as running:
+        yield running
+
+
+@pytest.fixture
+def logins(server: Server, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every connection the connector opens goes to the loopback server; its login requests."""
+    import snowflake.connector
+
+    where, recorded = server
+    real = snowflake.connector.connect
+
+    def to_server(**kwargs: Any) -> Any:
+        return real(**{**kwargs, **where})
+
+    monkeypatch.setattr(snowflake.connector, "connect", to_server)
+    recorded.clear()
+    return recorded
+
+
+def read_login(project: Project, logins: list[dict[str, Any]]) -> dict[str, Any]:
+    """The login of reading a model from the project's source."""
+    source = connect(project.config.sources["warehouse"], root=project.root, name="warehouse")
+    source.close()
+    return logins[-1]
+
+
+def load_login(project: Project, logins: list[dict[str, Any]]) -> dict[str, Any]:
+    """The login of loading one webhook event into the project's source."""
+    event = make_event("email", "opened")
+    before = len(logins)
+    spool = Spool(project.spool_dir)
+    try:
+        spool.append_now([(event["event_id"], orjson.dumps(event))])
+        with contextlib.suppress(SourceError, TransientError):  # fakesnow: no dlt DDL
+            load_pending(project, spool=spool, wait=1)
+    finally:
+        spool.close()
+    assert len(logins) > before, "the load never logged in"
+    return logins[-1]
+
+
+def same_login(read: dict[str, Any], load: dict[str, Any]) -> None:
+    for key in ("ACCOUNT_NAME", "LOGIN_NAME", "AUTHENTICATOR"):
+        assert load[key] == read[key], key
+    for param in ("databaseName", "warehouse", "roleName"):
+        assert load["PARAMS"].get(param) == read["PARAMS"].get(param), param
+
+
+def test_a_key_from_the_environment_encrypted_and_variables_in_database_warehouse_role(
+    tmp_path: Path, logins: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It logged in with no key (dlt then asked for a password) and sent `${SF_DATABASE}`
+    as the database name."""
+    monkeypatch.setenv("SNOWFLAKE_PRIVATE_KEY", pem(PASSPHRASE).decode())
+    monkeypatch.setenv("SNOWFLAKE_PRIVATE_KEY_PASSPHRASE", PASSPHRASE)
+    monkeypatch.setenv("SF_DATABASE", "ANALYTICS")
+    monkeypatch.setenv("SF_WAREHOUSE", "LOAD_WH")
+    monkeypatch.setenv("SF_ROLE", "LOADER")
+    project = snowflake_project(
+        tmp_path / "proj",
+        SNOWFLAKE + "    private_key: ${SNOWFLAKE_PRIVATE_KEY}\n"
+        "    private_key_passphrase: ${SNOWFLAKE_PRIVATE_KEY_PASSPHRASE}\n"
+        "    database: ${SF_DATABASE}\n"
+        "    warehouse: ${SF_WAREHOUSE}\n"
+        "    role: ${SF_ROLE}\n",
+    )
+    read = read_login(project, logins)
+    load = load_login(project, logins)
+    assert_signed_with_the_key(load)
+    assert load["PARAMS"]["databaseName"] == "ANALYTICS"
+    assert load["PARAMS"]["warehouse"] == "LOAD_WH"
+    assert load["PARAMS"]["roleName"] == "LOADER"
+    same_login(read, load)
+    # the decrypted key, which dlt's credentials hold, is written nowhere in the project folder
+    der = base64.b64encode(KEY.private_bytes(*UNENCRYPTED)).decode()
+    files = [path for path in project.root.rglob("*") if path.is_file()]
+    assert any(".lockgate/dlt" in str(path) for path in files)
+    for path in files:
+        data = path.read_bytes()
+        assert der[100:160].encode() not in data and PASSPHRASE.encode() not in data, path
+
+
+@pytest.mark.parametrize("written", ["keys/rsa_key.p8", "~/keys/rsa_key.p8", "${KEYS}/rsa_key.p8"])
+def test_a_key_file_relative_home_or_variable_path(
+    tmp_path: Path, logins: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, written: str
+) -> None:
+    """The path went to dlt as written: relative to wherever Lockgate ran, `~` and `${KEYS}`
+    not expanded."""
+    home = tmp_path / "home"
+    project_dir = tmp_path / "proj"
+    folder = {"keys/rsa_key.p8": project_dir, "~/keys/rsa_key.p8": home}.get(written, tmp_path)
+    (folder / "keys").mkdir(parents=True)
+    (folder / "keys" / "rsa_key.p8").write_bytes(pem())
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KEYS", str(tmp_path / "keys"))
+    monkeypatch.chdir(tmp_path)  # not the project folder
+    project = snowflake_project(project_dir, SNOWFLAKE + f"    private_key_path: {written}\n")
+    read = read_login(project, logins)
+    load = load_login(project, logins)
+    assert_signed_with_the_key(load)
+    same_login(read, load)
+
+
+def test_an_oauth_token(
+    tmp_path: Path, logins: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SNOWFLAKE_TOKEN", "oauth_token_x")
+    project = snowflake_project(
+        tmp_path / "proj",
+        SNOWFLAKE + "    authenticator: oauth\n    token: ${SNOWFLAKE_TOKEN}\n",
+    )
+    load = load_login(project, logins)
+    assert (load["AUTHENTICATOR"], load["TOKEN"]) == ("OAUTH", "oauth_token_x")
+    assert "PASSWORD" not in load
+    same_login(read_login(project, logins), load)
+
+
+def test_a_variable_not_set_names_the_source_and_line_printing_no_secret(
+    tmp_path: Path, logins: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SNOWFLAKE_PRIVATE_KEY", pem(PASSPHRASE).decode())
+    monkeypatch.setenv("SNOWFLAKE_PRIVATE_KEY_PASSPHRASE", PASSPHRASE)
+    project = snowflake_project(
+        tmp_path / "proj",
+        SNOWFLAKE + "    private_key: ${SNOWFLAKE_PRIVATE_KEY}\n"
+        "    private_key_passphrase: ${SNOWFLAKE_PRIVATE_KEY_PASSPHRASE}\n"
+        "    role: ${SF_ROLE}\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        destination_for(project)
+    said = str(caught.value)
+    assert caught.value.location == "lockgate.yml:9"
+    assert "source `warehouse`" in said and "`SF_ROLE`" in said
+    assert PASSPHRASE not in said and "PRIVATE KEY-----" not in said
+    assert logins == []
+
+
+# ---------------------------------------------------------------------------- BigQuery
+
+
+def service_account_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "key-project",
+                "private_key_id": "k1",
+                "private_key": pem().decode(),
+                "client_email": "loader@key-project.iam.gserviceaccount.com",
+                "client_id": "1",
+                "token_uri": "https://oauth2.googleapis.com/token",
+            }
+        )
+    )
+
+
+@pytest.mark.parametrize("written", ["keys/sa.json", "~/keys/sa.json", "${GCP_KEYS}/sa.json"])
+def test_bigquery_loads_with_the_sources_project_key_and_location(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: str
+) -> None:
+    """The key path went to dlt as written (read as the JSON itself, which it is not), and
+    `project` was never passed: events went to the key's or the default project."""
+    pytest.importorskip("google.cloud.bigquery")
+    from lockgate.sources.bigquery import BigQuerySource
+
+    home, project_dir = tmp_path / "home", tmp_path / "proj"
+    folder = {"keys/sa.json": project_dir, "~/keys/sa.json": home}.get(written, tmp_path)
+    service_account_file(folder / "keys" / "sa.json")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GCP_KEYS", str(tmp_path / "keys"))
+    monkeypatch.setenv("GCP_PROJECT", "acme-analytics")
+    monkeypatch.setenv("BQ_DATASET", "marts")
+    monkeypatch.setenv("BQ_LOCATION", "EU")
+    monkeypatch.chdir(tmp_path)
+    project = write_project(
+        project_dir,
+        sources="  warehouse:\n    type: bigquery\n    project: ${GCP_PROJECT}\n"
+        "    dataset: ${BQ_DATASET}\n    location: ${BQ_LOCATION}\n"
+        f"    credentials_path: {written}\n",
+        webhooks="webhooks: {warehouse: warehouse}\n",
+    )
+    destination, _ = destination_for(project)
+    credentials = destination.config_params["credentials"]
+    assert credentials.project_id == "acme-analytics"
+    assert credentials.client_email == "loader@key-project.iam.gserviceaccount.com"
+    assert destination.config_params["location"] == "EU"
+    source = connect(project.config.sources["warehouse"], root=project.root, name="warehouse")
+    assert isinstance(source, BigQuerySource)
+    try:
+        assert source.client.project == "acme-analytics"
+        assert source.client.location == "EU"
+        assert source.dataset == "marts"
+        sa = credentials.to_native_credentials()
+        assert sa.service_account_email == source.client._credentials.service_account_email
+    finally:
+        source.close()
+
+
+def test_bigquery_a_project_variable_not_set_names_the_source_and_line(tmp_path: Path) -> None:
+    """`lockgate validate` warned about `${GCP_PROJECT}`; reading and loading sent the text."""
+    pytest.importorskip("google.cloud.bigquery")
+    project = write_project(
+        tmp_path / "proj",
+        sources="  warehouse:\n    type: bigquery\n    project: ${GCP_PROJECT}\n",
+        webhooks="webhooks: {warehouse: warehouse}\n",
+    )
+    for attempt in (
+        lambda: destination_for(project),
+        lambda: connect(project.config.sources["warehouse"], root=project.root, name="warehouse"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            attempt()
+        assert caught.value.location == "lockgate.yml:5"
+        assert "`GCP_PROJECT`" in str(caught.value) and "source `warehouse`" in str(caught.value)
