@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from lockgate.cli import cli
 from lockgate.console import NullConsole
 from lockgate.emulator import FaultConfig
+from lockgate.errors import ConfigError
 from lockgate.state.store import StateStore
 from lockgate.sync.run import plan_sync, run_sync
 
@@ -263,6 +264,20 @@ def test_objects_mirror_delete(project_factory: ProjectFactory) -> None:
     project_factory.sql("delete from companies where company_id = 'globex'")
     run_sync(project, "companies", console=NullConsole())
     assert {o.object_id for o in project_factory.emulator.objects()} == {"acme"}
+
+
+def test_an_objects_sync_in_update_mode_is_refused_as_it_would_create_objects(
+    project_factory: ProjectFactory,
+) -> None:
+    """Customer.io has no update-only identify for an object named by type and id (`_update`
+    is a person attribute): `mode: update` on an objects sync created every company, the
+    opposite of what it promises, so the file is refused and nothing is sent."""
+    seed(project_factory)
+    with pytest.raises(ConfigError) as refused:
+        project_factory.write({"companies": COMPANIES + "mode: update\n"})
+    said = " ".join(str(refused.value).split())
+    assert "syncs/companies.yml:9" in said
+    assert "an `objects` sync is `upsert` or `mirror`" in said
 
 
 def test_anonymous_visitors_are_related_with_the_object_side_shape(
