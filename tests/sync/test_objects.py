@@ -916,3 +916,51 @@ def test_a_relationship_two_rows_carry_in_two_cases_stays_while_one_is_left(
     none_left = run_sync(project, "crm_contacts", console=NullConsole(), force=True)
     assert none_left.changes.removed_sent == 1
     assert not emu.relationships()
+
+
+MEMBERS_BY_ID_OR_EMAIL = MEMBERSHIPS.replace("{id: user_id}", "{id: user_id, email: email}")
+
+
+@pytest.mark.parametrize("change", ["id-goes-null", "id-comes"])
+def test_a_relationship_whose_row_changes_identifier_is_not_deleted(
+    project_factory: ProjectFactory, change: str
+) -> None:
+    """A relationships sync identified by `{id, email}` addresses a row by its `id`, else its
+    email. Grace's membership losing its `id` (or a CRM contact known by email gaining one)
+    sends it by the other identifier: the same person (the people sync delivered both), the
+    same company. The old key leaving the model deleted it, in the batch after its add, so
+    Customer.io no longer related her to Acme though the model still did."""
+    seed(project_factory)
+    had, has = ("2", "null") if change == "id-goes-null" else ("null", "2")
+    project_factory.sql(
+        f"""
+        create or replace table users as select *, lower(first_name) || '@x.io' as email
+        from users;
+        create or replace table members as select * from (values
+          (1, 'ada@x.io', 'acme', 'admin'), ({had}, 'grace@x.io', 'acme', 'member')
+        ) t(user_id, email, company_id, role);
+        """
+    )
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": USERS_BY_EMAIL, "memberships": MEMBERS_BY_ID_OR_EMAIL}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    both = {("1", "1", "acme", "admin"), ("2", "1", "acme", "member")}
+    assert rels(emu) == both
+
+    project_factory.sql(f"update members set user_id = {has} where email = 'grace@x.io'")
+    plan = plan_sync(project, "memberships", console=NullConsole())
+    report = run_sync(project, "memberships", console=NullConsole())
+    assert rels(emu) == both
+    for changes in (plan.changes, report.changes):
+        assert (changes.new, changes.removed, changes.removed_sent) == (1, 1, 0)
+    # the old key is forgotten once the new one is delivered: it does not leave again
+    again = run_sync(project, "memberships", console=NullConsole()).changes
+    assert (again.to_send, again.removed) == (0, 0)
+
+    # once the row leaves the model, the relationship goes
+    project_factory.sql("delete from members where email = 'grace@x.io'")
+    gone = run_sync(project, "memberships", console=NullConsole())
+    assert (gone.status, gone.changes.removed_sent) == ("success", 1)
+    assert rels(emu) == {("1", "1", "acme", "admin")}

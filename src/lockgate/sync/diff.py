@@ -516,6 +516,11 @@ def _still_reached(
     held = sync.kind == "relationships" and bool(siblings)
     if held:
         _held_by_siblings(con, siblings or [], people_snaps or [])
+    if sync.kind == "relationships":
+        # a row sent now by another identifier of the person a leaving row named (its `id`
+        # gone null, so sent by email; or the other way round) still holds the relationship:
+        # the old key must not delete it (after its add, in one batch)
+        _held_by_siblings(con, [], people_snaps or [], into="held_by_own_rows", holders=OWN_HOLDERS)
     # a row that leaves with another leaving row reaching the same person (one by `id`, one
     # by email) is kept when that one is: add the kept rows' keys until none is new
     while con.execute(
@@ -604,6 +609,18 @@ def forget_rekeyed(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int:
         group by o.k, x.k, o.n having count(distinct o.a) = o.n
         """,
     )
+    if sync.kind == "relationships" and temp_table(con, "held_by_own_rows"):
+        # a relationship sent under its new key (by another identifier of the person): once
+        # that key is delivered, the old one is no longer this sync's to delete
+        run_sql(
+            con,
+            f"""
+            insert into rekeyed_held
+            select h.k from held_by_own_rows h semi join rekeyed r on r.k = h.k
+            semi join {snap} s on s.k = h.by;
+            drop table held_by_own_rows
+            """,
+        )
     gone = int(_one(con, "select count(distinct k) from rekeyed_held") or 0)
     if gone:
         run_sql(con, f"delete from {snap} where k in (select k from rekeyed_held)")
@@ -621,20 +638,37 @@ def _person_keys(ident: str) -> str:
     )
 
 
+#: SQL: the records of a relationships diff that may hold a relationship leaving under another
+#: key (:func:`_still_reached`): the rows sent now, with their keys.
+OWN_HOLDERS = "select k, ident from changes"
+
+
 def _held_by_siblings(
-    con: duckdb.DuckDBPyConnection, siblings: list[str], people_snaps: list[str]
+    con: duckdb.DuckDBPyConnection,
+    siblings: list[str],
+    people_snaps: list[str],
+    into: str = "held_by_siblings",
+    holders: str | None = None,
 ) -> None:
     """Add to ``live_keys`` the relationships of ``gone`` another relationships sync still
     holds: same object, and a person sharing an identifier with it, directly or through a
-    people sync's record of that person (one sync relating them by `id`, one by email)."""
-    held = " union all ".join(f"select ident from {t}" for t in siblings)
+    people sync's record of that person (one sync relating them by `id`, one by email). The
+    temp table ``into`` gets their keys (``k``) and the key of a record holding each (``by``).
+
+    ``holders``, when given, is SQL selecting the `k` and `ident` of the records that hold,
+    instead of the snapshots ``siblings``: this sync's own rows sent now (:data:`OWN_HOLDERS`)."""
+    held = holders or " union all ".join(f"select k, ident from {t}" for t in siblings)
     people = " union all ".join(f"select ident from {t}" for t in people_snaps)
+    # an equi-join on each identifier (not a list intersection, which joins every gone row
+    # with every person)
     aliases = (
         f"""
         union
-        select g.k, unnest({_person_keys("p.ident")}) as a
-        from gone_people g join ({people}) p
-          on len(list_intersect({_person_keys("p.ident")}, g.keys)) > 0
+        select g.k, unnest(p.keys) as a
+        from (select k, unnest(keys) as a from gone_people) g join (
+            select unnest(keys) as a, keys
+            from (select {_person_keys("ident")} as keys from ({people}))
+        ) p on p.a = g.a
         """
         if people
         else ""
@@ -650,16 +684,16 @@ def _held_by_siblings(
         select * from (
             select k, unnest(keys) as a from gone_people {aliases}
         ) where a is not null;
-        create or replace temp table held_by_siblings as
-        select distinct a.k from gone_aliases a join (
-            select unnest({_person_keys("json_extract(ident, '$.person')")}) as a,
+        create or replace temp table {into} as
+        select distinct a.k, h.k as by from gone_aliases a join (
+            select k, unnest({_person_keys("json_extract(ident, '$.person')")}) as a,
                    json_extract(ident, '$.object')::varchar as object
             from ({held})
         ) h on h.a = a.a
         join gone_people o on o.k = a.k and o.object = h.object;
         insert into live_keys
         select distinct {_relationship_key("ident")} from gone_people
-        where k in (select k from held_by_siblings);
+        where k in (select k from {into});
         """,
     )
 
