@@ -964,3 +964,39 @@ def test_a_relationship_whose_row_changes_identifier_is_not_deleted(
     gone = run_sync(project, "memberships", console=NullConsole())
     assert (gone.status, gone.changes.removed_sent) == ("success", 1)
     assert rels(emu) == {("1", "1", "acme", "admin")}
+
+
+@pytest.mark.parametrize("only", [False, True], ids=["all", "only"])
+@pytest.mark.parametrize("kind", ["objects", "people"])
+def test_a_full_resync_keeps_a_relationship_whose_cleared_end_is_out(
+    project_factory: ProjectFactory, kind: str, only: bool
+) -> None:
+    """Company globex (or user 3) left its `mirror` model and was cleared: it still exists in
+    Customer.io, with user 3's membership, which the memberships run holds. A
+    `--full-resync` of the memberships forgot it with the rest of the snapshot, so when the
+    membership then left the model nothing deleted it: Customer.io kept it for good."""
+    seed(project_factory)
+    companies, people = COMPANIES, PEOPLE
+    if kind == "objects":
+        companies += "mode: mirror\n"
+        leaves = "delete from companies where company_id = 'globex'"
+    else:
+        people += "mode: mirror\n"
+        leaves = "delete from users where user_id = 3"
+    project = project_factory.write(
+        {"companies": companies, "people": people, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    project_factory.sql(leaves)
+    run_all(project)
+    assert ("3", "1", "globex", "owner") in rels(emu)  # cleared, not deleted
+
+    named = ("3",) if only else ()
+    plan = plan_sync(project, "memberships", console=NullConsole(), full_resync=True, only=named)
+    resync = run_sync(project, "memberships", console=NullConsole(), full_resync=True, only=named)
+    assert plan.changes.held == resync.changes.held == 1
+    project_factory.sql("delete from members where user_id = 3")
+    gone = run_sync(project, "memberships", console=NullConsole())
+    assert (gone.changes.removed, gone.changes.removed_sent, gone.delivered) == (1, 1, 1)
+    assert rels(emu) == {("1", "1", "acme", "admin"), ("2", "1", "acme", "member")}

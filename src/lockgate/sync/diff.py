@@ -33,6 +33,10 @@ from lockgate.sync.mapping import (
     q,
 )
 
+RESYNC_HELD = "resync_held"
+"""A `--full-resync` relationships diff's temp table of the snapshot rows it holds (an end
+left its model) that were delivered before: the resync does not forget them."""
+
 RESYNC_PREVIOUS = "resync_previous"
 """A `--full-resync` run's temp view (or table) of what was delivered before, while the
 snapshot's name is an empty stand-in (`run._shadow_snapshot`): the records of a run of named
@@ -375,6 +379,25 @@ def _live_relationships(
     `mirror` sync cleared (without `delete_removed`) still exists in Customer.io with its
     relationships, which stay delivered, and one that leaves the model is deleted."""
     run_sql(con, "drop table if exists snap_live; drop table if exists ends_gone")
+    gone = _ends_gone(unsure_objects, unsure_people)
+    if gone is None:
+        return snap
+    # of the snapshot the diff reads: with `--only`, the named records alone
+    run_sql(
+        con,
+        f"""
+        create temp table ends_gone as
+        select k from {snap} s where {gone};
+        create temp table snap_live as
+        select * from {snap} s anti join ends_gone g on g.k = s.k;
+        """,
+    )
+    return "snap_live"
+
+
+def _ends_gone(unsure_objects: list[str] | None, unsure_people: list[str] | None) -> str | None:
+    """SQL true for a relationships snapshot row ``s`` whose object or person may be gone (a
+    delete sent, its answer lost); None when no delete is unconfirmed."""
     conditions = []
     if unsure_objects:
         unsure = " union all ".join(
@@ -392,18 +415,8 @@ def _live_relationships(
             f"({key}, {value}) in (select kind, value from ({unsure}) where value is not null)"
         )
     if not conditions:
-        return snap
-    # of the snapshot the diff reads: with `--only`, the named records alone
-    run_sql(
-        con,
-        f"""
-        create temp table ends_gone as
-        select k from {snap} s where coalesce({" or ".join(conditions)}, false);
-        create temp table snap_live as
-        select * from {snap} s anti join ends_gone g on g.k = s.k;
-        """,
-    )
-    return "snap_live"
+        return None
+    return f"coalesce({' or '.join(conditions)}, false)"
 
 
 def temp_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
@@ -1159,6 +1172,21 @@ def diff_records(
         held, held_samples = _hold_relationships(
             con, objects_snaps or [], people_snaps or [], unsure_objects, unsure_people
         )
+        run_sql(con, f"drop table if exists {RESYNC_HELD}")
+        if full_resync and held:
+            # held for an end that left its model (cleared, not deleted): a relationship
+            # delivered before is still in Customer.io, and stays delivered through the
+            # resync's reset (:func:`run._reset_snapshot`), so that it is deleted if it
+            # leaves the model; one whose end may be gone is forgotten, as in any run
+            gone = _ends_gone(unsure_objects, unsure_people)
+            run_sql(
+                con,
+                f"""
+                create temp table {RESYNC_HELD} as
+                select s.* from {previous} s semi join held h on h.k = s.k
+                {f"where not {gone}" if gone else ""}
+                """,
+            )
     if repeated or full_resync:
         removed = int(
             _one(con, f"select count(*) from {previous} s anti join keyed m on m.k = s.k") or 0
