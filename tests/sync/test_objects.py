@@ -1000,3 +1000,29 @@ def test_a_full_resync_keeps_a_relationship_whose_cleared_end_is_out(
     gone = run_sync(project, "memberships", console=NullConsole())
     assert (gone.changes.removed, gone.changes.removed_sent, gone.delivered) == (1, 1, 1)
     assert rels(emu) == {("1", "1", "acme", "admin"), ("2", "1", "acme", "member")}
+
+
+def test_relationships_held_because_no_people_sync_sends_their_identifier_say_so(
+    project_factory: ProjectFactory,
+) -> None:
+    """The people sync sends people by email alone, the memberships name them by `id`: every
+    membership is held for good, and the reason said only `not synced yet, or they left the
+    people sync's model`, which no run would ever change. It now names the missing
+    identifier and what to change."""
+    seed(project_factory)
+    project_factory.sql(
+        "create or replace table users as select *, lower(first_name) || '@x.io' as email "
+        "from users"
+    )
+    by_email = PEOPLE.replace("{id: user_id}", "{email: email}")
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": by_email, "memberships": MEMBERSHIPS}
+    )
+    memberships = run_all(project)["memberships"]
+    assert (memberships.delivered, memberships.changes.held) == (0, 3)
+    reason = dict(memberships.changes.held_samples)['{"id":"1"} acme']
+    assert reason == (
+        'person {"id":"1"} is not among the people sent (not synced yet, or they left the '
+        "people sync's model; no people sync has sent anyone by `id` yet: relate them by an "
+        "identifier the people syncs send, or add `id` to a people sync's `identify_by`)"
+    )

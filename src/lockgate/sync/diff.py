@@ -272,9 +272,18 @@ def _missing_ends(
     if people_snaps:
         known = " union all ".join(_person_pairs(t) for t in people_snaps)
         person_key, person_value = _person_pair(person)
+        # people syncs that send nobody by this identifier (by email only, the relationships
+        # by `id`) hold every relationship for good: the reason says so
+        # uncorrelated: the few kinds sent, computed once (not a subquery per row)
+        nobody = (
+            f"{person_key} not in (select distinct kind from ({known}) where value is not null)"
+        )
         reason = (
             f"'person ' || {person} || ' is not among the people sent (not synced yet, "
-            "or they left the people sync''s model)'"
+            f"or they left the people sync''s model' || case when {nobody} then "
+            f"'; no people sync has sent anyone by `' || {person_key} || '` yet: relate "
+            "them by an identifier the people syncs send, or add `' || "
+            f"{person_key} || '` to a people sync''s `identify_by`' else '' end || ')'"
         )
         if unsure_people:
             unsure = " union all ".join(_person_pairs(t) for t in unsure_people)
