@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from lockgate.cli import cli
 from lockgate.console import NullConsole
 from lockgate.emulator import FaultConfig
+from lockgate.errors import ConfigError
 from lockgate.state.store import StateStore
 from lockgate.sync.run import plan_sync, run_sync
 
@@ -263,6 +264,20 @@ def test_objects_mirror_delete(project_factory: ProjectFactory) -> None:
     project_factory.sql("delete from companies where company_id = 'globex'")
     run_sync(project, "companies", console=NullConsole())
     assert {o.object_id for o in project_factory.emulator.objects()} == {"acme"}
+
+
+def test_an_objects_sync_in_update_mode_is_refused_as_it_would_create_objects(
+    project_factory: ProjectFactory,
+) -> None:
+    """Customer.io has no update-only identify for an object named by type and id (`_update`
+    is a person attribute): `mode: update` on an objects sync created every company, the
+    opposite of what it promises, so the file is refused and nothing is sent."""
+    seed(project_factory)
+    with pytest.raises(ConfigError) as refused:
+        project_factory.write({"companies": COMPANIES + "mode: update\n"})
+    said = " ".join(str(refused.value).split())
+    assert "syncs/companies.yml:9" in said
+    assert "an `objects` sync is `upsert` or `mirror`" in said
 
 
 def test_anonymous_visitors_are_related_with_the_object_side_shape(
@@ -901,3 +916,113 @@ def test_a_relationship_two_rows_carry_in_two_cases_stays_while_one_is_left(
     none_left = run_sync(project, "crm_contacts", console=NullConsole(), force=True)
     assert none_left.changes.removed_sent == 1
     assert not emu.relationships()
+
+
+MEMBERS_BY_ID_OR_EMAIL = MEMBERSHIPS.replace("{id: user_id}", "{id: user_id, email: email}")
+
+
+@pytest.mark.parametrize("change", ["id-goes-null", "id-comes"])
+def test_a_relationship_whose_row_changes_identifier_is_not_deleted(
+    project_factory: ProjectFactory, change: str
+) -> None:
+    """A relationships sync identified by `{id, email}` addresses a row by its `id`, else its
+    email. Grace's membership losing its `id` (or a CRM contact known by email gaining one)
+    sends it by the other identifier: the same person (the people sync delivered both), the
+    same company. The old key leaving the model deleted it, in the batch after its add, so
+    Customer.io no longer related her to Acme though the model still did."""
+    seed(project_factory)
+    had, has = ("2", "null") if change == "id-goes-null" else ("null", "2")
+    project_factory.sql(
+        f"""
+        create or replace table users as select *, lower(first_name) || '@x.io' as email
+        from users;
+        create or replace table members as select * from (values
+          (1, 'ada@x.io', 'acme', 'admin'), ({had}, 'grace@x.io', 'acme', 'member')
+        ) t(user_id, email, company_id, role);
+        """
+    )
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": USERS_BY_EMAIL, "memberships": MEMBERS_BY_ID_OR_EMAIL}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    both = {("1", "1", "acme", "admin"), ("2", "1", "acme", "member")}
+    assert rels(emu) == both
+
+    project_factory.sql(f"update members set user_id = {has} where email = 'grace@x.io'")
+    plan = plan_sync(project, "memberships", console=NullConsole())
+    report = run_sync(project, "memberships", console=NullConsole())
+    assert rels(emu) == both
+    for changes in (plan.changes, report.changes):
+        assert (changes.new, changes.removed, changes.removed_sent) == (1, 1, 0)
+    # the old key is forgotten once the new one is delivered: it does not leave again
+    again = run_sync(project, "memberships", console=NullConsole()).changes
+    assert (again.to_send, again.removed) == (0, 0)
+
+    # once the row leaves the model, the relationship goes
+    project_factory.sql("delete from members where email = 'grace@x.io'")
+    gone = run_sync(project, "memberships", console=NullConsole())
+    assert (gone.status, gone.changes.removed_sent) == ("success", 1)
+    assert rels(emu) == {("1", "1", "acme", "admin")}
+
+
+@pytest.mark.parametrize("only", [False, True], ids=["all", "only"])
+@pytest.mark.parametrize("kind", ["objects", "people"])
+def test_a_full_resync_keeps_a_relationship_whose_cleared_end_is_out(
+    project_factory: ProjectFactory, kind: str, only: bool
+) -> None:
+    """Company globex (or user 3) left its `mirror` model and was cleared: it still exists in
+    Customer.io, with user 3's membership, which the memberships run holds. A
+    `--full-resync` of the memberships forgot it with the rest of the snapshot, so when the
+    membership then left the model nothing deleted it: Customer.io kept it for good."""
+    seed(project_factory)
+    companies, people = COMPANIES, PEOPLE
+    if kind == "objects":
+        companies += "mode: mirror\n"
+        leaves = "delete from companies where company_id = 'globex'"
+    else:
+        people += "mode: mirror\n"
+        leaves = "delete from users where user_id = 3"
+    project = project_factory.write(
+        {"companies": companies, "people": people, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    project_factory.sql(leaves)
+    run_all(project)
+    assert ("3", "1", "globex", "owner") in rels(emu)  # cleared, not deleted
+
+    named = ("3",) if only else ()
+    plan = plan_sync(project, "memberships", console=NullConsole(), full_resync=True, only=named)
+    resync = run_sync(project, "memberships", console=NullConsole(), full_resync=True, only=named)
+    assert plan.changes.held == resync.changes.held == 1
+    project_factory.sql("delete from members where user_id = 3")
+    gone = run_sync(project, "memberships", console=NullConsole())
+    assert (gone.changes.removed, gone.changes.removed_sent, gone.delivered) == (1, 1, 1)
+    assert rels(emu) == {("1", "1", "acme", "admin"), ("2", "1", "acme", "member")}
+
+
+def test_relationships_held_because_no_people_sync_sends_their_identifier_say_so(
+    project_factory: ProjectFactory,
+) -> None:
+    """The people sync sends people by email alone, the memberships name them by `id`: every
+    membership is held for good, and the reason said only `not synced yet, or they left the
+    people sync's model`, which no run would ever change. It now names the missing
+    identifier and what to change."""
+    seed(project_factory)
+    project_factory.sql(
+        "create or replace table users as select *, lower(first_name) || '@x.io' as email "
+        "from users"
+    )
+    by_email = PEOPLE.replace("{id: user_id}", "{email: email}")
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": by_email, "memberships": MEMBERSHIPS}
+    )
+    memberships = run_all(project)["memberships"]
+    assert (memberships.delivered, memberships.changes.held) == (0, 3)
+    reason = dict(memberships.changes.held_samples)['{"id":"1"} acme']
+    assert reason == (
+        'person {"id":"1"} is not among the people sent (not synced yet, or they left the '
+        "people sync's model; no people sync has sent anyone by `id` yet: relate them by an "
+        "identifier the people syncs send, or add `id` to a people sync's `identify_by`)"
+    )

@@ -1150,9 +1150,10 @@ class SyncConfig(StrictModel):
     """Identifier type → column, e.g. `{id: customer_id, email: email}`. Types: `id` (alias
     `user_id`), `email`, `cio_id`, or a type declared under `identity:`. Not for `objects`."""
     mode: Literal["upsert", "update", "mirror"] | None = None
-    """`upsert` creates and updates; `update` never creates; `mirror` also clears the mapped
-    attributes of people (or objects) who leave the model, and removes relationships that
-    leave it. Default: `mirror` for `relationships`, `upsert` otherwise."""
+    """`upsert` creates and updates; `update` never creates (people only: Customer.io has no
+    update-only identify for objects); `mirror` also clears the mapped attributes of people (or
+    objects) who leave the model, and removes relationships that leave it. Default: `mirror` for
+    `relationships`, `upsert` otherwise."""
     delete_removed: bool = False
     """With `mirror`: delete (instead of clearing) people or objects who leave the model."""
     clear_removed_attributes: bool = False
@@ -1294,6 +1295,15 @@ class SyncConfig(StrictModel):
         if kind == "objects":
             if self.primary_key is None or self.object_type_id is None:
                 raise error("kind", "an `objects` sync needs `object_type_id` and `primary_key`")
+            if self.mode == "update":
+                # `_update` is a person attribute: an object identify by type and id always
+                # creates what it names, so `update` would create every object it sends
+                raise error(
+                    "mode",
+                    "an `objects` sync is `upsert` or `mirror`: Customer.io has no update-only "
+                    "identify for an object named by type and id (`_update: true` is for "
+                    "people), so `update` would create every object it sends",
+                )
         if kind == "relationships":
             if self.object_type_id is None or self.object_id is None:
                 raise error("kind", "a `relationships` sync needs `object_type_id` and `object_id`")

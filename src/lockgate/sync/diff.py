@@ -34,6 +34,10 @@ from lockgate.sync.mapping import (
     quoted,
 )
 
+RESYNC_HELD = "resync_held"
+"""A `--full-resync` relationships diff's temp table of the snapshot rows it holds (an end
+left its model) that were delivered before: the resync does not forget them."""
+
 RESYNC_PREVIOUS = "resync_previous"
 """A `--full-resync` run's temp view (or table) of what was delivered before, while the
 snapshot's name is an empty stand-in (`run._shadow_snapshot`): the records of a run of named
@@ -273,9 +277,18 @@ def _missing_ends(
     if people_snaps:
         known = " union all ".join(_person_pairs(t) for t in people_snaps)
         person_key, person_value = _person_pair(person)
+        # people syncs that send nobody by this identifier (by email only, the relationships
+        # by `id`) hold every relationship for good: the reason says so
+        # uncorrelated: the few kinds sent, computed once (not a subquery per row)
+        nobody = (
+            f"{person_key} not in (select distinct kind from ({known}) where value is not null)"
+        )
         reason = (
             f"'person ' || {person} || ' is not among the people sent (not synced yet, "
-            "or they left the people sync''s model)'"
+            f"or they left the people sync''s model' || case when {nobody} then "
+            f"'; no people sync has sent anyone by `' || {person_key} || '` yet: relate "
+            "them by an identifier the people syncs send, or add `' || "
+            f"{person_key} || '` to a people sync''s `identify_by`' else '' end || ')'"
         )
         if unsure_people:
             unsure = " union all ".join(_person_pairs(t) for t in unsure_people)
@@ -380,6 +393,25 @@ def _live_relationships(
     `mirror` sync cleared (without `delete_removed`) still exists in Customer.io with its
     relationships, which stay delivered, and one that leaves the model is deleted."""
     run_sql(con, "drop table if exists snap_live; drop table if exists ends_gone")
+    gone = _ends_gone(unsure_objects, unsure_people)
+    if gone is None:
+        return snap
+    # of the snapshot the diff reads: with `--only`, the named records alone
+    run_sql(
+        con,
+        f"""
+        create temp table ends_gone as
+        select k from {snap} s where {gone};
+        create temp table snap_live as
+        select * from {snap} s anti join ends_gone g on g.k = s.k;
+        """,
+    )
+    return "snap_live"
+
+
+def _ends_gone(unsure_objects: list[str] | None, unsure_people: list[str] | None) -> str | None:
+    """SQL true for a relationships snapshot row ``s`` whose object or person may be gone (a
+    delete sent, its answer lost); None when no delete is unconfirmed."""
     conditions = []
     if unsure_objects:
         unsure = " union all ".join(
@@ -397,18 +429,8 @@ def _live_relationships(
             f"({key}, {value}) in (select kind, value from ({unsure}) where value is not null)"
         )
     if not conditions:
-        return snap
-    # of the snapshot the diff reads: with `--only`, the named records alone
-    run_sql(
-        con,
-        f"""
-        create temp table ends_gone as
-        select k from {snap} s where coalesce({" or ".join(conditions)}, false);
-        create temp table snap_live as
-        select * from {snap} s anti join ends_gone g on g.k = s.k;
-        """,
-    )
-    return "snap_live"
+        return None
+    return f"coalesce({' or '.join(conditions)}, false)"
 
 
 def temp_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
@@ -521,6 +543,11 @@ def _still_reached(
     held = sync.kind == "relationships" and bool(siblings)
     if held:
         _held_by_siblings(con, siblings or [], people_snaps or [])
+    if sync.kind == "relationships":
+        # a row sent now by another identifier of the person a leaving row named (its `id`
+        # gone null, so sent by email; or the other way round) still holds the relationship:
+        # the old key must not delete it (after its add, in one batch)
+        _held_by_siblings(con, [], people_snaps or [], into="held_by_own_rows", holders=OWN_HOLDERS)
     # a row that leaves with another leaving row reaching the same person (one by `id`, one
     # by email) is kept when that one is: add the kept rows' keys until none is new
     while con.execute(
@@ -609,6 +636,18 @@ def forget_rekeyed(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int:
         group by o.k, x.k, o.n having count(distinct o.a) = o.n
         """,
     )
+    if sync.kind == "relationships" and temp_table(con, "held_by_own_rows"):
+        # a relationship sent under its new key (by another identifier of the person): once
+        # that key is delivered, the old one is no longer this sync's to delete
+        run_sql(
+            con,
+            f"""
+            insert into rekeyed_held
+            select h.k from held_by_own_rows h semi join rekeyed r on r.k = h.k
+            semi join {snap} s on s.k = h.by;
+            drop table held_by_own_rows
+            """,
+        )
     gone = int(_one(con, "select count(distinct k) from rekeyed_held") or 0)
     if gone:
         run_sql(con, f"delete from {snap} where k in (select k from rekeyed_held)")
@@ -626,20 +665,37 @@ def _person_keys(ident: str) -> str:
     )
 
 
+#: SQL: the records of a relationships diff that may hold a relationship leaving under another
+#: key (:func:`_still_reached`): the rows sent now, with their keys.
+OWN_HOLDERS = "select k, ident from changes"
+
+
 def _held_by_siblings(
-    con: duckdb.DuckDBPyConnection, siblings: list[str], people_snaps: list[str]
+    con: duckdb.DuckDBPyConnection,
+    siblings: list[str],
+    people_snaps: list[str],
+    into: str = "held_by_siblings",
+    holders: str | None = None,
 ) -> None:
     """Add to ``live_keys`` the relationships of ``gone`` another relationships sync still
     holds: same object, and a person sharing an identifier with it, directly or through a
-    people sync's record of that person (one sync relating them by `id`, one by email)."""
-    held = " union all ".join(f"select ident from {t}" for t in siblings)
+    people sync's record of that person (one sync relating them by `id`, one by email). The
+    temp table ``into`` gets their keys (``k``) and the key of a record holding each (``by``).
+
+    ``holders``, when given, is SQL selecting the `k` and `ident` of the records that hold,
+    instead of the snapshots ``siblings``: this sync's own rows sent now (:data:`OWN_HOLDERS`)."""
+    held = holders or " union all ".join(f"select k, ident from {t}" for t in siblings)
     people = " union all ".join(f"select ident from {t}" for t in people_snaps)
+    # an equi-join on each identifier (not a list intersection, which joins every gone row
+    # with every person)
     aliases = (
         f"""
         union
-        select g.k, unnest({_person_keys("p.ident")}) as a
-        from gone_people g join ({people}) p
-          on len(list_intersect({_person_keys("p.ident")}, g.keys)) > 0
+        select g.k, unnest(p.keys) as a
+        from (select k, unnest(keys) as a from gone_people) g join (
+            select unnest(keys) as a, keys
+            from (select {_person_keys("ident")} as keys from ({people}))
+        ) p on p.a = g.a
         """
         if people
         else ""
@@ -655,16 +711,16 @@ def _held_by_siblings(
         select * from (
             select k, unnest(keys) as a from gone_people {aliases}
         ) where a is not null;
-        create or replace temp table held_by_siblings as
-        select distinct a.k from gone_aliases a join (
-            select unnest({_person_keys("json_extract(ident, '$.person')")}) as a,
+        create or replace temp table {into} as
+        select distinct a.k, h.k as by from gone_aliases a join (
+            select k, unnest({_person_keys("json_extract(ident, '$.person')")}) as a,
                    json_extract(ident, '$.object')::varchar as object
             from ({held})
         ) h on h.a = a.a
         join gone_people o on o.k = a.k and o.object = h.object;
         insert into live_keys
         select distinct {_relationship_key("ident")} from gone_people
-        where k in (select k from held_by_siblings);
+        where k in (select k from {into});
         """,
     )
 
@@ -1130,6 +1186,21 @@ def diff_records(
         held, held_samples = _hold_relationships(
             con, objects_snaps or [], people_snaps or [], unsure_objects, unsure_people
         )
+        run_sql(con, f"drop table if exists {RESYNC_HELD}")
+        if full_resync and held:
+            # held for an end that left its model (cleared, not deleted): a relationship
+            # delivered before is still in Customer.io, and stays delivered through the
+            # resync's reset (:func:`run._reset_snapshot`), so that it is deleted if it
+            # leaves the model; one whose end may be gone is forgotten, as in any run
+            gone = _ends_gone(unsure_objects, unsure_people)
+            run_sql(
+                con,
+                f"""
+                create temp table {RESYNC_HELD} as
+                select s.* from {previous} s semi join held h on h.k = s.k
+                {f"where not {gone}" if gone else ""}
+                """,
+            )
     if repeated or full_resync:
         removed = int(
             _one(con, f"select count(*) from {previous} s anti join keyed m on m.k = s.k") or 0

@@ -659,16 +659,22 @@ def _drop_previous(store: StateStore) -> None:
         run_sql(store.con, f"drop {kind} temp.main.{name}")
 
 
-def _reset_snapshot(store: StateStore, sync: str, only: bool = False) -> None:
+def _reset_snapshot(store: StateStore, sync: SyncConfig, only: bool = False) -> None:
     """Past the guard of a `--full-resync` run: forget the snapshot (with ``only``, of the
-    named records alone, :func:`_keep_only`), so what is not delivered is sent again."""
-    run_sql(store.con, f"drop table if exists temp.{table('snap', sync)}")
+    named records alone, :func:`_keep_only`), so what is not delivered is sent again. A
+    relationship the run holds because an end left its model stays (``diff.RESYNC_HELD``):
+    it is still in Customer.io, and is deleted if it leaves the model."""
+    snap = table("snap", sync.name)
+    run_sql(store.con, f"drop table if exists temp.{snap}")
     _drop_previous(store)
+    held = sync.kind == "relationships" and diff_step.temp_table(store.con, diff_step.RESYNC_HELD)
     if not only:
-        store.reset_sync(sync)
+        store.reset_sync(sync.name)
+        if held:
+            run_sql(store.con, f"insert into main.{snap} from {diff_step.RESYNC_HELD}")
         return
-    snap = table("snap", sync)
-    run_sql(store.con, f"delete from main.{snap} where {_named('k', 'ident')}")
+    keep = f" and k not in (select k from {diff_step.RESYNC_HELD})" if held else ""
+    run_sql(store.con, f"delete from main.{snap} where {_named('k', 'ident')}{keep}")
 
 
 def _named(key: str, ident: str) -> str:
@@ -1633,7 +1639,7 @@ def run_sync(
                         store, project, sync, run_id, console
                     )
             if full_resync and sync.kind != "events":
-                _reset_snapshot(store, sync.name, only=bool(only))
+                _reset_snapshot(store, sync, only=bool(only))
             diff_step.forget_gone_relationships(store.con, sync, full_resync=full_resync)
             merges = identity_ops is not None and identity_ops.num_rows > 0
             if merges and only:
