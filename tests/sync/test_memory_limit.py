@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from lockgate.cli import main
 from lockgate.console import NullConsole
 from lockgate.errors import StateError
 from lockgate.state.store import StateStore
@@ -158,13 +159,16 @@ def test_a_setting_that_is_not_a_size_or_a_count_is_an_error_naming_it(
 
 
 def test_a_failure_recovering_a_killed_run_is_shown_as_it_is_and_the_next_run_recovers(
-    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+    project_factory: ProjectFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The state a run killed while sending 200,000 events leaves: its write-ahead record.
     The next run keeps their ids in one transaction, which runs out of 16 MB (DuckDB aborts
-    the transaction): the error seen is that one, not DuckDB's `Current transaction is
-    aborted` from dropping the run's Arrow table after it; and the state is as it was, so a
-    run with more memory recovers the killed run's events and sends them once."""
+    the transaction): the error seen is that one, naming the setting to raise, not DuckDB's
+    `Current transaction is aborted` from dropping the run's Arrow table after it; and the
+    state is as it was, so a run with more memory recovers the killed run's events and sends
+    them once."""
     project_factory.sql(
         "create or replace table events as select 'e' || i as event_id, i % 100 as user_id, "
         "'Feature Used' as event_name, now() - interval 1 hour as occurred_at, 'f' as feature "
@@ -178,10 +182,12 @@ def test_a_failure_recovering_a_killed_run_is_shown_as_it_is_and_the_next_run_re
             "select 'e' || i, 0, hash(i), hash(-i) from range(200000) t(i)"
         )
 
-    with pytest.raises(Exception) as caught:  # what it says is the point
-        run_sync(project, "activity", console=NullConsole())
-    said = f"{caught.value}\n{caught.value.__cause__}"
-    assert "Out of Memory Error" in said
+    with pytest.raises(SystemExit) as exited:
+        main(["sync", "activity", "--project", str(project.root)])
+    said = capsys.readouterr().err
+    assert exited.value.code == 1
+    assert "Error: the state ran out of memory (16MB): Out of Memory Error" in said
+    assert "hint: set LOCKGATE_STATE_MEMORY_LIMIT to a larger size" in said
     assert "transaction is aborted" not in said
     assert project_factory.emulator.events() == []
 
