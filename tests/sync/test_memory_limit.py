@@ -21,8 +21,10 @@ from typing import Any
 
 import pytest
 
+from lockgate.cli import main
 from lockgate.console import NullConsole
 from lockgate.errors import StateError
+from lockgate.state.store import StateStore
 from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -154,3 +156,44 @@ def test_a_setting_that_is_not_a_size_or_a_count_is_an_error_naming_it(
 
     assert f"{variable}={value!r} {said}" in str(caught.value)
     assert project_factory.emulator.people() == []
+
+
+def test_a_failure_recovering_a_killed_run_is_shown_as_it_is_and_the_next_run_recovers(
+    project_factory: ProjectFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The state a run killed while sending 200,000 events leaves: its write-ahead record.
+    The next run keeps their ids in one transaction, which runs out of 16 MB (DuckDB aborts
+    the transaction): the error seen is that one, naming the setting to raise, not DuckDB's
+    `Current transaction is aborted` from dropping the run's Arrow table after it; and the
+    state is as it was, so a run with more memory recovers the killed run's events and sends
+    them once."""
+    project_factory.sql(
+        "create or replace table events as select 'e' || i as event_id, i % 100 as user_id, "
+        "'Feature Used' as event_name, now() - interval 1 hour as occurred_at, 'f' as feature "
+        "from range(1000) t(i)"
+    )
+    project = project_factory.write({"activity": EVENTS})
+    with StateStore.open(project.state_dir) as store:
+        store.ensure_sync_tables("activity")
+        store.exec_sql(
+            'insert into "sending_events__activity" '
+            "select 'e' || i, 0, hash(i), hash(-i) from range(200000) t(i)"
+        )
+
+    with pytest.raises(SystemExit) as exited:
+        main(["sync", "activity", "--project", str(project.root)])
+    said = capsys.readouterr().err
+    assert exited.value.code == 1
+    assert "Error: the state ran out of memory (16MB): Out of Memory Error" in said
+    assert "hint: set LOCKGATE_STATE_MEMORY_LIMIT to a larger size" in said
+    assert "transaction is aborted" not in said
+    assert project_factory.emulator.events() == []
+
+    monkeypatch.delenv("LOCKGATE_STATE_MEMORY_LIMIT")
+    console = NullConsole()
+    again = run_sync(project, "activity", console=console)
+    assert (again.status, again.delivered) == ("success", 1000)
+    assert any("left 200000 event(s) unconfirmed" in m for m in console.messages)
+    assert len(project_factory.emulator.events()) == 1000

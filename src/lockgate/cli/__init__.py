@@ -138,6 +138,14 @@ def signals_let_requests_finish() -> Iterator[None]:
             signal.signal(sig, previous)
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is DuckDB running out of the state's memory limit: not a bug, and
+    DuckDB's own advice (`SET memory_limit`) is not something a user of Lockgate can do."""
+    import duckdb
+
+    return isinstance(exc, duckdb.OutOfMemoryException)
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: run the CLI with one error handler for every command."""
     debug = "--debug" in (argv or sys.argv) or os.environ.get("LOCKGATE_DEBUG") == "1"
@@ -182,6 +190,22 @@ def main(argv: list[str] | None = None) -> Any:
     except Exception as exc:  # a bug: still one line, not a traceback (unless --debug)
         if debug:
             raise
+        if _out_of_memory(exc):
+            from lockgate.state.store import MEMORY_LIMIT, MEMORY_LIMIT_ENV
+
+            limit = os.environ.get(MEMORY_LIMIT_ENV, "").strip() or MEMORY_LIMIT
+            click.secho(
+                f"Error: the state ran out of memory ({limit}): {str(exc).splitlines()[0]}",
+                fg="red",
+                err=True,
+                color=_colour(),
+            )
+            click.echo(
+                f"  hint: set {MEMORY_LIMIT_ENV} to a larger size (such as 1GB) and run "
+                "again: the state keeps what was committed, and the next run goes on from there",
+                err=True,
+            )
+            sys.exit(1)
         from lockgate.sources.base import redact
 
         click.secho(

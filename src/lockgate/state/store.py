@@ -197,6 +197,26 @@ def transaction(con: duckdb.DuckDBPyConnection, where: Path | None = None) -> It
         raise
 
 
+@contextlib.contextmanager
+def registered(con: duckdb.DuckDBPyConnection, name: str, data: Any) -> Iterator[None]:
+    """``data`` (an Arrow table or batch reader) readable by the name ``name`` on ``con`` for
+    the block, and unregistered after it. When the block raises, its error is the one that goes
+    on: a statement that failed inside a transaction (out of memory, a disk error) has aborted
+    it, and DuckDB then refuses the unregister (`Current transaction is aborted`) until the
+    rollback of whoever began the transaction, which drops a name registered inside it anyway
+    (one registered before it stays until registered again or the connection resets): so the
+    unregister's own error is dropped then, and no rollback is made here, where the transaction
+    is not ours to end."""
+    con.register(name, data)
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            con.unregister(name)
+        raise
+    con.unregister(name)
+
+
 def _flatten_grouped_history(con: duckdb.DuckDBPyConnection) -> None:
     """State written before history became one row per record kept one row per group with
     ``keys``/``idents`` lists: unnest it once, in one transaction."""
@@ -877,11 +897,8 @@ class StateStore:
                 "removed": pa.array(removed, pa.bool_()),
             }
         )
-        self.con.register("_journal_batch", batch)
-        try:
+        with registered(self.con, "_journal_batch", batch):
             self.exec_sql(f"insert into {table('journal', sync)} select * from _journal_batch")
-        finally:
-            self.con.unregister("_journal_batch")
 
     def append_unconfirmed(
         self, sync: str, run_id: str, keys: Sequence[str], actions: Sequence[str | None]
@@ -897,13 +914,10 @@ class StateStore:
                 "action": pa.array(actions, pa.string()),
             }
         )
-        self.con.register("_unconfirmed_batch", batch)
-        try:
+        with registered(self.con, "_unconfirmed_batch", batch):
             self.exec_sql(
                 f"insert into {table('unconfirmed', sync)} select * from _unconfirmed_batch"
             )
-        finally:
-            self.con.unregister("_unconfirmed_batch")
 
     def keep_event_ids(
         self, sync: str, run_id: str | None, sent: str, keys: Sequence[str] | None = None
@@ -922,8 +936,9 @@ class StateStore:
         if keys is not None and not keys:
             return 0
         chosen = "" if keys is None else "semi join _unsure_events u on u.k = s.k"
-        self.con.register("_unsure_events", pa.table({"k": pa.array(keys or [], pa.string())}))
-        try:
+        with registered(
+            self.con, "_unsure_events", pa.table({"k": pa.array(keys or [], pa.string())})
+        ):
             rows = self.exec_sql(
                 f"""
                 insert into {ids}
@@ -934,8 +949,6 @@ class StateStore:
                 """,
                 [run_id],
             )
-        finally:
-            self.con.unregister("_unsure_events")
         return int(rows[0][0])
 
     def append_ledger(self, sync: str, keys: Sequence[str]) -> None:
@@ -948,11 +961,8 @@ class StateStore:
                 "delivered_at": pa.array([now] * len(keys), pa.timestamp("us", tz="UTC")),
             }
         )
-        self.con.register("_ledger_batch", batch)
-        try:
+        with registered(self.con, "_ledger_batch", batch):
             self.exec_sql(f"insert into {table('ledger', sync)} select * from _ledger_batch")
-        finally:
-            self.con.unregister("_ledger_batch")
 
     def append_delivered(
         self,
@@ -980,8 +990,7 @@ class StateStore:
                 [pa.repeat(pa.scalar(t, SENT_AT), b.num_rows) for b, _, t in batches], SENT_AT
             ),
         )
-        self.con.register("_delivered", delivered)
-        try:
+        with registered(self.con, "_delivered", delivered):
             if ledger:
                 self.exec_sql(
                     f"insert into {table('ledger', sync)} select k, sent_at from _delivered"
@@ -997,21 +1006,16 @@ class StateStore:
                 "sent_at from _delivered",
                 [run_id, sync],
             )
-        finally:
-            self.con.unregister("_delivered")
 
     def append_history(self, rows: dict[str, list[Any]]) -> None:
         if not rows["keys"]:
             return
         batch = pa.table(rows, schema=HISTORY_SCHEMA)
-        self.con.register("_history_batch", batch)
-        try:
+        with registered(self.con, "_history_batch", batch):
             self.exec_sql(
                 "insert into history select run_id, sync, unnest(keys), unnest(idents), "
                 "action, outcome, status, reason, sent_at from _history_batch"
             )
-        finally:
-            self.con.unregister("_history_batch")
 
     def append_rejected(
         self, run_id: str, sync: str, stage: str, items: Sequence[tuple[str, str]]
@@ -1029,11 +1033,8 @@ class StateStore:
                 "rejected_at": pa.array([now] * len(items), pa.timestamp("us", tz="UTC")),
             }
         )
-        self.con.register("_rejected_batch", batch)
-        try:
+        with registered(self.con, "_rejected_batch", batch):
             self.exec_sql("insert into rejected select * from _rejected_batch")
-        finally:
-            self.con.unregister("_rejected_batch")
 
     def keep_rejected_rows(self, run_id: str, sync: str, limit: int) -> None:
         """Record the first ``limit`` rows (by key) of the temp table ``rejected_rows`` (the

@@ -21,7 +21,7 @@ import orjson
 import pyarrow as pa
 
 from lockgate.project.models import SyncConfig
-from lockgate.state.store import StateStore, run_sql, table, transaction
+from lockgate.state.store import StateStore, registered, run_sql, table, transaction
 from lockgate.sync import rejects
 from lockgate.sync.extract import InPlace
 from lockgate.sync.mapping import (
@@ -354,12 +354,9 @@ def forget_relationships_of(
     snapshot of the record's sync, or its delete unconfirmed: :func:`present_ends`)."""
     if not relationship_snaps or kind not in ("people", "objects"):
         return
-    con.register("_deleted_ends", pa.table({"ident": pa.array(idents, pa.string())}))
-    try:
+    with registered(con, "_deleted_ends", pa.table({"ident": pa.array(idents, pa.string())})):
         for snap in relationship_snaps:
             run_sql(con, f"delete from {snap} where {relationships_of(kind, '_deleted_ends')}")
-    finally:
-        con.unregister("_deleted_ends")
 
 
 def relationships_of(kind: str, deleted: str) -> str:
@@ -1399,18 +1396,15 @@ def order_email_moves(
     # phase 0 rows taking an email: theirs is cleared ahead of them (``email_clears``), and
     # they wait for that (``run._deliver_email_clears``)
     after_clears = sorted(k for k, n in phase.items() if n == 0 and k in waits_for)
-    con.register(
-        "_email_phases",
-        pa.table(
-            {
-                "k": pa.array(list(waiting) + after_clears, pa.string()),
-                "phase": pa.array(list(waiting.values()) + [0] * len(after_clears)),
-                "giver": pa.array(
-                    [waits_for[k] for k in waiting] + [waits_for[k] for k in after_clears],
-                    pa.string(),
-                ),
-            }
-        ),
+    phases = pa.table(
+        {
+            "k": pa.array(list(waiting) + after_clears, pa.string()),
+            "phase": pa.array(list(waiting.values()) + [0] * len(after_clears)),
+            "giver": pa.array(
+                [waits_for[k] for k in waiting] + [waits_for[k] for k in after_clears],
+                pa.string(),
+            ),
+        }
     )
     ops = []
     for k in sorted(clear):
@@ -1418,16 +1412,16 @@ def order_email_moves(
         address = {"id": old_id} if old_id is not None else {"cio_id": old_cio_id}
         op = {"type": "person", "action": "identify", "identifiers": address}
         ops.append((f"{k}#release-email", orjson.dumps({**op, "attributes": {"email": ""}})))
-    con.register(
-        "_email_clears",
-        pa.table(
-            {
-                "k": pa.array([k for k, _ in ops], pa.string()),
-                "op": pa.array([op.decode() for _, op in ops], pa.string()),
-            }
-        ),
+    clears = pa.table(
+        {
+            "k": pa.array([k for k, _ in ops], pa.string()),
+            "op": pa.array([op.decode() for _, op in ops], pa.string()),
+        }
     )
-    try:
+    with (
+        registered(con, "_email_phases", phases),
+        registered(con, "_email_clears", clears),
+    ):
         run_sql(
             con,
             """
@@ -1438,9 +1432,6 @@ def order_email_moves(
             from _email_clears;
             """,
         )
-    finally:
-        con.unregister("_email_phases")
-        con.unregister("_email_clears")
     return len(waiting)
 
 
@@ -1559,8 +1550,7 @@ def forget_kept_emails(
     # a row that left is journaled with the identifiers it was last sent: only a delete ends
     # what it kept
     gone = " or removed" if sync.delete_removed else ""
-    con.register("_released", pa.table({"k": pa.array(sorted(released), pa.string())}))
-    try:
+    with registered(con, "_released", pa.table({"k": pa.array(sorted(released), pa.string())})):
         run_sql(
             con,
             f"""
@@ -1572,8 +1562,6 @@ def forget_kept_emails(
             """,
             [run_id],
         )
-    finally:
-        con.unregister("_released")
 
 
 def email_moves(
@@ -1732,8 +1720,9 @@ def hold_takers(con: duckdb.DuckDBPyConnection, phase: int, undelivered: set[str
     the giver's) and Lockgate would count them delivered; held, they are not committed, so the
     next run sends them. The held keys collect in the temp table ``email_held``."""
     run_sql(con, "create temp table if not exists email_held (k varchar)")
-    con.register("_undelivered", pa.table({"k": pa.array(sorted(undelivered), pa.string())}))
-    try:
+    with registered(
+        con, "_undelivered", pa.table({"k": pa.array(sorted(undelivered), pa.string())})
+    ):
         held = con.execute(
             f"""
             insert into email_held
@@ -1742,8 +1731,6 @@ def hold_takers(con: duckdb.DuckDBPyConnection, phase: int, undelivered: set[str
               and (giver in (select k from _undelivered) or giver in (select k from email_held))
             """
         ).fetchall()[0][0]
-    finally:
-        con.unregister("_undelivered")
     if held:
         run_sql(con, "delete from changes where k in (select k from email_held)")
     return int(held)

@@ -18,7 +18,7 @@ from lockgate.console import Advance
 from lockgate.errors import ConfigError, LockgateError, SourceError
 from lockgate.sources.base import Source, strip_sql
 from lockgate.sources.duckdb import DuckDBSource
-from lockgate.state.store import run_sql
+from lockgate.state.store import registered, run_sql
 from lockgate.sync.mapping import Compiled, holds_json, q
 
 if TYPE_CHECKING:
@@ -98,20 +98,18 @@ def _load(
     the reader raised (a source's `SourceError` naming the column it could not read) is raised
     as it was, once, not inside DuckDB's message with its traceback."""
     failed: list[BaseException] = []
-    con.register("_model_reader", _counting(reader, advance, failed))
-    try:
-        run_sql(con, sql)
-    except LockgateError:
-        raise
-    except duckdb.Error as exc:
-        if failed:
-            raise failed[0] from failed[0].__cause__
-        raise SourceError(
-            f"sync `{sync}`: reading the model failed: {exc}",
-            hint="run the model's SQL in the warehouse to check it",
-        ) from exc
-    finally:
-        con.unregister("_model_reader")
+    with registered(con, "_model_reader", _counting(reader, advance, failed)):
+        try:
+            run_sql(con, sql)
+        except LockgateError:
+            raise
+        except duckdb.Error as exc:
+            if failed:
+                raise failed[0] from failed[0].__cause__
+            raise SourceError(
+                f"sync `{sync}`: reading the model failed: {exc}",
+                hint="run the model's SQL in the warehouse to check it",
+            ) from exc
 
 
 def stage(
@@ -268,11 +266,8 @@ def staged_types(
     DuckDB reads each Arrow type as, or the model's own for the columns ``carry`` casts
     back."""
     # not `schema.empty_table()`, which pyarrow cannot build for a union
-    con.register("_model_schema", pa.Table.from_batches([], schema))
-    try:
+    with registered(con, "_model_schema", pa.Table.from_batches([], schema)):
         columns = {row[0]: row[1] for row in con.execute("describe _model_schema").fetchall()}
-    finally:
-        con.unregister("_model_schema")
     return {**columns, **(carry.types if carry else {})}
 
 

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from lockgate.project.loader import Project
 from lockgate.project.models import SyncConfig
-from lockgate.state.store import PERSON_ADDRESS, StateStore, run_sql, table
+from lockgate.state.store import PERSON_ADDRESS, StateStore, registered, run_sql, table
 from lockgate.sync import diff as diff_step
 
 
@@ -92,15 +92,12 @@ def record(
     change in the state for the later plans of the command."""
     con = store.con
     if identity_ops is not None and identity_ops.num_rows:
-        con.register("_planned_ops", identity_ops.select(["k"]))
-        try:
+        with registered(con, "_planned_ops", identity_ops.select(["k"])):
             run_sql(
                 con,
                 f"create or replace temp table {table('plan_ledger', sync.name)} as "
                 "select k from _planned_ops",
             )
-        finally:
-            con.unregister("_planned_ops")
         planned.ledger.add(sync.name)
     if sync.kind == "events":
         return

@@ -38,7 +38,7 @@ from lockgate.project.models import (
     SyncConfig,
 )
 from lockgate.sources import connect
-from lockgate.state.store import StateStore, run_sql, table
+from lockgate.state.store import StateStore, registered, run_sql, table
 from lockgate.sync.extract import Carry, read_as_text
 from lockgate.sync.guard import GuardResult, columns_read
 from lockgate.sync.mapping import CUSTOMERIO_IDENTIFIERS, GRAPH_ATTRIBUTE_PREFIX
@@ -315,12 +315,9 @@ def key_rows(
             column = graph_attribute_column(name)
             keyed = keyed.append_column(column, values)
             graph_attributes[name] = column
-    con.register("_keyed_model", keyed)
-    try:
+    with registered(con, "_keyed_model", keyed):
         loaded = carry.only(keyed.column_names).load("_keyed_model")
         run_sql(con, f"create or replace temp table model as {loaded}")
-    finally:
-        con.unregister("_keyed_model")
     return keyed_sync(sync, graph_attributes)
 
 
@@ -536,8 +533,7 @@ def _delivered_by_any_sync(store: StateStore, project: Project, keys: list[str])
     if not keys:
         return set()
     found: set[str] = set()
-    store.con.register("_op_keys", pa.table({"k": pa.array(keys, pa.string())}))
-    try:
+    with registered(store.con, "_op_keys", pa.table({"k": pa.array(keys, pa.string())})):
         for other in project:
             store.ensure_sync_tables(other.name)
             found.update(
@@ -546,8 +542,6 @@ def _delivered_by_any_sync(store: StateStore, project: Project, keys: list[str])
                     f"select k from {table('ledger', other.name)} semi join _op_keys using (k)"
                 ).fetchall()
             )
-    finally:
-        store.con.unregister("_op_keys")
     return found
 
 

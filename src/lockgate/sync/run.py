@@ -48,6 +48,7 @@ from lockgate.state import workspace
 from lockgate.state.store import (
     LOCK_WAIT_SECONDS,
     StateStore,
+    registered,
     run_sql,
     table,
     write_refused,
@@ -918,13 +919,10 @@ def _deliver_identity_ops(
     table_ = ops.append_column("h", pa.nulls(ops.num_rows, pa.uint64()))
     table_ = table_.append_column("ident", pa.nulls(ops.num_rows, pa.string()))
     table_ = table_.append_column("removed", pa.array([False] * ops.num_rows))
-    store.con.register("_identity_ops", table_)
-    try:
+    with registered(store.con, "_identity_ops", table_):
         run_sql(
             store.con, "create or replace temp table identity_ops as select * from _identity_ops"
         )
-    finally:
-        store.con.unregister("_identity_ops")
     counts = _deliver_to_ledger(
         store,
         project,
@@ -1239,15 +1237,12 @@ def _deliver_state_events(
     )
     failed = counts.failed_keys
     if failed:
-        store.con.register("_failed_events", pa.table({"k": pa.array(sorted(failed))}))
-        try:
+        with registered(store.con, "_failed_events", pa.table({"k": pa.array(sorted(failed))})):
             run_sql(
                 store.con,
                 "delete from changes where k in (select o.pk from oc_changes o "
                 "join _failed_events f on f.k = o.k)",
             )
-        finally:
-            store.con.unregister("_failed_events")
     return counts
 
 
