@@ -44,7 +44,7 @@ from lockgate.demo import warehouse
 from lockgate.emulator import Emulator, EmulatorConfig, RequestRecord
 
 USERS = 300
-TRIALS = int(os.environ.get("LOCKGATE_CRASH_TRIALS", "24"))
+TRIALS = int(os.environ.get("LOCKGATE_CRASH_TRIALS", "20"))
 SEED = int(os.environ.get("LOCKGATE_CRASH_SEED", "20261204"))
 
 
