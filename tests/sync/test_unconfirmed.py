@@ -318,6 +318,90 @@ def test_a_write_ahead_record_of_the_format_before_actions_is_still_recovered(
         assert store.exec_sql("select format from state_format") == [(2,)]
 
 
+#: found by tests/sync/test_crash_incremental.py (a run killed while moving a membership, the
+#: row moved back before the re-run): not fixed yet
+NEW_RECORD_NOT_UNDONE = pytest.mark.xfail(
+    reason="a record first sent by a run that never heard the answer (killed, or the answer "
+    "lost) is in neither the snapshot nor, once its row leaves, the model: a mirror run does "
+    "not undo it (sending__S keeps only the key's hash; unconfirmed__S the key, not the "
+    "identifiers to reach it)",
+    strict=True,
+)
+
+
+@NEW_RECORD_NOT_UNDONE
+def test_a_relationship_added_in_flight_when_the_run_is_killed_is_removed_once_its_row_leaves(
+    project_factory: ProjectFactory,
+) -> None:
+    """Linus moves from Globex to Acme; Customer.io applied the new membership, the run was
+    SIGKILLed before it heard so; the move is undone. The Acme membership left the model
+    before it was ever confirmed: the next run must still remove it (relationships are
+    mirrored), as an uninterrupted pair of runs would have."""
+    seed(project_factory)
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": USERS, "memberships": MEMBERSHIPS}
+    )
+    emu = project_factory.emulator
+    run_all(project)
+    moved = ("3", "1", "acme", "owner")
+
+    project_factory.sql("update members set company_id = 'acme' where user_id = 3")
+    killed_once_applied(project.root, "memberships", emu, lambda: moved in rels(emu))
+
+    project_factory.sql("update members set company_id = 'globex' where user_id = 3")
+    run_sync(load_project(project.root), "memberships", console=NullConsole())
+    assert ("3", "1", "globex", "owner") in rels(emu)
+    assert moved not in rels(emu)
+
+
+@NEW_RECORD_NOT_UNDONE
+def test_a_relationship_added_whose_answer_was_lost_is_removed_once_its_row_leaves(
+    project_factory: ProjectFactory,
+) -> None:
+    seed(project_factory)
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": USERS, "memberships": MEMBERSHIPS}, retries=0
+    )
+    emu = project_factory.emulator
+    run_all(project)
+    moved = ("3", "1", "acme", "owner")
+
+    project_factory.sql("update members set company_id = 'acme' where user_id = 3")
+    emu.set_faults(ANSWERS_LOST)
+    run_sync(project, "memberships", console=NullConsole())
+    emu.set_faults(FaultConfig())
+    assert moved in rels(emu)  # applied, never confirmed
+
+    project_factory.sql("update members set company_id = 'globex' where user_id = 3")
+    run_sync(load_project(project.root), "memberships", console=NullConsole())
+    assert ("3", "1", "globex", "owner") in rels(emu)
+    assert moved not in rels(emu)
+
+
+@NEW_RECORD_NOT_UNDONE
+def test_a_person_created_whose_answer_was_lost_is_deleted_once_their_row_leaves(
+    project_factory: ProjectFactory,
+) -> None:
+    """`mode: mirror` with `delete_removed: true`: person 5 was created in Customer.io but
+    the run never heard so, and their row left before the next run, which must delete them."""
+    seed_people(project_factory, 5)
+    project = project_factory.write(
+        {"people": PEOPLE + "mode: mirror\ndelete_removed: true\n"}, retries=0
+    )
+    emu = project_factory.emulator
+    run_sync(project, "people", console=NullConsole())
+
+    seed_people(project_factory, 6)
+    emu.set_faults(ANSWERS_LOST)
+    run_sync(project, "people", console=NullConsole())
+    emu.set_faults(FaultConfig())
+    assert emu.person(id="5") is not None  # created, never confirmed
+
+    seed_people(project_factory, 5)  # person 5's row leaves
+    run_sync(load_project(project.root), "people", console=NullConsole())
+    assert emu.person(id="5") is None
+
+
 def sending_keys(project: Project, sync: str) -> int:
     """How many records the write-ahead record of ``sync`` holds."""
     with StateStore.open(project.state_dir) as store:

@@ -1,0 +1,105 @@
+"""The crash harnesses' shared parts (tests/sync/test_crash*.py): the demo project pointed at
+an emulator, `lockgate sync --all` as a subprocess to kill, and the checks after a re-run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from lockgate.console import NullConsole
+from lockgate.demo import scaffold
+from lockgate.emulator import Emulator
+from lockgate.project.loader import load_project
+from lockgate.sync.run import Session, plan_sync
+
+WORKERS = 2
+LOCKGATE = [sys.executable, "-m", "lockgate"]
+
+
+def emulator_state(emu: Emulator) -> tuple[Any, ...]:
+    everyone = emu.people()
+    people = {p.id or p.email: p.attributes for p in everyone}
+    by_cio = {p.cio_id: p.id for p in everyone}  # cio_ids depend on arrival order: compare ids
+    events = sorted(
+        (by_cio.get(e.person, e.person), e.name, e.id, e.timestamp, repr(e.data))
+        for e in emu.events()
+    )
+    objects = {(o.object_type_id, o.object_id): o.attributes for o in emu.objects()}
+    relationships = sorted(
+        (by_cio.get(r.person, r.person), r.object_id, repr(r.attributes))
+        for r in emu.relationships()
+    )
+    return people, events, objects, relationships
+
+
+def make_project(root: Path, warehouse_file: Path, url: str) -> Path:
+    """The demo project (identity graph, guardrails and all), pointed at this warehouse and
+    emulator, with small batches and two in flight so a kill can land between batches."""
+    scaffold(root)
+    config = (root / "lockgate.yml").read_text()
+    config = config.replace("path: warehouse.duckdb", f"path: {warehouse_file}")
+    config = config.replace(
+        "    rate_limit: 100/s\n",
+        f"    rate_limit: 1000/s\n    track_url: {url}\n    concurrency: 2\n    batch_size: 20\n",
+    )
+    assert str(warehouse_file) in config and url in config
+    (root / "lockgate.yml").write_text(config)
+    return root
+
+
+def env_for(emu: Emulator) -> dict[str, str]:
+    site, key = emu.track_auth
+    return {**os.environ, "CUSTOMERIO_SITE_ID": site, "CUSTOMERIO_API_KEY": key}
+
+
+def sync_all(root: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*LOCKGATE, "sync", "--all", "--json", "--project", str(root)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def rerun_and_check(label: str, root: Path, emu: Emulator, expected: tuple[Any, ...]) -> list[str]:
+    """Run `sync --all` to completion after a kill; what differs from ``expected`` (the
+    emulator after uninterrupted runs), an event stored twice, or a plan with something
+    left to send, as problems (none: the run recovered)."""
+    rerun = sync_all(root, env_for(emu))
+    if rerun.wait(timeout=120) != 0:
+        err = rerun.stderr.read().decode() if rerun.stderr else ""
+        return [f"{label}: re-run failed: {err[-500:]}"]
+    problems = []
+    state = emulator_state(emu)
+    if state != expected:
+        people, events, objects, relationships = state
+        wrong = sorted(
+            k for k in people.keys() | expected[0].keys() if people.get(k) != expected[0].get(k)
+        )[:3]
+        wrong_objects = sorted(
+            k for k in objects.keys() | expected[2].keys() if objects.get(k) != expected[2].get(k)
+        )[:3]
+        problems.append(
+            f"{label}: {len(people)} people, {len(events)} events; expected {len(expected[0])} "
+            f"and {len(expected[1])}; people differing: "
+            + "; ".join(f"{k}: {people.get(k)} != {expected[0].get(k)}" for k in wrong)
+            + f"; events differing: {sorted(set(events) ^ set(expected[1]))[:3]}"
+            + "; objects differing: "
+            + "; ".join(f"{k}: {objects.get(k)} != {expected[2].get(k)}" for k in wrong_objects)
+            + f"; relationships differing: {sorted(set(relationships) ^ set(expected[3]))[:3]}"
+        )
+    # the same occurrence stored again (under another id): more copies than the reference has
+    twice = Counter(e[:2] + e[3:] for e in state[1]) - Counter(e[:2] + e[3:] for e in expected[1])
+    if twice:
+        problems.append(f"{label}: events stored twice: {sorted(twice)[:3]}")
+    project = load_project(root)
+    with Session() as session:  # as `lockgate plan --all` does
+        for name in project.syncs:
+            plan = plan_sync(project, name, console=NullConsole(), session=session)
+            if plan.changes.to_send:
+                problems.append(f"{label}: `{name}` still has {plan.changes.to_send} to send")
+    return problems
