@@ -289,3 +289,75 @@ def test_a_merge_is_planned_once_by_the_first_sync_that_sends_it(
     assert sorted(merges) == [(0, 0), (0, 0), (1, 1)]
     assert [p["changes"] for p in plans] == [r["changes"] for r in runs]
     assert len(customerio_emulator.merges()) == 1
+
+
+def colors(name: str) -> str:
+    """A second people sync, not `mirror`, sending each user's `color`."""
+    return f"""
+name: {name}
+source: warehouse
+model: {{table: colors}}
+kind: people
+primary_key: user_id
+identify_by: {{id: user_id}}
+attributes: [color]
+"""
+
+
+@pytest.mark.parametrize("other", ["colors", "zz_colors"], ids=["runs-before", "runs-after"])
+def test_a_person_a_mirror_sync_deletes_is_sent_again_by_another_people_sync(
+    b2b: ProjectFactory, other: str
+) -> None:
+    """The people sync deletes user 3, whom another people sync still sends: that sync
+    forgets them and sends them again in full (the warehouse is the truth), in the same
+    command when it runs after the people sync, else at its next run; the plan and the run
+    name it. Before, its snapshot still said them delivered: Customer.io lost the person
+    for good."""
+    b2b.sql("create table colors as select i as user_id, 'hue' || i as color from range(1, 7) t(i)")
+    syncs = {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    b2b.project = b2b.write({**syncs, other: colors(other)}, retries=0)
+    lockgate(b2b.project, "sync", "--all", "--json")
+    emu = b2b.emulator
+    three = emu.person(id="3")
+    assert three is not None and three.attributes == {"first_name": "U3", "color": "hue3"}
+    b2b.sql("delete from users where user_id = 3")
+    plans, runs, sent = plan_then_sync(b2b)
+    resent = [{"sync": other, "people": 1}]
+    assert plans["people"]["resent_by"] == resent == runs["people"]["resent_by"]
+    assert_plans_match(plans, runs, sent)
+    if other == "colors":  # it ran before the delete: it sends them at its next run
+        assert emu.person(id="3") is None
+        again = lockgate(b2b.project, "plan", other, "--json")["changes"]
+        assert (again["new"], again["to_send"]) == (1, 1)
+        plans, runs, sent = plan_then_sync(b2b)
+        assert_plans_match(plans, runs, sent)
+    else:
+        assert plans[other]["changes"]["new"] == 1
+    three = emu.person(id="3")
+    assert three is not None and three.attributes == {"color": "hue3"}
+    # their membership, forgotten with them, comes back with them
+    assert runs["memberships"]["changes"]["new"] == 1
+    again = lockgate(b2b.project, "sync", "--all", "--json")
+    assert [r["changes"]["to_send"] for r in again] == [0, 0, 0, 0]
+
+
+def test_a_person_whose_delete_is_unconfirmed_stays_in_the_other_people_sync(
+    b2b: ProjectFactory,
+) -> None:
+    """A delete whose answer never came forgets nothing in the other people sync: the
+    people sync sends the delete again, and the other sync forgets the person once it is
+    confirmed."""
+    b2b.sql("create table colors as select i as user_id, 'hue' || i as color from range(1, 7) t(i)")
+    syncs = {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    b2b.project = b2b.write({**syncs, "zz_colors": colors("zz_colors")}, retries=0)
+    lockgate(b2b.project, "sync", "--all", "--json")
+    b2b.sql("delete from users where user_id = 3")
+    b2b.emulator.set_faults(FaultConfig(error_5xx=1.0, applied_then_failed=True))
+    lost = lockgate(b2b.project, "sync", "people", "--json")[0]
+    assert (lost["dead_lettered"], lost["resent_by"]) == (1, [])
+    b2b.emulator.set_faults(FaultConfig())
+    plans, runs, sent = plan_then_sync(b2b)
+    assert runs["people"]["resent_by"] == [{"sync": "zz_colors", "people": 1}]
+    assert_plans_match(plans, runs, sent)
+    three = b2b.emulator.person(id="3")
+    assert three is not None and three.attributes == {"color": "hue3"}

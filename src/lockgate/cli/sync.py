@@ -236,6 +236,20 @@ def _kind_and_mode(report: RunReport) -> str:
     return kind
 
 
+def resent_lines(report: RunReport) -> list[str]:
+    """A line per other people sync that sends people this (plan's) run of a people sync
+    deletes: it sends them again, so a person meant to be erased must leave its model too."""
+    deletes = "deletes" if report.status == "planned" else "deleted"
+    again = "will send" if report.status == "planned" else "forgot them and sends"
+    return [
+        f"{'1 person' if n == 1 else f'{n} people'} it {deletes} "
+        f"{'is' if n == 1 else 'are'} also sent by people sync `{other}`, which "
+        f"{again} them again in full on its next run: to erase them from Customer.io, "
+        f"remove them from `{other}`'s model too"
+        for other, n in report.resent_by
+    ]
+
+
 def render_report(console: RichConsole, report: RunReport, *, where_rejected: bool = True) -> None:
     """The report's tables; ``where_rejected`` says where every rejected row is found."""
     title = f"{report.sync} ({_kind_and_mode(report)}) — {report.status}" + (
@@ -243,6 +257,8 @@ def render_report(console: RichConsole, report: RunReport, *, where_rejected: bo
     )
     console.table(title, ["", "count"], change_rows(report))
     for line in report.email_check.splitlines():
+        console.info(f"{report.sync}: {line}")
+    for line in resent_lines(report):
         console.info(f"{report.sync}: {line}")
     _render_rejected(console, report, where=where_rejected)
     if report.changes.shared_samples:

@@ -61,6 +61,9 @@ class CommitCounts:
     dead_lettered: int = 0
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (key, outcome, reason)
     failed_keys: set[str] = field(default_factory=set)
+    resent_by: dict[str, int] = field(default_factory=dict)
+    """By other people sync: how many of its rows are people this run deleted, which it
+    forgot, so it sends them again (``Committer.forget_people``)."""
 
 
 class Committer:
@@ -80,6 +83,7 @@ class Committer:
         flush_records: int = 100_000,
         unconfirmed_as: Callable[[str], str] | None = None,
         forget_relationships: Callable[[StateStore, list[str]], None] | None = None,
+        forget_people: Callable[[StateStore, list[str]], dict[str, int]] | None = None,
     ) -> None:
         self.store = store
         # an operation ahead of the records (an email cleared) whose answer never came marks
@@ -91,6 +95,11 @@ class Committer:
         # the delete's commit (or its mark), so they are sent again once the record is back,
         # whenever the relationships syncs run. A record cleared, not deleted, keeps them.
         self.forget_relationships = forget_relationships
+        # a person deleted (confirmed: a delete whose answer never came is sent again) is
+        # gone for the other people syncs too: ``forget_people(store, idents)`` takes them out
+        # of those syncs' snapshots, in the same transaction, so they send them again in full,
+        # and says how many rows each forgot (``counts.resent_by``)
+        self.forget_people = forget_people
         self.sync = sync
         self.run_id = run_id
         self.kind = kind
@@ -289,16 +298,25 @@ class Committer:
             store.append_rejected(self.run_id, self.sync, "deliver", taken.rejected)
             keys_unsure, actions, idents_unsure = taken.unconfirmed
             store.append_unconfirmed(self.sync, self.run_id, keys_unsure, actions)
-            if self.forget_relationships is not None:
+            confirmed: list[str] | None = None
+            if self.forget_relationships is not None or self.forget_people is not None:
+                confirmed = taken.deleted + _deleted_in(taken.delivered)
+            if self.forget_relationships is not None and confirmed is not None:
                 deleted = [
                     i for a, i in zip(actions, idents_unsure, strict=True) if a == "delete" and i
                 ]
-                deleted += taken.deleted + _deleted_in(taken.delivered)
+                deleted += confirmed
                 if deleted:
                     self.forget_relationships(store, deleted)
+            forgot: dict[str, int] = {}
+            if self.forget_people is not None and confirmed:
+                forgot = self.forget_people(store, confirmed)
             store.append_delivered(
                 self.sync, self.run_id, taken.delivered, ledger=self.kind == "events"
             )
+        # counted once committed (a failed write forgot nothing)
+        for name, n in forgot.items():
+            self.counts.resent_by[name] = self.counts.resent_by.get(name, 0) + n
 
 
 def _deleted_in(batches: list[tuple[pa.RecordBatch, int, datetime]]) -> list[str]:

@@ -359,6 +359,43 @@ def forget_relationships_of(
             run_sql(con, f"delete from {snap} where {relationships_of(kind, '_deleted_ends')}")
 
 
+def forget_people_of(
+    con: duckdb.DuckDBPyConnection, people_snaps: dict[str, str], idents: list[str]
+) -> dict[str, int]:
+    """Take out of the snapshots of other people syncs (``people_snaps``: sync name to
+    snapshot table) the rows of the people ``idents`` (their identifiers JSON), whom a people
+    sync's `delete` Customer.io confirmed deleted: those syncs' snapshots no longer say them
+    delivered, so their next run sends them again in full. Returns, by sync, how many rows
+    each forgot (syncs that forgot none left out).
+
+    A delete whose answer never came forgets nothing: its sync sends it again, and only once
+    Customer.io confirms it are the people gone."""
+    forgot: dict[str, int] = {}
+    if not people_snaps or not idents:
+        return forgot
+    with registered(con, "_deleted_people", pa.table({"ident": pa.array(idents, pa.string())})):
+        for name, snap in people_snaps.items():
+            n = _one(con, f"delete from {snap} where k in ({people_of(snap, '_deleted_people')})")
+            if n:
+                forgot[name] = n
+    return forgot
+
+
+def people_of(snap: str, deleted: str) -> str:
+    """SQL selecting the keys ``k`` of the people snapshot ``snap`` whose person shares an
+    identifier Customer.io finds people by (`id`, email in lower case, `cio_id`) with one of
+    the people of ``deleted`` (a relation with their identifiers JSON as ``ident``): the
+    same person, as relationships are matched to people (:func:`relationships_of`)."""
+    return (
+        "select distinct k from (select k, unnest(['id', 'email', 'cio_id']) as kind, "
+        "unnest([json_extract_string(ident, '$.id'), "
+        "lower(json_extract_string(ident, '$.email')), "
+        f"json_extract_string(ident, '$.cio_id')]) as value from {snap}) "
+        f"where value is not null and (kind, value) in "
+        f"(select kind, value from ({_person_pairs(deleted)}) where value is not null)"
+    )
+
+
 def relationships_of(kind: str, deleted: str) -> str:
     """SQL true for a relationships snapshot row (its ``ident``) whose person (``kind``
     `people`) or object (`objects`) is one of the records of ``deleted`` (a relation with

@@ -116,6 +116,51 @@ def record(
                 _dropping(con, planned, sync.name, f"select k from {gone}")
     if sync.kind in ("people", "objects") and sync.delete_removed:
         planned.deleting.append(sync.name)
+    if sync.kind == "people" and sync.delete_removed:
+        # the people it deletes leave the snapshots of the other people syncs sending them,
+        # as in the run (``diff.forget_people_of``): a later plan of those sends them again
+        deleted = f"(select ident from {delta} where removed)"
+        gone = con.execute(f"select count(*) from {deleted}").fetchall()[0][0]
+        for other in people_syncs(project, sync) if gone else []:
+            store.ensure_sync_tables(other.name)
+            _dropping(
+                con,
+                planned,
+                other.name,
+                diff_step.people_of(table("snap", other.name), deleted),
+            )
+
+
+def people_syncs(project: Project, sync: SyncConfig) -> list[SyncConfig]:
+    """The other people syncs of the destination of the people ``sync``: those whose
+    snapshots forget the people ``sync`` deletes (``diff.forget_people_of``), so they send
+    them again. One rule for the plan (:func:`resent_by`, :func:`record`) and the run
+    (``run._people_of``)."""
+    if sync.kind != "people" or not sync.delete_removed:
+        return []
+    return [
+        other
+        for other in project
+        if other.kind == "people"
+        and other.name != sync.name
+        and other.destination == sync.destination
+    ]
+
+
+def resent_by(store: StateStore, project: Project, sync: SyncConfig) -> dict[str, int]:
+    """For the plan of a people ``sync`` that deletes (its ``changes`` there): by other
+    people sync, how many of its people (rows) are people this run deletes, which that sync
+    then sends again (the run's ``CommitCounts.resent_by``)."""
+    found: dict[str, int] = {}
+    deleted = "(select ident from changes where removed)"
+    for other in people_syncs(project, sync):
+        store.ensure_sync_tables(other.name)
+        n = store.con.execute(
+            f"select count(*) from ({diff_step.people_of(table('snap', other.name), deleted)})"
+        ).fetchall()[0][0]
+        if n:
+            found[other.name] = int(n)
+    return found
 
 
 def relationship_syncs(project: Project, sync: SyncConfig) -> list[SyncConfig]:

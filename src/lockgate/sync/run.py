@@ -157,6 +157,10 @@ class RunReport:
     """What the run (or a plan) could not verify of the emails it sends, and how to, a line
     each: no App API key, a check turned off, people past `read_back_emails` or
     `check_new_emails`; empty otherwise."""
+    resent_by: tuple[tuple[str, int], ...] = ()
+    """For a people sync that deletes (`delete_removed`): the other people syncs that had
+    sent people it deleted (plans: deletes), and how many of their rows: they forget them, and
+    send them again in full (:func:`diff.forget_people_of`)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -186,6 +190,7 @@ class RunReport:
             "emails_read_back": self.emails_read_back,
             "new_emails_checked": self.new_emails_checked,
             "email_check": self.email_check,
+            "resent_by": [{"sync": n, "people": c} for n, c in self.resent_by],
         }
 
     @property
@@ -269,6 +274,7 @@ def recorded_run(
         emails_read_back=int(counts.get("emails_read_back", 0)),
         new_emails_checked=int(counts.get("new_emails_checked", 0)),
         email_check=str(counts.get("email_check", "")),
+        resent_by=tuple((str(r["sync"]), int(r["people"])) for r in counts.get("resent_by", ())),
     )
 
 
@@ -1362,6 +1368,25 @@ def _relationships_of(
     return forget
 
 
+def _people_of(
+    store: StateStore, project: Project, sync: SyncConfig
+) -> Callable[[StateStore, list[str]], dict[str, int]] | None:
+    """For a people sync that deletes people (`mirror`, `delete_removed`): what forgets, in
+    the snapshots of the other people syncs of its destination, the people whose delete
+    Customer.io confirmed, so those syncs send them again (``Committer.forget_people``)."""
+    snaps = {}
+    for other in planned_step.people_syncs(project, sync):
+        store.ensure_sync_tables(other.name)
+        snaps[other.name] = table("snap", other.name)
+    if not snaps:
+        return None
+
+    def forget(writer: StateStore, idents: list[str]) -> dict[str, int]:
+        return diff_step.forget_people_of(writer.con, snaps, idents)
+
+    return forget
+
+
 #: `sync --all` runs objects before people before relationships before events, so the
 #: things a relationship points to exist before it is sent
 KIND_ORDER = {"objects": 0, "people": 1, "relationships": 2, "events": 3}
@@ -1424,6 +1449,7 @@ def plan_sync(
             only=only,
         )
         sample = _samples(store, sync.kind, samples)
+        resent_by = planned_step.resent_by(store, project, sync)
         if rejected_sink is not None:
             rejected_sink(rejects.table_of(store.con, sync.name))
         email_check = ""
@@ -1462,6 +1488,7 @@ def plan_sync(
         identity_ops=_op_payloads(identity_ops),
         only=only,
         email_check=email_check,
+        resent_by=tuple(sorted(resent_by.items())),
     )
 
 
@@ -1700,6 +1727,7 @@ def run_sync(
                     run_id=run_id,
                     kind=sync.kind,
                     forget_relationships=_relationships_of(store, project, sync),
+                    forget_people=_people_of(store, project, sync),
                 )
                 # the writer is closed with the run: a Session's state store outlives it
                 for key, reason in new_refused:  # not sent: rejected, as by Customer.io
@@ -1843,6 +1871,7 @@ def run_sync(
             emails_read_back=emails_read_back,
             new_emails_checked=new_checked,
             email_check=email_check,
+            resent_by=tuple(sorted(counts.resent_by.items())),
         )
         store.finish_run(run_id, status, report.as_dict())
         if not only:
