@@ -416,20 +416,7 @@ class InPlace:
         of ``hashes`` holds (every copy of each), read in the model's own types."""
         # none: DuckDB reads no row of `where false`, so nothing new costs no scan
         wanted = "__row in (select h from _hashes)" if hashes.num_rows else "false"
-        reader = self.source.read(
-            self.carry.read(
-                f"(select * exclude (__row) from (select *, {self.row_hash} as __row from "
-                f"{self.relation}) where {wanted})"
-            ),
-            tables={"_hashes": hashes},
-        )
-        _load(
-            con,
-            reader,
-            advance,
-            f"create or replace temp table model as {self.carry.load()}",
-            sync=self.sync,
-        )
+        self._copy_rows(con, wanted, {"_hashes": hashes}, advance)
 
     def stage_named(
         self,
@@ -445,14 +432,25 @@ class InPlace:
         them, so a few rows are copied, not the model. A row is found again by the hash of all
         its columns: a row equal to a named one comes too, and the caller keeps exactly the
         named rows."""
-        row = self.row_hash
-        rows = f"select __rid from ({compiled.over(self.relation, row)}) where {named}"
+        rows = f"select __rid from ({compiled.over(self.relation, self.row_hash)}) where {named}"
+        self._copy_rows(con, f"__row in ({rows})", {"only_values": values}, advance)
+
+    def _copy_rows(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        where: str,
+        tables: dict[str, pa.Table],
+        advance: Advance,
+    ) -> None:
+        """Copy into the temp table ``model`` the model's rows, in their own types, for which
+        ``where`` (SQL over the row's hash ``__row`` and the Arrow ``tables`` the source is
+        given) holds."""
         reader = self.source.read(
             self.carry.read(
-                f"(select * exclude (__row) from (select *, {row} as __row from "
-                f"{self.relation}) where __row in ({rows}))"
+                f"(select * exclude (__row) from (select *, {self.row_hash} as __row from "
+                f"{self.relation}) where {where})"
             ),
-            tables={"only_values": values},
+            tables=tables,
         )
         _load(
             con,
