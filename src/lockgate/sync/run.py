@@ -81,8 +81,8 @@ def destination_settings(project: Project, name: str) -> CustomerIOSettings:
     from lockgate.destinations.customerio import CustomerIOSettings
 
     config = project.config.destinations[name]
-    track_url = _url(config.track_url, "track_url", "CUSTOMERIO_TRACK_URL", config)
-    app_url = _url(config.app_url, "app_url", "CUSTOMERIO_APP_URL", config)
+    track_url = destination_url(config.track_url, "track_url", "CUSTOMERIO_TRACK_URL", config)
+    app_url = destination_url(config.app_url, "app_url", "CUSTOMERIO_APP_URL", config)
     if config.app_url is None and config.track_url is not None:
         app_url = track_url
     return CustomerIOSettings(
@@ -100,7 +100,7 @@ def destination_settings(project: Project, name: str) -> CustomerIOSettings:
     )
 
 
-def _url(value: str | None, field: str, variable: str, at: Placed) -> str | None:
+def destination_url(value: str | None, field: str, variable: str, at: Placed) -> str | None:
     """A destination URL: ``value`` (a URL or an env reference), else the env ``variable``;
     what is not an http(s) URL is a :class:`ConfigError` naming where it came from."""
     where = f"`{field}` in lockgate.yml"
