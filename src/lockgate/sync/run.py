@@ -82,9 +82,8 @@ def destination_settings(project: Project, name: str) -> CustomerIOSettings:
 
     config = project.config.destinations[name]
     track_url = destination_url(config.track_url, "track_url", "CUSTOMERIO_TRACK_URL", config)
-    app_url = destination_url(config.app_url, "app_url", "CUSTOMERIO_APP_URL", config)
-    if config.app_url is None and config.track_url is not None:
-        app_url = track_url
+    # as `lockgate reconcile` and the email checks read it (reconcile.app_settings)
+    app_url = destination_url(config.app_url, "app_url", "CUSTOMERIO_APP_URL", config) or track_url
     return CustomerIOSettings(
         site_id=resolve_env(config.site_id, field="site_id", at=config) or "",
         api_key=resolve_env(config.api_key, field="api_key", at=config) or "",
