@@ -598,7 +598,7 @@ def sync(
 @project_option
 @json_option
 @click.option("--sync", "sync_name", default=None, help="Only this sync's runs.")
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", default=20, show_default=True, help="Runs to list, latest first.")
 @click.pass_context
 def runs(
     ctx: click.Context, project_path: Path, as_json: bool, sync_name: str | None, limit: int
@@ -868,10 +868,14 @@ def _write_csv(path: Path, table: Any) -> None:
 
 
 @click.command()
-@click.option("--person", required=True, help="A record key or identifier value (id, email).")
+@click.option(
+    "--person",
+    required=True,
+    help="A record key, or a person's id, email (any case), cio_id or anonymous id as sent.",
+)
 @project_option
 @json_option
-@click.option("--limit", default=200, show_default=True)
+@click.option("--limit", default=200, show_default=True, help="Calls to show, the latest.")
 def history(person: str, project_path: Path, as_json: bool, limit: int) -> None:
     """Every call made for one person: when, what, and the API's answer."""
     project = open_project(project_path)
