@@ -690,7 +690,7 @@ def _rejected_count(counts: dict[str, Any]) -> int | str:
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     default=None,
     help="Write every rejected row the state keeps for the run to this CSV file "
-    "(stage, key, reason).",
+    "(sync, stage, key, reason).",
 )
 @click.pass_context
 def show_run(
