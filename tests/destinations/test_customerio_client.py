@@ -295,6 +295,16 @@ def test_customerio_unreachable_stops_delivery_after_three_failed_batches() -> N
     assert [r.outcome for r in results] == [Outcome.DEAD_LETTER] * 10
 
 
+def test_unreachable_without_retries_says_one_attempt() -> None:
+    # `max_retries: 0`: each batch was tried once, and the error says so in English
+    emu = Emulator()
+    url = f"http://127.0.0.1:{unused_port()}"
+    settings = settings_for(emu, url, max_retries=0, concurrency=1, max_batch_ops=1)
+    with pytest.raises(DestinationUnavailableError) as raised:
+        CustomerIOClient(settings).deliver_all([identify(i) for i in range(5)])
+    assert "3 batches in a row failed 1 attempt each (last: connection error" in str(raised.value)
+
+
 @pytest.mark.parametrize("seed", range(8))  # seeds 0, 1, 3, 6 never fail three in a row
 def test_only_failed_batches_in_a_row_stop_delivery(seed: int) -> None:
     """40% of requests fail at random (no retries, one batch at a time): delivery stops

@@ -163,3 +163,24 @@ attributes:
     assert balance["samples"] == [
         {"key": "1", "warehouse": 9007199254740993, "customerio": "9007199254740992"}
     ]
+
+
+def test_an_env_reference_in_track_url_is_read_for_the_app_api(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `track_url: ${VAR}` (docs/config.md) also points the App API there: reconcile, and the
+    # App API check of `validate --connect`, read the variable, not the text `${VAR}`
+    emu = project_factory.emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    monkeypatch.setenv("LOCKGATE_TEST_CIO_URL", emu.base_url)
+    monkeypatch.delenv("CUSTOMERIO_TRACK_URL", raising=False)
+    monkeypatch.delenv("CUSTOMERIO_APP_URL", raising=False)
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE}, url="${LOCKGATE_TEST_CIO_URL}")
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 3
+    report = reconcile(project, "profile", console=NullConsole())
+    assert not report.drifting and report.compared == 3
+    result = CliRunner().invoke(
+        cli, ["validate", "--connect", "--json", "--project", str(project.root)]
+    )
+    assert result.exit_code == 0, result.output

@@ -67,9 +67,10 @@ def schedule(
     """Run each sync with a `schedule:` (cron, UTC) when it is due, until stopped.
 
     The syncs due at one moment run together as `lockgate sync` runs them (one state, one
-    identity graph, objects before relationships); a run longer than its interval skips the
-    slots that passed, and says so. Each round reloads the project, so an edited sync file
-    takes effect at its next run (a broken one is reported and the last good project kept).
+    identity graph; objects, then people, relationships and events); a run longer than its
+    interval skips the slots that passed, and says so. Each round reloads the project, so an
+    edited sync file takes effect at its next run (a broken one is reported and the last good
+    project kept).
     SIGTERM or Ctrl-C between runs stops at once (exit 0); during a run, the run stops as
     `lockgate sync` does. `--json` prints one JSON line per run, for log collectors."""
     project = open_project(project_path)

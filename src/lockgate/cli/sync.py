@@ -598,7 +598,7 @@ def sync(
 @project_option
 @json_option
 @click.option("--sync", "sync_name", default=None, help="Only this sync's runs.")
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", default=20, show_default=True, help="Runs to list, latest first.")
 @click.pass_context
 def runs(
     ctx: click.Context, project_path: Path, as_json: bool, sync_name: str | None, limit: int
@@ -690,7 +690,7 @@ def _rejected_count(counts: dict[str, Any]) -> int | str:
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     default=None,
     help="Write every rejected row the state keeps for the run to this CSV file "
-    "(stage, key, reason).",
+    "(sync, stage, key, reason).",
 )
 @click.pass_context
 def show_run(
@@ -868,10 +868,14 @@ def _write_csv(path: Path, table: Any) -> None:
 
 
 @click.command()
-@click.option("--person", required=True, help="A record key or identifier value (id, email).")
+@click.option(
+    "--person",
+    required=True,
+    help="A record key, or a person's id, email (any case), cio_id or anonymous id as sent.",
+)
 @project_option
 @json_option
-@click.option("--limit", default=200, show_default=True)
+@click.option("--limit", default=200, show_default=True, help="Calls to show, the latest.")
 def history(person: str, project_path: Path, as_json: bool, limit: int) -> None:
     """Every call made for one person: when, what, and the API's answer."""
     project = open_project(project_path)

@@ -564,8 +564,9 @@ class CustomerIODestinationConfig(Placed):
     or an env reference (`${CUSTOMERIO_TRACK_URL}`). Unset, the `CUSTOMERIO_TRACK_URL`
     variable, else the region's Customer.io host."""
     app_url: str | None = None
-    """Override the App API base URL (defaults to `track_url` when that is set); a URL or an env
-    reference."""
+    """Override the App API base URL; a URL or an env reference. Unset, the `CUSTOMERIO_APP_URL`
+    variable, else `track_url` (or `CUSTOMERIO_TRACK_URL`) when set, else the region's App API
+    host."""
     rate_limit: str = "100/s"
     """Requests per second to stay under, e.g. `100/s`."""
     concurrency: int = Field(default=8, ge=1, le=64)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -47,6 +46,7 @@ from lockgate.sources import connect
 from lockgate.state.store import run_sql
 from lockgate.sync import mapping
 from lockgate.sync.extract import stage
+from lockgate.sync.run import destination_url
 
 DEFAULT_SAMPLE = 1000
 """People read from a real workspace unless ``sample`` says otherwise."""
@@ -144,19 +144,17 @@ def same(expected: Any, actual: Any) -> bool:
 
 def app_settings(project: Project, sync: SyncConfig) -> CustomerIOSettings:
     """App API settings of the sync's destination: the key from the env, the URL from
-    `app_url`, `CUSTOMERIO_APP_URL`, `track_url` or `CUSTOMERIO_TRACK_URL` (in that order)."""
+    `app_url`, `CUSTOMERIO_APP_URL`, `track_url` or `CUSTOMERIO_TRACK_URL` (in that order; an
+    `${ENV_VAR}` reference in `app_url` or `track_url` is read, as a sync reads it)."""
     config = project.config.destinations[sync.destination]
     key = (
         resolve_env(config.app_api_key, field="app_api_key", at=config)
         if config.app_api_key
         else None
     )
-    url = (
-        config.app_url
-        or os.environ.get("CUSTOMERIO_APP_URL")
-        or config.track_url
-        or os.environ.get("CUSTOMERIO_TRACK_URL")
-    )
+    url = destination_url(
+        config.app_url, "app_url", "CUSTOMERIO_APP_URL", config
+    ) or destination_url(config.track_url, "track_url", "CUSTOMERIO_TRACK_URL", config)
     return CustomerIOSettings(
         region=config.region_to_use(),
         app_api_key=key or "",

@@ -81,10 +81,9 @@ def destination_settings(project: Project, name: str) -> CustomerIOSettings:
     from lockgate.destinations.customerio import CustomerIOSettings
 
     config = project.config.destinations[name]
-    track_url = _url(config.track_url, "track_url", "CUSTOMERIO_TRACK_URL", config)
-    app_url = _url(config.app_url, "app_url", "CUSTOMERIO_APP_URL", config)
-    if config.app_url is None and config.track_url is not None:
-        app_url = track_url
+    track_url = destination_url(config.track_url, "track_url", "CUSTOMERIO_TRACK_URL", config)
+    # as `lockgate reconcile` and the email checks read it (reconcile.app_settings)
+    app_url = destination_url(config.app_url, "app_url", "CUSTOMERIO_APP_URL", config) or track_url
     return CustomerIOSettings(
         site_id=resolve_env(config.site_id, field="site_id", at=config) or "",
         api_key=resolve_env(config.api_key, field="api_key", at=config) or "",
@@ -100,7 +99,7 @@ def destination_settings(project: Project, name: str) -> CustomerIOSettings:
     )
 
 
-def _url(value: str | None, field: str, variable: str, at: Placed) -> str | None:
+def destination_url(value: str | None, field: str, variable: str, at: Placed) -> str | None:
     """A destination URL: ``value`` (a URL or an env reference), else the env ``variable``;
     what is not an http(s) URL is a :class:`ConfigError` naming where it came from."""
     where = f"`{field}` in lockgate.yml"

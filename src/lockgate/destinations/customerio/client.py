@@ -441,7 +441,8 @@ class CustomerIOClient:
             if stop and self._failed_in_a_row >= stop:
                 unavailable = DestinationUnavailableError(
                     f"`{self.settings.track_shown}` is down or unreachable: "
-                    f"{self._failed_in_a_row} batches in a row failed {attempts} attempts each "
+                    f"{self._failed_in_a_row} batches in a row failed {attempts} "
+                    f"attempt{'' if attempts == 1 else 's'} each "
                     f"(last: {answer.error}); the run stopped, and records not delivered wait "
                     "for the next run",
                     status=status,
