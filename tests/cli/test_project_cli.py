@@ -557,3 +557,28 @@ def test_demo_never_removes_a_folder_it_did_not_make(
     assert "is not a folder `lockgate demo` made" in said
     assert (root / "notes.txt").read_text() == "keep me\n"
     assert sorted(p.name for p in root.iterdir()) == ["notes.txt"]
+
+
+def test_validate_warns_of_a_customerio_region_that_is_no_region(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`CUSTOMERIO_REGION=europe` used to pass `validate` and `plan`, and stop every sync at its
+    deliver step: `validate` now says so (a warning, as for a variable not set), in text and
+    in `--json`; `region:` in lockgate.yml, which wins over the variable, silences it."""
+    invoke("init", str(tmp_path / "p"))
+    monkeypatch.setenv("CUSTOMERIO_REGION", "europe")
+    code, out = invoke("validate", "--project", str(tmp_path / "p"))
+    assert code == 0
+    assert (
+        "destination `customerio`: `CUSTOMERIO_REGION` is `europe`, which is not a Customer.io "
+        "region; syncs through it will stop before sending"
+    ) in " ".join(out.split())
+    code, out = invoke("validate", "--project", str(tmp_path / "p"), "--json")
+    report = json.loads(out)
+    assert report["valid"] and len(report["bad_region"]) == 1
+    yml = tmp_path / "p" / "lockgate.yml"
+    text = yml.read_text()
+    assert "    type: customerio\n" in text
+    yml.write_text(text.replace("    type: customerio\n", "    type: customerio\n    region: eu\n"))
+    code, out = invoke("validate", "--project", str(tmp_path / "p"), "--json")
+    assert json.loads(out)["bad_region"] == []

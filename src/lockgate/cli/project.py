@@ -136,6 +136,7 @@ def validate(project_path: Path, as_json: bool, print_schema: bool, connect: boo
         for sync in project:
             project.model_sql(sync)  # a model file that cannot be read names its sync file, line
         missing = _missing_env(project)
+        regions = _bad_regions(project)
         from lockgate.sync import contract
 
         findings = contract.check_project(project)
@@ -162,6 +163,7 @@ def validate(project_path: Path, as_json: bool, print_schema: bool, connect: boo
             "valid": not errors and not failed,
             "syncs": sorted(project.syncs),
             "missing_env": _missing_shown(missing),
+            "bad_region": regions,
             "contract": [f.as_dict() for f in findings],
         }
         if connect:
@@ -196,6 +198,8 @@ def validate(project_path: Path, as_json: bool, print_schema: bool, connect: boo
         console.warn(
             f"{at}: environment variable `{name}` (for `{where}`) {state}; syncs will need it"
         )
+    for warning in regions:
+        console.warn(warning)
     contract.render(console, findings)
     if connect:
         _render_connections(console, checks)
@@ -209,6 +213,22 @@ def validate(project_path: Path, as_json: bool, print_schema: bool, connect: boo
             f"{len(failed)} of {len(checks)} connection checks failed (table above)",
             hint="fix each as its hint says, then run `lockgate validate --connect` again",
         )
+
+
+def _bad_regions(project: Project) -> list[str]:
+    """A warning for each destination whose region comes from a `CUSTOMERIO_REGION` that is no
+    region: every sync through it would stop at its deliver step, after reading and diffing.
+    A warning, as for a variable not set: the runs may see another environment."""
+    out = []
+    for name, destination in project.config.destinations.items():
+        try:
+            destination.region_to_use()
+        except ConfigError as exc:
+            out.append(
+                f"destination `{name}`: {exc.reason}; syncs through it will stop before "
+                f"sending ({exc.hint})"
+            )
+    return out
 
 
 def _missing_env(project: Project) -> dict[str, tuple[str, int | None]]:
