@@ -368,7 +368,7 @@ def test_an_identifier_changed_since_the_last_run(project_factory: ProjectFactor
     run_sync(project, "crm", console=NullConsole())
     assert validate(project) == (
         0,
-        {"valid": True, "syncs": ["crm"], "missing_env": [], "contract": []},
+        {"valid": True, "syncs": ["crm"], "missing_env": [], "bad_region": [], "contract": []},
     )
     changed = PEOPLE.format(name="crm").replace("{id: user_id, email: email}", "{email: email}")
     project = project_factory.write({"crm": changed})
@@ -400,7 +400,13 @@ def test_validate_reads_a_read_only_state_and_one_other_readers_hold(
     with read_only(state):
         assert validate(project) == (
             0,
-            {"valid": True, "syncs": ["a", "crm"], "missing_env": [], "contract": []},
+            {
+                "valid": True,
+                "syncs": ["a", "crm"],
+                "missing_env": [],
+                "bad_region": [],
+                "contract": [],
+            },
         )
 
     for name in ("crm", "a"):

@@ -149,6 +149,7 @@ def validate(project_path: Path, as_json: bool, print_schema: bool, connect: boo
                 "valid": False,
                 "syncs": [],
                 "missing_env": [],
+                "bad_region": [],
                 "contract": [],
                 "error": str(exc),
             }
