@@ -318,17 +318,6 @@ def test_a_write_ahead_record_of_the_format_before_actions_is_still_recovered(
         assert store.exec_sql("select format from state_format") == [(STATE_FORMAT,)]
 
 
-#: found by tests/sync/test_crash_incremental.py (a run killed while moving a membership, the
-#: row moved back before the re-run): not fixed yet
-NEW_RECORD_NOT_UNDONE = pytest.mark.xfail(
-    reason="a record first sent by a run that never heard the answer (killed, or the answer "
-    "lost) is in neither the snapshot nor, once its row leaves, the model: a mirror run does "
-    "not undo it (sending__S keeps only the key's hash; unconfirmed__S the key, not the "
-    "identifiers to reach it)",
-    strict=True,
-)
-
-
 def test_a_relationship_added_in_flight_when_the_run_is_killed_is_removed_once_its_row_leaves(
     project_factory: ProjectFactory,
 ) -> None:
