@@ -554,3 +554,33 @@ def test_a_state_change_event_sent_before_a_crash_is_stored_once(
     again = run_sync(load_project(project.root), "plans", console=NullConsole())
     assert again.status == "success" and again.changes.state_events == 1
     assert churned(emu) == sent
+
+
+def test_an_object_created_whose_answer_was_lost_is_cleared_once_its_row_leaves(
+    project_factory: ProjectFactory,
+) -> None:
+    """`mode: mirror` (clearing): the Initech object was created in Customer.io but the run
+    never heard so, and its row left before the next run: plan and run clear it, as they
+    would an object delivered before."""
+    seed(project_factory)
+    project = project_factory.write({"companies": COMPANIES + "mode: mirror\n"}, retries=0)
+    emu = project_factory.emulator
+    run_sync(project, "companies", console=NullConsole())
+
+    project_factory.sql("insert into companies values ('initech', 'Initech', 'pro', 9)")
+    emu.set_faults(ANSWERS_LOST)
+    run_sync(project, "companies", console=NullConsole())
+    emu.set_faults(FaultConfig())
+
+    def initech() -> dict[str, Any]:
+        return next(o.attributes for o in emu.objects() if o.object_id == "initech")
+
+    assert initech().get("name") == "Initech"  # created, never confirmed
+
+    project_factory.sql("delete from companies where company_id = 'initech'")
+    plan = plan_sync(load_project(project.root), "companies", console=NullConsole())
+    assert (plan.changes.removed, plan.changes.removed_sent, plan.changes.to_send) == (1, 1, 1)
+    again = run_sync(load_project(project.root), "companies", console=NullConsole())
+    assert (again.status, again.delivered) == ("success", 1)
+    assert not any(initech().get(name) for name in ("name", "plan", "seats"))
+    assert run_sync(project, "companies", console=NullConsole()).changes.to_send == 0

@@ -29,7 +29,7 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   (the hash of each record's key, the action sent: `identify`, `delete`, ...; and, for the
   records new to the snapshot, the key and identifiers, which a record of it must keep to be
   undone if its row leaves before it is confirmed; a few bytes a record otherwise:
-  0.1-0.2 s at 1M), written in one insert committed before its
+  0.1-0.2 s at 1M, ~0.4 s at 1M new), written in one insert committed before its
   first request and dropped once the run has recorded every answer (:meth:`StateStore.fold_journal`
   at its end, or when it stops or fails). A run killed outright (SIGKILL, the machine dying)
   leaves it behind with requests in flight whose answers it could not mark unconfirmed: the
