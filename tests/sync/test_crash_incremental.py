@@ -101,9 +101,8 @@ def put_some_rows_back(path: Path) -> None:
     """Between a killed run and the next, some rows go back to what the first run sent:
     what the killed run may have changed in Customer.io without recording it must be sent
     again (its write-ahead record). Nothing that cannot be undone (a delete, an event) is.
-    Nor is user 31's move to another company: a membership the killed run added and whose
-    row left before the next run is not removed yet (the NEW_RECORD_NOT_UNDONE tests in
-    tests/sync/test_unconfirmed.py)."""
+    User 31's move to another company is: the membership the killed run may have added
+    left the model before it was confirmed, and the next run must remove it."""
     con = duckdb.connect(str(path))
     try:
         con.execute(
@@ -119,6 +118,7 @@ def put_some_rows_back(path: Path) -> None:
             insert into analytics.company_members values (20, 'co_21', 'admin'),
                 (21, 'co_22', 'member');
             update analytics.company_members set role = 'admin' where user_id = 30;
+            update analytics.company_members set company_id = 'co_32' where user_id = 31;
             """
         )
     finally:

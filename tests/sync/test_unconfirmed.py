@@ -34,7 +34,7 @@ from lockgate.console import NullConsole
 from lockgate.emulator import FaultConfig
 from lockgate.errors import ContractError
 from lockgate.project.loader import Project, load_project
-from lockgate.state.store import StateStore
+from lockgate.state.store import STATE_FORMAT, StateStore
 from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -289,9 +289,9 @@ def test_a_write_ahead_record_of_the_format_before_actions_is_still_recovered(
     project_factory: ProjectFactory,
 ) -> None:
     """A state of format 1 has `sending__S(kh)` alone: opened by this Lockgate it gains
-    `action` (the records left there recovered with none, as before), and the state is
-    recorded as format 2, which a Lockgate of format 1 then refuses rather than failing on
-    its insert."""
+    `action` (the records left there recovered with none, as before), and `k` and `ident`
+    (format 3), and the state is recorded as of this format, which a Lockgate of format 1
+    then refuses rather than failing on its insert."""
     seed_people(project_factory, 5)
     project = project_factory.write({"people": PEOPLE})
     run_sync(project, "people", console=NullConsole())
@@ -314,22 +314,10 @@ def test_a_write_ahead_record_of_the_format_before_actions_is_still_recovered(
     assert (again.changes.unconfirmed, again.delivered) == (1, 1)
     with StateStore.open(project.state_dir) as store:
         columns = store.exec_sql('describe "sending__people"')
-        assert [c[0] for c in columns] == ["kh", "action"]
-        assert store.exec_sql("select format from state_format") == [(2,)]
+        assert [c[0] for c in columns] == ["kh", "action", "k", "ident"]
+        assert store.exec_sql("select format from state_format") == [(STATE_FORMAT,)]
 
 
-#: found by tests/sync/test_crash_incremental.py (a run killed while moving a membership, the
-#: row moved back before the re-run): not fixed yet
-NEW_RECORD_NOT_UNDONE = pytest.mark.xfail(
-    reason="a record first sent by a run that never heard the answer (killed, or the answer "
-    "lost) is in neither the snapshot nor, once its row leaves, the model: a mirror run does "
-    "not undo it (sending__S keeps only the key's hash; unconfirmed__S the key, not the "
-    "identifiers to reach it)",
-    strict=True,
-)
-
-
-@NEW_RECORD_NOT_UNDONE
 def test_a_relationship_added_in_flight_when_the_run_is_killed_is_removed_once_its_row_leaves(
     project_factory: ProjectFactory,
 ) -> None:
@@ -354,7 +342,6 @@ def test_a_relationship_added_in_flight_when_the_run_is_killed_is_removed_once_i
     assert moved not in rels(emu)
 
 
-@NEW_RECORD_NOT_UNDONE
 def test_a_relationship_added_whose_answer_was_lost_is_removed_once_its_row_leaves(
     project_factory: ProjectFactory,
 ) -> None:
@@ -378,7 +365,6 @@ def test_a_relationship_added_whose_answer_was_lost_is_removed_once_its_row_leav
     assert moved not in rels(emu)
 
 
-@NEW_RECORD_NOT_UNDONE
 def test_a_person_created_whose_answer_was_lost_is_deleted_once_their_row_leaves(
     project_factory: ProjectFactory,
 ) -> None:
@@ -400,6 +386,39 @@ def test_a_person_created_whose_answer_was_lost_is_deleted_once_their_row_leaves
     seed_people(project_factory, 5)  # person 5's row leaves
     run_sync(load_project(project.root), "people", console=NullConsole())
     assert emu.person(id="5") is None
+
+
+def test_a_person_created_whose_answer_was_lost_under_format_2_is_deleted_once_upgraded(
+    project_factory: ProjectFactory,
+) -> None:
+    """A state of format 2 kept the unconfirmed record's key without the identifiers it was
+    sent to: opened by this Lockgate, they are read from the run's history, so the next
+    `mirror` run still deletes the person created (maybe) whose row has left; a row still in
+    the model is sent again as before."""
+    seed_people(project_factory, 5)
+    project = project_factory.write(
+        {"people": PEOPLE + "mode: mirror\ndelete_removed: true\n"}, retries=0
+    )
+    emu = project_factory.emulator
+    run_sync(project, "people", console=NullConsole())
+
+    seed_people(project_factory, 7)
+    emu.set_faults(ANSWERS_LOST)
+    run_sync(project, "people", console=NullConsole())
+    emu.set_faults(FaultConfig())
+    assert emu.person(id="5") is not None and emu.person(id="6") is not None
+    with StateStore.open(project.state_dir) as store:  # as format 2 left it
+        store.exec_sql(
+            'alter table "unconfirmed__people" drop column ident; '
+            "update state_format set format = 2"
+        )
+
+    seed_people(project_factory, 6)  # person 6's row leaves (ids 0..5 stay)
+    again = run_sync(load_project(project.root), "people", console=NullConsole())
+    assert (again.status, again.delivered) == ("success", 2)  # 5 sent again, 6 deleted
+    assert emu.person(id="6") is None
+    assert emu.person(id="5") is not None
+    assert run_sync(project, "people", console=NullConsole()).changes.to_send == 0
 
 
 def sending_keys(project: Project, sync: str) -> int:
@@ -535,3 +554,33 @@ def test_a_state_change_event_sent_before_a_crash_is_stored_once(
     again = run_sync(load_project(project.root), "plans", console=NullConsole())
     assert again.status == "success" and again.changes.state_events == 1
     assert churned(emu) == sent
+
+
+def test_an_object_created_whose_answer_was_lost_is_cleared_once_its_row_leaves(
+    project_factory: ProjectFactory,
+) -> None:
+    """`mode: mirror` (clearing): the Initech object was created in Customer.io but the run
+    never heard so, and its row left before the next run: plan and run clear it, as they
+    would an object delivered before."""
+    seed(project_factory)
+    project = project_factory.write({"companies": COMPANIES + "mode: mirror\n"}, retries=0)
+    emu = project_factory.emulator
+    run_sync(project, "companies", console=NullConsole())
+
+    project_factory.sql("insert into companies values ('initech', 'Initech', 'pro', 9)")
+    emu.set_faults(ANSWERS_LOST)
+    run_sync(project, "companies", console=NullConsole())
+    emu.set_faults(FaultConfig())
+
+    def initech() -> dict[str, Any]:
+        return next(o.attributes for o in emu.objects() if o.object_id == "initech")
+
+    assert initech().get("name") == "Initech"  # created, never confirmed
+
+    project_factory.sql("delete from companies where company_id = 'initech'")
+    plan = plan_sync(load_project(project.root), "companies", console=NullConsole())
+    assert (plan.changes.removed, plan.changes.removed_sent, plan.changes.to_send) == (1, 1, 1)
+    again = run_sync(load_project(project.root), "companies", console=NullConsole())
+    assert (again.status, again.delivered) == ("success", 1)
+    assert not any(initech().get(name) for name in ("name", "plan", "seats"))
+    assert run_sync(project, "companies", console=NullConsole()).changes.to_send == 0

@@ -14,7 +14,7 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   into the snapshot yet. Flushed during delivery, folded at the end of the run or at the
   start of the next one after a crash. This is what makes a crash safe: what was delivered
   is recorded before the run moves on, and what was not is simply sent again.
-- ``unconfirmed__S(k, run_id, action)``: records sent whose answer never came (dead-lettered
+- ``unconfirmed__S(k, run_id, action, ident)``: records sent whose answer never came (dead-lettered
   after retries, or cut off by a second SIGTERM/Ctrl-C): Customer.io may have applied them. The
   snapshot keeps what was last *confirmed* (an `on_change` event's key is made of it), and the
   next diff sends these keys again whatever their rows hold (``diff._todo``); a later
@@ -22,9 +22,14 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   what was sent (`identify`, `delete`, ...): a person or object whose `delete` is unconfirmed
   may be gone with its relationships, so the relationships syncs hold theirs until it is
   delivered again (``run._related_snapshots``).
-- ``sending__S(kh, action)``: the write-ahead record of what a run is about to send (the hash
-  of each record's key, and the action sent: `identify`, `delete`, ...; a few bytes a record:
-  0.1-0.2 s at 1M), written in one insert committed before its
+  ``ident``: the identifiers it was sent to. A record new to the snapshot (its first
+  delivery unconfirmed) may exist in Customer.io all the same: if its row leaves, a `mirror`
+  run undoes it by these (``diff.unsure_new``).
+- ``sending__S(kh, action, k, ident)``: the write-ahead record of what a run is about to send
+  (the hash of each record's key, the action sent: `identify`, `delete`, ...; and, for the
+  records new to the snapshot, the key and identifiers, which a record of it must keep to be
+  undone if its row leaves before it is confirmed; a few bytes a record otherwise:
+  0.1-0.2 s at 1M, ~0.4 s at 1M new), written in one insert committed before its
   first request and dropped once the run has recorded every answer (:meth:`StateStore.fold_journal`
   at its end, or when it stops or fails). A run killed outright (SIGKILL, the machine dying)
   leaves it behind with requests in flight whose answers it could not mark unconfirmed: the
@@ -347,8 +352,10 @@ def _set_aside_unfinished(path: Path) -> Path | None:
 #: naming the version that wrote it, where it would otherwise fail part-way through a run,
 #: after sending, or misread what was delivered. (Lockgates from before the format was
 #: recorded do not read it.)
-STATE_FORMAT = 2
+STATE_FORMAT = 3
 # 2: ``sending__S`` gains ``action`` (a Lockgate of format 1 inserts into it unnamed)
+# 3: ``unconfirmed__S`` gains ``ident`` (a Lockgate of format 2 inserts into it unnamed), and
+#    ``sending__S`` ``k`` and ``ident`` (of the records new to the snapshot)
 #: The oldest format whose run list, history and rejected rows the commands that only read
 #: (`lockgate runs`, `history`) read as they are, without upgrading it
 READ_FORMAT = 1
@@ -675,11 +682,12 @@ class StateStore:
             f"create table if not exists {table('journal', sync)} "
             "(run_id varchar, k varchar, h ubigint, ident varchar, removed boolean);"
             f"create table if not exists {table('unconfirmed', sync)} "
-            "(k varchar, run_id varchar, action varchar);"
+            "(k varchar, run_id varchar, action varchar, ident varchar);"
             f"create table if not exists {table('oc_sent', sync)} (k varchar, ts bigint);"
             f"create table if not exists {table('emails_kept', sync)} "
             "(k varchar, email varchar, ident varchar);"
-            f"create table if not exists {table('sending', sync)} (kh ubigint, action varchar);"
+            f"create table if not exists {table('sending', sync)} "
+            "(kh ubigint, action varchar, k varchar, ident varchar);"
             f"create table if not exists {table('sending_events', sync)} "
             "(k varchar, ts bigint, lo ubigint, hi ubigint);"
             # a state from before it gets it here, empty: its events went out with ids made of
@@ -695,9 +703,16 @@ class StateStore:
             )
         self._add_unconfirmed_action(sync)
         sending = table("sending", sync)
-        if "action" not in {r[0] for r in self.con.execute(f"describe {sending}").fetchall()}:
+        columns = {r[0] for r in self.con.execute(f"describe {sending}").fetchall()}
+        if "action" not in columns:
             # a write-ahead record of the state format before 2: its records' action unknown
             self.exec_sql(f"alter table {sending} add column action varchar")
+        if "k" not in columns:
+            # before format 3: no record new to the snapshot is named (none is undone)
+            self.exec_sql(
+                f"alter table {sending} add column k varchar; "
+                f"alter table {sending} add column ident varchar"
+            )
 
     def _add_unconfirmed_action(self, sync: str) -> None:
         """An ``unconfirmed`` table from before ``action``: add it, once, and fill it from the
@@ -707,6 +722,7 @@ class StateStore:
         unconfirmed = table("unconfirmed", sync)
         columns = {r[0] for r in self.con.execute(f"describe {unconfirmed}").fetchall()}
         if "action" in columns:
+            self._add_unconfirmed_ident(sync, columns)
             return
         self.exec_sql("begin")
         try:
@@ -724,19 +740,48 @@ class StateStore:
         except duckdb.Error:
             self.exec_sql("rollback")
             raise
+        self._add_unconfirmed_ident(sync, columns | {"action"})
+
+    def _add_unconfirmed_ident(self, sync: str, columns: set[str]) -> None:
+        """An ``unconfirmed`` table from before ``ident`` (format 3): add it, once, and fill
+        it from the history of the run that sent each record, for the records the snapshot
+        does not have (new ones, whose row may leave before they are confirmed: a `mirror`
+        run undoes them by these identifiers)."""
+        if "ident" in columns:
+            return
+        unconfirmed = table("unconfirmed", sync)
+        with transaction(self.con, self.path):
+            self.exec_sql(f"alter table {unconfirmed} add column if not exists ident varchar")
+            self.exec_sql(
+                f"""
+                update {unconfirmed} u set ident = h.ident
+                from (select run_id, k, max(ident) as ident from history
+                      where sync = ? and action in ('identify', 'add_relationships')
+                      group by run_id, k) h
+                where h.run_id = u.run_id and h.k = u.k
+                  and u.action in ('identify', 'add_relationships')
+                  and not exists (select 1 from {table("snap", sync)} s where s.k = u.k)
+                """,
+                [sync],
+            )
 
     def has_snapshot(self, sync: str) -> bool:
         rows = self.con.execute(f"select count(*) from {table('snap', sync)}").fetchall()
         return bool(rows[0][0])
 
-    def record_sending(self, sync: str, source: str, action: str = "null") -> int:
+    def record_sending(
+        self, sync: str, source: str, action: str = "null", new: str = "false"
+    ) -> int:
         """Write ahead the records a run is about to send: the keys (``k``) of ``source``, a
         table or a query, and what is sent for each (``action``, SQL over its rows: `identify`,
         `delete`, ...), in one insert committed before the first request (see ``sending__S``
-        above). Returns how many."""
+        above). The records new to the snapshot (``new``, SQL over its rows) are written with
+        their key and identifiers: a `mirror` run undoes one whose row leaves before it is
+        confirmed. Returns how many."""
         rows = self.exec_sql(
-            f"insert into {table('sending', sync)} (kh, action) "
-            f"select hash(k), {action} from {source}"
+            f"insert into {table('sending', sync)} (kh, action, k, ident) "
+            f"select hash(k), {action}, case when {new} then k end, "
+            f"case when {new} then ident end from {source}"
         )
         return int(rows[0][0])
 
@@ -771,9 +816,10 @@ class StateStore:
         (a `delete` may have taken the record's relationships with it: they are held by the
         relationships syncs, and ``forget_relationships`` takes them out of their snapshots,
         as for a delete whose answer was lost), and the next diff sends them whatever their
-        rows hold. A record not in the snapshot needs no mark (it was never confirmed: a row
-        of it is sent anyway). Returns how many were marked; one count when there is nothing
-        to recover. ``run_id``: the run (or plan) starting."""
+        rows hold. A record new to the snapshot (written ahead with its key and identifiers)
+        is marked with its identifiers: a row of it is sent anyway, and if its row has left, a
+        `mirror` run undoes it (``diff.unsure_new``). Returns how many were marked; one
+        count when there is nothing to recover. ``run_id``: the run (or plan) starting."""
         sending = table("sending", sync)
         if not self.exec_sql(f"select count(*) from {sending}")[0][0]:
             return 0
@@ -789,6 +835,19 @@ class StateStore:
                 join (select kh, max(action) as action from {sending} group by kh) w
                     on w.kh = hash(s.k)
                 anti join {journal} j on j.k = s.k
+                """,
+                [last],
+            )[0][0]
+            # the records new to the snapshot, with the identifiers they were sent to: one
+            # whose row has left is undone by a `mirror` run (``diff.unsure_new``)
+            marked += self.exec_sql(
+                f"""
+                insert into {unconfirmed} (k, run_id, action, ident)
+                select w.k, ?, max(w.action), max(w.ident) from {sending} w
+                anti join {snap} s on s.k = w.k
+                anti join {journal} j on j.k = w.k
+                where w.k is not null
+                group by w.k
                 """,
                 [last],
             )[0][0]
@@ -901,10 +960,15 @@ class StateStore:
             self.exec_sql(f"insert into {table('journal', sync)} select * from _journal_batch")
 
     def append_unconfirmed(
-        self, sync: str, run_id: str, keys: Sequence[str], actions: Sequence[str | None]
+        self,
+        sync: str,
+        run_id: str,
+        keys: Sequence[str],
+        actions: Sequence[str | None],
+        idents: Sequence[str | None] | None = None,
     ) -> None:
-        """Record keys sent without a confirmed answer, with what was sent to each (see
-        ``unconfirmed__S`` above)."""
+        """Record keys sent without a confirmed answer, with what was sent to each and to
+        whom (see ``unconfirmed__S`` above)."""
         if not keys:
             return
         batch = pa.table(
@@ -912,6 +976,7 @@ class StateStore:
                 "k": pa.array(keys, pa.string()),
                 "run_id": pa.array([run_id] * len(keys), pa.string()),
                 "action": pa.array(actions, pa.string()),
+                "ident": pa.array(idents or [None] * len(keys), pa.string()),
             }
         )
         with registered(self.con, "_unconfirmed_batch", batch):
@@ -1091,7 +1156,9 @@ class StateStore:
                 [run_id, keys],
             )
             self._record_refused(sync, run_id, refused, idents)
-            self.append_unconfirmed(sync, run_id, keys, ["identify"] * len(keys))
+            self.append_unconfirmed(
+                sync, run_id, keys, ["identify"] * len(keys), [idents.get(k) for k in keys]
+            )
 
     def refuse_unsent(
         self, sync: str, run_id: str, refused: Sequence[tuple[str, str]], idents: dict[str, str]

@@ -297,7 +297,7 @@ class Committer:
             store.append_history(taken.history)
             store.append_rejected(self.run_id, self.sync, "deliver", taken.rejected)
             keys_unsure, actions, idents_unsure = taken.unconfirmed
-            store.append_unconfirmed(self.sync, self.run_id, keys_unsure, actions)
+            store.append_unconfirmed(self.sync, self.run_id, keys_unsure, actions, idents_unsure)
             confirmed: list[str] | None = None
             if self.forget_relationships is not None or self.forget_people is not None:
                 confirmed = taken.deleted + _deleted_in(taken.delivered)

@@ -21,7 +21,14 @@ import orjson
 import pyarrow as pa
 
 from lockgate.project.models import SyncConfig
-from lockgate.state.store import StateStore, registered, run_sql, table, transaction
+from lockgate.state.store import (
+    PERSON_ADDRESS,
+    StateStore,
+    registered,
+    run_sql,
+    table,
+    transaction,
+)
 from lockgate.sync import rejects
 from lockgate.sync.extract import InPlace
 from lockgate.sync.mapping import (
@@ -1082,6 +1089,38 @@ def _todo(
     return total, differing, todo, repeated, unsure
 
 
+def unsure_new(con: duckdb.DuckDBPyConnection, previous: str, unconfirmed: str) -> int:
+    """The records whose first delivery was not confirmed (new to the snapshot, sent by a run
+    that lost the answer or was killed: ``unconfirmed`` with the identifiers they were sent
+    to, not in ``previous``, what was delivered) and whose row has left the model
+    (``keyed``): the temp table ``unsure_new``, as
+    snapshot rows (no hash: none was confirmed). Customer.io may have created them, so a
+    `mirror` run undoes them like the snapshot's records that left. Returns how many; the
+    unconfirmed table is read further only when it has such a record."""
+    run_sql(
+        con,
+        "create or replace temp table unsure_new "
+        "(k varchar, h ubigint, ident varchar, addr varchar)",
+    )
+    if not _one(con, f"select count(*) from {unconfirmed} where ident is not null"):
+        return 0
+    return int(
+        con.execute(
+            f"""
+            insert into unsure_new
+            select k, null, ident, {PERSON_ADDRESS} from (
+                select u.k, u.ident
+                from (select k, max(ident) as ident from {unconfirmed}
+                      where ident is not null and action in ('identify', 'add_relationships')
+                      group by k) u
+                anti join {previous} s on s.k = u.k
+                anti join keyed m on m.k = u.k
+            )
+            """
+        ).fetchall()[0][0]
+    )
+
+
 def diff_records(
     con: duckdb.DuckDBPyConnection,
     sync: SyncConfig,
@@ -1101,8 +1140,13 @@ def diff_records(
     run_id: str = "",
     retyped: dict[str, str] | None = None,
     json_text: Iterable[str] | None = None,
+    undo_unsure: bool = True,
 ) -> ChangeSet:
     """Diff a people, objects or relationships sync against its snapshot.
+
+    In `mirror` mode the records whose first delivery was not confirmed and whose row has left
+    are undone too (:func:`unsure_new`), unless ``undo_unsure`` is false (a run of named
+    records: the others are not in its model, and have not left it).
 
     For a relationships sync, ``objects_snaps`` and ``people_snaps`` hold the records of its
     ends, and ``unsure_objects`` and ``unsure_people`` those whose delete is unconfirmed (left
@@ -1248,6 +1292,11 @@ def diff_records(
     removed_sent = 0
     # a table of this sync's diff, not of the last sync's diffed on this connection
     run_sql(con, "create or replace temp table rekeyed (k varchar)")
+    if sync.effective_mode == "mirror" and undo_unsure:
+        unsure_gone = unsure_new(con, previous, unconfirmed)
+        if unsure_gone:  # undone as the snapshot's records that left are
+            previous = f"(select * from {previous} union all by name select * from unsure_new)"
+            removed += unsure_gone
     if sync.effective_mode == "mirror" and removed:
         removed_sent = _mirror_removals(
             con, sync, previous, relationship_snaps or [], people_snaps or []

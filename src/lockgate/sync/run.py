@@ -580,6 +580,7 @@ def _prepare(
                     retyped=retyped,
                     json_text=_json_text(last, sync, staged.columns),
                     run_id=step.run_id,
+                    undo_unsure=not only,
                 )
         if only and not payloads and session is not None and sync.kind == "people":
             session.planned_people.setdefault(sync.destination, set()).update(
@@ -1712,7 +1713,9 @@ def run_sync(
                     if sync.kind == "events":
                         store.record_sending_events(sync.name, "changes")
                     else:
-                        store.record_sending(sync.name, "changes", action_sql(sync.kind))
+                        store.record_sending(
+                            sync.name, "changes", action_sql(sync.kind), new="is_new"
+                        )
                     written_ahead = True
                 if sync.kind == "people":  # true whether what follows lands or not
                     diff_step.keep_emails(store, sync)
