@@ -36,6 +36,22 @@ identify_by: {id: user_id}
 attributes:
 """
 
+#: an events sync `activity` over the `events` table (`user_id`, `event_name`, `occurred_at`,
+#: `event_id`, `feature`); more properties follow, one a line (`ACTIVITY + "  n: n\n"`)
+ACTIVITY = """
+name: activity
+source: warehouse
+model: {table: events}
+kind: events
+identify_by: {id: user_id}
+event:
+  name: event_name
+  timestamp: occurred_at
+  id: event_id
+properties:
+  feature: feature
+"""
+
 #: a people sync of 40 attributes, over the `people` table :func:`wide_people` builds
 WIDE = """
 name: wide

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+from tests.sync.helpers import ACTIVITY
 from ulid import ULID
 
 from lockgate.console import NullConsole
@@ -14,20 +15,7 @@ from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
 
-EVENTS = """
-name: activity
-source: warehouse
-model: {table: events}
-kind: events
-identify_by: {id: user_id}
-event:
-  name: event_name
-  timestamp: occurred_at
-  id: event_id
-properties:
-  feature: feature
-  amount: {column: amount, type: number}
-"""
+EVENTS = ACTIVITY + "  amount: {column: amount, type: number}\n"
 
 
 def seed(factory: ProjectFactory) -> None:

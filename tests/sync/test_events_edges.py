@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from tests.sync.helpers import ACTIVITY
 from tests.sync.test_unconfirmed import killed_once_applied
 
 from lockgate.cli.sync import change_rows
@@ -27,19 +28,7 @@ ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
 
 NOW = 1_780_000_000  # a fixed "now" for the runs (2026-05-28), so ages are exact
 
-EVENTS = """
-name: activity
-source: warehouse
-model: {table: events}
-kind: events
-identify_by: {id: user_id}
-event:
-  name: event_name
-  timestamp: occurred_at
-  id: event_id
-properties:
-  feature: feature
-"""
+EVENTS = ACTIVITY
 
 
 def table(factory: ProjectFactory, rows: str, columns: str) -> None:

@@ -149,14 +149,8 @@ def test_an_events_run_in_place_sends_and_counts_what_a_copied_run_does(
     assert in_place_rows == [62, 14 + 7, 9]
 
 
-def test_a_run_with_a_few_new_events_copies_only_their_rows(
-    project_factory: ProjectFactory,
-) -> None:
-    project_factory.sql(
-        f"create or replace table events as select 'e' || i as event_id, i % 50 as user_id, "
-        f"'Used' as event_name, to_timestamp({NOW} - i) as occurred_at from range(2000) t(i)"
-    )
-    sync = """
+#: an events sync of the `events` table, no properties (they follow when a test needs them)
+PLAIN = """
 name: activity
 source: warehouse
 model: {table: events}
@@ -164,7 +158,16 @@ kind: events
 identify_by: {id: user_id}
 event: {name: event_name, timestamp: occurred_at, id: event_id}
 """
-    project = project_factory.write({"activity": sync})
+
+
+def test_a_run_with_a_few_new_events_copies_only_their_rows(
+    project_factory: ProjectFactory,
+) -> None:
+    project_factory.sql(
+        f"create or replace table events as select 'e' || i as event_id, i % 50 as user_id, "
+        f"'Used' as event_name, to_timestamp({NOW} - i) as occurred_at from range(2000) t(i)"
+    )
+    project = project_factory.write({"activity": PLAIN})
     first = run_sync(project, "activity", console=NullConsole(), now=NOW)
     assert (first.delivered, first.changes.rows_copied) == (2000, 2000)
     project_factory.sql(
@@ -188,16 +191,7 @@ def test_an_events_model_that_reads_differently_each_time_is_copied_whole(
         f"'Used' as event_name, to_timestamp({NOW} - i) as occurred_at, random() as draw "
         "from range(30) t(i)"
     )
-    sync = """
-name: activity
-source: warehouse
-model: {table: events}
-kind: events
-identify_by: {id: user_id}
-event: {name: event_name, timestamp: occurred_at, id: event_id}
-properties: {draw: draw}
-"""
-    project = project_factory.write({"activity": sync})
+    project = project_factory.write({"activity": PLAIN + "properties: {draw: draw}\n"})
     assert run_sync(project, "activity", console=NullConsole(), now=NOW).delivered == 30
     project_factory.sql(
         f"create or replace view events as select 'e' || i as event_id, 1 as user_id, "

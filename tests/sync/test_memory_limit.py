@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from tests.sync.helpers import ACTIVITY
 
 from lockgate.cli import main
 from lockgate.console import NullConsole
@@ -43,19 +44,7 @@ attributes:
   plan: plan
 """
 
-EVENTS = """
-name: activity
-source: warehouse
-model: {table: events}
-kind: events
-identify_by: {id: user_id}
-event:
-  name: event_name
-  timestamp: occurred_at
-  id: event_id
-properties:
-  feature: feature
-"""
+EVENTS = ACTIVITY
 
 
 @pytest.fixture(autouse=True)
