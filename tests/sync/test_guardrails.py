@@ -44,6 +44,16 @@ event: {name: {value: Order Placed}, id: order_id}
 backfill: {older: send}
 """
 
+#: an events sync of the `orders` table whose event names come from its `event_name` column
+NAMED_ORDERS = """
+name: orders
+source: warehouse
+model: {table: orders}
+kind: events
+identify_by: {id: user_id}
+event: {name: event_name, id: order_id}
+"""
+
 
 class Sent:
     """What the emulator holds and how many batches it got, to show nothing more arrived."""
@@ -1098,14 +1108,7 @@ def test_an_event_name_drifting_in_the_model_stops_the_run_that_would_first_send
     new spelling stops (with the names, where each comes from, sample keys and the fix); a
     name listed in `distinct_event_names` is not compared, and `--force` sends it once."""
     emu = project_factory.emulator
-    body = """
-name: orders
-source: warehouse
-model: {table: orders}
-kind: events
-identify_by: {id: user_id}
-event: {name: event_name, id: order_id}
-"""
+    body = NAMED_ORDERS
     project_factory.sql(
         "create table orders as select i as order_id, 1 as user_id, 'Order Placed' as event_name "
         "from range(3) t(i)"
@@ -1147,14 +1150,7 @@ def test_event_names_in_other_scripts_are_not_taken_for_spellings_of_each_other(
     """Names with no Latin letter (`注文完了`, `会員登録`) are distinct events: they go, while
     a case variant of a Cyrillic name already sent stops the run as a Latin one does."""
     emu = project_factory.emulator
-    body = """
-name: orders
-source: warehouse
-model: {table: orders}
-kind: events
-identify_by: {id: user_id}
-event: {name: event_name, id: order_id}
-"""
+    body = NAMED_ORDERS
     project_factory.sql(
         "create table orders as select * from (values (1, 1, '注文完了'), (2, 1, '会員登録'), "
         "(3, 1, 'Заказ оформлен')) t(order_id, user_id, event_name)"
