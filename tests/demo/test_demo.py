@@ -18,6 +18,11 @@ def test_demo_runs_twice_and_the_second_act_sends_only_changes(tmp_path: Path) -
     assert "What went out, act by act" in out
     assert "`42` appears 2 times" in out
     assert "is in the future" in out
+    # the demo gives the syncs the emulator's App API: new people's emails are checked and
+    # people given a new email are read back, so no sync warns that it could not
+    assert "not checked" not in out and "not read back" not in out
+    assert "new people's emails checked         │    999" in out
+    assert "people given a new email, read back │     1" in out
     # the summary rows: act 1 vs act 2
     rows = {
         line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:4]]

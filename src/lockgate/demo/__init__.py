@@ -117,6 +117,8 @@ def run_demo(directory: Path, console: Console) -> DemoResult:
                 "CUSTOMERIO_SITE_ID": site_id,
                 "CUSTOMERIO_API_KEY": api_key,
                 "CUSTOMERIO_TRACK_URL": base_url,
+                "CUSTOMERIO_APP_API_KEY": emulator.config.app_api_key,
+                "CUSTOMERIO_APP_URL": base_url,
             }
         ),
     ):
