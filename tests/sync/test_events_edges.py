@@ -4,6 +4,7 @@ Customer.io exactly once."""
 
 from __future__ import annotations
 
+import csv
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,8 @@ from typing import Any
 
 import pytest
 from tests.sync.helpers import ACTIVITY
+from tests.sync.test_in_place import in_place_for
+from tests.sync.test_rejected_rows import invoke
 from tests.sync.test_unconfirmed import killed_once_applied
 
 from lockgate.cli.sync import change_rows
@@ -561,7 +564,7 @@ def test_hash_ids_keep_apart_rows_whose_values_only_look_alike(
         project_factory,
         f"""(1, 'Used', {ts(60)}, 'a|b', 'c', '1'), (1, 'Used', {ts(60)}, 'a', 'b|c', '2'),
             (1, 'Used', {ts(60)}, null, 'x', '3'), (1, 'Used', {ts(60)}, 'x', null, '4'),
-            (1, 'Used', {ts(60)}, '', '', '6'),
+            (1, 'Used', {ts(60)}, '', 'ab', '6'),
             (1, 'Used', {ts(60)}, 'ab', '', '7'), (1, 'Used', {ts(60)}, 'a', 'b', '8')""",
         "user_id, event_name, occurred_at, a, b, feature",
     )
@@ -570,6 +573,8 @@ def test_hash_ids_keep_apart_rows_whose_values_only_look_alike(
     assert report.changes.duplicates_in_model == 0
     assert report.delivered == 7
     assert len({e.id for e in project_factory.emulator.events()}) == 7
+    # (`'', ''` was a key of its own here, which every row of two blanks shared: such rows
+    # are rejected now, see test_rows_whose_hash_columns_are_all_blank_are_rejected_not_merged)
 
 
 def test_rows_whose_hash_columns_are_all_null_are_rejected_not_merged(
@@ -636,6 +641,114 @@ def test_rows_whose_event_id_is_blank_are_rejected_not_merged(
         "column `event_id`: event id is null, empty or blank"
     }
     assert [e.data for e in project_factory.emulator.events()] == [{"feature": "d"}]
+
+
+BLANKS = EVENTS.replace("  id: event_id\n", "  id: {hash: [a, b, n]}\n")
+
+#: rows whose `event.id.hash` columns (`a`, `b` text, `n` an integer) are all blank, or blank
+#: and null: no key, each rejected with its reason
+BLANK_ROWS = f"""(1, 'Used', {ts(60)}, '', '', null::int, 'b1'),
+    (11, 'Used', {ts(65)}, '', '', null, 'b11'),
+    (2, 'Used', {ts(70)}, ' ', chr(9) || chr(12288), null, 'b2'),
+    (3, 'Used', {ts(80)}, null, ' ', null, 'b3'),
+    (4, 'Used', {ts(90)}, null, null, null, 'n4')"""
+
+#: rows with a key: a blank among values that are not, and a 0 (a number is never blank)
+KEYED_ROWS = f"""(5, 'Used', {ts(100)}, '', 'x', null::int, 'k5'),
+    (6, 'Used', {ts(110)}, '', '', 0, 'k6'),
+    (7, 'Used', {ts(120)}, ' o', '', null, 'k7')"""
+
+BLANK = (
+    "event id is blank: every `event.id.hash` column (`a`, `b`, `n`) is empty, white space "
+    "alone or null, so such rows would all be one event; give each row a value that tells "
+    "it apart (add a column to `event.id.hash`), or leave such rows out of the model"
+)
+ALL_NULL = "event id is null: every `event.id.hash` column (`a`, `b`, `n`) is null"
+
+
+def nokey(user_id: int) -> str:
+    """The key a rejected row without an event key is listed under: its person."""
+    return f'(null id) {{"id":"{user_id}"}}'
+
+
+def test_rows_whose_hash_columns_are_all_blank_are_rejected_not_merged(
+    project_factory: ProjectFactory, tmp_path: Any
+) -> None:
+    """Rows whose `event.id.hash` columns are all empty or white space alone (or those and
+    null) name no occurrence, as all-null ones do: each is rejected with its reason, not
+    merged into one key whose other rows are counted as repeats and never sent. The good rows
+    go out once, and a later run, which keys the model in place, does the same."""
+    columns = "user_id, event_name, occurred_at, a, b, n, feature"
+    table(project_factory, f"{BLANK_ROWS}, {KEYED_ROWS}", columns)
+    project = project_factory.write({"activity": BLANKS})
+    report = run(project)
+    assert (report.delivered, report.changes.rejected) == (3, 5)
+    assert report.changes.duplicates_in_model == 0
+    assert sorted(report.changes.rejected_samples) == [
+        (nokey(1), BLANK),
+        (nokey(11), BLANK),
+        (nokey(2), BLANK),
+        (nokey(3), BLANK),
+        (nokey(4), ALL_NULL),
+    ]
+    assert sorted(e.data["feature"] for e in project_factory.emulator.events()) == [
+        "k5",
+        "k6",
+        "k7",
+    ]
+
+    # a second run keys the model in the warehouse (the ledger has events): the blank rows
+    # are rejected again, each as it was, a new good row is sent, nothing is sent twice
+    project_factory.sql(
+        f"insert into events values (8, 'Used', {ts(50)}, '', chr(13) || chr(10), null, 'b8'),"
+        f" (9, 'Used', {ts(55)}, 'y', '', null, 'k9')"
+    )
+    assert in_place_for(project, "activity") is not None
+    again = run(project)
+    assert (again.delivered, again.changes.already_delivered, again.changes.rejected) == (1, 3, 6)
+    assert again.changes.duplicates_in_model == 0
+    assert again.changes.rows_copied == 5 + 2  # in place: the rows of keys the ledger lacks
+    invoke(project, "runs", "show", "--export-rejected", str(tmp_path / "run.csv"))
+    with (tmp_path / "run.csv").open(newline="") as f:
+        exported = sorted((r["key"], r["reason"]) for r in csv.DictReader(f))
+    blank = [(nokey(i), BLANK) for i in (1, 2, 3, 8, 11)]
+    assert exported == sorted([*blank, (nokey(4), ALL_NULL)])
+    assert sorted(e.data["feature"] for e in project_factory.emulator.events()) == [
+        "k5",
+        "k6",
+        "k7",
+        "k9",
+    ]
+    assert project_factory.emulator.stats.duplicate_events_dropped == 0
+
+
+def test_an_event_delivered_under_an_all_blank_key_is_not_sent_again(
+    project_factory: ProjectFactory,
+) -> None:
+    """An events sync whose ledger holds an all-blank key (delivered by a Lockgate that took
+    `'', ''` for a key): its row is rejected now, each run, as other rejected rows are; it is
+    not sent again, and the ledger keeps the key."""
+    table(
+        project_factory,
+        f"(1, 'Used', {ts(60)}, '', '', 'b1'), (2, 'Used', {ts(70)}, 'x', '', 'k2')",
+        "user_id, event_name, occurred_at, a, b, feature",
+    )
+    project = project_factory.write({"activity": HASHED})
+    # the key such a Lockgate gave `'', ''`: each value as its length, `:` and its text
+    with StateStore.open(project.state_dir) as store:
+        store.ensure_sync_tables("activity")
+        old_key = str(store.exec_sql("select md5(concat_ws(chr(31), '0:', '0:'))")[0][0])
+        store.append_ledger("activity", [old_key])
+    for delivered in (1, 0):  # `k2`, then nothing: the blank row is rejected by each run
+        report = run(project)
+        assert (report.delivered, report.changes.rejected) == (delivered, 1)
+        assert report.changes.already_delivered == 1 - delivered
+        assert dict(report.changes.rejected_samples)[nokey(1)].startswith(
+            "event id is blank: every `event.id.hash` column (`a`, `b`) is empty"
+        )
+    assert [e.data for e in project_factory.emulator.events()] == [{"feature": "k2"}]
+    with StateStore.open(project.state_dir) as store:
+        assert (old_key,) in store.exec_sql('select k from "ledger__activity"')
 
 
 def test_a_null_in_a_hash_column_is_not_the_text_backslash_n(

@@ -958,3 +958,32 @@ def test_crm_ids_past_64_and_127_bits_are_read_by_the_graph_with_every_digit(
     assert {k: (a["crm_id"], a["deal_stage"]) for k, a in people.items()} == {
         f"u{i}": (str(v), f"won{i}") for i, v in enumerate(ids)
     }
+
+
+def test_events_through_the_graph_whose_hash_columns_are_all_blank_are_rejected(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An events sync keyed through the identity graph rejects the rows whose `event.id.hash`
+    columns are all blank, as one that is not does: not merged into one event."""
+    app_project(tmp_path, customerio_emulator, monkeypatch)
+    (tmp_path / "syncs" / "activity.yml").write_text(
+        textwrap.dedent(ACTIVITY).replace("id: event_id}", "id: {hash: [event_id, ref]}}")
+    )
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute(
+        """
+        alter table track add column ref varchar;
+        insert into track values
+          ('', 'u1', 'blank', now()::timestamp - interval 2 hour, ''),
+          (' ', 'u2', 'blank', now()::timestamp - interval 2 hour, chr(9)),
+          ('', 'u2', 'kept', now()::timestamp - interval 2 hour, 'r1');
+        """
+    ).fetchall()
+    con.close()
+    profile, activity = sync_all(load_project(tmp_path))
+    assert (profile.status, activity.status) == ("success", "success")
+    assert (activity.delivered, activity.changes.rejected) == (2, 2)
+    assert activity.changes.duplicates_in_model == 0
+    blank = "event id is blank: every `event.id.hash` column (`event_id`, `ref`) is empty"
+    assert [r.startswith(blank) for _, r in activity.changes.rejected_samples] == [True, True]
+    assert sorted(e.name for e in customerio_emulator.events()) == ["kept", "login"]

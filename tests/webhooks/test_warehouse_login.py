@@ -15,7 +15,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +206,9 @@ def test_a_variable_not_set_names_the_source_and_line_printing_no_secret(
 # ---------------------------------------------------------------------------- BigQuery
 
 
-def service_account_file(path: Path) -> None:
+def service_account_file(
+    path: Path, token_uri: str = "https://oauth2.googleapis.com/token"
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps(
@@ -215,7 +219,7 @@ def service_account_file(path: Path) -> None:
                 "private_key": pem().decode(),
                 "client_email": "loader@key-project.iam.gserviceaccount.com",
                 "client_id": "1",
-                "token_uri": "https://oauth2.googleapis.com/token",
+                "token_uri": token_uri,
             }
         )
     )
@@ -279,3 +283,163 @@ def test_bigquery_a_project_variable_not_set_names_the_source_and_line(tmp_path:
             attempt()
         assert caught.value.location == "lockgate.yml:5"
         assert "`GCP_PROJECT`" in str(caught.value) and "source `warehouse`" in str(caught.value)
+
+
+class GoogleAPI:
+    """Google's token endpoint and BigQuery's `datasets.get` on loopback: the datasets it
+    holds (`project.dataset` -> location), every request it was sent, and an HTTP status to
+    answer every dataset request with instead (a refusal)."""
+
+    def __init__(self, datasets: dict[str, str]) -> None:
+        self.datasets = datasets
+        self.requests: list[tuple[str, str, str | None]] = []
+        self.refuse: int | None = None
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def answer(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                api.requests.append(("POST", self.path, None))
+                self.answer(
+                    200, {"access_token": "t0k", "expires_in": 3600, "token_type": "Bearer"}
+                )
+
+            def do_GET(self) -> None:
+                api.requests.append(("GET", self.path, self.headers.get("Authorization")))
+                parts = self.path.split("?")[0].split("/")  # /bigquery/v2/projects/P/datasets/D
+                key = f"{parts[4]}.{parts[6]}"
+                if api.refuse is not None:
+                    self.answer(
+                        api.refuse,
+                        {
+                            "error": {
+                                "code": api.refuse,
+                                "message": "Access Denied: Dataset " + key,
+                                "errors": [{"reason": "accessDenied"}],
+                            }
+                        },
+                    )
+                elif key in api.datasets:
+                    reference = {"projectId": parts[4], "datasetId": parts[6]}
+                    self.answer(200, {"datasetReference": reference, "location": api.datasets[key]})
+                else:
+                    self.answer(
+                        404,
+                        {
+                            "error": {
+                                "code": 404,
+                                "message": f"Not found: Dataset {key}",
+                                "errors": [{"reason": "notFound"}],
+                            }
+                        },
+                    )
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def datasets_asked(self) -> list[str]:
+        return [path.split("?")[0].split("/", 4)[-1] for m, path, _ in self.requests if m == "GET"]
+
+
+@pytest.fixture
+def google(monkeypatch: pytest.MonkeyPatch) -> Iterator[GoogleAPI]:
+    """A :class:`GoogleAPI` the BigQuery client talks to (`BIGQUERY_EMULATOR_HOST`, which the
+    client library reads) with a key whose token endpoint it is; dlt's own location setting
+    unset."""
+    pytest.importorskip("google.cloud.bigquery")
+    api = GoogleAPI({})
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", api.url)
+    monkeypatch.delenv("DESTINATION__BIGQUERY__LOCATION", raising=False)
+    yield api
+    api.close()
+
+
+def bigquery_project(
+    root: Path, google: GoogleAPI, options: str = "", webhooks: str = ""
+) -> Project:
+    service_account_file(root / "keys" / "sa.json", token_uri=f"{google.url}/token")
+    return write_project(
+        root,
+        sources="  warehouse:\n    type: bigquery\n    project: acme\n"
+        f"    credentials_path: keys/sa.json\n{options}",
+        webhooks=f"webhooks: {{warehouse: warehouse{webhooks}}}\n",
+    )
+
+
+def dlt_location(destination: Any) -> str:
+    """The location dlt loads with: what Lockgate hands it over dlt's own setting."""
+    from dlt.destinations.impl.bigquery.configuration import BigQueryClientConfiguration
+
+    spec = BigQueryClientConfiguration()._bind_dataset_name("customerio")
+    return str(destination.configuration(spec, accept_partial=True).location)
+
+
+def test_bigquery_loads_where_the_webhook_dataset_is_when_no_location_is_set(
+    tmp_path: Path, google: GoogleAPI
+) -> None:
+    """With no `location`, loads went to `US` whatever the dataset: one in the EU failed (a
+    job must run where its dataset is), and a new one was made in the US, away from the
+    models that join it. Now the webhook dataset's own location is used, else that of the
+    source's `dataset`, else dlt's default."""
+    google.datasets.update({"acme.customerio": "EU", "acme.marts": "US"})
+    project = bigquery_project(tmp_path / "a", google, "    dataset: marts\n")
+    destination, _ = destination_for(project)
+    assert dlt_location(destination) == "EU"
+    assert google.datasets_asked() == ["acme/datasets/customerio"]
+    assert [auth for m, _, auth in google.requests if m == "GET"] == ["Bearer t0k"]
+
+    # no webhook dataset yet: it is made next to the source's dataset
+    google.datasets.clear()
+    google.datasets["acme.marts"] = "europe-west3"
+    google.requests.clear()
+    project = bigquery_project(tmp_path / "b", google, "    dataset: marts\n", ", dataset: cio")
+    destination, _ = destination_for(project)
+    assert dlt_location(destination) == "europe-west3"
+    assert google.datasets_asked() == ["acme/datasets/cio", "acme/datasets/marts"]
+
+    # neither exists: dlt's own setting decides, by default US
+    project = bigquery_project(tmp_path / "c", google)
+    destination, _ = destination_for(project)
+    assert "location" not in destination.config_params
+    assert dlt_location(destination) == "US"
+
+
+def test_bigquery_a_location_set_is_used_without_a_lookup(
+    tmp_path: Path, google: GoogleAPI
+) -> None:
+    google.datasets["acme.customerio"] = "EU"
+    project = bigquery_project(tmp_path, google, "    location: asia-northeast1\n")
+    destination, _ = destination_for(project)
+    assert dlt_location(destination) == "asia-northeast1"
+    assert google.requests == []
+
+
+def test_bigquery_a_refused_location_lookup_names_the_source_and_how_to_skip_it(
+    tmp_path: Path, google: GoogleAPI
+) -> None:
+    google.refuse = 403
+    project = bigquery_project(tmp_path, google)
+    with pytest.raises(SourceError) as caught:
+        destination_for(project)
+    assert str(caught.value).startswith(
+        "bigquery source `warehouse`: cannot look up the location of dataset `customerio` "
+        "for webhook events: 403"
+    )
+    assert "Access Denied" in str(caught.value)
+    assert "set `location` on source `warehouse`" in (caught.value.hint or "")

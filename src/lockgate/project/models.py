@@ -507,7 +507,8 @@ class BigQuerySourceConfig(Placed):
     dataset: str | None = None
     """Default dataset for unqualified table names, or an `${ENV_VAR}` reference."""
     location: str | None = None
-    """Processing location, e.g. `EU`, or an `${ENV_VAR}` reference."""
+    """Processing location, e.g. `EU`, or an `${ENV_VAR}` reference. Webhook loads without it
+    load where the webhook dataset is (docs/webhooks.md)."""
     credentials_path: str | None = None
     """Service-account JSON file, relative to the project folder unless absolute (`${ENV_VAR}`
     references and a leading `~` are expanded, as in `state:`); default: Application Default

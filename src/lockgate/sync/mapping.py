@@ -1623,6 +1623,15 @@ def _key_text(column: str, col_type: str) -> str:
     return f"{c}::varchar"
 
 
+def _blank_or_null(column: str, col_type: str) -> str:
+    """SQL true when ``column`` is null, or (a text, not a number, time or boolean, whose key
+    text is never blank) empty or white space alone (:data:`IDENTIFIER_SPACE`)."""
+    c = q(column)
+    if _is(col_type, (*NUMERIC_TYPES, *TIMESTAMP_TYPES, "TIME", "BOOLEAN", "INTERVAL", "UUID")):
+        return f"{c} is null"
+    return f"coalesce({_trim(_key_text(column, col_type))} = '', true)"
+
+
 def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) -> Compiled:
     """The SELECT producing (k, op, ident, reject, ts, backfill, lo, hi) for an events sync."""
     assert sync.event is not None
@@ -1642,7 +1651,7 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
         # so no key delivered before changes
         key_text = _key_text(event.id.column, columns[event.id.column])
         key_sql = f"case when {_trim(key_text)} <> '' then {key_text} end"
-        null_id = f"column `{event.id.column}`: event id is null, empty or blank"
+        null_id = lit(f"column `{event.id.column}`: event id is null, empty or blank")
         used.append(event.id.column)
     elif event.id.hash:
         for col in event.id.hash:
@@ -1659,15 +1668,31 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
             for c in event.id.hash
         )
         # a row whose hash columns are all null names no occurrence: every such row would
-        # share one key (and all but one count as repeats), so it is rejected as a null id
+        # share one key (and all but one count as repeats), so it is rejected as a null id;
+        # so is one whose columns are all empty or white space alone (or those and null), as
+        # a blank `event.id` column is. One blank among others that are not is a key as it is
+        # (`'ab', ''`), and a number, a time or a boolean is never blank (`0` is a value)
         all_null = " and ".join(f"{q(c)} is null" for c in event.id.hash)
-        key_sql = f"case when not ({all_null}) then md5(concat_ws(chr(31), {parts})) end"
+        all_blank = " and ".join(_blank_or_null(c, columns[c]) for c in event.id.hash)
+        key_sql = f"case when not ({all_blank}) then md5(concat_ws(chr(31), {parts})) end"
         hash_cols = ", ".join(f"`{c}`" for c in event.id.hash)
-        null_id = (
+        one = len(event.id.hash) == 1
+        null_text = (
             f"event id is null: its `event.id.hash` column {hash_cols} is null"
-            if len(event.id.hash) == 1
+            if one
             else f"event id is null: every `event.id.hash` column ({hash_cols}) is null"
         )
+        blank_text = (
+            f"event id is blank: its `event.id.hash` column {hash_cols} is empty or white "
+            "space alone"
+            if one
+            else f"event id is blank: every `event.id.hash` column ({hash_cols}) is empty, "
+            "white space alone or null"
+        ) + (
+            ", so such rows would all be one event; give each row a value that tells it "
+            "apart (add a column to `event.id.hash`), or leave such rows out of the model"
+        )
+        null_id = f"case when {all_null} then {lit(null_text)} else {lit(blank_text)} end"
         used.extend(event.id.hash)
     else:
         raise ConfigError(f"sync `{sync.name}`: `event.id` needs `column` or `hash`")
@@ -1744,7 +1769,7 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
     used.extend(fields.columns)
     fields.computed.append(("__ts", ts_sql))
     checks = [c.replace(ts_sql, '"__ts"') for c in checks]
-    checks.insert(0, f"case when {key_sql} is null then {lit(null_id)} end")
+    checks.insert(0, f"case when {key_sql} is null then {null_id} end")
     checks.append(f"case when coalesce({name_sql}, '') = '' then {lit('event name is blank')} end")
     checks.append(
         f"case when strlen(__name) > {MAX_EVENT_NAME_BYTES} then "

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -62,6 +62,9 @@ from lockgate.project.models import (
 )
 from lockgate.webhooks.schemas import check_event, may_hold_big_int, parse_json, table_for
 from lockgate.webhooks.spool import Spool, SpoolRecord
+
+if TYPE_CHECKING:
+    from lockgate.sources.bigquery import BigQuerySettings
 
 PIPELINE_NAME = "lockgate_webhooks"
 KEEP_LOADED = 8 * 86400
@@ -330,7 +333,13 @@ def destination_for(project: Project) -> tuple[Any, Path | None]:
             credentials=_snowflake_credentials(source, root=project.root, name=name)
         ), None
     if isinstance(source, BigQuerySourceConfig):
-        credentials, location = _bigquery_credentials(source, root=project.root, name=name)
+        dataset = (project.config.webhooks or WebhooksConfig()).dataset
+        credentials, location = _bigquery_credentials(
+            source, root=project.root, name=name, dataset=dataset
+        )
+        # no location: dlt's own setting decides (`DESTINATION__BIGQUERY__LOCATION`, else US)
+        if location is None:
+            return destinations.bigquery(credentials=credentials), None
         return destinations.bigquery(credentials=credentials, location=location), None
     raise ConfigError(f"source `{name}` cannot take webhook events", file="lockgate.yml")
 
@@ -368,11 +377,17 @@ def _snowflake_credentials(source: SnowflakeSourceConfig, *, root: Path, name: s
 
 
 def _bigquery_credentials(
-    source: BigQuerySourceConfig, *, root: Path, name: str
-) -> tuple[Any, str]:
+    source: BigQuerySourceConfig, *, root: Path, name: str, dataset: str
+) -> tuple[Any, str | None]:
     """dlt's BigQuery credentials and location for a BigQuery source, from the settings the
     source reads with (:func:`lockgate.sources.bigquery.settings_for`): its `project`, the
-    service-account key of `credentials_path` or else Application Default Credentials."""
+    service-account key of `credentials_path` or else Application Default Credentials.
+
+    The location is the source's `location` when set; else that of the webhook ``dataset``
+    where it exists (BigQuery runs a load where its dataset is: one sent to another location
+    fails), else that of the source's `dataset` (a new webhook dataset goes next to the models
+    that read it: BigQuery joins no two locations), else None: dlt's own setting
+    (`DESTINATION__BIGQUERY__LOCATION`), by default `US`."""
     from dlt.common.configuration.specs import GcpServiceAccountCredentials
 
     from lockgate.sources.bigquery import settings_for
@@ -382,7 +397,42 @@ def _bigquery_credentials(
     if settings.credentials is not None:
         credentials.parse_native_representation(settings.credentials)
     credentials.project_id = settings.project
-    return credentials, settings.location or "US"
+    if settings.location:
+        return credentials, settings.location
+    return credentials, _bigquery_location(settings, name, dataset)
+
+
+def _bigquery_location(settings: BigQuerySettings, name: str, dataset: str) -> str | None:
+    """The location of the first of the webhook ``dataset`` and the source's `dataset` that
+    exists (one request each, at most two), or None when neither does."""
+    import requests
+    from google.api_core import exceptions
+    from google.auth.exceptions import GoogleAuthError
+    from google.cloud.bigquery import DEFAULT_RETRY
+
+    from lockgate.sources.base import db_message, label
+    from lockgate.sources.bigquery import BigQuerySource, client_for
+
+    client = client_for(settings, name=name)
+    # a minute of retries at most, not the client's ten: a load of the next interval tries again
+    retry = DEFAULT_RETRY.with_deadline(60)
+    try:
+        for wanted in dict.fromkeys(d for d in (dataset, settings.dataset) if d):
+            try:
+                return cast(str, client.get_dataset(wanted, retry=retry, timeout=30).location)
+            except exceptions.NotFound:
+                continue
+        return None
+    # a refusal, the network, the login: the load could not run either
+    except (exceptions.GoogleAPIError, GoogleAuthError, requests.RequestException) as exc:
+        raise SourceError(
+            f"{label(BigQuerySource.NAME, name)}: cannot look up the location of dataset "
+            f"`{dataset}` for webhook events: {db_message(exc)}",
+            hint=f"set `location` on source `{name}` in lockgate.yml (e.g. `EU`) to skip the "
+            "lookup, or let the credentials read the dataset (roles/bigquery.metadataViewer)",
+        ) from exc
+    finally:
+        client.close()
 
 
 def _wait_for_duckdb(path: Path, *, wait: float) -> None:
