@@ -24,7 +24,8 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   delivered again (``run._related_snapshots``).
   ``ident``: the identifiers it was sent to. A record new to the snapshot (its first
   delivery unconfirmed) may exist in Customer.io all the same: if its row leaves, a `mirror`
-  run undoes it by these (``diff.unsure_new``).
+  run undoes it by these (``diff.unsure_new``); one whose row reaches it under a new key is
+  kept, and its mark dropped once the new key is delivered (``diff.forget_rekeyed``).
 - ``sending__S(kh, action, k, ident)``: the write-ahead record of what a run is about to send
   (the hash of each record's key, the action sent: `identify`, `delete`, ...; and, for the
   records new to the snapshot, the key and identifiers, which a record of it must keep to be

@@ -653,13 +653,17 @@ def forget_rekeyed(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int:
     One whose identifiers no single other record carries is kept: it is what links them (a
     row by `id` and one by email, once both on one row) so that the run does not undo a
     person another row still reaches. One whose new key was not delivered is kept until it
-    is, so the record is still undone (`mirror`) when its last row leaves. Returns how many
-    were forgotten."""
+    is, so the record is still undone (`mirror`) when its last row leaves.
+
+    A record whose first delivery was unconfirmed (not in the snapshot: its unconfirmed mark
+    with the identifiers it was sent to, :func:`unsure_new`) is forgotten the same way: its
+    mark is dropped, else every later `mirror` run would find it gone (and kept) again. So is
+    the mark of a snapshot record forgotten. Returns how many were forgotten."""
     if sync.kind == "events" or not temp_table(con, "rekeyed"):
         return 0
     if not _one(con, "select count(*) from rekeyed"):
         return 0
-    snap = table("snap", sync.name)
+    snap, unconfirmed = table("snap", sync.name), table("unconfirmed", sync.name)
     keys = _record_keys(sync, "s.ident")
     run_sql(
         con,
@@ -667,7 +671,14 @@ def forget_rekeyed(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int:
         create or replace temp table rekeyed_held as
         with old as (
             select k, a, count(*) over (partition by k) as n from (
-                select s.k, unnest({keys}) as a from {snap} s semi join rekeyed r on r.k = s.k
+                select s.k, unnest({keys}) as a from (
+                    select k, ident from {snap} semi join rekeyed r on r.k = {snap}.k
+                    union all
+                    select u.k, max(u.ident) from {unconfirmed} u
+                    semi join rekeyed r on r.k = u.k
+                    anti join {snap} x on x.k = u.k
+                    where u.ident is not null group by u.k
+                ) s
             ) where a is not null
         ),
         others as (
@@ -691,7 +702,9 @@ def forget_rekeyed(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int:
         )
     gone = int(_one(con, "select count(distinct k) from rekeyed_held") or 0)
     if gone:
-        run_sql(con, f"delete from {snap} where k in (select k from rekeyed_held)")
+        with transaction(con):
+            run_sql(con, f"delete from {snap} where k in (select k from rekeyed_held)")
+            run_sql(con, f"delete from {unconfirmed} where k in (select k from rekeyed_held)")
     run_sql(con, "drop table rekeyed; drop table rekeyed_held")
     return gone
 
