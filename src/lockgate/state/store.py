@@ -13,7 +13,9 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
 - ``journal__S(run_id, k, h, ident, removed)``: what a run has delivered but not folded
   into the snapshot yet. Flushed during delivery, folded at the end of the run or at the
   start of the next one after a crash. This is what makes a crash safe: what was delivered
-  is recorded before the run moves on, and what was not is simply sent again.
+  is recorded before the run moves on, and what was not is simply sent again. A record
+  another sync's delete takes from the snapshot leaves the journal too
+  (``diff.forget_delivered``): folded back, it would count as delivered.
 - ``unconfirmed__S(k, run_id, action, ident)``: records sent whose answer never came (dead-lettered
   after retries, or cut off by a second SIGTERM/Ctrl-C): Customer.io may have applied them. The
   snapshot keeps what was last *confirmed* (an `on_change` event's key is made of it), and the
