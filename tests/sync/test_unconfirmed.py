@@ -584,3 +584,81 @@ def test_an_object_created_whose_answer_was_lost_is_cleared_once_its_row_leaves(
     assert (again.status, again.delivered) == ("success", 1)
     assert not any(initech().get(name) for name in ("name", "plan", "seats"))
     assert run_sync(project, "companies", console=NullConsole()).changes.to_send == 0
+
+
+BY_EMAIL = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: email
+identify_by: {email: email}
+attributes: {plan: plan}
+mode: mirror
+"""
+
+#: keyed by the account, identified by the user's `id`: an account key can change while
+#: the person stays the same
+BY_ACCOUNT = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: account
+identify_by: {id: user_id}
+attributes: {plan: plan}
+mode: mirror
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "rekey", "find"),
+    [
+        (BY_EMAIL, "update users set email = upper(email) where user_id = '5'", "email"),
+        (BY_ACCOUNT, "update users set account = 'acct-new' where user_id = '5'", "id"),
+        (
+            BY_EMAIL + "delete_removed: true\n",
+            "update users set email = upper(email) where user_id = '5'",
+            "email",
+        ),
+    ],
+    ids=["email-recased", "account-rekeyed", "email-recased-deleting"],
+)
+def test_a_person_created_whose_answer_was_lost_and_rekeyed_stops_counting_as_removed(
+    project_factory: ProjectFactory, body: str, rekey: str, find: str
+) -> None:
+    """Person 5 was created in Customer.io but the run never heard so (an unconfirmed mark
+    with the identifiers they were sent to); then their row's key changed (the email's case,
+    or the account of the same `id`). The mirror run keeps them (the new key reaches the same
+    person, nothing is undone) and sends the new key; once it is confirmed, the old key's
+    mark is dropped: later runs and plans show nothing removed for them."""
+    project_factory.sql(
+        "create table users as select i::varchar as user_id, 'acct-' || i as account, "
+        "'u' || i || '@example.com' as email, 'pro' || i as plan from range(5) t(i)"
+    )
+    project = project_factory.write({"profile": body}, retries=0)
+    emu = project_factory.emulator
+    run_sync(project, "profile", console=NullConsole())
+
+    project_factory.sql("insert into users values ('5', 'acct-5', 'u5@example.com', 'pro5')")
+    emu.set_faults(ANSWERS_LOST)
+    run_sync(project, "profile", console=NullConsole())
+    emu.set_faults(FaultConfig())
+
+    def person5() -> Any:
+        return emu.person(**{find: "u5@example.com" if find == "email" else "5"})
+
+    assert person5() is not None  # created, never confirmed
+
+    project_factory.sql(rekey)
+    rekeyed = run_sync(load_project(project.root), "profile", console=NullConsole())
+    assert rekeyed.status == "success"
+    assert (rekeyed.changes.removed, rekeyed.changes.rekeyed) == (1, 1)
+    assert rekeyed.changes.removed_sent == 0  # kept: the new key reaches them
+    for _ in range(2):
+        plan = plan_sync(load_project(project.root), "profile", console=NullConsole())
+        assert (plan.changes.to_send, plan.changes.removed, plan.changes.rekeyed) == (0, 0, 0)
+        again = run_sync(load_project(project.root), "profile", console=NullConsole())
+        assert (again.changes.to_send, again.changes.removed, again.changes.rekeyed) == (0, 0, 0)
+    assert person5() is not None and person5().attributes.get("plan") == "pro5"
+    assert len(emu.people()) == 6

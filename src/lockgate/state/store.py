@@ -13,7 +13,9 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
 - ``journal__S(run_id, k, h, ident, removed)``: what a run has delivered but not folded
   into the snapshot yet. Flushed during delivery, folded at the end of the run or at the
   start of the next one after a crash. This is what makes a crash safe: what was delivered
-  is recorded before the run moves on, and what was not is simply sent again.
+  is recorded before the run moves on, and what was not is simply sent again. A record
+  another sync's delete takes from the snapshot leaves the journal too
+  (``diff.forget_delivered``): folded back, it would count as delivered.
 - ``unconfirmed__S(k, run_id, action, ident)``: records sent whose answer never came (dead-lettered
   after retries, or cut off by a second SIGTERM/Ctrl-C): Customer.io may have applied them. The
   snapshot keeps what was last *confirmed* (an `on_change` event's key is made of it), and the
@@ -24,7 +26,8 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   delivered again (``run._related_snapshots``).
   ``ident``: the identifiers it was sent to. A record new to the snapshot (its first
   delivery unconfirmed) may exist in Customer.io all the same: if its row leaves, a `mirror`
-  run undoes it by these (``diff.unsure_new``).
+  run undoes it by these (``diff.unsure_new``); one whose row reaches it under a new key is
+  kept, and its mark dropped once the new key is delivered (``diff.forget_rekeyed``).
 - ``sending__S(kh, action, k, ident)``: the write-ahead record of what a run is about to send
   (the hash of each record's key, the action sent: `identify`, `delete`, ...; and, for the
   records new to the snapshot, the key and identifiers, which a record of it must keep to be

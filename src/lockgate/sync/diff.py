@@ -348,51 +348,95 @@ def present_ends(con: duckdb.DuckDBPyConnection, syncs: list[str]) -> tuple[list
 
 
 def forget_relationships_of(
-    con: duckdb.DuckDBPyConnection, kind: str, relationship_snaps: list[str], idents: list[str]
+    con: duckdb.DuckDBPyConnection, kind: str, relationship_syncs: list[str], idents: list[str]
 ) -> None:
-    """Take out of the snapshots ``relationship_snaps`` the relationships of the people
-    (``kind`` `people`) or objects (`objects`) ``idents`` (their identifiers JSON, as their
-    snapshot holds them), deleted, or sent a delete whose answer never came.
+    """Take out of the state of the relationships syncs ``relationship_syncs`` the
+    relationships of the people (``kind`` `people`) or objects (`objects`) ``idents`` (their
+    identifiers JSON, as their snapshot holds them), deleted, or sent a delete whose answer
+    never came.
 
     Customer.io deletes a person's (an object's) relationships with them, so these are (or
     may be) gone: no longer counted as delivered, they are sent again once the record is
     delivered again, even by a relationships sync that runs only after that (it would
     otherwise never see the record gone). Meanwhile its diff holds them (absent from the
-    snapshot of the record's sync, or its delete unconfirmed: :func:`present_ends`)."""
-    if not relationship_snaps or kind not in ("people", "objects"):
+    snapshot of the record's sync, or its delete unconfirmed: :func:`present_ends`). What a
+    killed run of that sync delivered and left in its journal goes too
+    (:func:`forget_delivered`)."""
+    if not relationship_syncs or kind not in ("people", "objects"):
         return
     with registered(con, "_deleted_ends", pa.table({"ident": pa.array(idents, pa.string())})):
-        for snap in relationship_snaps:
-            run_sql(con, f"delete from {snap} where {relationships_of(kind, '_deleted_ends')}")
+        for name in relationship_syncs:
+            forget_delivered(con, name, delivered_relationships_of(kind, name, "_deleted_ends"))
 
 
 def forget_people_of(
-    con: duckdb.DuckDBPyConnection, people_snaps: dict[str, str], idents: list[str]
+    con: duckdb.DuckDBPyConnection, people_syncs: list[str], idents: list[str]
 ) -> dict[str, int]:
-    """Take out of the snapshots of other people syncs (``people_snaps``: sync name to
-    snapshot table) the rows of the people ``idents`` (their identifiers JSON), whom a people
-    sync's `delete` Customer.io confirmed deleted: those syncs' snapshots no longer say them
-    delivered, so their next run sends them again in full. Returns, by sync, how many rows
-    each forgot (syncs that forgot none left out).
+    """Take out of the state of other people syncs (``people_syncs``) the rows of the
+    people ``idents`` (their identifiers JSON), whom a people sync's `delete` Customer.io
+    confirmed deleted: those syncs no longer count them delivered, so their next run sends
+    them again in full. Returns, by sync, how many rows each forgot (syncs that forgot none
+    left out).
 
     A delete whose answer never came forgets nothing: its sync sends it again, and only once
     Customer.io confirms it are the people gone."""
     forgot: dict[str, int] = {}
-    if not people_snaps or not idents:
+    if not people_syncs or not idents:
         return forgot
     with registered(con, "_deleted_people", pa.table({"ident": pa.array(idents, pa.string())})):
-        for name, snap in people_snaps.items():
-            n = _one(con, f"delete from {snap} where k in ({people_of(snap, '_deleted_people')})")
+        for name in people_syncs:
+            n = forget_delivered(con, name, delivered_people_of(name, "_deleted_people"))
             if n:
                 forgot[name] = n
     return forgot
 
 
+def forget_delivered(con: duckdb.DuckDBPyConnection, sync: str, keys: str) -> int:
+    """Take the records ``keys`` (SQL selecting ``k``, distinct) out of what the state of
+    ``sync`` counts delivered: its snapshot, and its journal. A run killed while sending
+    leaves in the journal what Customer.io confirmed, which its next run folds into the
+    snapshot: a record deleted meanwhile (by another sync) would count as delivered again,
+    and never be sent. Returns how many records were forgotten."""
+    snap, journal = table("snap", sync), table("journal", sync)
+    run_sql(con, f"create or replace temp table _forgotten as {keys}")
+    n = int(_one(con, "select count(*) from _forgotten") or 0)
+    if n:
+        run_sql(
+            con,
+            f"delete from {snap} where k in (select k from _forgotten); "
+            f"delete from {journal} where k in (select k from _forgotten)",
+        )
+    run_sql(con, "drop table _forgotten")
+    return n
+
+
+def delivered_people_of(sync: str, deleted: str) -> str:
+    """SQL selecting the keys ``k`` the people sync ``sync`` counts delivered (its snapshot,
+    and the journal a killed run left) whose person is one of the people of ``deleted``
+    (:func:`people_of`)."""
+    return (
+        f"{people_of(table('snap', sync), deleted)} "
+        f"union {people_of(table('journal', sync), deleted)}"
+    )
+
+
+def delivered_relationships_of(kind: str, sync: str, deleted: str) -> str:
+    """SQL selecting the keys ``k`` the relationships sync ``sync`` counts delivered (its
+    snapshot, and the journal a killed run left) whose person (``kind`` `people`) or object
+    (`objects`) is one of the records of ``deleted`` (:func:`relationships_of`)."""
+    of = relationships_of(kind, deleted)
+    return (
+        f"select k from {table('snap', sync)} where {of} "
+        f"union select k from {table('journal', sync)} where {of}"
+    )
+
+
 def people_of(snap: str, deleted: str) -> str:
-    """SQL selecting the keys ``k`` of the people snapshot ``snap`` whose person shares an
-    identifier Customer.io finds people by (`id`, email in lower case, `cio_id`) with one of
-    the people of ``deleted`` (a relation with their identifiers JSON as ``ident``): the
-    same person, as relationships are matched to people (:func:`relationships_of`)."""
+    """SQL selecting the keys ``k`` of the people snapshot ``snap`` (or journal) whose person
+    shares an identifier Customer.io finds people by (`id`, email in lower case, `cio_id`)
+    with one of the people of ``deleted`` (a relation with their identifiers JSON as
+    ``ident``): the same person, as relationships are matched to people
+    (:func:`relationships_of`)."""
     return (
         "select distinct k from (select k, unnest(['id', 'email', 'cio_id']) as kind, "
         "unnest([json_extract_string(ident, '$.id'), "
@@ -653,13 +697,17 @@ def forget_rekeyed(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int:
     One whose identifiers no single other record carries is kept: it is what links them (a
     row by `id` and one by email, once both on one row) so that the run does not undo a
     person another row still reaches. One whose new key was not delivered is kept until it
-    is, so the record is still undone (`mirror`) when its last row leaves. Returns how many
-    were forgotten."""
+    is, so the record is still undone (`mirror`) when its last row leaves.
+
+    A record whose first delivery was unconfirmed (not in the snapshot: its unconfirmed mark
+    with the identifiers it was sent to, :func:`unsure_new`) is forgotten the same way: its
+    mark is dropped, else every later `mirror` run would find it gone (and kept) again. So is
+    the mark of a snapshot record forgotten. Returns how many were forgotten."""
     if sync.kind == "events" or not temp_table(con, "rekeyed"):
         return 0
     if not _one(con, "select count(*) from rekeyed"):
         return 0
-    snap = table("snap", sync.name)
+    snap, unconfirmed = table("snap", sync.name), table("unconfirmed", sync.name)
     keys = _record_keys(sync, "s.ident")
     run_sql(
         con,
@@ -667,7 +715,14 @@ def forget_rekeyed(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int:
         create or replace temp table rekeyed_held as
         with old as (
             select k, a, count(*) over (partition by k) as n from (
-                select s.k, unnest({keys}) as a from {snap} s semi join rekeyed r on r.k = s.k
+                select s.k, unnest({keys}) as a from (
+                    select k, ident from {snap} semi join rekeyed r on r.k = {snap}.k
+                    union all
+                    select u.k, max(u.ident) from {unconfirmed} u
+                    semi join rekeyed r on r.k = u.k
+                    anti join {snap} x on x.k = u.k
+                    where u.ident is not null group by u.k
+                ) s
             ) where a is not null
         ),
         others as (
@@ -691,7 +746,9 @@ def forget_rekeyed(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int:
         )
     gone = int(_one(con, "select count(distinct k) from rekeyed_held") or 0)
     if gone:
-        run_sql(con, f"delete from {snap} where k in (select k from rekeyed_held)")
+        with transaction(con):
+            run_sql(con, f"delete from {snap} where k in (select k from rekeyed_held)")
+            run_sql(con, f"delete from {unconfirmed} where k in (select k from rekeyed_held)")
     run_sql(con, "drop table rekeyed; drop table rekeyed_held")
     return gone
 

@@ -123,12 +123,7 @@ def record(
         gone = con.execute(f"select count(*) from {deleted}").fetchall()[0][0]
         for other in people_syncs(project, sync) if gone else []:
             store.ensure_sync_tables(other.name)
-            _dropping(
-                con,
-                planned,
-                other.name,
-                diff_step.people_of(table("snap", other.name), deleted),
-            )
+            _dropping(con, planned, other.name, diff_step.delivered_people_of(other.name, deleted))
 
 
 def people_syncs(project: Project, sync: SyncConfig) -> list[SyncConfig]:
@@ -156,7 +151,7 @@ def resent_by(store: StateStore, project: Project, sync: SyncConfig) -> dict[str
     for other in people_syncs(project, sync):
         store.ensure_sync_tables(other.name)
         n = store.con.execute(
-            f"select count(*) from ({diff_step.people_of(table('snap', other.name), deleted)})"
+            f"select count(*) from ({diff_step.delivered_people_of(other.name, deleted)})"
         ).fetchall()[0][0]
         if n:
             found[other.name] = int(n)
@@ -193,8 +188,7 @@ def _forget_relationships(
             con,
             planned,
             other.name,
-            f"select k from {table('snap', other.name)} "
-            f"where {diff_step.relationships_of(sync.kind, deleted)}",
+            diff_step.delivered_relationships_of(sync.kind, other.name, deleted),
         )
 
 

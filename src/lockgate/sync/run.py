@@ -1354,16 +1354,16 @@ def _relationships_of(
     (``Committer``)."""
     if sync.kind not in ("people", "objects") or not sync.delete_removed:
         return None
-    snaps = []
+    syncs = []
     for other in planned_step.relationship_syncs(project, sync):
         store.ensure_sync_tables(other.name)
-        snaps.append(table("snap", other.name))
-    if not snaps:
+        syncs.append(other.name)
+    if not syncs:
         return None
     kind = sync.kind
 
     def forget(writer: StateStore, idents: list[str]) -> None:
-        diff_step.forget_relationships_of(writer.con, kind, snaps, idents)
+        diff_step.forget_relationships_of(writer.con, kind, syncs, idents)
 
     return forget
 
@@ -1372,17 +1372,17 @@ def _people_of(
     store: StateStore, project: Project, sync: SyncConfig
 ) -> Callable[[StateStore, list[str]], dict[str, int]] | None:
     """For a people sync that deletes people (`mirror`, `delete_removed`): what forgets, in
-    the snapshots of the other people syncs of its destination, the people whose delete
+    the state of the other people syncs of its destination, the people whose delete
     Customer.io confirmed, so those syncs send them again (``Committer.forget_people``)."""
-    snaps = {}
+    syncs = []
     for other in planned_step.people_syncs(project, sync):
         store.ensure_sync_tables(other.name)
-        snaps[other.name] = table("snap", other.name)
-    if not snaps:
+        syncs.append(other.name)
+    if not syncs:
         return None
 
     def forget(writer: StateStore, idents: list[str]) -> dict[str, int]:
-        return diff_step.forget_people_of(writer.con, snaps, idents)
+        return diff_step.forget_people_of(writer.con, syncs, idents)
 
     return forget
 

@@ -1,0 +1,172 @@
+"""A person deleted by one people sync while another sync's killed run left deliveries of
+them unfolded.
+
+A run SIGKILLed mid-delivery leaves what Customer.io confirmed in its journal, folded into
+its snapshot by its next run. A `mirror` + `delete_removed` people sync that deletes a person
+meanwhile makes the other people syncs (and the relationships syncs) forget them, so they
+send them again: the journal must forget them too, or the next run folds the delivery back
+in and the person (or relationship) counts as delivered, missing from Customer.io for good.
+
+Each run of the sync that is killed sends one record a request, one request at a time,
+answered 2 s after Customer.io applied it: the first answer is journaled, then the run is
+killed with the second in flight.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.sync.test_objects import COMPANIES, MEMBERSHIPS, rels, run_all, seed
+from tests.sync.test_plan_all_matches_sync import PEOPLE as DELETING
+
+from lockgate.console import NullConsole
+from lockgate.emulator import FaultConfig
+from lockgate.project.loader import Project, load_project
+from lockgate.state.store import StateStore
+from lockgate.sync.run import plan_sync, run_sync
+
+ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
+
+COLORS = """
+name: colors
+source: warehouse
+model: {table: colors}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes: [color]
+"""
+
+
+def one_at_a_time(project: Project) -> Project:
+    """The project with one record a request, one request in flight."""
+    config = project.root / "lockgate.yml"
+    text = config.read_text()
+    assert "    max_retries: 0\n" in text
+    config.write_text(
+        text.replace(
+            "    max_retries: 0\n", "    max_retries: 0\n    concurrency: 1\n    batch_size: 1\n"
+        )
+    )
+    return load_project(project.root)
+
+
+def killed_after_one_answer(root: Path, sync: str, emu: Any, applied: Callable[[], int]) -> None:
+    """`lockgate sync SYNC` in a process of its own, each request answered 2 s after it is
+    applied; SIGKILLed once ``applied()`` counts two changes in the emulator (the first one
+    answered and journaled, the second in flight)."""
+    emu.set_faults(FaultConfig(answer_latency_ms=2000))
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "lockgate", "sync", sync, "--project", str(root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while applied() < 2 and time.monotonic() < deadline and victim.poll() is None:
+            time.sleep(0.05)
+        assert applied() == 2, "the changes never reached the emulator"
+        time.sleep(0.5)  # the first answer's journal write lands; the second is 1.5 s away
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert victim.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    emu.set_faults(FaultConfig())
+
+
+def journaled(project: Project, sync: str) -> list[str]:
+    """The keys the journal of ``sync`` holds (delivered, not folded)."""
+    with StateStore.open(project.state_dir) as store:
+        return [str(r[0]) for r in store.exec_sql(f'select k from "journal__{sync}"')]
+
+
+def test_a_person_deleted_after_another_syncs_killed_run_delivered_them_is_sent_again(
+    project_factory: ProjectFactory,
+) -> None:
+    """`colors` delivers new colors to users 2 and 3 and is killed: one delivery journaled,
+    one in flight. `people` then deletes both. `colors`' next run must send both again in
+    full: the journaled one was folded back in as delivered, and user stayed deleted."""
+    project_factory.sql(
+        "create table users as select i as user_id, 'U' || i as first_name from range(1, 5) t(i);"
+        "create table colors as select i as user_id, 'hue' || i as color from range(1, 5) t(i)"
+    )
+    project = one_at_a_time(
+        project_factory.write({"people": DELETING, "colors": COLORS}, retries=0)
+    )
+    emu = project_factory.emulator
+    run_all(project)
+
+    project_factory.sql("update colors set color = 'new' || user_id where user_id in (2, 3)")
+
+    def recolored() -> int:
+        return sum(
+            1
+            for i in ("2", "3")
+            if (p := emu.person(id=i)) is not None and p.attributes.get("color") == "new" + i
+        )
+
+    killed_after_one_answer(project.root, "colors", emu, recolored)
+    assert len(journaled(project, "colors")) == 1
+
+    project_factory.sql("delete from users where user_id in (2, 3)")
+    deleted = run_sync(load_project(project.root), "people", console=NullConsole())
+    assert (deleted.status, deleted.changes.removed_sent) == ("success", 2)
+    assert deleted.resent_by == (("colors", 2),)
+    assert emu.person(id="2") is None and emu.person(id="3") is None
+
+    again = run_sync(load_project(project.root), "colors", console=NullConsole())
+    assert (again.status, again.changes.new, again.delivered) == ("success", 2, 2)
+    for i in ("2", "3"):
+        person = emu.person(id=i)
+        assert person is not None and person.attributes == {"color": "new" + i}
+    for name in ("people", "colors"):
+        assert plan_sync(project, name, console=NullConsole()).changes.to_send == 0
+
+
+def test_a_relationship_a_killed_run_delivered_is_sent_again_once_its_deleted_person_is_back(
+    project_factory: ProjectFactory,
+) -> None:
+    """`memberships` delivers two memberships of Linus and is killed: one journaled, one in
+    flight. `people` deletes Linus (Customer.io deletes his relationships with him), then
+    he is back: both memberships must be sent again, the journaled one too."""
+    seed(project_factory)
+    project = one_at_a_time(
+        project_factory.write(
+            {
+                "companies": COMPANIES,
+                "people": DELETING,
+                "memberships": MEMBERSHIPS,
+            },
+            retries=0,
+        )
+    )
+    emu = project_factory.emulator
+    run_all(project)
+    moved = {("3", "1", "globex", "admin"), ("3", "1", "acme", "member")}
+
+    project_factory.sql(
+        "update members set role = 'admin' where user_id = 3;"
+        "insert into members values (3, 'acme', 'member')"
+    )
+    killed_after_one_answer(project.root, "memberships", emu, lambda: len(moved & rels(emu)))
+    assert len(journaled(project, "memberships")) == 1
+
+    project_factory.sql("delete from users where user_id = 3")
+    deleted = run_sync(load_project(project.root), "people", console=NullConsole())
+    assert (deleted.status, deleted.changes.removed_sent) == ("success", 1)
+    assert not {r for r in rels(emu) if r[0] == "3"}
+
+    project_factory.sql("insert into users values (3, 'Linus')")
+    runs = run_all(load_project(project.root))
+    assert [r.status for r in runs.values()] == ["success"] * 3
+    assert {r for r in rels(emu) if r[0] == "3"} == moved
+    for name in runs:
+        assert plan_sync(project, name, console=NullConsole()).changes.to_send == 0
