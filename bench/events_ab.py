@@ -4,11 +4,19 @@ sink. Each round appends ``NEW`` events to each side's copy of the model, then r
 ``lockgate sync events --json`` on each side (alternating which goes first), then a run with
 nothing new; whole-process wall time, peak RSS and the engine's phases, as ``bench/events.py``.
 
+With ``--build N``, the model of N events and its state (one full sync to the sink) are made
+here first (``project`` and ``warehouse`` name where). With ``--identity``, the project gets an
+``identity:`` section (identity source ``app_users``: one row per person of the model, its
+``user_id`` and an email) and the events sync identifies rows by the declared type
+``user_id``, so every run resolves the events through the identity graph.
+
 Usage::
 
     git archive <commit> src | tar -x -C /tmp/before
     .venv/bin/python bench/events_ab.py /tmp/before/src /tmp/lockgate-bench-events/lockgate-big \\
         /tmp/lockgate-bench-events/events-big.duckdb --rounds 1 --new 10000
+    .venv/bin/python bench/events_ab.py /tmp/before/src /tmp/ab/project /tmp/ab/wh.duckdb \\
+        --build 1500000 --identity --rounds 3 --new 15000
 """
 
 from __future__ import annotations
@@ -21,10 +29,58 @@ import sys
 import tempfile
 from pathlib import Path
 
+import duckdb
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import events as ev  # bench/events.py
 import sync_sink  # bench/sync_sink.py
+
+#: ``--identity``: the identity section (the sink's project has none)
+IDENTITY = """\
+identity:
+  identifier_types:
+    user_id: {priority: 1, limit: 1, customerio: id}
+    email: {priority: 2, limit: 5, customerio: email}
+  sources:
+    - {name: app_users, table: app_users}
+"""
+
+
+def through_graph(project: Path, warehouse: Path) -> None:
+    """``--identity``: an identity section, its source ``app_users`` (every person of the
+    model: ``user_id``, an email), and the events sync identified by the declared type."""
+    con = duckdb.connect(str(warehouse))
+    try:
+        con.execute(
+            "create or replace table app_users as select distinct user_id, "
+            "'user' || user_id || '@example.com' as email from events"
+        )
+        con.execute("checkpoint")
+    finally:
+        con.close()
+    yml = project / "lockgate.yml"
+    if "identity:" not in yml.read_text():
+        yml.write_text(yml.read_text() + IDENTITY)
+    sync = project / "syncs" / f"{ev.SYNC}.yml"
+    sync.write_text(
+        sync.read_text().replace("identify_by: {id: user_id}", "identify_by: {user_id: user_id}")
+    )
+
+
+def build(project: Path, warehouse: Path, rows: int, url: str, identity: bool) -> None:
+    """``--build``: a model of ``rows`` events and its state, one full sync to the sink."""
+    warehouse.parent.mkdir(parents=True, exist_ok=True)
+    seconds = ev.build_warehouse(warehouse, rows)
+    ev.console.print(f"model of {rows:,} events built in {seconds:.1f} s")
+    ev.write_project(project, warehouse, url)
+    if identity:
+        through_graph(project, warehouse)
+    os.environ["PYTHONPATH"] = str(ev.bench.ROOT / "src")
+    p, doc, _ = ev.lockgate("sync", project)
+    # through the graph, a person whose `user_id` it takes for junk (`0`) is no one: rejected
+    assert doc[0]["delivered"] + doc[0]["changes"]["rejected"] == rows, doc[0]
+    ev.console.print(f"full sync: {p.seconds:.1f} s, peak RSS {p.peak_rss / ev.MiB:,.0f} MiB")
 
 
 def main() -> None:
@@ -34,10 +90,14 @@ def main() -> None:
     parser.add_argument("warehouse", type=Path, help="its DuckDB model")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--new", type=int, default=10_000)
+    parser.add_argument("--build", type=int, default=0, help="make the model and state first")
+    parser.add_argument("--identity", action="store_true", help="through the identity graph")
     args = parser.parse_args()
     sides = {"before": str(args.before), "after": str(ev.bench.ROOT / "src")}
     work = Path(tempfile.mkdtemp(prefix="lockgate-events-ab-"))
     with sync_sink.sink() as url:
+        if args.build:
+            build(args.project, args.warehouse, args.build, url, args.identity)
         for side in sides:
             d = work / side
             shutil.copytree(args.project, d / "project")
@@ -45,6 +105,8 @@ def main() -> None:
             yml = d / "project" / "lockgate.yml"
             text = re.sub(r"path: .*", f"path: {d / 'wh.duckdb'}", yml.read_text())
             yml.write_text(re.sub(r"track_url: .*", f"track_url: {url}", text))
+            if args.identity:
+                through_graph(d / "project", d / "wh.duckdb")
         for i in range(args.rounds):
             order = list(sides) if i % 2 == 0 else list(sides)[::-1]
             for what in ("incremental", "nothing new"):
@@ -53,14 +115,15 @@ def main() -> None:
                         ev.append_events(work / side / "wh.duckdb", args.new)
                     os.environ["PYTHONPATH"] = sides[side]
                     try:
-                        p, _, phases = ev.lockgate("sync", work / side / "project")
+                        p, doc, phases = ev.lockgate("sync", work / side / "project")
                     except (Exception, SystemExit) as exc:
                         ev.console.print(f"{side} {what}: failed: {str(exc)[:300]}")
                         continue
                     steps = ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
                     ev.console.print(
                         f"{side} {what}: {p.seconds:.2f} s, CPU {p.cpu:.1f} s, "
-                        f"peak RSS {p.peak_rss / ev.MiB:,.0f} MiB; {steps}"
+                        f"peak RSS {p.peak_rss / ev.MiB:,.0f} MiB; sent {doc[0]['delivered']:,}, "
+                        f"rows copied {doc[0]['changes'].get('rows_copied', -1):,}; {steps}"
                     )
     shutil.rmtree(work, ignore_errors=True)
 

@@ -12,7 +12,7 @@ the temp table ``changes`` holding exactly the operations to send.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1963,13 +1963,34 @@ def _repeated_events(con: duckdb.DuckDBPyConnection) -> int:
     return int(_one(con, "select count(*) from ev_repeats") or 0)
 
 
-def _events_in_place(
-    con: duckdb.DuckDBPyConnection, compiled: Compiled, ledger: str, in_place: InPlace
-) -> tuple[int, int] | None:
+@dataclass(frozen=True)
+class StagedEvents:
+    """An events model read in place (:meth:`InPlace.key_events`): the rows of keys the ledger
+    lacks copied into ``model`` (:func:`stage_new_events`), the others counted."""
+
+    old_rows: int
+    """Rows of the model whose key the ledger has (already delivered)."""
+    old_keys: int
+    """Distinct keys among them."""
+    new_rows: int
+    """Rows of keys the ledger lacks: those copied into ``model``."""
+    restage: Callable[[], None]
+    """Copy the whole model into ``model`` instead, as a run that does not read it in place
+    (and key it through the identity graph, when the sync uses one)."""
+
+
+def stage_new_events(
+    con: duckdb.DuckDBPyConnection,
+    ledger: str,
+    in_place: InPlace,
+    restage: Callable[[], None] | None = None,
+) -> StagedEvents:
     """Fill ``model`` with the rows of keys the ledger lacks, from the temp table ``ev_keyed``
-    the source built (:meth:`InPlace.key_events`), and return the rows and distinct keys of
-    the model the ledger has; None, with ``model`` the whole model, when the source did not
-    give those rows back as keyed (a model that reads differently on each read)."""
+    the source built (:meth:`InPlace.key_events`), every copy of each, in the model's own
+    types; count the rows and distinct keys the ledger has. A row of a delivered key whose
+    columns hash as one of them (a 64-bit collision) comes too: :func:`diff_events` keeps
+    exactly the rows of new keys. ``restage`` (by default :meth:`InPlace.stage_all`) copies
+    the whole model when the source did not give those rows back as keyed."""
     old_rows = int(_one(con, "select count(*) from ev_keyed where done") or 0)
     old_keys = int(
         _one(con, "select count(*) from (select k from ev_keyed where done group by k)") or 0
@@ -1978,8 +1999,18 @@ def _events_in_place(
     hashes = con.sql("select distinct h from ev_keyed where not done").to_arrow_table()
     run_sql(con, "drop table ev_keyed")
     in_place.stage_rows(con, hashes, lambda _: None)
-    # exactly the rows of keys the ledger lacks: a row of a delivered key whose columns hash
-    # as one of them (a 64-bit collision) came too
+    return StagedEvents(
+        old_rows, old_keys, new_rows, restage or (lambda: in_place.stage_all(con, lambda _: None))
+    )
+
+
+def _events_in_place(
+    con: duckdb.DuckDBPyConnection, compiled: Compiled, ledger: str, staged: StagedEvents
+) -> tuple[int, int] | None:
+    """Keep in ``model`` (filled by :func:`stage_new_events`) exactly the rows of keys the
+    ledger lacks, and return the rows and distinct keys of the model the ledger has; None,
+    with ``model`` the whole model (``staged.restage``), when the source did not give those
+    rows back as keyed (a model that reads differently on each read)."""
     run_sql(
         con,
         f"""
@@ -1991,11 +2022,11 @@ def _events_in_place(
         alter table model_todo rename to model;
         """,
     )
-    if _one(con, "select count(*) from model") == new_rows:
-        return old_rows, old_keys
+    if _one(con, "select count(*) from model") == staged.new_rows:
+        return staged.old_rows, staged.old_keys
     # the model read differently the second time (a column from `random()` or `now()`): copy
     # it whole and diff that, as a run that does not read it in place
-    in_place.stage_all(con, lambda _: None)
+    staged.restage()
     return None
 
 
@@ -2005,6 +2036,7 @@ def diff_events(
     compiled: Compiled,
     *,
     in_place: InPlace | None = None,
+    staged: StagedEvents | None = None,
 ) -> ChangeSet:
     """Fill ``changes`` with the events to send: each key not in the ledger, once.
 
@@ -2028,13 +2060,17 @@ def diff_events(
 
     With ``in_place``, the temp table ``ev_keyed`` was built in the source
     (:meth:`InPlace.key_events`): only the rows of keys the ledger lacks are copied into
-    ``model`` (:func:`_events_in_place`), the delivered ones are counted from their keys."""
+    ``model`` (:func:`stage_new_events`), the delivered ones are counted from their keys.
+    With ``staged``, the caller copied them already (a sync through the identity graph keys
+    the copied rows before they are mapped)."""
     ledger = table("ledger", sync.name)
     ids = table("event_ids", sync.name)
     skip_backfill = sync.backfill.older == "skip"
     # rows (and distinct keys) of the model whose key the ledger has: already delivered
     old_rows = old_keys = 0
-    counted = _events_in_place(con, compiled, ledger, in_place) if in_place else None
+    if staged is None and in_place is not None:
+        staged = stage_new_events(con, ledger, in_place)
+    counted = _events_in_place(con, compiled, ledger, staged) if staged is not None else None
     if counted is not None:
         old_rows, old_keys = counted
     elif _one(con, f"select exists(select 1 from {ledger})"):
@@ -2155,10 +2191,12 @@ def sample_ops(con: duckdb.DuckDBPyConnection, limit: int = 3) -> list[tuple[str
 
 __all__ = [
     "ChangeSet",
+    "StagedEvents",
     "diff_events",
     "diff_people",
     "diff_records",
     "lit",
     "sample_ops",
+    "stage_new_events",
     "with_payloads",
 ]

@@ -393,13 +393,26 @@ class InPlace:
         return f"hash({', '.join(q(name) for name in self.columns)})"
 
     def key_events(
-        self, con: duckdb.DuckDBPyConnection, compiled: Compiled, ledger: str, advance: Advance
+        self,
+        con: duckdb.DuckDBPyConnection,
+        compiled: Compiled,
+        ledger: str,
+        advance: Advance,
+        added: dict[str, str] | None = None,
     ) -> None:
         """The temp table ``ev_keyed`` (``k``, ``h``, ``done``) of every model row of an events
         sync: its event key as ``compiled`` computes it, the hash of all its columns
         (:attr:`row_hash`, to find it again), and whether the table ``ledger`` holds the key.
-        DuckDB computes only those two expressions of the mapping in the source."""
-        keys = f"select k, __rid as h from ({compiled.over(self.relation, self.row_hash)})"
+        DuckDB computes only those two expressions of the mapping in the source.
+
+        ``added`` (column -> type): columns ``compiled`` reads that the model lacks, read as
+        nulls of that type. The identity graph adds them to the rows it keys (the Customer.io
+        identifiers); an event's key is of the model's own columns, so they only bind."""
+        relation = self.relation
+        if added:
+            nulls = ", ".join(f"null::{kind} as {q(name)}" for name, kind in added.items())
+            relation = f"(select *, {nulls} from {relation})"
+        keys = f"select k, __rid as h from ({compiled.over(relation, self.row_hash)})"
         _load(
             con,
             self.source.read(keys),

@@ -512,6 +512,11 @@ def _prepare(
                         session.resolution = resolution
                 identity_ops = resolve_step.merge_operations(store, project, resolution)
                 merge_guard = resolve_step.merge_guard(resolution, identity_ops)
+                if in_place is not None:
+                    # an events model read in place: keyed first on no rows, for the columns
+                    # the graph adds (and their types) that the mapping reads; the rows of new
+                    # events are copied and keyed once the warehouse found them (below)
+                    in_place.stage_rows(store.con, _NO_ROWS, lambda _: None)
                 sync = resolve_step.key_rows(
                     store.con, sync, resolution, project.sync_files.get(sync.name)
                 )
@@ -532,11 +537,19 @@ def _prepare(
                 )
             except ConfigError as exc:
                 raise project.locate(exc, sync.name) from None
+        staged_events = None
         if in_place is not None:
             with step("extract"), console.progress(f"extract {sync.name}", None) as advance:
                 if sync.kind == "events":
                     ledger = table("ledger", sync.name)
-                    in_place.key_events(store.con, compiled, ledger, advance)
+                    # through the graph, the columns it adds are read as nulls: an event's key
+                    # is of the model's own columns
+                    graph = {c: t for c, t in staged.columns.items() if c not in in_place.columns}
+                    in_place.key_events(store.con, compiled, ledger, advance, graph)
+                    if resolution is not None:
+                        staged_events = _stage_new_events(
+                            store, project, configured, in_place, resolution, ledger
+                        )
                 else:
                     in_place.key(store.con, compiled, advance)
         if only:
@@ -558,7 +571,9 @@ def _prepare(
             if full_resync and sync.kind != "events":
                 _shadow_snapshot(store, sync.name)
             if sync.kind == "events":
-                changes = diff_step.diff_events(store.con, sync, compiled, in_place=in_place)
+                changes = diff_step.diff_events(
+                    store.con, sync, compiled, in_place=in_place, staged=staged_events
+                )
             else:
                 related = _related_snapshots(store, project, sync)
                 changes = diff_step.diff_records(
@@ -817,15 +832,48 @@ def _named_in_source(
     return InPlace.open(store.con, source, project.model_sql(sync), sync=sync.name)
 
 
+#: no rows to copy (:meth:`InPlace.stage_rows` then reads none)
+_NO_ROWS = pa.table({"h": pa.array([], pa.uint64())})
+
+
+def _stage_new_events(
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    in_place: InPlace,
+    resolution: Resolution,
+    ledger: str,
+) -> diff_step.StagedEvents:
+    """For an events sync through the identity graph read in place: copy the rows of keys the
+    ledger lacks (:func:`diff.stage_new_events`) and key them through the graph. The graph is
+    built from the identity sources, not from the model, and keys each row alone, so the rows
+    of delivered events (never sent again) need not be keyed. ``sync`` is the sync as
+    configured (not yet keyed)."""
+    from lockgate.sync import resolve as resolve_step
+
+    file = project.sync_files.get(sync.name)
+
+    def restage() -> None:  # the model read differently the second time: all of it
+        in_place.stage_all(store.con, lambda _: None)
+        resolve_step.key_rows(store.con, sync, resolution, file)
+
+    staged = diff_step.stage_new_events(store.con, ledger, in_place, restage)
+    resolve_step.key_rows(store.con, sync, resolution, file)
+    return staged
+
+
 def _in_place(
     store: StateStore, project: Project, sync: SyncConfig, source: Source, *, full_resync: bool
 ) -> InPlace | None:
     """The model read where it lives (see :class:`InPlace`) when that can save copying it: a
-    DuckDB model without an identity graph (which rewrites the staged rows), of a people,
-    objects or relationships sync with a snapshot to diff against (not a full resync, which
-    diffs against none), or of an events sync with delivered events in its ledger (a full
-    resync keeps the ledger, so it reads in place too)."""
-    if mapping.needs_identity(project, sync):
+    DuckDB model of a people, objects or relationships sync with a snapshot to diff against
+    (not a full resync, which diffs against none) and without an identity graph (which
+    rewrites the staged rows), or of an events sync with delivered events in its ledger (a
+    full resync keeps the ledger, so it reads in place too). Through the identity graph, only
+    the rows of new events are keyed by it (:func:`_stage_new_events`); not when the model has
+    a column named like one the graph adds (``profile_id``, ``cio_*``), which the copy drops."""
+    through_graph = mapping.needs_identity(project, sync)
+    if through_graph and sync.kind != "events":
         return None
     if sync.kind == "events":
         delivered = table("ledger", sync.name)
@@ -835,7 +883,21 @@ def _in_place(
         delivered = table("snap", sync.name)
     if not store.con.execute(f"select exists(select 1 from {delivered})").fetchall()[0][0]:
         return None
-    return InPlace.open(store.con, source, project.model_sql(sync), sync=sync.name)
+    in_place = InPlace.open(store.con, source, project.model_sql(sync), sync=sync.name)
+    if in_place is not None and through_graph and _graph_named(sync, list(in_place.columns)):
+        return None
+    return in_place
+
+
+def _graph_named(sync: SyncConfig, columns: list[str]) -> bool:
+    """Whether the model has a column named like one the identity graph adds to each row (the
+    copy drops it, or refuses the sync when it reads it: ``resolve.model_collisions``)."""
+    from lockgate.sync import resolve as resolve_step
+
+    try:
+        return bool(resolve_step.model_collisions(sync, columns))
+    except ConfigError:  # the copied run reports it, naming the sync file
+        return True
 
 
 class Prepared(NamedTuple):
