@@ -1620,6 +1620,8 @@ def run_sync(
 ) -> RunReport:
     """Run one sync to the end; returns its report. Raises StepError when a step fails,
     ContractError (before anything is sent) when a guardrail is breached and not ``force``.
+    With the default destination, its settings are checked first (:func:`check_destination`):
+    a variable not set fails the run before its model is read, sending or not.
     Runs that pass one ``session`` share the identity graph (see :class:`Session`).
 
     With ``only``, the run is of the records those values name (`lockgate sync --only`): only
