@@ -509,21 +509,22 @@ def test_a_variable_not_set_is_named_with_its_source_destination_or_alert_and_li
             f"`{option}` of source `{source}` in lockgate.yml"
         ) in err
 
-    # a sync: the source's path, then the destination's site id; the alert names its line
-    err = " ".join(fails(capsys, "sync", "profile", *at).split())
-    assert "lockgate.yml:5: source `warehouse`: environment variable `LG_TEST_DATA`" in err
-    assert (  # the first failure of a streak is alerted
-        "the `failed` alert to the alert URL was not sent: lockgate.yml:20: alerts[0]: "
-        "environment variable `LG_TEST_ALERT` (for `url`) is not set"
-    ) in err
-    monkeypatch.setenv("LG_TEST_DATA", str(tmp_path))
+    # a sync: the destination's site id (checked before the model is read), then the
+    # source's path; the alert names its line
     err = " ".join(fails(capsys, "sync", "profile", *at).split())
     assert (
         "lockgate.yml:17: destination `customerio`: environment variable `LG_TEST_SITE` (for "
         "`site_id`) is not set"
     ) in err
-    # the API key left to its default is in the destination's block (line 15)
+    assert (  # the first failure of a streak is alerted
+        "the `failed` alert to the alert URL was not sent: lockgate.yml:20: alerts[0]: "
+        "environment variable `LG_TEST_ALERT` (for `url`) is not set"
+    ) in err
     monkeypatch.setenv("LG_TEST_SITE", "site")
+    err = " ".join(fails(capsys, "sync", "profile", *at).split())
+    assert "lockgate.yml:5: source `warehouse`: environment variable `LG_TEST_DATA`" in err
+    monkeypatch.setenv("LG_TEST_DATA", str(tmp_path))
+    # the API key left to its default is in the destination's block (line 15)
     monkeypatch.delenv("CUSTOMERIO_API_KEY")
     err = " ".join(fails(capsys, "sync", "profile", *at).split())
     assert (

@@ -278,3 +278,27 @@ def test_the_scheduler_warns_once_of_two_syncs_writing_one_attribute(
     assert said.count(warning) == 1, said
     runs = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["sync"], r["status"]) for r in runs] == [("profile", "success")] * 2
+
+
+def test_the_scheduler_refuses_to_start_when_a_scheduled_sync_could_not_send(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its environment does not change while it runs: a key not set would fail every round,
+    the first of them maybe hours away. It says so at once, and runs nothing."""
+    project_factory.sql(DATA)
+    project = project_factory.write({"profile": PROFILE, "orders": ORDERS, "leads": LEADS})
+    monkeypatch.delenv("CUSTOMERIO_API_KEY")
+    with pytest.raises(LockgateError) as refused:
+        CliRunner().invoke(
+            cli,
+            ["schedule", "--cycles", "1", "--project", str(project.root)],
+            catch_exceptions=False,
+            standalone_mode=False,
+        )
+    assert str(refused.value).startswith(
+        "lockgate.yml:7: syncs `orders`, `profile` could not send: destination `customerio`: "
+        "environment variable `CUSTOMERIO_API_KEY` (for `api_key`) is not set"
+    )
+    assert "export CUSTOMERIO_API_KEY=" in (refused.value.hint or "")
+    assert not (project.state_dir / "state.duckdb").exists()
+    assert project_factory.emulator.people() == []

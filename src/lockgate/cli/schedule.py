@@ -16,11 +16,11 @@ import orjson
 from lockgate.cli import signals_let_requests_finish
 from lockgate.cli.options import json_option, mark_printed_as_json, open_project, project_option
 from lockgate.console import RichConsole
-from lockgate.errors import LockgateError
+from lockgate.errors import ConfigError, LockgateError
 from lockgate.project.loader import Project
 from lockgate.stopping import Stopped
 from lockgate.sync.contract import run_warnings
-from lockgate.sync.run import RunReport, Session, run_sync, stopped_run
+from lockgate.sync.run import RunReport, Session, check_destination, run_sync, stopped_run
 from lockgate.sync.schedule import Timetable
 
 #: how long a round waits for a `lockgate sync` run by hand (or another process) that holds
@@ -88,6 +88,7 @@ def schedule(
         else:
             _show_timetable(console, table)
         return
+    _check_destinations(project, table)
     worst = 0  # 0 every run succeeded, 2 some records not delivered, 1 a run failed
     done = 0
     warned: set[str] = set()  # each said once, as `lockgate sync` says it once per command
@@ -122,6 +123,27 @@ def schedule(
             done += 1
     if worst:
         sys.exit(worst)
+
+
+def _check_destinations(project: Project, table: Timetable) -> None:
+    """Refuse to start when a scheduled sync's destination settings would fail each of its
+    runs (a variable not set): the scheduler's environment does not change while it runs, and
+    the first round may be hours away. The error names every sync it stops."""
+    failing: dict[str, tuple[ConfigError, list[str]]] = {}
+    for name in table.entries:
+        try:
+            check_destination(project, project.sync(name))
+        except ConfigError as exc:
+            failing.setdefault(str(exc), (exc, []))[1].append(name)
+    if failing:
+        first, names = next(iter(failing.values()))
+        syncs = ", ".join(f"`{n}`" for n in names)
+        raise ConfigError(
+            f"{'sync' if len(names) == 1 else 'syncs'} {syncs} could not send: {first.reason}",
+            hint=first.hint,
+            file=first.file,
+            line=first.line,
+        ) from first
 
 
 def _severity(code: int) -> int:

@@ -35,6 +35,7 @@ from lockgate.sync.run import (
     KIND_ORDER,
     RunReport,
     Session,
+    check_destination,
     plan_sync,
     recorded_run,
     run_sync,
@@ -345,6 +346,7 @@ def plan(
         progress.names = _sync_names(project, sync_names, plan_all)
         console = RichConsole(quiet=as_json)
         _warn_attribute_budget(project, progress.names, console)
+        _warn_destinations(project, progress.names, console)
         found: list[Any] = []  # the rejected rows of each plan, for `--export-rejected`
         # the plans of one command share the identity graph and the state store, as syncs do
         with Session() as session:
@@ -392,6 +394,22 @@ def _warn_attribute_budget(project: Project, names: Sequence[str], console: Rich
 
     for warning in run_warnings(project, names):
         console.warn(warning)
+
+
+def _warn_destinations(project: Project, names: Sequence[str], console: RichConsole) -> None:
+    """Once per command, for `plan` (which needs no credentials): the syncs whose destination
+    settings a run would refuse before reading its model (a variable not set), and why."""
+    failing: dict[str, list[str]] = {}
+    for name in names:
+        sync = project.syncs.get(name)
+        if sync is None:
+            continue
+        try:
+            check_destination(project, sync)
+        except LockgateError as exc:
+            failing.setdefault(str(exc).split("\n", 1)[0], []).append(name)
+    for why, syncs in failing.items():
+        console.warn(f"`lockgate sync {' '.join(syncs)}` would fail until this is fixed: {why}")
 
 
 def would_send(report: RunReport) -> bool:

@@ -99,6 +99,17 @@ def destination_settings(project: Project, name: str) -> CustomerIOSettings:
     )
 
 
+def check_destination(project: Project, sync: SyncConfig) -> CustomerIOSettings:
+    """The settings of ``sync``'s destination, resolved and checked without a request: every
+    variable they name is set, the region and URLs are well-formed, the Track credentials are
+    there. A :class:`ConfigError` names what is wrong (the variable, the block, the line of
+    lockgate.yml). A run checks them before it reads its model, so a sync that could not send
+    fails at once, whether or not it has anything to send; `plan` checks them to warn."""
+    settings = destination_settings(project, sync.destination)
+    settings.require_track()
+    return settings
+
+
 def destination_url(value: str | None, field: str, variable: str, at: Placed) -> str | None:
     """A destination URL: ``value`` (a URL or an env reference), else the env ``variable``;
     what is not an http(s) URL is a :class:`ConfigError` naming where it came from."""
@@ -1671,6 +1682,8 @@ def run_sync(
 ) -> RunReport:
     """Run one sync to the end; returns its report. Raises StepError when a step fails,
     ContractError (before anything is sent) when a guardrail is breached and not ``force``.
+    With the default destination, its settings are checked first (:func:`check_destination`):
+    a variable not set fails the run before its model is read, sending or not.
     Runs that pass one ``session`` share the identity graph (see :class:`Session`).
 
     With ``only``, the run is of the records those values name (`lockgate sync --only`): only
@@ -1697,6 +1710,13 @@ def run_sync(
         written_ahead = False
         guards: list[guard_step.GuardResult] = []
         try:
+            settings = None
+            if destination_factory is default_destination:
+                # before the model is read: a variable not set fails the run in milliseconds,
+                # not after minutes of extracting and diffing, and on a day with nothing to
+                # send as on a busy one
+                with step("deliver"):
+                    settings = check_destination(project, sync)
             changes, recovered, guards, resolution, identity_ops, mapping_hash = _prepare(
                 store,
                 project,
@@ -1733,15 +1753,13 @@ def run_sync(
                     hint=f"run `lockgate sync {sync.name}` once without `--only` (`lockgate "
                     f"plan {sync.name}` lists the merges)",
                 )
-            if destination_factory is default_destination and (
-                merges or changes.state_events or changes.to_send
-            ):
+            if settings is not None and (merges or changes.state_events or changes.to_send):
                 # before the first record leaves: refused credentials or the wrong region stop
                 # the run here (an EU workspace's data sent to the US host passes through it)
                 from lockgate.destinations.customerio.region import check_before_sending
 
                 with step("deliver"):
-                    check_before_sending(destination_settings(project, sync.destination))
+                    check_before_sending(settings)
             if merges:
                 with step("deliver"):
                     _deliver_identity_ops(

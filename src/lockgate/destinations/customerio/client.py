@@ -44,7 +44,6 @@ from lockgate.destinations.customerio.batching import Batch, PackedBatch, Packer
 from lockgate.destinations.customerio.pacing import TokenBucket, backoff, parse_retry_after
 from lockgate.destinations.customerio.settings import CustomerIOSettings, verifies_tls
 from lockgate.errors import (
-    ConfigError,
     DestinationAuthError,
     DestinationError,
     DestinationTransientError,
@@ -210,12 +209,7 @@ class CustomerIOClient:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
-        if not settings.site_id or not settings.api_key:
-            raise ConfigError(
-                "Customer.io Track credentials are missing",
-                hint="set CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY (Settings → API credentials "
-                "→ Track API keys in Customer.io)",
-            )
+        settings.require_track()
         self.settings = settings
         self.stats = DeliveryStats()
         self._transport = transport

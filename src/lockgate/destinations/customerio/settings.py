@@ -126,6 +126,16 @@ class CustomerIOSettings:
         if self.max_batch_ops is not None and self.max_batch_ops < 1:
             raise ConfigError(f"`max_batch_ops` must be at least 1, got `{self.max_batch_ops}`")
 
+    def require_track(self) -> None:
+        """Raise :class:`ConfigError` when the Track credentials are missing: a client cannot
+        send without them (a sync checks this before it reads its model)."""
+        if not self.site_id or not self.api_key:
+            raise ConfigError(
+                "Customer.io Track credentials are missing",
+                hint="set CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY (Settings → API credentials "
+                "→ Track API keys in Customer.io)",
+            )
+
     @property
     def track_base(self) -> str:
         """The Track base URL in use (override or region host), without a trailing slash."""
