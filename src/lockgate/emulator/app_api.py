@@ -5,8 +5,9 @@ Routes:
 - ``GET /v1/customers/{id}/attributes?id_type=id|email|phone|cio_id`` → ``{"customer": {...}}``
   with every attribute value as a string; 404 when unknown.
 - ``GET /v1/customers?email=`` → ``{"results": [{"email", "id", "cio_id"}]}``
-- ``POST /v1/customers/attributes?id_type=`` ``{"ids": [1..100]}`` → ``{"customers": [...]}``
-  (unknown ids left out)
+- ``POST /v1/customers/attributes?id_type=`` ``{"ids": [1..100]}`` →
+  ``{"customers": [{"customer": {...}}, ...]}``: each item is the single lookup's answer, wrapper
+  included, as the official App API spec (getPeopleById) has it; unknown ids left out
 - ``POST /v1/customers?start=&limit=`` ``{"filter": ...}`` (section 6.3 grammar: ``and``/``or``/
   ``not``/``segment``/``attribute`` with ``eq``/``exists``) → ``{"identifiers", "ids", "next"}``
 - ``GET /v1/customers/{id}/activities`` · ``/relationships`` · ``/segments``
@@ -134,8 +135,8 @@ def bulk_attributes(rt: Runtime, request: Request, body: bytes) -> Response:
             p = _lookup(rt, request, str(value))
             if isinstance(p, Response):
                 return p
-            if p is not None:
-                out.append(customer_json(p))
+            if p is not None:  # wrapped, as the single lookup answers (official spec)
+                out.append({"customer": customer_json(p)})
     return json_response(200, {"customers": out})
 
 

@@ -206,7 +206,12 @@ class AppAPIClient:
         return list(results) if isinstance(results, list) else []
 
     async def get_people_attributes(self, ids: Iterable[str], id_type: str = "id") -> list[JSON]:
-        """``POST /v1/customers/attributes`` in chunks of 100; unknown ids are left out."""
+        """``POST /v1/customers/attributes`` in chunks of 100; unknown ids are left out.
+
+        Gives each person's ``customer`` object, as :meth:`get_person_attributes` does: the
+        App API wraps every item of ``customers`` in ``{"customer": {...}}`` (official spec,
+        getPeopleById); a bare item is taken as it is.
+        """
         wanted = [str(i) for i in ids]
         found: list[JSON] = []
         for start in range(0, len(wanted), ATTRIBUTES_CHUNK):
@@ -218,7 +223,10 @@ class AppAPIClient:
                 body={"ids": chunk},
             )
             if doc and isinstance(doc.get("customers"), list):
-                found.extend(doc["customers"])
+                for item in doc["customers"]:
+                    customer = item.get("customer", item) if isinstance(item, dict) else None
+                    if isinstance(customer, dict):
+                        found.append(customer)
         return found
 
     async def search_people(
