@@ -2,8 +2,8 @@
 
 The engine uses these calls to reconcile what it delivered. Auth is
 ``Authorization: Bearer <App API key>``; requests are paced at 10/s (the App API's
-limit) and a 429 is retried after its ``Retry-After``. Unknown resources give
-``None``, not an exception::
+limit) and a 429 or 5xx is retried after its ``Retry-After`` (else with backoff). Unknown
+resources give ``None``, not an exception::
 
     app = AppAPIClient(CustomerIOSettings.from_env())
     person = await app.get_person_attributes("42")     # {"id": "42", "attributes": {...}} or None
@@ -163,9 +163,10 @@ class AppAPIClient:
                     )
                 if status == 429:
                     self.throttled += 1
-                    retry_after = parse_retry_after(
-                        response.headers.get("retry-after"), now=time.time(), cap=s.retry_after_cap
-                    )
+                # a 503 saying how long to wait is honoured as a 429 is
+                retry_after = parse_retry_after(
+                    response.headers.get("retry-after"), now=time.time(), cap=s.retry_after_cap
+                )
                 error = DestinationTransientError(
                     f"App API {method} {path} answered HTTP {status}: {text}",
                     status=status,
