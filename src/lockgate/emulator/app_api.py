@@ -52,6 +52,12 @@ def _lookup(rt: Runtime, request: Request, value: str) -> _P | None | Response:
     id_type = request.query_params.get("id_type", "id")
     if id_type not in ("id", "email", "phone", "cio_id"):
         return _err(400, f"id_type `{id_type}` must be id, email, phone or cio_id")
+    # official App API spec: "You can use email and phone only if they're enabled as
+    # identifiers in your workspace settings; otherwise the request returns 400"
+    if (id_type == "email" and rt.config.workspace_mode == "id") or (
+        id_type == "phone" and not rt.config.phone_identifiers
+    ):
+        return _err(400, f"id_type `{id_type}` is not an identifier enabled in this workspace")
     if id_type == "cio_id":
         mode = rt.config.app_cio_id_prefix
         prefixed = value.startswith("cio_")
