@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpx
 import pytest
 
 from lockgate.destinations import Record
@@ -138,3 +139,43 @@ def test_a_wrong_app_key_is_a_terminal_error_with_a_hint() -> None:
         run(emu, settings_for(emu, app_api_key="wrong"), body)
     with pytest.raises(ConfigError, match="CUSTOMERIO_APP_API_KEY"):
         AppAPIClient(settings_for(emu, app_api_key=""))
+
+
+def test_a_503_with_retry_after_is_waited_out_before_reading_again() -> None:
+    """An App API answering 503 `Retry-After: 30` (the emulator never does; a tiny ASGI app
+    stands in) was retried on the short backoff until the retries ran out, failing the
+    read-back; its wait is honoured, as a 429's is."""
+    now = [500.0]
+    waits: list[float] = []
+    calls: list[str] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        calls.append(scope["path"])
+        if now[0] < 530.0:
+            status, headers, body = 503, [(b"retry-after", b"30")], b'{"errors":[]}'
+        else:
+            status, headers, body = 200, [], b'{"customer":{"id":"u0","attributes":{}}}'
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    settings = CustomerIOSettings(
+        site_id="s",
+        api_key="k",
+        app_url="http://app",
+        app_api_key="key",
+        app_rate_limit=1000.0,
+        max_retries=3,
+    )
+
+    async def go() -> Any:
+        async with AppAPIClient(
+            settings, transport=httpx.ASGITransport(app), clock=lambda: now[0], sleep=sleep
+        ) as client:
+            return await client.get_person_attributes("u0")
+
+    assert asyncio.run(go()) == {"id": "u0", "attributes": {}}
+    assert len(calls) == 2 and [w for w in waits if w >= 1] == [30.0]

@@ -125,3 +125,36 @@ def test_a_400_echoing_a_huge_payload_gives_bounded_reasons() -> None:
     assert one.reason.startswith("HTTP 400: invalid: bad `xxx")
     assert len(one.reason) < 1100 and one.reason.endswith(" characters)")
     assert two.reason == f"invalid: field `id`: {'x' * 280}… (5000 characters)"
+
+
+def test_a_503_with_retry_after_waits_that_long_before_sending_again() -> None:
+    """A 503 saying `Retry-After: 45` (maintenance, overload) was retried on the client's own
+    short backoff: every retry came too early and, with the retries spent, the records were
+    dead-lettered. The wait it asks for is honoured as for a 429 (HTTP: Retry-After goes with
+    503 as with 429), and the records are delivered."""
+    seen: list[list[dict[str, Any]]] = []
+    now = [1000.0]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    def answer(ops: list[dict[str, Any]]) -> tuple[int, dict[str, str], bytes]:
+        if now[0] < 1000.0 + 45:  # down for 45 s, and says so
+            return 503, {"retry-after": "45"}, b'{"meta":{"error":"maintenance"}}'
+        return 200, {}, b"{}"
+
+    settings = CustomerIOSettings(
+        site_id="s", api_key="k", track_url="http://t", max_retries=3, retry_after_cap=120.0
+    )
+    client = CustomerIOClient(
+        settings,
+        transport=httpx.ASGITransport(server(answer, seen)),
+        clock=lambda: now[0],
+        sleep=sleep,
+    )
+    results = client.deliver_all(people(3))
+    assert {r.outcome for r in results} == {Outcome.DELIVERED}
+    assert len(seen) == 2
+    assert [w for w in waits if w >= 1] == [45.0]  # (the others: the rate limit's pacing)

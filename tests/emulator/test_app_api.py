@@ -54,11 +54,25 @@ def test_lookup_by_email_and_bulk(track: httpx.Client, app: httpx.Client) -> Non
         r["id"] for r in app.get("/v1/customers", params={"email": "A@x.co"}).json()["results"]
     ] == ["1"]
     r = app.post("/v1/customers/attributes", json={"ids": ["1", "nobody", "3"]})
-    assert [c["id"] for c in r.json()["customers"]] == ["1", "3"]
+    assert [c["customer"]["id"] for c in r.json()["customers"]] == ["1", "3"]
     assert (
         app.post("/v1/customers/attributes", json={"ids": [str(i) for i in range(101)]}).status_code
         == 400
     )
+
+
+def test_bulk_lookup_wraps_each_person_as_the_official_spec_does(
+    track: httpx.Client, app: httpx.Client
+) -> None:
+    """`POST /v1/customers/attributes` answers `{"customers": [{"customer": {...}}]}`: each
+    item is the single lookup's answer, wrapper included (official App API spec,
+    operation getPeopleById, and its example). The emulator sent the bare objects, so a
+    client reading `customers[].identifiers` passed here and found nobody in Customer.io."""
+    _seed(track)
+    single = app.get("/v1/customers/1/attributes").json()
+    bulk = app.post("/v1/customers/attributes", json={"ids": ["1"]}).json()
+    assert bulk == {"customers": [single]}
+    assert set(bulk["customers"][0]) == {"customer"}
 
 
 def test_search_with_filter_and_pagination(track: httpx.Client, app: httpx.Client) -> None:

@@ -467,3 +467,43 @@ def test_integers_past_64_bits_stay_exact_and_count_their_digits(
     with emu.client(headers=emu.app_headers) as app:
         found = app.get("/v1/customers/big/attributes").json()["customer"]["attributes"]
     assert found["n"] == "123456789012345678901234"
+
+
+def test_an_id_only_workspace_refuses_email_identifiers_per_item() -> None:
+    """Official Track spec (person_common, person_merge): `email` (and `phone`) are usable as
+    identifiers only when enabled in the workspace settings. A classic (id-only) workspace
+    took `{"email": …}` and created a person named by it, so a sync addressing people by
+    email passed here where Customer.io does not take it."""
+    emu = Emulator(EmulatorConfig(workspace_mode="id"))
+    batch = [
+        person_op("identify", {"email": "a@x.co"}, attributes={"plan": "pro"}),
+        person_op("identify", {"id": "1"}, attributes={"email": "b@x.co"}),
+        person_op("event", {"email": "b@x.co"}, name="paid"),
+        person_op("merge", primary={"id": "1"}, secondary={"email": "a@x.co"}),
+        {
+            "type": "object",
+            "action": "add_relationships",
+            "identifiers": {"object_type_id": "1", "object_id": "acme"},
+            "cio_relationships": [{"identifiers": {"email": "b@x.co"}}],
+        },
+    ]
+    with emu.client(auth=emu.track_auth) as client:
+        r = client.post("/api/v2/batch", json={"batch": batch})
+        assert r.status_code == 207
+        errors = r.json()["errors"]
+        assert [(e["batch_index"], e["field"]) for e in errors] == [
+            (0, "identifiers.email"),
+            (2, "identifiers.email"),
+            (3, "secondary.email"),
+            (4, "cio_relationships[0].identifiers.email"),
+        ]
+        assert "not an identifier" in errors[0]["message"]
+        single = client.post("/api/v2/entity", json=batch[0])
+        assert single.status_code == 400
+    (person,) = emu.people()
+    assert (person.id, person.email) == ("1", "b@x.co")  # email kept as an attribute
+    assert emu.events() == [] and emu.relationships() == []
+    with emu.client(headers=emu.app_headers) as app:  # App API: "otherwise … returns 400"
+        assert app.get("/v1/customers/b@x.co/attributes?id_type=email").status_code == 400
+        r = app.post("/v1/customers/attributes?id_type=email", json={"ids": ["b@x.co"]})
+        assert r.status_code == 400

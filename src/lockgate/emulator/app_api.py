@@ -5,8 +5,9 @@ Routes:
 - ``GET /v1/customers/{id}/attributes?id_type=id|email|phone|cio_id`` → ``{"customer": {...}}``
   with every attribute value as a string; 404 when unknown.
 - ``GET /v1/customers?email=`` → ``{"results": [{"email", "id", "cio_id"}]}``
-- ``POST /v1/customers/attributes?id_type=`` ``{"ids": [1..100]}`` → ``{"customers": [...]}``
-  (unknown ids left out)
+- ``POST /v1/customers/attributes?id_type=`` ``{"ids": [1..100]}`` →
+  ``{"customers": [{"customer": {...}}, ...]}``: each item is the single lookup's answer, wrapper
+  included, as the official App API spec (getPeopleById) has it; unknown ids left out
 - ``POST /v1/customers?start=&limit=`` ``{"filter": ...}`` (section 6.3 grammar: ``and``/``or``/
   ``not``/``segment``/``attribute`` with ``eq``/``exists``) → ``{"identifiers", "ids", "next"}``
 - ``GET /v1/customers/{id}/activities`` · ``/relationships`` · ``/segments``
@@ -51,6 +52,12 @@ def _lookup(rt: Runtime, request: Request, value: str) -> _P | None | Response:
     id_type = request.query_params.get("id_type", "id")
     if id_type not in ("id", "email", "phone", "cio_id"):
         return _err(400, f"id_type `{id_type}` must be id, email, phone or cio_id")
+    # official App API spec: "You can use email and phone only if they're enabled as
+    # identifiers in your workspace settings; otherwise the request returns 400"
+    if (id_type == "email" and rt.config.workspace_mode == "id") or (
+        id_type == "phone" and not rt.config.phone_identifiers
+    ):
+        return _err(400, f"id_type `{id_type}` is not an identifier enabled in this workspace")
     if id_type == "cio_id":
         mode = rt.config.app_cio_id_prefix
         prefixed = value.startswith("cio_")
@@ -134,8 +141,8 @@ def bulk_attributes(rt: Runtime, request: Request, body: bytes) -> Response:
             p = _lookup(rt, request, str(value))
             if isinstance(p, Response):
                 return p
-            if p is not None:
-                out.append(customer_json(p))
+            if p is not None:  # wrapped, as the single lookup answers (official spec)
+                out.append({"customer": customer_json(p)})
     return json_response(200, {"customers": out})
 
 

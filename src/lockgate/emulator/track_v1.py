@@ -18,7 +18,7 @@ from lockgate.emulator import limits as L
 from lockgate.emulator.limits import ItemError
 from lockgate.emulator.models import Device
 from lockgate.emulator.runtime import Runtime, json_response, ok
-from lockgate.emulator.track_v2 import object_ref, person_ref, relate_person
+from lockgate.emulator.track_v2 import emails_enabled, object_ref, person_ref, relate_person
 
 SOURCE = "track_v1"
 EVENT_TYPES = ("event", "page", "screen")
@@ -177,8 +177,9 @@ def track_anonymous(rt: Runtime, request: Request, body: bytes) -> Response:
 def merge(rt: Runtime, request: Request, body: bytes) -> Response:
     try:
         doc = _json_object(body)
-        primary = person_ref(doc.get("primary"), "primary", phone=False)
-        secondary = person_ref(doc.get("secondary"), "secondary", phone=False)
+        email = emails_enabled(rt.config)  # spec: "If email identifiers are disabled …"
+        primary = person_ref(doc.get("primary"), "primary", phone=False, email=email)
+        secondary = person_ref(doc.get("secondary"), "secondary", phone=False, email=email)
     except ItemError as exc:
         return error(rt, exc.message)
     rt.store.merge(primary, secondary, SOURCE)

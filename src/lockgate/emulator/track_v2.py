@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from lockgate.emulator import limits as L
+from lockgate.emulator.config import EmulatorConfig
 from lockgate.emulator.limits import ItemError
 from lockgate.emulator.models import Device
 from lockgate.emulator.runtime import Runtime, json_response, ok
@@ -52,14 +53,27 @@ _ALLOWED = {
 }
 
 
-def person_ref(idents: Any, field: str, *, phone: bool, anonymous: bool = False) -> tuple[str, str]:
-    """Exactly one person identifier: id | email | phone | cio_id (unprefixed)."""
+def emails_enabled(cfg: EmulatorConfig) -> bool:
+    """Whether ``email`` is a person identifier of the workspace (not in an id-only one)."""
+    return cfg.workspace_mode != "id"
+
+
+def person_ref(
+    idents: Any, field: str, *, phone: bool, anonymous: bool = False, email: bool = True
+) -> tuple[str, str]:
+    """Exactly one person identifier: id | email | phone | cio_id (unprefixed).
+
+    ``email``/``phone`` false: the workspace does not have that identifier enabled (an
+    id-only workspace for ``email``); the official spec allows them "only if they're enabled
+    as identifiers in your workspace settings" (``person_common``; ``person_merge`` likewise
+    for ``email``).
+    """
     if type(idents) is dict and len(idents) == 1:
         ((kind, value),) = idents.items()
         # fast path: the common, valid case
         if kind == "id" and type(value) is str and value and len(value) <= 37:
             return kind, value
-        if kind == "email" and type(value) is str and value:
+        if kind == "email" and email and type(value) is str and value:
             return kind, value
     if not isinstance(idents, dict) or not idents:
         raise ItemError("required", field, f"{field} must be an object with exactly one identifier")
@@ -69,6 +83,13 @@ def person_ref(idents: Any, field: str, *, phone: bool, anonymous: bool = False)
         )
     ((kind, value),) = idents.items()
     allowed = _ALLOWED[(phone, anonymous)]
+    if kind == "email" and not email:
+        raise ItemError(
+            "invalid",
+            f"{field}.email",
+            "`email` is not an identifier in this workspace (not enabled in its settings); "
+            "use `id` or `cio_id`",
+        )
     if kind not in allowed:
         raise ItemError(
             "invalid", f"{field}.{kind}", f"unknown identifier `{kind}`; use {sorted(allowed)}"
@@ -124,7 +145,7 @@ def person_relationships(rels: Any, field: str) -> list[tuple[tuple[str, str], d
 
 
 def _people_relationships(
-    rels: Any, field: str, *, phone: bool, anonymous: bool
+    rels: Any, field: str, *, phone: bool, anonymous: bool, email: bool = True
 ) -> list[tuple[tuple[str, str], dict[str, Any]]]:
     if not isinstance(rels, list):
         raise ItemError("invalid", field, f"{field} must be an array")
@@ -134,7 +155,11 @@ def _people_relationships(
         if not isinstance(item, dict):
             raise ItemError("invalid", f, "relationship must be an object")
         ref = person_ref(
-            item.get("identifiers"), f"{f}.identifiers", phone=phone, anonymous=anonymous
+            item.get("identifiers"),
+            f"{f}.identifiers",
+            phone=phone,
+            anonymous=anonymous,
+            email=email,
         )
         out.append((ref, _rel_attrs(item, f)))
     return out
@@ -169,14 +194,16 @@ def _person(op: dict[str, Any], rt: Runtime) -> Apply:
     if action not in PERSON_ACTIONS:
         raise ItemError("invalid", "action", f"unknown person action `{action}`")
     if action == "merge":
-        primary = person_ref(op.get("primary"), "primary", phone=False)
-        secondary = person_ref(op.get("secondary"), "secondary", phone=False)
+        email = emails_enabled(cfg)
+        primary = person_ref(op.get("primary"), "primary", phone=False, email=email)
+        secondary = person_ref(op.get("secondary"), "secondary", phone=False, email=email)
         return lambda s: s.merge(primary, secondary, SOURCE)
     ref = person_ref(
         op.get("identifiers"),
         "identifiers",
         phone=cfg.phone_identifiers,
         anonymous=action in EVENT_ACTIONS,
+        email=emails_enabled(cfg),
     )
     if ref[1] in cfg.faults.reject_people:
         raise ItemError(
@@ -252,7 +279,8 @@ def _person(op: dict[str, Any], rt: Runtime) -> Apply:
 
 
 def _object(op: dict[str, Any], rt: Runtime) -> Apply:
-    phone = rt.config.phone_identifiers
+    cfg = rt.config
+    phone = cfg.phone_identifiers
     action = op.get("action")
     if action not in OBJECT_ACTIONS:
         raise ItemError("invalid", "action", f"unknown object action `{action}`")
@@ -264,7 +292,9 @@ def _object(op: dict[str, Any], rt: Runtime) -> Apply:
     if action in ("add_relationships", "delete_relationships") and not rels:
         raise ItemError("required", "cio_relationships", "cio_relationships must be non-empty")
     people = (
-        _people_relationships(rels, "cio_relationships", phone=phone, anonymous=anonymous)
+        _people_relationships(
+            rels, "cio_relationships", phone=phone, anonymous=anonymous, email=emails_enabled(cfg)
+        )
         if rels
         else []
     )
@@ -390,10 +420,11 @@ def fast_identify(op: Any, run: IdentifyRun) -> bool:
     return fast_identifies([op], 0, run) == 1
 
 
-def fast_identifies(ops: list[Any], start: int, run: IdentifyRun) -> int:
+def fast_identifies(ops: list[Any], start: int, run: IdentifyRun, email: bool = True) -> int:
     """:func:`fast_identify` for ``ops[start:]`` in one call (no call per op): adds ops to
     ``run`` up to the first it does not accept, and returns that op's index (``len(ops)``
-    when it accepted them all)."""
+    when it accepted them all). ``email`` false (an id-only workspace): an op by ``email``
+    goes to :func:`plan`, which refuses it."""
     kinds, values, attrs_of, plains = run.kinds, run.values, run.attrs, run.plain
     max_count, value_max, op_max = L.ATTRS_MAX_COUNT, L.ATTR_VALUE_MAX_BYTES, L.OP_MAX_BYTES
     ts_max = L.MAX_UNIX_SECONDS
@@ -419,7 +450,7 @@ def fast_identifies(ops: list[Any], start: int, run: IdentifyRun) -> int:
         if kind == "id":
             if len(value) > 37:
                 return i
-        elif kind != "email":
+        elif kind != "email" or not email:
             return i
         if len(attrs) > max_count:
             return i
@@ -462,6 +493,11 @@ def fast_identifies(ops: list[Any], start: int, run: IdentifyRun) -> int:
         attrs_of.append(attrs)
         plains.append(plain)
     return len(ops)
+
+
+def _fast_ids_only(ops: list[Any], start: int, run: IdentifyRun) -> int:
+    """:func:`fast_identifies` of an id-only workspace, where ``email`` is no identifier."""
+    return fast_identifies(ops, start, run, email=False)
 
 
 def _no_fast_path(ops: list[Any], start: int, run: IdentifyRun) -> int:
@@ -522,6 +558,8 @@ def _batch(rt: Runtime, body: bytes, started: float) -> Response:
     # refused people and integers past 64 bits (which the fast path takes for 8 bytes) are
     # found by the exact path only: the fast one stays as it is
     fast = _no_fast_path if rt.config.faults.reject_people or long else fast_identifies
+    if fast is fast_identifies and not emails_enabled(rt.config):
+        fast = _fast_ids_only
     i = fast(ops, 0, run)
     while i < len(ops):
         op = ops[i]

@@ -2,8 +2,8 @@
 
 The engine uses these calls to reconcile what it delivered. Auth is
 ``Authorization: Bearer <App API key>``; requests are paced at 10/s (the App API's
-limit) and a 429 is retried after its ``Retry-After``. Unknown resources give
-``None``, not an exception::
+limit) and a 429 or 5xx is retried after its ``Retry-After`` (else with backoff). Unknown
+resources give ``None``, not an exception::
 
     app = AppAPIClient(CustomerIOSettings.from_env())
     person = await app.get_person_attributes("42")     # {"id": "42", "attributes": {...}} or None
@@ -163,9 +163,10 @@ class AppAPIClient:
                     )
                 if status == 429:
                     self.throttled += 1
-                    retry_after = parse_retry_after(
-                        response.headers.get("retry-after"), now=time.time(), cap=s.retry_after_cap
-                    )
+                # a 503 saying how long to wait is honoured as a 429 is
+                retry_after = parse_retry_after(
+                    response.headers.get("retry-after"), now=time.time(), cap=s.retry_after_cap
+                )
                 error = DestinationTransientError(
                     f"App API {method} {path} answered HTTP {status}: {text}",
                     status=status,
@@ -206,7 +207,12 @@ class AppAPIClient:
         return list(results) if isinstance(results, list) else []
 
     async def get_people_attributes(self, ids: Iterable[str], id_type: str = "id") -> list[JSON]:
-        """``POST /v1/customers/attributes`` in chunks of 100; unknown ids are left out."""
+        """``POST /v1/customers/attributes`` in chunks of 100; unknown ids are left out.
+
+        Gives each person's ``customer`` object, as :meth:`get_person_attributes` does: the
+        App API wraps every item of ``customers`` in ``{"customer": {...}}`` (official spec,
+        getPeopleById); a bare item is taken as it is.
+        """
         wanted = [str(i) for i in ids]
         found: list[JSON] = []
         for start in range(0, len(wanted), ATTRIBUTES_CHUNK):
@@ -218,7 +224,10 @@ class AppAPIClient:
                 body={"ids": chunk},
             )
             if doc and isinstance(doc.get("customers"), list):
-                found.extend(doc["customers"])
+                for item in doc["customers"]:
+                    customer = item.get("customer", item) if isinstance(item, dict) else None
+                    if isinstance(customer, dict):
+                        found.append(customer)
         return found
 
     async def search_people(

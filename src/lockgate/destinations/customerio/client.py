@@ -12,8 +12,8 @@ flight over one keep-alive connection pool, and gives every record exactly one
 - 400 / 413 / 422 → the batch is split in halves, recursively, until the bad records
   are alone (``REJECTED``) and the good ones delivered;
 - 429, 5xx, timeouts, connection errors → retried with full-jitter exponential backoff
-  (``Retry-After`` honoured, capped); when retries run out, ``DEAD_LETTER`` with the
-  last error;
+  (a ``Retry-After`` on any of these answers honoured, capped); when retries run out,
+  ``DEAD_LETTER`` with the last error;
 - 401 / 403 → :class:`~lockgate.errors.DestinationAuthError` for the whole run;
   404 / 405 → :class:`~lockgate.errors.DestinationError` (wrong URL).
 
@@ -572,12 +572,14 @@ class CustomerIOClient:
                     self._failed_in_a_row = 0  # Customer.io answers
                     location = response.headers.get("location")
                     return _Answer(status, response.content, attempt, location=location)
-                retry_after = None
                 if status == 429:
                     self.stats.throttled += 1
-                    retry_after = parse_retry_after(
-                        response.headers.get("retry-after"), now=time.time(), cap=s.retry_after_cap
-                    )
+                # honoured on a 503 (or any answer retried) as on a 429: a server down for
+                # maintenance that says how long would otherwise be retried too early until
+                # the retries ran out
+                retry_after = parse_retry_after(
+                    response.headers.get("retry-after"), now=time.time(), cap=s.retry_after_cap
+                )
                 error = DestinationTransientError(
                     f"HTTP {status} from Customer.io: {_snippet(response.content) or 'no body'}",
                     status=status,
