@@ -226,3 +226,18 @@ def test_the_signing_key_from_a_secret_file_with_a_newline_verifies(
     body = orjson.dumps(EMAIL_SENT)
     ts = int(time.time())
     assert verify(key, str(ts), sign(b"c0ffee1234abcd", ts, body), body) == ts
+
+
+def test_a_sent_event_with_a_large_body_content_is_stored(
+    spool: Spool, client: httpx.Client
+) -> None:
+    """`email_sent` with `content`, the email's body, as the spec describes it when the webhook's
+    *Body Content* option is on (no maximum length given). An email whose images are inlined
+    runs past 1 MB; it was answered 413, which Customer.io retries for 7 days while holding
+    back every later event of the webhook, then drops."""
+    image = "data:image/png;base64," + "A" * 1_500_000
+    event = {**EMAIL_SENT, "data": {**EMAIL_SENT["data"], "content": f'<img src="{image}">'}}
+    event["data"]["subject"] = "Spring catalogue"
+    response = client.post(URL, **signed(event))
+    assert response.status_code == 200
+    assert [r.event_id for r in spool] == [EMAIL_SENT["event_id"]]

@@ -35,6 +35,7 @@ from lockgate.webhooks.spool import Spool
 from lockgate.webhooks.verify import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
 PATH = "/webhooks/customerio"
+_TOO_LARGE = "no Customer.io event is this large; check what sends to this URL"
 OK = b'{"ok":true}'
 
 log = logging.getLogger("lockgate.webhooks")
@@ -120,16 +121,12 @@ def create_app(
 async def _read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-        raise HTTPError(
-            413, f"body is larger than {MAX_BODY} bytes", hint="send one event per request"
-        )
+        raise HTTPError(413, f"body is larger than {MAX_BODY} bytes", hint=_TOO_LARGE)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BODY:
-            raise HTTPError(
-                413, f"body is larger than {MAX_BODY} bytes", hint="send one event per request"
-            )
+            raise HTTPError(413, f"body is larger than {MAX_BODY} bytes", hint=_TOO_LARGE)
         chunks.append(chunk)
     return b"".join(chunks)

@@ -103,8 +103,11 @@ METRICS: dict[str, tuple[str, ...]] = {
 }
 """Every ``(object_type, metric)`` pair the webhook spec gives a payload schema for (§5.4)."""
 
-MAX_BODY = 1_000_000
-"""Largest body accepted (bytes); sent events with content are the largest real payloads."""
+MAX_BODY = 10_000_000
+"""Largest body accepted (bytes). Sent events with *Body Content* on are the largest real
+payloads: they carry the whole message, and Customer.io documents no maximum (an email with
+inlined images passes 1 MB). A 413 is retried for 7 days while every later event waits, so
+the cap only guards memory against bodies no message reaches."""
 
 
 @dataclass(frozen=True)
