@@ -220,7 +220,7 @@ def test_the_signing_key_from_a_secret_file_with_a_newline_verifies(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A key kept in a secret file ends in a newline (`echo KEY > file`, a Kubernetes secret
-    made from it): used as is, no genuine webhook verified. Keys have no whitespace."""
+    made from it): used as is, no genuine webhook verified."""
     monkeypatch.setenv("CUSTOMERIO_WEBHOOK_SIGNING_KEY", "c0ffee1234abcd\n")
     key = signing_key(WebhooksConfig())
     body = orjson.dumps(EMAIL_SENT)

@@ -25,8 +25,8 @@ from lockgate.webhooks.errors import HTTPError
 def signing_key(config: WebhooksConfig) -> bytes:
     """The reporting webhook's signing key from the environment (never printed).
 
-    Whitespace around it is dropped: a key kept in a secret file often ends in a newline, and
-    Customer.io's keys hold none, so with it no genuine webhook would verify.
+    Whitespace around it is dropped: a key kept in a secret file often ends in a newline, the
+    key Customer.io shows has none, and with it no genuine webhook would verify.
     """
     key = (resolve_env(config.signing_key, field="webhooks.signing_key", at=config) or "").strip()
     if not key:
