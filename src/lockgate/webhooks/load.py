@@ -116,6 +116,7 @@ COLUMN_TYPES: dict[str, str] = {
     "recipients": _JSON,
     "headers": _JSON,
     "raw": _JSON,
+    "raw_text": _TEXT,
 }
 """Declared type of every known column; other keys get the type dlt infers."""
 
@@ -148,19 +149,21 @@ class LoadResult:
 def to_row(record: SpoolRecord) -> tuple[str, dict[str, Any]]:
     """The table and row for one spooled event.
 
-    Never drops an event: a body that is somehow not an event (the receiver checked it before
-    acknowledging, so this needs a hand-edited spool) goes to ``other`` with its raw text, and
-    a timestamp outside the datetime range (milliseconds sent as seconds) loads as null with
-    the payload intact in ``raw``. An integer beyond 64 bits keeps its exact digits, as text
-    (see :func:`_big_ints_as_text`).
+    Never drops an event: a signed body that is not an event (the receiver keeps those, see
+    :func:`~lockgate.webhooks.schemas.spool_key`) goes to ``other`` under its spool key, with
+    its ``object_type`` and ``metric`` when they are strings and the body as received in
+    ``raw`` (its JSON) or ``raw_text`` (its text, when it is not JSON); a timestamp outside
+    the datetime range (milliseconds sent as seconds) loads as null with the payload intact in
+    ``raw``. An integer beyond 64 bits
+    keeps its exact digits, as text (see :func:`_big_ints_as_text`).
     """
     received_at = datetime.fromtimestamp(record.received_at, UTC)
+    doc: Any = None
     try:
         doc = parse_json(record.body)
         event = check_event(doc)
     except Exception:
-        raw_text = record.body.decode("utf-8", "replace")
-        return "other", {"event_id": record.event_id, "received_at": received_at, "raw": raw_text}
+        return "other", _not_an_event(record, doc, received_at)
     data = dict(event.data)
     identifiers = data.pop("identifiers", None)
     row: dict[str, Any] = {
@@ -191,6 +194,20 @@ def to_row(record: SpoolRecord) -> tuple[str, dict[str, Any]]:
     if may_hold_big_int(record.body):  # a scan of the bytes; the walk only when it says so
         row = {name: _big_ints_as_text(value) for name, value in row.items()}
     return table_for(event.object_type, event.metric, event.data), row
+
+
+def _not_an_event(record: SpoolRecord, doc: Any, received_at: datetime) -> dict[str, Any]:
+    """The ``other`` row of a stored body that is not an event."""
+    row: dict[str, Any] = {"event_id": record.event_id, "received_at": received_at}
+    if isinstance(doc, dict):
+        for key in ("object_type", "metric"):
+            if isinstance(doc.get(key), str):
+                row[key] = doc[key]
+    if doc is None:  # a text in the JSON column would land in a `raw__v_text` variant
+        row["raw_text"] = record.body.decode("utf-8", "replace")
+    else:
+        row["raw"] = _big_ints_as_text(doc) if may_hold_big_int(record.body) else doc
+    return row
 
 
 @lru_cache(maxsize=4096)

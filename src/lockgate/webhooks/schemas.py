@@ -1,9 +1,11 @@
 """The reporting-webhook payload (reference §5.3/§5.4): envelope checks and table routing.
 
-The receiver checks only the envelope before acknowledging: a JSON object with a non-empty
-string ``event_id``, string ``object_type`` and ``metric``, an integer ``timestamp`` and an
-object ``data``. Everything else is stored as sent, so an ``(object_type, metric)`` pair the
-spec does not describe (e.g. ``email_deferred``) is kept rather than refused.
+An event's envelope is a JSON object with a non-empty string ``event_id``, string
+``object_type`` and ``metric``, an integer ``timestamp`` and an object ``data``; everything
+else is stored as sent, so an ``(object_type, metric)`` pair the spec does not describe (e.g.
+``email_deferred``) is kept rather than refused. The receiver never refuses a signed body for
+its envelope either (:func:`spool_key`): one that is not an event is kept and loads into
+``other``.
 
 Example::
 
@@ -14,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -100,8 +103,11 @@ METRICS: dict[str, tuple[str, ...]] = {
 }
 """Every ``(object_type, metric)`` pair the webhook spec gives a payload schema for (§5.4)."""
 
-MAX_BODY = 1_000_000
-"""Largest body accepted (bytes); sent events with content are the largest real payloads."""
+MAX_BODY = 10_000_000
+"""Largest body accepted (bytes). Sent events with *Body Content* on are the largest real
+payloads: they carry the whole message, and Customer.io documents no maximum (an email with
+inlined images passes 1 MB). A 413 is retried for 7 days while every later event waits, so
+the cap only guards memory against bodies no message reaches."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +205,27 @@ def parse_event(body: bytes) -> Event:
     return check_event(doc)
 
 
+def spool_key(body: bytes) -> tuple[str, str | None]:
+    """The key a signed body is stored under, and why it is not a valid event (or None).
+
+    A valid event is stored under its ``event_id``. A body that is not one keeps the
+    ``event_id`` it has when that is a usable string, else it is keyed by the SHA-256 of its
+    bytes (``sha256:<hex>``), so Customer.io's retries of the same body are stored once.
+    """
+    try:
+        return parse_event(body).event_id, None
+    except Exception as exc:  # HTTPError from the checks; anything else must not lose it either
+        problem = exc.reason if isinstance(exc, HTTPError) else f"{type(exc).__name__}: {exc}"
+    try:
+        doc = parse_json(body)
+    except Exception:
+        doc = None
+    event_id = doc.get("event_id") if isinstance(doc, dict) else None
+    if isinstance(event_id, str) and event_id.strip() and len(event_id) <= 200:
+        return event_id, problem
+    return "sha256:" + hashlib.sha256(body).hexdigest(), problem
+
+
 def check_event(doc: dict[str, Any]) -> Event:
     """Check the envelope keys of a parsed event (see :func:`parse_event`)."""
     hint = 'an event looks like {"event_id", "object_type", "metric", "timestamp", "data"} (§5.3)'
@@ -237,10 +264,15 @@ def table_for(object_type: str, metric: str, data: dict[str, Any]) -> str:
     """The warehouse table an event is loaded into.
 
     Subscription changes go to ``customer`` whatever channel caused them: for those events
-    ``object_type`` names the channel (§5.4), kept in the ``object_type`` column. An email
-    ``unsubscribed`` that carries a delivery but no ``email_address`` stays in ``email``.
+    ``object_type`` names the channel (§5.4), kept in the ``object_type`` column. No message
+    event has the metric ``subscribed`` or ``cio_subscription_preferences_changed``; an
+    ``unsubscribed`` is the customer event when it has an ``email_address`` (the spec requires
+    one, null in id-only workspaces) or no ``delivery_id`` (which every message event has),
+    so an email ``unsubscribed`` that carries a delivery stays in ``email``.
     """
-    if metric in CUSTOMER_METRICS and "email_address" in data:
+    if metric in CUSTOMER_METRICS and (
+        metric != "unsubscribed" or "email_address" in data or "delivery_id" not in data
+    ):
         return "customer"
     if object_type in OBJECT_TYPES:
         return object_type

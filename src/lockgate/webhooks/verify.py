@@ -23,8 +23,12 @@ from lockgate.webhooks.errors import HTTPError
 
 
 def signing_key(config: WebhooksConfig) -> bytes:
-    """The reporting webhook's signing key from the environment (never printed)."""
-    key = resolve_env(config.signing_key, field="webhooks.signing_key", at=config)
+    """The reporting webhook's signing key from the environment (never printed).
+
+    Whitespace around it is dropped: a key kept in a secret file often ends in a newline, the
+    key Customer.io shows has none, and with it no genuine webhook would verify.
+    """
+    key = (resolve_env(config.signing_key, field="webhooks.signing_key", at=config) or "").strip()
     if not key:
         raise ConfigError(
             "the webhook signing key is empty",
