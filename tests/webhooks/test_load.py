@@ -289,3 +289,20 @@ def test_without_the_webhooks_extra_loading_names_the_install_and_keeps_the_spoo
     assert spool.stats().unloaded == 1
     monkeypatch.undo()
     assert load_pending(project, spool=spool).loaded == 1
+
+
+def test_large_bodies_load_in_batches_bounded_by_bytes(project: Project, spool: Spool) -> None:
+    # `sent` events carrying their message can be megabytes each: a batch takes bodies up to
+    # its byte budget (always at least one), so 10,000 of them never sit in memory at once
+    events = []
+    for n in range(5):
+        event = make_event("email", "sent")
+        event["data"]["content"] = f"<p>{n}</p>" + "x" * 300_000
+        events.append(event)
+    spool_events(spool, events)
+    result = load_pending(project, spool=spool, batch_bytes=700_000)
+    assert result.batches == 3  # 2 + 2 + 1 bodies of ~300 KB
+    assert result.loaded == 5 and spool.stats().unloaded == 0
+    with warehouse(project) as con:
+        ids = con.execute("select event_id from customerio.email").fetchall()
+    assert sorted(i for (i,) in ids) == sorted(e["event_id"] for e in events)

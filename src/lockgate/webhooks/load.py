@@ -61,7 +61,7 @@ from lockgate.project.models import (
     resolve_env,
 )
 from lockgate.webhooks.schemas import check_event, may_hold_big_int, parse_json, table_for
-from lockgate.webhooks.spool import Spool, SpoolRecord
+from lockgate.webhooks.spool import BATCH_BYTES, Spool, SpoolRecord
 
 if TYPE_CHECKING:
     from lockgate.sources.bigquery import BigQuerySettings
@@ -481,6 +481,7 @@ def load_pending(
     *,
     spool: Spool | None = None,
     batch_size: int = 10_000,
+    batch_bytes: int = BATCH_BYTES,
     wait: float = 30.0,
     console: Console | None = None,
 ) -> LoadResult:
@@ -527,7 +528,7 @@ def load_pending(
             console=console,
         )
         while True:
-            records = spool.unloaded(batch_size)
+            records = spool.unloaded(batch_size, max_bytes=batch_bytes)
             if not records:
                 break
             loaded = result.loaded

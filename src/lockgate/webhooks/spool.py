@@ -43,6 +43,9 @@ from pathlib import Path
 
 SPOOL_FILE = "spool.sqlite3"
 MAX_GROUP = 2000
+# bodies read into one load batch, past its first: bodies may be up to 10 MB (a `sent` event
+# carrying its message), so 10,000 of them could otherwise need gigabytes
+BATCH_BYTES = 64 * 1024 * 1024
 """Most events one commit covers; more wait for the next commit. ``max_group=1`` gives one
 fsync per event (the benchmark's comparison)."""
 
@@ -261,15 +264,27 @@ class Spool:
 
     # ------------------------------------------------------------------ loading
 
-    def unloaded(self, limit: int = 5000) -> list[SpoolRecord]:
-        """The oldest events not yet loaded nor rejected, in arrival order."""
+    def unloaded(self, limit: int = 5000, max_bytes: int = BATCH_BYTES) -> list[SpoolRecord]:
+        """The oldest events not yet loaded nor rejected, in arrival order: at most ``limit``
+        of them and, past the first, at most ``max_bytes`` of bodies (a batch of large bodies,
+        such as `sent` events carrying the message, stays within memory)."""
+        records: list[SpoolRecord] = []
+        size = 0
         with self._read_lock:
-            rows = self._reader.execute(
+            cursor = self._reader.execute(
                 "select seq, event_id, received_at, body from events "
                 f"where {_PENDING} order by seq limit ?",
                 (limit,),
-            ).fetchall()
-        return [SpoolRecord(int(s), str(e), float(r), bytes(b)) for s, e, r, b in rows]
+            )
+            try:
+                for s, e, r, b in cursor:
+                    if records and size + len(b) > max_bytes:
+                        break
+                    records.append(SpoolRecord(int(s), str(e), float(r), bytes(b)))
+                    size += len(b)
+            finally:
+                cursor.close()
+        return records
 
     def mark_loaded(self, seqs: Sequence[int]) -> None:
         """Mark events loaded; call only after the warehouse committed them."""
