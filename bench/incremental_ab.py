@@ -13,8 +13,10 @@ spans and the ``run_sync`` call). Each side's report must say the same (10,000 c
 delivered) or the bench stops. Then ``lockgate plan --help`` (start-up and exit alone),
 interleaved the same way. Both trees are bytecode-compiled first (``python -m compileall``).
 
-The figures are medians over the rounds: whole-process wall time, ``run_sync``, each step, and
-the time in ``run_sync`` outside the steps; the load average is printed at the start and end.
+The figures are medians over the rounds: whole-process wall time and CPU time (user + system,
+all threads: steadier than wall time when other jobs share the machine), ``run_sync``, each
+step, and the time in ``run_sync`` outside the steps; the load average is printed at the start
+and end.
 
 Usage (the "before" side is usually ``main``'s sources)::
 
@@ -139,12 +141,22 @@ def main() -> None:
                 )
             )
     console.print(f"# load average at end {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
-    rows = ["whole process", "run_sync", *STEPS, "in run_sync, outside the steps", "plan --help"]
+    rows = [
+        "whole process",
+        "whole process, CPU",
+        "run_sync",
+        *STEPS,
+        "in run_sync, outside the steps",
+        "plan --help",
+    ]
     table: dict[str, dict[str, float]] = {}
     for side in sides:
         procs = runs[side]
         table[side] = {
             "whole process": median([p.seconds for p, _ in procs]),
+            # user + system time of the process and its threads: steadier than wall time on a
+            # machine other jobs share (a job that takes a core slows the wall clock only)
+            "whole process, CPU": median([p.cpu for p, _ in procs]),
             "run_sync": median([ph.get("run_sync", 0.0) for _, ph in procs]),
             **{s: median([ph.get(s, 0.0) for _, ph in procs]) for s in STEPS},
             "in run_sync, outside the steps": median(
@@ -163,6 +175,7 @@ def main() -> None:
     pairs = list(zip(runs["before"], runs["after"], strict=True))
     paired = {
         "whole process": [a.seconds - b.seconds for (b, _), (a, _) in pairs],
+        "whole process, CPU": [a.cpu - b.cpu for (b, _), (a, _) in pairs],
         **{
             span: [a.get(span, 0.0) - b.get(span, 0.0) for (_, b), (_, a) in pairs]
             for span in ("run_sync", "extract", "diff")

@@ -136,3 +136,59 @@ def test_server_errors_are_retried_and_every_record_arrives_once() -> None:
     delivered = sum(b.size for b, _, _ in out)  # type: ignore[misc]
     assert delivered == n
     assert len(emu.people()) == n
+
+
+@given(
+    st.lists(
+        st.one_of(st.none(), st.integers(min_value=2, max_value=40_000)), min_size=0, max_size=60
+    ),
+    st.sampled_from(["string", "large_string", "string_view"]),
+    st.integers(min_value=0, max_value=3),
+)
+def test_rows_packed_from_arrow_columns_cut_the_record_packers_bodies(
+    sizes: list[int | None], kind: str, skip: int
+) -> None:
+    """The sync's rows as Arrow columns (any string layout, a slice of a larger batch): the
+    same request bodies as the record packer, and each missing or oversize operation refused
+    with its reason, never sent."""
+    import pyarrow as pa
+
+    from lockgate.destinations.customerio.batching import oversize_reason
+    from lockgate.destinations.customerio.settings import MAX_OP_BYTES
+    from lockgate.sync.deliver import NO_PAYLOAD, _packed_from
+
+    sizes = [2] * skip + sizes
+    ops = [None if n is None else '"' + "x" * (n - 2) + '",' for n in sizes]
+    keys = [f"u{i}" for i in range(len(ops))]
+    column = pa.array(ops, getattr(pa, kind)())
+    batch = pa.RecordBatch.from_arrays(
+        [
+            pa.array(keys),
+            pa.array(range(len(ops)), pa.uint64()),
+            pa.array(["{}"] * len(ops)),
+            pa.array([False] * len(ops)),
+            pa.array(["identify"] * len(ops)),
+            column,
+        ],
+        names=["k", "h", "ident", "removed", "action", "op"],
+    ).slice(skip)
+    reader = pa.RecordBatchReader.from_batches(batch.schema, [batch])
+    out = list(_packed_from(reader, "people", max_bytes=100_000, max_ops=None))
+    refused = [(r.key, r.reason) for item in out if isinstance(item, list) for r in item]
+    bodies = [item.body for item in out if isinstance(item, PackedBatch)]
+
+    packer = Packer(max_bytes=100_000, max_ops=None, max_op_bytes=MAX_OP_BYTES)
+    kept = [
+        Record(k, op[:-1].encode())
+        for k, op, n in zip(keys[skip:], ops[skip:], sizes[skip:], strict=True)
+        if op is not None and n is not None and n <= MAX_OP_BYTES
+    ]
+    expected, _ = packer.feed(kept)
+    last = packer.flush()
+    expected += [last] if last is not None else []
+    assert bodies == [b.body() for b in expected]
+    assert refused == [
+        (k, NO_PAYLOAD if n is None else oversize_reason(n))
+        for k, n in zip(keys[skip:], sizes[skip:], strict=True)
+        if n is None or n > MAX_OP_BYTES
+    ]

@@ -286,10 +286,17 @@ def _packed_from(
             ops = pc.binary_join_element_wise('{"id":"', ids, '",', batch.column(5), ",", "")
         else:
             ops = batch.column(5)
-        ops = ops.cast(pa.large_string())
+        if ops.type not in _OFFSET_WIDTH:
+            ops = ops.cast(pa.large_string())  # pyarrow.compute: ~40-60 ms of import
         offsets, lengths = _offsets(ops)
         meta = pa.RecordBatch.from_arrays([batch.column(i) for i in range(5)], names=list(META))
-        missing = ops.is_null().to_numpy(zero_copy_only=False)
+        # `is_null` is pyarrow.compute's, whose import (~40-60 ms) an incremental run pays in
+        # full: asked only when a value is missing
+        missing = (
+            ops.is_null().to_numpy(zero_copy_only=False)
+            if ops.null_count
+            else np.zeros(len(ops), dtype=bool)
+        )
         refused = (lengths > MAX_OP_BYTES) | missing
         if refused.any():
             where = np.flatnonzero(refused)
@@ -322,11 +329,19 @@ def _packed_from(
             )
 
 
+#: the width of the offsets of the string arrays whose buffers are read as they are (DuckDB
+#: gives `string`); another type is cast to `large_string` first
+_OFFSET_WIDTH = {pa.string(): np.int32, pa.large_string(): np.int64}
+
+
 def _offsets(ops: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Where each operation starts in a large_string array's data buffer (n + 1 offsets), and
-    each one's length without its trailing comma."""
-    start = ops.offset
-    offsets = np.frombuffer(ops.buffers()[1], dtype=np.int64)[start : start + len(ops) + 1]
+    """Where each operation starts in a string or large_string array's data buffer (n + 1
+    offsets), and each one's length without its trailing comma."""
+    start, buffer = ops.offset, ops.buffers()[1]
+    if buffer is None:  # an empty array may have none
+        return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    offsets = np.frombuffer(buffer, dtype=_OFFSET_WIDTH[ops.type])[start : start + len(ops) + 1]
+    offsets = offsets.astype(np.int64)
     return offsets, np.diff(offsets) - 1
 
 
