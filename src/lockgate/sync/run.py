@@ -583,7 +583,12 @@ def _prepare(
                 _shadow_snapshot(store, sync.name)
             if sync.kind == "events":
                 changes = diff_step.diff_events(
-                    store.con, sync, compiled, in_place=in_place, staged=staged_events
+                    store.con,
+                    sync,
+                    compiled,
+                    in_place=in_place,
+                    staged=staged_events,
+                    first_run=diff_step.untimed_first_run(store.con, sync, last),
                 )
             else:
                 related = _related_snapshots(store, project, sync)
@@ -1854,6 +1859,14 @@ def run_sync(
                     )
             with step("commit"):
                 store.fold_journal(sync.name, sent=True)
+                if changes.history_skipped:
+                    # before the contract: recorded, a first run's history is never sent; a
+                    # run killed between the two finds the ledger full and sends only news
+                    run_sql(
+                        store.con,
+                        f"insert into {table('ledger', sync.name)} "
+                        "select k, current_timestamp from history_keys",
+                    )
                 if not only:  # records under a new key: their old keys stop counting as gone
                     diff_step.forget_rekeyed(store.con, sync)
                 # the state now says what this workspace holds (kept from the first commit on)
