@@ -169,3 +169,31 @@ def test_first_run_skip_wins_over_older_send(project_factory: ProjectFactory) ->
     project = project_factory.write({"activity": both})
     assert run(project).changes.history_skipped == 3
     assert sent(project_factory) == []
+
+
+def test_a_first_run_of_one_person_leaves_the_whole_first_run_to_come(
+    project_factory: ProjectFactory,
+) -> None:
+    """`sync --only ME` then `sync`: the named person's history is recorded, and the whole
+    run after it is still the first, so everyone else's history is recorded too, not sent."""
+    history(project_factory)
+    project = project_factory.write({"activity": UNTIMED + "backfill: {first_run: skip}\n"})
+    named = run(project, only=("1",))
+    assert (named.delivered, named.changes.history_skipped) == (0, 1)
+    whole = run(project)
+    assert (whole.delivered, whole.changes.history_skipped) == (0, 2)
+    assert sent(project_factory) == []
+    add_news(project_factory)
+    assert run(project).delivered == 1
+    assert sent(project_factory) == ["d"]
+
+
+def test_forcing_one_persons_first_run_does_not_force_everyones(
+    project_factory: ProjectFactory,
+) -> None:
+    history(project_factory)
+    project = project_factory.write({"activity": UNTIMED})
+    assert run(project, only=("1",), force=True).delivered == 1
+    with pytest.raises(ContractError, match="would send all 2 events the model holds"):
+        run(project)
+    assert sent(project_factory) == ["a"]

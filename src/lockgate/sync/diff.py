@@ -2045,7 +2045,7 @@ def diff_events(
 ) -> ChangeSet:
     """Fill ``changes`` with the events to send: each key not in the ledger, once.
 
-    ``first_run`` (no committed run of the sync, :func:`untimed_first_run`) of a sync without
+    ``first_run`` (no whole run of the sync committed, :func:`untimed_first_run`) of a sync without
     `event.timestamp` and `backfill: {first_run: skip}`: the events that could be sent are
     history, not news; their keys go to the temp table ``history_keys`` (the run's commit
     adds them to the ledger, a plan leaves them) and nothing is sent for them. Those sent
@@ -2197,15 +2197,19 @@ def diff_events(
     )
 
 
-def untimed_first_run(con: duckdb.DuckDBPyConnection, sync: SyncConfig, last: object) -> bool:
-    """Whether this is the first run of an events sync without `event.timestamp`: no committed
-    run (``last``, the contract of the last one, is None) and nothing in its ledger (a state
-    of a Lockgate that recorded no contract has delivered events there). Such a sync sends
-    every event as happening now, so on its first run it cannot tell the history the model
-    holds from what just happened (`backfill.first_run`; the guardrail in ``guard``)."""
-    if sync.kind != "events" or sync.event is None or sync.event.timestamp or last is not None:
-        return False
-    return not _one(con, f"select exists(select 1 from {table('ledger', sync.name)})")
+def untimed_first_run(sync: SyncConfig, last: object) -> bool:
+    """Whether this is the first run of an events sync without `event.timestamp`: no whole run
+    of it committed yet (``last``, the contract of the last one, is None; a run of named
+    records, `--only`, records none, so the whole run after it is still the first). Such a
+    sync sends every event as happening now, so on its first run it cannot tell the history
+    the model holds from what just happened (`backfill.first_run`; the guardrail in
+    ``guard``)."""
+    return (
+        sync.kind == "events"
+        and sync.event is not None
+        and not sync.event.timestamp
+        and last is None
+    )
 
 
 def with_payloads(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[str, str]]:

@@ -494,7 +494,6 @@ UNTIMED = "first run without timestamps"
 
 
 def _untimed_first_run(
-    con: duckdb.DuckDBPyConnection,
     sync: SyncConfig,
     last: contract.Contract | None,
     changes: ChangeSet,
@@ -509,7 +508,7 @@ def _untimed_first_run(
     if sync.event is None or sync.event.timestamp:
         return None
     limit = "`backfill.first_run` chosen"
-    if not untimed_first_run(con, sync, last):
+    if not untimed_first_run(sync, last):
         return GuardResult(UNTIMED, limit, "not a first run: new events are sent as news", False)
     choice = sync.backfill.untimed_first_run
     n = changes.to_send
@@ -893,7 +892,7 @@ def check(
                 f"{k}: {orjson.loads(b'{' + op.encode()).get('name')}" for k, op in rows.fetchall()
             ]
 
-        results.append(_untimed_first_run(con, sync, last, changes, events))
+        results.append(_untimed_first_run(sync, last, changes, events))
 
         results.append(
             breaker("max_events", lim.max_events, changes.to_send, 0, "events", "", events)

@@ -588,7 +588,7 @@ def _prepare(
                     compiled,
                     in_place=in_place,
                     staged=staged_events,
-                    first_run=diff_step.untimed_first_run(store.con, sync, last),
+                    first_run=diff_step.untimed_first_run(sync, last),
                 )
             else:
                 related = _related_snapshots(store, project, sync)
