@@ -197,3 +197,23 @@ def test_forcing_one_persons_first_run_does_not_force_everyones(
     with pytest.raises(ContractError, match="would send all 2 events the model holds"):
         run(project)
     assert sent(project_factory) == ["a"]
+
+
+def test_validate_warns_of_the_stop_before_the_first_run(project_factory: ProjectFactory) -> None:
+    history(project_factory)
+    project = project_factory.write({"activity": UNTIMED})
+    checked = lockgate(project, "validate", "--json")
+    assert checked.exit_code == 0, checked.output  # a warning, not an error
+    findings = json.loads(checked.output)["contract"]
+    [found] = [f for f in findings if f["check"] == "untimed first run"]
+    assert found["level"] == "warning" and "backfill: {first_run: skip}" in found["message"]
+    assert found["files"] == ["syncs/activity.yml"]
+    # said, and done: once chosen (or once a run committed), there is nothing to warn of
+    for body in (UNTIMED + "backfill: {first_run: skip}\n", UNTIMED + "backfill: {older: send}\n"):
+        project = project_factory.write({"activity": body})
+        checks = json.loads(lockgate(project, "validate", "--json").output)["contract"]
+        assert not [f for f in checks if f["check"] == "untimed first run"]
+    project = project_factory.write({"activity": UNTIMED})
+    run(project, force=True)
+    checks = json.loads(lockgate(project, "validate", "--json").output)["contract"]
+    assert not [f for f in checks if f["check"] == "untimed first run"]
