@@ -217,3 +217,27 @@ def test_validate_warns_of_the_stop_before_the_first_run(project_factory: Projec
     run(project, force=True)
     checks = json.loads(lockgate(project, "validate", "--json").output)["contract"]
     assert not [f for f in checks if f["check"] == "untimed first run"]
+
+
+def test_a_rename_sends_the_history_under_the_backfill_name(
+    project_factory: ProjectFactory,
+) -> None:
+    """`older: {rename: ...}` says how old events go: on an untimed sync's first run, the
+    model's history goes under that name (no campaign triggered by the real name starts),
+    and the events that appear later under their own."""
+    history(project_factory)
+    renamed = UNTIMED + 'backfill: {older: {rename: "{name} (backfill)"}}\n'
+    project = project_factory.write({"activity": renamed})
+    first = run(project)
+    assert (first.delivered, first.changes.backfill_sent) == (3, 3)
+    [row] = [g for g in first.guards if g.name == "first run without timestamps"]
+    assert not row.breached
+    add_news(project_factory)
+    assert run(project).delivered == 1
+    names = sorted((e.data["feature"], e.name) for e in project_factory.emulator.events())
+    assert names == [
+        ("a", "Order Shipped (backfill)"),
+        ("b", "Order Shipped (backfill)"),
+        ("c", "Order Shipped (backfill)"),
+        ("d", "Order Shipped"),
+    ]

@@ -863,9 +863,9 @@ class BackfillConfig(StrictModel):
     first_run: Literal["skip", "send"] | None = None
     """Without `event.timestamp` (every event is sent as happening now, so its age cannot be
     told): what the first run does with the events already in the model. Unset, the first run
-    stops before sending anything (unless `older: send`, which sends old events as they are);
-    `skip` records them as history, sent never (only events that appear later are sent);
-    `send` sends them all now."""
+    stops before sending anything (unless `older` is `send`, or a `rename`, which then sends
+    them all under the backfill name); `skip` records them as history, sent never (only
+    events that appear later are sent); `send` sends them all now."""
 
     @field_validator("max_age", mode="before")
     @classmethod
@@ -897,11 +897,14 @@ class BackfillConfig(StrictModel):
         return parse_duration(self.max_age)
 
     @property
-    def untimed_first_run(self) -> Literal["skip", "send"] | None:
-        """`first_run`, else `send` when `older: send` already says to send old events as
-        they are (None: not chosen, the first run of a sync without timestamps stops)."""
+    def untimed_first_run(self) -> Literal["skip", "send", "rename"] | None:
+        """`first_run`, else what `older` says of old events: `send` (as they are) or
+        `rename` (under the backfill name). None: not chosen, the first run of a sync without
+        timestamps stops."""
         if self.first_run is not None:
             return self.first_run
+        if isinstance(self.older, dict):
+            return "rename"
         return "send" if self.older == "send" else None
 
 

@@ -522,6 +522,14 @@ def _untimed_first_run(
             "(`first_run: skip`)",
             False,
         )
+    if choice == "rename":
+        b = changes.backfill_sent
+        return GuardResult(
+            UNTIMED,
+            limit,
+            f"{b:,} event{'' if b == 1 else 's'} sent as backfill, renamed (`older: rename`)",
+            False,
+        )
     if choice == "send":
         said = "first_run" if sync.backfill.first_run else "older"
         return GuardResult(

@@ -544,7 +544,16 @@ def _prepare(
         with step("map"):
             try:
                 compiled = mapping.compile_sync(
-                    sync, staged.columns, on_null, now, clear, _last_hash(last)
+                    sync,
+                    staged.columns,
+                    on_null,
+                    now,
+                    clear,
+                    _last_hash(last),
+                    # an untimed sync's first run with `older: {rename}`: its history is
+                    # backfill, sent under the backfill name
+                    history=diff_step.untimed_first_run(sync, last)
+                    and sync.backfill.untimed_first_run == "rename",
                 )
             except ConfigError as exc:
                 raise project.locate(exc, sync.name) from None
