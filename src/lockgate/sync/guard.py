@@ -503,8 +503,9 @@ def _untimed_first_run(
     sending, so `backfill.max_age` cannot hold old ones back: on its first run every event the
     model holds (years of history, often) would reach Customer.io as happening now and start
     every campaign it triggers. Such a first run stops unless `backfill.first_run` says what to
-    do with them: `skip` records them as history (``diff.diff_events``), `send` sends them.
-    `--force` sends them once. Later runs send the events that appeared since, as news."""
+    do with them: `skip` records them as history (``diff.diff_events``), `send` sends them
+    (as `older: send` does), `older: {rename}` sends them under the backfill name. `--force`
+    sends them once. Later runs send the events that appeared since, as news."""
     if sync.event is None or sync.event.timestamp:
         return None
     limit = "`backfill.first_run` chosen"

@@ -1870,7 +1870,8 @@ def run_sync(
                 store.fold_journal(sync.name, sent=True)
                 if changes.history_skipped:
                     # before the contract: recorded, a first run's history is never sent; a
-                    # run killed between the two finds the ledger full and sends only news
+                    # run killed between the two leaves a first run to come, which finds these
+                    # keys delivered and records the rest of the history as this one did
                     run_sql(
                         store.con,
                         f"insert into {table('ledger', sync.name)} "
