@@ -198,6 +198,7 @@ kind: events
 identify_by: {id: id}
 event: {name: {value: viewed}, id: id}
 properties: {plan: data}
+backfill: {first_run: send}
 """
     write_sync(warehouse, customerio_emulator, monkeypatch, body)
 

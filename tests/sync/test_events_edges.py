@@ -261,7 +261,7 @@ def test_events_without_a_timestamp_keep_their_ids_when_the_state_is_lost(
         "('e1', 1, 'Used', 'a'), ('e2', 2, 'Used', 'b')",
         "event_id, user_id, event_name, feature",
     )
-    untimed = EVENTS.replace("  timestamp: occurred_at\n", "")
+    untimed = EVENTS.replace("  timestamp: occurred_at\n", "") + "backfill: {first_run: send}\n"
     project = project_factory.write({"activity": untimed})
     assert run(project).delivered == 2
     # the state is lost (or a crash lost the last flush): the re-run, a minute later, sends
@@ -967,6 +967,8 @@ def test_two_events_syncs_sending_one_name_with_overlapping_keys_lose_no_event(
                'app' as channel from range(1, 6) t(i);
         """
     )
+    # the sync without a timestamp sends its model's events on its first run, as they are
+    backfill = "" if timestamp else "backfill: {{first_run: send}}"
     sync = f"""
     name: {{n}}
     source: warehouse
@@ -975,6 +977,7 @@ def test_two_events_syncs_sending_one_name_with_overlapping_keys_lose_no_event(
     identify_by: {{{{id: user_id}}}}
     event: {{{{name: {{{{value: Order Completed}}}}, {timestamp}id: id}}}}
     properties: [channel]
+    {backfill}
     """
     names = ("web_orders", "app_orders")
     project = project_factory.write({n: sync.format(n=n) for n in names})

@@ -52,6 +52,7 @@ model: {table: orders}
 kind: events
 identify_by: {id: user_id}
 event: {name: event_name, id: order_id}
+backfill: {first_run: send}
 """
 
 

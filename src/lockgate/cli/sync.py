@@ -205,6 +205,11 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
             ("duplicates prevented (repeated in model)", c.duplicates_in_model),
             ("backfill skipped (older than max_age)", c.backfill_skipped),
             ("backfill sent", c.backfill_sent),
+            *(
+                [("history recorded, not sent (first run, no timestamps)", c.history_skipped)]
+                if c.history_skipped
+                else []
+            ),
         ]
     if c.state_events:
         rows.append(("on_change events fired", c.state_events))

@@ -860,6 +860,12 @@ class BackfillConfig(StrictModel):
     older: Literal["skip", "send"] | dict[str, str] = "skip"
     """`skip` (counted, not sent; not recorded either, so a later `send` sends them), `send`
     (send as is), or `{rename: "{name}_backfill"}`."""
+    first_run: Literal["skip", "send"] | None = None
+    """Without `event.timestamp` (every event is sent as happening now, so its age cannot be
+    told): what the first run does with the events already in the model. Unset, the first run
+    stops before sending anything (unless `older` is `send`, or a `rename`, which then sends
+    them all under the backfill name); `skip` records them as history, sent never (only
+    events that appear later are sent); `send` sends them all now."""
 
     @field_validator("max_age", mode="before")
     @classmethod
@@ -889,6 +895,17 @@ class BackfillConfig(StrictModel):
     @property
     def max_age_seconds(self) -> int:
         return parse_duration(self.max_age)
+
+    @property
+    def untimed_first_run(self) -> Literal["skip", "send", "rename"] | None:
+        """`first_run`, else what `older` says of old events: `send` (as they are) or
+        `rename` (under the backfill name). None: not chosen, the first run of a sync without
+        timestamps stops."""
+        if self.first_run is not None:
+            return self.first_run
+        if isinstance(self.older, dict):
+            return "rename"
+        return "send" if self.older == "send" else None
 
 
 class EventConfig(StrictModel):
@@ -1317,6 +1334,12 @@ class SyncConfig(StrictModel):
         if kind == "events":
             if self.event is None:
                 raise error("kind", "an `events` sync needs `event: {name, timestamp, id}`")
+            if self.event.timestamp and self.backfill.first_run is not None:
+                raise _error_at(
+                    ("backfill", "first_run"),
+                    "`backfill.first_run` is for events syncs without `event.timestamp`: with "
+                    "one, `backfill.max_age` tells old events from new (take `first_run` out)",
+                )
         if self.delete_removed and self.effective_mode != "mirror":
             raise error("delete_removed", "`delete_removed` only applies with `mode: mirror`")
         return self

@@ -428,7 +428,36 @@ def check_project(project: Project) -> list[Finding]:
             )
     findings += event_names(project, {k: v for k, v in sent.items() if k in project.syncs})
     findings += identifiers(project, last)
+    findings += untimed_first_runs(project, last)
     return findings
+
+
+def untimed_first_runs(project: Project, last: dict[str, contract.Contract]) -> list[Finding]:
+    """Events syncs without `event.timestamp` whose first run is still to come and that do not
+    say what it does with the events already in the model (`backfill.first_run`): that run
+    stops before sending anything (the guardrail in ``guard``), said here before it does."""
+    out: list[Finding] = []
+    for sync in project:
+        if (
+            sync.event is None
+            or sync.event.timestamp
+            or sync.name in last
+            or sync.backfill.untimed_first_run is not None
+        ):
+            continue
+        out.append(
+            Finding(
+                "untimed first run",
+                "warning",
+                f"sync `{sync.name}` has no `event.timestamp`, so its first run cannot tell the "
+                "events already in the model from new ones and will stop before sending "
+                "anything: map `event.timestamp`, or set `backfill: {first_run: skip}` (record "
+                "them as history, send only later ones) or `{first_run: send}` (send them all "
+                "as happening now)",
+                tuple(f for f in [project.sync_files.get(sync.name)] if f),
+            )
+        )
+    return out
 
 
 def other_workspace(store: StateStore, project: Project) -> list[Finding]:

@@ -74,6 +74,10 @@ class ChangeSet:
     already_delivered: int = 0
     backfill_skipped: int = 0
     backfill_sent: int = 0
+    history_skipped: int = 0
+    """Events of an events sync without `event.timestamp` that its first run found in the
+    model and recorded as history, sent never (`backfill: {first_run: skip}`): their keys go
+    to the ledger when the run commits, so later runs count them as already delivered."""
     attributes_set: int = 0
     attributes_cleared: int = 0
     held: int = 0
@@ -2037,8 +2041,15 @@ def diff_events(
     *,
     in_place: InPlace | None = None,
     staged: StagedEvents | None = None,
+    first_run: bool = False,
 ) -> ChangeSet:
     """Fill ``changes`` with the events to send: each key not in the ledger, once.
+
+    ``first_run`` (no whole run of the sync committed, :func:`untimed_first_run`) of a sync without
+    `event.timestamp` and `backfill: {first_run: skip}`: the events that could be sent are
+    history, not news; their keys go to the temp table ``history_keys`` (the run's commit
+    adds them to the ledger, a plan leaves them) and nothing is sent for them. Those sent
+    before without an answer (``event_ids``) are sent again as usual.
 
     An event sent whose answer never came (``event_ids__S``, see the state store) is sent with
     the dedupe id it was sent with, whatever its row holds now: Customer.io may hold it under
@@ -2150,6 +2161,22 @@ def diff_events(
                 """
             ).fetchall()[0][0]
         )
+    run_sql(con, "drop table if exists history_keys")
+    history = 0
+    if first_run and sync.event is not None and not sync.event.timestamp:
+        if sync.backfill.untimed_first_run == "skip":
+            run_sql(
+                con,
+                f"""
+                create temp table history_keys as
+                select k from changes where k not in (select k from {ids});
+                insert into unsent_event_names
+                select distinct json_extract_string('{{' || op, '$.name') from changes
+                where k in (select k from history_keys);
+                delete from changes where k in (select k from history_keys);
+                """,
+            )
+            history = int(_one(con, "select count(*) from history_keys") or 0)
     to_send = int(_one(con, "select count(*) from changes") or 0)
     return ChangeSet(
         kind="events",
@@ -2162,10 +2189,26 @@ def diff_events(
         already_delivered=old_keys,
         backfill_skipped=backfill if skip_backfill else 0,
         backfill_sent=0 if skip_backfill else backfill,
+        history_skipped=history,
         unconfirmed=resent,
         rows_copied=copied,
         rejected_samples=samples,
         rejected_reasons=reasons,
+    )
+
+
+def untimed_first_run(sync: SyncConfig, last: object) -> bool:
+    """Whether this is the first run of an events sync without `event.timestamp`: no whole run
+    of it committed yet (``last``, the contract of the last one, is None; a run of named
+    records, `--only`, records none, so the whole run after it is still the first). Such a
+    sync sends every event as happening now, so on its first run it cannot tell the history
+    the model holds from what just happened (`backfill.first_run`; the guardrail in
+    ``guard``)."""
+    return (
+        sync.kind == "events"
+        and sync.event is not None
+        and not sync.event.timestamp
+        and last is None
     )
 
 
@@ -2198,5 +2241,6 @@ __all__ = [
     "lit",
     "sample_ops",
     "stage_new_events",
+    "untimed_first_run",
     "with_payloads",
 ]

@@ -16,6 +16,9 @@ The guardrails (docs/guardrails.md):
 - **type drift**: a column the sync reads changed type family (timestamp, number, string,
   boolean, json, nested...) since the last committed run; only acknowledging it in
   ``guardrails.accept_type_changes`` lets the sync run again (``--force`` does not);
+- **first run without timestamps**: the first run of an events sync without
+  `event.timestamp` would send every event in the model as happening now; it stops unless
+  `backfill.first_run` is `skip` (history, not sent) or `send` (``--force`` once);
 - **empty model** (always on for `mirror` syncs): no rows while the snapshot has records to
   undo; ``--force`` accepts it once;
 - **circuit breakers** (`max_changed`, `max_cleared`, `max_removed` for people and objects,
@@ -40,7 +43,7 @@ from lockgate.project.loader import Project
 from lockgate.project.models import GuardrailsConfig, SyncConfig
 from lockgate.state import contract
 from lockgate.state.store import StateStore, run_sql, table
-from lockgate.sync.diff import RESYNC_PREVIOUS, ChangeSet, with_payloads
+from lockgate.sync.diff import RESYNC_PREVIOUS, ChangeSet, untimed_first_run, with_payloads
 from lockgate.sync.mapping import (
     event_key,
     event_key_text,
@@ -487,6 +490,72 @@ def _event_names(con: duckdb.DuckDBPyConnection, project: Project, sync: SyncCon
     )
 
 
+UNTIMED = "first run without timestamps"
+
+
+def _untimed_first_run(
+    sync: SyncConfig,
+    last: contract.Contract | None,
+    changes: ChangeSet,
+    samples: Any,
+) -> GuardResult | None:
+    """An events sync without `event.timestamp` sends each event stamped with the time of
+    sending, so `backfill.max_age` cannot hold old ones back: on its first run every event the
+    model holds (years of history, often) would reach Customer.io as happening now and start
+    every campaign it triggers. Such a first run stops unless `backfill.first_run` says what to
+    do with them: `skip` records them as history (``diff.diff_events``), `send` sends them
+    (as `older: send` does), `older: {rename}` sends them under the backfill name. `--force`
+    sends them once. Later runs send the events that appeared since, as news."""
+    if sync.event is None or sync.event.timestamp:
+        return None
+    limit = "`backfill.first_run` chosen"
+    if not untimed_first_run(sync, last):
+        return GuardResult(UNTIMED, limit, "not a first run: new events are sent as news", False)
+    choice = sync.backfill.untimed_first_run
+    n = changes.to_send
+    events = f"{n:,} event{'' if n == 1 else 's'}"
+    if choice == "skip":
+        h = changes.history_skipped
+        return GuardResult(
+            UNTIMED,
+            limit,
+            f"{h:,} event{'' if h == 1 else 's'} in the model recorded as history, not sent "
+            "(`first_run: skip`)",
+            False,
+        )
+    if choice == "rename":
+        b = changes.backfill_sent
+        return GuardResult(
+            UNTIMED,
+            limit,
+            f"{b:,} event{'' if b == 1 else 's'} sent as backfill, renamed (`older: rename`)",
+            False,
+        )
+    if choice == "send":
+        said = "first_run" if sync.backfill.first_run else "older"
+        return GuardResult(
+            UNTIMED, limit, f"{events} sent as happening now (`{said}: send`)", False
+        )
+    if not n:
+        return GuardResult(UNTIMED, limit, "no event to send", False)
+    return GuardResult(
+        UNTIMED,
+        limit,
+        f"{events} with no timestamp, `backfill.first_run` not set",
+        True,
+        f"The sync has no `event.timestamp`, so each event is sent stamped with the time of "
+        f"sending and `backfill.max_age` cannot tell old events from new: this first run would "
+        f"send all {events} the model holds as happening now, and each would trigger the "
+        "campaigns it starts, however long ago it happened.",
+        tuple(samples()),
+        hint=f"map `event.timestamp` to the column saying when each event happened (events "
+        f"older than `backfill.max_age` are then held back); or set `backfill: {{first_run: "
+        f"skip}}` in the sync file to record the events in the model now as history and send "
+        f"only those that appear later; `backfill: {{first_run: send}}` (or `lockgate sync "
+        f"{sync.name} --force` once) sends them all now",
+    )
+
+
 def _keys_named(con: duckdb.DuckDBPyConnection, name: str) -> list[str]:
     rows = con.execute(
         "select k from changes where json_extract_string('{' || op, '$.name') = ? "
@@ -831,6 +900,8 @@ def check(
             return [
                 f"{k}: {orjson.loads(b'{' + op.encode()).get('name')}" for k, op in rows.fetchall()
             ]
+
+        results.append(_untimed_first_run(sync, last, changes, events))
 
         results.append(
             breaker("max_events", lim.max_events, changes.to_send, 0, "events", "", events)

@@ -1427,12 +1427,16 @@ def compile_sync(
     now_epoch: int,
     clear: tuple[str, ...] = (),
     last: LastHash | None = None,
+    *,
+    history: bool = False,
 ) -> Compiled:
     """The SELECT of any sync kind over a model with ``columns`` (name -> DuckDB type); a
     column the sync file names that the model lacks is a :class:`ConfigError` naming both.
     ``clear``: attributes to clear on every people or objects record
     (:func:`removed_attributes`); ``last``: the last committed run's row hash
-    (:func:`source_hash`)."""
+    (:func:`source_hash`); ``history``: every event of an events sync without a timestamp is
+    backfill (its first run, with `backfill.older` a rename: the model's history goes out
+    under the backfill name)."""
     try:
         if sync.kind == "people":
             return compile_people(sync, columns, default_on_null, clear, last)
@@ -1440,7 +1444,7 @@ def compile_sync(
             return compile_objects(sync, columns, default_on_null, clear, last)
         if sync.kind == "relationships":
             return compile_relationships(sync, columns, default_on_null, last)
-        return compile_events(sync, columns, now_epoch)
+        return compile_events(sync, columns, now_epoch, history=history)
     except ConfigError as exc:
         if sync.graph_columns and exc.hint == columns_hint(columns):
             # the model's own columns: those the identity graph added cannot be named
@@ -1632,8 +1636,11 @@ def _blank_or_null(column: str, col_type: str) -> str:
     return f"coalesce({_trim(_key_text(column, col_type))} = '', true)"
 
 
-def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) -> Compiled:
-    """The SELECT producing (k, op, ident, reject, ts, backfill, lo, hi) for an events sync."""
+def compile_events(
+    sync: SyncConfig, columns: dict[str, str], now_epoch: int, *, history: bool = False
+) -> Compiled:
+    """The SELECT producing (k, op, ident, reject, ts, backfill, lo, hi) for an events sync.
+    ``history``: without `event.timestamp`, every event is backfill (see ``compile_sync``)."""
     assert sync.event is not None
     event = sync.event
     fields = Fields(limit_values=False)
@@ -1756,6 +1763,8 @@ def compile_events(sync: SyncConfig, columns: dict[str, str], now_epoch: int) ->
     else:
         ts_sql = str(now_epoch)
     backfill_sql = f"({ts_sql} < {now_epoch - sync.backfill.max_age_seconds})"
+    if history and not event.timestamp:
+        backfill_sql = f"({ts_sql} is not null)"  # every event; `ts` stays in the SQL
     older = sync.backfill.older
     if isinstance(older, dict):
         # every `{name}` in the template is the event's name: `{name}_{name}` too

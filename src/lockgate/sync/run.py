@@ -544,7 +544,16 @@ def _prepare(
         with step("map"):
             try:
                 compiled = mapping.compile_sync(
-                    sync, staged.columns, on_null, now, clear, _last_hash(last)
+                    sync,
+                    staged.columns,
+                    on_null,
+                    now,
+                    clear,
+                    _last_hash(last),
+                    # an untimed sync's first run with `older: {rename}`: its history is
+                    # backfill, sent under the backfill name
+                    history=diff_step.untimed_first_run(sync, last)
+                    and sync.backfill.untimed_first_run == "rename",
                 )
             except ConfigError as exc:
                 raise project.locate(exc, sync.name) from None
@@ -583,7 +592,12 @@ def _prepare(
                 _shadow_snapshot(store, sync.name)
             if sync.kind == "events":
                 changes = diff_step.diff_events(
-                    store.con, sync, compiled, in_place=in_place, staged=staged_events
+                    store.con,
+                    sync,
+                    compiled,
+                    in_place=in_place,
+                    staged=staged_events,
+                    first_run=diff_step.untimed_first_run(sync, last),
                 )
             else:
                 related = _related_snapshots(store, project, sync)
@@ -1854,6 +1868,15 @@ def run_sync(
                     )
             with step("commit"):
                 store.fold_journal(sync.name, sent=True)
+                if changes.history_skipped:
+                    # before the contract: recorded, a first run's history is never sent; a
+                    # run killed between the two leaves a first run to come, which finds these
+                    # keys delivered and records the rest of the history as this one did
+                    run_sql(
+                        store.con,
+                        f"insert into {table('ledger', sync.name)} "
+                        "select k, current_timestamp from history_keys",
+                    )
                 if not only:  # records under a new key: their old keys stop counting as gone
                     diff_step.forget_rekeyed(store.con, sync)
                 # the state now says what this workspace holds (kept from the first commit on)
