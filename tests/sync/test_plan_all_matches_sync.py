@@ -361,3 +361,55 @@ def test_a_person_whose_delete_is_unconfirmed_stays_in_the_other_people_sync(
     assert_plans_match(plans, runs, sent)
     three = b2b.emulator.person(id="3")
     assert three is not None and three.attributes == {"color": "hue3"}
+
+
+def tiers(name: str) -> str:
+    """A second objects sync of the companies' object type, not `mirror`, sending `tier`."""
+    return f"""
+name: {name}
+source: warehouse
+model: {{table: tiers}}
+kind: objects
+object_type_id: "1"
+primary_key: company_id
+attributes: [tier]
+"""
+
+
+@pytest.mark.parametrize("other", ["accounts", "zz_tiers"], ids=["runs-before", "runs-after"])
+def test_an_object_a_mirror_sync_deletes_is_sent_again_by_another_objects_sync(
+    b2b: ProjectFactory, other: str
+) -> None:
+    """As for people: the companies sync deletes company c3, which Customer.io deletes whole;
+    another objects sync of the object type still sends it, so it forgets it and sends it
+    again in full, and the plan and the run name it. Before, that sync's snapshot still said
+    c3 delivered: Customer.io lacked the company for good, and nothing said so."""
+    b2b.sql(
+        "create table tiers as "
+        "select 'c' || i as company_id, 't' || i as tier from range(1, 4) t(i)"
+    )
+    syncs = {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    b2b.project = b2b.write({**syncs, other: tiers(other)}, retries=0)
+    lockgate(b2b.project, "sync", "--all", "--json")
+    emu = b2b.emulator
+
+    def c3() -> Any:
+        return {o.object_id: o.attributes for o in emu.objects()}.get("c3")
+
+    assert c3() == {"name": "Company 3", "plan": "pro", "tier": "t3"}
+    b2b.sql("delete from companies where company_id = 'c3'")
+    plans, runs, sent = plan_then_sync(b2b)
+    resent = [{"sync": other, "objects": 1}]
+    assert plans["companies"]["resent_by"] == resent == runs["companies"]["resent_by"]
+    assert_plans_match(plans, runs, sent)
+    if other == "accounts":  # it ran before the delete: it sends it at its next run
+        assert c3() is None
+        again = lockgate(b2b.project, "plan", other, "--json")["changes"]
+        assert (again["new"], again["to_send"]) == (1, 1)
+        plans, runs, sent = plan_then_sync(b2b)
+        assert_plans_match(plans, runs, sent)
+    else:
+        assert plans[other]["changes"]["new"] == 1
+    assert c3() == {"tier": "t3"}
+    again = lockgate(b2b.project, "sync", "--all", "--json")
+    assert [r["changes"]["to_send"] for r in again] == [0, 0, 0, 0]

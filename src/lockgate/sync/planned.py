@@ -116,29 +116,37 @@ def record(
                 _dropping(con, planned, sync.name, f"select k from {gone}")
     if sync.kind in ("people", "objects") and sync.delete_removed:
         planned.deleting.append(sync.name)
-    if sync.kind == "people" and sync.delete_removed:
-        # the people it deletes leave the snapshots of the other people syncs sending them,
-        # as in the run (``diff.forget_people_of``): a later plan of those sends them again
+    if sync.kind in ("people", "objects") and sync.delete_removed:
+        # the people (objects) it deletes leave the snapshots of the other people (objects)
+        # syncs sending them, as in the run (``diff.forget_people_of``): a later plan of
+        # those sends them again
         deleted = f"(select ident from {delta} where removed)"
         gone = con.execute(f"select count(*) from {deleted}").fetchall()[0][0]
         for other in people_syncs(project, sync) if gone else []:
             store.ensure_sync_tables(other.name)
-            _dropping(con, planned, other.name, diff_step.delivered_people_of(other.name, deleted))
+            _dropping(
+                con,
+                planned,
+                other.name,
+                diff_step.delivered_records_of(sync.kind, other.name, deleted),
+            )
 
 
 def people_syncs(project: Project, sync: SyncConfig) -> list[SyncConfig]:
-    """The other people syncs of the destination of the people ``sync``: those whose
-    snapshots forget the people ``sync`` deletes (``diff.forget_people_of``), so they send
-    them again. One rule for the plan (:func:`resent_by`, :func:`record`) and the run
+    """The other people syncs of the destination of the people ``sync`` (the other objects
+    syncs of its object type, for an objects ``sync``): those whose snapshots forget the
+    people (objects) ``sync`` deletes (``diff.forget_people_of``), so they send them again.
+    One rule for the plan (:func:`resent_by`, :func:`record`) and the run
     (``run._people_of``)."""
-    if sync.kind != "people" or not sync.delete_removed:
+    if sync.kind not in ("people", "objects") or not sync.delete_removed:
         return []
     return [
         other
         for other in project
-        if other.kind == "people"
+        if other.kind == sync.kind
         and other.name != sync.name
         and other.destination == sync.destination
+        and other.object_type_id == sync.object_type_id
     ]
 
 
@@ -151,7 +159,8 @@ def resent_by(store: StateStore, project: Project, sync: SyncConfig) -> dict[str
     for other in people_syncs(project, sync):
         store.ensure_sync_tables(other.name)
         n = store.con.execute(
-            f"select count(*) from ({diff_step.delivered_people_of(other.name, deleted)})"
+            f"select count(*) from "
+            f"({diff_step.delivered_records_of(sync.kind, other.name, deleted)})"
         ).fetchall()[0][0]
         if n:
             found[other.name] = int(n)
