@@ -413,3 +413,81 @@ def test_an_object_a_mirror_sync_deletes_is_sent_again_by_another_objects_sync(
     assert c3() == {"tier": "t3"}
     again = lockgate(b2b.project, "sync", "--all", "--json")
     assert [r["changes"]["to_send"] for r in again] == [0, 0, 0, 0]
+
+
+USERS_BY_ID = """
+name: users
+source: warehouse
+model: {table: accounts}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+mode: mirror
+delete_removed: true
+attributes: [email, first_name]
+guardrails: {max_removed: off}
+"""
+
+LEADS = """
+name: leads
+source: warehouse
+model: {table: leads}
+kind: people
+primary_key: email
+identify_by: {email: email}
+attributes: [score]
+"""
+
+
+def invoke(project: Any, *args: str) -> Any:
+    """The CLI's result (its ``stdout`` and ``stderr`` apart): warnings go to stderr."""
+    result = CliRunner().invoke(cli, [*args, "--project", str(project.root)])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_a_person_deleted_by_id_whom_another_sync_sends_by_email_is_warned_of(
+    project_factory: ProjectFactory,
+) -> None:
+    """`users` deletes people by `id` and sends their email as an attribute; `leads` sends
+    them by email. Customer.io deletes the whole person, the lead's score with them, but
+    `leads` cannot tell the person deleted (no identifier in common), keeps them delivered
+    and never sends them again. `validate`, `plan` and `sync` warn of it, naming the fix (the
+    email in `users`'s `identify_by`), which makes `leads` send them again."""
+    f = project_factory
+    f.sql(
+        "create table accounts as select i as user_id, 'u' || i || '@x.com' as email, "
+        "'U' || i as first_name from range(1, 4) t(i); "
+        "create table leads as select 'u' || i || '@x.com' as email, i * 10 as score "
+        "from range(1, 4) t(i)"
+    )
+    f.project = f.write({"users": USERS_BY_ID, "leads": LEADS}, retries=0)
+    first = invoke(f.project, "sync", "--all", "--json")
+    assert "never sends them again" in " ".join(first.stderr.split())
+    emu = f.emulator
+    three = emu.person(email="u3@x.com")
+    assert three is not None and three.attributes == {"score": 30, "first_name": "U3"}
+
+    said = CliRunner().invoke(cli, ["validate", "--json", "--project", str(f.project.root)])
+    (finding,) = [c for c in json.loads(said.output)["contract"] if c["check"] == "deletes"]
+    assert finding["level"] == "warning"
+    assert "people sync `users` (syncs/users.yml) deletes people by `id`" in finding["message"]
+    assert "people sync `leads` (syncs/leads.yml) sends people by email" in finding["message"]
+    assert "move the email into `users`'s `identify_by`" in finding["message"]
+    planned = invoke(f.project, "plan", "users")
+    assert "never sends them again" in " ".join(planned.output.split())
+    assert "never sends" not in invoke(f.project, "plan", "leads").output  # its own plan
+
+    # the fix: the email among the identifiers; the person deleted is sent again by `leads`
+    fixed = USERS_BY_ID.replace("{id: user_id}", "{id: user_id, email: email}")
+    fixed = fixed.replace("[email, first_name]", "[first_name]")
+    f.project = f.write({"users": fixed, "leads": LEADS})
+    said = CliRunner().invoke(cli, ["validate", "--json", "--project", str(f.project.root)])
+    assert [c for c in json.loads(said.output)["contract"] if c["check"] == "deletes"] == []
+    invoke(f.project, "sync", "--all", "--force")  # the identifiers changed
+    f.sql("delete from accounts where user_id = 3")
+    runs = {r["sync"]: r for r in json.loads(invoke(f.project, "sync", "--all", "--json").stdout)}
+    assert runs["users"]["resent_by"] == [{"sync": "leads", "people": 1}]
+    invoke(f.project, "sync", "--all")
+    three = emu.person(email="u3@x.com")
+    assert three is not None and three.attributes == {"score": 30}
