@@ -491,3 +491,67 @@ def test_a_person_deleted_by_id_whom_another_sync_sends_by_email_is_warned_of(
     invoke(f.project, "sync", "--all")
     three = emu.person(email="u3@x.com")
     assert three is not None and three.attributes == {"score": 30}
+
+
+def contacts(name: str) -> str:
+    """A people sync by `id` and email, `mirror` (clearing: a person whose row leaves keeps
+    their email in Customer.io, and the sync remembers it, to release it when a row takes
+    it)."""
+    return f"""
+name: {name}
+source: warehouse
+model: {{table: contacts}}
+kind: people
+primary_key: user_id
+identify_by: {{id: user_id, email: email}}
+mode: mirror
+attributes: [score]
+guardrails: {{max_removed: off, max_cleared: off}}
+"""
+
+
+@pytest.mark.parametrize("deleting", ["users", "accounts"], ids=["runs-after", "runs-before"])
+def test_a_person_another_sync_deletes_is_not_created_again_to_release_their_email(
+    project_factory: ProjectFactory, deleting: str
+) -> None:
+    """`contacts` clears person 3 as their row leaves, and remembers the email they keep; the
+    people sync `users` deletes person 3, email and all. When a new contact takes that email,
+    `contacts` used to release it from person 3 first (`identify` by `id` 3 with an empty
+    email), which created person 3 again, empty: someone meant to be erased. The email they
+    kept goes with them. Run in either order, the plans count what the runs send."""
+    f = project_factory
+    f.sql(
+        "create table users as select i as user_id, 'U' || i as first_name from range(1, 4) t(i); "
+        "create table contacts as select i as user_id, 'c' || i || '@x.com' as email, "
+        "i as score from range(1, 4) t(i)"
+    )
+    users = USERS_BY_ID.replace("name: users", f"name: {deleting}").replace(
+        "table: accounts", "table: users"
+    )
+    f.project = f.write(
+        {
+            deleting: users.replace("[email, first_name]", "[first_name]"),
+            "contacts": contacts("contacts"),
+        },
+        retries=0,
+    )
+    invoke(f.project, "sync", "--all")
+    emu = f.emulator
+    if deleting == "users":  # contacts runs first: it clears person 3 (email kept), then
+        f.sql("delete from contacts where user_id = 3")  # users deletes them
+    else:  # person 3's email goes null in contacts (kept), then accounts deletes them
+        f.sql("update contacts set email = null where user_id = 3")
+        invoke(f.project, "sync", "contacts")
+    f.sql("delete from users where user_id = 3")
+    plans, runs, sent = plan_then_sync(f)
+    assert_plans_match(plans, runs, sent)
+    assert emu.person(id="3") is None or deleting == "accounts"  # sent again: still a contact
+
+    f.sql("insert into contacts values (4, 'c3@x.com', 4)")  # a new contact takes the email
+    plans, runs, sent = plan_then_sync(f)
+    assert_plans_match(plans, runs, sent)
+    assert [op for op in sent if op.get("identifiers") == {"id": "3"}] == []
+    if deleting == "users":
+        assert emu.person(id="3") is None
+    four = emu.person(id="4")
+    assert four is not None and four.email == "c3@x.com"

@@ -386,6 +386,12 @@ def forget_people_of(
         return forgot
     with registered(con, "_deleted_people", pa.table({"ident": pa.array(idents, pa.string())})):
         for name in people_syncs:
+            if kind == "people":  # the emails they kept went with them
+                run_sql(
+                    con,
+                    f"delete from {table('emails_kept', name)} "
+                    f"where k in ({kept_emails_of(name, '_deleted_people')})",
+                )
             n = forget_delivered(con, name, delivered_records_of(kind, name, "_deleted_people"))
             if n:
                 forgot[name] = n
@@ -428,6 +434,19 @@ def delivered_records_of(kind: str, sync: str, deleted: str) -> str:
     return (
         f"{people_of(table('snap', sync), deleted)} "
         f"union {people_of(table('journal', sync), deleted)}"
+    )
+
+
+def kept_emails_of(sync: str, deleted: str) -> str:
+    """SQL selecting the keys ``k`` of the people the people sync ``sync`` remembers keeping
+    an email (``emails_kept__S``, :func:`keep_emails`) who are people of ``deleted``: by the
+    `id` or `cio_id` it would release the email by, or by the email itself. Customer.io
+    deleted them with their email: releasing it later (an `identify` by that `id`) would
+    create them again, empty."""
+    kept = table("emails_kept", sync)
+    return (
+        f"{people_of(kept, deleted)} union select k from {kept} where email in "
+        f"(select value from ({_person_pairs(deleted)}) where kind = 'email' and value is not null)"
     )
 
 
