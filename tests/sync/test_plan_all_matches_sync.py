@@ -361,3 +361,197 @@ def test_a_person_whose_delete_is_unconfirmed_stays_in_the_other_people_sync(
     assert_plans_match(plans, runs, sent)
     three = b2b.emulator.person(id="3")
     assert three is not None and three.attributes == {"color": "hue3"}
+
+
+def tiers(name: str) -> str:
+    """A second objects sync of the companies' object type, not `mirror`, sending `tier`."""
+    return f"""
+name: {name}
+source: warehouse
+model: {{table: tiers}}
+kind: objects
+object_type_id: "1"
+primary_key: company_id
+attributes: [tier]
+"""
+
+
+@pytest.mark.parametrize("other", ["accounts", "zz_tiers"], ids=["runs-before", "runs-after"])
+def test_an_object_a_mirror_sync_deletes_is_sent_again_by_another_objects_sync(
+    b2b: ProjectFactory, other: str
+) -> None:
+    """As for people: the companies sync deletes company c3, which Customer.io deletes whole;
+    another objects sync of the object type still sends it, so it forgets it and sends it
+    again in full, and the plan and the run name it. Before, that sync's snapshot still said
+    c3 delivered: Customer.io lacked the company for good, and nothing said so."""
+    b2b.sql(
+        "create table tiers as "
+        "select 'c' || i as company_id, 't' || i as tier from range(1, 4) t(i)"
+    )
+    syncs = {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    b2b.project = b2b.write({**syncs, other: tiers(other)}, retries=0)
+    lockgate(b2b.project, "sync", "--all", "--json")
+    emu = b2b.emulator
+
+    def c3() -> Any:
+        return {o.object_id: o.attributes for o in emu.objects()}.get("c3")
+
+    assert c3() == {"name": "Company 3", "plan": "pro", "tier": "t3"}
+    b2b.sql("delete from companies where company_id = 'c3'")
+    plans, runs, sent = plan_then_sync(b2b)
+    resent = [{"sync": other, "objects": 1}]
+    assert plans["companies"]["resent_by"] == resent == runs["companies"]["resent_by"]
+    assert_plans_match(plans, runs, sent)
+    if other == "accounts":  # it ran before the delete: it sends it at its next run
+        assert c3() is None
+        again = lockgate(b2b.project, "plan", other, "--json")["changes"]
+        assert (again["new"], again["to_send"]) == (1, 1)
+        plans, runs, sent = plan_then_sync(b2b)
+        assert_plans_match(plans, runs, sent)
+    else:
+        assert plans[other]["changes"]["new"] == 1
+    assert c3() == {"tier": "t3"}
+    again = lockgate(b2b.project, "sync", "--all", "--json")
+    assert [r["changes"]["to_send"] for r in again] == [0, 0, 0, 0]
+
+
+USERS_BY_ID = """
+name: users
+source: warehouse
+model: {table: accounts}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+mode: mirror
+delete_removed: true
+attributes: [email, first_name]
+guardrails: {max_removed: off}
+"""
+
+LEADS = """
+name: leads
+source: warehouse
+model: {table: leads}
+kind: people
+primary_key: email
+identify_by: {email: email}
+attributes: [score]
+"""
+
+
+def invoke(project: Any, *args: str) -> Any:
+    """The CLI's result (its ``stdout`` and ``stderr`` apart): warnings go to stderr."""
+    result = CliRunner().invoke(cli, [*args, "--project", str(project.root)])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_a_person_deleted_by_id_whom_another_sync_sends_by_email_is_warned_of(
+    project_factory: ProjectFactory,
+) -> None:
+    """`users` deletes people by `id` and sends their email as an attribute; `leads` sends
+    them by email. Customer.io deletes the whole person, the lead's score with them, but
+    `leads` cannot tell the person deleted (no identifier in common), keeps them delivered
+    and never sends them again. `validate`, `plan` and `sync` warn of it, naming the fix (the
+    email in `users`'s `identify_by`), which makes `leads` send them again."""
+    f = project_factory
+    f.sql(
+        "create table accounts as select i as user_id, 'u' || i || '@x.com' as email, "
+        "'U' || i as first_name from range(1, 4) t(i); "
+        "create table leads as select 'u' || i || '@x.com' as email, i * 10 as score "
+        "from range(1, 4) t(i)"
+    )
+    f.project = f.write({"users": USERS_BY_ID, "leads": LEADS}, retries=0)
+    first = invoke(f.project, "sync", "--all", "--json")
+    assert "never sends them again" in " ".join(first.stderr.split())
+    emu = f.emulator
+    three = emu.person(email="u3@x.com")
+    assert three is not None and three.attributes == {"score": 30, "first_name": "U3"}
+
+    said = CliRunner().invoke(cli, ["validate", "--json", "--project", str(f.project.root)])
+    (finding,) = [c for c in json.loads(said.output)["contract"] if c["check"] == "deletes"]
+    assert finding["level"] == "warning"
+    assert "people sync `users` (syncs/users.yml) deletes people by `id`" in finding["message"]
+    assert "people sync `leads` (syncs/leads.yml) sends people by email" in finding["message"]
+    assert "move the email into `users`'s `identify_by`" in finding["message"]
+    planned = invoke(f.project, "plan", "users")
+    assert "never sends them again" in " ".join(planned.output.split())
+    assert "never sends" not in invoke(f.project, "plan", "leads").output  # its own plan
+
+    # the fix: the email among the identifiers; the person deleted is sent again by `leads`
+    fixed = USERS_BY_ID.replace("{id: user_id}", "{id: user_id, email: email}")
+    fixed = fixed.replace("[email, first_name]", "[first_name]")
+    f.project = f.write({"users": fixed, "leads": LEADS})
+    said = CliRunner().invoke(cli, ["validate", "--json", "--project", str(f.project.root)])
+    assert [c for c in json.loads(said.output)["contract"] if c["check"] == "deletes"] == []
+    invoke(f.project, "sync", "--all", "--force")  # the identifiers changed
+    f.sql("delete from accounts where user_id = 3")
+    runs = {r["sync"]: r for r in json.loads(invoke(f.project, "sync", "--all", "--json").stdout)}
+    assert runs["users"]["resent_by"] == [{"sync": "leads", "people": 1}]
+    invoke(f.project, "sync", "--all")
+    three = emu.person(email="u3@x.com")
+    assert three is not None and three.attributes == {"score": 30}
+
+
+def contacts(name: str) -> str:
+    """A people sync by `id` and email, `mirror` (clearing: a person whose row leaves keeps
+    their email in Customer.io, and the sync remembers it, to release it when a row takes
+    it)."""
+    return f"""
+name: {name}
+source: warehouse
+model: {{table: contacts}}
+kind: people
+primary_key: user_id
+identify_by: {{id: user_id, email: email}}
+mode: mirror
+attributes: [score]
+guardrails: {{max_removed: off, max_cleared: off}}
+"""
+
+
+@pytest.mark.parametrize("deleting", ["users", "accounts"], ids=["runs-after", "runs-before"])
+def test_a_person_another_sync_deletes_is_not_created_again_to_release_their_email(
+    project_factory: ProjectFactory, deleting: str
+) -> None:
+    """`contacts` clears person 3 as their row leaves, and remembers the email they keep; the
+    people sync `users` deletes person 3, email and all. When a new contact takes that email,
+    `contacts` used to release it from person 3 first (`identify` by `id` 3 with an empty
+    email), which created person 3 again, empty: someone meant to be erased. The email they
+    kept goes with them. Run in either order, the plans count what the runs send."""
+    f = project_factory
+    f.sql(
+        "create table users as select i as user_id, 'U' || i as first_name from range(1, 4) t(i); "
+        "create table contacts as select i as user_id, 'c' || i || '@x.com' as email, "
+        "i as score from range(1, 4) t(i)"
+    )
+    users = USERS_BY_ID.replace("name: users", f"name: {deleting}").replace(
+        "table: accounts", "table: users"
+    )
+    f.project = f.write(
+        {
+            deleting: users.replace("[email, first_name]", "[first_name]"),
+            "contacts": contacts("contacts"),
+        },
+        retries=0,
+    )
+    invoke(f.project, "sync", "--all")
+    emu = f.emulator
+    if deleting == "users":  # contacts runs first: it clears person 3 (email kept), then
+        f.sql("delete from contacts where user_id = 3")  # users deletes them
+    else:  # person 3's email goes null in contacts (kept), then accounts deletes them
+        f.sql("update contacts set email = null where user_id = 3")
+        invoke(f.project, "sync", "contacts")
+    f.sql("delete from users where user_id = 3")
+    plans, runs, sent = plan_then_sync(f)
+    assert_plans_match(plans, runs, sent)
+    assert emu.person(id="3") is None or deleting == "accounts"  # sent again: still a contact
+
+    f.sql("insert into contacts values (4, 'c3@x.com', 4)")  # a new contact takes the email
+    plans, runs, sent = plan_then_sync(f)
+    assert_plans_match(plans, runs, sent)
+    assert [op for op in sent if op.get("identifiers") == {"id": "3"}] == []
+    if deleting == "users":
+        assert emu.person(id="3") is None
+    four = emu.person(id="4")
+    assert four is not None and four.email == "c3@x.com"

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from tests.sync.helpers import PEOPLE
 from tests.sync.test_objects import COMPANIES, MEMBERSHIPS, rels, run_all, seed
@@ -662,3 +663,71 @@ def test_a_person_created_whose_answer_was_lost_and_rekeyed_stops_counting_as_re
         assert (again.changes.to_send, again.changes.removed, again.changes.rekeyed) == (0, 0, 0)
     assert person5() is not None and person5().attributes.get("plan") == "pro5"
     assert len(emu.people()) == 6
+
+
+def test_a_write_ahead_table_upgraded_half_way_is_upgraded_whole(
+    project_factory: ProjectFactory,
+) -> None:
+    """Format 3 adds `k` and `ident` to `sending__S`, each its own statement: a Lockgate
+    killed between the two left `k` without `ident`. The next open adds the one missing;
+    before, it took `k` for the sign of a finished upgrade, and every later run of the sync
+    failed writing ahead (no column `ident`)."""
+    seed_people(project_factory, 5)
+    project = project_factory.write({"people": PEOPLE})
+    run_sync(project, "people", console=NullConsole())
+    with StateStore.open(project.state_dir) as store:  # as a kill between the two left it
+        store.exec_sql('alter table "sending__people" drop column ident')
+    project_factory.sql("update people set plan = 'B' where id = '3'")
+    again = run_sync(load_project(project.root), "people", console=NullConsole())
+    assert (again.status, again.delivered) == ("success", 1)
+    assert plan_of(project_factory, "3") == "B"
+    with StateStore.open(project.state_dir) as store:
+        columns = store.exec_sql('describe "sending__people"')
+        assert [c[0] for c in columns] == ["kh", "action", "k", "ident"]
+
+
+def test_a_format_2_state_whose_history_was_trimmed_leaves_the_unconfirmed_record_alone(
+    project_factory: ProjectFactory,
+) -> None:
+    """The identifiers of a format-2 unconfirmed record come from the history of the run that
+    sent it: `history_days` may have dropped it. Then the record has none, and the upgrade
+    guesses nothing: a row still in the model is sent again as before, one that left is not
+    undone (nobody is deleted by identifiers of another run), and the runs go on."""
+    seed_people(project_factory, 5)
+    project = project_factory.write(
+        {"people": PEOPLE + "mode: mirror\ndelete_removed: true\n"}, retries=0
+    )
+    emu = project_factory.emulator
+    run_sync(project, "people", console=NullConsole())
+    seed_people(project_factory, 7)
+    emu.set_faults(ANSWERS_LOST)
+    run_sync(project, "people", console=NullConsole())
+    emu.set_faults(FaultConfig())
+    with StateStore.open(project.state_dir) as store:  # format 2, its history trimmed
+        store.exec_sql(
+            'alter table "unconfirmed__people" drop column ident; '
+            "update state_format set format = 2; "
+            "delete from history where k in ('5', '6')"
+        )
+    # the commands that only read it read it as it is, and leave it of format 2
+    from click.testing import CliRunner
+
+    from lockgate.cli import cli
+
+    for command in (["runs", "--json"], ["validate"]):
+        said = CliRunner().invoke(cli, [*command, "--project", str(project.root)])
+        assert said.exit_code == 0, said.output
+    con = duckdb.connect(str(project.state_dir / "state.duckdb"), read_only=True)
+    assert con.execute("select format from state_format").fetchall() == [(2,)]
+    con.close()
+
+    seed_people(project_factory, 6)  # person 6's row leaves
+    plan = plan_sync(load_project(project.root), "people", console=NullConsole())
+    assert (plan.changes.new, plan.changes.removed) == (1, 0)
+    again = run_sync(load_project(project.root), "people", console=NullConsole())
+    assert (again.status, again.delivered, again.changes.removed) == ("success", 1, 0)
+    assert emu.person(id="5") is not None
+    assert emu.person(id="6") is not None  # left as format 2 left it: not undone
+    with StateStore.open(project.state_dir) as store:
+        assert store.exec_sql("select format from state_format") == [(STATE_FORMAT,)]
+    assert run_sync(project, "people", console=NullConsole()).changes.to_send == 0

@@ -243,13 +243,15 @@ def _kind_and_mode(report: RunReport) -> str:
 
 
 def resent_lines(report: RunReport) -> list[str]:
-    """A line per other people sync that sends people this (plan's) run of a people sync
-    deletes: it sends them again, so a person meant to be erased must leave its model too."""
+    """A line per other people (objects) sync that sends people (objects) this (plan's) run
+    of a people (objects) sync deletes: it sends them again, so a person (an object) meant to
+    be erased must leave its model too."""
     deletes = "deletes" if report.status == "planned" else "deleted"
     again = "will send" if report.status == "planned" else "forgot them and sends"
+    one, many = ("object", "objects") if report.kind == "objects" else ("person", "people")
     return [
-        f"{'1 person' if n == 1 else f'{n} people'} it {deletes} "
-        f"{'is' if n == 1 else 'are'} also sent by people sync `{other}`, which "
+        f"{f'1 {one}' if n == 1 else f'{n} {many}'} it {deletes} "
+        f"{'is' if n == 1 else 'are'} also sent by {report.kind} sync `{other}`, which "
         f"{again} them again in full on its next run: to erase them from Customer.io, "
         f"remove them from `{other}`'s model too"
         for other, n in report.resent_by

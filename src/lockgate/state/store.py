@@ -710,12 +710,11 @@ class StateStore:
         if "action" not in columns:
             # a write-ahead record of the state format before 2: its records' action unknown
             self.exec_sql(f"alter table {sending} add column action varchar")
-        if "k" not in columns:
-            # before format 3: no record new to the snapshot is named (none is undone)
-            self.exec_sql(
-                f"alter table {sending} add column k varchar; "
-                f"alter table {sending} add column ident varchar"
-            )
+        # before format 3: no record new to the snapshot is named (none is undone). Each
+        # column on its own: a Lockgate killed between the two statements left `k` alone
+        for column in ("k", "ident"):
+            if column not in columns:
+                self.exec_sql(f"alter table {sending} add column if not exists {column} varchar")
 
     def _add_unconfirmed_action(self, sync: str) -> None:
         """An ``unconfirmed`` table from before ``action``: add it, once, and fill it from the

@@ -48,7 +48,12 @@ from lockgate.project.loader import Project
 from lockgate.project.models import MAX_ATTRIBUTES
 from lockgate.state import contract, workspace
 from lockgate.state.store import StateStore
-from lockgate.sync.mapping import event_key, event_key_text, same_identifiers
+from lockgate.sync.mapping import (
+    CUSTOMERIO_IDENTIFIERS,
+    event_key,
+    event_key_text,
+    same_identifiers,
+)
 
 
 @dataclass(frozen=True)
@@ -155,13 +160,70 @@ def ownership_warnings(project: Project, names: Sequence[str]) -> list[str]:
     return out
 
 
+def _deleted_by_other_identifiers(project: Project) -> list[tuple[str, str]]:
+    """(deleting sync, other sync): a people sync that deletes (`mirror`, `delete_removed`)
+    and sends the email as an attribute, not among its identifiers, and another people sync
+    of its destination that identifies people by email. Customer.io deletes the whole person,
+    email and all, but the other sync forgets a deleted person only when it shares one of the
+    identifiers the delete named (``diff.people_of``): by email it cannot, and it would keep
+    the person as delivered, never sending them again."""
+    found = []
+    for sync in project:
+        if sync.kind != "people" or not sync.delete_removed or sync.effective_mode != "mirror":
+            continue
+        names = {CUSTOMERIO_IDENTIFIERS.get(k, k) for k in sync.identify_by}
+        if "email" in names or "email" not in sync.attributes:
+            continue
+        for other in project:
+            if (
+                other.kind == "people"
+                and other.name != sync.name
+                and other.destination == sync.destination
+                and "email" in other.identify_by
+            ):
+                found.append((sync.name, other.name))
+    return found
+
+
+def _deleted_by_other_identifiers_message(project: Project, deleting: str, other: str) -> str:
+    identifiers = ", ".join(f"`{k}`" for k in project.syncs[deleting].identify_by)
+    return (
+        f"people sync `{deleting}` ({project.sync_files.get(deleting, deleting)}) deletes "
+        f"people by {identifiers} and sends their email as the attribute `email`, and people "
+        f"sync `{other}` ({project.sync_files.get(other, other)}) sends people by email: "
+        f"Customer.io deletes the whole person, email and all, but `{other}` cannot tell that "
+        f"person among its own (they share no identifier `{deleting}` identifies by), so it "
+        "keeps them as delivered and never sends them again. To fix it, move the email into "
+        f"`{deleting}`'s `identify_by` (`email: <its column>`, instead of the `email` "
+        f"attribute): its deletes then name the email, and `{other}` sends the person again"
+    )
+
+
+def deleted_by_other_identifiers(project: Project) -> list[Finding]:
+    """`lockgate validate`'s warning of :func:`_deleted_by_other_identifiers`."""
+    return [
+        Finding(
+            "deletes",
+            "warning",
+            _deleted_by_other_identifiers_message(project, deleting, other),
+            (project.sync_files[deleting], project.sync_files[other]),
+        )
+        for deleting, other in _deleted_by_other_identifiers(project)
+    ]
+
+
 def run_warnings(project: Project, names: Sequence[str]) -> list[str]:
     """What a command that runs or plans the syncs ``names`` (`lockgate sync`, `plan`,
     `schedule`) warns of before it runs them, once: the attribute budgets they take part in
     and the attributes they write with another people sync unacknowledged
     (:func:`ownership_warnings`). `lockgate validate` reports the same."""
     budgets = [b.message() for b in attribute_budgets(project) if set(b.syncs) & set(names)]
-    return budgets + ownership_warnings(project, names)
+    deletes = [
+        _deleted_by_other_identifiers_message(project, deleting, other)
+        for deleting, other in _deleted_by_other_identifiers(project)
+        if deleting in names
+    ]
+    return budgets + ownership_warnings(project, names) + deletes
 
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -402,6 +464,7 @@ def check_project(project: Project) -> list[Finding]:
     is opened to read only: nothing is created or written, so a state on a read-only disk is
     checked as well, and other readers (`lockgate runs`) do not stop it."""
     findings = ownership(project) + attribute_budget(project) + acknowledged_types(project)
+    findings += deleted_by_other_identifiers(project)
     sent: dict[str, list[str]] = {}
     last: dict[str, contract.Contract] = {}
     try:

@@ -374,13 +374,14 @@ def forget_relationships_of(
 
 
 def forget_people_of(
-    con: duckdb.DuckDBPyConnection, people_syncs: list[str], idents: list[str]
+    con: duckdb.DuckDBPyConnection, people_syncs: list[str], idents: list[str], kind: str = "people"
 ) -> dict[str, int]:
     """Take out of the state of other people syncs (``people_syncs``) the rows of the
     people ``idents`` (their identifiers JSON), whom a people sync's `delete` Customer.io
     confirmed deleted: those syncs no longer count them delivered, so their next run sends
     them again in full. Returns, by sync, how many rows each forgot (syncs that forgot none
-    left out).
+    left out). With ``kind`` `objects`, the same for the objects of other objects syncs of
+    the object type (matched by `object_id`): Customer.io deletes the whole object too.
 
     A delete whose answer never came forgets nothing: its sync sends it again, and only once
     Customer.io confirms it are the people gone."""
@@ -389,7 +390,13 @@ def forget_people_of(
         return forgot
     with registered(con, "_deleted_people", pa.table({"ident": pa.array(idents, pa.string())})):
         for name in people_syncs:
-            n = forget_delivered(con, name, delivered_people_of(name, "_deleted_people"))
+            if kind == "people":  # the emails they kept went with them
+                run_sql(
+                    con,
+                    f"delete from {table('emails_kept', name)} "
+                    f"where k in ({kept_emails_of(name, '_deleted_people')})",
+                )
+            n = forget_delivered(con, name, delivered_records_of(kind, name, "_deleted_people"))
             if n:
                 forgot[name] = n
     return forgot
@@ -414,13 +421,36 @@ def forget_delivered(con: duckdb.DuckDBPyConnection, sync: str, keys: str) -> in
     return n
 
 
-def delivered_people_of(sync: str, deleted: str) -> str:
-    """SQL selecting the keys ``k`` the people sync ``sync`` counts delivered (its snapshot,
-    and the journal a killed run left) whose person is one of the people of ``deleted``
-    (:func:`people_of`)."""
+def delivered_records_of(kind: str, sync: str, deleted: str) -> str:
+    """SQL selecting the keys ``k`` the people (``kind`` `people`) or objects (`objects`)
+    sync ``sync`` counts delivered (its snapshot, and the journal a killed run left) whose
+    person (:func:`people_of`) or object (its `object_id`: the syncs are of one object type)
+    is one of the records of ``deleted``."""
+    if kind == "objects":
+        of = (
+            "json_extract_string(ident, '$.object_id') in "
+            f"(select json_extract_string(ident, '$.object_id') from {deleted})"
+        )
+        return (
+            f"select k from {table('snap', sync)} where {of} "
+            f"union select k from {table('journal', sync)} where {of}"
+        )
     return (
         f"{people_of(table('snap', sync), deleted)} "
         f"union {people_of(table('journal', sync), deleted)}"
+    )
+
+
+def kept_emails_of(sync: str, deleted: str) -> str:
+    """SQL selecting the keys ``k`` of the people the people sync ``sync`` remembers keeping
+    an email (``emails_kept__S``, :func:`keep_emails`) who are people of ``deleted``: by the
+    `id` or `cio_id` it would release the email by, or by the email itself. Customer.io
+    deleted them with their email: releasing it later (an `identify` by that `id`) would
+    create them again, empty."""
+    kept = table("emails_kept", sync)
+    return (
+        f"{people_of(kept, deleted)} union select k from {kept} where email in "
+        f"(select value from ({_person_pairs(deleted)}) where kind = 'email' and value is not null)"
     )
 
 

@@ -17,7 +17,9 @@ connection, in temp tables that outlive the plan (``StateStore.reset_connection`
   (``diff.forget_gone_relationships``), and those an earlier people or objects sync of the
   command deletes the person or object of (``diff.forget_relationships_of``);
 - ``plan_ledger__S(k)``: the identity operations the run sends (a merge is sent once, by the
-  first sync of the command that needs the identity graph).
+  first sync of the command that needs the identity graph);
+- ``plan_kept__S(k)``: the people of ``emails_kept__S`` an earlier people sync of the command
+  deletes (``diff.forget_people_of``): their emails are not released later.
 
 A later plan then reads temp views of the same names as the state's tables (``snap__S``,
 ``unconfirmed__S``, ``ledger__S``) in front of them, and its own snapshot, when an earlier sync
@@ -55,6 +57,9 @@ class Planned:
     """Syncs planned with `--full-resync` (not `--only`): their run forgets the snapshot first."""
     ledger: set[str] = field(default_factory=set)
     """Syncs with a ``plan_ledger__S``."""
+    kept: set[str] = field(default_factory=set)
+    """People syncs with a ``plan_kept__S``: the people of their ``emails_kept__S`` that an
+    earlier sync of the command deletes (``diff.kept_emails_of``)."""
     deleting: list[str] = field(default_factory=list)
     """People and objects syncs whose runs delete records, the relationships of which are not
     yet in the ``plan_drop__R`` of the relationships syncs (worked out only for a plan that
@@ -66,6 +71,7 @@ class Planned:
             {_name("plan_delta", s) for s in self.delta}
             | {_name("plan_drop", s) for s in self.drop}
             | {_name("plan_ledger", s) for s in self.ledger}
+            | {_name("plan_kept", s) for s in self.kept}
         )
 
 
@@ -116,29 +122,43 @@ def record(
                 _dropping(con, planned, sync.name, f"select k from {gone}")
     if sync.kind in ("people", "objects") and sync.delete_removed:
         planned.deleting.append(sync.name)
-    if sync.kind == "people" and sync.delete_removed:
-        # the people it deletes leave the snapshots of the other people syncs sending them,
-        # as in the run (``diff.forget_people_of``): a later plan of those sends them again
+    if sync.kind in ("people", "objects") and sync.delete_removed:
+        # the people (objects) it deletes leave the snapshots of the other people (objects)
+        # syncs sending them, as in the run (``diff.forget_people_of``): a later plan of
+        # those sends them again
         deleted = f"(select ident from {delta} where removed)"
         gone = con.execute(f"select count(*) from {deleted}").fetchall()[0][0]
         for other in people_syncs(project, sync) if gone else []:
             store.ensure_sync_tables(other.name)
-            _dropping(con, planned, other.name, diff_step.delivered_people_of(other.name, deleted))
+            _dropping(
+                con,
+                planned,
+                other.name,
+                diff_step.delivered_records_of(sync.kind, other.name, deleted),
+            )
+            if sync.kind == "people":  # and the emails they kept (``forget_people_of``)
+                kept = table("plan_kept", other.name)
+                if other.name not in planned.kept:
+                    run_sql(con, f"create or replace temp table {kept} (k varchar)")
+                    planned.kept.add(other.name)
+                run_sql(con, f"insert into {kept} {diff_step.kept_emails_of(other.name, deleted)}")
 
 
 def people_syncs(project: Project, sync: SyncConfig) -> list[SyncConfig]:
-    """The other people syncs of the destination of the people ``sync``: those whose
-    snapshots forget the people ``sync`` deletes (``diff.forget_people_of``), so they send
-    them again. One rule for the plan (:func:`resent_by`, :func:`record`) and the run
+    """The other people syncs of the destination of the people ``sync`` (the other objects
+    syncs of its object type, for an objects ``sync``): those whose snapshots forget the
+    people (objects) ``sync`` deletes (``diff.forget_people_of``), so they send them again.
+    One rule for the plan (:func:`resent_by`, :func:`record`) and the run
     (``run._people_of``)."""
-    if sync.kind != "people" or not sync.delete_removed:
+    if sync.kind not in ("people", "objects") or not sync.delete_removed:
         return []
     return [
         other
         for other in project
-        if other.kind == "people"
+        if other.kind == sync.kind
         and other.name != sync.name
         and other.destination == sync.destination
+        and other.object_type_id == sync.object_type_id
     ]
 
 
@@ -151,7 +171,8 @@ def resent_by(store: StateStore, project: Project, sync: SyncConfig) -> dict[str
     for other in people_syncs(project, sync):
         store.ensure_sync_tables(other.name)
         n = store.con.execute(
-            f"select count(*) from ({diff_step.delivered_people_of(other.name, deleted)})"
+            f"select count(*) from "
+            f"({diff_step.delivered_records_of(sync.kind, other.name, deleted)})"
         ).fetchall()[0][0]
         if n:
             found[other.name] = int(n)
@@ -232,6 +253,14 @@ def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Plann
             con,
             f"create or replace temp {kind} {table('snap', name)} as "
             f"select s.* from {stored('snap', name)} s{joins}{where}{sent}",
+        )
+    for name in sorted(planned.kept):
+        store.ensure_sync_tables(name)
+        run_sql(
+            con,
+            f"create or replace temp view {table('emails_kept', name)} as "
+            f"select e.* from {stored('emails_kept', name)} e "
+            f"anti join {table('plan_kept', name)} d on d.k = e.k",
         )
     for name in sorted(planned.ledger - {sync.name}):
         store.ensure_sync_tables(name)

@@ -168,8 +168,9 @@ class RunReport:
     each: no App API key, a check turned off, people past `read_back_emails` or
     `check_new_emails`; empty otherwise."""
     resent_by: tuple[tuple[str, int], ...] = ()
-    """For a people sync that deletes (`delete_removed`): the other people syncs that had
-    sent people it deleted (plans: deletes), and how many of their rows: they forget them, and
+    """For a people (objects) sync that deletes (`delete_removed`): the other people (objects
+    of its type) syncs that had sent people (objects) it deleted (plans: deletes), and how
+    many of their rows: they forget them, and
     send them again in full (:func:`diff.forget_people_of`)."""
 
     def as_dict(self) -> dict[str, Any]:
@@ -200,7 +201,10 @@ class RunReport:
             "emails_read_back": self.emails_read_back,
             "new_emails_checked": self.new_emails_checked,
             "email_check": self.email_check,
-            "resent_by": [{"sync": n, "people": c} for n, c in self.resent_by],
+            "resent_by": [
+                {"sync": n, "objects" if self.kind == "objects" else "people": c}
+                for n, c in self.resent_by
+            ],
         }
 
     @property
@@ -284,7 +288,10 @@ def recorded_run(
         emails_read_back=int(counts.get("emails_read_back", 0)),
         new_emails_checked=int(counts.get("new_emails_checked", 0)),
         email_check=str(counts.get("email_check", "")),
-        resent_by=tuple((str(r["sync"]), int(r["people"])) for r in counts.get("resent_by", ())),
+        resent_by=tuple(
+            (str(r["sync"]), int(r.get("people", r.get("objects", 0))))
+            for r in counts.get("resent_by", ())
+        ),
     )
 
 
@@ -1458,9 +1465,10 @@ def _relationships_of(
 def _people_of(
     store: StateStore, project: Project, sync: SyncConfig
 ) -> Callable[[StateStore, list[str]], dict[str, int]] | None:
-    """For a people sync that deletes people (`mirror`, `delete_removed`): what forgets, in
-    the state of the other people syncs of its destination, the people whose delete
-    Customer.io confirmed, so those syncs send them again (``Committer.forget_people``)."""
+    """For a people (objects) sync that deletes (`mirror`, `delete_removed`): what forgets,
+    in the state of the other people syncs of its destination (objects syncs of its object
+    type), the people (objects) whose delete Customer.io confirmed, so those syncs send them
+    again (``Committer.forget_people``)."""
     syncs = []
     for other in planned_step.people_syncs(project, sync):
         store.ensure_sync_tables(other.name)
@@ -1468,8 +1476,10 @@ def _people_of(
     if not syncs:
         return None
 
+    kind = sync.kind
+
     def forget(writer: StateStore, idents: list[str]) -> dict[str, int]:
-        return diff_step.forget_people_of(writer.con, syncs, idents)
+        return diff_step.forget_people_of(writer.con, syncs, idents, kind)
 
     return forget
 
