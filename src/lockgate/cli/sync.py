@@ -206,6 +206,15 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
             ("backfill skipped (older than max_age)", c.backfill_skipped),
             ("backfill sent", c.backfill_sent),
         ]
+    if report.identity_graph:
+        rows.append(
+            (
+                "identity graph",
+                "sources unchanged, reused"
+                if report.identity_graph == "reused"
+                else "stitched from its sources",
+            )
+        )
     if c.state_events:
         rows.append(("on_change events fired", c.state_events))
     if report.status != "planned":

@@ -59,6 +59,10 @@ from lockgate.identity.state import (
 )
 from lockgate.project.identity import IdentityConfig
 
+#: bumped whenever `resolve` would stitch the same inputs differently (a rule, an order, a
+#: normalisation): a saved graph is reused only by a run of the same version
+RESOLVER_VERSION = 1
+
 I64_MAX = np.iinfo(np.int64).max
 I64_MIN = np.iinfo(np.int64).min
 CioExists = Callable[[str, str], bool]
@@ -778,6 +782,7 @@ def _blocked_group(
 
 __all__ = [
     "ALIASES_SCHEMA",
+    "RESOLVER_VERSION",
     "MERGES_SCHEMA",
     "MOVES_SCHEMA",
     "PROFILES_BASE",
