@@ -455,24 +455,24 @@ def assign(
         rows["cause"].append("merge")
     aliases = pa.table(rows, schema=ALIASES_SCHEMA)
 
-    had_person = {
-        i
-        for i, (person, mail) in enumerate(
-            zip(previous.column("cio_person_id"), previous.column("cio_email"), strict=True)
-        )
-        if person is not None or mail is not None
-    }
-    split_list = sorted((prev_names[p], str(new_ids[c].as_py())) for p, c in split_pairs)
+    # which previous profiles were a Customer.io person (asked of split parents only: not a
+    # Python object per profile every run)
+    had_person = (
+        pc.or_(
+            pc.is_valid(previous.table["cio_person_id"]),
+            pc.is_valid(previous.table["cio_email"]),
+        ).to_numpy(zero_copy_only=False)
+        if split_pairs
+        else np.zeros(0, dtype=bool)
+    )
+    split_list = sorted((prev_names[p], str(new_ids[c].as_py()), p) for p, c in split_pairs)
     splits = pa.table(
         {
             "run_id": [run_id] * len(split_list),
-            "parent_profile_id": [p for p, _ in split_list],
-            "child_profile_id": [c for _, c in split_list],
+            "parent_profile_id": [p for p, _, _ in split_list],
+            "child_profile_id": [c for _, c, _ in split_list],
             "cause": ["recompute"] * len(split_list),
-            "status": [
-                "needs_review" if prev_names.index(p) in had_person else "applied"
-                for p, _ in split_list
-            ],
+            "status": ["needs_review" if had_person[i] else "applied" for _, _, i in split_list],
         },
         schema=SPLITS_SCHEMA,
     )
