@@ -28,6 +28,8 @@ import json
 import re
 from pathlib import Path
 
+import pyarrow as pa
+
 import lockgate
 from lockgate.identity.engine import RESOLVER_VERSION
 from lockgate.project.identity import IdentityConfig
@@ -134,13 +136,19 @@ def inputs_key(project: Project, config: IdentityConfig) -> str | None:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def recorded(state_dir: Path, batch: int) -> str | None:
-    """The inputs key recorded with the saved graph of batch ``batch``, if any."""
+def graph_id(batch: int, profiles: pa.Table) -> str:
+    """Which saved graph a key goes with: its batch and the run that stitched it."""
+    run = profiles["run_id"][0].as_py() if profiles.num_rows else ""
+    return f"{batch}:{run}"
+
+
+def recorded(state_dir: Path, graph: str) -> str | None:
+    """The inputs key recorded with the saved graph ``graph`` (:func:`graph_id`), if any."""
     try:
         data = json.loads((state_dir / INPUTS_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or data.get("batch") != batch:
+    if not isinstance(data, dict) or data.get("graph") != graph:
         return None
     key = data.get("key")
     return key if isinstance(key, str) else None
@@ -152,9 +160,9 @@ def forget(state_dir: Path) -> None:
     (state_dir / INPUTS_FILE).unlink(missing_ok=True)
 
 
-def record(state_dir: Path, batch: int, key: str) -> None:
-    """Record ``key`` as the inputs of the saved graph of batch ``batch``."""
+def record(state_dir: Path, graph: str, key: str) -> None:
+    """Record ``key`` as the inputs of the saved graph ``graph`` (:func:`graph_id`)."""
     path = state_dir / INPUTS_FILE
     fresh = path.with_name(path.name + ".new")
-    fresh.write_text(json.dumps({"batch": batch, "key": key}))
+    fresh.write_text(json.dumps({"graph": graph, "key": key}))
     fresh.replace(path)

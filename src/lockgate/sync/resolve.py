@@ -204,7 +204,8 @@ class Resolution:
         from lockgate.sync import graphinputs
 
         if self.inputs_key is not None:
-            graphinputs.record(state_dir, self.result.batch, self.inputs_key)
+            graph = graphinputs.graph_id(self.result.batch, self.result.profiles)
+            graphinputs.record(state_dir, graph, self.inputs_key)
 
 
 def saved_graph(project: Project) -> IdentityState | None:
@@ -275,7 +276,10 @@ def resolve_identities(project: Project, config: IdentityConfig, run_id: str) ->
     if (
         key is not None
         and previous is not None
-        and graphinputs.recorded(project.state_dir, previous.batch) == key
+        and graphinputs.recorded(
+            project.state_dir, graphinputs.graph_id(previous.batch, previous.profiles)
+        )
+        == key
     ):
         reused = IdentityResult.reused(previous, run_id)
         return Resolution(config, reused, Resolver(config, reused), saved=True, reused=True)
@@ -286,7 +290,6 @@ def resolve_identities(project: Project, config: IdentityConfig, run_id: str) ->
     result = resolve(
         config, inputs, run_id=run_id, state=previous, blocklist=blocklist, overrides=overrides
     )
-    del inputs, blocklist, overrides
     return Resolution(config, result, Resolver(config, result), inputs_key=key)
 
 
