@@ -9,7 +9,9 @@ from typing import Any
 
 import duckdb
 import pytest
+from click.testing import CliRunner
 
+from lockgate.cli import cli
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
 from lockgate.project.loader import load_project
@@ -174,6 +176,21 @@ def test_a_change_to_the_operators_tables_or_the_identity_config_stitches_again(
     project = load_project(tmp_path)
     assert run(project, "profile").identity_graph == "stitched"
     assert run(project, "profile").identity_graph == "reused"
+
+
+def test_plan_and_sync_say_whether_the_graph_was_reused(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setup(tmp_path, customerio_emulator, monkeypatch)
+
+    def invoke(*args: str) -> str:
+        out = CliRunner().invoke(cli, [*args, "--project", str(tmp_path)], catch_exceptions=False)
+        assert out.exit_code == 0, out.output
+        return " ".join(out.output.replace("│", " ").split())  # the table's cells, as text
+
+    assert "identity graph stitched from its sources" in invoke("sync", "profile")
+    assert "identity graph sources unchanged, reused" in invoke("plan", "profile")
+    assert "identity graph sources unchanged, reused" in invoke("sync", "profile")
 
 
 def test_an_identity_source_whose_sql_reads_differently_each_time_always_stitches(
