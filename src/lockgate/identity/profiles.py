@@ -76,17 +76,21 @@ class PreviousProfiles:
 
     table: pa.Table
     ids: pa.StringArray
-    known: frozenset[str]
+    known: pa.StringArray
+    """Every profile id given before (current ones and aliased ones), each once: an Arrow
+    array, not a Python set of every profile built each run."""
     aliases: pa.Table
 
     @classmethod
     def from_state(cls, state: IdentityState | None, types: tuple[str, ...]) -> PreviousProfiles:
         if state is None:
             empty = profile_schema(types).empty_table()
-            return cls(empty, pa.array([], pa.string()), frozenset(), ALIASES_SCHEMA.empty_table())
+            none = pa.array([], pa.string())
+            return cls(empty, none, none, ALIASES_SCHEMA.empty_table())
         ids = state.profiles["profile_id"].combine_chunks()
-        known = set(ids.to_pylist()) | set(state.aliases["old_profile_id"].to_pylist())
-        return cls(state.profiles, ids, frozenset(known), state.aliases)
+        old = state.aliases["old_profile_id"].combine_chunks().cast(pa.string())
+        known = pa.concat_arrays([ids.cast(pa.string()), old]).drop_null().unique()
+        return cls(state.profiles, ids, known, state.aliases)
 
     def codes(self, profile_ids: pa.ChunkedArray | pa.Array) -> npt.NDArray[np.int64]:
         found = pc.index_in(profile_ids, value_set=self.ids)
@@ -307,10 +311,9 @@ def assign(
         an = anchor[new_comps]
         t_arr = pa.array(list(types), pa.string()).take(pa.array(node_type[an].astype(np.int32)))
         hashed = profile_ids_for(t_arr, node_values.take(pa.array(an)))
-        known = pa.array(sorted(previous.known), pa.string())
-        clash = pc.is_in(hashed, value_set=known).to_numpy(zero_copy_only=False)
+        clash = pc.is_in(hashed, value_set=previous.known).to_numpy(zero_copy_only=False)
         if pc.count_distinct(hashed).as_py() < len(hashed) or clash.any():
-            used = set(previous.known)
+            used = set(previous.known.to_pylist())
             names = hashed.to_pylist()
             for i, pid in enumerate(names):
                 if pid in used:
