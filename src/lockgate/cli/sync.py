@@ -211,6 +211,15 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
                 else []
             ),
         ]
+    if report.identity_graph:
+        rows.append(
+            (
+                "identity graph",
+                "sources unchanged, reused"
+                if report.identity_graph == "reused"
+                else "stitched from its sources",
+            )
+        )
     if c.state_events:
         rows.append(("on_change events fired", c.state_events))
     if report.status != "planned":

@@ -59,6 +59,10 @@ from lockgate.identity.state import (
 )
 from lockgate.project.identity import IdentityConfig
 
+#: bumped whenever `resolve` would stitch the same inputs differently (a rule, an order, a
+#: normalisation): a saved graph is reused only by a run of the same version
+RESOLVER_VERSION = 1
+
 I64_MAX = np.iinfo(np.int64).max
 I64_MIN = np.iinfo(np.int64).min
 CioExists = Callable[[str, str], bool]
@@ -96,14 +100,22 @@ def _observed(table: pa.Table, column: str | None, source: str) -> npt.NDArray[n
 def _source_mask(
     names: pa.ChunkedArray | pa.Array, index: Mapping[str, int]
 ) -> npt.NDArray[np.uint64]:
-    out = np.zeros(len(names), dtype=np.uint64)
-    for i, row in enumerate(names.to_pylist()):
-        m = 0
-        for name in row or ():
-            pos = index.get(name)
-            if pos is not None:
-                m |= 1 << pos
-        out[i] = m
+    """Lists of source names as bitmasks of their positions in ``index`` (names it lacks, and
+    null lists, add nothing). Vectorised: a Python list per node cost seconds and a few
+    hundred MiB of objects at a million nodes."""
+    lists = names.combine_chunks() if isinstance(names, pa.ChunkedArray) else names
+    out = np.zeros(len(lists), dtype=np.uint64)
+    if not len(lists):
+        return out
+    lists = pc.fill_null(lists, pa.scalar([], lists.type))
+    flat = pc.list_flatten(lists)
+    if not len(flat):
+        return out
+    known = pa.array(list(index), pa.string())
+    bits = np.array([np.uint64(1) << np.uint64(index[n]) for n in index] + [0], dtype=np.uint64)
+    pos = pc.fill_null(pc.index_in(flat, value_set=known), len(index)).to_numpy()
+    row = pc.list_parent_indices(lists).to_numpy()
+    np.bitwise_or.at(out, row, bits[pos])
     return out
 
 
@@ -778,6 +790,7 @@ def _blocked_group(
 
 __all__ = [
     "ALIASES_SCHEMA",
+    "RESOLVER_VERSION",
     "MERGES_SCHEMA",
     "MOVES_SCHEMA",
     "PROFILES_BASE",

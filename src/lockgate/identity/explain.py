@@ -54,6 +54,9 @@ class Resolver:
         self.config = config
         nodes = result.identifier_map if isinstance(result, IdentityResult) else result.nodes
         profiles = result.profiles
+        # the three columns it reads: filtering every column of the map (its `sources` lists
+        # above all) cost seconds and a copy of the whole map at 600k identifiers
+        nodes = nodes.select(["id_type", "id_value", "profile_id"])
         nodes = nodes.filter(pc.is_valid(nodes["profile_id"]))
         self._by_type: dict[str, tuple[pa.Array, pa.Array]] = {}
         for type_name in config.type_order:

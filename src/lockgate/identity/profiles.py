@@ -76,17 +76,21 @@ class PreviousProfiles:
 
     table: pa.Table
     ids: pa.StringArray
-    known: frozenset[str]
+    known: pa.StringArray
+    """Every profile id given before (current ones and aliased ones), each once: an Arrow
+    array, not a Python set of every profile built each run."""
     aliases: pa.Table
 
     @classmethod
     def from_state(cls, state: IdentityState | None, types: tuple[str, ...]) -> PreviousProfiles:
         if state is None:
             empty = profile_schema(types).empty_table()
-            return cls(empty, pa.array([], pa.string()), frozenset(), ALIASES_SCHEMA.empty_table())
+            none = pa.array([], pa.string())
+            return cls(empty, none, none, ALIASES_SCHEMA.empty_table())
         ids = state.profiles["profile_id"].combine_chunks()
-        known = set(ids.to_pylist()) | set(state.aliases["old_profile_id"].to_pylist())
-        return cls(state.profiles, ids, frozenset(known), state.aliases)
+        old = state.aliases["old_profile_id"].combine_chunks().cast(pa.string())
+        known = pa.concat_arrays([ids.cast(pa.string()), old]).drop_null().unique()
+        return cls(state.profiles, ids, known, state.aliases)
 
     def codes(self, profile_ids: pa.ChunkedArray | pa.Array) -> npt.NDArray[np.int64]:
         found = pc.index_in(profile_ids, value_set=self.ids)
@@ -307,10 +311,9 @@ def assign(
         an = anchor[new_comps]
         t_arr = pa.array(list(types), pa.string()).take(pa.array(node_type[an].astype(np.int32)))
         hashed = profile_ids_for(t_arr, node_values.take(pa.array(an)))
-        known = pa.array(sorted(previous.known), pa.string())
-        clash = pc.is_in(hashed, value_set=known).to_numpy(zero_copy_only=False)
+        clash = pc.is_in(hashed, value_set=previous.known).to_numpy(zero_copy_only=False)
         if pc.count_distinct(hashed).as_py() < len(hashed) or clash.any():
-            used = set(previous.known)
+            used = set(previous.known.to_pylist())
             names = hashed.to_pylist()
             for i, pid in enumerate(names):
                 if pid in used:
@@ -455,24 +458,24 @@ def assign(
         rows["cause"].append("merge")
     aliases = pa.table(rows, schema=ALIASES_SCHEMA)
 
-    had_person = {
-        i
-        for i, (person, mail) in enumerate(
-            zip(previous.column("cio_person_id"), previous.column("cio_email"), strict=True)
-        )
-        if person is not None or mail is not None
-    }
-    split_list = sorted((prev_names[p], str(new_ids[c].as_py())) for p, c in split_pairs)
+    # which previous profiles were a Customer.io person (asked of split parents only: not a
+    # Python object per profile every run)
+    had_person = (
+        pc.or_(
+            pc.is_valid(previous.table["cio_person_id"]),
+            pc.is_valid(previous.table["cio_email"]),
+        ).to_numpy(zero_copy_only=False)
+        if split_pairs
+        else np.zeros(0, dtype=bool)
+    )
+    split_list = sorted((prev_names[p], str(new_ids[c].as_py()), p) for p, c in split_pairs)
     splits = pa.table(
         {
             "run_id": [run_id] * len(split_list),
-            "parent_profile_id": [p for p, _ in split_list],
-            "child_profile_id": [c for _, c in split_list],
+            "parent_profile_id": [p for p, _, _ in split_list],
+            "child_profile_id": [c for _, c, _ in split_list],
             "cause": ["recompute"] * len(split_list),
-            "status": [
-                "needs_review" if prev_names.index(p) in had_person else "applied"
-                for p, _ in split_list
-            ],
+            "status": ["needs_review" if had_person[i] else "applied" for _, _, i in split_list],
         },
         schema=SPLITS_SCHEMA,
     )

@@ -203,6 +203,10 @@ class DuckDBSource:
         """The result's columns and their DuckDB type names (as `describe` gives them)."""
         return {row[0]: row[1] for row in self._rows(f"describe {strip_sql(sql)}")}
 
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """``sql``'s rows as tuples (a small result: an aggregate, a catalog query)."""
+        return self._rows(sql)
+
     # ------------------------------------------------------------------ catalog
 
     def _rows(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:

@@ -184,10 +184,28 @@ class Resolution:
     #: the graph was kept and its analyst tables written (by the first of several syncs that
     #: share it to commit: see ``run.Session``)
     saved: bool = False
+    #: the saved graph, taken as it is: nothing that feeds it changed since it was stitched
+    #: (:mod:`lockgate.sync.graphinputs`)
+    reused: bool = False
+    #: the key of the inputs this graph was stitched from, recorded with it once it is saved
+    #: and its analyst tables written; None when they could not all be fingerprinted
+    inputs_key: str | None = None
 
     def save(self, state_dir: Path) -> None:
         """Keep this run's graph as the next run's starting point (stable profile ids)."""
+        from lockgate.sync import graphinputs
+
+        graphinputs.forget(state_dir)  # a key never describes a graph it was not recorded for
         self.result.state.write(state_dir / IDENTITY_STATE)
+
+    def record_inputs(self, state_dir: Path) -> None:
+        """Record what fed the saved graph, once it and its analyst tables are written: a
+        next run whose inputs are the same reuses it."""
+        from lockgate.sync import graphinputs
+
+        if self.inputs_key is not None:
+            graph = graphinputs.graph_id(self.result.batch, self.result.profiles)
+            graphinputs.record(state_dir, graph, self.inputs_key)
 
 
 def saved_graph(project: Project) -> IdentityState | None:
@@ -247,14 +265,32 @@ def people_of_anonymous_id(project: Project, value: str) -> list[str]:
 
 
 def resolve_identities(project: Project, config: IdentityConfig, run_id: str) -> Resolution:
-    """Stitch the project's identity sources, continuing from the saved graph."""
+    """Stitch the project's identity sources, continuing from the saved graph; or, when
+    nothing that feeds the graph changed since it was saved (the sources' rows, the
+    operator's tables, the identity config, Lockgate's resolver), reuse the saved graph as it
+    is: stitching the same inputs again gives it back (:mod:`lockgate.sync.graphinputs`)."""
+    from lockgate.sync import graphinputs
+
+    key = graphinputs.inputs_key(project, config)
+    previous = saved_graph(project)
+    if (
+        key is not None
+        and previous is not None
+        and graphinputs.recorded(
+            project.state_dir, graphinputs.graph_id(previous.batch, previous.profiles)
+        )
+        == key
+    ):
+        reused = IdentityResult.reused(previous, run_id)
+        return Resolution(config, reused, Resolver(config, reused), saved=True, reused=True)
     inputs = read_sources(project, config)
     blocklist, overrides = read_operator_tables(project, config)
-    previous = saved_graph(project)
+    if key is not None and graphinputs.inputs_key(project, config) != key:
+        key = None  # a source changed while it was read: which rows were read is not known
     result = resolve(
         config, inputs, run_id=run_id, state=previous, blocklist=blocklist, overrides=overrides
     )
-    return Resolution(config, result, Resolver(config, result))
+    return Resolution(config, result, Resolver(config, result), inputs_key=key)
 
 
 def model_collisions(sync: SyncConfig, columns: list[str], file: str | None = None) -> list[str]:

@@ -167,6 +167,10 @@ class RunReport:
     """What the run (or a plan) could not verify of the emails it sends, and how to, a line
     each: no App API key, a check turned off, people past `read_back_emails` or
     `check_new_emails`; empty otherwise."""
+    identity_graph: str = ""
+    """For a sync through the identity graph: `stitched` when the run stitched it from its
+    sources, `reused` when nothing that feeds it had changed since it was saved and the run
+    took it as it was (:mod:`lockgate.sync.graphinputs`); empty for other syncs."""
     resent_by: tuple[tuple[str, int], ...] = ()
     """For a people (objects) sync that deletes (`delete_removed`): the other people (objects
     of its type) syncs that had sent people (objects) it deleted (plans: deletes), and how
@@ -205,6 +209,7 @@ class RunReport:
                 {"sync": n, "objects" if self.kind == "objects" else "people": c}
                 for n, c in self.resent_by
             ],
+            "identity_graph": self.identity_graph,
         }
 
     @property
@@ -292,6 +297,7 @@ def recorded_run(
             (str(r["sync"]), int(r.get("people", r.get("objects", 0))))
             for r in counts.get("resent_by", ())
         ),
+        identity_graph=str(counts.get("identity_graph", "")),
     )
 
 
@@ -944,6 +950,13 @@ class Prepared(NamedTuple):
     """The SQL of the rows' hash under this run's mapping, recorded when the run commits."""
 
 
+def _graph_use(resolution: Resolution | None) -> str:
+    """The report's `identity_graph`: how the run came by the graph it keyed rows with."""
+    if resolution is None:
+        return ""
+    return "reused" if resolution.reused else "stitched"
+
+
 def _last_hash(last: contract_state.Contract | None) -> mapping.LastHash | None:
     """The row hash the sync's last committed run recorded, with its mapping: kept when this
     run's mapping sends the same payloads (``mapping.source_hash``)."""
@@ -1533,7 +1546,7 @@ def plan_sync(
         run_id = _new_run_id()  # once it holds the state, as a run (:func:`run_sync`)
         step = _Step(run_id, state=store.path)
         started = time.perf_counter()
-        changes, recovered, guards, _, identity_ops, _ = _prepare(
+        changes, recovered, guards, resolution, identity_ops, _ = _prepare(
             store,
             project,
             sync,
@@ -1586,6 +1599,7 @@ def plan_sync(
         only=only,
         email_check=email_check,
         resent_by=tuple(sorted(resent_by.items())),
+        identity_graph=_graph_use(resolution),
     )
 
 
@@ -1903,6 +1917,8 @@ def run_sync(
                         console.info(f"{sync.name}: identity tables written to {where}")
                     except LockgateError as exc:
                         console.warn(f"{sync.name}: identity tables not written: {exc}")
+                    else:  # the next run may reuse the graph only once its tables are written
+                        resolution.record_inputs(project.state_dir)
                 if not only:  # the other records have not been sent under this mapping
                     # records Customer.io refused or that were dead-lettered are sent by the
                     # next run: under the mapping last recorded, it sees them as a mapping
@@ -1987,6 +2003,7 @@ def run_sync(
             new_emails_checked=new_checked,
             email_check=email_check,
             resent_by=tuple(sorted(counts.resent_by.items())),
+            identity_graph=_graph_use(resolution),
         )
         store.finish_run(run_id, status, report.as_dict())
         if not only:

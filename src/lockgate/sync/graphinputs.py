@@ -1,0 +1,168 @@
+"""What feeds the identity graph, as one key: a run whose key matches the saved graph's reuses it.
+
+Stitching re-reads every identity source and rebuilds the graph; on unchanged inputs it gives
+back the graph it started from (``resolve`` is idempotent: tests/identity/test_reuse.py). So a
+run first asks each warehouse for a fingerprint of every identity source and operator table,
+computed where the rows live (nothing is copied out), and hashes them with the identity
+config and the resolver's version. When that key is the one recorded with the saved graph,
+the run takes the saved graph's profiles as they are (:meth:`IdentityResult.reused`).
+
+The fingerprint of a query's rows is its column names and types, its row count, and the sums
+(as 128-bit integers, not wrapped) of the two 64-bit halves of each row's MD5: an
+order-independent 128-bit hash of the rows as a multiset, in which a change of a value, a
+row added, removed or repeated changes the key (two different inputs share one only by an
+MD5-sum coincidence, far less likely than a disk error). Each row is encoded
+unambiguously: every value as its text prefixed with its length, `~` for a null.
+
+Anything that cannot be fingerprinted gives no key, and the run resolves in full: a source
+that is not DuckDB, a query calling a function whose value changes between two reads
+(`random()`, `now()`, ...), a failed fingerprint query. A full run records its key only when
+the fingerprints taken before and after it read the sources agree (nothing changed while it
+read), and only once the graph and its analyst tables are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pyarrow as pa
+
+import lockgate
+from lockgate.identity.engine import RESOLVER_VERSION
+from lockgate.project.identity import IdentityConfig
+from lockgate.project.loader import Project
+from lockgate.sources import connect
+from lockgate.sources.base import strip_sql
+from lockgate.sources.duckdb import DuckDBSource
+
+#: next to the saved graph (`identity/`): the key of the inputs it was stitched from
+INPUTS_FILE = "identity.inputs.json"
+
+#: functions whose value differs between two reads of the same rows
+_VOLATILE = re.compile(
+    r"\b(?:random|gen_random_uuid|uuid|uuidv4|uuidv7|now|today|get_current_time|"
+    r"get_current_timestamp|transaction_timestamp|statement_timestamp|clock_timestamp|"
+    r"nextval|currval|setseed)\s*\(|\b(?:current_timestamp|current_date|current_time|"
+    r"localtimestamp|localtime)\b",
+    re.IGNORECASE,
+)
+
+#: (U)HUGEINT's text form costs ~20 µs a value in DuckDB: these go as their two 64-bit halves
+_WIDE = ("HUGEINT", "UHUGEINT")
+
+
+def volatile(sql: str) -> bool:
+    """Whether ``sql`` calls a function whose value changes from one read to the next."""
+    return _VOLATILE.search(sql) is not None
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _text(name: str, type_name: str) -> str:
+    column = _quote(name)
+    if type_name in _WIDE:
+        low = "::uhugeint" if type_name == "UHUGEINT" else "::hugeint"
+        high = "ubigint" if type_name == "UHUGEINT" else "bigint"
+        value = (
+            f"(({column} >> 64)::{high}::varchar || ',' || "
+            f"({column} & 18446744073709551615{low})::ubigint::varchar)"
+        )
+    else:
+        value = f"{column}::varchar"
+    return f"coalesce(length({value})::varchar || ':' || {value}, '~')"
+
+
+def fingerprint(source: DuckDBSource, sql: str) -> str:
+    """The fingerprint of ``sql``'s rows, computed by DuckDB (module docstring)."""
+    query = "(\n" + strip_sql(sql) + "\n)"
+    columns = [(r[0], r[1]) for r in source.query(f"describe select * from {query}")]
+    row = "concat(" + ", ".join(_text(n, t) for n, t in columns) + ")" if columns else "''"
+    n, high, low = source.query(
+        f"""
+        select count(*), coalesce(sum((m >> 64)::ubigint), 0)::varchar,
+               coalesce(sum((m & 18446744073709551615::uhugeint)::ubigint), 0)::varchar
+        from (select md5_number({row}) as m from {query} __rows)
+        """
+    )[0]
+    return json.dumps([columns, n, high, low])
+
+
+def inputs_key(project: Project, config: IdentityConfig) -> str | None:
+    """The key of everything that feeds the graph, or None when some of it cannot be
+    fingerprinted (the run then resolves in full)."""
+    from lockgate.sync.resolve import identity_queries, identity_warehouse
+
+    wanted: dict[str, list[tuple[str, str]]] = {}
+    for name, specs in identity_queries(project, config).items():
+        for spec, sql in specs:
+            if spec.sql and volatile(spec.sql):
+                return None
+            wanted.setdefault(name, []).append((f"source:{spec.name}", sql))
+    for what, table_name in (
+        ("blocked_values_table", config.blocked_values_table),
+        ("overrides_table", config.rules.overrides_table),
+    ):
+        if table_name:
+            warehouse = identity_warehouse(project, config)
+            wanted.setdefault(warehouse, []).append((what, f"SELECT * FROM {table_name}"))
+    parts: dict[str, str] = {}
+    for name, queries in wanted.items():
+        if project.config.sources[name].type != "duckdb":
+            return None
+        try:
+            source = connect(project.config.sources[name], root=project.root, name=name)
+        except lockgate.LockgateError:
+            return None  # the read that follows reports it
+        try:
+            if not isinstance(source, DuckDBSource):
+                return None
+            for what, sql in queries:
+                parts[what] = fingerprint(source, sql)
+        except lockgate.LockgateError:
+            return None  # the read that follows reports what is wrong
+        finally:
+            source.close()
+    key = {
+        "lockgate": lockgate.__version__,
+        "resolver": RESOLVER_VERSION,
+        "config": config.model_dump(mode="json"),
+        "inputs": parts,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def graph_id(batch: int, profiles: pa.Table) -> str:
+    """Which saved graph a key goes with: its batch and the run that stitched it."""
+    run = profiles["run_id"][0].as_py() if profiles.num_rows else ""
+    return f"{batch}:{run}"
+
+
+def recorded(state_dir: Path, graph: str) -> str | None:
+    """The inputs key recorded with the saved graph ``graph`` (:func:`graph_id`), if any."""
+    try:
+        data = json.loads((state_dir / INPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("graph") != graph:
+        return None
+    key = data.get("key")
+    return key if isinstance(key, str) else None
+
+
+def forget(state_dir: Path) -> None:
+    """Drop the recorded key: done before the graph is replaced, so a run stopped between
+    the two never pairs a key with a graph it does not describe."""
+    (state_dir / INPUTS_FILE).unlink(missing_ok=True)
+
+
+def record(state_dir: Path, graph: str, key: str) -> None:
+    """Record ``key`` as the inputs of the saved graph ``graph`` (:func:`graph_id`)."""
+    path = state_dir / INPUTS_FILE
+    fresh = path.with_name(path.name + ".new")
+    fresh.write_text(json.dumps({"graph": graph, "key": key}))
+    fresh.replace(path)
