@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import base64
+import inspect
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,6 +179,21 @@ def private_key_der(data: bytes, passphrase: str | None, *, who: str, where: str
     )
 
 
+def arrow_batches(cursor: Any) -> Iterator[pa.Table]:
+    """The cursor's result as the connector's Arrow tables, timestamps in microseconds when
+    the connector can be asked to (`force_microsecond_precision`, connector 4): Lockgate keeps
+    microseconds anyway, and otherwise a nanosecond timestamp after 2262 (`9999-12-31
+    23:59:59.999999999`, a common "no end" value) fails the whole result."""
+    fetch = cursor.fetch_arrow_batches
+    try:
+        options = inspect.signature(fetch).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return iter(fetch())
+    if "force_microsecond_precision" in options:
+        return iter(fetch(force_microsecond_precision=True))
+    return iter(fetch())
+
+
 def _to_arrow_value(value: Any, kind: pa.DataType) -> Any:
     if value is None:
         return None
@@ -211,7 +227,13 @@ class SnowflakeSource:
             OverflowError,  # a NUMBER(38,0) value beyond int64
         )
         try:
-            self._conn = snowflake.connector.connect(application="lockgate", **connect_kwargs)
+            # `arrow_number_to_decimal`: Snowflake sends a NUMBER(p,s) of up to 18 digits as an
+            # integer with its scale, which the connector's Arrow batches turn into a float64
+            # unless asked for decimals: 1234567890123456.78 became ...456.75, and 18 nines a
+            # float that no NUMBER(18,2) holds
+            self._conn = snowflake.connector.connect(
+                application="lockgate", arrow_number_to_decimal=True, **connect_kwargs
+            )
         except snowflake.connector.Error as exc:
             account = connect_kwargs.get("account", "?")
             raise SourceError(
@@ -306,7 +328,7 @@ class SnowflakeSource:
 
         def batches() -> Iterator[pa.RecordBatch]:
             if hasattr(cursor, "fetch_arrow_batches"):
-                for table in cursor.fetch_arrow_batches():
+                for table in arrow_batches(cursor):
                     yield from table.to_batches(max_chunksize=batch_rows)
                 return
             while rows := cursor.fetchmany(batch_rows):

@@ -1,0 +1,193 @@
+"""Snowflake's own result encoding on loopback, behind the official connector.
+
+fakesnow's server encodes a result from DuckDB's Arrow types: a `NUMBER(p,s)` as a
+`decimal128`, a timestamp struct without a null mask. Snowflake itself sends a chunk in its
+own compact forms, which the connector's `CArrowTableIterator` then converts for
+`fetch_arrow_batches`:
+
+- `NUMBER(p,s)` as the narrowest integer (`int8` ... `int64`) holding the value times 10^s,
+  with `logicalType: FIXED` and `scale` in the field's metadata (`decimal128(38,s)` only when
+  the unscaled value exceeds `int64`);
+- `TIMESTAMP_NTZ/LTZ(9)` as a struct of `epoch` (seconds) and `fraction` (nanoseconds),
+  `TIMESTAMP_TZ(9)` with a third field `timezone` (the offset in minutes plus 1440);
+- `TIME(9)` as `int64` nanoseconds; `VARIANT`, `OBJECT` and `ARRAY` as JSON text, indented;
+- the session's `TIMEZONE` (default `America/Los_Angeles`) sent with the result, which the
+  connector stamps on `TIMESTAMP_LTZ` and `TIMESTAMP_TZ` columns.
+
+:func:`real_server` serves such a result, built by :func:`chunk`, for every query whose SQL
+names the table :data:`TABLE`; everything else (the login, other SQL) goes to fakesnow's
+server.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import gzip
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+TABLE = "REAL_SHAPED"
+
+
+@dataclass
+class Column:
+    """One result column: Snowflake's rowtype entry and the Arrow array it sends."""
+
+    name: str
+    logical: str  # FIXED, TEXT, TIMESTAMP_NTZ, ...
+    array: pa.Array
+    precision: int | None = None
+    scale: int | None = None
+    byte_length: int | None = None
+
+    def rowtype(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "database": "LG",
+            "schema": "PUBLIC",
+            "table": TABLE,
+            "nullable": True,
+            "type": self.logical.lower(),
+            "byteLength": self.byte_length,
+            "length": None,
+            "scale": self.scale,
+            "precision": self.precision,
+            "collation": None,
+        }
+
+    def field(self) -> pa.Field:
+        meta = {"logicalType": self.logical, "scale": str(self.scale or 0)}
+        if self.precision is not None:
+            meta["precision"] = str(self.precision)
+        if self.byte_length is not None:
+            meta["byteLength"] = str(self.byte_length)
+        return pa.field(self.name, self.array.type, nullable=True, metadata=meta)
+
+
+def timestamps(values: list[tuple[int, int] | None], tz_minutes: int | None = None) -> pa.Array:
+    """(epoch seconds, nanoseconds) pairs as Snowflake's timestamp struct, nulls masked;
+    with ``tz_minutes``, the `TIMESTAMP_TZ` form with its `timezone` field."""
+    mask = pa.array([v is None for v in values])
+    epoch = pa.array([v[0] if v else 0 for v in values], pa.int64())
+    fraction = pa.array([v[1] if v else 0 for v in values], pa.int32())
+    arrays = [epoch, fraction]
+    fields = [pa.field("epoch", pa.int64(), False), pa.field("fraction", pa.int32(), False)]
+    if tz_minutes is not None:
+        arrays.append(pa.array([tz_minutes + 1440] * len(values), pa.int32()))
+        fields.append(pa.field("timezone", pa.int32(), False))
+    return pa.StructArray.from_arrays(arrays, fields=fields, mask=mask)
+
+
+def chunk(columns: list[Column]) -> bytes:
+    """The columns as one Arrow IPC stream, as Snowflake sends a result chunk."""
+    schema = pa.schema([c.field() for c in columns])
+    batch = pa.RecordBatch.from_arrays([c.array for c in columns], schema=schema)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
+
+
+@dataclass
+class Result:
+    """What the server answers for SQL naming :data:`TABLE`."""
+
+    columns: list[Column]
+    timezone: str = "America/Los_Angeles"
+
+
+Server = tuple[dict[str, Any], Result]
+
+
+@contextlib.contextmanager
+def real_server(result: Result) -> Iterator[Server]:
+    """fakesnow's server on loopback, except that SQL naming :data:`TABLE` is answered with
+    ``result`` in Snowflake's own encoding (no rows when the SQL is Lockgate's `limit 0`
+    probe). Yields the connector arguments that point at it, and ``result`` (to change)."""
+    import fakesnow.server
+    import uvicorn
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/queries/v1/query-request":
+            return await fakesnow.server.app(scope, receive, send)
+        messages = []
+        more = True
+        while more:
+            message = await receive()
+            messages.append(message)
+            more = message.get("more_body", False)
+        raw = b"".join(m.get("body", b"") for m in messages)
+        if dict(scope["headers"]).get(b"content-encoding") == b"gzip":
+            raw = gzip.decompress(raw)
+        sql = json.loads(raw)["sqlText"]
+        if TABLE not in sql.upper():
+            replay = iter(messages)
+
+            async def receive_again() -> Any:
+                return next(replay)
+
+            return await fakesnow.server.app(scope, receive_again, send)
+        columns = result.columns
+        if "limit 0" in sql.lower():
+            columns = [
+                Column(c.name, c.logical, c.array.slice(0, 0), c.precision, c.scale, c.byte_length)
+                for c in columns
+            ]
+        body = json.dumps(
+            {
+                "data": {
+                    "parameters": [{"name": "TIMEZONE", "value": result.timezone}],
+                    "rowtype": [c.rowtype() for c in columns],
+                    "rowsetBase64": base64.b64encode(chunk(columns)).decode(),
+                    "queryResultFormat": "arrow",
+                    "total": len(columns[0].array),
+                    "returned": len(columns[0].array),
+                    "queryId": "01b2c3d4-0000-0000-0000-000000000001",
+                    "statementTypeId": 4096,  # SELECT
+                    "finalDatabaseName": "LG",
+                    "finalSchemaName": "PUBLIC",
+                },
+                "success": True,
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    while thread.is_alive() and not uv.started:
+        time.sleep(0.05)
+    assert uv.started
+    where = {
+        "host": "127.0.0.1",
+        "port": port,
+        "protocol": "http",
+        "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
+        "network_timeout": 5,
+    }
+    try:
+        yield where, result
+    finally:
+        uv.should_exit = True
+        thread.join()
