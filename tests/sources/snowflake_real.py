@@ -14,9 +14,9 @@ own compact forms, which the connector's `CArrowTableIterator` then converts for
 - the session's `TIMEZONE` (default `America/Los_Angeles`) sent with the result, which the
   connector stamps on `TIMESTAMP_LTZ` and `TIMESTAMP_TZ` columns.
 
-:func:`real_server` serves such a result, built by :func:`chunk`, for every query whose SQL
-names the table :data:`TABLE`; everything else (the login, other SQL) goes to fakesnow's
-server.
+:func:`real_server` logs any connection in and answers every query with such a result, built
+by :func:`chunk` (no rows for Lockgate's `limit 0` probe). It runs no SQL: it is for what a
+result looks like, not for what a query means.
 """
 
 from __future__ import annotations
@@ -109,66 +109,70 @@ Server = tuple[dict[str, Any], Result]
 
 @contextlib.contextmanager
 def real_server(result: Result) -> Iterator[Server]:
-    """fakesnow's server on loopback, except that SQL naming :data:`TABLE` is answered with
-    ``result`` in Snowflake's own encoding (no rows when the SQL is Lockgate's `limit 0`
-    probe). Yields the connector arguments that point at it, and ``result`` (to change)."""
-    import fakesnow.server
+    """A loopback server that logs the connector in and answers every query with ``result``
+    in Snowflake's own encoding. Yields the connector arguments that point at it, and
+    ``result`` (to change)."""
     import uvicorn
 
+    async def respond(send: Any, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != "/queries/v1/query-request":
-            return await fakesnow.server.app(scope, receive, send)
-        messages = []
+        if scope["type"] != "http":
+            return
+        raw = b""
         more = True
         while more:
             message = await receive()
-            messages.append(message)
+            raw += message.get("body", b"")
             more = message.get("more_body", False)
-        raw = b"".join(m.get("body", b"") for m in messages)
         if dict(scope["headers"]).get(b"content-encoding") == b"gzip":
             raw = gzip.decompress(raw)
-        sql = json.loads(raw)["sqlText"]
-        if TABLE not in sql.upper():
-            replay = iter(messages)
-
-            async def receive_again() -> Any:
-                return next(replay)
-
-            return await fakesnow.server.app(scope, receive_again, send)
+        if scope["path"] == "/session/v1/login-request":
+            session = {"databaseName": "LG", "schemaName": "PUBLIC"}
+            return await respond(
+                send,
+                {
+                    "data": {
+                        "token": "session-token",
+                        "masterToken": "master-token",
+                        "serverVersion": "9.0.0",
+                        "parameters": [{"name": "TIMEZONE", "value": result.timezone}],
+                        "sessionInfo": session,
+                    },
+                    "success": True,
+                },
+            )
+        if scope["path"] != "/queries/v1/query-request":  # closing the session, telemetry
+            return await respond(send, {"data": {}, "success": True})
         columns = result.columns
-        if "limit 0" in sql.lower():
+        if "limit 0" in json.loads(raw)["sqlText"].lower():
             columns = [
                 Column(c.name, c.logical, c.array.slice(0, 0), c.precision, c.scale, c.byte_length)
                 for c in columns
             ]
-        body = json.dumps(
+        rows = len(columns[0].array)
+        await respond(
+            send,
             {
                 "data": {
                     "parameters": [{"name": "TIMEZONE", "value": result.timezone}],
                     "rowtype": [c.rowtype() for c in columns],
                     "rowsetBase64": base64.b64encode(chunk(columns)).decode(),
                     "queryResultFormat": "arrow",
-                    "total": len(columns[0].array),
-                    "returned": len(columns[0].array),
+                    "total": rows,
+                    "returned": rows,
                     "queryId": "01b2c3d4-0000-0000-0000-000000000001",
                     "statementTypeId": 4096,  # SELECT
                     "finalDatabaseName": "LG",
                     "finalSchemaName": "PUBLIC",
                 },
                 "success": True,
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
+            },
         )
-        await send({"type": "http.response.body", "body": body})
 
     with contextlib.closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -193,3 +193,65 @@ def test_timestamps_of_every_kind_arrive_as_the_instant_they_name(
             "prefs": "free",
         },
     }
+
+
+def _child(name: str, kind: pa.DataType, logical: str, nullable: bool = True) -> pa.Field:
+    """A field inside a structured value, with the metadata Snowflake gives it."""
+    return pa.field(name, kind, nullable, metadata={"logicalType": logical, "scale": "0"})
+
+
+def test_vectors_and_structured_values_arrive_as_the_json_they_hold(
+    snowflake: Result,
+    tmp_path: Path,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a VECTOR (and, with structured types on, an OBJECT(...) or MAP) comes as an Arrow list,
+    # struct or map, which Lockgate's text type could not take: the whole run failed
+    vector = pa.FixedSizeListArray.from_arrays(
+        pa.array([1.5, 2, 3, 4, 5, 6], pa.float32()),
+        type=pa.list_(_child("item", pa.float32(), "REAL"), 3),
+    )
+    address = pa.StructArray.from_arrays(
+        [pa.array(["Oslo", "Lyon"]), pa.array([150, None], pa.int16())],
+        fields=[
+            _child("city", pa.string(), "TEXT"),
+            _child("zip", pa.int16(), "FIXED"),
+        ],
+        mask=pa.array([False, True]),
+    )
+    counts = pa.MapArray.from_arrays(
+        pa.array([0, 2, 2], pa.int32()),
+        pa.array(["a", "b"]),
+        pa.array([1, 2], pa.int64()),
+        type=pa.map_(
+            _child("key", pa.string(), "TEXT", False), _child("value", pa.int64(), "FIXED")
+        ),
+    )
+    snowflake.columns = [
+        Column("ID", "FIXED", pa.array([1, 2], pa.int8()), 38, 0),
+        Column("EMBEDDING", "VECTOR", vector),
+        Column("ADDRESS", "OBJECT", address),
+        Column("COUNTS", "MAP", counts),
+    ]
+
+    report, people = sync(
+        tmp_path,
+        customerio_emulator,
+        monkeypatch,
+        """
+        embedding: embedding
+        address: address
+        counts: counts
+        """,
+    )
+
+    assert dict(report.changes.rejected_samples) == {}
+    assert people == {
+        "1": {
+            "embedding": [1.5, 2, 3],
+            "address": {"city": "Oslo", "zip": 150},
+            "counts": {"a": 1, "b": 2},
+        },
+        "2": {"embedding": [4, 5, 6], "counts": {}},
+    }

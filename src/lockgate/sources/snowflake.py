@@ -20,9 +20,12 @@ Example::
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import inspect
+import json
 import re
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -66,6 +69,8 @@ _BY_CODE: dict[int, pa.DataType] = {
     11: pa.binary(),  # BINARY
     12: pa.time64("us"),  # TIME
     13: pa.bool_(),  # BOOLEAN
+    16: JSON,  # VECTOR, as JSON text: `[1.5, 2, 3]`
+    17: JSON,  # MAP, as JSON text
 }
 
 
@@ -192,6 +197,46 @@ def arrow_batches(cursor: Any) -> Iterator[pa.Table]:
     if "force_microsecond_precision" in options:
         return iter(fetch(force_microsecond_precision=True))
     return iter(fetch())
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex().upper()  # as Snowflake prints BINARY
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _plain(value: Any, kind: pa.DataType) -> Any:
+    """A nested value from `to_pylist` as JSON would have it: a map (pairs) an object."""
+    if value is None:
+        return None
+    if pa.types.is_map(kind):
+        return {str(k): _plain(v, kind.item_type) for k, v in value}
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return [_plain(v, kind.value_type) for v in value]
+    if pa.types.is_struct(kind):
+        return {f.name: _plain(value[f.name], f.type) for f in kind}
+    return value
+
+
+def nested_as_json(column: pa.Array) -> pa.Array:
+    """A list, struct or map column (a `VECTOR`, or an `OBJECT`, `ARRAY` or `MAP` of
+    Snowflake's structured types) as the JSON text of each value, as Snowflake writes a
+    semi-structured one; a map as an object of its keys."""
+    return pa.array(
+        [
+            None if value is None else json.dumps(_plain(value, column.type), default=_json_default)
+            for value in column.to_pylist()
+        ],
+        pa.string(),
+    )
+
+
+def _nested(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_nested(kind))
 
 
 def _to_arrow_value(value: Any, kind: pa.DataType) -> Any:
@@ -339,6 +384,16 @@ class SnowflakeSource:
                 yield pa.RecordBatch.from_arrays(columns, schema=schema)
 
         def rename(batch: pa.RecordBatch) -> pa.RecordBatch:
+            # a structured OBJECT/ARRAY/MAP or a VECTOR comes as a list, struct or map
+            pairs = list(zip(batch.columns, schema, strict=True))
+            if any(_nested(c.type) and not _nested(f.type) for c, f in pairs):
+                batch = pa.RecordBatch.from_arrays(
+                    [
+                        nested_as_json(c) if _nested(c.type) and not _nested(f.type) else c
+                        for c, f in pairs
+                    ],
+                    names=schema.names,
+                )
             return batch.rename_columns(schema.names)
 
         return stream(
