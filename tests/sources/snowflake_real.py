@@ -98,7 +98,7 @@ def chunk(columns: list[Column]) -> bytes:
 
 @dataclass
 class Result:
-    """What the server answers for SQL naming :data:`TABLE`."""
+    """What the server answers every query with (models name :data:`TABLE`)."""
 
     columns: list[Column]
     timezone: str = "America/Los_Angeles"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import textwrap
 import warnings
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from tests.sources.snowflake_real import TABLE, Column, Result, Server, real_ser
 
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
+from lockgate.errors import StepError
 from lockgate.project.loader import load_project
 from lockgate.sync.run import RunReport, run_sync
 
@@ -255,3 +257,30 @@ def test_vectors_and_structured_values_arrive_as_the_json_they_hold(
         },
         "2": {"embedding": [4, 5, 6], "counts": {}},
     }
+
+
+def test_a_number_beyond_64_bits_stops_the_run_naming_the_column_and_the_fix(
+    snowflake: Result,
+    tmp_path: Path,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a chunk of NUMBER(38,0) with a value past int64 comes as decimal128(38,0): the run
+    # stopped with Arrow's "Integer value out of bounds", naming no column
+    snowflake.columns = [
+        Column("ID", "FIXED", pa.array([1, 2], pa.int8()), 38, 0),
+        Column(
+            "CRM_ID",
+            "FIXED",
+            pa.array([Decimal(2**63), Decimal(7)], pa.decimal128(38, 0)),
+            38,
+            0,
+        ),
+    ]
+
+    with pytest.raises(StepError) as caught:
+        sync(tmp_path, customerio_emulator, monkeypatch, "crm_id: crm_id")
+
+    assert "column `crm_id` holds a NUMBER beyond 64-bit integers" in str(caught.value)
+    assert "`to_varchar(crm_id) as crm_id`" in (caught.value.hint or "")
+    assert customerio_emulator.people() == []

@@ -383,18 +383,26 @@ class SnowflakeSource:
                 ]
                 yield pa.RecordBatch.from_arrays(columns, schema=schema)
 
+        def fit(column: pa.Array, field: pa.Field) -> pa.Array:
+            if _nested(column.type) and not _nested(field.type):
+                # a structured OBJECT/ARRAY/MAP or a VECTOR comes as a list, struct or map
+                return nested_as_json(column)
+            if pa.types.is_decimal(column.type) and pa.types.is_integer(field.type):
+                # a chunk of NUMBER(p,0) holding a value beyond int64 comes as decimal128
+                try:
+                    return column.cast(field.type)
+                except pa.ArrowInvalid:
+                    raise SourceError(
+                        f"{self.who}: column `{field.name}` holds a NUMBER beyond 64-bit "
+                        "integers (±9,223,372,036,854,775,807), which Lockgate reads as integers",
+                        hint=f"in the model, `to_varchar({field.name}) as {field.name}` sends "
+                        "every digit as text; `::float` an approximate number",
+                    ) from None
+            return column
+
         def rename(batch: pa.RecordBatch) -> pa.RecordBatch:
-            # a structured OBJECT/ARRAY/MAP or a VECTOR comes as a list, struct or map
-            pairs = list(zip(batch.columns, schema, strict=True))
-            if any(_nested(c.type) and not _nested(f.type) for c, f in pairs):
-                batch = pa.RecordBatch.from_arrays(
-                    [
-                        nested_as_json(c) if _nested(c.type) and not _nested(f.type) else c
-                        for c, f in pairs
-                    ],
-                    names=schema.names,
-                )
-            return batch.rename_columns(schema.names)
+            columns = [fit(c, f) for c, f in zip(batch.columns, schema, strict=True)]
+            return pa.RecordBatch.from_arrays(columns, names=schema.names)
 
         return stream(
             schema,
