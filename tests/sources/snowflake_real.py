@@ -11,6 +11,8 @@ own compact forms, which the connector's `CArrowTableIterator` then converts for
 - `TIMESTAMP_NTZ/LTZ(9)` as a struct of `epoch` (seconds) and `fraction` (nanoseconds),
   `TIMESTAMP_TZ(9)` with a third field `timezone` (the offset in minutes plus 1440);
 - `TIME(9)` as `int64` nanoseconds; `VARIANT`, `OBJECT` and `ARRAY` as JSON text, indented;
+  a `GEOGRAPHY` as its GeoJSON text, its Arrow field marked `OBJECT` (the connector knows no
+  `GEOGRAPHY` there);
 - the session's `TIMEZONE` (default `America/Los_Angeles`) sent with the result, which the
   connector stamps on `TIMESTAMP_LTZ` and `TIMESTAMP_TZ` columns.
 
@@ -47,6 +49,7 @@ class Column:
     precision: int | None = None
     scale: int | None = None
     byte_length: int | None = None
+    sql_type: str | None = None  # the rowtype's type when not ``logical`` (GEOGRAPHY)
 
     def rowtype(self) -> dict[str, Any]:
         return {
@@ -55,7 +58,7 @@ class Column:
             "schema": "PUBLIC",
             "table": TABLE,
             "nullable": True,
-            "type": self.logical.lower(),
+            "type": (self.sql_type or self.logical).lower(),
             "byteLength": self.byte_length,
             "length": None,
             "scale": self.scale,
@@ -151,7 +154,15 @@ def real_server(result: Result) -> Iterator[Server]:
         columns = result.columns
         if "limit 0" in json.loads(raw)["sqlText"].lower():
             columns = [
-                Column(c.name, c.logical, c.array.slice(0, 0), c.precision, c.scale, c.byte_length)
+                Column(
+                    c.name,
+                    c.logical,
+                    c.array.slice(0, 0),
+                    c.precision,
+                    c.scale,
+                    c.byte_length,
+                    c.sql_type,
+                )
                 for c in columns
             ]
         rows = len(columns[0].array)

@@ -284,3 +284,58 @@ def test_a_number_beyond_64_bits_stops_the_run_naming_the_column_and_the_fix(
     assert "column `crm_id` holds a NUMBER beyond 64-bit integers" in str(caught.value)
     assert "`to_varchar(crm_id) as crm_id`" in (caught.value.hint or "")
     assert customerio_emulator.people() == []
+
+
+def test_the_other_types_arrive_as_customerio_takes_them(
+    snowflake: Result,
+    tmp_path: Path,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # what the docs' table of Snowflake types says reaches Customer.io
+    point = '{\n  "coordinates": [\n    10.75,\n    59.91\n  ],\n  "type": "Point"\n}'
+    snowflake.columns = [
+        Column("ID", "FIXED", pa.array([1, 2, 3], pa.int8()), 38, 0),
+        Column("VISITS", "FIXED", pa.array([5, 9_007_199_254_740_993, None], pa.int64()), 38, 0),
+        Column("SCORE", "REAL", pa.array([2.5, None, float("nan")])),
+        Column("NAME", "TEXT", pa.array(["Zoë", None, "x"])),
+        Column("ACTIVE", "BOOLEAN", pa.array([True, None, False])),
+        Column("BORN", "DATE", pa.array([19_000, None, 0], pa.date32())),
+        Column("TOKEN", "BINARY", pa.array([b"\x01\xff", None, b""])),
+        Column("HOME", "OBJECT", pa.array([point, None, None]), sql_type="GEOGRAPHY"),
+        Column("TAGS", "ARRAY", pa.array(['[\n  "a",\n  "b"\n]', None, "[]"])),
+    ]
+
+    report, people = sync(
+        tmp_path,
+        customerio_emulator,
+        monkeypatch,
+        """
+        visits: visits
+        score: score
+        name: name
+        active: active
+        born: born
+        token: token
+        home: home
+        home_json: {column: home, type: json}
+        tags: tags
+        """,
+    )
+
+    rejected = dict(report.changes.rejected_samples)
+    assert set(rejected) == {"3"} and "column `score`" in rejected["3"]  # NaN: no JSON for it
+    assert people == {
+        "1": {
+            "visits": 5,
+            "score": 2.5,
+            "name": "Zoë",
+            "active": True,
+            "born": 1641600000,  # 2022-01-08
+            "token": "\\x01\\xFF",  # DuckDB's text for bytes, from every warehouse
+            "home": point,
+            "home_json": {"coordinates": [10.75, 59.91], "type": "Point"},
+            "tags": ["a", "b"],
+        },
+        "2": {"visits": 9_007_199_254_740_993},
+    }
