@@ -1,9 +1,12 @@
 """Snowflake through the official `snowflake-connector-python`.
 
-Results stream as Arrow with `fetch_arrow_batches` (one result chunk at a time). Cursors
-without it (fakesnow, which the tests use) fall back to `fetchmany` converted to Arrow in
-chunks of ``batch_rows``. The connector picks the narrowest integer per chunk, so every batch
-is cast to one schema derived from the cursor's description.
+Results stream as Arrow with `fetch_arrow_batches` (one result chunk at a time), the connector
+asked for decimals (`arrow_number_to_decimal`: a `NUMBER(p,s)` is otherwise a float) and for
+timestamps in microseconds. Cursors without it (fakesnow's in-process patch, which some tests
+use) fall back to `fetchmany` converted to Arrow in chunks of ``batch_rows``. The connector
+picks the narrowest integer per chunk, so every batch is cast to one schema derived from the
+cursor's description; a `VECTOR` or a structured `OBJECT`, `ARRAY` or `MAP` (an Arrow list,
+struct or map) becomes its JSON text.
 
 Snowflake upper-cases unquoted identifiers. Lockgate lower-cases every all-upper-case column,
 table and schema name (`EMAIL` → `email`), so models read the same on every warehouse; a name
