@@ -60,6 +60,8 @@ _SCALARS: dict[str, pa.DataType] = {
     "TIME": pa.time64("us"),
     "JSON": pa.json_(pa.string()),  # JSON text, staged by DuckDB as `JSON`
     "GEOGRAPHY": pa.string(),
+    # the client reads `1-2 3 4:5:6.5` as a `relativedelta`, which Arrow holds as this
+    "INTERVAL": pa.month_day_nano_interval(),
 }
 
 
@@ -67,11 +69,17 @@ def arrow_type(field: Any) -> pa.DataType:
     """The Arrow type for a BigQuery `SchemaField` (unknown types become text).
 
     Parameterized `NUMERIC(p, s)` keeps its precision and scale; `RECORD`/`STRUCT` becomes a
-    struct and `REPEATED` a list.
+    struct, `RANGE<T>` a struct of `start` and `end` (as the client reads it) and `REPEATED` a
+    list.
     """
     kind = str(field.field_type).upper()
     if kind in ("RECORD", "STRUCT"):
         base: pa.DataType = pa.struct([pa.field(f.name, arrow_type(f)) for f in field.fields])
+    elif kind == "RANGE":
+        # the client reads `[start, end)` as this struct, an unbounded end as a null
+        element = getattr(field.range_element_type, "element_type", None) or "DATE"
+        bound = _SCALARS.get(str(element).upper(), pa.date32())
+        base = pa.struct([pa.field("start", bound), pa.field("end", bound)])
     elif kind in ("NUMERIC", "BIGNUMERIC") and getattr(field, "precision", None):
         precision, scale = int(field.precision), int(field.scale or 0)
         base = pa.decimal128(precision, scale) if precision <= 38 else pa.float64()
@@ -83,6 +91,9 @@ def arrow_type(field: Any) -> pa.DataType:
 def type_name(field: Any) -> str:
     """BigQuery's own spelling of a field's type (`ARRAY<STRING>`, `NUMERIC`)."""
     kind = str(field.field_type).upper()
+    if kind == "RANGE":
+        element = getattr(field.range_element_type, "element_type", None)
+        kind = f"RANGE<{str(element).upper()}>" if element else kind
     return f"ARRAY<{kind}>" if field.mode == "REPEATED" else kind
 
 

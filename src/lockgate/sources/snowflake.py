@@ -1,9 +1,12 @@
 """Snowflake through the official `snowflake-connector-python`.
 
-Results stream as Arrow with `fetch_arrow_batches` (one result chunk at a time). Cursors
-without it (fakesnow, which the tests use) fall back to `fetchmany` converted to Arrow in
-chunks of ``batch_rows``. The connector picks the narrowest integer per chunk, so every batch
-is cast to one schema derived from the cursor's description.
+Results stream as Arrow with `fetch_arrow_batches` (one result chunk at a time), the connector
+asked for decimals (`arrow_number_to_decimal`: a `NUMBER(p,s)` is otherwise a float) and for
+timestamps in microseconds. Cursors without it (fakesnow's in-process patch, which some tests
+use) fall back to `fetchmany` converted to Arrow in chunks of ``batch_rows``. The connector
+picks the narrowest integer per chunk, so every batch is cast to one schema derived from the
+cursor's description; a `VECTOR` or a structured `OBJECT`, `ARRAY` or `MAP` (an Arrow list,
+struct or map) becomes its JSON text.
 
 Snowflake upper-cases unquoted identifiers. Lockgate lower-cases every all-upper-case column,
 table and schema name (`EMAIL` → `email`), so models read the same on every warehouse; a name
@@ -20,8 +23,12 @@ Example::
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import inspect
+import json
 import re
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -65,6 +72,8 @@ _BY_CODE: dict[int, pa.DataType] = {
     11: pa.binary(),  # BINARY
     12: pa.time64("us"),  # TIME
     13: pa.bool_(),  # BOOLEAN
+    16: JSON,  # VECTOR, as JSON text: `[1.5, 2, 3]`
+    17: JSON,  # MAP, as JSON text
 }
 
 
@@ -178,6 +187,61 @@ def private_key_der(data: bytes, passphrase: str | None, *, who: str, where: str
     )
 
 
+def arrow_batches(cursor: Any) -> Iterator[pa.Table]:
+    """The cursor's result as the connector's Arrow tables, timestamps in microseconds when
+    the connector can be asked to (`force_microsecond_precision`, connector 4): Lockgate keeps
+    microseconds anyway, and otherwise a nanosecond timestamp after 2262 (`9999-12-31
+    23:59:59.999999999`, a common "no end" value) fails the whole result."""
+    fetch = cursor.fetch_arrow_batches
+    try:
+        options = inspect.signature(fetch).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return iter(fetch())
+    if "force_microsecond_precision" in options:
+        return iter(fetch(force_microsecond_precision=True))
+    return iter(fetch())
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex().upper()  # as Snowflake prints BINARY
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _plain(value: Any, kind: pa.DataType) -> Any:
+    """A nested value from `to_pylist` as JSON would have it: a map (pairs) an object."""
+    if value is None:
+        return None
+    if pa.types.is_map(kind):
+        return {str(k): _plain(v, kind.item_type) for k, v in value}
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return [_plain(v, kind.value_type) for v in value]
+    if pa.types.is_struct(kind):
+        return {f.name: _plain(value[f.name], f.type) for f in kind}
+    return value
+
+
+def nested_as_json(column: pa.Array) -> pa.Array:
+    """A list, struct or map column (a `VECTOR`, or an `OBJECT`, `ARRAY` or `MAP` of
+    Snowflake's structured types) as the JSON text of each value, as Snowflake writes a
+    semi-structured one; a map as an object of its keys."""
+    return pa.array(
+        [
+            None if value is None else json.dumps(_plain(value, column.type), default=_json_default)
+            for value in column.to_pylist()
+        ],
+        pa.string(),
+    )
+
+
+def _nested(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_nested(kind))
+
+
 def _to_arrow_value(value: Any, kind: pa.DataType) -> Any:
     if value is None:
         return None
@@ -211,7 +275,13 @@ class SnowflakeSource:
             OverflowError,  # a NUMBER(38,0) value beyond int64
         )
         try:
-            self._conn = snowflake.connector.connect(application="lockgate", **connect_kwargs)
+            # `arrow_number_to_decimal`: Snowflake sends a NUMBER(p,s) of up to 18 digits as an
+            # integer with its scale, which the connector's Arrow batches turn into a float64
+            # unless asked for decimals: 1234567890123456.78 became ...456.75, and 18 nines a
+            # float that no NUMBER(18,2) holds
+            self._conn = snowflake.connector.connect(
+                application="lockgate", arrow_number_to_decimal=True, **connect_kwargs
+            )
         except snowflake.connector.Error as exc:
             account = connect_kwargs.get("account", "?")
             raise SourceError(
@@ -306,7 +376,7 @@ class SnowflakeSource:
 
         def batches() -> Iterator[pa.RecordBatch]:
             if hasattr(cursor, "fetch_arrow_batches"):
-                for table in cursor.fetch_arrow_batches():
+                for table in arrow_batches(cursor):
                     yield from table.to_batches(max_chunksize=batch_rows)
                 return
             while rows := cursor.fetchmany(batch_rows):
@@ -316,8 +386,26 @@ class SnowflakeSource:
                 ]
                 yield pa.RecordBatch.from_arrays(columns, schema=schema)
 
+        def fit(column: pa.Array, field: pa.Field) -> pa.Array:
+            if _nested(column.type) and not _nested(field.type):
+                # a structured OBJECT/ARRAY/MAP or a VECTOR comes as a list, struct or map
+                return nested_as_json(column)
+            if pa.types.is_decimal(column.type) and pa.types.is_integer(field.type):
+                # a chunk of NUMBER(p,0) holding a value beyond int64 comes as decimal128
+                try:
+                    return column.cast(field.type)
+                except pa.ArrowInvalid:
+                    raise SourceError(
+                        f"{self.who}: column `{field.name}` holds a NUMBER beyond 64-bit "
+                        "integers (±9,223,372,036,854,775,807), which Lockgate reads as integers",
+                        hint=f"in the model, `to_varchar({field.name}) as {field.name}` sends "
+                        "every digit as text; `::float` an approximate number",
+                    ) from None
+            return column
+
         def rename(batch: pa.RecordBatch) -> pa.RecordBatch:
-            return batch.rename_columns(schema.names)
+            columns = [fit(c, f) for c, f in zip(batch.columns, schema, strict=True)]
+            return pa.RecordBatch.from_arrays(columns, names=schema.names)
 
         return stream(
             schema,
