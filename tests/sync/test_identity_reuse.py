@@ -64,6 +64,7 @@ SYNCS = {
         identify_by: {stripe_id: stripe_id}
         event: {name: event_name, id: payment_id}
         properties: {payment: payment_id}
+        backfill: {first_run: send}
         """,
 }
 
