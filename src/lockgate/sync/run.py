@@ -564,6 +564,9 @@ def _prepare(
                 )
             except ConfigError as exc:
                 raise project.locate(exc, sync.name) from None
+        naive = mapping.naive_note(sync, staged.columns) if not payloads else None
+        if naive is not None:  # a plan says it once; a run does not repeat it every time
+            console.info(f"{sync.name}: {naive}")
         staged_events = None
         if in_place is not None:
             with step("extract"), console.progress(f"extract {sync.name}", None) as advance:
