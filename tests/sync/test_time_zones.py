@@ -264,3 +264,53 @@ def test_a_postgres_timestamp_column_is_read_in_the_source_time_zone(
     assert sent["summer"] == unix("2026-07-01T07:00:00+00:00")  # CEST, +02:00
     assert sent["winter"] == unix("2026-01-15T08:00:00+00:00")  # CET, +01:00
     assert datetime.fromtimestamp(sent["winter"], UTC).hour == 8
+
+
+RENEWALS = """
+name: renewals
+source: warehouse
+model: {table: subs}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes: {renews_at: renews_at}
+on_change:
+  - attribute: renews_at
+    event: renewal_moved
+"""
+
+
+def test_setting_the_time_zone_fires_no_on_change_event_unless_the_data_moved(
+    project_factory: ProjectFactory,
+) -> None:
+    project_factory.sql(
+        "create or replace table subs as select * from (values "
+        "(1, timestamp '2026-07-01 09:00:00'), (2, timestamp '2026-08-01 09:00:00')) "
+        "t(user_id, renews_at)"
+    )
+    project = project_factory.write({"renewals": RENEWALS})
+    run_sync(project, "renewals", console=NullConsole())
+    # the zone set, and person 2's renewal really moved: every value is sent again, read in
+    # New York, but only the move in the data is a transition
+    project_factory.sql(
+        "update subs set renews_at = timestamp '2026-09-01 09:00:00' where user_id = 2"
+    )
+    project = in_source_zone(project, "America/New_York")
+    plan = plan_sync(project, "renewals", console=NullConsole())
+    (line,) = [g.actual for g in plan.guards if g.name == "mapping"]
+    assert "`timezone` was UTC, now America/New_York: 1 people sent again for it" in line
+    report = run_sync(project, "renewals", console=NullConsole())
+    assert report.changes.changed == 2 and report.changes.remapped == 1
+    assert report.changes.state_events == 1
+    events = project_factory.emulator.events()
+    assert [(e.name, e.data) for e in events] == [("renewal_moved", {})]
+    people = {p.id: p.attributes["renews_at"] for p in project_factory.emulator.people()}
+    assert people == {
+        "1": unix("2026-07-01T13:00:00+00:00"),
+        "2": unix("2026-09-01T13:00:00+00:00"),
+    }
+    # and from then on, in the zone as read now
+    project_factory.sql(
+        "update subs set renews_at = timestamp '2026-07-02 09:00:00' where user_id = 1"
+    )
+    assert run_sync(project, "renewals", console=NullConsole()).changes.state_events == 1

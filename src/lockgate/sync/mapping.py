@@ -192,7 +192,54 @@ def recorded_mapping(sync: SyncConfig) -> dict[str, Any]:
     key = event_key(sync)
     if key is not None:
         out["event_key"] = key
+    if sync.timezone is not None:
+        # not in `shaping`, whose text is in every row's hash: a zone changes a payload only
+        # where a naive timestamp is sent (`source_hash`); kept for `on_change` (`Rezoned`)
+        out["timezone"] = sync.timezone
     return out
+
+
+#: the zone names that read a naive timestamp as UTC does (no `timezone`)
+_UTC_NAMES = (None, "UTC", "Etc/UTC")
+
+
+def same_zone(was: str | None, now: str | None) -> bool:
+    """Whether two `timezone` settings read naive timestamps alike (unset is UTC)."""
+    return (was in _UTC_NAMES and now in _UTC_NAMES) or was == now
+
+
+@dataclass(frozen=True)
+class Rezoned:
+    """An `on_change` sync whose `timezone` changed since its last committed run: the zone
+    that run read naive timestamps in (``was``, None for UTC) and the watched attributes that
+    read one. Their values all moved by the offset; a transition fires only when the value
+    read in the old zone moved too (the data changed), never for the new reading alone."""
+
+    was: str | None
+    attributes: frozenset[str]
+
+
+def rezoned(
+    sync: SyncConfig, columns: dict[str, str], last: dict[str, Any] | None
+) -> Rezoned | None:
+    """:class:`Rezoned` for ``sync`` over a model of ``columns``, given the mapping its last
+    committed run recorded (:func:`recorded_mapping`); None when the zone is the same, or no
+    watched attribute reads a naive timestamp as a time."""
+    if not sync.on_change or last is None:
+        return None
+    was = last.get("timezone")
+    if same_zone(was, sync.timezone):
+        return None
+    naive = set(naive_columns(sync, columns))
+    watched = {
+        rule.attribute
+        for rule in sync.on_change
+        if (spec := sync.attributes.get(rule.attribute)) is not None
+        and spec.value is None
+        and spec.type in ("auto", "timestamp", "date")
+        and (spec.column or rule.attribute) in naive
+    }
+    return Rezoned(was, frozenset(watched)) if watched else None
 
 
 def shaping_changes(
@@ -469,7 +516,7 @@ def source_hash(
         # these fields send JSON values where an earlier Lockgate sent the JSON's text: a
         # fingerprint of its own, never one reused below, so each record is sent once again
         normal["json_values"] = as_json
-    zoned = sync.timezone not in (None, "UTC", "Etc/UTC") and bool(naive_columns(sync, types))
+    zoned = not same_zone(None, sync.timezone) and bool(naive_columns(sync, types))
     if zoned:
         # naive timestamps read in a zone, not as UTC: their values change, so each record
         # is sent once again (remapped). Only then: a sync without such a column, or one
@@ -1513,6 +1560,7 @@ def compile_sync(
     last: LastHash | None = None,
     *,
     history: bool = False,
+    rezone: Rezoned | None = None,
 ) -> Compiled:
     """The SELECT of any sync kind over a model with ``columns`` (name -> DuckDB type); a
     column the sync file names that the model lacks is a :class:`ConfigError` naming both.
@@ -1520,12 +1568,13 @@ def compile_sync(
     (:func:`removed_attributes`); ``last``: the last committed run's row hash
     (:func:`source_hash`); ``history``: every event of an events sync without a timestamp is
     backfill (its first run, with `backfill.older` a rename: the model's history goes out
-    under the backfill name)."""
+    under the backfill name); ``rezone``: the `on_change` values to compare in the last run's
+    zone (:class:`Rezoned`)."""
     try:
         if sync.kind == "people":
-            return compile_people(sync, columns, default_on_null, clear, last)
+            return compile_people(sync, columns, default_on_null, clear, last, rezone)
         if sync.kind == "objects":
-            return compile_objects(sync, columns, default_on_null, clear, last)
+            return compile_objects(sync, columns, default_on_null, clear, last, rezone)
         if sync.kind == "relationships":
             return compile_relationships(sync, columns, default_on_null, last)
         return compile_events(sync, columns, now_epoch, history=history)
@@ -1547,6 +1596,7 @@ def compile_people(
     default_on_null: str,
     clear: tuple[str, ...] = (),
     last: LastHash | None = None,
+    rezone: Rezoned | None = None,
 ) -> Compiled:
     """The SELECT producing (k, op, ident, reject) for a people sync."""
     used: list[str] = list(sync.identify_by.values())
@@ -1580,7 +1630,7 @@ def compile_people(
     extra_columns = ""
     sent_ident = ident  # what names a row whose key is null: without `on_change`'s `_watch`
     if sync.on_change:
-        ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null)
+        ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null, rezone)
     null_key = " or ".join(f"{q(k)} is null" for k in sync.key_columns)
     src_h = source_hash(sync, (*used, *sync.key_columns), columns, last)
     checks.insert(0, f"case when {null_key} then {lit('primary key is null')} end")
@@ -1642,25 +1692,36 @@ def _person_address(fields: Fields) -> str:
 
 
 def _on_change_sql(
-    sync: SyncConfig, columns: dict[str, str], fields: Fields, ident: str, default_on_null: str
+    sync: SyncConfig,
+    columns: dict[str, str],
+    fields: Fields,
+    ident: str,
+    default_on_null: str,
+    rezone: Rezoned | None = None,
 ) -> tuple[str, str]:
     """For `on_change`: the ident JSON extended with the watched values (``_watch``), and the
-    per-rule columns ``__ocp_<i>`` (event properties JSON) and ``__ocu_<i>`` (unless)."""
+    per-rule columns ``__ocp_<i>`` (event properties JSON) and ``__ocu_<i>`` (unless); with
+    ``rezone``, ``__ocw_<i>`` too: the watched value as read in the last run's zone, as JSON
+    text (for the rules of :attr:`Rezoned.attributes`)."""
     watched: dict[str, str] = {}
+    was: dict[str, str] = {}
     for name, spec in sync.attributes.items():
         if spec.value is not None:
             watched[name] = lit(orjson.dumps(spec.value).decode()) + "::json"
             continue
         column = spec.column or name
-        watched[name], _ = coerce(
-            sync.name,
-            name,
-            column,
-            columns[column],
-            spec.type,
-            attribute=not column.startswith(GRAPH_ATTRIBUTE_PREFIX),
-            zone=sync.timezone,
-        )
+        for zone, into in ((sync.timezone, watched), (rezone.was if rezone else None, was)):
+            if into is was and (rezone is None or name not in rezone.attributes):
+                continue
+            into[name], _ = coerce(
+                sync.name,
+                name,
+                column,
+                columns[column],
+                spec.type,
+                attribute=not column.startswith(GRAPH_ATTRIBUTE_PREFIX),
+                zone=zone,
+            )
     fragments = []
     for rule in sync.on_change:
         if rule.attribute not in sync.attributes:
@@ -1683,6 +1744,8 @@ def _on_change_sql(
             props.add(sync.name, name, spec, columns, default_on_null)
         unless = f"coalesce(({rule.unless}), false)" if rule.unless else "false"
         extra += f", {_object(props.fragments)} as __ocp_{i}, {unless} as __ocu_{i}"
+        if rule.attribute in was:
+            extra += f", coalesce(to_json({was[rule.attribute]})::varchar, 'null') as __ocw_{i}"
     return ident, extra
 
 
@@ -1966,6 +2029,7 @@ def compile_objects(
     default_on_null: str,
     clear: tuple[str, ...] = (),
     last: LastHash | None = None,
+    rezone: Rezoned | None = None,
 ) -> Compiled:
     """The SELECT producing (k, op, ident, reject, n_set, n_cleared) for an objects sync.
 
@@ -1999,7 +2063,7 @@ def compile_objects(
     extra_columns = ""
     if sync.on_change:
         # the watched values ride in `ident` (removal ops rebuild identifiers from its keys)
-        ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null)
+        ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null, rezone)
     src_h = source_hash(sync, (key_column, *fields.columns), columns, last)
     select = (
         f"select {_object_key(key_column)} as k, {op} as op, {ident} as ident, "
