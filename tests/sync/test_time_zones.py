@@ -314,3 +314,14 @@ def test_setting_the_time_zone_fires_no_on_change_event_unless_the_data_moved(
         "update subs set renews_at = timestamp '2026-07-02 09:00:00' where user_id = 1"
     )
     assert run_sync(project, "renewals", console=NullConsole()).changes.state_events == 1
+
+
+def test_saying_utc_silences_the_note_and_resends_nothing(project_factory: ProjectFactory) -> None:
+    users(project_factory)
+    project = project_factory.write({"profile": PROFILE})
+    assert run_sync(project, "profile", console=NullConsole()).changes.new == 1
+    project = project_factory.write({"profile": PROFILE + "timezone: UTC\n"})
+    assert "without time zone" not in invoke(project, "plan", "profile")
+    assert run_sync(project, "profile", console=NullConsole()).changes.changed == 0
+    sent = project_factory.emulator.person(id="1").attributes
+    assert sent["summer"] == unix("2026-07-01T09:00:00+00:00")
