@@ -329,3 +329,30 @@ def test_a_duckdb_model_with_a_union_column_is_planned_and_its_mapping_checked(
     assert checks["model", "tagged"]["ok"] is True, checks["model", "tagged"]
     assert "the mapping compiles" in str(checks["model", "tagged"]["detail"])
     assert code == 0
+
+
+def test_a_model_of_naive_timestamps_is_said_to_be_read_as_utc_until_a_zone_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator = Emulator()
+    with emulator.serve() as url:
+        root = project(tmp_path / "p", url, monkeypatch, emulator)
+        with duckdb.connect(str(root / "warehouse.duckdb")) as con:
+            con.execute(
+                "create table signups as select 1 as id, "
+                "timestamp '2026-07-01 09:00:00' as created_at, now() as seen_at"
+            )
+        body = (
+            "name: signups\nsource: warehouse\nmodel: {table: signups}\nkind: people\n"
+            "primary_key: id\nidentify_by: {id: id}\nattributes: [created_at, seen_at]\n"
+        )
+        (root / "syncs" / "signups.yml").write_text(body)
+        code, checks = connect(root)
+        detail = str(checks["model", "signups"]["detail"])
+        assert code == 0 and "the mapping compiles (people); column `created_at` is a " in detail
+        assert "without time zone, read as UTC (set `timezone:`" in detail
+        assert "seen_at" not in detail
+        (root / "syncs" / "signups.yml").write_text(body + "timezone: America/New_York\n")
+        code, checks = connect(root)
+    assert checks["model", "signups"]["detail"].endswith("the mapping compiles (people)")
+    assert code == 0

@@ -507,6 +507,10 @@ def load_project(root: str | Path = ".") -> Project:
             # `defaults.on_null` for the attributes of a sync that does not set its own
             # (events' properties have no value to keep: a null there is always left out)
             sync = sync.model_copy(update={"on_null": config.defaults.on_null})
+        zone = config.sources[sync.source].timezone
+        if sync.timezone is None and zone is not None:
+            # the source's zone for the naive timestamps of a sync that does not name its own
+            sync = sync.model_copy(update={"timezone": zone})
         project.syncs[sync.name] = sync
         project.sync_files[sync.name] = shown
         project.sync_lines[sync.name] = sync_lines

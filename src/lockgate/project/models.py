@@ -16,6 +16,8 @@ Example::
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
 import os
 import re
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -364,6 +367,50 @@ def parse_duration(value: str | int) -> int:
 # --------------------------------------------------------------------------- sources
 
 
+@functools.cache
+def _time_zones() -> dict[str, str]:
+    """The time zone names DuckDB knows (the IANA names, and a few aliases such as `UTC`),
+    by their lower-case spelling: the zones a naive timestamp can be read in
+    (:func:`lockgate.sync.mapping.coerce`), so a name is refused at load rather than when a
+    run maps its first row."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        rows = con.execute("select name from pg_timezone_names()").fetchall()
+    finally:
+        con.close()
+    return {str(name).lower(): str(name) for (name,) in rows}
+
+
+def check_time_zone(value: str | None) -> str | None:
+    """A `timezone:` option: an IANA time zone name (`America/New_York`), spelt as the zone
+    database does (`america/new_york` is taken for it); anything else is refused, with the
+    name meant when one is close."""
+    if value is None:
+        return None
+    zones = _time_zones()
+    found = zones.get(value.strip().lower())
+    if found is not None:
+        return found
+    close = difflib.get_close_matches(value.strip().lower(), zones, n=1, cutoff=0.7)
+    hint = (
+        f"did you mean `{zones[close[0]]}`?"
+        if close
+        else "use an IANA name such as `America/New_York`, `Europe/Berlin` or `UTC` "
+        "(an offset such as `+02:00` has no daylight saving time: use the place's zone)"
+    )
+    raise PydanticCustomError(
+        "time_zone",
+        f"`{value}` is not a time zone name (IANA, e.g. `America/New_York`)",
+        {"hint": hint},
+    )
+
+
+#: the `timezone:` option of a source or a sync, checked as the file is loaded
+TimeZone = Annotated[str | None, AfterValidator(check_time_zone)]
+
+
 class DuckDBSourceConfig(Placed):
     """The embedded default warehouse: a DuckDB file (or `:memory:`)."""
 
@@ -379,6 +426,11 @@ class DuckDBSourceConfig(Placed):
     memory_limit: str = "64MB"
     """DuckDB buffer pool for reading models. Streaming a table needs little; raise it (e.g.
     `1GB`) for models whose SQL joins or aggregates large tables. The state engine has its own."""
+    timezone: TimeZone = None
+    """The IANA time zone (`America/New_York`) whose local times this source's timestamps
+    without a time zone hold (DuckDB `TIMESTAMP`, Postgres `timestamp`, Snowflake
+    `TIMESTAMP_NTZ`, BigQuery `DATETIME`), for every sync reading it; a sync's own `timezone`
+    overrides it. Unset: they are read as UTC (docs/sync.md, "Time zones")."""
 
     @field_validator("memory_limit")
     @classmethod
@@ -409,6 +461,11 @@ class PostgresSourceConfig(Placed):
     """Connection URL, e.g. `${WAREHOUSE_URL}`; may hold a password, so use an env reference."""
     redshift: bool = False
     """Set for Amazon Redshift: avoids server-side features Redshift lacks (see docs/sources.md)."""
+    timezone: TimeZone = None
+    """The IANA time zone (`America/New_York`) whose local times this source's timestamps
+    without a time zone hold (DuckDB `TIMESTAMP`, Postgres `timestamp`, Snowflake
+    `TIMESTAMP_NTZ`, BigQuery `DATETIME`), for every sync reading it; a sync's own `timezone`
+    overrides it. Unset: they are read as UTC (docs/sync.md, "Time zones")."""
 
 
 class SnowflakeSourceConfig(Placed):
@@ -449,6 +506,11 @@ class SnowflakeSourceConfig(Placed):
     """Default schema."""
     role: str | None = None
     """Role to assume."""
+    timezone: TimeZone = None
+    """The IANA time zone (`America/New_York`) whose local times this source's timestamps
+    without a time zone hold (DuckDB `TIMESTAMP`, Postgres `timestamp`, Snowflake
+    `TIMESTAMP_NTZ`, BigQuery `DATETIME`), for every sync reading it; a sync's own `timezone`
+    overrides it. Unset: they are read as UTC (docs/sync.md, "Time zones")."""
 
     @field_validator("private_key_path")
     @classmethod
@@ -514,6 +576,11 @@ class BigQuerySourceConfig(Placed):
     references and a leading `~` are expanded, as in `state:`); default: Application Default
     Credentials. The JSON itself, written here or in the variable, is refused (without being
     shown): give its file's path."""
+    timezone: TimeZone = None
+    """The IANA time zone (`America/New_York`) whose local times this source's timestamps
+    without a time zone hold (DuckDB `TIMESTAMP`, Postgres `timestamp`, Snowflake
+    `TIMESTAMP_NTZ`, BigQuery `DATETIME`), for every sync reading it; a sync's own `timezone`
+    overrides it. Unset: they are read as UTC (docs/sync.md, "Time zones")."""
 
     @field_validator("credentials_path")
     @classmethod
@@ -1209,6 +1276,11 @@ class SyncConfig(StrictModel):
     on_null: NullPolicy = "skip"
     """Default null policy for this sync's fields; unset, `defaults.on_null` of lockgate.yml
     (for an events sync, `skip`: a null property is left out)."""
+    timezone: TimeZone = None
+    """The IANA time zone (`America/New_York`) whose local times the model's timestamps
+    without a time zone hold: its attributes, properties and `event.timestamp` are read in it,
+    daylight saving time included. Unset: the source's `timezone`, else UTC (docs/sync.md,
+    "Time zones")."""
     schedule: str | None = None
     """When `lockgate schedule` runs this sync: a cron expression in UTC (`*/15 * * * *`; a
     sixth field is seconds). Or leave it out and run `lockgate sync NAME` from cron, Airflow

@@ -216,7 +216,11 @@ def _check_model(project: Project, sync: SyncConfig, source: Source) -> str:
         mapping.compile_sync(mapped, columns, project.config.defaults.on_null, int(time.time()))
     except ConfigError as exc:
         raise project.locate(exc, sync.name) from None
-    return f"{_columns(len(schema))}; the mapping compiles ({sync.kind})"
+    # as `plan` says it: naive timestamps read as UTC when no `timezone` is set
+    naive = mapping.naive_note(mapped, columns)
+    return f"{_columns(len(schema))}; the mapping compiles ({sync.kind})" + (
+        f"; {naive}" if naive else ""
+    )
 
 
 def _columns(n: int) -> str:

@@ -991,6 +991,7 @@ def _state_change_events(
     relationship_snaps: list[str],
     people_snaps: list[str],
     json_text: Iterable[str] = (),
+    rezoned: Iterable[str] = (),
 ) -> int:
     """Fill ``oc_changes`` with the `on_change` events this run fires.
 
@@ -1024,7 +1025,7 @@ def _state_change_events(
     one sends the JSON value (``mapping.json_values``): the text is read as the value it
     holds, so the upgrade's run, which sends every record again, fires no transition.
     """
-    json_text = set(json_text)
+    json_text, rezoned = set(json_text), set(rezoned)
     snap, ledger = table("snap", sync.name), table("ledger", sync.name)
     sent = table("oc_sent", sync.name)
     run = "coalesce('#' || json_extract_string(s.ident, '$._run'), '')"
@@ -1041,11 +1042,14 @@ def _state_change_events(
                 f"(case when json_type(s.ident, {path}) = 'VARCHAR' and json_valid({text}) "
                 f"then json({text})::varchar else {old} end)"
             )
+        # `timezone` changed since the last run (`mapping.Rezoned`): the value read in the old
+        # zone (`__ocw_<i>`) tells whether the data moved; the new reading alone fires nothing
+        moved = f"m.__ocw_{i}" if rule.attribute in rezoned else new
         conditions = [
             "m.reject is null",
             "s.h <> m.h",
             "json_extract(s.ident, '$._watch') is not null",
-            f"not {_same_json(_no_value(old), _no_value(new))}",
+            f"not {_same_json(_no_value(old), _no_value(moved))}",
             f"not m.__ocu_{i}",
         ]
         if rule.from_ is not None:
@@ -1232,6 +1236,7 @@ def diff_records(
     retyped: dict[str, str] | None = None,
     json_text: Iterable[str] | None = None,
     undo_unsure: bool = True,
+    rezoned: Iterable[str] = (),
 ) -> ChangeSet:
     """Diff a people, objects or relationships sync against its snapshot.
 
@@ -1252,7 +1257,8 @@ def diff_records(
     family since that run, each with its type then (the rows are hashed with their values as
     they were typed then, see :func:`_remapped`). ``json_text``: the attributes the last run
     sent as the JSON's text that this one sends as JSON values (see
-    :func:`_state_change_events`).
+    :func:`_state_change_events`). ``rezoned``: the watched attributes whose `timezone`
+    changed since that run (``mapping.Rezoned``).
 
     With ``in_place``, the temp table ``keyed`` was built in the source (:meth:`InPlace.key`)
     and ``model`` is filled here with only the rows to map. Without ``payloads`` (a plan), the
@@ -1331,7 +1337,7 @@ def diff_records(
         )
     state_events = (
         _state_change_events(
-            con, sync, now, relationship_snaps or [], people_snaps or [], json_text or ()
+            con, sync, now, relationship_snaps or [], people_snaps or [], json_text or (), rezoned
         )
         if sync.on_change
         else 0

@@ -54,6 +54,7 @@ from lockgate.sync.mapping import (
     q,
     removed_attributes,
     same_identifiers,
+    same_zone,
     shaping,
     shaping_changes,
 )
@@ -598,6 +599,10 @@ def _mapping(
         ]
     if changes.remapped and last.columns:
         what += _json_upgrade(con, sync, last.columns)
+    was_zone = last.mapping.get("timezone")
+    if changes.remapped and not same_zone(was_zone, sync.timezone):
+        # naive timestamps read in another zone (`mapping.source_hash`)
+        what.append(f"`timezone` was {was_zone or 'UTC'}, now {sync.timezone or 'UTC'}")
     if not what and not changes.remapped:
         return GuardResult(name, limit, "unchanged", False)
     # nothing in the sync file: the identity graph's attributes, or Lockgate's own format

@@ -192,7 +192,54 @@ def recorded_mapping(sync: SyncConfig) -> dict[str, Any]:
     key = event_key(sync)
     if key is not None:
         out["event_key"] = key
+    if sync.timezone is not None:
+        # not in `shaping`, whose text is in every row's hash: a zone changes a payload only
+        # where a naive timestamp is sent (`source_hash`); kept for `on_change` (`Rezoned`)
+        out["timezone"] = sync.timezone
     return out
+
+
+#: the zone names that read a naive timestamp as UTC does (no `timezone`)
+_UTC_NAMES = (None, "UTC", "Etc/UTC")
+
+
+def same_zone(was: str | None, now: str | None) -> bool:
+    """Whether two `timezone` settings read naive timestamps alike (unset is UTC)."""
+    return (was in _UTC_NAMES and now in _UTC_NAMES) or was == now
+
+
+@dataclass(frozen=True)
+class Rezoned:
+    """An `on_change` sync whose `timezone` changed since its last committed run: the zone
+    that run read naive timestamps in (``was``, None for UTC) and the watched attributes that
+    read one. Their values all moved by the offset; a transition fires only when the value
+    read in the old zone moved too (the data changed), never for the new reading alone."""
+
+    was: str | None
+    attributes: frozenset[str]
+
+
+def rezoned(
+    sync: SyncConfig, columns: dict[str, str], last: dict[str, Any] | None
+) -> Rezoned | None:
+    """:class:`Rezoned` for ``sync`` over a model of ``columns``, given the mapping its last
+    committed run recorded (:func:`recorded_mapping`); None when the zone is the same, or no
+    watched attribute reads a naive timestamp as a time."""
+    if not sync.on_change or last is None:
+        return None
+    was = last.get("timezone")
+    if same_zone(was, sync.timezone):
+        return None
+    naive = set(naive_columns(sync, columns))
+    watched = {
+        rule.attribute
+        for rule in sync.on_change
+        if (spec := sync.attributes.get(rule.attribute)) is not None
+        and spec.value is None
+        and spec.type in ("auto", "timestamp", "date")
+        and (spec.column or rule.attribute) in naive
+    }
+    return Rezoned(was, frozenset(watched)) if watched else None
 
 
 def shaping_changes(
@@ -469,8 +516,14 @@ def source_hash(
         # these fields send JSON values where an earlier Lockgate sent the JSON's text: a
         # fingerprint of its own, never one reused below, so each record is sent once again
         normal["json_values"] = as_json
+    zoned = not same_zone(None, sync.timezone) and bool(naive_columns(sync, types))
+    if zoned:
+        # naive timestamps read in a zone, not as UTC: their values change, so each record
+        # is sent once again (remapped). Only then: a sync without such a column, or one
+        # reading them as UTC, keeps its hash (`timezone` is not in `shaping`)
+        normal["timezone"] = sync.timezone
     sql = _hash_sql(normal, names)
-    if last is None or as_json:
+    if last is None or as_json or zoned:
         return with_terms(sql)
     base = hash_base(last.sql)
     if base == sql:
@@ -507,6 +560,33 @@ def needs_identity(project: Project, sync: SyncConfig) -> bool:
 def _is(col_type: str, prefixes: tuple[str, ...]) -> bool:
     """True for a scalar column of one of these types; a list of them (`VARCHAR[]`) is not."""
     return not col_type.endswith("]") and col_type.upper().startswith(prefixes)
+
+
+def is_naive(col_type: str) -> bool:
+    """True for a timestamp column without a time zone (`TIMESTAMP`, `TIMESTAMP_NS`...: a
+    Postgres `timestamp`, a Snowflake `TIMESTAMP_NTZ`, a BigQuery `DATETIME`), whose values
+    are wall-clock times: read in the sync's `timezone`, else as UTC."""
+    return _is(col_type, ("TIMESTAMP",)) and "TIME ZONE" not in col_type.upper()
+
+
+def naive_columns(sync: SyncConfig, columns: dict[str, str]) -> list[str]:
+    """The columns of ``columns`` (the model's, name -> DuckDB type) that ``sync`` sends as
+    instants and hold timestamps without a time zone: those its `timezone` reads (UTC when
+    unset). A field sent as text (`type: string`, `json`) keeps the wall clock it holds."""
+    out = [
+        spec.column or name
+        for group in (
+            sync.attributes,
+            sync.relationship_attributes,
+            sync.properties,
+            *(rule.properties for rule in sync.on_change),
+        )
+        for name, spec in group.items()
+        if spec.value is None and spec.type in ("auto", "timestamp", "date")
+    ]
+    if sync.event is not None and sync.event.timestamp:
+        out.append(sync.event.timestamp)
+    return [c for c in dict.fromkeys(out) if is_naive(columns.get(c, ""))]
 
 
 #: a type named JSON in a DuckDB type's text, and the quoted names and strings to skip over
@@ -757,8 +837,32 @@ def _utc_text(seconds: str) -> str:
     )
 
 
+def naive_note(sync: SyncConfig, columns: dict[str, str]) -> str | None:
+    """What `lockgate plan` says once of a sync that reads timestamps without a time zone and
+    names no `timezone` (nor does its source): they are read as UTC, which a model of local
+    wall-clock times sends hours off. None when there are none, or a zone is set."""
+    if sync.timezone is not None:
+        return None
+    naive = naive_columns(sync, columns)
+    if not naive:
+        return None
+    names = ", ".join(f"`{c}`" for c in naive)
+    if len(naive) == 1:
+        what, holds = f"column {names} is a timestamp without time zone", "it holds"
+    else:
+        what, holds = f"columns {names} are timestamps without time zone", "they hold"
+    return f"{what}, read as UTC (set `timezone:` on the sync or its source if {holds} local times)"
+
+
 def coerce(
-    sync: str, field: str, column: str, col_type: str, ftype: str, *, attribute: bool = False
+    sync: str,
+    field: str,
+    column: str,
+    col_type: str,
+    ftype: str,
+    *,
+    attribute: bool = False,
+    zone: str | None = None,
 ) -> tuple[str, str]:
     """SQL for a column's value after coercion, and SQL for its reject reason (or NULL).
 
@@ -772,6 +876,14 @@ def coerce(
     applies: skipped by default, counted by `max_cleared` under `clear`, instead of a model
     that turned its nulls into `''` erasing the attribute while the run counts nothing
     cleared (or, under a `number`, `timestamp` or `boolean` type, its row rejected).
+
+    ``zone``: the IANA time zone a timestamp without a time zone holds the local times of (the
+    sync's `timezone`), else UTC. DuckDB's `timezone()` reads it, daylight saving time
+    included (ICU's rules): a wall-clock time the clocks skip (02:30 as New York springs
+    forward) is read with the offset in force before the change (02:30 EST, 07:30 UTC, which
+    is 03:30 EDT), and one they pass twice (01:30 as they fall back) is the second of the two,
+    after the change (01:30 EST, 06:30 UTC). A date is a calendar day, its midnight UTC
+    whatever the zone; text without an offset is read as UTC.
     """
     read_as, ftype = json_read(col_type, ftype)
     if read_as != col_type:  # a column holding JSON, read as its text (see `json_read`)
@@ -793,7 +905,16 @@ def coerce(
         if _is(col_type, ("DATE",)):
             converted = _seconds(f"try_cast({c} as timestamp)")
             return converted, check(converted, "a finite date")
-        converted = _seconds(c)
+        local = c
+        if zone is not None and is_naive(col_type):
+            # the wall-clock time in the sync's `timezone` (`infinity` stays infinite). Of a
+            # `TIMESTAMP_NS` (`_S`, `_MS`), its second: `timezone()` gives those a
+            # `TIMESTAMPTZ_NS`, and a cast to `TIMESTAMP` rounds `.9999995` up to the next second
+            wall = (
+                c if col_type.upper() == "TIMESTAMP" else f"make_timestamp({_seconds(c)} * 1000000)"
+            )
+            local = f"timezone({lit(zone)}, {wall})"
+        converted = _seconds(local)
         return converted, check(converted, "a finite timestamp")
 
     def nested() -> tuple[str, str] | None:
@@ -1001,6 +1122,8 @@ class Fields:
     #: the fields are Customer.io attributes, each value at most 1,000 bytes; event properties
     #: are not (their limit is the 100,000 bytes of the whole event data)
     limit_values: bool = True
+    #: the sync's `timezone`: what its naive timestamps are read in (see :func:`coerce`)
+    zone: str | None = None
 
     def add(
         self,
@@ -1012,7 +1135,14 @@ class Fields:
     ) -> None:
         before = len(self.computed)
         fragment, checks, column, cleared = field_fragment(
-            sync, name, spec, columns, default_on_null, self.computed, limit=self.limit_values
+            sync,
+            name,
+            spec,
+            columns,
+            default_on_null,
+            self.computed,
+            limit=self.limit_values,
+            zone=self.zone,
         )
         value = q(self.computed[-1][0]) if len(self.computed) > before else None
         if value is None or not fragment.startswith(f"case when {value} is null then null "):
@@ -1061,6 +1191,7 @@ def field_fragment(
     computed: list[tuple[str, str]],
     *,
     limit: bool = True,
+    zone: str | None = None,
 ) -> tuple[str, list[str], str | None, str | None]:
     """SQL yielding `"name":<json>` (or NULL to omit), reject checks, the column used, and
     an expression true when the field is cleared. The coerced value is added to ``computed``.
@@ -1098,7 +1229,7 @@ def field_fragment(
     ftype: str = "auto" if spec.type == "json" and numbers else spec.type
     # the identity graph's own `""` clears a value that moved to another profile
     attribute = limit and not column.startswith(GRAPH_ATTRIBUTE_PREFIX)
-    expression, check = coerce(sync, name, column, col_type, ftype, attribute=attribute)
+    expression, check = coerce(sync, name, column, col_type, ftype, attribute=attribute, zone=zone)
     # a column holding JSON is read as `coerce` reads it (`json_read`)
     col_type, ftype = json_read(col_type, ftype)
     alias = f"__v{len(computed)}"
@@ -1429,6 +1560,7 @@ def compile_sync(
     last: LastHash | None = None,
     *,
     history: bool = False,
+    rezone: Rezoned | None = None,
 ) -> Compiled:
     """The SELECT of any sync kind over a model with ``columns`` (name -> DuckDB type); a
     column the sync file names that the model lacks is a :class:`ConfigError` naming both.
@@ -1436,12 +1568,13 @@ def compile_sync(
     (:func:`removed_attributes`); ``last``: the last committed run's row hash
     (:func:`source_hash`); ``history``: every event of an events sync without a timestamp is
     backfill (its first run, with `backfill.older` a rename: the model's history goes out
-    under the backfill name)."""
+    under the backfill name); ``rezone``: the `on_change` values to compare in the last run's
+    zone (:class:`Rezoned`)."""
     try:
         if sync.kind == "people":
-            return compile_people(sync, columns, default_on_null, clear, last)
+            return compile_people(sync, columns, default_on_null, clear, last, rezone)
         if sync.kind == "objects":
-            return compile_objects(sync, columns, default_on_null, clear, last)
+            return compile_objects(sync, columns, default_on_null, clear, last, rezone)
         if sync.kind == "relationships":
             return compile_relationships(sync, columns, default_on_null, last)
         return compile_events(sync, columns, now_epoch, history=history)
@@ -1463,6 +1596,7 @@ def compile_people(
     default_on_null: str,
     clear: tuple[str, ...] = (),
     last: LastHash | None = None,
+    rezone: Rezoned | None = None,
 ) -> Compiled:
     """The SELECT producing (k, op, ident, reject) for a people sync."""
     used: list[str] = list(sync.identify_by.values())
@@ -1473,7 +1607,7 @@ def compile_people(
                 hint=columns_hint(columns),
             )
     key_sql = composite_key_sql(sync.key_columns)
-    fields = Fields()
+    fields = Fields(zone=sync.timezone)
     identifiers, ident, checks = identifier_sql(sync, columns, fields)
     if sync.effective_mode == "update":
         fields.present[len(fields.fragments)] = "true"
@@ -1496,7 +1630,7 @@ def compile_people(
     extra_columns = ""
     sent_ident = ident  # what names a row whose key is null: without `on_change`'s `_watch`
     if sync.on_change:
-        ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null)
+        ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null, rezone)
     null_key = " or ".join(f"{q(k)} is null" for k in sync.key_columns)
     src_h = source_hash(sync, (*used, *sync.key_columns), columns, last)
     checks.insert(0, f"case when {null_key} then {lit('primary key is null')} end")
@@ -1558,24 +1692,36 @@ def _person_address(fields: Fields) -> str:
 
 
 def _on_change_sql(
-    sync: SyncConfig, columns: dict[str, str], fields: Fields, ident: str, default_on_null: str
+    sync: SyncConfig,
+    columns: dict[str, str],
+    fields: Fields,
+    ident: str,
+    default_on_null: str,
+    rezone: Rezoned | None = None,
 ) -> tuple[str, str]:
     """For `on_change`: the ident JSON extended with the watched values (``_watch``), and the
-    per-rule columns ``__ocp_<i>`` (event properties JSON) and ``__ocu_<i>`` (unless)."""
+    per-rule columns ``__ocp_<i>`` (event properties JSON) and ``__ocu_<i>`` (unless); with
+    ``rezone``, ``__ocw_<i>`` too: the watched value as read in the last run's zone, as JSON
+    text (for the rules of :attr:`Rezoned.attributes`)."""
     watched: dict[str, str] = {}
+    was: dict[str, str] = {}
     for name, spec in sync.attributes.items():
         if spec.value is not None:
             watched[name] = lit(orjson.dumps(spec.value).decode()) + "::json"
             continue
         column = spec.column or name
-        watched[name], _ = coerce(
-            sync.name,
-            name,
-            column,
-            columns[column],
-            spec.type,
-            attribute=not column.startswith(GRAPH_ATTRIBUTE_PREFIX),
-        )
+        for zone, into in ((sync.timezone, watched), (rezone.was if rezone else None, was)):
+            if into is was and (rezone is None or name not in rezone.attributes):
+                continue
+            into[name], _ = coerce(
+                sync.name,
+                name,
+                column,
+                columns[column],
+                spec.type,
+                attribute=not column.startswith(GRAPH_ATTRIBUTE_PREFIX),
+                zone=zone,
+            )
     fragments = []
     for rule in sync.on_change:
         if rule.attribute not in sync.attributes:
@@ -1593,11 +1739,13 @@ def _on_change_sql(
     )
     extra = ""
     for i, rule in enumerate(sync.on_change):
-        props = Fields(computed=fields.computed, limit_values=False)
+        props = Fields(computed=fields.computed, limit_values=False, zone=sync.timezone)
         for name, spec in rule.properties.items():
             props.add(sync.name, name, spec, columns, default_on_null)
         unless = f"coalesce(({rule.unless}), false)" if rule.unless else "false"
         extra += f", {_object(props.fragments)} as __ocp_{i}, {unless} as __ocu_{i}"
+        if rule.attribute in was:
+            extra += f", coalesce(to_json({was[rule.attribute]})::varchar, 'null') as __ocw_{i}"
     return ident, extra
 
 
@@ -1643,7 +1791,7 @@ def compile_events(
     ``history``: without `event.timestamp`, every event is backfill (see ``compile_sync``)."""
     assert sync.event is not None
     event = sync.event
-    fields = Fields(limit_values=False)
+    fields = Fields(limit_values=False, zone=sync.timezone)
     identifiers, ident, checks = identifier_sql(sync, columns, fields)
     used: list[str] = list(sync.identify_by.values())
     # the event key: a column or a hash of declared columns
@@ -1723,8 +1871,9 @@ def compile_events(
                 f"sync `{sync.name}`: timestamp column `{event.timestamp}` is not in the model",
                 hint=columns_hint(columns),
             )
+        ts_type = columns[event.timestamp]
         ts_sql, ts_check = coerce(
-            sync.name, "timestamp", event.timestamp, columns[event.timestamp], "timestamp"
+            sync.name, "timestamp", event.timestamp, ts_type, "timestamp", zone=sync.timezone
         )
         if ts_check != "null":
             checks.append(ts_check)
@@ -1744,11 +1893,18 @@ def compile_events(
                 f"{lit(f'{event.timestamp} // 1000 as {event.timestamp}`')} end"
             )
         skew = FUTURE_TOLERANCE_SECONDS // 60
+        # a local time read as UTC is hours ahead in every zone east of it: say so
+        read_as = (
+            f"; `{event.timestamp}` has no time zone and is read as UTC: set `timezone:` if it "
+            "holds local times"
+            if sync.timezone is None and is_naive(ts_type)
+            else ""
+        )
         checks.append(
             f"case when {ts_sql} > {now_epoch + FUTURE_TOLERANCE_SECONDS} then "
             f"{lit(f'column `{event.timestamp}`: timestamp ')} || {_utc_text(ts_sql)} || "
             f"{lit(f' is in the future (now {_utc(now_epoch)}; up to {skew} minutes ahead ')} || "
-            "'is taken for clock skew)' end"
+            f"{lit(f'is taken for clock skew{read_as})')} end"
         )
         # before 1970 a unix second is negative: the API's timestamps are unix seconds and the
         # emulator refuses a negative one (saying "milliseconds?") on every run; rejected here
@@ -1873,6 +2029,7 @@ def compile_objects(
     default_on_null: str,
     clear: tuple[str, ...] = (),
     last: LastHash | None = None,
+    rezone: Rezoned | None = None,
 ) -> Compiled:
     """The SELECT producing (k, op, ident, reject, n_set, n_cleared) for an objects sync.
 
@@ -1882,7 +2039,7 @@ def compile_objects(
     assert sync.object_type_id is not None
     key_column = sync.key_columns[0]
     _require(sync, key_column, "object id (`primary_key`)", columns)
-    fields = Fields()
+    fields = Fields(zone=sync.timezone)
     fields.computed.append(
         ("__obj", f"nullif({_trim(_id_text(key_column, columns[key_column]))}, '')")
     )
@@ -1906,7 +2063,7 @@ def compile_objects(
     extra_columns = ""
     if sync.on_change:
         # the watched values ride in `ident` (removal ops rebuild identifiers from its keys)
-        ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null)
+        ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null, rezone)
     src_h = source_hash(sync, (key_column, *fields.columns), columns, last)
     select = (
         f"select {_object_key(key_column)} as k, {op} as op, {ident} as ident, "
@@ -1928,7 +2085,7 @@ def compile_relationships(
     """
     assert sync.object_type_id is not None and sync.object_id is not None
     _require(sync, sync.object_id, "object id (`object_id`)", columns)
-    fields = Fields()
+    fields = Fields(zone=sync.timezone)
     identifiers, _, checks = identifier_sql(sync, columns, fields)
     obj_type = columns[sync.object_id]
     fields.computed.append(("__obj", f"nullif({_trim(_id_text(sync.object_id, obj_type))}, '')"))

@@ -554,6 +554,7 @@ def _prepare(
             for n in mapping.removed_attributes(configured, last.mapping if last else None)
             if n not in sync.attributes
         )
+        rezone = mapping.rezoned(sync, staged.columns, last.mapping if last else None)
         with step("map"):
             try:
                 compiled = mapping.compile_sync(
@@ -567,9 +568,13 @@ def _prepare(
                     # backfill, sent under the backfill name
                     history=diff_step.untimed_first_run(sync, last)
                     and sync.backfill.untimed_first_run == "rename",
+                    rezone=rezone,
                 )
             except ConfigError as exc:
                 raise project.locate(exc, sync.name) from None
+        naive = mapping.naive_note(sync, staged.columns) if not payloads else None
+        if naive is not None:  # a plan says it once; a run does not repeat it every time
+            console.info(f"{sync.name}: {naive}")
         staged_events = None
         if in_place is not None:
             with step("extract"), console.progress(f"extract {sync.name}", None) as advance:
@@ -632,6 +637,7 @@ def _prepare(
                     previous_hash=_previous_hash(last, compiled, retyped),
                     retyped=retyped,
                     json_text=_json_text(last, sync, staged.columns),
+                    rezoned=rezone.attributes if rezone is not None else (),
                     run_id=step.run_id,
                     undo_unsure=not only,
                 )
