@@ -190,8 +190,8 @@ def test_plan_and_sync_say_whether_the_graph_was_reused(
         return " ".join(out.output.replace("│", " ").split())  # the table's cells, as text
 
     assert "identity graph stitched from its sources" in invoke("sync", "profile")
-    assert "identity graph sources unchanged, reused" in invoke("plan", "profile")
-    assert "identity graph sources unchanged, reused" in invoke("sync", "profile")
+    assert "identity graph reused (sources unchanged)" in invoke("plan", "profile")
+    assert "identity graph reused (sources unchanged)" in invoke("sync", "profile")
 
 
 def test_an_identity_source_whose_sql_reads_differently_each_time_always_stitches(

@@ -211,15 +211,6 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
                 else []
             ),
         ]
-    if report.identity_graph:
-        rows.append(
-            (
-                "identity graph",
-                "sources unchanged, reused"
-                if report.identity_graph == "reused"
-                else "stitched from its sources",
-            )
-        )
     if c.state_events:
         rows.append(("on_change events fired", c.state_events))
     if report.status != "planned":
@@ -236,13 +227,20 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
 
 
 def _kind_and_mode(report: RunReport) -> str:
-    """`people, upsert` (the mode in the title, so the table's column holds counts only and
-    right-aligns them)."""
+    """`people, upsert` (the mode, and whether the identity graph was reused, in the title, so
+    the table's column holds counts only and right-aligns them)."""
     kind = (
         report.kind
         if not report.mode or report.kind == "events"
         else (f"{report.kind}, {report.mode}")
     )
+    if report.identity_graph:
+        # in the title, as the mode is: the table's column holds counts only
+        kind += (
+            "; identity graph reused (sources unchanged)"
+            if report.identity_graph == "reused"
+            else "; identity graph stitched from its sources"
+        )
     if report.only:
         named = ", ".join(f"`{v}`" for v in report.only[:3])
         kind += f"; only {named}" + (
