@@ -383,6 +383,11 @@ def forget_people_of(
     left out). With ``kind`` `objects`, the same for the objects of other objects syncs of
     the object type (matched by `object_id`): Customer.io deletes the whole object too.
 
+    Their records those syncs sent whose answer never came (``unconfirmed__S``) are dropped
+    too: they would otherwise be sent again (with an `identify`: created again, though the
+    row is gone) or, their row gone from the model, undone (a clear or a delete of a person
+    already deleted: a request for nothing, counted removed).
+
     A delete whose answer never came forgets nothing: its sync sends it again, and only once
     Customer.io confirms it are the people gone."""
     forgot: dict[str, int] = {}
@@ -395,6 +400,13 @@ def forget_people_of(
                     con,
                     f"delete from {table('emails_kept', name)} "
                     f"where k in ({kept_emails_of(name, '_deleted_people')})",
+                )
+            unconfirmed = table("unconfirmed", name)
+            if _one(con, f"select count(*) from {unconfirmed}"):
+                run_sql(
+                    con,
+                    f"delete from {unconfirmed} "
+                    f"where k in ({unconfirmed_records_of(kind, name, '_deleted_people')})",
                 )
             n = forget_delivered(con, name, delivered_records_of(kind, name, "_deleted_people"))
             if n:
@@ -439,6 +451,23 @@ def delivered_records_of(kind: str, sync: str, deleted: str) -> str:
         f"{people_of(table('snap', sync), deleted)} "
         f"union {people_of(table('journal', sync), deleted)}"
     )
+
+
+def unconfirmed_records_of(kind: str, sync: str, deleted: str) -> str:
+    """SQL selecting the keys ``k`` of the records the people (``kind`` `people`) or objects
+    (`objects`) sync ``sync`` counts delivered (:func:`delivered_records_of`) or sent unconfirmed
+    (``unconfirmed__S``, by the identifiers kept with a record new to the snapshot) whose
+    person or object is one of the records of ``deleted``: whose unconfirmed marks go with
+    them (:func:`forget_people_of`)."""
+    unconfirmed = table("unconfirmed", sync)
+    if kind == "objects":
+        marked = (
+            f"select k from {unconfirmed} where json_extract_string(ident, '$.object_id') in "
+            f"(select json_extract_string(ident, '$.object_id') from {deleted})"
+        )
+    else:
+        marked = people_of(unconfirmed, deleted)
+    return f"{delivered_records_of(kind, sync, deleted)} union {marked}"
 
 
 def kept_emails_of(sync: str, deleted: str) -> str:

@@ -20,6 +20,9 @@ connection, in temp tables that outlive the plan (``StateStore.reset_connection`
   first sync of the command that needs the identity graph);
 - ``plan_kept__S(k)``: the people of ``emails_kept__S`` an earlier people sync of the command
   deletes (``diff.forget_people_of``): their emails are not released later.
+- ``plan_unmark__S(k)``: the records of ``unconfirmed__S`` whose people (objects) an earlier
+  people (objects) sync of the command deletes (``diff.forget_people_of``): neither sent
+  again nor undone.
 
 A later plan then reads temp views of the same names as the state's tables (``snap__S``,
 ``unconfirmed__S``, ``ledger__S``) in front of them, and its own snapshot, when an earlier sync
@@ -57,6 +60,8 @@ class Planned:
     """Syncs planned with `--full-resync` (not `--only`): their run forgets the snapshot first."""
     ledger: set[str] = field(default_factory=set)
     """Syncs with a ``plan_ledger__S``."""
+    unmark: set[str] = field(default_factory=set)
+    """Syncs with a ``plan_unmark__S``."""
     kept: set[str] = field(default_factory=set)
     """People syncs with a ``plan_kept__S``: the people of their ``emails_kept__S`` that an
     earlier sync of the command deletes (``diff.kept_emails_of``)."""
@@ -72,6 +77,7 @@ class Planned:
             | {_name("plan_drop", s) for s in self.drop}
             | {_name("plan_ledger", s) for s in self.ledger}
             | {_name("plan_kept", s) for s in self.kept}
+            | {_name("plan_unmark", s) for s in self.unmark}
         )
 
 
@@ -135,6 +141,16 @@ def record(
                 planned,
                 other.name,
                 diff_step.delivered_records_of(sync.kind, other.name, deleted),
+            )
+            # and their unconfirmed records (``forget_people_of``)
+            marks = table("plan_unmark", other.name)
+            if other.name not in planned.unmark:
+                run_sql(con, f"create or replace temp table {marks} (k varchar)")
+                planned.unmark.add(other.name)
+            run_sql(
+                con,
+                f"insert into {marks} "
+                f"{diff_step.unconfirmed_records_of(sync.kind, other.name, deleted)}",
             )
             if sync.kind == "people":  # and the emails they kept (``forget_people_of``)
                 kept = table("plan_kept", other.name)
@@ -239,12 +255,6 @@ def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Plann
                 f" union all select k, h, ident, {PERSON_ADDRESS} as addr "
                 f"from {delta} where not removed"
             )
-            run_sql(
-                con,
-                f"create or replace temp view {table('unconfirmed', name)} as "
-                f"select u.* from {stored('unconfirmed', name)} u "
-                f"anti join {delta} c on c.k = u.k",
-            )
         where = " where false" if name in planned.reset else ""
         # its own snapshot is a table, which the plan may cut down (`--only`) or set aside
         # (`--full-resync`) as it does the state's
@@ -253,6 +263,18 @@ def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Plann
             con,
             f"create or replace temp {kind} {table('snap', name)} as "
             f"select s.* from {stored('snap', name)} s{joins}{where}{sent}",
+        )
+    for name in sorted(planned.delta | planned.unmark):
+        store.ensure_sync_tables(name)
+        joins = ""
+        if name in planned.delta:
+            joins += f" anti join {table('plan_delta', name)} c on c.k = u.k"
+        if name in planned.unmark:
+            joins += f" anti join {table('plan_unmark', name)} d on d.k = u.k"
+        run_sql(
+            con,
+            f"create or replace temp view {table('unconfirmed', name)} as "
+            f"select u.* from {stored('unconfirmed', name)} u{joins}",
         )
     for name in sorted(planned.kept):
         store.ensure_sync_tables(name)
