@@ -2259,15 +2259,16 @@ def diff_events(
 def untimed_first_run(sync: SyncConfig, last: object) -> bool:
     """Whether this is the first run of an events sync without `event.timestamp`: no whole run
     of it committed yet (``last``, the contract of the last one, is None; a run of named
-    records, `--only`, records none, so the whole run after it is still the first). Such a
-    sync sends every event as happening now, so on its first run it cannot tell the history
-    the model holds from what just happened (`backfill.first_run`; the guardrail in
-    ``guard``)."""
+    records, `--only`, records none, so the whole run after it is still the first), or none
+    since it started over (`--new-workspace`: ``Contract.started_over``; its ledger is
+    forgotten). Such a sync sends every event as happening now, so on its first run it cannot
+    tell the history the model holds from what just happened (`backfill.first_run`; the
+    guardrail in ``guard``)."""
     return (
         sync.kind == "events"
         and sync.event is not None
         and not sync.event.timestamp
-        and last is None
+        and (last is None or bool(getattr(last, "started_over", False)))
     )
 
 
