@@ -224,3 +224,39 @@ def test_a_person_another_sync_deletes_is_not_undone_for_an_unconfirmed_update(
     assert (again.status, again.changes.removed, again.delivered) == ("success", 0, 0)
     assert sent_to(emu, "3", since) == []
     assert emu.person(id="3") is None
+
+
+def test_a_relationship_of_a_person_another_sync_deletes_is_not_undone_when_unconfirmed(
+    project_factory: ProjectFactory,
+) -> None:
+    """`memberships` adds Linus to Acme and the answer is lost: the relationship is
+    unconfirmed. Linus then leaves both models and `people` deletes him (Customer.io deletes
+    his relationships with him). Before, the next `memberships` run undid the unconfirmed
+    relationship of a person already deleted: a `delete_relationships` for nothing."""
+    seed(project_factory)
+    memberships = MEMBERSHIPS + "mode: mirror\n"
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": DELETING, "memberships": memberships}, retries=0
+    )
+    emu = project_factory.emulator
+    run_all(project)
+
+    project_factory.sql("update members set company_id = 'acme' where user_id = 3")
+    emu.set_faults(FaultConfig(error_5xx=1.0, applied_then_failed=True))
+    run_sync(project, "memberships", console=NullConsole())
+    emu.set_faults(FaultConfig())
+    assert ("3", "1", "acme", "owner") in rels(emu)  # applied, never confirmed
+
+    project_factory.sql(
+        "delete from users where user_id = 3; delete from members where user_id = 3"
+    )
+    plans = {p["sync"]: p["changes"] for p in lockgate(project, "plan", "--all", "--json")}
+    assert (plans["memberships"]["to_send"], plans["memberships"]["removed"]) == (0, 0)
+    deleted = run_sync(load_project(project.root), "people", console=NullConsole())
+    assert (deleted.status, deleted.changes.removed_sent) == ("success", 1)
+    assert emu.person(id="3") is None
+
+    since = len(emu.request_log())
+    again = run_sync(load_project(project.root), "memberships", console=NullConsole())
+    assert (again.status, again.changes.removed, again.delivered) == ("success", 0, 0)
+    assert [r.body for r in emu.request_log()[since:] if r.method != "GET"] == []

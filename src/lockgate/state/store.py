@@ -832,7 +832,7 @@ class StateStore:
         self,
         sync: str,
         run_id: str,
-        forget_relationships: Callable[[StateStore, list[str]], None] | None = None,
+        forget_relationships: Callable[[StateStore, list[str], bool], None] | None = None,
     ) -> int:
         """At the start of a run (before :meth:`fold_journal`): a write-ahead record left
         behind is that of a run killed with requests in flight. The snapshot's records it
@@ -884,7 +884,7 @@ class StateStore:
                     [last],
                 )
                 if deleted:
-                    forget_relationships(self, [str(r[0]) for r in deleted])
+                    forget_relationships(self, [str(r[0]) for r in deleted], False)
             self.exec_sql(f"delete from {sending}")
         return int(marked)
 

@@ -352,7 +352,12 @@ def present_ends(con: duckdb.DuckDBPyConnection, syncs: list[str]) -> tuple[list
 
 
 def forget_relationships_of(
-    con: duckdb.DuckDBPyConnection, kind: str, relationship_syncs: list[str], idents: list[str]
+    con: duckdb.DuckDBPyConnection,
+    kind: str,
+    relationship_syncs: list[str],
+    idents: list[str],
+    *,
+    confirmed: bool = False,
 ) -> None:
     """Take out of the state of the relationships syncs ``relationship_syncs`` the
     relationships of the people (``kind`` `people`) or objects (`objects`) ``idents`` (their
@@ -365,11 +370,23 @@ def forget_relationships_of(
     otherwise never see the record gone). Meanwhile its diff holds them (absent from the
     snapshot of the record's sync, or its delete unconfirmed: :func:`present_ends`). What a
     killed run of that sync delivered and left in its journal goes too
-    (:func:`forget_delivered`)."""
+    (:func:`forget_delivered`).
+
+    A delete Customer.io ``confirmed`` takes the syncs' unconfirmed relationships of the
+    records along (``unconfirmed__S``): gone with them, they are neither sent again nor, their
+    row gone, undone (a `delete_relationships` for nothing). One whose answer never came
+    leaves them: the record may still be there."""
     if not relationship_syncs or kind not in ("people", "objects"):
         return
     with registered(con, "_deleted_ends", pa.table({"ident": pa.array(idents, pa.string())})):
         for name in relationship_syncs:
+            unconfirmed = table("unconfirmed", name)
+            if confirmed and _one(con, f"select count(*) from {unconfirmed}"):
+                run_sql(
+                    con,
+                    f"delete from {unconfirmed} where k in "
+                    f"({unconfirmed_relationships_of(kind, name, '_deleted_ends')})",
+                )
             forget_delivered(con, name, delivered_relationships_of(kind, name, "_deleted_ends"))
 
 
@@ -491,6 +508,17 @@ def delivered_relationships_of(kind: str, sync: str, deleted: str) -> str:
     return (
         f"select k from {table('snap', sync)} where {of} "
         f"union select k from {table('journal', sync)} where {of}"
+    )
+
+
+def unconfirmed_relationships_of(kind: str, sync: str, deleted: str) -> str:
+    """SQL selecting the keys ``k`` of the relationships the relationships sync ``sync``
+    counts delivered (:func:`delivered_relationships_of`) or sent unconfirmed
+    (``unconfirmed__S``, by the identifiers kept with a relationship new to the snapshot) whose
+    person (``kind`` `people`) or object (`objects`) is one of the records of ``deleted``."""
+    return (
+        f"{delivered_relationships_of(kind, sync, deleted)} union select k from "
+        f"{table('unconfirmed', sync)} where {relationships_of(kind, deleted)}"
     )
 
 

@@ -21,8 +21,8 @@ connection, in temp tables that outlive the plan (``StateStore.reset_connection`
 - ``plan_kept__S(k)``: the people of ``emails_kept__S`` an earlier people sync of the command
   deletes (``diff.forget_people_of``): their emails are not released later.
 - ``plan_unmark__S(k)``: the records of ``unconfirmed__S`` whose people (objects) an earlier
-  people (objects) sync of the command deletes (``diff.forget_people_of``): neither sent
-  again nor undone.
+  people (objects) sync of the command deletes (``diff.forget_people_of``,
+  ``diff.forget_relationships_of``): neither sent again nor undone.
 
 A later plan then reads temp views of the same names as the state's tables (``snap__S``,
 ``unconfirmed__S``, ``ledger__S``) in front of them, and its own snapshot, when an earlier sync
@@ -90,6 +90,15 @@ def _dropping(con: duckdb.DuckDBPyConnection, planned: Planned, sync: str, selec
     run_sql(con, f"insert into {drop} {select}")
 
 
+def _unmarking(con: duckdb.DuckDBPyConnection, planned: Planned, sync: str, select: str) -> None:
+    """Add the keys ``select`` gives to ``plan_unmark__<sync>``."""
+    marks = table("plan_unmark", sync)
+    if sync not in planned.unmark:
+        run_sql(con, f"create or replace temp table {marks} (k varchar)")
+        planned.unmark.add(sync)
+    run_sql(con, f"insert into {marks} {select}")
+
+
 def record(
     store: StateStore,
     project: Project,
@@ -143,14 +152,11 @@ def record(
                 diff_step.delivered_records_of(sync.kind, other.name, deleted),
             )
             # and their unconfirmed records (``forget_people_of``)
-            marks = table("plan_unmark", other.name)
-            if other.name not in planned.unmark:
-                run_sql(con, f"create or replace temp table {marks} (k varchar)")
-                planned.unmark.add(other.name)
-            run_sql(
+            _unmarking(
                 con,
-                f"insert into {marks} "
-                f"{diff_step.unconfirmed_records_of(sync.kind, other.name, deleted)}",
+                planned,
+                other.name,
+                diff_step.unconfirmed_records_of(sync.kind, other.name, deleted),
             )
             if sync.kind == "people":  # and the emails they kept (``forget_people_of``)
                 kept = table("plan_kept", other.name)
@@ -226,6 +232,12 @@ def _forget_relationships(
             planned,
             other.name,
             diff_step.delivered_relationships_of(sync.kind, other.name, deleted),
+        )
+        _unmarking(
+            con,
+            planned,
+            other.name,
+            diff_step.unconfirmed_relationships_of(sync.kind, other.name, deleted),
         )
 
 
