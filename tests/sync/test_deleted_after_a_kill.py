@@ -260,3 +260,46 @@ def test_a_relationship_of_a_person_another_sync_deletes_is_not_undone_when_unco
     again = run_sync(load_project(project.root), "memberships", console=NullConsole())
     assert (again.status, again.changes.removed, again.delivered) == ("success", 0, 0)
     assert [r.body for r in emu.request_log()[since:] if r.method != "GET"] == []
+
+
+def test_a_person_deleted_after_another_syncs_killed_run_created_them_is_not_undone(
+    project_factory: ProjectFactory,
+) -> None:
+    """`colors` sends users 3 and 4 for the first time and is killed: one delivery journaled,
+    one in flight (written ahead, with the identifiers it went to). Both then leave both
+    models and `people` deletes them. `colors`' next run has nothing to undo: before, it took
+    the one in flight for a person it may have created, and deleted them again."""
+    project_factory.sql(
+        "create table users as select i as user_id, 'U' || i as first_name from range(1, 5) t(i);"
+        "create table colors as select i as user_id, 'hue' || i as color from range(1, 3) t(i)"
+    )
+    colors = COLORS + "mode: mirror\ndelete_removed: true\n"
+    project = one_at_a_time(
+        project_factory.write({"people": DELETING, "colors": colors}, retries=0)
+    )
+    emu = project_factory.emulator
+    run_all(project)
+
+    project_factory.sql("insert into colors values (3, 'hue3'), (4, 'hue4')")
+
+    def colored() -> int:
+        return sum(
+            1
+            for i in ("3", "4")
+            if (p := emu.person(id=i)) is not None and p.attributes.get("color") == "hue" + i
+        )
+
+    killed_after_one_answer(project.root, "colors", emu, colored)
+    assert len(journaled(project, "colors")) == 1
+
+    project_factory.sql(
+        "delete from users where user_id in (3, 4); delete from colors where user_id in (3, 4)"
+    )
+    deleted = run_sync(load_project(project.root), "people", console=NullConsole())
+    assert (deleted.status, deleted.changes.removed_sent) == ("success", 2)
+    assert emu.person(id="3") is None and emu.person(id="4") is None
+
+    since = len(emu.request_log())
+    again = run_sync(load_project(project.root), "colors", console=NullConsole())
+    assert (again.status, again.changes.removed, again.delivered) == ("success", 0, 0)
+    assert [r.body for r in emu.request_log()[since:] if r.method != "GET"] == []

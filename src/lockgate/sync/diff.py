@@ -373,8 +373,9 @@ def forget_relationships_of(
     (:func:`forget_delivered`).
 
     A delete Customer.io ``confirmed`` takes the syncs' unconfirmed relationships of the
-    records along (``unconfirmed__S``): gone with them, they are neither sent again nor, their
-    row gone, undone (a `delete_relationships` for nothing). One whose answer never came
+    records along (``unconfirmed__S``, and the new ones a killed run wrote ahead,
+    ``sending__S``): gone with them, they are not, their row gone, undone (a
+    `delete_relationships` for nothing). One whose answer never came
     leaves them: the record may still be there."""
     if not relationship_syncs or kind not in ("people", "objects"):
         return
@@ -387,6 +388,8 @@ def forget_relationships_of(
                     f"delete from {unconfirmed} where k in "
                     f"({unconfirmed_relationships_of(kind, name, '_deleted_ends')})",
                 )
+            if confirmed:
+                _forget_written_ahead(con, name, relationships_of(kind, "_deleted_ends"))
             forget_delivered(con, name, delivered_relationships_of(kind, name, "_deleted_ends"))
 
 
@@ -401,9 +404,10 @@ def forget_people_of(
     the object type (matched by `object_id`): Customer.io deletes the whole object too.
 
     Their records those syncs sent whose answer never came (``unconfirmed__S``) are dropped
-    too: they would otherwise be sent again (with an `identify`: created again, though the
-    row is gone) or, their row gone from the model, undone (a clear or a delete of a person
-    already deleted: a request for nothing, counted removed).
+    too, and so are those new to the snapshot a killed run of theirs wrote ahead
+    (``sending__S``, which its next run would mark unconfirmed): their row gone from the
+    model, they would otherwise be undone (a clear or a delete of a person already deleted:
+    a request for nothing, counted removed).
 
     A delete whose answer never came forgets nothing: its sync sends it again, and only once
     Customer.io confirms it are the people gone."""
@@ -425,6 +429,7 @@ def forget_people_of(
                     f"delete from {unconfirmed} "
                     f"where k in ({unconfirmed_records_of(kind, name, '_deleted_people')})",
                 )
+            _forget_written_ahead(con, name, _records_of(kind, "_deleted_people"))
             n = forget_delivered(con, name, delivered_records_of(kind, name, "_deleted_people"))
             if n:
                 forgot[name] = n
@@ -508,6 +513,38 @@ def delivered_relationships_of(kind: str, sync: str, deleted: str) -> str:
     return (
         f"select k from {table('snap', sync)} where {of} "
         f"union select k from {table('journal', sync)} where {of}"
+    )
+
+
+def _records_of(kind: str, deleted: str) -> str:
+    """SQL true for a people (``kind`` `people`) or objects (`objects`) record (its ``k`` and
+    ``ident``) whose person or object is one of the records of ``deleted``."""
+    if kind == "objects":
+        return (
+            "json_extract_string(ident, '$.object_id') in "
+            f"(select json_extract_string(ident, '$.object_id') from {deleted})"
+        )
+    return f"k in ({people_of('_written_ahead', deleted)})"
+
+
+def _forget_written_ahead(con: duckdb.DuckDBPyConnection, sync: str, of: str) -> None:
+    """Drop from the write-ahead record a killed run of ``sync`` left (``sending__S``) the
+    records new to its snapshot it names (their key and identifiers) that ``of`` (SQL over
+    ``k, ident``) says were deleted: its next run would mark them unconfirmed
+    (``StateStore.recover_sending``) and, their row gone, undo them. Nothing is read when no
+    such record is there."""
+    sending = table("sending", sync)
+    if not _one(con, f"select count(*) from {sending} where k is not null"):
+        return
+    run_sql(
+        con,
+        f"create or replace temp table _written_ahead as "
+        f"select distinct k, ident from {sending} where k is not null",
+    )
+    run_sql(
+        con,
+        f"delete from {sending} where k in (select k from _written_ahead where {of}); "
+        "drop table _written_ahead",
     )
 
 
