@@ -14,6 +14,7 @@ killed with the second in flight.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -22,8 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tests.sync.test_objects import COMPANIES, MEMBERSHIPS, rels, run_all, seed
 from tests.sync.test_plan_all_matches_sync import PEOPLE as DELETING
+from tests.sync.test_plan_all_matches_sync import lockgate
 
 from lockgate.console import NullConsole
 from lockgate.emulator import FaultConfig
@@ -170,3 +173,133 @@ def test_a_relationship_a_killed_run_delivered_is_sent_again_once_its_deleted_pe
     assert {r for r in rels(emu) if r[0] == "3"} == moved
     for name in runs:
         assert plan_sync(project, name, console=NullConsole()).changes.to_send == 0
+
+
+def sent_to(emu: Any, person: str, since: int) -> list[Any]:
+    """The bodies of the requests since the ``since``-th that name the person ``person`` (by
+    `id`, in a batch or alone)."""
+    bodies = [r.body for r in emu.request_log()[since:] if r.method != "GET"]
+    return [b for b in bodies if f'"id": "{person}"' in json.dumps(b) or f"/{person}" in str(b)]
+
+
+@pytest.mark.parametrize(
+    "mode", ["mode: mirror\n", "mode: mirror\ndelete_removed: true\n"], ids=["clear", "delete"]
+)
+def test_a_person_another_sync_deletes_is_not_undone_for_an_unconfirmed_update(
+    project_factory: ProjectFactory, mode: str
+) -> None:
+    """`colors` sends user 3 a new color and the answer is lost: the update is unconfirmed.
+    User 3 then leaves both models, and `people` deletes them: `colors` forgets them, its
+    unconfirmed update too. Before, its next run undid that update (a clear, or a delete) on
+    a person already deleted: a wasted request, reported as removed."""
+    project_factory.sql(
+        "create table users as select i as user_id, 'U' || i as first_name from range(1, 5) t(i);"
+        "create table colors as select i as user_id, 'hue' || i as color from range(1, 5) t(i)"
+    )
+    project = project_factory.write({"people": DELETING, "colors": COLORS + mode}, retries=0)
+    emu = project_factory.emulator
+    run_all(project)
+
+    project_factory.sql("update colors set color = 'new' where user_id = 3")
+    emu.set_faults(FaultConfig(error_5xx=1.0, applied_then_failed=True))
+    lost = run_sync(project, "colors", console=NullConsole())
+    assert (lost.status, lost.dead_lettered) == ("partial", 1)
+    emu.set_faults(FaultConfig())
+
+    project_factory.sql("delete from users where user_id = 3; delete from colors where user_id = 3")
+    # planned in one command, `colors` after `people`, as their runs would go
+    planned = lockgate(project, "plan", "people", "colors", "--json")
+    plans = {p["sync"]: p["changes"] for p in planned}
+    assert plans["people"]["removed_sent"] == 1
+    assert (plans["colors"]["to_send"], plans["colors"]["removed"]) == (0, 0)
+    deleted = run_sync(load_project(project.root), "people", console=NullConsole())
+    assert (deleted.status, deleted.changes.removed_sent) == ("success", 1)
+    assert deleted.resent_by == (("colors", 1),)
+    assert emu.person(id="3") is None
+
+    since = len(emu.request_log())
+    plan = plan_sync(load_project(project.root), "colors", console=NullConsole())
+    assert (plan.changes.to_send, plan.changes.removed) == (0, 0)
+    again = run_sync(load_project(project.root), "colors", console=NullConsole())
+    assert (again.status, again.changes.removed, again.delivered) == ("success", 0, 0)
+    assert sent_to(emu, "3", since) == []
+    assert emu.person(id="3") is None
+
+
+def test_a_relationship_of_a_person_another_sync_deletes_is_not_undone_when_unconfirmed(
+    project_factory: ProjectFactory,
+) -> None:
+    """`memberships` adds Linus to Acme and the answer is lost: the relationship is
+    unconfirmed. Linus then leaves both models and `people` deletes him (Customer.io deletes
+    his relationships with him). Before, the next `memberships` run undid the unconfirmed
+    relationship of a person already deleted: a `delete_relationships` for nothing."""
+    seed(project_factory)
+    memberships = MEMBERSHIPS + "mode: mirror\n"
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": DELETING, "memberships": memberships}, retries=0
+    )
+    emu = project_factory.emulator
+    run_all(project)
+
+    project_factory.sql("update members set company_id = 'acme' where user_id = 3")
+    emu.set_faults(FaultConfig(error_5xx=1.0, applied_then_failed=True))
+    run_sync(project, "memberships", console=NullConsole())
+    emu.set_faults(FaultConfig())
+    assert ("3", "1", "acme", "owner") in rels(emu)  # applied, never confirmed
+
+    project_factory.sql(
+        "delete from users where user_id = 3; delete from members where user_id = 3"
+    )
+    plans = {p["sync"]: p["changes"] for p in lockgate(project, "plan", "--all", "--json")}
+    assert (plans["memberships"]["to_send"], plans["memberships"]["removed"]) == (0, 0)
+    deleted = run_sync(load_project(project.root), "people", console=NullConsole())
+    assert (deleted.status, deleted.changes.removed_sent) == ("success", 1)
+    assert emu.person(id="3") is None
+
+    since = len(emu.request_log())
+    again = run_sync(load_project(project.root), "memberships", console=NullConsole())
+    assert (again.status, again.changes.removed, again.delivered) == ("success", 0, 0)
+    assert [r.body for r in emu.request_log()[since:] if r.method != "GET"] == []
+
+
+def test_a_person_deleted_after_another_syncs_killed_run_created_them_is_not_undone(
+    project_factory: ProjectFactory,
+) -> None:
+    """`colors` sends users 3 and 4 for the first time and is killed: one delivery journaled,
+    one in flight (written ahead, with the identifiers it went to). Both then leave both
+    models and `people` deletes them. `colors`' next run has nothing to undo: before, it took
+    the one in flight for a person it may have created, and deleted them again."""
+    project_factory.sql(
+        "create table users as select i as user_id, 'U' || i as first_name from range(1, 5) t(i);"
+        "create table colors as select i as user_id, 'hue' || i as color from range(1, 3) t(i)"
+    )
+    colors = COLORS + "mode: mirror\ndelete_removed: true\n"
+    project = one_at_a_time(
+        project_factory.write({"people": DELETING, "colors": colors}, retries=0)
+    )
+    emu = project_factory.emulator
+    run_all(project)
+
+    project_factory.sql("insert into colors values (3, 'hue3'), (4, 'hue4')")
+
+    def colored() -> int:
+        return sum(
+            1
+            for i in ("3", "4")
+            if (p := emu.person(id=i)) is not None and p.attributes.get("color") == "hue" + i
+        )
+
+    killed_after_one_answer(project.root, "colors", emu, colored)
+    assert len(journaled(project, "colors")) == 1
+
+    project_factory.sql(
+        "delete from users where user_id in (3, 4); delete from colors where user_id in (3, 4)"
+    )
+    deleted = run_sync(load_project(project.root), "people", console=NullConsole())
+    assert (deleted.status, deleted.changes.removed_sent) == ("success", 2)
+    assert emu.person(id="3") is None and emu.person(id="4") is None
+
+    since = len(emu.request_log())
+    again = run_sync(load_project(project.root), "colors", console=NullConsole())
+    assert (again.status, again.changes.removed, again.delivered) == ("success", 0, 0)
+    assert [r.body for r in emu.request_log()[since:] if r.method != "GET"] == []

@@ -684,6 +684,32 @@ def test_a_changed_row_that_reaches_the_person_of_an_unchanged_row_is_reported(
     assert plan_sync(project, "accounts", console=NullConsole()).changes.shared_person == 0
 
 
+def test_a_snapshot_whose_person_column_was_added_but_not_filled_is_filled(
+    project_factory: ProjectFactory,
+) -> None:
+    """The snapshot's `addr` (the person each row reaches) was added and derived by two
+    statements, each committed on its own: a Lockgate killed between them left the column
+    empty, and every later run blind to the people of the unchanged rows. The next open
+    fills it; before, the column's presence was taken for a finished upgrade."""
+    project_factory.sql(
+        "create or replace table accounts as select * from (values "
+        "('a1', 'ada@example.com', 'pro'), ('a2', 'bob@example.com', 'free'), "
+        "('a3', 'cy@example.com', 'free')) t(account_id, email, plan)"
+    )
+    project = project_factory.write({"accounts": ACCOUNTS_BY_EMAIL})
+    assert run_sync(project, "accounts", console=NullConsole()).delivered == 3
+    # as a kill between the two left it, in a state of the Lockgate before `upgraded`
+    with StateStore.open(project.state_dir) as store:
+        store.exec_sql('update "snap__accounts" set addr = null; drop table if exists upgraded')
+    # bob's account takes cy's email: two accounts reach one person
+    project_factory.sql("update accounts set email = 'Cy@example.com' where account_id = 'a2'")
+    plan = plan_sync(load_project(project.root), "accounts", console=NullConsole())
+    assert plan.changes.to_send == 1 and plan.changes.shared_person == 1
+    assert plan.changes.shared_samples == (("email:cy@example.com", "a2, a3"),)
+    report = run_sync(load_project(project.root), "accounts", console=NullConsole())
+    assert report.changes.shared_person == 1
+
+
 def test_identifiers_lose_tabs_and_line_breaks_at_either_end_not_only_spaces(
     project_factory: ProjectFactory,
 ) -> None:

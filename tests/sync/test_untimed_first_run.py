@@ -241,3 +241,58 @@ def test_a_rename_sends_the_history_under_the_backfill_name(
         ("c", "Order Shipped (backfill)"),
         ("d", "Order Shipped"),
     ]
+
+
+def test_a_new_workspace_is_a_first_run_and_stays_one_until_a_run_commits(
+    project_factory: ProjectFactory,
+) -> None:
+    """`--new-workspace` forgets the ledger: every event the model holds would reach the new
+    workspace as happening now. It counts as a first run: stopped, and (the ledger already
+    forgotten) the plain runs after it are stopped too, until one is let through."""
+    history(project_factory)
+    project = project_factory.write({"activity": UNTIMED})
+    emu = project_factory.emulator
+    assert run(project, force=True).delivered == 3
+    add_news(project_factory)
+    assert run(project).delivered == 1
+    emu.reset()  # the new workspace, empty
+
+    with pytest.raises(ContractError) as stopped:
+        run(project, new_workspace=True)
+    assert "first run without timestamps" in str(stopped.value)
+    assert "would send all 4 events the model holds as happening now" in str(stopped.value)
+    assert emu.events() == []
+    plan = plan_sync(project, "activity", console=NullConsole())
+    [row] = [g for g in plan.guards if g.name == "first run without timestamps"]
+    assert row.breached
+    checks = json.loads(lockgate(project, "validate", "--json").output)["contract"]
+    assert [f for f in checks if f["check"] == "untimed first run"]
+    with pytest.raises(ContractError):
+        run(project)
+    assert emu.events() == []
+
+    assert run(project, force=True).delivered == 4  # sent once, then news again
+    assert run(project).changes.to_send == 0
+    project_factory.sql("insert into events values ('o5', 2, 'Order Shipped', 'e')")
+    assert run(project).delivered == 1
+    assert sent(project_factory) == ["a", "b", "c", "d", "e"]
+
+
+def test_skip_records_the_models_events_as_history_in_a_new_workspace(
+    project_factory: ProjectFactory,
+) -> None:
+    history(project_factory)
+    project = project_factory.write({"activity": UNTIMED + "backfill: {first_run: skip}\n"})
+    emu = project_factory.emulator
+    assert run(project).delivered == 0
+    add_news(project_factory)
+    assert run(project).delivered == 1
+    emu.reset()  # the new workspace, empty
+
+    moved = run(project, new_workspace=True)
+    assert (moved.status, moved.delivered, moved.changes.history_skipped) == ("success", 0, 4)
+    assert emu.events() == []
+    project_factory.sql("insert into events values ('o5', 2, 'Order Shipped', 'e')")
+    after = run(project)
+    assert (after.delivered, after.changes.already_delivered) == (1, 4)
+    assert sent(project_factory) == ["e"]

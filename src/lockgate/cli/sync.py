@@ -576,7 +576,8 @@ def _sync_names(project: Project, names: tuple[str, ...], every: bool) -> list[s
     is_flag=True,
     help="Start the syncs over in the Customer.io workspace they point at now: forget what "
     "the state says they delivered (snapshot, event ledger, unconfirmed records) and send "
-    "every record and event again.",
+    "every record and event again (an events sync without a timestamp: as on its first "
+    "run, see `backfill.first_run`).",
 )
 def sync(
     sync_names: tuple[str, ...],

@@ -20,6 +20,10 @@ and a table not there yet reads as nothing recorded):
   Lockgate inserts into that one without naming columns.
 - ``contract_columns(sync, column_name, column_type)``: the model's columns at that run.
 - ``contract_event_names(sync, name, first_seen)``: every event name an events sync has sent.
+- ``contract_started_over(sync, started_at)``: the syncs started over (`lockgate sync
+  --new-workspace`, :func:`start_over`) whose run has not committed since: their next whole
+  run is a first run (``Contract.started_over``), whether the one that started over was
+  stopped or not.
 
 Example::
 
@@ -54,6 +58,7 @@ create table if not exists contract_columns (
 create table if not exists contract_event_names (
     sync varchar, name varchar, first_seen timestamptz
 );
+create table if not exists contract_started_over (sync varchar primary key, started_at timestamptz);
 """
 
 
@@ -69,6 +74,9 @@ class Contract:
     recorded_at: datetime
     mapping_hash: str | None = None
     mapping: dict[str, Any] | None = None
+    started_over: bool = False
+    """The sync was started over since (`--new-workspace`): what it delivered is forgotten,
+    and its next whole run is a first run (``diff.untimed_first_run``)."""
 
 
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
@@ -94,6 +102,7 @@ def record(
     columns = con.execute("describe model").fetchall()
     with transaction(con):
         run_sql(con, "delete from contract_syncs where sync = ?", [sync.name])
+        run_sql(con, "delete from contract_started_over where sync = ?", [sync.name])
         run_sql(
             con,
             "insert into contract_syncs values (?, ?, ?, ?, ?)",
@@ -170,6 +179,20 @@ def last(con: duckdb.DuckDBPyConnection, sync: str) -> Contract | None:
         recorded_at=recorded_at,
         mapping_hash=mapping_hash,
         mapping=None if mapping is None else orjson.loads(mapping),
+        started_over=has_table(con, "contract_started_over")
+        and bool(run_sql(con, "select 1 from contract_started_over where sync = ?", [sync])),
+    )
+
+
+def start_over(con: duckdb.DuckDBPyConnection, sync: str) -> None:
+    """Record that ``sync`` starts over (in the transaction of ``workspace.start_over``, its
+    tables made by :func:`ensure_tables` before it): its next whole run is a first run, until
+    one commits (:func:`record`). A run stopped after starting over (a guardrail) leaves it."""
+    run_sql(
+        con,
+        "insert into contract_started_over values (?, ?) "
+        "on conflict do update set started_at = excluded.started_at",
+        [sync, datetime.now(UTC)],
     )
 
 

@@ -69,6 +69,9 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   run log (`run_log:`; sync/runlog.py).
 - ``state_format(format, written_by, recorded_at)``: the format of the state
   (:data:`STATE_FORMAT`) and the Lockgate that brought it there; a newer one is refused.
+- ``upgraded(sync, step, recorded_at)``: the upgrades of a sync's tables done whole that are
+  not seen in their columns (``snap_addr``: the snapshot's ``addr`` derived,
+  :meth:`StateStore._add_snap_addr`).
 - ``workspaces(sync, workspace, recorded_at)``: the Customer.io workspace each sync's state is
   of (:mod:`lockgate.state.workspace`).
 """
@@ -106,6 +109,7 @@ create table if not exists rejected (
     run_id varchar, sync varchar, k varchar, stage varchar, reason varchar, rejected_at timestamptz
 );
 create table if not exists run_log_written (run_id varchar primary key, written_at timestamptz);
+create table if not exists upgraded (sync varchar, step varchar, recorded_at timestamptz);
 """
 
 HISTORY_SCHEMA = pa.schema(
@@ -698,12 +702,7 @@ class StateStore:
             f"create table if not exists {table('event_ids', sync)} "
             "(k varchar, ts bigint, lo ubigint, hi ubigint, run_id varchar);"
         )
-        columns = {r[0] for r in self.con.execute(f"describe {snap}").fetchall()}
-        if "addr" not in columns:  # a snapshot from before `addr`: derive it once
-            self.exec_sql(
-                f"alter table {snap} add column addr varchar; "
-                f"update {snap} set addr = {PERSON_ADDRESS};"
-            )
+        self._add_snap_addr(sync)
         self._add_unconfirmed_action(sync)
         sending = table("sending", sync)
         columns = {r[0] for r in self.con.execute(f"describe {sending}").fetchall()}
@@ -715,6 +714,30 @@ class StateStore:
         for column in ("k", "ident"):
             if column not in columns:
                 self.exec_sql(f"alter table {sending} add column if not exists {column} varchar")
+
+    def _add_snap_addr(self, sync: str) -> None:
+        """A snapshot from before ``addr``: add it and derive it from ``ident``, once, in one
+        transaction, and record that in ``upgraded``. A Lockgate before that record added the
+        column and filled it in two statements, each committed on its own: one killed between
+        them left the column empty, and the shared-person counts (``diff._shared_people``) blind
+        to the people of the rows it held. Here a snapshot not recorded as upgraded has its
+        empty ``addr`` derived (what the fold writes for every row anyway: the same text), so
+        that is mended too; once recorded, nothing more is read."""
+        snap = table("snap", sync)
+        columns = {r[0] for r in self.con.execute(f"describe {snap}").fetchall()}
+        done = self.exec_sql("select 1 from upgraded where sync = ? and step = 'snap_addr'", [sync])
+        if done and "addr" in columns:
+            return
+        with transaction(self.con, self.path):
+            self.exec_sql(f"alter table {snap} add column if not exists addr varchar")
+            self.exec_sql(
+                f"update {snap} set addr = {PERSON_ADDRESS} "
+                f"where addr is null and {PERSON_ADDRESS} is not null"
+            )
+            if not done:
+                self.exec_sql(
+                    "insert into upgraded values (?, 'snap_addr', ?)", [sync, datetime.now(UTC)]
+                )
 
     def _add_unconfirmed_action(self, sync: str) -> None:
         """An ``unconfirmed`` table from before ``action``: add it, once, and fill it from the
@@ -809,7 +832,7 @@ class StateStore:
         self,
         sync: str,
         run_id: str,
-        forget_relationships: Callable[[StateStore, list[str]], None] | None = None,
+        forget_relationships: Callable[[StateStore, list[str], bool], None] | None = None,
     ) -> int:
         """At the start of a run (before :meth:`fold_journal`): a write-ahead record left
         behind is that of a run killed with requests in flight. The snapshot's records it
@@ -861,7 +884,7 @@ class StateStore:
                     [last],
                 )
                 if deleted:
-                    forget_relationships(self, [str(r[0]) for r in deleted])
+                    forget_relationships(self, [str(r[0]) for r in deleted], False)
             self.exec_sql(f"delete from {sending}")
         return int(marked)
 

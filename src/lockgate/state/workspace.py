@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from lockgate.errors import LockgateError, StateError
 from lockgate.project.loader import Project
 from lockgate.project.models import SyncConfig, resolve_env
+from lockgate.state import contract
 from lockgate.state.store import StateStore, has_table, run_sql, table, transaction
 
 SCHEMA = """
@@ -96,13 +97,18 @@ def start_over(store: StateStore, sync: str) -> None:
     """Forget what the state says ``sync`` delivered, and the workspace it was to (`lockgate
     sync --new-workspace`), in one transaction: the sync's next commit records the workspace
     it points at, and it sends everything, as on its first run. Its runs, history and data
-    contract (identifiers, column types, mapping) stay."""
+    contract (identifiers, column types, mapping) stay, marked started over
+    (``contract.start_over``): until a run of it commits, its next whole run is a first run
+    (an events sync without timestamps is then stopped, or records the model as history, as
+    `backfill.first_run` says), even after this one is stopped."""
     run_sql(store.con, SCHEMA)
+    contract.ensure_tables(store.con)
     store.ensure_sync_tables(sync)
     with transaction(store.con, store.path):
         for name in DELIVERED:
             run_sql(store.con, f"delete from {table(name, sync)}")
         run_sql(store.con, "delete from workspaces where sync = ?", [sync])
+        contract.start_over(store.con, sync)
 
 
 def moved(store: StateStore, project: Project, sync: SyncConfig) -> bool:

@@ -82,7 +82,7 @@ class Committer:
         flush_seconds: float = 1.0,
         flush_records: int = 100_000,
         unconfirmed_as: Callable[[str], str] | None = None,
-        forget_relationships: Callable[[StateStore, list[str]], None] | None = None,
+        forget_relationships: Callable[[StateStore, list[str], bool], None] | None = None,
         forget_people: Callable[[StateStore, list[str]], dict[str, int]] | None = None,
     ) -> None:
         self.store = store
@@ -91,9 +91,10 @@ class Committer:
         self.unconfirmed_as = unconfirmed_as
         # a person or object deleted (or whose delete was not confirmed: it may be gone) has
         # had its relationships deleted by Customer.io with it: ``forget_relationships(store,
-        # idents)`` takes them out of the relationships snapshots, in the same transaction as
-        # the delete's commit (or its mark), so they are sent again once the record is back,
-        # whenever the relationships syncs run. A record cleared, not deleted, keeps them.
+        # idents, confirmed)`` takes them out of the relationships snapshots, in the same
+        # transaction as the delete's commit (or its mark), so they are sent again once the
+        # record is back, whenever the relationships syncs run (a confirmed delete takes their
+        # unconfirmed marks too). A record cleared, not deleted, keeps them.
         self.forget_relationships = forget_relationships
         # a person deleted (confirmed: a delete whose answer never came is sent again) is
         # gone for the other people syncs too: ``forget_people(store, idents)`` takes them out
@@ -302,12 +303,13 @@ class Committer:
             if self.forget_relationships is not None or self.forget_people is not None:
                 confirmed = taken.deleted + _deleted_in(taken.delivered)
             if self.forget_relationships is not None and confirmed is not None:
-                deleted = [
+                unsure = [
                     i for a, i in zip(actions, idents_unsure, strict=True) if a == "delete" and i
                 ]
-                deleted += confirmed
-                if deleted:
-                    self.forget_relationships(store, deleted)
+                if unsure:
+                    self.forget_relationships(store, unsure, False)
+                if confirmed:  # their unconfirmed relationships go too
+                    self.forget_relationships(store, confirmed, True)
             forgot: dict[str, int] = {}
             if self.forget_people is not None and confirmed:
                 forgot = self.forget_people(store, confirmed)

@@ -496,7 +496,8 @@ def check_project(project: Project) -> list[Finding]:
 
 
 def untimed_first_runs(project: Project, last: dict[str, contract.Contract]) -> list[Finding]:
-    """Events syncs without `event.timestamp` whose first run is still to come and that do not
+    """Events syncs without `event.timestamp` whose first run is still to come (none committed,
+    or none since `--new-workspace` started them over) and that do not
     say what it does with the events already in the model (`backfill.first_run`): that run
     stops before sending anything (the guardrail in ``guard``), said here before it does."""
     out: list[Finding] = []
@@ -504,7 +505,7 @@ def untimed_first_runs(project: Project, last: dict[str, contract.Contract]) -> 
         if (
             sync.event is None
             or sync.event.timestamp
-            or sync.name in last
+            or (sync.name in last and not last[sync.name].started_over)
             or sync.backfill.untimed_first_run is not None
         ):
             continue

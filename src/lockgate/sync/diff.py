@@ -352,7 +352,12 @@ def present_ends(con: duckdb.DuckDBPyConnection, syncs: list[str]) -> tuple[list
 
 
 def forget_relationships_of(
-    con: duckdb.DuckDBPyConnection, kind: str, relationship_syncs: list[str], idents: list[str]
+    con: duckdb.DuckDBPyConnection,
+    kind: str,
+    relationship_syncs: list[str],
+    idents: list[str],
+    *,
+    confirmed: bool = False,
 ) -> None:
     """Take out of the state of the relationships syncs ``relationship_syncs`` the
     relationships of the people (``kind`` `people`) or objects (`objects`) ``idents`` (their
@@ -365,11 +370,26 @@ def forget_relationships_of(
     otherwise never see the record gone). Meanwhile its diff holds them (absent from the
     snapshot of the record's sync, or its delete unconfirmed: :func:`present_ends`). What a
     killed run of that sync delivered and left in its journal goes too
-    (:func:`forget_delivered`)."""
+    (:func:`forget_delivered`).
+
+    A delete Customer.io ``confirmed`` takes the syncs' unconfirmed relationships of the
+    records along (``unconfirmed__S``, and the new ones a killed run wrote ahead,
+    ``sending__S``): gone with them, they are not, their row gone, undone (a
+    `delete_relationships` for nothing). One whose answer never came
+    leaves them: the record may still be there."""
     if not relationship_syncs or kind not in ("people", "objects"):
         return
     with registered(con, "_deleted_ends", pa.table({"ident": pa.array(idents, pa.string())})):
         for name in relationship_syncs:
+            unconfirmed = table("unconfirmed", name)
+            if confirmed and _one(con, f"select count(*) from {unconfirmed}"):
+                run_sql(
+                    con,
+                    f"delete from {unconfirmed} where k in "
+                    f"({unconfirmed_relationships_of(kind, name, '_deleted_ends')})",
+                )
+            if confirmed:
+                _forget_written_ahead(con, name, relationships_of(kind, "_deleted_ends"))
             forget_delivered(con, name, delivered_relationships_of(kind, name, "_deleted_ends"))
 
 
@@ -382,6 +402,12 @@ def forget_people_of(
     them again in full. Returns, by sync, how many rows each forgot (syncs that forgot none
     left out). With ``kind`` `objects`, the same for the objects of other objects syncs of
     the object type (matched by `object_id`): Customer.io deletes the whole object too.
+
+    Their records those syncs sent whose answer never came (``unconfirmed__S``) are dropped
+    too, and so are those new to the snapshot a killed run of theirs wrote ahead
+    (``sending__S``, which its next run would mark unconfirmed): their row gone from the
+    model, they would otherwise be undone (a clear or a delete of a person already deleted:
+    a request for nothing, counted removed).
 
     A delete whose answer never came forgets nothing: its sync sends it again, and only once
     Customer.io confirms it are the people gone."""
@@ -396,6 +422,14 @@ def forget_people_of(
                     f"delete from {table('emails_kept', name)} "
                     f"where k in ({kept_emails_of(name, '_deleted_people')})",
                 )
+            unconfirmed = table("unconfirmed", name)
+            if _one(con, f"select count(*) from {unconfirmed}"):
+                run_sql(
+                    con,
+                    f"delete from {unconfirmed} "
+                    f"where k in ({unconfirmed_records_of(kind, name, '_deleted_people')})",
+                )
+            _forget_written_ahead(con, name, _records_of(kind, "_deleted_people"))
             n = forget_delivered(con, name, delivered_records_of(kind, name, "_deleted_people"))
             if n:
                 forgot[name] = n
@@ -441,6 +475,23 @@ def delivered_records_of(kind: str, sync: str, deleted: str) -> str:
     )
 
 
+def unconfirmed_records_of(kind: str, sync: str, deleted: str) -> str:
+    """SQL selecting the keys ``k`` of the records the people (``kind`` `people`) or objects
+    (`objects`) sync ``sync`` counts delivered (:func:`delivered_records_of`) or sent unconfirmed
+    (``unconfirmed__S``, by the identifiers kept with a record new to the snapshot) whose
+    person or object is one of the records of ``deleted``: whose unconfirmed marks go with
+    them (:func:`forget_people_of`)."""
+    unconfirmed = table("unconfirmed", sync)
+    if kind == "objects":
+        marked = (
+            f"select k from {unconfirmed} where json_extract_string(ident, '$.object_id') in "
+            f"(select json_extract_string(ident, '$.object_id') from {deleted})"
+        )
+    else:
+        marked = people_of(unconfirmed, deleted)
+    return f"{delivered_records_of(kind, sync, deleted)} union {marked}"
+
+
 def kept_emails_of(sync: str, deleted: str) -> str:
     """SQL selecting the keys ``k`` of the people the people sync ``sync`` remembers keeping
     an email (``emails_kept__S``, :func:`keep_emails`) who are people of ``deleted``: by the
@@ -462,6 +513,49 @@ def delivered_relationships_of(kind: str, sync: str, deleted: str) -> str:
     return (
         f"select k from {table('snap', sync)} where {of} "
         f"union select k from {table('journal', sync)} where {of}"
+    )
+
+
+def _records_of(kind: str, deleted: str) -> str:
+    """SQL true for a people (``kind`` `people`) or objects (`objects`) record (its ``k`` and
+    ``ident``) whose person or object is one of the records of ``deleted``."""
+    if kind == "objects":
+        return (
+            "json_extract_string(ident, '$.object_id') in "
+            f"(select json_extract_string(ident, '$.object_id') from {deleted})"
+        )
+    return f"k in ({people_of('_written_ahead', deleted)})"
+
+
+def _forget_written_ahead(con: duckdb.DuckDBPyConnection, sync: str, of: str) -> None:
+    """Drop from the write-ahead record a killed run of ``sync`` left (``sending__S``) the
+    records new to its snapshot it names (their key and identifiers) that ``of`` (SQL over
+    ``k, ident``) says were deleted: its next run would mark them unconfirmed
+    (``StateStore.recover_sending``) and, their row gone, undo them. Nothing is read when no
+    such record is there."""
+    sending = table("sending", sync)
+    if not _one(con, f"select count(*) from {sending} where k is not null"):
+        return
+    run_sql(
+        con,
+        f"create or replace temp table _written_ahead as "
+        f"select distinct k, ident from {sending} where k is not null",
+    )
+    run_sql(
+        con,
+        f"delete from {sending} where k in (select k from _written_ahead where {of}); "
+        "drop table _written_ahead",
+    )
+
+
+def unconfirmed_relationships_of(kind: str, sync: str, deleted: str) -> str:
+    """SQL selecting the keys ``k`` of the relationships the relationships sync ``sync``
+    counts delivered (:func:`delivered_relationships_of`) or sent unconfirmed
+    (``unconfirmed__S``, by the identifiers kept with a relationship new to the snapshot) whose
+    person (``kind`` `people`) or object (`objects`) is one of the records of ``deleted``."""
+    return (
+        f"{delivered_relationships_of(kind, sync, deleted)} union select k from "
+        f"{table('unconfirmed', sync)} where {relationships_of(kind, deleted)}"
     )
 
 
@@ -2236,15 +2330,16 @@ def diff_events(
 def untimed_first_run(sync: SyncConfig, last: object) -> bool:
     """Whether this is the first run of an events sync without `event.timestamp`: no whole run
     of it committed yet (``last``, the contract of the last one, is None; a run of named
-    records, `--only`, records none, so the whole run after it is still the first). Such a
-    sync sends every event as happening now, so on its first run it cannot tell the history
-    the model holds from what just happened (`backfill.first_run`; the guardrail in
-    ``guard``)."""
+    records, `--only`, records none, so the whole run after it is still the first), or none
+    since it started over (`--new-workspace`: ``Contract.started_over``; its ledger is
+    forgotten). Such a sync sends every event as happening now, so on its first run it cannot
+    tell the history the model holds from what just happened (`backfill.first_run`; the
+    guardrail in ``guard``)."""
     return (
         sync.kind == "events"
         and sync.event is not None
         and not sync.event.timestamp
-        and last is None
+        and (last is None or bool(getattr(last, "started_over", False)))
     )
 
 

@@ -20,6 +20,9 @@ connection, in temp tables that outlive the plan (``StateStore.reset_connection`
   first sync of the command that needs the identity graph);
 - ``plan_kept__S(k)``: the people of ``emails_kept__S`` an earlier people sync of the command
   deletes (``diff.forget_people_of``): their emails are not released later.
+- ``plan_unmark__S(k)``: the records of ``unconfirmed__S`` whose people (objects) an earlier
+  people (objects) sync of the command deletes (``diff.forget_people_of``,
+  ``diff.forget_relationships_of``): neither sent again nor undone.
 
 A later plan then reads temp views of the same names as the state's tables (``snap__S``,
 ``unconfirmed__S``, ``ledger__S``) in front of them, and its own snapshot, when an earlier sync
@@ -57,6 +60,8 @@ class Planned:
     """Syncs planned with `--full-resync` (not `--only`): their run forgets the snapshot first."""
     ledger: set[str] = field(default_factory=set)
     """Syncs with a ``plan_ledger__S``."""
+    unmark: set[str] = field(default_factory=set)
+    """Syncs with a ``plan_unmark__S``."""
     kept: set[str] = field(default_factory=set)
     """People syncs with a ``plan_kept__S``: the people of their ``emails_kept__S`` that an
     earlier sync of the command deletes (``diff.kept_emails_of``)."""
@@ -72,6 +77,7 @@ class Planned:
             | {_name("plan_drop", s) for s in self.drop}
             | {_name("plan_ledger", s) for s in self.ledger}
             | {_name("plan_kept", s) for s in self.kept}
+            | {_name("plan_unmark", s) for s in self.unmark}
         )
 
 
@@ -82,6 +88,15 @@ def _dropping(con: duckdb.DuckDBPyConnection, planned: Planned, sync: str, selec
         run_sql(con, f"create or replace temp table {drop} (k varchar)")
         planned.drop.add(sync)
     run_sql(con, f"insert into {drop} {select}")
+
+
+def _unmarking(con: duckdb.DuckDBPyConnection, planned: Planned, sync: str, select: str) -> None:
+    """Add the keys ``select`` gives to ``plan_unmark__<sync>``."""
+    marks = table("plan_unmark", sync)
+    if sync not in planned.unmark:
+        run_sql(con, f"create or replace temp table {marks} (k varchar)")
+        planned.unmark.add(sync)
+    run_sql(con, f"insert into {marks} {select}")
 
 
 def record(
@@ -135,6 +150,13 @@ def record(
                 planned,
                 other.name,
                 diff_step.delivered_records_of(sync.kind, other.name, deleted),
+            )
+            # and their unconfirmed records (``forget_people_of``)
+            _unmarking(
+                con,
+                planned,
+                other.name,
+                diff_step.unconfirmed_records_of(sync.kind, other.name, deleted),
             )
             if sync.kind == "people":  # and the emails they kept (``forget_people_of``)
                 kept = table("plan_kept", other.name)
@@ -211,6 +233,12 @@ def _forget_relationships(
             other.name,
             diff_step.delivered_relationships_of(sync.kind, other.name, deleted),
         )
+        _unmarking(
+            con,
+            planned,
+            other.name,
+            diff_step.unconfirmed_relationships_of(sync.kind, other.name, deleted),
+        )
 
 
 def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Planned) -> None:
@@ -239,12 +267,6 @@ def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Plann
                 f" union all select k, h, ident, {PERSON_ADDRESS} as addr "
                 f"from {delta} where not removed"
             )
-            run_sql(
-                con,
-                f"create or replace temp view {table('unconfirmed', name)} as "
-                f"select u.* from {stored('unconfirmed', name)} u "
-                f"anti join {delta} c on c.k = u.k",
-            )
         where = " where false" if name in planned.reset else ""
         # its own snapshot is a table, which the plan may cut down (`--only`) or set aside
         # (`--full-resync`) as it does the state's
@@ -253,6 +275,18 @@ def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Plann
             con,
             f"create or replace temp {kind} {table('snap', name)} as "
             f"select s.* from {stored('snap', name)} s{joins}{where}{sent}",
+        )
+    for name in sorted(planned.delta | planned.unmark):
+        store.ensure_sync_tables(name)
+        joins = ""
+        if name in planned.delta:
+            joins += f" anti join {table('plan_delta', name)} c on c.k = u.k"
+        if name in planned.unmark:
+            joins += f" anti join {table('plan_unmark', name)} d on d.k = u.k"
+        run_sql(
+            con,
+            f"create or replace temp view {table('unconfirmed', name)} as "
+            f"select u.* from {stored('unconfirmed', name)} u{joins}",
         )
     for name in sorted(planned.kept):
         store.ensure_sync_tables(name)

@@ -1460,7 +1460,7 @@ def _related_snapshots(store: StateStore, project: Project, sync: SyncConfig) ->
 
 def _relationships_of(
     store: StateStore, project: Project, sync: SyncConfig
-) -> Callable[[StateStore, list[str]], None] | None:
+) -> Callable[[StateStore, list[str], bool], None] | None:
     """For a people or objects sync that may delete records (`mirror`, `delete_removed`):
     what forgets, in the relationships syncs of its destination (of its object type), the
     relationships of the records it deletes, or whose delete was not confirmed
@@ -1475,8 +1475,8 @@ def _relationships_of(
         return None
     kind = sync.kind
 
-    def forget(writer: StateStore, idents: list[str]) -> None:
-        diff_step.forget_relationships_of(writer.con, kind, syncs, idents)
+    def forget(writer: StateStore, idents: list[str], confirmed: bool) -> None:
+        diff_step.forget_relationships_of(writer.con, kind, syncs, idents, confirmed=confirmed)
 
     return forget
 
