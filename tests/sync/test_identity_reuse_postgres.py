@@ -14,7 +14,7 @@ import pytest
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
 from lockgate.project.loader import load_project
-from lockgate.sources.postgres import PostgresSource
+from lockgate.sources.postgres import PostgresSource, RedshiftSource
 from lockgate.sync.graphinputs import fingerprint
 from lockgate.sync.run import run_sync
 
@@ -208,3 +208,8 @@ def test_the_postgres_fingerprint_changes_with_any_value_and_not_with_order_or_s
     )
     source.close()
     other.close()
+    # Redshift (the same server read as `redshift: true`) has no `bit(64)` cast: not
+    # fingerprinted, so its identity sources are stitched every run
+    redshift = RedshiftSource(dsn)
+    assert fingerprint(redshift, table) is None
+    redshift.close()

@@ -34,6 +34,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -88,10 +89,16 @@ def _text(name: str, type_name: str) -> str:
 def fingerprint(source: Source, sql: str) -> str | None:
     """The fingerprint of ``sql``'s rows, computed where they live (module docstring), or
     None for a warehouse that cannot compute one."""
+    found = fingerprints(source, [sql])
+    return None if found is None else found[0]
+
+
+def fingerprints(source: Source, queries: list[str]) -> list[str] | None:
+    """:func:`fingerprint` of each query, on one session; None for a warehouse that cannot."""
     if isinstance(source, DuckDBSource):
-        return _duckdb_fingerprint(source, sql)
+        return [_duckdb_fingerprint(source, sql) for sql in queries]
     if isinstance(source, PostgresSource) and not isinstance(source, RedshiftSource):
-        return _postgres_fingerprint(source, sql)
+        return _postgres_fingerprints(source, queries)
     return None
 
 
@@ -125,37 +132,43 @@ def _postgres_text(name: str) -> str:
     return f"coalesce(length({value})::text || ':' || {value}, '~')"
 
 
-def _postgres_fingerprint(source: PostgresSource, sql: str) -> str:
-    query = "(\n" + strip_sql(sql) + "\n)"
+def _postgres_fingerprints(source: PostgresSource, queries: list[str]) -> list[str]:
     conn = source._connect()  # a session of its own: the settings go with it
     cursor = conn.cursor()
+    sql = ""
     try:
         for setting in _POSTGRES_SETTINGS:
             cursor.execute(setting)
-        cursor.execute(f"select * from {query} __rows limit 0")
-        fields = cursor.fetch_arrow_table().schema
-        columns = [
-            [
-                f.name,
-                str(f.type),
-                *(v.decode() for k, v in sorted((f.metadata or {}).items()) if b"typ" in k),
-            ]
-            for f in fields
-        ]
-        names = [f.name for f in fields]
-        row = "concat(" + ", ".join(_postgres_text(n) for n in names) + ")" if names else "''"
-        # each half of the MD5 as a signed bigint; their sums as numeric do not wrap
-        half = "coalesce(sum(('x' || substr(h, {}, 16))::bit(64)::bigint::numeric), 0)::text"
-        cursor.execute(
-            f"select count(*)::text, {half.format(1)}, {half.format(17)} "
-            f"from (select md5({row}) as h from {query} __rows) __hashed"
-        )
-        n, high, low = cursor.fetchall()[0]
+        found = []
+        for sql in queries:
+            found.append(_postgres_fingerprint(cursor, sql))
+        return found
     except source._errors() as exc:
         raise query_error(source.who, sql, exc) from exc
     finally:
         cursor.close()
         conn.close()
+
+
+def _postgres_fingerprint(cursor: Any, sql: str) -> str:
+    query = "(\n" + strip_sql(sql) + "\n)"
+    cursor.execute(f"select * from {query} __rows limit 0")
+    fields = cursor.fetch_arrow_table().schema
+    # the server's type name (and a numeric's `typmod`: `numeric(12, 2)`) beside Arrow's
+    columns = [
+        [f.name, str(f.type), *(v.decode() for k, v in sorted(meta.items()) if b"typ" in k)]
+        for f in fields
+        for meta in [f.metadata or {}]
+    ]
+    names = [f.name for f in fields]
+    row = "concat(" + ", ".join(_postgres_text(n) for n in names) + ")" if names else "''"
+    # each half of the MD5 as a signed bigint; their sums as numeric do not wrap
+    half = "coalesce(sum(('x' || substr(h, {}, 16))::bit(64)::bigint::numeric), 0)::text"
+    cursor.execute(
+        f"select count(*)::text, {half.format(1)}, {half.format(17)} "
+        f"from (select md5({row}) as h from {query} __rows) __hashed"
+    )
+    n, high, low = cursor.fetchall()[0]
     return json.dumps([columns, n, high, low])
 
 
@@ -186,11 +199,10 @@ def inputs_key(project: Project, config: IdentityConfig) -> str | None:
         except lockgate.LockgateError:
             return None  # the read that follows reports it
         try:
-            for what, sql in queries:
-                part = fingerprint(source, sql)
-                if part is None:
-                    return None
-                parts[what] = part
+            found = fingerprints(source, [sql for _, sql in queries])
+            if found is None:
+                return None
+            parts.update(zip([what for what, _ in queries], found, strict=True))
         except lockgate.LockgateError:
             return None  # the read that follows reports what is wrong
         finally:
