@@ -14,8 +14,15 @@ row added, removed or repeated changes the key (two different inputs share one o
 MD5-sum coincidence, far less likely than a disk error). Each row is encoded
 unambiguously: every value as its text prefixed with its length, `~` for a null.
 
+DuckDB and Postgres compute it. Postgres renders each value with `::text` on a session of
+its own whose settings fix the text of floats (`extra_float_digits = 3`: every bit), times
+(`TimeZone = UTC`, ISO dates) and bytes (hex), and takes each half of `md5()` as a signed
+`bigint` summed as `numeric`. Redshift (no `bit(64)` cast), Snowflake and BigQuery are not
+fingerprinted yet: their text of a float or a timestamp can drop digits under the account's
+output formats, and a fingerprint that does not see a change must never say "unchanged".
+
 Anything that cannot be fingerprinted gives no key, and the run resolves in full: a source
-that is not DuckDB, a query calling a function whose value changes between two reads
+that is not DuckDB or Postgres, a query calling a function whose value changes between two reads
 (`random()`, `now()`, ...), a failed fingerprint query. A full run records its key only when
 the fingerprints taken before and after it read the sources agree (nothing changed while it
 read), and only once the graph and its analyst tables are written.
@@ -27,6 +34,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -35,8 +43,9 @@ from lockgate.identity.engine import RESOLVER_VERSION
 from lockgate.project.identity import IdentityConfig
 from lockgate.project.loader import Project
 from lockgate.sources import connect
-from lockgate.sources.base import strip_sql
+from lockgate.sources.base import Source, query_error, strip_sql
 from lockgate.sources.duckdb import DuckDBSource
+from lockgate.sources.postgres import PostgresSource, RedshiftSource
 
 #: next to the saved graph (`identity/`): the key of the inputs it was stitched from
 INPUTS_FILE = "identity.inputs.json"
@@ -45,7 +54,7 @@ INPUTS_FILE = "identity.inputs.json"
 _VOLATILE = re.compile(
     r"\b(?:random|gen_random_uuid|uuid|uuidv4|uuidv7|now|today|get_current_time|"
     r"get_current_timestamp|transaction_timestamp|statement_timestamp|clock_timestamp|"
-    r"nextval|currval|setseed)\s*\(|\b(?:current_timestamp|current_date|current_time|"
+    r"nextval|currval|setseed|timeofday|txid_current|pg_current_xact_id|pg_backend_pid)\s*\(|\b(?:current_timestamp|current_date|current_time|"
     r"localtimestamp|localtime)\b",
     re.IGNORECASE,
 )
@@ -77,8 +86,23 @@ def _text(name: str, type_name: str) -> str:
     return f"coalesce(length({value})::varchar || ':' || {value}, '~')"
 
 
-def fingerprint(source: DuckDBSource, sql: str) -> str:
-    """The fingerprint of ``sql``'s rows, computed by DuckDB (module docstring)."""
+def fingerprint(source: Source, sql: str) -> str | None:
+    """The fingerprint of ``sql``'s rows, computed where they live (module docstring), or
+    None for a warehouse that cannot compute one."""
+    found = fingerprints(source, [sql])
+    return None if found is None else found[0]
+
+
+def fingerprints(source: Source, queries: list[str]) -> list[str] | None:
+    """:func:`fingerprint` of each query, on one session; None for a warehouse that cannot."""
+    if isinstance(source, DuckDBSource):
+        return [_duckdb_fingerprint(source, sql) for sql in queries]
+    if isinstance(source, PostgresSource) and not isinstance(source, RedshiftSource):
+        return _postgres_fingerprints(source, queries)
+    return None
+
+
+def _duckdb_fingerprint(source: DuckDBSource, sql: str) -> str:
     query = "(\n" + strip_sql(sql) + "\n)"
     columns = [(r[0], r[1]) for r in source.query(f"describe select * from {query}")]
     row = "concat(" + ", ".join(_text(n, t) for n, t in columns) + ")" if columns else "''"
@@ -89,6 +113,62 @@ def fingerprint(source: DuckDBSource, sql: str) -> str:
         from (select md5_number({row}) as m from {query} __rows)
         """
     )[0]
+    return json.dumps([columns, n, high, low])
+
+
+#: fixed for the fingerprint's own session, so the text of a value depends on the value only:
+#: every bit of a float (also inside arrays and JSON), times in UTC, dates in ISO, bytes in hex
+_POSTGRES_SETTINGS = (
+    "set extra_float_digits = 3",
+    "set timezone = 'UTC'",
+    "set datestyle = 'ISO, YMD'",
+    "set intervalstyle = 'postgres'",
+    "set bytea_output = 'hex'",
+)
+
+
+def _postgres_text(name: str) -> str:
+    value = f"{_quote(name)}::text"
+    return f"coalesce(length({value})::text || ':' || {value}, '~')"
+
+
+def _postgres_fingerprints(source: PostgresSource, queries: list[str]) -> list[str]:
+    conn = source._connect()  # a session of its own: the settings go with it
+    cursor = conn.cursor()
+    sql = ""
+    try:
+        for setting in _POSTGRES_SETTINGS:
+            cursor.execute(setting)
+        found = []
+        for sql in queries:
+            found.append(_postgres_fingerprint(cursor, sql))
+        return found
+    except source._errors() as exc:
+        raise query_error(source.who, sql, exc) from exc
+    finally:
+        cursor.close()
+        conn.close()
+
+
+def _postgres_fingerprint(cursor: Any, sql: str) -> str:
+    query = "(\n" + strip_sql(sql) + "\n)"
+    cursor.execute(f"select * from {query} __rows limit 0")
+    fields = cursor.fetch_arrow_table().schema
+    # the server's type name (and a numeric's `typmod`: `numeric(12, 2)`) beside Arrow's
+    columns = [
+        [f.name, str(f.type), *(v.decode() for k, v in sorted(meta.items()) if b"typ" in k)]
+        for f in fields
+        for meta in [f.metadata or {}]
+    ]
+    names = [f.name for f in fields]
+    row = "concat(" + ", ".join(_postgres_text(n) for n in names) + ")" if names else "''"
+    # each half of the MD5 as a signed bigint; their sums as numeric do not wrap
+    half = "coalesce(sum(('x' || substr(h, {}, 16))::bit(64)::bigint::numeric), 0)::text"
+    cursor.execute(
+        f"select count(*)::text, {half.format(1)}, {half.format(17)} "
+        f"from (select md5({row}) as h from {query} __rows) __hashed"
+    )
+    n, high, low = cursor.fetchall()[0]
     return json.dumps([columns, n, high, low])
 
 
@@ -112,17 +192,17 @@ def inputs_key(project: Project, config: IdentityConfig) -> str | None:
             wanted.setdefault(warehouse, []).append((what, f"SELECT * FROM {table_name}"))
     parts: dict[str, str] = {}
     for name, queries in wanted.items():
-        if project.config.sources[name].type != "duckdb":
+        if project.config.sources[name].type not in ("duckdb", "postgres"):
             return None
         try:
             source = connect(project.config.sources[name], root=project.root, name=name)
         except lockgate.LockgateError:
             return None  # the read that follows reports it
         try:
-            if not isinstance(source, DuckDBSource):
+            found = fingerprints(source, [sql for _, sql in queries])
+            if found is None:
                 return None
-            for what, sql in queries:
-                parts[what] = fingerprint(source, sql)
+            parts.update(zip([what for what, _ in queries], found, strict=True))
         except lockgate.LockgateError:
             return None  # the read that follows reports what is wrong
         finally:

@@ -1,0 +1,215 @@
+"""Identity sources kept in Postgres: a run whose sources did not change reuses the saved
+graph (the fingerprint is computed by the server), and any one-value change stitches again."""
+
+from __future__ import annotations
+
+import itertools
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from lockgate.console import NullConsole
+from lockgate.emulator import Emulator
+from lockgate.project.loader import load_project
+from lockgate.sources.postgres import PostgresSource, RedshiftSource
+from lockgate.sync.graphinputs import fingerprint
+from lockgate.sync.run import run_sync
+
+pytestmark = pytest.mark.postgres
+
+_databases = itertools.count()
+
+PROJECT = """\
+name: ident
+sources:
+  warehouse: {{type: postgres, url: '{dsn}'}}
+destinations:
+  customerio: {{type: customerio, track_url: "{url}"}}
+identity:
+  identifier_types:
+    user_id: {{priority: 1, limit: 1, customerio: id}}
+    email: {{priority: 2, limit: 5, customerio: email}}
+    stripe_id: {{priority: 3, limit: 2, customerio: "attribute:stripe_id"}}
+  blocked_values_table: crm.blocked
+  sources:
+    - {{name: app_users, table: crm.app_users}}
+    - {{name: stripe, table: crm.stripe_customers}}
+"""
+
+PAYMENTS = """
+    name: payments
+    source: warehouse
+    model: {table: crm.payments}
+    kind: events
+    identify_by: {stripe_id: stripe_id}
+    event: {name: event_name, id: payment_id}
+    properties: {payment: payment_id}
+    backfill: {first_run: send}
+    """
+
+
+def database(server: str) -> str:
+    """A fresh database on the session's server, with the identity sources in `crm`:
+    floats, times and nulls among them, whose text must read the same on every run."""
+    name = f"lg_idreuse_{next(_databases)}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"drop database if exists {name}")
+        conn.execute(f"create database {name}")
+    dsn = server.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            """
+            create schema crm;
+            create table crm.app_users (user_id text, email text, plan text);
+            insert into crm.app_users values
+              ('u1', 'ada@acme.io', 'pro'), ('u2', 'grace@acme.io', 'free'),
+              ('u3', 'linus@acme.io', null);
+            create table crm.stripe_customers (
+              stripe_id text, email text, score float8, seen timestamptz, amount numeric(12, 2)
+            );
+            insert into crm.stripe_customers values
+              ('cus_A', 'ada@acme.io', 0.1::float8 + 0.2::float8,
+               '2026-01-02 03:04:05.123456+02', 10.50),
+              ('cus_B', null, 1e-300, null, null);
+            create table crm.payments (payment_id text, stripe_id text, event_name text);
+            insert into crm.payments values ('p1', 'cus_A', 'Paid');
+            create table crm.blocked (id_type text, id_value text);
+            insert into crm.blocked values ('email', 'test@acme.io');
+            """
+        )
+    return dsn
+
+
+def sql(dsn: str, statements: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(statements)
+
+
+def setup(root: Path, dsn: str, emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Any:
+    site, key = emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    (root / "syncs").mkdir()
+    (root / "lockgate.yml").write_text(PROJECT.format(dsn=dsn, url=emulator.base_url or ""))
+    (root / "syncs" / "payments.yml").write_text(textwrap.dedent(PAYMENTS))
+    return load_project(root)
+
+
+def graph(project: Any) -> str:
+    report = run_sync(project, "payments", console=NullConsole())
+    assert report.status == "success"
+    return str(report.identity_graph)
+
+
+def payers(emulator: Emulator) -> dict[str, str | None]:
+    """Each payment event and the `id` of the person it landed on."""
+    ids = {p.cio_id: p.id for p in emulator.people()}
+    return {str(e.data["payment"]): ids.get(e.person or "") for e in emulator.events()}
+
+
+def test_identity_sources_in_postgres_reuse_the_graph_until_one_value_changes(
+    tmp_path: Path,
+    postgres_dsn: str,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    emulator = customerio_emulator
+    dsn = database(postgres_dsn)
+    project = setup(tmp_path, dsn, emulator, monkeypatch)
+    assert graph(project) == "stitched"  # no graph saved yet
+    assert payers(emulator) == {"p1": "u1"}
+
+    # nothing changed in Postgres: the graph is reused, and a new event routes the same
+    sql(dsn, "insert into crm.payments values ('p2', 'cus_A', 'Paid')")
+    assert graph(project) == "reused"
+    assert payers(emulator) == {"p1": "u1", "p2": "u1"}
+
+    # a null becoming a value: cus_B is Grace's now
+    sql(
+        dsn,
+        "update crm.stripe_customers set email = 'grace@acme.io' where stripe_id = 'cus_B';"
+        "insert into crm.payments values ('p3', 'cus_B', 'Paid')",
+    )
+    assert graph(project) == "stitched"
+    assert payers(emulator)["p3"] == "u2"
+    assert graph(project) == "reused"
+
+    # two rows swapping a value: each row changed, each column holds the same values
+    sql(
+        dsn,
+        "update crm.stripe_customers set email = case stripe_id "
+        "when 'cus_A' then 'grace@acme.io' else 'ada@acme.io' end;"
+        "insert into crm.payments values ('p4', 'cus_A', 'Paid'), ('p5', 'cus_B', 'Paid')",
+    )
+    assert graph(project) == "stitched"
+    assert {k: v for k, v in payers(emulator).items() if k in ("p4", "p5")} == {
+        "p4": "u2",
+        "p5": "u1",
+    }
+    assert graph(project) == "reused"
+
+    # an email changed: cus_A is Linus's now
+    sql(
+        dsn,
+        "update crm.stripe_customers set email = 'linus@acme.io' where stripe_id = 'cus_A';"
+        "insert into crm.payments values ('p6', 'cus_A', 'Paid')",
+    )
+    assert graph(project) == "stitched"
+    assert payers(emulator)["p6"] == "u3"
+    assert graph(project) == "reused"
+
+    # a row deleted
+    sql(dsn, "delete from crm.app_users where user_id = 'u3'")
+    assert graph(project) == "stitched"
+    assert graph(project) == "reused"
+
+    # the operator's blocklist in Postgres: a new row stitches too
+    sql(dsn, "insert into crm.blocked values ('email', 'nobody@acme.io')")
+    assert graph(project) == "stitched"
+    assert graph(project) == "reused"
+
+
+def test_the_postgres_fingerprint_changes_with_any_value_and_not_with_order_or_settings(
+    postgres_dsn: str,
+) -> None:
+    dsn = database(postgres_dsn)
+    # a session whose floats print with fewer digits: 0.1 + 0.2 and 0.3 would read the same
+    source = PostgresSource(dsn + "?options=-c%20extra_float_digits%3D-3%20-c%20timezone%3DUTC")
+    table = "select * from crm.stripe_customers"
+    base = fingerprint(source, table)
+    assert base is not None
+    assert fingerprint(source, table + " order by stripe_id desc") == base
+    other = PostgresSource(dsn + "?options=-c%20timezone%3DAsia/Tokyo%20-c%20datestyle%3DSQL")
+    assert fingerprint(other, table) == base  # the session's own settings do not matter
+    for changed in (
+        "select stripe_id, email, 0.3::float8 as score, seen, amount from crm.stripe_customers",
+        "select stripe_id, email, score, seen + interval '1 microsecond' as seen, amount "
+        "from crm.stripe_customers",
+        "select stripe_id, email, score, seen, 10.5::numeric(12, 1) as amount "
+        "from crm.stripe_customers",
+        "select stripe_id, coalesce(email, '~') as email, score, seen, amount "
+        "from crm.stripe_customers",  # a null is not the text `~`
+        "select stripe_id, coalesce(email, '') as email, score, seen, amount "
+        "from crm.stripe_customers",  # nor the empty text
+        table + " union all select * from crm.stripe_customers where stripe_id = 'cus_A'",
+        table + " where stripe_id = 'cus_A'",
+        "select stripe_id::varchar as stripe_id, email, score, seen, amount "
+        "from crm.stripe_customers",  # a type
+        "select stripe_id as id, email, score, seen, amount from crm.stripe_customers",
+    ):
+        assert fingerprint(source, changed) != base, changed
+    # a value moved from one column into the next is not the same row
+    moved = "select * from (values ('a', 'bc'), ('x', 'y')) v(a, b)"
+    assert fingerprint(source, moved) != fingerprint(
+        source, "select * from (values ('ab', 'c'), ('x', 'y')) v(a, b)"
+    )
+    source.close()
+    other.close()
+    # Redshift (the same server read as `redshift: true`) has no `bit(64)` cast: not
+    # fingerprinted, so its identity sources are stitched every run
+    redshift = RedshiftSource(dsn)
+    assert fingerprint(redshift, table) is None
+    redshift.close()
