@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from tests.sync.helpers import ACTIVITY
+from tests.sync.test_identity_sync import app_project, sync_all
 
 from lockgate.cli import cli
 from lockgate.console import NullConsole
+from lockgate.emulator import Emulator
 from lockgate.sync.reconcile import reconcile
-from lockgate.sync.reconcile_events import EventsReconcileReport
+from lockgate.sync.reconcile_events import EventsReconcileReport, _Event, _match
 from lockgate.sync.run import run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -131,3 +134,44 @@ def test_events_past_what_customerio_keeps_are_not_checked(
     used = next(n for n in report.names if n.name == "Feature Used")
     assert (used.found, used.missing, used.not_checked) == (2, 0, 1)
     assert sum(report.not_checked.values()) == 1
+
+
+def test_an_identity_graph_events_sync_reads_back_the_person_the_graph_resolved(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the model names people by `user_id`, a graph identifier: the events reach the person
+    # the graph resolved (id u1), whom the history recorded and reconcile reads back
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", customerio_emulator.config.app_api_key)
+    project = app_project(tmp_path, customerio_emulator, monkeypatch)
+    sync_all(project)
+    report = _events(project)
+    assert not report.drifting
+    assert [(n.name, n.found) for n in report.names] == [("login", 1)]
+    (login,) = customerio_emulator.events()
+    assert login.id is not None and customerio_emulator.delete_event(login.id)
+    report = _events(project)
+    assert [(n.name, n.missing, n.samples[0][1:3]) for n in report.names] == [
+        ("login", 1, ("e1", "u1"))
+    ]
+
+
+def test_events_are_matched_by_name_and_time_when_activity_ids_are_customerios_own() -> None:
+    # the App API spec does not say an `event` activity's `id` is the dedupe id it was sent
+    # with: when it is not, the name (or the backfill name) and timestamp find it
+    def event(key: str, name: str, ts: int | None) -> _Event:
+        names = frozenset({name, f"{name} (backfill)"})
+        return _Event(key, name, names, ts, dedupe_id=f"id-{key}", delivered_at=0.0)
+
+    a, b, c = event("a", "paid", 100), event("b", "paid", 100), event("c", "viewed", 200)
+    held = [
+        {"id": "x1", "name": "paid", "timestamp": 100},
+        {"id": "x2", "name": "paid (backfill)", "timestamp": 100},
+        {"id": "x3", "name": "paid", "timestamp": 100},  # one copy too many
+        {"id": "x4", "name": "viewed", "timestamp": 201},  # another second: not c
+    ]
+    matched, unmatched, duplicates = _match([a, b, c], held)
+    assert [e.key for e in matched] == ["a", "b"] and unmatched == [c]
+    assert [e.key for e in duplicates] == ["a"]
+    # without a timestamp column, an event of the name is enough, and none is a copy
+    matched, unmatched, duplicates = _match([event("d", "viewed", None)], held)
+    assert ([e.key for e in matched], unmatched, duplicates) == (["d"], [], [])

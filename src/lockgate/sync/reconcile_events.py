@@ -115,7 +115,6 @@ class EventsReconcileReport:
     not_found: int = 0
     not_found_samples: tuple[str, ...] = ()
     app_requests: int = 0
-    kind: str = "events"
 
     @property
     def drifting(self) -> bool:
@@ -293,6 +292,53 @@ def _timestamp(activity: dict[str, Any]) -> int | None:
         return None
 
 
+def _match(
+    events: list[_Event], activities: list[dict[str, Any]]
+) -> tuple[list[_Event], list[_Event], list[_Event]]:
+    """(events found, events not found, one entry per extra copy of an event found) among a
+    person's activities: by dedupe id first, then by name (or backfill name) and timestamp
+    (by name alone for a sync without timestamps), each activity taken once. An activity
+    left over with the name and timestamp of an event found is a second copy of it."""
+    by_id = {str(a.get("id")): i for i, a in enumerate(activities) if a.get("id")}
+    by_name_ts: dict[tuple[Any, int | None], list[int]] = defaultdict(list)
+    by_name: dict[Any, list[int]] = defaultdict(list)
+    for i, a in enumerate(activities):
+        by_name_ts[(a.get("name"), _timestamp(a))].append(i)
+        by_name[a.get("name")].append(i)
+    taken: set[int] = set()
+    matched: list[_Event] = []
+    rest: list[_Event] = []
+    for event in events:
+        same = by_id.get(event.dedupe_id)
+        if same is not None and same not in taken:
+            taken.add(same)
+            matched.append(event)
+        else:
+            rest.append(event)
+    unmatched: list[_Event] = []
+    for event in rest:
+        candidates = (
+            by_name_ts[(name, event.timestamp)] if event.timestamp is not None else by_name[name]
+            for name in sorted(event.names)
+        )
+        hit = next((i for c in candidates for i in c if i not in taken), None)
+        if hit is None:
+            unmatched.append(event)
+        else:
+            taken.add(hit)
+            matched.append(event)
+    duplicates: list[_Event] = []
+    for event in matched:
+        if event.timestamp is None:
+            continue  # without a timestamp, a second event of a name is not a copy
+        for name in sorted(event.names):
+            for i in by_name_ts.get((name, event.timestamp), ()):
+                if i not in taken:
+                    taken.add(i)
+                    duplicates.append(event)
+    return matched, unmatched, duplicates
+
+
 def reconcile_events(
     project: Project,
     sync: SyncConfig,
@@ -351,33 +397,8 @@ def reconcile_events(
                 mark(event, "missing", person)
             continue
         activities, complete = held
-        pool = list(activities)
-        matched: list[_Event] = []
-        unmatched: list[_Event] = []
-        by_id = {str(a.get("id")): i for i, a in enumerate(pool)}
-        taken: set[int] = set()
-        for event in events:
-            i = by_id.get(event.dedupe_id)
-            if i is not None and i not in taken:
-                taken.add(i)
-                matched.append(event)
-            else:
-                unmatched.append(event)
+        matched, unmatched, duplicates = _match(events, activities)
         for event in unmatched:
-            hit = next(
-                (
-                    i
-                    for i, a in enumerate(pool)
-                    if i not in taken
-                    and a.get("name") in event.names
-                    and (event.timestamp is None or _timestamp(a) == event.timestamp)
-                ),
-                None,
-            )
-            if hit is not None:
-                taken.add(hit)
-                matched.append(event)
-                continue
             oldest = min(event.delivered_at, event.timestamp or event.delivered_at)
             if not complete:
                 not_checked[BEYOND_PAGES] += 1
@@ -389,23 +410,8 @@ def reconcile_events(
                 mark(event, "missing", person)
         for event in matched:
             counts[event.name]["found"] += 1
-        # an activity left over with the name and time of an event found: a second copy
-        for i, a in enumerate(pool):
-            if i in taken:
-                continue
-            twin = next(
-                (
-                    e
-                    for e in matched
-                    if a.get("name") in e.names
-                    and e.timestamp is not None
-                    and _timestamp(a) == e.timestamp
-                ),
-                None,
-            )
-            if twin is not None:
-                taken.add(i)
-                mark(twin, "duplicated", person)
+        for event in duplicates:
+            mark(event, "duplicated", person)
     names = tuple(
         EventNameCount(
             name,
