@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -53,6 +54,12 @@ def render(console: RichConsole, report: ReconcileReport) -> None:
         )
 
 
+def _when(ts: int | None) -> str:
+    if ts is None:
+        return "(the time of its run)"
+    return f"{datetime.fromtimestamp(ts, UTC):%Y-%m-%d %H:%M:%S} UTC ({ts})"
+
+
 def render_events(console: RichConsole, report: EventsReconcileReport) -> None:
     """The events report: one row per event name, then the missing and duplicated ones."""
     scope = (
@@ -67,7 +74,7 @@ def render_events(console: RichConsole, report: EventsReconcileReport) -> None:
         [(n.name, n.found, n.missing, n.duplicated, n.not_checked) for n in report.names],
     )
     rows = [
-        (verdict, name.name, key, person, "(run time)" if ts is None else str(ts))
+        (verdict, name.name, key, person, _when(ts))
         for name in report.names
         for verdict, key, person, ts in name.samples
     ]
