@@ -14,8 +14,14 @@ from tests.sync.test_identity_sync import app_project, sync_all
 from lockgate.cli import cli
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
+from lockgate.state.store import StateStore
 from lockgate.sync.reconcile import reconcile
-from lockgate.sync.reconcile_events import EventsReconcileReport, _Event, _match
+from lockgate.sync.reconcile_events import (
+    NOT_IN_HISTORY,
+    EventsReconcileReport,
+    _Event,
+    _match,
+)
 from lockgate.sync.run import run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -60,6 +66,21 @@ def test_a_clean_events_sync_has_every_event_once(synced: Any) -> None:
     result = _cli(synced)
     assert result.exit_code == 0, result.output
     assert "every event found once" in result.output
+    result = _cli(synced, "--sample", "1", "--json")
+    doc = json.loads(result.output)
+    assert (doc["people"], doc["compared"], doc["sampled"], doc["missing"]) == (2, 1, True, 0)
+    assert doc["found"] in (2, 3)  # person 1's two events, or person 2's
+
+
+def test_events_whose_history_was_dropped_are_not_checked(synced: Any) -> None:
+    # `history_days` drops the per-record history, which names each event's person: those
+    # events are "not checked", not missing
+    with StateStore.open(synced.state_dir) as store:
+        store.exec_sql("delete from history where k = 'e2'")
+    report = _events(synced)
+    assert not report.drifting and report.delivered == 4
+    assert report.not_checked == {NOT_IN_HISTORY: 1}
+    assert [(n.name, n.found) for n in report.names] == [("Feature Used", 3)]
 
 
 def test_an_event_lost_in_customerio_is_missing(

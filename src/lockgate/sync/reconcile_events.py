@@ -28,7 +28,6 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -37,7 +36,6 @@ from typing import Any
 import duckdb
 import httpx
 import numpy as np
-import orjson
 import pyarrow as pa
 
 from lockgate.console import Console
@@ -153,47 +151,87 @@ class _Event:
     delivered_at: float
 
 
-def _person_ref(ident: str | None) -> tuple[str, str] | None:
-    """(id_type, value) to read a person back by, from a history row's identifiers."""
-    try:
-        value = orjson.loads(ident or "null")
-    except orjson.JSONDecodeError:
-        return None
-    who = value.get("person", value) if isinstance(value, dict) else None
-    if not isinstance(who, dict):
-        return None
-    for kind in ("id", "email", "cio_id"):
-        if who.get(kind) not in (None, ""):
-            ref = str(who[kind])
-            if kind == "cio_id" and not ref.startswith("cio_"):
-                ref = f"cio_{ref}"  # the App API takes a cio_id prefixed
-            return kind, ref
-    return None
+@dataclass
+class _Delivered:
+    """The ledger of an events sync, read for a sample of the people its events went to."""
+
+    events: int = 0
+    people: int = 0
+    no_history: int = 0
+    no_person: int = 0
+    chosen: dict[tuple[str, str], list[tuple[str, float]]] = field(default_factory=dict)
+    """(id_type, identifier) → [(key, delivered at as epoch seconds)] of the people sampled."""
 
 
-def _delivered(project: Project, sync: SyncConfig) -> list[tuple[str, float, str | None]]:
-    """(key, delivered at as epoch seconds, identifiers of its delivery or None) per key in
-    the ledger."""
+_PEOPLE_SQL = """
+with d as (
+    select l.k, epoch(l.delivered_at) as delivered, h.ident,
+           case when json_valid(h.ident)
+                then coalesce(json_extract(h.ident, '$.person'), h.ident::json) end as who
+    from {ledger} l
+    left join (
+        select k, arg_max(ident, sent_at) as ident from history
+        where sync = $sync and action = 'event' and outcome = 'delivered'
+        group by k
+    ) h on h.k = l.k
+), r as (
+    select k, delivered, ident is null as no_history,
+           nullif(json_extract_string(who, '$.id'), '') as id,
+           nullif(json_extract_string(who, '$.email'), '') as email,
+           nullif(json_extract_string(who, '$.cio_id'), '') as cio_id
+    from d
+)
+, _delivered as (
+select k, delivered, no_history,
+       case when id is not null then 'id' when email is not null then 'email'
+            when cio_id is not null then 'cio_id' end as id_type,
+       case when id is not null then id when email is not null then email
+            when starts_with(cio_id, 'cio_') then cio_id else 'cio_' || cio_id end as ref
+from r
+)
+"""
+
+
+def _delivered(project: Project, sync: SyncConfig, sample: int) -> _Delivered:
+    """What the ledger holds: counts, and the events of ``sample`` people (0: all) picked by
+    a hash of their identifier (a person by their `id`, else email, else `cio_id`, as the
+    history recorded the delivery: for an identity-graph sync, the person the graph
+    resolved). Done in the state's DuckDB: a ledger of millions of events stays there."""
+    out = _Delivered()
     if not (project.state_dir / "state.duckdb").exists():
-        return []
+        return out
     with StateStore.open_read_only(project.state_dir) as store:
-        ledger = table("ledger", sync.name)
         if not has_table(store.con, f"ledger__{sync.name}"):
-            return []
-        rows = store.con.execute(
+            return out
+        con = store.con
+        people_sql = _PEOPLE_SQL.format(ledger=table("ledger", sync.name))
+        events, no_history, no_person, people = con.execute(
+            f"{people_sql} select count(*), count(*) filter (no_history), "
+            "count(*) filter (not no_history and id_type is null), "
+            "count(distinct (id_type, ref)) filter (id_type is not null) from _delivered",
+            {"sync": sync.name},
+        ).fetchall()[0]
+        limit = f"limit {int(sample)}" if sample else ""
+        rows = con.execute(
             f"""
-            select l.k, epoch(l.delivered_at), h.ident
-            from {ledger} l
-            left join (
-                select k, arg_max(ident, sent_at) as ident from history
-                where sync = ? and action = 'event' and outcome = 'delivered'
-                group by k
-            ) h on h.k = l.k
-            order by l.k
+            {people_sql}, chosen as (
+                select distinct id_type, ref from _delivered where id_type is not null
+                order by hash(id_type || ':' || ref), id_type, ref {limit}
+            )
+            select id_type, ref, k, delivered from _delivered join chosen using (id_type, ref)
+            order by hash(id_type || ':' || ref), id_type, ref, k
             """,
-            [sync.name],
+            {"sync": sync.name},
         ).fetchall()
-    return [(str(k), float(at or 0), ident) for k, at, ident in rows]
+    out.events, out.no_history, out.no_person, out.people = (
+        int(events),
+        int(no_history),
+        int(no_person),
+        int(people),
+    )
+    for id_type, ref, k, at in rows:
+        out.chosen.setdefault((str(id_type), str(ref)), []).append((str(k), float(at or 0)))
+    return out
 
 
 def _model_events(
@@ -350,20 +388,14 @@ def reconcile_events(
 ) -> EventsReconcileReport:
     """Look for each event ``sync``'s ledger holds in its person's Customer.io activities.
     ``sample``: people to read (0: all)."""
-    delivered = _delivered(project, sync)
+    delivered = _delivered(project, sync, sample)
     not_checked: dict[str, int] = defaultdict(int)
-    by_person: dict[tuple[str, str], list[tuple[str, float]]] = defaultdict(list)
-    for k, at, ident in delivered:
-        if ident is None:
-            not_checked[NOT_IN_HISTORY] += 1
-            continue
-        ref = _person_ref(ident)
-        if ref is None:
-            not_checked[NO_PERSON] += 1
-            continue
-        by_person[ref].append((k, at))
-    people = sorted(by_person, key=lambda p: hashlib.md5(f"{p[0]}:{p[1]}".encode()).digest())
-    chosen = people[:sample] if sample else people
+    if delivered.no_history:
+        not_checked[NOT_IN_HISTORY] = delivered.no_history
+    if delivered.no_person:
+        not_checked[NO_PERSON] = delivered.no_person
+    by_person = delivered.chosen
+    chosen = list(by_person)
     keys = {k for p in chosen for k, _ in by_person[p]}
     model = _model_events(project, sync, console, keys) if keys else {}
     found_people, requests = (
@@ -425,10 +457,10 @@ def reconcile_events(
     )
     return EventsReconcileReport(
         sync=sync.name,
-        delivered=len(delivered),
-        people=len(people),
+        delivered=delivered.events,
+        people=delivered.people,
         compared=len(chosen),
-        sampled=len(chosen) < len(people),
+        sampled=len(chosen) < delivered.people,
         names=names,
         not_checked=dict(not_checked),
         not_found=len(not_found),
