@@ -10,7 +10,8 @@ Routes:
   included, as the official App API spec (getPeopleById) has it; unknown ids left out
 - ``POST /v1/customers?start=&limit=`` ``{"filter": ...}`` (section 6.3 grammar: ``and``/``or``/
   ``not``/``segment``/``attribute`` with ``eq``/``exists``) → ``{"identifiers", "ids", "next"}``
-- ``GET /v1/customers/{id}/activities`` · ``/relationships`` · ``/segments``
+- ``GET /v1/customers/{id}/activities?type=&name=&limit=&start=`` (newest first, 10 a page
+  unless ``limit`` says, at most 100; ``next``) · ``/relationships`` · ``/segments``
 - ``GET /v1/objects/{type_id}/{object_id}/attributes?id_type=object_id|cio_object_id`` ·
   ``/relationships``; ``GET /v1/object_types``; ``GET /v1/workspaces``
 - ``GET /v1/segments/{id}/customer_count`` · ``/membership?start=&limit=`` (manual segments)

@@ -14,6 +14,7 @@ has no value. A null the sync skips is not compared: the sync never claimed it.
 
 Against a workspace on a loopback address (the emulator) every person is read; against a
 real workspace a deterministic sample (default 1,000 people, picked by a hash of the key).
+An events sync is reconciled against its ledger instead (:mod:`lockgate.sync.reconcile_events`).
 
 Example::
 
