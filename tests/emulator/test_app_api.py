@@ -156,3 +156,27 @@ def test_app_rate_limit_is_ten_per_second() -> None:
         "errors": [{"detail": "Your request is over the 10-per-second limit", "status": "429"}]
     }
     assert limited.headers["Retry-After"] == "1"
+
+
+def test_activities_filter_by_type_and_name_and_page(
+    track: httpx.Client, app: httpx.Client
+) -> None:
+    # the official App API spec (getPersonActivities): `type`, `name` filter; `limit` is 10
+    # unless given, at most 100; `next` is the `start` of the next page, "" after the last
+    ops = [person_op("identify", {"id": "1"}, attributes={"plan": "pro"})]
+    ops += [person_op("event", {"id": "1"}, name=f"e{i % 2}", id=f"x{i}") for i in range(13)]
+    assert track.post("/api/v2/batch", json={"batch": ops}).status_code == 200
+    everything = app.get("/v1/customers/1/activities").json()
+    assert len(everything["activities"]) == 10 and everything["next"]
+    assert everything["activities"][0]["id"] == "x12"  # newest first
+    rest = app.get("/v1/customers/1/activities", params={"start": everything["next"]}).json()
+    assert [a["id"] for a in rest["activities"]] == ["x2", "x1", "x0"] and rest["next"] == ""
+    odd = app.get("/v1/customers/1/activities", params={"type": "event", "name": "e1"}).json()
+    assert {a["name"] for a in odd["activities"]} == {"e1"} and len(odd["activities"]) == 6
+    assert app.get("/v1/customers/1/activities", params={"type": "page"}).json() == {
+        "activities": [],
+        "next": "",
+    }
+    big = app.get("/v1/customers/1/activities", params={"limit": 1000}).json()
+    assert len(big["activities"]) == 13 and big["next"] == ""
+    assert app.get("/v1/customers/1/activities", params={"limit": "x"}).status_code == 400

@@ -10,7 +10,8 @@ Routes:
   included, as the official App API spec (getPeopleById) has it; unknown ids left out
 - ``POST /v1/customers?start=&limit=`` ``{"filter": ...}`` (section 6.3 grammar: ``and``/``or``/
   ``not``/``segment``/``attribute`` with ``eq``/``exists``) → ``{"identifiers", "ids", "next"}``
-- ``GET /v1/customers/{id}/activities`` · ``/relationships`` · ``/segments``
+- ``GET /v1/customers/{id}/activities?type=&name=&limit=&start=`` (newest first, 10 a page
+  unless ``limit`` says, at most 100; ``next``) · ``/relationships`` · ``/segments``
 - ``GET /v1/objects/{type_id}/{object_id}/attributes?id_type=object_id|cio_object_id`` ·
   ``/relationships``; ``GET /v1/object_types``; ``GET /v1/workspaces``
 - ``GET /v1/segments/{id}/customer_count`` · ``/membership?start=&limit=`` (manual segments)
@@ -212,7 +213,26 @@ def search(rt: Runtime, request: Request, body: bytes) -> Response:
         )
 
 
+ACTIVITIES_LIMIT = 10
+"""``limit`` when a request gives none (the official App API spec's default)."""
+ACTIVITIES_MAX = 100
+"""The most activities one page returns (the spec's ``maximum: 100``)."""
+
+
 def activities(rt: Runtime, request: Request, body: bytes) -> Response:
+    """A person's activities, newest first, one page at a time: ``type`` and ``name`` filter
+    (``name`` is the event's name for ``event`` activities), ``limit`` (default 10, at most
+    100) sizes a page, and ``next``, given back as ``start``, turns it ("" on the last)."""
+    q = request.query_params
+    try:
+        limit = int(q.get("limit") or ACTIVITIES_LIMIT)
+        offset = int(q.get("start") or 0)
+    except ValueError:
+        return _err(400, "`limit` must be an integer and `start` a `next` value given back")
+    if limit < 1 or offset < 0:
+        return _err(400, "`limit` must be at least 1")
+    limit = min(limit, ACTIVITIES_MAX)
+    kind, name = q.get("type"), q.get("name")
     with rt.store.lock:
         p = _person_route(rt, request)
         if isinstance(p, Response):
@@ -229,8 +249,13 @@ def activities(rt: Runtime, request: Request, body: bytes) -> Response:
             }
             for i, e in enumerate(rt.store.events)
             if e.person == p.cio_id
+            and (kind is None or e.type == kind)
+            and (name is None or e.name == name)
         ]
-    return json_response(200, {"activities": rows, "next": ""})
+    rows.reverse()  # newest first, as the workspace's activity log lists them
+    page = rows[offset : offset + limit]
+    more = offset + limit < len(rows)
+    return json_response(200, {"activities": page, "next": str(offset + limit) if more else ""})
 
 
 def person_relationships(rt: Runtime, request: Request, body: bytes) -> Response:

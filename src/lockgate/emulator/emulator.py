@@ -164,6 +164,16 @@ class Emulator:
         with store.lock:
             return [e for e in store.events if cio is None or e.person == cio]
 
+    def delete_event(self, event_id: str) -> bool:
+        """Take a stored event out (as if Customer.io lost it); False when no event has the id.
+        Its id stays known, so an event sent again with it is still a duplicate dropped."""
+        store = self._rt.store
+        with store.lock:
+            kept = [e for e in store.events if e.id != event_id]
+            found = len(kept) < len(store.events)
+            store.events = kept
+            return found
+
     def objects(self) -> list[Object]:
         with self._rt.store.lock:
             return list(self._rt.store.objects.values())

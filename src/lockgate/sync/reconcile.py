@@ -14,6 +14,7 @@ has no value. A null the sync skips is not compared: the sync never claimed it.
 
 Against a workspace on a loopback address (the emulator) every person is read; against a
 real workspace a deterministic sample (default 1,000 people, picked by a hash of the key).
+An events sync is reconciled against its ledger instead (:mod:`lockgate.sync.reconcile_events`).
 
 Example::
 
@@ -46,6 +47,7 @@ from lockgate.sources import connect
 from lockgate.state.store import run_sql
 from lockgate.sync import mapping
 from lockgate.sync.extract import stage
+from lockgate.sync.reconcile_events import EventsReconcileReport, reconcile_events
 from lockgate.sync.run import destination_url
 
 DEFAULT_SAMPLE = 1000
@@ -252,21 +254,26 @@ def reconcile(
     console: Console,
     sample: int | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
-) -> ReconcileReport:
-    """Compare what Customer.io holds for a people sync with the warehouse.
+) -> ReconcileReport | EventsReconcileReport:
+    """Compare what Customer.io holds for a people sync with the warehouse, or look for the
+    events an events sync delivered (:func:`lockgate.sync.reconcile_events.reconcile_events`).
 
     ``sample``: how many people to read; ``None`` picks all of them against a loopback
     workspace (the emulator) and :data:`DEFAULT_SAMPLE` against a real one; ``0`` means all.
     """
     sync = project.sync(name)
-    if sync.kind != "people":
+    if sync.kind not in ("people", "events"):
         raise ConfigError(
-            f"sync `{sync.name}` is a `{sync.kind}` sync; reconcile reads back people",
-            hint="events are exactly-once by their ledger and dedupe ids (docs/sync.md)",
+            f"sync `{sync.name}` is a `{sync.kind}` sync; reconcile reads back people and events",
+            hint="reconcile a people or events sync (docs/sync.md, Reconcile)",
         )
     settings = app_settings(project, sync)
     if sample is None:
         sample = 0 if is_loopback(settings.app_base) else DEFAULT_SAMPLE
+    if sync.kind == "events":
+        return reconcile_events(
+            project, sync, settings, console=console, sample=sample, transport=transport
+        )
     population, expected = _expected(project, sync, console, sample or None)
     wanted: dict[str, list[str]] = defaultdict(list)
     for _, id_type, value, _ in expected:

@@ -36,6 +36,8 @@ from lockgate.errors import (
 
 ATTRIBUTES_CHUNK = 100
 """``POST /v1/customers/attributes`` takes 1 to 100 ids per request."""
+ACTIVITIES_PAGE = 100
+"""``GET /v1/customers/{id}/activities`` returns at most 100 activities per page."""
 SEARCH_PAGE = 1000
 """``POST /v1/customers`` returns at most 1000 people per page."""
 
@@ -273,6 +275,32 @@ class AppAPIClient:
             if isinstance(doc.get(key), list):
                 return list(doc[key])
         return []
+
+    async def get_person_activities(
+        self,
+        id: str,
+        id_type: str = "id",
+        *,
+        type: str | None = None,
+        name: str | None = None,
+        start: str | None = None,
+        limit: int = ACTIVITIES_PAGE,
+    ) -> tuple[list[JSON], str] | None:
+        """``GET /v1/customers/{id}/activities``: one page of the person's activities (``type``
+        and ``name`` filter them) and the ``next`` token ("" after the last page), or
+        ``None`` when there is no such person. Customer.io guarantees 30 days of them."""
+        params: dict[str, Any] = {"id_type": id_type, "limit": limit}
+        for param, value in (("type", type), ("name", name), ("start", start)):
+            if value:
+                params[param] = value
+        doc = await self._request("GET", f"/v1/customers/{_path_id(id)}/activities", params=params)
+        if doc is None:
+            return None
+        rows = doc.get("activities")
+        return (
+            [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else [],
+            str(doc.get("next") or ""),
+        )
 
     # -- objects --------------------------------------------------------------------------
 
