@@ -126,7 +126,8 @@ def init(directory: Path, force: bool, sample_data: bool) -> None:
 def validate(project_path: Path, as_json: bool, print_schema: bool, connect: bool) -> None:
     """Check lockgate.yml and every sync file; errors name the file and line. Also checks the
     data contract: attribute ownership, event-name drift, identifiers changed since the last
-    run (docs/guardrails.md). With `--connect`, also checks that every warehouse, model and
+    run, deletes another sync cannot see, an events sync without timestamps whose first run
+    would stop (docs/guardrails.md). With `--connect`, also checks that every warehouse, model and
     Customer.io credential works. Exits 1 on an error."""
     if print_schema:
         sys.stdout.write(orjson.dumps(json_schemas(), option=orjson.OPT_INDENT_2).decode() + "\n")
