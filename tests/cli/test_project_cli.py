@@ -135,20 +135,23 @@ def test_init_with_sample_data_syncs_into_the_emulator_as_its_hint_says(
 ) -> None:
     """`lockgate init --sample-data` builds the warehouse its syncs read and says how to try
     them against `lockgate emulator`: the exports it prints (the emulator's own credentials)
-    are enough for `sync --all` to fill a workspace."""
+    are enough for `sync --all` to fill a workspace, new people's emails checked through the
+    App API."""
     root = tmp_path / "p"
     code, out = invoke("init", str(root), "--sample-data")
     assert code == 0 and (root / "warehouse.duckdb").exists()
     exports = [line.split()[1] for line in out.splitlines() if line.strip().startswith("export")]
-    assert len(exports) == 3
+    assert len(exports) == 4
     emulator = Emulator()  # as `lockgate emulator` starts it, on a free port here
     with emulator.serve() as url:
         for name, value in (pair.split("=", 1) for pair in exports):
             monkeypatch.setenv(name, url if name == "CUSTOMERIO_TRACK_URL" else value)
         code, out = invoke("sync", "--all", "--project", str(root), "--json")
     assert code == 0, out
-    assert {run["status"] for run in json.loads(out)} == {"success"}
+    runs = {run["sync"]: run for run in json.loads(out)}
+    assert {run["status"] for run in runs.values()} == {"success"}
     assert len(emulator.people()) > 100 and emulator.events() and emulator.objects()
+    assert runs["customer_profile"]["new_emails_checked"] > 100
 
 
 def test_records_customerio_never_answered_are_one_line_of_the_report(

@@ -493,6 +493,36 @@ def test_a_person_deleted_by_id_whom_another_sync_sends_by_email_is_warned_of(
     assert three is not None and three.attributes == {"score": 30}
 
 
+def test_no_deletes_warning_when_the_other_sync_also_sends_people_by_id(
+    project_factory: ProjectFactory,
+) -> None:
+    """`profiles` sends people by `id` and email: it tells a person `users` deleted by `id`
+    among its own and sends them again, so `validate` and `plan` do not warn that it never
+    will (they did, saying the two syncs shared no identifier)."""
+    f = project_factory
+    f.sql(
+        "create table accounts as select i as user_id, 'u' || i || '@x.com' as email, "
+        "'U' || i as first_name from range(1, 4) t(i); "
+        "create table profiles as select i as user_id, 'u' || i || '@x.com' as email, "
+        "i * 10 as score from range(1, 4) t(i)"
+    )
+    profiles = LEADS.replace("name: leads", "name: profiles")
+    profiles = profiles.replace("{table: leads}", "{table: profiles}")
+    profiles = profiles.replace("primary_key: email", "primary_key: user_id")
+    profiles = profiles.replace("{email: email}", "{id: user_id, email: email}")
+    f.project = f.write({"users": USERS_BY_ID, "profiles": profiles}, retries=0)
+    said = CliRunner().invoke(cli, ["validate", "--json", "--project", str(f.project.root)])
+    assert [c for c in json.loads(said.output)["contract"] if c["check"] == "deletes"] == []
+    first = invoke(f.project, "sync", "--all")
+    assert "never sends them again" not in " ".join(first.stderr.split())
+    f.sql("delete from accounts where user_id = 3")
+    runs = {r["sync"]: r for r in json.loads(invoke(f.project, "sync", "--all", "--json").stdout)}
+    assert runs["users"]["resent_by"] == [{"sync": "profiles", "people": 1}]
+    invoke(f.project, "sync", "--all")
+    three = f.emulator.person(id="3")
+    assert three is not None and three.attributes == {"score": 30}
+
+
 def contacts(name: str) -> str:
     """A people sync by `id` and email, `mirror` (clearing: a person whose row leaves keeps
     their email in Customer.io, and the sync remembers it, to release it when a row takes

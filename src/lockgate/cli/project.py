@@ -87,13 +87,14 @@ def init(directory: Path, force: bool, sample_data: bool) -> None:
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         console.info(f"  {path.relative_to(directory)}")
     if sample_data:
-        from lockgate.emulator.config import DEFAULT_API_KEY, DEFAULT_SITE_ID
+        from lockgate.emulator.config import DEFAULT_API_KEY, DEFAULT_APP_API_KEY, DEFAULT_SITE_ID
 
         console.info(
             "Try it without a workspace: run `lockgate emulator` in another terminal, then\n"
             "  export CUSTOMERIO_TRACK_URL=http://127.0.0.1:8765\n"
             f"  export CUSTOMERIO_SITE_ID={DEFAULT_SITE_ID}\n"
             f"  export CUSTOMERIO_API_KEY={DEFAULT_API_KEY}\n"
+            f"  export CUSTOMERIO_APP_API_KEY={DEFAULT_APP_API_KEY}   # optional: emails checked\n"
             f"  lockgate plan customer_profile --project {directory}\n"
             f"  lockgate sync --all --project {directory}\n"
             "Then point `sources.warehouse` at your warehouse and the credentials at your "
@@ -126,7 +127,8 @@ def init(directory: Path, force: bool, sample_data: bool) -> None:
 def validate(project_path: Path, as_json: bool, print_schema: bool, connect: bool) -> None:
     """Check lockgate.yml and every sync file; errors name the file and line. Also checks the
     data contract: attribute ownership, event-name drift, identifiers changed since the last
-    run (docs/guardrails.md). With `--connect`, also checks that every warehouse, model and
+    run, deletes another sync cannot see, an events sync without timestamps whose first run
+    would stop (docs/guardrails.md). With `--connect`, also checks that every warehouse, model and
     Customer.io credential works. Exits 1 on an error."""
     if print_schema:
         sys.stdout.write(orjson.dumps(json_schemas(), option=orjson.OPT_INDENT_2).decode() + "\n")

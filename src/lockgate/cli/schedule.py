@@ -70,7 +70,8 @@ def schedule(
     identity graph; objects, then people, relationships and events); a run longer than its
     interval skips the slots that passed, and says so. Each round reloads the project, so an
     edited sync file takes effect at its next run (a broken one is reported and the last good
-    project kept).
+    project kept). It refuses to start when a scheduled sync's destination names a variable
+    that is not set (`--list` needs none).
     SIGTERM or Ctrl-C between runs stops at once (exit 0); during a run, the run stops as
     `lockgate sync` does. `--json` prints one JSON line per run, for log collectors."""
     project = open_project(project_path)

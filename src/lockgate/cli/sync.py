@@ -352,7 +352,8 @@ def plan(
 ) -> None:
     """Show what `lockgate sync SYNC_NAME...` (or `--all`) would send, without sending
     anything. Several are planned in the order `sync` runs them: objects, people,
-    relationships, events. `--json` prints one report for one sync, a list for several."""
+    relationships, events. `--json` prints one report for one sync, a list for several. A
+    plan needs no credentials; it warns when a run would fail for want of one."""
     one = len(sync_names) == 1 and not plan_all
     progress = _Progress(list(sync_names))
     with _failure_as_json(as_json, progress, one=one):

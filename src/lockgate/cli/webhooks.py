@@ -43,7 +43,11 @@ def webhooks() -> None:
 )
 @click.option("--no-load", is_flag=True, help="Only receive and spool; load later with `load`.")
 def serve(project_path: Path, host: str, port: int, load_interval: float, no_load: bool) -> None:
-    """Receive webhooks at POST /webhooks/customerio (signing key from the env)."""
+    """Receive webhooks at POST /webhooks/customerio (signing key from the env).
+
+    Each signed event is on disk before it is answered 200. A signed body that is not an
+    event is kept too and loaded into the `other` table; a body over 10 MB is answered 413
+    (docs/webhooks.md)."""
     import uvicorn
 
     from lockgate.webhooks.app import PATH, create_app

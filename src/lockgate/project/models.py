@@ -931,9 +931,9 @@ class BackfillConfig(StrictModel):
     """Without `event.timestamp` (every event is sent as happening now, so its age cannot be
     told): what the first run (and the first after `--new-workspace`) does with the events
     already in the model. Unset, the first run stops before sending anything (unless `older`
-    is `send`, or a `rename`, which then sends them all under the backfill name); `skip`
-    records them as history, sent never (only events that appear later are sent); `send`
-    sends them all now."""
+    is `send`, which sends them all now, or a `rename`, which sends them all under the
+    backfill name); `skip` records them as history, never sent (only events that appear later
+    are sent); `send` sends them all now."""
 
     @field_validator("max_age", mode="before")
     @classmethod

@@ -163,10 +163,11 @@ def ownership_warnings(project: Project, names: Sequence[str]) -> list[str]:
 def _deleted_by_other_identifiers(project: Project) -> list[tuple[str, str]]:
     """(deleting sync, other sync): a people sync that deletes (`mirror`, `delete_removed`)
     and sends the email as an attribute, not among its identifiers, and another people sync
-    of its destination that identifies people by email. Customer.io deletes the whole person,
-    email and all, but the other sync forgets a deleted person only when it shares one of the
-    identifiers the delete named (``diff.people_of``): by email it cannot, and it would keep
-    the person as delivered, never sending them again."""
+    of its destination that identifies people by email and by none of the deleting sync's
+    identifiers. Customer.io deletes the whole person, email and all, but the other sync
+    forgets a deleted person only when it shares one of the identifiers the delete named
+    (``diff.people_of``): by email it cannot, and it would keep the person as delivered,
+    never sending them again. One that also sends people by the same `id` tells them."""
     found = []
     for sync in project:
         if sync.kind != "people" or not sync.delete_removed or sync.effective_mode != "mirror":
@@ -180,6 +181,7 @@ def _deleted_by_other_identifiers(project: Project) -> list[tuple[str, str]]:
                 and other.name != sync.name
                 and other.destination == sync.destination
                 and "email" in other.identify_by
+                and not names & {CUSTOMERIO_IDENTIFIERS.get(k, k) for k in other.identify_by}
             ):
                 found.append((sync.name, other.name))
     return found
