@@ -5,6 +5,7 @@ ones west of it "new"; `lockgate plan` says which columns are read as UTC."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,11 @@ def test_without_a_time_zone_naive_timestamps_stay_utc_and_plan_says_so(
     assert len(said) == 1, out
     assert "`summer`, `winter`, `gap`, `twice`, `nanos`" in said[0]
     assert "read as UTC" in said[0] and "set `timezone:`" in said[0]
+    # `--json` says it too, for a CI check: the columns, the zone they are read in, the line
+    planned = json.loads(invoke(project, "plan", "profile", "--json"))
+    naive = ["summer", "winter", "gap", "twice", "nanos"]
+    note = said[0].removeprefix("profile: ")
+    assert planned["naive_timestamps"] == {"columns": naive, "read_as": "UTC", "note": note}
     run_sync(project, "profile", console=NullConsole())
     sent = project_factory.emulator.person(id="1").attributes
     assert sent["summer"] == unix("2026-07-01T09:00:00+00:00")
@@ -123,6 +129,12 @@ def test_without_a_time_zone_naive_timestamps_stay_utc_and_plan_says_so(
     # with the values it now reads (the data did not change; the mapping did)
     project = in_source_zone(project, "America/New_York")
     assert "without time zone" not in invoke(project, "plan", "profile")
+    planned = json.loads(invoke(project, "plan", "profile", "--json"))
+    assert planned["naive_timestamps"] == {
+        "columns": naive,
+        "read_as": "America/New_York",
+        "note": None,
+    }
     report = run_sync(project, "profile", console=NullConsole())
     assert report.changes.changed == 1 and report.changes.remapped == 1
     sent = project_factory.emulator.person(id="1").attributes

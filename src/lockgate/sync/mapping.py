@@ -891,8 +891,11 @@ def naive_note(sync: SyncConfig, columns: dict[str, str]) -> str | None:
     if sync.timezone is not None:
         return None
     naive = naive_columns(sync, columns)
-    if not naive:
-        return None
+    return naive_text(naive) if naive else None
+
+
+def naive_text(naive: list[str]) -> str:
+    """:func:`naive_note`'s line, of the naive timestamp columns ``naive`` (not empty)."""
     names = ", ".join(f"`{c}`" for c in naive)
     if len(naive) == 1:
         what, holds = f"column {names} is a timestamp without time zone", "it holds"
