@@ -695,7 +695,8 @@ class FieldConfig(StrictModel):
     """Source column; defaults to the attribute's own name."""
     value: Any = None
     """A constant instead of a column; with a `type`, sent as a column's value of that type
-    (`"2030-01-01T00:00:00Z"` as unix seconds under `timestamp`)."""
+    (`"2030-01-01T00:00:00Z"` as unix seconds under `timestamp`; a time without an offset is a
+    local time in the sync's `timezone`, UTC when unset)."""
     type: FieldType = "auto"
     """Coercion: `timestamp`/`date` become unix seconds, `boolean`, `number`, `integer`, `string`,
     `json` (parse a JSON string), or `auto` (native types; timestamps still become unix seconds)."""
@@ -1301,8 +1302,9 @@ class SyncConfig(StrictModel):
     timezone: TimeZone = None
     """The IANA time zone (`America/New_York`) whose local times the model's timestamps
     without a time zone hold: its attributes, properties and `event.timestamp` are read in it,
-    daylight saving time included. Unset: the source's `timezone`, else UTC (docs/sync.md,
-    "Time zones")."""
+    daylight saving time included, as are text and constants read as a `timestamp` or `date`
+    that carry no offset. Unset: the source's `timezone`, else UTC (docs/sync.md, "Time
+    zones")."""
     schedule: str | None = None
     """When `lockgate schedule` runs this sync: a cron expression in UTC (`*/15 * * * *`; a
     sixth field is seconds). Or leave it out and run `lockgate sync NAME` from cron, Airflow
