@@ -444,3 +444,20 @@ def test_constant_times_without_an_offset_are_local_times_in_the_zone(
     # the sync's own zone, over the source's
     project = project_factory.write({"profile": CONSTANTS + "timezone: America/New_York\n"})
     assert project.sync("profile").attributes["quoted"].value == unix("2026-07-01T13:00:00+00:00")
+
+
+def test_setting_the_zone_fires_no_on_change_event_for_text_read_as_a_timestamp(
+    project_factory: ProjectFactory,
+) -> None:
+    project_factory.sql(
+        "create or replace table subs as select 1 as user_id, '2026-07-01 09:00:00' as renews_at"
+    )
+    body = RENEWALS.replace("{renews_at: renews_at}", "{renews_at: {type: timestamp}}")
+    project = project_factory.write({"renewals": body})
+    run_sync(project, "renewals", console=NullConsole())
+    project = in_source_zone(project, "America/New_York")
+    report = run_sync(project, "renewals", console=NullConsole())
+    assert report.changes.changed == 1 and report.changes.state_events == 0
+    assert project_factory.emulator.events() == []
+    sent = project_factory.emulator.person(id="1").attributes
+    assert sent["renews_at"] == unix("2026-07-01T13:00:00+00:00")
