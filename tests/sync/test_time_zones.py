@@ -5,6 +5,7 @@ ones west of it "new"; `lockgate plan` says which columns are read as UTC."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,11 @@ def test_without_a_time_zone_naive_timestamps_stay_utc_and_plan_says_so(
     assert len(said) == 1, out
     assert "`summer`, `winter`, `gap`, `twice`, `nanos`" in said[0]
     assert "read as UTC" in said[0] and "set `timezone:`" in said[0]
+    # `--json` says it too, for a CI check: the columns, the zone they are read in, the line
+    planned = json.loads(invoke(project, "plan", "profile", "--json"))
+    naive = ["summer", "winter", "gap", "twice", "nanos"]
+    note = said[0].removeprefix("profile: ")
+    assert planned["naive_timestamps"] == {"columns": naive, "read_as": "UTC", "note": note}
     run_sync(project, "profile", console=NullConsole())
     sent = project_factory.emulator.person(id="1").attributes
     assert sent["summer"] == unix("2026-07-01T09:00:00+00:00")
@@ -123,6 +129,12 @@ def test_without_a_time_zone_naive_timestamps_stay_utc_and_plan_says_so(
     # with the values it now reads (the data did not change; the mapping did)
     project = in_source_zone(project, "America/New_York")
     assert "without time zone" not in invoke(project, "plan", "profile")
+    planned = json.loads(invoke(project, "plan", "profile", "--json"))
+    assert planned["naive_timestamps"] == {
+        "columns": naive,
+        "read_as": "America/New_York",
+        "note": None,
+    }
     report = run_sync(project, "profile", console=NullConsole())
     assert report.changes.changed == 1 and report.changes.remapped == 1
     sent = project_factory.emulator.person(id="1").attributes
@@ -325,3 +337,127 @@ def test_saying_utc_silences_the_note_and_resends_nothing(project_factory: Proje
     assert run_sync(project, "profile", console=NullConsole()).changes.changed == 0
     sent = project_factory.emulator.person(id="1").attributes
     assert sent["summer"] == unix("2026-07-01T09:00:00+00:00")
+
+
+TEXTS = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes:
+  local: {column: local, type: timestamp}
+  utc: {column: utc, type: timestamp}
+  offset: {column: offset, type: timestamp}
+  named: {column: named, type: timestamp}
+  day: {column: day, type: date}
+  as_text: local
+"""
+
+
+def test_text_without_an_offset_is_a_local_time_in_the_zone_text_with_one_is_that_instant(
+    project_factory: ProjectFactory,
+) -> None:
+    project_factory.sql(
+        "create or replace table users as select 1 as user_id, "
+        "'2026-07-01 09:00:00' as local, '2026-07-01T09:00:00Z' as utc, "
+        "'2026-07-01T09:00:00+02:00' as offset, "
+        "'2026-07-01 09:00:00 America/New_York' as named, '2026-07-01' as day"
+    )
+    project = project_factory.write({"profile": TEXTS})
+    run_sync(project, "profile", console=NullConsole())
+    sent = project_factory.emulator.person(id="1").attributes
+    # no zone: text without an offset is UTC, as it always was
+    assert sent["local"] == unix("2026-07-01T09:00:00+00:00")
+    assert sent["utc"] == unix("2026-07-01T09:00:00+00:00")
+
+    # the source's zone: the text without an offset is 09:00 in Tokyo; the others keep their
+    # instants, a calendar day its midnight UTC, and text sent as text its text. Each record is
+    # sent once again for the new reading (the data did not change; the mapping did)
+    project = in_source_zone(project, "Asia/Tokyo")
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.changes.changed == 1 and report.changes.remapped == 1
+    sent = project_factory.emulator.person(id="1").attributes
+    assert sent["local"] == unix("2026-07-01T00:00:00+00:00")
+    assert sent["utc"] == unix("2026-07-01T09:00:00+00:00")
+    assert sent["offset"] == unix("2026-07-01T07:00:00+00:00")
+    assert sent["named"] == unix("2026-07-01T13:00:00+00:00")
+    assert sent["day"] == unix("2026-07-01T00:00:00+00:00")
+    assert sent["as_text"] == "2026-07-01 09:00:00"
+    assert run_sync(project, "profile", console=NullConsole()).changes.changed == 0
+
+
+def test_text_event_timestamps_without_an_offset_are_read_in_the_zone(
+    project_factory: ProjectFactory,
+) -> None:
+    # an hour ago in Tokyo, written as text without an offset: read as UTC it is in the future
+    project_factory.sql(
+        "create or replace table events as select 'e1' as event_id, 1 as user_id, "
+        f"'Ordered' as event_name, strftime({local(9, 3600)}, '%Y-%m-%d %H:%M:%S') "
+        "as occurred_at"
+    )
+    project = project_factory.write({"activity": ACTIVITY + "timezone: Asia/Tokyo\n"})
+    report = run_sync(project, "activity", console=NullConsole(), now=NOW)
+    assert report.delivered == 1, report.changes.rejected_samples
+    assert [e.timestamp for e in project_factory.emulator.events()] == [NOW - 3600]
+
+
+CONSTANTS = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes:
+  quoted: {value: '2026-07-01 09:00:00', type: timestamp}
+  unquoted: {value: 2026-07-01 09:00:00, type: timestamp}
+  utc: {value: '2026-07-01T09:00:00Z', type: timestamp}
+  offset: {value: '2026-07-01T09:00:00+02:00', type: timestamp}
+  seen: {column: seen, type: timestamp, on_null: default, default: '2026-07-01 09:00:00'}
+"""
+
+
+def test_constant_times_without_an_offset_are_local_times_in_the_zone(
+    project_factory: ProjectFactory,
+) -> None:
+    project_factory.sql("create or replace table users as select 1 as user_id, null as seen")
+    project = project_factory.write({"profile": CONSTANTS})
+    run_sync(project, "profile", console=NullConsole())
+    sent = project_factory.emulator.person(id="1").attributes
+    nine_utc = unix("2026-07-01T09:00:00+00:00")
+    assert [sent[k] for k in ("quoted", "unquoted", "utc", "seen")] == [nine_utc] * 4
+
+    # the source's zone: the constants without an offset are 09:00 in Tokyo, and the record is
+    # sent once again with them
+    project = in_source_zone(project, "Asia/Tokyo")
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.changes.changed == 1 and report.changes.remapped == 1
+    sent = project_factory.emulator.person(id="1").attributes
+    midnight_utc = unix("2026-07-01T00:00:00+00:00")
+    assert [sent[k] for k in ("quoted", "unquoted", "seen")] == [midnight_utc] * 3
+    assert sent["utc"] == nine_utc
+    assert sent["offset"] == unix("2026-07-01T07:00:00+00:00")
+    assert run_sync(project, "profile", console=NullConsole()).changes.changed == 0
+
+    # the sync's own zone, over the source's
+    project = project_factory.write({"profile": CONSTANTS + "timezone: America/New_York\n"})
+    assert project.sync("profile").attributes["quoted"].value == unix("2026-07-01T13:00:00+00:00")
+
+
+def test_setting_the_zone_fires_no_on_change_event_for_text_read_as_a_timestamp(
+    project_factory: ProjectFactory,
+) -> None:
+    project_factory.sql(
+        "create or replace table subs as select 1 as user_id, '2026-07-01 09:00:00' as renews_at"
+    )
+    body = RENEWALS.replace("{renews_at: renews_at}", "{renews_at: {type: timestamp}}")
+    project = project_factory.write({"renewals": body})
+    run_sync(project, "renewals", console=NullConsole())
+    project = in_source_zone(project, "America/New_York")
+    report = run_sync(project, "renewals", console=NullConsole())
+    assert report.changes.changed == 1 and report.changes.state_events == 0
+    assert project_factory.emulator.events() == []
+    sent = project_factory.emulator.person(id="1").attributes
+    assert sent["renews_at"] == unix("2026-07-01T13:00:00+00:00")

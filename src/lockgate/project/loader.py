@@ -510,7 +510,7 @@ def load_project(root: str | Path = ".") -> Project:
         zone = config.sources[sync.source].timezone
         if sync.timezone is None and zone is not None:
             # the source's zone for the naive timestamps of a sync that does not name its own
-            sync = sync.model_copy(update={"timezone": zone})
+            sync = sync.in_time_zone(zone)
         project.syncs[sync.name] = sync
         project.sync_files[sync.name] = shown
         project.sync_lines[sync.name] = sync_lines

@@ -695,7 +695,8 @@ class FieldConfig(StrictModel):
     """Source column; defaults to the attribute's own name."""
     value: Any = None
     """A constant instead of a column; with a `type`, sent as a column's value of that type
-    (`"2030-01-01T00:00:00Z"` as unix seconds under `timestamp`)."""
+    (`"2030-01-01T00:00:00Z"` as unix seconds under `timestamp`; a time without an offset is a
+    local time in the sync's `timezone`, UTC when unset)."""
     type: FieldType = "auto"
     """Coercion: `timestamp`/`date` become unix seconds, `boolean`, `number`, `integer`, `string`,
     `json` (parse a JSON string), or `auto` (native types; timestamps still become unix seconds)."""
@@ -705,6 +706,10 @@ class FieldConfig(StrictModel):
     default: Any = None
     """The value sent for a null when `on_null: default`, converted to the field's `type` as
     the column's values are."""
+
+    #: a `timestamp` or `date` constant as written (`value`, `default`), before it was made
+    #: unix seconds as UTC: read again in the sync's `timezone` (:func:`in_time_zone`)
+    _written: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -747,9 +752,26 @@ class FieldConfig(StrictModel):
                 converted = coerce_constant(constant, self.type)
             except ValueError as exc:
                 raise ValueError(f"`{what}`: {exc}") from None
+            if self.type in ("timestamp", "date") and not isinstance(constant, int | float | None):
+                # text (or a YAML date and time) without an offset is a local time in the
+                # sync's `timezone`, which is known only once the sync (and its source) is
+                self._written[what] = constant
             if converted != constant or type(converted) is not type(constant):
                 object.__setattr__(self, what, converted)  # frozen once validated
         return self
+
+    def in_time_zone(self, zone: str | None) -> FieldConfig:
+        """This field with its `timestamp` or `date` constants read as a column's text is
+        in the sync's `timezone` ``zone`` (one without an offset is a local time there); the
+        field itself when that changes nothing."""
+        from lockgate.sync.mapping import coerce_constant
+
+        update = {
+            what: converted
+            for what, written in self._written.items()
+            if (converted := coerce_constant(written, self.type, zone=zone)) != getattr(self, what)
+        }
+        return self.model_copy(update=update) if update else self
 
 
 #: what `attributes:` / `properties:` may be written as (for the JSON Schema; `_expand_fields`
@@ -1280,8 +1302,9 @@ class SyncConfig(StrictModel):
     timezone: TimeZone = None
     """The IANA time zone (`America/New_York`) whose local times the model's timestamps
     without a time zone hold: its attributes, properties and `event.timestamp` are read in it,
-    daylight saving time included. Unset: the source's `timezone`, else UTC (docs/sync.md,
-    "Time zones")."""
+    daylight saving time included, as are text and constants read as a `timestamp` or `date`
+    that carry no offset. Unset: the source's `timezone`, else UTC (docs/sync.md, "Time
+    zones")."""
     schedule: str | None = None
     """When `lockgate schedule` runs this sync: a cron expression in UTC (`*/15 * * * *`; a
     sixth field is seconds). Or leave it out and run `lockgate sync NAME` from cron, Airflow
@@ -1486,6 +1509,41 @@ class SyncConfig(StrictModel):
                     "`mode: mirror`"
                 ]
         return count, added
+
+    @model_validator(mode="after")
+    def _zoned_constants(self) -> SyncConfig:
+        """The `timestamp` and `date` constants read in the sync's own `timezone`
+        (:meth:`FieldConfig.in_time_zone`); the loader does so again for a source's zone."""
+        if self.timezone is not None:
+            for key, value in self._constants_in(self.timezone).items():
+                object.__setattr__(self, key, value)  # frozen once validated
+        return self
+
+    def _constants_in(self, zone: str | None) -> dict[str, Any]:
+        """The field maps (and `on_change` rules) whose constants read otherwise in ``zone``,
+        read in it: an update for this sync (empty when none does)."""
+
+        def zoned(fields: dict[str, FieldConfig]) -> dict[str, FieldConfig] | None:
+            out = {name: spec.in_time_zone(zone) for name, spec in fields.items()}
+            return out if any(out[n] is not fields[n] for n in fields) else None
+
+        update: dict[str, Any] = {}
+        for key in ("attributes", "relationship_attributes", "properties"):
+            fields = zoned(getattr(self, key))
+            if fields is not None:
+                update[key] = fields
+        rules = [(rule, zoned(rule.properties)) for rule in self.on_change]
+        if any(fields is not None for _, fields in rules):
+            update["on_change"] = [
+                rule if fields is None else rule.model_copy(update={"properties": fields})
+                for rule, fields in rules
+            ]
+        return update
+
+    def in_time_zone(self, zone: str | None) -> SyncConfig:
+        """This sync reading its naive timestamps, and its constants' times without an offset,
+        in ``zone`` (a source's `timezone`, for a sync that names none)."""
+        return self.model_copy(update={"timezone": zone, **self._constants_in(zone)})
 
     @model_validator(mode="after")
     def _one_email(self) -> SyncConfig:

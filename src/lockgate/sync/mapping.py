@@ -230,7 +230,7 @@ def rezoned(
     was = last.get("timezone")
     if same_zone(was, sync.timezone):
         return None
-    naive = set(naive_columns(sync, columns))
+    naive = set(zoned_columns(sync, columns))
     watched = {
         rule.attribute
         for rule in sync.on_change
@@ -516,11 +516,12 @@ def source_hash(
         # these fields send JSON values where an earlier Lockgate sent the JSON's text: a
         # fingerprint of its own, never one reused below, so each record is sent once again
         normal["json_values"] = as_json
-    zoned = not same_zone(None, sync.timezone) and bool(naive_columns(sync, types))
+    zoned = not same_zone(None, sync.timezone) and bool(zoned_columns(sync, types))
     if zoned:
-        # naive timestamps read in a zone, not as UTC: their values change, so each record
-        # is sent once again (remapped). Only then: a sync without such a column, or one
-        # reading them as UTC, keeps its hash (`timezone` is not in `shaping`)
+        # naive timestamps (or text ones without an offset) read in a zone, not as UTC: their
+        # values change, so each record is sent once again (remapped). Only then: a sync
+        # without such a column, or one reading them as UTC, keeps its hash (`timezone` is not
+        # in `shaping`)
         normal["timezone"] = sync.timezone
     sql = _hash_sql(normal, names)
     if last is None or as_json or zoned:
@@ -587,6 +588,30 @@ def naive_columns(sync: SyncConfig, columns: dict[str, str]) -> list[str]:
     if sync.event is not None and sync.event.timestamp:
         out.append(sync.event.timestamp)
     return [c for c in dict.fromkeys(out) if is_naive(columns.get(c, ""))]
+
+
+def zoned_columns(sync: SyncConfig, columns: dict[str, str]) -> list[str]:
+    """The columns of ``columns`` whose values `timezone` moves: the naive timestamps of
+    :func:`naive_columns`, and the text ones read as a `timestamp` or `date` (their values
+    without an offset are local times in the zone, see :func:`_text_instant`)."""
+    text = [
+        spec.column or name
+        for group in (
+            sync.attributes,
+            sync.relationship_attributes,
+            sync.properties,
+            *(rule.properties for rule in sync.on_change),
+        )
+        for name, spec in group.items()
+        if spec.value is None
+        and spec.type in ("timestamp", "date")
+        and _is(json_read(columns.get(spec.column or name, ""), spec.type)[0], ("VARCHAR",))
+    ]
+    if sync.event is not None and sync.event.timestamp:
+        ts = sync.event.timestamp
+        if _is(json_read(columns.get(ts, ""), "timestamp")[0], ("VARCHAR",)):
+            text.append(ts)
+    return list(dict.fromkeys([*naive_columns(sync, columns), *text]))
 
 
 #: a type named JSON in a DuckDB type's text, and the quoted names and strings to skip over
@@ -837,6 +862,28 @@ def _utc_text(seconds: str) -> str:
     )
 
 
+def _text_instant(text: str, zone: str | None) -> str:
+    """SQL for the instant (a TIMESTAMPTZ, or null) the text ``text`` holds, read as a
+    timestamp: ISO 8601 (`2026-07-01T09:00:00Z`, `2026-07-01 09:00:00+02:00`) or with a zone
+    name (`2026-07-01 09:00:00 America/New_York`), each that instant. Text without an offset
+    (`2026-07-01 09:00:00`) is a local time in ``zone``, read as a naive timestamp column is
+    (DuckDB's `timezone()`, daylight saving time included); with no zone, as UTC (the state
+    engine's session zone), as it always was. Text holding only a date (`2026-07-01`) is a
+    calendar day, its midnight UTC, as a date column's.
+
+    Which text has no offset is DuckDB's parser's answer, with no regex per row: text it reads
+    with ` UTC` added after it names no zone of its own (`...Z UTC`, `...+02:00 UTC` and
+    `2026-07-01 UTC` are not timestamps)."""
+    instant = f"try_cast({text} as timestamptz)"
+    if zone is None:
+        return instant
+    local = f"timezone({lit(zone)}, try_cast({text} as timestamp))"
+    return (
+        f"case when try_cast(trim({text}) || ' UTC' as timestamptz) is not null "
+        f"then {local} else {instant} end"
+    )
+
+
 def naive_note(sync: SyncConfig, columns: dict[str, str]) -> str | None:
     """What `lockgate plan` says once of a sync that reads timestamps without a time zone and
     names no `timezone` (nor does its source): they are read as UTC, which a model of local
@@ -844,8 +891,11 @@ def naive_note(sync: SyncConfig, columns: dict[str, str]) -> str | None:
     if sync.timezone is not None:
         return None
     naive = naive_columns(sync, columns)
-    if not naive:
-        return None
+    return naive_text(naive) if naive else None
+
+
+def naive_text(naive: list[str]) -> str:
+    """:func:`naive_note`'s line, of the naive timestamp columns ``naive`` (not empty)."""
     names = ", ".join(f"`{c}`" for c in naive)
     if len(naive) == 1:
         what, holds = f"column {names} is a timestamp without time zone", "it holds"
@@ -883,7 +933,9 @@ def coerce(
     forward) is read with the offset in force before the change (02:30 EST, 07:30 UTC, which
     is 03:30 EDT), and one they pass twice (01:30 as they fall back) is the second of the two,
     after the change (01:30 EST, 06:30 UTC). A date is a calendar day, its midnight UTC
-    whatever the zone; text without an offset is read as UTC.
+    whatever the zone. Text read as a timestamp is read as :func:`_text_instant` says: one
+    with an offset (`Z`, `+02:00`) or a zone name is that instant; one without is a local time
+    in ``zone`` too (as UTC when unset).
     """
     read_as, ftype = json_read(col_type, ftype)
     if read_as != col_type:  # a column holding JSON, read as its text (see `json_read`)
@@ -950,7 +1002,7 @@ def coerce(
         if _is(col_type, NUMERIC_TYPES):
             converted = f"try_cast(floor({c}) as bigint)"  # NaN failed the whole run
             return converted, check(converted, "a finite unix timestamp")
-        converted = _seconds(f"try_cast({c} as timestamptz)")
+        converted = _seconds(_text_instant(c, zone if is_str else None))
         return converted, check(converted, "a timestamp (use ISO 8601, e.g. 2026-01-31T12:00:00Z)")
     if ftype == "boolean":
         if _is(col_type, ("BOOLEAN",)):
@@ -1049,12 +1101,13 @@ _CONSTANT_EXAMPLES = {
 }
 
 
-def coerce_constant(value: Any, ftype: str) -> Any:
+def coerce_constant(value: Any, ftype: str, *, zone: str | None = None) -> Any:
     """A field's constant (`value:`, or the `default:` of `on_null: default`) as a column
     holding it is sent under ``ftype``: the same SQL (:func:`coerce` and the JSON it is written
     as) run over a one-row relation, so `type: timestamp` makes `"2030-01-01T00:00:00Z"` unix
     seconds, as every non-null row of the field is. A ValueError says why a constant the type
-    cannot take is refused, and what it would take."""
+    cannot take is refused, and what it would take. ``zone``: the sync's `timezone`, in which
+    a time without an offset (`"2030-01-01 09:00:00"`) is a local time, as a text column's."""
     if value is None or ftype == "auto" or (ftype == "json" and not isinstance(value, str)):
         return value  # `auto` keeps the constant's own type; YAML already wrote the JSON
     if ftype == "string" and isinstance(value, str):
@@ -1080,7 +1133,7 @@ def coerce_constant(value: Any, ftype: str) -> Any:
     computed: list[tuple[str, str]] = []
     spec = FieldConfig.model_validate({"column": "c", "type": ftype})
     fragment, checks, _, _ = field_fragment(
-        "", "c", spec, {"c": col_type}, "skip", computed, limit=False
+        "", "c", spec, {"c": col_type}, "skip", computed, limit=False, zone=zone
     )
     inner = _inner(
         f"(select {literal} as c)",

@@ -176,6 +176,18 @@ class RunReport:
     of its type) syncs that had sent people (objects) it deleted (plans: deletes), and how
     many of their rows: they forget them, and
     send them again in full (:func:`diff.forget_people_of`)."""
+    naive_timestamps: tuple[str, ...] = ()
+    """The model's columns that are timestamps without a time zone, sent as times: read in
+    ``timezone``, else as UTC (docs/sync.md, "Time zones")."""
+    timezone: str | None = None
+    """The sync's `timezone` (its own, or its source's); None: UTC."""
+
+    @property
+    def naive_note(self) -> str | None:
+        """What `plan` says of the naive timestamps read as UTC (no `timezone` set), or None."""
+        if self.timezone is not None or not self.naive_timestamps:
+            return None
+        return mapping.naive_text(list(self.naive_timestamps))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -210,6 +222,11 @@ class RunReport:
                 for n, c in self.resent_by
             ],
             "identity_graph": self.identity_graph,
+            "naive_timestamps": {
+                "columns": list(self.naive_timestamps),
+                "read_as": self.timezone or "UTC",
+                "note": self.naive_note,
+            },
         }
 
     @property
@@ -298,7 +315,21 @@ def recorded_run(
             for r in counts.get("resent_by", ())
         ),
         identity_graph=str(counts.get("identity_graph", "")),
+        **_naive(counts.get("naive_timestamps")),
     )
+
+
+def _naive(stored: Any) -> dict[str, Any]:
+    """The report's `naive_timestamps` and `timezone`, from its stored `naive_timestamps`
+    (absent from a run recorded before they were)."""
+    if not isinstance(stored, dict):
+        return {}
+    zone = stored.get("read_as")
+    return {
+        "naive_timestamps": tuple(stored.get("columns") or ()),
+        # `note` is null when a zone was set: `UTC` said, or another
+        "timezone": None if stored.get("note") else zone,
+    }
 
 
 #: identity operations listed in a report (the counts cover them all)
@@ -572,6 +603,7 @@ def _prepare(
                 )
             except ConfigError as exc:
                 raise project.locate(exc, sync.name) from None
+        naive_columns = tuple(mapping.naive_columns(sync, staged.columns))
         naive = mapping.naive_note(sync, staged.columns) if not payloads else None
         if naive is not None:  # a plan says it once; a run does not repeat it every time
             console.info(f"{sync.name}: {naive}")
@@ -661,7 +693,9 @@ def _prepare(
         if only and not full_resync and sync.kind != "events":
             # the snapshot's other records were hidden for the diff; delivery commits to it
             run_sql(store.con, f"drop table if exists temp.{table('snap', sync.name)}")
-        return Prepared(changes, recovered, guards, resolution, identity_ops, compiled.src_h)
+        return Prepared(
+            changes, recovered, guards, resolution, identity_ops, compiled.src_h, naive_columns
+        )
 
 
 def _answers_recorded(exc: BaseException) -> bool:
@@ -954,6 +988,9 @@ class Prepared(NamedTuple):
     identity_ops: pa.Table | None
     mapping_hash: str
     """The SQL of the rows' hash under this run's mapping, recorded when the run commits."""
+    naive_timestamps: tuple[str, ...] = ()
+    """The model's timestamps without a time zone the mapping sends as times
+    (:func:`mapping.naive_columns`), read in the sync's `timezone`, else as UTC."""
 
 
 def _graph_use(resolution: Resolution | None) -> str:
@@ -1552,7 +1589,7 @@ def plan_sync(
         run_id = _new_run_id()  # once it holds the state, as a run (:func:`run_sync`)
         step = _Step(run_id, state=store.path)
         started = time.perf_counter()
-        changes, recovered, guards, resolution, identity_ops, _ = _prepare(
+        changes, recovered, guards, resolution, identity_ops, _, naive = _prepare(
             store,
             project,
             sync,
@@ -1606,6 +1643,8 @@ def plan_sync(
         email_check=email_check,
         resent_by=tuple(sorted(resent_by.items())),
         identity_graph=_graph_use(resolution),
+        naive_timestamps=naive,
+        timezone=sync.timezone,
     )
 
 
@@ -1761,7 +1800,7 @@ def run_sync(
                 # send as on a busy one
                 with step("deliver"):
                     settings = check_destination(project, sync)
-            changes, recovered, guards, resolution, identity_ops, mapping_hash = _prepare(
+            changes, recovered, guards, resolution, identity_ops, mapping_hash, naive = _prepare(
                 store,
                 project,
                 sync,
@@ -2010,6 +2049,8 @@ def run_sync(
             email_check=email_check,
             resent_by=tuple(sorted(counts.resent_by.items())),
             identity_graph=_graph_use(resolution),
+            naive_timestamps=naive,
+            timezone=sync.timezone,
         )
         store.finish_run(run_id, status, report.as_dict())
         if not only:
