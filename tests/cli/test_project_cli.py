@@ -562,6 +562,29 @@ def test_demo_never_removes_a_folder_it_did_not_make(
     assert sorted(p.name for p in root.iterdir()) == ["notes.txt"]
 
 
+def test_demo_replaces_a_folder_an_earlier_demo_made_before_its_mark(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a folder made before the demo left its mark file is known by its lockgate.yml, as that
+    # version wrote it: changing the template's comment must not make those folders foreign
+    import subprocess
+
+    root = tmp_path / "demo"
+    root.mkdir()
+    older = subprocess.run(
+        ["git", "show", "098266f:src/lockgate/demo/project/lockgate.yml"],
+        capture_output=True,
+        check=False,
+        cwd=Path(__file__).parent,
+    )
+    if older.returncode != 0:
+        pytest.skip("needs the git history (a clone, not an sdist)")
+    (root / "lockgate.yml").write_bytes(older.stdout)
+    (root / "stale.txt").write_text("an earlier demo's file\n")
+    assert invoke("demo", "--dir", str(root))[0] == 0
+    assert not (root / "stale.txt").exists() and (root / "warehouse.duckdb").is_file()
+
+
 def test_validate_warns_of_a_customerio_region_that_is_no_region(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

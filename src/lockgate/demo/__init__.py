@@ -9,6 +9,7 @@ leaves the machine: the emulator is served on a loopback port for the length of 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -66,6 +67,11 @@ def scaffold_files() -> list[Path]:
 DEMO_MARK = ".lockgate-demo"
 
 
+#: SHA-256 of the demo's lockgate.yml as earlier versions wrote it (their folders, made before
+#: the mark, are still the demo's own)
+OLDER_TEMPLATES = frozenset({"7f6fbfed55a2c1cc24e9a693a5db821fc3a8e9fc5d28a1bb0d2366a117727814"})
+
+
 def _replaceable(directory: Path) -> bool:
     """Whether ``directory`` is empty or a demo's own folder (by its mark, or, for a demo
     folder made before the mark, by its lockgate.yml being the demo's)."""
@@ -73,7 +79,10 @@ def _replaceable(directory: Path) -> bool:
         return True
     template = resources.files("lockgate.demo") / "project" / "lockgate.yml"
     ours = directory / "lockgate.yml"
-    return ours.is_file() and ours.read_bytes() == template.read_bytes()
+    if not ours.is_file():
+        return False
+    made = ours.read_bytes()
+    return made == template.read_bytes() or hashlib.sha256(made).hexdigest() in OLDER_TEMPLATES
 
 
 @contextmanager

@@ -35,7 +35,10 @@ from lockgate.webhooks.spool import Spool
 from lockgate.webhooks.verify import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
 PATH = "/webhooks/customerio"
-_TOO_LARGE = "no Customer.io event is this large; check what sends to this URL"
+_TOO_LARGE = (
+    "reporting webhooks this large are not expected (a `sent` event with Body Content is the "
+    "largest kind); check what sends to this URL"
+)
 OK = b'{"ok":true}'
 
 log = logging.getLogger("lockgate.webhooks")
