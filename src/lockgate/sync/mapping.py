@@ -224,7 +224,8 @@ def rezoned(
 ) -> Rezoned | None:
     """:class:`Rezoned` for ``sync`` over a model of ``columns``, given the mapping its last
     committed run recorded (:func:`recorded_mapping`); None when the zone is the same, or no
-    watched attribute reads a naive timestamp as a time."""
+    watched attribute reads a naive timestamp as a time (a column, or a `timestamp` or `date`
+    constant without an offset)."""
     if not sync.on_change or last is None:
         return None
     was = last.get("timezone")
@@ -235,9 +236,13 @@ def rezoned(
         rule.attribute
         for rule in sync.on_change
         if (spec := sync.attributes.get(rule.attribute)) is not None
-        and spec.value is None
-        and spec.type in ("auto", "timestamp", "date")
-        and (spec.column or rule.attribute) in naive
+        and (
+            # a `timestamp` or `date` constant without an offset, a local time in the zone
+            spec.in_time_zone(was).value != spec.value
+            if spec.value is not None
+            else spec.type in ("auto", "timestamp", "date")
+            and (spec.column or rule.attribute) in naive
+        )
     }
     return Rezoned(was, frozenset(watched)) if watched else None
 
@@ -1761,6 +1766,10 @@ def _on_change_sql(
     for name, spec in sync.attributes.items():
         if spec.value is not None:
             watched[name] = lit(orjson.dumps(spec.value).decode()) + "::json"
+            if rezone is not None and name in rezone.attributes:
+                # the constant as the last run's zone read it (`Rezoned`)
+                then = spec.in_time_zone(rezone.was).value
+                was[name] = lit(orjson.dumps(then).decode()) + "::json"
             continue
         column = spec.column or name
         for zone, into in ((sync.timezone, watched), (rezone.was if rezone else None, was)):
