@@ -296,3 +296,25 @@ def test_skip_records_the_models_events_as_history_in_a_new_workspace(
     after = run(project)
     assert (after.delivered, after.changes.already_delivered) == (1, 4)
     assert sent(project_factory) == ["e"]
+
+
+def test_skip_records_a_rejected_row_as_history_so_its_fix_is_not_sent_as_news(
+    project_factory: ProjectFactory,
+) -> None:
+    # a row of the model's history rejected on the first run (no person to send it to) is
+    # history all the same: filling in its person later does not send it as happening now
+    project_factory.sql(
+        """
+        create or replace table events as select * from (values
+          ('o1', 1, 'Order Shipped', 'a'), ('o2', null, 'Order Shipped', 'b')
+        ) t(event_id, user_id, event_name, feature)
+        """
+    )
+    project = project_factory.write({"activity": UNTIMED + "backfill: {first_run: skip}\n"})
+    first = run(project)
+    assert (first.delivered, first.changes.rejected, first.changes.history_skipped) == (0, 1, 2)
+    project_factory.sql("update events set user_id = 2 where event_id = 'o2'")
+    add_news(project_factory)
+    second = run(project)
+    assert (second.delivered, second.changes.already_delivered) == (1, 2)
+    assert sent(project_factory) == ["d"]

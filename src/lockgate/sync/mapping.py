@@ -1846,6 +1846,10 @@ def _blank_or_null(column: str, col_type: str) -> str:
     return f"coalesce({_trim(_key_text(column, col_type))} = '', true)"
 
 
+#: how the key of an events row without an event id (rejected) starts: it names no event
+NULL_ID_KEY = "(null id) "
+
+
 def compile_events(
     sync: SyncConfig, columns: dict[str, str], now_epoch: int, *, history: bool = False
 ) -> Compiled:
@@ -2033,7 +2037,7 @@ def compile_events(
     id_ts = "coalesce(__ts, 0)" if event.timestamp else "0"
     id_seed = f"coalesce({name_sql}, '') || chr(31) || coalesce({identifiers}, '')"
     select = (
-        f"select coalesce({key_sql}, '(null id) ' || coalesce({ident}, '')) as k, "
+        f"select coalesce({key_sql}, {lit(NULL_ID_KEY)} || coalesce({ident}, '')) as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
         f"{id_ts}::bigint as ts, coalesce({backfill}, false) as backfill, "
         f"{id_seed} as id_seed, __rid from {middle}"
