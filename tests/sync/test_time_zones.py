@@ -328,11 +328,16 @@ def test_setting_the_time_zone_fires_no_on_change_event_unless_the_data_moved(
     assert run_sync(project, "renewals", console=NullConsole()).changes.state_events == 1
 
 
-def test_saying_utc_silences_the_note_and_resends_nothing(project_factory: ProjectFactory) -> None:
+@pytest.mark.parametrize("utc", ["UTC", "Etc/UTC", "GMT", "Etc/GMT", "Zulu", "Universal"])
+def test_saying_utc_silences_the_note_and_resends_nothing(
+    project_factory: ProjectFactory, utc: str
+) -> None:
+    # each of the zone database's names of UTC reads naive timestamps as unset does: none
+    # re-sends every record for a mapping change that changes no value
     users(project_factory)
     project = project_factory.write({"profile": PROFILE})
     assert run_sync(project, "profile", console=NullConsole()).changes.new == 1
-    project = project_factory.write({"profile": PROFILE + "timezone: UTC\n"})
+    project = project_factory.write({"profile": PROFILE + f"timezone: {utc}\n"})
     assert "without time zone" not in invoke(project, "plan", "profile")
     assert run_sync(project, "profile", console=NullConsole()).changes.changed == 0
     sent = project_factory.emulator.person(id="1").attributes

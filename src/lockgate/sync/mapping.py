@@ -199,8 +199,18 @@ def recorded_mapping(sync: SyncConfig) -> dict[str, Any]:
     return out
 
 
-#: the zone names that read a naive timestamp as UTC does (no `timezone`)
-_UTC_NAMES = (None, "UTC", "Etc/UTC")
+#: the zone names that read a naive timestamp as UTC does (no `timezone`): the zone
+#: database's names of UTC, as `check_time_zone` spells them (`GMT` never moves a clock)
+_UTC_NAMES = (
+    None,
+    *(
+        f"{etc}{name}"
+        for etc in ("", "Etc/")
+        for name in ("UTC", "UCT", "Universal", "Zulu", "GMT", "GMT0", "GMT+0", "GMT-0")
+    ),
+    "Greenwich",
+    "Etc/Greenwich",
+)
 
 
 def same_zone(was: str | None, now: str | None) -> bool:
