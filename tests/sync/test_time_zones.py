@@ -526,3 +526,28 @@ def test_setting_the_zone_keeps_event_keys_and_resends_no_delivered_event(
     report = run_sync(project, "activity", console=NullConsole(), now=NOW)
     assert (report.delivered, report.changes.already_delivered) == (0, 1)
     assert len(project_factory.emulator.events()) == 1
+
+
+def test_a_record_sent_by_name_after_the_zone_changed_fires_no_on_change_event_later(
+    project_factory: ProjectFactory,
+) -> None:
+    # `--only` sends one person read in the new zone (the sync's zone change not yet recorded);
+    # then another attribute of theirs changes: the whole run's transition check sees the
+    # watched value unmoved in the new zone, and fires nothing
+    project_factory.sql(
+        "create or replace table subs as select * from (values "
+        "(1, timestamp '2026-07-01 09:00:00', 'a'), (2, timestamp '2026-08-01 09:00:00', 'a')) "
+        "t(user_id, renews_at, plan)"
+    )
+    body = RENEWALS.replace("{renews_at: renews_at}", "{renews_at: renews_at, plan: plan}")
+    project = project_factory.write({"renewals": body})
+    run_sync(project, "renewals", console=NullConsole())
+    project = in_source_zone(project, "America/New_York")
+    run_sync(project, "renewals", console=NullConsole(), only=("1",))
+    project_factory.sql("update subs set plan = 'b' where user_id = 1")
+    report = run_sync(project, "renewals", console=NullConsole())
+    assert (report.changes.changed, report.changes.state_events) == (2, 0)
+    assert project_factory.emulator.events() == []
+    # a real move of the watched value fires, as ever
+    project_factory.sql("update subs set renews_at = renews_at + interval 1 day")
+    assert run_sync(project, "renewals", console=NullConsole()).changes.state_events == 2
