@@ -318,3 +318,31 @@ def test_skip_records_a_rejected_row_as_history_so_its_fix_is_not_sent_as_news(
     second = run(project)
     assert (second.delivered, second.changes.already_delivered) == (1, 2)
     assert sent(project_factory) == ["d"]
+
+
+@pytest.mark.parametrize("then", ["send", "skip"])
+def test_a_first_run_killed_while_sending_leaves_a_first_run_that_sends_each_event_once(
+    project_factory: ProjectFactory, then: str
+) -> None:
+    # SIGKILL with an event applied and its answer not heard: nothing committed, so the next
+    # run is a first run still. With `send` it sends the rest, the one in flight again with the
+    # id it was sent with (stored once); turned to `skip`, it records the rest as history but
+    # sends the one in flight again all the same (Customer.io may have it). Either way an
+    # event that appears after that run is news
+    from tests.sync.test_unconfirmed import killed_once_applied
+
+    history(project_factory)
+    project = project_factory.write({"activity": UNTIMED + "backfill: {first_run: send}\n"})
+    emu = project_factory.emulator
+    killed_once_applied(project.root, "activity", emu, lambda: bool(emu.events()))
+    in_flight = [e.data["feature"] for e in emu.events()]
+    assert len(in_flight) >= 1
+
+    project = project_factory.write({"activity": UNTIMED + f"backfill: {{first_run: {then}}}\n"})
+    again = run(project)
+    assert again.status == "success" and again.changes.unconfirmed == len(in_flight)
+    expected = ["a", "b", "c"] if then == "send" else sorted(in_flight)
+    assert sent(project_factory) == expected  # each once
+    add_news(project_factory)
+    assert run(project).delivered == 1
+    assert sent(project_factory) == sorted([*expected, "d"])
