@@ -328,11 +328,16 @@ def test_setting_the_time_zone_fires_no_on_change_event_unless_the_data_moved(
     assert run_sync(project, "renewals", console=NullConsole()).changes.state_events == 1
 
 
-def test_saying_utc_silences_the_note_and_resends_nothing(project_factory: ProjectFactory) -> None:
+@pytest.mark.parametrize("utc", ["UTC", "Etc/UTC", "GMT", "Etc/GMT", "Zulu", "Universal"])
+def test_saying_utc_silences_the_note_and_resends_nothing(
+    project_factory: ProjectFactory, utc: str
+) -> None:
+    # each of the zone database's names of UTC reads naive timestamps as unset does: none
+    # re-sends every record for a mapping change that changes no value
     users(project_factory)
     project = project_factory.write({"profile": PROFILE})
     assert run_sync(project, "profile", console=NullConsole()).changes.new == 1
-    project = project_factory.write({"profile": PROFILE + "timezone: UTC\n"})
+    project = project_factory.write({"profile": PROFILE + f"timezone: {utc}\n"})
     assert "without time zone" not in invoke(project, "plan", "profile")
     assert run_sync(project, "profile", console=NullConsole()).changes.changed == 0
     sent = project_factory.emulator.person(id="1").attributes
@@ -461,3 +466,88 @@ def test_setting_the_zone_fires_no_on_change_event_for_text_read_as_a_timestamp(
     assert project_factory.emulator.events() == []
     sent = project_factory.emulator.person(id="1").attributes
     assert sent["renews_at"] == unix("2026-07-01T13:00:00+00:00")
+
+
+def test_setting_the_zone_fires_no_on_change_event_for_a_watched_constant_time(
+    project_factory: ProjectFactory,
+) -> None:
+    # a `timestamp` constant without an offset is a local time in the zone: setting the zone
+    # moves the value sent, not the data, so the rule watching it fires nothing
+    project_factory.sql("create or replace table subs as select 1 as user_id")
+    body = """
+name: renewals
+source: warehouse
+model: {table: subs}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes:
+  launch: {value: "2026-07-01 09:00:00", type: timestamp}
+on_change:
+  - attribute: launch
+    event: launch_moved
+"""
+    project = project_factory.write({"renewals": body})
+    run_sync(project, "renewals", console=NullConsole())
+    project = in_source_zone(project, "America/New_York")
+    report = run_sync(project, "renewals", console=NullConsole())
+    assert report.changes.changed == 1 and report.changes.state_events == 0
+    assert project_factory.emulator.events() == []
+    sent = project_factory.emulator.person(id="1").attributes
+    assert sent["launch"] == unix("2026-07-01T13:00:00+00:00")
+    # the constant itself edited (and the zone changed again): that is a transition
+    project = project_factory.write(
+        {"renewals": body.replace("07-01 09:00", "08-01 09:00") + "timezone: Europe/Paris\n"}
+    )
+    assert run_sync(project, "renewals", console=NullConsole()).changes.state_events == 1
+    assert [e.name for e in project_factory.emulator.events()] == ["launch_moved"]
+
+
+def test_setting_the_zone_keeps_event_keys_and_resends_no_delivered_event(
+    project_factory: ProjectFactory,
+) -> None:
+    # the event key hashes a naive timestamp and a text one without an offset: both are keyed
+    # as written (read as UTC), so setting the zone re-sends no delivered event
+    project_factory.sql(
+        "create or replace table events as select 1 as user_id, 'Ordered' as event_name, "
+        f"(to_timestamp({NOW - 7200}) at time zone 'UTC') as occurred_at, "
+        "'2026-05-01 09:00:00' as seen_text"
+    )
+    body = ACTIVITY.replace(
+        "  id: event_id\n", "  id: {hash: [user_id, occurred_at, seen_text]}\n"
+    ) + (
+        "properties:\n  seen: {column: seen_text, type: timestamp}\n"
+        '  at: {value: "2026-05-01 09:00:00", type: timestamp}\n'
+    )
+    project = project_factory.write({"activity": body})
+    assert run_sync(project, "activity", console=NullConsole(), now=NOW).delivered == 1
+    project = in_source_zone(project, "America/New_York")
+    assert plan_sync(project, "activity", console=NullConsole(), now=NOW).changes.to_send == 0
+    report = run_sync(project, "activity", console=NullConsole(), now=NOW)
+    assert (report.delivered, report.changes.already_delivered) == (0, 1)
+    assert len(project_factory.emulator.events()) == 1
+
+
+def test_a_record_sent_by_name_after_the_zone_changed_fires_no_on_change_event_later(
+    project_factory: ProjectFactory,
+) -> None:
+    # `--only` sends one person read in the new zone (the sync's zone change not yet recorded);
+    # then another attribute of theirs changes: the whole run's transition check sees the
+    # watched value unmoved in the new zone, and fires nothing
+    project_factory.sql(
+        "create or replace table subs as select * from (values "
+        "(1, timestamp '2026-07-01 09:00:00', 'a'), (2, timestamp '2026-08-01 09:00:00', 'a')) "
+        "t(user_id, renews_at, plan)"
+    )
+    body = RENEWALS.replace("{renews_at: renews_at}", "{renews_at: renews_at, plan: plan}")
+    project = project_factory.write({"renewals": body})
+    run_sync(project, "renewals", console=NullConsole())
+    project = in_source_zone(project, "America/New_York")
+    run_sync(project, "renewals", console=NullConsole(), only=("1",))
+    project_factory.sql("update subs set plan = 'b' where user_id = 1")
+    report = run_sync(project, "renewals", console=NullConsole())
+    assert (report.changes.changed, report.changes.state_events) == (2, 0)
+    assert project_factory.emulator.events() == []
+    # a real move of the watched value fires, as ever
+    project_factory.sql("update subs set renews_at = renews_at + interval 1 day")
+    assert run_sync(project, "renewals", console=NullConsole()).changes.state_events == 2

@@ -296,3 +296,53 @@ def test_skip_records_the_models_events_as_history_in_a_new_workspace(
     after = run(project)
     assert (after.delivered, after.changes.already_delivered) == (1, 4)
     assert sent(project_factory) == ["e"]
+
+
+def test_skip_records_a_rejected_row_as_history_so_its_fix_is_not_sent_as_news(
+    project_factory: ProjectFactory,
+) -> None:
+    # a row of the model's history rejected on the first run (no person to send it to) is
+    # history all the same: filling in its person later does not send it as happening now
+    project_factory.sql(
+        """
+        create or replace table events as select * from (values
+          ('o1', 1, 'Order Shipped', 'a'), ('o2', null, 'Order Shipped', 'b')
+        ) t(event_id, user_id, event_name, feature)
+        """
+    )
+    project = project_factory.write({"activity": UNTIMED + "backfill: {first_run: skip}\n"})
+    first = run(project)
+    assert (first.delivered, first.changes.rejected, first.changes.history_skipped) == (0, 1, 2)
+    project_factory.sql("update events set user_id = 2 where event_id = 'o2'")
+    add_news(project_factory)
+    second = run(project)
+    assert (second.delivered, second.changes.already_delivered) == (1, 2)
+    assert sent(project_factory) == ["d"]
+
+
+@pytest.mark.parametrize("then", ["send", "skip"])
+def test_a_first_run_killed_while_sending_leaves_a_first_run_that_sends_each_event_once(
+    project_factory: ProjectFactory, then: str
+) -> None:
+    # SIGKILL with an event applied and its answer not heard: nothing committed, so the next
+    # run is a first run still. With `send` it sends the rest, the one in flight again with the
+    # id it was sent with (stored once); turned to `skip`, it records the rest as history but
+    # sends the one in flight again all the same (Customer.io may have it). Either way an
+    # event that appears after that run is news
+    from tests.sync.test_unconfirmed import killed_once_applied
+
+    history(project_factory)
+    project = project_factory.write({"activity": UNTIMED + "backfill: {first_run: send}\n"})
+    emu = project_factory.emulator
+    killed_once_applied(project.root, "activity", emu, lambda: bool(emu.events()))
+    in_flight = [e.data["feature"] for e in emu.events()]
+    assert len(in_flight) >= 1
+
+    project = project_factory.write({"activity": UNTIMED + f"backfill: {{first_run: {then}}}\n"})
+    again = run(project)
+    assert again.status == "success" and again.changes.unconfirmed == len(in_flight)
+    expected = ["a", "b", "c"] if then == "send" else sorted(in_flight)
+    assert sent(project_factory) == expected  # each once
+    add_news(project_factory)
+    assert run(project).delivered == 1
+    assert sent(project_factory) == sorted([*expected, "d"])

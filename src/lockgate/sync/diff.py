@@ -33,6 +33,7 @@ from lockgate.sync import rejects
 from lockgate.sync.extract import InPlace
 from lockgate.sync.mapping import (
     IDENTIFIER_PRIORITY,
+    NULL_ID_KEY,
     Compiled,
     hash_over_json,
     json_key,
@@ -1136,16 +1137,19 @@ def _state_change_events(
                 f"(case when json_type(s.ident, {path}) = 'VARCHAR' and json_valid({text}) "
                 f"then json({text})::varchar else {old} end)"
             )
-        # `timezone` changed since the last run (`mapping.Rezoned`): the value read in the old
-        # zone (`__ocw_<i>`) tells whether the data moved; the new reading alone fires nothing
-        moved = f"m.__ocw_{i}" if rule.attribute in rezoned else new
         conditions = [
             "m.reject is null",
             "s.h <> m.h",
             "json_extract(s.ident, '$._watch') is not null",
-            f"not {_same_json(_no_value(old), _no_value(moved))}",
+            f"not {_same_json(_no_value(old), _no_value(new))}",
             f"not m.__ocu_{i}",
         ]
+        if rule.attribute in rezoned:
+            # `timezone` changed since the last run (`mapping.Rezoned`): the value read in the
+            # old zone (`__ocw_<i>`) tells whether the data moved; the new reading alone fires
+            # nothing. A record a run of named records (`--only`) sent since then holds the
+            # new zone's reading already: the same as the new one, it did not move either
+            conditions.append(f"not {_same_json(_no_value(old), _no_value(f'm.__ocw_{i}'))}")
         if rule.from_ is not None:
             conditions.append(_same_json(old, lit(orjson.dumps(rule.from_).decode())))
         if rule.to is not None:
@@ -2266,6 +2270,24 @@ def diff_events(
     # the names of the rows that can be sent but are not (repeats, backfill skipped): the
     # contract records the names of every row that can be sent (`state.contract.record`)
     unsent = f"{drop} or backfill" if skip_backfill else drop
+    history_run = (
+        first_run
+        and sync.event is not None
+        and not sync.event.timestamp
+        and sync.backfill.untimed_first_run == "skip"
+    )
+    run_sql(con, "drop table if exists history_rejected")
+    if history_run:
+        # a row rejected now is of the model's history too: recorded with the rest, its fix
+        # later is not news (a row without an event id has no key to record)
+        run_sql(
+            con,
+            f"""
+            create temp table history_rejected as
+            select distinct k from mapped
+            where reject is not null and not starts_with(k, {lit(NULL_ID_KEY)})
+            """,
+        )
     run_sql(
         con,
         f"""
@@ -2293,20 +2315,23 @@ def diff_events(
         )
     run_sql(con, "drop table if exists history_keys")
     history = 0
-    if first_run and sync.event is not None and not sync.event.timestamp:
-        if sync.backfill.untimed_first_run == "skip":
-            run_sql(
-                con,
-                f"""
-                create temp table history_keys as
-                select k from changes where k not in (select k from {ids});
-                insert into unsent_event_names
-                select distinct json_extract_string('{{' || op, '$.name') from changes
-                where k in (select k from history_keys);
-                delete from changes where k in (select k from history_keys);
-                """,
-            )
-            history = int(_one(con, "select count(*) from history_keys") or 0)
+    if history_run:
+        run_sql(
+            con,
+            f"""
+            create temp table history_keys as
+            select k from changes where k not in (select k from {ids});
+            insert into unsent_event_names
+            select distinct json_extract_string('{{' || op, '$.name') from changes
+            where k in (select k from history_keys);
+            delete from changes where k in (select k from history_keys);
+            insert into history_keys
+            select k from history_rejected
+            where k not in (select k from {ids}) and k not in (select k from history_keys);
+            drop table history_rejected;
+            """,
+        )
+        history = int(_one(con, "select count(*) from history_keys") or 0)
     to_send = int(_one(con, "select count(*) from changes") or 0)
     return ChangeSet(
         kind="events",

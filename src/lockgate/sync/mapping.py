@@ -199,8 +199,18 @@ def recorded_mapping(sync: SyncConfig) -> dict[str, Any]:
     return out
 
 
-#: the zone names that read a naive timestamp as UTC does (no `timezone`)
-_UTC_NAMES = (None, "UTC", "Etc/UTC")
+#: the zone names that read a naive timestamp as UTC does (no `timezone`): the zone
+#: database's names of UTC, as `check_time_zone` spells them (`GMT` never moves a clock)
+_UTC_NAMES = (
+    None,
+    *(
+        f"{etc}{name}"
+        for etc in ("", "Etc/")
+        for name in ("UTC", "UCT", "Universal", "Zulu", "GMT", "GMT0", "GMT+0", "GMT-0")
+    ),
+    "Greenwich",
+    "Etc/Greenwich",
+)
 
 
 def same_zone(was: str | None, now: str | None) -> bool:
@@ -224,7 +234,8 @@ def rezoned(
 ) -> Rezoned | None:
     """:class:`Rezoned` for ``sync`` over a model of ``columns``, given the mapping its last
     committed run recorded (:func:`recorded_mapping`); None when the zone is the same, or no
-    watched attribute reads a naive timestamp as a time."""
+    watched attribute reads a naive timestamp as a time (a column, or a `timestamp` or `date`
+    constant without an offset)."""
     if not sync.on_change or last is None:
         return None
     was = last.get("timezone")
@@ -235,9 +246,13 @@ def rezoned(
         rule.attribute
         for rule in sync.on_change
         if (spec := sync.attributes.get(rule.attribute)) is not None
-        and spec.value is None
-        and spec.type in ("auto", "timestamp", "date")
-        and (spec.column or rule.attribute) in naive
+        and (
+            # a `timestamp` or `date` constant without an offset, a local time in the zone
+            spec.in_time_zone(was).value != spec.value
+            if spec.value is not None
+            else spec.type in ("auto", "timestamp", "date")
+            and (spec.column or rule.attribute) in naive
+        )
     }
     return Rezoned(was, frozenset(watched)) if watched else None
 
@@ -1761,6 +1776,10 @@ def _on_change_sql(
     for name, spec in sync.attributes.items():
         if spec.value is not None:
             watched[name] = lit(orjson.dumps(spec.value).decode()) + "::json"
+            if rezone is not None and name in rezone.attributes:
+                # the constant as the last run's zone read it (`Rezoned`)
+                then = spec.in_time_zone(rezone.was).value
+                was[name] = lit(orjson.dumps(then).decode()) + "::json"
             continue
         column = spec.column or name
         for zone, into in ((sync.timezone, watched), (rezone.was if rezone else None, was)):
@@ -1835,6 +1854,10 @@ def _blank_or_null(column: str, col_type: str) -> str:
     if _is(col_type, (*NUMERIC_TYPES, *TIMESTAMP_TYPES, "TIME", "BOOLEAN", "INTERVAL", "UUID")):
         return f"{c} is null"
     return f"coalesce({_trim(_key_text(column, col_type))} = '', true)"
+
+
+#: how the key of an events row without an event id (rejected) starts: it names no event
+NULL_ID_KEY = "(null id) "
 
 
 def compile_events(
@@ -2024,7 +2047,7 @@ def compile_events(
     id_ts = "coalesce(__ts, 0)" if event.timestamp else "0"
     id_seed = f"coalesce({name_sql}, '') || chr(31) || coalesce({identifiers}, '')"
     select = (
-        f"select coalesce({key_sql}, '(null id) ' || coalesce({ident}, '')) as k, "
+        f"select coalesce({key_sql}, {lit(NULL_ID_KEY)} || coalesce({ident}, '')) as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
         f"{id_ts}::bigint as ts, coalesce({backfill}, false) as backfill, "
         f"{id_seed} as id_seed, __rid from {middle}"
