@@ -81,7 +81,7 @@ def test_a_key_not_set_fails_the_sync_before_its_model_is_read(
     project = project_factory.write({"activity": EVENTS})
     monkeypatch.delenv("CUSTOMERIO_API_KEY")
     said = lockgate(capsys, project, "sync", "activity", code=1)
-    assert NOT_SET in said
+    assert NOT_SET in said and "step `destination` failed" in said
     assert "hint: export CUSTOMERIO_API_KEY=... before running" in said
     assert "events_not_built_yet" not in said
     [run] = runs(capsys, project)

@@ -1798,7 +1798,7 @@ def run_sync(
                 # before the model is read: a variable not set fails the run in milliseconds,
                 # not after minutes of extracting and diffing, and on a day with nothing to
                 # send as on a busy one
-                with step("deliver"):
+                with step("destination"):
                     settings = check_destination(project, sync)
             changes, recovered, guards, resolution, identity_ops, mapping_hash, naive = _prepare(
                 store,
