@@ -182,8 +182,12 @@ def test_the_postgres_fingerprint_changes_with_any_value_and_not_with_order_or_s
     base = fingerprint(source, table)
     assert base is not None
     assert fingerprint(source, table + " order by stripe_id desc") == base
+    plain = PostgresSource(dsn + "?options=-c%20timezone%3DUTC")
+    assert fingerprint(plain, table) == base  # the session's float digits do not matter
+    plain.close()
+    # its zone and date style do: a source's `sql:` reads other rows in another zone
     other = PostgresSource(dsn + "?options=-c%20timezone%3DAsia/Tokyo%20-c%20datestyle%3DSQL")
-    assert fingerprint(other, table) == base  # the session's own settings do not matter
+    assert fingerprint(other, table) != base
     for changed in (
         "select stripe_id, email, 0.3::float8 as score, seen, amount from crm.stripe_customers",
         "select stripe_id, email, score, seen + interval '1 microsecond' as seen, amount "
@@ -213,3 +217,59 @@ def test_the_postgres_fingerprint_changes_with_any_value_and_not_with_order_or_s
     redshift = RedshiftSource(dsn)
     assert fingerprint(redshift, table) is None
     redshift.close()
+
+
+SIGNUPS_PROJECT = """\
+name: ident
+sources:
+  warehouse: {{type: postgres, url: '{dsn}'}}
+destinations:
+  customerio: {{type: customerio, track_url: "{url}"}}
+identity:
+  identifier_types:
+    user_id: {{priority: 1, limit: 1, customerio: id}}
+    email: {{priority: 2, limit: 5, customerio: email}}
+    stripe_id: {{priority: 3, limit: 2, customerio: "attribute:stripe_id"}}
+  sources:
+    - {{name: stripe, table: crm.stripe_customers}}
+    - name: signups
+      sql: "select user_id, email from crm.signups where created_at::date >= date '2026-01-02'"
+"""
+
+
+def test_a_source_sql_read_in_the_databases_time_zone_is_fingerprinted_in_it(
+    tmp_path: Path,
+    postgres_dsn: str,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An identity `sql:` whose rows depend on the session's `TimeZone` (a `::date` of a
+    `timestamptz`) is read in the database's own zone: its fingerprint is taken in that zone
+    too, so a change the run would read is not hidden by a fingerprint taken in UTC."""
+    emulator = customerio_emulator
+    dsn = database(postgres_dsn)
+    sql(
+        dsn,
+        f"alter database {dsn.rsplit('/', 1)[1]} set timezone = 'Asia/Tokyo';"
+        "create table crm.signups (user_id text, email text, created_at timestamptz);"
+        # 19:00 on 1 January in Tokyo: before the cut-off, not read
+        "insert into crm.signups values ('u1', 'ada@acme.io', '2026-01-01 10:00+00')",
+    )
+    project = setup(tmp_path, dsn, emulator, monkeypatch)
+    (tmp_path / "lockgate.yml").write_text(
+        SIGNUPS_PROJECT.format(dsn=dsn, url=emulator.base_url or "")
+    )
+    project = load_project(tmp_path)
+    assert graph(project) == "stitched"
+    assert payers(emulator) == {"p1": None}  # cus_A is Ada's email only
+    assert graph(project) == "reused"
+
+    # 05:00 on 2 January in Tokyo (still 1 January in UTC): the signup is read now, and
+    # cus_A is u1's
+    sql(
+        dsn,
+        "update crm.signups set created_at = '2026-01-01 20:00+00';"
+        "insert into crm.payments values ('p2', 'cus_A', 'Paid')",
+    )
+    assert graph(project) == "stitched"
+    assert payers(emulator)["p2"] == "u1"

@@ -15,9 +15,11 @@ MD5-sum coincidence, far less likely than a disk error). Each row is encoded
 unambiguously: every value as its text prefixed with its length, `~` for a null.
 
 DuckDB and Postgres compute it. Postgres renders each value with `::text` on a session of
-its own whose settings fix the text of floats (`extra_float_digits = 3`: every bit), times
-(`TimeZone = UTC`, ISO dates) and bytes (hex), and takes each half of `md5()` as a signed
-`bigint` summed as `numeric`. Redshift (no `bit(64)` cast), Snowflake and BigQuery are not
+its own whose settings fix the text of floats (`extra_float_digits = 3`: every bit) and bytes
+(hex), and takes each half of `md5()` as a signed `bigint` summed as `numeric`. Its
+`TimeZone`, `DateStyle` and `IntervalStyle` stay the database's (and role's), as the read
+that follows has them, since a query's rows can depend on them (`created_at::date`); they are
+part of the fingerprint. Redshift (no `bit(64)` cast), Snowflake and BigQuery are not
 fingerprinted yet: their text of a float or a timestamp can drop digits under the account's
 output formats, and a fingerprint that does not see a change must never say "unchanged".
 
@@ -116,15 +118,19 @@ def _duckdb_fingerprint(source: DuckDBSource, sql: str) -> str:
     return json.dumps([columns, n, high, low])
 
 
-#: fixed for the fingerprint's own session, so the text of a value depends on the value only:
-#: every bit of a float (also inside arrays and JSON), times in UTC, dates in ISO, bytes in hex
+#: fixed for the fingerprint's own session: every bit of a float's text (also inside arrays
+#: and JSON), bytes in hex. Neither changes which rows a query returns or their values, only
+#: how a value is spelt
 _POSTGRES_SETTINGS = (
     "set extra_float_digits = 3",
-    "set timezone = 'UTC'",
-    "set datestyle = 'ISO, YMD'",
-    "set intervalstyle = 'postgres'",
     "set bytea_output = 'hex'",
 )
+
+#: kept as the database and role set them, as the run's read has them: a source `sql:` that
+#: takes `created_at::date` of a `timestamptz`, or `to_char` of one, reads other rows in
+#: another zone. The fingerprint is taken under them and records them, so a change to one
+#: stitches again (each spells a value one way: a time's text keeps its offset)
+_POSTGRES_READ_SETTINGS = ("TimeZone", "DateStyle", "IntervalStyle")
 
 
 def _postgres_text(name: str) -> str:
@@ -139,9 +145,12 @@ def _postgres_fingerprints(source: PostgresSource, queries: list[str]) -> list[s
     try:
         for setting in _POSTGRES_SETTINGS:
             cursor.execute(setting)
+        sql = "select " + ", ".join(f"current_setting('{n}')" for n in _POSTGRES_READ_SETTINGS)
+        cursor.execute(sql)
+        read_as = list(cursor.fetchall()[0])
         found = []
         for sql in queries:
-            found.append(_postgres_fingerprint(cursor, sql))
+            found.append(_postgres_fingerprint(cursor, sql, read_as))
         return found
     except source._errors() as exc:
         raise query_error(source.who, sql, exc) from exc
@@ -150,7 +159,7 @@ def _postgres_fingerprints(source: PostgresSource, queries: list[str]) -> list[s
         conn.close()
 
 
-def _postgres_fingerprint(cursor: Any, sql: str) -> str:
+def _postgres_fingerprint(cursor: Any, sql: str, read_as: list[str]) -> str:
     query = "(\n" + strip_sql(sql) + "\n)"
     cursor.execute(f"select * from {query} __rows limit 0")
     fields = cursor.fetch_arrow_table().schema
@@ -169,7 +178,7 @@ def _postgres_fingerprint(cursor: Any, sql: str) -> str:
         f"from (select md5({row}) as h from {query} __rows) __hashed"
     )
     n, high, low = cursor.fetchall()[0]
-    return json.dumps([columns, n, high, low])
+    return json.dumps([columns, n, high, low, read_as])
 
 
 def inputs_key(project: Project, config: IdentityConfig) -> str | None:
