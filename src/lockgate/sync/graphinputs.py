@@ -126,11 +126,18 @@ _POSTGRES_SETTINGS = (
     "set bytea_output = 'hex'",
 )
 
-#: kept as the database and role set them, as the run's read has them: a source `sql:` that
-#: takes `created_at::date` of a `timestamptz`, or `to_char` of one, reads other rows in
-#: another zone. The fingerprint is taken under them and records them, so a change to one
-#: stitches again (each spells a value one way: a time's text keeps its offset)
-_POSTGRES_READ_SETTINGS = ("TimeZone", "DateStyle", "IntervalStyle")
+#: the settings a source's `sql:` is read under (the database's and role's), recorded in the
+#: fingerprint before the two above are set: a query's rows can depend on them (`created_at::date`
+#: of a `timestamptz` in the zone, `score::text`), so a change to one stitches again. The zone
+#: and the styles are left as they are (the fingerprint is taken in them, as the read is; each
+#: spells a value one way: a time's text keeps its offset)
+_POSTGRES_READ_SETTINGS = (
+    "TimeZone",
+    "DateStyle",
+    "IntervalStyle",
+    "extra_float_digits",
+    "bytea_output",
+)
 
 
 def _postgres_text(name: str) -> str:
@@ -143,11 +150,11 @@ def _postgres_fingerprints(source: PostgresSource, queries: list[str]) -> list[s
     cursor = conn.cursor()
     sql = ""
     try:
-        for setting in _POSTGRES_SETTINGS:
-            cursor.execute(setting)
         sql = "select " + ", ".join(f"current_setting('{n}')" for n in _POSTGRES_READ_SETTINGS)
         cursor.execute(sql)
         read_as = list(cursor.fetchall()[0])
+        for setting in _POSTGRES_SETTINGS:
+            cursor.execute(setting)
         found = []
         for sql in queries:
             found.append(_postgres_fingerprint(cursor, sql, read_as))
