@@ -272,3 +272,41 @@ def test_a_source_sql_read_in_the_databases_time_zone_is_fingerprinted_in_it(
     )
     assert graph(project) == "stitched"
     assert payers(emulator)["p2"] == "u1"
+
+
+def test_a_read_that_missed_rows_the_fingerprints_saw_does_not_record_them(
+    tmp_path: Path,
+    postgres_dsn: str,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fingerprints before and after a read agree, but the read between them saw other
+    rows (a table emptied and refilled by a rebuild that is not one transaction): the graph
+    stitched from that read is not recorded as the graph of the rows fingerprinted, so the
+    next run reads them again rather than reusing it."""
+    emulator = customerio_emulator
+    dsn = database(postgres_dsn)
+    # the view reads empty once, on its second read: the run's own read, between the
+    # fingerprints taken before and after it
+    sql(
+        dsn,
+        "create sequence crm.reads;"
+        "create view crm.app_users_feed as select user_id, email from crm.app_users "
+        "where (select nextval('crm.reads')) <> 2",
+    )
+    project = setup(tmp_path, dsn, emulator, monkeypatch)
+    (tmp_path / "lockgate.yml").write_text(
+        PROJECT.format(dsn=dsn, url=emulator.base_url or "").replace(
+            "table: crm.app_users", "table: crm.app_users_feed"
+        )
+    )
+    project = load_project(tmp_path)
+    assert graph(project) == "stitched"
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("select last_value from crm.reads").fetchone() == (3,)
+    assert payers(emulator) == {"p1": None}  # read without Ada's account
+
+    sql(dsn, "insert into crm.payments values ('p2', 'cus_A', 'Paid')")
+    assert graph(project) == "stitched"  # not the graph of the empty read, reused
+    assert payers(emulator)["p2"] == "u1"
+    assert graph(project) == "reused"

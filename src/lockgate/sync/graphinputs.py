@@ -27,7 +27,9 @@ Anything that cannot be fingerprinted gives no key, and the run resolves in full
 that is not DuckDB or Postgres, a query calling a function whose value changes between two reads
 (`random()`, `now()`, ...), a failed fingerprint query. A full run records its key only when
 the fingerprints taken before and after it read the sources agree (nothing changed while it
-read), and only once the graph and its analyst tables are written.
+read) and it read as many rows of each as they counted (a table emptied and refilled while it
+read, by a rebuild that is not one transaction, can agree before and after), and only once
+the graph and its analyst tables are written.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 
@@ -188,9 +190,42 @@ def _postgres_fingerprint(cursor: Any, sql: str, read_as: list[str]) -> str:
     return json.dumps([columns, n, high, low, read_as])
 
 
+class Inputs(NamedTuple):
+    """What :func:`inputs` found: the key, and the rows each input held when fingerprinted."""
+
+    key: str
+    #: `source:<name>`, `blocked_values_table`, `overrides_table` -> its row count
+    rows: dict[str, int]
+
+    def read_as(self, sources: dict[str, pa.Table], *operator: pa.Table | None) -> bool:
+        """Whether a read of the identity sources (and the operator's tables, in the order of
+        :data:`OPERATOR_TABLES`) got as many rows of each as its fingerprint counted. The
+        fingerprints taken before and after a read can agree while the read between them
+        saw other rows (a table emptied and refilled by a rebuild that is not one
+        transaction): such a graph is never recorded as the graph of the rows fingerprinted."""
+        got = {f"source:{name}": table.num_rows for name, table in sources.items()}
+        got.update(
+            (what, table.num_rows)
+            for what, table in zip(OPERATOR_TABLES, operator, strict=True)
+            if table is not None
+        )
+        return got == self.rows
+
+
+#: the operator's tables, in the order `read_operator_tables` returns them
+OPERATOR_TABLES = ("blocked_values_table", "overrides_table")
+
+
 def inputs_key(project: Project, config: IdentityConfig) -> str | None:
     """The key of everything that feeds the graph, or None when some of it cannot be
     fingerprinted (the run then resolves in full)."""
+    found = inputs(project, config)
+    return None if found is None else found.key
+
+
+def inputs(project: Project, config: IdentityConfig) -> Inputs | None:
+    """:func:`inputs_key` and the rows of each input it counted, or None when some of it
+    cannot be fingerprinted."""
     from lockgate.sync.resolve import identity_queries, identity_warehouse
 
     wanted: dict[str, list[tuple[str, str]]] = {}
@@ -199,9 +234,10 @@ def inputs_key(project: Project, config: IdentityConfig) -> str | None:
             if spec.sql and volatile(spec.sql):
                 return None
             wanted.setdefault(name, []).append((f"source:{spec.name}", sql))
-    for what, table_name in (
-        ("blocked_values_table", config.blocked_values_table),
-        ("overrides_table", config.rules.overrides_table),
+    for what, table_name in zip(
+        OPERATOR_TABLES,
+        (config.blocked_values_table, config.rules.overrides_table),
+        strict=True,
     ):
         if table_name:
             warehouse = identity_warehouse(project, config)
@@ -229,7 +265,8 @@ def inputs_key(project: Project, config: IdentityConfig) -> str | None:
         "config": config.model_dump(mode="json"),
         "inputs": parts,
     }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    rows = {what: int(json.loads(part)[1]) for what, part in parts.items()}
+    return Inputs(hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest(), rows)
 
 
 def graph_id(batch: int, profiles: pa.Table) -> str:
