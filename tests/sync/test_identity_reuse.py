@@ -12,8 +12,8 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
-from lockgate.cli import cli
 from lockgate import LockgateError
+from lockgate.cli import cli
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
 from lockgate.project.loader import load_project
