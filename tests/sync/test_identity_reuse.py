@@ -316,3 +316,16 @@ def test_a_graph_restored_from_a_backup_is_not_taken_for_the_one_the_key_was_rec
     warehouse(tmp_path, "insert into payments values ('p3', 'cus_A', 'Paid')")
     assert run(project, "payments").identity_graph == "stitched"
     assert payers(emulator)["p3"] == "u2"
+
+
+def test_an_upgrade_of_a_library_that_reads_or_stitches_the_sources_stitches_again(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB (or pyarrow, NumPy, the Postgres driver) upgraded under the same Lockgate can
+    read or normalise a value otherwise: the next run stitches, then reuses again."""
+    project = setup(tmp_path, customerio_emulator, monkeypatch)
+    run(project, "profile")
+    assert run(project, "profile").identity_graph == "reused"
+    monkeypatch.setattr(duckdb, "__version__", duckdb.__version__ + ".post1")
+    assert run(project, "profile").identity_graph == "stitched"
+    assert run(project, "profile").identity_graph == "reused"

@@ -35,6 +35,7 @@ the graph and its analyst tables are written.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import re
 from pathlib import Path
@@ -262,11 +263,36 @@ def inputs(project: Project, config: IdentityConfig) -> Inputs | None:
     key = {
         "lockgate": lockgate.__version__,
         "resolver": RESOLVER_VERSION,
+        "libraries": libraries(),
         "config": config.model_dump(mode="json"),
         "inputs": parts,
     }
     rows = {what: int(json.loads(part)[1]) for what, part in parts.items()}
     return Inputs(hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest(), rows)
+
+
+#: the libraries that read the identity sources and stitch them: an upgrade of one can read
+#: a value otherwise (ADBC's conversion of a Postgres type) or normalise it otherwise
+_LIBRARIES = ("duckdb", "pyarrow", "numpy", "adbc-driver-postgresql")
+
+
+def libraries() -> dict[str, str | None]:
+    """The installed version of each of :data:`_LIBRARIES` (None when not installed)."""
+    import duckdb
+    import numpy as np
+
+    found: dict[str, str | None] = {
+        "duckdb": duckdb.__version__,
+        "pyarrow": pa.__version__,
+        "numpy": np.__version__,
+    }
+    for name in _LIBRARIES:
+        if name not in found:
+            try:
+                found[name] = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                found[name] = None
+    return found
 
 
 def graph_id(batch: int, profiles: pa.Table) -> str:
