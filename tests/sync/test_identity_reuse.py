@@ -3,6 +3,7 @@ any change to them (a source's row, the operator's tables, the identity config) 
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
+from lockgate import LockgateError
 from lockgate.cli import cli
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
@@ -259,3 +261,71 @@ def test_the_fingerprint_of_rows_changes_with_any_value_and_not_with_their_order
     assert volatile("select *, RANDOM () as r from users")
     assert volatile("select * from users where day < current_date")
     assert not volatile("select current_plan, nowhere, randomness from users")
+
+
+def test_merges_a_guardrail_stopped_are_planned_again_not_dropped_by_a_reuse(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped by `max_merges_per_run` keeps no graph: the next run stitches again and
+    plans the same merge (a reuse would have planned none), until one is let through."""
+    emulator = customerio_emulator
+    project = setup(tmp_path, emulator, monkeypatch)
+    yml = tmp_path / "lockgate.yml"
+    yml.write_text(
+        yml.read_text().replace(
+            "  blocked_values_table:",
+            "  customerio: {merge_policy: {max_merges_per_run: 0}}\n  blocked_values_table:",
+        )
+    )
+    project = load_project(tmp_path)
+    run(project, "profile")
+    run(project, "leads")
+    warehouse(tmp_path, "insert into stripe_customers values ('cus_A', 'ada.work@acme.io')")
+    for _ in range(2):
+        with pytest.raises(LockgateError, match="max_merges_per_run"):
+            run_sync(project, "leads", console=NullConsole())
+    assert plan_sync(project, "leads", console=NullConsole()).identity_graph == "stitched"
+    assert emulator.merges() == []
+    forced = run_sync(project, "leads", console=NullConsole(), force=True)
+    assert (forced.identity_graph, forced.identity_merges) == ("stitched", 1)
+    assert len(emulator.merges()) == 1
+    assert run(project, "leads").identity_graph == "reused"
+    assert len(emulator.merges()) == 1
+
+
+def test_a_graph_restored_from_a_backup_is_not_taken_for_the_one_the_key_was_recorded_with(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`identity/` put back from a backup under a newer `identity.inputs.json`: the key
+    names the graph it was recorded with (its batch and run), so the run stitches."""
+    emulator = customerio_emulator
+    project = setup(tmp_path, emulator, monkeypatch)
+    run(project, "payments")
+    graph = project.state_dir / "identity"
+    shutil.copytree(graph, tmp_path / "backup")
+    # cus_A is Grace's now: stitched, and the key recorded with that graph
+    warehouse(
+        tmp_path,
+        "update stripe_customers set email = 'grace@acme.io';"
+        "insert into payments values ('p2', 'cus_A', 'Paid')",
+    )
+    assert run(project, "payments").identity_graph == "stitched"
+    assert payers(emulator)["p2"] == "u2"
+    shutil.rmtree(graph)
+    shutil.copytree(tmp_path / "backup", graph)
+    warehouse(tmp_path, "insert into payments values ('p3', 'cus_A', 'Paid')")
+    assert run(project, "payments").identity_graph == "stitched"
+    assert payers(emulator)["p3"] == "u2"
+
+
+def test_an_upgrade_of_a_library_that_reads_or_stitches_the_sources_stitches_again(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB (or pyarrow, NumPy, the Postgres driver) upgraded under the same Lockgate can
+    read or normalise a value otherwise: the next run stitches, then reuses again."""
+    project = setup(tmp_path, customerio_emulator, monkeypatch)
+    run(project, "profile")
+    assert run(project, "profile").identity_graph == "reused"
+    monkeypatch.setattr(duckdb, "__version__", duckdb.__version__ + ".post1")
+    assert run(project, "profile").identity_graph == "stitched"
+    assert run(project, "profile").identity_graph == "reused"

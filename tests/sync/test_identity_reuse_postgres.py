@@ -182,8 +182,12 @@ def test_the_postgres_fingerprint_changes_with_any_value_and_not_with_order_or_s
     base = fingerprint(source, table)
     assert base is not None
     assert fingerprint(source, table + " order by stripe_id desc") == base
-    other = PostgresSource(dsn + "?options=-c%20timezone%3DAsia/Tokyo%20-c%20datestyle%3DSQL")
-    assert fingerprint(other, table) == base  # the session's own settings do not matter
+    # the settings a source's `sql:` is read under are part of it: in another zone, or with
+    # other float digits, `created_at::date` or `score::text` can read other rows
+    for options in ("timezone%3DUTC", "timezone%3DAsia/Tokyo%20-c%20datestyle%3DSQL"):
+        other = PostgresSource(dsn + "?options=-c%20" + options)
+        assert fingerprint(other, table) != base, options
+        other.close()
     for changed in (
         "select stripe_id, email, 0.3::float8 as score, seen, amount from crm.stripe_customers",
         "select stripe_id, email, score, seen + interval '1 microsecond' as seen, amount "
@@ -207,9 +211,102 @@ def test_the_postgres_fingerprint_changes_with_any_value_and_not_with_order_or_s
         source, "select * from (values ('ab', 'c'), ('x', 'y')) v(a, b)"
     )
     source.close()
-    other.close()
     # Redshift (the same server read as `redshift: true`) has no `bit(64)` cast: not
     # fingerprinted, so its identity sources are stitched every run
     redshift = RedshiftSource(dsn)
     assert fingerprint(redshift, table) is None
     redshift.close()
+
+
+SIGNUPS_PROJECT = """\
+name: ident
+sources:
+  warehouse: {{type: postgres, url: '{dsn}'}}
+destinations:
+  customerio: {{type: customerio, track_url: "{url}"}}
+identity:
+  identifier_types:
+    user_id: {{priority: 1, limit: 1, customerio: id}}
+    email: {{priority: 2, limit: 5, customerio: email}}
+    stripe_id: {{priority: 3, limit: 2, customerio: "attribute:stripe_id"}}
+  sources:
+    - {{name: stripe, table: crm.stripe_customers}}
+    - name: signups
+      sql: "select user_id, email from crm.signups where created_at::date >= date '2026-01-02'"
+"""
+
+
+def test_a_source_sql_read_in_the_databases_time_zone_is_fingerprinted_in_it(
+    tmp_path: Path,
+    postgres_dsn: str,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An identity `sql:` whose rows depend on the session's `TimeZone` (a `::date` of a
+    `timestamptz`) is read in the database's own zone: its fingerprint is taken in that zone
+    too, so a change the run would read is not hidden by a fingerprint taken in UTC."""
+    emulator = customerio_emulator
+    dsn = database(postgres_dsn)
+    sql(
+        dsn,
+        f"alter database {dsn.rsplit('/', 1)[1]} set timezone = 'Asia/Tokyo';"
+        "create table crm.signups (user_id text, email text, created_at timestamptz);"
+        # 19:00 on 1 January in Tokyo: before the cut-off, not read
+        "insert into crm.signups values ('u1', 'ada@acme.io', '2026-01-01 10:00+00')",
+    )
+    project = setup(tmp_path, dsn, emulator, monkeypatch)
+    (tmp_path / "lockgate.yml").write_text(
+        SIGNUPS_PROJECT.format(dsn=dsn, url=emulator.base_url or "")
+    )
+    project = load_project(tmp_path)
+    assert graph(project) == "stitched"
+    assert payers(emulator) == {"p1": None}  # cus_A is Ada's email only
+    assert graph(project) == "reused"
+
+    # 05:00 on 2 January in Tokyo (still 1 January in UTC): the signup is read now, and
+    # cus_A is u1's
+    sql(
+        dsn,
+        "update crm.signups set created_at = '2026-01-01 20:00+00';"
+        "insert into crm.payments values ('p2', 'cus_A', 'Paid')",
+    )
+    assert graph(project) == "stitched"
+    assert payers(emulator)["p2"] == "u1"
+
+
+def test_a_read_that_missed_rows_the_fingerprints_saw_does_not_record_them(
+    tmp_path: Path,
+    postgres_dsn: str,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fingerprints before and after a read agree, but the read between them saw other
+    rows (a table emptied and refilled by a rebuild that is not one transaction): the graph
+    stitched from that read is not recorded as the graph of the rows fingerprinted, so the
+    next run reads them again rather than reusing it."""
+    emulator = customerio_emulator
+    dsn = database(postgres_dsn)
+    # the view reads empty once, on its second read: the run's own read, between the
+    # fingerprints taken before and after it
+    sql(
+        dsn,
+        "create sequence crm.reads;"
+        "create view crm.app_users_feed as select user_id, email from crm.app_users "
+        "where (select nextval('crm.reads')) <> 2",
+    )
+    project = setup(tmp_path, dsn, emulator, monkeypatch)
+    (tmp_path / "lockgate.yml").write_text(
+        PROJECT.format(dsn=dsn, url=emulator.base_url or "").replace(
+            "table: crm.app_users", "table: crm.app_users_feed"
+        )
+    )
+    project = load_project(tmp_path)
+    assert graph(project) == "stitched"
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("select last_value from crm.reads").fetchone() == (3,)
+    assert payers(emulator) == {"p1": None}  # read without Ada's account
+
+    sql(dsn, "insert into crm.payments values ('p2', 'cus_A', 'Paid')")
+    assert graph(project) == "stitched"  # not the graph of the empty read, reused
+    assert payers(emulator)["p2"] == "u1"
+    assert graph(project) == "reused"

@@ -15,9 +15,11 @@ MD5-sum coincidence, far less likely than a disk error). Each row is encoded
 unambiguously: every value as its text prefixed with its length, `~` for a null.
 
 DuckDB and Postgres compute it. Postgres renders each value with `::text` on a session of
-its own whose settings fix the text of floats (`extra_float_digits = 3`: every bit), times
-(`TimeZone = UTC`, ISO dates) and bytes (hex), and takes each half of `md5()` as a signed
-`bigint` summed as `numeric`. Redshift (no `bit(64)` cast), Snowflake and BigQuery are not
+its own whose settings fix the text of floats (`extra_float_digits = 3`: every bit) and bytes
+(hex), and takes each half of `md5()` as a signed `bigint` summed as `numeric`. Its
+`TimeZone`, `DateStyle` and `IntervalStyle` stay the database's (and role's), as the read
+that follows has them, since a query's rows can depend on them (`created_at::date`); they are
+part of the fingerprint. Redshift (no `bit(64)` cast), Snowflake and BigQuery are not
 fingerprinted yet: their text of a float or a timestamp can drop digits under the account's
 output formats, and a fingerprint that does not see a change must never say "unchanged".
 
@@ -25,16 +27,19 @@ Anything that cannot be fingerprinted gives no key, and the run resolves in full
 that is not DuckDB or Postgres, a query calling a function whose value changes between two reads
 (`random()`, `now()`, ...), a failed fingerprint query. A full run records its key only when
 the fingerprints taken before and after it read the sources agree (nothing changed while it
-read), and only once the graph and its analyst tables are written.
+read) and it read as many rows of each as they counted (a table emptied and refilled while it
+read, by a rebuild that is not one transaction, can agree before and after), and only once
+the graph and its analyst tables are written.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 
@@ -116,14 +121,25 @@ def _duckdb_fingerprint(source: DuckDBSource, sql: str) -> str:
     return json.dumps([columns, n, high, low])
 
 
-#: fixed for the fingerprint's own session, so the text of a value depends on the value only:
-#: every bit of a float (also inside arrays and JSON), times in UTC, dates in ISO, bytes in hex
+#: fixed for the fingerprint's own session: every bit of a float's text (also inside arrays
+#: and JSON), bytes in hex. Neither changes which rows a query returns or their values, only
+#: how a value is spelt
 _POSTGRES_SETTINGS = (
     "set extra_float_digits = 3",
-    "set timezone = 'UTC'",
-    "set datestyle = 'ISO, YMD'",
-    "set intervalstyle = 'postgres'",
     "set bytea_output = 'hex'",
+)
+
+#: the settings a source's `sql:` is read under (the database's and role's), recorded in the
+#: fingerprint before the two above are set: a query's rows can depend on them (`created_at::date`
+#: of a `timestamptz` in the zone, `score::text`), so a change to one stitches again. The zone
+#: and the styles are left as they are (the fingerprint is taken in them, as the read is; each
+#: spells a value one way: a time's text keeps its offset)
+_POSTGRES_READ_SETTINGS = (
+    "TimeZone",
+    "DateStyle",
+    "IntervalStyle",
+    "extra_float_digits",
+    "bytea_output",
 )
 
 
@@ -137,11 +153,14 @@ def _postgres_fingerprints(source: PostgresSource, queries: list[str]) -> list[s
     cursor = conn.cursor()
     sql = ""
     try:
+        sql = "select " + ", ".join(f"current_setting('{n}')" for n in _POSTGRES_READ_SETTINGS)
+        cursor.execute(sql)
+        read_as = list(cursor.fetchall()[0])
         for setting in _POSTGRES_SETTINGS:
             cursor.execute(setting)
         found = []
         for sql in queries:
-            found.append(_postgres_fingerprint(cursor, sql))
+            found.append(_postgres_fingerprint(cursor, sql, read_as))
         return found
     except source._errors() as exc:
         raise query_error(source.who, sql, exc) from exc
@@ -150,7 +169,7 @@ def _postgres_fingerprints(source: PostgresSource, queries: list[str]) -> list[s
         conn.close()
 
 
-def _postgres_fingerprint(cursor: Any, sql: str) -> str:
+def _postgres_fingerprint(cursor: Any, sql: str, read_as: list[str]) -> str:
     query = "(\n" + strip_sql(sql) + "\n)"
     cursor.execute(f"select * from {query} __rows limit 0")
     fields = cursor.fetch_arrow_table().schema
@@ -169,12 +188,45 @@ def _postgres_fingerprint(cursor: Any, sql: str) -> str:
         f"from (select md5({row}) as h from {query} __rows) __hashed"
     )
     n, high, low = cursor.fetchall()[0]
-    return json.dumps([columns, n, high, low])
+    return json.dumps([columns, n, high, low, read_as])
+
+
+class Inputs(NamedTuple):
+    """What :func:`inputs` found: the key, and the rows each input held when fingerprinted."""
+
+    key: str
+    #: `source:<name>`, `blocked_values_table`, `overrides_table` -> its row count
+    rows: dict[str, int]
+
+    def read_as(self, sources: dict[str, pa.Table], *operator: pa.Table | None) -> bool:
+        """Whether a read of the identity sources (and the operator's tables, in the order of
+        :data:`OPERATOR_TABLES`) got as many rows of each as its fingerprint counted. The
+        fingerprints taken before and after a read can agree while the read between them
+        saw other rows (a table emptied and refilled by a rebuild that is not one
+        transaction): such a graph is never recorded as the graph of the rows fingerprinted."""
+        got = {f"source:{name}": table.num_rows for name, table in sources.items()}
+        got.update(
+            (what, table.num_rows)
+            for what, table in zip(OPERATOR_TABLES, operator, strict=True)
+            if table is not None
+        )
+        return got == self.rows
+
+
+#: the operator's tables, in the order `read_operator_tables` returns them
+OPERATOR_TABLES = ("blocked_values_table", "overrides_table")
 
 
 def inputs_key(project: Project, config: IdentityConfig) -> str | None:
     """The key of everything that feeds the graph, or None when some of it cannot be
     fingerprinted (the run then resolves in full)."""
+    found = inputs(project, config)
+    return None if found is None else found.key
+
+
+def inputs(project: Project, config: IdentityConfig) -> Inputs | None:
+    """:func:`inputs_key` and the rows of each input it counted, or None when some of it
+    cannot be fingerprinted."""
     from lockgate.sync.resolve import identity_queries, identity_warehouse
 
     wanted: dict[str, list[tuple[str, str]]] = {}
@@ -183,9 +235,10 @@ def inputs_key(project: Project, config: IdentityConfig) -> str | None:
             if spec.sql and volatile(spec.sql):
                 return None
             wanted.setdefault(name, []).append((f"source:{spec.name}", sql))
-    for what, table_name in (
-        ("blocked_values_table", config.blocked_values_table),
-        ("overrides_table", config.rules.overrides_table),
+    for what, table_name in zip(
+        OPERATOR_TABLES,
+        (config.blocked_values_table, config.rules.overrides_table),
+        strict=True,
     ):
         if table_name:
             warehouse = identity_warehouse(project, config)
@@ -210,10 +263,36 @@ def inputs_key(project: Project, config: IdentityConfig) -> str | None:
     key = {
         "lockgate": lockgate.__version__,
         "resolver": RESOLVER_VERSION,
+        "libraries": libraries(),
         "config": config.model_dump(mode="json"),
         "inputs": parts,
     }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    rows = {what: int(json.loads(part)[1]) for what, part in parts.items()}
+    return Inputs(hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest(), rows)
+
+
+#: the libraries that read the identity sources and stitch them: an upgrade of one can read
+#: a value otherwise (ADBC's conversion of a Postgres type) or normalise it otherwise
+_LIBRARIES = ("duckdb", "pyarrow", "numpy", "adbc-driver-postgresql")
+
+
+def libraries() -> dict[str, str | None]:
+    """The installed version of each of :data:`_LIBRARIES` (None when not installed)."""
+    import duckdb
+    import numpy as np
+
+    found: dict[str, str | None] = {
+        "duckdb": duckdb.__version__,
+        "pyarrow": pa.__version__,
+        "numpy": np.__version__,
+    }
+    for name in _LIBRARIES:
+        if name not in found:
+            try:
+                found[name] = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                found[name] = None
+    return found
 
 
 def graph_id(batch: int, profiles: pa.Table) -> str:

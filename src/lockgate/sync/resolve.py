@@ -271,7 +271,8 @@ def resolve_identities(project: Project, config: IdentityConfig, run_id: str) ->
     is: stitching the same inputs again gives it back (:mod:`lockgate.sync.graphinputs`)."""
     from lockgate.sync import graphinputs
 
-    key = graphinputs.inputs_key(project, config)
+    found = graphinputs.inputs(project, config)
+    key = None if found is None else found.key
     previous = saved_graph(project)
     if (
         key is not None
@@ -285,7 +286,10 @@ def resolve_identities(project: Project, config: IdentityConfig, run_id: str) ->
         return Resolution(config, reused, Resolver(config, reused), saved=True, reused=True)
     inputs = read_sources(project, config)
     blocklist, overrides = read_operator_tables(project, config)
-    if key is not None and graphinputs.inputs_key(project, config) != key:
+    if found is not None and (
+        graphinputs.inputs_key(project, config) != key
+        or not found.read_as(inputs, blocklist, overrides)
+    ):
         key = None  # a source changed while it was read: which rows were read is not known
     result = resolve(
         config, inputs, run_id=run_id, state=previous, blocklist=blocklist, overrides=overrides
