@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.sync.helpers import EVENTS_ONLY, USERS_PROFILE
 from tests.sync.test_rejected_rows import invoke
 
 from lockgate.console import NullConsole
@@ -22,14 +23,9 @@ ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
 
 NOW = 1_780_000_000  # 2026-05-28 20:26:40 UTC: daylight saving time in New York and LA
 
-PROFILE = """
-name: profile
-source: warehouse
-model: {table: users}
-kind: people
-primary_key: user_id
-identify_by: {id: user_id}
-attributes:
+PROFILE = (
+    USERS_PROFILE
+    + """\
   summer: summer
   winter: winter
   gap: gap
@@ -39,18 +35,9 @@ attributes:
   day: day
   as_text: {column: summer, type: string}
 """
+)
 
-ACTIVITY = """
-name: activity
-source: warehouse
-model: {table: events}
-kind: events
-identify_by: {id: user_id}
-event:
-  name: event_name
-  timestamp: occurred_at
-  id: event_id
-"""
+ACTIVITY = EVENTS_ONLY
 
 
 def unix(text: str) -> int:
@@ -339,14 +326,9 @@ def test_saying_utc_silences_the_note_and_resends_nothing(project_factory: Proje
     assert sent["summer"] == unix("2026-07-01T09:00:00+00:00")
 
 
-TEXTS = """
-name: profile
-source: warehouse
-model: {table: users}
-kind: people
-primary_key: user_id
-identify_by: {id: user_id}
-attributes:
+TEXTS = (
+    USERS_PROFILE
+    + """\
   local: {column: local, type: timestamp}
   utc: {column: utc, type: timestamp}
   offset: {column: offset, type: timestamp}
@@ -354,6 +336,7 @@ attributes:
   day: {column: day, type: date}
   as_text: local
 """
+)
 
 
 def test_text_without_an_offset_is_a_local_time_in_the_zone_text_with_one_is_that_instant(
