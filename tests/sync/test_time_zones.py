@@ -386,20 +386,16 @@ def test_text_event_timestamps_without_an_offset_are_read_in_the_zone(
     assert [e.timestamp for e in project_factory.emulator.events()] == [NOW - 3600]
 
 
-CONSTANTS = """
-name: profile
-source: warehouse
-model: {table: users}
-kind: people
-primary_key: user_id
-identify_by: {id: user_id}
-attributes:
+CONSTANTS = (
+    USERS_PROFILE
+    + """\
   quoted: {value: '2026-07-01 09:00:00', type: timestamp}
   unquoted: {value: 2026-07-01 09:00:00, type: timestamp}
   utc: {value: '2026-07-01T09:00:00Z', type: timestamp}
   offset: {value: '2026-07-01T09:00:00+02:00', type: timestamp}
   seen: {column: seen, type: timestamp, on_null: default, default: '2026-07-01 09:00:00'}
 """
+)
 
 
 def test_constant_times_without_an_offset_are_local_times_in_the_zone(
