@@ -45,6 +45,14 @@ ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
 ANSWERS_LOST = FaultConfig(error_5xx=1.0, applied_then_failed=True)
 
 
+def run_answers_lost(project: Project, sync: str, emu: Any) -> None:
+    """A run of ``sync`` against a Customer.io that applies every request and loses its
+    answer (a 5xx): each change made, none confirmed."""
+    emu.set_faults(ANSWERS_LOST)
+    run_sync(project, sync, console=NullConsole())
+    emu.set_faults(FaultConfig())
+
+
 def seed_people(factory: ProjectFactory, n: int) -> None:
     factory.sql(
         "create or replace table people as select i::varchar as id, 'pro' || i as plan "
@@ -365,9 +373,7 @@ def test_a_relationship_added_whose_answer_was_lost_is_removed_once_its_row_leav
     moved = ("3", "1", "acme", "owner")
 
     project_factory.sql("update members set company_id = 'acme' where user_id = 3")
-    emu.set_faults(ANSWERS_LOST)
-    run_sync(project, "memberships", console=NullConsole())
-    emu.set_faults(FaultConfig())
+    run_answers_lost(project, "memberships", emu)
     assert moved in rels(emu)  # applied, never confirmed
 
     project_factory.sql("update members set company_id = 'globex' where user_id = 3")
@@ -384,9 +390,7 @@ def created_unconfirmed(factory: ProjectFactory, rows: int) -> tuple[Project, An
     emu = factory.emulator
     run_sync(project, "people", console=NullConsole())
     seed_people(factory, rows)
-    emu.set_faults(ANSWERS_LOST)
-    run_sync(project, "people", console=NullConsole())
-    emu.set_faults(FaultConfig())
+    run_answers_lost(project, "people", emu)
     return project, emu
 
 
@@ -573,9 +577,7 @@ def test_an_object_created_whose_answer_was_lost_is_cleared_once_its_row_leaves(
     run_sync(project, "companies", console=NullConsole())
 
     project_factory.sql("insert into companies values ('initech', 'Initech', 'pro', 9)")
-    emu.set_faults(ANSWERS_LOST)
-    run_sync(project, "companies", console=NullConsole())
-    emu.set_faults(FaultConfig())
+    run_answers_lost(project, "companies", emu)
 
     def initech() -> dict[str, Any]:
         return next(o.attributes for o in emu.objects() if o.object_id == "initech")
@@ -646,9 +648,7 @@ def test_a_person_created_whose_answer_was_lost_and_rekeyed_stops_counting_as_re
     run_sync(project, "profile", console=NullConsole())
 
     project_factory.sql("insert into users values ('5', 'acct-5', 'u5@example.com', 'pro5')")
-    emu.set_faults(ANSWERS_LOST)
-    run_sync(project, "profile", console=NullConsole())
-    emu.set_faults(FaultConfig())
+    run_answers_lost(project, "profile", emu)
 
     def person5() -> Any:
         return emu.person(**{find: "u5@example.com" if find == "email" else "5"})
