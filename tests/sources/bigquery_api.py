@@ -20,8 +20,66 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
-class BigQueryAPI:
+
+def service_account_file(
+    path: Path, *, project: str = "key-project", token_uri: str = GOOGLE_TOKEN_URI
+) -> Path:
+    """A Google service-account key file at ``path`` (its folder made) for ``project``, whose
+    token endpoint is ``token_uri``."""
+    pem = _KEY.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": project,
+                "private_key_id": "0" * 40,
+                "private_key": pem,
+                "client_email": f"lockgate@{project}.iam.gserviceaccount.com",
+                "client_id": "1",
+                "token_uri": token_uri,
+            }
+        )
+    )
+    return path
+
+
+class JSONHandler(BaseHTTPRequestHandler):
+    """A request handler that logs nothing and answers JSON."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def answer(self, body: dict[str, Any], status: int = 200) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class Loopback:
+    """A threaded HTTP server on a free loopback port (:attr:`url`), until :meth:`close`."""
+
+    def serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class BigQueryAPI(Loopback):
     """The loopback server; set :attr:`fields` (BigQuery's schema JSON) and :attr:`rows`
     (BigQuery's row JSON) before the query runs."""
 
@@ -31,18 +89,7 @@ class BigQueryAPI:
         self.requests: list[tuple[str, str]] = []
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def answer(self, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JSONHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 api.requests.append(("POST", self.path))
@@ -67,9 +114,7 @@ class BigQueryAPI:
                 else:  # jobs.get
                     self.answer(api.job())
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.serve(Handler)
 
     def job(self) -> dict[str, Any]:
         table = {"projectId": "acme", "datasetId": "_anon", "tableId": "anon_result"}
@@ -84,28 +129,4 @@ class BigQueryAPI:
 
     def key_file(self, path: Path) -> Path:
         """A service-account key whose token endpoint is this server."""
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            json.dumps(
-                {
-                    "type": "service_account",
-                    "project_id": "acme",
-                    "private_key_id": "0" * 40,
-                    "private_key": pem,
-                    "client_email": "lockgate@acme.iam.gserviceaccount.com",
-                    "client_id": "1",
-                    "token_uri": f"{self.url}/token",
-                }
-            )
-        )
-        return path
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return service_account_file(path, project="acme", token_uri=f"{self.url}/token")

@@ -9,9 +9,6 @@ import contextlib
 import gzip
 import hashlib
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl
@@ -19,6 +16,7 @@ from urllib.parse import parse_qsl
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from tests.sources.snowflake_loopback import serve
 
 PASSPHRASE = "pp_hunter2_x"
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -51,7 +49,6 @@ def fingerprint() -> str:
 def login_server() -> Iterator[Server]:
     """fakesnow's server on loopback, behind a recorder of the login requests it receives."""
     import fakesnow.server
-    import uvicorn
 
     logins: list[dict[str, Any]] = []
 
@@ -76,27 +73,8 @@ def login_server() -> Iterator[Server]:
             return await fakesnow.server.app(scope, receive_again, send)
         return await fakesnow.server.app(scope, receive, send)
 
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    while thread.is_alive() and not uv.started:
-        time.sleep(0.05)
-    assert uv.started
-    where = {
-        "host": "127.0.0.1",
-        "port": port,
-        "protocol": "http",
-        "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
-        "network_timeout": 5,
-    }
-    try:
+    with serve(app) as where:
         yield where, logins
-    finally:
-        uv.should_exit = True
-        thread.join()
 
 
 def assert_signed_with_the_key(login: dict[str, Any]) -> None:

@@ -27,14 +27,12 @@ import base64
 import contextlib
 import gzip
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+from tests.sources.snowflake_loopback import serve
 
 TABLE = "REAL_SHAPED"
 
@@ -115,7 +113,6 @@ def real_server(result: Result) -> Iterator[Server]:
     """A loopback server that logs the connector in and answers every query with ``result``
     in Snowflake's own encoding. Yields the connector arguments that point at it, and
     ``result`` (to change)."""
-    import uvicorn
 
     async def respond(send: Any, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
@@ -185,24 +182,5 @@ def real_server(result: Result) -> Iterator[Server]:
             },
         )
 
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    while thread.is_alive() and not uv.started:
-        time.sleep(0.05)
-    assert uv.started
-    where = {
-        "host": "127.0.0.1",
-        "port": port,
-        "protocol": "http",
-        "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
-        "network_timeout": 5,
-    }
-    try:
+    with serve(app) as where:
         yield where, result
-    finally:
-        uv.should_exit = True
-        thread.join()

@@ -18,10 +18,8 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from google.cloud.bigquery import SchemaField
-from tests.sources.bigquery_api import BigQueryAPI
+from tests.sources.bigquery_api import BigQueryAPI, service_account_file
 
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
@@ -37,34 +35,11 @@ LIVE_CREDENTIALS = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
 LIVE_PROJECT = os.environ.get("LOCKGATE_BIGQUERY_PROJECT")
 
 
-def _service_account_file(path: Path) -> Path:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    path.write_text(
-        json.dumps(
-            {
-                "type": "service_account",
-                "project_id": "key-project",
-                "private_key_id": "0" * 40,
-                "private_key": pem,
-                "client_email": "lockgate@key-project.iam.gserviceaccount.com",
-                "client_id": "1",
-                "token_uri": "https://oauth2.googleapis.com/token",
-            }
-        )
-    )
-    return path
-
-
 def test_config_builds_a_client_with_the_service_account_project_and_location(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "keys").mkdir()
-    _service_account_file(tmp_path / "keys" / "sa.json")
+    service_account_file(tmp_path / "keys" / "sa.json")
     config = BigQuerySourceConfig(
         project="acme-analytics", dataset="crm", location="EU", credentials_path="keys/sa.json"
     )
@@ -84,7 +59,7 @@ def test_config_builds_a_client_with_the_service_account_project_and_location(
 def test_credentials_path_can_come_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    key = _service_account_file(tmp_path / "sa.json")
+    key = service_account_file(tmp_path / "sa.json")
     monkeypatch.setenv("BQ_KEY", str(key))
 
     source = connect(
@@ -121,7 +96,7 @@ def test_no_credentials_at_all_says_how_to_provide_them(
 
 
 def test_an_unqualified_table_needs_a_dataset(tmp_path: Path) -> None:
-    _service_account_file(tmp_path / "sa.json")
+    service_account_file(tmp_path / "sa.json")
     source = connect(BigQuerySourceConfig(project="p", credentials_path="sa.json"), root=tmp_path)
 
     with pytest.raises(SourceError, match="names no dataset"):

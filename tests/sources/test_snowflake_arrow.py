@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import textwrap
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -55,10 +55,24 @@ def snowflake(server: Server, monkeypatch: pytest.MonkeyPatch) -> Result:
     return result
 
 
+Synced = tuple[RunReport, dict[str, dict[str, Any]]]
+
+
+@pytest.fixture
 def sync(
+    snowflake: Result,
+    tmp_path: Path,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[[str], Synced]:
+    """Run a people sync keyed by `id` over `select * from REAL_SHAPED` sending ``attributes``
+    (YAML, one a line); the run's report and what Customer.io holds."""
+    return lambda attributes: _sync(tmp_path, customerio_emulator, monkeypatch, attributes)
+
+
+def _sync(
     root: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch, attributes: str
-) -> tuple[RunReport, dict[str, dict[str, Any]]]:
-    """A people sync keyed by `id` over `select * from REAL_SHAPED`; what Customer.io holds."""
+) -> Synced:
     site, key = emulator.track_auth
     monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
     monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
@@ -90,10 +104,7 @@ def sync(
 
 
 def test_number_with_a_scale_keeps_every_digit(
-    snowflake: Result,
-    tmp_path: Path,
-    customerio_emulator: Emulator,
-    monkeypatch: pytest.MonkeyPatch,
+    snowflake: Result, sync: Callable[[str], Synced]
 ) -> None:
     # NUMBER(18,2) comes as int64 hundredths: the connector's default made each a float64, so
     # 1234567890123456.78 arrived as ...456.75 and 9999999999999999.99 (1e16 as a float) failed
@@ -110,9 +121,6 @@ def test_number_with_a_scale_keeps_every_digit(
     ]
 
     report, people = sync(
-        tmp_path,
-        customerio_emulator,
-        monkeypatch,
         """
         balance: balance
         balance_text: {column: balance, type: string}
@@ -129,10 +137,7 @@ def test_number_with_a_scale_keeps_every_digit(
 
 
 def test_timestamps_of_every_kind_arrive_as_the_instant_they_name(
-    snowflake: Result,
-    tmp_path: Path,
-    customerio_emulator: Emulator,
-    monkeypatch: pytest.MonkeyPatch,
+    snowflake: Result, sync: Callable[[str], Synced]
 ) -> None:
     # TIMESTAMP_NTZ(9) of 9999-12-31 23:59:59.999999999 overflowed the connector's nanoseconds
     # and failed the whole run; TZ and LTZ come stamped with the session's zone
@@ -165,9 +170,6 @@ def test_timestamps_of_every_kind_arrive_as_the_instant_they_name(
     ]
 
     report, people = sync(
-        tmp_path,
-        customerio_emulator,
-        monkeypatch,
         """
         valid_to: valid_to
         signed_up_at: signed_up_at
@@ -203,10 +205,7 @@ def _child(name: str, kind: pa.DataType, logical: str, nullable: bool = True) ->
 
 
 def test_vectors_and_structured_values_arrive_as_the_json_they_hold(
-    snowflake: Result,
-    tmp_path: Path,
-    customerio_emulator: Emulator,
-    monkeypatch: pytest.MonkeyPatch,
+    snowflake: Result, sync: Callable[[str], Synced]
 ) -> None:
     # a VECTOR (and, with structured types on, an OBJECT(...) or MAP) comes as an Arrow list,
     # struct or map, which Lockgate's text type could not take: the whole run failed
@@ -238,9 +237,6 @@ def test_vectors_and_structured_values_arrive_as_the_json_they_hold(
     ]
 
     report, people = sync(
-        tmp_path,
-        customerio_emulator,
-        monkeypatch,
         """
         embedding: embedding
         address: address
@@ -260,10 +256,7 @@ def test_vectors_and_structured_values_arrive_as_the_json_they_hold(
 
 
 def test_a_number_beyond_64_bits_stops_the_run_naming_the_column_and_the_fix(
-    snowflake: Result,
-    tmp_path: Path,
-    customerio_emulator: Emulator,
-    monkeypatch: pytest.MonkeyPatch,
+    snowflake: Result, sync: Callable[[str], Synced], customerio_emulator: Emulator
 ) -> None:
     # a chunk of NUMBER(38,0) with a value past int64 comes as decimal128(38,0): the run
     # stopped with Arrow's "Integer value out of bounds", naming no column
@@ -279,7 +272,7 @@ def test_a_number_beyond_64_bits_stops_the_run_naming_the_column_and_the_fix(
     ]
 
     with pytest.raises(StepError) as caught:
-        sync(tmp_path, customerio_emulator, monkeypatch, "crm_id: crm_id")
+        sync("crm_id: crm_id")
 
     assert "column `crm_id` holds a NUMBER beyond 64-bit integers" in str(caught.value)
     assert "`to_varchar(crm_id) as crm_id`" in (caught.value.hint or "")
@@ -287,10 +280,7 @@ def test_a_number_beyond_64_bits_stops_the_run_naming_the_column_and_the_fix(
 
 
 def test_the_other_types_arrive_as_customerio_takes_them(
-    snowflake: Result,
-    tmp_path: Path,
-    customerio_emulator: Emulator,
-    monkeypatch: pytest.MonkeyPatch,
+    snowflake: Result, sync: Callable[[str], Synced]
 ) -> None:
     # what the docs' table of Snowflake types says reaches Customer.io
     point = '{\n  "coordinates": [\n    10.75,\n    59.91\n  ],\n  "type": "Point"\n}'
@@ -307,9 +297,6 @@ def test_the_other_types_arrive_as_customerio_takes_them(
     ]
 
     report, people = sync(
-        tmp_path,
-        customerio_emulator,
-        monkeypatch,
         """
         visits: visits
         score: score

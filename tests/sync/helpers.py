@@ -37,8 +37,8 @@ attributes:
 """
 
 #: an events sync `activity` over the `events` table (`user_id`, `event_name`, `occurred_at`,
-#: `event_id`, `feature`); more properties follow, one a line (`ACTIVITY + "  n: n\n"`)
-ACTIVITY = """
+#: `event_id`) with no properties
+EVENTS_ONLY = """
 name: activity
 source: warehouse
 model: {table: events}
@@ -48,9 +48,11 @@ event:
   name: event_name
   timestamp: occurred_at
   id: event_id
-properties:
-  feature: feature
 """
+
+#: :data:`EVENTS_ONLY` with the property `feature`; more follow, one a line
+#: (`ACTIVITY + "  n: n\n"`)
+ACTIVITY = EVENTS_ONLY + "properties:\n  feature: feature\n"
 
 #: a people sync of 40 attributes, over the `people` table :func:`wide_people` builds
 WIDE = """

@@ -15,10 +15,6 @@ killed with the second in flight.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +22,8 @@ from typing import Any
 import pytest
 from tests.sync.test_objects import COMPANIES, MEMBERSHIPS, rels, run_all, seed
 from tests.sync.test_plan_all_matches_sync import PEOPLE as DELETING
-from tests.sync.test_plan_all_matches_sync import lockgate
+from tests.sync.test_plan_all_matches_sync import colors, lockgate
+from tests.sync.test_unconfirmed import killed_once_applied
 
 from lockgate.console import NullConsole
 from lockgate.emulator import FaultConfig
@@ -36,15 +33,7 @@ from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
 
-COLORS = """
-name: colors
-source: warehouse
-model: {table: colors}
-kind: people
-primary_key: user_id
-identify_by: {id: user_id}
-attributes: [color]
-"""
+COLORS = colors("colors")
 
 
 def one_at_a_time(project: Project) -> Project:
@@ -64,25 +53,21 @@ def killed_after_one_answer(root: Path, sync: str, emu: Any, applied: Callable[[
     """`lockgate sync SYNC` in a process of its own, each request answered 2 s after it is
     applied; SIGKILLed once ``applied()`` counts two changes in the emulator (the first one
     answered and journaled, the second in flight)."""
-    emu.set_faults(FaultConfig(answer_latency_ms=2000))
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "lockgate", "sync", sync, "--project", str(root)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while applied() < 2 and time.monotonic() < deadline and victim.poll() is None:
-            time.sleep(0.05)
-        assert applied() == 2, "the changes never reached the emulator"
-        time.sleep(0.5)  # the first answer's journal write lands; the second is 1.5 s away
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(timeout=30)
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-    assert victim.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    emu.set_faults(FaultConfig())
+    # the first answer's journal write lands 0.5 s after; the second is 1.5 s away
+    killed_once_applied(root, sync, emu, lambda: applied() == 2, latency_ms=2000, settle=0.5)
+
+
+def colored_as(emu: Any, prefix: str, *ids: str) -> Callable[[], int]:
+    """How many of the people ``ids`` Customer.io holds with the color ``prefix`` + their id."""
+
+    def count() -> int:
+        return sum(
+            1
+            for i in ids
+            if (p := emu.person(id=i)) is not None and p.attributes.get("color") == prefix + i
+        )
+
+    return count
 
 
 def journaled(project: Project, sync: str) -> list[str]:
@@ -109,14 +94,7 @@ def test_a_person_deleted_after_another_syncs_killed_run_delivered_them_is_sent_
 
     project_factory.sql("update colors set color = 'new' || user_id where user_id in (2, 3)")
 
-    def recolored() -> int:
-        return sum(
-            1
-            for i in ("2", "3")
-            if (p := emu.person(id=i)) is not None and p.attributes.get("color") == "new" + i
-        )
-
-    killed_after_one_answer(project.root, "colors", emu, recolored)
+    killed_after_one_answer(project.root, "colors", emu, colored_as(emu, "new", "2", "3"))
     assert len(journaled(project, "colors")) == 1
 
     project_factory.sql("delete from users where user_id in (2, 3)")
@@ -282,14 +260,7 @@ def test_a_person_deleted_after_another_syncs_killed_run_created_them_is_not_und
 
     project_factory.sql("insert into colors values (3, 'hue3'), (4, 'hue4')")
 
-    def colored() -> int:
-        return sum(
-            1
-            for i in ("3", "4")
-            if (p := emu.person(id=i)) is not None and p.attributes.get("color") == "hue" + i
-        )
-
-    killed_after_one_answer(project.root, "colors", emu, colored)
+    killed_after_one_answer(project.root, "colors", emu, colored_as(emu, "hue", "3", "4"))
     assert len(journaled(project, "colors")) == 1
 
     project_factory.sql(

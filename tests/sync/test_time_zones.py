@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.sync.helpers import EVENTS_ONLY, USERS_PROFILE
 from tests.sync.test_rejected_rows import invoke
 
 from lockgate.console import NullConsole
@@ -22,14 +23,9 @@ ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
 
 NOW = 1_780_000_000  # 2026-05-28 20:26:40 UTC: daylight saving time in New York and LA
 
-PROFILE = """
-name: profile
-source: warehouse
-model: {table: users}
-kind: people
-primary_key: user_id
-identify_by: {id: user_id}
-attributes:
+PROFILE = (
+    USERS_PROFILE
+    + """\
   summer: summer
   winter: winter
   gap: gap
@@ -39,18 +35,9 @@ attributes:
   day: day
   as_text: {column: summer, type: string}
 """
+)
 
-ACTIVITY = """
-name: activity
-source: warehouse
-model: {table: events}
-kind: events
-identify_by: {id: user_id}
-event:
-  name: event_name
-  timestamp: occurred_at
-  id: event_id
-"""
+ACTIVITY = EVENTS_ONLY
 
 
 def unix(text: str) -> int:
@@ -344,14 +331,9 @@ def test_saying_utc_silences_the_note_and_resends_nothing(
     assert sent["summer"] == unix("2026-07-01T09:00:00+00:00")
 
 
-TEXTS = """
-name: profile
-source: warehouse
-model: {table: users}
-kind: people
-primary_key: user_id
-identify_by: {id: user_id}
-attributes:
+TEXTS = (
+    USERS_PROFILE
+    + """\
   local: {column: local, type: timestamp}
   utc: {column: utc, type: timestamp}
   offset: {column: offset, type: timestamp}
@@ -359,6 +341,7 @@ attributes:
   day: {column: day, type: date}
   as_text: local
 """
+)
 
 
 def test_text_without_an_offset_is_a_local_time_in_the_zone_text_with_one_is_that_instant(
@@ -408,20 +391,16 @@ def test_text_event_timestamps_without_an_offset_are_read_in_the_zone(
     assert [e.timestamp for e in project_factory.emulator.events()] == [NOW - 3600]
 
 
-CONSTANTS = """
-name: profile
-source: warehouse
-model: {table: users}
-kind: people
-primary_key: user_id
-identify_by: {id: user_id}
-attributes:
+CONSTANTS = (
+    USERS_PROFILE
+    + """\
   quoted: {value: '2026-07-01 09:00:00', type: timestamp}
   unquoted: {value: 2026-07-01 09:00:00, type: timestamp}
   utc: {value: '2026-07-01T09:00:00Z', type: timestamp}
   offset: {value: '2026-07-01T09:00:00+02:00', type: timestamp}
   seen: {column: seen, type: timestamp, on_null: default, default: '2026-07-01 09:00:00'}
 """
+)
 
 
 def test_constant_times_without_an_offset_are_local_times_in_the_zone(

@@ -45,6 +45,14 @@ ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
 ANSWERS_LOST = FaultConfig(error_5xx=1.0, applied_then_failed=True)
 
 
+def run_answers_lost(project: Project, sync: str, emu: Any) -> None:
+    """A run of ``sync`` against a Customer.io that applies every request and loses its
+    answer (a 5xx): each change made, none confirmed."""
+    emu.set_faults(ANSWERS_LOST)
+    run_sync(project, sync, console=NullConsole())
+    emu.set_faults(FaultConfig())
+
+
 def seed_people(factory: ProjectFactory, n: int) -> None:
     factory.sql(
         "create or replace table people as select i::varchar as id, 'pro' || i as plan "
@@ -166,11 +174,20 @@ def test_an_update_cut_off_by_a_second_sigterm_is_sent_again_when_its_row_goes_b
     assert plan_of(project_factory, "3") == "pro3"
 
 
-def killed_once_applied(root: Path, sync: str, emu: Any, applied: Callable[[], bool]) -> None:
+def killed_once_applied(
+    root: Path,
+    sync: str,
+    emu: Any,
+    applied: Callable[[], bool],
+    *,
+    latency_ms: int = 3000,
+    settle: float = 0.0,
+) -> None:
     """`lockgate sync SYNC` in a process of its own, against a Customer.io that applies each
-    request at once and answers it 3 s later; SIGKILLed once ``applied()`` sees the change in
-    the emulator: the run dies with the request applied and its answer not heard."""
-    emu.set_faults(FaultConfig(answer_latency_ms=3000))
+    request at once and answers it ``latency_ms`` later; SIGKILLed ``settle`` seconds after
+    ``applied()`` sees the change in the emulator: the run dies with the request applied and
+    its answer not heard."""
+    emu.set_faults(FaultConfig(answer_latency_ms=latency_ms))
     victim = subprocess.Popen(
         [sys.executable, "-m", "lockgate", "sync", sync, "--project", str(root)],
         stdout=subprocess.DEVNULL,
@@ -181,6 +198,7 @@ def killed_once_applied(root: Path, sync: str, emu: Any, applied: Callable[[], b
         while not applied() and time.monotonic() < deadline and victim.poll() is None:
             time.sleep(0.05)
         assert applied(), "the change never reached the emulator"
+        time.sleep(settle)
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
     finally:
@@ -355,9 +373,7 @@ def test_a_relationship_added_whose_answer_was_lost_is_removed_once_its_row_leav
     moved = ("3", "1", "acme", "owner")
 
     project_factory.sql("update members set company_id = 'acme' where user_id = 3")
-    emu.set_faults(ANSWERS_LOST)
-    run_sync(project, "memberships", console=NullConsole())
-    emu.set_faults(FaultConfig())
+    run_answers_lost(project, "memberships", emu)
     assert moved in rels(emu)  # applied, never confirmed
 
     project_factory.sql("update members set company_id = 'globex' where user_id = 3")
@@ -366,22 +382,24 @@ def test_a_relationship_added_whose_answer_was_lost_is_removed_once_its_row_leav
     assert moved not in rels(emu)
 
 
+def created_unconfirmed(factory: ProjectFactory, rows: int) -> tuple[Project, Any]:
+    """A `mirror` sync with `delete_removed: true` run over 5 people, then over ``rows`` with
+    every answer lost: people 5 to ``rows - 1`` created in Customer.io, never confirmed."""
+    seed_people(factory, 5)
+    project = factory.write({"people": PEOPLE + "mode: mirror\ndelete_removed: true\n"}, retries=0)
+    emu = factory.emulator
+    run_sync(project, "people", console=NullConsole())
+    seed_people(factory, rows)
+    run_answers_lost(project, "people", emu)
+    return project, emu
+
+
 def test_a_person_created_whose_answer_was_lost_is_deleted_once_their_row_leaves(
     project_factory: ProjectFactory,
 ) -> None:
     """`mode: mirror` with `delete_removed: true`: person 5 was created in Customer.io but
     the run never heard so, and their row left before the next run, which must delete them."""
-    seed_people(project_factory, 5)
-    project = project_factory.write(
-        {"people": PEOPLE + "mode: mirror\ndelete_removed: true\n"}, retries=0
-    )
-    emu = project_factory.emulator
-    run_sync(project, "people", console=NullConsole())
-
-    seed_people(project_factory, 6)
-    emu.set_faults(ANSWERS_LOST)
-    run_sync(project, "people", console=NullConsole())
-    emu.set_faults(FaultConfig())
+    project, emu = created_unconfirmed(project_factory, 6)
     assert emu.person(id="5") is not None  # created, never confirmed
 
     seed_people(project_factory, 5)  # person 5's row leaves
@@ -396,17 +414,7 @@ def test_a_person_created_whose_answer_was_lost_under_format_2_is_deleted_once_u
     sent to: opened by this Lockgate, they are read from the run's history, so the next
     `mirror` run still deletes the person created (maybe) whose row has left; a row still in
     the model is sent again as before."""
-    seed_people(project_factory, 5)
-    project = project_factory.write(
-        {"people": PEOPLE + "mode: mirror\ndelete_removed: true\n"}, retries=0
-    )
-    emu = project_factory.emulator
-    run_sync(project, "people", console=NullConsole())
-
-    seed_people(project_factory, 7)
-    emu.set_faults(ANSWERS_LOST)
-    run_sync(project, "people", console=NullConsole())
-    emu.set_faults(FaultConfig())
+    project, emu = created_unconfirmed(project_factory, 7)
     assert emu.person(id="5") is not None and emu.person(id="6") is not None
     with StateStore.open(project.state_dir) as store:  # as format 2 left it
         store.exec_sql(
@@ -569,9 +577,7 @@ def test_an_object_created_whose_answer_was_lost_is_cleared_once_its_row_leaves(
     run_sync(project, "companies", console=NullConsole())
 
     project_factory.sql("insert into companies values ('initech', 'Initech', 'pro', 9)")
-    emu.set_faults(ANSWERS_LOST)
-    run_sync(project, "companies", console=NullConsole())
-    emu.set_faults(FaultConfig())
+    run_answers_lost(project, "companies", emu)
 
     def initech() -> dict[str, Any]:
         return next(o.attributes for o in emu.objects() if o.object_id == "initech")
@@ -642,9 +648,7 @@ def test_a_person_created_whose_answer_was_lost_and_rekeyed_stops_counting_as_re
     run_sync(project, "profile", console=NullConsole())
 
     project_factory.sql("insert into users values ('5', 'acct-5', 'u5@example.com', 'pro5')")
-    emu.set_faults(ANSWERS_LOST)
-    run_sync(project, "profile", console=NullConsole())
-    emu.set_faults(FaultConfig())
+    run_answers_lost(project, "profile", emu)
 
     def person5() -> Any:
         return emu.person(**{find: "u5@example.com" if find == "email" else "5"})
@@ -693,16 +697,7 @@ def test_a_format_2_state_whose_history_was_trimmed_leaves_the_unconfirmed_recor
     sent it: `history_days` may have dropped it. Then the record has none, and the upgrade
     guesses nothing: a row still in the model is sent again as before, one that left is not
     undone (nobody is deleted by identifiers of another run), and the runs go on."""
-    seed_people(project_factory, 5)
-    project = project_factory.write(
-        {"people": PEOPLE + "mode: mirror\ndelete_removed: true\n"}, retries=0
-    )
-    emu = project_factory.emulator
-    run_sync(project, "people", console=NullConsole())
-    seed_people(project_factory, 7)
-    emu.set_faults(ANSWERS_LOST)
-    run_sync(project, "people", console=NullConsole())
-    emu.set_faults(FaultConfig())
+    project, emu = created_unconfirmed(project_factory, 7)
     with StateStore.open(project.state_dir) as store:  # format 2, its history trimmed
         store.exec_sql(
             'alter table "unconfirmed__people" drop column ident; '

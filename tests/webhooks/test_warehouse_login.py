@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
+from tests.sources.bigquery_api import JSONHandler, Loopback, service_account_file
 from tests.sources.snowflake_login import (
     KEY,
     PASSPHRASE,
@@ -206,25 +204,6 @@ def test_a_variable_not_set_names_the_source_and_line_printing_no_secret(
 # ---------------------------------------------------------------------------- BigQuery
 
 
-def service_account_file(
-    path: Path, token_uri: str = "https://oauth2.googleapis.com/token"
-) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps(
-            {
-                "type": "service_account",
-                "project_id": "key-project",
-                "private_key_id": "k1",
-                "private_key": pem().decode(),
-                "client_email": "loader@key-project.iam.gserviceaccount.com",
-                "client_id": "1",
-                "token_uri": token_uri,
-            }
-        )
-    )
-
-
 @pytest.mark.parametrize("written", ["keys/sa.json", "~/keys/sa.json", "${GCP_KEYS}/sa.json"])
 def test_bigquery_loads_with_the_sources_project_key_and_location(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: str
@@ -253,7 +232,7 @@ def test_bigquery_loads_with_the_sources_project_key_and_location(
     destination, _ = destination_for(project)
     credentials = destination.config_params["credentials"]
     assert credentials.project_id == "acme-analytics"
-    assert credentials.client_email == "loader@key-project.iam.gserviceaccount.com"
+    assert credentials.client_email == "lockgate@key-project.iam.gserviceaccount.com"
     assert destination.config_params["location"] == "EU"
     source = connect(project.config.sources["warehouse"], root=project.root, name="warehouse")
     assert isinstance(source, BigQuerySource)
@@ -285,7 +264,7 @@ def test_bigquery_a_project_variable_not_set_names_the_source_and_line(tmp_path:
         assert "`GCP_PROJECT`" in str(caught.value) and "source `warehouse`" in str(caught.value)
 
 
-class GoogleAPI:
+class GoogleAPI(Loopback):
     """Google's token endpoint and BigQuery's `datasets.get` on loopback: the datasets it
     holds (`project.dataset` -> location), every request it was sent, and an HTTP status to
     answer every dataset request with instead (a refusal)."""
@@ -296,24 +275,11 @@ class GoogleAPI:
         self.refuse: int | None = None
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JSONHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 api.requests.append(("POST", self.path, None))
-                self.answer(
-                    200, {"access_token": "t0k", "expires_in": 3600, "token_type": "Bearer"}
-                )
+                self.answer({"access_token": "t0k", "expires_in": 3600, "token_type": "Bearer"})
 
             def do_GET(self) -> None:
                 api.requests.append(("GET", self.path, self.headers.get("Authorization")))
@@ -321,7 +287,6 @@ class GoogleAPI:
                 key = f"{parts[4]}.{parts[6]}"
                 if api.refuse is not None:
                     self.answer(
-                        api.refuse,
                         {
                             "error": {
                                 "code": api.refuse,
@@ -329,13 +294,13 @@ class GoogleAPI:
                                 "errors": [{"reason": "accessDenied"}],
                             }
                         },
+                        api.refuse,
                     )
                 elif key in api.datasets:
                     reference = {"projectId": parts[4], "datasetId": parts[6]}
-                    self.answer(200, {"datasetReference": reference, "location": api.datasets[key]})
+                    self.answer({"datasetReference": reference, "location": api.datasets[key]})
                 else:
                     self.answer(
-                        404,
                         {
                             "error": {
                                 "code": 404,
@@ -343,15 +308,10 @@ class GoogleAPI:
                                 "errors": [{"reason": "notFound"}],
                             }
                         },
+                        404,
                     )
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
     def datasets_asked(self) -> list[str]:
         return [path.split("?")[0].split("/", 4)[-1] for m, path, _ in self.requests if m == "GET"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -585,19 +585,25 @@ def is_naive(col_type: str) -> bool:
     return _is(col_type, ("TIMESTAMP",)) and "TIME ZONE" not in col_type.upper()
 
 
+def _sent_fields(sync: SyncConfig) -> Iterator[tuple[str, FieldConfig]]:
+    """(name, spec) of every field ``sync`` sends: attributes, relationship attributes,
+    properties and the properties of its `on_change` rules."""
+    for group in (
+        sync.attributes,
+        sync.relationship_attributes,
+        sync.properties,
+        *(rule.properties for rule in sync.on_change),
+    ):
+        yield from group.items()
+
+
 def naive_columns(sync: SyncConfig, columns: dict[str, str]) -> list[str]:
     """The columns of ``columns`` (the model's, name -> DuckDB type) that ``sync`` sends as
     instants and hold timestamps without a time zone: those its `timezone` reads (UTC when
     unset). A field sent as text (`type: string`, `json`) keeps the wall clock it holds."""
     out = [
         spec.column or name
-        for group in (
-            sync.attributes,
-            sync.relationship_attributes,
-            sync.properties,
-            *(rule.properties for rule in sync.on_change),
-        )
-        for name, spec in group.items()
+        for name, spec in _sent_fields(sync)
         if spec.value is None and spec.type in ("auto", "timestamp", "date")
     ]
     if sync.event is not None and sync.event.timestamp:
@@ -611,13 +617,7 @@ def zoned_columns(sync: SyncConfig, columns: dict[str, str]) -> list[str]:
     without an offset are local times in the zone, see :func:`_text_instant`)."""
     text = [
         spec.column or name
-        for group in (
-            sync.attributes,
-            sync.relationship_attributes,
-            sync.properties,
-            *(rule.properties for rule in sync.on_change),
-        )
-        for name, spec in group.items()
+        for name, spec in _sent_fields(sync)
         if spec.value is None
         and spec.type in ("timestamp", "date")
         and _is(json_read(columns.get(spec.column or name, ""), spec.type)[0], ("VARCHAR",))

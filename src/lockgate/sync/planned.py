@@ -99,6 +99,15 @@ def _unmarking(con: duckdb.DuckDBPyConnection, planned: Planned, sync: str, sele
     run_sql(con, f"insert into {marks} {select}")
 
 
+def _forgetting(
+    con: duckdb.DuckDBPyConnection, planned: Planned, sync: str, delivered: str, unconfirmed: str
+) -> None:
+    """:func:`_dropping` the keys ``delivered`` selects and :func:`_unmarking` those
+    ``unconfirmed`` selects, of ``sync``: what another sync's deletes make it forget."""
+    _dropping(con, planned, sync, delivered)
+    _unmarking(con, planned, sync, unconfirmed)
+
+
 def record(
     store: StateStore,
     project: Project,
@@ -145,17 +154,12 @@ def record(
         gone = con.execute(f"select count(*) from {deleted}").fetchall()[0][0]
         for other in people_syncs(project, sync) if gone else []:
             store.ensure_sync_tables(other.name)
-            _dropping(
+            # their delivered and their unconfirmed records (``forget_people_of``)
+            _forgetting(
                 con,
                 planned,
                 other.name,
                 diff_step.delivered_records_of(sync.kind, other.name, deleted),
-            )
-            # and their unconfirmed records (``forget_people_of``)
-            _unmarking(
-                con,
-                planned,
-                other.name,
                 diff_step.unconfirmed_records_of(sync.kind, other.name, deleted),
             )
             if sync.kind == "people":  # and the emails they kept (``forget_people_of``)
@@ -227,16 +231,11 @@ def _forget_relationships(
         return
     for other in relationship_syncs(project, sync):
         store.ensure_sync_tables(other.name)
-        _dropping(
+        _forgetting(
             con,
             planned,
             other.name,
             diff_step.delivered_relationships_of(sync.kind, other.name, deleted),
-        )
-        _unmarking(
-            con,
-            planned,
-            other.name,
             diff_step.unconfirmed_relationships_of(sync.kind, other.name, deleted),
         )
 

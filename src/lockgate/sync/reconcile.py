@@ -33,7 +33,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlparse
 
-import duckdb
 import httpx
 import orjson
 
@@ -43,11 +42,9 @@ from lockgate.destinations.customerio.settings import CustomerIOSettings
 from lockgate.errors import ConfigError
 from lockgate.project.loader import Project
 from lockgate.project.models import SyncConfig, resolve_env
-from lockgate.sources import connect
 from lockgate.state.store import run_sql
 from lockgate.sync import mapping
-from lockgate.sync.extract import stage
-from lockgate.sync.reconcile_events import EventsReconcileReport, reconcile_events
+from lockgate.sync.reconcile_events import EventsReconcileReport, reconcile_events, staged_model
 from lockgate.sync.run import destination_url
 
 DEFAULT_SAMPLE = 1000
@@ -180,21 +177,7 @@ def _expected(
     project: Project, sync: SyncConfig, console: Console, sample: int | None
 ) -> tuple[int, list[tuple[str, str, str, dict[str, Any]]]]:
     """(valid rows in the model, [(key, id_type, id, attributes)] to compare)."""
-    con = duckdb.connect()
-    try:
-        run_sql(con, "set memory_limit='512MB'")
-        run_sql(con, f"set temp_directory='{project.state_dir / 'tmp'}'")
-        source = connect(project.config.sources[sync.source], root=project.root, name=sync.source)
-        try:
-            with console.progress(f"extract {sync.name}", None) as advance:
-                try:
-                    staged = stage(
-                        con, source, project.model_sql(sync), sync=sync.name, advance=advance
-                    )
-                except ConfigError as exc:  # two columns of one name
-                    raise project.locate(exc, sync.name, ("model",)) from None
-        finally:
-            source.close()
+    with staged_model(project, sync, console) as (con, staged):
         compiled = mapping.compile_people(sync, staged.columns, project.config.defaults.on_null)
         run_sql(
             con,
@@ -208,8 +191,6 @@ def _expected(
         population = int(con.execute("select count(*) from expected").fetchall()[0][0])
         limit = f"order by hash(k) limit {int(sample)}" if sample else "order by k"
         rows = con.execute(f"select k, op from expected {limit}").fetchall()
-    finally:
-        con.close()
     out = []
     for k, op in rows:
         doc = orjson.loads(op)

@@ -30,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +50,7 @@ from lockgate.sources import connect
 from lockgate.state.store import StateStore, has_table, run_sql, table
 from lockgate.sync import mapping
 from lockgate.sync.deliver import event_ulids
-from lockgate.sync.extract import stage
+from lockgate.sync.extract import Staged, stage
 
 RETENTION_SECONDS = 30 * 86400
 """Customer.io guarantees the activities of the past 30 days (App API spec)."""
@@ -234,11 +236,12 @@ def _delivered(project: Project, sync: SyncConfig, sample: int) -> _Delivered:
     return out
 
 
-def _model_events(
-    project: Project, sync: SyncConfig, console: Console, keys: set[str]
-) -> dict[str, _Event]:
-    """The events of ``keys`` as the model maps them now: name, timestamp and dedupe id."""
-    assert sync.event is not None
+@contextmanager
+def staged_model(
+    project: Project, sync: SyncConfig, console: Console
+) -> Iterator[tuple[duckdb.DuckDBPyConnection, Staged]]:
+    """The sync's model read, as a run reads it (``extract.stage``), into the temp table
+    ``model`` of a private in-memory DuckDB (no state lock taken), closed on leaving."""
     con = duckdb.connect()
     try:
         run_sql(con, "set memory_limit='512MB'")
@@ -250,10 +253,21 @@ def _model_events(
                     staged = stage(
                         con, source, project.model_sql(sync), sync=sync.name, advance=advance
                     )
-                except ConfigError as exc:
+                except ConfigError as exc:  # two columns of one name
                     raise project.locate(exc, sync.name, ("model",)) from None
         finally:
             source.close()
+        yield con, staged
+    finally:
+        con.close()
+
+
+def _model_events(
+    project: Project, sync: SyncConfig, console: Console, keys: set[str]
+) -> dict[str, _Event]:
+    """The events of ``keys`` as the model maps them now: name, timestamp and dedupe id."""
+    assert sync.event is not None
+    with staged_model(project, sync, console) as (con, staged):
         compiled = mapping.compile_events(sync, staged.columns, int(time.time()))
         con.register("_keys", pa.table({"k": pa.array(sorted(keys), pa.string())}))
         rows = con.execute(
@@ -266,8 +280,6 @@ def _model_events(
             qualify row_number() over (partition by k order by ts) = 1
             """
         ).fetchall()
-    finally:
-        con.close()
     if not rows:
         return {}
     ids = event_ulids(
