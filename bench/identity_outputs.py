@@ -41,7 +41,11 @@ def changed(sources: dict[str, pa.Table]) -> dict[str, pa.Table]:
     # a lead's email on a user: the lead's profile merges into the user's
     users = out["app_users"]
     lead = pa.table(
-        {"user_id": users["user_id"].slice(5, 1), "email": ["lead5@news.io"], "ts": users["ts"].slice(5, 1)},
+        {
+            "user_id": users["user_id"].slice(5, 1),
+            "email": ["lead5@news.io"],
+            "ts": users["ts"].slice(5, 1),
+        },
         schema=users.schema,
     )
     # a person's own row gone while the CRM still has their email: a split
@@ -50,9 +54,8 @@ def changed(sources: dict[str, pa.Table]) -> dict[str, pa.Table]:
     out["app_users"] = users
     out["stripe_customers"] = sources["stripe_customers"].slice(1)
     ids = sources["identifies"]
-    out["identifies"] = ids.slice(0, 100).set_column(
-        0, "anonymous_id", pc.binary_join_element_wise(ids["anonymous_id"].slice(0, 100), "new", "-")
-    )
+    fresh = pc.binary_join_element_wise(ids["anonymous_id"].slice(0, 100), "new", "-")
+    out["identifies"] = ids.slice(0, 100).set_column(0, "anonymous_id", fresh)
     return out
 
 
@@ -61,7 +64,9 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=30_000)
     args = parser.parse_args()
     config = synthetic_config()
-    sources = synthetic_sources(args.people, seed=3, shared_device_every=500, shared_email_every=200)
+    sources = synthetic_sources(
+        args.people, seed=3, shared_device_every=500, shared_email_every=200
+    )
     state = None
     for run_id, inputs in (("r1", sources), ("r2", sources), ("r3", changed(sources))):
         result = resolve(config, inputs, run_id=run_id, state=state)

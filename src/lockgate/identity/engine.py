@@ -67,6 +67,18 @@ I64_MAX = np.iinfo(np.int64).max
 I64_MIN = np.iinfo(np.int64).min
 CioExists = Callable[[str, str], bool]
 
+#: the previous identifier map's columns a run reads
+PREV_NODE_COLUMNS = [
+    "id_type",
+    "id_value",
+    "profile_id",
+    "first_seen_batch",
+    "first_observed",
+    "last_observed",
+    "best_rank",
+    "sources",
+]
+
 
 @dataclass
 class _Cells:
@@ -250,9 +262,14 @@ def resolve(
 
     # previous nodes, re-checked against today's blocklist
     prev_nodes = state.nodes if state is not None else NODES_SCHEMA.empty_table()
+    # only the columns read here: filtering the whole map copied its run ids, types and
+    # statuses too, and kept the copy to the end of the run
+    prev_nodes = prev_nodes.select(PREV_NODE_COLUMNS)
     prev_by_type: dict[int, pa.Table] = {}
     for t, type_name in enumerate(types):
-        part = prev_nodes.filter(pc.equal(prev_nodes["id_type"], type_name))
+        part = prev_nodes.filter(pc.equal(prev_nodes["id_type"], type_name)).drop_columns(
+            ["id_type"]
+        )
         if part.num_rows:
             # a node's value carries its type's `namespace:`; the rules are about the value
             values = part["id_value"].combine_chunks()
@@ -292,8 +309,13 @@ def resolve(
                 prev_ids[t] = chunk
             else:
                 cell_ids[key] = chunk
+    del parts, joined, encoded, idx
     n_nodes = int(offsets[-1])
     node_values: pa.StringArray = pa.chunked_array(dictionaries, pa.string()).combine_chunks()
+    # each type's dictionary as a slice of the one copy (not a second copy of every value)
+    dictionaries = [
+        node_values.slice(int(offsets[t]), int(offsets[t + 1] - offsets[t])) for t in range(n_types)
+    ]
     node_type = np.repeat(np.arange(n_types, dtype=np.int16), np.diff(offsets))
 
     stats["dictionary_s"] = time.perf_counter() - t0
@@ -314,6 +336,9 @@ def resolve(
         node_first[ids] = np.minimum(node_first[ids], _ts_int(part["first_observed"], I64_MAX))
         node_last[ids] = np.maximum(node_last[ids], _ts_int(part["last_observed"], I64_MIN))
         node_rank[ids] = np.minimum(node_rank[ids], part["best_rank"].to_numpy().astype(np.int64))
+    # from here on only their profile ids are read
+    prev_by_type = {t: part.select(["profile_id"]) for t, part in prev_by_type.items()}
+    del prev_nodes
     seen_ids: list[npt.NDArray[np.int64]] = []
     seen_first: list[npt.NDArray[np.int64]] = []
     seen_last: list[npt.NDArray[np.int64]] = []
@@ -336,6 +361,8 @@ def resolve(
         all_ids = np.concatenate(seen_ids)
         np.minimum.at(node_first, all_ids, np.concatenate(seen_first))
         np.maximum.at(node_last, all_ids, np.concatenate(seen_last))
+        del all_ids
+    del seen_ids, seen_first, seen_last
 
     stats["evidence_s"] = time.perf_counter() - t0 - stats["dictionary_s"]
     # 3. star edges per row, around the row's most trusted identifier
@@ -414,6 +441,9 @@ def resolve(
         e_mask.append(
             _source_mask(prev_edges["sources"].filter(okp), source_index) & ~np.uint64(reread)
         )
+        del ends, ok, okp
+    # the sources' normalised values are all in `node_values` and the edges now
+    del cells, cell_ids
 
     # drop nodes nobody supports any more, then renumber
     alive = node_mask != 0
@@ -431,11 +461,15 @@ def resolve(
         n_nodes = int(keep_nodes.shape[0])
     all_a, all_b = remap[all_a[edge_ok]], remap[all_b[edge_ok]]
 
-    def cat(parts: list[npt.NDArray[np.int64]] | list[npt.NDArray[np.uint64]]) -> np.ndarray:
-        return np.concatenate(parts)[edge_ok] if parts else np.zeros(0)
+    def cat(
+        parts: list[npt.NDArray[np.int64]] | list[npt.NDArray[np.uint64]], ok: npt.NDArray[np.bool_]
+    ) -> np.ndarray:
+        return np.concatenate(parts)[ok] if parts else np.zeros(0)
 
-    rank_all, batch_all = cat(e_rank), cat(e_batch)
-    first_all, last_all, mask_all = cat(e_first), cat(e_last), cat(e_mask)
+    rank_all, batch_all = cat(e_rank, edge_ok), cat(e_batch, edge_ok)
+    first_all, last_all = cat(e_first, edge_ok), cat(e_last, edge_ok)
+    mask_all = cat(e_mask, edge_ok)
+    del e_a, e_b, e_rank, e_batch, e_first, e_last, e_mask, edge_ok
     rows_table = None
     if keep_rows:
         rows_table = pa.concat_tables(row_parts) if row_parts else None
@@ -450,8 +484,8 @@ def resolve(
         np.flatnonzero(np.r_[True, skey[1:] != skey[:-1]]) if skey.size else np.zeros(0, np.int64)
     )
     if skey.size:
-        ga = all_a[order][starts]
-        gb = all_b[order][starts]
+        ga = all_a[order[starts]]
+        gb = all_b[order[starts]]
         grank = np.minimum.reduceat(rank_all[order], starts).astype(np.int16)
         gbatch = np.minimum.reduceat(batch_all[order], starts).astype(np.int64)
         gfirst = np.minimum.reduceat(first_all[order], starts).astype(np.int64)
@@ -476,6 +510,7 @@ def resolve(
     reason: dict[int, str] = {}
     status[gmask == 0] = g.RETRACTED
     edge_keys = skey[starts] if skey.size else np.zeros(0, np.int64)
+    del key, order, skey, starts, all_a, all_b, rank_all, batch_all, first_all, last_all, mask_all
     stats["dedup_s"] = time.perf_counter() - t0
 
     def node_of(type_name: str | None, value: str | None) -> int:
