@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from lockgate.errors import ConfigError
 from lockgate.identity import graph as g
+from lockgate.identity.memory import give_back
 from lockgate.identity.normalize import check_values, normalize_column, operator_blocked
 from lockgate.identity.profiles import (
     PreviousProfiles,
@@ -258,7 +259,11 @@ def resolve(
                 columns=columns,
             )
         )
+    # a caller that handed its sources over (kept no reference) has their memory back now
+    del inputs
+    table = pa.table({})  # nor the last source's rows
     stats["normalize_s"] = time.perf_counter() - clock
+    give_back()  # normalisation's temporaries
 
     # previous nodes, re-checked against today's blocklist
     prev_nodes = state.nodes if state is not None else NODES_SCHEMA.empty_table()
@@ -365,6 +370,7 @@ def resolve(
     del seen_ids, seen_first, seen_last
 
     stats["evidence_s"] = time.perf_counter() - t0 - stats["dictionary_s"]
+    give_back()  # the dictionaries' and the previous nodes' temporaries
     # 3. star edges per row, around the row's most trusted identifier
     e_a: list[npt.NDArray[np.int64]] = []
     e_b: list[npt.NDArray[np.int64]] = []
@@ -444,7 +450,15 @@ def resolve(
         del ends, ok, okp
     # the sources' normalised values are all in `node_values` and the edges now
     del cells, cell_ids
+    # of the previous graph only its profiles and logs are read from here on: a caller that
+    # handed the state over (kept no reference) has the memory of its nodes and edges back
+    previous = PreviousProfiles.from_state(state, types)
+    prev_held = state.held if state is not None else HELD_SCHEMA.empty_table()
+    prev_lost = state.lost if state is not None else LOST_SCHEMA.empty_table()
+    prev_contested = state.contested if state is not None else CONTESTED_SCHEMA.empty_table()
+    del state, prev_edges
 
+    give_back()  # the previous graph's nodes and edges, when handed over
     # drop nodes nobody supports any more, then renumber
     alive = node_mask != 0
     remap = np.cumsum(alive, dtype=np.int64) - 1
@@ -512,6 +526,7 @@ def resolve(
     edge_keys = skey[starts] if skey.size else np.zeros(0, np.int64)
     del key, order, skey, starts, all_a, all_b, rank_all, batch_all, first_all, last_all, mask_all
     stats["dedup_s"] = time.perf_counter() - t0
+    give_back()  # the normalised sources and the star edges, freed above
 
     def node_of(type_name: str | None, value: str | None) -> int:
         if type_name not in type_index or value is None:
@@ -627,8 +642,8 @@ def resolve(
     stats["replayed_edges"] = replayed
 
     # 6. profile ids
+    give_back()  # the components' rounds
     t0 = time.perf_counter()
-    previous = PreviousProfiles.from_state(state, types)
     prev_pid = np.full(n_nodes, -1, dtype=np.int64)
     for t, ids in prev_ids.items():
         part = prev_by_type[t]
@@ -655,19 +670,22 @@ def resolve(
         cio_exists=cio_exists,
     )
     held = hold_splits(
-        state.held if state is not None else HELD_SCHEMA.empty_table(),
+        prev_held,
         previous.table,
         assigned.splits,
         assigned.profiles,
         run_id,
     )
     lost = track_lost(
-        state.lost if state is not None else LOST_SCHEMA.empty_table(),
+        prev_lost,
         assigned.moves,
         assigned.profiles,
         types,
     )
     stats["profiles_s"] = time.perf_counter() - t0
+    # the tables below read none of these
+    del labels, prev_pid, alive, prev_ids, prev_by_type
+    give_back()  # the profile assignment's temporaries
 
     # 7. analyst tables
     t0 = time.perf_counter()
@@ -727,7 +745,7 @@ def resolve(
         schema=REFUSALS_SCHEMA,
     )
     contested = track_contested(
-        state.contested if state is not None else CONTESTED_SCHEMA.empty_table(),
+        prev_contested,
         refused,
         assigned.aliases,
         assigned.profiles,
