@@ -322,6 +322,7 @@ def resolve(
         node_values.slice(int(offsets[t]), int(offsets[t + 1] - offsets[t])) for t in range(n_types)
     ]
     node_type = np.repeat(np.arange(n_types, dtype=np.int16), np.diff(offsets))
+    give_back()  # the encoding's copies of every value
 
     stats["dictionary_s"] = time.perf_counter() - t0
     # node evidence
@@ -370,7 +371,7 @@ def resolve(
     del seen_ids, seen_first, seen_last
 
     stats["evidence_s"] = time.perf_counter() - t0 - stats["dictionary_s"]
-    give_back()  # the dictionaries' and the previous nodes' temporaries
+    give_back()  # the previous nodes' columns read above
     # 3. star edges per row, around the row's most trusted identifier
     e_a: list[npt.NDArray[np.int64]] = []
     e_b: list[npt.NDArray[np.int64]] = []
