@@ -132,6 +132,33 @@ def _source_mask(
     return out
 
 
+def _rows_of_type(nodes: pa.Table, type_name: str) -> pa.Table:
+    """The rows of an identifier map whose `id_type` is ``type_name``: a slice, not a copy,
+    when they are contiguous (as `resolve` writes the map, type by type; a copy of a
+    million-person map's columns cost ~200 MiB), else a filtered copy."""
+    hit = pc.equal(nodes["id_type"], type_name)
+    rows = np.flatnonzero(hit.to_numpy(zero_copy_only=False))
+    if rows.size and int(rows[-1]) - int(rows[0]) + 1 == rows.size:
+        return nodes.slice(int(rows[0]), int(rows.size))
+    return nodes.filter(hit)
+
+
+def _still_valid(
+    config: IdentityConfig, type_name: str, part: pa.Table, extra_blocked: frozenset[str]
+) -> pa.Table:
+    """The previous map's rows of one type whose value today's rules still accept."""
+    if not part.num_rows:
+        return part
+    # a node's value carries its type's `namespace:`; the rules are about the value
+    values = part["id_value"].combine_chunks()
+    namespace = config.identifier_types[type_name].namespace
+    if namespace:
+        values = pc.utf8_replace_slice(values, 0, len(namespace) + 1, "")
+    blocked, invalid = check_values(config, type_name, values, extra_blocked=extra_blocked)
+    dropped = pc.or_(blocked, invalid)
+    return part.filter(pc.invert(dropped)) if pc.any(dropped).as_py() else part
+
+
 def _mask_names(masks: npt.NDArray[np.uint64], names: list[str]) -> pa.Array:
     """Source bitmasks as lists of source names (built once per distinct mask)."""
     encoded = pa.array(masks, pa.uint64()).dictionary_encode()  # hashing, no sort
@@ -272,20 +299,8 @@ def resolve(
     prev_nodes = prev_nodes.select(PREV_NODE_COLUMNS)
     prev_by_type: dict[int, pa.Table] = {}
     for t, type_name in enumerate(types):
-        part = prev_nodes.filter(pc.equal(prev_nodes["id_type"], type_name)).drop_columns(
-            ["id_type"]
-        )
-        if part.num_rows:
-            # a node's value carries its type's `namespace:`; the rules are about the value
-            values = part["id_value"].combine_chunks()
-            namespace = config.identifier_types[type_name].namespace
-            if namespace:
-                values = pc.utf8_replace_slice(values, 0, len(namespace) + 1, "")
-            blocked, invalid = check_values(
-                config, type_name, values, extra_blocked=extra_blocked[type_name]
-            )
-            part = part.filter(pc.invert(pc.or_(blocked, invalid)))
-        prev_by_type[t] = part
+        part = _rows_of_type(prev_nodes, type_name).drop_columns(["id_type"])
+        prev_by_type[t] = _still_valid(config, type_name, part, extra_blocked[type_name])
 
     # 2. dense integers: one dictionary per type
     t0 = time.perf_counter()
@@ -345,6 +360,7 @@ def resolve(
     # from here on only their profile ids are read
     prev_by_type = {t: part.select(["profile_id"]) for t, part in prev_by_type.items()}
     del prev_nodes
+    part = pa.table({})  # nor the last type's rows (a slice of every column)
     seen_ids: list[npt.NDArray[np.int64]] = []
     seen_first: list[npt.NDArray[np.int64]] = []
     seen_last: list[npt.NDArray[np.int64]] = []
