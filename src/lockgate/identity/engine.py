@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from lockgate.errors import ConfigError
 from lockgate.identity import graph as g
+from lockgate.identity.memory import give_back
 from lockgate.identity.normalize import check_values, normalize_column, operator_blocked
 from lockgate.identity.profiles import (
     PreviousProfiles,
@@ -66,6 +67,18 @@ RESOLVER_VERSION = 1
 I64_MAX = np.iinfo(np.int64).max
 I64_MIN = np.iinfo(np.int64).min
 CioExists = Callable[[str, str], bool]
+
+#: the previous identifier map's columns a run reads
+PREV_NODE_COLUMNS = [
+    "id_type",
+    "id_value",
+    "profile_id",
+    "first_seen_batch",
+    "first_observed",
+    "last_observed",
+    "best_rank",
+    "sources",
+]
 
 
 @dataclass
@@ -117,6 +130,33 @@ def _source_mask(
     row = pc.list_parent_indices(lists).to_numpy()
     np.bitwise_or.at(out, row, bits[pos])
     return out
+
+
+def _rows_of_type(nodes: pa.Table, type_name: str) -> pa.Table:
+    """The rows of an identifier map whose `id_type` is ``type_name``: a slice, not a copy,
+    when they are contiguous (as `resolve` writes the map, type by type; a copy of a
+    million-person map's columns cost ~200 MiB), else a filtered copy."""
+    hit = pc.equal(nodes["id_type"], type_name)
+    rows = np.flatnonzero(hit.to_numpy(zero_copy_only=False))
+    if rows.size and int(rows[-1]) - int(rows[0]) + 1 == rows.size:
+        return nodes.slice(int(rows[0]), int(rows.size))
+    return nodes.filter(hit)
+
+
+def _still_valid(
+    config: IdentityConfig, type_name: str, part: pa.Table, extra_blocked: frozenset[str]
+) -> pa.Table:
+    """The previous map's rows of one type whose value today's rules still accept."""
+    if not part.num_rows:
+        return part
+    # a node's value carries its type's `namespace:`; the rules are about the value
+    values = part["id_value"].combine_chunks()
+    namespace = config.identifier_types[type_name].namespace
+    if namespace:
+        values = pc.utf8_replace_slice(values, 0, len(namespace) + 1, "")
+    blocked, invalid = check_values(config, type_name, values, extra_blocked=extra_blocked)
+    dropped = pc.or_(blocked, invalid)
+    return part.filter(pc.invert(dropped)) if pc.any(dropped).as_py() else part
 
 
 def _mask_names(masks: npt.NDArray[np.uint64], names: list[str]) -> pa.Array:
@@ -246,24 +286,21 @@ def resolve(
                 columns=columns,
             )
         )
+    # a caller that handed its sources over (kept no reference) has their memory back now
+    del inputs
+    table = pa.table({})  # nor the last source's rows
     stats["normalize_s"] = time.perf_counter() - clock
+    give_back()  # normalisation's temporaries
 
     # previous nodes, re-checked against today's blocklist
     prev_nodes = state.nodes if state is not None else NODES_SCHEMA.empty_table()
+    # only the columns read here: filtering the whole map copied its run ids, types and
+    # statuses too, and kept the copy to the end of the run
+    prev_nodes = prev_nodes.select(PREV_NODE_COLUMNS)
     prev_by_type: dict[int, pa.Table] = {}
     for t, type_name in enumerate(types):
-        part = prev_nodes.filter(pc.equal(prev_nodes["id_type"], type_name))
-        if part.num_rows:
-            # a node's value carries its type's `namespace:`; the rules are about the value
-            values = part["id_value"].combine_chunks()
-            namespace = config.identifier_types[type_name].namespace
-            if namespace:
-                values = pc.utf8_replace_slice(values, 0, len(namespace) + 1, "")
-            blocked, invalid = check_values(
-                config, type_name, values, extra_blocked=extra_blocked[type_name]
-            )
-            part = part.filter(pc.invert(pc.or_(blocked, invalid)))
-        prev_by_type[t] = part
+        part = _rows_of_type(prev_nodes, type_name).drop_columns(["id_type"])
+        prev_by_type[t] = _still_valid(config, type_name, part, extra_blocked[type_name])
 
     # 2. dense integers: one dictionary per type
     t0 = time.perf_counter()
@@ -292,9 +329,15 @@ def resolve(
                 prev_ids[t] = chunk
             else:
                 cell_ids[key] = chunk
+    del parts, joined, encoded, idx
     n_nodes = int(offsets[-1])
     node_values: pa.StringArray = pa.chunked_array(dictionaries, pa.string()).combine_chunks()
+    # each type's dictionary as a slice of the one copy (not a second copy of every value)
+    dictionaries = [
+        node_values.slice(int(offsets[t]), int(offsets[t + 1] - offsets[t])) for t in range(n_types)
+    ]
     node_type = np.repeat(np.arange(n_types, dtype=np.int16), np.diff(offsets))
+    give_back()  # the encoding's copies of every value
 
     stats["dictionary_s"] = time.perf_counter() - t0
     # node evidence
@@ -314,6 +357,10 @@ def resolve(
         node_first[ids] = np.minimum(node_first[ids], _ts_int(part["first_observed"], I64_MAX))
         node_last[ids] = np.maximum(node_last[ids], _ts_int(part["last_observed"], I64_MIN))
         node_rank[ids] = np.minimum(node_rank[ids], part["best_rank"].to_numpy().astype(np.int64))
+    # from here on only their profile ids are read
+    prev_by_type = {t: part.select(["profile_id"]) for t, part in prev_by_type.items()}
+    del prev_nodes
+    part = pa.table({})  # nor the last type's rows (a slice of every column)
     seen_ids: list[npt.NDArray[np.int64]] = []
     seen_first: list[npt.NDArray[np.int64]] = []
     seen_last: list[npt.NDArray[np.int64]] = []
@@ -336,8 +383,11 @@ def resolve(
         all_ids = np.concatenate(seen_ids)
         np.minimum.at(node_first, all_ids, np.concatenate(seen_first))
         np.maximum.at(node_last, all_ids, np.concatenate(seen_last))
+        del all_ids
+    del seen_ids, seen_first, seen_last
 
     stats["evidence_s"] = time.perf_counter() - t0 - stats["dictionary_s"]
+    give_back()  # the previous nodes' columns read above
     # 3. star edges per row, around the row's most trusted identifier
     e_a: list[npt.NDArray[np.int64]] = []
     e_b: list[npt.NDArray[np.int64]] = []
@@ -414,7 +464,18 @@ def resolve(
         e_mask.append(
             _source_mask(prev_edges["sources"].filter(okp), source_index) & ~np.uint64(reread)
         )
+        del ends, ok, okp
+    # the sources' normalised values are all in `node_values` and the edges now
+    del cells, cell_ids
+    # of the previous graph only its profiles and logs are read from here on: a caller that
+    # handed the state over (kept no reference) has the memory of its nodes and edges back
+    previous = PreviousProfiles.from_state(state, types)
+    prev_held = state.held if state is not None else HELD_SCHEMA.empty_table()
+    prev_lost = state.lost if state is not None else LOST_SCHEMA.empty_table()
+    prev_contested = state.contested if state is not None else CONTESTED_SCHEMA.empty_table()
+    del state, prev_edges
 
+    give_back()  # the previous graph's nodes and edges, when handed over
     # drop nodes nobody supports any more, then renumber
     alive = node_mask != 0
     remap = np.cumsum(alive, dtype=np.int64) - 1
@@ -431,11 +492,15 @@ def resolve(
         n_nodes = int(keep_nodes.shape[0])
     all_a, all_b = remap[all_a[edge_ok]], remap[all_b[edge_ok]]
 
-    def cat(parts: list[npt.NDArray[np.int64]] | list[npt.NDArray[np.uint64]]) -> np.ndarray:
-        return np.concatenate(parts)[edge_ok] if parts else np.zeros(0)
+    def cat(
+        parts: list[npt.NDArray[np.int64]] | list[npt.NDArray[np.uint64]], ok: npt.NDArray[np.bool_]
+    ) -> np.ndarray:
+        return np.concatenate(parts)[ok] if parts else np.zeros(0)
 
-    rank_all, batch_all = cat(e_rank), cat(e_batch)
-    first_all, last_all, mask_all = cat(e_first), cat(e_last), cat(e_mask)
+    rank_all, batch_all = cat(e_rank, edge_ok), cat(e_batch, edge_ok)
+    first_all, last_all = cat(e_first, edge_ok), cat(e_last, edge_ok)
+    mask_all = cat(e_mask, edge_ok)
+    del e_a, e_b, e_rank, e_batch, e_first, e_last, e_mask, edge_ok
     rows_table = None
     if keep_rows:
         rows_table = pa.concat_tables(row_parts) if row_parts else None
@@ -450,8 +515,8 @@ def resolve(
         np.flatnonzero(np.r_[True, skey[1:] != skey[:-1]]) if skey.size else np.zeros(0, np.int64)
     )
     if skey.size:
-        ga = all_a[order][starts]
-        gb = all_b[order][starts]
+        ga = all_a[order[starts]]
+        gb = all_b[order[starts]]
         grank = np.minimum.reduceat(rank_all[order], starts).astype(np.int16)
         gbatch = np.minimum.reduceat(batch_all[order], starts).astype(np.int64)
         gfirst = np.minimum.reduceat(first_all[order], starts).astype(np.int64)
@@ -476,7 +541,9 @@ def resolve(
     reason: dict[int, str] = {}
     status[gmask == 0] = g.RETRACTED
     edge_keys = skey[starts] if skey.size else np.zeros(0, np.int64)
+    del key, order, skey, starts, all_a, all_b, rank_all, batch_all, first_all, last_all, mask_all
     stats["dedup_s"] = time.perf_counter() - t0
+    give_back()  # the normalised sources and the star edges, freed above
 
     def node_of(type_name: str | None, value: str | None) -> int:
         if type_name not in type_index or value is None:
@@ -592,8 +659,8 @@ def resolve(
     stats["replayed_edges"] = replayed
 
     # 6. profile ids
+    give_back()  # the components' rounds
     t0 = time.perf_counter()
-    previous = PreviousProfiles.from_state(state, types)
     prev_pid = np.full(n_nodes, -1, dtype=np.int64)
     for t, ids in prev_ids.items():
         part = prev_by_type[t]
@@ -620,19 +687,22 @@ def resolve(
         cio_exists=cio_exists,
     )
     held = hold_splits(
-        state.held if state is not None else HELD_SCHEMA.empty_table(),
+        prev_held,
         previous.table,
         assigned.splits,
         assigned.profiles,
         run_id,
     )
     lost = track_lost(
-        state.lost if state is not None else LOST_SCHEMA.empty_table(),
+        prev_lost,
         assigned.moves,
         assigned.profiles,
         types,
     )
     stats["profiles_s"] = time.perf_counter() - t0
+    # the tables below read none of these
+    del labels, prev_pid, alive, prev_ids, prev_by_type
+    give_back()  # the profile assignment's temporaries
 
     # 7. analyst tables
     t0 = time.perf_counter()
@@ -692,7 +762,7 @@ def resolve(
         schema=REFUSALS_SCHEMA,
     )
     contested = track_contested(
-        state.contested if state is not None else CONTESTED_SCHEMA.empty_table(),
+        prev_contested,
         refused,
         assigned.aliases,
         assigned.profiles,

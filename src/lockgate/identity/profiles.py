@@ -98,8 +98,24 @@ class PreviousProfiles:
             pc.fill_null(found.cast(pa.int64()), -1).to_numpy(zero_copy_only=False), np.int64
         )
 
-    def column(self, name: str) -> list[object]:
-        return self.table[name].to_pylist() if self.table.num_rows else []
+    def column(self, name: str) -> _Values:
+        """One column, read a value at a time: the few profiles a merge or a split is about
+        are asked for, not a Python object made for every profile."""
+        return _Values(self.table[name])
+
+    def name(self, code: int) -> str:
+        """The profile id of ``code``."""
+        return str(self.ids[code].as_py())
+
+
+class _Values:
+    """A column's values by row, each converted when asked for."""
+
+    def __init__(self, column: pa.ChunkedArray) -> None:
+        self._column = column
+
+    def __getitem__(self, row: int) -> object:
+        return self._column[row].as_py()
 
 
 @dataclass(frozen=True)
@@ -204,8 +220,9 @@ def assign(
     n_comp = int(present.sum())
     comp_of = np.full(labels.shape[0], -1, dtype=np.int64)
     comp_of[elig_nodes] = comp_dense
-    ec = comp_dense.astype(np.int64)
+    ec = comp_dense  # int64 already: not a copy
     et = node_type[elig_nodes].astype(np.int64)
+    del elig_labels, present, dense
 
     # anchor: most trusted type, then smallest value
     min_type = np.full(n_comp, n_types, dtype=np.int64)
@@ -224,6 +241,7 @@ def assign(
                 best[c] = (v, node)
         for c, (_, node) in best.items():
             anchor[c] = node
+    del min_type, cand, cand_count, tie_nodes
 
     def anchor_key(c: int) -> tuple[int, str]:
         node = int(anchor[c])
@@ -280,7 +298,6 @@ def assign(
         created = previous.column("created_batch")
         a_type = previous.column("anchor_type")
         rank_of = {t: i for i, t in enumerate(types)}
-        pid_names = previous.ids.to_pylist()
 
         def survivor_key(p: int) -> tuple[int, int, int, str]:
             cls = 2
@@ -292,7 +309,7 @@ def assign(
                 cls,
                 rank_of.get(str(a_type[p]), n_types),
                 int(str(created[p] or 0)),
-                pid_names[p],
+                previous.name(p),
             )
 
         groups: dict[int, list[int]] = {}
@@ -304,7 +321,6 @@ def assign(
             merges.extend((c, pids[0], p) for p in pids[1:])
 
     # new ids for components heir to nobody (vectorised; Python only for collisions)
-    prev_names = previous.ids.to_pylist()
     new_comps = np.flatnonzero(comp_pid < 0)
     new_arr = pa.nulls(n_comp, pa.string())
     if new_comps.size:
@@ -436,15 +452,15 @@ def assign(
         for _c, s, p in merges:
             e = best_edge.get(p, -1)
             merge_rows["run_id"].append(run_id)
-            merge_rows["profile_id"].append(prev_names[s])
-            merge_rows["absorbed_profile_id"].append(prev_names[p])
+            merge_rows["profile_id"].append(previous.name(s))
+            merge_rows["absorbed_profile_id"].append(previous.name(p))
             for side, arr in (("a", graph.a), ("b", graph.b)):
                 node = int(arr[e]) if e >= 0 else -1
                 merge_rows[f"type_{side}"].append(types[node_type[node]] if node >= 0 else None)
                 merge_rows[f"value_{side}"].append(node_values[node].as_py() if node >= 0 else None)
             merge_rows["evidence_rank"].append(int(graph.rank[e]) if e >= 0 else None)
             merge_rows["cause"].append("merge" if e >= 0 else "forced")
-            alias_new[prev_names[p]] = prev_names[s]
+            alias_new[previous.name(p)] = previous.name(s)
     merges_t = pa.table(merge_rows, schema=MERGES_SCHEMA)
 
     # aliases, chains written out
@@ -468,7 +484,7 @@ def assign(
         if split_pairs
         else np.zeros(0, dtype=bool)
     )
-    split_list = sorted((prev_names[p], str(new_ids[c].as_py()), p) for p, c in split_pairs)
+    split_list = sorted((previous.name(p), str(new_ids[c].as_py()), p) for p, c in split_pairs)
     splits = pa.table(
         {
             "run_id": [run_id] * len(split_list),
@@ -484,7 +500,7 @@ def assign(
             "run_id": [run_id] * len(moves),
             "id_type": [types[node_type[n]] for n, _, _ in moves],
             "id_value": [node_values[n].as_py() for n, _, _ in moves],
-            "from_profile_id": [prev_names[p] for _, p, _ in moves],
+            "from_profile_id": [previous.name(p) for _, p, _ in moves],
             "to_profile_id": [comp_arr[c].as_py() for _, _, c in moves],
         },
         schema=MOVES_SCHEMA,
@@ -537,8 +553,11 @@ def hold_splits(
     parent's Customer.io identifiers from before the split, run after run. Entries carry over
     while their profile exists.
     """
-    live = pc.is_in(previous_held["profile_id"], value_set=profiles["profile_id"])
-    rows = {r["profile_id"]: r for r in previous_held.filter(live).to_pylist()}
+    rows: dict[str, dict[str, object]] = {}
+    if previous_held.num_rows:
+        # (not asked with none held: `is_in` hashes every profile id, ~60 MiB at 1M people)
+        live = pc.is_in(previous_held["profile_id"], value_set=profiles["profile_id"])
+        rows = {r["profile_id"]: r for r in previous_held.filter(live).to_pylist()}
     review = splits.filter(pc.equal(splits["status"], "needs_review"))
     if review.num_rows:
         parents = previous_profiles.filter(
