@@ -260,3 +260,16 @@ def test_a_body_that_is_not_an_event_does_not_take_the_event_id_of_a_later_event
     (other,) = rows(project, "other")
     assert other["event_id"] == f"sha256:{hashlib.sha256(broken).hexdigest()}"
     assert orjson.loads(other["raw"])["event_id"] == EMAIL_SENT["event_id"]
+
+
+def test_a_signed_body_that_is_not_utf8_is_kept_and_loads_as_its_text(
+    project: Project, spool: Spool, client: httpx.Client
+) -> None:
+    body = orjson.dumps(EMAIL_SENT).replace(b"test@example.com", b"t\xe9st@example.com", 1)
+    response = client.post(URL, **signed(body))
+    assert response.json()["stored_as"] == "other"
+    assert [r.body for r in spool] == [body]  # the bytes as received
+
+    assert load_pending(project, spool=spool).tables == {"other": 1}
+    (other,) = rows(project, "other")
+    assert other["raw_text"] == body.decode("utf-8", "replace")
