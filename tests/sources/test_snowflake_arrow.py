@@ -326,3 +326,73 @@ def test_the_other_types_arrive_as_customerio_takes_them(
         },
         "2": {"visits": 9_007_199_254_740_993},
     }
+
+
+def test_a_sync_from_before_decimals_sends_nothing_again_after(
+    snowflake: Result, sync: Callable[[str], Synced], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lockgate before 20debf8 connected without `arrow_number_to_decimal`: the connector gave
+    # NUMBER(p,s) as float64 (then cast to the declared decimal) and NUMBER(p,0) as integers.
+    # An existing sync's next run with decimals on must find nothing changed: no type drift,
+    # no `1` turned `1.0`, no re-send.
+    from snowflake import connector
+
+    snowflake.columns = [
+        Column("ID", "FIXED", pa.array([1, 2, 3, 4], pa.int8()), 38, 0),
+        Column("VISITS", "FIXED", pa.array([7, 300, None, 0], pa.int16()), 38, 0),
+        Column("SEATS", "FIXED", pa.array([1, 2, 3, None], pa.int8()), 9, 0),
+        Column("BALANCE", "FIXED", pa.array([1999, 10, 5, 123456789012], pa.int64()), 12, 2),
+        Column("RATE", "FIXED", pa.array([125, 1, None, 99999], pa.int32()), 6, 4),
+    ]
+    attributes = """
+        visits: visits
+        seats: seats
+        balance: balance
+        rate: rate
+        """
+    current = connector.connect
+
+    def as_before(**kwargs: Any) -> Any:
+        return current(**{**kwargs, "arrow_number_to_decimal": False})
+
+    with monkeypatch.context() as before:
+        before.setattr(connector, "connect", as_before)
+        first, people = sync(attributes)
+    assert first.changes.new == 4
+    assert people["1"] == {"visits": 7, "seats": 1, "balance": 19.99, "rate": 0.0125}
+    assert people["4"] == {"visits": 0, "balance": 1234567890.12, "rate": 9.9999}
+
+    report, after = sync(attributes)
+
+    assert dict(report.changes.rejected_samples) == {}
+    assert (report.changes.to_send, report.changes.unchanged) == (0, 4)
+    assert after == people
+
+
+def test_after_decimals_only_a_value_the_float_got_wrong_is_sent_again(
+    snowflake: Result, sync: Callable[[str], Synced], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A NUMBER(18,2) past a double's 15-16 digits was sent rounded before 20debf8; the first
+    # run with decimals sends that record once with its exact value (a plain change, no
+    # type-drift stop), and the records whose float was exact are not sent again.
+    from snowflake import connector
+
+    snowflake.columns = [
+        Column("ID", "FIXED", pa.array([1, 2], pa.int8()), 38, 0),
+        Column("BALANCE", "FIXED", pa.array([1999, 123456789012345678], pa.int64()), 18, 2),
+    ]
+    current = connector.connect
+
+    def as_before(**kwargs: Any) -> Any:
+        return current(**{**kwargs, "arrow_number_to_decimal": False})
+
+    with monkeypatch.context() as before:
+        before.setattr(connector, "connect", as_before)
+        _, people = sync("balance: balance")
+    assert people["2"] == {"balance": 1234567890123456.8}
+
+    report, after = sync("balance: balance")
+
+    assert (report.changes.to_send, report.changes.changed, report.changes.unchanged) == (1, 1, 1)
+    assert after == {"1": {"balance": 19.99}, "2": {"balance": 1234567890123456.78}}
+    assert sync("balance: balance")[0].changes.to_send == 0

@@ -4,7 +4,7 @@
 stale or missing), stores the raw body in the durable spool, and answers ``200 {"ok": true}``
 only after the fsync that covers it. A signed body whose envelope is not what the spec
 describes (not JSON, a list, ``event_id`` or ``timestamp`` missing or of another type) is
-stored all the same, keyed by a hash of its bytes when it has no usable ``event_id``, and
+stored all the same, keyed by a hash of its bytes (never by an ``event_id`` it carries), and
 answered ``200`` with a warning: it loads into the ``other`` table as received. Refusing it
 would not make Customer.io send it differently, and after a 400 Customer.io holds back every
 later event of the webhook for up to 7 days, then drops the refused one. Loading into the

@@ -208,21 +208,16 @@ def parse_event(body: bytes) -> Event:
 def spool_key(body: bytes) -> tuple[str, str | None]:
     """The key a signed body is stored under, and why it is not a valid event (or None).
 
-    A valid event is stored under its ``event_id``. A body that is not one keeps the
-    ``event_id`` it has when that is a usable string, else it is keyed by the SHA-256 of its
-    bytes (``sha256:<hex>``), so Customer.io's retries of the same body are stored once.
+    A valid event is stored under its ``event_id``. A body that is not one is keyed by the
+    SHA-256 of its bytes (``sha256:<hex>``), so Customer.io's retries of the same body are
+    stored once, and never by the ``event_id`` it may carry: the spool stores a key once, so
+    under that id it would make the valid event with the same id, arriving later, look like a
+    retry and be dropped.
     """
     try:
         return parse_event(body).event_id, None
     except Exception as exc:  # HTTPError from the checks; anything else must not lose it either
         problem = exc.reason if isinstance(exc, HTTPError) else f"{type(exc).__name__}: {exc}"
-    try:
-        doc = parse_json(body)
-    except Exception:
-        doc = None
-    event_id = doc.get("event_id") if isinstance(doc, dict) else None
-    if isinstance(event_id, str) and event_id.strip() and len(event_id) <= 200:
-        return event_id, problem
     return "sha256:" + hashlib.sha256(body).hexdigest(), problem
 
 
