@@ -255,6 +255,63 @@ def test_vectors_and_structured_values_arrive_as_the_json_they_hold(
     }
 
 
+def test_numbers_in_vectors_and_structured_values_arrive_as_the_same_column_alone_would(
+    snowflake: Result, sync: Callable[[str], Synced], customerio_emulator: Emulator
+) -> None:
+    # a nested number was Python's JSON of it: a VECTOR's 32-bit 0.1 as 0.10000000149011612
+    # (a single-precision float is sent as the 0.1 the warehouse prints), a whole float as `2.0`
+    # (which Liquid prints as `2.0`; a whole number is sent as an integer), and a whole NUMBER
+    # past JSON's integers as every digit (a double alone). A fraction of a NUMBER(38,10) is a
+    # double, nested or not (docs/sync.md: send it as text to keep every digit)
+    vector = pa.FixedSizeListArray.from_arrays(
+        pa.array([0.1, 2, 19.99], pa.float32()),
+        type=pa.list_(_child("item", pa.float32(), "REAL"), 3),
+    )
+    big, fraction = Decimal("1" + "0" * 25), Decimal("12345678901234567.1234567891")
+    amounts = pa.array([Decimal(7), big, fraction], pa.decimal128(38, 10))
+    snowflake.columns = [
+        Column("ID", "FIXED", pa.array([1], pa.int8()), 38, 0),
+        Column("EMBEDDING", "VECTOR", vector),
+        Column(
+            "TOTALS",
+            "OBJECT",
+            pa.StructArray.from_arrays(
+                [amounts[i : i + 1] for i in range(3)],
+                fields=[
+                    pa.field(n, amounts.type, metadata={"logicalType": "FIXED", "scale": "10"})
+                    for n in ("whole", "big", "fraction")
+                ],
+            ),
+        ),
+        Column("WHOLE", "FIXED", amounts[0:1], 38, 10),
+        Column("BIG", "FIXED", amounts[1:2], 38, 10),
+        Column("FRACTION", "FIXED", amounts[2:3], 38, 10),
+    ]
+    since = len(customerio_emulator.request_log())
+
+    report, people = sync(
+        """
+        embedding: embedding
+        totals: totals
+        whole: whole
+        big: big
+        fraction: fraction
+        """,
+    )
+
+    assert dict(report.changes.rejected_samples) == {}
+    [batch] = [r.body for r in customerio_emulator.request_log()[since:] if r.method == "POST"]
+    sent = batch["batch"][0]["attributes"]
+    alone = {k: sent[k] for k in ("whole", "big", "fraction")}
+    assert sent["embedding"] == [0.1, 2, 19.99]
+    assert [type(v) for v in sent["embedding"]] == [float, int, float]
+    assert sent["totals"] == alone and [type(v) for v in sent["totals"].values()] == [
+        type(v) for v in alone.values()
+    ]
+    assert alone == {"whole": 7, "big": 1e25, "fraction": float(fraction)}
+    assert people["1"]["totals"] == alone
+
+
 def test_a_number_beyond_64_bits_stops_the_run_naming_the_column_and_the_fix(
     snowflake: Result, sync: Callable[[str], Synced], customerio_emulator: Emulator
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 from lockgate.cli import cli
 from lockgate.console import NullConsole
 from lockgate.sync.reconcile import is_loopback, reconcile, same
+from lockgate.sync.reconcile_events import staged_model
 from lockgate.sync.run import run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -184,3 +186,19 @@ def test_an_env_reference_in_track_url_is_read_for_the_app_api(
         cli, ["validate", "--connect", "--json", "--project", str(project.root)]
     )
     assert result.exit_code == 0, result.output
+
+
+def test_reconcile_spills_the_model_outside_the_state_folder(synced: Any) -> None:
+    # a model larger than the memory limit spilled into `<state>/tmp`: on a read-only state
+    # (a backup, a read-only mount; reconcile only reads the state) that failed the command
+    sync = synced.sync("profile")
+    before = sorted(p.relative_to(synced.state_dir) for p in synced.state_dir.rglob("*"))
+    with staged_model(synced, sync, NullConsole()) as (con, _):
+        spill = Path(con.execute("select current_setting('temp_directory')").fetchone()[0])
+        assert spill.is_dir()
+        assert not spill.resolve().is_relative_to(synced.state_dir.resolve())
+        assert con.execute("select count(*) from model").fetchone() == (3,)
+    assert not spill.exists()  # removed on leaving
+    assert not reconcile(synced, "profile", console=NullConsole()).drifting
+    after = sorted(p.relative_to(synced.state_dir) for p in synced.state_dir.rglob("*"))
+    assert after == before

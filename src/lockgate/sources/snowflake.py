@@ -32,6 +32,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 
 from lockgate.errors import ConfigError, MissingDependencyError, SourceError
@@ -202,9 +203,16 @@ def arrow_batches(cursor: Any) -> Iterator[pa.Table]:
     return iter(fetch())
 
 
+#: the integers JSON readers take as integers, and those every double holds exactly: a nested
+#: number is written as a scalar number field sends it (`lockgate.sync.mapping._number_json`)
+_MIN_JSON_INT, _MAX_JSON_INT, _MAX_EXACT_FLOAT = -(2**63), 2**64 - 1, 2**53
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
+        # a whole one an integer (every digit) within JSON's integers, else the double it is
+        whole = value == value.to_integral_value()
+        return int(value) if whole and _MIN_JSON_INT <= value <= _MAX_JSON_INT else float(value)
     if isinstance(value, dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, bytes):
@@ -222,6 +230,13 @@ def _plain(value: Any, kind: pa.DataType) -> Any:
         return [_plain(v, kind.value_type) for v in value]
     if pa.types.is_struct(kind):
         return {f.name: _plain(value[f.name], f.type) for f in kind}
+    if isinstance(value, float):
+        if pa.types.is_float32(kind):
+            # the number the warehouse prints (0.1), not the double it widens to
+            # (0.10000000149011612), as a scalar FLOAT/real is sent
+            value = float(str(np.float32(value)))
+        if value.is_integer() and abs(value) <= _MAX_EXACT_FLOAT:
+            return int(value)  # `2`, not `2.0` (which Liquid prints as `2.0`)
     return value
 
 

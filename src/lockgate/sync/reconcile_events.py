@@ -28,11 +28,13 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -47,6 +49,7 @@ from lockgate.errors import ConfigError
 from lockgate.project.loader import Project
 from lockgate.project.models import SyncConfig
 from lockgate.sources import connect
+from lockgate.sources.base import quote_literal
 from lockgate.state.store import StateStore, has_table, run_sql, table
 from lockgate.sync import mapping
 from lockgate.sync.deliver import event_ulids
@@ -241,11 +244,24 @@ def staged_model(
     project: Project, sync: SyncConfig, console: Console
 ) -> Iterator[tuple[duckdb.DuckDBPyConnection, Staged]]:
     """The sync's model read, as a run reads it (``extract.stage``), into the temp table
-    ``model`` of a private in-memory DuckDB (no state lock taken), closed on leaving."""
+    ``model`` of a private in-memory DuckDB (no state lock taken), closed on leaving.
+
+    A model larger than the memory limit spills to a private temporary directory, removed on
+    leaving, never to the state folder: reconcile only reads the state, which may be on a
+    read-only disk."""
+    with tempfile.TemporaryDirectory(prefix="lockgate-reconcile-") as spill:
+        with _model_connection(project, sync, console, Path(spill)) as found:
+            yield found
+
+
+@contextmanager
+def _model_connection(
+    project: Project, sync: SyncConfig, console: Console, spill: Path
+) -> Iterator[tuple[duckdb.DuckDBPyConnection, Staged]]:
     con = duckdb.connect()
     try:
         run_sql(con, "set memory_limit='512MB'")
-        run_sql(con, f"set temp_directory='{project.state_dir / 'tmp'}'")
+        run_sql(con, f"set temp_directory={quote_literal(str(spill))}")
         source = connect(project.config.sources[sync.source], root=project.root, name=sync.source)
         try:
             with console.progress(f"extract {sync.name}", None) as advance:
