@@ -82,6 +82,8 @@ import contextlib
 import errno
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -465,9 +467,12 @@ def _threads() -> int | None:
     return int(value)
 
 
-def _configure(con: duckdb.DuckDBPyConnection, path: Path, memory_limit: str | None) -> None:
-    """The settings every use of the state relies on."""
-    tmp = path.parent / "tmp"
+def _configure(
+    con: duckdb.DuckDBPyConnection, path: Path, memory_limit: str | None, tmp: Path | None = None
+) -> None:
+    """The settings every use of the state relies on. ``tmp`` is where queries over the
+    memory limit spill: the state folder's `tmp` unless given (a reader's own folder)."""
+    tmp = tmp or path.parent / "tmp"
     run_sql(con, f"set memory_limit='{_memory_limit(memory_limit)}'")
     threads = _threads()
     if threads is not None:
@@ -483,13 +488,16 @@ def _configure(con: duckdb.DuckDBPyConnection, path: Path, memory_limit: str | N
     run_sql(con, "set checkpoint_threshold='4GB'")
 
 
-def _open_database_read_only(path: Path, memory_limit: str | None) -> duckdb.DuckDBPyConnection:
+def _open_database_read_only(
+    path: Path, memory_limit: str | None, tmp: Path
+) -> duckdb.DuckDBPyConnection:
     """The state database opened to read only: nothing created, upgraded or written, so a
-    state on a read-only disk (a backup, a read-only mount) reads as well. No state file yet
-    reads as an empty state (an in-memory one)."""
+    state on a read-only disk (a backup, a read-only mount) reads as well; a query over the
+    memory limit spills into ``tmp``, outside the state folder. No state file yet reads as an
+    empty state (an in-memory one)."""
     if not path.exists():
         con = duckdb.connect(":memory:")
-        _configure(con, path, memory_limit)
+        _configure(con, path, memory_limit, tmp)
         run_sql(con, SCHEMA)
         return con
     try:
@@ -502,7 +510,7 @@ def _open_database_read_only(path: Path, memory_limit: str | None) -> duckdb.Duc
             hint="if the file is damaged, move it away; the next run is then a full resync",
         ) from exc
     try:
-        _configure(con, path, memory_limit)
+        _configure(con, path, memory_limit, tmp)
         tables = run_sql(con, "select 1 from duckdb_tables() where table_name = 'state_format'")
         rows = run_sql(con, "select max(format) from state_format") if tables else [(None,)]
         found = rows[0][0]
@@ -546,6 +554,8 @@ class StateStore:
         self.path = path
         self.con = con
         self._lock_fd = lock_fd
+        #: a reader's own spill folder, removed at close (a read-only state's folder takes none)
+        self._tmp_dir: Path | None = None
         self.set_aside: Path | None = None
         """Where opening moved a state file cut off while it was created (see
         :func:`_set_aside_unfinished`): the first run to open the store warns of it."""
@@ -620,16 +630,20 @@ class StateStore:
         if fd is not None and not flock_waiting(fd, wait, shared=True):
             os.close(fd)
             raise _in_use(state_dir, lock_path.read_text().strip() or "another process")
+        tmp = Path(tempfile.mkdtemp(prefix="lockgate-state-read-"))
         try:
-            return cls(
+            store = cls(
                 state_dir / "state.duckdb",
-                _open_database_read_only(state_dir / "state.duckdb", memory_limit),
+                _open_database_read_only(state_dir / "state.duckdb", memory_limit, tmp),
                 fd,
             )
         except BaseException:
             if fd is not None:
                 os.close(fd)
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
+        store._tmp_dir = tmp
+        return store
 
     def exec_sql(self, sql: str, params: list[Any] | None = None) -> list[Any]:
         """Run a statement on the state; a write its disk or folder refuses is an error
@@ -670,6 +684,9 @@ class StateStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._tmp_dir is not None:
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
+            self._tmp_dir = None
 
     def __enter__(self) -> StateStore:
         return self
