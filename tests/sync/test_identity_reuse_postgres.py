@@ -22,7 +22,8 @@ pytestmark = pytest.mark.postgres
 
 _databases = itertools.count()
 
-PROJECT = """\
+#: the project and identity types both projects here share
+HEAD = """\
 name: ident
 sources:
   warehouse: {{type: postgres, url: '{dsn}'}}
@@ -33,11 +34,17 @@ identity:
     user_id: {{priority: 1, limit: 1, customerio: id}}
     email: {{priority: 2, limit: 5, customerio: email}}
     stripe_id: {{priority: 3, limit: 2, customerio: "attribute:stripe_id"}}
+"""
+
+PROJECT = (
+    HEAD
+    + """\
   blocked_values_table: crm.blocked
   sources:
     - {{name: app_users, table: crm.app_users}}
     - {{name: stripe, table: crm.stripe_customers}}
 """
+)
 
 PAYMENTS = """
     name: payments
@@ -218,22 +225,15 @@ def test_the_postgres_fingerprint_changes_with_any_value_and_not_with_order_or_s
     redshift.close()
 
 
-SIGNUPS_PROJECT = """\
-name: ident
-sources:
-  warehouse: {{type: postgres, url: '{dsn}'}}
-destinations:
-  customerio: {{type: customerio, track_url: "{url}"}}
-identity:
-  identifier_types:
-    user_id: {{priority: 1, limit: 1, customerio: id}}
-    email: {{priority: 2, limit: 5, customerio: email}}
-    stripe_id: {{priority: 3, limit: 2, customerio: "attribute:stripe_id"}}
+SIGNUPS_PROJECT = (
+    HEAD
+    + """\
   sources:
     - {{name: stripe, table: crm.stripe_customers}}
     - name: signups
       sql: "select user_id, email from crm.signups where created_at::date >= date '2026-01-02'"
 """
+)
 
 
 def test_a_source_sql_read_in_the_databases_time_zone_is_fingerprinted_in_it(
