@@ -70,6 +70,20 @@ def in_source_zone(project: Any, zone: str) -> Any:
     return load_project(project.root)
 
 
+def zoned_quietly(project_factory: ProjectFactory, project: Any, attribute: str) -> Any:
+    """Run the `renewals` sync in UTC, then with its source in New York: the value of
+    ``attribute`` (09:00 local) moves to 13:00 UTC and is sent once, and the `on_change`
+    rule watching it fires nothing. Returns the project in its new zone."""
+    run_sync(project, "renewals", console=NullConsole())
+    project = in_source_zone(project, "America/New_York")
+    report = run_sync(project, "renewals", console=NullConsole())
+    assert report.changes.changed == 1 and report.changes.state_events == 0
+    assert project_factory.emulator.events() == []
+    sent = project_factory.emulator.person(id="1").attributes
+    assert sent[attribute] == unix("2026-07-01T13:00:00+00:00")
+    return project
+
+
 def test_naive_timestamps_are_read_in_the_sync_time_zone_daylight_saving_included(
     project_factory: ProjectFactory,
 ) -> None:
@@ -437,14 +451,7 @@ def test_setting_the_zone_fires_no_on_change_event_for_text_read_as_a_timestamp(
         "create or replace table subs as select 1 as user_id, '2026-07-01 09:00:00' as renews_at"
     )
     body = RENEWALS.replace("{renews_at: renews_at}", "{renews_at: {type: timestamp}}")
-    project = project_factory.write({"renewals": body})
-    run_sync(project, "renewals", console=NullConsole())
-    project = in_source_zone(project, "America/New_York")
-    report = run_sync(project, "renewals", console=NullConsole())
-    assert report.changes.changed == 1 and report.changes.state_events == 0
-    assert project_factory.emulator.events() == []
-    sent = project_factory.emulator.person(id="1").attributes
-    assert sent["renews_at"] == unix("2026-07-01T13:00:00+00:00")
+    zoned_quietly(project_factory, project_factory.write({"renewals": body}), "renews_at")
 
 
 def test_setting_the_zone_fires_no_on_change_event_for_a_watched_constant_time(
@@ -466,14 +473,7 @@ on_change:
   - attribute: launch
     event: launch_moved
 """
-    project = project_factory.write({"renewals": body})
-    run_sync(project, "renewals", console=NullConsole())
-    project = in_source_zone(project, "America/New_York")
-    report = run_sync(project, "renewals", console=NullConsole())
-    assert report.changes.changed == 1 and report.changes.state_events == 0
-    assert project_factory.emulator.events() == []
-    sent = project_factory.emulator.person(id="1").attributes
-    assert sent["launch"] == unix("2026-07-01T13:00:00+00:00")
+    project = zoned_quietly(project_factory, project_factory.write({"renewals": body}), "launch")
     # the constant itself edited (and the zone changed again): that is a transition
     project = project_factory.write(
         {"renewals": body.replace("07-01 09:00", "08-01 09:00") + "timezone: Europe/Paris\n"}
