@@ -21,16 +21,12 @@ from lockgate.sources.duckdb import DuckDBSource
 from lockgate.sync.graphinputs import fingerprint, volatile
 from lockgate.sync.run import plan_sync, run_sync
 
-PROJECT = """\
-name: ident
-sources:
-  warehouse: {{type: duckdb, path: w.duckdb}}
-destinations:
-  customerio: {{type: customerio, track_url: "{url}"}}
-identity:
-  identifier_types:
-    user_id: {{priority: 1, limit: 1, customerio: id}}
-    email: {{priority: 2, limit: 5, customerio: email}}
+from .test_identity_sync import HEAD
+
+#: test_identity_sync's project and identity types, with Stripe ids
+PROJECT = (
+    HEAD
+    + """\
     stripe_id: {{priority: 3, limit: 2, customerio: "attribute:stripe_id"}}
   blocked_values_table: blocked
   sources:
@@ -38,6 +34,7 @@ identity:
     - {{name: stripe, table: stripe_customers}}
     - {{name: leads, {leads}}}
 """
+)
 
 SYNCS = {
     "profile": """
