@@ -51,6 +51,7 @@ from lockgate.sources import connect
 from lockgate.sources.base import Source, query_error, strip_sql
 from lockgate.sources.duckdb import DuckDBSource
 from lockgate.sources.postgres import PostgresSource, RedshiftSource
+from lockgate.sync.mapping import same_zone
 
 #: next to the saved graph (`identity/`): the key of the inputs it was stitched from
 INPUTS_FILE = "identity.inputs.json"
@@ -230,11 +231,16 @@ def inputs(project: Project, config: IdentityConfig) -> Inputs | None:
     from lockgate.sync.resolve import identity_queries, identity_warehouse
 
     wanted: dict[str, list[tuple[str, str]]] = {}
+    #: the zone each identity source's naive `observed_at` is read in (`resolve.observed_in_zone`)
+    zones: dict[str, str] = {}
     for name, specs in identity_queries(project, config).items():
+        zone = project.config.sources[name].timezone
         for spec, sql in specs:
             if spec.sql and volatile(spec.sql):
                 return None
             wanted.setdefault(name, []).append((f"source:{spec.name}", sql))
+            if spec.observed_at and zone is not None and not same_zone(None, zone):
+                zones[spec.name] = zone
     for what, table_name in zip(
         OPERATOR_TABLES,
         (config.blocked_values_table, config.rules.overrides_table),
@@ -267,6 +273,8 @@ def inputs(project: Project, config: IdentityConfig) -> Inputs | None:
         "config": config.model_dump(mode="json"),
         "inputs": parts,
     }
+    if zones:  # a key without them stays the key it was
+        key["observed_in"] = zones
     rows = {what: int(json.loads(part)[1]) for what, part in parts.items()}
     return Inputs(hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest(), rows)
 
