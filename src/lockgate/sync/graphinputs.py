@@ -29,7 +29,12 @@ that is not DuckDB or Postgres, a query calling a function whose value changes b
 the fingerprints taken before and after it read the sources agree (nothing changed while it
 read) and it read as many rows of each as they counted (a table emptied and refilled while it
 read, by a rebuild that is not one transaction, can agree before and after), and only once
-the graph and its analyst tables are written.
+the graph and its analyst tables are written. On Postgres the fingerprints and the reads of
+one warehouse share one `REPEATABLE READ` snapshot (:meth:`PostgresSource.snapshot`, opened
+by :class:`lockgate.sync.resolve.Warehouses`), so a writer that commits between them, even a
+change undone before the run ends, cannot make the key describe other rows than the graph
+was stitched from; the second fingerprint is taken only for a warehouse read outside one
+(DuckDB).
 """
 
 from __future__ import annotations
