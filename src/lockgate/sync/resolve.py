@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -127,9 +128,9 @@ class Warehouses:
     def __enter__(self) -> Warehouses:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self._open.clear()
-        self._closing.close()
+        self._closing.__exit__(*exc)  # a snapshot ended by an error is rolled back
 
     def get(self, name: str) -> Source:
         """The warehouse ``name``, connected (and, for Postgres, its snapshot begun) on the
@@ -318,21 +319,21 @@ def resolve_identities(project: Project, config: IdentityConfig, run_id: str) ->
     is: stitching the same inputs again gives it back (:mod:`lockgate.sync.graphinputs`)."""
     from lockgate.sync import graphinputs
 
+    previous = saved_graph(project)
+    saved_key = (
+        None
+        if previous is None
+        else graphinputs.recorded(
+            project.state_dir, graphinputs.graph_id(previous.batch, previous.profiles)
+        )
+    )
     # one snapshot of each Postgres warehouse for the fingerprints and the reads: the key
     # recorded with the graph describes the rows it was stitched from, whatever is
     # committed meanwhile
     with Warehouses(project) as warehouses:
         found = graphinputs.inputs(project, config, warehouses)
         key = None if found is None else found.key
-        previous = saved_graph(project)
-        if (
-            key is not None
-            and previous is not None
-            and graphinputs.recorded(
-                project.state_dir, graphinputs.graph_id(previous.batch, previous.profiles)
-            )
-            == key
-        ):
+        if key is not None and previous is not None and saved_key == key:
             reused = IdentityResult.reused(previous, run_id)
             return Resolution(config, reused, Resolver(config, reused), saved=True, reused=True)
         inputs = read_sources(project, config, warehouses)
