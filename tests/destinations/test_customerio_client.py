@@ -458,6 +458,29 @@ def test_an_https_url_still_checks_the_certificate() -> None:
     assert all("CERTIFICATE_VERIFY_FAILED" in (r.reason or "") for r in results), results
 
 
+def test_a_workspace_behind_a_private_ca_is_reached_with_ssl_cert_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Track URL behind a proxy with its own CA (`SSL_CERT_FILE`) is reached; the TLS
+    context every client shares is built again when the variable changes, so a client made
+    after it is unset checks against the public CAs again, in the same process."""
+    emu = Emulator()
+    with emu.serve(tls=True) as url:
+        assert emu.ca_cert is not None
+        monkeypatch.setenv("SSL_CERT_FILE", str(emu.ca_cert))
+        trusted = CustomerIOClient(settings_for(emu, url, max_retries=0))
+        assert {r.outcome for r in trusted.deliver_all([identify(1), identify(2)])} == {
+            Outcome.DELIVERED
+        }
+        monkeypatch.delenv("SSL_CERT_FILE")
+        untrusted = CustomerIOClient(settings_for(emu, url, max_retries=0))
+        results = untrusted.deliver_all([identify(3)])
+    assert [r.outcome for r in results] == [Outcome.DEAD_LETTER]
+    assert "CERTIFICATE_VERIFY_FAILED" in (results[0].reason or "")
+    assert emu.person(id="u1") is not None and emu.person(id="u2") is not None
+    assert emu.person(id="u3") is None
+
+
 def test_an_error_quoting_a_url_never_shows_its_user_or_password() -> None:
     """A proxy's credentials in `track_url` (a password holding `@` too) are `***` in every
     message; the host, port and path, which say what answered, are kept."""

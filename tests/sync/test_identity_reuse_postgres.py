@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import textwrap
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
+from lockgate.errors import SourceError
 from lockgate.project.loader import load_project
 from lockgate.sources.postgres import PostgresSource, RedshiftSource
 from lockgate.sync.graphinputs import fingerprint
@@ -280,14 +283,15 @@ def test_a_read_that_missed_rows_the_fingerprints_saw_does_not_record_them(
     customerio_emulator: Emulator,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The fingerprints before and after a read agree, but the read between them saw other
-    rows (a table emptied and refilled by a rebuild that is not one transaction): the graph
-    stitched from that read is not recorded as the graph of the rows fingerprinted, so the
-    next run reads them again rather than reusing it."""
+    """The read, in the snapshot the fingerprint was taken in, still saw other rows than it
+    counted (a view whose rows depend on a volatile function it hides): the graph stitched
+    from that read is not recorded as the graph of the rows fingerprinted, so the next run
+    reads them again rather than reusing it."""
     emulator = customerio_emulator
     dsn = database(postgres_dsn)
-    # the view reads empty once, on its second read: the run's own read, between the
-    # fingerprints taken before and after it
+    # the view reads empty once, on its second read: the run's own read, after the
+    # fingerprint (taken in the same snapshot: a view that reads otherwise each time is
+    # what can still read other rows than the fingerprint counted)
     sql(
         dsn,
         "create sequence crm.reads;"
@@ -303,10 +307,153 @@ def test_a_read_that_missed_rows_the_fingerprints_saw_does_not_record_them(
     project = load_project(tmp_path)
     assert graph(project) == "stitched"
     with psycopg.connect(dsn) as conn:
-        assert conn.execute("select last_value from crm.reads").fetchone() == (3,)
+        # the fingerprint and the read: none again after it, in the same snapshot
+        assert conn.execute("select last_value from crm.reads").fetchone() == (2,)
     assert payers(emulator) == {"p1": None}  # read without Ada's account
 
     sql(dsn, "insert into crm.payments values ('p2', 'cus_A', 'Paid')")
     assert graph(project) == "stitched"  # not the graph of the empty read, reused
     assert payers(emulator)["p2"] == "u1"
     assert graph(project) == "reused"
+
+
+#: a gate in the view of an identity source: on the view's 2nd and 3rd reads (not on the
+#: fingerprint's first), the reading session waits for advisory lock 2 (then 3), which the
+#: test holds, so a concurrent writer commits at a point every run reaches the same way
+GATE = """
+create sequence crm.reads;
+create function crm.gate(n bigint) returns boolean language plpgsql as $$
+begin
+  if n in (2, 3) then
+    perform pg_advisory_lock_shared(n);
+    perform pg_advisory_unlock_shared(n);
+  end if;
+  return true;
+end $$;
+create or replace view crm.app_users_feed as
+  select user_id, email, plan from crm.app_users where (select crm.gate(nextval('crm.reads')));
+insert into crm.app_users values ('u4', 'mary@acme.io', null);
+"""
+
+
+class Writer(threading.Thread):
+    """A concurrent writer: holds advisory locks 2 and 3; once a session waits on lock 2 it
+    commits ``changes[0]`` and lets it go, then the same with lock 3 and ``changes[1]``. A
+    change whose lock no session asked for by the end of the run (``done``) is committed
+    after it."""
+
+    def __init__(self, dsn: str, changes: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.changes = dsn, changes
+        self.holding, self.done = threading.Event(), threading.Event()
+        self.failed: BaseException | None = None
+        self.committed_at: list[str] = []
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                conn.execute("select pg_advisory_lock(2), pg_advisory_lock(3)")
+                self.holding.set()
+                for key, change in zip((2, 3), self.changes, strict=True):
+                    while not self.done.is_set() and not self._waited_on(conn, key):
+                        time.sleep(0.005)  # polls a condition: no timing is asserted
+                    self.committed_at.append("after the run" if self.done.is_set() else "gate")
+                    conn.execute(change)
+                    conn.execute("select pg_advisory_unlock(%s)", (key,))
+        except BaseException as exc:  # reported by the test
+            self.failed = exc
+            self.holding.set()
+
+    @staticmethod
+    def _waited_on(conn: psycopg.Connection[Any], key: int) -> bool:
+        row = conn.execute(
+            "select count(*) from pg_locks where locktype = 'advisory' and objid = %s "
+            "and not granted",
+            (key,),
+        ).fetchone()
+        return bool(row and row[0])
+
+
+def test_an_identity_source_changed_and_changed_back_during_a_run_is_read_as_fingerprinted(
+    tmp_path: Path,
+    postgres_dsn: str,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A writer changes a row of one identity source after the run fingerprinted the sources
+    and before it read that one, and changes it back before the run could fingerprint them
+    again. The fingerprint the run records with its graph must describe the rows the graph
+    was stitched from: the run reads every source in the snapshot it fingerprinted, so the
+    next run, on the same rows, reuses a graph of those rows."""
+    emulator = customerio_emulator
+    dsn = database(postgres_dsn)
+    sql(
+        dsn,
+        "create view crm.app_users_feed as select user_id, email, plan from crm.app_users",
+    )
+    project = setup(tmp_path, dsn, emulator, monkeypatch)
+    (tmp_path / "lockgate.yml").write_text(
+        PROJECT.format(dsn=dsn, url=emulator.base_url or "").replace(
+            "table: crm.app_users", "table: crm.app_users_feed"
+        )
+    )
+    project = load_project(tmp_path)
+    assert graph(project) == "stitched"
+    assert payers(emulator) == {"p1": "u1"}
+
+    # a new user (so the next run stitches), and the gate in the view of `app_users`, which
+    # is read before `stripe`
+    sql(dsn, GATE + "insert into crm.payments values ('p2', 'cus_A', 'Paid')")
+    writer = Writer(
+        dsn,
+        [
+            "update crm.stripe_customers set email = 'grace@acme.io' where stripe_id = 'cus_A'",
+            "update crm.stripe_customers set email = 'ada@acme.io' where stripe_id = 'cus_A'",
+        ],
+    )
+    writer.start()
+    assert writer.holding.wait(30)
+    try:
+        assert graph(project) == "stitched"
+    finally:
+        writer.done.set()
+        writer.join(30)
+    assert writer.failed is None
+    assert writer.committed_at[0] == "gate"  # while the run was between statements
+    # cus_A was Ada's when the run began, and is Ada's again
+    assert payers(emulator)["p2"] == "u1"
+
+    sql(dsn, "insert into crm.payments values ('p3', 'cus_A', 'Paid')")
+    assert graph(project) == "reused"
+    assert payers(emulator)["p3"] == "u1"  # not the graph of a read that saw Grace's
+
+
+def test_a_postgres_snapshot_reads_one_state_and_a_failed_fingerprint_spoils_no_read(
+    postgres_dsn: str,
+) -> None:
+    """Inside `PostgresSource.snapshot()` every read and fingerprint sees the rows as of
+    the first, a row another session commits meanwhile in none of them; a fingerprint that
+    fails, or sets its own float digits, leaves the reads after it as they were. Redshift
+    has no snapshot: each of its reads sees what is committed when it starts."""
+    dsn = database(postgres_dsn)
+    users = "select * from crm.app_users"
+    source = PostgresSource(dsn)
+    with source.snapshot():
+        before = fingerprint(source, users)
+        sql(dsn, "insert into crm.app_users values ('u9', 'nine@acme.io', null)")
+        assert source.read(users).read_all().num_rows == 3
+        with pytest.raises(SourceError):  # two columns `a`: `concat("a")` is ambiguous
+            fingerprint(source, "select 1 as a, 2 as a")
+        digits = "select current_setting('extra_float_digits') as d"
+        assert source.read(digits).read_all()["d"].to_pylist() == ["1"]  # not the 3 it set
+        assert fingerprint(source, users) == before
+    assert source.read(users).read_all().num_rows == 4
+    assert fingerprint(source, users) != before
+    source.close()
+
+    redshift = RedshiftSource(dsn)
+    with redshift.snapshot():
+        assert redshift.read(users).read_all().num_rows == 4
+        sql(dsn, "delete from crm.app_users where user_id = 'u9'")
+        assert redshift.read(users).read_all().num_rows == 3
+    redshift.close()

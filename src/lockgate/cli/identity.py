@@ -28,7 +28,7 @@ from lockgate.identity import plan as plan_rules
 from lockgate.identity import resolve
 from lockgate.project.identity import IdentityConfig
 from lockgate.project.loader import read_yaml
-from lockgate.sync.resolve import read_operator_tables, read_sources, saved_graph
+from lockgate.sync.resolve import Warehouses, read_operator_tables, read_sources, saved_graph
 
 
 def identity_config(data: Any, file: Path, root: Path) -> IdentityConfig:
@@ -77,10 +77,12 @@ def explain(value: str, id_type: str | None, project_path: Path, as_json: bool) 
             f"unknown identifier type `{id_type}`",
             hint=f"types: {', '.join(config.type_order)}",
         )
-    blocklist, overrides = read_operator_tables(project, config)
+    with Warehouses(project) as warehouses:  # one snapshot of a Postgres warehouse
+        blocklist, overrides = read_operator_tables(project, config, warehouses)
+        sources = read_sources(project, config, warehouses)
     result = resolve(
         config,
-        read_sources(project, config),
+        sources,
         run_id="explain",
         # from the graph the syncs kept: which earlier decisions stand (who keeps a contested
         # email) and the profile ids are theirs, not a fresh resolve's
@@ -164,11 +166,13 @@ def plan(old_path: Path, project_path: Path, as_json: bool) -> None:
     old = identity_config(
         (old_data or {}).get("identity"), old_path.resolve(), old_path.parent.resolve()
     )
-    blocklist, overrides = read_operator_tables(project, new)
+    with Warehouses(project) as warehouses:  # one snapshot of a Postgres warehouse
+        blocklist, overrides = read_operator_tables(project, new, warehouses)
+        sources = read_sources(project, new, warehouses)
     preview = plan_rules(
         old,
         new,
-        read_sources(project, new),
+        sources,
         state=saved_graph(project),
         blocklist=blocklist,
         overrides=overrides,

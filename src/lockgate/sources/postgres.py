@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from collections.abc import Iterator
@@ -529,6 +530,8 @@ class PostgresSource:
         self.url = url
         self.who = label(self.NAME, name)
         self._catalog: Any = None
+        #: the connection of the open :meth:`snapshot`, if any
+        self._snapshot: Any = None
 
     @classmethod
     def from_config(
@@ -559,6 +562,71 @@ class PostgresSource:
             return self._driver().connect(self.url, autocommit=True)
         except self._errors() as exc:
             raise connect_error(self.who, self.url, exc) from exc
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Within, every :meth:`read` and :meth:`session` of this source sees the database as
+        one snapshot: they run one after another on one connection, in one `REPEATABLE READ`
+        transaction, so a row another session commits meanwhile is seen by none of them (or,
+        committed before the first, by all). Each reader must be read to its end before the
+        next statement (one connection streams one result at a time). The transaction is
+        committed at the end (Lockgate writes nothing in it; a function a model calls keeps
+        its effects, as in a read of its own) and rolled back on an error; catalog queries
+        (:meth:`schema_of`, hints) keep their own connection. Not `READ ONLY`: a view that
+        calls `nextval()` reads as it does outside one."""
+        if self._snapshot is not None:  # nested: the outer snapshot holds
+            yield
+            return
+        conn = self._snapshot = self._connect()
+        try:
+            # the snapshot is taken by the first statement that reads (PostgreSQL) and is the
+            # transaction's to its end
+            self._statement("begin isolation level repeatable read")
+            yield
+            self._end_snapshot("commit")
+        finally:
+            self._snapshot = None
+            conn.close()  # rolls back a transaction still open (an error)
+
+    @property
+    def in_snapshot(self) -> bool:
+        """Whether a :meth:`snapshot` is open: every read and session sees one snapshot."""
+        return self._snapshot is not None
+
+    def _end_snapshot(self, how: str) -> None:
+        with contextlib.suppress(SourceError):
+            # the reads are done: ending their transaction only lets go of its snapshot
+            self._statement(how)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Any]:
+        """A connection whose settings (`SET`) go with it: inside :meth:`snapshot`, the
+        snapshot's own, in a savepoint rolled back at the end (which undoes the settings and
+        a failed statement, not the snapshot); else a connection of its own, closed at the
+        end."""
+        if self._snapshot is None:
+            conn = self._connect()
+            try:
+                yield conn
+            finally:
+                conn.close()
+            return
+        self._statement("savepoint lockgate_session")
+        try:
+            yield self._snapshot
+        finally:
+            self._statement("rollback to savepoint lockgate_session")
+            self._statement("release savepoint lockgate_session")
+
+    def _statement(self, sql: str) -> None:
+        """Run ``sql``, which returns no rows, on the snapshot's connection."""
+        cursor = self._snapshot.cursor()
+        try:
+            cursor.execute(sql)
+        except self._errors() as exc:
+            raise query_error(self.who, sql, exc) from exc
+        finally:
+            cursor.close()
 
     def _rows(self, sql: str) -> list[tuple[Any, ...]]:
         """Run a small catalog query on the shared catalog connection."""
@@ -604,14 +672,17 @@ class PostgresSource:
     # ------------------------------------------------------------------ reading
 
     def read(self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
-        """Stream the result; each read has its own connection, closed when the reader ends."""
+        """Stream the result; each read has its own connection, closed when the reader ends
+        (inside :meth:`snapshot`, the snapshot's, kept open)."""
         check_batch_rows(batch_rows)
-        conn = self._connect()
+        shared = self._snapshot
+        conn = shared if shared is not None else self._connect()
         cursor = conn.cursor()
 
         def close() -> None:
             cursor.close()
-            conn.close()
+            if shared is None:
+                conn.close()
 
         try:
             described = cursor.adbc_execute_schema(sql)  # planned, not run
@@ -817,6 +888,13 @@ class RedshiftSource(PostgresSource):
             assert parse is not None  # psycopg loads every built-in type
             conn.adapters.register_loader(name, _infinite(parse, kind))
         return conn
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Nothing: each read of Redshift is a transaction of its own (a psycopg
+        server-side cursor on its own connection), and Redshift is not fingerprinted, so
+        its identity sources are read and stitched on every run."""
+        yield
 
     def _rows(self, sql: str) -> list[tuple[Any, ...]]:
         if self._catalog is None:

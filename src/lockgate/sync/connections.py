@@ -50,6 +50,8 @@ from lockgate.sync import mapping
 from lockgate.sync.extract import Carry, model_types, staged_types, unique_columns
 
 if TYPE_CHECKING:
+    import ssl
+
     from lockgate.destinations.customerio.settings import CustomerIOSettings
 
 TIMEOUT = 10.0
@@ -320,7 +322,7 @@ def _check_run_log(project: Project, done: list[Check]) -> str:
 
 
 def _check_customerio(project: Project, name: str, checks: _Checks) -> None:
-    from lockgate.destinations.customerio.settings import verifies_tls
+    from lockgate.destinations.customerio.settings import tls_verify
     from lockgate.sync.run import destination_settings
 
     try:
@@ -348,7 +350,7 @@ def _check_customerio(project: Project, name: str, checks: _Checks) -> None:
         )
         return
     with checks.check("App API", name) as detail:
-        detail.append(_check_app(app, verifies_tls(app.app_base)))
+        detail.append(_check_app(app, tls_verify(app.app_base)))
 
 
 def _check_track(settings: CustomerIOSettings) -> str:
@@ -395,7 +397,7 @@ def _check_track(settings: CustomerIOSettings) -> str:
     return f"credentials accepted by workspace {found.id} (region {found.region})"
 
 
-def _check_app(settings: CustomerIOSettings, verify: bool) -> str:
+def _check_app(settings: CustomerIOSettings, verify: ssl.SSLContext | bool) -> str:
     from lockgate.errors import DestinationAuthError, DestinationError
 
     url = f"{settings.app_shown}/v1/workspaces"  # as messages show it

@@ -29,7 +29,12 @@ that is not DuckDB or Postgres, a query calling a function whose value changes b
 the fingerprints taken before and after it read the sources agree (nothing changed while it
 read) and it read as many rows of each as they counted (a table emptied and refilled while it
 read, by a rebuild that is not one transaction, can agree before and after), and only once
-the graph and its analyst tables are written.
+the graph and its analyst tables are written. On Postgres the fingerprints and the reads of
+one warehouse share one `REPEATABLE READ` snapshot (:meth:`PostgresSource.snapshot`, opened
+by :class:`lockgate.sync.resolve.Warehouses`), so a writer that commits between them, even a
+change undone before the run ends, cannot make the key describe other rows than the graph
+was stitched from; the second fingerprint is taken only for a warehouse read outside one
+(DuckDB).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import importlib.metadata
 import json
 import re
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 
@@ -47,11 +52,13 @@ import lockgate
 from lockgate.identity.engine import RESOLVER_VERSION
 from lockgate.project.identity import IdentityConfig
 from lockgate.project.loader import Project
-from lockgate.sources import connect
 from lockgate.sources.base import Source, query_error, strip_sql
 from lockgate.sources.duckdb import DuckDBSource
 from lockgate.sources.postgres import PostgresSource, RedshiftSource
 from lockgate.sync.mapping import same_zone
+
+if TYPE_CHECKING:
+    from lockgate.sync.resolve import Warehouses
 
 #: next to the saved graph (`identity/`): the key of the inputs it was stitched from
 INPUTS_FILE = "identity.inputs.json"
@@ -150,24 +157,25 @@ def _postgres_text(name: str) -> str:
 
 
 def _postgres_fingerprints(source: PostgresSource, queries: list[str]) -> list[str]:
-    conn = source._connect()  # a session of its own: the settings go with it
-    cursor = conn.cursor()
-    sql = ""
-    try:
-        sql = "select " + ", ".join(f"current_setting('{n}')" for n in _POSTGRES_READ_SETTINGS)
-        cursor.execute(sql)
-        read_as = list(cursor.fetchall()[0])
-        for setting in _POSTGRES_SETTINGS:
-            cursor.execute(setting)
-        found = []
-        for sql in queries:
-            found.append(_postgres_fingerprint(cursor, sql, read_as))
-        return found
-    except source._errors() as exc:
-        raise query_error(source.who, sql, exc) from exc
-    finally:
-        cursor.close()
-        conn.close()
+    # a session whose settings go with it: in the source's snapshot, if one is open (the
+    # reads that follow see the rows fingerprinted), else a connection of its own
+    with source.session() as conn:
+        cursor = conn.cursor()
+        sql = ""
+        try:
+            sql = "select " + ", ".join(f"current_setting('{n}')" for n in _POSTGRES_READ_SETTINGS)
+            cursor.execute(sql)
+            read_as = list(cursor.fetchall()[0])
+            for setting in _POSTGRES_SETTINGS:
+                cursor.execute(setting)
+            found = []
+            for sql in queries:
+                found.append(_postgres_fingerprint(cursor, sql, read_as))
+            return found
+        except source._errors() as exc:
+            raise query_error(source.who, sql, exc) from exc
+        finally:
+            cursor.close()
 
 
 def _postgres_fingerprint(cursor: Any, sql: str, read_as: list[str]) -> str:
@@ -198,6 +206,10 @@ class Inputs(NamedTuple):
     key: str
     #: `source:<name>`, `blocked_values_table`, `overrides_table` -> its row count
     rows: dict[str, int]
+    #: every input was fingerprinted in its warehouse's open snapshot (Postgres,
+    #: :class:`lockgate.sync.resolve.Warehouses`): the reads of the same warehouses see the
+    #: rows fingerprinted, and need no second fingerprint to tell
+    in_snapshot: bool = False
 
     def read_as(self, sources: dict[str, pa.Table], *operator: pa.Table | None) -> bool:
         """Whether a read of the identity sources (and the operator's tables, in the order of
@@ -218,16 +230,31 @@ class Inputs(NamedTuple):
 OPERATOR_TABLES = ("blocked_values_table", "overrides_table")
 
 
-def inputs_key(project: Project, config: IdentityConfig) -> str | None:
+def inputs_key(
+    project: Project, config: IdentityConfig, warehouses: Warehouses | None = None
+) -> str | None:
     """The key of everything that feeds the graph, or None when some of it cannot be
     fingerprinted (the run then resolves in full)."""
-    found = inputs(project, config)
+    found = inputs(project, config, warehouses)
     return None if found is None else found.key
 
 
-def inputs(project: Project, config: IdentityConfig) -> Inputs | None:
+def inputs(
+    project: Project, config: IdentityConfig, warehouses: Warehouses | None = None
+) -> Inputs | None:
     """:func:`inputs_key` and the rows of each input it counted, or None when some of it
-    cannot be fingerprinted."""
+    cannot be fingerprinted. ``warehouses``: the connections the run then reads the inputs
+    through (a Postgres one in the snapshot the fingerprints are taken in); by default, its
+    own."""
+    from lockgate.sync.resolve import Warehouses
+
+    if warehouses is None:
+        with Warehouses(project) as own:
+            return inputs(project, config, own)
+    return _inputs(project, config, warehouses)
+
+
+def _inputs(project: Project, config: IdentityConfig, warehouses: Warehouses) -> Inputs | None:
     from lockgate.sync.resolve import identity_queries, identity_warehouse
 
     wanted: dict[str, list[tuple[str, str]]] = {}
@@ -250,11 +277,12 @@ def inputs(project: Project, config: IdentityConfig) -> Inputs | None:
             warehouse = identity_warehouse(project, config)
             wanted.setdefault(warehouse, []).append((what, f"SELECT * FROM {table_name}"))
     parts: dict[str, str] = {}
+    in_snapshot = True
     for name, queries in wanted.items():
         if project.config.sources[name].type not in ("duckdb", "postgres"):
             return None
         try:
-            source = connect(project.config.sources[name], root=project.root, name=name)
+            source = warehouses.get(name)
         except lockgate.LockgateError:
             return None  # the read that follows reports it
         try:
@@ -264,8 +292,7 @@ def inputs(project: Project, config: IdentityConfig) -> Inputs | None:
             parts.update(zip([what for what, _ in queries], found, strict=True))
         except lockgate.LockgateError:
             return None  # the read that follows reports what is wrong
-        finally:
-            source.close()
+        in_snapshot = in_snapshot and isinstance(source, PostgresSource) and source.in_snapshot
     key = {
         "lockgate": lockgate.__version__,
         "resolver": RESOLVER_VERSION,
@@ -276,7 +303,8 @@ def inputs(project: Project, config: IdentityConfig) -> Inputs | None:
     if zones:  # a key without them stays the key it was
         key["observed_in"] = zones
     rows = {what: int(json.loads(part)[1]) for what, part in parts.items()}
-    return Inputs(hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest(), rows)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return Inputs(digest, rows, in_snapshot)
 
 
 #: the libraries that read the identity sources and stitch them: an upgrade of one can read

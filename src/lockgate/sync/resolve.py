@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -39,6 +40,8 @@ from lockgate.project.models import (
     SyncConfig,
 )
 from lockgate.sources import connect
+from lockgate.sources.base import Source
+from lockgate.sources.postgres import PostgresSource
 from lockgate.state.store import StateStore, registered, run_sql, table
 from lockgate.sync.extract import Carry, read_as_text
 from lockgate.sync.guard import GuardResult, columns_read
@@ -107,30 +110,73 @@ def identity_warehouse(project: Project, config: IdentityConfig) -> str:
     return next((s.source for s in config.sources if s.source), None) or declared[0]
 
 
-def read_sources(project: Project, config: IdentityConfig) -> dict[str, pa.Table]:
-    """Every identity source's rows, read from the project's warehouses."""
+class Warehouses:
+    """The project's warehouses as one identity step reads them: each connected on first use
+    (once, not per identity source: opening a DuckDB file or a Postgres session costs more
+    than reading a small table) and closed at the end. A Postgres warehouse is read in one
+    snapshot (:meth:`PostgresSource.snapshot`): the fingerprints of its identity inputs,
+    its identity sources and the operator's tables all see the same rows, whatever other
+    sessions commit meanwhile. Redshift is not (:meth:`RedshiftSource.snapshot`).
+
+    Example::
+
+        with Warehouses(project) as warehouses:
+            found = graphinputs.inputs(project, config, warehouses)
+            rows = read_sources(project, config, warehouses)
+    """
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self._open: dict[str, Source] = {}
+        self._closing = contextlib.ExitStack()
+
+    def __enter__(self) -> Warehouses:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._open.clear()
+        self._closing.__exit__(*exc)  # a snapshot ended by an error is rolled back
+
+    def get(self, name: str) -> Source:
+        """The warehouse ``name``, connected (and, for Postgres, its snapshot begun) on the
+        first call."""
+        if name in self._open:
+            return self._open[name]
+        source = connect(self.project.config.sources[name], root=self.project.root, name=name)
+        with contextlib.ExitStack() as opened:
+            opened.callback(source.close)
+            if isinstance(source, PostgresSource):
+                opened.enter_context(source.snapshot())
+            self._closing.push(opened.pop_all())  # the snapshot ends, then the source closes
+        self._open[name] = source
+        return source
+
+
+def read_sources(
+    project: Project, config: IdentityConfig, warehouses: Warehouses | None = None
+) -> dict[str, pa.Table]:
+    """Every identity source's rows, read from the project's warehouses (through
+    ``warehouses``, by default connections of its own)."""
+    if warehouses is None:
+        with Warehouses(project) as own:
+            return read_sources(project, config, own)
     out: dict[str, pa.Table] = {}
     index = {spec.name: i for i, spec in enumerate(config.sources)}
-    # one connection per warehouse, not per identity source: opening a DuckDB file or a
-    # Postgres session costs more than reading a small table
     for name, queries in identity_queries(project, config).items():
-        source = connect(project.config.sources[name], root=project.root, name=name)
-        try:
-            for spec, sql in queries:
-                i = index[spec.name]
-                what = f"`{spec.table}`" if spec.table else "its `sql`"
-                with _reading(
-                    f"identity source `{spec.name}` (`identity.sources[{i}]`, "
-                    f"{project.where('identity', 'sources', i)})",
-                    f"check its `{'table' if spec.table else 'sql'}:` ({what}) against source "
-                    f"`{name}`; `lockgate sources inspect {name}` lists its tables and columns",
-                ):
-                    # a UHUGEINT past 2^127 as its digits, not as Arrow wraps it
-                    rows = read_as_text(source, sql).read_all()
-                zone = project.config.sources[name].timezone
-                out[spec.name] = observed_in_zone(rows, spec.observed_at, zone)
-        finally:
-            source.close()
+        source = warehouses.get(name)
+        zone = project.config.sources[name].timezone
+        for spec, sql in queries:
+            i = index[spec.name]
+            what = f"`{spec.table}`" if spec.table else "its `sql`"
+            with _reading(
+                f"identity source `{spec.name}` (`identity.sources[{i}]`, "
+                f"{project.where('identity', 'sources', i)})",
+                f"check its `{'table' if spec.table else 'sql'}:` ({what}) against source "
+                f"`{name}`; `lockgate sources inspect {name}` lists its tables and columns",
+            ):
+                # a UHUGEINT past 2^127 as its digits, not as Arrow wraps it
+                rows = read_as_text(source, sql).read_all()
+            out[spec.name] = observed_in_zone(rows, spec.observed_at, zone)
     return {spec.name: out[spec.name] for spec in config.sources}
 
 
@@ -152,34 +198,35 @@ OPERATOR_COLUMNS = {
 
 
 def read_operator_tables(
-    project: Project, config: IdentityConfig
+    project: Project, config: IdentityConfig, warehouses: Warehouses | None = None
 ) -> tuple[pa.Table | None, pa.Table | None]:
     """The operator's blocklist and overrides tables, when the config names them, read from
-    the warehouse of the identity sources (:func:`identity_warehouse`)."""
+    the warehouse of the identity sources (:func:`identity_warehouse`), through
+    ``warehouses`` (by default a connection of its own)."""
     wanted = [
         (("identity", "blocked_values_table"), config.blocked_values_table),
         (("identity", "rules", "overrides_table"), config.rules.overrides_table),
     ]
     if not any(t for _, t in wanted):
         return None, None
+    if warehouses is None:
+        with Warehouses(project) as own:
+            return read_operator_tables(project, config, own)
     name = identity_warehouse(project, config)
-    source = connect(project.config.sources[name], root=project.root, name=name)
+    source = warehouses.get(name)
     tables: list[pa.Table | None] = []
-    try:
-        for key, table_name in wanted:
-            if not table_name:
-                tables.append(None)
-                continue
-            with _reading(
-                f"`{'.'.join(key)}` ({project.where(*key)}) names `{table_name}`, which",
-                f"create `{table_name}` in source `{name}`, the warehouse of the identity "
-                f"sources (columns {OPERATOR_COLUMNS[str(key[-1])]}), or correct the name; "
-                f"`lockgate sources inspect {name}` lists its tables",
-            ):
-                tables.append(read_as_text(source, f"SELECT * FROM {table_name}").read_all())
-        return tables[0], tables[1]
-    finally:
-        source.close()
+    for key, table_name in wanted:
+        if not table_name:
+            tables.append(None)
+            continue
+        with _reading(
+            f"`{'.'.join(key)}` ({project.where(*key)}) names `{table_name}`, which",
+            f"create `{table_name}` in source `{name}`, the warehouse of the identity "
+            f"sources (columns {OPERATOR_COLUMNS[str(key[-1])]}), or correct the name; "
+            f"`lockgate sources inspect {name}` lists its tables",
+        ):
+            tables.append(read_as_text(source, f"SELECT * FROM {table_name}").read_all())
+    return tables[0], tables[1]
 
 
 @dataclass
@@ -305,26 +352,32 @@ def resolve_identities(project: Project, config: IdentityConfig, run_id: str) ->
     is: stitching the same inputs again gives it back (:mod:`lockgate.sync.graphinputs`)."""
     from lockgate.sync import graphinputs
 
-    found = graphinputs.inputs(project, config)
-    key = None if found is None else found.key
     previous = saved_graph(project)
-    if (
-        key is not None
-        and previous is not None
-        and graphinputs.recorded(
+    saved_key = (
+        None
+        if previous is None
+        else graphinputs.recorded(
             project.state_dir, graphinputs.graph_id(previous.batch, previous.profiles)
         )
-        == key
-    ):
-        reused = IdentityResult.reused(previous, run_id)
-        return Resolution(config, reused, Resolver(config, reused), saved=True, reused=True)
-    inputs = read_sources(project, config)
-    blocklist, overrides = read_operator_tables(project, config)
-    if found is not None and (
-        graphinputs.inputs_key(project, config) != key
-        or not found.read_as(inputs, blocklist, overrides)
-    ):
-        key = None  # a source changed while it was read: which rows were read is not known
+    )
+    # one snapshot of each Postgres warehouse for the fingerprints and the reads: the key
+    # recorded with the graph describes the rows it was stitched from, whatever is
+    # committed meanwhile
+    with Warehouses(project) as warehouses:
+        found = graphinputs.inputs(project, config, warehouses)
+        key = None if found is None else found.key
+        if key is not None and previous is not None and saved_key == key:
+            reused = IdentityResult.reused(previous, run_id)
+            return Resolution(config, reused, Resolver(config, reused), saved=True, reused=True)
+        inputs = read_sources(project, config, warehouses)
+        blocklist, overrides = read_operator_tables(project, config, warehouses)
+        if found is not None and (
+            # read outside a snapshot (DuckDB): fingerprinted again, the rows must not
+            # have changed while they were read
+            (not found.in_snapshot and graphinputs.inputs_key(project, config) != key)
+            or not found.read_as(inputs, blocklist, overrides)
+        ):
+            key = None  # a source changed while it was read: which rows were read is not known
     give_back()  # the Parquet and warehouse readers' buffers
     # handed over, not kept here: `resolve` lets go of the sources once they are normalised
     # and of the saved graph's nodes and edges once they are merged in (~100 MiB at 300k

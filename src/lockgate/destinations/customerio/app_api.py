@@ -26,7 +26,7 @@ import orjson
 
 from lockgate import __version__
 from lockgate.destinations.customerio.pacing import TokenBucket, backoff, parse_retry_after
-from lockgate.destinations.customerio.settings import CustomerIOSettings, verifies_tls
+from lockgate.destinations.customerio.settings import CustomerIOSettings, tls_verify
 from lockgate.errors import (
     ConfigError,
     DestinationAuthError,
@@ -101,7 +101,7 @@ class AppAPIClient:
         if self._http is None:
             self._http = httpx.AsyncClient(
                 base_url=self.settings.app_base,
-                verify=verifies_tls(self.settings.app_base),
+                verify=tls_verify(self.settings.app_base),
                 headers={
                     "Authorization": f"Bearer {self.settings.app_api_key}",
                     "User-Agent": f"lockgate/{__version__}",

@@ -42,7 +42,7 @@ from lockgate import __version__, stopping
 from lockgate.destinations.base import Outcome, Record, Result
 from lockgate.destinations.customerio.batching import Batch, PackedBatch, Packer, oversize_reason
 from lockgate.destinations.customerio.pacing import TokenBucket, backoff, parse_retry_after
-from lockgate.destinations.customerio.settings import CustomerIOSettings, verifies_tls
+from lockgate.destinations.customerio.settings import CustomerIOSettings, tls_verify
 from lockgate.errors import (
     DestinationAuthError,
     DestinationError,
@@ -234,7 +234,7 @@ class CustomerIOClient:
             s = self.settings
             self._http = httpx.AsyncClient(
                 base_url=s.track_base,
-                verify=verifies_tls(s.track_base),
+                verify=tls_verify(s.track_base),
                 auth=httpx.BasicAuth(s.site_id, s.api_key),
                 headers={
                     "Content-Type": "application/json",

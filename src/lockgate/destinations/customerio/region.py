@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from lockgate.destinations.customerio.settings import CustomerIOSettings, verifies_tls
+from lockgate.destinations.customerio.settings import CustomerIOSettings, tls_verify
 from lockgate.errors import DestinationError
 
 REGION_PATH = "/api/v1/accounts/region"
@@ -39,7 +39,7 @@ def ask(settings: CustomerIOSettings, *, timeout: float = 10.0) -> httpx.Respons
         settings.track_base + REGION_PATH,
         auth=(settings.site_id, settings.api_key),
         timeout=timeout,
-        verify=verifies_tls(settings.track_base),
+        verify=tls_verify(settings.track_base),
     )
 
 
