@@ -145,25 +145,33 @@ def test_the_repeated_and_skipped_hours_are_read_alike_by_every_path(
     assert {k: sent[k] for k in gap} == dict.fromkeys(gap, SPRING_GAP)
 
 
-@pytest.mark.parametrize("written", ["timestamp", "text"])
+@pytest.mark.parametrize(
+    ("zone", "wall", "first", "written"),
+    [
+        ("America/New_York", "2026-11-01 01:30:00", FALL_BACK, "timestamp"),
+        ("America/New_York", "2026-11-01 01:30:00", FALL_BACK, "text"),
+        # Lord Howe Island goes back half an hour (02:00 +11:00 -> 01:30 +10:30)
+        ("Australia/Lord_Howe", "2026-04-05 01:45:00", unix("2026-04-04T14:45:00+00:00"), "text"),
+    ],
+)
 def test_an_event_in_the_repeated_hour_is_not_in_the_future_and_is_sent_once(
-    project_factory: ProjectFactory, written: str
+    project_factory: ProjectFactory, zone: str, wall: str, first: int, written: str
 ) -> None:
-    # logged at 01:30 EDT, the first 01:30 of the fall-back night, and read ten minutes later
-    # (01:40 EDT): it happened 10 minutes ago, not 50 minutes ahead (01:30 EST)
-    at = "timestamp '2026-11-01 01:30:00'"
+    # logged the first time round (01:30 EDT in New York), and read five minutes later: it
+    # happened 5 minutes ago, not 55 minutes ahead (01:30 EST, the second time round)
+    at = f"timestamp '{wall}'"
     project_factory.sql(
         "create or replace table events as select 'e1' as event_id, 1 as user_id, "
         f"'Ordered' as event_name, {at if written == 'timestamp' else f'{at}::varchar'} "
         "as occurred_at"
     )
-    project = project_factory.write({"activity": ACTIVITY + "timezone: America/New_York\n"})
-    report = run_sync(project, "activity", console=NullConsole(), now=FALL_BACK + 600)
+    project = project_factory.write({"activity": ACTIVITY + f"timezone: {zone}\n"})
+    report = run_sync(project, "activity", console=NullConsole(), now=first + 300)
     assert (report.changes.rejected, report.delivered) == (0, 1), report.changes.rejected_samples
-    # an hour on, in the second 01:40 (EST): the same event, read the same, is not sent again
-    report = run_sync(project, "activity", console=NullConsole(), now=FALL_BACK + 4200)
+    # the second time round: the same event, read the same, is not sent again
+    report = run_sync(project, "activity", console=NullConsole(), now=first + 3900)
     assert (report.delivered, report.changes.already_delivered) == (0, 1)
-    assert [e.timestamp for e in project_factory.emulator.events()] == [FALL_BACK]
+    assert [e.timestamp for e in project_factory.emulator.events()] == [first]
 
 
 def test_without_a_time_zone_naive_timestamps_stay_utc_and_plan_says_so(
