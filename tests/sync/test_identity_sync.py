@@ -987,3 +987,56 @@ def test_events_through_the_graph_whose_hash_columns_are_all_blank_are_rejected(
     blank = "event id is blank: every `event.id.hash` column (`event_id`, `ref`) is empty"
     assert [r.startswith(blank) for _, r in activity.changes.rejected_samples] == [True, True]
     assert sorted(e.name for e in customerio_emulator.events()) == ["kept", "login"]
+
+
+def test_a_naive_observed_at_is_read_in_its_source_time_zone(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device seen with u1 at 10:00 New York time (a naive `timestamp`, 14:00 UTC) and with
+    u2 at 12:00 UTC (a `timestamptz`): `keep_latest` gives it to u1, the later one, once the
+    source says its naive times are New York's; read as UTC, 10:00 came first."""
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute(
+        """
+        create table users as select * from (values ('u1', 'pro'), ('u2', 'free')) t(user_id, plan);
+        create table app_devices as select 'dev-1' as anonymous_id, 'u1' as user_id,
+          timestamp '2026-07-01 10:00:00' as ts;
+        create table tracked as select 'dev-1' as anonymous_id, 'u2' as user_id,
+          timestamptz '2026-07-01 12:00:00+00' as ts;
+        """
+    ).fetchall()
+    con.close()
+    (tmp_path / "syncs").mkdir()
+    yml = (
+        HEAD
+        + """\
+    anonymous_id: {{priority: 9, limit: 25, customerio: anonymous_id,
+                   degree_cap: {{user_id: {{max: 1, policy: keep_latest}}}}}}
+  sources:
+    - {{name: app_devices, table: app_devices, observed_at: ts}}
+    - {{name: tracked, table: tracked, observed_at: ts}}
+"""
+    ).format(url=customerio_emulator.base_url)
+    (tmp_path / "lockgate.yml").write_text(yml)
+    (tmp_path / "syncs" / "profile.yml").write_text(
+        PROFILE.replace("app_users", "users").replace(", email: email", "")
+    )
+    # no zone: the naive 10:00 is UTC, before 12:00 UTC
+    assert run_sync(load_project(tmp_path), "profile", console=NullConsole()).status == "success"
+    people = {p.id: p.anonymous_ids for p in customerio_emulator.people()}
+    assert people == {"u1": (), "u2": ("dev-1",)}
+
+    # the zone set on the source: the graph is stitched again (not the saved one reused),
+    # and the device goes to u1, seen last
+    zoned = yml.replace("path: w.duckdb}", "path: w.duckdb, timezone: America/New_York}")
+    assert zoned != yml
+    (tmp_path / "lockgate.yml").write_text(zoned)
+    assert run_sync(load_project(tmp_path), "profile", console=NullConsole()).status == "success"
+    assert customerio_emulator.person(id="u1").anonymous_ids == ("dev-1",)
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    edges = con.execute("select value_a, status from lockgate.lg_edges order by 1").fetchall()
+    con.close()
+    assert edges == [("u1", "accepted"), ("u2", "capped")]

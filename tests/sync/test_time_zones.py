@@ -94,15 +94,84 @@ def test_naive_timestamps_are_read_in_the_sync_time_zone_daylight_saving_include
     assert sent["summer"] == unix("2026-07-01T13:00:00+00:00")  # EDT, -04:00
     assert sent["winter"] == unix("2026-01-15T14:00:00+00:00")  # EST, -05:00
     # a time the clocks skip is read with the offset in force before the change (02:30 EST,
-    # which is 03:30 EDT); one they pass twice is the second, after they go back (01:30 EST):
-    # DuckDB's `timezone()` (ICU), as Postgres reads `'...'::timestamp at time zone`
+    # which is 03:30 EDT); one they pass twice is the first, before they go back (01:30 EDT)
     assert sent["gap"] == unix("2026-03-08T07:30:00+00:00")
-    assert sent["twice"] == unix("2026-11-01T06:30:00+00:00")
+    assert sent["twice"] == unix("2026-11-01T05:30:00+00:00")
     assert sent["nanos"] == unix("2026-07-01T13:00:00+00:00")
     # an instant and a calendar day are what they are, whatever the zone; text keeps its text
     assert sent["aware"] == unix("2026-07-01T09:00:00+00:00")
     assert sent["day"] == unix("2026-07-01T00:00:00+00:00")
     assert sent["as_text"] == "2026-07-01 09:00:00"
+
+
+#: the night New York falls back: 01:00-02:00 happens twice, first in EDT (05:00-06:00 UTC),
+#: then in EST (06:00-07:00 UTC); and the night it springs forward, when 02:00-03:00 does not
+FALL_BACK = 1_793_511_000  # 2026-11-01 05:30:00 UTC: 01:30 EDT, the first 01:30
+SPRING_GAP = 1_772_955_000  # 2026-03-08 07:30:00 UTC: 03:30 EDT, what 02:30 is read as
+
+EDGES = (
+    USERS_PROFILE
+    + """\
+  twice: twice
+  twice_ns: twice_ns
+  twice_text: {column: twice_text, type: timestamp}
+  twice_value: {value: '2026-11-01 01:30:00', type: timestamp}
+  twice_default: {column: missing, type: timestamp, on_null: default, default: 2026-11-01 01:30:00}
+  gap: gap
+  gap_text: {column: gap_text, type: timestamp}
+  gap_value: {value: '2026-03-08 02:30:00', type: timestamp}
+"""
+)
+
+
+def test_the_repeated_and_skipped_hours_are_read_alike_by_every_path(
+    project_factory: ProjectFactory,
+) -> None:
+    # a naive column (any precision), text without an offset, a constant and a default: one
+    # reading of each local time, whatever carries it
+    project_factory.sql(
+        "create or replace table users as select 1 as user_id, "
+        "timestamp '2026-11-01 01:30:00' as twice, "
+        "timestamp_ns '2026-11-01 01:30:00.5' as twice_ns, "
+        "'2026-11-01 01:30:00' as twice_text, null::timestamp as missing, "
+        "timestamp '2026-03-08 02:30:00' as gap, '2026-03-08 02:30:00' as gap_text"
+    )
+    project = project_factory.write({"profile": EDGES + "timezone: America/New_York\n"})
+    run_sync(project, "profile", console=NullConsole())
+    sent = project_factory.emulator.person(id="1").attributes
+    twice = ("twice", "twice_ns", "twice_text", "twice_value", "twice_default")
+    assert {k: sent[k] for k in twice} == dict.fromkeys(twice, FALL_BACK)
+    gap = ("gap", "gap_text", "gap_value")
+    assert {k: sent[k] for k in gap} == dict.fromkeys(gap, SPRING_GAP)
+
+
+@pytest.mark.parametrize(
+    ("zone", "wall", "first", "written"),
+    [
+        ("America/New_York", "2026-11-01 01:30:00", FALL_BACK, "timestamp"),
+        ("America/New_York", "2026-11-01 01:30:00", FALL_BACK, "text"),
+        # Lord Howe Island goes back half an hour (02:00 +11:00 -> 01:30 +10:30)
+        ("Australia/Lord_Howe", "2026-04-05 01:45:00", unix("2026-04-04T14:45:00+00:00"), "text"),
+    ],
+)
+def test_an_event_in_the_repeated_hour_is_not_in_the_future_and_is_sent_once(
+    project_factory: ProjectFactory, zone: str, wall: str, first: int, written: str
+) -> None:
+    # logged the first time round (01:30 EDT in New York), and read five minutes later: it
+    # happened 5 minutes ago, not 55 minutes ahead (01:30 EST, the second time round)
+    at = f"timestamp '{wall}'"
+    project_factory.sql(
+        "create or replace table events as select 'e1' as event_id, 1 as user_id, "
+        f"'Ordered' as event_name, {at if written == 'timestamp' else f'{at}::varchar'} "
+        "as occurred_at"
+    )
+    project = project_factory.write({"activity": ACTIVITY + f"timezone: {zone}\n"})
+    report = run_sync(project, "activity", console=NullConsole(), now=first + 300)
+    assert (report.changes.rejected, report.delivered) == (0, 1), report.changes.rejected_samples
+    # the second time round: the same event, read the same, is not sent again
+    report = run_sync(project, "activity", console=NullConsole(), now=first + 3900)
+    assert (report.delivered, report.changes.already_delivered) == (0, 1)
+    assert [e.timestamp for e in project_factory.emulator.events()] == [first]
 
 
 def test_without_a_time_zone_naive_timestamps_stay_utc_and_plan_says_so(
@@ -259,7 +328,9 @@ def test_a_postgres_timestamp_column_is_read_in_the_source_time_zone(
         conn.execute("drop table if exists tz_users")
         conn.execute(
             "create table tz_users as select 1 as user_id, "
-            "timestamp '2026-07-01 09:00:00' as summer, timestamp '2026-01-15 09:00:00' as winter"
+            "timestamp '2026-07-01 09:00:00' as summer, timestamp '2026-01-15 09:00:00' as winter, "
+            # 02:30 happens twice in Berlin that night (CEST, then CET)
+            "timestamp '2026-10-25 02:30:00' as twice"
         )
     (tmp_path / "syncs").mkdir()
     (tmp_path / "lockgate.yml").write_text(
@@ -270,13 +341,16 @@ def test_a_postgres_timestamp_column_is_read_in_the_source_time_zone(
     )
     (tmp_path / "syncs" / "profile.yml").write_text(
         "name: profile\nsource: warehouse\nmodel: {table: tz_users}\nkind: people\n"
-        "primary_key: user_id\nidentify_by: {id: user_id}\nattributes: [summer, winter]\n"
+        "primary_key: user_id\nidentify_by: {id: user_id}\nattributes: [summer, winter, twice]\n"
     )
     run_sync(load_project(tmp_path), "profile", console=NullConsole())
     sent = customerio_emulator.person(id="1").attributes
     assert sent["summer"] == unix("2026-07-01T07:00:00+00:00")  # CEST, +02:00
     assert sent["winter"] == unix("2026-01-15T08:00:00+00:00")  # CET, +01:00
     assert datetime.fromtimestamp(sent["winter"], UTC).hour == 8
+    # the first 02:30, in CEST, as DuckDB's columns are read (Postgres itself, casting to
+    # `timestamptz`, would pick the second)
+    assert sent["twice"] == unix("2026-10-25T00:30:00+00:00")
 
 
 RENEWALS = """

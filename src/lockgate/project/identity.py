@@ -296,7 +296,9 @@ class IdentitySourceConfig(BaseConfig):
     """Column name → identifier type. By default every column named after an identifier type."""
 
     observed_at: str | None = None
-    """Column with when the row was observed; orders links within a batch."""
+    """Column with when the row was observed; orders links within a batch (and for a
+    `keep_latest` cap). A timestamp without a time zone is a local time in its source's
+    `timezone` (UTC when unset)."""
 
     key: str | None = None
     """Column identifying the row, shown by `explain`; the row number when unset."""

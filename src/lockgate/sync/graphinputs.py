@@ -55,6 +55,7 @@ from lockgate.project.loader import Project
 from lockgate.sources.base import Source, query_error, strip_sql
 from lockgate.sources.duckdb import DuckDBSource
 from lockgate.sources.postgres import PostgresSource, RedshiftSource
+from lockgate.sync.mapping import same_zone
 
 if TYPE_CHECKING:
     from lockgate.sync.resolve import Warehouses
@@ -257,11 +258,16 @@ def _inputs(project: Project, config: IdentityConfig, warehouses: Warehouses) ->
     from lockgate.sync.resolve import identity_queries, identity_warehouse
 
     wanted: dict[str, list[tuple[str, str]]] = {}
+    #: the zone each identity source's naive `observed_at` is read in (`resolve.observed_in_zone`)
+    zones: dict[str, str] = {}
     for name, specs in identity_queries(project, config).items():
+        zone = project.config.sources[name].timezone
         for spec, sql in specs:
             if spec.sql and volatile(spec.sql):
                 return None
             wanted.setdefault(name, []).append((f"source:{spec.name}", sql))
+            if spec.observed_at and zone is not None and not same_zone(None, zone):
+                zones[spec.name] = zone
     for what, table_name in zip(
         OPERATOR_TABLES,
         (config.blocked_values_table, config.rules.overrides_table),
@@ -294,6 +300,8 @@ def _inputs(project: Project, config: IdentityConfig, warehouses: Warehouses) ->
         "config": config.model_dump(mode="json"),
         "inputs": parts,
     }
+    if zones:  # a key without them stays the key it was
+        key["observed_in"] = zones
     rows = {what: int(json.loads(part)[1]) for what, part in parts.items()}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     return Inputs(digest, rows, in_snapshot)

@@ -877,12 +877,42 @@ def _utc_text(seconds: str) -> str:
     )
 
 
+def local_instant(wall: str, zone: str) -> str:
+    """SQL for the instant (a TIMESTAMPTZ) the naive timestamp ``wall`` is as a wall-clock
+    time in the IANA zone ``zone``, daylight saving time included, by one rule wherever
+    Lockgate reads a local time (naive columns, text and constants without an offset; so the
+    event timestamp, the future check and the backfill window agree):
+
+    - a time the clocks pass twice as they go back (01:30 on New York's fall-back night) is
+      the *earlier* of the two (01:30 EDT, 05:30 UTC), as Python (`fold=0`) and java.time
+      read it. DuckDB's `timezone()` (ICU), like Postgres, gives the later one
+      (01:30 EST): an event logged at 01:30 EDT was then an hour in the future, rejected as
+      such by a run in that hour, and sent an hour late by the next.
+    - a time the clocks skip as they go forward (02:30 on the spring-forward night) is read
+      with the offset in force before the change, so moved forward by the gap (02:30 EST,
+      07:30 UTC, which is 03:30 EDT): `timezone()`'s, Postgres's, Python's (`fold=0`) and
+      java.time's reading alike.
+
+    `timezone()` gives the later reading; the offset in force a day before it, if larger
+    (the clocks went back within that day), gives a candidate that is the earlier reading
+    when it shows the same wall-clock time. ±infinity stays infinite; null stays null."""
+    z = lit(zone)
+    later = f"timezone({z}, {wall})"
+    # how far the clocks went back in the day before `later` (µs; 0 when they did not): the
+    # wall-clock time a day before it, a day on, less ``wall``
+    day = 86_400_000_000
+    back = f"(epoch_us(timezone({z}, {later} - interval '24 hours')) + {day} - epoch_us({wall}))"
+    earlier = f"({later} - to_microseconds({back}))"
+    same_wall = f"timezone({z}, {earlier}) = {wall}"
+    return f"(case when {back} > 0 and {same_wall} then {earlier} else {later} end)"
+
+
 def _text_instant(text: str, zone: str | None) -> str:
     """SQL for the instant (a TIMESTAMPTZ, or null) the text ``text`` holds, read as a
     timestamp: ISO 8601 (`2026-07-01T09:00:00Z`, `2026-07-01 09:00:00+02:00`) or with a zone
     name (`2026-07-01 09:00:00 America/New_York`), each that instant. Text without an offset
     (`2026-07-01 09:00:00`) is a local time in ``zone``, read as a naive timestamp column is
-    (DuckDB's `timezone()`, daylight saving time included); with no zone, as UTC (the state
+    (:func:`local_instant`, daylight saving time included); with no zone, as UTC (the state
     engine's session zone), as it always was. Text holding only a date (`2026-07-01`) is a
     calendar day, its midnight UTC, as a date column's.
 
@@ -892,7 +922,7 @@ def _text_instant(text: str, zone: str | None) -> str:
     instant = f"try_cast({text} as timestamptz)"
     if zone is None:
         return instant
-    local = f"timezone({lit(zone)}, try_cast({text} as timestamp))"
+    local = local_instant(f"try_cast({text} as timestamp)", zone)
     return (
         f"case when try_cast(trim({text}) || ' UTC' as timestamptz) is not null "
         f"then {local} else {instant} end"
@@ -943,11 +973,11 @@ def coerce(
     cleared (or, under a `number`, `timestamp` or `boolean` type, its row rejected).
 
     ``zone``: the IANA time zone a timestamp without a time zone holds the local times of (the
-    sync's `timezone`), else UTC. DuckDB's `timezone()` reads it, daylight saving time
-    included (ICU's rules): a wall-clock time the clocks skip (02:30 as New York springs
-    forward) is read with the offset in force before the change (02:30 EST, 07:30 UTC, which
-    is 03:30 EDT), and one they pass twice (01:30 as they fall back) is the second of the two,
-    after the change (01:30 EST, 06:30 UTC). A date is a calendar day, its midnight UTC
+    sync's `timezone`), else UTC. :func:`local_instant` reads it, daylight saving time
+    included: a wall-clock time the clocks skip (02:30 as New York springs forward) is read
+    with the offset in force before the change (02:30 EST, 07:30 UTC, which is 03:30 EDT),
+    and one they pass twice (01:30 as they fall back) is the first of the two, before the
+    change (01:30 EDT, 05:30 UTC). A date is a calendar day, its midnight UTC
     whatever the zone. Text read as a timestamp is read as :func:`_text_instant` says: one
     with an offset (`Z`, `+02:00`) or a zone name is that instant; one without is a local time
     in ``zone`` too (as UTC when unset).
@@ -980,7 +1010,7 @@ def coerce(
             wall = (
                 c if col_type.upper() == "TIMESTAMP" else f"make_timestamp({_seconds(c)} * 1000000)"
             )
-            local = f"timezone({lit(zone)}, {wall})"
+            local = local_instant(wall, zone)
         converted = _seconds(local)
         return converted, check(converted, "a finite timestamp")
 

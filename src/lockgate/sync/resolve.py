@@ -45,7 +45,12 @@ from lockgate.sources.postgres import PostgresSource
 from lockgate.state.store import StateStore, registered, run_sql, table
 from lockgate.sync.extract import Carry, read_as_text
 from lockgate.sync.guard import GuardResult, columns_read
-from lockgate.sync.mapping import CUSTOMERIO_IDENTIFIERS, GRAPH_ATTRIBUTE_PREFIX
+from lockgate.sync.mapping import (
+    CUSTOMERIO_IDENTIFIERS,
+    GRAPH_ATTRIBUTE_PREFIX,
+    local_instant,
+    same_zone,
+)
 
 IDENTITY_STATE = "identity"
 
@@ -159,6 +164,7 @@ def read_sources(
     index = {spec.name: i for i, spec in enumerate(config.sources)}
     for name, queries in identity_queries(project, config).items():
         source = warehouses.get(name)
+        zone = project.config.sources[name].timezone
         for spec, sql in queries:
             i = index[spec.name]
             what = f"`{spec.table}`" if spec.table else "its `sql`"
@@ -169,7 +175,8 @@ def read_sources(
                 f"`{name}`; `lockgate sources inspect {name}` lists its tables and columns",
             ):
                 # a UHUGEINT past 2^127 as its digits, not as Arrow wraps it
-                out[spec.name] = read_as_text(source, sql).read_all()
+                rows = read_as_text(source, sql).read_all()
+            out[spec.name] = observed_in_zone(rows, spec.observed_at, zone)
     return {spec.name: out[spec.name] for spec in config.sources}
 
 
@@ -310,6 +317,32 @@ def people_of_anonymous_id(project: Project, value: str) -> list[str]:
     finally:
         con.close()
     return sorted({str(v) for row in rows for v in row if v is not None})
+
+
+def observed_in_zone(rows: pa.Table, column: str | None, zone: str | None) -> pa.Table:
+    """``rows`` with their naive `observed_at` ``column`` (a timestamp without a time zone)
+    read as local times in their source's `timezone` ``zone``, by the rule the syncs read
+    them with (:func:`mapping.local_instant`): instants, ordered with a `timestamptz`
+    `observed_at` of another identity source as they happened (a `keep_latest` cap keeps the
+    link seen last). ``rows`` as they are without a zone (naive times are UTC, as ever), or
+    when the column is not a naive timestamp (text is read as the graph reads it)."""
+    if zone is None or same_zone(None, zone) or column is None or column not in rows.column_names:
+        return rows
+    at = rows.column_names.index(column)
+    kind = rows.schema.field(at).type
+    if not pa.types.is_timestamp(kind) or kind.tz is not None:
+        return rows
+    con = duckdb.connect()
+    try:
+        con.execute("set TimeZone='UTC'")
+        walls = pa.table({"w": rows.column(at)})
+        con.register("__walls", walls)
+        wall = "w" if kind.unit == "us" else "w::timestamp"
+        read = con.sql(f"select {local_instant(wall, zone)} as o from __walls")
+        instants = read.to_arrow_table().column("o")
+    finally:
+        con.close()
+    return rows.set_column(at, rows.schema.field(at).with_type(instants.type), instants)
 
 
 def resolve_identities(project: Project, config: IdentityConfig, run_id: str) -> Resolution:
