@@ -4,6 +4,11 @@ sink. Each round appends ``NEW`` events to each side's copy of the model, then r
 ``lockgate sync events --json`` on each side (alternating which goes first), then a run with
 nothing new; whole-process wall time, peak RSS and the engine's phases, as ``bench/events.py``.
 
+With ``--full-rounds K``, first K rounds of full syncs of the whole model, each side into a
+fresh project of its own (alternating which goes first), with the size of the state and of
+the sync's ledger alone on disk (copied into a file of its own): what delivering every event
+costs each version, and what its ledger keeps.
+
 With ``--build N``, the model of N events and its state (one full sync to the sink) are made
 here first (``project`` and ``warehouse`` name where). With ``--identity``, the project gets an
 ``identity:`` section (identity source ``app_users``: one row per person of the model, its
@@ -89,6 +94,51 @@ def build(project: Path, warehouse: Path, rows: int, url: str, identity: bool, d
     ev.console.print(f"full sync: {p.seconds:.1f} s, peak RSS {p.peak_rss / ev.MiB:,.0f} MiB")
 
 
+def ledger_bytes(state: Path, out: Path) -> tuple[int, int]:
+    """The bytes the sync's ledger takes on disk alone (copied into a file of its own, less
+    an empty database's), and its rows."""
+    sizes = []
+    for copy in (False, True):
+        path = out / f"ledger-{copy}.duckdb"
+        path.unlink(missing_ok=True)
+        con = duckdb.connect(str(path))
+        try:
+            if copy:
+                con.execute(f"attach '{state}' as s (read_only)")
+                con.execute(f'create table ledger as select * from s."ledger__{ev.SYNC}"')
+                con.execute("detach s")
+            else:
+                con.execute("create table ledger (k varchar)")
+            con.execute("checkpoint")
+            rows = con.execute("select count(*) from ledger").fetchall()[0][0]
+        finally:
+            con.close()
+        sizes.append(path.stat().st_size)
+        path.unlink()
+    return sizes[1] - sizes[0], int(rows)
+
+
+def full_rounds(sides: dict[str, str], warehouse: Path, work: Path, rounds: int, url: str) -> None:
+    """``--full-rounds``: full syncs of the whole model, each side into a fresh project."""
+    for i in range(rounds):
+        order = list(sides) if i % 2 == 0 else list(sides)[::-1]
+        for side in order:
+            project = work / f"full-{side}"
+            ev.write_project(project, warehouse, url)
+            os.environ["PYTHONPATH"] = sides[side]
+            p, doc, phases = ev.lockgate("sync", project)
+            state = project / ".lockgate" / "state.duckdb"
+            size, rows = ledger_bytes(state, work)
+            steps = ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
+            ev.console.print(
+                f"{side} full sync: {p.seconds:.2f} s, CPU {p.cpu:.1f} s, peak RSS "
+                f"{p.peak_rss / ev.MiB:,.0f} MiB; sent {doc[0]['delivered']:,}; state "
+                f"{state.stat().st_size / ev.MiB:.1f} MiB, ledger of {rows:,} events "
+                f"{size / ev.MiB:.2f} MiB ({size / max(rows, 1):.1f} B each); {steps}"
+            )
+            shutil.rmtree(project, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("before", type=Path, help="the other version's `src` folder")
@@ -97,6 +147,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--new", type=int, default=10_000)
     parser.add_argument("--build", type=int, default=0, help="make the model and state first")
+    parser.add_argument(
+        "--full-rounds", type=int, default=0, help="rounds of full syncs of the whole model first"
+    )
     parser.add_argument("--identity", action="store_true", help="through the identity graph")
     parser.add_argument(
         "--email-domain",
@@ -111,6 +164,8 @@ def main() -> None:
     with sync_sink.sink() as url:
         if args.build:
             build(args.project, args.warehouse, args.build, url, args.identity, args.email_domain)
+        if args.full_rounds:
+            full_rounds(sides, args.warehouse, work, args.full_rounds, url)
         for side in sides:
             d = work / side
             shutil.copytree(args.project, d / "project")

@@ -14,10 +14,11 @@ from tests.sync.test_identity_sync import app_project, sync_all
 from lockgate.cli import cli
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
-from lockgate.state.store import StateStore
+from lockgate.state.store import STATE_FORMAT, StateStore
 from lockgate.sync.reconcile import reconcile
 from lockgate.sync.reconcile_events import (
     NOT_IN_HISTORY,
+    NOT_IN_MODEL,
     EventsReconcileReport,
     _Event,
     _match,
@@ -196,3 +197,107 @@ def test_events_are_matched_by_name_and_time_when_activity_ids_are_customerios_o
     # without a timestamp column, an event of the name is enough, and none is a copy
     matched, unmatched, duplicates = _match([event("d", "viewed", None)], held)
     assert ([e.key for e in matched], unmatched, duplicates) == (["d"], [], [])
+
+
+def _ledger(project: Any) -> dict[str, tuple[Any, Any]]:
+    """The ledger's (name, timestamp) sent of each key."""
+    with StateStore.open_read_only(project.state_dir) as store:
+        rows = store.exec_sql('select k, name, sent_ts from "ledger__activity"')
+    return {str(k): (name, ts) for k, name, ts in rows}
+
+
+def test_an_event_whose_row_left_the_model_is_still_checked(
+    synced: Any, project_factory: ProjectFactory
+) -> None:
+    # the ledger keeps the name and time each event went out with: an event whose row has left
+    # the model is looked for all the same (found), and lost in Customer.io, missing
+    project_factory.sql("delete from events where event_id in ('e2', 'e3')")
+    report = _events(synced)
+    assert not report.drifting and report.not_checked == {}
+    by_name = {n.name: (n.found, n.missing, n.not_checked) for n in report.names}
+    assert by_name == {"Feature Used": (3, 0, 0), "Report Exported": (1, 0, 0)}
+    held = {e.name: e.timestamp for e in project_factory.emulator.events()}
+    assert _ledger(synced)["e2"] == ("Report Exported", held["Report Exported"])
+    emu = project_factory.emulator
+    lost = next(e for e in emu.events() if e.name == "Report Exported")
+    assert lost.id is not None and emu.delete_event(lost.id)
+    exported = next(n for n in _events(synced).names if n.name == "Report Exported")
+    assert [(v, k, p) for v, k, p, _ in exported.samples] == [("missing", "e2", "1")]
+
+
+def test_an_event_whose_row_changed_after_delivery_is_found_as_sent(
+    synced: Any, project_factory: ProjectFactory
+) -> None:
+    # the row of a delivered event edited since (its name and time; its key, `event_id`, the
+    # same): Customer.io holds the event as it was sent, which is what reconcile looks for
+    project_factory.sql(
+        "update events set event_name = 'Report Shared', "
+        "occurred_at = occurred_at - interval 5 hour where event_id = 'e2'"
+    )
+    assert run_sync(synced, "activity", console=NullConsole()).delivered == 0  # already sent
+    report = _events(synced)
+    assert not report.drifting and report.not_checked == {}
+    by_name = {n.name: (n.found, n.missing) for n in report.names}
+    assert by_name == {"Feature Used": (3, 0), "Report Exported": (1, 0)}
+
+
+def test_an_event_without_a_timestamp_column_is_found_by_the_time_it_went_out_with(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # without `event.timestamp` an event goes out with its run's time, which the ledger keeps:
+    # its row gone, the event is found by name and that time
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", project_factory.emulator.config.app_api_key)
+    project_factory.sql(EVENTS)
+    untimed = ACTIVITY.replace("  timestamp: occurred_at\n", "") + ("backfill: {first_run: send}\n")
+    project = project_factory.write({"activity": untimed})
+    assert run_sync(project, "activity", console=NullConsole()).delivered == 4
+    project_factory.sql("delete from events")
+    report = _events(project)
+    assert not report.drifting and report.not_checked == {}
+    found = [(n.name, n.found) for n in report.names]
+    assert found == [("Feature Used", 3), ("Report Exported", 1)]
+    held = {e.data["feature"]: e.timestamp for e in project_factory.emulator.events()}
+    assert _ledger(project)["e1"] == ("Feature Used", held["exports"])
+
+
+def _as_format_3(project: Any) -> None:
+    """The state as a Lockgate of state format 3 leaves it: a ledger of keys and times."""
+    with StateStore.open(project.state_dir) as store:
+        store.exec_sql(
+            'alter table "ledger__activity" drop column if exists name; '
+            'alter table "ledger__activity" drop column if exists sent_ts; '
+            "update state_format set format = 3"
+        )
+
+
+def test_a_ledger_of_format_3_is_upgraded_and_reconciles_as_before(
+    synced: Any, project_factory: ProjectFactory
+) -> None:
+    _as_format_3(synced)
+    project_factory.sql("delete from events where event_id = 'e2'")
+    # read as it is (reconcile upgrades nothing): its events' names and times from the model
+    report = _events(synced)
+    assert report.not_checked == {NOT_IN_MODEL: 1} and not report.drifting
+    assert [(n.name, n.found) for n in report.names] == [("Feature Used", 3)]
+    with StateStore.open_read_only(synced.state_dir) as store:
+        assert store.exec_sql("select format from state_format") == [(3,)]
+
+    # an upgrade cut off half-way (one column added) is finished by the next run; the events
+    # delivered from then on are ledgered with their name and time
+    with StateStore.open(synced.state_dir) as store:
+        store.exec_sql('alter table "ledger__activity" add column if not exists name varchar')
+    project_factory.sql(
+        "insert into events values ('e5', '2', 'Report Exported', now() - interval 1 hour, 'x')"
+    )
+    assert run_sync(synced, "activity", console=NullConsole()).delivered == 1
+    with StateStore.open_read_only(synced.state_dir) as store:
+        assert store.exec_sql("select format from state_format") == [(STATE_FORMAT,)]
+    ledger = _ledger(synced)
+    assert ledger["e1"] == (None, None) and ledger["e5"][0] == "Report Exported"
+    project_factory.sql("delete from events where event_id = 'e5'")
+    report = _events(synced)  # e2 as before; e5 by what the ledger says
+    assert report.not_checked == {NOT_IN_MODEL: 1} and not report.drifting
+    assert [(n.name, n.found) for n in report.names] == [
+        ("Feature Used", 3),
+        ("Report Exported", 1),
+    ]

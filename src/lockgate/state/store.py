@@ -9,7 +9,13 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
 - ``snap__S(k, h, ident, addr)``: the committed state of sync S: record key, hash of the
   payload last delivered, the identifiers it was delivered to, and the person those reach
   (:data:`PERSON_ADDRESS`: what tells a row sent now that an unchanged row reaches its person).
-- ``ledger__S(k, delivered_at)``: event keys delivered by an events sync (append-only).
+- ``ledger__S(k, delivered_at, name, sent_ts)``: event keys delivered by an events sync
+  (append-only), with the name each event was sent under (its backfill name if it went out
+  renamed) and the timestamp it was sent with (unix seconds; for a sync without
+  `event.timestamp`, the time of the run that sent it): what `lockgate reconcile` looks for in
+  Customer.io, whatever the model holds since. Null for the rows delivered before format 4,
+  for the keys recorded without being sent (a first run's history) and for the other
+  operations a sync ledgers (`on_change` events, identity merges, email clears).
 - ``journal__S(run_id, k, h, ident, removed)``: what a run has delivered but not folded
   into the snapshot yet. Flushed during delivery, folded at the end of the run or at the
   start of the next one after a crash. This is what makes a crash safe: what was delivered
@@ -361,10 +367,12 @@ def _set_aside_unfinished(path: Path) -> Path | None:
 #: naming the version that wrote it, where it would otherwise fail part-way through a run,
 #: after sending, or misread what was delivered. (Lockgates from before the format was
 #: recorded do not read it.)
-STATE_FORMAT = 3
+STATE_FORMAT = 4
 # 2: ``sending__S`` gains ``action`` (a Lockgate of format 1 inserts into it unnamed)
 # 3: ``unconfirmed__S`` gains ``ident`` (a Lockgate of format 2 inserts into it unnamed), and
 #    ``sending__S`` ``k`` and ``ident`` (of the records new to the snapshot)
+# 4: ``ledger__S`` gains ``name`` and ``sent_ts`` (a Lockgate of format 3 inserts into it
+#    unnamed); the rows from before have them null
 #: The oldest format whose run list, history and rejected rows the commands that only read
 #: (`lockgate runs`, `history`) read as they are, without upgrading it
 READ_FORMAT = 1
@@ -702,7 +710,7 @@ class StateStore:
             f"create table if not exists {snap} "
             "(k varchar, h ubigint, ident varchar, addr varchar);"
             f"create table if not exists {table('ledger', sync)} "
-            "(k varchar, delivered_at timestamptz);"
+            "(k varchar, delivered_at timestamptz, name varchar, sent_ts bigint);"
             f"create table if not exists {table('journal', sync)} "
             "(run_id varchar, k varchar, h ubigint, ident varchar, removed boolean);"
             f"create table if not exists {table('unconfirmed', sync)} "
@@ -721,6 +729,7 @@ class StateStore:
         )
         self._add_snap_addr(sync)
         self._add_unconfirmed_action(sync)
+        self._add_ledger_sent(sync)
         sending = table("sending", sync)
         columns = {r[0] for r in self.con.execute(f"describe {sending}").fetchall()}
         if "action" not in columns:
@@ -731,6 +740,19 @@ class StateStore:
         for column in ("k", "ident"):
             if column not in columns:
                 self.exec_sql(f"alter table {sending} add column if not exists {column} varchar")
+
+    def _add_ledger_sent(self, sync: str) -> None:
+        """A ledger from before format 4: add ``name`` and ``sent_ts``, null for the events
+        it holds (`lockgate reconcile` reads theirs from the model, as before). Two column
+        additions, each done only if missing and both in one transaction: a Lockgate killed
+        here leaves the ledger as it was, or upgraded; the next one finishes it."""
+        ledger = table("ledger", sync)
+        columns = {r[0] for r in self.con.execute(f"describe {ledger}").fetchall()}
+        if {"name", "sent_ts"} <= columns:
+            return
+        with transaction(self.con, self.path):
+            self.exec_sql(f"alter table {ledger} add column if not exists name varchar")
+            self.exec_sql(f"alter table {ledger} add column if not exists sent_ts bigint")
 
     def _add_snap_addr(self, sync: str) -> None:
         """A snapshot from before ``addr``: add it and derive it from ``ident``, once, in one
@@ -1058,7 +1080,15 @@ class StateStore:
             )
         return int(rows[0][0])
 
-    def append_ledger(self, sync: str, keys: Sequence[str]) -> None:
+    def append_ledger(
+        self,
+        sync: str,
+        keys: Sequence[str],
+        names: Sequence[str | None] | None = None,
+        timestamps: Sequence[int | None] | None = None,
+    ) -> None:
+        """Ledger ``keys`` delivered now, with the name and timestamp each event was sent
+        with (None: not known, or not an event of an events sync)."""
         if not keys:
             return
         now = datetime.now(UTC)
@@ -1066,10 +1096,15 @@ class StateStore:
             {
                 "k": pa.array(keys, pa.string()),
                 "delivered_at": pa.array([now] * len(keys), pa.timestamp("us", tz="UTC")),
+                "name": pa.array(names or [None] * len(keys), pa.string()),
+                "sent_ts": pa.array(timestamps or [None] * len(keys), pa.int64()),
             }
         )
         with registered(self.con, "_ledger_batch", batch):
-            self.exec_sql(f"insert into {table('ledger', sync)} select * from _ledger_batch")
+            self.exec_sql(
+                f"insert into {table('ledger', sync)} (k, delivered_at, name, sent_ts) "
+                "select k, delivered_at, name, sent_ts from _ledger_batch"
+            )
 
     def append_delivered(
         self,
@@ -1079,8 +1114,9 @@ class StateStore:
         *,
         ledger: bool,
     ) -> None:
-        """Commit whole delivered batches (``k, h, ident, removed, action`` columns, with the
-        answer's status and time): to the ledger (events) or the journal, and to the history."""
+        """Commit whole delivered batches (``k, h, ident, removed, action`` columns, and for
+        an events sync's events ``sent_name, sent_ts``; with the answer's status and time): to
+        the ledger (events) or the journal, and to the history."""
         if not batches:
             return
         delivered = pa.Table.from_batches([b for b, _, _ in batches])
@@ -1099,8 +1135,12 @@ class StateStore:
         )
         with registered(self.con, "_delivered", delivered):
             if ledger:
+                sent = (
+                    "sent_name, sent_ts" if "sent_name" in delivered.column_names else "null, null"
+                )
                 self.exec_sql(
-                    f"insert into {table('ledger', sync)} select k, sent_at from _delivered"
+                    f"insert into {table('ledger', sync)} (k, delivered_at, name, sent_ts) "
+                    f"select k, sent_at, {sent} from _delivered"
                 )
             else:
                 self.exec_sql(

@@ -37,7 +37,7 @@ class _Buffers(NamedTuple):
     """One flush's worth of buffered results (see :meth:`Committer._take`)."""
 
     journal: tuple[list[str], list[int | None], list[str | None], list[bool]]
-    ledger: list[str]
+    ledger: tuple[list[str], list[str | None], list[int | None]]
     history: dict[str, list[Any]]
     rejected: list[tuple[str, str]]
     delivered: list[tuple[pa.RecordBatch, int, datetime]]
@@ -52,6 +52,10 @@ class Pending(NamedTuple):
     ident: str | None
     removed: bool
     action: str
+    name: str | None = None
+    """An events sync's event: the name it is sent under (its backfill name if renamed)."""
+    ts: int | None = None
+    """... and the timestamp it is sent with (unix seconds), both kept in the ledger."""
 
 
 @dataclass
@@ -122,7 +126,8 @@ class Committer:
             [],
             [],
         )
-        self._ledger: list[str] = []
+        # (keys, names sent, timestamps sent) of the events delivered one by one
+        self._ledger: tuple[list[str], list[str | None], list[int | None]] = ([], [], [])
         # history rows: one per (action, outcome, status, reason) group of a results list
         self._history: dict[str, list[Any]] = {
             name: []
@@ -163,7 +168,9 @@ class Committer:
             group[1].append(meta.ident)
             if result.outcome is Outcome.DELIVERED:
                 if self.kind == "events":
-                    self._ledger.append(result.key)
+                    self._ledger[0].append(result.key)
+                    self._ledger[1].append(meta.name)
+                    self._ledger[2].append(meta.ts)
                 else:
                     keys.append(result.key)
                     hashes.append(meta.h)
@@ -201,7 +208,8 @@ class Committer:
         self._buffered_more(len(results))
 
     def add_delivered(self, meta: pa.RecordBatch, status: int) -> None:
-        """A batch the destination accepted whole: columns ``k, h, ident, removed, action``.
+        """A batch the destination accepted whole: columns ``k, h, ident, removed, action``
+        (and ``sent_name, sent_ts`` for an events sync's events).
 
         The same commit as :meth:`add` with one DELIVERED result per row, without a Python
         object per row."""
@@ -294,7 +302,7 @@ class Committer:
         keys, hashes, idents, removed = taken.journal
         with transaction(store.con, store.path):
             store.append_journal(self.sync, self.run_id, keys, hashes, idents, removed)
-            store.append_ledger(self.sync, taken.ledger)
+            store.append_ledger(self.sync, *taken.ledger)
             store.append_history(taken.history)
             store.append_rejected(self.run_id, self.sync, "deliver", taken.rejected)
             keys_unsure, actions, idents_unsure = taken.unconfirmed

@@ -120,10 +120,23 @@ def _order(con: duckdb.DuckDBPyConnection, kind: str, source: str) -> str:
     return " order by ts, k" if count <= EVENTS_IN_TIME_ORDER and fits else ""
 
 
+def _sent(con: duckdb.DuckDBPyConnection, kind: str, source: str) -> str:
+    """The columns an events sync's events are ledgered with (:data:`SENT`): the name and
+    timestamp each is sent with, as the diff maps them (``changes``); nulls for the other
+    events a sync ledgers (`on_change` events: their source has none)."""
+    if kind != "events":
+        return ""
+    have = {d[0] for d in con.execute(f"select * from {source} limit 0").description}
+    if set(SENT) <= have:
+        return ", " + ", ".join(SENT)
+    return ", null::varchar as sent_name, null::bigint as sent_ts"
+
+
 def _records(
     con: duckdb.DuckDBPyConnection, kind: str, pending: dict[str, Pending], source: str
 ) -> Generator[Record]:
     columns = "k, op, h, ident, removed" + (", ts, lo, hi" if kind == "events" else "")
+    columns += _sent(con, kind, source)
     order = _order(con, kind, source)
     reader = con.sql(f"select {columns} from {source}{order}").to_arrow_reader(READ_BATCH_ROWS)
     with reader:  # closed even when delivery stops early: it holds the state connection
@@ -145,8 +158,12 @@ def _batch_records(
             batch.column(6).to_numpy(zero_copy_only=False),
             batch.column(7).to_numpy(zero_copy_only=False),
         )
-        for key, op, ident, ulid in zip(keys, ops, idents, ids, strict=True):
-            pending[key] = Pending(None, ident, False, "event")
+        names = batch.column(8).to_pylist()
+        stamps = batch.column(9).to_pylist()
+        for key, op, ident, ulid, name, ts in zip(
+            keys, ops, idents, ids, names, stamps, strict=True
+        ):
+            pending[key] = Pending(None, ident, False, "event", name, ts)
             yield Record(key, b'{"id":"' + ulid + b'",' + op.encode())
         return
     if kind == "relationships":
@@ -247,7 +264,9 @@ def notify_retries(destination: Destination, console: Console, sync: str) -> Des
 
 
 META = ("k", "h", "ident", "removed", "action")
-"""The columns the committer keeps of each delivered row."""
+"""The columns the committer keeps of each delivered row..."""
+SENT = ("sent_name", "sent_ts")
+"""... and of an event, the name and timestamp it is sent with (kept in the ledger)."""
 
 
 def _packed_batches(
@@ -262,7 +281,7 @@ def _packed_batches(
     lists of REJECTED results (never sent), as the client's own packer gives them."""
     columns = f"k, h, ident, removed, {action_sql(kind)} as action, "
     if kind == "events":
-        columns += "op, ts, lo, hi"
+        columns += "op, ts, lo, hi" + _sent(con, kind, source)
     else:
         columns += "op || ',' as op"
     order = _order(con, kind, source)
@@ -289,7 +308,8 @@ def _packed_from(
         if ops.type not in _OFFSET_WIDTH:
             ops = ops.cast(pa.large_string())  # pyarrow.compute: ~40-60 ms of import
         offsets, lengths = _offsets(ops)
-        meta = pa.RecordBatch.from_arrays([batch.column(i) for i in range(5)], names=list(META))
+        kept = list(META) + (list(SENT) if kind == "events" else [])
+        meta = pa.RecordBatch.from_arrays([batch.column(c) for c in kept], names=kept)
         # `is_null` is pyarrow.compute's, whose import (~40-60 ms) an incremental run pays in
         # full: asked only when a value is missing
         missing = (
@@ -364,9 +384,14 @@ def _unpacker(meta: pa.RecordBatch, ops: pa.Array) -> Any:
 def _pending(meta: pa.RecordBatch) -> dict[str, Pending]:
     """Per-record commit metadata, made only for a batch whose answer needs it."""
     k, h, ident, removed, action = (meta.column(i).to_pylist() for i in range(5))
+    n = meta.num_rows
+    names = meta.column(5).to_pylist() if meta.num_columns > 5 else [None] * n
+    stamps = meta.column(6).to_pylist() if meta.num_columns > 5 else [None] * n
     return {
-        key: Pending(hh, i, bool(gone), a)
-        for key, hh, i, gone, a in zip(k, h, ident, removed, action, strict=True)
+        key: Pending(hh, i, bool(gone), a, name, ts)
+        for key, hh, i, gone, a, name, ts in zip(
+            k, h, ident, removed, action, names, stamps, strict=True
+        )
     }
 
 

@@ -2253,7 +2253,8 @@ def diff_events(
         create or replace temp table mapped as
         select k, op, null::ubigint as h, ident, true as is_new, false as removed, ts, backfill,
                md5_number_lower(k || chr(31) || id_seed) as lo,
-               md5_number_upper(k || chr(31) || id_seed) as hi, reject, __rid
+               md5_number_upper(k || chr(31) || id_seed) as hi, reject, __rid,
+               sent_name, sent_ts
         from ({compiled.select})
         """,
     )

@@ -1893,7 +1893,10 @@ NULL_ID_KEY = "(null id) "
 def compile_events(
     sync: SyncConfig, columns: dict[str, str], now_epoch: int, *, history: bool = False
 ) -> Compiled:
-    """The SELECT producing (k, op, ident, reject, ts, backfill, lo, hi) for an events sync.
+    """The SELECT producing (k, op, ident, reject, ts, backfill, id_seed, sent_name,
+    sent_ts) for an events sync: ``ts`` dates the dedupe id, ``sent_name`` and ``sent_ts``
+    are the name (a backfill rename applied) and timestamp the event is sent with, as in
+    ``op``, which the ledger keeps.
     ``history``: without `event.timestamp`, every event is backfill (see ``compile_sync``)."""
     assert sync.event is not None
     event = sync.event
@@ -2080,7 +2083,8 @@ def compile_events(
         f"select coalesce({key_sql}, {lit(NULL_ID_KEY)} || coalesce({ident}, '')) as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
         f"{id_ts}::bigint as ts, coalesce({backfill}, false) as backfill, "
-        f"{id_seed} as id_seed, __rid from {middle}"
+        f"{id_seed} as id_seed, __name as sent_name, coalesce(__ts, 0)::bigint as sent_ts, "
+        f"__rid from {middle}"
     )
     return Compiled(select, tuple(dict.fromkeys(used)), computed=fields.computed_sql())
 

@@ -3,14 +3,17 @@
 What was delivered comes from the state: the keys in the sync's ledger that the history
 records as delivered (action `event`, outcome `delivered`), with the identifiers each was
 sent to (the person, as Customer.io knows them: for an identity-graph sync, the person the
-graph resolved). The state keeps no event's name or time, so those come from the model, read
-and mapped as a run would (``mapping.compile_events``, in a private in-memory DuckDB): a key
-whose row has left the model cannot be checked.
+graph resolved), and the name and timestamp the ledger recorded each was sent with (state
+format 4), whatever the model holds now. An event ledgered before that has neither: its name
+and time come from the model, read and mapped as a run would (``mapping.compile_events``, in
+a private in-memory DuckDB), and one whose row has left the model cannot be checked. The
+model is read only when the people read back have such events.
 
 Each person's activities are read through the App API (``GET /v1/customers/{id}/activities
 ?type=event``, 100 a page, 10 requests a second) and each delivered event is looked for:
-first by the dedupe id Lockgate sent it with (when Customer.io's activity `id` is that id),
-then by its name (or its backfill name) and timestamp. Customer.io guarantees 30 days of
+first by the dedupe id Lockgate sent it with (when Customer.io's activity `id` is that id;
+known for the events read from the model), then by its name (or its backfill name) and
+timestamp. Customer.io guarantees 30 days of
 activities: an event not found that is older than that, or that lies beyond the pages read
 (:data:`MAX_PAGES` a person), is *not checked*, never *missing*. An activity left over with
 the name and timestamp of an event found is a *duplicate*.
@@ -63,7 +66,10 @@ SAMPLES = 5
 """Missing or duplicated events shown per event name."""
 
 NOT_IN_HISTORY = "no delivery in the history (pruned by `history_days`, or never sent)"
-NOT_IN_MODEL = "its row has left the model (its name and time are unknown)"
+NOT_IN_MODEL = (
+    "its row has left the model, and it was delivered before the state kept the name and "
+    "time each event is sent with (state format 4): both unknown"
+)
 NO_PERSON = "sent to an anonymous id only (no person to read back)"
 TOO_OLD = "older than the 30 days of activities Customer.io guarantees"
 BEYOND_PAGES = f"beyond the {MAX_PAGES * 100:,} latest activities read for the person"
@@ -153,7 +159,11 @@ class _Event:
     timestamp: int | None
     """None: the sync has no timestamp column (it went out with the time of its run)."""
     dedupe_id: str
+    """Empty when not known (an event the ledger names: the model is not read for it)."""
     delivered_at: float
+    sent_ts: int | None = None
+    """Of an event of a sync without a timestamp column, the time it went out with, when
+    the ledger recorded it: an activity of its name at that second is taken first."""
 
 
 @dataclass
@@ -164,13 +174,16 @@ class _Delivered:
     people: int = 0
     no_history: int = 0
     no_person: int = 0
-    chosen: dict[tuple[str, str], list[tuple[str, float]]] = field(default_factory=dict)
-    """(id_type, identifier) → [(key, delivered at as epoch seconds)] of the people sampled."""
+    chosen: dict[tuple[str, str], list[tuple[str, float, str | None, int | None]]] = field(
+        default_factory=dict
+    )
+    """(id_type, identifier) → [(key, delivered at as epoch seconds, name and timestamp sent
+    as the ledger recorded them, or None)] of the people sampled."""
 
 
 _PEOPLE_SQL = """
 with d as (
-    select l.k, epoch(l.delivered_at) as delivered, h.ident,
+    select l.k, epoch(l.delivered_at) as delivered, {sent}, h.ident,
            case when json_valid(h.ident)
                 then coalesce(json_extract(h.ident, '$.person'), h.ident::json) end as who
     from {ledger} l
@@ -180,14 +193,14 @@ with d as (
         group by k
     ) h on h.k = l.k
 ), r as (
-    select k, delivered, ident is null as no_history,
+    select k, delivered, sent_name, sent_ts, ident is null as no_history,
            nullif(json_extract_string(who, '$.id'), '') as id,
            nullif(json_extract_string(who, '$.email'), '') as email,
            nullif(json_extract_string(who, '$.cio_id'), '') as cio_id
     from d
 )
 , _delivered as (
-select k, delivered, no_history,
+select k, delivered, sent_name, sent_ts, no_history,
        case when id is not null then 'id' when email is not null then 'email'
             when cio_id is not null then 'cio_id' end as id_type,
        case when id is not null then id when email is not null then email
@@ -209,7 +222,15 @@ def _delivered(project: Project, sync: SyncConfig, sample: int) -> _Delivered:
         if not has_table(store.con, f"ledger__{sync.name}"):
             return out
         con = store.con
-        people_sql = _PEOPLE_SQL.format(ledger=table("ledger", sync.name))
+        ledger = table("ledger", sync.name)
+        columns = {r[0] for r in con.execute(f"describe {ledger}").fetchall()}
+        # a state of format 3 (read as it is: reconcile does not upgrade it) has neither
+        sent = (
+            "l.name as sent_name, l.sent_ts"
+            if {"name", "sent_ts"} <= columns
+            else "null::varchar as sent_name, null::bigint as sent_ts"
+        )
+        people_sql = _PEOPLE_SQL.format(ledger=ledger, sent=sent)
         events, no_history, no_person, people = con.execute(
             f"{people_sql} select count(*), count(*) filter (no_history), "
             "count(*) filter (not no_history and id_type is null), "
@@ -223,7 +244,8 @@ def _delivered(project: Project, sync: SyncConfig, sample: int) -> _Delivered:
                 select distinct id_type, ref from _delivered where id_type is not null
                 order by hash(id_type || ':' || ref), id_type, ref {limit}
             )
-            select id_type, ref, k, delivered from _delivered join chosen using (id_type, ref)
+            select id_type, ref, k, delivered, sent_name, sent_ts
+            from _delivered join chosen using (id_type, ref)
             order by hash(id_type || ':' || ref), id_type, ref, k
             """,
             {"sync": sync.name},
@@ -234,8 +256,10 @@ def _delivered(project: Project, sync: SyncConfig, sample: int) -> _Delivered:
         int(no_person),
         int(people),
     )
-    for id_type, ref, k, at in rows:
-        out.chosen.setdefault((str(id_type), str(ref)), []).append((str(k), float(at or 0)))
+    for id_type, ref, k, at, name, ts in rows:
+        out.chosen.setdefault((str(id_type), str(ref)), []).append(
+            (str(k), float(at or 0), None if name is None else str(name), ts)
+        )
     return out
 
 
@@ -375,24 +399,33 @@ def _match(
     matched: list[_Event] = []
     rest: list[_Event] = []
     for event in events:
-        same = by_id.get(event.dedupe_id)
+        same = by_id.get(event.dedupe_id) if event.dedupe_id else None
         if same is not None and same not in taken:
             taken.add(same)
             matched.append(event)
         else:
             rest.append(event)
-    unmatched: list[_Event] = []
-    for event in rest:
-        candidates = (
-            by_name_ts[(name, event.timestamp)] if event.timestamp is not None else by_name[name]
-            for name in sorted(event.names)
-        )
+
+    def take(event: _Event, candidates: Iterator[list[int]]) -> bool:
         hit = next((i for c in candidates for i in c if i not in taken), None)
         if hit is None:
+            return False
+        taken.add(hit)
+        matched.append(event)
+        return True
+
+    # by name and timestamp first (for an event without a timestamp column, the time it went
+    # out with, when the ledger has it), then, those without one, by name alone
+    loose: list[_Event] = []
+    unmatched: list[_Event] = []
+    for event in rest:
+        at = event.timestamp if event.timestamp is not None else event.sent_ts
+        if at is not None and take(event, (by_name_ts[(n, at)] for n in sorted(event.names))):
+            continue
+        (loose if event.timestamp is None else unmatched).append(event)
+    for event in loose:
+        if not take(event, (by_name[n] for n in sorted(event.names))):
             unmatched.append(event)
-        else:
-            taken.add(hit)
-            matched.append(event)
     duplicates: list[_Event] = []
     for event in matched:
         if event.timestamp is None:
@@ -424,8 +457,10 @@ def reconcile_events(
         not_checked[NO_PERSON] = delivered.no_person
     by_person = delivered.chosen
     chosen = list(by_person)
-    keys = {k for p in chosen for k, _ in by_person[p]}
+    # the model is read only for the events the ledger does not name (from before format 4)
+    keys = {k for p in chosen for k, _, name, _ in by_person[p] if name is None}
     model = _model_events(project, sync, console, keys) if keys else {}
+    timed = sync.event is not None and bool(sync.event.timestamp)
     found_people, requests = (
         asyncio.run(_activities(settings, chosen, console, transport)) if chosen else ({}, 0)
     )
@@ -436,19 +471,32 @@ def reconcile_events(
     def mark(event: _Event, verdict: str, person: str) -> None:
         counts[event.name][verdict] += 1
         if verdict in ("missing", "duplicated") and len(samples[event.name]) < SAMPLES:
-            samples[event.name].append((verdict, event.key, person, event.timestamp))
+            at = event.timestamp if event.timestamp is not None else event.sent_ts
+            samples[event.name].append((verdict, event.key, person, at))
 
     not_found: list[str] = []
     for ref in chosen:
         person = ref[1]
         events = []
-        for k, at in by_person[ref]:
-            event = model.get(k)
-            if event is None:
+        for k, at, name, ts in by_person[ref]:
+            if name is not None:  # as the ledger recorded it was sent
+                event = _Event(
+                    key=k,
+                    name=name,
+                    names=frozenset({name}),
+                    timestamp=ts if timed else None,
+                    dedupe_id="",
+                    delivered_at=at,
+                    sent_ts=None if timed else ts,
+                )
+                events.append(event)
+                continue
+            found = model.get(k)
+            if found is None:
                 not_checked[NOT_IN_MODEL] += 1
                 continue
-            event.delivered_at = at
-            events.append(event)
+            found.delivered_at = at
+            events.append(found)
         held = found_people.get(ref)
         if held is None:
             if events:

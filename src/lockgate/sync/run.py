@@ -1943,7 +1943,7 @@ def run_sync(
                     # keys delivered and records the rest of the history as this one did
                     run_sql(
                         store.con,
-                        f"insert into {table('ledger', sync.name)} "
+                        f"insert into {table('ledger', sync.name)} (k, delivered_at) "
                         "select k, current_timestamp from history_keys",
                     )
                 if not only:  # records under a new key: their old keys stop counting as gone
