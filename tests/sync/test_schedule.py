@@ -302,3 +302,43 @@ def test_the_scheduler_refuses_to_start_when_a_scheduled_sync_could_not_send(
     assert "export CUSTOMERIO_API_KEY=" in (refused.value.hint or "")
     assert not (project.state_dir / "state.duckdb").exists()
     assert project_factory.emulator.people() == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        # saved by an editor as Latin-1: was a UnicodeDecodeError that ended the scheduler
+        (
+            lambda body: body.encode() + b"# caf\xe9\n",
+            "syncs/profile.yml:10: the file is not UTF-8 text (byte 0xe9)",
+        ),
+        # a valid cron expression that is never due: croniter's error ended the scheduler
+        (
+            lambda body: body.replace(EVERY_2S, '"0 0 30 2 *"').encode(),
+            "syncs/profile.yml:9: `0 0 30 2 *` is never due",
+        ),
+    ],
+)
+def test_an_edit_that_does_not_load_keeps_the_last_good_project_running(
+    project_factory: ProjectFactory,
+    capsys: pytest.CaptureFixture[str],
+    edit: Any,
+    said: str,
+) -> None:
+    """Each round reloads the project (`_reload`, then the timetable of what loaded); an edit
+    that does not load is reported and the last good project runs on, its sync still due when
+    it was."""
+    from lockgate.cli.schedule import _reload
+    from lockgate.console import RichConsole
+    from lockgate.sync.schedule import Timetable
+
+    project = project_factory.write({"profile": PROFILE})
+    table = Timetable.of(project, datetime.now(UTC))
+    due_at = table.entries["profile"].next_at
+    (project.root / "syncs" / "profile.yml").write_bytes(edit(PROFILE))
+
+    kept = _reload(project.root, project, RichConsole())
+    table = Timetable.of(kept, datetime.now(UTC), before=table)
+    assert kept is project and table.entries["profile"].next_at == due_at
+    warned = " ".join(capsys.readouterr().err.split())
+    assert f"project not reloaded, the last good one runs: {said}" in warned
