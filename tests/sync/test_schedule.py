@@ -342,3 +342,42 @@ def test_an_edit_that_does_not_load_keeps_the_last_good_project_running(
     assert kept is project and table.entries["profile"].next_at == due_at
     warned = " ".join(capsys.readouterr().err.split())
     assert f"project not reloaded, the last good one runs: {said}" in warned
+
+
+def test_a_run_out_of_state_memory_fails_alone_and_the_next_round_runs(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB's out-of-memory error is no LockgateError: it ended the scheduler in the first
+    round, and with it every sync of the project, until someone restarted it. It fails its
+    run (recorded, with the setting to raise) and the scheduler goes on: the other syncs, and
+    the next round."""
+    from lockgate.state.store import StateStore
+
+    project_factory.sql(DATA)
+    project = project_factory.write({"profile": PROFILE, "orders": ORDERS})
+    # what a run killed while sending 200,000 events leaves: keeping their ids runs out of
+    # 16 MB (tests/sync/test_memory_limit.py), a failure of `orders` alone, every round
+    with StateStore.open(project.state_dir) as store:
+        store.ensure_sync_tables("orders")
+        store.exec_sql(
+            'insert into "sending_events__orders" '
+            "select 'e' || i, 0, hash(i), hash(-i) from range(200000) t(i)"
+        )
+    monkeypatch.setenv("LOCKGATE_STATE_MEMORY_LIMIT", "16MB")
+    monkeypatch.setenv("LOCKGATE_STATE_THREADS", "1")
+
+    result = schedule(project, "--cycles", "2", "--json")
+    assert result.exit_code == 1, result.output
+    runs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["sync"], r["status"]) for r in runs] == [
+        ("profile", "success"),
+        ("orders", "failed"),
+        ("profile", "success"),
+        ("orders", "failed"),
+    ]
+    assert runs[1]["error"].startswith("the state ran out of memory (16MB): Out of Memory Error")
+    assert "hint: set LOCKGATE_STATE_MEMORY_LIMIT to a larger size" in runs[1]["error"]
+    assert len(project_factory.emulator.people()) == 20
+    listed = CliRunner().invoke(cli, ["runs", "--json", "--project", str(project.root)])
+    recorded = [(r["sync"], r["status"]) for r in json.loads(listed.stdout)]
+    assert sorted(recorded) == [("orders", "failed")] * 2 + [("profile", "success")] * 2

@@ -13,7 +13,7 @@ from typing import Any
 import click
 import orjson
 
-from lockgate.cli import signals_let_requests_finish
+from lockgate.cli import signals_let_requests_finish, unexpected
 from lockgate.cli.options import json_option, mark_printed_as_json, open_project, project_option
 from lockgate.console import RichConsole
 from lockgate.errors import ConfigError, LockgateError
@@ -147,6 +147,14 @@ def _check_destinations(project: Project, table: Timetable) -> None:
         ) from first
 
 
+def _debug() -> bool:
+    """`lockgate --debug` (or LOCKGATE_DEBUG=1): an unexpected error ends the scheduler with
+    its traceback instead of being reported and left to the next slot."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root().obj if ctx is not None else None
+    return os.environ.get("LOCKGATE_DEBUG") == "1" or bool((root or {}).get("debug"))
+
+
 def _severity(code: int) -> int:
     return {0: 0, 2: 1, 1: 2}[code]
 
@@ -252,6 +260,15 @@ def _round(
             except LockgateError as exc:
                 worst = 1
                 _say(console, as_json, name, scheduled_at, None, str(exc))
+                continue
+            except Exception as exc:
+                # the state out of memory, or a bug: the run is recorded failed (and alerted)
+                # by run_sync; the other syncs and the next slots go on, as after any failure
+                if _debug():
+                    raise
+                worst = 1
+                reason, hint = unexpected(exc)
+                _say(console, as_json, name, scheduled_at, None, f"{reason}\n  hint: {hint}")
                 continue
             if report.status != "success" and worst == 0:
                 worst = 2
