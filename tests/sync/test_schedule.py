@@ -381,3 +381,43 @@ def test_a_run_out_of_state_memory_fails_alone_and_the_next_round_runs(
     listed = CliRunner().invoke(cli, ["runs", "--json", "--project", str(project.root)])
     recorded = [(r["sync"], r["status"]) for r in json.loads(listed.stdout)]
     assert sorted(recorded) == [("orders", "failed")] * 2 + [("profile", "success")] * 2
+
+
+def test_rounds_after_rounds_leave_no_open_files_threads_or_spill_folders(
+    project_factory: ProjectFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lockgate schedule` runs for weeks in one process: what a round opens (the state, its
+    connection, HTTP clients, the committer's thread, spill folders) is closed with it, a
+    failed round (a guardrail edited in) included. Drives what the loop does each round
+    (reload, timetable, run the due syncs) with the slot come, rather than waiting for it."""
+    from lockgate.cli.schedule import _reload, _round
+    from lockgate.console import RichConsole
+    from lockgate.sync.schedule import Timetable
+
+    def resources() -> tuple[int, int, list[str]]:
+        state = sorted(p.name for p in project.state_dir.iterdir())
+        return len(os.listdir("/proc/self/fd")), threading.active_count(), state
+
+    project = project_factory.write({"profile": PROFILE})
+    sync_file = project.root / "syncs" / "profile.yml"
+    console = RichConsole()
+    table = Timetable.of(project, datetime.now(UTC))
+    seen, codes = [], []
+    for round_ in range(8):
+        project_factory.sql(
+            f"create or replace table users as select i as user_id, 'plan {round_}' as plan "
+            "from range(1, 21) t(i)"
+        )
+        guarded = round_ % 4 == 3  # every person changes: over the limit, nothing is sent
+        sync_file.write_text(PROFILE + ("guardrails: {max_changed: 1}\n" if guarded else ""))
+        project = _reload(project.root, project, console)
+        table = Timetable.of(project, datetime.now(UTC), before=table)
+        table.entries["profile"].next_at = datetime.now(UTC)  # its slot has come
+        codes.append(_round(project, table.due(datetime.now(UTC)), table, console, True))
+        seen.append(resources())
+    assert codes == [0, 0, 0, 1] * 2
+    assert seen[-1] == seen[2], seen  # nothing left open by round after round
+    assert seen[-1][2] == ["runs.json", "state.duckdb", "state.lock"]
+    runs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["status"] for r in runs] == ["success", "success", "success", "failed"] * 2
+    assert project_factory.emulator.person(id="1").attributes["plan"] == "plan 6"
