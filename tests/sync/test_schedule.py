@@ -222,6 +222,50 @@ def test_sigterm_between_runs_stops_the_scheduler_at_once_and_cleanly(
     assert "stopped by SIGTERM between runs; nothing was running" in " ".join(err.split())
 
 
+def test_sigterm_while_a_round_waits_for_the_state_stops_as_between_runs(
+    project_factory: ProjectFactory,
+) -> None:
+    """A round due while a `lockgate sync` by hand holds the state waits for it (up to 10
+    minutes): a SIGTERM then (a rolling deploy) stops the scheduler as between runs, exit 0.
+    It printed a failed, interrupted run's line for a run that never began (none is in
+    `lockgate runs`) and exited 143."""
+    from lockgate.state.store import StateStore
+
+    project_factory.sql(DATA)
+    project = project_factory.write({"profile": PROFILE})
+    held = StateStore.open(project.state_dir)  # as a run by hand holds it
+    env = {**os.environ, "CUSTOMERIO_TRACK_URL": project_factory.emulator.base_url or ""}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lockgate", "schedule", "--json", "--project", str(project.root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        # wait (at most 30 s) until the round says it waits for the state, then stop it
+        with selectors.DefaultSelector() as waiting:
+            waiting.register(process.stderr, selectors.EVENT_READ)  # type: ignore[arg-type]
+            said = ""
+            while "waiting for it" not in said:
+                assert waiting.select(timeout=30), f"not waiting for the state in 30 s: {said}"
+                line = process.stderr.readline()  # type: ignore[union-attr]
+                assert line, said
+                said += line
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        held.close()
+    assert process.returncode == 0, err
+    assert out == ""  # no line for a run that never began
+    warned = " ".join(err.split())
+    assert "stopped by SIGTERM while waiting for the project state; nothing was running" in warned
+    listed = CliRunner().invoke(cli, ["runs", "--json", "--project", str(project.root)])
+    assert json.loads(listed.stdout) == []
+    assert project_factory.emulator.people() == []
+
+
 def test_sigterm_during_a_run_prints_the_stopped_runs_line_with_json(
     project_factory: ProjectFactory,
 ) -> None:
