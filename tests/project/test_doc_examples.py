@@ -12,6 +12,7 @@ keys it shows written first so that an error's line is the doc's line.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import shlex
 import textwrap
@@ -31,7 +32,7 @@ from lockgate.project.models import ProjectConfig, SyncConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md"] + sorted(
-    p for p in (ROOT / "docs").glob("*.md") if p.name != "config.md"
+    p for p in (ROOT / "docs").rglob("*.md") if p.name != "config.md"
 )
 SHELL_LANGS = {"console", "sh", "shell", "bash"}
 
@@ -150,15 +151,17 @@ def examples(doc: str, text: str) -> list[Example]:
             n = 0
             last = ""  # the command the comment lines below it are about
             while n < len(lines):
-                line, start = lines[n], n
-                while line.rstrip().endswith("\\") and n + 1 < len(lines):
+                command_line, start = lines[n], n
+                while command_line.rstrip().endswith("\\") and n + 1 < len(lines):
                     n += 1
-                    line = line.rstrip()[:-1] + " " + lines[n]
-                commands = shell_commands(line.removeprefix("$ "))
+                    command_line = command_line.rstrip()[:-1] + " " + lines[n]
+                commands = shell_commands(command_line.removeprefix("$ "))
                 for command in commands:
                     found.append(Example(doc, block.line + start, command, shell=True))
                 last = command_path(commands[-1]) if commands else last
-                comment = line.partition("#")[2]  # "(`lockgate webhooks load`)" in a comment
+                comment = command_line.partition("#")[
+                    2
+                ]  # "(`lockgate webhooks load`)" in a comment
                 # in a comment: options of the command (`# or --type email, --json`), and
                 # other commands in inline code (`# load with `lockgate webhooks load``)
                 options = []
@@ -368,6 +371,7 @@ def bad_value(param: click.Parameter, value: str, ctx: click.Context, what: str)
     return []
 
 
+@functools.cache
 def all_examples() -> list[Example]:
     return [e for doc in DOCS for e in examples(rel(doc), doc.read_text())]
 
@@ -376,76 +380,83 @@ def report(found: list[tuple[str, int, str]]) -> str:
     return "\n".join(f"{doc}:{line}: {what}" for doc, line, what in found)
 
 
+def refusals(found: list[Example]) -> list[tuple[str, int, str]]:
+    return [(e.doc, e.line, f"`{e.text}`: {problem}") for e in found for problem in problems(e)]
+
+
 def test_every_command_line_in_the_docs_is_accepted_by_the_cli() -> None:
-    wrong = [
-        (e.doc, e.line, f"`{e.text}`: {problem}") for e in all_examples() for problem in problems(e)
-    ]
-    assert not wrong, (
-        "command lines in the docs that `lockgate` would refuse; fix the doc (or the CLI, "
-        "if the doc says what it should do):\n" + report(wrong)
-    )
-
-
-def commands_of(group: click.Group, ctx: click.Context, path: str) -> Iterator[str]:
-    for name in group.list_commands(ctx):
-        sub = group.get_command(ctx, name)
-        assert sub is not None
-        yield f"{path} {name}"
-        if isinstance(sub, click.Group):
-            yield from commands_of(
-                sub, click.Context(sub, parent=ctx, info_name=name), f"{path} {name}"
-            )
+    wrong = refusals(all_examples())
+    if wrong:
+        pytest.fail(
+            "command lines in the docs that `lockgate` would refuse; fix the doc (or the CLI, "
+            "if the doc says what it should do):\n" + report(wrong),
+            pytrace=False,
+        )
 
 
 def test_the_docs_show_every_command() -> None:
     # also keeps the collector honest: it must find each command the docs show
-    shown = {" ".join(w for w in e.text.split() if not w.startswith("-")) for e in all_examples()}
-    missing = [
-        c
-        for c in commands_of(cli, click.Context(cli), "lockgate")
-        if not any(s == c or s.startswith(c + " ") for s in shown)
-    ]
+    shown = {command_path(e.text) for e in all_examples()}
+    runnable = [c for c in commands_under("lockgate")[1:] if runs_alone(c)]
+    missing = [c for c in runnable if c not in shown]
     assert not missing, f"commands no doc shows as `lockgate ...`: {missing}"
 
 
-def test_every_option_the_docs_name_exists() -> None:
-    # an option named on its own (`--export-rejected FILE` in the README's table): some
-    # command has it, or it belongs to another program the docs name
+def resolve(path: str) -> click.Command:
+    """The command at a path (`lockgate runs show`)."""
+    command: click.Command = cli
     ctx = click.Context(cli)
+    for word in path.split()[1:]:
+        assert isinstance(command, click.Group)
+        sub = command.get_command(ctx, word)
+        assert sub is not None, path
+        command, ctx = sub, click.Context(sub, parent=ctx, info_name=word)
+    return command
+
+
+def runs_alone(path: str) -> bool:
+    """A command, not a group that only holds others (`lockgate webhooks`)."""
+    command = resolve(path)
+    return not isinstance(command, click.Group) or command.invoke_without_command
+
+
+@functools.cache
+def every_option() -> frozenset[str]:
+    """The options of every command (and `--help`)."""
     options = {"--help", "-h"}
-    stack: list[tuple[click.Command, click.Context]] = [(cli, ctx)]
-    while stack:
-        command, at = stack.pop()
+    for path in commands_under("lockgate"):
+        command = resolve(path)
         options |= {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
-        if isinstance(command, click.Group):
-            for name in command.list_commands(at):
-                sub = command.get_command(at, name)
-                assert sub is not None
-                stack.append((sub, click.Context(sub, parent=at, info_name=name)))
+    return frozenset(options)
+
+
+def unknown_options(doc: str, text: str) -> list[tuple[str, int, str]]:
+    """Options a doc names (anywhere but in Python and JSON blocks) that no command has, nor
+    another program the docs name (:data:`OTHER_PROGRAMS`)."""
+    blocks, prose = parse(doc, text)
+    texts = prose + [(b.line, b.text) for b in blocks if b.lang not in ("python", "json")]
     wrong = []
-    for doc in DOCS:
-        blocks, prose = parse(rel(doc), doc.read_text())
-        texts = prose + [(b.line, b.text) for b in blocks if b.lang not in ("python", "json")]
-        for line, text in texts:
-            for m in re.finditer(r"(?<![\w/-])--[a-z][a-z0-9-]*", text):
-                option = m.group()
-                at = line + text.count("\n", 0, m.start())
-                if option in options:
-                    continue
-                if option in OTHER_PROGRAMS:
-                    defined = (ROOT / OTHER_PROGRAMS[option]).read_text()
-                    if f'"{option}"' in defined:
-                        continue
-                close = difflib.get_close_matches(option, sorted(options), n=1)
-                wrong.append(
-                    (
-                        rel(doc),
-                        at,
-                        f"no lockgate command has `{option}`"
-                        + (f" (did you mean `{close[0]}`?)" if close else ""),
-                    )
-                )
-    assert not wrong, "options the docs name that do not exist:\n" + report(wrong)
+    for line, paragraph in texts:
+        for m in re.finditer(r"(?<![\w/-])--[a-z][a-z0-9-]*", paragraph):
+            option = m.group()
+            if option in every_option():
+                continue
+            if option in OTHER_PROGRAMS and f'"{option}"' in (
+                (ROOT / OTHER_PROGRAMS[option]).read_text()
+            ):
+                continue
+            close = difflib.get_close_matches(option, sorted(every_option()), n=1)
+            said = f"no lockgate command has `{option}`"
+            said += f" (did you mean `{close[0]}`?)" if close else ""
+            wrong.append((doc, line + paragraph.count("\n", 0, m.start()), said))
+    return wrong
+
+
+def test_every_option_the_docs_name_exists() -> None:
+    # an option named on its own (`--export-rejected FILE` in prose): some command has it
+    wrong = [w for doc in DOCS for w in unknown_options(rel(doc), doc.read_text())]
+    if wrong:
+        pytest.fail("options the docs name that no command has; fix the doc:\n" + report(wrong))
 
 
 # --- YAML: lockgate.yml and sync files ---------------------------------------------------
@@ -496,15 +507,13 @@ class Part:
     text: str
 
 
-def yaml_blocks() -> list[Block]:
-    return [
-        b for doc in DOCS for b in parse(rel(doc), doc.read_text())[0] if b.lang in ("yaml", "yml")
-    ]
+def yaml_blocks(doc: str, text: str) -> list[Block]:
+    return [b for b in parse(doc, text)[0] if b.lang in ("yaml", "yml")]
 
 
 def parts(block: Block) -> list[Part]:
     """The files a YAML block shows: one per `# lockgate.yml` / `# syncs/NAME.yml` comment,
-    else one, told by its keys."""
+    else one, told by its keys (`file` is `?` when they tell neither)."""
     text = textwrap.dedent(block.text)
     headers = list(FILE_HEADER.finditer(text))
     if headers:
@@ -514,16 +523,13 @@ def parts(block: Block) -> list[Part]:
             line = block.line + text.count("\n", 0, header.start())
             out.append(Part(block, line, header.group(1), text[header.start() : end]))
         return out
-    keys = set(yaml.safe_load(text) or {})
-    if keys <= PROJECT_KEYS and not keys <= SYNC_KEYS:
+    data = yaml.safe_load(text)
+    keys = set(data) if isinstance(data, dict) else set()
+    if keys and keys <= PROJECT_KEYS and not keys <= SYNC_KEYS:
         return [Part(block, block.line, "lockgate.yml", text)]
-    if keys <= SYNC_KEYS and not keys <= PROJECT_KEYS:
+    if keys and keys <= SYNC_KEYS and not keys <= PROJECT_KEYS:
         return [Part(block, block.line, "syncs/example.yml", text)]
-    raise AssertionError(
-        f"{block.doc}:{block.line}: a YAML block whose keys ({', '.join(sorted(keys))}) are "
-        "neither of lockgate.yml nor of a sync file; start it with a `# lockgate.yml` or "
-        "`# syncs/NAME.yml` comment (or, if it is no project file, label the block otherwise)"
-    )
+    return [Part(block, block.line, "?", text)]
 
 
 def completed(part: Part) -> str:
@@ -544,43 +550,156 @@ def completed(part: Part) -> str:
     return text + (yaml.safe_dump(missing, sort_keys=False) if missing else "")
 
 
-def yaml_examples() -> list[Part]:
-    return [part for block in yaml_blocks() for part in parts(block)]
-
-
-@pytest.mark.parametrize("part", yaml_examples(), ids=lambda p: f"{p.block.doc}:{p.line}:{p.file}")
-def test_every_project_file_in_the_docs_loads(
-    part: Part, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def load_error(block: Block, root: Path, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """Why the files a YAML block shows, completed, do not load as a project (None: they do),
+    naming the doc's line."""
     from lockgate.cli.project import _missing_env
 
-    same_block = [p for p in yaml_examples() if p.block == part.block]
-    files = {p.file: completed(p) for p in same_block}
-    files.setdefault("lockgate.yml", completed(Part(part.block, 0, "lockgate.yml", "name: docs\n")))
-    if not any(f.startswith("syncs/") for f in files):
+    shown = parts(block)
+    for part in shown:
+        if part.file == "?":
+            keys = ", ".join(f"`{k}`" for k in sorted(yaml.safe_load(part.text) or {}))
+            return (
+                f"{block.doc}:{block.line}: a YAML block whose keys ({keys}) are neither those of "
+                "lockgate.yml nor those of a sync file; start it with a `# lockgate.yml` or "
+                "`# syncs/NAME.yml` comment, or label it otherwise if it is no project file"
+            )
+    files = {p.file: completed(p) for p in shown}
+    files.setdefault("lockgate.yml", completed(Part(block, 0, "lockgate.yml", "")))
+    if not any(f.startswith("syncs/") for f in files):  # `alerts:` names this sync
         files["syncs/customer_profile.yml"] = completed(
-            Part(part.block, 0, "syncs/customer_profile.yml", "")
+            Part(block, 0, "syncs/customer_profile.yml", "")
         )
-    (tmp_path / "syncs").mkdir()
+    (root / "syncs").mkdir()
     # the destination's default references, and every `${VAR}` the files name, are set
     monkeypatch.setenv("CUSTOMERIO_SITE_ID", "x")
     monkeypatch.setenv("CUSTOMERIO_API_KEY", "x")
     for name, text in files.items():
-        (tmp_path / name).write_text(text)
-        for variable in re.findall(r"\$\{(\w+)\}", text):  # every `${VAR}` is set
+        (root / name).write_text(text)
+        for variable in re.findall(r"\$\{(\w+)\}", text):
             monkeypatch.setenv(variable, "https://example.com/x" if "URL" in variable else "x")
-    where = f"{part.block.doc}:{part.line} ({part.file})"
     try:
-        project = load_project(tmp_path)
+        project = load_project(root)
     except ConfigError as exc:
-        line = (
-            f"{part.block.doc}:{part.line + exc.line - 1}"
-            if exc.file == part.file and exc.line
-            else where
+        failing = next((p for p in shown if p.file == exc.file), None)
+        where = f"{block.doc}:{block.line}"
+        if failing is not None and exc.line:
+            where = f"{block.doc}:{failing.line + exc.line - 1}"
+        return (
+            f"{where}: the example ({exc.file}) does not load: {exc.reason} (hint: {exc.hint}); "
+            "fix the example, or the loader if the example is right. The file as loaded:\n"
+            + files.get(str(exc.file), "")
         )
-        pytest.fail(
-            f"{line}: the example does not load: {exc.reason} (hint: {exc.hint}); fix the "
-            f"example (or the loader, if the example is right). The file as loaded:\n"
-            f"{files[exc.file] if exc.file in files else ''}"
-        )
-    assert _missing_env(project) == {}, f"{where}: environment references not read as such"
+    missing = _missing_env(project)
+    if missing:
+        return f"{block.doc}:{block.line}: environment references not read as such: {missing}"
+    return None
+
+
+@pytest.mark.parametrize(
+    "block",
+    [b for doc in DOCS for b in yaml_blocks(rel(doc), doc.read_text())],
+    ids=lambda b: f"{b.doc}:{b.line}",
+)
+def test_every_project_file_in_the_docs_loads(
+    block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    error = load_error(block, tmp_path, monkeypatch)
+    if error:
+        pytest.fail(error, pytrace=False)
+
+
+# --- the checks themselves find mistakes ------------------------------------------------
+
+PLANTED = """\
+# A doc with planted mistakes
+
+```console
+$ lockgate validate --conect --project demo          # wrong: option
+$ lockgate emulater --port 8765                      # wrong: subcommand
+$ lockgate reconcile customer_profile --sample many  # wrong: value
+$ lockgate reconcile customer_profile extra          # wrong: argument
+$ lockgate history --person                          # wrong: value missing
+$ lockgate sync --all --json=yes                     # wrong: a flag with a value
+$ lockgate identity explain jane@x.com               # or --tipe email: wrong
+$ lockgate sync SYNC... --only KEY --full-resync && lockgate runs show [RUN] --json
+$ .venv/bin/lockgate plan NAME --export-rejected FILE --detailed-exitcode
+```
+
+Run `lockgate SYNC --force` (wrong: a placeholder as a command), or
+`lockgate plan NAME
+--onyl KEY` (wrong, across lines); ``warning: `lockgate snyc profile` would fail`` (wrong).
+
+```
+Error: ...
+  hint: run `lockgate sync orders --forse` once (wrong)
+```
+
+| command | what it does |
+|---|---|
+| `lockgate runs` / `runs shw [RUN]` | wrong: subcommand; `--export-rejected FILE` is right |
+| `lockgate schedule` | `--heartbeet FILE` (wrong) |
+"""
+
+
+def test_the_command_check_finds_each_planted_mistake() -> None:
+    found = refusals(examples("planted.md", PLANTED))
+    # each line that says "wrong" (or where a command it shows starts), and no other
+    wrong = [4, 5, 6, 7, 8, 9, 10, 15, 16, 17, 21, 26, 27]
+    assert sorted({line for _, line, _ in found}) == wrong, report(found)
+    said = report(found)
+    for expected in (
+        "planted.md:4: `lockgate validate --conect --project demo`: `lockgate validate` has no "
+        "option `--conect` (did you mean `--connect`?)",
+        "planted.md:5: `lockgate emulater --port 8765`: `lockgate` has no subcommand `emulater` "
+        "(did you mean `emulator`?)",
+        "`--sample` of `lockgate reconcile` refuses `many`",
+        "`lockgate reconcile` takes no argument, but `extra` is given",
+        "`--person` of `lockgate history` takes a value: none is given",
+        "`--json` of `lockgate sync` is a flag: it takes no value",
+        "planted.md:10: `lockgate identity explain --tipe`: none of `lockgate identity explain` "
+        "takes it",
+        "`lockgate` has no subcommand `SYNC`",
+        "planted.md:16: `lockgate plan NAME --onyl KEY`: `lockgate plan` has no option `--onyl`",
+        "`lockgate` has no subcommand `snyc`",
+        "planted.md:21: `lockgate sync orders --forse`",
+        "`lockgate runs` has no subcommand `shw`",
+        "planted.md:27: `lockgate schedule --heartbeet FILE`",
+    ):
+        assert expected in said, said
+
+
+def test_the_option_check_finds_an_option_no_command_has() -> None:
+    found = unknown_options("planted.md", PLANTED)
+    assert sorted(line for _, line, _ in found) == [4, 10, 17, 21, 27], report(found)
+    assert min(found)[2] == "no lockgate command has `--conect` (did you mean `--connect`?)"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        (  # a key the sync file does not have, in a part of one
+            "on_change:\n  - attribute: cart_status\n    form: open\n    event: x\n",
+            "planted.md:14: the example (syncs/example.yml) does not load: unknown key `form`",
+        ),
+        (  # a value the model refuses, in the second file of a block of two
+            "# lockgate.yml\ndefaults:\n  on_null: skip\n\n# syncs/profile.yml\nmode: sometimes\n",
+            "planted.md:17: the example (syncs/profile.yml) does not load:",
+        ),
+        (  # a source whose `type` is misspelled
+            "sources:\n  warehouse:\n    type: snowflak\n",
+            "planted.md:14: the example (lockgate.yml) does not load: `type` `snowflak` is not one",
+        ),
+        (  # keys of neither file
+            "warehouse: warehouse\ndataset: customerio\n",
+            "planted.md:12: a YAML block whose keys (`dataset`, `warehouse`) are neither",
+        ),
+    ],
+)
+def test_the_yaml_check_finds_a_planted_mistake(
+    yaml_text: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc = "# planted\n\n" + "text\n" * 8 + "```yaml\n" + yaml_text + "```\n"
+    [block] = yaml_blocks("planted.md", doc)
+    error = load_error(block, tmp_path, monkeypatch)
+    assert error is not None and error.startswith(expected), error
