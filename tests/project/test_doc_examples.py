@@ -297,6 +297,7 @@ def refused(text: str, shell: bool) -> list[str]:
     arguments = [p for p in command.params if isinstance(p, click.Argument)]
     i = 1
     out: list[str] = []
+    given: set[str] = set()  # the parameters given
     while i < len(words):
         word = words[i].strip("[]") if words[i].startswith("[-") else words[i]
         i += 1
@@ -322,6 +323,7 @@ def refused(text: str, shell: bool) -> list[str]:
                     + f"; its options: {', '.join(sorted(known)) or 'none'}"
                 )
                 continue
+            given.add(option.name or "")
             if option.is_flag or option.count:
                 if has_value:
                     out.append(f"`{option_name}` of `{name}` is a flag: it takes no value")
@@ -349,6 +351,7 @@ def refused(text: str, shell: bool) -> list[str]:
             command, path = sub, [*path, word]
             ctx = click.Context(sub, parent=ctx, info_name=word)
             arguments = [p for p in command.params if isinstance(p, click.Argument)]
+            given = set()
             continue
         if not arguments:
             out.append(f"`{name}` takes no argument, but `{word}` is given")
@@ -356,7 +359,18 @@ def refused(text: str, shell: bool) -> list[str]:
         argument = arguments[0]
         if argument.nargs != -1 or word.endswith("..."):
             arguments.pop(0)
+        given.add(argument.name or "")
+        if word.startswith("[") and argument.required:
+            out.append(f"`{word}` is shown as optional, but `{name}` requires it")
         out += bad_value(argument, word, ctx, f"argument {argument.human_readable_name}")
+    if shell:  # a command line to run as it stands: nothing it needs is left out
+        name = " ".join(path)
+        if isinstance(command, click.Group) and not command.invoke_without_command:
+            out.append(f"`{name}` needs a subcommand: {', '.join(command.list_commands(ctx))}")
+        for param in command.params:
+            if param.required and param.name not in given:
+                shown = param.opts[0] if isinstance(param, click.Option) else param.name
+                out.append(f"`{name}` needs `{shown}`, which is not given")
     return out
 
 
@@ -639,13 +653,20 @@ Error: ...
 |---|---|
 | `lockgate runs` / `runs shw [RUN]` | wrong: subcommand; `--export-rejected FILE` is right |
 | `lockgate schedule` | `--heartbeet FILE` (wrong) |
+
+```sh
+lockgate identity plan          # wrong: `--old` is required
+lockgate webhooks --json        # wrong: no subcommand
+```
+
+`lockgate reconcile [SYNC]` (wrong: SYNC is required) and `lockgate runs show [RUN]` (right).
 """
 
 
 def test_the_command_check_finds_each_planted_mistake() -> None:
     found = refusals(examples("planted.md", PLANTED))
     # each line that says "wrong" (or where a command it shows starts), and no other
-    wrong = [4, 5, 6, 7, 8, 9, 10, 15, 16, 17, 21, 26, 27]
+    wrong = [4, 5, 6, 7, 8, 9, 10, 15, 16, 17, 21, 26, 27, 30, 31, 34]
     assert sorted({line for _, line, _ in found}) == wrong, report(found)
     said = report(found)
     for expected in (
@@ -665,6 +686,11 @@ def test_the_command_check_finds_each_planted_mistake() -> None:
         "planted.md:21: `lockgate sync orders --forse`",
         "`lockgate runs` has no subcommand `shw`",
         "planted.md:27: `lockgate schedule --heartbeet FILE`",
+        "planted.md:30: `lockgate identity plan`: `lockgate identity plan` needs `--old`",
+        "planted.md:31: `lockgate webhooks --json`: `lockgate webhooks` has no option `--json`",
+        "`lockgate webhooks` needs a subcommand: load, rejects, send, serve, status",
+        "planted.md:34: `lockgate reconcile [SYNC]`: `[SYNC]` is shown as optional, but "
+        "`lockgate reconcile` requires it",
     ):
         assert expected in said, said
 
