@@ -1,12 +1,19 @@
 """The user docs' examples work: every `lockgate ...` command line they show is one the CLI
-accepts, and every lockgate.yml or sync file they show loads.
+accepts, every option they name exists, and every lockgate.yml or sync file they show loads.
 
-The docs are README.md and docs/*.md (docs/config.md is generated and tested by test_docs.py).
-Command lines are read from shell blocks (```console, ```sh and unlabelled blocks of commands)
-and from inline code that starts with `lockgate `; each is checked against the click app itself
-(`lockgate.cli.cli`), not by running a process. YAML blocks are loaded with the project loader:
-a block that is only part of a file is completed with the fewest keys a valid file needs, the
-keys it shows written first so that an error's line is the doc's line.
+The docs are README.md and docs/**/*.md (docs/config.md is generated and tested by
+test_docs.py). Command lines are read from shell blocks (```console, ```sh and unlabelled blocks
+of commands), from inline code that starts with `lockgate ` (in prose, tables and the hints of
+error messages), from the first cell of a table of commands (`lockgate plan SYNC...` / `--all`)
+and the options its row names, and from the options a shell comment names for its command
+(`# or --type email`). Each is checked against the click app itself (`lockgate.cli.cli`), not
+by running a process: the subcommands exist, each option is the command's, a flag has no value
+and an option that takes one has it, a value has the option's type, no argument is too many; a
+line in a shell block also gives every required parameter. Upper-case words (`SYNC`, `[RUN]`,
+`FILE`) are placeholders: accepted as an argument or an option's value, not as a subcommand.
+YAML blocks are loaded with the project loader, every `${VAR}` set: a block that is only part of
+a file is completed with the fewest keys a valid file needs, the keys it shows written first so
+that an error's line is the doc's line.
 """
 
 from __future__ import annotations
