@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lockgate.identity.engine import resolve
+from lockgate.identity.engine import resolve, rows_of_type
 from lockgate.identity.normalize import normalize_column, normalize_value
 from lockgate.identity.state import IdentityResult, IdentityState
 from lockgate.project.identity import IdentityConfig
@@ -57,10 +57,13 @@ class Resolver:
         # the three columns it reads: filtering every column of the map (its `sources` lists
         # above all) cost seconds and a copy of the whole map at 600k identifiers
         nodes = nodes.select(["id_type", "id_value", "profile_id"])
-        nodes = nodes.filter(pc.is_valid(nodes["profile_id"]))
+        if nodes["profile_id"].null_count:
+            nodes = nodes.filter(pc.is_valid(nodes["profile_id"]))
         self._by_type: dict[str, tuple[pa.Array, pa.Array]] = {}
         for type_name in config.type_order:
-            part = nodes.filter(pc.equal(nodes["id_type"], type_name))
+            # a slice of the map where a type's rows are together (as `resolve` writes them),
+            # not a copy of its values and profile ids (~100 MiB at a million people)
+            part = rows_of_type(nodes, type_name)
             self._by_type[type_name] = (
                 part["id_value"].combine_chunks(),
                 part["profile_id"].combine_chunks(),

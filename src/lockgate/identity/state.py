@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,6 +174,33 @@ BLOCKED_SCHEMA = pa.schema(
 )
 
 
+#: the columns of the previous identifier map and edges that `resolve` reads (the others,
+#: run ids, statuses and reasons, are the analyst's)
+STITCH_COLUMNS: dict[str, list[str]] = {
+    "nodes": [
+        "id_type",
+        "id_value",
+        "profile_id",
+        "first_seen_batch",
+        "first_observed",
+        "last_observed",
+        "best_rank",
+        "sources",
+    ],
+    "edges": [
+        "type_a",
+        "value_a",
+        "type_b",
+        "value_b",
+        "rank",
+        "first_seen_batch",
+        "first_observed",
+        "last_observed",
+        "sources",
+    ],
+}
+
+
 @dataclass(frozen=True)
 class IdentityState:
     """The previous run's graph: pass `IdentityResult.state` into the next `resolve`.
@@ -221,8 +249,14 @@ class IdentityState:
         shutil.rmtree(previous, ignore_errors=True)
 
     @classmethod
-    def read(cls, directory: str | Path) -> IdentityState | None:
-        """The state `write` stored in `directory`, or `None` if there is none yet."""
+    def read(
+        cls, directory: str | Path, columns: Mapping[str, list[str]] | None = None
+    ) -> IdentityState | None:
+        """The state `write` stored in `directory`, or `None` if there is none yet.
+
+        `columns` names, per part, the only columns to read of it (`resolve` reads a few of
+        the map's and the edges': :data:`STITCH_COLUMNS`); the other parts are read whole.
+        """
         folder = Path(directory)
         if not (folder / "state.json").exists():
             folder = folder.with_name(folder.name + ".old")
@@ -231,7 +265,7 @@ class IdentityState:
         batch = int(json.loads((folder / "state.json").read_text())["batch"])
         # a state written before a part existed (`held`) starts that part empty
         parts = {
-            part: pq.read_table(folder / f"{part}.parquet")
+            part: pq.read_table(folder / f"{part}.parquet", columns=(columns or {}).get(part))
             for part in cls._PARTS
             if (folder / f"{part}.parquet").exists()
         }
