@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -272,6 +274,23 @@ class IdentityState:
         return cls(batch=batch, **parts)
 
 
+def _live(edges: pa.Table) -> pa.Table:
+    """The edges that are not retracted. Where a few are, the runs of edges between them, as
+    slices of the same memory: a filtered copy of every edge cost ~110 MiB at a million people
+    while the graph was saved."""
+    keep = pa.compute.fill_null(
+        pa.compute.not_equal(edges["status"], pa.scalar("retracted")), False
+    ).to_numpy(zero_copy_only=False)
+    dropped = np.flatnonzero(~keep)
+    if not dropped.size:
+        return edges
+    if dropped.size > 1000:
+        return edges.filter(pa.array(keep))
+    bounds = [-1, *dropped.tolist(), edges.num_rows]
+    runs = [edges.slice(a + 1, b - a - 1) for a, b in itertools.pairwise(bounds) if b - a > 1]
+    return pa.concat_tables(runs) if runs else edges.slice(0, 0)
+
+
 @dataclass(frozen=True)
 class IdentityResult:
     """Everything one `resolve` run produced, each table carrying `run_id`.
@@ -306,11 +325,10 @@ class IdentityResult:
     @property
     def state(self) -> IdentityState:
         """The state to pass to the next run."""
-        live = self.edges.filter(pa.compute.not_equal(self.edges["status"], pa.scalar("retracted")))
         return IdentityState(
             batch=self.batch,
             nodes=self.identifier_map,
-            edges=live,
+            edges=_live(self.edges),
             profiles=self.profiles,
             aliases=self.aliases,
             held=self.held,
