@@ -621,8 +621,12 @@ def resolve(
     mask_all = cat(e_mask, edge_ok)
     del e_a, e_b, e_rank, e_batch, e_first, e_last, e_mask, edge_ok
     rows_table = None
-    if keep_rows:
-        rows_table = pa.concat_tables(row_parts) if row_parts else None
+    if keep_rows and row_parts:
+        # the observations' ends renumbered now: `remap` goes once profile ids are read
+        rows_table = pa.concat_tables(row_parts)
+        for i, end in enumerate(("a", "b")):
+            renumbered = pa.array(remap[rows_table[end].to_numpy()])
+            rows_table = rows_table.set_column(i, end, renumbered)
     stats["encode_s"] = time.perf_counter() - t0
 
     # distinct edges
@@ -781,8 +785,8 @@ def resolve(
     give_back()  # the components' rounds
     t0 = time.perf_counter()
     prev_pid = _previous_profile_of(n_nodes, prev_ids, prev_by_type, previous, alive, remap)
-    # the previous map's profile ids are not read again
-    del prev_ids, prev_by_type
+    # the previous map's profile ids and the old node numbers are not read again
+    del prev_ids, prev_by_type, remap
     assigned = assign(
         labels=labels,
         node_type=node_type,
@@ -906,10 +910,7 @@ def resolve(
     blocked = blocked.select(BLOCKED_SCHEMA.names).cast(BLOCKED_SCHEMA)
     rows_out = None
     if rows_table is not None:
-        ra, rb = (
-            pa.array(remap[rows_table["a"].to_numpy()]),
-            pa.array(remap[rows_table["b"].to_numpy()]),
-        )
+        ra, rb = rows_table["a"].combine_chunks(), rows_table["b"].combine_chunks()
         rows_out = pa.table(
             {
                 "type_a": node_type_names.take(ra),
