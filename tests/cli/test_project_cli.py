@@ -208,6 +208,24 @@ def test_plan_or_sync_without_a_name_lists_the_syncs(
     assert "name a sync, or pass `--all`" in err and "billing, companies, customer_profile" in err
 
 
+@pytest.mark.parametrize("command", ["plan", "sync"])
+def test_sync_names_and_all_together_are_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """`--all` with a name (a misspelt one here) used to drop the name unread and run every
+    sync; now nothing runs and the message says which of the two to drop."""
+    from lockgate.cli import main
+
+    invoke("init", str(tmp_path))
+    with pytest.raises(SystemExit) as exited:
+        main([command, "customer_profil", "--all", "--project", str(tmp_path)])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "name syncs (`customer_profil`) or pass `--all`, not both" in err
+    assert "billing, companies, customer_profile" in err
+    assert not (tmp_path / ".lockgate").exists()  # no run started, no state made
+
+
 def test_every_long_step_of_a_plan_shows_progress(
     tmp_path: Path,
     customerio_emulator: Emulator,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow.compute as pc
 from tests.identity.helpers import config, rows, run
 
 from lockgate.identity import IdentityState
@@ -44,3 +45,21 @@ def test_a_write_cut_off_midway_never_leaves_a_torn_state(tmp_path: Path) -> Non
     # and the next write cleans up after the interrupted one
     first.state.write(folder)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["identity"]
+
+
+def test_the_next_runs_state_keeps_exactly_the_links_not_retracted() -> None:
+    # app_users is a snapshot source: a user's link to the email they changed is retracted
+    # (the newsletter still knows the email), and the state handed to the next run holds
+    # every other link, in order (a few retracted ones are left out without copying the
+    # rest; past a thousand, the rest is a filtered copy)
+    cfg = config()
+    users = [{"user_id": f"u{i}", "email": f"e{i}@x.com", "ts": 1} for i in range(1500)]
+    leads = rows(*({"email": u["email"]} for u in users))
+    first = run(cfg, {"app_users": rows(*users), "newsletter": leads})
+    for changed in (set(range(0, 1500, 500)), set(range(1200))):
+        now = [{**u, "email": f"n{i}@x.com"} if i in changed else u for i, u in enumerate(users)]
+        second = run(cfg, {"app_users": rows(*now)}, state=first.state, run_id="r2")
+        edges = second.edges
+        live = edges.filter(pc.not_equal(edges["status"], "retracted"))
+        assert edges.num_rows - live.num_rows == len(changed)
+        assert second.state.edges.equals(live)

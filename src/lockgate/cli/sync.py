@@ -544,7 +544,14 @@ def _sync_names(project: Project, names: tuple[str, ...], every: bool) -> list[s
     runs them: objects before people before relationships before events, so the objects and
     people a relationship points to exist before it is sent, whatever order they were typed
     in (within a kind, the order given). A name the project lacks comes first, so its error
-    is the first thing said; the others still run."""
+    is the first thing said; the others still run. Names and ``every`` together are refused:
+    `--all` used to drop the names unread, a misspelt one included, and run every sync."""
+    if every and names:
+        raise ConfigError(
+            f"name syncs ({', '.join(f'`{n}`' for n in names)}) or pass `--all`, not both",
+            hint="drop the names to run every sync, or drop `--all` to run only those; "
+            f"syncs: {', '.join(sorted(project.syncs)) or 'none'}",
+        )
     if every:
         names = tuple(project.syncs)
     elif not names:

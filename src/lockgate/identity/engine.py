@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -54,6 +54,7 @@ from lockgate.identity.state import (
     QUARANTINE_SCHEMA,
     REFUSALS_SCHEMA,
     SPLITS_SCHEMA,
+    STITCH_COLUMNS,
     TIMESTAMP,
     IdentityResult,
     IdentityState,
@@ -68,17 +69,9 @@ I64_MAX = np.iinfo(np.int64).max
 I64_MIN = np.iinfo(np.int64).min
 CioExists = Callable[[str, str], bool]
 
-#: the previous identifier map's columns a run reads
-PREV_NODE_COLUMNS = [
-    "id_type",
-    "id_value",
-    "profile_id",
-    "first_seen_batch",
-    "first_observed",
-    "last_observed",
-    "best_rank",
-    "sources",
-]
+#: the previous identifier map's and edges' columns a run reads
+PREV_NODE_COLUMNS = STITCH_COLUMNS["nodes"]
+PREV_EDGE_COLUMNS = STITCH_COLUMNS["edges"]
 
 
 @dataclass
@@ -132,7 +125,7 @@ def _source_mask(
     return out
 
 
-def _rows_of_type(nodes: pa.Table, type_name: str) -> pa.Table:
+def rows_of_type(nodes: pa.Table, type_name: str) -> pa.Table:
     """The rows of an identifier map whose `id_type` is ``type_name``: a slice, not a copy,
     when they are contiguous (as `resolve` writes the map, type by type; a copy of a
     million-person map's columns cost ~200 MiB), else a filtered copy."""
@@ -179,6 +172,227 @@ def _to_ts(values: npt.NDArray[np.int64], sentinel: int) -> pa.Array:
 def _ts_int(col: pa.ChunkedArray, sentinel: int) -> npt.NDArray[np.int64]:
     values = pc.fill_null(col.cast(TIMESTAMP).cast(pa.int64()), sentinel)
     return np.asarray(values.to_numpy(), dtype=np.int64)
+
+
+def _normalize_source(
+    config: IdentityConfig,
+    name: str,
+    table: pa.Table,
+    source: int,
+    type_index: Mapping[str, int],
+    extra_blocked: Mapping[str, frozenset[str]],
+    keep_rows: bool,
+    blocked: list[pa.Table],
+) -> _Cells:
+    """One source's identifier columns normalised; the groups of values it blocked are added
+    to ``blocked``. A function of its own so that its temporaries (each column's normalised
+    forms and reasons, ~50 MiB a million rows) go when it returns, not at the end of the run."""
+    spec = config.sources[source]
+    mapping = config.source_columns(spec, table.column_names)
+    missing = [c for c in mapping if c not in table.column_names]
+    if missing:
+        raise ConfigError(
+            f"identity source `{name}` has no column `{missing[0]}`",
+            hint=f"the columns are {', '.join(table.column_names)}",
+        )
+    if not mapping:
+        raise ConfigError(
+            f"identity source `{name}` has no identifier columns",
+            hint="name columns after identifier types, or map them with `columns:`",
+        )
+    columns: list[tuple[int, pa.StringArray]] = []
+    for column, type_name in sorted(mapping.items(), key=lambda kv: (type_index[kv[1]], kv[0])):
+        clean = normalize_column(
+            config,
+            type_name,
+            table[column],
+            extra_blocked=extra_blocked[type_name],
+        )
+        columns.append((type_index[type_name], clean.values))
+        dropped = pc.is_valid(clean.reasons)
+        if pc.any(dropped).as_py():
+            sample = table[column].combine_chunks().filter(dropped)
+            blocked.append(_blocked_group(name, type_name, clean, sample, dropped))
+    keys = (
+        pc.cast(table[spec.key].combine_chunks(), pa.string())
+        if spec.key and spec.key in table.column_names
+        else pa.array(np.arange(table.num_rows).astype(str).tolist(), pa.string())
+        if keep_rows
+        else pa.nulls(table.num_rows, pa.string())
+    )
+    return _Cells(
+        source=source,
+        rank=spec.trust,
+        n_rows=table.num_rows,
+        observed=_observed(table, spec.observed_at, name),
+        keys=keys,
+        columns=columns,
+    )
+
+
+@dataclass
+class _NodeEvidence:
+    """Per node: its sources (a bitmask), first batch, first and last seen, best rank."""
+
+    mask: npt.NDArray[np.uint64]
+    batch: npt.NDArray[np.int64]
+    first: npt.NDArray[np.int64]
+    last: npt.NDArray[np.int64]
+    rank: npt.NDArray[np.int64]
+
+
+def _previous_evidence(
+    node: _NodeEvidence,
+    prev_ids: Mapping[int, npt.NDArray[np.int64]],
+    prev_by_type: Mapping[int, pa.Table],
+    source_index: Mapping[str, int],
+    reread: int,
+) -> None:
+    """The previous map's evidence of each node, in place (sources read again left out)."""
+    for t, ids in prev_ids.items():
+        part = prev_by_type[t]
+        if not part.num_rows:
+            continue
+        mask = _source_mask(part["sources"], source_index) & ~np.uint64(reread)
+        # one row per node in the previous map, so plain fancy indexing is exact
+        node.mask[ids] |= mask
+        node.batch[ids] = np.minimum(node.batch[ids], part["first_seen_batch"].to_numpy())
+        node.first[ids] = np.minimum(node.first[ids], _ts_int(part["first_observed"], I64_MAX))
+        node.last[ids] = np.maximum(node.last[ids], _ts_int(part["last_observed"], I64_MIN))
+        node.rank[ids] = np.minimum(node.rank[ids], part["best_rank"].to_numpy().astype(np.int64))
+
+
+def _source_evidence(
+    node: _NodeEvidence,
+    cells: list[_Cells],
+    cell_ids: Mapping[tuple[int, int], npt.NDArray[np.int64]],
+    batch: int,
+) -> None:
+    """This run's sources' evidence of each node, in place."""
+    for ci, c in enumerate(cells):
+        bit = np.uint64(1 << c.source)
+        last = np.where(c.observed == I64_MAX, I64_MIN, c.observed)
+        for j in range(len(c.columns)):
+            ids = cell_ids[(ci, j)]
+            present = ids >= 0
+            sel = ids[present]
+            # constant per column: repeated ids write the same value
+            node.mask[sel] |= bit
+            node.batch[sel] = np.minimum(node.batch[sel], batch)
+            node.rank[sel] = np.minimum(node.rank[sel], c.rank)
+            # first/last seen vary per row (numpy's ufunc.at beats a hash group-by here), a
+            # column at a time: the minimum is the same as over all of them joined, without
+            # the joined copies (~100 MiB at a million people)
+            np.minimum.at(node.first, sel, c.observed[present])
+            np.maximum.at(node.last, sel, last[present])
+
+
+@dataclass
+class _EdgeParts:
+    """The star edges of every source, one array per source column, before they are joined."""
+
+    a: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    b: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    rank: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    batch: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    first: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    last: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    mask: list[npt.NDArray[np.uint64]] = field(default_factory=list)
+    rows: list[pa.Table] = field(default_factory=list)
+
+
+def _star_edges(
+    c: _Cells,
+    ids_of: list[npt.NDArray[np.int64]],
+    batch: int,
+    source_name: str | None,
+    out: _EdgeParts,
+) -> None:
+    """One source's edges, a star per row around its most trusted identifier, added to ``out``
+    (with each observation when ``source_name`` is given: `keep_rows`). A function of its own
+    so that its temporaries (anchors, the smaller value of each type) go when it returns."""
+    anchor = np.full(c.n_rows, -1, dtype=np.int64)
+    by_type: dict[int, list[int]] = {}
+    for j, (t, _) in enumerate(c.columns):
+        by_type.setdefault(t, []).append(j)
+    for t in sorted(by_type):
+        first = by_type[t][0]
+        ids = ids_of[first]
+        vals = c.columns[first][1]
+        for j in by_type[t][1:]:
+            ids2, vals2 = ids_of[j], c.columns[j][1]
+            smaller = pc.fill_null(pc.less(vals2, vals), False).to_numpy(zero_copy_only=False)
+            take2 = (ids < 0) | ((ids2 >= 0) & smaller)
+            ids = np.where(take2, ids2, ids)
+            vals = pc.if_else(pa.array(take2), vals2, vals)
+        anchor = np.where(anchor < 0, ids, anchor)
+    last = np.where(c.observed == I64_MAX, I64_MIN, c.observed)
+    for j in range(len(c.columns)):
+        ids = ids_of[j]
+        keep = (ids >= 0) & (ids != anchor)
+        count = int(keep.sum())
+        out.a.append(anchor[keep])
+        out.b.append(ids[keep])
+        out.rank.append(np.full(count, c.rank, dtype=np.int64))
+        out.batch.append(np.full(count, batch, dtype=np.int64))
+        out.first.append(c.observed[keep])
+        out.last.append(last[keep])
+        out.mask.append(np.full(count, 1 << c.source, dtype=np.uint64))
+        if source_name is not None and count:
+            out.rows.append(
+                pa.table(
+                    {
+                        "a": anchor[keep],
+                        "b": ids[keep],
+                        "source": pa.array([source_name] * count, pa.string()),
+                        "row_key": c.keys.filter(pa.array(keep)),
+                    }
+                )
+            )
+
+
+def _edge_ends(
+    edges: pa.Table,
+    types: tuple[str, ...],
+    dictionaries: list[pa.StringArray],
+    offsets: npt.NDArray[np.int64],
+) -> list[npt.NDArray[np.int64]]:
+    """The node of each end (`a`, `b`) of the previous edges, -1 where it is no node now. A
+    function of its own: the columns it reads and its lookups go when it returns."""
+    ends = []
+    for side in ("a", "b"):
+        out = np.full(edges.num_rows, -1, dtype=np.int64)
+        tcol = edges[f"type_{side}"]
+        vcol = edges[f"value_{side}"]
+        for t, type_name in enumerate(types):
+            sel = pc.equal(tcol, type_name).to_numpy(zero_copy_only=False)
+            if not sel.any():
+                continue
+            found = pc.index_in(vcol.filter(pa.array(sel)), value_set=dictionaries[t])
+            found_np = pc.fill_null(found.cast(pa.int64()), -1).to_numpy(zero_copy_only=False)
+            out[sel] = np.where(found_np >= 0, found_np + offsets[t], -1)
+        ends.append(out)
+    return ends
+
+
+def _previous_profile_of(
+    n_nodes: int,
+    prev_ids: Mapping[int, npt.NDArray[np.int64]],
+    prev_by_type: Mapping[int, pa.Table],
+    previous: PreviousProfiles,
+    alive: npt.NDArray[np.bool_],
+    remap: npt.NDArray[np.int64],
+) -> npt.NDArray[np.int64]:
+    """Per (renumbered) node, the code of its previous profile (-1 for none)."""
+    prev_pid = np.full(n_nodes, -1, dtype=np.int64)
+    for t, ids in prev_ids.items():
+        part = prev_by_type[t]
+        if not part.num_rows:
+            continue
+        codes = previous.codes(part["profile_id"])
+        live = alive[ids]
+        prev_pid[remap[ids[live]]] = codes[live]
+    return prev_pid
 
 
 def resolve(
@@ -244,46 +458,16 @@ def resolve(
         spec = config.sources[source_index[name]]
         if spec.mode == "snapshot":
             reread |= 1 << source_index[name]
-        mapping = config.source_columns(spec, table.column_names)
-        missing = [c for c in mapping if c not in table.column_names]
-        if missing:
-            raise ConfigError(
-                f"identity source `{name}` has no column `{missing[0]}`",
-                hint=f"the columns are {', '.join(table.column_names)}",
-            )
-        if not mapping:
-            raise ConfigError(
-                f"identity source `{name}` has no identifier columns",
-                hint="name columns after identifier types, or map them with `columns:`",
-            )
-        columns: list[tuple[int, pa.StringArray]] = []
-        for column, type_name in sorted(mapping.items(), key=lambda kv: (type_index[kv[1]], kv[0])):
-            clean = normalize_column(
-                config,
-                type_name,
-                table[column],
-                extra_blocked=extra_blocked[type_name],
-            )
-            columns.append((type_index[type_name], clean.values))
-            dropped = pc.is_valid(clean.reasons)
-            if pc.any(dropped).as_py():
-                sample = table[column].combine_chunks().filter(dropped)
-                blocked_rows.append(_blocked_group(name, type_name, clean, sample, dropped))
-        keys = (
-            pc.cast(table[spec.key].combine_chunks(), pa.string())
-            if spec.key and spec.key in table.column_names
-            else pa.array(np.arange(table.num_rows).astype(str).tolist(), pa.string())
-            if keep_rows
-            else pa.nulls(table.num_rows, pa.string())
-        )
         cells.append(
-            _Cells(
-                source=source_index[name],
-                rank=spec.trust,
-                n_rows=table.num_rows,
-                observed=_observed(table, spec.observed_at, name),
-                keys=keys,
-                columns=columns,
+            _normalize_source(
+                config,
+                name,
+                table,
+                source_index[name],
+                type_index,
+                extra_blocked,
+                keep_rows,
+                blocked_rows,
             )
         )
     # a caller that handed its sources over (kept no reference) has their memory back now
@@ -292,15 +476,31 @@ def resolve(
     stats["normalize_s"] = time.perf_counter() - clock
     give_back()  # normalisation's temporaries
 
+    # of the previous graph only these are read: a caller that handed the state over (kept no
+    # reference) has the memory of the rest back now (the map's run ids and statuses, the
+    # edges' statuses and reasons), and of each part once it is merged in below
+    prev_nodes = (state.nodes if state is not None else NODES_SCHEMA.empty_table()).select(
+        PREV_NODE_COLUMNS
+    )
+    prev_edges = (state.edges if state is not None else EDGES_SCHEMA.empty_table()).select(
+        PREV_EDGE_COLUMNS
+    )
+    previous = PreviousProfiles.from_state(state, types)
+    prev_held = state.held if state is not None else HELD_SCHEMA.empty_table()
+    prev_lost = state.lost if state is not None else LOST_SCHEMA.empty_table()
+    prev_contested = state.contested if state is not None else CONTESTED_SCHEMA.empty_table()
+    del state
+
     # previous nodes, re-checked against today's blocklist
-    prev_nodes = state.nodes if state is not None else NODES_SCHEMA.empty_table()
-    # only the columns read here: filtering the whole map copied its run ids, types and
-    # statuses too, and kept the copy to the end of the run
-    prev_nodes = prev_nodes.select(PREV_NODE_COLUMNS)
-    prev_by_type: dict[int, pa.Table] = {}
-    for t, type_name in enumerate(types):
-        part = _rows_of_type(prev_nodes, type_name).drop_columns(["id_type"])
-        prev_by_type[t] = _still_valid(config, type_name, part, extra_blocked[type_name])
+    prev_by_type = {
+        t: _still_valid(
+            config,
+            type_name,
+            rows_of_type(prev_nodes, type_name).drop_columns(["id_type"]),
+            extra_blocked[type_name],
+        )
+        for t, type_name in enumerate(types)
+    }
 
     # 2. dense integers: one dictionary per type
     t0 = time.perf_counter()
@@ -309,16 +509,18 @@ def resolve(
     cell_ids: dict[tuple[int, int], npt.NDArray[np.int64]] = {}
     prev_ids: dict[int, npt.NDArray[np.int64]] = {}
     for t in range(n_types):
-        parts: list[tuple[tuple[int, int] | None, pa.Array]] = []
-        for ci, c in enumerate(cells):
-            for j, (ct, values) in enumerate(c.columns):
-                if ct == t:
-                    parts.append(((ci, j), values))
+        parts: list[tuple[tuple[int, int] | None, pa.Array]] = [
+            ((ci, j), values)
+            for ci, c in enumerate(cells)
+            for j, (ct, values) in enumerate(c.columns)
+            if ct == t
+        ]
         parts.append((None, prev_by_type[t]["id_value"].combine_chunks()))
         joined = pa.chunked_array([p[1] for p in parts], pa.string()).combine_chunks()
         encoded = joined.dictionary_encode()
-        idx = pc.fill_null(encoded.indices.cast(pa.int64()), -1).to_numpy()
-        idx = np.where(idx >= 0, idx + offsets[t], -1)
+        del joined
+        idx = pc.fill_null(encoded.indices, -1).to_numpy().astype(np.int64)
+        idx[idx >= 0] += offsets[t]  # in place: no second copy of the ids
         dictionaries.append(encoded.dictionary)
         offsets[t + 1] = offsets[t] + len(encoded.dictionary)
         pos = 0
@@ -329,7 +531,7 @@ def resolve(
                 prev_ids[t] = chunk
             else:
                 cell_ids[key] = chunk
-    del parts, joined, encoded, idx
+    del parts, encoded, idx, values, chunk  # the last type's
     n_nodes = int(offsets[-1])
     node_values: pa.StringArray = pa.chunked_array(dictionaries, pa.string()).combine_chunks()
     # each type's dictionary as a slice of the one copy (not a second copy of every value)
@@ -346,113 +548,33 @@ def resolve(
     node_first = np.full(n_nodes, I64_MAX, dtype=np.int64)
     node_last = np.full(n_nodes, I64_MIN, dtype=np.int64)
     node_rank = np.full(n_nodes, 32767, dtype=np.int64)
-    for t, ids in prev_ids.items():
-        part = prev_by_type[t]
-        if not part.num_rows:
-            continue
-        mask = _source_mask(part["sources"], source_index) & ~np.uint64(reread)
-        # one row per node in the previous map, so plain fancy indexing is exact
-        node_mask[ids] |= mask
-        node_batch[ids] = np.minimum(node_batch[ids], part["first_seen_batch"].to_numpy())
-        node_first[ids] = np.minimum(node_first[ids], _ts_int(part["first_observed"], I64_MAX))
-        node_last[ids] = np.maximum(node_last[ids], _ts_int(part["last_observed"], I64_MIN))
-        node_rank[ids] = np.minimum(node_rank[ids], part["best_rank"].to_numpy().astype(np.int64))
+    evidence = _NodeEvidence(node_mask, node_batch, node_first, node_last, node_rank)
+    _previous_evidence(evidence, prev_ids, prev_by_type, source_index, reread)
     # from here on only their profile ids are read
     prev_by_type = {t: part.select(["profile_id"]) for t, part in prev_by_type.items()}
     del prev_nodes
-    part = pa.table({})  # nor the last type's rows (a slice of every column)
-    seen_ids: list[npt.NDArray[np.int64]] = []
-    seen_first: list[npt.NDArray[np.int64]] = []
-    seen_last: list[npt.NDArray[np.int64]] = []
-    for ci, c in enumerate(cells):
-        bit = np.uint64(1 << c.source)
-        last = np.where(c.observed == I64_MAX, I64_MIN, c.observed)
-        for j in range(len(c.columns)):
-            ids = cell_ids[(ci, j)]
-            present = ids >= 0
-            sel = ids[present]
-            # constant per column: repeated ids write the same value
-            node_mask[sel] |= bit
-            node_batch[sel] = np.minimum(node_batch[sel], batch)
-            node_rank[sel] = np.minimum(node_rank[sel], c.rank)
-            seen_ids.append(sel)
-            seen_first.append(c.observed[present])
-            seen_last.append(last[present])
-    if seen_ids:
-        # first/last seen vary per row (numpy's ufunc.at beats a hash group-by here)
-        all_ids = np.concatenate(seen_ids)
-        np.minimum.at(node_first, all_ids, np.concatenate(seen_first))
-        np.maximum.at(node_last, all_ids, np.concatenate(seen_last))
-        del all_ids
-    del seen_ids, seen_first, seen_last
+    _source_evidence(evidence, cells, cell_ids, batch)
+    del evidence
 
     stats["evidence_s"] = time.perf_counter() - t0 - stats["dictionary_s"]
     give_back()  # the previous nodes' columns read above
     # 3. star edges per row, around the row's most trusted identifier
-    e_a: list[npt.NDArray[np.int64]] = []
-    e_b: list[npt.NDArray[np.int64]] = []
-    e_rank: list[npt.NDArray[np.int64]] = []
-    e_batch: list[npt.NDArray[np.int64]] = []
-    e_first: list[npt.NDArray[np.int64]] = []
-    e_last: list[npt.NDArray[np.int64]] = []
-    e_mask: list[npt.NDArray[np.uint64]] = []
-    row_parts: list[pa.Table] = []
-    for ci, c in enumerate(cells):
-        anchor = np.full(c.n_rows, -1, dtype=np.int64)
-        by_type: dict[int, list[int]] = {}
-        for j, (t, _) in enumerate(c.columns):
-            by_type.setdefault(t, []).append(j)
-        for t in sorted(by_type):
-            first = by_type[t][0]
-            ids = cell_ids[(ci, first)]
-            vals = c.columns[first][1]
-            for j in by_type[t][1:]:
-                ids2, vals2 = cell_ids[(ci, j)], c.columns[j][1]
-                smaller = pc.fill_null(pc.less(vals2, vals), False).to_numpy(zero_copy_only=False)
-                take2 = (ids < 0) | ((ids2 >= 0) & smaller)
-                ids = np.where(take2, ids2, ids)
-                vals = pc.if_else(pa.array(take2), vals2, vals)
-            anchor = np.where(anchor < 0, ids, anchor)
-        last = np.where(c.observed == I64_MAX, I64_MIN, c.observed)
-        for j in range(len(c.columns)):
-            ids = cell_ids[(ci, j)]
-            keep = (ids >= 0) & (ids != anchor)
-            count = int(keep.sum())
-            e_a.append(anchor[keep])
-            e_b.append(ids[keep])
-            e_rank.append(np.full(count, c.rank, dtype=np.int64))
-            e_batch.append(np.full(count, batch, dtype=np.int64))
-            e_first.append(c.observed[keep])
-            e_last.append(last[keep])
-            e_mask.append(np.full(count, 1 << c.source, dtype=np.uint64))
-            if keep_rows and count:
-                row_parts.append(
-                    pa.table(
-                        {
-                            "a": anchor[keep],
-                            "b": ids[keep],
-                            "source": pa.array([source_names[c.source]] * count, pa.string()),
-                            "row_key": c.keys.filter(pa.array(keep)),
-                        }
-                    )
-                )
+    parts_e = _EdgeParts()
+    for ci in range(len(cells)):
+        _star_edges(
+            cells[ci],
+            [cell_ids[(ci, j)] for j in range(len(cells[ci].columns))],
+            batch,
+            source_names[cells[ci].source] if keep_rows else None,
+            parts_e,
+        )
+    e_a, e_b, e_rank, e_batch = parts_e.a, parts_e.b, parts_e.rank, parts_e.batch
+    e_first, e_last, e_mask, row_parts = parts_e.first, parts_e.last, parts_e.mask, parts_e.rows
+    del parts_e
 
     # previous edges (both ends must still be nodes)
-    prev_edges = state.edges if state is not None else EDGES_SCHEMA.empty_table()
     if prev_edges.num_rows:
-        ends = []
-        for side in ("a", "b"):
-            out = np.full(prev_edges.num_rows, -1, dtype=np.int64)
-            tcol = prev_edges[f"type_{side}"]
-            vcol = prev_edges[f"value_{side}"]
-            for t, type_name in enumerate(types):
-                sel = pc.equal(tcol, type_name).to_numpy(zero_copy_only=False)
-                if not sel.any():
-                    continue
-                found = pc.index_in(vcol.filter(pa.array(sel)), value_set=dictionaries[t])
-                found_np = pc.fill_null(found.cast(pa.int64()), -1).to_numpy(zero_copy_only=False)
-                out[sel] = np.where(found_np >= 0, found_np + offsets[t], -1)
-            ends.append(out)
+        ends = _edge_ends(prev_edges, types, dictionaries, offsets)
         ok = (ends[0] >= 0) & (ends[1] >= 0)
         okp = pa.array(ok)
         e_a.append(ends[0][ok])
@@ -465,17 +587,13 @@ def resolve(
             _source_mask(prev_edges["sources"].filter(okp), source_index) & ~np.uint64(reread)
         )
         del ends, ok, okp
-    # the sources' normalised values are all in `node_values` and the edges now
-    del cells, cell_ids
-    # of the previous graph only its profiles and logs are read from here on: a caller that
-    # handed the state over (kept no reference) has the memory of its nodes and edges back
-    previous = PreviousProfiles.from_state(state, types)
-    prev_held = state.held if state is not None else HELD_SCHEMA.empty_table()
-    prev_lost = state.lost if state is not None else LOST_SCHEMA.empty_table()
-    prev_contested = state.contested if state is not None else CONTESTED_SCHEMA.empty_table()
-    del state, prev_edges
+    # the sources' normalised values are all in `node_values` and the edges now (and a type's
+    # dictionary, a slice of the values before unsupported nodes are dropped, kept that copy)
+    del cells, cell_ids, dictionaries
+    # of the previous graph only its profiles and logs are read from here on
+    del prev_edges
 
-    give_back()  # the previous graph's nodes and edges, when handed over
+    give_back()  # the previous graph's edges, when handed over
     # drop nodes nobody supports any more, then renumber
     alive = node_mask != 0
     remap = np.cumsum(alive, dtype=np.int64) - 1
@@ -490,6 +608,7 @@ def resolve(
         node_first, node_last = node_first[keep_nodes], node_last[keep_nodes]
         node_rank = node_rank[keep_nodes]
         n_nodes = int(keep_nodes.shape[0])
+        del keep_nodes
     all_a, all_b = remap[all_a[edge_ok]], remap[all_b[edge_ok]]
 
     def cat(
@@ -502,8 +621,12 @@ def resolve(
     mask_all = cat(e_mask, edge_ok)
     del e_a, e_b, e_rank, e_batch, e_first, e_last, e_mask, edge_ok
     rows_table = None
-    if keep_rows:
-        rows_table = pa.concat_tables(row_parts) if row_parts else None
+    if keep_rows and row_parts:
+        # the observations' ends renumbered now: `remap` goes once profile ids are read
+        rows_table = pa.concat_tables(row_parts)
+        for i, end in enumerate(("a", "b")):
+            renumbered = pa.array(remap[rows_table[end].to_numpy()])
+            rows_table = rows_table.set_column(i, end, renumbered)
     stats["encode_s"] = time.perf_counter() - t0
 
     # distinct edges
@@ -661,14 +784,9 @@ def resolve(
     # 6. profile ids
     give_back()  # the components' rounds
     t0 = time.perf_counter()
-    prev_pid = np.full(n_nodes, -1, dtype=np.int64)
-    for t, ids in prev_ids.items():
-        part = prev_by_type[t]
-        if not part.num_rows:
-            continue
-        codes = previous.codes(part["profile_id"])
-        live = alive[ids]
-        prev_pid[remap[ids[live]]] = codes[live]
+    prev_pid = _previous_profile_of(n_nodes, prev_ids, prev_by_type, previous, alive, remap)
+    # the previous map's profile ids and the old node numbers are not read again
+    del prev_ids, prev_by_type, remap
     assigned = assign(
         labels=labels,
         node_type=node_type,
@@ -701,7 +819,7 @@ def resolve(
     )
     stats["profiles_s"] = time.perf_counter() - t0
     # the tables below read none of these
-    del labels, prev_pid, alive, prev_ids, prev_by_type
+    del labels, prev_pid, alive
     give_back()  # the profile assignment's temporaries
 
     # 7. analyst tables
@@ -723,6 +841,9 @@ def resolve(
         },
         schema=NODES_SCHEMA,
     )
+    # the nodes' evidence is in the map now (~75 MiB at a million people)
+    del node_mask, node_batch, node_first, node_last, node_rank, quarantined_nodes
+    give_back()
     ia, ib = pa.array(graph.a), pa.array(graph.b)
     status_names = pa.array(list(g.STATUS_NAMES), pa.string())
     reason_col: list[str | None] = [None] * graph.n_edges
@@ -789,10 +910,7 @@ def resolve(
     blocked = blocked.select(BLOCKED_SCHEMA.names).cast(BLOCKED_SCHEMA)
     rows_out = None
     if rows_table is not None:
-        ra, rb = (
-            pa.array(remap[rows_table["a"].to_numpy()]),
-            pa.array(remap[rows_table["b"].to_numpy()]),
-        )
+        ra, rb = rows_table["a"].combine_chunks(), rows_table["b"].combine_chunks()
         rows_out = pa.table(
             {
                 "type_a": node_type_names.take(ra),

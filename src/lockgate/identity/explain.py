@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lockgate.identity.engine import resolve
+from lockgate.identity.engine import resolve, rows_of_type
 from lockgate.identity.normalize import normalize_column, normalize_value
 from lockgate.identity.state import IdentityResult, IdentityState
 from lockgate.project.identity import IdentityConfig
@@ -57,18 +57,18 @@ class Resolver:
         # the three columns it reads: filtering every column of the map (its `sources` lists
         # above all) cost seconds and a copy of the whole map at 600k identifiers
         nodes = nodes.select(["id_type", "id_value", "profile_id"])
-        nodes = nodes.filter(pc.is_valid(nodes["profile_id"]))
+        if nodes["profile_id"].null_count:
+            nodes = nodes.filter(pc.is_valid(nodes["profile_id"]))
         self._by_type: dict[str, tuple[pa.Array, pa.Array]] = {}
         for type_name in config.type_order:
-            part = nodes.filter(pc.equal(nodes["id_type"], type_name))
-            self._by_type[type_name] = (
-                part["id_value"].combine_chunks(),
-                part["profile_id"].combine_chunks(),
-            )
+            # a slice of the map where a type's rows are together (as `resolve` writes them),
+            # not a copy of its values and profile ids (~100 MiB at a million people)
+            part = rows_of_type(nodes, type_name)
+            self._by_type[type_name] = (_array(part["id_value"]), _array(part["profile_id"]))
         if result.held.num_rows:
             profiles = _hold(profiles, result.held)
         self._profiles = profiles
-        self._profile_ids = profiles["profile_id"].combine_chunks()
+        self._profile_ids = _array(profiles["profile_id"])
 
     def resolve_table(self, table: pa.Table, columns: Mapping[str, str] | None = None) -> pa.Table:
         """`table` with `profile_id` and the `cio_*` columns appended.
@@ -105,6 +105,12 @@ class Resolver:
         return ResolvedRow(
             profile_id=row["profile_id"], **{name: row[name] for name in CIO_COLUMNS}
         )
+
+
+def _array(column: pa.ChunkedArray) -> pa.Array:
+    """A column as one array: its only chunk as it is (`combine_chunks` copies even that one:
+    ~100 MiB of a million-person graph's map and profile ids), else the chunks joined."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def _hold(profiles: pa.Table, held: pa.Table) -> pa.Table:

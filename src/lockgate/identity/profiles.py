@@ -76,21 +76,42 @@ class PreviousProfiles:
 
     table: pa.Table
     ids: pa.StringArray
-    known: pa.StringArray
-    """Every profile id given before (current ones and aliased ones), each once: an Arrow
-    array, not a Python set of every profile built each run."""
     aliases: pa.Table
 
     @classmethod
     def from_state(cls, state: IdentityState | None, types: tuple[str, ...]) -> PreviousProfiles:
         if state is None:
             empty = profile_schema(types).empty_table()
-            none = pa.array([], pa.string())
-            return cls(empty, none, none, ALIASES_SCHEMA.empty_table())
-        ids = state.profiles["profile_id"].combine_chunks()
-        old = state.aliases["old_profile_id"].combine_chunks().cast(pa.string())
-        known = pa.concat_arrays([ids.cast(pa.string()), old]).drop_null().unique()
-        return cls(state.profiles, ids, known, state.aliases)
+            return cls(empty, pa.array([], pa.string()), ALIASES_SCHEMA.empty_table())
+        # the ids as one array, in the table too: not a second copy of every id beside the
+        # chunks a read gave (~20 MiB at a million profiles)
+        profiles = state.profiles
+        ids = profiles["profile_id"].combine_chunks()
+        column = profiles.schema.get_field_index("profile_id")
+        profiles = profiles.set_column(column, profiles.schema.field(column), ids)
+        return cls(profiles, ids, state.aliases)
+
+    def _old_ids(self) -> pa.StringArray:
+        old: pa.StringArray = self.aliases["old_profile_id"].combine_chunks().cast(pa.string())
+        return old
+
+    def known(self) -> pa.StringArray:
+        """Every profile id given before (current ones and aliased ones), each once: an Arrow
+        array, not a Python set of every profile. Built when asked for (a hash of every id)."""
+        both = pa.concat_arrays([self.ids.cast(pa.string()), self._old_ids()])
+        found: pa.StringArray = both.drop_null().unique()
+        return found
+
+    def any_known(self, ids: pa.StringArray) -> bool:
+        """Whether any of ``ids`` was given before: hashes the smaller side, not every id
+        given before (a re-stitch names a few new profiles, a first stitch has none before)."""
+        for given in (self.ids.cast(pa.string()), self._old_ids()):
+            if not len(given) or not len(ids):
+                continue
+            small, large = (ids, given) if len(ids) <= len(given) else (given, ids)
+            if pc.any(pc.is_in(large, value_set=small)).as_py():
+                return True
+        return False
 
     def codes(self, profile_ids: pa.ChunkedArray | pa.Array) -> npt.NDArray[np.int64]:
         found = pc.index_in(profile_ids, value_set=self.ids)
@@ -282,6 +303,10 @@ def assign(
             if chosen < 0:
                 chosen = min(opts, key=lambda cn: (-cn[1], anchor_key(cn[0])))[0]
             heir[p] = chosen
+    # of the eligible nodes only their counts per component and type are read from here on
+    counts = np.bincount(ec * n_types + et, minlength=n_comp * n_types).reshape(n_comp, n_types)
+    del pair_key, pkeys, pcounts, pair_comp, pair_pid, pid_ncomps, simple, complex_pids, has_prev
+    del elig_nodes, comp_dense, ec, et
 
     # which previous id each component keeps
     comp_pid = np.full(n_comp, -1, dtype=np.int64)
@@ -320,6 +345,8 @@ def assign(
             comp_pid[c] = pids[0]
             merges.extend((c, pids[0], p) for p in pids[1:])
 
+    del has_heir, heirs_per_comp, single, multi
+
     # new ids for components heir to nobody (vectorised; Python only for collisions)
     new_comps = np.flatnonzero(comp_pid < 0)
     new_arr = pa.nulls(n_comp, pa.string())
@@ -327,9 +354,8 @@ def assign(
         an = anchor[new_comps]
         t_arr = pa.array(list(types), pa.string()).take(pa.array(node_type[an].astype(np.int32)))
         hashed = profile_ids_for(t_arr, node_values.take(pa.array(an)))
-        clash = pc.is_in(hashed, value_set=previous.known).to_numpy(zero_copy_only=False)
-        if pc.count_distinct(hashed).as_py() < len(hashed) or clash.any():
-            used = set(previous.known.to_pylist())
+        if pc.count_distinct(hashed).as_py() < len(hashed) or previous.any_known(hashed):
+            used = set(previous.known().to_pylist())
             names = hashed.to_pylist()
             for i, pid in enumerate(names):
                 if pid in used:
@@ -342,9 +368,11 @@ def assign(
         where = np.full(n_comp, -1, dtype=np.int64)
         where[new_comps] = np.arange(new_comps.size)
         new_arr = hashed.take(pa.array(where, mask=where < 0))
+        del where, hashed, an, t_arr
     prev_taken = previous.ids.take(pa.array(comp_pid, mask=comp_pid < 0))
     comp_arr = pc.coalesce(prev_taken, new_arr)
     new_ids = new_arr
+    del prev_taken, new_arr
     node_profile = comp_arr.take(pa.array(comp_of, mask=comp_of < 0))
 
     # nodes that left their old profile: splits (into a new id) or moves (into an existing one,
@@ -368,10 +396,13 @@ def assign(
                 moves.append((node, p, c))
             if heir[p] >= 0:
                 changed[heir[p]] = True
+        del old, now, left, own_id
+    del pn
     diff_node = eligible & (
         prev_pid != np.where(comp_of >= 0, comp_pid[np.maximum(comp_of, 0)], -1)
     )
     changed[np.unique(comp_of[diff_node])] = True
+    del diff_node
     changed[new_comps] = True
     for c, _, _ in merges:
         changed[c] = True
@@ -395,7 +426,6 @@ def assign(
     def values_of(nodes: npt.NDArray[np.int64]) -> pa.Array:
         return node_values.take(pa.array(nodes, mask=nodes < 0))
 
-    counts = np.bincount(ec * n_types + et, minlength=n_comp * n_types).reshape(n_comp, n_types)
     pid_take = pa.array(comp_pid, mask=comp_pid < 0)
 
     def carried(column: str, fresh: object, kind: pa.DataType) -> pa.Array:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from lockgate.identity import IdentityResult, IdentityState, Resolver, plan_cust
 from lockgate.identity.customerio import attribute_names, profile_attributes
 from lockgate.identity.memory import give_back
 from lockgate.identity.normalize import normalize_column
+from lockgate.identity.state import STITCH_COLUMNS
 from lockgate.project.identity import IdentityConfig, IdentitySourceConfig
 from lockgate.project.loader import PROJECT_FILE, Project
 from lockgate.project.models import (
@@ -263,15 +264,18 @@ class Resolution:
             graphinputs.record(state_dir, graph, self.inputs_key)
 
 
-def saved_graph(project: Project) -> IdentityState | None:
+def saved_graph(
+    project: Project, columns: Mapping[str, list[str]] | None = None
+) -> IdentityState | None:
     """The graph the last sync kept (`None` before the first), read without the state lock:
     `identity explain` and `identity plan` read it while a sync may be running. A sync swaps
     the folder in by renames (`IdentityState.write`), so a read caught between them is
-    tried again rather than failing on a file that was just moved."""
+    tried again rather than failing on a file that was just moved. `columns`: only these
+    columns of a part (`IdentityState.read`)."""
     folder = project.state_dir / IDENTITY_STATE
     for attempt in range(5):
         try:
-            return IdentityState.read(folder)
+            return IdentityState.read(folder, columns)
         except OSError:
             if attempt == 4:
                 raise
@@ -345,6 +349,40 @@ def observed_in_zone(rows: pa.Table, column: str | None, zone: str | None) -> pa
     return rows.set_column(at, rows.schema.field(at).with_type(instants.type), instants)
 
 
+def _graph_id(state: IdentityState) -> str:
+    from lockgate.sync import graphinputs
+
+    return graphinputs.graph_id(state.batch, state.profiles)
+
+
+def saved_graph_id(project: Project) -> str | None:
+    """The saved graph's :func:`graphinputs.graph_id` without reading the graph: its
+    `state.json` batch and the run id on its first profile. None before the first graph, or
+    if it is being swapped (then nothing is reused: the graph is stitched)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from lockgate.sync import graphinputs
+
+    for folder in (
+        project.state_dir / IDENTITY_STATE,
+        project.state_dir / (IDENTITY_STATE + ".old"),
+    ):
+        try:
+            batch = int(json.loads((folder / "state.json").read_text())["batch"])
+            profiles = pq.ParquetFile(folder / "profiles.parquet")
+            first = (
+                profiles.read_row_group(0, columns=["run_id"])
+                if profiles.num_row_groups
+                else pa.table({"run_id": pa.array([], pa.string())})
+            )
+        except (OSError, KeyError, ValueError):
+            continue
+        return graphinputs.graph_id(batch, first)
+    return None
+
+
 def resolve_identities(project: Project, config: IdentityConfig, run_id: str) -> Resolution:
     """Stitch the project's identity sources, continuing from the saved graph; or, when
     nothing that feeds the graph changed since it was saved (the sources' rows, the
@@ -352,32 +390,41 @@ def resolve_identities(project: Project, config: IdentityConfig, run_id: str) ->
     is: stitching the same inputs again gives it back (:mod:`lockgate.sync.graphinputs`)."""
     from lockgate.sync import graphinputs
 
-    previous = saved_graph(project)
-    saved_key = (
-        None
-        if previous is None
-        else graphinputs.recorded(
-            project.state_dir, graphinputs.graph_id(previous.batch, previous.profiles)
-        )
-    )
+    # decided before anything is read: the graph, when its key was recorded and the inputs
+    # turn out unchanged, is read whole once the snapshot is over; otherwise only the columns
+    # of the map and the edges a stitch reads (not their run ids, statuses and reasons: ~50 MiB
+    # at a million people), before the snapshot when no key could match (no idle
+    # transaction while it loads)
+    graph = saved_graph_id(project)
+    saved_key = None if graph is None else graphinputs.recorded(project.state_dir, graph)
+    previous = saved_graph(project, STITCH_COLUMNS) if saved_key is None else None
     # one snapshot of each Postgres warehouse for the fingerprints and the reads: the key
     # recorded with the graph describes the rows it was stitched from, whatever is
     # committed meanwhile
     with Warehouses(project) as warehouses:
         found = graphinputs.inputs(project, config, warehouses)
         key = None if found is None else found.key
-        if key is not None and previous is not None and saved_key == key:
-            reused = IdentityResult.reused(previous, run_id)
+        reusable = key is not None and key == saved_key
+        if not reusable:
+            if previous is None:
+                previous = saved_graph(project, STITCH_COLUMNS)
+            inputs = read_sources(project, config, warehouses)
+            blocklist, overrides = read_operator_tables(project, config, warehouses)
+            if found is not None and (
+                # read outside a snapshot (DuckDB): fingerprinted again, the rows must not
+                # have changed while they were read
+                (not found.in_snapshot and graphinputs.inputs_key(project, config) != key)
+                or not found.read_as(inputs, blocklist, overrides)
+            ):
+                key = None  # a source changed while it was read: which rows were read is not known
+    if reusable:
+        whole = saved_graph(project)
+        if whole is not None and _graph_id(whole) == graph:
+            reused = IdentityResult.reused(whole, run_id)
             return Resolution(config, reused, Resolver(config, reused), saved=True, reused=True)
-        inputs = read_sources(project, config, warehouses)
-        blocklist, overrides = read_operator_tables(project, config, warehouses)
-        if found is not None and (
-            # read outside a snapshot (DuckDB): fingerprinted again, the rows must not
-            # have changed while they were read
-            (not found.in_snapshot and graphinputs.inputs_key(project, config) != key)
-            or not found.read_as(inputs, blocklist, overrides)
-        ):
-            key = None  # a source changed while it was read: which rows were read is not known
+        del whole
+        # replaced between the two reads (a `plan` beside a sync): stitch what is there now
+        return _stitch_again(project, config, run_id)
     give_back()  # the Parquet and warehouse readers' buffers
     # handed over, not kept here: `resolve` lets go of the sources once they are normalised
     # and of the saved graph's nodes and edges once they are merged in (~100 MiB at 300k
@@ -394,6 +441,20 @@ def resolve_identities(project: Project, config: IdentityConfig, run_id: str) ->
     )
     give_back()  # the stitch's temporaries
     return Resolution(config, result, Resolver(config, result), inputs_key=key)
+
+
+def _stitch_again(project: Project, config: IdentityConfig, run_id: str) -> Resolution:
+    """Stitch without reuse: the saved graph was replaced between the reuse check and its
+    read (a `plan` beside a sync). No key is recorded with the result: which graph the
+    inputs were compared against is not known."""
+    previous = saved_graph(project, STITCH_COLUMNS)
+    with Warehouses(project) as warehouses:
+        inputs = read_sources(project, config, warehouses)
+        blocklist, overrides = read_operator_tables(project, config, warehouses)
+    result = resolve(
+        config, inputs, run_id=run_id, state=previous, blocklist=blocklist, overrides=overrides
+    )
+    return Resolution(config, result, Resolver(config, result), inputs_key=None)
 
 
 def model_collisions(sync: SyncConfig, columns: list[str], file: str | None = None) -> list[str]:
