@@ -197,6 +197,51 @@ def test_invalid_yaml_points_at_the_line(tmp_path: Path) -> None:
     assert error.file == "syncs/profile.yml" and error.line is not None
 
 
+def test_a_file_not_in_utf8_is_refused_at_its_line(tmp_path: Path) -> None:
+    """A sync file saved as Latin-1 (`café` in a comment) stopped every command with a bare
+    UnicodeDecodeError, and `lockgate schedule`, reloading it between rounds, stopped for
+    good instead of keeping the last good project."""
+    write(tmp_path)
+    (tmp_path / "syncs" / "profile.yml").write_bytes(SYNC.encode() + b"# caf\xe9\n")
+    error = error_for(tmp_path)
+    assert error.location == "syncs/profile.yml:9"
+    assert error.reason == "the file is not UTF-8 text (byte 0xe9)"
+    assert "save the file as UTF-8" in (error.hint or "")
+
+    (tmp_path / "syncs" / "profile.yml").write_text(SYNC)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "profile.sql").write_bytes(b"select 1 as id,\n'caf\xe9' as plan\n")
+    project = load_project(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        project.model_sql(project.sync("profile"))
+    assert caught.value.location == "models/profile.sql:2"
+    assert caught.value.reason.startswith("sync `profile`: its model file is not UTF-8 text")
+
+
+@pytest.mark.parametrize(
+    ("schedule", "said"),
+    [
+        ("0 0 30 2 *", "`0 0 30 2 *` is never due: no month has that day (e.g. February 30)"),
+        ("0 0 31 4,6 *", "`0 0 31 4,6 *` is never due"),
+        # a seventh field is a year to croniter: the schedule ends, and the scheduler with it
+        ("0 0 * * * 0 2020", "`0 0 * * * 0 2020` is not a cron expression"),
+        ("0 0 * * * 0 2020-2099", "`0 0 * * * 0 2020-2099` is not a cron expression"),
+    ],
+)
+def test_a_schedule_that_is_never_due_or_ends_is_refused(
+    tmp_path: Path, schedule: str, said: str
+) -> None:
+    """`lockgate schedule` stopped on these with an internal error (croniter's
+    CroniterBadDateError): at start, at a reload of an edited file, or at the last slot."""
+    error = error_for(write(tmp_path, sync=SYNC + f'schedule: "{schedule}"\n'))
+    assert error.location == "syncs/profile.yml:9"
+    assert error.reason.startswith(said)
+    # what the docs call valid still is: five fields, six with seconds, a 29 February
+    for fine in ("*/15 * * * *", "* * * * * */30", "0 0 29 2 *", "@hourly"):
+        sync = load_project(write(tmp_path, sync=SYNC + f'schedule: "{fine}"\n')).sync("profile")
+        assert sync.schedule == fine
+
+
 def test_duckdb_memory_limit_must_be_a_size(tmp_path: Path) -> None:
     bad = PROJECT.replace("path: w.duckdb}", "path: w.duckdb, memory_limit: lots}")
     error = error_for(write(tmp_path, project=bad))

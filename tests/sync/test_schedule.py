@@ -222,6 +222,50 @@ def test_sigterm_between_runs_stops_the_scheduler_at_once_and_cleanly(
     assert "stopped by SIGTERM between runs; nothing was running" in " ".join(err.split())
 
 
+def test_sigterm_while_a_round_waits_for_the_state_stops_as_between_runs(
+    project_factory: ProjectFactory,
+) -> None:
+    """A round due while a `lockgate sync` by hand holds the state waits for it (up to 10
+    minutes): a SIGTERM then (a rolling deploy) stops the scheduler as between runs, exit 0.
+    It printed a failed, interrupted run's line for a run that never began (none is in
+    `lockgate runs`) and exited 143."""
+    from lockgate.state.store import StateStore
+
+    project_factory.sql(DATA)
+    project = project_factory.write({"profile": PROFILE})
+    held = StateStore.open(project.state_dir)  # as a run by hand holds it
+    env = {**os.environ, "CUSTOMERIO_TRACK_URL": project_factory.emulator.base_url or ""}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lockgate", "schedule", "--json", "--project", str(project.root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        # wait (at most 30 s) until the round says it waits for the state, then stop it
+        with selectors.DefaultSelector() as waiting:
+            waiting.register(process.stderr, selectors.EVENT_READ)  # type: ignore[arg-type]
+            said = ""
+            while "waiting for it" not in said:
+                assert waiting.select(timeout=30), f"not waiting for the state in 30 s: {said}"
+                line = process.stderr.readline()  # type: ignore[union-attr]
+                assert line, said
+                said += line
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        held.close()
+    assert process.returncode == 0, err
+    assert out == ""  # no line for a run that never began
+    warned = " ".join(err.split())
+    assert "stopped by SIGTERM while waiting for the project state; nothing was running" in warned
+    listed = CliRunner().invoke(cli, ["runs", "--json", "--project", str(project.root)])
+    assert json.loads(listed.stdout) == []
+    assert project_factory.emulator.people() == []
+
+
 def test_sigterm_during_a_run_prints_the_stopped_runs_line_with_json(
     project_factory: ProjectFactory,
 ) -> None:
@@ -302,3 +346,122 @@ def test_the_scheduler_refuses_to_start_when_a_scheduled_sync_could_not_send(
     assert "export CUSTOMERIO_API_KEY=" in (refused.value.hint or "")
     assert not (project.state_dir / "state.duckdb").exists()
     assert project_factory.emulator.people() == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        # saved by an editor as Latin-1: was a UnicodeDecodeError that ended the scheduler
+        (
+            lambda body: body.encode() + b"# caf\xe9\n",
+            "syncs/profile.yml:10: the file is not UTF-8 text (byte 0xe9)",
+        ),
+        # a valid cron expression that is never due: croniter's error ended the scheduler
+        (
+            lambda body: body.replace(EVERY_2S, '"0 0 30 2 *"').encode(),
+            "syncs/profile.yml:9: `0 0 30 2 *` is never due",
+        ),
+    ],
+)
+def test_an_edit_that_does_not_load_keeps_the_last_good_project_running(
+    project_factory: ProjectFactory,
+    capsys: pytest.CaptureFixture[str],
+    edit: Any,
+    said: str,
+) -> None:
+    """Each round reloads the project (`_reload`, then the timetable of what loaded); an edit
+    that does not load is reported and the last good project runs on, its sync still due when
+    it was."""
+    from lockgate.cli.schedule import _reload
+    from lockgate.console import RichConsole
+    from lockgate.sync.schedule import Timetable
+
+    project = project_factory.write({"profile": PROFILE})
+    table = Timetable.of(project, datetime.now(UTC))
+    due_at = table.entries["profile"].next_at
+    (project.root / "syncs" / "profile.yml").write_bytes(edit(PROFILE))
+
+    kept = _reload(project.root, project, RichConsole())
+    table = Timetable.of(kept, datetime.now(UTC), before=table)
+    assert kept is project and table.entries["profile"].next_at == due_at
+    warned = " ".join(capsys.readouterr().err.split())
+    assert f"project not reloaded, the last good one runs: {said}" in warned
+
+
+def test_a_run_out_of_state_memory_fails_alone_and_the_next_round_runs(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB's out-of-memory error is no LockgateError: it ended the scheduler in the first
+    round, and with it every sync of the project, until someone restarted it. It fails its
+    run (recorded, with the setting to raise) and the scheduler goes on: the other syncs, and
+    the next round."""
+    from lockgate.state.store import StateStore
+
+    project_factory.sql(DATA)
+    project = project_factory.write({"profile": PROFILE, "orders": ORDERS})
+    # what a run killed while sending 200,000 events leaves: keeping their ids runs out of
+    # 16 MB (tests/sync/test_memory_limit.py), a failure of `orders` alone, every round
+    with StateStore.open(project.state_dir) as store:
+        store.ensure_sync_tables("orders")
+        store.exec_sql(
+            'insert into "sending_events__orders" '
+            "select 'e' || i, 0, hash(i), hash(-i) from range(200000) t(i)"
+        )
+    monkeypatch.setenv("LOCKGATE_STATE_MEMORY_LIMIT", "16MB")
+    monkeypatch.setenv("LOCKGATE_STATE_THREADS", "1")
+
+    result = schedule(project, "--cycles", "2", "--json")
+    assert result.exit_code == 1, result.output
+    runs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["sync"], r["status"]) for r in runs] == [
+        ("profile", "success"),
+        ("orders", "failed"),
+        ("profile", "success"),
+        ("orders", "failed"),
+    ]
+    assert runs[1]["error"].startswith("the state ran out of memory (16MB): Out of Memory Error")
+    assert "hint: set LOCKGATE_STATE_MEMORY_LIMIT to a larger size" in runs[1]["error"]
+    assert len(project_factory.emulator.people()) == 20
+    listed = CliRunner().invoke(cli, ["runs", "--json", "--project", str(project.root)])
+    recorded = [(r["sync"], r["status"]) for r in json.loads(listed.stdout)]
+    assert sorted(recorded) == [("orders", "failed")] * 2 + [("profile", "success")] * 2
+
+
+def test_rounds_after_rounds_leave_no_open_files_threads_or_spill_folders(
+    project_factory: ProjectFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lockgate schedule` runs for weeks in one process: what a round opens (the state, its
+    connection, HTTP clients, the committer's thread, spill folders) is closed with it, a
+    failed round (a guardrail edited in) included. Drives what the loop does each round
+    (reload, timetable, run the due syncs) with the slot come, rather than waiting for it."""
+    from lockgate.cli.schedule import _reload, _round
+    from lockgate.console import RichConsole
+    from lockgate.sync.schedule import Timetable
+
+    def resources() -> tuple[int, int, list[str]]:
+        state = sorted(p.name for p in project.state_dir.iterdir())
+        return len(os.listdir("/proc/self/fd")), threading.active_count(), state
+
+    project = project_factory.write({"profile": PROFILE})
+    sync_file = project.root / "syncs" / "profile.yml"
+    console = RichConsole()
+    table = Timetable.of(project, datetime.now(UTC))
+    seen, codes = [], []
+    for round_ in range(8):
+        project_factory.sql(
+            f"create or replace table users as select i as user_id, 'plan {round_}' as plan "
+            "from range(1, 21) t(i)"
+        )
+        guarded = round_ % 4 == 3  # every person changes: over the limit, nothing is sent
+        sync_file.write_text(PROFILE + ("guardrails: {max_changed: 1}\n" if guarded else ""))
+        project = _reload(project.root, project, console)
+        table = Timetable.of(project, datetime.now(UTC), before=table)
+        table.entries["profile"].next_at = datetime.now(UTC)  # its slot has come
+        codes.append(_round(project, table.due(datetime.now(UTC)), table, console, True))
+        seen.append(resources())
+    assert codes == [0, 0, 0, 1] * 2
+    assert seen[-1] == seen[2], seen  # nothing left open by round after round
+    assert seen[-1][2] == ["runs.json", "state.duckdb", "state.lock"]
+    runs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["status"] for r in runs] == ["success", "success", "success", "failed"] * 2
+    assert project_factory.emulator.person(id="1").attributes["plan"] == "plan 6"

@@ -146,6 +146,27 @@ def _out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.OutOfMemoryException)
 
 
+def unexpected(exc: Exception) -> tuple[str, str]:
+    """What to say of an error that is not a :class:`LockgateError` (reason, hint): the state
+    out of its memory limit (not a bug, with the setting to raise), or else a bug."""
+    if _out_of_memory(exc):
+        from lockgate.state.store import MEMORY_LIMIT, MEMORY_LIMIT_ENV
+
+        limit = os.environ.get(MEMORY_LIMIT_ENV, "").strip() or MEMORY_LIMIT
+        return (
+            f"the state ran out of memory ({limit}): {str(exc).splitlines()[0]}",
+            f"set {MEMORY_LIMIT_ENV} to a larger size (such as 1GB) and run again: the state "
+            "keeps what was committed, and the next run goes on from there",
+        )
+    from lockgate.sources.base import redact
+
+    return (
+        f"unexpected {type(exc).__name__}: {redact(str(exc))}",
+        "this is a bug in Lockgate; check the names above against your project files, and "
+        "run again with `--debug` for the traceback to report it",
+    )
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: run the CLI with one error handler for every command."""
     debug = "--debug" in (argv or sys.argv) or os.environ.get("LOCKGATE_DEBUG") == "1"
@@ -190,35 +211,9 @@ def main(argv: list[str] | None = None) -> Any:
     except Exception as exc:  # a bug: still one line, not a traceback (unless --debug)
         if debug:
             raise
-        if _out_of_memory(exc):
-            from lockgate.state.store import MEMORY_LIMIT, MEMORY_LIMIT_ENV
-
-            limit = os.environ.get(MEMORY_LIMIT_ENV, "").strip() or MEMORY_LIMIT
-            click.secho(
-                f"Error: the state ran out of memory ({limit}): {str(exc).splitlines()[0]}",
-                fg="red",
-                err=True,
-                color=_colour(),
-            )
-            click.echo(
-                f"  hint: set {MEMORY_LIMIT_ENV} to a larger size (such as 1GB) and run "
-                "again: the state keeps what was committed, and the next run goes on from there",
-                err=True,
-            )
-            sys.exit(1)
-        from lockgate.sources.base import redact
-
-        click.secho(
-            f"Error: unexpected {type(exc).__name__}: {redact(str(exc))}",
-            fg="red",
-            err=True,
-            color=_colour(),
-        )
-        click.echo(
-            "  hint: this is a bug in Lockgate; check the names above against your project "
-            "files, and run again with `--debug` for the traceback to report it",
-            err=True,
-        )
+        reason, hint = unexpected(exc)
+        click.secho(f"Error: {reason}", fg="red", err=True, color=_colour())
+        click.echo(f"  hint: {hint}", err=True)
         sys.exit(1)
 
 

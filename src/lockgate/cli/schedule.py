@@ -13,7 +13,7 @@ from typing import Any
 import click
 import orjson
 
-from lockgate.cli import signals_let_requests_finish
+from lockgate.cli import signals_let_requests_finish, unexpected
 from lockgate.cli.options import json_option, mark_printed_as_json, open_project, project_option
 from lockgate.console import RichConsole
 from lockgate.errors import ConfigError, LockgateError
@@ -119,7 +119,10 @@ def schedule(
                 if warning not in warned:
                     console.warn(warning)
                     warned.add(warning)
-            worst = max(worst, _round(project, due, table, console, as_json), key=_severity)
+            code = _round(project, due, table, console, as_json)
+            if code is None:  # stopped while it waited for the state: nothing was running
+                return
+            worst = max(worst, code, key=_severity)
             beat("waiting", [])
             done += 1
     if worst:
@@ -145,6 +148,22 @@ def _check_destinations(project: Project, table: Timetable) -> None:
             file=first.file,
             line=first.line,
         ) from first
+
+
+def _debug() -> bool:
+    """`lockgate --debug` (or LOCKGATE_DEBUG=1): an unexpected error ends the scheduler with
+    its traceback instead of being reported and left to the next slot."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root().obj if ctx is not None else None
+    return os.environ.get("LOCKGATE_DEBUG") == "1" or bool((root or {}).get("debug"))
+
+
+def _why(exc: Exception) -> str:
+    """A failed run's error, as `lockgate sync` would print it (its hint on the next line)."""
+    if isinstance(exc, LockgateError):
+        return str(exc)
+    reason, hint = unexpected(exc)
+    return f"{reason}\n  hint: {hint}"
 
 
 def _severity(code: int) -> int:
@@ -210,9 +229,11 @@ def _wait_for(
         return False
 
 
-def _stopped_idle(console: RichConsole, stop: KeyboardInterrupt) -> None:
+def _stopped_idle(
+    console: RichConsole, stop: KeyboardInterrupt, when: str = "between runs"
+) -> None:
     by = stop.by if isinstance(stop, Stopped) else "Ctrl-C"
-    console.warn(f"stopped by {by} between runs; nothing was running")
+    console.warn(f"stopped by {by} {when}; nothing was running")
 
 
 def _reload(path: Path, project: Project, console: RichConsole) -> Project:
@@ -226,8 +247,10 @@ def _reload(path: Path, project: Project, console: RichConsole) -> Project:
 
 def _round(
     project: Project, due: list[str], table: Timetable, console: RichConsole, as_json: bool
-) -> int:
-    """Run the syncs due now; returns the round's exit code (0, 2 or 1, as `lockgate sync`)."""
+) -> int | None:
+    """Run the syncs due now; returns the round's exit code (0, 2 or 1, as `lockgate sync`),
+    or None when a stop signal came before a run began (while the round waited for the state
+    a `lockgate sync` by hand held): the scheduler then stops as between runs."""
     scheduled_at = min(table.entries[n].next_at for n in due)
     worst = 0
     quiet = RichConsole(quiet=True)
@@ -239,7 +262,21 @@ def _round(
         )
 
     with Session(lock_wait=STATE_WAIT, waiting=waiting) as session:
-        for name in due:
+        to_run = due
+        try:  # the state first: a `lockgate sync` by hand may hold it for minutes
+            session.state(project)
+        except KeyboardInterrupt as stop:  # no run began, none is recorded: was a failed,
+            # interrupted run's line and exit 143 for a run that never was
+            _stopped_idle(console, stop, "while waiting for the project state")
+            return None
+        except Exception as exc:  # still held after STATE_WAIT (or unusable): the round's syncs
+            # fail, and run at their next slot
+            if _debug() and not isinstance(exc, LockgateError):
+                raise
+            for name in due:
+                _say(console, as_json, name, scheduled_at, None, _why(exc))
+            to_run, worst = [], 1
+        for name in to_run:
             try:
                 # no progress bars in a scheduler's log: one line per run (below), warnings kept
                 report = run_sync(project, name, console=quiet, session=session)
@@ -249,9 +286,13 @@ def _round(
                     _say_json({**line, "error": "interrupted"}, scheduled_at)
                     mark_printed_as_json(stop)
                 raise
-            except LockgateError as exc:
+            except Exception as exc:
+                # a LockgateError; or the state out of memory, or a bug: the run is recorded
+                # failed (and alerted) by run_sync; the other syncs and the next slots go on
+                if _debug() and not isinstance(exc, LockgateError):
+                    raise
                 worst = 1
-                _say(console, as_json, name, scheduled_at, None, str(exc))
+                _say(console, as_json, name, scheduled_at, None, _why(exc))
                 continue
             if report.status != "success" and worst == 0:
                 worst = 2

@@ -120,13 +120,35 @@ def _merged(
     return out
 
 
+def read_utf8(path: Path) -> str:
+    """A project file's text: UTF-8 whatever the locale (`lockgate init` writes UTF-8, and a
+    file must read the same under every `LANG`)."""
+    return path.read_text(encoding="utf-8")
+
+
+def not_utf8(exc: UnicodeDecodeError, shown: str, what: str = "") -> ConfigError:
+    """A file that is not UTF-8 (saved as Latin-1 or Windows-1252 by an editor), at the line of
+    its first such byte. Was a bare UnicodeDecodeError: `lockgate schedule` reloading an
+    edited file stopped on it instead of keeping the last good project."""
+    line = exc.object[: exc.start].count(b"\n") + 1
+    return ConfigError(
+        f"{what or 'the file '}is not UTF-8 text (byte 0x{exc.object[exc.start]:02x})",
+        hint="save the file as UTF-8 (your editor's encoding setting); Lockgate reads every "
+        "project file as UTF-8",
+        file=shown,
+        line=line,
+    )
+
+
 def read_yaml(path: Path, root: Path | None = None) -> tuple[Any, Lines]:
     """Parse one YAML file into data plus a map from key path to line number."""
     shown = str(path.relative_to(root)) if root and path.is_relative_to(root) else str(path)
     try:
-        text = path.read_text()
+        text = read_utf8(path)
     except OSError as exc:
         raise ConfigError(f"cannot read `{shown}`: {exc.strerror}", file=shown) from exc
+    except UnicodeDecodeError as exc:
+        raise not_utf8(exc, shown) from exc
     try:
         node = yaml.compose(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
@@ -337,7 +359,7 @@ class Project:
         assert model.file is not None
         path = self.root / model.file
         try:
-            return path.read_text()
+            return read_utf8(path)
         except OSError as exc:
             raise ConfigError(
                 f"sync `{sync.name}`: cannot read model file `{model.file}`: {exc.strerror}",
@@ -345,6 +367,8 @@ class Project:
                 file=self.sync_files.get(sync.name),
                 line=self.sync_lines.get(sync.name, {}).get(("model",)),
             ) from exc
+        except UnicodeDecodeError as exc:
+            raise not_utf8(exc, str(model.file), f"sync `{sync.name}`: its model file ") from exc
 
     @property
     def state_dir(self) -> Path:

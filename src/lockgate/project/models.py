@@ -25,6 +25,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -1370,10 +1371,18 @@ class SyncConfig(StrictModel):
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
         if value is not None:
-            from croniter import croniter
+            from croniter import CroniterBadDateError, croniter
 
-            if not croniter.is_valid(value):
+            # croniter takes a seventh field (years), which ends a schedule: `lockgate
+            # schedule` would stop on its last slot; five fields, or six with seconds last
+            if not croniter.is_valid(value) or len(value.split()) > 6:
                 raise ValueError(f"`{value}` is not a cron expression, e.g. `*/15 * * * *`")
+            try:  # valid but never due (`0 0 30 2 *`): the scheduler stopped on it
+                croniter(value, datetime.now(UTC)).get_next(datetime)
+            except CroniterBadDateError:
+                raise ValueError(
+                    f"`{value}` is never due: no month has that day (e.g. February 30)"
+                ) from None
         return value
 
     @model_validator(mode="before")

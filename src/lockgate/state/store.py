@@ -589,12 +589,16 @@ class StateStore:
                 hint="`state:` in lockgate.yml must name a folder Lockgate can create and write "
                 "(not a file)",
             ) from exc
-        if wait > LOCK_WAIT_SECONDS and not flock_waiting(fd, LOCK_WAIT_SECONDS):
-            if waiting is not None:
-                waiting(lock_path.read_text().strip() or "another process")
-            taken = flock_waiting(fd, wait - LOCK_WAIT_SECONDS, poll=0.5)
-        else:
-            taken = flock_waiting(fd, wait)
+        try:
+            if wait > LOCK_WAIT_SECONDS and not flock_waiting(fd, LOCK_WAIT_SECONDS):
+                if waiting is not None:
+                    waiting(lock_path.read_text().strip() or "another process")
+                taken = flock_waiting(fd, wait - LOCK_WAIT_SECONDS, poll=0.5)
+            else:
+                taken = flock_waiting(fd, wait)
+        except BaseException:  # stopped while it waited (SIGTERM, Ctrl-C): the lock file's
+            os.close(fd)  # descriptor is not left open in the process
+            raise
         if not taken:
             os.close(fd)
             raise _in_use(state_dir, lock_path.read_text().strip() or "another process") from None
