@@ -33,12 +33,12 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
-#: the record bound of a flush: two of DuckDB's row groups (122,880 rows each). A transaction
-#: that appends a whole row group to a table has DuckDB write it to the database file as it
-#: will stay (compressed), and log only where it is; smaller appends go to the WAL row by row
-#: and are written again at the checkpoint. A first sync of 1M people flushed every 100,000
-#: records spent ~1 s more CPU on its journal and history.
-FLUSH_RECORDS = 2 * 122_880
+#: the record bound of a flush: one of DuckDB's row groups. A transaction that appends a whole
+#: row group to a table has DuckDB write it to the database file as it will stay (compressed),
+#: and log only where it is; smaller appends go to the WAL row by row and are written again at
+#: the checkpoint. A first sync of 1M people flushed every 100,000 records spent ~1.5 s more
+#: CPU on its journal and history (BENCHMARKS.md, "Full sync CPU, A/B").
+FLUSH_RECORDS = 122_880
 
 
 class _Buffers(NamedTuple):
