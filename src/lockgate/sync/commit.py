@@ -33,6 +33,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
+#: the record bound of a flush: one of DuckDB's row groups. A transaction that appends a whole
+#: row group to a table has DuckDB write it to the database file as it will stay (compressed),
+#: and log only where it is; smaller appends go to the WAL row by row and are written again at
+#: the checkpoint. A first sync of 1M people flushed every 100,000 records spent ~1.5 s more
+#: CPU on its journal and history (BENCHMARKS.md, "Full sync CPU, A/B").
+FLUSH_RECORDS = 122_880
+
+
 class _Buffers(NamedTuple):
     """One flush's worth of buffered results (see :meth:`Committer._take`)."""
 
@@ -84,7 +92,7 @@ class Committer:
         run_id: str,
         kind: str,
         flush_seconds: float = 1.0,
-        flush_records: int = 100_000,
+        flush_records: int = FLUSH_RECORDS,
         unconfirmed_as: Callable[[str], str] | None = None,
         forget_relationships: Callable[[StateStore, list[str], bool], None] | None = None,
         forget_people: Callable[[StateStore, list[str]], dict[str, int]] | None = None,

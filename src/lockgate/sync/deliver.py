@@ -205,14 +205,18 @@ async def _deliver(
         await destination.aclose()
 
 
-def action_sql(kind: str) -> str:
-    """The history's `action` of each row, as `_batch_records` names it, in SQL."""
+def action_sql(kind: str, *, removed: bool = True) -> str:
+    """The history's `action` of each row, as `_batch_records` names it, in SQL. Without
+    ``removed`` (no row of the source is removed) it does not read ``op``: a statement that
+    names ``op`` scans every payload, most of the source's bytes (0.6 s of CPU at 1M rows)."""
     if kind == "events":
         return "'event'"
     if kind == "ops":
         return "'identity'"
     if kind == "relationships":
         return "case when removed then 'delete_relationships' else 'add_relationships' end"
+    if not removed:
+        return "'identify'"
     return (
         "case when not removed then 'identify' "
         "when contains(substr(op, 1, 60), '\"delete') then 'delete' else 'clear' end"

@@ -1876,8 +1876,14 @@ def run_sync(
                     if sync.kind == "events":
                         store.record_sending_events(sync.name, "changes")
                     else:
+                        removed = bool(
+                            run_sql(store.con, "select count(*) from changes where removed")[0][0]
+                        )
                         store.record_sending(
-                            sync.name, "changes", action_sql(sync.kind), new="is_new"
+                            sync.name,
+                            "changes",
+                            action_sql(sync.kind, removed=removed),
+                            new="is_new",
                         )
                     written_ahead = True
                 if sync.kind == "people":  # true whether what follows lands or not
