@@ -363,6 +363,36 @@ def test_a_full_resync_in_mirror_mode_still_undoes_rows_that_left(
     assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
 
 
+@pytest.mark.parametrize("delete", [False, True], ids=["clear", "delete"])
+def test_a_full_resync_whose_undo_fails_undoes_it_next_run(
+    project_factory: ProjectFactory, delete: bool
+) -> None:
+    """A full resync forgets the snapshot before it sends: a person who left the model and
+    whose clear (or delete) Customer.io did not take must still be undone by the next run,
+    not forgotten with the snapshot and left in Customer.io with every attribute."""
+    project_factory.sql(USERS)
+    body = PROFILE + "mode: mirror\n" + ("delete_removed: true\n" if delete else "")
+    project = project_factory.write({"profile": body}, retries=0)
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("delete from users where user_id = 3")
+    emu = project_factory.emulator
+    emu.set_faults(FaultConfig(error_5xx=1.0))
+    failed = run_sync(project, "profile", console=NullConsole(), full_resync=True)
+    assert failed.status == "partial" and failed.delivered == 0
+    emu.set_faults(FaultConfig())
+
+    plan = plan_sync(project, "profile", console=NullConsole())
+    assert (plan.changes.removed, plan.changes.removed_sent) == (1, 1)
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.status == "success" and report.changes.removed_sent == 1
+    linus = emu.person(id="3")
+    if delete:
+        assert linus is None
+    else:
+        assert linus is not None and not {"mrr", "vip", "promo"} & set(linus.attributes)
+    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
 def test_update_mode_never_creates_people(project_factory: ProjectFactory) -> None:
     project_factory.sql(USERS)
     project = project_factory.write({"profile": PROFILE + "mode: update\n"})
