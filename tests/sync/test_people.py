@@ -322,6 +322,52 @@ delete_removed: true
     assert emu.people() == []
 
 
+@pytest.mark.parametrize("delete", [False, True], ids=["clear", "delete"])
+def test_mirror_keeps_a_person_whose_row_under_a_new_key_is_rejected(
+    project_factory: ProjectFactory, delete: bool
+) -> None:
+    """An email key whose case changed while the row got a bad value: the row is rejected,
+    but it is still in the model and reaches the person, as a rejected row under its old key
+    would. The old key leaving must not clear (or delete) them; once the row is fixed it is
+    sent, and once it leaves for good the person is undone."""
+    project_factory.sql(
+        "create table members as select 'ann@x.io' as email, 'gold' as tier, '2' as rank"
+    )
+    body = """
+name: members
+source: warehouse
+model: {table: members}
+kind: people
+primary_key: email
+identify_by: {email: email}
+mode: mirror
+attributes:
+  tier: tier
+  rank: {column: rank, type: integer}
+""" + ("delete_removed: true\n" if delete else "")
+    project = project_factory.write({"members": body})
+    run_sync(project, "members", console=NullConsole())
+    emu = project_factory.emulator
+
+    project_factory.sql("update members set email = 'ANN@x.io', rank = 'x'")
+    report = run_sync(project, "members", console=NullConsole())
+    assert (report.changes.rejected, report.changes.removed_sent) == (1, 0)
+    ann = emu.person(email="ann@x.io")
+    assert ann is not None and ann.attributes == {"tier": "gold", "rank": 2}
+
+    project_factory.sql("update members set tier = 'silver', rank = '3'")
+    report = run_sync(project, "members", console=NullConsole())
+    assert (report.changes.new, report.changes.removed_sent) == (1, 0)
+    ann = emu.person(email="ann@x.io")
+    assert ann is not None and ann.attributes == {"tier": "silver", "rank": 3}
+
+    project_factory.sql("delete from members")
+    report = run_sync(project, "members", console=NullConsole(), force=True)
+    assert report.changes.removed_sent == 1
+    ann = emu.person(email="ann@x.io")
+    assert ann is None if delete else (ann is not None and ann.attributes == {})
+
+
 def test_project_default_null_policy_applies_to_syncs(project_factory: ProjectFactory) -> None:
     """`defaults.on_null: clear` in lockgate.yml clears nulls in a sync that sets no policy;
     a sync's own `on_null` still wins."""
@@ -360,6 +406,36 @@ def test_a_full_resync_in_mirror_mode_still_undoes_rows_that_left(
     assert report.delivered == 3  # ada and grace again, linus deleted
     emu = project_factory.emulator
     assert emu.person(id="3") is None and emu.person(id="1") is not None
+    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
+@pytest.mark.parametrize("delete", [False, True], ids=["clear", "delete"])
+def test_a_full_resync_whose_undo_fails_undoes_it_next_run(
+    project_factory: ProjectFactory, delete: bool
+) -> None:
+    """A full resync forgets the snapshot before it sends: a person who left the model and
+    whose clear (or delete) Customer.io did not take must still be undone by the next run,
+    not forgotten with the snapshot and left in Customer.io with every attribute."""
+    project_factory.sql(USERS)
+    body = PROFILE + "mode: mirror\n" + ("delete_removed: true\n" if delete else "")
+    project = project_factory.write({"profile": body}, retries=0)
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("delete from users where user_id = 3")
+    emu = project_factory.emulator
+    emu.set_faults(FaultConfig(error_5xx=1.0))
+    failed = run_sync(project, "profile", console=NullConsole(), full_resync=True)
+    assert failed.status == "partial" and failed.delivered == 0
+    emu.set_faults(FaultConfig())
+
+    plan = plan_sync(project, "profile", console=NullConsole())
+    assert (plan.changes.removed, plan.changes.removed_sent) == (1, 1)
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.status == "success" and report.changes.removed_sent == 1
+    linus = emu.person(id="3")
+    if delete:
+        assert linus is None
+    else:
+        assert linus is not None and not {"mrr", "vip", "promo"} & set(linus.attributes)
     assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
 
 

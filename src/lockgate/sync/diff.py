@@ -733,9 +733,12 @@ def _still_reached(
     contacts from the CRM may both relate a person to a company.
 
     The records still synced are those of the rows sent now (``changes``, before any removal
-    is added to it) and of the unchanged (or rejected) rows still in the model, as the
-    snapshot last sent them."""
+    is added to it), of the unchanged (or rejected) rows still in the model, as the
+    snapshot last sent them, and of the rejected rows as they are now (``rejected_idents``,
+    when there is one): a row with a bad value under a new key (an email whose case changed)
+    is still in the model, and is sent once it is fixed."""
     keys = _record_keys(sync, "ident")
+    rejected = temp_table(con, "rejected_idents")
     run_sql(
         con,
         f"""
@@ -752,6 +755,7 @@ def _still_reached(
         union
         select h.a from shared h semi join keyed m on m.k = h.k
         anti join changes c on c.k = h.k
+        {f"union select unnest({keys}) as a from rejected_idents" if rejected else ""}
         """,
     )
     held = sync.kind == "relationships" and bool(siblings)
@@ -1442,6 +1446,13 @@ def diff_records(
     )
     rejected, samples, reasons = _rejected(con)
     valid = total - todo + int(_one(con, "select count(*) from mapped where reject is null") or 0)
+    # the identifiers of the rejected rows: still in the model, they still reach their
+    # person (:func:`_still_reached`)
+    run_sql(
+        con,
+        "create or replace temp table rejected_idents as "
+        "select ident from mapped where reject is not null and ident is not null",
+    )
     # what is left of `mapped` is exactly what to send: keep it as `changes` (a rename, not a
     # copy of every payload, which took a second at 1M rows)
     run_sql(

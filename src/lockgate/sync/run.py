@@ -763,18 +763,39 @@ def _reset_snapshot(store: StateStore, sync: SyncConfig, only: bool = False) -> 
     """Past the guard of a `--full-resync` run: forget the snapshot (with ``only``, of the
     named records alone, :func:`_keep_only`), so what is not delivered is sent again. A
     relationship the run holds because an end left its model stays (``diff.RESYNC_HELD``):
-    it is still in Customer.io, and is deleted if it leaves the model."""
+    it is still in Customer.io, and is deleted if it leaves the model. So does a record the
+    run undoes (`mirror`: it left the model): its clear or delete forgets it once
+    Customer.io confirms it, and one that fails is undone again by the next run, not
+    forgotten with the snapshot while Customer.io still holds the record."""
     snap = table("snap", sync.name)
     run_sql(store.con, f"drop table if exists temp.{snap}")
+    undone = "_resync_undone"
+    run_sql(
+        store.con,
+        f"""
+        create or replace temp table {undone} as
+        select s.* from {diff_step.RESYNC_PREVIOUS} s
+        semi join (select k from changes where removed) c on c.k = s.k
+        """,
+    )
     _drop_previous(store)
     held = sync.kind == "relationships" and diff_step.temp_table(store.con, diff_step.RESYNC_HELD)
     if not only:
         store.reset_sync(sync.name)
         if held:
             run_sql(store.con, f"insert into main.{snap} from {diff_step.RESYNC_HELD}")
-        return
-    keep = f" and k not in (select k from {diff_step.RESYNC_HELD})" if held else ""
-    run_sql(store.con, f"delete from main.{snap} where {_named('k', 'ident')}{keep}")
+    else:
+        keep = f" and k not in (select k from {diff_step.RESYNC_HELD})" if held else ""
+        run_sql(
+            store.con,
+            f"delete from main.{snap} where {_named('k', 'ident')}{keep} "
+            f"and k not in (select k from {undone})",
+        )
+    run_sql(
+        store.con,
+        f"insert into main.{snap} by name select * from {undone} u "
+        f"where u.k not in (select k from main.{snap}); drop table {undone}",
+    )
 
 
 def _named(key: str, ident: str) -> str:
