@@ -762,6 +762,7 @@ def merge_operations(store: StateStore, project: Project, resolution: Resolution
         resolution.config,
         exists=known_people(store, project),
         limit_merges=False,
+        merged_only=True,  # only the merges' survivors' identifies are sent from it
     )
     wanted = [op.key for op in plan.ops if op.payload.get("action") in ("merge", "identify")]
     delivered = _delivered_by_any_sync(store, project, wanted)
