@@ -303,7 +303,7 @@ def plan_customerio(
     multi = _multi_person(result.profiles, cio_types)
     if multi:
         multi_rows = _rows_of(result.profiles, multi)
-        owners = _cio_owners(result, config, cio_types)
+        owners = _cio_owners(result, cio_types, multi)
         for pid in sorted(multi):
             row = multi_rows[pid]
             people = sorted(owners.get(pid, {}))
@@ -455,20 +455,37 @@ def _with_previous(
 
 
 def _cio_owners(
-    result: IdentityResult, config: IdentityConfig, cio_types: list[str]
+    result: IdentityResult, cio_types: list[str], profiles: Collection[str]
 ) -> dict[str, dict[str, set[str]]]:
-    """Per profile, each `cio_id` value and the identifier values it was linked to directly."""
+    """Of these profiles, each `cio_id` value and the identifier values it was linked to
+    directly (only their `cio_id` nodes, and the links of a `cio_id`, become Python values)."""
+    imap = result.identifier_map
+    types = pa.array(cio_types, pa.string())
     pmap = {
         (r["id_type"], r["id_value"]): r["profile_id"]
-        for r in result.identifier_map.filter(
-            pc.is_in(result.identifier_map["id_type"], pa.array(cio_types, pa.string()))
-        ).to_pylist()
+        for r in imap.filter(
+            pc.and_(
+                pc.is_in(imap["id_type"], value_set=types),
+                pc.is_in(imap["profile_id"], value_set=_ids(profiles)),
+            )
+        )
+        .select(["id_type", "id_value", "profile_id"])
+        .to_pylist()
     }
     out: dict[str, dict[str, set[str]]] = {}
     for pid_key, pid in pmap.items():
         if pid is not None:
             out.setdefault(pid, {})[pid_key[1]] = set()
-    edges = result.edges.filter(pc.is_in(result.edges["status"], pa.array(["accepted", "forced"])))
+    edges = result.edges
+    edges = edges.filter(
+        pc.and_(
+            pc.is_in(edges["status"], pa.array(["accepted", "forced"])),
+            pc.or_(
+                pc.is_in(edges["type_a"], value_set=types),
+                pc.is_in(edges["type_b"], value_set=types),
+            ),
+        )
+    )
     for e in edges.select(["type_a", "value_a", "type_b", "value_b"]).to_pylist():
         for side, other in (("a", "b"), ("b", "a")):
             if e[f"type_{side}"] in cio_types:
