@@ -21,7 +21,8 @@ run gives each of those rows its email, so N profiles are merged into N others (
 changed, as the re-stitch). That step is resolve, then the Customer.io plan of the sync
 (``resolve.merge_operations``: ``plan_customerio`` when ``_may_merge``, with every person
 existing in Customer.io so each merge is planned), then the save; the plan's seconds and
-the peak RSS after it are reported too.
+the peak RSS after it are reported too. ``--whole-plan``: ``plan_customerio`` of every profile
+(the library's default) instead of the sync's.
 
 Usage::
 
@@ -142,7 +143,7 @@ def merge_split(root: Path, split: int) -> None:
         con.close()
 
 
-def plan(resolution: object) -> dict[str, float]:
+def plan(resolution: object, whole: bool = False) -> dict[str, float]:
     """The sync's Customer.io plan of this run (``merge_operations`` without a state store:
     every person exists in Customer.io, nothing delivered yet)."""
     import inspect
@@ -153,7 +154,7 @@ def plan(resolution: object) -> dict[str, float]:
     if not step._may_merge(resolution):  # type: ignore[arg-type]
         return {"plan_s": 0.0, "planned": 0, "merges": 0}
     options = {}
-    if "merged_only" in inspect.signature(plan_customerio).parameters:
+    if not whole and "merged_only" in inspect.signature(plan_customerio).parameters:
         options["merged_only"] = True
     t0 = time.perf_counter()
     out = plan_customerio(
@@ -185,7 +186,7 @@ def child(root: Path, run_id: str) -> None:
     resolution = resolve_identities(project, config, run_id)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    planned = plan(resolution) if run_id.startswith("m") else {}
+    planned = plan(resolution, run_id == "w2") if run_id[0] in "mw" else {}
     plan_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     resolution.save(project.state_dir)
     result = resolution.result
@@ -232,6 +233,11 @@ def main() -> None:
     parser.add_argument("--shape", choices=("pairs", "synthetic"), default="pairs")
     parser.add_argument(
         "--merges", type=int, nargs="*", help="profiles merged at the second run (pairs shape)"
+    )
+    parser.add_argument(
+        "--whole-plan",
+        action="store_true",
+        help="with --merges: the whole plan (every profile), not the sync's",
     )
     parser.add_argument("--src", type=Path, default=ROOT / "src", help="Lockgate sources to run")
     parser.add_argument("--child", nargs=2, metavar=("ROOT", "RUN_ID"), help=argparse.SUPPRESS)
@@ -285,7 +291,7 @@ def merges(args: argparse.Namespace) -> None:
                     merge_split(work, m)
                 else:
                     change_one_row(work)
-                d = step(args.src, work, "m2")
+                d = step(args.src, work, "w2" if args.whole_plan else "m2")
                 assert d["merges"] == 0 or d["merges"] == m, d
                 print(
                     f"{n:>10,} {m:>7,} {d['seconds']:>9.2f} {d['peak'] / MiB:>11,.0f} "
