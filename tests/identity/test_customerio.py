@@ -5,6 +5,7 @@ from __future__ import annotations
 from tests.identity.helpers import config, rows, run
 
 from lockgate.identity import plan_customerio
+from lockgate.identity.customerio import profile_attribute_columns, profile_attributes
 
 EXISTS = {("id", "u1"), ("email", "lead@x.com")}
 
@@ -122,3 +123,47 @@ def test_a_plan_of_the_merged_profiles_only_is_the_whole_plan_for_them() -> None
             assert merged.counts["merges"] == whole.counts["merges"]
             # the whole plan identifies the other changed profiles too: the sync does not
             assert {op.profile_id for op in merged.ops} == survivors
+
+
+def by_name(attrs: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    for pid, values in attrs.items():
+        for name, value in values.items():
+            out.setdefault(name, {})[pid] = value
+    return out
+
+
+def test_the_graph_attributes_as_columns_are_those_of_each_profile() -> None:
+    """A people sync reads the graph's attributes as columns: latest value seen, a moved
+    Stripe id cleared on the person who lost it, a contested email set then cleared."""
+    cfg = config()
+    users = [
+        {"user_id": "u1", "ts": 1},
+        {"user_id": "u2", "ts": 1},
+        {"user_id": "u6", "email": "fam@x.com", "ts": 1},
+        {"user_id": "u7", "email": "fam@x.com", "ts": 2},
+    ]
+    stripe = [
+        {"stripe_customer_id": "cus_9", "user_id": "u1", "ts": 1},
+        {"stripe_customer_id": "cus_8a", "user_id": "u8", "ts": 1},
+        {"stripe_customer_id": "cus_8b", "user_id": "u8", "ts": 3},
+    ]
+    crm = [{"crm_contact_id": "c5", "user_id": "u5", "phone": "+1555", "ts": 1}]
+    inputs = {"app_users": rows(*users), "stripe_customers": rows(*stripe)}
+    inputs["crm_contacts"] = rows(*crm)
+    first = run(cfg, inputs)
+    inputs["stripe_customers"] = rows(
+        {"stripe_customer_id": "cus_9", "user_id": "u2", "ts": 5}, *stripe[1:]
+    )
+    inputs["app_users"] = rows(*users[:3], {"user_id": "u7", "email": "own@x.com", "ts": 4})
+    second = run(cfg, inputs, state=first.state, run_id="r2")
+    assert first.refused.num_rows and second.lost.num_rows and second.contested.num_rows
+    for result in (first, second):
+        columns = {
+            name: dict(zip(t["profile_id"].to_pylist(), t["value"].to_pylist(), strict=True))
+            for name, t in profile_attribute_columns(result, cfg).items()
+        }
+        assert {n: v for n, v in columns.items() if v} == by_name(profile_attributes(result, cfg))
+    got = {n: set(v.values()) for n, v in by_name(profile_attributes(second, cfg)).items()}
+    assert got["stripe_customer_id"] == {"cus_9", "cus_8b", ""}
+    assert got["contested_email"] == {""}

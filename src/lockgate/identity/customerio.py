@@ -191,6 +191,95 @@ def profile_attributes(
     return attrs
 
 
+def profile_attribute_columns(
+    result: IdentityResult, config: IdentityConfig
+) -> dict[str, pa.Table]:
+    """`profile_attributes` as one table per attribute name (`profile_id`, `value`): the same
+    values, in Arrow (a million profiles as Python dicts are ~700 MiB and seconds)."""
+    mapped = {
+        t: spec.customerio.split(":", 1)[1]
+        for t, spec in config.identifier_types.items()
+        if spec.customerio.startswith("attribute:")
+    }
+    out: dict[str, pa.Table] = {}
+    if mapped:
+        imap = result.identifier_map
+        types = pa.array(list(mapped), pa.string())
+        nodes = (
+            imap.filter(
+                pc.and_(pc.is_in(imap["id_type"], value_set=types), pc.is_valid(imap["profile_id"]))
+            )
+            .select(["profile_id", "id_type", "id_value", "last_observed"])
+            .sort_by([("last_observed", "ascending"), ("id_value", "descending")])
+        )
+        names = pa.array(list(mapped.values()), pa.string())
+        nodes = pa.table(
+            {
+                "profile_id": nodes["profile_id"],
+                "name": names.take(pc.index_in(nodes["id_type"], value_set=types)),
+                "value": nodes["id_value"].cast(pa.string()),
+                "at": pa.array(range(nodes.num_rows), pa.int64()),
+            }
+        )
+        # the latest seen wins: the last row of each profile and name in that order
+        last = nodes.group_by(["profile_id", "name"], use_threads=False).aggregate([("at", "max")])
+        nodes = nodes.take(last["at_max"])
+        for name in sorted(set(mapped.values())):
+            part = nodes.filter(pc.equal(nodes["name"], name))
+            out[name] = part.select(["profile_id", "value"])
+    # the rest are small (this run's lost values and refusals): Python, over the same rules
+    soft: dict[str, dict[str, str]] = {}  # a lost value clears, unless the profile has one
+    for pid, id_type in zip(
+        result.lost["profile_id"].to_pylist(), result.lost["id_type"].to_pylist(), strict=True
+    ):
+        target = (
+            config.identifier_types[id_type].customerio
+            if id_type in config.identifier_types
+            else ""
+        )
+        if target.startswith("attribute:"):
+            soft.setdefault(target.split(":", 1)[1], {}).setdefault(pid, "")
+    hard: dict[str, dict[str, str]] = {}
+    for pid, kind in zip(
+        result.contested["profile_id"].to_pylist(),
+        result.contested["kind"].to_pylist(),
+        strict=True,
+    ):
+        hard.setdefault(f"contested_{kind}", {})[pid] = ""
+    targets = {t: spec.customerio for t, spec in config.identifier_types.items()}
+    for holder, kind, value in contested_values(result.refused, targets):
+        hard.setdefault(f"contested_{kind}", {})[holder] = value
+    empty = pa.table({"profile_id": pa.array([], pa.string()), "value": pa.array([], pa.string())})
+    for name in set(soft) | set(hard):
+        table = out.get(name, empty)
+        cleared = soft.get(name, {})
+        if cleared:
+            have = pc.is_in(
+                pa.array(list(cleared), pa.string()), value_set=table["profile_id"].combine_chunks()
+            ).to_pylist()
+            cleared = {p: v for (p, v), h in zip(cleared.items(), have, strict=True) if not h}
+        given = {**cleared, **hard.get(name, {})}
+        if given:
+            table = table.filter(
+                pc.invert(
+                    pc.is_in(table["profile_id"], value_set=pa.array(list(given), pa.string()))
+                )
+            )
+            table = pa.concat_tables(
+                [
+                    table,
+                    pa.table(
+                        {
+                            "profile_id": pa.array(list(given), pa.string()),
+                            "value": pa.array(list(given.values()), pa.string()),
+                        }
+                    ),
+                ]
+            )
+        out[name] = table
+    return out
+
+
 def attribute_names(config: IdentityConfig) -> list[str]:
     """Every attribute `profile_attributes` can set, in a stable order."""
     names = sorted(

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from lockgate.errors import ConfigError, SourceError
 from lockgate.identity import IdentityResult, IdentityState, Resolver, plan_customerio, resolve
-from lockgate.identity.customerio import attribute_names, profile_attributes
+from lockgate.identity.customerio import attribute_names, profile_attribute_columns
 from lockgate.identity.memory import give_back
 from lockgate.identity.normalize import normalize_column
 from lockgate.identity.state import STITCH_COLUMNS
@@ -503,15 +503,17 @@ def key_rows(
         # what the graph knows goes to every person (Stripe id, contested email, ...); a value
         # that moves to another profile is cleared (`""`) on the person who no longer holds it.
         # A null is skipped, never sent as a clear: only a move clears.
-        by_profile = profile_attributes(resolution.result, resolution.config)
+        by_name = profile_attribute_columns(resolution.result, resolution.config)
         for name in attribute_names(resolution.config):
             if name in sync.attributes:
                 continue
-            holders = [(pid, attrs[name]) for pid, attrs in by_profile.items() if name in attrs]
-            at = pc.index_in(
-                keyed["profile_id"], value_set=pa.array([p for p, _ in holders], pa.string())
-            )
-            values = pa.array([str(v) for _, v in holders], pa.string()).take(at)
+            holders = by_name.get(name)
+            if holders is None:
+                holders = pa.table(
+                    {"profile_id": pa.array([], pa.string()), "value": pa.array([], pa.string())}
+                )
+            at = pc.index_in(keyed["profile_id"], value_set=holders["profile_id"].combine_chunks())
+            values = holders["value"].combine_chunks().take(at)
             column = graph_attribute_column(name)
             keyed = keyed.append_column(column, values)
             graph_attributes[name] = column
