@@ -5,7 +5,11 @@ from __future__ import annotations
 from tests.identity.helpers import config, rows, run
 
 from lockgate.identity import plan_customerio
-from lockgate.identity.customerio import profile_attribute_columns, profile_attributes
+from lockgate.identity.customerio import (
+    merge_addresses,
+    profile_attribute_columns,
+    profile_attributes,
+)
 
 EXISTS = {("id", "u1"), ("email", "lead@x.com")}
 
@@ -123,6 +127,33 @@ def test_a_plan_of_the_merged_profiles_only_is_the_whole_plan_for_them() -> None
             assert merged.counts["merges"] == whole.counts["merges"]
             # the whole plan identifies the other changed profiles too: the sync does not
             assert {op.profile_id for op in merged.ops} == survivors
+
+
+def test_a_plan_of_the_merged_profiles_asks_only_about_their_addresses() -> None:
+    """A sync looks up in its deliveries only the people `merge_addresses` names: the plan
+    must ask about no one else, or a person who exists would be taken for a missing one."""
+    cfg, second, third = merge_runs()
+    duplicates = run(
+        cfg,
+        {
+            "customerio_people": rows(
+                {"cio_id": "X", "user_id": "u1"}, {"cio_id": "Y", "email": "e1@x.com"}
+            ),
+            "app_users": rows({"user_id": "u1", "email": "e1@x.com", "ts": 1}),
+        },
+    )
+    for result in (second, third, duplicates):
+        asked: set[tuple[str, str]] = set()
+
+        def exists(kind: str, value: str, asked: set[tuple[str, str]] = asked) -> bool:
+            asked.add((kind, value))
+            return True
+
+        plan = plan_customerio(result, cfg, exists=exists, merged_only=True)
+        assert plan.merges
+        assert asked <= merge_addresses(result, cfg)
+        if result is not duplicates:  # a first run has no previous person to look up
+            assert asked
 
 
 def by_name(attrs: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:

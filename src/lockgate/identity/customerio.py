@@ -514,6 +514,28 @@ def plan_customerio(
     return CioPlan(tuple(ops), pa.table(outcomes, schema=OUTCOMES_SCHEMA), review, counts)
 
 
+def merge_addresses(result: IdentityResult, config: IdentityConfig) -> set[tuple[str, str]]:
+    """Every `(kind, value)` a `merged_only` plan can ask `exists` about: the `cio_id`, `id`
+    and email of each profile that merges, as it is and as it was. A caller that knows many
+    people looks up only these."""
+    absorbed = result.merges["absorbed_profile_id"].to_pylist()
+    survivors = set(result.merges["profile_id"].to_pylist())
+    cio_types = [t for t, s in config.identifier_types.items() if s.customerio == "cio_id"]
+    survivors |= _multi_person(result.profiles, cio_types)
+    out: set[tuple[str, str]] = set()
+    for table, ids in (
+        (result.previous_profiles, survivors | set(absorbed)),
+        (result.profiles, survivors),
+    ):
+        if not ids:
+            continue
+        part = table.filter(pc.is_in(table["profile_id"], value_set=_ids(ids)))
+        for kind, column in (("cio_id", "cio_id"), ("id", "cio_person_id"), ("email", "cio_email")):
+            if column in part.column_names:
+                out.update((kind, str(v)) for v in part[column].to_pylist() if v is not None)
+    return out
+
+
 def _multi_person(profiles: pa.Table, cio_types: list[str]) -> set[str]:
     """The profiles holding more than one imported Customer.io person (`cio_id`)."""
     counts = [

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,11 @@ import pyarrow.compute as pc
 
 from lockgate.errors import ConfigError, SourceError
 from lockgate.identity import IdentityResult, IdentityState, Resolver, plan_customerio, resolve
-from lockgate.identity.customerio import attribute_names, profile_attribute_columns
+from lockgate.identity.customerio import (
+    attribute_names,
+    merge_addresses,
+    profile_attribute_columns,
+)
 from lockgate.identity.memory import give_back
 from lockgate.identity.normalize import normalize_column
 from lockgate.identity.state import STITCH_COLUMNS
@@ -693,23 +697,45 @@ def one_row_per_person(
     return keyed
 
 
-def known_people(store: StateStore, project: Project) -> set[tuple[str, str]]:
-    """People Lockgate has delivered, as `(kind, value)`: merges need both ends to exist."""
+def known_people(
+    store: StateStore, project: Project, among: Collection[tuple[str, str]] | None = None
+) -> set[tuple[str, str]]:
+    """People Lockgate has delivered, as `(kind, value)`: merges need both ends to exist.
+
+    With `among`, only those of these pairs (the addresses a plan asks about): not a set of
+    every person delivered (~480 MiB and 2 s at a million)."""
     known: set[tuple[str, str]] = set()
+    if among is not None:
+        wanted = set(among)
+        look = pa.table(
+            {
+                "kind": pa.array([k for k, _ in wanted], pa.string()),
+                "v": pa.array([v for _, v in wanted], pa.string()),
+            }
+        )
     for other in project:
         if other.kind != "people":
             continue
         store.ensure_sync_tables(other.name)
-        rows = store.con.execute(
+        sql = (
             f"select json_extract_string(ident, '$.id'), json_extract_string(ident, '$.email') "
             f"from {table('snap', other.name)}"
-        ).fetchall()
+        )
+        if among is None:
+            rows = store.con.execute(sql).fetchall()
+        else:
+            with registered(store.con, "_addresses", look):
+                rows = store.con.execute(
+                    f"select * from ({sql}) s(i, e) where i in (select v from _addresses "
+                    "where kind = 'id') or lower(e) in (select v from _addresses "
+                    "where kind = 'email')"
+                ).fetchall()
         for person_id, email in rows:
             if person_id:
                 known.add(("id", person_id))
             if email:
                 known.add(("email", email.lower()))
-    return known
+    return known if among is None else known & wanted
 
 
 def _may_merge(resolution: Resolution) -> bool:
@@ -762,7 +788,9 @@ def merge_operations(store: StateStore, project: Project, resolution: Resolution
     plan = plan_customerio(
         resolution.result,
         resolution.config,
-        exists=known_people(store, project),
+        exists=known_people(
+            store, project, among=merge_addresses(resolution.result, resolution.config)
+        ),
         limit_merges=False,
         merged_only=True,  # only the merges' survivors' identifies are sent from it
     )
