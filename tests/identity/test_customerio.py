@@ -5,6 +5,11 @@ from __future__ import annotations
 from tests.identity.helpers import config, rows, run
 
 from lockgate.identity import plan_customerio
+from lockgate.identity.customerio import (
+    merge_addresses,
+    profile_attribute_columns,
+    profile_attributes,
+)
 
 EXISTS = {("id", "u1"), ("email", "lead@x.com")}
 
@@ -56,3 +61,140 @@ def test_no_merge_when_the_absorbed_profile_is_not_a_person() -> None:
     cfg, second = merged_pair("crm_contacts")
     plan = plan_customerio(second, cfg, exists={("id", "u1")})
     assert plan.merges == [] and plan.merge_outcomes["outcome"].to_pylist() == ["skipped_no_cio"]
+
+
+def merge_runs():  # type: ignore[no-untyped-def]
+    """Four leads merged into one user, a lead pair merged, then that pair merged into a
+    second user a run later (a survivor absorbed); other profiles unchanged throughout."""
+    cfg = config()
+    users = [{"user_id": "u1", "email": "s@x.com", "ts": 1}]
+    users += [{"user_id": "u2", "email": "t@x.com", "ts": 1}]
+    users += [{"user_id": f"o{i}", "email": f"o{i}@x.com", "ts": 1} for i in range(5)]
+    leads = rows(*({"email": f"e{i}@x.com"} for i in range(1, 7)))
+    first = run(cfg, {"app_users": rows(*users), "newsletter": leads})
+    linked = users + [{"user_id": "u1", "email": f"e{i}@x.com", "ts": 2} for i in range(1, 5)]
+    crm = rows(
+        {"crm_contact_id": "c9", "email": "e5@x.com", "ts": 2},
+        {"crm_contact_id": "c9", "email": "e6@x.com", "ts": 2},
+    )
+    inputs = {"app_users": rows(*linked), "newsletter": leads, "crm_contacts": crm}
+    second = run(cfg, inputs, state=first.state, run_id="r2")
+    inputs["app_users"] = rows(*linked, {"user_id": "u2", "email": "e5@x.com", "ts": 3})
+    third = run(cfg, inputs, state=second.state, run_id="r3")
+    return cfg, second, third
+
+
+EVERYONE = {("id", u) for u in ("u1", "u2")} | {("email", f"e{i}@x.com") for i in range(1, 7)}
+
+
+def test_many_merges_into_one_survivor_and_merges_chained_across_runs() -> None:
+    cfg, second, third = merge_runs()
+    assert (second.merges.num_rows, third.merges.num_rows) == (5, 1)
+    exists = EVERYONE - {("email", "e3@x.com")}  # e3 never became a Customer.io person
+    plan = plan_customerio(second, cfg, exists=exists)
+    into_u1 = [m.payload for m in plan.merges if m.payload["primary"] == {"id": "u1"}]
+    assert sorted(m["secondary"]["email"] for m in into_u1) == [
+        "e1@x.com",
+        "e2@x.com",
+        "e4@x.com",
+    ]
+    assert sorted(plan.merge_outcomes["outcome"].to_pylist()) == [
+        "merged",
+        "merged",
+        "merged",
+        "merged",
+        "skipped_no_cio",
+    ]
+    # the lead pair's survivor is absorbed by u2 a run later: one merge, into u2's person
+    [later] = plan_customerio(third, cfg, exists=exists).merges
+    assert later.payload["primary"] == {"id": "u2"}
+    assert later.payload["secondary"]["email"] in ("e5@x.com", "e6@x.com")
+
+
+def test_a_plan_of_the_merged_profiles_only_is_the_whole_plan_for_them() -> None:
+    cfg, second, third = merge_runs()
+    for result in (second, third):
+        for exists in (EVERYONE, set(), EVERYONE - {("id", "u1")}):
+            whole = plan_customerio(result, cfg, exists=exists)
+            merged = plan_customerio(result, cfg, exists=exists, merged_only=True)
+            survivors = set(result.merges["profile_id"].to_pylist())
+            assert merged.ops == tuple(
+                op
+                for op in whole.ops
+                if op.payload["action"] == "merge" or op.profile_id in survivors
+            )
+            assert merged.merge_outcomes.equals(whole.merge_outcomes)
+            assert merged.counts["merges"] == whole.counts["merges"]
+            # the whole plan identifies the other changed profiles too: the sync does not
+            assert {op.profile_id for op in merged.ops} == survivors
+
+
+def test_a_plan_of_the_merged_profiles_asks_only_about_their_addresses() -> None:
+    """A sync looks up in its deliveries only the people `merge_addresses` names: the plan
+    must ask about no one else, or a person who exists would be taken for a missing one."""
+    cfg, second, third = merge_runs()
+    duplicates = run(
+        cfg,
+        {
+            "customerio_people": rows(
+                {"cio_id": "X", "user_id": "u1"}, {"cio_id": "Y", "email": "e1@x.com"}
+            ),
+            "app_users": rows({"user_id": "u1", "email": "e1@x.com", "ts": 1}),
+        },
+    )
+    for result in (second, third, duplicates):
+        asked: set[tuple[str, str]] = set()
+
+        def exists(kind: str, value: str, asked: set[tuple[str, str]] = asked) -> bool:
+            asked.add((kind, value))
+            return True
+
+        plan = plan_customerio(result, cfg, exists=exists, merged_only=True)
+        assert plan.merges
+        assert asked <= merge_addresses(result, cfg)
+        if result is not duplicates:  # a first run has no previous person to look up
+            assert asked
+
+
+def by_name(attrs: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    for pid, values in attrs.items():
+        for name, value in values.items():
+            out.setdefault(name, {})[pid] = value
+    return out
+
+
+def test_the_graph_attributes_as_columns_are_those_of_each_profile() -> None:
+    """A people sync reads the graph's attributes as columns: latest value seen, a moved
+    Stripe id cleared on the person who lost it, a contested email set then cleared."""
+    cfg = config()
+    users = [
+        {"user_id": "u1", "ts": 1},
+        {"user_id": "u2", "ts": 1},
+        {"user_id": "u6", "email": "fam@x.com", "ts": 1},
+        {"user_id": "u7", "email": "fam@x.com", "ts": 2},
+    ]
+    stripe = [
+        {"stripe_customer_id": "cus_9", "user_id": "u1", "ts": 1},
+        {"stripe_customer_id": "cus_8a", "user_id": "u8", "ts": 1},
+        {"stripe_customer_id": "cus_8b", "user_id": "u8", "ts": 3},
+    ]
+    crm = [{"crm_contact_id": "c5", "user_id": "u5", "phone": "+1555", "ts": 1}]
+    inputs = {"app_users": rows(*users), "stripe_customers": rows(*stripe)}
+    inputs["crm_contacts"] = rows(*crm)
+    first = run(cfg, inputs)
+    inputs["stripe_customers"] = rows(
+        {"stripe_customer_id": "cus_9", "user_id": "u2", "ts": 5}, *stripe[1:]
+    )
+    inputs["app_users"] = rows(*users[:3], {"user_id": "u7", "email": "own@x.com", "ts": 4})
+    second = run(cfg, inputs, state=first.state, run_id="r2")
+    assert first.refused.num_rows and second.lost.num_rows and second.contested.num_rows
+    for result in (first, second):
+        columns = {
+            name: dict(zip(t["profile_id"].to_pylist(), t["value"].to_pylist(), strict=True))
+            for name, t in profile_attribute_columns(result, cfg).items()
+        }
+        assert {n: v for n, v in columns.items() if v} == by_name(profile_attributes(result, cfg))
+    got = {n: set(v.values()) for n, v in by_name(profile_attributes(second, cfg)).items()}
+    assert got["stripe_customer_id"] == {"cus_9", "cus_8b", ""}
+    assert got["contested_email"] == {""}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,7 +99,7 @@ def _address(
 
 def _merge_into(
     row: Mapping[str, Any] | None,
-    candidates: list[Mapping[str, Any] | None],
+    candidates: Sequence[Mapping[str, Any] | None],
     exists: Callable[[str, str], bool],
 ) -> Mapping[str, Any] | None:
     """Of the previous rows of a survivor (first) and the profiles it absorbs, the one whose
@@ -114,7 +114,22 @@ def _merge_into(
     return candidates[0]
 
 
-def _attribute_values(result: IdentityResult, config: IdentityConfig) -> dict[str, dict[str, Any]]:
+def _ids(values: Collection[str]) -> pa.Array:
+    return pa.array(sorted(values), pa.string())
+
+
+def _rows_of(table: pa.Table, ids: Collection[str]) -> dict[str, dict[str, Any]]:
+    """The rows of these profile ids, by profile id: only they become Python dicts (a
+    million profiles as dicts are over a GiB)."""
+    if not ids:
+        return {}
+    hit = table.filter(pc.is_in(table["profile_id"], value_set=_ids(ids)))
+    return {r["profile_id"]: r for r in hit.to_pylist()}
+
+
+def _attribute_values(
+    result: IdentityResult, config: IdentityConfig, only: Collection[str] | None = None
+) -> dict[str, dict[str, Any]]:
     """Per profile, values of types mapped to `attribute:<name>` (latest seen wins)."""
     mapped = {
         t: spec.customerio.split(":", 1)[1]
@@ -124,19 +139,24 @@ def _attribute_values(result: IdentityResult, config: IdentityConfig) -> dict[st
     out: dict[str, dict[str, Any]] = {}
     if not mapped:
         return out
-    nodes = result.identifier_map.filter(
-        pc.and_(
-            pc.is_in(result.identifier_map["id_type"], pa.array(list(mapped), pa.string())),
-            pc.is_valid(result.identifier_map["profile_id"]),
-        )
-    ).sort_by([("last_observed", "ascending"), ("id_value", "descending")])
+    imap = result.identifier_map
+    keep = pc.and_(
+        pc.is_in(imap["id_type"], pa.array(list(mapped), pa.string())),
+        pc.is_valid(imap["profile_id"]),
+    )
+    if only is not None:
+        keep = pc.and_(keep, pc.is_in(imap["profile_id"], value_set=_ids(only)))
+    nodes = imap.filter(keep).sort_by([("last_observed", "ascending"), ("id_value", "descending")])
     for row in nodes.select(["profile_id", "id_type", "id_value"]).to_pylist():
         out.setdefault(row["profile_id"], {})[mapped[row["id_type"]]] = row["id_value"]
     return out
 
 
-def profile_attributes(result: IdentityResult, config: IdentityConfig) -> dict[str, dict[str, Any]]:
-    """The attributes the graph gives each profile's person, by profile id.
+def profile_attributes(
+    result: IdentityResult, config: IdentityConfig, only: Collection[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The attributes the graph gives each profile's person, by profile id (of the profiles
+    `only`, when given).
 
     Types mapped to `attribute:<name>` give `<name>` (the latest value seen), or `""` (clear)
     on a profile that lost its value to another profile (`IdentityResult.lost`); a union
@@ -144,7 +164,7 @@ def profile_attributes(result: IdentityResult, config: IdentityConfig) -> dict[s
     profile gets it as `contested_email` (`contested_id`), cleared (`""`) once no union is
     refused for it (`IdentityResult.contested`).
     """
-    attrs = _attribute_values(result, config)
+    attrs = _attribute_values(result, config, only)
     for pid, id_type in zip(
         result.lost["profile_id"].to_pylist(), result.lost["id_type"].to_pylist(), strict=True
     ):
@@ -165,7 +185,99 @@ def profile_attributes(result: IdentityResult, config: IdentityConfig) -> dict[s
     targets = {t: spec.customerio for t, spec in config.identifier_types.items()}
     for holder, kind, value in contested_values(result.refused, targets):
         attrs.setdefault(holder, {})[f"contested_{kind}"] = value
+    if only is not None:
+        wanted = set(only)
+        attrs = {pid: values for pid, values in attrs.items() if pid in wanted}
     return attrs
+
+
+def profile_attribute_columns(
+    result: IdentityResult, config: IdentityConfig
+) -> dict[str, pa.Table]:
+    """`profile_attributes` as one table per attribute name (`profile_id`, `value`): the same
+    values, in Arrow (a million profiles as Python dicts are ~700 MiB and seconds)."""
+    mapped = {
+        t: spec.customerio.split(":", 1)[1]
+        for t, spec in config.identifier_types.items()
+        if spec.customerio.startswith("attribute:")
+    }
+    out: dict[str, pa.Table] = {}
+    if mapped:
+        imap = result.identifier_map
+        types = pa.array(list(mapped), pa.string())
+        nodes = (
+            imap.filter(
+                pc.and_(pc.is_in(imap["id_type"], value_set=types), pc.is_valid(imap["profile_id"]))
+            )
+            .select(["profile_id", "id_type", "id_value", "last_observed"])
+            .sort_by([("last_observed", "ascending"), ("id_value", "descending")])
+        )
+        names = pa.array(list(mapped.values()), pa.string())
+        nodes = pa.table(
+            {
+                "profile_id": nodes["profile_id"],
+                "name": names.take(pc.index_in(nodes["id_type"], value_set=types)),
+                "value": nodes["id_value"].cast(pa.string()),
+                "at": pa.array(range(nodes.num_rows), pa.int64()),
+            }
+        )
+        # the latest seen wins: the last row of each profile and name in that order
+        last = nodes.group_by(["profile_id", "name"], use_threads=False).aggregate([("at", "max")])
+        nodes = nodes.take(last["at_max"])
+        for name in sorted(set(mapped.values())):
+            part = nodes.filter(pc.equal(nodes["name"], name))
+            out[name] = part.select(["profile_id", "value"])
+    # the rest are small (this run's lost values and refusals): Python, over the same rules
+    soft: dict[str, dict[str, str]] = {}  # a lost value clears, unless the profile has one
+    for pid, id_type in zip(
+        result.lost["profile_id"].to_pylist(), result.lost["id_type"].to_pylist(), strict=True
+    ):
+        target = (
+            config.identifier_types[id_type].customerio
+            if id_type in config.identifier_types
+            else ""
+        )
+        if target.startswith("attribute:"):
+            soft.setdefault(target.split(":", 1)[1], {}).setdefault(pid, "")
+    hard: dict[str, dict[str, str]] = {}
+    for pid, kind in zip(
+        result.contested["profile_id"].to_pylist(),
+        result.contested["kind"].to_pylist(),
+        strict=True,
+    ):
+        hard.setdefault(f"contested_{kind}", {})[pid] = ""
+    targets = {t: spec.customerio for t, spec in config.identifier_types.items()}
+    for holder, kind, value in contested_values(result.refused, targets):
+        hard.setdefault(f"contested_{kind}", {})[holder] = value
+    empty = pa.table({"profile_id": pa.array([], pa.string()), "value": pa.array([], pa.string())})
+    for name in set(soft) | set(hard):
+        table = out.get(name, empty)
+        cleared = soft.get(name, {})
+        if cleared:
+            have = pc.is_in(
+                pa.array(list(cleared), pa.string()), value_set=table["profile_id"].combine_chunks()
+            ).to_pylist()
+            cleared = {p: v for (p, v), h in zip(cleared.items(), have, strict=True) if not h}
+        given = {**cleared, **hard.get(name, {})}
+        if given:
+            table = table.filter(
+                pc.invert(
+                    pc.is_in(table["profile_id"], value_set=pa.array(list(given), pa.string()))
+                )
+            )
+            table = pa.concat_tables(
+                [
+                    table,
+                    pa.table(
+                        {
+                            "profile_id": pa.array(list(given), pa.string()),
+                            "value": pa.array(list(given.values()), pa.string()),
+                        }
+                    ),
+                ]
+            )
+        out[name] = table
+    return out
 
 
 def attribute_names(config: IdentityConfig) -> list[str]:
@@ -188,6 +300,7 @@ def plan_customerio(
     exists: Exists,
     attributes: Mapping[str, Mapping[str, Any]] | None = None,
     limit_merges: bool = True,
+    merged_only: bool = False,
 ) -> CioPlan:
     """Plan the Customer.io calls for one identity run.
 
@@ -200,15 +313,15 @@ def plan_customerio(
         limit_merges: raise when the plan merges more people than the limit (a sync checks
             the limit as one of its guardrails instead, so `plan` shows it and `--force` can
             let one run through).
+        merged_only: plan identifies only for the profiles that merge (a merge's survivor, a
+            profile holding several Customer.io people), what a sync sends; their ops are
+            those of the whole plan. The whole plan looks at every profile.
 
     Raises:
         ContractError: more merges than `customerio.merge_policy.max_merges_per_run`.
     """
     known = _exists_fn(exists)
     policy = config.customerio.merge_policy
-    prev_rows = {r["profile_id"]: r for r in result.previous_profiles.to_pylist()}
-    rows = {r["profile_id"]: r for r in result.profiles.to_pylist()}
-    attrs_by_type = profile_attributes(result, config)
     ops: list[CioOp] = []
     outcomes: dict[str, list[Any]] = {n: [] for n in OUTCOMES_SCHEMA.names}
     reapply: set[str] = set()
@@ -222,23 +335,22 @@ def plan_customerio(
 
     # 1. merges between lockgate profiles that were both Customer.io people
     merges = result.merges.to_pylist()
+    absorbed_by: dict[str, list[str]] = {}
+    for m in merges:
+        absorbed_by.setdefault(m["profile_id"], []).append(m["absorbed_profile_id"])
+    # only the profiles taking part in a merge become Python rows here
+    prev_rows = _rows_of(result.previous_profiles, set(absorbed_by).union(*absorbed_by.values()))
+    rows = _rows_of(result.profiles, absorbed_by)
     # the person each survivor's merges go into: the one already holding the profile's
     # resolved `id` (else its email), so that identifying the profile afterwards reaches it
     # (a merge deletes the secondary: addressing the id it held would create a new person)
     into: dict[str, Mapping[str, Any] | None] = {}
-    for m in merges:
-        survivor = m["profile_id"]
-        if survivor not in into:
-            into[survivor] = _merge_into(
-                rows.get(survivor),
-                [prev_rows.get(survivor)]
-                + [
-                    prev_rows.get(x["absorbed_profile_id"])
-                    for x in merges
-                    if x["profile_id"] == survivor
-                ],
-                known,
-            )
+    for survivor, absorbed_ids in absorbed_by.items():
+        into[survivor] = _merge_into(
+            rows.get(survivor),
+            [prev_rows.get(survivor)] + [prev_rows.get(a) for a in absorbed_ids],
+            known,
+        )
     for m in merges:
         survivor, absorbed = m["profile_id"], m["absorbed_profile_id"]
         target = into[survivor]
@@ -277,34 +389,34 @@ def plan_customerio(
 
     # 2. several Customer.io people inside one profile (imported as `cio_id` identifiers)
     cio_types = [t for t, s in config.identifier_types.items() if s.customerio == "cio_id"]
-    if cio_types:
-        multi = {p for p, r in rows.items() if sum(r.get(f"n_{t}") or 0 for t in cio_types) > 1}
-        if multi:
-            owners = _cio_owners(result, config, cio_types)
-            for pid in sorted(multi):
-                row = rows[pid]
-                people = sorted(owners.get(pid, {}))
-                holds_id = [c for c in people if row["cio_person_id"] in owners[pid][c]]
-                holds_email = [c for c in people if row["cio_email"] in owners[pid][c]]
-                primary_cio = (holds_id or holds_email or people)[0]
-                for other in people:
-                    if other == primary_cio:
-                        continue
-                    key = _key("merge", {"cio_id": primary_cio}, {"cio_id": other})
-                    ops.append(
-                        CioOp(
-                            key,
-                            pid,
-                            {
-                                "type": "person",
-                                "action": "merge",
-                                "primary": {"cio_id": primary_cio},
-                                "secondary": {"cio_id": other},
-                            },
-                        )
+    multi = _multi_person(result.profiles, cio_types)
+    if multi:
+        multi_rows = _rows_of(result.profiles, multi)
+        owners = _cio_owners(result, cio_types, multi)
+        for pid in sorted(multi):
+            row = multi_rows[pid]
+            people = sorted(owners.get(pid, {}))
+            holds_id = [c for c in people if row["cio_person_id"] in owners[pid][c]]
+            holds_email = [c for c in people if row["cio_email"] in owners[pid][c]]
+            primary_cio = (holds_id or holds_email or people)[0]
+            for other_cio in people:
+                if other_cio == primary_cio:
+                    continue
+                key = _key("merge", {"cio_id": primary_cio}, {"cio_id": other_cio})
+                ops.append(
+                    CioOp(
+                        key,
+                        pid,
+                        {
+                            "type": "person",
+                            "action": "merge",
+                            "primary": {"cio_id": primary_cio},
+                            "secondary": {"cio_id": other_cio},
+                        },
                     )
-                    outcome(pid, pid, "merged", key)
-                    reapply.add(pid)
+                )
+                outcome(pid, pid, "merged", key)
+                reapply.add(pid)
 
     n_merges = sum(1 for op in ops if op.payload["action"] == "merge")
     if limit_merges and n_merges > policy.max_merges_per_run:
@@ -326,11 +438,18 @@ def plan_customerio(
     moved = set(result.moves["from_profile_id"].to_pylist()) | set(
         result.moves["to_profile_id"].to_pylist()
     )
-    for pid in sorted(rows):
+    if merged_only:
+        planned = result.profiles.filter(
+            pc.is_in(result.profiles["profile_id"], value_set=_ids(set(absorbed_by) | multi))
+        )
+        attrs_by_type = profile_attributes(result, config, only=set(absorbed_by) | multi)
+    else:
+        planned = result.profiles
+        attrs_by_type = profile_attributes(result, config)
+    for row, prev in _with_previous(planned, result.previous_profiles):
+        pid = row["profile_id"]
         if pid in held:
             continue  # a split waits for review: nothing changes in Customer.io
-        row = rows[pid]
-        prev = prev_rows.get(pid)
         ident = {
             "id": row["cio_person_id"],
             "email": row["cio_email"],
@@ -395,21 +514,89 @@ def plan_customerio(
     return CioPlan(tuple(ops), pa.table(outcomes, schema=OUTCOMES_SCHEMA), review, counts)
 
 
+def merge_addresses(result: IdentityResult, config: IdentityConfig) -> set[tuple[str, str]]:
+    """Every `(kind, value)` a `merged_only` plan can ask `exists` about: the `cio_id`, `id`
+    and email of each profile that merges, as it is and as it was. A caller that knows many
+    people looks up only these."""
+    absorbed = result.merges["absorbed_profile_id"].to_pylist()
+    survivors = set(result.merges["profile_id"].to_pylist())
+    cio_types = [t for t, s in config.identifier_types.items() if s.customerio == "cio_id"]
+    survivors |= _multi_person(result.profiles, cio_types)
+    out: set[tuple[str, str]] = set()
+    for table, ids in (
+        (result.previous_profiles, survivors | set(absorbed)),
+        (result.profiles, survivors),
+    ):
+        if not ids:
+            continue
+        part = table.filter(pc.is_in(table["profile_id"], value_set=_ids(ids)))
+        for kind, column in (("cio_id", "cio_id"), ("id", "cio_person_id"), ("email", "cio_email")):
+            if column in part.column_names:
+                out.update((kind, str(v)) for v in part[column].to_pylist() if v is not None)
+    return out
+
+
+def _multi_person(profiles: pa.Table, cio_types: list[str]) -> set[str]:
+    """The profiles holding more than one imported Customer.io person (`cio_id`)."""
+    counts = [
+        pc.fill_null(profiles[f"n_{t}"], 0) for t in cio_types if f"n_{t}" in profiles.column_names
+    ]
+    if not counts:
+        return set()
+    total = counts[0]
+    for more in counts[1:]:
+        total = pc.add(total, more)
+    return set(profiles.filter(pc.greater(total, 1))["profile_id"].to_pylist())
+
+
+def _with_previous(
+    profiles: pa.Table, previous: pa.Table, size: int = 65_536
+) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """Each profile's row and its previous run's row (or None), by profile id, a slice of
+    rows at a time: never every profile as Python dicts at once."""
+    ordered = profiles.sort_by([("profile_id", "ascending")])
+    for start in range(0, ordered.num_rows, size):
+        part = ordered.slice(start, size)
+        mine: dict[str, dict[str, Any]] = {}
+        for r in part.to_pylist():
+            mine[r["profile_id"]] = r
+        before = _rows_of(previous, mine)
+        for pid, row in mine.items():
+            yield row, before.get(pid)
+
+
 def _cio_owners(
-    result: IdentityResult, config: IdentityConfig, cio_types: list[str]
+    result: IdentityResult, cio_types: list[str], profiles: Collection[str]
 ) -> dict[str, dict[str, set[str]]]:
-    """Per profile, each `cio_id` value and the identifier values it was linked to directly."""
+    """Of these profiles, each `cio_id` value and the identifier values it was linked to
+    directly (only their `cio_id` nodes, and the links of a `cio_id`, become Python values)."""
+    imap = result.identifier_map
+    types = pa.array(cio_types, pa.string())
     pmap = {
         (r["id_type"], r["id_value"]): r["profile_id"]
-        for r in result.identifier_map.filter(
-            pc.is_in(result.identifier_map["id_type"], pa.array(cio_types, pa.string()))
-        ).to_pylist()
+        for r in imap.filter(
+            pc.and_(
+                pc.is_in(imap["id_type"], value_set=types),
+                pc.is_in(imap["profile_id"], value_set=_ids(profiles)),
+            )
+        )
+        .select(["id_type", "id_value", "profile_id"])
+        .to_pylist()
     }
     out: dict[str, dict[str, set[str]]] = {}
     for pid_key, pid in pmap.items():
         if pid is not None:
             out.setdefault(pid, {})[pid_key[1]] = set()
-    edges = result.edges.filter(pc.is_in(result.edges["status"], pa.array(["accepted", "forced"])))
+    edges = result.edges
+    edges = edges.filter(
+        pc.and_(
+            pc.is_in(edges["status"], pa.array(["accepted", "forced"])),
+            pc.or_(
+                pc.is_in(edges["type_a"], value_set=types),
+                pc.is_in(edges["type_b"], value_set=types),
+            ),
+        )
+    )
     for e in edges.select(["type_a", "value_a", "type_b", "value_b"]).to_pylist():
         for side, other in (("a", "b"), ("b", "a")):
             if e[f"type_{side}"] in cio_types:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,11 @@ import pyarrow.compute as pc
 
 from lockgate.errors import ConfigError, SourceError
 from lockgate.identity import IdentityResult, IdentityState, Resolver, plan_customerio, resolve
-from lockgate.identity.customerio import attribute_names, profile_attributes
+from lockgate.identity.customerio import (
+    attribute_names,
+    merge_addresses,
+    profile_attribute_columns,
+)
 from lockgate.identity.memory import give_back
 from lockgate.identity.normalize import normalize_column
 from lockgate.identity.state import STITCH_COLUMNS
@@ -503,15 +507,17 @@ def key_rows(
         # what the graph knows goes to every person (Stripe id, contested email, ...); a value
         # that moves to another profile is cleared (`""`) on the person who no longer holds it.
         # A null is skipped, never sent as a clear: only a move clears.
-        by_profile = profile_attributes(resolution.result, resolution.config)
+        by_name = profile_attribute_columns(resolution.result, resolution.config)
         for name in attribute_names(resolution.config):
             if name in sync.attributes:
                 continue
-            holders = [(pid, attrs[name]) for pid, attrs in by_profile.items() if name in attrs]
-            at = pc.index_in(
-                keyed["profile_id"], value_set=pa.array([p for p, _ in holders], pa.string())
-            )
-            values = pa.array([str(v) for _, v in holders], pa.string()).take(at)
+            holders = by_name.get(name)
+            if holders is None:
+                holders = pa.table(
+                    {"profile_id": pa.array([], pa.string()), "value": pa.array([], pa.string())}
+                )
+            at = pc.index_in(keyed["profile_id"], value_set=holders["profile_id"].combine_chunks())
+            values = holders["value"].combine_chunks().take(at)
             column = graph_attribute_column(name)
             keyed = keyed.append_column(column, values)
             graph_attributes[name] = column
@@ -691,23 +697,45 @@ def one_row_per_person(
     return keyed
 
 
-def known_people(store: StateStore, project: Project) -> set[tuple[str, str]]:
-    """People Lockgate has delivered, as `(kind, value)`: merges need both ends to exist."""
+def known_people(
+    store: StateStore, project: Project, among: Collection[tuple[str, str]] | None = None
+) -> set[tuple[str, str]]:
+    """People Lockgate has delivered, as `(kind, value)`: merges need both ends to exist.
+
+    With `among`, only those of these pairs (the addresses a plan asks about): not a set of
+    every person delivered (~480 MiB and 2 s at a million)."""
     known: set[tuple[str, str]] = set()
+    if among is not None:
+        wanted = set(among)
+        look = pa.table(
+            {
+                "kind": pa.array([k for k, _ in wanted], pa.string()),
+                "v": pa.array([v for _, v in wanted], pa.string()),
+            }
+        )
     for other in project:
         if other.kind != "people":
             continue
         store.ensure_sync_tables(other.name)
-        rows = store.con.execute(
+        sql = (
             f"select json_extract_string(ident, '$.id'), json_extract_string(ident, '$.email') "
             f"from {table('snap', other.name)}"
-        ).fetchall()
+        )
+        if among is None:
+            rows = store.con.execute(sql).fetchall()
+        else:
+            with registered(store.con, "_addresses", look):
+                rows = store.con.execute(
+                    f"select * from ({sql}) s(i, e) where i in (select v from _addresses "
+                    "where kind = 'id') or lower(e) in (select v from _addresses "
+                    "where kind = 'email')"
+                ).fetchall()
         for person_id, email in rows:
             if person_id:
                 known.add(("id", person_id))
             if email:
                 known.add(("email", email.lower()))
-    return known
+    return known if among is None else known & wanted
 
 
 def _may_merge(resolution: Resolution) -> bool:
@@ -760,8 +788,11 @@ def merge_operations(store: StateStore, project: Project, resolution: Resolution
     plan = plan_customerio(
         resolution.result,
         resolution.config,
-        exists=known_people(store, project),
+        exists=known_people(
+            store, project, among=merge_addresses(resolution.result, resolution.config)
+        ),
         limit_merges=False,
+        merged_only=True,  # only the merges' survivors' identifies are sent from it
     )
     wanted = [op.key for op in plan.ops if op.payload.get("action") in ("merge", "identify")]
     delivered = _delivered_by_any_sync(store, project, wanted)
