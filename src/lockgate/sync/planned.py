@@ -300,6 +300,9 @@ def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Plann
         run_sql(
             con,
             f"create or replace temp view {table('ledger', name)} as "
-            f"select k, delivered_at from {stored('ledger', name)} "
-            f"union all select k, null::timestamptz from {table('plan_ledger', name)}",
+            # every column of the stored ledger (format 4's `name` and `sent_ts` too): a
+            # view short of them reads as a ledger to upgrade, and a view cannot be altered
+            f"select k, delivered_at, name, sent_ts from {stored('ledger', name)} "
+            f"union all select k, null::timestamptz, null::varchar, null::bigint "
+            f"from {table('plan_ledger', name)}",
         )
