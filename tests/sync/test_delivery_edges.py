@@ -628,7 +628,11 @@ def test_a_workspace_in_another_region_is_found_before_any_record_is_sent(
     (`GET /api/v1/accounts/region`, no personal data) and stops before the first batch; with
     CUSTOMERIO_REGION=eu it sends everyone, and asks once per process, not per run."""
     seed_people(project_factory, 30)
-    eu = Emulator(EmulatorConfig(region="eu"))
+    # credentials of its own: the region check passed is remembered per process by URL, site
+    # id and region, and an earlier test's US emulator may have had this port
+    eu = Emulator(EmulatorConfig(region="eu", site_id="eu-site", api_key="eu-key"))
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", "eu-site")
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", "eu-key")
     with eu.serve() as url:
         project = project_factory.write({"people": PEOPLE}, url=url)
         with pytest.raises(StepError) as caught:
