@@ -165,16 +165,8 @@ def profile_attributes(
     refused for it (`IdentityResult.contested`).
     """
     attrs = _attribute_values(result, config, only)
-    for pid, id_type in zip(
-        result.lost["profile_id"].to_pylist(), result.lost["id_type"].to_pylist(), strict=True
-    ):
-        target = (
-            config.identifier_types[id_type].customerio
-            if id_type in config.identifier_types
-            else ""
-        )
-        if target.startswith("attribute:"):
-            attrs.setdefault(pid, {}).setdefault(target.split(":", 1)[1], "")
+    for pid, name in _lost_attributes(result, config):
+        attrs.setdefault(pid, {}).setdefault(name, "")
     # a profile contested before and not now has the attribute cleared; a refusal sets it
     for pid, kind in zip(
         result.contested["profile_id"].to_pylist(),
@@ -189,6 +181,17 @@ def profile_attributes(
         wanted = set(only)
         attrs = {pid: values for pid, values in attrs.items() if pid in wanted}
     return attrs
+
+
+def _lost_attributes(result: IdentityResult, config: IdentityConfig) -> Iterator[tuple[str, str]]:
+    """(profile id, attribute name) for each value of an `attribute:` type a profile lost to
+    another this run (`IdentityResult.lost`): cleared (`""`) unless it has another."""
+    for pid, id_type in zip(
+        result.lost["profile_id"].to_pylist(), result.lost["id_type"].to_pylist(), strict=True
+    ):
+        spec = config.identifier_types.get(id_type)
+        if spec is not None and spec.customerio.startswith("attribute:"):
+            yield pid, spec.customerio.split(":", 1)[1]
 
 
 def profile_attribute_columns(
@@ -229,16 +232,8 @@ def profile_attribute_columns(
             out[name] = part.select(["profile_id", "value"])
     # the rest are small (this run's lost values and refusals): Python, over the same rules
     soft: dict[str, dict[str, str]] = {}  # a lost value clears, unless the profile has one
-    for pid, id_type in zip(
-        result.lost["profile_id"].to_pylist(), result.lost["id_type"].to_pylist(), strict=True
-    ):
-        target = (
-            config.identifier_types[id_type].customerio
-            if id_type in config.identifier_types
-            else ""
-        )
-        if target.startswith("attribute:"):
-            soft.setdefault(target.split(":", 1)[1], {}).setdefault(pid, "")
+    for pid, name in _lost_attributes(result, config):
+        soft.setdefault(name, {}).setdefault(pid, "")
     hard: dict[str, dict[str, str]] = {}
     for pid, kind in zip(
         result.contested["profile_id"].to_pylist(),
