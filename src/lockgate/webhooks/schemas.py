@@ -199,10 +199,23 @@ def parse_event(body: bytes) -> Event:
         ) from None
     if not isinstance(doc, dict):
         raise _bad(
-            f"body is a JSON {type(doc).__name__}, not an object",
+            f"body is a JSON {_json_type(doc)}, not an object",
             "send one event object per request, not a list",
         )
     return check_event(doc)
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type (`array`, not Python's `list`)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
 
 
 def spool_key(body: bytes) -> tuple[str, str | None]:
