@@ -67,8 +67,15 @@ EXAMPLES: list[tuple[dict[str, Any], str]] = [
     (CUSTOMER_SUBSCRIBED, "customer"),
     (PREFERENCES_CHANGED, "customer"),
 ]
-# ids that differ only in case are different events
-EVENT_IDS = ["01E4C4CT6YDC7Y5M7FE1GWWPQA", "01E4C4CT6YDC7Y5M7FE1GWWPQB", "evt-3", "EVT-3"]
+# ids that differ only in case are different events; an id holding U+0000 is not one
+EVENT_IDS = [
+    "01E4C4CT6YDC7Y5M7FE1GWWPQA",
+    "01E4C4CT6YDC7Y5M7FE1GWWPQB",
+    "evt-3",
+    "EVT-3",
+    "evt\x00",
+    "evt\ufffd",
+]
 
 NOT_EVENTS: list[bytes] = [
     orjson.dumps([EMAIL_SENT, SMS_SENT]),
@@ -259,8 +266,12 @@ def deliver(receiver: Receiver, model: Model, step: tuple[Any, ...]) -> None:
     if kind == "valid":
         _, example, event_id, timestamp, note = step
         body = event_body(example, event_id, timestamp, note)
-        expect_stored(receiver.post(body, signed_headers(body)), event=True)
-        model.accept(body, event_id, EXAMPLES[example][1])
+        is_event = "\x00" not in event_id
+        expect_stored(receiver.post(body, signed_headers(body)), event=is_event)
+        if is_event:
+            model.accept(body, event_id, EXAMPLES[example][1])
+        else:
+            model.accept(body, "sha256:" + hashlib.sha256(body).hexdigest(), "other")
     elif kind == "retry":
         if not model.sent:
             return
