@@ -13,10 +13,11 @@ import pytest
 
 from lockgate.emulator.webhook_sender import make_event
 from lockgate.project.loader import Project
+from lockgate.webhooks.app import create_app
 from lockgate.webhooks.load import load_pending
 from lockgate.webhooks.spool import Spool
 
-from .conftest import postgres_project, signed
+from .conftest import KEY, postgres_project, running, signed
 
 URL = "/webhooks/customerio"
 
@@ -175,6 +176,38 @@ def test_nul_character_does_not_block_postgres_loads(
         ).fetchone()
     assert rows == {good["event_id"]: good["data"]["subject"], bad["event_id"]: "Hi\ufffdthere"}
     assert raw == ("Hi\ufffdthere",)
+
+
+@pytest.mark.postgres
+def test_event_ids_that_differ_by_a_nul_character_load_as_two_rows_in_postgres(
+    tmp_path: Path, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two accepted events, `a\\u0000b` and `a\\ufffdb`: Postgres holds no U+0000, so the
+    first's id loaded as the second's and the merge on `event_id` kept one row of the two
+    (the load counted 2). An `event_id` with U+0000 is not an id Customer.io sends: the body is
+    kept as one that is not an event, under the hash of its bytes, and loads into `other`."""
+    import psycopg
+
+    project = postgres_project(tmp_path / "pg", postgres_dsn, monkeypatch, "cio_nul_id")
+    spool = Spool(project.root / ".lockgate/webhooks")
+    with_nul = {**make_event("email", "sent"), "event_id": "a\x00b"}
+    lookalike = {**make_event("email", "sent"), "event_id": "a\ufffdb"}
+    try:
+        with running(create_app(spool=spool, signing_key=KEY)) as url, httpx.Client() as client:
+            answer = client.post(url + "/webhooks/customerio", **signed(with_nul)).json()
+            assert answer["stored_as"] == "other"
+            assert "U+0000" in answer["warning"]
+            assert client.post(url + "/webhooks/customerio", **signed(lookalike)).json() == {
+                "ok": True
+            }
+        assert load_pending(project, spool=spool).tables == {"other": 1, "email": 1}
+    finally:
+        spool.close()
+    with psycopg.connect(postgres_dsn) as con:
+        (email,) = con.execute("select event_id from cio_nul_id.email").fetchall()
+        (other,) = con.execute("select event_id, raw->>'event_id' from cio_nul_id.other").fetchall()
+    assert email == ("a\ufffdb",)
+    assert other[0].startswith("sha256:") and other[1] == "a\ufffdb"
 
 
 LOADER = """

@@ -273,3 +273,18 @@ def test_a_signed_body_that_is_not_utf8_is_kept_and_loads_as_its_text(
     assert load_pending(project, spool=spool).tables == {"other": 1}
     (other,) = rows(project, "other")
     assert other["raw_text"] == body.decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("body", [b"42", b"true", b'"sent"', b"1.5", b"null"])
+def test_a_signed_json_scalar_loads_as_its_text(
+    project: Project, spool: Spool, client: httpx.Client, body: bytes
+) -> None:
+    """A signed body that is a JSON number, string or boolean loaded into a variant column of
+    its own (`raw__v_bigint`, `raw__v_bool`, ...), with `raw` and `raw_text` both null, so the
+    body was not where the docs say; `null` went to `raw_text`. Each loads as its text in
+    `raw_text`, as a body that is not JSON does, and adds no other column."""
+    assert client.post(URL, **signed(body)).json()["stored_as"] == "other"
+    assert load_pending(project, spool=spool).tables == {"other": 1}
+    (other,) = rows(project, "other")
+    assert other["raw_text"] == body.decode()
+    assert not [name for name in other if name.startswith("raw__")]

@@ -108,7 +108,13 @@ def test_signing_key_never_in_error(client: httpx.Client) -> None:
     ("body", "words"),
     [
         (b"{not json", "not valid JSON"),
-        (b"[1, 2]", "not an object"),
+        (b"[1, 2]", "body is a JSON array, not an object"),
+        # named as JSON names them: the answer said `a JSON NoneType`, `a JSON int`, ...
+        (b"null", "body is a JSON null, not an object"),
+        (b"42", "body is a JSON number, not an object"),
+        (b"1.5", "body is a JSON number, not an object"),
+        (b'"sent"', "body is a JSON string, not an object"),
+        (b"true", "body is a JSON boolean, not an object"),
         (b'{"object_type": "email", "metric": "sent", "timestamp": 1, "data": {}}', "`event_id`"),
         (b'{"event_id": "e1", "metric": "sent", "timestamp": 1, "data": {}}', "`object_type`"),
         (b'{"event_id": "e1", "object_type": "email", "timestamp": 1, "data": {}}', "`metric`"),

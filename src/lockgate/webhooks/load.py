@@ -152,7 +152,8 @@ def to_row(record: SpoolRecord) -> tuple[str, dict[str, Any]]:
     Never drops an event: a signed body that is not an event (the receiver keeps those, see
     :func:`~lockgate.webhooks.schemas.spool_key`) goes to ``other`` under its spool key, with
     its ``object_type`` and ``metric`` when they are strings and the body as received in
-    ``raw`` (its JSON) or ``raw_text`` (its text, when it is not JSON); a timestamp outside
+    ``raw`` (its JSON object or array) or ``raw_text`` (its text, when it is not JSON or a
+    JSON scalar); a timestamp outside
     the datetime range (milliseconds sent as seconds) loads as null with the payload intact in
     ``raw``. An integer beyond 64 bits
     keeps its exact digits, as text (see :func:`_big_ints_as_text`).
@@ -203,7 +204,9 @@ def _not_an_event(record: SpoolRecord, doc: Any, received_at: datetime) -> dict[
         for key in ("object_type", "metric"):
             if isinstance(doc.get(key), str):
                 row[key] = doc[key]
-    if doc is None:  # a text in the JSON column would land in a `raw__v_text` variant
+    if not isinstance(doc, dict | list):
+        # not JSON, or a JSON scalar: dlt puts a scalar in the JSON column into a variant
+        # column of its type (`raw__v_text`, `raw__v_bigint`, ...), so its text goes here
         row["raw_text"] = record.body.decode("utf-8", "replace")
     else:
         row["raw"] = _big_ints_as_text(doc) if may_hold_big_int(record.body) else doc

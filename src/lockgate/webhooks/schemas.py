@@ -199,10 +199,23 @@ def parse_event(body: bytes) -> Event:
         ) from None
     if not isinstance(doc, dict):
         raise _bad(
-            f"body is a JSON {type(doc).__name__}, not an object",
+            f"body is a JSON {_json_type(doc)}, not an object",
             "send one event object per request, not a list",
         )
     return check_event(doc)
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type (`array`, not Python's `list`)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
 
 
 def spool_key(body: bytes) -> tuple[str, str | None]:
@@ -229,6 +242,9 @@ def check_event(doc: dict[str, Any]) -> Event:
         raise _bad(_field_problem("event_id", event_id, "a non-empty string"), hint)
     if len(event_id) > 200:
         raise _bad("`event_id` is longer than 200 characters", hint)
+    if "\x00" in event_id:
+        # Postgres text holds no U+0000: it would load as U+FFFD, the id of another event
+        raise _bad("`event_id` holds a NUL character (U+0000)", hint)
     object_type = doc.get("object_type")
     if object_type is None and doc.get("metric") == "cio_subscription_preferences_changed":
         # the spec names this key `object_type_type` for preference changes (spec bug)
