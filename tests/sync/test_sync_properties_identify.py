@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -68,6 +68,7 @@ create or replace table events (event_id varchar, user_id integer, event_name va
                                 occurred_at timestamptz);
 """
 
+UNKNOWN = object()  # an email two rows sent at once: either may hold it
 SYNCS = ("accounts", "activity")  # the order of `sync --all`: people, then events
 
 uids = st.integers(1, 4)
@@ -103,6 +104,7 @@ class IdentifyMachine(RuleBasedStateMachine):
         #: rows a run of named records delivered, as they were then (for (e))
         self.sent_named: dict[int, tuple[str | None, str | None]] = {}
         self.whole = False  # a whole run since the last edit: (b) holds
+        self.was_shared = False  # a whole run saw two rows share an email (for statistics)
 
     @initialize(rows=st.lists(st.tuples(uids, emails, plans), min_size=1, max_size=4))
     def start(self, rows: list[tuple[int, str | None, str | None]]) -> None:
@@ -141,6 +143,9 @@ class IdentifyMachine(RuleBasedStateMachine):
                 by_email.setdefault(r["email"].lower(), []).append(uid)
         return {u for us in by_email.values() if len(us) > 1 for u in us}
 
+    def _with_email(self) -> list[int]:
+        return sorted(u for u, r in self.accounts.items() if r["email"])
+
     def _kept(self) -> set[str]:
         """The emails people hold in Customer.io whose rows left the model: a row taking one
         is rejected (docs/sync.md, "An email someone else holds"), which
@@ -167,7 +172,7 @@ class IdentifyMachine(RuleBasedStateMachine):
     def move_email(self, data: st.DataObject, spelling: Any, giver_gets: Any, taker: int) -> None:
         """One account's email goes to another (perhaps in another case); the giver gets
         another email, or none."""
-        giver = data.draw(st.sampled_from(sorted(u for u, r in self.accounts.items() if r["email"])))
+        giver = data.draw(st.sampled_from(self._with_email()))
         if taker == giver:
             return
         email = self.accounts[giver]["email"]
@@ -182,7 +187,7 @@ class IdentifyMachine(RuleBasedStateMachine):
     @precondition(lambda self: any(r["email"] for r in self.accounts.values()))
     @rule(data=st.data(), spelling=st.sampled_from([str.upper, str.lower, str.title]))
     def recase_email(self, data: st.DataObject, spelling: Any) -> None:
-        uid = data.draw(st.sampled_from(sorted(u for u, r in self.accounts.items() if r["email"])))
+        uid = data.draw(st.sampled_from(self._with_email()))
         self._set(uid, spelling(self.accounts[uid]["email"]), self.accounts[uid]["plan"])
         self._write()
 
@@ -190,7 +195,7 @@ class IdentifyMachine(RuleBasedStateMachine):
     @rule(data=st.data(), uid=uids, spelling=spellings)
     def share_email(self, data: st.DataObject, uid: int, spelling: Any) -> None:
         """Two rows reach one person for a while (a bad join); `unshare` ends it."""
-        other = data.draw(st.sampled_from(sorted(u for u, r in self.accounts.items() if r["email"])))
+        other = data.draw(st.sampled_from(self._with_email()))
         if other != uid:
             plan = self.accounts.get(uid, {}).get("plan")
             self._set(uid, spelling(self.accounts[other]["email"]), plan)
@@ -227,10 +232,26 @@ class IdentifyMachine(RuleBasedStateMachine):
 
     def _check(self, name: str, plan: RunReport, report: RunReport, before: int) -> None:
         """(a) the plan's counts and payloads are the run's."""
+        shared = {str(u) for u in self._shared()}
+        if report.status == "partial":
+            # a row sharing an email a person of Customer.io holds already is rejected by the
+            # new-email check or the read-back (docs/sync.md, "New people's emails checked",
+            # "Emails read back"), which no plan makes
+            assert all(
+                key in shared
+                and why == "rejected"
+                and ("is held in Customer.io by" in text or "Customer.io dropped the" in text)
+                for key, why, text in report.failures
+            ), report.failures
+            event("a shared email's new row rejected")
+            return
         assert report.status == "success", (name, report.failures)
         planned = {c: getattr(plan.changes, c) for c in COUNTS}
         assert planned == {c: getattr(report.changes, c) for c in COUNTS}, name
-        sent = [op for op in _sent_ops(self.emu, before) if not op.get("attributes", {}) == {"email": ""}]
+        # the email releases sent ahead of rows taking an email (`KEY#release-email`) are the
+        # means of those rows' (docs/sync.md, "Emails that change hands in one run"), which a
+        # plan neither counts nor shows
+        sent = [op for op in _sent_ops(self.emu, before) if op.get("attributes") != {"email": ""}]
         assert _canonical(sent) == _canonical([s["payload"] for s in plan.samples]), name
 
     def _identified(self, before: int) -> set[str]:
@@ -275,6 +296,7 @@ class IdentifyMachine(RuleBasedStateMachine):
             return
         only = (data.draw(st.sampled_from(values)),)
         start = len(self.emu.request_log())
+        self.failed: set[str] = set()  # keys the runs did not deliver (rejected, held back)
         if together:  # `plan --all --only V`, then `sync --all --only V`
             with Session() as session:
                 plans = {n: self._plan_named(n, only, session=session) for n in SYNCS}
@@ -284,7 +306,7 @@ class IdentifyMachine(RuleBasedStateMachine):
         else:  # each sync planned, then run, in turn
             for name in SYNCS:
                 self._run_named(name, only, self._plan_named(name, only))
-        for uid in self._identified(start):
+        for uid in self._identified(start) - self.failed:
             if uid.isdigit() and int(uid) in self.accounts:
                 row = self.accounts[int(uid)]
                 self.sent_named[int(uid)] = (row["email"], row["plan"])
@@ -305,6 +327,7 @@ class IdentifyMachine(RuleBasedStateMachine):
             assert plan is None, (name, only)
             return
         assert plan is not None, (name, only)
+        self.failed |= {key for key, _, _ in report.failures}
         self._check(name, plan, report, before)
 
     def _plan(self, name: str, **kw: Any) -> RunReport:
@@ -315,11 +338,14 @@ class IdentifyMachine(RuleBasedStateMachine):
 
     def _expect_after_whole_run(self) -> None:
         shared = self._shared()
+        self.was_shared |= bool(shared)
         for uid, row in self.accounts.items():
             attrs = self.expected.setdefault(uid, {"plan": None, "email": None})
             if row["plan"] is not None:
                 attrs["plan"] = row["plan"]
-            if row["email"] is not None and uid not in shared:
+            if uid in shared:
+                attrs["email"] = UNKNOWN  # whichever of the rows arrived last
+            elif row["email"] is not None:
                 attrs["email"] = row["email"]
         taken = {
             row["email"].lower(): uid
@@ -327,7 +353,8 @@ class IdentifyMachine(RuleBasedStateMachine):
             if row["email"] is not None and uid not in shared
         }
         for uid, attrs in self.expected.items():
-            if _low(attrs["email"]) in taken and taken[_low(attrs["email"])] != uid:
+            email = None if attrs["email"] is UNKNOWN else _low(attrs["email"])
+            if email in taken and taken[email] != uid:
                 attrs["email"] = None  # released for the row that takes it
         for key, uid in self.events.items():
             if uid is not None:
@@ -346,6 +373,7 @@ class IdentifyMachine(RuleBasedStateMachine):
         assert set(keys) == self.delivered, (sorted(keys), sorted(self.delivered))
         if self._shared():
             return  # two rows reach one person: whichever arrives last wins, for now
+        event("(b) checked" + (" after a shared email" if self.was_shared else ""))
         # (b) each account one person, by id, with its plan and email
         held = {p.id: p for p in self.emu.people() if p.id is not None}
         for uid in self.accounts:
@@ -353,12 +381,13 @@ class IdentifyMachine(RuleBasedStateMachine):
             assert person is not None, (uid, sorted(held))
             want = self.expected[uid]
             assert person.attributes.get("plan") == want["plan"], (uid, person, want)
-            assert person.email == want["email"], (uid, person, want)
+            if want["email"] is not UNKNOWN:
+                assert person.email == want["email"], (uid, person, want)
 
 
 SETTINGS = settings(
     max_examples=int(os.environ.get("LOCKGATE_PROPERTY_EXAMPLES", "8")),
-    stateful_step_count=10,
+    stateful_step_count=int(os.environ.get("LOCKGATE_PROPERTY_STEPS", "10")),
     deadline=None,
     derandomize="LOCKGATE_PROPERTY_EXAMPLES" not in os.environ,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
