@@ -106,8 +106,8 @@ class IdentifyMachine(RuleBasedStateMachine):
         self.whole = False  # a whole run since the last edit: (b) holds
         #: accounts a run sent while another row shared their email: Customer.io gives the
         #: email's person to whichever new `id` arrives last, and the row, unchanged, is not
-        #: sent again (found, not fixed: see the report of branch `propsid`); (b) skips them
-        #: until their row changes
+        #: sent again, and a row sent later lands on the person it was renamed into (found,
+        #: not fixed: see the report of branch `propsid`); (b) skips them from then on
         self.tainted: set[int] = set()
         self.was_shared = False  # a whole run saw two rows share an email (for statistics)
 
@@ -123,7 +123,6 @@ class IdentifyMachine(RuleBasedStateMachine):
 
     def _set(self, uid: int, email: str | None, plan: str | None) -> None:
         self.accounts[uid] = {"email": email, "plan": plan}
-        self.tainted.discard(uid)  # sent again by the next run, unless still shared
         self.whole = False
 
     def _write(self) -> None:
