@@ -237,3 +237,33 @@ def test_a_named_row_of_any_column_type_is_the_one_the_whole_run_would_send(
     rest = run_sync(project, "typed", console=NullConsole())
     assert (rest.changes.unchanged, rest.delivered) == (2, 28)
     assert identifies(emu) == 30 and len(emu.people()) == 30
+
+
+MOVERS = """
+create or replace table users as
+select *, null as promo from (values (1, 'ann@example.com', 'pro'), (2, 'bob@example.com', 'free'))
+    t(user_id, email, plan);
+"""
+
+
+def test_a_named_row_taking_an_email_another_row_gives_up_sends_the_giver_first(
+    project_factory: ProjectFactory,
+) -> None:
+    """u1 moves to a new address and u2 takes u1's old one: `--only 2` names u2 alone, but
+    Customer.io drops u2's update while u1 holds the email, so the run sends u1 too, first (as
+    a whole run does), and the whole run after has nothing left to send."""
+    emu = project_factory.emulator
+    project_factory.sql(MOVERS)
+    project = project_factory.write({"profile": PROFILE})
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql(
+        "update users set email = 'ann@new.example.com' where user_id = 1;"
+        "update users set email = 'ann@example.com', plan = 'team' where user_id = 2;"
+    )
+
+    plan = plan_sync(project, "profile", console=NullConsole(), only=("2",), samples=10)
+    named = run_sync(project, "profile", console=NullConsole(), only=("2",))
+    assert named.status == "success" and named.delivered == plan.changes.to_send == 2
+    people = {p.id: (p.email, p.attributes.get("plan")) for p in emu.people()}
+    assert people == {"1": ("ann@new.example.com", "pro"), "2": ("ann@example.com", "team")}
+    assert plan_sync(project, "profile", console=NullConsole()).changes.to_send == 0

@@ -625,12 +625,16 @@ def _prepare(
         if only:
             planned = session.planned_people.get(sync.destination) if session else None
             _only_values(store, project, sync, only, planned or ())
+            while True:
+                if named_in_source is not None:
+                    with step("extract"), console.progress(f"extract {sync.name}", None) as advance:
+                        values = store.con.sql("select v from only_values").to_arrow_table()
+                        named_in_source.stage_named(
+                            store.con, compiled, _named("k", "ident"), values, advance
+                        )
+                if not _name_givers(store, sync, compiled):
+                    break
             if named_in_source is not None:
-                with step("extract"), console.progress(f"extract {sync.name}", None) as advance:
-                    values = store.con.sql("select v from only_values").to_arrow_table()
-                    named_in_source.stage_named(
-                        store.con, compiled, _named("k", "ident"), values, advance
-                    )
                 open_source.close()
             _keep_only(store, sync, compiled, only)
         # columns whose type changed within its family: their rows hash anew
@@ -877,6 +881,32 @@ def _only_values(
             ) where v is not null and v not in (select v from only_values)
             """,
         )
+
+
+def _name_givers(store: StateStore, sync: SyncConfig, compiled: mapping.Compiled) -> int:
+    """For `--only` in a people sync identified by email: name too the records delivered with
+    an email a named row of the model now has (a row giving it up, or still holding it), by
+    their key; how many were added. Customer.io drops an update whose email another person
+    holds, so the row giving the email up must be sent in the same run, first, as in a whole
+    run (``diff.order_email_moves``); a row that gives up its email to someone else is found by
+    that email already (:func:`_only_values`)."""
+    if sync.kind != "people" or "email" not in sync.identify_by:
+        return 0
+    con = store.con
+    before = int(run_sql(con, "select count(*) from only_values")[0][0])
+    run_sql(
+        con,
+        f"""
+        insert into only_values
+        select distinct s.k::varchar from main.{table("snap", sync.name)} s
+        where json_valid(s.ident)
+          and lower(json_extract_string(s.ident, '$.email')) in (
+              select lower(json_extract_string(ident, '$.email'))
+              from ({compiled.select}) where {_named("k", "ident")})
+          and s.k::varchar not in (select v from only_values)
+        """,
+    )
+    return int(run_sql(con, "select count(*) from only_values")[0][0]) - before
 
 
 def _keep_only(
