@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from lockgate.emulator import Emulator
 
 #: a people sync of one attribute (`plan`) over a `people` table keyed by `id`
 PEOPLE = """
@@ -105,3 +109,29 @@ def read_only(folder: Path) -> Iterator[str]:
     finally:
         for path, mode in modes.items():
             path.chmod(mode)
+
+
+def sql_text(value: str | None) -> str:
+    """``value`` as a SQL text literal (``null`` for None)."""
+    return "null" if value is None else "'" + value.replace("'", "''") + "'"
+
+
+def sent_ops(emu: Emulator, since: int) -> list[dict[str, Any]]:
+    """The Track v2 batch operations the emulator accepted after request ``since``."""
+    return [
+        op
+        for r in emu.request_log()[since:]
+        if r.path == "/api/v2/batch" and isinstance(r.body, dict) and r.status < 300
+        for op in r.body.get("batch", [])
+    ]
+
+
+def canonical(ops: list[dict[str, Any]]) -> list[str]:
+    """Operations in an order-free form, to compare what was planned with what was sent."""
+    return sorted(json.dumps(op, sort_keys=True) for op in ops)
+
+
+def roots(base: Path) -> Iterator[Path]:
+    """New folders under ``base``, one per example of a state machine."""
+    while True:
+        yield Path(tempfile.mkdtemp(dir=base))

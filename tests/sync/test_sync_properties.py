@@ -17,8 +17,6 @@ old ones renamed `{name}_backfill`). The invariants:
 
 from __future__ import annotations
 
-import json
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +34,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from tests.sync.conftest import ProjectFactory
+from tests.sync.helpers import canonical, roots, sent_ops, sql_text
 
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator, FaultConfig
@@ -150,23 +149,6 @@ event_rows = st.lists(
 )
 
 
-def _sql_text(value: str | None) -> str:
-    return "null" if value is None else "'" + value.replace("'", "''") + "'"
-
-
-def _sent_ops(emu: Emulator, since: int) -> list[dict[str, Any]]:
-    return [
-        op
-        for r in emu.request_log()[since:]
-        if r.path == "/api/v2/batch" and isinstance(r.body, dict) and r.status < 300
-        for op in r.body.get("batch", [])
-    ]
-
-
-def _canonical(ops: list[dict[str, Any]]) -> list[str]:
-    return sorted(json.dumps(op, sort_keys=True) for op in ops)
-
-
 def _person(email: str | None) -> str | None:
     """The person an email reaches in Customer.io."""
     return None if email is None else email.strip().lower()
@@ -226,8 +208,8 @@ class SyncMachine(RuleBasedStateMachine):
 
     def _write_people(self) -> None:
         values = ", ".join(
-            f"({'null' if r['user_id'] is None else r['user_id']}, {_sql_text(r['plan'])}, "
-            f"{_sql_text(r['score'])}, {_sql_text(r['promo'])})"
+            f"({'null' if r['user_id'] is None else r['user_id']}, {sql_text(r['plan'])}, "
+            f"{sql_text(r['score'])}, {sql_text(r['promo'])})"
             for r in self.people
         )
         self.factory.sql(
@@ -236,7 +218,7 @@ class SyncMachine(RuleBasedStateMachine):
 
     def _write_members(self) -> None:
         values = ", ".join(
-            f"({_sql_text(r['email'])}, {_sql_text(r['tier'])}, {_sql_text(r['rank'])})"
+            f"({sql_text(r['email'])}, {sql_text(r['tier'])}, {sql_text(r['rank'])})"
             for r in self.members
         )
         self.factory.sql(
@@ -338,7 +320,7 @@ class SyncMachine(RuleBasedStateMachine):
 
     def _write_events(self) -> None:
         values = ", ".join(
-            f"({_sql_text(e['event_id'])}, {'null' if e['user_id'] is None else e['user_id']}, "
+            f"({sql_text(e['event_id'])}, {'null' if e['user_id'] is None else e['user_id']}, "
             f"'{e['event_name']}', to_timestamp({e['ts']}))"
             for e in self.events
         )
@@ -371,8 +353,8 @@ class SyncMachine(RuleBasedStateMachine):
             # (a) the plan is what the sync sends
             planned = {c: getattr(plan.changes, c) for c in COUNTS}
             assert planned == {c: getattr(report.changes, c) for c in COUNTS}, name
-            sent = _sent_ops(self.emu, before)
-            assert _canonical(sent) == _canonical([s["payload"] for s in plan.samples]), name
+            sent = sent_ops(self.emu, before)
+            assert canonical(sent) == canonical([s["payload"] for s in plan.samples]), name
             self._check_rejected(name, report)
         self._expect_after_sync()
 
@@ -556,11 +538,6 @@ class SyncMachine(RuleBasedStateMachine):
             )
 
 
-def _roots(base: Path) -> Iterator[Path]:
-    while True:
-        yield Path(tempfile.mkdtemp(dir=base))
-
-
 SETTINGS = settings(
     max_examples=10,
     stateful_step_count=10,
@@ -574,6 +551,6 @@ def test_syncs_never_lose_duplicate_or_corrupt_a_record(
     project_factory: ProjectFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     SyncMachine.emulator = project_factory.emulator
-    SyncMachine.roots = _roots(tmp_path)
+    SyncMachine.roots = roots(tmp_path)
     SyncMachine.monkeypatch = monkeypatch
     run_state_machine_as_test(SyncMachine, settings=SETTINGS)

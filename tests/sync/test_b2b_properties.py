@@ -1,0 +1,520 @@
+"""Stateful property test of objects and relationships: random edits of companies, people
+and memberships, plans, syncs (in `sync --all` order, in other orders, full resyncs, some
+with the emulator failing requests), checked after each sync against a model of what
+Customer.io should hold.
+
+The warehouse has three syncs: `companies` (objects, `mirror`, with or without
+`delete_removed`; `name` under the default null policy, `plan` under `on_null: clear`,
+`seats` an integer), `people` (`mirror`, with or without `delete_removed`) and
+`memberships` (relationships, mirrored by default; `role` under the default null policy,
+`note` under `on_null: clear`). The invariants:
+
+- (a) without faults, a plan's counts and payloads are what the sync then sends, and after
+  a run of the three in `sync --all` order a plan of each has nothing to send;
+- (b) each object and person in the emulator has the model's attributes: the last non-null
+  value (`skip`), removed by a null or `""` under `clear`; one that left its model is cleared
+  (or deleted, with `delete_removed`);
+- (c) a relationship exists iff its membership row is in the model and both its ends were
+  delivered (and not deleted since), with the row's attributes; one whose end left its model
+  but still exists keeps what it had; one whose row left is removed;
+- (d) after a run with faults, a run without them converges to (b) and (c).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from tests.sync.conftest import ProjectFactory
+from tests.sync.helpers import canonical, roots, sent_ops, sql_text
+
+from lockgate.cli import cli
+from lockgate.console import NullConsole
+from lockgate.emulator import Emulator, FaultConfig
+from lockgate.errors import LockgateError
+from lockgate.sync.run import plan_sync, run_sync
+
+COMPANIES = """
+name: companies
+source: warehouse
+model: {table: companies}
+kind: objects
+object_type_id: "1"
+primary_key: company_id
+mode: mirror
+delete_removed: DELETE
+attributes:
+  name: name
+  plan: {column: plan, on_null: clear}
+  seats: {column: seats, type: integer}
+guardrails: {max_removed: off, max_changed: off}
+"""
+
+PEOPLE = """
+name: people
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+mode: mirror
+delete_removed: DELETE
+attributes: [first_name]
+guardrails: {max_removed: off, max_changed: off}
+"""
+
+MEMBERSHIPS = """
+name: memberships
+source: warehouse
+model: {table: members}
+kind: relationships
+object_type_id: "1"
+object_id: company_id
+identify_by: {id: user_id}
+relationship_attributes:
+  role: role
+  note: {column: note, on_null: clear}
+guardrails: {max_removed: off, max_changed: off}
+"""
+
+TABLES = """
+create or replace table companies (company_id varchar, name varchar, plan varchar,
+                                   seats varchar);
+create or replace table users (user_id integer, first_name varchar);
+create or replace table members (user_id integer, company_id varchar, role varchar,
+                                 note varchar);
+"""
+
+SYNCS = ("companies", "people", "memberships")  # `sync --all` order
+COUNTS = ("rows", "rejected", "to_send", "new", "changed", "unchanged", "removed")
+COUNTS += ("removed_sent", "duplicates_in_model", "held")
+
+company_ids = st.sampled_from(["acme", "globex", "initech"])
+user_ids = st.integers(1, 3)
+names = st.sampled_from([None, "", "Acme", "Globex Inc"])
+plans = st.sampled_from([None, "", "free", "pro"])
+seats = st.sampled_from([None, "", "3", "25", "2.0", "x"])
+first_names = st.sampled_from([None, "", "Ada", "Grace"])
+roles = st.sampled_from([None, "", "admin", "member"])
+notes = st.sampled_from([None, "", "n1", "n2"])
+
+company_rows = st.lists(st.tuples(company_ids, names, plans, seats), min_size=1, max_size=3)
+user_rows = st.lists(st.tuples(user_ids, first_names), min_size=1, max_size=4)
+member_rows = st.lists(
+    st.tuples(st.one_of(st.none(), user_ids), company_ids, roles, notes), min_size=1, max_size=5
+)
+
+Attrs = dict[str, Any]
+
+
+def _integer(text: str | None) -> bool:
+    if not text:
+        return True
+    try:
+        return float(text).is_integer()
+    except ValueError:
+        return False
+
+
+class B2BMachine(RuleBasedStateMachine):
+    #: set by the test: one emulator (reset for each example), a new folder per example
+    emulator: Emulator
+    roots: Iterator[Path]
+    monkeypatch: pytest.MonkeyPatch
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emu = self.emulator
+        self.emu.reset()
+        self.root = next(self.roots)
+        self.factory = ProjectFactory(self.root, self.emu, self.monkeypatch)
+        # the warehouse, as Python rows
+        self.companies: list[dict[str, Any]] = []
+        self.users: list[dict[str, Any]] = []
+        self.members: list[dict[str, Any]] = []
+        # the reference model of Customer.io
+        self.objects: dict[str, Attrs] = {}  # that exist, by id
+        self.people: dict[int, Attrs] = {}
+        self.objects_live: set[str] = set()  # delivered and not left their model since
+        self.people_live: set[int] = set()
+        #: relationships by (user, company): what they may hold (None: absent); one option
+        #: but after a run with faults, whose relationships with an end out may or may not
+        #: have been sent
+        self.rels: dict[tuple[int, str], list[Attrs | None]] = {}
+        self.synced = False
+
+    @initialize(
+        delete_objects=st.booleans(),
+        delete_people=st.booleans(),
+        companies=company_rows,
+        users=user_rows,
+        members=member_rows,
+    )
+    def start(
+        self, delete_objects: bool, delete_people: bool, companies: Any, users: Any, members: Any
+    ) -> None:
+        self.delete_objects, self.delete_people = delete_objects, delete_people
+        self.factory.sql(TABLES)
+        self.project = self.factory.write(
+            {
+                "companies": COMPANIES.replace("DELETE", str(delete_objects).lower()),
+                "people": PEOPLE.replace("DELETE", str(delete_people).lower()),
+                "memberships": MEMBERSHIPS,
+            },
+            retries=0,
+        )
+        # every company and person to begin with, so that memberships meet both ends
+        self.upsert_companies([(cid, "Co", "pro", "3") for cid in ("acme", "globex", "initech")])
+        self.upsert_users([(uid, "U") for uid in (1, 2, 3)])
+        self.upsert_companies(companies)
+        self.upsert_users(users)
+        self.upsert_members(members)
+        self._plan_and_sync(SYNCS, full_resync=False)
+
+    # -- the warehouse ------------------------------------------------------------------
+
+    def _write(self, table: str, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+        def value(v: Any) -> str:
+            return str(v) if isinstance(v, int) else sql_text(v)
+
+        values = ", ".join("(" + ", ".join(value(r[c]) for c in columns) + ")" for r in rows)
+        self.factory.sql(
+            f"delete from {table}" + (f"; insert into {table} values {values}" if values else "")
+        )
+
+    def _write_companies(self) -> None:
+        self._write("companies", self.companies, ("company_id", "name", "plan", "seats"))
+
+    def _write_users(self) -> None:
+        self._write("users", self.users, ("user_id", "first_name"))
+
+    def _write_members(self) -> None:
+        self._write("members", self.members, ("user_id", "company_id", "role", "note"))
+
+    @rule(rows=company_rows)
+    def upsert_companies(self, rows: list[tuple[str, Any, Any, Any]]) -> None:
+        for cid, name, plan, seat in rows:
+            row = {"company_id": cid, "name": name, "plan": plan, "seats": seat}
+            self.companies = [r for r in self.companies if r["company_id"] != cid] + [row]
+        self._write_companies()
+
+    @precondition(lambda self: self.companies)
+    @rule(data=st.data(), plan=plans)
+    def repeat_company(self, data: st.DataObject, plan: str | None) -> None:
+        """A second row under a company id already in the model (a bad join)."""
+        row = data.draw(st.sampled_from(self.companies))
+        if sum(r["company_id"] == row["company_id"] for r in self.companies) < 2:
+            self.companies.append({**row, "plan": plan})
+            self._write_companies()
+
+    @precondition(lambda self: self.companies)
+    @rule(data=st.data())
+    def delete_company(self, data: st.DataObject) -> None:
+        cid = data.draw(st.sampled_from([r["company_id"] for r in self.companies]))
+        self.companies = [r for r in self.companies if r["company_id"] != cid]
+        self._write_companies()
+
+    @rule(rows=user_rows)
+    def upsert_users(self, rows: list[tuple[int, str | None]]) -> None:
+        for uid, first_name in rows:
+            row = {"user_id": uid, "first_name": first_name}
+            self.users = [r for r in self.users if r["user_id"] != uid] + [row]
+        self._write_users()
+
+    @precondition(lambda self: self.users)
+    @rule(data=st.data())
+    def delete_user(self, data: st.DataObject) -> None:
+        uid = data.draw(st.sampled_from([r["user_id"] for r in self.users]))
+        self.users = [r for r in self.users if r["user_id"] != uid]
+        self._write_users()
+
+    @rule(rows=member_rows)
+    def upsert_members(self, rows: list[tuple[int | None, str, Any, Any]]) -> None:
+        for uid, cid, role, note in rows:
+            row = {"user_id": uid, "company_id": cid, "role": role, "note": note}
+            key = (uid, cid)
+            if uid is not None:
+                self.members = [r for r in self.members if (r["user_id"], r["company_id"]) != key]
+            if uid is not None or sum(r["user_id"] is None for r in self.members) < 2:
+                self.members.append(row)
+        self._write_members()
+
+    @precondition(lambda self: any(r["user_id"] is not None for r in self.members))
+    @rule(data=st.data(), role=roles)
+    def repeat_member(self, data: st.DataObject, role: str | None) -> None:
+        """A second row of a membership already in the model."""
+        row = data.draw(st.sampled_from([r for r in self.members if r["user_id"] is not None]))
+        key = (row["user_id"], row["company_id"])
+        if sum((r["user_id"], r["company_id"]) == key for r in self.members) < 2:
+            self.members.append({**row, "role": role})
+            self._write_members()
+
+    @precondition(lambda self: self.members)
+    @rule(data=st.data(), role=roles, note=notes)
+    def update_member(self, data: st.DataObject, role: str | None, note: str | None) -> None:
+        """A membership's attributes change."""
+        data.draw(st.sampled_from(self.members)).update(role=role, note=note)
+        self._write_members()
+
+    @precondition(lambda self: self.members)
+    @rule(data=st.data())
+    def delete_member(self, data: st.DataObject) -> None:
+        self.members.pop(data.draw(st.integers(0, len(self.members) - 1)))
+        self._write_members()
+
+    # -- the reference model ----------------------------------------------------------------
+
+    def _companies_ok(self) -> tuple[set[str], dict[str, dict[str, Any]]]:
+        """The company ids in the model, and the rows that can be sent, by id."""
+        present = {r["company_id"] for r in self.companies}
+        ok = {
+            r["company_id"]: r
+            for r in self.companies
+            if sum(o["company_id"] == r["company_id"] for o in self.companies) == 1
+            and _integer(r["seats"])
+        }
+        return present, ok
+
+    def _users_ok(self) -> tuple[set[int], dict[int, dict[str, Any]]]:
+        present = {r["user_id"] for r in self.users}
+        ok = {
+            r["user_id"]: r
+            for r in self.users
+            if sum(o["user_id"] == r["user_id"] for o in self.users) == 1
+        }
+        return present, ok
+
+    def _members_ok(self) -> tuple[set[tuple[int, str]], dict[tuple[int, str], dict[str, Any]]]:
+        keys = [(r["user_id"], r["company_id"]) for r in self.members if r["user_id"] is not None]
+        ok = {
+            (r["user_id"], r["company_id"]): r
+            for r in self.members
+            if r["user_id"] is not None and keys.count((r["user_id"], r["company_id"])) == 1
+        }
+        return set(keys), ok
+
+    def _drop_rels(self, end: int, value: Any) -> None:
+        """Customer.io deleted a person or object: its relationships went with it."""
+        for key in self.rels:
+            if key[end] == value:
+                self.rels[key] = [None]
+
+    def _expect_companies(self) -> None:
+        present, ok = self._companies_ok()
+        for cid, r in ok.items():
+            attrs = self.objects.setdefault(cid, {})
+            if r["name"]:
+                attrs["name"] = r["name"]
+            if r["plan"]:
+                attrs["plan"] = r["plan"]
+            else:
+                attrs.pop("plan", None)
+            if r["seats"]:
+                attrs["seats"] = int(float(r["seats"]))
+            self.objects_live.add(cid)
+        for cid in self.objects_live - present:
+            if self.delete_objects:
+                del self.objects[cid]
+                self._drop_rels(1, cid)
+            else:
+                self.objects[cid] = {}
+        self.objects_live &= present
+
+    def _expect_people(self) -> None:
+        present, ok = self._users_ok()
+        for uid, r in ok.items():
+            attrs = self.people.setdefault(uid, {})
+            if r["first_name"]:
+                attrs["first_name"] = r["first_name"]
+            self.people_live.add(uid)
+        for uid in self.people_live - present:
+            if self.delete_people:
+                del self.people[uid]
+                self._drop_rels(0, uid)
+            else:
+                self.people[uid] = {}
+        self.people_live &= present
+
+    def _expect_memberships(self, unsure: bool = False) -> None:
+        """A run of the memberships sync; ``unsure``: after a run with faults, whose
+        relationships with an end out may have been sent before that end went."""
+
+        def sent(old: Attrs | None, r: dict[str, Any]) -> Attrs:
+            attrs = dict(old or {})
+            if r["role"]:
+                attrs["role"] = r["role"]
+            if r["note"]:
+                attrs["note"] = r["note"]
+            else:
+                attrs.pop("note", None)
+            return attrs
+
+        present, ok = self._members_ok()
+        for key in list(self.rels):
+            if key not in present:
+                self.rels[key] = [None]
+        for key, r in ok.items():
+            options = self.rels.get(key, [None])
+            if key[0] in self.people_live and key[1] in self.objects_live:
+                self.rels[key] = [sent(o, r) for o in options]
+            elif unsure:
+                self.rels[key] = [*options, *(sent(o, r) for o in options)]
+        for key, options in self.rels.items():
+            unique = []
+            for o in options:
+                if o not in unique:
+                    unique.append(o)
+            self.rels[key] = unique
+
+    # -- syncs ----------------------------------------------------------------------------
+
+    def _expect(self, name: str, unsure: bool = False) -> None:
+        if name == "companies":
+            self._expect_companies()
+        elif name == "people":
+            self._expect_people()
+        else:
+            self._expect_memberships(unsure)
+
+    def _plan_and_sync(self, order: tuple[str, ...], full_resync: bool) -> None:
+        for name in order:
+            plan = plan_sync(
+                self.project, name, console=NullConsole(), full_resync=full_resync, samples=1000
+            )
+            before = len(self.emu.request_log())
+            report = run_sync(
+                self.project, name, console=NullConsole(), full_resync=full_resync, force=True
+            )
+            assert report.status == "success", (name, report.failures)
+            # (a) the plan is what the sync sends
+            planned = {c: getattr(plan.changes, c) for c in COUNTS}
+            assert planned == {c: getattr(report.changes, c) for c in COUNTS}, name
+            sent = sent_ops(self.emu, before)
+            assert canonical(sent) == canonical([s["payload"] for s in plan.samples]), name
+            self._expect(name)
+        self.synced = True
+        if order == SYNCS:
+            # (a) nothing left to send: what was sent once is not sent again
+            for name in SYNCS:
+                again = plan_sync(self.project, name, console=NullConsole()).changes
+                assert (again.to_send, again.removed_sent) == (0, 0), (name, again)
+
+    @rule(full_resync=st.booleans())
+    def sync_all(self, full_resync: bool) -> None:
+        self._plan_and_sync(SYNCS, full_resync)
+
+    @rule(order=st.permutations(SYNCS))
+    def sync_in_another_order(self, order: list[str]) -> None:
+        """`lockgate sync a`, then `b`, then `c`, one command each, in any order."""
+        self._plan_and_sync(tuple(order), full_resync=False)
+
+    @rule(full_resync=st.booleans())
+    def sync_all_from_the_cli(self, full_resync: bool) -> None:
+        """`lockgate plan --all`, then `lockgate sync --all`: objects, then people, then
+        relationships, each planned as the syncs before it leave things."""
+        extra = ["--full-resync"] if full_resync else []
+        plans = self._cli("plan", "--all", "--samples", "1000", *extra)
+        before = len(self.emu.request_log())
+        runs = self._cli("sync", "--all", "--force", *extra)
+        assert [r["sync"] for r in runs] == [p["sync"] for p in plans] == list(SYNCS)
+        for plan, run in zip(plans, runs, strict=True):
+            assert run["status"] == "success", run
+            counts = ("to_send", "new", "changed", "unchanged", "removed_sent", "held")
+            planned = {c: plan["changes"][c] for c in counts}
+            assert planned == {c: run["changes"][c] for c in counts}, plan["sync"]
+        shown = [s["payload"] for p in plans for s in p["samples"]]
+        assert canonical(sent_ops(self.emu, before)) == canonical(shown)
+        for name in SYNCS:
+            self._expect(name)
+        self.synced = True
+
+    def _cli(self, *args: str) -> Any:
+        result = CliRunner().invoke(
+            cli, [*args, "--project", str(self.root), "--json"], catch_exceptions=False
+        )
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    @rule(
+        seed=st.integers(0, 3),
+        applied=st.booleans(),
+        rate=st.sampled_from([0.3, 0.7, 1.0]),
+        full_resync=st.booleans(),
+    )
+    def sync_with_faults(self, seed: int, applied: bool, rate: float, full_resync: bool) -> None:
+        """(d) a run whose requests fail, then one without faults."""
+        self.emu.set_faults(
+            FaultConfig(error_5xx=rate / 2, reset=rate / 2, seed=seed, applied_then_failed=applied)
+        )
+        try:
+            for name in SYNCS:
+                try:
+                    run_sync(
+                        self.project,
+                        name,
+                        console=NullConsole(),
+                        full_resync=full_resync,
+                        force=True,
+                    )
+                except LockgateError:
+                    pass
+                self._expect(name, unsure=True)
+        finally:
+            self.emu.set_faults(FaultConfig())
+        self._plan_and_sync(SYNCS, full_resync=False)
+
+    # syncs are drawn as often as edits of the warehouse
+    sync_again = sync_all
+    sync_with_faults_again = sync_with_faults
+
+    # -- what Customer.io holds -----------------------------------------------------------
+
+    @invariant()
+    def customerio_holds_the_model(self) -> None:
+        if not self.synced:
+            return
+        held = {o.object_id: dict(o.attributes) for o in self.emu.objects()}
+        assert held == self.objects
+        people = {int(p.id): dict(p.attributes) for p in self.emu.people() if p.id}
+        assert people == self.people
+        by_cio = {p.cio_id: p.id for p in self.emu.people()}
+        rels: dict[tuple[int, str], Attrs] = {}
+        for r in self.emu.relationships():
+            key = (int(by_cio[r.person]), r.object_id)
+            assert key not in rels, key
+            rels[key] = dict(r.attributes)
+        for key, options in self.rels.items():
+            assert rels.get(key) in options, (key, rels.get(key), options)
+        assert set(rels) <= set(self.rels), (rels, self.rels)
+
+
+SETTINGS = settings(
+    max_examples=6,
+    stateful_step_count=6,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+def test_objects_and_relationships_follow_the_model(
+    project_factory: ProjectFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    B2BMachine.emulator = project_factory.emulator
+    B2BMachine.roots = roots(tmp_path)
+    B2BMachine.monkeypatch = monkeypatch
+    run_state_machine_as_test(B2BMachine, settings=SETTINGS)
