@@ -37,14 +37,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from tests.sync.conftest import ProjectFactory
-from tests.sync.test_sync_properties import (
-    ACTIVITY,
-    COUNTS,
-    _canonical,
-    _roots,
-    _sent_ops,
-    _sql_text,
-)
+from tests.sync.helpers import canonical, roots, sent_ops, sql_text
+from tests.sync.test_sync_properties import ACTIVITY, COUNTS
 
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
@@ -127,7 +121,7 @@ class IdentifyMachine(RuleBasedStateMachine):
 
     def _write(self) -> None:
         rows = ", ".join(
-            f"({uid}, {_sql_text(r['email'])}, {_sql_text(r['plan'])})"
+            f"({uid}, {sql_text(r['email'])}, {sql_text(r['plan'])})"
             for uid, r in self.accounts.items()
         )
         events = ", ".join(
@@ -256,13 +250,13 @@ class IdentifyMachine(RuleBasedStateMachine):
         # the email releases sent ahead of rows taking an email (`KEY#release-email`) are the
         # means of those rows' (docs/sync.md, "Emails that change hands in one run"), which a
         # plan neither counts nor shows
-        sent = [op for op in _sent_ops(self.emu, before) if op.get("attributes") != {"email": ""}]
-        assert _canonical(sent) == _canonical([s["payload"] for s in plan.samples]), name
+        sent = [op for op in sent_ops(self.emu, before) if op.get("attributes") != {"email": ""}]
+        assert canonical(sent) == canonical([s["payload"] for s in plan.samples]), name
 
     def _identified(self, before: int) -> set[str]:
         return {
             str(op["identifiers"].get("id"))
-            for op in _sent_ops(self.emu, before)
+            for op in sent_ops(self.emu, before)
             if op.get("action") == "identify"
         }
 
@@ -407,6 +401,6 @@ def test_identified_by_id_and_email_named_runs_and_all_runs_never_lose_or_resend
     project_factory: ProjectFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     IdentifyMachine.emulator = project_factory.emulator
-    IdentifyMachine.roots = _roots(tmp_path)
+    IdentifyMachine.roots = roots(tmp_path)
     IdentifyMachine.monkeypatch = monkeypatch
     run_state_machine_as_test(IdentifyMachine, settings=SETTINGS)
