@@ -250,6 +250,16 @@ class IdentityState:
         fresh.rename(folder)
         shutil.rmtree(previous, ignore_errors=True)
 
+    @staticmethod
+    def stored_in(directory: str | Path) -> Path | None:
+        """The folder holding the state `write` stored in `directory`: `directory` itself, or
+        the previous folder beside it when a `write` was caught between its two renames;
+        `None` if there is none yet."""
+        for folder in (Path(directory), Path(f"{directory}.old")):
+            if (folder / "state.json").exists():
+                return folder
+        return None
+
     @classmethod
     def read(
         cls, directory: str | Path, columns: Mapping[str, list[str]] | None = None
@@ -259,11 +269,9 @@ class IdentityState:
         `columns` names, per part, the only columns to read of it (`resolve` reads a few of
         the map's and the edges': :data:`STITCH_COLUMNS`); the other parts are read whole.
         """
-        folder = Path(directory)
-        if not (folder / "state.json").exists():
-            folder = folder.with_name(folder.name + ".old")
-            if not (folder / "state.json").exists():
-                return None
+        folder = cls.stored_in(directory)
+        if folder is None:
+            return None
         batch = int(json.loads((folder / "state.json").read_text())["batch"])
         # a state written before a part existed (`held`) starts that part empty
         parts = {

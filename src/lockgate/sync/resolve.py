@@ -369,22 +369,20 @@ def saved_graph_id(project: Project) -> str | None:
 
     from lockgate.sync import graphinputs
 
-    for folder in (
-        project.state_dir / IDENTITY_STATE,
-        project.state_dir / (IDENTITY_STATE + ".old"),
-    ):
-        try:
-            batch = int(json.loads((folder / "state.json").read_text())["batch"])
-            profiles = pq.ParquetFile(folder / "profiles.parquet")
-            first = (
-                profiles.read_row_group(0, columns=["run_id"])
-                if profiles.num_row_groups
-                else pa.table({"run_id": pa.array([], pa.string())})
-            )
-        except (OSError, KeyError, ValueError):
-            continue
-        return graphinputs.graph_id(batch, first)
-    return None
+    folder = IdentityState.stored_in(project.state_dir / IDENTITY_STATE)
+    if folder is None:
+        return None
+    try:
+        batch = int(json.loads((folder / "state.json").read_text())["batch"])
+        profiles = pq.ParquetFile(folder / "profiles.parquet")
+        first = (
+            profiles.read_row_group(0, columns=["run_id"])
+            if profiles.num_row_groups
+            else pa.table({"run_id": pa.array([], pa.string())})
+        )
+    except (OSError, KeyError, ValueError):  # swapped while read: stitched, not reused
+        return None
+    return graphinputs.graph_id(batch, first)
 
 
 def resolve_identities(project: Project, config: IdentityConfig, run_id: str) -> Resolution:
