@@ -162,3 +162,22 @@ def test_a_run_of_named_records_holds_back_a_shared_email_too(
     alone = run_sync(project, "accounts", console=NullConsole(), only=(other,))
     assert (alone.delivered, sorted(held(alone))) == (0, [other])
     assert people(emu) == {sent: want[sent]}
+
+
+def test_a_full_resync_sends_again_the_row_delivered_with_the_email_not_the_held_one(
+    project_factory: ProjectFactory,
+) -> None:
+    """A `--full-resync` reads every row as new, but the whole snapshot still says which row
+    has the email: row 2 is sent again; row 3 and a new row 1 (a lower key) still wait."""
+    project_factory.sql(
+        "create table accounts as select * from (values (2, 'Cy@x.io', 'free'), "
+        "(3, 'CY@X.IO', 'pro')) t(user_id, email, plan)"
+    )
+    project = project_factory.write({"accounts": ACCOUNTS})
+    emu = project_factory.emulator
+    run_sync(project, "accounts", console=NullConsole())
+    project_factory.sql("insert into accounts values (1, 'cy@x.io', 'team')")
+    report = run_sync(project, "accounts", console=NullConsole(), full_resync=True)
+    assert (report.status, report.delivered) == ("success", 1)
+    assert sorted(held(report)) == ["1", "3"]
+    assert people(emu) == {"2": ("Cy@x.io", "free")}
