@@ -181,3 +181,37 @@ def test_a_full_resync_sends_again_the_row_delivered_with_the_email_not_the_held
     assert (report.status, report.delivered) == ("success", 1)
     assert sorted(held(report)) == ["1", "3"]
     assert people(emu) == {"2": ("Cy@x.io", "free")}
+
+
+def test_the_email_a_held_row_was_delivered_with_is_still_its_own(
+    project_factory: ProjectFactory,
+) -> None:
+    """Row 10 moves to row 11's email (held back: 11 keeps it), and new row 12 takes 10's old
+    email. 10 was not sent, so Customer.io still gives it that email: 12 waits too (sent, it
+    would rename person 10), until 10 lands elsewhere."""
+    project_factory.sql(
+        "create table accounts as select * from (values (10, 'x@x.io', 'free'), "
+        "(11, 'y@x.io', 'free')) t(user_id, email, plan)"
+    )
+    project = project_factory.write({"accounts": ACCOUNTS})
+    emu = project_factory.emulator
+    run_sync(project, "accounts", console=NullConsole())
+    project_factory.sql(
+        "update accounts set email = 'Y@x.io', plan = 'pro' where user_id = 10;"
+        "insert into accounts values (12, 'x@x.io', 'team')"
+    )
+    plan = plan_sync(project, "accounts", console=NullConsole())
+    assert (plan.changes.to_send, sorted(held(plan))) == (0, ["10", "12"])
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert (report.delivered, sorted(held(report))) == (0, ["10", "12"])
+    assert "key `11`" in held(report)["10"] and "key `10`" in held(report)["12"]
+    assert people(emu) == {"10": ("x@x.io", "free"), "11": ("y@x.io", "free")}
+    # 10 gets an email of its own: it gives x@x.io up, and 12 takes it after it
+    project_factory.sql("update accounts set email = 'ten@x.io' where user_id = 10")
+    again = run_sync(project, "accounts", console=NullConsole())
+    assert (again.status, again.delivered, again.changes.rejected) == ("success", 2, 0)
+    assert people(emu) == {
+        "10": ("ten@x.io", "pro"),
+        "11": ("y@x.io", "free"),
+        "12": ("x@x.io", "team"),
+    }

@@ -1437,8 +1437,10 @@ def diff_records(
             where mapped.k = d.k
             """,
         )
-    # rows taking an email another person of the model holds, or takes in this run, wait
-    _hold_shared_emails(con, sync)
+    # rows taking an email another person of the model holds, or takes in this run, wait; a
+    # row held back keeps the email it was delivered with, which a row taking it waits for
+    while _hold_shared_emails(con, sync):
+        pass
     state_events = (
         _state_change_events(
             con, sync, now, relationship_snaps or [], people_snaps or [], json_text or (), rezoned
@@ -1582,7 +1584,9 @@ def _hold_shared_emails(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int
     the one a row still in the model (``keyed``) was delivered with it and does not give up
     in this run (:func:`_delivered`), else the person (``addr``) of the lowest key taking it.
     The rows of other persons are rejected naming the row that has it: rejected rows are
-    mapped again by every run, so they are sent once the model is deduped. An email a row
+    mapped again by every run, so they are sent once the model is deduped. A rejected row
+    gives nothing up: it holds the email it was delivered with, so the caller calls again
+    until no row is rejected (a row taking the email of a row held back waits too). An email a row
     gives up in this run is not shared: its taker is sent after it
     (:func:`order_email_moves`). A row addressed by its email alone (no `id`, `cio_id`)
     reaches the person who holds it, as any row of one person does (:func:`_shared_people`).
