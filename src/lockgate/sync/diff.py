@@ -1367,9 +1367,12 @@ def diff_records(
     changed since that run (``mapping.Rezoned``).
 
     With ``in_place``, the temp table ``keyed`` was built in the source (:meth:`InPlace.key`)
-    and ``model`` is filled here with only the rows to map. Without ``payloads`` (a plan), the
-    rows of ``changes`` carry no ``op``: :func:`with_payloads` builds those a caller shows
-    (building every payload is most of a first plan's time, and its largest table)."""
+    and ``model`` is filled here with only the rows to map. The rows of ``changes`` mapped
+    from the model carry no ``op`` (but those of an `on_change` sync): :func:`with_payloads`
+    builds those a caller shows, and delivery builds them as it reads them
+    (``deliver.with_payloads_sql``); building and storing every payload was most of a first
+    plan's time, its largest table, and ~2 s of a first run's CPU. ``payloads`` is false for
+    a plan (no email moves are ordered)."""
     snap = table("snap", sync.name)
     # what was delivered before: a full resync diffs against an empty snapshot (every row is
     # sent again), but the rows that left the model since are still undone in `mirror` mode
@@ -1412,13 +1415,19 @@ def diff_records(
     # every row mapped here is new, changed or a repeated key (rejected below): the rows whose
     # key and hash match the snapshot were left out above
     # the payload of any staged row, by `__rid`: DuckDB pushes a filter on `__rid` down to the
-    # staged rows, so a few payloads cost a few rows' work
+    # staged rows, so a few payloads cost a few rows' work; with the columns delivery reads
+    # with it (`deliver.with_payloads_sql`), as ``changes`` has them
     run_sql(
         con,
-        f"create or replace temp view payloads as select __rid, op from ({compiled.select})",
+        "create or replace temp view payloads as "
+        f"select __rid, op, k, src_h as h, ident from ({compiled.select})",
     )
-    # `on_change` rules read each row's identifiers from its payload
-    columns = "c.*" if payloads or sync.on_change else "c.* exclude (op), null::varchar as op"
+    # The payloads are not stored, in a run either: ``changes`` keeps each row's `__rid` and a
+    # null `op`, and delivery builds the payloads as it reads them (from the `payloads` view,
+    # `deliver.with_payloads_sql`). Stored, 1M people's payloads (~600 MB) outgrew the state's
+    # memory limit and went to the spill file and back: ~2 s of CPU of a first full sync.
+    # `on_change` rules read each row's identifiers from its payload, and stamp them: kept.
+    columns = "c.*" if sync.on_change else "c.* exclude (op), null::varchar as op"
     if sync.on_change and run_id:
         columns = f"c.* replace ({_stamped('c.ident', run_id)} as ident)"
     run_sql(
@@ -1928,9 +1937,10 @@ def _email_kept(
             select e.k, e.old_email as email,
                    {address.format(i="e.old_id", c="e.old_cio_id")} as ident
             from email_changed e join changes c on c.k = e.k
+            left join ({_payloads_of("email_changed")}) p on p.__rid = c.__rid
             where e.old_email is not null and e.new_email is null
               and coalesce(e.old_id, e.old_cio_id) is not null
-              and json_extract(c.op, '$.attributes.email') is null
+              and json_extract(coalesce(c.op, p.op), '$.attributes.email') is null
             """
         )
     if removed:
@@ -2519,9 +2529,20 @@ def untimed_first_run(sync: SyncConfig, last: object) -> bool:
     )
 
 
+def _payloads_of(keys: str) -> str:
+    """SQL of the payloads (``__rid, op``) of the rows of ``changes`` whose key is in the
+    table ``keys`` and which carry none (``changes`` keeps no payload of a row mapped from the
+    model, see :func:`diff_records`): built from the `payloads` view for those rows only."""
+    return f"""
+        select __rid, op from payloads where __rid in (
+            select c.__rid from changes c semi join {keys} t on t.k = c.k where c.op is null
+        )
+    """
+
+
 def with_payloads(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[str, str]]:
     """(key, op JSON) of the rows of ``sql`` (which selects ``k, __rid, op`` from ``changes``
-    of a people, objects or relationships sync), building the payloads a plan left out."""
+    of a people, objects or relationships sync), building the payloads the diff left out."""
     rows = con.execute(sql).fetchall()
     missing = [int(rid) for _, rid, op in rows if op is None and rid is not None]
     built: dict[int, str] = {}
