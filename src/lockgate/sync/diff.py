@@ -1287,15 +1287,11 @@ def _todo(
         from (select __rid, k, src_h, true as present from keyed) m
         full join (select k, h, true as present from {snap}) s on s.k = m.k and s.h = m.src_h
         where m.present is null or s.present is null;
+        create or replace temp table todo as
+        select __rid, k, src_h from todo_gone where present;
         create or replace temp table unmatched as
         select gone_k as k from todo_gone where present is null;
-        -- what is left is `todo`, kept where it is: on a first run or a full resync it is
-        -- every row of the model, which a copy would write twice
-        delete from todo_gone where present is null;
-        alter table todo_gone drop column gone_k;
-        alter table todo_gone drop column present;
-        drop table if exists todo;
-        alter table todo_gone rename to todo;
+        drop table todo_gone;
         """,
     )
     differing = int(_one(con, "select count(*) from todo") or 0)
