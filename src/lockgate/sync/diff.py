@@ -1232,18 +1232,19 @@ def _key_model(con: duckdb.DuckDBPyConnection, compiled: Compiled) -> None:
     )
 
 
-def _repeats(con: duckdb.DuckDBPyConnection, snap: str, total: int, differing: int) -> bool:
+def _repeats(
+    con: duckdb.DuckDBPyConnection, snap: str, snapshot_rows: int, total: int, differing: int
+) -> bool:
     """Whether a key repeats among the rows of ``keyed`` (a null key repeats when two rows have
     one), told from what :func:`_todo` found: ``differing`` rows of ``keyed`` without a
     snapshot row of their key and hash (the temp table ``todo``, before anything else is added
     to it), and the snapshot rows no row matches (``unmatched``); ``total`` rows in all. The
     snapshot has one row per key, so a key repeats exactly when (a) two differing rows share
     it, (b) a differing row has the key of a snapshot row that a row matches, or (c) two rows
-    match one snapshot row: more rows match than snapshot rows are matched. Each is a look at
-    the small tables, or at the snapshot for the differing rows of keys ``unmatched`` lacks
-    (new keys, or repeats)."""
+    match one snapshot row: more rows match than snapshot rows (``snapshot_rows``) are matched.
+    Each is a look at the small tables, or at the snapshot for the differing rows of keys
+    ``unmatched`` lacks (new keys, or repeats)."""
     matched = total - differing
-    snapshot_rows = int(_one(con, f"select count(*) from {snap}") or 0)
     if matched > snapshot_rows - int(_one(con, "select count(*) from unmatched") or 0):  # (c)
         return True
     if not differing:
@@ -1263,6 +1264,27 @@ def _repeats(con: duckdb.DuckDBPyConnection, snap: str, total: int, differing: i
     )
 
 
+def _todo_and_unmatched(con: duckdb.DuckDBPyConnection, snap: str) -> None:
+    """The temp tables ``todo`` (the rows of ``keyed`` without a row of their key and hash in
+    the snapshot ``snap``) and ``unmatched`` (the keys of the snapshot rows no row of ``keyed``
+    matches), from one join."""
+    run_sql(
+        con,
+        f"""
+        create or replace temp table todo_gone as
+        select m.__rid, m.k, m.src_h, s.k as gone_k, m.present
+        from (select __rid, k, src_h, true as present from keyed) m
+        full join (select k, h, true as present from {snap}) s on s.k = m.k and s.h = m.src_h
+        where m.present is null or s.present is null;
+        create or replace temp table todo as
+        select __rid, k, src_h from todo_gone where present;
+        create or replace temp table unmatched as
+        select gone_k as k from todo_gone where present is null;
+        drop table todo_gone;
+        """,
+    )
+
+
 def _todo(
     con: duckdb.DuckDBPyConnection, snap: str, unconfirmed: str
 ) -> tuple[int, int, int, bool, int]:
@@ -1279,24 +1301,18 @@ def _todo(
     # matches (`unmatched`), so whether a key repeats is told from those small tables and counts
     # instead of grouping every row of the model by its key (a second pass over the model,
     # 0.1-0.2 s at 1M rows). The snapshot has one row per key.
-    run_sql(
-        con,
-        f"""
-        create or replace temp table todo_gone as
-        select m.__rid, m.k, m.src_h, s.k as gone_k, m.present
-        from (select __rid, k, src_h, true as present from keyed) m
-        full join (select k, h, true as present from {snap}) s on s.k = m.k and s.h = m.src_h
-        where m.present is null or s.present is null;
-        create or replace temp table todo as
-        select __rid, k, src_h from todo_gone where present;
-        create or replace temp table unmatched as
-        select gone_k as k from todo_gone where present is null;
-        drop table todo_gone;
-        """,
-    )
+    snapshot_rows = int(_one(con, f"select count(*) from {snap}") or 0)
+    if snapshot_rows:
+        _todo_and_unmatched(con, snap)
+    else:  # a first run or a full resync: every row differs (not copied a second time)
+        run_sql(
+            con,
+            "create or replace temp table todo as select __rid, k, src_h from keyed; "
+            "create or replace temp table unmatched (k varchar)",
+        )
     differing = int(_one(con, "select count(*) from todo") or 0)
     total = int(_one(con, "select count(*) from keyed") or 0)
-    repeated = _repeats(con, snap, total, differing)
+    repeated = _repeats(con, snap, snapshot_rows, total, differing)
     unsure = 0
     if _one(con, f"select count(*) from {unconfirmed}"):
         unsure = int(
