@@ -170,9 +170,6 @@ class IdentityMachine(RuleBasedStateMachine):
         self.plan_of: dict[str, str | None] = {}  # user_id -> last non-null plan sent
         self.ever: dict[Node, set[Node]] = {}  # node -> every node it was ever joined with
         self.broken: set[Node] = set()  # nodes that were ever in a component breaking a limit
-        #: nodes of components that were sent as a person known by email alone: one that
-        #: gains a user id is a second person (a known gap, see the xfail test below)
-        self.by_email_alone: set[Node] = set()
         self.synced = False  # a run without faults since the last edit
 
     @initialize(
@@ -390,8 +387,6 @@ class IdentityMachine(RuleBasedStateMachine):
                 self.ever.setdefault(n, set()).update(comp)
             if self._breaks_a_limit(comp):
                 self.broken |= comp
-            elif self._rows_of(comp) and not any(t == "user_id" for t, _ in comp):
-                self.by_email_alone |= comp
         self.synced = True
 
     @rule(full_resync=st.booleans())
@@ -462,9 +457,6 @@ class IdentityMachine(RuleBasedStateMachine):
                 continue  # nothing a sync sends: no person
             user = [v for t, v in comp if t == "user_id"]
             mails = {v for t, v in comp if t == "email"}
-            if user and comp & self.by_email_alone:
-                event("known gap: a person known by email alone gains a user id")
-                continue
             holders = [p for p in people if p.email in mails or (user and p.id == user[0])]
             assert len(holders) == 1, (comp, holders)
             (person,) = holders
@@ -558,17 +550,14 @@ def test_a_lead_whose_profile_gains_a_smaller_email_stays_one_person(
         assert plan_sync(project, name, console=NullConsole()).changes.to_send == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an email-only person whose profile gains a user id with another email is not "
-    "found: the run identifies a new person by the id (reported, not fixed yet)",
-)
 def test_a_lead_whose_profile_gains_a_user_id_stays_one_person(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A lead synced by email alone; then the app's user signs up with another address and
     a link says both addresses are one person: one profile, which Customer.io should see as
-    the lead's person, given the user's `id` (identify.md §3.5, "Profile gains user_id")."""
+    the lead's person, given the user's `id` (identify.md §3.5, "Profile gains user_id").
+    (Found by the state machine above: the run identified the profile by the new `id` and
+    the new email, which Customer.io found on nobody, and created a second person.)"""
     project = project_in(tmp_path, customerio_emulator, monkeypatch)
     sql(tmp_path, "insert into leads values ('e5@x.io', 'ads')")
     sync_all(project)
