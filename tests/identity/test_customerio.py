@@ -198,3 +198,31 @@ def test_the_graph_attributes_as_columns_are_those_of_each_profile() -> None:
     got = {n: set(v.values()) for n, v in by_name(profile_attributes(second, cfg)).items()}
     assert got["stripe_customer_id"] == {"cus_9", "cus_8b", ""}
     assert got["contested_email"] == {""}
+
+
+def test_a_person_known_by_email_alone_is_given_the_id_its_profile_gained() -> None:
+    """A lead (a person by email alone) whose profile gains a user id with another email:
+    the person is first given the `id` by an identify carrying the email it holds, then the
+    profile's identify by the `id` changes the email; by the new `id` and email alone,
+    Customer.io would find nobody and create a second person."""
+    cfg = config()
+    first = run(cfg, {"newsletter": rows({"email": "lead@x.com"})})
+    second = run(
+        cfg,
+        {
+            "app_users": rows({"user_id": "u1", "email": "new@x.com", "ts": 2}),
+            "crm_contacts": rows({"user_id": "u1", "email": "lead@x.com", "ts": 2}),
+        },
+        state=first.state,
+        run_id="r2",
+    )
+    assert second.merges.num_rows == 0  # one profile all along: the lead's
+    plan = plan_customerio(second, cfg, exists={("email", "lead@x.com")})
+    identifies = [op.payload for op in plan.ops if op.payload["action"] == "identify"]
+    assert [(p["identifiers"], p["attributes"].get("email")) for p in identifies] == [
+        ({"id": "u1"}, "lead@x.com"),
+        ({"id": "u1"}, "new@x.com"),
+    ]
+    # once the person holds the `id`, nothing more to give
+    third = run(cfg, {}, state=second.state, run_id="r3")
+    assert plan_customerio(third, cfg, exists={("id", "u1")}).ops == ()

@@ -423,6 +423,11 @@ def plan_customerio(
             "merged them",
         )
 
+    # people known by email alone whose profile gained an `id`: given it before the
+    # profile's identify by that `id` (a sync sends these itself, with the merges)
+    if not merged_only:
+        ops.extend(adoption_ops(result, known))
+
     # 3. identify new people and changed identifiers; re-apply after merges
     review = result.splits.filter(pc.equal(result.splits["status"], "needs_review"))
     held = (
@@ -507,6 +512,49 @@ def plan_customerio(
         "review": review.num_rows,
     }
     return CioPlan(tuple(ops), pa.table(outcomes, schema=OUTCOMES_SCHEMA), review, counts)
+
+
+def adoptions(result: IdentityResult) -> list[tuple[str, str, str]]:
+    """The profiles that were a Customer.io person known by email alone and now have an `id`
+    with another email: `(profile_id, id, old email)` each.
+
+    Identified by the new `id` with the new email, Customer.io would find neither and
+    create a second person; the person must first be given the `id` (an identify by the `id`
+    carrying the email it holds: Customer.io gives an unknown `id` to the person holding the
+    email), and the profile's own identify then changes the email by the `id`
+    (identity.md §3.5, "Profile gains user_id")."""
+    previous = result.previous_profiles
+    if not previous.num_rows or not result.profiles.num_rows:
+        return []
+    was = previous.filter(
+        pc.and_(pc.is_null(previous["cio_person_id"]), pc.is_valid(previous["cio_email"]))
+    ).select(["profile_id", "cio_email"])
+    if not was.num_rows:
+        return []
+    now = result.profiles.filter(pc.is_valid(result.profiles["cio_person_id"])).select(
+        ["profile_id", "cio_person_id", "cio_email"]
+    )
+    joined = now.join(was.rename_columns(["profile_id", "old_email"]), "profile_id")
+    joined = joined.filter(
+        pc.fill_null(pc.not_equal(joined["cio_email"], joined["old_email"]), True)
+    )
+    return sorted((r["profile_id"], r["cio_person_id"], r["old_email"]) for r in joined.to_pylist())
+
+
+def adoption_ops(result: IdentityResult, exists: Callable[[str, str], bool]) -> list[CioOp]:
+    """One identify per :func:`adoptions` entry whose person exists, giving it the `id`."""
+    ops = []
+    for pid, person_id, email in adoptions(result):
+        if not exists("email", email):
+            continue
+        payload = {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {"id": person_id},
+            "attributes": {"email": email},
+        }
+        ops.append(CioOp(_key("adopt", person_id, email), pid, payload))
+    return ops
 
 
 def merge_addresses(result: IdentityResult, config: IdentityConfig) -> set[tuple[str, str]]:

@@ -439,6 +439,19 @@ def assign(
     updated = pc.if_else(
         pa.array(changed), pa.scalar(run_id), carried("updated_run", run_id, pa.string())
     )
+    person_ids = values_of(pick_for("id"))
+    emails = _kept_email(
+        values_of(pick_for("email")),
+        person_ids,
+        previous,
+        pid_take,
+        config,
+        types,
+        node_type,
+        node_values,
+        comp_of,
+        eligible,
+    )
     type_names = pa.array(list(types), pa.string())
     columns: dict[str, pa.Array] = {
         "run_id": pa.repeat(pa.scalar(run_id), n_comp),
@@ -451,8 +464,8 @@ def assign(
         "updated_run": updated,
         "n_identifiers": pa.array(counts.sum(axis=1), pa.int64()),
         "cio_id": values_of(pick_for("cio_id")),
-        "cio_person_id": values_of(pick_for("id")),
-        "cio_email": values_of(pick_for("email")),
+        "cio_person_id": person_ids,
+        "cio_email": emails,
         "cio_anonymous_id": values_of(pick_for("anonymous_id")),
     }
     for t, name in enumerate(types):
@@ -537,6 +550,67 @@ def assign(
     )
     del node_batch
     return Assigned(node_profile, profiles, aliases, merges_t, splits, moves_t)
+
+
+def _kept_email(
+    picked: pa.Array,
+    person_ids: pa.Array,
+    previous: PreviousProfiles,
+    pid_take: pa.Array,
+    config: IdentityConfig,
+    types: tuple[str, ...],
+    node_type: npt.NDArray[np.int16],
+    node_values: pa.StringArray,
+    comp_of: npt.NDArray[np.int64],
+    eligible: npt.NDArray[np.bool_],
+) -> pa.Array:
+    """Per component, the Customer.io email: ``picked`` (best rank, then latest seen), except
+    for a profile that is a Customer.io person by its email alone (no `id` before or now),
+    which keeps the email it had while it still holds it.
+
+    Such a person can only be found by that email: identifying it by another one of the
+    profile's emails (a smaller address that joined, a lead's second address) would create a
+    second person for the one profile, and leave the first with the profile's older values.
+    """
+    if not len(previous.ids) or not len(picked):
+        return picked
+    old_email = previous.table["cio_email"].combine_chunks().take(pid_take)
+    old_person = previous.table["cio_person_id"].combine_chunks().take(pid_take)
+    stale = pc.and_(
+        pc.and_(pc.is_valid(old_email), pc.is_null(old_person)),
+        pc.and_(
+            pc.is_null(person_ids),
+            pc.fill_null(pc.not_equal(picked, old_email), True),
+        ),
+    )
+    comps = np.flatnonzero(stale.to_numpy(zero_copy_only=False))
+    if not comps.size:
+        return picked
+    wanted = {int(c): old_email[int(c)].as_py() for c in comps}
+    email_types = [
+        types.index(t) for t in types if config.identifier_types[t].customerio == "email"
+    ]
+    candidates = np.flatnonzero(
+        eligible
+        & np.isin(node_type, email_types)
+        & (comp_of >= 0)
+        & pc.is_in(node_values, value_set=pa.array(sorted(set(wanted.values())), pa.string()))
+        .to_numpy(zero_copy_only=False)
+        .astype(bool)
+    )
+    held = {
+        (int(c), v)
+        for c, v in zip(
+            comp_of[candidates].tolist(),
+            node_values.take(pa.array(candidates)).to_pylist(),
+            strict=True,
+        )
+    }
+    out = picked.to_pylist()
+    for c, email in wanted.items():
+        if (c, email) in held:
+            out[c] = email
+    return pa.array(out, pa.string())
 
 
 def _own_new_id(

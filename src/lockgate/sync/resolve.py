@@ -31,6 +31,8 @@ import pyarrow.compute as pc
 from lockgate.errors import ConfigError, SourceError
 from lockgate.identity import IdentityResult, IdentityState, Resolver, plan_customerio, resolve
 from lockgate.identity.customerio import (
+    adoption_ops,
+    adoptions,
     attribute_names,
     merge_addresses,
     profile_attribute_columns,
@@ -777,12 +779,21 @@ def merge_operations(store: StateStore, project: Project, resolution: Resolution
     Columns: ``k`` (the op's idempotency key), ``op`` (JSON). The merge limit
     (`customerio.merge_policy.max_merges_per_run`) is checked by :func:`merge_guard`.
     """
-    import orjson
 
+    # people known by email alone whose profile gained an `id`: given it first, so that the
+    # rows' identify by the `id` reaches them rather than creating a second person
+    adopted = adoptions(resolution.result)
+    adopt: list[Any] = []
+    if adopted:
+        emails = {("email", email) for _, _, email in adopted}
+        found = known_people(store, project, among=emails)
+        adopt = adoption_ops(resolution.result, lambda kind, value: (kind, value) in found)
+        done = _delivered_by_any_sync(store, project, [op.key for op in adopt])
+        adopt = [op for op in adopt if op.key not in done]
     if not _may_merge(resolution):
         # the common run: no profiles merged, none holding two Customer.io people. The plan
         # below would be built for every profile (seconds at a million) to keep none of it
-        return pa.table({"k": pa.array([], pa.string()), "op": pa.array([], pa.string())})
+        return _ops_table(adopt)
     plan = plan_customerio(
         resolution.result,
         resolution.config,
@@ -804,13 +815,23 @@ def merge_operations(store: StateStore, project: Project, resolution: Resolution
         op for op in plan.ops if op.payload.get("action") == "merge" and op.key not in delivered
     ]
     survivors = {op.profile_id for op in merges}
-    ops = merges + [
-        op
-        for op in plan.ops
-        if op.payload.get("action") == "identify"
-        and op.profile_id in survivors
-        and op.key not in delivered
-    ]
+    ops = (
+        adopt
+        + merges
+        + [
+            op
+            for op in plan.ops
+            if op.payload.get("action") == "identify"
+            and op.profile_id in survivors
+            and op.key not in delivered
+        ]
+    )
+    return _ops_table(ops)
+
+
+def _ops_table(ops: list[Any]) -> pa.Table:
+    import orjson
+
     return pa.table(
         {
             "k": pa.array([op.key for op in ops], pa.string()),

@@ -1,0 +1,621 @@
+"""Stateful property test of people syncs keyed through the identity graph (docs/identity.md):
+random edits of a small warehouse of identity sources (app users with their emails, leads,
+links that say two emails are one person, Stripe customers, identifies tying an anonymous id
+to a user), plans and syncs (some `--full-resync`, some with the emulator failing requests),
+checked after each sync against a model of the graph computed here from the rows.
+
+The project stitches `user_id` (limit 1, the Customer.io `id`), `email` (limit 3), `stripe_id`
+(limit 1, an attribute) and `anonymous_id` (capped at one user: a shared device links
+nobody). Three people syncs: `users` (`plan`), `leads` (`lead_source`) and `billing` (`mrr`,
+keyed by the Stripe id). The model's components are the connected components of the current
+links with no limit applied; a component holding more than one user id (or more than the
+limit of a type) is one where a union must be refused. The invariants:
+
+- (a) without faults, a plan's counts and payloads (the graph's merges included) are what
+  the run then sends, and after the three syncs a plan of each has nothing to send;
+- (b) each user of the warehouse is one Customer.io person, found by its `id`, with the
+  user's last non-null `plan`; no two people share an `id`, an email or an anonymous id; no
+  merge ever folds a person with an `id` into another (user ids never merge);
+- (c) a component that breaks a limit is reported in `lg_refused_merges`;
+- (d) a component that has always been whole (nothing ever left it, no limit broken) is one
+  person holding every row of it: the user's `plan`, a lead's `lead_source`, the Stripe id
+  and `mrr`, the anonymous ids only this user was seen with; no other person holds its
+  emails (two people found to be one were merged, and the merged person keeps the union);
+- (e) after a run with faults, a run without them converges to (a)-(d).
+
+`LOCKGATE_PROPERTY_EXAMPLES=200 LOCKGATE_PROPERTY_STEPS=30` explores more than CI's few
+derandomized examples.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+import yaml
+from hypothesis import HealthCheck, Phase, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from tests.sync.helpers import canonical, roots, sent_ops, sql_text
+
+from lockgate.console import NullConsole
+from lockgate.emulator import Emulator, FaultConfig
+from lockgate.errors import LockgateError
+from lockgate.project.loader import Project, load_project
+from lockgate.sync.run import RunReport, plan_sync, run_sync
+
+EMAIL_LIMIT = 3
+IDENTITY: dict[str, Any] = {
+    "identifier_types": {
+        "user_id": {"priority": 1, "limit": 1, "customerio": "id"},
+        "email": {"priority": 2, "limit": EMAIL_LIMIT, "customerio": "email"},
+        "stripe_id": {"priority": 3, "limit": 1, "customerio": "attribute:stripe_id"},
+        "anonymous_id": {
+            "priority": 9,
+            "limit": 25,
+            "customerio": "anonymous_id",
+            "degree_cap": {"user_id": {"max": 1, "policy": "quarantine"}},
+            "bridge_known_profiles": False,
+        },
+    },
+    "sources": [
+        {"name": "app_users", "table": "app_users", "trust": 1},
+        {"name": "leads", "table": "leads", "trust": 2},
+        {
+            "name": "links",
+            "table": "links",
+            "trust": 2,
+            "columns": {"email": "email", "other_email": "email"},
+        },
+        {"name": "stripe", "table": "stripe", "trust": 2},
+        {"name": "identifies", "table": "identifies", "trust": 3},
+    ],
+}
+
+PROJECT = """\
+name: idprops
+sources:
+  warehouse: {{type: duckdb, path: w.duckdb}}
+destinations:
+  customerio: {{type: customerio, track_url: "{url}", rate_limit: 1000/s, max_retries: 0}}
+"""
+
+SYNCS = {
+    "users": """
+        name: users
+        source: warehouse
+        model: {table: app_users}
+        kind: people
+        primary_key: user_id
+        identify_by: {user_id: user_id, email: email}
+        attributes: {plan: plan}
+    """,
+    "leads": """
+        name: leads
+        source: warehouse
+        model: {table: leads}
+        kind: people
+        primary_key: email
+        identify_by: {email: email}
+        attributes: {lead_source: lead_source}
+    """,
+    "billing": """
+        name: billing
+        source: warehouse
+        model: {table: stripe}
+        kind: people
+        primary_key: stripe_id
+        identify_by: {stripe_id: stripe_id}
+        attributes: {mrr: {column: mrr, type: number}}
+    """,
+}
+ORDER = ("users", "leads", "billing")
+
+TABLES = """
+create or replace table app_users (user_id varchar, email varchar, plan varchar);
+create or replace table leads (email varchar, lead_source varchar);
+create or replace table links (email varchar, other_email varchar);
+create or replace table stripe (stripe_id varchar, email varchar, user_id varchar, mrr double);
+create or replace table identifies (anonymous_id varchar, user_id varchar);
+"""
+
+COUNTS = ("rows", "rejected", "to_send", "new", "changed", "unchanged", "removed")
+COUNTS += ("removed_sent", "duplicates_in_model", "held")
+
+uids = st.sampled_from(["u1", "u2", "u3", "u4"])
+emails = st.sampled_from([f"e{i}@x.io" for i in range(1, 7)])
+plans = st.sampled_from([None, "free", "pro", "team"])
+lead_sources = st.sampled_from(["ads", "seo", "webinar"])
+stripe_ids = st.sampled_from(["cus_1", "cus_2", "cus_3"])
+anons = st.sampled_from(["a1", "a2", "a3"])
+mrrs = st.sampled_from([0.0, 9.0, 49.0])
+
+Node = tuple[str, str]
+
+
+class IdentityMachine(RuleBasedStateMachine):
+    #: set by the test: one emulator (reset for each example), a new folder per example
+    emulator: Emulator
+    roots: Iterator[Path]
+    monkeypatch: pytest.MonkeyPatch
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emu = self.emulator
+        self.emu.reset()
+        self.root = next(self.roots)
+        site, key = self.emu.track_auth
+        self.monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+        self.monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+        self.monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", self.emu.config.app_api_key)
+        # the warehouse, as Python rows
+        self.users: dict[str, dict[str, Any]] = {}  # user_id -> email, plan
+        self.leads: dict[str, str] = {}  # email -> lead_source
+        self.links: list[tuple[str, str]] = []
+        self.stripe: dict[str, dict[str, Any]] = {}  # stripe_id -> email, user_id, mrr
+        self.identifies: list[tuple[str, str]] = []  # (anonymous_id, user_id)
+        # the reference model
+        self.plan_of: dict[str, str | None] = {}  # user_id -> last non-null plan sent
+        self.ever: dict[Node, set[Node]] = {}  # node -> every node it was ever joined with
+        self.broken: set[Node] = set()  # nodes that were ever in a component breaking a limit
+        self.synced = False  # a run without faults since the last edit
+
+    @initialize(
+        users=st.lists(st.tuples(uids, emails, plans), min_size=1, max_size=3),
+        leads=st.lists(st.tuples(emails, lead_sources), min_size=1, max_size=3),
+    )
+    def start(self, users: Any, leads: Any) -> None:
+        con = duckdb.connect(str(self.root / "w.duckdb"))
+        con.execute(TABLES).fetchall()
+        con.close()
+        (self.root / "syncs").mkdir()
+        for name, body in SYNCS.items():
+            (self.root / "syncs" / f"{name}.yml").write_text(textwrap.dedent(body))
+        text = PROJECT.format(url=self.emu.base_url) + yaml.safe_dump({"identity": IDENTITY})
+        (self.root / "lockgate.yml").write_text(text)
+        self.project: Project = load_project(self.root)
+        for uid, email, plan in users:
+            self.users[uid] = {"email": email, "plan": plan}
+        for email, source in leads:
+            self.leads[email] = source
+        self._write()
+        self._plan_and_sync(full_resync=False)  # people to merge from the first step on
+
+    # -- the warehouse ------------------------------------------------------------------
+
+    def _write(self) -> None:
+        def insert(table: str, rows: list[tuple[Any, ...]]) -> str:
+            if not rows:
+                return f"delete from {table};"
+            values = ", ".join(
+                "(" + ", ".join(str(v) if isinstance(v, float) else sql_text(v) for v in row) + ")"
+                for row in rows
+            )
+            return f"delete from {table}; insert into {table} values {values};"
+
+        statements = [
+            insert("app_users", [(u, r["email"], r["plan"]) for u, r in self.users.items()]),
+            insert("leads", list(self.leads.items())),
+            insert("links", self.links),
+            insert(
+                "stripe",
+                [(s, r["email"], r["user_id"], r["mrr"]) for s, r in self.stripe.items()],
+            ),
+            insert("identifies", self.identifies),
+        ]
+        con = duckdb.connect(str(self.root / "w.duckdb"))
+        try:
+            con.execute("\n".join(statements)).fetchall()
+        finally:
+            con.close()
+        self.synced = False
+
+    @rule(uid=uids, email=st.one_of(st.none(), emails), plan=plans)
+    def set_user(self, uid: str, email: str | None, plan: str | None) -> None:
+        """A new user, or one whose email or plan changed (two users may give one email: a
+        family address, a union the user id limit refuses)."""
+        self.users[uid] = {"email": email, "plan": plan}
+        self._write()
+
+    @precondition(lambda self: self.users)
+    @rule(data=st.data())
+    def delete_user(self, data: st.DataObject) -> None:
+        del self.users[data.draw(st.sampled_from(sorted(self.users)))]
+        self._write()
+
+    @rule(email=emails, source=lead_sources)
+    def set_lead(self, email: str, source: str) -> None:
+        self.leads[email] = source
+        self._write()
+
+    @precondition(lambda self: self.leads)
+    @rule(data=st.data())
+    def delete_lead(self, data: st.DataObject) -> None:
+        del self.leads[data.draw(st.sampled_from(sorted(self.leads)))]
+        self._write()
+
+    def _emails(self) -> list[str]:
+        return sorted({r["email"] for r in self.users.values() if r["email"]} | set(self.leads))
+
+    @rule(data=st.data(), b=emails)
+    def add_link(self, data: st.DataObject, b: str) -> None:
+        """Two emails are one person: a row that may bridge two people (a merge), or two
+        users (a union the limit refuses)."""
+        a = data.draw(st.sampled_from(self._emails() or [b]))
+        if a != b and (a, b) not in self.links and len(self.links) < 4:
+            self.links.append((a, b))
+            self._write()
+
+    @precondition(lambda self: self.links)
+    @rule(data=st.data())
+    def remove_link(self, data: st.DataObject) -> None:
+        self.links.remove(data.draw(st.sampled_from(self.links)))
+        self._write()
+
+    @rule(
+        sid=stripe_ids,
+        by_email=st.booleans(),
+        email=emails,
+        uid=uids,
+        mrr=mrrs,
+    )
+    def set_stripe(self, sid: str, by_email: bool, email: str, uid: str, mrr: float) -> None:
+        """A Stripe customer, tied to a user by its email or by the user id in its metadata."""
+        self.stripe[sid] = {
+            "email": email if by_email else None,
+            "user_id": None if by_email else uid,
+            "mrr": mrr,
+        }
+        self._write()
+
+    @precondition(lambda self: self.stripe)
+    @rule(data=st.data())
+    def delete_stripe(self, data: st.DataObject) -> None:
+        del self.stripe[data.draw(st.sampled_from(sorted(self.stripe)))]
+        self._write()
+
+    @rule(anon=anons, uid=uids)
+    def add_identify(self, anon: str, uid: str) -> None:
+        """A device seen with a user; one seen with two users links nobody."""
+        if (anon, uid) not in self.identifies:
+            self.identifies.append((anon, uid))
+            self._write()
+
+    # -- the model of the graph ---------------------------------------------------------
+
+    def _edges(self) -> tuple[set[Node], list[tuple[Node, Node]]]:
+        nodes: set[Node] = set()
+        edges: list[tuple[Node, Node]] = []
+        for uid, r in self.users.items():
+            nodes.add(("user_id", uid))
+            if r["email"]:
+                edges.append((("user_id", uid), ("email", r["email"])))
+        nodes |= {("email", e) for e in self.leads}
+        edges += [(("email", a), ("email", b)) for a, b in self.links]
+        for sid, r in self.stripe.items():
+            other = ("email", r["email"]) if r["email"] else ("user_id", r["user_id"])
+            edges.append((("stripe_id", sid), other))
+        users_of: dict[str, set[str]] = {}
+        for anon, uid in self.identifies:
+            users_of.setdefault(anon, set()).add(uid)
+        for anon, users in users_of.items():
+            nodes.add(("user_id", next(iter(users))))
+            if len(users) == 1:  # a device seen with two users is quarantined
+                edges.append((("anonymous_id", anon), ("user_id", next(iter(users)))))
+        for a, b in edges:
+            nodes |= {a, b}
+        return nodes, edges
+
+    def _components(self) -> list[set[Node]]:
+        nodes, edges = self._edges()
+        parent = {n: n for n in nodes}
+
+        def find(n: Node) -> Node:
+            while parent[n] != n:
+                parent[n] = parent[parent[n]]
+                n = parent[n]
+            return n
+
+        for a, b in edges:
+            parent[find(a)] = find(b)
+        out: dict[Node, set[Node]] = {}
+        for n in nodes:
+            out.setdefault(find(n), set()).add(n)
+        return list(out.values())
+
+    @staticmethod
+    def _breaks_a_limit(comp: set[Node]) -> bool:
+        count = {t: sum(1 for n in comp if n[0] == t) for t in ("user_id", "email", "stripe_id")}
+        return count["user_id"] > 1 or count["email"] > EMAIL_LIMIT or count["stripe_id"] > 1
+
+    # -- syncs ----------------------------------------------------------------------------
+
+    def _check_plan(self, name: str, plan: RunReport, report: RunReport, before: int) -> None:
+        """(a) the plan's counts and payloads are what the run sends."""
+        planned = {c: getattr(plan.changes, c) for c in COUNTS}
+        assert planned == {c: getattr(report.changes, c) for c in COUNTS}, (name, planned)
+        # the email releases sent ahead of rows taking an email are the means of those rows'
+        # (docs/sync.md, "Emails that change hands in one run"), which a plan does not show
+        sent = [op for op in sent_ops(self.emu, before) if op.get("attributes") != {"email": ""}]
+        shown = [s["payload"] for s in plan.samples] + list(plan.identity_ops)
+        assert canonical(sent) == canonical(shown), name
+
+    def _plan_and_sync(self, full_resync: bool) -> None:
+        for name in ORDER:
+            plan = plan_sync(
+                self.project, name, console=NullConsole(), samples=1000, full_resync=full_resync
+            )
+            before = len(self.emu.request_log())
+            report = run_sync(
+                self.project, name, console=NullConsole(), force=True, full_resync=full_resync
+            )
+            # a row of a profile with no Customer.io identifier (a Stripe id whose email
+            # the email limit refused) is rejected, the rest go on
+            assert report.status in ("success", "partial"), (name, report.failures)
+            assert all("no identifier" in text for _, _, text in report.failures), (
+                name,
+                report.failures,
+            )
+            self._check_plan(name, plan, report, before)
+        # (a) nothing left to send
+        for name in ORDER:
+            again = plan_sync(self.project, name, console=NullConsole(), samples=1000)
+            assert again.changes.to_send == 0, (name, again.samples)
+            assert not again.identity_ops, (name, again.identity_ops)
+        self._expect()
+
+    def _expect(self) -> None:
+        for uid, r in self.users.items():
+            if r["plan"] is not None:
+                self.plan_of[uid] = r["plan"]
+            else:
+                self.plan_of.setdefault(uid, None)
+        for comp in self._components():
+            for n in comp:
+                self.ever.setdefault(n, set()).update(comp)
+            if self._breaks_a_limit(comp):
+                self.broken |= comp
+        self.synced = True
+
+    @rule(full_resync=st.booleans())
+    def sync(self, full_resync: bool) -> None:
+        self._plan_and_sync(full_resync)
+
+    sync_again = sync  # syncs are drawn as often as edits
+
+    @rule(seed=st.integers(0, 3), rate=st.sampled_from([0.3, 0.7]), applied=st.booleans())
+    def sync_with_faults(self, seed: int, rate: float, applied: bool) -> None:
+        """(e) a run whose requests fail, then one without faults."""
+        self.emu.set_faults(
+            FaultConfig(error_5xx=rate / 2, reset=rate / 2, seed=seed, applied_then_failed=applied)
+        )
+        try:
+            for name in ORDER:
+                try:
+                    run_sync(self.project, name, console=NullConsole(), force=True)
+                except LockgateError:
+                    pass
+        finally:
+            self.emu.set_faults(FaultConfig())
+        # what the failed run joined in the graph it may or may not have sent
+        for comp in self._components():
+            for n in comp:
+                self.ever.setdefault(n, set()).update(comp)
+        self._plan_and_sync(full_resync=False)
+
+    # -- what Customer.io holds -----------------------------------------------------------
+
+    def _refusals(self) -> int:
+        con = duckdb.connect(str(self.root / "w.duckdb"), read_only=True)
+        try:
+            return int(con.execute("select count(*) from lockgate.lg_refused_merges").fetchone()[0])  # type: ignore[index]
+        finally:
+            con.close()
+
+    @invariant()
+    def customerio_holds_the_model(self) -> None:
+        if not self.synced:
+            return
+        people = self.emu.people()
+        # (b) no two people share an identifier
+        for kind in ("id", "email"):
+            values = [getattr(p, kind) for p in people if getattr(p, kind)]
+            assert len(values) == len(set(values)), (kind, sorted(values))
+        anon_ids = [a for p in people for a in p.anonymous_ids]
+        assert len(anon_ids) == len(set(anon_ids)), sorted(anon_ids)
+        for m in self.emu.merges():
+            if m.secondary_id is not None and m.secondary_id not in self.users:
+                # a user whose row left is merged into the user who shared their email: a
+                # known gap (the xfail test below); nothing else may merge a user id away
+                event("known gap: a deleted user merged away")
+                continue
+            assert m.secondary_id is None, m
+        by_id = {p.id: p for p in people if p.id}
+        for uid in self.users:
+            person = by_id.get(uid)
+            assert person is not None, (uid, sorted(by_id))
+            assert person.attributes.get("plan") == self.plan_of[uid], (uid, person)
+        # (c) and (d)
+        users_of: dict[str, set[str]] = {}
+        for anon, uid in self.identifies:
+            users_of.setdefault(anon, set()).add(uid)
+        for comp in self._components():
+            if self._breaks_a_limit(comp):
+                event("a component breaks a limit")
+                assert self._refusals() > 0, comp
+                continue
+            if comp & self.broken or any(self.ever[n] != comp for n in comp):
+                continue
+            rows = self._rows_of(comp)
+            if not rows:
+                continue  # nothing a sync sends: no person
+            user = [v for t, v in comp if t == "user_id"]
+            mails = {v for t, v in comp if t == "email"}
+            holders = [p for p in people if p.email in mails or (user and p.id == user[0])]
+            assert len(holders) == 1, (comp, holders)
+            (person,) = holders
+            if user:
+                assert person.id == user[0], (comp, person)
+                mine = self.users.get(user[0], {}).get("email")
+                if mine:
+                    assert person.email == mine, (comp, person)
+            else:
+                assert person.id is None and person.email in mails, (comp, person)
+            sources = {self.leads[e] for e in mails if e in self.leads}
+            if sources:
+                event("whole component with a lead" + (" and a user" if user else ""))
+                assert person.attributes.get("lead_source") in sources, (comp, person)
+            for sid in (v for t, v in comp if t == "stripe_id"):
+                assert person.attributes.get("stripe_id") == sid, (comp, person)
+                assert person.attributes.get("mrr") == self.stripe[sid]["mrr"], (comp, person)
+            for anon in (v for t, v in comp if t == "anonymous_id"):
+                if user and user[0] in self.users:
+                    assert anon in person.anonymous_ids, (comp, person)
+            if user:
+                event("whole component with a user")
+
+    def _rows_of(self, comp: set[Node]) -> list[Node]:
+        """The nodes of ``comp`` a sync has a row for."""
+        return [
+            n
+            for n in comp
+            if (n[0] == "user_id" and n[1] in self.users)
+            or (n[0] == "email" and n[1] in self.leads)
+            or (n[0] == "stripe_id" and n[1] in self.stripe)
+        ]
+
+
+def project_in(root: Path, emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> Project:
+    """The state machine's project and empty tables in ``root``, pointed at ``emu``."""
+    site, key = emu.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    sql(root, TABLES)
+    (root / "syncs").mkdir()
+    for name, body in SYNCS.items():
+        (root / "syncs" / f"{name}.yml").write_text(textwrap.dedent(body))
+    text = PROJECT.format(url=emu.base_url) + yaml.safe_dump({"identity": IDENTITY})
+    (root / "lockgate.yml").write_text(text)
+    return load_project(root)
+
+
+def sql(root: Path, statements: str) -> None:
+    con = duckdb.connect(str(root / "w.duckdb"))
+    try:
+        con.execute(statements).fetchall()
+    finally:
+        con.close()
+
+
+def sync_all(project: Project) -> None:
+    for name in ORDER:
+        report = run_sync(project, name, console=NullConsole())
+        assert report.status == "success", (name, report.failures)
+
+
+@pytest.mark.parametrize("lead_kept", [True, False])
+def test_a_lead_whose_profile_gains_a_smaller_email_stays_one_person(
+    customerio_emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    lead_kept: bool,
+) -> None:
+    """A person known by email alone (a lead) is found by that email only: when another
+    address joins their profile (a link says both are one person), the profile's rows go on
+    reaching that person, not a second one created under the other address. (Found by the
+    state machine above: the profile's Customer.io email was picked afresh each run, the
+    smaller address won, and the run identified a new person by it.)"""
+    project = project_in(tmp_path, customerio_emulator, monkeypatch)
+    sql(tmp_path, "insert into leads values ('e5@x.io', 'ads')")
+    sync_all(project)
+    (lead,) = customerio_emulator.people()
+    sql(
+        tmp_path,
+        ("" if lead_kept else "delete from leads;")
+        + "insert into links values ('e3@x.io', 'e5@x.io');"
+        + "insert into leads values ('e3@x.io', 'seo');",
+    )
+    sync_all(project)
+    (person,) = customerio_emulator.people()
+    assert (person.cio_id, person.email) == (lead.cio_id, "e5@x.io")
+    # the row of the person's own email wins; without it, the other lead's value arrives
+    assert person.attributes["lead_source"] == ("ads" if lead_kept else "seo")
+    for name in ORDER:
+        assert plan_sync(project, name, console=NullConsole()).changes.to_send == 0
+
+
+def test_a_lead_whose_profile_gains_a_user_id_stays_one_person(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lead synced by email alone; then the app's user signs up with another address and
+    a link says both addresses are one person: one profile, which Customer.io should see as
+    the lead's person, given the user's `id` (identify.md §3.5, "Profile gains user_id").
+    (Found by the state machine above: the run identified the profile by the new `id` and
+    the new email, which Customer.io found on nobody, and created a second person.)"""
+    project = project_in(tmp_path, customerio_emulator, monkeypatch)
+    sql(tmp_path, "insert into leads values ('e5@x.io', 'ads')")
+    sync_all(project)
+    (lead,) = customerio_emulator.people()
+    sql(
+        tmp_path,
+        "insert into app_users values ('u1', 'e3@x.io', 'pro');"
+        "insert into links values ('e3@x.io', 'e5@x.io');",
+    )
+    sync_all(project)
+    (person,) = customerio_emulator.people()
+    assert (person.cio_id, person.id, person.email) == (lead.cio_id, "u1", "e3@x.io")
+    assert person.attributes == {"plan": "pro", "lead_source": "ads"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a user whose row is deleted is merged into the user who shared their email "
+    "(reported, not fixed yet)",
+)
+def test_a_deleted_user_is_never_merged_into_the_user_who_shared_their_email(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two users give one family email: the user id limit keeps them two people, `u1`
+    holding the email. When `u1`'s row leaves the warehouse, the email is `u4`'s alone; the
+    graph must not merge `u1`'s person into `u4`'s (a merge deletes `u1`'s person and moves
+    its history onto another user): two user ids are never one person."""
+    project = project_in(tmp_path, customerio_emulator, monkeypatch)
+    sql(tmp_path, "insert into app_users values ('u4', 'e1@x.io', null), ('u1', 'e1@x.io', null)")
+    sync_all(project)
+    assert customerio_emulator.person(id="u1") is not None
+    sql(tmp_path, "delete from app_users where user_id = 'u1'")
+    sync_all(project)
+    assert customerio_emulator.merges() == []
+    assert customerio_emulator.person(id="u1") is not None
+
+
+SETTINGS = settings(
+    max_examples=int(os.environ.get("LOCKGATE_PROPERTY_EXAMPLES", "2")),
+    stateful_step_count=int(os.environ.get("LOCKGATE_PROPERTY_STEPS", "6")),
+    deadline=None,
+    derandomize="LOCKGATE_PROPERTY_EXAMPLES" not in os.environ,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate]
+    + ([] if os.environ.get("LOCKGATE_PROPERTY_NO_SHRINK") else [Phase.shrink]),
+)
+
+
+def test_people_keyed_through_the_identity_graph_are_one_person_each(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    IdentityMachine.emulator = customerio_emulator
+    IdentityMachine.roots = roots(tmp_path)
+    IdentityMachine.monkeypatch = monkeypatch
+    run_state_machine_as_test(IdentityMachine, settings=SETTINGS)
