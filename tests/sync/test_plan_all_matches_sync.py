@@ -70,7 +70,16 @@ select i as user_id, 'c' || (1 + i % 3) as company_id, 'member' as role from ran
 """
 
 #: the counts of a plan that its run's report must show the same
-COUNTS = ("to_send", "new", "changed", "unchanged", "removed_sent", "held", "state_events")
+COUNTS = (
+    "to_send",
+    "new",
+    "changed",
+    "unchanged",
+    "removed_sent",
+    "held",
+    "state_events",
+    "email_releases",
+)
 
 
 def lockgate(project: Any, *args: str) -> Any:
@@ -122,7 +131,9 @@ def assert_plans_match(
         planned = {c: plan["changes"][c] for c in COUNTS}
         assert planned == {c: run["changes"][c] for c in COUNTS}, name
         assert run["delivered"] == plan["changes"]["to_send"] + plan["changes"]["state_events"]
-    shown = [s["payload"] for p in plans.values() for s in p["samples"]]
+    shown = [
+        s["payload"] for p in plans.values() for s in [*p["email_release_samples"], *p["samples"]]
+    ]
     assert canonical([op for op in sent if not is_event(op)]) == canonical(shown)
 
 

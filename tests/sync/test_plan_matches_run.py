@@ -3,11 +3,15 @@ a guardrail that stops a run leaves the state as it was."""
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from tests.sync import test_objects
 
+from lockgate.cli import cli
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
 from lockgate.errors import ContractError
@@ -193,3 +197,111 @@ def test_max_events_stops_a_flood_of_state_change_events(project_factory: Projec
     forced = run_sync(project, "carts", console=NullConsole(), force=True)
     assert forced.status == "success"
     assert sum(1 for e in emu.events() if e.name == "cart_abandoned") == 10
+
+
+EMAILS = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id, email: email}
+attributes: {plan: plan}
+"""
+
+#: what the rows do to their emails after the first run, each step but the last synced: u1
+#: gives its email up (null: the sync sends none, Customer.io keeps it) and new user u3 signs
+#: up with it, in the same run or a later one; or u1 and u2 swap
+EMAIL_MOVES = {
+    "given-up": (
+        "update users set email = null where user_id = 'u1';"
+        "insert into users values ('u3', 'a@x.com', 'trial')",
+    ),
+    "kept": (
+        "update users set email = null where user_id = 'u1'",
+        "insert into users values ('u3', 'a@x.com', 'trial')",
+    ),
+    "swapped": (
+        "update users set plan = 'pro', "
+        "email = case user_id when 'u1' then 'b@x.com' else 'a@x.com' end",
+    ),
+}
+
+
+def cli_output(project: Any, *args: str) -> str:
+    result = CliRunner().invoke(cli, [*args, "--project", str(project.root)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def printed_payloads(output: str) -> dict[str, list[dict[str, Any]]]:
+    """The JSON payloads a human `plan` prints, by the heading above each (`sample payload`,
+    `email release`)."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if line != "{":
+            continue
+        end = lines.index("}", i)
+        heading = lines[i - 1].split(" (", 1)[0]
+        found.setdefault(heading, []).append(json.loads("\n".join(lines[i : end + 1])))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("move", "extra"),
+    [(move, ()) for move in EMAIL_MOVES] + [("swapped", ("--only", "u1"))],
+    ids=[*EMAIL_MOVES, "swapped-only"],
+)
+def test_a_plan_shows_the_email_releases_its_run_sends_first(
+    project_factory: ProjectFactory, move: str, extra: tuple[str, ...]
+) -> None:
+    """A row takes an email another person gives up: the run releases it from that person
+    first (an identify with an empty email), else Customer.io would drop the taker's update
+    (or give its id to the giver). The plan counts those releases and shows them as they are
+    sent, in the human output and in `--json`; also for a run of named records (`--only u1`
+    of a swap sends u2 too)."""
+    emu = project_factory.emulator
+    project_factory.sql(
+        "create table users as select * from (values ('u1', 'a@x.com', 'free'), "
+        "('u2', 'b@x.com', 'free')) t(user_id, email, plan)"
+    )
+    project = project_factory.write({"profile": EMAILS})
+    for step in EMAIL_MOVES[move]:
+        run_sync(project, "profile", console=NullConsole())
+        project_factory.sql(step)
+
+    planned = json.loads(
+        cli_output(project, "plan", "profile", "--json", "--samples", "10", *extra)
+    )
+    shown = cli_output(project, "plan", "profile", "--samples", "10", *extra)
+    before = len(emu.request_log())
+    [ran] = json.loads(cli_output(project, "sync", "profile", "--json", *extra))
+    assert ran["status"] == "success"
+    sent = sent_ops(emu, before)
+    releases = [op for op in sent if op["attributes"].get("email") == ""]
+    assert releases == [
+        {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {"id": "u1"},
+            "attributes": {"email": ""},
+        }
+    ]
+    records = [op for op in sent if op not in releases]
+
+    assert planned["changes"]["email_releases"] == len(releases)
+    # the plan's note on the emails nobody checks counts the people its run's note does
+    tense = re.compile(r"will not be|were not|was not")
+    assert tense.sub("not", planned["email_check"]) == tense.sub("not", ran["email_check"])
+    assert planned["email_check"]
+    assert ran["changes"]["email_releases"] == len(releases)
+    assert [s["payload"] for s in planned["email_release_samples"]] == releases
+    assert [s["payload"] for s in planned["samples"]] == sorted(
+        records, key=lambda op: op["identifiers"]["id"]
+    )
+
+    assert re.search(rf"email releases, sent first\s*│\s*{len(releases)}\s*│", shown), shown
+    printed = printed_payloads(shown)
+    assert printed["email release"] == releases
+    assert printed["sample payload"] == [s["payload"] for s in planned["samples"]]

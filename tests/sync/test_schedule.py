@@ -388,6 +388,58 @@ def test_an_edit_that_does_not_load_keeps_the_last_good_project_running(
     assert f"project not reloaded, the last good one runs: {said}" in warned
 
 
+def test_a_deploy_that_replaces_the_syncs_folder_does_not_stop_the_scheduler(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deploy that replaces `syncs/` (removed, then copied back) can leave a round's reload
+    with no scheduled sync. The scheduler stopped there with exit 0, which a service manager
+    restarting only failures took as done: no sync ran again. It now waits, reloading the
+    project, and runs the syncs once they are back."""
+    import lockgate.cli.schedule as scheduler
+
+    monkeypatch.setattr(scheduler, "HEARTBEAT_SECONDS", 0.2)  # the idle reload, sped up
+    project_factory.sql(DATA)
+    project = project_factory.write({"profile": PROFILE})
+    syncs, away = project.root / "syncs", project.root / "syncs.deploying"
+    beat = project.root / "heartbeat.json"
+    deployed = threading.Event()
+
+    def deploy() -> None:
+        """After the first round: take `syncs/` away for two slots, then put it back."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                state = json.loads(beat.read_text())["state"]
+            except (OSError, ValueError):
+                state = None
+            if state == "waiting" and len(project_factory.emulator.people()) == 20:
+                break
+            time.sleep(0.02)
+        syncs.rename(away)
+        time.sleep(5)  # at least two 2 s slots pass with nothing scheduled
+        away.rename(syncs)
+        deployed.set()
+
+    worker = threading.Thread(target=deploy, daemon=True)
+    worker.start()
+    result = CliRunner().invoke(
+        cli,
+        ["schedule", "--project", str(project.root), "--cycles", "2", "--json"]
+        + ["--heartbeat", str(beat)],
+        catch_exceptions=False,
+    )
+    worker.join(timeout=60)
+    assert deployed.is_set()
+    assert result.exit_code == 0, result.output
+    runs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["sync"], r["status"]) for r in runs] == [("profile", "success")] * 2
+    # the second round came after the deploy, not during it
+    first, second = (datetime.fromisoformat(r["scheduled_at"]) for r in runs)
+    assert (second - first).total_seconds() >= 4
+    said = " ".join(result.stderr.split())
+    assert "no sync of the project has a `schedule:` any more: waiting for one" in said
+
+
 def test_a_run_out_of_state_memory_fails_alone_and_the_next_round_runs(
     project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

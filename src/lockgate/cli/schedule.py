@@ -104,11 +104,21 @@ def schedule(
         except KeyboardInterrupt as stop:  # SIGTERM or Ctrl-C while it is shown
             _stopped_idle(console, stop)
             return
+        idle = False  # every `schedule:` is gone from the project (a deploy replacing it)
         while cycles is None or done < cycles:
             if not _wait_for(table, console, beat):
                 return
             project = _reload(project_path, project, console)
             table = Timetable.of(project, _now(), before=table)
+            if not table.entries and not idle:
+                console.warn(
+                    "no sync of the project has a `schedule:` any more: waiting for one "
+                    f"(the project is reloaded every {HEARTBEAT_SECONDS:.0f} s; SIGTERM stops)"
+                )
+            elif table.entries and idle:
+                console.info("scheduled syncs are back in the project")
+                _show_timetable(console, table)
+            idle = not table.entries
             due = table.due(_now())
             if not due:  # the sync due was taken out of the project while we waited
                 continue
@@ -211,14 +221,18 @@ def _beat(path: Path, state: str, syncs: list[str], table: Timetable, console: R
 def _wait_for(
     table: Timetable, console: RichConsole, beat: Callable[[str, list[str]], None]
 ) -> bool:
-    """Sleep until the next sync is due; False when a stop signal came first, or nothing is
-    scheduled any more."""
+    """Sleep until the next sync is due; False when a stop signal came first. When nothing is
+    scheduled (every `schedule:` was taken out of the project, or its `syncs/` folder is being
+    replaced by a deploy), True after one heartbeat's sleep: the caller reloads the project
+    and waits on. Stopping there, exit 0, left a service manager that restarts only failures
+    with no scheduler once the deploy finished."""
     try:
         while True:
             due_at = table.next_at()
-            if due_at is None:  # every `schedule:` was taken out of the project meanwhile
-                console.warn("no sync of the project has a `schedule:` any more: stopping")
-                return False
+            if due_at is None:
+                beat("waiting", [])
+                time.sleep(HEARTBEAT_SECONDS)
+                return True
             left = (due_at - _now()).total_seconds()
             if left <= 0:
                 return True

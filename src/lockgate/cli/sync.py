@@ -169,6 +169,8 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
                 ("identity merges, sent first", report.identity_merges),
                 ("  identifiers re-applied after them", report.identity_reapplied),
             ]
+        if c.email_releases:
+            rows.append(("email releases, sent first", c.email_releases))
         rows += [
             ("people new to this sync", c.new),
             ("people changed", c.changed),
@@ -534,6 +536,14 @@ def _render_plan(console: RichConsole, report: RunReport, samples: int) -> None:
             Text.assemble(("identity operation", "bold"), " (sent before the sync's own changes):")
         )
         console.info(orjson.dumps(op, option=orjson.OPT_INDENT_2).decode())
+    for release in report.email_release_samples:
+        console.info(
+            Text.assemble(
+                ("email release", "bold"),
+                f" (key {release['key']}; sent before the rows taking the email):",
+            )
+        )
+        console.info(orjson.dumps(release["payload"], option=orjson.OPT_INDENT_2).decode())
     for sample in report.samples:
         console.info(Text.assemble(("sample payload", "bold"), f" (key {sample['key']}):"))
         console.info(orjson.dumps(sample["payload"], option=orjson.OPT_INDENT_2).decode())

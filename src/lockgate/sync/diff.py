@@ -83,6 +83,10 @@ class ChangeSet:
     attributes_cleared: int = 0
     held: int = 0
     state_events: int = 0
+    email_releases: int = 0
+    """People whose email this run releases (an identify with `"email": ""`) before the rows
+    taking it are sent (``email_clears``, see :func:`order_email_moves`): not records of the
+    sync, not in ``to_send``."""
     remapped: int = 0
     """Of ``changed``: records whose data is as last delivered, sent again only because the
     mapping changed since (an attribute added, a type changed): the `max_changed` guardrail
@@ -1518,9 +1522,10 @@ def diff_records(
         """
     ).fetchall()[0]
     sent_rows, new, attrs, cleared = (int(x or 0) for x in row)
-    if payloads and sync.kind == "people":
-        # a run (not a plan): the rows that take an email another row gives up go after it;
-        # nobody gives one up when every row sent is new
+    email_releases = 0
+    if sync.kind == "people":
+        # the rows that take an email another row gives up go after it; nobody gives one up
+        # when every row sent is new. A plan orders them too: it shows the emails released
         order_email_moves(
             con,
             sync,
@@ -1528,6 +1533,12 @@ def diff_records(
             removed=bool(removed_sent),
             known=True,
         )
+        if email_clears(con):
+            email_releases = int(_one(con, "select count(*) from email_clears") or 0)
+        if not payloads:
+            # read off the payloads a plan leaves out, and only by a run (:func:`keep_emails`):
+            # what this run releases does not depend on it
+            run_sql(con, "drop table if exists email_kept")
     remapped = 0
     if previous_hash and not full_resync and sent_rows > new:
         remapped = _remapped(con, snap, previous_hash, retyped or {})
@@ -1556,6 +1567,7 @@ def diff_records(
         remapped=remapped,
         unconfirmed=unsure,
         state_events=state_events,
+        email_releases=email_releases,
         shared_person=shared,
         shared_samples=shared_samples,
         attributes_set=attrs,

@@ -148,6 +148,9 @@ class RunReport:
     dead_lettered: int = 0
     failures: tuple[tuple[str, str, str], ...] = ()
     samples: tuple[dict[str, Any], ...] = ()
+    email_release_samples: tuple[dict[str, Any], ...] = ()
+    """A plan's first emails released (``changes.email_releases``), as (key, payload) dicts
+    like ``samples``: sent before the sync's own records."""
     seconds: float = 0.0
     recovered: int = 0
     guards: tuple[guard_step.GuardResult, ...] = ()
@@ -207,6 +210,7 @@ class RunReport:
             "dead_lettered": self.dead_lettered,
             "failures": [{"key": k, "outcome": o, "reason": r} for k, o, r in self.failures],
             "samples": list(self.samples),
+            "email_release_samples": list(self.email_release_samples),
             "recovered_from_crash": self.recovered,
             "guardrails": [g.as_dict() for g in self.guards],
             "mode": self.mode,
@@ -1620,6 +1624,15 @@ def _samples(store: StateStore, kind: str, limit: int) -> tuple[dict[str, Any], 
     return tuple(out)
 
 
+def _release_samples(store: StateStore, limit: int) -> tuple[dict[str, Any], ...]:
+    """The first emails a people run releases before its records (``email_clears``), by key,
+    as sent."""
+    if not diff_step.email_clears(store.con):
+        return ()
+    rows = store.con.execute(f"select k, op from email_clears order by k limit {int(limit)}")
+    return tuple({"key": k, "payload": orjson.loads(op)} for k, op in rows.fetchall())
+
+
 def plan_sync(
     project: Project,
     name: str,
@@ -1653,6 +1666,7 @@ def plan_sync(
             only=only,
         )
         sample = _samples(store, sync.kind, samples)
+        releases = _release_samples(store, samples)
         resent_by = planned_step.resent_by(store, project, sync)
         if rejected_sink is not None:
             rejected_sink(rejects.table_of(store.con, sync.name))
@@ -1685,6 +1699,7 @@ def plan_sync(
         "planned",
         changes,
         samples=sample,
+        email_release_samples=releases,
         seconds=time.perf_counter() - started,
         recovered=recovered,
         guards=tuple(guards),
