@@ -1262,6 +1262,31 @@ def test_a_person_whose_email_went_null_then_changed_keeps_the_new_one(
     assert email_clears_sent(emu) == []
 
 
+def test_an_email_cleared_under_on_null_clear_is_not_released_again_for_a_new_user(
+    project_factory: ProjectFactory,
+) -> None:
+    """u1's email goes null, its `email` attribute under `on_null: clear`: the update itself
+    clears it in Customer.io (its payload sends `"email": ""`), so u1 keeps nothing, and a
+    later user taking that address is sent at once with no second release of u1's email.
+    (The diff keeps no payload of a changed row: this check reads it from the model.)"""
+    project_factory.sql(
+        "create table users as select * from (values ('u1', 'a@x.com', 'pro')) "
+        "t(user_id, email, plan)"
+    )
+    sync = EMAILS.replace("{plan: plan}", "{plan: plan, email: {column: email, on_null: clear}}")
+    project = project_factory.write({"profile": sync})
+    run_sync(project, "profile", console=NullConsole())
+    emu = project_factory.emulator
+    project_factory.sql("update users set email = null")
+    run_sync(project, "profile", console=NullConsole())
+    assert email_clears_sent(emu) == ["u1"]  # the update of u1, which clears it
+    project_factory.sql("insert into users values ('u2', 'a@x.com', 'trial')")
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered) == ("success", 1)
+    assert emails_of(emu) == {"u1": (None, "pro"), "u2": ("a@x.com", "trial")}
+    assert email_clears_sent(emu) == ["u1"]
+
+
 def email_clears_sent(emu: Emulator) -> list[str]:
     """The ids of the people sent `"email": ""` (an email released)."""
     return [

@@ -132,9 +132,36 @@ def _sent(con: duckdb.DuckDBPyConnection, kind: str, source: str) -> str:
     return ", null::varchar as sent_name, null::bigint as sent_ts"
 
 
+#: the kinds whose ``changes`` keep no payload of a row mapped from the model (``__rid``)
+BUILT_PAYLOADS = ("people", "objects", "relationships")
+
+
+def with_payloads_sql(con: duckdb.DuckDBPyConnection, kind: str, source: str) -> str:
+    """``source`` (``changes``, or a query of its rows) with every row's payload in ``op``:
+    the diff keeps none of a row mapped from the model (``diff.diff_records``), only its
+    ``__rid``; its payload, key, hash and identifiers are read from the `payloads` view the
+    diff made over the model (the same SQL, so the same values). The rows that carry their
+    own (removals, `on_change` rows, email releases) are read as they are. A semi join on
+    ``__rid``: its hash table holds the row ids, not the payloads; each payload is built as
+    it is read, once, and never stored."""
+    if kind not in BUILT_PAYLOADS:
+        return source
+    have = {d[0] for d in con.execute(f"select * from {source} limit 0").description}
+    if "__rid" not in have or "op" not in have:
+        return source
+    return f"""(
+        select k, h, ident, removed, op from {source} where op is not null or __rid is null
+        union all
+        select p.k, p.h, p.ident, false as removed, p.op from payloads p
+        semi join (select __rid from {source} where op is null and __rid is not null) s
+            on s.__rid = p.__rid
+    )"""
+
+
 def _records(
     con: duckdb.DuckDBPyConnection, kind: str, pending: dict[str, Pending], source: str
 ) -> Generator[Record]:
+    source = with_payloads_sql(con, kind, source)
     columns = "k, op, h, ident, removed" + (", ts, lo, hi" if kind == "events" else "")
     columns += _sent(con, kind, source)
     order = _order(con, kind, source)
@@ -283,6 +310,7 @@ def _packed_batches(
 ) -> Generator[PackedBatch | list[Result]]:
     """Request bodies cut straight from Arrow buffers; oversize operations come out as
     lists of REJECTED results (never sent), as the client's own packer gives them."""
+    source = with_payloads_sql(con, kind, source)
     columns = f"k, h, ident, removed, {action_sql(kind)} as action, "
     if kind == "events":
         columns += "op, ts, lo, hi" + _sent(con, kind, source)

@@ -1367,9 +1367,12 @@ def diff_records(
     changed since that run (``mapping.Rezoned``).
 
     With ``in_place``, the temp table ``keyed`` was built in the source (:meth:`InPlace.key`)
-    and ``model`` is filled here with only the rows to map. Without ``payloads`` (a plan), the
-    rows of ``changes`` carry no ``op``: :func:`with_payloads` builds those a caller shows
-    (building every payload is most of a first plan's time, and its largest table)."""
+    and ``model`` is filled here with only the rows to map. The rows of ``changes`` mapped
+    from the model carry no ``op`` (but those of an `on_change` sync): :func:`with_payloads`
+    builds those a caller shows, and delivery builds them as it reads them
+    (``deliver.with_payloads_sql``); building and storing every payload was most of a first
+    plan's time, its largest table, and ~2 s of a first run's CPU. ``payloads`` is false for
+    a plan (no email moves are ordered)."""
     snap = table("snap", sync.name)
     # what was delivered before: a full resync diffs against an empty snapshot (every row is
     # sent again), but the rows that left the model since are still undone in `mirror` mode
@@ -1412,13 +1415,19 @@ def diff_records(
     # every row mapped here is new, changed or a repeated key (rejected below): the rows whose
     # key and hash match the snapshot were left out above
     # the payload of any staged row, by `__rid`: DuckDB pushes a filter on `__rid` down to the
-    # staged rows, so a few payloads cost a few rows' work
+    # staged rows, so a few payloads cost a few rows' work; with the columns delivery reads
+    # with it (`deliver.with_payloads_sql`), as ``changes`` has them
     run_sql(
         con,
-        f"create or replace temp view payloads as select __rid, op from ({compiled.select})",
+        "create or replace temp view payloads as "
+        f"select __rid, op, k, src_h as h, ident from ({compiled.select})",
     )
-    # `on_change` rules read each row's identifiers from its payload
-    columns = "c.*" if payloads or sync.on_change else "c.* exclude (op), null::varchar as op"
+    # The payloads are not stored, in a run either: ``changes`` keeps each row's `__rid` and a
+    # null `op`, and delivery builds the payloads as it reads them (from the `payloads` view,
+    # `deliver.with_payloads_sql`). Stored, 1M people's payloads (~600 MB) outgrew the state's
+    # memory limit and went to the spill file and back: ~2 s of CPU of a first full sync.
+    # `on_change` rules read each row's identifiers from its payload, and stamp them: kept.
+    columns = "c.*" if sync.on_change else "c.* exclude (op), null::varchar as op"
     if sync.on_change and run_id:
         columns = f"c.* replace ({_stamped('c.ident', run_id)} as ident)"
     run_sql(
@@ -1441,6 +1450,10 @@ def diff_records(
             where mapped.k = d.k
             """,
         )
+    # rows taking an email another person of the model holds, or takes in this run, wait; a
+    # row held back keeps the email it was delivered with, which a row taking it waits for
+    while _hold_shared_emails(con, sync):
+        pass
     state_events = (
         _state_change_events(
             con, sync, now, relationship_snaps or [], people_snaps or [], json_text or (), rezoned
@@ -1576,6 +1589,129 @@ def diff_records(
         rejected_reasons=reasons,
         held_samples=held_samples,
     )
+
+
+def _hold_shared_emails(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int:
+    """Reject the rows of ``mapped`` that would give an email to a person while another person
+    of the model keeps it or takes it in this run; returns how many.
+
+    Customer.io matches an email in any case (and trimmed): an identify of a new `id` whose
+    email another person holds renames that person (the first row's person is given the
+    second row's `id`), and one of an `id` it has is dropped silently. Either way the row
+    would be recorded as delivered and not sent again while unchanged: a person lost, or
+    stale. So, of the rows of a people sync identified by `email` and an `id` (or `cio_id`)
+    that take an email they were not delivered with (new rows, changed emails: ``known``, or
+    the whole snapshot when the diff's is hidden, says what they had), one person gets it:
+    the one a row still in the model (``keyed``) was delivered with it and does not give up
+    in this run (:func:`_delivered`), else the person (``addr``) of the lowest key taking it.
+    The rows of other persons are rejected naming the row that has it: rejected rows are
+    mapped again by every run, so they are sent once the model is deduped. A rejected row
+    gives nothing up: it holds the email it was delivered with, so the caller calls again
+    until no row is rejected (a row taking the email of a row held back waits too). An email a row
+    gives up in this run is not shared: its taker is sent after it
+    (:func:`order_email_moves`). A row addressed by its email alone (no `id`, `cio_id`)
+    reaches the person who holds it, as any row of one person does (:func:`_shared_people`).
+
+    A run without new rows or changed emails pays one join of its rows to map with
+    ``known``; one with new rows reads the emails of the snapshot too (of a non-empty one)."""
+    if sync.kind != "people" or "email" not in sync.identify_by:
+        return 0
+    if not {"id", "user_id", "cio_id"} & set(sync.identify_by):
+        return 0
+    hidden = temp_table(con, f"snap__{sync.name}")  # `--only`, `--full-resync`
+    delivered = _delivered(con, sync.name)
+
+    def email(ident: str) -> str:
+        return f"lower(trim(json_extract_string({ident}, '$.email')))"
+
+    # the rows taking an email: new to the snapshot, or delivered with another email (a row
+    # new to a hidden snapshot may have been delivered: the whole one says); the new rows
+    # are not joined (a left join of a first run's 1M rows to `known` took 1.3 s more)
+    row = "m.reject is null and not starts_with(m.addr, 'email:')"
+    if hidden:
+        takers = f"""
+            select k, email, person from (
+                select m.k, {email("m.ident")} as email, m.addr as person,
+                       {email("s.ident")} as had
+                from mapped m left join {delivered} s on s.k = m.k where {row}
+            ) where email is not null and email is distinct from had
+            """
+    else:
+        takers = f"""
+            select * from (
+                select m.k, {email("m.ident")} as email, m.addr as person
+                from mapped m where {row} and m.is_new
+            ) where email is not null
+            union all
+            select k, email, person from (
+                select m.k, {email("m.ident")} as email, m.addr as person,
+                       {email("s.ident")} as had
+                from mapped m join known s on s.k = m.k where {row} and not m.is_new
+            ) where email is not null and email is distinct from had
+            """
+    anyone = _one(con, f"select count(*) from (select 1 from {delivered} limit 1)")
+    if not anyone and not _one(
+        con,
+        f"select count(*) from (select email from ({takers}) group by email "
+        "having min(person) <> max(person))",
+    ):
+        return 0  # nobody holds an email yet, and no two people of this run take one
+    run_sql(con, f"create or replace temp table email_takers as {takers}")
+    if not _one(con, "select count(*) from email_takers"):
+        return 0
+    # the people delivered with those emails whose rows are still in the model and keep it
+    holders = "select null::varchar as k, null::varchar as email, null::varchar as person"
+    if anyone:
+        holders = f"""
+            select s.k, {email("s.ident")} as email,
+                   coalesce('id:' || json_extract_string(s.ident, '$.id'),
+                            'cio_id:' || json_extract_string(s.ident, '$.cio_id')) as person
+            from {delivered} s
+            semi join keyed m on m.k = s.k
+            semi join (select distinct email from email_takers) t
+                on t.email = {email("s.ident")}
+            anti join (
+                select k, {email("ident")} as email from mapped where reject is null
+            ) c on c.k = s.k and c.email is distinct from {email("s.ident")}
+            """
+    column = sync.model_identifiers.get("email", sync.identify_by["email"])
+    reason = (
+        f"{lit(f'column `{column}`: `')} || {quoted('h.shown')} || "
+        f"{lit('` is also the email of key `')} || {quoted('h.k_w')} || "
+        + lit(
+            "`, another person: Customer.io would merge them and lose one, so this row waits "
+            f"until one person of sync `{sync.name}` has it; dedupe the email in the model, or "
+            "add an `identity:` section"
+        )
+    )
+    rows = run_sql(
+        con,
+        f"""
+        create or replace temp table email_holders as
+        select * from ({holders}) where person is not null;
+        create or replace temp table email_winners as
+        select email, person, min(k) as k from email_holders group by all
+        union all
+        select email, arg_min(person, k), min(k) from email_takers t
+        anti join email_holders h on h.email = t.email
+        group by email having min(person) <> max(person);
+        update mapped set reject = coalesce(mapped.reject, {reason})
+        from (
+            select t.k, min(w.k) as k_w,
+                   any_value(json_extract_string(m.ident, '$.email')) as shown
+            from email_takers t
+            join email_winners w on w.email = t.email
+            join mapped m on m.k = t.k
+            where not exists (
+                select 1 from email_winners x where x.email = t.email and x.person = t.person
+            )
+            group by t.k
+        ) h
+        where mapped.k = h.k
+        """,
+    )
+    run_sql(con, "drop table email_takers; drop table email_holders; drop table email_winners")
+    return int(rows[0][0]) if rows else 0
 
 
 EMAIL_MOVE_TABLES = (
@@ -1807,9 +1943,10 @@ def _email_kept(
             select e.k, e.old_email as email,
                    {address.format(i="e.old_id", c="e.old_cio_id")} as ident
             from email_changed e join changes c on c.k = e.k
+            left join ({_payloads_of("email_changed")}) p on p.__rid = c.__rid
             where e.old_email is not null and e.new_email is null
               and coalesce(e.old_id, e.old_cio_id) is not null
-              and json_extract(c.op, '$.attributes.email') is null
+              and json_extract(coalesce(c.op, p.op), '$.attributes.email') is null
             """
         )
     if removed:
@@ -2398,9 +2535,20 @@ def untimed_first_run(sync: SyncConfig, last: object) -> bool:
     )
 
 
+def _payloads_of(keys: str) -> str:
+    """SQL of the payloads (``__rid, op``) of the rows of ``changes`` whose key is in the
+    table ``keys`` and which carry none (``changes`` keeps no payload of a row mapped from the
+    model, see :func:`diff_records`): built from the `payloads` view for those rows only."""
+    return f"""
+        select __rid, op from payloads where __rid in (
+            select c.__rid from changes c semi join {keys} t on t.k = c.k where c.op is null
+        )
+    """
+
+
 def with_payloads(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[str, str]]:
     """(key, op JSON) of the rows of ``sql`` (which selects ``k, __rid, op`` from ``changes``
-    of a people, objects or relationships sync), building the payloads a plan left out."""
+    of a people, objects or relationships sync), building the payloads the diff left out."""
     rows = con.execute(sql).fetchall()
     missing = [int(rid) for _, rid, op in rows if op is None and rid is not None]
     built: dict[int, str] = {}

@@ -1,0 +1,217 @@
+"""People syncs identified by `id` and `email` whose rows share an email under different ids.
+
+Customer.io matches an identify's email in any case: an identify of a new `id` whose email
+another person holds renames that person (the first row's person gets the second row's id),
+and one of an `id` it has refuses the update silently. Sent anyway, a row would be recorded
+as delivered while its person is gone or stale, and never sent again while unchanged. So of
+the rows sharing one email, one is sent (the one delivered with it, else the lowest key) and
+the others are rejected, with the reason, until the model is deduped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lockgate.console import NullConsole
+from lockgate.emulator import Emulator
+from lockgate.sync.run import plan_sync, run_sync
+
+ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
+
+ACCOUNTS = """
+name: accounts
+source: warehouse
+model: {table: accounts}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id, email: email}
+attributes:
+  plan: plan
+"""
+
+
+def people(emu: Emulator) -> dict[str | None, tuple[str | None, Any]]:
+    return {p.id: (p.email, p.attributes.get("plan")) for p in emu.people()}
+
+
+def held(report: Any) -> dict[str, str]:
+    return dict(report.changes.rejected_samples)
+
+
+def test_two_new_rows_of_one_email_send_one_and_hold_the_other_back(
+    project_factory: ProjectFactory,
+) -> None:
+    """The reproduction: (2, Cy@x.io) and (3, CY@X.IO) new in one run. Both sent, Customer.io
+    gave person 2 the id 3, and person 2 was gone for good once row 3 moved on. Now row 3 is
+    held back with a reason naming row 2; person 2 stays; once deduped, row 3 is sent."""
+    project_factory.sql(
+        "create table accounts as select * from (values (2, 'Cy@x.io', 'free'), "
+        "(3, 'CY@X.IO', 'pro'), (4, 'dee@x.io', 'team')) t(user_id, email, plan)"
+    )
+    project = project_factory.write({"accounts": ACCOUNTS})
+    emu = project_factory.emulator
+
+    plan = plan_sync(project, "accounts", console=NullConsole())
+    assert (plan.changes.to_send, plan.changes.rejected) == (2, 1)
+    reason = held(plan)["3"]
+    assert "column `email`" in reason and "key `2`" in reason, reason
+    assert "dedupe" in reason and "identity:" in reason, reason
+
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert (report.status, report.delivered, report.changes.rejected) == ("success", 2, 1)
+    assert held(report) == {"3": reason}
+    assert people(emu) == {"2": ("Cy@x.io", "free"), "4": ("dee@x.io", "team")}
+
+    # row 3 moves on to an email of its own: person 2 keeps theirs, and 3 is sent as new
+    project_factory.sql("update accounts set email = 'cy3@x.io' where user_id = 3")
+    again = run_sync(project, "accounts", console=NullConsole())
+    assert (again.status, again.delivered, again.changes.rejected) == ("success", 1, 0)
+    assert people(emu) == {
+        "2": ("Cy@x.io", "free"),
+        "3": ("cy3@x.io", "pro"),
+        "4": ("dee@x.io", "team"),
+    }
+    assert run_sync(project, "accounts", console=NullConsole()).changes.to_send == 0
+
+
+def test_a_row_taking_the_email_a_delivered_person_keeps_is_held_back(
+    project_factory: ProjectFactory,
+) -> None:
+    """Person 5 was delivered with ann@x.io and still has it. A new row (1, a lower key) and a
+    changed row (7, which had its own email) taking it are held back naming row 5, not sent:
+    Customer.io would rename person 5, or drop row 7's update silently. Deduped, both land."""
+    project_factory.sql(
+        "create table accounts as select * from (values (5, 'ann@x.io', 'free'), "
+        "(7, 'bob@x.io', 'free')) t(user_id, email, plan)"
+    )
+    project = project_factory.write({"accounts": ACCOUNTS})
+    emu = project_factory.emulator
+    assert run_sync(project, "accounts", console=NullConsole()).delivered == 2
+    project_factory.sql(
+        "insert into accounts values (1, ' ANN@x.io', 'pro');"
+        "update accounts set email = 'Ann@X.io', plan = 'team' where user_id = 7"
+    )
+    plan = plan_sync(project, "accounts", console=NullConsole())
+    assert (plan.changes.to_send, plan.changes.rejected) == (0, 2)
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert (report.status, report.delivered, report.changes.rejected) == ("success", 0, 2)
+    assert sorted(held(report)) == ["1", "7"]
+    assert all("key `5`" in r for r in held(report).values()), held(report)
+    assert people(emu) == {"5": ("ann@x.io", "free"), "7": ("bob@x.io", "free")}
+
+    # rejected rows are tried again each run: deduped, they are sent
+    project_factory.sql(
+        "update accounts set email = 'al@x.io' where user_id = 1;"
+        "update accounts set email = 'bo@x.io' where user_id = 7"
+    )
+    again = run_sync(project, "accounts", console=NullConsole())
+    assert (again.status, again.delivered, again.changes.rejected) == ("success", 2, 0)
+    assert people(emu) == {
+        "1": ("al@x.io", "pro"),
+        "5": ("ann@x.io", "free"),
+        "7": ("bo@x.io", "team"),
+    }
+
+
+def test_an_email_that_changes_hands_in_one_run_is_not_held_back(
+    project_factory: ProjectFactory,
+) -> None:
+    """A move is not sharing: row 5 gives ann@x.io up and new row 6 takes it in the same run;
+    both are sent (the release first), nothing is rejected."""
+    project_factory.sql(
+        "create table accounts as select * from (values (5, 'ann@x.io', 'free')) "
+        "t(user_id, email, plan)"
+    )
+    project = project_factory.write({"accounts": ACCOUNTS})
+    emu = project_factory.emulator
+    run_sync(project, "accounts", console=NullConsole())
+    project_factory.sql(
+        "update accounts set email = 'ann5@x.io';insert into accounts values (6, 'ANN@x.io', 'pro')"
+    )
+    assert plan_sync(project, "accounts", console=NullConsole()).changes.rejected == 0
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert (report.status, report.delivered, report.changes.rejected) == ("success", 2, 0)
+    assert people(emu) == {"5": ("ann5@x.io", "free"), "6": ("ANN@x.io", "pro")}
+
+
+@pytest.mark.parametrize("named", ["2", "3", "cy@x.io"])
+def test_a_run_of_named_records_holds_back_a_shared_email_too(
+    project_factory: ProjectFactory, named: str
+) -> None:
+    """`--only` of either row, or of the email: one row of the email is sent, never both, and
+    the person it made keeps its id through the whole runs that follow."""
+    project_factory.sql(
+        "create table accounts as select * from (values (2, 'Cy@x.io', 'free'), "
+        "(3, 'CY@X.IO', 'pro')) t(user_id, email, plan)"
+    )
+    project = project_factory.write({"accounts": ACCOUNTS})
+    emu = project_factory.emulator
+    first = run_sync(project, "accounts", console=NullConsole(), only=(named,))
+    assert first.delivered == 1
+    (sent,) = people(emu)
+    assert sent is not None
+    other = "3" if sent == "2" else "2"
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert (report.delivered, sorted(held(report))) == (0, [other])
+    assert f"key `{sent}`" in held(report)[other]
+    want = {"2": ("Cy@x.io", "free"), "3": ("CY@X.IO", "pro")}
+    assert people(emu) == {sent: want[sent]}
+    # the held row is named alone: still held, as the person of the email is sent already
+    alone = run_sync(project, "accounts", console=NullConsole(), only=(other,))
+    assert (alone.delivered, sorted(held(alone))) == (0, [other])
+    assert people(emu) == {sent: want[sent]}
+
+
+def test_a_full_resync_sends_again_the_row_delivered_with_the_email_not_the_held_one(
+    project_factory: ProjectFactory,
+) -> None:
+    """A `--full-resync` reads every row as new, but the whole snapshot still says which row
+    has the email: row 2 is sent again; row 3 and a new row 1 (a lower key) still wait."""
+    project_factory.sql(
+        "create table accounts as select * from (values (2, 'Cy@x.io', 'free'), "
+        "(3, 'CY@X.IO', 'pro')) t(user_id, email, plan)"
+    )
+    project = project_factory.write({"accounts": ACCOUNTS})
+    emu = project_factory.emulator
+    run_sync(project, "accounts", console=NullConsole())
+    project_factory.sql("insert into accounts values (1, 'cy@x.io', 'team')")
+    report = run_sync(project, "accounts", console=NullConsole(), full_resync=True)
+    assert (report.status, report.delivered) == ("success", 1)
+    assert sorted(held(report)) == ["1", "3"]
+    assert people(emu) == {"2": ("Cy@x.io", "free")}
+
+
+def test_the_email_a_held_row_was_delivered_with_is_still_its_own(
+    project_factory: ProjectFactory,
+) -> None:
+    """Row 10 moves to row 11's email (held back: 11 keeps it), and new row 12 takes 10's old
+    email. 10 was not sent, so Customer.io still gives it that email: 12 waits too (sent, it
+    would rename person 10), until 10 lands elsewhere."""
+    project_factory.sql(
+        "create table accounts as select * from (values (10, 'x@x.io', 'free'), "
+        "(11, 'y@x.io', 'free')) t(user_id, email, plan)"
+    )
+    project = project_factory.write({"accounts": ACCOUNTS})
+    emu = project_factory.emulator
+    run_sync(project, "accounts", console=NullConsole())
+    project_factory.sql(
+        "update accounts set email = 'Y@x.io', plan = 'pro' where user_id = 10;"
+        "insert into accounts values (12, 'x@x.io', 'team')"
+    )
+    plan = plan_sync(project, "accounts", console=NullConsole())
+    assert (plan.changes.to_send, sorted(held(plan))) == (0, ["10", "12"])
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert (report.delivered, sorted(held(report))) == (0, ["10", "12"])
+    assert "key `11`" in held(report)["10"] and "key `10`" in held(report)["12"]
+    assert people(emu) == {"10": ("x@x.io", "free"), "11": ("y@x.io", "free")}
+    # 10 gets an email of its own: it gives x@x.io up, and 12 takes it after it
+    project_factory.sql("update accounts set email = 'ten@x.io' where user_id = 10")
+    again = run_sync(project, "accounts", console=NullConsole())
+    assert (again.status, again.delivered, again.changes.rejected) == ("success", 2, 0)
+    assert people(emu) == {
+        "10": ("ten@x.io", "pro"),
+        "11": ("y@x.io", "free"),
+        "12": ("x@x.io", "team"),
+    }
