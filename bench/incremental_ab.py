@@ -15,8 +15,8 @@ interleaved the same way. Both trees are bytecode-compiled first (``python -m co
 
 The figures are medians over the rounds: whole-process wall time and CPU time (user + system,
 all threads: steadier than wall time when other jobs share the machine), ``run_sync``, each
-step, and the time in ``run_sync`` outside the steps; the load average is printed at the start
-and end.
+step, the time in ``run_sync`` outside the steps, and the sync's peak RSS; the load average is
+printed at the start and end.
 
 Usage (the "before" side is usually ``main``'s sources)::
 
@@ -148,6 +148,7 @@ def main() -> None:
         *STEPS,
         "in run_sync, outside the steps",
         "plan --help",
+        "peak RSS, MiB",
     ]
     table: dict[str, dict[str, float]] = {}
     for side in sides:
@@ -163,6 +164,7 @@ def main() -> None:
                 [ph.get("run_sync", 0.0) - sum(ph.get(s, 0.0) for s in STEPS) for _, ph in procs]
             ),
             "plan --help": median(helps[side]),
+            "peak RSS, MiB": median([p.peak_rss / 2**20 for p, _ in procs]),
         }
     console.print(f"\nmedians of {args.rounds} rounds (seconds)\n")
     console.print("| | before | after | after - before |")

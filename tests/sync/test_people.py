@@ -515,6 +515,50 @@ def test_a_key_that_becomes_repeated_is_rejected_not_sent(project_factory: Proje
     assert grace is not None and grace.attributes["plan"] == "free"
 
 
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        # a copy of an unchanged row, identical: both copies match the snapshot
+        ("insert into users select * from users where user_id = 1", "1"),
+        # a copy of an unchanged row with another value: one copy matches, one differs
+        (
+            "insert into users select user_id, email, 'enterprise', mrr, vip, signed_up_at, "
+            "renews_on, promo from users where user_id = 2",
+            "2",
+        ),
+        # a changed row and a copy of it changed otherwise: neither matches
+        (
+            "update users set plan = 'team' where user_id = 3; insert into users select "
+            "user_id, email, 'enterprise', mrr, vip, signed_up_at, renews_on, promo from users "
+            "where user_id = 3",
+            "3",
+        ),
+        # a new key, twice
+        (
+            "insert into users select 9, 'new@example.com', plan, mrr, vip, signed_up_at, "
+            "renews_on, promo from users where user_id in (1, 2)",
+            "9",
+        ),
+    ],
+    ids=["identical-copy", "changed-copy", "both-changed", "new-twice"],
+)
+def test_each_way_a_key_comes_to_repeat_rejects_every_copy(
+    project_factory: ProjectFactory, change: str, key: str
+) -> None:
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": PROFILE})
+    run_sync(project, "profile", console=NullConsole())
+    before = {p.id: dict(p.attributes) for p in project_factory.emulator.people()}
+
+    project_factory.sql(change)
+    second = run_sync(project, "profile", console=NullConsole())
+    reasons = dict(second.changes.rejected_samples)
+    assert f"key `{key}` appears 2 times in the model" in reasons[key]
+    assert second.changes.rejected == 2 and second.changes.to_send == 0
+    # nothing sent: every profile is as the first run left it, and the new key made none
+    assert {p.id: dict(p.attributes) for p in project_factory.emulator.people()} == before
+
+
 COMPOSITE = """
 name: seats
 source: warehouse

@@ -1236,6 +1236,59 @@ def _key_model(con: duckdb.DuckDBPyConnection, compiled: Compiled) -> None:
     )
 
 
+def _repeats(
+    con: duckdb.DuckDBPyConnection, snap: str, snapshot_rows: int, total: int, differing: int
+) -> bool:
+    """Whether a key repeats among the rows of ``keyed`` (a null key repeats when two rows have
+    one), told from what :func:`_todo` found: ``differing`` rows of ``keyed`` without a
+    snapshot row of their key and hash (the temp table ``todo``, before anything else is added
+    to it), and the snapshot rows no row matches (``unmatched``); ``total`` rows in all. The
+    snapshot has one row per key, so a key repeats exactly when (a) two differing rows share
+    it, (b) a differing row has the key of a snapshot row that a row matches, or (c) two rows
+    match one snapshot row: more rows match than snapshot rows (``snapshot_rows``) are matched.
+    Each is a look at the small tables, or at the snapshot for the differing rows of keys
+    ``unmatched`` lacks (new keys, or repeats)."""
+    matched = total - differing
+    if matched > snapshot_rows - int(_one(con, "select count(*) from unmatched") or 0):  # (c)
+        return True
+    if not differing:
+        return False
+    if _one(con, "select count(*) from (select k from todo group by k having count(*) > 1)"):
+        return True  # (a)
+    # (b): a differing row whose key the snapshot has, but not among the rows none matches
+    return bool(
+        _one(
+            con,
+            f"""
+            select count(*) from (
+                select k from todo t anti join unmatched u on u.k = t.k
+            ) t semi join {snap} s on s.k = t.k
+            """,
+        )
+    )
+
+
+def _todo_and_unmatched(con: duckdb.DuckDBPyConnection, snap: str) -> None:
+    """The temp tables ``todo`` (the rows of ``keyed`` without a row of their key and hash in
+    the snapshot ``snap``) and ``unmatched`` (the keys of the snapshot rows no row of ``keyed``
+    matches), from one join."""
+    run_sql(
+        con,
+        f"""
+        create or replace temp table todo_gone as
+        select m.__rid, m.k, m.src_h, s.k as gone_k, m.present
+        from (select __rid, k, src_h, true as present from keyed) m
+        full join (select k, h, true as present from {snap}) s on s.k = m.k and s.h = m.src_h
+        where m.present is null or s.present is null;
+        create or replace temp table todo as
+        select __rid, k, src_h from todo_gone where present;
+        create or replace temp table unmatched as
+        select gone_k as k from todo_gone where present is null;
+        drop table todo_gone;
+        """,
+    )
+
+
 def _todo(
     con: duckdb.DuckDBPyConnection, snap: str, unconfirmed: str
 ) -> tuple[int, int, int, bool, int]:
@@ -1247,14 +1300,23 @@ def _todo(
     (rows, rows differing from the snapshot or unconfirmed, rows to map, whether any key
     repeats, rows sent only for being unconfirmed). The unconfirmed keys are looked at only
     when there are any."""
-    run_sql(
-        con,
-        f"""
-        create or replace temp table todo as
-        select __rid, k, src_h from keyed m anti join {snap} s on s.k = m.k and s.h = m.src_h
-        """,
-    )
+    # One join of the model's rows with the snapshot finds both what differs (the model's rows
+    # without a snapshot row of their key and hash: `todo`) and the snapshot rows no model row
+    # matches (`unmatched`), so whether a key repeats is told from those small tables and counts
+    # instead of grouping every row of the model by its key (a second pass over the model,
+    # 0.1-0.2 s at 1M rows). The snapshot has one row per key.
+    snapshot_rows = int(_one(con, f"select count(*) from {snap}") or 0)
+    if snapshot_rows:
+        _todo_and_unmatched(con, snap)
+    else:  # a first run or a full resync: every row differs (not copied a second time)
+        run_sql(
+            con,
+            "create or replace temp table todo as select __rid, k, src_h from keyed; "
+            "create or replace temp table unmatched (k varchar)",
+        )
     differing = int(_one(con, "select count(*) from todo") or 0)
+    total = int(_one(con, "select count(*) from keyed") or 0)
+    repeated = _repeats(con, snap, snapshot_rows, total, differing)
     unsure = 0
     if _one(con, f"select count(*) from {unconfirmed}"):
         unsure = int(
@@ -1268,13 +1330,6 @@ def _todo(
             ).fetchall()[0][0]
         )
         differing += unsure
-    # whether a key repeats (a null key repeats when two rows have one). A `group by`, which
-    # spills to disk under the state's memory limit: a `count(distinct k)` does not, and ran
-    # out of memory at 10M keys
-    repeated = bool(
-        _one(con, "select count(*) from (select k from keyed group by k having count(*) > 1)")
-    )
-    total = int(_one(con, "select count(*) from keyed") or 0)
     if repeated:
         run_sql(
             con,
