@@ -175,6 +175,8 @@ class IdentifyMachine(RuleBasedStateMachine):
         if taker == giver:
             return
         email = self.accounts[giver]["email"]
+        if email.lower() in self._kept():
+            return  # a giver sharing a person's email who left: not the taker's (`_kept`)
         others = {_low(r["email"]) for u, r in self.accounts.items() if u not in (giver, taker)}
         if giver_gets is not None and giver_gets.lower() in others | self._kept() | {email.lower()}:
             giver_gets = None
