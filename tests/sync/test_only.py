@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from lockgate.cli import cli
 from lockgate.console import NullConsole
 from lockgate.errors import NothingNamedError
-from lockgate.sync.run import plan_sync, run_sync
+from lockgate.sync.run import Session, plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
 
@@ -267,3 +267,39 @@ def test_a_named_row_taking_an_email_another_row_gives_up_sends_the_giver_first(
     people = {p.id: (p.email, p.attributes.get("plan")) for p in emu.people()}
     assert people == {"1": ("ann@new.example.com", "pro"), "2": ("ann@example.com", "team")}
     assert plan_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
+def test_plan_all_of_a_named_person_counts_the_events_the_run_then_sends(
+    project_factory: ProjectFactory,
+) -> None:
+    """u4 leaves the model (`upsert`: Customer.io keeps them) and u1 takes u4's address:
+    Customer.io drops u1's update, which, with no App API key to read it back, is committed,
+    so the state gives both the address. Named, u1 is found by it, so u4 and u4's order too:
+    `sync --all --only 1` names them from what the people sync sent, as `plan --all --only 1`
+    does from what it would send, so the plan counts the event the run then sends."""
+    project_factory.sql(
+        "create table users as select * from (values (1, 'b@x.com', 'pro', null), "
+        "(4, 'a@x.com', 'free', null)) t(user_id, email, plan, promo);"
+        "create table orders as select 'o1' as order_id, 4 as user_id where false"
+    )
+    project = project_factory.write({"profile": PROFILE, "orders": ORDERS})
+    run_sync(project, "profile", console=NullConsole(), force=True)
+    project_factory.sql(
+        "delete from users where user_id = 4; update users set email = 'a@x.com' where user_id = 1"
+    )
+    assert run_sync(project, "profile", console=NullConsole(), force=True).delivered == 1
+    project_factory.sql(
+        "update users set email = 'A@x.com' where user_id = 1; insert into orders values ('o1', 4)"
+    )
+    with Session() as session:
+        plans = [
+            plan_sync(project, n, console=NullConsole(), only=("1",), session=session)
+            for n in ("profile", "orders")
+        ]
+    with Session() as session:
+        runs = [
+            run_sync(project, n, console=NullConsole(), only=("1",), session=session)
+            for n in ("profile", "orders")
+        ]
+    assert [p.changes.to_send for p in plans] == [r.changes.to_send for r in runs]
+    assert runs[1].changes.to_send == 1

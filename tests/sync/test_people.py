@@ -1399,3 +1399,42 @@ def test_a_new_user_waits_while_the_email_it_takes_cannot_be_released(
     assert people["u1"] == (u1.cio_id, None, "pro")
     assert people["u2"][1:] == ("a@x.com", "trial") and people["u2"][0] != u1.cio_id
     assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
+@pytest.mark.parametrize("later", [False, True])
+def test_an_email_the_state_gives_two_people_is_released_from_both_for_the_row_taking_it(
+    project_factory: ProjectFactory, later: bool
+) -> None:
+    """u2 leaves the model (`upsert`: nothing is sent, Customer.io keeps the person) and u1
+    takes u2's address: Customer.io drops u1's update, which, with no App API key to read it
+    back, is committed, so the state says both have the address. u2 comes back without an
+    email, u1's goes null, and new user u3 takes the address (the same run, or a later one).
+    Released from u1 alone, the address would stay u2's and Customer.io would give u3's id to
+    u2's profile (u2 gone): it is released from both, and u3 is a person of its own."""
+    project_factory.sql(
+        "create table users as select * from (values ('u1', 'b@x.com', 'pro'), "
+        "('u2', 'a@x.com', 'free')) t(user_id, email, plan)"
+    )
+    project = project_factory.write({"profile": EMAILS})
+    run_sync(project, "profile", console=NullConsole())
+    emu = project_factory.emulator
+    u2 = emu.person(id="u2")
+    assert u2 is not None
+    project_factory.sql(
+        "delete from users where user_id = 'u2'; "
+        "update users set email = 'A@x.com' where user_id = 'u1'"
+    )
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 1
+    assert emails_of(emu) == {"u1": ("b@x.com", "pro"), "u2": ("a@x.com", "free")}  # dropped
+    project_factory.sql("insert into users values ('u2', null, 'free')")
+    project_factory.sql("update users set email = null")
+    if later:
+        run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("insert into users values ('u3', 'a@x.com', 'trial')")
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.status == "success"
+    people = people_of(emu)
+    assert people["u2"] == (u2.cio_id, None, "free")
+    assert people["u3"][1:] == ("a@x.com", "trial") and people["u3"][0] != u2.cio_id
+    assert sorted(email_clears_sent(emu)) == ["u1", "u2"]
+    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0

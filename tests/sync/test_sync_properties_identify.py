@@ -175,6 +175,8 @@ class IdentifyMachine(RuleBasedStateMachine):
         if taker == giver:
             return
         email = self.accounts[giver]["email"]
+        if email.lower() in self._kept():
+            return  # a giver sharing a person's email who left: not the taker's (`_kept`)
         others = {_low(r["email"]) for u, r in self.accounts.items() if u not in (giver, taker)}
         if giver_gets is not None and giver_gets.lower() in others | self._kept() | {email.lower()}:
             giver_gets = None
@@ -310,6 +312,36 @@ class IdentifyMachine(RuleBasedStateMachine):
             if uid.isdigit() and int(uid) in self.accounts:
                 row = self.accounts[int(uid)]
                 self.sent_named[int(uid)] = (row["email"], row["plan"])
+        self._expect_named(start)
+
+    def _expect_named(self, start: int) -> None:
+        """What the runs of named records since request ``start`` delivered, in the model: a
+        row sent with an email takes it from whoever the model gave it, and a person whose
+        email was released for it (`KEY#release-email`) holds none; a row that goes null
+        before the next whole run leaves the person with what was delivered here."""
+        shared = self._shared()
+        for op in sent_ops(self.emu, start):
+            uid = op.get("identifiers", {}).get("id")
+            if op.get("action") != "identify" or uid is None or not uid.isdigit():
+                continue
+            attributes = op.get("attributes") or {}
+            attrs = self.expected.setdefault(int(uid), {"plan": None, "email": None})
+            if attributes == {"email": ""}:
+                if f"{uid}#release-email" not in self.failed:
+                    attrs["email"] = None
+                continue
+            if uid in self.failed:
+                continue
+            if attributes.get("plan") is not None:
+                attrs["plan"] = attributes["plan"]
+            email = op["identifiers"].get("email") or attributes.get("email")
+            if not email:
+                continue
+            attrs["email"] = UNKNOWN if int(uid) in shared else email
+            for other, held in self.expected.items():
+                if other != int(uid) and held["email"] is not UNKNOWN:
+                    if _low(held["email"]) == email.lower():
+                        held["email"] = None
 
     def _plan_named(self, name: str, only: tuple[str, ...], **kw: Any) -> RunReport | None:
         try:

@@ -1883,9 +1883,15 @@ def order_email_moves(
         ).fetchall()
     }
     waits_for: dict[str, str] = {}
+    of_taker: dict[str, set[str]] = {}
     for taker, giver in takers:
         waits_for.setdefault(str(taker), str(giver))
+        of_taker.setdefault(str(taker), set()).add(str(giver))
     clear = {k for k in {g for g in waits_for.values()} if givers[k][2] is None}
+    # the state may say more than one person gives up one email (an update Customer.io
+    # dropped committed unverified, two new rows of one email): a row waits for one giver, so
+    # the email is cleared from each of them first, whichever Customer.io gave it to
+    clear.update(g for gs in of_taker.values() if len(gs) > 1 for g in gs)
     phase = _email_phases(waits_for, clear)
     waiting = {k: n for k, n in phase.items() if n > 0}
     # phase 0 rows taking an email: theirs is cleared ahead of them (``email_clears``), and

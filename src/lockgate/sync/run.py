@@ -392,11 +392,13 @@ class Session:
     waiting: Callable[[str], None] | None = None
     """Told which process holds the state, when the wait for it starts."""
     planned_people: dict[str, set[str]] = field(default_factory=dict)
-    """Plans of named records (`plan --all --only EMAIL`): by destination, the `id`, `cio_id`
-    and email of the people the plans of a people sync would send. A sync finds a person's
-    events and relationships through what the people syncs delivered (their snapshots),
-    which a plan does not commit: the later plans of the command find them here instead, so
-    they count what the sync would send."""
+    """Runs and plans of named records (`--all --only EMAIL`): by destination, the `id`,
+    `cio_id` and email of the people a people sync of the command sends (or would). A sync
+    finds a person's events and relationships through what the people syncs delivered (their
+    snapshots), which a plan does not commit: the later plans of the command find them here
+    instead, so they count what the sync would send; the later runs start from them too, so
+    they name what their plans did (a record found by one of them, say one delivered with an
+    email a named person now has, is found by a run as by its plan)."""
     planned: Planned = field(default_factory=lambda: Planned())
     """What the plans of the command so far would change in the state, for the later plans
     (:mod:`lockgate.sync.planned`): a sync of `sync --all` sees what the syncs before it
@@ -681,7 +683,7 @@ def _prepare(
                     run_id=step.run_id,
                     undo_unsure=not only,
                 )
-        if only and not payloads and session is not None and sync.kind == "people":
+        if only and session is not None and sync.kind == "people":
             session.planned_people.setdefault(sync.destination, set()).update(
                 _identifiers_sent(store)
             )
@@ -858,8 +860,8 @@ def _only_values(
 ) -> None:
     """For `--only`: the temp table ``only_values`` of the values that name records (see
     :func:`_keep_only`), with the other identifiers of each person they name: those a people
-    sync delivered them with, and (a plan) those the people syncs planned before it would
-    (``planned``, :attr:`Session.planned_people`)."""
+    sync delivered them with, and those the people syncs of the command before it send (or a
+    plan's would: ``planned``, :attr:`Session.planned_people`)."""
     con = store.con
     con.execute(
         "create or replace temp table only_values as select unnest(?::varchar[]) as v",
