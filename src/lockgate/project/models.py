@@ -1231,6 +1231,12 @@ class SyncConfig(StrictModel):
         return keyed
 
     @property
+    def keyed_by_graph(self) -> bool:
+        """Whether this sync's rows are keyed by the identity graph
+        (:meth:`keyed_through_graph`)."""
+        return self._graph_identifiers is not None
+
+    @property
     def graph_columns(self) -> frozenset[str]:
         """The columns the identity graph adds to each row of this (keyed) sync's model: no
         sync file can name them, so a message listing the model's columns leaves them out."""

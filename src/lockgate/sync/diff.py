@@ -1673,6 +1673,11 @@ def _hold_shared_emails(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int
         return 0
     if not {"id", "user_id", "cio_id"} & set(sync.identify_by):
         return 0
+    if sync.keyed_by_graph:
+        # the identity graph gives each email to one profile (its limits refuse the others,
+        # `contested_email`), and the rows of profiles it merges share one on purpose: the
+        # merge is sent before them
+        return 0
     hidden = temp_table(con, f"snap__{sync.name}")  # `--only`, `--full-resync`
     delivered = _delivered(con, sync.name)
 
