@@ -21,6 +21,7 @@ upsert) and `activity` (events keyed by `id`, test_sync_properties.py's). The in
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -256,10 +257,14 @@ class IdentifyMachine(RuleBasedStateMachine):
         assert canonical(sent) == canonical([s["payload"] for s in plan.samples]), name
 
     def _identified(self, before: int) -> set[str]:
+        """The accounts whose rows the runs since request ``before`` sent. A person whose email
+        is released for a row taking it (`KEY#release-email`: a row that went null keeps its
+        email in Customer.io until then, docs/sync.md, "Emails a person keeps after their row
+        lets go") is not their row sent: the release is the taker's means."""
         return {
             str(op["identifiers"].get("id"))
             for op in sent_ops(self.emu, before)
-            if op.get("action") == "identify"
+            if op.get("action") == "identify" and op.get("attributes") != {"email": ""}
         }
 
     @rule(every=st.booleans())
@@ -468,3 +473,36 @@ def test_identified_by_id_and_email_named_runs_and_all_runs_never_lose_or_resend
     IdentifyMachine.roots = roots(tmp_path)
     IdentifyMachine.monkeypatch = monkeypatch
     run_state_machine_as_test(IdentifyMachine, settings=SETTINGS)
+
+
+class _Drawn:
+    """A `data` argument whose every draw is ``value``, to drive the machine by hand."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def draw(self, strategy: Any) -> Any:
+        return self.value
+
+
+def test_the_email_release_for_a_row_a_named_run_sent_is_no_resend(
+    project_factory: ProjectFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Account 2's email goes null and `--only 2` sends it (Customer.io keeps the email);
+    account 4 then takes that email, and the whole run after clears it from person 2 first
+    (`2#release-email`). That release is 4's means, not 2's row sent again: (e) holds."""
+    IdentifyMachine.emulator = project_factory.emulator
+    IdentifyMachine.roots = roots(tmp_path)
+    IdentifyMachine.monkeypatch = monkeypatch
+    monkeypatch.setattr(sys.modules[__name__], "event", lambda *a: None)  # outside Hypothesis
+    machine = IdentifyMachine()
+    machine.start(rows=[(2, "ann@x.io", None)])
+    machine.sync(every=False)
+    machine.set_account(uid=2, email=None, plan=None)
+    machine.sync_only(data=_Drawn("2"), together=False)
+    assert machine.sent_named == {2: (None, None)}
+    machine.set_account(uid=4, email="ann@x.io", plan="free")
+    machine.sync(every=False)
+    machine.customerio_holds_the_model()
+    people = {p.id: (p.email, p.attributes.get("plan")) for p in project_factory.emulator.people()}
+    assert people == {"2": (None, None), "4": ("ann@x.io", "free")}
