@@ -269,6 +269,43 @@ def test_a_named_row_taking_an_email_another_row_gives_up_sends_the_giver_first(
     assert plan_sync(project, "profile", console=NullConsole()).changes.to_send == 0
 
 
+def test_an_email_a_named_run_leaves_a_person_is_released_for_the_next_row_taking_it(
+    project_factory: ProjectFactory,
+) -> None:
+    """u1's email goes null and `--only 1` sends u1 (`on_null: skip`: Customer.io keeps the
+    email); then new user u3 takes that address. The whole run after releases it from u1
+    first (nothing else of u1's is sent again) and u3 is a person of its own, not u1's
+    profile renamed."""
+    emu = project_factory.emulator
+    project_factory.sql(MOVERS)
+    project = project_factory.write({"profile": PROFILE})
+    run_sync(project, "profile", console=NullConsole())
+    u1 = emu.person(id="1")
+    assert u1 is not None
+    project_factory.sql("update users set email = null, plan = 'team' where user_id = 1")
+    assert run_sync(project, "profile", console=NullConsole(), only=("1",)).delivered == 1
+    assert (emu.person(id="1").email, emu.person(id="1").attributes["plan"]) == (
+        "ann@example.com",
+        "team",
+    )
+
+    project_factory.sql("insert into users values (3, 'Ann@example.com', 'free', null)")
+    before = len(emu.request_log())
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered) == ("success", 1)
+    sent = [
+        (op["identifiers"]["id"], op.get("attributes"))
+        for r in emu.request_log()[before:]
+        if r.path == "/api/v2/batch" and isinstance(r.body, dict)
+        for op in r.body.get("batch", [])
+    ]
+    assert [k for k, _ in sent] == ["1", "3"] and sent[0][1] == {"email": ""}
+    people = {p.id: (p.cio_id, p.email, p.attributes.get("plan")) for p in emu.people()}
+    assert people["1"] == (u1.cio_id, None, "team")
+    assert people["3"][1:] == ("Ann@example.com", "free") and people["3"][0] != u1.cio_id
+    assert plan_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
 def test_plan_all_of_a_named_person_counts_the_events_the_run_then_sends(
     project_factory: ProjectFactory,
 ) -> None:

@@ -21,6 +21,7 @@ upsert) and `activity` (events keyed by `id`, test_sync_properties.py's). The in
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -233,11 +234,18 @@ class IdentifyMachine(RuleBasedStateMachine):
 
     def _check(self, name: str, plan: RunReport, report: RunReport, before: int) -> None:
         """(a) the plan's counts and payloads are the run's."""
-        shared = {str(u) for u in self._shared() | self.tainted}
+        kept = self._kept()
+        shared = {
+            str(u)
+            for u in self._shared()
+            | self.tainted
+            | {u for u, r in self.accounts.items() if _low(r["email"]) in kept}
+        }
         if report.status == "partial":
             # a row sharing an email a person of Customer.io holds already is rejected by the
             # new-email check or the read-back (docs/sync.md, "New people's emails checked",
-            # "Emails read back"), which no plan makes
+            # "Emails read back"), which no plan makes; so is a row that took, while it shared
+            # it, the email of a row that then left the model (`_kept`)
             assert all(
                 key in shared
                 and why == "rejected"
@@ -256,10 +264,14 @@ class IdentifyMachine(RuleBasedStateMachine):
         assert canonical(sent) == canonical([s["payload"] for s in plan.samples]), name
 
     def _identified(self, before: int) -> set[str]:
+        """The accounts whose rows the runs since request ``before`` sent. A person whose email
+        is released for a row taking it (`KEY#release-email`: a row that went null keeps its
+        email in Customer.io until then, docs/sync.md, "Emails a person keeps after their row
+        lets go") is not their row sent: the release is the taker's means."""
         return {
             str(op["identifiers"].get("id"))
             for op in sent_ops(self.emu, before)
-            if op.get("action") == "identify"
+            if op.get("action") == "identify" and op.get("attributes") != {"email": ""}
         }
 
     @rule(every=st.booleans())
@@ -374,7 +386,10 @@ class IdentifyMachine(RuleBasedStateMachine):
         (new, or not the one delivered) that a delivered row keeps, or that rows of lower
         keys take too. A row held back keeps the email it was delivered with, so a row taking
         that one is held back too. Accounts of an email an account of a named run's tainted
-        has are tainted as well: who holds it is not modelled."""
+        has are tainted as well: who holds it is not modelled. Rows taking an email a person
+        whose row left keeps (`_kept`: a row shares it, then the row it shared it with leaves)
+        are all rejected (docs/sync.md, "An email someone else holds")."""
+        kept = self._kept()
         held: set[int] = set()
         while True:
             holders: dict[str, set[int]] = {}
@@ -389,6 +404,9 @@ class IdentifyMachine(RuleBasedStateMachine):
                     takers.setdefault(now, set()).add(uid)
             more: set[int] = set()
             for email, us in takers.items():
+                if email in kept:
+                    more |= us
+                    continue
                 around = us | holders.get(email, set())
                 if around & self.tainted:
                     self.tainted |= around
@@ -468,3 +486,59 @@ def test_identified_by_id_and_email_named_runs_and_all_runs_never_lose_or_resend
     IdentifyMachine.roots = roots(tmp_path)
     IdentifyMachine.monkeypatch = monkeypatch
     run_state_machine_as_test(IdentifyMachine, settings=SETTINGS)
+
+
+class _Drawn:
+    """A `data` argument whose every draw is ``value``, to drive the machine by hand."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def draw(self, strategy: Any) -> Any:
+        return self.value
+
+
+def test_the_email_release_for_a_row_a_named_run_sent_is_no_resend(
+    project_factory: ProjectFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Account 2's email goes null and `--only 2` sends it (Customer.io keeps the email);
+    account 4 then takes that email, and the whole run after clears it from person 2 first
+    (`2#release-email`). That release is 4's means, not 2's row sent again: (e) holds."""
+    IdentifyMachine.emulator = project_factory.emulator
+    IdentifyMachine.roots = roots(tmp_path)
+    IdentifyMachine.monkeypatch = monkeypatch
+    monkeypatch.setattr(sys.modules[__name__], "event", lambda *a: None)  # outside Hypothesis
+    machine = IdentifyMachine()
+    machine.start(rows=[(2, "ann@x.io", None)])
+    machine.sync(every=False)
+    machine.set_account(uid=2, email=None, plan=None)
+    machine.sync_only(data=_Drawn("2"), together=False)
+    assert machine.sent_named == {2: (None, None)}
+    machine.set_account(uid=4, email="ann@x.io", plan="free")
+    machine.sync(every=False)
+    machine.customerio_holds_the_model()
+    people = {p.id: (p.email, p.attributes.get("plan")) for p in project_factory.emulator.people()}
+    assert people == {"2": (None, None), "4": ("ann@x.io", "free")}
+
+
+def test_a_row_sharing_the_email_of_a_row_that_leaves_is_rejected_not_lost(
+    project_factory: ProjectFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Account 3 takes account 1's email (held back: 1 keeps it), then account 1 leaves the
+    model: person 1 keeps the email in Customer.io, so the whole run after rejects 3 (the
+    model holds it back, and counts the rejection as one of an email someone else holds)."""
+    IdentifyMachine.emulator = project_factory.emulator
+    IdentifyMachine.roots = roots(tmp_path)
+    IdentifyMachine.monkeypatch = monkeypatch
+    monkeypatch.setattr(sys.modules[__name__], "event", lambda *a: None)  # outside Hypothesis
+    machine = IdentifyMachine()
+    machine.start(rows=[(1, "ann@x.io", None)])
+    machine.sync(every=False)
+    machine.share_email(data=_Drawn(1), uid=3, spelling=str)
+    machine.sync(every=False)
+    machine.delete_account(data=_Drawn(1))
+    machine.sync(every=False)
+    assert machine.held == {3}
+    machine.customerio_holds_the_model()
+    people = {p.id: (p.email, p.attributes.get("plan")) for p in project_factory.emulator.people()}
+    assert people == {"1": ("ann@x.io", None)}
