@@ -427,6 +427,7 @@ def plan_customerio(
     # profile's identify by that `id` (a sync sends these itself, with the merges)
     if not merged_only:
         ops.extend(adoption_ops(result, known))
+        ops.extend(release_ops(result, known))
 
     # 3. identify new people and changed identifiers; re-apply after merges
     review = result.splits.filter(pc.equal(result.splits["status"], "needs_review"))
@@ -554,6 +555,55 @@ def adoption_ops(result: IdentityResult, exists: Callable[[str, str], bool]) -> 
             "attributes": {"email": email},
         }
         ops.append(CioOp(_key("adopt", person_id, email), pid, payload))
+    return ops
+
+
+def releases(result: IdentityResult) -> list[tuple[str, str, str]]:
+    """The emails this run moved from a retired profile (a Customer.io person with an `id`,
+    heir to nothing now) to a profile that takes it as its Customer.io email: `(profile_id
+    taking it, the retired person's id, email)` each.
+
+    A user whose row left and who shared a family email with another user: the email is the
+    other user's now, but the retired person still holds it in Customer.io, which drops (200,
+    nothing applied) an identify giving it to someone else. The retired person must give it
+    up first (docs/identity.md, "email moved off a retired profile")."""
+    moves = result.moves
+    if not moves.num_rows:
+        return []
+    # the profiles moved from that still exist (the moves hashed, not every profile id)
+    moved_from = set(moves["from_profile_id"].to_pylist())
+    alive = set(_rows_of(result.profiles.select(["profile_id"]), moved_from))
+    gone = moves.filter(pc.invert(pc.is_in(moves["from_profile_id"], value_set=_ids(alive))))
+    if not gone.num_rows:
+        return []
+    before = _rows_of(result.previous_profiles, set(gone["from_profile_id"].to_pylist()))
+    after = _rows_of(result.profiles, set(gone["to_profile_id"].to_pylist()))
+    held = set(result.held["profile_id"].to_pylist())
+    out = set()
+    for m in gone.to_pylist():
+        old, new = before.get(m["from_profile_id"]), after.get(m["to_profile_id"])
+        if old is None or new is None or m["to_profile_id"] in held:
+            continue
+        email = m["id_value"]
+        if old["cio_person_id"] is not None and old["cio_email"] == email == new["cio_email"]:
+            out.add((m["to_profile_id"], str(old["cio_person_id"]), email))
+    return sorted(out)
+
+
+def release_ops(result: IdentityResult, exists: Callable[[str, str], bool]) -> list[CioOp]:
+    """One identify per :func:`releases` entry whose person exists, clearing its email
+    (`"email": ""`), keyed by the run: sent once, before the rows that give it away."""
+    ops = []
+    for pid, person_id, email in releases(result):
+        if not exists("id", person_id):
+            continue
+        payload = {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {"id": person_id},
+            "attributes": {"email": ""},
+        }
+        ops.append(CioOp(_key("release", result.run_id, person_id, email), pid, payload))
     return ops
 
 
