@@ -579,19 +579,26 @@ def test_a_lead_whose_profile_gains_a_user_id_stays_one_person(
     assert person.attributes == {"plan": "pro", "lead_source": "ads"}
 
 
+@pytest.mark.parametrize("still_billed", [False, True])
 def test_a_deleted_user_is_never_merged_into_the_user_who_shared_their_email(
-    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    customerio_emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    still_billed: bool,
 ) -> None:
     """Two users give one family email: the user id limit keeps them two people, `u1`
     holding the email. When `u1`'s row leaves the warehouse, the email is `u4`'s alone; the
     graph must not merge `u1`'s person into `u4`'s (a merge deletes `u1`'s person and moves
     its history onto another user): two user ids are never one person. `u1`'s person stays,
     giving up the email first, so that `u4`'s update taking it is not dropped. (Found by the
-    state machine above: `u1`'s old profile was handed to the group holding its email.)"""
+    state machine above: `u1`'s old profile was handed to the group holding its email.)
+    `still_billed`: a Stripe customer keeps `u1`'s profile alive, and its row, in another sync,
+    gives the email up too late for `u4`'s update."""
     project = project_in(tmp_path, customerio_emulator, monkeypatch)
     sql(
         tmp_path,
-        "insert into app_users values ('u4', 'e1@x.io', 'pro'), ('u1', 'e1@x.io', 'free')",
+        "insert into app_users values ('u4', 'e1@x.io', 'pro'), ('u1', 'e1@x.io', 'free');"
+        + ("insert into stripe values ('cus_1', null, 'u1', 9.0);" if still_billed else ""),
     )
     sync_all(project)
     u1 = customerio_emulator.person(id="u1")
@@ -601,7 +608,8 @@ def test_a_deleted_user_is_never_merged_into_the_user_who_shared_their_email(
     assert customerio_emulator.merges() == []
     kept = customerio_emulator.person(id="u1")
     assert kept is not None and (kept.cio_id, kept.email) == (u1.cio_id, None)
-    assert kept.attributes == {"plan": "free"}  # left as it was, but for the email
+    billed = {"stripe_id": "cus_1", "mrr": 9} if still_billed else {}
+    assert kept.attributes == {"plan": "free", **billed}  # as it was, but for the email
     u4 = customerio_emulator.person(id="u4")
     assert u4 is not None and u4.email == "e1@x.io"
     assert u4.attributes == {"plan": "team"}  # `contested_email` cleared

@@ -559,34 +559,33 @@ def adoption_ops(result: IdentityResult, exists: Callable[[str, str], bool]) -> 
 
 
 def releases(result: IdentityResult) -> list[tuple[str, str, str]]:
-    """The emails this run moved from a retired profile (a Customer.io person with an `id`,
-    heir to nothing now) to a profile that takes it as its Customer.io email: `(profile_id
-    taking it, the retired person's id, email)` each.
+    """The emails this run moved from a profile that was a Customer.io person with an `id`
+    and has no email now (or is retired: heir to nothing) to a profile that takes it as its
+    Customer.io email: `(profile_id taking it, the giver's person id, email)` each.
 
     A user whose row left and who shared a family email with another user: the email is the
-    other user's now, but the retired person still holds it in Customer.io, which drops (200,
-    nothing applied) an identify giving it to someone else. The retired person must give it
-    up first (docs/identity.md, "email moved off a retired profile")."""
+    other user's now, but the giver's person still holds it in Customer.io, which drops (200,
+    nothing applied) an identify giving it to someone else, and no row of the taker's sync
+    may release it (the giver has no row, or its rows are another sync's). The giver must
+    give it up first (docs/identity.md, "email moved off a retired profile")."""
     moves = result.moves
     if not moves.num_rows:
         return []
-    # the profiles moved from that still exist (the moves hashed, not every profile id)
-    moved_from = set(moves["from_profile_id"].to_pylist())
-    alive = set(_rows_of(result.profiles.select(["profile_id"]), moved_from))
-    gone = moves.filter(pc.invert(pc.is_in(moves["from_profile_id"], value_set=_ids(alive))))
-    if not gone.num_rows:
-        return []
-    before = _rows_of(result.previous_profiles, set(gone["from_profile_id"].to_pylist()))
-    after = _rows_of(result.profiles, set(gone["to_profile_id"].to_pylist()))
+    givers = set(moves["from_profile_id"].to_pylist())
+    before = _rows_of(result.previous_profiles, givers)
+    after = _rows_of(result.profiles, givers | set(moves["to_profile_id"].to_pylist()))
     held = set(result.held["profile_id"].to_pylist())
     out = set()
-    for m in gone.to_pylist():
-        old, new = before.get(m["from_profile_id"]), after.get(m["to_profile_id"])
-        if old is None or new is None or m["to_profile_id"] in held:
+    for m in moves.to_pylist():
+        giver, taker = m["from_profile_id"], m["to_profile_id"]
+        old, new, now = before.get(giver), after.get(taker), after.get(giver)
+        if old is None or new is None or taker in held or giver in held:
             continue
         email = m["id_value"]
+        if now is not None and now["cio_email"] is not None:
+            continue  # its own identify gives the email up (ordered by the sync)
         if old["cio_person_id"] is not None and old["cio_email"] == email == new["cio_email"]:
-            out.add((m["to_profile_id"], str(old["cio_person_id"]), email))
+            out.add((taker, str(old["cio_person_id"]), email))
     return sorted(out)
 
 
