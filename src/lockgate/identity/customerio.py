@@ -427,6 +427,7 @@ def plan_customerio(
     # profile's identify by that `id` (a sync sends these itself, with the merges)
     if not merged_only:
         ops.extend(adoption_ops(result, known))
+        ops.extend(release_ops(result, known))
 
     # 3. identify new people and changed identifiers; re-apply after merges
     review = result.splits.filter(pc.equal(result.splits["status"], "needs_review"))
@@ -554,6 +555,54 @@ def adoption_ops(result: IdentityResult, exists: Callable[[str, str], bool]) -> 
             "attributes": {"email": email},
         }
         ops.append(CioOp(_key("adopt", person_id, email), pid, payload))
+    return ops
+
+
+def releases(result: IdentityResult) -> list[tuple[str, str, str]]:
+    """The emails this run moved from a profile that was a Customer.io person with an `id`
+    and has no email now (or is retired: heir to nothing) to a profile that takes it as its
+    Customer.io email: `(profile_id taking it, the giver's person id, email)` each.
+
+    A user whose row left and who shared a family email with another user: the email is the
+    other user's now, but the giver's person still holds it in Customer.io, which drops (200,
+    nothing applied) an identify giving it to someone else, and no row of the taker's sync
+    may release it (the giver has no row, or its rows are another sync's). The giver must
+    give it up first (docs/identity.md, "email moved off a retired profile")."""
+    moves = result.moves
+    if not moves.num_rows:
+        return []
+    givers = set(moves["from_profile_id"].to_pylist())
+    before = _rows_of(result.previous_profiles, givers)
+    after = _rows_of(result.profiles, givers | set(moves["to_profile_id"].to_pylist()))
+    held = set(result.held["profile_id"].to_pylist())
+    out = set()
+    for m in moves.to_pylist():
+        giver, taker = m["from_profile_id"], m["to_profile_id"]
+        old, new, now = before.get(giver), after.get(taker), after.get(giver)
+        if old is None or new is None or taker in held or giver in held:
+            continue
+        email = m["id_value"]
+        if now is not None and now["cio_email"] is not None:
+            continue  # its own identify gives the email up (ordered by the sync)
+        if old["cio_person_id"] is not None and old["cio_email"] == email == new["cio_email"]:
+            out.add((taker, str(old["cio_person_id"]), email))
+    return sorted(out)
+
+
+def release_ops(result: IdentityResult, exists: Callable[[str, str], bool]) -> list[CioOp]:
+    """One identify per :func:`releases` entry whose person exists, clearing its email
+    (`"email": ""`), keyed by the run: sent once, before the rows that give it away."""
+    ops = []
+    for pid, person_id, email in releases(result):
+        if not exists("id", person_id):
+            continue
+        payload = {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {"id": person_id},
+            "attributes": {"email": ""},
+        }
+        ops.append(CioOp(_key("release", result.run_id, person_id, email), pid, payload))
     return ops
 
 

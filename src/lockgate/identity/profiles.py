@@ -9,6 +9,9 @@ Rules (identity.md §2.3, §2.4):
 * a component that is heir to several profiles is a merge: the survivor is the one that is a
   Customer.io person with an `id`, then with an email only, then the most trusted anchor type,
   then the oldest, then the smallest id; the others become aliases;
+* a profile that was a Customer.io person with an `id` is heir to no component whose `id`
+  is another one and that does not hold its own (its user left, and what remains of it is
+  another user's): it is retired, never merged into another user;
 * a component heir to nobody that holds identifiers of an earlier profile is a split child
   (a new id, logged for review); identifiers landing in another existing profile are moves,
   and so are those landing in a new profile with a Customer.io `id` no earlier profile held
@@ -268,6 +271,25 @@ def assign(
         node = int(anchor[c])
         return int(node_type[node]), str(node_values[node].as_py())
 
+    # Customer.io identity per profile
+    def pick_for(kind: str) -> npt.NDArray[np.int64]:
+        chosen = np.full(n_comp, -1, dtype=np.int64)
+        order = (
+            config.customerio.id_from
+            if kind == "id"
+            else tuple(t for t in types if config.identifier_types[t].customerio == kind)
+        )
+        for t_name in order:
+            t = types.index(t_name)
+            found = _pick(
+                comp_of, eligible & (node_type == t), node_rank, node_last, node_values, n_comp
+            )
+            chosen = np.where(chosen < 0, found, chosen)
+        return chosen
+
+    def values_of(nodes: npt.NDArray[np.int64]) -> pa.Array:
+        return node_values.take(pa.array(nodes, mask=nodes < 0))
+
     # heirs of previous profiles
     n_prev = len(previous.ids)
     heir = np.full(n_prev, -1, dtype=np.int64)
@@ -303,6 +325,17 @@ def assign(
             if chosen < 0:
                 chosen = min(opts, key=lambda cn: (-cn[1], anchor_key(cn[0])))[0]
             heir[p] = chosen
+    # a profile that was a Customer.io person with an `id` is heir to no component whose
+    # `id` is another one and that no longer holds its own: two user ids are never one
+    # person (but when a forced union joins them). Its identifiers there are moves (the
+    # family email a deleted user held goes to the user who shared it), and the profile,
+    # heir to nothing, is retired: its person is left as it is, but for an email it gave up
+    # (`customerio.releases`)
+    person_ids = values_of(pick_for("id"))
+    if n_prev and pc.any(pc.is_valid(previous.table["cio_person_id"])).as_py():
+        heir = _retire_other_ids(
+            heir, person_ids, previous, config, types, node_type, node_values, comp_of, eligible
+        )
     # of the eligible nodes only their counts per component and type are read from here on
     counts = np.bincount(ec * n_types + et, minlength=n_comp * n_types).reshape(n_comp, n_types)
     del pair_key, pkeys, pcounts, pair_comp, pair_pid, pid_ncomps, simple, complex_pids, has_prev
@@ -407,25 +440,6 @@ def assign(
     for c, _, _ in merges:
         changed[c] = True
 
-    # Customer.io identity per profile
-    def pick_for(kind: str) -> npt.NDArray[np.int64]:
-        chosen = np.full(n_comp, -1, dtype=np.int64)
-        order = (
-            config.customerio.id_from
-            if kind == "id"
-            else tuple(t for t in types if config.identifier_types[t].customerio == kind)
-        )
-        for t_name in order:
-            t = types.index(t_name)
-            found = _pick(
-                comp_of, eligible & (node_type == t), node_rank, node_last, node_values, n_comp
-            )
-            chosen = np.where(chosen < 0, found, chosen)
-        return chosen
-
-    def values_of(nodes: npt.NDArray[np.int64]) -> pa.Array:
-        return node_values.take(pa.array(nodes, mask=nodes < 0))
-
     pid_take = pa.array(comp_pid, mask=comp_pid < 0)
 
     def carried(column: str, fresh: object, kind: pa.DataType) -> pa.Array:
@@ -439,7 +453,6 @@ def assign(
     updated = pc.if_else(
         pa.array(changed), pa.scalar(run_id), carried("updated_run", run_id, pa.string())
     )
-    person_ids = values_of(pick_for("id"))
     emails = _kept_email(
         values_of(pick_for("email")),
         person_ids,
@@ -550,6 +563,50 @@ def assign(
     )
     del node_batch
     return Assigned(node_profile, profiles, aliases, merges_t, splits, moves_t)
+
+
+def _retire_other_ids(
+    heir: npt.NDArray[np.int64],
+    person_ids: pa.Array,
+    previous: PreviousProfiles,
+    config: IdentityConfig,
+    types: tuple[str, ...],
+    node_type: npt.NDArray[np.int16],
+    node_values: pa.StringArray,
+    comp_of: npt.NDArray[np.int64],
+    eligible: npt.NDArray[np.bool_],
+) -> npt.NDArray[np.int64]:
+    """``heir`` without the heirs of previous profiles that were a Customer.io person with
+    an `id` handed to a component whose `id` is another one and that does not hold theirs
+    (their user left, their remaining identifiers are another user's now)."""
+    had = previous.table["cio_person_id"].combine_chunks().cast(pa.string())
+    now_id = person_ids.take(pa.array(heir, mask=heir < 0))
+    other = pc.fill_null(pc.not_equal(had, now_id), False).to_numpy(zero_copy_only=False)
+    pids = np.flatnonzero(np.asarray(other, dtype=bool))
+    if not pids.size:
+        return heir
+    wanted = {int(p): str(had[int(p)].as_py()) for p in pids}
+    id_types = [types.index(t) for t in config.customerio.id_from if t in types]
+    candidates = np.flatnonzero(
+        eligible
+        & np.isin(node_type, id_types)
+        & (comp_of >= 0)
+        & pc.is_in(node_values, value_set=pa.array(sorted(set(wanted.values())), pa.string()))
+        .to_numpy(zero_copy_only=False)
+        .astype(bool)
+    )
+    held = set(
+        zip(
+            comp_of[candidates].tolist(),
+            node_values.take(pa.array(candidates)).to_pylist(),
+            strict=True,
+        )
+    )
+    out = heir.copy()
+    for p, person in wanted.items():
+        if (int(heir[p]), person) not in held:
+            out[p] = -1
+    return out
 
 
 def _kept_email(

@@ -2119,15 +2119,21 @@ _NEW_WITH_EMAIL = (
 
 
 def new_emails(
-    con: duckdb.DuckDBPyConnection, sync: SyncConfig, *, limit: int
+    con: duckdb.DuckDBPyConnection,
+    sync: SyncConfig,
+    *,
+    limit: int,
+    released_first: Iterable[tuple[str, str]] = (),
 ) -> tuple[int, list[tuple[str, str, str, frozenset[str]]]]:
     """The rows of a people sync identified by `id` and `email` that this run sends to a
     person Lockgate never delivered to (not in the snapshot, :func:`_delivered`) with an `id`
     and an email: Customer.io gives that `id` to the person holding the email, if one does
     (:mod:`lockgate.sync.emailcheck`). Returns how many, and the first ``limit`` of them by
     key as (key, id, email as sent, the `id`s and `cio_id`s of the people this run releases
-    that email from first: ``email_released``, see :func:`order_email_moves`). A run of no
-    new row costs a count of ``changes``; the JSON of the rows is read only up to ``limit``."""
+    that email from first: ``email_released``, see :func:`order_email_moves`, and
+    ``released_first``, `(email, id)` of the people the identity graph's operations release
+    it from before the rows). A run of no new row costs a count of ``changes``; the JSON of
+    the rows is read only up to ``limit``."""
     if sync.kind != "people" or "email" not in sync.identify_by:
         return 0, []
     # `is_new`: not in the snapshot the run diffed against; a run of named records or a full
@@ -2146,6 +2152,8 @@ def new_emails(
         """
     ).fetchall()
     released: dict[str, set[str]] = {}
+    for email, person in released_first:
+        released.setdefault(email.lower(), set()).add(f"id:{person}")
     if temp_table(con, "email_released"):
         for email, old_id, old_cio_id in con.execute(
             "select old_email, old_id, old_cio_id from email_released"

@@ -36,6 +36,8 @@ from lockgate.identity.customerio import (
     attribute_names,
     merge_addresses,
     profile_attribute_columns,
+    release_ops,
+    releases,
 )
 from lockgate.identity.memory import give_back
 from lockgate.identity.normalize import normalize_column
@@ -783,17 +785,27 @@ def merge_operations(store: StateStore, project: Project, resolution: Resolution
     # people known by email alone whose profile gained an `id`: given it first, so that the
     # rows' identify by the `id` reaches them rather than creating a second person
     adopted = adoptions(resolution.result)
-    adopt: list[Any] = []
+    first: list[Any] = []
     if adopted:
         emails = {("email", email) for _, _, email in adopted}
         found = known_people(store, project, among=emails)
-        adopt = adoption_ops(resolution.result, lambda kind, value: (kind, value) in found)
-        done = _delivered_by_any_sync(store, project, [op.key for op in adopt])
-        adopt = [op for op in adopt if op.key not in done]
+        first = adoption_ops(resolution.result, lambda kind, value: (kind, value) in found)
+        done = _delivered_by_any_sync(store, project, [op.key for op in first])
+        first = [op for op in first if op.key not in done]
+    # emails a retired user's person gives up to the user who took them (a family email the
+    # limit kept with the user whose row left): cleared first, or Customer.io would drop the
+    # rows' identify giving the email to its new holder
+    released = releases(resolution.result)
+    if released:
+        ids = {("id", person_id) for _, person_id, _ in released}
+        holders = known_people(store, project, among=ids)
+        release = release_ops(resolution.result, lambda kind, value: (kind, value) in holders)
+        done = _delivered_by_any_sync(store, project, [op.key for op in release])
+        first += [op for op in release if op.key not in done]
     if not _may_merge(resolution):
         # the common run: no profiles merged, none holding two Customer.io people. The plan
         # below would be built for every profile (seconds at a million) to keep none of it
-        return _ops_table(adopt)
+        return _ops_table(first)
     plan = plan_customerio(
         resolution.result,
         resolution.config,
@@ -816,7 +828,7 @@ def merge_operations(store: StateStore, project: Project, resolution: Resolution
     ]
     survivors = {op.profile_id for op in merges}
     ops = (
-        adopt
+        first
         + merges
         + [
             op

@@ -1277,7 +1277,12 @@ def _not_verified(
 
 
 def _check_new_emails(
-    store: StateStore, project: Project, sync: SyncConfig, run_id: str, console: Console
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    run_id: str,
+    console: Console,
+    resolution: Resolution | None = None,
 ) -> tuple[int, int, str, list[tuple[str, str]]]:
     """Before delivery: look up who holds the emails of the people this run sends for the
     first time (:func:`lockgate.sync.emailcheck.check_new`); the rows whose email a person of
@@ -1285,11 +1290,19 @@ def _check_new_emails(
     sent (Customer.io would give that person their `id`) and the next run looks at them again.
     Returns (rows checked, rows left unchecked for want of a key or with the check off, the
     report's line on the others not checked, the rows refused). A run without new rows makes
-    no App API call."""
+    no App API call. A person the identity graph's operations release the email from, sent
+    before the rows (a retired user's family email: ``customerio.releases``), is no holder."""
     config = project.config.destinations[sync.destination]
     limit = config.check_new_emails
     settings = _new_check_settings(project, sync)
-    total, rows = diff_step.new_emails(store.con, sync, limit=limit if settings else 0)
+    released: list[tuple[str, str]] = []
+    if resolution is not None and settings is not None:
+        from lockgate.identity.customerio import releases
+
+        released = [(email, person) for _, person, email in releases(resolution.result)]
+    total, rows = diff_step.new_emails(
+        store.con, sync, limit=limit if settings else 0, released_first=released
+    )
     if not total:
         return 0, 0, "", []
     if settings is None:
@@ -1891,7 +1904,7 @@ def run_sync(
                 # that person over
                 with step("deliver"):
                     new_checked, new_unchecked, new_note, new_refused = _check_new_emails(
-                        store, project, sync, run_id, console
+                        store, project, sync, run_id, console, resolution
                     )
             if full_resync and sync.kind != "events":
                 _reset_snapshot(store, sync, only=bool(only))
