@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, Phase, settings
 
 from lockgate.emulator import Emulator
 
@@ -135,3 +136,19 @@ def roots(base: Path) -> Iterator[Path]:
     """New folders under ``base``, one per example of a state machine."""
     while True:
         yield Path(tempfile.mkdtemp(dir=base))
+
+
+def property_settings(examples: int, steps: int) -> settings:
+    """The Hypothesis settings of the sync property tests: in CI ``examples`` runs of
+    ``steps`` steps, derandomized (the same runs every time); for a longer hunt, random runs
+    sized by LOCKGATE_PROPERTY_EXAMPLES and LOCKGATE_PROPERTY_STEPS, without shrinking when
+    LOCKGATE_PROPERTY_NO_SHRINK is set (a failure then shows as found, sooner)."""
+    return settings(
+        max_examples=int(os.environ.get("LOCKGATE_PROPERTY_EXAMPLES", str(examples))),
+        stateful_step_count=int(os.environ.get("LOCKGATE_PROPERTY_STEPS", str(steps))),
+        deadline=None,
+        derandomize="LOCKGATE_PROPERTY_EXAMPLES" not in os.environ,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        phases=[Phase.explicit, Phase.reuse, Phase.generate]
+        + ([] if os.environ.get("LOCKGATE_PROPERTY_NO_SHRINK") else [Phase.shrink]),
+    )

@@ -29,7 +29,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -40,7 +39,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from tests.sync.conftest import ProjectFactory
-from tests.sync.helpers import canonical, roots, sent_ops, sql_text
+from tests.sync.helpers import canonical, property_settings, roots, sent_ops, sql_text
 
 from lockgate.cli import cli
 from lockgate.console import NullConsole
@@ -502,13 +501,7 @@ class B2BMachine(RuleBasedStateMachine):
         assert set(rels) <= set(self.rels), (rels, self.rels)
 
 
-SETTINGS = settings(
-    max_examples=6,
-    stateful_step_count=6,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
+SETTINGS = property_settings(examples=6, steps=6)
 
 
 def test_objects_and_relationships_follow_the_model(

@@ -29,7 +29,6 @@ derandomized examples.
 
 from __future__ import annotations
 
-import os
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any
 import duckdb
 import pytest
 import yaml
-from hypothesis import HealthCheck, Phase, event, settings
+from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -48,7 +47,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from tests.sync.helpers import canonical, roots, sent_ops, sql_text
+from tests.sync.helpers import canonical, property_settings, roots, sent_ops, sql_text
 
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator, FaultConfig
@@ -652,15 +651,7 @@ def test_a_new_user_takes_the_email_of_a_deleted_user_in_one_run(
         assert again.changes.to_send == 0 and not again.identity_ops, name
 
 
-SETTINGS = settings(
-    max_examples=int(os.environ.get("LOCKGATE_PROPERTY_EXAMPLES", "2")),
-    stateful_step_count=int(os.environ.get("LOCKGATE_PROPERTY_STEPS", "6")),
-    deadline=None,
-    derandomize="LOCKGATE_PROPERTY_EXAMPLES" not in os.environ,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-    phases=[Phase.explicit, Phase.reuse, Phase.generate]
-    + ([] if os.environ.get("LOCKGATE_PROPERTY_NO_SHRINK") else [Phase.shrink]),
-)
+SETTINGS = property_settings(examples=2, steps=6)
 
 
 def test_people_keyed_through_the_identity_graph_are_one_person_each(

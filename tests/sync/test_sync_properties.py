@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -34,7 +33,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from tests.sync.conftest import ProjectFactory
-from tests.sync.helpers import canonical, roots, sent_ops, sql_text
+from tests.sync.helpers import canonical, property_settings, roots, sent_ops, sql_text
 
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator, FaultConfig
@@ -538,13 +537,7 @@ class SyncMachine(RuleBasedStateMachine):
             )
 
 
-SETTINGS = settings(
-    max_examples=10,
-    stateful_step_count=10,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
+SETTINGS = property_settings(examples=10, steps=10)
 
 
 def test_syncs_never_lose_duplicate_or_corrupt_a_record(

@@ -20,14 +20,13 @@ upsert) and `activity` (events keyed by `id`, test_sync_properties.py's). The in
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, event, settings
+from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -38,7 +37,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from tests.sync.conftest import ProjectFactory
-from tests.sync.helpers import canonical, roots, sent_ops, sql_text
+from tests.sync.helpers import canonical, property_settings, roots, sent_ops, sql_text
 from tests.sync.test_sync_properties import ACTIVITY, COUNTS
 
 from lockgate.console import NullConsole
@@ -468,15 +467,7 @@ class IdentifyMachine(RuleBasedStateMachine):
                 assert person.email == want["email"], (uid, person, want)
 
 
-SETTINGS = settings(
-    max_examples=int(os.environ.get("LOCKGATE_PROPERTY_EXAMPLES", "6")),
-    stateful_step_count=int(os.environ.get("LOCKGATE_PROPERTY_STEPS", "10")),
-    deadline=None,
-    derandomize="LOCKGATE_PROPERTY_EXAMPLES" not in os.environ,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-    phases=[Phase.explicit, Phase.reuse, Phase.generate]
-    + ([] if os.environ.get("LOCKGATE_PROPERTY_NO_SHRINK") else [Phase.shrink]),
-)
+SETTINGS = property_settings(examples=6, steps=10)
 
 
 def test_identified_by_id_and_email_named_runs_and_all_runs_never_lose_or_resend(
