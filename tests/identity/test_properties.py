@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pyarrow as pa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from tests.identity.helpers import config, groups, run
 
@@ -117,8 +117,37 @@ def test_incremental_runs_match_one_run_of_the_same_batches(first, second) -> No
     assert outcome(b2) == outcome(again)
 
 
+def _row(
+    user_id: str | None = None,
+    email: str | None = None,
+    anonymous_id: str | None = None,
+    phone: str | None = None,
+) -> dict[str, object]:
+    return {
+        "user_id": user_id,
+        "email": email,
+        "anonymous_id": anonymous_id,
+        "phone": phone,
+        "ts": 0,
+    }
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(first=tables, second=tables)
+# found by CI's derandomized examples: `u1`'s row leaves; its email makes a profile of its own
+# and its anonymous id stays with `u0` (through the identifies, kept from run to run): `u1`'s
+# old profile is split with no profile of its own left (a split of a retired profile)
+@example(
+    first={
+        "app_users": [],
+        "crm_contacts": [_row("u1", "e0@x.com", "a0")],
+        "identifies": [
+            _row(anonymous_id="a0", phone="+14155550100"),
+            _row("u0", phone="+14155550100"),
+        ],
+    },
+    second={"app_users": [], "crm_contacts": [_row(email="e0@x.com")], "identifies": []},
+)
 def test_profile_ids_stay_accounted_for_across_runs(first, second) -> None:  # type: ignore[no-untyped-def]
     """Snapshots change between runs: every earlier id survives, is an alias, or lost all nodes."""
     cfg = tight_config()
@@ -148,8 +177,16 @@ def test_profile_ids_stay_accounted_for_across_runs(first, second) -> None:  # t
             continue
         # neither active nor merged: its anchor (and so the profile) must be gone or quarantined
         assert still_there.get(anchor) is None
+    retired = {
+        old["profile_id"]
+        for old in one.profiles.to_pylist()
+        if still_there.get((old["anchor_type"], old["anchor_value"])) is None
+    }
     for split in two.splits.to_pylist():
-        assert split["parent_profile_id"] in active or split["parent_profile_id"] in aliases
+        # a profile whose anchor left can still be split: its other identifiers went to
+        # different profiles (reported for review, as any split)
+        parent = split["parent_profile_id"]
+        assert parent in active or parent in aliases or parent in retired
         assert split["child_profile_id"] in active
 
 
