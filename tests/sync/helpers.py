@@ -152,3 +152,11 @@ def property_settings(examples: int, steps: int) -> settings:
         phases=[Phase.explicit, Phase.reuse, Phase.generate]
         + ([] if os.environ.get("LOCKGATE_PROPERTY_NO_SHRINK") else [Phase.shrink]),
     )
+
+
+def bind_machine(machine: Any, emulator: Emulator, tmp_path: Path, mp: pytest.MonkeyPatch) -> None:
+    """Give a sync state machine class what each of its examples starts from: the one
+    emulator (reset by the machine), a new project folder per example, the monkeypatch."""
+    machine.emulator = emulator
+    machine.roots = roots(tmp_path)
+    machine.monkeypatch = mp

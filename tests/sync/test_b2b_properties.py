@@ -39,7 +39,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from tests.sync.conftest import ProjectFactory
-from tests.sync.helpers import canonical, property_settings, roots, sent_ops, sql_text
+from tests.sync.helpers import bind_machine, canonical, property_settings, sent_ops, sql_text
 
 from lockgate.cli import cli
 from lockgate.console import NullConsole
@@ -507,7 +507,5 @@ SETTINGS = property_settings(examples=6, steps=6)
 def test_objects_and_relationships_follow_the_model(
     project_factory: ProjectFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    B2BMachine.emulator = project_factory.emulator
-    B2BMachine.roots = roots(tmp_path)
-    B2BMachine.monkeypatch = monkeypatch
+    bind_machine(B2BMachine, project_factory.emulator, tmp_path, monkeypatch)
     run_state_machine_as_test(B2BMachine, settings=SETTINGS)

@@ -47,7 +47,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from tests.sync.helpers import canonical, property_settings, roots, sent_ops, sql_text
+from tests.sync.helpers import bind_machine, canonical, property_settings, sent_ops, sql_text
 
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator, FaultConfig
@@ -657,7 +657,5 @@ SETTINGS = property_settings(examples=2, steps=6)
 def test_people_keyed_through_the_identity_graph_are_one_person_each(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    IdentityMachine.emulator = customerio_emulator
-    IdentityMachine.roots = roots(tmp_path)
-    IdentityMachine.monkeypatch = monkeypatch
+    bind_machine(IdentityMachine, customerio_emulator, tmp_path, monkeypatch)
     run_state_machine_as_test(IdentityMachine, settings=SETTINGS)

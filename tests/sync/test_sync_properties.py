@@ -33,7 +33,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from tests.sync.conftest import ProjectFactory
-from tests.sync.helpers import canonical, property_settings, roots, sent_ops, sql_text
+from tests.sync.helpers import bind_machine, canonical, property_settings, sent_ops, sql_text
 
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator, FaultConfig
@@ -543,7 +543,5 @@ SETTINGS = property_settings(examples=10, steps=10)
 def test_syncs_never_lose_duplicate_or_corrupt_a_record(
     project_factory: ProjectFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    SyncMachine.emulator = project_factory.emulator
-    SyncMachine.roots = roots(tmp_path)
-    SyncMachine.monkeypatch = monkeypatch
+    bind_machine(SyncMachine, project_factory.emulator, tmp_path, monkeypatch)
     run_state_machine_as_test(SyncMachine, settings=SETTINGS)

@@ -37,7 +37,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from tests.sync.conftest import ProjectFactory
-from tests.sync.helpers import canonical, property_settings, roots, sent_ops, sql_text
+from tests.sync.helpers import bind_machine, canonical, property_settings, sent_ops, sql_text
 from tests.sync.test_sync_properties import ACTIVITY, COUNTS
 
 from lockgate.console import NullConsole
@@ -473,9 +473,7 @@ SETTINGS = property_settings(examples=6, steps=10)
 def test_identified_by_id_and_email_named_runs_and_all_runs_never_lose_or_resend(
     project_factory: ProjectFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    IdentifyMachine.emulator = project_factory.emulator
-    IdentifyMachine.roots = roots(tmp_path)
-    IdentifyMachine.monkeypatch = monkeypatch
+    bind_machine(IdentifyMachine, project_factory.emulator, tmp_path, monkeypatch)
     run_state_machine_as_test(IdentifyMachine, settings=SETTINGS)
 
 
@@ -495,9 +493,7 @@ def test_the_email_release_for_a_row_a_named_run_sent_is_no_resend(
     """Account 2's email goes null and `--only 2` sends it (Customer.io keeps the email);
     account 4 then takes that email, and the whole run after clears it from person 2 first
     (`2#release-email`). That release is 4's means, not 2's row sent again: (e) holds."""
-    IdentifyMachine.emulator = project_factory.emulator
-    IdentifyMachine.roots = roots(tmp_path)
-    IdentifyMachine.monkeypatch = monkeypatch
+    bind_machine(IdentifyMachine, project_factory.emulator, tmp_path, monkeypatch)
     monkeypatch.setattr(sys.modules[__name__], "event", lambda *a: None)  # outside Hypothesis
     machine = IdentifyMachine()
     machine.start(rows=[(2, "ann@x.io", None)])
@@ -518,9 +514,7 @@ def test_a_row_sharing_the_email_of_a_row_that_leaves_is_rejected_not_lost(
     """Account 3 takes account 1's email (held back: 1 keeps it), then account 1 leaves the
     model: person 1 keeps the email in Customer.io, so the whole run after rejects 3 (the
     model holds it back, and counts the rejection as one of an email someone else holds)."""
-    IdentifyMachine.emulator = project_factory.emulator
-    IdentifyMachine.roots = roots(tmp_path)
-    IdentifyMachine.monkeypatch = monkeypatch
+    bind_machine(IdentifyMachine, project_factory.emulator, tmp_path, monkeypatch)
     monkeypatch.setattr(sys.modules[__name__], "event", lambda *a: None)  # outside Hypothesis
     machine = IdentifyMachine()
     machine.start(rows=[(1, "ann@x.io", None)])
