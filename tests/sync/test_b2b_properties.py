@@ -99,7 +99,7 @@ create or replace table members (user_id integer, company_id varchar, role varch
 """
 
 SYNCS = ("companies", "people", "memberships")  # `sync --all` order
-COUNTS = ("rows", "rejected", "to_send", "new", "changed", "unchanged", "removed")
+COUNTS = ("rows", "rejected", "to_send", "new", "changed", "unchanged", "nulls_only", "removed")
 COUNTS += ("removed_sent", "duplicates_in_model", "held")
 
 company_ids = st.sampled_from(["acme", "globex", "initech"])

@@ -96,6 +96,7 @@ COUNTS = (
     "new",
     "changed",
     "unchanged",
+    "nulls_only",
     "removed",
     "removed_sent",
     "duplicates_in_model",

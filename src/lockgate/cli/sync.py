@@ -137,6 +137,14 @@ def _remapped_row(c: Any) -> list[tuple[str, Any]]:
     return rows
 
 
+def _nulls_only_row(c: Any) -> list[tuple[str, Any]]:
+    """The unchanged records whose row changed only to nulls the null policy skips (nothing
+    to send, recorded), when there are any."""
+    if not c.nulls_only:
+        return []
+    return [("  of which changed only to nulls (nothing to send)", c.nulls_only)]
+
+
 def change_rows(report: RunReport) -> list[tuple[str, Any]]:
     """The counts worth showing for a report, as (label, value) rows."""
     c = report.changes
@@ -148,6 +156,7 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
             (f"{noun} changed", c.changed),
             *_remapped_row(c),
             (f"{noun} unchanged (not sent)", c.unchanged),
+            *_nulls_only_row(c),
             (f"{noun} removed from model", c.removed),
             (
                 "  of which removed in Customer.io (mirror)"
@@ -176,6 +185,7 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
             ("people changed", c.changed),
             *_remapped_row(c),
             ("people unchanged (not sent)", c.unchanged),
+            *_nulls_only_row(c),
             ("people removed from model", c.removed),
             ("  of which cleared/deleted (mirror)", c.removed_sent),
             *(

@@ -63,6 +63,10 @@ class ChangeSet:
     new: int = 0
     changed: int = 0
     unchanged: int = 0
+    nulls_only: int = 0
+    """Of ``unchanged``: records whose row changed, but only to nulls the null policy does not
+    send (`on_null: skip`): their payload would carry no attribute, so nothing is sent, and
+    the run records their row as it records one delivered (:func:`_nothing_to_send`)."""
     removed: int = 0
     removed_sent: int = 0
     rekeyed: int = 0
@@ -1535,6 +1539,7 @@ def diff_records(
         alter table mapped rename to changes;
         """,
     )
+    nulls_only = _nothing_to_send(con, sync, unconfirmed)
     shared, shared_samples = _shared_people(con, snap) if shared_check else (0, ())
     held = 0
     held_samples: tuple[tuple[str, str], ...] = ()
@@ -1628,6 +1633,7 @@ def diff_records(
         new=new,
         changed=sent_rows - new,
         unchanged=valid - sent_rows - held,
+        nulls_only=nulls_only,
         removed=removed,
         removed_sent=removed_sent,
         rekeyed=rekeyed,
@@ -1644,6 +1650,63 @@ def diff_records(
         rejected_reasons=reasons,
         held_samples=held_samples,
     )
+
+
+#: the identifiers a people or objects record's ``ident`` may hold (not an `on_change` sync's
+#: `_watch` and `_run`, which change while the record's identifiers do not)
+_IDENT_KEYS = (*IDENTIFIER_PRIORITY, "object_type_id", "object_id")
+
+NULLS_ONLY = "nulls_only"
+"""The temp table of the rows :func:`_nothing_to_send` takes out of ``changes``."""
+
+
+def _nothing_to_send(con: duckdb.DuckDBPyConnection, sync: SyncConfig, unconfirmed: str) -> int:
+    """Move from ``changes`` to the temp table ``nulls_only`` the rows of a people or objects
+    sync that have nothing to send: changed (their hash differs), but their payload carries no
+    attribute value (``n_set = n_echo``: every attribute null under `on_null: skip`, nothing
+    cleared, no default; at most `_update` and the email identifier repeated), to the
+    identifiers that were delivered to. Such an identify changes nothing in Customer.io. The
+    run records them as delivered (:func:`commit_nulls_only`), so they are not found changed
+    again. Always sent: a new record (the identify creates it), one whose identifiers changed
+    (an email taken or given up), one whose last delivery was not confirmed (a delete or a
+    clear may have applied). Returns how many."""
+    run_sql(con, f"drop table if exists {NULLS_ONLY}")
+    if sync.kind not in ("people", "objects"):
+        return 0
+    same = " and ".join(
+        f"json_extract_string(c.ident, '$.{k}') is not distinct from "
+        f"json_extract_string(n.ident, '$.{k}')"
+        for k in _IDENT_KEYS
+    )
+    run_sql(
+        con,
+        f"""
+        create temp table {NULLS_ONLY} as
+        select c.* from changes c join known n on n.k = c.k
+        anti join (select k from {unconfirmed}) u on u.k = c.k
+        where c.n_set = c.n_echo and not c.is_new and not c.removed and {same}
+        """,
+    )
+    moved = int(_one(con, f"select count(*) from {NULLS_ONLY}") or 0)
+    if moved:
+        run_sql(con, f"delete from changes where k in (select k from {NULLS_ONLY})")
+    return moved
+
+
+def commit_nulls_only(store: StateStore, sync: str, run_id: str) -> int:
+    """Journal the rows of ``nulls_only`` (:func:`_nothing_to_send`) as delivered by the run
+    ``run_id``: its commit folds them into the snapshot with the delivered records. Returns
+    how many."""
+    if not temp_table(store.con, NULLS_ONLY):
+        return 0
+    rows = run_sql(
+        store.con,
+        f"insert into {table('journal', sync)} (run_id, k, h, ident, removed) "
+        f"select ?, k, h, ident, false from {NULLS_ONLY}",
+        [run_id],
+    )
+    run_sql(store.con, f"drop table {NULLS_ONLY}")  # not another sync's, on a session's store
+    return int(rows[0][0])
 
 
 def _hold_shared_emails(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int:

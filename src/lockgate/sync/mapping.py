@@ -1217,6 +1217,10 @@ class Fields:
     # fragment index -> a cheap SQL test of "this fragment is not null", so counting the
     # attributes set does not build every fragment's JSON a second time (1.7 s at 1M rows)
     present: dict[int, str] = field(default_factory=dict)
+    # fragment index -> SQL true when the fragment is present only to repeat what addresses the
+    # record: `_update`, and the `email` attribute holding the row's email identifier (the
+    # diff compares identifiers with the snapshot's itself); see :meth:`n_echo`
+    echo: dict[int, str] = field(default_factory=dict)
     #: the fields are Customer.io attributes, each value at most 1,000 bytes; event properties
     #: are not (their limit is the 100,000 bytes of the whole event data)
     limit_values: bool = True
@@ -1278,6 +1282,13 @@ class Fields:
 
     def n_cleared(self) -> str:
         return " + ".join(f"({c})::int" for c in self.cleared) or "0"
+
+    def n_echo(self) -> str:
+        """SQL for how many of the fragments counted by :meth:`n_set` are :attr:`echo`: when
+        the two are equal the payload carries no attribute value (every one null under
+        `on_null: skip`), and a record delivered before, to the same identifiers, has nothing
+        to be sent (``diff._nothing_to_send``). A constant "0" for most syncs."""
+        return " + ".join(f"({e})::int" for e in self.echo.values()) or "0"
 
 
 def field_fragment(
@@ -1696,7 +1707,8 @@ def compile_people(
     last: LastHash | None = None,
     rezone: Rezoned | None = None,
 ) -> Compiled:
-    """The SELECT producing (k, op, ident, reject) for a people sync."""
+    """The SELECT producing (k, op, ident, reject, n_set, n_cleared, n_echo, addr) for a
+    people sync (``n_echo``: :meth:`Fields.n_echo`)."""
     used: list[str] = list(sync.identify_by.values())
     for key in sync.key_columns:
         if key not in columns:
@@ -1709,6 +1721,7 @@ def compile_people(
     identifiers, ident, checks = identifier_sql(sync, columns, fields)
     if sync.effective_mode == "update":
         fields.present[len(fields.fragments)] = "true"
+        fields.echo[len(fields.fragments)] = "true"  # a flag, not an attribute
         fields.fragments.append("'\"_update\":true'")
     email_col = sync.identify_by.get("email")
     email_spec = sync.attributes.get("email")
@@ -1745,7 +1758,8 @@ def compile_people(
         'select case when "__k" is null '
         f"then '(null key) ' || coalesce({null_key_text}, '') else \"__k\" end as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
-        f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared{extra_columns}, "
+        f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared, "
+        f"{fields.n_echo()} as n_echo{extra_columns}, "
         f"{_person_address(fields)} as addr, __rid, {src_h} as src_h from "
     )
     return fields.compiled(select, tuple(dict.fromkeys(used + sync.key_columns)), src_h)
@@ -1765,6 +1779,8 @@ def _identify_email(fields: Fields, policy: str, spec: FieldConfig | None = None
     else:
         null = "null"
     fields.present[len(fields.fragments)] = "true" if null != "null" else f"{email} is not null"
+    # the identifier's own text (not a clear nor a default standing for a null email)
+    fields.echo[len(fields.fragments)] = f"{email} is not null"
     fields.fragments.append(
         f"case when {email} is null then {null} else {key} || to_json({email}) end"
     )
@@ -2141,7 +2157,8 @@ def compile_objects(
     last: LastHash | None = None,
     rezone: Rezoned | None = None,
 ) -> Compiled:
-    """The SELECT producing (k, op, ident, reject, n_set, n_cleared) for an objects sync.
+    """The SELECT producing (k, op, ident, reject, n_set, n_cleared, n_echo) for an objects
+    sync.
 
     ``k`` is the object id; ``ident`` the object's Track identifiers
     (``{"object_type_id": "1", "object_id": "acme"}``).
@@ -2178,8 +2195,8 @@ def compile_objects(
     select = (
         f"select {_object_key(key_column)} as k, {op} as op, {ident} as ident, "
         f"coalesce({', '.join(checks)}) as reject, "
-        f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared{extra_columns}, "
-        f"__rid, {src_h} as src_h from "
+        f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared, "
+        f"{fields.n_echo()} as n_echo{extra_columns}, __rid, {src_h} as src_h from "
     )
     return fields.compiled(select, (key_column, *fields.columns), src_h)
 

@@ -133,6 +133,8 @@ def record(
         return
     delta = table("plan_delta", sync.name)
     run_sql(con, f"drop table if exists {delta}; alter table changes rename to {delta}")
+    if diff_step.temp_table(con, diff_step.NULLS_ONLY):  # not sent, but committed
+        run_sql(con, f"insert into {delta} select * from {diff_step.NULLS_ONLY}")
     planned.delta.add(sync.name)
     if full_resync and not only:
         planned.reset.add(sync.name)

@@ -1464,11 +1464,13 @@ def _deliver_state_events(
     failed = counts.failed_keys
     if failed:
         with registered(store.con, "_failed_events", pa.table({"k": pa.array(sorted(failed))})):
-            run_sql(
-                store.con,
-                "delete from changes where k in (select o.pk from oc_changes o "
-                "join _failed_events f on f.k = o.k)",
-            )
+            for rows in ("changes", diff_step.NULLS_ONLY):  # their rows are not committed
+                if rows == "changes" or diff_step.temp_table(store.con, rows):
+                    run_sql(
+                        store.con,
+                        f"delete from {rows} where k in (select o.pk from oc_changes o "
+                        "join _failed_events f on f.k = o.k)",
+                    )
     return counts
 
 
@@ -2023,6 +2025,8 @@ def run_sync(
                         store, sync, run_id, _released(store, email_clears)
                     )
             with step("commit"):
+                if sync.kind in ("people", "objects"):  # recorded as delivered: nothing to send
+                    diff_step.commit_nulls_only(store, sync.name, run_id)
                 store.fold_journal(sync.name, sent=True)
                 if changes.history_skipped:
                     # before the contract: recorded, a first run's history is never sent; a
