@@ -1720,8 +1720,8 @@ def compile_people(
     fields = Fields(zone=sync.timezone)
     identifiers, ident, checks = identifier_sql(sync, columns, fields)
     if sync.effective_mode == "update":
-        fields.present[len(fields.fragments)] = "true"
-        fields.echo[len(fields.fragments)] = "true"  # a flag, not an attribute
+        # a flag, not an attribute: not counted among the attributes set
+        fields.present[len(fields.fragments)] = "false"
         fields.fragments.append("'\"_update\":true'")
     email_col = sync.identify_by.get("email")
     email_spec = sync.attributes.get("email")
