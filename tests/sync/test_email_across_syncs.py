@@ -17,6 +17,7 @@ import pytest
 from tests.sync.test_plan_all_matches_sync import assert_plans_match, lockgate, plan_then_sync
 
 from lockgate.emulator import Emulator
+from lockgate.project.loader import load_project
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
 
@@ -175,3 +176,49 @@ def test_a_person_another_snapshot_moved_on_holds_nothing_back(
     assert_plans_match(plans, runs, sent)
     assert people(emu)["u3"] == ("e1@x.io", {"c_sync_plan": "pro"})
     assert people(emu)["u1"][0] == "e9@x.io"
+
+
+GRAPH_PROJECT = """\
+name: ident
+sources:
+  warehouse: {{type: duckdb, path: warehouse.duckdb}}
+destinations:
+  customerio: {{type: customerio, track_url: "{url}"}}
+identity:
+  identifier_types:
+    user_id: {{priority: 1, limit: 1, customerio: id}}
+    email: {{priority: 2, limit: 5, customerio: email}}
+  sources:
+    - {{name: app, table: a_sync}}
+    - {{name: crm, table: b_sync}}
+"""
+
+GRAPH_SYNC = SYNC.replace("{{id: user_id", "{{user_id: user_id")
+
+
+def test_the_same_through_the_identity_graph(project_factory: ProjectFactory) -> None:
+    """Both syncs keyed by the identity graph (u1 a profile of `b_sync`'s rows, u2 of
+    `a_sync`'s): the graph gives e1 to u2 and e5 to u1, but u1 is `b_sync`'s to move, so
+    `a_sync` holds u2 back until it has, as without the graph."""
+    f, emu = project_factory, project_factory.emulator
+    rows(f, "a_sync", ("u2", "e0@x.io", "free"))
+    rows(f, "b_sync", ("u1", "e1@x.io", "gold"))
+    project(f, "a_sync", "b_sync")
+    for name in ("a_sync", "b_sync"):
+        (f.root / "syncs" / f"{name}.yml").write_text(GRAPH_SYNC.format(name=name))
+    (f.root / "lockgate.yml").write_text(GRAPH_PROJECT.format(url=emu.base_url))
+    proj = f.project = load_project(f.root)
+    lockgate(proj, "sync", "--all", "--json")
+    f.sql("update a_sync set email = 'e1@x.io', plan = 'pro'; update b_sync set email = 'e5@x.io'")
+    plans, runs, sent = plan_then_sync(f)
+    assert [p["changes"]["rejected"] for p in plans.values()] == [1, 0]
+    assert_plans_match(plans, runs, sent)
+    assert "key `u1` of people sync `b_sync`" in runs["a_sync"]["rejected_rows"][0]["reason"]
+    assert people(emu)["u2"] == ("e0@x.io", {"a_sync_plan": "free"})
+    plans, runs, sent = plan_then_sync(f)
+    assert_plans_match(plans, runs, sent)
+    assert people(emu) == {
+        "u2": ("e1@x.io", {"a_sync_plan": "pro"}),
+        "u1": ("e5@x.io", {"b_sync_plan": "gold"}),
+    }
+    assert failures(emu) == []

@@ -1754,10 +1754,11 @@ def _hold_shared_emails(
         return 0
     if not {"id", "user_id", "cio_id"} & set(sync.identify_by):
         return 0
-    if sync.keyed_by_graph:
-        # the identity graph gives each email to one profile (its limits refuse the others,
-        # `contested_email`), and the rows of profiles it merges share one on purpose: the
-        # merge is sent before them
+    # the identity graph gives each email to one profile (its limits refuse the others,
+    # `contested_email`), and the rows of profiles it merges share one on purpose: the merge
+    # is sent before them. Only what other syncs delivered holds its rows back
+    graph = sync.keyed_by_graph
+    if graph and not others:
         return 0
     hidden = temp_table(con, f"snap__{sync.name}")  # `--only`, `--full-resync`
     delivered = _delivered(con, sync.name)
@@ -1790,15 +1791,19 @@ def _hold_shared_emails(
                 from mapped m join known s on s.k = m.k where {row} and not m.is_new
             ) where email is not null and email is distinct from had
             """
-    anyone = _one(con, f"select count(*) from (select 1 from {delivered} limit 1)") or any(
+    own = not graph and _one(con, f"select count(*) from (select 1 from {delivered} limit 1)")
+    anyone = own or any(
         _one(con, f"select count(*) from (select 1 from {snap} limit 1)") for _, snap in others
     )
     # grouped by the email's hash, not its text (a first run's 1M rows: 1.4 → 0.9 s of CPU);
     # two emails whose hashes meet only send the run on to the exact look below
-    if not anyone and not _one(
-        con,
-        f"select count(*) from (select hash(email) from ({takers}) group by 1 "
-        "having min(person) <> max(person))",
+    if not anyone and (
+        graph
+        or not _one(
+            con,
+            f"select count(*) from (select hash(email) from ({takers}) group by 1 "
+            "having min(person) <> max(person))",
+        )
     ):
         return 0  # nobody holds an email yet, and no two people of this run take one
     run_sql(con, f"create or replace temp table email_takers as {takers}")
@@ -1809,7 +1814,7 @@ def _hold_shared_emails(
         "select null::varchar as k, null::varchar as email, null::varchar as person, "
         "null::varchar as sync"
     )
-    if anyone:
+    if own:
         holders = f"""
             select s.k, {email("s.ident")} as email,
                    coalesce('id:' || json_extract_string(s.ident, '$.id'),
@@ -1823,19 +1828,19 @@ def _hold_shared_emails(
                 select k, {email("ident")} as email from mapped where reject is null
             ) c on c.k = s.k and c.email is distinct from {email("s.ident")}
             """
-        # the people other syncs delivered those emails to: what Customer.io holds as far as
-        # Lockgate knows (a person of both syncs, by the same `id`, is no other person)
-        for name, snap in others:
-            holders += f"""
-            union all
-            select s.k, {email("s.ident")} as email,
-                   coalesce('id:' || json_extract_string(s.ident, '$.id'),
-                            'cio_id:' || json_extract_string(s.ident, '$.cio_id')) as person,
-                   {lit(name)} as sync
-            from {snap} s
-            semi join (select distinct email from email_takers) t
-                on t.email = {email("s.ident")}
-            """
+    # the people other syncs delivered those emails to: what Customer.io holds as far as
+    # Lockgate knows (a person of both syncs, by the same `id`, is no other person)
+    for name, snap in others:
+        holders += f"""
+        union all
+        select s.k, {email("s.ident")} as email,
+               coalesce('id:' || json_extract_string(s.ident, '$.id'),
+                        'cio_id:' || json_extract_string(s.ident, '$.cio_id')) as person,
+               {lit(name)} as sync
+        from {snap} s
+        semi join (select distinct email from email_takers) t
+            on t.email = {email("s.ident")}
+        """
     column = sync.model_identifiers.get("email", sync.identify_by["email"])
     reason = (
         f"{lit(f'column `{column}`: `')} || {quoted('h.shown')} || "
@@ -1908,7 +1913,7 @@ def _hold_shared_emails(
         union all
         select email, arg_min(person, k), min(k), null from email_takers t
         anti join email_holders h on h.email = t.email
-        group by email having min(person) <> max(person);
+        group by email having min(person) <> max(person) and not {graph};
         update mapped set reject = coalesce(
             mapped.reject, case when h.sync_w is null then {reason} else {elsewhere} end
         )

@@ -1571,12 +1571,12 @@ def _related_snapshots(store: StateStore, project: Project, sync: SyncConfig) ->
 def _email_holders(store: StateStore, project: Project, sync: SyncConfig) -> list[tuple[str, str]]:
     """For a people sync identified by `email` and an `id` (or `cio_id`): the other people
     syncs of its destination identified by email, each with the SQL of its delivered records
-    (without those whose delete is unconfirmed, ``diff.present_ends``). The people they
-    delivered an email to hold it in Customer.io: a row of this sync taking it waits
-    (``diff._hold_shared_emails``)."""
+    (without those whose delete is unconfirmed, ``diff.present_ends``; none of a sync whose
+    state is of another workspace). The people they delivered an email to hold it in
+    Customer.io: a row of this sync taking it waits (``diff._hold_shared_emails``)."""
     if sync.kind != "people" or "email" not in sync.identify_by:
         return []
-    if not {"id", "user_id", "cio_id"} & set(sync.identify_by) or sync.keyed_by_graph:
+    if not {"id", "user_id", "cio_id"} & set(sync.identify_by):
         return []
     names = []
     for other in project:
@@ -1584,10 +1584,11 @@ def _email_holders(store: StateStore, project: Project, sync: SyncConfig) -> lis
             other.kind == "people"
             and other.name != sync.name
             and other.destination == sync.destination
-            and ("email" in other.identify_by or other.keyed_by_graph)
+            and "email" in other.identify_by
         ):
             store.ensure_sync_tables(other.name)
-            names.append(other.name)
+            if not workspace.moved(store, project, other):  # of this workspace, as known
+                names.append(other.name)
     present, _ = diff_step.present_ends(store.con, names)
     return list(zip(names, present, strict=True))
 
