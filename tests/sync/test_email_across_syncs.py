@@ -132,8 +132,9 @@ def test_an_email_an_earlier_sync_moves_off_its_person_is_taken_in_the_same_comm
 def test_a_sync_run_alone_holds_the_row_until_the_other_sync_runs(
     project_factory: ProjectFactory,
 ) -> None:
-    """`lockgate sync a_sync` alone, `b_sync` not run: u2 waits (its plan says so too), u1
-    keeps e1 and its attributes; once `b_sync` has run, `a_sync` sends u2."""
+    """`lockgate sync a_sync` alone, `b_sync` not run: u2 waits (its plan says so too, and
+    that of `--only u2`), u1 keeps e1 and its attributes; once `b_sync` has run, `a_sync`
+    sends u2."""
     f, emu = project_factory, project_factory.emulator
     rows(f, "a_sync", ("u2", "e0@x.io", "free"))
     rows(f, "b_sync", ("u1", "e1@x.io", "gold"))
@@ -141,6 +142,8 @@ def test_a_sync_run_alone_holds_the_row_until_the_other_sync_runs(
     lockgate(proj, "sync", "--all", "--json")
     f.sql("update a_sync set email = 'e1@x.io', plan = 'pro'; update b_sync set email = 'e5@x.io'")
     plan = lockgate(proj, "plan", "a_sync", "--json")
+    named = lockgate(proj, "plan", "a_sync", "--only", "u2", "--json")
+    assert (named["changes"]["to_send"], named["changes"]["rejected"]) == (0, 1)
     (alone,) = lockgate(proj, "sync", "a_sync", "--json")
     assert (plan["changes"]["to_send"], plan["changes"]["rejected"]) == (0, 1)
     assert (alone["delivered"], alone["changes"]["rejected"]) == (0, 1)

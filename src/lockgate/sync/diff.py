@@ -1749,7 +1749,8 @@ def _hold_shared_emails(
     of them is current is not known.
 
     A run without new rows or changed emails pays one join of its rows to map with
-    ``known``; one with new rows reads the emails of the snapshot too (of a non-empty one)."""
+    ``known``; one with new rows reads the emails of the snapshot too (of a non-empty one), and of
+    the other syncs' (a first run of 500k rows beside another sync of 500k: ~0.4 s more)."""
     if sync.kind != "people" or "email" not in sync.identify_by:
         return 0
     if not {"id", "user_id", "cio_id"} & set(sync.identify_by):
