@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lockgate.identity import graph as g
+from lockgate.identity.memory import give_back
 from lockgate.identity.state import (
     ALIASES_SCHEMA,
     CONTESTED_SCHEMA,
@@ -406,7 +407,6 @@ def assign(
     comp_arr = pc.coalesce(prev_taken, new_arr)
     new_ids = new_arr
     del prev_taken, new_arr
-    node_profile = comp_arr.take(pa.array(comp_of, mask=comp_of < 0))
 
     # nodes that left their old profile: splits (into a new id) or moves (into an existing one,
     # or into a new profile that has a Customer.io `id` of its own: see `_own_new_id`)
@@ -484,6 +484,15 @@ def assign(
     for t, name in enumerate(types):
         columns[f"n_{name}"] = pa.array(counts[:, t], pa.int64())
     profiles = pa.table(columns, schema=profile_schema(types))
+    # each node's profile id (two strings a person) made once the profile columns are: not
+    # alive beside the temporaries of their picks, nor beside `comp_of` (its int32 copy as
+    # the positions taken, where they fit)
+    del columns
+    where = pa.array(comp_of.astype(np.int32 if n_comp < 2**31 else np.int64), mask=comp_of < 0)
+    comp_of = np.zeros(0, dtype=np.int64)  # (`pick_for` reads it: not called from here on)
+    give_back()  # the picks' temporaries, before the last large array of the stitch
+    node_profile = comp_arr.take(where)
+    del where
 
     # merges: the best edge out of each absorbed profile is its trigger
     merge_rows: dict[str, list[object]] = {n: [] for n in MERGES_SCHEMA.names}
