@@ -21,7 +21,7 @@ Rules (identity.md §2.3, §2.4):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import duckdb
@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lockgate.identity import graph as g
+from lockgate.identity.memory import give_back
 from lockgate.identity.state import (
     ALIASES_SCHEMA,
     CONTESTED_SCHEMA,
@@ -406,7 +407,6 @@ def assign(
     comp_arr = pc.coalesce(prev_taken, new_arr)
     new_ids = new_arr
     del prev_taken, new_arr
-    node_profile = comp_arr.take(pa.array(comp_of, mask=comp_of < 0))
 
     # nodes that left their old profile: splits (into a new id) or moves (into an existing one,
     # or into a new profile that has a Customer.io `id` of its own: see `_own_new_id`)
@@ -457,7 +457,7 @@ def assign(
         values_of(pick_for("email")),
         person_ids,
         previous,
-        pid_take,
+        comp_pid,
         config,
         types,
         node_type,
@@ -484,6 +484,15 @@ def assign(
     for t, name in enumerate(types):
         columns[f"n_{name}"] = pa.array(counts[:, t], pa.int64())
     profiles = pa.table(columns, schema=profile_schema(types))
+    # each node's profile id (two strings a person) made once the profile columns are: not
+    # alive beside the temporaries of their picks, nor beside `comp_of` (its int32 copy as
+    # the positions taken, where they fit)
+    del columns
+    where = pa.array(comp_of.astype(np.int32 if n_comp < 2**31 else np.int64), mask=comp_of < 0)
+    comp_of = np.zeros(0, dtype=np.int64)  # (`pick_for` reads it: not called from here on)
+    give_back()  # the picks' temporaries, before the last large array of the stitch
+    node_profile = comp_arr.take(where)
+    del where
 
     # merges: the best edge out of each absorbed profile is its trigger
     merge_rows: dict[str, list[object]] = {n: [] for n in MERGES_SCHEMA.names}
@@ -565,6 +574,22 @@ def assign(
     return Assigned(node_profile, profiles, aliases, merges_t, splits, moves_t)
 
 
+_BLOCK = 1 << 16
+"""Rows of the previous profiles read at a time by the passes that compare them with this
+run's components: a column's values as one array are a copy of every chunk of it."""
+
+
+def _blocks(column: pa.ChunkedArray) -> Iterator[tuple[int, pa.Array]]:
+    """``(offset, values)`` of a column of the previous profiles, ``_BLOCK`` rows at a time.
+
+    Not a copy of the whole column (``combine_chunks``, or ``take`` of a chunked array,
+    which joins every chunk first: ~23 MiB for the emails of a million profiles, and as much
+    again for what is taken of them, while the stitch's own arrays are alive).
+    """
+    for start in range(0, len(column), _BLOCK):
+        yield start, column.slice(start, _BLOCK).combine_chunks()
+
+
 def _retire_other_ids(
     heir: npt.NDArray[np.int64],
     person_ids: pa.Array,
@@ -579,13 +604,21 @@ def _retire_other_ids(
     """``heir`` without the heirs of previous profiles that were a Customer.io person with
     an `id` handed to a component whose `id` is another one and that does not hold theirs
     (their user left, their remaining identifiers are another user's now)."""
-    had = previous.table["cio_person_id"].combine_chunks().cast(pa.string())
-    now_id = person_ids.take(pa.array(heir, mask=heir < 0))
-    other = pc.fill_null(pc.not_equal(had, now_id), False).to_numpy(zero_copy_only=False)
-    pids = np.flatnonzero(np.asarray(other, dtype=bool))
-    if not pids.size:
+    wanted: dict[int, str] = {}
+    for start, had in _blocks(previous.table["cio_person_id"]):
+        own = heir[start : start + len(had)]
+        now_id = person_ids.take(pa.array(own, mask=own < 0))
+        other = pc.fill_null(pc.not_equal(had.cast(pa.string()), now_id), False)
+        rows = np.flatnonzero(np.asarray(other.to_numpy(zero_copy_only=False), dtype=bool))
+        wanted.update(
+            zip(
+                (start + rows).tolist(),
+                had.take(pa.array(rows)).cast(pa.string()).to_pylist(),
+                strict=True,
+            )
+        )
+    if not wanted:
         return heir
-    wanted = {int(p): str(had[int(p)].as_py()) for p in pids}
     id_types = [types.index(t) for t in config.customerio.id_from if t in types]
     candidates = np.flatnonzero(
         eligible
@@ -613,7 +646,7 @@ def _kept_email(
     picked: pa.Array,
     person_ids: pa.Array,
     previous: PreviousProfiles,
-    pid_take: pa.Array,
+    comp_pid: npt.NDArray[np.int64],
     config: IdentityConfig,
     types: tuple[str, ...],
     node_type: npt.NDArray[np.int16],
@@ -631,19 +664,42 @@ def _kept_email(
     """
     if not len(previous.ids) or not len(picked):
         return picked
-    old_email = previous.table["cio_email"].combine_chunks().take(pid_take)
-    old_person = previous.table["cio_person_id"].combine_chunks().take(pid_take)
-    stale = pc.and_(
-        pc.and_(pc.is_valid(old_email), pc.is_null(old_person)),
-        pc.and_(
-            pc.is_null(person_ids),
-            pc.fill_null(pc.not_equal(picked, old_email), True),
-        ),
-    )
-    comps = np.flatnonzero(stale.to_numpy(zero_copy_only=False))
-    if not comps.size:
+    # only the previous profiles that were a person by their email alone are read, and of
+    # those only the ones a component kept (``comp_pid``) that has no `id` now
+    kept = np.flatnonzero(comp_pid >= 0)
+    kept_by = np.full(len(previous.ids), -1, dtype=np.int64)
+    kept_by[comp_pid[kept]] = kept
+    del kept
+    no_id = np.asarray(pc.is_null(person_ids).to_numpy(zero_copy_only=False), dtype=bool)
+    wanted: dict[int, str] = {}
+    emails = previous.table["cio_email"]
+    person = previous.table["cio_person_id"]
+    for start in range(0, len(emails), _BLOCK):
+        comps = kept_by[start : start + _BLOCK]
+        email_only = pc.and_(
+            pc.is_valid(emails.slice(start, _BLOCK)), pc.is_null(person.slice(start, _BLOCK))
+        )
+        rows = np.flatnonzero(
+            np.asarray(email_only.to_numpy(zero_copy_only=False), dtype=bool)
+            & (comps >= 0)
+            & no_id[np.maximum(comps, 0)]
+        )
+        if not rows.size:
+            continue
+        old = emails.slice(start, _BLOCK).take(pa.array(rows)).combine_chunks()
+        now = picked.take(pa.array(comps[rows]))
+        stale = pc.fill_null(pc.not_equal(now, old.cast(pa.string())), True)
+        chosen = np.flatnonzero(np.asarray(stale.to_numpy(zero_copy_only=False), dtype=bool))
+        wanted.update(
+            zip(
+                comps[rows[chosen]].tolist(),
+                old.take(pa.array(chosen)).cast(pa.string()).to_pylist(),
+                strict=True,
+            )
+        )
+    del kept_by, no_id
+    if not wanted:
         return picked
-    wanted = {int(c): old_email[int(c)].as_py() for c in comps}
     email_types = [
         types.index(t) for t in types if config.identifier_types[t].customerio == "email"
     ]
@@ -663,11 +719,15 @@ def _kept_email(
             strict=True,
         )
     }
-    out = picked.to_pylist()
-    for c, email in wanted.items():
-        if (c, email) in held:
-            out[c] = email
-    return pa.array(out, pa.string())
+    # the kept emails replace the picked ones in place: not a Python string per profile
+    keep = sorted(c for c, email in wanted.items() if (c, email) in held)
+    if not keep:
+        return picked
+    mask = np.zeros(len(picked), dtype=bool)
+    mask[keep] = True
+    return pc.replace_with_mask(
+        picked.cast(pa.string()), pa.array(mask), pa.array([wanted[c] for c in keep], pa.string())
+    )
 
 
 def _own_new_id(
