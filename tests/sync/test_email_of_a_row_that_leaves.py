@@ -178,3 +178,28 @@ def test_upsert_releases_the_email_of_a_row_that_left_and_leaves_the_rest_of_the
     again = run_sync(project, "accounts", console=NullConsole())
     assert (again.changes.to_send, again.changes.email_releases) == (0, 0)
     assert sent_ops(emu, since) == []
+
+
+def test_a_row_that_left_known_by_its_email_alone_is_the_person_the_new_row_becomes(
+    project_factory: ProjectFactory,
+) -> None:
+    """A lead (row `a`, no `id`, addressed by its email) leaves a `mirror` sync as row `b`
+    brings the same email with an `id`: Customer.io gives the id to the lead, the person the
+    row is meant to become. Nothing is released or cleared: the lead keeps its profile."""
+    project_factory.sql(
+        "create table accounts as select * from (values ('a', null::integer, 'ann@x.io', 'trial')) "
+        "t(k, user_id, email, plan)"
+    )
+    sync = ACCOUNTS.replace("primary_key: user_id", "primary_key: k") + "mode: mirror\n"
+    project = project_factory.write({"accounts": sync})
+    emu = project_factory.emulator
+    assert run_sync(project, "accounts", console=NullConsole()).delivered == 1
+    lead = emu.person(email="ann@x.io").cio_id  # type: ignore[union-attr]
+    project_factory.sql(
+        "delete from accounts; insert into accounts values ('b', 6, 'ann@x.io', 'pro')"
+    )
+    report = run_sync(project, "accounts", console=NullConsole())
+    c = report.changes
+    assert (report.status, c.removed_sent, c.rekeyed, c.email_releases) == ("success", 0, 1, 0)
+    assert people(emu) == {"6": ("ann@x.io", "pro")}
+    assert emu.person(id="6").cio_id == lead  # type: ignore[union-attr]

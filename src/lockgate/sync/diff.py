@@ -2168,17 +2168,13 @@ def forget_released_left(store: StateStore, sync: SyncConfig, released: Iterable
     if sync.effective_mode == "mirror" or not temp_table(con, "email_left"):
         return 0
     keys = pa.table({"k": pa.array(sorted(released), pa.string())})
+    forgotten = "select k from email_left semi join _released_left r on r.k = email_left.k"
     with (
         registered(con, "_released_left", keys),
         transaction(con, store.path),
     ):
-        rows = run_sql(
-            con,
-            f"""
-            delete from {table("snap", sync.name)}
-            where k in (select k from email_left semi join _released_left r on r.k = email_left.k)
-            """,
-        )
+        rows = run_sql(con, f"delete from {table('snap', sync.name)} where k in ({forgotten})")
+        run_sql(con, f"delete from {table('unconfirmed', sync.name)} where k in ({forgotten})")
     return int(rows[0][0]) if rows else 0
 
 
