@@ -1441,7 +1441,7 @@ class StateStore:
             f"""
             with h as (
                 select *, coalesce(json_extract(ident, '$.person'), ident::json) as who
-                from ({self._history_relation()})
+                from ({self.history_relation()})
                 where list_contains($1, k)
                    or list_bool_or(list_transform($2, lambda s: contains(lower(ident), s)))
             )
@@ -1464,10 +1464,12 @@ class StateStore:
         columns = [d[0] for d in cursor.description]
         return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
-    def _history_relation(self) -> str:
+    def history_relation(self) -> str:
         """SQL of every history row: ``history``, and those the journals hold for the records
         a run killed before its fold delivered (:func:`journal_history`)."""
-        parts = ["select * from history"]
+        parts = [
+            "select run_id, sync, k, ident, action, outcome, status, reason, sent_at from history"
+        ]
         found = self.con.execute(
             "select table_name from duckdb_columns() where not internal "
             "and table_name like 'journal\\_\\_%' escape '\\' and column_name = 'sent_at' "
