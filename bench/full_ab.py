@@ -68,7 +68,7 @@ def state_file(project: Path) -> Path:
 
 def compare_states(a: Path, b: Path) -> list[str]:
     """The tables whose rows differ between the two state databases (volatile columns out)."""
-    con = duckdb.connect()
+    con = duckdb.connect(config={"enable_progress_bar": False})
     con.execute(f"attach '{a}' as a (read_only)")
     con.execute(f"attach '{b}' as b (read_only)")
 
