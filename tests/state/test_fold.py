@@ -152,3 +152,37 @@ def test_a_delivered_batchs_history_is_kept_whichever_way_it_leaves_the_journal(
         ]
         assert store.exec_sql('select count(*) from "journal__people"') == [(0,)]
         assert store.exec_sql("select count(*) from history") == [(7,)]
+
+
+def test_a_format_4_journal_is_upgraded_and_its_records_history_not_written_twice(
+    tmp_path: Path,
+) -> None:
+    """A run of a Lockgate of format 4 killed mid-delivery left its journal (five columns),
+    with the history of what it delivered already written. Opened now, the journal gains the
+    history columns, null for those records: the fold writes no second history row."""
+    import duckdb
+
+    with StateStore.open(tmp_path) as store:
+        store.ensure_sync_tables("people")
+    con = duckdb.connect(str(tmp_path / "state.duckdb"))
+    con.execute('drop table "journal__people"')
+    con.execute(
+        'create table "journal__people" '
+        "(run_id varchar, k varchar, h ubigint, ident varchar, removed boolean)"
+    )
+    con.execute("""insert into "journal__people" values ('r1', 'a', 1, '{"id":"a"}', false)""")
+    con.execute(
+        "insert into history values ('r1', 'people', 'a', '{\"id\":\"a\"}', 'identify', "
+        "'delivered', 200, null, now())"
+    )
+    con.execute("update state_format set format = 4")
+    con.close()
+    with StateStore.open(tmp_path) as store:
+        assert calls(store, "a") == [("r1", "identify", "delivered", 200)]
+        store.ensure_sync_tables("people")
+        delivered_batch(store, "r2", ["b"])
+        assert store.fold_journal("people") == 2
+        assert snapshot(store) == {"a": 1, "b": 1}
+        assert calls(store, "a") == [("r1", "identify", "delivered", 200)]
+        assert calls(store, "b") == [("r2", "identify", "delivered", 200)]
+        assert store.exec_sql("select max(format) from state_format") == [(5,)]
