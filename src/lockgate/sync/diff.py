@@ -24,6 +24,7 @@ from lockgate.project.models import SyncConfig
 from lockgate.state.store import (
     PERSON_ADDRESS,
     StateStore,
+    journal_history,
     registered,
     run_sql,
     table,
@@ -455,6 +456,8 @@ def forget_delivered(con: duckdb.DuckDBPyConnection, sync: str, keys: str) -> in
     run_sql(con, f"create or replace temp table _forgotten as {keys}")
     n = int(_one(con, "select count(*) from _forgotten") or 0)
     if n:
+        # their delivery's history, which the journal holds until they leave it
+        journal_history(con, sync, "k in (select k from _forgotten)")
         run_sql(
             con,
             f"delete from {snap} where k in (select k from _forgotten); "
