@@ -651,6 +651,53 @@ def test_a_new_user_takes_the_email_of_a_deleted_user_in_one_run(
         assert again.changes.to_send == 0 and not again.identity_ops, name
 
 
+def test_a_deleted_lead_whose_email_joins_a_user_is_merged_into_the_user(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lead synced by email alone leaves the warehouse (its person stays in Customer.io,
+    as a row that leaves does by default), and later a link says its address is a user's:
+    the two are one human, so the lead's person is merged into the user's (keeping the
+    lead's attributes), not left beside it as a second person. (Found by the state machine
+    above: the lead's profile was forgotten when its row left, so nothing knew a person held
+    that address when it joined the user's profile.)"""
+    project = project_in(tmp_path, customerio_emulator, monkeypatch)
+    sql(
+        tmp_path,
+        "insert into app_users values ('u1', 'e2@x.io', 'free'), ('u2', 'e1@x.io', 'pro');"
+        "insert into leads values ('e4@x.io', 'ads');",
+    )
+    sync_all(project)
+    lead = customerio_emulator.person(email="e4@x.io")
+    u2 = customerio_emulator.person(id="u2")
+    assert lead is not None and u2 is not None
+    sql(tmp_path, "delete from leads")
+    sync_all(project)
+    assert customerio_emulator.person(email="e4@x.io") is not None  # left as it was
+    sql(
+        tmp_path,
+        "insert into links values ('e1@x.io', 'e4@x.io');"
+        "delete from app_users where user_id = 'u1';",
+    )
+    # `plan` shows the merge the sync sends
+    shown = plan_sync(project, "users", console=NullConsole()).identity_ops
+    assert [op["action"] for op in shown if op["action"] == "merge"] == ["merge"], shown
+    sync_all(project)
+    holders = [
+        p for p in customerio_emulator.people() if p.id == "u2" or p.email in ("e1@x.io", "e4@x.io")
+    ]
+    assert len(holders) == 1, holders
+    (person,) = holders
+    assert (person.cio_id, person.id, person.email) == (u2.cio_id, "u2", "e1@x.io")
+    assert person.attributes == {"plan": "pro", "lead_source": "ads"}
+    assert [(m.primary, m.secondary) for m in customerio_emulator.merges()] == [
+        (u2.cio_id, lead.cio_id)
+    ]
+    assert customerio_emulator.person(id="u1") is not None  # a retired user is left alone
+    for name in ORDER:
+        again = plan_sync(project, name, console=NullConsole())
+        assert again.changes.to_send == 0 and not again.identity_ops, name
+
+
 SETTINGS = property_settings(examples=2, steps=6)
 
 

@@ -944,6 +944,7 @@ def resolve(
         held=held,
         lost=lost,
         contested=contested,
+        retired=assigned.retired,
     )
 
 
