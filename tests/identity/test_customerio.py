@@ -335,3 +335,29 @@ def test_a_retired_lead_joining_a_live_lead_is_merged_into_it() -> None:
     assert [(op.payload["primary"], op.payload["secondary"]) for op in plan.merges] == [
         ({"email": "other@x.com"}, {"email": "lead@x.com"})
     ]
+
+
+def test_a_retired_lead_whose_email_joins_a_new_user_is_given_the_users_id() -> None:
+    """A user new to the graph signs up with another address, linked to a retired lead's:
+    the profile is the lead's again, and its person is given the user's `id` first (as any
+    lead whose profile gains an `id`), not left beside a new person for the user."""
+    cfg, _, state, lead = _retired_lead()
+    third = run(
+        cfg,
+        {
+            "app_users": rows(
+                {"user_id": "u1", "email": "u1@x.com", "ts": 3},
+                {"user_id": "u5", "email": "new@x.com", "ts": 3},
+            ),
+            "crm_contacts": rows({"user_id": "u5", "email": "lead@x.com", "ts": 3}),
+        },
+        state=state,
+        run_id="r3",
+    )
+    assert profile_of(third, "user_id", "u5") == lead and third.merges.num_rows == 0
+    plan = plan_customerio(third, cfg, exists={("email", "lead@x.com"), ("id", "u1")})
+    identifies = [op.payload for op in plan.ops if op.profile_id == lead]
+    assert [(p["identifiers"], p["attributes"].get("email")) for p in identifies] == [
+        ({"id": "u5"}, "lead@x.com"),
+        ({"id": "u5"}, "new@x.com"),
+    ]
