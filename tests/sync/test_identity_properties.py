@@ -21,7 +21,10 @@ limit of a type) is one where a union must be refused. The invariants:
   person holding every row of it: the user's `plan`, a lead's `lead_source`, the Stripe id
   and `mrr`, the anonymous ids only this user was seen with; no other person holds its
   emails (two people found to be one were merged, and the merged person keeps the union);
-- (e) after a run with faults, a run without them converges to (a)-(d).
+- (e) after a run with faults, a run without them converges to (a)-(d);
+- (f) no person known by email alone holds an email of a user's component (one that never
+  broke a limit): a lead whose email joins a user's profile, its row still there or gone, is
+  merged into the user's person or given the user's `id`.
 
 `LOCKGATE_PROPERTY_EXAMPLES=200 LOCKGATE_PROPERTY_STEPS=30` explores more than CI's few
 derandomized examples.
@@ -450,11 +453,18 @@ class IdentityMachine(RuleBasedStateMachine):
         users_of: dict[str, set[str]] = {}
         for anon, uid in self.identifies:
             users_of.setdefault(anon, set()).add(uid)
+        by_email = {p.email: p for p in people if p.email}
         for comp in self._components():
             if self._breaks_a_limit(comp):
                 event("a component breaks a limit")
                 assert self._refusals() > 0, comp
                 continue
+            # (f) a person known by email alone (a lead, its row there or gone) whose email
+            # is a user's now was merged into the user's person (or given the user's `id`)
+            if not comp & self.broken and any(t == "user_id" and v in self.users for t, v in comp):
+                for mail in (v for t, v in comp if t == "email"):
+                    lead = by_email.get(mail)
+                    assert lead is None or lead.id is not None, (comp, lead)
             if comp & self.broken or any(self.ever[n] != comp for n in comp):
                 continue
             rows = self._rows_of(comp)
