@@ -957,6 +957,7 @@ def resolve(
         held=held,
         lost=lost,
         contested=contested,
+        retired=assigned.retired,
     )
 
 

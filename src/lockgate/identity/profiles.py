@@ -76,24 +76,33 @@ def profile_ids_for(type_names: pa.Array, values: pa.Array) -> pa.StringArray:
 
 @dataclass(frozen=True)
 class PreviousProfiles:
-    """The previous run's profiles, indexed by an integer code."""
+    """The previous run's profiles, indexed by an integer code.
+
+    The first `live` are the previous run's profiles; the rest are retired ones
+    (`IdentityState.retired`): people known by email alone whose profile was heir to nothing,
+    which a component holding that email takes over (they hold that node, see
+    :func:`_claim_retired`)."""
 
     table: pa.Table
     ids: pa.StringArray
     aliases: pa.Table
+    live: int = 0
 
     @classmethod
     def from_state(cls, state: IdentityState | None, types: tuple[str, ...]) -> PreviousProfiles:
         if state is None:
             empty = profile_schema(types).empty_table()
             return cls(empty, pa.array([], pa.string()), ALIASES_SCHEMA.empty_table())
+        profiles = state.profiles
+        live = profiles.num_rows
+        if state.retired.num_rows:
+            profiles = pa.concat_tables([profiles, _aligned(state.retired, profiles.schema)])
         # the ids as one array, in the table too: not a second copy of every id beside the
         # chunks a read gave (~20 MiB at a million profiles)
-        profiles = state.profiles
         ids = profiles["profile_id"].combine_chunks()
         column = profiles.schema.get_field_index("profile_id")
         profiles = profiles.set_column(column, profiles.schema.field(column), ids)
-        return cls(profiles, ids, state.aliases)
+        return cls(profiles, ids, state.aliases, live)
 
     def _old_ids(self) -> pa.StringArray:
         old: pa.StringArray = self.aliases["old_profile_id"].combine_chunks().cast(pa.string())
@@ -133,6 +142,20 @@ class PreviousProfiles:
         return str(self.ids[code].as_py())
 
 
+def _aligned(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with the columns of ``schema``: those it lacks (a type added to the config
+    since) are nulls, those it has and ``schema`` does not are left out."""
+    return pa.table(
+        [
+            table[f.name].cast(f.type)
+            if f.name in table.column_names
+            else pa.nulls(table.num_rows, f.type)
+            for f in schema
+        ],
+        schema=schema,
+    )
+
+
 class _Values:
     """A column's values by row, each converted when asked for."""
 
@@ -153,6 +176,7 @@ class Assigned:
     merges: pa.Table
     splits: pa.Table
     moves: pa.Table
+    retired: pa.Table
 
 
 def _pick(
@@ -235,6 +259,7 @@ def assign(
     types = config.type_order
     n_types = len(types)
     eligible = ~quarantined
+    prev_pid = _claim_retired(prev_pid, previous, config, types, node_type, node_values, eligible)
     elig_nodes = np.flatnonzero(eligible)
     # dense component numbers in label order, without sorting (labels are small non-negatives)
     elig_labels = labels[elig_nodes]
@@ -358,7 +383,7 @@ def assign(
         a_type = previous.column("anchor_type")
         rank_of = {t: i for i, t in enumerate(types)}
 
-        def survivor_key(p: int) -> tuple[int, int, int, str]:
+        def survivor_key(p: int) -> tuple[int, bool, int, int, str]:
             cls = 2
             if person[p] is not None and exists("id", str(person[p])):
                 cls = 0
@@ -366,6 +391,7 @@ def assign(
                 cls = 1
             return (
                 cls,
+                p >= previous.live,  # a retired profile joins a live one (its rows' person)
                 rank_of.get(str(a_type[p]), n_types),
                 int(str(created[p] or 0)),
                 previous.name(p),
@@ -571,7 +597,85 @@ def assign(
         schema=MOVES_SCHEMA,
     )
     del node_batch
-    return Assigned(node_profile, profiles, aliases, merges_t, splits, moves_t)
+    retired = _retired(heir, previous, run_id)
+    return Assigned(node_profile, profiles, aliases, merges_t, splits, moves_t, retired)
+
+
+def _claim_retired(
+    prev_pid: npt.NDArray[np.int64],
+    previous: PreviousProfiles,
+    config: IdentityConfig,
+    types: tuple[str, ...],
+    node_type: npt.NDArray[np.int16],
+    node_values: pa.StringArray,
+    eligible: npt.NDArray[np.bool_],
+) -> npt.NDArray[np.int64]:
+    """``prev_pid`` with each retired profile (`IdentityState.retired`) holding the node of
+    its Customer.io email again, when that node is back and no other profile held it.
+
+    Its person is still in Customer.io, found by that email: the component holding the email
+    is the retired profile's heir, so it is the profile again (alone) or merges with the
+    other profiles there (the person is merged into theirs). Without this, the email would
+    join another profile as a new identifier, and that person would be left beside it."""
+    n_retired = len(previous.ids) - previous.live
+    if n_retired <= 0:
+        return prev_pid
+    emails = previous.table["cio_email"].slice(previous.live).combine_chunks().cast(pa.string())
+    email_types = [
+        types.index(t) for t in types if config.identifier_types[t].customerio == "email"
+    ]
+    candidates = np.flatnonzero(
+        eligible
+        & (prev_pid < 0)
+        & np.isin(node_type, email_types)
+        & pc.fill_null(pc.is_in(node_values, value_set=emails.drop_null()), False)
+        .to_numpy(zero_copy_only=False)
+        .astype(bool)
+    )
+    if not candidates.size:
+        return prev_pid
+    code_of: dict[str, int] = {}
+    for i, email in enumerate(emails.to_pylist()):
+        if email is not None:
+            code_of.setdefault(email, previous.live + i)
+    out = prev_pid.copy()
+    claimed: set[int] = set()
+    for node, value in zip(
+        candidates.tolist(), node_values.take(pa.array(candidates)).to_pylist(), strict=True
+    ):
+        code = code_of[value]
+        if code not in claimed:  # one node each (an email kept by two email types)
+            out[node] = code
+            claimed.add(code)
+    return out
+
+
+def _retired(heir: npt.NDArray[np.int64], previous: PreviousProfiles, run_id: str) -> pa.Table:
+    """The profiles retired after this run: those heir to nothing that were a Customer.io
+    person known by email alone (no `id`: a user whose row left is never taken over by
+    another profile), newly (`run_id` this run's) or since an earlier run (as they were).
+    A retired profile that is heir to a component now is that profile again, or merged."""
+    none = heir < 0
+    if not none.any():
+        return previous.table.slice(0, 0)
+    table = previous.table
+    email_only = pc.and_(pc.is_null(table["cio_person_id"]), pc.is_valid(table["cio_email"]))
+    keep = none & email_only.to_numpy(zero_copy_only=False).astype(bool)
+    codes = np.flatnonzero(keep)
+    if not codes.size:
+        return table.slice(0, 0)
+    out = table.take(pa.array(codes))
+    fresh = pa.array(codes < previous.live)
+    out = out.set_column(
+        out.schema.get_field_index("run_id"),
+        "run_id",
+        pc.if_else(fresh, pa.scalar(run_id), out["run_id"].combine_chunks().cast(pa.string())),
+    )
+    return out.set_column(
+        out.schema.get_field_index("status"),
+        "status",
+        pa.repeat(pa.scalar("retired"), out.num_rows),
+    )
 
 
 _BLOCK = 1 << 16
