@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from tests.identity.helpers import config, rows, run
+from pathlib import Path
 
-from lockgate.identity import plan_customerio
+from tests.identity.helpers import config, profile_of, rows, run
+
+from lockgate.identity import IdentityState, plan_customerio
 from lockgate.identity.customerio import (
     merge_addresses,
     profile_attribute_columns,
@@ -226,3 +228,136 @@ def test_a_person_known_by_email_alone_is_given_the_id_its_profile_gained() -> N
     # once the person holds the `id`, nothing more to give
     third = run(cfg, {}, state=second.state, run_id="r3")
     assert plan_customerio(third, cfg, exists={("id", "u1")}).ops == ()
+
+
+def _retired_lead(tmp_path: Path | None = None):  # type: ignore[no-untyped-def]
+    """A lead (a person by email alone) whose row left; a user `u1` beside it. The state
+    goes through Parquet when ``tmp_path`` is given."""
+    cfg = config()
+    first = run(
+        cfg,
+        {
+            "app_users": rows({"user_id": "u1", "email": "u1@x.com", "ts": 1}),
+            "crm_contacts": rows({"email": "lead@x.com", "ts": 1}),
+        },
+    )
+    gone = run(cfg, {"crm_contacts": rows(columns=["email", "ts"])}, state=first.state, run_id="r2")
+    assert gone.profiles.num_rows == 1  # the lead's profile is heir to nothing
+    state = gone.state
+    if tmp_path is not None:
+        state.write(tmp_path / "identity")
+        read = IdentityState.read(tmp_path / "identity")
+        assert read is not None
+        state = read
+    lead = profile_of(first, "email", "lead@x.com")
+    assert state.retired["profile_id"].to_pylist() == [lead]
+    return cfg, first, state, lead
+
+
+def test_a_lead_whose_row_left_is_merged_into_the_user_its_email_joins(tmp_path: Path) -> None:
+    """A lead's row leaves (its person stays in Customer.io); later a link says its address
+    is a user's: the lead's person is merged into the user's, as when two profiles that are
+    both people join, rather than left beside it as a second person."""
+    cfg, first, state, lead = _retired_lead(tmp_path)
+    user = profile_of(first, "user_id", "u1")
+    third = run(
+        cfg,
+        {"crm_contacts": rows({"user_id": "u1", "email": "lead@x.com", "ts": 3})},
+        state=state,
+        run_id="r3",
+    )
+    assert [(m["profile_id"], m["absorbed_profile_id"]) for m in third.merges.to_pylist()] == [
+        (user, lead)
+    ]
+    assert third.merges["cause"].to_pylist() == ["merge"]  # the link that joined them
+    assert third.aliases.select(["old_profile_id", "profile_id"]).to_pylist() == [
+        {"old_profile_id": lead, "profile_id": user}
+    ]
+    assert third.retired.num_rows == 0  # taken over: not retired any more
+    exists = {("id", "u1"), ("email", "lead@x.com")}
+    plan = plan_customerio(third, cfg, exists=exists)
+    assert [op.payload for op in plan.merges] == [
+        {
+            "type": "person",
+            "action": "merge",
+            "primary": {"id": "u1"},
+            "secondary": {"email": "lead@x.com"},
+        }
+    ]
+    assert ("email", "lead@x.com") in merge_addresses(third, cfg)
+    # a person deleted meanwhile (`delete_removed`) is not merged
+    gone = plan_customerio(third, cfg, exists={("id", "u1")})
+    assert gone.merges == [] and gone.merge_outcomes["outcome"].to_pylist() == ["skipped_no_cio"]
+
+
+def test_a_lead_whose_row_left_and_came_back_is_its_old_profile() -> None:
+    """Its email back alone, the retired lead is its profile again (same id, same person
+    addressed by the email it holds); a user's retired profile is never remembered this way
+    (two user ids are never one person)."""
+    cfg, _, state, lead = _retired_lead()
+    back = run(
+        cfg,
+        {"crm_contacts": rows({"email": "lead@x.com", "ts": 3})},
+        state=state,
+        run_id="r3",
+    )
+    assert profile_of(back, "email", "lead@x.com") == lead
+    assert back.merges.num_rows == 0 and back.retired.num_rows == 0
+    plan = plan_customerio(back, cfg, exists={("email", "lead@x.com")})
+    assert [op.payload["identifiers"] for op in plan.ops if op.profile_id == lead] == []
+    # the user leaves: not remembered as a retired profile
+    left = run(cfg, {"app_users": rows(columns=["user_id", "email", "ts"])}, state=back.state)
+    assert left.retired.num_rows == 0
+
+
+def test_a_retired_lead_joining_a_live_lead_is_merged_into_it() -> None:
+    """The live lead's person, the one its rows reach, is the one kept."""
+    cfg, _, state, lead = _retired_lead()
+    live = run(cfg, {"newsletter": rows({"email": "other@x.com"})}, state=state, run_id="r3")
+    other = profile_of(live, "email", "other@x.com")
+    assert other != lead and live.retired["profile_id"].to_pylist() == [lead]
+    joined = run(
+        cfg,
+        {
+            "stripe_customers": rows(
+                {"stripe_customer_id": "cus_1", "email": "other@x.com", "ts": 4},
+                {"stripe_customer_id": "cus_1", "email": "lead@x.com", "ts": 4},
+            ),
+        },
+        state=live.state,
+        run_id="r4",
+    )
+    assert profile_of(joined, "email", "lead@x.com") == other
+    assert joined.merges.select(["profile_id", "absorbed_profile_id"]).to_pylist() == [
+        {"profile_id": other, "absorbed_profile_id": lead}
+    ]
+    plan = plan_customerio(joined, cfg, exists={("email", "other@x.com"), ("email", "lead@x.com")})
+    assert [(op.payload["primary"], op.payload["secondary"]) for op in plan.merges] == [
+        ({"email": "other@x.com"}, {"email": "lead@x.com"})
+    ]
+
+
+def test_a_retired_lead_whose_email_joins_a_new_user_is_given_the_users_id() -> None:
+    """A user new to the graph signs up with another address, linked to a retired lead's:
+    the profile is the lead's again, and its person is given the user's `id` first (as any
+    lead whose profile gains an `id`), not left beside a new person for the user."""
+    cfg, _, state, lead = _retired_lead()
+    third = run(
+        cfg,
+        {
+            "app_users": rows(
+                {"user_id": "u1", "email": "u1@x.com", "ts": 3},
+                {"user_id": "u5", "email": "new@x.com", "ts": 3},
+            ),
+            "crm_contacts": rows({"user_id": "u5", "email": "lead@x.com", "ts": 3}),
+        },
+        state=state,
+        run_id="r3",
+    )
+    assert profile_of(third, "user_id", "u5") == lead and third.merges.num_rows == 0
+    plan = plan_customerio(third, cfg, exists={("email", "lead@x.com"), ("id", "u1")})
+    identifies = [op.payload for op in plan.ops if op.profile_id == lead]
+    assert [(p["identifiers"], p["attributes"].get("email")) for p in identifies] == [
+        ({"id": "u5"}, "lead@x.com"),
+        ({"id": "u5"}, "new@x.com"),
+    ]

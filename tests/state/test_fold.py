@@ -83,3 +83,106 @@ def test_a_killed_events_runs_write_ahead_record_keeps_the_ids_of_its_undelivere
         store.record_sending_events("activity", "changes")
         store.fold_journal("activity", sent=True)  # the end of a run that heard every answer
         assert store.recover_sending_events("activity", "r3") == 0
+
+
+def delivered_batch(store: StateStore, run_id: str, keys: list[str], status: int = 200) -> None:
+    """A whole batch Customer.io accepted, committed as the committer commits one."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    meta = pa.RecordBatch.from_arrays(
+        [
+            pa.array(keys, pa.string()),
+            pa.array(range(1, len(keys) + 1), pa.uint64()),
+            pa.array([f'{{"id":"{k}"}}' for k in keys], pa.string()),
+            pa.array([False] * len(keys)),
+            pa.array(["identify"] * len(keys), pa.string()),
+        ],
+        names=["k", "h", "ident", "removed", "action"],
+    )
+    store.append_delivered("people", run_id, [(meta, status, datetime.now(UTC))], ledger=False)
+
+
+def calls(store: StateStore, person: str) -> list[tuple[str, str, str, int | None]]:
+    return [
+        (row["run_id"], row["action"], row["outcome"], row["status"])
+        for row in store.history(person)
+    ]
+
+
+def test_a_delivered_batchs_history_is_kept_whichever_way_it_leaves_the_journal(
+    tmp_path: Path,
+) -> None:
+    """The history of records delivered in whole batches waits in the journal (one append
+    per record during delivery) and reaches `history` as they leave it: folded, forgotten for
+    another sync's delete, refused by the email check, or forgotten by a full resync. At
+    every point `lockgate history` shows each delivery once."""
+    from lockgate.state import workspace
+    from lockgate.sync.diff import forget_delivered
+
+    with StateStore.open(tmp_path) as store:
+        store.ensure_sync_tables("people")
+        delivered_batch(store, "r1", ["a", "b", "c", "d"])
+        # a run killed here: its journal holds the deliveries, which history shows
+        assert calls(store, "a") == [("r1", "identify", "delivered", 200)]
+        forget_delivered(store.con, "people", "select 'b' as k")
+        store.refuse_delivered("people", "r1", [("c", "held by another person")])
+        assert calls(store, "b") == [("r1", "identify", "delivered", 200)]
+        assert calls(store, "c") == [
+            ("r1", "identify", "delivered", 200),
+            ("r1", "identify", "rejected", None),
+        ]
+        assert store.fold_journal("people") == 2
+        assert snapshot(store) == {"a": 1, "d": 4}
+        for key in ("a", "d", "b"):
+            assert calls(store, key) == [("r1", "identify", "delivered", 200)], key
+
+        delivered_batch(store, "r2", ["a"], status=207)
+        store.reset_sync("people")
+        delivered_batch(store, "r3", ["d"])
+        workspace.start_over(store, "people")
+        assert calls(store, "a") == [
+            ("r1", "identify", "delivered", 200),
+            ("r2", "identify", "delivered", 207),
+        ]
+        assert calls(store, "d") == [
+            ("r1", "identify", "delivered", 200),
+            ("r3", "identify", "delivered", 200),
+        ]
+        assert store.exec_sql('select count(*) from "journal__people"') == [(0,)]
+        assert store.exec_sql("select count(*) from history") == [(7,)]
+
+
+def test_a_format_4_journal_is_upgraded_and_its_records_history_not_written_twice(
+    tmp_path: Path,
+) -> None:
+    """A run of a Lockgate of format 4 killed mid-delivery left its journal (five columns),
+    with the history of what it delivered already written. Opened now, the journal gains the
+    history columns, null for those records: the fold writes no second history row."""
+    import duckdb
+
+    with StateStore.open(tmp_path) as store:
+        store.ensure_sync_tables("people")
+    con = duckdb.connect(str(tmp_path / "state.duckdb"))
+    con.execute('drop table "journal__people"')
+    con.execute(
+        'create table "journal__people" '
+        "(run_id varchar, k varchar, h ubigint, ident varchar, removed boolean)"
+    )
+    con.execute("""insert into "journal__people" values ('r1', 'a', 1, '{"id":"a"}', false)""")
+    con.execute(
+        "insert into history values ('r1', 'people', 'a', '{\"id\":\"a\"}', 'identify', "
+        "'delivered', 200, null, now())"
+    )
+    con.execute("update state_format set format = 4")
+    con.close()
+    with StateStore.open(tmp_path) as store:
+        assert calls(store, "a") == [("r1", "identify", "delivered", 200)]
+        store.ensure_sync_tables("people")
+        delivered_batch(store, "r2", ["b"])
+        assert store.fold_journal("people") == 2
+        assert snapshot(store) == {"a": 1, "b": 1}
+        assert calls(store, "a") == [("r1", "identify", "delivered", 200)]
+        assert calls(store, "b") == [("r2", "identify", "delivered", 200)]
+        assert store.exec_sql("select max(format) from state_format") == [(5,)]

@@ -274,3 +274,35 @@ def test_a_person_deleted_after_another_syncs_killed_run_created_them_is_not_und
     again = run_sync(load_project(project.root), "colors", console=NullConsole())
     assert (again.status, again.changes.removed, again.delivered) == ("success", 0, 0)
     assert [r.body for r in emu.request_log()[since:] if r.method != "GET"] == []
+
+
+def test_a_killed_runs_delivered_call_shows_in_the_history_before_and_after_the_next_run(
+    project_factory: ProjectFactory,
+) -> None:
+    """A batch Customer.io accepted whole is journaled with its history row, which reaches
+    the run history when the journal is folded: `lockgate history` shows the call of a run
+    killed before its fold, and the same call once after the next run folds it."""
+    project_factory.sql(
+        "create table colors as select i as user_id, 'hue' || i as color from range(1, 4) t(i)"
+    )
+    project = one_at_a_time(project_factory.write({"colors": COLORS}, retries=0))
+    emu = project_factory.emulator
+    killed_after_one_answer(project.root, "colors", emu, colored_as(emu, "hue", "1", "2", "3"))
+    [key] = journaled(project, "colors")
+
+    def calls() -> list[tuple[str, str, int | None]]:
+        return [
+            (h["run_id"], h["outcome"], h["status"])
+            for h in lockgate(project, "history", "--person", key, "--json")
+        ]
+
+    killed = calls()
+    assert [(outcome, status) for _, outcome, status in killed] == [("delivered", 200)]
+
+    again = run_sync(load_project(project.root), "colors", console=NullConsole())
+    assert again.status == "success"
+    assert journaled(project, "colors") == []
+    # the killed run's call once, and the next run's (it sent the record in flight again,
+    # and this one only if unconfirmed: not, it was heard)
+    assert calls()[0] == killed[0]
+    assert [c for c in calls() if c[0] == killed[0][0]] == killed

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from lockgate.cli import cli
 from lockgate.console import NullConsole
 from lockgate.errors import NothingNamedError
+from lockgate.state.store import StateStore
 from lockgate.sync.run import Session, plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -309,9 +310,11 @@ def test_an_email_a_named_run_leaves_a_person_is_released_for_the_next_row_takin
 def test_plan_all_of_a_named_person_counts_the_events_the_run_then_sends(
     project_factory: ProjectFactory,
 ) -> None:
-    """u4 leaves the model (`upsert`: Customer.io keeps them) and u1 takes u4's address:
-    Customer.io drops u1's update, which, with no App API key to read it back, is committed,
-    so the state gives both the address. Named, u1 is found by it, so u4 and u4's order too:
+    """u4 leaves the model (`upsert`: Customer.io keeps them) and u1 takes u4's address. A
+    state written before rows that leave released their email gives both the address:
+    Customer.io dropped u1's update, which, with no App API key to read it back, was committed
+    (set up below as that state and workspace were). Named, u1 is found by it, so u4 and u4's
+    order too:
     `sync --all --only 1` names them from what the people sync sent, as `plan --all --only 1`
     does from what it would send, so the plan counts the event the run then sends."""
     project_factory.sql(
@@ -321,10 +324,22 @@ def test_plan_all_of_a_named_person_counts_the_events_the_run_then_sends(
     )
     project = project_factory.write({"profile": PROFILE, "orders": ORDERS})
     run_sync(project, "profile", console=NullConsole(), force=True)
+    with StateStore.open(project.state_dir) as store:
+        (u4,) = store.con.execute("select * from snap__profile where k = '4'").fetchall()
     project_factory.sql(
         "delete from users where user_id = 4; update users set email = 'a@x.com' where user_id = 1"
     )
     assert run_sync(project, "profile", console=NullConsole(), force=True).delivered == 1
+    # the state and workspace as before: u4 still delivered with the address, which it holds
+    with StateStore.open(project.state_dir) as store:
+        store.con.execute(f"insert into snap__profile values ({', '.join('?' * len(u4))})", u4)
+    emu = project_factory.emulator
+    batch = [
+        {"type": "person", "action": "identify", "identifiers": {"id": i}, "attributes": a}
+        for i, a in (("1", {"email": "b@x.com"}), ("4", {"email": "a@x.com"}))
+    ]
+    with emu.client(auth=emu.track_auth) as client:
+        assert client.post("/api/v2/batch", json={"batch": batch}).status_code == 200
     project_factory.sql(
         "update users set email = 'A@x.com' where user_id = 1; insert into orders values ('o1', 4)"
     )

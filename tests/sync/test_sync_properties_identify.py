@@ -145,22 +145,11 @@ class IdentifyMachine(RuleBasedStateMachine):
     def _with_email(self) -> list[int]:
         return sorted(u for u, r in self.accounts.items() if r["email"])
 
-    def _kept(self) -> set[str]:
-        """The emails people hold in Customer.io whose rows left the model: a row taking one
-        is rejected (docs/sync.md, "An email someone else holds"), which
-        test_new_email_check.py covers; these runs leave them be."""
-        return {
-            p.email.lower()
-            for p in self.emu.people()
-            if p.email and not (p.id and p.id.isdigit() and int(p.id) in self.accounts)
-        }
-
     @rule(uid=uids, email=emails, plan=plans)
     def set_account(self, uid: int, email: str | None, plan: str | None) -> None:
         """A new account, or one whose email or plan changed."""
-        if email is not None and (
-            email.lower() in self._kept()
-            or any(_low(r["email"]) == email.lower() for u, r in self.accounts.items() if u != uid)
+        if email is not None and any(
+            _low(r["email"]) == email.lower() for u, r in self.accounts.items() if u != uid
         ):
             return  # sharing an email is `share_email`'s, briefly
         self._set(uid, email, plan)
@@ -175,10 +164,8 @@ class IdentifyMachine(RuleBasedStateMachine):
         if taker == giver:
             return
         email = self.accounts[giver]["email"]
-        if email.lower() in self._kept():
-            return  # a giver sharing a person's email who left: not the taker's (`_kept`)
         others = {_low(r["email"]) for u, r in self.accounts.items() if u not in (giver, taker)}
-        if giver_gets is not None and giver_gets.lower() in others | self._kept() | {email.lower()}:
+        if giver_gets is not None and giver_gets.lower() in others | {email.lower()}:
             giver_gets = None
         self._set(giver, giver_gets, self.accounts[giver]["plan"])
         plan = self.accounts[taker]["plan"] if taker in self.accounts else "free"
@@ -206,9 +193,8 @@ class IdentifyMachine(RuleBasedStateMachine):
     @rule(data=st.data(), email=emails)
     def unshare(self, data: st.DataObject, email: str | None) -> None:
         uid = data.draw(st.sampled_from(sorted(self._shared())))
-        if email is not None and (
-            email.lower() in self._kept()
-            or any(_low(r["email"]) == email.lower() for r in self.accounts.values())
+        if email is not None and any(
+            _low(r["email"]) == email.lower() for r in self.accounts.values()
         ):
             email = None
         self._set(uid, email, self.accounts[uid]["plan"])
@@ -233,18 +219,11 @@ class IdentifyMachine(RuleBasedStateMachine):
 
     def _check(self, name: str, plan: RunReport, report: RunReport, before: int) -> None:
         """(a) the plan's counts and payloads are the run's."""
-        kept = self._kept()
-        shared = {
-            str(u)
-            for u in self._shared()
-            | self.tainted
-            | {u for u, r in self.accounts.items() if _low(r["email"]) in kept}
-        }
+        shared = {str(u) for u in self._shared() | self.tainted}
         if report.status == "partial":
             # a row sharing an email a person of Customer.io holds already is rejected by the
             # new-email check or the read-back (docs/sync.md, "New people's emails checked",
-            # "Emails read back"), which no plan makes; so is a row that took, while it shared
-            # it, the email of a row that then left the model (`_kept`)
+            # "Emails read back"), which no plan makes
             assert all(
                 key in shared
                 and why == "rejected"
@@ -385,10 +364,9 @@ class IdentifyMachine(RuleBasedStateMachine):
         (new, or not the one delivered) that a delivered row keeps, or that rows of lower
         keys take too. A row held back keeps the email it was delivered with, so a row taking
         that one is held back too. Accounts of an email an account of a named run's tainted
-        has are tainted as well: who holds it is not modelled. Rows taking an email a person
-        whose row left keeps (`_kept`: a row shares it, then the row it shared it with leaves)
-        are all rejected (docs/sync.md, "An email someone else holds")."""
-        kept = self._kept()
+        has are tainted as well: who holds it is not modelled. An email a person whose row
+        left keeps is released for the row taking it (docs/sync.md, "Emails that change hands
+        in one run"): no row holds it."""
         held: set[int] = set()
         while True:
             holders: dict[str, set[int]] = {}
@@ -403,9 +381,6 @@ class IdentifyMachine(RuleBasedStateMachine):
                     takers.setdefault(now, set()).add(uid)
             more: set[int] = set()
             for email, us in takers.items():
-                if email in kept:
-                    more |= us
-                    continue
                 around = us | holders.get(email, set())
                 if around & self.tainted:
                     self.tainted |= around
@@ -508,12 +483,12 @@ def test_the_email_release_for_a_row_a_named_run_sent_is_no_resend(
     assert people == {"2": (None, None), "4": ("ann@x.io", "free")}
 
 
-def test_a_row_sharing_the_email_of_a_row_that_leaves_is_rejected_not_lost(
+def test_a_row_sharing_the_email_of_a_row_that_leaves_takes_it_once_that_row_left(
     project_factory: ProjectFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Account 3 takes account 1's email (held back: 1 keeps it), then account 1 leaves the
-    model: person 1 keeps the email in Customer.io, so the whole run after rejects 3 (the
-    model holds it back, and counts the rejection as one of an email someone else holds)."""
+    model: person 1 keeps the email in Customer.io until the whole run after releases it for
+    3, which lands in that run (before, 3 was rejected as long as person 1 held it)."""
     bind_machine(IdentifyMachine, project_factory.emulator, tmp_path, monkeypatch)
     monkeypatch.setattr(sys.modules[__name__], "event", lambda *a: None)  # outside Hypothesis
     machine = IdentifyMachine()
@@ -523,7 +498,7 @@ def test_a_row_sharing_the_email_of_a_row_that_leaves_is_rejected_not_lost(
     machine.sync(every=False)
     machine.delete_account(data=_Drawn(1))
     machine.sync(every=False)
-    assert machine.held == {3}
+    assert machine.held == set()
     machine.customerio_holds_the_model()
     people = {p.id: (p.email, p.attributes.get("plan")) for p in project_factory.emulator.people()}
-    assert people == {"1": ("ann@x.io", None)}
+    assert people == {"1": (None, None), "3": ("ann@x.io", None)}

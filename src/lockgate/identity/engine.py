@@ -108,21 +108,30 @@ def _source_mask(
 ) -> npt.NDArray[np.uint64]:
     """Lists of source names as bitmasks of their positions in ``index`` (names it lacks, and
     null lists, add nothing). Vectorised: a Python list per node cost seconds and a few
-    hundred MiB of objects at a million nodes."""
-    lists = names.combine_chunks() if isinstance(names, pa.ChunkedArray) else names
-    out = np.zeros(len(lists), dtype=np.uint64)
-    if not len(lists):
-        return out
-    lists = pc.fill_null(lists, pa.scalar([], lists.type))
-    flat = pc.list_flatten(lists)
-    if not len(flat):
-        return out
+    hundred MiB of objects at a million nodes. A chunk at a time: not a copy of every list
+    of a million previous edges, and of every name in them, at once."""
+    out = np.zeros(len(names), dtype=np.uint64)
     known = pa.array(list(index), pa.string())
     bits = np.array([np.uint64(1) << np.uint64(index[n]) for n in index] + [0], dtype=np.uint64)
-    pos = pc.fill_null(pc.index_in(flat, value_set=known), len(index)).to_numpy()
-    row = pc.list_parent_indices(lists).to_numpy()
-    np.bitwise_or.at(out, row, bits[pos])
+    start = 0
+    for lists in names.chunks if isinstance(names, pa.ChunkedArray) else [names]:
+        rows = out[start : start + len(lists)]  # a view: filled in place
+        start += len(lists)
+        if lists.null_count:
+            lists = pc.fill_null(lists, pa.scalar([], lists.type))
+        flat = pc.list_flatten(lists)
+        if not len(flat):
+            continue
+        pos = pc.fill_null(pc.index_in(flat, value_set=known), len(index)).to_numpy()
+        row = pc.list_parent_indices(lists).to_numpy()
+        np.bitwise_or.at(rows, row, bits[pos])
     return out
+
+
+def _rows_kept(column: pa.ChunkedArray, keep: npt.NDArray[np.bool_]) -> pa.ChunkedArray:
+    """``column`` where ``keep``: the column itself when every row is kept (the common case),
+    not a filtered copy of it."""
+    return column if keep.all() else column.filter(pa.array(keep))
 
 
 def rows_of_type(nodes: pa.Table, type_name: str) -> pa.Table:
@@ -509,14 +518,19 @@ def resolve(
     cell_ids: dict[tuple[int, int], npt.NDArray[np.int64]] = {}
     prev_ids: dict[int, npt.NDArray[np.int64]] = {}
     for t in range(n_types):
-        parts: list[tuple[tuple[int, int] | None, pa.Array]] = [
+        parts: list[tuple[tuple[int, int] | None, pa.Array | pa.ChunkedArray]] = [
             ((ci, j), values)
             for ci, c in enumerate(cells)
             for j, (ct, values) in enumerate(c.columns)
             if ct == t
         ]
-        parts.append((None, prev_by_type[t]["id_value"].combine_chunks()))
-        joined = pa.chunked_array([p[1] for p in parts], pa.string()).combine_chunks()
+        # the previous values as the chunks they were read in: one copy of every value, in
+        # `joined`, not a second one of the previous ones (~23 MiB of a million emails)
+        parts.append((None, prev_by_type[t]["id_value"]))
+        joined = pa.chunked_array(
+            [c for _, v in parts for c in (v.chunks if isinstance(v, pa.ChunkedArray) else [v])],
+            pa.string(),
+        ).combine_chunks()
         encoded = joined.dictionary_encode()
         del joined
         idx = pc.fill_null(encoded.indices, -1).to_numpy().astype(np.int64)
@@ -576,17 +590,16 @@ def resolve(
     if prev_edges.num_rows:
         ends = _edge_ends(prev_edges, types, dictionaries, offsets)
         ok = (ends[0] >= 0) & (ends[1] >= 0)
-        okp = pa.array(ok)
         e_a.append(ends[0][ok])
         e_b.append(ends[1][ok])
-        e_rank.append(prev_edges["rank"].filter(okp).to_numpy().astype(np.int64))
-        e_batch.append(prev_edges["first_seen_batch"].filter(okp).to_numpy().astype(np.int64))
-        e_first.append(_ts_int(prev_edges["first_observed"].filter(okp), I64_MAX))
-        e_last.append(_ts_int(prev_edges["last_observed"].filter(okp), I64_MIN))
+        e_rank.append(_rows_kept(prev_edges["rank"], ok).to_numpy().astype(np.int64))
+        e_batch.append(_rows_kept(prev_edges["first_seen_batch"], ok).to_numpy().astype(np.int64))
+        e_first.append(_ts_int(_rows_kept(prev_edges["first_observed"], ok), I64_MAX))
+        e_last.append(_ts_int(_rows_kept(prev_edges["last_observed"], ok), I64_MIN))
         e_mask.append(
-            _source_mask(prev_edges["sources"].filter(okp), source_index) & ~np.uint64(reread)
+            _source_mask(_rows_kept(prev_edges["sources"], ok), source_index) & ~np.uint64(reread)
         )
-        del ends, ok, okp
+        del ends, ok
     # the sources' normalised values are all in `node_values` and the edges now (and a type's
     # dictionary, a slice of the values before unsupported nodes are dropped, kept that copy)
     del cells, cell_ids, dictionaries
@@ -944,6 +957,7 @@ def resolve(
         held=held,
         lost=lost,
         contested=contested,
+        retired=assigned.retired,
     )
 
 

@@ -21,7 +21,7 @@ Rules (identity.md §2.3, §2.4):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import duckdb
@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lockgate.identity import graph as g
+from lockgate.identity.memory import give_back
 from lockgate.identity.state import (
     ALIASES_SCHEMA,
     CONTESTED_SCHEMA,
@@ -75,24 +76,33 @@ def profile_ids_for(type_names: pa.Array, values: pa.Array) -> pa.StringArray:
 
 @dataclass(frozen=True)
 class PreviousProfiles:
-    """The previous run's profiles, indexed by an integer code."""
+    """The previous run's profiles, indexed by an integer code.
+
+    The first `live` are the previous run's profiles; the rest are retired ones
+    (`IdentityState.retired`): people known by email alone whose profile was heir to nothing,
+    which a component holding that email takes over (they hold that node, see
+    :func:`_claim_retired`)."""
 
     table: pa.Table
     ids: pa.StringArray
     aliases: pa.Table
+    live: int = 0
 
     @classmethod
     def from_state(cls, state: IdentityState | None, types: tuple[str, ...]) -> PreviousProfiles:
         if state is None:
             empty = profile_schema(types).empty_table()
             return cls(empty, pa.array([], pa.string()), ALIASES_SCHEMA.empty_table())
+        profiles = state.profiles
+        live = profiles.num_rows
+        if state.retired.num_rows:
+            profiles = pa.concat_tables([profiles, _aligned(state.retired, profiles.schema)])
         # the ids as one array, in the table too: not a second copy of every id beside the
         # chunks a read gave (~20 MiB at a million profiles)
-        profiles = state.profiles
         ids = profiles["profile_id"].combine_chunks()
         column = profiles.schema.get_field_index("profile_id")
         profiles = profiles.set_column(column, profiles.schema.field(column), ids)
-        return cls(profiles, ids, state.aliases)
+        return cls(profiles, ids, state.aliases, live)
 
     def _old_ids(self) -> pa.StringArray:
         old: pa.StringArray = self.aliases["old_profile_id"].combine_chunks().cast(pa.string())
@@ -132,6 +142,20 @@ class PreviousProfiles:
         return str(self.ids[code].as_py())
 
 
+def _aligned(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with the columns of ``schema``: those it lacks (a type added to the config
+    since) are nulls, those it has and ``schema`` does not are left out."""
+    return pa.table(
+        [
+            table[f.name].cast(f.type)
+            if f.name in table.column_names
+            else pa.nulls(table.num_rows, f.type)
+            for f in schema
+        ],
+        schema=schema,
+    )
+
+
 class _Values:
     """A column's values by row, each converted when asked for."""
 
@@ -152,6 +176,7 @@ class Assigned:
     merges: pa.Table
     splits: pa.Table
     moves: pa.Table
+    retired: pa.Table
 
 
 def _pick(
@@ -234,6 +259,7 @@ def assign(
     types = config.type_order
     n_types = len(types)
     eligible = ~quarantined
+    prev_pid = _claim_retired(prev_pid, previous, config, types, node_type, node_values, eligible)
     elig_nodes = np.flatnonzero(eligible)
     # dense component numbers in label order, without sorting (labels are small non-negatives)
     elig_labels = labels[elig_nodes]
@@ -357,7 +383,7 @@ def assign(
         a_type = previous.column("anchor_type")
         rank_of = {t: i for i, t in enumerate(types)}
 
-        def survivor_key(p: int) -> tuple[int, int, int, str]:
+        def survivor_key(p: int) -> tuple[int, bool, int, int, str]:
             cls = 2
             if person[p] is not None and exists("id", str(person[p])):
                 cls = 0
@@ -365,6 +391,7 @@ def assign(
                 cls = 1
             return (
                 cls,
+                p >= previous.live,  # a retired profile joins a live one (its rows' person)
                 rank_of.get(str(a_type[p]), n_types),
                 int(str(created[p] or 0)),
                 previous.name(p),
@@ -406,7 +433,6 @@ def assign(
     comp_arr = pc.coalesce(prev_taken, new_arr)
     new_ids = new_arr
     del prev_taken, new_arr
-    node_profile = comp_arr.take(pa.array(comp_of, mask=comp_of < 0))
 
     # nodes that left their old profile: splits (into a new id) or moves (into an existing one,
     # or into a new profile that has a Customer.io `id` of its own: see `_own_new_id`)
@@ -457,7 +483,7 @@ def assign(
         values_of(pick_for("email")),
         person_ids,
         previous,
-        pid_take,
+        comp_pid,
         config,
         types,
         node_type,
@@ -484,6 +510,15 @@ def assign(
     for t, name in enumerate(types):
         columns[f"n_{name}"] = pa.array(counts[:, t], pa.int64())
     profiles = pa.table(columns, schema=profile_schema(types))
+    # each node's profile id (two strings a person) made once the profile columns are: not
+    # alive beside the temporaries of their picks, nor beside `comp_of` (its int32 copy as
+    # the positions taken, where they fit)
+    del columns
+    where = pa.array(comp_of.astype(np.int32 if n_comp < 2**31 else np.int64), mask=comp_of < 0)
+    comp_of = np.zeros(0, dtype=np.int64)  # (`pick_for` reads it: not called from here on)
+    give_back()  # the picks' temporaries, before the last large array of the stitch
+    node_profile = comp_arr.take(where)
+    del where
 
     # merges: the best edge out of each absorbed profile is its trigger
     merge_rows: dict[str, list[object]] = {n: [] for n in MERGES_SCHEMA.names}
@@ -562,7 +597,101 @@ def assign(
         schema=MOVES_SCHEMA,
     )
     del node_batch
-    return Assigned(node_profile, profiles, aliases, merges_t, splits, moves_t)
+    retired = _retired(heir, previous, run_id)
+    return Assigned(node_profile, profiles, aliases, merges_t, splits, moves_t, retired)
+
+
+def _claim_retired(
+    prev_pid: npt.NDArray[np.int64],
+    previous: PreviousProfiles,
+    config: IdentityConfig,
+    types: tuple[str, ...],
+    node_type: npt.NDArray[np.int16],
+    node_values: pa.StringArray,
+    eligible: npt.NDArray[np.bool_],
+) -> npt.NDArray[np.int64]:
+    """``prev_pid`` with each retired profile (`IdentityState.retired`) holding the node of
+    its Customer.io email again, when that node is back and no other profile held it.
+
+    Its person is still in Customer.io, found by that email: the component holding the email
+    is the retired profile's heir, so it is the profile again (alone) or merges with the
+    other profiles there (the person is merged into theirs). Without this, the email would
+    join another profile as a new identifier, and that person would be left beside it."""
+    n_retired = len(previous.ids) - previous.live
+    if n_retired <= 0:
+        return prev_pid
+    emails = previous.table["cio_email"].slice(previous.live).combine_chunks().cast(pa.string())
+    email_types = [
+        types.index(t) for t in types if config.identifier_types[t].customerio == "email"
+    ]
+    candidates = np.flatnonzero(
+        eligible
+        & (prev_pid < 0)
+        & np.isin(node_type, email_types)
+        & pc.fill_null(pc.is_in(node_values, value_set=emails.drop_null()), False)
+        .to_numpy(zero_copy_only=False)
+        .astype(bool)
+    )
+    if not candidates.size:
+        return prev_pid
+    code_of: dict[str, int] = {}
+    for i, email in enumerate(emails.to_pylist()):
+        if email is not None:
+            code_of.setdefault(email, previous.live + i)
+    out = prev_pid.copy()
+    claimed: set[int] = set()
+    for node, value in zip(
+        candidates.tolist(), node_values.take(pa.array(candidates)).to_pylist(), strict=True
+    ):
+        code = code_of[value]
+        if code not in claimed:  # one node each (an email kept by two email types)
+            out[node] = code
+            claimed.add(code)
+    return out
+
+
+def _retired(heir: npt.NDArray[np.int64], previous: PreviousProfiles, run_id: str) -> pa.Table:
+    """The profiles retired after this run: those heir to nothing that were a Customer.io
+    person known by email alone (no `id`: a user whose row left is never taken over by
+    another profile), newly (`run_id` this run's) or since an earlier run (as they were).
+    A retired profile that is heir to a component now is that profile again, or merged."""
+    none = heir < 0
+    if not none.any():
+        return previous.table.slice(0, 0)
+    table = previous.table
+    email_only = pc.and_(pc.is_null(table["cio_person_id"]), pc.is_valid(table["cio_email"]))
+    keep = none & email_only.to_numpy(zero_copy_only=False).astype(bool)
+    codes = np.flatnonzero(keep)
+    if not codes.size:
+        return table.slice(0, 0)
+    out = table.take(pa.array(codes))
+    fresh = pa.array(codes < previous.live)
+    out = out.set_column(
+        out.schema.get_field_index("run_id"),
+        "run_id",
+        pc.if_else(fresh, pa.scalar(run_id), out["run_id"].combine_chunks().cast(pa.string())),
+    )
+    return out.set_column(
+        out.schema.get_field_index("status"),
+        "status",
+        pa.repeat(pa.scalar("retired"), out.num_rows),
+    )
+
+
+_BLOCK = 1 << 16
+"""Rows of the previous profiles read at a time by the passes that compare them with this
+run's components: a column's values as one array are a copy of every chunk of it."""
+
+
+def _blocks(column: pa.ChunkedArray) -> Iterator[tuple[int, pa.Array]]:
+    """``(offset, values)`` of a column of the previous profiles, ``_BLOCK`` rows at a time.
+
+    Not a copy of the whole column (``combine_chunks``, or ``take`` of a chunked array,
+    which joins every chunk first: ~23 MiB for the emails of a million profiles, and as much
+    again for what is taken of them, while the stitch's own arrays are alive).
+    """
+    for start in range(0, len(column), _BLOCK):
+        yield start, column.slice(start, _BLOCK).combine_chunks()
 
 
 def _retire_other_ids(
@@ -579,13 +708,21 @@ def _retire_other_ids(
     """``heir`` without the heirs of previous profiles that were a Customer.io person with
     an `id` handed to a component whose `id` is another one and that does not hold theirs
     (their user left, their remaining identifiers are another user's now)."""
-    had = previous.table["cio_person_id"].combine_chunks().cast(pa.string())
-    now_id = person_ids.take(pa.array(heir, mask=heir < 0))
-    other = pc.fill_null(pc.not_equal(had, now_id), False).to_numpy(zero_copy_only=False)
-    pids = np.flatnonzero(np.asarray(other, dtype=bool))
-    if not pids.size:
+    wanted: dict[int, str] = {}
+    for start, had in _blocks(previous.table["cio_person_id"]):
+        own = heir[start : start + len(had)]
+        now_id = person_ids.take(pa.array(own, mask=own < 0))
+        other = pc.fill_null(pc.not_equal(had.cast(pa.string()), now_id), False)
+        rows = np.flatnonzero(np.asarray(other.to_numpy(zero_copy_only=False), dtype=bool))
+        wanted.update(
+            zip(
+                (start + rows).tolist(),
+                had.take(pa.array(rows)).cast(pa.string()).to_pylist(),
+                strict=True,
+            )
+        )
+    if not wanted:
         return heir
-    wanted = {int(p): str(had[int(p)].as_py()) for p in pids}
     id_types = [types.index(t) for t in config.customerio.id_from if t in types]
     candidates = np.flatnonzero(
         eligible
@@ -613,7 +750,7 @@ def _kept_email(
     picked: pa.Array,
     person_ids: pa.Array,
     previous: PreviousProfiles,
-    pid_take: pa.Array,
+    comp_pid: npt.NDArray[np.int64],
     config: IdentityConfig,
     types: tuple[str, ...],
     node_type: npt.NDArray[np.int16],
@@ -631,19 +768,42 @@ def _kept_email(
     """
     if not len(previous.ids) or not len(picked):
         return picked
-    old_email = previous.table["cio_email"].combine_chunks().take(pid_take)
-    old_person = previous.table["cio_person_id"].combine_chunks().take(pid_take)
-    stale = pc.and_(
-        pc.and_(pc.is_valid(old_email), pc.is_null(old_person)),
-        pc.and_(
-            pc.is_null(person_ids),
-            pc.fill_null(pc.not_equal(picked, old_email), True),
-        ),
-    )
-    comps = np.flatnonzero(stale.to_numpy(zero_copy_only=False))
-    if not comps.size:
+    # only the previous profiles that were a person by their email alone are read, and of
+    # those only the ones a component kept (``comp_pid``) that has no `id` now
+    kept = np.flatnonzero(comp_pid >= 0)
+    kept_by = np.full(len(previous.ids), -1, dtype=np.int64)
+    kept_by[comp_pid[kept]] = kept
+    del kept
+    no_id = np.asarray(pc.is_null(person_ids).to_numpy(zero_copy_only=False), dtype=bool)
+    wanted: dict[int, str] = {}
+    emails = previous.table["cio_email"]
+    person = previous.table["cio_person_id"]
+    for start in range(0, len(emails), _BLOCK):
+        comps = kept_by[start : start + _BLOCK]
+        email_only = pc.and_(
+            pc.is_valid(emails.slice(start, _BLOCK)), pc.is_null(person.slice(start, _BLOCK))
+        )
+        rows = np.flatnonzero(
+            np.asarray(email_only.to_numpy(zero_copy_only=False), dtype=bool)
+            & (comps >= 0)
+            & no_id[np.maximum(comps, 0)]
+        )
+        if not rows.size:
+            continue
+        old = emails.slice(start, _BLOCK).take(pa.array(rows)).combine_chunks()
+        now = picked.take(pa.array(comps[rows]))
+        stale = pc.fill_null(pc.not_equal(now, old.cast(pa.string())), True)
+        chosen = np.flatnonzero(np.asarray(stale.to_numpy(zero_copy_only=False), dtype=bool))
+        wanted.update(
+            zip(
+                comps[rows[chosen]].tolist(),
+                old.take(pa.array(chosen)).cast(pa.string()).to_pylist(),
+                strict=True,
+            )
+        )
+    del kept_by, no_id
+    if not wanted:
         return picked
-    wanted = {int(c): old_email[int(c)].as_py() for c in comps}
     email_types = [
         types.index(t) for t in types if config.identifier_types[t].customerio == "email"
     ]
@@ -663,11 +823,15 @@ def _kept_email(
             strict=True,
         )
     }
-    out = picked.to_pylist()
-    for c, email in wanted.items():
-        if (c, email) in held:
-            out[c] = email
-    return pa.array(out, pa.string())
+    # the kept emails replace the picked ones in place: not a Python string per profile
+    keep = sorted(c for c, email in wanted.items() if (c, email) in held)
+    if not keep:
+        return picked
+    mask = np.zeros(len(picked), dtype=bool)
+    mask[keep] = True
+    return pc.replace_with_mask(
+        picked.cast(pa.string()), pa.array(mask), pa.array([wanted[c] for c in keep], pa.string())
+    )
 
 
 def _own_new_id(

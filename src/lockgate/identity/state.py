@@ -163,6 +163,11 @@ CONTESTED_SCHEMA = pa.schema([("profile_id", pa.string()), ("kind", pa.string())
 """Profiles whose person was given `contested_<kind>` (`email` or `id`) because a limit refused
 a union: once no union is refused for them, that attribute is cleared, run after run."""
 
+RETIRED_BASE = pa.schema(PROFILES_BASE)
+"""The columns every `retired` row has: a retired profile's row as it was last (its
+`lg_profiles` columns, the per-type counts of that run's config too), `status` `retired` and
+`run_id` the run that retired it."""
+
 BLOCKED_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
@@ -223,8 +228,22 @@ class IdentityState:
     """That run's refused unions (`lg_refused_merges`): every run replays its links and refuses
     the same ones again, so a run whose inputs did not change can reuse them (the `contested_*`
     attributes come from them)."""
+    retired: pa.Table = field(default_factory=lambda: RETIRED_BASE.empty_table())
+    """Profiles that were a Customer.io person known by email alone and are heir to nothing
+    now (their rows left): their person is still in Customer.io, so a later profile holding
+    that email takes the profile over (a merge, or the profile back). See `RETIRED_BASE`."""
 
-    _PARTS = ("nodes", "edges", "profiles", "aliases", "held", "lost", "contested", "refused")
+    _PARTS = (
+        "nodes",
+        "edges",
+        "profiles",
+        "aliases",
+        "held",
+        "lost",
+        "contested",
+        "refused",
+        "retired",
+    )
 
     def write(self, directory: str | Path) -> None:
         """Store the state as Parquet files plus `state.json` in `directory`, atomically.
@@ -305,7 +324,8 @@ class IdentityResult:
 
     The analyst tables (`lg_*` in the docs) are `profiles`, `identifier_map`, `edges`,
     `aliases`, `merges`, `refused`, `quarantine`, `splits`, `moves` and `blocked`.
-    `previous_profiles` is the previous run's profile table (for the Customer.io plan).
+    `previous_profiles` is the previous run's profile table (for the Customer.io plan), then
+    the retired profiles it started from (`status` `retired`, see `IdentityState.retired`).
     """
 
     run_id: str
@@ -329,6 +349,8 @@ class IdentityResult:
     """Profiles that lost every value of a type to another profile (`LOST_SCHEMA`)."""
     contested: pa.Table = field(default_factory=lambda: CONTESTED_SCHEMA.empty_table())
     """Profiles given a `contested_<kind>` attribute, now or before (`CONTESTED_SCHEMA`)."""
+    retired: pa.Table = field(default_factory=lambda: RETIRED_BASE.empty_table())
+    """Profiles known by email alone in Customer.io that are heir to nothing (`IdentityState`)."""
 
     @property
     def state(self) -> IdentityState:
@@ -343,6 +365,7 @@ class IdentityResult:
             lost=self.lost,
             contested=self.contested,
             refused=self.refused,
+            retired=self.retired,
         )
 
     @classmethod
@@ -368,6 +391,7 @@ class IdentityResult:
             held=state.held,
             lost=state.lost,
             contested=state.contested,
+            retired=state.retired,
         )
 
     def tables(self) -> dict[str, pa.Table]:

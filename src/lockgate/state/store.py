@@ -16,12 +16,18 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   Customer.io, whatever the model holds since. Null for the rows delivered before format 4,
   for the keys recorded without being sent (a first run's history) and for the other
   operations a sync ledgers (`on_change` events, identity merges, email clears).
-- ``journal__S(run_id, k, h, ident, removed)``: what a run has delivered but not folded
-  into the snapshot yet. Flushed during delivery, folded at the end of the run or at the
-  start of the next one after a crash. This is what makes a crash safe: what was delivered
-  is recorded before the run moves on, and what was not is simply sent again. A record
-  another sync's delete takes from the snapshot leaves the journal too
-  (``diff.forget_delivered``): folded back, it would count as delivered.
+- ``journal__S(run_id, k, h, ident, removed, action, status, sent_at)``: what a run has
+  delivered but not folded into the snapshot yet. Flushed during delivery, folded at the end
+  of the run or at the start of the next one after a crash. This is what makes a crash safe:
+  what was delivered is recorded before the run moves on, and what was not is simply sent
+  again. A record another sync's delete takes from the snapshot leaves the journal too
+  (``diff.forget_delivered``): folded back, it would count as delivered. The records
+  delivered in whole batches carry their history row here (``action``, the answer's
+  ``status`` and ``sent_at``; null for the others, whose history is written as they are
+  answered): it is written to ``history`` when they leave the journal (:func:`journal_history`,
+  in the same transaction), so a run appends each of them once during delivery, not twice,
+  and its history goes to ``history`` in one insert (format 5; `lockgate history` reads the
+  rows a killed run left in the journal too).
 - ``unconfirmed__S(k, run_id, action, ident)``: records sent whose answer never came (dead-lettered
   after retries, or cut off by a second SIGTERM/Ctrl-C): Customer.io may have applied them. The
   snapshot keeps what was last *confirmed* (an `on_change` event's key is made of it), and the
@@ -367,12 +373,15 @@ def _set_aside_unfinished(path: Path) -> Path | None:
 #: naming the version that wrote it, where it would otherwise fail part-way through a run,
 #: after sending, or misread what was delivered. (Lockgates from before the format was
 #: recorded do not read it.)
-STATE_FORMAT = 4
+STATE_FORMAT = 5
 # 2: ``sending__S`` gains ``action`` (a Lockgate of format 1 inserts into it unnamed)
 # 3: ``unconfirmed__S`` gains ``ident`` (a Lockgate of format 2 inserts into it unnamed), and
 #    ``sending__S`` ``k`` and ``ident`` (of the records new to the snapshot)
 # 4: ``ledger__S`` gains ``name`` and ``sent_ts`` (a Lockgate of format 3 inserts into it
 #    unnamed); the rows from before have them null
+# 5: ``journal__S`` gains ``action``, ``status`` and ``sent_at``, and holds the history of the
+#    records delivered in whole batches until they are folded (a Lockgate of format 4 inserts
+#    into it unnamed, and would fold them without writing their history)
 #: The oldest format whose run list, history and rejected rows the commands that only read
 #: (`lockgate runs`, `history`) read as they are, without upgrading it
 READ_FORMAT = 1
@@ -716,7 +725,8 @@ class StateStore:
             f"create table if not exists {table('ledger', sync)} "
             "(k varchar, delivered_at timestamptz, name varchar, sent_ts bigint);"
             f"create table if not exists {table('journal', sync)} "
-            "(run_id varchar, k varchar, h ubigint, ident varchar, removed boolean);"
+            "(run_id varchar, k varchar, h ubigint, ident varchar, removed boolean, "
+            "action varchar, status integer, sent_at timestamptz);"
             f"create table if not exists {table('unconfirmed', sync)} "
             "(k varchar, run_id varchar, action varchar, ident varchar);"
             f"create table if not exists {table('oc_sent', sync)} (k varchar, ts bigint);"
@@ -734,6 +744,7 @@ class StateStore:
         self._add_snap_addr(sync)
         self._add_unconfirmed_action(sync)
         self._add_ledger_sent(sync)
+        self._add_journal_history(sync)
         sending = table("sending", sync)
         columns = {r[0] for r in self.con.execute(f"describe {sending}").fetchall()}
         if "action" not in columns:
@@ -757,6 +768,20 @@ class StateStore:
         with transaction(self.con, self.path):
             self.exec_sql(f"alter table {ledger} add column if not exists name varchar")
             self.exec_sql(f"alter table {ledger} add column if not exists sent_ts bigint")
+
+    def _add_journal_history(self, sync: str) -> None:
+        """A journal from before format 5: add ``action``, ``status`` and ``sent_at``, null for
+        the records it holds (their history was written as they were answered). In one
+        transaction, each column only if missing: a Lockgate killed here leaves the journal
+        as it was, or upgraded."""
+        journal = table("journal", sync)
+        columns = {r[0] for r in self.con.execute(f"describe {journal}").fetchall()}
+        if {"action", "status", "sent_at"} <= columns:
+            return
+        with transaction(self.con, self.path):
+            self.exec_sql(f"alter table {journal} add column if not exists action varchar")
+            self.exec_sql(f"alter table {journal} add column if not exists status integer")
+            self.exec_sql(f"alter table {journal} add column if not exists sent_at timestamptz")
 
     def _add_snap_addr(self, sync: str) -> None:
         """A snapshot from before ``addr``: add it and derive it from ``ident``, once, in one
@@ -973,6 +998,7 @@ class StateStore:
                 self.forget_sending(sync)
             return 0
         with transaction(self.con, self.path):
+            journal_history(self.con, sync)
             # the latest entry per key wins (a key can be delivered twice within a run's
             # retries); the usual journal has each key once, and a hash check (0.1 s at 1M)
             # spares it the sort that picking the latest takes (0.4-1 s)
@@ -1025,7 +1051,10 @@ class StateStore:
             }
         )
         with registered(self.con, "_journal_batch", batch):
-            self.exec_sql(f"insert into {table('journal', sync)} select * from _journal_batch")
+            self.exec_sql(
+                f"insert into {table('journal', sync)} (run_id, k, h, ident, removed) "
+                "select * from _journal_batch"
+            )
 
     def append_unconfirmed(
         self,
@@ -1120,7 +1149,8 @@ class StateStore:
     ) -> None:
         """Commit whole delivered batches (``k, h, ident, removed, action`` columns, and for
         an events sync's events ``sent_name, sent_ts``; with the answer's status and time): to
-        the ledger (events) or the journal, and to the history."""
+        the ledger (events) and the history, or to the journal, which keeps their history
+        until they are folded (``journal__S`` above)."""
         if not batches:
             return
         delivered = pa.Table.from_batches([b for b, _, _ in batches])
@@ -1147,11 +1177,15 @@ class StateStore:
                     f"select k, sent_at, {sent} from _delivered"
                 )
             else:
+                # their history rows go with them, written to ``history`` when they leave the
+                # journal (:func:`journal_history`): one append of each record here, not two
                 self.exec_sql(
                     f"insert into {table('journal', sync)} "
-                    "select ?, k, h, ident, removed from _delivered",
+                    "(run_id, k, h, ident, removed, action, status, sent_at) "
+                    "select ?, k, h, ident, removed, action, status, sent_at from _delivered",
                     [run_id],
                 )
+                return
             self.exec_sql(
                 "insert into history select ?, ?, k, ident, action, 'delivered', status, null, "
                 "sent_at from _delivered",
@@ -1237,10 +1271,9 @@ class StateStore:
             ).fetchall()
         )
         with transaction(self.con, self.path):
-            self.exec_sql(
-                f"delete from {journal} where run_id = ? and k in (select unnest(?))",
-                [run_id, keys],
-            )
+            where = "run_id = ? and k in (select unnest(?))"
+            journal_history(self.con, sync, where, [run_id, keys])
+            self.exec_sql(f"delete from {journal} where {where}", [run_id, keys])
             self._record_refused(sync, run_id, refused, idents)
             self.append_unconfirmed(
                 sync, run_id, keys, ["identify"] * len(keys), [idents.get(k) for k in keys]
@@ -1261,7 +1294,11 @@ class StateStore:
 
     def reset_sync(self, sync: str) -> None:
         """Forget what was delivered (for `--full-resync` of people; ledgers are kept)."""
-        self.exec_sql(f"delete from {table('snap', sync)}; delete from {table('journal', sync)}")
+        with transaction(self.con, self.path):
+            journal_history(self.con, sync)
+            self.exec_sql(
+                f"delete from {table('snap', sync)}; delete from {table('journal', sync)}"
+            )
 
     # ------------------------------------------------------------------ runs
 
@@ -1404,7 +1441,7 @@ class StateStore:
             f"""
             with h as (
                 select *, coalesce(json_extract(ident, '$.person'), ident::json) as who
-                from history
+                from ({self.history_relation()})
                 where list_contains($1, k)
                    or list_bool_or(list_transform($2, lambda s: contains(lower(ident), s)))
             )
@@ -1426,6 +1463,27 @@ class StateStore:
         )
         columns = [d[0] for d in cursor.description]
         return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+    def history_relation(self) -> str:
+        """SQL of every history row: ``history``, and those the journals hold for the records
+        a run killed before its fold delivered (:func:`journal_history`)."""
+        parts = [
+            "select run_id, sync, k, ident, action, outcome, status, reason, sent_at from history"
+        ]
+        found = self.con.execute(
+            "select table_name from duckdb_columns() where not internal "
+            "and table_name like 'journal\\_\\_%' escape '\\' and column_name = 'sent_at' "
+            "and database_name = current_database() and schema_name = 'main' "
+            "order by table_name"
+        ).fetchall()
+        for (name,) in found:
+            sync = name.removeprefix("journal__")
+            parts.append(
+                _JOURNAL_HISTORY.format(
+                    sync="'" + sync.replace("'", "''") + "'", journal=table("journal", sync)
+                )
+            )
+        return " union all ".join(parts)
 
     def rejected(self, run_id: str, limit: int | None = 1000) -> list[tuple[str, str, str]]:
         """A run's recorded rejected rows as (stage, key, reason): the mapping's first (by
@@ -1449,6 +1507,33 @@ class StateStore:
             for r in rows
         ]
         return named_runs(found, run_id)
+
+
+_JOURNAL_HISTORY = (
+    "select run_id, {sync} as sync, k, ident, action, 'delivered' as outcome, status, "
+    "null::varchar as reason, sent_at from {journal} where sent_at is not null"
+)
+
+
+def journal_history(
+    con: duckdb.DuckDBPyConnection, sync: str, where: str = "", params: list[Any] | None = None
+) -> int:
+    """Write to ``history`` the history rows the journal of ``sync`` holds (the records
+    delivered in whole batches: ``journal__S`` above), of its rows ``where`` (SQL; all of them
+    without), before they leave it: folded, forgotten, refused or reset, in the caller's
+    transaction. A journal from before format 5, not upgraded yet, holds none. Returns how
+    many rows were written."""
+    journal = table("journal", sync)
+    columns = {r[0] for r in con.execute(f"describe {journal}").fetchall()}
+    if "sent_at" not in columns:
+        return 0
+    select = _JOURNAL_HISTORY.format(sync="?", journal=journal)
+    rows = run_sql(
+        con,
+        f"insert into history {select}{f' and ({where})' if where else ''}",
+        [sync, *(params or [])],
+    )
+    return int(rows[0][0])
 
 
 def _identifiers(ident: str | None) -> list[str]:

@@ -30,7 +30,14 @@ from lockgate.errors import LockgateError, StateError
 from lockgate.project.loader import Project
 from lockgate.project.models import SyncConfig, resolve_env
 from lockgate.state import contract
-from lockgate.state.store import StateStore, has_table, run_sql, table, transaction
+from lockgate.state.store import (
+    StateStore,
+    has_table,
+    journal_history,
+    run_sql,
+    table,
+    transaction,
+)
 
 SCHEMA = """
 create table if not exists workspaces (
@@ -105,6 +112,7 @@ def start_over(store: StateStore, sync: str) -> None:
     contract.ensure_tables(store.con)
     store.ensure_sync_tables(sync)
     with transaction(store.con, store.path):
+        journal_history(store.con, sync)  # the history a killed run's journal holds
         for name in DELIVERED:
             run_sql(store.con, f"delete from {table(name, sync)}")
         run_sql(store.con, "delete from workspaces where sync = ?", [sync])

@@ -3,11 +3,13 @@
 Results arrive per HTTP batch. Delivered people go to the journal (folded into the
 snapshot at the end of the run, or at the start of the next one after a crash);
 delivered events go straight to the ledger. Every result, whatever its outcome, goes to
-the per-record history. Rejected and dead-lettered records are not committed, so the
-next run tries them again. Customer.io may have applied a dead-lettered record (a 5xx or a
-timeout after it took the request), or one whose request was cut off: those keys are
-recorded as *unconfirmed*, and the next run sends them whatever their rows hold then (a row
-back at its last delivered value must not leave Customer.io with the value never confirmed);
+the per-record history: the records of a batch accepted whole, once, with their journal row
+(written to the history as the journal is folded: ``StateStore.append_delivered``).
+Rejected and dead-lettered records are not committed, so the next run tries them again.
+Customer.io may have applied a dead-lettered record (a 5xx or a timeout after it took the
+request), or one whose request was cut off: those keys are recorded as *unconfirmed*, and the
+next run sends them whatever their rows hold then (a row back at its last delivered value
+must not leave Customer.io with the value never confirmed);
 such an event keeps the dedupe id it was sent with (a row corrected meanwhile would give it
 another, and Customer.io would store it twice).
 A rejected record was refused, so applied nothing: it needs no such mark. Buffers are flushed

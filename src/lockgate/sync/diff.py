@@ -24,6 +24,7 @@ from lockgate.project.models import SyncConfig
 from lockgate.state.store import (
     PERSON_ADDRESS,
     StateStore,
+    journal_history,
     registered,
     run_sql,
     table,
@@ -455,6 +456,8 @@ def forget_delivered(con: duckdb.DuckDBPyConnection, sync: str, keys: str) -> in
     run_sql(con, f"create or replace temp table _forgotten as {keys}")
     n = int(_one(con, "select count(*) from _forgotten") or 0)
     if n:
+        # their delivery's history, which the journal holds until they leave it
+        journal_history(con, sync, "k in (select k from _forgotten)")
         run_sql(
             con,
             f"delete from {snap} where k in (select k from _forgotten); "
@@ -721,6 +724,23 @@ def _shared_people(
     return count, tuple((str(a), str(ks)) for a, ks in samples)
 
 
+def _takes_emails(sync: SyncConfig) -> bool:
+    """Whether ``sync`` is a people sync whose rows take emails as people of their own: one
+    identified by `email` and an `id` (or `cio_id`), without an identity graph (which gives
+    each email to one profile itself)."""
+    return (
+        sync.kind == "people"
+        and "email" in sync.identify_by
+        and bool({"id", "user_id", "cio_id"} & set(sync.identify_by))
+        and not sync.keyed_by_graph
+    )
+
+
+def _lower_email(ident: str) -> str:
+    """SQL: the email of a JSON ``ident`` in lower case, as Customer.io matches it."""
+    return f"lower(json_extract_string({ident}, '$.email'))"
+
+
 def _still_reached(
     con: duckdb.DuckDBPyConnection,
     sync: SyncConfig,
@@ -744,7 +764,11 @@ def _still_reached(
     is added to it), of the unchanged (or rejected) rows still in the model, as the
     snapshot last sent them, and of the rejected rows as they are now (``rejected_idents``,
     when there is one): a row with a bad value under a new key (an email whose case changed)
-    is still in the model, and is sent once it is fixed."""
+    is still in the model, and is sent once it is fixed.
+
+    An email a row sent now takes (new to it) under another `id` does not reach a record that
+    left with it and has an `id` (or `cio_id`): two people, the email changing hands (the one
+    that left gives it up first, :func:`order_email_moves`)."""
     keys = _record_keys(sync, "ident")
     rejected = temp_table(con, "rejected_idents")
     run_sql(
@@ -754,16 +778,47 @@ def _still_reached(
         select s.k, s.ident from {previous} s anti join keyed m on m.k = s.k;
         create or replace temp table gone_keys as
         select k, unnest({keys}) as a from gone;
+        """,
+    )
+    live = f"select unnest({keys}) as a from changes"
+    if _takes_emails(sync):
+        # an email a row of another `id` takes in this run from a record that left is not
+        # the same person: it changes hands (released first, :func:`order_email_moves`);
+        # a record that left known by its email alone is the person the row becomes
+        run_sql(
+            con,
+            f"""
+            create or replace temp table email_taken as
+            select c.k, 'email:' || {_lower_email("c.ident")} as a
+            from changes c left join {previous} s on s.k = c.k
+            where not c.removed and not starts_with(c.addr, 'email:')
+              and {_lower_email("c.ident")} is distinct from {_lower_email("s.ident")}
+              and {_lower_email("c.ident")} is not null
+            """,
+        )
+        live = f"""
+            select a from (select k, unnest({keys}) as a from changes) c
+            anti join email_taken t on t.k = c.k and t.a = c.a
+            union
+            select t.a from email_taken t
+            join gone_keys g on g.a = t.a join gone o on o.k = g.k
+            where json_extract_string(o.ident, '$.id') is null
+              and json_extract_string(o.ident, '$.cio_id') is null
+            """
+    run_sql(
+        con,
+        f"""
         create or replace temp table live_keys as
         with shared as (
             select k, a from (select k, unnest({keys}) as a from {previous}) h
             semi join gone_keys g on g.a = h.a
         )
-        select unnest({keys}) as a from changes
+        {live}
         union
         select h.a from shared h semi join keyed m on m.k = h.k
         anti join changes c on c.k = h.k
-        {f"union select unnest({keys}) as a from rejected_idents" if rejected else ""}
+        {f"union select unnest({keys}) as a from rejected_idents" if rejected else ""};
+        drop table if exists email_taken;
         """,
     )
     held = sync.kind == "relationships" and bool(siblings)
@@ -1609,6 +1664,7 @@ def diff_records(
             sync,
             all_new=sent_rows == new and not full_resync,
             removed=bool(removed_sent),
+            left=bool(removed),
             known=True,
         )
         if email_clears(con):
@@ -1940,6 +1996,7 @@ def _hold_shared_emails(
 
 
 EMAIL_MOVE_TABLES = (
+    "email_left",
     "email_changed",
     "email_kept",
     "email_released",
@@ -1955,6 +2012,7 @@ def order_email_moves(
     *,
     all_new: bool = False,
     removed: bool = False,
+    left: bool = False,
     known: bool = False,
 ) -> int:
     """Order the sends of a people sync whose rows pass emails between them; returns how many
@@ -1983,6 +2041,12 @@ def order_email_moves(
     in Customer.io: the run reads such people back after delivery when it can, and looks up
     the holders of its new rows' emails before it sends them (:mod:`lockgate.sync.emailcheck`,
     which leaves alone the people released here: :func:`new_emails`).
+
+    ``left``: the temp tables ``gone`` and ``kept`` are this diff's (:func:`_still_reached`).
+    A record that left the model with an email a row sent now takes (under another `id`) gives
+    it up too (``email_left``): its email is cleared first, whatever the mode (in `upsert`
+    mode nothing else of the person changes, and :func:`forget_released_left` then forgets
+    the record), or, deleted (`mirror` with `delete_removed`), the row waits for the delete.
     """
     for name in EMAIL_MOVE_TABLES:
         run_sql(con, f"drop table if exists {name}")
@@ -2023,6 +2087,29 @@ def order_email_moves(
               and c.email is distinct from h.email
             """
         )
+    deleted: set[str] = set()
+    if left and _takes_emails(sync):
+        email = _lower_email("g.ident")
+        run_sql(
+            con,
+            f"""
+            create temp table email_left as
+            select g.k, null::varchar as new_email, {email} as old_email,
+                   json_extract_string(g.ident, '$.id') as old_id,
+                   json_extract_string(g.ident, '$.cio_id') as old_cio_id
+            from gone g anti join kept x on x.k = g.k
+            semi join (
+                select {_lower_email("ident")} as email from changes where not removed
+            ) t on t.email = {email}
+            where coalesce(json_extract_string(g.ident, '$.id'),
+                           json_extract_string(g.ident, '$.cio_id')) is not null
+            """,
+        )
+        if _one(con, "select count(*) from email_left"):
+            parts.append("select * from email_left")
+            if sync.delete_removed and sync.effective_mode == "mirror":
+                # the delete in ``changes`` frees the email: the row taking it goes after it
+                deleted = {str(k) for (k,) in con.execute("select k from email_left").fetchall()}
     if not parts:
         return 0
     run_sql(con, "create temp table email_released as " + " union all ".join(parts))
@@ -2057,7 +2144,7 @@ def order_email_moves(
     for taker, giver in takers:
         waits_for.setdefault(str(taker), str(giver))
         of_taker.setdefault(str(taker), set()).add(str(giver))
-    clear = {k for k in {g for g in waits_for.values()} if givers[k][2] is None}
+    clear = {k for k in set(waits_for.values()) if givers[k][2] is None and k not in deleted}
     # the state may say more than one person gives up one email (an update Customer.io
     # dropped committed unverified, two new rows of one email): a row waits for one giver, so
     # the email is cleared from each of them first, whichever Customer.io gave it to
@@ -2234,6 +2321,27 @@ def forget_kept_emails(
             """,
             [run_id],
         )
+
+
+def forget_released_left(store: StateStore, sync: SyncConfig, released: Iterable[str]) -> int:
+    """After delivery, in `upsert` or `update` mode: forget the records that left the model
+    whose email this run released for a row taking it (``email_left``, see
+    :func:`order_email_moves`; ``released``: the keys whose clear was delivered). Kept, the
+    snapshot would still say they hold the email, reach the taker's person through it, and
+    be released again when the email moves on. (A `mirror` run forgets them with their
+    clear or delete.) Returns how many."""
+    con = store.con
+    if sync.effective_mode == "mirror" or not temp_table(con, "email_left"):
+        return 0
+    keys = pa.table({"k": pa.array(sorted(released), pa.string())})
+    forgotten = "select k from email_left semi join _released_left r on r.k = email_left.k"
+    with (
+        registered(con, "_released_left", keys),
+        transaction(con, store.path),
+    ):
+        rows = run_sql(con, f"delete from {table('snap', sync.name)} where k in ({forgotten})")
+        run_sql(con, f"delete from {table('unconfirmed', sync.name)} where k in ({forgotten})")
+    return int(rows[0][0]) if rows else 0
 
 
 def email_moves(

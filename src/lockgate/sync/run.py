@@ -2047,9 +2047,9 @@ def run_sync(
                         store, project, sync, run_id, console, committer.counts, new=new_unchecked
                     )
                     email_check = "\n".join(n for n in (new_note, email_check) if n)
-                    diff_step.forget_kept_emails(
-                        store, sync, run_id, _released(store, email_clears)
-                    )
+                    released = _released(store, email_clears)
+                    diff_step.forget_kept_emails(store, sync, run_id, released)
+                    diff_step.forget_released_left(store, sync, released)
             with step("commit"):
                 if sync.kind in ("people", "objects"):  # recorded as delivered: nothing to send
                     diff_step.commit_nulls_only(store, sync.name, run_id)

@@ -88,10 +88,12 @@ from rejected where run_id in (select unnest($ids::varchar[]))
 order by run_id, stage, k
 """
 
+#: ``{history}``: every history row (``StateStore.history_relation``: with those a killed
+#: run's journal holds until its next run folds it)
 RECORDS_SQL = """
 select run_id, sync, k as record_key, ident as identifiers, action, outcome,
        status as api_status, reason, sent_at
-from history where run_id in (select unnest($ids::varchar[]))
+from ({history}) where run_id in (select unnest($ids::varchar[]))
 """
 
 
@@ -152,7 +154,9 @@ def write_run_log(project: Project, store: StateStore, *, everything: bool = Fal
         ]
         if config.records:
             # read as it is written: a million-record run never sits in memory whole
-            records = con.sql(RECORDS_SQL, params=params).to_arrow_reader(100_000)
+            records = con.sql(
+                RECORDS_SQL.format(history=store.history_relation()), params=params
+            ).to_arrow_reader(100_000)
             writes.append(
                 TableWrite(
                     "sync_records",
