@@ -682,6 +682,7 @@ def _prepare(
                     rezoned=rezone.attributes if rezone is not None else (),
                     run_id=step.run_id,
                     undo_unsure=not only,
+                    email_holders=_email_holders(store, project, sync),
                 )
         if only and session is not None and sync.kind == "people":
             session.planned_people.setdefault(sync.destination, set()).update(
@@ -1565,6 +1566,31 @@ def _related_snapshots(store: StateStore, project: Project, sync: SyncConfig) ->
     objects_present, unsure_objects = diff_step.present_ends(store.con, objects)
     people_present, unsure_people = diff_step.present_ends(store.con, people)
     return Related(objects_present, people_present, siblings, unsure_objects, unsure_people)
+
+
+def _email_holders(store: StateStore, project: Project, sync: SyncConfig) -> list[tuple[str, str]]:
+    """For a people sync identified by `email` and an `id` (or `cio_id`): the other people
+    syncs of its destination identified by email, each with the SQL of its delivered records
+    (without those whose delete is unconfirmed, ``diff.present_ends``; none of a sync whose
+    state is of another workspace). The people they delivered an email to hold it in
+    Customer.io: a row of this sync taking it waits (``diff._hold_shared_emails``)."""
+    if sync.kind != "people" or "email" not in sync.identify_by:
+        return []
+    if not {"id", "user_id", "cio_id"} & set(sync.identify_by):
+        return []
+    names = []
+    for other in project:
+        if (
+            other.kind == "people"
+            and other.name != sync.name
+            and other.destination == sync.destination
+            and "email" in other.identify_by
+        ):
+            store.ensure_sync_tables(other.name)
+            if not workspace.moved(store, project, other):  # of this workspace, as known
+                names.append(other.name)
+    present, _ = diff_step.present_ends(store.con, names)
+    return list(zip(names, present, strict=True))
 
 
 def _relationships_of(
