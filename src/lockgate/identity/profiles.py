@@ -664,7 +664,15 @@ def _retired(heir: npt.NDArray[np.int64], previous: PreviousProfiles, run_id: st
     codes = np.flatnonzero(keep)
     if not codes.size:
         return table.slice(0, 0)
-    out = table.take(pa.array(codes))
+    # a block at a time: ``take`` of the whole table would join every column's chunks first
+    # (the previous profiles again, ~140 MiB at a million, while the stitch's arrays are alive)
+    out = pa.concat_tables(
+        [
+            table.slice(start, _BLOCK).take(pa.array(local - start))
+            for start in range(0, table.num_rows, _BLOCK)
+            if (local := codes[(codes >= start) & (codes < start + _BLOCK)]).size
+        ]
+    )
     fresh = pa.array(codes < previous.live)
     out = out.set_column(
         out.schema.get_field_index("run_id"),
