@@ -87,12 +87,13 @@ def test_a_json_column_under_auto_sends_the_json_value_it_holds(
     }
 
     # a JSON `null` is a null: by default it is left out (not sent as the text `"null"`), and
-    # the good value stays
+    # the good value stays; with nothing else to send, record 6 is not sent at all
     json_table(warehouse, VALUES)
     plan = run(warehouse, plan=True)
-    assert [(s["key"], s["payload"]["attributes"]) for s in plan.samples] == [("6", {})]
+    assert not plan.samples
+    assert (plan.changes.changed, plan.changes.nulls_only) == (0, 1)
     report = run(warehouse)
-    assert report.changes.changed == 1
+    assert (report.changes.changed, report.changes.nulls_only, report.delivered) == (0, 1, 0)
     assert held(customerio_emulator)["6"] == {"plan": "good"}
 
 
@@ -139,8 +140,8 @@ def test_records_sent_as_json_text_before_are_sent_once_more_as_json_values(
 ) -> None:
     """What a project synced with an earlier Lockgate holds: the model's JSON column staged
     as text (as the column cast to text stages now), its text in Customer.io. The run after
-    the upgrade sends each record once more, counted as remapped (no guardrail trips), and
-    says why; the next sends nothing."""
+    the upgrade sends each record with a value once more, counted as remapped (no guardrail
+    trips), and says why; the next sends nothing."""
     json_table(warehouse, {i: v for i, v in VALUES.items() if v != "null"})
     as_text = {
         "duckdb": "data::varchar",
@@ -164,8 +165,10 @@ def test_records_sent_as_json_text_before_are_sent_once_more_as_json_values(
     assert not any(g.breached for g in plan.guards)
     report = run(warehouse)
 
-    # every record: the mapping's fingerprint changed, as for any mapping change
-    assert (report.changes.changed, report.changes.remapped) == (6, 6)
+    # every record with a value: the mapping's fingerprint changed, as for any mapping
+    # change; record 7 holds only a null, which is not sent (nothing to send)
+    assert (report.changes.changed, report.changes.remapped) == (5, 5)
+    assert report.changes.nulls_only == 1
     assert held(customerio_emulator) == {
         "1": {"plan": "pro"},
         "2": {"plan": 5},
