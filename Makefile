@@ -45,8 +45,9 @@ CLIENT_VENVS := .venv-customerio/.installed .venv-cdp/.installed
 client-venvs: $(CLIENT_VENVS) ## official Customer.io Python clients, one venv each (their imports clash)
 
 test: $(STAMP) postgres-bin client-venvs ## run the whole test suite (starts its own Postgres)
-	@# one worker per core, a test file's tests on one worker (they share module fixtures)
-	$(VENV)/bin/pytest -q -p no:cacheprovider -n auto --dist loadfile
+	@# one worker per core, a test file's tests on one worker (they share module fixtures);
+	@# the slowest tests are listed at the end, to keep the suite within its 10 minutes
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n auto --dist loadfile --durations=15
 
 test-postgres: $(STAMP) postgres-bin ## only the tests that need Postgres
 	$(VENV)/bin/pytest -q -m postgres
