@@ -68,7 +68,9 @@ def state_file(project: Path) -> Path:
 
 def compare_states(a: Path, b: Path) -> list[str]:
     """The tables whose rows differ between the two state databases (volatile columns out)."""
-    con = duckdb.connect(config={"enable_progress_bar": False})
+    con = duckdb.connect()
+    # a connection option: DuckDB 2 refuses it in `connect`'s config (a global option there)
+    con.execute("set enable_progress_bar = false")
     con.execute(f"attach '{a}' as a (read_only)")
     con.execute(f"attach '{b}' as b (read_only)")
 

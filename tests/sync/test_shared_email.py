@@ -215,3 +215,37 @@ def test_the_email_a_held_row_was_delivered_with_is_still_its_own(
         "11": ("y@x.io", "free"),
         "12": ("x@x.io", "team"),
     }
+
+
+ACCOUNTS_OF_USERS = """
+name: accounts
+source: warehouse
+model: {table: accounts}
+kind: people
+primary_key: account_id
+identify_by: {id: user_id, email: email}
+attributes:
+  plan: plan
+"""
+
+
+def test_a_first_run_holds_one_email_of_two_people_not_of_one(
+    project_factory: ProjectFactory,
+) -> None:
+    """In a first run, two accounts of one user with one email (in any case) are one person
+    taking it: both are sent (and reported as one person's rows); two users whose emails
+    differ only in case, starting with a letter outside ASCII, are two people: one waits."""
+    project_factory.sql(
+        "create table accounts as select * from (values "
+        "('a1', 'u1', 'Ada@x.io', 'free'), ('a2', 'u1', 'ada@X.io', 'pro'), "
+        "('a3', 'u3', 'Émile@x.io', 'team'), ('a4', 'u4', 'émile@x.io', 'free')) "
+        "t(account_id, user_id, email, plan)"
+    )
+    project = project_factory.write({"accounts": ACCOUNTS_OF_USERS})
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert (report.status, report.delivered, report.changes.rejected) == ("success", 3, 1)
+    reason = held(report)["a4"]
+    assert "column `email`" in reason and "key `a3`" in reason, reason
+    assert report.changes.shared_person == 2
+    assert report.changes.shared_samples == (("id:u1", "a1, a2"),)
+    assert sorted(people(project_factory.emulator)) == ["u1", "u3"]

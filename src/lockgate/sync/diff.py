@@ -698,7 +698,18 @@ def _shared_people(
 
     The other row is sent in this run too, or it is unchanged and still in the model: then the
     snapshot says which person it reaches (``addr``). Only the snapshot rows of the people
-    sent now are looked at, so an incremental run pays for the rows it sends."""
+    sent now are looked at, so an incremental run pays for the rows it sends. Against an
+    empty snapshot (a first run) only the rows sent count: when no two of them reach one person
+    (one count), nothing more is built (a first run's 1M rows: 0.3-0.5 → 0.1 s of CPU)."""
+    if not _one(con, f"select count(*) from (select 1 from {snap} limit 1)") and not _one(
+        con,
+        "select count(*) from (select addr from changes where addr is not null "
+        "group by addr having count(*) > 1)",
+    ):
+        run_sql(
+            con, "create or replace temp table shared (k varchar, addr varchar, is_sent boolean)"
+        )
+        return 0, ()
     run_sql(
         con,
         f"""
@@ -1821,7 +1832,14 @@ def _hold_shared_emails(
     delivered = _delivered(con, sync.name)
 
     def email(ident: str) -> str:
-        return f"lower(trim(json_extract_string({ident}, '$.email')))"
+        # `trim` (white space at either end) only for a text that starts or ends with a
+        # character other than printable ASCII, as the mapping trims: the others have none
+        # to trim (the same text; a first run's 1M emails: 0.08 s of `trim` each time)
+        raw = f"json_extract_string({ident}, '$.email')"
+        return (
+            f"lower(case when ascii({raw}) between 33 and 126 "
+            f"and ascii({raw}[-1]) between 33 and 126 then {raw} else trim({raw}) end)"
+        )
 
     # the rows taking an email: new to the snapshot, or delivered with another email (a row
     # new to a hidden snapshot may have been delivered: the whole one says); the new rows
@@ -1853,13 +1871,18 @@ def _hold_shared_emails(
         _one(con, f"select count(*) from (select 1 from {snap} limit 1)") for _, snap in others
     )
     # grouped by the email's hash, not its text (a first run's 1M rows: 1.4 → 0.9 s of CPU);
-    # two emails whose hashes meet only send the run on to the exact look below
+    # two emails whose hashes meet only send the run on to the exact look below. First only
+    # counted (no two rows take one email: no two people do), which holds no person's text
+    # per email (0.45 → 0.35 s at 1M); two rows of one email are looked at by their people
     if not anyone and (
         graph
-        or not _one(
-            con,
-            f"select count(*) from (select hash(email) from ({takers}) group by 1 "
-            "having min(person) <> max(person))",
+        or not all(
+            _one(
+                con,
+                f"select count(*) from (select hash(email) from ({takers}) group by 1 "
+                f"having {two})",
+            )
+            for two in ("count(*) > 1", "min(person) <> max(person)")
         )
     ):
         return 0  # nobody holds an email yet, and no two people of this run take one

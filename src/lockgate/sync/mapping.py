@@ -1627,7 +1627,10 @@ def identifier_sql(
             "no identifier: the identity graph gives this row no Customer.io id or email "
             f"({columns_read} is null, or on a profile without one)"
         )
-    checks.append(f"case when {identifiers} is null then {missing} end")
+    # every identifier null (each `when` above gives text for a value): the test, not the
+    # identifiers' JSON built to be looked at (0.05 s of a first run's 1M rows)
+    none = " and ".join(f"{values[t]} is null" for t in ordered)
+    checks.append(f"case when {none} then {missing} end")
     if "id" in values:
         too_long = lit(f"column `{chosen['id']}`: id is over {MAX_ID_BYTES} bytes")
         checks.append(f"case when strlen({values['id']}) > {MAX_ID_BYTES} then {too_long} end")
