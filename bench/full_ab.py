@@ -23,15 +23,10 @@ Usage (the "before" side is usually ``main``'s sources)::
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import duckdb
@@ -40,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sync as bench  # bench/sync.py: the model, the project, the measured runner
 import sync_sink  # bench/sync_sink.py: the free sink
-from incremental_ab import lockgate, summary
+from incremental_ab import ab_start, lockgate, summary
 
 #: columns that differ from run to run whatever the tree: ids and times
 VOLATILE = {
@@ -100,28 +95,13 @@ def compare_states(a: Path, b: Path) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--before", type=Path, required=True, help="the A side's src folder")
-    parser.add_argument("--after", type=Path, default=bench.ROOT / "src")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--warehouse", type=Path, help="a built model to read (not written)")
-    parser.add_argument("--workdir", type=Path, default=None)
-    args = parser.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="lockgate-bench-full-ab-"))
-    work.mkdir(parents=True, exist_ok=True)
-    sides = {"before": args.before.resolve(), "after": args.after.resolve()}
+    args, work, sides = ab_start(
+        __doc__,
+        "bench/full_ab.py",
+        "lockgate-bench-full-ab-",
+        "a built model to read (not written)",
+    )
     console = bench.console
-    console.print(
-        f"# bench/full_ab.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  "
-        f"rounds={args.rounds}"
-    )
-    console.print(
-        f"# {platform.platform()}  python {platform.python_version()}  cores={os.cpu_count()}  "
-        f"load average at start {'/'.join(f'{x:.2f}' for x in os.getloadavg())}"
-    )
-    for src in sides.values():
-        subprocess.run([sys.executable, "-m", "compileall", "-q", str(src)], check=True)
     warehouse = args.warehouse
     if warehouse is None:
         warehouse = work / "model.duckdb"

@@ -78,29 +78,42 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def ab_start(
+    doc: str, script: str, prefix: str, warehouse_help: str
+) -> tuple[argparse.Namespace, Path, dict[str, Path]]:
+    """The arguments, work folder and the two sides' src folders (compiled) of an A/B bench
+    (this one, bench/full_ab.py), with its header printed."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--before", type=Path, required=True, help="the A side's src folder")
     parser.add_argument("--after", type=Path, default=bench.ROOT / "src")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--warehouse", type=Path, help="a built model to copy (not written)")
+    parser.add_argument("--warehouse", type=Path, help=warehouse_help)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="lockgate-bench-ab-"))
+    work = args.workdir or Path(tempfile.mkdtemp(prefix=prefix))
     work.mkdir(parents=True, exist_ok=True)
     sides = {"before": args.before.resolve(), "after": args.after.resolve()}
-    console = bench.console
-    console.print(
-        f"# bench/incremental_ab.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  "
-        f"rounds={args.rounds}"
+    bench.console.print(
+        f"# {script}  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  rounds={args.rounds}"
     )
-    console.print(
+    bench.console.print(
         f"# {platform.platform()}  python {platform.python_version()}  cores={os.cpu_count()}  "
         f"load average at start {'/'.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     for src in sides.values():
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(src)], check=True)
+    return args, work, sides
+
+
+def main() -> None:
+    args, work, sides = ab_start(
+        __doc__,
+        "bench/incremental_ab.py",
+        "lockgate-bench-ab-",
+        "a built model to copy (not written)",
+    )
+    console = bench.console
     source = work / "model.duckdb"
     if args.warehouse is not None:
         shutil.copyfile(args.warehouse, source)
