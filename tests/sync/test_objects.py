@@ -266,6 +266,24 @@ def test_objects_mirror_delete(project_factory: ProjectFactory) -> None:
     assert {o.object_id for o in project_factory.emulator.objects()} == {"acme"}
 
 
+def test_an_object_repeated_in_a_full_resync_is_still_cleared_when_it_leaves(
+    project_factory: ProjectFactory,
+) -> None:
+    """globex's id appears twice while `--full-resync` runs (both rows rejected, the object
+    not sent): the resync still knows it delivered globex, so once globex leaves the model
+    `mirror` clears it in Customer.io, not leaves it with every attribute."""
+    seed(project_factory)
+    project = project_factory.write({"companies": COMPANIES + "mode: mirror\n"})
+    run_sync(project, "companies", console=NullConsole())
+    project_factory.sql("insert into companies values ('globex', 'Globex', 'pro', 4)")
+    resync = run_sync(project, "companies", console=NullConsole(), full_resync=True)
+    assert (resync.changes.rejected, resync.delivered) == (2, 1)
+    project_factory.sql("delete from companies where company_id = 'globex'")
+    assert run_sync(project, "companies", console=NullConsole()).changes.removed_sent == 1
+    held = {o.object_id: o.attributes for o in project_factory.emulator.objects()}
+    assert held == {"acme": {"name": "Acme", "plan": "pro", "seats": 25}, "globex": {}}
+
+
 def test_an_objects_sync_in_update_mode_is_refused_as_it_would_create_objects(
     project_factory: ProjectFactory,
 ) -> None:

@@ -439,6 +439,40 @@ def test_a_full_resync_whose_undo_fails_undoes_it_next_run(
     assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
 
 
+@pytest.mark.parametrize(
+    ("reject", "delete"),
+    [
+        ("insert into users select * from users where user_id = 3", False),
+        ("update users set vip = 'maybe' where user_id = 3", True),
+    ],
+    ids=["repeated-key-cleared", "bad-value-deleted"],
+)
+def test_a_row_rejected_by_a_full_resync_is_still_undone_when_it_leaves(
+    project_factory: ProjectFactory, reject: str, delete: bool
+) -> None:
+    """A delivered row rejected by a full resync (its key repeated, a bad value) is not sent
+    again, and its person still holds what it was sent before: the resync must not forget it
+    with the snapshot, or, once its row leaves the model, `mirror` neither clears nor deletes
+    the person, who keeps every attribute in Customer.io."""
+    project_factory.sql(USERS)
+    body = PROFILE + "mode: mirror\n" + ("delete_removed: true\n" if delete else "")
+    project = project_factory.write({"profile": body})
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql(reject)
+    resync = run_sync(project, "profile", console=NullConsole(), full_resync=True)
+    assert resync.changes.rejected >= 1 and resync.delivered == 2  # ada and grace again
+    project_factory.sql("delete from users where user_id = 3")
+    plan = plan_sync(project, "profile", console=NullConsole())
+    assert (plan.changes.removed, plan.changes.removed_sent) == (1, 1)
+    run_sync(project, "profile", console=NullConsole())
+    linus = project_factory.emulator.person(id="3")
+    if delete:
+        assert linus is None
+    else:
+        assert linus is not None and not {"mrr", "vip", "promo"} & set(linus.attributes)
+    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
 def test_update_mode_never_creates_people(project_factory: ProjectFactory) -> None:
     project_factory.sql(USERS)
     project = project_factory.write({"profile": PROFILE + "mode: update\n"})

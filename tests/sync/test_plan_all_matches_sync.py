@@ -183,6 +183,31 @@ def test_a_person_deleted_first_holds_their_relationship_in_a_resync_or_named_ru
     assert_plans_match(plans, runs, sent)
 
 
+def test_a_company_repeated_in_a_resync_still_has_its_relationships_sent(
+    b2b: ProjectFactory,
+) -> None:
+    """Company c1's id repeats while every record is sent again: its rows are rejected, but
+    c1 was delivered before and stays so through the resync (Customer.io still has it), so
+    the memberships to it are sent, not held; the memberships plan counts them as the run
+    sends them (it counted the companies snapshot forgotten whole, c1 with it)."""
+    b2b.sql(
+        "insert into companies values ('c1', 'Company 1', 'free'); "
+        "insert into members values (1, 'c1', 'owner')"
+    )
+    plans, runs, sent = plan_then_sync(b2b, "--full-resync")
+    assert plans["companies"]["changes"]["rejected"] == 2
+    memberships = plans["memberships"]["changes"]
+    assert memberships["held"] == 0 and memberships["to_send"] >= 1
+    assert_plans_match(plans, runs, sent)
+    related = {
+        (op["identifiers"]["id"], rel["identifiers"]["object_id"])
+        for op in sent
+        if op.get("action") == "add_relationships"
+        for rel in op.get("cio_relationships", [])
+    }
+    assert ("1", "c1") in related
+
+
 def test_a_person_and_object_created_first_are_not_waited_for(b2b: ProjectFactory) -> None:
     """The other way round: a relationship to a person and to a company that the people and
     objects syncs create in the same command is sent, not held (planned alone, it was held:

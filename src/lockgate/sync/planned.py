@@ -23,6 +23,9 @@ connection, in temp tables that outlive the plan (``StateStore.reset_connection`
 - ``plan_unmark__S(k)``: the records of ``unconfirmed__S`` whose people (objects) an earlier
   people (objects) sync of the command deletes (``diff.forget_people_of``,
   ``diff.forget_relationships_of``): neither sent again nor undone.
+- ``plan_rejected__S(k)``: for a sync planned with `--full-resync`, the rows its run rejects:
+  the records delivered before of those stay in the snapshot it forgets
+  (``run._reset_snapshot``).
 
 A later plan then reads temp views of the same names as the state's tables (``snap__S``,
 ``unconfirmed__S``, ``ledger__S``) in front of them, and its own snapshot, when an earlier sync
@@ -78,6 +81,7 @@ class Planned:
             | {_name("plan_ledger", s) for s in self.ledger}
             | {_name("plan_kept", s) for s in self.kept}
             | {_name("plan_unmark", s) for s in self.unmark}
+            | {_name("plan_rejected", s) for s in self.reset}
         )
 
 
@@ -136,10 +140,23 @@ def record(
     if diff_step.temp_table(con, diff_step.NULLS_ONLY):  # not sent, but committed
         run_sql(con, f"insert into {delta} select * from {diff_step.NULLS_ONLY}")
     planned.delta.add(sync.name)
+    # a full resync forgets the snapshot, but for the records of the rows it rejects (not
+    # sent, Customer.io keeps what it was sent before, ``run._reset_snapshot``)
     if full_resync and not only:
         planned.reset.add(sync.name)
+        run_sql(
+            con,
+            f"create or replace temp table {table('plan_rejected', sync.name)} as "
+            "select k from rejected_rows",
+        )
     elif full_resync:
-        _dropping(con, planned, sync.name, f"select k from {diff_step.RESYNC_PREVIOUS}")
+        _dropping(
+            con,
+            planned,
+            sync.name,
+            f"select k from {diff_step.RESYNC_PREVIOUS} "
+            "where k not in (select k from rejected_rows)",
+        )
     if sync.kind == "relationships":
         for gone in ("held_by_siblings", "ends_gone"):
             if gone == "ends_gone" and full_resync:
@@ -268,7 +285,9 @@ def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Plann
                 f" union all select k, h, ident, {PERSON_ADDRESS} as addr "
                 f"from {delta} where not removed"
             )
-        where = " where false" if name in planned.reset else ""
+        where = ""
+        if name in planned.reset:  # but for the records of the rows it rejects
+            where = f" where s.k in (select k from {table('plan_rejected', name)})"
         # its own snapshot is a table, which the plan may cut down (`--only`) or set aside
         # (`--full-resync`) as it does the state's
         kind = "table" if name == sync.name else "view"

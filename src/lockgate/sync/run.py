@@ -777,7 +777,10 @@ def _reset_snapshot(store: StateStore, sync: SyncConfig, only: bool = False) -> 
     it is still in Customer.io, and is deleted if it leaves the model. So does a record the
     run undoes (`mirror`: it left the model): its clear or delete forgets it once
     Customer.io confirms it, and one that fails is undone again by the next run, not
-    forgotten with the snapshot while Customer.io still holds the record."""
+    forgotten with the snapshot while Customer.io still holds the record. So does a
+    delivered record whose row the run rejects (``rejected_rows``: its key repeated, a bad
+    value, an email held back): not sent, Customer.io holds what it was sent before, which
+    is undone if the row leaves the model (`mirror`), as in any run."""
     snap = table("snap", sync.name)
     run_sql(store.con, f"drop table if exists temp.{snap}")
     undone = "_resync_undone"
@@ -786,7 +789,8 @@ def _reset_snapshot(store: StateStore, sync: SyncConfig, only: bool = False) -> 
         f"""
         create or replace temp table {undone} as
         select s.* from {diff_step.RESYNC_PREVIOUS} s
-        semi join (select k from changes where removed) c on c.k = s.k
+        semi join (select k from changes where removed union select k from rejected_rows) c
+            on c.k = s.k
         """,
     )
     _drop_previous(store)
