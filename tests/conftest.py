@@ -23,27 +23,10 @@ import pytest
 KEEP_ENV_PREFIXES = ("PATH", "HOME", "LANG", "LC_", "TMPDIR", "VIRTUAL_ENV", "PYTHON", "CI", "TERM")
 
 
-#: the test files that take longest (`make test` lists the slowest tests), longest first:
-#: collected first, so `-n auto --dist loadfile` starts them first and the many short files
-#: fill both workers at the end, instead of one long file running alone after the rest
-LONGEST_FILES = (
-    "tests/sync/test_crash.py",
-    "tests/sync/test_crash_incremental.py",
-    "tests/sync/test_sync_properties.py",
-    "tests/webhooks/test_rejects.py",
-    "tests/sync/test_plan_all_matches_sync.py",
-    "tests/sync/test_b2b_properties.py",
-    "tests/sync/test_identity_properties.py",
-    "tests/sync/test_objects.py",
-)
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if not any(item.get_closest_marker(m) for m in ("postgres", "remote")):
             item.add_marker(pytest.mark.fast)
-    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
