@@ -160,3 +160,22 @@ def bind_machine(machine: Any, emulator: Emulator, tmp_path: Path, mp: pytest.Mo
     machine.emulator = emulator
     machine.roots = roots(tmp_path)
     machine.monkeypatch = mp
+
+
+#: a people sync `accounts` over the `accounts` table (`user_id`, `email`, `plan`), identified by
+#: `id` and `email`
+ACCOUNTS = """
+name: accounts
+source: warehouse
+model: {table: accounts}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id, email: email}
+attributes:
+  plan: plan
+"""
+
+
+def people(emu: Emulator) -> dict[str | None, tuple[str | None, Any]]:
+    """Each person in the emulator by `id`: (email, `plan` attribute)."""
+    return {p.id: (p.email, p.attributes.get("plan")) for p in emu.people()}

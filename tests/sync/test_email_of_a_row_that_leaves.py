@@ -17,29 +17,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from tests.sync.helpers import sent_ops
+from tests.sync.helpers import ACCOUNTS, people, sent_ops
 
 from lockgate.cli import cli
 from lockgate.console import NullConsole
-from lockgate.emulator import Emulator
 from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
-
-ACCOUNTS = """
-name: accounts
-source: warehouse
-model: {table: accounts}
-kind: people
-primary_key: user_id
-identify_by: {id: user_id, email: email}
-attributes:
-  plan: plan
-"""
-
-
-def people(emu: Emulator) -> dict[str | None, tuple[str | None, Any]]:
-    return {p.id: (p.email, p.attributes.get("plan")) for p in emu.people()}
 
 
 def accounts(factory: ProjectFactory, options: str, *, app_key: bool = False) -> Any:

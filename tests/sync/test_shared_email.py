@@ -13,27 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from tests.sync.helpers import ACCOUNTS, people
 
 from lockgate.console import NullConsole
-from lockgate.emulator import Emulator
 from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
-
-ACCOUNTS = """
-name: accounts
-source: warehouse
-model: {table: accounts}
-kind: people
-primary_key: user_id
-identify_by: {id: user_id, email: email}
-attributes:
-  plan: plan
-"""
-
-
-def people(emu: Emulator) -> dict[str | None, tuple[str | None, Any]]:
-    return {p.id: (p.email, p.attributes.get("plan")) for p in emu.people()}
 
 
 def held(report: Any) -> dict[str, str]:

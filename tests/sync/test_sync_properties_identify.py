@@ -37,24 +37,20 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from tests.sync.conftest import ProjectFactory
-from tests.sync.helpers import bind_machine, canonical, property_settings, sent_ops, sql_text
+from tests.sync.helpers import (
+    ACCOUNTS,
+    bind_machine,
+    canonical,
+    property_settings,
+    sent_ops,
+    sql_text,
+)
 from tests.sync.test_sync_properties import ACTIVITY, COUNTS
 
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
 from lockgate.errors import NothingNamedError
 from lockgate.sync.run import RunReport, Session, plan_sync, run_sync
-
-ACCOUNTS = """
-name: accounts
-source: warehouse
-model: {table: accounts}
-kind: people
-primary_key: user_id
-identify_by: {id: user_id, email: email}
-attributes:
-  plan: plan
-"""
 
 TABLES = """
 create or replace table accounts (user_id integer, email varchar, plan varchar);
