@@ -113,6 +113,37 @@ def test_an_email_a_later_sync_moves_off_its_person_is_taken_by_a_follow_up_run(
     assert [(r["sync"], r["changes"]["to_send"]) for r in again] == [("a_sync", 0), ("b_sync", 0)]
 
 
+def test_a_follow_up_of_a_full_resync_sends_only_what_was_held_back(
+    project_factory: ProjectFactory, tmp_path: Any
+) -> None:
+    """`sync --all --full-resync`: the first run of `a_sync` sends every row again but u2;
+    its follow-up is no resync: it sends u2 alone, as the plans say, and the rows the plans
+    export as rejected are those the command leaves rejected (none)."""
+    f, emu = project_factory, project_factory.emulator
+    rows(f, "a_sync", ("u2", "e0@x.io", "free"), ("u3", "e3@x.io", "free"))
+    rows(f, "b_sync", ("u1", "e1@x.io", "gold"))
+    proj = project(f, "a_sync", "b_sync")
+    lockgate(proj, "sync", "--all", "--json")
+    f.sql("update a_sync set email = 'e1@x.io' where user_id = 'u2'")
+    f.sql("update b_sync set email = 'e5@x.io'")
+    export = tmp_path / "rejected.csv"
+    invoke(proj, "plan", "--all", "--full-resync", "--export-rejected", str(export))
+    assert export.read_text().splitlines() == ['"sync","key","reason"']
+    plans, runs, sent = plan_then_sync(f, "--full-resync")
+    assert [(n, p["changes"]["to_send"]) for n, p in plans.items()] == [
+        ("a_sync", 1),
+        ("b_sync", 1),
+        ("a_sync (follow-up)", 1),
+    ]
+    assert_plans_match(plans, runs, sent)
+    assert [op["identifiers"]["id"] for op in sent] == ["u3", "u1", "u2"]
+    assert people(emu) == {
+        "u2": ("e1@x.io", {"a_sync_plan": "free"}),
+        "u1": ("e5@x.io", {"b_sync_plan": "gold"}),
+        "u3": ("e3@x.io", {"a_sync_plan": "free"}),
+    }
+
+
 def test_a_chain_of_handovers_completes_in_one_command(project_factory: ProjectFactory) -> None:
     """u3 (`a_sync`) takes e2 from u2 (`b_sync`), who takes e1 from u1 (`c_sync`), who moves
     to e9. In the order a, b, c, only `c_sync` sends at first; the follow-ups then run the
