@@ -12,17 +12,21 @@ others; `plan` says the same."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from tests.sync.test_plan_all_matches_sync import (
     assert_plans_match,
+    by_sync,
     invoke,
     lockgate,
     plan_then_sync,
 )
 
-from lockgate.emulator import Emulator
+from lockgate.cli import cli
+from lockgate.emulator import Emulator, FaultConfig
 from lockgate.project.loader import load_project
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -142,6 +146,42 @@ def test_a_follow_up_of_a_full_resync_sends_only_what_was_held_back(
         "u1": ("e5@x.io", {"b_sync_plan": "gold"}),
         "u3": ("e3@x.io", {"a_sync_plan": "free"}),
     }
+
+
+@pytest.mark.parametrize("refused", ["u1", "u2"])
+def test_what_customerio_refuses_in_a_handover_sets_the_exit_code(
+    project_factory: ProjectFactory, refused: str
+) -> None:
+    """Customer.io refuses u1's new email (`b_sync`'s run is partial): e1 is not freed, as
+    `b_sync`'s state says, so `a_sync` runs no follow-up and u2 waits. Or it refuses u2: the
+    follow-up runs and is partial. Either way `sync --all` exits 2, with every report in its
+    `--json`."""
+    f, emu = project_factory, project_factory.emulator
+    rows(f, "a_sync", ("u2", "e0@x.io", "free"))
+    rows(f, "b_sync", ("u1", "e1@x.io", "gold"))
+    proj = project(f, "a_sync", "b_sync")
+    lockgate(proj, "sync", "--all", "--json")
+    f.sql("update a_sync set email = 'e1@x.io'; update b_sync set email = 'e5@x.io'")
+    emu.set_faults(FaultConfig(reject_people=frozenset({refused})))
+    result = CliRunner().invoke(cli, ["sync", "--all", "--json", "--project", str(proj.root)])
+    assert result.exit_code == 2, result.output
+    reports = by_sync(json.loads(result.stdout))
+    statuses = {n: r["status"] for n, r in reports.items()}
+    if refused == "u1":
+        assert statuses == {"a_sync": "success", "b_sync": "partial"}
+        assert people(emu) == {
+            "u2": ("e0@x.io", {"a_sync_plan": "free"}),
+            "u1": ("e1@x.io", {"b_sync_plan": "gold"}),
+        }
+    else:
+        assert statuses == {
+            "a_sync": "success",
+            "b_sync": "success",
+            "a_sync (follow-up)": "partial",
+        }
+        assert reports["a_sync (follow-up)"]["rejected_by_api"] == 1
+        assert people(emu)["u1"] == ("e5@x.io", {"b_sync_plan": "gold"})
+    assert failures(emu) == []
 
 
 def test_a_chain_of_handovers_completes_in_one_command(project_factory: ProjectFactory) -> None:

@@ -129,6 +129,8 @@ def _failed_doc(name: str | None, exc: LockgateError) -> dict[str, Any]:
     counts, `guardrails`) as a successful run has it."""
     stopped = exc.report
     report = stopped.as_dict() if stopped is not None and stopped.sync == name else {"sync": name}
+    if exc.follow_up_of is not None:  # a follow-up run: the sync's first run is a report too
+        report["follow_up_of"] = exc.follow_up_of
     return {**report, "status": "failed", "error": str(exc)}
 
 
@@ -532,6 +534,7 @@ def _follow_ups(
         try:
             report = work(name, first[name].run_id)
         except LockgateError as exc:
+            exc.follow_up_of = first[name].run_id
             if show is not None and exc.report is not None:
                 show(exc.report)
             progress.failed.append((name, exc))
@@ -556,7 +559,8 @@ def _finish(
     if failed:
         total = len(reports) + len(failed)
         error = LockgateError(
-            f"{len(failed)} of {total} {what}s failed: {', '.join(n for n, _ in failed)}",
+            f"{len(failed)} of {total} {what}s failed: "
+            + ", ".join(f"{n} (follow-up)" if e.follow_up_of else str(n) for n, e in failed),
             hint="each one's error is above; the other syncs "
             + ("went on" if what == "sync" else f"were {what}ned"),
         )
