@@ -73,6 +73,9 @@ class LockgateError(Exception):
     #: its diff: a guardrail's refusal carries the counts and the guardrails' verdicts, so
     #: `sync` (and `--json`) show why it stopped as `plan` would
     report: Any = None
+    #: the id of the sync's first run in the command, when this error stopped its follow-up
+    #: run (`sync --all`, docs/sync.md "Emails that change hands between syncs")
+    follow_up_of: str | None = None
 
     def __init__(self, reason: str, *, hint: str | None = None) -> None:
         # no message shows a URL's credentials, whichever URL or library text it quotes

@@ -1,5 +1,5 @@
-"""An email that changes hands between two people syncs of one destination (docs/sync.md, An
-email another sync gave).
+"""An email that changes hands between two people syncs of one destination (docs/sync.md, Emails
+that change hands between syncs).
 
 `a_sync` runs first in `lockgate sync --all` (by name, among the people syncs), `b_sync`
 after it. Person u1 (sent by `b_sync`) has e1@x.io; the warehouse then gives u1 e5@x.io and
@@ -7,16 +7,26 @@ gives e1@x.io to u2 (sent by `a_sync`). Sent by `a_sync` while u1 still holds e1
 Customer.io, u2's update was dropped (an existing u2: email and attributes, 200 and an
 *attribute update failure*) or made u1 into u2 (a new u2), and committed as delivered: never
 sent again while unchanged. Now `a_sync` holds u2 back, naming `b_sync` and u1, and sends it
-on its next run, once `b_sync` has moved u1 on; `plan` says the same."""
+once `b_sync` has moved u1 on: in `sync --all`, by a follow-up run of `a_sync` after the
+others; `plan` says the same."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
-from tests.sync.test_plan_all_matches_sync import assert_plans_match, lockgate, plan_then_sync
+from click.testing import CliRunner
+from tests.sync.test_plan_all_matches_sync import (
+    assert_plans_match,
+    by_sync,
+    invoke,
+    lockgate,
+    plan_then_sync,
+)
 
-from lockgate.emulator import Emulator
+from lockgate.cli import cli
+from lockgate.emulator import Emulator, FaultConfig
 from lockgate.project.loader import load_project
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -57,9 +67,12 @@ def project(factory: ProjectFactory, *names: str) -> Any:
 
 
 @pytest.mark.parametrize("taker", ["changed", "new"])
-def test_an_email_a_later_sync_moves_off_its_person_is_taken_by_the_next_run(
+def test_an_email_a_later_sync_moves_off_its_person_is_taken_by_a_follow_up_run(
     project_factory: ProjectFactory, taker: str
 ) -> None:
+    """`a_sync` runs first and holds u2 back (u1 of `b_sync` has e1); `b_sync` then moves u1
+    to e5, and the same command runs `a_sync` once more (a follow-up), which sends u2: one
+    `sync --all` completes the handover, as its plan says."""
     f, emu = project_factory, project_factory.emulator
     first = [("u2", "e0@x.io", "free")] if taker == "changed" else []
     rows(f, "a_sync", *first, ("u3", "e3@x.io", "free"))
@@ -73,38 +86,174 @@ def test_an_email_a_later_sync_moves_off_its_person_is_taken_by_the_next_run(
     f.sql("update b_sync set email = 'e5@x.io', plan = 'team'")
 
     plans, runs, sent = plan_then_sync(f)
+    assert list(plans) == ["a_sync", "b_sync", "a_sync (follow-up)"]
     a, b = plans["a_sync"]["changes"], plans["b_sync"]["changes"]
     assert (a["to_send"], a["rejected"], b["to_send"]) == (0, 1, 1)
+    follow = plans["a_sync (follow-up)"]["changes"]
+    assert (follow["to_send"], follow["rejected"]) == (1, 0)
     assert_plans_match(plans, runs, sent)
     assert runs["a_sync"]["changes"]["rejected"] == 1
     ((key, reason),) = [(r["key"], r["reason"]) for r in runs["a_sync"]["rejected_rows"]]
     assert key == "u2"
     assert "key `u1` of people sync `b_sync`" in reason, reason
     assert "E1@x.io" in reason, reason
-    # nothing dropped, nobody renamed: u2 as it was, u1 moved on
-    want_u2 = {"u2": ("e0@x.io", {"a_sync_plan": "free"})} if taker == "changed" else {}
-    assert people(emu) == {
-        **want_u2,
-        "u1": ("e5@x.io", {"b_sync_plan": "team"}),
-        "u3": ("e3@x.io", {"a_sync_plan": "free"}),
-    }
-    assert failures(emu) == []
-
-    # the next command sends u2, as its plan says; then nothing is left to send
-    plans, runs, sent = plan_then_sync(f)
-    assert (plans["a_sync"]["changes"]["to_send"], plans["a_sync"]["changes"]["rejected"]) == (
-        1,
-        0,
-    )
-    assert_plans_match(plans, runs, sent)
+    assert runs["a_sync (follow-up)"]["follow_up_of"] == runs["a_sync"]["run_id"]
+    assert runs["a_sync"]["follow_up_of"] is None
+    # nothing dropped, nobody renamed: u2 took e1 once u1 had moved on, in the one command
     assert people(emu) == {
         "u2": ("E1@x.io", {"a_sync_plan": "pro"}),
         "u1": ("e5@x.io", {"b_sync_plan": "team"}),
         "u3": ("e3@x.io", {"a_sync_plan": "free"}),
     }
     assert failures(emu) == []
+    # `lockgate runs` lists the follow-up as a run of its own, labelled
+    listed = lockgate(proj, "runs", "--json")
+    assert listed[0]["sync"] == "a_sync"
+    assert listed[0]["counts"]["follow_up_of"] == runs["a_sync"]["run_id"]
+    assert "success (follow-up)" in invoke(proj, "runs").stdout
+
+    # the next command has nothing left to send, and no follow-up
     again = lockgate(proj, "sync", "--all", "--json")
-    assert [r["changes"]["to_send"] for r in again] == [0, 0]
+    assert [(r["sync"], r["changes"]["to_send"]) for r in again] == [("a_sync", 0), ("b_sync", 0)]
+
+
+def test_a_follow_up_of_a_full_resync_sends_only_what_was_held_back(
+    project_factory: ProjectFactory, tmp_path: Any
+) -> None:
+    """`sync --all --full-resync`: the first run of `a_sync` sends every row again but u2;
+    its follow-up is no resync: it sends u2 alone, as the plans say, and the rows the plans
+    export as rejected are those the command leaves rejected (none)."""
+    f, emu = project_factory, project_factory.emulator
+    rows(f, "a_sync", ("u2", "e0@x.io", "free"), ("u3", "e3@x.io", "free"))
+    rows(f, "b_sync", ("u1", "e1@x.io", "gold"))
+    proj = project(f, "a_sync", "b_sync")
+    lockgate(proj, "sync", "--all", "--json")
+    f.sql("update a_sync set email = 'e1@x.io' where user_id = 'u2'")
+    f.sql("update b_sync set email = 'e5@x.io'")
+    export = tmp_path / "rejected.csv"
+    invoke(proj, "plan", "--all", "--full-resync", "--export-rejected", str(export))
+    assert export.read_text().splitlines() == ['"sync","key","reason"']
+    plans, runs, sent = plan_then_sync(f, "--full-resync")
+    assert [(n, p["changes"]["to_send"]) for n, p in plans.items()] == [
+        ("a_sync", 1),
+        ("b_sync", 1),
+        ("a_sync (follow-up)", 1),
+    ]
+    assert_plans_match(plans, runs, sent)
+    assert [op["identifiers"]["id"] for op in sent] == ["u3", "u1", "u2"]
+    assert people(emu) == {
+        "u2": ("e1@x.io", {"a_sync_plan": "free"}),
+        "u1": ("e5@x.io", {"b_sync_plan": "gold"}),
+        "u3": ("e3@x.io", {"a_sync_plan": "free"}),
+    }
+
+
+@pytest.mark.parametrize("refused", ["u1", "u2"])
+def test_what_customerio_refuses_in_a_handover_sets_the_exit_code(
+    project_factory: ProjectFactory, refused: str
+) -> None:
+    """Customer.io refuses u1's new email (`b_sync`'s run is partial): e1 is not freed, as
+    `b_sync`'s state says, so `a_sync` runs no follow-up and u2 waits. Or it refuses u2: the
+    follow-up runs and is partial. Either way `sync --all` exits 2, with every report in its
+    `--json`."""
+    f, emu = project_factory, project_factory.emulator
+    rows(f, "a_sync", ("u2", "e0@x.io", "free"))
+    rows(f, "b_sync", ("u1", "e1@x.io", "gold"))
+    proj = project(f, "a_sync", "b_sync")
+    lockgate(proj, "sync", "--all", "--json")
+    f.sql("update a_sync set email = 'e1@x.io'; update b_sync set email = 'e5@x.io'")
+    emu.set_faults(FaultConfig(reject_people=frozenset({refused})))
+    result = CliRunner().invoke(cli, ["sync", "--all", "--json", "--project", str(proj.root)])
+    assert result.exit_code == 2, result.output
+    reports = by_sync(json.loads(result.stdout))
+    statuses = {n: r["status"] for n, r in reports.items()}
+    if refused == "u1":
+        assert statuses == {"a_sync": "success", "b_sync": "partial"}
+        assert people(emu) == {
+            "u2": ("e0@x.io", {"a_sync_plan": "free"}),
+            "u1": ("e1@x.io", {"b_sync_plan": "gold"}),
+        }
+    else:
+        assert statuses == {
+            "a_sync": "success",
+            "b_sync": "success",
+            "a_sync (follow-up)": "partial",
+        }
+        assert reports["a_sync (follow-up)"]["rejected_by_api"] == 1
+        assert people(emu)["u1"] == ("e5@x.io", {"b_sync_plan": "gold"})
+    assert failures(emu) == []
+
+
+def test_a_chain_of_handovers_completes_in_one_command(project_factory: ProjectFactory) -> None:
+    """u3 (`a_sync`) takes e2 from u2 (`b_sync`), who takes e1 from u1 (`c_sync`), who moves
+    to e9. In the order a, b, c, only `c_sync` sends at first; the follow-ups then run the
+    giver first: `b_sync`, then `a_sync`, each once."""
+    f, emu = project_factory, project_factory.emulator
+    rows(f, "a_sync", ("u3", "e3@x.io", "free"))
+    rows(f, "b_sync", ("u2", "e2@x.io", "free"))
+    rows(f, "c_sync", ("u1", "e1@x.io", "gold"))
+    proj = project(f, "a_sync", "b_sync", "c_sync")
+    lockgate(proj, "sync", "--all", "--json")
+    f.sql(
+        "update a_sync set email = 'e2@x.io'; update b_sync set email = 'e1@x.io'; "
+        "update c_sync set email = 'e9@x.io'"
+    )
+    plans, runs, sent = plan_then_sync(f)
+    assert list(plans) == [
+        "a_sync",
+        "b_sync",
+        "c_sync",
+        "b_sync (follow-up)",
+        "a_sync (follow-up)",
+    ]
+    assert [p["changes"]["rejected"] for p in plans.values()] == [1, 1, 0, 0, 0]
+    assert_plans_match(plans, runs, sent)
+    assert people(emu) == {
+        "u3": ("e2@x.io", {"a_sync_plan": "free"}),
+        "u2": ("e1@x.io", {"b_sync_plan": "free"}),
+        "u1": ("e9@x.io", {"c_sync_plan": "gold"}),
+    }
+    assert failures(emu) == []
+
+
+def test_an_email_the_other_sync_keeps_runs_no_follow_up(project_factory: ProjectFactory) -> None:
+    """`b_sync` sends u1 again (a new plan) but keeps e1: u2 of `a_sync` waits, and no
+    follow-up runs for it (it would hold u2 again)."""
+    f, emu = project_factory, project_factory.emulator
+    rows(f, "a_sync", ("u2", "e0@x.io", "free"))
+    rows(f, "b_sync", ("u1", "e1@x.io", "gold"))
+    proj = project(f, "a_sync", "b_sync")
+    lockgate(proj, "sync", "--all", "--json")
+    f.sql("update a_sync set email = 'e1@x.io'; update b_sync set plan = 'team'")
+    plans, runs, sent = plan_then_sync(f)
+    assert list(runs) == ["a_sync", "b_sync"]
+    assert_plans_match(plans, runs, sent)
+    assert runs["a_sync"]["changes"]["rejected"] == 1
+    assert people(emu) == {
+        "u2": ("e0@x.io", {"a_sync_plan": "free"}),
+        "u1": ("e1@x.io", {"b_sync_plan": "team"}),
+    }
+
+
+def test_a_swap_between_two_syncs_ends_and_loses_nobody(project_factory: ProjectFactory) -> None:
+    """u2 (`a_sync`) takes e1 from u1 (`b_sync`) while u1 takes e2 from u2: each waits on the
+    other, neither sync frees an email, so no follow-up runs; the command ends, and both
+    people keep what they had (nobody dropped or renamed)."""
+    f, emu = project_factory, project_factory.emulator
+    rows(f, "a_sync", ("u2", "e2@x.io", "free"))
+    rows(f, "b_sync", ("u1", "e1@x.io", "gold"))
+    proj = project(f, "a_sync", "b_sync")
+    lockgate(proj, "sync", "--all", "--json")
+    f.sql("update a_sync set email = 'e1@x.io'; update b_sync set email = 'e2@x.io'")
+    plans, runs, sent = plan_then_sync(f)
+    assert list(runs) == ["a_sync", "b_sync"]
+    assert_plans_match(plans, runs, sent)
+    assert [r["changes"]["rejected"] for r in runs.values()] == [1, 1]
+    assert people(emu) == {
+        "u2": ("e2@x.io", {"a_sync_plan": "free"}),
+        "u1": ("e1@x.io", {"b_sync_plan": "gold"}),
+    }
+    assert failures(emu) == []
 
 
 def test_an_email_an_earlier_sync_moves_off_its_person_is_taken_in_the_same_command(
@@ -202,7 +351,8 @@ GRAPH_SYNC = SYNC.replace("{{id: user_id", "{{user_id: user_id")
 def test_the_same_through_the_identity_graph(project_factory: ProjectFactory) -> None:
     """Both syncs keyed by the identity graph (u1 a profile of `b_sync`'s rows, u2 of
     `a_sync`'s): the graph gives e1 to u2 and e5 to u1, but u1 is `b_sync`'s to move, so
-    `a_sync` holds u2 back until it has, as without the graph."""
+    `a_sync` holds u2 back until it has, and its follow-up run sends u2, as without the
+    graph."""
     f, emu = project_factory, project_factory.emulator
     rows(f, "a_sync", ("u2", "e0@x.io", "free"))
     rows(f, "b_sync", ("u1", "e1@x.io", "gold"))
@@ -214,12 +364,10 @@ def test_the_same_through_the_identity_graph(project_factory: ProjectFactory) ->
     lockgate(proj, "sync", "--all", "--json")
     f.sql("update a_sync set email = 'e1@x.io', plan = 'pro'; update b_sync set email = 'e5@x.io'")
     plans, runs, sent = plan_then_sync(f)
-    assert [p["changes"]["rejected"] for p in plans.values()] == [1, 0]
+    assert [p["changes"]["rejected"] for p in plans.values()] == [1, 0, 0]
+    assert plans["a_sync (follow-up)"]["changes"]["to_send"] == 1
     assert_plans_match(plans, runs, sent)
     assert "key `u1` of people sync `b_sync`" in runs["a_sync"]["rejected_rows"][0]["reason"]
-    assert people(emu)["u2"] == ("e0@x.io", {"a_sync_plan": "free"})
-    plans, runs, sent = plan_then_sync(f)
-    assert_plans_match(plans, runs, sent)
     assert people(emu) == {
         "u2": ("e1@x.io", {"a_sync_plan": "pro"}),
         "u1": ("e5@x.io", {"b_sync_plan": "gold"}),

@@ -112,7 +112,12 @@ def plan_then_sync(factory: Any, *extra: str) -> tuple[dict[str, Any], dict[str,
     assert [p["changes"] for p in again] == [p["changes"] for p in first]
     before = len(emu.request_log())
     runs = lockgate(project, "sync", "--all", "--json", *extra)
-    return {p["sync"]: p for p in first}, {r["sync"]: r for r in runs}, batch_ops(emu, before)
+    return by_sync(first), by_sync(runs), batch_ops(emu, before)
+
+
+def by_sync(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The reports of a command by sync; a follow-up run (or its plan) as `SYNC (follow-up)`."""
+    return {r["sync"] + (" (follow-up)" if r.get("follow_up_of") else ""): r for r in reports}
 
 
 def is_event(op: dict[str, Any]) -> bool:

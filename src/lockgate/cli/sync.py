@@ -71,6 +71,8 @@ class _Progress:
     failed: Failures = dataclasses.field(default_factory=list)
     ended: set[str] = dataclasses.field(default_factory=set)
     current: str | None = None
+    following: str | None = None
+    """The sync whose follow-up run (:func:`_follow_ups`) is under way."""
 
     def stopped(self, stop: BaseException) -> list[dict[str, Any]]:
         """The `--json` documents of a command ``stop`` ended: the reports of the syncs that
@@ -86,6 +88,8 @@ class _Progress:
                 docs.append(stopped_run(stop) or _failed(name, "interrupted"))
             else:
                 docs.append(_failed(name, "not started: the command was stopped before it"))
+        if self.following is not None:
+            docs.append(stopped_run(stop) or _failed(self.following, "interrupted"))
         return docs or [_failed(None, "interrupted")]  # stopped while the project was read
 
 
@@ -125,6 +129,8 @@ def _failed_doc(name: str | None, exc: LockgateError) -> dict[str, Any]:
     counts, `guardrails`) as a successful run has it."""
     stopped = exc.report
     report = stopped.as_dict() if stopped is not None and stopped.sync == name else {"sync": name}
+    if exc.follow_up_of is not None:  # a follow-up run: the sync's first run is a report too
+        report["follow_up_of"] = exc.follow_up_of
     return {**report, "status": "failed", "error": str(exc)}
 
 
@@ -279,8 +285,10 @@ def resent_lines(report: RunReport) -> list[str]:
 
 def render_report(console: RichConsole, report: RunReport, *, where_rejected: bool = True) -> None:
     """The report's tables; ``where_rejected`` says where every rejected row is found."""
-    title = f"{report.sync} ({_kind_and_mode(report)}) — {report.status}" + (
-        f" in {report.seconds:.1f}s" if report.status != "planned" else ""
+    title = (
+        f"{report.sync}{' follow-up' if report.follow_up_of else ''} "
+        f"({_kind_and_mode(report)}) — {report.status}"
+        + (f" in {report.seconds:.1f}s" if report.status != "planned" else "")
     )
     console.table(title, ["", "count"], change_rows(report))
     for line in report.email_check.splitlines():
@@ -374,30 +382,33 @@ def plan(
         console = RichConsole(quiet=as_json)
         _warn_attribute_budget(project, progress.names, console)
         _warn_destinations(project, progress.names, console)
-        found: list[Any] = []  # the rejected rows of each plan, for `--export-rejected`
+        # the rejected rows of each sync's last plan, for `--export-rejected` (a follow-up's
+        # in place of its first plan's: those the command would leave rejected)
+        found: dict[str, Any] = {}
+
+        def plan_one(name: str, follow_up_of: str | None = None) -> RunReport:
+            return plan_sync(
+                project,
+                name,
+                console=console,
+                full_resync=full_resync and follow_up_of is None,
+                samples=samples,
+                session=session,
+                rejected_sink=None if export is None else lambda t: found.__setitem__(name, t),
+                only=only,
+                follow_up_of=follow_up_of,
+            )
+
+        show = None if as_json else lambda report: _render_plan(console, report, samples)
         # the plans of one command share the identity graph and the state store, as syncs do
         with Session() as session:
-            reports, failed = _each(
-                progress,
-                lambda name: plan_sync(
-                    project,
-                    name,
-                    console=console,
-                    full_resync=full_resync,
-                    samples=samples,
-                    session=session,
-                    rejected_sink=None if export is None else found.append,
-                    only=only,
-                ),
-                console,
-                "plan",
-                None if as_json else lambda report: _render_plan(console, report, samples),
-            )
+            reports, failed = _each(progress, plan_one, console, "plan", show)
+            _follow_ups(progress, session, plan_one, console, "plan", show)
     if export is not None:
         import pyarrow as pa
 
         empty = pa.table({c: pa.array([], pa.string()) for c in ("sync", "key", "reason")})
-        rows = pa.concat_tables(found) if found else empty
+        rows = pa.concat_tables(list(found.values())) if found else empty
         _write_csv(export, rows)
         console.info(f"Wrote {rows.num_rows:,} rejected rows to {export}.")
     _finish(reports, failed, "plan", as_json=as_json, one=one)
@@ -485,6 +496,57 @@ def _each(
     return progress.reports, progress.failed
 
 
+def _follow_ups(
+    progress: _Progress,
+    session: Session,
+    work: Callable[[str, str], RunReport],
+    console: RichConsole,
+    what: str,
+    show: Callable[[RunReport], None] | None,
+) -> None:
+    """After the syncs of a command of several: run once more (``work(name, first run id)``)
+    each people sync that held rows back for a person of another people sync which a sync of
+    the command then moved on (:meth:`Session.follow_up`), so one `sync --all` completes a
+    handover whichever order the syncs run in; the plans of `plan --all` the same. A giver's
+    follow-up comes before its taker's; each sync follows up at most once (a row that still
+    waits is tried by the next command), so a swap between two syncs, which frees neither,
+    runs none. A sync that failed (a plan a guardrail would stop) has none."""
+    if len(progress.names) < 2:
+        return
+    done: set[str] = set()
+    while True:
+        first = {
+            r.sync: r
+            for r in progress.reports
+            if r.follow_up_of is None and not (what == "plan" and any(g.breached for g in r.guards))
+        }
+        name = session.follow_up([n for n in progress.names if n in first], done)
+        if name is None:
+            return
+        done.add(name)
+        console.info(
+            f"{name}: follow-up {'run' if what == 'sync' else what}: the rows it held back "
+            "for people another sync of this command "
+            + ("has moved" if what == "sync" else "would move")
+            + " to another email are tried again"
+        )
+        progress.following = name
+        try:
+            report = work(name, first[name].run_id)
+        except LockgateError as exc:
+            exc.follow_up_of = first[name].run_id
+            if show is not None and exc.report is not None:
+                show(exc.report)
+            progress.failed.append((name, exc))
+            console.warn(f"follow-up {what} of `{name}` failed, the others go on: {exc}")
+            continue
+        finally:
+            progress.following = None
+        progress.reports.append(report)
+        if show is not None:
+            show(report)
+
+
 def _finish(
     reports: list[RunReport], failed: Failures, what: str, *, as_json: bool, one: bool
 ) -> None:
@@ -497,7 +559,8 @@ def _finish(
     if failed:
         total = len(reports) + len(failed)
         error = LockgateError(
-            f"{len(failed)} of {total} {what}s failed: {', '.join(n for n, _ in failed)}",
+            f"{len(failed)} of {total} {what}s failed: "
+            + ", ".join(f"{n} (follow-up)" if e.follow_up_of else str(n) for n, e in failed),
             hint="each one's error is above; the other syncs "
             + ("went on" if what == "sync" else f"were {what}ned"),
         )
@@ -633,23 +696,26 @@ def sync(
         console = RichConsole(quiet=as_json)
         _warn_attribute_budget(project, progress.names, console)
         # the syncs of this command resolve the identity graph once and share the state store
-        with signals_let_requests_finish(), Session() as session:
-            reports, failed = _each(
-                progress,
-                lambda name: run_sync(
-                    project,
-                    name,
-                    console=console,
-                    full_resync=full_resync,
-                    force=force,
-                    session=session,
-                    only=only,
-                    new_workspace=new_workspace,
-                ),
-                console,
-                "sync",
-                None if as_json else lambda report: render_report(console, report),
+
+        def run_one(name: str, follow_up_of: str | None = None) -> RunReport:
+            # a follow-up sends what the first run held back: it does not start over again
+            again = follow_up_of is not None
+            return run_sync(
+                project,
+                name,
+                console=console,
+                full_resync=full_resync and not again,
+                force=force,
+                session=session,
+                only=only,
+                new_workspace=new_workspace and not again,
+                follow_up_of=follow_up_of,
             )
+
+        show = None if as_json else lambda report: render_report(console, report)
+        with signals_let_requests_finish(), Session() as session:
+            reports, failed = _each(progress, run_one, console, "sync", show)
+            _follow_ups(progress, session, run_one, console, "sync", show)
     _finish(reports, failed, "sync", as_json=as_json, one=False)
     if any(r.status != "success" for r in reports):
         sys.exit(2)
@@ -713,6 +779,8 @@ def runs(
 def _status_text(status: str, counts: dict[str, Any]) -> str:
     """A run's status, and the guardrails it came near (`warn_at`), if any."""
     near = [g.get("name") for g in counts.get("guardrails") or () if g.get("near")]
+    if counts.get("follow_up_of"):  # the second run of a sync in one `sync --all`
+        status = f"{status} (follow-up)"
     return f"{status}, near limit: {', '.join(map(str, near))}" if near else status
 
 
@@ -815,7 +883,12 @@ def show_run(
         Text.assemble(
             (f"run {row.run_id}", "bold"),
             f" of {row.sync}: started {row.started_at:%Y-%m-%d %H:%M:%S %Z}, {row.status}"
-            + (f": {row.error}" if row.error else ""),
+            + (f": {row.error}" if row.error else "")
+            + (
+                f" (follow-up of run {row.counts['follow_up_of']} in the same command)"
+                if row.counts.get("follow_up_of")
+                else ""
+            ),
         )
     )
     if row.counts.get("changes"):  # a run still going, or one that failed before its diff, has none

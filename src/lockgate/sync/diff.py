@@ -1582,6 +1582,7 @@ def diff_records(
         )
     # rows taking an email another person of the model holds, or takes in this run, wait; a
     # row held back keeps the email it was delivered with, which a row taking it waits for
+    run_sql(con, f"create or replace temp table {EMAIL_WAITS} {EMAIL_WAITS_COLUMNS}")
     while _hold_shared_emails(con, sync, email_holders):
         pass
     state_events = (
@@ -1781,6 +1782,44 @@ def commit_nulls_only(store: StateStore, sync: str, run_id: str) -> int:
     return int(rows[0][0])
 
 
+#: the rows :func:`_hold_shared_emails` held back for a person of another people sync: the
+#: row's key, the email (lower case, trimmed), that sync and the key of its record holding it
+EMAIL_WAITS = "email_waits"
+EMAIL_WAITS_COLUMNS = "(k varchar, email varchar, sync varchar, holder varchar)"
+
+
+def email_of(ident: str) -> str:
+    """SQL of the email of the identifiers ``ident`` (JSON text) as Customer.io matches it:
+    in lower case, trimmed. `trim` (white space at either end) only for a text that starts
+    or ends with a character other than printable ASCII, as the mapping trims: the others
+    have none to trim (the same text; a first run's 1M emails: 0.08 s of `trim` each time)."""
+    raw = f"json_extract_string({ident}, '$.email')"
+    return (
+        f"lower(case when ascii({raw}) between 33 and 126 "
+        f"and ascii({raw}[-1]) between 33 and 126 then {raw} else trim({raw}) end)"
+    )
+
+
+def waits_freed(con: duckdb.DuckDBPyConnection, waits: str, snapshot: Callable[[str], str]) -> int:
+    """Of the rows held back for a person of another sync (``waits``, a table like
+    :data:`EMAIL_WAITS`), how many that sync's snapshot (``snapshot(name)``: SQL of it) no
+    longer shows holding the email: it has moved them on (or forgotten them) since."""
+    syncs = [r[0] for r in con.execute(f"select distinct sync from {waits}").fetchall()]
+    if not syncs:
+        return 0
+    freed = " union all ".join(
+        f"""
+        select w.k from {waits} w
+        where w.sync = {lit(name)} and not exists (
+            select 1 from ({snapshot(name)}) s
+            where s.k = w.holder and {email_of("s.ident")} = w.email
+        )
+        """
+        for name in syncs
+    )
+    return int(_one(con, f"select count(*) from ({freed})") or 0)
+
+
 def _hold_shared_emails(
     con: duckdb.DuckDBPyConnection, sync: SyncConfig, others: Sequence[tuple[str, str]] = ()
 ) -> int:
@@ -1811,7 +1850,9 @@ def _hold_shared_emails(
     (`id`, else `cio_id`) waits too, naming that sync and key, until that sync gives the
     person another email (its rows are not this run's to release: the other sync's model may
     still give them that email). A rejected row is mapped again by the next run, which sends
-    it once the other sync has moved its person on. A person whom a snapshot (this sync's or
+    it once the other sync has moved its person on (in a command of several syncs, a
+    follow-up run after the others: ``run.Session.follow_up``); the rows held back so are
+    kept in :data:`EMAIL_WAITS`. A person whom a snapshot (this sync's or
     another's) or a row of this run gives another email holds nothing back this way: which
     of them is current is not known.
 
@@ -1831,15 +1872,7 @@ def _hold_shared_emails(
     hidden = temp_table(con, f"snap__{sync.name}")  # `--only`, `--full-resync`
     delivered = _delivered(con, sync.name)
 
-    def email(ident: str) -> str:
-        # `trim` (white space at either end) only for a text that starts or ends with a
-        # character other than printable ASCII, as the mapping trims: the others have none
-        # to trim (the same text; a first run's 1M emails: 0.08 s of `trim` each time)
-        raw = f"json_extract_string({ident}, '$.email')"
-        return (
-            f"lower(case when ascii({raw}) between 33 and 126 "
-            f"and ascii({raw}[-1]) between 33 and 126 then {raw} else trim({raw}) end)"
-        )
+    email = email_of
 
     # the rows taking an email: new to the snapshot, or delivered with another email (a row
     # new to a hidden snapshot may have been delivered: the whole one says); the new rows
@@ -1994,27 +2027,33 @@ def _hold_shared_emails(
         select email, arg_min(person, k), min(k), null from email_takers t
         anti join email_holders h on h.email = t.email
         group by email having min(person) <> max(person) and not {graph};
+        create or replace temp table email_held as
+        -- the row of this sync that has it, else the first of another sync
+        select t.k, arg_min(w.k, (w.sync is not null, w.k)) as k_w,
+               nullif(arg_min(coalesce(w.sync, ''), (w.sync is not null, w.k)), '') as sync_w,
+               any_value(json_extract_string(m.ident, '$.email')) as shown,
+               any_value(t.email) as email
+        from email_takers t
+        join email_winners w on w.email = t.email
+        join mapped m on m.k = t.k
+        where not exists (
+            select 1 from email_winners x where x.email = t.email and x.person = t.person
+        )
+        group by t.k;
+        insert into {EMAIL_WAITS}
+        select k, email, sync_w, k_w from email_held where sync_w is not null;
         update mapped set reject = coalesce(
             mapped.reject, case when h.sync_w is null then {reason} else {elsewhere} end
         )
-        from (
-            -- the row of this sync that has it, else the first of another sync
-            select t.k, arg_min(w.k, (w.sync is not null, w.k)) as k_w,
-                   nullif(arg_min(coalesce(w.sync, ''), (w.sync is not null, w.k)), '')
-                       as sync_w,
-                   any_value(json_extract_string(m.ident, '$.email')) as shown
-            from email_takers t
-            join email_winners w on w.email = t.email
-            join mapped m on m.k = t.k
-            where not exists (
-                select 1 from email_winners x where x.email = t.email and x.person = t.person
-            )
-            group by t.k
-        ) h
+        from email_held h
         where mapped.k = h.k
         """,
     )
-    run_sql(con, "drop table email_takers; drop table email_holders; drop table email_winners")
+    run_sql(
+        con,
+        "drop table email_takers; drop table email_holders; drop table email_winners; "
+        "drop table email_held",
+    )
     return int(rows[0][0]) if rows else 0
 
 

@@ -36,6 +36,7 @@ A plan a guardrail stops is not counted: its run would send nothing (without `--
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import duckdb
@@ -136,7 +137,14 @@ def record(
     if sync.kind == "events":
         return
     delta = table("plan_delta", sync.name)
-    run_sql(con, f"drop table if exists {delta}; alter table changes rename to {delta}")
+    if sync.name in planned.delta:  # a follow-up plan: its changes after the first plan's
+        run_sql(
+            con,
+            f"delete from {delta} where k in (select k from changes); "
+            f"insert into {delta} by name select * from changes",
+        )
+    else:
+        run_sql(con, f"drop table if exists {delta}; alter table changes rename to {delta}")
     if diff_step.temp_table(con, diff_step.NULLS_ONLY):  # not sent, but committed
         run_sql(con, f"insert into {delta} select * from {diff_step.NULLS_ONLY}")
     planned.delta.add(sync.name)
@@ -259,6 +267,32 @@ def _forget_relationships(
         )
 
 
+def _stored(con: duckdb.DuckDBPyConnection) -> Callable[[str, str], str]:
+    """The name of a table of the state itself, past a temp view or table of that name."""
+    database = con.execute("select current_database()").fetchall()[0][0]
+    quoted = database.replace('"', '""')
+    return lambda kind, name: f'"{quoted}".main.{table(kind, name)}'
+
+
+def snapshot(con: duckdb.DuckDBPyConnection, planned: Planned, name: str) -> str:
+    """SQL of the snapshot of sync ``name`` as the runs of the syncs planned so far would leave
+    it (the state's, when none of them changes it: in a command of runs, ``planned`` is empty)."""
+    joins, sent = "", ""
+    if name in planned.drop:
+        joins += f" anti join {table('plan_drop', name)} d on d.k = s.k"
+    if name in planned.delta:
+        delta = table("plan_delta", name)
+        joins += f" anti join {delta} c on c.k = s.k"
+        sent = (
+            f" union all select k, h, ident, {PERSON_ADDRESS} as addr "
+            f"from {delta} where not removed"
+        )
+    where = ""
+    if name in planned.reset:  # but for the records of the rows it rejects
+        where = f" where s.k in (select k from {table('plan_rejected', name)})"
+    return f"select s.* from {_stored(con)('snap', name)} s{joins}{where}{sent}"
+
+
 def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Planned) -> None:
     """Before the plan of ``sync``: put in front of the state's tables what the runs of the
     syncs planned before it in the command would have committed (see the module's doc)."""
@@ -267,34 +301,16 @@ def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Plann
         for name in planned.deleting:  # this plan reads relationships snapshots
             _forget_relationships(store, project, project.sync(name), planned)
         planned.deleting.clear()
-    database = con.execute("select current_database()").fetchall()[0][0]
-
-    def stored(kind: str, name: str) -> str:
-        quoted = database.replace('"', '""')
-        return f'"{quoted}".main.{table(kind, name)}'
-
+    stored = _stored(con)
     for name in sorted(planned.delta | planned.drop):
         store.ensure_sync_tables(name)
-        joins, sent = "", ""
-        if name in planned.drop:
-            joins += f" anti join {table('plan_drop', name)} d on d.k = s.k"
-        if name in planned.delta:
-            delta = table("plan_delta", name)
-            joins += f" anti join {delta} c on c.k = s.k"
-            sent = (
-                f" union all select k, h, ident, {PERSON_ADDRESS} as addr "
-                f"from {delta} where not removed"
-            )
-        where = ""
-        if name in planned.reset:  # but for the records of the rows it rejects
-            where = f" where s.k in (select k from {table('plan_rejected', name)})"
         # its own snapshot is a table, which the plan may cut down (`--only`) or set aside
         # (`--full-resync`) as it does the state's
         kind = "table" if name == sync.name else "view"
         run_sql(
             con,
             f"create or replace temp {kind} {table('snap', name)} as "
-            f"select s.* from {stored('snap', name)} s{joins}{where}{sent}",
+            f"{snapshot(con, planned, name)}",
         )
     for name in sorted(planned.delta | planned.unmark):
         store.ensure_sync_tables(name)

@@ -17,7 +17,7 @@ import dataclasses
 import os
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -184,6 +184,10 @@ class RunReport:
     ``timezone``, else as UTC (docs/sync.md, "Time zones")."""
     timezone: str | None = None
     """The sync's `timezone` (its own, or its source's); None: UTC."""
+    follow_up_of: str | None = None
+    """For a follow-up run (or plan) of `sync --all`: the id of the sync's first run of the
+    command, which held back rows taking an email a later sync of the command then freed
+    (docs/sync.md, "Emails that change hands between syncs"); None otherwise."""
 
     @property
     def naive_note(self) -> str | None:
@@ -231,6 +235,7 @@ class RunReport:
                 "read_as": self.timezone or "UTC",
                 "note": self.naive_note,
             },
+            "follow_up_of": self.follow_up_of,
         }
 
     @property
@@ -320,6 +325,7 @@ def recorded_run(
         ),
         identity_graph=str(counts.get("identity_graph", "")),
         **_naive(counts.get("naive_timestamps")),
+        follow_up_of=counts.get("follow_up_of"),
     )
 
 
@@ -403,6 +409,10 @@ class Session:
     """What the plans of the command so far would change in the state, for the later plans
     (:mod:`lockgate.sync.planned`): a sync of `sync --all` sees what the syncs before it
     committed, so the plan of it counts what it then sends."""
+    waits: set[str] = field(default_factory=set)
+    """People syncs whose last run (or plan) of the command held rows back for a person of
+    another people sync (``diff.EMAIL_WAITS``, kept on the connection as ``email_waits__S``):
+    :meth:`follow_up` looks whether that sync has since moved them on."""
     _store: StateStore | None = field(default=None, repr=False)
     _run_log: tuple[Project, Console] | None = field(default=None, repr=False)
     """Set by a run of a project with `run_log:`: the runs are written when the session ends,
@@ -419,7 +429,9 @@ class Session:
             raise ValueError("a Session holds the state of one project")
         if store is not None:
             try:
-                store.reset_connection(keep=self.planned.tables())
+                store.reset_connection(
+                    keep=self.planned.tables() | {f"email_waits__{n}" for n in self.waits}
+                )
                 return store
             except duckdb.Error:  # the connection is unusable (DuckDB invalidates it after
                 self.close()  # a fatal error): the next run opens the state afresh
@@ -427,7 +439,45 @@ class Session:
             project.state_dir, wait=self.lock_wait, waiting=self.waiting
         )
         self.planned = Planned()  # kept on the connection closed, if any
+        self.waits = set()
         return store
+
+    def keep_waits(self, store: StateStore, sync: str) -> None:
+        """After the diff of ``sync``: keep the rows it held back for a person of another
+        people sync (``diff.EMAIL_WAITS``) for :meth:`follow_up`, in place of those of its
+        run before."""
+        kept = table("email_waits", sync)
+        run_sql(store.con, f"drop table if exists {kept}")
+        self.waits.discard(sync)
+        if (
+            diff_step.temp_table(store.con, diff_step.EMAIL_WAITS)
+            and run_sql(store.con, f"select count(*) from {diff_step.EMAIL_WAITS}")[0][0]
+        ):
+            run_sql(store.con, f"alter table {diff_step.EMAIL_WAITS} rename to {kept}")
+            self.waits.add(sync)
+
+    def follow_up(self, names: Sequence[str], done: Collection[str]) -> str | None:
+        """The first of ``names`` (not in ``done``) whose last run, or plan, of the command held
+        rows back for a person of another people sync that the other sync has since moved
+        on, as its snapshot now says (or, in a command of plans, as the runs planned would
+        leave it): a follow-up run of it sends them (docs/sync.md, "Emails that change hands
+        between syncs"). None when there is none: nothing waits, or only on people the other
+        syncs still hold (a swap between two syncs frees neither)."""
+        store = self._store
+        if store is None:
+            return None
+        con = store.con
+        for name in names:
+            if name in done or name not in self.waits:
+                continue
+            freed = diff_step.waits_freed(
+                con,
+                table("email_waits", name),
+                lambda other: planned_step.snapshot(con, self.planned, other),
+            )
+            if freed:
+                return name
+        return None
 
     def close(self) -> None:
         if self._store is not None:
@@ -684,6 +734,8 @@ def _prepare(
                     undo_unsure=not only,
                     email_holders=_email_holders(store, project, sync),
                 )
+        if session is not None and sync.kind == "people":
+            session.keep_waits(store, sync.name)
         if only and session is not None and sync.kind == "people":
             session.planned_people.setdefault(sync.destination, set()).update(
                 _identifiers_sent(store)
@@ -1691,10 +1743,13 @@ def plan_sync(
     session: Session | None = None,
     rejected_sink: Callable[[pa.Table], None] | None = None,
     only: tuple[str, ...] = (),
+    follow_up_of: str | None = None,
 ) -> RunReport:
     """Everything a run would do, counted, with sample payloads; nothing is sent. Plans that
     pass one ``session`` share the identity graph and the state store (see :class:`Session`).
-    ``rejected_sink`` gets every row the mapping rejects, as (sync, key, reason)."""
+    ``rejected_sink`` gets every row the mapping rejects, as (sync, key, reason).
+    ``follow_up_of``: the plan of a follow-up run (:meth:`Session.follow_up`), after the plan
+    of that id."""
     sync = project.sync(name)
     with _state(project, session) as store:
         run_id = _new_run_id()  # once it holds the state, as a run (:func:`run_sync`)
@@ -1758,6 +1813,7 @@ def plan_sync(
         identity_graph=_graph_use(resolution),
         naive_timestamps=naive,
         timezone=sync.timezone,
+        follow_up_of=follow_up_of,
     )
 
 
@@ -1769,6 +1825,7 @@ def _stopped_report(
     committer: Any,
     guards: list[guard_step.GuardResult],
     seconds: float,
+    follow_up_of: str | None = None,
 ) -> RunReport | None:
     """The report of a run that failed or was stopped after its diff: what it planned, the
     rows it rejected and the guardrails' verdicts (why a guardrail stopped it), and what it
@@ -1790,6 +1847,7 @@ def _stopped_report(
         guards=tuple(guards),
         mode=sync.effective_mode,
         only=only,
+        follow_up_of=follow_up_of,
     )
 
 
@@ -1875,6 +1933,7 @@ def run_sync(
     session: Session | None = None,
     only: tuple[str, ...] = (),
     new_workspace: bool = False,
+    follow_up_of: str | None = None,
 ) -> RunReport:
     """Run one sync to the end; returns its report. Raises StepError when a step fails,
     ContractError (before anything is sent) when a guardrail is breached and not ``force``.
@@ -1891,7 +1950,10 @@ def run_sync(
     state says the sync delivered, and the workspace it was to: it sends everything to the
     workspace its destination points at, as a first run does. Without it, a state recorded
     for another workspace stops the run before it sends anything
-    (:mod:`lockgate.state.workspace`)."""
+    (:mod:`lockgate.state.workspace`).
+
+    ``follow_up_of``: a follow-up run of the command (:meth:`Session.follow_up`), after the
+    sync's run of that id; its report says so."""
     sync = project.sync(name)
     with _state(project, session) as store:
         # the run starts once it holds the state: a wait for another process (a scheduled
@@ -2113,7 +2175,7 @@ def run_sync(
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
             seconds = time.perf_counter() - started
             stopped_report = _stopped_report(
-                run_id, sync, only, changes, committer, guards, seconds
+                run_id, sync, only, changes, committer, guards, seconds, follow_up_of
             )
             # for `lockgate runs` and `runs show`
             stopped = (
@@ -2121,6 +2183,8 @@ def run_sync(
                 if stopped_report is not None
                 else {"mode": sync.effective_mode, "only": list(only), "seconds": round(seconds, 3)}
             )
+            if follow_up_of is not None:
+                stopped["follow_up_of"] = follow_up_of
             if isinstance(exc, LockgateError) and exc.report is None:
                 exc.report = stopped_report  # for the command's output: why it stopped
             if written_ahead and _answers_recorded(exc):
@@ -2172,6 +2236,7 @@ def run_sync(
             identity_graph=_graph_use(resolution),
             naive_timestamps=naive,
             timezone=sync.timezone,
+            follow_up_of=follow_up_of,
         )
         store.finish_run(run_id, status, report.as_dict())
         if not only:
