@@ -1680,10 +1680,6 @@ def diff_records(
         )
         if email_clears(con):
             email_releases = int(_one(con, "select count(*) from email_clears") or 0)
-        if not payloads:
-            # read off the payloads a plan leaves out, and only by a run (:func:`keep_emails`):
-            # what this run releases does not depend on it
-            run_sql(con, "drop table if exists email_kept")
     remapped = 0
     if previous_hash and not full_resync and sent_rows > new:
         remapped = _remapped(con, snap, previous_hash, retyped or {})
@@ -1810,10 +1806,13 @@ def _hold_shared_emails(
     Lockgate knows: a row taking an email one of them was delivered with by another person
     (`id`, else `cio_id`) waits too, naming that sync and key, until that sync gives the
     person another email (its rows are not this run's to release: the other sync's model may
-    still give them that email). A rejected row is mapped again by the next run, which sends
-    it once the other sync has moved its person on. A person whom a snapshot (this sync's or
-    another's) or a row of this run gives another email holds nothing back this way: which
-    of them is current is not known.
+    still give them that email). So does a row taking an email another sync keeps for a person
+    whose row let go of it (its ``emails_kept__S``, :func:`keep_emails`) while that sync's
+    snapshot shows the person no email: that sync releases it only for a row of its own, so
+    the row waits until the person is given another email or deleted. A rejected row is
+    mapped again by the next run, which sends it once the other sync has moved its person on.
+    A person whom a snapshot (this sync's or another's) or a row of this run gives another
+    email holds nothing back this way: which of them is current is not known.
 
     A run without new rows or changed emails pays one join of its rows to map with
     ``known``; one with new rows reads the emails of the snapshot too (of a non-empty one), and of
@@ -1831,15 +1830,17 @@ def _hold_shared_emails(
     hidden = temp_table(con, f"snap__{sync.name}")  # `--only`, `--full-resync`
     delivered = _delivered(con, sync.name)
 
-    def email(ident: str) -> str:
+    def email_text(raw: str) -> str:
         # `trim` (white space at either end) only for a text that starts or ends with a
         # character other than printable ASCII, as the mapping trims: the others have none
         # to trim (the same text; a first run's 1M emails: 0.08 s of `trim` each time)
-        raw = f"json_extract_string({ident}, '$.email')"
         return (
             f"lower(case when ascii({raw}) between 33 and 126 "
             f"and ascii({raw}[-1]) between 33 and 126 then {raw} else trim({raw}) end)"
         )
+
+    def email(ident: str) -> str:
+        return email_text(f"json_extract_string({ident}, '$.email')")
 
     # the rows taking an email: new to the snapshot, or delivered with another email (a row
     # new to a hidden snapshot may have been delivered: the whole one says); the new rows
@@ -1868,7 +1869,9 @@ def _hold_shared_emails(
             """
     own = not graph and _one(con, f"select count(*) from (select 1 from {delivered} limit 1)")
     anyone = own or any(
-        _one(con, f"select count(*) from (select 1 from {snap} limit 1)") for _, snap in others
+        _one(con, f"select count(*) from (select 1 from {t} limit 1)")
+        for name, snap in others
+        for t in (snap, table("emails_kept", name))
     )
     # grouped by the email's hash, not its text (a first run's 1M rows: 1.4 → 0.9 s of CPU);
     # two emails whose hashes meet only send the run on to the exact look below. First only
@@ -1892,14 +1895,14 @@ def _hold_shared_emails(
     # the people delivered with those emails whose rows are still in the model and keep it
     holders = (
         "select null::varchar as k, null::varchar as email, null::varchar as person, "
-        "null::varchar as sync"
+        "null::varchar as sync, false as kept"
     )
     if own:
         holders = f"""
             select s.k, {email("s.ident")} as email,
                    coalesce('id:' || json_extract_string(s.ident, '$.id'),
                             'cio_id:' || json_extract_string(s.ident, '$.cio_id')) as person,
-                   null::varchar as sync
+                   null::varchar as sync, false as kept
             from {delivered} s
             semi join keyed m on m.k = s.k
             semi join (select distinct email from email_takers) t
@@ -1916,11 +1919,29 @@ def _hold_shared_emails(
         select s.k, {email("s.ident")} as email,
                coalesce('id:' || json_extract_string(s.ident, '$.id'),
                         'cio_id:' || json_extract_string(s.ident, '$.cio_id')) as person,
-               {lit(name)} as sync
+               {lit(name)} as sync, false as kept
         from {snap} s
         semi join (select distinct email from email_takers) t
             on t.email = {email("s.ident")}
         """
+        # and the people it keeps an email for after their row let go of it (its email went
+        # null under `on_null: skip`, or the row left a `mirror` sync that clears): Customer.io
+        # still gives them the email, as long as that sync shows them no other
+        # (:func:`keep_emails`; its own rows taking it release it first)
+        kept = table("emails_kept", name)
+        if _one(con, f"select count(*) from (select 1 from {kept} limit 1)"):
+            holders += f"""
+            union all
+            select h.k, {email_text("h.email")} as email,
+                   coalesce('id:' || json_extract_string(h.ident, '$.id'),
+                            'cio_id:' || json_extract_string(h.ident, '$.cio_id')) as person,
+                   {lit(name)} as sync, true as kept
+            from {kept} h
+            semi join (select distinct email from email_takers) t
+                on t.email = {email_text("h.email")}
+            left join {snap} s on s.k = h.k
+            where json_extract_string(s.ident, '$.email') is null
+            """
     column = sync.model_identifiers.get("email", sync.identify_by["email"])
     reason = (
         f"{lit(f'column `{column}`: `')} || {quoted('h.shown')} || "
@@ -1940,6 +1961,17 @@ def _hold_shared_emails(
             "row's update (or give that person this row's id), so the row waits until that "
             "sync gives its person another email, and the next run of this sync sends it; "
             "if both models mean to give it, dedupe the email between them"
+        )
+    )
+    kept_elsewhere = (
+        f"{lit(f'column `{column}`: `')} || {quoted('h.shown')} || "
+        f"{lit('` is the email key `')} || {quoted('h.k_w')} || "
+        f"{lit('` of people sync `')} || h.sync_w || "
+        + lit(
+            "` keeps in Customer.io after its row let go of it (the row's email went null, or "
+            "the row left the model), another person: Customer.io would drop this row's update "
+            "(or give that person this row's id), so the row waits until that sync gives its "
+            "person another email or deletes them, and the next run of this sync sends it"
         )
     )
     run_sql(
@@ -1980,10 +2012,10 @@ def _hold_shared_emails(
         con,
         f"""
         create or replace temp table email_winners as
-        select email, person, min(k) as k, null::varchar as sync from email_holders
-        where sync is null group by all
+        select email, person, min(k) as k, null::varchar as sync, false as kept
+        from email_holders where sync is null group by email, person
         union all
-        select email, person, min(k), min(sync) from email_holders h
+        select email, person, min(k), min(sync), bool_and(kept) from email_holders h
         where sync is not null
           and not exists (
               select 1 from email_holders o
@@ -1991,17 +2023,20 @@ def _hold_shared_emails(
           )
         group by email, person
         union all
-        select email, arg_min(person, k), min(k), null from email_takers t
+        select email, arg_min(person, k), min(k), null, false from email_takers t
         anti join email_holders h on h.email = t.email
         group by email having min(person) <> max(person) and not {graph};
         update mapped set reject = coalesce(
-            mapped.reject, case when h.sync_w is null then {reason} else {elsewhere} end
+            mapped.reject,
+            case when h.sync_w is null then {reason} when h.kept_w then {kept_elsewhere}
+                 else {elsewhere} end
         )
         from (
             -- the row of this sync that has it, else the first of another sync
             select t.k, arg_min(w.k, (w.sync is not null, w.k)) as k_w,
                    nullif(arg_min(coalesce(w.sync, ''), (w.sync is not null, w.k)), '')
                        as sync_w,
+                   arg_min(w.kept, (w.sync is not null, w.k)) as kept_w,
                    any_value(json_extract_string(m.ident, '$.email')) as shown
             from email_takers t
             join email_winners w on w.email = t.email
