@@ -36,6 +36,7 @@ from lockgate.sync.mapping import (
     IDENTIFIER_PRIORITY,
     NULL_ID_KEY,
     Compiled,
+    email_match,
     hash_over_json,
     json_key,
     lit,
@@ -748,8 +749,9 @@ def _takes_emails(sync: SyncConfig) -> bool:
 
 
 def _lower_email(ident: str) -> str:
-    """SQL: the email of a JSON ``ident`` in lower case, as Customer.io matches it."""
-    return f"lower(json_extract_string({ident}, '$.email'))"
+    """SQL: the email of a JSON ``ident`` trimmed and in lower case, as Customer.io matches it
+    (:func:`~lockgate.sync.mapping.email_match`)."""
+    return email_match(f"json_extract_string({ident}, '$.email')")
 
 
 def _still_reached(
@@ -962,7 +964,9 @@ def forget_rekeyed(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int:
 
 def _person_keys(ident: str) -> str:
     """SQL: a list naming the person of a JSON ``ident`` (`id:`, `cio_id:`, `email:` keys, the
-    email lowercased as Customer.io matches it); a null entry joins nothing."""
+    email lowercased as Customer.io matches it); a null entry joins nothing. Not trimmed:
+    read over whole snapshots, and the mapping trims every email it sends; the decisions on
+    an email changing hands trim it (:func:`_lower_email`)."""
     return (
         f"['id:' || json_extract_string({ident}, '$.id'), "
         f"'cio_id:' || json_extract_string({ident}, '$.cio_id'), "
@@ -1830,17 +1834,10 @@ def _hold_shared_emails(
     hidden = temp_table(con, f"snap__{sync.name}")  # `--only`, `--full-resync`
     delivered = _delivered(con, sync.name)
 
-    def email_text(raw: str) -> str:
-        # `trim` (white space at either end) only for a text that starts or ends with a
-        # character other than printable ASCII, as the mapping trims: the others have none
-        # to trim (the same text; a first run's 1M emails: 0.08 s of `trim` each time)
-        return (
-            f"lower(case when ascii({raw}) between 33 and 126 "
-            f"and ascii({raw}[-1]) between 33 and 126 then {raw} else trim({raw}) end)"
-        )
-
-    def email(ident: str) -> str:
-        return email_text(f"json_extract_string({ident}, '$.email')")
+    # trimmed as the mapping trims (only a text that starts or ends with a character other
+    # than printable ASCII pays for `trim`: a first run's 1M emails, 0.08 s each time)
+    email_text = email_match
+    email = _lower_email
 
     # the rows taking an email: new to the snapshot, or delivered with another email (a row
     # new to a hidden snapshot may have been delivered: the whole one says); the new rows
@@ -2137,7 +2134,7 @@ def order_email_moves(
             from {kept} h
             left join (
                 select k, case when not removed
-                               then lower(json_extract_string(ident, '$.email')) end as email
+                               then {_lower_email("ident")} end as email
                 from changes
             ) c on c.k = h.k
             left join {previous} s on s.k = h.k
@@ -2181,7 +2178,7 @@ def order_email_moves(
     takers = con.execute(
         f"""
         select t.k, r.k from (
-            select c.k, lower(json_extract_string(c.ident, '$.email')) as email
+            select c.k, {_lower_email("c.ident")} as email
             from changes c anti join {previous} s on s.k = c.k
             where c.is_new and not c.removed
             {new_emails}
@@ -2281,8 +2278,8 @@ def _email_changed(
             from changes c join {previous} s on s.k = c.k
             where not c.removed and c.ident <> s.ident
         )
-        select k, lower(json_extract_string(new_ident, '$.email')) as new_email,
-               lower(json_extract_string(old_ident, '$.email')) as old_email,
+        select k, {_lower_email("new_ident")} as new_email,
+               {_lower_email("old_ident")} as old_email,
                json_extract_string(old_ident, '$.id') as old_id,
                json_extract_string(old_ident, '$.cio_id') as old_cio_id,
                json_extract_string(new_ident, '$.email') as sent_email,
@@ -2324,7 +2321,7 @@ def _email_kept(
         kept_cio_id = "json_extract_string(ident, '$.cio_id')"
         parts.append(
             f"""
-            select k, lower(json_extract_string(ident, '$.email')) as email,
+            select k, {_lower_email("ident")} as email,
                    {address.format(i=kept_id, c=kept_cio_id)} as ident
             from changes
             where removed and json_extract_string(op, '$.action') = 'identify'
