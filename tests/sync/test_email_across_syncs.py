@@ -373,3 +373,98 @@ def test_the_same_through_the_identity_graph(project_factory: ProjectFactory) ->
         "u1": ("e5@x.io", {"b_sync_plan": "gold"}),
     }
     assert failures(emu) == []
+
+
+@pytest.mark.parametrize(
+    ("let_go", "taker"), [("null", "new"), ("left", "changed")], ids=["null-new", "left-changed"]
+)
+def test_an_email_another_sync_keeps_after_its_row_let_go_holds_the_row_back(
+    project_factory: ProjectFactory, let_go: str, taker: str
+) -> None:
+    """`b_sync`'s row u1 lets go of e1 (its email goes null under `on_null: skip`, or it leaves
+    `b_sync`, a `mirror` sync without `delete_removed`): Customer.io still gives e1 to u1, and
+    `b_sync` keeps it in its `emails_kept`. A row of `a_sync` taking e1 would make u1 into u2
+    (a new u2) or be dropped (u2 a person already). Before, `a_sync` knew only what `b_sync`
+    delivered, and sent it. Now it holds u2 back naming `b_sync` and u1, as its plan does; once
+    `b_sync` gives u1 another email, u2 is sent."""
+    f, emu = project_factory, project_factory.emulator
+    first = [("u2", "e0@x.io", "free")] if taker == "changed" else []
+    rows(f, "a_sync", *first, ("u3", "e3@x.io", "free"))
+    rows(f, "b_sync", ("u1", "e1@x.io", "gold"), ("u4", "e4@x.io", "gold"))
+    mirror = SYNC.format(name="b_sync") + "mode: mirror\n"
+    proj = f.project = f.write({"a_sync": SYNC.format(name="a_sync"), "b_sync": mirror})
+    lockgate(proj, "sync", "--all", "--json")
+    u1 = emu.person(id="u1").cio_id  # type: ignore[union-attr]
+    if let_go == "null":
+        f.sql("update b_sync set email = null")
+    else:
+        f.sql("delete from b_sync where user_id = 'u1'")
+    (gone,) = lockgate(proj, "sync", "b_sync", "--json", "--force")
+    assert gone["status"] == "success"
+    kept_u1 = {"b_sync_plan": "gold"} if let_go == "null" else {}
+    assert people(emu)["u1"] == ("e1@x.io", kept_u1)
+    if taker == "changed":
+        f.sql("update a_sync set email = 'E1@x.io', plan = 'pro' where user_id = 'u2'")
+    else:
+        f.sql("insert into a_sync values ('u2', 'E1@x.io', 'pro')")
+
+    plan = lockgate(proj, "plan", "a_sync", "--json")
+    (run,) = lockgate(proj, "sync", "a_sync", "--json")
+    assert (plan["changes"]["to_send"], plan["changes"]["rejected"]) == (0, 1)
+    assert (run["delivered"], run["changes"]["rejected"]) == (0, 1)
+    ((key, reason),) = [(r["key"], r["reason"]) for r in run["rejected_rows"]]
+    assert key == "u2"
+    assert "`E1@x.io` is the email key `u1` of people sync `b_sync` keeps" in reason, reason
+    # nobody renamed, nothing dropped: u1 keeps its profile and e1, u2 as it was
+    assert emu.person(id="u1").cio_id == u1  # type: ignore[union-attr]
+    want_u2 = {"u2": ("e0@x.io", {"a_sync_plan": "free"})} if taker == "changed" else {}
+    assert people(emu) == {
+        **want_u2,
+        "u1": ("e1@x.io", kept_u1),
+        "u3": ("e3@x.io", {"a_sync_plan": "free"}),
+        "u4": ("e4@x.io", {"b_sync_plan": "gold"}),
+    }
+    assert failures(emu) == []
+
+    # `b_sync` gives u1 another email (u1's row back, for the one that left): `sync --all`
+    # runs it after `a_sync`, so u2 waits for the next command, which sends it
+    if let_go == "null":
+        f.sql("update b_sync set email = 'e5@x.io'")
+    else:
+        f.sql("insert into b_sync values ('u1', 'e5@x.io', 'gold')")
+    plans, runs, sent = plan_then_sync(f)
+    assert_plans_match(plans, runs, sent)
+    assert (runs["a_sync"]["changes"]["rejected"], runs["b_sync"]["delivered"]) == (1, 1)
+    plans, runs, sent = plan_then_sync(f)
+    assert_plans_match(plans, runs, sent)
+    assert (runs["a_sync"]["delivered"], runs["a_sync"]["changes"]["rejected"]) == (1, 0)
+    assert people(emu) == {
+        "u2": ("E1@x.io", {"a_sync_plan": "pro"}),
+        "u1": ("e5@x.io", {"b_sync_plan": "gold"}),
+        "u3": ("e3@x.io", {"a_sync_plan": "free"}),
+        "u4": ("e4@x.io", {"b_sync_plan": "gold"}),
+    }
+    assert emu.person(id="u1").cio_id == u1  # type: ignore[union-attr]
+    assert failures(emu) == []
+
+
+def test_an_email_an_earlier_sync_starts_keeping_holds_the_row_back_in_the_same_command(
+    project_factory: ProjectFactory,
+) -> None:
+    """`a_sync` runs first in `sync --all`: u1's email goes null there, so `a_sync` starts
+    keeping e1 for u1 in the command that brings `b_sync`'s u2 with e1. `b_sync` holds u2
+    back, and `plan --all` says so (it sees what `a_sync`'s run would keep)."""
+    f, emu = project_factory, project_factory.emulator
+    rows(f, "a_sync", ("u1", "e1@x.io", "gold"))
+    rows(f, "b_sync", ("u3", "e3@x.io", "free"))
+    proj = project(f, "a_sync", "b_sync")
+    lockgate(proj, "sync", "--all", "--json")
+    f.sql("update a_sync set email = null; insert into b_sync values ('u2', 'e1@x.io', 'pro')")
+    plans, runs, sent = plan_then_sync(f)
+    assert [p["changes"]["rejected"] for p in plans.values()] == [0, 1]
+    assert_plans_match(plans, runs, sent)
+    assert "key `u1` of people sync `a_sync` keeps" in runs["b_sync"]["rejected_rows"][0]["reason"]
+    assert people(emu) == {
+        "u1": ("e1@x.io", {"a_sync_plan": "gold"}),
+        "u3": ("e3@x.io", {"b_sync_plan": "free"}),
+    }

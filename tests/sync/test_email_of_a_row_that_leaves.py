@@ -21,6 +21,7 @@ from tests.sync.helpers import ACCOUNTS, people, sent_ops
 
 from lockgate.cli import cli
 from lockgate.console import NullConsole
+from lockgate.state.store import StateStore
 from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -190,3 +191,64 @@ def test_a_row_that_left_known_by_its_email_alone_is_the_person_the_new_row_beco
     assert (report.status, c.removed_sent, c.rekeyed, c.email_releases) == ("success", 0, 1, 0)
     assert people(emu) == {"6": ("ann@x.io", "pro")}
     assert emu.person(id="6").cio_id == lead  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("pad", [" ", "\t", "\u00a0", "\n"], ids=["space", "tab", "nbsp", "lf"])
+def test_an_email_padded_in_the_model_changes_hands_as_sent_trimmed(
+    project_factory: ProjectFactory, pad: str
+) -> None:
+    """Row 5's email is `A@x.io` with white space around it in the model; it leaves a `mirror`
+    sync as new row 6 signs up with `a@x.io`. Lockgate sends an email trimmed (every white
+    space character, not only spaces), so row 5 was delivered `A@x.io`, which is what the
+    handover compares: 5's email is released first and 6 becomes a person of its own."""
+    emu = project_factory.emulator
+    project_factory.sql(
+        f"create table accounts as select * from (values (5, '{pad}A@x.io{pad}', 'free'), "
+        "(7, 'bob@x.io', 'free')) t(user_id, email, plan)"
+    )
+    project = project_factory.write({"accounts": ACCOUNTS + "mode: mirror\n"})
+    assert run_sync(project, "accounts", console=NullConsole()).delivered == 2
+    assert people(emu)["5"] == ("A@x.io", "free")
+    five = emu.person(id="5").cio_id  # type: ignore[union-attr]
+    project_factory.sql(
+        "delete from accounts where user_id = 5; insert into accounts values (6, 'a@x.io', 'pro')"
+    )
+    assert plan_sync(project, "accounts", console=NullConsole()).changes.email_releases == 1
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert (report.status, report.changes.email_releases, report.changes.rejected) == (
+        "success",
+        1,
+        0,
+    )
+    assert people(emu) == {"5": (None, None), "6": ("a@x.io", "pro"), "7": ("bob@x.io", "free")}
+    assert emu.person(id="5").cio_id == five  # type: ignore[union-attr]
+
+
+def test_a_snapshot_email_with_white_space_around_it_still_changes_hands(
+    project_factory: ProjectFactory,
+) -> None:
+    """A state written before identifiers lost every white space character at either end
+    (only spaces were trimmed) holds row 5 as `A@x.io` and a newline; Customer.io, which
+    matches emails trimmed, holds person 5 at `A@x.io`. Row 5 leaves a `mirror` sync as new
+    row 6 signs up with `a@x.io`. Compared untrimmed, the two were different emails: person 5
+    was cleared but kept the address, and row 6's new `id` went to it (person 5 renamed 6).
+    Compared as sent, trimmed, 5's email is released first and 6 is a person of its own."""
+    emu = project_factory.emulator
+    project = accounts(project_factory, "mode: mirror\n")
+    project_factory.sql("update accounts set email = 'A@x.io' where user_id = 5")
+    assert run_sync(project, "accounts", console=NullConsole()).delivered == 1
+    five = emu.person(id="5").cio_id  # type: ignore[union-attr]
+    with StateStore.open(project.state_dir) as store:
+        store.con.execute(
+            "update snap__accounts set ident = replace(ident, '\"A@x.io\"', '\"A@x.io\\n\"') "
+            "where k = '5'"
+        )
+    project_factory.sql(
+        "delete from accounts where user_id = 5; insert into accounts values (6, 'a@x.io', 'pro')"
+    )
+    assert plan_sync(project, "accounts", console=NullConsole()).changes.email_releases == 1
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert (report.status, report.changes.email_releases) == ("success", 1)
+    assert people(emu) == {"5": (None, None), "6": ("a@x.io", "pro"), "7": ("bob@x.io", "free")}
+    assert emu.person(id="5").cio_id == five  # type: ignore[union-attr]
+    assert run_sync(project, "accounts", console=NullConsole()).changes.to_send == 0

@@ -290,3 +290,35 @@ def test_a_run_without_new_rows_makes_no_app_api_call(
     resync = run_sync(project, "profile", console=NullConsole(), full_resync=True)
     assert (resync.delivered, resync.new_emails_checked) == (1, 0)
     assert app_api_calls(emu) == ["POST /v1/customers"]  # the first run's alone
+
+
+def test_a_full_resync_does_not_check_a_row_delivered_before_nor_forget_it(
+    project_factory: ProjectFactory, app_key: None
+) -> None:
+    """u1 was delivered with a@x.com; since, outside Lockgate, u1 let the address go and
+    `crm-7` took it. A `--full-resync` sends u1 again: it is not new (its record is in the
+    snapshot the resync sets aside), so its email is not checked, nor is the row refused for
+    it (it is no new `id` Customer.io would give to `crm-7`), and its record stays delivered:
+    when u1 then leaves the `mirror` model, its attributes are cleared."""
+    emu = project_factory.emulator
+    users(project_factory, ("u1", "a@x.com", "free"), ("u2", "b@x.com", "free"))
+    project = project_factory.write({"profile": PEOPLE + "mode: mirror\n"})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 2
+    identify(emu, {"id": "u1"}, email="")
+    identify(emu, {"id": "crm-7"}, email="a@x.com", plan="gold")
+    calls = len(app_api_calls(emu))
+
+    resync = run_sync(project, "profile", console=NullConsole(), full_resync=True)
+    assert (resync.status, resync.delivered, resync.new_emails_checked) == ("success", 2, 0)
+    assert resync.failures == ()
+    assert len(app_api_calls(emu)) == calls  # nothing looked up
+    with StateStore.open(project.state_dir) as store:
+        snap = store.con.execute("select k from snap__profile order by k").fetchall()
+        assert snap == [("u1",), ("u2",)]
+    assert emu.person(id="crm-7").attributes["plan"] == "gold"  # type: ignore[union-attr]
+
+    users(project_factory, ("u2", "b@x.com", "free"))  # u1 leaves the model
+    gone = run_sync(project, "profile", console=NullConsole())
+    assert (gone.status, gone.changes.removed_sent) == ("success", 1)
+    assert people(emu)["u1"][1] is None  # cleared
+    assert people(emu)["crm-7"] == ("a@x.com", "gold")

@@ -36,6 +36,7 @@ from lockgate.sync.mapping import (
     IDENTIFIER_PRIORITY,
     NULL_ID_KEY,
     Compiled,
+    email_match,
     hash_over_json,
     json_key,
     lit,
@@ -748,8 +749,9 @@ def _takes_emails(sync: SyncConfig) -> bool:
 
 
 def _lower_email(ident: str) -> str:
-    """SQL: the email of a JSON ``ident`` in lower case, as Customer.io matches it."""
-    return f"lower(json_extract_string({ident}, '$.email'))"
+    """SQL: the email of a JSON ``ident`` trimmed and in lower case, as Customer.io matches it
+    (:func:`~lockgate.sync.mapping.email_match`)."""
+    return email_match(f"json_extract_string({ident}, '$.email')")
 
 
 def _still_reached(
@@ -962,7 +964,9 @@ def forget_rekeyed(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> int:
 
 def _person_keys(ident: str) -> str:
     """SQL: a list naming the person of a JSON ``ident`` (`id:`, `cio_id:`, `email:` keys, the
-    email lowercased as Customer.io matches it); a null entry joins nothing."""
+    email lowercased as Customer.io matches it); a null entry joins nothing. Not trimmed:
+    read over whole snapshots, and the mapping trims every email it sends; the decisions on
+    an email changing hands trim it (:func:`_lower_email`)."""
     return (
         f"['id:' || json_extract_string({ident}, '$.id'), "
         f"'cio_id:' || json_extract_string({ident}, '$.cio_id'), "
@@ -1681,10 +1685,6 @@ def diff_records(
         )
         if email_clears(con):
             email_releases = int(_one(con, "select count(*) from email_clears") or 0)
-        if not payloads:
-            # read off the payloads a plan leaves out, and only by a run (:func:`keep_emails`):
-            # what this run releases does not depend on it
-            run_sql(con, "drop table if exists email_kept")
     remapped = 0
     if previous_hash and not full_resync and sent_rows > new:
         remapped = _remapped(con, snap, previous_hash, retyped or {})
@@ -1788,18 +1788,6 @@ EMAIL_WAITS = "email_waits"
 EMAIL_WAITS_COLUMNS = "(k varchar, email varchar, sync varchar, holder varchar)"
 
 
-def email_of(ident: str) -> str:
-    """SQL of the email of the identifiers ``ident`` (JSON text) as Customer.io matches it:
-    in lower case, trimmed. `trim` (white space at either end) only for a text that starts
-    or ends with a character other than printable ASCII, as the mapping trims: the others
-    have none to trim (the same text; a first run's 1M emails: 0.08 s of `trim` each time)."""
-    raw = f"json_extract_string({ident}, '$.email')"
-    return (
-        f"lower(case when ascii({raw}) between 33 and 126 "
-        f"and ascii({raw}[-1]) between 33 and 126 then {raw} else trim({raw}) end)"
-    )
-
-
 def waits_freed(con: duckdb.DuckDBPyConnection, waits: str, snapshot: Callable[[str], str]) -> int:
     """Of the rows held back for a person of another sync (``waits``, a table like
     :data:`EMAIL_WAITS`), how many that sync's snapshot (``snapshot(name)``: SQL of it) no
@@ -1812,7 +1800,7 @@ def waits_freed(con: duckdb.DuckDBPyConnection, waits: str, snapshot: Callable[[
         select w.k from {waits} w
         where w.sync = {lit(name)} and not exists (
             select 1 from ({snapshot(name)}) s
-            where s.k = w.holder and {email_of("s.ident")} = w.email
+            where s.k = w.holder and {_lower_email("s.ident")} = w.email
         )
         """
         for name in syncs
@@ -1849,12 +1837,15 @@ def _hold_shared_emails(
     Lockgate knows: a row taking an email one of them was delivered with by another person
     (`id`, else `cio_id`) waits too, naming that sync and key, until that sync gives the
     person another email (its rows are not this run's to release: the other sync's model may
-    still give them that email). A rejected row is mapped again by the next run, which sends
-    it once the other sync has moved its person on (in a command of several syncs, a
-    follow-up run after the others: ``run.Session.follow_up``); the rows held back so are
-    kept in :data:`EMAIL_WAITS`. A person whom a snapshot (this sync's or
-    another's) or a row of this run gives another email holds nothing back this way: which
-    of them is current is not known.
+    still give them that email). So does a row taking an email another sync keeps for a person
+    whose row let go of it (its ``emails_kept__S``, :func:`keep_emails`) while that sync's
+    snapshot shows the person no email: that sync releases it only for a row of its own, so
+    the row waits until the person is given another email or deleted. A rejected row is
+    mapped again by the next run, which sends it once the other sync has moved its person on
+    (in a command of several syncs, a follow-up run after the others:
+    ``run.Session.follow_up``); the rows held back so are kept in :data:`EMAIL_WAITS`. A
+    person whom a snapshot (this sync's or another's) or a row of this run gives another
+    email holds nothing back this way: which of them is current is not known.
 
     A run without new rows or changed emails pays one join of its rows to map with
     ``known``; one with new rows reads the emails of the snapshot too (of a non-empty one), and of
@@ -1872,7 +1863,10 @@ def _hold_shared_emails(
     hidden = temp_table(con, f"snap__{sync.name}")  # `--only`, `--full-resync`
     delivered = _delivered(con, sync.name)
 
-    email = email_of
+    # trimmed as the mapping trims (only a text that starts or ends with a character other
+    # than printable ASCII pays for `trim`: a first run's 1M emails, 0.08 s each time)
+    email_text = email_match
+    email = _lower_email
 
     # the rows taking an email: new to the snapshot, or delivered with another email (a row
     # new to a hidden snapshot may have been delivered: the whole one says); the new rows
@@ -1901,7 +1895,9 @@ def _hold_shared_emails(
             """
     own = not graph and _one(con, f"select count(*) from (select 1 from {delivered} limit 1)")
     anyone = own or any(
-        _one(con, f"select count(*) from (select 1 from {snap} limit 1)") for _, snap in others
+        _one(con, f"select count(*) from (select 1 from {t} limit 1)")
+        for name, snap in others
+        for t in (snap, table("emails_kept", name))
     )
     # grouped by the email's hash, not its text (a first run's 1M rows: 1.4 → 0.9 s of CPU);
     # two emails whose hashes meet only send the run on to the exact look below. First only
@@ -1925,14 +1921,14 @@ def _hold_shared_emails(
     # the people delivered with those emails whose rows are still in the model and keep it
     holders = (
         "select null::varchar as k, null::varchar as email, null::varchar as person, "
-        "null::varchar as sync"
+        "null::varchar as sync, false as kept"
     )
     if own:
         holders = f"""
             select s.k, {email("s.ident")} as email,
                    coalesce('id:' || json_extract_string(s.ident, '$.id'),
                             'cio_id:' || json_extract_string(s.ident, '$.cio_id')) as person,
-                   null::varchar as sync
+                   null::varchar as sync, false as kept
             from {delivered} s
             semi join keyed m on m.k = s.k
             semi join (select distinct email from email_takers) t
@@ -1949,11 +1945,29 @@ def _hold_shared_emails(
         select s.k, {email("s.ident")} as email,
                coalesce('id:' || json_extract_string(s.ident, '$.id'),
                         'cio_id:' || json_extract_string(s.ident, '$.cio_id')) as person,
-               {lit(name)} as sync
+               {lit(name)} as sync, false as kept
         from {snap} s
         semi join (select distinct email from email_takers) t
             on t.email = {email("s.ident")}
         """
+        # and the people it keeps an email for after their row let go of it (its email went
+        # null under `on_null: skip`, or the row left a `mirror` sync that clears): Customer.io
+        # still gives them the email, as long as that sync shows them no other
+        # (:func:`keep_emails`; its own rows taking it release it first)
+        kept = table("emails_kept", name)
+        if _one(con, f"select count(*) from (select 1 from {kept} limit 1)"):
+            holders += f"""
+            union all
+            select h.k, {email_text("h.email")} as email,
+                   coalesce('id:' || json_extract_string(h.ident, '$.id'),
+                            'cio_id:' || json_extract_string(h.ident, '$.cio_id')) as person,
+                   {lit(name)} as sync, true as kept
+            from {kept} h
+            semi join (select distinct email from email_takers) t
+                on t.email = {email_text("h.email")}
+            left join {snap} s on s.k = h.k
+            where json_extract_string(s.ident, '$.email') is null
+            """
     column = sync.model_identifiers.get("email", sync.identify_by["email"])
     reason = (
         f"{lit(f'column `{column}`: `')} || {quoted('h.shown')} || "
@@ -1973,6 +1987,17 @@ def _hold_shared_emails(
             "row's update (or give that person this row's id), so the row waits until that "
             "sync gives its person another email, and the next run of this sync sends it; "
             "if both models mean to give it, dedupe the email between them"
+        )
+    )
+    kept_elsewhere = (
+        f"{lit(f'column `{column}`: `')} || {quoted('h.shown')} || "
+        f"{lit('` is the email key `')} || {quoted('h.k_w')} || "
+        f"{lit('` of people sync `')} || h.sync_w || "
+        + lit(
+            "` keeps in Customer.io after its row let go of it (the row's email went null, or "
+            "the row left the model), another person: Customer.io would drop this row's update "
+            "(or give that person this row's id), so the row waits until that sync gives its "
+            "person another email or deletes them, and the next run of this sync sends it"
         )
     )
     run_sql(
@@ -2013,10 +2038,10 @@ def _hold_shared_emails(
         con,
         f"""
         create or replace temp table email_winners as
-        select email, person, min(k) as k, null::varchar as sync from email_holders
-        where sync is null group by all
+        select email, person, min(k) as k, null::varchar as sync, false as kept
+        from email_holders where sync is null group by email, person
         union all
-        select email, person, min(k), min(sync) from email_holders h
+        select email, person, min(k), min(sync), bool_and(kept) from email_holders h
         where sync is not null
           and not exists (
               select 1 from email_holders o
@@ -2024,13 +2049,14 @@ def _hold_shared_emails(
           )
         group by email, person
         union all
-        select email, arg_min(person, k), min(k), null from email_takers t
+        select email, arg_min(person, k), min(k), null, false from email_takers t
         anti join email_holders h on h.email = t.email
         group by email having min(person) <> max(person) and not {graph};
         create or replace temp table email_held as
         -- the row of this sync that has it, else the first of another sync
         select t.k, arg_min(w.k, (w.sync is not null, w.k)) as k_w,
                nullif(arg_min(coalesce(w.sync, ''), (w.sync is not null, w.k)), '') as sync_w,
+               arg_min(w.kept, (w.sync is not null, w.k)) as kept_w,
                any_value(json_extract_string(m.ident, '$.email')) as shown,
                any_value(t.email) as email
         from email_takers t
@@ -2041,9 +2067,11 @@ def _hold_shared_emails(
         )
         group by t.k;
         insert into {EMAIL_WAITS}
-        select k, email, sync_w, k_w from email_held where sync_w is not null;
+        select k, email, sync_w, k_w from email_held where sync_w is not null and not coalesce(kept_w, false);
         update mapped set reject = coalesce(
-            mapped.reject, case when h.sync_w is null then {reason} else {elsewhere} end
+            mapped.reject,
+            case when h.sync_w is null then {reason} when h.kept_w then {kept_elsewhere}
+                 else {elsewhere} end
         )
         from email_held h
         where mapped.k = h.k
@@ -2141,7 +2169,7 @@ def order_email_moves(
             from {kept} h
             left join (
                 select k, case when not removed
-                               then lower(json_extract_string(ident, '$.email')) end as email
+                               then {_lower_email("ident")} end as email
                 from changes
             ) c on c.k = h.k
             left join {previous} s on s.k = h.k
@@ -2185,7 +2213,7 @@ def order_email_moves(
     takers = con.execute(
         f"""
         select t.k, r.k from (
-            select c.k, lower(json_extract_string(c.ident, '$.email')) as email
+            select c.k, {_lower_email("c.ident")} as email
             from changes c anti join {previous} s on s.k = c.k
             where c.is_new and not c.removed
             {new_emails}
@@ -2285,8 +2313,8 @@ def _email_changed(
             from changes c join {previous} s on s.k = c.k
             where not c.removed and c.ident <> s.ident
         )
-        select k, lower(json_extract_string(new_ident, '$.email')) as new_email,
-               lower(json_extract_string(old_ident, '$.email')) as old_email,
+        select k, {_lower_email("new_ident")} as new_email,
+               {_lower_email("old_ident")} as old_email,
                json_extract_string(old_ident, '$.id') as old_id,
                json_extract_string(old_ident, '$.cio_id') as old_cio_id,
                json_extract_string(new_ident, '$.email') as sent_email,
@@ -2328,7 +2356,7 @@ def _email_kept(
         kept_cio_id = "json_extract_string(ident, '$.cio_id')"
         parts.append(
             f"""
-            select k, lower(json_extract_string(ident, '$.email')) as email,
+            select k, {_lower_email("ident")} as email,
                    {address.format(i=kept_id, c=kept_cio_id)} as ident
             from changes
             where removed and json_extract_string(op, '$.action') = 'identify'

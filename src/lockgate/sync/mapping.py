@@ -1548,6 +1548,14 @@ def _trim(text: str) -> str:
     )
 
 
+def email_match(text: str) -> str:
+    """SQL: the email ``text`` as Customer.io matches it: trimmed as an identifier is sent
+    (:func:`_trim`), in lower case. A state written before identifiers lost every white space
+    character (only spaces) may hold an email with a tab or a newline around it: compared
+    this way, it is still the email sent now."""
+    return f"lower({_trim(text)})"
+
+
 def _id_checks(column: str, col_type: str, what: str, text: str) -> list[str]:
     """The reject check of a number column that :func:`_id_text` cannot name (none for text
     and integer columns); ``text`` is the computed column holding its id text."""

@@ -20,6 +20,9 @@ connection, in temp tables that outlive the plan (``StateStore.reset_connection`
   first sync of the command that needs the identity graph);
 - ``plan_kept__S(k)``: the people of ``emails_kept__S`` an earlier people sync of the command
   deletes (``diff.forget_people_of``): their emails are not released later.
+- ``plan_keep__S(k, email, ident)``: the people whose email the run of S would leave them
+  with in Customer.io though their row lets go of it (``diff.keep_emails``): a later people
+  sync taking that email waits for them.
 - ``plan_unmark__S(k)``: the records of ``unconfirmed__S`` whose people (objects) an earlier
   people (objects) sync of the command deletes (``diff.forget_people_of``,
   ``diff.forget_relationships_of``): neither sent again nor undone.
@@ -66,6 +69,8 @@ class Planned:
     """Syncs with a ``plan_ledger__S``."""
     unmark: set[str] = field(default_factory=set)
     """Syncs with a ``plan_unmark__S``."""
+    keep: set[str] = field(default_factory=set)
+    """People syncs with a ``plan_keep__S``: the people their run adds to ``emails_kept__S``."""
     kept: set[str] = field(default_factory=set)
     """People syncs with a ``plan_kept__S``: the people of their ``emails_kept__S`` that an
     earlier sync of the command deletes (``diff.kept_emails_of``)."""
@@ -81,6 +86,7 @@ class Planned:
             | {_name("plan_drop", s) for s in self.drop}
             | {_name("plan_ledger", s) for s in self.ledger}
             | {_name("plan_kept", s) for s in self.kept}
+            | {_name("plan_keep", s) for s in self.keep}
             | {_name("plan_unmark", s) for s in self.unmark}
             | {_name("plan_rejected", s) for s in self.reset}
         )
@@ -148,6 +154,13 @@ def record(
     if diff_step.temp_table(con, diff_step.NULLS_ONLY):  # not sent, but committed
         run_sql(con, f"insert into {delta} select * from {diff_step.NULLS_ONLY}")
     planned.delta.add(sync.name)
+    if diff_step.temp_table(con, "email_kept"):  # what ``diff.keep_emails`` would record
+        run_sql(
+            con,
+            f"create or replace temp table {table('plan_keep', sync.name)} as "
+            "select k, email, ident from email_kept",
+        )
+        planned.keep.add(sync.name)
     # a full resync forgets the snapshot, but for the records of the rows it rejects (not
     # sent, Customer.io keeps what it was sent before, ``run._reset_snapshot``)
     if full_resync and not only:
@@ -324,14 +337,15 @@ def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Plann
             f"create or replace temp view {table('unconfirmed', name)} as "
             f"select u.* from {stored('unconfirmed', name)} u{joins}",
         )
-    for name in sorted(planned.kept):
+    for name in sorted(planned.kept | planned.keep):
         store.ensure_sync_tables(name)
-        run_sql(
-            con,
-            f"create or replace temp view {table('emails_kept', name)} as "
-            f"select e.* from {stored('emails_kept', name)} e "
-            f"anti join {table('plan_kept', name)} d on d.k = e.k",
-        )
+        kept = f"select e.* from {stored('emails_kept', name)} e"
+        if name in planned.keep:  # replaced by what its run records (``diff.keep_emails``)
+            keep = table("plan_keep", name)
+            kept += f" anti join {keep} n on n.k = e.k union all select * from {keep}"
+        if name in planned.kept:
+            kept = f"select e.* from ({kept}) e anti join {table('plan_kept', name)} d on d.k = e.k"
+        run_sql(con, f"create or replace temp view {table('emails_kept', name)} as {kept}")
     for name in sorted(planned.ledger - {sync.name}):
         store.ensure_sync_tables(name)
         run_sql(
