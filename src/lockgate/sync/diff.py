@@ -2067,7 +2067,8 @@ def _hold_shared_emails(
         )
         group by t.k;
         insert into {EMAIL_WAITS}
-        select k, email, sync_w, k_w from email_held where sync_w is not null and not coalesce(kept_w, false);
+        select k, email, sync_w, k_w from email_held
+        where sync_w is not null and not coalesce(kept_w, false);
         update mapped set reject = coalesce(
             mapped.reject,
             case when h.sync_w is null then {reason} when h.kept_w then {kept_elsewhere}
