@@ -427,17 +427,17 @@ def test_an_email_another_sync_keeps_after_its_row_let_go_holds_the_row_back(
     assert failures(emu) == []
 
     # `b_sync` gives u1 another email (u1's row back, for the one that left): `sync --all`
-    # runs it after `a_sync`, so u2 waits for the next command, which sends it
+    # runs it after `a_sync`, which holds u2 back, then follows up and sends u2
     if let_go == "null":
         f.sql("update b_sync set email = 'e5@x.io'")
     else:
         f.sql("insert into b_sync values ('u1', 'e5@x.io', 'gold')")
     plans, runs, sent = plan_then_sync(f)
+    assert list(plans) == ["a_sync", "b_sync", "a_sync (follow-up)"]
     assert_plans_match(plans, runs, sent)
     assert (runs["a_sync"]["changes"]["rejected"], runs["b_sync"]["delivered"]) == (1, 1)
-    plans, runs, sent = plan_then_sync(f)
-    assert_plans_match(plans, runs, sent)
-    assert (runs["a_sync"]["delivered"], runs["a_sync"]["changes"]["rejected"]) == (1, 0)
+    follow_up = runs["a_sync (follow-up)"]
+    assert (follow_up["delivered"], follow_up["changes"]["rejected"]) == (1, 0)
     assert people(emu) == {
         "u2": ("E1@x.io", {"a_sync_plan": "pro"}),
         "u1": ("e5@x.io", {"b_sync_plan": "gold"}),
@@ -468,3 +468,31 @@ def test_an_email_an_earlier_sync_starts_keeping_holds_the_row_back_in_the_same_
         "u1": ("e1@x.io", {"a_sync_plan": "gold"}),
         "u3": ("e3@x.io", {"b_sync_plan": "free"}),
     }
+
+
+def test_an_email_whose_holder_starts_keeping_it_runs_no_follow_up(
+    project_factory: ProjectFactory,
+) -> None:
+    """u2 of `a_sync` takes e1 while `b_sync`, which runs after it, lets u1's email go null:
+    `a_sync` holds u2 back for u1, and after `b_sync` u1 keeps e1 in Customer.io (nothing is
+    sent for a null under `on_null: skip`), so nothing is freed: no follow-up runs (it would
+    only hold u2 again), and the next command holds u2 back for the email `b_sync` keeps."""
+    f, emu = project_factory, project_factory.emulator
+    rows(f, "a_sync", ("u2", "e0@x.io", "free"))
+    rows(f, "b_sync", ("u1", "e1@x.io", "gold"))
+    proj = project(f, "a_sync", "b_sync")
+    lockgate(proj, "sync", "--all", "--json")
+    f.sql("update a_sync set email = 'e1@x.io'; update b_sync set email = null")
+    plans, runs, sent = plan_then_sync(f)
+    assert list(plans) == list(runs) == ["a_sync", "b_sync"]
+    assert_plans_match(plans, runs, sent)
+    assert runs["a_sync"]["changes"]["rejected"] == 1
+    plans, runs, sent = plan_then_sync(f)
+    assert list(runs) == ["a_sync", "b_sync"]
+    ((reason,),) = [[r["reason"] for r in runs["a_sync"]["rejected_rows"]]]
+    assert "key `u1` of people sync `b_sync` keeps" in reason, reason
+    assert people(emu) == {
+        "u2": ("e0@x.io", {"a_sync_plan": "free"}),
+        "u1": ("e1@x.io", {"b_sync_plan": "gold"}),
+    }
+    assert failures(emu) == []

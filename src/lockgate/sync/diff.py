@@ -1788,10 +1788,19 @@ EMAIL_WAITS = "email_waits"
 EMAIL_WAITS_COLUMNS = "(k varchar, email varchar, sync varchar, holder varchar)"
 
 
-def waits_freed(con: duckdb.DuckDBPyConnection, waits: str, snapshot: Callable[[str], str]) -> int:
+def waits_freed(
+    con: duckdb.DuckDBPyConnection,
+    waits: str,
+    snapshot: Callable[[str], str],
+    kept: Callable[[str], str],
+) -> int:
     """Of the rows held back for a person of another sync (``waits``, a table like
-    :data:`EMAIL_WAITS`), how many that sync's snapshot (``snapshot(name)``: SQL of it) no
-    longer shows holding the email: it has moved them on (or forgotten them) since."""
+    :data:`EMAIL_WAITS`), how many that sync no longer shows holding the email: neither its
+    snapshot (``snapshot(name)``: SQL of it) gives the person that email, nor does it keep it
+    for them after their row let go of it (``kept(name)``: SQL of its ``emails_kept__S``,
+    while the snapshot shows them no other email, as :func:`_hold_shared_emails` reads it).
+    It has moved them on, deleted or forgotten them since; a person whose email went null
+    there in the meantime still holds it in Customer.io, and frees nothing."""
     syncs = [r[0] for r in con.execute(f"select distinct sync from {waits}").fetchall()]
     if not syncs:
         return 0
@@ -1801,6 +1810,10 @@ def waits_freed(con: duckdb.DuckDBPyConnection, waits: str, snapshot: Callable[[
         where w.sync = {lit(name)} and not exists (
             select 1 from ({snapshot(name)}) s
             where s.k = w.holder and {_lower_email("s.ident")} = w.email
+        ) and not exists (
+            select 1 from ({kept(name)}) e left join ({snapshot(name)}) s on s.k = e.k
+            where e.k = w.holder and {email_match("e.email")} = w.email
+              and json_extract_string(s.ident, '$.email') is null
         )
         """
         for name in syncs
@@ -2067,8 +2080,7 @@ def _hold_shared_emails(
         )
         group by t.k;
         insert into {EMAIL_WAITS}
-        select k, email, sync_w, k_w from email_held
-        where sync_w is not null and not coalesce(kept_w, false);
+        select k, email, sync_w, k_w from email_held where sync_w is not null;
         update mapped set reject = coalesce(
             mapped.reject,
             case when h.sync_w is null then {reason} when h.kept_w then {kept_elsewhere}

@@ -306,6 +306,18 @@ def snapshot(con: duckdb.DuckDBPyConnection, planned: Planned, name: str) -> str
     return f"select s.* from {_stored(con)('snap', name)} s{joins}{where}{sent}"
 
 
+def emails_kept(con: duckdb.DuckDBPyConnection, planned: Planned, name: str) -> str:
+    """SQL of the ``emails_kept__S`` of sync ``name`` as the runs of the syncs planned so far
+    would leave it (the state's, when none of them changes it)."""
+    kept = f"select e.* from {_stored(con)('emails_kept', name)} e"
+    if name in planned.keep:  # replaced by what its run records (``diff.keep_emails``)
+        keep = table("plan_keep", name)
+        kept += f" anti join {keep} n on n.k = e.k union all select * from {keep}"
+    if name in planned.kept:
+        kept = f"select e.* from ({kept}) e anti join {table('plan_kept', name)} d on d.k = e.k"
+    return kept
+
+
 def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Planned) -> None:
     """Before the plan of ``sync``: put in front of the state's tables what the runs of the
     syncs planned before it in the command would have committed (see the module's doc)."""
@@ -339,13 +351,11 @@ def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Plann
         )
     for name in sorted(planned.kept | planned.keep):
         store.ensure_sync_tables(name)
-        kept = f"select e.* from {stored('emails_kept', name)} e"
-        if name in planned.keep:  # replaced by what its run records (``diff.keep_emails``)
-            keep = table("plan_keep", name)
-            kept += f" anti join {keep} n on n.k = e.k union all select * from {keep}"
-        if name in planned.kept:
-            kept = f"select e.* from ({kept}) e anti join {table('plan_kept', name)} d on d.k = e.k"
-        run_sql(con, f"create or replace temp view {table('emails_kept', name)} as {kept}")
+        run_sql(
+            con,
+            f"create or replace temp view {table('emails_kept', name)} as "
+            f"{emails_kept(con, planned, name)}",
+        )
     for name in sorted(planned.ledger - {sync.name}):
         store.ensure_sync_tables(name)
         run_sql(

@@ -474,6 +474,7 @@ class Session:
                 con,
                 table("email_waits", name),
                 lambda other: planned_step.snapshot(con, self.planned, other),
+                lambda other: planned_step.emails_kept(con, self.planned, other),
             )
             if freed:
                 return name
