@@ -532,3 +532,18 @@ def test_a_variable_not_set_is_named_with_its_source_destination_or_alert_and_li
         "(for `api_key`) is not set"
     ) in err
     assert "sekrit" not in err
+
+
+@pytest.mark.parametrize(
+    ("item", "shown"),
+    [("{column: plan}", '`{"column": "plan"}`'), ("", "empty"), ("[plan, id]", '`["plan", "id"]`')],
+)
+def test_a_list_of_attributes_holding_a_mapping_or_nothing_is_refused_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], item: str, shown: str
+) -> None:
+    # `str()` made such an item a column named `{'column': 'plan'}` or `None`: `validate`
+    # passed and every run failed, naming a column nobody wrote
+    sync = SYNC.replace("attributes:\n  plan: plan\n", f"attributes:\n  - plan\n  - {item}\n")
+    err = validate_says(capsys, tmp_path, sync=sync)
+    assert f"syncs/profile.yml:7: item 2 of the list is {shown}, not a column name" in err
+    assert "write a mapping (`plan: {column: plan, type: string}`)" in err

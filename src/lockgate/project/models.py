@@ -785,6 +785,16 @@ def _expand_fields(value: Any) -> Any:
     if value is None:
         return {}
     if isinstance(value, list):
+        for position, name in enumerate(value, start=1):
+            if not isinstance(name, str | int) or isinstance(name, bool):
+                # `str()` made `- {column: plan}` the column `{'column': 'plan'}` and `- ` the
+                # column `None`, which no model has: a failed run rather than this line
+                raise ValueError(
+                    f"item {position} of the list is "
+                    + ("empty" if name is None else f"`{json.dumps(name, default=str)}`")
+                    + ", not a column name: a list holds column names only; to give a field "
+                    "a spec, write a mapping (`plan: {column: plan, type: string}`)"
+                )
         return {str(name): {"column": str(name)} for name in value}
     if isinstance(value, dict):
         return {
