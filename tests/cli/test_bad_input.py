@@ -547,3 +547,25 @@ def test_a_list_of_attributes_holding_a_mapping_or_nothing_is_refused_at_its_lin
     err = validate_says(capsys, tmp_path, sync=sync)
     assert f"syncs/profile.yml:7: item 2 of the list is {shown}, not a column name" in err
     assert "write a mapping (`plan: {column: plan, type: string}`)" in err
+
+
+def test_a_duckdb_model_of_two_queries_is_refused_naming_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # DuckDB runs each statement and gives the last one's rows: a test query left after the
+    # model (`...; select 1`) failed as "primary key column `id` is not in the model ... the
+    # model's columns are `1`"
+    project(tmp_path, sync=SYNC.replace("{table: users}", "models/profile.sql"))
+    (tmp_path / "models").mkdir()
+    model = tmp_path / "models" / "profile.sql"
+    model.write_text("select id, email, plan from users;\nselect 1;\n")
+    err = " ".join(fails(capsys, "plan", "profile", "--project", str(tmp_path)).split())
+    assert (
+        "duckdb source `warehouse`: the model's SQL holds 2 queries "
+        "(`select id, email, plan from users`, `select 1`)"
+    ) in err
+    assert "keep the one query the sync reads" in err
+    # a statement that sets something up before the one query is not a second query
+    model.write_text("set timezone = 'UTC';\nselect id, email, plan from users;\n")
+    main(["plan", "profile", "--project", str(tmp_path)])
+    assert "rows in model" in capsys.readouterr().out
