@@ -2087,10 +2087,12 @@ def compile_events(
     # its size, not counted as refused by Customer.io
     size = f"(strlen({op}) + {EVENT_ID_BYTES})"
     over = f" bytes as sent, over the {MAX_OP_BYTES}-byte limit of Customer.io per operation ("
-    tail = " bytes of properties); trim large properties in the model or leave them out"
+    tail = " bytes of properties"
+    advice = "); trim large properties in the model or leave them out"
     checks.append(
         f"case when {size} > {MAX_OP_BYTES} then {lit('event is ')} || {size} || {lit(over)} || "
-        f"strlen(__props) || {lit(tail)} end"
+        f"strlen(__props) || {lit(tail)} || {_largest(list(sync.properties), fields.fragments)}"
+        f" || {lit(advice)} end"
     )
     backfill = backfill_sql.replace(ts_sql, "__ts")
     middle = (
@@ -2114,6 +2116,24 @@ def compile_events(
         f"__rid from {middle}"
     )
     return Compiled(select, tuple(dict.fromkeys(used)), computed=fields.computed_sql())
+
+
+def _largest(names: list[str], fragments: list[str], shown: int = 3) -> str:
+    """SQL for text naming the largest of the fields ``names`` (whose JSON ``fragments`` they
+    are), such as ``, the largest `notes` 40012 bytes, `body` 9800 bytes``: up to ``shown`` of
+    those over 1,000 bytes, or the largest one when none is, so the reason says which columns
+    to trim."""
+    if not names:
+        return "''"
+    sizes = ", ".join(
+        f"{{'b': coalesce(strlen({fragment}), 0), 'n': {lit(name)}}}"
+        for name, fragment in zip(names, fragments, strict=True)
+    )
+    ranked = f"list_sort([{sizes}], 'DESC')"
+    large = f"list_filter({ranked}, lambda f: f.b >= 1000)[1:{shown}]"
+    largest = f"case when len({large}) > 0 then {large} else {ranked}[1:1] end"
+    listed = f"list_transform({largest}, lambda f: '`' || f.n || '` ' || f.b || ' bytes')"
+    return f"', the largest ' || array_to_string({listed}, ', ')"
 
 
 MAX_OBJECT_ID_BYTES = 150
