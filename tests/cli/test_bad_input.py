@@ -569,3 +569,26 @@ def test_a_duckdb_model_of_two_queries_is_refused_naming_both(
     model.write_text("set timezone = 'UTC';\nselect id, email, plan from users;\n")
     main(["plan", "profile", "--project", str(tmp_path)])
     assert "rows in model" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        # `[]` was "unexpected ParserException ... this is a bug in Lockgate" at `plan`
+        ("primary_key: []", "syncs/profile.yml:5: `primary_key` is an empty list"),
+        ('primary_key: ""', "syncs/profile.yml:5: `primary_key` names an empty column"),
+        # a repeated column made keys such as `1|1`
+        ("primary_key: [id, ID]", "syncs/profile.yml:5: `primary_key` names a column twice"),
+        # each was `select * from`, or no query, at every run
+        ('model: {table: ""}', "syncs/profile.yml:3: `table` is empty"),
+        ('model: {sql: "  "}', "syncs/profile.yml:3: `sql` is empty"),
+        ('model: ""', "syncs/profile.yml:3: `model` is empty"),
+    ],
+)
+def test_an_empty_primary_key_or_model_is_refused_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], written: str, said: str
+) -> None:
+    key = written.split(":")[0]
+    line = next(line for line in SYNC.splitlines() if line.startswith(f"{key}:"))
+    err = validate_says(capsys, tmp_path, sync=SYNC.replace(line, written))
+    assert said in err

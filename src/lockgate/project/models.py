@@ -896,6 +896,11 @@ class ModelRef(StrictModel):
     def _one(self) -> ModelRef:
         if sum(x is not None for x in (self.table, self.sql, self.file)) != 1:
             raise ValueError("a model needs exactly one of `table`, `sql` or `file`")
+        for key in ("table", "sql", "file"):
+            given = getattr(self, key)
+            if given is not None and not given.strip():
+                # read as `select * from` or as no query at all, each run's error
+                raise ValueError(f"`{key}` is empty; a model needs a table, SQL or a file")
         return self
 
 
@@ -1347,14 +1352,26 @@ class SyncConfig(StrictModel):
     @field_validator("primary_key", mode="before")
     @classmethod
     def _key_names(cls, value: Any) -> Any:
-        if value is None or isinstance(value, str):
-            return value
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return value
-        raise ValueError(
-            f"`primary_key` is a column name or a list of them (e.g. `user_id`), not `{value}`"
-            " (quote a column whose name is a number)"
-        )
+        names = [value] if isinstance(value, str) else value
+        if value is not None and not (
+            isinstance(names, list) and all(isinstance(v, str) for v in names)
+        ):
+            raise ValueError(
+                f"`primary_key` is a column name or a list of them (e.g. `user_id`), not "
+                f"`{value}` (quote a column whose name is a number)"
+            )
+        # none of these reach the model: `[]` was a bug report (SQL with an empty condition),
+        # a blank name a column the model never has, a repeated one a key of `1|1`
+        if names == []:
+            raise ValueError("`primary_key` is an empty list; name the column(s), e.g. `user_id`")
+        if names is not None and any(not name.strip() for name in names):
+            raise ValueError("`primary_key` names an empty column; name the column, e.g. `user_id`")
+        if names is not None and len({name.lower() for name in names}) < len(names):
+            raise ValueError(
+                f"`primary_key` names a column twice ({', '.join(f'`{n}`' for n in names)}); "
+                "list each column once"
+            )
+        return value
 
     @field_validator(
         "attributes",
@@ -1371,6 +1388,11 @@ class SyncConfig(StrictModel):
     @classmethod
     def _model(cls, value: Any) -> Any:
         if isinstance(value, str):
+            if not value.strip():
+                raise ValueError(
+                    "`model` is empty; write a table (`analytics.users`), a `.sql` file or "
+                    "`{sql: ...}`"
+                )
             return {"file": value} if value.endswith(".sql") else {"table": value}
         return value
 
