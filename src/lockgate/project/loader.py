@@ -335,7 +335,10 @@ class Project:
             error.file = self.sync_files[sync]
             lines = self.sync_lines.get(sync, {})
             named = re.search(r"field `([^`]+)`", error.reason)
-            if named:
+            rule = re.search(r"`on_change\[(\d+)\]\.(\w+)`", error.reason)
+            if rule:
+                error.line = lines.get(("on_change", int(rule[1]), rule[2]))
+            elif named:
                 keys = ("attributes", "properties", "relationship_attributes")
                 error.line = next(
                     (lines[(key, named[1])] for key in keys if (key, named[1]) in lines), None

@@ -1872,6 +1872,8 @@ def _on_change_sql(
         for name, spec in rule.properties.items():
             props.add(sync.name, name, spec, columns, default_on_null)
         unless = f"coalesce(({rule.unless}), false)" if rule.unless else "false"
+        if rule.unless:
+            _check_unless(sync.name, i, unless, columns)
         extra += f", {_object(props.fragments)} as __ocp_{i}, {unless} as __ocu_{i}"
         if rule.attribute in was:
             extra += f", coalesce(to_json({was[rule.attribute]})::varchar, 'null') as __ocw_{i}"
@@ -2116,6 +2118,36 @@ def compile_events(
         f"__rid from {middle}"
     )
     return Compiled(select, tuple(dict.fromkeys(used)), computed=fields.computed_sql())
+
+
+def _check_unless(sync: str, i: int, unless: str, columns: dict[str, str]) -> None:
+    """Refuse an `on_change` rule's `unless` (``unless``, as the mapping reads it) that does
+    not bind over the model's columns: it failed in the middle of the mapping's query, as
+    "unexpected ParserException ... this is a bug in Lockgate". DuckDB binds it here over an
+    empty row of the model's types; a model whose types it cannot rebuild is not judged."""
+    import duckdb
+
+    from lockgate.sources.base import db_message
+
+    row = ", ".join(f"null::{kind} as {q(name)}" for name, kind in columns.items()) or "1"
+    with duckdb.connect() as con:
+        try:
+            con.execute(f"select {unless} from (select {row}) limit 0")
+        except duckdb.Error as exc:
+            try:
+                con.execute(f"select true from (select {row}) limit 0")
+            except duckdb.Error:
+                return
+            expression = unless.removeprefix("coalesce((").removesuffix("), false)")
+            # DuckDB's `LINE 1: ...` quotes the probe above, not the rule as written
+            said = db_message(exc).split(" LINE ", 1)[0]
+            raise ConfigError(
+                f"sync `{sync}`: `on_change[{i}].unless` (`{expression}`) is not a condition "
+                f"over the model's columns: {said}",
+                hint="write SQL over the model's columns that is true or false (e.g. "
+                "`plan_before = 'trial'`); a lookup in another table belongs in the model's SQL, "
+                f"as a column; {columns_hint(columns)}",
+            ) from None
 
 
 def _largest(names: list[str], fragments: list[str], shown: int = 3) -> str:
