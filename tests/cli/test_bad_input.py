@@ -592,3 +592,15 @@ def test_an_empty_primary_key_or_model_is_refused_at_its_line(
     line = next(line for line in SYNC.splitlines() if line.startswith(f"{key}:"))
     err = validate_says(capsys, tmp_path, sync=SYNC.replace(line, written))
     assert said in err
+
+
+def test_an_environment_reference_in_a_model_is_said_to_be_left_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `${...}` is expanded in lockgate.yml's settings, not in a model: the query failed at
+    # "syntax error at or near `$`", which did not say why the variable was not read
+    monkeypatch.setenv("USERS_TABLE", "users")
+    project(tmp_path, sync=SYNC.replace("{table: users}", '{sql: "select * from ${USERS_TABLE}"}'))
+    err = " ".join(fails(capsys, "plan", "profile", "--project", str(tmp_path)).split())
+    assert "check the model's SQL (`select * from ${USERS_TABLE}`)" in err
+    assert "`${USERS_TABLE}` is not expanded in a model" in err

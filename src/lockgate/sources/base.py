@@ -210,14 +210,25 @@ def label(kind: str, name: str | None) -> str:
     return f"{kind} source `{name}`" if name else f"{kind} source"
 
 
+#: `${NAME}`, an environment reference as lockgate.yml writes one
+_ENV_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+
+
 class QueryError(SourceError):
     """A failed query: names the source, quotes the database, says which SQL to check."""
 
     def __init__(self, who: str, sql: str, message: str) -> None:
+        unexpanded = _ENV_REFERENCE.search(sql)
         super().__init__(
             f"{who}: query failed: {message}",
             hint=f"check the model's SQL (`{sql_excerpt(sql)}`) against the warehouse; "
-            "`lockgate sources inspect` lists its tables and columns",
+            "`lockgate sources inspect` lists its tables and columns"
+            + (
+                f"; `{unexpanded[0]}` is not expanded in a model (environment references are "
+                "read only in lockgate.yml's settings: `url`, `path`, `state`, secrets)"
+                if unexpanded
+                else ""
+            ),
         )
         self.who = who
         self.sql = sql
