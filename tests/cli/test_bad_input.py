@@ -604,3 +604,55 @@ def test_an_environment_reference_in_a_model_is_said_to_be_left_as_written(
     err = " ".join(fails(capsys, "plan", "profile", "--project", str(tmp_path)).split())
     assert "check the model's SQL (`select * from ${USERS_TABLE}`)" in err
     assert "`${USERS_TABLE}` is not expanded in a model" in err
+
+
+@pytest.mark.parametrize(
+    ("column", "kind", "pick"),
+    [
+        ("[id]", "INTEGER[]", "`tags[1] as tags`"),
+        ("{'id': id}", "STRUCT(id INTEGER)", "`tags.id as tags`"),
+    ],
+)
+def test_an_id_read_from_a_list_or_struct_column_is_refused_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], column: str, kind: str, pick: str
+) -> None:
+    # each row was sent with the value's text as its id (`[1]`, `{'id': 1}`): a profile
+    # nobody meant, where the sync file named the wrong column
+    project(tmp_path, sync=SYNC.replace("{id: id, email: email}", "{id: tags}"))
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        con.execute(f"create or replace table users as select *, {column} as tags from users")
+    err = " ".join(fails(capsys, "plan", "profile", "--project", str(tmp_path)).split())
+    assert (
+        f"syncs/profile.yml:6: sync `profile`: identifier `id` reads column `tags` of type {kind}, "
+        "which holds several values; an id is one value"
+    ) in err
+    assert f"pick the one value in the model (e.g. {pick})" in err
+
+
+def test_an_object_id_read_from_a_list_is_refused_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    companies = (
+        "name: profile\nsource: warehouse\nmodel: {table: users}\nkind: objects\n"
+        'object_type_id: "1"\nprimary_key: tags\nattributes: {plan: plan}\n'
+    )
+    project(tmp_path, sync=companies)
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        con.execute("create or replace table users as select *, [id] as tags from users")
+    err = " ".join(fails(capsys, "plan", "profile", "--project", str(tmp_path)).split())
+    assert (
+        "syncs/profile.yml:6: sync `profile`: object id (`primary_key`) reads column `tags` of "
+        "type INTEGER[], which holds several values"
+    ) in err
+
+
+def test_a_primary_key_or_identifier_the_model_lacks_is_named_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # both named the file without a line, where a field the model lacks had one
+    project(tmp_path, sync=SYNC.replace("{id: id, email: email}", "{id: user_id}"))
+    err = " ".join(fails(capsys, "plan", "profile", "--project", str(tmp_path)).split())
+    assert "syncs/profile.yml:6: sync `profile`: identifier `id` reads column `user_id`" in err
+    project(tmp_path, sync=SYNC.replace("primary_key: id", "primary_key: user_id"))
+    err = " ".join(fails(capsys, "plan", "profile", "--project", str(tmp_path)).split())
+    assert "syncs/profile.yml:5: sync `profile`: primary key column `user_id` is not" in err

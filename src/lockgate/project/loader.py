@@ -336,8 +336,16 @@ class Project:
             lines = self.sync_lines.get(sync, {})
             named = re.search(r"field `([^`]+)`", error.reason)
             rule = re.search(r"`on_change\[(\d+)\]\.(\w+)`", error.reason)
+            identifier = re.search(r"identifier `([^`]+)` reads column", error.reason)
+            object_id = re.search(r"object id \(`(\w+)`\)", error.reason)
             if rule:
                 error.line = lines.get(("on_change", int(rule[1]), rule[2]))
+            elif identifier:
+                error.line = lines.get(("identify_by", identifier[1]), lines.get(("identify_by",)))
+            elif object_id:
+                error.line = lines.get((object_id[1],))
+            elif "primary key column" in error.reason:
+                error.line = lines.get(("primary_key",))
             elif named:
                 keys = ("attributes", "properties", "relationship_attributes")
                 error.line = next(

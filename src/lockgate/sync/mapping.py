@@ -1556,6 +1556,27 @@ def email_match(text: str) -> str:
     return f"lower({_trim(text)})"
 
 
+def _one_value(sync: str, what: str, column: str, col_type: str) -> None:
+    """Refuse an identifier or object id read from a list, struct or map column: each row
+    was sent with the value's text (`[1]`, `{'a': 1}`) as the id, a profile or object nobody
+    means, where the sync file named the wrong column or the model did not pick the value."""
+    kind = col_type.upper()
+    if not (kind.endswith("]") or kind.startswith(("STRUCT(", "MAP(", "UNION("))):
+        return
+    pick = (
+        f"`{column}[1] as {column}`"
+        if kind.endswith("]")
+        else f"`{column}.id as {column}`"
+        if kind.startswith("STRUCT(")
+        else f"`{column}['id'] as {column}`"
+    )
+    raise ConfigError(
+        f"sync `{sync}`: {what} reads column `{column}` of type {col_type}, which holds "
+        "several values; an id is one value",
+        hint=f"pick the one value in the model (e.g. {pick}) or name another column",
+    )
+
+
 def _id_checks(column: str, col_type: str, what: str, text: str) -> list[str]:
     """The reject check of a number column that :func:`_id_text` cannot name (none for text
     and integer columns); ``text`` is the computed column holding its id text."""
@@ -1599,6 +1620,7 @@ def identifier_sql(
             )
         if target in chosen:
             raise ConfigError(f"sync `{sync.name}`: two columns map to Customer.io `{target}`")
+        _one_value(sync.name, f"identifier `{kind}`", column, columns[column])
         chosen[target] = column
     values: dict[str, str] = {}
     for target, col in chosen.items():
@@ -2229,6 +2251,7 @@ def compile_objects(
     assert sync.object_type_id is not None
     key_column = sync.key_columns[0]
     _require(sync, key_column, "object id (`primary_key`)", columns)
+    _one_value(sync.name, "object id (`primary_key`)", key_column, columns[key_column])
     fields = Fields(zone=sync.timezone)
     fields.computed.append(
         ("__obj", f"nullif({_trim(_id_text(key_column, columns[key_column]))}, '')")
@@ -2275,6 +2298,7 @@ def compile_relationships(
     """
     assert sync.object_type_id is not None and sync.object_id is not None
     _require(sync, sync.object_id, "object id (`object_id`)", columns)
+    _one_value(sync.name, "object id (`object_id`)", sync.object_id, columns[sync.object_id])
     fields = Fields(zone=sync.timezone)
     identifiers, _, checks = identifier_sql(sync, columns, fields)
     obj_type = columns[sync.object_id]
