@@ -56,7 +56,18 @@ def unique_columns(names: list[str], *, sync: str, warehouse: str = "") -> None:
     ``plan`` silently sends the first one's values. Which one the sync file means is not
     clear, so the run stops before a row is copied or sent. ``warehouse`` is the source's
     type (``snowflake`` adds why two names folded into one). A `ConfigError` without a file:
-    callers point it at the sync file (:meth:`Project.locate`)."""
+    callers point it at the sync file (:meth:`Project.locate`).
+
+    A name starting with ``__`` is refused too: Lockgate adds such columns to the model's rows
+    as it maps them (``__k``, ``__id_id``...), and a model column of one of those names took
+    their place: a column `__k` became every row's key, `__id_id` every row's person."""
+    own = [name for name in names if name.startswith("__")]
+    if own:
+        raise ConfigError(
+            f"sync `{sync}`: the model returns {', '.join(f'`{n}`' for n in own)}: names "
+            "starting with `__` are Lockgate's own, for the columns it adds as it maps rows",
+            hint=f"give it another name in the model's SQL (`{own[0]} as {own[0].lstrip('_')}`)",
+        )
     seen: dict[str, str] = {}
     for name in names:
         if name.lower() not in seen:
@@ -366,8 +377,10 @@ class InPlace:
             # a broken model, or one that runs alone but not nested: the copy reads it as
             # written and reports its own error
             return None
-        if len({name.lower() for name in names}) < len(names):
-            return None  # two columns of one name: `stage` refuses the model
+        if len({name.lower() for name in names}) < len(names) or any(
+            name.startswith("__") for name in names
+        ):
+            return None  # two columns of one name, or one of Lockgate's: `stage` refuses it
         columns = staged_types(con, schema, Carry.of(native))
         if list(columns) != list(native):
             return None
