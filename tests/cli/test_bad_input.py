@@ -656,3 +656,33 @@ def test_a_primary_key_or_identifier_the_model_lacks_is_named_at_its_line(
     project(tmp_path, sync=SYNC.replace("primary_key: id", "primary_key: user_id"))
     err = " ".join(fails(capsys, "plan", "profile", "--project", str(tmp_path)).split())
     assert "syncs/profile.yml:5: sync `profile`: primary key column `user_id` is not" in err
+
+
+EVENTS = """\
+name: profile
+source: warehouse
+model: {table: users}
+kind: events
+identify_by: {id: id}
+event: {name: plan, id: id, timestamp: signed_up}
+"""
+
+
+@pytest.mark.parametrize(
+    ("event", "said"),
+    [
+        # each failed at `plan` without a line ("`event.name` needs a column or ...")
+        ("{name: '', id: id}", "`event.name` names an empty column"),
+        ("{name: plan, id: ' '}", "`event.id` names an empty column"),
+        ("{name: plan, id: {hash: [id, '']}}", "`event.id.hash` names an empty column"),
+        ("{name: plan, id: {hash: [id, ID]}}", "`event.id.hash` names a column twice"),
+        # taken for no timestamp: every event sent as happening at the time of sending
+        ("{name: plan, id: id, timestamp: ''}", "`event.timestamp` names an empty column"),
+    ],
+)
+def test_an_event_naming_an_empty_column_is_refused_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], event: str, said: str
+) -> None:
+    sync = EVENTS.replace("{name: plan, id: id, timestamp: signed_up}", event)
+    err = validate_says(capsys, tmp_path, sync=sync)
+    assert f"syncs/profile.yml:6: {said}" in err

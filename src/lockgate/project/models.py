@@ -904,6 +904,16 @@ class ModelRef(StrictModel):
         return self
 
 
+def _not_blank(column: str | None, what: str, otherwise: str = "") -> None:
+    """Refuse a column name that is empty or only white space: no model has such a column,
+    and the run that found out failed naming neither file nor line."""
+    if column is not None and not column.strip():
+        raise ValueError(
+            f"{what} names an empty column; name one of the model's columns"
+            + (f", {otherwise}" if otherwise else "")
+        )
+
+
 def _check_event_name(value: str) -> str:
     """A constant event name Customer.io takes (trimmed, as it is sent): not blank, at most
     100 bytes of UTF-8. One it refuses would reject every event of every run."""
@@ -929,6 +939,7 @@ class EventNameConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one(self) -> EventNameConfig:
+        _not_blank(self.column, "`event.name`")
         if (self.column is None) == (self.value is None):
             raise ValueError(
                 "`event.name` needs exactly one of `column` and `value`: `name: event_name` "
@@ -949,6 +960,14 @@ class EventIdConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one(self) -> EventIdConfig:
+        _not_blank(self.column, "`event.id`")
+        for column in self.hash or []:
+            _not_blank(column, "`event.id.hash`")
+        if self.hash and len({c.lower() for c in self.hash}) < len(self.hash):
+            raise ValueError(
+                f"`event.id.hash` names a column twice ({', '.join(f'`{c}`' for c in self.hash)})"
+                "; list each column once"
+            )
         if (self.column is None) == (not self.hash):
             raise ValueError(
                 "`event.id` needs exactly one of `column` and `hash` (a list of columns): "
@@ -1023,6 +1042,13 @@ class EventConfig(StrictModel):
     """Column with when it happened; sent as unix seconds. Default: the time of sending."""
     id: EventIdConfig
     """A column, or `{hash: [col, ...]}`: sent as the event's dedupe `id`."""
+
+    @field_validator("timestamp")
+    @classmethod
+    def _timestamp(cls, value: str | None) -> str | None:
+        # a blank one was taken for none: every event sent as happening at the time of sending
+        _not_blank(value, "`event.timestamp`", "or leave the key out to send each event as of now")
+        return value
 
     @field_validator("name", mode="before", json_schema_input_type=str | EventNameConfig)
     @classmethod
