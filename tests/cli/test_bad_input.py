@@ -686,3 +686,21 @@ def test_an_event_naming_an_empty_column_is_refused_at_its_line(
     sync = EVENTS.replace("{name: plan, id: id, timestamp: signed_up}", event)
     err = validate_says(capsys, tmp_path, sync=sync)
     assert f"syncs/profile.yml:6: {said}" in err
+
+
+def test_a_sync_file_in_a_folder_under_syncs_is_named_when_its_sync_is_asked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # only the files directly in `syncs/` are read: one in `syncs/marketing/` was never
+    # loaded, and asking for its sync said only "no sync named `leads`"
+    project(tmp_path)
+    (tmp_path / "syncs" / "marketing").mkdir()
+    (tmp_path / "syncs" / "marketing" / "leads.yml").write_text(
+        SYNC.replace("name: profile", "name: leads")
+    )
+    err = " ".join(fails(capsys, "plan", "leads", "--project", str(tmp_path)).split())
+    assert "no sync named `leads`" in err
+    assert (
+        "only the files directly in `syncs/` are read, not `syncs/marketing/leads.yml`: move it "
+        "up into `syncs/`"
+    ) in err

@@ -320,10 +320,21 @@ class Project:
             known = ", ".join(f"`{n}`" for n in sorted(self.syncs)) or "none"
             close = difflib.get_close_matches(name, sorted(self.syncs), n=1)
             hint = f"syncs in this project: {known}"
-            raise ConfigError(
-                f"no sync named `{name}`",
-                hint=f"did you mean `{close[0]}`? ({hint})" if close else hint,
-            ) from None
+            hint = f"did you mean `{close[0]}`? ({hint})" if close else hint
+            # a file in a folder under `syncs/` is never read: say so, or it looks lost
+            nested = sorted(
+                str(path.relative_to(self.root))
+                for path in (self.root / SYNCS_DIR).glob("*/**/*.y*ml")
+                if path.is_file()
+            )
+            if nested:
+                shown = ", ".join(f"`{n}`" for n in nested[:3])
+                hint += (
+                    f"; only the files directly in `{SYNCS_DIR}/` are read, not {shown}"
+                    + (f" and {len(nested) - 3} more" if len(nested) > 3 else "")
+                    + f": move {'it' if len(nested) == 1 else 'them'} up into `{SYNCS_DIR}/`"
+                )
+            raise ConfigError(f"no sync named `{name}`", hint=hint) from None
 
     def locate(
         self, error: ConfigError, sync: str, key: tuple[str, ...] | None = None
