@@ -507,6 +507,38 @@ def _place_blocks(config: ProjectConfig, lines: Lines) -> None:
             block.placed(Place(place_of(loc) or "", loc, lines, PROJECT_FILE))
 
 
+def _check_null_defaults(
+    sync: SyncConfig, shown: str, sync_lines: Lines | None, lines: Lines
+) -> None:
+    """Refuse `on_null: default` for a sync (its own, or `defaults.on_null` of lockgate.yml)
+    when a field reading a column has neither a `default` nor an `on_null` of its own: a null
+    there was sent as JSON `null`, which Customer.io does not take as a value. A field's own
+    `on_null: default` without a `default` is refused where it is written. ``sync_lines``:
+    the sync file's, when the sync sets its own `on_null`; None when lockgate.yml's applies."""
+    if sync.on_null != "default":
+        return
+    groups = (sync.attributes, sync.properties, getattr(sync, "relationship_attributes", {}))
+    bare = [
+        name
+        for group in groups
+        for name, spec in group.items()
+        if spec.value is None and spec.on_null is None and spec.default is None
+    ]
+    if not bare:
+        return
+    named = ", ".join(f"`{name}`" for name in bare)
+    raise ConfigError(
+        f"sync `{sync.name}`: `on_null: default` sends each field's `default` for a null, "
+        f"and {named} {'has' if len(bare) == 1 else 'have'} none",
+        hint=f"give {'it' if len(bare) == 1 else 'each'} a `default` (`{bare[0]}: {{column: "
+        f"{bare[0]}, default: ...}}`), or its own `on_null` (`skip` or `clear`)",
+        file=shown if sync_lines is not None else PROJECT_FILE,
+        line=(sync_lines if sync_lines is not None else lines).get(
+            ("on_null",) if sync_lines is not None else ("defaults", "on_null")
+        ),
+    )
+
+
 def load_project(root: str | Path = ".") -> Project:
     """Load and validate a project folder. Raises ConfigError naming file and line."""
     root = Path(root).resolve()
@@ -549,10 +581,12 @@ def load_project(root: str | Path = ".") -> Project:
                 line=sync_lines.get(("destination",)),
             )
         _check_identifiers(sync, config, sync_lines, shown)
-        if "on_null" not in sync.model_fields_set and sync.kind != "events":
+        own_null = "on_null" in sync.model_fields_set
+        if not own_null and sync.kind != "events":
             # `defaults.on_null` for the attributes of a sync that does not set its own
             # (events' properties have no value to keep: a null there is always left out)
             sync = sync.model_copy(update={"on_null": config.defaults.on_null})
+        _check_null_defaults(sync, shown, sync_lines if own_null else None, lines)
         zone = config.sources[sync.source].timezone
         if sync.timezone is None and zone is not None:
             # the source's zone for the naive timestamps of a sync that does not name its own
