@@ -1610,7 +1610,8 @@ def diff_records(
         alter table mapped rename to changes;
         """,
     )
-    nulls_only = _nothing_to_send(con, sync, unconfirmed)
+    # a relationship's after its hold: one whose end is not delivered (or may be gone) waits
+    nulls_only = 0 if sync.kind == "relationships" else _nothing_to_send(con, sync, unconfirmed)
     shared, shared_samples = _shared_people(con, snap) if shared_check else (0, ())
     held = 0
     held_samples: tuple[tuple[str, str], ...] = ()
@@ -1618,6 +1619,7 @@ def diff_records(
         held, held_samples = _hold_relationships(
             con, objects_snaps or [], people_snaps or [], unsure_objects, unsure_people
         )
+        nulls_only = _nothing_to_send(con, sync, unconfirmed)
         run_sql(con, f"drop table if exists {RESYNC_HELD}")
         if full_resync and held:
             # held for an end that left its model (cleared, not deleted): a relationship
@@ -1733,23 +1735,29 @@ NULLS_ONLY = "nulls_only"
 
 
 def _nothing_to_send(con: duckdb.DuckDBPyConnection, sync: SyncConfig, unconfirmed: str) -> int:
-    """Move from ``changes`` to the temp table ``nulls_only`` the rows of a people or objects
-    sync that have nothing to send: changed (their hash differs), but their payload carries no
-    attribute value (``n_set = n_echo``: every attribute null under `on_null: skip`, nothing
-    cleared, no default; at most `_update` and the email identifier repeated), to the
-    identifiers that were delivered to. Such an identify changes nothing in Customer.io. The
-    run records them as delivered (:func:`commit_nulls_only`), so they are not found changed
-    again. Always sent: a new record (the identify creates it), one whose identifiers changed
-    (an email taken or given up), one whose last delivery was not confirmed (a delete or a
-    clear may have applied). Returns how many."""
+    """Move from ``changes`` to the temp table ``nulls_only`` the rows of a people, objects
+    or relationships sync that have nothing to send: changed (their hash differs), but their
+    payload carries no attribute value the record does not hold already (``n_set = n_echo``:
+    every attribute null under `on_null: skip`, nothing cleared, no default; at most the
+    email identifier repeated and constants as the last run sent them, `Fields.kept`), to the
+    identifiers that were delivered to (a relationship: the same person and object). Such an
+    identify (or `add_relationships`) changes nothing in Customer.io. The run records them as
+    delivered (:func:`commit_nulls_only`), so they are not found changed again. Always sent: a
+    new record (the identify creates it), one whose identifiers changed (an email taken or
+    given up), one whose last delivery was not confirmed (a delete or a clear may have
+    applied); a relationship held for an end (:func:`_hold_relationships`, which runs first)
+    is not here. Returns how many."""
     run_sql(con, f"drop table if exists {NULLS_ONLY}")
-    if sync.kind not in ("people", "objects"):
+    if sync.kind not in ("people", "objects", "relationships"):
         return 0
-    same = " and ".join(
-        f"json_extract_string(c.ident, '$.{k}') is not distinct from "
-        f"json_extract_string(n.ident, '$.{k}')"
-        for k in _IDENT_KEYS
-    )
+    if sync.kind == "relationships":  # the person's identifiers and the object's, as JSON text
+        same = "c.ident = n.ident"
+    else:
+        same = " and ".join(
+            f"json_extract_string(c.ident, '$.{k}') is not distinct from "
+            f"json_extract_string(n.ident, '$.{k}')"
+            for k in _IDENT_KEYS
+        )
     run_sql(
         con,
         f"""

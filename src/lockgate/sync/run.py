@@ -2055,7 +2055,7 @@ def run_sync(
                     diff_step.forget_kept_emails(store, sync, run_id, released)
                     diff_step.forget_released_left(store, sync, released)
             with step("commit"):
-                if sync.kind in ("people", "objects"):  # recorded as delivered: nothing to send
+                if sync.kind != "events":  # recorded as delivered: nothing to send
                     diff_step.commit_nulls_only(store, sync.name, run_id)
                 store.fold_journal(sync.name, sent=True)
                 if changes.history_skipped:
