@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from tests.sync.helpers import sent_ops
 
 from lockgate.cli import cli
+from lockgate.cli.sync import change_rows
 from lockgate.console import NullConsole
 from lockgate.emulator import FaultConfig
 from lockgate.errors import ConfigError
@@ -1067,6 +1068,7 @@ def test_a_relationship_whose_attributes_all_went_null_is_not_sent_again(
     project_factory.sql("update members set role = null where user_id = 1")
     plan = plan_sync(project, "memberships", console=NullConsole())
     assert (plan.changes.changed, plan.changes.nulls_only, plan.samples) == (0, 1, ())
+    assert ("  of which changed only to nulls (nothing to send)", 1) in change_rows(plan)
 
     emu = project_factory.emulator
     since = len(emu.request_log())
