@@ -407,3 +407,46 @@ def test_a_constant_added_is_sent_to_a_row_gone_to_nulls(project_factory: Projec
     assert [op["attributes"] for op in calls_for(project_factory, since, id="1")] == [
         {"origin": "billing"}
     ]
+
+
+def test_a_record_the_constant_change_missed_is_sent_it_when_gone_to_nulls(
+    project_factory: ProjectFactory,
+) -> None:
+    """A record the run that edited a constant did not send to (its row rejected then, or out
+    of the model) still holds the old constant in Customer.io: once its row is back with only
+    nulls, the identify carrying the new constant is sent, not skipped as nothing to send."""
+    project_factory.sql(NULLABLE + "alter table users add column seats varchar default '5';")
+    body = USERS_PROFILE + (
+        "  plan: plan\n  seats: {column: seats, type: number}\n  origin: {value: billing}\n"
+    )
+    run_sync(project_factory.write({"profile": body}), "profile", console=NullConsole())
+    project_factory.sql(
+        "update users set seats = 'many' where user_id = 1; "
+        "create table gone as select * from users where user_id = 2; "
+        "delete from users where user_id = 2"
+    )
+    project = project_factory.write({"profile": body.replace("billing", "crm")})
+    edited = run_sync(project, "profile", console=NullConsole())
+    assert (edited.changes.rejected, edited.delivered) == (1, 1)  # only user 3 gets `crm`
+
+    project_factory.sql(
+        "update users set seats = null, plan = null where user_id = 1; "
+        "insert into users by name select * replace (null as plan, null as seats) from gone"
+    )
+    plan = plan_sync(project, "profile", console=NullConsole())
+    assert (plan.changes.changed, plan.changes.nulls_only) == (2, 0)
+    since = requests(project_factory)
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.changes.as_dict() | {"rows_copied": 0} == plan.changes.as_dict() | {
+        "rows_copied": 0
+    }
+    for person in ("1", "2"):
+        assert [op["attributes"] for op in calls_for(project_factory, since, id=person)] == [
+            {"origin": "crm"}
+        ]
+        assert attributes(project_factory, int(person))["origin"] == "crm"
+    # delivered: the next row of theirs gone to nulls again has nothing to send
+    project_factory.sql("update users set plan = 'pro' where user_id = 1")
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("update users set plan = null where user_id = 1")
+    assert run_sync(project, "profile", console=NullConsole()).changes.nulls_only == 1

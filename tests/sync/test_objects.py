@@ -1086,3 +1086,42 @@ def test_a_relationship_whose_attributes_all_went_null_is_not_sent_again(
     project_factory.sql("update members set role = 'owner' where user_id = 1")
     assert run_sync(project, "memberships", console=NullConsole()).delivered == 1
     assert ("1", "1", "acme", "owner") in rels(emu)
+
+
+def test_a_relationship_held_while_its_constant_changed_gets_it_when_gone_to_nulls(
+    project_factory: ProjectFactory,
+) -> None:
+    """Company globex leaves a `mirror` objects sync (cleared, still in Customer.io with its
+    relationships) in the run that edits the memberships' constant: globex's membership is
+    held then, and keeps the old constant in Customer.io. When globex is back with the
+    membership's role gone null, the membership is sent with the new constant."""
+    seed(project_factory)
+    companies = COMPANIES + "mode: mirror\n"
+    memberships = MEMBERSHIPS.replace("{role: role}", "{role: role, source: {value: crm}}")
+    project = project_factory.write(
+        {"companies": companies, "people": PEOPLE, "memberships": memberships}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    project_factory.sql(
+        "create table back as select * from companies where company_id = 'globex'; "
+        "delete from companies where company_id = 'globex'"
+    )
+    project = project_factory.write(
+        {"companies": companies, "people": PEOPLE, "memberships": memberships.replace("crm", "erp")}
+    )
+    edited = run_all(project)["memberships"]
+    assert (edited.changes.held, edited.delivered) == (1, 2)
+
+    project_factory.sql(
+        "insert into companies select * from back; update members set role = null where user_id = 3"
+    )
+    since = len(emu.request_log())
+    back = run_all(project)["memberships"]
+    assert (back.changes.nulls_only, back.delivered) == (0, 1)
+    sent = [op for op in sent_ops(emu, since) if op.get("action") == "add_relationships"]
+    assert [op["cio_relationships"][0]["relationship_attributes"] for op in sent] == [
+        {"source": "erp"}
+    ]
+    attrs = {r.object_id: r.attributes for r in emu.relationships()}
+    assert attrs["globex"] == {"role": "owner", "source": "erp"}

@@ -422,6 +422,20 @@ def kept_constants(sync: SyncConfig, last: LastHash | None, group: str) -> froze
     return frozenset(n for n, f in now.items() if "value" in f and was.get(n) == f)
 
 
+def changed_constants(sync: SyncConfig, last: LastHash | None) -> bool:
+    """Whether the sync maps a constant that the mapping recorded by its last committed run
+    (``last``) did not send alike (added, or its value edited; :func:`kept_constants`). False
+    without a recorded mapping: no constant is kept then, whatever the records hold."""
+    if last is None:
+        return False
+    shape = normal_form(shaping(sync))
+    return any(
+        "value" in spec and name not in kept_constants(sync, last, group)
+        for group in ("attributes", "relationship_attributes")
+        for name, spec in (shape.get(group) or {}).items()
+    )
+
+
 def _fingerprint(shape: dict[str, Any]) -> str:
     import hashlib
 
