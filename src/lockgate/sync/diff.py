@@ -1741,6 +1741,30 @@ to: no row hashes to it, so the record is found changed (as it was, under the ne
 and :func:`_nothing_to_send` does not take it for one holding the constants."""
 
 
+def mark_stale(store: StateStore, sync: SyncConfig) -> int:
+    """At the commit of a run whose mapping has a constant the last recorded one did not send
+    alike (``mapping.changed_constants``), before the journal is folded: give the records of
+    the snapshot this run did not journal (rejected, held, left the model) the hash
+    :data:`STALE_HASH`. Their last delivery did not carry the new constant, so a later row of
+    theirs gone to nulls is sent (with it), not taken for one with nothing to send. Every row
+    hashes anew under such a mapping, so no record unchanged since is among them. A record
+    whose `on_change` event this run fired is left as it is: the event's key holds the
+    snapshot's hash, and one not delivered is sent again under the same key
+    (:func:`_state_change_events`). Returns how many."""
+    snap, journal = table("snap", sync.name), table("journal", sync.name)
+    fired = (
+        " and k not in (select pk from oc_changes where pk is not null)"
+        if sync.on_change and temp_table(store.con, "oc_changes")
+        else ""
+    )
+    rows = run_sql(
+        store.con,
+        f"update {snap} set h = {STALE_HASH} where h <> {STALE_HASH} "
+        f"and not exists (select 1 from {journal} j where j.k = {snap}.k){fired}",
+    )
+    return int(rows[0][0])
+
+
 def _nothing_to_send(
     con: duckdb.DuckDBPyConnection, sync: SyncConfig, unconfirmed: str, snap: str
 ) -> int:
@@ -1797,30 +1821,6 @@ def commit_nulls_only(store: StateStore, sync: str, run_id: str) -> int:
         [run_id],
     )
     run_sql(store.con, f"drop table {NULLS_ONLY}")  # not another sync's, on a session's store
-    return int(rows[0][0])
-
-
-def mark_stale(store: StateStore, sync: SyncConfig) -> int:
-    """At the commit of a run whose mapping has a constant the last recorded one did not send
-    alike (``mapping.changed_constants``), before the journal is folded: give the records of
-    the snapshot this run did not journal (rejected, held, left the model) the hash
-    :data:`STALE_HASH`. Their last delivery did not carry the new constant, so a later row of
-    theirs gone to nulls is sent (with it), not taken for one with nothing to send. Every row
-    hashes anew under such a mapping, so no record unchanged since is among them. A record
-    whose `on_change` event this run fired is left as it is: the event's key holds the
-    snapshot's hash, and one not delivered is sent again under the same key
-    (:func:`_state_change_events`). Returns how many."""
-    snap, journal = table("snap", sync.name), table("journal", sync.name)
-    fired = (
-        " and k not in (select pk from oc_changes where pk is not null)"
-        if sync.on_change and temp_table(store.con, "oc_changes")
-        else ""
-    )
-    rows = run_sql(
-        store.con,
-        f"update {snap} set h = {STALE_HASH} where h <> {STALE_HASH} "
-        f"and not exists (select 1 from {journal} j where j.k = {snap}.k){fired}",
-    )
     return int(rows[0][0])
 
 
