@@ -49,6 +49,16 @@ test: $(STAMP) postgres-bin client-venvs ## run the whole test suite (starts its
 	@# the slowest tests are listed at the end, to keep the suite within its 10 minutes
 	$(VENV)/bin/pytest -q -p no:cacheprovider -n auto --dist loadfile --durations=15
 
+HUNT_EXAMPLES ?= 60
+HUNT_STEPS ?= 15
+hunt: $(STAMP) ## longer random hunts of the sync property tests (HUNT_EXAMPLES, HUNT_STEPS)
+	@# a new random seed each time; a failure is shrunk, printed as the steps that make it,
+	@# and saved in .hypothesis/, which the next run replays first
+	LOCKGATE_PROPERTY_EXAMPLES=$(HUNT_EXAMPLES) LOCKGATE_PROPERTY_STEPS=$(HUNT_STEPS) \
+	  $(VENV)/bin/pytest -q -p no:cacheprovider -n auto --timeout 7200 \
+	  tests/sync/test_sync_properties.py tests/sync/test_sync_properties_identify.py \
+	  tests/sync/test_b2b_properties.py tests/sync/test_identity_properties.py
+
 test-postgres: $(STAMP) postgres-bin ## only the tests that need Postgres
 	$(VENV)/bin/pytest -q -m postgres
 

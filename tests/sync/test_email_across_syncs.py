@@ -496,3 +496,64 @@ def test_an_email_whose_holder_starts_keeping_it_runs_no_follow_up(
         "u1": ("e1@x.io", {"b_sync_plan": "gold"}),
     }
     assert failures(emu) == []
+
+
+COMPANIES = """
+name: companies
+source: warehouse
+model: {table: companies}
+kind: objects
+object_type_id: "1"
+primary_key: company_id
+attributes: {name: name}
+"""
+
+MEMBERSHIPS = """
+name: memberships
+source: warehouse
+model: {table: members}
+kind: relationships
+object_type_id: "1"
+object_id: company_id
+identify_by: {id: user_id}
+relationship_attributes: {role: role}
+"""
+
+
+def test_a_relationship_of_a_person_a_follow_up_creates_goes_out_in_the_same_command(
+    project_factory: ProjectFactory,
+) -> None:
+    """New u2 of `a_sync` takes e1, which `b_sync` (run after it) moves u1 off, and joins Acme:
+    the follow-up creates u2 before the relationships sync runs, so one `sync --all` sends
+    u2 and the membership, as its plan says."""
+    f, emu = project_factory, project_factory.emulator
+    rows(f, "a_sync", ("u3", "e3@x.io", "free"))
+    rows(f, "b_sync", ("u1", "e1@x.io", "gold"))
+    f.sql(
+        "create table companies as select 'acme' as company_id, 'Acme' as name; "
+        "create table members as select 'u3' as user_id, 'acme' as company_id, 'admin' as role"
+    )
+    f.project = f.write(
+        {
+            "a_sync": SYNC.format(name="a_sync"),
+            "b_sync": SYNC.format(name="b_sync"),
+            "companies": COMPANIES,
+            "memberships": MEMBERSHIPS,
+        }
+    )
+    lockgate(f.project, "sync", "--all", "--json")
+    f.sql(
+        "insert into a_sync values ('u2', 'E1@x.io', 'pro'); "
+        "update b_sync set email = 'e5@x.io'; "
+        "insert into members values ('u2', 'acme', 'member')"
+    )
+    plans, runs, sent = plan_then_sync(f)
+    assert list(runs) == ["companies", "a_sync", "b_sync", "a_sync (follow-up)", "memberships"]
+    assert_plans_match(plans, runs, sent)
+    assert runs["memberships"]["delivered"] == 1
+    by_cio = {p.cio_id: p.id for p in emu.people()}
+    assert sorted((by_cio[r.person], r.attributes.get("role")) for r in emu.relationships()) == [
+        ("u2", "member"),
+        ("u3", "admin"),
+    ]
+    assert people(emu)["u2"] == ("E1@x.io", {"a_sync_plan": "pro"})

@@ -353,3 +353,100 @@ def test_an_on_change_row_gone_to_nulls_records_its_null(project_factory: Projec
     assert (report.changes.state_events, report.delivered) == (1, 3)  # 2 only
     fired = [e for e in project_factory.emulator.events() if e.name == "cart_abandoned"]
     assert len(fired) == 1
+
+
+def test_a_constant_already_delivered_is_no_value_to_send(project_factory: ProjectFactory) -> None:
+    """A constant (`{value: ...}`) was sent with every delivery of the record and has not
+    changed since: a row whose other attributes all went null would send only it again, which
+    changes nothing. It counts as changed only to nulls and is recorded; once the constant is
+    edited in the sync file, every record is sent with the new value, this one too."""
+    project_factory.sql(NULLABLE)
+    body = USERS_PROFILE + "  plan: plan\n  origin: {value: billing}\n"
+    project = project_factory.write({"profile": body})
+    run_sync(project, "profile", console=NullConsole())
+    assert attributes(project_factory, 1) == {"plan": "pro", "origin": "billing"}
+
+    project_factory.sql("update users set plan = null where user_id = 1")
+    plan = plan_sync(project, "profile", console=NullConsole())
+    assert (plan.changes.changed, plan.changes.nulls_only, plan.samples) == (0, 1, ())
+    since = requests(project_factory)
+    report = run_sync(project, "profile", console=NullConsole())
+    assert calls_for(project_factory, since, id="1") == []
+    assert (report.changes.nulls_only, report.delivered) == (1, 0)
+    assert report.changes.as_dict() | {"rows_copied": 0} == plan.changes.as_dict() | {
+        "rows_copied": 0
+    }
+    # recorded: nothing changed for the next run
+    assert run_sync(project, "profile", console=NullConsole()).changes.nulls_only == 0
+    assert requests(project_factory) == since
+
+    # the constant edited: its new value is a value to send, to every record
+    project = project_factory.write({"profile": body.replace("billing", "crm")})
+    plan = plan_sync(project, "profile", console=NullConsole())
+    assert (plan.changes.changed, plan.changes.nulls_only) == (3, 0)
+    since = requests(project_factory)
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.changes.changed, report.changes.nulls_only, report.delivered) == (3, 0, 3)
+    assert [op["attributes"] for op in calls_for(project_factory, since, id="1")] == [
+        {"origin": "crm"}
+    ]
+    assert attributes(project_factory, 1) == {"plan": "pro", "origin": "crm"}
+
+
+def test_a_constant_added_is_sent_to_a_row_gone_to_nulls(project_factory: ProjectFactory) -> None:
+    """A constant the last run did not send (added to the mapping in the run where the row's
+    values went null) is a value to send: the record is sent with it."""
+    project_factory.sql(NULLABLE)
+    body = USERS_PROFILE + "  plan: plan\n"
+    run_sync(project_factory.write({"profile": body}), "profile", console=NullConsole())
+    project_factory.sql("update users set plan = null where user_id = 1")
+    project = project_factory.write({"profile": body + "  origin: {value: billing}\n"})
+    assert plan_sync(project, "profile", console=NullConsole()).changes.nulls_only == 0
+    since = requests(project_factory)
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 3
+    assert [op["attributes"] for op in calls_for(project_factory, since, id="1")] == [
+        {"origin": "billing"}
+    ]
+
+
+def test_a_record_the_constant_change_missed_is_sent_it_when_gone_to_nulls(
+    project_factory: ProjectFactory,
+) -> None:
+    """A record the run that edited a constant did not send to (its row rejected then, or out
+    of the model) still holds the old constant in Customer.io: once its row is back with only
+    nulls, the identify carrying the new constant is sent, not skipped as nothing to send."""
+    project_factory.sql(NULLABLE + "alter table users add column seats varchar default '5';")
+    body = USERS_PROFILE + (
+        "  plan: plan\n  seats: {column: seats, type: number}\n  origin: {value: billing}\n"
+    )
+    run_sync(project_factory.write({"profile": body}), "profile", console=NullConsole())
+    project_factory.sql(
+        "update users set seats = 'many' where user_id = 1; "
+        "create table gone as select * from users where user_id = 2; "
+        "delete from users where user_id = 2"
+    )
+    project = project_factory.write({"profile": body.replace("billing", "crm")})
+    edited = run_sync(project, "profile", console=NullConsole())
+    assert (edited.changes.rejected, edited.delivered) == (1, 1)  # only user 3 gets `crm`
+
+    project_factory.sql(
+        "update users set seats = null, plan = null where user_id = 1; "
+        "insert into users by name select * replace (null as plan, null as seats) from gone"
+    )
+    plan = plan_sync(project, "profile", console=NullConsole())
+    assert (plan.changes.changed, plan.changes.nulls_only) == (2, 0)
+    since = requests(project_factory)
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.changes.as_dict() | {"rows_copied": 0} == plan.changes.as_dict() | {
+        "rows_copied": 0
+    }
+    for person in ("1", "2"):
+        assert [op["attributes"] for op in calls_for(project_factory, since, id=person)] == [
+            {"origin": "crm"}
+        ]
+        assert attributes(project_factory, int(person))["origin"] == "crm"
+    # delivered: the next row of theirs gone to nulls again has nothing to send
+    project_factory.sql("update users set plan = 'pro' where user_id = 1")
+    run_sync(project, "profile", console=NullConsole())
+    project_factory.sql("update users set plan = null where user_id = 1")
+    assert run_sync(project, "profile", console=NullConsole()).changes.nulls_only == 1

@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from tests.sync.helpers import sent_ops
 
 from lockgate.cli import cli
+from lockgate.cli.sync import change_rows
 from lockgate.console import NullConsole
 from lockgate.emulator import FaultConfig
 from lockgate.errors import ConfigError
@@ -1044,3 +1046,82 @@ def test_relationships_held_because_no_people_sync_sends_their_identifier_say_so
         "people sync's model; no people sync has sent anyone by `id` yet: relate them by an "
         "identifier the people syncs send, or add `id` to a people sync's `identify_by`)"
     )
+
+
+@pytest.mark.parametrize(
+    "relationships", ["{role: role}", "{role: role, source: {value: crm}}"], ids=["plain", "const"]
+)
+def test_a_relationship_whose_attributes_all_went_null_is_not_sent_again(
+    project_factory: ProjectFactory, relationships: str
+) -> None:
+    """Under `on_null: skip` a relationship delivered before whose attributes all became null
+    (its constants as last delivered) has nothing to send: `add_relationships` again would
+    only repeat a relationship Customer.io holds. It counts as changed only to nulls, in the
+    plan as in the run, is recorded, and a later real value is sent."""
+    seed(project_factory)
+    project = with_attributes(
+        project_factory,
+        "{name: name, plan: plan, seats: {column: seats, type: integer}}",
+        relationships,
+    )
+    run_all(project)
+    project_factory.sql("update members set role = null where user_id = 1")
+    plan = plan_sync(project, "memberships", console=NullConsole())
+    assert (plan.changes.changed, plan.changes.nulls_only, plan.samples) == (0, 1, ())
+    assert ("  of which changed only to nulls (nothing to send)", 1) in change_rows(plan)
+
+    emu = project_factory.emulator
+    since = len(emu.request_log())
+    report = run_sync(project, "memberships", console=NullConsole())
+    assert [op for op in sent_ops(emu, since) if op["identifiers"] == {"id": "1"}] == []
+    assert (report.changes.nulls_only, report.delivered) == (1, 0)
+    assert report.changes.as_dict() | {"rows_copied": 0} == plan.changes.as_dict() | {
+        "rows_copied": 0
+    }
+    assert ("1", "1", "acme", "admin") in rels(emu)  # kept
+    again = run_sync(project, "memberships", console=NullConsole())
+    assert (again.changes.to_send, again.changes.nulls_only) == (0, 0)
+    assert len(emu.request_log()) == since
+
+    project_factory.sql("update members set role = 'owner' where user_id = 1")
+    assert run_sync(project, "memberships", console=NullConsole()).delivered == 1
+    assert ("1", "1", "acme", "owner") in rels(emu)
+
+
+def test_a_relationship_held_while_its_constant_changed_gets_it_when_gone_to_nulls(
+    project_factory: ProjectFactory,
+) -> None:
+    """Company globex leaves a `mirror` objects sync (cleared, still in Customer.io with its
+    relationships) in the run that edits the memberships' constant: globex's membership is
+    held then, and keeps the old constant in Customer.io. When globex is back with the
+    membership's role gone null, the membership is sent with the new constant."""
+    seed(project_factory)
+    companies = COMPANIES + "mode: mirror\n"
+    memberships = MEMBERSHIPS.replace("{role: role}", "{role: role, source: {value: crm}}")
+    project = project_factory.write(
+        {"companies": companies, "people": PEOPLE, "memberships": memberships}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    project_factory.sql(
+        "create table back as select * from companies where company_id = 'globex'; "
+        "delete from companies where company_id = 'globex'"
+    )
+    project = project_factory.write(
+        {"companies": companies, "people": PEOPLE, "memberships": memberships.replace("crm", "erp")}
+    )
+    edited = run_all(project)["memberships"]
+    assert (edited.changes.held, edited.delivered) == (1, 2)
+
+    project_factory.sql(
+        "insert into companies select * from back; update members set role = null where user_id = 3"
+    )
+    since = len(emu.request_log())
+    back = run_all(project)["memberships"]
+    assert (back.changes.nulls_only, back.delivered) == (0, 1)
+    sent = [op for op in sent_ops(emu, since) if op.get("action") == "add_relationships"]
+    assert [op["cio_relationships"][0]["relationship_attributes"] for op in sent] == [
+        {"source": "erp"}
+    ]
+    attrs = {r.object_id: r.attributes for r in emu.relationships()}
+    assert attrs["globex"] == {"role": "owner", "source": "erp"}

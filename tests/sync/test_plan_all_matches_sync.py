@@ -75,6 +75,7 @@ COUNTS = (
     "new",
     "changed",
     "unchanged",
+    "nulls_only",
     "removed_sent",
     "held",
     "state_events",
@@ -169,6 +170,24 @@ def test_a_person_a_mirror_sync_deletes_first_holds_their_relationship(
     assert (memberships["to_send"], memberships["held"]) == (1, 2)
     assert_plans_match(plans, runs, sent)
     assert {op["identifiers"]["id"] for op in sent if op["type"] == "person"} == {"3", "4", "5"}
+
+
+def test_a_relationship_gone_to_nulls_is_recorded_unless_its_person_is_deleted_first(
+    b2b: ProjectFactory,
+) -> None:
+    """Memberships whose role went null (`on_null: skip`) have nothing to send: `plan --all`
+    counts the one of user 5 as changed only to nulls, as `sync --all` records it, and no
+    `add_relationships` goes out. User 3's person is deleted first by the people sync, which
+    takes the membership with it in Customer.io: it is held, not recorded as delivered."""
+    b2b.sql(
+        "delete from users where user_id = 3; "
+        "update members set role = null where user_id in (3, 5)"
+    )
+    plans, runs, sent = plan_then_sync(b2b)
+    memberships = plans["memberships"]["changes"]
+    assert (memberships["nulls_only"], memberships["held"], memberships["to_send"]) == (1, 1, 0)
+    assert_plans_match(plans, runs, sent)
+    assert [op for op in sent if op.get("action") == "add_relationships"] == []
 
 
 @pytest.mark.parametrize(

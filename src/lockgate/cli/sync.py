@@ -402,8 +402,14 @@ def plan(
         show = None if as_json else lambda report: _render_plan(console, report, samples)
         # the plans of one command share the identity graph and the state store, as syncs do
         with Session() as session:
-            reports, failed = _each(progress, plan_one, console, "plan", show)
-            _follow_ups(progress, session, plan_one, console, "plan", show)
+            reports, failed = _each(
+                progress,
+                plan_one,
+                console,
+                "plan",
+                show,
+                _after_people(project, progress, session, plan_one, console, "plan", show),
+            )
     if export is not None:
         import pyarrow as pa
 
@@ -462,13 +468,18 @@ def _each(
     console: RichConsole,
     what: str,
     show: Callable[[RunReport], None] | None,
+    after: Callable[[str], None] | None = None,
 ) -> tuple[list[RunReport], Failures]:
     """``work`` for every sync of ``progress``, which it keeps up to date. With several, one
     sync's failure (a guardrail, a broken model) does not stop the others: their data is
     independent, and a relationship whose end is missing waits. ``show`` draws each report as
-    it comes."""
+    it comes; ``after(name)`` runs once each sync has ended (the follow-ups of
+    :func:`_follow_ups`)."""
     names = progress.names
     for name in names:
+        if after is not None and progress.current is not None:
+            previous, progress.current = progress.current, None
+            after(previous)
         progress.current = name
         try:
             report = work(name)
@@ -492,8 +503,32 @@ def _each(
         progress.ended.add(name)
         if show is not None:
             show(report)
+    if after is not None and progress.current is not None:
+        previous, progress.current = progress.current, None
+        after(previous)
     progress.current = None
     return progress.reports, progress.failed
+
+
+def _after_people(
+    project: Project,
+    progress: _Progress,
+    session: Session,
+    work: Callable[[str, str], RunReport],
+    console: RichConsole,
+    what: str,
+    show: Callable[[RunReport], None] | None,
+) -> Callable[[str], None]:
+    """What :func:`_each` runs after each sync: once the last people sync of the command has
+    ended, the follow-ups (:func:`_follow_ups`), before the relationships and events syncs,
+    which then find the people a follow-up creates."""
+    people = [n for n in progress.names if project.sync(n).kind == "people"]
+
+    def after(name: str) -> None:
+        if people and name == people[-1]:
+            _follow_ups(progress, session, work, console, what, show)
+
+    return after
 
 
 def _follow_ups(
@@ -714,8 +749,14 @@ def sync(
 
         show = None if as_json else lambda report: render_report(console, report)
         with signals_let_requests_finish(), Session() as session:
-            reports, failed = _each(progress, run_one, console, "sync", show)
-            _follow_ups(progress, session, run_one, console, "sync", show)
+            reports, failed = _each(
+                progress,
+                run_one,
+                console,
+                "sync",
+                show,
+                _after_people(project, progress, session, run_one, console, "sync", show),
+            )
     _finish(reports, failed, "sync", as_json=as_json, one=False)
     if any(r.status != "success" for r in reports):
         sys.exit(2)

@@ -7,7 +7,8 @@ lock when a process dies, so a crash never leaves it stuck).
 Tables (one set of per-sync tables, named `<table>__<sync>`):
 
 - ``snap__S(k, h, ident, addr)``: the committed state of sync S: record key, hash of the
-  payload last delivered, the identifiers it was delivered to, and the person those reach
+  payload last delivered (0 for a record a run that changed a constant did not send to,
+  ``diff.mark_stale``), the identifiers it was delivered to, and the person those reach
   (:data:`PERSON_ADDRESS`: what tells a row sent now that an unchanged row reaches its person).
 - ``ledger__S(k, delivered_at, name, sent_ts)``: event keys delivered by an events sync
   (append-only), with the name each event was sent under (its backfill name if it went out

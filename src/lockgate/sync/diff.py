@@ -1615,7 +1615,10 @@ def diff_records(
         alter table mapped rename to changes;
         """,
     )
-    nulls_only = _nothing_to_send(con, sync, unconfirmed)
+    # a relationship's after its hold: one whose end is not delivered (or may be gone) waits
+    nulls_only = (
+        0 if sync.kind == "relationships" else _nothing_to_send(con, sync, unconfirmed, snap)
+    )
     shared, shared_samples = _shared_people(con, snap) if shared_check else (0, ())
     held = 0
     held_samples: tuple[tuple[str, str], ...] = ()
@@ -1623,6 +1626,7 @@ def diff_records(
         held, held_samples = _hold_relationships(
             con, objects_snaps or [], people_snaps or [], unsure_objects, unsure_people
         )
+        nulls_only = _nothing_to_send(con, sync, unconfirmed, snap)
         run_sql(con, f"drop table if exists {RESYNC_HELD}")
         if full_resync and held:
             # held for an end that left its model (cleared, not deleted): a relationship
@@ -1732,31 +1736,70 @@ _IDENT_KEYS = (*IDENTIFIER_PRIORITY, "object_type_id", "object_id")
 NULLS_ONLY = "nulls_only"
 """The temp table of the rows :func:`_nothing_to_send` takes out of ``changes``."""
 
+STALE_HASH = 0
+"""The hash :func:`mark_stale` gives a snapshot record a run did not send its new constants
+to: no row hashes to it, so the record is found changed (as it was, under the new mapping)
+and :func:`_nothing_to_send` does not take it for one holding the constants."""
 
-def _nothing_to_send(con: duckdb.DuckDBPyConnection, sync: SyncConfig, unconfirmed: str) -> int:
-    """Move from ``changes`` to the temp table ``nulls_only`` the rows of a people or objects
-    sync that have nothing to send: changed (their hash differs), but their payload carries no
-    attribute value (``n_set = n_echo``: every attribute null under `on_null: skip`, nothing
-    cleared, no default; at most `_update` and the email identifier repeated), to the
-    identifiers that were delivered to. Such an identify changes nothing in Customer.io. The
-    run records them as delivered (:func:`commit_nulls_only`), so they are not found changed
-    again. Always sent: a new record (the identify creates it), one whose identifiers changed
-    (an email taken or given up), one whose last delivery was not confirmed (a delete or a
-    clear may have applied). Returns how many."""
-    run_sql(con, f"drop table if exists {NULLS_ONLY}")
-    if sync.kind not in ("people", "objects"):
-        return 0
-    same = " and ".join(
-        f"json_extract_string(c.ident, '$.{k}') is not distinct from "
-        f"json_extract_string(n.ident, '$.{k}')"
-        for k in _IDENT_KEYS
+
+def mark_stale(store: StateStore, sync: SyncConfig) -> int:
+    """At the commit of a run whose mapping has a constant the last recorded one did not send
+    alike (``mapping.changed_constants``), before the journal is folded: give the records of
+    the snapshot this run did not journal (rejected, held, left the model) the hash
+    :data:`STALE_HASH`. Their last delivery did not carry the new constant, so a later row of
+    theirs gone to nulls is sent (with it), not taken for one with nothing to send. Every row
+    hashes anew under such a mapping, so no record unchanged since is among them. A record
+    whose `on_change` event this run fired is left as it is: the event's key holds the
+    snapshot's hash, and one not delivered is sent again under the same key
+    (:func:`_state_change_events`). Returns how many."""
+    snap, journal = table("snap", sync.name), table("journal", sync.name)
+    fired = (
+        " and k not in (select pk from oc_changes where pk is not null)"
+        if sync.on_change and temp_table(store.con, "oc_changes")
+        else ""
     )
+    rows = run_sql(
+        store.con,
+        f"update {snap} set h = {STALE_HASH} where h <> {STALE_HASH} "
+        f"and not exists (select 1 from {journal} j where j.k = {snap}.k){fired}",
+    )
+    return int(rows[0][0])
+
+
+def _nothing_to_send(
+    con: duckdb.DuckDBPyConnection, sync: SyncConfig, unconfirmed: str, snap: str
+) -> int:
+    """Move from ``changes`` to the temp table ``nulls_only`` the rows of a people, objects
+    or relationships sync that have nothing to send: changed (their hash differs), but their
+    payload carries no attribute value the record does not hold already (``n_set = n_echo``:
+    every attribute null under `on_null: skip`, nothing cleared, no default; at most the
+    email identifier repeated and constants as the last run sent them, `Fields.kept`), to the
+    identifiers that were delivered to (a relationship: the same person and object). Such an
+    identify (or `add_relationships`) changes nothing in Customer.io. The run records them as
+    delivered (:func:`commit_nulls_only`), so they are not found changed again. Always sent: a
+    new record (the identify creates it), one whose identifiers changed (an email taken or
+    given up), one whose last delivery was not confirmed (a delete or a clear may have
+    applied), one the run that changed a constant did not send to (:func:`mark_stale`: it
+    may not hold the constants); a relationship held for an end (:func:`_hold_relationships`,
+    which runs first) is not here. Returns how many."""
+    run_sql(con, f"drop table if exists {NULLS_ONLY}")
+    if sync.kind not in ("people", "objects", "relationships"):
+        return 0
+    if sync.kind == "relationships":  # the person's identifiers and the object's, as JSON text
+        same = "c.ident = n.ident"
+    else:
+        same = " and ".join(
+            f"json_extract_string(c.ident, '$.{k}') is not distinct from "
+            f"json_extract_string(n.ident, '$.{k}')"
+            for k in _IDENT_KEYS
+        )
     run_sql(
         con,
         f"""
         create temp table {NULLS_ONLY} as
         select c.* from changes c join known n on n.k = c.k
         anti join (select k from {unconfirmed}) u on u.k = c.k
+        anti join (select k from {snap} where h = {STALE_HASH}) z on z.k = c.k
         where c.n_set = c.n_echo and not c.is_new and not c.removed and {same}
         """,
     )

@@ -407,6 +407,35 @@ def normal_form(shape: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def kept_constants(sync: SyncConfig, last: LastHash | None, group: str) -> frozenset[str]:
+    """The constant fields (`{value: ...}`) of ``group`` (`attributes` or
+    `relationship_attributes`) that the mapping recorded by the sync's last committed run
+    (``last``) has with the same name and value: that run sent them with every record it
+    delivered, and a record delivered before it was sent them then too, or by an earlier run
+    under the same constant (a mapping change sends every record again, and a run that leaves
+    records to send keeps the mapping recorded before it). Re-sent alone they change nothing
+    (``Fields.n_echo``). Empty without a recorded mapping."""
+    if last is None:
+        return frozenset()
+    was = normal_form(last.mapping).get(group) or {}
+    now = normal_form(shaping(sync)).get(group) or {}
+    return frozenset(n for n, f in now.items() if "value" in f and was.get(n) == f)
+
+
+def changed_constants(sync: SyncConfig, last: LastHash | None) -> bool:
+    """Whether the sync maps a constant that the mapping recorded by its last committed run
+    (``last``) did not send alike (added, or its value edited; :func:`kept_constants`). False
+    without a recorded mapping: no constant is kept then, whatever the records hold."""
+    if last is None:
+        return False
+    shape = normal_form(shaping(sync))
+    return any(
+        "value" in spec and name not in kept_constants(sync, last, group)
+        for group in ("attributes", "relationship_attributes")
+        for name, spec in (shape.get(group) or {}).items()
+    )
+
+
 def _fingerprint(shape: dict[str, Any]) -> str:
     import hashlib
 
@@ -1217,10 +1246,14 @@ class Fields:
     # fragment index -> a cheap SQL test of "this fragment is not null", so counting the
     # attributes set does not build every fragment's JSON a second time (1.7 s at 1M rows)
     present: dict[int, str] = field(default_factory=dict)
-    # fragment index -> SQL true when the fragment is present only to repeat what addresses the
-    # record: `_update`, and the `email` attribute holding the row's email identifier (the
-    # diff compares identifiers with the snapshot's itself); see :meth:`n_echo`
+    # fragment index -> SQL true when the fragment is present only to repeat what the record
+    # already holds: the `email` attribute holding the row's email identifier (the diff
+    # compares identifiers with the snapshot's itself), and a constant of :attr:`kept`; see
+    # :meth:`n_echo`
     echo: dict[int, str] = field(default_factory=dict)
+    #: the constant fields (`{value: ...}`) the sync's last committed run sent with the same
+    #: name and value (:func:`kept_constants`): every record it delivered holds them
+    kept: frozenset[str] = frozenset()
     #: the fields are Customer.io attributes, each value at most 1,000 bytes; event properties
     #: are not (their limit is the 100,000 bytes of the whole event data)
     limit_values: bool = True
@@ -1249,6 +1282,8 @@ class Fields:
         value = q(self.computed[-1][0]) if len(self.computed) > before else None
         if value is None or not fragment.startswith(f"case when {value} is null then null "):
             self.present[len(self.fragments)] = "true"  # a constant, a default or a clear
+            if spec.value is not None and name in self.kept:
+                self.echo[len(self.fragments)] = "true"  # as last delivered
         else:
             self.present[len(self.fragments)] = f"{value} is not null"
         self.fragments.append(fragment)
@@ -1285,9 +1320,10 @@ class Fields:
 
     def n_echo(self) -> str:
         """SQL for how many of the fragments counted by :meth:`n_set` are :attr:`echo`: when
-        the two are equal the payload carries no attribute value (every one null under
-        `on_null: skip`), and a record delivered before, to the same identifiers, has nothing
-        to be sent (``diff._nothing_to_send``). A constant "0" for most syncs."""
+        the two are equal the payload carries no attribute value but what the record holds
+        already (every other one null under `on_null: skip`), and a record delivered before,
+        to the same identifiers, has nothing to be sent (``diff._nothing_to_send``). A
+        constant "0" for most syncs."""
         return " + ".join(f"({e})::int" for e in self.echo.values()) or "0"
 
 
@@ -1750,7 +1786,7 @@ def compile_people(
                 hint=columns_hint(columns),
             )
     key_sql = composite_key_sql(sync.key_columns)
-    fields = Fields(zone=sync.timezone)
+    fields = Fields(zone=sync.timezone, kept=kept_constants(sync, last, "attributes"))
     identifiers, ident, checks = identifier_sql(sync, columns, fields)
     if sync.effective_mode == "update":
         # a flag, not an attribute: not counted among the attributes set
@@ -2252,7 +2288,7 @@ def compile_objects(
     key_column = sync.key_columns[0]
     _require(sync, key_column, "object id (`primary_key`)", columns)
     _one_value(sync.name, "object id (`primary_key`)", key_column, columns[key_column])
-    fields = Fields(zone=sync.timezone)
+    fields = Fields(zone=sync.timezone, kept=kept_constants(sync, last, "attributes"))
     fields.computed.append(
         ("__obj", f"nullif({_trim(_id_text(key_column, columns[key_column]))}, '')")
     )
@@ -2290,8 +2326,9 @@ def compile_objects(
 def compile_relationships(
     sync: SyncConfig, columns: dict[str, str], default_on_null: str, last: LastHash | None = None
 ) -> Compiled:
-    """The SELECT producing (k, op, ident, reject, n_set, n_cleared, person, object_id) for a
-    relationships sync: one person-side `add_relationships` per person-object pair.
+    """The SELECT producing (k, op, ident, reject, n_set, n_cleared, n_echo, person, object_id)
+    for a relationships sync: one person-side `add_relationships` per person-object pair
+    (``n_echo``: :meth:`Fields.n_echo`).
 
     ``ident`` holds the person's identifiers and the object's, so a relationship that leaves
     the model can be deleted; ``person`` is the identifiers object used (``{"id": "42"}``).
@@ -2299,7 +2336,7 @@ def compile_relationships(
     assert sync.object_type_id is not None and sync.object_id is not None
     _require(sync, sync.object_id, "object id (`object_id`)", columns)
     _one_value(sync.name, "object id (`object_id`)", sync.object_id, columns[sync.object_id])
-    fields = Fields(zone=sync.timezone)
+    fields = Fields(zone=sync.timezone, kept=kept_constants(sync, last, "relationship_attributes"))
     identifiers, _, checks = identifier_sql(sync, columns, fields)
     obj_type = columns[sync.object_id]
     fields.computed.append(("__obj", f"nullif({_trim(_id_text(sync.object_id, obj_type))}, '')"))
@@ -2340,6 +2377,7 @@ def compile_relationships(
         "'(no person or object)') as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
         f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared, "
-        f"{identifiers} as person, __obj as object_id, __rid, {src_h} as src_h from "
+        f"{fields.n_echo()} as n_echo, {identifiers} as person, __obj as object_id, __rid, "
+        f"{src_h} as src_h from "
     )
     return fields.compiled(select, used, src_h)

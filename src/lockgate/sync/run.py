@@ -2118,8 +2118,12 @@ def run_sync(
                     diff_step.forget_kept_emails(store, sync, run_id, released)
                     diff_step.forget_released_left(store, sync, released)
             with step("commit"):
-                if sync.kind in ("people", "objects"):  # recorded as delivered: nothing to send
+                if sync.kind != "events":  # recorded as delivered: nothing to send
                     diff_step.commit_nulls_only(store, sync.name, run_id)
+                    before = None if only else contract_state.last(store.con, sync.name)
+                    if mapping.changed_constants(sync, _last_hash(before)):
+                        # the records not sent this run do not hold the new constants
+                        diff_step.mark_stale(store, sync)
                 store.fold_journal(sync.name, sent=True)
                 if changes.history_skipped:
                     # before the contract: recorded, a first run's history is never sent; a
