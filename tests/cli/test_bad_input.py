@@ -532,3 +532,175 @@ def test_a_variable_not_set_is_named_with_its_source_destination_or_alert_and_li
         "(for `api_key`) is not set"
     ) in err
     assert "sekrit" not in err
+
+
+@pytest.mark.parametrize(
+    ("item", "shown"),
+    [("{column: plan}", '`{"column": "plan"}`'), ("", "empty"), ("[plan, id]", '`["plan", "id"]`')],
+)
+def test_a_list_of_attributes_holding_a_mapping_or_nothing_is_refused_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], item: str, shown: str
+) -> None:
+    # `str()` made such an item a column named `{'column': 'plan'}` or `None`: `validate`
+    # passed and every run failed, naming a column nobody wrote
+    sync = SYNC.replace("attributes:\n  plan: plan\n", f"attributes:\n  - plan\n  - {item}\n")
+    err = validate_says(capsys, tmp_path, sync=sync)
+    assert f"syncs/profile.yml:7: item 2 of the list is {shown}, not a column name" in err
+    assert "write a mapping (`plan: {column: plan, type: string}`)" in err
+
+
+def test_a_duckdb_model_of_two_queries_is_refused_naming_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # DuckDB runs each statement and gives the last one's rows: a test query left after the
+    # model (`...; select 1`) failed as "primary key column `id` is not in the model ... the
+    # model's columns are `1`"
+    project(tmp_path, sync=SYNC.replace("{table: users}", "models/profile.sql"))
+    (tmp_path / "models").mkdir()
+    model = tmp_path / "models" / "profile.sql"
+    model.write_text("select id, email, plan from users;\nselect 1;\n")
+    err = " ".join(fails(capsys, "plan", "profile", "--project", str(tmp_path)).split())
+    assert (
+        "duckdb source `warehouse`: the model's SQL holds 2 queries "
+        "(`select id, email, plan from users`, `select 1`)"
+    ) in err
+    assert "keep the one query the sync reads" in err
+    # a statement that sets something up before the one query is not a second query
+    model.write_text("set timezone = 'UTC';\nselect id, email, plan from users;\n")
+    main(["plan", "profile", "--project", str(tmp_path)])
+    assert "rows in model" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        # `[]` was "unexpected ParserException ... this is a bug in Lockgate" at `plan`
+        ("primary_key: []", "syncs/profile.yml:5: `primary_key` is an empty list"),
+        ('primary_key: ""', "syncs/profile.yml:5: `primary_key` names an empty column"),
+        # a repeated column made keys such as `1|1`
+        ("primary_key: [id, ID]", "syncs/profile.yml:5: `primary_key` names a column twice"),
+        # each was `select * from`, or no query, at every run
+        ('model: {table: ""}', "syncs/profile.yml:3: `table` is empty"),
+        ('model: {sql: "  "}', "syncs/profile.yml:3: `sql` is empty"),
+        ('model: ""', "syncs/profile.yml:3: `model` is empty"),
+    ],
+)
+def test_an_empty_primary_key_or_model_is_refused_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], written: str, said: str
+) -> None:
+    key = written.split(":")[0]
+    line = next(line for line in SYNC.splitlines() if line.startswith(f"{key}:"))
+    err = validate_says(capsys, tmp_path, sync=SYNC.replace(line, written))
+    assert said in err
+
+
+def test_an_environment_reference_in_a_model_is_said_to_be_left_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `${...}` is expanded in lockgate.yml's settings, not in a model: the query failed at
+    # "syntax error at or near `$`", which did not say why the variable was not read
+    monkeypatch.setenv("USERS_TABLE", "users")
+    project(tmp_path, sync=SYNC.replace("{table: users}", '{sql: "select * from ${USERS_TABLE}"}'))
+    err = " ".join(fails(capsys, "plan", "profile", "--project", str(tmp_path)).split())
+    assert "check the model's SQL (`select * from ${USERS_TABLE}`)" in err
+    assert "`${USERS_TABLE}` is not expanded in a model" in err
+
+
+@pytest.mark.parametrize(
+    ("column", "kind", "pick"),
+    [
+        ("[id]", "INTEGER[]", "`tags[1] as tags`"),
+        ("{'id': id}", "STRUCT(id INTEGER)", "`tags.id as tags`"),
+    ],
+)
+def test_an_id_read_from_a_list_or_struct_column_is_refused_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], column: str, kind: str, pick: str
+) -> None:
+    # each row was sent with the value's text as its id (`[1]`, `{'id': 1}`): a profile
+    # nobody meant, where the sync file named the wrong column
+    project(tmp_path, sync=SYNC.replace("{id: id, email: email}", "{id: tags}"))
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        con.execute(f"create or replace table users as select *, {column} as tags from users")
+    err = " ".join(fails(capsys, "plan", "profile", "--project", str(tmp_path)).split())
+    assert (
+        f"syncs/profile.yml:6: sync `profile`: identifier `id` reads column `tags` of type {kind}, "
+        "which holds several values; an id is one value"
+    ) in err
+    assert f"pick the one value in the model (e.g. {pick})" in err
+
+
+def test_an_object_id_read_from_a_list_is_refused_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    companies = (
+        "name: profile\nsource: warehouse\nmodel: {table: users}\nkind: objects\n"
+        'object_type_id: "1"\nprimary_key: tags\nattributes: {plan: plan}\n'
+    )
+    project(tmp_path, sync=companies)
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        con.execute("create or replace table users as select *, [id] as tags from users")
+    err = " ".join(fails(capsys, "plan", "profile", "--project", str(tmp_path)).split())
+    assert (
+        "syncs/profile.yml:6: sync `profile`: object id (`primary_key`) reads column `tags` of "
+        "type INTEGER[], which holds several values"
+    ) in err
+
+
+def test_a_primary_key_or_identifier_the_model_lacks_is_named_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # both named the file without a line, where a field the model lacks had one
+    project(tmp_path, sync=SYNC.replace("{id: id, email: email}", "{id: user_id}"))
+    err = " ".join(fails(capsys, "plan", "profile", "--project", str(tmp_path)).split())
+    assert "syncs/profile.yml:6: sync `profile`: identifier `id` reads column `user_id`" in err
+    project(tmp_path, sync=SYNC.replace("primary_key: id", "primary_key: user_id"))
+    err = " ".join(fails(capsys, "plan", "profile", "--project", str(tmp_path)).split())
+    assert "syncs/profile.yml:5: sync `profile`: primary key column `user_id` is not" in err
+
+
+EVENTS = """\
+name: profile
+source: warehouse
+model: {table: users}
+kind: events
+identify_by: {id: id}
+event: {name: plan, id: id, timestamp: signed_up}
+"""
+
+
+@pytest.mark.parametrize(
+    ("event", "said"),
+    [
+        # each failed at `plan` without a line ("`event.name` needs a column or ...")
+        ("{name: '', id: id}", "`event.name` names an empty column"),
+        ("{name: plan, id: ' '}", "`event.id` names an empty column"),
+        ("{name: plan, id: {hash: [id, '']}}", "`event.id.hash` names an empty column"),
+        ("{name: plan, id: {hash: [id, ID]}}", "`event.id.hash` names a column twice"),
+        # taken for no timestamp: every event sent as happening at the time of sending
+        ("{name: plan, id: id, timestamp: ''}", "`event.timestamp` names an empty column"),
+    ],
+)
+def test_an_event_naming_an_empty_column_is_refused_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], event: str, said: str
+) -> None:
+    sync = EVENTS.replace("{name: plan, id: id, timestamp: signed_up}", event)
+    err = validate_says(capsys, tmp_path, sync=sync)
+    assert f"syncs/profile.yml:6: {said}" in err
+
+
+def test_a_sync_file_in_a_folder_under_syncs_is_named_when_its_sync_is_asked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # only the files directly in `syncs/` are read: one in `syncs/marketing/` was never
+    # loaded, and asking for its sync said only "no sync named `leads`"
+    project(tmp_path)
+    (tmp_path / "syncs" / "marketing").mkdir()
+    (tmp_path / "syncs" / "marketing" / "leads.yml").write_text(
+        SYNC.replace("name: profile", "name: leads")
+    )
+    err = " ".join(fails(capsys, "plan", "leads", "--project", str(tmp_path)).split())
+    assert "no sync named `leads`" in err
+    assert (
+        "only the files directly in `syncs/` are read, not `syncs/marketing/leads.yml`: move it "
+        "up into `syncs/`"
+    ) in err

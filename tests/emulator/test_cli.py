@@ -97,3 +97,20 @@ def test_cli_applies_every_accepted_v2_batch_in_order() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_port_out_of_range_or_a_negative_latency_is_refused_as_the_option_it_is() -> None:
+    # `--port 99999` was "unexpected OverflowError ... this is a bug in Lockgate"; a negative
+    # `--latency-ms` or `--rate-limit` started an emulator that did not do what it said
+    from click.testing import CliRunner
+
+    from lockgate.cli import cli
+
+    for args, said in (
+        (["--port", "99999"], "'--port': 99999 is not in the range 0<=x<=65535"),
+        (["--latency-ms", "-5"], "'--latency-ms': -5 is not in the range x>=0"),
+        (["--rate-limit", "-1"], "'--rate-limit': -1.0 is not in the range x>=0"),
+    ):
+        result = CliRunner().invoke(cli, ["emulator", *args])
+        assert result.exit_code == 2, result.output
+        assert said in " ".join(result.output.split())

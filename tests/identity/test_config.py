@@ -132,3 +132,20 @@ def test_an_identity_source_without_source_among_several_warehouses_is_refused(
         TWO_WAREHOUSES.replace("leads}", "leads, source: analytics}")
     )
     assert load_project(tmp_path).config.identity is not None
+
+
+@pytest.mark.parametrize("written", ['table: ""', 'sql: "  "'])
+def test_an_identity_source_of_an_empty_table_or_sql_is_refused_at_its_line(
+    tmp_path: Path, written: str
+) -> None:
+    # it passed `validate` and failed every sync at resolve (`select * from`, or no query)
+    project = (PROJECT % "review").replace(
+        "identity:\n",
+        "identity:\n  identifier_types:\n    email: {priority: 1, customerio: email}\n"
+        f"  sources:\n    - {{name: crm, {written}}}\n",
+    )
+    (tmp_path / "lockgate.yml").write_text(project)
+    with pytest.raises(ConfigError) as err:
+        load_project(tmp_path)
+    key = written.split(":")[0]
+    assert f"lockgate.yml:10: identity source `crm`: `{key}` is empty" in str(err.value)

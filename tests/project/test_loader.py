@@ -280,3 +280,23 @@ def test_the_region_in_lockgate_yml_wins_over_customerio_region(
     monkeypatch.setenv("CUSTOMERIO_REGION", "europe")
     with pytest.raises(ConfigError, match="`CUSTOMERIO_REGION` is `europe`, which is not a"):
         CustomerIODestinationConfig().region_to_use()
+
+
+def test_on_null_default_for_a_sync_needs_a_default_on_each_field(tmp_path: Path) -> None:
+    # a field without a `default` sent its nulls as JSON `null` (which Customer.io does not
+    # take as a value); a field's own `on_null: default` without one was already refused
+    two = SYNC + "  tier: {column: tier, default: basic}\n  seats: seats\n"
+    error = error_for(write(tmp_path, sync=two + "on_null: default\n"))
+    assert error.location == "syncs/profile.yml:11"
+    assert error.reason == (
+        "sync `profile`: `on_null: default` sends each field's `default` for a null, and "
+        "`plan`, `seats` have none"
+    )
+    assert "`plan: {column: plan, default: ...}`), or its own `on_null`" in str(error.hint)
+    # lockgate.yml's `defaults.on_null` is named where it is written
+    error = error_for(write(tmp_path, PROJECT + "defaults:\n  on_null: default\n", two))
+    assert error.location == "lockgate.yml:5" and "`plan`, `seats` have none" in error.reason
+    # with a default (or an `on_null` of its own) on each field, the sync loads
+    fixed = SYNC.replace("plan: plan", "plan: {column: plan, on_null: skip}")
+    fixed += "  tier: {column: tier, default: basic}\non_null: default\n"
+    assert load_project(write(tmp_path, sync=fixed)).sync("profile").on_null == "default"

@@ -48,6 +48,11 @@ def test_an_operation_too_large_to_send_is_rejected_and_the_rest_committed(
     rejected = json.loads(shown.output)["rejected"]
     assert [(r["stage"], r["key"]) for r in rejected] == [("delivery", "17")]
     assert "32 KB" in rejected[0]["reason"]
+    # and what makes it large, to trim in the model or the sync file
+    assert (
+        "its 40 attributes hold 36,310 bytes, the largest `a10` 908 bytes, `a11` 908 bytes, "
+        "`a12` 908 bytes; send fewer or shorter ones"
+    ) in rejected[0]["reason"]
 
     second = run_sync(project, "wide", console=NullConsole())
     assert second.changes.to_send == 1  # not committed: tried again, the others are done

@@ -108,3 +108,33 @@ def test_validate_connect_fails_the_model_check(project_factory: ProjectFactory)
         "syncs/profile.yml:4: sync `profile`: the model returns two columns named `plan`"
     )
     assert "`a.plan as account_plan`" in str(model["hint"])
+
+
+@pytest.mark.parametrize("column", ["__k", "__id_id", "__rid"])
+def test_a_column_of_a_name_lockgate_gives_its_own_is_refused(
+    project_factory: ProjectFactory, column: str
+) -> None:
+    # it took the place of Lockgate's: `__k` became every row's key (all three rejected as
+    # one key), `__id_id` every row's person (three people sent as one), and `__rid` broke
+    # `plan` ("unexpected ValueError ... this is a bug in Lockgate")
+    project_factory.sql(
+        f"create table users as select i as id, 'pro' as plan, 'x' as {column} "
+        "from range(1, 4) t(i)"
+    )
+    project = project_factory.write({"profile": SYNC.format(sql="select * from users")})
+    for step in (plan_sync, run_sync):
+        with pytest.raises(StepError) as caught:
+            step(project, "profile", console=NullConsole())
+        cause = caught.value.cause
+        assert isinstance(cause, ConfigError) and cause.location == "syncs/profile.yml:4"
+        assert f"the model returns `{column}`: names starting with `__` are Lockgate's own" in (
+            cause.reason
+        )
+        assert f"`{column} as {column.lstrip('_')}`" in str(cause.hint)
+    assert project_factory.emulator.people() == []
+    # renamed in the model, the three people go out
+    project = project_factory.write(
+        {"profile": SYNC.format(sql=f"select * rename ({column} as tag) from users")}
+    )
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 3
+    assert sorted(p.id for p in project_factory.emulator.people()) == ["1", "2", "3"]

@@ -156,6 +156,8 @@ def test_an_event_rejected_then_fixed_in_the_warehouse_is_sent_once(
     reasons = dict(first.changes.rejected_samples)
     assert "is in the future" in reasons["e2"]
     assert "over the 32768-byte limit of Customer.io per operation" in reasons["e3"]
+    # and names the property to trim (its `"feature":"..."` bytes)
+    assert "bytes of properties, the largest `feature` 100013 bytes); trim" in reasons["e3"]
 
     project_factory.sql("update events set user_id = 1 where event_id = 'e1'")
     project_factory.sql("update events set feature = 'c' where event_id = 'e3'")

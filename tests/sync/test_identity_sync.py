@@ -751,6 +751,19 @@ def test_operator_tables_are_read_from_the_warehouse_of_the_identity_sources(
     )
     assert "model" not in str(caught.value)
 
+    # one of `sql:` quotes its SQL (it said "check its `sql:` (its `sql`)")
+    project_file.write_text(
+        project_file.read_text().replace(
+            "table: crmx,", 'sql: "select crm_idd as crm_id, email from crm",'
+        )
+    )
+    with pytest.raises(LockgateError) as caught:
+        run_sync(load_project(tmp_path), "leads", console=NullConsole())
+    assert caught.value.hint == (
+        "check its `sql:` (`select crm_idd as crm_id, email from crm`) against source "
+        "`warehouse`; `lockgate sources inspect warehouse` lists its tables and columns"
+    )
+
 
 def test_explain_and_plan_continue_from_the_graph_the_sync_kept(
     tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch

@@ -14,9 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 import duckdb
+import pytest
 from tests.sync.test_objects import COMPANIES, MEMBERSHIPS, PEOPLE, rels, seed
 
 from lockgate.console import NullConsole
+from lockgate.errors import LockgateError
 from lockgate.sources.duckdb import DuckDBSource
 from lockgate.state.store import StateStore
 from lockgate.sync.extract import InPlace
@@ -527,3 +529,26 @@ def test_objects_and_relationships_are_keyed_in_place_too(
         ("globex", 3),
     }
     assert rels(emu) == {("1", "1", "acme", "admin"), ("2", "1", "acme", "owner")}
+
+
+def test_a_model_failing_in_place_quotes_its_own_sql_and_line(
+    project_factory: ProjectFactory,
+) -> None:
+    # read in place, the model is nested in the query that keys it: a failure quoted that
+    # query (`select k, src_h from (select case when "__k" is null ...`) and its line 14
+    project_factory.sql("create table users as select i as id, 'pro' as plan from range(3) t(i)")
+    (project_factory.root / "models").mkdir()
+    model = project_factory.root / "models" / "profile.sql"
+    model.write_text("select id,\n  plan\nfrom users\n")
+    sync = "name: profile\nsource: warehouse\nmodel: models/profile.sql\nkind: people\n"
+    sync += "primary_key: id\nidentify_by: {id: id}\nattributes: [plan]\n"
+    project = project_factory.write({"profile": sync})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 3
+    model.write_text("select id,\n  'x'::int as plan\nfrom users\n")
+    assert in_place_for(project, "profile") is not None  # it fails as it reads the rows
+    with pytest.raises(LockgateError) as failed:
+        plan_sync(project, "profile", console=NullConsole())
+    said = " ".join(str(failed.value).split())
+    assert "Could not convert string 'x' to INT32 LINE 2: 'x'::int as plan" in said
+    assert "check the model's SQL (`select id, 'x'::int as plan from users`)" in said
+    assert "__k" not in said and "src_h" not in said

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import duckdb
+import pytest
 
 from lockgate.cli.sync import change_rows
 from lockgate.console import NullConsole
+from lockgate.errors import LockgateError
 from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -360,3 +362,33 @@ def test_an_empty_string_an_earlier_lockgate_watched_is_no_transition_to_null(
 
     assert (report.changes.changed, report.changes.state_events) == (2, 0)
     assert fired(project_factory.emulator) == []
+
+
+def test_an_unless_that_is_not_a_condition_over_the_model_names_the_rule_and_its_line(
+    project_factory: ProjectFactory,
+) -> None:
+    # each failed in the middle of the mapping's query: "unexpected ParserException ... this
+    # is a bug in Lockgate", quoting Lockgate's SQL around it
+    seed(project_factory)
+    for unless, said in (
+        ("has_order_after_cart = = true", 'syntax error at or near "="'),
+        ("has_ordered", 'Referenced column "has_ordered" not found'),
+        ("cart_status", "Cannot mix values of type VARCHAR and BOOLEAN"),
+        ("(select count(*) from orders) > 0", "Table with name orders does not exist"),
+    ):
+        project = project_factory.write(
+            {"carts": CARTS.replace("unless: has_order_after_cart", f'unless: "{unless}"')}
+        )
+        with pytest.raises(LockgateError) as failed:
+            plan_sync(project, "carts", console=NullConsole())
+        shown = " ".join(str(failed.value).split())
+        assert (
+            f"syncs/carts.yml:15: sync `carts`: `on_change[0].unless` (`{unless}`) is not a "
+            "condition over the model's columns: "
+        ) in shown
+        assert said in shown and "LINE" not in shown, shown
+        assert "a lookup in another table belongs in the model's SQL" in shown
+        assert "`cart_status`, `cart_value`, `has_order_after_cart`" in shown
+    # the rule as it should be runs, and sends the people
+    project = project_factory.write({"carts": CARTS})
+    assert run_sync(project, "carts", console=NullConsole()).delivered == 3

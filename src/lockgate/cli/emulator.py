@@ -13,7 +13,13 @@ from lockgate.emulator import config as C
 
 
 @click.command()
-@click.option("--port", default=8765, show_default=True, help="TCP port (0 = any free port).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="TCP port (0 = any free port).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option(
     "--site-id",
@@ -43,10 +49,16 @@ from lockgate.emulator import config as C
     show_default=True,
     help="App API bearer key. [env: LOCKGATE_EMULATOR_APP_API_KEY]",
 )
-@click.option("--latency-ms", default=0, show_default=True, help="Added to every request.")
+@click.option(
+    "--latency-ms",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Added to every request.",
+)
 @click.option(
     "--rate-limit",
-    type=float,
+    type=click.FloatRange(min=0),
     default=1000.0,
     show_default=True,
     help="Track requests/second (0 = off); e.g. 100 for the older documented limit.",

@@ -766,7 +766,13 @@ def sync(
 @project_option
 @json_option
 @click.option("--sync", "sync_name", default=None, help="Only this sync's runs.")
-@click.option("--limit", default=20, show_default=True, help="Runs to list, latest first.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="Runs to list, latest first.",
+)
 @click.pass_context
 def runs(
     ctx: click.Context, project_path: Path, as_json: bool, sync_name: str | None, limit: int
@@ -849,6 +855,7 @@ def _rejected_count(counts: dict[str, Any]) -> int | str:
 @click.option("--sync", "sync_name", default=None, help="Without RUN: this sync's latest run.")
 @click.option(
     "--limit",
+    type=click.IntRange(min=0),
     default=50,
     show_default=True,
     help="Rejected rows to list (the state keeps the first "
@@ -1050,7 +1057,13 @@ def _write_csv(path: Path, table: Any) -> None:
 )
 @project_option
 @json_option
-@click.option("--limit", default=200, show_default=True, help="Calls to show, the latest.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Calls to show, the latest.",
+)
 def history(person: str, project_path: Path, as_json: bool, limit: int) -> None:
     """Every call made for one person: when, what, and the API's answer."""
     project = open_project(project_path)

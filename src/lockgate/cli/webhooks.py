@@ -33,12 +33,18 @@ def webhooks() -> None:
 @webhooks.command()
 @project_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8787, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--port",
+    default=8787,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on.",
+)
 @click.option(
     "--load-interval",
     default=5.0,
     show_default=True,
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     help="Seconds between background loads into the warehouse.",
 )
 @click.option("--no-load", is_flag=True, help="Only receive and spool; load later with `load`.")
@@ -78,7 +84,7 @@ def serve(project_path: Path, host: str, port: int, load_interval: float, no_loa
     "--wait",
     default=30.0,
     show_default=True,
-    type=float,
+    type=click.FloatRange(min=0),
     help="Seconds to wait for a busy DuckDB file before giving up.",
 )
 @click.option(

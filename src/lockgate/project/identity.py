@@ -307,6 +307,11 @@ class IdentitySourceConfig(BaseConfig):
     def _table_or_sql(self) -> IdentitySourceConfig:
         if (self.table is None) == (self.sql is None):
             raise ValueError(f"identity source `{self.name}` needs exactly one of `table` or `sql`")
+        given = self.table if self.table is not None else self.sql
+        if given is not None and not given.strip():
+            # read as `select * from` or as no query at all, every run's error
+            key = "table" if self.table is not None else "sql"
+            raise ValueError(f"identity source `{self.name}`: `{key}` is empty")
         return self
 
 

@@ -320,10 +320,21 @@ class Project:
             known = ", ".join(f"`{n}`" for n in sorted(self.syncs)) or "none"
             close = difflib.get_close_matches(name, sorted(self.syncs), n=1)
             hint = f"syncs in this project: {known}"
-            raise ConfigError(
-                f"no sync named `{name}`",
-                hint=f"did you mean `{close[0]}`? ({hint})" if close else hint,
-            ) from None
+            hint = f"did you mean `{close[0]}`? ({hint})" if close else hint
+            # a file in a folder under `syncs/` is never read: say so, or it looks lost
+            nested = sorted(
+                str(path.relative_to(self.root))
+                for path in (self.root / SYNCS_DIR).glob("*/**/*.y*ml")
+                if path.is_file()
+            )
+            if nested:
+                shown = ", ".join(f"`{n}`" for n in nested[:3])
+                hint += (
+                    f"; only the files directly in `{SYNCS_DIR}/` are read, not {shown}"
+                    + (f" and {len(nested) - 3} more" if len(nested) > 3 else "")
+                    + f": move {'it' if len(nested) == 1 else 'them'} up into `{SYNCS_DIR}/`"
+                )
+            raise ConfigError(f"no sync named `{name}`", hint=hint) from None
 
     def locate(
         self, error: ConfigError, sync: str, key: tuple[str, ...] | None = None
@@ -335,7 +346,18 @@ class Project:
             error.file = self.sync_files[sync]
             lines = self.sync_lines.get(sync, {})
             named = re.search(r"field `([^`]+)`", error.reason)
-            if named:
+            rule = re.search(r"`on_change\[(\d+)\]\.(\w+)`", error.reason)
+            identifier = re.search(r"identifier `([^`]+)` reads column", error.reason)
+            object_id = re.search(r"object id \(`(\w+)`\)", error.reason)
+            if rule:
+                error.line = lines.get(("on_change", int(rule[1]), rule[2]))
+            elif identifier:
+                error.line = lines.get(("identify_by", identifier[1]), lines.get(("identify_by",)))
+            elif object_id:
+                error.line = lines.get((object_id[1],))
+            elif "primary key column" in error.reason:
+                error.line = lines.get(("primary_key",))
+            elif named:
                 keys = ("attributes", "properties", "relationship_attributes")
                 error.line = next(
                     (lines[(key, named[1])] for key in keys if (key, named[1]) in lines), None
@@ -485,6 +507,38 @@ def _place_blocks(config: ProjectConfig, lines: Lines) -> None:
             block.placed(Place(place_of(loc) or "", loc, lines, PROJECT_FILE))
 
 
+def _check_null_defaults(
+    sync: SyncConfig, shown: str, sync_lines: Lines | None, lines: Lines
+) -> None:
+    """Refuse `on_null: default` for a sync (its own, or `defaults.on_null` of lockgate.yml)
+    when a field reading a column has neither a `default` nor an `on_null` of its own: a null
+    there was sent as JSON `null`, which Customer.io does not take as a value. A field's own
+    `on_null: default` without a `default` is refused where it is written. ``sync_lines``:
+    the sync file's, when the sync sets its own `on_null`; None when lockgate.yml's applies."""
+    if sync.on_null != "default":
+        return
+    groups = (sync.attributes, sync.properties, getattr(sync, "relationship_attributes", {}))
+    bare = [
+        name
+        for group in groups
+        for name, spec in group.items()
+        if spec.value is None and spec.on_null is None and spec.default is None
+    ]
+    if not bare:
+        return
+    named = ", ".join(f"`{name}`" for name in bare)
+    raise ConfigError(
+        f"sync `{sync.name}`: `on_null: default` sends each field's `default` for a null, "
+        f"and {named} {'has' if len(bare) == 1 else 'have'} none",
+        hint=f"give {'it' if len(bare) == 1 else 'each'} a `default` (`{bare[0]}: {{column: "
+        f"{bare[0]}, default: ...}}`), or its own `on_null` (`skip` or `clear`)",
+        file=shown if sync_lines is not None else PROJECT_FILE,
+        line=(sync_lines if sync_lines is not None else lines).get(
+            ("on_null",) if sync_lines is not None else ("defaults", "on_null")
+        ),
+    )
+
+
 def load_project(root: str | Path = ".") -> Project:
     """Load and validate a project folder. Raises ConfigError naming file and line."""
     root = Path(root).resolve()
@@ -527,10 +581,12 @@ def load_project(root: str | Path = ".") -> Project:
                 line=sync_lines.get(("destination",)),
             )
         _check_identifiers(sync, config, sync_lines, shown)
-        if "on_null" not in sync.model_fields_set and sync.kind != "events":
+        own_null = "on_null" in sync.model_fields_set
+        if not own_null and sync.kind != "events":
             # `defaults.on_null` for the attributes of a sync that does not set its own
             # (events' properties have no value to keep: a null there is always left out)
             sync = sync.model_copy(update={"on_null": config.defaults.on_null})
+        _check_null_defaults(sync, shown, sync_lines if own_null else None, lines)
         zone = config.sources[sync.source].timezone
         if sync.timezone is None and zone is not None:
             # the source's zone for the naive timestamps of a sync that does not name its own

@@ -785,6 +785,16 @@ def _expand_fields(value: Any) -> Any:
     if value is None:
         return {}
     if isinstance(value, list):
+        for position, name in enumerate(value, start=1):
+            if not isinstance(name, str | int) or isinstance(name, bool):
+                # `str()` made `- {column: plan}` the column `{'column': 'plan'}` and `- ` the
+                # column `None`, which no model has: a failed run rather than this line
+                raise ValueError(
+                    f"item {position} of the list is "
+                    + ("empty" if name is None else f"`{json.dumps(name, default=str)}`")
+                    + ", not a column name: a list holds column names only; to give a field "
+                    "a spec, write a mapping (`plan: {column: plan, type: string}`)"
+                )
         return {str(name): {"column": str(name)} for name in value}
     if isinstance(value, dict):
         return {
@@ -886,7 +896,22 @@ class ModelRef(StrictModel):
     def _one(self) -> ModelRef:
         if sum(x is not None for x in (self.table, self.sql, self.file)) != 1:
             raise ValueError("a model needs exactly one of `table`, `sql` or `file`")
+        for key in ("table", "sql", "file"):
+            given = getattr(self, key)
+            if given is not None and not given.strip():
+                # read as `select * from` or as no query at all, each run's error
+                raise ValueError(f"`{key}` is empty; a model needs a table, SQL or a file")
         return self
+
+
+def _not_blank(column: str | None, what: str, otherwise: str = "") -> None:
+    """Refuse a column name that is empty or only white space: no model has such a column,
+    and the run that found out failed naming neither file nor line."""
+    if column is not None and not column.strip():
+        raise ValueError(
+            f"{what} names an empty column; name one of the model's columns"
+            + (f", {otherwise}" if otherwise else "")
+        )
 
 
 def _check_event_name(value: str) -> str:
@@ -914,6 +939,7 @@ class EventNameConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one(self) -> EventNameConfig:
+        _not_blank(self.column, "`event.name`")
         if (self.column is None) == (self.value is None):
             raise ValueError(
                 "`event.name` needs exactly one of `column` and `value`: `name: event_name` "
@@ -934,6 +960,14 @@ class EventIdConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one(self) -> EventIdConfig:
+        _not_blank(self.column, "`event.id`")
+        for column in self.hash or []:
+            _not_blank(column, "`event.id.hash`")
+        if self.hash and len({c.lower() for c in self.hash}) < len(self.hash):
+            raise ValueError(
+                f"`event.id.hash` names a column twice ({', '.join(f'`{c}`' for c in self.hash)})"
+                "; list each column once"
+            )
         if (self.column is None) == (not self.hash):
             raise ValueError(
                 "`event.id` needs exactly one of `column` and `hash` (a list of columns): "
@@ -1008,6 +1042,13 @@ class EventConfig(StrictModel):
     """Column with when it happened; sent as unix seconds. Default: the time of sending."""
     id: EventIdConfig
     """A column, or `{hash: [col, ...]}`: sent as the event's dedupe `id`."""
+
+    @field_validator("timestamp")
+    @classmethod
+    def _timestamp(cls, value: str | None) -> str | None:
+        # a blank one was taken for none: every event sent as happening at the time of sending
+        _not_blank(value, "`event.timestamp`", "or leave the key out to send each event as of now")
+        return value
 
     @field_validator("name", mode="before", json_schema_input_type=str | EventNameConfig)
     @classmethod
@@ -1337,14 +1378,26 @@ class SyncConfig(StrictModel):
     @field_validator("primary_key", mode="before")
     @classmethod
     def _key_names(cls, value: Any) -> Any:
-        if value is None or isinstance(value, str):
-            return value
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return value
-        raise ValueError(
-            f"`primary_key` is a column name or a list of them (e.g. `user_id`), not `{value}`"
-            " (quote a column whose name is a number)"
-        )
+        names = [value] if isinstance(value, str) else value
+        if value is not None and not (
+            isinstance(names, list) and all(isinstance(v, str) for v in names)
+        ):
+            raise ValueError(
+                f"`primary_key` is a column name or a list of them (e.g. `user_id`), not "
+                f"`{value}` (quote a column whose name is a number)"
+            )
+        # none of these reach the model: `[]` was a bug report (SQL with an empty condition),
+        # a blank name a column the model never has, a repeated one a key of `1|1`
+        if names == []:
+            raise ValueError("`primary_key` is an empty list; name the column(s), e.g. `user_id`")
+        if names is not None and any(not name.strip() for name in names):
+            raise ValueError("`primary_key` names an empty column; name the column, e.g. `user_id`")
+        if names is not None and len({name.lower() for name in names}) < len(names):
+            raise ValueError(
+                f"`primary_key` names a column twice ({', '.join(f'`{n}`' for n in names)}); "
+                "list each column once"
+            )
+        return value
 
     @field_validator(
         "attributes",
@@ -1361,6 +1414,11 @@ class SyncConfig(StrictModel):
     @classmethod
     def _model(cls, value: Any) -> Any:
         if isinstance(value, str):
+            if not value.strip():
+                raise ValueError(
+                    "`model` is empty; write a table (`analytics.users`), a `.sql` file or "
+                    "`{sql: ...}`"
+                )
             return {"file": value} if value.endswith(".sql") else {"table": value}
         return value
 

@@ -210,13 +210,57 @@ def label(kind: str, name: str | None) -> str:
     return f"{kind} source `{name}`" if name else f"{kind} source"
 
 
-def query_error(who: str, sql: str, exc: BaseException) -> SourceError:
+#: `${NAME}`, an environment reference as lockgate.yml writes one
+_ENV_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+class QueryError(SourceError):
     """A failed query: names the source, quotes the database, says which SQL to check."""
-    return SourceError(
-        f"{who}: query failed: {db_message(exc)}",
-        hint=f"check the model's SQL (`{sql_excerpt(sql)}`) against the warehouse; "
-        "`lockgate sources inspect` lists its tables and columns",
-    )
+
+    def __init__(self, who: str, sql: str, message: str) -> None:
+        unexpanded = _ENV_REFERENCE.search(sql)
+        super().__init__(
+            f"{who}: query failed: {message}",
+            hint=f"check the model's SQL (`{sql_excerpt(sql)}`) against the warehouse; "
+            "`lockgate sources inspect` lists its tables and columns"
+            + (
+                f"; `{unexpanded[0]}` is not expanded in a model (environment references are "
+                "read only in lockgate.yml's settings: `url`, `path`, `state`, secrets)"
+                if unexpanded
+                else ""
+            ),
+        )
+        self.who = who
+        self.sql = sql
+        self.message = message
+
+    def quoting(self, model: str) -> QueryError:
+        """This error with its hint quoting ``model``, the model's own SQL, rather than the
+        query Lockgate nested it in (read in place, or with some columns as text), which the
+        user never wrote."""
+        error = QueryError(self.who, model, _model_line(self.message, model))
+        error.__cause__ = self.__cause__
+        return error
+
+
+_LINE = re.compile(r"\bLINE (\d+): (.*?)(?=\s{2,}\^|$)")
+
+
+def _model_line(message: str, model: str) -> str:
+    """A database's ``LINE 14: <text>`` counted in the query around the model, made the line of
+    ``model`` holding that text (dropped when none does)."""
+    found = _LINE.search(message)
+    if found is None:
+        return message
+    text = found.group(2).strip()
+    lines = [n for n, line in enumerate(model.splitlines(), start=1) if line.strip() == text]
+    where = f"LINE {lines[0]}: " if len(lines) == 1 else ""
+    return message[: found.start()] + where + message[found.start(2) :]
+
+
+def query_error(who: str, sql: str, exc: BaseException) -> QueryError:
+    """A failed query: names the source, quotes the database, says which SQL to check."""
+    return QueryError(who, sql, db_message(exc))
 
 
 def check_batch_rows(batch_rows: int) -> None:

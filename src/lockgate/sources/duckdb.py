@@ -32,6 +32,7 @@ from lockgate.sources.base import (
     query_error,
     quote_ident,
     split_table,
+    sql_excerpt,
     stream,
     strip_sql,
 )
@@ -151,13 +152,7 @@ class DuckDBSource:
         try:
             for name, arrow in (tables or {}).items():
                 cursor.register(name, arrow)
-            # `limit` below nests the query's text, where a last `;` is a syntax error
-            relation = cursor.sql(strip_sql(sql))
-            if relation is None:
-                raise SourceError(
-                    f"{self.who}: the model's SQL returns no result set",
-                    hint="a model must be a query (`select ...`), not a statement",
-                )
+            relation = self._relation(cursor, sql)
             # DuckDB 2 renamed `fetch_record_batch` to `to_arrow_reader`; 1.x has only the former.
             to_reader = getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch
             reader = to_reader(batch_rows)
@@ -176,17 +171,37 @@ class DuckDBSource:
             close=cursor.close,
         )
 
+    def _relation(self, cursor: duckdb.DuckDBPyConnection, sql: str) -> duckdb.DuckDBPyRelation:
+        """``sql`` as a relation: one query, after any statements that set things up (`set`).
+        DuckDB runs every statement and gives the last one's rows, so a model holding two
+        queries (`select ... from users; select 1`, a test query left in) read only the last:
+        it is refused, naming both, not reported as the columns the sync maps missing."""
+        queries = [
+            statement.query.strip()
+            for statement in cursor.extract_statements(sql)
+            if statement.type == duckdb.StatementType.SELECT
+        ]
+        if len(queries) > 1:
+            shown = ", ".join(f"`{sql_excerpt(query, 60)}`" for query in queries)
+            raise SourceError(
+                f"{self.who}: the model's SQL holds {len(queries)} queries ({shown}); DuckDB "
+                "would give the sync the rows of the last one only",
+                hint="keep the one query the sync reads and remove the others (a `;` ends each)",
+            )
+        # `limit` below nests the query's text, where a last `;` is a syntax error
+        relation = cursor.sql(strip_sql(sql))
+        if relation is None:
+            raise SourceError(
+                f"{self.who}: the model's SQL returns no result set",
+                hint="a model must be a query (`select ...`), not a statement",
+            )
+        return relation
+
     def schema_of(self, sql: str) -> pa.Schema:
         """The result schema; DuckDB plans the query and reads no rows."""
         cursor = self._conn.cursor()
         try:
-            # `limit` below nests the query's text, where a last `;` is a syntax error
-            relation = cursor.sql(strip_sql(sql))
-            if relation is None:
-                raise SourceError(
-                    f"{self.who}: the model's SQL returns no result set",
-                    hint="a model must be a query (`select ...`), not a statement",
-                )
+            relation = self._relation(cursor, sql)
             empty = relation.limit(0)
             to_table = getattr(empty, "to_arrow_table", None) or empty.fetch_arrow_table
             schema: pa.Schema = to_table().schema

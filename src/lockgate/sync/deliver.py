@@ -359,7 +359,9 @@ def _packed_from(
                         key,
                         Outcome.REJECTED,
                         None,
-                        NO_PAYLOAD if missing[i] else oversize_reason(int(lengths[i])),
+                        NO_PAYLOAD
+                        if missing[i]
+                        else oversize_reason(int(lengths[i]), ops[int(i)].as_py()),
                         0,
                     )
                     for key, i in zip(keys, where, strict=True)

@@ -7,16 +7,18 @@ flat however large the model is.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import functools
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 import duckdb
 import pyarrow as pa
 
 from lockgate.console import Advance
 from lockgate.errors import ConfigError, LockgateError, SourceError
-from lockgate.sources.base import Source, strip_sql
+from lockgate.sources.base import QueryError, Source, strip_sql
 from lockgate.sources.duckdb import DuckDBSource
 from lockgate.state.store import registered, run_sql
 from lockgate.sync.mapping import Compiled, holds_json, q
@@ -33,6 +35,19 @@ class Staged:
     columns: dict[str, str]
 
 
+@contextmanager
+def quoting_model(sql: str) -> Iterator[None]:
+    """A query nesting the model's ``sql`` (read in place, or with some columns as text) that
+    fails quotes the model's SQL in its hint: the one the user wrote and can fix, not the
+    query around it (`select k, src_h from (select case when "__k" is null ...`)."""
+    try:
+        yield
+    except QueryError as exc:
+        if exc.sql == sql:
+            raise
+        raise exc.quoting(sql) from exc.__cause__
+
+
 def unique_columns(names: list[str], *, sync: str, warehouse: str = "") -> None:
     """Refuse a model with two columns of one name (``select u.*, a.*`` of two tables that both
     have ``plan``; on Snowflake ``EMAIL`` and ``"email"``, which both come back as ``email``).
@@ -41,7 +56,18 @@ def unique_columns(names: list[str], *, sync: str, warehouse: str = "") -> None:
     ``plan`` silently sends the first one's values. Which one the sync file means is not
     clear, so the run stops before a row is copied or sent. ``warehouse`` is the source's
     type (``snowflake`` adds why two names folded into one). A `ConfigError` without a file:
-    callers point it at the sync file (:meth:`Project.locate`)."""
+    callers point it at the sync file (:meth:`Project.locate`).
+
+    A name starting with ``__`` is refused too: Lockgate adds such columns to the model's rows
+    as it maps them (``__k``, ``__id_id``...), and a model column of one of those names took
+    their place: a column `__k` became every row's key, `__id_id` every row's person."""
+    own = [name for name in names if name.startswith("__")]
+    if own:
+        raise ConfigError(
+            f"sync `{sync}`: the model returns {', '.join(f'`{n}`' for n in own)}: names "
+            "starting with `__` are Lockgate's own, for the columns it adds as it maps rows",
+            hint=f"give it another name in the model's SQL (`{own[0]} as {own[0].lstrip('_')}`)",
+        )
     seen: dict[str, str] = {}
     for name in names:
         if name.lower() not in seen:
@@ -126,18 +152,20 @@ def stage(
     would change crosses it as text (see :class:`Carry`); ``native``: the model's DuckDB column
     types, when the caller knows them."""
     carry = Carry.of((native if native is not None else model_types(source, sql)) or {})
-    if carry.as_text:
-        # nested, DuckDB renames a second `plan` to `plan_1`: the names the model itself gives
-        unique_columns(source.schema_of(sql).names, sync=sync, warehouse=source.NAME)
-        reader = source.read(carry.read(_subquery(sql) + " __model"))
-    else:
-        reader = source.read(sql)
-        try:
-            unique_columns(reader.schema.names, sync=sync, warehouse=source.NAME)
-        except ConfigError:
-            reader.close()
-            raise
-    _load(con, reader, advance, f"create or replace temp table model as {carry.load()}", sync=sync)
+    with quoting_model(sql):
+        if carry.as_text:
+            # nested, DuckDB renames a second `plan` to `plan_1`: the names the model gives
+            unique_columns(source.schema_of(sql).names, sync=sync, warehouse=source.NAME)
+            reader = source.read(carry.read(_subquery(sql) + " __model"))
+        else:
+            reader = source.read(sql)
+            try:
+                unique_columns(reader.schema.names, sync=sync, warehouse=source.NAME)
+            except ConfigError:
+                reader.close()
+                raise
+        load = f"create or replace temp table model as {carry.load()}"
+        _load(con, reader, advance, load, sync=sync)
     columns = {row[0]: row[1] for row in con.execute("describe model").fetchall()}
     count = con.execute("select count(*) from model").fetchall()[0][0]
     return Staged(rows=int(count), columns=columns)
@@ -281,6 +309,23 @@ def _round_trip(native: str) -> str:
     return "VARCHAR" if native.startswith("ENUM(") else _ROUND_TRIP.get(native, native)
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _quotes_model(
+    method: Callable[Concatenate[InPlace, _P], _R],
+) -> Callable[Concatenate[InPlace, _P], _R]:
+    """An :class:`InPlace` read whose failure quotes the model's SQL (:func:`quoting_model`)."""
+
+    @functools.wraps(method)
+    def read(self: InPlace, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with quoting_model(self.sql):
+            return method(self, *args, **kwargs)
+
+    return read
+
+
 class InPlace:
     """A DuckDB model keyed where it lives, so a run copies only the rows it has to map.
 
@@ -332,8 +377,10 @@ class InPlace:
             # a broken model, or one that runs alone but not nested: the copy reads it as
             # written and reports its own error
             return None
-        if len({name.lower() for name in names}) < len(names):
-            return None  # two columns of one name: `stage` refuses the model
+        if len({name.lower() for name in names}) < len(names) or any(
+            name.startswith("__") for name in names
+        ):
+            return None  # two columns of one name, or one of Lockgate's: `stage` refuses it
         columns = staged_types(con, schema, Carry.of(native))
         if list(columns) != list(native):
             return None
@@ -341,6 +388,7 @@ class InPlace:
             return None
         return cls(source, sql, native=native, columns=columns, sync=sync)
 
+    @_quotes_model
     def key(self, con: duckdb.DuckDBPyConnection, compiled: Compiled, advance: Advance) -> None:
         """The temp table ``keyed`` (``__rid`` null, ``k``, ``src_h``) of every model row."""
         reader = self.source.read(compiled.keyed_select(self.relation))
@@ -353,6 +401,7 @@ class InPlace:
             sync=self.sync,
         )
 
+    @_quotes_model
     def stage_todo(self, con: duckdb.DuckDBPyConnection, compiled: Compiled, todo: int) -> bool:
         """Copy the rows of the temp table ``todo`` (``k``, ``src_h``) into the temp table
         ``model``. False when the model did not give them all back: it read differently the
@@ -400,6 +449,7 @@ class InPlace:
         the source is found again by a second read."""
         return f"hash({', '.join(q(name) for name in self.columns)})"
 
+    @_quotes_model
     def key_events(
         self,
         con: duckdb.DuckDBPyConnection,
@@ -456,6 +506,7 @@ class InPlace:
         rows = f"select __rid from ({compiled.over(self.relation, self.row_hash)}) where {named}"
         self._copy_rows(con, f"__row in ({rows})", {"only_values": values}, advance)
 
+    @_quotes_model
     def _copy_rows(
         self,
         con: duckdb.DuckDBPyConnection,

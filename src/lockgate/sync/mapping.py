@@ -1592,6 +1592,27 @@ def email_match(text: str) -> str:
     return f"lower({_trim(text)})"
 
 
+def _one_value(sync: str, what: str, column: str, col_type: str) -> None:
+    """Refuse an identifier or object id read from a list, struct or map column: each row
+    was sent with the value's text (`[1]`, `{'a': 1}`) as the id, a profile or object nobody
+    means, where the sync file named the wrong column or the model did not pick the value."""
+    kind = col_type.upper()
+    if not (kind.endswith("]") or kind.startswith(("STRUCT(", "MAP(", "UNION("))):
+        return
+    pick = (
+        f"`{column}[1] as {column}`"
+        if kind.endswith("]")
+        else f"`{column}.id as {column}`"
+        if kind.startswith("STRUCT(")
+        else f"`{column}['id'] as {column}`"
+    )
+    raise ConfigError(
+        f"sync `{sync}`: {what} reads column `{column}` of type {col_type}, which holds "
+        "several values; an id is one value",
+        hint=f"pick the one value in the model (e.g. {pick}) or name another column",
+    )
+
+
 def _id_checks(column: str, col_type: str, what: str, text: str) -> list[str]:
     """The reject check of a number column that :func:`_id_text` cannot name (none for text
     and integer columns); ``text`` is the computed column holding its id text."""
@@ -1635,6 +1656,7 @@ def identifier_sql(
             )
         if target in chosen:
             raise ConfigError(f"sync `{sync.name}`: two columns map to Customer.io `{target}`")
+        _one_value(sync.name, f"identifier `{kind}`", column, columns[column])
         chosen[target] = column
     values: dict[str, str] = {}
     for target, col in chosen.items():
@@ -1908,6 +1930,8 @@ def _on_change_sql(
         for name, spec in rule.properties.items():
             props.add(sync.name, name, spec, columns, default_on_null)
         unless = f"coalesce(({rule.unless}), false)" if rule.unless else "false"
+        if rule.unless:
+            _check_unless(sync.name, i, unless, columns)
         extra += f", {_object(props.fragments)} as __ocp_{i}, {unless} as __ocu_{i}"
         if rule.attribute in was:
             extra += f", coalesce(to_json({was[rule.attribute]})::varchar, 'null') as __ocw_{i}"
@@ -2123,10 +2147,12 @@ def compile_events(
     # its size, not counted as refused by Customer.io
     size = f"(strlen({op}) + {EVENT_ID_BYTES})"
     over = f" bytes as sent, over the {MAX_OP_BYTES}-byte limit of Customer.io per operation ("
-    tail = " bytes of properties); trim large properties in the model or leave them out"
+    tail = " bytes of properties"
+    advice = "); trim large properties in the model or leave them out"
     checks.append(
         f"case when {size} > {MAX_OP_BYTES} then {lit('event is ')} || {size} || {lit(over)} || "
-        f"strlen(__props) || {lit(tail)} end"
+        f"strlen(__props) || {lit(tail)} || {_largest(list(sync.properties), fields.fragments)}"
+        f" || {lit(advice)} end"
     )
     backfill = backfill_sql.replace(ts_sql, "__ts")
     middle = (
@@ -2150,6 +2176,54 @@ def compile_events(
         f"__rid from {middle}"
     )
     return Compiled(select, tuple(dict.fromkeys(used)), computed=fields.computed_sql())
+
+
+def _check_unless(sync: str, i: int, unless: str, columns: dict[str, str]) -> None:
+    """Refuse an `on_change` rule's `unless` (``unless``, as the mapping reads it) that does
+    not bind over the model's columns: it failed in the middle of the mapping's query, as
+    "unexpected ParserException ... this is a bug in Lockgate". DuckDB binds it here over an
+    empty row of the model's types; a model whose types it cannot rebuild is not judged."""
+    import duckdb
+
+    from lockgate.sources.base import db_message
+
+    row = ", ".join(f"null::{kind} as {q(name)}" for name, kind in columns.items()) or "1"
+    with duckdb.connect() as con:
+        try:
+            con.execute(f"select {unless} from (select {row}) limit 0")
+        except duckdb.Error as exc:
+            try:
+                con.execute(f"select true from (select {row}) limit 0")
+            except duckdb.Error:
+                return
+            expression = unless.removeprefix("coalesce((").removesuffix("), false)")
+            # DuckDB's `LINE 1: ...` quotes the probe above, not the rule as written
+            said = db_message(exc).split(" LINE ", 1)[0]
+            raise ConfigError(
+                f"sync `{sync}`: `on_change[{i}].unless` (`{expression}`) is not a condition "
+                f"over the model's columns: {said}",
+                hint="write SQL over the model's columns that is true or false (e.g. "
+                "`plan_before = 'trial'`); a lookup in another table belongs in the model's SQL, "
+                f"as a column; {columns_hint(columns)}",
+            ) from None
+
+
+def _largest(names: list[str], fragments: list[str], shown: int = 3) -> str:
+    """SQL for text naming the largest of the fields ``names`` (whose JSON ``fragments`` they
+    are), such as ``, the largest `notes` 40012 bytes, `body` 9800 bytes``: up to ``shown`` of
+    those over 1,000 bytes, or the largest one when none is, so the reason says which columns
+    to trim."""
+    if not names:
+        return "''"
+    sizes = ", ".join(
+        f"{{'b': coalesce(strlen({fragment}), 0), 'n': {lit(name)}}}"
+        for name, fragment in zip(names, fragments, strict=True)
+    )
+    ranked = f"list_sort([{sizes}], 'DESC')"
+    large = f"list_filter({ranked}, lambda f: f.b >= 1000)[1:{shown}]"
+    largest = f"case when len({large}) > 0 then {large} else {ranked}[1:1] end"
+    listed = f"list_transform({largest}, lambda f: '`' || f.n || '` ' || f.b || ' bytes')"
+    return f"', the largest ' || array_to_string({listed}, ', ')"
 
 
 MAX_OBJECT_ID_BYTES = 150
@@ -2213,6 +2287,7 @@ def compile_objects(
     assert sync.object_type_id is not None
     key_column = sync.key_columns[0]
     _require(sync, key_column, "object id (`primary_key`)", columns)
+    _one_value(sync.name, "object id (`primary_key`)", key_column, columns[key_column])
     fields = Fields(zone=sync.timezone, kept=kept_constants(sync, last, "attributes"))
     fields.computed.append(
         ("__obj", f"nullif({_trim(_id_text(key_column, columns[key_column]))}, '')")
@@ -2260,6 +2335,7 @@ def compile_relationships(
     """
     assert sync.object_type_id is not None and sync.object_id is not None
     _require(sync, sync.object_id, "object id (`object_id`)", columns)
+    _one_value(sync.name, "object id (`object_id`)", sync.object_id, columns[sync.object_id])
     fields = Fields(zone=sync.timezone, kept=kept_constants(sync, last, "relationship_attributes"))
     identifiers, _, checks = identifier_sql(sync, columns, fields)
     obj_type = columns[sync.object_id]

@@ -49,7 +49,7 @@ from lockgate.project.models import (
     SyncConfig,
 )
 from lockgate.sources import connect
-from lockgate.sources.base import Source
+from lockgate.sources.base import Source, sql_excerpt
 from lockgate.sources.postgres import PostgresSource
 from lockgate.state.store import StateStore, registered, run_sql, table
 from lockgate.sync.extract import Carry, read_as_text
@@ -176,7 +176,7 @@ def read_sources(
         zone = project.config.sources[name].timezone
         for spec, sql in queries:
             i = index[spec.name]
-            what = f"`{spec.table}`" if spec.table else "its `sql`"
+            what = f"`{spec.table}`" if spec.table else f"`{sql_excerpt(spec.sql or '')}`"
             with _reading(
                 f"identity source `{spec.name}` (`identity.sources[{i}]`, "
                 f"{project.where('identity', 'sources', i)})",

@@ -110,11 +110,39 @@ def body_size(ops: int, payload: int) -> int:
     return ENVELOPE_BYTES + payload + max(ops - 1, 0)
 
 
-def oversize_reason(size: int) -> str:
-    """The rejection reason for an operation too large for Track v2."""
+def oversize_reason(size: int, op: str | bytes | None = None) -> str:
+    """The rejection reason for an operation too large for Track v2; given the operation's
+    JSON ``op``, it says how many attributes it holds and names the largest, what to trim."""
     return (
         f"operation is {size:,} bytes once encoded; Customer.io's Track v2 batch API "
         f"accepts at most {MAX_OP_BYTES:,} bytes (32 KB) per operation, so it was not sent"
+        + (_what_is_large(op) if op is not None else "")
+    )
+
+
+def _what_is_large(op: str | bytes, shown: int = 3) -> str:
+    """``: its 40 attributes hold 36,120 bytes, the largest `notes` 912 bytes, ...``, for an
+    operation's JSON ``op`` (a trailing `,` allowed); empty when it holds no attributes."""
+    text = op.rstrip(b",") if isinstance(op, bytes) else op.rstrip(",")
+    try:
+        attributes = orjson.loads(text).get("attributes")
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    if not isinstance(attributes, dict) or not attributes:
+        return ""
+    # each as it is written in the operation: `"name":value`
+    sizes = sorted(
+        (
+            (len(orjson.dumps(name)) + 1 + len(orjson.dumps(value)), name)
+            for name, value in attributes.items()
+        ),
+        key=lambda sized: (-sized[0], sized[1]),
+    )
+    largest = ", ".join(f"`{name}` {size:,} bytes" for size, name in sizes[:shown])
+    total = sum(size for size, _ in sizes)
+    return (
+        f": its {len(sizes)} attributes hold {total:,} bytes, the largest {largest}; send fewer "
+        "or shorter ones (another sync may send some of them)"
     )
 
 
