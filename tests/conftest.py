@@ -23,10 +23,49 @@ import pytest
 KEEP_ENV_PREFIXES = ("PATH", "HOME", "LANG", "LC_", "TMPDIR", "VIRTUAL_ENV", "PYTHON", "CI", "TERM")
 
 
+#: the test files that take longest (`make test` lists the slowest tests), started first in
+#: this order, so the short files fill both workers at the end: `make test` runs `-n auto
+#: --dist loadfile --no-loadscope-reorder` (xdist otherwise queues files by their number of
+#: tests, which put these few-test files last, where the crash harness ran alone for minutes)
+LONGEST_FIRST = (
+    "tests/sync/test_crash.py",
+    "tests/sync/test_sync_properties.py",
+    "tests/webhooks/test_properties.py",
+    "tests/sync/test_b2b_properties.py",
+    "tests/sync/test_identity_properties.py",
+)
+#: the second SIGKILL harness goes to the middle of the queue, not beside the first: each runs
+#: two trials at once, and the two together on 2 cores slowed each other (a minute more)
+IN_THE_MIDDLE = "tests/sync/test_crash_incremental.py"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if not any(item.get_closest_marker(m) for m in ("postgres", "remote")):
             item.add_marker(pytest.mark.fast)
+    items[:] = _queued(items)
+
+
+def _queued(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The items file by file (each file's in their own order): :data:`LONGEST_FIRST`, then the
+    others by their number of tests, most first (xdist's own order), with
+    :data:`IN_THE_MIDDLE` where half of those tests are queued."""
+    files: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    first = [f for f in LONGEST_FIRST if f in files]
+    rest = sorted(
+        (f for f in files if f not in first and f != IN_THE_MIDDLE), key=lambda f: -len(files[f])
+    )
+    if IN_THE_MIDDLE in files:
+        half, queued, at = sum(len(files[f]) for f in rest) / 2, 0, len(rest)
+        for i, f in enumerate(rest):
+            queued += len(files[f])
+            if queued >= half:
+                at = i + 1
+                break
+        rest.insert(at, IN_THE_MIDDLE)
+    return [item for f in first + rest for item in files[f]]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
