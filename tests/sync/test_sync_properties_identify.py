@@ -1,7 +1,8 @@
 """Stateful property test, the sequel of test_sync_properties.py for what it does not try: a
-people sync identified by `id` and `email` whose emails change case, move from one account to
-another, go null and are briefly shared by two rows; runs of named records (`--only`)
-interleaved with whole runs; and `plan --all` / `sync --all` across the syncs in one session.
+people sync identified by `id` and `email` whose emails change case (or gain spaces around
+them), move from one account to another, go null and are briefly shared by two rows; runs of
+named records (`--only`) interleaved with whole runs; and `plan --all` / `sync --all` across
+the syncs in one session.
 
 The project has two syncs: `accounts` (people, `identify_by: {id: user_id, email: email}`,
 upsert) and `activity` (events keyed by `id`, test_sync_properties.py's). The invariants:
@@ -10,7 +11,8 @@ upsert) and `activity` (events keyed by `id`, test_sync_properties.py's). The in
   counts and shows what the run then sends;
 - (b) after a whole run, each account is one person in Customer.io, found by its `id`, with the
   last non-null `plan` and the email the model gives it (the last non-null one, in the case
-  sent, released when another row takes it), and no other person holds an account's email;
+  sent, trimmed, released when another row takes it), and no other person holds an account's
+  email;
 - (c) each event key arrived exactly once;
 - (e) a row a run of named records delivered is not sent again by the next whole run when it
   has not changed since, and not lost either (b).
@@ -63,7 +65,8 @@ SYNCS = ("accounts", "activity")  # the order of `sync --all`: people, then even
 
 uids = st.integers(1, 4)
 plans = st.sampled_from([None, "free", "pro", "team"])
-spellings = st.sampled_from([str, str.upper, str.capitalize])
+#: an email in another case, or with spaces around it (Customer.io trims it): the same person
+spellings = st.sampled_from([str, str.upper, str.capitalize, lambda e: f" {e} "])
 emails = st.one_of(
     st.none(),
     st.builds(lambda n, s: s(f"{n}@x.io"), st.sampled_from(["ann", "bob", "cy", "dee"]), spellings),
@@ -71,7 +74,7 @@ emails = st.one_of(
 
 
 def _low(email: str | None) -> str | None:
-    return None if email is None else email.lower()
+    return None if email is None else email.strip().lower()
 
 
 class IdentifyMachine(RuleBasedStateMachine):
@@ -139,7 +142,7 @@ class IdentifyMachine(RuleBasedStateMachine):
         by_email: dict[str, list[int]] = {}
         for uid, r in self.accounts.items():
             if r["email"] is not None:
-                by_email.setdefault(r["email"].lower(), []).append(uid)
+                by_email.setdefault(_low(r["email"]), []).append(uid)
         return {u for us in by_email.values() if len(us) > 1 for u in us}
 
     def _with_email(self) -> list[int]:
@@ -149,7 +152,7 @@ class IdentifyMachine(RuleBasedStateMachine):
     def set_account(self, uid: int, email: str | None, plan: str | None) -> None:
         """A new account, or one whose email or plan changed."""
         if email is not None and any(
-            _low(r["email"]) == email.lower() for u, r in self.accounts.items() if u != uid
+            _low(r["email"]) == _low(email) for u, r in self.accounts.items() if u != uid
         ):
             return  # sharing an email is `share_email`'s, briefly
         self._set(uid, email, plan)
@@ -165,7 +168,7 @@ class IdentifyMachine(RuleBasedStateMachine):
             return
         email = self.accounts[giver]["email"]
         others = {_low(r["email"]) for u, r in self.accounts.items() if u not in (giver, taker)}
-        if giver_gets is not None and giver_gets.lower() in others | {email.lower()}:
+        if giver_gets is not None and _low(giver_gets) in others | {_low(email)}:
             giver_gets = None
         self._set(giver, giver_gets, self.accounts[giver]["plan"])
         plan = self.accounts[taker]["plan"] if taker in self.accounts else "free"
@@ -194,7 +197,7 @@ class IdentifyMachine(RuleBasedStateMachine):
     def unshare(self, data: st.DataObject, email: str | None) -> None:
         uid = data.draw(st.sampled_from(sorted(self._shared())))
         if email is not None and any(
-            _low(r["email"]) == email.lower() for r in self.accounts.values()
+            _low(r["email"]) == _low(email) for r in self.accounts.values()
         ):
             email = None
         self._set(uid, email, self.accounts[uid]["plan"])
@@ -281,7 +284,7 @@ class IdentifyMachine(RuleBasedStateMachine):
     def sync_only(self, data: st.DataObject, together: bool) -> None:
         """A run of the records one value names: an account's id, or an email (in any case)."""
         values = [str(u) for u in sorted(self.accounts)] + [
-            r["email"].upper() for r in self.accounts.values() if r["email"]
+            r["email"].strip().upper() for r in self.accounts.values() if r["email"]
         ]
         if not values:
             return
@@ -330,7 +333,7 @@ class IdentifyMachine(RuleBasedStateMachine):
             attrs["email"] = UNKNOWN if int(uid) in shared else email
             for other, held in self.expected.items():
                 if other != int(uid) and held["email"] is not UNKNOWN:
-                    if _low(held["email"]) == email.lower():
+                    if _low(held["email"]) == _low(email):
                         held["email"] = None
 
     def _plan_named(self, name: str, only: tuple[str, ...], **kw: Any) -> RunReport | None:
@@ -367,7 +370,7 @@ class IdentifyMachine(RuleBasedStateMachine):
                 self.accounts.get(uid, {}).get("email"),
             ):
                 if isinstance(email, str):
-                    self.tainted_emails.add(email.lower())
+                    self.tainted_emails.add(_low(email))
 
     def _held_back(self) -> set[int]:
         """The accounts a whole run holds back for an email another person has (docs/sync.md,
@@ -416,9 +419,9 @@ class IdentifyMachine(RuleBasedStateMachine):
             if row["plan"] is not None:
                 attrs["plan"] = row["plan"]
             if row["email"] is not None:
-                attrs["email"] = row["email"]
+                attrs["email"] = row["email"].strip()  # sent trimmed
         taken = {
-            row["email"].lower(): uid
+            _low(row["email"]): uid
             for uid, row in self.accounts.items()
             if row["email"] is not None and uid not in held
         }
