@@ -191,6 +191,7 @@ class SyncMachine(RuleBasedStateMachine):
         # the reference model of Customer.io: attributes by person id
         self.expected: dict[str, dict[str, Any]] = {}
         self.mirrored: set[str] = set()  # members keys the mirror sync delivered
+        self.deleted: set[str] = set()  # people the mirror deleted, not sent since
         # delivered event keys -> the events they may have arrived as (name, person, ts)
         self.ledger: dict[str, list[tuple[str, str, int]]] = {}
         self.synced = False
@@ -470,11 +471,13 @@ class SyncMachine(RuleBasedStateMachine):
         for person in self.mirrored - present:
             if config["delete"]:
                 del self.expected[person]
+                self.deleted.add(person)
                 continue
             self.expected[person].pop("tier", None)
             if config["rank"]:
                 self.expected[person].pop("rank", None)
         self.mirrored = (self.mirrored & present) | sent
+        self.deleted -= sent
         self.mapped_then = {"promo": config["promo"], "rank": config["rank"]}
         self.ledger.update(self._deliverable())
         self.synced = True
@@ -569,6 +572,7 @@ class SyncMachine(RuleBasedStateMachine):
         for pid, attrs in held.items():
             if pid not in self.expected:
                 assert attrs == {}, (pid, attrs)
+        assert not self.deleted & set(held), sorted(self.deleted & set(held))
         # (c) each key exactly once, as one of the copies it could have been sent as
         by_key: dict[str, list[Any]] = {}
         for e in self.emu.events():
