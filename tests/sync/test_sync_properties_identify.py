@@ -5,7 +5,8 @@ named records (`--only`) interleaved with whole runs; and `plan --all` / `sync -
 the syncs in one session.
 
 The project has two syncs: `accounts` (people, `identify_by: {id: user_id, email: email}`,
-upsert) and `activity` (events keyed by `id`, test_sync_properties.py's). The invariants:
+an `upsert`, a `mirror` or a mirror with `delete_removed`, drawn for each example) and
+`activity` (events keyed by `id`, test_sync_properties.py's). The invariants:
 
 - (a) without faults, a plan (of one sync, of named records, or of `--all` in one session)
   counts and shows what the run then sends;
@@ -107,11 +108,30 @@ class IdentifyMachine(RuleBasedStateMachine):
         self.tainted_emails: set[str] = set()
         self.was_shared = False  # a whole run saw two rows share an email (for statistics)
         self.held: set[int] = set()  # accounts the last whole run held back (shared email)
+        #: the keys of delivered events a delete of their person (`delete_removed`) took out
+        #: of Customer.io with it (which Lockgate does not send again)
+        self.dropped: list[str] = []
 
-    @initialize(rows=st.lists(st.tuples(uids, emails, plans), min_size=1, max_size=4))
-    def start(self, rows: list[tuple[int, str | None, str | None]]) -> None:
+    @initialize(
+        rows=st.lists(st.tuples(uids, emails, plans), min_size=1, max_size=4),
+        mode=st.sampled_from(["upsert", "mirror", "delete"]),
+    )
+    def start(self, rows: list[tuple[int, str | None, str | None]], mode: str = "upsert") -> None:
+        """The accounts sync is an `upsert`, a `mirror` (a person whose row left has their
+        `plan` cleared and keeps their email until a row takes it), or a mirror that deletes
+        them (`delete_removed`)."""
+        self.mode = mode
+        event(f"accounts sync: {mode}")
+        accounts = (
+            ACCOUNTS
+            + {
+                "upsert": "",
+                "mirror": "mode: mirror\n",
+                "delete": "mode: mirror\ndelete_removed: true\n",
+            }[mode]
+        )
         self.factory.sql(TABLES)
-        self.project = self.factory.write({"accounts": ACCOUNTS, "activity": ACTIVITY}, retries=0)
+        self.project = self.factory.write({"accounts": accounts, "activity": ACTIVITY}, retries=0)
         for uid, email, plan in rows:
             self._set(uid, email, plan)
         self._write()
@@ -259,6 +279,7 @@ class IdentifyMachine(RuleBasedStateMachine):
     def sync(self, every: bool) -> None:
         """A whole run of each sync, one by one or as `plan --all` then `sync --all`."""
         start = len(self.emu.request_log())
+        held = self._held_events()
         if every:
             with Session() as session:
                 plans = [self._plan(n, session=session) for n in SYNCS]
@@ -278,6 +299,7 @@ class IdentifyMachine(RuleBasedStateMachine):
             if row is not None and (row["email"], row["plan"]) == (email, plan):
                 assert str(uid) not in again, (uid, row)
         self.sent_named = {}
+        self._note_dropped(held)
         self._expect_after_whole_run()
 
     @rule(data=st.data(), together=st.booleans())
@@ -291,6 +313,7 @@ class IdentifyMachine(RuleBasedStateMachine):
         only = (data.draw(st.sampled_from(values)),)
         self._taint(self._shared())
         start = len(self.emu.request_log())
+        held = self._held_events()
         self.failed: set[str] = set()  # keys the runs did not deliver (rejected, held back)
         if together:  # `plan --all --only V`, then `sync --all --only V`
             with Session() as session:
@@ -305,7 +328,16 @@ class IdentifyMachine(RuleBasedStateMachine):
             if uid.isdigit() and int(uid) in self.accounts:
                 row = self.accounts[int(uid)]
                 self.sent_named[int(uid)] = (row["email"], row["plan"])
+        self._note_dropped(held)
         self._expect_named(start)
+
+    def _held_events(self) -> dict[str | None, Any]:
+        return {e.id: e.data.get("key") for e in self.emu.events()}
+
+    def _note_dropped(self, held: dict[str | None, Any]) -> None:
+        """The events Customer.io held before the runs and lacks now went with their person."""
+        now = {e.id for e in self.emu.events()}
+        self.dropped += [key for id_, key in held.items() if id_ not in now]
 
     def _expect_named(self, start: int) -> None:
         """What the runs of named records since request ``start`` delivered, in the model: a
@@ -315,7 +347,13 @@ class IdentifyMachine(RuleBasedStateMachine):
         shared = self._shared()
         for op in sent_ops(self.emu, start):
             uid = op.get("identifiers", {}).get("id")
-            if op.get("action") != "identify" or uid is None or not uid.isdigit():
+            if uid is None or not uid.isdigit():
+                continue
+            if op.get("action") == "delete":  # a named record that left, undone
+                if uid not in self.failed:
+                    self.expected.pop(int(uid), None)
+                continue
+            if op.get("action") != "identify":
                 continue
             attributes = op.get("attributes") or {}
             attrs = self.expected.setdefault(int(uid), {"plan": None, "email": None})
@@ -326,7 +364,7 @@ class IdentifyMachine(RuleBasedStateMachine):
             if uid in self.failed:
                 continue
             if attributes.get("plan") is not None:
-                attrs["plan"] = attributes["plan"]
+                attrs["plan"] = attributes["plan"] or None  # `""`: cleared (`mirror`)
             email = op["identifiers"].get("email") or attributes.get("email")
             if not email:
                 continue
@@ -429,6 +467,11 @@ class IdentifyMachine(RuleBasedStateMachine):
             email = None if attrs["email"] is UNKNOWN else _low(attrs["email"])
             if email in taken and taken[email] != uid:
                 attrs["email"] = None  # released for the row that takes it
+        for uid in set(self.expected) - set(self.accounts):  # rows that left: undone
+            if self.mode == "delete":
+                del self.expected[uid]
+            elif self.mode == "mirror":
+                self.expected[uid]["plan"] = None
         for key, uid in self.events.items():
             if uid is not None:
                 self.delivered.add(key)
@@ -439,7 +482,7 @@ class IdentifyMachine(RuleBasedStateMachine):
     @invariant()
     def customerio_holds_the_model(self) -> None:
         # (c) each event once
-        keys = [e.data.get("key") for e in self.emu.events()]
+        keys = [e.data.get("key") for e in self.emu.events()] + self.dropped
         assert len(keys) == len(set(keys)), sorted(keys)
         if not self.whole:
             return
