@@ -785,9 +785,10 @@ def _still_reached(
     keys = _record_keys(sync, "ident")
     rejected = temp_table(con, "rejected_idents")
     # the rows still in the model: those sent now, and the rejected ones as they are now
+    addr = "addr, " if _takes_emails(sync) else ""
     rows = (
-        "(select k, addr, ident, removed from changes "
-        "union all select k, addr, ident, false as removed from rejected_idents)"
+        f"(select k, {addr}ident, removed from changes "
+        f"union all select k, {addr}ident, false as removed from rejected_idents)"
         if rejected
         else "changes"
     )
@@ -1606,7 +1607,8 @@ def diff_records(
     run_sql(
         con,
         "create or replace temp table rejected_idents as "
-        "select k, addr, ident from mapped where reject is not null and ident is not null",
+        f"select k, {'addr, ' if _takes_emails(sync) else ''}ident from mapped "
+        "where reject is not null and ident is not null",
     )
     # what is left of `mapped` is exactly what to send: keep it as `changes` (a rename, not a
     # copy of every payload, which took a second at 1M rows)
