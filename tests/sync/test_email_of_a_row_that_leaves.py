@@ -252,3 +252,54 @@ def test_a_snapshot_email_with_white_space_around_it_still_changes_hands(
     assert people(emu) == {"5": (None, None), "6": ("a@x.io", "pro"), "7": ("bob@x.io", "free")}
     assert emu.person(id="5").cio_id == five  # type: ignore[union-attr]
     assert run_sync(project, "accounts", console=NullConsole()).changes.to_send == 0
+
+
+@pytest.mark.parametrize(
+    "options",
+    ["", "mode: mirror\n", "mode: mirror\ndelete_removed: true\n"],
+    ids=["upsert", "mirror", "delete"],
+)
+@pytest.mark.parametrize("delivered", [False, True], ids=["new-rows", "delivered-rows"])
+def test_two_rows_take_the_email_of_the_row_that_leaves_one_gets_it_the_other_waits(
+    project_factory: ProjectFactory, options: str, delivered: bool
+) -> None:
+    """Row 5 leaves as rows 6 and 8 (new, or delivered without an email) both take its email.
+    Row 8 waits for row 6, which takes it
+    (docs/sync.md, "Rows that leave the model, and rows that reach one person"). Before, the
+    rejected row 8 counted as still reaching person 5, which was then kept: neither released
+    (its email still person 5's, Customer.io dropped row 6's update, committed as delivered
+    and never sent again) nor cleared or deleted. Found by the identify property test."""
+    emu = project_factory.emulator
+    project = accounts(project_factory, options)
+    if delivered:
+        project_factory.sql("insert into accounts values (6, null, 'pro'), (8, null, 'team')")
+        assert run_sync(project, "accounts", console=NullConsole()).delivered == 2
+    project_factory.sql(
+        "delete from accounts where user_id in (5, 6, 8); "
+        "insert into accounts values (6, 'ann@x.io', 'pro'), (8, 'Ann@x.io', 'team')"
+    )
+    plan = plan_sync(project, "accounts", console=NullConsole())
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert report.status == "success", report.failures
+    assert [k for k, _ in report.changes.rejected_samples] == ["8"]
+    assert "is also the email of key `6`" in report.changes.rejected_samples[0][1]
+    assert (plan.changes.removed, plan.changes.removed_sent) == (
+        report.changes.removed,
+        report.changes.removed_sent,
+    )
+    five = {
+        "": {"5": (None, "free")},  # left as it is, but for the email it gave up
+        "mode: mirror\n": {"5": (None, None)},
+        "mode: mirror\ndelete_removed: true\n": {},
+    }[options]
+    held = {"8": (None, "team")} if delivered else {}  # it keeps what it was delivered with
+    assert people(emu) == {**five, "6": ("ann@x.io", "pro"), "7": ("bob@x.io", "free"), **held}
+    # row 8 is sent once row 6 lets the email go
+    project_factory.sql("update accounts set email = 'cy@x.io' where user_id = 6")
+    assert run_sync(project, "accounts", console=NullConsole()).status == "success"
+    assert people(emu) == {
+        **five,
+        "6": ("cy@x.io", "pro"),
+        "7": ("bob@x.io", "free"),
+        "8": ("Ann@x.io", "team"),
+    }

@@ -13,6 +13,10 @@ old ones renamed `{name}_backfill`). The invariants:
 - (c) each event key arrived exactly once, an old event only under its backfill name, and the
   rows that cannot be sent are in the run's rejected rows with a reason;
 - (d) after a run with faults, a run without them converges to (b) and (c).
+
+Between runs the sync files change too (`reconfigure`): an attribute of each people sync taken
+out of the mapping (kept in Customer.io, or cleared with `clear_removed_attributes`) and put
+back (sent again to everyone), and the mirror deleting the people who leave.
 """
 
 from __future__ import annotations
@@ -187,22 +191,49 @@ class SyncMachine(RuleBasedStateMachine):
         # the reference model of Customer.io: attributes by person id
         self.expected: dict[str, dict[str, Any]] = {}
         self.mirrored: set[str] = set()  # members keys the mirror sync delivered
+        self.deleted: set[str] = set()  # people the mirror deleted, not sent since
         # delivered event keys -> the events they may have arrived as (name, person, ts)
         self.ledger: dict[str, list[tuple[str, str, int]]] = {}
         self.synced = False
+        #: the sync files as they are now (`reconfigure`), and the attributes the last run of
+        #: each people sync mapped (whose mapping it recorded)
+        self.config = {"promo": True, "rank": True, "delete": False, "clear": False}
+        self.mapped_then = {"promo": True, "rank": True}
 
     @initialize(people=people_rows, members=member_rows, events=event_rows)
     def start(self, people: Any, members: Any, events: Any) -> None:
         """A first sync of some of each."""
         self.now = int(time.time())
         self.factory.sql(TABLES)
-        self.project = self.factory.write(
-            {"profile": PROFILE, "members": MEMBERS, "activity": ACTIVITY}, retries=0
-        )
+        self._write_syncs()
         self.upsert_people(people)
         self.upsert_members(members)
         self.insert_events(events)
         self._plan_and_sync(full_resync=False)
+
+    def _write_syncs(self) -> None:
+        config = self.config
+        profile, members = PROFILE, MEMBERS
+        if not config["promo"]:
+            profile = profile.replace("  promo: {column: promo, on_null: clear}\n", "")
+        if not config["rank"]:
+            members = members.replace("  rank: {column: rank, type: integer}\n", "")
+        if config["clear"]:
+            profile += "clear_removed_attributes: true\n"
+            members += "clear_removed_attributes: true\n"
+        if config["delete"]:
+            members += "delete_removed: true\n"
+        self.project = self.factory.write(
+            {"profile": profile, "members": members, "activity": ACTIVITY}, retries=0
+        )
+
+    @rule(promo=st.booleans(), rank=st.booleans(), delete=st.booleans(), clear=st.booleans())
+    def reconfigure(self, promo: bool, rank: bool, delete: bool, clear: bool) -> None:
+        """The sync files change between runs: `promo` (profile) and `rank` (members) taken
+        out of the mapping or put back, `clear_removed_attributes` turned on or off, and the
+        members' mirror deleting the people who leave instead of clearing them."""
+        self.config = {"promo": promo, "rank": rank, "delete": delete, "clear": clear}
+        self._write_syncs()
 
     # -- the warehouse ------------------------------------------------------------------
 
@@ -390,7 +421,9 @@ class SyncMachine(RuleBasedStateMachine):
             return False
         if "@" not in email:
             return False
-        return not r["rank"] or (_is_number(r["rank"]) and float(r["rank"]).is_integer())
+        if not self.config["rank"] or not r["rank"]:  # an unmapped column is not read
+            return True
+        return _is_number(r["rank"]) and float(r["rank"]).is_integer()
 
     def _event_copies(self) -> dict[str, list[dict[str, Any]]]:
         copies: dict[str, list[dict[str, Any]]] = {}
@@ -402,17 +435,24 @@ class SyncMachine(RuleBasedStateMachine):
     def _sendable(self, e: dict[str, Any]) -> bool:
         return e["user_id"] is not None and e["ts"] <= self.now + 300
 
+    def _cleared(self, name: str) -> bool:
+        """Whether this run clears ``name`` on every record it sends: taken out of the mapping
+        since the last run, with `clear_removed_attributes` (docs/sync.md, "Mapping
+        changes"). A row the run rejects is not sent, and keeps it."""
+        return self.mapped_then[name] and not self.config[name] and self.config["clear"]
+
     def _expect_after_sync(self) -> None:
         """Move the reference model on by one committed run of each sync."""
+        config = self.config
         for r in filter(self._person_ok, self.people):
             attrs = self.expected.setdefault(str(r["user_id"]), {})
             if r["plan"]:
                 attrs["plan"] = r["plan"]
             if r["score"]:
                 attrs["score"] = _number(r["score"])
-            if r["promo"]:
+            if config["promo"] and r["promo"]:
                 attrs["promo"] = r["promo"]
-            else:
+            elif config["promo"] or self._cleared("promo"):
                 attrs.pop("promo", None)
         sent = set()
         for r in filter(self._member_ok, self.members):
@@ -421,14 +461,24 @@ class SyncMachine(RuleBasedStateMachine):
             attrs = self.expected.setdefault(person, {})
             if r["tier"]:
                 attrs["tier"] = r["tier"]
-            if r["rank"]:
+            if config["rank"] and r["rank"]:
                 attrs["rank"] = _number(r["rank"])
-        # a person leaves when no row of the model reaches them; a rejected row still does
+            elif self._cleared("rank"):
+                attrs.pop("rank", None)
+        # a person leaves when no row of the model reaches them; a rejected row still does.
+        # They are deleted (`delete_removed`), or their attributes mapped now are cleared
         present = {f"email:{_person(r['email'])}" for r in self.members if r["email"] is not None}
         for person in self.mirrored - present:
+            if config["delete"]:
+                del self.expected[person]
+                self.deleted.add(person)
+                continue
             self.expected[person].pop("tier", None)
-            self.expected[person].pop("rank", None)
+            if config["rank"]:
+                self.expected[person].pop("rank", None)
         self.mirrored = (self.mirrored & present) | sent
+        self.deleted -= sent
+        self.mapped_then = {"promo": config["promo"], "rank": config["rank"]}
         self.ledger.update(self._deliverable())
         self.synced = True
 
@@ -522,6 +572,7 @@ class SyncMachine(RuleBasedStateMachine):
         for pid, attrs in held.items():
             if pid not in self.expected:
                 assert attrs == {}, (pid, attrs)
+        assert not self.deleted & set(held), sorted(self.deleted & set(held))
         # (c) each key exactly once, as one of the copies it could have been sent as
         by_key: dict[str, list[Any]] = {}
         for e in self.emu.events():

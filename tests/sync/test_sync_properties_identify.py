@@ -1,16 +1,19 @@
 """Stateful property test, the sequel of test_sync_properties.py for what it does not try: a
-people sync identified by `id` and `email` whose emails change case, move from one account to
-another, go null and are briefly shared by two rows; runs of named records (`--only`)
-interleaved with whole runs; and `plan --all` / `sync --all` across the syncs in one session.
+people sync identified by `id` and `email` whose emails change case (or gain spaces around
+them), move from one account to another, go null and are briefly shared by two rows; runs of
+named records (`--only`) interleaved with whole runs; and `plan --all` / `sync --all` across
+the syncs in one session.
 
 The project has two syncs: `accounts` (people, `identify_by: {id: user_id, email: email}`,
-upsert) and `activity` (events keyed by `id`, test_sync_properties.py's). The invariants:
+an `upsert`, a `mirror` or a mirror with `delete_removed`, drawn for each example) and
+`activity` (events keyed by `id`, test_sync_properties.py's). The invariants:
 
 - (a) without faults, a plan (of one sync, of named records, or of `--all` in one session)
   counts and shows what the run then sends;
 - (b) after a whole run, each account is one person in Customer.io, found by its `id`, with the
   last non-null `plan` and the email the model gives it (the last non-null one, in the case
-  sent, released when another row takes it), and no other person holds an account's email;
+  sent, trimmed, released when another row takes it), and no other person holds an account's
+  email;
 - (c) each event key arrived exactly once;
 - (e) a row a run of named records delivered is not sent again by the next whole run when it
   has not changed since, and not lost either (b).
@@ -63,7 +66,8 @@ SYNCS = ("accounts", "activity")  # the order of `sync --all`: people, then even
 
 uids = st.integers(1, 4)
 plans = st.sampled_from([None, "free", "pro", "team"])
-spellings = st.sampled_from([str, str.upper, str.capitalize])
+#: an email in another case, or with spaces around it (Customer.io trims it): the same person
+spellings = st.sampled_from([str, str.upper, str.capitalize, lambda e: f" {e} "])
 emails = st.one_of(
     st.none(),
     st.builds(lambda n, s: s(f"{n}@x.io"), st.sampled_from(["ann", "bob", "cy", "dee"]), spellings),
@@ -71,7 +75,7 @@ emails = st.one_of(
 
 
 def _low(email: str | None) -> str | None:
-    return None if email is None else email.lower()
+    return None if email is None else email.strip().lower()
 
 
 class IdentifyMachine(RuleBasedStateMachine):
@@ -104,11 +108,30 @@ class IdentifyMachine(RuleBasedStateMachine):
         self.tainted_emails: set[str] = set()
         self.was_shared = False  # a whole run saw two rows share an email (for statistics)
         self.held: set[int] = set()  # accounts the last whole run held back (shared email)
+        #: the keys of delivered events a delete of their person (`delete_removed`) took out
+        #: of Customer.io with it (which Lockgate does not send again)
+        self.dropped: list[str] = []
 
-    @initialize(rows=st.lists(st.tuples(uids, emails, plans), min_size=1, max_size=4))
-    def start(self, rows: list[tuple[int, str | None, str | None]]) -> None:
+    @initialize(
+        rows=st.lists(st.tuples(uids, emails, plans), min_size=1, max_size=4),
+        mode=st.sampled_from(["upsert", "mirror", "delete"]),
+    )
+    def start(self, rows: list[tuple[int, str | None, str | None]], mode: str = "upsert") -> None:
+        """The accounts sync is an `upsert`, a `mirror` (a person whose row left has their
+        `plan` cleared and keeps their email until a row takes it), or a mirror that deletes
+        them (`delete_removed`)."""
+        self.mode = mode
+        event(f"accounts sync: {mode}")
+        accounts = (
+            ACCOUNTS
+            + {
+                "upsert": "",
+                "mirror": "mode: mirror\n",
+                "delete": "mode: mirror\ndelete_removed: true\n",
+            }[mode]
+        )
         self.factory.sql(TABLES)
-        self.project = self.factory.write({"accounts": ACCOUNTS, "activity": ACTIVITY}, retries=0)
+        self.project = self.factory.write({"accounts": accounts, "activity": ACTIVITY}, retries=0)
         for uid, email, plan in rows:
             self._set(uid, email, plan)
         self._write()
@@ -139,7 +162,7 @@ class IdentifyMachine(RuleBasedStateMachine):
         by_email: dict[str, list[int]] = {}
         for uid, r in self.accounts.items():
             if r["email"] is not None:
-                by_email.setdefault(r["email"].lower(), []).append(uid)
+                by_email.setdefault(_low(r["email"]), []).append(uid)
         return {u for us in by_email.values() if len(us) > 1 for u in us}
 
     def _with_email(self) -> list[int]:
@@ -149,7 +172,7 @@ class IdentifyMachine(RuleBasedStateMachine):
     def set_account(self, uid: int, email: str | None, plan: str | None) -> None:
         """A new account, or one whose email or plan changed."""
         if email is not None and any(
-            _low(r["email"]) == email.lower() for u, r in self.accounts.items() if u != uid
+            _low(r["email"]) == _low(email) for u, r in self.accounts.items() if u != uid
         ):
             return  # sharing an email is `share_email`'s, briefly
         self._set(uid, email, plan)
@@ -165,7 +188,7 @@ class IdentifyMachine(RuleBasedStateMachine):
             return
         email = self.accounts[giver]["email"]
         others = {_low(r["email"]) for u, r in self.accounts.items() if u not in (giver, taker)}
-        if giver_gets is not None and giver_gets.lower() in others | {email.lower()}:
+        if giver_gets is not None and _low(giver_gets) in others | {_low(email)}:
             giver_gets = None
         self._set(giver, giver_gets, self.accounts[giver]["plan"])
         plan = self.accounts[taker]["plan"] if taker in self.accounts else "free"
@@ -194,7 +217,7 @@ class IdentifyMachine(RuleBasedStateMachine):
     def unshare(self, data: st.DataObject, email: str | None) -> None:
         uid = data.draw(st.sampled_from(sorted(self._shared())))
         if email is not None and any(
-            _low(r["email"]) == email.lower() for r in self.accounts.values()
+            _low(r["email"]) == _low(email) for r in self.accounts.values()
         ):
             email = None
         self._set(uid, email, self.accounts[uid]["plan"])
@@ -256,6 +279,7 @@ class IdentifyMachine(RuleBasedStateMachine):
     def sync(self, every: bool) -> None:
         """A whole run of each sync, one by one or as `plan --all` then `sync --all`."""
         start = len(self.emu.request_log())
+        held = self._held_events()
         if every:
             with Session() as session:
                 plans = [self._plan(n, session=session) for n in SYNCS]
@@ -275,19 +299,21 @@ class IdentifyMachine(RuleBasedStateMachine):
             if row is not None and (row["email"], row["plan"]) == (email, plan):
                 assert str(uid) not in again, (uid, row)
         self.sent_named = {}
+        self._note_dropped(held)
         self._expect_after_whole_run()
 
     @rule(data=st.data(), together=st.booleans())
     def sync_only(self, data: st.DataObject, together: bool) -> None:
         """A run of the records one value names: an account's id, or an email (in any case)."""
         values = [str(u) for u in sorted(self.accounts)] + [
-            r["email"].upper() for r in self.accounts.values() if r["email"]
+            r["email"].strip().upper() for r in self.accounts.values() if r["email"]
         ]
         if not values:
             return
         only = (data.draw(st.sampled_from(values)),)
         self._taint(self._shared())
         start = len(self.emu.request_log())
+        held = self._held_events()
         self.failed: set[str] = set()  # keys the runs did not deliver (rejected, held back)
         if together:  # `plan --all --only V`, then `sync --all --only V`
             with Session() as session:
@@ -302,7 +328,16 @@ class IdentifyMachine(RuleBasedStateMachine):
             if uid.isdigit() and int(uid) in self.accounts:
                 row = self.accounts[int(uid)]
                 self.sent_named[int(uid)] = (row["email"], row["plan"])
+        self._note_dropped(held)
         self._expect_named(start)
+
+    def _held_events(self) -> dict[str | None, Any]:
+        return {e.id: e.data.get("key") for e in self.emu.events()}
+
+    def _note_dropped(self, held: dict[str | None, Any]) -> None:
+        """The events Customer.io held before the runs and lacks now went with their person."""
+        now = {e.id for e in self.emu.events()}
+        self.dropped += [key for id_, key in held.items() if id_ not in now]
 
     def _expect_named(self, start: int) -> None:
         """What the runs of named records since request ``start`` delivered, in the model: a
@@ -312,7 +347,13 @@ class IdentifyMachine(RuleBasedStateMachine):
         shared = self._shared()
         for op in sent_ops(self.emu, start):
             uid = op.get("identifiers", {}).get("id")
-            if op.get("action") != "identify" or uid is None or not uid.isdigit():
+            if uid is None or not uid.isdigit():
+                continue
+            if op.get("action") == "delete":  # a named record that left, undone
+                if uid not in self.failed:
+                    self.expected.pop(int(uid), None)
+                continue
+            if op.get("action") != "identify":
                 continue
             attributes = op.get("attributes") or {}
             attrs = self.expected.setdefault(int(uid), {"plan": None, "email": None})
@@ -323,14 +364,14 @@ class IdentifyMachine(RuleBasedStateMachine):
             if uid in self.failed:
                 continue
             if attributes.get("plan") is not None:
-                attrs["plan"] = attributes["plan"]
+                attrs["plan"] = attributes["plan"] or None  # `""`: cleared (`mirror`)
             email = op["identifiers"].get("email") or attributes.get("email")
             if not email:
                 continue
             attrs["email"] = UNKNOWN if int(uid) in shared else email
             for other, held in self.expected.items():
                 if other != int(uid) and held["email"] is not UNKNOWN:
-                    if _low(held["email"]) == email.lower():
+                    if _low(held["email"]) == _low(email):
                         held["email"] = None
 
     def _plan_named(self, name: str, only: tuple[str, ...], **kw: Any) -> RunReport | None:
@@ -367,7 +408,7 @@ class IdentifyMachine(RuleBasedStateMachine):
                 self.accounts.get(uid, {}).get("email"),
             ):
                 if isinstance(email, str):
-                    self.tainted_emails.add(email.lower())
+                    self.tainted_emails.add(_low(email))
 
     def _held_back(self) -> set[int]:
         """The accounts a whole run holds back for an email another person has (docs/sync.md,
@@ -416,9 +457,9 @@ class IdentifyMachine(RuleBasedStateMachine):
             if row["plan"] is not None:
                 attrs["plan"] = row["plan"]
             if row["email"] is not None:
-                attrs["email"] = row["email"]
+                attrs["email"] = row["email"].strip()  # sent trimmed
         taken = {
-            row["email"].lower(): uid
+            _low(row["email"]): uid
             for uid, row in self.accounts.items()
             if row["email"] is not None and uid not in held
         }
@@ -426,6 +467,11 @@ class IdentifyMachine(RuleBasedStateMachine):
             email = None if attrs["email"] is UNKNOWN else _low(attrs["email"])
             if email in taken and taken[email] != uid:
                 attrs["email"] = None  # released for the row that takes it
+        for uid in set(self.expected) - set(self.accounts):  # rows that left: undone
+            if self.mode == "delete":
+                del self.expected[uid]
+            elif self.mode == "mirror":
+                self.expected[uid]["plan"] = None
         for key, uid in self.events.items():
             if uid is not None:
                 self.delivered.add(key)
@@ -436,7 +482,7 @@ class IdentifyMachine(RuleBasedStateMachine):
     @invariant()
     def customerio_holds_the_model(self) -> None:
         # (c) each event once
-        keys = [e.data.get("key") for e in self.emu.events()]
+        keys = [e.data.get("key") for e in self.emu.events()] + self.dropped
         assert len(keys) == len(set(keys)), sorted(keys)
         if not self.whole:
             return

@@ -781,9 +781,19 @@ def _still_reached(
 
     An email a row sent now takes (new to it) under another `id` does not reach a record that
     left with it and has an `id` (or `cio_id`): two people, the email changing hands (the one
-    that left gives it up first, :func:`order_email_moves`)."""
+    that left gives it up first, :func:`order_email_moves`). Nor does one a rejected row takes
+    (held back while another row takes it too, say): when it is sent, it is another person
+    than the one that left."""
     keys = _record_keys(sync, "ident")
     rejected = temp_table(con, "rejected_idents")
+    # the rows still in the model: those sent now, and the rejected ones as they are now
+    addr = "addr, " if _takes_emails(sync) else ""
+    rows = (
+        f"(select k, {addr}ident, removed from changes "
+        f"union all select k, {addr}ident, false as removed from rejected_idents)"
+        if rejected
+        else "changes"
+    )
     run_sql(
         con,
         f"""
@@ -793,7 +803,7 @@ def _still_reached(
         select k, unnest({keys}) as a from gone;
         """,
     )
-    live = f"select unnest({keys}) as a from changes"
+    live = f"select unnest({keys}) as a from {rows}"
     if _takes_emails(sync):
         # an email a row of another `id` takes in this run from a record that left is not
         # the same person: it changes hands (released first, :func:`order_email_moves`);
@@ -803,14 +813,14 @@ def _still_reached(
             f"""
             create or replace temp table email_taken as
             select c.k, 'email:' || {_lower_email("c.ident")} as a
-            from changes c left join {previous} s on s.k = c.k
+            from {rows} c left join {previous} s on s.k = c.k
             where not c.removed and not starts_with(c.addr, 'email:')
               and {_lower_email("c.ident")} is distinct from {_lower_email("s.ident")}
               and {_lower_email("c.ident")} is not null
             """,
         )
         live = f"""
-            select a from (select k, unnest({keys}) as a from changes) c
+            select a from (select k, unnest({keys}) as a from {rows}) c
             anti join email_taken t on t.k = c.k and t.a = c.a
             union
             select t.a from email_taken t
@@ -829,8 +839,7 @@ def _still_reached(
         {live}
         union
         select h.a from shared h semi join keyed m on m.k = h.k
-        anti join changes c on c.k = h.k
-        {f"union select unnest({keys}) as a from rejected_idents" if rejected else ""};
+        anti join changes c on c.k = h.k;
         drop table if exists email_taken;
         """,
     )
@@ -1603,7 +1612,8 @@ def diff_records(
     run_sql(
         con,
         "create or replace temp table rejected_idents as "
-        "select ident from mapped where reject is not null and ident is not null",
+        f"select k, {'addr, ' if _takes_emails(sync) else ''}ident from mapped "
+        "where reject is not null and ident is not null",
     )
     # what is left of `mapped` is exactly what to send: keep it as `changes` (a rename, not a
     # copy of every payload, which took a second at 1M rows)
