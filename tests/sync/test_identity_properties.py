@@ -740,3 +740,37 @@ def test_a_user_who_changes_email_gets_the_new_one_while_a_link_keeps_the_old(
     for name in ORDER:
         again = plan_sync(project, name, console=NullConsole())
         assert again.changes.to_send == 0 and not again.identity_ops, name
+
+
+def test_a_family_email_a_lead_gave_the_deleted_user_goes_to_the_other_user_in_one_run(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two users give one family email, which `u1` holds, and a lead has it too, so the leads
+    sync delivered its row to `u1`'s person. When `u1`'s row leaves, the graph gives the
+    email to `u4` and releases it from `u1`'s person before the rows: `u4`'s row takes it in
+    that run, not held back (rejected) for the lead's delivery to `u1`, which no longer holds
+    it, to be sent by the next run. (Found by the state machine above: a plan after the run
+    still had `u4`'s row to send.)"""
+    project = project_in(tmp_path, customerio_emulator, monkeypatch)
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", customerio_emulator.config.app_api_key)
+    sql(
+        tmp_path,
+        "insert into app_users values ('u4', 'e2@x.io', 'free'), ('u1', 'e2@x.io', 'free');"
+        "insert into leads values ('e2@x.io', 'webinar')",
+    )
+    sync_all(project)
+    u1 = customerio_emulator.person(id="u1")
+    assert u1 is not None and u1.email == "e2@x.io"
+    sql(tmp_path, "delete from app_users where user_id = 'u1'; update app_users set plan = 'pro'")
+    users = run_sync(project, "users", console=NullConsole())
+    assert (users.status, users.changes.rejected) == ("success", 0), users.changes.rejected_samples
+    for name in ORDER[1:]:
+        assert run_sync(project, name, console=NullConsole()).status == "success", name
+    u4 = customerio_emulator.person(id="u4")
+    assert u4 is not None and u4.email == "e2@x.io"
+    assert u4.attributes == {"plan": "pro", "lead_source": "webinar"}
+    kept = customerio_emulator.person(id="u1")
+    assert kept is not None and (kept.cio_id, kept.email) == (u1.cio_id, None)
+    for name in ORDER:
+        again = plan_sync(project, name, console=NullConsole())
+        assert again.changes.to_send == 0 and not again.identity_ops, name
