@@ -7,7 +7,9 @@ The warehouse has three syncs: `companies` (objects, `mirror`, with or without
 `delete_removed`; `name` under the default null policy, `plan` under `on_null: clear`,
 `seats` an integer), `people` (`mirror`, with or without `delete_removed`) and
 `memberships` (relationships, mirrored by default; `role` under the default null policy,
-`note` under `on_null: clear`). The invariants:
+`note` under `on_null: clear`). A company id is named with white space around it too
+(`" acme"` is `acme`: two rows of one trimmed id repeat a key), and a membership's may be
+null or blank (the row is rejected). The invariants:
 
 - (a) without faults, a plan's counts and payloads are what the sync then sends, and after
   a run of the three in `sync --all` order a plan of each has nothing to send;
@@ -102,7 +104,9 @@ SYNCS = ("companies", "people", "memberships")  # `sync --all` order
 COUNTS = ("rows", "rejected", "to_send", "new", "changed", "unchanged", "nulls_only", "removed")
 COUNTS += ("removed_sent", "duplicates_in_model", "held")
 
-company_ids = st.sampled_from(["acme", "globex", "initech"])
+company_ids = st.sampled_from(["acme", "globex", "initech", " acme"])  # " acme" is acme
+#: a membership's company: also none, or blank (rejected as its objects sync's row would be)
+member_company_ids = st.one_of(company_ids, st.sampled_from([None, "", "globex\t"]))
 user_ids = st.integers(1, 3)
 names = st.sampled_from([None, "", "Acme", "Globex Inc"])
 plans = st.sampled_from([None, "", "free", "pro"])
@@ -114,10 +118,17 @@ notes = st.sampled_from([None, "", "n1", "n2"])
 company_rows = st.lists(st.tuples(company_ids, names, plans, seats), min_size=1, max_size=3)
 user_rows = st.lists(st.tuples(user_ids, first_names), min_size=1, max_size=4)
 member_rows = st.lists(
-    st.tuples(st.one_of(st.none(), user_ids), company_ids, roles, notes), min_size=1, max_size=5
+    st.tuples(st.one_of(st.none(), user_ids), member_company_ids, roles, notes),
+    min_size=1,
+    max_size=5,
 )
 
 Attrs = dict[str, Any]
+
+
+def _object_id(text: str | None) -> str | None:
+    """The object id a company id column's value names (trimmed; none when blank)."""
+    return (text or "").strip() or None
 
 
 def _integer(text: str | None) -> bool:
@@ -279,12 +290,12 @@ class B2BMachine(RuleBasedStateMachine):
 
     def _companies_ok(self) -> tuple[set[str], dict[str, dict[str, Any]]]:
         """The company ids in the model, and the rows that can be sent, by id."""
-        present = {r["company_id"] for r in self.companies}
+        ids = [_object_id(r["company_id"]) for r in self.companies]
+        present = {i for i in ids if i is not None}
         ok = {
-            r["company_id"]: r
-            for r in self.companies
-            if sum(o["company_id"] == r["company_id"] for o in self.companies) == 1
-            and _integer(r["seats"])
+            i: r
+            for i, r in zip(ids, self.companies, strict=True)
+            if i is not None and ids.count(i) == 1 and _integer(r["seats"])
         }
         return present, ok
 
@@ -298,12 +309,14 @@ class B2BMachine(RuleBasedStateMachine):
         return present, ok
 
     def _members_ok(self) -> tuple[set[tuple[int, str]], dict[tuple[int, str], dict[str, Any]]]:
-        keys = [(r["user_id"], r["company_id"]) for r in self.members if r["user_id"] is not None]
-        ok = {
-            (r["user_id"], r["company_id"]): r
+        keyed = [
+            ((r["user_id"], cid), r)
             for r in self.members
-            if r["user_id"] is not None and keys.count((r["user_id"], r["company_id"])) == 1
-        }
+            for cid in [_object_id(r["company_id"])]
+            if r["user_id"] is not None and cid is not None
+        ]
+        keys = [k for k, _ in keyed]
+        ok = {k: r for k, r in keyed if keys.count(k) == 1}
         return set(keys), ok
 
     def _drop_rels(self, end: int, value: Any) -> None:

@@ -257,7 +257,12 @@ def _previous_evidence(
     source_index: Mapping[str, int],
     reread: int,
 ) -> None:
-    """The previous map's evidence of each node, in place (sources read again left out)."""
+    """The previous map's evidence of each node, in place (sources read again left out).
+
+    A node's best rank is kept only while a source not read again still holds it: a node the
+    sources read again alone hold now has the rank they give it now. (An email a user's row
+    gave up, still linked by a less trusted source, would keep the rank of the row it left,
+    and could stay the profile's Customer.io email over the one the row gives now.)"""
     for t, ids in prev_ids.items():
         part = prev_by_type[t]
         if not part.num_rows:
@@ -268,7 +273,11 @@ def _previous_evidence(
         node.batch[ids] = np.minimum(node.batch[ids], part["first_seen_batch"].to_numpy())
         node.first[ids] = np.minimum(node.first[ids], _ts_int(part["first_observed"], I64_MAX))
         node.last[ids] = np.maximum(node.last[ids], _ts_int(part["last_observed"], I64_MIN))
-        node.rank[ids] = np.minimum(node.rank[ids], part["best_rank"].to_numpy().astype(np.int64))
+        held = mask != 0
+        ranked = ids[held]
+        node.rank[ranked] = np.minimum(
+            node.rank[ranked], part["best_rank"].to_numpy().astype(np.int64)[held]
+        )
 
 
 def _source_evidence(

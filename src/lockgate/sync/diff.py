@@ -1482,12 +1482,15 @@ def diff_records(
     undo_unsure: bool = True,
     rezoned: Iterable[str] = (),
     email_holders: Sequence[tuple[str, str]] = (),
+    released_first: Sequence[tuple[str, str]] = (),
 ) -> ChangeSet:
     """Diff a people, objects or relationships sync against its snapshot.
 
     ``email_holders``: for a people sync identified by `id` and `email`, (name, SQL of the
     delivered records) of the destination's other people syncs, whose people keep the emails
-    they were delivered with (:func:`_hold_shared_emails`).
+    they were delivered with (:func:`_hold_shared_emails`), but for ``released_first``:
+    `(email, id)` of the people the identity graph's operations release the email from
+    before the rows are sent.
 
     In `mirror` mode the records whose first delivery was not confirmed and whose row has left
     are undone too (:func:`unsure_new`), unless ``undo_unsure`` is false (a run of named
@@ -1596,7 +1599,7 @@ def diff_records(
     # rows taking an email another person of the model holds, or takes in this run, wait; a
     # row held back keeps the email it was delivered with, which a row taking it waits for
     run_sql(con, f"create or replace temp table {EMAIL_WAITS} {EMAIL_WAITS_COLUMNS}")
-    while _hold_shared_emails(con, sync, email_holders):
+    while _hold_shared_emails(con, sync, email_holders, released_first):
         pass
     state_events = (
         _state_change_events(
@@ -1875,7 +1878,10 @@ def waits_freed(
 
 
 def _hold_shared_emails(
-    con: duckdb.DuckDBPyConnection, sync: SyncConfig, others: Sequence[tuple[str, str]] = ()
+    con: duckdb.DuckDBPyConnection,
+    sync: SyncConfig,
+    others: Sequence[tuple[str, str]] = (),
+    released_first: Sequence[tuple[str, str]] = (),
 ) -> int:
     """Reject the rows of ``mapped`` that would give an email to a person while another person
     of the model keeps it or takes it in this run, or another people sync of the destination
@@ -1911,7 +1917,10 @@ def _hold_shared_emails(
     (in a command of several syncs, a follow-up run after the others:
     ``run.Session.follow_up``); the rows held back so are kept in :data:`EMAIL_WAITS`. A
     person whom a snapshot (this sync's or another's) or a row of this run gives another
-    email holds nothing back this way: which of them is current is not known.
+    email holds nothing back this way: which of them is current is not known. Nor does a
+    person the identity graph's operations release the email from before the rows
+    (``released_first``, `(email, id)`: a retired user's family email, which another sync
+    delivered to them with a row of their profile then).
 
     A run without new rows or changed emails pays one join of its rows to map with
     ``known``; one with new rows reads the emails of the snapshot too (of a non-empty one), and of
@@ -2071,6 +2080,18 @@ def _hold_shared_emails(
         f"create or replace temp table email_holders as "
         f"select * from ({holders}) where person is not null",
     )
+    if released_first and others:
+        # people the graph's operations give the email up from, before this run's rows
+        gone = " union all ".join(
+            f"select {lit(e.lower())} as email, {lit('id:' + p)} as person"
+            for e, p in released_first
+        )
+        run_sql(
+            con,
+            f"delete from email_holders h where h.sync is not null "
+            f"and exists (select 1 from ({gone}) g "
+            "where g.email = h.email and g.person = h.person)",
+        )
     if others and _one(con, "select count(*) from email_holders where sync is not null"):
         # another sync's snapshot may be stale for a person several syncs send: one that a
         # snapshot (this sync's, another's) or a row of this run gives another email may not

@@ -734,6 +734,7 @@ def _prepare(
                     run_id=step.run_id,
                     undo_unsure=not only,
                     email_holders=_email_holders(store, project, sync),
+                    released_first=_released_first(resolution),
                 )
         if session is not None and sync.kind == "people":
             session.keep_waits(store, sync.name)
@@ -1623,6 +1624,16 @@ def _related_snapshots(store: StateStore, project: Project, sync: SyncConfig) ->
     objects_present, unsure_objects = diff_step.present_ends(store.con, objects)
     people_present, unsure_people = diff_step.present_ends(store.con, people)
     return Related(objects_present, people_present, siblings, unsure_objects, unsure_people)
+
+
+def _released_first(resolution: Resolution | None) -> list[tuple[str, str]]:
+    """`(email, id)` of the people the identity graph's operations release an email from,
+    sent before the rows (``customerio.releases``): no longer its holder for the rows."""
+    if resolution is None:
+        return []
+    from lockgate.identity.customerio import releases
+
+    return [(email, person) for _, person, email in releases(resolution.result)]
 
 
 def _email_holders(store: StateStore, project: Project, sync: SyncConfig) -> list[tuple[str, str]]:
