@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from tests.sync.test_objects import COMPANIES, MEMBERSHIPS
 from tests.sync.test_plan_all_matches_sync import (
     assert_plans_match,
     by_sync,
@@ -498,28 +499,6 @@ def test_an_email_whose_holder_starts_keeping_it_runs_no_follow_up(
     assert failures(emu) == []
 
 
-COMPANIES = """
-name: companies
-source: warehouse
-model: {table: companies}
-kind: objects
-object_type_id: "1"
-primary_key: company_id
-attributes: {name: name}
-"""
-
-MEMBERSHIPS = """
-name: memberships
-source: warehouse
-model: {table: members}
-kind: relationships
-object_type_id: "1"
-object_id: company_id
-identify_by: {id: user_id}
-relationship_attributes: {role: role}
-"""
-
-
 def test_a_relationship_of_a_person_a_follow_up_creates_goes_out_in_the_same_command(
     project_factory: ProjectFactory,
 ) -> None:
@@ -530,7 +509,8 @@ def test_a_relationship_of_a_person_a_follow_up_creates_goes_out_in_the_same_com
     rows(f, "a_sync", ("u3", "e3@x.io", "free"))
     rows(f, "b_sync", ("u1", "e1@x.io", "gold"))
     f.sql(
-        "create table companies as select 'acme' as company_id, 'Acme' as name; "
+        "create table companies as select 'acme' as company_id, 'Acme' as name, 'pro' as plan, "
+        "25 as seats; "
         "create table members as select 'u3' as user_id, 'acme' as company_id, 'admin' as role"
     )
     f.project = f.write(
