@@ -211,14 +211,19 @@ class NothingNamedError(TerminalError):
 class StepError(TerminalError):
     """A pipeline step failed. Raised once by ``sync/run.py``, wrapping the cause."""
 
-    def __init__(self, step: str, run_id: str, cause: BaseException) -> None:
-        hint = getattr(cause, "hint", None) or (
-            f"fix the cause above, then run the sync again; nothing undelivered was committed "
-            f"(run `{run_id}`)"
-        )
+    def __init__(self, step: str, run_id: str, cause: BaseException, *, plan: bool = False) -> None:
+        if plan:  # a plan records no run: its id names nothing the user can look up
+            where, default = "in the plan", "fix the cause above, then plan again"
+        else:
+            where = f"in run `{run_id}`"
+            default = (
+                "fix the cause above, then run the sync again; nothing undelivered was "
+                f"committed (run `{run_id}`)"
+            )
+        hint = getattr(cause, "hint", None) or default
         # the cause's own hint becomes this error's hint: shown once, not also in the reason
         text = str(cause).removesuffix(f"\n  hint: {getattr(cause, 'hint', None)}")
-        super().__init__(f"step `{step}` failed in run `{run_id}`: {text}", hint=hint)
+        super().__init__(f"step `{step}` failed {where}: {text}", hint=hint)
         self.step = step
         self.run_id = run_id
         self.cause = cause

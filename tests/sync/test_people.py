@@ -1486,3 +1486,18 @@ def test_an_email_the_state_gives_two_people_is_released_from_both_for_the_row_t
     assert people["u3"][1:] == ("a@x.com", "trial") and people["u3"][0] != u2.cio_id
     assert sorted(email_clears_sent(emu, since)) == ["u1", "u2"]
     assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
+def test_a_plan_that_fails_says_so_without_naming_a_run(project_factory: ProjectFactory) -> None:
+    """A plan records no run: its error names the step, not a run id that `lockgate runs show`
+    would not find; a run's error names its run."""
+    project_factory.sql(USERS)
+    over = "  terms: {value: " + "é" * 501 + "}"
+    project = project_factory.write({"profile": PROFILE.replace("  plan: plan", over)})
+    with pytest.raises(StepError) as planned:
+        plan_sync(project, "profile", console=NullConsole())
+    assert str(planned.value).startswith("step `map` failed in the plan: "), str(planned.value)
+    assert planned.value.run_id not in f"{planned.value} {planned.value.hint}"
+    with pytest.raises(StepError) as ran:
+        run_sync(project, "profile", console=NullConsole())
+    assert f"failed in run `{ran.value.run_id}`" in str(ran.value)

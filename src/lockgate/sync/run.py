@@ -353,6 +353,8 @@ class _Step:
     timings: dict[str, float] = field(default_factory=dict)
     #: the state file, named when its disk refuses a write (full, read-only)
     state: Path | None = None
+    #: the steps of a plan, which records no run (its errors do not name the run id)
+    plan: bool = False
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -363,12 +365,12 @@ class _Step:
         except StepError:
             raise
         except (LockgateError, OSError, ValueError, RuntimeError) as exc:
-            raise StepError(name, self.run_id, self._refused(exc) or exc) from exc
+            raise StepError(name, self.run_id, self._refused(exc) or exc, plan=self.plan) from exc
         except duckdb.Error as exc:  # the state's disk full while the step wrote to it
             refused = self._refused(exc)
             if refused is None:
                 raise
-            raise StepError(name, self.run_id, refused) from exc
+            raise StepError(name, self.run_id, refused, plan=self.plan) from exc
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
 
@@ -1765,7 +1767,7 @@ def plan_sync(
     sync = project.sync(name)
     with _state(project, session) as store:
         run_id = _new_run_id()  # once it holds the state, as a run (:func:`run_sync`)
-        step = _Step(run_id, state=store.path)
+        step = _Step(run_id, state=store.path, plan=True)
         started = time.perf_counter()
         changes, recovered, guards, resolution, identity_ops, _, naive = _prepare(
             store,
