@@ -408,7 +408,11 @@ def plan(
                 console,
                 "plan",
                 show,
-                _after_people(project, progress, session, plan_one, console, "plan", show),
+                _after_people(
+                    project,
+                    progress.names,
+                    lambda: _follow_ups(progress, session, plan_one, console, "plan", show),
+                ),
             )
     if export is not None:
         import pyarrow as pa
@@ -511,22 +515,16 @@ def _each(
 
 
 def _after_people(
-    project: Project,
-    progress: _Progress,
-    session: Session,
-    work: Callable[[str, str], RunReport],
-    console: RichConsole,
-    what: str,
-    show: Callable[[RunReport], None] | None,
+    project: Project, names: list[str], follow_ups: Callable[[], None]
 ) -> Callable[[str], None]:
-    """What :func:`_each` runs after each sync: once the last people sync of the command has
-    ended, the follow-ups (:func:`_follow_ups`), before the relationships and events syncs,
+    """What :func:`_each` runs after each sync: once the last people sync of ``names`` has
+    ended, ``follow_ups`` (:func:`_follow_ups`), before the relationships and events syncs,
     which then find the people a follow-up creates."""
-    people = [n for n in progress.names if project.sync(n).kind == "people"]
+    people = [n for n in names if project.sync(n).kind == "people"]
 
     def after(name: str) -> None:
         if people and name == people[-1]:
-            _follow_ups(progress, session, work, console, what, show)
+            follow_ups()
 
     return after
 
@@ -755,7 +753,11 @@ def sync(
                 console,
                 "sync",
                 show,
-                _after_people(project, progress, session, run_one, console, "sync", show),
+                _after_people(
+                    project,
+                    progress.names,
+                    lambda: _follow_ups(progress, session, run_one, console, "sync", show),
+                ),
             )
     _finish(reports, failed, "sync", as_json=as_json, one=False)
     if any(r.status != "success" for r in reports):

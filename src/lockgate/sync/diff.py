@@ -1877,6 +1877,15 @@ def waits_freed(
     return int(_one(con, f"select count(*) from ({freed})") or 0)
 
 
+def _addressed_by(ident: str) -> str:
+    """SQL: the person a JSON ``ident`` addresses by `id` (``id:…``), else by `cio_id`
+    (``cio_id:…``); null for a record addressed by its email alone."""
+    return (
+        f"coalesce('id:' || json_extract_string({ident}, '$.id'), "
+        f"'cio_id:' || json_extract_string({ident}, '$.cio_id'))"
+    )
+
+
 def _hold_shared_emails(
     con: duckdb.DuckDBPyConnection,
     sync: SyncConfig,
@@ -2001,8 +2010,7 @@ def _hold_shared_emails(
     if own:
         holders = f"""
             select s.k, {email("s.ident")} as email,
-                   coalesce('id:' || json_extract_string(s.ident, '$.id'),
-                            'cio_id:' || json_extract_string(s.ident, '$.cio_id')) as person,
+                   {_addressed_by("s.ident")} as person,
                    null::varchar as sync, false as kept
             from {delivered} s
             semi join keyed m on m.k = s.k
@@ -2018,8 +2026,7 @@ def _hold_shared_emails(
         holders += f"""
         union all
         select s.k, {email("s.ident")} as email,
-               coalesce('id:' || json_extract_string(s.ident, '$.id'),
-                        'cio_id:' || json_extract_string(s.ident, '$.cio_id')) as person,
+               {_addressed_by("s.ident")} as person,
                {lit(name)} as sync, false as kept
         from {snap} s
         semi join (select distinct email from email_takers) t
@@ -2034,8 +2041,7 @@ def _hold_shared_emails(
             holders += f"""
             union all
             select h.k, {email_text("h.email")} as email,
-                   coalesce('id:' || json_extract_string(h.ident, '$.id'),
-                            'cio_id:' || json_extract_string(h.ident, '$.cio_id')) as person,
+                   {_addressed_by("h.ident")} as person,
                    {lit(name)} as sync, true as kept
             from {kept} h
             semi join (select distinct email from email_takers) t
@@ -2097,10 +2103,7 @@ def _hold_shared_emails(
         # snapshot (this sync's, another's) or a row of this run gives another email may not
         # hold it any more, and holding rows back for it could last for good; Customer.io
         # is left to say (the read-back, the new rows' check)
-        person = (
-            "coalesce('id:' || json_extract_string(ident, '$.id'), "
-            "'cio_id:' || json_extract_string(ident, '$.cio_id'))"
-        )
+        person = _addressed_by("ident")
         idents = [f"select ident from {delivered}"] + [f"select ident from {t}" for _, t in others]
         seen = " union all ".join(
             f"select {person} as person, {email('ident')} as email from ({q})" for q in idents
