@@ -433,8 +433,8 @@ def test_a_postgres_snapshot_reads_one_state_and_a_failed_fingerprint_spoils_no_
 ) -> None:
     """Inside `PostgresSource.snapshot()` every read and fingerprint sees the rows as of
     the first, a row another session commits meanwhile in none of them; a fingerprint that
-    fails, or sets its own float digits, leaves the reads after it as they were. Redshift
-    has no snapshot: each of its reads sees what is committed when it starts."""
+    fails, or sets its own float digits, leaves the reads after it as they were. Redshift's
+    reads (server-side cursors) share one snapshot the same way."""
     dsn = database(postgres_dsn)
     users = "select * from crm.app_users"
     source = PostgresSource(dsn)
@@ -455,5 +455,59 @@ def test_a_postgres_snapshot_reads_one_state_and_a_failed_fingerprint_spoils_no_
     with redshift.snapshot():
         assert redshift.read(users).read_all().num_rows == 4
         sql(dsn, "delete from crm.app_users where user_id = 'u9'")
-        assert redshift.read(users).read_all().num_rows == 3
+        # a reader left open keeps its cursor while the next one reads
+        open_reader = redshift.read(users, batch_rows=1)
+        assert redshift.read(users).read_all().num_rows == 4
+        assert redshift.schema_of(users).names == ["user_id", "email", "plan"]
+        assert open_reader.read_all().num_rows == 4
+    assert redshift.read(users).read_all().num_rows == 3
+    with pytest.raises(SourceError), redshift.snapshot():
+        redshift.read("select * from crm.no_such_table")
+    assert redshift.read(users).read_all().num_rows == 3  # the failed snapshot let go
     redshift.close()
+
+
+def test_redshift_identity_sources_are_read_in_one_snapshot(
+    tmp_path: Path,
+    postgres_dsn: str,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With `redshift: true` the identity sources are read through server-side cursors in
+    one transaction: a writer that moves Ada's Stripe customer to Grace while the run reads
+    `app_users` (before `stripe`) is seen by neither read, so the payment lands on Ada, as
+    the warehouse stood when the run began, not on a graph of two moments."""
+    emulator = customerio_emulator
+    dsn = database(postgres_dsn)
+    # the run's first read of the view waits for advisory lock 2, which the writer holds
+    sql(
+        dsn,
+        GATE.replace("if n in (2, 3) then", "if n = 1 then")
+        .replace("pg_advisory_lock_shared(n)", "pg_advisory_lock_shared(2)")
+        .replace("pg_advisory_unlock_shared(n)", "pg_advisory_unlock_shared(2)"),
+    )
+    project = setup(tmp_path, dsn, emulator, monkeypatch)
+    (tmp_path / "lockgate.yml").write_text(
+        PROJECT.format(dsn=dsn, url=emulator.base_url or "")
+        .replace("table: crm.app_users", "table: crm.app_users_feed")
+        .replace(f"url: '{dsn}'}}", f"url: '{dsn}', redshift: true}}")
+    )
+    project = load_project(tmp_path)
+    assert project.config.sources["warehouse"].redshift
+    writer = Writer(
+        dsn,
+        [
+            "update crm.stripe_customers set email = 'grace@acme.io' where stripe_id = 'cus_A'",
+            "select 1",  # lock 3: asked for by no read
+        ],
+    )
+    writer.start()
+    assert writer.holding.wait(30)
+    try:
+        assert graph(project) == "stitched"
+    finally:
+        writer.done.set()
+        writer.join(30)
+    assert writer.failed is None
+    assert writer.committed_at == ["gate", "after the run"]
+    assert payers(emulator) == {"p1": "u1"}  # Ada's when the run began

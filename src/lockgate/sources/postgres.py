@@ -532,6 +532,8 @@ class PostgresSource:
         self._catalog: Any = None
         #: the connection of the open :meth:`snapshot`, if any
         self._snapshot: Any = None
+        #: the server-side cursors opened so far (Redshift's reads name theirs by it)
+        self._cursors = 0
 
     @classmethod
     def from_config(
@@ -577,7 +579,7 @@ class PostgresSource:
         if self._snapshot is not None:  # nested: the outer snapshot holds
             yield
             return
-        conn = self._snapshot = self._connect()
+        conn = self._snapshot = self._snapshot_connection()
         try:
             # the snapshot is taken by the first statement that reads (PostgreSQL) and is the
             # transaction's to its end
@@ -587,6 +589,10 @@ class PostgresSource:
         finally:
             self._snapshot = None
             conn.close()  # rolls back a transaction still open (an error)
+
+    def _snapshot_connection(self) -> Any:
+        """A connection for :meth:`snapshot`, which begins its transaction itself."""
+        return self._connect()
 
     @property
     def in_snapshot(self) -> bool:
@@ -889,12 +895,15 @@ class RedshiftSource(PostgresSource):
             conn.adapters.register_loader(name, _infinite(parse, kind))
         return conn
 
-    @contextlib.contextmanager
-    def snapshot(self) -> Iterator[None]:
-        """Nothing: each read of Redshift is a transaction of its own (a psycopg
-        server-side cursor on its own connection), and Redshift is not fingerprinted, so
-        its identity sources are read and stitched on every run."""
-        yield
+    def _snapshot_connection(self) -> Any:
+        """Autocommit, so the snapshot's own `BEGIN ISOLATION LEVEL REPEATABLE READ` opens
+        its transaction (psycopg would otherwise have begun one at the default level, and
+        the second `BEGIN` only warns). Redshift takes any isolation level as
+        `SERIALIZABLE`: every statement of the transaction reads one snapshot of the
+        database. The reads' server-side cursors live in it (:meth:`read`)."""
+        conn = self._connect()
+        conn.autocommit = True
+        return conn
 
     def _rows(self, sql: str) -> list[tuple[Any, ...]]:
         if self._catalog is None:
@@ -908,19 +917,24 @@ class RedshiftSource(PostgresSource):
             raise query_error(self.who, sql, exc) from exc
 
     def read(self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
-        """Stream through a server-side cursor, ``batch_rows`` rows per `FETCH`."""
+        """Stream through a server-side cursor, ``batch_rows`` rows per `FETCH`: on a
+        connection of its own, closed when the reader ends, or inside :meth:`snapshot` in
+        the snapshot's transaction (the cursor closed at the end, the connection kept)."""
         check_batch_rows(batch_rows)
         from psycopg.postgres import types as pg_types
 
-        conn = self._connect()
-        cursor = conn.cursor(name="lockgate_read")
+        shared = self._snapshot
+        conn = shared if shared is not None else self._connect()
+        self._cursors += 1  # a cursor name is the transaction's: one per read
+        cursor = conn.cursor(name=f"lockgate_read_{self._cursors}")
         cursor.itersize = batch_rows
 
         def close() -> None:
             try:
                 cursor.close()
             finally:
-                conn.close()
+                if shared is None:
+                    conn.close()
 
         try:
             cursor.execute(sql)

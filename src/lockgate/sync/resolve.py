@@ -125,7 +125,8 @@ class Warehouses:
     than reading a small table) and closed at the end. A Postgres warehouse is read in one
     snapshot (:meth:`PostgresSource.snapshot`): the fingerprints of its identity inputs,
     its identity sources and the operator's tables all see the same rows, whatever other
-    sessions commit meanwhile. Redshift is not (:meth:`RedshiftSource.snapshot`).
+    sessions commit meanwhile. Redshift's reads share one transaction the same way (its
+    server-side cursors, :meth:`RedshiftSource._snapshot_connection`).
 
     Example::
 
