@@ -374,6 +374,18 @@ class Writer(threading.Thread):
         return bool(row and row[0])
 
 
+def graph_while(writer: Writer, project: Any) -> str:
+    """:func:`graph` of a run while ``writer`` commits at the gates its reads reach."""
+    writer.start()
+    assert writer.holding.wait(30)
+    try:
+        return graph(project)
+    finally:
+        writer.done.set()
+        writer.join(30)
+        assert writer.failed is None
+
+
 def test_an_identity_source_changed_and_changed_back_during_a_run_is_read_as_fingerprinted(
     tmp_path: Path,
     postgres_dsn: str,
@@ -411,14 +423,7 @@ def test_an_identity_source_changed_and_changed_back_during_a_run_is_read_as_fin
             "update crm.stripe_customers set email = 'ada@acme.io' where stripe_id = 'cus_A'",
         ],
     )
-    writer.start()
-    assert writer.holding.wait(30)
-    try:
-        assert graph(project) == "stitched"
-    finally:
-        writer.done.set()
-        writer.join(30)
-    assert writer.failed is None
+    assert graph_while(writer, project) == "stitched"
     assert writer.committed_at[0] == "gate"  # while the run was between statements
     # cus_A was Ada's when the run began, and is Ada's again
     assert payers(emulator)["p2"] == "u1"
@@ -501,13 +506,6 @@ def test_redshift_identity_sources_are_read_in_one_snapshot(
             "select 1",  # lock 3: asked for by no read
         ],
     )
-    writer.start()
-    assert writer.holding.wait(30)
-    try:
-        assert graph(project) == "stitched"
-    finally:
-        writer.done.set()
-        writer.join(30)
-    assert writer.failed is None
+    assert graph_while(writer, project) == "stitched"
     assert writer.committed_at == ["gate", "after the run"]
     assert payers(emulator) == {"p1": "u1"}  # Ada's when the run began
