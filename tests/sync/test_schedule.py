@@ -517,3 +517,150 @@ def test_rounds_after_rounds_leave_no_open_files_threads_or_spill_folders(
     runs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["status"] for r in runs] == ["success", "success", "success", "failed"] * 2
     assert project_factory.emulator.person(id="1").attributes["plan"] == "plan 6"
+
+
+HANDOVER = f"""
+name: {{name}}
+source: warehouse
+model: {{{{table: {{name}}}}}}
+kind: people
+primary_key: user_id
+identify_by: {{{{id: user_id, email: email}}}}
+attributes: {{{{{{name}}_plan: plan}}}}
+schedule: {EVERY_2S}
+"""
+
+VISITS = f"""
+name: visits
+source: warehouse
+model: {{table: visits}}
+kind: events
+identify_by: {{id: user_id}}
+event: {{name: {{value: Visited}}, id: visit_id}}
+backfill: {{older: send}}
+schedule: {EVERY_2S}
+"""
+
+
+def _handover(factory: ProjectFactory, *extra: str) -> Any:
+    """`a_sync` and `b_sync`, both due in each round (with ``extra`` syncs): u1 of `b_sync`
+    was delivered with e1@x.io; the warehouse now gives u1 e5@x.io and gives e1 to a new
+    u2 of `a_sync`. `a_sync` runs first in a round and holds u2 back while u1 holds e1
+    (tests/sync/test_email_across_syncs.py)."""
+    syncs = {n: HANDOVER.format(name=n) for n in ("a_sync", "b_sync")}
+    syncs.update({"visits": VISITS, "c_sync": HANDOVER.format(name="c_sync")})
+    factory.sql(
+        "create or replace table a_sync as select 'u3' as user_id, 'e3@x.io' as email, "
+        "'free' as plan; "
+        "create or replace table b_sync as select 'u1' as user_id, 'e1@x.io' as email, "
+        "'gold' as plan; "
+        "create or replace table c_sync as select 'u9' as user_id, 'e9@x.io' as email, "
+        "'free' as plan; "
+        "create or replace table visits as select 'v1' as visit_id, 'u3' as user_id"
+    )
+    project = factory.write({n: syncs[n] for n in ("a_sync", "b_sync", *extra)})
+    first = CliRunner().invoke(cli, ["sync", "--all", "--project", str(project.root)])
+    assert first.exit_code == 0, first.output
+    factory.sql(
+        "insert into a_sync values ('u2', 'E1@x.io', 'pro'); "
+        "update b_sync set email = 'e5@x.io', plan = 'team'; "
+        "insert into visits values ('v2', 'u2')"
+    )
+    return project
+
+
+def _one_round(project: Any, capsys: pytest.CaptureFixture[str]) -> tuple[int | None, list[Any]]:
+    """One round of `lockgate schedule --json` with every sync's slot come (as the loop runs
+    it, without waiting for the slot); its exit code and JSON lines."""
+    from lockgate.cli.schedule import _round
+    from lockgate.console import RichConsole
+    from lockgate.sync.schedule import Timetable
+
+    capsys.readouterr()
+    table = Timetable.of(project, datetime.now(UTC))
+    for entry in table.entries.values():
+        entry.next_at = datetime.now(UTC)
+    code = _round(project, table.due(datetime.now(UTC)), table, RichConsole(quiet=True), True)
+    return code, [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def _emails(emu: Emulator) -> dict[str | None, str | None]:
+    return {p.id: p.email for p in emu.people()}
+
+
+def test_a_round_runs_the_follow_up_that_completes_a_handover_between_its_syncs(
+    project_factory: ProjectFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both syncs of a handover due in one round: the round runs `a_sync` once more after the
+    people syncs (a follow-up, as `sync --all` does), so u2 takes e1 in that round, not a
+    slot later, and the events sync after it finds u2."""
+    emu = project_factory.emulator
+    project = _handover(project_factory, "visits")
+
+    code, runs = _one_round(project, capsys)
+    assert code == 0, runs
+    assert [(r["sync"], r["status"]) for r in runs] == [
+        ("a_sync", "success"),
+        ("b_sync", "success"),
+        ("a_sync", "success"),
+        ("visits", "success"),
+    ]
+    assert runs[0]["changes"]["rejected"] == 1  # u2, held back while u1 had e1
+    assert runs[2]["follow_up_of"] == runs[0]["run_id"]
+    assert [r["follow_up_of"] for r in runs[:2] + runs[3:]] == [None] * 3
+    assert runs[2]["delivered"] == 1
+    assert _emails(emu) == {"u1": "e5@x.io", "u2": "E1@x.io", "u3": "e3@x.io"}
+    assert emu.person(id="u2").attributes.get("a_sync_plan") == "pro"
+    assert [a.message for a in emu.activity_log() if a.kind == "attribute update failure"] == []
+
+    listed = CliRunner().invoke(cli, ["runs", "--project", str(project.root)])
+    assert listed.exit_code == 0, listed.output
+    assert "success (follow-up)" in listed.stdout
+
+
+def test_a_failing_sync_in_the_round_stops_no_follow_up_of_the_others(
+    project_factory: ProjectFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`c_sync` fails (its table is gone): the others run, the handover completes by its
+    follow-up, and the round's exit code is 1."""
+    emu = project_factory.emulator
+    project = _handover(project_factory, "c_sync")
+    project_factory.sql("drop table c_sync")
+
+    code, runs = _one_round(project, capsys)
+    assert code == 1
+    assert [(r["sync"], r["status"], r.get("follow_up_of") is not None) for r in runs] == [
+        ("a_sync", "success", False),
+        ("b_sync", "success", False),
+        ("c_sync", "failed", False),
+        ("a_sync", "success", True),
+    ]
+    assert "c_sync" in runs[2]["error"]
+    assert _emails(emu)["u2"] == "E1@x.io"
+
+
+def test_a_giver_that_fails_frees_nothing_and_runs_no_follow_up(
+    project_factory: ProjectFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`b_sync` fails before it moves u1 off e1: `a_sync` keeps u2 held back (no follow-up,
+    which would send u2 while u1 still has e1); once `b_sync` runs again, the next round
+    completes the handover."""
+    emu = project_factory.emulator
+    project = _handover(project_factory)
+    project_factory.sql("alter table b_sync rename to b_gone")
+
+    code, runs = _one_round(project, capsys)
+    assert code == 1
+    assert [(r["sync"], r["status"]) for r in runs] == [("a_sync", "success"), ("b_sync", "failed")]
+    assert runs[0]["changes"]["rejected"] == 1
+    assert _emails(emu) == {"u1": "e1@x.io", "u3": "e3@x.io"}
+
+    project_factory.sql("alter table b_gone rename to b_sync")
+    code, runs = _one_round(project, capsys)
+    assert code == 0, runs
+    assert [(r["sync"], r["follow_up_of"] is not None) for r in runs] == [
+        ("a_sync", False),
+        ("b_sync", False),
+        ("a_sync", True),
+    ]
+    assert _emails(emu) == {"u1": "e5@x.io", "u2": "E1@x.io", "u3": "e3@x.io"}

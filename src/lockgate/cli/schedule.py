@@ -15,6 +15,7 @@ import orjson
 
 from lockgate.cli import signals_let_requests_finish, unexpected
 from lockgate.cli.options import json_option, mark_printed_as_json, open_project, project_option
+from lockgate.cli.sync import Progress, after_people, failed_doc, follow_ups
 from lockgate.console import RichConsole
 from lockgate.errors import ConfigError, LockgateError
 from lockgate.project.loader import Project
@@ -67,7 +68,8 @@ def schedule(
     """Run each sync with a `schedule:` (cron, UTC) when it is due, until stopped.
 
     The syncs due at one moment run together as `lockgate sync` runs them (one state, one
-    identity graph; objects, then people, relationships and events); a run longer than its
+    identity graph; objects, then people, the follow-ups that complete an email handed over
+    between people syncs, relationships and events); a run longer than its
     interval skips the slots that passed, and says so. Each round reloads the project, so an
     edited sync file takes effect at its next run (a broken one is reported and the last good
     project kept). It refuses to start when a scheduled sync's destination names a variable
@@ -275,6 +277,35 @@ def _round(
             f"{STATE_WAIT / 60:.0f} minutes) before running {', '.join(due)}"
         )
 
+    def run_one(name: str, follow_up_of: str | None = None) -> RunReport:
+        """One run of the round, a follow-up (``follow_up_of``) or not. A failure that is no
+        LockgateError (the state out of memory, a bug) is raised as one, its run recorded
+        failed (and alerted) by run_sync: the other syncs and the next slots go on."""
+        try:
+            # no progress bars in a scheduler's log: one line per run, warnings kept
+            return run_sync(
+                project, name, console=quiet, session=session, follow_up_of=follow_up_of
+            )
+        except KeyboardInterrupt as stop:  # SIGTERM or Ctrl-C during the run
+            if as_json:  # the stopped run's line: its report as recorded
+                line = stopped_run(stop) or {"sync": name, "status": "failed"}
+                _say_json({**line, "error": "interrupted"}, scheduled_at)
+                mark_printed_as_json(stop)
+            raise
+        except LockgateError:
+            raise
+        except Exception as exc:
+            if _debug():
+                raise
+            reason, hint = unexpected(exc)
+            raise LockgateError(reason, hint=hint) from exc
+
+    def said(report: RunReport) -> None:
+        _say(console, as_json, report.sync, scheduled_at, report, None)
+
+    def failed(name: str, exc: LockgateError) -> None:
+        _say_failed(console, as_json, name, scheduled_at, exc)
+
     with Session(lock_wait=STATE_WAIT, waiting=waiting) as session:
         to_run = due
         try:  # the state first: a `lockgate sync` by hand may hold it for minutes
@@ -290,27 +321,31 @@ def _round(
             for name in due:
                 _say(console, as_json, name, scheduled_at, None, _why(exc))
             to_run, worst = [], 1
+        # as `lockgate sync --all`: once the last people sync has ended, the follow-up runs of
+        # the people syncs that held rows back for an email another sync of the round has
+        # since freed, before the relationships and events syncs
+        progress = Progress(list(to_run))
+        after = after_people(
+            project,
+            to_run,
+            lambda: follow_ups(
+                progress, session, run_one, console, "sync", said, failed, of="round"
+            ),
+        )
         for name in to_run:
             try:
-                # no progress bars in a scheduler's log: one line per run (below), warnings kept
-                report = run_sync(project, name, console=quiet, session=session)
-            except KeyboardInterrupt as stop:  # SIGTERM or Ctrl-C during the run
-                if as_json:  # the stopped run's line: its report as recorded
-                    line = stopped_run(stop) or {"sync": name, "status": "failed"}
-                    _say_json({**line, "error": "interrupted"}, scheduled_at)
-                    mark_printed_as_json(stop)
-                raise
-            except Exception as exc:
-                # a LockgateError; or the state out of memory, or a bug: the run is recorded
-                # failed (and alerted) by run_sync; the other syncs and the next slots go on
-                if _debug() and not isinstance(exc, LockgateError):
-                    raise
-                worst = 1
-                _say(console, as_json, name, scheduled_at, None, _why(exc))
-                continue
-            if report.status != "success" and worst == 0:
-                worst = 2
-            _say(console, as_json, name, scheduled_at, report, None)
+                report = run_one(name)
+            except LockgateError as exc:
+                progress.failed.append((name, exc))
+                failed(name, exc)
+            else:
+                progress.reports.append(report)
+                said(report)
+            after(name)
+        if progress.failed:
+            worst = 1
+        elif any(r.status != "success" for r in progress.reports):
+            worst = 2
     finished = _now()
     for name, skipped in table.ran(due, finished).items():
         if skipped:
@@ -342,12 +377,26 @@ def _say(
         console.warn(f"{_at(scheduled_at)} {name}: failed: {error}")
         return
     c = report.changes
+    run = f"{name} follow-up" if report.follow_up_of is not None else name
     console.info(
-        f"{_at(scheduled_at)} {name}: {report.status} in {report.seconds:.1f}s, "
+        f"{_at(scheduled_at)} {run}: {report.status} in {report.seconds:.1f}s, "
         f"{c.to_send:,} to send, {report.delivered:,} delivered, "
         f"{c.rejected + report.rejected_by_api:,} rejected, {report.dead_lettered:,} "
         f"dead-lettered (run {report.run_id})"
     )
+
+
+def _say_failed(
+    console: RichConsole, as_json: bool, name: str, scheduled_at: datetime, exc: LockgateError
+) -> None:
+    """The line of a run that failed: with `--json`, the document `lockgate sync --json`
+    prints for it (its report when it got as far as its diff, `follow_up_of` for a
+    follow-up run)."""
+    if as_json:
+        _say_json(failed_doc(name, exc), scheduled_at)
+        return
+    run = f"{name} follow-up" if exc.follow_up_of is not None else name
+    console.warn(f"{_at(scheduled_at)} {run}: failed: {exc}")
 
 
 def _say_json(line: dict[str, Any], scheduled_at: datetime) -> None:

@@ -61,7 +61,7 @@ def _print_json(data: Any) -> None:
 
 
 @dataclasses.dataclass
-class _Progress:
+class Progress:
     """How far the syncs (or plans) of one command got: ``names`` those it runs (known once the
     project is read), each one's report or failure as it ends, and the one under way. A
     command stopped half-way (SIGTERM, Ctrl-C) prints it with `--json`."""
@@ -72,7 +72,7 @@ class _Progress:
     ended: set[str] = dataclasses.field(default_factory=set)
     current: str | None = None
     following: str | None = None
-    """The sync whose follow-up run (:func:`_follow_ups`) is under way."""
+    """The sync whose follow-up run (:func:`follow_ups`) is under way."""
 
     def stopped(self, stop: BaseException) -> list[dict[str, Any]]:
         """The `--json` documents of a command ``stop`` ended: the reports of the syncs that
@@ -80,7 +80,7 @@ class _Progress:
         `interrupted`, what it delivered so far), and `{sync, status: failed, error: not
         started ...}` for each sync it never began."""
         docs = [report.as_dict() for report in self.reports]
-        docs += [_failed_doc(n, e) for n, e in self.failed]
+        docs += [failed_doc(n, e) for n, e in self.failed]
         for name in self.names:
             if name in self.ended:
                 continue
@@ -98,7 +98,7 @@ def _failed(name: str | None, error: str) -> dict[str, Any]:
 
 
 @contextmanager
-def _failure_as_json(as_json: bool, progress: _Progress, *, one: bool) -> Iterator[None]:
+def _failure_as_json(as_json: bool, progress: Progress, *, one: bool) -> Iterator[None]:
     """With ``as_json``, an error that stops the command before its reports are printed (the
     project does not load, the only sync to run fails) is printed on stdout as each of the
     syncs' `{"sync", "status": "failed", "error"}` (the list as it stands then: the syncs
@@ -106,12 +106,12 @@ def _failure_as_json(as_json: bool, progress: _Progress, *, one: bool) -> Iterat
     ``one`` the only report; `"sync": null` before any sync is known): a script reading stdout
     always gets a document, as it does when one sync of several fails. The error still goes
     to stderr and the exit code stays 1. A stop by SIGTERM or Ctrl-C prints how far the
-    command got (:meth:`_Progress.stopped`); the exit code stays 143 or 130."""
+    command got (:meth:`Progress.stopped`); the exit code stays 143 or 130."""
     try:
         yield
     except LockgateError as exc:
         if as_json:
-            docs = [_failed_doc(n, exc) for n in progress.names or (None,)]
+            docs = [failed_doc(n, exc) for n in progress.names or (None,)]
             _print_json(docs[0] if one and len(docs) == 1 else docs)
             exc.printed_as_json = True
         raise
@@ -123,7 +123,7 @@ def _failure_as_json(as_json: bool, progress: _Progress, *, one: bool) -> Iterat
         raise
 
 
-def _failed_doc(name: str | None, exc: LockgateError) -> dict[str, Any]:
+def failed_doc(name: str | None, exc: LockgateError) -> dict[str, Any]:
     """The `--json` document of a sync that failed: `{sync, status: failed, error}`, and when
     its run got as far as its diff (a guardrail stopped it), that run's report (`run_id`, the
     counts, `guardrails`) as a successful run has it."""
@@ -375,7 +375,7 @@ def plan(
     relationships, events. `--json` prints one report for one sync, a list for several. A
     plan needs no credentials; it warns when a run would fail for want of one."""
     one = len(sync_names) == 1 and not plan_all
-    progress = _Progress(list(sync_names))
+    progress = Progress(list(sync_names))
     with _failure_as_json(as_json, progress, one=one):
         project = open_project(project_path)
         progress.names = _sync_names(project, sync_names, plan_all)
@@ -408,10 +408,10 @@ def plan(
                 console,
                 "plan",
                 show,
-                _after_people(
+                after_people(
                     project,
                     progress.names,
-                    lambda: _follow_ups(progress, session, plan_one, console, "plan", show),
+                    lambda: follow_ups(progress, session, plan_one, console, "plan", show),
                 ),
             )
     if export is not None:
@@ -467,7 +467,7 @@ def would_send(report: RunReport) -> bool:
 
 
 def _each(
-    progress: _Progress,
+    progress: Progress,
     work: Callable[[str], RunReport],
     console: RichConsole,
     what: str,
@@ -478,7 +478,7 @@ def _each(
     sync's failure (a guardrail, a broken model) does not stop the others: their data is
     independent, and a relationship whose end is missing waits. ``show`` draws each report as
     it comes; ``after(name)`` runs once each sync has ended (the follow-ups of
-    :func:`_follow_ups`)."""
+    :func:`follow_ups`)."""
     names = progress.names
     for name in names:
         if after is not None and progress.current is not None:
@@ -514,36 +514,41 @@ def _each(
     return progress.reports, progress.failed
 
 
-def _after_people(
-    project: Project, names: list[str], follow_ups: Callable[[], None]
+def after_people(
+    project: Project, names: list[str], then: Callable[[], None]
 ) -> Callable[[str], None]:
-    """What :func:`_each` runs after each sync: once the last people sync of ``names`` has
-    ended, ``follow_ups`` (:func:`_follow_ups`), before the relationships and events syncs,
-    which then find the people a follow-up creates."""
+    """What :func:`_each` (and a `lockgate schedule` round) runs after each sync: once the
+    last people sync of ``names`` has ended, ``then`` (:func:`follow_ups`), before the
+    relationships and events syncs, which then find the people a follow-up creates."""
     people = [n for n in names if project.sync(n).kind == "people"]
 
     def after(name: str) -> None:
         if people and name == people[-1]:
-            follow_ups()
+            then()
 
     return after
 
 
-def _follow_ups(
-    progress: _Progress,
+def follow_ups(
+    progress: Progress,
     session: Session,
     work: Callable[[str, str], RunReport],
     console: RichConsole,
     what: str,
     show: Callable[[RunReport], None] | None,
+    failed: Callable[[str, LockgateError], None] | None = None,
+    of: str = "command",
 ) -> None:
     """After the syncs of a command of several: run once more (``work(name, first run id)``)
     each people sync that held rows back for a person of another people sync which a sync of
     the command then moved on (:meth:`Session.follow_up`), so one `sync --all` completes a
-    handover whichever order the syncs run in; the plans of `plan --all` the same. A giver's
-    follow-up comes before its taker's; each sync follows up at most once (a row that still
-    waits is tried by the next command), so a swap between two syncs, which frees neither,
-    runs none. A sync that failed (a plan a guardrail would stop) has none."""
+    handover whichever order the syncs run in; the plans of `plan --all` and the syncs of a
+    `lockgate schedule` round the same. A giver's follow-up comes before its taker's; each
+    sync follows up at most once (a row that still waits is tried by the next command), so
+    a swap between two syncs, which frees neither, runs none. A sync that failed (a plan a
+    guardrail would stop) has none. A follow-up that fails is added to ``progress.failed``
+    and told to ``failed`` (the scheduler's line for it), or else shown and warned of;
+    ``of`` names what runs the syncs in the line that announces a follow-up."""
     if len(progress.names) < 2:
         return
     done: set[str] = set()
@@ -559,7 +564,7 @@ def _follow_ups(
         done.add(name)
         console.info(
             f"{name}: follow-up {'run' if what == 'sync' else what}: the rows it held back "
-            "for people another sync of this command "
+            f"for people another sync of this {of} "
             + ("has moved" if what == "sync" else "would move")
             + " to another email are tried again"
         )
@@ -568,9 +573,12 @@ def _follow_ups(
             report = work(name, first[name].run_id)
         except LockgateError as exc:
             exc.follow_up_of = first[name].run_id
+            progress.failed.append((name, exc))
+            if failed is not None:
+                failed(name, exc)
+                continue
             if show is not None and exc.report is not None:
                 show(exc.report)
-            progress.failed.append((name, exc))
             console.warn(f"follow-up {what} of `{name}` failed, the others go on: {exc}")
             continue
         finally:
@@ -587,7 +595,7 @@ def _finish(
     syncs that failed, if any did."""
     if as_json:
         docs = [report.as_dict() for report in reports]
-        docs += [_failed_doc(n, e) for n, e in failed]
+        docs += [failed_doc(n, e) for n, e in failed]
         _print_json(docs[0] if one and docs else docs)
     if failed:
         total = len(reports) + len(failed)
@@ -716,7 +724,7 @@ def sync(
     """Run one or more syncs: send only what changed, record what was delivered. Several run
     objects first, then people, relationships and events, whatever order they are named in.
     `--only` sends the named records alone: one person first, to see them in Customer.io."""
-    progress = _Progress(list(sync_names))
+    progress = Progress(list(sync_names))
     with _failure_as_json(as_json, progress, one=False):
         if new_workspace and only:
             raise ConfigError(
@@ -753,10 +761,10 @@ def sync(
                 console,
                 "sync",
                 show,
-                _after_people(
+                after_people(
                     project,
                     progress.names,
-                    lambda: _follow_ups(progress, session, run_one, console, "sync", show),
+                    lambda: follow_ups(progress, session, run_one, console, "sync", show),
                 ),
             )
     _finish(reports, failed, "sync", as_json=as_json, one=False)
@@ -828,7 +836,8 @@ def runs(
 def _status_text(status: str, counts: dict[str, Any]) -> str:
     """A run's status, and the guardrails it came near (`warn_at`), if any."""
     near = [g.get("name") for g in counts.get("guardrails") or () if g.get("near")]
-    if counts.get("follow_up_of"):  # the second run of a sync in one `sync --all`
+    # the second run of a sync in one `sync --all` (or `lockgate schedule` round)
+    if counts.get("follow_up_of"):
         status = f"{status} (follow-up)"
     return f"{status}, near limit: {', '.join(map(str, near))}" if near else status
 
@@ -935,7 +944,8 @@ def show_run(
             f" of {row.sync}: started {row.started_at:%Y-%m-%d %H:%M:%S %Z}, {row.status}"
             + (f": {row.error}" if row.error else "")
             + (
-                f" (follow-up of run {row.counts['follow_up_of']} in the same command)"
+                f" (follow-up of run {row.counts['follow_up_of']} in the same command or "
+                "schedule round)"
                 if row.counts.get("follow_up_of")
                 else ""
             ),
