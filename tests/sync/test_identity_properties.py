@@ -57,7 +57,7 @@ from lockgate.console import NullConsole
 from lockgate.emulator import Emulator, FaultConfig
 from lockgate.errors import LockgateError
 from lockgate.project.loader import Project, load_project
-from lockgate.sync.run import RunReport, plan_sync, run_sync
+from lockgate.sync.run import RunReport, Session, plan_sync, run_sync
 
 EMAIL_LIMIT = 3
 IDENTITY: dict[str, Any] = {
@@ -875,3 +875,73 @@ def test_a_run_killed_while_the_family_email_moves_leaves_it_with_the_other_user
     for name in ORDER:
         again = plan_sync(load_project(tmp_path), name, console=NullConsole())
         assert again.changes.to_send == 0 and not again.identity_ops, name
+
+
+#: `u1` in a people sync of its own, the other users in another, both through the graph
+SPLIT_SYNCS = {
+    "a_users": """
+        name: a_users
+        source: warehouse
+        model: {sql: "select * from app_users where user_id = 'u1'"}
+        kind: people
+        primary_key: user_id
+        identify_by: {user_id: user_id, email: email}
+        attributes: {plan: plan}
+    """,
+    "b_users": """
+        name: b_users
+        source: warehouse
+        model: {sql: "select * from app_users where user_id <> 'u1'"}
+        kind: people
+        primary_key: user_id
+        identify_by: {user_id: user_id, email: email}
+        attributes: {plan: plan}
+    """,
+}
+
+
+@pytest.mark.parametrize("one_command", [True, False])
+def test_a_family_email_the_graph_cleared_from_another_syncs_user_holds_nothing_back(
+    customerio_emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    one_command: bool,
+) -> None:
+    """`u1` (sync `a_users`) holds the family email; their email goes null, and the graph
+    clears it from `u1`'s person for `u4` (sync `b_users`). `a_users` then keeps nothing
+    for `u1`: `u4` takes the email in that run, with the syncs run in one command or in a
+    command each, and again after moving to another address and back, rather than waiting
+    for good on `u1`, who holds no email in Customer.io."""
+    project_in(tmp_path, customerio_emulator, monkeypatch)
+    for old in (tmp_path / "syncs").iterdir():
+        old.unlink()
+    for name, body in SPLIT_SYNCS.items():
+        (tmp_path / "syncs" / f"{name}.yml").write_text(textwrap.dedent(body))
+    project = load_project(tmp_path)
+
+    def run_both() -> None:
+        with Session() as session:
+            for name in SPLIT_SYNCS:
+                report = run_sync(
+                    project, name, console=NullConsole(), session=session if one_command else None
+                )
+                assert (report.status, report.changes.rejected) == ("success", 0), (
+                    name,
+                    report.changes.rejected_samples,
+                )
+
+    sql(tmp_path, FAMILY)
+    with Session() as session:
+        for name in SPLIT_SYNCS:
+            run_sync(project, name, console=NullConsole(), session=session)
+    assert customerio_emulator.person(id="u1").email == "e1@x.io"  # type: ignore[union-attr]
+    sql(tmp_path, "update app_users set email = null where user_id = 'u1'")
+    run_both()
+    emails = {p.id: p.email for p in customerio_emulator.people()}
+    assert emails == {"u1": None, "u4": "e1@x.io"}, emails
+    sql(tmp_path, "update app_users set email = 'e2@x.io' where user_id = 'u4'")
+    run_both()
+    sql(tmp_path, "update app_users set email = 'e1@x.io' where user_id = 'u4'")
+    run_both()
+    emails = {p.id: p.email for p in customerio_emulator.people()}
+    assert emails == {"u1": None, "u4": "e1@x.io"}, emails

@@ -2238,7 +2238,8 @@ def order_email_moves(
     clear before the rows (``resolve.graph_clears``: a user whose email went null while the
     other user of their family email takes it). A giver among them is cleared once, by the
     graph: its clear is left out of ``email_clears`` and its key kept in the temp table
-    ``email_cleared_by_graph``, released as a delivered clear's is (``run._released``); the
+    ``email_cleared_by_graph`` (with the people the sync keeps that email for,
+    :func:`_cleared_by_graph`), released as a delivered clear's is (``run._released``); the
     rows taking its email are phase 0, sent after the graph's operations.
     """
     for name in EMAIL_MOVE_TABLES:
@@ -2249,6 +2250,7 @@ def order_email_moves(
     _email_kept(con, sync, changed=changed, removed=removed)
     previous = _delivered(con, sync.name)
     kept = table("emails_kept", sync.name)
+    _cleared_by_graph(con, kept, graph_clears)
     # the givers: people Lockgate addressed by `id` (or `cio_id`) whose email changes; a person
     # known by its email alone keeps it (identifying a new email names a new person)
     parts = []
@@ -2362,6 +2364,13 @@ def order_email_moves(
     graph_cleared = sorted(
         k for k in clear if givers[k][0] is not None and (givers[k][3], givers[k][0]) in by_graph
     )
+    if graph_cleared:
+        run_sql(
+            con,
+            "insert into email_cleared_by_graph select unnest(?) except "
+            "select k from email_cleared_by_graph",
+            [graph_cleared],
+        )
     ops = []
     for k in sorted(clear.difference(graph_cleared)):
         old_id, old_cio_id, _, _ = givers[k]
@@ -2377,7 +2386,6 @@ def order_email_moves(
     with (
         registered(con, "_email_phases", phases),
         registered(con, "_email_clears", clears),
-        registered(con, "_graph_cleared", pa.table({"k": pa.array(graph_cleared, pa.string())})),
     ):
         run_sql(
             con,
@@ -2387,10 +2395,43 @@ def order_email_moves(
             create temp table email_clears as
             select k, op, null::ubigint as h, null::varchar as ident, false as removed
             from _email_clears;
-            create temp table email_cleared_by_graph as select k from _graph_cleared;
             """,
         )
     return len(waiting)
+
+
+def _cleared_by_graph(
+    con: duckdb.DuckDBPyConnection, kept: str, graph_clears: Sequence[tuple[str, str]]
+) -> None:
+    """Build the temp table ``email_cleared_by_graph`` (``k``): the people this sync keeps an
+    email for (``emails_kept__S``, and ``email_kept``: those this run starts keeping) whose
+    email the identity graph's operations clear ahead of the rows (``graph_clears``, `(email,
+    id)`): they hold it no more once the run has sent its rows, which forgets them
+    (``run._released``). Kept, a row of another sync taking the email would wait for them for
+    good (the graph clears a person once, in the run that moves the email)."""
+    run_sql(con, "create temp table email_cleared_by_graph (k varchar)")
+    if not graph_clears:
+        return
+    pairs = pa.table(
+        {
+            "email": pa.array([e.lower() for e, _ in graph_clears], pa.string()),
+            "person": pa.array([p for _, p in graph_clears], pa.string()),
+        }
+    )
+    with registered(con, "_graph_clears", pairs):
+        run_sql(
+            con,
+            f"""
+            insert into email_cleared_by_graph
+            select distinct h.k from (
+                select k, email, ident from {kept}
+                union all select k, email, ident from email_kept
+            ) h
+            semi join _graph_clears g
+                on g.email = {email_match("h.email")}
+               and g.person = json_extract_string(h.ident, '$.id')
+            """,
+        )
 
 
 def _email_changed(
