@@ -1483,6 +1483,7 @@ def diff_records(
     rezoned: Iterable[str] = (),
     email_holders: Sequence[tuple[str, str]] = (),
     released_first: Sequence[tuple[str, str]] = (),
+    graph_clears: Sequence[tuple[str, str]] = (),
 ) -> ChangeSet:
     """Diff a people, objects or relationships sync against its snapshot.
 
@@ -1490,7 +1491,9 @@ def diff_records(
     delivered records) of the destination's other people syncs, whose people keep the emails
     they were delivered with (:func:`_hold_shared_emails`), but for ``released_first``:
     `(email, id)` of the people the identity graph's operations release the email from
-    before the rows are sent.
+    before the rows are sent. ``graph_clears``: those of them whose clear the graph's
+    operations send (or a sync of the command sent), which a row of this sync giving that
+    email up does not send again (:func:`order_email_moves`).
 
     In `mirror` mode the records whose first delivery was not confirmed and whose row has left
     are undone too (:func:`unsure_new`), unless ``undo_unsure`` is false (a run of named
@@ -1699,6 +1702,7 @@ def diff_records(
             removed=bool(removed_sent),
             left=bool(removed),
             known=True,
+            graph_clears=graph_clears,
         )
         if email_clears(con):
             email_releases = int(_one(con, "select count(*) from email_clears") or 0)
@@ -2182,6 +2186,7 @@ EMAIL_MOVE_TABLES = (
     "email_released",
     "email_phases",
     "email_clears",
+    "email_cleared_by_graph",
     "email_held",
 )
 
@@ -2194,6 +2199,7 @@ def order_email_moves(
     removed: bool = False,
     left: bool = False,
     known: bool = False,
+    graph_clears: Sequence[tuple[str, str]] = (),
 ) -> int:
     """Order the sends of a people sync whose rows pass emails between them; returns how many
     rows wait for another (0 when none: the run sends ``changes`` as one batch).
@@ -2227,6 +2233,14 @@ def order_email_moves(
     it up too (``email_left``): its email is cleared first, whatever the mode (in `upsert`
     mode nothing else of the person changes, and :func:`forget_released_left` then forgets
     the record), or, deleted (`mirror` with `delete_removed`), the row waits for the delete.
+
+    ``graph_clears``: `(email, id)` of the people whose email the identity graph's operations
+    clear before the rows (``resolve.graph_clears``: a user whose email went null while the
+    other user of their family email takes it). A giver among them is cleared once, by the
+    graph: its clear is left out of ``email_clears`` and its key kept in the temp table
+    ``email_cleared_by_graph`` (with the people the sync keeps that email for,
+    :func:`_cleared_by_graph`), released as a delivered clear's is (``run._released``); the
+    rows taking its email are phase 0, sent after the graph's operations.
     """
     for name in EMAIL_MOVE_TABLES:
         run_sql(con, f"drop table if exists {name}")
@@ -2236,6 +2250,7 @@ def order_email_moves(
     _email_kept(con, sync, changed=changed, removed=removed)
     previous = _delivered(con, sync.name)
     kept = table("emails_kept", sync.name)
+    _cleared_by_graph(con, kept, graph_clears)
     # the givers: people Lockgate addressed by `id` (or `cio_id`) whose email changes; a person
     # known by its email alone keeps it (identifying a new email names a new person)
     parts = []
@@ -2314,9 +2329,9 @@ def order_email_moves(
     if not takers:
         return 0
     givers = {
-        k: (old_id, old_cio_id, new_email)
-        for k, new_email, old_id, old_cio_id in con.execute(
-            "select k, new_email, old_id, old_cio_id from email_released"
+        k: (old_id, old_cio_id, new_email, old_email)
+        for k, new_email, old_email, old_id, old_cio_id in con.execute(
+            "select k, new_email, old_email, old_id, old_cio_id from email_released"
         ).fetchall()
     }
     waits_for: dict[str, str] = {}
@@ -2344,9 +2359,21 @@ def order_email_moves(
             ),
         }
     )
+    # a clear the graph's operations send ahead of every row of the run: not sent twice
+    by_graph = {(email.lower(), person) for email, person in graph_clears}
+    graph_cleared = sorted(
+        k for k in clear if givers[k][0] is not None and (givers[k][3], givers[k][0]) in by_graph
+    )
+    if graph_cleared:
+        run_sql(
+            con,
+            "insert into email_cleared_by_graph select unnest(?) except "
+            "select k from email_cleared_by_graph",
+            [graph_cleared],
+        )
     ops = []
-    for k in sorted(clear):
-        old_id, old_cio_id, _ = givers[k]
+    for k in sorted(clear.difference(graph_cleared)):
+        old_id, old_cio_id, _, _ = givers[k]
         address = {"id": old_id} if old_id is not None else {"cio_id": old_cio_id}
         op = {"type": "person", "action": "identify", "identifiers": address}
         ops.append((f"{k}#release-email", orjson.dumps({**op, "attributes": {"email": ""}})))
@@ -2371,6 +2398,40 @@ def order_email_moves(
             """,
         )
     return len(waiting)
+
+
+def _cleared_by_graph(
+    con: duckdb.DuckDBPyConnection, kept: str, graph_clears: Sequence[tuple[str, str]]
+) -> None:
+    """Build the temp table ``email_cleared_by_graph`` (``k``): the people this sync keeps an
+    email for (``emails_kept__S``, and ``email_kept``: those this run starts keeping) whose
+    email the identity graph's operations clear ahead of the rows (``graph_clears``, `(email,
+    id)`): they hold it no more once the run has sent its rows, which forgets them
+    (``run._released``). Kept, a row of another sync taking the email would wait for them for
+    good (the graph clears a person once, in the run that moves the email)."""
+    run_sql(con, "create temp table email_cleared_by_graph (k varchar)")
+    if not graph_clears:
+        return
+    pairs = pa.table(
+        {
+            "email": pa.array([e.lower() for e, _ in graph_clears], pa.string()),
+            "person": pa.array([p for _, p in graph_clears], pa.string()),
+        }
+    )
+    with registered(con, "_graph_clears", pairs):
+        run_sql(
+            con,
+            f"""
+            insert into email_cleared_by_graph
+            select distinct h.k from (
+                select k, email, ident from {kept}
+                union all select k, email, ident from email_kept
+            ) h
+            semi join _graph_clears g
+                on g.email = {email_match("h.email")}
+               and g.person = json_extract_string(h.ident, '$.id')
+            """,
+        )
 
 
 def _email_changed(

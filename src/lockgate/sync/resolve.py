@@ -776,6 +776,20 @@ def _delivered_by_any_sync(store: StateStore, project: Project, keys: list[str])
     return found
 
 
+def graph_clears(
+    store: StateStore, project: Project, resolution: Resolution
+) -> list[tuple[str, str]]:
+    """`(email, id)` of the people whose email the graph's operations clear before a run's
+    rows: sent by :func:`merge_operations` ahead of them (an undelivered one stops the run),
+    or delivered already by a sync of the command that shares the resolution. A people sync
+    whose own row gives that email up sends no second clear (``diff.order_email_moves``)."""
+    released = releases(resolution.result)
+    if not released:
+        return []
+    holders = known_people(store, project, among={("id", p) for _, p, _ in released})
+    return sorted({(email, person) for _, person, email in released if ("id", person) in holders})
+
+
 def merge_operations(store: StateStore, project: Project, resolution: Resolution) -> pa.Table:
     """The Customer.io operations the graph asks for (merges first), not yet delivered.
 

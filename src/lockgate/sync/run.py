@@ -610,6 +610,7 @@ def _prepare(
         resolution = None
         identity_ops = None
         merge_guard = None
+        graph_clears: list[tuple[str, str]] = []
         configured = sync  # the contract (guardrails) is about the sync as configured
         if mapping.needs_identity(project, sync):
             # imported here: the identity stack is ~70 ms of start-up a plain sync does not need
@@ -626,6 +627,8 @@ def _prepare(
                         session.resolution = resolution
                 identity_ops = resolve_step.merge_operations(store, project, resolution)
                 merge_guard = resolve_step.merge_guard(resolution, identity_ops)
+                if sync.kind == "people":  # sent ahead of the rows: a row's own is not
+                    graph_clears = resolve_step.graph_clears(store, project, resolution)
                 if in_place is not None:
                     # an events model read in place: keyed first on no rows, for the columns
                     # the graph adds (and their types) that the mapping reads; the rows of new
@@ -737,6 +740,7 @@ def _prepare(
                     undo_unsure=not only,
                     email_holders=_email_holders(store, project, sync),
                     released_first=_released_first(resolution),
+                    graph_clears=graph_clears,
                 )
         if session is not None and sync.kind == "people":
             session.keep_waits(store, sync.name)
@@ -1264,11 +1268,17 @@ def _deliver_email_clears(
 
 
 def _released(store: StateStore, counts: CommitCounts | None) -> set[str]:
-    """The keys of the people whose email this run cleared (:func:`_deliver_email_clears`)."""
+    """The keys of the people whose email this run cleared (:func:`_deliver_email_clears`),
+    and of those the identity graph's operations cleared ahead of the rows instead
+    (``email_cleared_by_graph``: delivered, or the run would have stopped before its rows)."""
+    out: set[str] = set()
+    if diff_step.temp_table(store.con, "email_cleared_by_graph"):
+        rows = store.con.execute("select k from email_cleared_by_graph").fetchall()
+        out.update(str(k) for (k,) in rows)
     if counts is None:
-        return set()
+        return out
     keys = store.con.execute("select k from email_clears").fetchall()
-    return {k.removesuffix("#release-email") for (k,) in keys if k not in counts.failed_keys}
+    return out | {k.removesuffix("#release-email") for (k,) in keys if k not in counts.failed_keys}
 
 
 def _app_settings(project: Project, sync: SyncConfig) -> CustomerIOSettings | None:
