@@ -688,19 +688,38 @@ def test_an_event_naming_an_empty_column_is_refused_at_its_line(
     assert f"syncs/profile.yml:6: {said}" in err
 
 
-def test_a_sync_file_in_a_folder_under_syncs_is_named_when_its_sync_is_asked_for(
+def test_a_sync_file_in_a_folder_under_syncs_is_loaded(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # only the files directly in `syncs/` are read: one in `syncs/marketing/` was never
-    # loaded, and asking for its sync said only "no sync named `leads`"
+    # only the files directly in `syncs/` were read: `validate` and `sync --all` said nothing
+    # of `syncs/marketing/leads.yml`, whose sync never ran
     project(tmp_path)
     (tmp_path / "syncs" / "marketing").mkdir()
     (tmp_path / "syncs" / "marketing" / "leads.yml").write_text(
-        SYNC.replace("name: profile", "name: leads")
+        SYNC.replace("name: profile", "name: leads").replace("plan: plan", "lead_plan: plan")
     )
-    err = " ".join(fails(capsys, "plan", "leads", "--project", str(tmp_path)).split())
-    assert "no sync named `leads`" in err
+    # a folder whose name starts with `.` holds copies (a notebook's checkpoints, `.git`)
+    (tmp_path / "syncs" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "syncs" / ".ipynb_checkpoints" / "profile.yml").write_text(SYNC)
+    main(["validate", "--json", "--project", str(tmp_path)])
+    shown = json.loads(capsys.readouterr().out)
+    assert sorted(shown["syncs"]) == ["leads", "profile"]
+    main(["plan", "leads", "--project", str(tmp_path)])
+    assert "rows in model" in capsys.readouterr().out
+
+
+def test_two_sync_files_of_one_name_in_folders_under_syncs_are_both_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project(tmp_path)
+    for folder in ("marketing", "sales"):
+        (tmp_path / "syncs" / folder).mkdir()
+        (tmp_path / "syncs" / folder / "leads.yml").write_text(
+            SYNC.replace("name: profile", "name: leads")
+        )
+    err = " ".join(fails(capsys, "validate", "--project", str(tmp_path)).split())
     assert (
-        "only the files directly in `syncs/` are read, not `syncs/marketing/leads.yml`: move it "
-        "up into `syncs/`"
+        "syncs/sales/leads.yml:1: sync name `leads` is used twice: in "
+        "`syncs/marketing/leads.yml` and in `syncs/sales/leads.yml`"
     ) in err
+    assert "rename one of them" in err

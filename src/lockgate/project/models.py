@@ -1256,7 +1256,10 @@ def unused_key(kind: str, key: str) -> str | None:
 
 
 class SyncConfig(StrictModel):
-    """One sync: a model, a kind, a mapping, a destination (`syncs/<name>.yml`)."""
+    """One sync: a model, a kind, a mapping, a destination (`syncs/<name>.yml`). Files in
+    folders under `syncs/` are read too (`syncs/marketing/leads.yml`; not those in a folder
+    whose name starts with `.`); commands name a sync by its `name`, which is unique in the
+    project whatever folder its file is in."""
 
     _graph_identifiers: dict[str, str] | None = PrivateAttr(default=None)
     _graph_columns: frozenset[str] = PrivateAttr(default=frozenset())
