@@ -723,3 +723,92 @@ def test_two_sync_files_of_one_name_in_folders_under_syncs_are_both_named(
         "`syncs/marketing/leads.yml` and in `syncs/sales/leads.yml`"
     ) in err
     assert "rename one of them" in err
+
+
+RELATIONSHIPS = """\
+name: profile
+source: warehouse
+model: {table: users}
+kind: relationships
+object_type_id: "1"
+identify_by: {id: id}
+object_id: plan
+"""
+
+
+@pytest.mark.parametrize(
+    ("sync", "written", "said"),
+    [
+        # passed `validate`, and every run failed at `plan`
+        (SYNC, "identify_by: {id: ''}", "6: `identify_by.id` names an empty column"),
+        (SYNC, "identify_by: {id: id, email: ' '}", "6: `identify_by.email` names an empty"),
+        (RELATIONSHIPS, "object_id: ''", "7: `object_id` names an empty column"),
+        # each read the column of the field's own name, and a run sent it without a word
+        (SYNC, "  plan: {column: ''}", "8: the field names an empty column"),
+        (SYNC, "  plan: ''", "8: the field names an empty column"),
+        (EVENTS, "event: {name: plan, id: id}\nproperties: {p: ''}", "7: the field names an"),
+        (RELATIONSHIPS, "object_id: plan\nrelationship_attributes: {role: ''}", "8: the field"),
+        # an `unless: ''` was taken for none: the event fired on every change
+        (
+            SYNC,
+            "  plan: plan\non_change:\n  - {attribute: plan, event: Plan Changed, unless: ''}",
+            "10: `unless` is empty",
+        ),
+        (
+            SYNC,
+            "  plan: plan\non_change:\n  - {attribute: ' ', event: Plan Changed}",
+            "10: `attribute` is empty",
+        ),
+        (
+            SYNC,
+            "  plan: plan\non_change:\n  - {attribute: plan, event: X, properties: {p: ''}}",
+            "10: the field names an empty column",
+        ),
+    ],
+)
+def test_an_empty_column_name_is_refused_by_validate_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sync: str, written: str, said: str
+) -> None:
+    key = written.split(":")[0]
+    line = next(line for line in sync.splitlines() if line.startswith(f"{key}:"))
+    err = validate_says(capsys, tmp_path, sync=sync.replace(line, written))
+    assert f"syncs/profile.yml:{said}" in err
+
+
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        # a blank `observed_at` or `key` was taken for none: links unordered, rows numbered
+        ("observed_at: ''", "`observed_at` is empty"),
+        ("key: ' '", "`key` is empty"),
+        ("columns: {'': email}", "`columns` maps an empty column name"),
+    ],
+)
+def test_an_identity_source_naming_an_empty_column_is_refused_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], written: str, said: str
+) -> None:
+    identity = f"identity:\n  sources:\n    - name: crm\n      table: users\n      {written}\n"
+    err = validate_says(capsys, tmp_path, PROJECT + identity)
+    assert f"lockgate.yml:10: {said}" in err
+
+
+def test_an_on_change_rule_watching_an_attribute_the_sync_lacks_is_named_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # named the sync file without a line
+    sync = SYNC + "on_change:\n  - {attribute: plam, event: Plan Changed}\n"
+    project(tmp_path, sync=sync)
+    err = " ".join(fails(capsys, "plan", "profile", "--project", str(tmp_path)).split())
+    assert (
+        "syncs/profile.yml:10: sync `profile`: `on_change[0].attribute` watches `plam`, which is "
+        "not one of the sync's attributes"
+    ) in err
+
+
+def test_an_empty_column_name_in_a_list_of_attributes_is_refused_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # was "attribute name is empty", the name made of the column written: true, but not the fix
+    sync = SYNC.replace("attributes:\n  plan: plan\n", "attributes: [plan, '']\n")
+    err = validate_says(capsys, tmp_path, sync=sync)
+    assert "syncs/profile.yml:7: item 2 of the list is an empty column name" in err

@@ -732,6 +732,13 @@ class FieldConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> FieldConfig:
+        # `{column: ""}` (or `plan: ""`) was read as no column: the field read the column of
+        # its own name, and a run sent that column's values without a word
+        _not_blank(
+            self.column,
+            "the field",
+            "or leave `column` out to read the column named as the field",
+        )
         if self.on_null == "default" and self.default is None:
             raise ValueError("`on_null: default` needs a `default` value")
         if self.column is not None and self.value is not None:
@@ -794,6 +801,11 @@ def _expand_fields(value: Any) -> Any:
                     + ("empty" if name is None else f"`{json.dumps(name, default=str)}`")
                     + ", not a column name: a list holds column names only; to give a field "
                     "a spec, write a mapping (`plan: {column: plan, type: string}`)"
+                )
+            if not str(name).strip():
+                raise ValueError(
+                    f"item {position} of the list is an empty column name; name one of the "
+                    "model's columns, or take the item out"
                 )
         return {str(name): {"column": str(name)} for name in value}
     if isinstance(value, dict):
@@ -1088,6 +1100,26 @@ class OnChangeConfig(StrictModel):
     @classmethod
     def _event(cls, value: str) -> str:
         return _check_event_name(value)
+
+    @field_validator("attribute")
+    @classmethod
+    def _attribute(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(
+                "`attribute` is empty; name the mapped attribute (a key of `attributes`) to watch"
+            )
+        return value
+
+    @field_validator("unless")
+    @classmethod
+    def _unless(cls, value: str | None) -> str | None:
+        # a blank condition was taken for none: the event fired on every change
+        if value is not None and not value.strip():
+            raise ValueError(
+                "`unless` is empty; write a SQL condition over the model's columns, or leave "
+                "the key out to fire on every change"
+            )
+        return value
 
 
 LIMIT = re.compile(r"^\s*(\d+(\.\d+)?)\s*%\s*$")
@@ -1514,6 +1546,26 @@ class SyncConfig(StrictModel):
                 )
         if self.delete_removed and self.effective_mode != "mirror":
             raise error("delete_removed", "`delete_removed` only applies with `mode: mirror`")
+        return self
+
+    @model_validator(mode="after")
+    def _columns_named(self) -> SyncConfig:
+        """An identifier or object id read from an empty column name is refused at its line:
+        `validate` passed it and every run failed at `plan`."""
+        for kind, column in self.identify_by.items():
+            example = "user_id" if kind in ("id", "user_id") else f"{kind}_column"
+            if not column.strip():
+                raise _error_at(
+                    ("identify_by", kind),
+                    f"`identify_by.{kind}` names an empty column; name the model's column that "
+                    f"holds each row's `{kind}`, e.g. `{{{kind}: {example}}}`",
+                )
+        if self.object_id is not None and not self.object_id.strip():
+            raise _error_at(
+                ("object_id",),
+                "`object_id` names an empty column; name the model's column that holds the id "
+                "of the object each person is related to",
+            )
         return self
 
     @model_validator(mode="after")

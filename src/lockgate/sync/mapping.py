@@ -1910,11 +1910,11 @@ def _on_change_sql(
                 zone=zone,
             )
     fragments = []
-    for rule in sync.on_change:
+    for i, rule in enumerate(sync.on_change):
         if rule.attribute not in sync.attributes:
             raise ConfigError(
-                f"sync `{sync.name}`: `on_change` watches `{rule.attribute}`, which is not one "
-                "of the sync's attributes",
+                f"sync `{sync.name}`: `on_change[{i}].attribute` watches `{rule.attribute}`, "
+                "which is not one of the sync's attributes",
                 hint=f"attributes: {', '.join(f'`{a}`' for a in sync.attributes)}",
             )
     for name in dict.fromkeys(rule.attribute for rule in sync.on_change):
