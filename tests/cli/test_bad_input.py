@@ -812,3 +812,21 @@ def test_an_empty_column_name_in_a_list_of_attributes_is_refused_at_its_line(
     sync = SYNC.replace("attributes:\n  plan: plan\n", "attributes: [plan, '']\n")
     err = validate_says(capsys, tmp_path, sync=sync)
     assert "syncs/profile.yml:7: item 2 of the list is an empty column name" in err
+
+
+def test_a_backfill_max_age_of_zero_is_refused_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # every event is older than 0h: each run held back every event, as backfill
+    sync = EVENTS + "backfill: {max_age: 0h}\n"
+    err = validate_says(capsys, tmp_path, sync=sync)
+    assert "syncs/profile.yml:7: `max_age: 0h` makes every event older than the limit" in err
+
+
+def test_a_rate_limit_of_zero_is_refused_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # was "step `destination` failed ...: rate limit must be positive, got `0.0`", no line
+    yml = PROJECT + "destinations:\n  customerio:\n    type: customerio\n    rate_limit: 0/s\n"
+    err = validate_says(capsys, tmp_path, yml)
+    assert "lockgate.yml:9: `0/s` sends nothing; write a rate above 0, e.g. `100/s`" in err

@@ -673,6 +673,9 @@ class CustomerIODestinationConfig(Placed):
     def _rate(cls, value: str) -> str:
         if not re.match(r"^\d+(\.\d+)?\s*/\s*s$", value):
             raise ValueError(f"`{value}` is not a rate; write requests per second, e.g. `100/s`")
+        if float(value.split("/")[0]) <= 0:
+            # refused by the first run that sent, naming neither the file nor the line
+            raise ValueError(f"`{value}` sends nothing; write a rate above 0, e.g. `100/s`")
         return value
 
     @property
@@ -1017,7 +1020,13 @@ class BackfillConfig(StrictModel):
     @field_validator("max_age")
     @classmethod
     def _age(cls, value: str) -> str:
-        parse_duration(value)
+        if parse_duration(value) == 0:
+            # every event is older than that: each run held back (or renamed) them all
+            raise ValueError(
+                f"`max_age: {value}` makes every event older than the limit, so none would be "
+                "sent as it is; write how old an event may be and still trigger campaigns, "
+                "e.g. `72h`"
+            )
         return value
 
     @field_validator("older")
