@@ -1578,6 +1578,36 @@ class SyncConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _watched_constants(self) -> SyncConfig:
+        """An `on_change` rule's `from` or `to` that the watched attribute's `type` cannot
+        take is refused at its line (:meth:`watched_constant`)."""
+        for i, rule in enumerate(self.on_change):
+            for what in ("from", "to"):
+                try:
+                    self.watched_constant(rule, what)
+                except ValueError as exc:
+                    spec = self.attributes[rule.attribute]
+                    raise _error_at(
+                        ("on_change", i, what),
+                        f"`{what}`: {exc} (attribute `{rule.attribute}` is `type: {spec.type}`)",
+                    ) from None
+        return self
+
+    def watched_constant(self, rule: OnChangeConfig, what: Literal["from", "to"]) -> Any:
+        """A rule's `from` or `to` as the value it is compared with: the watched attribute's
+        value as sent, so under the attribute's `type`, as a column's value of that type is
+        (a `type: timestamp` attribute's `to: 2030-01-01` is its unix seconds, a `type:
+        string` one's `to: 2` the text `2`; either never matched). Under `auto` or `json`, as
+        written. Raises ValueError for one the type cannot take."""
+        from lockgate.sync.mapping import coerce_constant
+
+        value = rule.from_ if what == "from" else rule.to
+        spec = self.attributes.get(rule.attribute)
+        if value is None or spec is None or spec.type in ("auto", "json"):
+            return value
+        return coerce_constant(value, spec.type, zone=self.timezone)
+
+    @model_validator(mode="after")
     def _customerio_names(self) -> SyncConfig:
         """Attribute and property names Customer.io refuses, or reads as something else."""
         maps: list[tuple[tuple[str | int, ...], str, dict[str, FieldConfig]]] = [
