@@ -302,7 +302,8 @@ class IdentitySourceConfig(BaseConfig):
     `timezone` (UTC when unset)."""
 
     key: str | None = None
-    """Column identifying the row, shown by `explain`; the row number when unset."""
+    """Column identifying the row, shown by `explain` (which stops, naming it, when the source
+    has no such column); the row number when unset."""
 
     @field_validator("name", "observed_at", "key")
     @classmethod
