@@ -1441,6 +1441,17 @@ def field_fragment(
     checks = [check.replace(expression, value)] if check != "null" else []
     if sized:
         checks.append(_oversized(column, name, value))
+    if ftype in ("timestamp", "date") and _is(col_type, NUMERIC_TYPES):
+        # a number column is read as unix seconds: one of milliseconds (how JavaScript, Kafka
+        # and many exports write time) was sent as a time tens of thousands of years ahead,
+        # as an event's timestamp is refused (`EPOCH_MS_FROM`)
+        checks.append(
+            f"case when {value} >= {EPOCH_MS_FROM} then "
+            f"{lit(f'column `{column}` (field `{name}`): value `')} || {value} || "
+            f"{lit('` is not unix seconds (it would be past the year 5000): it looks like ')}"
+            f" || {lit(f'milliseconds; divide it in the model, e.g. `{column} // 1000 as ')}"
+            f" || {lit(f'{column}`')} end"
+        )
     if limit and _is(col_type, ("VARCHAR",)) and ftype in ("auto", "string"):
         checks.append(
             f"case when strlen({q(column)}) > {MAX_VALUE_BYTES} then "
