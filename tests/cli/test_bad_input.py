@@ -830,3 +830,27 @@ def test_a_rate_limit_of_zero_is_refused_at_its_line(
     yml = PROJECT + "destinations:\n  customerio:\n    type: customerio\n    rate_limit: 0/s\n"
     err = validate_says(capsys, tmp_path, yml)
     assert "lockgate.yml:9: `0/s` sends nothing; write a rate above 0, e.g. `100/s`" in err
+
+
+def test_a_default_its_null_policy_never_sends_is_a_warning_of_validate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `default: free` without `on_null: default`: each null was skipped, the default never
+    # sent, and nothing said so
+    sync = SYNC.replace("  plan: plan\n", "  plan: {column: plan, default: free}\n")
+    project(tmp_path, sync=sync)
+    main(["validate", "--json", "--project", str(tmp_path)])
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["valid"] is True
+    assert [(f["check"], f["level"], f["files"]) for f in shown["contract"]] == [
+        ("unused default", "warning", ["syncs/profile.yml"])
+    ]
+    assert shown["contract"][0]["message"] == (
+        'sync `profile`: attribute `plan` has `default: "free"`, which is never sent: its null '
+        "policy is `skip` (the sync's), so a null is not sent. To send the default for a null, "
+        "set `on_null: default` on `plan`; otherwise remove `default`"
+    )
+    # with the policy that sends it, nothing to say
+    project(tmp_path, sync=sync.replace("default: free}", "default: free, on_null: default}"))
+    main(["validate", "--json", "--project", str(tmp_path)])
+    assert json.loads(capsys.readouterr().out)["contract"] == []
