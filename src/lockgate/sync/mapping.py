@@ -1242,6 +1242,14 @@ def coerce_constant(value: Any, ftype: str, *, zone: str | None = None) -> Any:
         raise ValueError(
             f"{shape} cannot be sent as `type: {ftype}`; use `type: json`, or leave `type` out"
         )
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    if ftype in ("timestamp", "date") and numeric and value >= EPOCH_MS_FROM:
+        # as a number column's value is rejected (`field_fragment`): sent as it is, it would be
+        # a time tens of thousands of years ahead
+        raise ValueError(
+            f"`{value}` is not unix seconds (it would be past the year 5000): it looks like "
+            f"milliseconds; write `{int(value) // 1000}`"
+        )
     if isinstance(value, bool):
         literal, col_type = ("true" if value else "false"), "BOOLEAN"
     elif isinstance(value, int):
