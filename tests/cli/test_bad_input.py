@@ -688,19 +688,169 @@ def test_an_event_naming_an_empty_column_is_refused_at_its_line(
     assert f"syncs/profile.yml:6: {said}" in err
 
 
-def test_a_sync_file_in_a_folder_under_syncs_is_named_when_its_sync_is_asked_for(
+def test_a_sync_file_in_a_folder_under_syncs_is_loaded(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # only the files directly in `syncs/` are read: one in `syncs/marketing/` was never
-    # loaded, and asking for its sync said only "no sync named `leads`"
+    # only the files directly in `syncs/` were read: `validate` and `sync --all` said nothing
+    # of `syncs/marketing/leads.yml`, whose sync never ran
     project(tmp_path)
     (tmp_path / "syncs" / "marketing").mkdir()
     (tmp_path / "syncs" / "marketing" / "leads.yml").write_text(
-        SYNC.replace("name: profile", "name: leads")
+        SYNC.replace("name: profile", "name: leads").replace("plan: plan", "lead_plan: plan")
     )
-    err = " ".join(fails(capsys, "plan", "leads", "--project", str(tmp_path)).split())
-    assert "no sync named `leads`" in err
+    # a folder whose name starts with `.` holds copies (a notebook's checkpoints, `.git`)
+    (tmp_path / "syncs" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "syncs" / ".ipynb_checkpoints" / "profile.yml").write_text(SYNC)
+    main(["validate", "--json", "--project", str(tmp_path)])
+    shown = json.loads(capsys.readouterr().out)
+    assert sorted(shown["syncs"]) == ["leads", "profile"]
+    main(["plan", "leads", "--project", str(tmp_path)])
+    assert "rows in model" in capsys.readouterr().out
+
+
+def test_two_sync_files_of_one_name_in_folders_under_syncs_are_both_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project(tmp_path)
+    for folder in ("marketing", "sales"):
+        (tmp_path / "syncs" / folder).mkdir()
+        (tmp_path / "syncs" / folder / "leads.yml").write_text(
+            SYNC.replace("name: profile", "name: leads")
+        )
+    err = " ".join(fails(capsys, "validate", "--project", str(tmp_path)).split())
     assert (
-        "only the files directly in `syncs/` are read, not `syncs/marketing/leads.yml`: move it "
-        "up into `syncs/`"
+        "syncs/sales/leads.yml:1: sync name `leads` is used twice: in "
+        "`syncs/marketing/leads.yml` and in `syncs/sales/leads.yml`"
     ) in err
+    assert "rename one of them" in err
+
+
+RELATIONSHIPS = """\
+name: profile
+source: warehouse
+model: {table: users}
+kind: relationships
+object_type_id: "1"
+identify_by: {id: id}
+object_id: plan
+"""
+
+
+@pytest.mark.parametrize(
+    ("sync", "written", "said"),
+    [
+        # passed `validate`, and every run failed at `plan`
+        (SYNC, "identify_by: {id: ''}", "6: `identify_by.id` names an empty column"),
+        (SYNC, "identify_by: {id: id, email: ' '}", "6: `identify_by.email` names an empty"),
+        (RELATIONSHIPS, "object_id: ''", "7: `object_id` names an empty column"),
+        # each read the column of the field's own name, and a run sent it without a word
+        (SYNC, "  plan: {column: ''}", "8: the field names an empty column"),
+        (SYNC, "  plan: ''", "8: the field names an empty column"),
+        (EVENTS, "event: {name: plan, id: id}\nproperties: {p: ''}", "7: the field names an"),
+        (RELATIONSHIPS, "object_id: plan\nrelationship_attributes: {role: ''}", "8: the field"),
+        # an `unless: ''` was taken for none: the event fired on every change
+        (
+            SYNC,
+            "  plan: plan\non_change:\n  - {attribute: plan, event: Plan Changed, unless: ''}",
+            "10: `unless` is empty",
+        ),
+        (
+            SYNC,
+            "  plan: plan\non_change:\n  - {attribute: ' ', event: Plan Changed}",
+            "10: `attribute` is empty",
+        ),
+        (
+            SYNC,
+            "  plan: plan\non_change:\n  - {attribute: plan, event: X, properties: {p: ''}}",
+            "10: the field names an empty column",
+        ),
+    ],
+)
+def test_an_empty_column_name_is_refused_by_validate_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sync: str, written: str, said: str
+) -> None:
+    key = written.split(":")[0]
+    line = next(line for line in sync.splitlines() if line.startswith(f"{key}:"))
+    err = validate_says(capsys, tmp_path, sync=sync.replace(line, written))
+    assert f"syncs/profile.yml:{said}" in err
+
+
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        # a blank `observed_at` or `key` was taken for none: links unordered, rows numbered
+        ("observed_at: ''", "`observed_at` is empty"),
+        ("key: ' '", "`key` is empty"),
+        ("columns: {'': email}", "`columns` maps an empty column name"),
+    ],
+)
+def test_an_identity_source_naming_an_empty_column_is_refused_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], written: str, said: str
+) -> None:
+    identity = f"identity:\n  sources:\n    - name: crm\n      table: users\n      {written}\n"
+    err = validate_says(capsys, tmp_path, PROJECT + identity)
+    assert f"lockgate.yml:10: {said}" in err
+
+
+def test_an_on_change_rule_watching_an_attribute_the_sync_lacks_is_named_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # named the sync file without a line
+    sync = SYNC + "on_change:\n  - {attribute: plam, event: Plan Changed}\n"
+    project(tmp_path, sync=sync)
+    err = " ".join(fails(capsys, "plan", "profile", "--project", str(tmp_path)).split())
+    assert (
+        "syncs/profile.yml:10: sync `profile`: `on_change[0].attribute` watches `plam`, which is "
+        "not one of the sync's attributes"
+    ) in err
+
+
+def test_an_empty_column_name_in_a_list_of_attributes_is_refused_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # was "attribute name is empty", the name made of the column written: true, but not the fix
+    sync = SYNC.replace("attributes:\n  plan: plan\n", "attributes: [plan, '']\n")
+    err = validate_says(capsys, tmp_path, sync=sync)
+    assert "syncs/profile.yml:7: item 2 of the list is an empty column name" in err
+
+
+def test_a_backfill_max_age_of_zero_is_refused_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # every event is older than 0h: each run held back every event, as backfill
+    sync = EVENTS + "backfill: {max_age: 0h}\n"
+    err = validate_says(capsys, tmp_path, sync=sync)
+    assert "syncs/profile.yml:7: `max_age: 0h` makes every event older than the limit" in err
+
+
+def test_a_rate_limit_of_zero_is_refused_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # was "step `destination` failed ...: rate limit must be positive, got `0.0`", no line
+    yml = PROJECT + "destinations:\n  customerio:\n    type: customerio\n    rate_limit: 0/s\n"
+    err = validate_says(capsys, tmp_path, yml)
+    assert "lockgate.yml:9: `0/s` sends nothing; write a rate above 0, e.g. `100/s`" in err
+
+
+def test_a_default_its_null_policy_never_sends_is_a_warning_of_validate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `default: free` without `on_null: default`: each null was skipped, the default never
+    # sent, and nothing said so
+    sync = SYNC.replace("  plan: plan\n", "  plan: {column: plan, default: free}\n")
+    project(tmp_path, sync=sync)
+    main(["validate", "--json", "--project", str(tmp_path)])
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["valid"] is True
+    assert [(f["check"], f["level"], f["files"]) for f in shown["contract"]] == [
+        ("unused default", "warning", ["syncs/profile.yml"])
+    ]
+    assert shown["contract"][0]["message"] == (
+        'sync `profile`: attribute `plan` has `default: "free"`, which is never sent: its null '
+        "policy is `skip` (the sync's), so a null is not sent. To send the default for a null, "
+        "set `on_null: default` on `plan`; otherwise remove `default`"
+    )
+    # with the policy that sends it, nothing to say
+    project(tmp_path, sync=sync.replace("default: free}", "default: free, on_null: default}"))
+    main(["validate", "--json", "--project", str(tmp_path)])
+    assert json.loads(capsys.readouterr().out)["contract"] == []

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from lockgate.cli import cli, main
+from lockgate.errors import ConfigError
 
 PROJECT = """\
 name: acme
@@ -89,3 +90,12 @@ def test_bad_identity_config_names_file_and_line(
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     assert "lockgate.yml:7" in err and "limt" in err
+
+
+def test_explain_names_a_key_column_the_source_lacks(project: Path) -> None:
+    # each row was shown by its number (`row_key: "0"`), as if `key` were not set
+    (project / "lockgate.yml").write_text(PROJECT.replace("key: id}", "key: idd}"))
+    with pytest.raises(ConfigError) as caught:
+        invoke("identity", "explain", "fam@x.com", "--project", str(project), "--json")
+    assert caught.value.reason == "identity source `app_users` has no column `idd` (its `key`)"
+    assert caught.value.hint == "the columns are id, user_id, email"

@@ -87,6 +87,12 @@ def test_constants_and_defaults_take_the_fields_type(tmp_path: Path) -> None:
             "is `true` or `false`",
         ),
         (
+            # sent as it was, a time past the year 50000, as a column's value is rejected
+            "{value: 1767323045000, type: timestamp}",
+            "`value`: `1767323045000` is not unix seconds (it would be past the year 5000): it "
+            "looks like milliseconds; write `1767323045`",
+        ),
+        (
             "{value: [1, 2], type: number}",
             "`value`: a list cannot be sent as `type: number`; use `type: json`, or leave "
             "`type` out",

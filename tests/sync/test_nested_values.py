@@ -227,3 +227,134 @@ def test_a_model_of_plain_columns_hashes_as_before() -> None:
     assert sql.startswith("hash(") and mapping.hash_base(sql) == sql
     nested = mapping.source_hash(sync, ("id", "plan", "meta"), {**types, "plan": "VARCHAR[]"})
     assert mapping.hash_base(nested) == sql
+
+
+STRINGS = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes:
+  tags: {column: tags, type: string}
+  prefs: {column: prefs, type: string}
+  address: {column: address, type: string}
+  scores: {column: scores, type: string}
+  raw: {column: raw, type: string}
+"""
+
+
+def test_a_list_map_or_struct_as_a_string_is_sent_as_its_json_text(
+    project_factory: ProjectFactory,
+) -> None:
+    """`type: string` over a list, map or struct sent DuckDB's text of it (`{'city': Oslo}`,
+    `[vip, 'a b']`), which no JSON reader (nor a Liquid `parse_json`) takes: it is the value's
+    JSON text, as `type: json` and `auto` would send it, as one string."""
+    project_factory.sql(
+        "create or replace table users as select 'u1' as id, ['vip', 'a b'] as tags, "
+        "map {'lang': 'en'} as prefs, {'city': 'Oslo', 'zip': null} as address, "
+        "[1.0, 2.5]::double[] as scores, {'plan': '{\"tier\": 1}'::json} as raw"
+    )
+    project = project_factory.write({"profile": STRINGS})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 1
+    person = project_factory.emulator.person(id="u1")
+    assert person is not None
+    assert person.attributes == {
+        "tags": '["vip","a b"]',
+        "prefs": '{"lang":"en"}',
+        "address": '{"city":"Oslo","zip":null}',
+        "scores": "[1,2.5]",
+        "raw": '{"plan":{"tier":1}}',
+    }
+
+
+def test_a_list_sent_as_duckdb_text_before_upgrading_is_sent_again_once(
+    project_factory: ProjectFactory,
+) -> None:
+    """A state whose run sent DuckDB's text of a list as `type: string` (`[vip, a b]`): the
+    next run sends each such record once again, saying why, so Customer.io holds the JSON
+    text; then nothing."""
+    project_factory.sql(
+        "create or replace table users as select 'u' || i as id, ['vip', 'a b'] as tags, "
+        "'N' || i as nick from range(1, 4) t(i)"
+    )
+    body = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes:
+  tags: {column: tags, type: string}
+  nick: nick
+"""
+    project = project_factory.write({"profile": body})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 3
+    sync = project.sync("profile")
+    types = {"id": "VARCHAR", "tags": "VARCHAR[]", "nick": "VARCHAR"}
+    now, before = (
+        mapping.lit(mapping._fingerprint(mapping._hash_normal(sync, types, nested_text=flag)))
+        for flag in (True, False)
+    )
+    # the state as the Lockgate that sent `[vip, a b]` wrote it: its fingerprint had no
+    # `nested_text`
+    with StateStore.open(project.state_dir) as store:
+        (recorded,) = store.exec_sql(
+            "select mapping_hash from contract_mappings where sync = 'profile'"
+        )[0]
+        assert now in recorded
+        old = recorded.replace(now, before)
+        store.exec_sql(f"attach '{project.root / 'warehouse.duckdb'}' as wh (read_only)")
+        store.exec_sql(
+            f"update {table('snap', 'profile')} s set h = u.h "
+            f"from (select id::varchar as k, {old} as h from wh.users) u where u.k = s.k"
+        )
+        store.exec_sql(
+            "update contract_mappings set mapping_hash = ? where sync = 'profile'", [old]
+        )
+        store.exec_sql("detach wh")
+
+    plan = plan_sync(project, "profile", console=NullConsole())
+    assert plan.changes.to_send == plan.changes.remapped == 3
+    guards = {g.name: g.actual for g in plan.guards}
+    assert guards["mapping"] == (
+        "`tags` (`type: string` over a list, map or struct) sent as the value's JSON text, no "
+        "longer as DuckDB's text of it: 3 people sent again for it"
+    )
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 3
+    assert plan_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+    person = project_factory.emulator.person(id="u1")
+    assert person is not None and person.attributes["tags"] == '["vip","a b"]'
+
+
+def test_a_list_as_a_string_holding_nan_or_over_the_limit_rejects_its_row_alone(
+    project_factory: ProjectFactory,
+) -> None:
+    """NaN has no JSON form, and a value's text over 1,000 bytes is refused by Customer.io:
+    either rejects its row, naming the column, and the other rows are sent."""
+    project_factory.sql(
+        "create or replace table users as select * from (values "
+        "('u1', [1.5, 2]::double[]), ('u2', ['nan'::double]), "
+        "('u3', range(300)::double[])) t(id, scores)"
+    )
+    body = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: id
+identify_by: {id: id}
+attributes:
+  scores: {column: scores, type: string}
+"""
+    project = project_factory.write({"profile": body})
+    report = run_sync(project, "profile", console=NullConsole())
+    assert report.delivered == 1 and report.changes.rejected == 2
+    reasons = dict(report.changes.rejected_samples)
+    assert "column `scores` (field `scores`)" in reasons["u2"]
+    assert "NaN" in reasons["u2"]
+    assert "over the 1000-byte limit" in reasons["u3"]
+    person = project_factory.emulator.person(id="u1")
+    assert person is not None and person.attributes == {"scores": "[1.5,2]"}

@@ -185,7 +185,7 @@ def test_json_values_over_1000_bytes_as_sent_are_rejected_naming_the_column(
     text without the model's whitespace, a list as text for a `string` field) and rejects the
     row before sending, naming the column; the rows at the limit are delivered and kept."""
     e496 = "repeat('é', 496)"  # 992 bytes of UTF-8
-    ones = "list_transform(range(331), lambda x: 1)"  # `[10, 1, ...]` as text: 3 bytes a number
+    ones = "list_transform(range(497), lambda x: 1)"  # `[10,1,...]` as JSON: 2 bytes a number
     project_factory.sql(
         f"""
         create or replace table users as select user_id,
@@ -200,7 +200,7 @@ def test_json_values_over_1000_bytes_as_sent_are_rejected_naming_the_column(
           (6, '"' || repeat('z', 1001) || '"', null, null, null),
           (7, null, [repeat('t', 496), repeat('t', 497)], null, null),  -- 1000 bytes
           (8, null, [repeat('t', 497), repeat('t', 497)], null, null),
-          (9, null, null, [10, 1] || {ones}, null),                     -- text: 1000 bytes
+          (9, null, null, [10, 1] || {ones}, null),                     -- JSON: 1000 bytes
           (10, null, null, [10, 10] || {ones}, null),
           (11, null, null, null, {{'city': repeat('c', 1200)}})
         ) t(user_id, doc, tags, nums, address)
@@ -748,12 +748,10 @@ attributes:
             "note": ("str", "x:5.0,"),
             "rooms": [{"m2": ("int", 12)}, {"m2": ("float", 7.5)}],
         },
-        # a `string` field sends the warehouse's own text of the value
-        "ratios_text": ("str", "[1.0, 2.5, NULL]"),
-        "address_text": (
-            "str",
-            "{'floor': 5.0, 'note': 'x:5.0,', 'rooms': [{'m2': 12.0}, {'m2': 7.5}]}",
-        ),
+        # a `string` field sends the value's JSON text, its numbers as above (it sent the
+        # warehouse's own text of it, `[1.0, 2.5, NULL]`, which no JSON reader takes)
+        "ratios_text": ("str", "[1,2.5,null]"),
+        "address_text": ("str", '{"floor":5,"note":"x:5.0,","rooms":[{"m2":12},{"m2":7.5}]}'),
     }
     assert people["2"] == {
         # beyond 2^53 a double is not an exact integer: sent as the double it is
@@ -765,7 +763,7 @@ attributes:
         "ratio_json": ("float", 2.5),
         "price_json": ("float", 1.5),
         "totals": {},
-        "ratios_text": ("str", "[1e+20]"),
+        "ratios_text": ("str", "[100000000000000000000.0]"),  # the JSON `ratios` is sent as
     }
 
 
@@ -1501,3 +1499,33 @@ def test_a_plan_that_fails_says_so_without_naming_a_run(project_factory: Project
     with pytest.raises(StepError) as ran:
         run_sync(project, "profile", console=NullConsole())
     assert f"failed in run `{ran.value.run_id}`" in str(ran.value)
+
+
+def test_a_timestamp_attribute_of_epoch_milliseconds_rejects_its_row_saying_so(
+    project_factory: ProjectFactory,
+) -> None:
+    """A number column is read as unix seconds: one of milliseconds was sent as a time past
+    the year 50000, which every date segment and Liquid date reads wrong. Its row is rejected,
+    as an event's is; the others are sent."""
+    project_factory.sql(
+        "create or replace table users as select * from (values "
+        "(1, 1767323045), (2, 1767323045000)) t(user_id, seen_at)"
+    )
+    body = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes: {seen_at: {column: seen_at, type: timestamp}}
+"""
+    report = run_sync(project_factory.write({"profile": body}), "profile", console=NullConsole())
+    assert (report.delivered, report.changes.rejected) == (1, 1)
+    assert dict(report.changes.rejected_samples)["2"] == (
+        "column `seen_at` (field `seen_at`): value `1767323045000` is not unix seconds (it would "
+        "be past the year 5000): it looks like milliseconds; divide it in the model, e.g. "
+        "`seen_at // 1000 as seen_at`"
+    )
+    emu = project_factory.emulator
+    assert [(p.id, p.attributes) for p in emu.people()] == [("1", {"seen_at": 1767323045})]

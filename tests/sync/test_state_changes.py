@@ -392,3 +392,63 @@ def test_an_unless_that_is_not_a_condition_over_the_model_names_the_rule_and_its
     # the rule as it should be runs, and sends the people
     project = project_factory.write({"carts": CARTS})
     assert run_sync(project, "carts", console=NullConsole()).delivered == 3
+
+
+TYPED = """
+name: accounts_health
+source: warehouse
+model: {table: health}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes:
+  code: {column: code, type: string}
+  renews_at: {column: renews_at, type: timestamp}
+  active: {column: active, type: boolean}
+on_change:
+  - {attribute: code, to: 2, event: code_two}
+  - {attribute: renews_at, to: "2030-01-01T00:00:00Z", event: renewal_moved}
+  - {attribute: active, from: "yes", to: "no", event: deactivated}
+"""
+
+
+def test_a_rule_on_a_typed_attribute_compares_its_constants_as_that_type(
+    project_factory: ProjectFactory,
+) -> None:
+    """A rule's `from` and `to` are read under the watched attribute's `type`, as a column's
+    values are: `to: 2` of a `type: string` attribute (sent as the text `2`), an ISO time of a
+    `type: timestamp` one (sent as unix seconds) and `"yes"` of a `type: boolean` one were
+    compared as written, and never fired."""
+    project_factory.sql(
+        """
+        create or replace table health as select * from (values
+          (1, 1, '2029-06-01 00:00:00'::timestamp, 'yes')
+        ) t(user_id, code, renews_at, active)
+        """
+    )
+    project = project_factory.write({"health": TYPED})
+    assert run_sync(project, "accounts_health", console=NullConsole()).changes.state_events == 0
+    project_factory.sql("update health set code = 2, renews_at = '2030-01-01', active = 'no'")
+    assert run_sync(project, "accounts_health", console=NullConsole()).status == "success"
+    fired = sorted(e.name for e in project_factory.emulator.events())
+    assert fired == ["code_two", "deactivated", "renewal_moved"]
+
+
+def test_a_rule_constant_the_attribute_type_cannot_take_is_refused_at_its_line(
+    tmp_path: Any,
+) -> None:
+    from lockgate.errors import ConfigError
+    from lockgate.project.loader import load_project
+
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "lockgate.yml").write_text("name: t\nsources:\n  warehouse: {type: duckdb}\n")
+    (tmp_path / "syncs" / "health.yml").write_text(
+        TYPED.replace('to: "2030-01-01T00:00:00Z"', "to: soon")
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_project(tmp_path)
+    assert caught.value.location == "syncs/health.yml:14"
+    assert caught.value.reason.startswith(
+        "`to`: `soon` is not a timestamp (use ISO 8601, e.g. 2026-01-31T12:00:00Z)"
+    )
+    assert "(attribute `renews_at` is `type: timestamp`)" in caught.value.reason

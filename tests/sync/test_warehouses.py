@@ -197,3 +197,61 @@ def test_two_columns_of_one_name_are_refused_on_every_warehouse(
     )
     assert "`a.plan as account_plan`" in str(caught.value.hint)
     assert not customerio_emulator.people()
+
+
+#: a list, an object and JSON read as `type: string`, as each warehouse writes them
+NESTED_MODELS = {
+    "duckdb": "select 1 as user_id, ['vip', 'a b'] as tags, {'city': 'Oslo', 'n': 2.5} as doc, "
+    "'{\"a\": [1, 2]}'::json as raw, ['{\"x\": 1}'::json] as raws",
+    "postgres": "select 1 as user_id, array['vip', 'a b'] as tags, "
+    "jsonb_build_object('city', 'Oslo', 'n', 2.5) as doc, '{\"a\": [1, 2]}'::json as raw, "
+    "array['{\"x\": 1}'::jsonb] as raws",
+    # fakesnow describes no `array_construct` (a DuckDB list): VARIANTs, which arrive as JSON
+    "snowflake": 'select 1 as user_id, parse_json(\'["vip", "a b"]\') as tags, '
+    'parse_json(\'{"city": "Oslo", "n": 2.5}\') as doc, '
+    "parse_json('{\"a\": [1, 2]}') as raw, parse_json('[{\"x\": 1}]') as raws",
+}
+
+
+def test_nested_values_as_strings_are_their_json_text_on_every_warehouse(
+    source_yaml: str,
+    tmp_path: Path,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`type: string` over a list, struct, map or JSON value sends the value's JSON text,
+    whichever warehouse holds it: DuckDB's own text of a list or struct (`[vip, a b]`,
+    `{'city': Oslo}`) was sent, which no JSON reader takes."""
+    import json
+
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    kind = source_yaml.split("type: ")[1].split(",")[0]
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "lockgate.yml").write_text(
+        f"name: t\nsources:\n  warehouse: {source_yaml}\ndestinations:\n  customerio:\n"
+        f"    type: customerio\n    track_url: {customerio_emulator.base_url}\n"
+    )
+    fields = ", ".join(
+        f"{n}: {{column: {n}, type: string}}" for n in ("tags", "doc", "raw", "raws")
+    )
+    (tmp_path / "syncs" / "profile.yml").write_text(
+        f"name: profile\nsource: warehouse\nmodel: {{sql: {json.dumps(NESTED_MODELS[kind])}}}\n"
+        f"kind: people\nprimary_key: user_id\nidentify_by: {{id: user_id}}\n"
+        f"attributes: {{{fields}}}\n"
+    )
+    project = load_project(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # fakesnow's DuckDB copy warning
+        assert run_sync(project, "profile", console=NullConsole()).status == "success"
+    person = customerio_emulator.person(id="1")
+    assert person is not None
+    sent = person.attributes
+    assert all(isinstance(v, str) for v in sent.values()), sent
+    assert {k: json.loads(v) for k, v in sent.items()} == {
+        "tags": ["vip", "a b"],
+        "doc": {"city": "Oslo", "n": 2.5},
+        "raw": {"a": [1, 2]},
+        "raws": [{"x": 1}],
+    }

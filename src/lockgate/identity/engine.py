@@ -222,6 +222,13 @@ def _normalize_source(
         if pc.any(dropped).as_py():
             sample = table[column].combine_chunks().filter(dropped)
             blocked.append(_blocked_group(name, type_name, clean, sample, dropped))
+    if keep_rows and spec.key and spec.key not in table.column_names:
+        # each row was named by its number instead, in `explain`, without a word (a run keeps
+        # no rows: a `key` there names nothing, and stops no sync)
+        raise ConfigError(
+            f"identity source `{name}` has no column `{spec.key}` (its `key`)",
+            hint=f"the columns are {', '.join(table.column_names)}",
+        )
     keys = (
         pc.cast(table[spec.key].combine_chunks(), pa.string())
         if spec.key and spec.key in table.column_names

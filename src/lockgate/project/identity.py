@@ -29,6 +29,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -301,7 +302,32 @@ class IdentitySourceConfig(BaseConfig):
     `timezone` (UTC when unset)."""
 
     key: str | None = None
-    """Column identifying the row, shown by `explain`; the row number when unset."""
+    """Column identifying the row, shown by `explain` (which stops, naming it, when the source
+    has no such column); the row number when unset."""
+
+    @field_validator("name", "observed_at", "key")
+    @classmethod
+    def _not_blank(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # a blank `observed_at` or `key` was taken for none (links unordered, rows numbered)
+        if value is not None and not value.strip():
+            fix = (
+                "give the identity source a name, e.g. `crm`"
+                if info.field_name == "name"
+                else "name a column of the source, or leave the key out"
+            )
+            raise ValueError(f"`{info.field_name}` is empty; {fix}")
+        return value
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for column in value or {}:
+            if not column.strip():
+                raise ValueError(
+                    "`columns` maps an empty column name; name a column of the source "
+                    "(`columns: {email_address: email}`)"
+                )
+        return value
 
     @model_validator(mode="after")
     def _table_or_sql(self) -> IdentitySourceConfig:

@@ -1,4 +1,5 @@
-"""Load a project folder: `lockgate.yml`, `syncs/*.yml` and the SQL models they point to.
+"""Load a project folder: `lockgate.yml`, the sync files in `syncs/` (and its folders) and the
+SQL models they point to.
 
 YAML is parsed into nodes first so that every validation error can name the file and the
 line of the offending key. Duplicate keys are errors (PyYAML silently keeps the last one).
@@ -14,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import types
 import typing
@@ -321,19 +323,6 @@ class Project:
             close = difflib.get_close_matches(name, sorted(self.syncs), n=1)
             hint = f"syncs in this project: {known}"
             hint = f"did you mean `{close[0]}`? ({hint})" if close else hint
-            # a file in a folder under `syncs/` is never read: say so, or it looks lost
-            nested = sorted(
-                str(path.relative_to(self.root))
-                for path in (self.root / SYNCS_DIR).glob("*/**/*.y*ml")
-                if path.is_file()
-            )
-            if nested:
-                shown = ", ".join(f"`{n}`" for n in nested[:3])
-                hint += (
-                    f"; only the files directly in `{SYNCS_DIR}/` are read, not {shown}"
-                    + (f" and {len(nested) - 3} more" if len(nested) > 3 else "")
-                    + f": move {'it' if len(nested) == 1 else 'them'} up into `{SYNCS_DIR}/`"
-                )
             raise ConfigError(f"no sync named `{name}`", hint=hint) from None
 
     def locate(
@@ -539,6 +528,26 @@ def _check_null_defaults(
     )
 
 
+def sync_files(root: Path) -> list[Path]:
+    """The sync files of the project at ``root``: every `.yml` or `.yaml` file in `syncs/` and
+    in the folders under it (`syncs/marketing/leads.yml`), by path. Folders whose name starts
+    with `.` (`.git`, an editor's or a notebook's copies) are passed over; a folder linked
+    twice is read once. A file in a folder was skipped: `validate` and `sync --all` said
+    nothing of it."""
+    top = root / SYNCS_DIR
+    found: list[Path] = []
+    seen: set[str] = set()
+    for folder, subfolders, files in os.walk(top, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree, or one folder linked twice
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        found += [Path(folder) / name for name in files if name.endswith((".yml", ".yaml"))]
+    return sorted(found, key=lambda path: path.relative_to(top).parts)
+
+
 def load_project(root: str | Path = ".") -> Project:
     """Load and validate a project folder. Raises ConfigError naming file and line."""
     root = Path(root).resolve()
@@ -553,14 +562,16 @@ def load_project(root: str | Path = ".") -> Project:
     _check_sources_named(config, lines)
     _place_blocks(config, lines)
     project = Project(root=root, config=config, lines=lines)
-    for path in sorted((root / SYNCS_DIR).glob("*.y*ml")):
+    for path in sync_files(root):
         shown = str(path.relative_to(root))
         sync_data, sync_lines = read_yaml(path, root)
         sync = validate_model(SyncConfig, sync_data, sync_lines, shown)
         if sync.name in project.syncs:
             raise ConfigError(
-                f"sync name `{sync.name}` is used twice",
-                hint=f"also in `{project.sync_files[sync.name]}`; names must be unique",
+                f"sync name `{sync.name}` is used twice: in `{project.sync_files[sync.name]}` "
+                f"and in `{shown}`",
+                hint=f"rename one of them; a sync's name is unique in the project, whatever "
+                f"folder under `{SYNCS_DIR}/` its file is in",
                 file=shown,
                 line=sync_lines.get(("name",)),
             )

@@ -673,6 +673,9 @@ class CustomerIODestinationConfig(Placed):
     def _rate(cls, value: str) -> str:
         if not re.match(r"^\d+(\.\d+)?\s*/\s*s$", value):
             raise ValueError(f"`{value}` is not a rate; write requests per second, e.g. `100/s`")
+        if float(value.split("/")[0]) <= 0:
+            # refused by the first run that sent, naming neither the file nor the line
+            raise ValueError(f"`{value}` sends nothing; write a rate above 0, e.g. `100/s`")
         return value
 
     @property
@@ -732,6 +735,13 @@ class FieldConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> FieldConfig:
+        # `{column: ""}` (or `plan: ""`) was read as no column: the field read the column of
+        # its own name, and a run sent that column's values without a word
+        _not_blank(
+            self.column,
+            "the field",
+            "or leave `column` out to read the column named as the field",
+        )
         if self.on_null == "default" and self.default is None:
             raise ValueError("`on_null: default` needs a `default` value")
         if self.column is not None and self.value is not None:
@@ -794,6 +804,11 @@ def _expand_fields(value: Any) -> Any:
                     + ("empty" if name is None else f"`{json.dumps(name, default=str)}`")
                     + ", not a column name: a list holds column names only; to give a field "
                     "a spec, write a mapping (`plan: {column: plan, type: string}`)"
+                )
+            if not str(name).strip():
+                raise ValueError(
+                    f"item {position} of the list is an empty column name; name one of the "
+                    "model's columns, or take the item out"
                 )
         return {str(name): {"column": str(name)} for name in value}
     if isinstance(value, dict):
@@ -1005,7 +1020,13 @@ class BackfillConfig(StrictModel):
     @field_validator("max_age")
     @classmethod
     def _age(cls, value: str) -> str:
-        parse_duration(value)
+        if parse_duration(value) == 0:
+            # every event is older than that: each run held back (or renamed) them all
+            raise ValueError(
+                f"`max_age: {value}` makes every event older than the limit, so none would be "
+                "sent as it is; write how old an event may be and still trigger campaigns, "
+                "e.g. `72h`"
+            )
         return value
 
     @field_validator("older")
@@ -1088,6 +1109,26 @@ class OnChangeConfig(StrictModel):
     @classmethod
     def _event(cls, value: str) -> str:
         return _check_event_name(value)
+
+    @field_validator("attribute")
+    @classmethod
+    def _attribute(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(
+                "`attribute` is empty; name the mapped attribute (a key of `attributes`) to watch"
+            )
+        return value
+
+    @field_validator("unless")
+    @classmethod
+    def _unless(cls, value: str | None) -> str | None:
+        # a blank condition was taken for none: the event fired on every change
+        if value is not None and not value.strip():
+            raise ValueError(
+                "`unless` is empty; write a SQL condition over the model's columns, or leave "
+                "the key out to fire on every change"
+            )
+        return value
 
 
 LIMIT = re.compile(r"^\s*(\d+(\.\d+)?)\s*%\s*$")
@@ -1256,7 +1297,10 @@ def unused_key(kind: str, key: str) -> str | None:
 
 
 class SyncConfig(StrictModel):
-    """One sync: a model, a kind, a mapping, a destination (`syncs/<name>.yml`)."""
+    """One sync: a model, a kind, a mapping, a destination (`syncs/<name>.yml`). Files in
+    folders under `syncs/` are read too (`syncs/marketing/leads.yml`; not those in a folder
+    whose name starts with `.`); commands name a sync by its `name`, which is unique in the
+    project whatever folder its file is in."""
 
     _graph_identifiers: dict[str, str] | None = PrivateAttr(default=None)
     _graph_columns: frozenset[str] = PrivateAttr(default=frozenset())
@@ -1512,6 +1556,56 @@ class SyncConfig(StrictModel):
         if self.delete_removed and self.effective_mode != "mirror":
             raise error("delete_removed", "`delete_removed` only applies with `mode: mirror`")
         return self
+
+    @model_validator(mode="after")
+    def _columns_named(self) -> SyncConfig:
+        """An identifier or object id read from an empty column name is refused at its line:
+        `validate` passed it and every run failed at `plan`."""
+        for kind, column in self.identify_by.items():
+            example = "user_id" if kind in ("id", "user_id") else f"{kind}_column"
+            if not column.strip():
+                raise _error_at(
+                    ("identify_by", kind),
+                    f"`identify_by.{kind}` names an empty column; name the model's column that "
+                    f"holds each row's `{kind}`, e.g. `{{{kind}: {example}}}`",
+                )
+        if self.object_id is not None and not self.object_id.strip():
+            raise _error_at(
+                ("object_id",),
+                "`object_id` names an empty column; name the model's column that holds the id "
+                "of the object each person is related to",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _watched_constants(self) -> SyncConfig:
+        """An `on_change` rule's `from` or `to` that the watched attribute's `type` cannot
+        take is refused at its line (:meth:`watched_constant`)."""
+        for i, rule in enumerate(self.on_change):
+            for what in ("from", "to"):
+                try:
+                    self.watched_constant(rule, what)
+                except ValueError as exc:
+                    spec = self.attributes[rule.attribute]
+                    raise _error_at(
+                        ("on_change", i, what),
+                        f"`{what}`: {exc} (attribute `{rule.attribute}` is `type: {spec.type}`)",
+                    ) from None
+        return self
+
+    def watched_constant(self, rule: OnChangeConfig, what: Literal["from", "to"]) -> Any:
+        """A rule's `from` or `to` as the value it is compared with: the watched attribute's
+        value as sent, so under the attribute's `type`, as a column's value of that type is
+        (a `type: timestamp` attribute's `to: 2030-01-01` is its unix seconds, a `type:
+        string` one's `to: 2` the text `2`; either never matched). Under `auto` or `json`, as
+        written. Raises ValueError for one the type cannot take."""
+        from lockgate.sync.mapping import coerce_constant
+
+        value = rule.from_ if what == "from" else rule.to
+        spec = self.attributes.get(rule.attribute)
+        if value is None or spec is None or spec.type in ("auto", "json"):
+            return value
+        return coerce_constant(value, spec.type, zone=self.timezone)
 
     @model_validator(mode="after")
     def _customerio_names(self) -> SyncConfig:

@@ -15,6 +15,8 @@
   An error, unless one of the names is listed in `guardrails.distinct_event_names` (warning).
 - **Acknowledged types**: an entry of `guardrails.accept_type_changes` naming a column the
   sync does not read acknowledges nothing (a warning).
+- **Unused default**: a field's `default` is sent only under `on_null: default`; one whose
+  null policy is `skip` or `clear` is never sent (a warning).
 - **Identifier changed**: `identify_by` or `primary_key` (or an events sync's `event.id`, which
   its delivered events are keyed by) differ from the sync's last committed run (read from the
   state when there is one). An error: the run would be refused until forced once (`lockgate
@@ -429,6 +431,41 @@ def attribute_budget(project: Project) -> list[Finding]:
     ]
 
 
+def unused_defaults(project: Project) -> list[Finding]:
+    """Fields with a `default` whose null policy is not `default` (their own `on_null`, else
+    the sync's, else `defaults.on_null`): the default is never sent, and a null is skipped (or
+    cleared) as if it were not written. A warning: a sync may keep defaults ready for a policy
+    it sets later."""
+    out: list[Finding] = []
+    for sync in project:
+        groups = [
+            ("attribute", sync.attributes),
+            ("relationship attribute", sync.relationship_attributes),
+            ("property", sync.properties),
+            *(("property", rule.properties) for rule in sync.on_change),
+        ]
+        for what, fields in groups:
+            for name, spec in fields.items():
+                policy = spec.on_null or sync.on_null
+                if spec.default is None or spec.value is not None or policy == "default":
+                    continue
+                whose = "its own" if spec.on_null else "the sync's"
+                shown = orjson.dumps(spec.default).decode()
+                out.append(
+                    Finding(
+                        "unused default",
+                        "warning",
+                        f"sync `{sync.name}`: {what} `{name}` has `default: {shown}`, which is "
+                        f"never sent: its null policy is `{policy}` ({whose}), so a null is "
+                        + ("cleared" if policy == "clear" else "not sent")
+                        + f". To send the default for a null, set `on_null: default` on "
+                        f"`{name}`; otherwise remove `default`",
+                        (project.sync_files.get(sync.name, ""),),
+                    )
+                )
+    return out
+
+
 def acknowledged_types(project: Project) -> list[Finding]:
     """`guardrails.accept_type_changes` entries naming a column the sync does not read: type
     drift is checked only on the columns a sync reads, so such an entry acknowledges nothing
@@ -466,6 +503,7 @@ def check_project(project: Project) -> list[Finding]:
     is opened to read only: nothing is created or written, so a state on a read-only disk is
     checked as well, and other readers (`lockgate runs`) do not stop it."""
     findings = ownership(project) + attribute_budget(project) + acknowledged_types(project)
+    findings += unused_defaults(project)
     findings += deleted_by_other_identifiers(project)
     sent: dict[str, list[str]] = {}
     last: dict[str, contract.Contract] = {}

@@ -1241,10 +1241,12 @@ def _state_change_events(
             # nothing. A record a run of named records (`--only`) sent since then holds the
             # new zone's reading already: the same as the new one, it did not move either
             conditions.append(f"not {_same_json(_no_value(old), _no_value(f'm.__ocw_{i}'))}")
-        if rule.from_ is not None:
-            conditions.append(_same_json(old, lit(orjson.dumps(rule.from_).decode())))
-        if rule.to is not None:
-            conditions.append(_same_json(new, lit(orjson.dumps(rule.to).decode())))
+        # as the watched attribute is sent (its `type`): a `to: 2` of a string never matched
+        before, after = sync.watched_constant(rule, "from"), sync.watched_constant(rule, "to")
+        if before is not None:
+            conditions.append(_same_json(old, lit(orjson.dumps(before).decode())))
+        if after is not None:
+            conditions.append(_same_json(new, lit(orjson.dumps(after).decode())))
         name = lit(orjson.dumps(rule.event).decode())
         if sync.kind == "objects":
             if not relationship_snaps:

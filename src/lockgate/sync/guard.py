@@ -50,6 +50,7 @@ from lockgate.sync.mapping import (
     holds_json,
     json_values,
     lit,
+    nested_text_upgrade,
     normal_form,
     q,
     removed_attributes,
@@ -599,6 +600,9 @@ def _mapping(
         ]
     if changes.remapped and last.columns:
         what += _json_upgrade(con, sync, last.columns)
+    if changes.remapped and last.mapping_hash:
+        now = {str(r[0]): str(r[1]) for r in con.execute("describe model").fetchall()}
+        what += nested_text_upgrade(sync, now, last.mapping_hash)
     was_zone = last.mapping.get("timezone")
     if changes.remapped and not same_zone(was_zone, sync.timezone):
         # naive timestamps read in another zone (`mapping.source_hash`)

@@ -528,6 +528,62 @@ def _ambiguous(value: str, t: DuckDBPyType) -> str:
     return "(" + " or ".join(f"({p})" for p in parts) + ")"
 
 
+def _hash_normal(
+    sync: SyncConfig, types: dict[str, str], *, nested_text: bool = True
+) -> dict[str, Any]:
+    """What :func:`source_hash` fingerprints: the sync's :func:`normal_form`, and what makes a
+    payload other than an earlier Lockgate's for the same row and mapping (each such key a
+    fingerprint of its own, never one reused, so each record is sent once again). Without
+    ``nested_text``, as a Lockgate that sent DuckDB's text of a nested value did."""
+    normal = normal_form(shaping(sync))
+    as_json = json_values(sync, types)
+    if as_json:
+        # these fields send JSON values where an earlier Lockgate sent the JSON's text
+        normal["json_values"] = as_json
+    as_text = nested_as_text(sync, types)
+    if as_text and nested_text:
+        # these send a list's, map's or struct's JSON text where an earlier Lockgate sent
+        # DuckDB's text of it (`[vip, a b]`)
+        normal["nested_text"] = as_text
+    if not same_zone(None, sync.timezone) and zoned_columns(sync, types):
+        # naive timestamps (or text ones without an offset) read in a zone, not as UTC: their
+        # values change, so each record is sent once again (remapped). Only then: a sync
+        # without such a column, or one reading them as UTC, keeps its hash (`timezone` is not
+        # in `shaping`)
+        normal["timezone"] = sync.timezone
+    return normal
+
+
+def nested_as_text(sync: SyncConfig, types: dict[str, str]) -> list[str]:
+    """The attributes of ``sync`` (of people, objects, relationships) that read a list, map
+    or struct column as `type: string`: sent as the value's JSON text (:func:`coerce`)."""
+    return sorted(
+        {
+            name
+            for group in (sync.attributes, sync.relationship_attributes)
+            for name, spec in group.items()
+            if spec.value is None
+            and spec.type == "string"
+            and _is_nested(types.get(spec.column or name, ""))
+        }
+    )
+
+
+def nested_text_upgrade(sync: SyncConfig, types: dict[str, str], last_hash: str) -> list[str]:
+    """:func:`nested_as_text`'s fields when ``last_hash`` (the last committed run's row hash)
+    is the one a Lockgate that sent DuckDB's text of them made: in words, for the `mapping`
+    guardrail that says why each record is sent again."""
+    fields = nested_as_text(sync, types)
+    before = lit(_fingerprint(_hash_normal(sync, types, nested_text=False)))
+    if not fields or before not in last_hash:
+        return []
+    return [
+        f"`{name}` (`type: string` over a list, map or struct) sent as the value's JSON text, "
+        "no longer as DuckDB's text of it"
+        for name in fields
+    ]
+
+
 def source_hash(
     sync: SyncConfig,
     columns: tuple[str, ...],
@@ -554,21 +610,9 @@ def source_hash(
     def with_terms(base: str) -> str:
         return f"xor({base}, {terms})" if terms else base
 
-    normal = normal_form(shape)
-    as_json = json_values(sync, types)
-    if as_json:
-        # these fields send JSON values where an earlier Lockgate sent the JSON's text: a
-        # fingerprint of its own, never one reused below, so each record is sent once again
-        normal["json_values"] = as_json
-    zoned = not same_zone(None, sync.timezone) and bool(zoned_columns(sync, types))
-    if zoned:
-        # naive timestamps (or text ones without an offset) read in a zone, not as UTC: their
-        # values change, so each record is sent once again (remapped). Only then: a sync
-        # without such a column, or one reading them as UTC, keeps its hash (`timezone` is not
-        # in `shaping`)
-        normal["timezone"] = sync.timezone
+    normal = _hash_normal(sync, types)
     sql = _hash_sql(normal, names)
-    if last is None or as_json or zoned:
+    if last is None or normal != normal_form(shape):  # a payload an earlier Lockgate's is not
         return with_terms(sql)
     base = hash_base(last.sql)
     if base == sql:
@@ -1011,6 +1055,13 @@ def coerce(
     with an offset (`Z`, `+02:00`) or a zone name is that instant; one without is a local time
     in ``zone`` too (as UTC when unset).
     """
+    if ftype == "string" and _is_nested(col_type):
+        # a list, map or struct as one string: the JSON text of the value `auto` sends (its
+        # NaN rejected as there), not DuckDB's text of it (`{'city': Oslo}`, `{lang=en}`),
+        # which no JSON reader takes
+        value, reason = coerce(sync, field, column, col_type, "auto", attribute=attribute)
+        text = f"{_to_json(value, col_type)}::varchar"
+        return text, reason if reason == "null" else reason.replace(value, text)
     read_as, ftype = json_read(col_type, ftype)
     if read_as != col_type:  # a column holding JSON, read as its text (see `json_read`)
         col_type, c = read_as, f"{q(column)}::{read_as}"
@@ -1190,6 +1241,14 @@ def coerce_constant(value: Any, ftype: str, *, zone: str | None = None) -> Any:
         shape = "a list" if isinstance(value, list) else "a mapping"
         raise ValueError(
             f"{shape} cannot be sent as `type: {ftype}`; use `type: json`, or leave `type` out"
+        )
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    if ftype in ("timestamp", "date") and numeric and value >= EPOCH_MS_FROM:
+        # as a number column's value is rejected (`field_fragment`): sent as it is, it would be
+        # a time tens of thousands of years ahead
+        raise ValueError(
+            f"`{value}` is not unix seconds (it would be past the year 5000): it looks like "
+            f"milliseconds; write `{int(value) // 1000}`"
         )
     if isinstance(value, bool):
         literal, col_type = ("true" if value else "false"), "BOOLEAN"
@@ -1390,6 +1449,17 @@ def field_fragment(
     checks = [check.replace(expression, value)] if check != "null" else []
     if sized:
         checks.append(_oversized(column, name, value))
+    if ftype in ("timestamp", "date") and _is(col_type, NUMERIC_TYPES):
+        # a number column is read as unix seconds: one of milliseconds (how JavaScript, Kafka
+        # and many exports write time) was sent as a time tens of thousands of years ahead,
+        # as an event's timestamp is refused (`EPOCH_MS_FROM`)
+        checks.append(
+            f"case when {value} >= {EPOCH_MS_FROM} then "
+            f"{lit(f'column `{column}` (field `{name}`): value `')} || {value} || "
+            f"{lit('` is not unix seconds (it would be past the year 5000): it looks like ')}"
+            f" || {lit(f'milliseconds; divide it in the model, e.g. `{column} // 1000 as ')}"
+            f" || {lit(f'{column}`')} end"
+        )
     if limit and _is(col_type, ("VARCHAR",)) and ftype in ("auto", "string"):
         checks.append(
             f"case when strlen({q(column)}) > {MAX_VALUE_BYTES} then "
@@ -1910,11 +1980,11 @@ def _on_change_sql(
                 zone=zone,
             )
     fragments = []
-    for rule in sync.on_change:
+    for i, rule in enumerate(sync.on_change):
         if rule.attribute not in sync.attributes:
             raise ConfigError(
-                f"sync `{sync.name}`: `on_change` watches `{rule.attribute}`, which is not one "
-                "of the sync's attributes",
+                f"sync `{sync.name}`: `on_change[{i}].attribute` watches `{rule.attribute}`, "
+                "which is not one of the sync's attributes",
                 hint=f"attributes: {', '.join(f'`{a}`' for a in sync.attributes)}",
             )
     for name in dict.fromkeys(rule.attribute for rule in sync.on_change):
