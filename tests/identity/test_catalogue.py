@@ -231,6 +231,36 @@ def test_case_11_stripe_id_reassigned_is_a_move() -> None:
     assert attrs["u2"]["stripe_customer_id"] == "cus_9"
 
 
+def test_case_11_a_stripe_id_moving_off_a_user_no_source_shows_merges_nobody() -> None:
+    """The Stripe customer named `u1` (known from Stripe alone), then a lead's email: the
+    Stripe id moves to the lead, and `u1`'s profile, holding nothing its person is found by,
+    is retired, not merged into the lead's (which would delete `u1`'s person)."""
+    cfg = config()
+    lead = {"newsletter": rows({"email": "e1@x.com"})}
+    first = run(
+        cfg,
+        {**lead, "stripe_customers": rows({"stripe_customer_id": "cus_9", "user_id": "u1"})},
+    )
+    second = run(
+        cfg,
+        {**lead, "stripe_customers": rows({"stripe_customer_id": "cus_9", "email": "e1@x.com"})},
+        state=first.state,
+        run_id="r2",
+    )
+    was, lead_profile = profile_of(first, "user_id", "u1"), profile_of(first, "email", "e1@x.com")
+    assert second.merges.num_rows == 0 and second.splits.num_rows == 0
+    assert second.aliases.num_rows == 0
+    assert profile_of(second, "stripe_customer_id", "cus_9") == lead_profile
+    assert was not in second.profiles["profile_id"].to_pylist()
+    [move] = second.moves.to_pylist()
+    assert (move["from_profile_id"], move["to_profile_id"]) == (was, lead_profile)
+    plan = plan_customerio(second, cfg, exists={("id", "u1"), ("email", "e1@x.com")})
+    assert ops_of(plan, "merge") == []
+    by = {tuple(op["identifiers"].items()): op["attributes"] for op in ops_of(plan, "identify")}
+    assert by[(("id", "u1"),)] == {"stripe_customer_id": ""}  # u1's person: cleared, kept
+    assert by[(("email", "e1@x.com"),)]["stripe_customer_id"] == "cus_9"
+
+
 def test_case_13_email_change_keeps_one_person() -> None:
     cfg = config()
     first = run(

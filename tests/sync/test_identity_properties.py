@@ -945,3 +945,38 @@ def test_a_family_email_the_graph_cleared_from_another_syncs_user_holds_nothing_
     run_both()
     emails = {p.id: p.email for p in customerio_emulator.people()}
     assert emails == {"u1": None, "u4": "e1@x.io"}, emails
+
+
+def test_a_stripe_id_that_moves_off_a_user_no_source_shows_leaves_their_person_alone(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Stripe customer names user `u2` in its metadata (no app row: `u2` is known from
+    Stripe alone), and a lead has `e1`. Then the customer's metadata changes to the lead's
+    email: the Stripe id moves to the lead's profile (identity.md §3.6 case 11, a move, no
+    merge), and `u2`, which no source shows any more, is retired. Its person is left in
+    Customer.io, but for the Stripe id it no longer holds; it is not merged into the lead's
+    (a merge deletes it). (Found by the state machine above, seed 14: `u2`'s old profile,
+    heir to the component its Stripe id joined, was merged into the lead's.)"""
+    project = project_in(tmp_path, customerio_emulator, monkeypatch)
+    sql(
+        tmp_path,
+        "insert into leads values ('e1@x.io', 'ads');"
+        "insert into stripe values ('cus_1', null, 'u2', 9.0);",
+    )
+    sync_all(project)
+    u2 = customerio_emulator.person(id="u2")
+    lead = customerio_emulator.person(email="e1@x.io")
+    assert u2 is not None and u2.attributes == {"stripe_id": "cus_1", "mrr": 9}
+    assert lead is not None and lead.attributes == {"lead_source": "ads"}
+    sql(tmp_path, "update stripe set email = 'e1@x.io', user_id = null")
+    sync_all(project)
+    assert customerio_emulator.merges() == []
+    kept = customerio_emulator.person(id="u2")
+    assert kept is not None and kept.cio_id == u2.cio_id
+    assert kept.attributes == {"mrr": 9}  # the Stripe id cleared, as a move clears it
+    person = customerio_emulator.person(email="e1@x.io")
+    assert person is not None and (person.cio_id, person.id) == (lead.cio_id, None)
+    assert person.attributes == {"lead_source": "ads", "stripe_id": "cus_1", "mrr": 9}
+    for name in ORDER:
+        again = plan_sync(project, name, console=NullConsole())
+        assert again.changes.to_send == 0 and not again.identity_ops, name

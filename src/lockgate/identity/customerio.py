@@ -428,6 +428,7 @@ def plan_customerio(
     if not merged_only:
         ops.extend(adoption_ops(result, known))
         ops.extend(release_ops(result, known))
+        ops.extend(clear_ops(result, config, known))
 
     # 3. identify new people and changed identifiers; re-apply after merges
     review = result.splits.filter(pc.equal(result.splits["status"], "needs_review"))
@@ -603,6 +604,65 @@ def release_ops(result: IdentityResult, exists: Callable[[str, str], bool]) -> l
             "attributes": {"email": ""},
         }
         ops.append(CioOp(_key("release", result.run_id, person_id, email), pid, payload))
+    return ops
+
+
+def retired_clears(
+    result: IdentityResult, config: IdentityConfig
+) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """The attributes to clear on the people of profiles retired this run, for the
+    `attribute:` identifiers that moved off them: `(profile_id, kind, value, names)` each,
+    the person found by its `id` (`kind` "id"), else by its email.
+
+    A profile heir to nothing (a user whose own evidence no source shows any more, which a
+    moved Stripe id would otherwise have dragged into a merge) is no profile of this run, so
+    no identify of its own clears what it gave up (identity.md §3.6 case 11: the old holder's
+    Stripe id is cleared). Its person is left as it is but for those attributes."""
+    moves = result.moves
+    if not moves.num_rows:
+        return []
+    names = {
+        t: spec.customerio.split(":", 1)[1]
+        for t, spec in config.identifier_types.items()
+        if spec.customerio.startswith("attribute:")
+    }
+    moved: dict[str, set[str]] = {}
+    for m in moves.select(["id_type", "from_profile_id"]).to_pylist():
+        if m["id_type"] in names:
+            moved.setdefault(m["from_profile_id"], set()).add(names[m["id_type"]])
+    if not moved:
+        return []
+    before = _rows_of(result.previous_profiles, moved)
+    now = _rows_of(result.profiles, moved)
+    held = set(result.held["profile_id"].to_pylist())
+    out = []
+    for giver, lost in sorted(moved.items()):
+        old = before.get(giver)
+        if old is None or giver in now or giver in held:
+            continue
+        if old["cio_person_id"] is not None:
+            out.append((giver, "id", str(old["cio_person_id"]), tuple(sorted(lost))))
+        elif old["cio_email"] is not None:
+            out.append((giver, "email", str(old["cio_email"]), tuple(sorted(lost))))
+    return out
+
+
+def clear_ops(
+    result: IdentityResult, config: IdentityConfig, exists: Callable[[str, str], bool]
+) -> list[CioOp]:
+    """One identify per :func:`retired_clears` entry whose person exists, clearing (`""`)
+    the attributes that moved off it, keyed by the run: sent once, before the sync's rows."""
+    ops = []
+    for pid, kind, value, names in retired_clears(result, config):
+        if not exists(kind, value):
+            continue
+        payload = {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {kind: value},
+            "attributes": dict.fromkeys(names, ""),
+        }
+        ops.append(CioOp(_key("clear", result.run_id, kind, value, names), pid, payload))
     return ops
 
 

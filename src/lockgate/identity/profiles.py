@@ -12,6 +12,9 @@ Rules (identity.md §2.3, §2.4):
 * a profile that was a Customer.io person with an `id` is heir to no component whose `id`
   is another one and that does not hold its own (its user left, and what remains of it is
   another user's): it is retired, never merged into another user;
+* among several heirs of one component, a profile that was a Customer.io person and whose
+  component holds none of its person's identifiers (`id`, email, `cio_id`) is retired too,
+  when another heir holds its own: a leaf that moved (a Stripe id) drags nobody into a merge;
 * a component heir to nobody that holds identifiers of an earlier profile is a split child
   (a new id, logged for review); identifiers landing in another existing profile are moves,
   and so are those landing in a new profile with a Customer.io `id` no earlier profile held
@@ -361,6 +364,15 @@ def assign(
     if n_prev and pc.any(pc.is_valid(previous.table["cio_person_id"])).as_py():
         heir = _retire_other_ids(
             heir, person_ids, previous, config, types, node_type, node_values, comp_of, eligible
+        )
+    # a profile that was a Customer.io person is heir to no component heir to others too
+    # that holds none of the identifiers its person is found by, when another heir there
+    # holds its own: a leaf that moved (a Stripe id reassigned) does not drag its old
+    # profile into a merge (identity.md §2.4, §3.6 case 11). It is retired, its identifiers
+    # there are moves, and its person is left as it is, but for what moved
+    if n_prev:
+        heir = _retire_dragged(
+            heir, previous, config, types, node_type, node_values, comp_of, eligible
         )
     # of the eligible nodes only their counts per component and type are read from here on
     counts = np.bincount(ec * n_types + et, minlength=n_comp * n_types).reshape(n_comp, n_types)
@@ -751,6 +763,79 @@ def _retire_other_ids(
     for p, person in wanted.items():
         if (int(heir[p]), person) not in held:
             out[p] = -1
+    return out
+
+
+def _retire_dragged(
+    heir: npt.NDArray[np.int64],
+    previous: PreviousProfiles,
+    config: IdentityConfig,
+    types: tuple[str, ...],
+    node_type: npt.NDArray[np.int16],
+    node_values: pa.StringArray,
+    comp_of: npt.NDArray[np.int64],
+    eligible: npt.NDArray[np.bool_],
+) -> npt.NDArray[np.int64]:
+    """``heir`` without the heirs, among several of one component, that were a Customer.io
+    person and whose component holds none of the identifiers that person is found by (its
+    `id`, its email, its `cio_id`), when another heir there holds one of its own.
+
+    Such a profile reached the component through a leaf alone (its Stripe id, now another
+    profile's): its own evidence is gone from every source, and merging it would delete its
+    person in Customer.io for an identifier that merely moved. A component whose heirs hold
+    none of their own is left to merge as before (nothing says which of them it is)."""
+    has = np.flatnonzero(heir >= 0)
+    if not has.size:
+        return heir
+    per = np.bincount(heir[has])
+    multi = has[per[heir[has]] > 1]
+    if not multi.size:
+        return heir
+    columns = {
+        "id": previous.column("cio_person_id"),
+        "email": previous.column("cio_email"),
+        "cio_id": previous.column("cio_id"),
+    }
+    own: dict[int, set[tuple[str, str]]] = {}
+    for p in multi.tolist():
+        own[p] = {(kind, str(v)) for kind, col in columns.items() if (v := col[p]) is not None}
+    wanted = {v for keys in own.values() for _, v in keys}
+    if not wanted:
+        return heir
+    kind_of = np.full(len(types), -1, dtype=np.int64)
+    kinds = ("id", "email", "cio_id")
+    for t, name in enumerate(types):
+        target = config.identifier_types[name].customerio
+        if name in config.customerio.id_from:
+            kind_of[t] = 0
+        elif target in ("email", "cio_id"):
+            kind_of[t] = kinds.index(target)
+    candidates = np.flatnonzero(
+        eligible
+        & (comp_of >= 0)
+        & (kind_of[node_type] >= 0)
+        & pc.is_in(node_values, value_set=pa.array(sorted(wanted), pa.string()))
+        .to_numpy(zero_copy_only=False)
+        .astype(bool)
+    )
+    held = set(
+        zip(
+            comp_of[candidates].tolist(),
+            (kinds[k] for k in kind_of[node_type[candidates]].tolist()),
+            node_values.take(pa.array(candidates)).to_pylist(),
+            strict=True,
+        )
+    )
+    groups: dict[int, list[int]] = {}
+    for p in multi.tolist():
+        groups.setdefault(int(heir[p]), []).append(p)
+    out = heir.copy()
+    for c, pids in groups.items():
+        holds = {p: any((c, kind, v) in held for kind, v in own[p]) for p in pids}
+        if any(holds.values()):
+            for p in pids:
+                if own[p] and not holds[p]:
+                    out[p] = -1
     return out
 
 

@@ -34,10 +34,12 @@ from lockgate.identity.customerio import (
     adoption_ops,
     adoptions,
     attribute_names,
+    clear_ops,
     merge_addresses,
     profile_attribute_columns,
     release_ops,
     releases,
+    retired_clears,
 )
 from lockgate.identity.memory import give_back
 from lockgate.identity.normalize import normalize_column
@@ -817,6 +819,17 @@ def merge_operations(store: StateStore, project: Project, resolution: Resolution
         release = release_ops(resolution.result, lambda kind, value: (kind, value) in holders)
         done = _delivered_by_any_sync(store, project, [op.key for op in release])
         first += [op for op in release if op.key not in done]
+    # attributes (a Stripe id) that moved off a profile retired this run: cleared on its
+    # person, which no identify of the rows reaches any more
+    cleared = retired_clears(resolution.result, resolution.config)
+    if cleared:
+        people = {(kind, value) for _, kind, value, _ in cleared}
+        found = known_people(store, project, among=people)
+        clear = clear_ops(
+            resolution.result, resolution.config, lambda kind, value: (kind, value) in found
+        )
+        done = _delivered_by_any_sync(store, project, [op.key for op in clear])
+        first += [op for op in clear if op.key not in done]
     if not _may_merge(resolution):
         # the common run: no profiles merged, none holding two Customer.io people. The plan
         # below would be built for every profile (seconds at a million) to keep none of it
