@@ -708,6 +708,28 @@ def test_a_sync_file_in_a_folder_under_syncs_is_loaded(
     assert "rows in model" in capsys.readouterr().out
 
 
+def test_an_editors_lock_swap_and_backup_files_under_syncs_are_not_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Emacs's lock file `.#profile.yml` (a link to nowhere), Vim's `.profile.yml.swp` and a
+    backup `profile.yml~` sit next to the file being edited: `.#profile.yml` was read as a
+    sync file and `validate` failed with "cannot read"."""
+    project(tmp_path)
+    syncs = tmp_path / "syncs"
+    (syncs / ".#profile.yml").symlink_to("user@host.12345:1700000000")
+    (syncs / ".profile.yml.swp").write_bytes(b"b0VIM 9.0\x00\xff")
+    (syncs / "profile.yml~").write_text(SYNC)
+    (syncs / "marketing").mkdir()
+    (syncs / "marketing" / ".leads.yml").write_text("name: [unclosed\n")
+    main(["validate", "--project", str(tmp_path)])
+    captured = capsys.readouterr()
+    said = captured.out + captured.err
+    assert "profile" in said and "#" not in said and "swp" not in said and "~" not in said
+    assert "leads" not in said and "cannot read" not in said
+    main(["validate", "--json", "--project", str(tmp_path)])
+    assert json.loads(capsys.readouterr().out)["syncs"] == ["profile"]
+
+
 def test_two_sync_files_of_one_name_in_folders_under_syncs_are_both_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -595,8 +595,10 @@ def _check_null_defaults(
 
 def sync_files(root: Path) -> list[Path]:
     """The sync files of the project at ``root``: every `.yml` or `.yaml` file in `syncs/` and
-    in the folders under it (`syncs/marketing/leads.yml`), by path. Folders whose name starts
-    with `.` (`.git`, an editor's or a notebook's copies) are passed over; a folder linked
+    in the folders under it (`syncs/marketing/leads.yml`), by path. Files and folders whose
+    name starts with `.` (`.git`, an editor's lock or swap file such as Emacs's
+    `.#people.yml`, a notebook's copies) are passed over, as is a backup (`people.yml~`); a
+    folder linked
     twice is read once. A file in a folder was skipped: `validate` and `sync --all` said
     nothing of it."""
     top = root / SYNCS_DIR
@@ -609,7 +611,11 @@ def sync_files(root: Path) -> list[Path]:
             continue
         seen.add(real)
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        found += [Path(folder) / name for name in files if name.endswith((".yml", ".yaml"))]
+        found += [
+            Path(folder) / name
+            for name in files
+            if name.endswith((".yml", ".yaml")) and not name.startswith(".")
+        ]
     return sorted(found, key=lambda path: path.relative_to(top).parts)
 
 

@@ -1298,9 +1298,11 @@ def unused_key(kind: str, key: str) -> str | None:
 
 class SyncConfig(StrictModel):
     """One sync: a model, a kind, a mapping, a destination (`syncs/<name>.yml`). Files in
-    folders under `syncs/` are read too (`syncs/marketing/leads.yml`; not those in a folder
-    whose name starts with `.`); commands name a sync by its `name`, which is unique in the
-    project whatever folder its file is in."""
+    folders under `syncs/` are read too (`syncs/marketing/leads.yml`). Only files ending in
+    `.yml` or `.yaml` are read, and none whose name starts with `.` or that is in a folder
+    whose name does (an editor's lock or swap file such as `.#leads.yml`, `.git`); commands
+    name a sync by its `name`, which is unique in the project whatever folder its file is
+    in."""
 
     _graph_identifiers: dict[str, str] | None = PrivateAttr(default=None)
     _graph_columns: frozenset[str] = PrivateAttr(default=frozenset())
