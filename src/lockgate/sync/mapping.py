@@ -1756,7 +1756,13 @@ def identifier_sql(
         ]
     )
     names = " or ".join(f"`{chosen[t]}`" for t in ordered)
-    missing = lit(f"no identifier: {names} is null")
+    # null in the model, or text with nothing but white space (trimmed to nothing)
+    blank = "is blank (only white space)" if len(ordered) == 1 else "is null or blank"
+    raw_null = " and ".join(f"{q(chosen[t])} is null" for t in ordered)
+    missing = (
+        f"case when {raw_null} then {lit(f'no identifier: {names} is null')} "
+        f"else {lit(f'no identifier: {names} {blank}')} end"
+    )
     if sync.model_identifiers != sync.identify_by:  # keyed through the identity graph
         columns_read = " or ".join(f"`{c}`" for c in dict.fromkeys(sync.model_identifiers.values()))
         missing = lit(
