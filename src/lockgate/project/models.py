@@ -705,8 +705,8 @@ class FieldConfig(StrictModel):
     """Coercion: `timestamp`/`date` become unix seconds, `boolean`, `number`, `integer`, `string`,
     `json` (parse a JSON string), or `auto` (native types; timestamps still become unix seconds)."""
     on_null: NullPolicy | None = None
-    """What a null does: `skip` (never overwrite; the default), `clear` (remove the attribute) or
-    `default` (send `default`)."""
+    """What a null does: `skip` (never overwrite; the default), `clear` (remove the attribute;
+    not for an event property, which has no earlier value) or `default` (send `default`)."""
     default: Any = None
     """The value sent for a null when `on_null: default`, converted to the field's `type` as
     the column's values are."""
@@ -1392,7 +1392,8 @@ class SyncConfig(StrictModel):
     """`events`: what to do with old events."""
     on_null: NullPolicy = "skip"
     """Default null policy for this sync's fields; unset, `defaults.on_null` of lockgate.yml
-    (for an events sync, `skip`: a null property is left out)."""
+    (for an events sync, `skip`: a null property is left out; `clear` is refused there, an
+    event having no earlier value to clear)."""
     timezone: TimeZone = None
     """The IANA time zone (`America/New_York`) whose local times the model's timestamps
     without a time zone hold: its attributes, properties and `event.timestamp` are read in it,
@@ -1557,6 +1558,33 @@ class SyncConfig(StrictModel):
                 )
         if self.delete_removed and self.effective_mode != "mirror":
             raise error("delete_removed", "`delete_removed` only applies with `mode: mirror`")
+        return self
+
+    @model_validator(mode="after")
+    def _no_clear_in_events(self) -> SyncConfig:
+        """`on_null: clear` on an event property (of an events sync or an `on_change` rule) is
+        refused at its line: an event has no earlier value to clear, and the `""` it sent
+        for a null looked like a value the event carried."""
+        hint = (
+            "an event has no earlier value to clear: leave `on_null` out and a null property "
+            "is left out of the event, or send an empty string for it with "
+            "`{column: ..., on_null: default, default: ''}`"
+        )
+        if self.kind == "events" and "on_null" in self.model_fields_set and self.on_null == "clear":
+            raise _error_at(("on_null",), f"`on_null: clear` is for attributes; {hint}")
+        groups: list[tuple[tuple[str | int, ...], dict[str, FieldConfig]]] = [
+            (("on_change", i, "properties"), rule.properties)
+            for i, rule in enumerate(self.on_change)
+        ]
+        if self.kind == "events":
+            groups.insert(0, (("properties",), self.properties))
+        for loc, fields in groups:
+            for name, spec in fields.items():
+                if spec.on_null == "clear":
+                    raise _error_at(
+                        (*loc, name, "on_null"),
+                        f"event property `{name}` has `on_null: clear`; {hint}",
+                    )
         return self
 
     @model_validator(mode="after")
