@@ -1142,7 +1142,10 @@ def coerce(
         converted = f"try_cast(lower(trim({c}::varchar)) as boolean)"
         return converted, check(converted, "a boolean (true/false/1/0)")
     if ftype == "number":
-        converted = _finite(f"try_cast({c} as double)")
+        # a `BIT` string cast to a double is its bits read as one (`101` was 2.5e-323): its
+        # number is the integer an `integer` field sends (`101` is 5)
+        number = f"try_cast({c} as bigint)" if _is(col_type, ("BIT",)) else c
+        converted = _finite(f"try_cast({number} as double)")
         return converted, check(converted, "a number")
     if ftype == "integer":
         # `whole`: SQL true when a value the cast fails on is a whole number all the same, so
