@@ -332,3 +332,11 @@ def test_an_empty_name_or_value_is_refused_at_its_line(
 def test_an_empty_value_hints_at_its_default(tmp_path: Path) -> None:
     error = error_for(write(tmp_path, PROJECT + "state: ''\n"))
     assert error.hint == "write a value, or leave `state` out for its default (`.lockgate`)"
+
+
+def test_a_webhooks_dataset_dlt_would_rename_is_refused_at_its_line(tmp_path: Path) -> None:
+    """dlt loads `webhooks.dataset: cio-events` into `cio_events`: the engagement model
+    `lockgate webhooks` writes (and the user's own SQL) read `cio-events`, which is not there."""
+    error = error_for(write(tmp_path, PROJECT + "webhooks:\n  dataset: cio-events\n"))
+    assert "`cio-events` is not a plain SQL name" in error.reason and "`cio_events`" in error.reason
+    assert error.location == "lockgate.yml:5"

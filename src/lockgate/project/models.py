@@ -1793,13 +1793,28 @@ class SyncConfig(StrictModel):
 # --------------------------------------------------------------------------- project
 
 
+def plain_sql_name(value: str) -> str:
+    """``value`` if it is a schema name every warehouse takes unquoted (letters, digits and
+    `_`, not starting with a digit); else a ValueError saying so. An empty one is let through
+    to be refused as every empty value is (:func:`lockgate.project.loader.refuse_blank`)."""
+    if value.strip() and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        fixed = re.sub(r"[^A-Za-z0-9_]+", "_", value.strip()).strip("_") or "name"
+        fixed = fixed if re.match(r"[A-Za-z_]", fixed) else f"_{fixed}"
+        raise ValueError(
+            f"`{value}` is not a plain SQL name: use letters, digits and `_`, not starting "
+            f"with a digit (e.g. `{fixed}`)"
+        )
+    return value
+
+
 class WebhooksConfig(Placed):
     """Customer.io reporting webhooks received and loaded into the warehouse."""
 
     warehouse: str | None = None
     """Source name to load into; default: the project's first DuckDB or Postgres source."""
     dataset: str = "customerio"
-    """Schema/dataset the engagement tables are written to."""
+    """Schema/dataset the engagement tables are written to: a plain SQL name (letters, digits
+    and `_`, not starting with a digit)."""
     signing_key: Annotated[str, Secret("CUSTOMERIO_WEBHOOK_SIGNING_KEY")] = (
         "${CUSTOMERIO_WEBHOOK_SIGNING_KEY}"
     )
@@ -1815,6 +1830,13 @@ class WebhooksConfig(Placed):
     @classmethod
     def _spool_refs(cls, value: str) -> str:
         return check_path_refs(value, "spool")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str) -> str:
+        # dlt makes any other name a plain one (`cio-events` is `cio_events`): the tables went
+        # where the engagement model (and the user's SQL) written with the name did not look
+        return plain_sql_name(value)
 
 
 class DefaultsConfig(StrictModel):
@@ -1872,12 +1894,7 @@ class RunLogConfig(StrictModel):
     @field_validator("dataset")
     @classmethod
     def _identifier(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-            raise ValueError(
-                f"`{value}` is not a plain SQL name: use letters, digits and `_`, not starting "
-                "with a digit"
-            )
-        return value
+        return plain_sql_name(value)
 
 
 class ProjectConfig(StrictModel):
