@@ -2213,8 +2213,8 @@ def compile_events(
     checks.append(f"case when coalesce({name_sql}, '') = '' then {lit('event name is blank')} end")
     checks.append(
         f"case when strlen(__name) > {MAX_EVENT_NAME_BYTES} then "
-        f"{lit('event name `')} || {quoted('__name')} || "
-        f"{lit(f'` is over {MAX_EVENT_NAME_BYTES} bytes')} end"
+        f"{lit('event name `')} || {quoted('__name')} || {lit('` is ')} || strlen(__name) || "
+        f"{lit(f' bytes, over the {MAX_EVENT_NAME_BYTES}-byte limit of Customer.io (UTF-8)')} end"
     )
     op = (
         '\'"type":"person","action":"event","identifiers":\' || '
