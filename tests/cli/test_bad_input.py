@@ -688,6 +688,35 @@ def test_an_event_naming_an_empty_column_is_refused_at_its_line(
     assert f"syncs/profile.yml:6: {said}" in err
 
 
+@pytest.mark.parametrize(
+    ("sync", "line", "said"),
+    [
+        (
+            EVENTS + "properties:\n  plan: {column: plan, on_null: clear}\n",
+            8,
+            "event property `plan` has `on_null: clear`",
+        ),
+        (EVENTS + "on_null: clear\nproperties: [plan]\n", 7, "`on_null: clear` is for attributes"),
+        (
+            SYNC + "on_change:\n  - attribute: plan\n    event: plan_changed\n"
+            "    properties: {old: {column: email, on_null: clear}}\n",
+            12,
+            "event property `old` has `on_null: clear`",
+        ),
+    ],
+    ids=["property", "sync", "on_change"],
+)
+def test_on_null_clear_on_an_event_property_is_refused_with_what_to_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sync: str, line: int, said: str
+) -> None:
+    """An event has no earlier value to clear: `on_null: clear` sent `""` for a null, a
+    value the event seemed to carry. Refused at its line, saying how to leave the property
+    out (the default) or send the empty string on purpose."""
+    err = validate_says(capsys, tmp_path, sync=sync)
+    assert f"syncs/profile.yml:{line}: {said}" in err
+    assert "on_null: default, default: ''" in err
+
+
 def test_a_sync_file_in_a_folder_under_syncs_is_loaded(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -706,6 +735,28 @@ def test_a_sync_file_in_a_folder_under_syncs_is_loaded(
     assert sorted(shown["syncs"]) == ["leads", "profile"]
     main(["plan", "leads", "--project", str(tmp_path)])
     assert "rows in model" in capsys.readouterr().out
+
+
+def test_an_editors_lock_swap_and_backup_files_under_syncs_are_not_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Emacs's lock file `.#profile.yml` (a link to nowhere), Vim's `.profile.yml.swp` and a
+    backup `profile.yml~` sit next to the file being edited: `.#profile.yml` was read as a
+    sync file and `validate` failed with "cannot read"."""
+    project(tmp_path)
+    syncs = tmp_path / "syncs"
+    (syncs / ".#profile.yml").symlink_to("user@host.12345:1700000000")
+    (syncs / ".profile.yml.swp").write_bytes(b"b0VIM 9.0\x00\xff")
+    (syncs / "profile.yml~").write_text(SYNC)
+    (syncs / "marketing").mkdir()
+    (syncs / "marketing" / ".leads.yml").write_text("name: [unclosed\n")
+    main(["validate", "--project", str(tmp_path)])
+    captured = capsys.readouterr()
+    said = captured.out + captured.err
+    assert "profile" in said and "#" not in said and "swp" not in said and "~" not in said
+    assert "leads" not in said and "cannot read" not in said
+    main(["validate", "--json", "--project", str(tmp_path)])
+    assert json.loads(capsys.readouterr().out)["syncs"] == ["profile"]
 
 
 def test_two_sync_files_of_one_name_in_folders_under_syncs_are_both_named(

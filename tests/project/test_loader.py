@@ -300,3 +300,43 @@ def test_on_null_default_for_a_sync_needs_a_default_on_each_field(tmp_path: Path
     fixed = SYNC.replace("plan: plan", "plan: {column: plan, on_null: skip}")
     fixed += "  tier: {column: tier, default: basic}\non_null: default\n"
     assert load_project(write(tmp_path, sync=fixed)).sync("profile").on_null == "default"
+
+
+@pytest.mark.parametrize(
+    ("project", "sync", "where", "line"),
+    [
+        # the state went into the project folder itself
+        (PROJECT + "state: ''\n", SYNC, "`state` is empty", 4),
+        (PROJECT.replace("path: w.duckdb", "path: ''"), SYNC, "`sources.warehouse.path`", 3),
+        (PROJECT + "  '': {type: duckdb, path: x.duckdb}\n", SYNC, "`sources` holds an entry", 4),
+        (PROJECT + "destinations:\n  ' ': {type: customerio}\n", SYNC, "`destinations` hold", 5),
+        (PROJECT + "webhooks:\n  dataset: ''\n", SYNC, "`webhooks.dataset` is empty", 5),
+        (PROJECT + "alerts:\n  - url: ${HOOK}\n    syncs: ['']\n", SYNC, "item 1 of", 6),
+        (PROJECT + "identity:\n  blocked_values_table: ' '\n", SYNC, "blocked_values_table", 5),
+        (PROJECT, SYNC + "destination: ''\n", "`destination` is empty", 9),
+        (PROJECT, SYNC.replace("{id: id}", "{id: id, '': email}"), "`identify_by` holds", 6),
+    ],
+    ids=["state", "path", "source", "destination", "dataset", "alert", "table", "to", "type"],
+)
+def test_an_empty_name_or_value_is_refused_at_its_line(
+    tmp_path: Path, project: str, sync: str, where: str, line: int
+) -> None:
+    """An empty value was taken as written: `state: ''` put the state in the project folder
+    itself, a DuckDB `path: ''` or a source named `''` failed only when a command used it."""
+    error = error_for(write(tmp_path, project, sync))
+    assert where in error.reason and "empty" in error.reason
+    file = "lockgate.yml" if project != PROJECT else "syncs/profile.yml"
+    assert error.location == f"{file}:{line}"
+
+
+def test_an_empty_value_hints_at_its_default(tmp_path: Path) -> None:
+    error = error_for(write(tmp_path, PROJECT + "state: ''\n"))
+    assert error.hint == "write a value, or leave `state` out for its default (`.lockgate`)"
+
+
+def test_a_webhooks_dataset_dlt_would_rename_is_refused_at_its_line(tmp_path: Path) -> None:
+    """dlt loads `webhooks.dataset: cio-events` into `cio_events`: the engagement model
+    `lockgate webhooks` writes (and the user's own SQL) read `cio-events`, which is not there."""
+    error = error_for(write(tmp_path, PROJECT + "webhooks:\n  dataset: cio-events\n"))
+    assert "`cio-events` is not a plain SQL name" in error.reason and "`cio_events`" in error.reason
+    assert error.location == "lockgate.yml:5"

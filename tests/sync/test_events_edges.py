@@ -1047,3 +1047,22 @@ def test_a_run_sends_its_events_oldest_first_whatever_the_models_row_order(
     arrived = [e.timestamp for e in project_factory.emulator.events()]
     assert len(arrived) == 60
     assert arrived == sorted(arrived)
+
+
+def test_an_event_name_over_100_bytes_of_utf8_is_rejected_saying_its_size(
+    project_factory: ProjectFactory,
+) -> None:
+    """Customer.io's limit is 100 bytes of UTF-8: a name of 60 `é` is 60 characters, and the
+    reason said only "is over 100 bytes" of a name that looked short; it says its size now. A
+    name of exactly 100 bytes is sent."""
+    table(
+        project_factory,
+        f"('e1', 1, repeat('é', 60), {ts(600)}, 'x'), ('e2', 1, repeat('é', 50), {ts(600)}, 'x')",
+        "event_id, user_id, event_name, occurred_at, feature",
+    )
+    report = run(project_factory.write({"activity": EVENTS}))
+    assert dict(report.changes.rejected_samples) == {
+        "e1": f"event name `{'é' * 60}` is 120 bytes, over the 100-byte limit of Customer.io "
+        "(UTF-8)"
+    }
+    assert [e.name for e in project_factory.emulator.events()] == ["é" * 50]

@@ -270,7 +270,8 @@ def test_bit_and_time_with_time_zone_are_sent_as_their_text(
 ) -> None:
     """A BIT was sent as the text of its internal bytes (`10110` as `\\x03\\xF6`) and a TIME
     WITH TIME ZONE without its offset; both are their text now, under `auto` and `type:
-    string`, in a struct too, and a later run keyed in place sends nothing."""
+    string`, in a struct too, and a later run keyed in place sends nothing. A BIT under
+    `number` or `integer` is the integer its bits spell."""
     project_factory.sql(
         """
         create or replace table clocks as select i as id, '10110'::bit as flags,
@@ -289,6 +290,8 @@ identify_by: {id: id}
 attributes:
   flags: flags
   flags_text: {column: flags, type: string}
+  flags_number: {column: flags, type: number}
+  flags_integer: {column: flags, type: integer}
   opens: opens
   opens_text: {column: opens, type: string}
   nested: nested
@@ -301,6 +304,10 @@ attributes:
     assert person.attributes == {
         "flags": "10110",
         "flags_text": "10110",
+        # as a number, the integer its bits spell (a `number` was its bits read as a double,
+        # 1.1e-322)
+        "flags_number": 22,
+        "flags_integer": 22,
         "opens": "12:34:56+02",
         "opens_text": "12:34:56+02",
         "nested": {"mask": "01", "at": "08:00:00-05:30"},

@@ -878,10 +878,32 @@ def test_identifiers_lose_tabs_and_line_breaks_at_either_end_not_only_spaces(
     assert run_sync(project, "accounts", console=NullConsole()).delivered == 4
     emails = sorted(p.email or "" for p in project_factory.emulator.people())
     assert emails == ["bob@x.com", "carol@x.com", "dan@x.com", "eve@x.com"]
-    # a row whose email is nothing but white space has no identifier
-    project_factory.sql("insert into accounts values ('a5', chr(9) || ' ' || chr(10), 'pro')")
+    # a row whose email is nothing but white space has no identifier, and is told from a
+    # null one (which was what its reason said: the model shows no null there)
+    project_factory.sql(
+        "insert into accounts values ('a5', chr(9) || ' ' || chr(10), 'pro'), ('a6', null, 'pro')"
+    )
     report = run_sync(project, "accounts", console=NullConsole())
-    assert dict(report.changes.rejected_samples)["a5"] == "no identifier: `email` is null"
+    rejected = dict(report.changes.rejected_samples)
+    assert rejected["a5"] == "no identifier: `email` is blank (only white space)"
+    assert rejected["a6"] == "no identifier: `email` is null"
+    # with two identifiers, both null, or blank and null
+    both = (
+        ACCOUNTS_BY_EMAIL.replace("name: accounts", "name: pairs")
+        .replace("{table: accounts}", "{table: pairs}")
+        .replace("primary_key: account_id", "primary_key: plan")
+        .replace("{email: email}", "{id: account_id, email: email}")
+    )
+    project_factory.sql(
+        "create or replace table pairs as select * from (values (' ', null::varchar, 'p1'), "
+        "(null, null, 'p2')) t(account_id, email, plan)"
+    )
+    project = project_factory.write({"accounts": ACCOUNTS_BY_EMAIL, "pairs": both})
+    rejected = dict(run_sync(project, "pairs", console=NullConsole()).changes.rejected_samples)
+    assert rejected == {
+        "p1": "no identifier: `account_id` or `email` is null or blank",
+        "p2": "no identifier: `account_id` or `email` is null",
+    }
 
 
 def test_a_row_addressed_by_its_email_because_its_id_is_null_needs_an_at_sign(

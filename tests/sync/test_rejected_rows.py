@@ -286,7 +286,8 @@ def test_a_huge_bad_value_gives_a_reason_of_a_line_naming_the_column_and_its_len
         "b6": f"column `email`: {shown} is not an email address",
         "e2": f"column `occurred_at` (field `timestamp`): value {shown} is not a timestamp "
         "(use ISO 8601, e.g. 2026-01-31T12:00:00Z)",
-        "e3": f"event name `{'x' * 80}… ({HUGE} characters)` is over 100 bytes",
+        "e3": f"event name `{'x' * 80}… ({HUGE} characters)` is {HUGE} bytes, over the "
+        "100-byte limit of Customer.io (UTF-8)",
     }
     # the good rows still go, and the report groups the reasons as it does short ones
     report = json.loads(invoke(project, "sync", "typed", "activity", "--json"))

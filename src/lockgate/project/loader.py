@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from lockgate.errors import ConfigError
 from lockgate.project.models import (
@@ -252,7 +253,7 @@ def _keys_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
 def validate_model(model: type[M], data: Any, lines: Lines, file: str) -> M:
     """Validate data against a model; the first error becomes a ConfigError with file:line."""
     try:
-        return model.model_validate(data)
+        config = model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         raw = first["loc"]
@@ -301,6 +302,70 @@ def validate_model(model: type[M], data: Any, lines: Lines, file: str) -> M:
             file=file,
             line=_line_for(loc, lines),
         ) from None
+    refuse_blank(config, lines, file)
+    return config
+
+
+def _blank_in(value: Any, loc: tuple[str | int, ...]) -> tuple[tuple[str | int, ...], Any] | None:
+    """The first empty (or white-space-only) text in a validated config value, as (its path
+    in the file, what holds it: a field's `FieldInfo`, `"key"` for a mapping's key, None for
+    an item of a list or a mapping's value). Fields typed `Any` (a constant's `value`, a
+    `default`) may hold any text and are not looked into."""
+    if isinstance(value, BaseModel):
+        for name, info in type(value).model_fields.items():
+            if info.annotation is Any:
+                continue
+            field_value, key = getattr(value, name), info.alias or name
+            if isinstance(field_value, str) and not field_value.strip():
+                return (*loc, key), info
+            found = _blank_in(field_value, (*loc, key))
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, str):
+        return (loc, None) if not value.strip() else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and not key.strip():
+                return (*loc, key), "key"
+            found = _blank_in(item, (*loc, key))
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _blank_in(item, (*loc, i))
+            if found is not None:
+                return found
+    return None
+
+
+def refuse_blank(config: BaseModel, lines: Lines, file: str) -> None:
+    """Refuse an empty value the models' own checks let through: `state: ''` put the state in
+    the project folder itself, a DuckDB `path: ''` or a source named `''` failed (or did
+    something else) only when a command used them. Raises ConfigError at the line."""
+    found = _blank_in(config, ())
+    if found is None:
+        return
+    loc, info = found
+    where = ".".join(str(p) for p in loc if p != "") or "(top level)"
+    if info == "key":
+        parent = ".".join(str(p) for p in loc[:-1])
+        message = f"`{parent}` holds an entry with an empty name"
+        hint = "give it a name (letters, digits and `_`), or take the entry out"
+    elif isinstance(loc[-1], int):
+        message = f"item {loc[-1] + 1} of `{'.'.join(str(p) for p in loc[:-1])}` is empty"
+        hint = "write a value there, or take the item out"
+    else:
+        message = f"`{where}` is empty"
+        default = getattr(info, "default", None)
+        if not isinstance(info, FieldInfo) or info.is_required():
+            hint = "write a value; see docs/config.md"
+        elif isinstance(default, str) and default:
+            hint = f"write a value, or leave `{loc[-1]}` out for its default (`{default}`)"
+        else:
+            hint = f"write a value, or leave `{loc[-1]}` out; see docs/config.md"
+    raise ConfigError(f"{message} (at `{where}`)", hint=hint, file=file, line=_line_for(loc, lines))
 
 
 @dataclass
@@ -530,8 +595,10 @@ def _check_null_defaults(
 
 def sync_files(root: Path) -> list[Path]:
     """The sync files of the project at ``root``: every `.yml` or `.yaml` file in `syncs/` and
-    in the folders under it (`syncs/marketing/leads.yml`), by path. Folders whose name starts
-    with `.` (`.git`, an editor's or a notebook's copies) are passed over; a folder linked
+    in the folders under it (`syncs/marketing/leads.yml`), by path. Files and folders whose
+    name starts with `.` (`.git`, an editor's lock or swap file such as Emacs's
+    `.#people.yml`, a notebook's copies) are passed over, as is a backup (`people.yml~`); a
+    folder linked
     twice is read once. A file in a folder was skipped: `validate` and `sync --all` said
     nothing of it."""
     top = root / SYNCS_DIR
@@ -544,7 +611,11 @@ def sync_files(root: Path) -> list[Path]:
             continue
         seen.add(real)
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        found += [Path(folder) / name for name in files if name.endswith((".yml", ".yaml"))]
+        found += [
+            Path(folder) / name
+            for name in files
+            if name.endswith((".yml", ".yaml")) and not name.startswith(".")
+        ]
     return sorted(found, key=lambda path: path.relative_to(top).parts)
 
 

@@ -705,8 +705,8 @@ class FieldConfig(StrictModel):
     """Coercion: `timestamp`/`date` become unix seconds, `boolean`, `number`, `integer`, `string`,
     `json` (parse a JSON string), or `auto` (native types; timestamps still become unix seconds)."""
     on_null: NullPolicy | None = None
-    """What a null does: `skip` (never overwrite; the default), `clear` (remove the attribute) or
-    `default` (send `default`)."""
+    """What a null does: `skip` (never overwrite; the default), `clear` (remove the attribute;
+    not for an event property, which has no earlier value) or `default` (send `default`)."""
     default: Any = None
     """The value sent for a null when `on_null: default`, converted to the field's `type` as
     the column's values are."""
@@ -1298,9 +1298,11 @@ def unused_key(kind: str, key: str) -> str | None:
 
 class SyncConfig(StrictModel):
     """One sync: a model, a kind, a mapping, a destination (`syncs/<name>.yml`). Files in
-    folders under `syncs/` are read too (`syncs/marketing/leads.yml`; not those in a folder
-    whose name starts with `.`); commands name a sync by its `name`, which is unique in the
-    project whatever folder its file is in."""
+    folders under `syncs/` are read too (`syncs/marketing/leads.yml`). Only files ending in
+    `.yml` or `.yaml` are read, and none whose name starts with `.` or that is in a folder
+    whose name does (an editor's lock or swap file such as `.#leads.yml`, `.git`); commands
+    name a sync by its `name`, which is unique in the project whatever folder its file is
+    in."""
 
     _graph_identifiers: dict[str, str] | None = PrivateAttr(default=None)
     _graph_columns: frozenset[str] = PrivateAttr(default=frozenset())
@@ -1390,7 +1392,8 @@ class SyncConfig(StrictModel):
     """`events`: what to do with old events."""
     on_null: NullPolicy = "skip"
     """Default null policy for this sync's fields; unset, `defaults.on_null` of lockgate.yml
-    (for an events sync, `skip`: a null property is left out)."""
+    (for an events sync, `skip`: a null property is left out; `clear` is refused there, an
+    event having no earlier value to clear)."""
     timezone: TimeZone = None
     """The IANA time zone (`America/New_York`) whose local times the model's timestamps
     without a time zone hold: its attributes, properties and `event.timestamp` are read in it,
@@ -1555,6 +1558,33 @@ class SyncConfig(StrictModel):
                 )
         if self.delete_removed and self.effective_mode != "mirror":
             raise error("delete_removed", "`delete_removed` only applies with `mode: mirror`")
+        return self
+
+    @model_validator(mode="after")
+    def _no_clear_in_events(self) -> SyncConfig:
+        """`on_null: clear` on an event property (of an events sync or an `on_change` rule) is
+        refused at its line: an event has no earlier value to clear, and the `""` it sent
+        for a null looked like a value the event carried."""
+        hint = (
+            "an event has no earlier value to clear: leave `on_null` out and a null property "
+            "is left out of the event, or send an empty string for it with "
+            "`{column: ..., on_null: default, default: ''}`"
+        )
+        if self.kind == "events" and "on_null" in self.model_fields_set and self.on_null == "clear":
+            raise _error_at(("on_null",), f"`on_null: clear` is for attributes; {hint}")
+        groups: list[tuple[tuple[str | int, ...], dict[str, FieldConfig]]] = [
+            (("on_change", i, "properties"), rule.properties)
+            for i, rule in enumerate(self.on_change)
+        ]
+        if self.kind == "events":
+            groups.insert(0, (("properties",), self.properties))
+        for loc, fields in groups:
+            for name, spec in fields.items():
+                if spec.on_null == "clear":
+                    raise _error_at(
+                        (*loc, name, "on_null"),
+                        f"event property `{name}` has `on_null: clear`; {hint}",
+                    )
         return self
 
     @model_validator(mode="after")
@@ -1763,13 +1793,28 @@ class SyncConfig(StrictModel):
 # --------------------------------------------------------------------------- project
 
 
+def plain_sql_name(value: str) -> str:
+    """``value`` if it is a schema name every warehouse takes unquoted (letters, digits and
+    `_`, not starting with a digit); else a ValueError saying so. An empty one is let through
+    to be refused as every empty value is (:func:`lockgate.project.loader.refuse_blank`)."""
+    if value.strip() and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        fixed = re.sub(r"[^A-Za-z0-9_]+", "_", value.strip()).strip("_") or "name"
+        fixed = fixed if re.match(r"[A-Za-z_]", fixed) else f"_{fixed}"
+        raise ValueError(
+            f"`{value}` is not a plain SQL name: use letters, digits and `_`, not starting "
+            f"with a digit (e.g. `{fixed}`)"
+        )
+    return value
+
+
 class WebhooksConfig(Placed):
     """Customer.io reporting webhooks received and loaded into the warehouse."""
 
     warehouse: str | None = None
     """Source name to load into; default: the project's first DuckDB or Postgres source."""
     dataset: str = "customerio"
-    """Schema/dataset the engagement tables are written to."""
+    """Schema/dataset the engagement tables are written to: a plain SQL name (letters, digits
+    and `_`, not starting with a digit)."""
     signing_key: Annotated[str, Secret("CUSTOMERIO_WEBHOOK_SIGNING_KEY")] = (
         "${CUSTOMERIO_WEBHOOK_SIGNING_KEY}"
     )
@@ -1785,6 +1830,13 @@ class WebhooksConfig(Placed):
     @classmethod
     def _spool_refs(cls, value: str) -> str:
         return check_path_refs(value, "spool")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str) -> str:
+        # dlt makes any other name a plain one (`cio-events` is `cio_events`): the tables went
+        # where the engagement model (and the user's SQL) written with the name did not look
+        return plain_sql_name(value)
 
 
 class DefaultsConfig(StrictModel):
@@ -1842,12 +1894,7 @@ class RunLogConfig(StrictModel):
     @field_validator("dataset")
     @classmethod
     def _identifier(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-            raise ValueError(
-                f"`{value}` is not a plain SQL name: use letters, digits and `_`, not starting "
-                "with a digit"
-            )
-        return value
+        return plain_sql_name(value)
 
 
 class ProjectConfig(StrictModel):

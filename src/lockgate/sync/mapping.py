@@ -1142,7 +1142,10 @@ def coerce(
         converted = f"try_cast(lower(trim({c}::varchar)) as boolean)"
         return converted, check(converted, "a boolean (true/false/1/0)")
     if ftype == "number":
-        converted = _finite(f"try_cast({c} as double)")
+        # a `BIT` string cast to a double is its bits read as one (`101` was 2.5e-323): its
+        # number is the integer an `integer` field sends (`101` is 5)
+        number = f"try_cast({c} as bigint)" if _is(col_type, ("BIT",)) else c
+        converted = _finite(f"try_cast({number} as double)")
         return converted, check(converted, "a number")
     if ftype == "integer":
         # `whole`: SQL true when a value the cast fails on is a whole number all the same, so
@@ -1756,7 +1759,13 @@ def identifier_sql(
         ]
     )
     names = " or ".join(f"`{chosen[t]}`" for t in ordered)
-    missing = lit(f"no identifier: {names} is null")
+    # null in the model, or text with nothing but white space (trimmed to nothing)
+    blank = "is blank (only white space)" if len(ordered) == 1 else "is null or blank"
+    raw_null = " and ".join(f"{q(chosen[t])} is null" for t in ordered)
+    missing = (
+        f"case when {raw_null} then {lit(f'no identifier: {names} is null')} "
+        f"else {lit(f'no identifier: {names} {blank}')} end"
+    )
     if sync.model_identifiers != sync.identify_by:  # keyed through the identity graph
         columns_read = " or ".join(f"`{c}`" for c in dict.fromkeys(sync.model_identifiers.values()))
         missing = lit(
@@ -2204,8 +2213,8 @@ def compile_events(
     checks.append(f"case when coalesce({name_sql}, '') = '' then {lit('event name is blank')} end")
     checks.append(
         f"case when strlen(__name) > {MAX_EVENT_NAME_BYTES} then "
-        f"{lit('event name `')} || {quoted('__name')} || "
-        f"{lit(f'` is over {MAX_EVENT_NAME_BYTES} bytes')} end"
+        f"{lit('event name `')} || {quoted('__name')} || {lit('` is ')} || strlen(__name) || "
+        f"{lit(f' bytes, over the {MAX_EVENT_NAME_BYTES}-byte limit of Customer.io (UTF-8)')} end"
     )
     op = (
         '\'"type":"person","action":"event","identifiers":\' || '
