@@ -291,6 +291,8 @@ def test_a_swap_between_two_syncs_sends_the_other_changes_while_the_emails_wait(
         "update a_sync set email = 'e1@x.io', plan = 'pro'; "
         "update b_sync set email = 'e2@x.io', plan = 'team'"
     )
+    shown = invoke(proj, "plan", "--all").stdout
+    assert "of which held back for email, other changes sent" in shown
     plans, runs, sent = plan_then_sync(f)
     assert list(runs) == ["a_sync", "b_sync"]
     assert_plans_match(plans, runs, sent)
