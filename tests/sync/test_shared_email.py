@@ -65,8 +65,9 @@ def test_a_row_taking_the_email_a_delivered_person_keeps_is_held_back(
     project_factory: ProjectFactory,
 ) -> None:
     """Person 5 was delivered with ann@x.io and still has it. A new row (1, a lower key) and a
-    changed row (7, which had its own email) taking it are held back naming row 5, not sent:
-    Customer.io would rename person 5, or drop row 7's update silently. Deduped, both land."""
+    changed row (7, which had its own email) taking it are held back naming row 5: Customer.io
+    would rename person 5, or drop row 7's update silently. Person 7, delivered already, gets
+    its new plan without the email; new row 1 waits whole. Deduped, both land."""
     project_factory.sql(
         "create table accounts as select * from (values (5, 'ann@x.io', 'free'), "
         "(7, 'bob@x.io', 'free')) t(user_id, email, plan)"
@@ -79,12 +80,18 @@ def test_a_row_taking_the_email_a_delivered_person_keeps_is_held_back(
         "update accounts set email = 'Ann@X.io', plan = 'team' where user_id = 7"
     )
     plan = plan_sync(project, "accounts", console=NullConsole())
-    assert (plan.changes.to_send, plan.changes.rejected) == (0, 2)
+    assert (plan.changes.to_send, plan.changes.rejected, plan.changes.email_held_sent) == (
+        1,
+        2,
+        1,
+    )
     report = run_sync(project, "accounts", console=NullConsole())
-    assert (report.status, report.delivered, report.changes.rejected) == ("success", 0, 2)
+    assert (report.status, report.delivered, report.changes.rejected) == ("success", 1, 2)
     assert sorted(held(report)) == ["1", "7"]
     assert all("key `5`" in r for r in held(report).values()), held(report)
-    assert people(emu) == {"5": ("ann@x.io", "free"), "7": ("bob@x.io", "free")}
+    assert "other changes are sent" in held(report)["7"]
+    assert "other changes are sent" not in held(report)["1"]
+    assert people(emu) == {"5": ("ann@x.io", "free"), "7": ("bob@x.io", "team")}
 
     # rejected rows are tried again each run: deduped, they are sent
     project_factory.sql(
@@ -172,8 +179,8 @@ def test_the_email_a_held_row_was_delivered_with_is_still_its_own(
     project_factory: ProjectFactory,
 ) -> None:
     """Row 10 moves to row 11's email (held back: 11 keeps it), and new row 12 takes 10's old
-    email. 10 was not sent, so Customer.io still gives it that email: 12 waits too (sent, it
-    would rename person 10), until 10 lands elsewhere."""
+    email. 10 was sent without its email (its new plan only), so Customer.io still gives it
+    that email: 12 waits too (sent, it would rename person 10), until 10 lands elsewhere."""
     project_factory.sql(
         "create table accounts as select * from (values (10, 'x@x.io', 'free'), "
         "(11, 'y@x.io', 'free')) t(user_id, email, plan)"
@@ -186,11 +193,13 @@ def test_the_email_a_held_row_was_delivered_with_is_still_its_own(
         "insert into accounts values (12, 'x@x.io', 'team')"
     )
     plan = plan_sync(project, "accounts", console=NullConsole())
-    assert (plan.changes.to_send, sorted(held(plan))) == (0, ["10", "12"])
+    assert (plan.changes.to_send, sorted(held(plan))) == (1, ["10", "12"])
     report = run_sync(project, "accounts", console=NullConsole())
-    assert (report.delivered, sorted(held(report))) == (0, ["10", "12"])
+    assert (report.delivered, sorted(held(report))) == (1, ["10", "12"])
     assert "key `11`" in held(report)["10"] and "key `10`" in held(report)["12"]
-    assert people(emu) == {"10": ("x@x.io", "free"), "11": ("y@x.io", "free")}
+    assert people(emu) == {"10": ("x@x.io", "pro"), "11": ("y@x.io", "free")}
+    # nothing is sent again while 10's email waits
+    assert run_sync(project, "accounts", console=NullConsole()).delivered == 0
     # 10 gets an email of its own: it gives x@x.io up, and 12 takes it after it
     project_factory.sql("update accounts set email = 'ten@x.io' where user_id = 10")
     again = run_sync(project, "accounts", console=NullConsole())

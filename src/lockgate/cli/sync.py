@@ -155,6 +155,8 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
     """The counts worth showing for a report, as (label, value) rows."""
     c = report.changes
     rows: list[tuple[str, Any]] = [("rows in model", c.rows), ("rows rejected", c.rejected)]
+    if c.email_held_sent:
+        rows.append(("  of which held back for email, other changes sent", c.email_held_sent))
     if c.kind in ("objects", "relationships"):
         noun = "objects" if c.kind == "objects" else "relationships"
         rows += [

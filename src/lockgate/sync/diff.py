@@ -93,6 +93,10 @@ class ChangeSet:
     """People whose email this run releases (an identify with `"email": ""`) before the rows
     taking it are sent (``email_clears``, see :func:`order_email_moves`): not records of the
     sync, not in ``to_send``."""
+    email_held_sent: int = 0
+    """Of ``rejected`` and of ``changed``: rows held back for their email (another person holds
+    it, :func:`_hold_shared_emails`) of people already delivered, whose other changes this run
+    sends without the email (:func:`_held_rest`); the email waits."""
     remapped: int = 0
     """Of ``changed``: records whose data is as last delivered, sent again only because the
     mapping changed since (an attribute added, a type changed): the `max_changed` guardrail
@@ -1604,6 +1608,7 @@ def diff_records(
     # rows taking an email another person of the model holds, or takes in this run, wait; a
     # row held back keeps the email it was delivered with, which a row taking it waits for
     run_sql(con, f"create or replace temp table {EMAIL_WAITS} {EMAIL_WAITS_COLUMNS}")
+    run_sql(con, f"create or replace temp table {EMAIL_HOLDS} (k varchar)")
     while _hold_shared_emails(con, sync, email_holders, released_first):
         pass
     state_events = (
@@ -1613,6 +1618,8 @@ def diff_records(
         if sync.on_change
         else 0
     )
+    # a held row of a person already delivered still sends its other changes (not its email)
+    partial = _held_rest(con, sync, compiled, full_resync)
     rejected, samples, reasons = _rejected(con)
     valid = total - todo + int(_one(con, "select count(*) from mapped where reject is null") or 0)
     # the identifiers of the rejected rows: still in the model, they still reach their
@@ -1633,6 +1640,19 @@ def diff_records(
         alter table mapped rename to changes;
         """,
     )
+    if partial:
+        # sent as built above: the payload without the email, the identifiers it was
+        # delivered with, the hash of the row as if it still had its old email
+        run_sql(
+            con,
+            f"""
+            insert into changes by name
+            select r.* replace (p.op as op, p.ident as ident, p.h as h, null as reject,
+                                p.n_set as n_set, p.n_echo as n_echo, false as is_new)
+            from {HELD_REST_ROWS} r join {HELD_REST} p on p.k = r.k
+            """,
+        )
+        run_sql(con, f"drop table {HELD_REST_ROWS}")
     # a relationship's after its hold: one whose end is not delivered (or may be gone) waits
     nulls_only = (
         0 if sync.kind == "relationships" else _nothing_to_send(con, sync, unconfirmed, snap)
@@ -1728,7 +1748,7 @@ def diff_records(
         to_send=sent_rows + removed_sent,
         new=new,
         changed=sent_rows - new,
-        unchanged=valid - sent_rows - held,
+        unchanged=valid + partial - sent_rows - held,
         nulls_only=nulls_only,
         removed=removed,
         removed_sent=removed_sent,
@@ -1738,6 +1758,7 @@ def diff_records(
         unconfirmed=unsure,
         state_events=state_events,
         email_releases=email_releases,
+        email_held_sent=partial,
         shared_person=shared,
         shared_samples=shared_samples,
         attributes_set=attrs,
@@ -1848,6 +1869,126 @@ def commit_nulls_only(store: StateStore, sync: str, run_id: str) -> int:
 #: row's key, the email (lower case, trimmed), that sync and the key of its record holding it
 EMAIL_WAITS = "email_waits"
 EMAIL_WAITS_COLUMNS = "(k varchar, email varchar, sync varchar, holder varchar)"
+
+
+#: the keys :func:`_hold_shared_emails` held back in this diff (of this sync or for another)
+EMAIL_HOLDS = "email_holds"
+#: the rows :func:`_held_rest` sends without their email: (k, op, ident, h, n_set, n_echo)
+HELD_REST = "held_rest"
+#: those rows as the mapping made them (every column of ``mapped``), until ``changes`` exists
+HELD_REST_ROWS = "held_rest_rows"
+
+HELD_REST_NOTE = "; meanwhile its other changes are sent, without the email"
+
+
+def _held_rest(
+    con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Compiled, full_resync: bool
+) -> int:
+    """Of the rows :func:`_hold_shared_emails` held back (:data:`EMAIL_HOLDS`), those of a
+    person already delivered (the snapshot's record addresses them by `id`, else `cio_id`, the
+    row's other identifiers as delivered) whose other changes can go now: their payload
+    without the email (not in the identifiers, not in the attributes), to the identifiers they
+    were delivered with. Kept in :data:`HELD_REST` with the snapshot's ``ident`` (the old
+    email: the row still takes its email, so the next run holds or sends it again) and, as
+    ``h``, the row's hash with the email column as last delivered: the record as Customer.io
+    then holds it, so a later run that finds the row as it is sends nothing until the email
+    is free (:data:`STALE_HASH` when the email column is not text: sent again each run).
+    A row whose only change is its email sends nothing (its hash so is the snapshot's); nor
+    does a new person (an identify without the email would create a person of no email, which
+    the row's email later reaches only by an update of that person), an `on_change` sync's
+    row (its events follow the whole row), nor one keyed by the identity graph. The rows stay
+    rejected, their reason saying so (:data:`HELD_REST_NOTE`), and their mapped rows are
+    copied to :data:`HELD_REST_ROWS`. Returns how many."""
+    run_sql(con, f"drop table if exists {HELD_REST}; drop table if exists {HELD_REST_ROWS}")
+    if (
+        sync.kind != "people"
+        or sync.on_change
+        or sync.keyed_by_graph
+        or not temp_table(con, EMAIL_HOLDS)
+        or not _one(con, f"select count(*) from {EMAIL_HOLDS}")
+    ):
+        return 0
+    delivered = _delivered(con, sync.name)
+    email_column = sync.identify_by["email"]
+    same = " and ".join(
+        f"json_extract_string(m.ident, '$.{k}') is not distinct from "
+        f"json_extract_string(s.ident, '$.{k}')"
+        for k in _IDENT_KEYS
+        if k != "email"
+    )
+    run_sql(
+        con,
+        f"""
+        create or replace temp table {HELD_REST_ROWS} as
+        select m.*, s.ident as was_ident, s.h as was_h,
+               json_extract_string(s.ident, '$.email') as was_email
+        from mapped m
+        semi join (select distinct k from {EMAIL_HOLDS}) e on e.k = m.k
+        join {delivered} s on s.k = m.k
+        where {_addressed_by("s.ident")} is not null and m.addr = {_addressed_by("s.ident")}
+          and {same} and m.__rid is not null
+        """,
+    )
+    if not _one(con, f"select count(*) from {HELD_REST_ROWS}"):
+        run_sql(con, f"drop table {HELD_REST_ROWS}")
+        return 0
+    # the row's hash as the mapping computes it, the email column holding the email last
+    # delivered (a text column; the snapshot's email is the column's text, trimmed)
+    text = con.execute(
+        "select column_type from (describe model) where column_name = ?", [email_column]
+    ).fetchall()
+    if text and str(text[0][0]).upper() == "VARCHAR":
+        relation = (
+            f"(select model.* replace (r.was_email as {q(email_column)}) from model "
+            f"join (select __rid, was_email from {HELD_REST_ROWS}) r on r.__rid = model.rowid)"
+        )
+        hashes = f"select k, src_h as h from ({compiled.keyed_select(relation)})"
+    else:
+        hashes = f"select k, {STALE_HASH}::ubigint as h from {HELD_REST_ROWS}"
+    rows = con.execute(
+        f"""
+        select r.k, p.op, r.was_ident, coalesce(x.h, {STALE_HASH}), r.was_h, r.n_set, r.n_echo
+        from {HELD_REST_ROWS} r
+        join payloads p on p.__rid = r.__rid
+        left join ({hashes}) x on x.k = r.k
+        """
+    ).fetchall()
+    rest: list[tuple[Any, ...]] = []
+    for k, op, ident, h, was_h, n_set, n_echo in rows:
+        if h == was_h and not full_resync:
+            continue  # only the email changed: nothing else to send
+        try:
+            payload = orjson.loads(op)
+        except orjson.JSONDecodeError:  # a value orjson does not read back (held whole)
+            continue
+        payload.get("identifiers", {}).pop("email", None)
+        attributes = payload.get("attributes", {})
+        dropped = int(attributes.pop("email", None) is not None)
+        if not set(attributes) - {"_update"}:
+            continue
+        rest.append(
+            (k, orjson.dumps(payload).decode(), ident, h, n_set - dropped, n_echo - dropped)
+        )
+    run_sql(
+        con,
+        f"create temp table {HELD_REST} "
+        "(k varchar, op varchar, ident varchar, h ubigint, n_set integer, n_echo integer)",
+    )
+    if not rest:
+        run_sql(con, f"drop table {HELD_REST_ROWS}")
+        return 0
+    con.executemany(f"insert into {HELD_REST} values (?, ?, ?, ?, ?, ?)", rest)
+    run_sql(
+        con,
+        f"""
+        update mapped set reject = mapped.reject || {lit(HELD_REST_NOTE)}
+        from {HELD_REST} p where mapped.k = p.k;
+        create or replace temp table {HELD_REST_ROWS} as
+        select * exclude (was_ident, was_h, was_email) from {HELD_REST_ROWS}
+        semi join {HELD_REST} p on p.k = {HELD_REST_ROWS}.k
+        """,
+    )
+    return len(rest)
 
 
 def waits_freed(
@@ -2164,6 +2305,8 @@ def _hold_shared_emails(
         group by t.k;
         insert into {EMAIL_WAITS}
         select k, email, sync_w, k_w from email_held where sync_w is not null;
+        create temp table if not exists {EMAIL_HOLDS} (k varchar);
+        insert into {EMAIL_HOLDS} select k from email_held;
         update mapped set reject = coalesce(
             mapped.reject,
             case when h.sync_w is null then {reason} when h.kept_w then {kept_elsewhere}
