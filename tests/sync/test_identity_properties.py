@@ -788,3 +788,36 @@ def test_a_family_email_a_lead_gave_the_deleted_user_goes_to_the_other_user_in_o
     for name in ORDER:
         again = plan_sync(project, name, console=NullConsole())
         assert again.changes.to_send == 0 and not again.identity_ops, name
+
+
+def test_a_new_user_taking_the_email_a_user_let_go_of_with_a_lead_is_a_person_of_their_own(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user and a lead share an email (one person). The user's email goes null: the lead's
+    part is split off the user's person (held for review: its rows still go to that person,
+    which keeps the email in Customer.io). Then a new user signs up with that email: a new
+    person, not the first user's person (two user ids are never one person), which gives
+    the email up first. (Found by the state machine above, seed 104: the new user's rows
+    went to the first user's person, by its `id`, and no person `u3` was ever made.)"""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(tmp_path, "insert into app_users values ('u2', 'e2@x.io', 'free');")
+    sql(tmp_path, "insert into leads values ('e2@x.io', 'ads')")
+    sync_all(project)
+    u2 = emu.person(id="u2")
+    assert u2 is not None and u2.email == "e2@x.io"
+    sql(tmp_path, "update app_users set email = null")
+    sync_all(project)
+    sql(tmp_path, "insert into app_users values ('u3', 'e2@x.io', 'pro')")
+    sync_all(project)
+    assert emu.merges() == []
+    kept = emu.person(id="u2")
+    assert kept is not None and (kept.cio_id, kept.email) == (u2.cio_id, None)
+    assert kept.attributes == {"plan": "free", "lead_source": "ads"}  # as it was
+    u3 = emu.person(id="u3")
+    assert u3 is not None and u3.cio_id != u2.cio_id
+    assert (u3.email, u3.attributes) == ("e2@x.io", {"plan": "pro", "lead_source": "ads"})
+    for name in ORDER:
+        again = plan_sync(project, name, console=NullConsole())
+        assert again.changes.to_send == 0 and not again.identity_ops, name

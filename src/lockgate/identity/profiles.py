@@ -102,6 +102,8 @@ class PreviousProfiles:
         ids = profiles["profile_id"].combine_chunks()
         column = profiles.schema.get_field_index("profile_id")
         profiles = profiles.set_column(column, profiles.schema.field(column), ids)
+        if state.held.num_rows:
+            profiles = _as_held(profiles, ids, state.held)
         return cls(profiles, ids, state.aliases, live)
 
     def _old_ids(self) -> pa.StringArray:
@@ -140,6 +142,34 @@ class PreviousProfiles:
     def name(self, code: int) -> str:
         """The profile id of ``code``."""
         return str(self.ids[code].as_py())
+
+
+def _as_held(profiles: pa.Table, ids: pa.Array, held: pa.Table) -> pa.Table:
+    """``profiles`` with each part split off a Customer.io person with an `id` (a split
+    waiting for review) shown as that person: its rows went to the parent's person (its `id`
+    and the email Customer.io holds), whatever its own identifiers say.
+
+    So a part that later holds another user's `id` is that person's, not heir to it (two
+    user ids are never one person, :func:`_retire_other_ids`): the new user is a person of
+    their own, and an email the part takes along is released from the held person first
+    (`customerio.releases`), instead of the new user's rows going to the other user's person.
+    """
+    parts = held.filter(
+        pc.and_(
+            pc.not_equal(held["profile_id"], held["parent_profile_id"]),
+            pc.is_valid(held["cio_person_id"]),
+        )
+    )
+    if not parts.num_rows:
+        return profiles
+    at = pc.index_in(ids, value_set=parts["profile_id"].combine_chunks())
+    at = pc.if_else(pc.is_null(profiles["cio_person_id"]), at, pa.scalar(None, at.type))
+    for name in ("cio_person_id", "cio_email"):
+        column = profiles.schema.get_field_index(name)
+        held_values = parts[name].combine_chunks().cast(profiles.schema.field(column).type)
+        values = pc.if_else(pc.is_valid(at), held_values.take(at), profiles[name])
+        profiles = profiles.set_column(column, profiles.schema.field(column), values)
+    return profiles
 
 
 def _aligned(table: pa.Table, schema: pa.Schema) -> pa.Table:
