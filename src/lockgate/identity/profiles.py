@@ -87,6 +87,9 @@ class PreviousProfiles:
     ids: pa.StringArray
     aliases: pa.Table
     live: int = 0
+    own_person: pa.ChunkedArray | None = None
+    """`cio_person_id` as each profile had it: ``table`` shows a part of a split waiting for
+    review as the person it was split off (:func:`_as_held`); None when they are the same."""
 
     @classmethod
     def from_state(cls, state: IdentityState | None, types: tuple[str, ...]) -> PreviousProfiles:
@@ -102,9 +105,11 @@ class PreviousProfiles:
         ids = profiles["profile_id"].combine_chunks()
         column = profiles.schema.get_field_index("profile_id")
         profiles = profiles.set_column(column, profiles.schema.field(column), ids)
+        own = None
         if state.held.num_rows:
+            own = profiles["cio_person_id"]
             profiles = _as_held(profiles, ids, state.held)
-        return cls(profiles, ids, state.aliases, live)
+        return cls(profiles, ids, state.aliases, live, own)
 
     def _old_ids(self) -> pa.StringArray:
         old: pa.StringArray = self.aliases["old_profile_id"].combine_chunks().cast(pa.string())
@@ -504,6 +509,17 @@ def assign(
         old_values = previous.table[column].combine_chunks().cast(kind).take(pid_take)
         return pc.coalesce(old_values, pa.scalar(fresh, kind))
 
+    # a profile that was a Customer.io person with an `id` and is heir to a component that
+    # holds none now (its user left, a lead's email of it stays) is still that person in
+    # Customer.io, `id` and all: not a person known by email alone, whom a link could merge
+    # into another (deleting the person with the `id`), or whose email a new user could take
+    # without the person giving it up first (a part split off such a person keeps its own:
+    # its rows go to that person meanwhile)
+    if n_prev:
+        own = previous.own_person
+        own = previous.table["cio_person_id"] if own is None else own
+        old_person = own.combine_chunks().cast(pa.string())
+        person_ids = pc.coalesce(person_ids, old_person.take(pid_take))
     created_run = carried("created_run", run_id, pa.string())
     created_batch = carried("created_batch", batch, pa.int64())
     updated = pc.if_else(
