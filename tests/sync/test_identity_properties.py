@@ -980,3 +980,109 @@ def test_a_stripe_id_that_moves_off_a_user_no_source_shows_leaves_their_person_a
     for name in ORDER:
         again = plan_sync(project, name, console=NullConsole())
         assert again.changes.to_send == 0 and not again.identity_ops, name
+
+
+def test_a_new_user_taking_the_email_a_user_let_go_of_with_a_lead_is_a_person_of_their_own(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user and a lead share an email (one person). The user's email goes null: the lead's
+    part is split off the user's person (held for review: its rows still go to that person,
+    which keeps the email in Customer.io). Then a new user signs up with that email: a new
+    person, not the first user's person (two user ids are never one person), which gives
+    the email up first. (Found by the state machine above, seed 104: the new user's rows
+    went to the first user's person, by its `id`, and no person `u3` was ever made.)"""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(tmp_path, "insert into app_users values ('u2', 'e2@x.io', 'free');")
+    sql(tmp_path, "insert into leads values ('e2@x.io', 'ads')")
+    sync_all(project)
+    u2 = emu.person(id="u2")
+    assert u2 is not None and u2.email == "e2@x.io"
+    sql(tmp_path, "update app_users set email = null")
+    sync_all(project)
+    sql(tmp_path, "insert into app_users values ('u3', 'e2@x.io', 'pro')")
+    sync_all(project)
+    assert emu.merges() == []
+    kept = emu.person(id="u2")
+    assert kept is not None and (kept.cio_id, kept.email) == (u2.cio_id, None)
+    assert kept.attributes == {"plan": "free", "lead_source": "ads"}  # as it was
+    u3 = emu.person(id="u3")
+    assert u3 is not None and u3.cio_id != u2.cio_id
+    assert (u3.email, u3.attributes) == ("e2@x.io", {"plan": "pro", "lead_source": "ads"})
+    for name in ORDER:
+        again = plan_sync(project, name, console=NullConsole())
+        assert again.changes.to_send == 0 and not again.identity_ops, name
+
+
+def test_a_lead_left_on_a_deleted_users_person_is_never_merged_away_by_a_link(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user and a lead share an email (one person, with the user's `id`); the user's row
+    leaves, the lead's stays, so the profile goes on as the lead's, on that person. A link
+    then says the lead's address and another lead's are one person: the other lead's person
+    is merged into the first, never the other way round (a merge into a person known by
+    email alone would delete the person that has the `id` `u2`). (Found by the state machine
+    above, seed 109 at 20x20: the profile forgot its person's `id` once the user left, and
+    looked like a lead's person known by email alone.)"""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(
+        tmp_path,
+        "insert into app_users values ('u2', 'e1@x.io', 'pro');"
+        "insert into leads values ('e1@x.io', 'ads'), ('e2@x.io', 'seo')",
+    )
+    sync_all(project)
+    u2 = emu.person(id="u2")
+    assert u2 is not None
+    sql(tmp_path, "delete from app_users")
+    sync_all(project)
+    sql(tmp_path, "insert into links values ('e1@x.io', 'e2@x.io')")
+    sync_all(project)
+    assert all(m.secondary_id is None for m in emu.merges()), emu.merges()
+    kept = emu.person(id="u2")
+    assert kept is not None and (kept.cio_id, kept.email) == (u2.cio_id, "e1@x.io")
+    assert [p.cio_id for p in emu.people()] == [u2.cio_id]  # the other lead merged into it
+    for name in ORDER:
+        again = plan_sync(project, name, console=NullConsole())
+        assert again.changes.to_send == 0 and not again.identity_ops, name
+
+
+def test_a_new_user_taking_the_email_a_deleted_users_lead_kept_is_a_person_of_their_own(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the user's row leaves, comes back without an email (full resyncs), and
+    then the new user signs up: the profile the lead's row kept on the first user's person
+    still knows that person's `id`, so the new user is a person of their own and the first
+    gives the email up. (Found while shrinking seed 104: the new user's row was refused, the
+    email held by `u2`, and the leads sync then gave `u2`'s person the new `id`.)"""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(tmp_path, "insert into app_users values ('u2', 'e2@x.io', null);")
+    sql(tmp_path, "insert into leads values ('e2@x.io', 'ads')")
+    sync_all(project)
+    u2 = emu.person(id="u2")
+    assert u2 is not None
+
+    def resync_all() -> None:  # a full resync sends every row again, `u2`'s without an email
+        for name in ORDER:
+            report = run_sync(project, name, console=NullConsole(), full_resync=True)
+            assert report.status == "success", (name, report.failures)
+
+    sql(tmp_path, "delete from app_users")
+    resync_all()
+    sql(tmp_path, "insert into app_users values ('u2', null, 'free')")
+    resync_all()
+    sql(tmp_path, "insert into app_users values ('u3', 'e2@x.io', 'pro')")
+    resync_all()
+    assert emu.merges() == []
+    kept = emu.person(id="u2")
+    assert kept is not None and (kept.cio_id, kept.email) == (u2.cio_id, None)
+    u3 = emu.person(id="u3")
+    assert u3 is not None and u3.cio_id != u2.cio_id
+    assert (u3.email, u3.attributes["plan"]) == ("e2@x.io", "pro")
+    for name in ORDER:
+        again = plan_sync(project, name, console=NullConsole())
+        assert again.changes.to_send == 0 and not again.identity_ops, name

@@ -16,7 +16,9 @@ old ones renamed `{name}_backfill`). The invariants:
 
 Between runs the sync files change too (`reconfigure`): an attribute of each people sync taken
 out of the mapping (kept in Customer.io, or cleared with `clear_removed_attributes`) and put
-back (sent again to everyone), and the mirror deleting the people who leave.
+back (sent again to everyone), `plan` sent under another attribute name (`subscription`) and
+back, the mirror deleting the people who leave, and the members sync turned into an `upsert`
+(the people who leave are left as they are, to be undone once it mirrors again) and back.
 """
 
 from __future__ import annotations
@@ -197,8 +199,15 @@ class SyncMachine(RuleBasedStateMachine):
         self.synced = False
         #: the sync files as they are now (`reconfigure`), and the attributes the last run of
         #: each people sync mapped (whose mapping it recorded)
-        self.config = {"promo": True, "rank": True, "delete": False, "clear": False}
-        self.mapped_then = {"promo": True, "rank": True}
+        self.config = {
+            "promo": True,
+            "rank": True,
+            "delete": False,
+            "clear": False,
+            "mirror": True,
+            "rename": False,
+        }
+        self.mapped_then = {"promo": True, "rank": True, "plan": True, "subscription": False}
 
     @initialize(people=people_rows, members=member_rows, events=event_rows)
     def start(self, people: Any, members: Any, events: Any) -> None:
@@ -216,23 +225,47 @@ class SyncMachine(RuleBasedStateMachine):
         profile, members = PROFILE, MEMBERS
         if not config["promo"]:
             profile = profile.replace("  promo: {column: promo, on_null: clear}\n", "")
+        if config["rename"]:
+            profile = profile.replace("  plan: plan\n", "  subscription: plan\n")
         if not config["rank"]:
             members = members.replace("  rank: {column: rank, type: integer}\n", "")
         if config["clear"]:
             profile += "clear_removed_attributes: true\n"
             members += "clear_removed_attributes: true\n"
-        if config["delete"]:
+        if not config["mirror"]:
+            # an upsert: the records that leave stay in the snapshot (no run is forced past
+            # `max_removed` to forget them), to be undone once the sync mirrors again
+            members = members.replace("mode: mirror\n", "guardrails: {max_removed: off}\n")
+        elif config["delete"]:
             members += "delete_removed: true\n"
         self.project = self.factory.write(
             {"profile": profile, "members": members, "activity": ACTIVITY}, retries=0
         )
 
-    @rule(promo=st.booleans(), rank=st.booleans(), delete=st.booleans(), clear=st.booleans())
-    def reconfigure(self, promo: bool, rank: bool, delete: bool, clear: bool) -> None:
+    @rule(
+        promo=st.booleans(),
+        rank=st.booleans(),
+        delete=st.booleans(),
+        clear=st.booleans(),
+        mirror=st.booleans(),
+        rename=st.booleans(),
+    )
+    def reconfigure(
+        self, promo: bool, rank: bool, delete: bool, clear: bool, mirror: bool, rename: bool
+    ) -> None:
         """The sync files change between runs: `promo` (profile) and `rank` (members) taken
-        out of the mapping or put back, `clear_removed_attributes` turned on or off, and the
-        members' mirror deleting the people who leave instead of clearing them."""
-        self.config = {"promo": promo, "rank": rank, "delete": delete, "clear": clear}
+        out of the mapping or put back, `plan` (profile) renamed `subscription` in
+        Customer.io or named back, `clear_removed_attributes` turned on or off, the members'
+        mirror deleting the people who leave instead of clearing them, and the members sync
+        turned into an upsert (the people who leave are left as they are) or back."""
+        self.config = {
+            "promo": promo,
+            "rank": rank,
+            "delete": delete,
+            "clear": clear,
+            "mirror": mirror,
+            "rename": rename,
+        }
         self._write_syncs()
 
     # -- the warehouse ------------------------------------------------------------------
@@ -435,19 +468,28 @@ class SyncMachine(RuleBasedStateMachine):
     def _sendable(self, e: dict[str, Any]) -> bool:
         return e["user_id"] is not None and e["ts"] <= self.now + 300
 
+    def _mapped(self, name: str) -> bool:
+        """Whether the sync files map attribute ``name`` now."""
+        if name in ("plan", "subscription"):
+            return self.config["rename"] == (name == "subscription")
+        return self.config[name]
+
     def _cleared(self, name: str) -> bool:
         """Whether this run clears ``name`` on every record it sends: taken out of the mapping
         since the last run, with `clear_removed_attributes` (docs/sync.md, "Mapping
         changes"). A row the run rejects is not sent, and keeps it."""
-        return self.mapped_then[name] and not self.config[name] and self.config["clear"]
+        return self.mapped_then[name] and not self._mapped(name) and self.config["clear"]
 
     def _expect_after_sync(self) -> None:
         """Move the reference model on by one committed run of each sync."""
         config = self.config
         for r in filter(self._person_ok, self.people):
             attrs = self.expected.setdefault(str(r["user_id"]), {})
-            if r["plan"]:
-                attrs["plan"] = r["plan"]
+            for name in ("plan", "subscription"):
+                if self._mapped(name) and r["plan"]:
+                    attrs[name] = r["plan"]
+                elif self._cleared(name):
+                    attrs.pop(name, None)
             if r["score"]:
                 attrs["score"] = _number(r["score"])
             if config["promo"] and r["promo"]:
@@ -468,6 +510,8 @@ class SyncMachine(RuleBasedStateMachine):
         # a person leaves when no row of the model reaches them; a rejected row still does.
         # They are deleted (`delete_removed`), or their attributes mapped now are cleared
         present = {f"email:{_person(r['email'])}" for r in self.members if r["email"] is not None}
+        if not config["mirror"]:  # an upsert leaves them, and remembers them
+            present |= self.mirrored
         for person in self.mirrored - present:
             if config["delete"]:
                 del self.expected[person]
@@ -478,7 +522,7 @@ class SyncMachine(RuleBasedStateMachine):
                 self.expected[person].pop("rank", None)
         self.mirrored = (self.mirrored & present) | sent
         self.deleted -= sent
-        self.mapped_then = {"promo": config["promo"], "rank": config["rank"]}
+        self.mapped_then = {name: self._mapped(name) for name in self.mapped_then}
         self.ledger.update(self._deliverable())
         self.synced = True
 

@@ -90,6 +90,9 @@ class PreviousProfiles:
     ids: pa.StringArray
     aliases: pa.Table
     live: int = 0
+    own_person: pa.ChunkedArray | None = None
+    """`cio_person_id` as each profile had it: ``table`` shows a part of a split waiting for
+    review as the person it was split off (:func:`_as_held`); None when they are the same."""
 
     @classmethod
     def from_state(cls, state: IdentityState | None, types: tuple[str, ...]) -> PreviousProfiles:
@@ -105,7 +108,11 @@ class PreviousProfiles:
         ids = profiles["profile_id"].combine_chunks()
         column = profiles.schema.get_field_index("profile_id")
         profiles = profiles.set_column(column, profiles.schema.field(column), ids)
-        return cls(profiles, ids, state.aliases, live)
+        own = None
+        if state.held.num_rows:
+            own = profiles["cio_person_id"]
+            profiles = _as_held(profiles, ids, state.held)
+        return cls(profiles, ids, state.aliases, live, own)
 
     def _old_ids(self) -> pa.StringArray:
         old: pa.StringArray = self.aliases["old_profile_id"].combine_chunks().cast(pa.string())
@@ -143,6 +150,34 @@ class PreviousProfiles:
     def name(self, code: int) -> str:
         """The profile id of ``code``."""
         return str(self.ids[code].as_py())
+
+
+def _as_held(profiles: pa.Table, ids: pa.Array, held: pa.Table) -> pa.Table:
+    """``profiles`` with each part split off a Customer.io person with an `id` (a split
+    waiting for review) shown as that person: its rows went to the parent's person (its `id`
+    and the email Customer.io holds), whatever its own identifiers say.
+
+    So a part that later holds another user's `id` is that person's, not heir to it (two
+    user ids are never one person, :func:`_retire_other_ids`): the new user is a person of
+    their own, and an email the part takes along is released from the held person first
+    (`customerio.releases`), instead of the new user's rows going to the other user's person.
+    """
+    parts = held.filter(
+        pc.and_(
+            pc.not_equal(held["profile_id"], held["parent_profile_id"]),
+            pc.is_valid(held["cio_person_id"]),
+        )
+    )
+    if not parts.num_rows:
+        return profiles
+    at = pc.index_in(ids, value_set=parts["profile_id"].combine_chunks())
+    at = pc.if_else(pc.is_null(profiles["cio_person_id"]), at, pa.scalar(None, at.type))
+    for name in ("cio_person_id", "cio_email"):
+        column = profiles.schema.get_field_index(name)
+        held_values = parts[name].combine_chunks().cast(profiles.schema.field(column).type)
+        values = pc.if_else(pc.is_valid(at), held_values.take(at), profiles[name])
+        profiles = profiles.set_column(column, profiles.schema.field(column), values)
+    return profiles
 
 
 def _aligned(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -486,6 +521,17 @@ def assign(
         old_values = previous.table[column].combine_chunks().cast(kind).take(pid_take)
         return pc.coalesce(old_values, pa.scalar(fresh, kind))
 
+    # a profile that was a Customer.io person with an `id` and is heir to a component that
+    # holds none now (its user left, a lead's email of it stays) is still that person in
+    # Customer.io, `id` and all: not a person known by email alone, whom a link could merge
+    # into another (deleting the person with the `id`), or whose email a new user could take
+    # without the person giving it up first (a part split off such a person keeps its own:
+    # its rows go to that person meanwhile)
+    if n_prev:
+        own = previous.own_person
+        own = previous.table["cio_person_id"] if own is None else own
+        old_person = own.combine_chunks().cast(pa.string())
+        person_ids = pc.coalesce(person_ids, old_person.take(pid_take))
     created_run = carried("created_run", run_id, pa.string())
     created_batch = carried("created_batch", batch, pa.int64())
     updated = pc.if_else(
