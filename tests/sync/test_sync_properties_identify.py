@@ -15,6 +15,7 @@ an `upsert`, a `mirror` or a mirror with `delete_removed`, drawn for each exampl
   sent, trimmed, released when another row takes it), and no other person holds an account's
   email;
 - (c) each event key arrived exactly once;
+- (d) after a whole run with faults, a whole run without them converges to (b) and (c);
 - (e) a row a run of named records delivered is not sent again by the next whole run when it
   has not changed since, and not lost either (b).
 
@@ -23,6 +24,7 @@ an `upsert`, a `mirror` or a mirror with `delete_removed`, drawn for each exampl
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -51,8 +53,8 @@ from tests.sync.helpers import (
 from tests.sync.test_sync_properties import ACTIVITY, COUNTS
 
 from lockgate.console import NullConsole
-from lockgate.emulator import Emulator
-from lockgate.errors import NothingNamedError
+from lockgate.emulator import Emulator, FaultConfig
+from lockgate.errors import LockgateError, NothingNamedError
 from lockgate.sync.run import RunReport, Session, plan_sync, run_sync
 
 TABLES = """
@@ -301,6 +303,30 @@ class IdentifyMachine(RuleBasedStateMachine):
         self.sent_named = {}
         self._note_dropped(held)
         self._expect_after_whole_run()
+
+    @rule(
+        seed=st.integers(0, 3),
+        applied=st.booleans(),
+        rate=st.sampled_from([0.3, 0.7, 1.0]),
+        every=st.booleans(),
+    )
+    def sync_with_faults(self, seed: int, applied: bool, rate: float, every: bool) -> None:
+        """(d) a whole run whose requests fail (some applied, their answer lost), then a whole
+        run without faults: it converges to (b), each event once (c)."""
+        self.emu.set_faults(
+            FaultConfig(error_5xx=rate / 2, reset=rate / 2, seed=seed, applied_then_failed=applied)
+        )
+        held = self._held_events()
+        try:
+            for name in SYNCS:
+                with contextlib.suppress(LockgateError):
+                    self._run(name)
+        finally:
+            self.emu.set_faults(FaultConfig())
+        event("a whole run with faults")
+        self._note_dropped(held)
+        self.sent_named = {}
+        self.sync(every)
 
     @rule(data=st.data(), together=st.booleans())
     def sync_only(self, data: st.DataObject, together: bool) -> None:
