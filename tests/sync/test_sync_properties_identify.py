@@ -17,7 +17,9 @@ an `upsert`, a `mirror` or a mirror with `delete_removed`, drawn for each exampl
 - (c) each event key arrived exactly once;
 - (d) after a whole run with faults, a whole run without them converges to (b) and (c);
 - (e) a row a run of named records delivered is not sent again by the next whole run when it
-  has not changed since, and not lost either (b).
+  has not changed since, and not lost either (b);
+- (f) after a person is deleted in Customer.io by hand, a whole run with `--full-resync`
+  converges to (b) and (c), and does not create a person whose row left the model again.
 
 `LOCKGATE_PROPERTY_EXAMPLES=500` explores more than CI's few derandomized examples.
 """
@@ -278,22 +280,23 @@ class IdentifyMachine(RuleBasedStateMachine):
         }
 
     @rule(every=st.booleans())
-    def sync(self, every: bool) -> None:
+    def sync(self, every: bool, full_resync: bool = False) -> None:
         """A whole run of each sync, one by one or as `plan --all` then `sync --all`."""
         start = len(self.emu.request_log())
         held = self._held_events()
+        kw = {"full_resync": True} if full_resync else {}
         if every:
             with Session() as session:
-                plans = [self._plan(n, session=session) for n in SYNCS]
+                plans = [self._plan(n, session=session, **kw) for n in SYNCS]
             with Session() as session:
                 for name, plan in zip(SYNCS, plans, strict=True):
                     before = len(self.emu.request_log())
-                    self._check(name, plan, self._run(name, session=session), before)
+                    self._check(name, plan, self._run(name, session=session, **kw), before)
         else:
             for name in SYNCS:
-                plan = self._plan(name)
+                plan = self._plan(name, **kw)
                 before = len(self.emu.request_log())
-                self._check(name, plan, self._run(name), before)
+                self._check(name, plan, self._run(name, **kw), before)
         # (e) a row sent by a named run and unchanged since is not sent again
         again = self._identified(start)
         for uid, (email, plan) in self.sent_named.items():
@@ -327,6 +330,26 @@ class IdentifyMachine(RuleBasedStateMachine):
         self._note_dropped(held)
         self.sent_named = {}
         self.sync(every)
+
+    @precondition(lambda self: self.expected)
+    @rule(data=st.data(), every=st.booleans())
+    def deleted_by_hand(self, data: st.DataObject, every: bool) -> None:
+        """(f) someone deletes a person in Customer.io by hand (their events go with them),
+        then `sync --all --full-resync` sends every row again: the model's rows are people
+        again, and a person whose row left the model is not created again."""
+        uid = data.draw(st.sampled_from(sorted(self.expected)))
+        event("a person deleted by hand" + ("" if uid in self.accounts else ", their row gone"))
+        held = self._held_events()
+        with self.emu.client(auth=self.emu.track_auth) as client:
+            client.delete(f"/api/v1/customers/{uid}").raise_for_status()
+        self._note_dropped(held)
+        del self.expected[uid]
+        self.sent_named = {}  # a full resync sends them again
+        self.sync(every, full_resync=True)
+        if uid not in self.accounts:
+            assert str(uid) not in {p.id for p in self.emu.people()}, uid
+
+    deleted_by_hand_again = deleted_by_hand  # drawn as often as a run with faults
 
     @rule(data=st.data(), together=st.booleans())
     def sync_only(self, data: st.DataObject, together: bool) -> None:
