@@ -15,14 +15,18 @@ an `upsert`, a `mirror` or a mirror with `delete_removed`, drawn for each exampl
   sent, trimmed, released when another row takes it), and no other person holds an account's
   email;
 - (c) each event key arrived exactly once;
+- (d) after a whole run with faults, a whole run without them converges to (b) and (c);
 - (e) a row a run of named records delivered is not sent again by the next whole run when it
-  has not changed since, and not lost either (b).
+  has not changed since, and not lost either (b);
+- (f) after a person is deleted in Customer.io by hand, a whole run with `--full-resync`
+  converges to (b) and (c), and does not create a person whose row left the model again.
 
 `LOCKGATE_PROPERTY_EXAMPLES=500` explores more than CI's few derandomized examples.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -51,8 +55,8 @@ from tests.sync.helpers import (
 from tests.sync.test_sync_properties import ACTIVITY, COUNTS
 
 from lockgate.console import NullConsole
-from lockgate.emulator import Emulator
-from lockgate.errors import NothingNamedError
+from lockgate.emulator import Emulator, FaultConfig
+from lockgate.errors import LockgateError, NothingNamedError
 from lockgate.sync.run import RunReport, Session, plan_sync, run_sync
 
 TABLES = """
@@ -276,22 +280,23 @@ class IdentifyMachine(RuleBasedStateMachine):
         }
 
     @rule(every=st.booleans())
-    def sync(self, every: bool) -> None:
+    def sync(self, every: bool, full_resync: bool = False) -> None:
         """A whole run of each sync, one by one or as `plan --all` then `sync --all`."""
         start = len(self.emu.request_log())
         held = self._held_events()
+        kw = {"full_resync": True} if full_resync else {}
         if every:
             with Session() as session:
-                plans = [self._plan(n, session=session) for n in SYNCS]
+                plans = [self._plan(n, session=session, **kw) for n in SYNCS]
             with Session() as session:
                 for name, plan in zip(SYNCS, plans, strict=True):
                     before = len(self.emu.request_log())
-                    self._check(name, plan, self._run(name, session=session), before)
+                    self._check(name, plan, self._run(name, session=session, **kw), before)
         else:
             for name in SYNCS:
-                plan = self._plan(name)
+                plan = self._plan(name, **kw)
                 before = len(self.emu.request_log())
-                self._check(name, plan, self._run(name), before)
+                self._check(name, plan, self._run(name, **kw), before)
         # (e) a row sent by a named run and unchanged since is not sent again
         again = self._identified(start)
         for uid, (email, plan) in self.sent_named.items():
@@ -301,6 +306,50 @@ class IdentifyMachine(RuleBasedStateMachine):
         self.sent_named = {}
         self._note_dropped(held)
         self._expect_after_whole_run(start)
+
+    @rule(
+        seed=st.integers(0, 3),
+        applied=st.booleans(),
+        rate=st.sampled_from([0.3, 0.7, 1.0]),
+        every=st.booleans(),
+    )
+    def sync_with_faults(self, seed: int, applied: bool, rate: float, every: bool) -> None:
+        """(d) a whole run whose requests fail (some applied, their answer lost), then a whole
+        run without faults: it converges to (b), each event once (c)."""
+        self.emu.set_faults(
+            FaultConfig(error_5xx=rate / 2, reset=rate / 2, seed=seed, applied_then_failed=applied)
+        )
+        held = self._held_events()
+        try:
+            for name in SYNCS:
+                with contextlib.suppress(LockgateError):
+                    self._run(name)
+        finally:
+            self.emu.set_faults(FaultConfig())
+        event("a whole run with faults")
+        self._note_dropped(held)
+        self.sent_named = {}
+        self.sync(every)
+
+    @precondition(lambda self: self.expected)
+    @rule(data=st.data(), every=st.booleans())
+    def deleted_by_hand(self, data: st.DataObject, every: bool) -> None:
+        """(f) someone deletes a person in Customer.io by hand (their events go with them),
+        then `sync --all --full-resync` sends every row again: the model's rows are people
+        again, and a person whose row left the model is not created again."""
+        uid = data.draw(st.sampled_from(sorted(self.expected)))
+        event("a person deleted by hand" + ("" if uid in self.accounts else ", their row gone"))
+        held = self._held_events()
+        with self.emu.client(auth=self.emu.track_auth) as client:
+            client.delete(f"/api/v1/customers/{uid}").raise_for_status()
+        self._note_dropped(held)
+        del self.expected[uid]
+        self.sent_named = {}  # a full resync sends them again
+        self.sync(every, full_resync=True)
+        if uid not in self.accounts:
+            assert str(uid) not in {p.id for p in self.emu.people()}, uid
+
+    deleted_by_hand_again = deleted_by_hand  # drawn as often as a run with faults
 
     @rule(data=st.data(), together=st.booleans())
     def sync_only(self, data: st.DataObject, together: bool) -> None:
