@@ -143,16 +143,20 @@ def _hashed_before_nested_terms(project: Any) -> str:
         )[0]
         old = mapping.hash_base(recorded)
         assert old != recorded  # the model has nested columns: the hash has terms
-        store.exec_sql(f"attach '{project.root / 'warehouse.duckdb'}' as wh (read_only)")
-        store.exec_sql(
-            f"update {table('snap', 'profile')} s set h = u.h "
-            f"from (select id::varchar as k, {old} as h from wh.users) u where u.k = s.k"
-        )
-        store.exec_sql(
-            "update contract_mappings set mapping_hash = ? where sync = 'profile'", [old]
-        )
-        store.exec_sql("detach wh")
+        as_hashed_by(store, project, old)
     return old
+
+
+def as_hashed_by(store: StateStore, project: Any, old: str) -> None:
+    """Rewrite the `profile` sync's snapshot and recorded mapping as a Lockgate whose row hash
+    was ``old`` (SQL over `users`) left them: the state before an upgrade."""
+    store.exec_sql(f"attach '{project.root / 'warehouse.duckdb'}' as wh (read_only)")
+    store.exec_sql(
+        f"update {table('snap', 'profile')} s set h = u.h "
+        f"from (select id::varchar as k, {old} as h from wh.users) u where u.k = s.k"
+    )
+    store.exec_sql("update contract_mappings set mapping_hash = ? where sync = 'profile'", [old])
+    store.exec_sql("detach wh")
 
 
 @pytest.mark.parametrize("ambiguous", [False, True])
@@ -306,15 +310,7 @@ attributes:
         )[0]
         assert now in recorded
         old = recorded.replace(now, before)
-        store.exec_sql(f"attach '{project.root / 'warehouse.duckdb'}' as wh (read_only)")
-        store.exec_sql(
-            f"update {table('snap', 'profile')} s set h = u.h "
-            f"from (select id::varchar as k, {old} as h from wh.users) u where u.k = s.k"
-        )
-        store.exec_sql(
-            "update contract_mappings set mapping_hash = ? where sync = 'profile'", [old]
-        )
-        store.exec_sql("detach wh")
+        as_hashed_by(store, project, old)
 
     plan = plan_sync(project, "profile", console=NullConsole())
     assert plan.changes.to_send == plan.changes.remapped == 3
