@@ -542,6 +542,13 @@ def sync_all(project: Project) -> None:
         assert report.status == "success", (name, report.failures)
 
 
+def assert_nothing_left_to_send(project: Any) -> None:
+    """Every sync of :data:`ORDER` plans nothing more: no row, no identity operation."""
+    for name in ORDER:
+        again = plan_sync(project, name, console=NullConsole())
+        assert again.changes.to_send == 0 and not again.identity_ops, name
+
+
 @pytest.mark.parametrize("lead_kept", [True, False])
 def test_a_lead_whose_profile_gains_a_smaller_email_stays_one_person(
     customerio_emulator: Emulator,
@@ -630,9 +637,7 @@ def test_a_deleted_user_is_never_merged_into_the_user_who_shared_their_email(
     u4 = customerio_emulator.person(id="u4")
     assert u4 is not None and u4.email == "e1@x.io"
     assert u4.attributes == {"plan": "team"}  # `contested_email` cleared
-    for name in ORDER:
-        again = plan_sync(project, name, console=NullConsole())
-        assert again.changes.to_send == 0 and not again.identity_ops, name
+    assert_nothing_left_to_send(project)
 
 
 def test_a_new_user_takes_the_email_of_a_deleted_user_in_one_run(
@@ -664,9 +669,7 @@ def test_a_new_user_takes_the_email_of_a_deleted_user_in_one_run(
     new = customerio_emulator.person(id="u2")
     assert new is not None and new.cio_id != old.cio_id
     assert (new.email, new.attributes) == ("e1@x.io", {"plan": "pro"})
-    for name in ORDER:
-        again = plan_sync(project, name, console=NullConsole())
-        assert again.changes.to_send == 0 and not again.identity_ops, name
+    assert_nothing_left_to_send(project)
 
 
 def test_a_deleted_lead_whose_email_joins_a_user_is_merged_into_the_user(
@@ -711,9 +714,7 @@ def test_a_deleted_lead_whose_email_joins_a_user_is_merged_into_the_user(
         (u2.cio_id, lead.cio_id)
     ]
     assert customerio_emulator.person(id="u1") is not None  # a retired user is left alone
-    for name in ORDER:
-        again = plan_sync(project, name, console=NullConsole())
-        assert again.changes.to_send == 0 and not again.identity_ops, name
+    assert_nothing_left_to_send(project)
 
 
 SETTINGS = property_settings(examples=2, steps=6)
@@ -745,9 +746,7 @@ def test_a_user_who_changes_email_gets_the_new_one_while_a_link_keeps_the_old(
     sync_all(project)
     (person,) = customerio_emulator.people()
     assert (person.id, person.email, person.attributes) == ("u2", "e4@x.io", {"plan": "free"})
-    for name in ORDER:
-        again = plan_sync(project, name, console=NullConsole())
-        assert again.changes.to_send == 0 and not again.identity_ops, name
+    assert_nothing_left_to_send(project)
 
 
 def test_a_family_email_a_lead_gave_the_deleted_user_goes_to_the_other_user_in_one_run(
@@ -779,9 +778,7 @@ def test_a_family_email_a_lead_gave_the_deleted_user_goes_to_the_other_user_in_o
     assert u4.attributes == {"plan": "pro", "lead_source": "webinar"}
     kept = customerio_emulator.person(id="u1")
     assert kept is not None and (kept.cio_id, kept.email) == (u1.cio_id, None)
-    for name in ORDER:
-        again = plan_sync(project, name, console=NullConsole())
-        assert again.changes.to_send == 0 and not again.identity_ops, name
+    assert_nothing_left_to_send(project)
 
 
 #: two users of one family email; the user id limit gives it to `u1`
@@ -821,9 +818,7 @@ def test_a_user_whose_email_goes_null_while_the_family_email_moves_is_cleared_on
     assert kept is not None and (kept.cio_id, kept.email) == (u1.cio_id, None)
     u4 = customerio_emulator.person(id="u4")
     assert u4 is not None and u4.email == "e1@x.io"
-    for name in ORDER:
-        again = plan_sync(project, name, console=NullConsole())
-        assert again.changes.to_send == 0 and not again.identity_ops, name
+    assert_nothing_left_to_send(project)
     # `u1` holds no email since: when `u4` moves on and a new user takes the family email,
     # nobody is cleared (`u1` is not cleared again)
     before = len(customerio_emulator.request_log())
@@ -977,9 +972,7 @@ def test_a_stripe_id_that_moves_off_a_user_no_source_shows_leaves_their_person_a
     person = customerio_emulator.person(email="e1@x.io")
     assert person is not None and (person.cio_id, person.id) == (lead.cio_id, None)
     assert person.attributes == {"lead_source": "ads", "stripe_id": "cus_1", "mrr": 9}
-    for name in ORDER:
-        again = plan_sync(project, name, console=NullConsole())
-        assert again.changes.to_send == 0 and not again.identity_ops, name
+    assert_nothing_left_to_send(project)
 
 
 def test_a_new_user_taking_the_email_a_user_let_go_of_with_a_lead_is_a_person_of_their_own(
@@ -1010,9 +1003,7 @@ def test_a_new_user_taking_the_email_a_user_let_go_of_with_a_lead_is_a_person_of
     u3 = emu.person(id="u3")
     assert u3 is not None and u3.cio_id != u2.cio_id
     assert (u3.email, u3.attributes) == ("e2@x.io", {"plan": "pro", "lead_source": "ads"})
-    for name in ORDER:
-        again = plan_sync(project, name, console=NullConsole())
-        assert again.changes.to_send == 0 and not again.identity_ops, name
+    assert_nothing_left_to_send(project)
 
 
 def test_a_lead_left_on_a_deleted_users_person_is_never_merged_away_by_a_link(
@@ -1044,9 +1035,7 @@ def test_a_lead_left_on_a_deleted_users_person_is_never_merged_away_by_a_link(
     kept = emu.person(id="u2")
     assert kept is not None and (kept.cio_id, kept.email) == (u2.cio_id, "e1@x.io")
     assert [p.cio_id for p in emu.people()] == [u2.cio_id]  # the other lead merged into it
-    for name in ORDER:
-        again = plan_sync(project, name, console=NullConsole())
-        assert again.changes.to_send == 0 and not again.identity_ops, name
+    assert_nothing_left_to_send(project)
 
 
 def test_a_new_user_taking_the_email_a_deleted_users_lead_kept_is_a_person_of_their_own(
@@ -1083,6 +1072,4 @@ def test_a_new_user_taking_the_email_a_deleted_users_lead_kept_is_a_person_of_th
     u3 = emu.person(id="u3")
     assert u3 is not None and u3.cio_id != u2.cio_id
     assert (u3.email, u3.attributes["plan"]) == ("e2@x.io", "pro")
-    for name in ORDER:
-        again = plan_sync(project, name, console=NullConsole())
-        assert again.changes.to_send == 0 and not again.identity_ops, name
+    assert_nothing_left_to_send(project)
