@@ -1892,7 +1892,7 @@ def _held_rest(
     email: the row still takes its email, so the next run holds or sends it again) and, as
     ``h``, the row's hash with the email column as last delivered: the record as Customer.io
     then holds it, so a later run that finds the row as it is sends nothing until the email
-    is free (:data:`STALE_HASH` when the email column is not text: sent again each run).
+    is free (the email read back in the column's type, :data:`STALE_HASH` if none is found).
     A row whose only change is its email sends nothing (its hash so is the snapshot's); nor
     does a new person (an identify without the email would create a person of no email, which
     the row's email later reaches only by an update of that person), an `on_change` sync's
@@ -1933,18 +1933,26 @@ def _held_rest(
         run_sql(con, f"drop table {HELD_REST_ROWS}")
         return 0
     # the row's hash as the mapping computes it, the email column holding the email last
-    # delivered (a text column; the snapshot's email is the column's text, trimmed)
-    text = con.execute(
+    # delivered: the snapshot's email is the column's text (trimmed), read back in the
+    # column's type (JSON, BLOB...) so that it hashes as a value of the column does. A run
+    # that finds the row as it is computes the same hash (it depends on the row and that
+    # email alone), and one whose other columns changed another; a text the type does not
+    # take back hashes as a null email, alike in each run
+    (column_type,) = con.execute(
         "select column_type from (describe model) where column_name = ?", [email_column]
-    ).fetchall()
-    if text and str(text[0][0]).upper() == "VARCHAR":
-        relation = (
-            f"(select model.* replace (r.was_email as {q(email_column)}) from model "
-            f"join (select __rid, was_email from {HELD_REST_ROWS}) r on r.__rid = model.rowid)"
-        )
-        hashes = f"select k, src_h as h from ({compiled.keyed_select(relation)})"
-    else:
-        hashes = f"select k, {STALE_HASH}::ubigint as h from {HELD_REST_ROWS}"
+    ).fetchone() or ("VARCHAR",)
+    was_email = "r.was_email"
+    if str(column_type).upper() != "VARCHAR":
+        try:
+            con.execute(f"select try_cast(null::varchar as {column_type})").fetchall()
+            was_email = f"try_cast(r.was_email as {column_type})"
+        except duckdb.Error:  # a type DuckDB does not read back by its name
+            was_email = "null"
+    relation = (
+        f"(select model.* replace ({was_email} as {q(email_column)}) from model "
+        f"join (select __rid, was_email from {HELD_REST_ROWS}) r on r.__rid = model.rowid)"
+    )
+    hashes = f"select k, src_h as h from ({compiled.keyed_select(relation)})"
     rows = con.execute(
         f"""
         select r.k, p.op, r.was_ident, coalesce(x.h, {STALE_HASH}), r.was_h, r.n_set, r.n_echo
