@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from tests.sync.helpers import ACCOUNTS, people, sent_ops
+from tests.sync.test_unconfirmed import killed_once_applied
 
 from lockgate.console import NullConsole
 from lockgate.sync.run import plan_sync, run_sync
@@ -189,6 +190,38 @@ def test_a_held_row_whose_only_change_is_its_email_sends_nothing(
     since = len(emu.request_log())
     report = run_sync(project, "accounts", console=NullConsole())
     assert (report.delivered, report.changes.rejected, sent_ops(emu, since)) == (0, 1, [])
+
+
+def test_a_held_rows_other_change_applied_by_a_killed_run_is_undone_when_the_row_goes_back(
+    project_factory: ProjectFactory,
+) -> None:
+    """Row 7 takes row 5's email with a new plan; the run sends the plan without the email,
+    Customer.io applies it and the run is SIGKILLed before it hears so. The row's plan then
+    goes back to the one last confirmed while its email still waits: the next run sends the
+    plan again (it was taken for a row whose only change is its email, and person 7 kept the
+    plan of the killed run), and the one after sends nothing."""
+    project_factory.sql(
+        "create table accounts as select * from (values (5, 'ann@x.io', 'free'), "
+        "(7, 'bob@x.io', 'free')) t(user_id, email, plan)"
+    )
+    project = project_factory.write({"accounts": ACCOUNTS})
+    emu = project_factory.emulator
+    assert run_sync(project, "accounts", console=NullConsole()).delivered == 2
+    project_factory.sql("update accounts set email = 'ann@x.io', plan = 'team' where user_id = 7")
+
+    def applied() -> bool:
+        person = emu.person(id="7")
+        return person is not None and person.attributes.get("plan") == "team"
+
+    killed_once_applied(project.root, "accounts", emu, applied)
+    project_factory.sql("update accounts set plan = 'free' where user_id = 7")
+    assert plan_sync(project, "accounts", console=NullConsole()).changes.to_send == 1
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert (report.status, report.delivered, report.changes.email_held_sent) == ("success", 1, 1)
+    assert people(emu) == {"5": ("ann@x.io", "free"), "7": ("bob@x.io", "free")}
+    since = len(emu.request_log())
+    again = run_sync(project, "accounts", console=NullConsole())
+    assert (again.delivered, again.changes.rejected, sent_ops(emu, since)) == (0, 1, [])
 
 
 def test_an_email_that_changes_hands_in_one_run_is_not_held_back(

@@ -1619,7 +1619,7 @@ def diff_records(
         else 0
     )
     # a held row of a person already delivered still sends its other changes (not its email)
-    partial = _held_rest(con, sync, compiled, full_resync)
+    partial = _held_rest(con, sync, compiled, full_resync, unconfirmed)
     rejected, samples, reasons = _rejected(con)
     valid = total - todo + int(_one(con, "select count(*) from mapped where reject is null") or 0)
     # the identifiers of the rejected rows: still in the model, they still reach their
@@ -1882,7 +1882,11 @@ HELD_REST_NOTE = "; meanwhile its other changes are sent, without the email"
 
 
 def _held_rest(
-    con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Compiled, full_resync: bool
+    con: duckdb.DuckDBPyConnection,
+    sync: SyncConfig,
+    compiled: Compiled,
+    full_resync: bool,
+    unconfirmed: str,
 ) -> int:
     """Of the rows :func:`_hold_shared_emails` held back (:data:`EMAIL_HOLDS`), those of a
     person already delivered (the snapshot's record addresses them by `id`, else `cio_id`, the
@@ -1893,7 +1897,9 @@ def _held_rest(
     ``h``, the row's hash with the email column as last delivered: the record as Customer.io
     then holds it, so a later run that finds the row as it is sends nothing until the email
     is free (the email read back in the column's type, :data:`STALE_HASH` if none is found).
-    A row whose only change is its email sends nothing (its hash so is the snapshot's); nor
+    A row whose only change is its email sends nothing (its hash so is the snapshot's), unless
+    its last delivery was not confirmed (``unconfirmed``: a rest sent by a killed run may have
+    applied, and the row gone back since is sent again, as :func:`_todo` has it); nor
     does a new person (an identify without the email would create a person of no email, which
     the row's email later reaches only by an update of that person), an `on_change` sync's
     row (its events follow the whole row), nor one keyed by the identity graph. The rows stay
@@ -1921,7 +1927,8 @@ def _held_rest(
         f"""
         create or replace temp table {HELD_REST_ROWS} as
         select m.*, s.ident as was_ident, s.h as was_h,
-               json_extract_string(s.ident, '$.email') as was_email
+               json_extract_string(s.ident, '$.email') as was_email,
+               m.k in (select k from {unconfirmed}) as unsure
         from mapped m
         semi join (select distinct k from {EMAIL_HOLDS}) e on e.k = m.k
         join {delivered} s on s.k = m.k
@@ -1955,15 +1962,16 @@ def _held_rest(
     hashes = f"select k, src_h as h from ({compiled.keyed_select(relation)})"
     rows = con.execute(
         f"""
-        select r.k, p.op, r.was_ident, coalesce(x.h, {STALE_HASH}), r.was_h, r.n_set, r.n_echo
+        select r.k, p.op, r.was_ident, coalesce(x.h, {STALE_HASH}), r.was_h, r.n_set, r.n_echo,
+               r.unsure
         from {HELD_REST_ROWS} r
         join payloads p on p.__rid = r.__rid
         left join ({hashes}) x on x.k = r.k
         """
     ).fetchall()
     rest: list[tuple[Any, ...]] = []
-    for k, op, ident, h, was_h, n_set, n_echo in rows:
-        if h == was_h and not full_resync:
+    for k, op, ident, h, was_h, n_set, n_echo, unsure in rows:
+        if h == was_h and not full_resync and not unsure:
             continue  # only the email changed: nothing else to send
         try:
             payload = orjson.loads(op)
@@ -1992,7 +2000,7 @@ def _held_rest(
         update mapped set reject = mapped.reject || {lit(HELD_REST_NOTE)}
         from {HELD_REST} p where mapped.k = p.k;
         create or replace temp table {HELD_REST_ROWS} as
-        select * exclude (was_ident, was_h, was_email) from {HELD_REST_ROWS}
+        select * exclude (was_ident, was_h, was_email, unsure) from {HELD_REST_ROWS}
         semi join {HELD_REST} p on p.k = {HELD_REST_ROWS}.k
         """,
     )
