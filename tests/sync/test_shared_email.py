@@ -108,16 +108,16 @@ def test_a_row_taking_the_email_a_delivered_person_keeps_is_held_back(
     }
 
 
-#: email column shapes: (its type, SQL of a value of it from an email's text)
+#: email column shapes: (its name and type, SQL of a value of it from an email's text)
 EMAIL_COLUMNS = {
-    "varchar": ("varchar", "{}"),
-    "varchar(40)": ("varchar(40)", "{}"),
-    "char(20)": ("char(20)", "{}"),
-    "enum": ("mail", "{}"),
-    "upper case": ("varchar", "upper({})"),
-    "spaces around": ("varchar", "' ' || {} || chr(9)"),
-    "json": ("json", "to_json({})"),
-    "blob": ("blob", "{}::blob"),
+    "varchar": ("email varchar", "{}"),
+    "varchar(40)": ("email varchar(40)", "{}"),
+    "char(20)": ("email char(20)", "{}"),
+    "enum": ("email mail", "{}"),
+    "upper case": ("email varchar", "upper({})"),
+    "spaces around": ("email varchar", "' ' || {} || chr(9)"),
+    "json": ("email json", "to_json({})"),
+    "blob": ("email blob", "{}::blob"),
 }
 
 
@@ -136,7 +136,7 @@ def test_a_held_row_sends_each_other_change_once_whatever_its_email_columns_type
 
     project_factory.sql(
         "create type mail as enum ('ann@x.io', 'bob@x.io', 'al@x.io');"
-        f"create table accounts (user_id int, email {column}, plan varchar);"
+        f"create table accounts (user_id int, {column}, plan varchar);"
         f"insert into accounts values (5, {email('ann@x.io')}, 'free'), "
         f"(7, {email('bob@x.io')}, 'free')"
     )
@@ -177,7 +177,7 @@ def test_a_held_row_whose_only_change_is_its_email_sends_nothing(
     column, value = EMAIL_COLUMNS[shape]
     project_factory.sql(
         "create type mail as enum ('ann@x.io', 'bob@x.io');"
-        f"create table accounts (user_id int, email {column}, plan varchar);"
+        f"create table accounts (user_id int, {column}, plan varchar);"
         f"insert into accounts values (5, {value.format(repr('ann@x.io'))}, 'free'), "
         f"(7, {value.format(repr('bob@x.io'))}, 'free')"
     )

@@ -1945,11 +1945,12 @@ def _held_rest(
     # that finds the row as it is computes the same hash (it depends on the row and that
     # email alone), and one whose other columns changed another; a text the type does not
     # take back hashes as a null email, alike in each run
-    (column_type,) = con.execute(
+    found = con.execute(
         "select column_type from (describe model) where column_name = ?", [email_column]
-    ).fetchone() or ("VARCHAR",)
+    ).fetchall()
+    column_type = str(found[0][0]) if found else ""
     was_email = "r.was_email"
-    if str(column_type).upper() != "VARCHAR":
+    if column_type.upper() != "VARCHAR":
         try:
             con.execute(f"select try_cast(null::varchar as {column_type})").fetchall()
             was_email = f"try_cast(r.was_email as {column_type})"
@@ -1959,7 +1960,11 @@ def _held_rest(
         f"(select model.* replace ({was_email} as {q(email_column)}) from model "
         f"join (select __rid, was_email from {HELD_REST_ROWS}) r on r.__rid = model.rowid)"
     )
-    hashes = f"select k, src_h as h from ({compiled.keyed_select(relation)})"
+    hashes = (
+        f"select k, src_h as h from ({compiled.keyed_select(relation)})"
+        if found
+        else f"select k, {STALE_HASH}::ubigint as h from {HELD_REST_ROWS}"
+    )
     rows = con.execute(
         f"""
         select r.k, p.op, r.was_ident, coalesce(x.h, {STALE_HASH}), r.was_h, r.n_set, r.n_echo,
