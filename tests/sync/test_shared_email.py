@@ -10,6 +10,7 @@ the others are rejected, with the reason, until the model is deduped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from tests.sync.helpers import ACCOUNTS, people, sent_ops
 from tests.sync.test_unconfirmed import killed_once_applied
 
 from lockgate.console import NullConsole
+from lockgate.project.loader import load_project
 from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -121,14 +123,42 @@ EMAIL_COLUMNS = {
 }
 
 
+def each_other_change_is_sent_once(
+    project_factory: ProjectFactory, sql: Callable[[str], None], email: Callable[[str], str]
+) -> None:
+    """Row 7 (delivered with bob@x.io) takes row 5's email ann@x.io with a new plan, then
+    another plan; each plan goes without the email, once: a run that finds the row as it was
+    sends nothing (no request), and `plan` says so. Once 5 frees the email, 7 takes it.
+    ``sql`` runs a statement on table ``accounts`` of the warehouse, ``email`` gives SQL of a
+    value of its email column."""
+    project = project_factory.project
+    emu = project_factory.emulator
+    assert run_sync(project, "accounts", console=NullConsole()).delivered == 2
+    (bob,) = [p.email for p in emu.people() if p.id == "7"]
+    for plan in ("team", "pro"):
+        taken = "" if plan == "pro" else f"email = {email('ann@x.io')}, "
+        sql(f"update accounts set {taken}plan = '{plan}' where user_id = 7")
+        report = run_sync(project, "accounts", console=NullConsole())
+        assert (report.delivered, report.changes.email_held_sent) == (1, 1)
+        assert "other changes are sent" in held(report)["7"]
+        assert people(emu)["7"] == (bob, plan)
+        assert plan_sync(project, "accounts", console=NullConsole()).changes.to_send == 0
+        since = len(emu.request_log())
+        again = run_sync(project, "accounts", console=NullConsole())
+        assert (again.delivered, again.changes.rejected, sent_ops(emu, since)) == (0, 1, [])
+    sql(f"update accounts set email = {email('al@x.io')} where user_id = 5")
+    assert run_sync(project, "accounts", console=NullConsole()).delivered == 2
+    address, plan = people(emu)["7"]
+    assert ("ann@x.io" in str(address).lower(), plan) == (True, "pro")
+
+
 @pytest.mark.parametrize("shape", list(EMAIL_COLUMNS))
 def test_a_held_row_sends_each_other_change_once_whatever_its_email_columns_type(
     project_factory: ProjectFactory, shape: str
 ) -> None:
-    """Row 7 takes row 5's email with a new plan: its plan goes without the email, and a run
-    that finds it as it was sends nothing (no request), `plan` neither; a later plan of its
-    own goes too, once. A JSON or BLOB email column recorded no hash of the row: every change
-    after the first was taken for the held email alone, never sent."""
+    """:func:`each_other_change_is_sent_once`, the email column of each shape. A JSON or BLOB
+    email column recorded no hash of the row: every change after the first was taken for the
+    held email alone, never sent."""
     column, value = EMAIL_COLUMNS[shape]
 
     def email(text: str) -> str:
@@ -140,31 +170,44 @@ def test_a_held_row_sends_each_other_change_once_whatever_its_email_columns_type
         f"insert into accounts values (5, {email('ann@x.io')}, 'free'), "
         f"(7, {email('bob@x.io')}, 'free')"
     )
-    project = project_factory.write({"accounts": ACCOUNTS})
-    emu = project_factory.emulator
-    assert run_sync(project, "accounts", console=NullConsole()).delivered == 2
-    (bob,) = [p.email for p in emu.people() if p.id == "7"]
+    project_factory.project = project_factory.write({"accounts": ACCOUNTS})
+    each_other_change_is_sent_once(project_factory, project_factory.sql, email)
 
-    def nothing_more() -> None:
-        assert plan_sync(project, "accounts", console=NullConsole()).changes.to_send == 0
-        since = len(emu.request_log())
-        again = run_sync(project, "accounts", console=NullConsole())
-        assert (again.delivered, again.changes.rejected) == (0, 1)
-        assert sent_ops(emu, since) == []
 
-    for plan in ("team", "pro"):
-        taken = "" if plan == "pro" else f"email = {email('ann@x.io')}, "
-        project_factory.sql(f"update accounts set {taken}plan = '{plan}' where user_id = 7")
-        report = run_sync(project, "accounts", console=NullConsole())
-        assert (report.delivered, report.changes.email_held_sent) == (1, 1)
-        assert "other changes are sent" in held(report)["7"]
-        assert people(emu)["7"] == (bob, plan)
-        nothing_more()
-    # the email freed, the row takes it
-    project_factory.sql(f"update accounts set email = {email('al@x.io')} where user_id = 5")
-    assert run_sync(project, "accounts", console=NullConsole()).delivered == 2
-    address, plan = people(emu)["7"]
-    assert ("ann@x.io" in str(address).lower(), plan) == (True, "pro")
+@pytest.mark.postgres
+@pytest.mark.parametrize("column", ["char(20)", "citext", "lg_held.mail", "jsonb"])
+def test_a_held_row_of_a_postgres_model_sends_each_other_change_once(
+    project_factory: ProjectFactory, postgres_dsn: str, column: str
+) -> None:
+    """The same from a Postgres model whose email column is padded text, `citext`, an enum or
+    `jsonb` (whose later changes were never sent)."""
+    import psycopg
+
+    def sql(statement: str) -> None:
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(statement.replace("accounts", "lg_held.accounts"))
+
+    def email(text: str) -> str:
+        return f"to_jsonb('{text}'::text)" if column == "jsonb" else f"'{text}'"
+
+    sql(
+        "drop schema if exists lg_held cascade; create schema lg_held;"
+        "create extension if not exists citext;"
+        "create type lg_held.mail as enum ('ann@x.io', 'bob@x.io', 'al@x.io');"
+        f"create table accounts (user_id int, email {column}, plan varchar);"
+        f"insert into accounts values (5, {email('ann@x.io')}, 'free'), "
+        f"(7, {email('bob@x.io')}, 'free')"
+    )
+    sync = ACCOUNTS.replace("{table: accounts}", '{sql: "select * from lg_held.accounts"}')
+    project_factory.write({"accounts": sync})
+    config = project_factory.root / "lockgate.yml"
+    config.write_text(
+        config.read_text().replace(
+            "type: duckdb\n    path: warehouse.duckdb", f"type: postgres\n    url: '{postgres_dsn}'"
+        )
+    )
+    project_factory.project = load_project(project_factory.root)
+    each_other_change_is_sent_once(project_factory, sql, email)
 
 
 @pytest.mark.parametrize("shape", [s for s in EMAIL_COLUMNS if s != "spaces around"])
