@@ -235,6 +235,46 @@ def test_a_held_row_whose_only_change_is_its_email_sends_nothing(
     assert (report.delivered, report.changes.rejected, sent_ops(emu, since)) == (0, 1, [])
 
 
+def test_an_attribute_of_the_email_column_waits_with_the_email(
+    project_factory: ProjectFactory,
+) -> None:
+    """Attribute `contact` reads the email column too. Row 7 takes row 5's email with a new
+    plan: the plan goes, `contact` waits with the email (sent, it stayed in Customer.io when
+    the row went back to its email: the row was found as recorded, and person 7 kept the
+    other address). Back at its own email, the row sends nothing; freed, the email and
+    `contact` go together."""
+    project_factory.sql(
+        "create table accounts as select * from (values (5, 'ann@x.io', 'free'), "
+        "(7, 'bob@x.io', 'free')) t(user_id, email, plan)"
+    )
+    project = project_factory.write({"accounts": ACCOUNTS + "  contact: email\n"})
+    emu = project_factory.emulator
+
+    def seven() -> tuple[Any, ...]:
+        person = emu.person(id="7")
+        assert person is not None
+        return (person.email, person.attributes["plan"], person.attributes["contact"])
+
+    assert run_sync(project, "accounts", console=NullConsole()).delivered == 2
+    project_factory.sql("update accounts set email = 'ann@x.io', plan = 'team' where user_id = 7")
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert (report.delivered, report.changes.email_held_sent) == (1, 1)
+    assert seven() == ("bob@x.io", "team", "bob@x.io")
+    project_factory.sql("update accounts set email = 'bob@x.io' where user_id = 7")
+    assert plan_sync(project, "accounts", console=NullConsole()).changes.to_send == 0
+    since = len(emu.request_log())
+    assert run_sync(project, "accounts", console=NullConsole()).delivered == 0
+    assert (seven(), sent_ops(emu, since)) == (("bob@x.io", "team", "bob@x.io"), [])
+    # an attribute of the email column alone changed: held, nothing else to send
+    project_factory.sql("update accounts set email = 'ann@x.io' where user_id = 7")
+    since = len(emu.request_log())
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert (report.delivered, report.changes.rejected, sent_ops(emu, since)) == (0, 1, [])
+    project_factory.sql("update accounts set email = 'al@x.io' where user_id = 5")
+    assert run_sync(project, "accounts", console=NullConsole()).delivered == 2
+    assert seven() == ("ann@x.io", "team", "ann@x.io")
+
+
 def test_a_held_rows_other_change_applied_by_a_killed_run_is_undone_when_the_row_goes_back(
     project_factory: ProjectFactory,
 ) -> None:

@@ -1892,7 +1892,8 @@ def _held_rest(
     person already delivered (the snapshot's record addresses them by `id`, else `cio_id`, the
     row's other identifiers as delivered) whose other changes can go now: their payload
     without the email (not in the identifiers, not in the attributes), to the identifiers they
-    were delivered with. Kept in :data:`HELD_REST` with the snapshot's ``ident`` (the old
+    were delivered with (nor any other attribute of the email column: those wait with it).
+    Kept in :data:`HELD_REST` with the snapshot's ``ident`` (the old
     email: the row still takes its email, so the next run holds or sends it again) and, as
     ``h``, the row's hash with the email column as last delivered: the record as Customer.io
     then holds it, so a later run that finds the row as it is sends nothing until the email
@@ -1974,6 +1975,11 @@ def _held_rest(
         left join ({hashes}) x on x.k = r.k
         """
     ).fetchall()
+    of_email = [
+        name
+        for name, spec in sync.attributes.items()
+        if name != "email" and spec.value is None and (spec.column or name) == email_column
+    ]
     rest: list[tuple[Any, ...]] = []
     for k, op, ident, h, was_h, n_set, n_echo, unsure in rows:
         if h == was_h and not full_resync and not unsure:
@@ -1984,12 +1990,13 @@ def _held_rest(
             continue
         payload.get("identifiers", {}).pop("email", None)
         attributes = payload.get("attributes", {})
-        dropped = int(attributes.pop("email", None) is not None)
+        echoed = int(attributes.pop("email", None) is not None)
+        # the other attributes of the email column wait with it: the hash holds them as the
+        # email last delivered gives them, as Customer.io still does
+        dropped = echoed + sum(attributes.pop(a, None) is not None for a in of_email)
         if not set(attributes) - {"_update"}:
             continue
-        rest.append(
-            (k, orjson.dumps(payload).decode(), ident, h, n_set - dropped, n_echo - dropped)
-        )
+        rest.append((k, orjson.dumps(payload).decode(), ident, h, n_set - dropped, n_echo - echoed))
     run_sql(
         con,
         f"create temp table {HELD_REST} "
