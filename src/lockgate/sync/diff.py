@@ -1619,7 +1619,7 @@ def diff_records(
         else 0
     )
     # a held row of a person already delivered still sends its other changes (not its email)
-    partial = _held_rest(con, sync, compiled, full_resync)
+    partial = _held_rest(con, sync, compiled, full_resync, unconfirmed)
     rejected, samples, reasons = _rejected(con)
     valid = total - todo + int(_one(con, "select count(*) from mapped where reject is null") or 0)
     # the identifiers of the rejected rows: still in the model, they still reach their
@@ -1882,18 +1882,25 @@ HELD_REST_NOTE = "; meanwhile its other changes are sent, without the email"
 
 
 def _held_rest(
-    con: duckdb.DuckDBPyConnection, sync: SyncConfig, compiled: Compiled, full_resync: bool
+    con: duckdb.DuckDBPyConnection,
+    sync: SyncConfig,
+    compiled: Compiled,
+    full_resync: bool,
+    unconfirmed: str,
 ) -> int:
     """Of the rows :func:`_hold_shared_emails` held back (:data:`EMAIL_HOLDS`), those of a
     person already delivered (the snapshot's record addresses them by `id`, else `cio_id`, the
     row's other identifiers as delivered) whose other changes can go now: their payload
     without the email (not in the identifiers, not in the attributes), to the identifiers they
-    were delivered with. Kept in :data:`HELD_REST` with the snapshot's ``ident`` (the old
+    were delivered with (nor any other attribute of the email column: those wait with it).
+    Kept in :data:`HELD_REST` with the snapshot's ``ident`` (the old
     email: the row still takes its email, so the next run holds or sends it again) and, as
     ``h``, the row's hash with the email column as last delivered: the record as Customer.io
     then holds it, so a later run that finds the row as it is sends nothing until the email
-    is free (:data:`STALE_HASH` when the email column is not text: sent again each run).
-    A row whose only change is its email sends nothing (its hash so is the snapshot's); nor
+    is free (the email read back in the column's type, :data:`STALE_HASH` if none is found).
+    A row whose only change is its email sends nothing (its hash so is the snapshot's), unless
+    its last delivery was not confirmed (``unconfirmed``: a rest sent by a killed run may have
+    applied, and the row gone back since is sent again, as :func:`_todo` has it); nor
     does a new person (an identify without the email would create a person of no email, which
     the row's email later reaches only by an update of that person), an `on_change` sync's
     row (its events follow the whole row), nor one keyed by the identity graph. The rows stay
@@ -1921,7 +1928,8 @@ def _held_rest(
         f"""
         create or replace temp table {HELD_REST_ROWS} as
         select m.*, s.ident as was_ident, s.h as was_h,
-               json_extract_string(s.ident, '$.email') as was_email
+               json_extract_string(s.ident, '$.email') as was_email,
+               m.k in (select k from {unconfirmed}) as unsure
         from mapped m
         semi join (select distinct k from {EMAIL_HOLDS}) e on e.k = m.k
         join {delivered} s on s.k = m.k
@@ -1933,29 +1941,48 @@ def _held_rest(
         run_sql(con, f"drop table {HELD_REST_ROWS}")
         return 0
     # the row's hash as the mapping computes it, the email column holding the email last
-    # delivered (a text column; the snapshot's email is the column's text, trimmed)
-    text = con.execute(
+    # delivered: the snapshot's email is the column's text (trimmed), read back in the
+    # column's type (JSON, BLOB...) so that it hashes as a value of the column does. A run
+    # that finds the row as it is computes the same hash (it depends on the row and that
+    # email alone), and one whose other columns changed another; a text the type does not
+    # take back hashes as a null email, alike in each run
+    found = con.execute(
         "select column_type from (describe model) where column_name = ?", [email_column]
     ).fetchall()
-    if text and str(text[0][0]).upper() == "VARCHAR":
-        relation = (
-            f"(select model.* replace (r.was_email as {q(email_column)}) from model "
-            f"join (select __rid, was_email from {HELD_REST_ROWS}) r on r.__rid = model.rowid)"
-        )
-        hashes = f"select k, src_h as h from ({compiled.keyed_select(relation)})"
-    else:
-        hashes = f"select k, {STALE_HASH}::ubigint as h from {HELD_REST_ROWS}"
+    column_type = str(found[0][0]) if found else ""
+    was_email = "r.was_email"
+    if column_type.upper() != "VARCHAR":
+        try:
+            con.execute(f"select try_cast(null::varchar as {column_type})").fetchall()
+            was_email = f"try_cast(r.was_email as {column_type})"
+        except duckdb.Error:  # a type DuckDB does not read back by its name
+            was_email = "null"
+    relation = (
+        f"(select model.* replace ({was_email} as {q(email_column)}) from model "
+        f"join (select __rid, was_email from {HELD_REST_ROWS}) r on r.__rid = model.rowid)"
+    )
+    hashes = (
+        f"select k, src_h as h from ({compiled.keyed_select(relation)})"
+        if found
+        else f"select k, {STALE_HASH}::ubigint as h from {HELD_REST_ROWS}"
+    )
     rows = con.execute(
         f"""
-        select r.k, p.op, r.was_ident, coalesce(x.h, {STALE_HASH}), r.was_h, r.n_set, r.n_echo
+        select r.k, p.op, r.was_ident, coalesce(x.h, {STALE_HASH}), r.was_h, r.n_set, r.n_echo,
+               r.unsure
         from {HELD_REST_ROWS} r
         join payloads p on p.__rid = r.__rid
         left join ({hashes}) x on x.k = r.k
         """
     ).fetchall()
+    of_email = [
+        name
+        for name, spec in sync.attributes.items()
+        if name != "email" and spec.value is None and (spec.column or name) == email_column
+    ]
     rest: list[tuple[Any, ...]] = []
-    for k, op, ident, h, was_h, n_set, n_echo in rows:
-        if h == was_h and not full_resync:
+    for k, op, ident, h, was_h, n_set, n_echo, unsure in rows:
+        if h == was_h and not full_resync and not unsure:
             continue  # only the email changed: nothing else to send
         try:
             payload = orjson.loads(op)
@@ -1963,12 +1990,13 @@ def _held_rest(
             continue
         payload.get("identifiers", {}).pop("email", None)
         attributes = payload.get("attributes", {})
-        dropped = int(attributes.pop("email", None) is not None)
+        echoed = int(attributes.pop("email", None) is not None)
+        # the other attributes of the email column wait with it: the hash holds them as the
+        # email last delivered gives them, as Customer.io still does
+        dropped = echoed + sum(attributes.pop(a, None) is not None for a in of_email)
         if not set(attributes) - {"_update"}:
             continue
-        rest.append(
-            (k, orjson.dumps(payload).decode(), ident, h, n_set - dropped, n_echo - dropped)
-        )
+        rest.append((k, orjson.dumps(payload).decode(), ident, h, n_set - dropped, n_echo - echoed))
     run_sql(
         con,
         f"create temp table {HELD_REST} "
@@ -1984,7 +2012,7 @@ def _held_rest(
         update mapped set reject = mapped.reject || {lit(HELD_REST_NOTE)}
         from {HELD_REST} p where mapped.k = p.k;
         create or replace temp table {HELD_REST_ROWS} as
-        select * exclude (was_ident, was_h, was_email) from {HELD_REST_ROWS}
+        select * exclude (was_ident, was_h, was_email, unsure) from {HELD_REST_ROWS}
         semi join {HELD_REST} p on p.k = {HELD_REST_ROWS}.k
         """,
     )
