@@ -202,3 +202,50 @@ event: {name: {value: Viewed}, timestamp: ts, id: event_id}
     assert run_sync(project, "viewed", console=NullConsole()).delivered == 1
     ann = emu.person(email="ann@x.com")
     assert ann is not None and [e.person for e in emu.events()] == [ann.cio_id] * 2
+
+
+CONTACTS = """
+name: crm_contacts
+source: warehouse
+model: {table: contacts}
+kind: relationships
+object_type_id: "1"
+object_id: company_id
+identify_by: {email: email}
+relationship_attributes: {crm_role: crm_role}
+"""
+
+
+def test_a_relationship_whose_email_is_no_address_now_is_rejected_and_kept(
+    project_factory: ProjectFactory,
+) -> None:
+    """A relationships sync addressing people by email (its rows keyed by person and object):
+    a contact delivered with a good email whose cell now holds two is rejected, and the
+    relationship delivered before is not deleted as a row that left (it was, the junk row
+    being another key), nor is anybody created for the junk. Fixed to another address, the
+    relationship moves to it: the old one is deleted then."""
+    project_factory.sql(
+        "create or replace table contacts as select * from (values "
+        "('ada@x.io', 'acme', 'billing'), ('bob@x.io', 'acme', 'tech')) "
+        "t(email, company_id, crm_role)"
+    )
+    project = project_factory.write({"crm_contacts": CONTACTS})
+    assert run_sync(project, "crm_contacts", console=NullConsole()).delivered == 2
+    emu = project_factory.emulator
+
+    def related() -> set[tuple[str | None, str]]:
+        by_cio = {p.cio_id: p.email for p in emu.people()}
+        return {(by_cio.get(r.person), r.object_id) for r in emu.relationships()}
+
+    spoil = "update contacts set email = 'ada@x.io; ada@y.io' where crm_role = 'billing'"
+    project_factory.sql(spoil)
+    report = run_sync(project, "crm_contacts", console=NullConsole())
+    assert (report.changes.rejected, report.changes.removed_sent, report.delivered) == (1, 0, 0)
+    assert related() == {("ada@x.io", "acme"), ("bob@x.io", "acme")}
+    assert sorted(p.email or "" for p in emu.people()) == ["ada@x.io", "bob@x.io"]
+
+    project_factory.sql("update contacts set email = 'ada@y.io' where crm_role = 'billing'")
+    fixed = run_sync(project, "crm_contacts", console=NullConsole())
+    assert (fixed.changes.rejected, fixed.changes.removed_sent, fixed.delivered) == (0, 1, 2)
+    assert related() == {("ada@y.io", "acme"), ("bob@x.io", "acme")}
+    assert run_sync(project, "crm_contacts", console=NullConsole()).changes.to_send == 0
