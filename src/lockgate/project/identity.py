@@ -226,7 +226,9 @@ class IdentifierTypeConfig(BaseConfig):
     validate_: Literal["email_shape", "e164"] | RegexValidateConfig | None = Field(
         default=None, alias="validate"
     )
-    """`email_shape` (one `@`, non-empty local part, dotted domain), `e164`, or `{regex: ...}`.
+    """`email_shape` (the rule a sync checks an email that addresses a row by: one `@`, a
+    non-empty local part, a domain of two or more non-empty labels, no white space, control
+    characters, `,` `;` `:` `<` `>`, at most 254 characters), `e164`, or `{regex: ...}`.
     Values failing validation are dropped before the graph and counted as `invalid`."""
 
     namespace: str | None = None
