@@ -241,6 +241,7 @@ def test_a_relationship_whose_email_is_no_address_now_is_rejected_and_kept(
     project_factory.sql(spoil)
     report = run_sync(project, "crm_contacts", console=NullConsole())
     assert (report.changes.rejected, report.changes.removed_sent, report.delivered) == (1, 0, 0)
+    assert report.changes.rekeyed == 1  # not counted by `max_removed` either
     assert related() == {("ada@x.io", "acme"), ("bob@x.io", "acme")}
     assert sorted(p.email or "" for p in emu.people()) == ["ada@x.io", "bob@x.io"]
 
