@@ -177,7 +177,8 @@ event: {name: {value: Viewed}, timestamp: ts, id: event_id}
     report = run_sync(project, "viewed", console=NullConsole())
     assert report.delivered == 1
     assert dict(report.changes.rejected_samples) == {
-        "e1": "column `email`: `not-an-email` is not an email address"
+        "e1": "column `email`: `not-an-email` is not an email address (no `@`); fix it in the "
+        "model or at the source"
     }
     emu = project_factory.emulator
     ok = emu.person(email="ok@x.com")

@@ -921,7 +921,8 @@ def test_a_row_addressed_by_its_email_because_its_id_is_null_needs_an_at_sign(
     project = project_factory.write({"profile": sync})
     report = run_sync(project, "profile", console=NullConsole())
     assert dict(report.changes.rejected_samples) == {
-        "1": "column `email`: `n/a` is not an email address"
+        "1": "column `email`: `n/a` is not an email address (no `@`); fix it in the model or at "
+        "the source"
     }
     # no person addressed by `n/a` alone; u3, addressed by its id, keeps its email attribute
     people = sorted((p.id or "", p.email) for p in project_factory.emulator.people())

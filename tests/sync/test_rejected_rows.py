@@ -79,7 +79,8 @@ def test_every_rejected_row_is_counted_grouped_kept_and_sent_once_fixed(
     assert next(r for r in planned if r["key"] == "1007") == {
         "sync": "profile",
         "key": "1007",
-        "reason": "column `email`: `not-an-email-1007` is not an email address",
+        "reason": "column `email`: `not-an-email-1007` is not an email address (no `@`); fix it "
+        "in the model or at the source",
     }
     assert project_factory.emulator.people() == []
 
@@ -88,13 +89,18 @@ def test_every_rejected_row_is_counted_grouped_kept_and_sent_once_fixed(
     assert report["changes"]["rejected"] == BAD_EMAILS + NULL_KEYS
     # 1,150 rows are two problems, not 1,150: grouped by the kind of reason, the values masked
     assert [(g["kind"], g["rows"]) for g in report["rejected_reasons"]] == [
-        ("column `email`: `…` is not an email address", BAD_EMAILS),
+        (
+            "column `email`: `…` is not an email address (no `@`); fix it in the model or at "
+            "the source",
+            BAD_EMAILS,
+        ),
         ("primary key is null", NULL_KEYS),
     ]
     example = report["rejected_reasons"][0]
     assert (
         example["example"]
-        == f"column `email`: `not-an-email-{example['key']}` is not an email address"
+        == f"column `email`: `not-an-email-{example['key']}` is not an email address (no `@`); "
+        "fix it in the model or at the source"
     )
     assert len(project_factory.emulator.people()) == GOOD
 
@@ -283,7 +289,8 @@ def test_a_huge_bad_value_gives_a_reason_of_a_line_naming_the_column_and_its_len
         "b4": f"column `active` (field `active`): value {shown} is not a boolean (true/false/1/0)",
         "b5": f"column `meta` (field `meta`): value {shown} is not valid JSON",
         # a null id: the row is addressed by its email, which is not one
-        "b6": f"column `email`: {shown} is not an email address",
+        "b6": f"column `email`: {shown} is not an email address ({HUGE} characters, over the 254 "
+        "an address can have); fix it in the model or at the source",
         "e2": f"column `occurred_at` (field `timestamp`): value {shown} is not a timestamp "
         "(use ISO 8601, e.g. 2026-01-31T12:00:00Z)",
         "e3": f"event name `{'x' * 80}… ({HUGE} characters)` is {HUGE} bytes, over the "

@@ -21,10 +21,19 @@ from decimal import Decimal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lockgate.project.identity import IDENTIFIER_SPACE, IdentityConfig, RegexValidateConfig
+from lockgate.project.identity import (
+    EMAIL_MAX_CHARS,
+    EMAIL_SHAPE,
+    IDENTIFIER_SPACE,
+    IdentityConfig,
+    RegexValidateConfig,
+)
 
 _UUID = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
-_EMAIL_SHAPE = r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$"
+#: `validate: email_shape`: the rule a sync checks an email that addresses a row by, so the
+#: graph keeps no email the sync would reject (`project/identity.py`), and at most
+#: :data:`~lockgate.project.identity.EMAIL_MAX_CHARS` characters
+_EMAIL_SHAPE = EMAIL_SHAPE
 _E164 = r"^\+[1-9][0-9]{6,14}$"
 
 # Calling codes and national number lengths for the simple phone normaliser. Numbers written
@@ -349,6 +358,9 @@ def check_values(
         invalid = pc.fill_null(pc.and_(pc.is_valid(values), pa.scalar(False)), False)
     else:
         ok = pc.fill_null(pc.match_substring_regex(values, pattern), True)
+        if validator == "email_shape":
+            short = pc.less_equal(pc.utf8_length(values), EMAIL_MAX_CHARS)
+            ok = pc.and_(ok, pc.fill_null(short, True))
         invalid = pc.and_(pc.invert(ok), pc.invert(blocked))
     return blocked, invalid
 

@@ -43,7 +43,12 @@ import pyarrow as pa
 from lockgate.errors import MissingDependencyError
 from lockgate.identity import graph as g
 from lockgate.identity.normalize import _E164, _EMAIL_SHAPE, _UUID, MAX_EXACT_FLOAT
-from lockgate.project.identity import IDENTIFIER_SPACE, IdentityConfig, RegexValidateConfig
+from lockgate.project.identity import (
+    EMAIL_MAX_CHARS,
+    IDENTIFIER_SPACE,
+    IdentityConfig,
+    RegexValidateConfig,
+)
 
 #: what the embedded `trim` step (Arrow's `utf8_trim_whitespace`) takes off: Unicode's white
 #: space, without the zero-width characters `trim_unicode_space` also takes
@@ -277,6 +282,8 @@ class WarehouseStitcher:
         )
         if pattern is not None:
             bad.append(f"NOT {self._regex(v, pattern)}")
+        if validator == "email_shape":
+            bad.append(f"LENGTH({v}) > {EMAIL_MAX_CHARS}")
         out = v if not spec.namespace else f"({_lit(spec.namespace + ':')} || {v})"
         if not bad:
             return out

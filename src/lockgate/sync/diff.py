@@ -40,6 +40,7 @@ from lockgate.sync.mapping import (
     hash_over_json,
     json_key,
     lit,
+    not_an_email,
     q,
     quoted,
 )
@@ -868,11 +869,24 @@ def _still_reached(
         """
     ).fetchall()[0][0]:
         pass
+    # a relationship that leaves while a row of its object is rejected for an email that is
+    # no address (`a@x.com; b@x.com` where `a@x.com` was) may be that row's, its email
+    # spoiled: kept until the row is fixed (and sent, or no longer reaching it) or leaves
+    spoiled = (
+        f"""
+        union
+        select g.k from gone g semi join rejected_idents r
+            on json_extract_string(r.ident, '$.object') = json_extract_string(g.ident, '$.object')
+            and {not_an_email("json_extract_string(r.ident, '$.person.email')")}
+        """
+        if rejected and sync.kind == "relationships"
+        else ""
+    )
     run_sql(
         con,
         f"""
         create or replace temp table kept as
-        select distinct g.k from gone_keys g semi join live_keys l on l.a = g.a;
+        select distinct g.k from gone_keys g semi join live_keys l on l.a = g.a{spoiled};
         create or replace temp table rekeyed as
         select k from kept {"anti join held_by_siblings h on h.k = kept.k" if held else ""};
         """,

@@ -28,7 +28,12 @@ import orjson
 
 from lockgate.destinations.customerio.settings import MAX_OP_BYTES
 from lockgate.errors import QUOTED_CHARS, QUOTED_HEAD, ConfigError
-from lockgate.project.identity import IDENTIFIER_SPACE
+from lockgate.project.identity import (
+    EMAIL_FORBIDDEN,
+    EMAIL_MAX_CHARS,
+    EMAIL_SHAPE,
+    IDENTIFIER_SPACE,
+)
 from lockgate.project.models import (
     MAX_ATTRIBUTES,
     MAX_EVENT_NAME_BYTES,
@@ -1781,16 +1786,72 @@ def identifier_sql(
         checks.append(f"case when strlen({values['id']}) > {MAX_ID_BYTES} then {too_long} end")
     if "email" in values:
         # checked wherever the email is what addresses the row: alone, or because every
-        # identifier before it is null (a row with a null id is addressed by its email, and an
-        # email without `@` would create a person named by it)
+        # identifier before it is null (a row with a null id is addressed by its email, and
+        # `n/a` or `a@x.com, b@y.com` would create a person named by it, or rename one)
         email = values["email"]
         before = "".join(f" and {values[t]} is null" for t in ordered[: ordered.index("email")])
-        prefix = lit(f"column `{chosen['email']}`: `")
         checks.append(
-            f"case when {email} is not null{before} and not contains({email}, '@') "
-            f"then {prefix} || {quoted(email)} || {lit('` is not an email address')} end"
+            f"case when {email} is not null{before} and {not_an_email(email)} "
+            f"then {email_reason(chosen['email'], email)} end"
         )
     return identifiers, ident, checks
+
+
+def not_an_email(text: str) -> str:
+    """SQL: true when the (trimmed, non-null) ``text`` is no email address a sync sends
+    (:data:`~lockgate.project.identity.EMAIL_SHAPE`, at most
+    :data:`~lockgate.project.identity.EMAIL_MAX_CHARS` characters). One regular expression
+    and a byte count on every row (`strlen` is free; `length` counts characters, so it runs
+    only on the rare text over the bound in bytes)."""
+    return (
+        f"(not regexp_matches({text}, {lit(EMAIL_SHAPE)}) "
+        f"or (strlen({text}) > {EMAIL_MAX_CHARS} and length({text}) > {EMAIL_MAX_CHARS}))"
+    )
+
+
+#: white space and control characters: the forbidden characters but the separators
+_EMAIL_SPACE = "".join(c for c in EMAIL_FORBIDDEN if c not in ",;:<>")
+
+#: the control characters (C0 but NUL, DEL, C1), shown as `�` in a reason
+_CONTROL = "".join(chr(c) for c in (*range(1, 32), *range(0x7F, 0xA0)))
+
+
+def email_reason(column: str, text: str) -> str:
+    """SQL: the reject reason of the email ``text`` read from ``column`` that
+    :func:`not_an_email` refuses: the value (a control character shown as `�`, so the reason
+    stays one line), what is wrong with it and what to do. Run on rejected rows only."""
+    shown = quoted(f"regexp_replace({text}, {lit(f'[{_CONTROL}]')}, {lit(chr(0xFFFD))}, 'g')")
+    space = f"regexp_matches({text}, {lit(f'[{_EMAIL_SPACE}]')})"
+    why = [
+        (
+            f"length({text}) > {EMAIL_MAX_CHARS}",
+            f"length({text}) || "
+            + lit(f" characters, over the {EMAIL_MAX_CHARS} an address can have"),
+        ),
+        (
+            f"{text} like '%@%@%' and ({space} or regexp_matches({text}, '[,;]'))",
+            lit("more than one address: keep one"),
+        ),
+        (f"lower({text}) like 'mailto:%'", lit("a link: drop the `mailto:` before the address")),
+        (
+            f"contains({text}, '<')",
+            lit("a name and an address: keep the address between `<` and `>`"),
+        ),
+        (f"not contains({text}, '@')", lit("no `@`")),
+        (f"{text} like '%@%@%'", lit("more than one `@`")),
+        (space, lit("white space or a control character in it")),
+        (f"regexp_matches({text}, '[,;:>]')", lit("`,`, `;`, `:` or `>` in it")),
+        (f"starts_with({text}, '@')", lit("nothing before the `@`")),
+        (f"ends_with({text}, '@')", lit("no domain after the `@`")),
+        (f"ends_with({text}, '.')", lit("a dot at the end: drop it")),
+        (f"not contains(split_part({text}, '@', 2), '.')", lit("no dot in its domain")),
+    ]
+    whens = " ".join(f"when {test} then {hint}" for test, hint in why)
+    return (
+        f"{lit(f'column `{column}`: `')} || {shown} || '` is not an email address (' || "
+        f"case {whens} else 'an empty part in its domain' end || "
+        "'); fix it in the model or at the source'"
+    )
 
 
 def composite_key_sql(key_columns: list[str]) -> str:
