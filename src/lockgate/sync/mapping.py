@@ -1164,8 +1164,19 @@ def coerce(
         if _is(col_type, ("DATE", "TIMESTAMP")):
             return epoch()
         if _is(col_type, NUMERIC_TYPES):
-            converted = f"try_cast(floor({c}) as bigint)"  # NaN failed the whole run
-            return converted, check(converted, "a finite unix timestamp")
+            # an integer is cast as it is: `floor` made a HUGEINT a double, so the reason
+            # quoted 2^53 + 1 as `...992` (NaN failed the whole run)
+            whole = c if _is(col_type, _INTEGERS) else f"floor({c})"
+            converted = f"try_cast({whole} as bigint)"
+            finite = "true" if _is(col_type, _INTEGERS) else f"isfinite({c}::double)"
+            beyond = lit(
+                "` is not unix seconds (it is beyond the 64-bit range of a time); check what the "
+                "column holds"
+            )
+            return converted, (
+                f"case when {c} is not null and {converted} is null then {bad}case when "
+                f"{finite} then {beyond} else {lit('` is not a finite unix timestamp')} end end"
+            )
         converted = _seconds(_text_instant(c, zone if is_str else None))
         return converted, check(converted, "a timestamp (use ISO 8601, e.g. 2026-01-31T12:00:00Z)")
     if ftype == "boolean":
