@@ -245,3 +245,41 @@ def test_people_named_by_a_json_column_before_upgrading_are_sent_again_once(
     assert {p.id: p.attributes for p in project_factory.emulator.people()} == {
         f"u{i}": {"plan": "pro"} for i in range(1, 4)
     }
+
+
+@pytest.mark.postgres
+def test_a_postgres_json_value_duckdb_cannot_parse_rejects_its_row_alone(
+    project_factory: ProjectFactory, postgres_dsn: str
+) -> None:
+    """A Postgres `json` (unlike `jsonb`) keeps a lone surrogate escape (`"\\ud800"`), which
+    DuckDB's JSON parser refuses: as an identifier its row is rejected, saying so, and read as
+    text (`type: string`) it is sent as it is; reading it never fails the run."""
+    import psycopg
+
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute("drop table if exists lg_json_raw")
+        conn.execute(
+            "create table lg_json_raw as select * from (values "
+            "(1, '\"u1\"'::json, '\"\\ud800\"'::json), (2, '\"\\ud800\"'::json, '\"x\"'::json)) "
+            "t(row_id, uid, raw)"
+        )
+    project_factory.write({"profile": PROFILE})
+    yml = project_factory.root / "lockgate.yml"
+    yml.write_text(
+        yml.read_text().replace(
+            "type: duckdb\n    path: warehouse.duckdb", f"type: postgres\n    url: '{postgres_dsn}'"
+        )
+    )
+    (project_factory.root / "syncs" / "profile.yml").write_text(
+        PROFILE.replace("{table: users}", '{sql: "select * from lg_json_raw"}').replace(
+            "plan: plan", "plan: {column: raw, type: string}"
+        )
+    )
+    project = load_project(project_factory.root)
+    assert rejected(project, "profile") == {
+        "2": 'column `uid` (identifier `id`): value `"\\ud800"` is not valid JSON'
+    }
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 1
+    assert [(p.id, p.attributes) for p in project_factory.emulator.people()] == [
+        ("u1", {"plan": '"\\ud800"'})
+    ]

@@ -1099,10 +1099,10 @@ def coerce(
     read_as, ftype = json_read(col_type, ftype)
     if read_as != col_type:  # a column holding JSON, read as its text (see `json_read`)
         c = f"{q(column)}::{read_as}"
-        if _is(col_type, ("JSON",)):
+        if _is(col_type, ("JSON",)) and ftype != "json":
             # a JSON `null` is no text: a null, as under `auto` (`type: string` sent the text
             # `null`, over the value held; the other types rejected the row)
-            c = f"case when json_type({q(column)}) <> 'NULL' then {c} end"
+            c = f"case when {_json_kind(q(column))} is distinct from 'NULL' then {c} end"
         col_type = read_as
     elif attribute and _is(col_type, ("VARCHAR",)):
         c = f"nullif({q(column)}, '')"  # an attribute's `''` is a null (above)
@@ -1687,13 +1687,15 @@ def _id_text(column: str, col_type: str) -> str:
     if _is(col_type, ("DECIMAL",)):
         return f"case when {c} = floor({c}) then {c}::hugeint::varchar end"
     if _is(col_type, ("JSON",)):
+        valid = _valid_json(c)
+        value = f"({valid}->>'$')"
         # the JSON value, not its text: the string `"u1"` names `u1`, not `"u1"` with its
         # quotes (a Postgres `props->'id'`, where `->>` was meant); a JSON `null` is a null, an
         # object or an array names no one (both rejected, see :func:`_id_checks`)
         return (
-            f"case json_type({c}) when 'VARCHAR' then {c}->>'$' when 'BIGINT' then {c}->>'$' "
-            f"when 'UBIGINT' then {c}->>'$' when 'BOOLEAN' then {c}->>'$' "
-            f"when 'DOUBLE' then {_whole_float_text(f'({c})::double')} end"
+            f"case {_json_kind(c)} when 'DOUBLE' then {_whole_float_text(f'({valid})::double')} "
+            f"when 'VARCHAR' then {value} when 'BIGINT' then {value} "
+            f"when 'UBIGINT' then {value} when 'BOOLEAN' then {value} end"
         )
     return f"{c}::varchar"
 
@@ -1707,12 +1709,26 @@ def _whole_float_text(c: str) -> str:
     )
 
 
+def _json_kind(value: str) -> str:
+    """SQL for the type of the JSON ``value`` (`VARCHAR`, `NULL`, `OBJECT`...), null when it is
+    not valid JSON: a Postgres `json` keeps text DuckDB's parser refuses (a lone surrogate,
+    `"\\ud800"`), on which `json_type` fails the whole query. `json_type` is given valid JSON
+    alone (:func:`_valid_json`), as DuckDB may evaluate it before the `case` that guards it."""
+    return f"(case when json_valid({value}) then json_type({_valid_json(value)}) end)"
+
+
+def _valid_json(value: str) -> str:
+    """SQL for the JSON ``value`` as text when it is valid JSON, else `null`: an argument no
+    JSON function fails on."""
+    return f"(case when json_valid({value}) then {value}::varchar else 'null' end)"
+
+
 def null_sql(column: str, col_type: str) -> str:
     """SQL true when ``column`` holds no value: null, or a JSON column's `null` (which names
     no person, key or object, as a null does)."""
     c = q(column)
     if _is(col_type, ("JSON",)):
-        return f"({c} is null or json_type({c}) = 'NULL')"
+        return f"({c} is null or {_json_kind(c)} is not distinct from 'NULL')"
     return f"{c} is null"
 
 
@@ -1767,11 +1783,13 @@ def _id_checks(column: str, col_type: str, what: str, text: str) -> list[str]:
     value = f"{lit(f'column `{column}` ({what}): value `')} || {quoted(f'{c}::varchar')} || "
     if _is(col_type, ("JSON",)):
         pick = "; pick the value in the model as text (Postgres `->>`, not `->`)"
-        many = lit("` is a JSON ") + f" || lower(json_type({c})) || " + lit(f", not one id{pick}")
+        many = lit("` is a JSON ") + f" || lower({_json_kind(c)}) || " + lit(f", not one id{pick}")
         whole = lit(f"` is not a whole number a float holds exactly (up to 2^53){pick}")
         return [
-            f"case when {text} is null and json_type({c}) in ('OBJECT', 'ARRAY') then "
-            f"{value}{many} when {text} is null and json_type({c}) = 'DOUBLE' then "
+            f"case when {text} is null and not json_valid({c}) then "
+            f"{value}{lit('` is not valid JSON')} "
+            f"when {text} is null and {_json_kind(c)} in ('OBJECT', 'ARRAY') then "
+            f"{value}{many} when {text} is null and {_json_kind(c)} = 'DOUBLE' then "
             f"{value}{whole} end"
         ]
     if _is(col_type, ("FLOAT", "DOUBLE")):
@@ -1886,7 +1904,7 @@ def composite_key_sql(key_columns: list[str], types: dict[str, str] | None = Non
 
     def text(k: str) -> str:
         if _is(types.get(k, ""), ("JSON",)):
-            return f"case when json_type({q(k)}) <> 'NULL' then {q(k)}::varchar end"
+            return f"case when {_json_kind(q(k))} is distinct from 'NULL' then {q(k)}::varchar end"
         return f"{q(k)}::varchar"
 
     if len(key_columns) == 1:
@@ -2117,9 +2135,9 @@ def _key_text(column: str, col_type: str) -> str:
     if _is(col_type, ("JSON",)):
         # the JSON's text, as keys delivered before were; a JSON `null` or blank string is no
         # key (as a null or blank text is not): each such row was one event keyed `null`
-        value = f"({c}->>'$')"
+        value = f"({_valid_json(c)}->>'$')"
         return (
-            f"case when json_type({c}) = 'NULL' or (json_type({c}) = 'VARCHAR' "
+            f"case when {_json_kind(c)} = 'NULL' or ({_json_kind(c)} = 'VARCHAR' "
             f"and {_trim(value)} = '') then null else {c}::varchar end"
         )
     if _is(col_type, ("TIMESTAMP", "DATE")):  # any precision, with or without a time zone
@@ -2422,7 +2440,7 @@ def _object_id_checks(column: str, col_type: str) -> list[str]:
         f" bytes, over the {MAX_OBJECT_ID_BYTES}-byte limit of Customer.io; shorten it in the "
         "model, the same way in the objects sync and the relationships syncs of its type"
     )
-    text = f"({c}->>'$')" if _is(col_type, ("JSON",)) else f"{c}::varchar"
+    text = f"({_valid_json(c)}->>'$')" if _is(col_type, ("JSON",)) else f"{c}::varchar"
     return [
         *_id_checks(column, col_type, "object id", "__obj"),
         f"case when {null_sql(column, col_type)} then "
