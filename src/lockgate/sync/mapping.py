@@ -2195,6 +2195,16 @@ def compile_events(
         key_text = _key_text(event.id.column, columns[event.id.column])
         key_sql = f"case when {_trim(key_text)} <> '' then {key_text} end"
         null_id = lit(f"column `{event.id.column}`: event id is null, empty or blank")
+        if _is(columns[event.id.column], ("FLOAT", "DOUBLE")):
+            # NaN or an infinity names no occurrence: each such row was one event keyed `nan`,
+            # the others counted as repeats and never sent
+            c = q(event.id.column)
+            key_sql = f"case when isfinite({c}) then {key_sql} end"
+            null_id = (
+                f"case when {c} is null then {null_id} else "
+                f"{lit(f'column `{event.id.column}`: event id `')} || {c}::varchar || "
+                f"{lit('` is not a finite number' + CAST_THE_ID)} end"
+            )
         used.append(event.id.column)
     elif event.id.hash:
         for col in event.id.hash:
