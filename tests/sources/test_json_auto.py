@@ -120,6 +120,40 @@ def test_a_json_null_under_auto_follows_the_fields_null_policy(
     assert held(customerio_emulator) == {"1": {"tier": "free"}, "2": {"tier": "free"}}
 
 
+#: a field of each type other than `auto` and `json` over the JSON column, and what its
+#: `default` is sent as
+TYPED_DEFAULTS = {
+    "string": ("none", "none"),
+    "number": ("0", 0),
+    "integer": ("7", 7),
+    "boolean": ("false", False),
+    "timestamp": ('"2030-01-01T00:00:00Z"', 1893456000),
+    "date": ('"2030-01-01"', 1893456000),
+}
+
+
+def test_a_json_null_under_any_other_type_is_a_null(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A field of another type reads a JSON column as its text, but a JSON `null` is no text:
+    it is a null, as under `auto`, and the field's `on_null` applies. `type: string` sent it as
+    the text `null` (overwriting the value Customer.io held), and the other types rejected its
+    row as not a number, a boolean or a timestamp."""
+    json_table(warehouse, {1: "null", 2: None})
+    outcome = sync_people(
+        warehouse,
+        customerio_emulator,
+        monkeypatch,
+        "\n".join(
+            f"as_{t}: {{column: data, type: {t}, on_null: default, default: {d}}}"
+            for t, (d, _) in TYPED_DEFAULTS.items()
+        ),
+    )
+    assert outcome.rejected == {}
+    defaults = {f"as_{t}": sent for t, (_, sent) in TYPED_DEFAULTS.items()}
+    assert outcome.people == {"1": defaults, "2": defaults}
+
+
 def test_a_plan_shows_the_json_values_the_run_sends(
     warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

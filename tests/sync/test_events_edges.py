@@ -645,6 +645,30 @@ def test_rows_whose_event_id_is_blank_are_rejected_not_merged(
     assert [e.data for e in project_factory.emulator.events()] == [{"feature": "d"}]
 
 
+@pytest.mark.parametrize("odd", ["nan", "inf"])
+def test_rows_whose_float_event_id_is_nan_or_infinite_are_rejected_not_merged(
+    project_factory: ProjectFactory, odd: str
+) -> None:
+    """A float `event.id` (a bare Postgres `numeric` arrives as one) of NaN or an infinity
+    names no occurrence: such rows were keyed `nan` as one event, and all but the first were
+    counted as repeats and never sent. They are rejected, saying so; a whole float id is a
+    key as it is."""
+    table(
+        project_factory,
+        f"""('{odd}'::double, 1, 'Used', {ts(60)}, 'a'),
+            ('{odd}'::double, 2, 'Used', {ts(120)}, 'b'), (7.0, 3, 'Used', {ts(180)}, 'c')""",
+        "event_id, user_id, event_name, occurred_at, feature",
+    )
+    report = run(project_factory.write({"activity": EVENTS}))
+    assert (report.delivered, report.changes.rejected) == (1, 2)
+    assert report.changes.duplicates_in_model == 0
+    assert {reason for _, reason in report.changes.rejected_samples} == {
+        f"column `event_id`: event id `{odd}` is not a finite number; cast the column to "
+        "bigint or text in the model"
+    }
+    assert [e.data for e in project_factory.emulator.events()] == [{"feature": "c"}]
+
+
 BLANKS = EVENTS.replace("  id: event_id\n", "  id: {hash: [a, b, n]}\n")
 
 #: rows whose `event.id.hash` columns (`a`, `b` text, `n` an integer) are all blank, or blank

@@ -1552,3 +1552,56 @@ attributes: {seen_at: {column: seen_at, type: timestamp}}
     )
     emu = project_factory.emulator
     assert [(p.id, p.attributes) for p in emu.people()] == [("1", {"seen_at": 1767323045})]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        # a HUGEINT (a DuckDB `sum()`) past 2^53: quoted with every digit, not as the double
+        # it rounds to (`...992`)
+        (
+            "9007199254740993::hugeint",
+            "value `9007199254740993` is not unix seconds (it would be past the year 5000): it "
+            "looks like milliseconds; divide it in the model, e.g. `seen_at // 1000 as seen_at`",
+        ),
+        # past the 64-bit range: finite, so not "not a finite unix timestamp"
+        *(
+            (
+                sql,
+                f"value `{text}` is not unix seconds (it is beyond the 64-bit range of a "
+                "time); check what the column holds",
+            )
+            for sql, text in [
+                ("1180591620717411303424::hugeint", "1180591620717411303424"),
+                ("-1180591620717411303424::hugeint", "-1180591620717411303424"),
+                ("18446744073709551615::ubigint", "18446744073709551615"),
+                ("('1' || repeat('0', 30))::decimal(38,0)", "1" + "0" * 30),
+                ("1e30::double", "1e+30"),
+            ]
+        ),
+        ("'nan'::double", "value `nan` is not a finite unix timestamp"),
+    ],
+)
+def test_a_timestamp_attribute_of_a_huge_number_says_what_it_is(
+    project_factory: ProjectFactory, value: str, reason: str
+) -> None:
+    """A number too large for unix seconds is quoted as the warehouse holds it, and called what
+    it is: milliseconds, or past any time (not "not finite"); the other rows are sent."""
+    project_factory.sql(
+        "create or replace table users as select * from (values "
+        f"(1, 1767323045), (2, {value})) t(user_id, seen_at)"
+    )
+    body = """
+name: profile
+source: warehouse
+model: {table: users}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes: {seen_at: {column: seen_at, type: timestamp}}
+"""
+    report = run_sync(project_factory.write({"profile": body}), "profile", console=NullConsole())
+    assert (report.delivered, report.changes.rejected) == (1, 1)
+    assert dict(report.changes.rejected_samples)["2"] == (
+        f"column `seen_at` (field `seen_at`): {reason}"
+    )

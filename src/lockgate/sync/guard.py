@@ -48,6 +48,7 @@ from lockgate.sync.mapping import (
     event_key,
     event_key_text,
     holds_json,
+    json_identifier_upgrade,
     json_values,
     lit,
     nested_text_upgrade,
@@ -603,6 +604,7 @@ def _mapping(
     if changes.remapped and last.mapping_hash:
         now = {str(r[0]): str(r[1]) for r in con.execute("describe model").fetchall()}
         what += nested_text_upgrade(sync, now, last.mapping_hash)
+        what += json_identifier_upgrade(sync, now, last.mapping_hash)
     was_zone = last.mapping.get("timezone")
     if changes.remapped and not same_zone(was_zone, sync.timezone):
         # naive timestamps read in another zone (`mapping.source_hash`)

@@ -534,13 +534,19 @@ def _ambiguous(value: str, t: DuckDBPyType) -> str:
 
 
 def _hash_normal(
-    sync: SyncConfig, types: dict[str, str], *, nested_text: bool = True
+    sync: SyncConfig, types: dict[str, str], *, nested_text: bool = True, json_ids: bool = True
 ) -> dict[str, Any]:
     """What :func:`source_hash` fingerprints: the sync's :func:`normal_form`, and what makes a
     payload other than an earlier Lockgate's for the same row and mapping (each such key a
     fingerprint of its own, never one reused, so each record is sent once again). Without
-    ``nested_text``, as a Lockgate that sent DuckDB's text of a nested value did."""
+    ``nested_text``, as a Lockgate that sent DuckDB's text of a nested value did; without
+    ``json_ids``, as one that named people and objects by a JSON column's text did."""
     normal = normal_form(shaping(sync))
+    named_by_json = json_identifiers(sync, types)
+    if named_by_json and json_ids:
+        # these name each record by their JSON value where an earlier Lockgate named it by the
+        # JSON's text (`"u1"` with its quotes, `null`)
+        normal["json_identifiers"] = named_by_json
     as_json = json_values(sync, types)
     if as_json:
         # these fields send JSON values where an earlier Lockgate sent the JSON's text
@@ -557,6 +563,34 @@ def _hash_normal(
         # in `shaping`)
         normal["timezone"] = sync.timezone
     return normal
+
+
+def json_identifiers(sync: SyncConfig, types: dict[str, str]) -> list[str]:
+    """The JSON columns that name the records of a people, objects or relationships ``sync``
+    (an identifier, an object id), by the JSON value they hold (:func:`_id_text`)."""
+    if sync.kind == "events":
+        return []
+    named = list(sync.identify_by.values())
+    if sync.kind == "objects":
+        named += sync.key_columns
+    if sync.object_id:
+        named.append(sync.object_id)
+    return sorted({c for c in named if _is(types.get(c, ""), ("JSON",))})
+
+
+def json_identifier_upgrade(sync: SyncConfig, types: dict[str, str], last_hash: str) -> list[str]:
+    """:func:`json_identifiers` when ``last_hash`` (the last committed run's row hash) is the
+    one a Lockgate that named records by the JSON's text made: in words, for the `mapping`
+    guardrail that says why each record is sent again."""
+    columns = json_identifiers(sync, types)
+    before = lit(_fingerprint(_hash_normal(sync, types, json_ids=False)))
+    if not columns or before not in last_hash:
+        return []
+    return [
+        f"`{c}` (JSON) names each record by the JSON value it holds, no longer by the JSON's "
+        'text (`"u1"` with its quotes)'
+        for c in columns
+    ]
 
 
 def nested_as_text(sync: SyncConfig, types: dict[str, str]) -> list[str]:
@@ -1069,7 +1103,12 @@ def coerce(
         return text, reason if reason == "null" else reason.replace(value, text)
     read_as, ftype = json_read(col_type, ftype)
     if read_as != col_type:  # a column holding JSON, read as its text (see `json_read`)
-        col_type, c = read_as, f"{q(column)}::{read_as}"
+        c = f"{q(column)}::{read_as}"
+        if _is(col_type, ("JSON",)) and ftype != "json":
+            # a JSON `null` is no text: a null, as under `auto` (`type: string` sent the text
+            # `null`, over the value held; the other types rejected the row)
+            c = f"case when {_json_kind(q(column))} is distinct from 'NULL' then {c} end"
+        col_type = read_as
     elif attribute and _is(col_type, ("VARCHAR",)):
         c = f"nullif({q(column)}, '')"  # an attribute's `''` is a null (above)
     else:
@@ -1130,8 +1169,19 @@ def coerce(
         if _is(col_type, ("DATE", "TIMESTAMP")):
             return epoch()
         if _is(col_type, NUMERIC_TYPES):
-            converted = f"try_cast(floor({c}) as bigint)"  # NaN failed the whole run
-            return converted, check(converted, "a finite unix timestamp")
+            # an integer is cast as it is: `floor` made a HUGEINT a double, so the reason
+            # quoted 2^53 + 1 as `...992` (NaN failed the whole run)
+            whole = c if _is(col_type, _INTEGERS) else f"floor({c})"
+            converted = f"try_cast({whole} as bigint)"
+            finite = "true" if _is(col_type, _INTEGERS) else f"isfinite({c}::double)"
+            beyond = lit(
+                "` is not unix seconds (it is beyond the 64-bit range of a time); check what the "
+                "column holds"
+            )
+            return converted, (
+                f"case when {c} is not null and {converted} is null then {bad}case when "
+                f"{finite} then {beyond} else {lit('` is not a finite unix timestamp')} end end"
+            )
         converted = _seconds(_text_instant(c, zone if is_str else None))
         return converted, check(converted, "a timestamp (use ISO 8601, e.g. 2026-01-31T12:00:00Z)")
     if ftype == "boolean":
@@ -1638,13 +1688,53 @@ def _id_text(column: str, col_type: str) -> str:
     rejected naming the column, see :func:`identifier_sql`)."""
     c = q(column)
     if _is(col_type, ("FLOAT", "DOUBLE")):
-        return (
-            f"case when isfinite({c}) and {c} = floor({c}) and abs({c}) <= {MAX_EXACT_FLOAT} "
-            f"then {c}::bigint::varchar end"
-        )
+        return _whole_float_text(c)
     if _is(col_type, ("DECIMAL",)):
         return f"case when {c} = floor({c}) then {c}::hugeint::varchar end"
+    if _is(col_type, ("JSON",)):
+        valid = _valid_json(c)
+        value = f"({valid}->>'$')"
+        # the JSON value, not its text: the string `"u1"` names `u1`, not `"u1"` with its
+        # quotes (a Postgres `props->'id'`, where `->>` was meant); a JSON `null` is a null, an
+        # object or an array names no one (both rejected, see :func:`_id_checks`)
+        return (
+            f"case {_json_kind(c)} when 'DOUBLE' then {_whole_float_text(f'({valid})::double')} "
+            f"when 'VARCHAR' then {value} when 'BIGINT' then {value} "
+            f"when 'UBIGINT' then {value} when 'BOOLEAN' then {value} end"
+        )
     return f"{c}::varchar"
+
+
+def _whole_float_text(c: str) -> str:
+    """SQL for the integer text of the float ``c`` when it is whole and exact (up to 2^53),
+    else null."""
+    return (
+        f"case when isfinite({c}) and {c} = floor({c}) and abs({c}) <= {MAX_EXACT_FLOAT} "
+        f"then {c}::bigint::varchar end"
+    )
+
+
+def _json_kind(value: str) -> str:
+    """SQL for the type of the JSON ``value`` (`VARCHAR`, `NULL`, `OBJECT`...), null when it is
+    not valid JSON: a Postgres `json` keeps text DuckDB's parser refuses (a lone surrogate,
+    `"\\ud800"`), on which `json_type` fails the whole query. `json_type` is given valid JSON
+    alone (:func:`_valid_json`), as DuckDB may evaluate it before the `case` that guards it."""
+    return f"(case when json_valid({value}) then json_type({_valid_json(value)}) end)"
+
+
+def _valid_json(value: str) -> str:
+    """SQL for the JSON ``value`` as text when it is valid JSON, else `null`: an argument no
+    JSON function fails on."""
+    return f"(case when json_valid({value}) then {value}::varchar else 'null' end)"
+
+
+def null_sql(column: str, col_type: str) -> str:
+    """SQL true when ``column`` holds no value: null, or a JSON column's `null` (which names
+    no person, key or object, as a null does)."""
+    c = q(column)
+    if _is(col_type, ("JSON",)):
+        return f"({c} is null or {_json_kind(c)} is not distinct from 'NULL')"
+    return f"{c} is null"
 
 
 def _trim(text: str) -> str:
@@ -1694,18 +1784,27 @@ def _one_value(sync: str, what: str, column: str, col_type: str) -> None:
 def _id_checks(column: str, col_type: str, what: str, text: str) -> list[str]:
     """The reject check of a number column that :func:`_id_text` cannot name (none for text
     and integer columns); ``text`` is the computed column holding its id text."""
+    c = q(column)
+    value = f"{lit(f'column `{column}` ({what}): value `')} || {quoted(f'{c}::varchar')} || "
+    if _is(col_type, ("JSON",)):
+        pick = "; pick the value in the model as text (Postgres `->>`, not `->`)"
+        many = lit("` is a JSON ") + f" || lower({_json_kind(c)}) || " + lit(f", not one id{pick}")
+        whole = lit(f"` is not a whole number a float holds exactly (up to 2^53){pick}")
+        return [
+            f"case when {text} is null and not json_valid({c}) then "
+            f"{value}{lit('` is not valid JSON')} "
+            f"when {text} is null and {_json_kind(c)} in ('OBJECT', 'ARRAY') then "
+            f"{value}{many} when {text} is null and {_json_kind(c)} = 'DOUBLE' then "
+            f"{value}{whole} end"
+        ]
     if _is(col_type, ("FLOAT", "DOUBLE")):
         why = "` is not a whole number a float holds exactly (up to 2^53)"
     elif _is(col_type, ("DECIMAL",)):
         why = "` is not a whole number"
     else:
         return []
-    c = q(column)
-    return [
-        f"case when {c} is not null and {text} is null then "
-        f"{lit(f'column `{column}` ({what}): value `')} || {quoted(f'{c}::varchar')} || "
-        f"{lit(why + CAST_THE_ID)} end"
-    ]
+    why = lit(why + CAST_THE_ID)
+    return [f"case when {c} is not null and {text} is null then {value}{why} end"]
 
 
 def identifier_sql(
@@ -1766,7 +1865,7 @@ def identifier_sql(
     names = " or ".join(f"`{chosen[t]}`" for t in ordered)
     # null in the model, or text with nothing but white space (trimmed to nothing)
     blank = "is blank (only white space)" if len(ordered) == 1 else "is null or blank"
-    raw_null = " and ".join(f"{q(chosen[t])} is null" for t in ordered)
+    raw_null = " and ".join(null_sql(chosen[t], columns[chosen[t]]) for t in ordered)
     missing = (
         f"case when {raw_null} then {lit(f'no identifier: {names} is null')} "
         f"else {lit(f'no identifier: {names} {blank}')} end"
@@ -1854,18 +1953,24 @@ def email_reason(column: str, text: str) -> str:
     )
 
 
-def composite_key_sql(key_columns: list[str]) -> str:
+def composite_key_sql(key_columns: list[str], types: dict[str, str] | None = None) -> str:
     """SQL for a row's snapshot key: the one key column as text, or several joined by `|`.
 
     Each part has `\\` and `|` escaped (`\\\\`, `\\|`), so no two lists of values give the same
     key (`'a|b', 'c'` and `'a', 'b|c'` did before) while keys whose parts hold neither
-    character read exactly as they always have: snapshots written earlier stay valid.
+    character read exactly as they always have: snapshots written earlier stay valid. A JSON
+    column's `null` (``types``: the model's column types) is a null part, as SQL's null is.
     """
+    types = types or {}
+
+    def text(k: str) -> str:
+        if _is(types.get(k, ""), ("JSON",)):
+            return f"case when {_json_kind(q(k))} is distinct from 'NULL' then {q(k)}::varchar end"
+        return f"{q(k)}::varchar"
+
     if len(key_columns) == 1:
-        return f"{q(key_columns[0])}::varchar"
-    parts = ", ".join(
-        f"replace(replace({q(k)}::varchar, '\\', '\\\\'), '|', '\\|')" for k in key_columns
-    )
+        return text(key_columns[0])
+    parts = ", ".join(f"replace(replace({text(k)}, '\\', '\\\\'), '|', '\\|')" for k in key_columns)
     return f"concat_ws('|', {parts})"
 
 
@@ -1925,7 +2030,7 @@ def compile_people(
                 f"sync `{sync.name}`: primary key column `{key}` is not in the model",
                 hint=columns_hint(columns),
             )
-    key_sql = composite_key_sql(sync.key_columns)
+    key_sql = composite_key_sql(sync.key_columns, columns)
     fields = Fields(zone=sync.timezone, kept=kept_constants(sync, last, "attributes"))
     identifiers, ident, checks = identifier_sql(sync, columns, fields)
     if sync.effective_mode == "update":
@@ -1951,7 +2056,7 @@ def compile_people(
     sent_ident = ident  # what names a row whose key is null: without `on_change`'s `_watch`
     if sync.on_change:
         ident, extra_columns = _on_change_sql(sync, columns, fields, ident, default_on_null, rezone)
-    null_key = " or ".join(f"{q(k)} is null" for k in sync.key_columns)
+    null_key = " or ".join(null_sql(k, columns[k]) for k in sync.key_columns)
     src_h = source_hash(sync, (*used, *sync.key_columns), columns, last)
     checks.insert(0, f"case when {null_key} then {lit('primary key is null')} end")
     op = (
@@ -2088,6 +2193,14 @@ def _key_text(column: str, col_type: str) -> str:
     `+00`; a whole float or decimal is its integer's text, any other decimal its text without
     trailing zeros (`7.50` as `7.5`, a float's own text)."""
     c = q(column)
+    if _is(col_type, ("JSON",)):
+        # the JSON's text, as keys delivered before were; a JSON `null` or blank string is no
+        # key (as a null or blank text is not): each such row was one event keyed `null`
+        value = f"({_valid_json(c)}->>'$')"
+        return (
+            f"case when {_json_kind(c)} = 'NULL' or ({_json_kind(c)} = 'VARCHAR' "
+            f"and {_trim(value)} = '') then null else {c}::varchar end"
+        )
     if _is(col_type, ("TIMESTAMP", "DATE")):  # any precision, with or without a time zone
         utc = f"timezone('UTC', {c}::timestamptz)::varchar || '+00'"
         return f"case when isfinite({c}) then {utc} else {c}::varchar end"
@@ -2143,6 +2256,16 @@ def compile_events(
         key_text = _key_text(event.id.column, columns[event.id.column])
         key_sql = f"case when {_trim(key_text)} <> '' then {key_text} end"
         null_id = lit(f"column `{event.id.column}`: event id is null, empty or blank")
+        if _is(columns[event.id.column], ("FLOAT", "DOUBLE")):
+            # NaN or an infinity names no occurrence: each such row was one event keyed `nan`,
+            # the others counted as repeats and never sent
+            c = q(event.id.column)
+            key_sql = f"case when isfinite({c}) then {key_sql} end"
+            null_id = (
+                f"case when {c} is null then {null_id} else "
+                f"{lit(f'column `{event.id.column}`: event id `')} || {c}::varchar || "
+                f"{lit('` is not a finite number' + CAST_THE_ID)} end"
+            )
         used.append(event.id.column)
     elif event.id.hash:
         for col in event.id.hash:
@@ -2163,7 +2286,7 @@ def compile_events(
         # so is one whose columns are all empty or white space alone (or those and null), as
         # a blank `event.id` column is. One blank among others that are not is a key as it is
         # (`'ab', ''`), and a number, a time or a boolean is never blank (`0` is a value)
-        all_null = " and ".join(f"{q(c)} is null" for c in event.id.hash)
+        all_null = " and ".join(null_sql(c, columns[c]) for c in event.id.hash)
         all_blank = " and ".join(_blank_or_null(c, columns[c]) for c in event.id.hash)
         key_sql = f"case when not ({all_blank}) then md5(concat_ws(chr(31), {parts})) end"
         hash_cols = ", ".join(f"`{c}`" for c in event.id.hash)
@@ -2388,10 +2511,12 @@ def _object_id_checks(column: str, col_type: str) -> list[str]:
         f" bytes, over the {MAX_OBJECT_ID_BYTES}-byte limit of Customer.io; shorten it in the "
         "model, the same way in the objects sync and the relationships syncs of its type"
     )
+    text = f"({_valid_json(c)}->>'$')" if _is(col_type, ("JSON",)) else f"{c}::varchar"
     return [
         *_id_checks(column, col_type, "object id", "__obj"),
-        f"case when {c} is null then {lit(f'column `{column}`: object id is null')} "
-        f"when __obj is null and {c}::varchar = '' then "
+        f"case when {null_sql(column, col_type)} then "
+        f"{lit(f'column `{column}`: object id is null')} "
+        f"when __obj is null and {text} = '' then "
         f"{lit(f'column `{column}`: object id is empty')} "
         f"when __obj is null then {lit(f'column `{column}`: object id is only white space')} "
         "end",
