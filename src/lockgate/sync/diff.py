@@ -1965,7 +1965,11 @@ def _held_rest(
     ).fetchall()
     column_type = str(found[0][0]) if found else ""
     was_email = "r.was_email"
-    if column_type.upper() != "VARCHAR":
+    if column_type.upper() == "JSON":
+        # a JSON email is sent as the text it holds (a JSON string's value): back to that
+        # string, as the column holds it
+        was_email = "to_json(r.was_email)"
+    elif column_type.upper() != "VARCHAR":
         try:
             con.execute(f"select try_cast(null::varchar as {column_type})").fetchall()
             was_email = f"try_cast(r.was_email as {column_type})"
