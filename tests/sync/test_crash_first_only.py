@@ -3,8 +3,10 @@
 sync's tables), resolves the identity graph, skips the events past `backfill` and sends.
 
 Each trial makes a fresh project of the demo (its events sync has `backfill: {max_age: 72h,
-older: skip}`), kills the first `sync --all --only` after a seeded delay (from the process's
-first moments to past a clean run's length), runs it again to completion and then runs
+older: skip}`) and kills the first `sync --all --only` after a seeded delay: every other trial
+from the process's first moments to past a clean run's length, the others within 0.3 s of the
+state file appearing (while DuckDB writes its headers, the schema is created and each sync's
+tables are added). It runs it again to completion and then runs
 `sync --all`: the emulator must equal that of the same two runs uninterrupted, no event may be
 stored twice, and a further plan must have nothing left to send. Seeded
 (``LOCKGATE_CRASH_SEED``) and bounded in count (``LOCKGATE_CRASH_TRIALS``).
@@ -78,13 +80,18 @@ def test_sigkill_a_first_run_of_named_records_then_rerun_equals_clean_runs(
         for trial in range(TRIALS):
             emu.reset()
             root = make_project(tmp_path / f"trial{trial}", warehouse_file, url)
-            delay = rng.uniform(0.05, clean_seconds * 1.1)
+            state = root / ".lockgate" / "state.duckdb"
+            at_state = trial % 2 == 1
+            delay = rng.uniform(0, 0.3) if at_state else rng.uniform(0.05, clean_seconds * 1.1)
             victim = sync_only(root, emu)
+            while at_state and not state.exists() and victim.poll() is None:
+                time.sleep(0.001)
             time.sleep(delay)
             if victim.poll() is None:
                 victim.send_signal(signal.SIGKILL)
             victim.wait(timeout=60)
-            label = f"seed {SEED} trial {trial} (first run killed after {delay:.2f}s)"
+            when = "of the state file appearing" if at_state else "of its start"
+            label = f"seed {SEED} trial {trial} (first run killed within {delay:.2f}s {when})"
             again = sync_only(root, emu)
             if again.wait(timeout=300) != 0:
                 err = again.stderr.read().decode() if again.stderr else ""

@@ -4,12 +4,14 @@
 A first, clean run of the demo project (people under `mode: mirror` with
 `delete_removed: true`) is made once. Customer.io then drifts from it: some people's attributes
 are changed there by hand, which only a full resync repairs (the snapshot says they were
-delivered as they are). Each trial starts from a copy of that state and workspace, kills
-`sync customer_profile --full-resync` once a seeded number of requests has arrived, and runs
-`sync --all` (no flag) to completion. The resync the killed run started must complete: the
-emulator must equal that of an uninterrupted full resync (every drifted person repaired, no
-person that is in the model deleted), no event may be stored twice, and a further plan must
-have nothing left to send. Seeded (``LOCKGATE_CRASH_SEED``) and bounded in count
+delivered as they are). The warehouse changes too (the second act of
+``test_crash_incremental``: updates, people who leave the model, new events). Each trial
+starts from a copy of that state and workspace, kills `sync customer_profile --full-resync`
+once a seeded number of requests has arrived, and runs `sync --all` (no flag) to completion.
+The resync the killed run started must complete: the emulator must equal that of an
+uninterrupted full resync followed by `sync --all` (every drifted person repaired, those who
+left deleted, no person that is in the model deleted), no event may be stored twice, and a
+further plan must have nothing left to send. Seeded (``LOCKGATE_CRASH_SEED``) and bounded in count
 (``LOCKGATE_CRASH_TRIALS``).
 """
 
@@ -32,7 +34,13 @@ from tests.sync.crash_harness import (
     rerun_and_check,
     sync_all,
 )
-from tests.sync.test_crash_incremental import copy_project, mirror, replay, requests
+from tests.sync.test_crash_incremental import (
+    change_more_rows,
+    copy_project,
+    mirror,
+    replay,
+    requests,
+)
 
 from lockgate.demo import warehouse
 from lockgate.emulator import Emulator, EmulatorConfig
@@ -76,10 +84,11 @@ def test_sigkill_a_full_resync_then_a_plain_run_completes_it(tmp_path: Path) -> 
         mirror(base)
         first = sync_all(base, env_for(reference_emu))
         assert first.wait(timeout=120) == 0, first.stderr.read() if first.stderr else ""
-        after_first = emulator_state(reference_emu)
         drift(reference_emu)
         workspace = [r for r in reference_emu.request_log() if r.method != "GET"]
         drifted = emulator_state(reference_emu)
+        warehouse.change_a_few_rows(base / "warehouse.duckdb")
+        change_more_rows(base / "warehouse.duckdb")
 
         # the reference: the full resync, uninterrupted, from the drifted workspace
         reference = copy_project(base, tmp_path / "reference", reference_url, reference_url)
@@ -87,9 +96,13 @@ def test_sigkill_a_full_resync_then_a_plain_run_completes_it(tmp_path: Path) -> 
         done = resync(reference, reference_emu)
         assert done.wait(timeout=120) == 0, done.stderr.read() if done.stderr else ""
         sent = requests(reference_emu) - before
+        everything = sync_all(reference, env_for(reference_emu))
+        assert everything.wait(timeout=120) == 0
         expected = emulator_state(reference_emu)
-    assert drifted[0]["1"]["plan_tier"] == "drifted"
-    assert expected == after_first  # the resync repaired every drifted person
+    people = expected[0]
+    assert drifted[0]["1"]["plan_tier"] == "drifted" and "40" in drifted[0]
+    assert "40" not in people and "41" not in people and "42" in people
+    assert all(people[p].get("plan_tier") != "drifted" for p in DRIFTED if p in people)
     assert sent > 10
 
     rng = random.Random(SEED)

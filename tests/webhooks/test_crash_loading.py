@@ -27,6 +27,7 @@ import orjson
 import pytest
 
 from lockgate.emulator.webhook_sender import make_event, sign
+from lockgate.webhooks.spool import Spool
 
 from .conftest import KEY, free_port, write_project
 from .test_crash import TABLES, blast, start_server
@@ -111,5 +112,14 @@ def test_sigkill_while_loading_loses_nothing_and_loads_each_event_once(tmp_path:
         twice = sorted(e for e, n in loaded.items() if n > 1)
         lost = sorted(acked - set(loaded))
         if twice or lost:
-            problems.append(f"{label}: loaded twice {twice[:3]} ({len(twice)}), lost {lost[:3]}")
+            spool = Spool(root / ".lockgate" / "webhooks")
+            try:
+                stats, rejected = spool.stats(), spool.rejected()
+            finally:
+                spool.close()
+            problems.append(
+                f"{label}: loaded twice {twice[:3]} ({len(twice)}), lost {lost[:3]} "
+                f"({len(lost)}); the spool: {stats}, reasons: "
+                f"{sorted({r.reason[:300] for r in rejected})[:3]}"
+            )
     assert problems == [], "\n".join(problems)
