@@ -46,7 +46,7 @@ from lockgate.demo import warehouse
 from lockgate.emulator import Emulator, EmulatorConfig
 
 USERS = 300
-TRIALS = int(os.environ.get("LOCKGATE_CRASH_TRIALS", "3"))
+TRIALS = int(os.environ.get("LOCKGATE_CRASH_TRIALS", "1"))
 SEED = int(os.environ.get("LOCKGATE_CRASH_SEED", "20261205"))
 DRIFTED = [str(i) for i in range(1, USERS + 1, 7)]
 """People whose attributes are changed in Customer.io by hand after the first run."""

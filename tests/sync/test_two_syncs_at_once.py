@@ -22,7 +22,7 @@ from lockgate.demo import warehouse
 from lockgate.emulator import Emulator, EmulatorConfig
 
 USERS = 60
-TRIALS = int(os.environ.get("LOCKGATE_CRASH_TRIALS", "2"))
+TRIALS = int(os.environ.get("LOCKGATE_CRASH_TRIALS", "1"))
 SEED = int(os.environ.get("LOCKGATE_CRASH_SEED", "20261205"))
 
 

@@ -33,7 +33,7 @@ from .conftest import KEY, free_port, write_project
 from .test_crash import TABLES, blast, start_server
 
 EVENTS = 500
-TRIALS = int(os.environ.get("LOCKGATE_CRASH_TRIALS", "2"))
+TRIALS = int(os.environ.get("LOCKGATE_CRASH_TRIALS", "1"))
 SEED = int(os.environ.get("LOCKGATE_CRASH_SEED", "20261205"))
 
 
