@@ -1293,13 +1293,18 @@ class StateStore:
         with transaction(self.con, self.path):
             self._record_refused(sync, run_id, refused, idents)
 
-    def reset_sync(self, sync: str) -> None:
-        """Forget what was delivered (for `--full-resync` of people; ledgers are kept)."""
-        with transaction(self.con, self.path):
+    def reset_sync(self, sync: str, *, in_transaction: bool = False) -> None:
+        """Forget what was delivered (for `--full-resync` of people; ledgers are kept). With
+        ``in_transaction``, inside the caller's transaction (which writes the records
+        forgotten ahead, ``sync.run._reset_snapshot``) rather than in one of its own."""
+        if in_transaction:
             journal_history(self.con, sync)
             self.exec_sql(
                 f"delete from {table('snap', sync)}; delete from {table('journal', sync)}"
             )
+            return
+        with transaction(self.con, self.path):
+            self.reset_sync(sync, in_transaction=True)
 
     # ------------------------------------------------------------------ runs
 

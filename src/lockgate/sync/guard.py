@@ -785,7 +785,15 @@ def check(
         base = int(con.execute(f"select count(*) from {snap}").fetchall()[0][0])
         if full_resync:  # what was delivered before, hidden by the empty stand-in
             snap = RESYNC_PREVIOUS
-        known = int(con.execute(f"select count(*) from {snap}").fetchall()[0][0])
+        # and the records whose first delivery was not confirmed (a killed run's, those a
+        # killed full resync forgot): Customer.io may hold them, and a `mirror` run undoes
+        # one whose row has left, as it undoes a delivered one
+        known = int(
+            con.execute(
+                f"select count(*) from (select k from {snap} union select k from "
+                f"{table('unconfirmed', sync.name)} where ident is not null)"
+            ).fetchall()[0][0]
+        )
         # with the removed attributes this run clears on each record it sends
         n_attrs = len(sync.attributes) + len(
             removed_attributes(sync, last.mapping if last is not None else None)

@@ -51,6 +51,7 @@ from lockgate.state.store import (
     registered,
     run_sql,
     table,
+    transaction,
     write_refused,
 )
 from lockgate.sync import diff as diff_step
@@ -840,7 +841,16 @@ def _reset_snapshot(store: StateStore, sync: SyncConfig, only: bool = False) -> 
     forgotten with the snapshot while Customer.io still holds the record. So does a
     delivered record whose row the run rejects (``rejected_rows``: its key repeated, a bad
     value, an email held back): not sent, Customer.io holds what it was sent before, which
-    is undone if the row leaves the model (`mirror`), as in any run."""
+    is undone if the row leaves the model (`mirror`), as in any run.
+
+    The records forgotten are written ahead (``sending__S``) as records new to the snapshot,
+    in the transaction that forgets them: a run killed from here on, before or after its own
+    write-ahead, leaves them to the next run as unconfirmed, with the identifiers they were
+    delivered to. So that run, with or without the flag, sends each of them again (the
+    resync completes), undoes one whose row has left (`mirror`), and counts them among the
+    records its guardrails measure removals against; forgotten outright, they were new to
+    it (one whose row had left stayed in Customer.io), and the few records the snapshot kept
+    made the removals a false share of 100%."""
     snap = table("snap", sync.name)
     run_sql(store.con, f"drop table if exists temp.{snap}")
     undone = "_resync_undone"
@@ -855,22 +865,36 @@ def _reset_snapshot(store: StateStore, sync: SyncConfig, only: bool = False) -> 
     )
     _drop_previous(store)
     held = sync.kind == "relationships" and diff_step.temp_table(store.con, diff_step.RESYNC_HELD)
-    if not only:
-        store.reset_sync(sync.name)
-        if held:
-            run_sql(store.con, f"insert into main.{snap} from {diff_step.RESYNC_HELD}")
-    else:
-        keep = f" and k not in (select k from {diff_step.RESYNC_HELD})" if held else ""
+    forgotten = "_resync_forgotten"
+    with transaction(store.con, store.path):
         run_sql(
             store.con,
-            f"delete from main.{snap} where {_named('k', 'ident')}{keep} "
-            f"and k not in (select k from {undone})",
+            f"create or replace temp table {forgotten} as select k, ident from main.{snap}",
         )
-    run_sql(
-        store.con,
-        f"insert into main.{snap} by name select * from {undone} u "
-        f"where u.k not in (select k from main.{snap}); drop table {undone}",
-    )
+        if not only:
+            store.reset_sync(sync.name, in_transaction=True)
+            if held:
+                run_sql(store.con, f"insert into main.{snap} from {diff_step.RESYNC_HELD}")
+        else:
+            keep = f" and k not in (select k from {diff_step.RESYNC_HELD})" if held else ""
+            run_sql(
+                store.con,
+                f"delete from main.{snap} where {_named('k', 'ident')}{keep} "
+                f"and k not in (select k from {undone})",
+            )
+        run_sql(
+            store.con,
+            f"insert into main.{snap} by name select * from {undone} u "
+            f"where u.k not in (select k from main.{snap}); drop table {undone}",
+        )
+        action = "'add_relationships'" if sync.kind == "relationships" else "'identify'"
+        store.record_sending(
+            sync.name,
+            f"(select f.k, f.ident from {forgotten} f anti join main.{snap} s on s.k = f.k)",
+            action,
+            new="true",
+        )
+        run_sql(store.con, f"drop table {forgotten}")
 
 
 def _named(key: str, ident: str) -> str:
