@@ -33,6 +33,11 @@ LONGEST_FIRST = (
     "tests/webhooks/test_properties.py",
     "tests/sync/test_b2b_properties.py",
     "tests/sync/test_identity_properties.py",
+    # one test each, 20-40 s: queued last (fewest tests), they made the suite's tail
+    "tests/sync/test_crash_first_only.py",
+    "tests/sync/test_crash_full_resync.py",
+    "tests/sync/test_crash_schedule.py",
+    "tests/sync/test_two_syncs_at_once.py",
 )
 #: the second SIGKILL harness goes to the middle of the queue, not beside the first: each runs
 #: two trials at once, and the two together on 2 cores slowed each other (a minute more)

@@ -35,7 +35,7 @@ from lockgate.demo import warehouse
 from lockgate.emulator import Emulator, EmulatorConfig
 
 USERS = 60
-TRIALS = int(os.environ.get("LOCKGATE_CRASH_TRIALS", "2"))
+TRIALS = int(os.environ.get("LOCKGATE_CRASH_TRIALS", "1"))
 SEED = int(os.environ.get("LOCKGATE_CRASH_SEED", "20261205"))
 NAMED = ("7", "user12@saasco.io", "lead1@saasco.io")
 """A person by id, one by email (their events too) and a marketing lead."""
