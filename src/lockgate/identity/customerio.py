@@ -578,7 +578,9 @@ def anonymous_id_ops(
     nothing in Customer.io. Each identify is addressed as the profile's person is found
     (`cio_id` when known, else `id`, else email). Its key is the anonymous id's alone: once
     delivered, by any sync, it is never sent again, to this person or to another one that
-    holds the anonymous id later (the events it attached stay with the first person)."""
+    holds the anonymous id later (the events it attached stay with the first person); nor is
+    one that left a Customer.io person's profile (`IdentityResult.withheld`), which that
+    person may hold from its own identify."""
     kinds = [t for t, spec in config.identifier_types.items() if spec.customerio == "anonymous_id"]
     imap = result.identifier_map
     if not kinds or not imap.num_rows:
@@ -588,7 +590,7 @@ def anonymous_id_ops(
             pc.is_in(imap["id_type"], value_set=pa.array(kinds, pa.string())),
             pc.is_valid(imap["profile_id"]),
         )
-    ).select(["profile_id", "id_value"])
+    ).select(["profile_id", "id_type", "id_value"])
     if not nodes.num_rows:
         return []
     review = result.splits.filter(pc.equal(result.splits["status"], "needs_review"))
@@ -598,12 +600,24 @@ def anonymous_id_ops(
         | set(result.held["profile_id"].to_pylist())
     )
     rows = _rows_of(result.profiles, set(nodes["profile_id"].to_pylist()))
+    withheld = set(
+        zip(
+            result.withheld["id_type"].to_pylist(),
+            result.withheld["id_value"].to_pylist(),
+            strict=True,
+        )
+    )
     ops = []
-    for pid, value in sorted(
-        zip(nodes["profile_id"].to_pylist(), nodes["id_value"].to_pylist(), strict=True)
+    for pid, id_type, value in sorted(
+        zip(
+            nodes["profile_id"].to_pylist(),
+            nodes["id_type"].to_pylist(),
+            nodes["id_value"].to_pylist(),
+            strict=True,
+        )
     ):
         row = rows.get(pid)
-        if row is None or pid in held:
+        if row is None or pid in held or (id_type, value) in withheld:
             continue
         if not include_own and value == row["cio_anonymous_id"]:
             continue
