@@ -593,13 +593,29 @@ def anonymous_id_ops(
     ).select(["profile_id", "id_type", "id_value"])
     if not nodes.num_rows:
         return []
+    # in Arrow up to the few that are sent: most profiles hold one anonymous id, carried by
+    # their own identify (a million profiles as Python dicts are over a GiB)
+    people = result.profiles.select(
+        ["profile_id", "cio_id", "cio_person_id", "cio_email", "cio_anonymous_id"]
+    )
+    people = people.filter(
+        pc.or_(
+            pc.or_(pc.is_valid(people["cio_id"]), pc.is_valid(people["cio_person_id"])),
+            pc.is_valid(people["cio_email"]),
+        )
+    )  # an anonymous-only profile has no person (`require_known_identifier`)
+    nodes = nodes.join(people, "profile_id", join_type="inner")
+    if not include_own:
+        own = pc.fill_null(pc.equal(nodes["id_value"], nodes["cio_anonymous_id"]), False)
+        nodes = nodes.filter(pc.invert(own))
+    if not nodes.num_rows:
+        return []
     review = result.splits.filter(pc.equal(result.splits["status"], "needs_review"))
     held = (
         set(review["parent_profile_id"].to_pylist())
         | set(review["child_profile_id"].to_pylist())
         | set(result.held["profile_id"].to_pylist())
     )
-    rows = _rows_of(result.profiles, set(nodes["profile_id"].to_pylist()))
     withheld = set(
         zip(
             result.withheld["id_type"].to_pylist(),
@@ -608,37 +624,20 @@ def anonymous_id_ops(
         )
     )
     ops = []
-    for pid, id_type, value in sorted(
-        zip(
-            nodes["profile_id"].to_pylist(),
-            nodes["id_type"].to_pylist(),
-            nodes["id_value"].to_pylist(),
-            strict=True,
-        )
-    ):
-        row = rows.get(pid)
-        if row is None or pid in held or (id_type, value) in withheld:
+    rows = nodes.sort_by([("profile_id", "ascending"), ("id_value", "ascending")]).to_pylist()
+    for row in rows:
+        pid, value = row["profile_id"], row["id_value"]
+        if pid in held or (row["id_type"], value) in withheld:
             continue
-        if not include_own and value == row["cio_anonymous_id"]:
-            continue
-        address = next(
-            (
-                {kind: str(row[column])}
-                for kind, column in (
-                    ("cio_id", "cio_id"),
-                    ("id", "cio_person_id"),
-                    ("email", "cio_email"),
-                )
-                if row.get(column) is not None
-            ),
-            None,
-        )
-        if address is None:
-            continue  # anonymous only: no person (`require_known_identifier`)
+        ((kind, column),) = [
+            (k, c)
+            for k, c in (("cio_id", "cio_id"), ("id", "cio_person_id"), ("email", "cio_email"))
+            if row[c] is not None
+        ][:1]
         payload = {
             "type": "person",
             "action": "identify",
-            "identifiers": address,
+            "identifiers": {kind: str(row[column])},
             "attributes": {"anonymous_id": value},
         }
         ops.append(CioOp(_key("anonymous_id", value) + ANONYMOUS_KEY_SUFFIX, pid, payload))
