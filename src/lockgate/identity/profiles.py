@@ -513,7 +513,14 @@ def assign(
             if heir[p] >= 0:
                 changed[heir[p]] = True
         withheld_now = _withheld_moves(
-            config, types, node_type, pn[left], old[left], previous, run_id, node_values
+            config,
+            types,
+            node_type,
+            (pn[left], old[left], now[left]),
+            previous,
+            person_ids,
+            run_id,
+            node_values,
         )
         del old, now, left, own_id
     else:
@@ -685,26 +692,33 @@ def _withheld_moves(
     config: IdentityConfig,
     types: tuple[str, ...],
     node_type: npt.NDArray[np.int16],
-    nodes: npt.NDArray[np.int64],
-    old: npt.NDArray[np.int64],
+    left: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]],
     previous: PreviousProfiles,
+    person_ids: pa.Array,
     run_id: str,
     node_values: pa.StringArray,
 ) -> pa.Table:
-    """Of the ``nodes`` that left their previous profile ``old`` this run, the anonymous ids
-    (of a type sent as Customer.io's `anonymous_id`) whose profile was a Customer.io person
-    (an `id` or an email): that person may hold them, and the events they attached."""
+    """Of the nodes that left their previous profile this run (``left``: the nodes, the
+    profiles they left, the components they are in now), the anonymous ids (of a type sent as
+    Customer.io's `anonymous_id`) whose profile was a Customer.io person (an `id` or an email)
+    other than the one their component's `id` (``person_ids``) names: that person may hold
+    them, and the events they attached."""
+    nodes, old, now = left
     kinds = [
         i for i, t in enumerate(types) if config.identifier_types[t].customerio == "anonymous_id"
     ]
     pick = np.isin(node_type[nodes], kinds) if kinds else np.zeros(nodes.size, dtype=bool)
     if not pick.any():
         return WITHHELD_SCHEMA.empty_table()
-    nodes, old = nodes[pick], old[pick]
+    nodes, old, now = nodes[pick], old[pick], now[pick]
     table = previous.table
     person = pc.or_(pc.is_valid(table["cio_person_id"]), pc.is_valid(table["cio_email"]))
     was_person = person.combine_chunks().to_numpy(zero_copy_only=False)[old]
-    nodes, old = nodes[was_person], old[was_person]
+    old_id = table["cio_person_id"].combine_chunks().cast(pa.string()).take(pa.array(old))
+    new_id = person_ids.cast(pa.string()).take(pa.array(now))
+    same = pc.fill_null(pc.equal(old_id, new_id), False).to_numpy(zero_copy_only=False)
+    keep = was_person & ~same
+    nodes, old = nodes[keep], old[keep]
     return pa.table(
         {
             "id_type": [types[node_type[n]] for n in nodes.tolist()],
