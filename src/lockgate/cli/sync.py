@@ -234,7 +234,7 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
     if c.state_events:
         rows.append(("on_change events fired", c.state_events))
     if report.identity_anonymous_ids:
-        rows.append(("anonymous ids attached, sent after", report.identity_anonymous_ids))
+        rows.append(("anonymous ids attached, sent after the rows", report.identity_anonymous_ids))
     if report.status != "planned":
         rows += [
             ("delivered", report.delivered),
