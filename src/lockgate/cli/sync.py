@@ -233,6 +233,8 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
         ]
     if c.state_events:
         rows.append(("on_change events fired", c.state_events))
+    if report.identity_anonymous_ids:
+        rows.append(("anonymous ids attached, sent after the rows", report.identity_anonymous_ids))
     if report.status != "planned":
         rows += [
             ("delivered", report.delivered),
@@ -464,8 +466,13 @@ def _warn_destinations(project: Project, names: Sequence[str], console: RichCons
 
 def would_send(report: RunReport) -> bool:
     """Whether the run a plan describes would send anything: records, events from state
-    changes, or identity merges."""
-    return bool(report.changes.to_send or report.changes.state_events or report.identity_ops)
+    changes, identity merges, or anonymous ids to attach."""
+    return bool(
+        report.changes.to_send
+        or report.changes.state_events
+        or report.identity_ops
+        or report.anonymous_ops
+    )
 
 
 def _each(
@@ -650,6 +657,13 @@ def _render_plan(console: RichConsole, report: RunReport, samples: int) -> None:
     for op in report.identity_ops[:samples]:
         console.info(
             Text.assemble(("identity operation", "bold"), " (sent before the sync's own changes):")
+        )
+        console.info(orjson.dumps(op, option=orjson.OPT_INDENT_2).decode())
+    for op in report.anonymous_ops[:samples]:
+        console.info(
+            Text.assemble(
+                ("anonymous id", "bold"), " (attached after the sync's own changes, once):"
+            )
         )
         console.info(orjson.dumps(op, option=orjson.OPT_INDENT_2).decode())
     for release in report.email_release_samples:

@@ -559,6 +559,91 @@ def adoption_ops(result: IdentityResult, exists: Callable[[str, str], bool]) -> 
     return ops
 
 
+ANONYMOUS_KEY_SUFFIX = "#anonymous-id"
+"""Ends the key of each :func:`anonymous_id_ops` identify (counted apart in a run's report)."""
+
+
+def anonymous_id_ops(
+    result: IdentityResult, config: IdentityConfig, *, include_own: bool
+) -> list[CioOp]:
+    """An identify carrying `anonymous_id` for each anonymous id of a profile other than the
+    one its own identify carries (`cio_anonymous_id`; with ``include_own``, that one too:
+    a project whose people syncs do not carry it).
+
+    Customer.io takes one `anonymous_id` per identify and attaches the anonymous events of
+    the last 30 days that bear it; a user seen on two devices needs both sent. Only the
+    anonymous ids the graph gives the profile count: blocked ones never reach it, and a shared
+    one (over its degree cap) is quarantined, in no profile. A profile with no `id` or email
+    (anonymous only) has no person, and a profile of a split waiting for review changes
+    nothing in Customer.io. Each identify is addressed as the profile's person is found
+    (`cio_id` when known, else `id`, else email). Its key is the anonymous id's alone: once
+    delivered, by any sync, it is never sent again, to this person or to another one that
+    holds the anonymous id later (the events it attached stay with the first person); nor is
+    one that left a Customer.io person's profile (`IdentityResult.withheld`), which that
+    person may hold from its own identify."""
+    kinds = [t for t, spec in config.identifier_types.items() if spec.customerio == "anonymous_id"]
+    imap = result.identifier_map
+    if not kinds or not imap.num_rows:
+        return []
+    nodes = imap.filter(
+        pc.and_(
+            pc.is_in(imap["id_type"], value_set=pa.array(kinds, pa.string())),
+            pc.is_valid(imap["profile_id"]),
+        )
+    ).select(["profile_id", "id_type", "id_value"])
+    if not nodes.num_rows:
+        return []
+    # in Arrow up to the few that are sent: most profiles hold one anonymous id, carried by
+    # their own identify (a million profiles as Python dicts are over a GiB)
+    people = result.profiles.select(
+        ["profile_id", "cio_id", "cio_person_id", "cio_email", "cio_anonymous_id"]
+    )
+    people = people.filter(
+        pc.or_(
+            pc.or_(pc.is_valid(people["cio_id"]), pc.is_valid(people["cio_person_id"])),
+            pc.is_valid(people["cio_email"]),
+        )
+    )  # an anonymous-only profile has no person (`require_known_identifier`)
+    nodes = nodes.join(people, "profile_id", join_type="inner")
+    if not include_own:
+        own = pc.fill_null(pc.equal(nodes["id_value"], nodes["cio_anonymous_id"]), False)
+        nodes = nodes.filter(pc.invert(own))
+    if not nodes.num_rows:
+        return []
+    review = result.splits.filter(pc.equal(result.splits["status"], "needs_review"))
+    held = (
+        set(review["parent_profile_id"].to_pylist())
+        | set(review["child_profile_id"].to_pylist())
+        | set(result.held["profile_id"].to_pylist())
+    )
+    withheld = set(
+        zip(
+            result.withheld["id_type"].to_pylist(),
+            result.withheld["id_value"].to_pylist(),
+            strict=True,
+        )
+    )
+    ops = []
+    rows = nodes.sort_by([("profile_id", "ascending"), ("id_value", "ascending")]).to_pylist()
+    for row in rows:
+        pid, value = row["profile_id"], row["id_value"]
+        if pid in held or (row["id_type"], value) in withheld:
+            continue
+        ((kind, column),) = [
+            (k, c)
+            for k, c in (("cio_id", "cio_id"), ("id", "cio_person_id"), ("email", "cio_email"))
+            if row[c] is not None
+        ][:1]
+        payload = {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {kind: str(row[column])},
+            "attributes": {"anonymous_id": value},
+        }
+        ops.append(CioOp(_key("anonymous_id", value) + ANONYMOUS_KEY_SUFFIX, pid, payload))
+    return ops
+
+
 def releases(result: IdentityResult) -> list[tuple[str, str, str]]:
     """The emails this run moved from a profile that was a Customer.io person with an `id`
     and has no email now (or is retired: heir to nothing) to a profile that takes it as its

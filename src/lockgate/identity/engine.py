@@ -513,6 +513,7 @@ def resolve(
     previous = PreviousProfiles.from_state(state, types)
     prev_held = state.held if state is not None else HELD_SCHEMA.empty_table()
     prev_lost = state.lost if state is not None else LOST_SCHEMA.empty_table()
+    prev_withheld = state.withheld if state is not None else None
     prev_contested = state.contested if state is not None else CONTESTED_SCHEMA.empty_table()
     del state
 
@@ -832,6 +833,7 @@ def resolve(
         batch=batch,
         run_id=run_id,
         cio_exists=cio_exists,
+        withheld=prev_withheld,
     )
     held = hold_splits(
         prev_held,
@@ -974,6 +976,7 @@ def resolve(
         lost=lost,
         contested=contested,
         retired=assigned.retired,
+        withheld=assigned.withheld,
     )
 
 

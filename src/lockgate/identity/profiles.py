@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
@@ -44,6 +44,7 @@ from lockgate.identity.state import (
     MOVES_SCHEMA,
     PROFILES_BASE,
     SPLITS_SCHEMA,
+    WITHHELD_SCHEMA,
     IdentityState,
 )
 from lockgate.project.identity import IdentityConfig
@@ -215,6 +216,9 @@ class Assigned:
     splits: pa.Table
     moves: pa.Table
     retired: pa.Table
+    withheld: pa.Table = field(default_factory=lambda: WITHHELD_SCHEMA.empty_table())
+    """The anonymous ids sent to nobody (`IdentityState.withheld`): those of earlier runs and
+    the ones that left a Customer.io person's profile in this one."""
 
 
 def _pick(
@@ -292,8 +296,13 @@ def assign(
     batch: int,
     run_id: str,
     cio_exists: Callable[[str, str], bool] | None,
+    withheld: pa.Table | None = None,
 ) -> Assigned:
-    """Name every component, carrying ids forward from `previous`."""
+    """Name every component, carrying ids forward from `previous`.
+
+    ``withheld``: the anonymous ids earlier runs withheld (`IdentityState.withheld`); none of
+    them is a profile's `cio_anonymous_id`, nor is one that leaves a Customer.io person's
+    profile in this run (added to them)."""
     types = config.type_order
     n_types = len(types)
     eligible = ~quarantined
@@ -345,9 +354,10 @@ def assign(
         )
         for t_name in order:
             t = types.index(t_name)
-            found = _pick(
-                comp_of, eligible & (node_type == t), node_rank, node_last, node_values, n_comp
-            )
+            candidates = eligible & (node_type == t)
+            if kind == "anonymous_id" and held_back is not None:
+                candidates &= ~held_back
+            found = _pick(comp_of, candidates, node_rank, node_last, node_values, n_comp)
             chosen = np.where(chosen < 0, found, chosen)
         return chosen
 
@@ -502,8 +512,25 @@ def assign(
                 moves.append((node, p, c))
             if heir[p] >= 0:
                 changed[heir[p]] = True
+        withheld_now = _withheld_moves(
+            config,
+            types,
+            node_type,
+            (pn[left], old[left], now[left]),
+            previous,
+            person_ids,
+            run_id,
+            node_values,
+        )
         del old, now, left, own_id
+    else:
+        withheld_now = WITHHELD_SCHEMA.empty_table()
     del pn
+    withheld_all = _first_withheld(
+        withheld if withheld is not None else WITHHELD_SCHEMA.empty_table(), withheld_now
+    )
+    # read by `pick_for("anonymous_id")`, called from here on only
+    held_back = _withheld_nodes(withheld_all, types, node_type, node_values)
     diff_node = eligible & (
         prev_pid != np.where(comp_of >= 0, comp_pid[np.maximum(comp_of, 0)], -1)
     )
@@ -656,7 +683,88 @@ def assign(
     )
     del node_batch
     retired = _retired(heir, previous, run_id)
-    return Assigned(node_profile, profiles, aliases, merges_t, splits, moves_t, retired)
+    return Assigned(
+        node_profile, profiles, aliases, merges_t, splits, moves_t, retired, withheld_all
+    )
+
+
+def _withheld_moves(
+    config: IdentityConfig,
+    types: tuple[str, ...],
+    node_type: npt.NDArray[np.int16],
+    left: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]],
+    previous: PreviousProfiles,
+    person_ids: pa.Array,
+    run_id: str,
+    node_values: pa.StringArray,
+) -> pa.Table:
+    """Of the nodes that left their previous profile this run (``left``: the nodes, the
+    profiles they left, the components they are in now), the anonymous ids (of a type sent as
+    Customer.io's `anonymous_id`) whose profile was a Customer.io person (an `id` or an email)
+    other than the one their component's `id` (``person_ids``) names: that person may hold
+    them, and the events they attached."""
+    nodes, old, now = left
+    kinds = [
+        i for i, t in enumerate(types) if config.identifier_types[t].customerio == "anonymous_id"
+    ]
+    pick = np.isin(node_type[nodes], kinds) if kinds else np.zeros(nodes.size, dtype=bool)
+    if not pick.any():
+        return WITHHELD_SCHEMA.empty_table()
+    nodes, old, now = nodes[pick], old[pick], now[pick]
+    table = previous.table
+    person = pc.or_(pc.is_valid(table["cio_person_id"]), pc.is_valid(table["cio_email"]))
+    was_person = person.combine_chunks().to_numpy(zero_copy_only=False)[old]
+    old_id = table["cio_person_id"].combine_chunks().cast(pa.string()).take(pa.array(old))
+    new_id = person_ids.cast(pa.string()).take(pa.array(now))
+    same = pc.fill_null(pc.equal(old_id, new_id), False).to_numpy(zero_copy_only=False)
+    keep = was_person & ~same
+    nodes, old = nodes[keep], old[keep]
+    return pa.table(
+        {
+            "id_type": [types[node_type[n]] for n in nodes.tolist()],
+            "id_value": node_values.take(pa.array(nodes)).to_pylist(),
+            "profile_id": [previous.name(p) for p in old.tolist()],
+            "run_id": [run_id] * int(nodes.size),
+        },
+        schema=WITHHELD_SCHEMA,
+    )
+
+
+def _first_withheld(before: pa.Table, now: pa.Table) -> pa.Table:
+    """``before`` and the anonymous ids of ``now`` it does not hold yet (each kept with the
+    person's profile it first left)."""
+    if not now.num_rows:
+        return before
+    seen = set(zip(before["id_type"].to_pylist(), before["id_value"].to_pylist(), strict=True))
+    keep = []
+    for i, key in enumerate(
+        zip(now["id_type"].to_pylist(), now["id_value"].to_pylist(), strict=True)
+    ):
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return pa.concat_tables([before, now.take(pa.array(keep, pa.int64()))])
+
+
+def _withheld_nodes(
+    withheld: pa.Table,
+    types: tuple[str, ...],
+    node_type: npt.NDArray[np.int16],
+    node_values: pa.StringArray,
+) -> npt.NDArray[np.bool_] | None:
+    """The nodes whose type and value are ``withheld`` (None when none are)."""
+    if not withheld.num_rows:
+        return None
+    out = np.zeros(node_type.shape[0], dtype=bool)
+    for name in set(withheld["id_type"].to_pylist()):
+        if name not in types:
+            continue
+        t = types.index(name)
+        values = withheld.filter(pc.equal(withheld["id_type"], name))["id_value"]
+        of_type = np.flatnonzero(node_type == t)
+        hit = pc.is_in(node_values.take(pa.array(of_type)), value_set=values.combine_chunks())
+        out[of_type[hit.to_numpy(zero_copy_only=False)]] = True
+    return out
 
 
 def _claim_retired(

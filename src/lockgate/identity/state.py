@@ -159,6 +159,19 @@ LOST_SCHEMA = pa.schema([("profile_id", pa.string()), ("id_type", pa.string())])
 """Profiles that lost their only value of a type to another profile (an identifier move) and
 hold none since: their person's attribute for that type is cleared, run after run."""
 
+WITHHELD_SCHEMA = pa.schema(
+    [
+        ("id_type", pa.string()),
+        ("id_value", pa.string()),
+        ("profile_id", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
+"""Anonymous ids (of a type sent as Customer.io's `anonymous_id`) that left the profile of a
+Customer.io person for another profile (`profile_id` the one they left, `run_id` the run that
+saw it): Customer.io may have attached them, and their events, to that person, so they are
+never sent to another one, run after run."""
+
 CONTESTED_SCHEMA = pa.schema([("profile_id", pa.string()), ("kind", pa.string())])
 """Profiles whose person was given `contested_<kind>` (`email` or `id`) because a limit refused
 a union: once no union is refused for them, that attribute is cleared, run after run."""
@@ -232,6 +245,8 @@ class IdentityState:
     """Profiles that were a Customer.io person known by email alone and are heir to nothing
     now (their rows left): their person is still in Customer.io, so a later profile holding
     that email takes the profile over (a merge, or the profile back). See `RETIRED_BASE`."""
+    withheld: pa.Table = field(default_factory=lambda: WITHHELD_SCHEMA.empty_table())
+    """Anonymous ids never sent again (`WITHHELD_SCHEMA`)."""
 
     _PARTS = (
         "nodes",
@@ -243,6 +258,7 @@ class IdentityState:
         "contested",
         "refused",
         "retired",
+        "withheld",
     )
 
     def write(self, directory: str | Path) -> None:
@@ -351,6 +367,9 @@ class IdentityResult:
     """Profiles given a `contested_<kind>` attribute, now or before (`CONTESTED_SCHEMA`)."""
     retired: pa.Table = field(default_factory=lambda: RETIRED_BASE.empty_table())
     """Profiles known by email alone in Customer.io that are heir to nothing (`IdentityState`)."""
+    withheld: pa.Table = field(default_factory=lambda: WITHHELD_SCHEMA.empty_table())
+    """Anonymous ids that left a Customer.io person's profile: sent to nobody else
+    (`WITHHELD_SCHEMA`)."""
 
     @property
     def state(self) -> IdentityState:
@@ -366,6 +385,7 @@ class IdentityResult:
             contested=self.contested,
             refused=self.refused,
             retired=self.retired,
+            withheld=self.withheld,
         )
 
     @classmethod
@@ -392,6 +412,7 @@ class IdentityResult:
             lost=state.lost,
             contested=state.contested,
             retired=state.retired,
+            withheld=state.withheld,
         )
 
     def tables(self) -> dict[str, pa.Table]:

@@ -33,6 +33,7 @@ from lockgate.identity import IdentityResult, IdentityState, Resolver, plan_cust
 from lockgate.identity.customerio import (
     adoption_ops,
     adoptions,
+    anonymous_id_ops,
     attribute_names,
     clear_ops,
     merge_addresses,
@@ -867,6 +868,50 @@ def merge_operations(store: StateStore, project: Project, resolution: Resolution
         ]
     )
     return _ops_table(ops)
+
+
+def anonymous_operations(
+    store: StateStore,
+    project: Project,
+    resolution: Resolution,
+    reached: Collection[tuple[str, str]],
+) -> pa.Table:
+    """The identifies carrying each anonymous id a profile's own identify does not
+    (``customerio.anonymous_id_ops``), not yet delivered by any sync, for the people that
+    exist once the run's rows are sent: delivered by a people sync (:func:`known_people`),
+    found by an imported `cio_id`, or ``reached`` (`(kind, value)`, the `id` and lowercased
+    email each row of the run is sent to). Sent after the rows: an identify by a new `id`
+    sent first would create a person of its own, where the rows' identify by that `id` and an
+    email another person holds gives that person the `id`.
+
+    Columns: ``k`` (the op's idempotency key), ``op`` (JSON)."""
+    from lockgate.sync.mapping import needs_identity
+
+    # the people syncs through the graph carry the profile's own anonymous id on identify
+    carried = any(
+        other.kind == "people"
+        and needs_identity(project, other)
+        and "anonymous_id" not in other.attributes
+        for other in project
+    )
+    ops = anonymous_id_ops(resolution.result, resolution.config, include_own=not carried)
+    if not ops:
+        return _ops_table([])
+    addresses = {
+        (kind, value.lower() if kind == "email" else value)
+        for op in ops
+        for kind, value in op.payload["identifiers"].items()
+        if kind != "cio_id"
+    }
+    found = known_people(store, project, among=addresses) | set(reached)
+
+    def exists(op: Any) -> bool:
+        ((kind, value),) = op.payload["identifiers"].items()
+        return kind == "cio_id" or (kind, value.lower() if kind == "email" else value) in found
+
+    ops = [op for op in ops if exists(op)]
+    done = _delivered_by_any_sync(store, project, [op.key for op in ops])
+    return _ops_table([op for op in ops if op.key not in done])
 
 
 def _ops_table(ops: list[Any]) -> pa.Table:

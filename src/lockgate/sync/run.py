@@ -159,6 +159,10 @@ class RunReport:
     identity_ops: tuple[dict[str, Any], ...] = ()
     """The identity graph's Customer.io operations, sent before the sync's own changes:
     merges, then the identifiers re-applied to their survivors."""
+    anonymous_ops: tuple[dict[str, Any], ...] = ()
+    """The identifies carrying the anonymous ids of a profile its own identify does not (one
+    each, so that Customer.io attaches every device's earlier anonymous events), sent after
+    the sync's own changes."""
     only: tuple[str, ...] = ()
     """The values `--only` named: the run was of their records alone."""
     emails_read_back: int = 0
@@ -222,6 +226,8 @@ class RunReport:
             "identity_merges": self.identity_merges,
             "identity_reapplied": self.identity_reapplied,
             "identity_ops": list(self.identity_ops[:IDENTITY_OPS_SHOWN]),
+            "identity_anonymous_ids": self.identity_anonymous_ids,
+            "anonymous_ops": list(self.anonymous_ops[:IDENTITY_OPS_SHOWN]),
             "only": list(self.only),
             "emails_read_back": self.emails_read_back,
             "new_emails_checked": self.new_emails_checked,
@@ -247,6 +253,10 @@ class RunReport:
     def identity_reapplied(self) -> int:
         return len(self.identity_ops) - self.identity_merges
 
+    @property
+    def identity_anonymous_ids(self) -> int:
+        return len(self.anonymous_ops)
+
 
 @dataclass(frozen=True)
 class RecordedRun(RunReport):
@@ -255,6 +265,7 @@ class RecordedRun(RunReport):
 
     merges: int = 0
     reapplied: int = 0
+    anonymous_ids: int = 0
 
     @property
     def identity_merges(self) -> int:
@@ -263,6 +274,10 @@ class RecordedRun(RunReport):
     @property
     def identity_reapplied(self) -> int:
         return self.reapplied
+
+    @property
+    def identity_anonymous_ids(self) -> int:
+        return self.anonymous_ids
 
 
 def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
@@ -316,6 +331,8 @@ def recorded_run(
         identity_ops=tuple(counts.get("identity_ops", ())),
         merges=int(counts.get("identity_merges", 0)),
         reapplied=int(counts.get("identity_reapplied", 0)),
+        anonymous_ops=tuple(counts.get("anonymous_ops", ())),
+        anonymous_ids=int(counts.get("identity_anonymous_ids", 0)),
         only=tuple(counts.get("only", ())),
         emails_read_back=int(counts.get("emails_read_back", 0)),
         new_emails_checked=int(counts.get("new_emails_checked", 0)),
@@ -762,11 +779,26 @@ def _prepare(
             )
             if merge_guard is not None:
                 guards.append(merge_guard)
+        anonymous_ops = None
+        if resolution is not None and not only:  # `--only` sends the named records alone
+            from lockgate.sync import resolve as resolve_step
+
+            with step("resolve"):
+                anonymous_ops = resolve_step.anonymous_operations(
+                    store, project, resolution, _people_reached(store, sync)
+                )
         if only and not full_resync and sync.kind != "events":
             # the snapshot's other records were hidden for the diff; delivery commits to it
             run_sql(store.con, f"drop table if exists temp.{table('snap', sync.name)}")
         return Prepared(
-            changes, recovered, guards, resolution, identity_ops, compiled.src_h, naive_columns
+            changes,
+            recovered,
+            guards,
+            resolution,
+            identity_ops,
+            compiled.src_h,
+            naive_columns,
+            anonymous_ops,
         )
 
 
@@ -921,6 +953,29 @@ def _named(key: str, ident: str) -> str:
         f"or {who('cio_id')} in (select v from only_values) "
         f"or lower({who('email')}) in (select lower(v) from only_values)))"
     )
+
+
+def _people_reached(store: StateStore, sync: SyncConfig) -> set[tuple[str, str]]:
+    """`(kind, value)` of the people the rows of a people or events sync's diff are sent to
+    (`id`, and email lowercased), who exist in Customer.io once the rows are delivered: an
+    identify creates its person, and so does an event for an unknown `id` or email."""
+    if sync.kind not in ("people", "events"):
+        return set()
+    rows = run_sql(
+        store.con,
+        """
+        select distinct json_extract_string(ident, '$.id'),
+                        lower(json_extract_string(ident, '$.email'))
+        from changes where not removed and json_valid(ident)
+        """,
+    )
+    out: set[tuple[str, str]] = set()
+    for person_id, email in rows:
+        if person_id is not None:
+            out.add(("id", str(person_id)))
+        if email is not None:
+            out.add(("email", str(email)))
+    return out
 
 
 def _identifiers_sent(store: StateStore) -> set[str]:
@@ -1137,6 +1192,10 @@ class Prepared(NamedTuple):
     naive_timestamps: tuple[str, ...] = ()
     """The model's timestamps without a time zone the mapping sends as times
     (:func:`mapping.naive_columns`), read in the sync's `timezone`, else as UTC."""
+    anonymous_ops: pa.Table | None = None
+    """The identifies carrying the anonymous ids a profile's own identify does not, sent after
+    the sync's rows (:func:`resolve.anonymous_operations`); None without the graph or with
+    `--only`."""
 
 
 def _graph_use(resolution: Resolution | None) -> str:
@@ -1244,6 +1303,72 @@ def _deliver_identity_ops(
             f"not delivered (e.g. `{key}`: {outcome}, {reason})",
             hint="nothing else was sent; run the sync again once Customer.io accepts them",
         )
+
+
+def _deliver_anonymous_ids(
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    run_id: str,
+    console: Console,
+    ops: pa.Table,
+    rows: CommitCounts,
+    destination_factory: DestinationFactory,
+) -> tuple[CommitCounts, pa.Table]:
+    """Send the identifies carrying the anonymous ids a profile's own identify does not
+    (``resolve.anonymous_operations``), after the sync's rows: their people exist now. Each key
+    is ledgered once delivered, so an anonymous id reaches one person once; one not delivered
+    is sent by the next run. Those of a person whose row was not delivered wait too: sent
+    alone, an identify by a new `id` would create a person of its own. The counts join the
+    run's, and the operations delivered are returned with them."""
+    if rows.failed_keys:
+        with registered(
+            store.con, "_failed_keys", pa.table({"k": pa.array(sorted(rows.failed_keys))})
+        ):
+            failed = run_sql(
+                store.con,
+                "select json_extract_string(ident, '$.id'), "
+                "lower(json_extract_string(ident, '$.email')) "
+                "from changes where json_valid(ident) and k in (select k from _failed_keys)",
+            )
+        waiting = {("id", str(i)) for i, _ in failed if i is not None}
+        waiting |= {("email", str(e)) for _, e in failed if e is not None}
+
+        def reached(op: str) -> bool:
+            ((kind, value),) = orjson.loads(op)["identifiers"].items()
+            return (kind, value.lower() if kind == "email" else value) not in waiting
+
+        ops = ops.filter(pa.array([reached(op) for op in ops["op"].to_pylist()], pa.bool_()))
+    table_ = ops.append_column("h", pa.nulls(ops.num_rows, pa.uint64()))
+    table_ = table_.append_column("ident", pa.nulls(ops.num_rows, pa.string()))
+    table_ = table_.append_column("removed", pa.array([False] * ops.num_rows))
+    with registered(store.con, "_anonymous_ops", table_):
+        run_sql(
+            store.con, "create or replace temp table anonymous_ops as select * from _anonymous_ops"
+        )
+    counts = _deliver_to_ledger(
+        store,
+        project,
+        sync,
+        run_id,
+        console,
+        destination_factory,
+        label="anonymous ids",
+        kind="ops",
+        source="anonymous_ops",
+        total=ops.num_rows,
+    )
+    if counts.failed_keys:
+        key, outcome, reason = counts.failures[0]
+        console.warn(
+            f"{sync.name}: {len(counts.failed_keys)} anonymous id(s) could not be attached to "
+            f"their person (e.g. `{key}`: {outcome}, {reason}); sent by the next run"
+        )
+        import pyarrow.compute as pc
+
+        failed = pa.array(sorted(counts.failed_keys), pa.string())
+        ops = ops.filter(pc.invert(pc.is_in(ops["k"], value_set=failed)))
+    return counts, ops
 
 
 def _deliver_email_clears(
@@ -1803,7 +1928,7 @@ def plan_sync(
         run_id = _new_run_id()  # once it holds the state, as a run (:func:`run_sync`)
         step = _Step(run_id, state=store.path, plan=True)
         started = time.perf_counter()
-        changes, recovered, guards, resolution, identity_ops, _, naive = _prepare(
+        changes, recovered, guards, resolution, identity_ops, _, naive, anonymous_ops = _prepare(
             store,
             project,
             sync,
@@ -1840,7 +1965,11 @@ def plan_sync(
                 session.planned,
                 full_resync=full_resync,
                 only=bool(only),
-                identity_ops=identity_ops,
+                identity_ops=pa.concat_tables(
+                    [t for t in (identity_ops, anonymous_ops) if t is not None]
+                )
+                if identity_ops is not None or anonymous_ops is not None
+                else None,
             )
     return RunReport(
         run_id,
@@ -1855,6 +1984,7 @@ def plan_sync(
         guards=tuple(guards),
         mode=project.sync(name).effective_mode,
         identity_ops=_op_payloads(identity_ops),
+        anonymous_ops=_op_payloads(anonymous_ops),
         only=only,
         email_check=email_check,
         resent_by=tuple(sorted(resent_by.items())),
@@ -2023,7 +2153,7 @@ def run_sync(
                 # send as on a busy one
                 with step("destination"):
                     settings = check_destination(project, sync)
-            changes, recovered, guards, resolution, identity_ops, mapping_hash, naive = _prepare(
+            prepared = _prepare(
                 store,
                 project,
                 sync,
@@ -2035,6 +2165,10 @@ def run_sync(
                 only=only,
                 new_workspace=new_workspace,
             )
+            changes, recovered, guards = prepared.changes, prepared.recovered, prepared.guards
+            resolution, identity_ops = prepared.resolution, prepared.identity_ops
+            mapping_hash, naive = prepared.mapping_hash, prepared.naive_timestamps
+            anonymous_ops = prepared.anonymous_ops
             # before the guardrails: a run they stop still shows which rows were rejected
             store.keep_rejected_rows(run_id, sync.name, rejects.KEPT_PER_RUN)
             guard_step.enforce(sync, guards, force=force)
@@ -2059,7 +2193,10 @@ def run_sync(
                     hint=f"run `lockgate sync {sync.name}` once without `--only` (`lockgate "
                     f"plan {sync.name}` lists the merges)",
                 )
-            if settings is not None and (merges or changes.state_events or changes.to_send):
+            attaching = anonymous_ops is not None and anonymous_ops.num_rows > 0
+            if settings is not None and (
+                merges or attaching or changes.state_events or changes.to_send
+            ):
                 # before the first record leaves: refused credentials or the wrong region stop
                 # the run here (an EU workspace's data sent to the US host passes through it)
                 from lockgate.destinations.customerio.region import check_before_sending
@@ -2073,6 +2210,8 @@ def run_sync(
                     )
             state_events = None
             email_clears = None
+            anonymous = None
+            attached: pa.Table | None = None  # the anonymous ids delivered
             emails_read_back, email_check = 0, ""
             if changes.state_events:
                 with step("deliver"):
@@ -2164,6 +2303,17 @@ def run_sync(
                     released = _released(store, email_clears)
                     diff_step.forget_kept_emails(store, sync, run_id, released)
                     diff_step.forget_released_left(store, sync, released)
+                if anonymous_ops is not None and anonymous_ops.num_rows:
+                    anonymous, attached = _deliver_anonymous_ids(
+                        store,
+                        project,
+                        sync,
+                        run_id,
+                        console,
+                        anonymous_ops,
+                        committer.counts,
+                        destination_factory,
+                    )
             with step("commit"):
                 if sync.kind != "events":  # recorded as delivered: nothing to send
                     diff_step.commit_nulls_only(store, sync.name, run_id)
@@ -2259,7 +2409,7 @@ def run_sync(
             counts.delivered += state_events.delivered
         # a clear not delivered is a dead letter of the run (its rows wait for the next one);
         # those delivered are the means of the rows', not counted apart
-        for ahead in (state_events, email_clears):
+        for ahead in (state_events, email_clears, anonymous):
             if ahead is not None:
                 counts.rejected += ahead.rejected
                 counts.dead_lettered += ahead.dead_lettered
@@ -2280,6 +2430,7 @@ def run_sync(
             guards=tuple(guards),
             mode=project.sync(name).effective_mode,
             identity_ops=_op_payloads(identity_ops),
+            anonymous_ops=_op_payloads(attached),
             only=only,
             emails_read_back=emails_read_back,
             new_emails_checked=new_checked,
