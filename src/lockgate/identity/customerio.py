@@ -576,11 +576,18 @@ def releases(result: IdentityResult) -> list[tuple[str, str, str]]:
     before = _rows_of(result.previous_profiles, givers)
     after = _rows_of(result.profiles, givers | set(moves["to_profile_id"].to_pylist()))
     held = set(result.held["profile_id"].to_pylist())
+    # a part split off a person (waiting for review) sends its rows to that person, as it
+    # was: it takes no email; the person it was split off goes on with its own identifiers
+    parts = {
+        r["profile_id"]
+        for r in result.held.select(["profile_id", "parent_profile_id"]).to_pylist()
+        if r["profile_id"] != r["parent_profile_id"]
+    }
     out = set()
     for m in moves.to_pylist():
         giver, taker = m["from_profile_id"], m["to_profile_id"]
         old, new, now = before.get(giver), after.get(taker), after.get(giver)
-        if old is None or new is None or taker in held or giver in held:
+        if old is None or new is None or taker in parts or giver in held:
             continue
         email = m["id_value"]
         if now is not None and now["cio_email"] is not None:
