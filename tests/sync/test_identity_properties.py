@@ -33,7 +33,8 @@ limit of a type) is one where a union must be refused. The invariants:
   and `sync --all --full-resync` (docs/sync.md, "Sending everything again") converges to
   (a)-(f) again: every user is a person again with each value of its rows, a value a row
   does not give (a null `plan`) being what Customer.io kept. What only a hand merge did
-  stays: the merges it made, the anonymous ids and attributes it gave the primary.
+  stays: the merges it made, the anonymous ids and attributes it gave the primary. A
+  person deleted by hand whose `id` no source shows any more is never created again.
 
 `LOCKGATE_PROPERTY_EXAMPLES=200 LOCKGATE_PROPERTY_STEPS=30` explores more than CI's few
 derandomized examples.
@@ -194,6 +195,8 @@ class IdentityMachine(RuleBasedStateMachine):
         self.hand_merges: set[tuple[str, str]] = set()
         self.hand_anons: set[str] = set()
         self.hand_emails = 0  # emails given by hand so far: `hand1@x.io`, `hand2@x.io`, ...
+        #: the `id`s of people deleted by hand (or merged away) that no source has shown since
+        self.hand_deleted: set[str] = set()
 
     @initialize(
         users=st.lists(st.tuples(uids, emails, plans), min_size=1, max_size=3),
@@ -403,6 +406,7 @@ class IdentityMachine(RuleBasedStateMachine):
         self._expect()
 
     def _expect(self) -> None:
+        self.hand_deleted -= {v for t, v in self._edges()[0] if t == "user_id"}
         for uid, r in self.users.items():
             if r["plan"] is not None:
                 self.plan_of[uid] = r["plan"]
@@ -468,6 +472,8 @@ class IdentityMachine(RuleBasedStateMachine):
         """(g) someone deletes a person in Customer.io (the UI, or the Track API)."""
         person = self._person(data)
         event("a person deleted by hand" + (" (a user's)" if person.id else ""))
+        if person.id:
+            self.hand_deleted.add(person.id)
         self._by_hand(
             {"type": "person", "action": "delete", "identifiers": {"cio_id": person.cio_id}}
         )
@@ -484,6 +490,8 @@ class IdentityMachine(RuleBasedStateMachine):
         event("two people merged by hand" + (" (the secondary a user's)" if secondary.id else ""))
         self.hand_merges.add((primary.cio_id, secondary.cio_id))
         self.hand_anons |= set(secondary.anonymous_ids)
+        if secondary.id:
+            self.hand_deleted.add(secondary.id)
         body = {"primary": {"cio_id": primary.cio_id}, "secondary": {"cio_id": secondary.cio_id}}
         self._by_hand(body, "/api/v1/merge_customers")
         self._resync_after_hand(incremental_first)
@@ -538,6 +546,8 @@ class IdentityMachine(RuleBasedStateMachine):
         for m in self.emu.merges():
             assert m.secondary_id is None or (m.primary, m.secondary) in self.hand_merges, m
         by_id = {p.id: p for p in people if p.id}
+        # (g) a person deleted by hand whose `id` no source shows any more is not created again
+        assert not self.hand_deleted & set(by_id), sorted(self.hand_deleted & set(by_id))
         for uid in self.users:
             person = by_id.get(uid)
             assert person is not None, (uid, sorted(by_id))
@@ -795,6 +805,78 @@ def test_a_user_leaving_a_lead_behind_takes_the_email_of_a_deleted_user_in_one_r
     assert_nothing_left_to_send(project)
 
 
+def _delete_by_hand(emu: Emulator, **identifiers: str) -> None:
+    """A person deleted in Customer.io by someone (the UI, the Track API), not by Lockgate."""
+    body = {"type": "person", "action": "delete", "identifiers": identifiers}
+    with emu.client(auth=emu.track_auth) as client:
+        client.post("/api/v2/entity", json=body).raise_for_status()
+
+
+@pytest.mark.parametrize("gone", ["user's row left", "Stripe id moved"])
+def test_a_person_deleted_by_hand_is_not_created_again_to_give_something_up(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gone: str
+) -> None:
+    """Someone deletes user `u1`'s person in Customer.io; then `u1`'s row leaves the warehouse,
+    and the family email `u1` held goes to `u4` (or the Stripe id `u1` held moves to a lead).
+    The graph clears the email (or the Stripe id) on `u1`'s person before the rows, but
+    only on a person that exists (`_update`): an identify by `u1` would create an empty
+    person `u1` again, who left both Customer.io and the warehouse."""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+    if gone == "user's row left":
+        sql(tmp_path, FAMILY)
+        change = "delete from app_users where user_id = 'u1'"
+    else:
+        sql(
+            tmp_path,
+            "insert into leads values ('e1@x.io', 'ads');"
+            "insert into stripe values ('cus_1', null, 'u1', 9.0);",
+        )
+        change = "update stripe set email = 'e1@x.io', user_id = null"
+    sync_all(project)
+    assert emu.person(id="u1") is not None
+    _delete_by_hand(emu, id="u1")
+    sql(tmp_path, change)
+    sync_all(project)
+    assert emu.person(id="u1") is None, emu.people()
+    if gone == "user's row left":
+        u4 = emu.person(id="u4")
+        assert u4 is not None and u4.email == "e1@x.io"
+    else:
+        lead = emu.person(email="e1@x.io")
+        assert lead is not None and lead.attributes["stripe_id"] == "cus_1"
+    assert_nothing_left_to_send(project)
+
+
+def test_a_person_deleted_by_hand_whose_email_a_new_user_takes_is_not_created_empty(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """User `u1`'s email goes null (Customer.io keeps it), then someone deletes `u1`'s person
+    in Customer.io, and a new user `u2` signs up with that address. `u2` takes it, and the
+    release of the email `u1`'s person kept reaches nobody: no person `u1` without a plan is
+    created (an ordinary run does not re-send `u1`'s unchanged row, docs/identity.md); a
+    `--full-resync` brings `u1` back whole."""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(tmp_path, "insert into app_users values ('u1', 'e1@x.io', 'free')")
+    sync_all(project)
+    sql(tmp_path, "update app_users set email = null")
+    sync_all(project)
+    _delete_by_hand(emu, id="u1")
+    sql(tmp_path, "insert into app_users values ('u2', 'e1@x.io', 'pro')")
+    sync_all(project)
+    assert emu.person(id="u1") is None, emu.people()
+    u2 = emu.person(id="u2")
+    assert u2 is not None and (u2.email, u2.attributes) == ("e1@x.io", {"plan": "pro"})
+    for name in ORDER:
+        report = run_sync(project, name, console=NullConsole(), full_resync=True)
+        assert report.status == "success", (name, report.failures)
+    u1 = emu.person(id="u1")
+    assert u1 is not None and (u1.email, u1.attributes) == (None, {"plan": "free"})
+
+
 def test_a_deleted_lead_whose_email_joins_a_user_is_merged_into_the_user(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -929,7 +1011,9 @@ def test_a_user_whose_email_goes_null_while_the_family_email_moves_is_cleared_on
     sql(tmp_path, change[how])
     sync_all(project)
     sent = sent_ops(customerio_emulator, before)
-    clears = [i for i, op in enumerate(sent) if op.get("attributes") == {"email": ""}]
+    clears = [
+        i for i, op in enumerate(sent) if op.get("attributes") == {"_update": True, "email": ""}
+    ]
     assert [sent[i]["identifiers"] for i in clears] == [{"id": "u1"}], sent
     takes = [
         i
@@ -952,7 +1036,7 @@ def test_a_user_whose_email_goes_null_while_the_family_email_moves_is_cleared_on
     )
     sync_all(project)
     sent = sent_ops(customerio_emulator, before)
-    assert [op for op in sent if op.get("attributes") == {"email": ""}] == [], sent
+    assert [op for op in sent if op.get("attributes") == {"_update": True, "email": ""}] == [], sent
     u5 = customerio_emulator.person(id="u5")
     assert u5 is not None and u5.email == "e1@x.io"
 
@@ -981,7 +1065,9 @@ def test_a_run_killed_while_the_family_email_moves_leaves_it_with_the_other_user
     before = len(customerio_emulator.request_log())
     sync_all(load_project(tmp_path))
     sent = sent_ops(customerio_emulator, before)
-    clears = [op["identifiers"] for op in sent if op.get("attributes") == {"email": ""}]
+    clears = [
+        op["identifiers"] for op in sent if op.get("attributes") == {"_update": True, "email": ""}
+    ]
     assert clears in ([], [{"id": "u1"}]), sent
     ids = sorted(p.id for p in customerio_emulator.people())
     assert ids == ["u1", "u4"], ids

@@ -608,7 +608,9 @@ def release_ops(result: IdentityResult, exists: Callable[[str, str], bool]) -> l
             "type": "person",
             "action": "identify",
             "identifiers": {"id": person_id},
-            "attributes": {"email": ""},
+            # `_update`: a person deleted in Customer.io since is not created again to give
+            # the email up
+            "attributes": {"_update": True, "email": ""},
         }
         ops.append(CioOp(_key("release", result.run_id, person_id, email), pid, payload))
     return ops
@@ -667,7 +669,7 @@ def clear_ops(
             "type": "person",
             "action": "identify",
             "identifiers": {kind: value},
-            "attributes": dict.fromkeys(names, ""),
+            "attributes": {"_update": True, **dict.fromkeys(names, "")},  # never a new person
         }
         ops.append(CioOp(_key("clear", result.run_id, kind, value, names), pid, payload))
     return ops
