@@ -877,6 +877,43 @@ def test_a_person_deleted_by_hand_whose_email_a_new_user_takes_is_not_created_em
     assert u1 is not None and (u1.email, u1.attributes) == (None, {"plan": "free"})
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a user whose row left and comes back with a retired lead's email absorbs no "
+    "lead: no merge is planned, Customer.io drops the user's update (the lead's person holds "
+    "the email) and the row is rejected (after a full resync, nothing is left to send)",
+)
+def test_a_user_who_comes_back_with_a_deleted_leads_email_absorbs_the_lead(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lead's row leaves (its person stays in Customer.io, remembered by the graph), then a
+    user's row leaves too, and the user comes back with the lead's address: as for a user
+    who takes a retired lead's email (above), the lead's person is merged into the user's,
+    and the user's new email and plan land. (Found by the state machine above, seed 7 at
+    6x20.)"""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(
+        tmp_path,
+        "insert into app_users values ('u4', 'e3@x.io', 'free');"
+        "insert into leads values ('e2@x.io', 'webinar')",
+    )
+    sync_all(project)
+    u4 = emu.person(id="u4")
+    assert u4 is not None
+    sql(tmp_path, "delete from leads")
+    sync_all(project)
+    sql(tmp_path, "delete from app_users")
+    sync_all(project)
+    sql(tmp_path, "insert into app_users values ('u4', 'e2@x.io', 'pro')")
+    sync_all(project)
+    (person,) = emu.people()
+    assert (person.cio_id, person.id, person.email) == (u4.cio_id, "u4", "e2@x.io")
+    assert person.attributes == {"plan": "pro", "lead_source": "webinar"}
+    assert_nothing_left_to_send(project)
+
+
 def test_a_deleted_lead_whose_email_joins_a_user_is_merged_into_the_user(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
