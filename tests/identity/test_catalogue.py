@@ -257,7 +257,10 @@ def test_case_11_a_stripe_id_moving_off_a_user_no_source_shows_merges_nobody() -
     plan = plan_customerio(second, cfg, exists={("id", "u1"), ("email", "e1@x.com")})
     assert ops_of(plan, "merge") == []
     by = {tuple(op["identifiers"].items()): op["attributes"] for op in ops_of(plan, "identify")}
-    assert by[(("id", "u1"),)] == {"stripe_customer_id": ""}  # u1's person: cleared, kept
+    assert by[(("id", "u1"),)] == {
+        "_update": True,
+        "stripe_customer_id": "",
+    }  # u1's person: cleared, kept
     assert by[(("email", "e1@x.com"),)]["stripe_customer_id"] == "cus_9"
 
 

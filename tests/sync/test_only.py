@@ -300,7 +300,7 @@ def test_an_email_a_named_run_leaves_a_person_is_released_for_the_next_row_takin
         if r.path == "/api/v2/batch" and isinstance(r.body, dict)
         for op in r.body.get("batch", [])
     ]
-    assert [k for k, _ in sent] == ["1", "3"] and sent[0][1] == {"email": ""}
+    assert [k for k, _ in sent] == ["1", "3"] and sent[0][1] == {"_update": True, "email": ""}
     people = {p.id: (p.cio_id, p.email, p.attributes.get("plan")) for p in emu.people()}
     assert people["1"] == (u1.cio_id, None, "team")
     assert people["3"][1:] == ("Ann@example.com", "free") and people["3"][0] != u1.cio_id

@@ -285,7 +285,7 @@ def test_a_plan_shows_the_email_releases_its_run_sends_first(
             "type": "person",
             "action": "identify",
             "identifiers": {"id": "u1"},
-            "attributes": {"email": ""},
+            "attributes": {"_update": True, "email": ""},
         }
     ]
     records = [op for op in sent if op not in releases]

@@ -265,7 +265,11 @@ class IdentifyMachine(RuleBasedStateMachine):
         # the email releases sent ahead of rows taking an email (`KEY#release-email`) are the
         # means of those rows' (docs/sync.md, "Emails that change hands in one run"), which a
         # plan neither counts nor shows
-        sent = [op for op in sent_ops(self.emu, before) if op.get("attributes") != {"email": ""}]
+        sent = [
+            op
+            for op in sent_ops(self.emu, before)
+            if op.get("attributes") != {"_update": True, "email": ""}
+        ]
         assert canonical(sent) == canonical([s["payload"] for s in plan.samples]), name
 
     def _identified(self, before: int) -> set[str]:
@@ -276,7 +280,8 @@ class IdentifyMachine(RuleBasedStateMachine):
         return {
             str(op["identifiers"].get("id"))
             for op in sent_ops(self.emu, before)
-            if op.get("action") == "identify" and op.get("attributes") != {"email": ""}
+            if op.get("action") == "identify"
+            and op.get("attributes") != {"_update": True, "email": ""}
         }
 
     @rule(every=st.booleans())
@@ -406,7 +411,7 @@ class IdentifyMachine(RuleBasedStateMachine):
                 continue
             attributes = op.get("attributes") or {}
             attrs = self.expected.setdefault(int(uid), {"plan": None, "email": None})
-            if attributes == {"email": ""}:
+            if attributes == {"_update": True, "email": ""}:
                 if f"{uid}#release-email" not in self.failed:
                     attrs["email"] = None
                 continue

@@ -661,11 +661,18 @@ def releases(result: IdentityResult) -> list[tuple[str, str, str]]:
     before = _rows_of(result.previous_profiles, givers)
     after = _rows_of(result.profiles, givers | set(moves["to_profile_id"].to_pylist()))
     held = set(result.held["profile_id"].to_pylist())
+    # a part split off a person (waiting for review) sends its rows to that person, as it
+    # was: it takes no email; the person it was split off goes on with its own identifiers
+    parts = {
+        r["profile_id"]
+        for r in result.held.select(["profile_id", "parent_profile_id"]).to_pylist()
+        if r["profile_id"] != r["parent_profile_id"]
+    }
     out = set()
     for m in moves.to_pylist():
         giver, taker = m["from_profile_id"], m["to_profile_id"]
         old, new, now = before.get(giver), after.get(taker), after.get(giver)
-        if old is None or new is None or taker in held or giver in held:
+        if old is None or new is None or taker in parts or giver in held:
             continue
         email = m["id_value"]
         if now is not None and now["cio_email"] is not None:
@@ -686,7 +693,9 @@ def release_ops(result: IdentityResult, exists: Callable[[str, str], bool]) -> l
             "type": "person",
             "action": "identify",
             "identifiers": {"id": person_id},
-            "attributes": {"email": ""},
+            # `_update`: a person deleted in Customer.io since is not created again to give
+            # the email up
+            "attributes": {"_update": True, "email": ""},
         }
         ops.append(CioOp(_key("release", result.run_id, person_id, email), pid, payload))
     return ops
@@ -745,7 +754,7 @@ def clear_ops(
             "type": "person",
             "action": "identify",
             "identifiers": {kind: value},
-            "attributes": dict.fromkeys(names, ""),
+            "attributes": {"_update": True, **dict.fromkeys(names, "")},  # never a new person
         }
         ops.append(CioOp(_key("clear", result.run_id, kind, value, names), pid, payload))
     return ops

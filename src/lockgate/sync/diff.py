@@ -2567,7 +2567,9 @@ def order_email_moves(
         old_id, old_cio_id, _, _ = givers[k]
         address = {"id": old_id} if old_id is not None else {"cio_id": old_cio_id}
         op = {"type": "person", "action": "identify", "identifiers": address}
-        ops.append((f"{k}#release-email", orjson.dumps({**op, "attributes": {"email": ""}})))
+        # `_update`: a person deleted in Customer.io since is not created again to give it up
+        attributes = {"_update": True, "email": ""}
+        ops.append((f"{k}#release-email", orjson.dumps({**op, "attributes": attributes})))
     clears = pa.table(
         {
             "k": pa.array([k for k, _ in ops], pa.string()),
