@@ -788,12 +788,17 @@ def check(
         # and the records whose first delivery was not confirmed (a killed run's, those a
         # killed full resync forgot): Customer.io may hold them, and a `mirror` run undoes
         # one whose row has left, as it undoes a delivered one
-        known = int(
-            con.execute(
-                f"select count(*) from (select k from {snap} union select k from "
-                f"{table('unconfirmed', sync.name)} where ident is not null)"
-            ).fetchall()[0][0]
-        )
+        # (counted apart: a union with a snapshot of 1M keys took 50 ms of every run, most
+        # of which have none unconfirmed)
+        known = int(con.execute(f"select count(*) from {snap}").fetchall()[0][0])
+        unsure = table("unconfirmed", sync.name)
+        if con.execute(f"select 1 from {unsure} where ident is not null limit 1").fetchall():
+            known += int(
+                con.execute(
+                    f"select count(distinct u.k) from {unsure} u where ident is not null "
+                    f"and not exists (select 1 from {snap} s where s.k = u.k)"
+                ).fetchall()[0][0]
+            )
         # with the removed attributes this run clears on each record it sends
         n_attrs = len(sync.attributes) + len(
             removed_attributes(sync, last.mapping if last is not None else None)
