@@ -886,12 +886,6 @@ def test_a_person_deleted_by_hand_whose_email_a_new_user_takes_is_not_created_em
     assert u1 is not None and (u1.email, u1.attributes) == (None, {"plan": "free"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a user whose row left and comes back with a retired lead's email absorbs no "
-    "lead: no merge is planned, Customer.io drops the user's update (the lead's person holds "
-    "the email) and the row is rejected (after a full resync, nothing is left to send)",
-)
 def test_a_user_who_comes_back_with_a_deleted_leads_email_absorbs_the_lead(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

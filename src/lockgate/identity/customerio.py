@@ -517,14 +517,17 @@ def plan_customerio(
 
 
 def adoptions(result: IdentityResult) -> list[tuple[str, str, str]]:
-    """The profiles that were a Customer.io person known by email alone and now have an `id`
-    with another email: `(profile_id, id, old email)` each.
+    """The profiles that were a Customer.io person known by email alone and now have an `id`:
+    `(profile_id, id, old email)` each.
 
-    Identified by the new `id` with the new email, Customer.io would find neither and
-    create a second person; the person must first be given the `id` (an identify by the `id`
-    carrying the email it holds: Customer.io gives an unknown `id` to the person holding the
-    email), and the profile's own identify then changes the email by the `id`
-    (identity.md §3.5, "Profile gains user_id")."""
+    With another email: identified by the new `id` with the new email, Customer.io would
+    find neither and create a second person; the person must first be given the `id` (an
+    identify by the `id` carrying the email it holds: Customer.io gives an unknown `id` to
+    the person holding the email), and the profile's own identify then changes the email by
+    the `id` (identity.md §3.5, "Profile gains user_id"). With the same email, the profile's
+    own identify gives the person the `id`, unless a person with that `id` exists already (a
+    user whose row left and who comes back with a retired lead's email): see
+    :func:`adoption_ops`."""
     previous = result.previous_profiles
     if not previous.num_rows or not result.profiles.num_rows:
         return []
@@ -537,17 +540,32 @@ def adoptions(result: IdentityResult) -> list[tuple[str, str, str]]:
         ["profile_id", "cio_person_id", "cio_email"]
     )
     joined = now.join(was.rename_columns(["profile_id", "old_email"]), "profile_id")
-    joined = joined.filter(
-        pc.fill_null(pc.not_equal(joined["cio_email"], joined["old_email"]), True)
-    )
     return sorted((r["profile_id"], r["cio_person_id"], r["old_email"]) for r in joined.to_pylist())
 
 
 def adoption_ops(result: IdentityResult, exists: Callable[[str, str], bool]) -> list[CioOp]:
-    """One identify per :func:`adoptions` entry whose person exists, giving it the `id`."""
+    """One op per :func:`adoptions` entry whose person exists: an identify giving it the `id`
+    when the profile's email changed; a merge of it into the person with that `id` when one
+    exists already (its user's row left and came back with the email: Customer.io would
+    drop their update, the email being the lead's person's), as when a user takes a retired
+    lead's email (docs/identity.md). Neither with the same email and no such person: the
+    profile's own identify gives the person the `id`."""
     ops = []
-    for pid, person_id, email in adoptions(result):
+    adopted = adoptions(result)
+    now = _rows_of(result.profiles, {pid for pid, _, _ in adopted})
+    for pid, person_id, email in adopted:
         if not exists("email", email):
+            continue
+        if now[pid]["cio_email"] == email:
+            if exists("id", person_id):
+                primary, secondary = {"id": person_id}, {"email": email}
+                merge = {
+                    "type": "person",
+                    "action": "merge",
+                    "primary": primary,
+                    "secondary": secondary,
+                }
+                ops.append(CioOp(_key("merge", primary, secondary), pid, merge))
             continue
         payload = {
             "type": "person",

@@ -801,12 +801,14 @@ def merge_operations(store: StateStore, project: Project, resolution: Resolution
     """
 
     # people known by email alone whose profile gained an `id`: given it first, so that the
-    # rows' identify by the `id` reaches them rather than creating a second person
+    # rows' identify by the `id` reaches them rather than creating a second person (or
+    # merged first into the person with that `id`, when one exists: a user who came back)
     adopted = adoptions(resolution.result)
     first: list[Any] = []
     if adopted:
-        emails = {("email", email) for _, _, email in adopted}
-        found = known_people(store, project, among=emails)
+        addresses = {("email", email) for _, _, email in adopted}
+        addresses |= {("id", person_id) for _, person_id, _ in adopted}
+        found = known_people(store, project, among=addresses)
         first = adoption_ops(resolution.result, lambda kind, value: (kind, value) in found)
         done = _delivered_by_any_sync(store, project, [op.key for op in first])
         first = [op for op in first if op.key not in done]
