@@ -25,6 +25,7 @@ import pytest
 from lockgate.cli import main
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
+from lockgate.errors import SourceError
 from lockgate.project.loader import load_project
 from lockgate.sync.run import RunReport, run_sync
 
@@ -379,6 +380,34 @@ def test_a_postgres_decimal_nan_rejects_its_row_naming_the_column_and_the_fix(
     assert out.report.changes.rejected == 2
 
 
+def test_a_postgres_decimal_nan_where_a_null_was_delivered_is_rejected_on_every_run(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `NaN` is read as null, so the row hashes as the null delivered before: it must
+    still be rejected (and again on the next run), not taken for unchanged and never told."""
+    if not warehouse.postgres:
+        pytest.skip("only Postgres has a decimal `NaN`")
+    warehouse.execute(
+        [
+            "create table t (id int, amount numeric(10,2), plan text)",
+            "insert into t values (1, null, 'pro'), (2, 1.5, 'pro')",
+        ]
+    )
+    first = sync_people(warehouse, customerio_emulator, monkeypatch, "amount: amount\nplan: plan")
+    assert first.rejected == {} and first.people == {
+        "1": {"plan": "pro"},
+        "2": {"amount": 1.5, "plan": "pro"},
+    }
+    warehouse.execute(["update t set amount = 'NaN'"])
+
+    second = sync_people(warehouse, customerio_emulator, monkeypatch, "amount: amount\nplan: plan")
+    third = sync_people(warehouse, customerio_emulator, monkeypatch, "amount: amount\nplan: plan")
+
+    assert set(second.rejected) == set(third.rejected) == {"1", "2"}
+    assert "column `amount`: value `NaN`" in third.rejected["1"]
+    assert second.people == first.people
+
+
 def test_a_postgres_decimal_nan_in_an_event_property_rejects_that_event_alone(
     warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -570,6 +599,38 @@ def test_intervals_and_money_read_the_same_through_psycopg_as_through_adbc(
             source.close()
     assert read[0].schema == read[1].schema
     assert read[1].to_pylist() == read[0].to_pylist()
+
+
+@pytest.mark.postgres
+def test_a_read_flagging_nan_keeps_the_decimal_type_and_flags_the_rows_on_both_paths(
+    postgres_dsn: str,
+) -> None:
+    """Asked to (as a sync's extract asks), both paths read a `numeric(p,s)` `NaN` as null in
+    the column, which keeps its decimal type (`schema_of`'s, so type drift sees no change), and
+    say which rows held one in a flag column after the result's own (a NaN in the first
+    batch and in the last). Asked nothing (an identity source's read), the read stops naming
+    the column."""
+    from lockgate.sources.postgres import PostgresSource, RedshiftSource
+
+    sql = (
+        "select i, case when i in (3, 2500) then 'NaN' else i / 4.0 end::numeric(10,2) as amount, "
+        "i::money as paid, 'NaN'::numeric as bare from generate_series(1, 2500) as g(i) order by i"
+    )
+    for kind in (PostgresSource, RedshiftSource):
+        source = kind(postgres_dsn)
+        try:
+            table = source.read(sql, batch_rows=1_000, flag_nan=True).read_all()
+            assert table.schema.names == ["i", "amount", "paid", "bare", "__nan_amount"]
+            assert table.schema.remove(4).equals(source.schema_of(sql))
+            assert table.schema.field("amount").type == pa.decimal128(10, 2)
+            amount = table.column("amount").to_pylist()
+            flagged = table.column("__nan_amount").to_pylist()
+            assert [i for i, flag in enumerate(flagged, 1) if flag] == [3, 2500]
+            assert amount[2] is None and amount[2499] is None and str(amount[3]) == "1.00"
+            with pytest.raises(SourceError, match="column `amount` holds a numeric `NaN`"):
+                source.read(sql, batch_rows=1_000).read_all()
+        finally:
+            source.close()
 
 
 def test_postgres_numeric_wider_than_38_digits_syncs_as_a_number(
