@@ -14,7 +14,9 @@ which DuckDB stages as `JSON`, so a field tells a JSON value from text), `uuid` 
 `arrow.uuid` extension, `money` → `decimal128(19,s)`, `interval` → `month_day_nano_interval`,
 ±infinity dates and timestamps → the extreme values DuckDB reads as ±infinity, arrays →
 `list<...>` (of one dimension: a 2-D array stops the read), and types Arrow lacks (`inet`,
-`timetz`, ranges, records) → `string`, the server's own text for them.
+`timetz`, ranges, records) → `string`, the server's own text for them. A `numeric(p,s)` `NaN`,
+which no decimal holds, stops the read naming the column, unless the caller asks for it as a
+null and a flag column beside it (`flag_nan`, as a sync's extract does: its row is rejected).
 
 Example::
 
