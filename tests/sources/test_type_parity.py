@@ -25,6 +25,7 @@ import pytest
 from lockgate.cli import main
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
+from lockgate.errors import SourceError
 from lockgate.project.loader import load_project
 from lockgate.sync.run import RunReport, run_sync
 
@@ -350,35 +351,123 @@ def test_postgres_money_is_sent_in_its_units_not_in_cents(
     }
 
 
-def test_a_postgres_decimal_nan_fails_the_run_naming_the_column_without_a_traceback(
-    warehouse: Warehouse,
-    customerio_emulator: Emulator,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+def test_a_postgres_decimal_nan_rejects_its_row_naming_the_column_and_the_fix(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No decimal holds `NaN`, so the read stops (docs/sources.md). The error came from Arrow
-    without the column, inside DuckDB's message with a Python traceback, the error twice."""
+    """No decimal holds `NaN`: a `numeric(p,s)` holding one stopped the whole read, so no row
+    reached Customer.io. It rejects its own row now, as a float NaN does, and the others go
+    on; a NaN in a column the sync does not read rejects nothing."""
     if not warehouse.postgres:
         pytest.skip("only Postgres has a decimal `NaN`")
     warehouse.execute(
         [
-            "create table t (id int, amount numeric(10,2), other numeric(10,2))",
-            "insert into t values (1, 1.5, 2), (2, 'NaN', 3)",
+            'create table t (id int, amount numeric(10,2), "Other" numeric(10,2), '
+            "unread numeric(10,2))",
+            "insert into t values (1, 1.5, 2, 'NaN'), (2, 'NaN', 3, 1), (3, 2.25, 'NaN', 1), "
+            "(4, null, 4.5, null)",
         ]
     )
-    write_project(warehouse, customerio_emulator, monkeypatch, "amount: amount\nother: other")
 
-    with pytest.raises(SystemExit) as exited:
-        main(["sync", "people", "--project", str(warehouse.root)])
+    out = sync_people(warehouse, customerio_emulator, monkeypatch, "amount: amount\nother: Other")
 
-    err = capsys.readouterr().err
-    assert exited.value.code == 1
-    source = f"{'redshift' if warehouse.kind == 'redshift' else 'postgres'} source `warehouse`"
-    assert f"{source}: column `amount` holds a numeric `NaN`" in err
-    assert "hint: in the model, `nullif(amount, 'NaN') as amount` makes it a null" in err
-    assert "`amount::double precision as amount` rejects only the rows holding it" in err
-    assert "Traceback" not in err and err.count(source) == 1
-    assert customerio_emulator.people() == []
+    assert out.people == {"1": {"amount": 1.5, "other": 2}, "4": {"other": 4.5}}
+    assert out.rejected == {
+        "2": "column `amount`: value `NaN` is not a finite number (JSON, and so Customer.io, "
+        "has no NaN); `nullif(amount, 'NaN') as amount` in the model sends a null instead",
+        "3": "column `Other`: value `NaN` is not a finite number (JSON, and so Customer.io, "
+        'has no NaN); `nullif("Other", \'NaN\') as "Other"` in the model sends a null instead',
+    }
+    assert out.report.changes.rejected == 2
+
+
+def test_a_postgres_decimal_nan_where_a_null_was_delivered_is_rejected_on_every_run(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `NaN` is read as null, so the row hashes as the null delivered before: it must
+    still be rejected (and again on the next run), not taken for unchanged and never told."""
+    if not warehouse.postgres:
+        pytest.skip("only Postgres has a decimal `NaN`")
+    warehouse.execute(
+        [
+            "create table t (id int, amount numeric(10,2), plan text)",
+            "insert into t values (1, null, 'pro'), (2, 1.5, 'pro')",
+        ]
+    )
+    first = sync_people(warehouse, customerio_emulator, monkeypatch, "amount: amount\nplan: plan")
+    assert first.rejected == {} and first.people == {
+        "1": {"plan": "pro"},
+        "2": {"amount": 1.5, "plan": "pro"},
+    }
+    warehouse.execute(["update t set amount = 'NaN'"])
+
+    second = sync_people(warehouse, customerio_emulator, monkeypatch, "amount: amount\nplan: plan")
+    third = sync_people(warehouse, customerio_emulator, monkeypatch, "amount: amount\nplan: plan")
+
+    assert set(second.rejected) == set(third.rejected) == {"1", "2"}
+    assert "column `amount`: value `NaN`" in third.rejected["1"]
+    assert second.people == first.people
+
+
+def test_a_postgres_decimal_nan_in_an_event_property_rejects_that_event_alone(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not warehouse.postgres:
+        pytest.skip("only Postgres has a decimal `NaN`")
+    warehouse.execute(
+        [
+            "create table t (id int, order_id int, total numeric(12,2))",
+            "insert into t values (1, 10, 9.99), (1, 11, 'NaN'), (2, 12, 0.5)",
+        ]
+    )
+    write_project(warehouse, customerio_emulator, monkeypatch, "unused: id")
+    (warehouse.root / "syncs" / "people.yml").write_text(
+        textwrap.dedent(
+            """
+            name: people
+            source: warehouse
+            model: {sql: "select * from t"}
+            kind: events
+            identify_by: {id: id}
+            event: {name: {value: purchased}, id: order_id}
+            properties: {total: total}
+            backfill: {first_run: send}
+            """
+        )
+    )
+
+    report = run_sync(load_project(warehouse.root), "people", console=NullConsole())
+
+    sent = sorted(
+        (p.id, e.data["total"])
+        for p in customerio_emulator.people()
+        for e in customerio_emulator.events(p)
+    )
+    assert sent == [("1", 9.99), ("2", 0.5)]
+    assert dict(report.changes.rejected_samples) == {
+        "11": "column `total`: value `NaN` is not a finite number (JSON, and so Customer.io, "
+        "has no NaN); `nullif(total, 'NaN') as total` in the model sends a null instead"
+    }
+
+
+def test_a_postgres_decimal_array_holding_nan_rejects_its_row(
+    warehouse: Warehouse, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An array's items carry no precision: a `numeric(p,s)[]` is read as a list of floats
+    on both paths, whose NaN rejects its row as any float's does."""
+    if not warehouse.postgres:
+        pytest.skip("only Postgres has a decimal `NaN`")
+    warehouse.execute(
+        [
+            "create table t (id int, prices numeric(10,2)[])",
+            "insert into t values (1, '{1.5,2}'), (2, '{1,NaN}'), (3, null)",
+        ]
+    )
+
+    out = sync_people(warehouse, customerio_emulator, monkeypatch, "prices: prices")
+
+    assert out.people == {"1": {"prices": [1.5, 2]}, "3": {}}
+    assert set(out.rejected) == {"2"}
+    assert "column `prices`" in out.rejected["2"] and "NaN" in out.rejected["2"]
 
 
 def test_a_two_dimensional_postgres_array_fails_the_run_naming_the_column(
@@ -510,6 +599,38 @@ def test_intervals_and_money_read_the_same_through_psycopg_as_through_adbc(
             source.close()
     assert read[0].schema == read[1].schema
     assert read[1].to_pylist() == read[0].to_pylist()
+
+
+@pytest.mark.postgres
+def test_a_read_flagging_nan_keeps_the_decimal_type_and_flags_the_rows_on_both_paths(
+    postgres_dsn: str,
+) -> None:
+    """Asked to (as a sync's extract asks), both paths read a `numeric(p,s)` `NaN` as null in
+    the column, which keeps its decimal type (`schema_of`'s, so type drift sees no change), and
+    say which rows held one in a flag column after the result's own (a NaN in the first
+    batch and in the last). Asked nothing (an identity source's read), the read stops naming
+    the column."""
+    from lockgate.sources.postgres import PostgresSource, RedshiftSource
+
+    sql = (
+        "select i, case when i in (3, 2500) then 'NaN' else i / 4.0 end::numeric(10,2) as amount, "
+        "i::money as paid, 'NaN'::numeric as bare from generate_series(1, 2500) as g(i) order by i"
+    )
+    for kind in (PostgresSource, RedshiftSource):
+        source = kind(postgres_dsn)
+        try:
+            table = source.read(sql, batch_rows=1_000, flag_nan=True).read_all()
+            assert table.schema.names == ["i", "amount", "paid", "bare", "__nan_amount"]
+            assert table.schema.remove(4).equals(source.schema_of(sql))
+            assert table.schema.field("amount").type == pa.decimal128(10, 2)
+            amount = table.column("amount").to_pylist()
+            flagged = table.column("__nan_amount").to_pylist()
+            assert [i for i, flag in enumerate(flagged, 1) if flag] == [3, 2500]
+            assert amount[2] is None and amount[2499] is None and str(amount[3]) == "1.00"
+            with pytest.raises(SourceError, match="column `amount` holds a numeric `NaN`"):
+                source.read(sql, batch_rows=1_000).read_all()
+        finally:
+            source.close()
 
 
 def test_postgres_numeric_wider_than_38_digits_syncs_as_a_number(

@@ -509,3 +509,43 @@ def test_redshift_identity_sources_are_read_in_one_snapshot(
     assert graph_while(writer, project) == "stitched"
     assert writer.committed_at == ["gate", "after the run"]
     assert payers(emulator) == {"p1": "u1"}  # Ada's when the run began
+
+
+def test_a_decimal_nan_through_the_identity_graph_rejects_its_row_and_the_others_go_on(
+    tmp_path: Path,
+    postgres_dsn: str,
+    customerio_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rows keyed by the identity graph keep what the read said of a `numeric(p,s)`
+    `NaN`: its row is rejected naming the column, not sent without the value."""
+    dsn = database(postgres_dsn)
+    sql(
+        dsn,
+        "create table crm.billing (stripe_id text, amount numeric(12, 2));"
+        "insert into crm.billing values ('cus_A', 10.5), ('cus_B', 'NaN')",
+    )
+    setup(tmp_path, dsn, customerio_emulator, monkeypatch)
+    (tmp_path / "syncs" / "billing.yml").write_text(
+        textwrap.dedent(
+            """
+            name: billing
+            source: warehouse
+            model: {table: crm.billing}
+            kind: people
+            primary_key: stripe_id
+            identify_by: {stripe_id: stripe_id}
+            attributes: {amount: amount}
+            """
+        )
+    )
+    project = load_project(tmp_path)
+
+    report = run_sync(project, "billing", console=NullConsole())
+
+    amounts = {p.id: p.attributes.get("amount") for p in customerio_emulator.people()}
+    assert amounts == {"u1": 10.5}
+    assert [reason for _, reason in report.changes.rejected_samples] == [
+        "column `amount`: value `NaN` is not a finite number (JSON, and so Customer.io, has "
+        "no NaN); `nullif(amount, 'NaN') as amount` in the model sends a null instead"
+    ]

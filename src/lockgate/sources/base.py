@@ -199,6 +199,43 @@ def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def sql_name(column: str) -> str:
+    """A column's name as a model's SQL writes it: bare when Postgres (and most warehouses)
+    would not fold or misread it, else quoted."""
+    plain = column.isidentifier() and column == column.lower() and column.isascii()
+    return column if plain else quote_ident(column)
+
+
+#: The columns a source adds, when asked (`PostgresSource.read(..., flag_nan=True)`), beside
+#: each `numeric(p,s)` column, named this and the column's name: true on the rows whose value
+#: was `NaN`, which no decimal holds, and which the decimal column reads as null. Staging keeps
+#: them in the staged model and out of its columns (`is_nan_flag`); the mapping rejects a row
+#: whose flag is set on a column it reads (`nan_reason`). A model's own column cannot clash:
+#: names starting with `__` are refused (`extract.unique_columns`).
+NAN_FLAG_PREFIX = "__nan_"
+#: the metadata key of a NaN flag's Arrow field: the column it flags
+NAN_OF = b"lockgate:nan_of"
+
+
+def nan_flag(column: str) -> str:
+    """The name of the column flagging the rows whose ``column`` held `NaN`."""
+    return NAN_FLAG_PREFIX + column
+
+
+def is_nan_flag(column: str) -> bool:
+    """Whether ``column`` is a NaN flag a source added (see :data:`NAN_FLAG_PREFIX`)."""
+    return column.startswith(NAN_FLAG_PREFIX)
+
+
+def nan_reason(column: str) -> str:
+    """Why a row whose ``column`` held a numeric `NaN` is rejected, and how to fix it."""
+    name = sql_name(column)
+    return (
+        f"column `{column}`: value `NaN` is not a finite number (JSON, and so Customer.io, has "
+        f"no NaN); `nullif({name}, 'NaN') as {name}` in the model sends a null instead"
+    )
+
+
 def db_message(exc: BaseException) -> str:
     """The database's own message, trimmed to its meaningful lines, with secrets removed."""
     lines = [line.rstrip() for line in str(exc).strip().splitlines() if line.strip()]

@@ -14,7 +14,9 @@ which DuckDB stages as `JSON`, so a field tells a JSON value from text), `uuid` 
 `arrow.uuid` extension, `money` → `decimal128(19,s)`, `interval` → `month_day_nano_interval`,
 ±infinity dates and timestamps → the extreme values DuckDB reads as ±infinity, arrays →
 `list<...>` (of one dimension: a 2-D array stops the read), and types Arrow lacks (`inet`,
-`timetz`, ranges, records) → `string`, the server's own text for them.
+`timetz`, ranges, records) → `string`, the server's own text for them. A `numeric(p,s)` `NaN`,
+which no decimal holds, stops the read naming the column, unless the caller asks for it as a
+null and a flag column beside it (`flag_nan`, as a sync's extract does: its row is rejected).
 
 Example::
 
@@ -40,6 +42,7 @@ from lockgate.project.models import resolve_env
 from lockgate.sources.base import (
     DEFAULT_BATCH_ROWS,
     JSON,
+    NAN_OF,
     UTC_TS,
     ColumnInfo,
     TableInfo,
@@ -47,10 +50,12 @@ from lockgate.sources.base import (
     db_message,
     label,
     limit_zero,
+    nan_flag,
     query_error,
     quote_ident,
     quote_literal,
     split_table,
+    sql_name,
     stream,
     strip_sql,
 )
@@ -159,6 +164,35 @@ def _adbc_target(field: pa.Field, money_scale: int = 2) -> pa.DataType:
     return kind.storage_type
 
 
+def _is_numeric(field: pa.Field) -> bool:
+    """Whether ADBC read ``field`` as a Postgres `numeric` (not an array of them)."""
+    kind = field.type
+    if not isinstance(kind, pa.BaseExtensionType) or kind.extension_name != "arrow.opaque":
+        return False
+    return bool(getattr(kind, "type_name", "") == "numeric")
+
+
+def nan_flags(columns: list[str]) -> list[pa.Field]:
+    """The NaN flag columns of a read with `flag_nan` (see
+    :data:`~lockgate.sources.base.NAN_FLAG_PREFIX`): one boolean per `numeric(p,s)` column."""
+    return [
+        pa.field(nan_flag(column), pa.bool_(), metadata={NAN_OF: column.encode()})
+        for column in columns
+    ]
+
+
+def _without_nan(array: pa.Array) -> tuple[pa.Array, pa.Array] | None:
+    """ADBC's text of a `numeric` column with each `NaN` made null, and a boolean array true
+    where one was; None when it holds no `NaN` (another value failed)."""
+    import pyarrow.compute as pc
+
+    text = array.storage if isinstance(array, pa.ExtensionArray) else array
+    nan = pc.equal(pc.utf8_lower(text), "nan")
+    if not pc.any(nan).as_py():
+        return None
+    return pc.if_else(nan, pa.scalar(None, text.type), text), nan
+
+
 def _text_cast(field: pa.Field, column: str) -> str | None:
     """SQL that makes ``column`` its text when ADBC would give it as its binary wire form
     (`inet`, `timetz`, ranges, `bit`, `xml`, ...: types Arrow has no equivalent for) or cannot
@@ -242,7 +276,7 @@ def _wrapped(sql: str, width: int, lists: list[int], casts: dict[int, str]) -> s
 
 def dimensions_error(who: str, column: str, dimensions: int) -> SourceError:
     """An array column holding arrays of several dimensions, which would be sent flattened."""
-    name = _in_sql(column)
+    name = sql_name(column)
     return SourceError(
         f"{who}: column `{column}` holds a {dimensions}-dimensional array; Lockgate reads "
         "arrays of one dimension only, and would send `{{1,2},{3,4}}` as [1,2,3,4]",
@@ -454,10 +488,26 @@ def _storage(kind: pa.DataType) -> pa.DataType:
     return kind
 
 
-def _rows_to_batch(who: str, rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.RecordBatch:
+def _rows_to_batch(
+    who: str, rows: list[tuple[Any, ...]], schema: pa.Schema, flagged: list[int] | None = None
+) -> pa.RecordBatch:
+    """psycopg's ``rows`` as a batch of ``schema``. ``flagged``: the `numeric(p,s)` columns
+    whose `NaN` is read as null, each with its NaN flag at the end of ``schema`` (see
+    :meth:`RedshiftSource.read`)."""
+    flagged = flagged or []
+    width = len(schema) - len(flagged)
     columns = []
+    nan: dict[int, pa.Array] = {}
     for i, field in enumerate(schema):
+        if i >= width:
+            columns.append(nan.get(flagged[i - width], pa.nulls(len(rows), pa.bool_())))
+            continue
         raw = [row[i] for row in rows]
+        if i in flagged:
+            found = [isinstance(value, Decimal) and value.is_nan() for value in raw]
+            if any(found):
+                nan[i] = pa.array(found, pa.bool_())
+                raw = [None if is_nan else value for value, is_nan in zip(raw, found, strict=True)]
         if pa.types.is_list(field.type):
             deepest = max(map(_depth, raw), default=0)
             if deepest > 1:
@@ -471,12 +521,6 @@ def _rows_to_batch(who: str, rows: list[tuple[Any, ...]], schema: pa.Schema) -> 
         except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
             raise column_error(who, field.name, raw, exc) from exc
     return pa.RecordBatch.from_arrays(columns, schema=schema)
-
-
-def _in_sql(column: str) -> str:
-    """A column's name as a model's SQL writes it: bare when Postgres would not fold it."""
-    plain = column.isidentifier() and column == column.lower() and column.isascii()
-    return column if plain else quote_ident(column)
 
 
 def _holds_nan(values: list[Any]) -> bool:
@@ -495,7 +539,7 @@ def _holds_nan(values: list[Any]) -> bool:
 def column_error(who: str, column: str, values: list[Any], exc: BaseException) -> SourceError:
     """A column whose values could not become its Arrow type: names the column, and for a
     `numeric(p,s)` `NaN` (which no decimal holds) says how to change the model."""
-    name = _in_sql(column)
+    name = sql_name(column)
     if _holds_nan(values):
         return SourceError(
             f"{who}: column `{column}` holds a numeric `NaN`, which a `numeric(p,s)` column "
@@ -665,7 +709,7 @@ class PostgresSource:
             )
         except SourceError:
             return error
-        near = [f"{_in_sql(s)}.{_in_sql(n)}" for s, n in rows if (s, n) != (schema, name)]
+        near = [f"{sql_name(s)}.{sql_name(n)}" for s, n in rows if (s, n) != (schema, name)]
         if not near:
             return error
         return SourceError(
@@ -677,9 +721,16 @@ class PostgresSource:
 
     # ------------------------------------------------------------------ reading
 
-    def read(self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
+    def read(
+        self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS, flag_nan: bool = False
+    ) -> pa.RecordBatchReader:
         """Stream the result; each read has its own connection, closed when the reader ends
-        (inside :meth:`snapshot`, the snapshot's, kept open)."""
+        (inside :meth:`snapshot`, the snapshot's, kept open).
+
+        A `numeric(p,s)` column holding `NaN`, which no decimal holds, stops the read
+        (:func:`column_error`); with ``flag_nan`` its `NaN` is read as null instead, and a
+        boolean column :func:`~lockgate.sources.base.nan_flag` after the result's own says
+        which rows held one (:func:`nan_flags`), so a sync rejects those rows alone."""
         check_batch_rows(batch_rows)
         shared = self._snapshot
         conn = shared if shared is not None else self._connect()
@@ -714,12 +765,16 @@ class PostgresSource:
         except SourceError:
             close()
             raise
-        schema = pa.schema(
-            [
-                pa.field(name, _adbc_target(f, scale), f.nullable)
-                for name, f in zip(described.names, fields, strict=True)
-            ]
-        )
+        own = [
+            pa.field(name, _adbc_target(f, scale), f.nullable)
+            for name, f in zip(described.names, fields, strict=True)
+        ]
+        flagged = [
+            i
+            for i, f in enumerate(fields)
+            if flag_nan and _is_numeric(f) and pa.types.is_decimal(own[i].type)
+        ]
+        schema = pa.schema(own + nan_flags([own[i].name for i in flagged]))
 
         padded = {i for i, f in enumerate(fields) if _is_bpchar(f)}
 
@@ -731,13 +786,24 @@ class PostgresSource:
                 if most is not None and most > 1:
                     raise dimensions_error(self.who, schema.field(i).name, most)
             arrays = []
-            for column, field in zip(batch.columns[:width], schema, strict=True):
+            nan: dict[int, pa.Array] = {}
+            for i, (column, field) in enumerate(zip(batch.columns[:width], own, strict=True)):
                 try:
                     arrays.append(_adbc_convert(column, field.type))
                 except pa.ArrowException as exc:
-                    raise column_error(self.who, field.name, _values(column), exc) from exc
+                    # only a batch whose cast failed pays for looking for `NaN`
+                    cleared = _without_nan(column) if i in flagged else None
+                    if cleared is None:
+                        raise column_error(self.who, field.name, _values(column), exc) from exc
+                    column, nan[i] = cleared
+                    try:
+                        arrays.append(_adbc_convert(column, field.type))
+                    except pa.ArrowException as again:
+                        raise column_error(self.who, field.name, _values(column), again) from again
             for i in padded:
                 arrays[i] = _unpad(arrays[i])
+            none = pa.nulls(batch.num_rows, pa.bool_())
+            arrays += [nan.get(i, none) for i in flagged]
             return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
         return stream(
@@ -916,10 +982,13 @@ class RedshiftSource(PostgresSource):
         except self._errors() as exc:
             raise query_error(self.who, sql, exc) from exc
 
-    def read(self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
+    def read(
+        self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS, flag_nan: bool = False
+    ) -> pa.RecordBatchReader:
         """Stream through a server-side cursor, ``batch_rows`` rows per `FETCH`: on a
         connection of its own, closed when the reader ends, or inside :meth:`snapshot` in
-        the snapshot's transaction (the cursor closed at the end, the connection kept)."""
+        the snapshot's transaction (the cursor closed at the end, the connection kept).
+        ``flag_nan``: as :meth:`PostgresSource.read`."""
         check_batch_rows(batch_rows)
         from psycopg.postgres import types as pg_types
 
@@ -957,16 +1026,19 @@ class RedshiftSource(PostgresSource):
                 raise
         fields = []
         padded = set()
+        flagged = []
         for i, (column, type_name) in enumerate(described):
             kind = psycopg_type(type_name, column.precision, column.scale, money_scale)
             fields.append(pa.field(column.name, kind))
             if type_name == "bpchar":
                 padded.add(i)
-        schema = pa.schema(fields)
+            if flag_nan and type_name == "numeric" and pa.types.is_decimal(kind):
+                flagged.append(i)
+        schema = pa.schema(fields + nan_flags([fields[i].name for i in flagged]))
 
         def batches() -> Iterator[pa.RecordBatch]:
             while rows := cursor.fetchmany(batch_rows):
-                batch = _rows_to_batch(self.who, rows, schema)
+                batch = _rows_to_batch(self.who, rows, schema, flagged)
                 if padded:
                     arrays = [_unpad(c) if i in padded else c for i, c in enumerate(batch.columns)]
                     batch = pa.RecordBatch.from_arrays(arrays, schema=schema)

@@ -42,6 +42,7 @@ import duckdb
 import orjson
 
 from lockgate.project.models import SyncConfig
+from lockgate.sources.base import is_nan_flag
 from lockgate.state.store import has_table, run_sql, transaction
 
 SCHEMA = """
@@ -99,7 +100,8 @@ def record(
     ``unsent_event_names``, see :func:`lockgate.sync.diff.diff_events`) on ``con``.
     """
     ensure_tables(con)
-    columns = con.execute("describe model").fetchall()
+    # the model's own columns: not the NaN flags a source added beside them
+    columns = [c for c in con.execute("describe model").fetchall() if not is_nan_flag(str(c[0]))]
     with transaction(con):
         run_sql(con, "delete from contract_syncs where sync = ?", [sync.name])
         run_sql(con, "delete from contract_started_over where sync = ?", [sync.name])

@@ -21,6 +21,7 @@ import orjson
 import pyarrow as pa
 
 from lockgate.project.models import SyncConfig
+from lockgate.sources.base import nan_flag
 from lockgate.state.store import (
     PERSON_ADDRESS,
     StateStore,
@@ -1392,8 +1393,15 @@ def _todo_and_unmatched(con: duckdb.DuckDBPyConnection, snap: str) -> None:
     )
 
 
+def _nan_flags_read(con: duckdb.DuckDBPyConnection, compiled: Compiled) -> list[str]:
+    """The NaN flags (:data:`lockgate.sources.base.NAN_FLAG_PREFIX`) the staged model has for
+    the columns the mapping reads."""
+    flags = {nan_flag(c) for c in compiled.columns_used}
+    return [str(r[0]) for r in con.execute("describe model").fetchall() if r[0] in flags]
+
+
 def _todo(
-    con: duckdb.DuckDBPyConnection, snap: str, unconfirmed: str
+    con: duckdb.DuckDBPyConnection, snap: str, unconfirmed: str, nan_flags: Sequence[str] = ()
 ) -> tuple[int, int, int, bool, int]:
     """Fill the temp table ``todo`` with the rows of ``keyed`` to map: every row whose (key,
     hash) is not in the snapshot, the rows whose last delivery Customer.io did not confirm
@@ -1402,7 +1410,10 @@ def _todo(
     rows of repeated keys that are (all copies of a repeated key are rejected later). Returns
     (rows, rows differing from the snapshot or unconfirmed, rows to map, whether any key
     repeats, rows sent only for being unconfirmed). The unconfirmed keys are looked at only
-    when there are any."""
+    when there are any. A row whose ``nan_flags`` (see :func:`_nan_flags_read`) say a column
+    the mapping reads held `NaN` is mapped too: read as null, it may hash as the null delivered
+    before, and it must be rejected (:func:`lockgate.sync.mapping.nan_checks`), every run, not
+    taken for unchanged."""
     # One join of the model's rows with the snapshot finds both what differs (the model's rows
     # without a snapshot row of their key and hash: `todo`) and the snapshot rows no model row
     # matches (`unmatched`), so whether a key repeats is told from those small tables and counts
@@ -1433,6 +1444,21 @@ def _todo(
             ).fetchall()[0][0]
         )
         differing += unsure
+    nan = 0
+    if nan_flags and snapshot_rows:
+        held_nan = " or ".join(q(flag) for flag in nan_flags)
+        nan = int(
+            con.execute(
+                f"""
+                insert into todo
+                select __rid, k, src_h from keyed m
+                semi join (select rowid as r from model where {held_nan}) n on n.r = m.__rid
+                semi join {snap} s on s.k = m.k and s.h = m.src_h
+                anti join todo t on t.__rid = m.__rid
+                """
+            ).fetchall()[0][0]
+        )
+        differing += nan
     if repeated:
         run_sql(
             con,
@@ -1441,7 +1467,7 @@ def _todo(
             select __rid, k, src_h from keyed m
             semi join (select k from keyed group by k having count(*) > 1) d on d.k = m.k
             semi join {snap} s on s.k = m.k and s.h = m.src_h
-            {"anti join todo t on t.__rid = m.__rid" if unsure else ""}
+            {"anti join todo t on t.__rid = m.__rid" if unsure or nan else ""}
             """,
         )
     todo = int(_one(con, "select count(*) from todo") or 0)
@@ -1555,7 +1581,8 @@ def diff_records(
     if in_place is None:
         _key_model(con, compiled)
     unconfirmed = table("unconfirmed", sync.name)
-    total, differing, todo, repeated, unsure = _todo(con, snap, unconfirmed)
+    nan_flags = _nan_flags_read(con, compiled) if in_place is None else []
+    total, differing, todo, repeated, unsure = _todo(con, snap, unconfirmed, nan_flags)
     if in_place is not None and not in_place.stage_todo(con, compiled, todo):
         # the model read differently the second time: copy it whole and diff that instead
         in_place.stage_all(con, lambda _: None)

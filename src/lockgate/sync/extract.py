@@ -18,8 +18,9 @@ import pyarrow as pa
 
 from lockgate.console import Advance
 from lockgate.errors import ConfigError, LockgateError, SourceError
-from lockgate.sources.base import QueryError, Source, strip_sql
+from lockgate.sources.base import NAN_OF, QueryError, Source, strip_sql
 from lockgate.sources.duckdb import DuckDBSource
+from lockgate.sources.postgres import PostgresSource
 from lockgate.state.store import registered, run_sql
 from lockgate.sync.mapping import Compiled, holds_json, q
 
@@ -158,9 +159,16 @@ def stage(
             unique_columns(source.schema_of(sql).names, sync=sync, warehouse=source.NAME)
             reader = source.read(carry.read(_subquery(sql) + " __model"))
         else:
-            reader = source.read(sql)
+            # a `numeric(p,s)` `NaN` rejects its row rather than stopping the read (see
+            # `lockgate.sources.base.NAN_FLAG_PREFIX`)
+            reader = (
+                source.read(sql, flag_nan=True)
+                if isinstance(source, PostgresSource)
+                else source.read(sql)
+            )
+            names = [f.name for f in reader.schema if NAN_OF not in (f.metadata or {})]
             try:
-                unique_columns(reader.schema.names, sync=sync, warehouse=source.NAME)
+                unique_columns(names, sync=sync, warehouse=source.NAME)
             except ConfigError:
                 reader.close()
                 raise

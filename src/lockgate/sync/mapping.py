@@ -41,6 +41,7 @@ from lockgate.project.models import (
     SyncConfig,
     reads_identify_email,
 )
+from lockgate.sources.base import is_nan_flag, nan_flag, nan_reason
 
 if TYPE_CHECKING:
     from duckdb.sqltypes import DuckDBPyType
@@ -2009,8 +2010,23 @@ def compile_sync(
 
 
 def columns_hint(columns: Iterable[str]) -> str:
-    """The hint of an error naming a column the model lacks: the columns it has."""
-    return f"the model's columns are {', '.join(f'`{c}`' for c in columns)}"
+    """The hint of an error naming a column the model lacks: the columns it has (not the NaN
+    flags a source added, see :func:`nan_checks`)."""
+    own = (c for c in columns if not is_nan_flag(c))
+    return f"the model's columns are {', '.join(f'`{c}`' for c in own)}"
+
+
+def nan_checks(used: Iterable[str], columns: dict[str, str]) -> list[str]:
+    """The reject checks of the rows whose column ``used`` by the mapping held a numeric
+    `NaN`: a source reads a `numeric(p,s)` `NaN`, which no decimal holds, as null and sets the
+    row's NaN flag (:data:`~lockgate.sources.base.NAN_FLAG_PREFIX`, one of ``columns``). The
+    row is rejected, as one whose float column holds NaN is, never sent with the value missing;
+    a column the mapping does not read lets its row go on."""
+    return [
+        f"case when {q(nan_flag(column))} then {lit(nan_reason(column))} end"
+        for column in dict.fromkeys(used)
+        if nan_flag(column) in columns
+    ]
 
 
 def compile_people(
@@ -2059,6 +2075,7 @@ def compile_people(
     null_key = " or ".join(null_sql(k, columns[k]) for k in sync.key_columns)
     src_h = source_hash(sync, (*used, *sync.key_columns), columns, last)
     checks.insert(0, f"case when {null_key} then {lit('primary key is null')} end")
+    checks[:0] = nan_checks((*used, *sync.key_columns), columns)
     op = (
         '\'{"type":"person","action":"identify","identifiers":\' || '
         f"{identifiers} || ',\"attributes\":' || {_object(fields.fragments)} || '}}'"
@@ -2394,6 +2411,7 @@ def compile_events(
     fields.computed.append(("__ts", ts_sql))
     checks = [c.replace(ts_sql, '"__ts"') for c in checks]
     checks.insert(0, f"case when {key_sql} is null then {null_id} end")
+    checks[:0] = nan_checks(used, columns)
     checks.append(f"case when coalesce({name_sql}, '') = '' then {lit('event name is blank')} end")
     checks.append(
         f"case when strlen(__name) > {MAX_EVENT_NAME_BYTES} then "
@@ -2565,6 +2583,7 @@ def compile_objects(
     type_id = orjson.dumps(sync.object_type_id).decode()
     ident = f"'{{\"object_type_id\":{type_id},\"object_id\":' || to_json(__obj) || '}}'"
     checks = [
+        *nan_checks((key_column, *fields.columns), columns),
         *_object_id_checks(key_column, columns[key_column]),
         *fields.checks,
         f"case when strlen({attributes}) > {MAX_OBJECT_ATTRIBUTES_BYTES} then "
@@ -2636,6 +2655,7 @@ def compile_relationships(
         anonymous = f"starts_with({identifiers}, '{{\"anonymous_id\"')"
         op = f"case when {anonymous} then {anonymous_op} else {op} end"
     used = (*sync.identify_by.values(), sync.object_id, *fields.columns)
+    checks[:0] = nan_checks(used, columns)
     src_h = source_hash(sync, used, columns, last)
     select = (
         f"select coalesce({identifiers} || ' ' || {_object_key(sync.object_id)}, "
