@@ -2152,6 +2152,8 @@ def _on_change_sql(
         for zone, into in ((sync.timezone, watched), (rezone.was if rezone else None, was)):
             if into is was and (rezone is None or name not in rezone.attributes):
                 continue
+            # the reason is the attribute's own check (``fields``), which rejects the row: a
+            # value it refuses is null here and fires nothing
             into[name], _ = coerce(
                 sync.name,
                 name,
