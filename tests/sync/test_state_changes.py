@@ -452,3 +452,361 @@ def test_a_rule_constant_the_attribute_type_cannot_take_is_refused_at_its_line(
         "`to`: `soon` is not a timestamp (use ISO 8601, e.g. 2026-01-31T12:00:00Z)"
     )
     assert "(attribute `renews_at` is `type: timestamp`)" in caught.value.reason
+
+
+SCORES = """
+name: accounts_health
+source: warehouse
+model: {table: health}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes: {score: score, plan: plan}
+on_change:
+  - {attribute: score, from: 2, to: 1, event: health_dropped}
+  - {attribute: score, event: score_changed, properties: {score: score}}
+"""
+
+
+def test_a_watched_value_the_attribute_cannot_take_rejects_its_row_and_fires_nothing(
+    project_factory: ProjectFactory,
+) -> None:
+    """A watched score going to NaN or Infinity (which JSON cannot write) rejects the row as
+    the attribute does, with its reason: no event fires for it, the person keeps the value
+    last delivered, and the other rows go on. Once fixed, the change from the value last
+    delivered fires, once."""
+    project_factory.sql(
+        """
+        create or replace table health as select * from (values
+          (1, 2.0::double, 'pro'), (2, 2.0::double, 'pro'), (3, 2.0::double, 'pro')
+        ) t(user_id, score, plan)
+        """
+    )
+    project = project_factory.write({"health": SCORES})
+    run_sync(project, "accounts_health", console=NullConsole())
+    project_factory.sql(
+        """
+        update health set plan = 'free';
+        update health set score = 'nan'::double where user_id = 1;
+        update health set score = 'infinity'::double where user_id = 2;
+        update health set score = 1.0 where user_id = 3;
+        """
+    )
+    plan = plan_sync(project, "accounts_health", console=NullConsole())
+    assert plan.changes.state_events == 2
+    report = run_sync(project, "accounts_health", console=NullConsole())
+
+    assert report.changes.state_events == 2
+    assert sorted(report.changes.rejected_samples) == [
+        ("1", "column `score` (field `score`): value `nan` is not a finite number"),
+        ("2", "column `score` (field `score`): value `inf` is not a finite number"),
+    ]
+    emu = project_factory.emulator
+    assert fired(emu) == [("health_dropped", "3"), ("score_changed", "3")]
+    people = {p.id: p.attributes for p in emu.people()}
+    assert {k: (a["score"], a["plan"]) for k, a in people.items()} == {
+        "1": (2, "pro"),
+        "2": (2, "pro"),
+        "3": (1, "free"),
+    }
+
+    project_factory.sql("update health set score = 1.0 where user_id in (1, 2)")
+    assert run_sync(project, "accounts_health", console=NullConsole()).changes.state_events == 4
+    assert run_sync(project, "accounts_health", console=NullConsole()).changes.state_events == 0
+    assert fired(emu) == [
+        ("health_dropped", "1"),
+        ("health_dropped", "2"),
+        ("health_dropped", "3"),
+        ("score_changed", "1"),
+        ("score_changed", "2"),
+        ("score_changed", "3"),
+    ]
+    assert [e.data for e in emu.events() if e.name == "score_changed"] == [{"score": 1}] * 3
+
+
+SETTINGS = """
+name: settings
+source: warehouse
+model: {table: settings}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes: {prefs: prefs, layout: {column: layout, type: json}, plan: plan}
+on_change:
+  - {attribute: prefs, event: prefs_changed}
+  - {attribute: layout, event: layout_changed}
+"""
+
+
+def test_a_watched_json_value_holding_nan_rejects_its_row_and_fires_nothing(
+    project_factory: ProjectFactory,
+) -> None:
+    """A JSON column holding NaN, and the text of a `type: json` attribute holding it, are no
+    JSON Customer.io reads: the row is rejected as the attribute is, no event fires for it,
+    and the other rows go on. Once fixed, the change fires once."""
+    project_factory.sql(
+        """
+        create or replace table settings as select * from (values
+          (1, '{"a": 1}'::json, '{"cols": 2}', 'pro'),
+          (2, '{"a": 1}'::json, '{"cols": 2}', 'pro'),
+          (3, '{"a": 1}'::json, '{"cols": 2}', 'pro')
+        ) t(user_id, prefs, layout, plan)
+        """
+    )
+    project = project_factory.write({"settings": SETTINGS})
+    run_sync(project, "settings", console=NullConsole())
+    project_factory.sql(
+        """
+        update settings set plan = 'free';
+        update settings set prefs = '{"a": NaN}' where user_id = 1;
+        update settings set layout = '{"cols": [1, Infinity]}' where user_id = 2;
+        update settings set prefs = '{"a": 2}', layout = '{"cols": 3}' where user_id = 3;
+        """
+    )
+    report = run_sync(project, "settings", console=NullConsole())
+
+    assert report.changes.state_events == 2
+    assert sorted(report.changes.rejected_samples) == [
+        ("1", 'column `prefs` (field `prefs`): value `{"a": NaN}` is not valid JSON'),
+        (
+            "2",
+            'column `layout` (field `layout`): value `{"cols": [1, Infinity]}` is not valid JSON',
+        ),
+    ]
+    emu = project_factory.emulator
+    assert fired(emu) == [("layout_changed", "3"), ("prefs_changed", "3")]
+    people = {p.id: p.attributes for p in emu.people()}
+    assert {k: (a["prefs"], a["layout"], a["plan"]) for k, a in people.items()} == {
+        "1": ({"a": 1}, {"cols": 2}, "pro"),
+        "2": ({"a": 1}, {"cols": 2}, "pro"),
+        "3": ({"a": 2}, {"cols": 3}, "free"),
+    }
+
+    project_factory.sql(
+        """update settings set prefs = '{"a": 5}' where user_id = 1;
+        update settings set layout = '{"cols": 5}' where user_id = 2"""
+    )
+    assert run_sync(project, "settings", console=NullConsole()).changes.state_events == 2
+    assert run_sync(project, "settings", console=NullConsole()).changes.state_events == 0
+    assert fired(emu) == [
+        ("layout_changed", "2"),
+        ("layout_changed", "3"),
+        ("prefs_changed", "1"),
+        ("prefs_changed", "3"),
+    ]
+    assert emu.person(id="1").attributes["prefs"] == {"a": 5}  # type: ignore[union-attr]
+    assert emu.person(id="2").attributes["layout"] == {"cols": 5}  # type: ignore[union-attr]
+
+
+PROPERTIES = """
+name: carts
+source: warehouse
+model: {table: carts}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes: {cart_status: cart_status, plan: plan}
+on_change:
+  - attribute: cart_status
+    to: inactive
+    event: cart_abandoned
+    properties: {amount: {amount}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("column_type", "spec", "good", "bad", "reason", "sent"),
+    [
+        ("double", "amount", "4.5", "'nan'", "value `nan` is not a finite number", 4.5),
+        (
+            "double",
+            "{column: amount, type: number}",
+            "4.5",
+            "'-infinity'",
+            "value `-inf` is not a number",
+            4.5,
+        ),
+        (
+            "json",
+            "amount",
+            """'{"x": 1}'""",
+            """'{"x": NaN}'""",
+            'value `{"x": NaN}` is not valid JSON',
+            {"x": 1},
+        ),
+        (
+            "double[]",
+            "amount",
+            "[1.0]",
+            "[1.0, 'nan'::double]",
+            "value `[1.0, nan]` is not JSON (it holds NaN or Infinity)",
+            [1],
+        ),
+        (
+            "double",
+            "{column: amount, type: integer}",
+            "4",
+            "2.5",
+            "value `2.5` is not an integer",
+            4,
+        ),
+        (
+            "varchar",
+            "{column: amount, type: number}",
+            "'4.5'",
+            "'lots'",
+            "value `lots` is not a number",
+            4.5,
+        ),
+        (
+            "varchar",
+            "{column: amount, type: json}",
+            """'[1]'""",
+            """'[1e400]'""",
+            "value `[1e400]` holds a number too large for a double (over 1.8e308)",
+            [1],
+        ),
+    ],
+)
+def test_an_event_property_the_event_cannot_carry_rejects_the_row_it_fires_for(
+    project_factory: ProjectFactory,
+    column_type: str,
+    spec: str,
+    good: str,
+    bad: str,
+    reason: str,
+    sent: Any,
+) -> None:
+    """A transition whose event would carry a property it cannot (NaN, an infinity, a
+    fraction as an integer, text that is no number) rejects its row, with the reason an
+    events sync gives: the event is not sent without the property, nor the attributes that
+    would move the snapshot past the transition. The other rows go on, a row that fires no
+    event is sent whatever the property column holds, and once fixed, the transition fires
+    once with the property."""
+    project_factory.sql(
+        f"""
+        create or replace table carts as select user_id, 'open' as cart_status,
+          {good}::{column_type} as amount, 'pro' as plan from range(1, 4) t(user_id)
+        """
+    )
+    project = project_factory.write({"carts": PROPERTIES.replace("{amount}", spec)})
+    run_sync(project, "carts", console=NullConsole())
+    project_factory.sql(
+        f"""
+        update carts set plan = 'free';
+        update carts set cart_status = 'inactive' where user_id in (1, 2);
+        update carts set amount = {bad} where user_id in (1, 3);
+        """
+    )
+    plan = plan_sync(project, "carts", console=NullConsole())
+    report = run_sync(project, "carts", console=NullConsole())
+
+    expected = [("1", f"column `amount` (field `amount`): {reason}")]
+    assert plan.changes.rejected_samples == report.changes.rejected_samples
+    assert list(report.changes.rejected_samples) == expected
+    assert (plan.changes.state_events, report.changes.state_events) == (1, 1)
+    emu = project_factory.emulator
+    assert [(e.name, e.data) for e in emu.events()] == [("cart_abandoned", {"amount": sent})]
+    assert fired(emu) == [("cart_abandoned", "2")]
+    people = {p.id: p.attributes for p in emu.people()}
+    assert {k: (a["cart_status"], a["plan"]) for k, a in people.items()} == {
+        "1": ("open", "pro"),
+        "2": ("inactive", "free"),
+        "3": ("open", "free"),
+    }
+
+    project_factory.sql(f"update carts set amount = {good}::{column_type} where user_id = 1")
+    assert run_sync(project, "carts", console=NullConsole()).changes.state_events == 1
+    assert run_sync(project, "carts", console=NullConsole()).changes.state_events == 0
+    assert fired(emu) == [("cart_abandoned", "1"), ("cart_abandoned", "2")]
+    assert [e.data for e in emu.events()] == [{"amount": sent}] * 2
+    person = emu.person(id="1")
+    assert person is not None and person.attributes["cart_status"] == "inactive"
+
+
+def test_a_row_rejected_for_its_event_property_keeps_its_email_from_the_row_taking_it(
+    project_factory: ProjectFactory,
+) -> None:
+    """Cart 5 moves to a new email and goes inactive with a NaN amount, while new row 6 takes
+    its old email. Row 5 is rejected, so it gives nothing up: row 6 waits, naming it, instead
+    of an identify that Customer.io would apply to person 5 (its email's holder). Once the
+    amount is fixed, both land and the event fires once."""
+    project_factory.sql(
+        "create or replace table carts as select * from (values "
+        "(5, 'ann@x.io', 'open', 4.5::double, 'pro')) t(user_id, email, cart_status, amount, plan)"
+    )
+    sync = PROPERTIES.replace("{amount}", "amount").replace(
+        "identify_by: {id: user_id}", "identify_by: {id: user_id, email: email}"
+    )
+    project = project_factory.write({"carts": sync})
+    emu = project_factory.emulator
+    run_sync(project, "carts", console=NullConsole())
+    project_factory.sql(
+        """
+        update carts set email = 'ann5@x.io', cart_status = 'inactive', amount = 'nan';
+        insert into carts values (6, 'ann@x.io', 'open', 1.0, 'free');
+        """
+    )
+    report = run_sync(project, "carts", console=NullConsole())
+
+    rejected = dict(report.changes.rejected_samples)
+    assert rejected["5"] == "column `amount` (field `amount`): value `nan` is not a finite number"
+    assert "key `5`" in rejected["6"], rejected
+    assert (report.delivered, report.changes.state_events) == (0, 0)
+    assert {p.id: (p.email, p.attributes["cart_status"]) for p in emu.people()} == {
+        "5": ("ann@x.io", "open")
+    }
+    assert emu.events() == []
+
+    project_factory.sql("update carts set amount = 3.0 where user_id = 5")
+    fixed = run_sync(project, "carts", console=NullConsole())
+    assert (fixed.status, fixed.changes.rejected, fixed.changes.state_events) == ("success", 0, 1)
+    assert {p.id: (p.email, p.attributes["cart_status"]) for p in emu.people()} == {
+        "5": ("ann5@x.io", "inactive"),
+        "6": ("ann@x.io", "open"),
+    }
+    assert [(e.name, e.data) for e in emu.events()] == [("cart_abandoned", {"amount": 3})]
+
+
+def test_an_object_transition_whose_property_is_nan_rejects_the_object_and_notifies_nobody(
+    project_factory: ProjectFactory,
+) -> None:
+    """Acme churns with a NaN `arr`: its row is rejected with the reason, none of its people
+    hears (each heard `{}` without the property, and never again), and it keeps its plan in
+    Customer.io; Globex churns as it should. Fixed, Acme's people hear once each."""
+    project_factory.sql(
+        """
+        create or replace table accounts as select * from (values
+          ('acme', 'pro', 10.0::double), ('globex', 'pro', 20.0)) t(account_id, plan, arr);
+        create or replace table members as select * from (values
+          (1, 'acme'), (2, 'acme'), (3, 'globex')) t(user_id, account_id);
+        """
+    )
+    accounts = ACCOUNTS.replace("properties: [plan]", "properties: [plan, arr]")
+    project = project_factory.write({"accounts": accounts, "members": MEMBERS})
+    run_sync(project, "accounts", console=NullConsole())
+    run_sync(project, "members", console=NullConsole())
+    project_factory.sql(
+        "update accounts set plan = 'churned'; "
+        "update accounts set arr = 'nan' where account_id = 'acme'"
+    )
+    report = run_sync(project, "accounts", console=NullConsole())
+
+    assert list(report.changes.rejected_samples) == [
+        ("acme", "column `arr` (field `arr`): value `nan` is not a finite number")
+    ]
+    emu = project_factory.emulator
+    assert fired(emu) == [("account_churned", "3")]
+    plans = {o.object_id: o.attributes["plan"] for o in emu.objects()}
+    assert plans == {"acme": "pro", "globex": "churned"}
+
+    project_factory.sql("update accounts set arr = 0 where account_id = 'acme'")
+    assert run_sync(project, "accounts", console=NullConsole()).changes.state_events == 2
+    assert run_sync(project, "accounts", console=NullConsole()).changes.state_events == 0
+    assert fired(emu) == [
+        ("account_churned", "1"),
+        ("account_churned", "2"),
+        ("account_churned", "3"),
+    ]
+    arr = sorted(e.data["arr"] for e in emu.events())
+    assert arr == [0, 0, 20]

@@ -1189,16 +1189,19 @@ def _related_people(
     )
 
 
-def _state_change_events(
+def _transitions(
     con: duckdb.DuckDBPyConnection,
     sync: SyncConfig,
-    now: int,
     relationship_snaps: list[str],
     people_snaps: list[str],
     json_text: Iterable[str] = (),
     rezoned: Iterable[str] = (),
-) -> int:
-    """Fill ``oc_changes`` with the `on_change` events this run fires.
+) -> str:
+    """SQL of the `on_change` events the rows of ``mapped`` not rejected fire and the ledger
+    does not hold: (k, pk, ident, rule, bad, head, props), ``bad`` the reject reason of a
+    property the event cannot carry (``mapping._on_change_sql``'s ``__ocr_<i>``). Read by
+    :func:`_reject_unsendable_events`, then by :func:`_state_change_events`: as rows are
+    rejected between the two, the second reads fewer.
 
     A rule fires for a person already in the snapshot whose watched attribute changed (from
     the rule's `from`, to its `to`, when given) unless the rule's `unless` holds. The event key
@@ -1221,7 +1224,8 @@ def _state_change_events(
     Customer.io events belong to people: an object's transition (an account's `plan` going
     `trial` → `churned`) is sent to every person related to the object, from the snapshots of
     the project's relationships syncs of that type, with the object's id among the properties;
-    once to a person two of them relate (:func:`_related_people`, with ``people_snaps``).
+    once to a person two of them relate (:func:`_related_people`, with ``people_snaps``,
+    which fills ``oc_related`` here).
 
     A value and no value are compared as Customer.io holds them: `""` (which erases an
     attribute, and which an earlier Lockgate sent for a model's empty string) is no value, as
@@ -1232,7 +1236,6 @@ def _state_change_events(
     """
     json_text, rezoned = set(json_text), set(rezoned)
     snap, ledger = table("snap", sync.name), table("ledger", sync.name)
-    sent = table("oc_sent", sync.name)
     run = "coalesce('#' || json_extract_string(s.ident, '$._run'), '')"
     selects = []
     if sync.kind == "objects" and relationship_snaps:
@@ -1274,7 +1277,7 @@ def _state_change_events(
             selects.append(
                 f"""
                 select m.k || '#{i}#' || s.h || {run} || '#' || r.person as k, m.k as pk,
-                       m.ident,
+                       m.ident, {i} as rule, m.__ocr_{i} as bad,
                        '"type":"person","action":"event","identifiers":'
                        || r.person || ',"name":' || {name} as head,
                        json_merge_patch(m.__ocp_{i}, json_object('object_type_id', {type_id},
@@ -1289,6 +1292,7 @@ def _state_change_events(
         selects.append(
             f"""
             select m.k || '#{i}#' || s.h || {run} as k, m.k as pk, m.ident,
+                   {i} as rule, m.__ocr_{i} as bad,
                    '"type":"person","action":"event","identifiers":'
                    || json_extract(m.op, '$.identifiers')::varchar || ',"name":' || {name}
                    as head, m.__ocp_{i} as props
@@ -1299,8 +1303,45 @@ def _state_change_events(
     if not selects:
         selects.append(
             "select null::varchar as k, null::varchar as pk, null::varchar as ident, "
-            "null::varchar as head, null::varchar as props where false"
+            "null::integer as rule, null::varchar as bad, null::varchar as head, "
+            "null::varchar as props where false"
         )
+    return f"select e.* from ({' union all '.join(selects)}) e anti join {ledger} l on l.k = e.k"
+
+
+def _reject_unsendable_events(
+    con: duckdb.DuckDBPyConnection, sync: SyncConfig, transitions: str
+) -> None:
+    """Reject the rows of ``mapped`` whose `on_change` event (of :func:`_transitions`) would
+    carry a property it cannot (NaN or an infinity, a fraction as an integer, text that is no
+    number), with the first such rule's reason, as an events sync rejects such a row.
+
+    Sent without the property, the event would be lost for good: the row's update moves the
+    snapshot past the transition. Rejected, the row fires nothing and keeps its snapshot, so
+    the transition fires, once, when the row is fixed. A row whose property no firing rule
+    reads is sent as it is. Called before the email holds, which then know the row gives no
+    email up (a row taking it waits). Only rows holding such a value pay for the transitions
+    query here."""
+    bad = " or ".join(f"__ocr_{i} is not null" for i in range(len(sync.on_change)))
+    if not _one(con, f"select count(*) from mapped where reject is null and ({bad})"):
+        return
+    run_sql(
+        con,
+        f"""
+        update mapped set reject = b.bad
+        from (select pk, arg_min(bad, rule) as bad from ({transitions}) t
+              where bad is not null group by pk) b
+        where mapped.k = b.pk
+        """,
+    )
+
+
+def _state_change_events(
+    con: duckdb.DuckDBPyConnection, sync: SyncConfig, now: int, transitions: str
+) -> int:
+    """Fill ``oc_changes`` with the `on_change` events this run fires (``transitions``, of
+    :func:`_transitions`), each with its timestamp: when it was first sent (see there)."""
+    sent = table("oc_sent", sync.name)
     run_sql(
         con,
         f"""
@@ -1310,8 +1351,7 @@ def _state_change_events(
                md5_number_lower(k) as lo, md5_number_upper(k) as hi, pk
         from (
             select e.*, coalesce(o.ts, {now})::bigint as ts
-            from ({" union all ".join(selects)}) e anti join {ledger} l on l.k = e.k
-            left join {sent} o on o.k = e.k
+            from ({transitions}) e left join {sent} o on o.k = e.k
         )
         """,
     )
@@ -1321,7 +1361,7 @@ def _state_change_events(
 def _stamped(ident: str, run_id: str) -> str:
     """SQL: the JSON ``ident`` with the run's id added (``_run``). The rows of an `on_change`
     sync are mapped with it, so what the run delivers is committed with it and
-    :func:`_state_change_events` keys a transition by the run that committed its previous
+    :func:`_transitions` keys a transition by the run that committed its previous
     state. Only `on_change` syncs (whose ident ends with its `_watch` object, so it is never
     `{}`) pay for it, in the select that maps the rows (an update of them after took 0.65 s
     at 1M changed rows, this 0.25 s)."""
@@ -1558,7 +1598,7 @@ def diff_records(
     family since that run, each with its type then (the rows are hashed with their values as
     they were typed then, see :func:`_remapped`). ``json_text``: the attributes the last run
     sent as the JSON's text that this one sends as JSON values (see
-    :func:`_state_change_events`). ``rezoned``: the watched attributes whose `timezone`
+    :func:`_transitions`). ``rezoned``: the watched attributes whose `timezone`
     changed since that run (``mapping.Rezoned``).
 
     With ``in_place``, the temp table ``keyed`` was built in the source (:meth:`InPlace.key`)
@@ -1650,15 +1690,15 @@ def diff_records(
     # row held back keeps the email it was delivered with, which a row taking it waits for
     run_sql(con, f"create or replace temp table {EMAIL_WAITS} {EMAIL_WAITS_COLUMNS}")
     run_sql(con, f"create or replace temp table {EMAIL_HOLDS} (k varchar)")
+    transitions = ""
+    if sync.on_change:
+        transitions = _transitions(
+            con, sync, relationship_snaps or [], people_snaps or [], json_text or (), rezoned
+        )
+        _reject_unsendable_events(con, sync, transitions)
     while _hold_shared_emails(con, sync, email_holders, released_first):
         pass
-    state_events = (
-        _state_change_events(
-            con, sync, now, relationship_snaps or [], people_snaps or [], json_text or (), rezoned
-        )
-        if sync.on_change
-        else 0
-    )
+    state_events = _state_change_events(con, sync, now, transitions) if transitions else 0
     # a held row of a person already delivered still sends its other changes (not its email)
     partial = _held_rest(con, sync, compiled, full_resync, unconfirmed)
     rejected, samples, reasons = _rejected(con)
@@ -1832,7 +1872,7 @@ def mark_stale(store: StateStore, sync: SyncConfig) -> int:
     hashes anew under such a mapping, so no record unchanged since is among them. A record
     whose `on_change` event this run fired is left as it is: the event's key holds the
     snapshot's hash, and one not delivered is sent again under the same key
-    (:func:`_state_change_events`). Returns how many."""
+    (:func:`_transitions`). Returns how many."""
     snap, journal = table("snap", sync.name), table("journal", sync.name)
     fired = (
         " and k not in (select pk from oc_changes where pk is not null)"

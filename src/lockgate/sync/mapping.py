@@ -2145,9 +2145,16 @@ def _on_change_sql(
     rezone: Rezoned | None = None,
 ) -> tuple[str, str]:
     """For `on_change`: the ident JSON extended with the watched values (``_watch``), and the
-    per-rule columns ``__ocp_<i>`` (event properties JSON) and ``__ocu_<i>`` (unless); with
+    per-rule columns ``__ocp_<i>`` (event properties JSON), ``__ocr_<i>`` (the reject reason
+    of a property the event cannot carry, or null) and ``__ocu_<i>`` (unless); with
     ``rezone``, ``__ocw_<i>`` too: the watched value as read in the last run's zone, as JSON
-    text (for the rules of :attr:`Rezoned.attributes`)."""
+    text (for the rules of :attr:`Rezoned.attributes`).
+
+    A watched value is the attribute's, whose own checks reject its row (the reject reasons
+    :func:`coerce` gives here are those). A property's are not the row's: a row whose
+    properties only a rule that does not fire reads is sent as it is; the diff rejects the row
+    of a transition whose event would carry one (``diff._reject_unsendable_events``), rather than
+    sending the event without it and moving the snapshot past the transition."""
     watched: dict[str, str] = {}
     was: dict[str, str] = {}
     for name, spec in sync.attributes.items():
@@ -2162,6 +2169,8 @@ def _on_change_sql(
         for zone, into in ((sync.timezone, watched), (rezone.was if rezone else None, was)):
             if into is was and (rezone is None or name not in rezone.attributes):
                 continue
+            # the reason is the attribute's own check (``fields``), which rejects the row: a
+            # value it refuses is null here and fires nothing
             into[name], _ = coerce(
                 sync.name,
                 name,
@@ -2194,7 +2203,10 @@ def _on_change_sql(
         unless = f"coalesce(({rule.unless}), false)" if rule.unless else "false"
         if rule.unless:
             _check_unless(sync.name, i, unless, columns)
-        extra += f", {_object(props.fragments)} as __ocp_{i}, {unless} as __ocu_{i}"
+        bad = f"coalesce({', '.join(props.checks)})" if props.checks else "null::varchar"
+        extra += (
+            f", {_object(props.fragments)} as __ocp_{i}, {bad} as __ocr_{i}, {unless} as __ocu_{i}"
+        )
         if rule.attribute in was:
             extra += f", coalesce(to_json({was[rule.attribute]})::varchar, 'null') as __ocw_{i}"
     return ident, extra
