@@ -24,6 +24,7 @@ from lockgate.emulator import Emulator, EmulatorConfig
 
 USERS = 300  # 300 people, 900 events, companies and memberships: ~70 batches of 20
 TRIALS = int(os.environ.get("LOCKGATE_CRASH_TRIALS", "50"))
+SEED = int(os.environ.get("LOCKGATE_CRASH_SEED", "20261123"))
 
 
 @pytest.mark.slow
@@ -36,7 +37,7 @@ def test_sigkill_at_random_points_then_rerun_equals_a_clean_run(tmp_path: Path) 
     assert len(expected[1]) == 3 * USERS
     assert len(expected[2]) == 100 and len(expected[3]) == USERS
 
-    rng = random.Random(20261123)
+    rng = random.Random(SEED)
     delays = [rng.uniform(0.2, clean_seconds * 1.1) for _ in range(TRIALS)]
     killed_mid_run = 0
 
@@ -54,7 +55,7 @@ def test_sigkill_at_random_points_then_rerun_equals_a_clean_run(tmp_path: Path) 
                     victim.send_signal(signal.SIGKILL)
                     killed_mid_run += 1
                 victim.wait(timeout=60)
-                label = f"trial {trial} (kill after {delays[trial]:.2f}s)"
+                label = f"seed {SEED} trial {trial} (kill after {delays[trial]:.2f}s)"
                 problems += rerun_and_check(label, root, emu, expected)
         return problems
 

@@ -577,6 +577,8 @@ class StateStore:
         self.set_aside: Path | None = None
         """Where opening moved a state file cut off while it was created (see
         :func:`_set_aside_unfinished`): the first run to open the store warns of it."""
+        self._ensured: set[str] = set()
+        """The syncs whose tables :meth:`ensure_sync_tables` made sure of and committed."""
 
     @classmethod
     def open(
@@ -719,6 +721,25 @@ class StateStore:
     # ------------------------------------------------------------------ per-sync tables
 
     def ensure_sync_tables(self, sync: str) -> None:
+        """Create the sync's tables, or bring those of an older state format up to date.
+        Once per sync and handle: a run asks for every sync's tables many times (the identity
+        graph's steps look at each people sync), ~5 ms of statements each time."""
+        if sync in self._ensured:
+            return
+        self._create_sync_tables(sync)
+        if not self._in_transaction():  # else a rollback may take the tables back
+            self._ensured.add(sync)
+
+    def _in_transaction(self) -> bool:
+        """Whether a transaction is open on the connection (DuckDB refuses a second `begin`)."""
+        try:
+            run_sql(self.con, "begin")
+        except duckdb.TransactionException:
+            return True
+        run_sql(self.con, "commit")
+        return False
+
+    def _create_sync_tables(self, sync: str) -> None:
         snap = table("snap", sync)
         self.exec_sql(
             f"create table if not exists {snap} "
