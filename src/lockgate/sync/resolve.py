@@ -383,9 +383,11 @@ def saved_graph_id(project: Project) -> str | None:
     try:
         batch = int(json.loads((folder / "state.json").read_text())["batch"])
         profiles = pq.ParquetFile(folder / "profiles.parquet")
+        # the first row alone: a row group of a million profiles' run ids took 0.12 s
+        head = next(profiles.iter_batches(batch_size=1, columns=["run_id"]), None)
         first = (
-            profiles.read_row_group(0, columns=["run_id"])
-            if profiles.num_row_groups
+            pa.Table.from_batches([head])
+            if head is not None
             else pa.table({"run_id": pa.array([], pa.string())})
         )
     except (OSError, KeyError, ValueError):  # swapped while read: stitched, not reused
