@@ -28,7 +28,7 @@ SEED = int(os.environ.get("LOCKGATE_CRASH_SEED", "20261123"))
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(max(900, 20 * TRIALS))
 def test_sigkill_at_random_points_then_rerun_equals_a_clean_run(tmp_path: Path) -> None:
     config = EmulatorConfig(require_ulid_event_ids=True)
     reference = clean_run(tmp_path, USERS, config)

@@ -45,7 +45,7 @@ def sync_only(root: Path, emu: Emulator) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(max(900, 120 * TRIALS))
 def test_sigkill_a_first_run_of_named_records_then_rerun_equals_clean_runs(
     tmp_path: Path,
 ) -> None:

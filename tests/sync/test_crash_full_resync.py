@@ -67,7 +67,7 @@ def drift(emu: Emulator) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(max(900, 120 * TRIALS))
 def test_sigkill_a_full_resync_then_a_plain_run_completes_it(tmp_path: Path) -> None:
     config = EmulatorConfig(require_ulid_event_ids=True)
     base = tmp_path / "base"

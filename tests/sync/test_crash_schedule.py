@@ -46,7 +46,7 @@ def scheduler(root: Path, emu: Emulator, *options: str) -> subprocess.Popen[byte
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(max(900, 120 * TRIALS))
 def test_sigkill_the_scheduler_mid_round_then_restart_equals_a_clean_run(
     tmp_path: Path,
 ) -> None:

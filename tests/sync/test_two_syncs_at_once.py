@@ -39,7 +39,7 @@ def both_at_once(root: Path, emu: Emulator, offset: float) -> list[tuple[int, st
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(max(600, 60 * TRIALS))
 def test_two_syncs_started_at_once_never_both_send(tmp_path: Path) -> None:
     config = EmulatorConfig(require_ulid_event_ids=True)
     reference = clean_run(tmp_path, USERS, config)
