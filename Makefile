@@ -63,6 +63,19 @@ hunt: $(STAMP) ## longer random hunts of the sync property tests (HUNT_EXAMPLES,
 	  tests/sync/test_sync_properties.py tests/sync/test_sync_properties_identify.py \
 	  tests/sync/test_b2b_properties.py tests/sync/test_identity_properties.py
 
+HUNT_TRIALS ?= 20
+hunt-crash: $(STAMP) ## the SIGKILL harnesses with more trials and a new seed (HUNT_TRIALS each)
+	@# `make test` runs each with a fixed seed: 50 trials of the first, 10 of the incremental
+	@# one, 1 of the others; a failure prints its seed and trial, which
+	@# LOCKGATE_CRASH_SEED=<seed> and LOCKGATE_CRASH_TRIALS replay
+	seed=$${LOCKGATE_CRASH_SEED:-$$RANDOM$$RANDOM}; echo "LOCKGATE_CRASH_SEED=$$seed"; \
+	LOCKGATE_CRASH_SEED=$$seed LOCKGATE_CRASH_TRIALS=$(HUNT_TRIALS) \
+	  $(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadfile \
+	  tests/sync/test_crash.py tests/sync/test_crash_incremental.py \
+	  tests/sync/test_crash_full_resync.py tests/sync/test_crash_first_only.py \
+	  tests/sync/test_crash_schedule.py tests/sync/test_two_syncs_at_once.py \
+	  tests/webhooks/test_crash_loading.py
+
 test-postgres: $(STAMP) postgres-bin ## only the tests that need Postgres
 	$(VENV)/bin/pytest -q -m postgres
 

@@ -6,13 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lockgate.console import NullConsole
-from lockgate.demo import scaffold
-from lockgate.emulator import Emulator
+from lockgate.demo import scaffold, warehouse
+from lockgate.emulator import Emulator, EmulatorConfig
 from lockgate.project.loader import load_project
 from lockgate.sync.run import Session, plan_sync
 
@@ -56,20 +58,62 @@ def env_for(emu: Emulator) -> dict[str, str]:
     return {**os.environ, "CUSTOMERIO_SITE_ID": site, "CUSTOMERIO_API_KEY": key}
 
 
-def sync_all(root: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def lockgate(root: Path, emu: Emulator, *args: str) -> subprocess.Popen[bytes]:
+    """`lockgate <args> --json` of the project at ``root`` against ``emu``, as a subprocess
+    to kill (its standard error kept for the failure message)."""
     return subprocess.Popen(
-        [*LOCKGATE, "sync", "--all", "--json", "--project", str(root)],
-        env=env,
+        [*LOCKGATE, *args, "--json", "--project", str(root)],
+        env=env_for(emu),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+def sync_all(root: Path, emu: Emulator) -> subprocess.Popen[bytes]:
+    return lockgate(root, emu, "sync", "--all")
+
+
+def requests(emu: Emulator) -> int:
+    """Every request the emulator has answered."""
+    return sum(sum(by_status.values()) for by_status in emu.stats.requests.values())
+
+
+def writes(emu: Emulator) -> int:
+    """The requests that could change the workspace (every method but GET)."""
+    return sum(1 for r in emu.request_log() if r.method != "GET")
+
+
+@dataclass(frozen=True)
+class CleanRun:
+    """The demo warehouse synced once, uninterrupted: what each trial must end equal to."""
+
+    warehouse: Path
+    state: tuple[Any, ...]  # emulator_state
+    requests: int
+    writes: int
+    seconds: float
+
+
+def clean_run(tmp_path: Path, users: int, config: EmulatorConfig) -> CleanRun:
+    """Build the demo warehouse of ``users`` users in ``tmp_path`` and run `sync --all` of
+    the demo project once into an emulator of its own."""
+    warehouse_file = tmp_path / "warehouse.duckdb"
+    warehouse.build(warehouse_file, users=users)
+    emu = Emulator(config)
+    with emu.serve() as url:
+        root = make_project(tmp_path / "reference", warehouse_file, url)
+        started = time.monotonic()
+        done = sync_all(root, emu)
+        assert done.wait(timeout=300) == 0, done.stderr.read() if done.stderr else ""
+        seconds = time.monotonic() - started
+        return CleanRun(warehouse_file, emulator_state(emu), requests(emu), writes(emu), seconds)
 
 
 def rerun_and_check(label: str, root: Path, emu: Emulator, expected: tuple[Any, ...]) -> list[str]:
     """Run `sync --all` to completion after a kill; what differs from ``expected`` (the
     emulator after uninterrupted runs), an event stored twice, or a plan with something
     left to send, as problems (none: the run recovered)."""
-    rerun = sync_all(root, env_for(emu))
+    rerun = sync_all(root, emu)
     if rerun.wait(timeout=120) != 0:
         err = rerun.stderr.read().decode() if rerun.stderr else ""
         return [f"{label}: re-run failed: {err[-500:]}"]

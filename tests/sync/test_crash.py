@@ -18,43 +18,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from tests.sync.crash_harness import (
-    WORKERS,
-    emulator_state,
-    env_for,
-    make_project,
-    rerun_and_check,
-    sync_all,
-)
+from tests.sync.crash_harness import WORKERS, clean_run, make_project, rerun_and_check, sync_all
 
-from lockgate.demo import warehouse
 from lockgate.emulator import Emulator, EmulatorConfig
 
 USERS = 300  # 300 people, 900 events, companies and memberships: ~70 batches of 20
 TRIALS = int(os.environ.get("LOCKGATE_CRASH_TRIALS", "50"))
+SEED = int(os.environ.get("LOCKGATE_CRASH_SEED", "20261123"))
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(max(900, 20 * TRIALS))
 def test_sigkill_at_random_points_then_rerun_equals_a_clean_run(tmp_path: Path) -> None:
-    warehouse_file = tmp_path / "warehouse.duckdb"
-    warehouse.build(warehouse_file, users=USERS)
     config = EmulatorConfig(require_ulid_event_ids=True)
-
-    # the reference: one uninterrupted run
-    reference_emu = Emulator(config)
-    with reference_emu.serve() as url:
-        root = make_project(tmp_path / "reference", warehouse_file, url)
-        started = time.monotonic()
-        done = sync_all(root, env_for(reference_emu))
-        assert done.wait(timeout=120) == 0, done.stderr.read() if done.stderr else ""
-        clean_seconds = time.monotonic() - started
-    expected = emulator_state(reference_emu)
+    reference = clean_run(tmp_path, USERS, config)
+    expected, clean_seconds = reference.state, reference.seconds
     assert len(expected[0]) == USERS + 3  # and the marketing leads
     assert len(expected[1]) == 3 * USERS
     assert len(expected[2]) == 100 and len(expected[3]) == USERS
 
-    rng = random.Random(20261123)
+    rng = random.Random(SEED)
     delays = [rng.uniform(0.2, clean_seconds * 1.1) for _ in range(TRIALS)]
     killed_mid_run = 0
 
@@ -63,17 +46,16 @@ def test_sigkill_at_random_points_then_rerun_equals_a_clean_run(tmp_path: Path) 
         problems: list[str] = []
         emu = Emulator(config)
         with emu.serve() as url:
-            env = env_for(emu)
             for trial in range(index, TRIALS, WORKERS):
                 emu.reset()
-                root = make_project(tmp_path / f"trial{trial}", warehouse_file, url)
-                victim = sync_all(root, env)
+                root = make_project(tmp_path / f"trial{trial}", reference.warehouse, url)
+                victim = sync_all(root, emu)
                 time.sleep(delays[trial])
                 if victim.poll() is None:
                     victim.send_signal(signal.SIGKILL)
                     killed_mid_run += 1
                 victim.wait(timeout=60)
-                label = f"trial {trial} (kill after {delays[trial]:.2f}s)"
+                label = f"seed {SEED} trial {trial} (kill after {delays[trial]:.2f}s)"
                 problems += rerun_and_check(label, root, emu, expected)
         return problems
 

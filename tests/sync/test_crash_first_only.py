@@ -23,9 +23,8 @@ from pathlib import Path
 
 import pytest
 from tests.sync.crash_harness import (
-    LOCKGATE,
     emulator_state,
-    env_for,
+    lockgate,
     make_project,
     rerun_and_check,
     sync_all,
@@ -42,17 +41,11 @@ NAMED = ("7", "user12@saasco.io", "lead1@saasco.io")
 
 
 def sync_only(root: Path, emu: Emulator) -> subprocess.Popen[bytes]:
-    named = [a for value in NAMED for a in ("--only", value)]
-    return subprocess.Popen(
-        [*LOCKGATE, "sync", "--all", *named, "--json", "--project", str(root)],
-        env=env_for(emu),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    return lockgate(root, emu, "sync", "--all", *(a for v in NAMED for a in ("--only", v)))
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(max(900, 120 * TRIALS))
 def test_sigkill_a_first_run_of_named_records_then_rerun_equals_clean_runs(
     tmp_path: Path,
 ) -> None:
@@ -67,7 +60,7 @@ def test_sigkill_a_first_run_of_named_records_then_rerun_equals_clean_runs(
         assert named.wait(timeout=300) == 0, named.stderr.read() if named.stderr else ""
         clean_seconds = time.monotonic() - started
         after_named = emulator_state(reference_emu)
-        everything = sync_all(root, env_for(reference_emu))
+        everything = sync_all(root, reference_emu)
         assert everything.wait(timeout=300) == 0
         expected = emulator_state(reference_emu)
     assert {"7", "12", "lead1@saasco.io"} <= after_named[0].keys()

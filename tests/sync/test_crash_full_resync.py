@@ -27,10 +27,10 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.sync.crash_harness import (
-    LOCKGATE,
     emulator_state,
-    env_for,
+    lockgate,
     make_project,
+    requests,
     rerun_and_check,
     sync_all,
 )
@@ -39,7 +39,6 @@ from tests.sync.test_crash_incremental import (
     copy_project,
     mirror,
     replay,
-    requests,
 )
 
 from lockgate.demo import warehouse
@@ -53,12 +52,7 @@ DRIFTED = [str(i) for i in range(1, USERS + 1, 7)]
 
 
 def resync(root: Path, emu: Emulator) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [*LOCKGATE, "sync", "customer_profile", "--full-resync", "--json", "--project", str(root)],
-        env=env_for(emu),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    return lockgate(root, emu, "sync", "customer_profile", "--full-resync")
 
 
 def drift(emu: Emulator) -> None:
@@ -73,7 +67,7 @@ def drift(emu: Emulator) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(max(900, 120 * TRIALS))
 def test_sigkill_a_full_resync_then_a_plain_run_completes_it(tmp_path: Path) -> None:
     config = EmulatorConfig(require_ulid_event_ids=True)
     base = tmp_path / "base"
@@ -82,7 +76,7 @@ def test_sigkill_a_full_resync_then_a_plain_run_completes_it(tmp_path: Path) -> 
         make_project(base, base / "warehouse.duckdb", reference_url)
         warehouse.build(base / "warehouse.duckdb", users=USERS)
         mirror(base)
-        first = sync_all(base, env_for(reference_emu))
+        first = sync_all(base, reference_emu)
         assert first.wait(timeout=120) == 0, first.stderr.read() if first.stderr else ""
         drift(reference_emu)
         workspace = [r for r in reference_emu.request_log() if r.method != "GET"]
@@ -96,7 +90,7 @@ def test_sigkill_a_full_resync_then_a_plain_run_completes_it(tmp_path: Path) -> 
         done = resync(reference, reference_emu)
         assert done.wait(timeout=120) == 0, done.stderr.read() if done.stderr else ""
         sent = requests(reference_emu) - before
-        everything = sync_all(reference, env_for(reference_emu))
+        everything = sync_all(reference, reference_emu)
         assert everything.wait(timeout=120) == 0
         expected = emulator_state(reference_emu)
     people = expected[0]

@@ -34,8 +34,8 @@ import pytest
 from tests.sync.crash_harness import (
     WORKERS,
     emulator_state,
-    env_for,
     make_project,
+    requests,
     rerun_and_check,
     sync_all,
 )
@@ -44,7 +44,7 @@ from lockgate.demo import warehouse
 from lockgate.emulator import Emulator, EmulatorConfig, RequestRecord
 
 USERS = 300
-TRIALS = int(os.environ.get("LOCKGATE_CRASH_TRIALS", "20"))
+TRIALS = int(os.environ.get("LOCKGATE_CRASH_TRIALS", "10"))
 SEED = int(os.environ.get("LOCKGATE_CRASH_SEED", "20261204"))
 
 
@@ -144,15 +144,11 @@ def replay(emu: Emulator, requests: list[RequestRecord]) -> None:
             assert answer.status_code == r.status, (r.path, answer.text)
 
 
-def requests(emu: Emulator) -> int:
-    return sum(sum(by_status.values()) for by_status in emu.stats.requests.values())
-
-
 def kill_at(root: Path, emu: Emulator, when: float | int) -> bool:
     """Start `sync --all` and SIGKILL it after ``when`` seconds (a float) or once the
     emulator has had ``when`` more requests (an int); False if it ended first."""
     before = requests(emu)
-    victim = sync_all(root, env_for(emu))
+    victim = sync_all(root, emu)
     if isinstance(when, float):
         time.sleep(when)
     else:
@@ -166,7 +162,7 @@ def kill_at(root: Path, emu: Emulator, when: float | int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(max(900, 60 * TRIALS))
 def test_sigkill_a_run_that_changes_things_then_rerun_equals_clean_runs(tmp_path: Path) -> None:
     config = EmulatorConfig(require_ulid_event_ids=True)
     base = tmp_path / "base"
@@ -176,7 +172,7 @@ def test_sigkill_a_run_that_changes_things_then_rerun_equals_clean_runs(tmp_path
         make_project(base, base / "warehouse.duckdb", reference_url)
         warehouse.build(base / "warehouse.duckdb", users=USERS)
         mirror(base)
-        first = sync_all(base, env_for(reference_emu))
+        first = sync_all(base, reference_emu)
         assert first.wait(timeout=120) == 0, first.stderr.read() if first.stderr else ""
         first_requests = [r for r in reference_emu.request_log() if r.method != "GET"]
         after_first = emulator_state(reference_emu)
@@ -187,7 +183,7 @@ def test_sigkill_a_run_that_changes_things_then_rerun_equals_clean_runs(tmp_path
         change_more_rows(changed / "warehouse.duckdb")
         reference = copy_project(changed, tmp_path / "reference", reference_url, reference_url)
         started, before = time.monotonic(), requests(reference_emu)
-        second = sync_all(reference, env_for(reference_emu))
+        second = sync_all(reference, reference_emu)
         assert second.wait(timeout=120) == 0, second.stderr.read() if second.stderr else ""
         clean_seconds = time.monotonic() - started
         sent = requests(reference_emu) - before
@@ -195,7 +191,7 @@ def test_sigkill_a_run_that_changes_things_then_rerun_equals_clean_runs(tmp_path
 
         # and a third run, after some rows went back to what the first run sent
         put_some_rows_back(reference / "warehouse.duckdb")
-        third = sync_all(reference, env_for(reference_emu))
+        third = sync_all(reference, reference_emu)
         assert third.wait(timeout=120) == 0, third.stderr.read() if third.stderr else ""
         expected_back = emulator_state(reference_emu)
     people, events, objects, relationships = expected

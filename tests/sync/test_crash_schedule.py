@@ -20,16 +20,13 @@ from pathlib import Path
 
 import pytest
 from tests.sync.crash_harness import (
-    LOCKGATE,
-    emulator_state,
-    env_for,
+    clean_run,
+    lockgate,
     make_project,
+    requests,
     rerun_and_check,
-    sync_all,
 )
-from tests.sync.test_crash_incremental import requests
 
-from lockgate.demo import warehouse
 from lockgate.emulator import Emulator, EmulatorConfig
 
 USERS = 100
@@ -45,29 +42,17 @@ def scheduled(root: Path) -> Path:
 
 
 def scheduler(root: Path, emu: Emulator, *options: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [*LOCKGATE, "schedule", "--json", "--project", str(root), *options],
-        env=env_for(emu),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    return lockgate(root, emu, "schedule", *options)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(max(900, 120 * TRIALS))
 def test_sigkill_the_scheduler_mid_round_then_restart_equals_a_clean_run(
     tmp_path: Path,
 ) -> None:
-    warehouse_file = tmp_path / "warehouse.duckdb"
-    warehouse.build(warehouse_file, users=USERS)
     config = EmulatorConfig(require_ulid_event_ids=True)
-    reference_emu = Emulator(config)
-    with reference_emu.serve() as url:
-        root = make_project(tmp_path / "reference", warehouse_file, url)
-        done = sync_all(root, env_for(reference_emu))
-        assert done.wait(timeout=300) == 0, done.stderr.read() if done.stderr else ""
-        sent = requests(reference_emu)
-        expected = emulator_state(reference_emu)
+    reference = clean_run(tmp_path, USERS, config)
+    sent, expected = reference.requests, reference.state
 
     rng = random.Random(SEED)
     problems: list[str] = []
@@ -76,7 +61,7 @@ def test_sigkill_the_scheduler_mid_round_then_restart_equals_a_clean_run(
     with emu.serve() as url:
         for trial in range(TRIALS):
             emu.reset()
-            root = scheduled(make_project(tmp_path / f"trial{trial}", warehouse_file, url))
+            root = scheduled(make_project(tmp_path / f"trial{trial}", reference.warehouse, url))
             at = rng.randint(1, sent)
             victim = scheduler(root, emu)
             while victim.poll() is None and requests(emu) < at:

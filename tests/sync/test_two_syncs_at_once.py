@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.sync.crash_harness import emulator_state, env_for, make_project, sync_all
+from tests.sync.crash_harness import clean_run, emulator_state, make_project, sync_all, writes
 
-from lockgate.demo import warehouse
 from lockgate.emulator import Emulator, EmulatorConfig
 
 USERS = 60
@@ -26,16 +25,12 @@ TRIALS = int(os.environ.get("LOCKGATE_CRASH_TRIALS", "1"))
 SEED = int(os.environ.get("LOCKGATE_CRASH_SEED", "20261205"))
 
 
-def writes(emu: Emulator) -> int:
-    return sum(1 for r in emu.request_log() if r.method != "GET")
-
-
 def both_at_once(root: Path, emu: Emulator, offset: float) -> list[tuple[int, str]]:
     """Start two `sync --all` of ``root``, the second ``offset`` seconds after the first;
     their exit codes and standard errors."""
-    runs: list[subprocess.Popen[bytes]] = [sync_all(root, env_for(emu))]
+    runs: list[subprocess.Popen[bytes]] = [sync_all(root, emu)]
     time.sleep(offset)
-    runs.append(sync_all(root, env_for(emu)))
+    runs.append(sync_all(root, emu))
     done = []
     for run in runs:
         _, err = run.communicate(timeout=300)
@@ -44,24 +39,18 @@ def both_at_once(root: Path, emu: Emulator, offset: float) -> list[tuple[int, st
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(max(600, 60 * TRIALS))
 def test_two_syncs_started_at_once_never_both_send(tmp_path: Path) -> None:
-    warehouse_file = tmp_path / "warehouse.duckdb"
-    warehouse.build(warehouse_file, users=USERS)
     config = EmulatorConfig(require_ulid_event_ids=True)
-    reference_emu = Emulator(config)
-    with reference_emu.serve() as url:
-        root = make_project(tmp_path / "reference", warehouse_file, url)
-        done = sync_all(root, env_for(reference_emu))
-        assert done.wait(timeout=300) == 0, done.stderr.read() if done.stderr else ""
-        expected, expected_writes = emulator_state(reference_emu), writes(reference_emu)
+    reference = clean_run(tmp_path, USERS, config)
+    expected, expected_writes = reference.state, reference.writes
 
     rng = random.Random(SEED)
     emu = Emulator(config)
     with emu.serve() as url:
         for trial in range(TRIALS):
             emu.reset()
-            root = make_project(tmp_path / f"trial{trial}", warehouse_file, url)
+            root = make_project(tmp_path / f"trial{trial}", reference.warehouse, url)
             offset = rng.uniform(0, 0.05)
             label = f"seed {SEED} trial {trial} (second started {offset:.3f}s after the first)"
             outcomes = both_at_once(root, emu, offset)

@@ -61,7 +61,7 @@ def loaded_ids(root: Path) -> Counter[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(max(900, 120 * TRIALS))
 def test_sigkill_while_loading_loses_nothing_and_loads_each_event_once(tmp_path: Path) -> None:
     rng = random.Random(SEED)
     problems: list[str] = []

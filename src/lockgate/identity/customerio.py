@@ -537,10 +537,21 @@ def adoptions(result: IdentityResult) -> list[tuple[str, str, str]]:
     if not was.num_rows:
         return []
     now = result.profiles.filter(pc.is_valid(result.profiles["cio_person_id"])).select(
-        ["profile_id", "cio_person_id", "cio_email"]
+        ["profile_id", "cio_person_id"]
     )
-    joined = now.join(was.rename_columns(["profile_id", "old_email"]), "profile_id")
-    return sorted((r["profile_id"], r["cio_person_id"], r["old_email"]) for r in joined.to_pylist())
+    # set lookups, not a join: each of Arrow's joins costs ~30 ms however small its tables
+    # (a thread pool's start), and a run asks this of every people sync
+    now = now.filter(pc.is_in(now["profile_id"], value_set=was["profile_id"]))
+    if not now.num_rows:
+        return []
+    was = was.filter(pc.is_in(was["profile_id"], value_set=now["profile_id"]))
+    old = dict(zip(was["profile_id"].to_pylist(), was["cio_email"].to_pylist(), strict=True))
+    return sorted(
+        (pid, person, old[pid])
+        for pid, person in zip(
+            now["profile_id"].to_pylist(), now["cio_person_id"].to_pylist(), strict=True
+        )
+    )
 
 
 def adoption_ops(result: IdentityResult, exists: Callable[[str, str], bool]) -> list[CioOp]:

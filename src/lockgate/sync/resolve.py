@@ -383,9 +383,11 @@ def saved_graph_id(project: Project) -> str | None:
     try:
         batch = int(json.loads((folder / "state.json").read_text())["batch"])
         profiles = pq.ParquetFile(folder / "profiles.parquet")
+        # the first row alone: a row group of a million profiles' run ids took 0.12 s
+        head = next(profiles.iter_batches(batch_size=1, columns=["run_id"]), None)
         first = (
-            profiles.read_row_group(0, columns=["run_id"])
-            if profiles.num_row_groups
+            pa.Table.from_batches([head])
+            if head is not None
             else pa.table({"run_id": pa.array([], pa.string())})
         )
     except (OSError, KeyError, ValueError):  # swapped while read: stitched, not reused
@@ -713,19 +715,22 @@ def known_people(
     known: set[tuple[str, str]] = set()
     if among is not None:
         wanted = set(among)
+        if not wanted:
+            return set()
         look = pa.table(
             {
                 "kind": pa.array([k for k, _ in wanted], pa.string()),
                 "v": pa.array([v for _, v in wanted], pa.string()),
             }
         )
-    for other in project:
-        if other.kind != "people":
-            continue
-        store.ensure_sync_tables(other.name)
-        sql = (
+    people = [other.name for other in project if other.kind == "people"]
+    for name in people:
+        store.ensure_sync_tables(name)
+    if people:  # one statement over every people sync's snapshot
+        sql = " union all ".join(
             f"select json_extract_string(ident, '$.id'), json_extract_string(ident, '$.email') "
-            f"from {table('snap', other.name)}"
+            f"from {table('snap', name)}"
+            for name in people
         )
         if among is None:
             rows = store.con.execute(sql).fetchall()
@@ -766,17 +771,16 @@ def _delivered_by_any_sync(store: StateStore, project: Project, keys: list[str])
     is one Customer.io call whichever sync sends it, and each keeps its own ledger."""
     if not keys:
         return set()
-    found: set[str] = set()
+    for other in project:
+        store.ensure_sync_tables(other.name)
+    ledgers = " union all ".join(f"select k from {table('ledger', o.name)}" for o in project)
+    if not ledgers:
+        return set()
     with registered(store.con, "_op_keys", pa.table({"k": pa.array(keys, pa.string())})):
-        for other in project:
-            store.ensure_sync_tables(other.name)
-            found.update(
-                row[0]
-                for row in store.con.execute(
-                    f"select k from {table('ledger', other.name)} semi join _op_keys using (k)"
-                ).fetchall()
-            )
-    return found
+        rows = store.con.execute(
+            f"select distinct k from ({ledgers}) semi join _op_keys using (k)"
+        ).fetchall()
+    return {row[0] for row in rows}
 
 
 def graph_clears(
