@@ -127,10 +127,11 @@ def record(
             ],
         )
         run_sql(con, "delete from contract_columns where sync = ?", [sync.name])
-        if columns:
-            con.executemany(
-                "insert into contract_columns values (?, ?, ?)",
-                [[sync.name, str(c[0]), str(c[1])] for c in columns],
+        if columns:  # one statement (`executemany` ran one per column)
+            run_sql(
+                con,
+                "insert into contract_columns select ?, unnest(?::varchar[]), unnest(?::varchar[])",
+                [sync.name, [str(c[0]) for c in columns], [str(c[1]) for c in columns]],
             )
         if sync.kind == "events":
             run_sql(
