@@ -1876,6 +1876,12 @@ def identifier_sql(
             "no identifier: the identity graph gives this row no Customer.io id or email "
             f"({columns_read} is null, or on a profile without one)"
         )
+    kept = ""
+    if sync.kind == "relationships":
+        # its key (person and object) is not the relationship it may have delivered, which
+        # is kept meanwhile (`diff._rejected_unaddressed`): say so, and what to do
+        kept = f" || {lit(RELATIONSHIP_KEPT)}"
+        missing = f"{missing} || {lit('; fix it in the model or at the source')}{kept}"
     # every identifier null (each `when` above gives text for a value): the test, not the
     # identifiers' JSON built to be looked at (0.05 s of a first run's 1M rows)
     none = " and ".join(f"{values[t]} is null" for t in ordered)
@@ -1891,9 +1897,15 @@ def identifier_sql(
         before = "".join(f" and {values[t]} is null" for t in ordered[: ordered.index("email")])
         checks.append(
             f"case when {email} is not null{before} and {not_an_email(email)} "
-            f"then {email_reason(chosen['email'], email)} end"
+            f"then {email_reason(chosen['email'], email)}{kept} end"
         )
     return identifiers, ident, checks
+
+
+RELATIONSHIP_KEPT = " (while it is rejected, no relationship of its object is removed)"
+"""The end of the reason of a relationships row rejected with no person to send it to: it
+may be the row of a relationship delivered before, which is kept until the row is fixed or
+leaves (``diff._rejected_unaddressed``)."""
 
 
 def not_an_email(text: str) -> str:
@@ -2638,8 +2650,8 @@ def compile_relationships(
     used = (*sync.identify_by.values(), sync.object_id, *fields.columns)
     src_h = source_hash(sync, used, columns, last)
     select = (
-        f"select coalesce({identifiers} || ' ' || {_object_key(sync.object_id)}, "
-        "'(no person or object)') as k, "
+        f"select coalesce({identifiers}, '(no person)') || ' ' || "
+        f"{_object_key(sync.object_id)} as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
         f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared, "
         f"{fields.n_echo()} as n_echo, {identifiers} as person, __obj as object_id, __rid, "
