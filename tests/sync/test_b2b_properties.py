@@ -285,12 +285,7 @@ class B2BMachine(RuleBasedStateMachine):
         data.draw(st.sampled_from(self.members)).update(role=role, note=note)
         self._write_members()
 
-    @precondition(
-        lambda self: (
-            any(r["user_id"] is not None for r in self.members)
-            and sum(r["user_id"] is None for r in self.members) < 2
-        )
-    )
+    @precondition(lambda self: any(r["user_id"] is not None for r in self.members))
     @rule(data=st.data())
     def member_loses_user(self, data: st.DataObject) -> None:
         """A membership's `user_id` turns null: the row is rejected, and the relationship it
