@@ -1876,15 +1876,20 @@ def identifier_sql(
             "no identifier: the identity graph gives this row no Customer.io id or email "
             f"({columns_read} is null, or on a profile without one)"
         )
-    kept = ""
-    if sync.kind == "relationships":
-        # its key (person and object) is not the relationship it may have delivered, which
-        # is kept meanwhile (`diff._rejected_unaddressed`): say so, and what to do
-        kept = f" || {lit(RELATIONSHIP_KEPT)}"
-        missing = f"{missing} || {lit('; fix it in the model or at the source')}{kept}"
     # every identifier null (each `when` above gives text for a value): the test, not the
     # identifiers' JSON built to be looked at (0.05 s of a first run's 1M rows)
     none = " and ".join(f"{values[t]} is null" for t in ordered)
+    kept = ""
+    if sync.kind == "relationships":
+        # a row with no person: its key (person and object) is not the relationship it may
+        # have delivered, which is kept meanwhile (`diff._rejected_unaddressed`); say so, and
+        # what to do. So for an id that is no whole number, when the row has no other
+        kept = f" || {lit(RELATIONSHIP_KEPT)}"
+        missing = f"{missing} || {lit('; fix it in the model or at the source')}{kept}"
+        checks = [
+            f"{check} || case when {none} then {lit(RELATIONSHIP_KEPT)} else '' end"
+            for check in checks
+        ]
     checks.append(f"case when {none} then {missing} end")
     if "id" in values:
         too_long = lit(f"column `{chosen['id']}`: id is over {MAX_ID_BYTES} bytes")
