@@ -300,3 +300,37 @@ def test_a_relationship_whose_email_is_gone_now_is_rejected_and_kept(
     left = run_sync(project, "crm_contacts", console=NullConsole())
     assert (left.changes.rejected, left.changes.removed_sent) == (0, 1)
     assert related() == {("bob@x.io", "acme")}
+
+
+@pytest.mark.parametrize("spoiled", ["null", "'ada@x.io; ada@y.io'"], ids=["null", "junk"])
+def test_a_relationship_kept_for_a_rejected_row_stays_delivered_through_a_full_resync(
+    project_factory: ProjectFactory, spoiled: str
+) -> None:
+    """A relationship kept while its row is rejected with no person (its email null, or no
+    address) is still in Customer.io: a `--full-resync` keeps it delivered, so it is removed
+    once the row leaves. It was forgotten with the rest of the snapshot, and stayed in
+    Customer.io for good."""
+    project_factory.sql(
+        "create or replace table contacts as select * from (values "
+        "('ada@x.io', 'acme', 'billing'), ('bob@x.io', 'acme', 'tech')) "
+        "t(email, company_id, crm_role)"
+    )
+    project = project_factory.write({"crm_contacts": CONTACTS})
+    run_sync(project, "crm_contacts", console=NullConsole())
+    emu = project_factory.emulator
+
+    def related() -> set[tuple[str | None, str]]:
+        by_cio = {p.cio_id: p.email for p in emu.people()}
+        return {(by_cio.get(r.person), r.object_id) for r in emu.relationships()}
+
+    project_factory.sql(f"update contacts set email = {spoiled} where crm_role = 'billing'")
+    resync = run_sync(project, "crm_contacts", console=NullConsole(), full_resync=True)
+    assert (resync.changes.rejected, resync.changes.removed_sent) == (1, 0)
+    assert related() == {("ada@x.io", "acme"), ("bob@x.io", "acme")}
+    again = run_sync(project, "crm_contacts", console=NullConsole())
+    assert (again.changes.to_send, again.changes.removed_sent) == (0, 0)
+
+    project_factory.sql("delete from contacts where crm_role = 'billing'")
+    left = run_sync(project, "crm_contacts", console=NullConsole())
+    assert (left.changes.rejected, left.changes.removed_sent) == (0, 1)
+    assert related() == {("bob@x.io", "acme")}

@@ -873,15 +873,17 @@ def _still_reached(
     # can be sent to (its email no address, `a@x.com; b@x.com` where `a@x.com` was; or
     # every identifier null or blank) may be that row's: kept until the row is fixed (and
     # sent, or no longer reaching it) or leaves
-    spoiled = (
-        f"""
-        union
-        select g.k from gone g semi join {REJECTED_UNADDRESSED} r
-            on r.object_id = json_extract_string(g.ident, '$.object.object_id')
-        """
-        if sync.kind == "relationships" and temp_table(con, REJECTED_UNADDRESSED)
-        else ""
-    )
+    spoiled = ""
+    if sync.kind == "relationships" and temp_table(con, REJECTED_UNADDRESSED):
+        run_sql(
+            con,
+            f"""
+            create or replace temp table {KEPT_UNADDRESSED} as
+            select g.k from gone g semi join {REJECTED_UNADDRESSED} r
+                on r.object_id = json_extract_string(g.ident, '$.object.object_id')
+            """,
+        )
+        spoiled = f" union select k from {KEPT_UNADDRESSED}"
     run_sql(
         con,
         f"""
@@ -896,6 +898,11 @@ def _still_reached(
 REJECTED_UNADDRESSED = "rejected_unaddressed"
 """The temp table of the objects (``object_id``) of a relationships sync's rows rejected
 without a person they can be sent to (:func:`_rejected_unaddressed`)."""
+
+KEPT_UNADDRESSED = "kept_unaddressed"
+"""The temp table of the keys (``k``) of the relationships that left the model and are kept
+for such a row (:func:`_still_reached`): still in Customer.io, they stay delivered through a
+full resync's reset (``run._reset_snapshot``), to be removed once the row is fixed or leaves."""
 
 
 def _rejected_unaddressed(con: duckdb.DuckDBPyConnection) -> None:
@@ -1732,8 +1739,9 @@ def diff_records(
         kept = total - differing + int(_one(con, "select count(*) from known") or 0)
         removed = int(_one(con, f"select count(*) from {snap}") or 0) - kept
     removed_sent = 0
-    # a table of this sync's diff, not of the last sync's diffed on this connection
+    # tables of this sync's diff, not of the last sync's diffed on this connection
     run_sql(con, "create or replace temp table rekeyed (k varchar)")
+    run_sql(con, f"create or replace temp table {KEPT_UNADDRESSED} (k varchar)")
     if sync.effective_mode == "mirror" and undo_unsure:
         unsure_gone = unsure_new(con, previous, unconfirmed)
         if unsure_gone:  # undone as the snapshot's records that left are
