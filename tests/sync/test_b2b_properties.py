@@ -9,7 +9,8 @@ The warehouse has three syncs: `companies` (objects, `mirror`, with or without
 `memberships` (relationships, mirrored by default; `role` under the default null policy,
 `note` under `on_null: clear`). A company id is named with white space around it too
 (`" acme"` is `acme`: two rows of one trimmed id repeat a key), and a membership's may be
-null or blank (the row is rejected). The invariants:
+null or blank (the row is rejected), and its user null (rejected too: while it is, no
+relationship of its company is removed, as it may be that one). The invariants:
 
 - (a) without faults, a plan's counts and payloads are what the sync then sends, and after
   a run of the three in `sync --all` order a plan of each has nothing to send;
@@ -18,7 +19,8 @@ null or blank (the row is rejected). The invariants:
   (or deleted, with `delete_removed`);
 - (c) a relationship exists iff its membership row is in the model and both its ends were
   delivered (and not deleted since), with the row's attributes; one whose end left its model
-  but still exists keeps what it had; one whose row left is removed;
+  but still exists keeps what it had; one whose row left is removed, unless a row of its
+  company without a user is in the model;
 - (d) after a run with faults, a run without them converges to (b) and (c);
 - (e) after a person or a company is deleted in Customer.io by hand, `sync --all
   --full-resync` (after a plain run or not) converges to (b) and (c) again.
@@ -283,6 +285,15 @@ class B2BMachine(RuleBasedStateMachine):
         data.draw(st.sampled_from(self.members)).update(role=role, note=note)
         self._write_members()
 
+    @precondition(lambda self: any(r["user_id"] is not None for r in self.members))
+    @rule(data=st.data())
+    def member_loses_user(self, data: st.DataObject) -> None:
+        """A membership's `user_id` turns null: the row is rejected, and the relationship it
+        delivered (or any of its company's whose row left) is kept while it is."""
+        row = data.draw(st.sampled_from([r for r in self.members if r["user_id"] is not None]))
+        row["user_id"] = None
+        self._write_members()
+
     @precondition(lambda self: self.members)
     @rule(data=st.data())
     def delete_member(self, data: st.DataObject) -> None:
@@ -379,8 +390,17 @@ class B2BMachine(RuleBasedStateMachine):
             return attrs
 
         present, ok = self._members_ok()
+        # a row without a user (rejected) may be the row of any relationship of its company
+        # that left the model: those are kept while it is there
+        unaddressed = {
+            cid
+            for r in self.members
+            if r["user_id"] is None
+            for cid in [_object_id(r["company_id"])]
+            if cid is not None
+        }
         for key in list(self.rels):
-            if key not in present:
+            if key not in present and key[1] not in unaddressed:
                 self.rels[key] = [None]
         for key, r in ok.items():
             options = self.rels.get(key, [None])

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
 from lockgate.sync.run import run_sync
@@ -250,3 +252,85 @@ def test_a_relationship_whose_email_is_no_address_now_is_rejected_and_kept(
     assert (fixed.changes.rejected, fixed.changes.removed_sent, fixed.delivered) == (0, 1, 2)
     assert related() == {("ada@y.io", "acme"), ("bob@x.io", "acme")}
     assert run_sync(project, "crm_contacts", console=NullConsole()).changes.to_send == 0
+
+
+@pytest.mark.parametrize("emptied", ["null", "'  '"], ids=["null", "blank"])
+def test_a_relationship_whose_email_is_gone_now_is_rejected_and_kept(
+    project_factory: ProjectFactory, emptied: str
+) -> None:
+    """As a spoiled email: a contact delivered with a good email whose cell is now null (or
+    blank) is rejected, saying so, and the relationship delivered before is not deleted as a
+    row that left, nor counted by `max_removed`. Given an email again, the relationship moves
+    to it; and once the row leaves, the one it delivered is deleted."""
+    project_factory.sql(
+        "create or replace table contacts as select * from (values "
+        "('ada@x.io', 'acme', 'billing'), ('bob@x.io', 'acme', 'tech')) "
+        "t(email, company_id, crm_role)"
+    )
+    project = project_factory.write({"crm_contacts": CONTACTS})
+    assert run_sync(project, "crm_contacts", console=NullConsole()).delivered == 2
+    emu = project_factory.emulator
+
+    def related() -> set[tuple[str | None, str]]:
+        by_cio = {p.cio_id: p.email for p in emu.people()}
+        return {(by_cio.get(r.person), r.object_id) for r in emu.relationships()}
+
+    project_factory.sql(f"update contacts set email = {emptied} where crm_role = 'billing'")
+    report = run_sync(project, "crm_contacts", console=NullConsole())
+    assert (report.changes.rejected, report.changes.removed_sent, report.delivered) == (1, 0, 0)
+    assert report.changes.removed - report.changes.rekeyed == 0  # what `max_removed` counts
+    assert related() == {("ada@x.io", "acme"), ("bob@x.io", "acme")}
+    blank = "is null" if emptied == "null" else "is blank (only white space)"
+    assert report.changes.rejected_samples == (
+        (
+            "(no person) acme",
+            f"no identifier: `email` {blank}; fix it in the model or at the source (while it "
+            "is rejected, no relationship of its object is removed)",
+        ),
+    )
+
+    project_factory.sql("update contacts set email = 'ada@y.io' where crm_role = 'billing'")
+    fixed = run_sync(project, "crm_contacts", console=NullConsole())
+    assert (fixed.changes.rejected, fixed.changes.removed_sent, fixed.delivered) == (0, 1, 2)
+    assert related() == {("ada@y.io", "acme"), ("bob@x.io", "acme")}
+
+    project_factory.sql(f"update contacts set email = {emptied} where crm_role = 'billing'")
+    run_sync(project, "crm_contacts", console=NullConsole())
+    project_factory.sql("delete from contacts where crm_role = 'billing'")
+    left = run_sync(project, "crm_contacts", console=NullConsole())
+    assert (left.changes.rejected, left.changes.removed_sent) == (0, 1)
+    assert related() == {("bob@x.io", "acme")}
+
+
+@pytest.mark.parametrize("spoiled", ["null", "'ada@x.io; ada@y.io'"], ids=["null", "junk"])
+def test_a_relationship_kept_for_a_rejected_row_stays_delivered_through_a_full_resync(
+    project_factory: ProjectFactory, spoiled: str
+) -> None:
+    """A relationship kept while its row is rejected with no person (its email null, or no
+    address) is still in Customer.io: a `--full-resync` keeps it delivered, so it is removed
+    once the row leaves. It was forgotten with the rest of the snapshot, and stayed in
+    Customer.io for good."""
+    project_factory.sql(
+        "create or replace table contacts as select * from (values "
+        "('ada@x.io', 'acme', 'billing'), ('bob@x.io', 'acme', 'tech')) "
+        "t(email, company_id, crm_role)"
+    )
+    project = project_factory.write({"crm_contacts": CONTACTS})
+    run_sync(project, "crm_contacts", console=NullConsole())
+    emu = project_factory.emulator
+
+    def related() -> set[tuple[str | None, str]]:
+        by_cio = {p.cio_id: p.email for p in emu.people()}
+        return {(by_cio.get(r.person), r.object_id) for r in emu.relationships()}
+
+    project_factory.sql(f"update contacts set email = {spoiled} where crm_role = 'billing'")
+    resync = run_sync(project, "crm_contacts", console=NullConsole(), full_resync=True)
+    assert (resync.changes.rejected, resync.changes.removed_sent) == (1, 0)
+    assert related() == {("ada@x.io", "acme"), ("bob@x.io", "acme")}
+    again = run_sync(project, "crm_contacts", console=NullConsole())
+    assert (again.changes.to_send, again.changes.removed_sent) == (0, 0)
+
+    project_factory.sql("delete from contacts where crm_role = 'billing'")
+    left = run_sync(project, "crm_contacts", console=NullConsole())
+    assert (left.changes.rejected, left.changes.removed_sent) == (0, 1)
+    assert related() == {("bob@x.io", "acme")}

@@ -171,6 +171,89 @@ def test_a_row_the_graph_cannot_place_is_rejected_naming_the_models_column(
     assert "cio_" not in reason
 
 
+COMPANIES = """
+name: companies
+source: warehouse
+model: {table: companies}
+kind: objects
+object_type_id: "1"
+primary_key: company_id
+attributes: {name: name}
+"""
+
+BILLING_CONTACTS = """
+name: billing_contacts
+source: warehouse
+model: {table: billing_contacts}
+kind: relationships
+object_type_id: "1"
+object_id: company_id
+identify_by: {stripe_id: stripe_id}
+relationship_attributes: {role: role}
+guardrails: {max_removed: 0}
+"""
+
+
+def test_a_relationship_whose_row_the_graph_no_longer_places_is_kept_while_it_is_rejected(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relationships sync keyed through the graph (by Stripe id): a contact row whose Stripe
+    id turns null is rejected, its reason naming the model's column and what to do, and the
+    relationship it delivered is not deleted, nor counted by `max_removed` (a limit of 0
+    does not stop the run); once the row leaves, the relationship goes."""
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    project = setup(tmp_path, customerio_emulator.base_url or "")
+
+    def sql(statement: str) -> None:
+        con = duckdb.connect(str(tmp_path / "w.duckdb"))
+        con.execute(statement).fetchall()
+        con.close()
+
+    sql(
+        """
+        create table companies as select 'acme' as company_id, 'Acme' as name;
+        create table billing_contacts as select * from (values
+          ('cus_A', 'acme', 'payer'), ('cus_B', 'acme', 'approver')) t(stripe_id, company_id, role);
+        """
+    )
+    for name, body in {"companies": COMPANIES, "billing_contacts": BILLING_CONTACTS}.items():
+        (tmp_path / "syncs" / f"{name}.yml").write_text(textwrap.dedent(body))
+    project = load_project(tmp_path)
+    for name in ("companies", "profile", "billing_contacts"):
+        assert run_sync(project, name, console=NullConsole()).status == "success"
+
+    def related() -> set[tuple[str | None, str, Any]]:
+        ids = {p.cio_id: p.id for p in customerio_emulator.people()}
+        return {
+            (ids.get(r.person), r.object_id, r.attributes.get("role"))
+            for r in customerio_emulator.relationships()
+        }
+
+    both = {("u1", "acme", "payer"), ("u2", "acme", "approver")}
+    assert related() == both
+
+    sql("update billing_contacts set stripe_id = null where stripe_id = 'cus_B'")
+    report = run_sync(project, "billing_contacts", console=NullConsole())
+    assert report.status == "success"
+    assert (report.changes.rejected, report.changes.removed_sent) == (1, 0)
+    assert report.changes.rejected_samples == (
+        (
+            "(no person) acme",
+            "no identifier: the identity graph gives this row no Customer.io id or email "
+            "(`stripe_id` is null, or on a profile without one); fix it in the model or at the "
+            "source (while it is rejected, no relationship of its object is removed)",
+        ),
+    )
+    assert related() == both
+
+    sql("delete from billing_contacts where stripe_id is null")
+    left = run_sync(project, "billing_contacts", console=NullConsole(), force=True)
+    assert (left.status, left.changes.rejected, left.changes.removed_sent) == ("success", 0, 1)
+    assert related() == {("u1", "acme", "payer")}
+
+
 def two_profiles_found_to_be_one(
     tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> Any:

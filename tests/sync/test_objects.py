@@ -986,6 +986,70 @@ def test_a_relationship_whose_row_changes_identifier_is_not_deleted(
     assert rels(emu) == {("1", "1", "acme", "admin")}
 
 
+LOST_ID = {
+    "null": "no identifier: `user_id` is null; fix it in the model or at the source",
+    "2.5": "column `user_id` (identifier `id`): value `2.5` is not a whole number a float "
+    "holds exactly (up to 2^53); cast the column to bigint or text in the model",
+}
+
+
+@pytest.mark.parametrize("lost", LOST_ID)
+def test_a_relationship_whose_id_goes_null_is_rejected_and_kept(
+    project_factory: ProjectFactory, lost: str
+) -> None:
+    """A membership row whose `user_id` turns null (or, in a float column, a fraction) is
+    rejected (no person to send it to), and it may be the row of Grace's membership of Acme,
+    whose key (person and object) left the model: that relationship is not deleted, nor
+    counted by `max_removed` (a limit of 0 does not stop the run). While the row is
+    rejected, a membership of Acme whose row leaves is kept too (it may be that one); given
+    an `id` again, the row is sent and what left is removed; once the row leaves, so is what
+    it delivered."""
+    seed(project_factory)
+    project_factory.sql("alter table members alter user_id type double")
+    memberships = MEMBERSHIPS + "guardrails: {max_removed: 0}\n"
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": memberships}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    delivered = {("1", "1", "acme", "admin"), ("2", "1", "acme", "member")}
+    assert rels(emu) == {*delivered, ("3", "1", "globex", "owner")}
+
+    project_factory.sql(f"update members set user_id = {lost} where user_id = 2")
+    plan = plan_sync(project, "memberships", console=NullConsole())
+    report = run_sync(project, "memberships", console=NullConsole())
+    assert report.status == "success"
+    for changes in (plan.changes, report.changes):
+        assert (changes.rejected, changes.removed, changes.removed_sent) == (1, 1, 0)
+        assert changes.rejected_samples == (
+            (
+                "(no person) acme",
+                LOST_ID[lost] + " (while it is rejected, no relationship of its object is removed)",
+            ),
+        )
+    assert rels(emu) == {*delivered, ("3", "1", "globex", "owner")}
+
+    # Ada's row leaves while the row without an id is rejected: it may be hers, kept
+    project_factory.sql("delete from members where user_id = 1")
+    assert run_sync(project, "memberships", console=NullConsole()).changes.removed_sent == 0
+    assert rels(emu) == {*delivered, ("3", "1", "globex", "owner")}
+
+    # the row gets Linus's id: sent to him, and the memberships that left are removed
+    project_factory.sql(f"update members set user_id = 3 where user_id is not distinct from {lost}")
+    fixed = run_sync(project, "memberships", console=NullConsole(), force=True)
+    assert (fixed.status, fixed.changes.rejected, fixed.changes.removed_sent) == ("success", 0, 2)
+    assert rels(emu) == {("3", "1", "acme", "member"), ("3", "1", "globex", "owner")}
+
+    # null again, then the row leaves: what it delivered goes
+    project_factory.sql(f"update members set user_id = {lost} where company_id = 'acme'")
+    assert run_sync(project, "memberships", console=NullConsole()).changes.removed_sent == 0
+    assert rels(emu) == {("3", "1", "acme", "member"), ("3", "1", "globex", "owner")}
+    project_factory.sql("delete from members where company_id = 'acme'")
+    left = run_sync(project, "memberships", console=NullConsole(), force=True)
+    assert (left.status, left.changes.rejected, left.changes.removed_sent) == ("success", 0, 1)
+    assert rels(emu) == {("3", "1", "globex", "owner")}
+
+
 @pytest.mark.parametrize("only", [False, True], ids=["all", "only"])
 @pytest.mark.parametrize("kind", ["objects", "people"])
 def test_a_full_resync_keeps_a_relationship_whose_cleared_end_is_out(

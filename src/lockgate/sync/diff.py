@@ -870,19 +870,21 @@ def _still_reached(
         """
     ).fetchall()[0][0]:
         pass
-    # a relationship that leaves while a row of its object is rejected for an email that is
-    # no address (`a@x.com; b@x.com` where `a@x.com` was) may be that row's, its email
-    # spoiled: kept until the row is fixed (and sent, or no longer reaching it) or leaves
-    spoiled = (
-        f"""
-        union
-        select g.k from gone g semi join rejected_idents r
-            on json_extract_string(r.ident, '$.object') = json_extract_string(g.ident, '$.object')
-            and {not_an_email("json_extract_string(r.ident, '$.person.email')")}
-        """
-        if rejected and sync.kind == "relationships"
-        else ""
-    )
+    # a relationship that leaves while a row of its object is rejected without a person it
+    # can be sent to (its email no address, `a@x.com; b@x.com` where `a@x.com` was; or
+    # every identifier null or blank) may be that row's: kept until the row is fixed (and
+    # sent, or no longer reaching it) or leaves
+    spoiled = ""
+    if sync.kind == "relationships" and temp_table(con, REJECTED_UNADDRESSED):
+        run_sql(
+            con,
+            f"""
+            create or replace temp table {KEPT_UNADDRESSED} as
+            select g.k from gone g semi join {REJECTED_UNADDRESSED} r
+                on r.object_id = json_extract_string(g.ident, '$.object.object_id')
+            """,
+        )
+        spoiled = f" union select k from {KEPT_UNADDRESSED}"
     run_sql(
         con,
         f"""
@@ -890,6 +892,36 @@ def _still_reached(
         select distinct g.k from gone_keys g semi join live_keys l on l.a = g.a{spoiled};
         create or replace temp table rekeyed as
         select k from kept {"anti join held_by_siblings h on h.k = kept.k" if held else ""};
+        """,
+    )
+
+
+REJECTED_UNADDRESSED = "rejected_unaddressed"
+"""The temp table of the objects (``object_id``) of a relationships sync's rows rejected
+without a person they can be sent to (:func:`_rejected_unaddressed`)."""
+
+KEPT_UNADDRESSED = "kept_unaddressed"
+"""The temp table of the keys (``k``) of the relationships that left the model and are kept
+for such a row (:func:`_still_reached`): still in Customer.io, they stay delivered through a
+full resync's reset (``run._reset_snapshot``), to be removed once the row is fixed or leaves."""
+
+
+def _rejected_unaddressed(con: duckdb.DuckDBPyConnection) -> None:
+    """Keep in :data:`REJECTED_UNADDRESSED` the objects of the relationships rows of
+    ``mapped`` rejected with no person to send them to: every identifier null or blank (or
+    none from the identity graph), or the email that addresses the row no address. Such a
+    row may be the contact of a relationship delivered before, its person's identifier gone
+    or spoiled in the warehouse, and its key (person and object) is not that relationship's:
+    the relationships of its object that left the model are kept (:func:`_still_reached`)
+    rather than deleted by a row that is still there, only rejected."""
+    email = "json_extract_string(person, '$.email')"
+    run_sql(
+        con,
+        f"""
+        create or replace temp table {REJECTED_UNADDRESSED} as
+        select distinct object_id from mapped
+        where reject is not null and object_id is not null
+          and (person is null or ({email} is not null and {not_an_email(email)}))
         """,
     )
 
@@ -1711,6 +1743,8 @@ def diff_records(
         f"select k, {'addr, ' if _takes_emails(sync) else ''}ident from mapped "
         "where reject is not null and ident is not null",
     )
+    if sync.kind == "relationships":
+        _rejected_unaddressed(con)
     # what is left of `mapped` is exactly what to send: keep it as `changes` (a rename, not a
     # copy of every payload, which took a second at 1M rows)
     run_sql(
@@ -1772,8 +1806,9 @@ def diff_records(
         kept = total - differing + int(_one(con, "select count(*) from known") or 0)
         removed = int(_one(con, f"select count(*) from {snap}") or 0) - kept
     removed_sent = 0
-    # a table of this sync's diff, not of the last sync's diffed on this connection
+    # tables of this sync's diff, not of the last sync's diffed on this connection
     run_sql(con, "create or replace temp table rekeyed (k varchar)")
+    run_sql(con, f"create or replace temp table {KEPT_UNADDRESSED} (k varchar)")
     if sync.effective_mode == "mirror" and undo_unsure:
         unsure_gone = unsure_new(con, previous, unconfirmed)
         if unsure_gone:  # undone as the snapshot's records that left are

@@ -1880,6 +1880,17 @@ def identifier_sql(
     # every identifier null (each `when` above gives text for a value): the test, not the
     # identifiers' JSON built to be looked at (0.05 s of a first run's 1M rows)
     none = " and ".join(f"{values[t]} is null" for t in ordered)
+    kept = ""
+    if sync.kind == "relationships":
+        # a row with no person: its key (person and object) is not the relationship it may
+        # have delivered, which is kept meanwhile (`diff._rejected_unaddressed`); say so, and
+        # what to do. So for an id that is no whole number, when the row has no other
+        kept = f" || {lit(RELATIONSHIP_KEPT)}"
+        missing = f"{missing} || {lit('; fix it in the model or at the source')}{kept}"
+        checks = [
+            f"{check} || case when {none} then {lit(RELATIONSHIP_KEPT)} else '' end"
+            for check in checks
+        ]
     checks.append(f"case when {none} then {missing} end")
     if "id" in values:
         too_long = lit(f"column `{chosen['id']}`: id is over {MAX_ID_BYTES} bytes")
@@ -1892,9 +1903,15 @@ def identifier_sql(
         before = "".join(f" and {values[t]} is null" for t in ordered[: ordered.index("email")])
         checks.append(
             f"case when {email} is not null{before} and {not_an_email(email)} "
-            f"then {email_reason(chosen['email'], email)} end"
+            f"then {email_reason(chosen['email'], email)}{kept} end"
         )
     return identifiers, ident, checks
+
+
+RELATIONSHIP_KEPT = " (while it is rejected, no relationship of its object is removed)"
+"""The end of the reason of a relationships row rejected with no person to send it to: it
+may be the row of a relationship delivered before, which is kept until the row is fixed or
+leaves (``diff._rejected_unaddressed``)."""
 
 
 def not_an_email(text: str) -> str:
@@ -2670,8 +2687,8 @@ def compile_relationships(
     checks[:0] = nan_checks(used, columns)
     src_h = source_hash(sync, used, columns, last)
     select = (
-        f"select coalesce({identifiers} || ' ' || {_object_key(sync.object_id)}, "
-        "'(no person or object)') as k, "
+        f"select coalesce({identifiers}, '(no person)') || ' ' || "
+        f"{_object_key(sync.object_id)} as k, "
         f"{op} as op, {ident} as ident, coalesce({', '.join(checks)}) as reject, "
         f"{fields.n_set()} as n_set, {fields.n_cleared()} as n_cleared, "
         f"{fields.n_echo()} as n_echo, {identifiers} as person, __obj as object_id, __rid, "

@@ -873,7 +873,10 @@ def _reset_snapshot(store: StateStore, sync: SyncConfig, only: bool = False) -> 
     forgotten with the snapshot while Customer.io still holds the record. So does a
     delivered record whose row the run rejects (``rejected_rows``: its key repeated, a bad
     value, an email held back): not sent, Customer.io holds what it was sent before, which
-    is undone if the row leaves the model (`mirror`), as in any run.
+    is undone if the row leaves the model (`mirror`), as in any run. So does a relationship
+    that left the model while a row of its object is rejected with no person
+    (``diff.KEPT_UNADDRESSED``: it may be that row's), removed once the row is fixed or
+    leaves.
 
     The records forgotten are written ahead (``sending__S``) as records new to the snapshot,
     in the transaction that forgets them: a run killed from here on, before or after its own
@@ -886,13 +889,16 @@ def _reset_snapshot(store: StateStore, sync: SyncConfig, only: bool = False) -> 
     snap = table("snap", sync.name)
     run_sql(store.con, f"drop table if exists temp.{snap}")
     undone = "_resync_undone"
+    kept = diff_step.temp_table(store.con, diff_step.KEPT_UNADDRESSED)
     run_sql(
         store.con,
         f"""
         create or replace temp table {undone} as
         select s.* from {diff_step.RESYNC_PREVIOUS} s
-        semi join (select k from changes where removed union select k from rejected_rows) c
-            on c.k = s.k
+        semi join (
+            select k from changes where removed union select k from rejected_rows
+            {f"union select k from {diff_step.KEPT_UNADDRESSED}" if kept else ""}
+        ) c on c.k = s.k
         """,
     )
     _drop_previous(store)
