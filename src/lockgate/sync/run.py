@@ -886,13 +886,22 @@ def _reset_snapshot(store: StateStore, sync: SyncConfig, only: bool = False) -> 
     snap = table("snap", sync.name)
     run_sql(store.con, f"drop table if exists temp.{snap}")
     undone = "_resync_undone"
+    # outside `mirror`, a record whose row left the model is left in Customer.io as it is:
+    # the snapshot keeps it, as an ordinary run does (what tells later runs that its person
+    # exists and holds its email: ``resolve.known_people``, ``diff.order_email_moves``)
+    left = (
+        ""
+        if sync.effective_mode == "mirror" or not diff_step.temp_table(store.con, "keyed")
+        else f" union select k from {diff_step.RESYNC_PREVIOUS} anti join keyed m using (k)"
+    )
     run_sql(
         store.con,
         f"""
         create or replace temp table {undone} as
         select s.* from {diff_step.RESYNC_PREVIOUS} s
-        semi join (select k from changes where removed union select k from rejected_rows) c
-            on c.k = s.k
+        semi join (
+            select k from changes where removed union select k from rejected_rows{left}
+        ) c on c.k = s.k
         """,
     )
     _drop_previous(store)
