@@ -2122,7 +2122,9 @@ def _hold_shared_emails(
     email holds nothing back this way: which of them is current is not known. Nor does a
     person the identity graph's operations release the email from before the rows
     (``released_first``, `(email, id)`: a retired user's family email, which another sync
-    delivered to them with a row of their profile then).
+    delivered to them with a row of their profile then), nor one this sync delivered the
+    email to whose row gives it up in this run (it left the model, or has no email or another
+    now): this run releases it from them first (:func:`order_email_moves`).
 
     A run without new rows or changed emails pays one join of its rows to map with
     ``known``; one with new rows reads the emails of the snapshot too (of a non-empty one), and of
@@ -2290,6 +2292,25 @@ def _hold_shared_emails(
             f"delete from email_holders h where h.sync is not null "
             f"and exists (select 1 from ({gone}) g "
             "where g.email = h.email and g.person = h.person)",
+        )
+    if others and _one(con, "select count(*) from email_holders where sync is not null"):
+        # people this sync delivered the email to whose row gives it up in this run (its row
+        # left the model, or has no email or another now): this run releases it from them
+        # before the rows taking it (:func:`order_email_moves`), whatever the other syncs
+        # delivered to them (a lead's row that left with the email of a user who left too)
+        run_sql(
+            con,
+            f"""
+            delete from email_holders h
+            where h.sync is not null and exists (
+                select 1 from {delivered} s
+                where {email("s.ident")} = h.email and {_addressed_by("s.ident")} = h.person
+                  and not exists (
+                      select 1 from mapped m
+                      where m.k = s.k and (m.reject is not null or {email("m.ident")} = h.email)
+                  )
+            )
+            """,
         )
     if others and _one(con, "select count(*) from email_holders where sync is not null"):
         # another sync's snapshot may be stale for a person several syncs send: one that a
