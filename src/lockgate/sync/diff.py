@@ -2123,8 +2123,8 @@ def _hold_shared_emails(
     person the identity graph's operations release the email from before the rows
     (``released_first``, `(email, id)`: a retired user's family email, which another sync
     delivered to them with a row of their profile then), nor one this sync delivered the
-    email to whose row gives it up in this run (it left the model, or has no email or another
-    now): this run releases it from them first (:func:`order_email_moves`).
+    email to whose row, sent in this run, has no email or another now: this run releases it
+    from them first (:func:`order_email_moves`).
 
     A run without new rows or changed emails pays one join of its rows to map with
     ``known``; one with new rows reads the emails of the snapshot too (of a non-empty one), and of
@@ -2294,21 +2294,19 @@ def _hold_shared_emails(
             "where g.email = h.email and g.person = h.person)",
         )
     if others and _one(con, "select count(*) from email_holders where sync is not null"):
-        # people this sync delivered the email to whose row gives it up in this run (its row
-        # left the model, or has no email or another now): this run releases it from them
-        # before the rows taking it (:func:`order_email_moves`), whatever the other syncs
-        # delivered to them (a lead's row that left with the email of a user who left too)
+        # people this sync delivered the email to whose row, sent in this run, has no email
+        # or another now: this run releases it from them before the rows taking it
+        # (:func:`order_email_moves`), whatever the other syncs delivered to them (a lead's
+        # row that left with the email of a user who comes back without it)
         run_sql(
             con,
             f"""
-            delete from email_holders h
-            where h.sync is not null and exists (
+            delete from email_holders x
+            where x.sync is not null and exists (
                 select 1 from {delivered} s
-                where {email("s.ident")} = h.email and {_addressed_by("s.ident")} = h.person
-                  and not exists (
-                      select 1 from mapped m
-                      where m.k = s.k and (m.reject is not null or {email("m.ident")} = h.email)
-                  )
+                join mapped m on m.k = s.k
+                where {email("s.ident")} = x.email and {_addressed_by("s.ident")} = x.person
+                  and m.reject is null and {email("m.ident")} is distinct from x.email
             )
             """,
         )
