@@ -873,7 +873,10 @@ def _reset_snapshot(store: StateStore, sync: SyncConfig, only: bool = False) -> 
     forgotten with the snapshot while Customer.io still holds the record. So does a
     delivered record whose row the run rejects (``rejected_rows``: its key repeated, a bad
     value, an email held back): not sent, Customer.io holds what it was sent before, which
-    is undone if the row leaves the model (`mirror`), as in any run.
+    is undone if the row leaves the model (`mirror`), as in any run. So does, outside
+    `mirror`, a record whose row left the model: nothing is sent for it and its person (or
+    object) stays in Customer.io as it was, so later runs still know it exists and holds its
+    email (a user who comes back with a retired lead's email has the lead merged into them).
 
     The records forgotten are written ahead (``sending__S``) as records new to the snapshot,
     in the transaction that forgets them: a run killed from here on, before or after its own
