@@ -1337,6 +1337,38 @@ def test_the_email_of_a_row_that_left_in_mirror_mode_is_released_for_a_later_use
     assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
 
 
+def test_the_email_of_a_row_that_left_is_released_for_a_later_user_after_a_full_resync(
+    project_factory: ProjectFactory,
+) -> None:
+    """`upsert`: u1 leaves (its person stays in Customer.io with its email), then a
+    `--full-resync` sends every row of the model again. A later run brings new user u2 with
+    u1's address: the resync kept u1's record (it sent nothing for it), so u1's email is
+    released first and u2 is a new person, not u1's profile given u2's id."""
+    project_factory.sql(
+        "create table users as select * from (values ('u1', 'a@x.com', 'pro'), "
+        "('u0', 'z@x.com', 'free')) t(user_id, email, plan)"
+    )
+    project = project_factory.write({"profile": EMAILS})
+    run_sync(project, "profile", console=NullConsole())
+    emu = project_factory.emulator
+    u1 = emu.person(id="u1")
+    assert u1 is not None
+    project_factory.sql("delete from users where user_id = 'u1'")
+    run_sync(project, "profile", console=NullConsole())
+    resync = run_sync(project, "profile", console=NullConsole(), full_resync=True)
+    assert (resync.status, resync.delivered) == ("success", 1)  # u0 again, u1 left alone
+    project_factory.sql("insert into users values ('u2', 'a@x.com', 'trial')")
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered) == ("success", 1)
+    assert failures(emu) == []
+    people = people_of(emu)
+    assert people["u1"] == (u1.cio_id, None, "pro")
+    assert people["u2"][1:] == ("a@x.com", "trial") and people["u2"][0] != u1.cio_id
+    assert len(people) == 3
+    assert email_clears_sent(emu) == ["u1"]
+    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
 def test_a_person_whose_email_went_null_then_changed_keeps_the_new_one(
     project_factory: ProjectFactory,
 ) -> None:

@@ -2224,7 +2224,9 @@ def _hold_shared_emails(
     email holds nothing back this way: which of them is current is not known. Nor does a
     person the identity graph's operations release the email from before the rows
     (``released_first``, `(email, id)`: a retired user's family email, which another sync
-    delivered to them with a row of their profile then).
+    delivered to them with a row of their profile then), nor one this sync delivered the
+    email to whose row, sent in this run, has no email or another now: this run releases it
+    from them first (:func:`order_email_moves`).
 
     A run without new rows or changed emails pays one join of its rows to map with
     ``known``; one with new rows reads the emails of the snapshot too (of a non-empty one), and of
@@ -2392,6 +2394,23 @@ def _hold_shared_emails(
             f"delete from email_holders h where h.sync is not null "
             f"and exists (select 1 from ({gone}) g "
             "where g.email = h.email and g.person = h.person)",
+        )
+    if others and _one(con, "select count(*) from email_holders where sync is not null"):
+        # people this sync delivered the email to whose row, sent in this run, has no email
+        # or another now: this run releases it from them before the rows taking it
+        # (:func:`order_email_moves`), whatever the other syncs delivered to them (a lead's
+        # row that left with the email of a user who comes back without it)
+        run_sql(
+            con,
+            f"""
+            delete from email_holders x
+            where x.sync is not null and exists (
+                select 1 from {delivered} s
+                join mapped m on m.k = s.k
+                where {email("s.ident")} = x.email and {_addressed_by("s.ident")} = x.person
+                  and m.reject is null and {email("m.ident")} is distinct from x.email
+            )
+            """,
         )
     if others and _one(con, "select count(*) from email_holders where sync is not null"):
         # another sync's snapshot may be stale for a person several syncs send: one that a

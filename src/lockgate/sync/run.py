@@ -876,7 +876,10 @@ def _reset_snapshot(store: StateStore, sync: SyncConfig, only: bool = False) -> 
     is undone if the row leaves the model (`mirror`), as in any run. So does a relationship
     that left the model while a row of its object is rejected with no person
     (``diff.KEPT_UNADDRESSED``: it may be that row's), removed once the row is fixed or
-    leaves.
+    leaves. So does, outside `mirror`, a record whose row left the model: nothing is sent for
+    it and its person (or object) stays in Customer.io as it was, so later runs still know it
+    exists and holds its email (a user who comes back with a retired lead's email has the
+    lead merged into them).
 
     The records forgotten are written ahead (``sending__S``) as records new to the snapshot,
     in the transaction that forgets them: a run killed from here on, before or after its own
@@ -890,13 +893,21 @@ def _reset_snapshot(store: StateStore, sync: SyncConfig, only: bool = False) -> 
     run_sql(store.con, f"drop table if exists temp.{snap}")
     undone = "_resync_undone"
     kept = diff_step.temp_table(store.con, diff_step.KEPT_UNADDRESSED)
+    # outside `mirror`, a record whose row left the model is left in Customer.io as it is:
+    # the snapshot keeps it, as an ordinary run does (what tells later runs that its person
+    # exists and holds its email: ``resolve.known_people``, ``diff.order_email_moves``)
+    left = (
+        ""
+        if sync.effective_mode == "mirror" or not diff_step.temp_table(store.con, "keyed")
+        else f" union select k from {diff_step.RESYNC_PREVIOUS} anti join keyed m using (k)"
+    )
     run_sql(
         store.con,
         f"""
         create or replace temp table {undone} as
         select s.* from {diff_step.RESYNC_PREVIOUS} s
         semi join (
-            select k from changes where removed union select k from rejected_rows
+            select k from changes where removed union select k from rejected_rows{left}
             {f"union select k from {diff_step.KEPT_UNADDRESSED}" if kept else ""}
         ) c on c.k = s.k
         """,
