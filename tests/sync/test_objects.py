@@ -1050,6 +1050,115 @@ def test_a_relationship_whose_id_goes_null_is_rejected_and_kept(
     assert rels(emu) == {("3", "1", "globex", "owner")}
 
 
+LOST_OBJECT = {
+    "null": "column `company_id`: object id is null",
+    "''": "column `company_id`: object id is empty",
+    "'  '": "column `company_id`: object id is only white space",
+}
+
+
+@pytest.mark.parametrize("lost", LOST_OBJECT, ids=["null", "empty", "blank"])
+def test_a_relationship_whose_object_id_goes_null_is_rejected_and_kept(
+    project_factory: ProjectFactory, lost: str
+) -> None:
+    """A membership row of Grace whose `company_id` turns null (or empty, or blank) is
+    rejected (no object to relate her to), and it may be the row of her membership of Acme,
+    whose key (person and object) left the model: that relationship is not deleted, nor
+    counted by `max_removed` (a limit of 0 does not stop the run). While the row is
+    rejected, a membership of Grace whose row leaves is kept too (it may be that one); given
+    a company again, the row is sent and what left is removed; once the row leaves, so is
+    what it delivered."""
+    seed(project_factory)
+    project_factory.sql("insert into members values (2, 'globex', 'guest')")
+    memberships = MEMBERSHIPS + "guardrails: {max_removed: 0}\n"
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": memberships}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    delivered = {
+        ("1", "1", "acme", "admin"),
+        ("2", "1", "acme", "member"),
+        ("2", "1", "globex", "guest"),
+        ("3", "1", "globex", "owner"),
+    }
+    assert rels(emu) == delivered
+
+    project_factory.sql(
+        f"update members set company_id = {lost} where user_id = 2 and company_id = 'acme'"
+    )
+    plan = plan_sync(project, "memberships", console=NullConsole())
+    report = run_sync(project, "memberships", console=NullConsole())
+    assert report.status == "success"
+    key = '{"id":"2"} ' + ("(null object id)" if lost == "null" else "(empty object id)")
+    for changes in (plan.changes, report.changes):
+        assert (changes.rejected, changes.removed, changes.removed_sent) == (1, 1, 0)
+        assert changes.rejected_samples == (
+            (
+                key,
+                LOST_OBJECT[lost] + "; fix it in the model or at the source (while it is "
+                "rejected, no relationship of its person is removed)",
+            ),
+        )
+    assert rels(emu) == delivered
+
+    # Grace's Globex row leaves while her row without a company is rejected: it may be
+    # that one, kept; Ada's leaves and is removed (max_removed forced past)
+    project_factory.sql("delete from members where role in ('guest', 'admin')")
+    left = run_sync(project, "memberships", console=NullConsole(), force=True)
+    assert (left.status, left.changes.removed_sent) == ("success", 1)
+    assert rels(emu) == delivered - {("1", "1", "acme", "admin")}
+
+    # the row gets Globex: sent, and her Acme membership, which left, is removed
+    project_factory.sql(
+        f"update members set company_id = 'globex' where company_id is not distinct from {lost}"
+    )
+    fixed = run_sync(project, "memberships", console=NullConsole(), force=True)
+    assert (fixed.status, fixed.changes.rejected, fixed.changes.removed_sent) == ("success", 0, 1)
+    assert rels(emu) == {("2", "1", "globex", "member"), ("3", "1", "globex", "owner")}
+
+    # no company again, then the row leaves: what it delivered goes
+    project_factory.sql(f"update members set company_id = {lost} where user_id = 2")
+    assert run_sync(project, "memberships", console=NullConsole()).changes.removed_sent == 0
+    assert rels(emu) == {("2", "1", "globex", "member"), ("3", "1", "globex", "owner")}
+    project_factory.sql("delete from members where user_id = 2")
+    gone = run_sync(project, "memberships", console=NullConsole(), force=True)
+    assert (gone.status, gone.changes.rejected, gone.changes.removed_sent) == ("success", 0, 1)
+    assert rels(emu) == {("3", "1", "globex", "owner")}
+
+
+@pytest.mark.parametrize("lost", ["null", "''"], ids=["null", "empty"])
+def test_a_relationship_kept_for_a_row_without_object_stays_delivered_through_a_full_resync(
+    project_factory: ProjectFactory, lost: str
+) -> None:
+    """A relationship kept while a row of its person is rejected with no object is still in
+    Customer.io: a `--full-resync` keeps it delivered, so it is removed once the row leaves
+    (forgotten with the rest of the snapshot, it would stay in Customer.io for good)."""
+    seed(project_factory)
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    delivered = {
+        ("1", "1", "acme", "admin"),
+        ("2", "1", "acme", "member"),
+        ("3", "1", "globex", "owner"),
+    }
+
+    project_factory.sql(f"update members set company_id = {lost} where user_id = 2")
+    resync = run_sync(project, "memberships", console=NullConsole(), full_resync=True)
+    assert (resync.changes.rejected, resync.changes.removed_sent) == (1, 0)
+    assert rels(emu) == delivered
+    again = run_sync(project, "memberships", console=NullConsole())
+    assert (again.changes.to_send, again.changes.removed_sent) == (0, 0)
+
+    project_factory.sql("delete from members where user_id = 2")
+    left = run_sync(project, "memberships", console=NullConsole())
+    assert (left.changes.rejected, left.changes.removed_sent) == (0, 1)
+    assert rels(emu) == delivered - {("2", "1", "acme", "member")}
+
+
 @pytest.mark.parametrize("only", [False, True], ids=["all", "only"])
 @pytest.mark.parametrize("kind", ["objects", "people"])
 def test_a_full_resync_keeps_a_relationship_whose_cleared_end_is_out(
