@@ -561,7 +561,8 @@ def test_numeric_object_ids_name_the_object_by_its_integer(
     ((_, reason),) = reports["memberships"].changes.rejected_samples
     assert reason == (
         "column `company_id` (object id): value `7.5` is not a whole number a float holds "
-        "exactly (up to 2^53); cast the column to bigint or text in the model"
+        "exactly (up to 2^53); cast the column to bigint or text in the model (while it is "
+        "rejected, no relationship of its person is removed)"
     )
 
 
@@ -673,10 +674,15 @@ def test_an_object_id_over_150_bytes_or_empty_is_rejected_by_relationships_too(
     }
     memberships = reports["memberships"]
     assert (memberships.changes.held, memberships.delivered) == (0, 1)
+    kept = "; fix it in the model or at the source (while it is rejected, no relationship of "
     assert dict(memberships.changes.rejected_samples) == {
         f'{{"id":"2"}} {long}': too_long,
-        '{"id":"1"} (empty object id)': "column `company_id`: object id is empty",
-        '{"id":"2"} (null object id)': "column `company_id`: object id is null",
+        '{"id":"1"} (empty object id)': "column `company_id`: object id is empty"
+        + kept
+        + "its person is removed)",
+        '{"id":"2"} (null object id)': "column `company_id`: object id is null"
+        + kept
+        + "its person is removed)",
     }
     emu = project_factory.emulator
     assert {o.object_id for o in emu.objects()} == {"acme"}
@@ -1125,6 +1131,35 @@ def test_a_relationship_whose_object_id_goes_null_is_rejected_and_kept(
     gone = run_sync(project, "memberships", console=NullConsole(), force=True)
     assert (gone.status, gone.changes.rejected, gone.changes.removed_sent) == ("success", 0, 1)
     assert rels(emu) == {("3", "1", "globex", "owner")}
+
+
+def test_a_relationship_row_with_neither_person_nor_object_keeps_nothing(
+    project_factory: ProjectFactory,
+) -> None:
+    """A membership row whose `user_id` and `company_id` both turn null names no
+    relationship of anyone: it is rejected, its reason does not promise to keep anything,
+    and Grace's membership of Acme, which left, is removed as usual."""
+    seed(project_factory)
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+
+    project_factory.sql("update members set user_id = null, company_id = null where user_id = 2")
+    report = run_sync(project, "memberships", console=NullConsole())
+    assert (report.status, report.changes.rejected, report.changes.removed_sent) == (
+        "success",
+        1,
+        1,
+    )
+    assert report.changes.rejected_samples == (
+        (
+            "(no person) (null object id)",
+            "no identifier: `user_id` is null; fix it in the model or at the source",
+        ),
+    )
+    assert rels(emu) == {("1", "1", "acme", "admin"), ("3", "1", "globex", "owner")}
 
 
 @pytest.mark.parametrize("lost", ["null", "''"], ids=["null", "empty"])
