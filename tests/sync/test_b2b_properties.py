@@ -9,8 +9,9 @@ The warehouse has three syncs: `companies` (objects, `mirror`, with or without
 `memberships` (relationships, mirrored by default; `role` under the default null policy,
 `note` under `on_null: clear`). A company id is named with white space around it too
 (`" acme"` is `acme`: two rows of one trimmed id repeat a key), and a membership's may be
-null or blank (the row is rejected), and its user null (rejected too: while it is, no
-relationship of its company is removed, as it may be that one). The invariants:
+null or blank (the row is rejected: while it is, no relationship of its user is removed,
+as it may be that one), and its user null (rejected too: while it is, no relationship of
+its company is removed). The invariants:
 
 - (a) without faults, a plan's counts and payloads are what the sync then sends, and after
   a run of the three in `sync --all` order a plan of each has nothing to send;
@@ -20,7 +21,7 @@ relationship of its company is removed, as it may be that one). The invariants:
 - (c) a relationship exists iff its membership row is in the model and both its ends were
   delivered (and not deleted since), with the row's attributes; one whose end left its model
   but still exists keeps what it had; one whose row left is removed, unless a row of its
-  company without a user is in the model;
+  company without a user, or of its user without a company, is in the model;
 - (d) after a run with faults, a run without them converges to (b) and (c);
 - (e) after a person or a company is deleted in Customer.io by hand, `sync --all
   --full-resync` (after a plain run or not) converges to (b) and (c) again.
@@ -294,6 +295,15 @@ class B2BMachine(RuleBasedStateMachine):
         row["user_id"] = None
         self._write_members()
 
+    @precondition(lambda self: any(_object_id(r["company_id"]) for r in self.members))
+    @rule(data=st.data(), lost=st.sampled_from([None, "", "  "]))
+    def member_loses_company(self, data: st.DataObject, lost: str | None) -> None:
+        """A membership's `company_id` turns null or blank: the row is rejected, and the
+        relationship it delivered (or any of its user's whose row left) is kept while it is."""
+        row = data.draw(st.sampled_from([r for r in self.members if _object_id(r["company_id"])]))
+        row["company_id"] = lost
+        self._write_members()
+
     @precondition(lambda self: self.members)
     @rule(data=st.data())
     def delete_member(self, data: st.DataObject) -> None:
@@ -399,8 +409,14 @@ class B2BMachine(RuleBasedStateMachine):
             for cid in [_object_id(r["company_id"])]
             if cid is not None
         }
+        # a row of a user without a company (rejected): the same for that user's
+        objectless = {
+            r["user_id"]
+            for r in self.members
+            if r["user_id"] is not None and _object_id(r["company_id"]) is None
+        }
         for key in list(self.rels):
-            if key not in present and key[1] not in unaddressed:
+            if key not in present and key[1] not in unaddressed and key[0] not in objectless:
                 self.rels[key] = [None]
         for key, r in ok.items():
             options = self.rels.get(key, [None])

@@ -561,7 +561,8 @@ def test_numeric_object_ids_name_the_object_by_its_integer(
     ((_, reason),) = reports["memberships"].changes.rejected_samples
     assert reason == (
         "column `company_id` (object id): value `7.5` is not a whole number a float holds "
-        "exactly (up to 2^53); cast the column to bigint or text in the model"
+        "exactly (up to 2^53); cast the column to bigint or text in the model (while it is "
+        "rejected, no relationship of its person is removed)"
     )
 
 
@@ -673,10 +674,15 @@ def test_an_object_id_over_150_bytes_or_empty_is_rejected_by_relationships_too(
     }
     memberships = reports["memberships"]
     assert (memberships.changes.held, memberships.delivered) == (0, 1)
+    kept = "; fix it in the model or at the source (while it is rejected, no relationship of "
     assert dict(memberships.changes.rejected_samples) == {
         f'{{"id":"2"}} {long}': too_long,
-        '{"id":"1"} (empty object id)': "column `company_id`: object id is empty",
-        '{"id":"2"} (null object id)': "column `company_id`: object id is null",
+        '{"id":"1"} (empty object id)': "column `company_id`: object id is empty"
+        + kept
+        + "its person is removed)",
+        '{"id":"2"} (null object id)': "column `company_id`: object id is null"
+        + kept
+        + "its person is removed)",
     }
     emu = project_factory.emulator
     assert {o.object_id for o in emu.objects()} == {"acme"}
@@ -1048,6 +1054,144 @@ def test_a_relationship_whose_id_goes_null_is_rejected_and_kept(
     left = run_sync(project, "memberships", console=NullConsole(), force=True)
     assert (left.status, left.changes.rejected, left.changes.removed_sent) == ("success", 0, 1)
     assert rels(emu) == {("3", "1", "globex", "owner")}
+
+
+LOST_OBJECT = {
+    "null": "column `company_id`: object id is null",
+    "''": "column `company_id`: object id is empty",
+    "'  '": "column `company_id`: object id is only white space",
+}
+
+
+@pytest.mark.parametrize("lost", LOST_OBJECT, ids=["null", "empty", "blank"])
+def test_a_relationship_whose_object_id_goes_null_is_rejected_and_kept(
+    project_factory: ProjectFactory, lost: str
+) -> None:
+    """A membership row of Grace whose `company_id` turns null (or empty, or blank) is
+    rejected (no object to relate her to), and it may be the row of her membership of Acme,
+    whose key (person and object) left the model: that relationship is not deleted, nor
+    counted by `max_removed` (a limit of 0 does not stop the run). While the row is
+    rejected, a membership of Grace whose row leaves is kept too (it may be that one); given
+    a company again, the row is sent and what left is removed; once the row leaves, so is
+    what it delivered."""
+    seed(project_factory)
+    project_factory.sql("insert into members values (2, 'globex', 'guest')")
+    memberships = MEMBERSHIPS + "guardrails: {max_removed: 0}\n"
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": memberships}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    delivered = {
+        ("1", "1", "acme", "admin"),
+        ("2", "1", "acme", "member"),
+        ("2", "1", "globex", "guest"),
+        ("3", "1", "globex", "owner"),
+    }
+    assert rels(emu) == delivered
+
+    project_factory.sql(
+        f"update members set company_id = {lost} where user_id = 2 and company_id = 'acme'"
+    )
+    plan = plan_sync(project, "memberships", console=NullConsole())
+    report = run_sync(project, "memberships", console=NullConsole())
+    assert report.status == "success"
+    key = '{"id":"2"} ' + ("(null object id)" if lost == "null" else "(empty object id)")
+    for changes in (plan.changes, report.changes):
+        assert (changes.rejected, changes.removed, changes.removed_sent) == (1, 1, 0)
+        assert changes.rejected_samples == (
+            (
+                key,
+                LOST_OBJECT[lost] + "; fix it in the model or at the source (while it is "
+                "rejected, no relationship of its person is removed)",
+            ),
+        )
+    assert rels(emu) == delivered
+
+    # Grace's Globex row leaves while her row without a company is rejected: it may be
+    # that one, kept; Ada's leaves and is removed (max_removed forced past)
+    project_factory.sql("delete from members where role in ('guest', 'admin')")
+    left = run_sync(project, "memberships", console=NullConsole(), force=True)
+    assert (left.status, left.changes.removed_sent) == ("success", 1)
+    assert rels(emu) == delivered - {("1", "1", "acme", "admin")}
+
+    # the row gets Globex: sent, and her Acme membership, which left, is removed
+    project_factory.sql(
+        f"update members set company_id = 'globex' where company_id is not distinct from {lost}"
+    )
+    fixed = run_sync(project, "memberships", console=NullConsole(), force=True)
+    assert (fixed.status, fixed.changes.rejected, fixed.changes.removed_sent) == ("success", 0, 1)
+    assert rels(emu) == {("2", "1", "globex", "member"), ("3", "1", "globex", "owner")}
+
+    # no company again, then the row leaves: what it delivered goes
+    project_factory.sql(f"update members set company_id = {lost} where user_id = 2")
+    assert run_sync(project, "memberships", console=NullConsole()).changes.removed_sent == 0
+    assert rels(emu) == {("2", "1", "globex", "member"), ("3", "1", "globex", "owner")}
+    project_factory.sql("delete from members where user_id = 2")
+    gone = run_sync(project, "memberships", console=NullConsole(), force=True)
+    assert (gone.status, gone.changes.rejected, gone.changes.removed_sent) == ("success", 0, 1)
+    assert rels(emu) == {("3", "1", "globex", "owner")}
+
+
+def test_a_relationship_row_with_neither_person_nor_object_keeps_nothing(
+    project_factory: ProjectFactory,
+) -> None:
+    """A membership row whose `user_id` and `company_id` both turn null names no
+    relationship of anyone: it is rejected, its reason does not promise to keep anything,
+    and Grace's membership of Acme, which left, is removed as usual."""
+    seed(project_factory)
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+
+    project_factory.sql("update members set user_id = null, company_id = null where user_id = 2")
+    report = run_sync(project, "memberships", console=NullConsole())
+    assert (report.status, report.changes.rejected, report.changes.removed_sent) == (
+        "success",
+        1,
+        1,
+    )
+    assert report.changes.rejected_samples == (
+        (
+            "(no person) (null object id)",
+            "no identifier: `user_id` is null; fix it in the model or at the source",
+        ),
+    )
+    assert rels(emu) == {("1", "1", "acme", "admin"), ("3", "1", "globex", "owner")}
+
+
+@pytest.mark.parametrize("lost", ["null", "''"], ids=["null", "empty"])
+def test_a_relationship_kept_for_a_row_without_object_stays_delivered_through_a_full_resync(
+    project_factory: ProjectFactory, lost: str
+) -> None:
+    """A relationship kept while a row of its person is rejected with no object is still in
+    Customer.io: a `--full-resync` keeps it delivered, so it is removed once the row leaves
+    (forgotten with the rest of the snapshot, it would stay in Customer.io for good)."""
+    seed(project_factory)
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    delivered = {
+        ("1", "1", "acme", "admin"),
+        ("2", "1", "acme", "member"),
+        ("3", "1", "globex", "owner"),
+    }
+
+    project_factory.sql(f"update members set company_id = {lost} where user_id = 2")
+    resync = run_sync(project, "memberships", console=NullConsole(), full_resync=True)
+    assert (resync.changes.rejected, resync.changes.removed_sent) == (1, 0)
+    assert rels(emu) == delivered
+    again = run_sync(project, "memberships", console=NullConsole())
+    assert (again.changes.to_send, again.changes.removed_sent) == (0, 0)
+
+    project_factory.sql("delete from members where user_id = 2")
+    left = run_sync(project, "memberships", console=NullConsole())
+    assert (left.changes.rejected, left.changes.removed_sent) == (0, 1)
+    assert rels(emu) == delivered - {("2", "1", "acme", "member")}
 
 
 @pytest.mark.parametrize("only", [False, True], ids=["all", "only"])

@@ -190,12 +190,17 @@ def _relationship_key(ident: str) -> str:
     object. A relationship whose email changes case is the same relationship (its row key,
     the email as the model has it, changes): the old key must not be deleted after the new
     one is added, in one batch."""
-    email = f"json_extract_string({ident}, '$.person.email')"
-    person = (
-        f"case when {email} is not null then 'email:' || lower({email}) "
-        f"else json_extract({ident}, '$.person')::varchar end"
-    )
+    person = _relationship_person(f"json_extract({ident}, '$.person')")
     return f"{person} || ' ' || json_extract({ident}, '$.object')::varchar"
+
+
+def _relationship_person(person: str) -> str:
+    """SQL naming the person of a relationship from its identifiers (the JSON ``person``):
+    an email lowercased as Customer.io matches it, else the identifiers as JSON text."""
+    email = f"json_extract_string({person}, '$.email')"
+    return (
+        f"case when {email} is not null then 'email:' || lower({email}) else {person}::varchar end"
+    )
 
 
 def _removal_op(sync: SyncConfig) -> tuple[str, int]:
@@ -873,15 +878,19 @@ def _still_reached(
     # a relationship that leaves while a row of its object is rejected without a person it
     # can be sent to (its email no address, `a@x.com; b@x.com` where `a@x.com` was; or
     # every identifier null or blank) may be that row's: kept until the row is fixed (and
-    # sent, or no longer reaching it) or leaves
+    # sent, or no longer reaching it) or leaves. So is one that leaves while a row of its
+    # person is rejected without an object (its id null or blank)
     spoiled = ""
     if sync.kind == "relationships" and temp_table(con, REJECTED_UNADDRESSED):
+        person = _relationship_person("json_extract(g.ident, '$.person')")
         run_sql(
             con,
             f"""
             create or replace temp table {KEPT_UNADDRESSED} as
             select g.k from gone g semi join {REJECTED_UNADDRESSED} r
                 on r.object_id = json_extract_string(g.ident, '$.object.object_id')
+            union
+            select g.k from gone g semi join {REJECTED_OBJECTLESS} r on r.person = {person}
             """,
         )
         spoiled = f" union select k from {KEPT_UNADDRESSED}"
@@ -900,10 +909,15 @@ REJECTED_UNADDRESSED = "rejected_unaddressed"
 """The temp table of the objects (``object_id``) of a relationships sync's rows rejected
 without a person they can be sent to (:func:`_rejected_unaddressed`)."""
 
+REJECTED_OBJECTLESS = "rejected_objectless"
+"""The temp table of the people (``person``, :func:`_relationship_person`) of a
+relationships sync's rows rejected without an object (:func:`_rejected_unaddressed`)."""
+
 KEPT_UNADDRESSED = "kept_unaddressed"
 """The temp table of the keys (``k``) of the relationships that left the model and are kept
-for such a row (:func:`_still_reached`): still in Customer.io, they stay delivered through a
-full resync's reset (``run._reset_snapshot``), to be removed once the row is fixed or leaves."""
+for a row rejected with no person or no object (:func:`_still_reached`): still in
+Customer.io, they stay delivered through a full resync's reset (``run._reset_snapshot``), to
+be removed once the row is fixed or leaves."""
 
 
 def _rejected_unaddressed(con: duckdb.DuckDBPyConnection) -> None:
@@ -913,15 +927,22 @@ def _rejected_unaddressed(con: duckdb.DuckDBPyConnection) -> None:
     row may be the contact of a relationship delivered before, its person's identifier gone
     or spoiled in the warehouse, and its key (person and object) is not that relationship's:
     the relationships of its object that left the model are kept (:func:`_still_reached`)
-    rather than deleted by a row that is still there, only rejected."""
+    rather than deleted by a row that is still there, only rejected.
+
+    And in :data:`REJECTED_OBJECTLESS` the people of the rows rejected with a person and no
+    object (its id null, blank or no whole number): the same, the other way round, for the
+    relationships of that person."""
     email = "json_extract_string(person, '$.email')"
+    unaddressed = f"(person is null or ({email} is not null and {not_an_email(email)}))"
     run_sql(
         con,
         f"""
         create or replace temp table {REJECTED_UNADDRESSED} as
         select distinct object_id from mapped
-        where reject is not null and object_id is not null
-          and (person is null or ({email} is not null and {not_an_email(email)}))
+        where reject is not null and object_id is not null and {unaddressed};
+        create or replace temp table {REJECTED_OBJECTLESS} as
+        select distinct {_relationship_person("json(person)")} as person from mapped
+        where reject is not null and object_id is null and not {unaddressed};
         """,
     )
 

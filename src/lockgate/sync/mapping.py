@@ -1884,11 +1884,13 @@ def identifier_sql(
     if sync.kind == "relationships":
         # a row with no person: its key (person and object) is not the relationship it may
         # have delivered, which is kept meanwhile (`diff._rejected_unaddressed`); say so, and
-        # what to do. So for an id that is no whole number, when the row has no other
-        kept = f" || {lit(RELATIONSHIP_KEPT)}"
+        # what to do. So for an id that is no whole number, when the row has no other. A row
+        # with no object either names no relationship of anyone: nothing is kept for it
+        kept = f" || case when __obj is not null then {lit(RELATIONSHIP_KEPT)} else '' end"
         missing = f"{missing} || {lit('; fix it in the model or at the source')}{kept}"
         checks = [
-            f"{check} || case when {none} then {lit(RELATIONSHIP_KEPT)} else '' end"
+            f"{check} || case when {none} and __obj is not null "
+            f"then {lit(RELATIONSHIP_KEPT)} else '' end"
             for check in checks
         ]
     checks.append(f"case when {none} then {missing} end")
@@ -1912,6 +1914,12 @@ RELATIONSHIP_KEPT = " (while it is rejected, no relationship of its object is re
 """The end of the reason of a relationships row rejected with no person to send it to: it
 may be the row of a relationship delivered before, which is kept until the row is fixed or
 leaves (``diff._rejected_unaddressed``)."""
+
+
+RELATIONSHIP_KEPT_OF_PERSON = " (while it is rejected, no relationship of its person is removed)"
+"""The end of the reason of a relationships row of a person rejected with no object: it may
+be the row of a relationship delivered before, which is kept until the row is fixed or leaves
+(``diff.REJECTED_OBJECTLESS``)."""
 
 
 def not_an_email(text: str) -> str:
@@ -2548,11 +2556,12 @@ def _require(sync: SyncConfig, column: str, what: str, columns: dict[str, str]) 
         )
 
 
-def _object_id_checks(column: str, col_type: str) -> list[str]:
+def _object_id_checks(column: str, col_type: str, fix: str = "") -> list[str]:
     """The reject checks of an object id (``__obj``, the column's trimmed text or null), the
     same in an objects sync and in a relationships sync of the type: a relationship whose
     object could never be sent is refused at mapping with the reason its objects sync gives,
-    not held for an object that never comes, nor sent for Customer.io to refuse every run."""
+    not held for an object that never comes, nor sent for Customer.io to refuse every run.
+    ``fix`` ends the reason of an id null, empty or only white space."""
     c = q(column)
     too_long = lit(
         f" bytes, over the {MAX_OBJECT_ID_BYTES}-byte limit of Customer.io; shorten it in the "
@@ -2562,10 +2571,11 @@ def _object_id_checks(column: str, col_type: str) -> list[str]:
     return [
         *_id_checks(column, col_type, "object id", "__obj"),
         f"case when {null_sql(column, col_type)} then "
-        f"{lit(f'column `{column}`: object id is null')} "
+        f"{lit(f'column `{column}`: object id is null{fix}')} "
         f"when __obj is null and {text} = '' then "
-        f"{lit(f'column `{column}`: object id is empty')} "
-        f"when __obj is null then {lit(f'column `{column}`: object id is only white space')} "
+        f"{lit(f'column `{column}`: object id is empty{fix}')} "
+        f"when __obj is null then "
+        f"{lit(f'column `{column}`: object id is only white space{fix}')} "
         "end",
         f"case when strlen(__obj) > {MAX_OBJECT_ID_BYTES} then "
         f"{lit(f'column `{column}`: object id is ')} || strlen(__obj) || {too_long} end",
@@ -2658,10 +2668,16 @@ def compile_relationships(
     type_id = orjson.dumps(sync.object_type_id).decode()
     obj = f"'{{\"object_type_id\":{type_id},\"object_id\":' || to_json(__obj) || '}}'"
     ident = f"'{{\"person\":' || {identifiers} || ',\"object\":' || {obj} || '}}'"
+    # a row with a person and no object (its id null, blank or no whole number): its key
+    # (person and object) is not the relationship it may have delivered, which is kept
+    # meanwhile (`diff.REJECTED_OBJECTLESS`); say so, and what to do
     checks += [
-        *_object_id_checks(sync.object_id, obj_type),
-        *fields.checks,
+        f"{check} || case when __obj is null then {lit(RELATIONSHIP_KEPT_OF_PERSON)} else '' end"
+        for check in _object_id_checks(
+            sync.object_id, obj_type, "; fix it in the model or at the source"
+        )
     ]
+    checks += fields.checks
     rel_attrs = _object(fields.fragments)
     if fields.fragments:  # Customer.io's total for an object's (and a relationship's) attributes
         checks.append(
