@@ -74,8 +74,8 @@ def recorded(store: StateStore, sync: str) -> str | None:
 def record(store: StateStore, sync: str, workspace: str | None) -> None:
     """After a run of ``sync`` committed: record the workspace it delivered to, unless one is
     (a run that got past :func:`check` points at that one)."""
-    if workspace is None:
-        return
+    if workspace is None or recorded(store, sync) is not None:
+        return  # (asking is cheaper than the insert that does nothing, every run after the first)
     run_sql(store.con, SCHEMA)
     run_sql(
         store.con,
