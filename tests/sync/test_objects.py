@@ -996,6 +996,8 @@ LOST_ID = {
     "null": "no identifier: `user_id` is null; fix it in the model or at the source",
     "2.5": "column `user_id` (identifier `id`): value `2.5` is not a whole number a float "
     "holds exactly (up to 2^53); cast the column to bigint or text in the model",
+    "'nan'::double": "column `user_id` (identifier `id`): value `nan` is not a whole number a "
+    "float holds exactly (up to 2^53); cast the column to bigint or text in the model",
 }
 
 
