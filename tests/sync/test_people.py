@@ -1277,93 +1277,53 @@ def people_of(emu: Emulator) -> dict[str | None, tuple[str, str | None, Any]]:
     return {p.id: (p.cio_id, p.email, p.attributes.get("plan")) for p in emu.people()}
 
 
-def test_an_email_set_to_null_is_released_when_a_later_run_gives_it_to_a_new_user(
-    project_factory: ProjectFactory,
+#: how u1 lets go of its email, each leaving it on u1's person in Customer.io: the sync's
+#: mode, the steps, and u1's plan then (a `mirror` sync clears a leaving row's attributes)
+LET_GO = {
+    # `on_null: skip`: nothing is sent for the null, Customer.io keeps the email
+    "set-to-null": ("", ("update users set email = null where user_id = 'u1'",), "pro"),
+    # `mirror` without `delete_removed`: u1's attributes are cleared, its email stays
+    "left-in-mirror": ("mode: mirror\n", ("delete from users where user_id = 'u1'",), None),
+    # `upsert`: u1's person stays; a `--full-resync` then sends every row again, and keeps
+    # the record of u1's (it sends nothing for it)
+    "left-then-full-resync": ("", ("delete from users where user_id = 'u1'", "resync"), "pro"),
+}
+
+
+@pytest.mark.parametrize("let_go", LET_GO)
+def test_an_email_a_user_let_go_of_is_released_when_a_later_run_gives_it_to_a_new_user(
+    project_factory: ProjectFactory, let_go: str
 ) -> None:
-    """u1's email goes null (`on_null: skip`: nothing is sent for it, Customer.io keeps it);
-    a later run brings new user u2 with that address. Sent as is, Customer.io would give u2's
-    id to u1's profile (u1 gone, u2 with u1's plan): u1's email is released first, and u2 is
-    a new person."""
+    """u1 lets go of its email (it goes null, its row leaves a `mirror` sync, or its row
+    leaves an `upsert` sync before a `--full-resync`), which stays on u1's person in
+    Customer.io; a later run brings new user u2 with that address (in another case). Sent as
+    is, Customer.io would give u2's id to u1's profile (u1 gone, u2 with u1's attributes):
+    u1's email is released first, and u2 is a new person."""
+    mode, steps, u1_plan = LET_GO[let_go]
     project_factory.sql(
         "create table users as select * from (values ('u1', 'a@x.com', 'pro'), "
         "('u0', 'z@x.com', 'free')) t(user_id, email, plan)"
     )
-    project = project_factory.write({"profile": EMAILS})
+    project = project_factory.write({"profile": EMAILS + mode})
     run_sync(project, "profile", console=NullConsole())
     emu = project_factory.emulator
     u1 = emu.person(id="u1")
     assert u1 is not None
-    project_factory.sql("update users set email = null where user_id = 'u1'")
-    run_sync(project, "profile", console=NullConsole())
-    assert emails_of(emu)["u1"] == ("a@x.com", "pro")  # skipped: Customer.io keeps it
+    for step in steps:
+        if step == "resync":
+            resync = run_sync(project, "profile", console=NullConsole(), full_resync=True)
+            assert (resync.status, resync.delivered) == ("success", 1)  # u0 again, u1 alone
+            continue
+        project_factory.sql(step)
+        assert run_sync(project, "profile", console=NullConsole()).status == "success"
+    assert emails_of(emu)["u1"] == ("a@x.com", u1_plan)  # the email stays on u1's person
     project_factory.sql("insert into users values ('u2', 'A@x.com', 'trial')")
     report = run_sync(project, "profile", console=NullConsole())
     assert (report.status, report.delivered) == ("success", 1)
     assert failures(emu) == []
     people = people_of(emu)
-    assert people["u1"] == (u1.cio_id, None, "pro")
+    assert people["u1"] == (u1.cio_id, None, u1_plan)
     assert people["u2"][1:] == ("A@x.com", "trial") and people["u2"][0] != u1.cio_id
-    assert len(people) == 3
-    assert email_clears_sent(emu) == ["u1"]
-    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
-
-
-def test_the_email_of_a_row_that_left_in_mirror_mode_is_released_for_a_later_user(
-    project_factory: ProjectFactory,
-) -> None:
-    """`mirror` without `delete_removed`: u1 leaves, its attributes are cleared, its email
-    stays on the profile. A later run brings new user u2 with that email: u1's is released
-    first, so u2 is a new person instead of taking u1's profile."""
-    project_factory.sql(
-        "create table users as select * from (values ('u1', 'a@x.com', 'pro'), "
-        "('u0', 'z@x.com', 'free')) t(user_id, email, plan)"
-    )
-    project = project_factory.write({"profile": EMAILS + "mode: mirror\n"})
-    run_sync(project, "profile", console=NullConsole())
-    emu = project_factory.emulator
-    u1 = emu.person(id="u1")
-    assert u1 is not None
-    project_factory.sql("delete from users where user_id = 'u1'")
-    assert run_sync(project, "profile", console=NullConsole()).changes.removed_sent == 1
-    assert emails_of(emu)["u1"] == ("a@x.com", None)
-    project_factory.sql("insert into users values ('u2', 'a@x.com', 'trial')")
-    report = run_sync(project, "profile", console=NullConsole())
-    assert (report.status, report.delivered) == ("success", 1)
-    assert failures(emu) == []
-    people = people_of(emu)
-    assert people["u1"] == (u1.cio_id, None, None)
-    assert people["u2"][1:] == ("a@x.com", "trial") and people["u2"][0] != u1.cio_id
-    assert len(people) == 3
-    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
-
-
-def test_the_email_of_a_row_that_left_is_released_for_a_later_user_after_a_full_resync(
-    project_factory: ProjectFactory,
-) -> None:
-    """`upsert`: u1 leaves (its person stays in Customer.io with its email), then a
-    `--full-resync` sends every row of the model again. A later run brings new user u2 with
-    u1's address: the resync kept u1's record (it sent nothing for it), so u1's email is
-    released first and u2 is a new person, not u1's profile given u2's id."""
-    project_factory.sql(
-        "create table users as select * from (values ('u1', 'a@x.com', 'pro'), "
-        "('u0', 'z@x.com', 'free')) t(user_id, email, plan)"
-    )
-    project = project_factory.write({"profile": EMAILS})
-    run_sync(project, "profile", console=NullConsole())
-    emu = project_factory.emulator
-    u1 = emu.person(id="u1")
-    assert u1 is not None
-    project_factory.sql("delete from users where user_id = 'u1'")
-    run_sync(project, "profile", console=NullConsole())
-    resync = run_sync(project, "profile", console=NullConsole(), full_resync=True)
-    assert (resync.status, resync.delivered) == ("success", 1)  # u0 again, u1 left alone
-    project_factory.sql("insert into users values ('u2', 'a@x.com', 'trial')")
-    report = run_sync(project, "profile", console=NullConsole())
-    assert (report.status, report.delivered) == ("success", 1)
-    assert failures(emu) == []
-    people = people_of(emu)
-    assert people["u1"] == (u1.cio_id, None, "pro")
-    assert people["u2"][1:] == ("a@x.com", "trial") and people["u2"][0] != u1.cio_id
     assert len(people) == 3
     assert email_clears_sent(emu) == ["u1"]
     assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
