@@ -2179,7 +2179,9 @@ def _on_change_sql(
     :func:`coerce` gives here are those). A property's are not the row's: a row whose
     properties only a rule that does not fire reads is sent as it is; the diff rejects the row
     of a transition whose event would carry one (``diff._reject_unsendable_events``), rather than
-    sending the event without it and moving the snapshot past the transition."""
+    sending the event without it and moving the snapshot past the transition. So it does the
+    row of an event over 32 KB as sent, whose identifiers (an objects sync's related person's)
+    and timestamp are the diff's to know."""
     watched: dict[str, str] = {}
     was: dict[str, str] = {}
     for name, spec in sync.attributes.items():
