@@ -810,3 +810,142 @@ def test_an_object_transition_whose_property_is_nan_rejects_the_object_and_notif
     ]
     arr = sorted(e.data["arr"] for e in emu.events())
     assert arr == [0, 0, 20]
+
+
+NOTES = """
+name: carts
+source: warehouse
+model: {table: carts}
+kind: people
+primary_key: user_id
+identify_by: {id: user_id}
+attributes: {cart_status: cart_status, plan: plan}
+on_change:
+  - attribute: cart_status
+    to: inactive
+    event: cart_abandoned
+    properties: {note: note}
+"""
+
+
+def event_bytes(identifiers: str, name: str, properties: str) -> int:
+    """The bytes of an event's operation as the delivery client measures it against
+    Customer.io's 32 KB: its ULID id, identifiers, name, a unix second (10 digits) and
+    properties."""
+    op = (
+        f'{{"id":"{"0" * 26}","type":"person","action":"event","identifiers":{identifiers},'
+        f'"name":"{name}","timestamp":{"1" * 10},"attributes":{properties}}}'
+    )
+    return len(op.encode())
+
+
+def test_an_event_over_32_kb_as_sent_rejects_the_row_it_fires_for(
+    project_factory: ProjectFactory,
+) -> None:
+    """Cart 1's event would be one byte over Customer.io's 32,768 bytes per operation: its row
+    is rejected, in plan and run alike, with its size, its properties' and the largest one,
+    rather than said to be sent, refused by the delivery client and held back run after run.
+    Cart 2's event, exactly at the limit, is delivered; cart 3, as large but firing nothing,
+    is sent as it is. Once the note is trimmed, cart 1's transition fires once."""
+    base = event_bytes('{"id":"1"}', "cart_abandoned", '{"note":""}')
+    over, at = 32_769 - base, 32_768 - base
+    project_factory.sql(
+        "create or replace table carts as select user_id, 'open' as cart_status, "
+        "'x' as note, 'pro' as plan from range(1, 4) t(user_id)"
+    )
+    project = project_factory.write({"carts": NOTES})
+    run_sync(project, "carts", console=NullConsole())
+    project_factory.sql(
+        f"""
+        update carts set plan = 'free';
+        update carts set cart_status = 'inactive' where user_id in (1, 2);
+        update carts set note = repeat('y', {over}) where user_id in (1, 3);
+        update carts set note = repeat('z', {at}) where user_id = 2;
+        """
+    )
+    plan = plan_sync(project, "carts", console=NullConsole())
+    report = run_sync(project, "carts", console=NullConsole())
+
+    reason = (
+        "event `cart_abandoned` of `on_change[0]` is 32769 bytes as sent, over the 32768-byte "
+        f"limit of Customer.io per operation ({over + 11} bytes of properties, the largest "
+        f"`note` {over + 9} bytes); trim large properties in the model or leave them out of "
+        "`on_change[0].properties`"
+    )
+    assert plan.changes.rejected_samples == report.changes.rejected_samples
+    assert list(report.changes.rejected_samples) == [("1", reason)]
+    assert (plan.changes.to_send, report.changes.to_send) == (2, 2)
+    assert report.status == "success"  # nothing refused in delivery: no person held back
+    assert (plan.changes.state_events, report.changes.state_events) == (1, 1)
+    emu = project_factory.emulator
+    assert fired(emu) == [("cart_abandoned", "2")]
+    assert [e.data for e in emu.events()] == [{"note": "z" * at}]
+    people = {p.id: p.attributes for p in emu.people()}
+    assert {k: (a["cart_status"], a["plan"]) for k, a in people.items()} == {
+        "1": ("open", "pro"),
+        "2": ("inactive", "free"),
+        "3": ("open", "free"),
+    }
+    again = run_sync(project, "carts", console=NullConsole())
+    assert list(again.changes.rejected_samples) == [("1", reason)]
+    assert (again.status, again.delivered, again.changes.state_events) == ("success", 0, 0)
+
+    project_factory.sql("update carts set note = 'trimmed' where user_id = 1")
+    fixed = run_sync(project, "carts", console=NullConsole())
+    assert (fixed.status, fixed.changes.rejected, fixed.changes.state_events) == ("success", 0, 1)
+    assert run_sync(project, "carts", console=NullConsole()).changes.state_events == 0
+    assert fired(emu) == [("cart_abandoned", "1"), ("cart_abandoned", "2")]
+    assert [e.data for e in emu.events()][1:] == [{"note": "trimmed"}]
+    person = emu.person(id="1")
+    assert person is not None and person.attributes["cart_status"] == "inactive"
+
+
+def test_an_object_transition_over_32_kb_for_one_related_person_rejects_the_object(
+    project_factory: ProjectFactory,
+) -> None:
+    """Acme's event is checked as sent to each of its people: to person 1 it is exactly at
+    Customer.io's 32,768 bytes per operation, to person 22 (one identifier byte more) over it.
+    Acme's row is rejected with the size of the largest, none of its people hears and it keeps
+    its plan; Globex churns as it should. Trimmed, Acme's people hear once each."""
+    properties = '{"plan":"churned","notes":"","object_type_id":"1","object_id":"acme"}'
+    at = 32_768 - event_bytes('{"id":"1"}', "account_churned", properties)
+    project_factory.sql(
+        f"""
+        create or replace table accounts as select * from (values
+          ('acme', 'pro', repeat('n', {at})), ('globex', 'pro', 'small')
+        ) t(account_id, plan, notes);
+        create or replace table members as select * from (values
+          (1, 'acme'), (22, 'acme'), (3, 'globex')) t(user_id, account_id);
+        """
+    )
+    accounts = ACCOUNTS.replace("properties: [plan]", "properties: [plan, notes]")
+    project = project_factory.write({"accounts": accounts, "members": MEMBERS})
+    run_sync(project, "accounts", console=NullConsole())
+    run_sync(project, "members", console=NullConsole())
+    project_factory.sql("update accounts set plan = 'churned'")
+    plan = plan_sync(project, "accounts", console=NullConsole())
+    report = run_sync(project, "accounts", console=NullConsole())
+
+    reason = (
+        "event `account_churned` of `on_change[0]` is 32769 bytes as sent, over the 32768-byte "
+        f"limit of Customer.io per operation ({at + 69} bytes of properties, the largest "
+        f"`notes` {at + 10} bytes); trim large properties in the model or leave them out of "
+        "`on_change[0].properties`"
+    )
+    assert plan.changes.rejected_samples == report.changes.rejected_samples
+    assert list(report.changes.rejected_samples) == [("acme", reason)]
+    assert report.status == "success"
+    assert (plan.changes.state_events, report.changes.state_events) == (1, 1)
+    emu = project_factory.emulator
+    assert fired(emu) == [("account_churned", "3")]
+    plans = {o.object_id: o.attributes["plan"] for o in emu.objects()}
+    assert plans == {"acme": "pro", "globex": "churned"}
+
+    project_factory.sql("update accounts set notes = 'short' where account_id = 'acme'")
+    assert run_sync(project, "accounts", console=NullConsole()).changes.state_events == 2
+    assert run_sync(project, "accounts", console=NullConsole()).changes.state_events == 0
+    assert fired(emu) == [
+        ("account_churned", "1"),
+        ("account_churned", "22"),
+        ("account_churned", "3"),
+    ]

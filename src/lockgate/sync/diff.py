@@ -20,6 +20,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from lockgate.destinations.customerio.settings import MAX_OP_BYTES
 from lockgate.project.models import SyncConfig
 from lockgate.sources.base import nan_flag
 from lockgate.state.store import (
@@ -34,6 +35,7 @@ from lockgate.state.store import (
 from lockgate.sync import rejects
 from lockgate.sync.extract import InPlace
 from lockgate.sync.mapping import (
+    EVENT_ID_BYTES,
     IDENTIFIER_PRIORITY,
     NULL_ID_KEY,
     Compiled,
@@ -42,6 +44,7 @@ from lockgate.sync.mapping import (
     json_key,
     lit,
     not_an_email,
+    oversize_event_reason,
     q,
     quoted,
 )
@@ -1331,16 +1334,12 @@ def _transitions(
         if sync.kind == "objects":
             if not relationship_snaps:
                 continue
-            type_id = lit(str(sync.object_type_id))
             selects.append(
                 f"""
                 select m.k || '#{i}#' || s.h || {run} || '#' || r.person as k, m.k as pk,
                        m.ident, {i} as rule, m.__ocr_{i} as bad,
-                       '"type":"person","action":"event","identifiers":'
-                       || r.person || ',"name":' || {name} as head,
-                       json_merge_patch(m.__ocp_{i}, json_object('object_type_id', {type_id},
-                                                                 'object_id', m.k))::varchar
-                       as props
+                       {lit(EVENT_HEAD)} || r.person || ',"name":' || {name} as head,
+                       {_object_event_props(sync, i, "m")} as props
                 from mapped m join {snap} s on s.k = m.k
                 join oc_related r on r.object_id = m.k
                 where {" and ".join(conditions)}
@@ -1351,9 +1350,8 @@ def _transitions(
             f"""
             select m.k || '#{i}#' || s.h || {run} as k, m.k as pk, m.ident,
                    {i} as rule, m.__ocr_{i} as bad,
-                   '"type":"person","action":"event","identifiers":'
-                   || json_extract(m.op, '$.identifiers')::varchar || ',"name":' || {name}
-                   as head, m.__ocp_{i} as props
+                   {lit(EVENT_HEAD)} || json_extract(m.op, '$.identifiers')::varchar
+                   || ',"name":' || {name} as head, m.__ocp_{i} as props
             from mapped m join {snap} s on s.k = m.k
             where {" and ".join(conditions)}
             """
@@ -1367,31 +1365,113 @@ def _transitions(
     return f"select e.* from ({' union all '.join(selects)}) e anti join {ledger} l on l.k = e.k"
 
 
+#: how an `on_change` event's operation starts, before the identifiers of its person
+EVENT_HEAD = '"type":"person","action":"event","identifiers":'
+#: the bytes of an `on_change` event's operation as sent but for its identifiers, name,
+#: timestamp and properties: its id and the JSON around them (:func:`_event_op`)
+EVENT_FRAME_BYTES = EVENT_ID_BYTES + len(EVENT_HEAD + ',"name":,"timestamp":,"attributes":}')
+#: the most digits (and sign) of an event's timestamp, a 64-bit count of unix seconds
+TIMESTAMP_DIGITS = 20
+
+
+def _object_event_props(sync: SyncConfig, i: int, row: str) -> str:
+    """SQL: the properties of an objects sync's `on_change[i]` event, of the ``mapped`` row
+    ``row``: the rule's, with the object's type and id."""
+    type_id = lit(str(sync.object_type_id))
+    return (
+        f"json_merge_patch({row}.__ocp_{i}, json_object('object_type_id', {type_id}, "
+        f"'object_id', {row}.k))::varchar"
+    )
+
+
+def _event_op(head: str, ts: str, props: str) -> str:
+    """SQL: an `on_change` event's operation as delivery sends it, but for its id (which
+    :data:`EVENT_ID_BYTES` measures), from the SQL of its ``head``, ``ts`` and ``props``."""
+    return f"{head} || ',\"timestamp\":' || {ts} || ',\"attributes\":' || {props} || '}}'"
+
+
+def _timed(sync: SyncConfig, transitions: str, now: int) -> str:
+    """SQL: ``transitions`` (of :func:`_transitions`), each with its timestamp ``ts``: when it
+    was first sent (kept in ``oc_sent``), else ``now``."""
+    sent = table("oc_sent", sync.name)
+    return (
+        f"select e.*, coalesce(o.ts, {now})::bigint as ts "
+        f"from ({transitions}) e left join {sent} o on o.k = e.k"
+    )
+
+
 def _reject_unsendable_events(
-    con: duckdb.DuckDBPyConnection, sync: SyncConfig, transitions: str
+    con: duckdb.DuckDBPyConnection, sync: SyncConfig, transitions: str, now: int, related: bool
 ) -> None:
     """Reject the rows of ``mapped`` whose `on_change` event (of :func:`_transitions`) would
     carry a property it cannot (NaN or an infinity, a fraction as an integer, text that is no
-    number), with the first such rule's reason, as an events sync rejects such a row.
+    number), with the first such rule's reason, as an events sync rejects such a row; or
+    whose event as sent (id, identifiers, name, timestamp, properties) is over Customer.io's
+    32 KB per operation, which the delivery client refuses, with its size and its largest
+    properties, as an events sync gives them. An objects sync's event is measured as sent to
+    each person it goes to (``related``: the sync has relationships syncs, whose people are
+    in ``oc_related``); the reason gives the largest.
 
     Sent without the property, the event would be lost for good: the row's update moves the
-    snapshot past the transition. Rejected, the row fires nothing and keeps its snapshot, so
-    the transition fires, once, when the row is fixed. A row whose property no firing rule
-    reads is sent as it is. Called before the email holds, which then know the row gives no
-    email up (a row taking it waits). Only rows holding such a value pay for the transitions
-    query here."""
-    bad = " or ".join(f"__ocr_{i} is not null" for i in range(len(sync.on_change)))
-    if not _one(con, f"select count(*) from mapped where reject is null and ({bad})"):
+    snapshot past the transition; refused by the delivery client, it held its person back
+    from every run's updates, with no reason on the row. Rejected, the row fires nothing and
+    keeps its snapshot, so the transition fires, once, when the row is fixed. A row whose
+    property no firing rule reads is sent as it is. Called before the email holds, which then
+    know the row gives no email up (a row taking it waits). Only rows holding such a value, or
+    properties large enough (a bound from the row: its identifiers, or an objects sync's
+    largest related person's), pay for the transitions query here."""
+    reached = 0
+    if sync.kind == "objects" and related:
+        reached = int(_one(con, "select coalesce(max(strlen(person)), 0) from oc_related") or 0)
+    unsendable = []
+    reasons = []
+    for i, rule in enumerate(sync.on_change):
+        unsendable.append(f"__ocr_{i} is not null")
+        fixed = EVENT_FRAME_BYTES + len(orjson.dumps(rule.event)) + TIMESTAMP_DIGITS
+        if sync.kind == "objects":
+            if related:
+                props = f"strlen({_object_event_props(sync, i, 'mapped')}) + {reached}"
+                unsendable.append(f"(not is_new and {props} + {fixed} > {MAX_OP_BYTES})")
+        else:
+            # `ident` holds the identifiers the event is sent with, and more
+            bound = f"strlen(__ocp_{i}) + strlen(ident) + {fixed}"
+            unsendable.append(f"(not is_new and {bound} > {MAX_OP_BYTES})")
+        names = list(rule.properties)
+        fragments = [
+            f"{json_key(n)} || json_extract(props, {lit(_json_pointer(n))})::varchar" for n in names
+        ]
+        reason = oversize_event_reason(
+            f"event `{rule.event}` of `on_change[{i}]`",
+            "size",
+            "props",
+            names,
+            fragments,
+            f"leave them out of `on_change[{i}].properties`",
+        )
+        reasons.append(f"when {i} then {reason}")
+    checked = " or ".join(unsendable)
+    if not _one(con, f"select count(*) from mapped where reject is null and ({checked})"):
         return
+    op = _event_op("head", "ts", "props")
     run_sql(
         con,
         f"""
         update mapped set reject = b.bad
-        from (select pk, arg_min(bad, rule) as bad from ({transitions}) t
+        from (select pk, first(bad order by rule, size desc) as bad from (
+                select pk, rule, size, coalesce(bad, case when size > {MAX_OP_BYTES}
+                                                     then case rule {" ".join(reasons)} end
+                                                     end) as bad
+                from (select *, {EVENT_ID_BYTES} + strlen({op}) as size
+                      from ({_timed(sync, transitions, now)})))
               where bad is not null group by pk) b
         where mapped.k = b.pk
         """,
     )
+
+
+def _json_pointer(name: str) -> str:
+    """The JSON pointer of the key ``name`` of an object (RFC 6901: `~` and `/` escaped)."""
+    return "/" + name.replace("~", "~0").replace("/", "~1")
 
 
 def _state_change_events(
@@ -1399,18 +1479,14 @@ def _state_change_events(
 ) -> int:
     """Fill ``oc_changes`` with the `on_change` events this run fires (``transitions``, of
     :func:`_transitions`), each with its timestamp: when it was first sent (see there)."""
-    sent = table("oc_sent", sync.name)
     run_sql(
         con,
         f"""
         create or replace temp table oc_changes as
-        select k, head || ',"timestamp":' || ts || ',"attributes":' || props || '}}' as op,
+        select k, {_event_op("head", "ts", "props")} as op,
                null::ubigint as h, ident, true as is_new, false as removed, ts,
                md5_number_lower(k) as lo, md5_number_upper(k) as hi, pk
-        from (
-            select e.*, coalesce(o.ts, {now})::bigint as ts
-            from ({transitions}) e left join {sent} o on o.k = e.k
-        )
+        from ({_timed(sync, transitions, now)})
         """,
     )
     return int(_one(con, "select count(*) from oc_changes") or 0)
@@ -1753,7 +1829,7 @@ def diff_records(
         transitions = _transitions(
             con, sync, relationship_snaps or [], people_snaps or [], json_text or (), rezoned
         )
-        _reject_unsendable_events(con, sync, transitions)
+        _reject_unsendable_events(con, sync, transitions, now, bool(relationship_snaps))
     while _hold_shared_emails(con, sync, email_holders, released_first):
         pass
     state_events = _state_change_events(con, sync, now, transitions) if transitions else 0

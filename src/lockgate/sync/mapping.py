@@ -2179,7 +2179,9 @@ def _on_change_sql(
     :func:`coerce` gives here are those). A property's are not the row's: a row whose
     properties only a rule that does not fire reads is sent as it is; the diff rejects the row
     of a transition whose event would carry one (``diff._reject_unsendable_events``), rather than
-    sending the event without it and moving the snapshot past the transition."""
+    sending the event without it and moving the snapshot past the transition. So it does the
+    row of an event over 32 KB as sent, whose identifiers (an objects sync's related person's)
+    and timestamp are the diff's to know."""
     watched: dict[str, str] = {}
     was: dict[str, str] = {}
     for name, spec in sync.attributes.items():
@@ -2464,14 +2466,11 @@ def compile_events(
     # event data cannot reach: an event over it is never sent, so it is rejected here, with
     # its size, not counted as refused by Customer.io
     size = f"(strlen({op}) + {EVENT_ID_BYTES})"
-    over = f" bytes as sent, over the {MAX_OP_BYTES}-byte limit of Customer.io per operation ("
-    tail = " bytes of properties"
-    advice = "); trim large properties in the model or leave them out"
-    checks.append(
-        f"case when {size} > {MAX_OP_BYTES} then {lit('event is ')} || {size} || {lit(over)} || "
-        f"strlen(__props) || {lit(tail)} || {_largest(list(sync.properties), fields.fragments)}"
-        f" || {lit(advice)} end"
+    names = list(sync.properties)
+    reason = oversize_event_reason(
+        "event", size, "__props", names, fields.fragments, "leave them out"
     )
+    checks.append(f"case when {size} > {MAX_OP_BYTES} then {reason} end")
     backfill = backfill_sql.replace(ts_sql, "__ts")
     middle = (
         f"(select *, {_object(fields.fragments)} as __props, "
@@ -2524,6 +2523,21 @@ def _check_unless(sync: str, i: int, unless: str, columns: dict[str, str]) -> No
                 "`plan_before = 'trial'`); a lookup in another table belongs in the model's SQL, "
                 f"as a column; {columns_hint(columns)}",
             ) from None
+
+
+def oversize_event_reason(
+    event: str, size: str, props: str, names: list[str], fragments: list[str], leave_out: str
+) -> str:
+    """SQL for the reason an event over Customer.io's 32 KB per operation is rejected: ``event``
+    (how the reason names it) is ``size`` bytes as sent, ``props`` (its properties' JSON)
+    so many, the largest of the properties ``names`` (their JSON ``fragments``), and what to
+    do: trim them in the model or ``leave_out`` (``leave them out``, or where from)."""
+    over = f" bytes as sent, over the {MAX_OP_BYTES}-byte limit of Customer.io per operation ("
+    advice = f"); trim large properties in the model or {leave_out}"
+    return (
+        f"{lit(event + ' is ')} || {size} || {lit(over)} || strlen({props}) || "
+        f"{lit(' bytes of properties')} || {_largest(names, fragments)} || {lit(advice)}"
+    )
 
 
 def _largest(names: list[str], fragments: list[str], shown: int = 3) -> str:
