@@ -1378,3 +1378,96 @@ def test_a_user_who_comes_back_without_the_email_a_new_user_takes_gives_it_up(
     assert u4 is not None and (u4.email, u4.attributes["plan"]) == ("e2@x.io", "pro")
     assert emu.merges() == []
     assert_nothing_left_to_send(project)
+
+
+@pytest.mark.parametrize("lead", [True, False], ids=["lead's row left first", "no lead"])
+def test_a_new_user_taking_the_email_of_a_user_who_never_comes_back_is_a_person_of_their_own(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lead: bool
+) -> None:
+    """As above, but the first user never comes back: a user and a lead share an email (one
+    person, with the user's `id`); the lead's row leaves, then the users' rows leave (their
+    people stay in Customer.io), and only another user comes back, with that address. The
+    graph forgot the first user when their row left, so the users sync's record of that row
+    gives the email up (its person keeps its `id` and every attribute, the lead's too), and
+    the new user is a person of their own in that run. The leads sync's record of the lead
+    (delivered to the first user's person, its row gone) does not hold the new user's row
+    back for good, waiting for a sync that will never give that person another email.
+    (Before, the row was rejected run after run naming the email of key `e2@x.io` of people
+    sync `leads`; without a lead, Customer.io dropped its update, the email held by `u1`.)"""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(
+        tmp_path,
+        "insert into app_users values ('u1', 'e2@x.io', 'free'), ('u4', 'e3@x.io', 'free');"
+        + ("insert into leads values ('e2@x.io', 'webinar')" if lead else ""),
+    )
+    sync_all(project)
+    u1 = emu.person(id="u1")
+    assert u1 is not None and u1.email == "e2@x.io"
+    if lead:
+        sql(tmp_path, "delete from leads")
+        sync_all(project)
+    sql(tmp_path, "delete from app_users")
+    sync_all(project)
+    sql(tmp_path, "insert into app_users values ('u4', 'e2@x.io', 'pro')")
+    plan = plan_sync(project, "users", console=NullConsole())
+    assert (plan.changes.to_send, plan.changes.rejected) == (1, 0), plan.changes.rejected_samples
+    assert plan.changes.email_releases == 1  # `u1`'s, shown before it is sent
+    for name in ORDER:
+        report = run_sync(project, name, console=NullConsole())
+        assert (report.status, report.changes.rejected) == ("success", 0), (
+            name,
+            report.changes.rejected_samples,
+            report.failures,
+        )
+    assert emu.merges() == []
+    kept = emu.person(id="u1")
+    assert kept is not None and (kept.cio_id, kept.email) == (u1.cio_id, None)
+    # as it was, but for the email
+    assert kept.attributes == {"plan": "free", **({"lead_source": "webinar"} if lead else {})}
+    u4 = emu.person(id="u4")
+    assert u4 is not None and u4.cio_id != u1.cio_id
+    assert (u4.email, u4.attributes) == ("e2@x.io", {"plan": "pro"})
+    assert_nothing_left_to_send(project)
+
+
+def test_a_new_user_taking_the_email_a_lead_keeps_on_a_user_who_left_is_a_person_of_their_own(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the lead's row stays: the users' rows leave, and the profile goes on as
+    the lead's, on the first user's person (`id` and all, docs/identity.md). When another
+    user comes back with that address, the lead's address is theirs (one profile): a person
+    of their own, given the lead's attributes too, and the first user's person gives the
+    email up first (the graph's operation) and keeps every attribute it had."""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(
+        tmp_path,
+        "insert into app_users values ('u1', 'e2@x.io', 'free'), ('u4', 'e3@x.io', 'free');"
+        "insert into leads values ('e2@x.io', 'webinar')",
+    )
+    sync_all(project)
+    u1 = emu.person(id="u1")
+    assert u1 is not None and u1.email == "e2@x.io"
+    sql(tmp_path, "delete from app_users")
+    sync_all(project)
+    kept = emu.person(id="u1")
+    assert kept is not None and (kept.cio_id, kept.email) == (u1.cio_id, "e2@x.io")
+    sql(tmp_path, "insert into app_users values ('u4', 'e2@x.io', 'pro')")
+    for name in ORDER:
+        report = run_sync(project, name, console=NullConsole())
+        assert (report.status, report.changes.rejected) == ("success", 0), (
+            name,
+            report.changes.rejected_samples,
+            report.failures,
+        )
+    assert emu.merges() == []
+    kept = emu.person(id="u1")
+    assert kept is not None and (kept.cio_id, kept.email) == (u1.cio_id, None)
+    assert kept.attributes == {"plan": "free", "lead_source": "webinar"}
+    u4 = emu.person(id="u4")
+    assert u4 is not None and u4.cio_id != u1.cio_id
+    assert (u4.email, u4.attributes) == ("e2@x.io", {"plan": "pro", "lead_source": "webinar"})
+    assert_nothing_left_to_send(project)

@@ -757,13 +757,15 @@ def _shared_people(
 
 def _takes_emails(sync: SyncConfig) -> bool:
     """Whether ``sync`` is a people sync whose rows take emails as people of their own: one
-    identified by `email` and an `id` (or `cio_id`), without an identity graph (which gives
-    each email to one profile itself)."""
+    identified by `email` and an `id` (or `cio_id`). Keyed through the identity graph too:
+    the graph gives each email to one profile, and releases it from a profile it retires in
+    the same run (``customerio.releases``), but a user retired in an earlier run is
+    forgotten by the graph, while their person in Customer.io keeps the email: the sync's
+    record of the row that left is what releases it (:func:`order_email_moves`)."""
     return (
         sync.kind == "people"
         and "email" in sync.identify_by
         and bool({"id", "user_id", "cio_id"} & set(sync.identify_by))
-        and not sync.keyed_by_graph
     )
 
 
@@ -1830,7 +1832,7 @@ def diff_records(
             con, sync, relationship_snaps or [], people_snaps or [], json_text or (), rezoned
         )
         _reject_unsendable_events(con, sync, transitions, now, bool(relationship_snaps))
-    while _hold_shared_emails(con, sync, email_holders, released_first):
+    while _hold_shared_emails(con, sync, email_holders, released_first, previous):
         pass
     state_events = _state_change_events(con, sync, now, transitions) if transitions else 0
     # a held row of a person already delivered still sends its other changes (not its email)
@@ -2288,6 +2290,7 @@ def _hold_shared_emails(
     sync: SyncConfig,
     others: Sequence[tuple[str, str]] = (),
     released_first: Sequence[tuple[str, str]] = (),
+    previous: str | None = None,
 ) -> int:
     """Reject the rows of ``mapped`` that would give an email to a person while another person
     of the model keeps it or takes it in this run, or another people sync of the destination
@@ -2327,8 +2330,9 @@ def _hold_shared_emails(
     person the identity graph's operations release the email from before the rows
     (``released_first``, `(email, id)`: a retired user's family email, which another sync
     delivered to them with a row of their profile then), nor one this sync delivered the
-    email to whose row, sent in this run, has no email or another now: this run releases it
-    from them first (:func:`order_email_moves`).
+    email to whose row, sent in this run, has no email or another now, or whose row left the
+    model (``previous``: the snapshot the diff compares with) while no row of this run
+    reaches them: this run releases it from them first (:func:`order_email_moves`).
 
     A run without new rows or changed emails pays one join of its rows to map with
     ``known``; one with new rows reads the emails of the snapshot too (of a non-empty one), and of
@@ -2511,6 +2515,31 @@ def _hold_shared_emails(
                 join mapped m on m.k = s.k
                 where {email("s.ident")} = x.email and {_addressed_by("s.ident")} = x.person
                   and m.reject is null and {email("m.ident")} is distinct from x.email
+            )
+            """,
+        )
+    if (
+        previous is not None
+        and _takes_emails(sync)
+        and _one(con, "select count(*) from email_holders where sync is not null")
+    ):
+        # and those whose row left the model, as long as no row of this run reaches them
+        # (by their `id`, or by the email alone): the record that left gives the email up to
+        # the row taking it (``email_left``), whatever another sync delivered to them (a
+        # user's row that left after the lead's row of their email, and a new user with it)
+        run_sql(
+            con,
+            f"""
+            delete from email_holders x
+            where x.sync is not null and exists (
+                select 1 from {previous} s anti join keyed k on k.k = s.k
+                where {email("s.ident")} = x.email and {_addressed_by("s.ident")} = x.person
+            ) and not exists (
+                select 1 from mapped m
+                where m.reject is null and (
+                    m.addr = x.person
+                    or (starts_with(m.addr, 'email:') and {email("m.ident")} = x.email)
+                )
             )
             """,
         )
