@@ -13,8 +13,9 @@ Rules (identity.md §2.3, §2.4):
   is another one and that does not hold its own (its user left, and what remains of it is
   another user's): it is retired, never merged into another user;
 * among several heirs of one component, a profile that was a Customer.io person and whose
-  component holds none of its person's identifiers (`id`, email, `cio_id`) is retired too,
-  when another heir holds its own: a leaf that moved (a Stripe id) drags nobody into a merge;
+  component holds neither its anchor nor any of its person's identifiers (`id`, email,
+  `cio_id`) is retired too, when another heir holds its own: a leaf that moved (a Stripe id)
+  drags nobody into a merge;
 * a component heir to nobody that holds identifiers of an earlier profile is a split child
   (a new id, logged for review); identifiers landing in another existing profile are moves,
   and so are those landing in a new profile with a Customer.io `id` no earlier profile held
@@ -931,13 +932,18 @@ def _retire_dragged(
     eligible: npt.NDArray[np.bool_],
 ) -> npt.NDArray[np.int64]:
     """``heir`` without the heirs, among several of one component, that were a Customer.io
-    person and whose component holds none of the identifiers that person is found by (its
-    `id`, its email, its `cio_id`), when another heir there holds one of its own.
+    person and whose component holds neither their anchor nor any of the identifiers that
+    person is found by (its `id`, its email, its `cio_id`), when another heir there holds
+    one of its own.
 
     Such a profile reached the component through a leaf alone (its Stripe id, now another
     profile's): its own evidence is gone from every source, and merging it would delete its
-    person in Customer.io for an identifier that merely moved. A component whose heirs hold
-    none of their own is left to merge as before (nothing says which of them it is)."""
+    person in Customer.io for an identifier that merely moved. A profile whose anchor is
+    there reached it through the identifier it is named after, not a leaf (a lead whose
+    Customer.io email left while its anchor email stayed, now linked to another lead's
+    email): it is that component's heir as identity.md §2.3 says, and merges. A component
+    whose heirs hold none of their own is left to merge as before (nothing says which of
+    them it is)."""
     has = np.flatnonzero(heir >= 0)
     if not has.size:
         return heir
@@ -980,17 +986,66 @@ def _retire_dragged(
             strict=True,
         )
     )
+    anchored = _hold_anchor(
+        [p for p in multi.tolist() if own[p]],
+        heir,
+        previous,
+        types,
+        node_type,
+        node_values,
+        comp_of,
+        eligible,
+    )
     groups: dict[int, list[int]] = {}
     for p in multi.tolist():
         groups.setdefault(int(heir[p]), []).append(p)
     out = heir.copy()
     for c, pids in groups.items():
-        holds = {p: any((c, kind, v) in held for kind, v in own[p]) for p in pids}
+        holds = {p: p in anchored or any((c, kind, v) in held for kind, v in own[p]) for p in pids}
         if any(holds.values()):
             for p in pids:
                 if own[p] and not holds[p]:
                     out[p] = -1
     return out
+
+
+def _hold_anchor(
+    pids: list[int],
+    heir: npt.NDArray[np.int64],
+    previous: PreviousProfiles,
+    types: tuple[str, ...],
+    node_type: npt.NDArray[np.int16],
+    node_values: pa.StringArray,
+    comp_of: npt.NDArray[np.int64],
+    eligible: npt.NDArray[np.bool_],
+) -> set[int]:
+    """Those of ``pids`` (previous profiles) whose heir component holds their old anchor."""
+    if not pids:
+        return set()
+    a_type, a_value = previous.column("anchor_type"), previous.column("anchor_value")
+    type_index = {t: i for i, t in enumerate(types)}
+    wanted = {
+        p: (type_index[str(a_type[p])], str(a_value[p]))
+        for p in pids
+        if a_type[p] is not None and a_value[p] is not None and str(a_type[p]) in type_index
+    }
+    if not wanted:
+        return set()
+    values = pa.array(sorted({v for _, v in wanted.values()}), pa.string())
+    candidates = np.flatnonzero(
+        eligible
+        & (comp_of >= 0)
+        & pc.is_in(node_values, value_set=values).to_numpy(zero_copy_only=False).astype(bool)
+    )
+    held = set(
+        zip(
+            comp_of[candidates].tolist(),
+            node_type[candidates].tolist(),
+            node_values.take(pa.array(candidates)).to_pylist(),
+            strict=True,
+        )
+    )
+    return {p for p, (t, v) in wanted.items() if (int(heir[p]), t, v) in held}
 
 
 def _kept_email(
