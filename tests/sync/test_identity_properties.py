@@ -1270,6 +1270,39 @@ def test_a_lead_whose_own_email_leaves_is_merged_with_the_lead_a_link_freed_it_t
     assert_nothing_left_to_send(project)
 
 
+def test_a_lead_whose_own_email_leaves_survives_a_merge_on_the_other_leads_person(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the profile whose own email leaves is the older one, so it survives the
+    merge (identity.md §2.3: the oldest). Its person's email gone, it keeps the email of the
+    lead it absorbs, whose person is the one still found by it: `e5`'s person is merged into
+    `e3`'s, and the rows go there, not to a new person under `e1` (the profile's anchor)
+    while `e3`'s history went to `e5`'s."""
+    project = project_in(tmp_path, customerio_emulator, monkeypatch)
+    sql(tmp_path, "insert into leads values ('e5@x.io', 'ads')")
+    sync_all(project)
+    sql(tmp_path, "insert into links values ('e1@x.io', 'e5@x.io'), ('e2@x.io', 'e5@x.io')")
+    sync_all(project)
+    sql(tmp_path, "insert into leads values ('e3@x.io', 'seo')")
+    sql(tmp_path, "insert into links values ('e1@x.io', 'e3@x.io')")
+    sync_all(project)
+    first = customerio_emulator.person(email="e5@x.io")
+    other = customerio_emulator.person(email="e3@x.io")
+    assert first is not None and other is not None and len(customerio_emulator.people()) == 2
+    sql(
+        tmp_path,
+        "delete from leads where email = 'e5@x.io';"
+        "update links set other_email = 'e2@x.io' where other_email = 'e5@x.io'",
+    )
+    sync_all(project)
+    [merge] = customerio_emulator.merges()
+    assert (merge.primary, merge.secondary) == (other.cio_id, first.cio_id)
+    (person,) = customerio_emulator.people()
+    assert (person.cio_id, person.email) == (other.cio_id, "e3@x.io")
+    assert person.attributes == {"lead_source": "seo"}
+    assert_nothing_left_to_send(project)
+
+
 def test_a_new_user_taking_the_email_a_user_let_go_of_with_a_lead_is_a_person_of_their_own(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

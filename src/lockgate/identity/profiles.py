@@ -570,6 +570,7 @@ def assign(
         person_ids,
         previous,
         comp_pid,
+        merges,
         config,
         types,
         node_type,
@@ -1053,6 +1054,7 @@ def _kept_email(
     person_ids: pa.Array,
     previous: PreviousProfiles,
     comp_pid: npt.NDArray[np.int64],
+    merges: list[tuple[int, int, int]],
     config: IdentityConfig,
     types: tuple[str, ...],
     node_type: npt.NDArray[np.int16],
@@ -1062,11 +1064,16 @@ def _kept_email(
 ) -> pa.Array:
     """Per component, the Customer.io email: ``picked`` (best rank, then latest seen), except
     for a profile that is a Customer.io person by its email alone (no `id` before or now),
-    which keeps the email it had while it still holds it.
+    which keeps the email it had while it still holds it; a merge's survivor that no longer
+    holds its own keeps, of the profiles it absorbs (``merges``: component, survivor,
+    absorbed, in survivor order) that were people by their email alone, the first one's
+    email it holds.
 
     Such a person can only be found by that email: identifying it by another one of the
     profile's emails (a smaller address that joined, a lead's second address) would create a
     second person for the one profile, and leave the first with the profile's older values.
+    After a merge the people merge into the one holding the kept email (`customerio`'s
+    ``_merge_into``): the absorbed lead's person, when the survivor's own address left.
     """
     if not len(previous.ids) or not len(picked):
         return picked
@@ -1077,7 +1084,8 @@ def _kept_email(
     kept_by[comp_pid[kept]] = kept
     del kept
     no_id = np.asarray(pc.is_null(person_ids).to_numpy(zero_copy_only=False), dtype=bool)
-    wanted: dict[int, str] = {}
+    wanted: dict[int, list[str]] = {}
+    settled: set[int] = set()  # components whose picked email is the survivor's own
     emails = previous.table["cio_email"]
     person = previous.table["cio_person_id"]
     for start in range(0, len(emails), _BLOCK):
@@ -1094,16 +1102,33 @@ def _kept_email(
             continue
         old = emails.slice(start, _BLOCK).take(pa.array(rows)).combine_chunks()
         now = picked.take(pa.array(comps[rows]))
-        stale = pc.fill_null(pc.not_equal(now, old.cast(pa.string())), True)
-        chosen = np.flatnonzero(np.asarray(stale.to_numpy(zero_copy_only=False), dtype=bool))
-        wanted.update(
-            zip(
-                comps[rows[chosen]].tolist(),
-                old.take(pa.array(chosen)).cast(pa.string()).to_pylist(),
-                strict=True,
-            )
+        stale = np.asarray(
+            pc.fill_null(pc.not_equal(now, old.cast(pa.string())), True).to_numpy(
+                zero_copy_only=False
+            ),
+            dtype=bool,
         )
-    del kept_by, no_id
+        chosen = np.flatnonzero(stale)
+        for c, email in zip(
+            comps[rows[chosen]].tolist(),
+            old.take(pa.array(chosen)).cast(pa.string()).to_pylist(),
+            strict=True,
+        ):
+            wanted[c] = [email]
+        if merges:
+            settled.update(comps[rows[~stale]].tolist())
+    del kept_by
+    if merges:
+        for c, _, absorbed in merges:
+            if c in settled or not no_id[c]:
+                continue
+            email, person = (
+                previous.column("cio_email")[absorbed],
+                previous.column("cio_person_id")[absorbed],
+            )
+            if email is not None and person is None:
+                wanted.setdefault(c, []).append(str(email))
+    del no_id, settled
     if not wanted:
         return picked
     email_types = [
@@ -1113,7 +1138,10 @@ def _kept_email(
         eligible
         & np.isin(node_type, email_types)
         & (comp_of >= 0)
-        & pc.is_in(node_values, value_set=pa.array(sorted(set(wanted.values())), pa.string()))
+        & pc.is_in(
+            node_values,
+            value_set=pa.array(sorted({e for es in wanted.values() for e in es}), pa.string()),
+        )
         .to_numpy(zero_copy_only=False)
         .astype(bool)
     )
@@ -1126,13 +1154,21 @@ def _kept_email(
         )
     }
     # the kept emails replace the picked ones in place: not a Python string per profile
-    keep = sorted(c for c, email in wanted.items() if (c, email) in held)
+    kept_email: dict[int, str] = {}
+    for c, options in wanted.items():
+        for email in options:
+            if (c, email) in held:
+                kept_email[c] = email
+                break
+    keep = sorted(kept_email)
     if not keep:
         return picked
     mask = np.zeros(len(picked), dtype=bool)
     mask[keep] = True
     return pc.replace_with_mask(
-        picked.cast(pa.string()), pa.array(mask), pa.array([wanted[c] for c in keep], pa.string())
+        picked.cast(pa.string()),
+        pa.array(mask),
+        pa.array([kept_email[c] for c in keep], pa.string()),
     )
 
 
