@@ -1236,6 +1236,73 @@ def test_a_stripe_id_that_moves_off_a_user_no_source_shows_leaves_their_person_a
     assert_nothing_left_to_send(project)
 
 
+def test_a_lead_whose_own_email_leaves_is_merged_with_the_lead_a_link_freed_it_to_join(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two leads, `e6` and `e3`. Links give `e6`'s profile `e1` and `e2` (the limit of three
+    emails reached), so a link of `e1` to `e3` is refused. Then `e6`'s row and its links
+    leave: `e1` (the profile's anchor, its most trusted and smallest identifier) and `e3`
+    are one component now, heir to both profiles (identity.md §2.3), and the two leads are
+    one person: `e6`'s person merged into `e3`'s. (Found by the identity property test: the
+    profile, holding none of its person's identifiers, was retired as one a moved leaf
+    drags in, its anchor `e1` handed to the other lead, and the two people stayed apart.)"""
+    project = project_in(tmp_path, customerio_emulator, monkeypatch)
+    sql(tmp_path, "insert into leads values ('e6@x.io', 'ads'), ('e3@x.io', 'seo')")
+    sync_all(project)
+    sql(tmp_path, "insert into links values ('e1@x.io', 'e6@x.io'), ('e2@x.io', 'e6@x.io')")
+    sync_all(project)
+    sql(tmp_path, "insert into links values ('e1@x.io', 'e3@x.io')")
+    sync_all(project)
+    first = customerio_emulator.person(email="e6@x.io")
+    other = customerio_emulator.person(email="e3@x.io")
+    assert first is not None and first.attributes["contested_email"] == "e3@x.io"
+    assert other is not None and len(customerio_emulator.people()) == 2
+    sql(
+        tmp_path,
+        "delete from leads where email = 'e6@x.io';delete from links where other_email = 'e6@x.io'",
+    )
+    sync_all(project)
+    [merge] = customerio_emulator.merges()
+    assert (merge.primary, merge.secondary) == (other.cio_id, first.cio_id)
+    (person,) = customerio_emulator.people()
+    assert (person.cio_id, person.email) == (other.cio_id, "e3@x.io")
+    assert person.attributes == {"lead_source": "seo"}
+    assert_nothing_left_to_send(project)
+
+
+def test_a_lead_whose_own_email_leaves_survives_a_merge_on_the_other_leads_person(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the profile whose own email leaves is the older one, so it survives the
+    merge (identity.md §2.3: the oldest). Its person's email gone, it keeps the email of the
+    lead it absorbs, whose person is the one still found by it: `e5`'s person is merged into
+    `e3`'s, and the rows go there, not to a new person under `e1` (the profile's anchor)
+    while `e3`'s history went to `e5`'s."""
+    project = project_in(tmp_path, customerio_emulator, monkeypatch)
+    sql(tmp_path, "insert into leads values ('e5@x.io', 'ads')")
+    sync_all(project)
+    sql(tmp_path, "insert into links values ('e1@x.io', 'e5@x.io'), ('e2@x.io', 'e5@x.io')")
+    sync_all(project)
+    sql(tmp_path, "insert into leads values ('e3@x.io', 'seo')")
+    sql(tmp_path, "insert into links values ('e1@x.io', 'e3@x.io')")
+    sync_all(project)
+    first = customerio_emulator.person(email="e5@x.io")
+    other = customerio_emulator.person(email="e3@x.io")
+    assert first is not None and other is not None and len(customerio_emulator.people()) == 2
+    sql(
+        tmp_path,
+        "delete from leads where email = 'e5@x.io';"
+        "update links set other_email = 'e2@x.io' where other_email = 'e5@x.io'",
+    )
+    sync_all(project)
+    [merge] = customerio_emulator.merges()
+    assert (merge.primary, merge.secondary) == (other.cio_id, first.cio_id)
+    (person,) = customerio_emulator.people()
+    assert (person.cio_id, person.email) == (other.cio_id, "e3@x.io")
+    assert person.attributes == {"lead_source": "seo"}
+    assert_nothing_left_to_send(project)
+
+
 def test_a_new_user_taking_the_email_a_user_let_go_of_with_a_lead_is_a_person_of_their_own(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

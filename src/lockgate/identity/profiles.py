@@ -13,8 +13,9 @@ Rules (identity.md §2.3, §2.4):
   is another one and that does not hold its own (its user left, and what remains of it is
   another user's): it is retired, never merged into another user;
 * among several heirs of one component, a profile that was a Customer.io person and whose
-  component holds none of its person's identifiers (`id`, email, `cio_id`) is retired too,
-  when another heir holds its own: a leaf that moved (a Stripe id) drags nobody into a merge;
+  component holds neither its anchor nor any of its person's identifiers (`id`, email,
+  `cio_id`) is retired too, when another heir holds its own: a leaf that moved (a Stripe id)
+  drags nobody into a merge;
 * a component heir to nobody that holds identifiers of an earlier profile is a split child
   (a new id, logged for review); identifiers landing in another existing profile are moves,
   and so are those landing in a new profile with a Customer.io `id` no earlier profile held
@@ -569,6 +570,7 @@ def assign(
         person_ids,
         previous,
         comp_pid,
+        merges,
         config,
         types,
         node_type,
@@ -931,13 +933,18 @@ def _retire_dragged(
     eligible: npt.NDArray[np.bool_],
 ) -> npt.NDArray[np.int64]:
     """``heir`` without the heirs, among several of one component, that were a Customer.io
-    person and whose component holds none of the identifiers that person is found by (its
-    `id`, its email, its `cio_id`), when another heir there holds one of its own.
+    person and whose component holds neither their anchor nor any of the identifiers that
+    person is found by (its `id`, its email, its `cio_id`), when another heir there holds
+    one of its own.
 
     Such a profile reached the component through a leaf alone (its Stripe id, now another
     profile's): its own evidence is gone from every source, and merging it would delete its
-    person in Customer.io for an identifier that merely moved. A component whose heirs hold
-    none of their own is left to merge as before (nothing says which of them it is)."""
+    person in Customer.io for an identifier that merely moved. A profile whose anchor is
+    there reached it through the identifier it is named after, not a leaf (a lead whose
+    Customer.io email left while its anchor email stayed, now linked to another lead's
+    email): it is that component's heir as identity.md §2.3 says, and merges. A component
+    whose heirs hold none of their own is left to merge as before (nothing says which of
+    them it is)."""
     has = np.flatnonzero(heir >= 0)
     if not has.size:
         return heir
@@ -980,12 +987,22 @@ def _retire_dragged(
             strict=True,
         )
     )
+    anchored = _hold_anchor(
+        [p for p in multi.tolist() if own[p]],
+        heir,
+        previous,
+        types,
+        node_type,
+        node_values,
+        comp_of,
+        eligible,
+    )
     groups: dict[int, list[int]] = {}
     for p in multi.tolist():
         groups.setdefault(int(heir[p]), []).append(p)
     out = heir.copy()
     for c, pids in groups.items():
-        holds = {p: any((c, kind, v) in held for kind, v in own[p]) for p in pids}
+        holds = {p: p in anchored or any((c, kind, v) in held for kind, v in own[p]) for p in pids}
         if any(holds.values()):
             for p in pids:
                 if own[p] and not holds[p]:
@@ -993,11 +1010,51 @@ def _retire_dragged(
     return out
 
 
+def _hold_anchor(
+    pids: list[int],
+    heir: npt.NDArray[np.int64],
+    previous: PreviousProfiles,
+    types: tuple[str, ...],
+    node_type: npt.NDArray[np.int16],
+    node_values: pa.StringArray,
+    comp_of: npt.NDArray[np.int64],
+    eligible: npt.NDArray[np.bool_],
+) -> set[int]:
+    """Those of ``pids`` (previous profiles) whose heir component holds their old anchor."""
+    if not pids:
+        return set()
+    a_type, a_value = previous.column("anchor_type"), previous.column("anchor_value")
+    type_index = {t: i for i, t in enumerate(types)}
+    wanted = {
+        p: (type_index[str(a_type[p])], str(a_value[p]))
+        for p in pids
+        if a_type[p] is not None and a_value[p] is not None and str(a_type[p]) in type_index
+    }
+    if not wanted:
+        return set()
+    values = pa.array(sorted({v for _, v in wanted.values()}), pa.string())
+    candidates = np.flatnonzero(
+        eligible
+        & (comp_of >= 0)
+        & pc.is_in(node_values, value_set=values).to_numpy(zero_copy_only=False).astype(bool)
+    )
+    held = set(
+        zip(
+            comp_of[candidates].tolist(),
+            node_type[candidates].tolist(),
+            node_values.take(pa.array(candidates)).to_pylist(),
+            strict=True,
+        )
+    )
+    return {p for p, (t, v) in wanted.items() if (int(heir[p]), t, v) in held}
+
+
 def _kept_email(
     picked: pa.Array,
     person_ids: pa.Array,
     previous: PreviousProfiles,
     comp_pid: npt.NDArray[np.int64],
+    merges: list[tuple[int, int, int]],
     config: IdentityConfig,
     types: tuple[str, ...],
     node_type: npt.NDArray[np.int16],
@@ -1007,11 +1064,16 @@ def _kept_email(
 ) -> pa.Array:
     """Per component, the Customer.io email: ``picked`` (best rank, then latest seen), except
     for a profile that is a Customer.io person by its email alone (no `id` before or now),
-    which keeps the email it had while it still holds it.
+    which keeps the email it had while it still holds it; a merge's survivor that no longer
+    holds its own keeps, of the profiles it absorbs (``merges``: component, survivor,
+    absorbed, in survivor order) that were people by their email alone, the first one's
+    email it holds.
 
     Such a person can only be found by that email: identifying it by another one of the
     profile's emails (a smaller address that joined, a lead's second address) would create a
     second person for the one profile, and leave the first with the profile's older values.
+    After a merge the people merge into the one holding the kept email (`customerio`'s
+    ``_merge_into``): the absorbed lead's person, when the survivor's own address left.
     """
     if not len(previous.ids) or not len(picked):
         return picked
@@ -1022,7 +1084,8 @@ def _kept_email(
     kept_by[comp_pid[kept]] = kept
     del kept
     no_id = np.asarray(pc.is_null(person_ids).to_numpy(zero_copy_only=False), dtype=bool)
-    wanted: dict[int, str] = {}
+    wanted: dict[int, list[str]] = {}
+    settled: set[int] = set()  # components whose picked email is the survivor's own
     emails = previous.table["cio_email"]
     person = previous.table["cio_person_id"]
     for start in range(0, len(emails), _BLOCK):
@@ -1039,16 +1102,33 @@ def _kept_email(
             continue
         old = emails.slice(start, _BLOCK).take(pa.array(rows)).combine_chunks()
         now = picked.take(pa.array(comps[rows]))
-        stale = pc.fill_null(pc.not_equal(now, old.cast(pa.string())), True)
-        chosen = np.flatnonzero(np.asarray(stale.to_numpy(zero_copy_only=False), dtype=bool))
-        wanted.update(
-            zip(
-                comps[rows[chosen]].tolist(),
-                old.take(pa.array(chosen)).cast(pa.string()).to_pylist(),
-                strict=True,
-            )
+        stale = np.asarray(
+            pc.fill_null(pc.not_equal(now, old.cast(pa.string())), True).to_numpy(
+                zero_copy_only=False
+            ),
+            dtype=bool,
         )
-    del kept_by, no_id
+        chosen = np.flatnonzero(stale)
+        for c, email in zip(
+            comps[rows[chosen]].tolist(),
+            old.take(pa.array(chosen)).cast(pa.string()).to_pylist(),
+            strict=True,
+        ):
+            wanted[c] = [email]
+        if merges:
+            settled.update(comps[rows[~stale]].tolist())
+    del kept_by
+    if merges:
+        for c, _, absorbed in merges:
+            if c in settled or not no_id[c]:
+                continue
+            email, person = (
+                previous.column("cio_email")[absorbed],
+                previous.column("cio_person_id")[absorbed],
+            )
+            if email is not None and person is None:
+                wanted.setdefault(c, []).append(str(email))
+    del no_id, settled
     if not wanted:
         return picked
     email_types = [
@@ -1058,7 +1138,10 @@ def _kept_email(
         eligible
         & np.isin(node_type, email_types)
         & (comp_of >= 0)
-        & pc.is_in(node_values, value_set=pa.array(sorted(set(wanted.values())), pa.string()))
+        & pc.is_in(
+            node_values,
+            value_set=pa.array(sorted({e for es in wanted.values() for e in es}), pa.string()),
+        )
         .to_numpy(zero_copy_only=False)
         .astype(bool)
     )
@@ -1071,13 +1154,21 @@ def _kept_email(
         )
     }
     # the kept emails replace the picked ones in place: not a Python string per profile
-    keep = sorted(c for c, email in wanted.items() if (c, email) in held)
+    kept_email: dict[int, str] = {}
+    for c, options in wanted.items():
+        for email in options:
+            if (c, email) in held:
+                kept_email[c] = email
+                break
+    keep = sorted(kept_email)
     if not keep:
         return picked
     mask = np.zeros(len(picked), dtype=bool)
     mask[keep] = True
     return pc.replace_with_mask(
-        picked.cast(pa.string()), pa.array(mask), pa.array([wanted[c] for c in keep], pa.string())
+        picked.cast(pa.string()),
+        pa.array(mask),
+        pa.array([kept_email[c] for c in keep], pa.string()),
     )
 
 
