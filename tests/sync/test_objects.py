@@ -425,6 +425,36 @@ def test_an_object_deleted_by_hand_whose_row_a_full_resync_rejects_is_not_made_e
     assert [p["changes"]["to_send"] for p in invoke(project, "plan", "--all")] == [0, 0, 0]
 
 
+def test_a_relationship_held_for_an_object_a_full_resync_skipped_is_deleted_when_it_leaves(
+    project_factory: ProjectFactory,
+) -> None:
+    """Globex's row is rejected during `sync --all --full-resync` (not deleted by hand: it is
+    still in Customer.io, with user 3's membership). The membership is held, but stays
+    delivered: once its row leaves the model it is deleted in Customer.io, not left there
+    for good; globex keeps its attributes."""
+    seed(project_factory)
+    project_factory.sql(
+        "create or replace table companies as "
+        "select company_id, name, plan, seats::varchar as seats from companies"
+    )
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    project_factory.sql("update companies set seats = 'x' where company_id = 'globex'")
+    runs = invoke(project, "sync", "--all", "--full-resync")
+    assert [r["changes"]["held"] for r in runs] == [0, 0, 1]
+    assert ("3", "1", "globex", "owner") in rels(emu)
+
+    project_factory.sql("delete from members where user_id = 3")
+    left = run_all(project)["memberships"]
+    assert (left.changes.removed_sent, left.delivered) == (1, 1)
+    assert rels(emu) == {("1", "1", "acme", "admin"), ("2", "1", "acme", "member")}
+    objects = {o.object_id: o.attributes for o in emu.objects()}
+    assert objects["globex"] == {"name": "Globex", "plan": "free", "seats": 3}
+
+
 def test_relationships_come_back_with_a_deleted_person(project_factory: ProjectFactory) -> None:
     seed(project_factory)
     people = PEOPLE + "mode: mirror\ndelete_removed: true\n"
