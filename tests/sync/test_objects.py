@@ -366,6 +366,95 @@ def test_relationships_come_back_with_a_deleted_object(project_factory: ProjectF
     assert run_sync(project, "memberships", console=NullConsole()).changes.to_send == 0
 
 
+def test_an_object_deleted_by_hand_whose_row_a_full_resync_rejects_is_not_made_empty(
+    project_factory: ProjectFactory,
+) -> None:
+    """Company globex is deleted in Customer.io by hand (its relationships with it) while its
+    row has a bad `seats`. `sync --all --full-resync` sends everything else again, but not
+    globex, whose row it rejects: user 3's membership of globex must wait for it, as an
+    `add_relationships` creates the object it names, empty. Once the row is fixed (back to
+    what was delivered before) the next run sends globex with its attributes, then the
+    membership."""
+    seed(project_factory)
+    project_factory.sql(
+        "create or replace table companies as "
+        "select company_id, name, plan, seats::varchar as seats from companies"
+    )
+    companies = COMPANIES + "mode: mirror\ndelete_removed: true\n"
+    project = project_factory.write(
+        {"companies": companies, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    project_factory.sql("update companies set seats = 'x' where company_id = 'globex'")
+    with emu.client(auth=emu.track_auth) as client:
+        body = {
+            "type": "object",
+            "action": "delete",
+            "identifiers": {"object_type_id": "1", "object_id": "globex"},
+        }
+        client.post("/api/v2/entity", json=body).raise_for_status()
+
+    plans = invoke(project, "plan", "--all", "--full-resync")
+    runs = invoke(project, "sync", "--all", "--full-resync")
+    objects = {o.object_id: o.attributes for o in emu.objects()}
+    assert objects == {"acme": {"name": "Acme", "plan": "pro", "seats": 25}}
+    assert ("3", "1", "globex", "owner") not in rels(emu)
+    assert [r["changes"]["rejected"] for r in runs] == [1, 0, 0]
+    assert [r["changes"]["held"] for r in runs] == [0, 0, 1]
+    for plan, run in zip(plans, runs, strict=True):
+        assert plan["changes"]["held"] == run["changes"]["held"], plan["sync"]
+        assert plan["changes"]["to_send"] == run["changes"]["to_send"], plan["sync"]
+    assert [p["changes"]["to_send"] for p in invoke(project, "plan", "--all")] == [0, 0, 0]
+    held = plan_sync(project, "memberships", console=NullConsole()).changes.held_samples
+    assert held == (
+        (
+            '{"id":"3"} globex',
+            "object `globex` was not sent again by the full resync of objects sync "
+            "`companies` (its row was rejected): Customer.io may not hold it; held until it "
+            "is sent again",
+        ),
+    )
+
+    project_factory.sql("update companies set seats = '3' where company_id = 'globex'")
+    fixed = invoke(project, "sync", "--all")
+    assert [r["delivered"] for r in fixed] == [1, 0, 1]
+    objects = {o.object_id: o.attributes for o in emu.objects()}
+    assert objects["globex"] == {"name": "Globex", "plan": "free", "seats": 3}
+    assert ("3", "1", "globex", "owner") in rels(emu)
+    assert [p["changes"]["to_send"] for p in invoke(project, "plan", "--all")] == [0, 0, 0]
+
+
+def test_a_relationship_held_for_an_object_a_full_resync_skipped_is_deleted_when_it_leaves(
+    project_factory: ProjectFactory,
+) -> None:
+    """Globex's row is rejected during `sync --all --full-resync` (not deleted by hand: it is
+    still in Customer.io, with user 3's membership). The membership is held, but stays
+    delivered: once its row leaves the model it is deleted in Customer.io, not left there
+    for good; globex keeps its attributes."""
+    seed(project_factory)
+    project_factory.sql(
+        "create or replace table companies as "
+        "select company_id, name, plan, seats::varchar as seats from companies"
+    )
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    project_factory.sql("update companies set seats = 'x' where company_id = 'globex'")
+    runs = invoke(project, "sync", "--all", "--full-resync")
+    assert [r["changes"]["held"] for r in runs] == [0, 0, 1]
+    assert ("3", "1", "globex", "owner") in rels(emu)
+
+    project_factory.sql("delete from members where user_id = 3")
+    left = run_all(project)["memberships"]
+    assert (left.changes.removed_sent, left.delivered) == (1, 1)
+    assert rels(emu) == {("1", "1", "acme", "admin"), ("2", "1", "acme", "member")}
+    objects = {o.object_id: o.attributes for o in emu.objects()}
+    assert objects["globex"] == {"name": "Globex", "plan": "free", "seats": 3}
+
+
 def test_relationships_come_back_with_a_deleted_person(project_factory: ProjectFactory) -> None:
     seed(project_factory)
     people = PEOPLE + "mode: mirror\ndelete_removed: true\n"

@@ -36,7 +36,10 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   confirmed delivery of the key takes it out (:meth:`StateStore.fold_journal`). ``action`` is
   what was sent (`identify`, `delete`, ...): a person or object whose `delete` is unconfirmed
   may be gone with its relationships, so the relationships syncs hold theirs until it is
-  delivered again (``run._related_snapshots``).
+  delivered again (``run._related_snapshots``). An objects sync's `resync_skipped` marks a
+  delivered object a `--full-resync` did not send again, its row rejected
+  (``diff.RESYNC_SKIPPED``): Customer.io may not hold it, so it is sent once its row can be,
+  and the relationships syncs hold the relationships of that object until then.
   ``ident``: the identifiers it was sent to. A record new to the snapshot (its first
   delivery unconfirmed) may exist in Customer.io all the same: if its row leaves, a `mirror`
   run undoes it by these (``diff.unsure_new``); one whose row reaches it under a new key is

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import orjson
@@ -52,6 +52,14 @@ from lockgate.sync.mapping import (
 RESYNC_HELD = "resync_held"
 """A `--full-resync` relationships diff's temp table of the snapshot rows it holds (an end
 left its model) that were delivered before: the resync does not forget them."""
+
+RESYNC_SKIPPED = "resync_skipped"
+"""The ``action`` of an objects sync's ``unconfirmed__S`` mark on a delivered record whose row
+a `--full-resync` rejected (`run._reset_snapshot`): the resync forgot what was delivered but
+did not send it again, so Customer.io may not hold it (deleted by hand since). Like any
+unconfirmed record it is sent again, whatever its row holds, once the row can be sent; until
+then the relationships syncs hold the relationships of its object (:func:`present_ends`),
+whose `add_relationships` would create it in Customer.io, empty."""
 
 RESYNC_PREVIOUS = "resync_previous"
 """A `--full-resync` run's temp view (or table) of what was delivered before, while the
@@ -281,11 +289,13 @@ def _missing_ends(
     person: str,
     unsure_objects: list[str] | None = None,
     unsure_people: list[str] | None = None,
+    skipped_objects: list[str] | None = None,
 ) -> list[str]:
     """SQL reasons (null when fine) for a relationship whose object (``object_id``, SQL) or
     person (``person``, its identifiers JSON) Lockgate has not delivered, or has deleted, or
     may have deleted: ``unsure_objects`` and ``unsure_people`` are the records a sync's delete
-    was sent to without an answer (:func:`present_ends`, left out of the snapshots)."""
+    was sent to without an answer, ``skipped_objects`` those a full resync kept without
+    sending them again (:func:`present_ends`, left out of the snapshots)."""
     conditions = []
     if objects_snaps:
         # a null in the list would make `not in` null for every object (no match is not
@@ -308,6 +318,15 @@ def _missing_ends(
                 "'` may have been deleted, with its relationships: the objects sync''s delete "
                 "of it was not confirmed; held until the object is delivered again' "
                 f"else {reason} end"
+            )
+        if skipped_objects:
+            skipped = " union all ".join(f"select sync, o from {t}" for t in skipped_objects)
+            reason = (
+                f"case when {object_id} in (select o from ({skipped})) then 'object `' || "
+                f"{quoted(object_id)} || '` was not sent again by the full resync of objects "
+                f"sync `' || (select min(sync) from ({skipped}) where o = {object_id}) || "
+                "'` (its row was rejected): Customer.io may not hold it; held until it is "
+                f"sent again' else {reason} end"
             )
         conditions.append(f"case when {object_id} not in ({known}) then {reason} end")
     if people_snaps:
@@ -345,35 +364,79 @@ def _missing_ends(
     return conditions
 
 
-def present_ends(con: duckdb.DuckDBPyConnection, syncs: list[str]) -> tuple[list[str], list[str]]:
-    """For the people (or objects) syncs ``syncs``, whose records are the ends of a
-    relationships sync's relationships: the tables to read those records from, and the
-    tables of the records whose delete is unconfirmed (sent, its answer lost).
+class Ends(NamedTuple):
+    """The records of the people (or objects) syncs that are the ends of a relationships
+    sync's relationships (:func:`present_ends`), each a list of tables (or views)."""
 
-    Customer.io may have deleted such a record, and its relationships with it: it counts as
-    gone (the relationships with it are held and forgotten, :func:`_live_relationships`),
-    until its sync delivers it again. A sync without such records gives its snapshot as it
-    is; the unconfirmed table is read further only when it has a delete in it."""
-    present, unsure = [], []
+    present: list[str]
+    """What the syncs delivered, but for the records of the other two."""
+    unsure: list[str]
+    """The records whose delete is unconfirmed: they may be gone."""
+    skipped: list[str]
+    """``(sync, o)``: the objects (by `object_id`) an objects sync's full resync kept without
+    sending them again (:data:`RESYNC_SKIPPED`): they may not be in Customer.io."""
+
+
+def present_ends(con: duckdb.DuckDBPyConnection, syncs: list[str]) -> Ends:
+    """For the people (or objects) syncs ``syncs``, whose records are the ends of a
+    relationships sync's relationships: the tables to read those records from, the tables of
+    the records whose delete is unconfirmed (sent, its answer lost), and those of the objects
+    a full resync did not send again (its row rejected, :data:`RESYNC_SKIPPED`).
+
+    Customer.io may have deleted a record of the second kind, and its relationships with it:
+    it counts as gone (the relationships with it are held and forgotten,
+    :func:`_live_relationships`), until its sync delivers it again. One of the third kind may
+    have been deleted by hand, which the resync did not mend: the relationships with it wait
+    for it (an `add_relationships` would create it, empty), but stay delivered. A sync
+    without such records gives its snapshot as it is; the unconfirmed table is read further
+    only when it has such a mark."""
+    present, unsure, skipped = [], [], []
+    marks = f"('delete', {lit(RESYNC_SKIPPED)})"
     for name in syncs:
         snap, unconfirmed = table("snap", name), table("unconfirmed", name)
-        if not _one(con, f"select count(*) from {unconfirmed} where action = 'delete'"):
+        deletes, resynced = con.execute(
+            f"select count(*) filter (where action = 'delete'), "
+            f"count(*) filter (where action = {lit(RESYNC_SKIPPED)}) from {unconfirmed}"
+        ).fetchall()[0]
+        if not deletes and not resynced:
             present.append(snap)
             continue
-        gone, kept = table("unsure_deleted", name), table("present", name)
+        kept = table("present", name)
         run_sql(
             con,
             f"""
-            create or replace temp view {gone} as
-            select s.* from {snap} s
-            semi join (select k from {unconfirmed} where action = 'delete') u on u.k = s.k;
             create or replace temp view {kept} as
-            select s.* from {snap} s anti join {gone} g on g.k = s.k;
+            select s.* from {snap} s
+            anti join (select k from {unconfirmed} where action in {marks}) u on u.k = s.k
             """,
         )
         present.append(kept)
-        unsure.append(gone)
-    return present, unsure
+        if deletes:
+            gone = table("unsure_deleted", name)
+            run_sql(
+                con,
+                f"""
+                create or replace temp view {gone} as
+                select s.* from {snap} s
+                semi join (select k from {unconfirmed} where action = 'delete') u on u.k = s.k
+                """,
+            )
+            unsure.append(gone)
+        if resynced:
+            unsent = table("resync_skipped", name)
+            run_sql(
+                con,
+                f"""
+                create or replace temp view {unsent} as
+                select {lit(name)} as sync, json_extract_string(s.ident, '$.object_id') as o
+                from {snap} s
+                semi join (select k from {unconfirmed} where action = {lit(RESYNC_SKIPPED)}) u
+                    on u.k = s.k
+                where o is not null
+                """,
+            )
+            skipped.append(unsent)
+    return Ends(present, unsure, skipped)
 
 
 def forget_relationships_of(
@@ -1131,13 +1194,20 @@ def _hold_relationships(
     people_snaps: list[str],
     unsure_objects: list[str] | None = None,
     unsure_people: list[str] | None = None,
+    skipped_objects: list[str] | None = None,
 ) -> tuple[int, tuple[tuple[str, str], ...]]:
     """Move relationships whose object or person Lockgate has not delivered yet (or may have
-    deleted) out of ``changes`` into ``held``: they are not sent and not committed, so a later
-    run sends them once both ends exist (instead of a silent failure in Customer.io's activity
-    log)."""
+    deleted, or a full resync did not send again) out of ``changes`` into ``held``: they are
+    not sent and not committed, so a later run sends them once both ends exist (instead of a
+    silent failure in Customer.io's activity log, or an object created empty)."""
     conditions = _missing_ends(
-        objects_snaps, people_snaps, "c.object_id", "c.person", unsure_objects, unsure_people
+        objects_snaps,
+        people_snaps,
+        "c.object_id",
+        "c.person",
+        unsure_objects,
+        unsure_people,
+        skipped_objects,
     )
     if not conditions:
         return 0, ()
@@ -1692,6 +1762,7 @@ def diff_records(
     relationship_snaps: list[str] | None = None,
     unsure_objects: list[str] | None = None,
     unsure_people: list[str] | None = None,
+    skipped_objects: list[str] | None = None,
     now: int = 0,
     in_place: InPlace | None = None,
     payloads: bool = True,
@@ -1722,8 +1793,9 @@ def diff_records(
     records: the others are not in its model, and have not left it).
 
     For a relationships sync, ``objects_snaps`` and ``people_snaps`` hold the records of its
-    ends, and ``unsure_objects`` and ``unsure_people`` those whose delete is unconfirmed (left
-    out of the others: :func:`present_ends`).
+    ends, ``unsure_objects`` and ``unsure_people`` those whose delete is unconfirmed, and
+    ``skipped_objects`` the objects a full resync did not send again (each left out of the
+    others: :func:`present_ends`).
 
     ``run_id`` is the run's id, kept in the snapshot with the rows of an `on_change` sync
     (:func:`_stamped`).
@@ -1881,7 +1953,12 @@ def diff_records(
     held_samples: tuple[tuple[str, str], ...] = ()
     if sync.kind == "relationships":
         held, held_samples = _hold_relationships(
-            con, objects_snaps or [], people_snaps or [], unsure_objects, unsure_people
+            con,
+            objects_snaps or [],
+            people_snaps or [],
+            unsure_objects,
+            unsure_people,
+            skipped_objects,
         )
         nulls_only = _nothing_to_send(con, sync, unconfirmed, snap)
         run_sql(con, f"drop table if exists {RESYNC_HELD}")
@@ -1889,13 +1966,24 @@ def diff_records(
             # held for an end that left its model (cleared, not deleted): a relationship
             # delivered before is still in Customer.io, and stays delivered through the
             # resync's reset (:func:`run._reset_snapshot`), so that it is deleted if it
-            # leaves the model; one whose end may be gone is forgotten, as in any run
+            # leaves the model; one whose end may be gone is forgotten, as in any run. One
+            # held for an object the objects sync's resync did not send again (its row
+            # rejected: it may have been deleted by hand, with its relationships) stays
+            # delivered too, but as stale (``STALE_HASH``): sent again, whatever its row
+            # holds, once the object is
             gone = _ends_gone(unsure_objects, unsure_people)
+            stale = "s.*"
+            if skipped_objects:
+                unsent = " union all ".join(f"select o from {t}" for t in skipped_objects)
+                stale = (
+                    "s.* replace (case when json_extract_string(s.ident, '$.object.object_id') "
+                    f"in ({unsent}) then {STALE_HASH}::ubigint else s.h end as h)"
+                )
             run_sql(
                 con,
                 f"""
                 create temp table {RESYNC_HELD} as
-                select s.* from {previous} s semi join held h on h.k = s.k
+                select {stale} from {previous} s semi join held h on h.k = s.k
                 {f"where not {gone}" if gone else ""}
                 """,
             )

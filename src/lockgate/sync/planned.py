@@ -29,6 +29,9 @@ connection, in temp tables that outlive the plan (``StateStore.reset_connection`
 - ``plan_rejected__S(k)``: for a sync planned with `--full-resync`, the rows its run rejects:
   the records delivered before of those stay in the snapshot it forgets
   (``run._reset_snapshot``).
+- ``plan_skipped__S(k)``: for an objects sync planned with `--full-resync`, those records:
+  its run marks them not sent again (``diff.RESYNC_SKIPPED`` in ``unconfirmed__S``), and the
+  relationships syncs hold the relationships of their objects.
 
 A later plan then reads temp views of the same names as the state's tables (``snap__S``,
 ``unconfirmed__S``, ``ledger__S``) in front of them, and its own snapshot, when an earlier sync
@@ -49,6 +52,7 @@ from lockgate.project.loader import Project
 from lockgate.project.models import SyncConfig
 from lockgate.state.store import PERSON_ADDRESS, StateStore, registered, run_sql, table
 from lockgate.sync import diff as diff_step
+from lockgate.sync.mapping import lit
 
 
 def _name(kind: str, sync: str) -> str:
@@ -69,6 +73,8 @@ class Planned:
     """Syncs with a ``plan_ledger__S``."""
     unmark: set[str] = field(default_factory=set)
     """Syncs with a ``plan_unmark__S``."""
+    skipped: set[str] = field(default_factory=set)
+    """Objects syncs with a ``plan_skipped__S``."""
     keep: set[str] = field(default_factory=set)
     """People syncs with a ``plan_keep__S``: the people their run adds to ``emails_kept__S``."""
     kept: set[str] = field(default_factory=set)
@@ -89,6 +95,7 @@ class Planned:
             | {_name("plan_keep", s) for s in self.keep}
             | {_name("plan_unmark", s) for s in self.unmark}
             | {_name("plan_rejected", s) for s in self.reset}
+            | {_name("plan_skipped", s) for s in self.skipped}
         )
 
 
@@ -162,7 +169,16 @@ def record(
         )
         planned.keep.add(sync.name)
     # a full resync forgets the snapshot, but for the records of the rows it rejects (not
-    # sent, Customer.io keeps what it was sent before, ``run._reset_snapshot``)
+    # sent, Customer.io keeps what it was sent before, ``run._reset_snapshot``); of an objects
+    # sync, it marks them not sent again
+    if full_resync and sync.kind == "objects":
+        planned.skipped.add(sync.name)
+        run_sql(
+            con,
+            f"create or replace temp table {table('plan_skipped', sync.name)} as "
+            f"select distinct k from {diff_step.RESYNC_PREVIOUS} "
+            "where k in (select k from rejected_rows)",
+        )
     if full_resync and not only:
         planned.reset.add(sync.name)
         run_sql(
@@ -337,17 +353,22 @@ def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Plann
             f"create or replace temp {kind} {table('snap', name)} as "
             f"{snapshot(con, planned, name)}",
         )
-    for name in sorted(planned.delta | planned.unmark):
+    for name in sorted(planned.delta | planned.unmark | planned.skipped):
         store.ensure_sync_tables(name)
-        joins = ""
+        joins, marks = "", ""
         if name in planned.delta:
             joins += f" anti join {table('plan_delta', name)} c on c.k = u.k"
         if name in planned.unmark:
             joins += f" anti join {table('plan_unmark', name)} d on d.k = u.k"
+        if name in planned.skipped:  # what its full resync marks (``run._reset_snapshot``)
+            marks = (
+                f" union all select k, null, {lit(diff_step.RESYNC_SKIPPED)}, null "
+                f"from {table('plan_skipped', name)}"
+            )
         run_sql(
             con,
             f"create or replace temp view {table('unconfirmed', name)} as "
-            f"select u.* from {stored('unconfirmed', name)} u{joins}",
+            f"select u.* from {stored('unconfirmed', name)} u{joins}{marks}",
         )
     for name in sorted(planned.kept | planned.keep):
         store.ensure_sync_tables(name)

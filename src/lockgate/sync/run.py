@@ -744,6 +744,7 @@ def _prepare(
                     relationship_snaps=related.relationships,
                     unsure_objects=related.unsure_objects,
                     unsure_people=related.unsure_people,
+                    skipped_objects=related.skipped_objects,
                     now=now,
                     in_place=in_place,
                     payloads=payloads,
@@ -863,7 +864,7 @@ def _drop_previous(store: StateStore) -> None:
         run_sql(store.con, f"drop {kind} temp.main.{name}")
 
 
-def _reset_snapshot(store: StateStore, sync: SyncConfig, only: bool = False) -> None:
+def _reset_snapshot(store: StateStore, sync: SyncConfig, run_id: str, only: bool = False) -> None:
     """Past the guard of a `--full-resync` run: forget the snapshot (with ``only``, of the
     named records alone, :func:`_keep_only`), so what is not delivered is sent again. A
     relationship the run holds because an end left its model stays (``diff.RESYNC_HELD``):
@@ -873,7 +874,11 @@ def _reset_snapshot(store: StateStore, sync: SyncConfig, only: bool = False) -> 
     forgotten with the snapshot while Customer.io still holds the record. So does a
     delivered record whose row the run rejects (``rejected_rows``: its key repeated, a bad
     value, an email held back): not sent, Customer.io holds what it was sent before, which
-    is undone if the row leaves the model (`mirror`), as in any run. So does a relationship
+    is undone if the row leaves the model (`mirror`), as in any run; of an objects sync, it
+    is marked (``diff.RESYNC_SKIPPED``, in ``unconfirmed__S``): the resync did not send it
+    again, and Customer.io may not hold it (deleted by hand), so it is sent again once its row
+    can be, whatever the row holds then, and meanwhile the relationships syncs hold the
+    relationships of its object rather than create it empty. So does a relationship
     that left the model while a row of its object is rejected with no person
     (``diff.KEPT_UNADDRESSED``: it may be that row's), removed once the row is fixed or
     leaves. So does, outside `mirror`, a record whose row left the model: nothing is sent for
@@ -912,10 +917,31 @@ def _reset_snapshot(store: StateStore, sync: SyncConfig, only: bool = False) -> 
         ) c on c.k = s.k
         """,
     )
+    skipped = "_resync_skipped"
+    if sync.kind == "objects":
+        run_sql(
+            store.con,
+            f"""
+            create or replace temp table {skipped} as
+            select distinct s.k from {diff_step.RESYNC_PREVIOUS} s
+            semi join rejected_rows r on r.k = s.k
+            anti join (
+                select k from main.{table("unconfirmed", sync.name)}
+                where action = {mapping.lit(diff_step.RESYNC_SKIPPED)}
+            ) u on u.k = s.k
+            """,
+        )
     _drop_previous(store)
     held = sync.kind == "relationships" and diff_step.temp_table(store.con, diff_step.RESYNC_HELD)
     forgotten = "_resync_forgotten"
     with transaction(store.con, store.path):
+        if sync.kind == "objects":
+            mark = mapping.lit(diff_step.RESYNC_SKIPPED)
+            run_sql(
+                store.con,
+                f"insert into main.{table('unconfirmed', sync.name)} (k, run_id, action) "
+                f"select k, {mapping.lit(run_id)}, {mark} from {skipped}; drop table {skipped}",
+            )
         run_sql(
             store.con,
             f"create or replace temp table {forgotten} as select k, ident from main.{snap}",
@@ -1777,6 +1803,9 @@ class Related(NamedTuple):
     left out of ``objects``."""
     unsure_people: list[str]
     """Of the people syncs: the people whose delete is unconfirmed, left out of ``people``."""
+    skipped_objects: list[str]
+    """Of the objects syncs: the objects a full resync kept without sending them again (their
+    rows rejected, ``diff.RESYNC_SKIPPED``), left out of ``objects``."""
 
 
 def _related_snapshots(store: StateStore, project: Project, sync: SyncConfig) -> Related:
@@ -1796,9 +1825,9 @@ def _related_snapshots(store: StateStore, project: Project, sync: SyncConfig) ->
             elif other.kind == "people" and other.destination == sync.destination:
                 store.ensure_sync_tables(other.name)
                 people.append(table("snap", other.name))
-        return Related([], people, relationships, [], [])
+        return Related([], people, relationships, [], [], [])
     if sync.kind != "relationships":
-        return Related([], [], [], [], [])
+        return Related([], [], [], [], [], [])
     objects, people, siblings = [], [], []
     for other in project:
         if other.destination != sync.destination:
@@ -1816,9 +1845,15 @@ def _related_snapshots(store: StateStore, project: Project, sync: SyncConfig) ->
         ):
             store.ensure_sync_tables(other.name)
             siblings.append(table("snap", other.name))
-    objects_present, unsure_objects = diff_step.present_ends(store.con, objects)
-    people_present, unsure_people = diff_step.present_ends(store.con, people)
-    return Related(objects_present, people_present, siblings, unsure_objects, unsure_people)
+    ends, people_ends = (diff_step.present_ends(store.con, syncs) for syncs in (objects, people))
+    return Related(
+        ends.present,
+        people_ends.present,
+        siblings,
+        ends.unsure,
+        people_ends.unsure,
+        ends.skipped,
+    )
 
 
 def _released_first(resolution: Resolution | None) -> list[tuple[str, str]]:
@@ -1852,7 +1887,7 @@ def _email_holders(store: StateStore, project: Project, sync: SyncConfig) -> lis
             store.ensure_sync_tables(other.name)
             if not workspace.moved(store, project, other):  # of this workspace, as known
                 names.append(other.name)
-    present, _ = diff_step.present_ends(store.con, names)
+    present = diff_step.present_ends(store.con, names).present
     return list(zip(names, present, strict=True))
 
 
@@ -2217,7 +2252,7 @@ def run_sync(
                         store, project, sync, run_id, console, resolution
                     )
             if full_resync and sync.kind != "events":
-                _reset_snapshot(store, sync, only=bool(only))
+                _reset_snapshot(store, sync, run_id, only=bool(only))
             diff_step.forget_gone_relationships(store.con, sync, full_resync=full_resync)
             merges = identity_ops is not None and identity_ops.num_rows > 0
             if merges and only:
