@@ -657,3 +657,41 @@ def test_a_relationship_of_a_person_a_follow_up_creates_goes_out_in_the_same_com
         ("u3", "admin"),
     ]
     assert people(emu)["u2"] == ("E1@x.io", {"a_sync_plan": "pro"})
+
+
+def test_an_email_released_twice_is_taken_without_the_other_syncs_older_record(
+    project_factory: ProjectFactory,
+) -> None:
+    """u1 is a person of both syncs with e1. `b_sync`'s row leaves (its record stays: `upsert`
+    sends nothing for it), then `a_sync`'s; a new u2 of `a_sync` takes e1, released from u1
+    first. Then u2 moves to e5 and a new u3 takes e1: one `sync --all` gives it to u3, as its
+    plan says. `b_sync`'s record says u1 has e1 as it last delivered it, but that is older
+    than the release `a_sync` delivered since, and holds nothing back."""
+    f, emu = project_factory, project_factory.emulator
+    rows(f, "a_sync", ("u1", "e1@x.io", "free"))
+    rows(f, "b_sync", ("u1", "e1@x.io", "gold"))
+    proj = project(f, "a_sync", "b_sync")
+    lockgate(proj, "sync", "--all", "--json")
+    f.sql("delete from b_sync")
+    lockgate(proj, "sync", "--all", "--json")
+    f.sql("delete from a_sync")
+    lockgate(proj, "sync", "--all", "--json")
+    f.sql("insert into a_sync values ('u2', 'e1@x.io', 'pro')")
+    lockgate(proj, "sync", "--all", "--json")
+    assert people(emu) == {
+        "u1": (None, {"a_sync_plan": "free", "b_sync_plan": "gold"}),
+        "u2": ("e1@x.io", {"a_sync_plan": "pro"}),
+    }
+    f.sql(
+        "update a_sync set email = 'e5@x.io'; insert into a_sync values ('u3', 'e1@x.io', 'team')"
+    )
+    plans, runs, sent = plan_then_sync(f)
+    assert list(runs) == ["a_sync", "b_sync"]
+    assert_plans_match(plans, runs, sent)
+    assert runs["a_sync"]["changes"]["rejected"] == 0, runs["a_sync"]["rejected_rows"]
+    assert people(emu) == {
+        "u1": (None, {"a_sync_plan": "free", "b_sync_plan": "gold"}),
+        "u2": ("e5@x.io", {"a_sync_plan": "pro"}),
+        "u3": ("e1@x.io", {"a_sync_plan": "team"}),
+    }
+    assert failures(emu) == []

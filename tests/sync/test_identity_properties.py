@@ -1538,3 +1538,59 @@ def test_a_new_user_taking_the_email_a_lead_keeps_on_a_user_who_left_is_a_person
     assert u4 is not None and u4.cio_id != u1.cio_id
     assert (u4.email, u4.attributes) == ("e2@x.io", {"plan": "pro", "lead_source": "webinar"})
     assert_nothing_left_to_send(project)
+
+
+def test_a_new_user_taking_an_email_released_twice_is_a_person_of_their_own(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, and then the email moves on again: the second user changes address and a
+    third user signs up with the first one. The third user is a person of their own with
+    that email in one run: the second user's person gives it up as it takes its new address,
+    and the first user's person gave it up before. The leads sync's record of the lead
+    (delivered to the first user's person, its row gone) is older than that release, and
+    does not hold the third user's row back. (Before, the row was rejected run after run
+    naming the email of key `e2@x.io` of people sync `leads`.)"""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(
+        tmp_path,
+        "insert into app_users values ('u1', 'e2@x.io', 'free');"
+        "insert into leads values ('e2@x.io', 'webinar')",
+    )
+    sync_all(project)
+    u1 = emu.person(id="u1")
+    assert u1 is not None and u1.email == "e2@x.io"
+    sql(tmp_path, "delete from leads")
+    sync_all(project)
+    sql(tmp_path, "delete from app_users")
+    sync_all(project)
+    sql(tmp_path, "insert into app_users values ('u4', 'e2@x.io', 'pro')")
+    sync_all(project)
+    u4 = emu.person(id="u4")
+    assert u4 is not None and (u4.cio_id != u1.cio_id, u4.email) == (True, "e2@x.io")
+    sql(
+        tmp_path,
+        "update app_users set email = 'e5@x.io';"
+        "insert into app_users values ('u5', 'e2@x.io', 'team')",
+    )
+    plan = plan_sync(project, "users", console=NullConsole())
+    assert (plan.changes.to_send, plan.changes.rejected) == (2, 0), plan.changes.rejected_samples
+    for name in ORDER:
+        report = run_sync(project, name, console=NullConsole())
+        assert (report.status, report.changes.rejected) == ("success", 0), (
+            name,
+            report.changes.rejected_samples,
+            report.failures,
+        )
+    assert emu.merges() == []
+    kept = emu.person(id="u1")
+    assert kept is not None and (kept.cio_id, kept.email) == (u1.cio_id, None)
+    assert kept.attributes == {"plan": "free", "lead_source": "webinar"}
+    moved = emu.person(id="u4")
+    assert moved is not None and (moved.cio_id, moved.email) == (u4.cio_id, "e5@x.io")
+    assert moved.attributes == {"plan": "pro"}
+    u5 = emu.person(id="u5")
+    assert u5 is not None and u5.cio_id not in {u1.cio_id, u4.cio_id}
+    assert (u5.email, u5.attributes) == ("e2@x.io", {"plan": "team"})
+    assert_nothing_left_to_send(project)

@@ -3118,6 +3118,61 @@ def forget_released_left(store: StateStore, sync: SyncConfig, released: Iterable
     return int(rows[0][0]) if rows else 0
 
 
+def forget_released_elsewhere(
+    store: StateStore, sync: SyncConfig, released: Iterable[str], others: Sequence[str]
+) -> int:
+    """After delivery: the emails this run released (``released``: the keys whose clear was
+    delivered, with their person and email in ``email_released``, see
+    :func:`order_email_moves`) leave the records other people syncs (``others``: their
+    names) delivered them with to that person: their snapshot's record of it no longer gives
+    it an email (its ``ident`` without `email`; what else it sent stands), and their
+    ``emails_kept__S`` no longer keeps it for them. Customer.io holds it no more. Kept, such
+    a record, older than the release (a lead's row, gone, delivered to a user's person who
+    left), would say the person still holds the email, and hold back for good a row taking
+    it once the person who took it after the release moves on (:func:`_hold_shared_emails`
+    trusts another sync's last delivery). A row of that sync taking it again is one taking
+    an email. Returns how many records."""
+    keys = sorted(released)
+    if not keys or not others or not temp_table(store.con, "email_released"):
+        return 0
+    con = store.con
+    gone = """
+        select distinct r.old_email as email,
+               coalesce('id:' || r.old_id, 'cio_id:' || r.old_cio_id) as person
+        from email_released r semi join _released_elsewhere x on x.k = r.k
+        where r.old_email is not null and coalesce(r.old_id, r.old_cio_id) is not null
+        """
+    person = _addressed_by("t.ident")
+    forgotten = 0
+    with (
+        registered(con, "_released_elsewhere", pa.table({"k": pa.array(keys, pa.string())})),
+        transaction(con, store.path),
+    ):
+        run_sql(con, f"create or replace temp table email_released_elsewhere as {gone}")
+        if _one(con, "select count(*) from email_released_elsewhere"):
+            for name in others:
+                rows = run_sql(
+                    con,
+                    f"""
+                    update {table("snap", name)} t
+                    set ident = json_merge_patch(t.ident, '{{"email":null}}')::varchar
+                    from email_released_elsewhere g
+                    where {_lower_email("t.ident")} = g.email and {person} = g.person
+                    """,
+                )
+                forgotten += int(rows[0][0]) if rows else 0
+                run_sql(
+                    con,
+                    f"""
+                    delete from {table("emails_kept", name)} t
+                    using email_released_elsewhere g
+                    where {email_match("t.email")} = g.email and {person} = g.person
+                    """,
+                )
+        run_sql(con, "drop table email_released_elsewhere")
+    return forgotten
+
+
 def email_moves(
     con: duckdb.DuckDBPyConnection, sync: SyncConfig, *, journal_of: str | None = None
 ) -> list[tuple[str, str, str, str]]:

@@ -1872,9 +1872,17 @@ def _email_holders(store: StateStore, project: Project, sync: SyncConfig) -> lis
     (without those whose delete is unconfirmed, ``diff.present_ends``; none of a sync whose
     state is of another workspace). The people they delivered an email to hold it in
     Customer.io: a row of this sync taking it waits (``diff._hold_shared_emails``)."""
-    if sync.kind != "people" or "email" not in sync.identify_by:
-        return []
     if not {"id", "user_id", "cio_id"} & set(sync.identify_by):
+        return []
+    names = _email_syncs_beside(store, project, sync)
+    present = diff_step.present_ends(store.con, names).present
+    return list(zip(names, present, strict=True))
+
+
+def _email_syncs_beside(store: StateStore, project: Project, sync: SyncConfig) -> list[str]:
+    """For a people sync identified by `email`: the other people syncs of its destination
+    identified by email whose state is of this workspace, as known."""
+    if sync.kind != "people" or "email" not in sync.identify_by:
         return []
     names = []
     for other in project:
@@ -1887,8 +1895,7 @@ def _email_holders(store: StateStore, project: Project, sync: SyncConfig) -> lis
             store.ensure_sync_tables(other.name)
             if not workspace.moved(store, project, other):  # of this workspace, as known
                 names.append(other.name)
-    present = diff_step.present_ends(store.con, names).present
-    return list(zip(names, present, strict=True))
+    return names
 
 
 def _relationships_of(
@@ -2372,6 +2379,9 @@ def run_sync(
                     released = _released(store, email_clears)
                     diff_step.forget_kept_emails(store, sync, run_id, released)
                     diff_step.forget_released_left(store, sync, released)
+                    diff_step.forget_released_elsewhere(
+                        store, sync, released, _email_syncs_beside(store, project, sync)
+                    )
                 if anonymous_ops is not None and anonymous_ops.num_rows:
                     anonymous, attached = _deliver_anonymous_ids(
                         store,
