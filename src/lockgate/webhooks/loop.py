@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import random
 import secrets
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,23 +76,10 @@ def add_engagement_sync(root: Path, *, name: str = SYNC_NAME) -> str:
 @contextlib.contextmanager
 def serving(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
     """Serve an ASGI app with uvicorn on a free loopback port in a thread; yield its URL."""
-    import uvicorn
+    from lockgate.emulator.server import serve_in_thread
 
-    config = uvicorn.Config(app, host=host, port=0, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="webhooks-receiver", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the webhook receiver did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve_in_thread(app, host=host) as (url, _tls):
+        yield url
 
 
 @dataclass(frozen=True)
