@@ -447,14 +447,30 @@ def _open_database(path: Path, memory_limit: str | None) -> duckdb.DuckDBPyConne
         ) from exc
     try:
         _configure(con, path, memory_limit)
-        _check_format(con, path)
-        run_sql(con, SCHEMA)
-        _flatten_grouped_history(con)
-        _record_format(con)
+        if _recorded_format(con, path) != STATE_FORMAT:
+            _check_format(con, path)
+            run_sql(con, SCHEMA)
+            _flatten_grouped_history(con)
+            _record_format(con)
     except BaseException:
         con.close()
         raise
     return con
+
+
+def _recorded_format(con: duckdb.DuckDBPyConnection, path: Path) -> int | None:
+    """The state format the state records (None: none yet, a new state), refusing one newer
+    than :data:`STATE_FORMAT`. A state that records the current format was brought up to it
+    (:data:`SCHEMA` made, history flattened) by the open that recorded it: the next opens
+    skip that work, the half of an open's statements."""
+    try:
+        rows = run_sql(con, "select max(format) from state_format")
+    except duckdb.CatalogException:
+        return None
+    found = rows[0][0]
+    if found is not None and found > STATE_FORMAT:
+        _check_format(con, path, read_only=True)  # the error naming the version that wrote it
+    return None if found is None else int(found)
 
 
 #: DuckDB's memory limit on the state's connection; past it, joins, sorts and group-bys
@@ -501,22 +517,26 @@ def _threads() -> int | None:
 def _configure(
     con: duckdb.DuckDBPyConnection, path: Path, memory_limit: str | None, tmp: Path | None = None
 ) -> None:
-    """The settings every use of the state relies on. ``tmp`` is where queries over the
-    memory limit spill: the state folder's `tmp` unless given (a reader's own folder)."""
-    tmp = tmp or path.parent / "tmp"
-    run_sql(con, f"set memory_limit='{_memory_limit(memory_limit)}'")
+    """The settings every use of the state relies on, in one call. ``tmp`` is where queries
+    over the memory limit spill: the state folder's `tmp` unless given (a reader's own
+    folder). Set once the database is open, not given to `duckdb.connect`: DuckDB refuses a
+    second connection to a file with other settings than the first, and a reading command
+    shares the state with a run in the same process."""
     threads = _threads()
-    if threads is not None:
-        run_sql(con, f"set threads={threads}")
-    run_sql(con, f"set temp_directory='{tmp}'")
-    run_sql(con, "set preserve_insertion_order=false")
-    run_sql(con, "set enable_progress_bar=false")  # progress is drawn by the console
-    # mapping runs here: a text timestamp without an offset is UTC, and a TIMESTAMPTZ's
-    # text is its UTC text, on any machine (not in the zone of the one running the sync)
-    run_sql(con, "set TimeZone='UTC'")
-    # checkpoint at close rather than during a run: commits stay cheap, and the WAL is
-    # replayed after a crash
-    run_sql(con, "set checkpoint_threshold='4GB'")
+    settings = [
+        f"set memory_limit='{_memory_limit(memory_limit)}'",
+        *([f"set threads={threads}"] if threads is not None else []),
+        f"set temp_directory='{tmp or path.parent / 'tmp'}'",
+        "set preserve_insertion_order=false",
+        "set enable_progress_bar=false",  # progress is drawn by the console
+        # mapping runs here: a text timestamp without an offset is UTC, and a TIMESTAMPTZ's
+        # text is its UTC text, on any machine (not in the zone of the one running the sync)
+        "set TimeZone='UTC'",
+        # checkpoint at close rather than during a run: commits stay cheap, and the WAL is
+        # replayed after a crash
+        "set checkpoint_threshold='4GB'",
+    ]
+    run_sql(con, "; ".join(settings))
 
 
 def _open_database_read_only(
