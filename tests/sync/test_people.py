@@ -851,8 +851,12 @@ def test_a_snapshot_whose_person_column_was_added_but_not_filled_is_filled(
     project = project_factory.write({"accounts": ACCOUNTS_BY_EMAIL})
     assert run_sync(project, "accounts", console=NullConsole()).delivered == 3
     # as a kill between the two left it, in a state of the Lockgate before `upgraded`
+    # (which recorded state format 3)
     with StateStore.open(project.state_dir) as store:
-        store.exec_sql('update "snap__accounts" set addr = null; drop table if exists upgraded')
+        store.exec_sql(
+            'update "snap__accounts" set addr = null; drop table if exists upgraded; '
+            "update state_format set format = 3"
+        )
     # bob's account takes cy's email: two accounts reach one person
     project_factory.sql("update accounts set email = 'Cy@example.com' where account_id = 'a2'")
     plan = plan_sync(load_project(project.root), "accounts", console=NullConsole())

@@ -71,14 +71,16 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_config(app: Any, host: str, port: int, tls: TLSFiles | None) -> uvicorn.Config:
+def uvicorn_config(
+    app: Any, host: str, port: int, tls: TLSFiles | None, *, lifespan: bool = False
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level="warning",
         access_log=False,
-        lifespan="off",
+        lifespan="on" if lifespan else "off",
         timeout_graceful_shutdown=1,
         ssl_certfile=str(tls.server_cert) if tls else None,
         ssl_keyfile=str(tls.server_key) if tls else None,
@@ -130,18 +132,21 @@ class PromptServer(uvicorn.Server):
             task.cancel(msg="the server stopped")
         for server in self.servers:
             await server.wait_closed()
+        if not self.force_exit:
+            await self.lifespan.shutdown()  # the app's shutdown handlers, when it has a lifespan
 
 
 @contextlib.contextmanager
 def serve_in_thread(
-    app: Any, *, host: str = "127.0.0.1", port: int = 0, tls: bool = False
+    app: Any, *, host: str = "127.0.0.1", port: int = 0, tls: bool = False, lifespan: bool = False
 ) -> Iterator[tuple[str, TLSFiles | None]]:
-    """Serve ``app`` until the block ends; yields ``(base_url, tls_files)``."""
+    """Serve ``app`` until the block ends; yields ``(base_url, tls_files)``. With
+    ``lifespan``, the app's startup and shutdown handlers run as the server starts and stops."""
     with tempfile.TemporaryDirectory(prefix="lockgate-emulator-") as tmp:
         files = make_tls_files(Path(tmp)) if tls else None
         sock = bind(host, port)
         actual_port = sock.getsockname()[1]
-        server = PromptServer(uvicorn_config(app, host, actual_port, files))
+        server = PromptServer(uvicorn_config(app, host, actual_port, files, lifespan=lifespan))
         thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="lockgate-emulator", daemon=True
         )

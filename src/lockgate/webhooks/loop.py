@@ -75,10 +75,11 @@ def add_engagement_sync(root: Path, *, name: str = SYNC_NAME) -> str:
 
 @contextlib.contextmanager
 def serving(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve an ASGI app with uvicorn on a free loopback port in a thread; yield its URL."""
+    """Serve an ASGI app with uvicorn on a free loopback port in a thread; yield its URL. The
+    app's startup and shutdown handlers run (the receiver's background loader)."""
     from lockgate.emulator.server import serve_in_thread
 
-    with serve_in_thread(app, host=host) as (url, _tls):
+    with serve_in_thread(app, host=host, lifespan=True) as (url, _tls):
         yield url
 
 
