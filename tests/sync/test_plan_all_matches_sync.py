@@ -725,18 +725,21 @@ def test_an_email_the_first_sync_releases_is_not_released_again_by_the_second(
 
 
 @pytest.mark.parametrize("taker", [None, "u3"], ids=["alone", "with-a-new-row"])
+@pytest.mark.parametrize("gives_up", ["email-null", "row-leaves"])
 def test_an_email_the_first_sync_releases_waits_in_the_second(
-    one_person_two_syncs: ProjectFactory, taker: str | None
+    one_person_two_syncs: ProjectFactory, taker: str | None, gives_up: str
 ) -> None:
-    """`app` moves e1 from u1 (now without an email) to a new user u2; `crm`'s model still
-    gives u1 e1, with a new plan, and may give e1 to a new row u3 too. `app`'s release leaves
-    `crm`'s record of u1 without e1: `crm` sends u1's new plan and holds back the email, which
-    u2 now has, and holds u3 back for u2. `plan --all` read `crm`'s record from before the
-    release: it planned u1's update with e1 (which Customer.io drops: u2 has e1), and held
-    u3 back for u1."""
+    """`app` moves e1 from u1 (now without an email, or whose row left) to a new user u2;
+    `crm`'s model still gives u1 e1, with a new plan, and may give e1 to a new row u3 too.
+    `app`'s release leaves `crm`'s record of u1 without e1 (and `app` forgets its record of u1
+    that left, and the email it kept for u1): `crm` sends u1's new plan and holds back the
+    email, which u2 now has, and holds u3 back for u2. `plan --all` read `crm`'s record from
+    before the release, and `app`'s: it planned u1's update with e1 (which Customer.io
+    drops: u2 has e1), and held u3 back for u1."""
     f, emu = one_person_two_syncs, one_person_two_syncs.emulator
+    give_up = "update app set email = null" if gives_up == "email-null" else "delete from app"
     f.sql(
-        "update app set email = null; insert into app values ('u2', 'e1@x.io', 'pro'); "
+        f"{give_up}; insert into app values ('u2', 'e1@x.io', 'pro'); "
         "update crm set plan = 'platinum'"
     )
     if taker:

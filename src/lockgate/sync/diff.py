@@ -3103,12 +3103,13 @@ def forget_released_left(store: StateStore, sync: SyncConfig, released: Iterable
     :func:`order_email_moves`; ``released``: the keys whose clear was delivered). Kept, the
     snapshot would still say they hold the email, reach the taker's person through it, and
     be released again when the email moves on. (A `mirror` run forgets them with their
-    clear or delete.) Returns how many."""
+    clear or delete.) The plan of a command does the same to what it keeps for the later
+    plans (``planned.record``). Returns how many."""
     con = store.con
-    if sync.effective_mode == "mirror" or not temp_table(con, "email_left"):
+    forgotten = released_left_of(con, sync, "_released_left")
+    if forgotten is None:
         return 0
     keys = pa.table({"k": pa.array(sorted(released), pa.string())})
-    forgotten = "select k from email_left semi join _released_left r on r.k = email_left.k"
     with (
         registered(con, "_released_left", keys),
         transaction(con, store.path),
@@ -3116,6 +3117,16 @@ def forget_released_left(store: StateStore, sync: SyncConfig, released: Iterable
         rows = run_sql(con, f"delete from {table('snap', sync.name)} where k in ({forgotten})")
         run_sql(con, f"delete from {table('unconfirmed', sync.name)} where k in ({forgotten})")
     return int(rows[0][0]) if rows else 0
+
+
+def released_left_of(con: duckdb.DuckDBPyConnection, sync: SyncConfig, released: str) -> str | None:
+    """SQL: the keys of the records that left the model whose email this run releases
+    (``email_left``; ``released``: a table of the keys whose clear is delivered), which an
+    `upsert` or `update` run then forgets (:func:`forget_released_left`); None when there is
+    none to forget."""
+    if sync.effective_mode == "mirror" or not temp_table(con, "email_left"):
+        return None
+    return f"select k from email_left semi join {released} r on r.k = email_left.k"
 
 
 def forget_released_elsewhere(

@@ -265,7 +265,8 @@ def _forget_released(
     store: StateStore, sync: SyncConfig, planned: Planned, others: Sequence[str]
 ) -> None:
     """The emails the run of the people ``sync`` releases (every clear delivered) leave what
-    it keeps for their people (``diff.forget_kept_emails``), and the records the other
+    it keeps for their people (``diff.forget_kept_emails``), its records that left the model
+    with them (``diff.forget_released_left``), and the records the other
     people syncs ``others`` delivered them with to that person, and what those keep for
     them, as in the run (``diff.forget_released_elsewhere``): their snapshots as the earlier
     syncs of the command leave them, with the same SQL."""
@@ -276,6 +277,10 @@ def _forget_released(
     keys = pa.table({"k": pa.array(sorted(released), pa.string())})
     with registered(con, "_planned_released", keys):
         _keeping_no_more(con, planned, sync.name, "select k from _planned_released")
+        # the records that left whose email it releases (``diff.forget_released_left``)
+        left = diff_step.released_left_of(con, sync, "_planned_released")
+        if left is not None:
+            _forgetting(con, planned, sync.name, left, left)
     if others and diff_step.released_elsewhere(con, released):
         for name in others:
             store.ensure_sync_tables(name)
