@@ -647,3 +647,112 @@ def test_a_person_another_sync_deletes_is_not_created_again_to_release_their_ema
         assert emu.person(id="3") is None
     four = emu.person(id="4")
     assert four is not None and four.email == "c3@x.com"
+
+
+def signups(name: str) -> str:
+    """A people sync by `id` and email (the app's users, the CRM's leads of one person),
+    setting `<name>_plan`."""
+    return f"""
+name: {name}
+source: warehouse
+model: {{table: {name}}}
+kind: people
+primary_key: user_id
+identify_by: {{id: user_id, email: email}}
+attributes: {{{name}_plan: plan}}
+"""
+
+
+def emails_and_plans(emu: Emulator) -> dict[str | None, tuple[str | None, dict[str, Any]]]:
+    """id -> (email, the plans each sync set)."""
+    return {
+        p.id: (p.email, {k: v for k, v in p.attributes.items() if k.endswith("_plan")})
+        for p in emu.people()
+    }
+
+
+@pytest.fixture
+def one_person_two_syncs(project_factory: ProjectFactory) -> ProjectFactory:
+    """u1 with e1, sent by `app` and by `crm` (`app` runs first in `--all`), synced once."""
+    f = project_factory
+    for name, plan in (("app", "free"), ("crm", "gold")):
+        f.sql(
+            f"create table {name} as select 'u1' as user_id, 'e1@x.io' as email, '{plan}' as plan"
+        )
+    f.project = f.write({"app": signups("app"), "crm": signups("crm")}, retries=0)
+    lockgate(f.project, "sync", "--all", "--json")
+    return f
+
+
+def failures(emu: Emulator) -> list[str]:
+    """What Customer.io dropped: updates that gave a person another person's email."""
+    return [a.message for a in emu.activity_log() if a.kind == "attribute update failure"]
+
+
+def released_from(sent: list[dict[str, Any]], person: str) -> list[dict[str, Any]]:
+    """The email releases sent to ``person``: an `identify` by its `id` with an empty email."""
+    return [
+        op
+        for op in sent
+        if op.get("identifiers") == {"id": person} and op.get("attributes", {}).get("email") == ""
+    ]
+
+
+def test_an_email_the_first_sync_releases_is_not_released_again_by_the_second(
+    one_person_two_syncs: ProjectFactory,
+) -> None:
+    """Both models move e1 from u1 (now without an email) to a new user u2. `app` releases
+    it from u1 and gives it to u2; its release leaves `crm`'s record of u1 without e1, so
+    `crm` releases nothing and sends u2 its plan. `plan --all` planned a second release by
+    `crm` (from its record of u1 with e1), which the run does not send."""
+    f, emu = one_person_two_syncs, one_person_two_syncs.emulator
+    for name, plan in (("app", "pro"), ("crm", "lead")):
+        f.sql(
+            f"update {name} set email = null; insert into {name} values ('u2', 'e1@x.io', '{plan}')"
+        )
+    plans, runs, sent = plan_then_sync(f)
+    assert [p["changes"]["email_releases"] for p in plans.values()] == [1, 0]
+    assert_plans_match(plans, runs, sent)
+    assert len(released_from(sent, "u1")) == 1
+    assert emails_and_plans(emu) == {
+        "u1": (None, {"app_plan": "free", "crm_plan": "gold"}),
+        "u2": ("e1@x.io", {"app_plan": "pro", "crm_plan": "lead"}),
+    }
+    assert [p["changes"]["to_send"] for p in lockgate(f.project, "plan", "--all", "--json")] == [
+        0,
+        0,
+    ]
+
+
+@pytest.mark.parametrize("taker", [None, "u3"], ids=["alone", "with-a-new-row"])
+@pytest.mark.parametrize("gives_up", ["email-null", "row-leaves"])
+def test_an_email_the_first_sync_releases_waits_in_the_second(
+    one_person_two_syncs: ProjectFactory, taker: str | None, gives_up: str
+) -> None:
+    """`app` moves e1 from u1 (now without an email, or whose row left) to a new user u2;
+    `crm`'s model still gives u1 e1, with a new plan, and may give e1 to a new row u3 too.
+    `app`'s release leaves `crm`'s record of u1 without e1 (and `app` forgets its record of u1
+    that left, and the email it kept for u1): `crm` sends u1's new plan and holds back the
+    email, which u2 now has, and holds u3 back for u2. `plan --all` read `crm`'s record from
+    before the release, and `app`'s: it planned u1's update with e1 (which Customer.io
+    drops: u2 has e1), and held u3 back for u1."""
+    f, emu = one_person_two_syncs, one_person_two_syncs.emulator
+    give_up = "update app set email = null" if gives_up == "email-null" else "delete from app"
+    f.sql(
+        f"{give_up}; insert into app values ('u2', 'e1@x.io', 'pro'); "
+        "update crm set plan = 'platinum'"
+    )
+    if taker:
+        f.sql(f"insert into crm values ('{taker}', 'e1@x.io', 'lead')")
+    plans, runs, sent = plan_then_sync(f)
+    crm = plans["crm"]
+    assert sorted(r["key"] for r in crm["rejected_rows"]) == ["u1", *([taker] if taker else [])]
+    assert all("key `u2` of people sync `app`" in r["reason"] for r in crm["rejected_rows"])
+    assert (crm["changes"]["to_send"], crm["changes"]["email_held_sent"]) == (1, 1)
+    assert_plans_match(plans, runs, sent)
+    assert runs["crm"]["rejected_rows"] == crm["rejected_rows"]
+    assert emails_and_plans(emu) == {
+        "u1": (None, {"app_plan": "free", "crm_plan": "platinum"}),
+        "u2": ("e1@x.io", {"app_plan": "pro"}),
+    }
+    assert failures(emu) == []

@@ -12,7 +12,7 @@ the temp table ``changes`` holding exactly the operations to send.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -3103,12 +3103,13 @@ def forget_released_left(store: StateStore, sync: SyncConfig, released: Iterable
     :func:`order_email_moves`; ``released``: the keys whose clear was delivered). Kept, the
     snapshot would still say they hold the email, reach the taker's person through it, and
     be released again when the email moves on. (A `mirror` run forgets them with their
-    clear or delete.) Returns how many."""
+    clear or delete.) The plan of a command does the same to what it keeps for the later
+    plans (``planned.record``). Returns how many."""
     con = store.con
-    if sync.effective_mode == "mirror" or not temp_table(con, "email_left"):
+    forgotten = released_left_of(con, sync, "_released_left")
+    if forgotten is None:
         return 0
     keys = pa.table({"k": pa.array(sorted(released), pa.string())})
-    forgotten = "select k from email_left semi join _released_left r on r.k = email_left.k"
     with (
         registered(con, "_released_left", keys),
         transaction(con, store.path),
@@ -3116,6 +3117,16 @@ def forget_released_left(store: StateStore, sync: SyncConfig, released: Iterable
         rows = run_sql(con, f"delete from {table('snap', sync.name)} where k in ({forgotten})")
         run_sql(con, f"delete from {table('unconfirmed', sync.name)} where k in ({forgotten})")
     return int(rows[0][0]) if rows else 0
+
+
+def released_left_of(con: duckdb.DuckDBPyConnection, sync: SyncConfig, released: str) -> str | None:
+    """SQL: the keys of the records that left the model whose email this run releases
+    (``email_left``; ``released``: a table of the keys whose clear is delivered), which an
+    `upsert` or `update` run then forgets (:func:`forget_released_left`); None when there is
+    none to forget."""
+    if sync.effective_mode == "mirror" or not temp_table(con, "email_left"):
+        return None
+    return f"select k from email_left semi join {released} r on r.k = email_left.k"
 
 
 def forget_released_elsewhere(
@@ -3131,46 +3142,99 @@ def forget_released_elsewhere(
     left), would say the person still holds the email, and hold back for good a row taking
     it once the person who took it after the release moves on (:func:`_hold_shared_emails`
     trusts another sync's last delivery). A row of that sync taking it again is one taking
-    an email. Returns how many records."""
+    an email. The plan of a command does the same to what it keeps for the later plans
+    (``planned.record``). Returns how many records."""
     keys = sorted(released)
     if not keys or not others or not temp_table(store.con, "email_released"):
         return 0
     con = store.con
-    gone = """
-        select distinct r.old_email as email,
-               coalesce('id:' || r.old_id, 'cio_id:' || r.old_cio_id) as person
-        from email_released r semi join _released_elsewhere x on x.k = r.k
-        where r.old_email is not null and coalesce(r.old_id, r.old_cio_id) is not null
-        """
-    person = _addressed_by("t.ident")
     forgotten = 0
-    with (
-        registered(con, "_released_elsewhere", pa.table({"k": pa.array(keys, pa.string())})),
-        transaction(con, store.path),
-    ):
-        run_sql(con, f"create or replace temp table email_released_elsewhere as {gone}")
-        if _one(con, "select count(*) from email_released_elsewhere"):
+    with transaction(con, store.path):
+        if released_elsewhere(con, keys):
             for name in others:
+                snap, kept = table("snap", name), table("emails_kept", name)
                 rows = run_sql(
                     con,
-                    f"""
-                    update {table("snap", name)} t
-                    set ident = json_merge_patch(t.ident, '{{"email":null}}')::varchar
-                    from email_released_elsewhere g
-                    where {_lower_email("t.ident")} = g.email and {person} = g.person
-                    """,
+                    f"update {snap} set ident = {without_email('ident')} "
+                    f"where k in ({released_records_of(snap)})",
                 )
                 forgotten += int(rows[0][0]) if rows else 0
-                run_sql(
-                    con,
-                    f"""
-                    delete from {table("emails_kept", name)} t
-                    using email_released_elsewhere g
-                    where {email_match("t.email")} = g.email and {person} = g.person
-                    """,
-                )
-        run_sql(con, "drop table email_released_elsewhere")
+                run_sql(con, f"delete from {kept} where k in ({released_kept_of(kept)})")
+        run_sql(con, f"drop table {RELEASED_ELSEWHERE}")
     return forgotten
+
+
+RELEASED_ELSEWHERE = "email_released_elsewhere"
+"""The temp table of the emails a people sync's run releases, as they leave the records other
+people syncs delivered them with (:func:`released_elsewhere`)."""
+
+
+def released_keys(con: duckdb.DuckDBPyConnection, failed: Collection[str] | None) -> set[str]:
+    """The keys of the people whose email this run releases: those whose clear
+    (``email_clears``, :func:`order_email_moves`) is delivered, all but ``failed`` (keys
+    with their `#release-email`; None: none sent), and those the identity graph's operations
+    clear ahead of the rows (``email_cleared_by_graph``: delivered, or the run would have
+    stopped before its rows)."""
+    out: set[str] = set()
+    if temp_table(con, "email_cleared_by_graph"):
+        rows = con.execute("select k from email_cleared_by_graph").fetchall()
+        out.update(str(k) for (k,) in rows)
+    if failed is None or not temp_table(con, "email_clears"):
+        return out
+    keys = con.execute("select k from email_clears").fetchall()
+    return out | {k.removesuffix("#release-email") for (k,) in keys if k not in failed}
+
+
+def released_elsewhere(con: duckdb.DuckDBPyConnection, released: Iterable[str]) -> int:
+    """Build the temp table :data:`RELEASED_ELSEWHERE` (``email, person``): the emails of
+    ``email_released`` (:func:`order_email_moves`) whose release this run delivers
+    (``released``: their keys), each with the person (`id:…`, else `cio_id:…`) it leaves.
+    Returns how many (an empty table without ``email_released``)."""
+    run_sql(
+        con,
+        f"create or replace temp table {RELEASED_ELSEWHERE} (email varchar, person varchar)",
+    )
+    keys = sorted(released)
+    if not keys or not temp_table(con, "email_released"):
+        return 0
+    with registered(con, "_released_elsewhere", pa.table({"k": pa.array(keys, pa.string())})):
+        run_sql(
+            con,
+            f"""
+            insert into {RELEASED_ELSEWHERE}
+            select distinct r.old_email as email,
+                   coalesce('id:' || r.old_id, 'cio_id:' || r.old_cio_id) as person
+            from email_released r semi join _released_elsewhere x on x.k = r.k
+            where r.old_email is not null and coalesce(r.old_id, r.old_cio_id) is not null
+            """,
+        )
+    return int(_one(con, f"select count(*) from {RELEASED_ELSEWHERE}") or 0)
+
+
+def released_records_of(records: str) -> str:
+    """SQL: the keys of the records of ``records`` (another people sync's snapshot: a table,
+    or a query in parentheses) that give a person of :data:`RELEASED_ELSEWHERE` the email
+    released from them (:func:`without_email` is what they then give)."""
+    return (
+        f"select t.k from {records} t semi join {RELEASED_ELSEWHERE} g "
+        f"on {_lower_email('t.ident')} = g.email and {_addressed_by('t.ident')} = g.person"
+    )
+
+
+def released_kept_of(kept: str) -> str:
+    """SQL: the keys of the people of ``kept`` (another people sync's ``emails_kept__S``: a
+    table, or a query in parentheses) kept an email :data:`RELEASED_ELSEWHERE` released
+    from them."""
+    return (
+        f"select t.k from {kept} t semi join {RELEASED_ELSEWHERE} g "
+        f"on {email_match('t.email')} = g.email and {_addressed_by('t.ident')} = g.person"
+    )
+
+
+def without_email(ident: str) -> str:
+    """SQL: the JSON ``ident`` of a record without its `email` (released from its person:
+    what else the record sent stands)."""
+    return f"json_merge_patch({ident}, '{{\"email\":null}}')::varchar"
 
 
 def email_moves(
@@ -3271,10 +3335,18 @@ def _delivered(con: duckdb.DuckDBPyConnection, sync: str) -> str:
     A run of named records (`--only`) hides the others behind a temp table of the same name
     and a `--full-resync` run behind an empty one, but the rows it sends may still take an
     email from, or give one to, a record it does not name (two users swap addresses, `--only`
-    one of them): whose email is whose is read from all the records."""
+    one of them): whose email is whose is read from all the records. In a command of plans,
+    the whole snapshot as the earlier syncs' runs leave it (the temp view ``plan_snap__S``,
+    ``planned.shadow``)."""
     snap = table("snap", sync)
     if not temp_table(con, f"snap__{sync}"):
         return snap
+    planned = con.execute(
+        "select count(*) from duckdb_views() where temporary and view_name = ?",
+        [f"plan_snap__{sync}"],
+    ).fetchall()[0][0]
+    if planned:
+        return table("plan_snap", sync)
     database = con.execute("select current_database()").fetchall()[0][0]
     return f'"{database}".main.{snap}'
 

@@ -19,7 +19,11 @@ connection, in temp tables that outlive the plan (``StateStore.reset_connection`
 - ``plan_ledger__S(k)``: the identity operations the run sends (a merge is sent once, by the
   first sync of the command that needs the identity graph);
 - ``plan_kept__S(k)``: the people of ``emails_kept__S`` an earlier people sync of the command
-  deletes (``diff.forget_people_of``): their emails are not released later.
+  deletes (``diff.forget_people_of``), or releases the kept email from
+  (``diff.forget_released_elsewhere``): their emails are not released later.
+- ``plan_strip__S(k)``: the records of the snapshot of S that give a person the email an
+  earlier people sync of the command releases from them (``diff.forget_released_elsewhere``):
+  they give it no more (their ``ident`` without `email`), until S's run sends them again.
 - ``plan_keep__S(k, email, ident)``: the people whose email the run of S would leave them
   with in Customer.io though their row lets go of it (``diff.keep_emails``): a later people
   sync taking that email waits for them.
@@ -34,15 +38,16 @@ connection, in temp tables that outlive the plan (``StateStore.reset_connection`
   relationships syncs hold the relationships of their objects.
 
 A later plan then reads temp views of the same names as the state's tables (``snap__S``,
-``unconfirmed__S``, ``ledger__S``) in front of them, and its own snapshot, when an earlier sync
-forgets some of its relationships, as a temp table without them.
+``unconfirmed__S``, ``ledger__S``, ``emails_kept__S``) in front of them, and its own snapshot,
+when an earlier sync changes it, as a temp table (and the whole of it, which a plan of named
+records or a full resync cuts down, as the temp view ``plan_snap__S``, ``diff._delivered``).
 
 A plan a guardrail stops is not counted: its run would send nothing (without `--force`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import duckdb
@@ -79,7 +84,11 @@ class Planned:
     """People syncs with a ``plan_keep__S``: the people their run adds to ``emails_kept__S``."""
     kept: set[str] = field(default_factory=set)
     """People syncs with a ``plan_kept__S``: the people of their ``emails_kept__S`` that an
-    earlier sync of the command deletes (``diff.kept_emails_of``)."""
+    earlier sync of the command deletes (``diff.kept_emails_of``) or releases the email of
+    (``diff.released_kept_of``)."""
+    strip: set[str] = field(default_factory=set)
+    """People syncs with a ``plan_strip__S``: the records of their snapshots an earlier sync
+    of the command releases the email of (``diff.released_records_of``)."""
     deleting: list[str] = field(default_factory=list)
     """People and objects syncs whose runs delete records, the relationships of which are not
     yet in the ``plan_drop__R`` of the relationships syncs (worked out only for a plan that
@@ -93,6 +102,7 @@ class Planned:
             | {_name("plan_ledger", s) for s in self.ledger}
             | {_name("plan_kept", s) for s in self.kept}
             | {_name("plan_keep", s) for s in self.keep}
+            | {_name("plan_strip", s) for s in self.strip}
             | {_name("plan_unmark", s) for s in self.unmark}
             | {_name("plan_rejected", s) for s in self.reset}
             | {_name("plan_skipped", s) for s in self.skipped}
@@ -106,6 +116,17 @@ def _dropping(con: duckdb.DuckDBPyConnection, planned: Planned, sync: str, selec
         run_sql(con, f"create or replace temp table {drop} (k varchar)")
         planned.drop.add(sync)
     run_sql(con, f"insert into {drop} {select}")
+
+
+def _keeping_no_more(
+    con: duckdb.DuckDBPyConnection, planned: Planned, sync: str, select: str
+) -> None:
+    """Add the keys ``select`` gives to ``plan_kept__<sync>``."""
+    kept = table("plan_kept", sync)
+    if sync not in planned.kept:
+        run_sql(con, f"create or replace temp table {kept} (k varchar)")
+        planned.kept.add(sync)
+    run_sql(con, f"insert into {kept} {select}")
 
 
 def _unmarking(con: duckdb.DuckDBPyConnection, planned: Planned, sync: str, select: str) -> None:
@@ -135,9 +156,12 @@ def record(
     full_resync: bool,
     only: bool,
     identity_ops: pa.Table | None,
+    email_syncs: Sequence[str] = (),
 ) -> None:
     """After the plan of ``sync`` (its temp tables still there): keep what its run would
-    change in the state for the later plans of the command."""
+    change in the state for the later plans of the command. ``email_syncs``: for a people
+    sync, the other people syncs whose records its email releases leave
+    (``run._email_syncs_beside``)."""
     con = store.con
     if identity_ops is not None and identity_ops.num_rows:
         with registered(con, "_planned_ops", identity_ops.select(["k"])):
@@ -150,6 +174,11 @@ def record(
     if sync.kind == "events":
         return
     delta = table("plan_delta", sync.name)
+    if sync.name in planned.strip:  # the records it sends again give what they give now
+        strip = table("plan_strip", sync.name)
+        run_sql(con, f"delete from {strip} where k in (select k from changes)")
+        if diff_step.temp_table(con, diff_step.NULLS_ONLY):
+            run_sql(con, f"delete from {strip} where k in (select k from {diff_step.NULLS_ONLY})")
     if sync.name in planned.delta:  # a follow-up plan: its changes after the first plan's
         run_sql(
             con,
@@ -168,6 +197,14 @@ def record(
             "select k, email, ident from email_kept",
         )
         planned.keep.add(sync.name)
+        if sync.name in planned.kept:  # kept again by this run, after the earlier syncs
+            run_sql(
+                con,
+                f"delete from {table('plan_kept', sync.name)} "
+                "where k in (select k from email_kept)",
+            )
+    if sync.kind == "people":
+        _forget_released(store, sync, planned, email_syncs)
     # a full resync forgets the snapshot, but for the records of the rows it rejects (not
     # sent, Customer.io keeps what it was sent before, ``run._reset_snapshot``); of an objects
     # sync, it marks them not sent again
@@ -219,11 +256,43 @@ def record(
                 diff_step.unconfirmed_records_of(sync.kind, other.name, deleted),
             )
             if sync.kind == "people":  # and the emails they kept (``forget_people_of``)
-                kept = table("plan_kept", other.name)
-                if other.name not in planned.kept:
-                    run_sql(con, f"create or replace temp table {kept} (k varchar)")
-                    planned.kept.add(other.name)
-                run_sql(con, f"insert into {kept} {diff_step.kept_emails_of(other.name, deleted)}")
+                _keeping_no_more(
+                    con, planned, other.name, diff_step.kept_emails_of(other.name, deleted)
+                )
+
+
+def _forget_released(
+    store: StateStore, sync: SyncConfig, planned: Planned, others: Sequence[str]
+) -> None:
+    """The emails the run of the people ``sync`` releases (every clear delivered) leave what
+    it keeps for their people (``diff.forget_kept_emails``), its records that left the model
+    with them (``diff.forget_released_left``), and the records the other
+    people syncs ``others`` delivered them with to that person, and what those keep for
+    them, as in the run (``diff.forget_released_elsewhere``): their snapshots as the earlier
+    syncs of the command leave them, with the same SQL."""
+    con = store.con
+    released = diff_step.released_keys(con, failed=())
+    if not released:
+        return
+    keys = pa.table({"k": pa.array(sorted(released), pa.string())})
+    with registered(con, "_planned_released", keys):
+        _keeping_no_more(con, planned, sync.name, "select k from _planned_released")
+        # the records that left whose email it releases (``diff.forget_released_left``)
+        left = diff_step.released_left_of(con, sync, "_planned_released")
+        if left is not None:
+            _forgetting(con, planned, sync.name, left, left)
+    if others and diff_step.released_elsewhere(con, released):
+        for name in others:
+            store.ensure_sync_tables(name)
+            strip = table("plan_strip", name)
+            if name not in planned.strip:
+                run_sql(con, f"create or replace temp table {strip} (k varchar)")
+                planned.strip.add(name)
+            records = diff_step.released_records_of(f"({snapshot(con, planned, name)})")
+            run_sql(con, f"insert into {strip} {records}")
+            kept = diff_step.released_kept_of(f"({emails_kept(con, planned, name)})")
+            _keeping_no_more(con, planned, name, kept)
+    run_sql(con, f"drop table if exists {diff_step.RELEASED_ELSEWHERE}")
 
 
 def people_syncs(project: Project, sync: SyncConfig) -> list[SyncConfig]:
@@ -306,20 +375,31 @@ def _stored(con: duckdb.DuckDBPyConnection) -> Callable[[str, str], str]:
 def snapshot(con: duckdb.DuckDBPyConnection, planned: Planned, name: str) -> str:
     """SQL of the snapshot of sync ``name`` as the runs of the syncs planned so far would leave
     it (the state's, when none of them changes it: in a command of runs, ``planned`` is empty)."""
-    joins, sent = "", ""
+    joins, sent, columns, ident = "", "", "s.*", "ident"
+    if name in planned.strip:  # their email released by an earlier sync
+        released = f"(select k from {table('plan_strip', name)})"
+
+        def stripped(record: str) -> str:
+            return (
+                f"case when {record}k in {released} "
+                f"then {diff_step.without_email(f'{record}ident')} "
+                f"else {record}ident end as ident"
+            )
+
+        columns, ident = f"s.k, s.h, {stripped('s.')}, s.addr", stripped("")
     if name in planned.drop:
         joins += f" anti join {table('plan_drop', name)} d on d.k = s.k"
     if name in planned.delta:
         delta = table("plan_delta", name)
         joins += f" anti join {delta} c on c.k = s.k"
         sent = (
-            f" union all select k, h, ident, {PERSON_ADDRESS} as addr "
+            f" union all select k, h, {ident}, {PERSON_ADDRESS} as addr "
             f"from {delta} where not removed"
         )
     where = ""
     if name in planned.reset:  # but for the records of the rows it rejects
         where = f" where s.k in (select k from {table('plan_rejected', name)})"
-    return f"select s.* from {_stored(con)('snap', name)} s{joins}{where}{sent}"
+    return f"select {columns} from {_stored(con)('snap', name)} s{joins}{where}{sent}"
 
 
 def emails_kept(con: duckdb.DuckDBPyConnection, planned: Planned, name: str) -> str:
@@ -343,16 +423,23 @@ def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Plann
             _forget_relationships(store, project, project.sync(name), planned)
         planned.deleting.clear()
     stored = _stored(con)
-    for name in sorted(planned.delta | planned.drop):
+    for name in sorted(planned.delta | planned.drop | planned.strip):
         store.ensure_sync_tables(name)
         # its own snapshot is a table, which the plan may cut down (`--only`) or set aside
-        # (`--full-resync`) as it does the state's
+        # (`--full-resync`) as it does the state's; the whole of it, a view
+        # (``diff._delivered``: whose email is whose)
         kind = "table" if name == sync.name else "view"
         run_sql(
             con,
             f"create or replace temp {kind} {table('snap', name)} as "
             f"{snapshot(con, planned, name)}",
         )
+        if name == sync.name:
+            run_sql(
+                con,
+                f"create or replace temp view {table('plan_snap', name)} as "
+                f"{snapshot(con, planned, name)}",
+            )
     for name in sorted(planned.delta | planned.unmark | planned.skipped):
         store.ensure_sync_tables(name)
         joins, marks = "", ""

@@ -1479,15 +1479,8 @@ def _deliver_email_clears(
 def _released(store: StateStore, counts: CommitCounts | None) -> set[str]:
     """The keys of the people whose email this run cleared (:func:`_deliver_email_clears`),
     and of those the identity graph's operations cleared ahead of the rows instead
-    (``email_cleared_by_graph``: delivered, or the run would have stopped before its rows)."""
-    out: set[str] = set()
-    if diff_step.temp_table(store.con, "email_cleared_by_graph"):
-        rows = store.con.execute("select k from email_cleared_by_graph").fetchall()
-        out.update(str(k) for (k,) in rows)
-    if counts is None:
-        return out
-    keys = store.con.execute("select k from email_clears").fetchall()
-    return out | {k.removesuffix("#release-email") for (k,) in keys if k not in counts.failed_keys}
+    (``diff.released_keys``)."""
+    return diff_step.released_keys(store.con, None if counts is None else counts.failed_keys)
 
 
 def _app_settings(project: Project, sync: SyncConfig) -> CustomerIOSettings | None:
@@ -2041,6 +2034,7 @@ def plan_sync(
                 session.planned,
                 full_resync=full_resync,
                 only=bool(only),
+                email_syncs=_email_syncs_beside(store, project, sync),
                 identity_ops=pa.concat_tables(
                     [t for t in (identity_ops, anonymous_ops) if t is not None]
                 )
