@@ -266,7 +266,8 @@ def _as_format_3(project: Any) -> None:
         store.exec_sql(
             'alter table "ledger__activity" drop column if exists name; '
             'alter table "ledger__activity" drop column if exists sent_ts; '
-            "update state_format set format = 3"
+            "update state_format set format = 3; "
+            "delete from upgraded where step like 'tables@%'"
         )
 
 
