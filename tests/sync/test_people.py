@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tests.sync.helpers import USERS_PROFILE
+from tests.sync.helpers import UNMARK_TABLES, USERS_PROFILE
 
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator, FaultConfig
@@ -824,12 +824,8 @@ def test_a_changed_row_that_reaches_the_person_of_an_unchanged_row_is_reported(
     assert run_sync(project, "accounts", console=NullConsole()).changes.shared_person == 1
 
     # bob's account takes cy's email (in another case); a snapshot from before `addr` existed
-    # (and so before the mark of tables made whole at this format)
     with StateStore.open(project.state_dir) as store:
-        store.exec_sql(
-            'alter table "snap__accounts" drop column addr; '
-            "delete from upgraded where step like 'tables@%'"
-        )
+        store.exec_sql(f'alter table "snap__accounts" drop column addr; {UNMARK_TABLES}')
     project_factory.sql("update accounts set email = 'CY@example.com' where account_id = 'a3'")
     plan = plan_sync(project, "accounts", console=NullConsole())
     assert plan.changes.to_send == 1 and plan.changes.shared_person == 1
