@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from tests.sync.helpers import ACTIVITY
+from tests.sync.helpers import ACTIVITY, UNMARK_TABLES
 from tests.sync.test_in_place import in_place_for
 from tests.sync.test_rejected_rows import invoke
 from tests.sync.test_unconfirmed import killed_once_applied
@@ -367,7 +367,7 @@ def test_an_event_whose_answer_was_lost_is_stored_once_after_its_row_is_correcte
     emu = project_factory.emulator
     assert run(project).delivered == 1
     with StateStore.open(project.state_dir) as store:  # as a state from before the table
-        store.exec_sql('drop table "event_ids__activity"')
+        store.exec_sql(f'drop table "event_ids__activity"; {UNMARK_TABLES}')
 
     project_factory.sql(f"insert into events values ('order-1', 1, 'Used', {ts(600)}, 'g')")
     emu.set_faults(ANSWERS_LOST)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from tests.sync.helpers import ACTIVITY
+from tests.sync.helpers import ACTIVITY, UNMARK_TABLES
 from tests.sync.test_identity_sync import app_project, sync_all
 
 from lockgate.cli import cli
@@ -266,7 +266,7 @@ def _as_format_3(project: Any) -> None:
         store.exec_sql(
             'alter table "ledger__activity" drop column if exists name; '
             'alter table "ledger__activity" drop column if exists sent_ts; '
-            "update state_format set format = 3"
+            f"update state_format set format = 3; {UNMARK_TABLES}"
         )
 
 

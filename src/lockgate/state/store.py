@@ -433,8 +433,9 @@ def _record_format(con: duckdb.DuckDBPyConnection) -> None:
         )
 
 
-def _open_database(path: Path, memory_limit: str | None) -> duckdb.DuckDBPyConnection:
-    """The state database, with the settings every run relies on, its schema up to date."""
+def _open_database(path: Path, memory_limit: str | None) -> tuple[duckdb.DuckDBPyConnection, bool]:
+    """The state database, with the settings every run relies on, its schema up to date; and
+    whether it recorded the current format already (not upgraded, nor new, by this open)."""
     try:
         con = duckdb.connect(str(path))
     except duckdb.Error as exc:
@@ -447,7 +448,8 @@ def _open_database(path: Path, memory_limit: str | None) -> duckdb.DuckDBPyConne
         ) from exc
     try:
         _configure(con, path, memory_limit)
-        if _recorded_format(con, path) != STATE_FORMAT:
+        current = _recorded_format(con, path) == STATE_FORMAT
+        if not current:
             _check_format(con, path)
             run_sql(con, SCHEMA)
             _flatten_grouped_history(con)
@@ -455,7 +457,7 @@ def _open_database(path: Path, memory_limit: str | None) -> duckdb.DuckDBPyConne
     except BaseException:
         con.close()
         raise
-    return con
+    return con, current
 
 
 def _recorded_format(con: duckdb.DuckDBPyConnection, path: Path) -> int | None:
@@ -587,6 +589,14 @@ def _in_use(state_dir: Path, holder: str) -> StateError:
     )
 
 
+#: the mark (in ``upgraded``) of a sync whose tables :meth:`StateStore.ensure_sync_tables`
+#: made, or brought up to this state format, whole: the runs after it ask one question
+#: instead of a score (their creation, each upgrade's columns). Written once every step is
+#: done, so a Lockgate killed half-way leaves no mark and the next run finishes the work; a
+#: state of an older format is upgraded whatever marks it holds.
+TABLES_STEP = f"tables@{STATE_FORMAT}"
+
+
 def table(name: str, sync: str) -> str:
     """The quoted per-sync table name, e.g. ``"snap__customer_profile"``."""
     return f'"{name}__{sync}"'
@@ -601,8 +611,18 @@ class StateStore:
             runs = state.runs(limit=10)
     """
 
-    def __init__(self, path: Path, con: duckdb.DuckDBPyConnection, lock_fd: int | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        con: duckdb.DuckDBPyConnection,
+        lock_fd: int | None,
+        *,
+        current: bool = False,
+    ) -> None:
         self.path = path
+        #: whether the state recorded the current format when opened: then a sync whose
+        #: tables are marked made at this format (:data:`TABLES_STEP`) needs nothing more
+        self._current = current
         self.con = con
         self._lock_fd = lock_fd
         #: a reader's own spill folder, removed at close (a read-only state's folder takes none)
@@ -658,7 +678,8 @@ class StateStore:
                 raise refused from exc
             path = state_dir / "state.duckdb"
             aside = _set_aside_unfinished(path)
-            store = cls(path, _open_database(path, memory_limit), fd)
+            con, current = _open_database(path, memory_limit)
+            store = cls(path, con, fd, current=current)
             store.set_aside = aside
             return store
         except BaseException:
@@ -756,11 +777,22 @@ class StateStore:
     def ensure_sync_tables(self, sync: str) -> None:
         """Create the sync's tables, or bring those of an older state format up to date.
         Once per sync and handle: a run asks for every sync's tables many times (the identity
-        graph's steps look at each people sync), ~5 ms of statements each time."""
+        graph's steps look at each people sync), ~5 ms of statements each time; and once
+        marked done at this format (:data:`TABLES_STEP`), one question per handle after."""
         if sync in self._ensured:
+            return
+        if self._current and self.exec_sql(
+            "select 1 from upgraded where sync = ? and step = ?", [sync, TABLES_STEP]
+        ):
+            self._ensured.add(sync)
             return
         self._create_sync_tables(sync)
         if not self._in_transaction():  # else a rollback may take the tables back
+            self.exec_sql(
+                "insert into upgraded select ?, ?, ? where not exists "
+                "(select 1 from upgraded where sync = ? and step = ?)",
+                [sync, TABLES_STEP, datetime.now(UTC), sync, TABLES_STEP],
+            )
             self._ensured.add(sync)
 
     def _in_transaction(self) -> bool:
