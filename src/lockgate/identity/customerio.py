@@ -424,9 +424,16 @@ def plan_customerio(
         )
 
     # people known by email alone whose profile gained an `id`: given it before the
-    # profile's identify by that `id` (a sync sends these itself, with the merges)
+    # profile's identify by that `id` (a sync sends these itself, with the merges); people
+    # known by email alone whose own email left: merged into the new email's person (a
+    # sync, with the App API, gives them the new email by their `cio_id` instead), which
+    # the profile's identify then reaches by that email
+    readdressed: set[str] = set()
     if not merged_only:
         ops.extend(adoption_ops(result, known))
+        readdress = readdress_ops(result, known)
+        readdressed = {op.profile_id for op in readdress}
+        ops.extend(readdress)
         ops.extend(release_ops(result, known))
         ops.extend(clear_ops(result, config, known))
 
@@ -472,6 +479,8 @@ def plan_customerio(
         existing = _address(into.get(pid, prev), known) if prev else None
         if existing is None and prev is not None and row.get("cio_id"):
             existing = _address(row, known)
+        if pid in readdressed:
+            existing = {"email": str(ident["email"])}  # a person holds it once they are sent
         changed = before != ident or pid in moved
         if not changed and pid not in reapply and existing is not None:
             continue
