@@ -11,6 +11,7 @@ from lockgate.identity.customerio import (
     merge_addresses,
     profile_attribute_columns,
     profile_attributes,
+    readdress_ops,
 )
 
 EXISTS = {("id", "u1"), ("email", "lead@x.com")}
@@ -361,3 +362,56 @@ def test_a_retired_lead_whose_email_joins_a_new_user_is_given_the_users_id() -> 
         ({"id": "u5"}, "lead@x.com"),
         ({"id": "u5"}, "new@x.com"),
     ]
+
+
+def test_a_person_known_by_email_alone_whose_own_email_left_keeps_one_person() -> None:
+    """A lead (a person by email alone) whose profile gains a second address, then loses its
+    own: the profile is the same, and so must its person be. Customer.io changes an email
+    only by `cio_id`: known (a sync looks it up through the App API), the person is given
+    the new address by it; else it is merged into a person created under the new address
+    (or the one holding it), which the profile's identify then reaches by it. Nothing when
+    the old person is not known to exist, nor once the profile holds the new address."""
+    cfg = config()
+    first = run(cfg, {"crm_contacts": rows({"email": "old@x.com", "ts": 1})})
+    both = rows(
+        {"email": "old@x.com", "crm_contact_id": "c1", "ts": 2},
+        {"email": "new@x.com", "crm_contact_id": "c1", "ts": 2},
+    )
+    second = run(cfg, {"crm_contacts": both}, state=first.state, run_id="r2")
+    third = run(
+        cfg,
+        {"crm_contacts": rows({"email": "new@x.com", "crm_contact_id": "c1", "ts": 3})},
+        state=second.state,
+        run_id="r3",
+    )
+    assert profile_of(third, "email", "new@x.com") == profile_of(first, "email", "old@x.com")
+
+    def sent(ops):  # type: ignore[no-untyped-def]
+        return [
+            (op.payload["action"], op.payload.get("identifiers") or op.payload["secondary"])
+            for op in ops
+        ]
+
+    old = {("email", "old@x.com")}
+    by_cio_id = readdress_ops(third, lambda k, v: (k, v) in old, {"old@x.com": "c0ffee"})
+    assert [op.payload for op in by_cio_id] == [
+        {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {"cio_id": "c0ffee"},
+            "attributes": {"email": "new@x.com"},
+        }
+    ]
+    merged = readdress_ops(third, lambda k, v: (k, v) in old)
+    assert sent(merged) == [("identify", {"email": "new@x.com"}), ("merge", {"email": "old@x.com"})]
+    assert merged[1].payload["primary"] == {"email": "new@x.com"}
+    held = old | {("email", "new@x.com")}
+    assert sent(readdress_ops(third, lambda k, v: (k, v) in held)) == [
+        ("merge", {"email": "old@x.com"})
+    ]
+    assert readdress_ops(third, lambda k, v: False) == []
+    # the graph's whole plan: the merge path, then the profile's identify by the new address
+    plan = plan_customerio(third, cfg, exists=old)
+    assert sent(plan.ops) == sent(merged) + [("identify", {"email": "new@x.com"})]
+    fourth = run(cfg, {}, state=third.state, run_id="r4")
+    assert readdress_ops(fourth, lambda k, v: True) == []

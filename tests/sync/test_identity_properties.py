@@ -1594,3 +1594,56 @@ def test_a_new_user_taking_an_email_released_twice_is_a_person_of_their_own(
     assert u5 is not None and u5.cio_id not in {u1.cio_id, u4.cio_id}
     assert (u5.email, u5.attributes) == ("e2@x.io", {"plan": "team"})
     assert_nothing_left_to_send(project)
+
+
+@pytest.mark.parametrize("app_api", [True, False], ids=["app api key", "no app api key"])
+def test_a_lead_whose_own_email_leaves_while_other_addresses_stay_is_one_person(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app_api: bool
+) -> None:
+    """A lead, `e5`, synced alone; then a lead `e1` and links give its profile `e1` and `e2`,
+    and the profile's person is `e5`'s. Then `e5`'s row and its link leave while `e1` and
+    `e2` stay: the profile is the same (identity.md, stable profile ids), and so is its
+    person: one person holds the profile, with the email `e1` and `e1`'s row, not a new
+    person under `e1` beside a stale `e5` (two people for one human). With the App API,
+    that person is `e5`'s (found by its email, given the new one by its `cio_id`); without
+    it, `e5`'s person is merged into the one the rows reach by `e1`."""
+    emu = customerio_emulator
+    if app_api:
+        monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    else:
+        monkeypatch.delenv("CUSTOMERIO_APP_API_KEY", raising=False)
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(tmp_path, "insert into leads values ('e5@x.io', 'ads')")
+    sync_all(project)
+    (lead,) = emu.people()
+    sql(tmp_path, "insert into leads values ('e1@x.io', 'seo')")
+    sql(tmp_path, "insert into links values ('e1@x.io', 'e5@x.io'), ('e1@x.io', 'e2@x.io')")
+    sync_all(project)
+    (person,) = emu.people()
+    assert (person.cio_id, person.email) == (lead.cio_id, "e5@x.io")
+    sql(
+        tmp_path,
+        "delete from leads where email = 'e5@x.io';delete from links where other_email = 'e5@x.io'",
+    )
+    # the plan shows the operations sent ahead of the rows (by the first sync), as sent
+    ahead = []
+    for name in ORDER:
+        plan = plan_sync(project, name, console=NullConsole(), samples=1000)
+        before = len(emu.request_log())
+        assert run_sync(project, name, console=NullConsole()).status == "success", name
+        shown = [s["payload"] for s in (*plan.samples, *plan.email_release_samples)]
+        shown += [*plan.identity_ops, *plan.anonymous_ops]
+        assert canonical(sent_ops(emu, before)) == canonical(shown), name
+        ahead += plan.identity_ops
+    (person,) = emu.people()
+    assert (person.email, person.attributes) == ("e1@x.io", {"lead_source": "seo"})
+    if app_api:  # the same person, given the new email by its `cio_id`
+        assert person.cio_id == lead.cio_id and emu.merges() == []
+        assert [(op["identifiers"], op["attributes"]) for op in ahead] == [
+            ({"cio_id": lead.cio_id}, {"email": "e1@x.io"})
+        ]
+    else:  # the lead's person merged into the one the rows reach by the new email
+        [merge] = emu.merges()
+        assert (merge.primary, merge.secondary) == (person.cio_id, lead.cio_id)
+        assert [op["action"] for op in ahead] == ["identify", "merge"]
+    assert_nothing_left_to_send(project)

@@ -424,9 +424,16 @@ def plan_customerio(
         )
 
     # people known by email alone whose profile gained an `id`: given it before the
-    # profile's identify by that `id` (a sync sends these itself, with the merges)
+    # profile's identify by that `id` (a sync sends these itself, with the merges); people
+    # known by email alone whose own email left: merged into the new email's person (a
+    # sync, with the App API, gives them the new email by their `cio_id` instead), which
+    # the profile's identify then reaches by that email
+    readdressed: set[str] = set()
     if not merged_only:
         ops.extend(adoption_ops(result, known))
+        readdress = readdress_ops(result, known)
+        readdressed = {op.profile_id for op in readdress}
+        ops.extend(readdress)
         ops.extend(release_ops(result, known))
         ops.extend(clear_ops(result, config, known))
 
@@ -472,6 +479,8 @@ def plan_customerio(
         existing = _address(into.get(pid, prev), known) if prev else None
         if existing is None and prev is not None and row.get("cio_id"):
             existing = _address(row, known)
+        if pid in readdressed:
+            existing = {"email": str(ident["email"])}  # a person holds it once they are sent
         changed = before != ident or pid in moved
         if not changed and pid not in reapply and existing is not None:
             continue
@@ -585,6 +594,97 @@ def adoption_ops(result: IdentityResult, exists: Callable[[str, str], bool]) -> 
             "attributes": {"email": email},
         }
         ops.append(CioOp(_key("adopt", person_id, email), pid, payload))
+    return ops
+
+
+def readdressings(result: IdentityResult) -> list[tuple[str, str, str]]:
+    """The profiles that were a Customer.io person known by email alone, are still known by
+    email alone, and whose email changed because their own one left them (a lead's row and
+    its link gone, other addresses of the profile staying): `(profile_id, new email, old
+    email)` each.
+
+    Such a person can only be found by the email it holds, and Customer.io changes a
+    person's email only when it is addressed by its `cio_id`: identified by the profile's
+    new email, it would find nobody and create a second person for the one profile, leaving
+    the first with its older values (:func:`readdress_ops`). An old email another profile's
+    person now holds is left out: that profile's rows reach that person."""
+    previous = result.previous_profiles
+    if not previous.num_rows or not result.profiles.num_rows:
+        return []
+    was = previous.filter(
+        pc.and_(pc.is_null(previous["cio_person_id"]), pc.is_valid(previous["cio_email"]))
+    ).select(["profile_id", "cio_email"])
+    if not was.num_rows:
+        return []
+    profiles = result.profiles
+    now = profiles.filter(
+        pc.and_(
+            pc.and_(pc.is_null(profiles["cio_person_id"]), pc.is_valid(profiles["cio_email"])),
+            pc.is_in(profiles["profile_id"], value_set=was["profile_id"].combine_chunks()),
+        )
+    ).select(["profile_id", "cio_email"])
+    if not now.num_rows:
+        return []
+    # array lookups, not Python objects per lead: most leads keep their email every run
+    at = pc.index_in(now["profile_id"], value_set=was["profile_id"].combine_chunks())
+    old = was["cio_email"].combine_chunks().take(at).cast(pa.string())
+    email = now["cio_email"].combine_chunks().cast(pa.string())
+    changed = pc.fill_null(pc.not_equal(email, old), False)
+    now, old = now.filter(changed), old.filter(changed)
+    if not now.num_rows:
+        return []
+    held = pc.is_in(old, value_set=profiles["cio_email"].combine_chunks().cast(pa.string()))
+    free = pc.invert(pc.fill_null(held, False))
+    return sorted(
+        zip(
+            now["profile_id"].filter(free).to_pylist(),
+            now["cio_email"].filter(free).to_pylist(),
+            old.filter(free).to_pylist(),
+            strict=True,
+        )
+    )
+
+
+def readdress_ops(
+    result: IdentityResult,
+    exists: Callable[[str, str], bool],
+    cio_ids: Mapping[str, str] | None = None,
+) -> list[CioOp]:
+    """The ops that keep one person for each :func:`readdressings` entry whose old person
+    exists, sent before the rows (which identify the profile's person by its new email):
+
+    * its `cio_id` known (``cio_ids``, by old email: looked up through the App API), an
+      identify addressed by that `cio_id` giving it the new email, the one way Customer.io
+      changes an email: the same person goes on, found by the new email;
+    * else a `merge` of the old email's person into the new email's (created first by an
+      identify by it, unless a person holds it already): one person remains, found by the
+      new email, holding the old one's history; its values are the rows'.
+    """
+    ops = []
+    for pid, email, old in readdressings(result):
+        if not exists("email", old):
+            continue
+        cio_id = (cio_ids or {}).get(old)
+        if cio_id is not None:
+            payload = {
+                "type": "person",
+                "action": "identify",
+                "identifiers": {"cio_id": cio_id},
+                "attributes": {"email": email},
+            }
+            ops.append(CioOp(_key("readdress", cio_id, old, email), pid, payload))
+            continue
+        if not exists("email", email):
+            create = {
+                "type": "person",
+                "action": "identify",
+                "identifiers": {"email": email},
+                "attributes": {},
+            }
+            ops.append(CioOp(_key("readdress", pid, old, email), pid, create))
+        primary, secondary = {"email": email}, {"email": old}
+        merge = {"type": "person", "action": "merge", "primary": primary, "secondary": secondary}
+        ops.append(CioOp(_key("merge", primary, secondary), pid, merge))
     return ops
 
 

@@ -28,7 +28,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lockgate.errors import ConfigError, SourceError
+from lockgate.console import Console
+from lockgate.destinations.customerio.settings import CustomerIOSettings
+from lockgate.errors import ConfigError, LockgateError, SourceError
 from lockgate.identity import IdentityResult, IdentityState, Resolver, plan_customerio, resolve
 from lockgate.identity.customerio import (
     adoption_ops,
@@ -38,6 +40,8 @@ from lockgate.identity.customerio import (
     clear_ops,
     merge_addresses,
     profile_attribute_columns,
+    readdress_ops,
+    readdressings,
     release_ops,
     releases,
     retired_clears,
@@ -797,11 +801,21 @@ def graph_clears(
     return sorted({(email, person) for _, person, email in released if ("id", person) in holders})
 
 
-def merge_operations(store: StateStore, project: Project, resolution: Resolution) -> pa.Table:
+def merge_operations(
+    store: StateStore,
+    project: Project,
+    resolution: Resolution,
+    app: CustomerIOSettings | None = None,
+    *,
+    console: Console | None = None,
+) -> pa.Table:
     """The Customer.io operations the graph asks for (merges first), not yet delivered.
 
-    Columns: ``k`` (the op's idempotency key), ``op`` (JSON). The merge limit
-    (`customerio.merge_policy.max_merges_per_run`) is checked by :func:`merge_guard`.
+    With ``app`` (the destination's App API settings, when it has a key), the people known
+    by email alone whose own email left their profile are looked up by it
+    (:func:`readdress_lookup`). Columns: ``k`` (the op's idempotency key), ``op`` (JSON).
+    The merge limit (`customerio.merge_policy.max_merges_per_run`) is checked by
+    :func:`merge_guard`.
     """
 
     # people known by email alone whose profile gained an `id`: given it first, so that the
@@ -816,6 +830,23 @@ def merge_operations(store: StateStore, project: Project, resolution: Resolution
         first = adoption_ops(resolution.result, lambda kind, value: (kind, value) in found)
         done = _delivered_by_any_sync(store, project, [op.key for op in first])
         first = [op for op in first if op.key not in done]
+    # people known by email alone whose own email left their profile while other addresses
+    # stayed: given the profile's email now by their `cio_id` (or merged into the person of
+    # that email), so that the rows' identify by it reaches one person, not a second one
+    readdressed = readdressings(resolution.result)
+    if readdressed:
+        addresses = {("email", e) for _, new, old in readdressed for e in (new, old)}
+        found = known_people(store, project, among=addresses)
+        cio_ids: dict[str, str] = {}
+        if app is not None:
+            pairs = [(new, old) for _, new, old in readdressed if ("email", old) in found]
+            cio_ids, held, gone = readdress_lookup(app, pairs, console=console)
+            found = (found | held) - gone
+        readdress = readdress_ops(
+            resolution.result, lambda kind, value: (kind, value) in found, cio_ids
+        )
+        done = _delivered_by_any_sync(store, project, [op.key for op in readdress])
+        first += [op for op in readdress if op.key not in done]
     # emails a retired user's person gives up to the user who took them (a family email the
     # limit kept with the user whose row left): cleared first, or Customer.io would drop the
     # rows' identify giving the email to its new holder
@@ -874,6 +905,63 @@ def merge_operations(store: StateStore, project: Project, resolution: Resolution
         ]
     )
     return _ops_table(ops)
+
+
+def readdress_lookup(
+    app: CustomerIOSettings,
+    emails: list[tuple[str, str]],
+    *,
+    console: Console | None = None,
+    transport: Any = None,
+) -> tuple[dict[str, str], set[tuple[str, str]], set[tuple[str, str]]]:
+    """Who holds each ``(new, old)`` email pair of :func:`readdressings` in Customer.io, by
+    the App API (``GET /v1/customers?email=``, two requests a pair): the `cio_id` of the one
+    person holding the old email, by old email, when nobody holds the new one (that person
+    is given the new email by its `cio_id`); the new emails a person holds (`("email", e)`:
+    the old one's person is merged into it); the old emails nobody holds (deleted in
+    Customer.io: nothing to keep). An App API that refuses the key or does not answer gives
+    no `cio_id` (the old person is merged instead), with a warning on ``console``."""
+    import asyncio
+
+    import httpx
+
+    from lockgate.destinations.customerio.app_api import AppAPIClient
+
+    async def look() -> tuple[dict[str, str], set[tuple[str, str]], set[tuple[str, str]]]:
+        cio_ids: dict[str, str] = {}
+        held: set[tuple[str, str]] = set()
+        gone: set[tuple[str, str]] = set()
+        async with AppAPIClient(app, transport=transport) as client:
+            for new, old in emails:
+                holders = [
+                    p
+                    for p in await client.find_people_by_email(old)
+                    if str(p.get("email") or "").lower() == old.lower() and p.get("cio_id")
+                ]
+                taken = [
+                    p
+                    for p in await client.find_people_by_email(new)
+                    if str(p.get("email") or "").lower() == new.lower()
+                ]
+                if taken:
+                    held.add(("email", new))
+                if not holders:
+                    gone.add(("email", old))
+                elif len(holders) == 1 and not taken:
+                    cio_ids[old] = str(holders[0]["cio_id"]).removeprefix("cio_")
+        return cio_ids, held, gone
+
+    if not emails:
+        return {}, set(), set()
+    try:
+        return asyncio.run(look())
+    except (LockgateError, httpx.HTTPError) as exc:
+        if console is not None:
+            console.warn(
+                f"the App API could not find the people whose email left their profile "
+                f"({exc}): they are merged into the person of their profile's email instead"
+            )
+        return {}, set(), set()
 
 
 def anonymous_operations(

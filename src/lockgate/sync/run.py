@@ -643,7 +643,9 @@ def _prepare(
                     resolution = resolve_step.resolve_identities(project, config, step.run_id)
                     if session is not None:
                         session.resolution = resolution
-                identity_ops = resolve_step.merge_operations(store, project, resolution)
+                identity_ops = resolve_step.merge_operations(
+                    store, project, resolution, _app_settings(project, sync), console=console
+                )
                 merge_guard = resolve_step.merge_guard(resolution, identity_ops)
                 if sync.kind == "people":  # sent ahead of the rows: a row's own is not
                     graph_clears = resolve_step.graph_clears(store, project, resolution)
