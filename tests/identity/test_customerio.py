@@ -410,6 +410,10 @@ def test_a_person_known_by_email_alone_whose_own_email_left_keeps_one_person() -
         ("merge", {"email": "old@x.com"})
     ]
     assert readdress_ops(third, lambda k, v: False) == []
+    # `merge_policy.enabled: false` sends no merge: the `cio_id` path alone stands
+    assert readdress_ops(third, lambda k, v: (k, v) in old, merges=False) == []
+    kept = readdress_ops(third, lambda k, v: (k, v) in old, {"old@x.com": "c0ffee"}, merges=False)
+    assert [op.payload for op in kept] == [op.payload for op in by_cio_id]
     # the graph's whole plan: the merge path, then the profile's identify by the new address
     plan = plan_customerio(third, cfg, exists=old)
     assert sent(plan.ops) == sent(merged) + [("identify", {"email": "new@x.com"})]

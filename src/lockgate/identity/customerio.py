@@ -431,7 +431,7 @@ def plan_customerio(
     readdressed: set[str] = set()
     if not merged_only:
         ops.extend(adoption_ops(result, known))
-        readdress = readdress_ops(result, known)
+        readdress = readdress_ops(result, known, merges=policy.enabled)
         readdressed = {op.profile_id for op in readdress}
         ops.extend(readdress)
         ops.extend(release_ops(result, known))
@@ -649,6 +649,8 @@ def readdress_ops(
     result: IdentityResult,
     exists: Callable[[str, str], bool],
     cio_ids: Mapping[str, str] | None = None,
+    *,
+    merges: bool = True,
 ) -> list[CioOp]:
     """The ops that keep one person for each :func:`readdressings` entry whose old person
     exists, sent before the rows (which identify the profile's person by its new email):
@@ -658,7 +660,9 @@ def readdress_ops(
       changes an email: the same person goes on, found by the new email;
     * else a `merge` of the old email's person into the new email's (created first by an
       identify by it, unless a person holds it already): one person remains, found by the
-      new email, holding the old one's history; its values are the rows'.
+      new email, holding the old one's history; its values are the rows'. Not with
+      ``merges`` off (`merge_policy.enabled: false`: no merge is ever sent): then nothing,
+      and the rows reach a person under the new email beside the old one.
     """
     ops = []
     for pid, email, old in readdressings(result):
@@ -673,6 +677,8 @@ def readdress_ops(
                 "attributes": {"email": email},
             }
             ops.append(CioOp(_key("readdress", cio_id, old, email), pid, payload))
+            continue
+        if not merges:
             continue
         if not exists("email", email):
             create = {

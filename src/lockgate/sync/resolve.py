@@ -843,7 +843,10 @@ def merge_operations(
             cio_ids, held, gone = readdress_lookup(app, pairs, console=console)
             found = (found | held) - gone
         readdress = readdress_ops(
-            resolution.result, lambda kind, value: (kind, value) in found, cio_ids
+            resolution.result,
+            lambda kind, value: (kind, value) in found,
+            cio_ids,
+            merges=resolution.config.customerio.merge_policy.enabled,
         )
         done = _delivered_by_any_sync(store, project, [op.key for op in readdress])
         first += [op for op in readdress if op.key not in done]
