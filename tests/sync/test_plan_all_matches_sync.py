@@ -15,6 +15,7 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 from tests.sync import test_identity_sync
+from tests.sync.test_email_across_syncs import SYNC, people
 
 from lockgate.cli import cli
 from lockgate.emulator import Emulator, FaultConfig
@@ -649,28 +650,6 @@ def test_a_person_another_sync_deletes_is_not_created_again_to_release_their_ema
     assert four is not None and four.email == "c3@x.com"
 
 
-def signups(name: str) -> str:
-    """A people sync by `id` and email (the app's users, the CRM's leads of one person),
-    setting `<name>_plan`."""
-    return f"""
-name: {name}
-source: warehouse
-model: {{table: {name}}}
-kind: people
-primary_key: user_id
-identify_by: {{id: user_id, email: email}}
-attributes: {{{name}_plan: plan}}
-"""
-
-
-def emails_and_plans(emu: Emulator) -> dict[str | None, tuple[str | None, dict[str, Any]]]:
-    """id -> (email, the plans each sync set)."""
-    return {
-        p.id: (p.email, {k: v for k, v in p.attributes.items() if k.endswith("_plan")})
-        for p in emu.people()
-    }
-
-
 @pytest.fixture
 def one_person_two_syncs(project_factory: ProjectFactory) -> ProjectFactory:
     """u1 with e1, sent by `app` and by `crm` (`app` runs first in `--all`), synced once."""
@@ -679,7 +658,7 @@ def one_person_two_syncs(project_factory: ProjectFactory) -> ProjectFactory:
         f.sql(
             f"create table {name} as select 'u1' as user_id, 'e1@x.io' as email, '{plan}' as plan"
         )
-    f.project = f.write({"app": signups("app"), "crm": signups("crm")}, retries=0)
+    f.project = f.write({"app": SYNC.format(name="app"), "crm": SYNC.format(name="crm")}, retries=0)
     lockgate(f.project, "sync", "--all", "--json")
     return f
 
@@ -714,7 +693,7 @@ def test_an_email_the_first_sync_releases_is_not_released_again_by_the_second(
     assert [p["changes"]["email_releases"] for p in plans.values()] == [1, 0]
     assert_plans_match(plans, runs, sent)
     assert len(released_from(sent, "u1")) == 1
-    assert emails_and_plans(emu) == {
+    assert people(emu) == {
         "u1": (None, {"app_plan": "free", "crm_plan": "gold"}),
         "u2": ("e1@x.io", {"app_plan": "pro", "crm_plan": "lead"}),
     }
@@ -751,7 +730,7 @@ def test_an_email_the_first_sync_releases_waits_in_the_second(
     assert (crm["changes"]["to_send"], crm["changes"]["email_held_sent"]) == (1, 1)
     assert_plans_match(plans, runs, sent)
     assert runs["crm"]["rejected_rows"] == crm["rejected_rows"]
-    assert emails_and_plans(emu) == {
+    assert people(emu) == {
         "u1": (None, {"app_plan": "free", "crm_plan": "platinum"}),
         "u2": ("e1@x.io", {"app_plan": "pro"}),
     }

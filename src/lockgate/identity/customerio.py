@@ -525,6 +525,18 @@ def plan_customerio(
     return CioPlan(tuple(ops), pa.table(outcomes, schema=OUTCOMES_SCHEMA), review, counts)
 
 
+def _known_by_email_alone(result: IdentityResult) -> pa.Table | None:
+    """The profiles the previous run left as a Customer.io person known by email alone
+    (`profile_id`, `cio_email`), when this run has profiles too; None when there are none."""
+    previous = result.previous_profiles
+    if not previous.num_rows or not result.profiles.num_rows:
+        return None
+    was = previous.filter(
+        pc.and_(pc.is_null(previous["cio_person_id"]), pc.is_valid(previous["cio_email"]))
+    ).select(["profile_id", "cio_email"])
+    return was if was.num_rows else None
+
+
 def adoptions(result: IdentityResult) -> list[tuple[str, str, str]]:
     """The profiles that were a Customer.io person known by email alone and now have an `id`:
     `(profile_id, id, old email)` each.
@@ -537,13 +549,8 @@ def adoptions(result: IdentityResult) -> list[tuple[str, str, str]]:
     own identify gives the person the `id`, unless a person with that `id` exists already (a
     user whose row left and who comes back with a retired lead's email): see
     :func:`adoption_ops`."""
-    previous = result.previous_profiles
-    if not previous.num_rows or not result.profiles.num_rows:
-        return []
-    was = previous.filter(
-        pc.and_(pc.is_null(previous["cio_person_id"]), pc.is_valid(previous["cio_email"]))
-    ).select(["profile_id", "cio_email"])
-    if not was.num_rows:
+    was = _known_by_email_alone(result)
+    if was is None:
         return []
     now = result.profiles.filter(pc.is_valid(result.profiles["cio_person_id"])).select(
         ["profile_id", "cio_person_id"]
@@ -608,13 +615,8 @@ def readdressings(result: IdentityResult) -> list[tuple[str, str, str]]:
     new email, it would find nobody and create a second person for the one profile, leaving
     the first with its older values (:func:`readdress_ops`). An old email another profile's
     person now holds is left out: that profile's rows reach that person."""
-    previous = result.previous_profiles
-    if not previous.num_rows or not result.profiles.num_rows:
-        return []
-    was = previous.filter(
-        pc.and_(pc.is_null(previous["cio_person_id"]), pc.is_valid(previous["cio_email"]))
-    ).select(["profile_id", "cio_email"])
-    if not was.num_rows:
+    was = _known_by_email_alone(result)
+    if was is None:
         return []
     profiles = result.profiles
     now = profiles.filter(
