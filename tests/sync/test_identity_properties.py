@@ -34,7 +34,9 @@ limit of a type) is one where a union must be refused. The invariants:
   (a)-(f) again: every user is a person again with each value of its rows, a value a row
   does not give (a null `plan`) being what Customer.io kept. What only a hand merge did
   stays: the merges it made, the anonymous ids and attributes it gave the primary. A
-  person deleted by hand whose `id` no source shows any more is never created again.
+  person deleted by hand whose `id` no source shows any more is never created again, unless
+  a row still reaches it (a lead's or a Stripe customer's, by its email or Stripe id): that
+  row's profile is still the person, `id` and all, and a full resync sends the row again.
 
 `LOCKGATE_PROPERTY_EXAMPLES=200 LOCKGATE_PROPERTY_STEPS=30` explores more than CI's few
 derandomized examples.
@@ -196,6 +198,7 @@ class IdentityMachine(RuleBasedStateMachine):
         self.hand_anons: set[str] = set()
         self.hand_emails = 0  # emails given by hand so far: `hand1@x.io`, `hand2@x.io`, ...
         #: the `id`s of people deleted by hand (or merged away) that no source has shown since
+        #: and no row reached when they went
         self.hand_deleted: set[str] = set()
 
     @initialize(
@@ -465,11 +468,17 @@ class IdentityMachine(RuleBasedStateMachine):
             self._plan_and_sync(full_resync=False)
         self._plan_and_sync(full_resync=True)
 
-    def _reached_by_a_lead(self, person: Any) -> bool:
-        """Whether a lead's row has the person's email: its profile may go on addressing
-        the person by the `id` of a user who left (a full resync then creates it again with
-        that `id`, which (g) does not judge)."""
-        return _mail(person.email or "") in {_mail(e) for e in self.leads}
+    def _reached_by_a_row(self, person: Any) -> bool:
+        """Whether a lead's row or a Stripe customer's has the person's email, or a Stripe
+        customer is the person's `stripe_id`: that row's profile may go on addressing the
+        person by an `id` no source shows any more (a user who left; one a Stripe customer
+        named before it named an email instead), and a full resync then creates it again
+        with that `id` (docs/identity.md, "Stable profile ids"), which (g) does not judge."""
+        mails = {_mail(e) for e in self.leads}
+        mails |= {_mail(r["email"]) for r in self.stripe.values() if r["email"]}
+        return _mail(person.email or "") in mails or person.attributes.get("stripe_id") in (
+            self.stripe
+        )
 
     def _person(self, data: st.DataObject) -> Any:
         return data.draw(st.sampled_from(sorted(self.emu.people(), key=lambda p: p.cio_id)))
@@ -480,7 +489,7 @@ class IdentityMachine(RuleBasedStateMachine):
         """(g) someone deletes a person in Customer.io (the UI, or the Track API)."""
         person = self._person(data)
         event("a person deleted by hand" + (" (a user's)" if person.id else ""))
-        if person.id and not self._reached_by_a_lead(person):
+        if person.id and not self._reached_by_a_row(person):
             self.hand_deleted.add(person.id)
         self._by_hand(
             {"type": "person", "action": "delete", "identifiers": {"cio_id": person.cio_id}}
@@ -498,7 +507,7 @@ class IdentityMachine(RuleBasedStateMachine):
         event("two people merged by hand" + (" (the secondary a user's)" if secondary.id else ""))
         self.hand_merges.add((primary.cio_id, secondary.cio_id))
         self.hand_anons |= set(secondary.anonymous_ids)
-        if secondary.id and not self._reached_by_a_lead(secondary):
+        if secondary.id and not self._reached_by_a_row(secondary):
             self.hand_deleted.add(secondary.id)
         body = {"primary": {"cio_id": primary.cio_id}, "secondary": {"cio_id": secondary.cio_id}}
         self._by_hand(body, "/api/v1/merge_customers")
@@ -554,7 +563,8 @@ class IdentityMachine(RuleBasedStateMachine):
         for m in self.emu.merges():
             assert m.secondary_id is None or (m.primary, m.secondary) in self.hand_merges, m
         by_id = {p.id: p for p in people if p.id}
-        # (g) a person deleted by hand whose `id` no source shows any more is not created again
+        # (g) a person deleted by hand whose `id` no source shows any more, and that no row
+        # reaches, is not created again
         assert not self.hand_deleted & set(by_id), sorted(self.hand_deleted & set(by_id))
         for uid in self.users:
             person = by_id.get(uid)
@@ -884,6 +894,81 @@ def test_a_person_deleted_by_hand_whose_email_a_new_user_takes_is_not_created_em
         assert report.status == "success", (name, report.failures)
     u1 = emu.person(id="u1")
     assert u1 is not None and (u1.email, u1.attributes) == (None, {"plan": "free"})
+
+
+@pytest.mark.parametrize("back", ["row changes", "full resync"])
+@pytest.mark.parametrize("by_hand", ["deleted", "merged away"])
+def test_a_person_deleted_by_hand_that_a_stripe_row_reaches_comes_back_by_its_id(
+    customerio_emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    by_hand: str,
+    back: str,
+) -> None:
+    """A Stripe customer names user `u1` in its metadata (`u1` known from Stripe alone), then
+    names an email no other profile holds instead: its profile is still `u1`'s person, `id`
+    and all (docs/identity.md, "Stable profile ids"). Someone deletes that person in
+    Customer.io (or merges it into a lead's person). An ordinary run sends nothing for it
+    (the Stripe row has not changed); once the row changes, or with `--full-resync`, the row
+    is sent again, by `u1`, which creates the person again with the row's values, and
+    nothing else is sent for `u1` (no release, no clear, no merge). (Found by the state
+    machine above, seed 11 at 15x25, whose (g) took this for a person no source shows
+    created again.)"""
+    emu = customerio_emulator
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(
+        tmp_path,
+        "insert into leads values ('e2@x.io', 'ads');"
+        "insert into stripe values ('cus_1', null, 'u1', 9.0);",
+    )
+    sync_all(project)
+    sql(tmp_path, "update stripe set email = 'e6@x.io', user_id = null, mrr = 49.0")
+    sync_all(project)
+    u1 = emu.person(id="u1")
+    assert u1 is not None and (u1.email, u1.attributes) == (
+        "e6@x.io",
+        {"stripe_id": "cus_1", "mrr": 49},
+    )
+    if by_hand == "deleted":
+        _delete_by_hand(emu, cio_id=u1.cio_id)
+    else:
+        lead = emu.person(email="e2@x.io")
+        assert lead is not None
+        body = {"primary": {"cio_id": lead.cio_id}, "secondary": {"cio_id": u1.cio_id}}
+        with emu.client(auth=emu.track_auth) as client:
+            client.post("/api/v1/merge_customers", json=body).raise_for_status()
+    before = len(emu.request_log())
+    sync_all(project)
+    assert emu.request_log()[before:] == []
+    assert emu.person(id="u1") is None
+    before = len(emu.request_log())
+    mrr = 49
+    if back == "row changes":
+        mrr = 9
+        sql(tmp_path, "update stripe set mrr = 9.0")
+        sync_all(project)
+    else:
+        for name in ORDER:
+            report = run_sync(project, name, console=NullConsole(), full_resync=True)
+            assert report.status == "success", (name, report.failures)
+    to_u1 = [
+        op
+        for r in emu.request_log()[before:]
+        for op in (r.body or {}).get("batch", [r.body])
+        if "u1" in str(op)
+    ]
+    assert to_u1 == [
+        {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {"id": "u1"},
+            "attributes": {"email": "e6@x.io", "mrr": mrr, "stripe_id": "cus_1"},
+        }
+    ]
+    again = emu.person(id="u1")
+    assert again is not None and again.cio_id != u1.cio_id
+    assert (again.email, again.attributes) == ("e6@x.io", {"stripe_id": "cus_1", "mrr": mrr})
+    assert_nothing_left_to_send(project)
 
 
 @pytest.mark.parametrize("full_resync", [False, True], ids=["runs", "full resync between"])
