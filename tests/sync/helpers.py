@@ -23,6 +23,27 @@ from lockgate.emulator import Emulator
 #: (``lockgate.state.store.TABLES_STEP``), so this one brings them up to date
 UNMARK_TABLES = "delete from upgraded where step like 'tables@%'"
 
+#: a people sync by `id` and email setting `<name>_plan` (the app's users, the CRM's leads of
+#: one person): ``PLAN_SYNC.format(name=...)``, read back by :func:`plans_by_id`
+PLAN_SYNC = """
+name: {name}
+source: warehouse
+model: {{table: {name}}}
+kind: people
+primary_key: user_id
+identify_by: {{id: user_id, email: email}}
+attributes: {{{name}_plan: plan}}
+"""
+
+
+def plans_by_id(emu: Emulator) -> dict[str | None, tuple[str | None, dict[str, Any]]]:
+    """id -> (email, the plans each :data:`PLAN_SYNC` set)."""
+    return {
+        p.id: (p.email, {k: v for k, v in p.attributes.items() if k.endswith("_plan")})
+        for p in emu.people()
+    }
+
+
 PEOPLE = """
 name: people
 source: warehouse

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from tests.sync.helpers import PLAN_SYNC, plans_by_id
 from tests.sync.test_deleted_after_a_kill import (
     journaled,
     killed_after_one_answer,
@@ -39,24 +40,6 @@ from lockgate.sync.run import run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
 
-SYNC = """
-name: {name}
-source: warehouse
-model: {{table: {name}}}
-kind: people
-primary_key: user_id
-identify_by: {{id: user_id, email: email}}
-attributes: {{{name}_plan: plan}}
-"""
-
-
-def people(emu: Emulator) -> dict[str | None, tuple[str | None, dict[str, Any]]]:
-    """id -> (email, the plans each sync set)."""
-    return {
-        p.id: (p.email, {k: v for k, v in p.attributes.items() if k.endswith("_plan")})
-        for p in emu.people()
-    }
-
 
 def failures(emu: Emulator) -> list[str]:
     return [a.message for a in emu.activity_log() if a.kind == "attribute update failure"]
@@ -70,7 +53,7 @@ def rows(factory: ProjectFactory, name: str, *values: tuple[str, str, str]) -> N
 
 
 def project(factory: ProjectFactory, *names: str) -> Any:
-    factory.project = factory.write({n: SYNC.format(name=n) for n in names})
+    factory.project = factory.write({n: PLAN_SYNC.format(name=n) for n in names})
     return factory.project
 
 
@@ -111,7 +94,7 @@ def test_an_email_a_later_sync_moves_off_its_person_is_taken_by_a_follow_up_run(
     assert runs["a_sync (follow-up)"]["follow_up_of"] == runs["a_sync"]["run_id"]
     assert runs["a_sync"]["follow_up_of"] is None
     # nothing dropped, nobody renamed: u2 took e1 once u1 had moved on, in the one command
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         "u2": ("E1@x.io", {"a_sync_plan": "pro"}),
         "u1": ("e5@x.io", {"b_sync_plan": "team"}),
         "u3": ("e3@x.io", {"a_sync_plan": "free"}),
@@ -155,7 +138,7 @@ def test_a_follow_up_of_a_full_resync_sends_only_what_was_held_back(
     ids = [op["identifiers"] for op in sent]
     assert sorted(ids[:2], key=str) == [{"id": "u2"}, {"id": "u3"}]
     assert ids[2:] == [{"id": "u1"}, {"id": "u2"}]
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         "u2": ("e1@x.io", {"a_sync_plan": "free"}),
         "u1": ("e5@x.io", {"b_sync_plan": "gold"}),
         "u3": ("e3@x.io", {"a_sync_plan": "free"}),
@@ -183,7 +166,7 @@ def test_what_customerio_refuses_in_a_handover_sets_the_exit_code(
     statuses = {n: r["status"] for n, r in reports.items()}
     if refused == "u1":
         assert statuses == {"a_sync": "success", "b_sync": "partial"}
-        assert people(emu) == {
+        assert plans_by_id(emu) == {
             "u2": ("e0@x.io", {"a_sync_plan": "free"}),
             "u1": ("e1@x.io", {"b_sync_plan": "gold"}),
         }
@@ -194,7 +177,7 @@ def test_what_customerio_refuses_in_a_handover_sets_the_exit_code(
             "a_sync (follow-up)": "partial",
         }
         assert reports["a_sync (follow-up)"]["rejected_by_api"] == 1
-        assert people(emu)["u1"] == ("e5@x.io", {"b_sync_plan": "gold"})
+        assert plans_by_id(emu)["u1"] == ("e5@x.io", {"b_sync_plan": "gold"})
     assert failures(emu) == []
 
 
@@ -222,7 +205,7 @@ def test_a_chain_of_handovers_completes_in_one_command(project_factory: ProjectF
     ]
     assert [p["changes"]["rejected"] for p in plans.values()] == [1, 1, 0, 0, 0]
     assert_plans_match(plans, runs, sent)
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         "u3": ("e2@x.io", {"a_sync_plan": "free"}),
         "u2": ("e1@x.io", {"b_sync_plan": "free"}),
         "u1": ("e9@x.io", {"c_sync_plan": "gold"}),
@@ -243,7 +226,7 @@ def test_an_email_the_other_sync_keeps_runs_no_follow_up(project_factory: Projec
     assert list(runs) == ["a_sync", "b_sync"]
     assert_plans_match(plans, runs, sent)
     assert runs["a_sync"]["changes"]["rejected"] == 1
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         "u2": ("e0@x.io", {"a_sync_plan": "free"}),
         "u1": ("e1@x.io", {"b_sync_plan": "team"}),
     }
@@ -268,7 +251,7 @@ def test_a_swap_between_two_syncs_ends_and_loses_nobody(project_factory: Project
         (0, 0),
         (0, 0),
     ]
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         "u2": ("e2@x.io", {"a_sync_plan": "free"}),
         "u1": ("e1@x.io", {"b_sync_plan": "gold"}),
     }
@@ -301,7 +284,7 @@ def test_a_swap_between_two_syncs_sends_the_other_changes_while_the_emails_wait(
     assert [r["delivered"] for r in runs.values()] == [1, 1]
     assert [op["identifiers"] for op in sent] == [{"id": "u2"}, {"id": "u1"}]
     assert all("email" not in op["attributes"] for op in sent)
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         "u2": ("e2@x.io", {"a_sync_plan": "pro"}),
         "u1": ("e1@x.io", {"b_sync_plan": "team"}),
     }
@@ -317,7 +300,7 @@ def test_a_swap_between_two_syncs_sends_the_other_changes_while_the_emails_wait(
         for r in lockgate(proj, "sync", "--all", "--json")
     }
     assert list(done) == ["a_sync", "b_sync", "a_sync (follow-up)"]
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         "u2": ("e1@x.io", {"a_sync_plan": "pro"}),
         "u1": ("e9@x.io", {"b_sync_plan": "team"}),
     }
@@ -335,7 +318,7 @@ def test_a_run_killed_after_sending_a_held_rows_other_changes_is_completed_by_th
     f, emu = project_factory, project_factory.emulator
     rows(f, "a_sync", ("u2", "e2@x.io", "free"), ("u3", "e3@x.io", "free"))
     rows(f, "b_sync", ("u1", "e1@x.io", "gold"))
-    syncs = {n: SYNC.format(name=n) for n in ("a_sync", "b_sync")}
+    syncs = {n: PLAN_SYNC.format(name=n) for n in ("a_sync", "b_sync")}
     proj = f.project = one_at_a_time(f.write(syncs, retries=0))
     lockgate(proj, "sync", "--all", "--json")
     f.sql(
@@ -359,13 +342,13 @@ def test_a_run_killed_after_sending_a_held_rows_other_changes_is_completed_by_th
         "u3": ("e3@x.io", {"a_sync_plan": "pro"}),
         "u1": ("e1@x.io", {"b_sync_plan": "gold"}),
     }
-    assert people(emu) == want
+    assert plans_by_id(emu) == want
     assert failures(emu) == []
     (still,) = lockgate(proj, "sync", "a_sync", "--json")
     assert (still["delivered"], still["changes"]["rejected"]) == (0, 1)
     f.sql("update b_sync set email = 'e5@x.io'")
     lockgate(proj, "sync", "--all", "--json")
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         **want,
         "u2": ("e1@x.io", {"a_sync_plan": "pro"}),
         "u1": ("e5@x.io", {"b_sync_plan": "gold"}),
@@ -388,7 +371,7 @@ def test_an_email_an_earlier_sync_moves_off_its_person_is_taken_in_the_same_comm
     plans, runs, sent = plan_then_sync(f)
     assert [p["changes"]["rejected"] for p in plans.values()] == [0, 0]
     assert_plans_match(plans, runs, sent)
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         "u1": ("e5@x.io", {"a_sync_plan": "gold"}),
         "u2": ("e1@x.io", {"b_sync_plan": "free"}),
     }
@@ -416,13 +399,13 @@ def test_a_sync_run_alone_holds_the_row_until_the_other_sync_runs(
     assert (alone["delivered"], alone["changes"]["rejected"]) == (1, 1)
     assert "key `u1` of people sync `b_sync`" in alone["rejected_rows"][0]["reason"]
     assert "other changes are sent" in alone["rejected_rows"][0]["reason"]
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         "u2": ("e0@x.io", {"a_sync_plan": "pro"}),
         "u1": ("e1@x.io", {"b_sync_plan": "gold"}),
     }
     assert lockgate(proj, "sync", "b_sync", "--json")[0]["delivered"] == 1
     assert lockgate(proj, "sync", "a_sync", "--json")[0]["delivered"] == 1
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         "u2": ("e1@x.io", {"a_sync_plan": "pro"}),
         "u1": ("e5@x.io", {"b_sync_plan": "gold"}),
     }
@@ -445,8 +428,8 @@ def test_a_person_another_snapshot_moved_on_holds_nothing_back(
     plans, runs, sent = plan_then_sync(f)
     assert plans["c_sync"]["changes"]["rejected"] == 0
     assert_plans_match(plans, runs, sent)
-    assert people(emu)["u3"] == ("e1@x.io", {"c_sync_plan": "pro"})
-    assert people(emu)["u1"][0] == "e9@x.io"
+    assert plans_by_id(emu)["u3"] == ("e1@x.io", {"c_sync_plan": "pro"})
+    assert plans_by_id(emu)["u1"][0] == "e9@x.io"
 
 
 GRAPH_PROJECT = """\
@@ -464,7 +447,7 @@ identity:
     - {{name: crm, table: b_sync}}
 """
 
-GRAPH_SYNC = SYNC.replace("{{id: user_id", "{{user_id: user_id")
+GRAPH_SYNC = PLAN_SYNC.replace("{{id: user_id", "{{user_id: user_id")
 
 
 def test_the_same_through_the_identity_graph(project_factory: ProjectFactory) -> None:
@@ -487,7 +470,7 @@ def test_the_same_through_the_identity_graph(project_factory: ProjectFactory) ->
     assert plans["a_sync (follow-up)"]["changes"]["to_send"] == 1
     assert_plans_match(plans, runs, sent)
     assert "key `u1` of people sync `b_sync`" in runs["a_sync"]["rejected_rows"][0]["reason"]
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         "u2": ("e1@x.io", {"a_sync_plan": "pro"}),
         "u1": ("e5@x.io", {"b_sync_plan": "gold"}),
     }
@@ -510,8 +493,8 @@ def test_an_email_another_sync_keeps_after_its_row_let_go_holds_the_row_back(
     first = [("u2", "e0@x.io", "free")] if taker == "changed" else []
     rows(f, "a_sync", *first, ("u3", "e3@x.io", "free"))
     rows(f, "b_sync", ("u1", "e1@x.io", "gold"), ("u4", "e4@x.io", "gold"))
-    mirror = SYNC.format(name="b_sync") + "mode: mirror\n"
-    proj = f.project = f.write({"a_sync": SYNC.format(name="a_sync"), "b_sync": mirror})
+    mirror = PLAN_SYNC.format(name="b_sync") + "mode: mirror\n"
+    proj = f.project = f.write({"a_sync": PLAN_SYNC.format(name="a_sync"), "b_sync": mirror})
     lockgate(proj, "sync", "--all", "--json")
     u1 = emu.person(id="u1").cio_id  # type: ignore[union-attr]
     if let_go == "null":
@@ -521,7 +504,7 @@ def test_an_email_another_sync_keeps_after_its_row_let_go_holds_the_row_back(
     (gone,) = lockgate(proj, "sync", "b_sync", "--json", "--force")
     assert gone["status"] == "success"
     kept_u1 = {"b_sync_plan": "gold"} if let_go == "null" else {}
-    assert people(emu)["u1"] == ("e1@x.io", kept_u1)
+    assert plans_by_id(emu)["u1"] == ("e1@x.io", kept_u1)
     if taker == "changed":
         f.sql("update a_sync set email = 'E1@x.io', plan = 'pro' where user_id = 'u2'")
     else:
@@ -539,7 +522,7 @@ def test_an_email_another_sync_keeps_after_its_row_let_go_holds_the_row_back(
     # nobody renamed, nothing dropped: u1 keeps its profile and e1, u2 its email
     assert emu.person(id="u1").cio_id == u1  # type: ignore[union-attr]
     want_u2 = {"u2": ("e0@x.io", {"a_sync_plan": "pro"})} if taker == "changed" else {}
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         **want_u2,
         "u1": ("e1@x.io", kept_u1),
         "u3": ("e3@x.io", {"a_sync_plan": "free"}),
@@ -559,7 +542,7 @@ def test_an_email_another_sync_keeps_after_its_row_let_go_holds_the_row_back(
     assert (runs["a_sync"]["changes"]["rejected"], runs["b_sync"]["delivered"]) == (1, 1)
     follow_up = runs["a_sync (follow-up)"]
     assert (follow_up["delivered"], follow_up["changes"]["rejected"]) == (1, 0)
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         "u2": ("E1@x.io", {"a_sync_plan": "pro"}),
         "u1": ("e5@x.io", {"b_sync_plan": "gold"}),
         "u3": ("e3@x.io", {"a_sync_plan": "free"}),
@@ -585,7 +568,7 @@ def test_an_email_an_earlier_sync_starts_keeping_holds_the_row_back_in_the_same_
     assert [p["changes"]["rejected"] for p in plans.values()] == [0, 1]
     assert_plans_match(plans, runs, sent)
     assert "key `u1` of people sync `a_sync` keeps" in runs["b_sync"]["rejected_rows"][0]["reason"]
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         "u1": ("e1@x.io", {"a_sync_plan": "gold"}),
         "u3": ("e3@x.io", {"b_sync_plan": "free"}),
     }
@@ -612,7 +595,7 @@ def test_an_email_whose_holder_starts_keeping_it_runs_no_follow_up(
     assert list(runs) == ["a_sync", "b_sync"]
     ((reason,),) = [[r["reason"] for r in runs["a_sync"]["rejected_rows"]]]
     assert "key `u1` of people sync `b_sync` keeps" in reason, reason
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         "u2": ("e0@x.io", {"a_sync_plan": "free"}),
         "u1": ("e1@x.io", {"b_sync_plan": "gold"}),
     }
@@ -635,8 +618,8 @@ def test_a_relationship_of_a_person_a_follow_up_creates_goes_out_in_the_same_com
     )
     f.project = f.write(
         {
-            "a_sync": SYNC.format(name="a_sync"),
-            "b_sync": SYNC.format(name="b_sync"),
+            "a_sync": PLAN_SYNC.format(name="a_sync"),
+            "b_sync": PLAN_SYNC.format(name="b_sync"),
             "companies": COMPANIES,
             "memberships": MEMBERSHIPS,
         }
@@ -656,7 +639,7 @@ def test_a_relationship_of_a_person_a_follow_up_creates_goes_out_in_the_same_com
         ("u2", "member"),
         ("u3", "admin"),
     ]
-    assert people(emu)["u2"] == ("E1@x.io", {"a_sync_plan": "pro"})
+    assert plans_by_id(emu)["u2"] == ("E1@x.io", {"a_sync_plan": "pro"})
 
 
 def test_an_email_released_twice_is_taken_without_the_other_syncs_older_record(
@@ -678,7 +661,7 @@ def test_an_email_released_twice_is_taken_without_the_other_syncs_older_record(
     lockgate(proj, "sync", "--all", "--json")
     f.sql("insert into a_sync values ('u2', 'e1@x.io', 'pro')")
     lockgate(proj, "sync", "--all", "--json")
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         "u1": (None, {"a_sync_plan": "free", "b_sync_plan": "gold"}),
         "u2": ("e1@x.io", {"a_sync_plan": "pro"}),
     }
@@ -689,7 +672,7 @@ def test_an_email_released_twice_is_taken_without_the_other_syncs_older_record(
     assert list(runs) == ["a_sync", "b_sync"]
     assert_plans_match(plans, runs, sent)
     assert runs["a_sync"]["changes"]["rejected"] == 0, runs["a_sync"]["rejected_rows"]
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         "u1": (None, {"a_sync_plan": "free", "b_sync_plan": "gold"}),
         "u2": ("e5@x.io", {"a_sync_plan": "pro"}),
         "u3": ("e1@x.io", {"a_sync_plan": "team"}),

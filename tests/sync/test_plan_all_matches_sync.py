@@ -15,7 +15,7 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 from tests.sync import test_identity_sync
-from tests.sync.test_email_across_syncs import SYNC, people
+from tests.sync.helpers import PLAN_SYNC, plans_by_id
 
 from lockgate.cli import cli
 from lockgate.emulator import Emulator, FaultConfig
@@ -658,7 +658,9 @@ def one_person_two_syncs(project_factory: ProjectFactory) -> ProjectFactory:
         f.sql(
             f"create table {name} as select 'u1' as user_id, 'e1@x.io' as email, '{plan}' as plan"
         )
-    f.project = f.write({"app": SYNC.format(name="app"), "crm": SYNC.format(name="crm")}, retries=0)
+    f.project = f.write(
+        {"app": PLAN_SYNC.format(name="app"), "crm": PLAN_SYNC.format(name="crm")}, retries=0
+    )
     lockgate(f.project, "sync", "--all", "--json")
     return f
 
@@ -693,7 +695,7 @@ def test_an_email_the_first_sync_releases_is_not_released_again_by_the_second(
     assert [p["changes"]["email_releases"] for p in plans.values()] == [1, 0]
     assert_plans_match(plans, runs, sent)
     assert len(released_from(sent, "u1")) == 1
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         "u1": (None, {"app_plan": "free", "crm_plan": "gold"}),
         "u2": ("e1@x.io", {"app_plan": "pro", "crm_plan": "lead"}),
     }
@@ -730,7 +732,7 @@ def test_an_email_the_first_sync_releases_waits_in_the_second(
     assert (crm["changes"]["to_send"], crm["changes"]["email_held_sent"]) == (1, 1)
     assert_plans_match(plans, runs, sent)
     assert runs["crm"]["rejected_rows"] == crm["rejected_rows"]
-    assert people(emu) == {
+    assert plans_by_id(emu) == {
         "u1": (None, {"app_plan": "free", "crm_plan": "platinum"}),
         "u2": ("e1@x.io", {"app_plan": "pro"}),
     }
