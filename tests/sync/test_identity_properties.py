@@ -657,6 +657,27 @@ def sync_all(project: Project) -> None:
         assert report.status == "success", (name, report.failures)
 
 
+def shared_then_gone(
+    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, users: str
+) -> tuple[Project, Any]:
+    """The project with an App API key, ``users`` (SQL values of `app_users`, u1 holding
+    `e2@x.io`) and a lead of `e2@x.io` synced (u1's person holds it), then the lead's row
+    gone, then every user's row gone, each followed by a run of every sync; and u1's person
+    as the first run left it."""
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(tmp_path, f"insert into app_users values {users};")
+    sql(tmp_path, "insert into leads values ('e2@x.io', 'webinar')")
+    sync_all(project)
+    u1 = emu.person(id="u1")
+    assert u1 is not None and u1.email == "e2@x.io"
+    sql(tmp_path, "delete from leads")
+    sync_all(project)
+    sql(tmp_path, "delete from app_users")
+    sync_all(project)
+    return project, u1
+
+
 def assert_nothing_left_to_send(project: Any) -> None:
     """Every sync of :data:`ORDER` plans nothing more: no row, no identity operation."""
     for name in ORDER:
@@ -1500,20 +1521,8 @@ def test_a_user_who_comes_back_without_the_email_a_new_user_takes_gives_it_up(
     give that person another email. (Found by the state machine above, seed 7 at 6x20: the
     row was rejected, "the email of key `e2@x.io` of people sync `leads`", run after run.)"""
     emu = customerio_emulator
-    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
-    project = project_in(tmp_path, emu, monkeypatch)
-    sql(
-        tmp_path,
-        "insert into app_users values ('u1', 'e2@x.io', null), ('u4', 'e3@x.io', 'free');"
-        "insert into leads values ('e2@x.io', 'webinar')",
-    )
-    sync_all(project)
-    u1 = emu.person(id="u1")
-    assert u1 is not None and u1.email == "e2@x.io"
-    sql(tmp_path, "delete from leads")
-    sync_all(project)
-    sql(tmp_path, "delete from app_users")
-    sync_all(project)
+    users = "('u1', 'e2@x.io', null), ('u4', 'e3@x.io', 'free')"
+    project, u1 = shared_then_gone(emu, tmp_path, monkeypatch, users)
     sql(tmp_path, "insert into app_users values ('u1', null, 'pro'), ('u4', 'e2@x.io', 'pro')")
     plan = plan_sync(project, "users", console=NullConsole())
     assert (plan.changes.to_send, plan.changes.rejected) == (2, 0), plan.changes.rejected_samples
@@ -1636,20 +1645,7 @@ def test_a_new_user_taking_an_email_released_twice_is_a_person_of_their_own(
     does not hold the third user's row back. (Before, the row was rejected run after run
     naming the email of key `e2@x.io` of people sync `leads`.)"""
     emu = customerio_emulator
-    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
-    project = project_in(tmp_path, emu, monkeypatch)
-    sql(
-        tmp_path,
-        "insert into app_users values ('u1', 'e2@x.io', 'free');"
-        "insert into leads values ('e2@x.io', 'webinar')",
-    )
-    sync_all(project)
-    u1 = emu.person(id="u1")
-    assert u1 is not None and u1.email == "e2@x.io"
-    sql(tmp_path, "delete from leads")
-    sync_all(project)
-    sql(tmp_path, "delete from app_users")
-    sync_all(project)
+    project, u1 = shared_then_gone(emu, tmp_path, monkeypatch, "('u1', 'e2@x.io', 'free')")
     sql(tmp_path, "insert into app_users values ('u4', 'e2@x.io', 'pro')")
     sync_all(project)
     u4 = emu.person(id="u4")
