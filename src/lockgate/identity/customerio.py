@@ -8,7 +8,10 @@ Rules:
   once; the resolved identifiers are re-applied to the primary afterwards, because Customer.io
   keeps the primary's values on conflict;
 * more merges than `merge_policy.max_merges_per_run` raise `ContractError` before any op is
-  returned; merges whose evidence rank is weaker than `min_path_rank` are held for review;
+  returned (every merge counts: between profiles, of a profile's several people, of a lead's
+  person into the user's); merges whose evidence rank is weaker than `min_path_rank` are held
+  for review; with `merge_policy.enabled: false` no merge is planned: each one needed is in
+  `CioPlan.skipped_merges` instead (outcome `skipped_disabled`);
 * splits are never applied: they come back in `CioPlan.review`, and the profiles of a split
   waiting for review (`IdentityResult.held`) get no operation in later runs either;
 * a union refused by a limit leaves the email (or id) with one person; the other person gets
@@ -66,10 +69,18 @@ class CioPlan:
     merge_outcomes: pa.Table
     review: pa.Table
     counts: dict[str, int] = field(default_factory=dict)
+    skipped_merges: tuple[CioOp, ...] = ()
+    """The merges the run needs that `merge_policy.enabled: false` keeps from being sent (for
+    a user to make by hand, or to turn merges on): each as it would have been sent."""
 
     @property
     def merges(self) -> list[CioOp]:
         return [op for op in self.ops if op.payload.get("action") == "merge"]
+
+
+def merges_of(ops: Sequence[CioOp]) -> list[CioOp]:
+    """The `merge` operations of ``ops``."""
+    return [op for op in ops if op.payload.get("action") == "merge"]
 
 
 def _key(*parts: object) -> str:
@@ -318,6 +329,7 @@ def plan_customerio(
     known = _exists_fn(exists)
     policy = config.customerio.merge_policy
     ops: list[CioOp] = []
+    skipped: list[CioOp] = []
     outcomes: dict[str, list[Any]] = {n: [] for n in OUTCOMES_SCHEMA.names}
     reapply: set[str] = set()
 
@@ -364,21 +376,21 @@ def plan_customerio(
             outcome(survivor, absorbed, "deferred", None)
             reapply.add(survivor)
             continue
+        key = _key("merge", primary, secondary)
+        merge = CioOp(
+            key,
+            survivor,
+            {"type": "person", "action": "merge", "primary": primary, "secondary": secondary},
+        )
         if not policy.enabled:
             outcome(survivor, absorbed, "skipped_disabled", None)
+            skipped.append(merge)
             continue
         rank = m["evidence_rank"]
         if policy.min_path_rank is not None and rank is not None and rank > policy.min_path_rank:
             outcome(survivor, absorbed, "held_for_review", None)
             continue
-        key = _key("merge", primary, secondary)
-        ops.append(
-            CioOp(
-                key,
-                survivor,
-                {"type": "person", "action": "merge", "primary": primary, "secondary": secondary},
-            )
-        )
+        ops.append(merge)
         outcome(survivor, absorbed, "merged", key)
         reapply.add(survivor)
 
@@ -398,22 +410,47 @@ def plan_customerio(
                 if other_cio == primary_cio:
                     continue
                 key = _key("merge", {"cio_id": primary_cio}, {"cio_id": other_cio})
-                ops.append(
-                    CioOp(
-                        key,
-                        pid,
-                        {
-                            "type": "person",
-                            "action": "merge",
-                            "primary": {"cio_id": primary_cio},
-                            "secondary": {"cio_id": other_cio},
-                        },
-                    )
+                merge = CioOp(
+                    key,
+                    pid,
+                    {
+                        "type": "person",
+                        "action": "merge",
+                        "primary": {"cio_id": primary_cio},
+                        "secondary": {"cio_id": other_cio},
+                    },
                 )
+                if not policy.enabled:
+                    outcome(pid, pid, "skipped_disabled", None)
+                    skipped.append(merge)
+                    continue
+                ops.append(merge)
                 outcome(pid, pid, "merged", key)
                 reapply.add(pid)
 
-    n_merges = sum(1 for op in ops if op.payload["action"] == "merge")
+    # people known by email alone whose profile gained an `id`: given it before the
+    # profile's identify by that `id` (a sync sends these itself, with the merges); people
+    # known by email alone whose own email left: merged into the new email's person (a
+    # sync, with the App API, gives them the new email by their `cio_id` instead), which
+    # the profile's identify then reaches by that email
+    readdressed: set[str] = set()
+    later: list[CioOp] = []
+    if not merged_only:
+        later.extend(adoption_ops(result, known, merges=policy.enabled))
+        readdress = readdress_ops(result, known, merges=policy.enabled)
+        readdressed = {op.profile_id for op in readdress}
+        later.extend(readdress)
+        later.extend(release_ops(result, known))
+        later.extend(clear_ops(result, config, known))
+        if not policy.enabled:
+            for op in merges_of(adoption_ops(result, known) + readdress_ops(result, known)):
+                outcome(op.profile_id, op.profile_id, "skipped_disabled", None)
+                skipped.append(op)
+        for op in merges_of(later):
+            outcome(op.profile_id, op.profile_id, "merged", op.key)
+
+    # every merge counts towards the limit, those of a lead's person (above) too
+    n_merges = len(merges_of(ops)) + len(merges_of(later))
     if limit_merges and n_merges > policy.max_merges_per_run:
         raise ContractError(
             f"this run would merge `{n_merges}` Customer.io people, more than "
@@ -422,20 +459,7 @@ def plan_customerio(
             "`identity.customerio.merge_policy.max_merges_per_run` or fix the rule that "
             "merged them",
         )
-
-    # people known by email alone whose profile gained an `id`: given it before the
-    # profile's identify by that `id` (a sync sends these itself, with the merges); people
-    # known by email alone whose own email left: merged into the new email's person (a
-    # sync, with the App API, gives them the new email by their `cio_id` instead), which
-    # the profile's identify then reaches by that email
-    readdressed: set[str] = set()
-    if not merged_only:
-        ops.extend(adoption_ops(result, known))
-        readdress = readdress_ops(result, known, merges=policy.enabled)
-        readdressed = {op.profile_id for op in readdress}
-        ops.extend(readdress)
-        ops.extend(release_ops(result, known))
-        ops.extend(clear_ops(result, config, known))
+    ops.extend(later)
 
     # 3. identify new people and changed identifiers; re-apply after merges
     review = result.splits.filter(pc.equal(result.splits["status"], "needs_review"))
@@ -519,10 +543,17 @@ def plan_customerio(
 
     counts = {
         "merges": n_merges,
+        "merges_skipped": len(skipped),
         "identifies": sum(1 for op in ops if op.payload["action"] == "identify"),
         "review": review.num_rows,
     }
-    return CioPlan(tuple(ops), pa.table(outcomes, schema=OUTCOMES_SCHEMA), review, counts)
+    return CioPlan(
+        tuple(ops),
+        pa.table(outcomes, schema=OUTCOMES_SCHEMA),
+        review,
+        counts,
+        tuple(skipped),
+    )
 
 
 def _known_by_email_alone(result: IdentityResult) -> pa.Table | None:
@@ -570,13 +601,17 @@ def adoptions(result: IdentityResult) -> list[tuple[str, str, str]]:
     )
 
 
-def adoption_ops(result: IdentityResult, exists: Callable[[str, str], bool]) -> list[CioOp]:
+def adoption_ops(
+    result: IdentityResult, exists: Callable[[str, str], bool], *, merges: bool = True
+) -> list[CioOp]:
     """One op per :func:`adoptions` entry whose person exists: an identify giving it the `id`
     when the profile's email changed; a merge of it into the person with that `id` when one
     exists already (its user's row left and came back with the email: Customer.io would
     drop their update, the email being the lead's person's), as when a user takes a retired
     lead's email (docs/identity.md). Neither with the same email and no such person: the
-    profile's own identify gives the person the `id`."""
+    profile's own identify gives the person the `id`. With ``merges`` off
+    (`merge_policy.enabled: false`: no merge is ever sent), no merge: the two people stay,
+    and Customer.io drops the update of the user's person giving it the lead's email."""
     ops = []
     adopted = adoptions(result)
     now = _rows_of(result.profiles, {pid for pid, _, _ in adopted})
@@ -584,7 +619,7 @@ def adoption_ops(result: IdentityResult, exists: Callable[[str, str], bool]) -> 
         if not exists("email", email):
             continue
         if now[pid]["cio_email"] == email:
-            if exists("id", person_id):
+            if exists("id", person_id) and merges:
                 primary, secondary = {"id": person_id}, {"email": email}
                 merge = {
                     "type": "person",
