@@ -395,38 +395,32 @@ def plan_customerio(
         reapply.add(survivor)
 
     # 2. several Customer.io people inside one profile (imported as `cio_id` identifiers)
-    cio_types = [t for t, s in config.identifier_types.items() if s.customerio == "cio_id"]
-    multi = _multi_person(result.profiles, cio_types)
-    if multi:
-        multi_rows = _rows_of(result.profiles, multi)
-        owners = _cio_owners(result, cio_types, multi)
-        for pid in sorted(multi):
-            row = multi_rows[pid]
-            people = sorted(owners.get(pid, {}))
-            holds_id = [c for c in people if row["cio_person_id"] in owners[pid][c]]
-            holds_email = [c for c in people if row["cio_email"] in owners[pid][c]]
-            primary_cio = (holds_id or holds_email or people)[0]
-            for other_cio in people:
-                if other_cio == primary_cio:
-                    continue
-                key = _key("merge", {"cio_id": primary_cio}, {"cio_id": other_cio})
-                merge = CioOp(
-                    key,
-                    pid,
-                    {
-                        "type": "person",
-                        "action": "merge",
-                        "primary": {"cio_id": primary_cio},
-                        "secondary": {"cio_id": other_cio},
-                    },
-                )
-                if not policy.enabled:
-                    outcome(pid, pid, "skipped_disabled", None)
-                    skipped.append(merge)
-                    continue
-                ops.append(merge)
-                outcome(pid, pid, "merged", key)
-                reapply.add(pid)
+    duplicates = duplicate_people(result, config)
+    multi = set(duplicates)
+    for pid, (primary_cio, others, _) in sorted(duplicates.items()):
+        for other_cio in others:
+            key = _key("merge", {"cio_id": primary_cio}, {"cio_id": other_cio})
+            merge = CioOp(
+                key,
+                pid,
+                {
+                    "type": "person",
+                    "action": "merge",
+                    "primary": {"cio_id": primary_cio},
+                    "secondary": {"cio_id": other_cio},
+                },
+            )
+            if not policy.enabled:
+                outcome(pid, pid, "skipped_disabled", None)
+                skipped.append(merge)
+                continue
+            ops.append(merge)
+            outcome(pid, pid, "merged", key)
+            reapply.add(pid)
+    # merges off: a profile's email another of its people holds stays with that person
+    withheld = {pid for pid, (_, _, elsewhere) in duplicates.items() if elsewhere}
+    if policy.enabled:
+        withheld = set()
 
     # people known by email alone whose profile gained an `id`: given it before the
     # profile's identify by that `id` (a sync sends these itself, with the merges); people
@@ -485,7 +479,7 @@ def plan_customerio(
             continue  # a split waits for review: nothing changes in Customer.io
         ident = {
             "id": row["cio_person_id"],
-            "email": row["cio_email"],
+            "email": None if pid in withheld else row["cio_email"],
             "anonymous_id": row["cio_anonymous_id"],
         }
         if ident["id"] is None and ident["email"] is None:
@@ -952,6 +946,41 @@ def merge_addresses(result: IdentityResult, config: IdentityConfig) -> set[tuple
             if column in part.column_names:
                 out.update((kind, str(v)) for v in part[column].to_pylist() if v is not None)
     return out
+
+
+def duplicate_people(
+    result: IdentityResult, config: IdentityConfig
+) -> dict[str, tuple[str, list[str], bool]]:
+    """The profiles holding several imported Customer.io people (`cio_id` identifiers), each
+    with the `cio_id` of the person the others merge into (the one holding the profile's
+    `id`, else its email, else the first), the others, and whether another one holds the
+    profile's email (its rows' update would be dropped: see :func:`withheld_emails`)."""
+    cio_types = [t for t, s in config.identifier_types.items() if s.customerio == "cio_id"]
+    multi = _multi_person(result.profiles, cio_types)
+    if not multi:
+        return {}
+    multi_rows = _rows_of(result.profiles, multi)
+    owners = _cio_owners(result, cio_types, multi)
+    out = {}
+    for pid in sorted(multi):
+        row = multi_rows[pid]
+        people = sorted(owners.get(pid, {}))
+        holds_id = [c for c in people if row["cio_person_id"] in owners[pid][c]]
+        holds_email = [c for c in people if row["cio_email"] in owners[pid][c]]
+        primary = (holds_id or holds_email or people)[0]
+        elsewhere = bool(holds_email) and primary not in holds_email
+        out[pid] = (primary, [c for c in people if c != primary], elsewhere)
+    return out
+
+
+def withheld_emails(result: IdentityResult, config: IdentityConfig) -> set[str]:
+    """With `merge_policy.enabled: false`, the profiles whose email another of their
+    imported Customer.io people holds than the one holding their `id`: their rows go to that
+    person without the email (Customer.io would drop the whole update, the email being the
+    other person's), until one person is left (merged by hand, then exported again)."""
+    if config.customerio.merge_policy.enabled:
+        return set()
+    return {pid for pid, (_, _, elsewhere) in duplicate_people(result, config).items() if elsewhere}
 
 
 def _multi_person(profiles: pa.Table, cio_types: list[str]) -> set[str]:

@@ -47,6 +47,7 @@ from lockgate.identity.customerio import (
     release_ops,
     releases,
     retired_clears,
+    withheld_emails,
 )
 from lockgate.identity.memory import give_back
 from lockgate.identity.normalize import normalize_column
@@ -513,6 +514,17 @@ def key_rows(
     aliases = {"id": "user_id"}  # Customer.io's `id` is the identity graph's `user_id`
     columns = {column: aliases.get(kind, kind) for kind, column in sync.identify_by.items()}
     keyed = resolution.resolver.resolve_table(staged, columns)
+    withheld = withheld_emails(resolution.result, resolution.config)
+    if withheld and "cio_email" in keyed.column_names:
+        # merges off, the profile's email is another of its Customer.io people's: sent with
+        # it, the update would be dropped whole (docs/identity.md, "Merges turned off")
+        hit = pc.is_in(keyed["profile_id"], value_set=pa.array(sorted(withheld), pa.string()))
+        email = keyed["cio_email"]
+        keyed = keyed.set_column(
+            keyed.schema.get_field_index("cio_email"),
+            "cio_email",
+            pc.if_else(pc.fill_null(hit, False), pa.nulls(len(keyed), email.type), email),
+        )
     graph_attributes: dict[str, str] = {}
     if sync.kind == "relationships":
         keyed = one_row_per_relationship(keyed, sync, columns, resolution.config)
