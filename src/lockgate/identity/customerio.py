@@ -75,7 +75,7 @@ class CioPlan:
 
     @property
     def merges(self) -> list[CioOp]:
-        return [op for op in self.ops if op.payload.get("action") == "merge"]
+        return merges_of(self.ops)
 
 
 def merges_of(ops: Sequence[CioOp]) -> list[CioOp]:
@@ -418,9 +418,11 @@ def plan_customerio(
             outcome(pid, pid, "merged", key)
             reapply.add(pid)
     # merges off: a profile's email another of its people holds stays with that person
-    withheld = {pid for pid, (_, _, elsewhere) in duplicates.items() if elsewhere}
-    if policy.enabled:
-        withheld = set()
+    withheld = (
+        set()
+        if policy.enabled
+        else {pid for pid, (_, _, elsewhere) in duplicates.items() if elsewhere}
+    )
 
     # people known by email alone whose profile gained an `id`: given it before the
     # profile's identify by that `id` (a sync sends these itself, with the merges); people
