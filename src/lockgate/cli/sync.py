@@ -365,11 +365,10 @@ def _render_skipped_merges(console: RichConsole, report: RunReport) -> None:
     )
     console.warn(
         f"{report.sync}: {len(skipped)} merge(s) not sent: both people stay in Customer.io, "
-        "which drops an update giving one of them an email the other holds (its row is "
-        "rejected when the App API reads it back, and sent again each run). Merge each "
-        "person into the one it is the same as by hand in Customer.io, or set "
-        "`identity.customerio.merge_policy.enabled: true` (docs/identity.md, Merges turned "
-        "off)."
+        "and a row giving one of them an email the other holds does not land there "
+        '(docs/identity.md, "Merges turned off"). Merge each person into the one it is '
+        "the same as by hand in Customer.io, or set "
+        "`identity.customerio.merge_policy.enabled: true`."
     )
 
 
