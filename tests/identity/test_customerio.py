@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from tests.identity.helpers import config, profile_of, rows, run
 
+from lockgate.errors import ContractError
 from lockgate.identity import IdentityState, plan_customerio
 from lockgate.identity.customerio import (
     merge_addresses,
@@ -64,6 +66,96 @@ def test_no_merge_when_the_absorbed_profile_is_not_a_person() -> None:
     cfg, second = merged_pair("crm_contacts")
     plan = plan_customerio(second, cfg, exists={("id", "u1")})
     assert plan.merges == [] and plan.merge_outcomes["outcome"].to_pylist() == ["skipped_no_cio"]
+
+
+def returning_user(**changes):  # type: ignore[no-untyped-def]
+    """A user and a lead known by email alone; the lead's row leaves, then the user's, and
+    the user comes back with the lead's email: their profile is the lead's, gaining the
+    user's `id`, which a person holds already (a merge of the lead's person into it)."""
+    cfg = config(**changes)
+    first = run(
+        cfg,
+        {"app_users": rows({"user_id": "u1", "email": "a@x.com", "ts": 1}, {"email": "l@x.com"})},
+    )
+    second = run(
+        cfg,
+        {"app_users": rows({"user_id": "u1", "email": "a@x.com", "ts": 2})},
+        state=first.state,
+        run_id="r2",
+    )
+    third = run(cfg, {"app_users": rows({"email": "z@x.com", "ts": 3})}, state=second.state)
+    back = run(
+        cfg,
+        {"app_users": rows({"user_id": "u1", "email": "l@x.com", "ts": 4})},
+        state=third.state,
+        run_id="r4",
+    )
+    return cfg, back
+
+
+RETURNING = {("id", "u1"), ("email", "l@x.com"), ("email", "a@x.com")}
+LEAD_INTO_USER = {
+    "type": "person",
+    "action": "merge",
+    "primary": {"id": "u1"},
+    "secondary": {"email": "l@x.com"},
+}
+
+
+def test_a_returning_users_merge_counts_towards_the_limit() -> None:
+    """The merge of a lead's person into a returning user's is a merge like any other: it
+    counts towards `max_merges_per_run` (a storm of them stops the run) and in the plan."""
+    cfg, back = returning_user(customerio={"merge_policy": {"max_merges_per_run": 0}})
+    with pytest.raises(ContractError, match="would merge `1` Customer.io people"):
+        plan_customerio(back, cfg, exists=RETURNING)
+    plan = plan_customerio(back, cfg, exists=RETURNING, limit_merges=False)
+    assert [op.payload for op in plan.merges] == [LEAD_INTO_USER]
+    assert plan.counts["merges"] == 1
+    assert plan.merge_outcomes["outcome"].to_pylist() == ["merged"]
+
+
+def test_merges_off_keep_back_a_returning_users_merge() -> None:
+    """With `merge_policy.enabled: false` the lead's person is not merged into the returning
+    user's: the plan keeps the merge back (`skipped_merges`, outcome `skipped_disabled`) and
+    sends no merge, nor counts one towards the limit."""
+    cfg, back = returning_user(
+        customerio={"merge_policy": {"enabled": False, "max_merges_per_run": 0}}
+    )
+    plan = plan_customerio(back, cfg, exists=RETURNING)
+    assert plan.merges == []
+    assert [op.payload for op in plan.skipped_merges] == [LEAD_INTO_USER]
+    assert plan.merge_outcomes["outcome"].to_pylist() == ["skipped_disabled"]
+    assert (plan.counts["merges"], plan.counts["merges_skipped"]) == (0, 1)
+
+
+def test_merges_off_keep_imported_duplicates_apart() -> None:
+    """A profile holding two imported Customer.io people, one with the user's `id` and one
+    with their email: merges off, no merge, and the profile's identify goes to the person of
+    its `id` without the email the other holds (Customer.io would drop the whole update)."""
+    cfg = config(customerio={"merge_policy": {"enabled": False}})
+    result = run(
+        cfg,
+        {
+            "customerio_people": rows(
+                {"cio_id": "X", "user_id": "u1"}, {"cio_id": "Y", "email": "e1@x.com"}
+            ),
+            "app_users": rows({"user_id": "u1", "email": "e1@x.com", "ts": 1}),
+        },
+    )
+    plan = plan_customerio(result, cfg, exists={("cio_id", "X"), ("cio_id", "Y")})
+    assert plan.merges == []
+    assert [op.payload for op in plan.skipped_merges] == [
+        {
+            "type": "person",
+            "action": "merge",
+            "primary": {"cio_id": "X"},
+            "secondary": {"cio_id": "Y"},
+        }
+    ]
+    assert plan.merge_outcomes["outcome"].to_pylist() == ["skipped_disabled"]
+    assert [op.payload for op in plan.ops] == [
+        {"type": "person", "action": "identify", "identifiers": {"id": "u1"}, "attributes": {}}
+    ]
 
 
 def merge_runs():  # type: ignore[no-untyped-def]

@@ -23,6 +23,7 @@ import httpx
 import pytest
 import yaml
 from tests.identity.helpers import SPEC_CONFIG
+from tests.sync.helpers import sent_ops
 
 from lockgate.cli.sync import change_rows
 from lockgate.console import NullConsole
@@ -993,3 +994,81 @@ def test_catalogue_case_in_customerio(
         assert report.changes.to_send == 0, report.sync
     assert len(w.emu.request_log()) == before
     assert (w.emu.people(), w.emu.merges()) == (people, merges)
+
+
+def test_imported_duplicates_are_not_merged_with_merges_off(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Case 22 with `merge_policy.enabled: false`: the profile holds two imported Customer.io
+    people, one with the user's `id`, the other with their email, and no merge is sent, on
+    this run or a later one. The plan and the run name the merge kept back (the profile, both
+    `cio_id`s). The row goes to the person of its `id` without the email (with it,
+    Customer.io would drop the whole update, the email being the other person's): its
+    `plan` lands, the email stays where it is. Once someone merges the two by hand and the
+    next export shows one person, the row is sent again with its email, and nothing is left
+    to send."""
+    emulator.reset()
+    site, key = emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    w = World(tmp_path, emulator, identity_section(customerio={"merge_policy": {"enabled": False}}))
+    w.track("PUT", "/api/v1/customers/u1", {"created_at": 1_700_000_000})
+    w.track(
+        "POST",
+        "/api/v2/entity",
+        {"type": "person", "action": "identify", "identifiers": {"email": "e1@x.com"}},
+    )
+    x, y = w.emu.person(id="u1"), w.emu.person(email="e1@x.com")
+    assert x is not None and y is not None
+    w.sql(
+        f"""
+        insert into cio.people values ('{x.cio_id}', 'u1', null), ('{y.cio_id}', null, 'e1@x.com');
+        insert into app.users values ('u1', 'e1@x.com', 'pro', '2025-01-01');
+        """
+    )
+    planned = plan_sync(w.project, "users", console=NullConsole())
+    [skipped] = planned.identity_merges_skipped
+    assert (skipped["primary"], skipped["secondary"]) == (
+        {"cio_id": x.cio_id},
+        {"cio_id": y.cio_id},
+    )
+    assert planned.identity_ops == ()
+    assert [s["payload"]["attributes"] for s in planned.samples] == [{"plan": "pro"}]
+    sent: list[list[dict[str, Any]]] = []
+    for _ in range(2):  # and again: the profile still holds both, nothing more is sent
+        before = len(w.emu.request_log())
+        [report] = w.sync("users")
+        assert report.identity_merges_skipped == planned.identity_merges_skipped
+        sent.append(sent_ops(w.emu, before))
+    assert sent == [
+        [
+            {
+                "type": "person",
+                "action": "identify",
+                "identifiers": {"id": "u1"},
+                "attributes": {"plan": "pro"},
+            }
+        ],
+        [],
+    ]
+    assert w.emu.merges() == []
+    assert w.emu.activity_log() == []  # no update dropped
+    people = {(p.cio_id, p.id, p.email): p.attributes for p in w.emu.people()}
+    assert people == {
+        (x.cio_id, "u1", None): {"created_at": 1_700_000_000, "plan": "pro"},
+        (y.cio_id, None, "e1@x.com"): {},
+    }
+    # merged by hand, then exported again: one person, given the email by the row
+    w.track(
+        "POST",
+        "/api/v1/merge_customers",
+        {"primary": {"cio_id": x.cio_id}, "secondary": {"cio_id": y.cio_id}},
+    )
+    w.sql(f"delete from cio.people where cio_id = '{y.cio_id}'")
+    [report] = w.sync("users")
+    assert report.identity_merges_skipped == () and report.changes.to_send == 1
+    [person] = w.emu.people()
+    assert (person.cio_id, person.id, person.email) == (x.cio_id, "u1", "e1@x.com")
+    assert person.attributes == {"created_at": 1_700_000_000, "plan": "pro"}
+    [again] = w.sync("users")
+    assert again.changes.to_send == 0 and again.identity_ops == ()

@@ -52,6 +52,7 @@ from typing import Any
 import duckdb
 import pytest
 import yaml
+from click.testing import CliRunner
 from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -65,6 +66,7 @@ from hypothesis.stateful import (
 from tests.sync.helpers import bind_machine, canonical, property_settings, sent_ops, sql_text
 from tests.sync.test_unconfirmed import killed_once_applied
 
+from lockgate.cli import cli
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator, FaultConfig
 from lockgate.errors import LockgateError
@@ -629,8 +631,14 @@ class IdentityMachine(RuleBasedStateMachine):
         ]
 
 
-def project_in(root: Path, emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> Project:
-    """The state machine's project and empty tables in ``root``, pointed at ``emu``."""
+def project_in(
+    root: Path,
+    emu: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    customerio: dict[str, Any] | None = None,
+) -> Project:
+    """The state machine's project and empty tables in ``root``, pointed at ``emu``; with
+    ``customerio``, the `identity.customerio` section (a merge policy)."""
     site, key = emu.track_auth
     monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
     monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
@@ -638,7 +646,8 @@ def project_in(root: Path, emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> Pr
     (root / "syncs").mkdir()
     for name, body in SYNCS.items():
         (root / "syncs" / f"{name}.yml").write_text(textwrap.dedent(body))
-    text = PROJECT.format(url=emu.base_url) + yaml.safe_dump({"identity": IDENTITY})
+    identity = IDENTITY if customerio is None else {**IDENTITY, "customerio": customerio}
+    text = PROJECT.format(url=emu.base_url) + yaml.safe_dump({"identity": identity})
     (root / "lockgate.yml").write_text(text)
     return load_project(root)
 
@@ -1027,6 +1036,72 @@ def test_a_user_who_comes_back_with_a_deleted_leads_email_absorbs_the_lead(
             report = run_sync(project, name, console=NullConsole(), full_resync=True)
             assert report.status == "success", (name, report.failures)
     sql(tmp_path, "insert into app_users values ('u4', 'e2@x.io', 'pro')")
+    sync_all(project)
+    (person,) = emu.people()
+    assert (person.cio_id, person.id, person.email) == (u4.cio_id, "u4", "e2@x.io")
+    assert person.attributes == {"plan": "pro", "lead_source": "webinar"}
+    assert_nothing_left_to_send(project)
+
+
+def test_a_user_who_comes_back_with_a_deleted_leads_email_is_not_merged_with_merges_off(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, with `merge_policy.enabled: false`: no merge is sent, now or on a later run.
+    The plan, the run and the command's output name the merge kept back (the profile, the
+    lead's person and the user's) and how to fix it; the user's row, whose update Customer.io
+    drops while the lead's person holds the email, is rejected with that reason when the App
+    API reads it back, and sent again on each run: once someone merges the two people by
+    hand, it lands, and nothing is left to send."""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch, {"merge_policy": {"enabled": False}})
+    sql(
+        tmp_path,
+        "insert into app_users values ('u4', 'e3@x.io', 'free');"
+        "insert into leads values ('e2@x.io', 'webinar')",
+    )
+    sync_all(project)
+    u4, lead = emu.person(id="u4"), emu.person(email="e2@x.io")
+    assert u4 is not None and lead is not None
+    sql(tmp_path, "delete from leads")
+    sync_all(project)
+    sql(tmp_path, "delete from app_users")
+    sync_all(project)
+    sql(tmp_path, "insert into app_users values ('u4', 'e2@x.io', 'pro')")
+    planned = plan_sync(project, "users", console=NullConsole())
+    assert planned.identity_ops == ()
+    [skipped] = planned.identity_merges_skipped
+    assert (skipped["primary"], skipped["secondary"]) == ({"id": "u4"}, {"email": "e2@x.io"})
+    shown = CliRunner().invoke(cli, ["plan", "users", "--project", str(project.root)])
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert skipped["profile_id"] in text and "email `e2@x.io`" in text and "id `u4`" in text
+    assert "merge_policy.enabled: true" in text and "by hand" in text
+    before = len(emu.request_log())
+    report = run_sync(project, "users", console=NullConsole())
+    assert report.identity_merges_skipped == planned.identity_merges_skipped
+    assert report.status == "partial"
+    [(key, outcome, reason)] = report.failures
+    assert (key, outcome) == ("u4", "rejected") and "held by another person" in reason
+    others = [run_sync(project, name, console=NullConsole()) for name in ORDER[1:]]
+    assert [r.status for r in others] == ["success", "success"]
+    assert emu.merges() == []
+    assert [op for op in sent_ops(emu, before) if op["action"] == "merge"] == []
+    people = {(p.cio_id, p.id, p.email): p.attributes for p in emu.people()}
+    assert people == {
+        (u4.cio_id, "u4", "e3@x.io"): {"plan": "free"},
+        (lead.cio_id, None, "e2@x.io"): {"lead_source": "webinar"},
+    }
+    # a later run keeps no merge back (the graph's change is behind it) and sends none: the
+    # user's row alone is tried again
+    before = len(emu.request_log())
+    again = run_sync(project, "users", console=NullConsole())
+    assert again.identity_merges_skipped == () and again.identity_ops == ()
+    assert [op["action"] for op in sent_ops(emu, before)] == ["identify"]
+    # merged by hand in Customer.io, the row lands on the one person left
+    body = {"primary": {"id": "u4"}, "secondary": {"email": "e2@x.io"}}
+    with emu.client(auth=emu.track_auth) as client:
+        client.post("/api/v1/merge_customers", json=body).raise_for_status()
     sync_all(project)
     (person,) = emu.people()
     assert (person.cio_id, person.id, person.email) == (u4.cio_id, "u4", "e2@x.io")

@@ -13,6 +13,7 @@ from typing import Any
 
 import duckdb
 import pytest
+import yaml
 from click.testing import CliRunner
 from tests.sync import test_identity_sync
 from tests.sync.helpers import PLAN_SYNC, plans_by_id
@@ -352,6 +353,42 @@ def test_a_merge_is_planned_once_by_the_first_sync_that_sends_it(
     assert sorted(merges) == [(0, 0), (0, 0), (1, 1)]
     assert [p["changes"] for p in plans] == [r["changes"] for r in runs]
     assert len(customerio_emulator.merges()) == 1
+
+
+def test_merges_turned_off_are_listed_alike_by_the_plan_and_the_run_and_none_is_sent(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, with `merge_policy.enabled: false`: each plan lists the merge kept back (the
+    profile, both people) as its run's report then does, with the same counts, and no merge
+    reaches Customer.io."""
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    project = test_identity_sync.setup(tmp_path, customerio_emulator.base_url or "")
+    config = tmp_path / "lockgate.yml"
+    data = yaml.safe_load(config.read_text())
+    data["identity"]["customerio"] = {"merge_policy": {"enabled": False}}
+    config.write_text(yaml.safe_dump(data))
+    lockgate(project, "sync", "--all", "--json")
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("insert into stripe_customers values ('cus_C', 'ada.work@acme.io')").fetchall()
+    con.execute("insert into app_users values ('u1', 'ada.work@acme.io', 'pro')").fetchall()
+    con.close()
+
+    plans = lockgate(project, "plan", "--all", "--json")
+    before = len(customerio_emulator.request_log())
+    runs = lockgate(project, "sync", "--all", "--json")
+    assert [p["sync"] for p in plans] == [r["sync"] for r in runs]
+    skipped = [p["identity_merges_skipped"] for p in plans]
+    assert skipped == [r["identity_merges_skipped"] for r in runs]
+    assert [(m["primary"], m["secondary"]) for m in skipped[0]] == [
+        ({"id": "u1"}, {"email": "ada.work@acme.io"})
+    ]
+    assert skipped == [skipped[0]] * len(plans)  # each sync would have sent it
+    assert [p["identity_merges"] for p in plans] == [r["identity_merges"] for r in runs]
+    assert [p["changes"] for p in plans] == [r["changes"] for r in runs]
+    assert customerio_emulator.merges() == []
+    assert [op for op in batch_ops(customerio_emulator, before) if op["action"] == "merge"] == []
 
 
 def colors(name: str) -> str:

@@ -186,6 +186,10 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
                 ("identity merges, sent first", report.identity_merges),
                 ("  identifiers re-applied after them", report.identity_reapplied),
             ]
+        if report.identity_merges_skipped:
+            rows.append(
+                ("identity merges not sent (merges off)", len(report.identity_merges_skipped))
+            )
         if c.email_releases:
             rows.append(("email releases, sent first", c.email_releases))
         rows += [
@@ -299,6 +303,7 @@ def render_report(console: RichConsole, report: RunReport, *, where_rejected: bo
         console.info(f"{report.sync}: {line}")
     for line in resent_lines(report):
         console.info(f"{report.sync}: {line}")
+    _render_skipped_merges(console, report)
     _render_rejected(console, report, where=where_rejected)
     if report.changes.shared_samples:
         console.table(
@@ -340,6 +345,31 @@ def render_report(console: RichConsole, report: RunReport, *, where_rejected: bo
             f"{report.sync}: {total} records not delivered are not in the snapshot: the next "
             "run sends them again (fix the rejected ones' rows first)."
         )
+
+
+def _render_skipped_merges(console: RichConsole, report: RunReport) -> None:
+    """The merges `merge_policy.enabled: false` kept back, each naming its profile and both
+    people, and how to fix them."""
+    skipped = report.identity_merges_skipped
+    if not skipped:
+        return
+
+    def person(address: dict[str, str]) -> str:
+        return ", ".join(f"{kind} `{value}`" for kind, value in address.items())
+
+    console.table(
+        f"{report.sync}: Customer.io people found to be one, not merged "
+        "(`identity.customerio.merge_policy.enabled: false`)",
+        ["profile", "person", "is the same as"],
+        [(m["profile_id"], person(m["secondary"]), person(m["primary"])) for m in skipped],
+    )
+    console.warn(
+        f"{report.sync}: {len(skipped)} merge(s) not sent: both people stay in Customer.io, "
+        "and a row giving one of them an email the other holds does not land there "
+        '(docs/identity.md, "Merges turned off"). Merge each person into the one it is '
+        "the same as by hand in Customer.io, or set "
+        "`identity.customerio.merge_policy.enabled: true`."
+    )
 
 
 @click.command()

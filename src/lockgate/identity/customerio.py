@@ -8,7 +8,10 @@ Rules:
   once; the resolved identifiers are re-applied to the primary afterwards, because Customer.io
   keeps the primary's values on conflict;
 * more merges than `merge_policy.max_merges_per_run` raise `ContractError` before any op is
-  returned; merges whose evidence rank is weaker than `min_path_rank` are held for review;
+  returned (every merge counts: between profiles, of a profile's several people, of a lead's
+  person into the user's); merges whose evidence rank is weaker than `min_path_rank` are held
+  for review; with `merge_policy.enabled: false` no merge is planned: each one needed is in
+  `CioPlan.skipped_merges` instead (outcome `skipped_disabled`);
 * splits are never applied: they come back in `CioPlan.review`, and the profiles of a split
   waiting for review (`IdentityResult.held`) get no operation in later runs either;
 * a union refused by a limit leaves the email (or id) with one person; the other person gets
@@ -66,10 +69,18 @@ class CioPlan:
     merge_outcomes: pa.Table
     review: pa.Table
     counts: dict[str, int] = field(default_factory=dict)
+    skipped_merges: tuple[CioOp, ...] = ()
+    """The merges the run needs that `merge_policy.enabled: false` keeps from being sent (for
+    a user to make by hand, or to turn merges on): each as it would have been sent."""
 
     @property
     def merges(self) -> list[CioOp]:
-        return [op for op in self.ops if op.payload.get("action") == "merge"]
+        return merges_of(self.ops)
+
+
+def merges_of(ops: Sequence[CioOp]) -> list[CioOp]:
+    """The `merge` operations of ``ops``."""
+    return [op for op in ops if op.payload.get("action") == "merge"]
 
 
 def _key(*parts: object) -> str:
@@ -318,6 +329,7 @@ def plan_customerio(
     known = _exists_fn(exists)
     policy = config.customerio.merge_policy
     ops: list[CioOp] = []
+    skipped: list[CioOp] = []
     outcomes: dict[str, list[Any]] = {n: [] for n in OUTCOMES_SCHEMA.names}
     reapply: set[str] = set()
 
@@ -364,56 +376,77 @@ def plan_customerio(
             outcome(survivor, absorbed, "deferred", None)
             reapply.add(survivor)
             continue
+        key = _key("merge", primary, secondary)
+        merge = CioOp(
+            key,
+            survivor,
+            {"type": "person", "action": "merge", "primary": primary, "secondary": secondary},
+        )
         if not policy.enabled:
             outcome(survivor, absorbed, "skipped_disabled", None)
+            skipped.append(merge)
             continue
         rank = m["evidence_rank"]
         if policy.min_path_rank is not None and rank is not None and rank > policy.min_path_rank:
             outcome(survivor, absorbed, "held_for_review", None)
             continue
-        key = _key("merge", primary, secondary)
-        ops.append(
-            CioOp(
-                key,
-                survivor,
-                {"type": "person", "action": "merge", "primary": primary, "secondary": secondary},
-            )
-        )
+        ops.append(merge)
         outcome(survivor, absorbed, "merged", key)
         reapply.add(survivor)
 
     # 2. several Customer.io people inside one profile (imported as `cio_id` identifiers)
-    cio_types = [t for t, s in config.identifier_types.items() if s.customerio == "cio_id"]
-    multi = _multi_person(result.profiles, cio_types)
-    if multi:
-        multi_rows = _rows_of(result.profiles, multi)
-        owners = _cio_owners(result, cio_types, multi)
-        for pid in sorted(multi):
-            row = multi_rows[pid]
-            people = sorted(owners.get(pid, {}))
-            holds_id = [c for c in people if row["cio_person_id"] in owners[pid][c]]
-            holds_email = [c for c in people if row["cio_email"] in owners[pid][c]]
-            primary_cio = (holds_id or holds_email or people)[0]
-            for other_cio in people:
-                if other_cio == primary_cio:
-                    continue
-                key = _key("merge", {"cio_id": primary_cio}, {"cio_id": other_cio})
-                ops.append(
-                    CioOp(
-                        key,
-                        pid,
-                        {
-                            "type": "person",
-                            "action": "merge",
-                            "primary": {"cio_id": primary_cio},
-                            "secondary": {"cio_id": other_cio},
-                        },
-                    )
-                )
-                outcome(pid, pid, "merged", key)
-                reapply.add(pid)
+    duplicates = duplicate_people(result, config)
+    multi = set(duplicates)
+    for pid, (primary_cio, others, _) in sorted(duplicates.items()):
+        for other_cio in others:
+            key = _key("merge", {"cio_id": primary_cio}, {"cio_id": other_cio})
+            merge = CioOp(
+                key,
+                pid,
+                {
+                    "type": "person",
+                    "action": "merge",
+                    "primary": {"cio_id": primary_cio},
+                    "secondary": {"cio_id": other_cio},
+                },
+            )
+            if not policy.enabled:
+                outcome(pid, pid, "skipped_disabled", None)
+                skipped.append(merge)
+                continue
+            ops.append(merge)
+            outcome(pid, pid, "merged", key)
+            reapply.add(pid)
+    # merges off: a profile's email another of its people holds stays with that person
+    withheld = (
+        set()
+        if policy.enabled
+        else {pid for pid, (_, _, elsewhere) in duplicates.items() if elsewhere}
+    )
 
-    n_merges = sum(1 for op in ops if op.payload["action"] == "merge")
+    # people known by email alone whose profile gained an `id`: given it before the
+    # profile's identify by that `id` (a sync sends these itself, with the merges); people
+    # known by email alone whose own email left: merged into the new email's person (a
+    # sync, with the App API, gives them the new email by their `cio_id` instead), which
+    # the profile's identify then reaches by that email
+    readdressed: set[str] = set()
+    later: list[CioOp] = []
+    if not merged_only:
+        later.extend(adoption_ops(result, known, merges=policy.enabled))
+        readdress = readdress_ops(result, known, merges=policy.enabled)
+        readdressed = {op.profile_id for op in readdress}
+        later.extend(readdress)
+        later.extend(release_ops(result, known))
+        later.extend(clear_ops(result, config, known))
+        if not policy.enabled:
+            for op in merges_of(adoption_ops(result, known) + readdress_ops(result, known)):
+                outcome(op.profile_id, op.profile_id, "skipped_disabled", None)
+                skipped.append(op)
+        for op in merges_of(later):
+            outcome(op.profile_id, op.profile_id, "merged", op.key)
+
+    # every merge counts towards the limit, those of a lead's person (above) too
+    n_merges = len(merges_of(ops)) + len(merges_of(later))
     if limit_merges and n_merges > policy.max_merges_per_run:
         raise ContractError(
             f"this run would merge `{n_merges}` Customer.io people, more than "
@@ -422,20 +455,7 @@ def plan_customerio(
             "`identity.customerio.merge_policy.max_merges_per_run` or fix the rule that "
             "merged them",
         )
-
-    # people known by email alone whose profile gained an `id`: given it before the
-    # profile's identify by that `id` (a sync sends these itself, with the merges); people
-    # known by email alone whose own email left: merged into the new email's person (a
-    # sync, with the App API, gives them the new email by their `cio_id` instead), which
-    # the profile's identify then reaches by that email
-    readdressed: set[str] = set()
-    if not merged_only:
-        ops.extend(adoption_ops(result, known))
-        readdress = readdress_ops(result, known, merges=policy.enabled)
-        readdressed = {op.profile_id for op in readdress}
-        ops.extend(readdress)
-        ops.extend(release_ops(result, known))
-        ops.extend(clear_ops(result, config, known))
+    ops.extend(later)
 
     # 3. identify new people and changed identifiers; re-apply after merges
     review = result.splits.filter(pc.equal(result.splits["status"], "needs_review"))
@@ -461,7 +481,7 @@ def plan_customerio(
             continue  # a split waits for review: nothing changes in Customer.io
         ident = {
             "id": row["cio_person_id"],
-            "email": row["cio_email"],
+            "email": None if pid in withheld else row["cio_email"],
             "anonymous_id": row["cio_anonymous_id"],
         }
         if ident["id"] is None and ident["email"] is None:
@@ -519,10 +539,17 @@ def plan_customerio(
 
     counts = {
         "merges": n_merges,
+        "merges_skipped": len(skipped),
         "identifies": sum(1 for op in ops if op.payload["action"] == "identify"),
         "review": review.num_rows,
     }
-    return CioPlan(tuple(ops), pa.table(outcomes, schema=OUTCOMES_SCHEMA), review, counts)
+    return CioPlan(
+        tuple(ops),
+        pa.table(outcomes, schema=OUTCOMES_SCHEMA),
+        review,
+        counts,
+        tuple(skipped),
+    )
 
 
 def _known_by_email_alone(result: IdentityResult) -> pa.Table | None:
@@ -570,13 +597,17 @@ def adoptions(result: IdentityResult) -> list[tuple[str, str, str]]:
     )
 
 
-def adoption_ops(result: IdentityResult, exists: Callable[[str, str], bool]) -> list[CioOp]:
+def adoption_ops(
+    result: IdentityResult, exists: Callable[[str, str], bool], *, merges: bool = True
+) -> list[CioOp]:
     """One op per :func:`adoptions` entry whose person exists: an identify giving it the `id`
     when the profile's email changed; a merge of it into the person with that `id` when one
     exists already (its user's row left and came back with the email: Customer.io would
     drop their update, the email being the lead's person's), as when a user takes a retired
     lead's email (docs/identity.md). Neither with the same email and no such person: the
-    profile's own identify gives the person the `id`."""
+    profile's own identify gives the person the `id`. With ``merges`` off
+    (`merge_policy.enabled: false`: no merge is ever sent), no merge: the two people stay,
+    and Customer.io drops the update of the user's person giving it the lead's email."""
     ops = []
     adopted = adoptions(result)
     now = _rows_of(result.profiles, {pid for pid, _, _ in adopted})
@@ -584,7 +615,7 @@ def adoption_ops(result: IdentityResult, exists: Callable[[str, str], bool]) -> 
         if not exists("email", email):
             continue
         if now[pid]["cio_email"] == email:
-            if exists("id", person_id):
+            if exists("id", person_id) and merges:
                 primary, secondary = {"id": person_id}, {"email": email}
                 merge = {
                     "type": "person",
@@ -917,6 +948,41 @@ def merge_addresses(result: IdentityResult, config: IdentityConfig) -> set[tuple
             if column in part.column_names:
                 out.update((kind, str(v)) for v in part[column].to_pylist() if v is not None)
     return out
+
+
+def duplicate_people(
+    result: IdentityResult, config: IdentityConfig
+) -> dict[str, tuple[str, list[str], bool]]:
+    """The profiles holding several imported Customer.io people (`cio_id` identifiers), each
+    with the `cio_id` of the person the others merge into (the one holding the profile's
+    `id`, else its email, else the first), the others, and whether another one holds the
+    profile's email (its rows' update would be dropped: see :func:`withheld_emails`)."""
+    cio_types = [t for t, s in config.identifier_types.items() if s.customerio == "cio_id"]
+    multi = _multi_person(result.profiles, cio_types)
+    if not multi:
+        return {}
+    multi_rows = _rows_of(result.profiles, multi)
+    owners = _cio_owners(result, cio_types, multi)
+    out = {}
+    for pid in sorted(multi):
+        row = multi_rows[pid]
+        people = sorted(owners.get(pid, {}))
+        holds_id = [c for c in people if row["cio_person_id"] in owners[pid][c]]
+        holds_email = [c for c in people if row["cio_email"] in owners[pid][c]]
+        primary = (holds_id or holds_email or people)[0]
+        elsewhere = bool(holds_email) and primary not in holds_email
+        out[pid] = (primary, [c for c in people if c != primary], elsewhere)
+    return out
+
+
+def withheld_emails(result: IdentityResult, config: IdentityConfig) -> set[str]:
+    """With `merge_policy.enabled: false`, the profiles whose email another of their
+    imported Customer.io people holds than the one holding their `id`: their rows go to that
+    person without the email (Customer.io would drop the whole update, the email being the
+    other person's), until one person is left (merged by hand, then exported again)."""
+    if config.customerio.merge_policy.enabled:
+        return set()
+    return {pid for pid, (_, _, elsewhere) in duplicate_people(result, config).items() if elsewhere}
 
 
 def _multi_person(profiles: pa.Table, cio_types: list[str]) -> set[str]:

@@ -371,14 +371,18 @@ class MergePolicyConfig(BaseConfig):
     """When profile merges turn into Customer.io `merge` calls."""
 
     enabled: bool = True
-    """`false` records merges in the merge log but never sends a Customer.io merge."""
+    """`false` records merges in the merge log but never sends a Customer.io merge: `plan` and
+    each run's report list the merges kept back (profile, both people), to make by hand
+    (docs/identity.md, "Merges turned off")."""
 
     min_path_rank: int | None = 2
     """Only merge Customer.io people when the joining evidence has rank <= this; weaker evidence
     is held for review. `null` accepts any rank."""
 
     max_merges_per_run: int = Field(default=500, ge=0)
-    """Circuit breaker: a run that would send more merges stops before sending anything."""
+    """Circuit breaker: a run that would send more merges stops before sending anything. Every
+    merge counts: of two profiles, of a profile's imported duplicates, of a lead's person into a
+    returning user's or into its new email's."""
 
 
 class CustomerioIdentityConfig(BaseConfig):

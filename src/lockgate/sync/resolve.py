@@ -33,18 +33,21 @@ from lockgate.destinations.customerio.settings import CustomerIOSettings
 from lockgate.errors import ConfigError, LockgateError, SourceError
 from lockgate.identity import IdentityResult, IdentityState, Resolver, plan_customerio, resolve
 from lockgate.identity.customerio import (
+    CioOp,
     adoption_ops,
     adoptions,
     anonymous_id_ops,
     attribute_names,
     clear_ops,
     merge_addresses,
+    merges_of,
     profile_attribute_columns,
     readdress_ops,
     readdressings,
     release_ops,
     releases,
     retired_clears,
+    withheld_emails,
 )
 from lockgate.identity.memory import give_back
 from lockgate.identity.normalize import normalize_column
@@ -511,6 +514,17 @@ def key_rows(
     aliases = {"id": "user_id"}  # Customer.io's `id` is the identity graph's `user_id`
     columns = {column: aliases.get(kind, kind) for kind, column in sync.identify_by.items()}
     keyed = resolution.resolver.resolve_table(staged, columns)
+    withheld = withheld_emails(resolution.result, resolution.config)
+    if withheld and "cio_email" in keyed.column_names:
+        # merges off, the profile's email is another of its Customer.io people's: sent with
+        # it, the update would be dropped whole (docs/identity.md, "Merges turned off")
+        hit = pc.is_in(keyed["profile_id"], value_set=pa.array(sorted(withheld), pa.string()))
+        email = keyed["cio_email"]
+        keyed = keyed.set_column(
+            keyed.schema.get_field_index("cio_email"),
+            "cio_email",
+            pc.if_else(pc.fill_null(hit, False), pa.nulls(len(keyed), email.type), email),
+        )
     graph_attributes: dict[str, str] = {}
     if sync.kind == "relationships":
         keyed = one_row_per_relationship(keyed, sync, columns, resolution.config)
@@ -808,15 +822,18 @@ def merge_operations(
     app: CustomerIOSettings | None = None,
     *,
     console: Console | None = None,
-) -> pa.Table:
-    """The Customer.io operations the graph asks for (merges first), not yet delivered.
+) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """The Customer.io operations the graph asks for (merges first), not yet delivered, and
+    the merges it needs that `merge_policy.enabled: false` keeps back (:func:`skipped_merge`).
 
     With ``app`` (the destination's App API settings, when it has a key), the people known
     by email alone whose own email left their profile are looked up by it
     (:func:`readdress_lookup`). Columns: ``k`` (the op's idempotency key), ``op`` (JSON).
     The merge limit (`customerio.merge_policy.max_merges_per_run`) is checked by
-    :func:`merge_guard`.
+    :func:`merge_guard`: every merge sent here counts.
     """
+    merging = resolution.config.customerio.merge_policy.enabled
+    skipped: list[CioOp] = []
 
     # people known by email alone whose profile gained an `id`: given it first, so that the
     # rows' identify by the `id` reaches them rather than creating a second person (or
@@ -827,7 +844,13 @@ def merge_operations(
         addresses = {("email", email) for _, _, email in adopted}
         addresses |= {("id", person_id) for _, person_id, _ in adopted}
         found = known_people(store, project, among=addresses)
-        first = adoption_ops(resolution.result, lambda kind, value: (kind, value) in found)
+        first = adoption_ops(
+            resolution.result, lambda kind, value: (kind, value) in found, merges=merging
+        )
+        if not merging:
+            skipped += merges_of(
+                adoption_ops(resolution.result, lambda kind, value: (kind, value) in found)
+            )
         done = _delivered_by_any_sync(store, project, [op.key for op in first])
         first = [op for op in first if op.key not in done]
     # people known by email alone whose own email left their profile while other addresses
@@ -843,11 +866,13 @@ def merge_operations(
             cio_ids, held, gone = readdress_lookup(app, pairs, console=console)
             found = (found | held) - gone
         readdress = readdress_ops(
-            resolution.result,
-            lambda kind, value: (kind, value) in found,
-            cio_ids,
-            merges=resolution.config.customerio.merge_policy.enabled,
+            resolution.result, lambda kind, value: (kind, value) in found, cio_ids, merges=merging
         )
+        if not merging:
+            every = readdress_ops(
+                resolution.result, lambda kind, value: (kind, value) in found, cio_ids
+            )
+            skipped += merges_of(every)
         done = _delivered_by_any_sync(store, project, [op.key for op in readdress])
         first += [op for op in readdress if op.key not in done]
     # emails a retired user's person gives up to the user who took them (a family email the
@@ -874,7 +899,7 @@ def merge_operations(
     if not _may_merge(resolution):
         # the common run: no profiles merged, none holding two Customer.io people. The plan
         # below would be built for every profile (seconds at a million) to keep none of it
-        return _ops_table(first)
+        return _ops_table(first), [skipped_merge(op) for op in skipped]
     plan = plan_customerio(
         resolution.result,
         resolution.config,
@@ -896,6 +921,7 @@ def merge_operations(
         op for op in plan.ops if op.payload.get("action") == "merge" and op.key not in delivered
     ]
     survivors = {op.profile_id for op in merges}
+    skipped += plan.skipped_merges
     ops = (
         first
         + merges
@@ -907,7 +933,18 @@ def merge_operations(
             and op.key not in delivered
         ]
     )
-    return _ops_table(ops)
+    return _ops_table(ops), [skipped_merge(op) for op in skipped]
+
+
+def skipped_merge(op: CioOp) -> dict[str, Any]:
+    """A merge `merge_policy.enabled: false` keeps back, as a run's report lists it: the
+    profile, and the two Customer.io people (`primary` keeps its identifiers; `secondary`
+    would be merged into it and deleted)."""
+    return {
+        "profile_id": op.profile_id,
+        "primary": op.payload["primary"],
+        "secondary": op.payload["secondary"],
+    }
 
 
 def readdress_lookup(

@@ -163,6 +163,10 @@ class RunReport:
     """The identifies carrying the anonymous ids of a profile its own identify does not (one
     each, so that Customer.io attaches every device's earlier anonymous events), sent after
     the sync's own changes."""
+    identity_merges_skipped: tuple[dict[str, Any], ...] = ()
+    """The merges of Customer.io people the identity graph found to be one that
+    `merge_policy.enabled: false` kept from being sent (`profile_id`, `primary`,
+    `secondary`): for a user to merge by hand, or to turn merges on."""
     only: tuple[str, ...] = ()
     """The values `--only` named: the run was of their records alone."""
     emails_read_back: int = 0
@@ -228,6 +232,7 @@ class RunReport:
             "identity_ops": list(self.identity_ops[:IDENTITY_OPS_SHOWN]),
             "identity_anonymous_ids": self.identity_anonymous_ids,
             "anonymous_ops": list(self.anonymous_ops[:IDENTITY_OPS_SHOWN]),
+            "identity_merges_skipped": list(self.identity_merges_skipped[:IDENTITY_OPS_SHOWN]),
             "only": list(self.only),
             "emails_read_back": self.emails_read_back,
             "new_emails_checked": self.new_emails_checked,
@@ -332,6 +337,7 @@ def recorded_run(
         merges=int(counts.get("identity_merges", 0)),
         reapplied=int(counts.get("identity_reapplied", 0)),
         anonymous_ops=tuple(counts.get("anonymous_ops", ())),
+        identity_merges_skipped=tuple(counts.get("identity_merges_skipped", ())),
         anonymous_ids=int(counts.get("identity_anonymous_ids", 0)),
         only=tuple(counts.get("only", ())),
         emails_read_back=int(counts.get("emails_read_back", 0)),
@@ -627,6 +633,7 @@ def _prepare(
                 open_source.close()
         resolution = None
         identity_ops = None
+        merges_skipped: list[dict[str, Any]] = []
         merge_guard = None
         graph_clears: list[tuple[str, str]] = []
         configured = sync  # the contract (guardrails) is about the sync as configured
@@ -643,7 +650,7 @@ def _prepare(
                     resolution = resolve_step.resolve_identities(project, config, step.run_id)
                     if session is not None:
                         session.resolution = resolution
-                identity_ops = resolve_step.merge_operations(
+                identity_ops, merges_skipped = resolve_step.merge_operations(
                     store, project, resolution, _app_settings(project, sync), console=console
                 )
                 merge_guard = resolve_step.merge_guard(resolution, identity_ops)
@@ -802,6 +809,7 @@ def _prepare(
             compiled.src_h,
             naive_columns,
             anonymous_ops,
+            tuple(merges_skipped),
         )
 
 
@@ -1241,6 +1249,8 @@ class Prepared(NamedTuple):
     """The identifies carrying the anonymous ids a profile's own identify does not, sent after
     the sync's rows (:func:`resolve.anonymous_operations`); None without the graph or with
     `--only`."""
+    merges_skipped: tuple[dict[str, Any], ...] = ()
+    """The merges `merge_policy.enabled: false` keeps back (:func:`resolve.skipped_merge`)."""
 
 
 def _graph_use(resolution: Resolution | None) -> str:
@@ -1999,7 +2009,7 @@ def plan_sync(
         run_id = _new_run_id()  # once it holds the state, as a run (:func:`run_sync`)
         step = _Step(run_id, state=store.path, plan=True)
         started = time.perf_counter()
-        changes, recovered, guards, resolution, identity_ops, _, naive, anonymous_ops = _prepare(
+        prepared = _prepare(
             store,
             project,
             sync,
@@ -2011,6 +2021,9 @@ def plan_sync(
             session=session,
             only=only,
         )
+        changes, recovered, guards = prepared.changes, prepared.recovered, prepared.guards
+        resolution, identity_ops = prepared.resolution, prepared.identity_ops
+        naive, anonymous_ops = prepared.naive_timestamps, prepared.anonymous_ops
         sample = _samples(store, sync.kind, samples)
         releases = _release_samples(store, samples)
         resent_by = planned_step.resent_by(store, project, sync)
@@ -2057,6 +2070,7 @@ def plan_sync(
         mode=project.sync(name).effective_mode,
         identity_ops=_op_payloads(identity_ops),
         anonymous_ops=_op_payloads(anonymous_ops),
+        identity_merges_skipped=prepared.merges_skipped,
         only=only,
         email_check=email_check,
         resent_by=tuple(sorted(resent_by.items())),
@@ -2506,6 +2520,7 @@ def run_sync(
             mode=project.sync(name).effective_mode,
             identity_ops=_op_payloads(identity_ops),
             anonymous_ops=_op_payloads(attached),
+            identity_merges_skipped=prepared.merges_skipped,
             only=only,
             emails_read_back=emails_read_back,
             new_emails_checked=new_checked,
