@@ -1728,3 +1728,51 @@ def test_a_lead_whose_own_email_leaves_while_other_addresses_stay_is_one_person(
         assert (merge.primary, merge.secondary) == (person.cio_id, lead.cio_id)
         assert [op["action"] for op in ahead] == ["identify", "merge"]
     assert_nothing_left_to_send(project)
+
+
+def _email_lookups(emu: Emulator, since: int) -> int:
+    """How many people the App API was asked to find by email (`GET /v1/customers?email=`)
+    after request ``since``."""
+    return sum(
+        1 for r in emu.request_log()[since:] if (r.method, r.path) == ("GET", "/v1/customers")
+    )
+
+
+def test_a_lead_whose_own_email_leaves_is_looked_up_once_by_one_command(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The readdressing above, each step run as one `lockgate sync --all` (its three people
+    syncs keyed through one graph, sharing its resolution): the first sync looks the old
+    person up through the App API (whose rate limit is low) and gives it the new email;
+    the later syncs of the command, whose readdressing that one delivered, do not look it
+    up again, nor does the next command. One person, nothing left to send."""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+
+    def sync_all_in_one_command() -> None:
+        with Session() as session:
+            for name in ORDER:
+                report = run_sync(project, name, console=NullConsole(), session=session)
+                assert report.status == "success", (name, report.failures)
+
+    sql(tmp_path, "insert into leads values ('e5@x.io', 'ads')")
+    sync_all_in_one_command()
+    (lead,) = emu.people()
+    sql(tmp_path, "insert into leads values ('e1@x.io', 'seo')")
+    sql(tmp_path, "insert into links values ('e1@x.io', 'e5@x.io'), ('e1@x.io', 'e2@x.io')")
+    sync_all_in_one_command()
+    sql(
+        tmp_path,
+        "delete from leads where email = 'e5@x.io';delete from links where other_email = 'e5@x.io'",
+    )
+    before = len(emu.request_log())
+    sync_all_in_one_command()
+    assert _email_lookups(emu, before) == 2  # the old email's holder, and the new one's
+    before = len(emu.request_log())
+    sync_all_in_one_command()
+    assert _email_lookups(emu, before) == 0
+    (person,) = emu.people()
+    assert (person.cio_id, person.email) == (lead.cio_id, "e1@x.io")
+    assert person.attributes == {"lead_source": "seo"} and emu.merges() == []
+    assert_nothing_left_to_send(project)
