@@ -319,11 +319,11 @@ class IdentityMachine(RuleBasedStateMachine):
     def own_email_leaves(self, data: st.DataObject, source: str) -> None:
         """A lead alone in its profile (its person known by its email alone) gives a second
         address: a lead row of it and a link between the two, one profile, which a run
-        sends. Then the first address's row and its link leave, the second staying: when
-        the profile stays (its anchor, the smaller address, does), so does its person, whose
-        email must change (a readdressing, docs/identity.md, "A lead whose own email
-        leaves"). Random edits seldom reach it: it needs those edits with a run between them
-        and no user in the way."""
+        sends. Then the first address's row and its link leave, the second staying: the
+        profile (its id stable) and its person are the same, whose email must change (a
+        readdressing, docs/identity.md, "A lead whose own email leaves"). Random edits
+        seldom reach it: it needs those edits with a run between them and no user in the
+        way."""
         lead = data.draw(st.sampled_from(self._leads_known_alone()))
         other = data.draw(st.sampled_from(self._fresh_emails()))
         event("a lead's own email leaves")
