@@ -202,6 +202,8 @@ class IdentityMachine(RuleBasedStateMachine):
         #: the `id`s of people deleted by hand (or merged away) that no source has shown since
         #: and no row reached when they went
         self.hand_deleted: set[str] = set()
+        #: the leads alone in their profile at the last run without faults
+        self.alone_when_sent: set[str] = set()
 
     @initialize(
         users=st.lists(st.tuples(uids, emails, plans), min_size=1, max_size=3),
@@ -293,6 +295,47 @@ class IdentityMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def remove_link(self, data: st.DataObject) -> None:
         self.links.remove(data.draw(st.sampled_from(self.links)))
+        self._write()
+
+    def _leads_alone(self) -> set[str]:
+        """The leads alone in their profile: no link, user or Stripe customer shares their
+        email."""
+        alone = {v for c in self._components() if len(c) == 1 for t, v in c if t == "email"}
+        return alone & {_mail(e) for e in self.leads}
+
+    def _fresh_emails(self) -> list[str]:
+        """The emails no row of the warehouse has."""
+        return [
+            e for e in (f"e{i}@x.io" for i in range(1, 7)) if ("email", e) not in self._edges()[0]
+        ]
+
+    def _leads_known_alone(self) -> list[str]:
+        """The leads alone in their profile now and at the last run (a person known by their
+        email alone), while a link may still be added: :meth:`own_email_leaves`."""
+        if len(self.links) >= 4:
+            return []
+        return sorted(self._leads_alone() & self.alone_when_sent)
+
+    @precondition(lambda self: self._leads_known_alone() and self._fresh_emails())
+    @rule(data=st.data(), source=lead_sources)
+    def own_email_leaves(self, data: st.DataObject, source: str) -> None:
+        """A lead alone in its profile (its person known by its email alone) gives a second
+        address: a lead row of it and a link between the two, one profile, which a run
+        sends. Then the first address's row and its link leave, the second staying: the
+        profile (its id stable) and its person are the same, whose email must change (a
+        readdressing, docs/identity.md, "A lead whose own email leaves"). Random edits
+        seldom reach it: it needs those edits with a run between them and no user in the
+        way."""
+        lead = data.draw(st.sampled_from(self._leads_known_alone()))
+        other = data.draw(st.sampled_from(self._fresh_emails()))
+        event("a lead's own email leaves")
+        self.leads[other] = source
+        self.links.append((lead, other))
+        self._write()
+        self._plan_and_sync(full_resync=False)
+        for email in [e for e in self.leads if _mail(e) == lead]:
+            del self.leads[email]
+        self.links.remove((lead, other))
         self._write()
 
     @rule(
@@ -424,6 +467,7 @@ class IdentityMachine(RuleBasedStateMachine):
                 self.ever.setdefault(n, set()).update(comp)
             if self._breaks_a_limit(comp):
                 self.broken |= comp
+        self.alone_when_sent = self._leads_alone()
         self.synced = True
 
     @rule(full_resync=st.booleans())
@@ -1802,4 +1846,52 @@ def test_a_lead_whose_own_email_leaves_while_other_addresses_stay_is_one_person(
         [merge] = emu.merges()
         assert (merge.primary, merge.secondary) == (person.cio_id, lead.cio_id)
         assert [op["action"] for op in ahead] == ["identify", "merge"]
+    assert_nothing_left_to_send(project)
+
+
+def _email_lookups(emu: Emulator, since: int) -> int:
+    """How many people the App API was asked to find by email (`GET /v1/customers?email=`)
+    after request ``since``."""
+    return sum(
+        1 for r in emu.request_log()[since:] if (r.method, r.path) == ("GET", "/v1/customers")
+    )
+
+
+def test_a_lead_whose_own_email_leaves_is_looked_up_once_by_one_command(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The readdressing above, each step run as one `lockgate sync --all` (its three people
+    syncs keyed through one graph, sharing its resolution): the first sync looks the old
+    person up through the App API (whose rate limit is low) and gives it the new email;
+    the later syncs of the command, whose readdressing that one delivered, do not look it
+    up again, nor does the next command. One person, nothing left to send."""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+
+    def sync_all_in_one_command() -> None:
+        with Session() as session:
+            for name in ORDER:
+                report = run_sync(project, name, console=NullConsole(), session=session)
+                assert report.status == "success", (name, report.failures)
+
+    sql(tmp_path, "insert into leads values ('e5@x.io', 'ads')")
+    sync_all_in_one_command()
+    (lead,) = emu.people()
+    sql(tmp_path, "insert into leads values ('e1@x.io', 'seo')")
+    sql(tmp_path, "insert into links values ('e1@x.io', 'e5@x.io'), ('e1@x.io', 'e2@x.io')")
+    sync_all_in_one_command()
+    sql(
+        tmp_path,
+        "delete from leads where email = 'e5@x.io';delete from links where other_email = 'e5@x.io'",
+    )
+    before = len(emu.request_log())
+    sync_all_in_one_command()
+    assert _email_lookups(emu, before) == 2  # the old email's holder, and the new one's
+    before = len(emu.request_log())
+    sync_all_in_one_command()
+    assert _email_lookups(emu, before) == 0
+    (person,) = emu.people()
+    assert (person.cio_id, person.email) == (lead.cio_id, "e1@x.io")
+    assert person.attributes == {"lead_source": "seo"} and emu.merges() == []
     assert_nothing_left_to_send(project)

@@ -19,7 +19,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +265,15 @@ class Resolution:
     #: the key of the inputs this graph was stitched from, recorded with it once it is saved
     #: and its analyst tables written; None when they could not all be fingerprinted
     inputs_key: str | None = None
+    #: what the App API said of each `(new, old)` email pair of ``readdressings``, by
+    #: destination (:func:`readdress_lookup`): its old person's `cio_id` (or None), whether
+    #: a person holds the new email, whether none holds the old one. Asked by the first sync
+    #: sharing this graph; the later ones (`sync --all`: the same readdressings) build the
+    #: same operations from it, filtered as delivered, without asking again (the App API's
+    #: rate limit is low)
+    readdress_answers: dict[tuple[str, str, str], tuple[str | None, bool, bool]] = field(
+        default_factory=dict, repr=False
+    )
 
     def save(self, state_dir: Path) -> None:
         """Keep this run's graph as the next run's starting point (stable profile ids)."""
@@ -821,16 +830,18 @@ def merge_operations(
     resolution: Resolution,
     app: CustomerIOSettings | None = None,
     *,
+    destination: str = "",
     console: Console | None = None,
 ) -> tuple[pa.Table, list[dict[str, Any]]]:
     """The Customer.io operations the graph asks for (merges first), not yet delivered, and
     the merges it needs that `merge_policy.enabled: false` keeps back (:func:`skipped_merge`).
 
-    With ``app`` (the destination's App API settings, when it has a key), the people known
-    by email alone whose own email left their profile are looked up by it
-    (:func:`readdress_lookup`). Columns: ``k`` (the op's idempotency key), ``op`` (JSON).
-    The merge limit (`customerio.merge_policy.max_merges_per_run`) is checked by
-    :func:`merge_guard`: every merge sent here counts.
+    With ``app`` (the App API settings of ``destination``, when it has a key), the people
+    known by email alone whose own email left their profile are looked up by it
+    (:func:`readdress_lookup`), once for all the syncs that share ``resolution``. Columns:
+    ``k`` (the op's idempotency key), ``op`` (JSON). The merge limit
+    (`customerio.merge_policy.max_merges_per_run`) is checked by :func:`merge_guard`: every
+    merge sent here counts.
     """
     merging = resolution.config.customerio.merge_policy.enabled
     skipped: list[CioOp] = []
@@ -863,7 +874,9 @@ def merge_operations(
         cio_ids: dict[str, str] = {}
         if app is not None:
             pairs = [(new, old) for _, new, old in readdressed if ("email", old) in found]
-            cio_ids, held, gone = readdress_lookup(app, pairs, console=console)
+            cio_ids, held, gone = _readdress_answers(
+                resolution, app, destination, pairs, console=console
+            )
             found = (found | held) - gone
         readdress = readdress_ops(
             resolution.result, lambda kind, value: (kind, value) in found, cio_ids, merges=merging
@@ -945,6 +958,38 @@ def skipped_merge(op: CioOp) -> dict[str, Any]:
         "primary": op.payload["primary"],
         "secondary": op.payload["secondary"],
     }
+
+
+def _readdress_answers(
+    resolution: Resolution,
+    app: CustomerIOSettings,
+    destination: str,
+    pairs: list[tuple[str, str]],
+    *,
+    console: Console | None = None,
+) -> tuple[dict[str, str], set[tuple[str, str]], set[tuple[str, str]]]:
+    """:func:`readdress_lookup` of ``pairs``, asking the App API only about those no sync
+    sharing ``resolution`` asked about yet (``Resolution.readdress_answers``)."""
+    answers = resolution.readdress_answers
+    ask = [(new, old) for new, old in pairs if (destination, new, old) not in answers]
+    if ask:
+        cio_ids, held, gone = readdress_lookup(app, ask, console=console)
+        for new, old in ask:
+            answers[destination, new, old] = (
+                cio_ids.get(old),
+                ("email", new) in held,
+                ("email", old) in gone,
+            )
+    cio_ids, held, gone = {}, set(), set()
+    for new, old in pairs:
+        cio_id, taken, left = answers[destination, new, old]
+        if cio_id is not None:
+            cio_ids[old] = cio_id
+        if taken:
+            held.add(("email", new))
+        if left:
+            gone.add(("email", old))
+    return cio_ids, held, gone
 
 
 def readdress_lookup(

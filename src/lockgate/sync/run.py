@@ -651,7 +651,12 @@ def _prepare(
                     if session is not None:
                         session.resolution = resolution
                 identity_ops, merges_skipped = resolve_step.merge_operations(
-                    store, project, resolution, _app_settings(project, sync), console=console
+                    store,
+                    project,
+                    resolution,
+                    _app_settings(project, sync),
+                    destination=sync.destination,
+                    console=console,
                 )
                 merge_guard = resolve_step.merge_guard(resolution, identity_ops)
                 if sync.kind == "people":  # sent ahead of the rows: a row's own is not
