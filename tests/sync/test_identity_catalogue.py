@@ -572,8 +572,9 @@ def idempotent_rerun(w: World) -> None:
     assert len(w.emu.events(person)) == 1 and person.anonymous_ids == ("a1",)
 
 
-@case("22")
-def pre_existing_customerio_duplicates(w: World) -> None:
+def two_people_for_u1(w: World) -> tuple[Person, Person]:
+    """Customer.io holds two people for user `u1` (made outside Lockgate): one by its `id`,
+    one by its email; the warehouse's export of people lists both, and its user row both."""
     w.track("PUT", "/api/v1/customers/u1", {"created_at": 1_700_000_000})
     w.track(
         "POST",
@@ -588,6 +589,12 @@ def pre_existing_customerio_duplicates(w: World) -> None:
         insert into app.users values ('u1', 'e1@x.com', 'pro', '2025-01-01');
         """
     )
+    return x, y
+
+
+@case("22")
+def pre_existing_customerio_duplicates(w: World) -> None:
+    x, y = two_people_for_u1(w)
     w.sync("users")
     assert [(m.primary, m.secondary) for m in w.emu.merges()] == [(x.cio_id, y.cio_id)]
     [person] = w.people().values()
@@ -1012,20 +1019,7 @@ def test_imported_duplicates_are_not_merged_with_merges_off(
     monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
     monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
     w = World(tmp_path, emulator, identity_section(customerio={"merge_policy": {"enabled": False}}))
-    w.track("PUT", "/api/v1/customers/u1", {"created_at": 1_700_000_000})
-    w.track(
-        "POST",
-        "/api/v2/entity",
-        {"type": "person", "action": "identify", "identifiers": {"email": "e1@x.com"}},
-    )
-    x, y = w.emu.person(id="u1"), w.emu.person(email="e1@x.com")
-    assert x is not None and y is not None
-    w.sql(
-        f"""
-        insert into cio.people values ('{x.cio_id}', 'u1', null), ('{y.cio_id}', null, 'e1@x.com');
-        insert into app.users values ('u1', 'e1@x.com', 'pro', '2025-01-01');
-        """
-    )
+    x, y = two_people_for_u1(w)
     planned = plan_sync(w.project, "users", console=NullConsole())
     [skipped] = planned.identity_merges_skipped
     assert (skipped["primary"], skipped["secondary"]) == (

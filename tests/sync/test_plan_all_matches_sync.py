@@ -328,6 +328,15 @@ def test_a_relationship_another_relationships_sync_takes_over_first_is_not_delet
     assert not [op for op in sent if op.get("action") == "delete_relationships"]
 
 
+def ada_joins_u1(tmp_path: Path) -> None:
+    """A Stripe customer and a user row give `u1` Ada's work email: the graph joins the
+    Stripe profile and `u1`'s, which were two Customer.io people (a merge)."""
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("insert into stripe_customers values ('cus_C', 'ada.work@acme.io')").fetchall()
+    con.execute("insert into app_users values ('u1', 'ada.work@acme.io', 'pro')").fetchall()
+    con.close()
+
+
 def test_a_merge_is_planned_once_by_the_first_sync_that_sends_it(
     tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -338,10 +347,7 @@ def test_a_merge_is_planned_once_by_the_first_sync_that_sends_it(
     monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
     project = test_identity_sync.setup(tmp_path, customerio_emulator.base_url or "")
     lockgate(project, "sync", "--all", "--json")
-    con = duckdb.connect(str(tmp_path / "w.duckdb"))
-    con.execute("insert into stripe_customers values ('cus_C', 'ada.work@acme.io')").fetchall()
-    con.execute("insert into app_users values ('u1', 'ada.work@acme.io', 'pro')").fetchall()
-    con.close()
+    ada_joins_u1(tmp_path)
 
     plans = lockgate(project, "plan", "--all", "--json")
     again = lockgate(project, "plan", "--all", "--json")
@@ -370,10 +376,7 @@ def test_merges_turned_off_are_listed_alike_by_the_plan_and_the_run_and_none_is_
     data["identity"]["customerio"] = {"merge_policy": {"enabled": False}}
     config.write_text(yaml.safe_dump(data))
     lockgate(project, "sync", "--all", "--json")
-    con = duckdb.connect(str(tmp_path / "w.duckdb"))
-    con.execute("insert into stripe_customers values ('cus_C', 'ada.work@acme.io')").fetchall()
-    con.execute("insert into app_users values ('u1', 'ada.work@acme.io', 'pro')").fetchall()
-    con.close()
+    ada_joins_u1(tmp_path)
 
     plans = lockgate(project, "plan", "--all", "--json")
     before = len(customerio_emulator.request_log())
