@@ -214,3 +214,100 @@ def test_an_app_api_that_refuses_the_key_leaves_the_changes_committed_unverified
     )
     assert any("email changes not read back" in m for m in console.messages)
     assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
+def lead_and_app_person(emu: Emulator, id_: str, email: str) -> str:
+    """Outside Lockgate: the app creates person ``id_`` (no email, `plan: gold`) and a form a
+    lead known by ``email`` alone. Returns the lead's cio_id."""
+    with emu.client(auth=emu.track_auth) as client:
+        assert client.put(f"/api/v1/customers/{id_}", json={"plan": "gold"}).status_code == 200
+        assert client.put(f"/api/v1/customers/{email}", json={"source": "form"}).status_code == 200
+    lead = emu.person(email=email)
+    assert lead is not None and lead.id is None
+    return lead.cio_id
+
+
+def test_a_new_row_whose_id_is_a_person_and_whose_email_a_lead_holds_is_refused_unsent(
+    project_factory: ProjectFactory, app_key: None
+) -> None:
+    """The app created `u1` before the first run, and a lead without an id holds u1's email:
+    an identify by `u1` with that email would be dropped whole by Customer.io (`u1` and the
+    email are two people), unseen. Looked up before delivery, u1 is rejected with both
+    people and how to fix it, neither is touched, and the row lands once the lead is merged
+    into `u1`."""
+    project_factory.sql(USERS)
+    emu = project_factory.emulator
+    lead = lead_and_app_person(emu, "u1", "a@x.com")
+    app_person = emu.person(id="u1").cio_id  # type: ignore[union-attr]
+    project = project_factory.write({"profile": EMAILS})
+
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered, report.rejected_by_api) == ("partial", 2, 1)
+    assert report.new_emails_checked == 3
+    ((key, outcome, reason),) = report.failures
+    assert (key, outcome) == ("u1", "rejected")
+    assert reason == (
+        "sync `profile`, row `u1`: email `a@x.com` is held in Customer.io by a person without "
+        f"an id (cio_id `{lead}`), and `u1` is another person already (cio_id `{app_person}`); "
+        "not sent: Customer.io would drop the update whole (the email and every attribute). "
+        "Merge the two people in Customer.io (`u1` the primary), or release the email, then "
+        "run the sync again: the row is checked again"
+    )
+    assert emails_of(emu) == {
+        "u1": (None, "gold"),
+        None: ("a@x.com", None),
+        "u2": ("b@x.com", "free"),
+        "u3": ("c@x.com", "free"),
+    }
+    # the emails looked up, then the one id a lead's email could not be given to
+    assert app_api_calls(emu) == ["POST /v1/customers", "POST /v1/customers/attributes"]
+    with StateStore.open(project.state_dir) as store:
+        assert store.rejected(report.run_id) == [("deliver", "u1", reason)]
+
+    again = run_sync(project, "profile", console=NullConsole())  # still two people: again
+    assert (again.status, again.rejected_by_api, again.delivered) == ("partial", 1, 0)
+
+    with emu.client(auth=emu.track_auth) as client:
+        merged = client.post(
+            "/api/v1/merge_customers",
+            json={"primary": {"id": "u1"}, "secondary": {"cio_id": lead}},
+        )
+    assert merged.status_code == 200, merged.text
+    landed = run_sync(project, "profile", console=NullConsole())
+    assert (landed.status, landed.delivered) == ("success", 1)
+    assert emails_of(emu)["u1"] == ("a@x.com", "free")
+    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
+def test_a_returning_row_whose_email_a_lead_took_meanwhile_is_refused_not_lost(
+    project_factory: ProjectFactory, app_key: None
+) -> None:
+    """u1 left the model (`mode: mirror`: its plan cleared, `u1` stays in Customer.io) and
+    comes back with an address a lead took meanwhile. The row is new to the snapshot, and its
+    update would be dropped whole by Customer.io, counted delivered and never sent again: it
+    is rejected instead, and lands once the lead's address is released."""
+    project_factory.sql(USERS)
+    project = project_factory.write({"profile": EMAILS + "mode: mirror\n"})
+    run_sync(project, "profile", console=NullConsole())
+    emu = project_factory.emulator
+    project_factory.sql("delete from users where user_id = 'u1'")
+    assert run_sync(project, "profile", console=NullConsole()).status == "success"
+    with emu.client(auth=emu.track_auth) as client:
+        assert client.put("/api/v1/customers/z@x.com", json={}).status_code == 200
+    lead = emu.person(email="z@x.com").cio_id  # type: ignore[union-attr]
+    project_factory.sql("insert into users values ('u1', 'z@x.com', 'pro')")
+
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered, report.rejected_by_api) == ("partial", 0, 1)
+    ((key, outcome, reason),) = report.failures
+    assert (key, outcome) == ("u1", "rejected")
+    assert f"by a person without an id (cio_id `{lead}`), and `u1` is another person" in reason
+    assert emails_of(emu)["u1"] == ("a@x.com", None)
+    assert run_sync(project, "profile", console=NullConsole()).rejected_by_api == 1
+
+    with emu.client(auth=emu.track_auth) as client:  # the lead lets the address go
+        assert client.put(f"/api/v1/customers/cio_{lead}", json={"email": ""}).status_code == 200
+    released = run_sync(project, "profile", console=NullConsole())
+    assert (released.status, released.delivered) == ("success", 1)
+    assert emails_of(emu)["u1"] == ("z@x.com", "pro")
+    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0

@@ -219,22 +219,40 @@ async def _holders(app: AppAPIClient, rows: list[NewRow], advance: Any) -> dict[
     return found
 
 
-def _takes_over(row: NewRow, holders: list[JSON]) -> list[JSON]:
-    """The people holding ``row``'s email whom sending it would rename: those with another
-    non-empty `id`, unless one holds the row's `id` already (the row is theirs) or this run
-    releases the email from them first."""
+def _in_the_way(row: NewRow, holders: list[JSON]) -> tuple[list[JSON], list[JSON]]:
+    """The people holding ``row``'s email that sending it would harm, unless one holds the
+    row's `id` already (the row is theirs) or this run releases the email from them first:
+    (those with another non-empty `id`, whom it would rename; those without an `id`, leads,
+    whom it renames when the row's `id` is new and who make Customer.io drop it whole when
+    the `id` is a person already: :func:`check_new` looks the `id` up)."""
     _, id_, _, released = row
     if any(str(p.get("id") or "") == id_ for p in holders):
-        return []
+        return [], []
     ids = {r.removeprefix("id:") for r in released if r.startswith("id:")}
     cio_ids = {_bare(r.removeprefix("cio_id:")) for r in released if r.startswith("cio_id:")}
-    return [
+    held = [
         p
         for p in holders
-        if p.get("id") not in (None, "")
-        and str(p["id"]) not in ids
+        if str(p.get("id") or "") not in ids
         and not (p.get("cio_id") and _bare(p["cio_id"]) in cio_ids)
     ]
+    return [p for p in held if p.get("id") not in (None, "")], [
+        p for p in held if p.get("id") in (None, "")
+    ]
+
+
+async def _people_by_id(app: AppAPIClient, ids: list[str]) -> dict[str, JSON]:
+    """`id` -> the person Customer.io has under it (`id`, `cio_id`), for the ``ids`` it has
+    (``POST /v1/customers/attributes``, 100 a request)."""
+    found: dict[str, JSON] = {}
+    for customer in await app.get_people_attributes(ids, "id"):
+        identifiers = customer.get("identifiers") or {}
+        attributes = customer.get("attributes") or {}
+        id_ = identifiers.get("id") or customer.get("id")
+        if id_ not in (None, ""):
+            cio_id = identifiers.get("cio_id") or attributes.get("cio_id")
+            found[str(id_)] = {"id": str(id_), "cio_id": cio_id}
+    return found
 
 
 def _new_reason(sync: str, row: NewRow, holders: list[JSON]) -> str:
@@ -246,6 +264,19 @@ def _new_reason(sync: str, row: NewRow, holders: list[JSON]) -> str:
         "and write the row over its profile. Release or merge that person in Customer.io, or "
         "give your app and the sync the same id for a person, then run the sync again: the "
         "row is checked again"
+    )
+
+
+def _two_people_reason(sync: str, row: NewRow, leads: list[JSON], person: JSON) -> str:
+    key, id_, email, _ = row
+    who = "; ".join(_who(p) for p in leads[:3])
+    return (
+        f"sync `{sync}`, row `{key}`: email `{shorten(email)}` is held in Customer.io by a "
+        f"person without an id ({who}), and `{id_}` is another person already "
+        f"({_who({'cio_id': person.get('cio_id')})}); not sent: Customer.io would drop the "
+        f"update whole (the email and every attribute). Merge the two people in Customer.io "
+        f"(`{id_}` the primary), or release the email, then run the sync again: the row is "
+        "checked again"
     )
 
 
@@ -262,14 +293,25 @@ def check_new(
     that refuses the key or does not answer leaves them unchecked (``error``): they are sent."""
 
     async def check() -> EmailCheck:
+        refused = []
+        leads: dict[str, list[JSON]] = {}
         async with AppAPIClient(settings, transport=transport) as app:
             with console.progress("check new people's emails", len(rows)) as advance:
                 held = await _holders(app, rows, advance)
-        refused = []
+            for row in rows:
+                takes, leads[row[0]] = _in_the_way(row, held.get(row[2].lower(), []))
+                if takes:
+                    refused.append((row[0], _new_reason(sync, row, takes)))
+                    del leads[row[0]]
+                elif not leads[row[0]]:
+                    del leads[row[0]]
+            # a lead gets the row's `id` only when no person has it yet: look those `id`s up
+            people = await _people_by_id(app, [r[1] for r in rows if r[0] in leads])
         for row in rows:
-            takes = _takes_over(row, held.get(row[2].lower(), []))
-            if takes:
-                refused.append((row[0], _new_reason(sync, row, takes)))
+            if row[0] in leads and row[1] in people:
+                refused.append(
+                    (row[0], _two_people_reason(sync, row, leads[row[0]], people[row[1]]))
+                )
         return EmailCheck(read_back=len(rows), refused=sorted(refused))
 
     try:
