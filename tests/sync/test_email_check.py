@@ -311,3 +311,40 @@ def test_a_returning_row_whose_email_a_lead_took_meanwhile_is_refused_not_lost(
     assert (released.status, released.delivered) == ("success", 1)
     assert emails_of(emu)["u1"] == ("z@x.com", "pro")
     assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
+def test_new_rows_emails_and_the_ids_leads_would_get_are_looked_up_in_two_requests(
+    project_factory: ProjectFactory, app_key: None
+) -> None:
+    """50 new rows, 10 of whose emails leads hold, 3 of those rows' ids people the app made:
+    one search looks up the 50 emails, one bulk read the 10 ids. The 7 leads whose id is new
+    become their rows' people (the merge wanted); the 3 others are refused, untouched."""
+    project_factory.sql(
+        "create table users as select 'u' || lpad(i::varchar, 2, '0') user_id, "
+        "'m' || i || '@x.com' email, 'free' plan from range(50) t(i)"
+    )
+    emu = project_factory.emulator
+    with emu.client(auth=emu.track_auth) as client:
+        for i in range(10):
+            assert (
+                client.put(f"/api/v1/customers/m{i}@x.com", json={"lead": True}).status_code == 200
+            )
+        for i in range(3):
+            assert client.put(f"/api/v1/customers/u0{i}", json={"plan": "gold"}).status_code == 200
+    project = project_factory.write({"profile": EMAILS})
+
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered, report.rejected_by_api) == ("partial", 47, 3)
+    assert sorted(k for k, _, _ in report.failures) == ["u00", "u01", "u02"]
+    assert app_api_calls(emu) == ["POST /v1/customers", "POST /v1/customers/attributes"]
+    (_, lookup) = [r for r in emu.request_log() if r.path.startswith("/v1/")]
+    assert lookup.body == {"ids": [f"u0{i}" for i in range(10)]}
+    assert len(emu.people()) == 53  # 47 rows, 3 people of the app, 3 leads
+    people = {p.id: p for p in emu.people()}
+    for i in range(3, 10):  # the lead became the row's person
+        assert (people[f"u0{i}"].email, people[f"u0{i}"].attributes.get("lead")) == (
+            f"m{i}@x.com",
+            True,
+        )
+    assert emails_of(emu)["u00"] == (None, "gold")
+    assert emu.person(email="m0@x.com").id is None  # type: ignore[union-attr]

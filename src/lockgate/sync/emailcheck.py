@@ -27,9 +27,15 @@ Before delivery, :func:`check_new` looks up who holds the emails of the run's ne
 (``diff.new_emails``: the first ``check_new_emails`` of them by key), 100 emails a request
 (``POST /v1/customers`` with an ``or`` of ``email eq`` conditions: one request answers for 100
 rows, where ``GET /v1/customers?email=`` answers for one). A row whose email a person with
-another non-empty `id` holds is refused before it is sent; a holder without an `id` (a lead
-known by email alone) is the person the row is meant to become, and a holder this run
-releases the email from first (``diff.order_email_moves``) gives it up before the row lands.
+another non-empty `id` holds is refused before it is sent; a holder this run releases the
+email from first (``diff.order_email_moves``) gives it up before the row lands. A holder
+without an `id` (a lead known by email alone) is the person the row is meant to become when
+Customer.io has no person with the row's `id`; when it has one (made by the app before
+Lockgate's first run, or a row that left the model and came back), the identify names two
+people and is dropped whole, unseen, and a row new to the snapshot is in no read-back: so the
+`id`s of the rows whose email a lead holds are looked up too (``POST /v1/customers/attributes``,
+100 a request: none when no lead holds a row's email), and a row whose `id` is a person is
+refused before it is sent.
 
 Example::
 
@@ -272,8 +278,9 @@ def _two_people_reason(sync: str, row: NewRow, leads: list[JSON], person: JSON) 
     who = "; ".join(_who(p) for p in leads[:3])
     return (
         f"sync `{sync}`, row `{key}`: email `{shorten(email)}` is held in Customer.io by a "
-        f"person without an id ({who}), and `{id_}` is another person already "
-        f"({_who({'cio_id': person.get('cio_id')})}); not sent: Customer.io would drop the "
+        f"person without an id ({who}), and `{id_}` is another person already"
+        + (f" (cio_id `{person['cio_id']}`)" if person.get("cio_id") else "")
+        + "; not sent: Customer.io would drop the "
         f"update whole (the email and every attribute). Merge the two people in Customer.io "
         f"(`{id_}` the primary), or release the email, then run the sync again: the row is "
         "checked again"
