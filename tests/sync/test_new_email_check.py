@@ -394,6 +394,33 @@ def test_an_app_api_that_does_not_answer_leaves_the_new_rows_sent_unchecked(
     assert people(emu) == {"u1": ("a@x.com", "free")}
 
 
+def test_an_app_api_failing_on_the_ids_leaves_the_email_refusals_standing(
+    project_factory: ProjectFactory, app_key: None
+) -> None:
+    """The emails are looked up, the `id` a lead's email would join is not (the App API
+    fails on it): the row whose email another `id` holds is still refused, the lead's row is
+    sent unchecked, and the report says so."""
+    emu = project_factory.emulator
+    emu.set_faults(FaultConfig(overrides={"/v1/customers/attributes": FaultRates(error_5xx=1.0)}))
+    identify(emu, {"id": "crm-7"}, email="a@x.com", plan="gold")
+    identify(emu, {"email": "lead@x.com"}, source="form")
+    users(project_factory, ("u9", "a@x.com", "free"), ("u1", "lead@x.com", "free"))
+    project = project_factory.write({"profile": PEOPLE}, retries=1)
+    console = NullConsole()
+
+    report = run_sync(project, "profile", console=console)
+    assert (report.status, report.delivered, report.rejected_by_api) == ("partial", 1, 1)
+    assert [k for k, _, _ in report.failures] == ["u9"]
+    assert report.new_emails_checked == 1
+    assert report.email_check.startswith(
+        "1 new person was sent whose email a person without an id holds, without checking "
+        "whether Customer.io has a person with its `id` already (it drops such an update "
+        "whole): the App API failed (App API POST /v1/customers/attributes answered HTTP 503"
+    )
+    assert any("new people's ids not checked" in m for m in console.messages)
+    assert people(emu) == {"crm-7": ("a@x.com", "gold"), "u1": ("lead@x.com", "free")}
+
+
 def test_a_run_without_new_rows_makes_no_app_api_call(
     project_factory: ProjectFactory, app_key: None
 ) -> None:

@@ -78,6 +78,9 @@ class EmailCheck:
     error: str = ""
     """Why the read-back could not be done (the App API refused the key, or did not answer):
     the people were not verified."""
+    unchecked: int = 0
+    """With ``error`` after the emails of :func:`check_new` were looked up: how many of its
+    rows, whose email a lead holds, were not looked up by `id` (``refused`` stands)."""
 
 
 def _email_of(customer: dict[str, Any]) -> str | None:
@@ -297,7 +300,9 @@ def check_new(
 ) -> EmailCheck:
     """Look up who holds the emails of the new ``rows`` (see the module's docstring);
     ``refused`` names the rows not to send, ``read_back`` counts the rows looked up. An App API
-    that refuses the key or does not answer leaves them unchecked (``error``): they are sent."""
+    that refuses the key or does not answer leaves them unchecked (``error``): they are sent.
+    When it fails only on the `id`s of the rows whose email a lead holds, the rows refused by
+    the emails' look-up stay refused and those rows are sent unchecked (``unchecked``)."""
 
     async def check() -> EmailCheck:
         refused = []
@@ -313,7 +318,15 @@ def check_new(
                 elif not leads[row[0]]:
                     del leads[row[0]]
             # a lead gets the row's `id` only when no person has it yet: look those `id`s up
-            people = await _people_by_id(app, [r[1] for r in rows if r[0] in leads])
+            try:
+                people = await _people_by_id(app, [r[1] for r in rows if r[0] in leads])
+            except (LockgateError, httpx.HTTPError) as exc:
+                return EmailCheck(
+                    read_back=len(rows),
+                    refused=sorted(refused),
+                    error=_why(exc),
+                    unchecked=len(leads),
+                )
         for row in rows:
             if row[0] in leads and row[1] in people:
                 refused.append(
@@ -323,7 +336,12 @@ def check_new(
 
     try:
         return asyncio.run(check())
-    except LockgateError as exc:
-        return EmailCheck(error=exc.reason + (f"; {exc.hint}" if exc.hint else ""))
-    except httpx.HTTPError as exc:
-        return EmailCheck(error=f"{type(exc).__name__}: {exc or 'no detail'}")
+    except (LockgateError, httpx.HTTPError) as exc:
+        return EmailCheck(error=_why(exc))
+
+
+def _why(exc: LockgateError | httpx.HTTPError) -> str:
+    """Why the App API could not be read, for the report."""
+    if isinstance(exc, LockgateError):
+        return exc.reason + (f"; {exc.hint}" if exc.hint else "")
+    return f"{type(exc).__name__}: {exc or 'no detail'}"
