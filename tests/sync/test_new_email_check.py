@@ -14,7 +14,7 @@ from tests.sync.test_people import EMAILS, emails_of
 from lockgate.cli import cli
 from lockgate.cli.sync import change_rows
 from lockgate.console import NullConsole
-from lockgate.emulator import Emulator
+from lockgate.emulator import Emulator, RequestRecord
 from lockgate.emulator.config import FaultConfig, FaultRates
 from lockgate.project.loader import Project, load_project
 from lockgate.state.store import StateStore
@@ -27,7 +27,11 @@ people = emails_of  # id -> (email, plan) in the emulator
 
 
 def app_api_calls(emu: Emulator) -> list[str]:
-    return [f"{r.method} {r.path}" for r in emu.request_log() if r.path.startswith("/v1/")]
+    return [f"{r.method} {r.path}" for r in app_api_requests(emu)]
+
+
+def app_api_requests(emu: Emulator) -> list[RequestRecord]:
+    return [r for r in emu.request_log() if r.path.startswith("/v1/")]
 
 
 def identify(emu: Emulator, identifiers: dict[str, str], **attributes: Any) -> None:
@@ -123,7 +127,122 @@ def test_a_lead_known_by_email_alone_or_a_person_with_the_rows_id_is_not_in_the_
     assert (report.status, report.delivered, report.new_emails_checked) == ("success", 2, 2)
     assert people(emu) == {"u1": ("lead@x.com", "free"), "u3": ("c@x.com", "pro")}
     assert emu.person(id="u1").cio_id == lead  # type: ignore[union-attr]
-    assert app_api_calls(emu) == ["POST /v1/customers"]  # both emails, one request
+    # both emails, one request; then u1's `id`, whose email a lead holds: nobody has it
+    assert app_api_calls(emu) == ["POST /v1/customers", "POST /v1/customers/attributes"]
+
+
+def test_a_new_row_whose_id_is_a_person_and_whose_email_a_lead_holds_is_refused_unsent(
+    project_factory: ProjectFactory, app_key: None
+) -> None:
+    """The app made `u1` before the first run, and a lead without an id holds u1's email: an
+    identify by `u1` with that email names two people, and Customer.io drops it whole
+    (email and plan), unseen; the row, new, is in no read-back, and would be counted
+    delivered and never sent again. Looked up before delivery, u1 is rejected naming both
+    people and the fix, neither is touched, and the row lands once the lead is merged into
+    `u1`."""
+    emu = project_factory.emulator
+    identify(emu, {"id": "u1"}, plan="gold")
+    identify(emu, {"email": "a@x.com"}, source="form")
+    lead = emu.person(email="a@x.com").cio_id  # type: ignore[union-attr]
+    app_person = emu.person(id="u1").cio_id  # type: ignore[union-attr]
+    users(project_factory, ("u1", "a@x.com", "free"), ("u2", "b@x.com", "free"))
+    project = project_factory.write({"profile": PEOPLE})
+
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered, report.rejected_by_api) == ("partial", 1, 1)
+    assert report.new_emails_checked == 2
+    reason = (
+        "sync `profile`, row `u1`: email `a@x.com` is held in Customer.io by a person without "
+        f"an id (cio_id `{lead}`), and `u1` is another person already (cio_id `{app_person}`); "
+        "not sent: Customer.io would drop the update whole (the email and every attribute). "
+        "Merge the two people in Customer.io (`u1` the primary), or release the email, then "
+        "run the sync again: the row is checked again"
+    )
+    assert report.failures == (("u1", "rejected", reason),)
+    assert people(emu) == {"u1": (None, "gold"), None: ("a@x.com", None), "u2": ("b@x.com", "free")}
+    # the emails, then the one `id` whose email a lead holds
+    assert app_api_calls(emu) == ["POST /v1/customers", "POST /v1/customers/attributes"]
+    assert app_api_requests(emu)[-1].body == {"ids": ["u1"]}
+    with StateStore.open(project.state_dir) as store:
+        assert store.rejected(report.run_id) == [("deliver", "u1", reason)]
+        assert store.con.execute("select k from snap__profile").fetchall() == [("u2",)]
+
+    again = run_sync(project, "profile", console=NullConsole())  # still two people
+    assert (again.status, again.delivered, again.rejected_by_api) == ("partial", 0, 1)
+
+    with emu.client(auth=emu.track_auth) as client:
+        merged = client.post(
+            "/api/v1/merge_customers",
+            json={"primary": {"id": "u1"}, "secondary": {"cio_id": lead}},
+        )
+        assert merged.status_code == 200, merged.text
+    landed = run_sync(project, "profile", console=NullConsole())
+    assert (landed.status, landed.delivered) == ("success", 1)
+    assert people(emu) == {"u1": ("a@x.com", "free"), "u2": ("b@x.com", "free")}
+    assert emu.person(id="u1").cio_id == app_person  # type: ignore[union-attr]
+    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
+def test_a_returning_row_whose_email_a_lead_took_meanwhile_is_refused_not_lost(
+    project_factory: ProjectFactory, app_key: None
+) -> None:
+    """u1 left the `mirror` model (its plan cleared, `u1` stays in Customer.io, its record
+    leaves the snapshot) and comes back with an address a lead took meanwhile. The row is new
+    again; Customer.io would drop its update whole, and it would be counted delivered and
+    never sent again. It is rejected instead, and lands once the lead lets the address go."""
+    emu = project_factory.emulator
+    users(project_factory, ("u1", "a@x.com", "free"), ("u2", "b@x.com", "free"))
+    project = project_factory.write({"profile": PEOPLE + "mode: mirror\n"})
+    assert run_sync(project, "profile", console=NullConsole()).delivered == 2
+    users(project_factory, ("u2", "b@x.com", "free"))
+    assert run_sync(project, "profile", console=NullConsole()).changes.removed_sent == 1
+    identify(emu, {"email": "z@x.com"}, source="form")
+    lead = emu.person(email="z@x.com").cio_id  # type: ignore[union-attr]
+    users(project_factory, ("u1", "z@x.com", "pro"), ("u2", "b@x.com", "free"))
+
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered, report.rejected_by_api) == ("partial", 0, 1)
+    ((key, outcome, reason),) = report.failures
+    assert (key, outcome) == ("u1", "rejected")
+    assert f"by a person without an id (cio_id `{lead}`), and `u1` is another person" in reason
+    assert people(emu)["u1"] == ("a@x.com", None)
+    assert run_sync(project, "profile", console=NullConsole()).rejected_by_api == 1
+
+    identify(emu, {"cio_id": lead}, email="")  # the lead lets the address go
+    released = run_sync(project, "profile", console=NullConsole())
+    assert (released.status, released.delivered) == ("success", 1)
+    assert people(emu)["u1"] == ("z@x.com", "pro")
+    assert run_sync(project, "profile", console=NullConsole()).changes.to_send == 0
+
+
+def test_new_rows_emails_and_the_ids_leads_would_get_are_looked_up_in_two_requests(
+    project_factory: ProjectFactory, app_key: None
+) -> None:
+    """50 new rows, 10 of whose emails leads hold, 3 of those rows' ids people the app made:
+    one search looks up the 50 emails, one bulk read the 10 ids. The 7 leads whose row's id is
+    new become the rows' people (the merge wanted); the 3 others are refused, untouched."""
+    emu = project_factory.emulator
+    for i in range(10):
+        identify(emu, {"email": f"m{i}@x.com"}, lead=True)
+    for i in range(3):
+        identify(emu, {"id": f"u0{i}"}, plan="gold")
+    project_factory.sql(
+        "create table users as select 'u' || lpad(i::varchar, 2, '0') user_id, "
+        "'m' || i || '@x.com' email, 'free' plan from range(50) t(i)"
+    )
+    project = project_factory.write({"profile": PEOPLE})
+
+    report = run_sync(project, "profile", console=NullConsole())
+    assert (report.status, report.delivered, report.rejected_by_api) == ("partial", 47, 3)
+    assert sorted(k for k, _, _ in report.failures) == ["u00", "u01", "u02"]
+    assert app_api_calls(emu) == ["POST /v1/customers", "POST /v1/customers/attributes"]
+    assert app_api_requests(emu)[-1].body == {"ids": [f"u0{i}" for i in range(10)]}
+    assert len(emu.people()) == 53  # the 47 rows', the app's 3, 3 leads
+    found = {p.id: p for p in emu.people()}
+    for i in range(3, 10):  # the lead became the row's person
+        assert (found[f"u0{i}"].email, found[f"u0{i}"].attributes["lead"]) == (f"m{i}@x.com", True)
+    assert people(emu)["u00"] == (None, "gold")
+    assert emu.person(email="m0@x.com").id is None  # type: ignore[union-attr]
 
 
 def test_an_email_the_run_releases_first_is_not_held_against_the_new_row(
@@ -273,6 +392,33 @@ def test_an_app_api_that_does_not_answer_leaves_the_new_rows_sent_unchecked(
     assert any("new people's emails not checked" in m for m in console.messages)
     assert app_api_calls(emu) == ["POST /v1/customers"] * 2  # tried, retried once
     assert people(emu) == {"u1": ("a@x.com", "free")}
+
+
+def test_an_app_api_failing_on_the_ids_leaves_the_email_refusals_standing(
+    project_factory: ProjectFactory, app_key: None
+) -> None:
+    """The emails are looked up, the `id` a lead's email would join is not (the App API
+    fails on it): the row whose email another `id` holds is still refused, the lead's row is
+    sent unchecked, and the report says so."""
+    emu = project_factory.emulator
+    emu.set_faults(FaultConfig(overrides={"/v1/customers/attributes": FaultRates(error_5xx=1.0)}))
+    identify(emu, {"id": "crm-7"}, email="a@x.com", plan="gold")
+    identify(emu, {"email": "lead@x.com"}, source="form")
+    users(project_factory, ("u9", "a@x.com", "free"), ("u1", "lead@x.com", "free"))
+    project = project_factory.write({"profile": PEOPLE}, retries=1)
+    console = NullConsole()
+
+    report = run_sync(project, "profile", console=console)
+    assert (report.status, report.delivered, report.rejected_by_api) == ("partial", 1, 1)
+    assert [k for k, _, _ in report.failures] == ["u9"]
+    assert report.new_emails_checked == 1
+    assert report.email_check.startswith(
+        "1 new person was sent whose email a person without an id holds, without checking "
+        "whether Customer.io has a person with its `id` already (it drops such an update "
+        "whole): the App API failed (App API POST /v1/customers/attributes answered HTTP 503"
+    )
+    assert any("new people's ids not checked" in m for m in console.messages)
+    assert people(emu) == {"crm-7": ("a@x.com", "gold"), "u1": ("lead@x.com", "free")}
 
 
 def test_a_run_without_new_rows_makes_no_app_api_call(

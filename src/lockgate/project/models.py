@@ -658,8 +658,9 @@ class CustomerIODestinationConfig(Placed):
     looks up through the App API who holds the emails of its new rows (not delivered before),
     the first this many (by key): Customer.io gives a new `id` sent with an email another person
     holds to that person, so a row whose email a person with another `id` holds is rejected
-    instead, and checked again by the next run (docs/sync.md). Rows past it are sent
-    unchecked. 0 turns the check off."""
+    instead, and checked again by the next run (docs/sync.md); so is a row whose email a
+    person without an `id` holds when Customer.io has a person with the row's `id` already (it
+    would drop the update whole). Rows past it are sent unchecked. 0 turns the check off."""
 
     @field_validator("track_url", "app_url")
     @classmethod

@@ -27,9 +27,15 @@ Before delivery, :func:`check_new` looks up who holds the emails of the run's ne
 (``diff.new_emails``: the first ``check_new_emails`` of them by key), 100 emails a request
 (``POST /v1/customers`` with an ``or`` of ``email eq`` conditions: one request answers for 100
 rows, where ``GET /v1/customers?email=`` answers for one). A row whose email a person with
-another non-empty `id` holds is refused before it is sent; a holder without an `id` (a lead
-known by email alone) is the person the row is meant to become, and a holder this run
-releases the email from first (``diff.order_email_moves``) gives it up before the row lands.
+another non-empty `id` holds is refused before it is sent; a holder this run releases the
+email from first (``diff.order_email_moves``) gives it up before the row lands. A holder
+without an `id` (a lead known by email alone) is the person the row is meant to become when
+Customer.io has no person with the row's `id`; when it has one (made by the app before
+Lockgate's first run, or a row that left the model and came back), the identify names two
+people and is dropped whole, unseen, and a row new to the snapshot is in no read-back: so the
+`id`s of the rows whose email a lead holds are looked up too (``POST /v1/customers/attributes``,
+100 a request: none when no lead holds a row's email), and a row whose `id` is a person is
+refused before it is sent.
 
 Example::
 
@@ -72,6 +78,9 @@ class EmailCheck:
     error: str = ""
     """Why the read-back could not be done (the App API refused the key, or did not answer):
     the people were not verified."""
+    unchecked: int = 0
+    """With ``error`` after the emails of :func:`check_new` were looked up: how many of its
+    rows, whose email a lead holds, were not looked up by `id` (``refused`` stands)."""
 
 
 def _email_of(customer: dict[str, Any]) -> str | None:
@@ -219,22 +228,40 @@ async def _holders(app: AppAPIClient, rows: list[NewRow], advance: Any) -> dict[
     return found
 
 
-def _takes_over(row: NewRow, holders: list[JSON]) -> list[JSON]:
-    """The people holding ``row``'s email whom sending it would rename: those with another
-    non-empty `id`, unless one holds the row's `id` already (the row is theirs) or this run
-    releases the email from them first."""
+def _in_the_way(row: NewRow, holders: list[JSON]) -> tuple[list[JSON], list[JSON]]:
+    """The people holding ``row``'s email that sending it would harm, unless one holds the
+    row's `id` already (the row is theirs) or this run releases the email from them first:
+    (those with another non-empty `id`, whom it would rename; those without an `id`, leads,
+    whom it renames when the row's `id` is new and who make Customer.io drop it whole when
+    the `id` is a person already: :func:`check_new` looks the `id` up)."""
     _, id_, _, released = row
     if any(str(p.get("id") or "") == id_ for p in holders):
-        return []
+        return [], []
     ids = {r.removeprefix("id:") for r in released if r.startswith("id:")}
     cio_ids = {_bare(r.removeprefix("cio_id:")) for r in released if r.startswith("cio_id:")}
-    return [
+    held = [
         p
         for p in holders
-        if p.get("id") not in (None, "")
-        and str(p["id"]) not in ids
+        if str(p.get("id") or "") not in ids
         and not (p.get("cio_id") and _bare(p["cio_id"]) in cio_ids)
     ]
+    return [p for p in held if p.get("id") not in (None, "")], [
+        p for p in held if p.get("id") in (None, "")
+    ]
+
+
+async def _people_by_id(app: AppAPIClient, ids: list[str]) -> dict[str, JSON]:
+    """`id` -> the person Customer.io has under it (`id`, `cio_id`), for the ``ids`` it has
+    (``POST /v1/customers/attributes``, 100 a request)."""
+    found: dict[str, JSON] = {}
+    for customer in await app.get_people_attributes(ids, "id"):
+        identifiers = customer.get("identifiers") or {}
+        attributes = customer.get("attributes") or {}
+        id_ = identifiers.get("id") or customer.get("id")
+        if id_ not in (None, ""):
+            cio_id = identifiers.get("cio_id") or attributes.get("cio_id")
+            found[str(id_)] = {"id": str(id_), "cio_id": cio_id}
+    return found
 
 
 def _new_reason(sync: str, row: NewRow, holders: list[JSON]) -> str:
@@ -249,6 +276,20 @@ def _new_reason(sync: str, row: NewRow, holders: list[JSON]) -> str:
     )
 
 
+def _two_people_reason(sync: str, row: NewRow, leads: list[JSON], person: JSON) -> str:
+    key, id_, email, _ = row
+    who = "; ".join(_who(p) for p in leads[:3])
+    return (
+        f"sync `{sync}`, row `{key}`: email `{shorten(email)}` is held in Customer.io by a "
+        f"person without an id ({who}), and `{id_}` is another person already"
+        + (f" (cio_id `{person['cio_id']}`)" if person.get("cio_id") else "")
+        + "; not sent: Customer.io would drop the "
+        f"update whole (the email and every attribute). Merge the two people in Customer.io "
+        f"(`{id_}` the primary), or release the email, then run the sync again: the row is "
+        "checked again"
+    )
+
+
 def check_new(
     sync: str,
     rows: list[NewRow],
@@ -259,22 +300,48 @@ def check_new(
 ) -> EmailCheck:
     """Look up who holds the emails of the new ``rows`` (see the module's docstring);
     ``refused`` names the rows not to send, ``read_back`` counts the rows looked up. An App API
-    that refuses the key or does not answer leaves them unchecked (``error``): they are sent."""
+    that refuses the key or does not answer leaves them unchecked (``error``): they are sent.
+    When it fails only on the `id`s of the rows whose email a lead holds, the rows refused by
+    the emails' look-up stay refused and those rows are sent unchecked (``unchecked``)."""
 
     async def check() -> EmailCheck:
+        refused = []
+        leads: dict[str, list[JSON]] = {}
         async with AppAPIClient(settings, transport=transport) as app:
             with console.progress("check new people's emails", len(rows)) as advance:
                 held = await _holders(app, rows, advance)
-        refused = []
+            for row in rows:
+                takes, leads[row[0]] = _in_the_way(row, held.get(row[2].lower(), []))
+                if takes:
+                    refused.append((row[0], _new_reason(sync, row, takes)))
+                    del leads[row[0]]
+                elif not leads[row[0]]:
+                    del leads[row[0]]
+            # a lead gets the row's `id` only when no person has it yet: look those `id`s up
+            try:
+                people = await _people_by_id(app, [r[1] for r in rows if r[0] in leads])
+            except (LockgateError, httpx.HTTPError) as exc:
+                return EmailCheck(
+                    read_back=len(rows),
+                    refused=sorted(refused),
+                    error=_why(exc),
+                    unchecked=len(leads),
+                )
         for row in rows:
-            takes = _takes_over(row, held.get(row[2].lower(), []))
-            if takes:
-                refused.append((row[0], _new_reason(sync, row, takes)))
+            if row[0] in leads and row[1] in people:
+                refused.append(
+                    (row[0], _two_people_reason(sync, row, leads[row[0]], people[row[1]]))
+                )
         return EmailCheck(read_back=len(rows), refused=sorted(refused))
 
     try:
         return asyncio.run(check())
-    except LockgateError as exc:
-        return EmailCheck(error=exc.reason + (f"; {exc.hint}" if exc.hint else ""))
-    except httpx.HTTPError as exc:
-        return EmailCheck(error=f"{type(exc).__name__}: {exc or 'no detail'}")
+    except (LockgateError, httpx.HTTPError) as exc:
+        return EmailCheck(error=_why(exc))
+
+
+def _why(exc: LockgateError | httpx.HTTPError) -> str:
+    """Why the App API could not be read, for the report."""
+    if isinstance(exc, LockgateError):
+        return exc.reason + (f"; {exc.hint}" if exc.hint else "")
+    return f"{type(exc).__name__}: {exc or 'no detail'}"

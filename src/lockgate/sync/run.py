@@ -1600,7 +1600,7 @@ def _check_new_emails(
     from lockgate.sync.emailcheck import check_new
 
     check = check_new(sync.name, rows, settings, console=console)
-    if check.error:
+    if check.error and not check.unchecked:
         console.warn(f"{sync.name}: new people's emails not checked: {check.error}")
         people = f"{total} new {'person' if total == 1 else 'people'}"
         return (
@@ -1612,14 +1612,24 @@ def _check_new_emails(
             ),
             [],
         )
-    note = ""
+    lines = []
     if total > limit:
         past = total - limit
-        note = (
+        lines.append(
             f"{past} more new {'person was' if past == 1 else 'people were'} sent without "
             f"checking who holds {'its' if past == 1 else 'their'} email (the first {limit} by "
             f"key were checked: `check_new_emails` in destination `{sync.destination}`)"
         )
+    if check.unchecked:  # the emails were looked up, the `id`s leads would get were not
+        n = check.unchecked
+        console.warn(f"{sync.name}: new people's ids not checked: {check.error}")
+        lines.append(
+            f"{n} new {'person was' if n == 1 else 'people were'} sent whose email a person "
+            f"without an id holds, without checking whether Customer.io has a person with "
+            f"{'its' if n == 1 else 'their'} `id` already (it drops such an update whole): the "
+            f"App API failed ({check.error})"
+        )
+    note = "\n".join(lines)
     if check.refused:
         keys = [k for k, _ in check.refused]
         idents = dict(
@@ -1635,7 +1645,7 @@ def _check_new_emails(
             f"{'its' if n == 1 else 'their'} email is held in Customer.io by a person of "
             "another id, who would be renamed (rejected, checked again by the next run)"
         )
-    return check.read_back, 0, note, check.refused
+    return check.read_back - check.unchecked, 0, note, check.refused
 
 
 def _check_emails(
