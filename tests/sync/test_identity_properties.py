@@ -1198,6 +1198,35 @@ def test_a_deleted_lead_whose_email_joins_a_user_is_merged_into_the_user(
     assert_nothing_left_to_send(project)
 
 
+def test_two_leads_a_link_joins_with_a_new_user_are_merged_before_the_id_is_given(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two leads, `e1` and `e2`, are people known by email alone. In one edit a link says
+    both are one person and a user `u3` signs up with `e2`: one profile, `u3` with `e2`,
+    whose two people are merged into the one holding `e2`. The `id` goes to that person
+    (the survivor), never first to `e1`'s: a merge deletes its secondary, and a person
+    holding an `id` must never be merged away. (Found by the state machine above, seed 11:
+    `e1`'s person was given `u3` before being merged into `e2`'s.)"""
+    emu = customerio_emulator
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(tmp_path, "insert into leads values ('e1@x.io', 'ads'), ('e2@x.io', 'seo')")
+    sync_all(project)
+    e2 = emu.person(email="e2@x.io")
+    assert e2 is not None and len(emu.people()) == 2
+    sql(
+        tmp_path,
+        "insert into links values ('e1@x.io', 'e2@x.io');"
+        "insert into app_users values ('u3', 'e2@x.io', 'pro');",
+    )
+    sync_all(project)
+    assert emu.merges(), "the two leads' people are one person now"
+    assert all(m.secondary_id is None for m in emu.merges()), emu.merges()
+    (person,) = emu.people()
+    assert (person.cio_id, person.id, person.email) == (e2.cio_id, "u3", "e2@x.io")
+    assert person.attributes == {"plan": "pro", "lead_source": "seo"}
+    assert_nothing_left_to_send(project)
+
+
 SETTINGS = property_settings(examples=2, steps=6)
 
 
