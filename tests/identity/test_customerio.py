@@ -323,6 +323,33 @@ def test_a_person_known_by_email_alone_is_given_the_id_its_profile_gained() -> N
     assert plan_customerio(third, cfg, exists={("id", "u1")}).ops == ()
 
 
+def test_a_lead_merged_into_another_leads_person_is_never_given_the_id_first() -> None:
+    """Two leads (people by email alone) whose profiles merge as they gain a user id, the
+    user's email being the other lead's: the merge folds the first lead's person into the
+    second's (the one holding the profile's email), and the survivor's identify by the `id`
+    gives it the `id`. The first lead's person is not given the `id` before: a merge deletes
+    its secondary, and a person with an `id` is never merged away."""
+    cfg = config()
+    first = run(cfg, {"newsletter": rows({"email": "a@x.com"}, {"email": "b@x.com"})})
+    second = run(
+        cfg,
+        {
+            "app_users": rows({"user_id": "u1", "email": "b@x.com", "ts": 2}),
+            "crm_contacts": rows({"user_id": "u1", "email": "a@x.com", "ts": 2}),
+        },
+        state=first.state,
+        run_id="r2",
+    )
+    assert second.merges.num_rows == 1
+    plan = plan_customerio(second, cfg, exists={("email", "a@x.com"), ("email", "b@x.com")})
+    merges = [(op.payload["primary"], op.payload["secondary"]) for op in plan.merges]
+    assert merges == [({"email": "b@x.com"}, {"email": "a@x.com"})]
+    identifies = [op.payload for op in plan.ops if op.payload["action"] == "identify"]
+    assert [(p["identifiers"], p["attributes"].get("email")) for p in identifies] == [
+        ({"id": "u1"}, "b@x.com")
+    ]
+
+
 def _retired_lead(tmp_path: Path | None = None):  # type: ignore[no-untyped-def]
     """A lead (a person by email alone) whose row left; a user `u1` beside it. The state
     goes through Parquet when ``tmp_path`` is given."""

@@ -1198,6 +1198,66 @@ def test_a_deleted_lead_whose_email_joins_a_user_is_merged_into_the_user(
     assert_nothing_left_to_send(project)
 
 
+def test_two_leads_a_link_joins_with_a_new_user_are_merged_before_the_id_is_given(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two leads, `e1` and `e2`, are people known by email alone. In one edit a link says
+    both are one person and a user `u3` signs up with `e2`: one profile, `u3` with `e2`,
+    whose two people are merged into the one holding `e2`. The `id` goes to that person
+    (the survivor), never first to `e1`'s: a merge deletes its secondary, and a person
+    holding an `id` must never be merged away. (Found by the state machine above, seed 11:
+    `e1`'s person was given `u3` before being merged into `e2`'s.)"""
+    emu = customerio_emulator
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(tmp_path, "insert into leads values ('e1@x.io', 'ads'), ('e2@x.io', 'seo')")
+    sync_all(project)
+    e2 = emu.person(email="e2@x.io")
+    assert e2 is not None and len(emu.people()) == 2
+    sql(
+        tmp_path,
+        "insert into links values ('e1@x.io', 'e2@x.io');"
+        "insert into app_users values ('u3', 'e2@x.io', 'pro');",
+    )
+    sync_all(project)
+    assert emu.merges(), "the two leads' people are one person now"
+    assert all(m.secondary_id is None for m in emu.merges()), emu.merges()
+    (person,) = emu.people()
+    assert (person.cio_id, person.id, person.email) == (e2.cio_id, "u3", "e2@x.io")
+    assert person.attributes == {"plan": "pro", "lead_source": "seo"}
+    assert_nothing_left_to_send(project)
+
+
+def test_two_leads_a_link_joins_with_a_new_user_keep_apart_with_merges_off(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above with `merge_policy.enabled: false`: the two leads' people stay apart, and the
+    user's rows reach the person holding the user's email, which takes the `id` and the
+    user's values; the other lead's person is left as it was. (Giving the `id` to `e1`'s
+    person first, its identify changing the email to `e2`, another person's, was dropped by
+    Customer.io: the user's `plan` reached nobody.)"""
+    emu = customerio_emulator
+    project = project_in(tmp_path, emu, monkeypatch, {"merge_policy": {"enabled": False}})
+    sql(tmp_path, "insert into leads values ('e1@x.io', 'ads'), ('e2@x.io', 'seo')")
+    sync_all(project)
+    e1, e2 = emu.person(email="e1@x.io"), emu.person(email="e2@x.io")
+    assert e1 is not None and e2 is not None
+    sql(
+        tmp_path,
+        "insert into links values ('e1@x.io', 'e2@x.io');"
+        "insert into app_users values ('u3', 'e2@x.io', 'pro');",
+    )
+    sync_all(project)
+    assert emu.merges() == []
+    u3 = emu.person(id="u3")
+    assert u3 is not None and (u3.cio_id, u3.email) == (e2.cio_id, "e2@x.io")
+    assert u3.attributes == {"plan": "pro", "lead_source": "seo"}
+    lead = emu.person(email="e1@x.io")
+    assert lead is not None and (lead.cio_id, lead.id) == (e1.cio_id, None)
+    assert lead.attributes == {"lead_source": "ads"}
+    assert not [a for a in emu.activity_log() if a.kind == "attribute update failure"]
+    assert_nothing_left_to_send(project)
+
+
 SETTINGS = property_settings(examples=2, steps=6)
 
 

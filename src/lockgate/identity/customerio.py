@@ -125,6 +125,39 @@ def _merge_into(
     return candidates[0]
 
 
+def _merge_targets(
+    result: IdentityResult,
+    exists: Callable[[str, str], bool],
+    survivors: Collection[str] | None = None,
+) -> tuple[dict[str, list[str]], dict[str, Mapping[str, Any] | None], dict[str, dict[str, Any]]]:
+    """The graph's merges by survivor (of ``survivors`` only, when given): the profiles each
+    absorbs, the previous row whose person its merges go into, and the previous rows of the
+    profiles taking part (only they become Python rows).
+
+    That person is the one already holding the profile's resolved `id` (else its email), so
+    that identifying the profile afterwards reaches it (a merge deletes the secondary:
+    addressing the id it held would create a new person)."""
+    absorbed_by: dict[str, list[str]] = {}
+    for survivor, absorbed in zip(
+        result.merges["profile_id"].to_pylist(),
+        result.merges["absorbed_profile_id"].to_pylist(),
+        strict=True,
+    ):
+        if survivors is None or survivor in survivors:
+            absorbed_by.setdefault(survivor, []).append(absorbed)
+    prev_rows = _rows_of(result.previous_profiles, set(absorbed_by).union(*absorbed_by.values()))
+    rows = _rows_of(result.profiles, absorbed_by)
+    into = {
+        survivor: _merge_into(
+            rows.get(survivor),
+            [prev_rows.get(survivor)] + [prev_rows.get(a) for a in absorbed_ids],
+            exists,
+        )
+        for survivor, absorbed_ids in absorbed_by.items()
+    }
+    return absorbed_by, into, prev_rows
+
+
 def _ids(values: Collection[str]) -> pa.Array:
     return pa.array(sorted(values), pa.string())
 
@@ -342,22 +375,7 @@ def plan_customerio(
 
     # 1. merges between lockgate profiles that were both Customer.io people
     merges = result.merges.to_pylist()
-    absorbed_by: dict[str, list[str]] = {}
-    for m in merges:
-        absorbed_by.setdefault(m["profile_id"], []).append(m["absorbed_profile_id"])
-    # only the profiles taking part in a merge become Python rows here
-    prev_rows = _rows_of(result.previous_profiles, set(absorbed_by).union(*absorbed_by.values()))
-    rows = _rows_of(result.profiles, absorbed_by)
-    # the person each survivor's merges go into: the one already holding the profile's
-    # resolved `id` (else its email), so that identifying the profile afterwards reaches it
-    # (a merge deletes the secondary: addressing the id it held would create a new person)
-    into: dict[str, Mapping[str, Any] | None] = {}
-    for survivor, absorbed_ids in absorbed_by.items():
-        into[survivor] = _merge_into(
-            rows.get(survivor),
-            [prev_rows.get(survivor)] + [prev_rows.get(a) for a in absorbed_ids],
-            known,
-        )
+    absorbed_by, into, prev_rows = _merge_targets(result, known)
     for m in merges:
         survivor, absorbed = m["profile_id"], m["absorbed_profile_id"]
         target = into[survivor]
@@ -607,10 +625,19 @@ def adoption_ops(
     lead's email (docs/identity.md). Neither with the same email and no such person: the
     profile's own identify gives the person the `id`. With ``merges`` off
     (`merge_policy.enabled: false`: no merge is ever sent), no merge: the two people stay,
-    and Customer.io drops the update of the user's person giving it the lead's email."""
+    and Customer.io drops the update of the user's person giving it the lead's email.
+
+    No identify for a profile whose graph merges go into another profile's person (the one
+    holding the profile's new email): its own person is the merge's secondary, which
+    Customer.io deletes, and a person holding an `id` is never merged away. The survivor's
+    identify by the `id`, carrying the email its person holds, gives that person the `id`
+    (with the merge held back, too: the profile's rows go to the person of its email)."""
     ops = []
     adopted = adoptions(result)
-    now = _rows_of(result.profiles, {pid for pid, _, _ in adopted})
+    pids = {pid for pid, _, _ in adopted}
+    now = _rows_of(result.profiles, pids)
+    _, into, prev_rows = _merge_targets(result, exists, survivors=pids)
+    merged_away = {pid for pid, target in into.items() if target is not prev_rows.get(pid)}
     for pid, person_id, email in adopted:
         if not exists("email", email):
             continue
@@ -624,6 +651,8 @@ def adoption_ops(
                     "secondary": secondary,
                 }
                 ops.append(CioOp(_key("merge", primary, secondary), pid, merge))
+            continue
+        if pid in merged_away:
             continue
         payload = {
             "type": "person",

@@ -854,6 +854,8 @@ def merge_operations(
     if adopted:
         addresses = {("email", email) for _, _, email in adopted}
         addresses |= {("id", person_id) for _, person_id, _ in adopted}
+        # and the people the graph's merges go into: no `id` for a person merged away
+        addresses |= merge_addresses(resolution.result, resolution.config)
         found = known_people(store, project, among=addresses)
         first = adoption_ops(
             resolution.result, lambda kind, value: (kind, value) in found, merges=merging
