@@ -59,9 +59,11 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   sync that clears rather than deletes): the email (lowercased) and the identifiers to reach
   the person by. The snapshot, which says what the row was last sent, no longer shows it; a
   row of a later run that takes the email has it released first (``diff.order_email_moves``),
-  else Customer.io would give that row's new id to this person's profile. Recorded before the
-  run sends (it holds whether that update lands or not), forgotten once the email is released
-  or replaced, or the person deleted.
+  else Customer.io would give that row's new id to this person's profile. The identity graph's
+  operations count them as people that exist (``resolve.known_people``: a `mirror` sync's
+  cleared person stays in Customer.io). Recorded before the run sends (it holds whether that
+  update lands or not), forgotten once the email is released or replaced, or the person
+  deleted.
 - ``sending_events__S(k, ts, lo, hi)``: the same write-ahead record for an events sync, with
   the dedupe id each event is about to be sent with (the columns of ``event_ids__S`` below):
   the next run moves the events of a killed run's record that the ledger does not have into

@@ -3288,6 +3288,7 @@ def new_emails(
     *,
     limit: int,
     released_first: Iterable[tuple[str, str]] = (),
+    merged_first: Iterable[tuple[str, str]] = (),
 ) -> tuple[int, list[tuple[str, str, str, frozenset[str]]]]:
     """The rows of a people sync identified by `id` and `email` that this run sends to a
     person Lockgate never delivered to (not in the snapshot, :func:`_delivered`) with an `id`
@@ -3296,7 +3297,9 @@ def new_emails(
     key as (key, id, email as sent, the `id`s and `cio_id`s of the people this run releases
     that email from first: ``email_released``, see :func:`order_email_moves`, and
     ``released_first``, `(email, id)` of the people the identity graph's operations release
-    it from before the rows). A run of no new row costs a count of ``changes``; the JSON of
+    it from before the rows; and `merged:ID` for ``merged_first``, `(email, id)` of the
+    merges the graph's operations send before the rows of the person holding that email into
+    the person of that `id`). A run of no new row costs a count of ``changes``; the JSON of
     the rows is read only up to ``limit``."""
     if sync.kind != "people" or "email" not in sync.identify_by:
         return 0, []
@@ -3318,6 +3321,8 @@ def new_emails(
     released: dict[str, set[str]] = {}
     for email, person in released_first:
         released.setdefault(email.lower(), set()).add(f"id:{person}")
+    for email, person in merged_first:
+        released.setdefault(email.lower(), set()).add(f"merged:{person}")
     if temp_table(con, "email_released"):
         for email, old_id, old_cio_id in con.execute(
             "select old_email, old_id, old_cio_id from email_released"

@@ -230,12 +230,14 @@ async def _holders(app: AppAPIClient, rows: list[NewRow], advance: Any) -> dict[
 
 def _in_the_way(row: NewRow, holders: list[JSON]) -> tuple[list[JSON], list[JSON]]:
     """The people holding ``row``'s email that sending it would harm, unless one holds the
-    row's `id` already (the row is theirs) or this run releases the email from them first:
+    row's `id` already (the row is theirs), the identity graph merges the holder into the
+    row's person first (`merged:ID` among the row's released people), or this run releases
+    the email from them first:
     (those with another non-empty `id`, whom it would rename; those without an `id`, leads,
     whom it renames when the row's `id` is new and who make Customer.io drop it whole when
     the `id` is a person already: :func:`check_new` looks the `id` up)."""
     _, id_, _, released = row
-    if any(str(p.get("id") or "") == id_ for p in holders):
+    if any(str(p.get("id") or "") == id_ for p in holders) or f"merged:{id_}" in released:
         return [], []
     ids = {r.removeprefix("id:") for r in released if r.startswith("id:")}
     cio_ids = {_bare(r.removeprefix("cio_id:")) for r in released if r.startswith("cio_id:")}

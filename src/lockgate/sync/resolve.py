@@ -737,6 +737,13 @@ def known_people(
 ) -> set[tuple[str, str]]:
     """People Lockgate has delivered, as `(kind, value)`: merges need both ends to exist.
 
+    The people syncs' snapshots, and the people they remember keeping an email their row let
+    go of (``emails_kept__S``, ``diff.keep_emails``): a row that left a `mirror` sync without
+    `delete_removed` leaves its snapshot once its clear is sent, but its person stays in
+    Customer.io with its `id` and email. Forgotten, a user who came back with the address of
+    a lead's person would not have that person merged into theirs, and Customer.io would
+    drop the user's update. The table forgets them once Customer.io deleted them.
+
     With `among`, only those of these pairs (the addresses a plan asks about): not a set of
     every person delivered (~480 MiB and 2 s at a million)."""
     known: set[tuple[str, str]] = set()
@@ -756,7 +763,8 @@ def known_people(
     if people:  # one statement over every people sync's snapshot
         sql = " union all ".join(
             f"select json_extract_string(ident, '$.id'), json_extract_string(ident, '$.email') "
-            f"from {table('snap', name)}"
+            f"from {table('snap', name)} union all "
+            f"select json_extract_string(ident, '$.id'), email from {table('emails_kept', name)}"
             for name in people
         )
         if among is None:

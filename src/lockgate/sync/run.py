@@ -1573,6 +1573,7 @@ def _check_new_emails(
     run_id: str,
     console: Console,
     resolution: Resolution | None = None,
+    identity_ops: pa.Table | None = None,
 ) -> tuple[int, int, str, list[tuple[str, str]]]:
     """Before delivery: look up who holds the emails of the people this run sends for the
     first time (:func:`lockgate.sync.emailcheck.check_new`); the rows whose email a person of
@@ -1581,7 +1582,9 @@ def _check_new_emails(
     Returns (rows checked, rows left unchecked for want of a key or with the check off, the
     report's line on the others not checked, the rows refused). A run without new rows makes
     no App API call. A person the identity graph's operations release the email from, sent
-    before the rows (a retired user's family email: ``customerio.releases``), is no holder."""
+    before the rows (a retired user's family email: ``customerio.releases``), is no holder;
+    nor is one they merge into the row's person before the rows (``identity_ops``: a lead's
+    person merged into a user's who left a `mirror` sync and came back with the lead's email)."""
     config = project.config.destinations[sync.destination]
     limit = config.check_new_emails
     settings = _new_check_settings(project, sync)
@@ -1590,8 +1593,15 @@ def _check_new_emails(
         from lockgate.identity.customerio import releases
 
         released = [(email, person) for _, person, email in releases(resolution.result)]
+    merged: list[tuple[str, str]] = []
+    if identity_ops is not None and settings is not None:
+        merged = _merged_by_email(identity_ops)
     total, rows = diff_step.new_emails(
-        store.con, sync, limit=limit if settings else 0, released_first=released
+        store.con,
+        sync,
+        limit=limit if settings else 0,
+        released_first=released,
+        merged_first=merged,
     )
     if not total:
         return 0, 0, "", []
@@ -1646,6 +1656,19 @@ def _check_new_emails(
             "another id, who would be renamed (rejected, checked again by the next run)"
         )
     return check.read_back - check.unchecked, 0, note, check.refused
+
+
+def _merged_by_email(identity_ops: pa.Table) -> list[tuple[str, str]]:
+    """`(email, id)` of the merges among ``identity_ops`` of the person holding an email (the
+    secondary, known by it) into the person of an `id` (the primary): sent before the rows, so
+    that email is that `id`'s person's when a row of them is sent."""
+    merged = []
+    for text in identity_ops["op"].to_pylist():
+        op = orjson.loads(text)
+        primary, secondary = op.get("primary") or {}, op.get("secondary") or {}
+        if op.get("action") == "merge" and "id" in primary and "email" in secondary:
+            merged.append((str(secondary["email"]), str(primary["id"])))
+    return merged
 
 
 def _check_emails(
@@ -2281,7 +2304,7 @@ def run_sync(
                 # that person over
                 with step("deliver"):
                     new_checked, new_unchecked, new_note, new_refused = _check_new_emails(
-                        store, project, sync, run_id, console, resolution
+                        store, project, sync, run_id, console, resolution, identity_ops
                     )
             if full_resync and sync.kind != "events":
                 _reset_snapshot(store, sync, run_id, only=bool(only))
