@@ -1198,6 +1198,89 @@ def test_a_deleted_lead_whose_email_joins_a_user_is_merged_into_the_user(
     assert_nothing_left_to_send(project)
 
 
+def _lead_merged_into_a_user_then_back_on_its_own(
+    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Project, Any]:
+    """User `u1` (`e1`) and lead `e5`, then a link joins them (the lead's person merged into
+    `u1`'s), then the link and the lead's row leave, and the lead comes back on its own (a
+    new form fill: a new person `e5` in Customer.io), each followed by a run of every sync;
+    and `u1`'s person."""
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(
+        tmp_path,
+        "insert into app_users values ('u1', 'e1@x.io', 'pro');"
+        "insert into leads values ('e5@x.io', 'ads')",
+    )
+    sync_all(project)
+    u1 = emu.person(id="u1")
+    assert u1 is not None
+    sql(tmp_path, "insert into links values ('e1@x.io', 'e5@x.io')")
+    sync_all(project)
+    assert len(emu.people()) == 1 and len(emu.merges()) == 1
+    sql(tmp_path, "delete from links; delete from leads")
+    sync_all(project)
+    sql(tmp_path, "insert into leads values ('e5@x.io', 'seo')")
+    sync_all(project)
+    again = emu.person(email="e5@x.io")
+    assert again is not None and again.cio_id != u1.cio_id and len(emu.people()) == 2
+    return project, u1
+
+
+def test_a_lead_merged_into_a_user_that_comes_back_and_joins_them_again_is_merged_again(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lead's person is merged into user `u1`'s when a link joins them; the link and the
+    lead's row leave, and the lead comes back on its own (a new person `e5`), then joins
+    `u1` again: the new person is merged into `u1`'s too, though that merge names the same
+    two people (`id` `u1`, email `e5`) as the first one. (Before, its idempotency key was
+    made of those two addresses alone: found delivered, the merge was never sent, and the
+    lead's new person stayed beside `u1`'s with nothing left to send.)"""
+    emu = customerio_emulator
+    project, u1 = _lead_merged_into_a_user_then_back_on_its_own(emu, tmp_path, monkeypatch)
+    lead = emu.person(email="e5@x.io")
+    assert lead is not None
+    sql(tmp_path, "insert into links values ('e1@x.io', 'e5@x.io')")
+    sync_all(project)
+    (person,) = emu.people()
+    assert (person.cio_id, person.id, person.email) == (u1.cio_id, "u1", "e1@x.io")
+    assert person.attributes == {"plan": "pro", "lead_source": "seo"}
+    assert [m.secondary for m in emu.merges()][1:] == [lead.cio_id]
+    assert_nothing_left_to_send(project)
+
+
+def test_a_run_killed_after_merging_a_lead_again_does_not_merge_it_twice(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, and the run that merges the lead's new person into `u1`'s is SIGKILLed once
+    the merge is delivered, with `u1`'s row in flight (the graph is not saved yet): the next
+    run, stitching the same change again under another run id, finds that merge delivered
+    (its key is the same) and does not send it again, which Customer.io would refuse (the
+    secondary is gone); one person, holding every row's values."""
+    emu = customerio_emulator
+    project, u1 = _lead_merged_into_a_user_then_back_on_its_own(emu, tmp_path, monkeypatch)
+    lead = emu.person(email="e5@x.io")
+    assert lead is not None
+    sql(
+        tmp_path,
+        "insert into links values ('e1@x.io', 'e5@x.io'); update app_users set plan = 'team'",
+    )
+
+    def rows_in_flight() -> bool:
+        person = emu.person(id="u1")
+        return person is not None and person.attributes.get("plan") == "team"
+
+    killed_once_applied(tmp_path, "users", emu, rows_in_flight)
+    before = len(emu.request_log())
+    sync_all(load_project(tmp_path))
+    assert [op for op in sent_ops(emu, before) if op["action"] == "merge"] == []
+    assert [a for a in emu.activity_log() if "merge" in a.kind] == []
+    assert [m.secondary for m in emu.merges()][1:] == [lead.cio_id]
+    (person,) = emu.people()
+    assert (person.cio_id, person.id, person.email) == (u1.cio_id, "u1", "e1@x.io")
+    assert person.attributes == {"plan": "team", "lead_source": "seo"}
+    assert_nothing_left_to_send(load_project(tmp_path))
+
+
 SETTINGS = property_settings(examples=2, steps=6)
 
 
@@ -1847,6 +1930,53 @@ def test_a_lead_whose_own_email_leaves_while_other_addresses_stay_is_one_person(
         assert (merge.primary, merge.secondary) == (person.cio_id, lead.cio_id)
         assert [op["action"] for op in ahead] == ["identify", "merge"]
     assert_nothing_left_to_send(project)
+
+
+def test_a_lead_whose_own_email_leaves_again_after_coming_back_is_one_person(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, with the App API, back and forth: lead `e5`'s profile (linked to `e1` through
+    `e6`) loses `e5` (its person is given `e1`), then `e5` comes back while `e1` leaves (given
+    `e5` again), then `e1` comes back while `e5` leaves: the person is given `e1` once more,
+    though that readdressing names the same person and emails as the first one. One person
+    throughout, with the rows' values, and nothing left to send. (Before, the third step's
+    key was the first's: found delivered, it was never sent, and the rows created a second
+    person under `e1` beside the one holding `e5`.)"""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(tmp_path, "insert into leads values ('e5@x.io', 'ads')")
+    sync_all(project)
+    (lead,) = emu.people()
+    sql(
+        tmp_path,
+        "insert into leads values ('e1@x.io', 'seo');"
+        "insert into links values ('e5@x.io', 'e6@x.io'), ('e1@x.io', 'e6@x.io')",
+    )
+    sync_all(project)
+
+    def leaves(gone: str, back: str, source: str) -> str:
+        return (
+            f"insert into leads values ('{back}', '{source}');"
+            f"insert into links values ('{back}', 'e6@x.io');"
+            f"delete from leads where email = '{gone}'; delete from links where email = '{gone}'"
+        )
+
+    sql(
+        tmp_path,
+        "delete from leads where email = 'e5@x.io'; delete from links where email = 'e5@x.io'",
+    )
+    for step, (email, source) in enumerate(
+        [("e1@x.io", "seo"), ("e5@x.io", "webinar"), ("e1@x.io", "ads")]
+    ):
+        if step:
+            sql(tmp_path, leaves("e5@x.io" if email == "e1@x.io" else "e1@x.io", email, source))
+        sync_all(project)
+        (person,) = emu.people()
+        assert (person.cio_id, person.email) == (lead.cio_id, email), step
+        assert person.attributes == {"lead_source": source}, step
+        assert_nothing_left_to_send(project)
+    assert emu.merges() == []
 
 
 def _email_lookups(emu: Emulator, since: int) -> int:

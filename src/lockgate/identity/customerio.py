@@ -88,6 +88,21 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def _occurrence(previous: Mapping[str, Any] | None) -> str | None:
+    """Which change of a profile an operation on its person answers, for its key: the run
+    that last changed the profile's identifiers before this one (`updated_run` of its row
+    in the saved graph).
+
+    The same people can need the same operation again later (a lead's email leaves its
+    profile, comes back, leaves again: the same readdressing twice), and a key made of the
+    people alone would be found delivered and the second one never sent. A run that is
+    killed and run again starts from the same saved graph (it is kept only once the run's
+    operations are delivered), so its operations get the same keys, whatever its run id:
+    those delivered are not sent twice. A later occurrence starts from a graph saved since
+    the profile changed back, whose `updated_run` is that later run."""
+    return None if previous is None else previous.get("updated_run")
+
+
 def _exists_fn(exists: Exists) -> Callable[[str, str], bool]:
     if callable(exists):
         return exists
@@ -376,7 +391,10 @@ def plan_customerio(
             outcome(survivor, absorbed, "deferred", None)
             reapply.add(survivor)
             continue
-        key = _key("merge", primary, secondary)
+        # a profile is absorbed once (its id is an alias from then on): the same two
+        # addresses merged again later (a lead's new person, after the first was merged
+        # away) are another merge, with another key
+        key = _key("merge", primary, secondary, absorbed)
         merge = CioOp(
             key,
             survivor,
@@ -611,9 +629,11 @@ def adoption_ops(
     ops = []
     adopted = adoptions(result)
     now = _rows_of(result.profiles, {pid for pid, _, _ in adopted})
+    before = _rows_of(result.previous_profiles, now)
     for pid, person_id, email in adopted:
         if not exists("email", email):
             continue
+        since = _occurrence(before.get(pid))
         if now[pid]["cio_email"] == email:
             if exists("id", person_id) and merges:
                 primary, secondary = {"id": person_id}, {"email": email}
@@ -623,7 +643,7 @@ def adoption_ops(
                     "primary": primary,
                     "secondary": secondary,
                 }
-                ops.append(CioOp(_key("merge", primary, secondary), pid, merge))
+                ops.append(CioOp(_key("merge", primary, secondary, pid, since), pid, merge))
             continue
         payload = {
             "type": "person",
@@ -631,7 +651,7 @@ def adoption_ops(
             "identifiers": {"id": person_id},
             "attributes": {"email": email},
         }
-        ops.append(CioOp(_key("adopt", person_id, email), pid, payload))
+        ops.append(CioOp(_key("adopt", person_id, email, pid, since), pid, payload))
     return ops
 
 
@@ -698,9 +718,12 @@ def readdress_ops(
       and the rows reach a person under the new email beside the old one.
     """
     ops = []
-    for pid, email, old in readdressings(result):
+    readdressed = readdressings(result)
+    before = _rows_of(result.previous_profiles, {pid for pid, _, _ in readdressed})
+    for pid, email, old in readdressed:
         if not exists("email", old):
             continue
+        since = _occurrence(before.get(pid))
         cio_id = (cio_ids or {}).get(old)
         if cio_id is not None:
             payload = {
@@ -709,7 +732,7 @@ def readdress_ops(
                 "identifiers": {"cio_id": cio_id},
                 "attributes": {"email": email},
             }
-            ops.append(CioOp(_key("readdress", cio_id, old, email), pid, payload))
+            ops.append(CioOp(_key("readdress", cio_id, old, email, pid, since), pid, payload))
             continue
         if not merges:
             continue
@@ -720,10 +743,10 @@ def readdress_ops(
                 "identifiers": {"email": email},
                 "attributes": {},
             }
-            ops.append(CioOp(_key("readdress", pid, old, email), pid, create))
+            ops.append(CioOp(_key("readdress", pid, old, email, since), pid, create))
         primary, secondary = {"email": email}, {"email": old}
         merge = {"type": "person", "action": "merge", "primary": primary, "secondary": secondary}
-        ops.append(CioOp(_key("merge", primary, secondary), pid, merge))
+        ops.append(CioOp(_key("merge", primary, secondary, pid, since), pid, merge))
     return ops
 
 
