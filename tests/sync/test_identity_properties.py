@@ -1087,6 +1087,78 @@ def test_a_user_who_comes_back_with_a_deleted_leads_email_absorbs_the_lead(
     assert_nothing_left_to_send(project)
 
 
+def _a_user_who_absorbed_a_lead_leaves(
+    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moves_on: bool
+) -> tuple[Project, Any]:
+    """As above, run by run: user `u4` comes back with a deleted lead's email `e2` and
+    absorbs the lead's person; then (``moves_on``) `u4` changes address to `e7`; then `u4`'s
+    row leaves, and a lead `e2` comes again: a new person of its own when `u4`'s person
+    moved on, else reaching `u4`'s person, which holds `e2`. Returns the project and `u4`'s
+    person."""
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+    for change in (
+        "insert into app_users values ('u4', 'e3@x.io', 'free');"
+        "insert into leads values ('e2@x.io', 'webinar')",
+        "delete from leads",
+        "delete from app_users",
+        "insert into app_users values ('u4', 'e2@x.io', 'pro')",
+        *(["update app_users set email = 'e7@x.io'"] if moves_on else []),
+        "delete from app_users",
+        "insert into leads values ('e2@x.io', 'ads')",
+    ):
+        sql(tmp_path, change)
+        sync_all(project)
+    u4 = emu.person(id="u4")
+    assert u4 is not None and len(emu.merges()) == 1
+    assert len(emu.people()) == (2 if moves_on else 1)
+    return project, u4
+
+
+def test_a_user_who_comes_back_again_with_a_new_leads_email_absorbs_that_lead_too(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """User `u4` came back with a deleted lead's email and absorbed the lead's person, then
+    moved to another address and left; a new lead with that email is a new person, and when
+    `u4` comes back with the email again, that person is merged into `u4`'s as the first
+    was, though the merge names the same two people (`id` `u4`, email `e2`). (Before, its
+    key was the first merge's: found delivered, it was never sent, and Customer.io dropped
+    `u4`'s update, the email being the new lead's person's: the row was rejected run after
+    run.)"""
+    emu = customerio_emulator
+    project, u4 = _a_user_who_absorbed_a_lead_leaves(emu, tmp_path, monkeypatch, moves_on=True)
+    lead = emu.person(email="e2@x.io")
+    assert lead is not None and lead.cio_id != u4.cio_id
+    sql(tmp_path, "insert into app_users values ('u4', 'e2@x.io', 'team')")
+    sync_all(project)
+    (person,) = emu.people()
+    assert (person.cio_id, person.id, person.email) == (u4.cio_id, "u4", "e2@x.io")
+    assert person.attributes == {"plan": "team", "lead_source": "ads"}
+    assert [m.secondary for m in emu.merges()][1:] == [lead.cio_id]
+    assert_nothing_left_to_send(project)
+
+
+def test_a_user_who_comes_back_with_the_email_their_person_kept_is_not_merged_into_itself(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but `u4` left holding the email: the new lead's row reached `u4`'s person.
+    When `u4` comes back with the email, the lead's profile gains `u4`'s `id`, and `u4`'s
+    person holds the email already: nothing is merged (a merge of `id` `u4` and email `e2`
+    would name one person twice, which Customer.io refuses), and `u4`'s row lands."""
+    emu = customerio_emulator
+    project, u4 = _a_user_who_absorbed_a_lead_leaves(emu, tmp_path, monkeypatch, moves_on=False)
+    sql(tmp_path, "insert into app_users values ('u4', 'e2@x.io', 'team')")
+    before = len(emu.request_log())
+    sync_all(project)
+    assert [op for op in sent_ops(emu, before) if op["action"] == "merge"] == []
+    assert [a for a in emu.activity_log() if "merge" in a.kind] == []
+    (person,) = emu.people()
+    assert (person.cio_id, person.id, person.email) == (u4.cio_id, "u4", "e2@x.io")
+    assert person.attributes == {"plan": "team", "lead_source": "ads"}
+    assert len(emu.merges()) == 1
+    assert_nothing_left_to_send(project)
+
+
 def test_a_user_who_comes_back_with_a_deleted_leads_email_is_not_merged_with_merges_off(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
