@@ -503,10 +503,10 @@ def test_a_person_known_by_email_alone_whose_own_email_left_keeps_one_person() -
     merged = readdress_ops(third, lambda k, v: (k, v) in old)
     assert sent(merged) == [("identify", {"email": "new@x.com"}), ("merge", {"email": "old@x.com"})]
     assert merged[1].payload["primary"] == {"email": "new@x.com"}
+    # a person known to hold the new email is identified first all the same: it may have
+    # been merged away since its row was delivered (an identify changes nothing if not)
     held = old | {("email", "new@x.com")}
-    assert sent(readdress_ops(third, lambda k, v: (k, v) in held)) == [
-        ("merge", {"email": "old@x.com"})
-    ]
+    assert sent(readdress_ops(third, lambda k, v: (k, v) in held)) == sent(merged)
     assert readdress_ops(third, lambda k, v: False) == []
     # `merge_policy.enabled: false` sends no merge: the `cio_id` path alone stands
     assert readdress_ops(third, lambda k, v: (k, v) in old, merges=False) == []

@@ -4,9 +4,11 @@ Rules:
 
 * merge two people only when both are confirmed to exist in Customer.io (`exists`); the
   primary is the surviving profile's person (the one with an `id`, by priority);
-* each merge gets an idempotency key derived from the two people, so a retried run sends it
-  once; the resolved identifiers are re-applied to the primary afterwards, because Customer.io
-  keeps the primary's values on conflict;
+* each merge gets an idempotency key derived from the two people and the change it answers
+  (the profile absorbed; see :func:`_occurrence`), so a retried run sends it once and the
+  same two people merged again later are merged again; the resolved identifiers are
+  re-applied to the primary afterwards, because Customer.io keeps the primary's values on
+  conflict;
 * more merges than `merge_policy.max_merges_per_run` raise `ContractError` before any op is
   returned (every merge counts: between profiles, of a profile's several people, of a lead's
   person into the user's); merges whose evidence rank is weaker than `min_path_rank` are held
@@ -711,8 +713,9 @@ def readdress_ops(
     * its `cio_id` known (``cio_ids``, by old email: looked up through the App API), an
       identify addressed by that `cio_id` giving it the new email, the one way Customer.io
       changes an email: the same person goes on, found by the new email;
-    * else a `merge` of the old email's person into the new email's (created first by an
-      identify by it, unless a person holds it already): one person remains, found by the
+    * else a `merge` of the old email's person into the new email's (an identify by it
+      first, which creates it when nobody holds it: a person Lockgate delivered it to may
+      have been merged away by an earlier readdressing): one person remains, found by the
       new email, holding the old one's history; its values are the rows'. Not with
       ``merges`` off (`merge_policy.enabled: false`: no merge is ever sent): then nothing,
       and the rows reach a person under the new email beside the old one.
@@ -736,14 +739,16 @@ def readdress_ops(
             continue
         if not merges:
             continue
-        if not exists("email", email):
-            create = {
-                "type": "person",
-                "action": "identify",
-                "identifiers": {"email": email},
-                "attributes": {},
-            }
-            ops.append(CioOp(_key("readdress", pid, old, email, since), pid, create))
+        # the new email's person made sure of (an identify changing nothing when one holds
+        # it): a person known to hold it may be gone since, merged into another by an earlier
+        # readdressing (its row's record says it is there)
+        create = {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {"email": email},
+            "attributes": {},
+        }
+        ops.append(CioOp(_key("readdress", pid, old, email, since), pid, create))
         primary, secondary = {"email": email}, {"email": old}
         merge = {"type": "person", "action": "merge", "primary": primary, "secondary": secondary}
         ops.append(CioOp(_key("merge", primary, secondary, pid, since), pid, merge))
