@@ -1197,6 +1197,78 @@ def test_a_user_without_an_email_who_comes_back_with_a_deleted_leads_email_absor
     assert_nothing_left_to_send(project)
 
 
+def _a_user_who_absorbed_a_lead_leaves(
+    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moves_on: bool
+) -> tuple[Project, Any]:
+    """As above, run by run: user `u4` comes back with a deleted lead's email `e2` and
+    absorbs the lead's person; then (``moves_on``) `u4` changes address to `e7`; then `u4`'s
+    row leaves, and a lead `e2` comes again: a new person of its own when `u4`'s person
+    moved on, else reaching `u4`'s person, which holds `e2`. Returns the project and `u4`'s
+    person."""
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+    for change in (
+        "insert into app_users values ('u4', 'e3@x.io', 'free');"
+        "insert into leads values ('e2@x.io', 'webinar')",
+        "delete from leads",
+        "delete from app_users",
+        "insert into app_users values ('u4', 'e2@x.io', 'pro')",
+        *(["update app_users set email = 'e7@x.io'"] if moves_on else []),
+        "delete from app_users",
+        "insert into leads values ('e2@x.io', 'ads')",
+    ):
+        sql(tmp_path, change)
+        sync_all(project)
+    u4 = emu.person(id="u4")
+    assert u4 is not None and len(emu.merges()) == 1
+    assert len(emu.people()) == (2 if moves_on else 1)
+    return project, u4
+
+
+def test_a_user_who_comes_back_again_with_a_new_leads_email_absorbs_that_lead_too(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """User `u4` came back with a deleted lead's email and absorbed the lead's person, then
+    moved to another address and left; a new lead with that email is a new person, and when
+    `u4` comes back with the email again, that person is merged into `u4`'s as the first
+    was, though the merge names the same two people (`id` `u4`, email `e2`). (Before, its
+    key was the first merge's: found delivered, it was never sent, and Customer.io dropped
+    `u4`'s update, the email being the new lead's person's: the row was rejected run after
+    run.)"""
+    emu = customerio_emulator
+    project, u4 = _a_user_who_absorbed_a_lead_leaves(emu, tmp_path, monkeypatch, moves_on=True)
+    lead = emu.person(email="e2@x.io")
+    assert lead is not None and lead.cio_id != u4.cio_id
+    sql(tmp_path, "insert into app_users values ('u4', 'e2@x.io', 'team')")
+    sync_all(project)
+    (person,) = emu.people()
+    assert (person.cio_id, person.id, person.email) == (u4.cio_id, "u4", "e2@x.io")
+    assert person.attributes == {"plan": "team", "lead_source": "ads"}
+    assert [m.secondary for m in emu.merges()][1:] == [lead.cio_id]
+    assert_nothing_left_to_send(project)
+
+
+def test_a_user_who_comes_back_with_the_email_their_person_kept_is_not_merged_into_itself(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but `u4` left holding the email: the new lead's row reached `u4`'s person.
+    When `u4` comes back with the email, the lead's profile gains `u4`'s `id`, and `u4`'s
+    person holds the email already: nothing is merged (a merge of `id` `u4` and email `e2`
+    would name one person twice, which Customer.io refuses), and `u4`'s row lands."""
+    emu = customerio_emulator
+    project, u4 = _a_user_who_absorbed_a_lead_leaves(emu, tmp_path, monkeypatch, moves_on=False)
+    sql(tmp_path, "insert into app_users values ('u4', 'e2@x.io', 'team')")
+    before = len(emu.request_log())
+    sync_all(project)
+    assert [op for op in sent_ops(emu, before) if op["action"] == "merge"] == []
+    assert [a for a in emu.activity_log() if "merge" in a.kind] == []
+    (person,) = emu.people()
+    assert (person.cio_id, person.id, person.email) == (u4.cio_id, "u4", "e2@x.io")
+    assert person.attributes == {"plan": "team", "lead_source": "ads"}
+    assert len(emu.merges()) == 1
+    assert_nothing_left_to_send(project)
+
+
 def test_a_user_who_comes_back_with_a_deleted_leads_email_is_not_merged_with_merges_off(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1366,6 +1438,89 @@ def test_two_leads_a_link_joins_with_a_new_user_keep_apart_with_merges_off(
     assert lead.attributes == {"lead_source": "ads"}
     assert not [a for a in emu.activity_log() if a.kind == "attribute update failure"]
     assert_nothing_left_to_send(project)
+
+
+def _lead_merged_into_a_user_then_back_on_its_own(
+    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Project, Any]:
+    """User `u1` (`e1`) and lead `e5`, then a link joins them (the lead's person merged into
+    `u1`'s), then the link and the lead's row leave, and the lead comes back on its own (a
+    new form fill: a new person `e5` in Customer.io), each followed by a run of every sync;
+    and `u1`'s person."""
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(
+        tmp_path,
+        "insert into app_users values ('u1', 'e1@x.io', 'pro');"
+        "insert into leads values ('e5@x.io', 'ads')",
+    )
+    sync_all(project)
+    u1 = emu.person(id="u1")
+    assert u1 is not None
+    sql(tmp_path, "insert into links values ('e1@x.io', 'e5@x.io')")
+    sync_all(project)
+    assert len(emu.people()) == 1 and len(emu.merges()) == 1
+    sql(tmp_path, "delete from links; delete from leads")
+    sync_all(project)
+    sql(tmp_path, "insert into leads values ('e5@x.io', 'seo')")
+    sync_all(project)
+    again = emu.person(email="e5@x.io")
+    assert again is not None and again.cio_id != u1.cio_id and len(emu.people()) == 2
+    return project, u1
+
+
+def test_a_lead_merged_into_a_user_that_comes_back_and_joins_them_again_is_merged_again(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lead's person is merged into user `u1`'s when a link joins them; the link and the
+    lead's row leave, and the lead comes back on its own (a new person `e5`), then joins
+    `u1` again: the new person is merged into `u1`'s too, though that merge names the same
+    two people (`id` `u1`, email `e5`) as the first one. (Before, its idempotency key was
+    made of those two addresses alone: found delivered, the merge was never sent, and the
+    lead's new person stayed beside `u1`'s with nothing left to send.)"""
+    emu = customerio_emulator
+    project, u1 = _lead_merged_into_a_user_then_back_on_its_own(emu, tmp_path, monkeypatch)
+    lead = emu.person(email="e5@x.io")
+    assert lead is not None
+    sql(tmp_path, "insert into links values ('e1@x.io', 'e5@x.io')")
+    sync_all(project)
+    (person,) = emu.people()
+    assert (person.cio_id, person.id, person.email) == (u1.cio_id, "u1", "e1@x.io")
+    assert person.attributes == {"plan": "pro", "lead_source": "seo"}
+    assert [m.secondary for m in emu.merges()][1:] == [lead.cio_id]
+    assert_nothing_left_to_send(project)
+
+
+def test_a_run_killed_after_merging_a_lead_again_does_not_merge_it_twice(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, and the run that merges the lead's new person into `u1`'s is SIGKILLed once
+    the merge is delivered, with `u1`'s row in flight (the graph is not saved yet): the next
+    run, stitching the same change again under another run id, finds that merge delivered
+    (its key is the same) and does not send it again, which Customer.io would refuse (the
+    secondary is gone); one person, holding every row's values."""
+    emu = customerio_emulator
+    project, u1 = _lead_merged_into_a_user_then_back_on_its_own(emu, tmp_path, monkeypatch)
+    lead = emu.person(email="e5@x.io")
+    assert lead is not None
+    sql(
+        tmp_path,
+        "insert into links values ('e1@x.io', 'e5@x.io'); update app_users set plan = 'team'",
+    )
+
+    def rows_in_flight() -> bool:
+        person = emu.person(id="u1")
+        return person is not None and person.attributes.get("plan") == "team"
+
+    killed_once_applied(tmp_path, "users", emu, rows_in_flight)
+    before = len(emu.request_log())
+    sync_all(load_project(tmp_path))
+    assert [op for op in sent_ops(emu, before) if op["action"] == "merge"] == []
+    assert [a for a in emu.activity_log() if "merge" in a.kind] == []
+    assert [m.secondary for m in emu.merges()][1:] == [lead.cio_id]
+    (person,) = emu.people()
+    assert (person.cio_id, person.id, person.email) == (u1.cio_id, "u1", "e1@x.io")
+    assert person.attributes == {"plan": "team", "lead_source": "seo"}
+    assert_nothing_left_to_send(load_project(tmp_path))
 
 
 SETTINGS = property_settings(examples=2, steps=6)
@@ -2017,6 +2172,63 @@ def test_a_lead_whose_own_email_leaves_while_other_addresses_stay_is_one_person(
         assert (merge.primary, merge.secondary) == (person.cio_id, lead.cio_id)
         assert [op["action"] for op in ahead] == ["identify", "merge"]
     assert_nothing_left_to_send(project)
+
+
+@pytest.mark.parametrize("app_api", [True, False], ids=["app api key", "no app api key"])
+def test_a_lead_whose_own_email_leaves_again_after_coming_back_is_one_person(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app_api: bool
+) -> None:
+    """As above, back and forth: lead `e5`'s profile (linked to `e1` through `e6`) loses `e5`
+    (its person is given `e1`, or merged into `e1`'s), then `e5` comes back while `e1` leaves
+    (the other way round), then `e1` comes back while `e5` leaves: once more, though that
+    readdressing names the same people and emails as the first one. One person throughout,
+    with the rows' values, and nothing left to send. (Before, the third step's key was the
+    first's: found delivered, it was never sent, and the rows created a second person under
+    `e1` beside the one holding `e5`. Without the App API, the second step merged into the
+    person of `e5`, which the first step's merge had deleted (its row's record said it was
+    there): Customer.io refused it, and the rows made a second person.)"""
+    emu = customerio_emulator
+    if app_api:
+        monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    else:
+        monkeypatch.delenv("CUSTOMERIO_APP_API_KEY", raising=False)
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(tmp_path, "insert into leads values ('e5@x.io', 'ads')")
+    sync_all(project)
+    (lead,) = emu.people()
+    sql(
+        tmp_path,
+        "insert into leads values ('e1@x.io', 'seo');"
+        "insert into links values ('e5@x.io', 'e6@x.io'), ('e1@x.io', 'e6@x.io')",
+    )
+    sync_all(project)
+
+    def leaves(gone: str, back: str, source: str) -> str:
+        return (
+            f"insert into leads values ('{back}', '{source}');"
+            f"insert into links values ('{back}', 'e6@x.io');"
+            f"delete from leads where email = '{gone}'; delete from links where email = '{gone}'"
+        )
+
+    sql(
+        tmp_path,
+        "delete from leads where email = 'e5@x.io'; delete from links where email = 'e5@x.io'",
+    )
+    for step, (email, source) in enumerate(
+        [("e1@x.io", "seo"), ("e5@x.io", "webinar"), ("e1@x.io", "ads")]
+    ):
+        if step:
+            sql(tmp_path, leaves("e5@x.io" if email == "e1@x.io" else "e1@x.io", email, source))
+        sync_all(project)
+        (person,) = emu.people()
+        assert person.email == email, step
+        assert person.attributes == {"lead_source": source}, step
+        assert_nothing_left_to_send(project)
+    assert [a for a in emu.activity_log() if "merge" in a.kind] == []
+    if app_api:  # the same person throughout, given each email by its `cio_id`
+        assert person.cio_id == lead.cio_id and emu.merges() == []
+    else:  # each step's person merged into the one the rows reach by the new email
+        assert len(emu.merges()) == 3
 
 
 def _email_lookups(emu: Emulator, since: int) -> int:

@@ -4,9 +4,11 @@ Rules:
 
 * merge two people only when both are confirmed to exist in Customer.io (`exists`); the
   primary is the surviving profile's person (the one with an `id`, by priority);
-* each merge gets an idempotency key derived from the two people, so a retried run sends it
-  once; the resolved identifiers are re-applied to the primary afterwards, because Customer.io
-  keeps the primary's values on conflict;
+* each merge gets an idempotency key derived from the two people and the change it answers
+  (the profile absorbed; see :func:`_occurrence`), so a retried run sends it once and the
+  same two people merged again later are merged again; the resolved identifiers are
+  re-applied to the primary afterwards, because Customer.io keeps the primary's values on
+  conflict;
 * more merges than `merge_policy.max_merges_per_run` raise `ContractError` before any op is
   returned (every merge counts: between profiles, of a profile's several people, of a lead's
   person into the user's); merges whose evidence rank is weaker than `min_path_rank` are held
@@ -86,6 +88,21 @@ def merges_of(ops: Sequence[CioOp]) -> list[CioOp]:
 def _key(*parts: object) -> str:
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _occurrence(previous: Mapping[str, Any] | None) -> str | None:
+    """Which change of a profile an operation on its person answers, for its key: the run
+    that last changed the profile's identifiers before this one (`updated_run` of its row
+    in the saved graph).
+
+    The same people can need the same operation again later (a lead's email leaves its
+    profile, comes back, leaves again: the same readdressing twice), and a key made of the
+    people alone would be found delivered and the second one never sent. A run that is
+    killed and run again starts from the same saved graph (it is kept only once the run's
+    operations are delivered), so its operations get the same keys, whatever its run id:
+    those delivered are not sent twice. A later occurrence starts from a graph saved since
+    the profile changed back, whose `updated_run` is that later run."""
+    return None if previous is None else previous.get("updated_run")
 
 
 def _exists_fn(exists: Exists) -> Callable[[str, str], bool]:
@@ -394,7 +411,10 @@ def plan_customerio(
             outcome(survivor, absorbed, "deferred", None)
             reapply.add(survivor)
             continue
-        key = _key("merge", primary, secondary)
+        # a profile is absorbed once (its id is an alias from then on): the same two
+        # addresses merged again later (a lead's new person, after the first was merged
+        # away) are another merge, with another key
+        key = _key("merge", primary, secondary, absorbed)
         merge = CioOp(
             key,
             survivor,
@@ -636,11 +656,13 @@ def adoption_ops(
     adopted = adoptions(result)
     pids = {pid for pid, _, _ in adopted}
     now = _rows_of(result.profiles, pids)
+    before = _rows_of(result.previous_profiles, pids)
     _, into, prev_rows = _merge_targets(result, exists, survivors=pids)
     merged_away = {pid for pid, target in into.items() if target is not prev_rows.get(pid)}
     for pid, person_id, email in adopted:
         if not exists("email", email):
             continue
+        since = _occurrence(before.get(pid))
         if now[pid]["cio_email"] == email:
             if exists("id", person_id) and merges:
                 primary, secondary = {"id": person_id}, {"email": email}
@@ -650,7 +672,7 @@ def adoption_ops(
                     "primary": primary,
                     "secondary": secondary,
                 }
-                ops.append(CioOp(_key("merge", primary, secondary), pid, merge))
+                ops.append(CioOp(_key("merge", primary, secondary, pid, since), pid, merge))
             continue
         if pid in merged_away:
             continue
@@ -660,7 +682,7 @@ def adoption_ops(
             "identifiers": {"id": person_id},
             "attributes": {"email": email},
         }
-        ops.append(CioOp(_key("adopt", person_id, email), pid, payload))
+        ops.append(CioOp(_key("adopt", person_id, email, pid, since), pid, payload))
     return ops
 
 
@@ -720,16 +742,20 @@ def readdress_ops(
     * its `cio_id` known (``cio_ids``, by old email: looked up through the App API), an
       identify addressed by that `cio_id` giving it the new email, the one way Customer.io
       changes an email: the same person goes on, found by the new email;
-    * else a `merge` of the old email's person into the new email's (created first by an
-      identify by it, unless a person holds it already): one person remains, found by the
+    * else a `merge` of the old email's person into the new email's (an identify by it
+      first, which creates it when nobody holds it: a person Lockgate delivered it to may
+      have been merged away by an earlier readdressing): one person remains, found by the
       new email, holding the old one's history; its values are the rows'. Not with
       ``merges`` off (`merge_policy.enabled: false`: no merge is ever sent): then nothing,
       and the rows reach a person under the new email beside the old one.
     """
     ops = []
-    for pid, email, old in readdressings(result):
+    readdressed = readdressings(result)
+    before = _rows_of(result.previous_profiles, {pid for pid, _, _ in readdressed})
+    for pid, email, old in readdressed:
         if not exists("email", old):
             continue
+        since = _occurrence(before.get(pid))
         cio_id = (cio_ids or {}).get(old)
         if cio_id is not None:
             payload = {
@@ -738,21 +764,23 @@ def readdress_ops(
                 "identifiers": {"cio_id": cio_id},
                 "attributes": {"email": email},
             }
-            ops.append(CioOp(_key("readdress", cio_id, old, email), pid, payload))
+            ops.append(CioOp(_key("readdress", cio_id, old, email, pid, since), pid, payload))
             continue
         if not merges:
             continue
-        if not exists("email", email):
-            create = {
-                "type": "person",
-                "action": "identify",
-                "identifiers": {"email": email},
-                "attributes": {},
-            }
-            ops.append(CioOp(_key("readdress", pid, old, email), pid, create))
+        # the new email's person made sure of (an identify changing nothing when one holds
+        # it): a person known to hold it may be gone since, merged into another by an earlier
+        # readdressing (its row's record says it is there)
+        create = {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {"email": email},
+            "attributes": {},
+        }
+        ops.append(CioOp(_key("readdress", pid, old, email, since), pid, create))
         primary, secondary = {"email": email}, {"email": old}
         merge = {"type": "person", "action": "merge", "primary": primary, "secondary": secondary}
-        ops.append(CioOp(_key("merge", primary, secondary), pid, merge))
+        ops.append(CioOp(_key("merge", primary, secondary, pid, since), pid, merge))
     return ops
 
 

@@ -801,6 +801,51 @@ def _may_merge(resolution: Resolution) -> bool:
     return bool(pc.any(pc.greater(functools.reduce(pc.add, counts), 1)).as_py())
 
 
+def _id_and_email(op: CioOp) -> tuple[str, str] | None:
+    """The `id` and email a merge names, one on each side (`{"id": ...}` into or from
+    `{"email": ...}`); None for a merge of two emails or by `cio_id`."""
+    sides = {**op.payload["primary"], **op.payload["secondary"]}
+    if len(sides) != 2 or "id" not in sides or "email" not in sides:
+        return None
+    return str(sides["id"]), str(sides["email"]).lower()
+
+
+def one_person_already(store: StateStore, project: Project, ops: list[CioOp]) -> set[str]:
+    """The keys of the merges of ``ops`` whose two people are one person already, as the
+    project's people syncs last delivered them: a record that gave the merge's `id` the
+    merge's email (or one whose email Customer.io kept for that `id`, `emails_kept`).
+
+    A lead whose row comes back while a user's person holds its email (the user's row gone)
+    reaches that person; when the user comes back with it, the lead's profile gains the
+    user's `id`, and a merge of the person with that `id` into the one with that email names
+    one person twice, which Customer.io refuses."""
+    pairs = {pair for op in merges_of(ops) if (pair := _id_and_email(op)) is not None}
+    people = [other.name for other in project if other.kind == "people"]
+    if not pairs or not people:
+        return set()
+    for name in people:
+        store.ensure_sync_tables(name)
+    held = " union all ".join(
+        f"select json_extract_string(ident, '$.id'), json_extract_string(ident, '$.email') "
+        f"from {table('snap', name)} union all "
+        f"select json_extract_string(ident, '$.id'), email from {table('emails_kept', name)}"
+        for name in people
+    )
+    look = pa.table(
+        {
+            "i": pa.array([i for i, _ in pairs], pa.string()),
+            "e": pa.array([e for _, e in pairs], pa.string()),
+        }
+    )
+    with registered(store.con, "_merged_pairs", look):
+        rows = store.con.execute(
+            f"select distinct p.i, p.e from ({held}) s(i, e) "
+            "join _merged_pairs p on s.i = p.i and lower(s.e) = p.e"
+        ).fetchall()
+    together = {(i, e) for i, e in rows}
+    return {op.key for op in merges_of(ops) if _id_and_email(op) in together}
+
+
 def _delivered_by_any_sync(store: StateStore, project: Project, keys: list[str]) -> set[str]:
     """Which of these identity-operation keys a sync of the project has delivered: a merge
     is one Customer.io call whichever sync sends it, and each keeps its own ledger."""
@@ -873,6 +918,7 @@ def merge_operations(
                 adoption_ops(resolution.result, lambda kind, value: (kind, value) in found)
             )
         done = _delivered_by_any_sync(store, project, [op.key for op in first])
+        done |= one_person_already(store, project, first)
         first = [op for op in first if op.key not in done]
     # people known by email alone whose own email left their profile while other addresses
     # stayed: given the profile's email now by their `cio_id` (or merged into the person of
@@ -940,6 +986,7 @@ def merge_operations(
     # every run (it carries the run id), the syncs of one command share one resolution (and
     # so its keys), and Customer.io duplicates imported with `cio_id` keep planning the same
     # merge until the next export drops the absorbed person
+    delivered |= one_person_already(store, project, merges_of(plan.ops))
     merges = [
         op for op in plan.ops if op.payload.get("action") == "merge" and op.key not in delivered
     ]
