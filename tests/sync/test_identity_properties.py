@@ -1045,6 +1045,26 @@ def test_a_person_deleted_by_hand_that_a_stripe_row_reaches_comes_back_by_its_id
     assert_nothing_left_to_send(project)
 
 
+def a_lead_then_its_user_leave(
+    tmp_path: Path, emu: Emulator, project: Project, users: str = "('u4', 'e3@x.io', 'free')"
+) -> tuple[Any, Any]:
+    """User `u4` (of ``users``, the others staying) and lead `e2@x.io` synced; then the lead's
+    row leaves, then `u4`'s, each followed by a run of every sync. Returns `u4`'s person and
+    the lead's, as first synced."""
+    sql(
+        tmp_path,
+        f"insert into app_users values {users};insert into leads values ('e2@x.io', 'webinar')",
+    )
+    sync_all(project)
+    u4, lead = emu.person(id="u4"), emu.person(email="e2@x.io")
+    assert u4 is not None and lead is not None
+    sql(tmp_path, "delete from leads")
+    sync_all(project)
+    sql(tmp_path, "delete from app_users where user_id = 'u4'")
+    sync_all(project)
+    return u4, lead
+
+
 @pytest.mark.parametrize("full_resync", [False, True], ids=["runs", "full resync between"])
 def test_a_user_who_comes_back_with_a_deleted_leads_email_absorbs_the_lead(
     customerio_emulator: Emulator,
@@ -1063,18 +1083,7 @@ def test_a_user_who_comes_back_with_a_deleted_leads_email_absorbs_the_lead(
     emu = customerio_emulator
     monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
     project = project_in(tmp_path, emu, monkeypatch)
-    sql(
-        tmp_path,
-        "insert into app_users values ('u4', 'e3@x.io', 'free');"
-        "insert into leads values ('e2@x.io', 'webinar')",
-    )
-    sync_all(project)
-    u4 = emu.person(id="u4")
-    assert u4 is not None
-    sql(tmp_path, "delete from leads")
-    sync_all(project)
-    sql(tmp_path, "delete from app_users")
-    sync_all(project)
+    u4, _ = a_lead_then_its_user_leave(tmp_path, emu, project)
     if full_resync:
         for name in ORDER:
             report = run_sync(project, name, console=NullConsole(), full_resync=True)
@@ -1112,19 +1121,9 @@ def test_a_user_who_comes_back_to_a_mirror_sync_with_a_deleted_leads_email_absor
     mirror = "mode: mirror\n" + ("delete_removed: true\n" if delete_removed else "")
     users.write_text(users.read_text() + mirror)
     project = load_project(tmp_path)
-    sql(
-        tmp_path,
-        # u9 stays: the mirror's `max_removed` stops a run that would undo every row
-        "insert into app_users values ('u4', 'e3@x.io', 'free'), ('u9', 'e9@x.io', 'free');"
-        "insert into leads values ('e2@x.io', 'webinar')",
-    )
-    sync_all(project)
-    u4, lead = emu.person(id="u4"), emu.person(email="e2@x.io")
-    assert u4 is not None and lead is not None
-    sql(tmp_path, "delete from leads")
-    sync_all(project)
-    sql(tmp_path, "delete from app_users where user_id = 'u4'")
-    sync_all(project)
+    # u9 stays: the mirror's `max_removed` stops a run that would undo every row
+    users = "('u4', 'e3@x.io', 'free'), ('u9', 'e9@x.io', 'free')"
+    u4, lead = a_lead_then_its_user_leave(tmp_path, emu, project, users)
     assert (emu.person(id="u4") is None) == delete_removed
     sql(tmp_path, "insert into app_users values ('u4', 'e2@x.io', 'pro')")
     sync_all(project)
@@ -1174,18 +1173,8 @@ def test_a_user_without_an_email_who_comes_back_with_a_deleted_leads_email_absor
     users.write_text(users.read_text() + f"mode: {mode}\n")
     project = load_project(tmp_path)
     email = "null" if meanwhile == "no email" else "'e3@x.io'"
-    sql(
-        tmp_path,
-        f"insert into app_users values ('u4', {email}, 'free'), ('u9', 'e9@x.io', 'free');"
-        "insert into leads values ('e2@x.io', 'webinar')",
-    )
-    sync_all(project)
-    u4 = emu.person(id="u4")
-    assert u4 is not None
-    sql(tmp_path, "delete from leads")
-    sync_all(project)
-    sql(tmp_path, "delete from app_users where user_id = 'u4'")
-    sync_all(project)
+    users = f"('u4', {email}, 'free'), ('u9', 'e9@x.io', 'free')"
+    u4, _ = a_lead_then_its_user_leave(tmp_path, emu, project, users)
     if meanwhile == "email taken":
         sql(tmp_path, "insert into app_users values ('u5', 'e3@x.io', 'free')")
         sync_all(project)
@@ -1281,18 +1270,7 @@ def test_a_user_who_comes_back_with_a_deleted_leads_email_is_not_merged_with_mer
     emu = customerio_emulator
     monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
     project = project_in(tmp_path, emu, monkeypatch, {"merge_policy": {"enabled": False}})
-    sql(
-        tmp_path,
-        "insert into app_users values ('u4', 'e3@x.io', 'free');"
-        "insert into leads values ('e2@x.io', 'webinar')",
-    )
-    sync_all(project)
-    u4, lead = emu.person(id="u4"), emu.person(email="e2@x.io")
-    assert u4 is not None and lead is not None
-    sql(tmp_path, "delete from leads")
-    sync_all(project)
-    sql(tmp_path, "delete from app_users")
-    sync_all(project)
+    u4, lead = a_lead_then_its_user_leave(tmp_path, emu, project)
     sql(tmp_path, "insert into app_users values ('u4', 'e2@x.io', 'pro')")
     planned = plan_sync(project, "users", console=NullConsole())
     assert planned.identity_ops == ()
