@@ -1498,6 +1498,16 @@ def _deliver_email_clears(
     return counts
 
 
+def _delivery_phases(store: StateStore) -> list[str]:
+    """The sources a run delivers ``changes`` from (``diff.delivery_phases``); none when it is
+    empty: a run with nothing to send builds no client and no payload query (the mapping's
+    SQL bound again for no row) and commits no empty batch."""
+    phases = diff_step.delivery_phases(store.con)
+    if phases == ["changes"] and not run_sql(store.con, "select exists (from changes)")[0][0]:
+        return []
+    return phases
+
+
 def _released(store: StateStore, counts: CommitCounts | None) -> set[str]:
     """The keys of the people whose email this run cleared (:func:`_deliver_email_clears`),
     and of those the identity graph's operations cleared ahead of the rows instead
@@ -2404,7 +2414,10 @@ def run_sync(
                     ) as advance,
                 ):
                     # rows taking an email another row of the run gives up go after it
-                    for phase, source in enumerate(diff_step.delivery_phases(store.con)):
+                    phases = _delivery_phases(store)
+                    if not phases and sync.kind == "events":  # as a delivery of none ends
+                        store.keep_event_ids(sync.name, run_id, "changes", [])
+                    for phase, source in enumerate(phases):
                         if phase:
                             _hold_takers(store, sync, console, phase, committer.counts)
                         destination = notify_retries(
