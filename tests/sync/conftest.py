@@ -7,8 +7,8 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-import duckdb
 import pytest
+from tests.sync.helpers import warehouse_sql
 
 from lockgate.emulator import Emulator, EmulatorConfig
 from lockgate.project.loader import Project, load_project
@@ -37,11 +37,7 @@ class ProjectFactory:
         monkeypatch.setenv("CUSTOMERIO_API_KEY", api_key)
 
     def sql(self, statements: str) -> None:
-        con = duckdb.connect(str(self.root / "warehouse.duckdb"))
-        try:
-            con.execute(statements).fetchall()
-        finally:
-            con.close()
+        warehouse_sql(self.root / "warehouse.duckdb", statements)
 
     def write(self, syncs: dict[str, str], *, url: str | None = None, retries: int = 3) -> Project:
         (self.root / "syncs").mkdir(exist_ok=True)

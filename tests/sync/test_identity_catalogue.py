@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import httpx
 import pytest
 import yaml
 from tests.identity.helpers import SPEC_CONFIG
-from tests.sync.helpers import sent_ops
+from tests.sync.helpers import sent_ops, warehouse_sql
 
 from lockgate.cli.sync import change_rows
 from lockgate.console import NullConsole
@@ -159,18 +158,10 @@ class World:
         self.ran: list[str] = []
 
     def sql(self, statements: str) -> None:
-        con = duckdb.connect(str(self.root / "w.duckdb"))
-        try:
-            con.execute(statements).fetchall()
-        finally:
-            con.close()
+        warehouse_sql(self.root / "w.duckdb", statements)
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
-        con = duckdb.connect(str(self.root / "w.duckdb"), read_only=True)
-        try:
-            return con.execute(sql).fetchall()
-        finally:
-            con.close()
+        return warehouse_sql(self.root / "w.duckdb", sql, read_only=True)
 
     def sync(self, *names: str, force: bool = False) -> list[RunReport]:
         out = []

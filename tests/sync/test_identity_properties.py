@@ -49,7 +49,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -63,7 +62,14 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from tests.sync.helpers import bind_machine, canonical, property_settings, sent_ops, sql_text
+from tests.sync.helpers import (
+    bind_machine,
+    canonical,
+    property_settings,
+    sent_ops,
+    sql_text,
+    warehouse_sql,
+)
 from tests.sync.test_unconfirmed import killed_once_applied
 
 from lockgate.cli import cli
@@ -210,9 +216,7 @@ class IdentityMachine(RuleBasedStateMachine):
         leads=st.lists(st.tuples(emails, lead_sources), min_size=1, max_size=3),
     )
     def start(self, users: Any, leads: Any) -> None:
-        con = duckdb.connect(str(self.root / "w.duckdb"))
-        con.execute(TABLES).fetchall()
-        con.close()
+        warehouse_sql(self.root / "w.duckdb", TABLES)
         (self.root / "syncs").mkdir()
         for name, body in SYNCS.items():
             (self.root / "syncs" / f"{name}.yml").write_text(textwrap.dedent(body))
@@ -248,11 +252,7 @@ class IdentityMachine(RuleBasedStateMachine):
             ),
             insert("identifies", self.identifies),
         ]
-        con = duckdb.connect(str(self.root / "w.duckdb"))
-        try:
-            con.execute("\n".join(statements)).fetchall()
-        finally:
-            con.close()
+        warehouse_sql(self.root / "w.duckdb", "\n".join(statements))
         self.synced = False
 
     @rule(uid=uids, email=st.one_of(st.none(), emails), plan=plans)
@@ -588,11 +588,9 @@ class IdentityMachine(RuleBasedStateMachine):
     # -- what Customer.io holds -----------------------------------------------------------
 
     def _refusals(self) -> int:
-        con = duckdb.connect(str(self.root / "w.duckdb"), read_only=True)
-        try:
-            return int(con.execute("select count(*) from lockgate.lg_refused_merges").fetchone()[0])  # type: ignore[index]
-        finally:
-            con.close()
+        refused = "select count(*) from lockgate.lg_refused_merges"
+        rows = warehouse_sql(self.root / "w.duckdb", refused, read_only=True)
+        return int(rows[0][0])
 
     @invariant()
     def customerio_holds_the_model(self) -> None:
@@ -697,11 +695,7 @@ def project_in(
 
 
 def sql(root: Path, statements: str) -> None:
-    con = duckdb.connect(str(root / "w.duckdb"))
-    try:
-        con.execute(statements).fetchall()
-    finally:
-        con.close()
+    warehouse_sql(root / "w.duckdb", statements)
 
 
 def sync_all(project: Project) -> None:

@@ -815,6 +815,7 @@ def _prepare(
             naive_columns,
             anonymous_ops,
             tuple(merges_skipped),
+            last,
         )
 
 
@@ -1256,6 +1257,10 @@ class Prepared(NamedTuple):
     `--only`."""
     merges_skipped: tuple[dict[str, Any], ...] = ()
     """The merges `merge_policy.enabled: false` keeps back (:func:`resolve.skipped_merge`)."""
+    last: contract_state.Contract | None = None
+    """The contract of the sync's last committed run (:func:`contract_state.last`), as the run
+    found it: nothing but the run's own commit writes it (``contract_state.record``), so the
+    commit reads it from here rather than from the state again."""
 
 
 def _graph_use(resolution: Resolution | None) -> str:
@@ -1491,6 +1496,16 @@ def _deliver_email_clears(
             "or k in (select k from email_released)",
         )
     return counts
+
+
+def _delivery_phases(store: StateStore) -> list[str]:
+    """The sources a run delivers ``changes`` from (``diff.delivery_phases``); none when it is
+    empty: a run with nothing to send builds no client and no payload query (the mapping's
+    SQL bound again for no row) and commits no empty batch."""
+    phases = diff_step.delivery_phases(store.con)
+    if phases == ["changes"] and not run_sql(store.con, "select exists (from changes)")[0][0]:
+        return []
+    return phases
 
 
 def _released(store: StateStore, counts: CommitCounts | None) -> set[str]:
@@ -2399,7 +2414,10 @@ def run_sync(
                     ) as advance,
                 ):
                     # rows taking an email another row of the run gives up go after it
-                    for phase, source in enumerate(diff_step.delivery_phases(store.con)):
+                    phases = _delivery_phases(store)
+                    if not phases and sync.kind == "events":  # as a delivery of none ends
+                        store.keep_event_ids(sync.name, run_id, "changes", [])
+                    for phase, source in enumerate(phases):
                         if phase:
                             _hold_takers(store, sync, console, phase, committer.counts)
                         destination = notify_retries(
@@ -2444,7 +2462,7 @@ def run_sync(
             with step("commit"):
                 if sync.kind != "events":  # recorded as delivered: nothing to send
                     diff_step.commit_nulls_only(store, sync.name, run_id)
-                    before = None if only else contract_state.last(store.con, sync.name)
+                    before = None if only else prepared.last
                     if mapping.changed_constants(sync, _last_hash(before)):
                         # the records not sent this run do not hold the new constants
                         diff_step.mark_stale(store, sync)
@@ -2485,7 +2503,7 @@ def run_sync(
                     left = sync.kind != "events" and _undelivered(
                         committer.counts, state_events, email_clears
                     )
-                    kept = contract_state.last(store.con, sync.name)
+                    kept = prepared.last
                     if kept is not None and not left and not _same_hash(kept, sync, mapping_hash):
                         kept = None
                     contract_state.record(
@@ -2496,6 +2514,7 @@ def run_sync(
                         # unless records are left to send under the last one
                         mapping_hash=kept.mapping_hash if kept and left else mapping_hash or None,
                         mapping=kept.mapping if kept else mapping.recorded_mapping(sync),
+                        previous=prepared.last,
                     )
         except BaseException as exc:
             if isinstance(exc, NothingNamedError):  # nothing ran: no run to list
