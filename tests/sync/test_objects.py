@@ -268,6 +268,115 @@ def test_objects_mirror_delete(project_factory: ProjectFactory) -> None:
     assert {o.object_id for o in project_factory.emulator.objects()} == {"acme"}
 
 
+def delete_object_by_hand(emu: Any, object_id: str) -> None:
+    """Delete company ``object_id`` in Customer.io, as someone in its UI (or another tool)."""
+    with emu.client(auth=emu.track_auth) as client:
+        body = {
+            "type": "object",
+            "action": "delete",
+            "identifiers": {"object_type_id": "1", "object_id": object_id},
+        }
+        client.post("/api/v2/entity", json=body).raise_for_status()
+
+
+def test_a_mirror_clear_does_not_bring_back_an_object_deleted_by_hand(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """globex is deleted in Customer.io by hand (user 3's membership with it), then leaves
+    the model of a `mirror` sync. Its clear, an object `identify` by type and id, would
+    create it again, empty (objects have no `_update`): with an App API key the run looks
+    the leaving objects up first, does not clear globex and forgets it; acme, still there
+    when it leaves, is cleared by its `cio_object_id` (update-only) and stays, empty. Back
+    in the model, globex is sent as new, and the membership Customer.io deleted with it is
+    sent again."""
+    emu = project_factory.emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    seed(project_factory)
+    project_factory.sql("insert into companies values ('initech', 'Initech', 'pro', 9)")
+    project = project_factory.write(
+        {"companies": COMPANIES + "mode: mirror\n", "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    delete_object_by_hand(emu, "globex")
+    assert ("3", "1", "globex", "owner") not in rels(emu)
+    project_factory.sql("delete from companies where company_id <> 'initech'")
+
+    report = run_all(project)["companies"]
+    initech = {"name": "Initech", "plan": "pro", "seats": 9}
+    held = {o.object_id: o.attributes for o in emu.objects()}
+    assert held == {"acme": {}, "initech": initech}
+    assert (report.status, report.object_check) == ("success", "")
+    changes = report.changes
+    assert (changes.removed, changes.removed_sent, changes.removed_gone) == (2, 1, 1)
+    assert (report.delivered, changes.attributes_cleared) == (1, 3)
+    cleared = [op for op in sent_ops(emu, 0) if op.get("identifiers", {}).get("cio_object_id")]
+    acme = next(o for o in emu.objects() if o.object_id == "acme")
+    assert [op["identifiers"] for op in cleared] == [{"cio_object_id": acme.cio_object_id}]
+    # forgotten: nothing left to clear; back in the model, globex is sent as new, then the
+    # membership Customer.io deleted with it
+    assert plan_sync(project, "companies", console=NullConsole()).changes.to_send == 0
+    project_factory.sql("insert into companies values ('globex', 'Globex', 'free', 3)")
+    back = run_all(project)
+    assert (back["companies"].changes.new, back["companies"].delivered) == (1, 1)
+    held = {o.object_id: o.attributes for o in emu.objects()}
+    globex = {"name": "Globex", "plan": "free", "seats": 3}
+    assert held == {"acme": {}, "globex": globex, "initech": initech}
+    assert ("3", "1", "globex", "owner") in rels(emu)
+
+
+def test_an_app_api_that_refuses_the_key_leaves_the_clears_to_the_next_run(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The App API refuses the key, so the run cannot tell whether globex, leaving a
+    `mirror` model, is still in Customer.io (it was deleted there by hand): it clears
+    nothing, rather than create globex again, and says why; with the right key the next run
+    finds globex gone and forgets it."""
+    emu = project_factory.emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", "not-the-key")
+    seed(project_factory)
+    project = project_factory.write({"companies": COMPANIES + "mode: mirror\n"})
+    run_sync(project, "companies", console=NullConsole())
+    delete_object_by_hand(emu, "globex")
+    project_factory.sql("delete from companies where company_id = 'globex'")
+
+    refused = run_sync(project, "companies", console=NullConsole())
+    assert {o.object_id for o in emu.objects()} == {"acme"}
+    assert (refused.status, refused.delivered, refused.changes.removed_sent) == ("success", 0, 0)
+    assert refused.object_check.startswith(
+        "1 object that left the model was not cleared: the App API could not be read to check "
+        "that Customer.io still holds it (Customer.io refused the App API key (HTTP 401)"
+    )
+    assert refused.object_check.endswith("the next run tries again")
+
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    again = run_sync(project, "companies", console=NullConsole())
+    assert (again.changes.removed_gone, again.delivered, again.object_check) == (1, 0, "")
+    assert {o.object_id for o in emu.objects()} == {"acme"}
+    assert plan_sync(project, "companies", console=NullConsole()).changes.to_send == 0
+
+
+def test_without_an_app_api_key_a_mirror_clear_says_what_it_risks(
+    project_factory: ProjectFactory,
+) -> None:
+    """With no App API key to look objects up, a `mirror` clear goes by type and id, as
+    before: the report says that an object deleted in Customer.io since comes back, empty,
+    and how to have them looked up."""
+    seed(project_factory)
+    project = project_factory.write({"companies": COMPANIES + "mode: mirror\n"})
+    run_sync(project, "companies", console=NullConsole())
+    project_factory.sql("delete from companies where company_id = 'globex'")
+    result = CliRunner().invoke(cli, ["sync", "companies", "--project", str(project.root)])
+    assert result.exit_code == 0, result.output
+    assert (
+        "companies: 1 object that left the model was cleared without checking that "
+        "Customer.io still holds it: an object deleted there since is created again, empty, "
+        "by its clear; set `CUSTOMERIO_APP_API_KEY` (an App API key) to look them up first "
+        "(docs/sync.md, Objects and relationships)"
+    ) in " ".join(result.output.split())
+    held = {o.object_id: o.attributes for o in project_factory.emulator.objects()}
+    assert held == {"acme": {"name": "Acme", "plan": "pro", "seats": 25}, "globex": {}}
+
+
 def test_an_object_repeated_in_a_full_resync_is_still_cleared_when_it_leaves(
     project_factory: ProjectFactory,
 ) -> None:

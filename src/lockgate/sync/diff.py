@@ -84,6 +84,10 @@ class ChangeSet:
     the run records their row as it records one delivered (:func:`_nothing_to_send`)."""
     removed: int = 0
     removed_sent: int = 0
+    removed_gone: int = 0
+    """Of ``removed``: objects of a `mirror` objects sync that Customer.io no longer holds
+    (deleted there since, looked up through the App API before their clear): not cleared,
+    which would create them again, empty, and forgotten (``run._clear_objects_still_there``)."""
     rekeyed: int = 0
     """Of ``removed``: records that left the model under their key while a row still in it
     reaches the same record (the same `id` or `cio_id`, or the email in another case or with
