@@ -9,9 +9,9 @@ The warehouse has three syncs: `companies` (objects, `mirror`, with or without
 `memberships` (relationships, mirrored by default; `role` under the default null policy,
 `note` under `on_null: clear`). A company id is named with white space around it too
 (`" acme"` is `acme`: two rows of one trimmed id repeat a key), and a membership's may be
-null or blank (the row is rejected: while it is, no relationship of its user is removed,
-as it may be that one), and its user null (rejected too: while it is, no relationship of
-its company is removed). The invariants:
+null or blank (the row is rejected: while it is, the relationships of its user that left
+the model as it came or changed are kept, as it may be one of them), and its user null
+(rejected too: the same for the relationships of its company). The invariants:
 
 - (a) without faults, a plan's counts and payloads are what the sync then sends, and after
   a run of the three in `sync --all` order a plan of each has nothing to send;
@@ -23,7 +23,9 @@ its company is removed). The invariants:
   full resync did not send again (its row rejected: it may have been deleted by hand) is
   held, as it was, until the company is sent again; one whose end left its model
   but still exists keeps what it had; one whose row left is removed, unless a row of its
-  company without a user, or of its user without a company, is in the model;
+  company without a user, or of its user without a company, is in the model that was not
+  there, as it is, in the last run of the memberships that committed (then it is kept, and
+  stays kept while such a row of its company or user is there);
 - (d) after a run with faults, a run without them converges to (b) and (c);
 - (e) after a person or a company is deleted in Customer.io by hand, `sync --all
   --full-resync` (after a plain run or not) converges to (b) and (c) again.
@@ -32,6 +34,7 @@ its company is removed). The invariants:
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -160,6 +163,8 @@ class B2BMachine(RuleBasedStateMachine):
         self.emu.reset()
         self.root = next(self.roots)
         self.factory = ProjectFactory(self.root, self.emu, self.monkeypatch)
+        # `mirror` looks the objects it clears up first: one deleted by hand stays deleted
+        self.monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", self.emu.config.app_api_key)
         # the warehouse, as Python rows
         self.companies: list[dict[str, Any]] = []
         self.users: list[dict[str, Any]] = []
@@ -176,6 +181,11 @@ class B2BMachine(RuleBasedStateMachine):
         #: but after a run with faults, whose relationships with an end out may or may not
         #: have been sent
         self.rels: dict[tuple[int, str], list[Attrs | None]] = {}
+        #: the memberships rejected with no user (`object`, company) or no company (`person`,
+        #: user) in the last run of the memberships that committed, with what each held
+        self.unaddressed: Counter[tuple[str, Any, tuple[Any, ...]]] = Counter()
+        #: the relationships that run kept for them
+        self.kept: set[tuple[int, str]] = set()
         self.synced = False
 
     @initialize(
@@ -394,9 +404,10 @@ class B2BMachine(RuleBasedStateMachine):
                 self.people[uid] = {}
         self.people_live &= present
 
-    def _expect_memberships(self, unsure: bool = False) -> None:
+    def _expect_memberships(self, unsure: bool = False, recorded: bool = True) -> None:
         """A run of the memberships sync; ``unsure``: after a run with faults, whose
-        relationships with an end out may have been sent before that end went."""
+        relationships with an end out may have been sent before that end went; ``recorded``:
+        the run committed (it did not stop on an error)."""
 
         def sent(old: Attrs | None, r: dict[str, Any]) -> Attrs:
             attrs = dict(old or {})
@@ -410,23 +421,33 @@ class B2BMachine(RuleBasedStateMachine):
 
         present, ok = self._members_ok()
         # a row without a user (rejected) may be the row of any relationship of its company
-        # that left the model: those are kept while it is there
-        unaddressed = {
-            cid
-            for r in self.members
-            if r["user_id"] is None
-            for cid in [_object_id(r["company_id"])]
-            if cid is not None
-        }
+        # that left the model, unless it was there as it is in the last run (beside them);
         # a row of a user without a company (rejected): the same for that user's
-        objectless = {
-            r["user_id"]
-            for r in self.members
-            if r["user_id"] is not None and _object_id(r["company_id"]) is None
+        rejected: Counter[tuple[str, Any, tuple[Any, ...]]] = Counter()
+        for r in self.members:
+            cid, uid = _object_id(r["company_id"]), r["user_id"]
+            held = (uid, r["company_id"], r["role"], r["note"])
+            if uid is None and cid is not None:
+                rejected["object", cid, held] += 1
+            elif uid is not None and cid is None:
+                rejected["person", uid, held] += 1
+        new = {
+            (side, v)
+            for (side, v, held), n in rejected.items()
+            if n > self.unaddressed[side, v, held]
         }
+        ends = {(side, v) for side, v, _ in rejected}
+        kept = set()
         for key in list(self.rels):
-            if key not in present and key[1] not in unaddressed and key[0] not in objectless:
+            if key in present:
+                continue
+            of = {("object", key[1]), ("person", key[0])}
+            if of & new or (key in self.kept and of & ends):
+                kept.add(key)
+            else:
                 self.rels[key] = [None]
+        if recorded:
+            self.unaddressed, self.kept = rejected, kept
         for key, r in ok.items():
             options = self.rels.get(key, [None])
             if (
@@ -446,13 +467,15 @@ class B2BMachine(RuleBasedStateMachine):
 
     # -- syncs ----------------------------------------------------------------------------
 
-    def _expect(self, name: str, unsure: bool = False, full_resync: bool = False) -> None:
+    def _expect(
+        self, name: str, unsure: bool = False, full_resync: bool = False, recorded: bool = True
+    ) -> None:
         if name == "companies":
             self._expect_companies(full_resync)
         elif name == "people":
             self._expect_people()
         else:
-            self._expect_memberships(unsure)
+            self._expect_memberships(unsure, recorded)
 
     def _plan_and_sync(self, order: tuple[str, ...], full_resync: bool) -> None:
         for name in order:
@@ -533,6 +556,7 @@ class B2BMachine(RuleBasedStateMachine):
         )
         try:
             for name in SYNCS:
+                recorded = True
                 try:
                     run_sync(
                         self.project,
@@ -542,8 +566,8 @@ class B2BMachine(RuleBasedStateMachine):
                         force=True,
                     )
                 except LockgateError:
-                    pass
-                self._expect(name, unsure=True, full_resync=full_resync)
+                    recorded = False
+                self._expect(name, unsure=True, full_resync=full_resync, recorded=recorded)
         finally:
             self.emu.set_faults(FaultConfig())
         self._plan_and_sync(SYNCS, full_resync=False)
@@ -572,10 +596,11 @@ class B2BMachine(RuleBasedStateMachine):
                 del self.objects[ref]
                 self.objects_live.discard(ref)
                 self._drop_rels(1, ref)
-        if incremental_first:  # a plain run first: what it sends, the full resync sends too
+        if incremental_first:  # a plain run first, as any: it may send what the resync holds
             for name in SYNCS:
                 report = run_sync(self.project, name, console=NullConsole(), force=True)
                 assert report.status == "success", (name, report.failures)
+                self._expect(name)
         self._plan_and_sync(SYNCS, full_resync=True)
 
     # syncs are drawn as often as edits of the warehouse

@@ -760,7 +760,8 @@ def test_numeric_object_ids_name_the_object_by_its_integer(
     assert reason == (
         "column `company_id` (object id): value `7.5` is not a whole number a float holds "
         "exactly (up to 2^53); cast the column to bigint or text in the model (while it is "
-        "rejected, no relationship of its person is removed)"
+        "rejected, the relationships of its person that left the model as it came or changed "
+        "are kept: it may be the row of one)"
     )
 
 
@@ -1206,10 +1207,11 @@ def test_a_relationship_whose_id_goes_null_is_rejected_and_kept(
     """A membership row whose `user_id` turns null (or, in a float column, a fraction) is
     rejected (no person to send it to), and it may be the row of Grace's membership of Acme,
     whose key (person and object) left the model: that relationship is not deleted, nor
-    counted by `max_removed` (a limit of 0 does not stop the run). While the row is
-    rejected, a membership of Acme whose row leaves is kept too (it may be that one); given
-    an `id` again, the row is sent and what left is removed; once the row leaves, so is what
-    it delivered."""
+    counted by `max_removed` (a limit of 0 does not stop the run). A membership of Acme whose
+    row leaves later, while the rejected row stays as it was, is removed: that row was there
+    beside it, so it is not its row. One that leaves as the rejected row changes is kept (it
+    may be that one). Given an `id` again, the row is sent and what left is removed; once
+    the row leaves, so is what it delivered."""
     seed(project_factory)
     project_factory.sql("alter table members alter user_id type double")
     memberships = MEMBERSHIPS + "guardrails: {max_removed: 0}\n"
@@ -1230,30 +1232,78 @@ def test_a_relationship_whose_id_goes_null_is_rejected_and_kept(
         assert changes.rejected_samples == (
             (
                 "(no person) acme",
-                LOST_ID[lost] + " (while it is rejected, no relationship of its object is removed)",
+                LOST_ID[lost] + " (while it is rejected, the relationships of its object that left "
+                "the model as it came or changed are kept: it may be the row of one)",
             ),
         )
     assert rels(emu) == {*delivered, ("3", "1", "globex", "owner")}
 
-    # Ada's row leaves while the row without an id is rejected: it may be hers, kept
+    # Ada's row leaves while the row without an id stays as it was, which was there beside
+    # hers: not hers, so her membership is removed (`max_removed` forced past); Grace's stays
     project_factory.sql("delete from members where user_id = 1")
-    assert run_sync(project, "memberships", console=NullConsole()).changes.removed_sent == 0
-    assert rels(emu) == {*delivered, ("3", "1", "globex", "owner")}
+    ada = run_sync(project, "memberships", console=NullConsole(), force=True)
+    assert (ada.status, ada.changes.rejected, ada.changes.removed_sent) == ("success", 1, 1)
+    assert rels(emu) == {("2", "1", "acme", "member"), ("3", "1", "globex", "owner")}
 
-    # the row gets Linus's id: sent to him, and the memberships that left are removed
+    # Linus joins Acme; then his row leaves as the row without an id changes: it may be
+    # his, kept
+    project_factory.sql("insert into members values (3, 'acme', 'viewer')")
+    assert run_sync(project, "memberships", console=NullConsole()).delivered == 1
+    project_factory.sql(
+        "delete from members where role = 'viewer'; "
+        f"update members set role = 'viewer' where user_id is not distinct from {lost}"
+    )
+    linus = run_sync(project, "memberships", console=NullConsole())
+    assert (linus.status, linus.changes.removed, linus.changes.removed_sent) == ("success", 2, 0)
+    held = {("2", "1", "acme", "member"), ("3", "1", "acme", "viewer")}
+    assert rels(emu) == {*held, ("3", "1", "globex", "owner")}
+    # and stays kept while the row stays rejected, changed or not
+    assert run_sync(project, "memberships", console=NullConsole()).changes.removed_sent == 0
+    assert rels(emu) == {*held, ("3", "1", "globex", "owner")}
+
+    # the row gets Linus's id: his membership is the row's again, and Grace's is removed
     project_factory.sql(f"update members set user_id = 3 where user_id is not distinct from {lost}")
     fixed = run_sync(project, "memberships", console=NullConsole(), force=True)
-    assert (fixed.status, fixed.changes.rejected, fixed.changes.removed_sent) == ("success", 0, 2)
-    assert rels(emu) == {("3", "1", "acme", "member"), ("3", "1", "globex", "owner")}
+    assert (fixed.status, fixed.changes.rejected, fixed.changes.removed_sent) == ("success", 0, 1)
+    assert rels(emu) == {("3", "1", "acme", "viewer"), ("3", "1", "globex", "owner")}
 
     # null again, then the row leaves: what it delivered goes
     project_factory.sql(f"update members set user_id = {lost} where company_id = 'acme'")
     assert run_sync(project, "memberships", console=NullConsole()).changes.removed_sent == 0
-    assert rels(emu) == {("3", "1", "acme", "member"), ("3", "1", "globex", "owner")}
+    assert rels(emu) == {("3", "1", "acme", "viewer"), ("3", "1", "globex", "owner")}
     project_factory.sql("delete from members where company_id = 'acme'")
     left = run_sync(project, "memberships", console=NullConsole(), force=True)
     assert (left.status, left.changes.rejected, left.changes.removed_sent) == ("success", 0, 1)
     assert rels(emu) == {("3", "1", "globex", "owner")}
+
+
+def test_a_relationship_leaving_beside_a_row_rejected_as_it_was_is_removed(
+    project_factory: ProjectFactory,
+) -> None:
+    """A contact of Acme with no person (its `user_id` null) is rejected run after run. Its
+    row was in the model beside Ada's, so when Ada's membership leaves the model it cannot
+    be that row: it is removed, not kept until the rejected row is fixed or filtered out.
+    Grace's, which left as the row came in (it may be hers), stays."""
+    seed(project_factory)
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    project_factory.sql("update members set user_id = null where user_id = 2")
+    kept = run_sync(project, "memberships", console=NullConsole())
+    assert (kept.changes.rejected, kept.changes.removed_sent) == (1, 0)
+    assert run_sync(project, "memberships", console=NullConsole()).changes.to_send == 0
+
+    project_factory.sql("delete from members where user_id = 1")
+    report = run_sync(project, "memberships", console=NullConsole())
+    assert rels(emu) == {("2", "1", "acme", "member"), ("3", "1", "globex", "owner")}
+    assert (report.status, report.changes.rejected, report.changes.removed_sent) == (
+        "success",
+        1,
+        1,
+    )
+    assert plan_sync(project, "memberships", console=NullConsole()).changes.to_send == 0
 
 
 LOST_OBJECT = {
@@ -1270,10 +1320,10 @@ def test_a_relationship_whose_object_id_goes_null_is_rejected_and_kept(
     """A membership row of Grace whose `company_id` turns null (or empty, or blank) is
     rejected (no object to relate her to), and it may be the row of her membership of Acme,
     whose key (person and object) left the model: that relationship is not deleted, nor
-    counted by `max_removed` (a limit of 0 does not stop the run). While the row is
-    rejected, a membership of Grace whose row leaves is kept too (it may be that one); given
-    a company again, the row is sent and what left is removed; once the row leaves, so is
-    what it delivered."""
+    counted by `max_removed` (a limit of 0 does not stop the run). A membership of Grace
+    whose row leaves later, while the rejected row stays as it was, is removed (that row was
+    there beside it); given a company again, the row is sent and what left is removed; once
+    the row leaves, so is what it delivered."""
     seed(project_factory)
     project_factory.sql("insert into members values (2, 'globex', 'guest')")
     memberships = MEMBERSHIPS + "guardrails: {max_removed: 0}\n"
@@ -1303,17 +1353,18 @@ def test_a_relationship_whose_object_id_goes_null_is_rejected_and_kept(
             (
                 key,
                 LOST_OBJECT[lost] + "; fix it in the model or at the source (while it is "
-                "rejected, no relationship of its person is removed)",
+                "rejected, the relationships of its person that left the model as it came or "
+                "changed are kept: it may be the row of one)",
             ),
         )
     assert rels(emu) == delivered
 
-    # Grace's Globex row leaves while her row without a company is rejected: it may be
-    # that one, kept; Ada's leaves and is removed (max_removed forced past)
+    # Grace's Globex row leaves while her row without a company stays as it was, which was
+    # there beside it: removed, as is Ada's (max_removed forced past); her Acme one stays
     project_factory.sql("delete from members where role in ('guest', 'admin')")
     left = run_sync(project, "memberships", console=NullConsole(), force=True)
-    assert (left.status, left.changes.removed_sent) == ("success", 1)
-    assert rels(emu) == delivered - {("1", "1", "acme", "admin")}
+    assert (left.status, left.changes.removed_sent) == ("success", 2)
+    assert rels(emu) == {("2", "1", "acme", "member"), ("3", "1", "globex", "owner")}
 
     # the row gets Globex: sent, and her Acme membership, which left, is removed
     project_factory.sql(

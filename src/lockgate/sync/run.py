@@ -2596,6 +2596,8 @@ def run_sync(
                     )
                 if not only:  # records under a new key: their old keys stop counting as gone
                     diff_step.forget_rekeyed(store.con, sync)
+                    # the rows rejected with no person (no object), told apart next run
+                    diff_step.record_unaddressed(store, sync)
                 # the state now says what this workspace holds (kept from the first commit on)
                 workspace.record(store, sync.name, workspace.of(project, sync))
                 if force and not only:  # the records that left, accepted: they stop counting
