@@ -285,7 +285,8 @@ def test_a_relationship_whose_email_is_gone_now_is_rejected_and_kept(
         (
             "(no person) acme",
             f"no identifier: `email` {blank}; fix it in the model or at the source (while it "
-            "is rejected, no relationship of its object is removed)",
+            "is rejected, the relationships of its object that left the model as it came or "
+            "changed are kept: it may be the row of one)",
         ),
     )
 

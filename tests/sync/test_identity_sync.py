@@ -243,7 +243,8 @@ def test_a_relationship_whose_row_the_graph_no_longer_places_is_kept_while_it_is
             "(no person) acme",
             "no identifier: the identity graph gives this row no Customer.io id or email "
             "(`stripe_id` is null, or on a profile without one); fix it in the model or at the "
-            "source (while it is rejected, no relationship of its object is removed)",
+            "source (while it is rejected, the relationships of its object that left the model as "
+            "it came or changed are kept: it may be the row of one)",
         ),
     )
     assert related() == both

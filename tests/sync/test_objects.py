@@ -268,6 +268,115 @@ def test_objects_mirror_delete(project_factory: ProjectFactory) -> None:
     assert {o.object_id for o in project_factory.emulator.objects()} == {"acme"}
 
 
+def delete_object_by_hand(emu: Any, object_id: str) -> None:
+    """Delete company ``object_id`` in Customer.io, as someone in its UI (or another tool)."""
+    with emu.client(auth=emu.track_auth) as client:
+        body = {
+            "type": "object",
+            "action": "delete",
+            "identifiers": {"object_type_id": "1", "object_id": object_id},
+        }
+        client.post("/api/v2/entity", json=body).raise_for_status()
+
+
+def test_a_mirror_clear_does_not_bring_back_an_object_deleted_by_hand(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """globex is deleted in Customer.io by hand (user 3's membership with it), then leaves
+    the model of a `mirror` sync. Its clear, an object `identify` by type and id, would
+    create it again, empty (objects have no `_update`): with an App API key the run looks
+    the leaving objects up first, does not clear globex and forgets it; acme, still there
+    when it leaves, is cleared by its `cio_object_id` (update-only) and stays, empty. Back
+    in the model, globex is sent as new, and the membership Customer.io deleted with it is
+    sent again."""
+    emu = project_factory.emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    seed(project_factory)
+    project_factory.sql("insert into companies values ('initech', 'Initech', 'pro', 9)")
+    project = project_factory.write(
+        {"companies": COMPANIES + "mode: mirror\n", "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    delete_object_by_hand(emu, "globex")
+    assert ("3", "1", "globex", "owner") not in rels(emu)
+    project_factory.sql("delete from companies where company_id <> 'initech'")
+
+    report = run_all(project)["companies"]
+    initech = {"name": "Initech", "plan": "pro", "seats": 9}
+    held = {o.object_id: o.attributes for o in emu.objects()}
+    assert held == {"acme": {}, "initech": initech}
+    assert (report.status, report.object_check) == ("success", "")
+    changes = report.changes
+    assert (changes.removed, changes.removed_sent, changes.removed_gone) == (2, 1, 1)
+    assert (report.delivered, changes.attributes_cleared) == (1, 3)
+    cleared = [op for op in sent_ops(emu, 0) if op.get("identifiers", {}).get("cio_object_id")]
+    acme = next(o for o in emu.objects() if o.object_id == "acme")
+    assert [op["identifiers"] for op in cleared] == [{"cio_object_id": acme.cio_object_id}]
+    # forgotten: nothing left to clear; back in the model, globex is sent as new, then the
+    # membership Customer.io deleted with it
+    assert plan_sync(project, "companies", console=NullConsole()).changes.to_send == 0
+    project_factory.sql("insert into companies values ('globex', 'Globex', 'free', 3)")
+    back = run_all(project)
+    assert (back["companies"].changes.new, back["companies"].delivered) == (1, 1)
+    held = {o.object_id: o.attributes for o in emu.objects()}
+    globex = {"name": "Globex", "plan": "free", "seats": 3}
+    assert held == {"acme": {}, "globex": globex, "initech": initech}
+    assert ("3", "1", "globex", "owner") in rels(emu)
+
+
+def test_an_app_api_that_refuses_the_key_leaves_the_clears_to_the_next_run(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The App API refuses the key, so the run cannot tell whether globex, leaving a
+    `mirror` model, is still in Customer.io (it was deleted there by hand): it clears
+    nothing, rather than create globex again, and says why; with the right key the next run
+    finds globex gone and forgets it."""
+    emu = project_factory.emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", "not-the-key")
+    seed(project_factory)
+    project = project_factory.write({"companies": COMPANIES + "mode: mirror\n"})
+    run_sync(project, "companies", console=NullConsole())
+    delete_object_by_hand(emu, "globex")
+    project_factory.sql("delete from companies where company_id = 'globex'")
+
+    refused = run_sync(project, "companies", console=NullConsole())
+    assert {o.object_id for o in emu.objects()} == {"acme"}
+    assert (refused.status, refused.delivered, refused.changes.removed_sent) == ("success", 0, 0)
+    assert refused.object_check.startswith(
+        "1 object that left the model was not cleared: the App API could not be read to check "
+        "that Customer.io still holds it (Customer.io refused the App API key (HTTP 401)"
+    )
+    assert refused.object_check.endswith("the next run tries again")
+
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    again = run_sync(project, "companies", console=NullConsole())
+    assert (again.changes.removed_gone, again.delivered, again.object_check) == (1, 0, "")
+    assert {o.object_id for o in emu.objects()} == {"acme"}
+    assert plan_sync(project, "companies", console=NullConsole()).changes.to_send == 0
+
+
+def test_without_an_app_api_key_a_mirror_clear_says_what_it_risks(
+    project_factory: ProjectFactory,
+) -> None:
+    """With no App API key to look objects up, a `mirror` clear goes by type and id, as
+    before: the report says that an object deleted in Customer.io since comes back, empty,
+    and how to have them looked up."""
+    seed(project_factory)
+    project = project_factory.write({"companies": COMPANIES + "mode: mirror\n"})
+    run_sync(project, "companies", console=NullConsole())
+    project_factory.sql("delete from companies where company_id = 'globex'")
+    result = CliRunner().invoke(cli, ["sync", "companies", "--project", str(project.root)])
+    assert result.exit_code == 0, result.output
+    assert (
+        "companies: 1 object that left the model was cleared without checking that "
+        "Customer.io still holds it: an object deleted there since is created again, empty, "
+        "by its clear; set `CUSTOMERIO_APP_API_KEY` (an App API key) to look them up first "
+        "(docs/sync.md, Objects and relationships)"
+    ) in " ".join(result.output.split())
+    held = {o.object_id: o.attributes for o in project_factory.emulator.objects()}
+    assert held == {"acme": {"name": "Acme", "plan": "pro", "seats": 25}, "globex": {}}
+
+
 def test_an_object_repeated_in_a_full_resync_is_still_cleared_when_it_leaves(
     project_factory: ProjectFactory,
 ) -> None:
@@ -651,7 +760,8 @@ def test_numeric_object_ids_name_the_object_by_its_integer(
     assert reason == (
         "column `company_id` (object id): value `7.5` is not a whole number a float holds "
         "exactly (up to 2^53); cast the column to bigint or text in the model (while it is "
-        "rejected, no relationship of its person is removed)"
+        "rejected, the relationships of its person that left the model as it came or changed "
+        "are kept: it may be the row of one)"
     )
 
 
@@ -763,15 +873,14 @@ def test_an_object_id_over_150_bytes_or_empty_is_rejected_by_relationships_too(
     }
     memberships = reports["memberships"]
     assert (memberships.changes.held, memberships.delivered) == (0, 1)
-    kept = "; fix it in the model or at the source (while it is rejected, no relationship of "
+    kept = (
+        "; fix it in the model or at the source (while it is rejected, the relationships of "
+        "its person that left the model as it came or changed are kept: it may be the row of one)"
+    )
     assert dict(memberships.changes.rejected_samples) == {
         f'{{"id":"2"}} {long}': too_long,
-        '{"id":"1"} (empty object id)': "column `company_id`: object id is empty"
-        + kept
-        + "its person is removed)",
-        '{"id":"2"} (null object id)': "column `company_id`: object id is null"
-        + kept
-        + "its person is removed)",
+        '{"id":"1"} (empty object id)': "column `company_id`: object id is empty" + kept,
+        '{"id":"2"} (null object id)': "column `company_id`: object id is null" + kept,
     }
     emu = project_factory.emulator
     assert {o.object_id for o in emu.objects()} == {"acme"}
@@ -1097,10 +1206,11 @@ def test_a_relationship_whose_id_goes_null_is_rejected_and_kept(
     """A membership row whose `user_id` turns null (or, in a float column, a fraction) is
     rejected (no person to send it to), and it may be the row of Grace's membership of Acme,
     whose key (person and object) left the model: that relationship is not deleted, nor
-    counted by `max_removed` (a limit of 0 does not stop the run). While the row is
-    rejected, a membership of Acme whose row leaves is kept too (it may be that one); given
-    an `id` again, the row is sent and what left is removed; once the row leaves, so is what
-    it delivered."""
+    counted by `max_removed` (a limit of 0 does not stop the run). A membership of Acme whose
+    row leaves later, while the rejected row stays as it was, is removed: that row was there
+    beside it, so it is not its row. One that leaves as the rejected row changes is kept (it
+    may be that one). Given an `id` again, the row is sent and what left is removed; once
+    the row leaves, so is what it delivered."""
     seed(project_factory)
     project_factory.sql("alter table members alter user_id type double")
     memberships = MEMBERSHIPS + "guardrails: {max_removed: 0}\n"
@@ -1121,30 +1231,78 @@ def test_a_relationship_whose_id_goes_null_is_rejected_and_kept(
         assert changes.rejected_samples == (
             (
                 "(no person) acme",
-                LOST_ID[lost] + " (while it is rejected, no relationship of its object is removed)",
+                LOST_ID[lost] + " (while it is rejected, the relationships of its object that left "
+                "the model as it came or changed are kept: it may be the row of one)",
             ),
         )
     assert rels(emu) == {*delivered, ("3", "1", "globex", "owner")}
 
-    # Ada's row leaves while the row without an id is rejected: it may be hers, kept
+    # Ada's row leaves while the row without an id stays as it was, which was there beside
+    # hers: not hers, so her membership is removed (`max_removed` forced past); Grace's stays
     project_factory.sql("delete from members where user_id = 1")
-    assert run_sync(project, "memberships", console=NullConsole()).changes.removed_sent == 0
-    assert rels(emu) == {*delivered, ("3", "1", "globex", "owner")}
+    ada = run_sync(project, "memberships", console=NullConsole(), force=True)
+    assert (ada.status, ada.changes.rejected, ada.changes.removed_sent) == ("success", 1, 1)
+    assert rels(emu) == {("2", "1", "acme", "member"), ("3", "1", "globex", "owner")}
 
-    # the row gets Linus's id: sent to him, and the memberships that left are removed
+    # Linus joins Acme; then his row leaves as the row without an id changes: it may be
+    # his, kept
+    project_factory.sql("insert into members values (3, 'acme', 'viewer')")
+    assert run_sync(project, "memberships", console=NullConsole()).delivered == 1
+    project_factory.sql(
+        "delete from members where role = 'viewer'; "
+        f"update members set role = 'viewer' where user_id is not distinct from {lost}"
+    )
+    linus = run_sync(project, "memberships", console=NullConsole())
+    assert (linus.status, linus.changes.removed, linus.changes.removed_sent) == ("success", 2, 0)
+    held = {("2", "1", "acme", "member"), ("3", "1", "acme", "viewer")}
+    assert rels(emu) == {*held, ("3", "1", "globex", "owner")}
+    # and stays kept while the row stays rejected, changed or not
+    assert run_sync(project, "memberships", console=NullConsole()).changes.removed_sent == 0
+    assert rels(emu) == {*held, ("3", "1", "globex", "owner")}
+
+    # the row gets Linus's id: his membership is the row's again, and Grace's is removed
     project_factory.sql(f"update members set user_id = 3 where user_id is not distinct from {lost}")
     fixed = run_sync(project, "memberships", console=NullConsole(), force=True)
-    assert (fixed.status, fixed.changes.rejected, fixed.changes.removed_sent) == ("success", 0, 2)
-    assert rels(emu) == {("3", "1", "acme", "member"), ("3", "1", "globex", "owner")}
+    assert (fixed.status, fixed.changes.rejected, fixed.changes.removed_sent) == ("success", 0, 1)
+    assert rels(emu) == {("3", "1", "acme", "viewer"), ("3", "1", "globex", "owner")}
 
     # null again, then the row leaves: what it delivered goes
     project_factory.sql(f"update members set user_id = {lost} where company_id = 'acme'")
     assert run_sync(project, "memberships", console=NullConsole()).changes.removed_sent == 0
-    assert rels(emu) == {("3", "1", "acme", "member"), ("3", "1", "globex", "owner")}
+    assert rels(emu) == {("3", "1", "acme", "viewer"), ("3", "1", "globex", "owner")}
     project_factory.sql("delete from members where company_id = 'acme'")
     left = run_sync(project, "memberships", console=NullConsole(), force=True)
     assert (left.status, left.changes.rejected, left.changes.removed_sent) == ("success", 0, 1)
     assert rels(emu) == {("3", "1", "globex", "owner")}
+
+
+def test_a_relationship_leaving_beside_a_row_rejected_as_it_was_is_removed(
+    project_factory: ProjectFactory,
+) -> None:
+    """A contact of Acme with no person (its `user_id` null) is rejected run after run. Its
+    row was in the model beside Ada's, so when Ada's membership leaves the model it cannot
+    be that row: it is removed, not kept until the rejected row is fixed or filtered out.
+    Grace's, which left as the row came in (it may be hers), stays."""
+    seed(project_factory)
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    project_factory.sql("update members set user_id = null where user_id = 2")
+    kept = run_sync(project, "memberships", console=NullConsole())
+    assert (kept.changes.rejected, kept.changes.removed_sent) == (1, 0)
+    assert run_sync(project, "memberships", console=NullConsole()).changes.to_send == 0
+
+    project_factory.sql("delete from members where user_id = 1")
+    report = run_sync(project, "memberships", console=NullConsole())
+    assert rels(emu) == {("2", "1", "acme", "member"), ("3", "1", "globex", "owner")}
+    assert (report.status, report.changes.rejected, report.changes.removed_sent) == (
+        "success",
+        1,
+        1,
+    )
+    assert plan_sync(project, "memberships", console=NullConsole()).changes.to_send == 0
 
 
 LOST_OBJECT = {
@@ -1161,10 +1319,10 @@ def test_a_relationship_whose_object_id_goes_null_is_rejected_and_kept(
     """A membership row of Grace whose `company_id` turns null (or empty, or blank) is
     rejected (no object to relate her to), and it may be the row of her membership of Acme,
     whose key (person and object) left the model: that relationship is not deleted, nor
-    counted by `max_removed` (a limit of 0 does not stop the run). While the row is
-    rejected, a membership of Grace whose row leaves is kept too (it may be that one); given
-    a company again, the row is sent and what left is removed; once the row leaves, so is
-    what it delivered."""
+    counted by `max_removed` (a limit of 0 does not stop the run). A membership of Grace
+    whose row leaves later, while the rejected row stays as it was, is removed (that row was
+    there beside it); given a company again, the row is sent and what left is removed; once
+    the row leaves, so is what it delivered."""
     seed(project_factory)
     project_factory.sql("insert into members values (2, 'globex', 'guest')")
     memberships = MEMBERSHIPS + "guardrails: {max_removed: 0}\n"
@@ -1194,17 +1352,18 @@ def test_a_relationship_whose_object_id_goes_null_is_rejected_and_kept(
             (
                 key,
                 LOST_OBJECT[lost] + "; fix it in the model or at the source (while it is "
-                "rejected, no relationship of its person is removed)",
+                "rejected, the relationships of its person that left the model as it came or "
+                "changed are kept: it may be the row of one)",
             ),
         )
     assert rels(emu) == delivered
 
-    # Grace's Globex row leaves while her row without a company is rejected: it may be
-    # that one, kept; Ada's leaves and is removed (max_removed forced past)
+    # Grace's Globex row leaves while her row without a company stays as it was, which was
+    # there beside it: removed, as is Ada's (max_removed forced past); her Acme one stays
     project_factory.sql("delete from members where role in ('guest', 'admin')")
     left = run_sync(project, "memberships", console=NullConsole(), force=True)
-    assert (left.status, left.changes.removed_sent) == ("success", 1)
-    assert rels(emu) == delivered - {("1", "1", "acme", "admin")}
+    assert (left.status, left.changes.removed_sent) == ("success", 2)
+    assert rels(emu) == {("2", "1", "acme", "member"), ("3", "1", "globex", "owner")}
 
     # the row gets Globex: sent, and her Acme membership, which left, is removed
     project_factory.sql(

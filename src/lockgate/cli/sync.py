@@ -173,6 +173,8 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
                 c.removed_sent,
             ),
         ]
+        if c.removed_gone:
+            rows.append(("  of which already deleted in Customer.io (forgotten)", c.removed_gone))
         if c.kind == "relationships":
             rows.append(("held: person or object not sent (or left its model)", c.held))
         else:
@@ -299,7 +301,7 @@ def render_report(console: RichConsole, report: RunReport, *, where_rejected: bo
         + (f" in {report.seconds:.1f}s" if report.status != "planned" else "")
     )
     console.table(title, ["", "count"], change_rows(report))
-    for line in report.email_check.splitlines():
+    for line in (*report.email_check.splitlines(), *report.object_check.splitlines()):
         console.info(f"{report.sync}: {line}")
     for line in resent_lines(report):
         console.info(f"{report.sync}: {line}")

@@ -78,6 +78,12 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   the next run sends the key with it whatever its row holds then (a corrected timestamp, name
   or person would make a new id: stored twice); the first id recorded for a key stays until
   the key is in the ledger (:meth:`StateStore.keep_event_ids`).
+- ``unaddressed__S(side, v, h)``: for a relationships sync, its rows rejected with no person
+  (``side`` `object`, ``v`` the object id) or no object (`person`, the person) in its last
+  whole run that committed, with each row's hash, and the relationships that run kept for
+  them (`kept`, ``v`` the key): a row rejected so that holds what it held then is none of
+  the relationships that leave after (``diff._kept_unaddressed``). Made by the first run
+  that writes it (a state without it counts every such row as new).
 - ``runs``, ``history`` (what was sent and the answer: one row per record sent, with its key
   and identifiers; the committer hands it over grouped, one row per group of records that
   got the same answer, and the insert unnests the groups; grouped rows with list columns

@@ -115,6 +115,9 @@ def start_over(store: StateStore, sync: str) -> None:
         journal_history(store.con, sync)  # the history a killed run's journal holds
         for name in DELIVERED:
             run_sql(store.con, f"delete from {table(name, sync)}")
+        # a relationships sync's rows rejected with no person, and what it kept for them
+        if has_table(store.con, f"unaddressed__{sync}"):
+            run_sql(store.con, f"delete from {table('unaddressed', sync)}")
         run_sql(store.con, "delete from workspaces where sync = ?", [sync])
         contract.start_over(store.con, sync)
 

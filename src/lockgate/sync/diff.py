@@ -26,6 +26,7 @@ from lockgate.sources.base import nan_flag
 from lockgate.state.store import (
     PERSON_ADDRESS,
     StateStore,
+    has_table,
     journal_history,
     registered,
     run_sql,
@@ -84,6 +85,10 @@ class ChangeSet:
     the run records their row as it records one delivered (:func:`_nothing_to_send`)."""
     removed: int = 0
     removed_sent: int = 0
+    removed_gone: int = 0
+    """Of ``removed``: objects of a `mirror` objects sync that Customer.io no longer holds
+    (deleted there since, looked up through the App API before their clear): not cleared,
+    which would create them again, empty, and forgotten (``run._clear_objects_still_there``)."""
     rekeyed: int = 0
     """Of ``removed``: records that left the model under their key while a row still in it
     reaches the same record (the same `id` or `cio_id`, or the email in another case or with
@@ -955,17 +960,7 @@ def _still_reached(
     # person is rejected without an object (its id null or blank)
     spoiled = ""
     if sync.kind == "relationships" and temp_table(con, REJECTED_UNADDRESSED):
-        person = _relationship_person("json_extract(g.ident, '$.person')")
-        run_sql(
-            con,
-            f"""
-            create or replace temp table {KEPT_UNADDRESSED} as
-            select g.k from gone g semi join {REJECTED_UNADDRESSED} r
-                on r.object_id = json_extract_string(g.ident, '$.object.object_id')
-            union
-            select g.k from gone g semi join {REJECTED_OBJECTLESS} r on r.person = {person}
-            """,
-        )
+        _kept_unaddressed(con, sync)
         spoiled = f" union select k from {KEPT_UNADDRESSED}"
     run_sql(
         con,
@@ -980,11 +975,20 @@ def _still_reached(
 
 REJECTED_UNADDRESSED = "rejected_unaddressed"
 """The temp table of the objects (``object_id``) of a relationships sync's rows rejected
-without a person they can be sent to (:func:`_rejected_unaddressed`)."""
+without a person they can be sent to, with each row's hash (``h``), a row each
+(:func:`_rejected_unaddressed`)."""
 
 REJECTED_OBJECTLESS = "rejected_objectless"
 """The temp table of the people (``person``, :func:`_relationship_person`) of a
-relationships sync's rows rejected without an object (:func:`_rejected_unaddressed`)."""
+relationships sync's rows rejected without an object, with each row's hash (``h``), a row
+each (:func:`_rejected_unaddressed`)."""
+
+UNADDRESSED = "unaddressed"
+"""The per-sync state table (``unaddressed__S(side, v, h)``) of a relationships sync's last
+whole run that committed: its rows rejected with no person (``side`` `object`, ``v`` the
+object id), or with no object (`person`, ``v`` the person, :func:`_relationship_person`),
+each with its hash; and the relationships that left the model kept for such rows (`kept`,
+``v`` the key). Written by :func:`record_unaddressed`, read by :func:`_kept_unaddressed`."""
 
 KEPT_UNADDRESSED = "kept_unaddressed"
 """The temp table of the keys (``k``) of the relationships that left the model and are kept
@@ -1011,13 +1015,90 @@ def _rejected_unaddressed(con: duckdb.DuckDBPyConnection) -> None:
         con,
         f"""
         create or replace temp table {REJECTED_UNADDRESSED} as
-        select distinct object_id from mapped
+        select object_id, h from mapped
         where reject is not null and object_id is not null and {unaddressed};
         create or replace temp table {REJECTED_OBJECTLESS} as
-        select distinct {_relationship_person("json(person)")} as person from mapped
+        select {_relationship_person("json(person)")} as person, h from mapped
         where reject is not null and object_id is null and not {unaddressed};
         """,
     )
+
+
+def _kept_unaddressed(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> None:
+    """Fill :data:`KEPT_UNADDRESSED` with the relationships of ``gone`` that a row rejected
+    with no person (of their object) or no object (of their person) may be the row of.
+
+    Rows are told apart by what they hold (their hash): a rejected row that holds what a
+    row of the same object (person) rejected so held in the last whole run (:data:`UNADDRESSED`)
+    is that row, which was there beside the relationships still in the model then: it is none
+    of theirs, and they are removed when they leave. Only a row rejected so that is new, or
+    changed (its identifier gone null or spoiled just now), may be the row of a relationship
+    that left: every relationship of its object (person) that left is kept. One kept so in
+    the last run stays kept while its object (person) still has a row rejected so, changed
+    or not. Without a record of the last run (a first run, a state from before it), every
+    such row counts as new."""
+    obj = "json_extract_string(g.ident, '$.object.object_id')"
+    person = _relationship_person("json_extract(g.ident, '$.person')")
+    last = table(UNADDRESSED, sync.name)
+    recorded = has_table(con, last.strip('"'))
+    was = (
+        f"select side, v, h from {last}"
+        if recorded
+        else ("select null::varchar as side, null::varchar as v, null::ubigint as h where false")
+    )
+    run_sql(
+        con,
+        f"""
+        create or replace temp table unaddressed_new as
+        with now as (
+            select 'object' as side, object_id as v, h from {REJECTED_UNADDRESSED}
+            union all
+            select 'person' as side, person as v, h from {REJECTED_OBJECTLESS}
+        ),
+        n as (select side, v, h, count(*) as n from now group by all),
+        w as (select side, v, h, count(*) as n from ({was}) group by all)
+        select distinct n.side, n.v from n left join w
+            on w.side = n.side and w.v = n.v and w.h = n.h
+        where n.n > coalesce(w.n, 0);
+        create or replace temp table {KEPT_UNADDRESSED} as
+        select g.k from gone g semi join unaddressed_new r
+            on r.side = 'object' and r.v = {obj}
+        union
+        select g.k from gone g semi join unaddressed_new r
+            on r.side = 'person' and r.v = {person}
+        union
+        select g.k from gone g semi join ({was}) l on l.side = 'kept' and l.v = g.k
+        where {obj} in (select object_id from {REJECTED_UNADDRESSED})
+           or {person} in (select person from {REJECTED_OBJECTLESS});
+        drop table unaddressed_new;
+        """,
+    )
+
+
+def record_unaddressed(store: StateStore, sync: SyncConfig) -> None:
+    """After a whole run of a relationships sync: record in :data:`UNADDRESSED` its rows
+    rejected with no person or no object, and the relationships kept for them
+    (:func:`_kept_unaddressed` reads it in the next run)."""
+    if sync.kind != "relationships" or not temp_table(store.con, REJECTED_UNADDRESSED):
+        return
+    last = table(UNADDRESSED, sync.name)
+    kept = (
+        f"union all select 'kept', k, null from {KEPT_UNADDRESSED}"
+        if temp_table(store.con, KEPT_UNADDRESSED)
+        else ""
+    )
+    with transaction(store.con, store.path):
+        run_sql(
+            store.con,
+            f"""
+            create table if not exists {last} (side varchar, v varchar, h ubigint);
+            delete from {last};
+            insert into {last}
+            select 'object', object_id, h from {REJECTED_UNADDRESSED}
+            union all select 'person', person, h from {REJECTED_OBJECTLESS}
+            {kept};
+            """,
+        )
 
 
 def _mirror_removals(

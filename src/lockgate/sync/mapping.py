@@ -1910,16 +1910,22 @@ def identifier_sql(
     return identifiers, ident, checks
 
 
-RELATIONSHIP_KEPT = " (while it is rejected, no relationship of its object is removed)"
+RELATIONSHIP_KEPT = (
+    " (while it is rejected, the relationships of its object that left the model as it came or"
+    " changed are kept: it may be the row of one)"
+)
 """The end of the reason of a relationships row rejected with no person to send it to: it
 may be the row of a relationship delivered before, which is kept until the row is fixed or
-leaves (``diff._rejected_unaddressed``)."""
+leaves (``diff._kept_unaddressed``)."""
 
 
-RELATIONSHIP_KEPT_OF_PERSON = " (while it is rejected, no relationship of its person is removed)"
+RELATIONSHIP_KEPT_OF_PERSON = (
+    " (while it is rejected, the relationships of its person that left the model as it came or"
+    " changed are kept: it may be the row of one)"
+)
 """The end of the reason of a relationships row of a person rejected with no object: it may
 be the row of a relationship delivered before, which is kept until the row is fixed or leaves
-(``diff.REJECTED_OBJECTLESS``)."""
+(``diff._kept_unaddressed``)."""
 
 
 def not_an_email(text: str) -> str:

@@ -179,6 +179,10 @@ class RunReport:
     """What the run (or a plan) could not verify of the emails it sends, and how to, a line
     each: no App API key, a check turned off, people past `read_back_emails` or
     `check_new_emails`; empty otherwise."""
+    object_check: str = ""
+    """What the run could not verify of the objects it clears (`mirror`), and how to: no App
+    API key to look up whether Customer.io still holds them, or an App API that could not be
+    read (:func:`_clear_objects_still_there`); empty otherwise."""
     identity_graph: str = ""
     """For a sync through the identity graph: `stitched` when the run stitched it from its
     sources, `reused` when nothing that feeds it had changed since it was saved and the run
@@ -237,6 +241,7 @@ class RunReport:
             "emails_read_back": self.emails_read_back,
             "new_emails_checked": self.new_emails_checked,
             "email_check": self.email_check,
+            "object_check": self.object_check,
             "resent_by": [
                 {"sync": n, "objects" if self.kind == "objects" else "people": c}
                 for n, c in self.resent_by
@@ -1581,6 +1586,131 @@ def _not_verified(
     return f"{' and '.join(whats)}: Customer.io {', and '.join(why)}; {how} (docs/sync.md, {where})"
 
 
+def _clear_objects_still_there(
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    run_id: str,
+    console: Console,
+    changes: diff_step.ChangeSet,
+) -> tuple[diff_step.ChangeSet, str]:
+    """Before an objects sync's `mirror` run (without `delete_removed`) clears the objects
+    that left its model: with an App API key, look each up (:mod:`lockgate.sync.objectcheck`).
+    One Customer.io holds is cleared by its ``cio_object_id`` (update-only: deleted meanwhile,
+    it is not created again); one it no longer holds (deleted by hand since) is not cleared,
+    which would create it again, empty, and the run journals it as removed, so the sync
+    forgets it. An App API that cannot be read leaves every clear for the next run. Without a
+    key the clears go by type and id, as before, and the report's line says what that risks.
+    Returns the changes as counted now, and that line (empty when there is nothing to say)."""
+    if sync.kind != "objects" or sync.effective_mode != "mirror" or sync.delete_removed:
+        return changes, ""
+    leaving = [
+        (str(k), str(t), str(o))
+        for k, t, o in run_sql(
+            store.con,
+            "select k, json_extract_string(ident, '$.object_type_id'), "
+            "json_extract_string(ident, '$.object_id') from changes where removed order by k",
+        )
+    ]
+    if not leaving:
+        return changes, ""
+    n = len(leaving)
+    objects = "1 object" if n == 1 else f"{n} objects"
+    settings = _app_settings(project, sync)
+    if settings is None:
+        match = ENV_REF.match(project.config.destinations[sync.destination].app_api_key or "")
+        how = (
+            f"set `{match.group(1)}` (an App API key)"
+            if match
+            else f"set `app_api_key` in destination `{sync.destination}`"
+        )
+        return changes, (
+            f"{objects} that left the model {'was' if n == 1 else 'were'} cleared without "
+            f"checking that Customer.io still holds {'it' if n == 1 else 'them'}: an object "
+            f"deleted there since is created again, empty, by its clear; {how} to look them up "
+            "first (docs/sync.md, Objects and relationships)"
+        )
+    from lockgate.sync.objectcheck import look_up
+
+    check = look_up(leaving, settings, console=console)
+    if check.error:  # none cleared: the snapshot keeps them, gone again in the next run
+        run_sql(store.con, "delete from changes where removed")
+        note = (
+            f"{objects} that left the model {'was' if n == 1 else 'were'} not cleared: the App "
+            f"API could not be read to check that Customer.io still holds "
+            f"{'it' if n == 1 else 'them'} ({check.error}); the next run tries again"
+        )
+        return dataclasses.replace(
+            changes,
+            to_send=changes.to_send - n,
+            removed_sent=changes.removed_sent - n,
+            attributes_cleared=changes.attributes_cleared - n * len(sync.attributes),
+        ), note
+    related = [o.name for o in planned_step.relationship_syncs(project, sync)]
+    siblings = [
+        o.name
+        for o in project
+        if o.kind == "objects"
+        and o.name != sync.name
+        and o.destination == sync.destination
+        and o.object_type_id == sync.object_type_id
+    ]
+    for name in (*related, *siblings) if check.gone else ():
+        store.ensure_sync_tables(name)
+    with transaction(store.con):
+        run_sql(store.con, "create or replace temp table objects_found (k varchar, cio varchar)")
+        if check.found:
+            store.con.executemany(
+                "insert into objects_found values (?, ?)", list(check.found.items())
+            )
+        run_sql(
+            store.con,
+            """
+            update changes set op = '{"type":"object","action":"identify","identifiers":'
+                || '{"cio_object_id":' || to_json(f.cio) || '},"attributes":'
+                || json_extract(changes.op, '$.attributes')::varchar || '}'
+            from objects_found f where f.k = changes.k and changes.removed
+            """,
+        )
+        if check.gone:  # forgotten as a delivered removal is: the journal folds them away
+            run_sql(store.con, "create or replace temp table objects_gone (k varchar)")
+            store.con.executemany("insert into objects_gone values (?)", [(k,) for k in check.gone])
+            run_sql(
+                store.con,
+                f"insert into {table('journal', sync.name)} (run_id, k, h, ident, removed) "
+                "select ?, c.k, null, c.ident, true from changes c "
+                "semi join objects_gone g on g.k = c.k where c.removed",
+                [run_id],
+            )
+            # gone with its relationships, as after a delete of ours: the relationships
+            # syncs forget them (held, then sent again once the object is back), and the other
+            # objects syncs of the type the object (sent again in full)
+            idents = [
+                str(i)
+                for (i,) in run_sql(
+                    store.con,
+                    "select ident from changes semi join objects_gone g on g.k = changes.k "
+                    "where removed",
+                )
+            ]
+            diff_step.forget_relationships_of(store.con, "objects", related, idents, confirmed=True)
+            diff_step.forget_people_of(store.con, siblings, idents, "objects")
+            run_sql(
+                store.con,
+                "delete from changes where removed and k in (select k from objects_gone); "
+                "drop table objects_gone",
+            )
+        run_sql(store.con, "drop table objects_found")
+    gone = len(check.gone)
+    return dataclasses.replace(
+        changes,
+        to_send=changes.to_send - gone,
+        removed_sent=changes.removed_sent - gone,
+        removed_gone=gone,
+        attributes_cleared=changes.attributes_cleared - gone * len(sync.attributes),
+    ), ""
+
+
 def _check_new_emails(
     store: StateStore,
     project: Project,
@@ -2332,6 +2462,12 @@ def run_sync(
                     hint=f"run `lockgate sync {sync.name}` once without `--only` (`lockgate "
                     f"plan {sync.name}` lists the merges)",
                 )
+            object_check = ""
+            if changes.removed_sent:
+                with step("deliver"):
+                    changes, object_check = _clear_objects_still_there(
+                        store, project, sync, run_id, console, changes
+                    )
             attaching = anonymous_ops is not None and anonymous_ops.num_rows > 0
             if settings is not None and (
                 merges or attaching or changes.state_events or changes.to_send
@@ -2478,6 +2614,8 @@ def run_sync(
                     )
                 if not only:  # records under a new key: their old keys stop counting as gone
                     diff_step.forget_rekeyed(store.con, sync)
+                    # the rows rejected with no person (no object), told apart next run
+                    diff_step.record_unaddressed(store, sync)
                 # the state now says what this workspace holds (kept from the first commit on)
                 workspace.record(store, sync.name, workspace.of(project, sync))
                 if force and not only:  # the records that left, accepted: they stop counting
@@ -2582,6 +2720,7 @@ def run_sync(
             emails_read_back=emails_read_back,
             new_emails_checked=new_checked,
             email_check=email_check,
+            object_check=object_check,
             resent_by=tuple(sorted(counts.resent_by.items())),
             identity_graph=_graph_use(resolution),
             naive_timestamps=naive,
