@@ -71,6 +71,7 @@ from lockgate.console import NullConsole
 from lockgate.emulator import Emulator, FaultConfig
 from lockgate.errors import LockgateError
 from lockgate.project.loader import Project, load_project
+from lockgate.state.store import StateStore
 from lockgate.sync.run import RunReport, Session, plan_sync, run_sync
 
 EMAIL_LIMIT = 3
@@ -1170,6 +1171,46 @@ def test_a_user_without_an_email_who_comes_back_with_a_deleted_leads_email_absor
     (person,) = [p for p in emu.people() if p.id not in ("u5", "u9")]
     assert (person.cio_id, person.id, person.email) == (u4.cio_id, "u4", "e2@x.io")
     assert person.attributes == {"plan": "pro", "lead_source": "webinar"}
+    assert_nothing_left_to_send(project)
+
+
+def as_format_5(project: Project) -> None:
+    """Make the project's state as Lockgate of state format 5 left it: no ``people_known__S``,
+    its syncs' tables marked made at that format."""
+    with StateStore.open(project.state_dir) as store:
+        for name in ORDER:
+            store.exec_sql(f'drop table "people_known__{name}"')
+        store.exec_sql(
+            "update upgraded set step = 'tables@5' where step = 'tables@6'; "
+            "update state_format set format = 5"
+        )
+
+
+def test_a_state_of_format_5_knows_the_people_of_its_snapshot_once_upgraded(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state from before the people each people sync made exist were remembered (format 5)
+    has them filled in from what it knows as it is upgraded: user `u4`, whose row left an
+    `upsert` sync, is in its snapshot. Once a new user takes the email `u4`'s person kept (the
+    release takes `u4`'s record out of the snapshot), `u4` is still known to exist: when they
+    come back with a deleted lead's email, the lead's person is merged into theirs and their
+    update lands."""
+    emu = customerio_emulator
+    project = project_in(tmp_path, emu, monkeypatch)
+    u4, lead = a_lead_then_its_user_leave(
+        tmp_path, emu, project, "('u4', 'e3@x.io', 'free'), ('u9', 'e9@x.io', 'free')"
+    )
+    as_format_5(project)
+    sql(tmp_path, "insert into app_users values ('u5', 'e3@x.io', 'free')")
+    sync_all(project)
+    with StateStore.open(project.state_dir) as store:
+        assert store.exec_sql("select format from state_format") == [(6,)]
+    sql(tmp_path, "insert into app_users values ('u4', 'e2@x.io', 'pro')")
+    sync_all(project)
+    (person,) = [p for p in emu.people() if p.id not in ("u5", "u9")]
+    assert (person.cio_id, person.id, person.email) == (u4.cio_id, "u4", "e2@x.io")
+    assert person.attributes == {"plan": "pro", "lead_source": "webinar"}
+    assert [(m.primary, m.secondary) for m in emu.merges()] == [(u4.cio_id, lead.cio_id)]
     assert_nothing_left_to_send(project)
 
 

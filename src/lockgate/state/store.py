@@ -856,10 +856,10 @@ class StateStore:
             "(k varchar, ts bigint, lo ubigint, hi ubigint, run_id varchar);"
         )
         self._add_snap_addr(sync)
-        self._add_people_known(sync)
         self._add_unconfirmed_action(sync)
         self._add_ledger_sent(sync)
         self._add_journal_history(sync)
+        self._add_people_known(sync)  # reads the journal's `action` (format 5)
         sending = table("sending", sync)
         columns = {r[0] for r in self.con.execute(f"describe {sending}").fetchall()}
         if "action" not in columns:
