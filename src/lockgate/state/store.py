@@ -907,8 +907,9 @@ class StateStore:
                 f"""
                 insert into {known}
                 select distinct n.id, n.cio_id from ({known_of(sent)}) n
-                anti join {known} p
-                    on p.id is not distinct from n.id and p.cio_id is not distinct from n.cio_id
+                anti join {known} p  -- equalities, not `is not distinct from`: a hash join
+                    on coalesce(p.id, '') = coalesce(n.id, '')
+                    and coalesce(p.cio_id, '') = coalesce(n.cio_id, '')
                 """
             )
 
