@@ -69,7 +69,7 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   and its email became since: written in the transaction that commits the delivery
   (``commit.Committer``), and forgotten only once Customer.io confirms the person gone: a
   `delete` of it (`delete_removed`) by any people sync of its destination, or an identity
-  merge that absorbed it (``resolve.forget_merged``). The snapshot forgets a row that left a
+  merge that absorbed it (``resolve.merged_away``). The snapshot forgets a row that left a
   `mirror` sync, and one whose email a later row took (``diff.forget_released_left``); the
   person stays in Customer.io, and the identity graph's operations count it as one that
   exists (``resolve.known_people``: a user who comes back with a lead's email has the lead

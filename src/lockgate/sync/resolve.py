@@ -794,7 +794,7 @@ def merged_away(project: Project, ops: pa.Table) -> Callable[[StateStore, list[s
     the ``people_known__S`` of every people sync, the people the merges among them whose keys
     are delivered absorbed (their `secondary`, by `id` or `cio_id`: Customer.io deleted it),
     in the transaction that ledgers them (``Committer.forget_merged``). None when no merge
-    absorbs a person known so."""
+    among them names its secondary by `id` or `cio_id`."""
     absorbed: dict[str, tuple[str, str]] = {}
     for key, text in zip(ops["k"].to_pylist(), ops["op"].to_pylist(), strict=True):
         op = orjson.loads(text)
