@@ -1113,7 +1113,8 @@ def test_a_user_who_comes_back_to_a_mirror_sync_with_a_deleted_leads_email_absor
     plan land: one person, nothing left to send. Without the merge, Customer.io drops the
     user's update (silently without an App API key; with one, the new row's check refuses
     it). With `delete_removed`, Customer.io deleted the user's person: no merge is sent
-    (into a person that is gone), and the lead's person gets the user's `id`."""
+    (into a person that is gone: Customer.io would log it as a merge whose primary is not
+    found), and the lead's person gets the user's `id`."""
     emu = customerio_emulator
     if app_api_key:
         monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
@@ -1135,6 +1136,8 @@ def test_a_user_who_comes_back_to_a_mirror_sync_with_a_deleted_leads_email_absor
     assert [(m.primary, m.secondary) for m in emu.merges()] == (
         [] if delete_removed else [(u4.cio_id, lead.cio_id)]
     )
+    if delete_removed:  # the deleted person is no longer known: no merge into nobody is sent
+        assert [a.kind for a in emu.activity_log() if "merge" in a.kind] == []
     assert_nothing_left_to_send(project)
 
 
