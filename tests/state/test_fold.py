@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lockgate.state.store import StateStore
+from lockgate.state.store import STATE_FORMAT, StateStore
 
 
 def snapshot(store: StateStore) -> dict[str, int]:
@@ -165,7 +165,7 @@ def test_a_format_4_journal_is_upgraded_and_its_records_history_not_written_twic
     with StateStore.open(tmp_path) as store:
         store.ensure_sync_tables("people")
     con = duckdb.connect(str(tmp_path / "state.duckdb"))
-    con.execute('drop table "journal__people"')
+    con.execute('drop table "journal__people"; drop table "people_known__people"')
     con.execute(
         'create table "journal__people" '
         "(run_id varchar, k varchar, h ubigint, ident varchar, removed boolean)"
@@ -185,4 +185,6 @@ def test_a_format_4_journal_is_upgraded_and_its_records_history_not_written_twic
         assert snapshot(store) == {"a": 1, "b": 1}
         assert calls(store, "a") == [("r1", "identify", "delivered", 200)]
         assert calls(store, "b") == [("r2", "identify", "delivered", 200)]
-        assert store.exec_sql("select max(format) from state_format") == [(5,)]
+        assert store.exec_sql("select max(format) from state_format") == [(STATE_FORMAT,)]
+        # the person its journal delivered is known to exist (``people_known__S``, format 6)
+        assert store.exec_sql('select id from "people_known__people"') == [("a",)]

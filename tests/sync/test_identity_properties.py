@@ -77,6 +77,7 @@ from lockgate.console import NullConsole
 from lockgate.emulator import Emulator, FaultConfig
 from lockgate.errors import LockgateError
 from lockgate.project.loader import Project, load_project
+from lockgate.state.store import StateStore
 from lockgate.sync.run import RunReport, Session, plan_sync, run_sync
 
 EMAIL_LIMIT = 3
@@ -1106,7 +1107,8 @@ def test_a_user_who_comes_back_to_a_mirror_sync_with_a_deleted_leads_email_absor
     plan land: one person, nothing left to send. Without the merge, Customer.io drops the
     user's update (silently without an App API key; with one, the new row's check refuses
     it). With `delete_removed`, Customer.io deleted the user's person: no merge is sent
-    (into a person that is gone), and the lead's person gets the user's `id`."""
+    (into a person that is gone: Customer.io would log it as a merge whose primary is not
+    found), and the lead's person gets the user's `id`."""
     emu = customerio_emulator
     if app_api_key:
         monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
@@ -1128,27 +1130,13 @@ def test_a_user_who_comes_back_to_a_mirror_sync_with_a_deleted_leads_email_absor
     assert [(m.primary, m.secondary) for m in emu.merges()] == (
         [] if delete_removed else [(u4.cio_id, lead.cio_id)]
     )
+    if delete_removed:  # the deleted person is no longer known: no merge into nobody is sent
+        assert [a.kind for a in emu.activity_log() if "merge" in a.kind] == []
     assert_nothing_left_to_send(project)
 
 
-#: a user's person known only to Customer.io once the state shows no email of theirs
-FORGOTTEN_WITHOUT_EMAIL = pytest.mark.xfail(
-    strict=True,
-    reason="a person whose row left holding no email (cleared by a mirror run without one, "
-    "or its email released since, in either mode) is in no table known_people reads: no merge "
-    "into it is sent",
-)
-
-
-@pytest.mark.parametrize(
-    ("mode", "meanwhile"),
-    [
-        pytest.param("upsert", "no email"),
-        pytest.param("mirror", "no email", marks=FORGOTTEN_WITHOUT_EMAIL),
-        pytest.param("upsert", "email taken", marks=FORGOTTEN_WITHOUT_EMAIL),
-        pytest.param("mirror", "email taken", marks=FORGOTTEN_WITHOUT_EMAIL),
-    ],
-)
+@pytest.mark.parametrize("meanwhile", ["no email", "email taken"])
+@pytest.mark.parametrize("mode", ["upsert", "mirror"])
 def test_a_user_without_an_email_who_comes_back_with_a_deleted_leads_email_absorbs_the_lead(
     customerio_emulator: Emulator,
     tmp_path: Path,
@@ -1160,7 +1148,10 @@ def test_a_user_without_an_email_who_comes_back_with_a_deleted_leads_email_absor
     row had none when it left (`no email`), or a new user took the email it kept
     (`email taken`: released from the person first). The person is still in Customer.io
     under its `id`, so the lead's person must be merged into it, or Customer.io drops the
-    returning user's update."""
+    returning user's update. Neither the snapshot (the row left it, cleared by a `mirror` run
+    or released) nor the emails kept say so: the people each people sync made exist are
+    remembered until Customer.io confirms them deleted or merged away (``people_known__S``).
+    (Before, the merge was not sent and the returning user's row was dropped.)"""
     emu = customerio_emulator
     project = project_in(tmp_path, emu, monkeypatch)
     users = tmp_path / "syncs" / "users.yml"
@@ -1177,6 +1168,46 @@ def test_a_user_without_an_email_who_comes_back_with_a_deleted_leads_email_absor
     (person,) = [p for p in emu.people() if p.id not in ("u5", "u9")]
     assert (person.cio_id, person.id, person.email) == (u4.cio_id, "u4", "e2@x.io")
     assert person.attributes == {"plan": "pro", "lead_source": "webinar"}
+    assert_nothing_left_to_send(project)
+
+
+def as_format_5(project: Project) -> None:
+    """Make the project's state as Lockgate of state format 5 left it: no ``people_known__S``,
+    its syncs' tables marked made at that format."""
+    with StateStore.open(project.state_dir) as store:
+        for name in ORDER:
+            store.exec_sql(f'drop table "people_known__{name}"')
+        store.exec_sql(
+            "update upgraded set step = 'tables@5' where step = 'tables@6'; "
+            "update state_format set format = 5"
+        )
+
+
+def test_a_state_of_format_5_knows_the_people_of_its_snapshot_once_upgraded(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state from before the people each people sync made exist were remembered (format 5)
+    has them filled in from what it knows as it is upgraded: user `u4`, whose row left an
+    `upsert` sync, is in its snapshot. Once a new user takes the email `u4`'s person kept (the
+    release takes `u4`'s record out of the snapshot), `u4` is still known to exist: when they
+    come back with a deleted lead's email, the lead's person is merged into theirs and their
+    update lands."""
+    emu = customerio_emulator
+    project = project_in(tmp_path, emu, monkeypatch)
+    u4, lead = a_lead_then_its_user_leave(
+        tmp_path, emu, project, "('u4', 'e3@x.io', 'free'), ('u9', 'e9@x.io', 'free')"
+    )
+    as_format_5(project)
+    sql(tmp_path, "insert into app_users values ('u5', 'e3@x.io', 'free')")
+    sync_all(project)
+    with StateStore.open(project.state_dir) as store:
+        assert store.exec_sql("select format from state_format") == [(6,)]
+    sql(tmp_path, "insert into app_users values ('u4', 'e2@x.io', 'pro')")
+    sync_all(project)
+    (person,) = [p for p in emu.people() if p.id not in ("u5", "u9")]
+    assert (person.cio_id, person.id, person.email) == (u4.cio_id, "u4", "e2@x.io")
+    assert person.attributes == {"plan": "pro", "lead_source": "webinar"}
+    assert [(m.primary, m.secondary) for m in emu.merges()] == [(u4.cio_id, lead.cio_id)]
     assert_nothing_left_to_send(project)
 
 

@@ -64,6 +64,17 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   cleared person stays in Customer.io). Recorded before the run sends (it holds whether that
   update lands or not), forgotten once the email is released or replaced, or the person
   deleted.
+- ``people_known__S(id, cio_id)``: every person a people sync has made exist in Customer.io
+  (an `identify`, or a `mirror` clear, delivered to its `id` or `cio_id`), whatever its row
+  and its email became since: written in the transaction that commits the delivery
+  (``commit.Committer``), and forgotten only once Customer.io confirms the person gone: a
+  `delete` of it (`delete_removed`) by any people sync of its destination, or an identity
+  merge that absorbed it (``resolve.merged_away``). The snapshot forgets a row that left a
+  `mirror` sync, and one whose email a later row took (``diff.forget_released_left``); the
+  person stays in Customer.io, and the identity graph's operations count it as one that
+  exists (``resolve.known_people``: a user who comes back with a lead's email has the lead
+  merged into them). Format 6; an older state's is filled from what it knows of its people
+  (its snapshot and ``emails_kept__S``) as it is upgraded.
 - ``sending_events__S(k, ts, lo, hi)``: the same write-ahead record for an events sync, with
   the dedupe id each event is about to be sent with (the columns of ``event_ids__S`` below):
   the next run moves the events of a killed run's record that the ledger does not have into
@@ -395,7 +406,7 @@ def _set_aside_unfinished(path: Path) -> Path | None:
 #: naming the version that wrote it, where it would otherwise fail part-way through a run,
 #: after sending, or misread what was delivered. (Lockgates from before the format was
 #: recorded do not read it.)
-STATE_FORMAT = 5
+STATE_FORMAT = 6
 # 2: ``sending__S`` gains ``action`` (a Lockgate of format 1 inserts into it unnamed)
 # 3: ``unconfirmed__S`` gains ``ident`` (a Lockgate of format 2 inserts into it unnamed), and
 #    ``sending__S`` ``k`` and ``ident`` (of the records new to the snapshot)
@@ -404,6 +415,8 @@ STATE_FORMAT = 5
 # 5: ``journal__S`` gains ``action``, ``status`` and ``sent_at``, and holds the history of the
 #    records delivered in whole batches until they are folded (a Lockgate of format 4 inserts
 #    into it unnamed, and would fold them without writing their history)
+# 6: ``people_known__S``, the people each people sync made exist until Customer.io confirms
+#    them gone (a Lockgate of format 5 would deliver and delete people without keeping it)
 #: The oldest format whose run list, history and rejected rows the commands that only read
 #: (`lockgate runs`, `history`) read as they are, without upgrading it
 READ_FORMAT = 1
@@ -616,6 +629,18 @@ SYNC_TABLES = (
 #: done, so a Lockgate killed half-way leaves no mark and the next run finishes the work; a
 #: state of an older format is upgraded whatever marks it holds.
 TABLES_STEP = f"tables@{STATE_FORMAT}"
+
+
+def known_of(idents: str) -> str:
+    """SQL: ``(id, cio_id)`` of the people the ``ident`` JSON of the rows of ``idents`` (a
+    table, or a query in parentheses) reaches by `id` or `cio_id` (what ``people_known__S``
+    holds); a record that is no person's (an object's, a relationship's) or a person's
+    reached by email alone, none."""
+    return (
+        "select id, cio_id from (select case when json_valid(ident) then ident->>'id' end as id, "
+        "case when json_valid(ident) then ident->>'cio_id' end as cio_id "
+        f"from {idents}) where id is not null or cio_id is not null"
+    )
 
 
 def table(name: str, sync: str) -> str:
@@ -861,6 +886,7 @@ class StateStore:
         self._add_unconfirmed_action(sync)
         self._add_ledger_sent(sync)
         self._add_journal_history(sync)
+        self._add_people_known(sync)  # reads the journal's `action` (format 5)
         sending = table("sending", sync)
         columns = {r[0] for r in self.con.execute(f"describe {sending}").fetchall()}
         if "action" not in columns:
@@ -871,6 +897,48 @@ class StateStore:
         for column in ("k", "ident"):
             if column not in columns:
                 self.exec_sql(f"alter table {sending} add column if not exists {column} varchar")
+
+    def _add_people_known(self, sync: str) -> None:
+        """Create ``people_known__S``, filled, for a state from before format 6, with the
+        people it knows the sync made exist: those its snapshot and the journal of a killed
+        run say were delivered (a record that left, its clear: not its delete) and those
+        ``emails_kept__S`` keeps an email for (a `mirror` row cleared). One transaction: a
+        Lockgate killed here leaves no table, and the next one fills it. The people whose
+        row left a `mirror` sync before, or whose email was released since, are forgotten
+        by such a state already: nothing tells them from people never delivered."""
+        known = table("people_known", sync)
+        if has_table(self.con, f"people_known__{sync}"):
+            return
+        delivered = f"""(
+            select ident from {table("snap", sync)}
+            union all select ident from {table("journal", sync)}
+            where not removed or action = 'clear'
+            union all select ident from {table("emails_kept", sync)}
+        )"""
+        with transaction(self.con, self.path):
+            self.exec_sql(f"create table {known} (id varchar, cio_id varchar)")
+            self.exec_sql(
+                f"insert into {known} select distinct id, cio_id from ({known_of(delivered)})"
+            )
+
+    def know_people(self, sync: str, delivered: pa.Table) -> None:
+        """Record in ``people_known__S`` the people reached by `id` or `cio_id` of the records
+        ``delivered`` (``ident``: their identifiers JSON; ``action``: a `delete` is left out),
+        in the caller's transaction: what commits their delivery."""
+        if not delivered.num_rows:
+            return
+        known = table("people_known", sync)
+        with registered(self.con, "_known_delivered", delivered):
+            sent = "(select ident from _known_delivered where action is distinct from 'delete')"
+            self.exec_sql(
+                f"""
+                insert into {known}
+                select distinct n.id, n.cio_id from ({known_of(sent)}) n
+                anti join {known} p  -- equalities, not `is not distinct from`: a hash join
+                    on coalesce(p.id, '') = coalesce(n.id, '')
+                    and coalesce(p.cio_id, '') = coalesce(n.cio_id, '')
+                """
+            )
 
     def _add_ledger_sent(self, sync: str) -> None:
         """A ledger from before format 4: add ``name`` and ``sent_ts``, null for the events

@@ -86,7 +86,7 @@ def record(store: StateStore, sync: str, workspace: str | None) -> None:
 
 #: what the state says was delivered by a sync: its snapshot, event ledger, journal,
 #: unconfirmed records, `on_change` events under way, write-ahead records, events' ids
-#: kept and emails people keep unseen
+#: kept, emails people keep unseen and the people it made exist
 DELIVERED = (
     "snap",
     "ledger",
@@ -97,6 +97,7 @@ DELIVERED = (
     "sending_events",
     "event_ids",
     "emails_kept",
+    "people_known",
 )
 
 

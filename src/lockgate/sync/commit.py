@@ -53,6 +53,7 @@ class _Buffers(NamedTuple):
     delivered: list[tuple[pa.RecordBatch, int, datetime]]
     unconfirmed: tuple[list[str], list[str | None], list[str | None]]
     deleted: list[str]
+    known: list[str]
 
 
 class Pending(NamedTuple):
@@ -98,6 +99,8 @@ class Committer:
         unconfirmed_as: Callable[[str], str] | None = None,
         forget_relationships: Callable[[StateStore, list[str], bool], None] | None = None,
         forget_people: Callable[[StateStore, list[str]], dict[str, int]] | None = None,
+        forget_known: Callable[[StateStore, list[str]], None] | None = None,
+        forget_merged: Callable[[StateStore, list[str]], None] | None = None,
     ) -> None:
         self.store = store
         # an operation ahead of the records (an email cleared) whose answer never came marks
@@ -115,6 +118,15 @@ class Committer:
         # of those syncs' snapshots, in the same transaction, so they send them again in full,
         # and says how many rows each forgot (``counts.resent_by``)
         self.forget_people = forget_people
+        # a people sync's people delivered (identified, or cleared) are known to exist
+        # (``people_known__S``) from the transaction that commits them; those whose delete
+        # Customer.io confirmed are forgotten there (``forget_known(store, idents)``) by every
+        # people sync of the destination, before the deleted records leave their snapshots
+        # (whose emails tell which `id` a person deleted by email held)
+        self.forget_known = forget_known
+        # identity operations: ``forget_merged(store, keys)``, with the keys delivered, forgets
+        # the people the merges among them absorbed, in the transaction that ledgers them
+        self.forget_merged = forget_merged
         self.sync = sync
         self.run_id = run_id
         self.kind = kind
@@ -160,6 +172,8 @@ class Committer:
         self._unconfirmed: tuple[list[str], list[str | None], list[str | None]] = ([], [], [])
         # the identifiers of the records deleted, as delivered one by one (:meth:`add`)
         self._deleted: list[str] = []
+        # of a people sync, those of the records identified or cleared, delivered one by one
+        self._known: list[str] = []
         self._buffered = 0
 
     def add(self, results: list[Result], pending: dict[str, Pending]) -> None:
@@ -188,6 +202,8 @@ class Committer:
                     removed.append(meta.removed)
                     if meta.action == "delete" and meta.ident:
                         self._deleted.append(meta.ident)
+                    elif self.kind == "people" and meta.ident:
+                        self._known.append(meta.ident)
         hist = self._history
         for (action, outcome, status, reason), (group_keys, group_idents) in groups.items():
             for name, value in (
@@ -268,6 +284,7 @@ class Committer:
             self._delivered,
             self._unconfirmed,
             self._deleted,
+            self._known,
         )
         self._reset()
         self._last_flush = time.monotonic()
@@ -318,8 +335,23 @@ class Committer:
             keys_unsure, actions, idents_unsure = taken.unconfirmed
             store.append_unconfirmed(self.sync, self.run_id, keys_unsure, actions, idents_unsure)
             confirmed: list[str] | None = None
-            if self.forget_relationships is not None or self.forget_people is not None:
+            if (
+                self.forget_relationships is not None
+                or self.forget_people is not None
+                or self.forget_known is not None
+            ):
                 confirmed = taken.deleted + _deleted_in(taken.delivered)
+            if self.forget_known is not None and confirmed:
+                self.forget_known(store, confirmed)
+            if self.kind == "people":
+                for known in _known_in(taken.known, taken.delivered):
+                    store.know_people(self.sync, known)
+            if self.forget_merged is not None:
+                merged = list(taken.ledger[0])
+                for batch, _, _ in taken.delivered:
+                    merged.extend(batch.column("k").to_pylist())
+                if merged:
+                    self.forget_merged(store, merged)
             if self.forget_relationships is not None and confirmed is not None:
                 unsure = [
                     i for a, i in zip(actions, idents_unsure, strict=True) if a == "delete" and i
@@ -337,6 +369,24 @@ class Committer:
         # counted once committed (a failed write forgot nothing)
         for name, n in forgot.items():
             self.counts.resent_by[name] = self.counts.resent_by.get(name, 0) + n
+
+
+def _known_in(
+    known: list[str], batches: list[tuple[pa.RecordBatch, int, datetime]]
+) -> list[pa.Table]:
+    """The identifiers (``ident``) of a people sync's records identified or cleared, with
+    what was sent (``action``: a `delete` is left out by :meth:`StateStore.know_people`):
+    ``known``, delivered one by one, and those of whole delivered batches."""
+    tables = []
+    if known:
+        tables.append(
+            pa.table(
+                {"ident": pa.array(known, pa.string()), "action": pa.nulls(len(known), pa.string())}
+            )
+        )
+    if batches:
+        tables.append(pa.Table.from_batches([b.select(["ident", "action"]) for b, _, _ in batches]))
+    return tables
 
 
 def _deleted_in(batches: list[tuple[pa.RecordBatch, int, datetime]]) -> list[str]:

@@ -529,6 +529,43 @@ def forget_people_of(
     return forgot
 
 
+def forget_known_people(
+    con: duckdb.DuckDBPyConnection, people_syncs: Sequence[str], idents: list[str]
+) -> None:
+    """Take out of ``people_known__S`` of the people syncs ``people_syncs`` (the deleting
+    sync's and the others of its destination) the people ``idents`` (their identifiers JSON),
+    whom a `delete` Customer.io confirmed took away (:func:`known_people_of`). Before
+    :func:`forget_people_of`: the snapshots still say which `id` holds an email deleted."""
+    if not people_syncs or not idents:
+        return
+    with registered(con, "_deleted_known", pa.table({"ident": pa.array(idents, pa.string())})):
+        gone = known_people_of(people_syncs, "_deleted_known")
+        for name in people_syncs:
+            run_sql(con, f"delete from {table('people_known', name)} where {gone}")
+
+
+def known_people_of(people_syncs: Sequence[str], deleted: str) -> str:
+    """SQL true for a row of ``people_known__S`` (its ``id``, ``cio_id``) that is one of the
+    people of ``deleted`` (a relation with their identifiers JSON as ``ident``): by the `id`
+    or `cio_id` deleted, or held by a record of the people syncs ``people_syncs`` (their
+    snapshots, and the people their ``emails_kept__S`` keep an email for) of the same person
+    (:func:`people_of`: a person deleted by email is the one the records give that email)."""
+    found = [f"select kind, value from ({_person_pairs(deleted)}) where value is not null"]
+    for name in people_syncs:
+        for records, of in (
+            (table("snap", name), people_of(table("snap", name), deleted)),
+            (table("emails_kept", name), kept_emails_of(name, deleted)),
+        ):
+            found.append(
+                "select unnest(['id', 'cio_id']) as kind, "
+                "unnest([json_extract_string(ident, '$.id'), "
+                "json_extract_string(ident, '$.cio_id')]) as value "
+                f"from {records} where k in ({of})"
+            )
+    held = " union all ".join(found)
+    return f"(('id', id) in ({held}) or ('cio_id', cio_id) in ({held}))"
+
+
 def forget_delivered(con: duckdb.DuckDBPyConnection, sync: str, keys: str) -> int:
     """Take the records ``keys`` (SQL selecting ``k``, distinct) out of what the state of
     ``sync`` counts delivered: its snapshot, and its journal. A run killed while sending

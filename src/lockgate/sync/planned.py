@@ -27,6 +27,8 @@ connection, in temp tables that outlive the plan (``StateStore.reset_connection`
 - ``plan_keep__S(k, email, ident)``: the people whose email the run of S would leave them
   with in Customer.io though their row lets go of it (``diff.keep_emails``): a later people
   sync taking that email waits for them.
+- ``plan_unknown__S(id, cio_id)``: the people of ``people_known__S`` an earlier people sync
+  of the command deletes (``diff.forget_known_people``): no longer known to exist.
 - ``plan_unmark__S(k)``: the records of ``unconfirmed__S`` whose people (objects) an earlier
   people (objects) sync of the command deletes (``diff.forget_people_of``,
   ``diff.forget_relationships_of``): neither sent again nor undone.
@@ -38,9 +40,10 @@ connection, in temp tables that outlive the plan (``StateStore.reset_connection`
   relationships syncs hold the relationships of their objects.
 
 A later plan then reads temp views of the same names as the state's tables (``snap__S``,
-``unconfirmed__S``, ``ledger__S``, ``emails_kept__S``) in front of them, and its own snapshot,
-when an earlier sync changes it, as a temp table (and the whole of it, which a plan of named
-records or a full resync cuts down, as the temp view ``plan_snap__S``, ``diff._delivered``).
+``unconfirmed__S``, ``ledger__S``, ``emails_kept__S``, ``people_known__S``) in front of them,
+and its own snapshot, when an earlier sync changes it, as a temp table (and the whole of it,
+which a plan of named records or a full resync cuts down, as the temp view ``plan_snap__S``,
+``diff._delivered``).
 
 A plan a guardrail stops is not counted: its run would send nothing (without `--force`).
 """
@@ -86,6 +89,9 @@ class Planned:
     """People syncs with a ``plan_kept__S``: the people of their ``emails_kept__S`` that an
     earlier sync of the command deletes (``diff.kept_emails_of``) or releases the email of
     (``diff.released_kept_of``)."""
+    unknown: set[str] = field(default_factory=set)
+    """People syncs with a ``plan_unknown__S``: the people of their ``people_known__S`` that an
+    earlier sync of the command deletes (``diff.known_people_of``)."""
     strip: set[str] = field(default_factory=set)
     """People syncs with a ``plan_strip__S``: the records of their snapshots an earlier sync
     of the command releases the email of (``diff.released_records_of``)."""
@@ -103,6 +109,7 @@ class Planned:
             | {_name("plan_kept", s) for s in self.kept}
             | {_name("plan_keep", s) for s in self.keep}
             | {_name("plan_strip", s) for s in self.strip}
+            | {_name("plan_unknown", s) for s in self.unknown}
             | {_name("plan_unmark", s) for s in self.unmark}
             | {_name("plan_rejected", s) for s in self.reset}
             | {_name("plan_skipped", s) for s in self.skipped}
@@ -245,6 +252,8 @@ def record(
         # those sends them again
         deleted = f"(select ident from {delta} where removed)"
         gone = con.execute(f"select count(*) from {deleted}").fetchall()[0][0]
+        if gone and sync.kind == "people":  # no longer known to exist (``forget_known_people``)
+            _unknowing(store, project, sync, planned, deleted)
         for other in people_syncs(project, sync) if gone else []:
             store.ensure_sync_tables(other.name)
             # their delivered and their unconfirmed records (``forget_people_of``)
@@ -259,6 +268,28 @@ def record(
                 _keeping_no_more(
                     con, planned, other.name, diff_step.kept_emails_of(other.name, deleted)
                 )
+
+
+def _unknowing(
+    store: StateStore, project: Project, sync: SyncConfig, planned: Planned, deleted: str
+) -> None:
+    """The people the run of the people ``sync`` deletes (``deleted``: their identifiers) leave
+    the ``people_known__S`` of ``sync`` and of the other people syncs of its destination, as in
+    the run (``run._known_of``, ``diff.forget_known_people``)."""
+    con = store.con
+    syncs = [sync.name] + [other.name for other in people_syncs(project, sync)]
+    gone = diff_step.known_people_of(syncs, deleted)
+    for name in syncs:
+        store.ensure_sync_tables(name)
+        unknown = table("plan_unknown", name)
+        if name not in planned.unknown:
+            run_sql(con, f"create or replace temp table {unknown} (id varchar, cio_id varchar)")
+            planned.unknown.add(name)
+        run_sql(
+            con,
+            f"insert into {unknown} select id, cio_id from ({people_known(con, planned, name)}) "
+            f"where {gone}",
+        )
 
 
 def _forget_released(
@@ -414,6 +445,18 @@ def emails_kept(con: duckdb.DuckDBPyConnection, planned: Planned, name: str) -> 
     return kept
 
 
+def people_known(con: duckdb.DuckDBPyConnection, planned: Planned, name: str) -> str:
+    """SQL of the ``people_known__S`` of sync ``name`` as the runs of the syncs planned so far
+    would leave it (the people they identify are in their snapshots)."""
+    known = f"select p.* from {_stored(con)('people_known', name)} p"
+    if name in planned.unknown:
+        known += (
+            f" anti join {table('plan_unknown', name)} u "
+            "on u.id is not distinct from p.id and u.cio_id is not distinct from p.cio_id"
+        )
+    return known
+
+
 def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Planned) -> None:
     """Before the plan of ``sync``: put in front of the state's tables what the runs of the
     syncs planned before it in the command would have committed (see the module's doc)."""
@@ -463,6 +506,13 @@ def shadow(store: StateStore, project: Project, sync: SyncConfig, planned: Plann
             con,
             f"create or replace temp view {table('emails_kept', name)} as "
             f"{emails_kept(con, planned, name)}",
+        )
+    for name in sorted(planned.unknown):
+        store.ensure_sync_tables(name)
+        run_sql(
+            con,
+            f"create or replace temp view {table('people_known', name)} as "
+            f"{people_known(con, planned, name)}",
         )
     for name in sorted(planned.ledger - {sync.name}):
         store.ensure_sync_tables(name)

@@ -18,13 +18,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -737,12 +738,15 @@ def known_people(
 ) -> set[tuple[str, str]]:
     """People Lockgate has delivered, as `(kind, value)`: merges need both ends to exist.
 
-    The people syncs' snapshots, and the people they remember keeping an email their row let
-    go of (``emails_kept__S``, ``diff.keep_emails``): a row that left a `mirror` sync without
-    `delete_removed` leaves its snapshot once its clear is sent, but its person stays in
-    Customer.io with its `id` and email. Forgotten, a user who came back with the address of
-    a lead's person would not have that person merged into theirs, and Customer.io would
-    drop the user's update. The table forgets them once Customer.io deleted them.
+    The people syncs' snapshots, the people they remember keeping an email their row let go
+    of (``emails_kept__S``, ``diff.keep_emails``), and by `id` every person they made exist
+    and Customer.io has not confirmed gone (``people_known__S``): a row that left a `mirror`
+    sync without `delete_removed` leaves its snapshot once its clear is sent, and one whose
+    email a later row took leaves it with the release (``diff.forget_released_left``), but
+    its person stays in Customer.io with its `id`. Forgotten, a user who came back with the
+    address of a lead's person would not have that person merged into theirs, and
+    Customer.io would drop the user's update. The tables forget them once Customer.io
+    deleted them, or merged them into another person (:func:`merged_away`).
 
     With `among`, only those of these pairs (the addresses a plan asks about): not a set of
     every person delivered (~480 MiB and 2 s at a million)."""
@@ -764,7 +768,8 @@ def known_people(
         sql = " union all ".join(
             f"select json_extract_string(ident, '$.id'), json_extract_string(ident, '$.email') "
             f"from {table('snap', name)} union all "
-            f"select json_extract_string(ident, '$.id'), email from {table('emails_kept', name)}"
+            f"select json_extract_string(ident, '$.id'), email from {table('emails_kept', name)} "
+            f"union all select id, null from {table('people_known', name)}"
             for name in people
         )
         if among is None:
@@ -782,6 +787,46 @@ def known_people(
             if email:
                 known.add(("email", email.lower()))
     return known if among is None else known & wanted
+
+
+def merged_away(project: Project, ops: pa.Table) -> Callable[[StateStore, list[str]], None] | None:
+    """For the delivery of the identity operations ``ops`` (``k``, ``op``): what forgets, in
+    the ``people_known__S`` of every people sync, the people the merges among them whose keys
+    are delivered absorbed (their `secondary`, by `id` or `cio_id`: Customer.io deleted it),
+    in the transaction that ledgers them (``Committer.forget_merged``). None when no merge
+    among them names its secondary by `id` or `cio_id`."""
+    absorbed: dict[str, tuple[str, str]] = {}
+    for key, text in zip(ops["k"].to_pylist(), ops["op"].to_pylist(), strict=True):
+        op = orjson.loads(text)
+        if op.get("action") != "merge":
+            continue
+        for kind in ("id", "cio_id"):
+            value = op["secondary"].get(kind)
+            if value is not None:
+                absorbed[key] = (kind, str(value))
+    people = [other.name for other in project if other.kind == "people"]
+    if not absorbed or not people:
+        return None
+
+    def forget(store: StateStore, keys: list[str]) -> None:
+        gone = [absorbed[k] for k in keys if k in absorbed]
+        if not gone:
+            return
+        pairs = pa.table(
+            {
+                "kind": pa.array([k for k, _ in gone], pa.string()),
+                "value": pa.array([v for _, v in gone], pa.string()),
+            }
+        )
+        with registered(store.con, "_merged_away", pairs):
+            for name in people:
+                store.exec_sql(
+                    f"delete from {table('people_known', name)} "
+                    "where ('id', id) in (select kind, value from _merged_away) "
+                    "or ('cio_id', cio_id) in (select kind, value from _merged_away)"
+                )
+
+    return forget
 
 
 def _may_merge(resolution: Resolution) -> bool:

@@ -1345,9 +1345,11 @@ def _deliver_ops(
     name: str,
     *,
     label: str,
+    forget_merged: Callable[[StateStore, list[str]], None] | None = None,
 ) -> CommitCounts:
     """Deliver the Customer.io operations ``ops`` (``k``, ``op``) to the sync's ledger, kept
-    for it as the temp table ``name`` (no row hash, no identifiers, nothing removed)."""
+    for it as the temp table ``name`` (no row hash, no identifiers, nothing removed);
+    ``forget_merged``: see ``Committer``."""
     table_ = ops.append_column("h", pa.nulls(ops.num_rows, pa.uint64()))
     table_ = table_.append_column("ident", pa.nulls(ops.num_rows, pa.string()))
     table_ = table_.append_column("removed", pa.array([False] * ops.num_rows))
@@ -1364,6 +1366,7 @@ def _deliver_ops(
         kind="ops",
         source=name,
         total=ops.num_rows,
+        forget_merged=forget_merged,
     )
 
 
@@ -1380,6 +1383,8 @@ def _deliver_identity_ops(
     to the survivors) before the sync's own updates; each key is ledgered once delivered, so
     a merge is sent exactly once across re-runs. An undelivered merge stops the run: the
     updates that assume it would land on the wrong person."""
+    from lockgate.sync import resolve as resolve_step  # imported by the plan that made ``ops``
+
     counts = _deliver_ops(
         store,
         project,
@@ -1390,6 +1395,7 @@ def _deliver_identity_ops(
         ops,
         "identity_ops",
         label="identity merges",
+        forget_merged=resolve_step.merged_away(project, ops),
     )
     if counts.failed_keys:
         key, outcome, reason = counts.failures[0]
@@ -1955,9 +1961,11 @@ def _deliver_to_ledger(
     source: str,
     total: int,
     unconfirmed_as: Callable[[str], str] | None = None,
+    forget_merged: Callable[[StateStore, list[str]], None] | None = None,
 ) -> CommitCounts:
     """Deliver a side table of operations ahead of the sync's own; each delivered key goes to
-    the sync's ledger, so it is never sent again (``unconfirmed_as``: see ``Committer``)."""
+    the sync's ledger, so it is never sent again (``unconfirmed_as``, ``forget_merged``: see
+    ``Committer``)."""
     from lockgate.sync.commit import Committer
     from lockgate.sync.deliver import deliver, notify_retries
 
@@ -1967,6 +1975,7 @@ def _deliver_to_ledger(
         run_id=run_id,
         kind="events",
         unconfirmed_as=unconfirmed_as,
+        forget_merged=forget_merged,
     )
     with committer.store, console.progress(f"deliver {sync.name} {label}", total) as advance:
         deliver(
@@ -2127,6 +2136,25 @@ def _people_of(
 
     def forget(writer: StateStore, idents: list[str]) -> dict[str, int]:
         return diff_step.forget_people_of(writer.con, syncs, idents, kind)
+
+    return forget
+
+
+def _known_of(
+    store: StateStore, project: Project, sync: SyncConfig
+) -> Callable[[StateStore, list[str]], None] | None:
+    """For a people sync that deletes (`mirror`, `delete_removed`): what forgets, in the
+    ``people_known__S`` of its own and of the other people syncs of its destination, the
+    people whose delete Customer.io confirmed (``Committer.forget_known``)."""
+    if sync.kind != "people" or not sync.delete_removed:
+        return None
+    syncs = [sync.name]
+    for other in planned_step.people_syncs(project, sync):
+        store.ensure_sync_tables(other.name)
+        syncs.append(other.name)
+
+    def forget(writer: StateStore, idents: list[str]) -> None:
+        diff_step.forget_known_people(writer.con, syncs, idents)
 
     return forget
 
@@ -2536,6 +2564,7 @@ def run_sync(
                     kind=sync.kind,
                     forget_relationships=_relationships_of(store, project, sync),
                     forget_people=_people_of(store, project, sync),
+                    forget_known=_known_of(store, project, sync),
                 )
                 # the writer is closed with the run: a Session's state store outlives it
                 for key, reason in new_refused:  # not sent: rejected, as by Customer.io
