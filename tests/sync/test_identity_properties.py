@@ -173,6 +173,8 @@ class IdentityMachine(RuleBasedStateMachine):
     emulator: Emulator
     roots: Iterator[Path]
     monkeypatch: pytest.MonkeyPatch
+    #: the project's `identity:` section (a variant turns merges off)
+    identity: dict[str, Any] = IDENTITY
 
     def __init__(self) -> None:
         super().__init__()
@@ -216,7 +218,7 @@ class IdentityMachine(RuleBasedStateMachine):
         (self.root / "syncs").mkdir()
         for name, body in SYNCS.items():
             (self.root / "syncs" / f"{name}.yml").write_text(textwrap.dedent(body))
-        text = PROJECT.format(url=self.emu.base_url) + yaml.safe_dump({"identity": IDENTITY})
+        text = PROJECT.format(url=self.emu.base_url) + yaml.safe_dump({"identity": self.identity})
         (self.root / "lockgate.yml").write_text(text)
         self.project: Project = load_project(self.root)
         for uid, email, plan in users:
