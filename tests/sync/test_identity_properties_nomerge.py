@@ -154,7 +154,7 @@ class NoMergeMachine(IdentityMachine):
 SETTINGS = property_settings(examples=2, steps=6)
 
 
-@pytest.mark.parametrize("app_api_key", [True, False], ids=["app api key", "no app api key"])
+@pytest.mark.parametrize("app_api_key", [True, False], ids=["app_api_key", "no_app_api_key"])
 def test_people_keyed_through_the_identity_graph_with_merges_off_lose_nothing_silently(
     customerio_emulator: Emulator,
     tmp_path: Path,
