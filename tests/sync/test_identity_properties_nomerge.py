@@ -125,7 +125,7 @@ class NoMergeMachine(IdentityMachine):
                 continue
             holders = self._holders(comp, people)
             mails = {v for t, v in comp if t == "email"}
-            for email, source in self.leads.items():
+            for email in self.leads:
                 if _mail(email) not in mails or email in self.rejected["leads"]:
                     continue
                 sources = {s for e, s in self.leads.items() if _mail(e) in mails}
