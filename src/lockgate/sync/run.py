@@ -1726,7 +1726,6 @@ def _hold_emails_of_merges_kept_back(
         refused.append((k, _kept_back_reason(project, sync, k, person, email, holder)))
         idents[k] = ident
         kept.append((k, person, email, holder))
-    changed = [k for k, *_ in rows]
     with transaction(store.con, store.path):
         store.exec_sql(
             f"create table if not exists {EMAILS_OF_MERGES_KEPT_BACK} "
@@ -1735,8 +1734,8 @@ def _hold_emails_of_merges_kept_back(
         # a row the run sends, or rejects again, holds no record of an earlier run's
         store.exec_sql(
             f"delete from {EMAILS_OF_MERGES_KEPT_BACK} where sync = ? "
-            "and k in (select unnest(?::varchar[]))",
-            [sync.name, changed],
+            "and k in (select k from changes)",
+            [sync.name],
         )
         for k, person, email, holder in kept:
             store.exec_sql(
