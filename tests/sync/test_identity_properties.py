@@ -180,6 +180,8 @@ class IdentityMachine(RuleBasedStateMachine):
     emulator: Emulator
     roots: Iterator[Path]
     monkeypatch: pytest.MonkeyPatch
+    #: the project's `identity:` section (a variant turns merges off)
+    identity: dict[str, Any] = IDENTITY
 
     def __init__(self) -> None:
         super().__init__()
@@ -221,7 +223,7 @@ class IdentityMachine(RuleBasedStateMachine):
         (self.root / "syncs").mkdir()
         for name, body in SYNCS.items():
             (self.root / "syncs" / f"{name}.yml").write_text(textwrap.dedent(body))
-        text = PROJECT.format(url=self.emu.base_url) + yaml.safe_dump({"identity": IDENTITY})
+        text = PROJECT.format(url=self.emu.base_url) + yaml.safe_dump({"identity": self.identity})
         (self.root / "lockgate.yml").write_text(text)
         self.project: Project = load_project(self.root)
         for uid, email, plan in users:
@@ -1334,6 +1336,78 @@ def test_a_user_who_comes_back_with_a_deleted_leads_email_is_not_merged_with_mer
     sync_all(project)
     (person,) = emu.people()
     assert (person.cio_id, person.id, person.email) == (u4.cio_id, "u4", "e2@x.io")
+    assert person.attributes == {"plan": "pro", "lead_source": "webinar"}
+    assert_nothing_left_to_send(project)
+
+
+@pytest.mark.parametrize("command", ["sync", "plan"])
+def test_a_merge_kept_back_is_said_once_by_a_command_of_every_sync(
+    customerio_emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    """With merges off, the syncs of one `sync --all` (`plan --all`) share the identity graph,
+    and so the merges it keeps back: the command lists each merge, and warns of it, once, not
+    once per sync (three times here)."""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch, {"merge_policy": {"enabled": False}})
+    a_lead_then_its_user_leave(tmp_path, emu, project)
+    sql(tmp_path, "insert into app_users values ('u4', 'e2@x.io', 'pro')")
+    shown = CliRunner().invoke(cli, [command, "--all", "--project", str(project.root)])
+    assert shown.exit_code in (0, 2), shown.output
+    text = " ".join(shown.output.split())
+    assert text.count("merge(s) not sent") == 1, shown.output
+    assert text.count("people found to be one, not merged") == 1, shown.output
+    assert "email `e2@x.io`" in text and "id `u4`" in text
+    if command == "sync":
+        assert emu.merges() == []
+
+
+def test_a_user_who_comes_back_with_a_deleted_leads_email_is_rejected_with_merges_off_and_no_key(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above without an App API key: no read-back can see Customer.io drop the user's
+    update (the lead's person holds the email), so the run does not send the row: it is
+    rejected, naming the email, the person holding it and what to do, and each later run
+    rejects it again instead of counting it delivered; another user's row goes on. Once the
+    two people are merged by hand and the App API key is set, the row is sent, read back,
+    and lands. (It was sent, dropped unseen, and counted delivered: the user's `plan`
+    reached nobody, and no run sent it again.)"""
+    emu = customerio_emulator
+    monkeypatch.delenv("CUSTOMERIO_APP_API_KEY", raising=False)
+    project = project_in(tmp_path, emu, monkeypatch, {"merge_policy": {"enabled": False}})
+    u4, lead = a_lead_then_its_user_leave(tmp_path, emu, project)
+    sql(
+        tmp_path,
+        "insert into app_users values ('u4', 'e2@x.io', 'pro'), ('u1', 'e5@x.io', 'team')",
+    )
+    for _ in range(2):  # tried again by the next run, and rejected again
+        report = run_sync(project, "users", console=NullConsole())
+        assert report.status == "partial"
+        [(key, outcome, reason)] = report.failures
+        assert (key, outcome) == ("u4", "rejected")
+        assert "`e2@x.io`" in reason and "held in Customer.io by another person" in reason
+        assert "by hand" in reason and "CUSTOMERIO_APP_API_KEY" in reason
+        assert "merge_policy.enabled: true" in reason
+        others = [run_sync(project, name, console=NullConsole()) for name in ORDER[1:]]
+        assert [r.status for r in others] == ["success", "success"]
+        assert emu.merges() == []
+        people = {(p.cio_id, p.id, p.email): p.attributes for p in emu.people()}
+        assert people == {
+            (u4.cio_id, "u4", "e3@x.io"): {"plan": "free"},
+            (lead.cio_id, None, "e2@x.io"): {"lead_source": "webinar"},
+            (emu.person(id="u1").cio_id, "u1", "e5@x.io"): {"plan": "team"},  # type: ignore[union-attr]
+        }
+    # merged by hand, and read back with the App API key: the row lands
+    body = {"primary": {"id": "u4"}, "secondary": {"email": "e2@x.io"}}
+    with emu.client(auth=emu.track_auth) as client:
+        client.post("/api/v1/merge_customers", json=body).raise_for_status()
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    sync_all(project)
+    person = emu.person(id="u4")
+    assert person is not None and (person.cio_id, person.email) == (u4.cio_id, "e2@x.io")
     assert person.attributes == {"plan": "pro", "lead_source": "webinar"}
     assert_nothing_left_to_send(project)
 

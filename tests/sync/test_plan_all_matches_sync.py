@@ -89,7 +89,7 @@ def lockgate(project: Any, *args: str) -> Any:
     result = CliRunner().invoke(
         cli, [*args, "--project", str(project.root)], catch_exceptions=False, standalone_mode=False
     )
-    return json.loads(result.output)
+    return json.loads(result.stdout)  # warnings go to stderr
 
 
 def batch_ops(emu: Any, since: int) -> list[dict[str, Any]]:

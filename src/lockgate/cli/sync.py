@@ -293,8 +293,16 @@ def resent_lines(report: RunReport) -> list[str]:
     ]
 
 
-def render_report(console: RichConsole, report: RunReport, *, where_rejected: bool = True) -> None:
-    """The report's tables; ``where_rejected`` says where every rejected row is found."""
+def render_report(
+    console: RichConsole,
+    report: RunReport,
+    *,
+    where_rejected: bool = True,
+    merges_said: set[str] | None = None,
+) -> None:
+    """The report's tables; ``where_rejected`` says where every rejected row is found;
+    ``merges_said``: the merges kept back that an earlier report of the command listed
+    (:func:`_render_skipped_merges`)."""
     title = (
         f"{report.sync}{' follow-up' if report.follow_up_of else ''} "
         f"({_kind_and_mode(report)}) — {report.status}"
@@ -305,7 +313,7 @@ def render_report(console: RichConsole, report: RunReport, *, where_rejected: bo
         console.info(f"{report.sync}: {line}")
     for line in resent_lines(report):
         console.info(f"{report.sync}: {line}")
-    _render_skipped_merges(console, report)
+    _render_skipped_merges(console, report, merges_said)
     _render_rejected(console, report, where=where_rejected)
     if report.changes.shared_samples:
         console.table(
@@ -349,10 +357,17 @@ def render_report(console: RichConsole, report: RunReport, *, where_rejected: bo
         )
 
 
-def _render_skipped_merges(console: RichConsole, report: RunReport) -> None:
+def _render_skipped_merges(
+    console: RichConsole, report: RunReport, said: set[str] | None = None
+) -> None:
     """The merges `merge_policy.enabled: false` kept back, each naming its profile and both
-    people, and how to fix them."""
+    people, and how to fix them. The syncs of one command share the identity graph, so each
+    report lists the same merges: with ``said`` (the merges an earlier report of the command
+    listed, added to here), a merge is listed, and the warning given, once per command."""
     skipped = report.identity_merges_skipped
+    if said is not None:
+        skipped = tuple(m for m in skipped if _merge_said(m) not in said)
+        said.update(_merge_said(m) for m in skipped)
     if not skipped:
         return
 
@@ -372,6 +387,11 @@ def _render_skipped_merges(console: RichConsole, report: RunReport) -> None:
         "the same as by hand in Customer.io, or set "
         "`identity.customerio.merge_policy.enabled: true`."
     )
+
+
+def _merge_said(merge: dict[str, Any]) -> str:
+    """A merge kept back (:func:`lockgate.sync.resolve.skipped_merge`), as one text."""
+    return orjson.dumps(merge, option=orjson.OPT_SORT_KEYS).decode()
 
 
 @click.command()
@@ -435,7 +455,8 @@ def plan(
                 follow_up_of=follow_up_of,
             )
 
-        show = None if as_json else lambda report: _render_plan(console, report, samples)
+        said: set[str] = set()  # the merges kept back listed so far: each once
+        show = None if as_json else lambda report: _render_plan(console, report, samples, said)
         # the plans of one command share the identity graph and the state store, as syncs do
         with Session() as session:
             reports, failed = _each(
@@ -684,8 +705,10 @@ def _render_rejected(console: RichConsole, report: RunReport, *, where: bool) ->
     )
 
 
-def _render_plan(console: RichConsole, report: RunReport, samples: int) -> None:
-    render_report(console, report)
+def _render_plan(
+    console: RichConsole, report: RunReport, samples: int, merges_said: set[str] | None = None
+) -> None:
+    render_report(console, report, merges_said=merges_said)
     for op in report.identity_ops[:samples]:
         console.info(
             Text.assemble(("identity operation", "bold"), " (sent before the sync's own changes):")
@@ -801,7 +824,8 @@ def sync(
                 follow_up_of=follow_up_of,
             )
 
-        show = None if as_json else lambda report: render_report(console, report)
+        said: set[str] = set()  # the merges kept back listed so far: each once
+        show = None if as_json else lambda report: render_report(console, report, merges_said=said)
         with signals_let_requests_finish(), Session() as session:
             reports, failed = _each(
                 progress,

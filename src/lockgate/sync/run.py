@@ -38,6 +38,7 @@ from lockgate.errors import (
     StateError,
     StateUnwritableError,
     StepError,
+    shorten,
 )
 from lockgate.project.loader import Project
 from lockgate.project.models import ENV_REF, Placed, SyncConfig, check_url, resolve_env
@@ -48,6 +49,7 @@ from lockgate.state import workspace
 from lockgate.state.store import (
     LOCK_WAIT_SECONDS,
     StateStore,
+    has_table,
     registered,
     run_sql,
     table,
@@ -1809,6 +1811,131 @@ def _check_new_emails(
     return check.read_back - check.unchecked, 0, note, check.refused
 
 
+EMAILS_OF_MERGES_KEPT_BACK = "emails_of_merges_kept_back"
+"""The rows a run without read-back did not send because their email is held by a person the
+identity graph found to be the row's own, whose merge `merge_policy.enabled: false` kept back:
+(sync, key, `id`, email lowercased, the holder as the merge named it). Made by the first run
+that needs it; each run of the sync rejects the row again while it gives that `id` that email."""
+
+
+def _hold_emails_of_merges_kept_back(
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    run_id: str,
+    console: Console,
+    merges_skipped: Sequence[dict[str, Any]],
+) -> list[tuple[str, str]]:
+    """Before delivery, without a read-back of emails (no App API key, or `read_back_emails:
+    0`): take out of ``changes`` the rows of a people sync keyed through the identity graph
+    that give a person of an `id` the email of the person a merge kept back would have merged
+    into it (``merges_skipped``, this run's, or one an earlier run of the sync rejected the row
+    for), and record them as rejected with what to do. Customer.io drops such an update whole
+    and unseen (the email is another person's), so the row would be counted delivered and never
+    sent again. The next run rejects it again while the row gives that `id` that email; a run
+    with a read-back sends it and sees whether it lands (once the two people are merged by
+    hand, it does). Returns the rows rejected, (key, reason) each."""
+    if sync.kind != "people":
+        return []
+    present = has_table(store.con, EMAILS_OF_MERGES_KEPT_BACK)
+    if _email_check_settings(project, sync) is not None:
+        if present:  # the read-back sees a dropped update itself
+            with transaction(store.con, store.path):
+                store.exec_sql(
+                    f"delete from {EMAILS_OF_MERGES_KEPT_BACK} where sync = ?", [sync.name]
+                )
+        return []
+    held: dict[tuple[str, str], str] = {}
+    for merge in merges_skipped:
+        primary, secondary = merge["primary"], merge["secondary"]
+        if set(primary) == {"id"} and "email" in secondary:
+            who = ", ".join(f"{kind} `{value}`" for kind, value in secondary.items())
+            held[(str(primary["id"]), str(secondary["email"]).strip().lower())] = who
+    before: dict[str, tuple[str, str, str]] = {}
+    if present:
+        for k, person, email, holder in store.exec_sql(
+            f"select k, person, email, holder from {EMAILS_OF_MERGES_KEPT_BACK} where sync = ?",
+            [sync.name],
+        ):
+            before[str(k)] = (str(person), str(email), str(holder))
+    if not held and not before:
+        return []
+    rows = store.exec_sql(
+        "select k, ident, json_extract_string(ident, '$.id'), "
+        "lower(trim(json_extract_string(ident, '$.email'))) from changes "
+        "where not removed and contains(ident, '\"email\":') and contains(ident, '\"id\":')"
+    )
+    refused: list[tuple[str, str]] = []
+    idents: dict[str, str] = {}
+    kept: list[tuple[str, str, str, str]] = []
+    for k, ident, person, email in rows:
+        holder = held.get((person, email))
+        if holder is None and before.get(k, ("", "", ""))[:2] == (person, email):
+            holder = before[k][2]
+        if holder is None:
+            continue
+        refused.append((k, _kept_back_reason(project, sync, k, person, email, holder)))
+        idents[k] = ident
+        kept.append((k, person, email, holder))
+    with transaction(store.con, store.path):
+        store.exec_sql(
+            f"create table if not exists {EMAILS_OF_MERGES_KEPT_BACK} "
+            "(sync varchar, k varchar, person varchar, email varchar, holder varchar)"
+        )
+        # a row the run sends, or rejects again, holds no record of an earlier run's
+        store.exec_sql(
+            f"delete from {EMAILS_OF_MERGES_KEPT_BACK} where sync = ? "
+            "and k in (select k from changes)",
+            [sync.name],
+        )
+        for k, person, email, holder in kept:
+            store.exec_sql(
+                f"insert into {EMAILS_OF_MERGES_KEPT_BACK} values (?, ?, ?, ?, ?)",
+                [sync.name, k, person, email, holder],
+            )
+        if refused:
+            store.exec_sql(
+                "delete from changes where k in (select unnest(?::varchar[]))",
+                [[k for k, _ in refused]],
+            )
+    store.refuse_unsent(sync.name, run_id, refused, idents)
+    if refused:
+        n = len(refused)
+        console.warn(
+            f"{sync.name}: {n} {'row' if n == 1 else 'rows'} not sent: "
+            f"{'its' if n == 1 else 'their'} email is held in Customer.io by a person whose "
+            f"merge into {'its' if n == 1 else 'theirs'} is kept back "
+            "(`merge_policy.enabled: false`), and no read-back would see Customer.io drop the "
+            "update (rejected, tried again by the next run)"
+        )
+    return refused
+
+
+def _kept_back_reason(
+    project: Project, sync: SyncConfig, key: str, person: str, email: str, holder: str
+) -> str:
+    """Why :func:`_hold_emails_of_merges_kept_back` rejected row ``key``, and what to do."""
+    config = project.config.destinations[sync.destination]
+    match = ENV_REF.match(config.app_api_key or "")
+    if not config.read_back_emails:
+        read_back = f"remove `read_back_emails: 0` from destination `{sync.destination}`"
+    elif match:
+        read_back = f"set `{match.group(1)}` (an App API key)"
+    else:
+        read_back = f"set `app_api_key` in destination `{sync.destination}`"
+    return (
+        f"row `{key}`: not sent: email `{shorten(email)}` is held in Customer.io by another "
+        f"person ({holder}) that the identity graph found to be the same as `id` "
+        f"`{shorten(person)}`, and their merge is kept back "
+        "(`identity.customerio.merge_policy.enabled: false`): Customer.io would drop this "
+        "update unseen, with every attribute of it, and no read-back would catch it. Merge "
+        f"that person into `id` `{shorten(person)}` by hand in Customer.io, then {read_back} "
+        "so that the next run sends the row and reads it back; or set "
+        "`identity.customerio.merge_policy.enabled: true` for the merges the graph finds from "
+        'now on (docs/identity.md, "Merges turned off"). Each run tries the row again'
+    )
+
+
 def _merged_by_email(identity_ops: pa.Table) -> list[tuple[str, str]]:
     """`(email, id)` of the merges among ``identity_ops`` of the person holding an email (the
     secondary, known by it) into the person of an `id` (the primary): sent before the rows, so
@@ -2478,6 +2605,11 @@ def run_sync(
                 with step("deliver"):
                     new_checked, new_unchecked, new_note, new_refused = _check_new_emails(
                         store, project, sync, run_id, console, resolution, identity_ops
+                    )
+            if sync.kind == "people" and resolution is not None:
+                with step("deliver"):
+                    new_refused += _hold_emails_of_merges_kept_back(
+                        store, project, sync, run_id, console, prepared.merges_skipped
                     )
             if full_resync and sync.kind != "events":
                 _reset_snapshot(store, sync, run_id, only=bool(only))

@@ -1,0 +1,206 @@
+"""Stateful property test of people syncs keyed through the identity graph with merges turned
+off (`identity.customerio.merge_policy.enabled: false`, docs/identity.md, "Merges turned
+off"): test_identity_properties.py's warehouse edits, syncs and faults, with its model of the
+graph, and these invariants after each sync (with an App API key, and without one):
+
+- (a) no merge reaches Customer.io: the merges the graph needs are kept back and listed in
+  the run's report (`identity_merges_skipped`);
+- (b) nothing is lost silently: each user of the warehouse is a Customer.io person, found by
+  its `id`, with the user's last non-null `plan` sent, unless the run rejected the user's row
+  with a reason; each lead, Stripe customer of a component that has always been whole (no
+  limit broken, nothing ever left it) reached a person of the component (its `id` or one of
+  its emails) with its `lead_source` (`mrr`), unless the run rejected its row with a reason;
+- (c) no person holds two people's emails: a user's person does not hold the email another
+  user's row gives (and its own row does not);
+- (d) a second run sends nothing but the rows the first rejected (each run tries them
+  again), and no identity operation;
+- (e) after a run with faults, a run without them converges to (a)-(d).
+
+The people deleted, merged or edited by hand of test_identity_properties.py's (g) are not
+drawn here. `LOCKGATE_PROPERTY_EXAMPLES=10 LOCKGATE_PROPERTY_STEPS=12` (and
+`--hypothesis-seed=N`) hunts further than CI's few derandomized examples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import event
+from hypothesis import strategies as st
+from hypothesis.stateful import invariant, precondition, rule, run_state_machine_as_test
+from tests.sync.helpers import bind_machine, property_settings
+from tests.sync.test_identity_properties import (
+    IDENTITY,
+    ORDER,
+    IdentityMachine,
+    Node,
+    _mail,
+    lead_sources,
+    plans,
+)
+
+from lockgate.console import NullConsole
+from lockgate.emulator import Emulator
+from lockgate.sync.run import plan_sync, run_sync
+
+
+class NoMergeMachine(IdentityMachine):
+    identity = {**IDENTITY, "customerio": {"merge_policy": {"enabled": False}}}
+    #: set by the test: whether the destination has an App API key (read-back of emails)
+    app_api_key: bool = True
+
+    # people edited in Customer.io by hand: test_identity_properties.py's (g), not hunted here
+    deleted_by_hand = None  # type: ignore[assignment]
+    merged_by_hand = None  # type: ignore[assignment]
+    changed_by_hand = None  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        if not self.app_api_key:
+            self.monkeypatch.delenv("CUSTOMERIO_APP_API_KEY")
+        #: the last run without faults: each sync's rejected rows (key -> reason)
+        self.rejected: dict[str, dict[str, str]] = {name: {} for name in ORDER}
+
+    def _users_synced(self) -> list[str]:
+        """The users whose person Customer.io has, by their `id`."""
+        return sorted(u for u in self.users if self.emu.person(id=u) is not None)
+
+    @precondition(lambda self: self._users_synced() and self._fresh_emails())
+    @rule(data=st.data(), source=lead_sources)
+    def user_returns_with_a_leads_email(self, data: st.DataObject, source: str) -> None:
+        """A lead of an email no row has is synced (a person known by it alone); then it
+        leaves the warehouse, then a user whose person is synced, each followed by a run; then
+        the user comes back with the lead's email: the lead's person is to be merged into the
+        user's, which merges off keep back (docs/identity.md, "Merges turned off", a returning
+        user). Random edits seldom reach it."""
+        uid = data.draw(st.sampled_from(self._users_synced()))
+        lead = data.draw(st.sampled_from(self._fresh_emails()))
+        # a `plan` its person does not have: an update dropped unseen shows
+        plan = data.draw(plans.filter(lambda p: p is not None and p != self.plan_of.get(uid)))
+        event("a user comes back with a lead's email")
+        self.leads[lead] = source
+        self._write()
+        self._plan_and_sync(full_resync=False)
+        del self.leads[lead]
+        self._write()
+        self._plan_and_sync(full_resync=False)
+        del self.users[uid]
+        self._write()
+        self._plan_and_sync(full_resync=False)
+        self.users[uid] = {"email": lead, "plan": plan}
+        self._write()
+
+    user_returns_again = user_returns_with_a_leads_email  # drawn as often as two edits
+
+    def _plan_and_sync(self, full_resync: bool) -> None:
+        rejected: dict[str, dict[str, str]] = {name: {} for name in ORDER}
+        for name in ORDER:
+            plan = plan_sync(
+                self.project, name, console=NullConsole(), samples=1000, full_resync=full_resync
+            )
+            before = len(self.emu.request_log())
+            report = run_sync(
+                self.project, name, console=NullConsole(), force=True, full_resync=full_resync
+            )
+            assert report.status in ("success", "partial"), (name, report.failures)
+            # (a) a merge is kept back and said, never sent
+            assert not [op for op in report.identity_ops if op.get("action") == "merge"], name
+            assert len(report.identity_merges_skipped) == len(plan.identity_merges_skipped)
+            if report.identity_merges_skipped:
+                event("a merge kept back")
+            for key, outcome, reason in report.failures:
+                assert outcome == "rejected" and reason, (name, key, outcome, reason)
+                rejected[name][key] = reason
+                if "no identifier" not in reason:
+                    event(f"a row of `{name}` rejected: {reason.split(':')[1][:40]}")
+            assert report.rejected_by_api + report.dead_lettered == len(report.failures), name
+            if not report.failures:
+                self._check_plan(name, plan, report, before)
+        # (d) the rows rejected are tried again, nothing else is left to send
+        for name in ORDER:
+            again = plan_sync(self.project, name, console=NullConsole(), samples=1000)
+            assert again.changes.to_send <= len(rejected[name]), (name, again.samples)
+            assert not again.identity_ops, (name, again.identity_ops)
+            assert not again.anonymous_ops, (name, again.anonymous_ops)
+        plans = dict(self.plan_of)
+        self._expect()
+        for uid in rejected["users"]:  # its `plan` did not land: Customer.io keeps the last
+            if uid in plans:
+                self.plan_of[uid] = plans[uid]
+            else:
+                self.plan_of.pop(uid, None)
+        self.rejected = rejected
+
+    @invariant()
+    def customerio_holds_the_model(self) -> None:
+        if not self.synced:
+            return
+        people = self.emu.people()
+        # (a)
+        assert self.emu.merges() == [], self.emu.merges()
+        by_id = {p.id: p for p in people if p.id}
+        # (b) each user's row reached its person, or was rejected with a reason
+        for uid in self.users:
+            if uid in self.rejected["users"]:
+                continue
+            person = by_id.get(uid)
+            assert person is not None, (uid, sorted(by_id))
+            if uid in self.plan_of:
+                assert person.attributes.get("plan") == self.plan_of[uid], (uid, person)
+        # (c) no person holds another user's email
+        for uid, person in by_id.items():
+            if uid not in self.users or not person.email:
+                continue
+            mine = self.users[uid]["email"]
+            for other, r in self.users.items():
+                if other != uid and r["email"] and _mail(r["email"]) == _mail(person.email):
+                    assert mine and _mail(mine) == _mail(person.email), (uid, other, person)
+        # (b) the rows of a component that has always been whole reached one of its people
+        for comp in self._components():
+            if self._breaks_a_limit(comp) or comp & self.broken:
+                continue
+            if any(self.ever[n] != comp for n in comp):
+                continue
+            holders = self._holders(comp, people)
+            mails = {v for t, v in comp if t == "email"}
+            for email in self.leads:
+                if _mail(email) not in mails or email in self.rejected["leads"]:
+                    continue
+                sources = {s for e, s in self.leads.items() if _mail(e) in mails}
+                assert any(p.attributes.get("lead_source") in sources for p in holders), (
+                    comp,
+                    email,
+                    holders,
+                )
+            for sid in (v for t, v in comp if t == "stripe_id"):
+                if sid in self.rejected["billing"]:
+                    continue
+                mrr = self.stripe[sid]["mrr"]
+                assert any(
+                    p.attributes.get("stripe_id") == sid and p.attributes.get("mrr") == mrr
+                    for p in holders
+                ), (comp, sid, holders)
+
+    @staticmethod
+    def _holders(comp: set[Node], people: list[Any]) -> list[Any]:
+        """The people holding an identifier of ``comp``: its user's `id`, one of its emails."""
+        users = {v for t, v in comp if t == "user_id"}
+        mails = {v for t, v in comp if t == "email"}
+        return [p for p in people if p.id in users or _mail(p.email or "") in mails]
+
+
+SETTINGS = property_settings(examples=2, steps=6)
+
+
+@pytest.mark.parametrize("app_api_key", [True, False], ids=["app_api_key", "no_app_api_key"])
+def test_people_keyed_through_the_identity_graph_with_merges_off_lose_nothing_silently(
+    customerio_emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    app_api_key: bool,
+) -> None:
+    bind_machine(NoMergeMachine, customerio_emulator, tmp_path, monkeypatch)
+    NoMergeMachine.app_api_key = app_api_key
+    run_state_machine_as_test(NoMergeMachine, settings=SETTINGS)
