@@ -881,6 +881,12 @@ class StateStore:
             self.exec_sql(
                 "insert into upgraded values (?, 'snap_addr', ?)", [sync, datetime.now(UTC)]
             )
+            # a first run knows no person yet: `_add_people_known` fills it only for a state
+            # from before format 6
+            self.exec_sql(
+                f"create table if not exists {table('people_known', sync)} "
+                "(id varchar, cio_id varchar)"
+            )
             return
         self._add_snap_addr(sync)
         self._add_unconfirmed_action(sync)
