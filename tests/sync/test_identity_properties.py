@@ -965,6 +965,45 @@ def test_a_person_deleted_by_hand_whose_email_a_new_user_takes_is_not_created_em
     assert u1 is not None and (u1.email, u1.attributes) == (None, {"plan": "free"})
 
 
+@pytest.mark.parametrize("run_first", [True, False])
+def test_a_person_deleted_by_hand_gets_every_anonymous_id_back_from_a_full_resync(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_first: bool
+) -> None:
+    """User `u1`'s person holds anonymous ids `a3` and `a2` (seen on a later run: one of them
+    went by an identify of its own, ledgered), then someone deletes it in Customer.io. A
+    `--full-resync` (after an ordinary run or not) creates it again with both: the ledgered
+    identify goes again to the person whose rows it sends again, each anonymous id once per
+    full resync, and an ordinary run after it sends nothing."""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(tmp_path, "insert into app_users values ('u1', 'e5@x.io', null)")
+    sql(tmp_path, "insert into identifies values ('a3', 'u1')")
+    sync_all(project)
+    sql(tmp_path, "insert into identifies values ('a2', 'u1')")
+    sync_all(project)
+    u1 = emu.person(id="u1")
+    assert u1 is not None and sorted(u1.anonymous_ids) == ["a2", "a3"]
+    _delete_by_hand(emu, id="u1")
+    if run_first:
+        sync_all(project)  # the row unchanged: nothing brings the person back
+        assert emu.person(id="u1") is None
+    for _ in range(2):  # a second full resync sends them once again, nothing more
+        since = len(emu.request_log())
+        for name in ORDER:
+            report = run_sync(project, name, console=NullConsole(), full_resync=True, force=True)
+            assert report.status == "success", (name, report.failures)
+        u1 = emu.person(id="u1")
+        assert u1 is not None and sorted(u1.anonymous_ids) == ["a2", "a3"], u1
+        attached = [
+            op["attributes"]["anonymous_id"]
+            for op in sent_ops(emu, since)
+            if "anonymous_id" in op.get("attributes", {})
+        ]
+        assert sorted(attached) == ["a2", "a3"], attached  # each once
+    assert_nothing_left_to_send(project)
+
+
 @pytest.mark.parametrize("back", ["row changes", "full resync"])
 @pytest.mark.parametrize("by_hand", ["deleted", "merged away"])
 def test_a_person_deleted_by_hand_that_a_stripe_row_reaches_comes_back_by_its_id(

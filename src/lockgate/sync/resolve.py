@@ -1156,6 +1156,8 @@ def anonymous_operations(
     project: Project,
     resolution: Resolution,
     reached: Collection[tuple[str, str]],
+    *,
+    resent: Collection[tuple[str, str]] = (),
 ) -> pa.Table:
     """The identifies carrying each anonymous id a profile's own identify does not
     (``customerio.anonymous_id_ops``), not yet delivered by any sync, for the people that
@@ -1164,6 +1166,11 @@ def anonymous_operations(
     email each row of the run is sent to). Sent after the rows: an identify by a new `id`
     sent first would create a person of its own, where the rows' identify by that `id` and an
     email another person holds gives that person the `id`.
+
+    ``resent``: the `(kind, value)` of the people a `--full-resync` sends their rows again
+    (``reached``). Theirs go again, delivered or not: a person deleted in Customer.io and
+    created again by the rows holds only the anonymous id its own identify carries. Sending
+    one again to a person who still holds it attaches nothing twice.
 
     Columns: ``k`` (the op's idempotency key), ``op`` (JSON)."""
     from lockgate.sync.mapping import needs_identity
@@ -1191,8 +1198,29 @@ def anonymous_operations(
         return kind == "cio_id" or (kind, value.lower() if kind == "email" else value) in found
 
     ops = [op for op in ops if exists(op)]
+    again = _profiles_resent(resolution, {op.profile_id for op in ops}, set(resent))
     done = _delivered_by_any_sync(store, project, [op.key for op in ops])
-    return _ops_table([op for op in ops if op.key not in done])
+    return _ops_table([op for op in ops if op.key not in done or op.profile_id in again])
+
+
+def _profiles_resent(
+    resolution: Resolution, profiles: set[str], resent: set[tuple[str, str]]
+) -> set[str]:
+    """Which of the ``profiles`` are people whose rows are sent again (``resent``: their `id`,
+    lowercased email): an anonymous id's identify is addressed by `cio_id` when the profile
+    has one, which no row names."""
+    if not resent or not profiles:
+        return set()
+    people = resolution.result.profiles.select(["profile_id", "cio_person_id", "cio_email"])
+    people = people.filter(pc.is_in(people["profile_id"], value_set=pa.array(sorted(profiles))))
+    again = set()
+    for row in people.to_pylist():
+        person, email = row["cio_person_id"], row["cio_email"]
+        if (person is not None and ("id", str(person)) in resent) or (
+            email is not None and ("email", str(email).lower()) in resent
+        ):
+            again.add(row["profile_id"])
+    return again
 
 
 def _ops_table(ops: list[Any]) -> pa.Table:
