@@ -1004,11 +1004,6 @@ def test_a_person_deleted_by_hand_gets_every_anonymous_id_back_from_a_full_resyn
     assert_nothing_left_to_send(project)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the anonymous ids delivered to a person a `mirror` run deleted stay ledgered: "
-    "the person created again by the row's return gets only its own identify's",
-)
 def test_a_user_deleted_by_a_mirror_run_who_comes_back_gets_every_anonymous_id_back(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -812,6 +812,7 @@ def _prepare(
                     reached,
                     # the people a full resync sends again get their anonymous ids again
                     resent=reached if full_resync and sync.kind == "people" else (),
+                    creates=sync.kind == "people",  # one a mirror run deleted comes back
                 )
         if only and not full_resync and sync.kind != "events":
             # the snapshot's other records were hidden for the diff; delivery commits to it
