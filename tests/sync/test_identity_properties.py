@@ -967,6 +967,70 @@ def test_a_person_deleted_by_hand_whose_email_a_new_user_takes_is_not_created_em
     assert u1 is not None and (u1.email, u1.attributes) == (None, {"plan": "free"})
 
 
+@pytest.mark.parametrize("run_first", [True, False])
+def test_a_person_deleted_by_hand_gets_every_anonymous_id_back_from_a_full_resync(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_first: bool
+) -> None:
+    """User `u1`'s person holds anonymous ids `a3` and `a2` (seen on a later run: one of them
+    went by an identify of its own, ledgered), then someone deletes it in Customer.io. A
+    `--full-resync` (after an ordinary run or not) creates it again with both: the ledgered
+    identify goes again to the person whose rows it sends again, each anonymous id once per
+    full resync, and an ordinary run after it sends nothing."""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(tmp_path, "insert into app_users values ('u1', 'e5@x.io', null)")
+    sql(tmp_path, "insert into identifies values ('a3', 'u1')")
+    sync_all(project)
+    sql(tmp_path, "insert into identifies values ('a2', 'u1')")
+    sync_all(project)
+    u1 = emu.person(id="u1")
+    assert u1 is not None and sorted(u1.anonymous_ids) == ["a2", "a3"]
+    _delete_by_hand(emu, id="u1")
+    if run_first:
+        sync_all(project)  # the row unchanged: nothing brings the person back
+        assert emu.person(id="u1") is None
+    for _ in range(2):  # a second full resync sends them once again, nothing more
+        since = len(emu.request_log())
+        for name in ORDER:
+            report = run_sync(project, name, console=NullConsole(), full_resync=True, force=True)
+            assert report.status == "success", (name, report.failures)
+        u1 = emu.person(id="u1")
+        assert u1 is not None and sorted(u1.anonymous_ids) == ["a2", "a3"], u1
+        attached = [
+            op["attributes"]["anonymous_id"]
+            for op in sent_ops(emu, since)
+            if "anonymous_id" in op.get("attributes", {})
+        ]
+        assert sorted(attached) == ["a2", "a3"], attached  # each once
+    assert_nothing_left_to_send(project)
+
+
+def test_a_user_deleted_by_a_mirror_run_who_comes_back_gets_every_anonymous_id_back(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `users` a `mirror` sync with `delete_removed`, user `u1`'s person holds anonymous
+    ids `a3` and `a2` (one of them attached by an identify of its own), then `u1`'s row leaves
+    (Lockgate deletes the person) and comes back: the person it creates again holds both."""
+    emu = customerio_emulator
+    mirror = SYNCS["users"].rstrip(" ") + "        mode: mirror\n        delete_removed: true\n"
+    monkeypatch.setitem(SYNCS, "users", mirror)
+    project = project_in(tmp_path, emu, monkeypatch)
+    # `u9` stays: a model left empty would stop the run (`empty model`)
+    sql(tmp_path, "insert into app_users values ('u1', 'e5@x.io', null), ('u9', 'e9@x.io', null)")
+    sql(tmp_path, "insert into identifies values ('a3', 'u1')")
+    sync_all(project)
+    sql(tmp_path, "insert into identifies values ('a2', 'u1')")
+    sync_all(project)
+    sql(tmp_path, "delete from app_users where user_id = 'u1'")
+    sync_all(project)
+    assert emu.person(id="u1") is None
+    sql(tmp_path, "insert into app_users values ('u1', 'e5@x.io', null)")
+    sync_all(project)
+    u1 = emu.person(id="u1")
+    assert u1 is not None and sorted(u1.anonymous_ids) == ["a2", "a3"], u1
+
+
 @pytest.mark.parametrize("back", ["row changes", "full resync"])
 @pytest.mark.parametrize("by_hand", ["deleted", "merged away"])
 def test_a_person_deleted_by_hand_that_a_stripe_row_reaches_comes_back_by_its_id(

@@ -884,6 +884,12 @@ class StateStore:
             self.exec_sql(
                 "insert into upgraded values (?, 'snap_addr', ?)", [sync, datetime.now(UTC)]
             )
+            # a first run knows no person yet: `_add_people_known` fills it only for a state
+            # from before format 6
+            self.exec_sql(
+                f"create table if not exists {table('people_known', sync)} "
+                "(id varchar, cio_id varchar)"
+            )
             return
         self._add_snap_addr(sync)
         self._add_unconfirmed_action(sync)
@@ -1306,9 +1312,12 @@ class StateStore:
         keys: Sequence[str],
         names: Sequence[str | None] | None = None,
         timestamps: Sequence[int | None] | None = None,
+        *,
+        once: bool = False,
     ) -> None:
         """Ledger ``keys`` delivered now, with the name and timestamp each event was sent
-        with (None: not known, or not an event of an events sync)."""
+        with (None: not known, or not an event of an events sync); with ``once``, those the
+        ledger does not hold yet (a key delivered again keeps its first delivery)."""
         if not keys:
             return
         now = datetime.now(UTC)
@@ -1324,6 +1333,7 @@ class StateStore:
             self.exec_sql(
                 f"insert into {table('ledger', sync)} (k, delivered_at, name, sent_ts) "
                 "select k, delivered_at, name, sent_ts from _ledger_batch"
+                + (f" anti join {table('ledger', sync)} l using (k)" if once else "")
             )
 
     def append_delivered(

@@ -101,8 +101,12 @@ class Committer:
         forget_people: Callable[[StateStore, list[str]], dict[str, int]] | None = None,
         forget_known: Callable[[StateStore, list[str]], None] | None = None,
         forget_merged: Callable[[StateStore, list[str]], None] | None = None,
+        ledger_once: bool = False,
     ) -> None:
         self.store = store
+        # operations a run may deliver again (the anonymous ids a full resync sends again):
+        # a key already in the ledger is not written to it twice
+        self.ledger_once = ledger_once
         # an operation ahead of the records (an email cleared) whose answer never came marks
         # the record it was for (``unconfirmed_as(key)``): the next run sends that record
         self.unconfirmed_as = unconfirmed_as
@@ -329,7 +333,7 @@ class Committer:
         keys, hashes, idents, removed = taken.journal
         with transaction(store.con, store.path):
             store.append_journal(self.sync, self.run_id, keys, hashes, idents, removed)
-            store.append_ledger(self.sync, *taken.ledger)
+            store.append_ledger(self.sync, *taken.ledger, once=self.ledger_once)
             store.append_history(taken.history)
             store.append_rejected(self.run_id, self.sync, "deliver", taken.rejected)
             keys_unsure, actions, idents_unsure = taken.unconfirmed

@@ -1156,6 +1156,9 @@ def anonymous_operations(
     project: Project,
     resolution: Resolution,
     reached: Collection[tuple[str, str]],
+    *,
+    resent: Collection[tuple[str, str]] = (),
+    creates: bool = False,
 ) -> pa.Table:
     """The identifies carrying each anonymous id a profile's own identify does not
     (``customerio.anonymous_id_ops``), not yet delivered by any sync, for the people that
@@ -1164,6 +1167,14 @@ def anonymous_operations(
     email each row of the run is sent to). Sent after the rows: an identify by a new `id`
     sent first would create a person of its own, where the rows' identify by that `id` and an
     email another person holds gives that person the `id`.
+
+    ``resent``: the `(kind, value)` of the people a `--full-resync` sends their rows again
+    (``reached``). Theirs go again, delivered or not: a person deleted in Customer.io and
+    created again by the rows holds only the anonymous id its own identify carries. Sending
+    one again to a person who still holds it attaches nothing twice. With ``creates`` (a
+    people sync's run), so do those of the people its rows create: ``reached``, and known
+    neither by `id` nor by email (:func:`known_people`), as one whose delete Customer.io
+    confirmed (a row that left a `mirror` sync with `delete_removed` and came back).
 
     Columns: ``k`` (the op's idempotency key), ``op`` (JSON)."""
     from lockgate.sync.mapping import needs_identity
@@ -1191,8 +1202,45 @@ def anonymous_operations(
         return kind == "cio_id" or (kind, value.lower() if kind == "email" else value) in found
 
     ops = [op for op in ops if exists(op)]
+    pairs = _people_pairs(resolution, {op.profile_id for op in ops} if resent or creates else set())
+    again = {pid for pid, held in pairs.items() if held & set(resent)}
+    if creates:
+        again |= _profiles_created(store, project, pairs, set(reached))
     done = _delivered_by_any_sync(store, project, [op.key for op in ops])
-    return _ops_table([op for op in ops if op.key not in done])
+    return _ops_table([op for op in ops if op.key not in done or op.profile_id in again])
+
+
+def _people_pairs(resolution: Resolution, profiles: set[str]) -> dict[str, set[tuple[str, str]]]:
+    """`(kind, value)` of the Customer.io person of each of the ``profiles``: its `id` and
+    lowercased email (a row names these; an anonymous id's identify goes by `cio_id` when the
+    profile has one)."""
+    if not profiles:
+        return {}
+    people = resolution.result.profiles.select(["profile_id", "cio_person_id", "cio_email"])
+    people = people.filter(pc.is_in(people["profile_id"], value_set=pa.array(sorted(profiles))))
+    pairs: dict[str, set[tuple[str, str]]] = {}
+    for row in people.to_pylist():
+        held = pairs.setdefault(row["profile_id"], set())
+        if row["cio_person_id"] is not None:
+            held.add(("id", str(row["cio_person_id"])))
+        if row["cio_email"] is not None:
+            held.add(("email", str(row["cio_email"]).lower()))
+    return pairs
+
+
+def _profiles_created(
+    store: StateStore,
+    project: Project,
+    pairs: dict[str, set[tuple[str, str]]],
+    reached: set[tuple[str, str]],
+) -> set[str]:
+    """Which profiles of ``pairs`` (:func:`_people_pairs`) are people a run's rows create:
+    ``reached`` by their `id` or lowercased email, and known by neither (:func:`known_people`)."""
+    reaching = {pid for pid, held in pairs.items() if held & reached}
+    if not reaching:
+        return set()
+    known = known_people(store, project, among={pair for pid in reaching for pair in pairs[pid]})
+    return {pid for pid in reaching if not pairs[pid] & known}
 
 
 def _ops_table(ops: list[Any]) -> pa.Table:

@@ -806,8 +806,15 @@ def _prepare(
             from lockgate.sync import resolve as resolve_step
 
             with step("resolve"):
+                reached = _people_reached(store, sync)
                 anonymous_ops = resolve_step.anonymous_operations(
-                    store, project, resolution, _people_reached(store, sync)
+                    store,
+                    project,
+                    resolution,
+                    reached,
+                    # the people a full resync sends again get their anonymous ids again
+                    resent=reached if full_resync and sync.kind == "people" else (),
+                    creates=sync.kind == "people",  # one a mirror run deleted comes back
                 )
         if only and not full_resync and sync.kind != "events":
             # the snapshot's other records were hidden for the diff; delivery commits to it
@@ -1348,10 +1355,11 @@ def _deliver_ops(
     *,
     label: str,
     forget_merged: Callable[[StateStore, list[str]], None] | None = None,
+    ledger_once: bool = False,
 ) -> CommitCounts:
     """Deliver the Customer.io operations ``ops`` (``k``, ``op``) to the sync's ledger, kept
     for it as the temp table ``name`` (no row hash, no identifiers, nothing removed);
-    ``forget_merged``: see ``Committer``."""
+    ``forget_merged``, ``ledger_once``: see ``Committer``."""
     table_ = ops.append_column("h", pa.nulls(ops.num_rows, pa.uint64()))
     table_ = table_.append_column("ident", pa.nulls(ops.num_rows, pa.string()))
     table_ = table_.append_column("removed", pa.array([False] * ops.num_rows))
@@ -1369,6 +1377,7 @@ def _deliver_ops(
         source=name,
         total=ops.num_rows,
         forget_merged=forget_merged,
+        ledger_once=ledger_once,
     )
 
 
@@ -1452,6 +1461,7 @@ def _deliver_anonymous_ids(
         ops,
         "anonymous_ops",
         label="anonymous ids",
+        ledger_once=True,  # a full resync sends delivered ones again
     )
     if counts.failed_keys:
         key, outcome, reason = counts.failures[0]
@@ -2089,10 +2099,11 @@ def _deliver_to_ledger(
     total: int,
     unconfirmed_as: Callable[[str], str] | None = None,
     forget_merged: Callable[[StateStore, list[str]], None] | None = None,
+    ledger_once: bool = False,
 ) -> CommitCounts:
     """Deliver a side table of operations ahead of the sync's own; each delivered key goes to
-    the sync's ledger, so it is never sent again (``unconfirmed_as``, ``forget_merged``: see
-    ``Committer``)."""
+    the sync's ledger, so it is never sent again (``unconfirmed_as``, ``forget_merged``,
+    ``ledger_once``: see ``Committer``)."""
     from lockgate.sync.commit import Committer
     from lockgate.sync.deliver import deliver, notify_retries
 
@@ -2103,6 +2114,7 @@ def _deliver_to_ledger(
         kind="events",
         unconfirmed_as=unconfirmed_as,
         forget_merged=forget_merged,
+        ledger_once=ledger_once,
     )
     with committer.store, console.progress(f"deliver {sync.name} {label}", total) as advance:
         deliver(
