@@ -879,9 +879,6 @@ class StateStore:
         )
         if new:  # its snapshot has `addr` from the start: recorded as `_add_snap_addr` does
             self.exec_sql(
-                f"create table {table('people_known', sync)} (id varchar, cio_id varchar)"
-            )
-            self.exec_sql(
                 "insert into upgraded values (?, 'snap_addr', ?)", [sync, datetime.now(UTC)]
             )
             # a first run knows no person yet: `_add_people_known` fills it only for a state
