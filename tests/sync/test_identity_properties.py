@@ -1412,6 +1412,55 @@ def test_a_user_who_comes_back_with_a_deleted_leads_email_is_rejected_with_merge
     assert_nothing_left_to_send(project)
 
 
+def test_a_user_who_comes_back_with_a_deleted_leads_email_is_sent_again_if_not_read_back(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With merges off and an App API key, a user who comes back with a deleted lead's email
+    is sent and read back (above): Customer.io drops the update, the lead's person holding
+    the email. When the App API fails that run (here, it refuses the key), nothing sees the
+    drop: the row is not committed as delivered but rejected, naming the App API's failure,
+    and the next run, with the App API answering, sends it again, reads it back and rejects it
+    for the email held; another user's new email is committed as before. (It was committed
+    unverified: the next run sent nothing, and the user's `plan` reached nobody.)"""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch, {"merge_policy": {"enabled": False}})
+    u4, lead = a_lead_then_its_user_leave(
+        tmp_path, emu, project, users="('u4', 'e3@x.io', 'free'), ('u1', 'e5@x.io', 'team')"
+    )
+    sql(
+        tmp_path,
+        "insert into app_users values ('u4', 'e2@x.io', 'pro');"
+        "update app_users set email = 'e6@x.io' where user_id = 'u1'",
+    )
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", "not-the-key")
+    report = run_sync(project, "users", console=NullConsole())
+    assert report.status == "partial"
+    [(key, outcome, reason)] = report.failures
+    assert (key, outcome) == ("u4", "rejected")
+    assert "not read back" in reason and "refused the App API key" in reason
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    report = run_sync(project, "users", console=NullConsole())
+    assert report.status == "partial"
+    [(key, outcome, reason)] = report.failures
+    assert (key, outcome) == ("u4", "rejected") and "held by another person" in reason
+    people = {(p.cio_id, p.id, p.email): p.attributes for p in emu.people()}
+    assert people == {
+        (u4.cio_id, "u4", "e3@x.io"): {"plan": "free"},
+        (lead.cio_id, None, "e2@x.io"): {"lead_source": "webinar"},
+        (emu.person(id="u1").cio_id, "u1", "e6@x.io"): {"plan": "team"},  # type: ignore[union-attr]
+    }
+    # merged by hand, the row lands
+    body = {"primary": {"id": "u4"}, "secondary": {"email": "e2@x.io"}}
+    with emu.client(auth=emu.track_auth) as client:
+        client.post("/api/v1/merge_customers", json=body).raise_for_status()
+    sync_all(project)
+    person = emu.person(id="u4")
+    assert person is not None and (person.cio_id, person.email) == (u4.cio_id, "e2@x.io")
+    assert person.attributes == {"plan": "pro", "lead_source": "webinar"}
+    assert_nothing_left_to_send(project)
+
+
 def test_a_deleted_lead_whose_email_joins_a_user_is_merged_into_the_user(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
