@@ -1476,6 +1476,68 @@ def test_a_user_who_comes_back_with_a_deleted_leads_email_is_rejected_with_merge
     assert_nothing_left_to_send(project)
 
 
+@pytest.mark.parametrize("unread", ["app_api_fails", "past_read_back_emails"])
+def test_a_user_who_comes_back_with_a_deleted_leads_email_is_sent_again_if_not_read_back(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unread: str
+) -> None:
+    """With merges off and an App API key, a user who comes back with a deleted lead's email
+    is sent and read back (above): Customer.io drops the update, the lead's person holding
+    the email. When that run does not read the row back (the App API fails, here refusing the
+    key; or the row is past `read_back_emails`), nothing sees the drop: the row is not
+    committed as delivered but rejected, naming why it was not read back, and the next run
+    sends it again, reads it back and rejects it for the email held; another user's new email
+    is committed as before. (It was committed unverified: the next run sent nothing, and the
+    user's `plan` reached nobody.)"""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch, {"merge_policy": {"enabled": False}})
+    if unread == "past_read_back_emails":  # `u1` is read back, `u4` is past the first one
+        config = tmp_path / "lockgate.yml"
+        text = config.read_text().replace("max_retries: 0}", "max_retries: 0, read_back_emails: 1}")
+        config.write_text(text)
+        project = load_project(tmp_path)
+    u4, lead = a_lead_then_its_user_leave(
+        tmp_path, emu, project, users="('u4', 'e3@x.io', 'free'), ('u1', 'e5@x.io', 'team')"
+    )
+    sql(
+        tmp_path,
+        "insert into app_users values ('u4', 'e2@x.io', 'pro');"
+        "update app_users set email = 'e6@x.io' where user_id = 'u1'",
+    )
+    if unread == "app_api_fails":
+        monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", "not-the-key")
+    report = run_sync(project, "users", console=NullConsole())
+    assert report.status == "partial"
+    [(key, outcome, reason)] = report.failures
+    assert (key, outcome) == ("u4", "rejected")
+    assert "not read back" in reason and "`e2@x.io`" in reason and "by hand" in reason
+    if unread == "app_api_fails":
+        assert "refused the App API key" in reason
+    else:
+        assert "`read_back_emails` in destination `customerio` is 1" in reason
+        assert report.emails_read_back == 1
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    report = run_sync(project, "users", console=NullConsole())
+    assert report.status == "partial"
+    [(key, outcome, reason)] = report.failures
+    assert (key, outcome) == ("u4", "rejected") and "held by another person" in reason
+    people = {(p.cio_id, p.id, p.email): p.attributes for p in emu.people()}
+    assert people == {
+        (u4.cio_id, "u4", "e3@x.io"): {"plan": "free"},
+        (lead.cio_id, None, "e2@x.io"): {"lead_source": "webinar"},
+        (emu.person(id="u1").cio_id, "u1", "e6@x.io"): {"plan": "team"},  # type: ignore[union-attr]
+    }
+    # merged by hand, the row lands
+    body = {"primary": {"id": "u4"}, "secondary": {"email": "e2@x.io"}}
+    with emu.client(auth=emu.track_auth) as client:
+        client.post("/api/v1/merge_customers", json=body).raise_for_status()
+    sync_all(project)
+    person = emu.person(id="u4")
+    assert person is not None and (person.cio_id, person.email) == (u4.cio_id, "e2@x.io")
+    assert person.attributes == {"plan": "pro", "lead_source": "webinar"}
+    assert_nothing_left_to_send(project)
+
+
 def test_a_deleted_lead_whose_email_joins_a_user_is_merged_into_the_user(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

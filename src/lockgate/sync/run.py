@@ -1822,10 +1822,13 @@ def _check_new_emails(
 
 
 EMAILS_OF_MERGES_KEPT_BACK = "emails_of_merges_kept_back"
-"""The rows a run without read-back did not send because their email is held by a person the
-identity graph found to be the row's own, whose merge `merge_policy.enabled: false` kept back:
-(sync, key, `id`, email lowercased, the holder as the merge named it). Made by the first run
-that needs it; each run of the sync rejects the row again while it gives that `id` that email."""
+"""The rows whose email is held by a person the identity graph found to be the row's own,
+whose merge `merge_policy.enabled: false` kept back: (sync, key, `id`, email lowercased, the
+holder as the merge named it). Made by the first run that needs it. A run without read-back
+does not send such a row, and each run of the sync rejects it again while it gives that `id`
+that email; a run with read-back sends it and must read it back to commit it (Customer.io
+drops the update while the holder is not merged by hand): one that could not keeps the
+record, and rejects the row, so the next run sends it again and knows it again."""
 
 
 def _hold_emails_of_merges_kept_back(
@@ -1839,8 +1842,9 @@ def _hold_emails_of_merges_kept_back(
     """Before delivery, without a read-back of emails (no App API key, or `read_back_emails:
     0`): take out of ``changes`` the rows of a people sync keyed through the identity graph
     that give a person of an `id` the email of the person a merge kept back would have merged
-    into it (``merges_skipped``, this run's, or one an earlier run of the sync rejected the row
-    for), and record them as rejected with what to do. Customer.io drops such an update whole
+    into it (``merges_skipped``, this run's, or one an earlier run of the sync recorded the row
+    for), and record them as rejected with what to do (with a read-back they are sent, and
+    recorded alone: :data:`EMAILS_OF_MERGES_KEPT_BACK`). Customer.io drops such an update whole
     and unseen (the email is another person's), so the row would be counted delivered and never
     sent again. The next run rejects it again while the row gives that `id` that email; a run
     with a read-back sends it and sees whether it lands (once the two people are merged by
@@ -1848,13 +1852,9 @@ def _hold_emails_of_merges_kept_back(
     if sync.kind != "people":
         return []
     present = has_table(store.con, EMAILS_OF_MERGES_KEPT_BACK)
-    if _email_check_settings(project, sync) is not None:
-        if present:  # the read-back sees a dropped update itself
-            with transaction(store.con, store.path):
-                store.exec_sql(
-                    f"delete from {EMAILS_OF_MERGES_KEPT_BACK} where sync = ?", [sync.name]
-                )
-        return []
+    # with a read-back the rows are sent and recorded: the read-back sees a dropped update,
+    # and a row it could not read back is rejected (:func:`_check_emails`)
+    read_back = _email_check_settings(project, sync) is not None
     held: dict[tuple[str, str], str] = {}
     for merge in merges_skipped:
         primary, secondary = merge["primary"], merge["secondary"]
@@ -1884,8 +1884,9 @@ def _hold_emails_of_merges_kept_back(
             holder = before[k][2]
         if holder is None:
             continue
-        refused.append((k, _kept_back_reason(project, sync, k, person, email, holder)))
-        idents[k] = ident
+        if not read_back:
+            refused.append((k, _kept_back_reason(project, sync, k, person, email, holder)))
+            idents[k] = ident
         kept.append((k, person, email, holder))
     with transaction(store.con, store.path):
         store.exec_sql(
@@ -1986,16 +1987,27 @@ def _check_emails(
 
     limit = project.config.destinations[sync.destination].read_back_emails
     check = read_back(moves[:limit], settings, console=console)
+    kept = _delivered_of_merges_kept_back(store, sync, run_id)
     if check.error:
         console.warn(f"{sync.name}: email changes not read back: {check.error}")
-        people = f"{len(moves)} {'person was' if len(moves) == 1 else 'people were'}"
-        lines.append(
-            f"{people} given a new email, not read back: the App API failed "
-            f"({check.error}); `lockgate reconcile {sync.name}` reads them back"
-        )
+        unverified = len([m for m in moves if m[0] not in kept])
+        if unverified:
+            people = f"{unverified} {'person was' if unverified == 1 else 'people were'}"
+            lines.append(
+                f"{people} given a new email, not read back: the App API failed "
+                f"({check.error}); `lockgate reconcile {sync.name}` reads them back"
+            )
+        why = f"the App API failed ({check.error})"
+        _refuse_read_back(store, sync, run_id, console, counts, _not_read_back(kept, why))
         return 0, "\n".join(lines)
-    if len(moves) > limit:
-        past = len(moves) - limit
+    read = {m[0] for m in moves[:limit]}
+    past_limit = f"`read_back_emails` in destination `{sync.destination}` is {limit}"
+    unread = {k: v for k, v in kept.items() if k not in read}
+    _forget_merges_kept_back(
+        store, sync, [k for k in kept if k in read and k not in dict(check.refused)]
+    )
+    past = len([m for m in moves[limit:] if m[0] not in unread])
+    if past:
         lines.append(
             f"{past} more {'person was' if past == 1 else 'people were'} given a new email, "
             f"committed without a read-back (the first {limit} by key were read back: "
@@ -2003,19 +2015,98 @@ def _check_emails(
         )
     note = "\n".join(lines)
     if check.refused:
-        store.refuse_delivered(sync.name, run_id, check.refused)
-        counts.delivered -= len(check.refused)
-        counts.rejected += len(check.refused)
-        for key, reason in check.refused:
-            counts.failed_keys.add(key)
-            if len(counts.failures) < 20:
-                counts.failures.append((key, "rejected", reason))
+        _count_refused(store, sync, run_id, counts, check.refused)
         n = len(check.refused)
         console.warn(
             f"{sync.name}: {n} {'person does' if n == 1 else 'people do'} not hold the new email "
             "sent (read back from Customer.io): rejected, sent again by the next run"
         )
+    _refuse_read_back(store, sync, run_id, console, counts, _not_read_back(unread, past_limit))
     return check.read_back, note
+
+
+def _count_refused(
+    store: StateStore,
+    sync: SyncConfig,
+    run_id: str,
+    counts: CommitCounts,
+    refused: Sequence[tuple[str, str]],
+) -> None:
+    """Take the delivered rows ``refused`` (key, reason) out of the run's journal as rejected
+    (``StateStore.refuse_delivered``: the next run sends them again), and out of its counts."""
+    store.refuse_delivered(sync.name, run_id, refused)
+    counts.delivered -= len(refused)
+    counts.rejected += len(refused)
+    for key, reason in refused:
+        counts.failed_keys.add(key)
+        if len(counts.failures) < 20:
+            counts.failures.append((key, "rejected", reason))
+
+
+def _delivered_of_merges_kept_back(
+    store: StateStore, sync: SyncConfig, run_id: str
+) -> dict[str, tuple[str, str, str]]:
+    """Of :data:`EMAILS_OF_MERGES_KEPT_BACK`, the rows run ``run_id`` delivered (in its
+    journal): key -> (`id`, email, holder). Customer.io drops their update unseen while the
+    holder is not merged by hand, so none is committed without being read back."""
+    if not has_table(store.con, EMAILS_OF_MERGES_KEPT_BACK):
+        return {}
+    rows = store.exec_sql(
+        f"select m.k, m.person, m.email, m.holder from {EMAILS_OF_MERGES_KEPT_BACK} m "
+        f"semi join {table('journal', sync.name)} j "
+        "on j.k = m.k and j.run_id = ? and not j.removed where m.sync = ? order by m.k",
+        [run_id, sync.name],
+    )
+    return {str(k): (str(p), str(e), str(h)) for k, p, e, h in rows}
+
+
+def _not_read_back(kept: dict[str, tuple[str, str, str]], why: str) -> list[tuple[str, str]]:
+    """(key, reason) of the rows of ``kept`` (:func:`_delivered_of_merges_kept_back`) that
+    were not read back, ``why`` saying why."""
+    return [
+        (
+            k,
+            f"row `{k}`: sent but not read back ({why}): its email `{shorten(email)}` is held in "
+            f"Customer.io by another person ({holder}) whose merge into `id` `{shorten(person)}` "
+            "is kept back (`identity.customerio.merge_policy.enabled: false`), so Customer.io "
+            "most likely dropped the update unseen, with every attribute of it; the next run "
+            "sends the row again and reads it back (merge that person into "
+            f"`id` `{shorten(person)}` by hand in Customer.io for it to land)",
+        )
+        for k, (person, email, holder) in kept.items()
+    ]
+
+
+def _refuse_read_back(
+    store: StateStore,
+    sync: SyncConfig,
+    run_id: str,
+    console: Console,
+    counts: CommitCounts,
+    refused: list[tuple[str, str]],
+) -> None:
+    """Reject the delivered rows of merges kept back that were not read back (``refused``,
+    :func:`_not_read_back`): their record stays, so the next run knows them again."""
+    if not refused:
+        return
+    _count_refused(store, sync, run_id, counts, refused)
+    n = len(refused)
+    console.warn(
+        f"{sync.name}: {n} {'row' if n == 1 else 'rows'} whose email a person of a merge kept "
+        "back holds could not be read back: rejected, sent again by the next run"
+    )
+
+
+def _forget_merges_kept_back(store: StateStore, sync: SyncConfig, keys: list[str]) -> None:
+    """Drop the records of :data:`EMAILS_OF_MERGES_KEPT_BACK` of ``keys``: rows read back
+    holding the email sent (the two people were merged by hand)."""
+    if keys:
+        with transaction(store.con, store.path):
+            store.exec_sql(
+                f"delete from {EMAILS_OF_MERGES_KEPT_BACK} where sync = ? "
+                "and k in (select unnest(?::varchar[]))",
+                [sync.name, keys],
+            )
 
 
 def _hold_takers(
