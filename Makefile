@@ -62,8 +62,7 @@ hunt: $(STAMP) ## longer random hunts of the sync property tests (HUNT_EXAMPLES,
 	@# and saved in .hypothesis/, which the next run replays first
 	LOCKGATE_PROPERTY_EXAMPLES=$(HUNT_EXAMPLES) LOCKGATE_PROPERTY_STEPS=$(HUNT_STEPS) \
 	  $(VENV)/bin/pytest -q -p no:cacheprovider -n auto --timeout 7200 \
-	  tests/sync/test_sync_properties.py tests/sync/test_sync_properties_identify.py \
-	  tests/sync/test_b2b_properties.py tests/sync/test_identity_properties.py
+	  tests/sync/test_*properties*.py
 
 HUNT_TRIALS ?= 20
 hunt-crash: $(STAMP) ## the SIGKILL harnesses with more trials and a new seed (HUNT_TRIALS each)
