@@ -1476,6 +1476,36 @@ def test_a_user_who_comes_back_with_a_deleted_leads_email_is_rejected_with_merge
     assert_nothing_left_to_send(project)
 
 
+def test_a_row_held_for_a_merge_kept_back_lands_in_a_new_workspace(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With merges off and no App API key, a returning user's row holding the email of the
+    person a kept-back merge names is rejected run after run (above). `sync --all
+    --new-workspace` into an empty workspace forgets that: nobody holds the email there, so
+    the user's row lands with it at once. (The record of the held row outlived the start-over,
+    and the row was rejected in the new workspace too, each run, while it stayed unchanged.)"""
+    emu = customerio_emulator
+    monkeypatch.delenv("CUSTOMERIO_APP_API_KEY", raising=False)
+    project = project_in(tmp_path, emu, monkeypatch, {"merge_policy": {"enabled": False}})
+    a_lead_then_its_user_leave(tmp_path, emu, project)
+    sql(tmp_path, "insert into app_users values ('u4', 'e2@x.io', 'pro')")
+    held = run_sync(project, "users", console=NullConsole())
+    assert [(k, outcome) for k, outcome, _ in held.failures] == [("u4", "rejected")]
+
+    emu.reset()  # the new workspace, empty
+    with Session() as session:  # as `lockgate sync --all --new-workspace` does
+        moved = [
+            run_sync(project, name, console=NullConsole(), session=session, new_workspace=True)
+            for name in ORDER
+        ]
+    assert [(r.status, r.failures) for r in moved] == [("success", ())] * len(ORDER)
+    person = emu.person(id="u4")
+    assert person is not None and person.email == "e2@x.io"
+    assert person.attributes == {"plan": "pro"}
+    assert emu.merges() == []
+    assert_nothing_left_to_send(project)
+
+
 @pytest.mark.parametrize("unread", ["app_api_fails", "past_read_back_emails"])
 def test_a_user_who_comes_back_with_a_deleted_leads_email_is_sent_again_if_not_read_back(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unread: str

@@ -323,6 +323,16 @@ PERSON_ADDRESS = (
     "'cio_id:' || (ident->>'cio_id'), 'email:' || lower(ident->>'email')) end"
 )
 
+EMAILS_OF_MERGES_KEPT_BACK = "emails_of_merges_kept_back"
+"""The rows whose email is held by a person the identity graph found to be the row's own,
+whose merge `merge_policy.enabled: false` kept back: (sync, key, `id`, email lowercased, the
+holder as the merge named it). Made by the first run that needs it. A run without read-back
+does not send such a row, and each run of the sync rejects it again while it gives that `id`
+that email; a run with read-back sends it and must read it back to commit it (Customer.io
+drops the update while the holder is not merged by hand): one that could not keeps the
+record, and rejects the row, so the next run sends it again and knows it again. A sync
+started over (`--new-workspace`) forgets its rows (``workspace.start_over``)."""
+
 SENT_AT = pa.timestamp("us", tz="UTC")
 """The type of the history's `sent_at`: when Customer.io answered a record's request."""
 

@@ -31,6 +31,7 @@ from lockgate.project.loader import Project
 from lockgate.project.models import SyncConfig, resolve_env
 from lockgate.state import contract
 from lockgate.state.store import (
+    EMAILS_OF_MERGES_KEPT_BACK,
     StateStore,
     has_table,
     journal_history,
@@ -119,6 +120,9 @@ def start_over(store: StateStore, sync: str) -> None:
         # a relationships sync's rows rejected with no person, and what it kept for them
         if has_table(store.con, f"unaddressed__{sync}"):
             run_sql(store.con, f"delete from {table('unaddressed', sync)}")
+        # rows held for a merge kept back in the workspace left (none is kept back in the new)
+        if has_table(store.con, EMAILS_OF_MERGES_KEPT_BACK):
+            run_sql(store.con, f"delete from {EMAILS_OF_MERGES_KEPT_BACK} where sync = ?", [sync])
         run_sql(store.con, "delete from workspaces where sync = ?", [sync])
         contract.start_over(store.con, sync)
 

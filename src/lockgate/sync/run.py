@@ -47,6 +47,7 @@ from lockgate.sources.base import Source
 from lockgate.state import contract as contract_state
 from lockgate.state import workspace
 from lockgate.state.store import (
+    EMAILS_OF_MERGES_KEPT_BACK,
     LOCK_WAIT_SECONDS,
     StateStore,
     has_table,
@@ -1819,16 +1820,6 @@ def _check_new_emails(
             "another id, who would be renamed (rejected, checked again by the next run)"
         )
     return check.read_back - check.unchecked, 0, note, check.refused
-
-
-EMAILS_OF_MERGES_KEPT_BACK = "emails_of_merges_kept_back"
-"""The rows whose email is held by a person the identity graph found to be the row's own,
-whose merge `merge_policy.enabled: false` kept back: (sync, key, `id`, email lowercased, the
-holder as the merge named it). Made by the first run that needs it. A run without read-back
-does not send such a row, and each run of the sync rejects it again while it gives that `id`
-that email; a run with read-back sends it and must read it back to commit it (Customer.io
-drops the update while the holder is not merged by hand): one that could not keeps the
-record, and rejects the row, so the next run sends it again and knows it again."""
 
 
 def _hold_emails_of_merges_kept_back(
