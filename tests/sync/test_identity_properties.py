@@ -1157,6 +1157,48 @@ def test_a_user_who_comes_back_with_a_deleted_leads_email_absorbs_the_lead(
     assert_nothing_left_to_send(project)
 
 
+@pytest.mark.parametrize("full_resync", [False, True], ids=["runs", "full resync"])
+def test_a_user_who_comes_back_linked_to_a_leads_email_absorbs_the_lead(
+    customerio_emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    full_resync: bool,
+) -> None:
+    """A user's row leaves (their person stays in Customer.io), a lead arrives, and the user
+    comes back with their own email while a link says it and the lead's are one person: the
+    lead's profile gains the user's `id`, whose person exists, so the lead's person is merged
+    into the user's, once, and the lead's and the user's rows reach that one person. (An
+    identify by the `id` giving the user's person the lead's email was sent instead, which
+    Customer.io drops, the email being the lead's person's: the two people stayed. Found by
+    the state machine above, seed 11 at 12x16.)"""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(tmp_path, "insert into app_users values ('u3', 'e1@x.io', 'free')")
+    sync_all(project)
+    user = emu.person(id="u3")
+    assert user is not None
+    sql(tmp_path, "delete from app_users")
+    sync_all(project)
+    sql(tmp_path, "insert into leads values ('e5@x.io', 'ads')")
+    sync_all(project)
+    lead = emu.person(email="e5@x.io")
+    assert lead is not None and lead.cio_id != user.cio_id
+    sql(
+        tmp_path,
+        "insert into links values ('e5@x.io', 'E1@x.io');"
+        "insert into app_users values ('u3', 'E1@x.io', 'pro')",
+    )
+    for name in ORDER:
+        report = run_sync(project, name, console=NullConsole(), full_resync=full_resync)
+        assert report.status == "success", (name, report.failures)
+    (person,) = emu.people()
+    assert (person.cio_id, person.id, person.email) == (user.cio_id, "u3", "e1@x.io")
+    assert person.attributes == {"plan": "pro", "lead_source": "ads"}
+    assert [(m.primary, m.secondary) for m in emu.merges()] == [(user.cio_id, lead.cio_id)]
+    assert_nothing_left_to_send(project)
+
+
 @pytest.mark.parametrize("app_api_key", [True, False], ids=["app api key", "no app api key"])
 @pytest.mark.parametrize("delete_removed", [False, True], ids=["mirror", "mirror deletes"])
 def test_a_user_who_comes_back_to_a_mirror_sync_with_a_deleted_leads_email_absorbs_the_lead(

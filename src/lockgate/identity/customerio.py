@@ -638,12 +638,13 @@ def adoptions(result: IdentityResult) -> list[tuple[str, str, str]]:
 def adoption_ops(
     result: IdentityResult, exists: Callable[[str, str], bool], *, merges: bool = True
 ) -> list[CioOp]:
-    """One op per :func:`adoptions` entry whose person exists: an identify giving it the `id`
-    when the profile's email changed; a merge of it into the person with that `id` when one
-    exists already (its user's row left and came back with the email: Customer.io would
-    drop their update, the email being the lead's person's), as when a user takes a retired
-    lead's email (docs/identity.md). Neither with the same email and no such person: the
-    profile's own identify gives the person the `id`. With ``merges`` off
+    """One op per :func:`adoptions` entry whose person exists: a merge of it into the person
+    with that `id` when one exists already (its user's row left and came back, with the
+    lead's email or linked to it: Customer.io would drop an update giving the user's person
+    the lead's email, the email being the lead's person's), as when a user takes a retired
+    lead's email (docs/identity.md); else an identify giving it the `id` when the profile's
+    email changed. Neither with the same email and no such person: the profile's own
+    identify gives the person the `id`. With ``merges`` off
     (`merge_policy.enabled: false`: no merge is ever sent), no merge: the two people stay,
     and Customer.io drops the update of the user's person giving it the lead's email.
 
@@ -663,8 +664,14 @@ def adoption_ops(
         if not exists("email", email):
             continue
         since = _occurrence(before.get(pid))
-        if now[pid]["cio_email"] == email:
-            if exists("id", person_id) and merges:
+        same_email = now[pid]["cio_email"] == email
+        if not same_email and pid in merged_away:
+            continue
+        if exists("id", person_id):
+            # the user's person is there (their row left and came back): an identify by the
+            # `id` giving it the lead's email would be dropped, the email being the lead's
+            # person's, whether the profile keeps that email or now has the user's own
+            if merges:
                 primary, secondary = {"id": person_id}, {"email": email}
                 merge = {
                     "type": "person",
@@ -674,7 +681,7 @@ def adoption_ops(
                 }
                 ops.append(CioOp(_key("merge", primary, secondary, pid, since), pid, merge))
             continue
-        if pid in merged_away:
+        if same_email:
             continue
         payload = {
             "type": "person",
