@@ -220,3 +220,29 @@ def test_a_model_reads_in_utc_on_a_machine_in_another_zone(tmp_path: Path) -> No
     )
 
     assert done.stdout.splitlines() == ["2026-07-01 09:00:00+00", "2026-07-01 09:00:00+00"]
+
+
+def test_a_read_that_spills_leaves_no_files_behind_when_the_process_ends(tmp_path: Path) -> None:
+    """A sort past `memory_limit` spills under the temp folder (`TMPDIR`), and the folder goes
+    when the process ends, also with the source left open."""
+    path = tmp_path / "warehouse.duckdb"
+    with duckdb.connect(str(path)) as conn:
+        conn.execute("create table t as select md5(range::varchar) as h from range(600000)")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    script = (
+        "import os\n"
+        "from lockgate.sources import DuckDBSource\n"
+        f"source = DuckDBSource({str(path)!r}, memory_limit='48MB')\n"
+        "reader = source.read('select h from t order by h', batch_rows=1000)\n"
+        "reader.read_next_batch()\n"
+        f"print(sum(len(files) for _, _, files in os.walk({str(temp)!r})))\n"
+    )
+    env = {**os.environ, "TMPDIR": str(temp)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    )
+
+    assert int(done.stdout) > 0  # it spilled there
+    assert list(temp.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["temp", "warehouse.duckdb"]

@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import os
@@ -252,8 +253,20 @@ class KeptInstances:
             with contextlib.suppress(duckdb.Error):
                 self._instances[key[0]].execute(f"detach {quote_ident(attachment.catalog)}")
 
+    def close(self) -> None:
+        """Close the kept instances (at exit: DuckDB removes its spill folder as an instance
+        closes, which a process's end alone does not do). A source still open keeps its
+        instance until it closes."""
+        with self._guard():
+            for instance in self._instances.values():
+                with contextlib.suppress(duckdb.Error):
+                    instance.close()
+            self._instances.clear()
+            self._attached.clear()
+
 
 KEPT = KeptInstances()
+atexit.register(KEPT.close)
 
 
 class DuckDBSource:
