@@ -426,7 +426,8 @@ class DuckDBSourceConfig(Placed):
     own, whatever this says."""
     memory_limit: str = "64MB"
     """DuckDB buffer pool for reading models. Streaming a table needs little; raise it (e.g.
-    `1GB`) for models whose SQL joins or aggregates large tables. The state engine has its own."""
+    `1GB`) for models whose SQL joins or aggregates large tables. The state engine has its own.
+    Read-only files with the same limit share one pool in a process (docs/sources.md)."""
     timezone: TimeZone = None
     """The IANA time zone (`America/New_York`) whose local times this source's timestamps
     without a time zone hold (DuckDB `TIMESTAMP`, Postgres `timestamp`, Snowflake
