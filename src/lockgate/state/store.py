@@ -73,8 +73,12 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   `mirror` sync, and one whose email a later row took (``diff.forget_released_left``); the
   person stays in Customer.io, and the identity graph's operations count it as one that
   exists (``resolve.known_people``: a user who comes back with a lead's email has the lead
-  merged into them). Format 6; an older state's is filled from what it knows of its people
-  (its snapshot and ``emails_kept__S``) as it is upgraded.
+  merged into them). A set: a run that began with it empty appends what it delivers
+  unread, and keeps each person once as its delivery ends (:meth:`StateStore.know_people`);
+  a run killed before then leaves a person twice, read as one (every reader asks whether
+  a person is in it, and a person forgotten leaves with all their rows). Format 6; an older
+  state's is filled from what it knows of its people (its snapshot and ``emails_kept__S``)
+  as it is upgraded.
 - ``sending_events__S(k, ts, lo, hi)``: the same write-ahead record for an events sync, with
   the dedupe id each event is about to be sent with (the columns of ``event_ids__S`` below):
   the next run moves the events of a killed run's record that the ledger does not have into
