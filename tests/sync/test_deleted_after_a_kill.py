@@ -29,6 +29,7 @@ from lockgate.console import NullConsole
 from lockgate.emulator import FaultConfig
 from lockgate.project.loader import Project, load_project
 from lockgate.state.store import StateStore
+from lockgate.sync.resolve import known_people
 from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -306,3 +307,59 @@ def test_a_killed_runs_delivered_call_shows_in_the_history_before_and_after_the_
     # and this one only if unconfirmed: not, it was heard)
     assert calls()[0] == killed[0]
     assert [c for c in calls() if c[0] == killed[0][0]] == killed
+
+
+def test_a_person_a_killed_first_run_delivered_twice_is_forgotten_wholly_once_deleted(
+    project_factory: ProjectFactory,
+) -> None:
+    """Three accounts of one person (`id` u1), sent one a request by a first run killed with
+    the third in flight: the two answered deliveries each appended u1 to the people the sync
+    made exist (``people_known__S``, appended unread by a run that began knowing no one, and
+    kept once only at the end of its delivery, which the kill cut off). The next run reads
+    them as one person, and once the accounts leave, the one confirmed delete of u1 takes
+    every row of it out: u1 is no longer counted as a person that exists."""
+    project_factory.sql(
+        "create table accounts as select * from (values ('a1', 'u1', 'ada@example.com', 'p1'), "
+        "('a2', 'u1', null, 'p2'), ('a3', 'u1', null, 'p3')) t(account_id, user_id, email, plan)"
+    )
+    accounts = """
+name: accounts
+source: warehouse
+model: {table: accounts}
+kind: people
+primary_key: account_id
+identify_by: {id: user_id, email: email}
+attributes: {plan: plan}
+mode: mirror
+delete_removed: true
+"""
+    project = one_at_a_time(project_factory.write({"accounts": accounts}, retries=0))
+    emu = project_factory.emulator
+
+    def batches() -> int:
+        return sum(1 for r in emu.request_log() if r.path == "/api/v2/batch")
+
+    def known() -> list[tuple[str, int]]:
+        with StateStore.open(project.state_dir) as store:
+            return store.exec_sql(
+                'select id, count(*) from "people_known__accounts" group by id order by id'
+            )
+
+    # the third request applied: the first two answered and journaled, 2 s apart
+    killed_once_applied(
+        project.root, "accounts", emu, lambda: batches() == 3, latency_ms=2000, settle=0.5
+    )
+    assert len(journaled(project, "accounts")) == 2
+    assert known() == [("u1", 2)]  # as the kill left it
+
+    again = run_sync(load_project(project.root), "accounts", console=NullConsole())
+    assert again.status == "success" and emu.person(id="u1") is not None
+    with StateStore.open(project.state_dir) as store:
+        assert ("id", "u1") in known_people(store, load_project(project.root))
+
+    project_factory.sql("delete from accounts")  # empty: the `empty model` guardrail asks --force
+    gone = run_sync(load_project(project.root), "accounts", console=NullConsole(), force=True)
+    assert gone.status == "success" and emu.people() == []
+    assert known() == []
+    with StateStore.open(project.state_dir) as store:
+        assert ("id", "u1") not in known_people(store, load_project(project.root))

@@ -12,6 +12,7 @@ from lockgate.emulator import Emulator, FaultConfig
 from lockgate.errors import StepError
 from lockgate.project.loader import load_project
 from lockgate.state.store import StateStore
+from lockgate.sync.resolve import known_people
 from lockgate.sync.run import plan_sync, run_sync
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
@@ -320,6 +321,56 @@ delete_removed: true
         run_sync(project, "accounts", console=NullConsole(), force=True).changes.removed_sent == 3
     )
     assert emu.people() == []
+
+
+def test_a_person_two_rows_reach_is_known_once_and_forgotten_wholly_by_its_delete(
+    project_factory: ProjectFactory,
+) -> None:
+    """The people a sync made exist (``people_known__S``) as a set: accounts `a1` and `a2`
+    reach one person (`id` u1), both sent by the first run, which appends what it delivers
+    without reading the table (it knew no one): u1 is kept once at its end. A repeat a run
+    killed before that end leaves (u3 twice) reads as one person, and one confirmed delete
+    takes every row of the person out; a person delivered again later is not added twice."""
+    project_factory.sql(
+        "create or replace table accounts as select * from (values "
+        "('a1', 'u1', 'ada@example.com', 'pro'), ('a2', 'u1', null, 'pro'), "
+        "('a3', 'u3', 'bob@example.com', 'free')) t(account_id, user_id, email, plan)"
+    )
+    accounts = """
+name: accounts
+source: warehouse
+model: {table: accounts}
+kind: people
+primary_key: account_id
+identify_by: {id: user_id, email: email}
+attributes: {plan: plan}
+mode: mirror
+delete_removed: true
+"""
+    project = project_factory.write({"accounts": accounts})
+    emu = project_factory.emulator
+
+    def known() -> list[tuple[str, int]]:
+        with StateStore.open(project.state_dir) as store:
+            return store.exec_sql(
+                'select id, count(*) from "people_known__accounts" group by id order by id'
+            )
+
+    assert run_sync(project, "accounts", console=NullConsole()).delivered == 3
+    assert len(emu.people()) == 2
+    assert known() == [("u1", 1), ("u3", 1)]
+    with StateStore.open(project.state_dir) as store:  # as a run killed mid-delivery leaves it
+        store.exec_sql("""insert into "people_known__accounts" values ('u3', null)""")
+        assert {("id", "u1"), ("id", "u3")} <= known_people(store, project)
+    project_factory.sql("update accounts set plan = 'max' where user_id = 'u1'")
+    project_factory.sql("delete from accounts where account_id = 'a3'")
+    report = run_sync(project, "accounts", console=NullConsole())
+    assert (report.delivered, report.changes.removed_sent) == (3, 1)
+    assert emu.person(id="u3") is None and emu.person(id="u1").attributes["plan"] == "max"
+    assert known() == [("u1", 1)]  # bob deleted: both of his rows gone; ada not added again
+    project_factory.sql("delete from accounts")  # empty: the `empty model` guardrail asks --force
+    run_sync(project, "accounts", console=NullConsole(), force=True)
+    assert emu.people() == [] and known() == []
 
 
 @pytest.mark.parametrize("delete", [False, True], ids=["clear", "delete"])

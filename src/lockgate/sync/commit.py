@@ -128,6 +128,11 @@ class Committer:
         # people sync of the destination, before the deleted records leave their snapshots
         # (whose emails tell which `id` a person deleted by email held)
         self.forget_known = forget_known
+        # a people sync whose ``people_known__S`` held no one when the run began (a first
+        # run): the people it delivers are appended without reading the table, and the
+        # repeats among them taken out once its delivery ends (``StateStore.know_people``)
+        self._known_unseen = kind == "people" and not store.knows_people(sync)
+        self._known_appended = False
         # identity operations: ``forget_merged(store, keys)``, with the keys delivered, forgets
         # the people the merges among them absorbed, in the transaction that ledgers them
         self.forget_merged = forget_merged
@@ -309,10 +314,14 @@ class Committer:
             writing.result()
 
     def flush(self) -> None:
-        """Write everything buffered and wait until it is committed."""
+        """Write everything buffered and wait until it is committed; then, if this delivery
+        appended people to a ``people_known__S`` unread, keep each of them there once."""
         try:
             self._wait()
             self._write(self._take())
+            if self._known_unseen and self._known_appended:
+                self.store.settle_known_people(self.sync)
+                self._known_appended = False
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
@@ -349,7 +358,8 @@ class Committer:
                 self.forget_known(store, confirmed)
             if self.kind == "people":
                 for known in _known_in(taken.known, taken.delivered):
-                    store.know_people(self.sync, known)
+                    store.know_people(self.sync, known, unseen=self._known_unseen)
+                    self._known_appended = True
             if self.forget_merged is not None:
                 merged = list(taken.ledger[0])
                 for batch, _, _ in taken.delivered:
