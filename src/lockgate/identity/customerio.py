@@ -125,6 +125,20 @@ def _address(
     return None
 
 
+def _holds_another_id(
+    secondary: Mapping[str, Any] | None,
+    primary: Mapping[str, Any] | None,
+    exists: Callable[[str, str], bool],
+) -> bool:
+    """Whether the person of ``secondary`` (a previous profile row) holds an `id` that the
+    person of ``primary`` does not, and is known to exist: a merge would delete it, `id` and
+    all (Customer.io keeps the primary's identifiers)."""
+    held = None if secondary is None else secondary.get("cio_person_id")
+    if held is None or not exists("id", str(held)):
+        return False
+    return primary is None or primary.get("cio_person_id") != held
+
+
 def _merge_into(
     row: Mapping[str, Any] | None,
     candidates: Sequence[Mapping[str, Any] | None],
@@ -410,6 +424,13 @@ def plan_customerio(
             # the survivor has no person yet: identifying it reaches the absorbed person
             outcome(survivor, absorbed, "deferred", None)
             reapply.add(survivor)
+            continue
+        if m.get("cause") != "forced" and _holds_another_id(other, target, known):
+            # a person holding an `id` is never merged away: two users whose rows left (no
+            # source shows either `id`, so the one-`id` limit cannot refuse the union) joined
+            # by a link between their emails are two people still (an `include` override
+            # forcing the two together merges them: catalogue case 34)
+            outcome(survivor, absorbed, "skipped_holds_id", None)
             continue
         # a profile is absorbed once (its id is an alias from then on): the same two
         # addresses merged again later (a lead's new person, after the first was merged
