@@ -70,6 +70,21 @@ attributes: {{{name}_plan: plan}}
 """
 
 
+#: a `mirror` people sync deleting the people whose rows leave, over an `accounts` table of
+#: several accounts per user (`account_id`, `user_id`, `email`, `plan`)
+ACCOUNTS_MIRROR_DELETING = """
+name: accounts
+source: warehouse
+model: {table: accounts}
+kind: people
+primary_key: account_id
+identify_by: {id: user_id, email: email}
+attributes: {plan: plan}
+mode: mirror
+delete_removed: true
+"""
+
+
 def plans_by_id(emu: Emulator) -> dict[str | None, tuple[str | None, dict[str, Any]]]:
     """id -> (email, the plans each :data:`PLAN_SYNC` set)."""
     return {

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.sync.helpers import ACCOUNTS_MIRROR_DELETING
 from tests.sync.test_objects import COMPANIES, MEMBERSHIPS, rels, run_all, seed
 from tests.sync.test_plan_all_matches_sync import PEOPLE as DELETING
 from tests.sync.test_plan_all_matches_sync import colors, lockgate
@@ -322,18 +323,8 @@ def test_a_person_a_killed_first_run_delivered_twice_is_forgotten_wholly_once_de
         "create table accounts as select * from (values ('a1', 'u1', 'ada@example.com', 'p1'), "
         "('a2', 'u1', null, 'p2'), ('a3', 'u1', null, 'p3')) t(account_id, user_id, email, plan)"
     )
-    accounts = """
-name: accounts
-source: warehouse
-model: {table: accounts}
-kind: people
-primary_key: account_id
-identify_by: {id: user_id, email: email}
-attributes: {plan: plan}
-mode: mirror
-delete_removed: true
-"""
-    project = one_at_a_time(project_factory.write({"accounts": accounts}, retries=0))
+    accounts = project_factory.write({"accounts": ACCOUNTS_MIRROR_DELETING}, retries=0)
+    project = one_at_a_time(accounts)
     emu = project_factory.emulator
 
     def batches() -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tests.sync.helpers import UNMARK_TABLES, USERS_PROFILE
+from tests.sync.helpers import ACCOUNTS_MIRROR_DELETING, UNMARK_TABLES, USERS_PROFILE
 
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator, FaultConfig
@@ -292,18 +292,7 @@ def test_mirror_keeps_a_person_another_row_still_syncs(project_factory: ProjectF
         "('a3', 'u3', 'bob@example.com', 'free'), ('a4', null, ' ADA@Example.com', 'pro')"
         ") t(account_id, user_id, email, plan)"
     )
-    accounts = """
-name: accounts
-source: warehouse
-model: {table: accounts}
-kind: people
-primary_key: account_id
-identify_by: {id: user_id, email: email}
-attributes: {plan: plan}
-mode: mirror
-delete_removed: true
-"""
-    project = project_factory.write({"accounts": accounts})
+    project = project_factory.write({"accounts": ACCOUNTS_MIRROR_DELETING})
     run_sync(project, "accounts", console=NullConsole())
     emu = project_factory.emulator
     assert len(emu.people()) == 2
@@ -336,18 +325,7 @@ def test_a_person_two_rows_reach_is_known_once_and_forgotten_wholly_by_its_delet
         "('a1', 'u1', 'ada@example.com', 'pro'), ('a2', 'u1', null, 'pro'), "
         "('a3', 'u3', 'bob@example.com', 'free')) t(account_id, user_id, email, plan)"
     )
-    accounts = """
-name: accounts
-source: warehouse
-model: {table: accounts}
-kind: people
-primary_key: account_id
-identify_by: {id: user_id, email: email}
-attributes: {plan: plan}
-mode: mirror
-delete_removed: true
-"""
-    project = project_factory.write({"accounts": accounts})
+    project = project_factory.write({"accounts": ACCOUNTS_MIRROR_DELETING})
     emu = project_factory.emulator
 
     def known() -> list[tuple[str, int]]:
