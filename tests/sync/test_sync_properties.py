@@ -427,6 +427,13 @@ class SyncMachine(RuleBasedStateMachine):
         samples = report.changes.rejected_samples
         keys = {k for k, reason in samples if reason}
         assert len(samples) == min(report.changes.rejected, 20), name  # the first 20 by key
+        # past 20, a key after the last one shown is rejected but not among the samples
+        # (found by seed 34 at 60x20: 19 events without an id sort before `e7`)
+        shown = max((k for k, _ in samples), default="") if report.changes.rejected > 20 else None
+
+        def sampled(key: str) -> bool:
+            return shown is None or key <= shown
+
         if name in ("profile", "members"):
             rows, valid = (
                 (self.people, self._person_ok)
@@ -436,11 +443,12 @@ class SyncMachine(RuleBasedStateMachine):
             bad = [r for r in rows if not valid(r)]
             assert report.changes.rejected == len(bad), (name, samples)
             column = "user_id" if name == "profile" else "email"
-            assert {str(r[column]) for r in bad if r[column] is not None} <= keys, (name, samples)
+            expected = {str(r[column]) for r in bad if r[column] is not None}
+            assert {k for k in expected if sampled(k)} <= keys, (name, samples)
         else:
             for key, copies in self._event_copies().items():
                 if key not in self.ledger and not any(self._sendable(c) for c in copies):
-                    assert key in keys, (key, samples)
+                    assert key in keys or not sampled(key), (key, samples)
 
     def _person_ok(self, r: dict[str, Any]) -> bool:
         uid = r["user_id"]
