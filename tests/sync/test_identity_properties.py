@@ -902,6 +902,13 @@ def _delete_by_hand(emu: Emulator, **identifiers: str) -> None:
         client.post("/api/v2/entity", json=body).raise_for_status()
 
 
+def _merge_by_hand(emu: Emulator, primary: dict[str, str], secondary: dict[str, str]) -> None:
+    """Two people merged in Customer.io by someone (`POST /api/v1/merge_customers`)."""
+    body = {"primary": primary, "secondary": secondary}
+    with emu.client(auth=emu.track_auth) as client:
+        client.post("/api/v1/merge_customers", json=body).raise_for_status()
+
+
 @pytest.mark.parametrize("gone", ["user's row left", "Stripe id moved"])
 def test_a_person_deleted_by_hand_is_not_created_again_to_give_something_up(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gone: str
@@ -1069,9 +1076,7 @@ def test_a_person_deleted_by_hand_that_a_stripe_row_reaches_comes_back_by_its_id
     else:
         lead = emu.person(email="e2@x.io")
         assert lead is not None
-        body = {"primary": {"cio_id": lead.cio_id}, "secondary": {"cio_id": u1.cio_id}}
-        with emu.client(auth=emu.track_auth) as client:
-            client.post("/api/v1/merge_customers", json=body).raise_for_status()
+        _merge_by_hand(emu, {"cio_id": lead.cio_id}, {"cio_id": u1.cio_id})
     before = len(emu.request_log())
     sync_all(project)
     assert emu.request_log()[before:] == []
@@ -1276,9 +1281,7 @@ def test_a_full_resync_after_a_hand_delete_leaves_another_users_id_alone(
     every_sync()
     u2, u4 = emu.person(id="u2"), emu.person(id="u4")
     assert u2 is not None and u4 is not None
-    with emu.client(auth=emu.track_auth) as client:
-        body = {"type": "person", "action": "delete", "identifiers": {"cio_id": u2.cio_id}}
-        client.post("/api/v2/entity", json=body).raise_for_status()
+    _delete_by_hand(emu, cio_id=u2.cio_id)
     every_sync()
     every_sync(full_resync=True)
     after = emu.person(cio_id=u4.cio_id)
@@ -1523,9 +1526,7 @@ def test_a_user_who_comes_back_with_a_deleted_leads_email_is_not_merged_with_mer
     assert again.identity_merges_skipped == () and again.identity_ops == ()
     assert [op["action"] for op in sent_ops(emu, before)] == ["identify"]
     # merged by hand in Customer.io, the row lands on the one person left
-    body = {"primary": {"id": "u4"}, "secondary": {"email": "e2@x.io"}}
-    with emu.client(auth=emu.track_auth) as client:
-        client.post("/api/v1/merge_customers", json=body).raise_for_status()
+    _merge_by_hand(emu, {"id": "u4"}, {"email": "e2@x.io"})
     sync_all(project)
     (person,) = emu.people()
     assert (person.cio_id, person.id, person.email) == (u4.cio_id, "u4", "e2@x.io")
@@ -1594,9 +1595,7 @@ def test_a_user_who_comes_back_with_a_deleted_leads_email_is_rejected_with_merge
             (emu.person(id="u1").cio_id, "u1", "e5@x.io"): {"plan": "team"},  # type: ignore[union-attr]
         }
     # merged by hand, and read back with the App API key: the row lands
-    body = {"primary": {"id": "u4"}, "secondary": {"email": "e2@x.io"}}
-    with emu.client(auth=emu.track_auth) as client:
-        client.post("/api/v1/merge_customers", json=body).raise_for_status()
+    _merge_by_hand(emu, {"id": "u4"}, {"email": "e2@x.io"})
     monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
     sync_all(project)
     person = emu.person(id="u4")
@@ -1687,9 +1686,7 @@ def test_a_user_who_comes_back_with_a_deleted_leads_email_is_sent_again_if_not_r
         (emu.person(id="u1").cio_id, "u1", "e6@x.io"): {"plan": "team"},  # type: ignore[union-attr]
     }
     # merged by hand, the row lands
-    body = {"primary": {"id": "u4"}, "secondary": {"email": "e2@x.io"}}
-    with emu.client(auth=emu.track_auth) as client:
-        client.post("/api/v1/merge_customers", json=body).raise_for_status()
+    _merge_by_hand(emu, {"id": "u4"}, {"email": "e2@x.io"})
     sync_all(project)
     person = emu.person(id="u4")
     assert person is not None and (person.cio_id, person.email) == (u4.cio_id, "e2@x.io")
