@@ -909,6 +909,17 @@ def _merge_by_hand(emu: Emulator, primary: dict[str, str], secondary: dict[str, 
         client.post("/api/v1/merge_customers", json=body).raise_for_status()
 
 
+def _lands_once_the_lead_is_merged_by_hand(emu: Emulator, project: Project, u4: Any) -> None:
+    """The lead's person (`e2@x.io`) merged into u4's by hand in Customer.io: the next runs
+    give u4's person the lead's email, u4's plan and the lead's source, and leave nothing."""
+    _merge_by_hand(emu, {"id": "u4"}, {"email": "e2@x.io"})
+    sync_all(project)
+    person = emu.person(id="u4")
+    assert person is not None and (person.cio_id, person.email) == (u4.cio_id, "e2@x.io")
+    assert person.attributes == {"plan": "pro", "lead_source": "webinar"}
+    assert_nothing_left_to_send(project)
+
+
 @pytest.mark.parametrize("gone", ["user's row left", "Stripe id moved"])
 def test_a_person_deleted_by_hand_is_not_created_again_to_give_something_up(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gone: str
@@ -1595,13 +1606,8 @@ def test_a_user_who_comes_back_with_a_deleted_leads_email_is_rejected_with_merge
             (emu.person(id="u1").cio_id, "u1", "e5@x.io"): {"plan": "team"},  # type: ignore[union-attr]
         }
     # merged by hand, and read back with the App API key: the row lands
-    _merge_by_hand(emu, {"id": "u4"}, {"email": "e2@x.io"})
     monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
-    sync_all(project)
-    person = emu.person(id="u4")
-    assert person is not None and (person.cio_id, person.email) == (u4.cio_id, "e2@x.io")
-    assert person.attributes == {"plan": "pro", "lead_source": "webinar"}
-    assert_nothing_left_to_send(project)
+    _lands_once_the_lead_is_merged_by_hand(emu, project, u4)
 
 
 def test_a_row_held_for_a_merge_kept_back_lands_in_a_new_workspace(
@@ -1685,13 +1691,7 @@ def test_a_user_who_comes_back_with_a_deleted_leads_email_is_sent_again_if_not_r
         (lead.cio_id, None, "e2@x.io"): {"lead_source": "webinar"},
         (emu.person(id="u1").cio_id, "u1", "e6@x.io"): {"plan": "team"},  # type: ignore[union-attr]
     }
-    # merged by hand, the row lands
-    _merge_by_hand(emu, {"id": "u4"}, {"email": "e2@x.io"})
-    sync_all(project)
-    person = emu.person(id="u4")
-    assert person is not None and (person.cio_id, person.email) == (u4.cio_id, "e2@x.io")
-    assert person.attributes == {"plan": "pro", "lead_source": "webinar"}
-    assert_nothing_left_to_send(project)
+    _lands_once_the_lead_is_merged_by_hand(emu, project, u4)
 
 
 def test_a_deleted_lead_whose_email_joins_a_user_is_merged_into_the_user(
