@@ -1250,11 +1250,6 @@ def test_two_users_who_left_are_not_merged_by_a_link_between_their_emails(
     assert_nothing_left_to_send(project)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: the lead's row is identified by the `id` of a profile whose email "
-    "another user's person holds (docs/identity.md has no rule for it yet)",
-)
 def test_a_full_resync_after_a_hand_delete_leaves_another_users_id_alone(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1263,8 +1258,10 @@ def test_a_full_resync_after_a_hand_delete_leaves_another_users_id_alone(
     breaks in the component) while the lead's email is u4's person's. u2's person is deleted
     by hand, then `sync --all --full-resync`: the lead's row goes out as an identify by `id`
     u2 with the email u4's person holds, and Customer.io renames u4's person to u2. Without
-    the delete, the same identify is dropped. Neither may happen: u4's person keeps its
-    `id`, and u2 is not made again. (Found by the identity machine, seed 29 at 20x20.)"""
+    the delete, the same identify is dropped. Neither may happen: the row, given an `id` it
+    was not delivered with, has its email checked first (with the App API), and is refused
+    for as long as u4's person holds it; u4's person keeps its `id`, and u2 is not made
+    again. (Found by the identity machine, seed 29 at 20x20.)"""
     emu = customerio_emulator
     monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
     project = project_in(tmp_path, emu, monkeypatch)
@@ -1292,6 +1289,7 @@ def test_a_full_resync_after_a_hand_delete_leaves_another_users_id_alone(
     every_sync()
     u2, u4 = emu.person(id="u2"), emu.person(id="u4")
     assert u2 is not None and u4 is not None
+    assert u4.email == "e1@x.io" and u4.attributes["lead_source"] == "webinar"
     _delete_by_hand(emu, cio_id=u2.cio_id)
     every_sync()
     every_sync(full_resync=True)

@@ -80,8 +80,9 @@ def test_a_new_row_whose_email_another_id_holds_is_rejected_and_sent_once_releas
     reason = (
         "sync `profile`, row `u9`: email `A@x.com` is held in Customer.io by another person "
         f"(id `crm-7`, cio_id `{cio_id}`); not sent: Customer.io would give that person the "
-        "new id `u9` and write the row over its profile. Release or merge that person in "
-        "Customer.io, or give your app and the sync the same id for a person, then run the "
+        "new id `u9` and write the row over its profile (or, when another person has that "
+        "id, drop the update whole). Release or merge that person in Customer.io, or give "
+        "your app and the sync the same id for a person, then run the "
         "sync again: the row is checked again"
     )
     assert report.failures == (("u9", "rejected", reason),)
@@ -468,3 +469,59 @@ def test_a_full_resync_does_not_check_a_row_delivered_before_nor_forget_it(
     assert (gone.status, gone.changes.removed_sent) == ("success", 1)
     assert people(emu)["u1"][1] is None  # cleared
     assert people(emu)["crm-7"] == ("a@x.com", "gold")
+
+
+CONTACTS = """
+name: contacts
+source: warehouse
+model: {table: contacts}
+kind: people
+primary_key: email
+identify_by: {id: user_id, email: email}
+attributes: {score: score}
+"""
+
+
+def contacts(factory: ProjectFactory, *rows: tuple[str, str, int]) -> None:
+    values = ", ".join(f"('{e}', '{u}', {s})" for e, u, s in rows)
+    factory.sql(
+        f"create or replace table contacts as select * from (values {values}) t(email, user_id, "
+        "score)"
+    )
+
+
+def test_a_row_given_a_new_id_renames_its_own_person_but_not_another_records(
+    project_factory: ProjectFactory, app_key: None
+) -> None:
+    """A sync keyed by email sends each row with the `id` its model gives it. When that `id`
+    changes, Customer.io gives the new one to the person holding the email. Its own person
+    (c@x.com's, whose `id` no other record was delivered with) is renamed, as the row says.
+    A person another record reached too (`u1`, a user of the `profile` sync whose email
+    the contact shares) is not the row's to rename: the row is refused before it is sent,
+    naming the holder, where before the check `u1` became `u7` with the contact's score."""
+    emu = project_factory.emulator
+    users(project_factory, ("u1", "a@x.com", "pro"))
+    contacts(project_factory, ("a@x.com", "u1", 5), ("c@x.com", "u3", 1))
+    project = project_factory.write({"profile": PEOPLE, "contacts": CONTACTS})
+    for name in ("profile", "contacts"):
+        assert run_sync(project, name, console=NullConsole()).status == "success"
+    u1, u3 = emu.person(id="u1"), emu.person(id="u3")
+    assert u1 is not None and u3 is not None
+
+    contacts(project_factory, ("a@x.com", "u7", 6), ("c@x.com", "u8", 2))
+    report = run_sync(project, "contacts", console=NullConsole())
+    assert (report.status, report.delivered, report.rejected_by_api) == ("partial", 1, 1)
+    assert report.new_emails_checked == 2
+    ((key, outcome, reason),) = report.failures
+    assert (key, outcome) == ("a@x.com", "rejected")
+    assert f"(id `u1`, cio_id `{u1.cio_id}`)" in reason and "new id `u7`" in reason
+    after_u1 = emu.person(cio_id=u1.cio_id)
+    assert after_u1 is not None and (after_u1.id, after_u1.attributes.get("score")) == ("u1", 5)
+    renamed = emu.person(cio_id=u3.cio_id)
+    assert renamed is not None and (renamed.id, renamed.attributes["score"]) == ("u8", 2)
+    assert emu.person(id="u7") is None
+    # refused rows are checked again on every run, a full resync's too
+    for full_resync in (False, True):
+        again = run_sync(project, "contacts", console=NullConsole(), full_resync=full_resync)
+        assert (again.status, again.rejected_by_api) == ("partial", 1)
+        assert emu.person(id="u7") is None

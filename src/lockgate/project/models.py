@@ -656,12 +656,13 @@ class CustomerIODestinationConfig(Placed):
     rejected and sent again by the next run (docs/sync.md). 0 turns the read-back off."""
     check_new_emails: int = Field(default=1000, ge=0)
     """With `app_api_key` set: before delivery, a people sync run identified by `id` and `email`
-    looks up through the App API who holds the emails of its new rows (not delivered before),
-    the first this many (by key): Customer.io gives a new `id` sent with an email another person
-    holds to that person, so a row whose email a person with another `id` holds is rejected
-    instead, and checked again by the next run (docs/sync.md); so is a row whose email a
-    person without an `id` holds when Customer.io has a person with the row's `id` already (it
-    would drop the update whole). Rows past it are sent unchecked. 0 turns the check off."""
+    looks up through the App API who holds the emails of its new rows (not delivered before)
+    and of its rows sent with another `id` than last delivered, the first this many (by
+    key): Customer.io gives a new `id` sent with an email another person holds to that
+    person, so a row whose email a person with another `id` holds is rejected instead, and
+    checked again by the next run (docs/sync.md); so is a row whose email a person without an
+    `id` holds when Customer.io has a person with the row's `id` already (it would drop the
+    update whole). Rows past it are sent unchecked. 0 turns the check off."""
 
     @field_validator("track_url", "app_url")
     @classmethod

@@ -3394,9 +3394,8 @@ def email_moves(
 #: a row of ``changes`` that names a new person by `id` with an email (``ident`` holds only
 #: the identifiers that are not null; a JSON string value escapes its quotes, so neither
 #: test matches inside a value, and `"cio_id":` is not `"id":`)
-_NEW_WITH_EMAIL = (
-    "c.is_new and not c.removed and contains(c.ident, '\"email\":') "
-    "and contains(c.ident, '\"id\":')"
+_WITH_ID_AND_EMAIL = (
+    "not c.removed and contains(c.ident, '\"email\":') and contains(c.ident, '\"id\":')"
 )
 
 
@@ -3407,32 +3406,42 @@ def new_emails(
     limit: int,
     released_first: Iterable[tuple[str, str]] = (),
     merged_first: Iterable[tuple[str, str]] = (),
+    people_snaps: Iterable[str] = (),
 ) -> tuple[int, list[tuple[str, str, str, frozenset[str]]]]:
-    """The rows of a people sync identified by `id` and `email` that this run sends to a
-    person Lockgate never delivered to (not in the snapshot, :func:`_delivered`) with an `id`
-    and an email: Customer.io gives that `id` to the person holding the email, if one does
+    """The rows of a people sync identified by `id` and `email` that this run sends with an
+    `id` and an email to a person Lockgate never delivered that `id` to: rows new to the
+    snapshot (:func:`_delivered`), and rows whose `id` is not the one last delivered (the
+    identity graph gave a lead's row another profile's `id`, the model's `id` column
+    changed). Customer.io gives that `id` to the person holding the email, if one does, or
+    drops the update when the `id` is another person already
     (:mod:`lockgate.sync.emailcheck`). Returns how many, and the first ``limit`` of them by
     key as (key, id, email as sent, the `id`s and `cio_id`s of the people this run releases
     that email from first: ``email_released``, see :func:`order_email_moves`, and
     ``released_first``, `(email, id)` of the people the identity graph's operations release
-    it from before the rows; and `merged:ID` for ``merged_first``, `(email, id)` of the
-    merges the graph's operations send before the rows of the person holding that email into
-    the person of that `id`). A run of no new row costs a count of ``changes``; the JSON of
-    the rows is read only up to ``limit``."""
+    it from before the rows; `merged:ID` for ``merged_first``, `(email, id)` of the merges
+    the graph's operations send before the rows of the person holding that email into the
+    person of that `id`; and the `id` the row last delivered, when no other record of this
+    snapshot or of ``people_snaps`` (the other people syncs of the destination) was
+    delivered with it: that person is the row's own, the new `id` its rename). A run of no
+    such row costs a count of ``changes``; the JSON of the rows is read only up to
+    ``limit``."""
     if sync.kind != "people" or "email" not in sync.identify_by:
         return 0, []
-    # `is_new`: not in the snapshot the run diffed against; a run of named records or a full
-    # resync hides the whole one (:func:`_delivered`), which a row delivered before is in
-    rows = f"from changes c where {_NEW_WITH_EMAIL}"
-    if temp_table(con, f"snap__{sync.name}"):
-        previous = _delivered(con, sync.name)
-        rows = f"from changes c anti join {previous} s on s.k = c.k where {_NEW_WITH_EMAIL}"
+    # against the whole snapshot: a run of named records or a full resync hides it behind a
+    # temp table (:func:`_delivered`), where a row delivered before would look new
+    old_id = "json_extract_string(s.ident, '$.id')"
+    rows = (
+        f"from changes c left join {_delivered(con, sync.name)} s on s.k = c.k "
+        f"where {_WITH_ID_AND_EMAIL} "
+        f"and (s.k is null or {old_id} is distinct from json_extract_string(c.ident, '$.id'))"
+    )
     total = int(_one(con, f"select count(*) {rows}") or 0)
     if not total or not limit:
         return total, []
     found = con.execute(
         f"""
-        select c.k, json_extract_string(c.ident, '$.id'), json_extract_string(c.ident, '$.email')
+        select c.k, json_extract_string(c.ident, '$.id'),
+               json_extract_string(c.ident, '$.email'), {old_id}
         {rows} order by c.k limit {int(limit)}
         """
     ).fetchall()
@@ -3442,15 +3451,63 @@ def new_emails(
     for email, person in merged_first:
         released.setdefault(email.lower(), set()).add(f"merged:{person}")
     if temp_table(con, "email_released"):
-        for email, old_id, old_cio_id in con.execute(
+        for email, old_id_, old_cio_id in con.execute(
             "select old_email, old_id, old_cio_id from email_released"
         ).fetchall():
             released.setdefault(str(email), set()).update(
-                f"{kind}:{v}" for kind, v in (("id", old_id), ("cio_id", old_cio_id)) if v
+                f"{kind}:{v}" for kind, v in (("id", old_id_), ("cio_id", old_cio_id)) if v
             )
+    own = _own_old_ids(con, sync, [(str(k), str(o)) for k, _, _, o in found if o], people_snaps)
     return total, [
-        (str(k), str(i), str(e), frozenset(released.get(str(e).lower(), ()))) for k, i, e in found
+        (
+            str(k),
+            str(i),
+            str(e),
+            frozenset(released.get(str(e).lower(), set()) | ({f"id:{o}"} if k in own else set())),
+        )
+        for k, i, e, o in found
     ]
+
+
+def _own_old_ids(
+    con: duckdb.DuckDBPyConnection,
+    sync: SyncConfig,
+    old: list[tuple[str, str]],
+    people_snaps: Iterable[str],
+) -> set[str]:
+    """Of ``old`` (key, the `id` a row last delivered), the keys whose old `id` no other
+    record was delivered with (another key of this snapshot, any record of ``people_snaps``):
+    a person only that row reached, which its new `id` renames. A person another record
+    reached too (a user's, whose lead row the identity graph gave another profile's `id`)
+    is not the row's to rename."""
+    if not old:
+        return set()
+    con.register("old_ids__", pa.table({"k": [k for k, _ in old], "id": [i for _, i in old]}))
+    try:
+        others = [
+            f"select k, json_extract_string(ident, '$.id') as id, true as other from {t}"
+            for t in people_snaps
+        ]
+        held = " union all ".join(
+            [
+                f"select k, json_extract_string(ident, '$.id') as id, false as other "
+                f"from {_delivered(con, sync.name)}",
+                *others,
+            ]
+        )
+        return {
+            str(k)
+            for (k,) in con.execute(
+                f"""
+                select o.k from old_ids__ o
+                where not exists (
+                    select 1 from ({held}) h where h.id = o.id and (h.other or h.k <> o.k)
+                )
+                """
+            ).fetchall()
+        }
+    finally:
+        con.unregister("old_ids__")
 
 
 def _delivered(con: duckdb.DuckDBPyConnection, sync: str) -> str:

@@ -272,7 +272,8 @@ def _new_reason(sync: str, row: NewRow, holders: list[JSON]) -> str:
     return (
         f"sync `{sync}`, row `{key}`: email `{shorten(email)}` is held in Customer.io by another "
         f"person ({who}); not sent: Customer.io would give that person the new id `{id_}` "
-        "and write the row over its profile. Release or merge that person in Customer.io, or "
+        "and write the row over its profile (or, when another person has that id, drop the "
+        "update whole). Release or merge that person in Customer.io, or "
         "give your app and the sync the same id for a person, then run the sync again: the "
         "row is checked again"
     )

@@ -1760,12 +1760,20 @@ def _check_new_emails(
     merged: list[tuple[str, str]] = []
     if identity_ops is not None and settings is not None:
         merged = _merged_by_email(identity_ops)
+    others = []
+    if settings is not None:
+        for other in project:
+            if other.kind == "people" and other.destination == sync.destination:
+                if other.name != sync.name:
+                    store.ensure_sync_tables(other.name)
+                    others.append(table("snap", other.name))
     total, rows = diff_step.new_emails(
         store.con,
         sync,
         limit=limit if settings else 0,
         released_first=released,
         merged_first=merged,
+        people_snaps=others,
     )
     if not total:
         return 0, 0, "", []
@@ -2692,10 +2700,10 @@ def run_sync(
             guard_step.enforce(sync, guards, force=force)
             new_checked, new_unchecked, new_note = 0, 0, ""
             new_refused: list[tuple[str, str]] = []
-            if sync.kind == "people" and changes.new:
+            if sync.kind == "people" and (changes.new or changes.changed):
                 # before anything of the run's rows is sent (and before a full resync forgets
-                # what was delivered): a new row whose email another person holds would take
-                # that person over
+                # what was delivered): a new row, or a row with a new `id`, whose email another
+                # person holds would take that person over
                 with step("deliver"):
                     new_checked, new_unchecked, new_note, new_refused = _check_new_emails(
                         store, project, sync, run_id, console, resolution, identity_ops
