@@ -2508,7 +2508,8 @@ def _hold_shared_emails(
     would be recorded as delivered and not sent again while unchanged: a person lost, or
     stale. So, of the rows of a people sync identified by `email` and an `id` (or `cio_id`)
     that take an email they were not delivered with (new rows, changed emails: ``known``, or
-    the whole snapshot when the diff's is hidden, says what they had), one person gets it:
+    the whole snapshot when the diff's is hidden, says what they had; through the identity
+    graph, also rows delivered with it to another person), one person gets it:
     the one a row still in the model (``keyed``) was delivered with it and does not give up
     in this run (:func:`_delivered`), else the person (``addr``) of the lowest key taking it.
     The rows of other persons are rejected naming the row that has it: rejected rows are
@@ -2563,15 +2564,22 @@ def _hold_shared_emails(
 
     # the rows taking an email: new to the snapshot, or delivered with another email (a row
     # new to a hidden snapshot may have been delivered: the whole one says); the new rows
-    # are not joined (a left join of a first run's 1M rows to `known` took 1.3 s more)
+    # are not joined (a left join of a first run's 1M rows to `known` took 1.3 s more).
+    # Through the graph, also a row delivered with the email to another person: the graph
+    # gave a lead's row another profile's `id`, while another sync's person keeps the email
     row = "m.reject is null and not starts_with(m.addr, 'email:')"
+    taken = "email is distinct from had"
+    had_person = "null::varchar"
+    if graph:
+        taken += " or person is distinct from had_person"
+        had_person = _addressed_by("s.ident")
     if hidden:
         takers = f"""
             select k, email, person from (
                 select m.k, {email("m.ident")} as email, m.addr as person,
-                       {email("s.ident")} as had
+                       {email("s.ident")} as had, {had_person} as had_person
                 from mapped m left join {delivered} s on s.k = m.k where {row}
-            ) where email is not null and email is distinct from had
+            ) where email is not null and ({taken})
             """
     else:
         takers = f"""
@@ -2582,9 +2590,9 @@ def _hold_shared_emails(
             union all
             select k, email, person from (
                 select m.k, {email("m.ident")} as email, m.addr as person,
-                       {email("s.ident")} as had
+                       {email("s.ident")} as had, {had_person} as had_person
                 from mapped m join known s on s.k = m.k where {row} and not m.is_new
-            ) where email is not null and email is distinct from had
+            ) where email is not null and ({taken})
             """
     own = not graph and _one(con, f"select count(*) from (select 1 from {delivered} limit 1)")
     anyone = own or any(
@@ -3427,13 +3435,17 @@ def new_emails(
     ``limit``."""
     if sync.kind != "people" or "email" not in sync.identify_by:
         return 0, []
-    # against the whole snapshot: a run of named records or a full resync hides it behind a
-    # temp table (:func:`_delivered`), where a row delivered before would look new
-    old_id = "json_extract_string(s.ident, '$.id')"
+    # what was delivered to the rows sent: ``known`` (built by this run's diff, the snapshot's
+    # rows of the keys it sends) rather than a scan of the whole snapshot; but a run of named
+    # records or a full resync hides that behind a temp table, where a row delivered before
+    # looks new: the whole one then (:func:`_delivered`)
+    hidden = temp_table(con, f"snap__{sync.name}")
+    previous = "known" if not hidden and temp_table(con, "known") else _delivered(con, sync.name)
+    delivered_id = "json_extract_string(s.ident, '$.id')"
     rows = (
-        f"from changes c left join {_delivered(con, sync.name)} s on s.k = c.k "
-        f"where {_WITH_ID_AND_EMAIL} "
-        f"and (s.k is null or {old_id} is distinct from json_extract_string(c.ident, '$.id'))"
+        f"from changes c left join {previous} s on s.k = c.k where {_WITH_ID_AND_EMAIL} and "
+        f"(s.k is null and c.is_new or s.k is not null "
+        f"and {delivered_id} is distinct from json_extract_string(c.ident, '$.id'))"
     )
     total = int(_one(con, f"select count(*) {rows}") or 0)
     if not total or not limit:
@@ -3441,7 +3453,7 @@ def new_emails(
     found = con.execute(
         f"""
         select c.k, json_extract_string(c.ident, '$.id'),
-               json_extract_string(c.ident, '$.email'), {old_id}
+               json_extract_string(c.ident, '$.email'), {delivered_id}
         {rows} order by c.k limit {int(limit)}
         """
     ).fetchall()
@@ -3451,11 +3463,11 @@ def new_emails(
     for email, person in merged_first:
         released.setdefault(email.lower(), set()).add(f"merged:{person}")
     if temp_table(con, "email_released"):
-        for email, old_id_, old_cio_id in con.execute(
+        for email, old_id, old_cio_id in con.execute(
             "select old_email, old_id, old_cio_id from email_released"
         ).fetchall():
             released.setdefault(str(email), set()).update(
-                f"{kind}:{v}" for kind, v in (("id", old_id_), ("cio_id", old_cio_id)) if v
+                f"{kind}:{v}" for kind, v in (("id", old_id), ("cio_id", old_cio_id)) if v
             )
     own = _own_old_ids(con, sync, [(str(k), str(o)) for k, _, _, o in found if o], people_snaps)
     return total, [

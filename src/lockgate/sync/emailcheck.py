@@ -23,8 +23,9 @@ Customer.io applies Track API updates within moments, not at once: a person that
 hold the email sent and whose email nobody else holds is read once more after
 :data:`SETTLE_SECONDS` before the row is refused.
 
-Before delivery, :func:`check_new` looks up who holds the emails of the run's new rows
-(``diff.new_emails``: the first ``check_new_emails`` of them by key), 100 emails a request
+Before delivery, :func:`check_new` looks up who holds the emails of the run's new rows, and
+of its rows sent with another `id` than last delivered (``diff.new_emails``: the first
+``check_new_emails`` of them by key), 100 emails a request
 (``POST /v1/customers`` with an ``or`` of ``email eq`` conditions: one request answers for 100
 rows, where ``GET /v1/customers?email=`` answers for one). A row whose email a person with
 another non-empty `id` holds is refused before it is sent; a holder this run releases the
