@@ -56,10 +56,18 @@ def test_a_merge_is_planned_once_with_a_stable_idempotency_key() -> None:
 
 
 def test_weak_evidence_holds_the_merge_for_review() -> None:
+    """The merge is not planned; it is kept, as it would have been sent, in `held_merges`
+    (a sync lists it and holds back the rows Customer.io would drop), not in
+    `skipped_merges` (merges off)."""
     cfg, second = merged_pair("identifies")  # rank 3 > min_path_rank 2
     plan = plan_customerio(second, cfg, exists=EXISTS)
     assert plan.merges == []
     assert plan.merge_outcomes["outcome"].to_pylist() == ["held_for_review"]
+    assert [(op.payload["primary"], op.payload["secondary"]) for op in plan.held_merges] == [
+        ({"id": "u1"}, {"email": "lead@x.com"})
+    ]
+    assert plan.skipped_merges == ()
+    assert (plan.counts["merges"], plan.counts["merges_held"]) == (0, 1)
 
 
 def test_merges_can_be_switched_off() -> None:

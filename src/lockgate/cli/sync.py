@@ -188,10 +188,12 @@ def change_rows(report: RunReport) -> list[tuple[str, Any]]:
                 ("identity merges, sent first", report.identity_merges),
                 ("  identifiers re-applied after them", report.identity_reapplied),
             ]
-        if report.identity_merges_skipped:
-            rows.append(
-                ("identity merges not sent (merges off)", len(report.identity_merges_skipped))
-            )
+        held = len([m for m in report.identity_merges_skipped if _held_for_review(m)])
+        off = len(report.identity_merges_skipped) - held
+        if off:
+            rows.append(("identity merges not sent (merges off)", off))
+        if held:
+            rows.append(("identity merges held for review (min_path_rank)", held))
         if c.email_releases:
             rows.append(("email releases, sent first", c.email_releases))
         rows += [
@@ -360,10 +362,11 @@ def render_report(
 def _render_skipped_merges(
     console: RichConsole, report: RunReport, said: set[str] | None = None
 ) -> None:
-    """The merges `merge_policy.enabled: false` kept back, each naming its profile and both
-    people, and how to fix them. The syncs of one command share the identity graph, so each
-    report lists the same merges: with ``said`` (the merges an earlier report of the command
-    listed, added to here), a merge is listed, and the warning given, once per command."""
+    """The merges kept back (by `merge_policy.enabled: false`, or held for review by
+    `min_path_rank`), each naming its profile and both people, and how to fix them. The syncs
+    of one command share the identity graph, so each report lists the same merges: with
+    ``said`` (the merges an earlier report of the command listed, added to here), a merge is
+    listed, and the warning given, once per command."""
     skipped = report.identity_merges_skipped
     if said is not None:
         skipped = tuple(m for m in skipped if _merge_said(m) not in said)
@@ -374,19 +377,42 @@ def _render_skipped_merges(
     def person(address: dict[str, str]) -> str:
         return ", ".join(f"{kind} `{value}`" for kind, value in address.items())
 
-    console.table(
-        f"{report.sync}: Customer.io people found to be one, not merged "
-        "(`identity.customerio.merge_policy.enabled: false`)",
-        ["profile", "person", "is the same as"],
-        [(m["profile_id"], person(m["secondary"]), person(m["primary"])) for m in skipped],
-    )
-    console.warn(
-        f"{report.sync}: {len(skipped)} merge(s) not sent: both people stay in Customer.io, "
-        "and a row giving one of them an email the other holds does not land there "
-        '(docs/identity.md, "Merges turned off"). Merge each person into the one it is '
-        "the same as by hand in Customer.io, or set "
-        "`identity.customerio.merge_policy.enabled: true`."
-    )
+    off = [m for m in skipped if not _held_for_review(m)]
+    held = [m for m in skipped if _held_for_review(m)]
+    if off:
+        console.table(
+            f"{report.sync}: Customer.io people found to be one, not merged "
+            "(`identity.customerio.merge_policy.enabled: false`)",
+            ["profile", "person", "is the same as"],
+            [(m["profile_id"], person(m["secondary"]), person(m["primary"])) for m in off],
+        )
+        console.warn(
+            f"{report.sync}: {len(off)} merge(s) not sent: both people stay in Customer.io, "
+            "and a row giving one of them an email the other holds does not land there "
+            '(docs/identity.md, "Merges turned off"). Merge each person into the one it is '
+            "the same as by hand in Customer.io, or set "
+            "`identity.customerio.merge_policy.enabled: true`."
+        )
+    if held:
+        console.table(
+            f"{report.sync}: Customer.io people found to be one on weak evidence, merge held "
+            "for review (`identity.customerio.merge_policy.min_path_rank`)",
+            ["profile", "person", "is the same as"],
+            [(m["profile_id"], person(m["secondary"]), person(m["primary"])) for m in held],
+        )
+        console.warn(
+            f"{report.sync}: {len(held)} merge(s) held for review (min_path_rank), not sent: "
+            "both people stay in Customer.io, and a row giving one of them an email the other "
+            'holds does not land there (docs/identity.md, "Merges held for review"). If they '
+            "are one person, merge each person into the one it is the same as by hand in "
+            "Customer.io; if not, fix the link that joins them (`lockgate identity explain`)."
+        )
+
+
+def _held_for_review(merge: dict[str, Any]) -> bool:
+    """Whether a merge kept back (:func:`lockgate.sync.resolve.skipped_merge`) was held for
+    review by `min_path_rank` rather than kept back by merges off."""
+    return merge.get("outcome") == "held_for_review"
 
 
 def _merge_said(merge: dict[str, Any]) -> str:

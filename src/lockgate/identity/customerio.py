@@ -12,8 +12,9 @@ Rules:
 * more merges than `merge_policy.max_merges_per_run` raise `ContractError` before any op is
   returned (every merge counts: between profiles, of a profile's several people, of a lead's
   person into the user's); merges whose evidence rank is weaker than `min_path_rank` are held
-  for review; with `merge_policy.enabled: false` no merge is planned: each one needed is in
-  `CioPlan.skipped_merges` instead (outcome `skipped_disabled`);
+  for review: not planned, each one in `CioPlan.held_merges` instead (outcome
+  `held_for_review`); with `merge_policy.enabled: false` no merge is planned: each one needed
+  is in `CioPlan.skipped_merges` instead (outcome `skipped_disabled`);
 * splits are never applied: they come back in `CioPlan.review`, and the profiles of a split
   waiting for review (`IdentityResult.held`) get no operation in later runs either;
 * a union refused by a limit leaves the email (or id) with one person; the other person gets
@@ -74,6 +75,10 @@ class CioPlan:
     skipped_merges: tuple[CioOp, ...] = ()
     """The merges the run needs that `merge_policy.enabled: false` keeps from being sent (for
     a user to make by hand, or to turn merges on): each as it would have been sent."""
+    held_merges: tuple[CioOp, ...] = ()
+    """The merges between two profiles' people that `merge_policy.min_path_rank` holds for
+    review (their evidence is weaker): each as it would have been sent. Kept back like those
+    of `skipped_merges` (the two people stay in Customer.io), and said the same way."""
 
     @property
     def merges(self) -> list[CioOp]:
@@ -394,6 +399,7 @@ def plan_customerio(
     policy = config.customerio.merge_policy
     ops: list[CioOp] = []
     skipped: list[CioOp] = []
+    held_for_review: list[CioOp] = []
     outcomes: dict[str, list[Any]] = {n: [] for n in OUTCOMES_SCHEMA.names}
     reapply: set[str] = set()
 
@@ -448,6 +454,7 @@ def plan_customerio(
         rank = m["evidence_rank"]
         if policy.min_path_rank is not None and rank is not None and rank > policy.min_path_rank:
             outcome(survivor, absorbed, "held_for_review", None)
+            held_for_review.append(merge)
             continue
         ops.append(merge)
         outcome(survivor, absorbed, "merged", key)
@@ -599,6 +606,7 @@ def plan_customerio(
     counts = {
         "merges": n_merges,
         "merges_skipped": len(skipped),
+        "merges_held": len(held_for_review),
         "identifies": sum(1 for op in ops if op.payload["action"] == "identify"),
         "review": review.num_rows,
     }
@@ -608,6 +616,7 @@ def plan_customerio(
         review,
         counts,
         tuple(skipped),
+        tuple(held_for_review),
     )
 
 

@@ -377,7 +377,9 @@ class MergePolicyConfig(BaseConfig):
 
     min_path_rank: int | None = 2
     """Only merge Customer.io people when the joining evidence has rank <= this; weaker evidence
-    is held for review. `null` accepts any rank."""
+    is held for review: the merge is not sent, and `plan` and each run's report list it, as
+    for merges turned off (docs/identity.md, "Merges held for review"). `null` accepts any
+    rank."""
 
     max_merges_per_run: int = Field(default=500, ge=0)
     """Circuit breaker: a run that would send more merges stops before sending anything. Every

@@ -932,7 +932,8 @@ def merge_operations(
     console: Console | None = None,
 ) -> tuple[pa.Table, list[dict[str, Any]]]:
     """The Customer.io operations the graph asks for (merges first), not yet delivered, and
-    the merges it needs that `merge_policy.enabled: false` keeps back (:func:`skipped_merge`).
+    the merges it needs that are kept back (:func:`skipped_merge`): by `merge_policy.enabled:
+    false`, or held for review by `merge_policy.min_path_rank` (weaker evidence).
 
     With ``app`` (the App API settings of ``destination``, when it has a key), the people
     known by email alone whose own email left their profile are looked up by it
@@ -1013,7 +1014,7 @@ def merge_operations(
     if not _may_merge(resolution):
         # the common run: no profiles merged, none holding two Customer.io people. The plan
         # below would be built for every profile (seconds at a million) to keep none of it
-        return _ops_table(first), [skipped_merge(op) for op in skipped]
+        return _ops_table(first), [skipped_merge(op, SKIPPED_DISABLED) for op in skipped]
     plan = plan_customerio(
         resolution.result,
         resolution.config,
@@ -1048,17 +1049,29 @@ def merge_operations(
             and op.key not in delivered
         ]
     )
-    return _ops_table(ops), [skipped_merge(op) for op in skipped]
+    # held for review by `min_path_rank`: kept back as those of merges off are, and said so
+    # (a row giving the survivor's `id` the email the other person holds is dropped alike)
+    kept = [skipped_merge(op, SKIPPED_DISABLED) for op in skipped]
+    return _ops_table(ops), kept + [skipped_merge(op, HELD_FOR_REVIEW) for op in plan.held_merges]
 
 
-def skipped_merge(op: CioOp) -> dict[str, Any]:
-    """A merge `merge_policy.enabled: false` keeps back, as a run's report lists it: the
-    profile, and the two Customer.io people (`primary` keeps its identifiers; `secondary`
-    would be merged into it and deleted)."""
+SKIPPED_DISABLED = "skipped_disabled"
+"""A merge kept back by `merge_policy.enabled: false` (:func:`skipped_merge`'s `outcome`)."""
+HELD_FOR_REVIEW = "held_for_review"
+"""A merge held for review by `merge_policy.min_path_rank` (:func:`skipped_merge`'s
+`outcome`): the evidence joining the two people is weaker than it allows."""
+
+
+def skipped_merge(op: CioOp, outcome: str) -> dict[str, Any]:
+    """A merge kept back, as a run's report lists it: the profile, the two Customer.io people
+    (`primary` keeps its identifiers; `secondary` would be merged into it and deleted), and
+    what kept it back (`outcome`, as in `CioPlan.merge_outcomes`: :data:`SKIPPED_DISABLED` or
+    :data:`HELD_FOR_REVIEW`)."""
     return {
         "profile_id": op.profile_id,
         "primary": op.payload["primary"],
         "secondary": op.payload["secondary"],
+        "outcome": outcome,
     }
 
 

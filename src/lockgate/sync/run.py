@@ -167,9 +167,10 @@ class RunReport:
     each, so that Customer.io attaches every device's earlier anonymous events), sent after
     the sync's own changes."""
     identity_merges_skipped: tuple[dict[str, Any], ...] = ()
-    """The merges of Customer.io people the identity graph found to be one that
-    `merge_policy.enabled: false` kept from being sent (`profile_id`, `primary`,
-    `secondary`): for a user to merge by hand, or to turn merges on."""
+    """The merges of Customer.io people the identity graph found to be one that were kept
+    from being sent (`profile_id`, `primary`, `secondary`, and `outcome`: `skipped_disabled`
+    by `merge_policy.enabled: false`, `held_for_review` by `merge_policy.min_path_rank`): for a
+    user to merge by hand (or to turn merges on)."""
     only: tuple[str, ...] = ()
     """The values `--only` named: the run was of their records alone."""
     emails_read_back: int = 0
@@ -1271,7 +1272,8 @@ class Prepared(NamedTuple):
     the sync's rows (:func:`resolve.anonymous_operations`); None without the graph or with
     `--only`."""
     merges_skipped: tuple[dict[str, Any], ...] = ()
-    """The merges `merge_policy.enabled: false` keeps back (:func:`resolve.skipped_merge`)."""
+    """The merges kept back, by `merge_policy.enabled: false` or held for review by
+    `min_path_rank` (:func:`resolve.skipped_merge`)."""
     last: contract_state.Contract | None = None
     """The contract of the sync's last committed run (:func:`contract_state.last`), as the run
     found it: nothing but the run's own commit writes it (``contract_state.record``), so the
@@ -1842,7 +1844,8 @@ def _hold_emails_of_merges_kept_back(
     0`): take out of ``changes`` the rows of a people sync keyed through the identity graph
     that give a person of an `id` the email of the person a merge kept back would have merged
     into it (``merges_skipped``, this run's, or one an earlier run of the sync recorded the row
-    for), and record them as rejected with what to do (with a read-back they are sent, and
+    for: kept back by `merge_policy.enabled: false`, or held for review by `min_path_rank`),
+    and record them as rejected with what to do (with a read-back they are sent, and
     recorded alone: :data:`EMAILS_OF_MERGES_KEPT_BACK`). Customer.io drops such an update whole
     and unseen (the email is another person's), so the row would be counted delivered and never
     sent again. The next run rejects it again while the row gives that `id` that email; a run
@@ -1854,19 +1857,20 @@ def _hold_emails_of_merges_kept_back(
     # with a read-back the rows are sent and recorded: the read-back sees a dropped update,
     # and a row it could not read back is rejected (:func:`_check_emails`)
     read_back = _email_check_settings(project, sync) is not None
-    held: dict[tuple[str, str], str] = {}
-    for merge in merges_skipped:
-        primary, secondary = merge["primary"], merge["secondary"]
-        if set(primary) == {"id"} and "email" in secondary:
-            who = ", ".join(f"{kind} `{value}`" for kind, value in secondary.items())
-            held[(str(primary["id"]), str(secondary["email"]).strip().lower())] = who
-    before: dict[str, tuple[str, str, str]] = {}
+    held = _kept_back_pairs(merges_skipped)
+    before: dict[str, tuple[str, str, str, str]] = {}
     if present:
-        for k, person, email, holder in store.exec_sql(
-            f"select k, person, email, holder from {EMAILS_OF_MERGES_KEPT_BACK} where sync = ?",
+        _with_outcome_column(store)
+        for k, person, email, holder, why in store.exec_sql(
+            f"select k, person, email, holder, outcome from {EMAILS_OF_MERGES_KEPT_BACK} "
+            "where sync = ?",
             [sync.name],
         ):
-            before[str(k)] = (str(person), str(email), str(holder))
+            why = str(why or KEPT_BACK_MERGES_OFF)  # recorded before held merges were
+            if k is None:  # a merge an earlier run (of any sync) kept back
+                held.setdefault((str(person), str(email)), (str(holder), why))
+            else:
+                before[str(k)] = (str(person), str(email), str(holder), why)
     if not held and not before:
         return []
     rows = store.exec_sql(
@@ -1876,32 +1880,35 @@ def _hold_emails_of_merges_kept_back(
     )
     refused: list[tuple[str, str]] = []
     idents: dict[str, str] = {}
-    kept: list[tuple[str, str, str, str]] = []
+    kept: list[tuple[str, str, str, str, str]] = []
     for k, ident, person, email in rows:
-        holder = held.get((person, email))
-        if holder is None and before.get(k, ("", "", ""))[:2] == (person, email):
-            holder = before[k][2]
-        if holder is None:
+        found = held.get((person, email))
+        if found is None and before.get(k, ("", "", "", ""))[:2] == (person, email):
+            found = before[k][2:]
+        if found is None:
             continue
+        holder, why = found
         if not read_back:
-            refused.append((k, _kept_back_reason(project, sync, k, person, email, holder)))
+            refused.append((k, _kept_back_reason(project, sync, k, person, email, holder, why)))
             idents[k] = ident
-        kept.append((k, person, email, holder))
+        kept.append((k, person, email, holder, why))
     with transaction(store.con, store.path):
         store.exec_sql(
-            f"create table if not exists {EMAILS_OF_MERGES_KEPT_BACK} "
-            "(sync varchar, k varchar, person varchar, email varchar, holder varchar)"
+            f"create table if not exists {EMAILS_OF_MERGES_KEPT_BACK} (sync varchar, "
+            "k varchar, person varchar, email varchar, holder varchar, outcome varchar)"
         )
+        _with_outcome_column(store)
         # a row the run sends, or rejects again, holds no record of an earlier run's
         store.exec_sql(
             f"delete from {EMAILS_OF_MERGES_KEPT_BACK} where sync = ? "
             "and k in (select k from changes)",
             [sync.name],
         )
-        for k, person, email, holder in kept:
+        for k, person, email, holder, why in kept:
             store.exec_sql(
-                f"insert into {EMAILS_OF_MERGES_KEPT_BACK} values (?, ?, ?, ?, ?)",
-                [sync.name, k, person, email, holder],
+                f"insert into {EMAILS_OF_MERGES_KEPT_BACK} "
+                "(sync, k, person, email, holder, outcome) values (?, ?, ?, ?, ?, ?)",
+                [sync.name, k, person, email, holder, why],
             )
         if refused:
             store.exec_sql(
@@ -1909,22 +1916,105 @@ def _hold_emails_of_merges_kept_back(
                 [[k for k, _ in refused]],
             )
     store.refuse_unsent(sync.name, run_id, refused, idents)
-    if refused:
-        n = len(refused)
+    outcomes = {why for k, _, _, _, why in kept if k in idents}
+    for why in sorted(outcomes):
+        n = len([k for k, _, _, _, w in kept if k in idents and w == why])
         console.warn(
             f"{sync.name}: {n} {'row' if n == 1 else 'rows'} not sent: "
             f"{'its' if n == 1 else 'their'} email is held in Customer.io by a person whose "
-            f"merge into {'its' if n == 1 else 'theirs'} is kept back "
-            "(`merge_policy.enabled: false`), and no read-back would see Customer.io drop the "
-            "update (rejected, tried again by the next run)"
+            f"merge into {'its' if n == 1 else 'theirs'} is {_KEPT_BACK_BY[why]}, and no "
+            "read-back would see Customer.io drop the update (rejected, tried again by the "
+            "next run)"
         )
     return refused
 
 
+def _kept_back_pairs(
+    merges_skipped: Sequence[dict[str, Any]],
+) -> dict[tuple[str, str], tuple[str, str]]:
+    """Of the merges kept back, those of a person known by email into a person of an `id`:
+    (`id`, email lowercased) -> (the holder of the email as the merge names it, what kept
+    the merge back). A row giving that `id` that email is dropped by Customer.io."""
+    held: dict[tuple[str, str], tuple[str, str]] = {}
+    for merge in merges_skipped:
+        primary, secondary = merge["primary"], merge["secondary"]
+        if set(primary) == {"id"} and "email" in secondary:
+            who = ", ".join(f"{kind} `{value}`" for kind, value in secondary.items())
+            why = merge.get("outcome") or KEPT_BACK_MERGES_OFF
+            held[(str(primary["id"]), str(secondary["email"]).strip().lower())] = (who, why)
+    return held
+
+
+def _record_merges_kept_back(
+    store: StateStore, project: Project, merges_skipped: Sequence[dict[str, Any]]
+) -> None:
+    """Record, for every people sync keyed through the identity graph, the merges kept back
+    that the graph this run saves found (:func:`_kept_back_pairs`; rows of
+    :data:`EMAILS_OF_MERGES_KEPT_BACK` without a key). Only the run that first resolves a
+    merge lists it: a sync run on its own later starts from the saved graph, where the two
+    profiles are one already, and its rows giving that `id` that email would be sent and
+    dropped unseen (:func:`_hold_emails_of_merges_kept_back` reads these records). Forgotten
+    once a row is read back holding the email (:func:`_forget_merges_kept_back`), and with
+    the sync's other records when it starts over in a new workspace."""
+    pairs = _kept_back_pairs(merges_skipped)
+    syncs = [s.name for s in project if s.kind == "people" and mapping.needs_identity(project, s)]
+    if not pairs or not syncs:
+        return
+    with transaction(store.con, store.path):
+        store.exec_sql(
+            f"create table if not exists {EMAILS_OF_MERGES_KEPT_BACK} (sync varchar, "
+            "k varchar, person varchar, email varchar, holder varchar, outcome varchar)"
+        )
+        _with_outcome_column(store)
+        for name in syncs:
+            for (person, email), (holder, why) in sorted(pairs.items()):
+                store.exec_sql(
+                    f"delete from {EMAILS_OF_MERGES_KEPT_BACK} where sync = ? and k is null "
+                    "and person = ? and email = ?",
+                    [name, person, email],
+                )
+                store.exec_sql(
+                    f"insert into {EMAILS_OF_MERGES_KEPT_BACK} "
+                    "(sync, k, person, email, holder, outcome) values (?, null, ?, ?, ?, ?)",
+                    [name, person, email, holder, why],
+                )
+
+
+KEPT_BACK_MERGES_OFF = "skipped_disabled"
+"""The outcome of a merge kept back by `merge_policy.enabled: false`
+(``resolve.SKIPPED_DISABLED``; that module is not imported until a sync needs the graph)."""
+KEPT_BACK_HELD_FOR_REVIEW = "held_for_review"
+"""The outcome of a merge held for review by `merge_policy.min_path_rank`
+(``resolve.HELD_FOR_REVIEW``)."""
+
+_KEPT_BACK_BY = {
+    KEPT_BACK_MERGES_OFF: "kept back (`identity.customerio.merge_policy.enabled: false`)",
+    KEPT_BACK_HELD_FOR_REVIEW: "held for review (`identity.customerio.merge_policy."
+    "min_path_rank`: the evidence joining them is weaker)",
+}
+"""What kept a merge back, by its outcome, as the reasons and warnings say it."""
+
+
+def _with_outcome_column(store: StateStore) -> None:
+    """Give :data:`EMAILS_OF_MERGES_KEPT_BACK` its `outcome` column (what kept the merge
+    back), when an earlier Lockgate made it without: its records are of merges off, then the
+    only ones recorded (a null `outcome`)."""
+    store.exec_sql(
+        f"alter table {EMAILS_OF_MERGES_KEPT_BACK} add column if not exists outcome varchar"
+    )
+
+
 def _kept_back_reason(
-    project: Project, sync: SyncConfig, key: str, person: str, email: str, holder: str
+    project: Project,
+    sync: SyncConfig,
+    key: str,
+    person: str,
+    email: str,
+    holder: str,
+    outcome: str = KEPT_BACK_MERGES_OFF,
 ) -> str:
-    """Why :func:`_hold_emails_of_merges_kept_back` rejected row ``key``, and what to do."""
+    """Why :func:`_hold_emails_of_merges_kept_back` rejected row ``key``, and what to do;
+    ``outcome`` says what kept the merge back."""
     config = project.config.destinations[sync.destination]
     match = ENV_REF.match(config.app_api_key or "")
     if not config.read_back_emails:
@@ -1933,16 +2023,27 @@ def _kept_back_reason(
         read_back = f"set `{match.group(1)}` (an App API key)"
     else:
         read_back = f"set `app_api_key` in destination `{sync.destination}`"
+    if outcome == KEPT_BACK_HELD_FOR_REVIEW:
+        merge = (
+            "If they are one person, merge that person into "
+            f"`id` `{shorten(person)}` by hand in Customer.io, then {read_back} so that the "
+            "next run sends the row and reads it back; if not, fix the link that joins them, "
+            'or give the row another email in the model (docs/identity.md, "Merges held for '
+            'review"; a held merge is not sent later, even once `min_path_rank` allows it)'
+        )
+    else:
+        merge = (
+            f"Merge that person into `id` `{shorten(person)}` by hand in Customer.io, then "
+            f"{read_back} so that the next run sends the row and reads it back; or set "
+            "`identity.customerio.merge_policy.enabled: true` for the merges the graph finds "
+            'from now on (docs/identity.md, "Merges turned off")'
+        )
     return (
         f"row `{key}`: not sent: email `{shorten(email)}` is held in Customer.io by another "
         f"person ({holder}) that the identity graph found to be the same as `id` "
-        f"`{shorten(person)}`, and their merge is kept back "
-        "(`identity.customerio.merge_policy.enabled: false`): Customer.io would drop this "
-        "update unseen, with every attribute of it, and no read-back would catch it. Merge "
-        f"that person into `id` `{shorten(person)}` by hand in Customer.io, then {read_back} "
-        "so that the next run sends the row and reads it back; or set "
-        "`identity.customerio.merge_policy.enabled: true` for the merges the graph finds from "
-        'now on (docs/identity.md, "Merges turned off"). Each run tries the row again'
+        f"`{shorten(person)}`, and their merge is {_KEPT_BACK_BY[outcome]}: Customer.io would "
+        "drop this update unseen, with every attribute of it, and no read-back would catch "
+        f"it. {merge}. Each run tries the row again"
     )
 
 
@@ -1976,6 +2077,13 @@ def _check_emails(
     ``new``: the new people whose email was not checked before they were sent, for want of
     a key or with the check off (one line says both)."""
     moves = diff_step.email_moves(store.con, sync, journal_of=run_id)
+    kept = _delivered_of_merges_kept_back(store, sync, run_id)
+    # a row of a merge kept back is read back even when its email is not new to it (a lead's
+    # row that goes to the user's `id` now, the lead's person still holding the email):
+    # Customer.io drops its update alike, and nothing else would see it
+    listed = {m[0] for m in moves}
+    moves += [(k, "id", p, e) for k, (p, e, _, _) in kept.items() if k not in listed]
+    moves.sort(key=lambda m: m[0])
     if not moves:
         return 0, _not_verified(project, sync, 0, planned=False, new=new) if new else ""
     settings = _email_check_settings(project, sync)
@@ -1986,7 +2094,6 @@ def _check_emails(
 
     limit = project.config.destinations[sync.destination].read_back_emails
     check = read_back(moves[:limit], settings, console=console)
-    kept = _delivered_of_merges_kept_back(store, sync, run_id)
     if check.error:
         console.warn(f"{sync.name}: email changes not read back: {check.error}")
         unverified = len([m for m in moves if m[0] not in kept])
@@ -2044,22 +2151,26 @@ def _count_refused(
 
 def _delivered_of_merges_kept_back(
     store: StateStore, sync: SyncConfig, run_id: str
-) -> dict[str, tuple[str, str, str]]:
+) -> dict[str, tuple[str, str, str, str]]:
     """Of :data:`EMAILS_OF_MERGES_KEPT_BACK`, the rows run ``run_id`` delivered (in its
-    journal): key -> (`id`, email, holder). Customer.io drops their update unseen while the
-    holder is not merged by hand, so none is committed without being read back."""
+    journal): key -> (`id`, email, holder, what kept the merge back). Customer.io drops their
+    update unseen while the holder is not merged by hand, so none is committed without being
+    read back."""
     if not has_table(store.con, EMAILS_OF_MERGES_KEPT_BACK):
         return {}
+    _with_outcome_column(store)
     rows = store.exec_sql(
-        f"select m.k, m.person, m.email, m.holder from {EMAILS_OF_MERGES_KEPT_BACK} m "
-        f"semi join {table('journal', sync.name)} j "
+        f"select m.k, m.person, m.email, m.holder, m.outcome from {EMAILS_OF_MERGES_KEPT_BACK} "
+        f"m semi join {table('journal', sync.name)} j "
         "on j.k = m.k and j.run_id = ? and not j.removed where m.sync = ? order by m.k",
         [run_id, sync.name],
     )
-    return {str(k): (str(p), str(e), str(h)) for k, p, e, h in rows}
+    return {
+        str(k): (str(p), str(e), str(h), str(o or KEPT_BACK_MERGES_OFF)) for k, p, e, h, o in rows
+    }
 
 
-def _not_read_back(kept: dict[str, tuple[str, str, str]], why: str) -> list[tuple[str, str]]:
+def _not_read_back(kept: dict[str, tuple[str, str, str, str]], why: str) -> list[tuple[str, str]]:
     """(key, reason) of the rows of ``kept`` (:func:`_delivered_of_merges_kept_back`) that
     were not read back, ``why`` saying why."""
     return [
@@ -2067,12 +2178,12 @@ def _not_read_back(kept: dict[str, tuple[str, str, str]], why: str) -> list[tupl
             k,
             f"row `{k}`: sent but not read back ({why}): its email `{shorten(email)}` is held in "
             f"Customer.io by another person ({holder}) whose merge into `id` `{shorten(person)}` "
-            "is kept back (`identity.customerio.merge_policy.enabled: false`), so Customer.io "
-            "most likely dropped the update unseen, with every attribute of it; the next run "
-            "sends the row again and reads it back (merge that person into "
-            f"`id` `{shorten(person)}` by hand in Customer.io for it to land)",
+            f"is {_KEPT_BACK_BY[outcome]}, so Customer.io most likely dropped the update unseen, "
+            "with every attribute of it; the next run sends the row again and reads it back "
+            f"(merge that person into `id` `{shorten(person)}` by hand in Customer.io for it "
+            "to land)",
         )
-        for k, (person, email, holder) in kept.items()
+        for k, (person, email, holder, outcome) in kept.items()
     ]
 
 
@@ -2098,9 +2209,17 @@ def _refuse_read_back(
 
 def _forget_merges_kept_back(store: StateStore, sync: SyncConfig, keys: list[str]) -> None:
     """Drop the records of :data:`EMAILS_OF_MERGES_KEPT_BACK` of ``keys``: rows read back
-    holding the email sent (the two people were merged by hand)."""
+    holding the email sent (the two people were merged by hand), and the merges kept back
+    between their `id` and email that every sync was told of (:func:`_record_merges_kept_back`)."""
     if keys:
         with transaction(store.con, store.path):
+            store.exec_sql(
+                f"delete from {EMAILS_OF_MERGES_KEPT_BACK} m where m.k is null and exists "
+                f"(select 1 from {EMAILS_OF_MERGES_KEPT_BACK} r where r.sync = ? "
+                "and r.k in (select unnest(?::varchar[])) "
+                "and r.person = m.person and r.email = m.email)",
+                [sync.name, keys],
+            )
             store.exec_sql(
                 f"delete from {EMAILS_OF_MERGES_KEPT_BACK} where sync = ? "
                 "and k in (select unnest(?::varchar[]))",
@@ -2886,6 +3005,8 @@ def run_sync(
                 if resolution is not None and not resolution.saved:
                     from lockgate.sync.resolve import write_tables
 
+                    # before the graph that no longer shows them is kept
+                    _record_merges_kept_back(store, project, prepared.merges_skipped)
                     resolution.save(project.state_dir)
                     resolution.saved = True
                     try:
