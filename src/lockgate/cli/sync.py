@@ -379,34 +379,34 @@ def _render_skipped_merges(
 
     off = [m for m in skipped if not _held_for_review(m)]
     held = [m for m in skipped if _held_for_review(m)]
-    if off:
-        console.table(
-            f"{report.sync}: Customer.io people found to be one, not merged "
-            "(`identity.customerio.merge_policy.enabled: false`)",
-            ["profile", "person", "is the same as"],
-            [(m["profile_id"], person(m["secondary"]), person(m["primary"])) for m in off],
-        )
-        console.warn(
-            f"{report.sync}: {len(off)} merge(s) not sent: both people stay in Customer.io, "
-            "and a row giving one of them an email the other holds does not land there "
-            '(docs/identity.md, "Merges turned off"). Merge each person into the one it is '
-            "the same as by hand in Customer.io, or set "
-            "`identity.customerio.merge_policy.enabled: true`."
-        )
-    if held:
-        console.table(
-            f"{report.sync}: Customer.io people found to be one on weak evidence, merge held "
-            "for review (`identity.customerio.merge_policy.min_path_rank`)",
-            ["profile", "person", "is the same as"],
-            [(m["profile_id"], person(m["secondary"]), person(m["primary"])) for m in held],
-        )
-        console.warn(
-            f"{report.sync}: {len(held)} merge(s) held for review (min_path_rank), not sent: "
-            "both people stay in Customer.io, and a row giving one of them an email the other "
-            'holds does not land there (docs/identity.md, "Merges held for review"). If they '
-            "are one person, merge each person into the one it is the same as by hand in "
-            "Customer.io; if not, fix the link that joins them (`lockgate identity explain`)."
-        )
+    said_as = (
+        (
+            off,
+            "not merged (`identity.customerio.merge_policy.enabled: false`)",
+            "not sent: both people stay in Customer.io, and a row giving one of them an email "
+            'the other holds does not land there (docs/identity.md, "Merges turned off"). Merge '
+            "each person into the one it is the same as by hand in Customer.io, or set "
+            "`identity.customerio.merge_policy.enabled: true`.",
+        ),
+        (
+            held,
+            "on weak evidence, merge held for review "
+            "(`identity.customerio.merge_policy.min_path_rank`)",
+            "held for review (min_path_rank), not sent: both people stay in Customer.io, and a "
+            "row giving one of them an email the other holds does not land there "
+            '(docs/identity.md, "Merges held for review"). If they are one person, merge each '
+            "person into the one it is the same as by hand in Customer.io; if not, fix the link "
+            "that joins them (`lockgate identity explain`).",
+        ),
+    )
+    for merges, title, warning in said_as:
+        if merges:
+            console.table(
+                f"{report.sync}: Customer.io people found to be one, {title}",
+                ["profile", "person", "is the same as"],
+                [(m["profile_id"], person(m["secondary"]), person(m["primary"])) for m in merges],
+            )
+            console.warn(f"{report.sync}: {len(merges)} merge(s) {warning}")
 
 
 def _held_for_review(merge: dict[str, Any]) -> bool:
