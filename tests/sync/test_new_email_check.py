@@ -525,3 +525,26 @@ def test_a_row_given_a_new_id_renames_its_own_person_but_not_another_records(
         again = run_sync(project, "contacts", console=NullConsole(), full_resync=full_resync)
         assert (again.status, again.rejected_by_api) == ("partial", 1)
         assert emu.person(id="u7") is None
+
+
+def test_without_an_app_api_key_a_row_given_a_new_id_is_counted_unchecked_by_plan_and_sync(
+    project_factory: ProjectFactory,
+) -> None:
+    """No row is new, one goes out with another `id`: `plan` and the run say alike that its
+    email was not checked (Customer.io gives the new `id` to whoever holds the email)."""
+    contacts(project_factory, ("a@x.com", "u1", 5), ("c@x.com", "u3", 1))
+    project = project_factory.write({"contacts": CONTACTS})
+    assert run_sync(project, "contacts", console=NullConsole()).status == "success"
+    contacts(project_factory, ("a@x.com", "u1", 6), ("c@x.com", "u8", 1))
+    line = (
+        "1 new person's email {} checked: Customer.io gives a new id sent with an email "
+        "another person holds to that person; set `CUSTOMERIO_APP_API_KEY` (an App API key) "
+        "to check them (docs/sync.md, An email someone else holds)"
+    )
+    planned = plan_sync(project, "contacts", console=NullConsole())
+    assert (planned.changes.new, planned.changes.changed) == (0, 2)
+    assert planned.email_check == line.format("will not be")
+    report = run_sync(project, "contacts", console=NullConsole())
+    assert (report.status, report.delivered) == ("success", 2)
+    assert report.email_check == line.format("was not")
+    assert app_api_calls(project_factory.emulator) == []

@@ -2594,7 +2594,7 @@ def plan_sync(
             moves = new = 0
             if _email_check_settings(project, sync) is None:
                 moves = len(diff_step.email_moves(store.con, sync))
-            if changes.new and _new_check_settings(project, sync) is None:
+            if (changes.new or changes.changed) and _new_check_settings(project, sync) is None:
                 new, _ = diff_step.new_emails(store.con, sync, limit=0)
             if moves or new:
                 email_check = _not_verified(project, sync, moves, planned=True, new=new)
