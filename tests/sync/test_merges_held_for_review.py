@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from tests.sync.helpers import sent_ops, warehouse_sql
+from tests.sync.helpers import sent_ops
+from tests.sync.test_identity_properties import PROJECT, sql
+from tests.sync.test_identity_properties import SYNCS as IDENTITY_SYNCS
 
 from lockgate.cli import cli
 from lockgate.console import NullConsole
@@ -42,34 +44,8 @@ IDENTITY: dict[str, Any] = {
     ],
 }
 
-PROJECT = """\
-name: heldreview
-sources:
-  warehouse: {{type: duckdb, path: w.duckdb}}
-destinations:
-  customerio: {{type: customerio, track_url: "{url}", rate_limit: 1000/s, max_retries: 0}}
-"""
-
-SYNCS = {
-    "users": """
-        name: users
-        source: warehouse
-        model: {table: app_users}
-        kind: people
-        primary_key: user_id
-        identify_by: {user_id: user_id, email: email}
-        attributes: {plan: plan}
-    """,
-    "leads": """
-        name: leads
-        source: warehouse
-        model: {table: leads}
-        kind: people
-        primary_key: email
-        identify_by: {email: email}
-        attributes: {lead_source: lead_source}
-    """,
-}
+#: the identity machine's project and its `users` and `leads` syncs
+SYNCS = {name: IDENTITY_SYNCS[name] for name in ("users", "leads")}
 ORDER = ("users", "leads")
 
 TABLES = """
@@ -96,10 +72,6 @@ def project_in(
     text = PROJECT.format(url=emu.base_url) + yaml.safe_dump({"identity": identity})
     (root / "lockgate.yml").write_text(text)
     return load_project(root)
-
-
-def sql(root: Path, statements: str) -> None:
-    warehouse_sql(root / "w.duckdb", statements)
 
 
 def sync_all(project: Project) -> list[RunReport]:
