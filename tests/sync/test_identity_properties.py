@@ -2653,12 +2653,6 @@ def test_a_lead_whose_own_email_leaves_is_looked_up_once_by_one_command(
     assert_nothing_left_to_send(project)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a profile's Customer.io email is its best-ranked email seen last "
-    "(identity/profiles.py `pick_for`, `_kept_email`), and the email a refused union leaves "
-    "with it (another user's own, `contested_email` on that user) is seen last",
-)
 @pytest.mark.parametrize("merges", [True, False], ids=["merges on", "merges off"])
 def test_a_user_whose_email_a_link_ties_to_another_user_keeps_that_user_off_their_email(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, merges: bool

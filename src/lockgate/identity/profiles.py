@@ -280,6 +280,20 @@ def _pick(
     return out
 
 
+def _joined_to(
+    nodes: npt.NDArray[np.int64], graph: g.Graph, accepted: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.bool_]:
+    """Per node, whether an accepted edge joins it to one of ``nodes`` (-1s ignored)."""
+    marked = np.zeros(graph.n_nodes, dtype=bool)
+    marked[nodes[nodes >= 0]] = True
+    edges = np.flatnonzero(accepted)
+    a, b = graph.a[edges], graph.b[edges]
+    joined = np.zeros(graph.n_nodes, dtype=bool)
+    joined[b[marked[a]]] = True
+    joined[a[marked[b]]] = True
+    return joined
+
+
 def assign(
     *,
     labels: npt.NDArray[np.int64],
@@ -346,20 +360,25 @@ def assign(
         return int(node_type[node]), str(node_values[node].as_py())
 
     # Customer.io identity per profile
-    def pick_for(kind: str) -> npt.NDArray[np.int64]:
+    def pick_for(kind: str, first: npt.NDArray[np.bool_] | None = None) -> npt.NDArray[np.int64]:
+        """Per component, its node of the `kind` picked (-1: none), from the types in order;
+        nodes in ``first`` before any other."""
         chosen = np.full(n_comp, -1, dtype=np.int64)
         order = (
             config.customerio.id_from
             if kind == "id"
             else tuple(t for t in types if config.identifier_types[t].customerio == kind)
         )
-        for t_name in order:
-            t = types.index(t_name)
-            candidates = eligible & (node_type == t)
-            if kind == "anonymous_id" and held_back is not None:
-                candidates &= ~held_back
-            found = _pick(comp_of, candidates, node_rank, node_last, node_values, n_comp)
-            chosen = np.where(chosen < 0, found, chosen)
+        for only in (first, None) if first is not None else (None,):
+            for t_name in order:
+                t = types.index(t_name)
+                candidates = eligible & (node_type == t)
+                if only is not None:
+                    candidates &= only
+                if kind == "anonymous_id" and held_back is not None:
+                    candidates &= ~held_back
+                found = _pick(comp_of, candidates, node_rank, node_last, node_values, n_comp)
+                chosen = np.where(chosen < 0, found, chosen)
         return chosen
 
     def values_of(nodes: npt.NDArray[np.int64]) -> pa.Array:
@@ -406,7 +425,8 @@ def assign(
     # family email a deleted user held goes to the user who shared it), and the profile,
     # heir to nothing, is retired: its person is left as it is, but for an email it gave up
     # (`customerio.releases`)
-    person_ids = values_of(pick_for("id"))
+    id_nodes = pick_for("id")
+    person_ids = values_of(id_nodes)
     if n_prev and pc.any(pc.is_valid(previous.table["cio_person_id"])).as_py():
         heir = _retire_other_ids(
             heir, person_ids, previous, config, types, node_type, node_values, comp_of, eligible
@@ -565,8 +585,11 @@ def assign(
     updated = pc.if_else(
         pa.array(changed), pa.scalar(run_id), carried("updated_run", run_id, pa.string())
     )
+    # a person with an `id` is given an email its `id` is joined to (its own row's) before
+    # one other rows bring into the profile: not the email a refused union leaves with it,
+    # another user's own (seen last, by that user's row)
     emails = _kept_email(
-        values_of(pick_for("email")),
+        values_of(pick_for("email", first=_joined_to(id_nodes, graph, accepted))),
         person_ids,
         previous,
         comp_pid,
