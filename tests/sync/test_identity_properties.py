@@ -45,7 +45,7 @@ derandomized examples.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -681,17 +681,23 @@ def project_in(
     emu: Emulator,
     monkeypatch: pytest.MonkeyPatch,
     customerio: dict[str, Any] | None = None,
+    *,
+    tables: str = TABLES,
+    syncs: Mapping[str, str] = SYNCS,
+    identity: dict[str, Any] = IDENTITY,
 ) -> Project:
     """The state machine's project and empty tables in ``root``, pointed at ``emu``; with
-    ``customerio``, the `identity.customerio` section (a merge policy)."""
+    ``customerio``, the `identity.customerio` section (a merge policy). ``tables``, ``syncs``
+    and ``identity`` change its tables (SQL), its sync files and its `identity:` section."""
     site, key = emu.track_auth
     monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
     monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
-    sql(root, TABLES)
+    sql(root, tables)
     (root / "syncs").mkdir()
-    for name, body in SYNCS.items():
+    for name, body in syncs.items():
         (root / "syncs" / f"{name}.yml").write_text(textwrap.dedent(body))
-    identity = IDENTITY if customerio is None else {**IDENTITY, "customerio": customerio}
+    if customerio is not None:
+        identity = {**identity, "customerio": customerio}
     text = PROJECT.format(url=emu.base_url) + yaml.safe_dump({"identity": identity})
     (root / "lockgate.yml").write_text(text)
     return load_project(root)

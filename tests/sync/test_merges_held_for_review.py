@@ -14,21 +14,19 @@ read back with one), and the plan and the run's report list the merge as held fo
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from click.testing import CliRunner
 from tests.sync.helpers import sent_ops
-from tests.sync.test_identity_properties import PROJECT, sql
 from tests.sync.test_identity_properties import SYNCS as IDENTITY_SYNCS
+from tests.sync.test_identity_properties import project_in, sql
 
 from lockgate.cli import cli
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
-from lockgate.project.loader import Project, load_project
+from lockgate.project.loader import Project
 from lockgate.sync.run import RunReport, plan_sync, run_sync
 
 IDENTITY: dict[str, Any] = {
@@ -58,22 +56,6 @@ create or replace table identifies (user_id varchar, email varchar);
 HELD = ({"id": "u1"}, {"email": "e2@x.io"}, "held_for_review")
 
 
-def project_in(
-    root: Path, emu: Emulator, monkeypatch: pytest.MonkeyPatch, identity: dict[str, Any]
-) -> Project:
-    """The project and its empty tables in ``root``, pointed at ``emu``, with ``identity``."""
-    site, key = emu.track_auth
-    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
-    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
-    sql(root, TABLES)
-    (root / "syncs").mkdir()
-    for name, body in SYNCS.items():
-        (root / "syncs" / f"{name}.yml").write_text(textwrap.dedent(body))
-    text = PROJECT.format(url=emu.base_url) + yaml.safe_dump({"identity": identity})
-    (root / "lockgate.yml").write_text(text)
-    return load_project(root)
-
-
 def sync_all(project: Project) -> list[RunReport]:
     return [run_sync(project, name, console=NullConsole()) for name in ORDER]
 
@@ -98,7 +80,7 @@ def a_user_and_a_lead_joined_by_an_identify(
     synced (two people); then an identify ties `u1` to `e2@x.io` (one profile, the merge of
     the two people held for review) while both rows change. Returns the project and the two
     people as first synced."""
-    project = project_in(root, emu, monkeypatch, identity)
+    project = project_in(root, emu, monkeypatch, tables=TABLES, syncs=SYNCS, identity=identity)
     mail = "null" if user_email is None else f"'{user_email}'"
     sql(
         root,
