@@ -1754,21 +1754,13 @@ def _check_new_emails(
     config = project.config.destinations[sync.destination]
     limit = config.check_new_emails
     settings = _new_check_settings(project, sync)
-    released: list[tuple[str, str]] = []
-    if resolution is not None and settings is not None:
-        from lockgate.identity.customerio import releases
-
-        released = [(email, person) for _, person, email in releases(resolution.result)]
+    released = _released_first(resolution) if settings is not None else []
     merged: list[tuple[str, str]] = []
     if identity_ops is not None and settings is not None:
         merged = _merged_by_email(identity_ops)
     others = []
     if settings is not None:
-        for other in project:
-            if other.kind == "people" and other.destination == sync.destination:
-                if other.name != sync.name:
-                    store.ensure_sync_tables(other.name)
-                    others.append(table("snap", other.name))
+        others = [table("snap", name) for name in _people_syncs(store, project, sync)]
     total, rows = diff_step.new_emails(
         store.con,
         sync,
@@ -2362,27 +2354,23 @@ def _related_snapshots(store: StateStore, project: Project, sync: SyncConfig) ->
     object's transitions, and the people syncs, which tell when two of those relate one person
     (by `id` and by email) who must hear once."""
     if sync.kind == "objects" and sync.on_change:
-        people, relationships = [], []
+        relationships = []
         for other in project:
             if other.kind == "relationships" and other.object_type_id == sync.object_type_id:
                 store.ensure_sync_tables(other.name)
                 relationships.append(table("snap", other.name))
-            elif other.kind == "people" and other.destination == sync.destination:
-                store.ensure_sync_tables(other.name)
-                people.append(table("snap", other.name))
+        people = [table("snap", name) for name in _people_syncs(store, project, sync)]
         return Related([], people, relationships, [], [], [])
     if sync.kind != "relationships":
         return Related([], [], [], [], [], [])
-    objects, people, siblings = [], [], []
+    objects, siblings = [], []
+    people = _people_syncs(store, project, sync)
     for other in project:
         if other.destination != sync.destination:
             continue
         if other.kind == "objects" and other.object_type_id == sync.object_type_id:
             store.ensure_sync_tables(other.name)
             objects.append(other.name)
-        elif other.kind == "people":
-            store.ensure_sync_tables(other.name)
-            people.append(other.name)
         elif (
             other.kind == "relationships"
             and other.name != sync.name
@@ -2399,6 +2387,18 @@ def _related_snapshots(store: StateStore, project: Project, sync: SyncConfig) ->
         people_ends.unsure,
         ends.skipped,
     )
+
+
+def _people_syncs(store: StateStore, project: Project, sync: SyncConfig) -> list[str]:
+    """The project's people syncs of ``sync``'s destination but ``sync`` itself, their tables
+    made sure of (a sync not run yet has an empty snapshot)."""
+    names = []
+    for other in project:
+        if other.kind == "people" and other.destination == sync.destination:
+            if other.name != sync.name:
+                store.ensure_sync_tables(other.name)
+                names.append(other.name)
+    return names
 
 
 def _released_first(resolution: Resolution | None) -> list[tuple[str, str]]:
