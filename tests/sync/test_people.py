@@ -1196,7 +1196,8 @@ def test_a_row_taking_an_email_its_giver_did_not_give_up_waits_for_the_next_run(
 ) -> None:
     """u1 takes u2's email, u2 takes u3's, u3 moves on; Customer.io refuses u3. Sent anyway,
     u2 and u1 would be dropped by Customer.io (their emails still taken) yet counted
-    delivered, and never sent again: both are held back and land with the next run."""
+    delivered, and never sent again: both are held back, each counted rejected with its
+    reason (the row it waits for), and land with the next run."""
     project_factory.sql(
         "create table users as select * from (values ('u1', 'a@x.com', 'free'), "
         "('u2', 'b@x.com', 'free'), ('u3', 'c@x.com', 'free'), ('u4', 'd@x.com', 'free')) "
@@ -1215,7 +1216,11 @@ def test_a_row_taking_an_email_its_giver_did_not_give_up_waits_for_the_next_run(
     )
     emu.set_faults(FaultConfig(reject_people=frozenset({"u3"})))
     report = run_sync(project, "profile", console=NullConsole())
-    assert (report.status, report.delivered, report.rejected_by_api) == ("partial", 1, 1)
+    assert (report.status, report.delivered, report.rejected_by_api) == ("partial", 1, 3)
+    waits = {key: reason for key, _, reason in report.failures if key != "u3"}
+    assert sorted(waits) == ["u1", "u2"]
+    assert "row `u3` was not delivered" in waits["u2"]
+    assert "row `u2` was not delivered" in waits["u1"]
     assert failures(emu) == []  # nothing was sent for Customer.io to drop
     assert emails_of(emu) == {
         "u1": ("a@x.com", "free"),

@@ -3594,27 +3594,32 @@ def delivery_phases(con: duckdb.DuckDBPyConnection) -> list[str]:
     ]
 
 
-def hold_takers(con: duckdb.DuckDBPyConnection, phase: int, undelivered: set[str]) -> int:
+def hold_takers(
+    con: duckdb.DuckDBPyConnection, phase: int, undelivered: set[str]
+) -> list[tuple[str, str]]:
     """Before delivery phase ``phase`` (1, 2, ...): take out of ``changes`` the rows of that
     phase whose giver was not delivered (refused, dead-lettered: ``undelivered``) or was held
-    back itself; returns how many. Sent anyway, Customer.io would drop them (the email is still
-    the giver's) and Lockgate would count them delivered; held, they are not committed, so the
-    next run sends them. The held keys collect in the temp table ``email_held``."""
+    back itself; returns them, each with its giver's key, in key order. Sent anyway,
+    Customer.io would drop them (the email is still the giver's) and Lockgate would count them
+    delivered; held, they are not committed, so the next run sends them. The held keys collect
+    in the temp table ``email_held``."""
     run_sql(con, "create temp table if not exists email_held (k varchar)")
     with registered(
         con, "_undelivered", pa.table({"k": pa.array(sorted(undelivered), pa.string())})
     ):
-        held = con.execute(
+        held = run_sql(
+            con,
             f"""
-            insert into email_held
-            select k from email_phases
+            select k, giver from email_phases
             where phase = {int(phase)}
               and (giver in (select k from _undelivered) or giver in (select k from email_held))
-            """
-        ).fetchall()[0][0]
+            order by k
+            """,
+        )
     if held:
+        run_sql(con, "insert into email_held select unnest(?::varchar[])", [[k for k, _ in held]])
         run_sql(con, "delete from changes where k in (select k from email_held)")
-    return int(held)
+    return [(str(k), str(giver)) for k, giver in held]
 
 
 diff_people = diff_records

@@ -2223,13 +2223,28 @@ def _hold_takers(
     store: StateStore, sync: SyncConfig, console: Console, phase: int, counts: CommitCounts
 ) -> None:
     """Before delivery phase ``phase``: hold back the rows taking an email from a row that
-    was not delivered, or was held itself (``diff.hold_takers``); they are sent by the next
-    run."""
+    was not delivered, or was held itself (``diff.hold_takers``). Each is counted rejected,
+    with its reason, as a row Customer.io refused is: not sent, tried again by the next run
+    (and said, not only warned of: a row the run leaves unsent is in its report)."""
     held = diff_step.hold_takers(store.con, phase, counts.failed_keys)
+    for key, giver in held:
+        counts.rejected += 1
+        counts.failed_keys.add(key)
+        if len(counts.failures) < 20:
+            counts.failures.append(
+                (
+                    key,
+                    "rejected",
+                    f"row `{key}`: not sent: it takes the email row `{giver}` of this sync gives "
+                    f"up, and row `{giver}` was not delivered (see its own reason), so the email "
+                    "is still that person's in Customer.io, which would drop this update "
+                    "unseen. Each run tries the row again, after that row",
+                )
+            )
     if held:
         console.warn(
-            f"{sync.name}: {held} row(s) taking an email that another row of this run could "
-            "not give up first (not delivered) are sent by the next run"
+            f"{sync.name}: {len(held)} row(s) taking an email that another row of this run "
+            "could not give up first (not delivered) are not sent; the next run tries again"
         )
 
 
