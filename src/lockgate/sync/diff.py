@@ -3028,19 +3028,8 @@ def order_email_moves(
             "select k from email_cleared_by_graph",
             [graph_cleared],
         )
-    ops = []
-    for k in sorted(clear.difference(graph_cleared)):
-        old_id, old_cio_id, _, _ = givers[k]
-        address = {"id": old_id} if old_id is not None else {"cio_id": old_cio_id}
-        op = {"type": "person", "action": "identify", "identifiers": address}
-        # `_update`: a person deleted in Customer.io since is not created again to give it up
-        attributes = {"_update": True, "email": ""}
-        ops.append((f"{k}#release-email", orjson.dumps({**op, "attributes": attributes})))
-    clears = pa.table(
-        {
-            "k": pa.array([k for k, _ in ops], pa.string()),
-            "op": pa.array([op.decode() for _, op in ops], pa.string()),
-        }
+    clears = _clear_ops(
+        [(k, givers[k][0], givers[k][1]) for k in sorted(clear.difference(graph_cleared))]
     )
     with (
         registered(con, "_email_phases", phases),
@@ -3571,6 +3560,59 @@ def _email_phases(waits_for: dict[str, str], clear: set[str]) -> dict[str, int]:
             base += 1
             phase[row] = base
     return phase
+
+
+def _clear_ops(givers: Iterable[tuple[str, str | None, str | None]]) -> pa.Table:
+    """``email_clears`` rows (`k`, `op`) clearing the email of each giver, given as (key, its
+    person's `id`, its `cio_id`): `KEY#release-email`, an identify of that person by `id`
+    (else `cio_id`) with an empty email."""
+    keys, ops = [], []
+    for k, old_id, old_cio_id in givers:
+        address = {"id": old_id} if old_id is not None else {"cio_id": old_cio_id}
+        op = {"type": "person", "action": "identify", "identifiers": address}
+        # `_update`: a person deleted in Customer.io since is not created again to give it up
+        attributes = {"_update": True, "email": ""}
+        keys.append(f"{k}#release-email")
+        ops.append(orjson.dumps({**op, "attributes": attributes}).decode())
+    return pa.table({"k": pa.array(keys, pa.string()), "op": pa.array(ops, pa.string())})
+
+
+def clear_refused_givers(con: duckdb.DuckDBPyConnection, refused: Collection[str]) -> int:
+    """After the run took ``refused`` out of ``changes`` before delivery (a merge kept back,
+    an email the App API found held: ``run.new_refused``): of them, the givers whose email a
+    row of this run waits for (:func:`order_email_moves`) have that email cleared first
+    (``email_clears``), as a giver whose update does not free it has, and the rows waiting for
+    them go with the first phase, after the clears. The row that gives the email up is not
+    sent, so without the clear its person would keep the email the warehouse gives another
+    person now (and their messages); the taker, held back for it each run. Returns how many
+    clears it adds."""
+    if not refused or not temp_table(con, "email_phases") or not temp_table(con, "email_clears"):
+        return 0
+    rows = con.execute(
+        """
+        select distinct r.k, r.old_id, r.old_cio_id from email_released r
+        where r.k in (select unnest(?::varchar[]))
+          and r.k in (select giver from email_phases where phase > 0)
+          and r.k || '#release-email' not in (select k from email_clears)
+          and coalesce(r.old_id, r.old_cio_id) is not null
+        order by r.k
+        """,
+        [sorted(refused)],
+    ).fetchall()
+    if not rows:
+        return 0
+    with registered(con, "_refused_clears", _clear_ops(rows)):
+        run_sql(
+            con,
+            "insert into email_clears select k, op, null::ubigint as h, null::varchar as ident, "
+            "false as removed from _refused_clears",
+        )
+    run_sql(
+        con,
+        "update email_phases set phase = 0 where giver in (select unnest(?::varchar[]))",
+        [[str(k) for k, _, _ in rows]],
+    )
+    return len(rows)
 
 
 def email_clears(con: duckdb.DuckDBPyConnection) -> bool:

@@ -2847,6 +2847,9 @@ def run_sync(
                     new_refused += _hold_emails_of_merges_kept_back(
                         store, project, sync, run_id, console, prepared.merges_skipped
                     )
+            if new_refused and sync.kind == "people":
+                # a giver refused keeps its email otherwise: cleared first for its taker
+                diff_step.clear_refused_givers(store.con, [k for k, _ in new_refused])
             if full_resync and sync.kind != "events":
                 _reset_snapshot(store, sync, run_id, only=bool(only))
             diff_step.forget_gone_relationships(store.con, sync, full_resync=full_resync)
