@@ -286,11 +286,10 @@ def _joined_to(
     """Per node, whether an accepted edge joins it to one of ``nodes`` (-1s ignored)."""
     marked = np.zeros(graph.n_nodes, dtype=bool)
     marked[nodes[nodes >= 0]] = True
-    edges = np.flatnonzero(accepted)
-    a, b = graph.a[edges], graph.b[edges]
     joined = np.zeros(graph.n_nodes, dtype=bool)
-    joined[b[marked[a]]] = True
-    joined[a[marked[b]]] = True
+    # boolean masks over the edges (a byte each), not their positions (eight)
+    joined[graph.b[marked[graph.a] & accepted]] = True
+    joined[graph.a[marked[graph.b] & accepted]] = True
     return joined
 
 
