@@ -80,6 +80,18 @@ class CommitCounts:
     """By other people sync: how many of its rows are people this run deleted, which it
     forgot, so it sends them again (``Committer.forget_people``)."""
 
+    def reject(self, key: str, reason: str) -> None:
+        """Count row ``key`` rejected (not sent, or its delivery taken back: the next run
+        sends it again), its reason among the first :data:`FAILURES_KEPT` failures."""
+        self.rejected += 1
+        self.failed_keys.add(key)
+        if len(self.failures) < FAILURES_KEPT:
+            self.failures.append((key, "rejected", reason))
+
+
+#: how many failures (key, outcome, reason) a run's counts keep for its report
+FAILURES_KEPT = 20
+
 
 class Committer:
     """Buffers results and writes them to the state store.
@@ -238,7 +250,7 @@ class Committer:
                 self.unconfirmed(group_keys, [action] * len(group_keys), group_idents)
             self._rejected.extend((key, text) for key in group_keys)
             self.counts.failed_keys.update(group_keys)
-            for key in group_keys[: max(0, 20 - len(self.counts.failures))]:
+            for key in group_keys[: max(0, FAILURES_KEPT - len(self.counts.failures))]:
                 self.counts.failures.append((key, outcome, reason or "no reason given"))
         self._buffered_more(len(results))
 

@@ -2134,11 +2134,8 @@ def _count_refused(
     (``StateStore.refuse_delivered``: the next run sends them again), and out of its counts."""
     store.refuse_delivered(sync.name, run_id, refused)
     counts.delivered -= len(refused)
-    counts.rejected += len(refused)
     for key, reason in refused:
-        counts.failed_keys.add(key)
-        if len(counts.failures) < 20:
-            counts.failures.append((key, "rejected", reason))
+        counts.reject(key, reason)
 
 
 def _delivered_of_merges_kept_back(
@@ -2228,19 +2225,13 @@ def _hold_takers(
     (and said, not only warned of: a row the run leaves unsent is in its report)."""
     held = diff_step.hold_takers(store.con, phase, counts.failed_keys)
     for key, giver in held:
-        counts.rejected += 1
-        counts.failed_keys.add(key)
-        if len(counts.failures) < 20:
-            counts.failures.append(
-                (
-                    key,
-                    "rejected",
-                    f"row `{key}`: not sent: it takes the email row `{giver}` of this sync gives "
-                    f"up, and row `{giver}` was not delivered (see its own reason), so the email "
-                    "is still that person's in Customer.io, which would drop this update "
-                    "unseen. Each run tries the row again, after that row",
-                )
-            )
+        counts.reject(
+            key,
+            f"row `{key}`: not sent: it takes the email row `{giver}` of this sync gives up, "
+            f"and row `{giver}` was not delivered (see its own reason), so the email is still "
+            "that person's in Customer.io, which would drop this update unseen. Each run tries "
+            "the row again, after that row",
+        )
     if held:
         console.warn(
             f"{sync.name}: {len(held)} row(s) taking an email that another row of this run "
@@ -2939,10 +2930,7 @@ def run_sync(
                 )
                 # the writer is closed with the run: a Session's state store outlives it
                 for key, reason in new_refused:  # not sent: rejected, as by Customer.io
-                    committer.counts.rejected += 1
-                    committer.counts.failed_keys.add(key)
-                    if len(committer.counts.failures) < 20:
-                        committer.counts.failures.append((key, "rejected", reason))
+                    committer.counts.reject(key, reason)
                 with (
                     committer.store,
                     console.progress(
