@@ -708,9 +708,11 @@ def sql(root: Path, statements: str) -> None:
 
 
 def sync_all(project: Project) -> None:
-    for name in ORDER:
-        report = run_sync(project, name, console=NullConsole())
-        assert report.status == "success", (name, report.failures)
+    """Run every sync of :data:`ORDER`, as `lockgate sync --all` does (in one session)."""
+    with Session() as session:
+        for name in ORDER:
+            report = run_sync(project, name, console=NullConsole(), session=session)
+            assert report.status == "success", (name, report.failures)
 
 
 def shared_then_gone(
@@ -735,11 +737,13 @@ def shared_then_gone(
 
 
 def assert_nothing_left_to_send(project: Any) -> None:
-    """Every sync of :data:`ORDER` plans nothing more: no row, no identity operation."""
-    for name in ORDER:
-        again = plan_sync(project, name, console=NullConsole())
-        assert again.changes.to_send == 0, name
-        assert not again.identity_ops and not again.anonymous_ops, name
+    """Every sync of :data:`ORDER` plans nothing more (as `lockgate plan --all` plans them, in
+    one session): no row, no identity operation."""
+    with Session() as session:
+        for name in ORDER:
+            again = plan_sync(project, name, console=NullConsole(), session=session)
+            assert again.changes.to_send == 0, name
+            assert not again.identity_ops and not again.anonymous_ops, name
 
 
 @pytest.mark.parametrize("lead_kept", [True, False])

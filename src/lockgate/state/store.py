@@ -117,12 +117,14 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -468,11 +470,98 @@ def _record_format(con: duckdb.DuckDBPyConnection) -> None:
         )
 
 
-def _open_database(path: Path, memory_limit: str | None) -> tuple[duckdb.DuckDBPyConnection, bool]:
-    """The state database, with the settings every run relies on, its schema up to date; and
-    whether it recorded the current format already (not upgraded, nor new, by this open)."""
+#: the name the state database has on its connection (as `duckdb.connect` of `state.duckdb`
+#: names it, and as it is attached to a kept instance: :class:`_Engines`)
+CATALOG = "state"
+
+
+class _Engines:
+    """In-memory DuckDB instances kept for the process: each open of a state attaches its file
+    to one (``attach ... as state``, which the store's connection `USE`s) and its close detaches
+    it again.
+
+    Starting a DuckDB instance costs ~15 ms of CPU (it fills its catalog with every built-in
+    function) and closing one ~4 ms (it empties it again); attaching a file to one already
+    started costs ~1 ms. Every run without a session of its own (`lockgate sync A`, each round
+    of `lockgate schedule`, each plan) opened the state's file as an instance of its own, and
+    paid that each time. Detaching checkpoints and closes the file as closing its own instance
+    did: the file is free for another process (or a read-only open here) at once, and a crash
+    leaves the WAL to replay as before. One instance per state file, as its settings (memory
+    limit, threads, spill folder) are instance-wide; the last :attr:`KEEP` left idle are kept,
+    older ones closed. Opens of the state come from several threads (the scheduler, the crash
+    harness): one lock guards the idle ones."""
+
+    KEEP = 2
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: collections.OrderedDict[str, duckdb.DuckDBPyConnection] = (
+            collections.OrderedDict()
+        )
+
+    def attach(
+        self, path: Path
+    ) -> tuple[duckdb.DuckDBPyConnection, duckdb.DuckDBPyConnection, bool]:
+        """An instance with ``path`` attached as :data:`CATALOG`, a new connection to it that
+        `USE`s it, and whether the instance is new. Raises DuckDB's error for a file it cannot
+        open (the instance kept)."""
+        with self._lock:
+            engine = self._idle.pop(str(path.absolute()), None)
+        fresh = engine is None
+        if engine is None:
+            engine = duckdb.connect(":memory:")
+        try:
+            engine.execute(f"attach {_literal(str(path))} as {CATALOG}")
+        except BaseException:
+            self._keep(path, engine)
+            raise
+        con = engine.cursor()
+        try:
+            con.execute(f"use {CATALOG}")
+        except BaseException:
+            con.close()
+            self.detach(path, engine)
+            raise
+        return engine, con, fresh
+
+    def detach(self, path: Path, engine: duckdb.DuckDBPyConnection) -> None:
+        """Detach the state from ``engine`` (its connections closed first) and keep the
+        instance for the next open; an instance that cannot (one DuckDB invalidated after a
+        fatal error) is closed instead."""
+        try:
+            engine.execute(f"detach {CATALOG}")
+        except duckdb.Error:
+            with contextlib.suppress(duckdb.Error):
+                engine.close()
+            return
+        self._keep(path, engine)
+
+    def _keep(self, path: Path, engine: duckdb.DuckDBPyConnection) -> None:
+        with self._lock:
+            self._idle[str(path.absolute())] = engine
+            closing = []
+            while len(self._idle) > self.KEEP:
+                closing.append(self._idle.popitem(last=False)[1])
+        for old in closing:
+            with contextlib.suppress(duckdb.Error):
+                old.close()
+
+
+_ENGINES = _Engines()
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _open_database(
+    path: Path, memory_limit: str | None
+) -> tuple[duckdb.DuckDBPyConnection, bool, duckdb.DuckDBPyConnection]:
+    """The state database, with the settings every run relies on, its schema up to date;
+    whether it recorded the current format already (not upgraded, nor new, by this open); and
+    the kept instance it is attached to (:class:`_Engines`), to detach it from at close."""
     try:
-        con = duckdb.connect(str(path))
+        engine, con, fresh = _ENGINES.attach(path)
     except duckdb.Error as exc:
         refused = write_refused(exc, path)  # not a damaged file: a full or read-only disk
         if refused is not None:
@@ -482,7 +571,7 @@ def _open_database(path: Path, memory_limit: str | None) -> tuple[duckdb.DuckDBP
             hint="if the file is damaged, move it away; the next run is then a full resync",
         ) from exc
     try:
-        _configure(con, path, memory_limit)
+        _configure(con, path, memory_limit, fresh=fresh)
         current = _recorded_format(con, path) == STATE_FORMAT
         if not current:
             _check_format(con, path)
@@ -491,8 +580,9 @@ def _open_database(path: Path, memory_limit: str | None) -> tuple[duckdb.DuckDBP
             _record_format(con)
     except BaseException:
         con.close()
+        _ENGINES.detach(path, engine)
         raise
-    return con, current
+    return con, current, engine
 
 
 def _recorded_format(con: duckdb.DuckDBPyConnection, path: Path) -> int | None:
@@ -552,18 +642,25 @@ def _threads() -> int | None:
 
 
 def _configure(
-    con: duckdb.DuckDBPyConnection, path: Path, memory_limit: str | None, tmp: Path | None = None
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    memory_limit: str | None,
+    tmp: Path | None = None,
+    *,
+    fresh: bool = True,
 ) -> None:
     """The settings every use of the state relies on, in one call. ``tmp`` is where queries
     over the memory limit spill: the state folder's `tmp` unless given (a reader's own
-    folder). Set once the database is open, not given to `duckdb.connect`: DuckDB refuses a
-    second connection to a file with other settings than the first, and a reading command
-    shares the state with a run in the same process."""
+    folder); set on a ``fresh`` instance only, as DuckDB refuses to set it again once used (a
+    kept one, :class:`_Engines`, is the same state's, its spill folder set when it started).
+    Set once the database is open, not given to `duckdb.connect`: DuckDB refuses a second
+    connection to a file with other settings than the first."""
     threads = _threads()
     settings = [
         f"set memory_limit='{_memory_limit(memory_limit)}'",
-        *([f"set threads={threads}"] if threads is not None else []),
-        f"set temp_directory='{tmp or path.parent / 'tmp'}'",
+        # a kept instance goes back to one thread per core when the variable is gone since
+        f"set threads={threads}" if threads is not None else "reset threads",
+        *([f"set temp_directory='{tmp or path.parent / 'tmp'}'"] if fresh else []),
         "set preserve_insertion_order=false",
         "set enable_progress_bar=false",  # progress is drawn by the console
         # mapping runs here: a text timestamp without an offset is UTC, and a TIMESTAMPTZ's
@@ -692,6 +789,9 @@ class StateStore:
         :func:`_set_aside_unfinished`): the first run to open the store warns of it."""
         self._ensured: set[str] = set()
         """The syncs whose tables :meth:`ensure_sync_tables` made sure of and committed."""
+        self._engine: duckdb.DuckDBPyConnection | None = None
+        """The kept instance the state is attached to (:class:`_Engines`), for a store opened
+        to write: detached at close."""
 
     @classmethod
     def open(
@@ -738,8 +838,9 @@ class StateStore:
                 raise refused from exc
             path = state_dir / "state.duckdb"
             aside = _set_aside_unfinished(path)
-            con, current = _open_database(path, memory_limit)
+            con, current, engine = _open_database(path, memory_limit)
             store = cls(path, con, fd, current=current)
+            store._engine = engine
             store.set_aside = aside
             return store
         except BaseException:
@@ -795,8 +896,15 @@ class StateStore:
             raise
 
     def writer(self) -> StateStore:
-        """A second handle on the same database (for writing while a result is streamed)."""
-        return StateStore(self.path, self.con.cursor(), None)
+        """A second handle on the same database (for writing while a result is streamed): a
+        connection of its own, on the state database, in UTC as the store's."""
+        con = self.con.cursor()
+        try:
+            run_sql(con, f"use {CATALOG}; set TimeZone='UTC'")
+        except BaseException:
+            con.close()
+            raise
+        return StateStore(self.path, con, None)
 
     def reset_connection(self, keep: Collection[str] = ()) -> None:
         """Drop what a run leaves on the connection for the next run on it: its temp tables
@@ -819,6 +927,9 @@ class StateStore:
     def close(self) -> None:
         with contextlib.suppress(duckdb.Error):
             self.con.close()
+        if self._engine is not None:  # detached (checkpointed) before the lock is let go
+            _ENGINES.detach(self.path, self._engine)
+            self._engine = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
