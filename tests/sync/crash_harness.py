@@ -1,11 +1,14 @@
 """The crash harnesses' shared parts (tests/sync/test_crash*.py): the demo project pointed at
-an emulator, `lockgate sync --all` as a subprocess to kill, and the checks after a re-run."""
+an emulator, `lockgate sync --all` as a process of its own to kill, and the checks after a
+re-run."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -58,18 +61,89 @@ def env_for(emu: Emulator) -> dict[str, str]:
     return {**os.environ, "CUSTOMERIO_SITE_ID": site, "CUSTOMERIO_API_KEY": key}
 
 
-def lockgate(root: Path, emu: Emulator, *args: str) -> subprocess.Popen[bytes]:
-    """`lockgate <args> --json` of the project at ``root`` against ``emu``, as a subprocess
-    to kill (its standard error kept for the failure message)."""
-    return subprocess.Popen(
-        [*LOCKGATE, *args, "--json", "--project", str(root)],
-        env=env_for(emu),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+#: what a `lockgate sync` imports, imported once by the process the runs are forked from
+#: (:class:`Forked`), not by each run: a Python starting and importing them costs ~0.6 s of
+#: CPU, as much as a run of the demo project, and the harnesses start hundreds of runs
+PRELOADED = ["lockgate.cli", "lockgate.cli.sync", "lockgate.sync.run", "lockgate.sync.deliver"]
+_FORKS = multiprocessing.get_context("forkserver")
+_FORKS.set_forkserver_preload(PRELOADED)
 
 
-def sync_all(root: Path, emu: Emulator) -> subprocess.Popen[bytes]:
+#: the forked process's code: `lockgate <args>` as the console script runs it, in ``env``, its
+#: standard output dropped and its standard error written to the file ``stderr``. Run by
+#: ``exec`` (pickled by name, as a target must be): the fork server cannot import this module
+#: (pytest imports the tests with `--import-mode=importlib`, not from `sys.path`)
+_RUN_CLI = """
+import os, signal, sys
+os.environ.clear()
+os.environ.update(env)
+os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+os.dup2(os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
+signal.signal(signal.SIGINT, signal.default_int_handler)
+sys.argv = ["lockgate", *args]
+from lockgate.cli import entry
+entry()
+"""
+
+
+class _Stderr:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> bytes:
+        return self.path.read_bytes() if self.path.exists() else b""
+
+
+class Forked:
+    """A `lockgate` command running in a process of its own, forked from a process that
+    imported Lockgate once (``multiprocessing``'s fork server): killed with SIGKILL, it dies
+    as a `lockgate` started from a shell does, its state, files and requests left where they
+    were. As much of :class:`subprocess.Popen` as the harnesses use."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        fd, name = tempfile.mkstemp(prefix="lockgate-stderr-")
+        os.close(fd)
+        self.stderr = _Stderr(Path(name))
+        self.args = args
+        scope = {"args": args, "env": env, "stderr": name}
+        self._process = _FORKS.Process(target=exec, args=(_RUN_CLI, scope), daemon=False)
+        self._process.start()
+        self.pid = self._process.pid
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        code = self._process.exitcode
+        if code is None:
+            raise subprocess.TimeoutExpired(["lockgate", *self.args], timeout or 0)
+        return code
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def communicate(self, timeout: float | None = None) -> tuple[None, bytes]:
+        """Wait for the process; (no standard output, its standard error)."""
+        self.wait(timeout)
+        return None, self.stderr.read()
+
+    def send_signal(self, signum: int) -> None:
+        if self._process.exitcode is None:
+            os.kill(self._process.pid, signum)
+
+    def __del__(self) -> None:
+        self.stderr.path.unlink(missing_ok=True)
+
+
+def lockgate(root: Path, emu: Emulator, *args: str) -> Forked:
+    """`lockgate <args> --json` of the project at ``root`` against ``emu``, in a process of
+    its own to kill (its standard error kept for the failure message)."""
+    return Forked([*args, "--json", "--project", str(root)], env_for(emu))
+
+
+def sync_all(root: Path, emu: Emulator) -> Forked:
     return lockgate(root, emu, "sync", "--all")
 
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from tests.sync.crash_harness import (
+    Forked,
     emulator_state,
     lockgate,
     make_project,
@@ -40,7 +40,7 @@ NAMED = ("7", "user12@saasco.io", "lead1@saasco.io")
 """A person by id, one by email (their events too) and a marketing lead."""
 
 
-def sync_only(root: Path, emu: Emulator) -> subprocess.Popen[bytes]:
+def sync_only(root: Path, emu: Emulator) -> Forked:
     return lockgate(root, emu, "sync", "--all", *(a for v in NAMED for a in ("--only", v)))
 
 

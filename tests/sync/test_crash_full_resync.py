@@ -20,13 +20,13 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 from tests.sync.crash_harness import (
+    Forked,
     emulator_state,
     lockgate,
     make_project,
@@ -51,7 +51,7 @@ DRIFTED = [str(i) for i in range(1, USERS + 1, 7)]
 """People whose attributes are changed in Customer.io by hand after the first run."""
 
 
-def resync(root: Path, emu: Emulator) -> subprocess.Popen[bytes]:
+def resync(root: Path, emu: Emulator) -> Forked:
     return lockgate(root, emu, "sync", "customer_profile", "--full-resync")
 
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from tests.sync.crash_harness import (
+    Forked,
     clean_run,
     lockgate,
     make_project,
@@ -41,7 +41,7 @@ def scheduled(root: Path) -> Path:
     return root
 
 
-def scheduler(root: Path, emu: Emulator, *options: str) -> subprocess.Popen[bytes]:
+def scheduler(root: Path, emu: Emulator, *options: str) -> Forked:
     return lockgate(root, emu, "schedule", *options)
 
 

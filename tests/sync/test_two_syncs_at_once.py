@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from tests.sync.crash_harness import clean_run, emulator_state, make_project, sync_all, writes
+from tests.sync.crash_harness import (
+    Forked,
+    clean_run,
+    emulator_state,
+    make_project,
+    sync_all,
+    writes,
+)
 
 from lockgate.emulator import Emulator, EmulatorConfig
 
@@ -28,7 +34,7 @@ SEED = int(os.environ.get("LOCKGATE_CRASH_SEED", "20261205"))
 def both_at_once(root: Path, emu: Emulator, offset: float) -> list[tuple[int, str]]:
     """Start two `sync --all` of ``root``, the second ``offset`` seconds after the first;
     their exit codes and standard errors."""
-    runs: list[subprocess.Popen[bytes]] = [sync_all(root, emu)]
+    runs: list[Forked] = [sync_all(root, emu)]
     time.sleep(offset)
     runs.append(sync_all(root, emu))
     done = []
