@@ -504,7 +504,7 @@ class _Engines:
     ) -> tuple[duckdb.DuckDBPyConnection, duckdb.DuckDBPyConnection, bool]:
         """An instance with ``path`` attached as :data:`CATALOG`, a new connection to it that
         `USE`s it, and whether the instance is new. Raises DuckDB's error for a file it cannot
-        open (the instance kept)."""
+        open (the instance closed: one DuckDB invalidated would refuse every later attach)."""
         with self._lock:
             engine = self._idle.pop(str(path.absolute()), None)
         fresh = engine is None
@@ -513,7 +513,8 @@ class _Engines:
         try:
             engine.execute(f"attach {_literal(str(path))} as {CATALOG}")
         except BaseException:
-            self._keep(path, engine)
+            with contextlib.suppress(duckdb.Error):
+                engine.close()
             raise
         con = engine.cursor()
         try:

@@ -1,0 +1,78 @@
+"""The state file is attached to a DuckDB instance the process keeps between opens
+(``state.store._Engines``): closing a store must still leave the file whole and free, as
+closing an instance of its own did, and the next open must read the file as it is then."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lockgate.errors import StateError
+from lockgate.state.store import StateStore
+
+OTHER_PROCESS = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1])
+print(con.execute("select v from notes order by v").fetchall())
+con.execute("insert into notes values ('from the other process')")
+con.close()
+"""
+
+
+def test_a_closed_state_is_free_for_another_process_and_read_afresh_after(tmp_path: Path) -> None:
+    store = StateStore.open(tmp_path)
+    store.exec_sql("create table notes (v varchar); insert into notes values ('from this one')")
+    store.close()
+
+    # another process opens the file at once (DuckDB would refuse it while this process held
+    # it), and finds what this one committed, checkpointed at close
+    seen = subprocess.run(
+        [sys.executable, "-c", OTHER_PROCESS, str(tmp_path / "state.duckdb")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert seen.stdout.strip() == "[('from this one',)]"
+    assert not (tmp_path / "state.duckdb.wal").exists()
+
+    # the next open here reads what the other process wrote, not what the kept instance saw
+    with StateStore.open(tmp_path) as again:
+        rows = again.exec_sql("select v from notes order by v")
+    assert rows == [("from the other process",), ("from this one",)]
+
+
+def test_a_state_that_failed_to_open_opens_once_mended(tmp_path: Path) -> None:
+    state = tmp_path / "state.duckdb"
+    with StateStore.open(tmp_path) as store:
+        store.exec_sql("create table notes (v varchar); insert into notes values ('kept')")
+    good = state.read_bytes()
+    state.write_bytes(b"\0" * len(good))  # damaged
+
+    with pytest.raises(StateError, match="cannot open the state database"):
+        StateStore.open(tmp_path)
+
+    state.write_bytes(good)  # restored from a backup
+    with StateStore.open(tmp_path) as store:
+        assert store.exec_sql("select v from notes") == [("kept",)]
+
+
+def test_a_second_handle_writes_to_the_state_in_utc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a machine outside UTC: a DuckDB connection starts in the machine's zone
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    with StateStore.open(tmp_path) as store:
+        writer = store.writer()
+        try:
+            writer.exec_sql("create table notes (sent_at timestamptz)")
+            writer.exec_sql("insert into notes values ('2026-12-07 10:00:00')")
+            zone = writer.exec_sql("select current_setting('TimeZone')")[0][0]
+        finally:
+            writer.close()
+        assert zone == "UTC"
+        assert store.exec_sql("select sent_at::varchar from notes") == [("2026-12-07 10:00:00+00",)]
+    with StateStore.open(tmp_path) as store:  # in the state's file, not in the instance
+        assert store.exec_sql("select count(*) from notes") == [(1,)]
