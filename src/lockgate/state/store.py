@@ -138,6 +138,7 @@ import pyarrow as pa
 from lockgate import __version__
 from lockgate.errors import StateError, StateUnwritableError
 from lockgate.filelock import flock_waiting
+from lockgate.sources.base import quote_literal
 
 SCHEMA = """
 create table if not exists runs (
@@ -511,7 +512,7 @@ class _Engines:
         if engine is None:
             engine = duckdb.connect(":memory:")
         try:
-            engine.execute(f"attach {_literal(str(path))} as {CATALOG}")
+            engine.execute(f"attach {quote_literal(str(path))} as {CATALOG}")
         except BaseException:
             with contextlib.suppress(duckdb.Error):
                 engine.close()
@@ -549,10 +550,6 @@ class _Engines:
 
 
 _ENGINES = _Engines()
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _open_database(
