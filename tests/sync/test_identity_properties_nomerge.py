@@ -262,3 +262,43 @@ def test_a_user_whose_row_is_rejected_gives_up_the_email_a_new_user_takes(
     assert u3 is not None and (u3.email, u3.attributes) == ("e1@x.io", {"plan": "pro"})
     plan = plan_sync(load_project(tmp_path), "users", console=NullConsole(), samples=10)
     assert [s["key"] for s in plan.samples] == ["u2"]
+
+
+def test_a_full_resync_that_holds_a_users_row_back_still_knows_the_email_its_person_holds(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Merges off, no App API key: `u3` (`e1@x.io`) and the lead `e5@x.io` synced; the lead
+    leaves, then `u3`, then `u3` comes back with `e5@x.io` and a `--full-resync` runs: `u3`'s
+    row is held back (the lead's person is to be merged into `u3`'s, kept back), so its
+    person still holds `e1@x.io`, and the resync must not forget that. A new user `u4` then
+    signs up with `e1@x.io`: the run clears it from `u3`'s person first and `u4`'s person
+    gets it. (Found by the merges-off identity machine without an App API key, 10x20: the
+    resync forgot `u3`'s record with the snapshot, and `u3`'s person kept `e1@x.io`, which
+    `u4`'s row gives, so messages to `u3` reached `u4`'s inbox.)"""
+    emu = customerio_emulator
+    monkeypatch.delenv("CUSTOMERIO_APP_API_KEY", raising=False)
+    project = project_in(tmp_path, emu, monkeypatch, {"merge_policy": {"enabled": False}})
+    sql(
+        tmp_path,
+        "insert into app_users values ('u3', 'e1@x.io', 'pro');"
+        "insert into leads values ('e5@x.io', 'ads')",
+    )
+    sync_all(project)
+    u3 = emu.person(id="u3")
+    assert u3 is not None and u3.email == "e1@x.io"
+    sql(tmp_path, "delete from leads")
+    sync_all(project)
+    sql(tmp_path, "delete from app_users")
+    sync_all(project)
+    sql(tmp_path, "insert into app_users values ('u3', 'e5@x.io', 'team')")
+    reports = [run_sync(project, name, console=NullConsole(), full_resync=True) for name in ORDER]
+    assert [key for key, _, _ in reports[0].failures] == ["u3"]
+    assert "merge is kept back" in reports[0].failures[0][2]
+    assert emu.person(id="u3") == u3  # nothing of `u3`'s row was sent
+    sql(tmp_path, "insert into app_users values ('u4', 'e1@x.io', 'free')")
+    reports = [run_sync(project, name, console=NullConsole()) for name in ORDER]
+    assert [key for key, _, _ in reports[0].failures] == ["u3"]
+    kept = emu.person(cio_id=u3.cio_id)
+    assert kept is not None and (kept.id, kept.email) == ("u3", None), kept
+    u4 = emu.person(id="u4")
+    assert u4 is not None and (u4.email, u4.attributes) == ("e1@x.io", {"plan": "free"}), u4

@@ -896,7 +896,13 @@ def _drop_previous(store: StateStore) -> None:
         run_sql(store.con, f"drop {kind} temp.main.{name}")
 
 
-def _reset_snapshot(store: StateStore, sync: SyncConfig, run_id: str, only: bool = False) -> None:
+def _reset_snapshot(
+    store: StateStore,
+    sync: SyncConfig,
+    run_id: str,
+    only: bool = False,
+    refused: Collection[str] = (),
+) -> None:
     """Past the guard of a `--full-resync` run: forget the snapshot (with ``only``, of the
     named records alone, :func:`_keep_only`), so what is not delivered is sent again. A
     relationship the run holds because an end left its model stays (``diff.RESYNC_HELD``):
@@ -905,7 +911,9 @@ def _reset_snapshot(store: StateStore, sync: SyncConfig, run_id: str, only: bool
     Customer.io confirms it, and one that fails is undone again by the next run, not
     forgotten with the snapshot while Customer.io still holds the record. So does a
     delivered record whose row the run rejects (``rejected_rows``: its key repeated, a bad
-    value, an email held back): not sent, Customer.io holds what it was sent before, which
+    value) or refuses before delivery (``refused``: an email another person holds, a merge
+    kept back, :func:`_hold_emails_of_merges_kept_back`): not sent, Customer.io holds what it
+    was sent before (the email later runs must know that person holds), which
     is undone if the row leaves the model (`mirror`), as in any run; of an objects sync, it
     is marked (``diff.RESYNC_SKIPPED``, in ``unconfirmed__S``): the resync did not send it
     again, and Customer.io may not hold it (deleted by hand), so it is sent again once its row
@@ -938,17 +946,21 @@ def _reset_snapshot(store: StateStore, sync: SyncConfig, run_id: str, only: bool
         if sync.effective_mode == "mirror" or not diff_step.temp_table(store.con, "keyed")
         else f" union select k from {diff_step.RESYNC_PREVIOUS} anti join keyed m using (k)"
     )
-    run_sql(
-        store.con,
-        f"""
-        create or replace temp table {undone} as
-        select s.* from {diff_step.RESYNC_PREVIOUS} s
-        semi join (
-            select k from changes where removed union select k from rejected_rows{left}
-            {f"union select k from {diff_step.KEPT_UNADDRESSED}" if kept else ""}
-        ) c on c.k = s.k
-        """,
-    )
+    with registered(
+        store.con, "_resync_refused", pa.table({"k": pa.array(sorted(refused), pa.string())})
+    ):
+        run_sql(
+            store.con,
+            f"""
+            create or replace temp table {undone} as
+            select s.* from {diff_step.RESYNC_PREVIOUS} s
+            semi join (
+                select k from changes where removed union select k from rejected_rows
+                union select k from _resync_refused{left}
+                {f"union select k from {diff_step.KEPT_UNADDRESSED}" if kept else ""}
+            ) c on c.k = s.k
+            """,
+        )
     skipped = "_resync_skipped"
     if sync.kind == "objects":
         run_sql(
@@ -2842,7 +2854,9 @@ def run_sync(
                 # a giver refused keeps its email otherwise: cleared first for its taker
                 diff_step.clear_refused_givers(store.con, [k for k, _ in new_refused])
             if full_resync and sync.kind != "events":
-                _reset_snapshot(store, sync, run_id, only=bool(only))
+                _reset_snapshot(
+                    store, sync, run_id, only=bool(only), refused=[k for k, _ in new_refused]
+                )
             diff_step.forget_gone_relationships(store.con, sync, full_resync=full_resync)
             merges = identity_ops is not None and identity_ops.num_rows > 0
             if merges and only:
