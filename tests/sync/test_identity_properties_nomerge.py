@@ -302,3 +302,40 @@ def test_a_full_resync_that_holds_a_users_row_back_still_knows_the_email_its_per
     assert kept is not None and (kept.id, kept.email) == ("u3", None), kept
     u4 = emu.person(id="u4")
     assert u4 is not None and (u4.email, u4.attributes) == ("e1@x.io", {"plan": "free"}), u4
+
+
+def test_a_clear_for_a_taker_held_back_too_is_sent_once(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Merges off, no App API key: `u3`'s row is held back (it came back with a retired
+    lead's email, their merge kept back) while its person still holds `e1@x.io`; a lead of
+    `e1@x.io` reaches that person, leaves, and `u2` comes back with `e1@x.io`: its row is
+    held back too (the graph's holder of `e1@x.io` is to be merged into `u2`). The run clears
+    `e1@x.io` from `u3`'s person, once: the next runs, with both rows still held back, send
+    nothing. (Before, the snapshot kept saying `u3`'s person held it, and each run cleared it
+    again.)"""
+    emu = customerio_emulator
+    monkeypatch.delenv("CUSTOMERIO_APP_API_KEY", raising=False)
+    project = project_in(tmp_path, emu, monkeypatch, {"merge_policy": {"enabled": False}})
+    steps = [
+        "insert into app_users values ('u3', 'e1@x.io', 'pro'), ('u2', 'e6@x.io', 'team');"
+        "insert into leads values ('e5@x.io', 'ads')",
+        "delete from leads",
+        "delete from app_users where user_id = 'u3'",
+        "insert into app_users values ('u3', 'e5@x.io', 'team');"
+        "insert into leads values ('e1@x.io', 'seo')",
+        "delete from leads",
+        "delete from app_users where user_id = 'u2'",
+        "insert into app_users values ('u2', 'e1@x.io', 'free')",
+    ]
+    for statements in steps:
+        sql(tmp_path, statements)
+        reports = [run_sync(project, name, console=NullConsole()) for name in ORDER]
+    assert sorted(key for key, _, _ in reports[0].failures) == ["u2", "u3"]
+    u3 = emu.person(id="u3")
+    assert u3 is not None and u3.email is None, u3
+    for _ in range(2):
+        before = len(emu.request_log())
+        reports = [run_sync(project, name, console=NullConsole()) for name in ORDER]
+        assert sorted(key for key, _, _ in reports[0].failures) == ["u2", "u3"]
+        assert [r.body for r in emu.request_log()[before:]] == []

@@ -3243,6 +3243,31 @@ def forget_released_left(store: StateStore, sync: SyncConfig, released: Iterable
     return int(rows[0][0]) if rows else 0
 
 
+def forget_released_refused(
+    store: StateStore, sync: SyncConfig, released: Iterable[str], refused: Iterable[str]
+) -> int:
+    """After delivery: the givers whose row this run refused before delivery (``refused``: a
+    merge kept back, an email another person holds) and whose email it cleared for a row
+    taking it (``released``: the keys whose clear was delivered, :func:`clear_refused_givers`)
+    hold no email in Customer.io now: their snapshot record no longer gives one (its
+    ``ident`` without `email`). Kept, the record would say the person still holds it, and
+    every later run would find the row giving it up again and send the clear again. Returns
+    how many records."""
+    keys = sorted(set(released) & set(refused))
+    if not keys:
+        return 0
+    snap = table("snap", sync.name)
+    with transaction(store.con, store.path):
+        rows = run_sql(
+            store.con,
+            f"update {snap} set ident = {without_email('ident')} "
+            "where k in (select unnest(?::varchar[])) "
+            "and json_extract_string(ident, '$.email') is not null",
+            [keys],
+        )
+    return int(rows[0][0]) if rows else 0
+
+
 def released_left_of(con: duckdb.DuckDBPyConnection, sync: SyncConfig, released: str) -> str | None:
     """SQL: the keys of the records that left the model whose email this run releases
     (``email_left``; ``released``: a table of the keys whose clear is delivered), which an

@@ -2983,6 +2983,9 @@ def run_sync(
                     released = _released(store, email_clears)
                     diff_step.forget_kept_emails(store, sync, run_id, released)
                     diff_step.forget_released_left(store, sync, released)
+                    diff_step.forget_released_refused(
+                        store, sync, released, [k for k, _ in new_refused]
+                    )
                     diff_step.forget_released_elsewhere(
                         store, sync, released, _email_syncs_beside(store, project, sync)
                     )
