@@ -138,7 +138,7 @@ import pyarrow as pa
 from lockgate import __version__
 from lockgate.errors import StateError, StateUnwritableError
 from lockgate.filelock import flock_waiting
-from lockgate.sources.base import quote_literal
+from lockgate.sources.base import quote_ident, quote_literal
 
 SCHEMA = """
 create table if not exists runs (
@@ -302,24 +302,23 @@ def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     """Whether the state database has the table ``name`` (a temp table of that name is not
     it). What a reader asks before reading a table a write creates: on a state opened to read
     only nothing can be created, and no table means nothing recorded yet."""
-    return name in tables_present(con, (name,))
+    return is_table(con, f"{CATALOG}.main.{quote_ident(name)}")
 
 
 def tables_present(con: duckdb.DuckDBPyConnection, names: Collection[str]) -> set[str]:
-    """Those of ``names`` the state database has as tables (not temp tables), in one
-    question: a reader of several tables a write creates asks once, not once per table."""
-    if not names:
-        return set()
-    # the three columns named in a subquery: DuckDB then skips the others `duckdb_tables()`
-    # works out for each table (sizes, column counts), half the time of this frequent question
-    rows = run_sql(
-        con,
-        "select table_name from (select table_name, temporary, database_name "
-        "from duckdb_tables()) where table_name in ? and not temporary "
-        "and database_name = current_database()",
-        [list(names)],
-    )
-    return {str(r[0]) for r in rows}
+    """Those of ``names`` the state database has as tables (not temp tables)."""
+    return {name for name in names if has_table(con, name)}
+
+
+def is_table(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
+    """Whether ``qualified`` (`catalog.schema.name`, quoted as needed) names a table on
+    ``con``: a lookup in DuckDB's catalog, ~0.1 ms, where a query of `duckdb_tables()` takes
+    ~0.6 ms, and runs ~15 times a run. Every connection to the state has it as the catalog
+    :data:`CATALOG` (a view of the name is not a table)."""
+    try:
+        return bool(con.table(qualified).type == "TABLE_RELATION")
+    except duckdb.CatalogException:
+        return False
 
 
 #: SQL for the person a snapshot row's ``ident`` reaches as Customer.io finds it: its `id`,
@@ -496,6 +495,9 @@ class _Engines:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        #: the instance-wide settings each instance has (by `id`), as :func:`_configure` set
+        #: them
+        self.settings: dict[int, str] = {}
         self._idle: collections.OrderedDict[str, duckdb.DuckDBPyConnection] = (
             collections.OrderedDict()
         )
@@ -511,6 +513,7 @@ class _Engines:
         fresh = engine is None
         if engine is None:
             engine = duckdb.connect(":memory:")
+            self.settings.pop(id(engine), None)  # the `id` of one closed before
         try:
             engine.execute(f"attach {quote_literal(str(path))} as {CATALOG}")
         except BaseException:
@@ -569,7 +572,7 @@ def _open_database(
             hint="if the file is damaged, move it away; the next run is then a full resync",
         ) from exc
     try:
-        _configure(con, path, memory_limit, fresh=fresh)
+        _configure(con, path, memory_limit, fresh=fresh, engine=engine)
         current = _recorded_format(con, path) == STATE_FORMAT
         if not current:
             _check_format(con, path)
@@ -646,29 +649,40 @@ def _configure(
     tmp: Path | None = None,
     *,
     fresh: bool = True,
+    engine: duckdb.DuckDBPyConnection | None = None,
 ) -> None:
     """The settings every use of the state relies on, in one call. ``tmp`` is where queries
     over the memory limit spill: the state folder's `tmp` unless given (a reader's own
     folder); set on a ``fresh`` instance only, as DuckDB refuses to set it again once used (a
     kept one, :class:`_Engines`, is the same state's, its spill folder set when it started).
     Set once the database is open, not given to `duckdb.connect`: DuckDB refuses a second
-    connection to a file with other settings than the first."""
+    connection to a file with other settings than the first. On a kept instance (``engine``,
+    not ``fresh``) that has the instance-wide ones already, only the connection's own are set
+    (~2 ms less of each open)."""
     threads = _threads()
-    settings = [
+    instance = [
         f"set memory_limit='{_memory_limit(memory_limit)}'",
         # a kept instance goes back to one thread per core when the variable is gone since
         f"set threads={threads}" if threads is not None else "reset threads",
-        *([f"set temp_directory='{tmp or path.parent / 'tmp'}'"] if fresh else []),
         "set preserve_insertion_order=false",
-        "set enable_progress_bar=false",  # progress is drawn by the console
-        # mapping runs here: a text timestamp without an offset is UTC, and a TIMESTAMPTZ's
-        # text is its UTC text, on any machine (not in the zone of the one running the sync)
-        "set TimeZone='UTC'",
         # checkpoint at close rather than during a run: commits stay cheap, and the WAL is
         # replayed after a crash
         "set checkpoint_threshold='4GB'",
     ]
-    run_sql(con, "; ".join(settings))
+    connection = [
+        "set enable_progress_bar=false",  # progress is drawn by the console
+        # mapping runs here: a text timestamp without an offset is UTC, and a TIMESTAMPTZ's
+        # text is its UTC text, on any machine (not in the zone of the one running the sync)
+        "set TimeZone='UTC'",
+    ]
+    wanted = "; ".join(instance)
+    if engine is not None and not fresh and _ENGINES.settings.get(id(engine)) == wanted:
+        run_sql(con, "; ".join(connection))
+        return
+    spill = [f"set temp_directory='{tmp or path.parent / 'tmp'}'"] if fresh else []
+    run_sql(con, "; ".join([*instance, *spill, *connection]))
+    if engine is not None:
+        _ENGINES.settings[id(engine)] = wanted
 
 
 def _open_database_read_only(
@@ -680,9 +694,12 @@ def _open_database_read_only(
     empty state (an in-memory one)."""
     if not path.exists():
         con = duckdb.connect(":memory:")
+        run_sql(con, f"attach ':memory:' as {CATALOG}; use {CATALOG}")
         _configure(con, path, memory_limit, tmp)
         run_sql(con, SCHEMA)
         return con
+    # its catalog is named after the file: `state`, as :data:`CATALOG` names it
+    assert path.stem == CATALOG, path
     try:
         con = duckdb.connect(str(path), read_only=True)
     except duckdb.Error as exc:
