@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -443,6 +443,21 @@ class DuckDBSource:
         return self._rows(sql)
 
     # ------------------------------------------------------------------ catalog
+
+    def queries(self, queries: Sequence[str]) -> list[list[tuple[Any, ...]]]:
+        """Each of ``queries``' rows (small results), on one cursor: a cursor of its own for
+        each costs a round trip more (the `use` of its catalog)."""
+        cursor = self._cursor()
+        try:
+            out = []
+            for sql in queries:
+                try:
+                    out.append(cursor.execute(sql).fetchall())
+                except duckdb.Error as exc:
+                    raise query_error(self.who, sql, exc) from exc
+            return out
+        finally:
+            cursor.close()
 
     def _rows(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         cursor = self._cursor()

@@ -66,10 +66,14 @@ def recorded(store: StateStore, sync: str) -> str | None:
     """The digest recorded for ``sync``; None before its first committed run (or in a state
     written before workspaces were recorded). Creates nothing: reads a state opened to read
     only."""
-    if not has_table(store.con, "workspaces"):
-        return None
-    rows = run_sql(store.con, "select workspace from workspaces where sync = ?", [sync])
-    return str(rows[0][0]) if rows else None
+    if store.workspaces is None:  # read once per open: asked ~3 times a run
+        rows = (
+            run_sql(store.con, "select sync, workspace from workspaces")
+            if has_table(store.con, "workspaces")
+            else []
+        )
+        store.workspaces = {str(name): str(digest) for name, digest in rows}
+    return store.workspaces.get(sync)
 
 
 def record(store: StateStore, sync: str, workspace: str | None) -> None:
@@ -77,6 +81,7 @@ def record(store: StateStore, sync: str, workspace: str | None) -> None:
     (a run that got past :func:`check` points at that one)."""
     if workspace is None or recorded(store, sync) is not None:
         return  # (asking is cheaper than the insert that does nothing, every run after the first)
+    store.workspaces = None
     run_sql(store.con, SCHEMA)
     run_sql(
         store.con,
@@ -110,6 +115,7 @@ def start_over(store: StateStore, sync: str) -> None:
     (``contract.start_over``): until a run of it commits, its next whole run is a first run
     (an events sync without timestamps is then stopped, or records the model as history, as
     `backfill.first_run` says), even after this one is stopped."""
+    store.workspaces = None
     run_sql(store.con, SCHEMA)
     contract.ensure_tables(store.con)
     store.ensure_sync_tables(sync)

@@ -2933,8 +2933,7 @@ def order_email_moves(
     :func:`_cleared_by_graph`), released as a delivered clear's is (``run._released``); the
     rows taking its email are phase 0, sent after the graph's operations.
     """
-    for name in EMAIL_MOVE_TABLES:
-        run_sql(con, f"drop table if exists {name}")
+    run_sql(con, "; ".join(f"drop table if exists {name}" for name in EMAIL_MOVE_TABLES))
     if sync.kind != "people" or "email" not in sync.identify_by:
         return 0
     changed = _email_changed(con, sync, all_new=all_new, known=known)
