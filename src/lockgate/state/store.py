@@ -1725,24 +1725,25 @@ class StateStore:
     def _write_runs_log(self) -> None:
         """Copy the latest runs to `runs.json` beside the database (atomically), so
         `lockgate runs` can list them while a sync holds the state."""
-        rows = self.runs(limit=RUNS_LOG_SIZE)
-        doc = [
-            {
-                "run_id": r.run_id,
-                "sync": r.sync,
-                "kind": r.kind,
-                "started_at": r.started_at.isoformat(),
-                "finished_at": r.finished_at.isoformat() if r.finished_at else None,
-                "status": r.status,
-                "counts": r.counts,
-                "error": r.error,
-            }
-            for r in rows
-        ]
+        # the document built by DuckDB, as text: 200 rows read into Python (their times as
+        # zoned datetimes) and dumped again cost ~4 ms, twice a run
+        when = "strftime(timezone('UTC', {}), '%Y-%m-%dT%H:%M:%S.%f+00:00')"
+        doc = run_sql(
+            self.con,
+            f"""
+            select coalesce(to_json(list(json_object(
+                'run_id', run_id, 'sync', sync, 'kind', kind,
+                'started_at', {when.format("started_at")},
+                'finished_at', {when.format("finished_at")},
+                'status', status, 'counts', coalesce(counts, '{{}}')::json, 'error', error
+            ) order by started_at desc))::varchar, '[]')
+            from (select * from runs order by started_at desc limit {RUNS_LOG_SIZE})
+            """,
+        )[0][0]
         target = self.path.with_name(RUNS_LOG)
         tmp = target.with_suffix(".json.tmp")
         try:
-            tmp.write_bytes(orjson.dumps(doc))
+            tmp.write_bytes(str(doc).encode())
             os.replace(tmp, target)
         except OSError as exc:
             with contextlib.suppress(OSError):
