@@ -120,6 +120,9 @@ class NoMergeMachine(IdentityMachine):
                 if "no identifier" not in reason:
                     event(f"a row of `{name}` rejected: {reason.split(':')[1][:40]}")
             assert report.rejected_by_api + report.dead_lettered == len(report.failures), name
+            # the plan said which rows the run holds back for a merge kept back
+            kept_back = [(k, r) for k, _, r in report.failures if "merge is kept back" in r]
+            assert kept_back == [(k, r) for k, _, r in plan.failures], (name, plan.failures)
             if not report.failures:
                 self._check_plan(name, plan, report, before)
         # (d) the rows rejected are tried again, nothing else is left to send
@@ -246,9 +249,9 @@ def test_a_user_whose_row_is_rejected_gives_up_the_email_a_new_user_takes(
     """The warehouse gives `e1@x.io` to `u3` now, and `u2`'s row, which gives it up, is
     rejected (its merge with the lead's person is kept back). `u2`'s person must not keep it
     (messages to `u2` would reach `u3`'s inbox): the run clears it first, as for a giver whose
-    email is now null, and `u3`'s person gets it. Only `u2`'s row is left to send. (Found by
-    the merges-off identity machine without an App API key, 25x20: `u3` was left unsent, in
-    no count, each run.)"""
+    email is now null, and `u3`'s person gets it. Only `u2`'s row is left, held back again.
+    (Found by the merges-off identity machine without an App API key, 25x20: `u3` was left
+    unsent, in no count, each run.)"""
     emu = customerio_emulator
     u2, reports = _a_user_back_with_a_leads_email_while_a_new_user_takes_theirs(
         emu, tmp_path, monkeypatch
@@ -261,7 +264,8 @@ def test_a_user_whose_row_is_rejected_gives_up_the_email_a_new_user_takes(
     u3 = emu.person(id="u3")
     assert u3 is not None and (u3.email, u3.attributes) == ("e1@x.io", {"plan": "pro"})
     plan = plan_sync(load_project(tmp_path), "users", console=NullConsole(), samples=10)
-    assert [s["key"] for s in plan.samples] == ["u2"]
+    # nothing else is left to send, and the plan says the run holds `u2`'s row back again
+    assert plan.samples == () and [k for k, _, _ in plan.failures] == ["u2"]
 
 
 def test_a_full_resync_that_holds_a_users_row_back_still_knows_the_email_its_person_holds(
@@ -339,3 +343,32 @@ def test_a_clear_for_a_taker_held_back_too_is_sent_once(
         reports = [run_sync(project, name, console=NullConsole()) for name in ORDER]
         assert sorted(key for key, _, _ in reports[0].failures) == ["u2", "u3"]
         assert [r.body for r in emu.request_log()[before:]] == []
+
+
+def test_the_plan_shows_a_row_held_back_for_a_merge_kept_back_as_the_run_rejects_it(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Merges off, no App API key: `u3` comes back with a retired lead's email, whose person
+    is to be merged into `u3`'s (kept back). `lockgate plan` says the row will not be sent,
+    with the run's reason, and shows no payload for it; the run then rejects exactly that,
+    and so does the next plan. (Before, the plan showed the row's identify as to be sent.)"""
+    emu = customerio_emulator
+    monkeypatch.delenv("CUSTOMERIO_APP_API_KEY", raising=False)
+    project = project_in(tmp_path, emu, monkeypatch, {"merge_policy": {"enabled": False}})
+    for statements in (
+        "insert into app_users values ('u3', 'e1@x.io', 'pro');"
+        "insert into leads values ('e5@x.io', 'ads')",
+        "delete from leads",
+        "delete from app_users",
+    ):
+        sql(tmp_path, statements)
+        sync_all(project)
+    sql(tmp_path, "insert into app_users values ('u3', 'e5@x.io', 'team')")
+    for _ in range(2):
+        plan = plan_sync(project, "users", console=NullConsole(), samples=10)
+        assert plan.samples == ()
+        assert [(k, o) for k, o, _ in plan.failures] == [("u3", "rejected")]
+        assert "merge is kept back" in plan.failures[0][2]
+        report = run_sync(project, "users", console=NullConsole())
+        assert report.failures == plan.failures
+    assert emu.person(id="u3").email == "e1@x.io"  # type: ignore[union-attr]

@@ -344,8 +344,9 @@ def render_report(
             grouped.setdefault((outcome, reason), []).append(key)
         shown = len(report.failures)
         total = report.rejected_by_api + report.dead_lettered
+        planned = report.status == "planned"
         console.table(
-            f"{report.sync}: records not delivered"
+            f"{report.sync}: records {'the run will not send' if planned else 'not delivered'}"
             + (f" (the first {shown} of {total})" if total > shown else ""),
             ["outcome", "reason", "records", "keys"],
             [
@@ -354,8 +355,11 @@ def render_report(
             ],
         )
         console.info(
-            f"{report.sync}: {total} records not delivered are not in the snapshot: the next "
-            "run sends them again (fix the rejected ones' rows first)."
+            f"{report.sync}: {total} records the run will not send, rejected as the reasons "
+            "say; each run tries them again."
+            if planned
+            else f"{report.sync}: {total} records not delivered are not in the snapshot: the "
+            "next run sends them again (fix the rejected ones' rows first)."
         )
 
 

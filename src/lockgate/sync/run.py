@@ -1836,6 +1836,78 @@ def _check_new_emails(
     return check.read_back - check.unchecked, 0, note, check.refused
 
 
+class _KeptBack(NamedTuple):
+    """The rows of ``changes`` whose email is held by a person a merge kept back would have
+    merged into theirs (:func:`_kept_back_rows`)."""
+
+    #: (key, reason): the rows not sent (no read-back would see Customer.io drop them)
+    refused: list[tuple[str, str]]
+    #: key -> identifiers, of the refused rows
+    idents: dict[str, str]
+    #: (key, `id`, email, holder, what kept the merge back): every such row, refused or sent
+    kept: list[tuple[str, str, str, str, str]]
+
+
+def _kept_back_rows(
+    store: StateStore, project: Project, sync: SyncConfig, merges_skipped: Sequence[dict[str, Any]]
+) -> _KeptBack | None:
+    """Of ``changes`` of a people sync keyed through the identity graph, the rows that give a
+    person of an `id` the email of the person a merge kept back would have merged into it
+    (``merges_skipped``, this run's, or one an earlier run of the sync recorded the row for:
+    :data:`EMAILS_OF_MERGES_KEPT_BACK`), and which of them are not sent (no read-back of
+    emails: no App API key, or `read_back_emails: 0`), with the reason. Reads only: a plan
+    shows them as the run will reject them. None when there is none."""
+    if sync.kind != "people":
+        return None
+    present = has_table(store.con, EMAILS_OF_MERGES_KEPT_BACK)
+    # with a read-back the rows are sent and recorded: the read-back sees a dropped update,
+    # and a row it could not read back is rejected (:func:`_check_emails`)
+    read_back = _email_check_settings(project, sync) is not None
+    held = _kept_back_pairs(merges_skipped)
+    before: dict[str, tuple[str, str, str, str]] = {}
+    if present:
+        columns = {
+            str(r[0])
+            for r in store.exec_sql(
+                "select column_name from duckdb_columns() where database_name = "
+                f"current_database() and table_name = '{EMAILS_OF_MERGES_KEPT_BACK}'"
+            )
+        }
+        outcome = "outcome" if "outcome" in columns else "null"  # recorded before held merges
+        for k, person, email, holder, why in store.exec_sql(
+            f"select k, person, email, holder, {outcome} from {EMAILS_OF_MERGES_KEPT_BACK} "
+            "where sync = ?",
+            [sync.name],
+        ):
+            why = str(why or KEPT_BACK_MERGES_OFF)
+            if k is None:  # a merge an earlier run (of any sync) kept back
+                held.setdefault((str(person), str(email)), (str(holder), why))
+            else:
+                before[str(k)] = (str(person), str(email), str(holder), why)
+    if not held and not before:
+        return None
+    rows = store.exec_sql(
+        "select k, ident, json_extract_string(ident, '$.id'), "
+        "lower(trim(json_extract_string(ident, '$.email'))) from changes "
+        "where not removed and contains(ident, '\"email\":') and contains(ident, '\"id\":')"
+    )
+    found = _KeptBack([], {}, [])
+    for k, ident, person, email in rows:
+        hit = held.get((person, email))
+        if hit is None and before.get(k, ("", "", "", ""))[:2] == (person, email):
+            hit = before[k][2:]
+        if hit is None:
+            continue
+        holder, why = hit
+        if not read_back:
+            found.refused.append(
+                (k, _kept_back_reason(project, sync, k, person, email, holder, why))
+            )
+            found.idents[k] = ident
+        found.kept.append((k, person, email, holder, why))
+    return found
+
+
 def _hold_emails_of_merges_kept_back(
     store: StateStore,
     project: Project,
@@ -1845,57 +1917,19 @@ def _hold_emails_of_merges_kept_back(
     merges_skipped: Sequence[dict[str, Any]],
 ) -> list[tuple[str, str]]:
     """Before delivery, without a read-back of emails (no App API key, or `read_back_emails:
-    0`): take out of ``changes`` the rows of a people sync keyed through the identity graph
-    that give a person of an `id` the email of the person a merge kept back would have merged
-    into it (``merges_skipped``, this run's, or one an earlier run of the sync recorded the row
-    for: kept back by `merge_policy.enabled: false`, or held for review by `min_path_rank`),
-    and record them as rejected with what to do (with a read-back they are sent, and
-    recorded alone: :data:`EMAILS_OF_MERGES_KEPT_BACK`). Customer.io drops such an update whole
-    and unseen (the email is another person's), so the row would be counted delivered and never
+    0`): take out of ``changes`` the rows :func:`_kept_back_rows` finds (a row that gives a
+    person of an `id` the email of the person a merge kept back would have merged into it:
+    kept back by `merge_policy.enabled: false`, or held for review by `min_path_rank`), and
+    record them as rejected with what to do (with a read-back they are sent, and recorded
+    alone: :data:`EMAILS_OF_MERGES_KEPT_BACK`). Customer.io drops such an update whole and
+    unseen (the email is another person's), so the row would be counted delivered and never
     sent again. The next run rejects it again while the row gives that `id` that email; a run
     with a read-back sends it and sees whether it lands (once the two people are merged by
     hand, it does). Returns the rows rejected, (key, reason) each."""
-    if sync.kind != "people":
+    found = _kept_back_rows(store, project, sync, merges_skipped)
+    if found is None:
         return []
-    present = has_table(store.con, EMAILS_OF_MERGES_KEPT_BACK)
-    # with a read-back the rows are sent and recorded: the read-back sees a dropped update,
-    # and a row it could not read back is rejected (:func:`_check_emails`)
-    read_back = _email_check_settings(project, sync) is not None
-    held = _kept_back_pairs(merges_skipped)
-    before: dict[str, tuple[str, str, str, str]] = {}
-    if present:
-        _with_outcome_column(store)
-        for k, person, email, holder, why in store.exec_sql(
-            f"select k, person, email, holder, outcome from {EMAILS_OF_MERGES_KEPT_BACK} "
-            "where sync = ?",
-            [sync.name],
-        ):
-            why = str(why or KEPT_BACK_MERGES_OFF)  # recorded before held merges were
-            if k is None:  # a merge an earlier run (of any sync) kept back
-                held.setdefault((str(person), str(email)), (str(holder), why))
-            else:
-                before[str(k)] = (str(person), str(email), str(holder), why)
-    if not held and not before:
-        return []
-    rows = store.exec_sql(
-        "select k, ident, json_extract_string(ident, '$.id'), "
-        "lower(trim(json_extract_string(ident, '$.email'))) from changes "
-        "where not removed and contains(ident, '\"email\":') and contains(ident, '\"id\":')"
-    )
-    refused: list[tuple[str, str]] = []
-    idents: dict[str, str] = {}
-    kept: list[tuple[str, str, str, str, str]] = []
-    for k, ident, person, email in rows:
-        found = held.get((person, email))
-        if found is None and before.get(k, ("", "", "", ""))[:2] == (person, email):
-            found = before[k][2:]
-        if found is None:
-            continue
-        holder, why = found
-        if not read_back:
-            refused.append((k, _kept_back_reason(project, sync, k, person, email, holder, why)))
-            idents[k] = ident
-        kept.append((k, person, email, holder, why))
+    refused, idents, kept = found
     with transaction(store.con, store.path):
         store.exec_sql(
             f"create table if not exists {EMAILS_OF_MERGES_KEPT_BACK} (sync varchar, "
@@ -2601,6 +2635,7 @@ def plan_sync(
         changes, recovered, guards = prepared.changes, prepared.recovered, prepared.guards
         resolution, identity_ops = prepared.resolution, prepared.identity_ops
         naive, anonymous_ops = prepared.naive_timestamps, prepared.anonymous_ops
+        refused = _plan_kept_back(store, project, sync, prepared.merges_skipped, resolution)
         sample = _samples(store, sync.kind, samples)
         releases = _release_samples(store, samples)
         resent_by = planned_step.resent_by(store, project, sync)
@@ -2650,12 +2685,38 @@ def plan_sync(
         identity_merges_skipped=prepared.merges_skipped,
         only=only,
         email_check=email_check,
+        failures=tuple((k, "rejected", reason) for k, reason in refused),
+        rejected_by_api=len(refused),
         resent_by=tuple(sorted(resent_by.items())),
         identity_graph=_graph_use(resolution),
         naive_timestamps=naive,
         timezone=sync.timezone,
         follow_up_of=follow_up_of,
     )
+
+
+def _plan_kept_back(
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    merges_skipped: Sequence[dict[str, Any]],
+    resolution: Resolution | None,
+) -> list[tuple[str, str]]:
+    """In a plan: the rows the run will not send because their email is held by a person a
+    merge kept back would have merged into theirs (:func:`_kept_back_rows`), taken out of the
+    plan's ``changes`` as the run takes them out, with the clears of the emails they give up
+    that the run sends first (``diff.clear_refused_givers``): the plan's samples, its email
+    releases and what it keeps for the later plans of a command are the run's. Returns (key,
+    reason) of each, which the plan reports as the run does (``failures``)."""
+    if sync.kind != "people" or resolution is None:
+        return []
+    found = _kept_back_rows(store, project, sync, merges_skipped)
+    if found is None or not found.refused:
+        return []
+    keys = [k for k, _ in found.refused]
+    store.exec_sql("delete from changes where k in (select unnest(?::varchar[]))", [keys])
+    diff_step.clear_refused_givers(store.con, keys)
+    return found.refused
 
 
 def _stopped_report(
