@@ -372,3 +372,41 @@ def test_the_plan_shows_a_row_held_back_for_a_merge_kept_back_as_the_run_rejects
         report = run_sync(project, "users", console=NullConsole())
         assert report.failures == plan.failures
     assert emu.person(id="u3").email == "e1@x.io"  # type: ignore[union-attr]
+
+
+def test_a_user_taking_the_old_email_of_a_readdressing_kept_back_is_held_back(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Merges off, no App API key: a lead `e2@x.io` gives a second address `e4@x.io` (a
+    link), then its own leaves: the readdressing would merge the old email's person into
+    the new one's, kept back, so two people stay (`e2@x.io` and `e4@x.io`). Later a link
+    joins `e2@x.io` to the profile again and the user `u2` signs up with it: the profile's
+    person (`e4@x.io`'s) gets `u2`'s `id`, and `u2`'s row, giving it `e2@x.io`, which the
+    other person still holds, would be dropped by Customer.io unseen. It is held back with
+    the reason instead, in the plan as in the run. (Found by the merges-off identity
+    machine, 15x20: `u2`'s `plan` was lost, the row counted delivered.)"""
+    emu = customerio_emulator
+    monkeypatch.delenv("CUSTOMERIO_APP_API_KEY", raising=False)
+    project = project_in(tmp_path, emu, monkeypatch, {"merge_policy": {"enabled": False}})
+    for statements in (
+        "insert into leads values ('e2@x.io', 'webinar')",
+        "insert into leads values ('e4@x.io', 'ads');"
+        "insert into links values ('e2@x.io', 'e4@x.io')",
+        "delete from leads where email = 'e2@x.io'; delete from links",
+    ):
+        sql(tmp_path, statements)
+        sync_all(project)
+    old, new = emu.person(email="e2@x.io"), emu.person(email="e4@x.io")
+    assert old is not None and new is not None and old.cio_id != new.cio_id  # kept apart
+    sql(
+        tmp_path,
+        "insert into links values ('e4@x.io', 'e2@x.io');"
+        "insert into app_users values ('u2', 'e2@x.io', 'pro')",
+    )
+    plan = plan_sync(project, "users", console=NullConsole(), samples=10)
+    report = run_sync(project, "users", console=NullConsole())
+    assert [k for k, _, _ in report.failures] == ["u2"], report.failures
+    assert "merge is kept back" in report.failures[0][2]
+    assert plan.failures == report.failures and plan.samples == ()
+    assert emu.person(email="e2@x.io") == old  # untouched: still the other person's
+    assert "plan" not in (emu.person(email="e4@x.io") or new).attributes

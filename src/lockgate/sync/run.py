@@ -1893,7 +1893,7 @@ def _kept_back_rows(
     )
     found = _KeptBack([], {}, [])
     for k, ident, person, email in rows:
-        hit = held.get((person, email))
+        hit = held.get((person, email)) or held.get((ANY_ID, email))
         if hit is None and before.get(k, ("", "", "", ""))[:2] == (person, email):
             hit = before[k][2:]
         if hit is None:
@@ -1972,15 +1972,31 @@ def _kept_back_pairs(
 ) -> dict[tuple[str, str], tuple[str, str]]:
     """Of the merges kept back, those of a person known by email into a person of an `id`:
     (`id`, email lowercased) -> (the holder of the email as the merge names it, what kept
-    the merge back). A row giving that `id` that email is dropped by Customer.io."""
+    the merge back). A row giving that `id` that email is dropped by Customer.io. A merge
+    into a person known by email alone (a readdressing: the old email's person into the new
+    one's, `identity.customerio.readdress_ops`) gives (:data:`ANY_ID`, old email): the
+    profile's rows reach the new email's person, so one giving the person of its `id` the
+    old email, which the other person still holds, is dropped too."""
     held: dict[tuple[str, str], tuple[str, str]] = {}
     for merge in merges_skipped:
         primary, secondary = merge["primary"], merge["secondary"]
-        if set(primary) == {"id"} and "email" in secondary:
-            who = ", ".join(f"{kind} `{value}`" for kind, value in secondary.items())
-            why = merge.get("outcome") or KEPT_BACK_MERGES_OFF
-            held[(str(primary["id"]), str(secondary["email"]).strip().lower())] = (who, why)
+        if "email" not in secondary:
+            continue
+        if set(primary) == {"id"}:
+            person = str(primary["id"])
+        elif set(primary) == {"email"}:
+            person = ANY_ID
+        else:
+            continue
+        who = ", ".join(f"{kind} `{value}`" for kind, value in secondary.items())
+        why = merge.get("outcome") or KEPT_BACK_MERGES_OFF
+        held[(person, str(secondary["email"]).strip().lower())] = (who, why)
     return held
+
+
+ANY_ID = ""
+"""The `id` of a merge kept back into a person known by email alone (:func:`_kept_back_pairs`):
+a row of any `id` giving its person the merge's secondary email is held back."""
 
 
 def _record_merges_kept_back(
@@ -2252,7 +2268,7 @@ def _forget_merges_kept_back(store: StateStore, sync: SyncConfig, keys: list[str
                 f"delete from {EMAILS_OF_MERGES_KEPT_BACK} m where m.k is null and exists "
                 f"(select 1 from {EMAILS_OF_MERGES_KEPT_BACK} r where r.sync = ? "
                 "and r.k in (select unnest(?::varchar[])) "
-                "and r.person = m.person and r.email = m.email)",
+                f"and (r.person = m.person or m.person = '{ANY_ID}') and r.email = m.email)",
                 [sync.name, keys],
             )
             store.exec_sql(
