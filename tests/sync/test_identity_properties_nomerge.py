@@ -46,7 +46,7 @@ from tests.sync.test_identity_properties import (
 
 from lockgate.console import NullConsole
 from lockgate.emulator import Emulator
-from lockgate.project.loader import load_project
+from lockgate.project.loader import Project, load_project
 from lockgate.sync.run import plan_sync, run_sync
 
 
@@ -213,28 +213,39 @@ def test_people_keyed_through_the_identity_graph_with_merges_off_lose_nothing_si
     run_state_machine_as_test(NoMergeMachine, settings=SETTINGS)
 
 
-def _a_user_back_with_a_leads_email_while_a_new_user_takes_theirs(
-    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> tuple[Any, list[Any]]:
-    """Merges off, no App API key: `u2` (`e1@x.io`) and the lead `e4@x.io` synced; the lead
-    leaves, then `u2`, then `u2` comes back with `e4@x.io` (the lead's person is to be merged
-    into `u2`'s, kept back: `u2`'s row is rejected) while the new user `u3` signs up with
-    `E1@x.io`, the email `u2` gave up. Returns `u2`'s person as first synced and the reports
-    of the last run of every sync."""
+def _user_and_lead_retired(
+    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uid: str, lead: str
+) -> tuple[Project, Any]:
+    """Merges off, no App API key: the user ``uid`` (`e1@x.io`, plan `pro`) and the lead
+    ``lead`` synced; then the lead leaves, then the user, each followed by a run of every
+    sync (the user's person stays in Customer.io). Returns the project and the user's person
+    as first synced. The user coming back with the lead's email has the lead's person to be
+    merged into theirs, kept back."""
     monkeypatch.delenv("CUSTOMERIO_APP_API_KEY", raising=False)
     project = project_in(tmp_path, emu, monkeypatch, {"merge_policy": {"enabled": False}})
     sql(
         tmp_path,
-        "insert into app_users values ('u2', 'e1@x.io', 'pro');"
-        "insert into leads values ('e4@x.io', 'seo')",
+        f"insert into app_users values ('{uid}', 'e1@x.io', 'pro');"
+        f"insert into leads values ('{lead}', 'seo')",
     )
     sync_all(project)
-    u2 = emu.person(id="u2")
-    assert u2 is not None and u2.email == "e1@x.io"
+    person = emu.person(id=uid)
+    assert person is not None and person.email == "e1@x.io"
     sql(tmp_path, "delete from leads")
     sync_all(project)
     sql(tmp_path, "delete from app_users")
     sync_all(project)
+    return project, person
+
+
+def _a_user_back_with_a_leads_email_while_a_new_user_takes_theirs(
+    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, list[Any]]:
+    """:func:`_user_and_lead_retired` of `u2` and the lead `e4@x.io`, then `u2` comes back
+    with `e4@x.io` (`u2`'s row is rejected) while the new user `u3` signs up with `E1@x.io`,
+    the email `u2` gave up. Returns `u2`'s person as first synced and the reports of the
+    last run of every sync."""
+    project, u2 = _user_and_lead_retired(emu, tmp_path, monkeypatch, "u2", "e4@x.io")
     sql(
         tmp_path,
         "insert into app_users values ('u2', 'e4@x.io', 'free'), ('u3', 'E1@x.io', 'pro')",
@@ -280,20 +291,7 @@ def test_a_full_resync_that_holds_a_users_row_back_still_knows_the_email_its_per
     resync forgot `u3`'s record with the snapshot, and `u3`'s person kept `e1@x.io`, which
     `u4`'s row gives, so messages to `u3` reached `u4`'s inbox.)"""
     emu = customerio_emulator
-    monkeypatch.delenv("CUSTOMERIO_APP_API_KEY", raising=False)
-    project = project_in(tmp_path, emu, monkeypatch, {"merge_policy": {"enabled": False}})
-    sql(
-        tmp_path,
-        "insert into app_users values ('u3', 'e1@x.io', 'pro');"
-        "insert into leads values ('e5@x.io', 'ads')",
-    )
-    sync_all(project)
-    u3 = emu.person(id="u3")
-    assert u3 is not None and u3.email == "e1@x.io"
-    sql(tmp_path, "delete from leads")
-    sync_all(project)
-    sql(tmp_path, "delete from app_users")
-    sync_all(project)
+    project, u3 = _user_and_lead_retired(emu, tmp_path, monkeypatch, "u3", "e5@x.io")
     sql(tmp_path, "insert into app_users values ('u3', 'e5@x.io', 'team')")
     reports = [run_sync(project, name, console=NullConsole(), full_resync=True) for name in ORDER]
     assert [key for key, _, _ in reports[0].failures] == ["u3"]
@@ -353,16 +351,7 @@ def test_the_plan_shows_a_row_held_back_for_a_merge_kept_back_as_the_run_rejects
     with the run's reason, and shows no payload for it; the run then rejects exactly that,
     and so does the next plan. (Before, the plan showed the row's identify as to be sent.)"""
     emu = customerio_emulator
-    monkeypatch.delenv("CUSTOMERIO_APP_API_KEY", raising=False)
-    project = project_in(tmp_path, emu, monkeypatch, {"merge_policy": {"enabled": False}})
-    for statements in (
-        "insert into app_users values ('u3', 'e1@x.io', 'pro');"
-        "insert into leads values ('e5@x.io', 'ads')",
-        "delete from leads",
-        "delete from app_users",
-    ):
-        sql(tmp_path, statements)
-        sync_all(project)
+    project, _ = _user_and_lead_retired(emu, tmp_path, monkeypatch, "u3", "e5@x.io")
     sql(tmp_path, "insert into app_users values ('u3', 'e5@x.io', 'team')")
     for _ in range(2):
         plan = plan_sync(project, "users", console=NullConsole(), samples=10)
