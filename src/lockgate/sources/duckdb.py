@@ -447,25 +447,25 @@ class DuckDBSource:
     def queries(self, queries: Sequence[str]) -> list[list[tuple[Any, ...]]]:
         """Each of ``queries``' rows (small results), on one cursor: a cursor of its own for
         each costs a round trip more (the `use` of its catalog)."""
+        return self._run([(sql, None) for sql in queries])
+
+    def _rows(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        return self._run([(sql, params)])[0]
+
+    def _run(
+        self, statements: Sequence[tuple[str, list[Any] | None]]
+    ) -> list[list[tuple[Any, ...]]]:
+        """Each statement's rows, on one cursor of this source's; an error names the one that
+        failed."""
         cursor = self._cursor()
         try:
             out = []
-            for sql in queries:
+            for sql, params in statements:
                 try:
-                    out.append(cursor.execute(sql).fetchall())
+                    out.append(cursor.execute(sql, params or []).fetchall())
                 except duckdb.Error as exc:
                     raise query_error(self.who, sql, exc) from exc
             return out
-        finally:
-            cursor.close()
-
-    def _rows(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-        cursor = self._cursor()
-        try:
-            rows: list[tuple[Any, ...]] = cursor.execute(sql, params or []).fetchall()
-            return rows
-        except duckdb.Error as exc:
-            raise query_error(self.who, sql, exc) from exc
         finally:
             cursor.close()
 
