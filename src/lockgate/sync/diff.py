@@ -156,6 +156,12 @@ def _one(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
 _EMPTY_MAPPED: dict[str, str] = {}
 _EMPTY_MAPPED_KEPT = 256
 
+#: the temp table a diff of at most :data:`BUILT_ROWS` rows to map maps them into, once, for
+#: ``mapped`` and the `payloads` view both (:func:`diff_records`); a larger diff builds each
+#: payload as it is read, never storing them all (1M payloads are ~600 MB)
+BUILT = "built"
+BUILT_ROWS = 20_000
+
 
 def _map(con: duckdb.DuckDBPyConnection, statement: str, *, empty: bool) -> None:
     """Run ``statement``, which creates the temp table ``mapped`` from the mapping's SELECT.
@@ -2001,36 +2007,54 @@ def diff_records(
     # the payload of any staged row, by `__rid`: DuckDB pushes a filter on `__rid` down to the
     # staged rows, so a few payloads cost a few rows' work; with the columns delivery reads
     # with it (`deliver.with_payloads_sql`), as ``changes`` has them
-    # With no row to map, no row of ``changes`` reads a payload: an empty stand-in of the same
-    # columns, which DuckDB binds in a fraction of the ~7 ms the mapping's SELECT takes (a run
-    # or plan with nothing changed, the most frequent of all)
-    run_sql(
-        con,
-        "create or replace temp view payloads as "
-        + (
-            f"select __rid, op, k, src_h as h, ident from ({compiled.select})"
-            if todo
-            else "select null::bigint as __rid, null::varchar as op, null::varchar as k, "
-            "null::ubigint as h, null::varchar as ident where false"
-        ),
-    )
-    # The payloads are not stored, in a run either: ``changes`` keeps each row's `__rid` and a
-    # null `op`, and delivery builds the payloads as it reads them (from the `payloads` view,
-    # `deliver.with_payloads_sql`). Stored, 1M people's payloads (~600 MB) outgrew the state's
-    # memory limit and went to the spill file and back: ~2 s of CPU of a first full sync.
-    # `on_change` rules read each row's identifiers from its payload, and stamp them: kept.
+    # The payloads are not stored in ``changes``, in a run either: ``changes`` keeps each
+    # row's `__rid` and a null `op`, and delivery builds the payloads as it reads them (from
+    # the `payloads` view, `deliver.with_payloads_sql`). Stored, 1M people's payloads (~600
+    # MB) outgrew the state's memory limit and went to the spill file and back: ~2 s of CPU of
+    # a first full sync. `on_change` rules read each row's identifiers from its payload, and
+    # stamp them: kept.
     columns = "c.*" if sync.on_change else "c.* exclude (op), null::varchar as op"
     if sync.on_change and run_id:
         columns = f"c.* replace ({_stamped('c.ident', run_id)} as ident)"
-    _map(
-        con,
-        f"""
+
+    def mapped(rows: str) -> str:
+        return f"""
         create or replace temp table mapped as
         select {columns}, c.src_h as h, n.k is null as is_new, false as removed
-        from ({compiled.select}) c left join known n on n.k = c.k
-        """,
-        empty=not todo and not sync.on_change,
-    )
+        from ({rows}) c left join known n on n.k = c.k
+        """
+
+    if 0 < todo <= BUILT_ROWS:
+        # A few rows to map (most runs after the first): the mapping's SELECT runs once, into
+        # ``built``, and ``mapped`` and the `payloads` view read that table. The SELECT takes
+        # ~10-20 ms to bind, and the view binds it when made and again at each read (the
+        # plan's samples, delivery): three binds of it were most of a small run's diff
+        run_sql(con, f"create or replace temp table {BUILT} as {compiled.select}")
+        run_sql(
+            con,
+            "create or replace temp view payloads as "
+            f"select __rid, op, k, src_h as h, ident from {BUILT}",
+        )
+        run_sql(con, mapped(f"select * from {BUILT}"))
+    else:
+        # With no row to map, no row of ``changes`` reads a payload: an empty stand-in of the
+        # same columns, which DuckDB binds in a fraction of the time the mapping's SELECT takes
+        # (a run or plan with nothing changed, the most frequent of all)
+        run_sql(
+            con,
+            "create or replace temp view payloads as "
+            + (
+                f"select __rid, op, k, src_h as h, ident from ({compiled.select})"
+                if todo
+                else "select null::bigint as __rid, null::varchar as op, null::varchar as k, "
+                "null::ubigint as h, null::varchar as ident where false"
+            ),
+        )
+        _map(
+            con,
+            mapped(compiled.select),
+            empty=not todo and not sync.on_change,
+        )
     # a key that appears more than once is ambiguous: every copy is rejected (`keyed` has the
     # same keys as every row mapped here, so without a repeat there it is skipped)
     if repeated:
