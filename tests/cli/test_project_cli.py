@@ -474,7 +474,7 @@ def test_plan_sync_runs_history_end_to_end(
 def test_runs_are_listed_while_a_sync_holds_the_state(
     tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lockgate.state.store import StateStore
+    from lockgate.state.store import StateStore, read_runs_log
 
     project = demo_project(tmp_path, customerio_emulator, monkeypatch, users=50)
     invoke("sync", "companies", *project, "--json")
@@ -497,6 +497,8 @@ def test_runs_are_listed_while_a_sync_holds_the_state(
         code, out = invoke("runs", "show", "live", *project)
         assert "runs.json" in " ".join(out.split()) and "running" in out
         store.finish_run("20261123T000000-live", "success", {"delivered": 3})
+        # the log the finish wrote says what the state says, times and counts alike
+        assert read_runs_log(tmp_path / ".lockgate", limit=10) == store.runs(limit=10)
     code, out = invoke("runs", *project, "--json")
     assert [(r["sync"], r["status"]) for r in json.loads(out)][0] == ("leads", "success")
 

@@ -345,6 +345,8 @@ SENT_AT = pa.timestamp("us", tz="UTC")
 RUNS_LOG = "runs.json"
 RUNS_LOG_SIZE = 200
 """`runs.json` keeps this many of the latest runs."""
+_RUNS_LOG_TIME = "%Y-%m-%dT%H:%M:%S.%f+00:00"
+"""How `runs.json` spells a time (UTC), DuckDB's `strftime` and Python's alike."""
 
 
 def read_runs_log(state_dir: Path, *, sync: str | None = None, limit: int = 20) -> list[RunRow]:
@@ -1704,11 +1706,29 @@ class StateStore:
     def finish_run(
         self, run_id: str, status: str, counts: dict[str, Any], error: str | None = None
     ) -> None:
+        finished = datetime.now(UTC)
         self.exec_sql(
             "update runs set finished_at = ?, status = ?, counts = ?, error = ? where run_id = ?",
-            [datetime.now(UTC), status, orjson.dumps(counts).decode(), error, run_id],
+            [finished, status, orjson.dumps(counts).decode(), error, run_id],
         )
-        self._write_runs_log()
+        # the log as the last change to `runs` left it (each rewrites it, under the state's
+        # lock), with this run's entry finished: building it again in DuckDB took ~3 ms
+        try:
+            doc = orjson.loads(self.path.with_name(RUNS_LOG).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            doc = None
+        listed = doc if isinstance(doc, list) else []
+        entry = next((d for d in listed if isinstance(d, dict) and d.get("run_id") == run_id), None)
+        if entry is None:
+            self._write_runs_log()
+            return
+        entry.update(
+            finished_at=finished.strftime(_RUNS_LOG_TIME),
+            status=status,
+            counts=counts,
+            error=error,
+        )
+        self._save_runs_log(orjson.dumps(doc))
 
     def prune_history(self, days: int) -> int:
         """Drop the per-record history and the rejected rows older than ``days`` days; returns
@@ -1727,7 +1747,7 @@ class StateStore:
         `lockgate runs` can list them while a sync holds the state."""
         # the document built by DuckDB, as text: 200 rows read into Python (their times as
         # zoned datetimes) and dumped again cost ~4 ms, twice a run
-        when = "strftime(timezone('UTC', {}), '%Y-%m-%dT%H:%M:%S.%f+00:00')"
+        when = f"strftime(timezone('UTC', {{}}), '{_RUNS_LOG_TIME}')"
         doc = run_sql(
             self.con,
             f"""
@@ -1740,10 +1760,14 @@ class StateStore:
             from (select * from runs order by started_at desc limit {RUNS_LOG_SIZE})
             """,
         )[0][0]
+        self._save_runs_log(str(doc).encode())
+
+    def _save_runs_log(self, doc: bytes) -> None:
+        """Write `runs.json` (atomically: a reader sees the last one or this one)."""
         target = self.path.with_name(RUNS_LOG)
         tmp = target.with_suffix(".json.tmp")
         try:
-            tmp.write_bytes(str(doc).encode())
+            tmp.write_bytes(doc)
             os.replace(tmp, target)
         except OSError as exc:
             with contextlib.suppress(OSError):
