@@ -806,6 +806,8 @@ class StateStore:
         :func:`_set_aside_unfinished`): the first run to open the store warns of it."""
         self._ensured: set[str] = set()
         """The syncs whose tables :meth:`ensure_sync_tables` made sure of and committed."""
+        self._asked_upgraded = False
+        """Whether ``_ensured`` has every sync the table `upgraded` marks done."""
         self._engine: duckdb.DuckDBPyConnection | None = None
         """The kept instance the state is attached to (:class:`_Engines`), for a store opened
         to write: detached at close."""
@@ -971,14 +973,18 @@ class StateStore:
         """Create the sync's tables, or bring those of an older state format up to date.
         Once per sync and handle: a run asks for every sync's tables many times (the identity
         graph's steps look at each people sync), ~5 ms of statements each time; and once
-        marked done at this format (:data:`TABLES_STEP`), one question per handle after."""
+        marked done at this format (:data:`TABLES_STEP`), one question per handle after,
+        which answers for every sync (a run of a project of several syncs asks for each)."""
         if sync in self._ensured:
             return
-        if self._current and self.exec_sql(
-            "select 1 from upgraded where sync = ? and step = ?", [sync, TABLES_STEP]
-        ):
-            self._ensured.add(sync)
-            return
+        if self._current and not self._asked_upgraded:
+            self._asked_upgraded = True
+            self._ensured.update(
+                str(r[0])
+                for r in self.exec_sql("select sync from upgraded where step = ?", [TABLES_STEP])
+            )
+            if sync in self._ensured:
+                return
         self._create_sync_tables(sync)
         if not self._in_transaction():  # else a rollback may take the tables back
             self.exec_sql(
