@@ -9,7 +9,9 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import duckdb
 import pytest
@@ -175,6 +177,28 @@ def test_a_file_that_is_not_duckdb_is_named_in_the_error(tmp_path: Path, name: s
     assert "duckdb source `warehouse`: cannot open" in caught.value.reason
     assert str(path) in caught.value.reason
     assert "not a valid DuckDB database file" in caught.value.reason
+
+
+def test_a_file_that_is_not_duckdb_in_a_lockgate_folder_fails_without_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error names the file: a folder called `lockgate` in its path is no lock to wait
+    out (every such file waited the whole lock wait, 10 s, before its error)."""
+    folder = tmp_path / "lockgate"
+    folder.mkdir()
+    path = folder / "users.csv"
+    path.write_text("id,email\n1,a@example.com\n")
+    waits: list[float] = []
+    monkeypatch.setattr(duckdb_source, "LOCK_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr(
+        duckdb_source, "time", SimpleNamespace(monotonic=time.monotonic, sleep=waits.append)
+    )
+
+    with pytest.raises(SourceError) as caught:
+        DuckDBSource(path, name="warehouse")
+    assert "not a valid DuckDB database file" in caught.value.reason
+    assert "write lock" not in caught.value.hint
+    assert waits == []
 
 
 def test_a_file_a_writer_holds_past_the_wait_says_so(

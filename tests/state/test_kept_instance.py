@@ -59,6 +59,22 @@ def test_a_state_that_failed_to_open_opens_once_mended(tmp_path: Path) -> None:
         assert store.exec_sql("select v from notes") == [("kept",)]
 
 
+def test_a_damaged_state_under_a_lockgate_folder_is_named_damaged_not_in_use(
+    tmp_path: Path,
+) -> None:
+    """DuckDB's message names the file: a folder called `lockgate` in its path is no sign of
+    another process holding it (the read-only open said "in use by another process")."""
+    folder = tmp_path / "lockgate" / ".lockgate"
+    with StateStore.open(folder):
+        pass
+    (folder / "state.duckdb").write_bytes(b"not a database, " * 1000)
+
+    with pytest.raises(StateError) as caught:
+        StateStore.open_read_only(folder)
+    assert "cannot open the state database" in caught.value.reason
+    assert "in use" not in caught.value.reason
+
+
 def test_a_second_handle_writes_to_the_state_in_utc(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

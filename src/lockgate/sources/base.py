@@ -242,6 +242,14 @@ def db_message(exc: BaseException) -> str:
     return redact(" ".join(lines[:3]) if lines else type(exc).__name__)
 
 
+def lock_held(exc: BaseException) -> bool:
+    """Whether DuckDB refused a file because another process holds it ("Could not set lock on
+    file"). Not the word `lock` anywhere in the message: the message names the file, and a
+    project under a folder such as `lockgate/` then had every unreadable file (not DuckDB,
+    damaged) wait out the lock wait (10 s) before its error."""
+    return "could not set lock on file" in str(exc).lower()
+
+
 def label(kind: str, name: str | None) -> str:
     """How messages name a source: ``postgres source `warehouse``` or ``postgres source``."""
     return f"{kind} source `{name}`" if name else f"{kind} source"

@@ -41,6 +41,7 @@ from lockgate.sources.base import (
     TableInfo,
     check_batch_rows,
     label,
+    lock_held,
     query_error,
     quote_ident,
     quote_literal,
@@ -76,7 +77,7 @@ def connect_waiting(
         try:
             return duckdb.connect(path, read_only=read_only, config=config or {})
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+            if not lock_held(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
 
@@ -168,7 +169,7 @@ class KeptInstances:
             except duckdb.IOException as exc:
                 # the file is missing, not DuckDB, or held by a writer past the wait: the same
                 # error `duckdb.connect` gives
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                if not lock_held(exc) or time.monotonic() > deadline:
                     raise
             time.sleep(0.05)
 
@@ -326,7 +327,7 @@ class DuckDBSource:
                 _set_up(self._conn)
         except duckdb.Error as exc:
             hint = "check `path` in lockgate.yml and the file's permissions"
-            if "lock" in str(exc).lower():
+            if lock_held(exc):
                 hint = "another process holds a write lock on the file; stop it or open a copy"
             raise SourceError(
                 f"{self.who}: cannot open `{self.path}`: {exc}".rstrip(), hint=hint

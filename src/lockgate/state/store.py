@@ -138,7 +138,7 @@ import pyarrow as pa
 from lockgate import __version__
 from lockgate.errors import StateError, StateUnwritableError
 from lockgate.filelock import flock_waiting
-from lockgate.sources.base import quote_ident, quote_literal
+from lockgate.sources.base import lock_held, quote_ident, quote_literal
 
 SCHEMA = """
 create table if not exists runs (
@@ -705,7 +705,7 @@ def _open_database_read_only(
     try:
         con = duckdb.connect(str(path), read_only=True)
     except duckdb.Error as exc:
-        if "lock" in str(exc).lower():  # a process writing it, from before `state.lock`
+        if lock_held(exc):  # a process writing it, from before `state.lock`
             raise _in_use(path.parent, "another process") from exc
         raise StateError(
             f"cannot open the state database `{path}` to read it: {exc}",
