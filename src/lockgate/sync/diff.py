@@ -160,7 +160,7 @@ _EMPTY_MAPPED_KEPT = 256
 #: ``mapped`` and the `payloads` view both (:func:`diff_records`); a larger diff builds each
 #: payload as it is read, never storing them all (1M payloads are ~600 MB)
 BUILT = "built"
-BUILT_ROWS = 20_000
+BUILT_ROWS = 2_000
 
 
 def _map(con: duckdb.DuckDBPyConnection, statement: str, *, empty: bool) -> None:
