@@ -20,6 +20,7 @@ from tests.sync.helpers import PLAN_SYNC, plans_by_id
 
 from lockgate.cli import cli
 from lockgate.emulator import Emulator, FaultConfig
+from lockgate.sync import diff
 
 ProjectFactory = Any  # the `project_factory` fixture (tests/sync/conftest.py)
 
@@ -777,3 +778,39 @@ def test_an_email_the_first_sync_releases_waits_in_the_second(
         "u2": ("e1@x.io", {"app_plan": "pro"}),
     }
     assert failures(emu) == []
+
+
+@pytest.mark.parametrize(
+    "built_rows", [0, diff.BUILT_ROWS], ids=["payloads built as read", "rows mapped into a table"]
+)
+def test_plans_and_runs_agree_whether_the_diff_maps_its_rows_once_or_builds_each_as_read(
+    b2b: ProjectFactory, monkeypatch: pytest.MonkeyPatch, built_rows: int
+) -> None:
+    """A diff of a few rows maps them once into a table its payloads are read from; a larger
+    one builds each payload as it is read (``diff.BUILT_ROWS``): either way the plan shows
+    what the run sends."""
+    monkeypatch.setattr(diff, "BUILT_ROWS", built_rows)
+    b2b.sql(
+        """
+        update users set first_name = 'New ' || user_id where user_id <= 3;
+        insert into users values (7, 'U7');
+        delete from users where user_id = 6;
+        delete from members where user_id = 6;
+        update companies set plan = 'churned' where company_id = 'c1';
+        update members set role = 'owner' where user_id = 2;
+        """
+    )
+    plans, runs, sent = plan_then_sync(b2b)
+    assert_plans_match(plans, runs, sent)
+    named = {
+        str(op["identifiers"].get("id")): op["attributes"].get("first_name")
+        for op in sent
+        if op.get("type") == "person" and op.get("action") == "identify"
+    }
+    assert named == {"1": "New 1", "2": "New 2", "3": "New 3", "7": "U7"}
+    assert [op["identifiers"] for op in sent if op.get("action") == "delete"] == [{"id": "6"}]
+    # the company's members as delivered before this command (6 is deleted after it)
+    churned = sorted(op["identifiers"]["id"] for op in sent if is_event(op))
+    assert churned == ["3", "6"] and {op["name"] for op in sent if is_event(op)} == {
+        "account_churned"
+    }
