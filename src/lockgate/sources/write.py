@@ -222,14 +222,7 @@ def _duckdb_write_one(
     names = list(write.data.schema.names)
     if write.mode == "replace":
         # the table becomes the data, with the data's columns (a reader is read once, here)
-        con.register("_lockgate_rows", write.data)
-        try:
-            con.execute(
-                f"create or replace table {target} as select "
-                + _duckdb_select(names, write.json, "_lockgate_rows")
-            )
-        finally:
-            con.unregister("_lockgate_rows")
+        _duckdb_from_rows(con, f"create or replace table {target} as", write, names)
         return
     columns = have.get(write.table)
     if columns is None or set(names) - columns:
@@ -261,12 +254,16 @@ def _duckdb_write_one(
         )
     if isinstance(write.data, pa.Table) and write.data.num_rows == 0:
         return
+    _duckdb_from_rows(con, f"insert into {target} by name", write, names)
+
+
+def _duckdb_from_rows(
+    con: duckdb.DuckDBPyConnection, head: str, write: TableWrite, names: list[str]
+) -> None:
+    """Run ``head`` followed by a SELECT of ``write``'s rows (registered for the statement)."""
     con.register("_lockgate_rows", write.data)
     try:
-        con.execute(
-            f"insert into {target} by name select "
-            + _duckdb_select(names, write.json, "_lockgate_rows")
-        )
+        con.execute(f"{head} select " + _duckdb_select(names, write.json, "_lockgate_rows"))
     finally:
         con.unregister("_lockgate_rows")
 
