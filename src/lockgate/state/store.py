@@ -1752,7 +1752,8 @@ class StateStore:
         """Copy the latest runs to `runs.json` beside the database (atomically), so
         `lockgate runs` can list them while a sync holds the state."""
         # the document built by DuckDB, as text: 200 rows read into Python (their times as
-        # zoned datetimes) and dumped again cost ~4 ms, twice a run
+        # zoned datetimes) and dumped again cost ~4 ms; a run's start builds it, its finish
+        # updates its own entry (:meth:`finish_run`)
         when = f"strftime(timezone('UTC', {{}}), '{_RUNS_LOG_TIME}')"
         doc = run_sql(
             self.con,
