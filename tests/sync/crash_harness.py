@@ -4,6 +4,7 @@ re-run."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import subprocess
@@ -130,8 +131,11 @@ class Forked:
         return None, self.stderr.read()
 
     def send_signal(self, signum: int) -> None:
+        """As :meth:`subprocess.Popen.send_signal`: a process that ended meanwhile (reaped by
+        the fork server before ``exitcode`` says so) is left alone."""
         if self._process.exitcode is None:
-            os.kill(self._process.pid, signum)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._process.pid, signum)
 
     def __del__(self) -> None:
         self.stderr.path.unlink(missing_ok=True)
