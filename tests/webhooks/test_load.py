@@ -178,6 +178,53 @@ def test_busy_duckdb_file_is_a_clear_transient_error(project: Project, spool: Sp
     assert load_pending(project, spool=spool).loaded == 1
 
 
+def test_a_damaged_duckdb_file_is_said_at_once_and_the_events_wait(
+    project: Project, spool: Spool
+) -> None:
+    """A warehouse file DuckDB cannot open (here not a DuckDB database) is not "in use by
+    another process", and no wait for it to be free changes it: the load says what is wrong
+    with which file, sets no event aside, and loads them once the file is moved aside."""
+    from lockgate.errors import TerminalError
+
+    spool_events(spool, [make_event("email", "sent"), make_event("email", "opened")])
+    damaged = project.root / "warehouse.duckdb"
+    damaged.write_bytes(b"not a database " * 1000)
+    with pytest.raises(TerminalError) as info:
+        load_pending(project, spool=spool, wait=0.5)
+    message = str(info.value)
+    assert "in use" not in message
+    assert str(damaged) in message and "not a valid DuckDB database file" in message
+    assert "move it aside" in (info.value.hint or "")
+    assert spool.stats().unloaded == 2 and spool.stats().rejected == 0
+    damaged.rename(project.root / "warehouse.damaged")
+    assert load_pending(project, spool=spool).loaded == 2
+
+
+def test_a_duckdb_write_error_that_is_no_lock_is_not_called_one() -> None:
+    """An I/O error of DuckDB's while dlt loads (a full disk) keeps the events in the spool,
+    as a busy file does, and says the error rather than "in use by another process"."""
+    from pathlib import Path
+
+    from lockgate.errors import TransientError
+    from lockgate.webhooks.load import _load_error
+
+    path = Path("/data/warehouse.duckdb")
+    for text, expected in [
+        ('IO Error: Could not set lock on file "/data/warehouse.duckdb"', "in use by another"),
+        ("IO Error: Could not write file: No space left on device", "No space left on device"),
+    ]:
+        try:
+            try:
+                raise duckdb.IOException(text)
+            except duckdb.IOException as cause:
+                raise RuntimeError("dlt: load job failed") from cause
+        except RuntimeError as exc:
+            error = _load_error(exc, path)
+        assert isinstance(error, TransientError), text
+        assert expected in str(error), (text, str(error))
+    assert "in use" not in str(error)
+
+
 @pytest.mark.postgres
 def test_postgres_loading(tmp_path, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import psycopg

@@ -49,7 +49,13 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 
 from lockgate.console import Console, NullConsole
-from lockgate.errors import ConfigError, MissingDependencyError, SourceError, TransientError
+from lockgate.errors import (
+    ConfigError,
+    MissingDependencyError,
+    SourceError,
+    TerminalError,
+    TransientError,
+)
 from lockgate.filelock import flock_waiting
 from lockgate.project.loader import Project
 from lockgate.project.models import (
@@ -456,8 +462,12 @@ def _bigquery_location(settings: BigQuerySettings, name: str, dataset: str) -> s
 
 
 def _wait_for_duckdb(path: Path, *, wait: float) -> None:
-    """Wait until no other process holds the DuckDB file (DuckDB is single-writer per file)."""
+    """Wait until no other process holds the DuckDB file (DuckDB is single-writer per file).
+    A file DuckDB cannot open for another reason (not a DuckDB database, damaged, a folder)
+    is said at once: waiting would not change it, and it is not in use."""
     import duckdb
+
+    from lockgate.sources.base import lock_held
 
     deadline = time.monotonic() + wait
     delay = 0.1
@@ -466,6 +476,12 @@ def _wait_for_duckdb(path: Path, *, wait: float) -> None:
             duckdb.connect(str(path)).close()
             return
         except duckdb.IOException as exc:
+            if not lock_held(exc):
+                raise TerminalError(
+                    f"cannot open the DuckDB file `{path}` to load webhook events: {exc}",
+                    hint="the events stay in the spool; restore the file from a backup or "
+                    "move it aside (a new one is created), then run `lockgate webhooks load`",
+                ) from None
             if time.monotonic() >= deadline:
                 raise TransientError(
                     f"the DuckDB file `{path.name}` is in use by another process ({exc})",
@@ -760,12 +776,21 @@ def _without_nul(value: Any) -> Any:
 def _load_error(exc: Exception, duckdb_path: Path | None) -> Exception:
     from dlt.common.destination.exceptions import DestinationTransientException
 
+    from lockgate.sources.base import lock_held
+
     cause: BaseException | None = exc
     while cause is not None:
         if duckdb_path is not None and type(cause).__name__ == "IOException":
+            # the file, not the events: never a reason to set any of them aside
+            if lock_held(cause):
+                return TransientError(
+                    f"the DuckDB file `{duckdb_path.name}` is in use by another process",
+                    hint="the events stay in the spool; run `lockgate webhooks load` again later",
+                )
             return TransientError(
-                f"the DuckDB file `{duckdb_path.name}` is in use by another process",
-                hint="the events stay in the spool; run `lockgate webhooks load` again later",
+                f"the DuckDB file `{duckdb_path.name}` could not be written: {cause}",
+                hint="the events stay in the spool; free disk space or fix the file's "
+                "permissions, then run `lockgate webhooks load` again",
             )
         if isinstance(cause, DestinationTransientException) or type(cause).__name__ in (
             "OperationalError",  # psycopg2: connection lost, server down, disk full
