@@ -1139,3 +1139,34 @@ def test_a_naive_observed_at_is_read_in_its_source_time_zone(
     edges = con.execute("select value_a, status from lockgate.lg_edges order by 1").fetchall()
     con.close()
     assert edges == [("u1", "accepted"), ("u2", "capped")]
+
+
+@pytest.mark.parametrize("part", ["profiles.parquet", "state.json"])
+def test_a_damaged_saved_graph_is_said_with_its_folder_and_moving_it_away_starts_over(
+    tmp_path: Path, customerio_emulator: Emulator, monkeypatch: pytest.MonkeyPatch, part: str
+) -> None:
+    """A part of the saved identity graph that cannot be read (a bad copy or restore) stops
+    the run before anything is sent, naming the folder and the two ways out; moved away, the
+    next run stitches the graph again and finds the same people (nothing new created)."""
+    from lockgate.sync.run import plan_sync
+
+    site, key = customerio_emulator.track_auth
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", site)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", key)
+    project = setup(tmp_path, customerio_emulator.base_url or "")
+    assert run_sync(project, "profile", console=NullConsole()).status == "success"
+    folder = project.state_dir / "identity"
+    (folder / part).write_bytes(b"\x00not what was saved\x00" * 50)
+    sent = len(customerio_emulator.request_log())
+
+    for step in (plan_sync, run_sync):
+        with pytest.raises(LockgateError) as info:  # the `resolve` step's, naming it
+            step(project, "profile", console=NullConsole())
+        assert f"saved identity graph in `{folder}` cannot be read" in str(info.value)
+        assert "restore the folder from a backup" in (info.value.hint or "")
+        assert "move it away" in (info.value.hint or "")
+    assert len(customerio_emulator.request_log()) == sent  # nothing was sent
+
+    folder.rename(tmp_path / "identity.damaged")
+    assert run_sync(project, "profile", console=NullConsole()).status == "success"
+    assert sorted(p.id for p in customerio_emulator.people()) == ["u1", "u2"]

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from lockgate.console import Console
 from lockgate.destinations.customerio.settings import CustomerIOSettings
-from lockgate.errors import ConfigError, LockgateError, SourceError
+from lockgate.errors import ConfigError, LockgateError, SourceError, StateError
 from lockgate.identity import IdentityResult, IdentityState, Resolver, plan_customerio, resolve
 from lockgate.identity.customerio import (
     CioOp,
@@ -309,6 +309,16 @@ def saved_graph(
             if attempt == 4:
                 raise
             time.sleep(0.05 * (attempt + 1))
+        # a part that is no Parquet file (damaged, cut short) or a `state.json` that is no
+        # JSON: the sync's own renames never leave one, so reading again would not help
+        except (ValueError, KeyError, pa.ArrowException) as exc:
+            raise StateError(
+                f"the saved identity graph in `{folder}` cannot be read: {exc}",
+                hint="restore the folder from a backup; or move it away: the next run "
+                "stitches the graph again from its sources, as a first run does (what the "
+                "graph remembered beyond them, such as identifiers that left and merges held "
+                "for review, is forgotten); `lockgate plan --all` shows what that would send",
+            ) from exc
     return None  # pragma: no cover - the loop returns or raises
 
 
