@@ -96,6 +96,31 @@ def test_load_command_prunes_events_loaded_long_ago(project: Project) -> None:
         assert con.execute("select count(*) from customerio.email").fetchone() == (6,)
 
 
+def test_a_damaged_spool_is_said_by_every_command_with_its_path(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spool file that is no SQLite database (a bad copy or restore): `serve` does not start
+    and `load` and `status` stop, each naming the file and the ways out, not as a bug; moved
+    away, a new spool takes events again."""
+    folder = project.root / ".lockgate/webhooks"
+    Spool(folder).close()
+    damaged = folder / "spool.sqlite3"
+    damaged.write_bytes(b"not a spool " * 2000)
+    monkeypatch.setenv("CUSTOMERIO_WEBHOOK_SIGNING_KEY", KEY.decode())
+    args = ["--project", str(project.root)]
+    for command in (["serve", "--port", "0"], ["load"], ["status"]):
+        result = CliRunner().invoke(cli, ["webhooks", *command, *args])
+        assert result.exit_code != 0, command
+        error = result.exception
+        assert error is not None and f"the webhook spool `{damaged}` is damaged" in str(error)
+        assert "restore it from a backup" in str(error) and "bug" not in str(error), command
+    damaged.rename(folder / "spool.damaged")
+    for name in ("spool.sqlite3-wal", "spool.sqlite3-shm"):
+        (folder / name).unlink(missing_ok=True)
+    status = CliRunner().invoke(cli, ["webhooks", "status", *args, "--json"])
+    assert orjson.loads(status.output) == {"stored": 0, "unloaded": 0, "rejected": 0}
+
+
 def test_serve_without_signing_key_says_which_variable(project: Project) -> None:
     result = CliRunner().invoke(cli, ["webhooks", "serve", "--project", str(project.root)])
     assert isinstance(result.exception, ConfigError)

@@ -41,6 +41,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lockgate.errors import StateError
+
 SPOOL_FILE = "spool.sqlite3"
 MAX_GROUP = 2000
 # bodies read into one load batch, past its first: bodies may be up to 10 MB (a `sent` event
@@ -109,7 +111,26 @@ _Handoff = tuple[list[_Pending], asyncio.AbstractEventLoop]
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """A connection with the durability settings every spool user needs."""
+    """A connection with the durability settings every spool user needs. A file SQLite cannot
+    use (damaged, not a database, a folder it may not write) is an error naming it."""
+    try:
+        return _connect(path)
+    except sqlite3.OperationalError as exc:  # cannot open or write it; locked past 30 s
+        raise StateError(
+            f"cannot open the webhook spool `{path}`: {exc}",
+            hint="check that the folder exists and may be written (permissions, free "
+            "space), and that no other process has held the spool for 30 s",
+        ) from exc
+    except sqlite3.DatabaseError as exc:  # a file that is no SQLite database (damaged)
+        raise StateError(
+            f"the webhook spool `{path}` is damaged: {exc}",
+            hint="restore it from a backup; or move it away (a new, empty spool is created): "
+            "events it held that were not loaded yet stay only in the moved file, as "
+            "Customer.io does not send an acknowledged event again",
+        ) from exc
+
+
+def _connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     conn.execute("pragma journal_mode=wal")
