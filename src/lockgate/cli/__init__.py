@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "webhooks": "lockgate.cli.webhooks:webhooks",
     "identity": "lockgate.cli.identity:identity",
     "reconcile": "lockgate.cli.reconcile:reconcile",
+    "state": "lockgate.cli.state:state",
 }
 
 

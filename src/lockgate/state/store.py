@@ -1748,6 +1748,17 @@ class StateStore:
             self.exec_sql("delete from rejected where rejected_at < ?", [cutoff])
         return int(dropped or 0)
 
+    def forget_cached(self, *syncs: str) -> None:
+        """Forget what this handle read once about ``syncs`` (their tables made, their
+        workspace): their state was renamed or dropped (``state.names``)."""
+        self._ensured.difference_update(syncs)
+        self.workspaces = None
+
+    def write_runs_log(self) -> None:
+        """Write `runs.json` again from the runs the state holds (after ``state.names`` gave
+        some of them another sync's name, or dropped them)."""
+        self._write_runs_log()
+
     def _write_runs_log(self) -> None:
         """Copy the latest runs to `runs.json` beside the database (atomically), so
         `lockgate runs` can list them while a sync holds the state."""

@@ -16,6 +16,10 @@ The guardrails (docs/guardrails.md):
 - **type drift**: a column the sync reads changed type family (timestamp, number, string,
   boolean, json, nested...) since the last committed run; only acknowledging it in
   ``guardrails.accept_type_changes`` lets the sync run again (``--force`` does not);
+- **sync renamed?**: the first run of a sync while the state holds a committed sync of the
+  same kind and keys that the project no longer has (renamed in its file alone: its state is
+  under the old name, so everything would go again); ``lockgate state rename OLD NEW``
+  carries the state over, ``--force`` once runs it as a new sync;
 - **first run without timestamps**: the first run of an events sync without
   `event.timestamp` would send every event in the model as happening now; it stops unless
   `backfill.first_run` is `skip` (history, not sent) or `send` (``--force`` once);
@@ -559,6 +563,57 @@ def _untimed_first_run(
     )
 
 
+RENAMED = "sync renamed?"
+
+
+def _renamed(
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    last: contract.Contract | None,
+    changes: ChangeSet,
+) -> GuardResult | None:
+    """The first run of a sync while the state holds a committed sync the project no longer
+    has, of the same kind and keys: most likely this one, renamed in its file. Its state is
+    under the old name (``state.names``), so this run would send every record again, and an
+    events sync every event of the last `backfill.max_age` again (with only Customer.io's
+    dedupe on the event `id`, whose window is not published, against a second copy). It
+    stops unless `--force` (a new sync after all); `lockgate state rename OLD NEW` carries
+    the old state over, `lockgate state forget OLD` drops it."""
+    if last is not None or not changes.to_send:
+        return None
+    from lockgate.state import names
+
+    limit = "no sync of the same kind and keys left the project"
+    same = [
+        h
+        for h in names.held(store)
+        if h.name not in project.syncs
+        and h.committed
+        and h.kind == sync.kind
+        and list(h.key_columns) == list(sync.key_columns)
+        and (h.records or h.events)
+    ]
+    if not same:
+        return GuardResult(RENAMED, limit, "none", False)
+    was = same[0]
+    others = "".join(f", `{h.name}`" for h in same[1:])
+    return GuardResult(
+        RENAMED,
+        limit,
+        f"`{was.name}`{others} ({names.summary(was)}) is in the state, not in the project",
+        True,
+        f"This is the first run of `{sync.name}`, and the state holds `{was.name}`, a "
+        f"{sync.kind} sync with the same keys that the project no longer has. If `{sync.name}` "
+        f"is `{was.name}` renamed, its state is still under the old name, and this run would "
+        f"send all {changes.to_send:,} records again as a first run does.",
+        hint=f"if it was renamed, run `lockgate state rename {was.name} {sync.name}` first (the "
+        f"next run then goes on from where `{was.name}`'s left off); if it is a new sync, run "
+        f"`lockgate sync {sync.name} --force` once (and `lockgate state forget {was.name}` when "
+        "the old one is gone for good)",
+    )
+
+
 def _keys_named(con: duckdb.DuckDBPyConnection, name: str) -> list[str]:
     rows = con.execute(
         "select k from changes where json_extract_string('{' || op, '$.name') = ? "
@@ -778,6 +833,7 @@ def check(
                                   max_rejected=None)  # fmt: skip
     results: list[GuardResult | None] = [
         _identity(sync, last),
+        _renamed(store, project, sync, last, changes),
         _types(con, sync, last, lim.accept_type_changes),
     ]
     if sync.kind != "events":  # people, objects, relationships: a snapshot of records
