@@ -603,10 +603,12 @@ def _renamed(
         limit,
         f"`{was.name}`{others} ({names.summary(was)}) is in the state, not in the project",
         True,
-        f"This is the first run of `{sync.name}`, and the state holds `{was.name}`, a "
-        f"{sync.kind} sync with the same keys that the project no longer has. If `{sync.name}` "
+        f"This is the first run of `{sync.name}`, and the state holds `{was.name}`, "
+        f"{'an' if sync.kind[0] in 'aeiou' else 'a'} {sync.kind} sync with the same keys that "
+        f"the project no longer has. If `{sync.name}` "
         f"is `{was.name}` renamed, its state is still under the old name, and this run would "
-        f"send all {changes.to_send:,} records again as a first run does.",
+        f"send {changes.to_send:,} {'events' if sync.kind == 'events' else 'records'} again "
+        "as a first run does.",
         hint=f"if it was renamed, run `lockgate state rename {was.name} {sync.name}` first (the "
         f"next run then goes on from where `{was.name}`'s left off); if it is a new sync, run "
         f"`lockgate sync {sync.name} --force` once (and `lockgate state forget {was.name}` when "
