@@ -29,7 +29,7 @@ import orjson
 
 from lockgate.errors import StateError
 from lockgate.sources.base import quote_ident
-from lockgate.state.store import StateStore, transaction
+from lockgate.state.store import StateStore, has_table, transaction
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,13 @@ def _count(store: StateStore, table: str | None) -> int:
     if table is None:
         return 0
     return int(store.exec_sql(f"select count(*) from {quote_ident(table)}")[0][0])
+
+
+def committed(store: StateStore) -> list[str]:
+    """The syncs with a committed run (a contract), by name: one question."""
+    if not has_table(store.con, "contract_syncs"):
+        return []
+    return [str(r[0]) for r in store.exec_sql("select sync from contract_syncs")]
 
 
 def held(store: StateStore) -> list[HeldSync]:

@@ -585,6 +585,8 @@ def _renamed(
     from lockgate.state import names
 
     limit = "no sync of the same kind and keys left the project"
+    if not any(n not in project.syncs for n in names.committed(store)):
+        return GuardResult(RENAMED, limit, "none", False)  # one question, most first runs
     same = [
         h
         for h in names.held(store)
