@@ -77,6 +77,11 @@ def test_a_renamed_sync_stops_its_first_run_and_goes_on_once_its_state_is_carrie
         assert f"lockgate state rename {old} {name}" in said, said
     assert len(emu.request_log()) == requests  # nothing was sent
 
+    validated = json.loads(lockgate(project, "validate", "--json").output)
+    (finding,) = [f for f in validated["contract"] if f["check"] == "sync not in the project"]
+    assert "`customer_profile`, `product_events`" in finding["message"], finding
+    assert "lockgate state rename OLD NEW" in finding["message"]
+
     listed = json.loads(lockgate(project, "state", "list", "--json").output)
     assert {h["sync"]: (h["in_project"], h["runs"], h["committed"]) for h in listed} == {
         "customer_profile": (False, 1, True),

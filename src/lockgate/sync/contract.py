@@ -520,6 +520,7 @@ def check_project(project: Project) -> list[Finding]:
                     if found is not None:
                         last[sync.name] = found
                 findings += other_workspace(store, project)
+                findings += left_the_project(store, project)
         except StateError as exc:
             findings.append(
                 Finding(
@@ -562,6 +563,29 @@ def untimed_first_runs(project: Project, last: dict[str, contract.Contract]) -> 
             )
         )
     return out
+
+
+def left_the_project(store: StateStore, project: Project) -> list[Finding]:
+    """The syncs the state holds a committed state of that the project no longer has: renamed
+    in their files (the new name's first run is stopped by the guardrail `sync renamed?`
+    until `lockgate state rename` carries the state over) or removed (`lockgate state
+    forget`)."""
+    from lockgate.state import names
+
+    gone = [n for n in names.committed(store) if n not in project.syncs]
+    if not gone:
+        return []
+    listed = ", ".join(f"`{n}`" for n in sorted(gone))
+    return [
+        Finding(
+            "sync not in the project",
+            "warning",
+            f"the state holds sync{'s' if len(gone) > 1 else ''} {listed}, which the project no "
+            "longer has: renamed, carry its state over with `lockgate state rename OLD NEW` "
+            "(else the new name's first run sends everything again, and is stopped by the "
+            "guardrail `sync renamed?`); removed for good, `lockgate state forget NAME`",
+        )
+    ]
 
 
 def other_workspace(store: StateStore, project: Project) -> list[Finding]:
