@@ -89,6 +89,8 @@ def test_a_renamed_sync_stops_its_first_run_and_goes_on_once_its_state_is_carrie
         "profiles": (True, 1, False),  # the runs the guardrail stopped
         "app_events": (True, 1, False),
     }
+    shown = " ".join(lockgate(project, "state", "list").output.split())
+    assert "not in the project: `customer_profile`, `product_events`" in shown, shown
 
     for old, new in (("customer_profile", "profiles"), ("product_events", "app_events")):
         carried = lockgate(project, "state", "rename", old, new)
