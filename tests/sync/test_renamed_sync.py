@@ -172,3 +172,20 @@ def test_a_sync_taken_out_is_forgotten_and_a_new_one_of_its_kind_then_runs(
     ran = json.loads(lockgate(project, "sync", "profiles", "--json").output)
     assert ran[0]["status"] == "success" and ran[0]["delivered"] == 3
     assert len(emu.request_log()) > before and len(emu.people()) == 3
+
+
+def test_a_renamed_sync_with_nothing_to_send_now_is_stopped_too(
+    project_factory: ProjectFactory,
+) -> None:
+    """Nothing to send on the renamed sync's first run (its model empty for now): the run
+    would still commit a fresh state under the new name, and what the old one delivered would
+    count as never sent; it stops as well, and says so."""
+    project_factory.sql(USERS)
+    project = renamed(project_factory, "customer_profile", "product_events")
+    assert lockgate(project, "sync", "customer_profile").exit_code == 0
+    project_factory.sql("delete from users")
+    project = renamed(project_factory, "profiles", "product_events")
+    stopped = lockgate(project, "sync", "profiles")
+    said = " ".join(str(stopped.exception).split())
+    assert stopped.exit_code != 0 and "nothing to send now" in said, said
+    assert "lockgate state rename customer_profile profiles" in said

@@ -577,10 +577,11 @@ def _renamed(
     has, of the same kind and keys: most likely this one, renamed in its file. Its state is
     under the old name (``state.names``), so this run would send every record again, and an
     events sync every event of the last `backfill.max_age` again (with only Customer.io's
-    dedupe on the event `id`, whose window is not published, against a second copy). It
-    stops unless `--force` (a new sync after all); `lockgate state rename OLD NEW` carries
+    dedupe on the event `id`, whose window is not published, against a second copy); one
+    with nothing to send now would commit a fresh state under the new name. It stops
+    unless `--force` (a new sync after all); `lockgate state rename OLD NEW` carries
     the old state over, `lockgate state forget OLD` drops it."""
-    if last is not None or not changes.to_send:
+    if last is not None:
         return None
     from lockgate.state import names
 
@@ -609,8 +610,13 @@ def _renamed(
         f"{'an' if sync.kind[0] in 'aeiou' else 'a'} {sync.kind} sync with the same keys that "
         f"the project no longer has. If `{sync.name}` "
         f"is `{was.name}` renamed, its state is still under the old name, and this run would "
-        f"send {changes.to_send:,} {'events' if sync.kind == 'events' else 'records'} again "
-        "as a first run does.",
+        + (
+            f"send {n:,} {'events' if sync.kind == 'events' else 'records'} again as a first "
+            "run does."
+            if (n := changes.to_send)
+            else f"start it over as a first run: nothing to send now, but what `{was.name}` "
+            "delivered would count as never sent."
+        ),
         hint=f"if it was renamed, run `lockgate state rename {was.name} {sync.name}` first (the "
         f"next run then goes on from where `{was.name}`'s left off); if it is a new sync, run "
         f"`lockgate sync {sync.name} --force` once (and `lockgate state forget {was.name}` when "
