@@ -54,13 +54,19 @@ def renamed(project_factory: ProjectFactory, profile: str, events: str) -> Any:
     )
 
 
+def synced_once(project_factory: ProjectFactory) -> Any:
+    """The users and clicks synced by `customer_profile` and `product_events`."""
+    project_factory.sql(USERS)
+    project = renamed(project_factory, "customer_profile", "product_events")
+    assert lockgate(project, "sync", "--all").exit_code == 0
+    return project
+
+
 def test_a_renamed_sync_stops_its_first_run_and_goes_on_once_its_state_is_carried_over(
     project_factory: ProjectFactory,
 ) -> None:
     emu = project_factory.emulator
-    project_factory.sql(USERS)
-    project = renamed(project_factory, "customer_profile", "product_events")
-    assert lockgate(project, "sync", "--all").exit_code == 0
+    synced_once(project_factory)
     assert len(emu.people()) == 3 and len(emu.events()) == 12
     requests = len(emu.request_log())
 
@@ -118,9 +124,7 @@ def test_a_renamed_sync_stops_its_first_run_and_goes_on_once_its_state_is_carrie
 def test_a_rename_is_refused_when_it_would_lose_a_state(
     project_factory: ProjectFactory,
 ) -> None:
-    project_factory.sql(USERS)
-    project = renamed(project_factory, "customer_profile", "product_events")
-    assert lockgate(project, "sync", "--all").exit_code == 0
+    synced_once(project_factory)
     project = renamed(project_factory, "profiles", "app_events")
 
     cases = [
@@ -151,10 +155,7 @@ def test_a_sync_taken_out_is_forgotten_and_a_new_one_of_its_kind_then_runs(
     project_factory: ProjectFactory,
 ) -> None:
     emu = project_factory.emulator
-    project_factory.sql(USERS)
-    project = renamed(project_factory, "customer_profile", "product_events")
-    assert lockgate(project, "sync", "--all").exit_code == 0
-
+    synced_once(project_factory)
     project = renamed(project_factory, "profiles", "product_events")
     refused = lockgate(project, "state", "forget", "product_events", "--yes")
     assert refused.exit_code != 0 and "still in the project" in str(refused.exception)
