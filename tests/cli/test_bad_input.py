@@ -342,6 +342,27 @@ def test_a_tab_in_the_indentation_is_named_as_such(
     assert "hint: this line is indented with a tab; YAML indents with spaces only" in err
 
 
+def test_an_unquoted_reference_inside_braces_is_named_with_the_quotes_it_needs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `{path: ${WAREHOUSE}}`: the reference's own `}` closes the map, and PyYAML says only
+    # "did not find expected ',' or '}'"
+    inline = PROJECT.replace(
+        "  warehouse:\n    type: duckdb\n    path: w.duckdb\n",
+        "  warehouse: {type: duckdb, path: ${WAREHOUSE_PATH}}\n",
+    )
+    err = validate_says(capsys, tmp_path, lockgate_yml=inline)
+    assert "Error: lockgate.yml:3: not valid YAML" in err
+    assert 'hint: inside `{ ... }`, quote an environment reference: `"${WAREHOUSE_PATH}"`' in err
+    # quoted as the hint says, the file reads
+    from lockgate.project.loader import read_yaml
+
+    quoted = tmp_path / "quoted.yml"
+    quoted.write_text(inline.replace("${WAREHOUSE_PATH}", '"${WAREHOUSE_PATH}"'))
+    data, _ = read_yaml(quoted)
+    assert data["sources"]["warehouse"]["path"] == "${WAREHOUSE_PATH}"
+
+
 OBJECTS = """\
 name: profile
 source: warehouse

@@ -143,6 +143,12 @@ def not_utf8(exc: UnicodeDecodeError, shown: str, what: str = "") -> ConfigError
     )
 
 
+#: `${NAME}` not inside quotes (a `"` or `'` right before it)
+_UNQUOTED_REFERENCE = re.compile(r"(?<![\"'])\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+#: a `{` that opens a flow mapping (not the one of a `${NAME}`)
+_FLOW_OPEN = re.compile(r"(?<!\$)\{")
+
+
 def read_yaml(path: Path, root: Path | None = None) -> tuple[Any, Lines]:
     """Parse one YAML file into data plus a map from key path to line number."""
     shown = str(path.relative_to(root)) if root and path.is_relative_to(root) else str(path)
@@ -157,9 +163,19 @@ def read_yaml(path: Path, root: Path | None = None) -> tuple[Any, Lines]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         hint = "check indentation and quoting around this line"
-        if mark is not None and "\t" in text[text.rfind("\n", 0, mark.index) + 1 : mark.index + 1]:
+        start = 0 if mark is None else text.rfind("\n", 0, mark.index) + 1
+        line_text = "" if mark is None else text[start : mark.index + 1]
+        end = text.find("\n", start)
+        whole_line = "" if mark is None else text[start : len(text) if end < 0 else end]
+        if "\t" in line_text:
             # PyYAML says "found character '\t' that cannot start any token"
             hint = "this line is indented with a tab; YAML indents with spaces only"
+        elif (found := _UNQUOTED_REFERENCE.search(whole_line)) and _FLOW_OPEN.search(whole_line):
+            # `{url: ${WAREHOUSE_URL}}`: inside braces, the reference's own `}` ends the map
+            hint = (
+                f'inside `{{ ... }}`, quote an environment reference: `"{found.group(0)}"`; '
+                "or write the mapping one key per line"
+            )
         raise ConfigError(
             f"not valid YAML: {getattr(exc, 'problem', exc)}",
             hint=hint,
