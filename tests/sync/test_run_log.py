@@ -289,3 +289,68 @@ def test_export_without_a_run_log_says_how_to_add_one(project_factory: ProjectFa
     assert isinstance(result.exception, LockgateError)
     assert "no `run_log:` in lockgate.yml" in str(result.exception)
     assert "run_log: {}" in (result.exception.hint or "")
+
+
+def test_a_first_run_whose_committed_runs_the_run_log_holds_stops_until_the_state_is_back(
+    project_factory: ProjectFactory,
+) -> None:
+    """The state folder lost (a container whose `.lockgate` was not kept): the run log still
+    holds the sync's committed runs, so its next run, a first run to the state, stops before
+    sending anything again; with the state back it goes on, sending nothing; `--force` runs
+    it as a first run on purpose."""
+    emu = project_factory.emulator
+    project_factory.sql(DATA)
+    project = with_run_log(project_factory, "run_log: {}\n")
+    assert lockgate(project, "sync", "--all").exit_code == 0
+    sent = len(emu.request_log())
+    state = project.root / ".lockgate"
+    state.rename(project.root / "kept-elsewhere")
+
+    planned = json.loads(lockgate(project, "plan", "profile", "--json").output)
+    (guardrail,) = [g for g in planned["guardrails"] if g["name"] == "state missing?"]
+    assert guardrail["breached"] and guardrail["actual"].startswith(
+        "1 committed run in the run log"
+    )
+    for name in ("profile", "orders"):
+        stopped = lockgate(project, "sync", name)
+        said = " ".join(str(stopped.exception).split())
+        assert stopped.exit_code != 0 and "but the state in" in said and "has none" in said, said
+        assert f"`lockgate sync {name} --force` once" in said
+    assert len(emu.request_log()) == sent  # nothing sent again
+
+    # the state back where it was: the runs go on, nothing is sent again
+    import shutil
+
+    shutil.rmtree(state)
+    (project.root / "kept-elsewhere").rename(state)
+    again = json.loads(lockgate(project, "sync", "--all", "--json").output)
+    assert [r["status"] for r in again] == ["success", "success"]
+    assert len(emu.request_log()) == sent
+
+    # started over on purpose: forced once, a first run, then runs as any other
+    shutil.rmtree(state)
+    forced = json.loads(lockgate(project, "sync", "profile", "--force", "--json").output)
+    assert forced[0]["status"] == "success" and forced[0]["delivered"] == 18
+    assert lockgate(project, "sync", "profile").exit_code == 0
+
+
+def test_a_run_log_that_cannot_be_read_is_said_and_stops_nothing(
+    project_factory: ProjectFactory,
+) -> None:
+    """The run log's own warehouse damaged: the first run's check says it could not look, and
+    the run goes on (the log is a record, not a gate)."""
+    project_factory.sql(DATA)
+    project = writing_to(
+        project_factory,
+        "logs: {type: duckdb, path: logs.duckdb}",
+        "run_log: {warehouse: logs}\n",
+    )
+    (project.root / "logs.duckdb").write_bytes(b"not a database " * 1000)
+    project = load_project(project.root)
+    planned = json.loads(lockgate(project, "plan", "profile", "--json").output)
+    (guardrail,) = [g for g in planned["guardrails"] if g["name"] == "state missing?"]
+    assert not guardrail["breached"] and guardrail["actual"].startswith("not checked:")
+    ran = lockgate(project, "sync", "profile", "--json")
+    assert json.loads(ran.stdout)[0]["status"] == "success"
+    assert json.loads(ran.stdout)[0]["delivered"] == 18
+    assert "run log not written to the warehouse" in ran.stderr  # and said so

@@ -20,6 +20,9 @@ The guardrails (docs/guardrails.md):
   same kind and keys that the project no longer has (renamed in its file alone: its state is
   under the old name, so everything would go again); ``lockgate state rename OLD NEW``
   carries the state over, ``--force`` once runs it as a new sync;
+- **state missing?** (with `run_log:`): the first run of a sync whose committed runs the
+  warehouse's run log holds: the state they kept is not here (a disk not kept, another
+  machine), and everything would go again; ``--force`` once starts over on purpose;
 - **first run without timestamps**: the first run of an events sync without
   `event.timestamp` would send every event in the model as happening now; it stops unless
   `backfill.first_run` is `skip` (history, not sent) or `send` (``--force`` once);
@@ -624,6 +627,47 @@ def _renamed(
     )
 
 
+STATE_MISSING = "state missing?"
+
+
+def _state_missing(
+    project: Project, sync: SyncConfig, last: contract.Contract | None
+) -> GuardResult | None:
+    """The first run of a sync (none committed in the state) whose committed runs the
+    warehouse's run log (`run_log:`) holds: the state that remembered what they delivered
+    is not here (an ephemeral disk, a container or CI runner whose `.lockgate` was not
+    kept, another machine, a `state:` pointing elsewhere). Run as a first run, it would send
+    every record again, and every event within `backfill.max_age` again. It stops unless
+    `--force`; a run log that cannot be read is said, and does not stop the run."""
+    if last is not None or project.config.run_log is None:
+        return None
+    from lockgate.errors import LockgateError
+    from lockgate.sync import runlog
+
+    limit = "no committed run of it in the warehouse's run log"
+    try:
+        runs, finished = runlog.committed_runs(project, sync.name)
+    except (LockgateError, duckdb.Error) as exc:
+        said = exc.reason if isinstance(exc, LockgateError) else str(exc)
+        return GuardResult(STATE_MISSING, limit, f"not checked: {_clip(said)}", False)
+    if not runs:
+        return GuardResult(STATE_MISSING, limit, "none", False)
+    when = "" if finished is None else f", the last finished {finished:%Y-%m-%d %H:%M} UTC"
+    return GuardResult(
+        STATE_MISSING,
+        limit,
+        f"{runs:,} committed run{'' if runs == 1 else 's'} in the run log{when}",
+        True,
+        f"The warehouse's run log holds {runs:,} committed run{'' if runs == 1 else 's'} of "
+        f"`{sync.name}`{when}, but the state in `{project.state_dir}` has none: it is not the "
+        "state those runs kept (a disk not kept between runs, another machine, `state:` "
+        "pointing elsewhere). This run would start over as a first run and send again what "
+        "they delivered.",
+        hint=f"restore the state folder those runs used (or point `state:` at it) and run "
+        f"again; to start over on purpose, run `lockgate sync {sync.name} --force` once",
+    )
+
+
 def _keys_named(con: duckdb.DuckDBPyConnection, name: str) -> list[str]:
     rows = con.execute(
         "select k from changes where json_extract_string('{' || op, '$.name') = ? "
@@ -844,6 +888,7 @@ def check(
     results: list[GuardResult | None] = [
         _identity(sync, last),
         _renamed(store, project, sync, last, changes),
+        _state_missing(project, sync, last),
         _types(con, sync, last, lim.accept_type_changes),
     ]
     if sync.kind != "events":  # people, objects, relationships: a snapshot of records

@@ -174,6 +174,37 @@ def write_run_log(project: Project, store: StateStore, *, everything: bool = Fal
     return Written(done, where)
 
 
+def committed_runs(project: Project, sync: str) -> tuple[int, datetime | None]:
+    """How many runs of ``sync`` the warehouse's run log holds that committed (`success` or
+    `partial`), and when the last one finished: (0, None) before the log has its table. What
+    the guardrail `state missing?` (``sync.guard``) asks on a first run. Raises
+    LockgateError (a source's error) when the warehouse cannot be read."""
+    from lockgate.sources import connect
+    from lockgate.sources.base import quote_literal
+
+    config = project.config.run_log
+    assert config is not None
+    name = run_log_warehouse(project)
+    source = connect(project.config.sources[name], root=project.root, name=name)
+    try:
+        # unquoted names: the tables are written lower case, upper case in Snowflake (its own
+        # folding), so they read the same everywhere
+        logged = any(
+            t.schema.lower() == config.dataset.lower() and t.name.lower() == "sync_runs"
+            for t in source.tables()
+        )
+        if not logged:
+            return 0, None
+        found = source.read(
+            f"select count(*) as n, max(finished_at) as last from {config.dataset}.sync_runs "
+            f"where sync = {quote_literal(sync)} and status in ('success', 'partial')"
+        ).read_all()
+    finally:
+        source.close()
+    n, last = found.column(0)[0].as_py(), found.column(1)[0].as_py()
+    return int(n or 0), last
+
+
 def write_after_runs(project: Project, console: Console, store: StateStore) -> None:
     """:func:`write_run_log` at the end of a command that ran syncs: a failure is said and
     left for the next run, never the command's own outcome."""
