@@ -52,7 +52,11 @@ def make_project(root: Path, warehouse_file: Path, url: str) -> Path:
         "    rate_limit: 100/s\n",
         f"    rate_limit: 1000/s\n    track_url: {url}\n    concurrency: 2\n    batch_size: 20\n",
     )
-    assert str(warehouse_file) in config and url in config
+    # the run log of each project in a schema of its own: the projects share the warehouse
+    # and the emulator's workspace, and a project's first run would otherwise find the other
+    # projects' runs in the log (the guardrail `state missing?`, as for a state lost)
+    config = config.replace("run_log: {}", f"run_log: {{dataset: log_{root.name}}}")
+    assert str(warehouse_file) in config and url in config and f"log_{root.name}" in config
     (root / "lockgate.yml").write_text(config)
     return root
 

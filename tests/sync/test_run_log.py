@@ -292,7 +292,7 @@ def test_export_without_a_run_log_says_how_to_add_one(project_factory: ProjectFa
 
 
 def test_a_first_run_whose_committed_runs_the_run_log_holds_stops_until_the_state_is_back(
-    project_factory: ProjectFactory,
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The state folder lost (a container whose `.lockgate` was not kept): the run log still
     holds the sync's committed runs, so its next run, a first run to the state, stops before
@@ -311,10 +311,17 @@ def test_a_first_run_whose_committed_runs_the_run_log_holds_stops_until_the_stat
     assert guardrail["breached"] and guardrail["actual"].startswith(
         "1 committed run in the run log"
     )
+    # a new state for another workspace (another site id) is no lost state: its runs are
+    # not the ones logged
+    with monkeypatch.context() as other:
+        other.setenv("CUSTOMERIO_SITE_ID", "another-workspace")
+        elsewhere = json.loads(lockgate(project, "plan", "profile", "--json").output)
+    (guardrail,) = [g for g in elsewhere["guardrails"] if g["name"] == "state missing?"]
+    assert not guardrail["breached"], guardrail
     for name in ("profile", "orders"):
         stopped = lockgate(project, "sync", name)
         said = " ".join(str(stopped.exception).split())
-        assert stopped.exit_code != 0 and "but the state in" in said and "has none" in said, said
+        assert stopped.exit_code != 0 and "has not seen the last of them" in said, said
         assert f"`lockgate sync {name} --force` once" in said
     assert len(emu.request_log()) == sent  # nothing sent again
 

@@ -631,27 +631,38 @@ STATE_MISSING = "state missing?"
 
 
 def _state_missing(
-    project: Project, sync: SyncConfig, last: contract.Contract | None
+    store: StateStore, project: Project, sync: SyncConfig, last: contract.Contract | None
 ) -> GuardResult | None:
-    """The first run of a sync (none committed in the state) whose committed runs the
-    warehouse's run log (`run_log:`) holds: the state that remembered what they delivered
-    is not here (an ephemeral disk, a container or CI runner whose `.lockgate` was not
-    kept, another machine, a `state:` pointing elsewhere). Run as a first run, it would send
-    every record again, and every event within `backfill.max_age` again. It stops unless
-    `--force`; a run log that cannot be read is said, and does not stop the run."""
+    """The first run of a sync (none committed in the state) whose committed runs into the
+    same workspace the warehouse's run log (`run_log:`) holds, the last of which this state
+    has not seen: the
+    state that remembered what they delivered is not here (an ephemeral disk, a container or
+    CI runner whose `.lockgate` was not kept, another machine, a `state:` pointing
+    elsewhere). Run as a first run, it would send every record again, and every event
+    within `backfill.max_age` again. It stops unless `--force`; a run log that cannot be
+    read is said, and does not stop the run. (A state that ran the last logged run itself,
+    one of named records only, which records no contract, is the same state.)"""
     if last is not None or project.config.run_log is None:
         return None
     from lockgate.errors import LockgateError
+    from lockgate.state import workspace
     from lockgate.sync import runlog
 
-    limit = "no committed run of it in the warehouse's run log"
+    limit = "the run log's last committed run of it is in this state"
+    digest = workspace.of(project, sync)
+    if digest is None:  # no site id (a plan without credentials): no workspace to ask about
+        return GuardResult(STATE_MISSING, limit, "not checked: no site id", False)
     try:
-        runs, finished = runlog.committed_runs(project, sync.name)
+        logged = runlog.committed_runs(project, sync.name, digest)
     except (LockgateError, duckdb.Error) as exc:
         said = exc.reason if isinstance(exc, LockgateError) else str(exc)
         return GuardResult(STATE_MISSING, limit, f"not checked: {_clip(said)}", False)
-    if not runs:
-        return GuardResult(STATE_MISSING, limit, "none", False)
+    if not logged.runs:
+        return GuardResult(STATE_MISSING, limit, "no committed run in the run log", False)
+    seen = store.exec_sql("select 1 from runs where run_id = ?", [logged.last_run_id])
+    if seen:
+        return GuardResult(STATE_MISSING, limit, "in this state", False)
+    runs, finished = logged.runs, logged.last_finished
     when = "" if finished is None else f", the last finished {finished:%Y-%m-%d %H:%M} UTC"
     return GuardResult(
         STATE_MISSING,
@@ -659,10 +670,10 @@ def _state_missing(
         f"{runs:,} committed run{'' if runs == 1 else 's'} in the run log{when}",
         True,
         f"The warehouse's run log holds {runs:,} committed run{'' if runs == 1 else 's'} of "
-        f"`{sync.name}`{when}, but the state in `{project.state_dir}` has none: it is not the "
-        "state those runs kept (a disk not kept between runs, another machine, `state:` "
-        "pointing elsewhere). This run would start over as a first run and send again what "
-        "they delivered.",
+        f"`{sync.name}`{when}; the state in `{project.state_dir}` has not seen the last of "
+        "them: it is not the state those runs kept (a disk not kept between runs, another "
+        "machine, `state:` pointing elsewhere). This run would start over as a first run and "
+        "send again what they delivered.",
         hint=f"restore the state folder those runs used (or point `state:` at it) and run "
         f"again; to start over on purpose, run `lockgate sync {sync.name} --force` once",
     )
@@ -888,7 +899,7 @@ def check(
     results: list[GuardResult | None] = [
         _identity(sync, last),
         _renamed(store, project, sync, last, changes),
-        _state_missing(project, sync, last),
+        _state_missing(store, project, sync, last),
         _types(con, sync, last, lim.accept_type_changes),
     ]
     if sync.kind != "events":  # people, objects, relationships: a snapshot of records

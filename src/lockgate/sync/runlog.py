@@ -75,7 +75,8 @@ select run_id, sync, kind, counts->>'$.mode' as mode, status, started_at, finish
            coalesce(json_extract(counts, '$.guardrails[*]'), []::json[]),
            lambda g: coalesce((g->>'$.near')::boolean, false)), lambda g: g->>'$.name'), ', '), '')
            as guardrails_near,
-       error, counts::varchar as report
+       error, counts::varchar as report,
+       (select w.workspace from workspaces w where w.sync = runs.sync) as workspace
 from runs where run_id in (select unnest($ids::varchar[]))
 order by started_at
 """
@@ -174,11 +175,21 @@ def write_run_log(project: Project, store: StateStore, *, everything: bool = Fal
     return Written(done, where)
 
 
-def committed_runs(project: Project, sync: str) -> tuple[int, datetime | None]:
-    """How many runs of ``sync`` the warehouse's run log holds that committed (`success` or
-    `partial`), and when the last one finished: (0, None) before the log has its table. What
-    the guardrail `state missing?` (``sync.guard``) asks on a first run. Raises
-    LockgateError (a source's error) when the warehouse cannot be read."""
+@dataclass(frozen=True)
+class Logged:
+    """The committed runs (`success`, `partial`) of one sync the warehouse's run log holds."""
+
+    runs: int
+    last_run_id: str | None
+    last_finished: datetime | None
+
+
+def committed_runs(project: Project, sync: str, workspace: str) -> Logged:
+    """The runs of ``sync`` into ``workspace`` (its digest, ``state.workspace.of``) the
+    warehouse's run log holds that committed, and the last of them: none before the log has
+    its table, or rows of workspaces (those a run before the column was added wrote have
+    none: not counted). What the guardrail `state missing?` (``sync.guard``) asks on a first
+    run. Raises LockgateError (a source's error) when the warehouse cannot be read."""
     from lockgate.sources import connect
     from lockgate.sources.base import quote_literal
 
@@ -189,20 +200,27 @@ def committed_runs(project: Project, sync: str) -> tuple[int, datetime | None]:
     try:
         # unquoted names: the tables are written lower case, upper case in Snowflake (its own
         # folding), so they read the same everywhere
-        logged = any(
-            t.schema.lower() == config.dataset.lower() and t.name.lower() == "sync_runs"
+        logged = [
+            t
             for t in source.tables()
-        )
-        if not logged:
-            return 0, None
+            if t.schema.lower() == config.dataset.lower() and t.name.lower() == "sync_runs"
+        ]
+        if not logged or not any(
+            c.name.lower() == "workspace"
+            for c in source.columns(f"{logged[0].schema}.{logged[0].name}")
+        ):
+            return Logged(0, None, None)
         found = source.read(
-            f"select count(*) as n, max(finished_at) as last from {config.dataset}.sync_runs "
-            f"where sync = {quote_literal(sync)} and status in ('success', 'partial')"
+            f"select run_id, finished_at, count(*) over () as n from {config.dataset}.sync_runs "
+            f"where sync = {quote_literal(sync)} and workspace = {quote_literal(workspace)} "
+            "and status in ('success', 'partial') order by finished_at desc limit 1"
         ).read_all()
     finally:
         source.close()
-    n, last = found.column(0)[0].as_py(), found.column(1)[0].as_py()
-    return int(n or 0), last
+    if not found.num_rows:
+        return Logged(0, None, None)
+    row = found.to_pylist()[0]
+    return Logged(int(row["n"]), str(row["run_id"]), row["finished_at"])
 
 
 def write_after_runs(project: Project, console: Console, store: StateStore) -> None:
