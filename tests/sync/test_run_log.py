@@ -243,6 +243,17 @@ def test_the_run_log_lands_in_postgres_and_through_the_redshift_path(
     assert runs == [("success", 18, 2, "profile", report_type)]
     assert rejected == [("mapping", "3"), ("mapping", "7")]
     assert records == [(18, 1)]
+    assert_a_lost_state_is_found(project)
+
+
+def assert_a_lost_state_is_found(project: Any) -> None:
+    """The state moved away: the profile sync's plan finds its committed run in the run log
+    (the guardrail `state missing?` reads the warehouse's own spelling of the names)."""
+    (project.root / ".lockgate").rename(project.root / "state-moved")
+    planned = json.loads(lockgate(project, "plan", "profile", "--json").output)
+    (guardrail,) = [g for g in planned["guardrails"] if g["name"] == "state missing?"]
+    assert guardrail["breached"], guardrail
+    assert guardrail["actual"].startswith("1 committed run in the run log"), guardrail
 
 
 def test_the_run_log_lands_in_snowflake(project_factory: ProjectFactory) -> None:
@@ -278,6 +289,7 @@ def test_the_run_log_lands_in_snowflake(project_factory: ProjectFactory) -> None
             )
             records = cursor.fetchall()
             conn.close()
+            assert_a_lost_state_is_found(project)
     assert runs == [("success", 18, 2, "profile")]
     assert rejected == [("mapping", "3"), ("mapping", "7")]
     assert records == [(18, 1)]
