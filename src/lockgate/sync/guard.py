@@ -635,13 +635,13 @@ def _state_missing(
 ) -> GuardResult | None:
     """The first run of a sync (none committed in the state) whose committed runs into the
     same workspace the warehouse's run log (`run_log:`) holds, the last of which this state
-    has not seen: the
-    state that remembered what they delivered is not here (an ephemeral disk, a container or
-    CI runner whose `.lockgate` was not kept, another machine, a `state:` pointing
-    elsewhere). Run as a first run, it would send every record again, and every event
-    within `backfill.max_age` again. It stops unless `--force`; a run log that cannot be
-    read is said, and does not stop the run. (A state that ran the last logged run itself,
-    one of named records only, which records no contract, is the same state.)"""
+    has not seen: the state that remembered what they delivered is not here (an ephemeral
+    disk, a container or CI runner whose `.lockgate` was not kept, another machine, a
+    `state:` pointing elsewhere). Run as a first run, it would send every record again, and
+    every event within `backfill.max_age` again. It stops unless `--force`; a run log that
+    cannot be read, for whatever reason, is said and does not stop the run (the log is a
+    record of the runs, not their state). A state that ran the last logged run itself (one
+    of named records only records no contract) is the same state."""
     if last is not None or project.config.run_log is None:
         return None
     from lockgate.errors import LockgateError
@@ -654,8 +654,8 @@ def _state_missing(
         return GuardResult(STATE_MISSING, limit, "not checked: no site id", False)
     try:
         logged = runlog.committed_runs(project, sync.name, digest)
-    except (LockgateError, duckdb.Error) as exc:
-        said = exc.reason if isinstance(exc, LockgateError) else str(exc)
+    except Exception as exc:  # a driver's own error too: a check that cannot look stops nothing
+        said = exc.reason if isinstance(exc, LockgateError) else f"{type(exc).__name__}: {exc}"
         return GuardResult(STATE_MISSING, limit, f"not checked: {_clip(said)}", False)
     if not logged.runs:
         return GuardResult(STATE_MISSING, limit, "no committed run in the run log", False)
