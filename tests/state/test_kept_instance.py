@@ -92,3 +92,35 @@ def test_a_second_handle_writes_to_the_state_in_utc(
         assert store.exec_sql("select sent_at::varchar from notes") == [("2026-12-07 10:00:00+00",)]
     with StateStore.open(tmp_path) as store:  # in the state's file, not in the instance
         assert store.exec_sql("select count(*) from notes") == [(1,)]
+
+
+def spill_folder(store: StateStore) -> str:
+    return str(store.exec_sql("select current_setting('temp_directory')")[0][0])
+
+
+@pytest.mark.parametrize("spilled", [False, True], ids=["nothing spilled", "after a spill"])
+def test_a_state_opened_after_another_spills_into_its_own_folder(
+    tmp_path: Path, spilled: bool
+) -> None:
+    """A process opening one state after another (a test suite, a host of projects) takes
+    over the instance the first left idle, with the spill folder moved to the second's (one
+    DuckDB refuses to move is replaced by a new instance). Each state's queries spill into its
+    own `tmp`, and each reads its own data, also after the first state's queries spilled."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    with StateStore.open(first, memory_limit="16MB") as store:
+        assert spill_folder(store) == str(first / "tmp")
+        store.exec_sql("create table notes (v varchar); insert into notes values ('first')")
+        if spilled:  # a sort far over the limit goes to disk
+            store.exec_sql(
+                "select b from (select md5(range::varchar) || repeat('x', 200) as b "
+                "from range(300000)) order by b limit 1"
+            )
+    with StateStore.open(second, memory_limit="16MB") as store:
+        assert spill_folder(store) == str(second / "tmp")
+        assert not store.exec_sql(
+            "select 1 from duckdb_tables() where database_name = 'state' and table_name = 'notes'"
+        )
+        store.exec_sql("create table notes (v varchar); insert into notes values ('second')")
+    with StateStore.open(first) as store:
+        assert spill_folder(store) == str(first / "tmp")
+        assert store.exec_sql("select v from notes") == [("first",)]

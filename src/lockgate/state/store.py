@@ -488,10 +488,11 @@ class _Engines:
     of `lockgate schedule`, each plan) opened the state's file as an instance of its own, and
     paid that each time. Detaching checkpoints and closes the file as closing its own instance
     did: the file is free for another process (or a read-only open here) at once, and a crash
-    leaves the WAL to replay as before. One instance per state file, as its settings (memory
-    limit, threads, spill folder) are instance-wide; the last :attr:`KEEP` left idle are kept,
-    older ones closed. Opens of the state come from several threads (the scheduler, the crash
-    harness): one lock guards the idle ones."""
+    leaves the WAL to replay as before. One instance per state file at a time, as its
+    settings (memory limit, threads, spill folder) are instance-wide; the last :attr:`KEEP`
+    left idle are kept, older ones closed, and a state with none of its own takes over the
+    one idle longest, its spill folder moved (:meth:`_taken_over`). Opens of the state come
+    from several threads (the scheduler, the crash harness): one lock guards the idle ones."""
 
     KEEP = 2
 
@@ -512,6 +513,9 @@ class _Engines:
         open (the instance closed: one DuckDB invalidated would refuse every later attach)."""
         with self._lock:
             engine = self._idle.pop(str(path.absolute()), None)
+            if engine is None and self._idle:  # the one idle longest, another state's
+                engine = self._idle.popitem(last=False)[1]
+                engine = self._taken_over(engine, path)
         fresh = engine is None
         if engine is None:
             engine = duckdb.connect(":memory:")
@@ -530,6 +534,24 @@ class _Engines:
             self.detach(path, engine)
             raise
         return engine, con, fresh
+
+    @staticmethod
+    def _taken_over(
+        engine: duckdb.DuckDBPyConnection, path: Path
+    ) -> duckdb.DuckDBPyConnection | None:
+        """``engine``, idle since another state was detached from it, with its spill folder
+        moved to ``path``'s (its instance-wide settings are set again at open when they
+        differ, :func:`_configure`): starting an instance is ~25 ms of CPU, a process that
+        opens many states (a test suite, a host of projects) paid it at each. None when DuckDB
+        refuses the move (the folder has been spilled into: it is in use for good), the
+        instance closed then."""
+        try:
+            engine.execute(f"set temp_directory={quote_literal(str(path.parent / 'tmp'))}")
+        except duckdb.Error:
+            with contextlib.suppress(duckdb.Error):
+                engine.close()
+            return None
+        return engine
 
     def detach(self, path: Path, engine: duckdb.DuckDBPyConnection) -> None:
         """Detach the state from ``engine`` (its connections closed first) and keep the
