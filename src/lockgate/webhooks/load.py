@@ -37,6 +37,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -461,6 +462,34 @@ def _bigquery_location(settings: BigQuerySettings, name: str, dataset: str) -> s
         client.close()
 
 
+#: the in-memory DuckDB instance :func:`_wait_for_duckdb` attaches the warehouse file to, to
+#: see whether another process holds it (an attach and detach is ~0.5 ms; starting an
+#: instance to open the file, ~20 ms of every load), and the lock that keeps one probe at a
+#: time on it (the background loader and a `load` in another thread of a host)
+_PROBE: list[Any] = []
+_PROBE_LOCK = threading.Lock()
+
+
+def _probe(path: Path) -> None:
+    """Open ``path`` for writing and let it go, as the load will (it is created when missing,
+    as dlt would); raises DuckDB's error when it cannot be."""
+    import duckdb
+
+    from lockgate.sources.base import quote_literal
+
+    with _PROBE_LOCK:
+        if not _PROBE:
+            _PROBE.append(duckdb.connect(":memory:"))
+        probe = _PROBE[0]
+        probe.execute(f"attach {quote_literal(str(path))} as lockgate_probe")
+        try:
+            probe.execute("detach lockgate_probe")
+        except duckdb.Error:  # the file must not stay held: the instance goes, and with it
+            _PROBE.clear()  # the file
+            with contextlib.suppress(duckdb.Error):
+                probe.close()
+
+
 def _wait_for_duckdb(path: Path, *, wait: float) -> None:
     """Wait until no other process holds the DuckDB file (DuckDB is single-writer per file).
     A file DuckDB cannot open for another reason (not a DuckDB database, damaged, a folder)
@@ -473,7 +502,7 @@ def _wait_for_duckdb(path: Path, *, wait: float) -> None:
     delay = 0.1
     while True:
         try:
-            duckdb.connect(str(path)).close()
+            _probe(path)
             return
         except duckdb.IOException as exc:
             if not lock_held(exc):
