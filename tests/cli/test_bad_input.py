@@ -184,7 +184,11 @@ def test_an_unexpected_failure_shows_no_traceback_without_debug(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the database library broke")
 
+    from lockgate.state import store
+
     monkeypatch.setattr(duckdb, "connect", broken)
+    # no instance this process keeps from earlier tests: the state's open starts one
+    monkeypatch.setattr(store, "_ENGINES", store._Engines())
     err = fails(capsys, "plan", "profile", "--project", str(tmp_path))
     assert "unexpected RuntimeError: the database library broke" in err and "--debug" in err
     assert "Traceback" not in err

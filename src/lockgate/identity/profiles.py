@@ -28,7 +28,6 @@ import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-import duckdb
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
@@ -66,15 +65,14 @@ def profile_id_for(type_name: str, value: str) -> str:
 
 def profile_ids_for(type_names: pa.Array, values: pa.Array) -> pa.StringArray:
     """`profile_id_for` over whole columns (DuckDB's md5, vectorised)."""
+    from lockgate.scratch import scratch
+
     table = pa.table({"t": type_names, "v": values})
-    con = duckdb.connect()
-    try:
+    with scratch() as con:
         con.register("anchors", table)
         out = con.sql(
             "SELECT 'lg_' || substr(md5(t || chr(31) || v), 1, 16) FROM anchors"
         ).to_arrow_table()
-    finally:
-        con.close()
     result: pa.StringArray = out.column(0).combine_chunks().cast(pa.string())
     return result
 

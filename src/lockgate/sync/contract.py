@@ -470,12 +470,13 @@ def acknowledged_types(project: Project) -> list[Finding]:
     """`guardrails.accept_type_changes` entries naming a column the sync does not read: type
     drift is checked only on the columns a sync reads, so such an entry acknowledges nothing
     (a misspelt column, or one the mapping no longer reads). A warning."""
-    import duckdb
 
     from lockgate.sync.guard import columns_read
 
     out: list[Finding] = []
-    with duckdb.connect() as con:  # parses `on_change` `unless` conditions only
+    from lockgate.scratch import scratch
+
+    with scratch() as con:  # parses `on_change` `unless` conditions only
         for sync in project:
             listed = sync.guardrails.accept_type_changes
             if not listed:

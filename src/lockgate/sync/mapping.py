@@ -1332,7 +1332,6 @@ def coerce_constant(value: Any, ftype: str, *, zone: str | None = None) -> Any:
     else:  # text, and the dates and times YAML reads from an unquoted ISO value
         text = value.isoformat() if hasattr(value, "isoformat") else str(value)
         literal, col_type = lit(text), "VARCHAR"
-    import duckdb
 
     computed: list[tuple[str, str]] = []
     spec = FieldConfig.model_validate({"column": "c", "type": ftype})
@@ -1345,12 +1344,11 @@ def coerce_constant(value: Any, ftype: str, *, zone: str | None = None) -> Any:
         "".join(f", {expr} as {q(alias)}" for alias, expr in computed),
     )
     reason = f"coalesce({', '.join(checks)})" if checks else "null"
-    con = duckdb.connect()
-    try:
+    from lockgate.scratch import scratch
+
+    with scratch() as con:
         con.execute("set TimeZone='UTC'")
         row = con.execute(f"select {fragment}, {reason} from {inner}").fetchone()
-    finally:
-        con.close()
     assert row is not None
     sent, why = row
     if sent is None:
@@ -2560,7 +2558,9 @@ def _check_unless(sync: str, i: int, unless: str, columns: dict[str, str]) -> No
     from lockgate.sources.base import db_message
 
     row = ", ".join(f"null::{kind} as {q(name)}" for name, kind in columns.items()) or "1"
-    with duckdb.connect() as con:
+    from lockgate.scratch import scratch
+
+    with scratch() as con:
         try:
             con.execute(f"select {unless} from (select {row}) limit 0")
         except duckdb.Error as exc:

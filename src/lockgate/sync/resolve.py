@@ -375,16 +375,15 @@ def observed_in_zone(rows: pa.Table, column: str | None, zone: str | None) -> pa
     kind = rows.schema.field(at).type
     if not pa.types.is_timestamp(kind) or kind.tz is not None:
         return rows
-    con = duckdb.connect()
-    try:
+    from lockgate.scratch import scratch
+
+    with scratch() as con:
         con.execute("set TimeZone='UTC'")
         walls = pa.table({"w": rows.column(at)})
         con.register("__walls", walls)
         wall = "w" if kind.unit == "us" else "w::timestamp"
         read = con.sql(f"select {local_instant(wall, zone)} as o from __walls")
         instants = read.to_arrow_table().column("o")
-    finally:
-        con.close()
     return rows.set_column(at, rows.schema.field(at).with_type(instants.type), instants)
 
 
