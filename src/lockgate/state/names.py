@@ -45,7 +45,6 @@ class HeldSync:
     committed: bool
     """Whether a run of it committed (it has a contract: its keys, columns and mapping)."""
     key_columns: tuple[str, ...]
-    identify_by: dict[str, str]
     records: int
     """Records its snapshot holds (people, objects, relationships delivered)."""
     events: int
@@ -108,23 +107,23 @@ def held(store: StateStore) -> list[HeldSync]:
             "group by sync"
         ):
             runs[str(name)] = (int(n), last, None if kind is None else str(kind))
-    contracts: dict[str, tuple[str | None, list[str], dict[str, str]]] = {}
+    contracts: dict[str, tuple[str | None, list[str]]] = {}
     if "contract_syncs" in shared:
         mappings = (
             "(select sync, mapping->>'kind' as kind from contract_mappings)"
             if "contract_mappings" in shared
             else "(select null::varchar as sync, null::varchar as kind)"
         )
-        for name, kind, keys, identify_by in store.exec_sql(
-            f"select c.sync, m.kind, c.key_columns, c.identify_by from contract_syncs c "
+        for name, kind, keys in store.exec_sql(
+            f"select c.sync, m.kind, c.key_columns from contract_syncs c "
             f"left join {mappings} m using (sync)"
         ):
-            contracts[str(name)] = (kind, orjson.loads(keys), orjson.loads(identify_by))
+            contracts[str(name)] = (kind, orjson.loads(keys))
     out = []
     for name in sorted(set(tables) | set(runs) | set(contracts)):
         parts = tables.get(name, {})
         n, last, run_kind = runs.get(name, (0, None, None))
-        kind, keys, identify_by = contracts.get(name, (None, [], {}))
+        kind, keys = contracts.get(name, (None, []))
         records, events = _count(store, parts.get("snap")), _count(store, parts.get("ledger"))
         if not (n or name in contracts or records or events):
             continue  # empty tables a plan made: nothing of it is held
@@ -136,7 +135,6 @@ def held(store: StateStore) -> list[HeldSync]:
                 last_run=last,
                 committed=name in contracts,
                 key_columns=tuple(keys),
-                identify_by=dict(identify_by),
                 records=records,
                 events=events,
             )
@@ -150,7 +148,6 @@ class Carried:
 
     old: str
     new: str
-    tables: int
     held: HeldSync
 
 
@@ -201,7 +198,7 @@ def rename(store: StateStore, old: str, new: str) -> Carried:
             store.exec_sql(f"update {quote_ident(name)} set sync = ? where sync = ?", [new, old])
     store.forget_cached(old, new)
     store.write_runs_log()
-    return Carried(old, new, len(tables.get(old, {})), was)
+    return Carried(old, new, was)
 
 
 def forget(store: StateStore, name: str) -> HeldSync:
@@ -223,7 +220,7 @@ def forget(store: StateStore, name: str) -> HeldSync:
             store.exec_sql(f"delete from {quote_ident(table)} where sync = ?", [name])
     store.forget_cached(name)
     store.write_runs_log()
-    return was or HeldSync(name, None, 0, None, False, (), {}, 0, 0)
+    return was or HeldSync(name, None, 0, None, False, (), 0, 0)
 
 
 def summary(sync: HeldSync) -> str:

@@ -1725,7 +1725,7 @@ class StateStore:
             [run_id, sync, kind, at or datetime.now(UTC)],
         )
         try:
-            self._write_runs_log()
+            self.write_runs_log()
         except StateError:
             with contextlib.suppress(duckdb.Error, StateError):
                 self.exec_sql("delete from runs where run_id = ?", [run_id])
@@ -1748,7 +1748,7 @@ class StateStore:
         listed = doc if isinstance(doc, list) else []
         entry = next((d for d in listed if isinstance(d, dict) and d.get("run_id") == run_id), None)
         if entry is None:
-            self._write_runs_log()
+            self.write_runs_log()
             return
         entry.update(
             finished_at=finished.strftime(_RUNS_LOG_TIME),
@@ -1777,11 +1777,6 @@ class StateStore:
         self.workspaces = None
 
     def write_runs_log(self) -> None:
-        """Write `runs.json` again from the runs the state holds (after ``state.names`` gave
-        some of them another sync's name, or dropped them)."""
-        self._write_runs_log()
-
-    def _write_runs_log(self) -> None:
         """Copy the latest runs to `runs.json` beside the database (atomically), so
         `lockgate runs` can list them while a sync holds the state."""
         # the document built by DuckDB, as text: 200 rows read into Python (their times as
@@ -1848,7 +1843,7 @@ class StateStore:
     def forget_run(self, run_id: str) -> None:
         """Drop a run that did nothing worth listing (one whose `--only` named no record)."""
         self.exec_sql("delete from runs where run_id = ?", [run_id])
-        self._write_runs_log()
+        self.write_runs_log()
 
     def runs(self, *, sync: str | None = None, limit: int = 20) -> list[RunRow]:
         query = "select * from runs"
