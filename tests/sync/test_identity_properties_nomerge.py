@@ -23,8 +23,6 @@ drawn here. `LOCKGATE_PROPERTY_EXAMPLES=10 LOCKGATE_PROPERTY_STEPS=12` (and
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -403,55 +401,54 @@ def test_a_user_taking_the_old_email_of_a_readdressing_kept_back_is_held_back(
     assert "plan" not in (emu.person(email="e4@x.io") or new).attributes
 
 
-class _Draws:
-    """The values a failing example drew, in order (a stand-in for Hypothesis's `data`)."""
-
-    def __init__(self, *values: Any) -> None:
-        self.values = list(values)
-
-    def draw(self, strategy: Any, label: Any = None) -> Any:
-        return self.values.pop(0)
-
-
-@pytest.mark.skipif(
-    "LOCKGATE_PROPERTY_EXAMPLES" not in os.environ,
-    reason="a replay of a hunt's failing example (~30 s), not fixed yet: runs with `make hunt`",
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by a hunt on 2026-12-07 (10 examples x 20 steps, a random seed), not fixed "
-    "yet: u4's person keeps `e6@x.io`, the email u1 came back with, instead of taking u4's "
-    "own `e4@x.io` (invariant c); the same at the session's first commit (`f5f34b9`)",
-)
-def test_a_user_taking_an_email_another_user_comes_back_with_keeps_their_own_plan(
-    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("app_api_key", [True, False], ids=["app_api_key", "no_app_api_key"])
+def test_a_user_taking_a_leads_email_another_user_absorbed_is_rejected_and_gives_up_their_own(
+    customerio_emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    app_api_key: bool,
 ) -> None:
-    """The steps of the merges-off machine's failing example, replayed as they were drawn."""
-    import tests.sync.test_identity_properties as identity_properties
+    """Merges off: `u3` took the lead `e4@x.io`'s email (their merge kept back), then the
+    lead and `u3` left. The graph remembers `e4@x.io` as `u3`'s; Customer.io still has the
+    lead's person holding it. `u4`, a person already, now takes `e4@x.io`, and `u1` takes
+    `u4`'s old `e6@x.io`: Customer.io would drop `u4`'s update whole, unseen without an App
+    API key, since another person holds the email. `u4`'s row is rejected with a reason
+    before it is sent, and its person gives `e6@x.io` up (it is `u1`'s now: `u4`'s messages
+    would reach `u1`'s inbox). (Found by the merges-off identity machine, 10x20: `u4` was
+    sent and dropped each run, counted delivered without an App API key.)"""
+    emu = customerio_emulator
+    if not app_api_key:
+        monkeypatch.delenv("CUSTOMERIO_APP_API_KEY", raising=False)
+    project = project_in(tmp_path, emu, monkeypatch, {"merge_policy": {"enabled": False}})
 
-    silent = lambda *args, **kwargs: None  # noqa: E731 - `event` needs a Hypothesis test
-    monkeypatch.setattr(identity_properties, "event", silent, raising=False)
-    monkeypatch.setattr(sys.modules[__name__], "event", silent)
-    bind_machine(NoMergeMachine, customerio_emulator, tmp_path, monkeypatch)
-    NoMergeMachine.app_api_key = True
-    m = NoMergeMachine()
-    steps = [
-        lambda: m.start(
-            leads=[("e2@x.io", "ads"), ("e3@x.io", "ads"), ("E1@x.io", "seo")],
-            users=[("u3", "e2@x.io", "team"), ("u1", "e6@x.io", "pro")],
-        ),
-        lambda: m.set_user(email="e6@x.io", plan="free", uid="u4"),
-        lambda: m.sync(full_resync=True),
-        lambda: m.user_returns_with_a_leads_email(_Draws("u1", "e5@x.io", "team"), "ads"),
-        lambda: m.user_returns_with_a_leads_email(_Draws("u3", "e4@x.io", "free"), "webinar"),
-        lambda: m.sync(full_resync=True),
-        lambda: m.sync(full_resync=False),
-        lambda: m.delete_user(_Draws("u3")),
-        lambda: m.user_returns_with_a_leads_email(_Draws("u4", "e4@x.io", "team"), "webinar"),
-        lambda: m.user_returns_with_a_leads_email(_Draws("u1", "e6@x.io", "free"), "seo"),
-        lambda: m.delete_lead(_Draws("e3@x.io")),
-        lambda: m.sync(full_resync=False),
-    ]
-    for step in steps:
-        step()
-        m.customerio_holds_the_model()
+    def run_all() -> list[Any]:
+        return [run_sync(project, name, console=NullConsole()) for name in ORDER]
+
+    sql(
+        tmp_path,
+        "insert into app_users values ('u1', 'e1@x.io', 'pro'), ('u3', 'e2@x.io', 'team'), "
+        "('u4', 'e6@x.io', 'free'); insert into leads values ('e4@x.io', 'webinar')",
+    )
+    sync_all(project)
+    lead = emu.person(email="e4@x.io")
+    assert lead is not None and lead.id is None
+    sql(tmp_path, "update app_users set email = 'e4@x.io' where user_id = 'u3'")
+    users = run_all()[0]
+    assert [k for k, _, _ in users.failures] == ["u3"]  # the merge with the lead kept back
+    sql(tmp_path, "delete from leads; delete from app_users where user_id = 'u3'")
+    run_all()
+    sql(
+        tmp_path,
+        "update app_users set email = 'e4@x.io', plan = 'team' where user_id = 'u4';"
+        "update app_users set email = 'e6@x.io', plan = 'team' where user_id = 'u1'",
+    )
+    users = run_all()[0]
+    reasons = dict((k, r) for k, _, r in users.failures)
+    assert "u4" in reasons and "e4@x.io" in reasons["u4"], (users.failures, emu.people())
+    assert users.rejected_by_api == len(users.failures)
+    u4 = emu.person(id="u4")
+    assert u4 is not None and (u4.email, u4.attributes["plan"]) == (None, "free"), u4
+    assert emu.person(email="e4@x.io") == lead  # untouched: still the lead's
+    u1 = emu.person(id="u1")
+    assert u1 is not None and (u1.email, u1.attributes["plan"]) == ("e6@x.io", "team"), u1
+    assert list(reasons) == ["u4"]

@@ -1752,6 +1752,7 @@ def _check_new_emails(
     console: Console,
     resolution: Resolution | None = None,
     identity_ops: pa.Table | None = None,
+    merges_skipped: Sequence[dict[str, Any]] = (),
 ) -> tuple[int, int, str, list[tuple[str, str]]]:
     """Before delivery: look up who holds the emails of the people this run sends for the
     first time (:func:`lockgate.sync.emailcheck.check_new`); the rows whose email a person of
@@ -1762,7 +1763,11 @@ def _check_new_emails(
     no App API call. A person the identity graph's operations release the email from, sent
     before the rows (a retired user's family email: ``customerio.releases``), is no holder;
     nor is one they merge into the row's person before the rows (``identity_ops``: a lead's
-    person merged into a user's who left a `mirror` sync and came back with the lead's email)."""
+    person merged into a user's who left a `mirror` sync and came back with the lead's email).
+    The rows giving a person Customer.io has the email of a merge kept back into another `id`
+    (:func:`_held_from_another_person`) are looked up too: sent, Customer.io would drop them,
+    and a giver of theirs refused here gives its email up first
+    (``diff.clear_refused_givers``)."""
     config = project.config.destinations[sync.destination]
     limit = config.check_new_emails
     settings = _new_check_settings(project, sync)
@@ -1781,6 +1786,11 @@ def _check_new_emails(
         merged_first=merged,
         people_snaps=others,
     )
+    if settings is not None and resolution is not None:
+        extra = _rows_held_from_another_person(
+            store, project, sync, merges_skipped, {r[0] for r in rows}
+        )
+        total, rows = total + len(extra), rows + extra
     if not total:
         return 0, 0, "", []
     if settings is None:
@@ -1848,24 +1858,16 @@ class _KeptBack(NamedTuple):
     kept: list[tuple[str, str, str, str, str]]
 
 
-def _kept_back_rows(
-    store: StateStore, project: Project, sync: SyncConfig, merges_skipped: Sequence[dict[str, Any]]
-) -> _KeptBack | None:
-    """Of ``changes`` of a people sync keyed through the identity graph, the rows that give a
-    person of an `id` the email of the person a merge kept back would have merged into it
-    (``merges_skipped``, this run's, or one an earlier run of the sync recorded the row for:
-    :data:`EMAILS_OF_MERGES_KEPT_BACK`), and which of them are not sent (no read-back of
-    emails: no App API key, or `read_back_emails: 0`), with the reason. Reads only: a plan
-    shows them as the run will reject them. None when there is none."""
-    if sync.kind != "people":
-        return None
-    present = has_table(store.con, EMAILS_OF_MERGES_KEPT_BACK)
-    # with a read-back the rows are sent and recorded: the read-back sees a dropped update,
-    # and a row it could not read back is rejected (:func:`_check_emails`)
-    read_back = _email_check_settings(project, sync) is not None
+def _kept_back_held(
+    store: StateStore, sync: SyncConfig, merges_skipped: Sequence[dict[str, Any]]
+) -> tuple[dict[tuple[str, str], tuple[str, str]], dict[str, tuple[str, str, str, str]]]:
+    """The merges kept back that rows of ``sync`` may run into: (`id`, email lowercased) ->
+    (holder, what kept the merge back), of ``merges_skipped`` (this run's) and of the merges an
+    earlier run recorded (:data:`EMAILS_OF_MERGES_KEPT_BACK` without a key); and key ->
+    (`id`, email, holder, what kept it back) of the rows an earlier run recorded."""
     held = _kept_back_pairs(merges_skipped)
     before: dict[str, tuple[str, str, str, str]] = {}
-    if present:
+    if has_table(store.con, EMAILS_OF_MERGES_KEPT_BACK):
         columns = {
             str(r[0])
             for r in store.exec_sql(
@@ -1884,18 +1886,46 @@ def _kept_back_rows(
                 held.setdefault((str(person), str(email)), (str(holder), why))
             else:
                 before[str(k)] = (str(person), str(email), str(holder), why)
-    if not held and not before:
-        return None
-    rows = store.exec_sql(
+    return held, before
+
+
+def _changes_with_id_and_email(store: StateStore) -> list[tuple[Any, ...]]:
+    """(key, ident, `id`, email lowercased, email as sent) of the rows of ``changes`` sent with
+    an `id` and an email."""
+    return store.exec_sql(
         "select k, ident, json_extract_string(ident, '$.id'), "
-        "lower(trim(json_extract_string(ident, '$.email'))) from changes "
+        "lower(trim(json_extract_string(ident, '$.email'))), "
+        "json_extract_string(ident, '$.email') from changes "
         "where not removed and contains(ident, '\"email\":') and contains(ident, '\"id\":')"
     )
+
+
+def _kept_back_rows(
+    store: StateStore, project: Project, sync: SyncConfig, merges_skipped: Sequence[dict[str, Any]]
+) -> _KeptBack | None:
+    """Of ``changes`` of a people sync keyed through the identity graph, the rows that give a
+    person of an `id` the email of the person a merge kept back would have merged into it
+    (``merges_skipped``, this run's, or one an earlier run of the sync recorded the row for:
+    :data:`EMAILS_OF_MERGES_KEPT_BACK`), or give that email to a person of another `id`
+    Customer.io has (:func:`_held_from_another_person`), and which of them are not sent (no
+    read-back of emails: no App API key, or `read_back_emails: 0`), with the reason. Reads
+    only: a plan shows them as the run will reject them. None when there is none."""
+    if sync.kind != "people":
+        return None
+    # with a read-back the rows are sent and recorded: the read-back sees a dropped update,
+    # and a row it could not read back is rejected (:func:`_check_emails`)
+    read_back = _email_check_settings(project, sync) is not None
+    held, before = _kept_back_held(store, sync, merges_skipped)
+    if not held and not before:
+        return None
+    rows = _changes_with_id_and_email(store)
     found = _KeptBack([], {}, [])
-    for k, ident, person, email in rows:
+    others = _held_from_another_person(store, project, sync, held, rows)
+    for k, ident, person, email, _ in rows:
         hit = held.get((person, email)) or held.get((ANY_ID, email))
         if hit is None and before.get(k, ("", "", "", ""))[:2] == (person, email):
             hit = before[k][2:]
+        hit = hit or others.get(k)
         if hit is None:
             continue
         holder, why = hit
@@ -1906,6 +1936,78 @@ def _kept_back_rows(
             found.idents[k] = ident
         found.kept.append((k, person, email, holder, why))
     return found
+
+
+def _held_from_another_person(
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    held: dict[tuple[str, str], tuple[str, str]],
+    rows: list[tuple[Any, ...]],
+) -> dict[str, tuple[str, str]]:
+    """Of ``rows`` (:func:`_changes_with_id_and_email`), those giving the email of a merge
+    kept back to a person of *another* `id` than the merge's, one Customer.io has already
+    (``resolve.known_people``) and that was not last delivered holding that email: key ->
+    (holder, what kept the merge back).
+
+    The person known by the email alone still holds it in Customer.io (the graph joined it to
+    the merge's `id` in its own view only), so Customer.io drops such an update whole, as it
+    does the merge's own `id`'s: a user whose row left after a lead's email joined them, and
+    another user who takes that email later. A person Customer.io does not have yet is not
+    dropped: the holder is given its `id`."""
+    by_email: dict[str, tuple[str, str, str]] = {}
+    for (person, email), (holder, why) in sorted(held.items()):
+        if person != ANY_ID:
+            by_email.setdefault(email, (person, holder, why))
+    candidates = {
+        str(k): (str(person), str(email))
+        for k, _, person, email, _ in rows
+        if person
+        and email in by_email
+        and by_email[email][0] != person
+        and (person, email) not in held
+    }
+    if not candidates:
+        return {}
+    from lockgate.sync.resolve import known_people
+
+    people = known_people(store, project, among={("id", p) for p, _ in candidates.values()})
+    snap = table("snap", sync.name)
+    delivered = {
+        (str(k), str(email).strip().lower())
+        for k, email in store.exec_sql(
+            f"select k, json_extract_string(ident, '$.email') from {snap} "
+            "where k in (select unnest(?::varchar[]))",
+            [sorted(candidates)],
+        )
+        if email
+    }
+    return {
+        k: by_email[email][1:]
+        for k, (person, email) in candidates.items()
+        if ("id", person) in people and (k, email) not in delivered
+    }
+
+
+def _rows_held_from_another_person(
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    merges_skipped: Sequence[dict[str, Any]],
+    seen: Collection[str],
+) -> list[tuple[str, str, str, frozenset[str]]]:
+    """The rows :func:`_held_from_another_person` finds, not among ``seen``, as rows for
+    ``emailcheck.check_new`` (key, `id`, email as sent, no person released first)."""
+    held, _ = _kept_back_held(store, sync, merges_skipped)
+    if not held:
+        return []
+    rows = _changes_with_id_and_email(store)
+    others = _held_from_another_person(store, project, sync, held, rows)
+    return [
+        (str(k), str(person), str(sent), frozenset())
+        for k, _, person, _, sent in rows
+        if k in others and k not in seen
+    ]
 
 
 def _hold_emails_of_merges_kept_back(
@@ -2920,7 +3022,14 @@ def run_sync(
                 # person holds would take that person over
                 with step("deliver"):
                     new_checked, new_unchecked, new_note, new_refused = _check_new_emails(
-                        store, project, sync, run_id, console, resolution, identity_ops
+                        store,
+                        project,
+                        sync,
+                        run_id,
+                        console,
+                        resolution,
+                        identity_ops,
+                        prepared.merges_skipped,
                     )
             if sync.kind == "people" and resolution is not None:
                 with step("deliver"):
