@@ -582,6 +582,41 @@ def test_relationships_come_back_with_a_deleted_person(project_factory: ProjectF
     assert ("3", "1", "globex", "owner") in rels(emu)
 
 
+def test_a_person_deleted_by_hand_gets_their_membership_back_once_their_company_is_sent(
+    project_factory: ProjectFactory,
+) -> None:
+    """User 3 is deleted in Customer.io by hand (their membership of globex with them) while
+    globex has two rows. A plain run sends nothing again (no row changed); `sync --all
+    --full-resync` brings user 3 back but holds the membership, as it did not send globex
+    again (Customer.io may not hold it); once globex has one row again, the next run sends
+    globex, then the membership."""
+    seed(project_factory)
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    project_factory.sql("insert into companies values ('globex', 'Globex', 'free', 3)")
+    with emu.client(auth=emu.track_auth) as client:
+        client.delete("/api/v1/customers/3").raise_for_status()
+
+    plain = invoke(project, "sync", "--all")
+    assert [r["delivered"] for r in plain] == [0, 0, 0]
+    resync = invoke(project, "sync", "--all", "--full-resync")
+    assert [r["changes"]["held"] for r in resync] == [0, 0, 1]
+    back = emu.person(id="3")
+    assert back is not None and back.attributes == {"first_name": "Linus"}
+    assert ("3", "1", "globex", "owner") not in rels(emu)
+
+    project_factory.sql(
+        "delete from companies where company_id = 'globex'; "
+        "insert into companies values ('globex', 'Globex', 'free', 3)"
+    )
+    fixed = invoke(project, "sync", "--all")
+    assert [r["delivered"] for r in fixed] == [1, 0, 1]
+    assert ("3", "1", "globex", "owner") in rels(emu)
+
+
 #: applied in full, then answered 503: every answer is lost
 ANSWERS_LOST = FaultConfig(error_5xx=1.0, applied_then_failed=True)
 
