@@ -68,8 +68,27 @@ def env_for(emu: Emulator) -> dict[str, str]:
 
 #: what a `lockgate sync` imports, imported once by the process the runs are forked from
 #: (:class:`Forked`), not by each run: a Python starting and importing them costs ~0.6 s of
-#: CPU, as much as a run of the demo project, and the harnesses start hundreds of runs
-PRELOADED = ["lockgate.cli", "lockgate.cli.sync", "lockgate.sync.run", "lockgate.sync.deliver"]
+#: CPU, as much as a run of the demo project, and the harnesses start hundreds of runs. The
+#: modules a run imports only when it needs them (the identity graph, the run log, Parquet)
+#: too: the demo project's `sync --all` needs them all (0.26 s a run)
+PRELOADED = [
+    "lockgate.cli",
+    "lockgate.cli.sync",
+    "lockgate.sync.run",
+    "lockgate.sync.deliver",
+    "lockgate.sync.resolve",
+    "lockgate.identity.engine",
+    "lockgate.identity.customerio",
+    "lockgate.identity.explain",
+    "lockgate.sync.contract",
+    "lockgate.sync.runlog",
+    "lockgate.sync.reconcile",
+    "lockgate.sync.reconcile_events",
+    "lockgate.sources.write",
+    "pyarrow.parquet",
+    "pyarrow.dataset",
+    "pyarrow.compute",
+]
 _FORKS = multiprocessing.get_context("forkserver")
 _FORKS.set_forkserver_preload(PRELOADED)
 
