@@ -77,7 +77,7 @@ from lockgate.console import NullConsole
 from lockgate.emulator import Emulator, FaultConfig
 from lockgate.errors import LockgateError
 from lockgate.project.loader import Project, load_project
-from lockgate.state.store import StateStore
+from lockgate.state.store import STATE_FORMAT, TABLES_STEP, StateStore
 from lockgate.sync.run import RunReport, Session, plan_sync, run_sync
 
 EMAIL_LIMIT = 3
@@ -1412,8 +1412,21 @@ def as_format_5(project: Project) -> None:
         for name in ORDER:
             store.exec_sql(f'drop table "people_known__{name}"')
         store.exec_sql(
-            "update upgraded set step = 'tables@5' where step = 'tables@6'; "
+            f"update upgraded set step = 'tables@5' where step = '{TABLES_STEP}'; "
             "update state_format set format = 5"
+        )
+
+
+def as_format_6(project: Project) -> None:
+    """Make the project's state as Lockgate of state format 6 left it: ``people_known__S``
+    without ``email`` (the people known by email alone), its syncs' tables marked made at
+    that format."""
+    with StateStore.open(project.state_dir) as store:
+        for name in ORDER:
+            store.exec_sql(f'alter table "people_known__{name}" drop column email')
+        store.exec_sql(
+            f"update upgraded set step = 'tables@6' where step = '{TABLES_STEP}'; "
+            "update state_format set format = 6"
         )
 
 
@@ -1435,7 +1448,7 @@ def test_a_state_of_format_5_knows_the_people_of_its_snapshot_once_upgraded(
     sql(tmp_path, "insert into app_users values ('u5', 'e3@x.io', 'free')")
     sync_all(project)
     with StateStore.open(project.state_dir) as store:
-        assert store.exec_sql("select format from state_format") == [(6,)]
+        assert store.exec_sql("select format from state_format") == [(STATE_FORMAT,)]
     sql(tmp_path, "insert into app_users values ('u4', 'e2@x.io', 'pro')")
     sync_all(project)
     (person,) = [p for p in emu.people() if p.id not in ("u5", "u9")]
@@ -1761,6 +1774,97 @@ def test_a_deleted_lead_whose_email_joins_a_user_is_merged_into_the_user(
         (u2.cio_id, lead.cio_id)
     ]
     assert customerio_emulator.person(id="u1") is not None  # a retired user is left alone
+    assert_nothing_left_to_send(project)
+
+
+def test_the_person_a_stripe_customer_left_for_a_user_is_merged_into_them_once_linked(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Stripe customer with the email `e1@x.io` is synced (a person known by that email
+    alone), then its email changes to user `u2`'s: the Stripe id moves to `u2`'s person and
+    the first person stays in Customer.io, no record of any sync reaching it any more. Later
+    a link says `e1@x.io` is `u2`'s too: the two are one human, and the first person is
+    merged into `u2`'s. (Found by the identity machine with a `mirror` users sync: the state
+    forgot the person once its record moved to `u2`, so the graph's merge was dropped as one
+    of a person that does not exist, and two people were left.)"""
+    _a_stripe_customer_leaves_a_person_for_a_user_then_a_link_joins_them(
+        customerio_emulator, tmp_path, monkeypatch, upgrade=False
+    )
+
+
+def test_a_state_of_format_6_knows_the_people_known_by_email_of_its_snapshot_once_upgraded(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, with the state of a Lockgate from before the people known by email alone
+    were remembered (format 6) once the Stripe customer is synced: upgraded by the next run,
+    it has them filled in from its snapshot, which still shows the customer's person."""
+    _a_stripe_customer_leaves_a_person_for_a_user_then_a_link_joins_them(
+        customerio_emulator, tmp_path, monkeypatch, upgrade=True
+    )
+
+
+def _a_stripe_customer_leaves_a_person_for_a_user_then_a_link_joins_them(
+    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, upgrade: bool
+) -> None:
+    """User `u2` (`e4@x.io`) and the Stripe customer `cus_3` (`e1@x.io`) synced, the state
+    made of format 6 then if ``upgrade``; the customer's email changes to `e4@x.io`, then a
+    link joins `e1@x.io` to `e4@x.io`, each followed by a run of every sync: one person is
+    left, `u2`'s, the customer's first person merged into it."""
+    project = project_in(tmp_path, emu, monkeypatch)
+    sql(
+        tmp_path,
+        "insert into app_users values ('u2', 'e4@x.io', 'pro');"
+        "insert into stripe values ('cus_3', 'e1@x.io', null, 0)",
+    )
+    sync_all(project)
+    u2, left = emu.person(id="u2"), emu.person(email="e1@x.io")
+    assert u2 is not None and left is not None and left.id is None
+    if upgrade:
+        as_format_6(project)
+    sql(tmp_path, "update stripe set email = 'e4@x.io'")
+    sync_all(project)
+    assert emu.person(cio_id=left.cio_id) is not None  # left in Customer.io
+    sql(tmp_path, "insert into links values ('e4@x.io', 'e1@x.io')")
+    sync_all(project)
+    (person,) = emu.people()
+    assert (person.cio_id, person.id, person.email) == (u2.cio_id, "u2", "e4@x.io")
+    assert person.attributes == {"plan": "pro", "stripe_id": "cus_3", "mrr": 0}
+    assert [(m.primary, m.secondary) for m in emu.merges()] == [(u2.cio_id, left.cio_id)]
+    assert_nothing_left_to_send(project)
+    with StateStore.open(project.state_dir) as store:  # merged away: no longer known
+        known = [f'select email from "people_known__{name}"' for name in ORDER]
+        everyone = " union all ".join(known)
+        assert store.exec_sql(f"select * from ({everyone}) where email is not null") == []
+
+
+def test_a_lead_a_mirror_run_cleared_whose_email_joins_a_user_is_merged_into_the_user(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `leads` sync a `mirror`: the lead `e4@x.io` leaves, and the run clears its person
+    (known by that email alone), which stays in Customer.io while the record leaves the
+    snapshot. Later a link says `e4@x.io` is user `u2`'s: the lead's person is merged into
+    `u2`'s, as when the lead's row leaves an `upsert` sync (above), not left beside it."""
+    emu = customerio_emulator
+    syncs = {**SYNCS, "leads": SYNCS["leads"].rstrip(" ") + "        mode: mirror\n"}
+    project = project_in(tmp_path, emu, monkeypatch, syncs=syncs)
+    sql(
+        tmp_path,
+        "insert into app_users values ('u2', 'e1@x.io', 'pro');"
+        "insert into leads values ('e4@x.io', 'ads'), ('e6@x.io', 'seo')",
+    )
+    sync_all(project)
+    u2, lead = emu.person(id="u2"), emu.person(email="e4@x.io")
+    assert u2 is not None and lead is not None
+    sql(tmp_path, "delete from leads where email = 'e4@x.io'")
+    sync_all(project)
+    cleared = emu.person(cio_id=lead.cio_id)
+    assert cleared is not None and cleared.attributes == {}
+    sql(tmp_path, "insert into links values ('e1@x.io', 'e4@x.io')")
+    sync_all(project)
+    assert emu.person(email="e4@x.io") is None
+    assert [(m.primary, m.secondary) for m in emu.merges()] == [(u2.cio_id, lead.cio_id)]
+    person = emu.person(id="u2")
+    assert person is not None and (person.cio_id, person.email) == (u2.cio_id, "e1@x.io")
     assert_nothing_left_to_send(project)
 
 

@@ -338,7 +338,7 @@ def test_a_person_two_rows_reach_is_known_once_and_forgotten_wholly_by_its_delet
     assert len(emu.people()) == 2
     assert known() == [("u1", 1), ("u3", 1)]
     with StateStore.open(project.state_dir) as store:  # as a run killed mid-delivery leaves it
-        store.exec_sql("""insert into "people_known__accounts" values ('u3', null)""")
+        store.exec_sql("""insert into "people_known__accounts" values ('u3', null, null)""")
         assert {("id", "u1"), ("id", "u3")} <= known_people(store, project)
     project_factory.sql("update accounts set plan = 'max' where user_id = 'u1'")
     project_factory.sql("delete from accounts where account_id = 'a3'")

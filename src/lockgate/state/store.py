@@ -64,21 +64,25 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   cleared person stays in Customer.io). Recorded before the run sends (it holds whether that
   update lands or not), forgotten once the email is released or replaced, or the person
   deleted.
-- ``people_known__S(id, cio_id)``: every person a people sync has made exist in Customer.io
-  (an `identify`, or a `mirror` clear, delivered to its `id` or `cio_id`), whatever its row
-  and its email became since: written in the transaction that commits the delivery
-  (``commit.Committer``), and forgotten only once Customer.io confirms the person gone: a
-  `delete` of it (`delete_removed`) by any people sync of its destination, or an identity
-  merge that absorbed it (``resolve.merged_away``). The snapshot forgets a row that left a
-  `mirror` sync, and one whose email a later row took (``diff.forget_released_left``); the
-  person stays in Customer.io, and the identity graph's operations count it as one that
-  exists (``resolve.known_people``: a user who comes back with a lead's email has the lead
-  merged into them). A set: a run that began with it empty appends what it delivers
-  unread, and keeps each person once as its delivery ends (:meth:`StateStore.know_people`);
-  a run killed before then leaves a person twice, read as one (every reader asks whether
-  a person is in it, and a person forgotten leaves with all their rows). Format 6; an older
-  state's is filled from what it knows of its people (its snapshot and ``emails_kept__S``)
-  as it is upgraded.
+- ``people_known__S(id, cio_id, email)``: every person a people sync has made exist in
+  Customer.io (an `identify`, or a `mirror` clear, delivered to its `id` or `cio_id`, or to
+  its email for a person known by email alone: ``email``, lowercased, set only for those),
+  whatever its row and its email became since: written in the transaction that commits the
+  delivery (``commit.Committer``), and forgotten only once Customer.io confirms the person
+  gone: a `delete` of it (`delete_removed`) by any people sync of its destination, or an
+  identity merge that absorbed it (``resolve.merged_away``). The snapshot forgets a row that
+  left a `mirror` sync, and one whose email a later row took (``diff.forget_released_left``),
+  and no longer shows the person a row reached before the identity graph keyed it to another
+  (a Stripe customer whose email became a user's); the person stays in Customer.io, and the
+  identity graph's operations count it as one that exists (``resolve.known_people``: a user
+  who comes back with a lead's email has the lead merged into them, and a person known by
+  email alone whose email joins a user's profile is merged into the user's). A set: a run that
+  began with it empty appends what it delivers unread, and keeps each person once as its
+  delivery ends (:meth:`StateStore.know_people`); a run killed before then leaves a person
+  twice, read as one (every reader asks whether a person is in it, and a person forgotten
+  leaves with all their rows). Format 6, with ``email`` from format 7; an older state's is
+  filled from what it knows of its people (its snapshot and ``emails_kept__S``) as it is
+  upgraded.
 - ``sending_events__S(k, ts, lo, hi)``: the same write-ahead record for an events sync, with
   the dedupe id each event is about to be sent with (the columns of ``event_ids__S`` below):
   the next run moves the events of a killed run's record that the ledger does not have into
@@ -424,7 +428,7 @@ def _set_aside_unfinished(path: Path) -> Path | None:
 #: naming the version that wrote it, where it would otherwise fail part-way through a run,
 #: after sending, or misread what was delivered. (Lockgates from before the format was
 #: recorded do not read it.)
-STATE_FORMAT = 6
+STATE_FORMAT = 7
 # 2: ``sending__S`` gains ``action`` (a Lockgate of format 1 inserts into it unnamed)
 # 3: ``unconfirmed__S`` gains ``ident`` (a Lockgate of format 2 inserts into it unnamed), and
 #    ``sending__S`` ``k`` and ``ident`` (of the records new to the snapshot)
@@ -435,6 +439,8 @@ STATE_FORMAT = 6
 #    into it unnamed, and would fold them without writing their history)
 # 6: ``people_known__S``, the people each people sync made exist until Customer.io confirms
 #    them gone (a Lockgate of format 5 would deliver and delete people without keeping it)
+# 7: ``people_known__S`` gains ``email``, the people known by email alone (a Lockgate of
+#    format 6 inserts into it unnamed, and would forget them with their records)
 #: The oldest format whose run list, history and rejected rows the commands that only read
 #: (`lockgate runs`, `history`) read as they are, without upgrading it
 READ_FORMAT = 1
@@ -782,14 +788,17 @@ TABLES_STEP = f"tables@{STATE_FORMAT}"
 
 
 def known_of(idents: str) -> str:
-    """SQL: ``(id, cio_id)`` of the people the ``ident`` JSON of the rows of ``idents`` (a
-    table, or a query in parentheses) reaches by `id` or `cio_id` (what ``people_known__S``
-    holds); a record that is no person's (an object's, a relationship's) or a person's
-    reached by email alone, none."""
+    """SQL: ``(id, cio_id, email)`` of the people the ``ident`` JSON of the rows of ``idents``
+    (a table, or a query in parentheses) reaches (what ``people_known__S`` holds): by `id` or
+    `cio_id`, ``email`` null; or, reached by email alone, by that email (lowercased, as
+    Customer.io matches it). A record that is no person's (an object's, a relationship's),
+    none."""
     return (
-        "select id, cio_id from (select case when json_valid(ident) then ident->>'id' end as id, "
-        "case when json_valid(ident) then ident->>'cio_id' end as cio_id "
-        f"from {idents}) where id is not null or cio_id is not null"
+        "select id, cio_id, case when id is null and cio_id is null then lower(email) end "
+        "as email from (select case when json_valid(ident) then ident->>'id' end as id, "
+        "case when json_valid(ident) then ident->>'cio_id' end as cio_id, "
+        "case when json_valid(ident) then ident->>'email' end as email "
+        f"from {idents}) where coalesce(id, cio_id, email) is not null"
     )
 
 
@@ -1060,7 +1069,7 @@ class StateStore:
             # from before format 6
             self.exec_sql(
                 f"create table if not exists {table('people_known', sync)} "
-                "(id varchar, cio_id varchar)"
+                "(id varchar, cio_id varchar, email varchar)"
             )
             return
         self._add_snap_addr(sync)
@@ -1068,6 +1077,7 @@ class StateStore:
         self._add_ledger_sent(sync)
         self._add_journal_history(sync)
         self._add_people_known(sync)  # reads the journal's `action` (format 5)
+        self._add_people_known_email(sync)
         sending = table("sending", sync)
         columns = {r[0] for r in self.con.execute(f"describe {sending}").fetchall()}
         if "action" not in columns:
@@ -1090,16 +1100,40 @@ class StateStore:
         known = table("people_known", sync)
         if has_table(self.con, f"people_known__{sync}"):
             return
-        delivered = f"""(
+        with transaction(self.con, self.path):
+            self.exec_sql(f"create table {known} (id varchar, cio_id varchar, email varchar)")
+            self.exec_sql(
+                f"insert into {known} select distinct id, cio_id, email "
+                f"from ({known_of(self._delivered_idents(sync))})"
+            )
+
+    def _delivered_idents(self, sync: str) -> str:
+        """SQL selecting the ``ident`` of every person the state knows the people sync
+        ``sync`` delivered: its snapshot, the journal of a killed run (a record that left,
+        its clear: not its delete) and ``emails_kept__S`` (a `mirror` row cleared)."""
+        return f"""(
             select ident from {table("snap", sync)}
             union all select ident from {table("journal", sync)}
             where not removed or action = 'clear'
             union all select ident from {table("emails_kept", sync)}
         )"""
+
+    def _add_people_known_email(self, sync: str) -> None:
+        """Give ``people_known__S`` of a state of format 6 its ``email`` column, filled with
+        the people known by email alone that the sync's snapshot, journal and kept emails say
+        it delivered. One transaction: a Lockgate killed here leaves the table as it was,
+        and the next one does it again. Those a record no longer shows (its row left a
+        `mirror` sync, or the graph keyed it to another person) are forgotten by such a
+        state already."""
+        known = table("people_known", sync)
+        columns = {r[0] for r in self.con.execute(f"describe {known}").fetchall()}
+        if "email" in columns:
+            return
         with transaction(self.con, self.path):
-            self.exec_sql(f"create table {known} (id varchar, cio_id varchar)")
+            self.exec_sql(f"alter table {known} add column email varchar")
             self.exec_sql(
-                f"insert into {known} select distinct id, cio_id from ({known_of(delivered)})"
+                f"insert into {known} select distinct id, cio_id, email "
+                f"from ({known_of(self._delivered_idents(sync))}) where email is not null"
             )
 
     def knows_people(self, sync: str) -> bool:
@@ -1108,9 +1142,9 @@ class StateStore:
         return bool(self.exec_sql(f"select exists (select 1 from {known})")[0][0])
 
     def know_people(self, sync: str, delivered: pa.Table, *, unseen: bool = False) -> None:
-        """Record in ``people_known__S`` the people reached by `id` or `cio_id` of the records
-        ``delivered`` (``ident``: their identifiers JSON; ``action``: a `delete` is left out),
-        in the caller's transaction: what commits their delivery.
+        """Record in ``people_known__S`` the people reached by the records ``delivered``
+        (:func:`known_of`; ``ident``: their identifiers JSON; ``action``: a `delete` is left
+        out), in the caller's transaction: what commits their delivery.
 
         Those already known are left out (an anti join against the table), unless ``unseen``:
         the table held no one when the run began (:meth:`knows_people`), so none of them can
@@ -1130,10 +1164,11 @@ class StateStore:
             self.exec_sql(
                 f"""
                 insert into {known}
-                select distinct n.id, n.cio_id from ({known_of(sent)}) n
+                select distinct n.id, n.cio_id, n.email from ({known_of(sent)}) n
                 anti join {known} p  -- equalities, not `is not distinct from`: a hash join
                     on coalesce(p.id, '') = coalesce(n.id, '')
                     and coalesce(p.cio_id, '') = coalesce(n.cio_id, '')
+                    and coalesce(p.email, '') = coalesce(n.email, '')
                 """
             )
 
@@ -1147,7 +1182,7 @@ class StateStore:
         known = table("people_known", sync)
         # rows of equal hashes: none, and no row repeats another; some, and the rewrite
         # keeps one of each (a mere collision costs a rewrite that changes nothing)
-        distinct = f"select count(*) - count(distinct hash(id, cio_id)) from {known}"
+        distinct = f"select count(*) - count(distinct hash(id, cio_id, email)) from {known}"
         if not self.exec_sql(distinct)[0][0]:
             return 0
         with transaction(self.con, self.path):
@@ -1156,7 +1191,7 @@ class StateStore:
                 f"create or replace temp table _known_once as select distinct * from {known}"
             )
             self.exec_sql(f"delete from {known}")
-            self.exec_sql(f"insert into {known} select id, cio_id from _known_once")
+            self.exec_sql(f"insert into {known} select id, cio_id, email from _known_once")
             after = self.exec_sql("select count(*) from _known_once")[0][0]
             self.exec_sql("drop table _known_once")
         return int(before - after)

@@ -580,11 +580,12 @@ def forget_known_people(
 
 
 def known_people_of(people_syncs: Sequence[str], deleted: str) -> str:
-    """SQL true for a row of ``people_known__S`` (its ``id``, ``cio_id``) that is one of the
-    people of ``deleted`` (a relation with their identifiers JSON as ``ident``): by the `id`
-    or `cio_id` deleted, or held by a record of the people syncs ``people_syncs`` (their
-    snapshots, and the people their ``emails_kept__S`` keep an email for) of the same person
-    (:func:`people_of`: a person deleted by email is the one the records give that email)."""
+    """SQL true for a row of ``people_known__S`` (its ``id``, ``cio_id``, ``email``) that is
+    one of the people of ``deleted`` (a relation with their identifiers JSON as ``ident``): by
+    the `id`, `cio_id` or email deleted, or held by a record of the people syncs
+    ``people_syncs`` (their snapshots, and the people their ``emails_kept__S`` keep an email
+    for) of the same person (:func:`people_of`: a person deleted by email is the one the
+    records give that email, one deleted by `id` the one holding the email they give it)."""
     found = [f"select kind, value from ({_person_pairs(deleted)}) where value is not null"]
     for name in people_syncs:
         for records, of in (
@@ -592,13 +593,17 @@ def known_people_of(people_syncs: Sequence[str], deleted: str) -> str:
             (table("emails_kept", name), kept_emails_of(name, deleted)),
         ):
             found.append(
-                "select unnest(['id', 'cio_id']) as kind, "
+                "select unnest(['id', 'cio_id', 'email']) as kind, "
                 "unnest([json_extract_string(ident, '$.id'), "
-                "json_extract_string(ident, '$.cio_id')]) as value "
+                "json_extract_string(ident, '$.cio_id'), "
+                "lower(json_extract_string(ident, '$.email'))]) as value "
                 f"from {records} where k in ({of})"
             )
     held = " union all ".join(found)
-    return f"(('id', id) in ({held}) or ('cio_id', cio_id) in ({held}))"
+    return (
+        f"(('id', id) in ({held}) or ('cio_id', cio_id) in ({held}) "
+        f"or ('email', email) in ({held}))"
+    )
 
 
 def forget_delivered(con: duckdb.DuckDBPyConnection, sync: str, keys: str) -> int:

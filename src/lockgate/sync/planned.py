@@ -27,8 +27,8 @@ connection, in temp tables that outlive the plan (``StateStore.reset_connection`
 - ``plan_keep__S(k, email, ident)``: the people whose email the run of S would leave them
   with in Customer.io though their row lets go of it (``diff.keep_emails``): a later people
   sync taking that email waits for them.
-- ``plan_unknown__S(id, cio_id)``: the people of ``people_known__S`` an earlier people sync
-  of the command deletes (``diff.forget_known_people``): no longer known to exist.
+- ``plan_unknown__S(id, cio_id, email)``: the people of ``people_known__S`` an earlier people
+  sync of the command deletes (``diff.forget_known_people``): no longer known to exist.
 - ``plan_unmark__S(k)``: the records of ``unconfirmed__S`` whose people (objects) an earlier
   people (objects) sync of the command deletes (``diff.forget_people_of``,
   ``diff.forget_relationships_of``): neither sent again nor undone.
@@ -283,11 +283,16 @@ def _unknowing(
         store.ensure_sync_tables(name)
         unknown = table("plan_unknown", name)
         if name not in planned.unknown:
-            run_sql(con, f"create or replace temp table {unknown} (id varchar, cio_id varchar)")
+            run_sql(
+                con,
+                f"create or replace temp table {unknown} "
+                "(id varchar, cio_id varchar, email varchar)",
+            )
             planned.unknown.add(name)
         run_sql(
             con,
-            f"insert into {unknown} select id, cio_id from ({people_known(con, planned, name)}) "
+            f"insert into {unknown} select id, cio_id, email "
+            f"from ({people_known(con, planned, name)}) "
             f"where {gone}",
         )
 
@@ -452,7 +457,8 @@ def people_known(con: duckdb.DuckDBPyConnection, planned: Planned, name: str) ->
     if name in planned.unknown:
         known += (
             f" anti join {table('plan_unknown', name)} u "
-            "on u.id is not distinct from p.id and u.cio_id is not distinct from p.cio_id"
+            "on u.id is not distinct from p.id and u.cio_id is not distinct from p.cio_id "
+            "and u.email is not distinct from p.email"
         )
     return known
 

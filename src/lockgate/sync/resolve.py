@@ -748,13 +748,16 @@ def known_people(
     """People Lockgate has delivered, as `(kind, value)`: merges need both ends to exist.
 
     The people syncs' snapshots, the people they remember keeping an email their row let go
-    of (``emails_kept__S``, ``diff.keep_emails``), and by `id` every person they made exist
-    and Customer.io has not confirmed gone (``people_known__S``): a row that left a `mirror`
-    sync without `delete_removed` leaves its snapshot once its clear is sent, and one whose
-    email a later row took leaves it with the release (``diff.forget_released_left``), but
-    its person stays in Customer.io with its `id`. Forgotten, a user who came back with the
-    address of a lead's person would not have that person merged into theirs, and
-    Customer.io would drop the user's update. The tables forget them once Customer.io
+    of (``emails_kept__S``, ``diff.keep_emails``), and by `id` (by email, for one known by
+    email alone) every person they made exist and Customer.io has not confirmed gone
+    (``people_known__S``): a row that left a `mirror` sync without `delete_removed` leaves
+    its snapshot once its clear is sent, one whose email a later row took leaves it with the
+    release (``diff.forget_released_left``), and a row the graph keys to another person
+    (a Stripe customer whose email became a user's) no longer shows the one it reached,
+    but that person stays in Customer.io. Forgotten, a user who came back with the address
+    of a lead's person would not have that person merged into theirs, and Customer.io would
+    drop the user's update; a person known by email alone whose email joins a user's
+    profile would be left beside the user's. The tables forget them once Customer.io
     deleted them, or merged them into another person (:func:`merged_away`).
 
     With `among`, only those of these pairs (the addresses a plan asks about): not a set of
@@ -778,7 +781,7 @@ def known_people(
             f"select json_extract_string(ident, '$.id'), json_extract_string(ident, '$.email') "
             f"from {table('snap', name)} union all "
             f"select json_extract_string(ident, '$.id'), email from {table('emails_kept', name)} "
-            f"union all select id, null from {table('people_known', name)}"
+            f"union all select id, email from {table('people_known', name)}"
             for name in people
         )
         if among is None:
@@ -801,24 +804,25 @@ def known_people(
 def merged_away(project: Project, ops: pa.Table) -> Callable[[StateStore, list[str]], None] | None:
     """For the delivery of the identity operations ``ops`` (``k``, ``op``): what forgets, in
     the ``people_known__S`` of every people sync, the people the merges among them whose keys
-    are delivered absorbed (their `secondary`, by `id` or `cio_id`: Customer.io deleted it),
-    in the transaction that ledgers them (``Committer.forget_merged``). None when no merge
-    among them names its secondary by `id` or `cio_id`."""
-    absorbed: dict[str, tuple[str, str]] = {}
+    are delivered absorbed (their `secondary`, by `id`, `cio_id` or email: Customer.io
+    deleted it), in the transaction that ledgers them (``Committer.forget_merged``). None
+    when no merge is among them."""
+    absorbed: dict[str, list[tuple[str, str]]] = {}
     for key, text in zip(ops["k"].to_pylist(), ops["op"].to_pylist(), strict=True):
         op = orjson.loads(text)
         if op.get("action") != "merge":
             continue
-        for kind in ("id", "cio_id"):
+        for kind in ("id", "cio_id", "email"):
             value = op["secondary"].get(kind)
             if value is not None:
-                absorbed[key] = (kind, str(value))
+                value = str(value).lower() if kind == "email" else str(value)
+                absorbed.setdefault(key, []).append((kind, value))
     people = [other.name for other in project if other.kind == "people"]
     if not absorbed or not people:
         return None
 
     def forget(store: StateStore, keys: list[str]) -> None:
-        gone = [absorbed[k] for k in keys if k in absorbed]
+        gone = [pair for k in keys for pair in absorbed.get(k, ())]
         if not gone:
             return
         pairs = pa.table(
@@ -832,7 +836,8 @@ def merged_away(project: Project, ops: pa.Table) -> Callable[[StateStore, list[s
                 store.exec_sql(
                     f"delete from {table('people_known', name)} "
                     "where ('id', id) in (select kind, value from _merged_away) "
-                    "or ('cio_id', cio_id) in (select kind, value from _merged_away)"
+                    "or ('cio_id', cio_id) in (select kind, value from _merged_away) "
+                    "or ('email', email) in (select kind, value from _merged_away)"
                 )
 
     return forget
