@@ -1618,3 +1618,29 @@ def test_a_relationship_held_while_its_constant_changed_gets_it_when_gone_to_nul
     ]
     attrs = {r.object_id: r.attributes for r in emu.relationships()}
     assert attrs["globex"] == {"role": "owner", "source": "erp"}
+
+
+@pytest.mark.xfail(
+    strict=True, reason="gap: a plain run's add_relationships recreates the company, empty"
+)
+def test_a_membership_of_a_company_whose_row_is_rejected_does_not_create_it_empty(
+    project_factory: ProjectFactory,
+) -> None:
+    """globex has two rows (rejected) and is deleted in Customer.io by hand, with user 3's
+    membership of it; then that membership's row changes. Its `add_relationships` would
+    create globex again, empty (Customer.io creates an object a relationship names), and
+    `--full-resync` could not mend it while globex's row is rejected: the plain run must not
+    send it."""
+    seed(project_factory)
+    project = project_factory.write(
+        {"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS}
+    )
+    run_all(project)
+    emu = project_factory.emulator
+    project_factory.sql("insert into companies values ('globex', 'Globex', 'free', 3)")
+    delete_object_by_hand(emu, "globex")
+    project_factory.sql("update members set role = 'admin' where user_id = 3")
+
+    invoke(project, "sync", "--all")
+    assert {o.object_id for o in emu.objects()} == {"acme"}
+    assert ("3", "1", "globex", "admin") not in rels(emu)
