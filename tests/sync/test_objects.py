@@ -1618,3 +1618,94 @@ def test_a_relationship_held_while_its_constant_changed_gets_it_when_gone_to_nul
     ]
     attrs = {r.object_id: r.attributes for r in emu.relationships()}
     assert attrs["globex"] == {"role": "owner", "source": "erp"}
+
+
+def rejected_globex(factory: ProjectFactory, *, by_hand: bool) -> Any:
+    """The three syncs delivered; then globex has two rows (rejected), is deleted in
+    Customer.io by hand (``by_hand``, user 3's membership of it with it), and user 3's
+    membership row changes: the project."""
+    seed(factory)
+    project = factory.write({"companies": COMPANIES, "people": PEOPLE, "memberships": MEMBERSHIPS})
+    run_all(project)
+    factory.sql("insert into companies values ('globex', 'Globex', 'free', 3)")
+    if by_hand:
+        delete_object_by_hand(factory.emulator, "globex")
+    factory.sql("update members set role = 'admin' where user_id = 3")
+    return project
+
+
+def test_a_membership_of_a_company_whose_row_is_rejected_does_not_create_it_empty(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """globex has two rows (rejected) and is deleted in Customer.io by hand, with user 3's
+    membership of it; then that membership's row changes. Its `add_relationships` would
+    create globex again, empty (Customer.io creates an object a relationship names), and
+    `--full-resync` could not mend it while globex's row is rejected: the run looks globex up
+    (an App API key), finds it gone and holds the membership, saying why. Once globex has one
+    row again the objects sync sends it again (its row unchanged: it may be gone), then the
+    membership goes."""
+    emu = project_factory.emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = rejected_globex(project_factory, by_hand=True)
+
+    held = run_all(project)
+    assert {o.object_id for o in emu.objects()} == {"acme"}
+    assert ("3", "1", "globex", "admin") not in rels(emu)
+    assert [r.changes.held for r in held.values()] == [0, 0, 1]
+    [(_, reason)] = held["memberships"].changes.held_samples
+    assert reason.startswith("object `globex` is not in Customer.io (deleted there since")
+    # the next run holds it too, without looking it up again
+    again = invoke(project, "sync", "--all")
+    assert [r["changes"]["held"] for r in again] == [0, 0, 1]
+    assert {o.object_id for o in emu.objects()} == {"acme"}
+
+    project_factory.sql(
+        "delete from companies where company_id = 'globex'; "
+        "insert into companies values ('globex', 'Globex', 'free', 3)"
+    )
+    fixed = invoke(project, "sync", "--all")
+    assert [r["delivered"] for r in fixed] == [1, 0, 1]
+    globex = {"name": "Globex", "plan": "free", "seats": 3}
+    assert {o.object_id: o.attributes for o in emu.objects()}["globex"] == globex
+    assert ("3", "1", "globex", "admin") in rels(emu)
+
+
+def test_a_membership_of_a_company_whose_row_is_rejected_is_sent_while_customerio_holds_it(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """globex has two rows (rejected) but Customer.io still holds it: the changed membership
+    is sent (looked up first), and globex keeps its attributes."""
+    emu = project_factory.emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = rejected_globex(project_factory, by_hand=False)
+
+    sent = invoke(project, "sync", "--all")
+    assert [(r["delivered"], r["changes"]["held"]) for r in sent] == [(0, 0), (0, 0), (1, 0)]
+    assert ("3", "1", "globex", "admin") in rels(emu)
+    globex = {"name": "Globex", "plan": "free", "seats": 3}
+    assert {o.object_id: o.attributes for o in emu.objects()}["globex"] == globex
+
+
+def test_without_an_app_api_key_a_membership_of_a_company_whose_row_is_rejected_waits(
+    project_factory: ProjectFactory,
+) -> None:
+    """Without an App API key Lockgate cannot tell whether globex (its row rejected) is still
+    in Customer.io: the changed membership waits for globex to be sent again, rather than
+    risk creating it empty, and the reason says how to have it looked up."""
+    emu = project_factory.emulator
+    project = rejected_globex(project_factory, by_hand=True)
+
+    held = run_all(project)
+    assert {o.object_id for o in emu.objects()} == {"acme"}
+    assert [r.changes.held for r in held.values()] == [0, 0, 1]
+    [(_, reason)] = held["memberships"].changes.held_samples
+    assert reason.startswith("the row of object `globex` is rejected by objects sync")
+    assert "set `CUSTOMERIO_APP_API_KEY` (an App API key) to look it up" in reason
+
+    project_factory.sql(
+        "delete from companies where company_id = 'globex'; "
+        "insert into companies values ('globex', 'Globex', 'free', 3)"
+    )
+    fixed = invoke(project, "sync", "--all")
+    assert [r["delivered"] for r in fixed] == [1, 0, 1]
+    assert ("3", "1", "globex", "admin") in rels(emu)

@@ -103,6 +103,9 @@ Tables (one set of per-sync tables, named `<table>__<sync>`):
   them (`kept`, ``v`` the key): a row rejected so that holds what it held then is none of
   the relationships that leave after (``diff._kept_unaddressed``). Made by the first run
   that writes it (a state without it counts every such row as new).
+- ``rejected_objects__S(o)``: for an objects sync, the delivered objects (by `object_id`) whose
+  row its last whole run rejected: a relationships run checks those its adds name before
+  sending (``diff.REJECTED_OBJECTS``). Made by the first run that writes it.
 - ``runs``, ``history`` (what was sent and the answer: one row per record sent, with its key
   and identifiers; the committer hands it over grouped, one row per group of records that
   got the same answer, and the insert unnests the groups; grouped rows with list columns

@@ -126,6 +126,9 @@ def start_over(store: StateStore, sync: str) -> None:
         # a relationships sync's rows rejected with no person, and what it kept for them
         if has_table(store.con, f"unaddressed__{sync}"):
             run_sql(store.con, f"delete from {table('unaddressed', sync)}")
+        # an objects sync's delivered objects whose row was rejected (none delivered in the new)
+        if has_table(store.con, f"rejected_objects__{sync}"):
+            run_sql(store.con, f"delete from {table('rejected_objects', sync)}")
         # rows held for a merge kept back in the workspace left (none is kept back in the new)
         if has_table(store.con, EMAILS_OF_MERGES_KEPT_BACK):
             run_sql(store.con, f"delete from {EMAILS_OF_MERGES_KEPT_BACK} where sync = ?", [sync])

@@ -1170,6 +1170,54 @@ def record_unaddressed(store: StateStore, sync: SyncConfig) -> None:
         )
 
 
+REJECTED_OBJECTS = "rejected_objects"
+"""The per-sync state table (``rejected_objects__S(o)``) of an objects sync: the objects (by
+`object_id`) it delivered whose row its last whole run rejected (its key repeated, a bad
+value). Customer.io may no longer hold one (deleted there by hand: the sync does not know, and
+sends nothing for it while its row is rejected, nor does `--full-resync`), and an
+`add_relationships` naming it would create it, empty. So a relationships run checks the objects
+of this table that its adds name (``run._hold_relationships_of_rejected_objects``). Written by
+:func:`record_rejected_objects`; made by the first whole run of the sync that writes it."""
+
+
+def record_rejected_objects(store: StateStore, sync: SyncConfig) -> None:
+    """After a whole run of an objects sync: record in :data:`REJECTED_OBJECTS` the delivered
+    objects whose row it rejected. Cheap: the rejected rows joined to the snapshot by key, and
+    nothing written by a run that rejects none of a sync that never did."""
+    if sync.kind != "objects" or not temp_table(store.con, "rejected_objects_rows"):
+        return
+    last = table(REJECTED_OBJECTS, sync.name)
+    count = int(_one(store.con, "select count(*) from rejected_objects_rows") or 0)
+    if not count and not has_table(store.con, last.strip('"')):
+        return
+    with transaction(store.con, store.path):
+        run_sql(
+            store.con,
+            f"""
+            create table if not exists {last} (o varchar);
+            delete from {last};
+            insert into {last} select distinct o from rejected_objects_rows;
+            """,
+        )
+
+
+def rejected_objects_rows(con: duckdb.DuckDBPyConnection, sync: SyncConfig) -> None:
+    """In an objects run, before its commit forgets nothing: the temp table
+    ``rejected_objects_rows(o)`` of the delivered objects (by `object_id`) whose row the run
+    rejected, for :func:`record_rejected_objects`."""
+    if sync.kind != "objects" or not temp_table(con, "rejected_rows"):
+        return
+    run_sql(
+        con,
+        f"""
+        create or replace temp table rejected_objects_rows as
+        select distinct json_extract_string(s.ident, '$.object_id') as o
+        from {table("snap", sync.name)} s semi join rejected_rows r on r.k = s.k
+        where o is not null
+        """,
+    )
+
+
 def _mirror_removals(
     con: duckdb.DuckDBPyConnection,
     sync: SyncConfig,

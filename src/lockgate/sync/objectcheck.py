@@ -54,10 +54,11 @@ async def _look_up(
     settings: CustomerIOSettings,
     console: Console,
     transport: httpx.AsyncBaseTransport | None,
+    label: str,
 ) -> ObjectCheck:
     check = ObjectCheck()
     async with AppAPIClient(settings, transport=transport) as app:
-        with console.progress("look up objects to clear", len(leaving)) as advance:
+        with console.progress(label, len(leaving)) as advance:
             for key, type_id, object_id in leaving:
                 obj = await app.get_object_attributes(type_id, object_id)
                 identifiers = (obj or {}).get("identifiers") or {}
@@ -81,12 +82,13 @@ def look_up(
     *,
     console: Console,
     transport: httpx.AsyncBaseTransport | None = None,
+    label: str = "look up objects to clear",
 ) -> ObjectCheck:
     """Look up each object of ``leaving`` in Customer.io (module docstring). An App API that
     refuses the key or does not answer gives an :class:`ObjectCheck` with ``error`` set and
     nothing found: the run sends none of these clears, and the next one tries again."""
     try:
-        return asyncio.run(_look_up(leaving, settings, console, transport))
+        return asyncio.run(_look_up(leaving, settings, console, transport, label))
     except (LockgateError, httpx.HTTPError) as exc:
         if isinstance(exc, LockgateError):
             why = exc.reason + (f"; {exc.hint}" if exc.hint else "")

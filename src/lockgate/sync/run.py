@@ -1744,6 +1744,164 @@ def _clear_objects_still_there(
     ), ""
 
 
+def _hold_relationships_of_rejected_objects(
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    run_id: str,
+    console: Console,
+    changes: diff_step.ChangeSet,
+) -> tuple[diff_step.ChangeSet, str]:
+    """Before a relationships run sends: of its `add_relationships`, those whose object's row
+    the objects sync rejects (``diff.REJECTED_OBJECTS``, its last whole run). The objects sync
+    sends nothing for such an object, so one deleted in Customer.io by hand stays deleted, and
+    an `add_relationships` naming it would create it again, empty (Customer.io creates an
+    object a relationship names); `--full-resync` cannot mend it while its row is rejected.
+
+    With an App API key each such object is looked up (:mod:`lockgate.sync.objectcheck`): the
+    relationships of one Customer.io holds are sent; those of one it does not hold are held,
+    and the object is marked as a full resync marks an object it did not send again
+    (``diff.RESYNC_SKIPPED``): sent again once its row can be, whatever the row holds, and its
+    relationships held until then (with no further look-up). Without a key Lockgate cannot
+    tell, and does the same for every such object: a relationship waits for its row to be
+    fixed rather than risk an empty object (docs/sync.md, Objects and relationships). An App
+    API that cannot be read holds them for this run only. A run whose objects syncs reject no
+    delivered object (the common case) asks nothing: one catalogue look-up per objects sync.
+    Returns the changes as counted now, and the report's line (empty when nothing is held)."""
+    marked = []
+    for other in project:
+        if (
+            other.kind == "objects"
+            and other.destination == sync.destination
+            and other.object_type_id == sync.object_type_id
+            and has_table(store.con, f"{diff_step.REJECTED_OBJECTS}__{other.name}")
+        ):
+            marked.append((other.name, table(diff_step.REJECTED_OBJECTS, other.name)))
+    if not marked:
+        return changes, ""
+    rejected = " union all ".join(
+        f"select {mapping.lit(name)} as sync, o from {t}" for name, t in marked
+    )
+    at_risk = [
+        (str(o), str(name))
+        for o, name in run_sql(
+            store.con,
+            f"select r.o, min(r.sync) from ({rejected}) r "
+            "semi join (select object_id from changes where not removed) c on c.object_id = r.o "
+            "group by r.o order by r.o",
+        )
+    ]
+    if not at_risk:
+        return changes, ""
+    type_id = str(sync.object_type_id)
+    settings = _app_settings(project, sync)
+    reasons: dict[str, str] = {}
+    mark: list[str] = []
+    note = ""
+    if settings is None:
+        match = ENV_REF.match(project.config.destinations[sync.destination].app_api_key or "")
+        how = (
+            f"set `{match.group(1)}` (an App API key)"
+            if match
+            else f"set `app_api_key` in destination `{sync.destination}`"
+        )
+        for o, name in at_risk:
+            reasons[o] = (
+                f"the row of object `{o}` is rejected by objects sync `{name}`, and without an "
+                "App API key Lockgate cannot check that Customer.io still holds it (an "
+                "`add_relationships` would create it again, empty, had it been deleted there): "
+                f"held until the objects sync sends it again (fix its row), or {how} to look "
+                "it up"
+            )
+            mark.append(o)
+    else:
+        from lockgate.sync.objectcheck import look_up
+
+        check = look_up(
+            [(o, type_id, o) for o, _ in at_risk],
+            settings,
+            console=console,
+            label="look up objects of rejected rows",
+        )
+        gone = set(check.gone)
+        for o, name in at_risk:
+            if check.error:
+                reasons[o] = (
+                    f"the row of object `{o}` is rejected by objects sync `{name}`, and the App "
+                    f"API could not be read to check that Customer.io still holds it "
+                    f"({check.error}): held; the next run tries again"
+                )
+            elif o in gone:
+                reasons[o] = (
+                    f"object `{o}` is not in Customer.io (deleted there since objects sync "
+                    f"`{name}` sent it) and its row is rejected: an `add_relationships` would "
+                    "create it again, empty; held until the objects sync sends it again (fix "
+                    "its row)"
+                )
+                mark.append(o)
+        if check.error:
+            note = (
+                f"relationships of {len(at_risk)} object{'s' if len(at_risk) > 1 else ''} "
+                "whose row is rejected were held: the App API could not be read to check that "
+                f"Customer.io still holds them ({check.error}); the next run tries again"
+            )
+    if not reasons:
+        return changes, ""
+    with transaction(store.con, store.path):
+        run_sql(
+            store.con, "create or replace temp table _rejected_held (o varchar, reason varchar)"
+        )
+        store.con.executemany("insert into _rejected_held values (?, ?)", list(reasons.items()))
+        for name, _ in marked if mark else ():
+            # marked as a full resync marks an object it did not send again
+            run_sql(
+                store.con,
+                f"""
+                insert into main.{table("unconfirmed", name)} (k, run_id, action)
+                select distinct s.k, {mapping.lit(run_id)}, {mapping.lit(diff_step.RESYNC_SKIPPED)}
+                from main.{table("snap", name)} s
+                where json_extract_string(s.ident, '$.object_id') in ({
+                    ", ".join(mapping.lit(o) for o in mark)
+                })
+                and s.k not in (
+                    select k from main.{table("unconfirmed", name)}
+                    where action = {mapping.lit(diff_step.RESYNC_SKIPPED)}
+                )
+                """,
+            )
+        run_sql(
+            store.con,
+            """
+            create or replace temp table _held_now as
+            select c.k, c.is_new, c.n_set, h.reason from changes c
+            join _rejected_held h on h.o = c.object_id where not c.removed;
+            delete from changes where k in (select k from _held_now);
+            """,
+        )
+    n, new, attrs = (
+        int(x or 0)
+        for x in run_sql(
+            store.con,
+            "select count(*), count(*) filter (where is_new), coalesce(sum(n_set), 0) "
+            "from _held_now",
+        )[0]
+    )
+    samples = tuple(
+        (str(k), str(r))
+        for k, r in run_sql(store.con, "select k, reason from _held_now order by k limit 20")
+    )
+    run_sql(store.con, "drop table _held_now; drop table _rejected_held")
+    return dataclasses.replace(
+        changes,
+        to_send=changes.to_send - n,
+        new=changes.new - new,
+        changed=changes.changed - (n - new),
+        held=changes.held + n,
+        attributes_set=changes.attributes_set - attrs,
+        held_samples=(changes.held_samples + samples)[:20],
+    ), note
+
+
 def _check_new_emails(
     store: StateStore,
     project: Project,
@@ -3058,6 +3216,13 @@ def run_sync(
                     changes, object_check = _clear_objects_still_there(
                         store, project, sync, run_id, console, changes
                     )
+            if sync.kind == "relationships" and changes.to_send:
+                with step("deliver"):
+                    changes, held_check = _hold_relationships_of_rejected_objects(
+                        store, project, sync, run_id, console, changes
+                    )
+                object_check = "\n".join(n for n in (object_check, held_check) if n)
+            diff_step.rejected_objects_rows(store.con, sync)
             attaching = anonymous_ops is not None and anonymous_ops.num_rows > 0
             if settings is not None and (
                 merges or attaching or changes.state_events or changes.to_send
@@ -3207,6 +3372,8 @@ def run_sync(
                     diff_step.forget_rekeyed(store.con, sync)
                     # the rows rejected with no person (no object), told apart next run
                     diff_step.record_unaddressed(store, sync)
+                    # the delivered objects whose row is rejected: relationships check them
+                    diff_step.record_rejected_objects(store, sync)
                 # the state now says what this workspace holds (kept from the first commit on)
                 workspace.record(store, sync.name, workspace.of(project, sync))
                 if force and not only:  # the records that left, accepted: they stop counting
