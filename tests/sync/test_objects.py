@@ -519,9 +519,9 @@ def test_an_object_deleted_by_hand_whose_row_a_full_resync_rejects_is_not_made_e
     assert held == (
         (
             '{"id":"3"} globex',
-            "object `globex` was not sent again by the full resync of objects sync "
-            "`companies` (its row was rejected): Customer.io may not hold it; held until it "
-            "is sent again",
+            "object `globex` was not sent again by objects sync `companies` (its row was "
+            "rejected): Customer.io may not hold it (a full resync, or a delete by hand "
+            "since); held until it is sent again",
         ),
     )
 
@@ -1694,6 +1694,10 @@ def test_without_an_app_api_key_a_membership_of_a_company_whose_row_is_rejected_
     risk creating it empty, and the reason says how to have it looked up."""
     emu = project_factory.emulator
     project = rejected_globex(project_factory, by_hand=True)
+    run_sync(project, "companies", console=NullConsole())  # records globex's row rejected
+    # the plan holds the membership as the run does: without a key nothing is looked up
+    plan = plan_sync(project, "memberships", console=NullConsole()).changes
+    assert (plan.held, plan.to_send) == (1, 0)
 
     held = run_all(project)
     assert {o.object_id for o in emu.objects()} == {"acme"}
@@ -1701,6 +1705,7 @@ def test_without_an_app_api_key_a_membership_of_a_company_whose_row_is_rejected_
     [(_, reason)] = held["memberships"].changes.held_samples
     assert reason.startswith("the row of object `globex` is rejected by objects sync")
     assert "set `CUSTOMERIO_APP_API_KEY` (an App API key) to look it up" in reason
+    assert plan.held_samples == held["memberships"].changes.held_samples  # as the run held it
 
     project_factory.sql(
         "delete from companies where company_id = 'globex'; "

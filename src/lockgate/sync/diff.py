@@ -363,10 +363,11 @@ def _missing_ends(
             skipped = " union all ".join(f"select sync, o from {t}" for t in skipped_objects)
             reason = (
                 f"case when {object_id} in (select o from ({skipped})) then 'object `' || "
-                f"{quoted(object_id)} || '` was not sent again by the full resync of objects "
-                f"sync `' || (select min(sync) from ({skipped}) where o = {object_id}) || "
-                "'` (its row was rejected): Customer.io may not hold it; held until it is "
-                f"sent again' else {reason} end"
+                f"{quoted(object_id)} || '` was not sent again by objects sync `' || "
+                f"(select min(sync) from ({skipped}) where o = {object_id}) || "
+                "'` (its row was rejected): Customer.io may not hold it (a full resync, or a "
+                "delete by hand since); held until it is sent again' "
+                f"else {reason} end"
             )
         conditions.append(f"case when {object_id} not in ({known}) then {reason} end")
     if people_snaps:

@@ -1751,6 +1751,8 @@ def _hold_relationships_of_rejected_objects(
     run_id: str,
     console: Console,
     changes: diff_step.ChangeSet,
+    *,
+    plan: bool = False,
 ) -> tuple[diff_step.ChangeSet, str]:
     """Before a relationships run sends: of its `add_relationships`, those whose object's row
     the objects sync rejects (``diff.REJECTED_OBJECTS``, its last whole run). The objects sync
@@ -1767,7 +1769,9 @@ def _hold_relationships_of_rejected_objects(
     fixed rather than risk an empty object (docs/sync.md, Objects and relationships). An App
     API that cannot be read holds them for this run only. A run whose objects syncs reject no
     delivered object (the common case) asks nothing: one catalogue look-up per objects sync.
-    Returns the changes as counted now, and the report's line (empty when nothing is held)."""
+    A ``plan`` looks nothing up and marks nothing: without a key it holds them as the run
+    will; with one it shows them as to send (the run looks them up). Returns the changes as
+    counted now, and the report's line (empty when nothing is held)."""
     marked = []
     for other in project:
         if (
@@ -1795,6 +1799,8 @@ def _hold_relationships_of_rejected_objects(
         return changes, ""
     type_id = str(sync.object_type_id)
     settings = _app_settings(project, sync)
+    if plan and settings is not None:
+        return changes, ""
     reasons: dict[str, str] = {}
     mark: list[str] = []
     note = ""
@@ -1852,7 +1858,7 @@ def _hold_relationships_of_rejected_objects(
             store.con, "create or replace temp table _rejected_held (o varchar, reason varchar)"
         )
         store.con.executemany("insert into _rejected_held values (?, ?)", list(reasons.items()))
-        for name, _ in marked if mark else ():
+        for name, _ in marked if mark and not plan else ():
             # marked as a full resync marks an object it did not send again
             run_sql(
                 store.con,
@@ -2912,6 +2918,11 @@ def plan_sync(
         resolution, identity_ops = prepared.resolution, prepared.identity_ops
         naive, anonymous_ops = prepared.naive_timestamps, prepared.anonymous_ops
         refused = _plan_kept_back(store, project, sync, prepared.merges_skipped, resolution)
+        if sync.kind == "relationships" and changes.to_send:
+            # as the run holds them without an App API key (with one, it looks them up)
+            changes, _ = _hold_relationships_of_rejected_objects(
+                store, project, sync, run_id, console, changes, plan=True
+            )
         sample = _samples(store, sync.kind, samples)
         releases = _release_samples(store, samples)
         resent_by = planned_step.resent_by(store, project, sync)
