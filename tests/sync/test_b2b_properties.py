@@ -743,3 +743,48 @@ def test_a_membership_a_person_deleted_by_hand_lost_waits_for_its_rejected_compa
         step()
         m.customerio_holds_the_model()
     assert customerio_emulator.relationships() == []
+
+
+@pytest.mark.parametrize("end", ["object", "person"])
+def test_a_membership_a_full_resync_held_for_an_end_out_of_its_model_arrives_when_it_is_back(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, end: str
+) -> None:
+    """A hunt's example (seed 1207), shrunk: globex (or user 1) leaves its model and is
+    cleared, then is deleted in Customer.io by hand, with the membership. `sync --all
+    --full-resync` holds the membership, as its end left the model, and kept it as delivered:
+    once globex (user 1) is back in the model and sent again, created anew without it, the
+    membership was never sent again, though its row is valid and both ends are in
+    Customer.io. A relationship a full resync holds is now kept delivered as stale: sent
+    again, whatever its row holds, once both ends are (docs/sync.md, "Objects and
+    relationships")."""
+    monkeypatch.setattr(sys.modules[__name__], "event", lambda *args, **kwargs: None)
+    bind_machine(B2BMachine, customerio_emulator, tmp_path, monkeypatch)
+    m = B2BMachine()
+    if end == "object":
+        leaves = lambda: m.delete_company(_Draws("globex"))  # noqa: E731
+        deleted = ("object", "globex")
+        back = lambda: m.upsert_companies([("globex", "Globex Inc", "", "3")])  # noqa: E731
+    else:
+        leaves = lambda: m.delete_user(_Draws(1))  # noqa: E731
+        deleted = ("person", "1")
+        back = lambda: m.upsert_users([(1, "Bo")])  # noqa: E731
+    steps: list[Callable[[], None]] = [
+        lambda: m.start(
+            delete_objects=False,
+            delete_people=False,
+            companies=[("globex", "Co", "pro", "3")],
+            users=[(1, "Ada")],
+            members=[(1, "globex", "member", "n1")],
+        ),
+        leaves,
+        lambda: m.sync_all(full_resync=False),
+        lambda: m.deleted_by_hand(_Draws(deleted), incremental_first=False),
+        back,
+        lambda: m.sync_all(full_resync=False),
+    ]
+    for step in steps:
+        step()
+        m.customerio_holds_the_model()
+    assert [(r.object_id, dict(r.attributes)) for r in customerio_emulator.relationships()] == [
+        ("globex", {"role": "member", "note": "n1"})
+    ]

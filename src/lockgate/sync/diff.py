@@ -2191,22 +2191,17 @@ def diff_records(
         nulls_only = _nothing_to_send(con, sync, unconfirmed, snap)
         run_sql(con, f"drop table if exists {RESYNC_HELD}")
         if full_resync and held:
-            # held for an end that left its model (cleared, not deleted): a relationship
-            # delivered before is still in Customer.io, and stays delivered through the
-            # resync's reset (:func:`run._reset_snapshot`), so that it is deleted if it
-            # leaves the model; one whose end may be gone is forgotten, as in any run. One
-            # held for an object the objects sync's resync did not send again (its row
-            # rejected: it may have been deleted by hand, with its relationships) stays
-            # delivered too, but as stale (``STALE_HASH``): sent again, whatever its row
-            # holds, once the object is
+            # held for an end that left its model (cleared, not deleted), or for an object the
+            # objects sync's resync did not send again (its row rejected): a relationship
+            # delivered before stays delivered through the resync's reset
+            # (:func:`run._reset_snapshot`), so that it is deleted if it leaves the model, but
+            # as stale (``STALE_HASH``): sent again, whatever its row holds, once both ends
+            # are. The resync cannot tell that Customer.io still holds it: the end may have
+            # been deleted by hand (the case a full resync is run for), with its
+            # relationships, and comes back without them when the objects (people) sync
+            # sends it again. One whose end may be gone is forgotten, as in any run
             gone = _ends_gone(unsure_objects, unsure_people)
-            stale = "s.*"
-            if skipped_objects:
-                unsent = " union all ".join(f"select o from {t}" for t in skipped_objects)
-                stale = (
-                    "s.* replace (case when json_extract_string(s.ident, '$.object.object_id') "
-                    f"in ({unsent}) then {STALE_HASH}::ubigint else s.h end as h)"
-                )
+            stale = f"s.* replace ({STALE_HASH}::ubigint as h)"
             run_sql(
                 con,
                 f"""

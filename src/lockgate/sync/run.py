@@ -906,8 +906,9 @@ def _reset_snapshot(
     """Past the guard of a `--full-resync` run: forget the snapshot (with ``only``, of the
     named records alone, :func:`_keep_only`), so what is not delivered is sent again. A
     relationship the run holds because an end left its model stays (``diff.RESYNC_HELD``):
-    it is still in Customer.io, and is deleted if it leaves the model. So does a record the
-    run undoes (`mirror`: it left the model): its clear or delete forgets it once
+    it may still be in Customer.io, and is deleted if it leaves the model; stale, as the end
+    may have been deleted by hand with it, so it is sent again once the end is back. So
+    does a record the run undoes (`mirror`: it left the model): its clear or delete forgets it once
     Customer.io confirms it, and one that fails is undone again by the next run, not
     forgotten with the snapshot while Customer.io still holds the record. So does a
     delivered record whose row the run rejects (``rejected_rows``: its key repeated, a bad
