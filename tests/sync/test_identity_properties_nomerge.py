@@ -417,7 +417,9 @@ def test_a_user_taking_a_leads_email_another_user_absorbed_is_rejected_and_gives
     would reach `u1`'s inbox). (Found by the merges-off identity machine, 10x20: `u4` was
     sent and dropped each run, counted delivered without an App API key.)"""
     emu = customerio_emulator
-    if not app_api_key:
+    if app_api_key:  # `project_in` sets no App API key
+        monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    else:
         monkeypatch.delenv("CUSTOMERIO_APP_API_KEY", raising=False)
     project = project_in(tmp_path, emu, monkeypatch, {"merge_policy": {"enabled": False}})
 
@@ -452,3 +454,58 @@ def test_a_user_taking_a_leads_email_another_user_absorbed_is_rejected_and_gives
     u1 = emu.person(id="u1")
     assert u1 is not None and (u1.email, u1.attributes["plan"]) == ("e6@x.io", "team"), u1
     assert list(reasons) == ["u4"]
+
+
+@pytest.mark.parametrize("app_api_key", [True, False], ids=["app_api_key", "no_app_api_key"])
+def test_a_returning_user_whose_update_customerio_would_drop_gives_up_the_email_another_user_takes(
+    customerio_emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    app_api_key: bool,
+) -> None:
+    """Merges off: `u4` (`e3@x.io`) leaves after the lead `e6@x.io` did, and comes back with
+    `e6@x.io` (the lead's person to be merged into `u4`'s, kept back), while `u1` takes
+    `e3@x.io`. Customer.io would drop `u4`'s update whole, the lead's person holding
+    `e6@x.io`, and with it the change that frees `e3@x.io`: `u4`'s person would keep the email
+    `u1` takes (`u4`'s messages reaching `u1`'s inbox) and `u1`'s update be dropped too, each
+    run. `u4`'s row is rejected before it is sent (looked up with an App API key, as without
+    one), its person gives `e3@x.io` up first, and `u1` lands in the same run. (Found by the
+    merges-off identity machine with an App API key, 10x20, seed 1207: `u4` was sent, dropped
+    and read back, and `u1` dropped with it.)"""
+    emu = customerio_emulator
+    if app_api_key:
+        monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    else:
+        monkeypatch.delenv("CUSTOMERIO_APP_API_KEY", raising=False)
+    project = project_in(tmp_path, emu, monkeypatch, {"merge_policy": {"enabled": False}})
+    sql(
+        tmp_path,
+        "insert into app_users values ('u4', 'e3@x.io', 'pro'), ('u1', 'e2@x.io', 'team');"
+        "insert into leads values ('e6@x.io', 'seo')",
+    )
+    sync_all(project)
+    lead = emu.person(email="e6@x.io")
+    assert lead is not None and lead.id is None
+    sql(tmp_path, "delete from leads")
+    sync_all(project)
+    sql(tmp_path, "delete from app_users where user_id = 'u4'")
+    sync_all(project)
+    sql(
+        tmp_path,
+        "insert into app_users values ('u4', 'e6@x.io', 'team');"
+        "update app_users set email = 'e3@x.io', plan = 'free' where user_id = 'u1'",
+    )
+    users = run_sync(project, "users", console=NullConsole())
+    reasons = dict((k, r) for k, _, r in users.failures)
+    assert list(reasons) == ["u4"] and "e6@x.io" in reasons["u4"], (users.failures, emu.people())
+    assert users.rejected_by_api == 1
+    u4 = emu.person(id="u4")
+    assert u4 is not None and (u4.email, u4.attributes["plan"]) == (None, "pro"), u4
+    u1 = emu.person(id="u1")
+    assert u1 is not None and (u1.email, u1.attributes["plan"]) == ("e3@x.io", "free"), u1
+    assert emu.person(email="e6@x.io") == lead  # untouched: still the lead's
+    # the next run tries `u4`'s row alone again, and sends nothing else
+    again = run_sync(project, "users", console=NullConsole())
+    assert [k for k, _, _ in again.failures] == ["u4"]
+    plan = plan_sync(project, "users", console=NullConsole(), samples=10)
+    assert [s["key"] for s in plan.samples] in ([], ["u4"]), plan.samples

@@ -2192,7 +2192,8 @@ def _hold_emails_of_merges_kept_back(
     unseen (the email is another person's), so the row would be counted delivered and never
     sent again. The next run rejects it again while the row gives that `id` that email; a run
     with a read-back sends it and sees whether it lands (once the two people are merged by
-    hand, it does). Returns the rows rejected, (key, reason) each."""
+    hand, it does), but looks up first one giving up an email another row takes
+    (:func:`_check_kept_back_givers`). Returns the rows rejected, (key, reason) each."""
     found = _kept_back_rows(store, project, sync, merges_skipped)
     if found is None:
         return []
@@ -2221,6 +2222,7 @@ def _hold_emails_of_merges_kept_back(
                 [[k for k, _ in refused]],
             )
     store.refuse_unsent(sync.name, run_id, refused, idents)
+    checked = _check_kept_back_givers(store, project, sync, run_id, console, kept, idents)
     outcomes = {why for k, _, _, _, why in kept if k in idents}
     for why in sorted(outcomes):
         n = len([k for k, _, _, _, w in kept if k in idents and w == why])
@@ -2231,7 +2233,68 @@ def _hold_emails_of_merges_kept_back(
             "read-back would see Customer.io drop the update (rejected, tried again by the "
             "next run)"
         )
-    return refused
+    return refused + checked
+
+
+def _check_kept_back_givers(
+    store: StateStore,
+    project: Project,
+    sync: SyncConfig,
+    run_id: str,
+    console: Console,
+    kept: list[tuple[str, str, str, str, str]],
+    refused: Collection[str],
+) -> list[tuple[str, str]]:
+    """With a read-back of emails, before delivery: of the rows of a merge kept back that the
+    run sends (``kept``, not among ``refused``), those giving up an email another row of this
+    run takes (``email_phases``: sent first, for the taker to follow) are looked up as new rows
+    are (:func:`lockgate.sync.emailcheck.check_new`: who holds their email). Customer.io drops
+    the update of one whose email the lead's person still holds, and with it the change that
+    frees the email it gives up: read back after the fact, the giver's person would keep that
+    email, the taker would be dropped too, each run. Refused here, the row is taken out of
+    ``changes`` and recorded as rejected, and the run clears the email it gives up first
+    (``diff.clear_refused_givers``), so the taker lands. Returns the rows refused."""
+    if not kept or not diff_step.temp_table(store.con, "email_phases"):
+        return []
+    settings = _email_check_settings(project, sync)
+    if settings is None:  # the rows are refused before delivery already
+        return []
+    givers = {
+        str(r[0]) for r in store.exec_sql("select distinct giver from email_phases where phase > 0")
+    }
+    candidates = {k for k, *_ in kept if k in givers and k not in refused}
+    if not candidates:
+        return []
+    rows = [
+        (str(k), str(person), str(sent), frozenset[str]())
+        for k, _, person, _, sent in _changes_with_id_and_email(store)
+        if k in candidates
+    ]
+    if not rows:
+        return []
+    from lockgate.sync.emailcheck import check_new
+
+    check = check_new(sync.name, rows, settings, console=console)
+    if check.error and not check.refused:  # sent, and read back as any row of the merge
+        return []
+    keys = [k for k, _ in check.refused]
+    if not keys:
+        return []
+    idents = dict(
+        store.con.execute(
+            "select k, ident from changes where k in (select unnest(?))", [keys]
+        ).fetchall()
+    )
+    run_sql(store.con, "delete from changes where k in (select unnest(?))", [keys])
+    store.refuse_unsent(sync.name, run_id, check.refused, idents)
+    n = len(keys)
+    console.warn(
+        f"{sync.name}: {n} {'row' if n == 1 else 'rows'} not sent: "
+        f"{'its' if n == 1 else 'their'} email is held in Customer.io by another person, "
+        "who would have to be merged by hand, and the email given up for another row is "
+        "cleared first (rejected, checked again by the next run)"
+    )
+    return list(check.refused)
 
 
 def _kept_back_pairs(
