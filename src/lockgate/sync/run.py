@@ -1909,6 +1909,22 @@ def _hold_relationships_of_rejected_objects(
     ), note
 
 
+def _refuse_before_delivery(
+    store: StateStore, sync: SyncConfig, run_id: str, refused: list[tuple[str, str]]
+) -> None:
+    """Take the rows of ``refused`` (key, reason) out of ``changes`` and record them as
+    rejected before delivery (:meth:`StateStore.refuse_unsent`, with the identifiers each
+    row would have been sent with): not sent, tried again by the next run."""
+    keys = [k for k, _ in refused]
+    idents = dict(
+        store.con.execute(
+            "select k, ident from changes where k in (select unnest(?))", [keys]
+        ).fetchall()
+    )
+    run_sql(store.con, "delete from changes where k in (select unnest(?))", [keys])
+    store.refuse_unsent(sync.name, run_id, refused, idents)
+
+
 def _check_new_emails(
     store: StateStore,
     project: Project,
@@ -1994,14 +2010,7 @@ def _check_new_emails(
         )
     note = "\n".join(lines)
     if check.refused:
-        keys = [k for k, _ in check.refused]
-        idents = dict(
-            store.con.execute(
-                "select k, ident from changes where k in (select unnest(?))", [keys]
-            ).fetchall()
-        )
-        run_sql(store.con, "delete from changes where k in (select unnest(?))", [keys])
-        store.refuse_unsent(sync.name, run_id, check.refused, idents)
+        _refuse_before_delivery(store, sync, run_id, check.refused)
         n = len(check.refused)
         console.warn(
             f"{sync.name}: {n} new {'person' if n == 1 else 'people'} not sent: "
@@ -2277,17 +2286,10 @@ def _check_kept_back_givers(
     check = check_new(sync.name, rows, settings, console=console)
     if check.error and not check.refused:  # sent, and read back as any row of the merge
         return []
-    keys = [k for k, _ in check.refused]
-    if not keys:
+    if not check.refused:
         return []
-    idents = dict(
-        store.con.execute(
-            "select k, ident from changes where k in (select unnest(?))", [keys]
-        ).fetchall()
-    )
-    run_sql(store.con, "delete from changes where k in (select unnest(?))", [keys])
-    store.refuse_unsent(sync.name, run_id, check.refused, idents)
-    n = len(keys)
+    _refuse_before_delivery(store, sync, run_id, check.refused)
+    n = len(check.refused)
     console.warn(
         f"{sync.name}: {n} {'row' if n == 1 else 'rows'} not sent: "
         f"{'its' if n == 1 else 'their'} email is held in Customer.io by another person, "
