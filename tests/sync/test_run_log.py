@@ -353,6 +353,92 @@ def test_a_first_run_whose_committed_runs_the_run_log_holds_stops_until_the_stat
     assert lockgate(project, "sync", "profile").exit_code == 0
 
 
+def guardrail_of(project: Any, sync: str) -> dict[str, Any]:
+    planned = json.loads(lockgate(project, "plan", sync, "--json").output)
+    (guardrail,) = [g for g in planned["guardrails"] if g["name"] == "state missing?"]
+    return dict(guardrail)
+
+
+def test_a_state_restored_from_an_older_backup_stops_until_the_newest_is_back(
+    project_factory: ProjectFactory,
+) -> None:
+    """A copy of the state taken after the first run, restored after a second run sent
+    changes: the state is behind the run log (its snapshot and event ledger lack what the
+    second run delivered), so the next run stops before sending anything again; with the
+    newest state back the runs go on sending nothing; `--force` goes on from the older state
+    once, and the runs after it go on as any other."""
+    import shutil
+
+    emu = project_factory.emulator
+    project_factory.sql(DATA)
+    project = with_run_log(project_factory, "run_log: {}\n")
+    assert lockgate(project, "sync", "--all").exit_code == 0
+    assert guardrail_of(project, "profile")["actual"] == "in this state"
+    state = project.root / ".lockgate"
+    shutil.copytree(state, project.root / "backup")
+    project_factory.sql(
+        "update users set plan = 'team' where user_id in (4, 5); "
+        "insert into orders values ('o99', 'u1@example.com')"
+    )
+    assert lockgate(project, "sync", "--all").exit_code == 0
+    sent = len(emu.request_log())
+    state.rename(project.root / "newest")
+    shutil.copytree(project.root / "backup", state)
+
+    guardrail = guardrail_of(project, "profile")
+    assert guardrail["breached"], guardrail
+    assert guardrail["actual"].startswith("the run log's last committed run is later")
+    for name in ("profile", "orders"):
+        stopped = lockgate(project, "sync", name)
+        said = " ".join(str(stopped.exception).split())
+        assert stopped.exit_code != 0 and "the state is behind the runs" in said, said
+        assert f"`lockgate sync {name} --force` once" in said
+    assert len(emu.request_log()) == sent  # nothing sent again
+
+    # the newest state back: nothing is sent again
+    shutil.rmtree(state)
+    (project.root / "newest").rename(state)
+    again = json.loads(lockgate(project, "sync", "--all", "--json").output)
+    assert [r["status"] for r in again] == ["success", "success"]
+    assert len(emu.request_log()) == sent
+
+    # gone on from the older state on purpose: the two changed users are sent again once
+    shutil.rmtree(state)
+    shutil.copytree(project.root / "backup", state)
+    forced = json.loads(lockgate(project, "sync", "profile", "--force", "--json").output)
+    assert forced[0]["status"] == "success" and forced[0]["delivered"] == 2
+    after = lockgate(project, "sync", "profile", "--json")
+    assert after.exit_code == 0 and json.loads(after.stdout)[0]["delivered"] == 0
+
+
+def test_a_run_forced_after_a_lost_state_whose_log_write_failed_is_not_stopped_again(
+    project_factory: ProjectFactory,
+) -> None:
+    """The state lost and a run forced from scratch, whose write of the log the warehouse
+    refused: the log's last run is not in the new state, but the state's own last run is the
+    later one, so the runs after go on (the state is not behind)."""
+    import shutil
+
+    project_factory.sql(DATA)
+    project = with_run_log(project_factory, "run_log: {}\n")
+    assert lockgate(project, "sync", "profile").exit_code == 0
+    shutil.rmtree(project.root / ".lockgate")
+    # a view where the rejected rows go: the next write of the log is refused whole
+    project_factory.sql(
+        "drop table lockgate.sync_rejected_rows; "
+        "create view lockgate.sync_rejected_rows as select 1 as x"
+    )
+    forced = lockgate(project, "sync", "profile", "--force")
+    assert forced.exit_code == 0 and "run log not written to the warehouse" in forced.output
+    assert warehouse(project, "select count(*) from lockgate.sync_runs") == [(1,)]
+
+    guardrail = guardrail_of(project, "profile")
+    assert not guardrail["breached"] and guardrail["actual"] == "this state's last run is later"
+    project_factory.sql("update users set plan = 'team' where user_id = 4")
+    ran = lockgate(project, "sync", "profile", "--json")
+    assert ran.exit_code == 0 and json.loads(ran.stdout)[0]["delivered"] == 1
+
+
 def test_a_run_log_that_cannot_be_read_is_said_and_stops_nothing(
     project_factory: ProjectFactory,
 ) -> None:

@@ -848,6 +848,9 @@ class StateStore:
         self.workspaces: dict[str, str] | None = None
         """The workspace recorded for each sync, as read once (``state.workspace``, which
         forgets it when it writes the table); None until read."""
+        self.memo: dict[str, Any] = {}
+        """What a command reads once outside the state and its syncs share while the handle
+        lives (``sync.runlog.committed_runs_of``: the warehouse's run log)."""
 
     @classmethod
     def open(

@@ -20,9 +20,11 @@ The guardrails (docs/guardrails.md):
   same kind and keys that the project no longer has (renamed in its file alone: its state is
   under the old name, so everything would go again); ``lockgate state rename OLD NEW``
   carries the state over, ``--force`` once runs it as a new sync;
-- **state missing?** (with `run_log:`): the first run of a sync whose committed runs the
-  warehouse's run log holds: the state they kept is not here (a disk not kept, another
-  machine), and everything would go again; ``--force`` once starts over on purpose;
+- **state missing?** (with `run_log:`): a run of a sync whose last committed run in the
+  warehouse's run log this state has not seen: on a first run, the state they kept is not
+  here (a disk not kept, another machine), and everything would go again; on a later run, when
+  that run is later than the state's own last, the state is behind (an older backup restored,
+  another machine running the sync); ``--force`` once goes on on purpose;
 - **first run without timestamps**: the first run of an events sync without
   `event.timestamp` would send every event in the model as happening now; it stops unless
   `backfill.first_run` is `skip` (history, not sent) or `send` (``--force`` once);
@@ -633,16 +635,24 @@ STATE_MISSING = "state missing?"
 def _state_missing(
     store: StateStore, project: Project, sync: SyncConfig, last: contract.Contract | None
 ) -> GuardResult | None:
-    """The first run of a sync (none committed in the state) whose committed runs into the
-    same workspace the warehouse's run log (`run_log:`) holds, the last of which this state
-    has not seen: the state that remembered what they delivered is not here (an ephemeral
-    disk, a container or CI runner whose `.lockgate` was not kept, another machine, a
-    `state:` pointing elsewhere). Run as a first run, it would send every record again, and
-    every event within `backfill.max_age` again. It stops unless `--force`; a run log that
-    cannot be read, for whatever reason, is said and does not stop the run (the log is a
-    record of the runs, not their state). A state that ran the last logged run itself (one
-    of named records only records no contract) is the same state."""
-    if last is not None or project.config.run_log is None:
+    """A run of a sync whose committed runs into the same workspace the warehouse's run log
+    (`run_log:`) holds, the last of which this state has not seen:
+
+    - on a first run (none committed in the state), the state that remembered what they
+      delivered is not here (an ephemeral disk, a container or CI runner whose `.lockgate`
+      was not kept, another machine, a `state:` pointing elsewhere). Run as a first run, it
+      would send every record again, and every event within `backfill.max_age` again;
+    - on a later run, when that run finished after this state's last committed run of the
+      sync: the state is behind the log (an older backup or copy restored, another machine
+      running the sync too), and its snapshot and event ledger lack what the later runs
+      delivered. A state whose last run is the later one (a run forced after the state was
+      lost, whose log write failed) is not behind.
+
+    It stops unless `--force`; a run log that cannot be read, for whatever reason, is said and
+    does not stop the run (the log is a record of the runs, not their state). A state that ran
+    the last logged run itself (one of named records only records no contract) is the same
+    state. The log is read once a command (``runlog.committed_runs_of``)."""
+    if project.config.run_log is None:
         return None
     from lockgate.errors import LockgateError
     from lockgate.state import workspace
@@ -653,7 +663,7 @@ def _state_missing(
     if digest is None:  # no site id (a plan without credentials): no workspace to ask about
         return GuardResult(STATE_MISSING, limit, "not checked: no site id", False)
     try:
-        logged = runlog.committed_runs(project, sync.name, digest)
+        logged = runlog.committed_runs_of(store, project, sync.name, digest)
     except Exception as exc:  # a driver's own error too: a check that cannot look stops nothing
         said = exc.reason if isinstance(exc, LockgateError) else f"{type(exc).__name__}: {exc}"
         return GuardResult(STATE_MISSING, limit, f"not checked: {_clip(said)}", False)
@@ -664,6 +674,28 @@ def _state_missing(
         return GuardResult(STATE_MISSING, limit, "in this state", False)
     runs, finished = logged.runs, logged.last_finished
     when = "" if finished is None else f", the last finished {finished:%Y-%m-%d %H:%M} UTC"
+    force = f"`lockgate sync {sync.name} --force` once"
+    if last is not None:  # a later run: is this state behind the log?
+        ours = store.exec_sql(
+            "select max(finished_at) from runs where sync = ? and status in ('success', 'partial')",
+            [sync.name],
+        )[0][0]
+        if finished is None or (ours is not None and ours >= finished):
+            return GuardResult(STATE_MISSING, limit, "this state's last run is later", False)
+        mine = "" if ours is None else f" (its last finished {ours:%Y-%m-%d %H:%M} UTC)"
+        return GuardResult(
+            STATE_MISSING,
+            limit,
+            f"the run log's last committed run is later than this state's{when}",
+            True,
+            f"The warehouse's run log holds a committed run of `{sync.name}`{when}, later than "
+            f"any the state in `{project.state_dir}` has{mine}: the state is behind the runs "
+            "that delivered since (an older backup or copy restored, or another machine "
+            "running the sync with a state of its own). Its snapshot and event ledger do not "
+            "hold what they delivered, so this run would send it again.",
+            hint=f"restore the newest state folder (or point `state:` at the one the other "
+            f"runs use) and run again; to go on from this state on purpose, run {force}",
+        )
     return GuardResult(
         STATE_MISSING,
         limit,
@@ -675,7 +707,7 @@ def _state_missing(
         "machine, `state:` pointing elsewhere). This run would start over as a first run and "
         "send again what they delivered.",
         hint=f"restore the state folder those runs used (or point `state:` at it) and run "
-        f"again; to start over on purpose, run `lockgate sync {sync.name} --force` once",
+        f"again; to start over on purpose, run {force}",
     )
 
 

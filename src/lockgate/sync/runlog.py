@@ -135,6 +135,7 @@ def write_run_log(project: Project, store: StateStore, *, everything: bool = Fal
             '(docs/sync.md, "The run log in the warehouse")',
         )
     source = run_log_warehouse(project)
+    store.memo.pop("run_log", None)  # what a check read of the log is behind it from here
     con = store.con
     done = 0
     where = ""
@@ -184,12 +185,13 @@ class Logged:
     last_finished: datetime | None
 
 
-def committed_runs(project: Project, sync: str, workspace: str) -> Logged:
-    """The runs of ``sync`` into ``workspace`` (its digest, ``state.workspace.of``) the
-    warehouse's run log holds that committed, and the last of them: none before the log has
-    its table, or rows of workspaces (those a run before the column was added wrote have
-    none: not counted). What the guardrail `state missing?` (``sync.guard``) asks on a first
-    run. Raises LockgateError (a source's error) when the warehouse cannot be read."""
+def committed_runs(project: Project, workspace: str) -> dict[str, Logged]:
+    """By sync, the runs into ``workspace`` (its digest, ``state.workspace.of``) the
+    warehouse's run log holds that committed, and the last of each, in one read: none before
+    the log has its table, or rows of workspaces (those a run before the column was added
+    wrote have none: not counted). What the guardrail `state missing?` (``sync.guard``) asks,
+    once a command (:func:`committed_runs_of`). Raises LockgateError (a source's error) when
+    the warehouse cannot be read."""
     from lockgate.sources import connect
     from lockgate.sources.base import quote_literal
 
@@ -209,18 +211,47 @@ def committed_runs(project: Project, sync: str, workspace: str) -> Logged:
             c.name.lower() == "workspace"
             for c in source.columns(f"{logged[0].schema}.{logged[0].name}")
         ):
-            return Logged(0, None, None)
+            return {}
+        # window functions, not `qualify` or `distinct on`: every warehouse has them
         found = source.read(
-            f"select run_id, finished_at, count(*) over () as n from {config.dataset}.sync_runs "
-            f"where sync = {quote_literal(sync)} and workspace = {quote_literal(workspace)} "
-            "and status in ('success', 'partial') order by finished_at desc limit 1"
+            "select sync, run_id, finished_at, n from (select sync, run_id, finished_at, "
+            "count(*) over (partition by sync) as n, row_number() over (partition by sync "
+            f"order by finished_at desc, run_id desc) as r from {config.dataset}.sync_runs "
+            f"where workspace = {quote_literal(workspace)} "
+            "and status in ('success', 'partial')) t where r = 1"
         ).read_all()
     finally:
         source.close()
-    if not found.num_rows:
-        return Logged(0, None, None)
-    row = found.to_pylist()[0]
-    return Logged(int(row["n"]), str(row["run_id"]), row["finished_at"])
+    return {
+        str(row["sync"]): Logged(int(row["n"]), str(row["run_id"]), _utc(row["finished_at"]))
+        for row in found.to_pylist()
+    }
+
+
+def _utc(at: datetime | None) -> datetime | None:
+    """A time the log holds, in UTC (a warehouse may give it back without its zone)."""
+    if at is None or at.tzinfo is not None:
+        return at
+    return at.replace(tzinfo=UTC)
+
+
+def committed_runs_of(store: StateStore, project: Project, sync: str, workspace: str) -> Logged:
+    """:func:`committed_runs` of ``sync``, read once per state handle and workspace (a
+    command's syncs share the handle, ``sync.run.Session``): a `sync --all` of ten syncs asks
+    the warehouse once, not ten times, and a log that cannot be read is tried once. A write of
+    the log (:func:`write_run_log`) forgets what was read."""
+    memo = store.memo.setdefault("run_log", {})
+    read = memo.get(workspace)
+    if read is None:
+        try:
+            read = committed_runs(project, workspace)
+        except Exception as exc:  # a driver's own error too: said by each sync that asks
+            read = exc
+        memo[workspace] = read
+    if isinstance(read, Exception):
+        raise read
+    logged: Logged = read.get(sync, Logged(0, None, None))
+    return logged
 
 
 def write_after_runs(project: Project, console: Console, store: StateStore) -> None:
