@@ -249,11 +249,23 @@ def test_the_run_log_lands_in_postgres_and_through_the_redshift_path(
 def assert_a_lost_state_is_found(project: Any) -> None:
     """The state moved away: the profile sync's plan finds its committed run in the run log
     (the guardrail `state missing?` reads the warehouse's own spelling of the names)."""
+    import shutil
+
     (project.root / ".lockgate").rename(project.root / "state-moved")
     planned = json.loads(lockgate(project, "plan", "profile", "--json").output)
     (guardrail,) = [g for g in planned["guardrails"] if g["name"] == "state missing?"]
     assert guardrail["breached"], guardrail
     assert guardrail["actual"].startswith("1 committed run in the run log"), guardrail
+    # and a state behind it: the times the warehouse gives back compare with the state's
+    shutil.rmtree(project.root / ".lockgate", ignore_errors=True)  # what the plan made
+    (project.root / "state-moved").rename(project.root / ".lockgate")
+    shutil.copytree(project.root / ".lockgate", project.root / "older")
+    assert lockgate(project, "sync", "profile").exit_code == 0  # logged as it ends
+    shutil.rmtree(project.root / ".lockgate")
+    (project.root / "older").rename(project.root / ".lockgate")
+    behind = guardrail_of(project, "profile")
+    assert behind["breached"], behind
+    assert behind["actual"].startswith("the run log's last committed run is later"), behind
 
 
 def test_the_run_log_lands_in_snowflake(project_factory: ProjectFactory) -> None:
