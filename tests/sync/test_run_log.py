@@ -4,7 +4,9 @@ when the warehouse refused a write for a while."""
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -249,8 +251,6 @@ def test_the_run_log_lands_in_postgres_and_through_the_redshift_path(
 def assert_a_lost_state_is_found(project: Any) -> None:
     """The state moved away: the profile sync's plan finds its committed run in the run log
     (the guardrail `state missing?` reads the warehouse's own spelling of the names)."""
-    import shutil
-
     (project.root / ".lockgate").rename(project.root / "state-moved")
     planned = json.loads(lockgate(project, "plan", "profile", "--json").output)
     (guardrail,) = [g for g in planned["guardrails"] if g["name"] == "state missing?"]
@@ -315,6 +315,26 @@ def test_export_without_a_run_log_says_how_to_add_one(project_factory: ProjectFa
     assert "run_log: {}" in (result.exception.hint or "")
 
 
+def assert_each_sync_stops(project: Any, saying: str) -> None:
+    """Each sync of the project stops before sending, the guardrail `state missing?` saying
+    ``saying`` and how to go on on purpose."""
+    for name in ("profile", "orders"):
+        stopped = lockgate(project, "sync", name)
+        said = " ".join(str(stopped.exception).split())
+        assert stopped.exit_code != 0 and saying in said, said
+        assert f"`lockgate sync {name} --force` once" in said
+
+
+def assert_the_state_back_sends_nothing(project: Any, kept: Path, emu: Any, sent: int) -> None:
+    """The state folder ``kept`` put back where the project keeps its state: every sync runs,
+    and the emulator has had no request beyond the ``sent`` before."""
+    shutil.rmtree(project.root / ".lockgate")
+    kept.rename(project.root / ".lockgate")
+    again = json.loads(lockgate(project, "sync", "--all", "--json").output)
+    assert [r["status"] for r in again] == ["success", "success"]
+    assert len(emu.request_log()) == sent
+
+
 def test_a_first_run_whose_committed_runs_the_run_log_holds_stops_until_the_state_is_back(
     project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -342,21 +362,11 @@ def test_a_first_run_whose_committed_runs_the_run_log_holds_stops_until_the_stat
         elsewhere = json.loads(lockgate(project, "plan", "profile", "--json").output)
     (guardrail,) = [g for g in elsewhere["guardrails"] if g["name"] == "state missing?"]
     assert not guardrail["breached"], guardrail
-    for name in ("profile", "orders"):
-        stopped = lockgate(project, "sync", name)
-        said = " ".join(str(stopped.exception).split())
-        assert stopped.exit_code != 0 and "has not seen the last of them" in said, said
-        assert f"`lockgate sync {name} --force` once" in said
+    assert_each_sync_stops(project, "has not seen the last of them")
     assert len(emu.request_log()) == sent  # nothing sent again
 
     # the state back where it was: the runs go on, nothing is sent again
-    import shutil
-
-    shutil.rmtree(state)
-    (project.root / "kept-elsewhere").rename(state)
-    again = json.loads(lockgate(project, "sync", "--all", "--json").output)
-    assert [r["status"] for r in again] == ["success", "success"]
-    assert len(emu.request_log()) == sent
+    assert_the_state_back_sends_nothing(project, project.root / "kept-elsewhere", emu, sent)
 
     # started over on purpose: forced once, a first run, then runs as any other
     shutil.rmtree(state)
@@ -379,8 +389,6 @@ def test_a_state_restored_from_an_older_backup_stops_until_the_newest_is_back(
     second run delivered), so the next run stops before sending anything again; with the
     newest state back the runs go on sending nothing; `--force` goes on from the older state
     once, and the runs after it go on as any other."""
-    import shutil
-
     emu = project_factory.emulator
     project_factory.sql(DATA)
     project = with_run_log(project_factory, "run_log: {}\n")
@@ -400,19 +408,11 @@ def test_a_state_restored_from_an_older_backup_stops_until_the_newest_is_back(
     guardrail = guardrail_of(project, "profile")
     assert guardrail["breached"], guardrail
     assert guardrail["actual"].startswith("the run log's last committed run is later")
-    for name in ("profile", "orders"):
-        stopped = lockgate(project, "sync", name)
-        said = " ".join(str(stopped.exception).split())
-        assert stopped.exit_code != 0 and "the state is behind the runs" in said, said
-        assert f"`lockgate sync {name} --force` once" in said
+    assert_each_sync_stops(project, "the state is behind the runs")
     assert len(emu.request_log()) == sent  # nothing sent again
 
     # the newest state back: nothing is sent again
-    shutil.rmtree(state)
-    (project.root / "newest").rename(state)
-    again = json.loads(lockgate(project, "sync", "--all", "--json").output)
-    assert [r["status"] for r in again] == ["success", "success"]
-    assert len(emu.request_log()) == sent
+    assert_the_state_back_sends_nothing(project, project.root / "newest", emu, sent)
 
     # gone on from the older state on purpose: the two changed users are sent again once
     shutil.rmtree(state)
@@ -429,8 +429,6 @@ def test_a_run_forced_after_a_lost_state_whose_log_write_failed_is_not_stopped_a
     """The state lost and a run forced from scratch, whose write of the log the warehouse
     refused: the log's last run is not in the new state, but the state's own last run is the
     later one, so the runs after go on (the state is not behind)."""
-    import shutil
-
     project_factory.sql(DATA)
     project = with_run_log(project_factory, "run_log: {}\n")
     assert lockgate(project, "sync", "profile").exit_code == 0
