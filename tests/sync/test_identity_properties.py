@@ -381,9 +381,10 @@ class IdentityMachine(RuleBasedStateMachine):
                 edges.append((("user_id", uid), ("email", _mail(r["email"]))))
         nodes |= {("email", _mail(e)) for e in self.leads}
         edges += [(("email", _mail(a)), ("email", _mail(b))) for a, b in self.links]
-        for sid, r in self.stripe.items():
-            other = ("email", _mail(r["email"])) if r["email"] else ("user_id", r["user_id"])
-            edges.append((("stripe_id", sid), other))
+        for sid, r in self.stripe.items():  # (a customer naming both: the held machine's)
+            others = [("email", _mail(r["email"]))] if r["email"] else []
+            others += [("user_id", r["user_id"])] if r["user_id"] else []
+            edges += [(("stripe_id", sid), other) for other in others]
         users_of: dict[str, set[str]] = {}
         for anon, uid in self.identifies:
             users_of.setdefault(anon, set()).add(uid)
