@@ -1510,6 +1510,54 @@ def test_a_user_who_comes_back_again_with_a_new_leads_email_absorbs_that_lead_to
     assert_nothing_left_to_send(project)
 
 
+@pytest.mark.parametrize("app_api", [True, False], ids=["app api key", "no app api key"])
+def test_a_returning_user_taking_an_email_another_user_kept_never_merges_that_user_away(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app_api: bool
+) -> None:
+    """User `u1` left holding `e2` and came back with a null email (not sent: `u1`'s person
+    keeps `e2`), and a lead `e2`'s row, synced by its email alone, reached `u1`'s person; the
+    lead's row left, then `u4`'s, and `u4` comes back with `e2`. The graph takes `e2`'s
+    person for the lead's, known by email alone, but it is `u1`'s: nothing is merged (the
+    merge of `e2` into `u4` deleted `u1`'s person, `id` and all, though `u1` is a user still
+    in the warehouse); `e2` is released from `u1`'s person, whose row has no email, as from
+    any person keeping one, and `u4`'s row lands with it. The plan shows what the run sends.
+    (Found by the held-for-review identity machine, seed 23.)"""
+    emu = customerio_emulator
+    if app_api:
+        monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    project = project_in(tmp_path, emu, monkeypatch)
+    for change in (
+        "insert into app_users values ('u4', 'e1@x.io', 'free'), ('u1', 'e2@x.io', null)",
+        "delete from app_users where user_id = 'u1'",
+        "insert into app_users values ('u1', null, null);"
+        "insert into leads values ('e2@x.io', 'seo')",
+        "delete from leads",
+        "delete from app_users where user_id = 'u4'",
+    ):
+        sql(tmp_path, change)
+        sync_all(project)
+    u1, u4 = emu.person(id="u1"), emu.person(id="u4")
+    assert u1 is not None and (u1.email, u1.attributes) == ("e2@x.io", {"lead_source": "seo"})
+    assert u4 is not None and u4.email == "e1@x.io"
+    sql(tmp_path, "insert into app_users values ('u4', 'e2@x.io', 'free')")
+    with Session() as session:
+        for name in ORDER:
+            plan = plan_sync(project, name, console=NullConsole(), samples=1000, session=session)
+            before = len(emu.request_log())
+            report = run_sync(project, name, console=NullConsole(), session=session)
+            assert (report.status, report.failures) == ("success", ()), name
+            shown = [s["payload"] for s in (*plan.samples, *plan.email_release_samples)]
+            shown += [*plan.identity_ops, *plan.anonymous_ops]
+            assert canonical(sent_ops(emu, before)) == canonical(shown), name
+    assert emu.merges() == []
+    people = {(p.cio_id, p.id, p.email): p.attributes for p in emu.people()}
+    assert people == {
+        (u4.cio_id, "u4", "e2@x.io"): {"plan": "free"},
+        (u1.cio_id, "u1", None): {"lead_source": "seo"},
+    }
+    assert_nothing_left_to_send(project)
+
+
 def test_a_user_who_comes_back_with_the_email_their_person_kept_is_not_merged_into_itself(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

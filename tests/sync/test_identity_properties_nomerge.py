@@ -320,11 +320,12 @@ def test_a_clear_for_a_taker_held_back_too_is_sent_once(
 ) -> None:
     """Merges off, no App API key: `u3`'s row is held back (it came back with a retired
     lead's email, their merge kept back) while its person still holds `e1@x.io`; a lead of
-    `e1@x.io` reaches that person, leaves, and `u2` comes back with `e1@x.io`: its row is
-    held back too (the graph's holder of `e1@x.io` is to be merged into `u2`). The run clears
-    `e1@x.io` from `u3`'s person, once: the next runs, with both rows still held back, send
-    nothing. (Before, the snapshot kept saying `u3`'s person held it, and each run cleared it
-    again.)"""
+    `e1@x.io` reaches that person, leaves, and `u2` comes back with `e1@x.io`. The graph's
+    holder of `e1@x.io` is `u3`'s person, not a lead's to merge into `u2` (no merge is kept
+    back for it: with merges on, it would delete `u3`'s person): the run clears `e1@x.io`
+    from `u3`'s person, once, and `u2`'s row lands with it; the next runs, with `u3`'s row
+    still held back, send nothing. (Before, the snapshot kept saying `u3`'s person held it,
+    and each run cleared it again; and `u2`'s row was held back for that merge.)"""
     emu = customerio_emulator
     monkeypatch.delenv("CUSTOMERIO_APP_API_KEY", raising=False)
     project = project_in(tmp_path, emu, monkeypatch, {"merge_policy": {"enabled": False}})
@@ -342,13 +343,15 @@ def test_a_clear_for_a_taker_held_back_too_is_sent_once(
     for statements in steps:
         sql(tmp_path, statements)
         reports = [run_sync(project, name, console=NullConsole()) for name in ORDER]
-    assert sorted(key for key, _, _ in reports[0].failures) == ["u2", "u3"]
-    u3 = emu.person(id="u3")
+    assert sorted(key for key, _, _ in reports[0].failures) == ["u3"]
+    u3, u2 = emu.person(id="u3"), emu.person(id="u2")
     assert u3 is not None and u3.email is None, u3
+    assert u2 is not None and (u2.email, u2.attributes) == ("e1@x.io", {"plan": "free"}), u2
+    assert emu.merges() == []
     for _ in range(2):
         before = len(emu.request_log())
         reports = [run_sync(project, name, console=NullConsole()) for name in ORDER]
-        assert sorted(key for key, _, _ in reports[0].failures) == ["u2", "u3"]
+        assert sorted(key for key, _, _ in reports[0].failures) == ["u3"]
         assert [r.body for r in emu.request_log()[before:]] == []
 
 

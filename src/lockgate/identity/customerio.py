@@ -666,7 +666,11 @@ def adoptions(result: IdentityResult) -> list[tuple[str, str, str]]:
 
 
 def adoption_ops(
-    result: IdentityResult, exists: Callable[[str, str], bool], *, merges: bool = True
+    result: IdentityResult,
+    exists: Callable[[str, str], bool],
+    *,
+    merges: bool = True,
+    holders: Mapping[str, Collection[str]] | None = None,
 ) -> list[CioOp]:
     """One op per :func:`adoptions` entry whose person exists: a merge of it into the person
     with that `id` when one exists already (its user's row left and came back, with the
@@ -682,7 +686,15 @@ def adoption_ops(
     holding the profile's new email): its own person is the merge's secondary, which
     Customer.io deletes, and a person holding an `id` is never merged away. The survivor's
     identify by the `id`, carrying the email its person holds, gives that person the `id`
-    (with the merge held back, too: the profile's rows go to the person of its email)."""
+    (with the merge held back, too: the profile's rows go to the person of its email).
+
+    None for a person ``holders`` (email lowercased -> the `id`s of the people Lockgate last
+    left holding it) says may be another user's: the graph takes it for the lead's person
+    known by email alone, but a user whose row came back without the email kept it in
+    Customer.io, and the lead's row reached that user's person by it. A merge would delete
+    that user's person, `id` and all (a person holding an `id` is never merged away: the
+    profile merges' ``skipped_holds_id``); the user's row taking the email has it released
+    from that person first (``diff.order_email_moves``), as from any person keeping one."""
     ops = []
     adopted = adoptions(result)
     pids = {pid for pid, _, _ in adopted}
@@ -692,6 +704,8 @@ def adoption_ops(
     merged_away = {pid for pid, target in into.items() if target is not prev_rows.get(pid)}
     for pid, person_id, email in adopted:
         if not exists("email", email):
+            continue
+        if holders is not None and any(h != person_id for h in holders.get(email.lower(), ())):
             continue
         since = _occurrence(before.get(pid))
         same_email = now[pid]["cio_email"] == email

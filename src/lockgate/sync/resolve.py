@@ -801,6 +801,36 @@ def known_people(
     return known if among is None else known & wanted
 
 
+def email_holders(
+    store: StateStore, project: Project, emails: Collection[str]
+) -> dict[str, set[str]]:
+    """Of ``emails`` (lowercased), the `id`s of the people the people syncs last left holding
+    each in Customer.io: their snapshots (what a row was last sent) and the emails a row let
+    go of that its person kept (``emails_kept__S``: a user who came back with a null email,
+    which is not sent, still holds the old one). A person the graph takes for one known by
+    email alone may be such a user's (a lead's row reached it by that email)."""
+    wanted = sorted({e.lower() for e in emails})
+    people = [other.name for other in project if other.kind == "people"]
+    if not wanted or not people:
+        return {}
+    for name in people:
+        store.ensure_sync_tables(name)
+    sql = " union all ".join(
+        f"select json_extract_string(ident, '$.id'), json_extract_string(ident, '$.email') "
+        f"from {table('snap', name)} union all "
+        f"select json_extract_string(ident, '$.id'), email from {table('emails_kept', name)}"
+        for name in people
+    )
+    held: dict[str, set[str]] = {}
+    for person_id, email in store.con.execute(
+        f"select distinct i, lower(trim(e)) from ({sql}) s(i, e) where i is not null "
+        "and lower(trim(e)) in (select unnest(?::varchar[]))",
+        [wanted],
+    ).fetchall():
+        held.setdefault(str(email), set()).add(str(person_id))
+    return held
+
+
 def merged_away(project: Project, ops: pa.Table) -> Callable[[StateStore, list[str]], None] | None:
     """For the delivery of the identity operations ``ops`` (``k``, ``op``): what forgets, in
     the ``people_known__S`` of every people sync, the people the merges among them whose keys
@@ -970,12 +1000,21 @@ def merge_operations(
         # and the people the graph's merges go into: no `id` for a person merged away
         addresses |= merge_addresses(resolution.result, resolution.config)
         found = known_people(store, project, among=addresses)
+        # a person another user left holding the email is none of the lead's to merge away
+        kept_by = email_holders(store, project, [email for _, _, email in adopted])
         first = adoption_ops(
-            resolution.result, lambda kind, value: (kind, value) in found, merges=merging
+            resolution.result,
+            lambda kind, value: (kind, value) in found,
+            merges=merging,
+            holders=kept_by,
         )
         if not merging:
             skipped += merges_of(
-                adoption_ops(resolution.result, lambda kind, value: (kind, value) in found)
+                adoption_ops(
+                    resolution.result,
+                    lambda kind, value: (kind, value) in found,
+                    holders=kept_by,
+                )
             )
         done = _delivered_by_any_sync(store, project, [op.key for op in first])
         done |= one_person_already(store, project, first)
