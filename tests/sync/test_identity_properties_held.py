@@ -28,11 +28,10 @@ from typing import Any
 import pytest
 from hypothesis import event
 from hypothesis import strategies as st
-from hypothesis.stateful import initialize, precondition, rule, run_state_machine_as_test
-from tests.sync.helpers import bind_machine, canonical, property_settings, sent_ops
+from hypothesis.stateful import initialize, precondition, rule
+from tests.sync.helpers import canonical, sent_ops
 from tests.sync.test_identity_properties import (
     IDENTITY,
-    ORDER,
     _mail,
     emails,
     lead_sources,
@@ -41,12 +40,10 @@ from tests.sync.test_identity_properties import (
     stripe_ids,
     uids,
 )
-from tests.sync.test_identity_properties_nomerge import NoMergeMachine
+from tests.sync.test_identity_properties_nomerge import NoMergeMachine, run_machine
 
-from lockgate.console import NullConsole
-from lockgate.emulator import Emulator, FaultConfig
-from lockgate.errors import LockgateError
-from lockgate.sync.run import RunReport, run_sync
+from lockgate.emulator import Emulator
+from lockgate.sync.run import RunReport
 
 Pair = tuple[str, str]
 
@@ -142,26 +139,10 @@ class HeldMachine(NoMergeMachine):
     # a returning user's merge is sent here (not held): drawn as often as one edit
     user_returns_again = None  # type: ignore[assignment]
 
-    @rule(seed=st.integers(0, 3), rate=st.sampled_from([0.3, 0.7]), applied=st.booleans())
-    def sync_with_faults(self, seed: int, rate: float, applied: bool) -> None:
-        """(e) as the identity machine's, the merges its runs hold for review kept: the
-        run without faults after them may not list them again (the graph was saved)."""
-        self.emu.set_faults(
-            FaultConfig(error_5xx=rate / 2, reset=rate / 2, seed=seed, applied_then_failed=applied)
-        )
-        try:
-            for name in ORDER:
-                try:
-                    report = run_sync(self.project, name, console=NullConsole(), force=True)
-                except LockgateError:
-                    continue
-                self.held |= {_pair(m) for m in report.identity_merges_skipped}
-        finally:
-            self.emu.set_faults(FaultConfig())
-        for comp in self._components():
-            for n in comp:
-                self.ever.setdefault(n, set()).update(comp)
-        self._plan_and_sync(full_resync=False)
+    def _faulty_run_done(self, report: RunReport) -> None:
+        """(e) as the identity machine's faulty runs, the merges they hold for review kept:
+        the run without faults after them may not list them again (the graph was saved)."""
+        self.held |= {_pair(m) for m in report.identity_merges_skipped}
 
     def _check_merges(self, name: str, plan: RunReport, report: RunReport, before: int) -> None:
         """(a) the merges held are listed by the plan and the report, and never sent; the
@@ -196,9 +177,6 @@ class HeldMachine(NoMergeMachine):
             assert m.secondary_id is None, m
 
 
-SETTINGS = property_settings(examples=2, steps=6)
-
-
 @pytest.mark.parametrize("app_api_key", [True, False], ids=["app_api_key", "no_app_api_key"])
 def test_people_keyed_through_the_identity_graph_with_merges_held_for_review_lose_nothing(
     customerio_emulator: Emulator,
@@ -206,6 +184,4 @@ def test_people_keyed_through_the_identity_graph_with_merges_held_for_review_los
     monkeypatch: pytest.MonkeyPatch,
     app_api_key: bool,
 ) -> None:
-    bind_machine(HeldMachine, customerio_emulator, tmp_path, monkeypatch)
-    HeldMachine.app_api_key = app_api_key
-    run_state_machine_as_test(HeldMachine, settings=SETTINGS)
+    run_machine(HeldMachine, customerio_emulator, tmp_path, monkeypatch, app_api_key)

@@ -217,9 +217,21 @@ def test_people_keyed_through_the_identity_graph_with_merges_off_lose_nothing_si
     monkeypatch: pytest.MonkeyPatch,
     app_api_key: bool,
 ) -> None:
-    bind_machine(NoMergeMachine, customerio_emulator, tmp_path, monkeypatch)
-    NoMergeMachine.app_api_key = app_api_key
-    run_state_machine_as_test(NoMergeMachine, settings=SETTINGS)
+    run_machine(NoMergeMachine, customerio_emulator, tmp_path, monkeypatch, app_api_key)
+
+
+def run_machine(
+    machine: type[NoMergeMachine],
+    emu: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    app_api_key: bool,
+) -> None:
+    """Run ``machine`` (this one, or one built on it) as a test against ``emu``, its
+    destination with an App API key or without one."""
+    bind_machine(machine, emu, tmp_path, monkeypatch)
+    machine.app_api_key = app_api_key
+    run_state_machine_as_test(machine, settings=SETTINGS)
 
 
 def _user_and_lead_retired(
