@@ -2396,6 +2396,63 @@ def test_a_lead_whose_own_email_leaves_survives_a_merge_on_the_other_leads_perso
     assert_nothing_left_to_send(project)
 
 
+@pytest.mark.parametrize(
+    ("merges", "app_api_key", "full_resync"),
+    [(True, True, False), (True, False, True), (False, False, False), (False, False, True)],
+    ids=["merges-key", "merges-no-key-resync", "no-merges-no-key", "no-merges-no-key-resync"],
+)
+def test_a_user_signing_up_with_a_leads_email_its_second_address_staying_is_given_that_person(
+    customerio_emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    merges: bool,
+    app_api_key: bool,
+    full_resync: bool,
+) -> None:
+    """A lead `e5@x.io` gave a second address, `e6@x.io` (a lead row of it and a link, one
+    person, found by `e5@x.io`). In one run the lead's `e5@x.io` row and the link leave and
+    user `u3` signs up with `e5@x.io`: the lead's profile goes on as `u3`'s (it holds its
+    anchor), `e6@x.io` is split off it (held for review: its rows still go to that person).
+    The person is `u3`'s now: the run gives it the `id` `u3` and `u3`'s plan. (Found by the
+    merges-off identity machine without an App API key, seed 1700: `u3`'s row went to the
+    lead's person by its email alone, the split holding the profile at its old identifiers,
+    and no person ever had the `id` `u3`, in no count, each run.)"""
+    emu = customerio_emulator
+    if not app_api_key:
+        monkeypatch.delenv("CUSTOMERIO_APP_API_KEY", raising=False)
+    project = project_in(
+        tmp_path, emu, monkeypatch, None if merges else {"merge_policy": {"enabled": False}}
+    )
+    if app_api_key:
+        monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    sql(tmp_path, "insert into leads values ('e5@x.io', 'ads')")
+    sync_all(project)
+    lead = emu.person(email="e5@x.io")
+    assert lead is not None and lead.id is None
+    sql(
+        tmp_path,
+        "insert into leads values ('e6@x.io', 'webinar');"
+        "insert into links values ('e5@x.io', 'e6@x.io')",
+    )
+    sync_all(project)
+    sql(
+        tmp_path,
+        "delete from leads where email = 'e5@x.io'; delete from links;"
+        "insert into app_users values ('u3', 'e5@x.io', 'pro')",
+    )
+    with Session() as session:
+        for name in ORDER:
+            report = run_sync(
+                project, name, console=NullConsole(), session=session, full_resync=full_resync
+            )
+            assert report.status == "success", (name, report.failures)
+    u3 = emu.person(id="u3")
+    assert u3 is not None and u3.cio_id == lead.cio_id, emu.people()
+    assert (u3.email, u3.attributes) == ("e5@x.io", {"plan": "pro", "lead_source": "webinar"})
+    assert len(emu.people()) == 1 and emu.merges() == []
+    assert_nothing_left_to_send(project)
+
+
 def test_a_new_user_taking_the_email_a_user_let_go_of_with_a_lead_is_a_person_of_their_own(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

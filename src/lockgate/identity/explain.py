@@ -118,7 +118,10 @@ def _hold(profiles: pa.Table, held: pa.Table) -> pa.Table:
 
     Every split-off part goes to the person its parent goes to. The parent keeps its current
     identifiers while they still address the same person (the same `id`; an email change on a
-    person with an `id` is fine), else the identifiers it had before the split.
+    person with an `id` is fine; an `id` given to a person known by its email alone, with
+    that email: a lead's profile a user signs up into, its other address split off, whose
+    identify by the `id` and the email gives the lead's person the `id`), else the
+    identifiers it had before the split.
     """
     ids = pa.concat_arrays(
         [
@@ -142,7 +145,7 @@ def _hold(profiles: pa.Table, held: pa.Table) -> pa.Table:
         same = now is not None and (
             now["cio_person_id"] == row["cio_person_id"]
             if row["cio_person_id"] is not None
-            else now["cio_person_id"] is None and now["cio_email"] == row["cio_email"]
+            else now["cio_email"] is not None and now["cio_email"] == row["cio_email"]
         )
         effective[parent] = dict(now) if same and now is not None else row
     out = {r["profile_id"]: effective[r["parent_profile_id"]] for r in rows}

@@ -1009,13 +1009,17 @@ def merge_operations(
             holders=kept_by,
         )
         if not merging:
-            skipped += merges_of(
+            every = merges_of(
                 adoption_ops(
                     resolution.result,
                     lambda kind, value: (kind, value) in found,
                     holders=kept_by,
                 )
             )
+            # nor is one kept back of a person with itself (an earlier sync of the command
+            # gave the lead's person the `id`: a lead's profile a user signed up into)
+            alike = one_person_already(store, project, every)
+            skipped += [op for op in every if op.key not in alike]
         done = _delivered_by_any_sync(store, project, [op.key for op in first])
         done |= one_person_already(store, project, first)
         first = [op for op in first if op.key not in done]
