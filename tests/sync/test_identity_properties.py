@@ -2453,6 +2453,68 @@ def test_a_user_signing_up_with_a_leads_email_its_second_address_staying_is_give
     assert_nothing_left_to_send(project)
 
 
+@pytest.mark.parametrize("app_api_key", [True, False], ids=["app api key", "no app api key"])
+@pytest.mark.parametrize("held", [True, False], ids=["link held for review", "merges on"])
+def test_a_user_back_with_a_leads_email_linked_to_an_older_lead_adopts_the_leads_person(
+    customerio_emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    held: bool,
+    app_api_key: bool,
+) -> None:
+    """User `u2`'s row leaves (their person stays, `e1@x.io`); then, in one run, `u2` comes
+    back with `e2@x.io`, a retired lead's email, and a link joins `e2@x.io` to `e4@x.io`, a
+    lead older than that one. The lead of `e2@x.io` is merged into `u2`'s person (`u2`'s own
+    row joins them), and `u2`'s row lands. The link is all that joins `e4@x.io`: with
+    `min_path_rank: 1` (links weaker) its merge is held for review and its person left as it
+    is; with merges on it is merged into `u2`'s too. (Found by the held-for-review identity
+    machine, seed 1900: the older lead's profile survives and took the user's `id`; its
+    merge was judged by the user's own row (rank 1) and sent, and no merge reached `u2`'s
+    person, so Customer.io dropped `u2`'s update, the email being the first lead's.)"""
+    emu = customerio_emulator
+    monkeypatch.delenv("CUSTOMERIO_APP_API_KEY", raising=False)
+    policy = {"merge_policy": {"min_path_rank": 1}} if held else None
+    project = project_in(tmp_path, emu, monkeypatch, policy)
+    if app_api_key:
+        monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    sql(
+        tmp_path,
+        "insert into app_users values ('u2', 'e1@x.io', 'pro');"
+        "insert into leads values ('e4@x.io', 'seo')",
+    )
+    sync_all(project)
+    sql(tmp_path, "insert into leads values ('e2@x.io', 'ads')")
+    sync_all(project)
+    sql(tmp_path, "delete from leads where email = 'e2@x.io'; delete from app_users")
+    sync_all(project)
+    u2, old, lead = (emu.person(id="u2"), emu.person(email="e4@x.io"), emu.person(email="e2@x.io"))
+    assert u2 is not None and old is not None and lead is not None
+    sql(
+        tmp_path,
+        "insert into app_users values ('u2', 'e2@x.io', 'free');"
+        "insert into links values ('e2@x.io', 'e4@x.io')",
+    )
+    with Session() as session:
+        reports = [
+            run_sync(project, name, console=NullConsole(), session=session) for name in ORDER
+        ]
+    assert [r.status for r in reports] == ["success"] * 3, [r.failures for r in reports]
+    person = emu.person(id="u2")
+    assert person is not None and person.cio_id == u2.cio_id, emu.people()
+    assert person.email == "e2@x.io" and person.attributes["plan"] == "free", person
+    merged = {(m.primary, m.secondary) for m in emu.merges()}
+    assert (u2.cio_id, lead.cio_id) in merged, emu.merges()
+    if held:
+        assert emu.person(cio_id=old.cio_id) == old
+        assert [m["secondary"] for m in reports[0].identity_merges_skipped] == [
+            {"email": "e4@x.io"}
+        ]
+        assert merged == {(u2.cio_id, lead.cio_id)}
+    else:
+        assert [p.cio_id for p in emu.people()] == [u2.cio_id], emu.people()
+    assert_nothing_left_to_send(project)
+
+
 def test_a_new_user_taking_the_email_a_user_let_go_of_with_a_lead_is_a_person_of_their_own(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

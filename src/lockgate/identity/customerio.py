@@ -703,13 +703,28 @@ def adoption_ops(
     _, into, prev_rows = _merge_targets(result, exists, survivors=pids)
     merged_away = {pid for pid, target in into.items() if target is not prev_rows.get(pid)}
     for pid, person_id, email in adopted:
-        if not exists("email", email):
-            continue
-        if holders is not None and any(h != person_id for h in holders.get(email.lower(), ())):
-            continue
         since = _occurrence(before.get(pid))
         same_email = now[pid]["cio_email"] == email
         if not same_email and pid in merged_away:
+            # its merges go into the person of another profile it absorbs, the one holding
+            # its new email: a user whose row came back (their person there) with that email
+            # adopts that person (their own row joins them), whatever the graph's merge of
+            # the profile's old person into it does (sent, or held for review by its own,
+            # weaker, evidence: a link to an older lead's address)
+            target = into.get(pid)
+            email = now[pid]["cio_email"]
+            if (
+                target is None
+                or target.get("cio_person_id") is not None
+                or not email
+                or target.get("cio_email") != email
+                or not exists("id", person_id)
+            ):
+                continue
+            same_email = True
+        if not exists("email", email):
+            continue
+        if holders is not None and any(h != person_id for h in holders.get(email.lower(), ())):
             continue
         if exists("id", person_id):
             # the user's person is there (their row left and came back): an identify by the

@@ -622,33 +622,18 @@ def assign(
     # the positions taken, where they fit)
     del columns
     where = pa.array(comp_of.astype(np.int32 if n_comp < 2**31 else np.int64), mask=comp_of < 0)
+    trigger = _merge_triggers(graph, accepted, prev_pid, comp_of, merges) if merges else {}
     comp_of = np.zeros(0, dtype=np.int64)  # (`pick_for` reads it: not called from here on)
     give_back()  # the picks' temporaries, before the last large array of the stitch
     node_profile = comp_arr.take(where)
     del where
 
-    # merges: the best edge out of each absorbed profile is its trigger
+    # merges: the edge that joins each absorbed profile to its survivor is its trigger
     merge_rows: dict[str, list[object]] = {n: [] for n in MERGES_SCHEMA.names}
     alias_new: dict[str, str] = {}
     if merges:
-        absorbed = {p for _, _, p in merges}
-        ap, bp = prev_pid[graph.a], prev_pid[graph.b]
-        cross = accepted & (ap != bp) & (np.isin(ap, list(absorbed)) | np.isin(bp, list(absorbed)))
-        best_edge: dict[int, int] = {}
-        for e in np.flatnonzero(cross).tolist():
-            for p in (int(ap[e]), int(bp[e])):
-                if p in absorbed:
-                    key = (int(graph.rank[e]), int(graph.batch[e]), int(graph.first_obs[e]), e)
-                    cur = best_edge.get(p)
-                    if cur is None or key < (
-                        int(graph.rank[cur]),
-                        int(graph.batch[cur]),
-                        int(graph.first_obs[cur]),
-                        cur,
-                    ):
-                        best_edge[p] = e
         for _c, s, p in merges:
-            e = best_edge.get(p, -1)
+            e = trigger.get(p, -1)
             merge_rows["run_id"].append(run_id)
             merge_rows["profile_id"].append(previous.name(s))
             merge_rows["absorbed_profile_id"].append(previous.name(p))
@@ -708,6 +693,65 @@ def assign(
     return Assigned(
         node_profile, profiles, aliases, merges_t, splits, moves_t, retired, withheld_all
     )
+
+
+def _merge_triggers(
+    graph: g.Graph,
+    accepted: npt.NDArray[np.bool_],
+    prev_pid: npt.NDArray[np.int64],
+    comp_of: npt.NDArray[np.int64],
+    merges: list[tuple[int, int, int]],
+) -> dict[int, int]:
+    """Per absorbed profile of ``merges`` (component, survivor, absorbed), the edge that joins
+    it to its survivor by the strongest evidence: the accepted edges of its component added
+    weakest rank last (then batch, first seen), each earlier profile's own nodes one from the
+    start, the edge at which the two are first joined. Its rank is the merge's evidence: the
+    weakest link of the best path between the two, new identifiers included (a returning
+    user's own row joining their `id` to a lead's email is no evidence that a link joins
+    that lead to another). No edge (-1 when absent): an operator's `include` forced it."""
+    comps = np.array(sorted({c for c, _, _ in merges}), dtype=np.int64)
+    in_merged = accepted & np.isin(comp_of[graph.a], comps)
+    edges = np.flatnonzero(in_merged)
+    order = np.lexsort((edges, graph.first_obs[edges], graph.batch[edges], graph.rank[edges]))
+    edges = edges[order]
+    by_comp: dict[int, list[int]] = {}
+    for e, c in zip(edges.tolist(), comp_of[graph.a[edges]].tolist(), strict=True):
+        by_comp.setdefault(c, []).append(e)
+    pending: dict[int, list[tuple[int, int]]] = {}
+    for c, s, p in merges:
+        pending.setdefault(c, []).append((s, p))
+    found: dict[int, int] = {}
+    a_nodes, b_nodes = graph.a.tolist(), graph.b.tolist()
+    for c, wanted in pending.items():
+        parent: dict[tuple[int, int], tuple[int, int]] = {}
+        left = list(wanted)
+        for e in by_comp.get(c, []):
+            ends = []
+            for node in (a_nodes[e], b_nodes[e]):
+                pid = int(prev_pid[node])  # an earlier profile's nodes are one from the start
+                ends.append(_root(parent, (0, pid) if pid >= 0 else (1, node)))
+            if ends[0] == ends[1]:
+                continue
+            parent[ends[0]] = ends[1]
+            still = []
+            for s, p in left:
+                if _root(parent, (0, s)) == _root(parent, (0, p)):
+                    found[p] = e
+                else:
+                    still.append((s, p))
+            left = still
+            if not left:
+                break
+    return found
+
+
+def _root(parent: dict[tuple[int, int], tuple[int, int]], x: tuple[int, int]) -> tuple[int, int]:
+    """The root of ``x`` in the union-find forest ``parent`` (paths halved as it goes)."""
+    parent.setdefault(x, x)
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
 
 
 def _withheld_moves(

@@ -994,6 +994,7 @@ def merge_operations(
     # merged first into the person with that `id`, when one exists: a user who came back)
     adopted = adoptions(resolution.result)
     first: list[Any] = []
+    adopting: list[CioOp] = []  # its merges, delivered already or not
     if adopted:
         addresses = {("email", email) for _, _, email in adopted}
         addresses |= {("id", person_id) for _, person_id, _ in adopted}
@@ -1008,6 +1009,7 @@ def merge_operations(
             merges=merging,
             holders=kept_by,
         )
+        adopting = merges_of(first)
         if not merging:
             every = merges_of(
                 adoption_ops(
@@ -1093,8 +1095,17 @@ def merge_operations(
     merges = [
         op for op in plan.ops if op.payload.get("action") == "merge" and op.key not in delivered
     ]
+    # a person an adoption merges into a returning user's (sent first) is gone by the time
+    # the graph's merges go into it: they go into the user's person
+    adopters = _adopters(adopting, skipped)
+    if adopters:
+        merges = [_into_adopter(op, adopters) for op in merges]
+        plan_held = [_into_adopter(op, adopters) for op in plan.held_merges]
+        plan_skipped = [_into_adopter(op, adopters) for op in plan.skipped_merges]
+    else:
+        plan_held, plan_skipped = list(plan.held_merges), list(plan.skipped_merges)
     survivors = {op.profile_id for op in merges}
-    skipped += plan.skipped_merges
+    skipped += plan_skipped
     ops = (
         first
         + merges
@@ -1109,7 +1120,33 @@ def merge_operations(
     # held for review by `min_path_rank`: kept back as those of merges off are, and said so
     # (a row giving the survivor's `id` the email the other person holds is dropped alike)
     kept = [skipped_merge(op, SKIPPED_DISABLED) for op in skipped]
-    return _ops_table(ops), kept + [skipped_merge(op, HELD_FOR_REVIEW) for op in plan.held_merges]
+    return _ops_table(ops), kept + [skipped_merge(op, HELD_FOR_REVIEW) for op in plan_held]
+
+
+def _adopters(*ops: list[CioOp]) -> dict[str, dict[str, Any]]:
+    """Email (lowercased) -> the primary of the adoption merges among ``ops`` that fold the
+    person holding that email into a returning user's (`{"id": ...}` from `{"email":
+    ...}`), sent (or kept back) before the graph's own merges."""
+    out: dict[str, dict[str, Any]] = {}
+    for op in (op for group in ops for op in merges_of(group)):
+        primary, secondary = op.payload["primary"], op.payload["secondary"]
+        if set(primary) == {"id"} and set(secondary) == {"email"}:
+            out[str(secondary["email"]).lower()] = primary
+    return out
+
+
+def _into_adopter(op: CioOp, adopters: Mapping[str, dict[str, Any]]) -> CioOp:
+    """``op`` (a graph merge) into the returning user's person when its primary is the
+    person of an email an adoption merges into that user's (:func:`_adopters`): addressed by
+    that email, it would reach nobody once the adoption is made. Its key stays (a run killed
+    and run again plans the same)."""
+    primary = op.payload.get("primary") or {}
+    if set(primary) != {"email"}:
+        return op
+    into = adopters.get(str(primary["email"]).lower())
+    if into is None:
+        return op
+    return CioOp(op.key, op.profile_id, {**op.payload, "primary": dict(into)})
 
 
 SKIPPED_DISABLED = "skipped_disabled"
