@@ -397,6 +397,84 @@ attributes:
     assert ann is None if delete else (ann is not None and ann.attributes == {})
 
 
+@pytest.mark.parametrize("delete", [False, True], ids=["clear", "delete"])
+def test_a_full_resync_keeps_a_person_whose_row_under_a_new_key_is_rejected(
+    project_factory: ProjectFactory, delete: bool
+) -> None:
+    """The same through `--full-resync`: the row under its new key (the email in another
+    case) is rejected, so the resync sends nobody, and the person keeps what they held. Once
+    the row leaves the model, `mirror` clears (or deletes) them; the resync had forgotten the
+    old key with the snapshot, and the person kept every attribute in Customer.io for good.
+    (Found by the sync machine, seed 1900: `BOB@X.IO` recased to `bob@x.io` with rank `2.5`,
+    a full resync, the row deleted: bob kept `{'tier': 'silver', 'rank': 2}`.)"""
+    project_factory.sql(
+        "create table members as select 'ann@x.io' as email, 'gold' as tier, '2' as rank"
+    )
+    body = """
+name: members
+source: warehouse
+model: {table: members}
+kind: people
+primary_key: email
+identify_by: {email: email}
+mode: mirror
+attributes:
+  tier: tier
+  rank: {column: rank, type: integer}
+""" + ("delete_removed: true\n" if delete else "")
+    project = project_factory.write({"members": body})
+    run_sync(project, "members", console=NullConsole())
+    emu = project_factory.emulator
+
+    project_factory.sql("update members set email = 'ANN@x.io', rank = 'x'")
+    report = run_sync(project, "members", console=NullConsole(), full_resync=True)
+    assert (report.changes.rejected, report.changes.removed_sent, report.delivered) == (1, 0, 0)
+    ann = emu.person(email="ann@x.io")
+    assert ann is not None and ann.attributes == {"tier": "gold", "rank": 2}
+
+    project_factory.sql("delete from members")
+    plan = plan_sync(project, "members", console=NullConsole())
+    assert plan.changes.removed_sent == 1
+    report = run_sync(project, "members", console=NullConsole(), force=True)
+    assert report.changes.removed_sent == 1
+    ann = emu.person(email="ann@x.io")
+    assert ann is None if delete else (ann is not None and ann.attributes == {})
+    assert run_sync(project, "members", console=NullConsole(), force=True).changes.to_send == 0
+
+
+def test_a_full_resync_forgets_the_old_key_of_a_person_sent_under_a_new_one(
+    project_factory: ProjectFactory,
+) -> None:
+    """An email key whose case changed, sent by a full resync: the person is sent under the
+    new key and the old one is forgotten, so it is undone once, with the new key, when the
+    row leaves, and not counted among the removals of every later run."""
+    project_factory.sql(
+        "create table members as select 'ann@x.io' as email, 'gold' as tier, '2' as rank"
+    )
+    body = """
+name: members
+source: warehouse
+model: {table: members}
+kind: people
+primary_key: email
+identify_by: {email: email}
+mode: mirror
+attributes:
+  tier: tier
+"""
+    project = project_factory.write({"members": body})
+    run_sync(project, "members", console=NullConsole())
+    project_factory.sql("update members set email = 'ANN@x.io', tier = 'silver'")
+    report = run_sync(project, "members", console=NullConsole(), full_resync=True)
+    assert (report.delivered, report.changes.removed_sent) == (1, 0)
+    assert run_sync(project, "members", console=NullConsole()).changes.removed == 0
+    project_factory.sql("delete from members")
+    report = run_sync(project, "members", console=NullConsole(), force=True)
+    assert (report.changes.removed, report.changes.removed_sent) == (1, 1)
+    ann = project_factory.emulator.person(email="ann@x.io")
+    assert ann is not None and ann.attributes == {}
+
+
 def test_project_default_null_policy_applies_to_syncs(project_factory: ProjectFactory) -> None:
     """`defaults.on_null: clear` in lockgate.yml clears nulls in a sync that sets no policy;
     a sync's own `on_null` still wins."""

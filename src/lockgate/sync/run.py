@@ -925,7 +925,11 @@ def _reset_snapshot(
     leaves. So does, outside `mirror`, a record whose row left the model: nothing is sent for
     it and its person (or object) stays in Customer.io as it was, so later runs still know it
     exists and holds its email (a user who comes back with a retired lead's email has the
-    lead merged into them).
+    lead merged into them). So does, in `mirror`, a record whose row left while a row still
+    in the model reaches the same person (``rekeyed``, :func:`diff._still_reached`: the
+    email key in another case on a row the run rejects): it was not undone, and stays until
+    the snapshot holds its identifiers under the new key (``diff.forget_rekeyed``, after the
+    commit), so it is undone once its person's last row leaves.
 
     The records forgotten are written ahead (``sending__S``) as records new to the snapshot,
     in the transaction that forgets them: a run killed from here on, before or after its own
@@ -947,6 +951,13 @@ def _reset_snapshot(
         if sync.effective_mode == "mirror" or not diff_step.temp_table(store.con, "keyed")
         else f" union select k from {diff_step.RESYNC_PREVIOUS} anti join keyed m using (k)"
     )
+    # in `mirror`, a record whose row left while a row still in the model reaches its person
+    # (``rekeyed``: the email key in another case, on a row the run rejects, say) was not
+    # undone: kept, as an ordinary run keeps it, until the commit forgets it once the snapshot
+    # holds its identifiers under the new key (``diff.forget_rekeyed``); forgotten here, the
+    # person the new row never reached would not be undone once that row leaves too
+    if diff_step.temp_table(store.con, "rekeyed"):
+        left += " union select k from rekeyed"
     with registered(
         store.con, "_resync_refused", pa.table({"k": pa.array(sorted(refused), pa.string())})
     ):
