@@ -622,7 +622,13 @@ def assign(
     # the positions taken, where they fit)
     del columns
     where = pa.array(comp_of.astype(np.int32 if n_comp < 2**31 else np.int64), mask=comp_of < 0)
-    trigger = _merge_triggers(graph, accepted, prev_pid, comp_of, merges) if merges else {}
+    # the nodes of the components that merge, and their component: all the merges' triggers
+    # need of `comp_of` (a few nodes, where a copy of it per edge was ~60 MiB at 1M people)
+    merging = np.zeros(n_comp, dtype=np.bool_)
+    merging[[c for c, _, _ in merges]] = True
+    merge_nodes = np.flatnonzero((comp_of >= 0) & merging[np.maximum(comp_of, 0)])
+    merge_comps = comp_of[merge_nodes]
+    del merging
     comp_of = np.zeros(0, dtype=np.int64)  # (`pick_for` reads it: not called from here on)
     give_back()  # the picks' temporaries, before the last large array of the stitch
     node_profile = comp_arr.take(where)
@@ -632,6 +638,7 @@ def assign(
     merge_rows: dict[str, list[object]] = {n: [] for n in MERGES_SCHEMA.names}
     alias_new: dict[str, str] = {}
     if merges:
+        trigger = _merge_triggers(graph, accepted, prev_pid, merge_nodes, merge_comps, merges)
         for _c, s, p in merges:
             e = trigger.get(p, -1)
             merge_rows["run_id"].append(run_id)
@@ -699,7 +706,8 @@ def _merge_triggers(
     graph: g.Graph,
     accepted: npt.NDArray[np.bool_],
     prev_pid: npt.NDArray[np.int64],
-    comp_of: npt.NDArray[np.int64],
+    merge_nodes: npt.NDArray[np.int64],
+    merge_comps: npt.NDArray[np.int64],
     merges: list[tuple[int, int, int]],
 ) -> dict[int, int]:
     """Per absorbed profile of ``merges`` (component, survivor, absorbed), the edge that joins
@@ -708,14 +716,17 @@ def _merge_triggers(
     start, the edge at which the two are first joined. Its rank is the merge's evidence: the
     weakest link of the best path between the two, new identifiers included (a returning
     user's own row joining their `id` to a lead's email is no evidence that a link joins
-    that lead to another). No edge (-1 when absent): an operator's `include` forced it."""
-    comps = np.array(sorted({c for c, _, _ in merges}), dtype=np.int64)
-    in_merged = accepted & np.isin(comp_of[graph.a], comps)
-    edges = np.flatnonzero(in_merged)
+    that lead to another). No edge (-1 when absent): an operator's `include` forced it.
+    ``merge_nodes`` (sorted) are the nodes of the merging components, ``merge_comps`` theirs."""
+    marked = np.zeros(len(prev_pid), dtype=np.bool_)  # a byte a node, not 8 an edge
+    marked[merge_nodes] = True
+    edges = np.flatnonzero(accepted & marked[graph.a])
+    del marked
     order = np.lexsort((edges, graph.first_obs[edges], graph.batch[edges], graph.rank[edges]))
     edges = edges[order]
+    comps = merge_comps[np.searchsorted(merge_nodes, graph.a[edges])]
     by_comp: dict[int, list[int]] = {}
-    for e, c in zip(edges.tolist(), comp_of[graph.a[edges]].tolist(), strict=True):
+    for e, c in zip(edges.tolist(), comps.tolist(), strict=True):
         by_comp.setdefault(c, []).append(e)
     pending: dict[int, list[tuple[int, int]]] = {}
     for c, s, p in merges:
