@@ -714,12 +714,18 @@ def sql(root: Path, statements: str) -> None:
     warehouse_sql(root / "w.duckdb", statements)
 
 
-def sync_all(project: Project) -> None:
-    """Run every sync of :data:`ORDER`, as `lockgate sync --all` does (in one session)."""
+def sync_all(project: Project, *, full_resync: bool = False) -> list[RunReport]:
+    """Run every sync of :data:`ORDER`, as `lockgate sync --all` does (in one session), each
+    a success; their reports."""
+    reports = []
     with Session() as session:
         for name in ORDER:
-            report = run_sync(project, name, console=NullConsole(), session=session)
+            report = run_sync(
+                project, name, console=NullConsole(), session=session, full_resync=full_resync
+            )
             assert report.status == "success", (name, report.failures)
+            reports.append(report)
+    return reports
 
 
 def shared_then_gone(
@@ -2440,12 +2446,7 @@ def test_a_user_signing_up_with_a_leads_email_its_second_address_staying_is_give
         "delete from leads where email = 'e5@x.io'; delete from links;"
         "insert into app_users values ('u3', 'e5@x.io', 'pro')",
     )
-    with Session() as session:
-        for name in ORDER:
-            report = run_sync(
-                project, name, console=NullConsole(), session=session, full_resync=full_resync
-            )
-            assert report.status == "success", (name, report.failures)
+    sync_all(project, full_resync=full_resync)
     u3 = emu.person(id="u3")
     assert u3 is not None and u3.cio_id == lead.cio_id, emu.people()
     assert (u3.email, u3.attributes) == ("e5@x.io", {"plan": "pro", "lead_source": "webinar"})
@@ -2494,11 +2495,7 @@ def test_a_user_back_with_a_leads_email_linked_to_an_older_lead_adopts_the_leads
         "insert into app_users values ('u2', 'e2@x.io', 'free');"
         "insert into links values ('e2@x.io', 'e4@x.io')",
     )
-    with Session() as session:
-        reports = [
-            run_sync(project, name, console=NullConsole(), session=session) for name in ORDER
-        ]
-    assert [r.status for r in reports] == ["success"] * 3, [r.failures for r in reports]
+    reports = sync_all(project)
     person = emu.person(id="u2")
     assert person is not None and person.cio_id == u2.cio_id, emu.people()
     assert person.email == "e2@x.io" and person.attributes["plan"] == "free", person

@@ -351,14 +351,9 @@ def test_a_person_two_rows_reach_is_known_once_and_forgotten_wholly_by_its_delet
     assert emu.people() == [] and known() == []
 
 
-@pytest.mark.parametrize("delete", [False, True], ids=["clear", "delete"])
-def test_mirror_keeps_a_person_whose_row_under_a_new_key_is_rejected(
-    project_factory: ProjectFactory, delete: bool
-) -> None:
-    """An email key whose case changed while the row got a bad value: the row is rejected,
-    but it is still in the model and reaches the person, as a rejected row under its old key
-    would. The old key leaving must not clear (or delete) them; once the row is fixed it is
-    sent, and once it leaves for good the person is undone."""
+def _members_synced(project_factory: ProjectFactory, delete: bool) -> Any:
+    """A `mirror` people sync `members` keyed by email (`ann@x.io`, tier `gold`, rank `2`),
+    with ``delete`` its `delete_removed`, run once."""
     project_factory.sql(
         "create table members as select 'ann@x.io' as email, 'gold' as tier, '2' as rank"
     )
@@ -376,6 +371,18 @@ attributes:
 """ + ("delete_removed: true\n" if delete else "")
     project = project_factory.write({"members": body})
     run_sync(project, "members", console=NullConsole())
+    return project
+
+
+@pytest.mark.parametrize("delete", [False, True], ids=["clear", "delete"])
+def test_mirror_keeps_a_person_whose_row_under_a_new_key_is_rejected(
+    project_factory: ProjectFactory, delete: bool
+) -> None:
+    """An email key whose case changed while the row got a bad value: the row is rejected,
+    but it is still in the model and reaches the person, as a rejected row under its old key
+    would. The old key leaving must not clear (or delete) them; once the row is fixed it is
+    sent, and once it leaves for good the person is undone."""
+    project = _members_synced(project_factory, delete)
     emu = project_factory.emulator
 
     project_factory.sql("update members set email = 'ANN@x.io', rank = 'x'")
@@ -407,23 +414,7 @@ def test_a_full_resync_keeps_a_person_whose_row_under_a_new_key_is_rejected(
     old key with the snapshot, and the person kept every attribute in Customer.io for good.
     (Found by the sync machine, seed 1900: `BOB@X.IO` recased to `bob@x.io` with rank `2.5`,
     a full resync, the row deleted: bob kept `{'tier': 'silver', 'rank': 2}`.)"""
-    project_factory.sql(
-        "create table members as select 'ann@x.io' as email, 'gold' as tier, '2' as rank"
-    )
-    body = """
-name: members
-source: warehouse
-model: {table: members}
-kind: people
-primary_key: email
-identify_by: {email: email}
-mode: mirror
-attributes:
-  tier: tier
-  rank: {column: rank, type: integer}
-""" + ("delete_removed: true\n" if delete else "")
-    project = project_factory.write({"members": body})
-    run_sync(project, "members", console=NullConsole())
+    project = _members_synced(project_factory, delete)
     emu = project_factory.emulator
 
     project_factory.sql("update members set email = 'ANN@x.io', rank = 'x'")
