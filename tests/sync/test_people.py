@@ -439,22 +439,7 @@ def test_a_full_resync_forgets_the_old_key_of_a_person_sent_under_a_new_one(
     """An email key whose case changed, sent by a full resync: the person is sent under the
     new key and the old one is forgotten, so it is undone once, with the new key, when the
     row leaves, and not counted among the removals of every later run."""
-    project_factory.sql(
-        "create table members as select 'ann@x.io' as email, 'gold' as tier, '2' as rank"
-    )
-    body = """
-name: members
-source: warehouse
-model: {table: members}
-kind: people
-primary_key: email
-identify_by: {email: email}
-mode: mirror
-attributes:
-  tier: tier
-"""
-    project = project_factory.write({"members": body})
-    run_sync(project, "members", console=NullConsole())
+    project = _members_synced(project_factory, delete=False)
     project_factory.sql("update members set email = 'ANN@x.io', tier = 'silver'")
     report = run_sync(project, "members", console=NullConsole(), full_resync=True)
     assert (report.delivered, report.changes.removed_sent) == (1, 0)
