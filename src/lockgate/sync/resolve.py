@@ -275,6 +275,12 @@ class Resolution:
     readdress_answers: dict[tuple[str, str, str], tuple[str | None, bool, bool]] = field(
         default_factory=dict, repr=False
     )
+    #: `(id, email lowercased)`: the profiles known by email alone that gained an `id` no
+    #: person had when the first sync sharing this graph planned them, and the email they
+    #: hold now: that sync's identify gives the person holding it the `id`, so a later sync
+    #: of the command, which finds a person of that `id`, must not take it for a returning
+    #: user's to merge with merges off (one person, twice)
+    adopted_by_identify: set[tuple[str, str]] = field(default_factory=set, repr=False)
 
     def save(self, state_dir: Path) -> None:
         """Keep this run's graph as the next run's starting point (stable profile ids)."""
@@ -1020,8 +1026,22 @@ def merge_operations(
             )
             # nor is one kept back of a person with itself (an earlier sync of the command
             # gave the lead's person the `id`: a lead's profile a user signed up into)
-            alike = one_person_already(store, project, every)
-            skipped += [op for op in every if op.key not in alike]
+            skipped += [
+                op for op in every if _id_and_email(op) not in resolution.adopted_by_identify
+            ]
+        # (the person holding the profile's email now: the one its identify reaches)
+        profiles = resolution.result.profiles
+        kept = profiles.filter(
+            pc.is_in(profiles["profile_id"], value_set=pa.array([p for p, _, _ in adopted]))
+        )
+        email_now = dict(
+            zip(kept["profile_id"].to_pylist(), kept["cio_email"].to_pylist(), strict=True)
+        )
+        resolution.adopted_by_identify |= {
+            (person_id, str(email_now[pid]).lower())
+            for pid, person_id, _ in adopted
+            if ("id", person_id) not in found and email_now.get(pid)
+        }
         done = _delivered_by_any_sync(store, project, [op.key for op in first])
         done |= one_person_already(store, project, first)
         first = [op for op in first if op.key not in done]
