@@ -638,7 +638,22 @@ def assign(
     merge_rows: dict[str, list[object]] = {n: [] for n in MERGES_SCHEMA.names}
     alias_new: dict[str, str] = {}
     if merges:
-        trigger = _merge_triggers(graph, accepted, prev_pid, merge_nodes, merge_comps, merges)
+        # a survivor whose person holds the component's `id` (a returning user, their own
+        # node new: their profile was retired) has that node on its side of the path
+        own = previous.own_person
+        own = previous.table["cio_person_id"] if own is None else own
+        kept = sorted({s for _, s, _ in merges})  # the survivors' rows alone
+        ids_of = dict(
+            zip(kept, own.take(pa.array(kept)).cast(pa.string()).to_pylist(), strict=True)
+        )
+        person_node: dict[int, int] = {}
+        for c, s, _ in merges:
+            n = int(id_nodes[c])
+            if n >= 0 and ids_of[s] is not None and ids_of[s] == node_values[n].as_py():
+                person_node[s] = n
+        trigger = _merge_triggers(
+            graph, accepted, prev_pid, merge_nodes, merge_comps, merges, person_node
+        )
         for _c, s, p in merges:
             e = trigger.get(p, -1)
             merge_rows["run_id"].append(run_id)
@@ -709,6 +724,7 @@ def _merge_triggers(
     merge_nodes: npt.NDArray[np.int64],
     merge_comps: npt.NDArray[np.int64],
     merges: list[tuple[int, int, int]],
+    person_node: Mapping[int, int] | None = None,
 ) -> dict[int, int]:
     """Per absorbed profile of ``merges`` (component, survivor, absorbed), the edge that joins
     it to its survivor by the strongest evidence: the accepted edges of its component added
@@ -735,6 +751,9 @@ def _merge_triggers(
     a_nodes, b_nodes = graph.a.tolist(), graph.b.tolist()
     for c, wanted in pending.items():
         parent: dict[tuple[int, int], tuple[int, int]] = {}
+        for s, _ in wanted:  # the node of the `id` its person holds, on the survivor's side
+            if person_node and s in person_node:
+                parent[_root(parent, (1, person_node[s]))] = _root(parent, (0, s))
         left = list(wanted)
         for e in by_comp.get(c, []):
             ends = []
