@@ -624,11 +624,13 @@ def assign(
     where = pa.array(comp_of.astype(np.int32 if n_comp < 2**31 else np.int64), mask=comp_of < 0)
     # the nodes of the components that merge, and their component: all the merges' triggers
     # need of `comp_of` (a few nodes, where a copy of it per edge was ~60 MiB at 1M people)
-    merging = np.zeros(n_comp, dtype=np.bool_)
-    merging[[c for c, _, _ in merges]] = True
-    merge_nodes = np.flatnonzero((comp_of >= 0) & merging[np.maximum(comp_of, 0)])
-    merge_comps = comp_of[merge_nodes]
-    del merging
+    merge_nodes = merge_comps = np.zeros(0, dtype=np.int64)
+    if merges:  # (none in most runs: no pass over the nodes then)
+        merging = np.zeros(n_comp, dtype=np.bool_)
+        merging[[c for c, _, _ in merges]] = True
+        merge_nodes = np.flatnonzero((comp_of >= 0) & merging[np.maximum(comp_of, 0)])
+        merge_comps = comp_of[merge_nodes]
+        del merging
     comp_of = np.zeros(0, dtype=np.int64)  # (`pick_for` reads it: not called from here on)
     give_back()  # the picks' temporaries, before the last large array of the stitch
     node_profile = comp_arr.take(where)
@@ -640,12 +642,8 @@ def assign(
     if merges:
         # a survivor whose person holds the component's `id` (a returning user, their own
         # node new: their profile was retired) has that node on its side of the path
-        own = previous.own_person
-        own = previous.table["cio_person_id"] if own is None else own
-        kept = sorted({s for _, s, _ in merges})  # the survivors' rows alone
-        ids_of = dict(
-            zip(kept, own.take(pa.array(kept)).cast(pa.string()).to_pylist(), strict=True)
-        )
+        kept = sorted({s for _, s, _ in merges})  # the survivors' rows of `old_person` alone
+        ids_of = dict(zip(kept, old_person.take(pa.array(kept)).to_pylist(), strict=True))
         person_node: dict[int, int] = {}
         for c, s, _ in merges:
             n = int(id_nodes[c])
