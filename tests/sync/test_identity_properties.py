@@ -488,9 +488,10 @@ class IdentityMachine(RuleBasedStateMachine):
         )
         try:
             for name in ORDER:
+                before = len(self.emu.request_log())
                 try:
                     self._faulty_run_done(
-                        run_sync(self.project, name, console=NullConsole(), force=True)
+                        run_sync(self.project, name, console=NullConsole(), force=True), before
                     )
                 except LockgateError:
                     pass
@@ -502,9 +503,9 @@ class IdentityMachine(RuleBasedStateMachine):
                 self.ever.setdefault(n, set()).update(comp)
         self._plan_and_sync(full_resync=False)
 
-    def _faulty_run_done(self, report: Any) -> None:
-        """What a machine keeps of a run of :meth:`sync_with_faults` that ended (nothing
-        here)."""
+    def _faulty_run_done(self, report: Any, before: int) -> None:
+        """What a machine keeps of a run of :meth:`sync_with_faults` that ended, its requests
+        those after request ``before`` (nothing here)."""
 
     # -- what people do in Customer.io by hand (g) ------------------------------------------
 
