@@ -211,13 +211,15 @@ class _Drawn:
 def test_a_returning_users_own_merge_is_sent_though_links_join_the_profile_to_older_leads(
     customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A replay of the machine's example at seed 2000 (10 x 20): user `u2` comes back four
-    times with retired leads' emails while links join their addresses. At the last return the
+    """A replay of the machine's example at seed 2000 (10 x 20), shrunk by hand to 5 of its
+    12 steps: user `u2` comes back with retired leads' emails (`e3@x.io`, then `e5@x.io`)
+    while links join their addresses to an older lead's (`e2@x.io`). At the last return the
     profile that goes on is an older one whose person is `u2`'s (its `id` carried over), and
     `u2`'s node is new (their profile was retired when their row left): the merge of the lead
     of `e5@x.io`, which `u2`'s own row joins (rank 1), was judged by the weak links alone and
     held for review. The node of the `id` the survivor's person holds is now on the
-    survivor's side of the path, so that merge is sent."""
+    survivor's side of the path, so that merge is sent (the machine's checks after the last
+    run: held before `72087e2`)."""
     import tests.sync.test_identity_properties as identity_machine
     import tests.sync.test_identity_properties_nomerge as nomerge_machine
 
@@ -237,34 +239,20 @@ def test_a_returning_users_own_merge_is_sent_though_links_join_the_profile_to_ol
                 "users": [("u2", "e2@x.io", "team"), ("u2", "e6@x.io", "team")],
             },
         ),
-        ("add_link", {"b": "e6@x.io", "data": _Drawn("e6@x.io")}),
-        ("add_link", {"b": "e1@x.io", "data": _Drawn("e6@x.io")}),
-        (
-            "user_returns_with_a_leads_email",
-            {"data": _Drawn("u2", "e5@x.io", "pro"), "source": "ads"},
-        ),
-        (
-            "user_returns_with_a_leads_email",
-            {"data": _Drawn("u2", "e4@x.io", "pro"), "source": "seo"},
-        ),
         (
             "user_returns_with_a_leads_email",
             {"data": _Drawn("u2", "e3@x.io", "free"), "source": "seo"},
         ),
         ("add_link", {"b": " e2@x.io", "data": _Drawn("e3@x.io")}),
-        ("set_lead", {"email": "e2@x.io", "source": "webinar"}),
         (
             "user_returns_with_a_leads_email",
             {"data": _Drawn("u2", "e5@x.io", "free"), "source": "webinar"},
         ),
-        ("add_link", {"b": "e3@x.io", "data": _Drawn("e2@x.io")}),
         ("add_link", {"b": "e5@x.io", "data": _Drawn("e2@x.io")}),
-        (
-            "user_returns_with_a_leads_email",
-            {"data": _Drawn("u2", "e4@x.io", "team"), "source": "webinar"},
-        ),
     ]
     for name, arguments in steps:
         getattr(state, name)(**arguments)
         state.customerio_holds_the_model()
+    state._plan_and_sync(full_resync=False)  # `u2` back with `e5@x.io`, linked to `e2@x.io`
+    state.customerio_holds_the_model()
     state.teardown()
