@@ -82,10 +82,11 @@ def test_no_merge_when_the_absorbed_profile_is_not_a_person() -> None:
     assert plan.merges == [] and plan.merge_outcomes["outcome"].to_pylist() == ["skipped_no_cio"]
 
 
-def returning_user(**changes):  # type: ignore[no-untyped-def]
+def returning_user(back_with=None, **changes):  # type: ignore[no-untyped-def]
     """A user and a lead known by email alone; the lead's row leaves, then the user's, and
-    the user comes back with the lead's email: their profile is the lead's, gaining the
-    user's `id`, which a person holds already (a merge of the lead's person into it)."""
+    the user comes back with the lead's email (or with the rows ``back_with``): their profile
+    is the lead's, gaining the user's `id`, which a person holds already (a merge of the
+    lead's person into it)."""
     cfg = config(**changes)
     first = run(
         cfg,
@@ -100,7 +101,7 @@ def returning_user(**changes):  # type: ignore[no-untyped-def]
     third = run(cfg, {"app_users": rows({"email": "z@x.com", "ts": 3})}, state=second.state)
     back = run(
         cfg,
-        {"app_users": rows({"user_id": "u1", "email": "l@x.com", "ts": 4})},
+        back_with or {"app_users": rows({"user_id": "u1", "email": "l@x.com", "ts": 4})},
         state=third.state,
         run_id="r4",
     )
@@ -126,6 +127,37 @@ def test_a_returning_users_merge_counts_towards_the_limit() -> None:
     assert [op.payload for op in plan.merges] == [LEAD_INTO_USER]
     assert plan.counts["merges"] == 1
     assert plan.merge_outcomes["outcome"].to_pylist() == ["merged"]
+
+
+@pytest.mark.parametrize(
+    "evidence",
+    ["identifies", "app_users"],
+    ids=["an identify joins the lead's email (rank 3)", "the user's row gives it (rank 1)"],
+)
+def test_a_returning_users_merge_on_weak_evidence_is_held_for_review(evidence: str) -> None:
+    """A user who comes back with an email of their own while an identify (rank 3, weaker
+    than `min_path_rank` 2) joins them to a retired lead's: the merge of the lead's person
+    into theirs is judged by that evidence, as a merge of two profiles is, and held for
+    review (`held_merges`, outcome `held_for_review`), not sent. Their own row giving the
+    lead's email (rank 1) merges."""
+    user = {"user_id": "u1", "email": "b@x.com", "ts": 4}
+    link = {"user_id": "u1", "email": "l@x.com", "ts": 4}
+    back_with = (
+        {"app_users": rows(user), "identifies": rows(link)}
+        if evidence == "identifies"
+        else {"app_users": rows(user, link)}
+    )
+    cfg, back = returning_user(back_with)
+    assert profile_of(back, "user_id", "u1") == profile_of(back, "email", "l@x.com")
+    plan = plan_customerio(back, cfg, exists=RETURNING)
+    if evidence == "identifies":
+        assert plan.merges == []
+        assert [op.payload for op in plan.held_merges] == [LEAD_INTO_USER]
+        assert plan.merge_outcomes["outcome"].to_pylist() == ["held_for_review"]
+        assert (plan.counts["merges"], plan.counts["merges_held"]) == (0, 1)
+    else:
+        assert [op.payload for op in plan.merges] == [LEAD_INTO_USER]
+        assert plan.held_merges == ()
 
 
 def test_merges_off_keep_back_a_returning_users_merge() -> None:

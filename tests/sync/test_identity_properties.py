@@ -2968,3 +2968,65 @@ def test_a_user_whose_email_a_link_ties_to_another_user_keeps_that_user_off_thei
         assert report.status in ("success", "partial"), (name, report.failures)
     after = emu.person(cio_id=u2.cio_id)
     assert after is not None and (after.id, after.email) == ("u2", "e2@x.io"), after
+
+
+@pytest.mark.parametrize("by", ["link", "stripe"], ids=["link", "Stripe customer, no email"])
+def test_a_user_back_joined_to_a_leads_email_by_weak_evidence_keeps_the_leads_person_apart(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by: str
+) -> None:
+    """User `u1`'s row leaves (their person stays) and so does a lead's of `e2@x.io` (its
+    person stays); then `u1` comes back joined to `e2@x.io` by evidence weaker than
+    `min_path_rank: 1`: a link from their new email `e3@x.io`, or a Stripe customer naming
+    them with `e2@x.io` as its billing email while their row gives no email. The merge of
+    the lead's person into theirs is held for review (the plan and the run list it), not
+    sent, as it is for a user whose row never left. With the link, `u1`'s row lands on their
+    person with their own email; with the Stripe customer, the profile's email is the
+    lead's, which Customer.io would drop the update for: the rows are rejected, naming it."""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    policy = {"merge_policy": {"min_path_rank": 1}}
+    project = project_in(tmp_path, emu, monkeypatch, policy)
+    sql(tmp_path, "insert into app_users values ('u1', 'e1@x.io', 'pro')")
+    sync_all(project)
+    sql(tmp_path, "insert into leads values ('e2@x.io', 'ads')")
+    sync_all(project)
+    sql(tmp_path, "delete from leads; delete from app_users")
+    sync_all(project)
+    u1, lead = emu.person(id="u1"), emu.person(email="e2@x.io")
+    assert u1 is not None and lead is not None
+    if by == "link":
+        sql(
+            tmp_path,
+            "insert into app_users values ('u1', 'e3@x.io', 'free');"
+            "insert into links values ('e3@x.io', 'e2@x.io')",
+        )
+    else:
+        sql(
+            tmp_path,
+            "insert into app_users values ('u1', null, 'free');"
+            "insert into stripe values ('cus_1', 'e2@x.io', 'u1', 9.0)",
+        )
+    held = [{"primary": {"id": "u1"}, "secondary": {"email": "e2@x.io"}}]
+    with Session() as session:
+        for name in ORDER:
+            plan = plan_sync(project, name, console=NullConsole(), session=session)
+            report = run_sync(project, name, console=NullConsole(), session=session)
+            for said in (plan, report):
+                skipped = said.identity_merges_skipped
+                assert [{k: m[k] for k in ("primary", "secondary")} for m in skipped] == held
+                assert [m["outcome"] for m in skipped] == ["held_for_review"], name
+            assert not [op for op in report.identity_ops if op.get("action") == "merge"], name
+            if by == "link" or name == "leads":
+                assert report.status == "success", (name, report.failures)
+            else:
+                (failure,) = report.failures
+                assert failure[1] == "rejected" and "`e2@x.io`" in failure[2], failure
+    assert emu.merges() == []
+    assert emu.person(cio_id=lead.cio_id) == lead
+    person = emu.person(id="u1")
+    assert person is not None and person.cio_id == u1.cio_id, emu.people()
+    if by == "link":
+        assert (person.email, person.attributes["plan"]) == ("e3@x.io", "free"), person
+        assert_nothing_left_to_send(project)
+    else:
+        assert person == u1  # nothing of the rows Customer.io would drop was counted sent

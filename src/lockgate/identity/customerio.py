@@ -498,7 +498,13 @@ def plan_customerio(
     readdressed: set[str] = set()
     later: list[CioOp] = []
     if not merged_only:
-        later.extend(adoption_ops(result, known, merges=policy.enabled))
+        adopt, weak = weak_adoptions(
+            result, config, adoption_ops(result, known, merges=policy.enabled)
+        )
+        later.extend(adopt)
+        for op in weak:
+            outcome(op.profile_id, op.profile_id, "held_for_review", None)
+            held_for_review.append(op)
         readdress = readdress_ops(result, known, merges=policy.enabled)
         readdressed = {op.profile_id for op in readdress}
         later.extend(readdress)
@@ -750,6 +756,91 @@ def adoption_ops(
         }
         ops.append(CioOp(_key("adopt", person_id, email, pid, since), pid, payload))
     return ops
+
+
+def weak_adoptions(
+    result: IdentityResult, config: IdentityConfig, ops: Sequence[CioOp]
+) -> tuple[list[CioOp], list[CioOp]]:
+    """``ops`` (of :func:`adoption_ops`) split into those to send and the merges held for
+    review: a merge of a lead's person into a returning user's (`{"id": ...}` from
+    `{"email": ...}`) is judged as the graph's merges are (`merge_policy.min_path_rank`), by
+    the strongest path joining the `id` to that email in the profile (the weakest link of the
+    best path). The user's own row giving the lead's email is rank 1 evidence; a link or a
+    Stripe customer joining the user's own email to the lead's is only as strong as it.
+    Edges an `include` override forced count as the strongest."""
+    limit = config.customerio.merge_policy.min_path_rank
+    adopting = [
+        op
+        for op in merges_of(ops)
+        if set(op.payload["primary"]) == {"id"} and set(op.payload["secondary"]) == {"email"}
+    ]
+    if limit is None or not adopting:
+        return list(ops), []
+    ranks = _adoption_ranks(result, config, adopting)
+    weak = {op.key for op in adopting if (r := ranks.get(op.key)) is not None and r > limit}
+    return [op for op in ops if op.key not in weak], [op for op in ops if op.key in weak]
+
+
+def _adoption_ranks(
+    result: IdentityResult, config: IdentityConfig, merges: Sequence[CioOp]
+) -> dict[str, int]:
+    """Op key -> the evidence rank of each adoption merge of ``merges``: the smallest rank
+    at which the edges of its profile join the node of its `id` to the node of its email
+    (edges added strongest first). None found (the email is no node of the profile): left
+    out, the merge sent as before."""
+    id_types = {t for t, s in config.identifier_types.items() if s.customerio == "id"}
+    email_types = {t for t, s in config.identifier_types.items() if s.customerio == "email"}
+    pids = pa.array(sorted({op.profile_id for op in merges}), pa.string())
+    nodes = result.identifier_map.filter(pc.is_in(result.identifier_map["profile_id"], pids))
+    node_pid = {
+        (t, v): pid
+        for t, v, pid in zip(
+            nodes["id_type"].to_pylist(),
+            nodes["id_value"].to_pylist(),
+            nodes["profile_id"].to_pylist(),
+            strict=True,
+        )
+    }
+    values = pa.array(sorted({v for _, v in node_pid}), pa.string())
+    edges = result.edges
+    edges = edges.filter(
+        pc.and_(pc.is_in(edges["value_a"], values), pc.is_in(edges["value_b"], values))
+    ).select(["type_a", "value_a", "type_b", "value_b", "rank", "status"])
+    joined: list[tuple[int, str, tuple[str, str], tuple[str, str]]] = []
+    for row in edges.to_pylist():
+        a, b = (row["type_a"], row["value_a"]), (row["type_b"], row["value_b"])
+        pid = node_pid.get(a)
+        if pid is None or node_pid.get(b) != pid or row["status"] not in ("accepted", "forced"):
+            continue
+        rank = 0 if row["status"] == "forced" or row["rank"] is None else int(row["rank"])
+        joined.append((rank, pid, a, b))
+    joined.sort(key=lambda e: e[0])
+    ranks: dict[str, int] = {}
+    for op in merges:
+        person, email = str(op.payload["primary"]["id"]), str(op.payload["secondary"]["email"])
+        ends = {(t, person) for t in id_types}
+        targets = {(t, email.strip().lower()) for t in email_types}
+        parent: dict[tuple[str, str], tuple[str, str]] = {}
+        for rank, pid, a, b in joined:
+            if pid != op.profile_id:
+                continue
+            ra, rb = _find(parent, a), _find(parent, b)
+            if ra != rb:
+                parent[ra] = rb
+            roots = {_find(parent, n) for n in ends if n in parent}
+            if roots & {_find(parent, n) for n in targets if n in parent}:
+                ranks[op.key] = rank
+                break
+    return ranks
+
+
+def _find(parent: dict[tuple[str, str], tuple[str, str]], x: tuple[str, str]) -> tuple[str, str]:
+    """The root of ``x`` in the union-find forest ``parent`` (paths halved as it goes)."""
+    parent.setdefault(x, x)
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
 
 
 def readdressings(result: IdentityResult) -> list[tuple[str, str, str]]:

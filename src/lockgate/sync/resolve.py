@@ -48,6 +48,7 @@ from lockgate.identity.customerio import (
     release_ops,
     releases,
     retired_clears,
+    weak_adoptions,
     withheld_emails,
 )
 from lockgate.identity.memory import give_back
@@ -994,6 +995,8 @@ def merge_operations(
     """
     merging = resolution.config.customerio.merge_policy.enabled
     skipped: list[CioOp] = []
+    # adoptions of a lead's person by a returning user joined to it by weak evidence
+    held_adoptions: list[CioOp] = []
 
     # people known by email alone whose profile gained an `id`: given it first, so that the
     # rows' identify by the `id` reaches them rather than creating a second person (or
@@ -1009,11 +1012,15 @@ def merge_operations(
         found = known_people(store, project, among=addresses)
         # a person another user left holding the email is none of the lead's to merge away
         kept_by = email_holders(store, project, [email for _, _, email in adopted])
-        first = adoption_ops(
+        first, held_adoptions = weak_adoptions(
             resolution.result,
-            lambda kind, value: (kind, value) in found,
-            merges=merging,
-            holders=kept_by,
+            resolution.config,
+            adoption_ops(
+                resolution.result,
+                lambda kind, value: (kind, value) in found,
+                merges=merging,
+                holders=kept_by,
+            ),
         )
         adopting = merges_of(first)
         if not merging:
@@ -1093,7 +1100,9 @@ def merge_operations(
     if not _may_merge(resolution):
         # the common run: no profiles merged, none holding two Customer.io people. The plan
         # below would be built for every profile (seconds at a million) to keep none of it
-        return _ops_table(first), [skipped_merge(op, SKIPPED_DISABLED) for op in skipped]
+        return _ops_table(first), [skipped_merge(op, SKIPPED_DISABLED) for op in skipped] + [
+            skipped_merge(op, HELD_FOR_REVIEW) for op in held_adoptions
+        ]
     plan = plan_customerio(
         resolution.result,
         resolution.config,
@@ -1140,7 +1149,8 @@ def merge_operations(
     # held for review by `min_path_rank`: kept back as those of merges off are, and said so
     # (a row giving the survivor's `id` the email the other person holds is dropped alike)
     kept = [skipped_merge(op, SKIPPED_DISABLED) for op in skipped]
-    return _ops_table(ops), kept + [skipped_merge(op, HELD_FOR_REVIEW) for op in plan_held]
+    held_now = held_adoptions + plan_held
+    return _ops_table(ops), kept + [skipped_merge(op, HELD_FOR_REVIEW) for op in held_now]
 
 
 def _adopters(*ops: list[CioOp]) -> dict[str, dict[str, Any]]:
