@@ -140,6 +140,30 @@ class HeldMachine(NoMergeMachine):
 
     weak_link_again = weak_link_to_a_lead  # drawn as often as two edits
 
+    @precondition(lambda self: self._users_synced() and len(self._fresh_emails()) > 1)
+    @rule(data=st.data(), source=lead_sources, by=st.sampled_from(WEAK[:2]), sid=stripe_ids)
+    def user_returns_weakly_joined_to_a_leads_email(
+        self, data: st.DataObject, source: str, by: str, sid: str
+    ) -> None:
+        """As :meth:`user_returns_with_a_leads_email`, but the user comes back joined to the
+        retired lead's email by weak evidence only: a link from a new email of their own, or
+        a Stripe customer naming them with the lead's email while their row gives none. The
+        merge of the lead's person into theirs is held for review (docs/identity.md, "Merges
+        held for review")."""
+        self.user_returns_with_a_leads_email(data, source)
+        uid = list(self.users)[-1]  # the user who came back (their row written last)
+        lead = self.users[uid]["email"]
+        fresh = self._fresh_emails()
+        event(f"a user comes back joined to a lead's email by a {by}")
+        if by == "link" and fresh and len(self.links) < 4:
+            own = data.draw(st.sampled_from(fresh))
+            self.users[uid] = {**self.users[uid], "email": own}
+            self.links.append((own, lead))
+        else:
+            self.users[uid] = {**self.users[uid], "email": None}
+            self.stripe[sid] = {"email": lead, "user_id": uid, "mrr": 0.0}
+        self._write()
+
     # a returning user's merge is sent here (not held): drawn as often as one edit
     user_returns_again = None  # type: ignore[assignment]
 
