@@ -3030,3 +3030,61 @@ def test_a_user_back_joined_to_a_leads_email_by_weak_evidence_keeps_the_leads_pe
         assert_nothing_left_to_send(project)
     else:
         assert person == u1  # nothing of the rows Customer.io would drop was counted sent
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["merges on", "link held for review"])
+def test_a_user_back_with_an_address_split_off_a_leads_profile_is_sent_to_their_person(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: bool
+) -> None:
+    """A link gives lead `e3@x.io` a second address `e4@x.io`; the link leaves, and the
+    split of `e4@x.io` off the lead's profile waits for review (`on_split: review`): its rows
+    go on reaching the lead's person. Then user `u1`, whose row left (their person stays),
+    comes back with `e4@x.io` and a Stripe customer naming them with `e3@x.io`: the profile
+    has `u1`'s `id` now, and its rows go to `u1`'s person, the lead's person merged into it
+    (merges on) or left as it is (`min_path_rank: 1`: the Stripe customer is weaker, the
+    merge held for review). (Found by the held-for-review machine, seed 42: the rows kept
+    the identifiers the lead's person had before the split, by its email alone, so `u1`'s
+    values went to the lead's person and never to theirs, and with merges on, once the
+    lead's person was merged away, to a new person of `e3@x.io`.)"""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    policy = {"merge_policy": {"min_path_rank": 1}} if held else None
+    project = project_in(tmp_path, emu, monkeypatch, policy)
+    sql(
+        tmp_path,
+        "insert into app_users values ('u3', 'e1@x.io', null), ('u1', 'e6@x.io', null);"
+        "insert into leads values ('e3@x.io', 'ads');"
+        "insert into links values ('e4@x.io', 'e3@x.io')",
+    )
+    sync_all(project)
+    sql(tmp_path, "delete from links; insert into leads values ('e4@x.io', 'webinar')")
+    sync_all(project)
+    splits = "select status from lockgate.lg_split_log"
+    assert warehouse_sql(tmp_path / "w.duckdb", splits, read_only=True) == [("needs_review",)]
+    sql(tmp_path, "delete from leads where email = 'e4@x.io'")
+    sync_all(project)
+    sql(tmp_path, "delete from app_users where user_id = 'u1'")
+    sync_all(project)
+    u1, lead = emu.person(id="u1"), emu.person(email="e3@x.io")
+    assert u1 is not None and lead is not None
+    sql(
+        tmp_path,
+        "insert into app_users values ('u1', 'e4@x.io', 'pro');"
+        "insert into stripe values ('cus_2', 'e3@x.io', 'u1', 49.0)",
+    )
+    reports = sync_all(project)
+    person = emu.person(id="u1")
+    assert person is not None and person.cio_id == u1.cio_id, emu.people()
+    assert person.email == "e4@x.io", person
+    assert {k: person.attributes.get(k) for k in ("plan", "stripe_id", "mrr")} == {
+        "plan": "pro",
+        "stripe_id": "cus_2",
+        "mrr": 49,
+    }, person
+    if held:
+        assert emu.merges() == [] and emu.person(cio_id=lead.cio_id) == lead
+        assert [m["outcome"] for m in reports[0].identity_merges_skipped] == ["held_for_review"]
+    else:
+        assert [(m.primary, m.secondary) for m in emu.merges()] == [(u1.cio_id, lead.cio_id)]
+        assert sorted(p.id or "" for p in emu.people()) == ["u1", "u3"], emu.people()
+    assert_nothing_left_to_send(project)

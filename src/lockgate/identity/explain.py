@@ -145,7 +145,8 @@ def _hold(profiles: pa.Table, held: pa.Table) -> pa.Table:
         same = now is not None and (
             now["cio_person_id"] == row["cio_person_id"]
             if row["cio_person_id"] is not None
-            else now["cio_email"] is not None and now["cio_email"] == row["cio_email"]
+            else now["cio_person_id"] is not None
+            or (now["cio_email"] is not None and now["cio_email"] == row["cio_email"])
         )
         effective[parent] = dict(now) if same and now is not None else row
     out = {r["profile_id"]: effective[r["parent_profile_id"]] for r in rows}
