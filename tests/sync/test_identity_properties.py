@@ -3088,3 +3088,47 @@ def test_a_user_back_with_an_address_split_off_a_leads_profile_is_sent_to_their_
         assert [(m.primary, m.secondary) for m in emu.merges()] == [(u1.cio_id, lead.cio_id)]
         assert sorted(p.id or "" for p in emu.people()) == ["u1", "u3"], emu.people()
     assert_nothing_left_to_send(project)
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["merges on", "links held for review"])
+def test_a_user_back_with_a_leads_email_linked_again_to_its_split_off_address_is_one_person(
+    customerio_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: bool
+) -> None:
+    """A lead of `e6@x.io` linked to `e1@x.io` is one person, known by `e1@x.io`; the link
+    leaves (a lead row of `e1@x.io` comes) and `e6@x.io` is split off, waiting for review;
+    then the lead of `e1@x.io` leaves. User `u3`, whose row left (their person stays), comes
+    back with `e1@x.io` while the link joins `e6@x.io` again: the lead's person is merged into
+    `u3`'s (their own row joins them) and `u3`'s row lands on their person. (Found by the
+    held-for-review machine, seed 42: the profile that went on was the split-off part's,
+    whose rows kept the lead's person's identifiers from before the split, its email alone:
+    `u3`'s row made a new person of `e1@x.io` once the lead's was merged away.)"""
+    emu = customerio_emulator
+    monkeypatch.setenv("CUSTOMERIO_APP_API_KEY", emu.config.app_api_key)
+    policy = {"merge_policy": {"min_path_rank": 1}} if held else None
+    project = project_in(tmp_path, emu, monkeypatch, policy)
+    steps = [
+        "insert into app_users values ('u3', 'e2@x.io', 'free')",
+        "insert into leads values ('e6@x.io', 'seo');"
+        "insert into links values ('e1@x.io', 'e6@x.io')",
+        "delete from links; insert into leads values ('e1@x.io', 'ads')",
+        "delete from leads where email = 'e1@x.io'",
+        "delete from app_users",
+    ]
+    for step in steps:
+        sql(tmp_path, step)
+        sync_all(project)
+    u3, lead = emu.person(id="u3"), emu.person(email="e1@x.io")
+    assert u3 is not None and lead is not None and lead.id is None, emu.people()
+    splits = "select status from lockgate.lg_split_log"
+    assert warehouse_sql(tmp_path / "w.duckdb", splits, read_only=True) == [("needs_review",)]
+    sql(
+        tmp_path,
+        "insert into app_users values ('u3', 'e1@x.io', 'pro');"
+        "insert into links values ('e1@x.io', 'e6@x.io')",
+    )
+    sync_all(project)
+    assert [(m.primary, m.secondary) for m in emu.merges()] == [(u3.cio_id, lead.cio_id)]
+    (person,) = emu.people()
+    assert (person.cio_id, person.id, person.email) == (u3.cio_id, "u3", "e1@x.io"), person
+    assert person.attributes["plan"] == "pro", person
+    assert_nothing_left_to_send(project)

@@ -150,6 +150,12 @@ def _hold(profiles: pa.Table, held: pa.Table) -> pa.Table:
         )
         effective[parent] = dict(now) if same and now is not None else row
     out = {r["profile_id"]: effective[r["parent_profile_id"]] for r in rows}
+    for pid, frozen in out.items():
+        # a part that gained an `id` over a person known by email alone (its parent absorbed
+        # into it, or gone): the rows go by that `id`, as the parent's would
+        own = current.get(pid)
+        if frozen["cio_person_id"] is None and own is not None and own["cio_person_id"]:
+            out[pid] = own
     at = pc.index_in(profiles["profile_id"], value_set=pa.array(list(out), pa.string()))
     for name in CIO_COLUMNS:
         frozen = pa.array([v[name] for v in out.values()], pa.string()).take(at)
