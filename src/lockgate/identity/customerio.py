@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lockgate.errors import ContractError
-from lockgate.identity.profiles import contested_values
+from lockgate.identity.profiles import contested_values, union_root
 from lockgate.identity.state import IdentityResult
 from lockgate.project.identity import IdentityConfig
 
@@ -824,23 +824,14 @@ def _adoption_ranks(
         for rank, pid, a, b in joined:
             if pid != op.profile_id:
                 continue
-            ra, rb = _find(parent, a), _find(parent, b)
+            ra, rb = union_root(parent, a), union_root(parent, b)
             if ra != rb:
                 parent[ra] = rb
-            roots = {_find(parent, n) for n in ends if n in parent}
-            if roots & {_find(parent, n) for n in targets if n in parent}:
+            roots = {union_root(parent, n) for n in ends if n in parent}
+            if roots & {union_root(parent, n) for n in targets if n in parent}:
                 ranks[op.key] = rank
                 break
     return ranks
-
-
-def _find(parent: dict[tuple[str, str], tuple[str, str]], x: tuple[str, str]) -> tuple[str, str]:
-    """The root of ``x`` in the union-find forest ``parent`` (paths halved as it goes)."""
-    parent.setdefault(x, x)
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]
-        x = parent[x]
-    return x
 
 
 def readdressings(result: IdentityResult) -> list[tuple[str, str, str]]:

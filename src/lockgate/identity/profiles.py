@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +51,9 @@ from lockgate.identity.state import (
 from lockgate.project.identity import IdentityConfig
 
 I64_MIN = np.iinfo(np.int64).min
+
+Node = TypeVar("Node")
+"""A node of a union-find forest (:func:`union_root`)."""
 
 
 def profile_schema(types: tuple[str, ...]) -> pa.Schema:
@@ -751,19 +755,19 @@ def _merge_triggers(
         parent: dict[tuple[int, int], tuple[int, int]] = {}
         for s, _ in wanted:  # the node of the `id` its person holds, on the survivor's side
             if person_node and s in person_node:
-                parent[_root(parent, (1, person_node[s]))] = _root(parent, (0, s))
+                parent[union_root(parent, (1, person_node[s]))] = union_root(parent, (0, s))
         left = list(wanted)
         for e in by_comp.get(c, []):
             ends = []
             for node in (a_nodes[e], b_nodes[e]):
                 pid = int(prev_pid[node])  # an earlier profile's nodes are one from the start
-                ends.append(_root(parent, (0, pid) if pid >= 0 else (1, node)))
+                ends.append(union_root(parent, (0, pid) if pid >= 0 else (1, node)))
             if ends[0] == ends[1]:
                 continue
             parent[ends[0]] = ends[1]
             still = []
             for s, p in left:
-                if _root(parent, (0, s)) == _root(parent, (0, p)):
+                if union_root(parent, (0, s)) == union_root(parent, (0, p)):
                     found[p] = e
                 else:
                     still.append((s, p))
@@ -773,8 +777,9 @@ def _merge_triggers(
     return found
 
 
-def _root(parent: dict[tuple[int, int], tuple[int, int]], x: tuple[int, int]) -> tuple[int, int]:
-    """The root of ``x`` in the union-find forest ``parent`` (paths halved as it goes)."""
+def union_root(parent: dict[Node, Node], x: Node) -> Node:
+    """The root of ``x`` in the union-find forest ``parent`` (paths halved as it goes); ``x``
+    joins the forest as a root of its own when new."""
     parent.setdefault(x, x)
     while parent[x] != x:
         parent[x] = parent[parent[x]]
