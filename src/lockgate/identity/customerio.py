@@ -806,29 +806,26 @@ def _adoption_ranks(
     edges = edges.filter(
         pc.and_(pc.is_in(edges["value_a"], values), pc.is_in(edges["value_b"], values))
     ).select(["type_a", "value_a", "type_b", "value_b", "rank", "status"])
-    joined: list[tuple[int, str, tuple[str, str], tuple[str, str]]] = []
+    joined: dict[str, list[tuple[int, tuple[str, str], tuple[str, str]]]] = {}
     for row in edges.to_pylist():
         a, b = (row["type_a"], row["value_a"]), (row["type_b"], row["value_b"])
         pid = node_pid.get(a)
         if pid is None or node_pid.get(b) != pid or row["status"] not in ("accepted", "forced"):
             continue
         rank = 0 if row["status"] == "forced" or row["rank"] is None else int(row["rank"])
-        joined.append((rank, pid, a, b))
-    joined.sort(key=lambda e: e[0])
+        joined.setdefault(pid, []).append((rank, a, b))
     ranks: dict[str, int] = {}
     for op in merges:
         person, email = str(op.payload["primary"]["id"]), str(op.payload["secondary"]["email"])
-        ends = {(t, person) for t in id_types}
-        targets = {(t, email.strip().lower()) for t in email_types}
+        ends = [(t, person) for t in id_types]
+        targets = [(t, email.strip().lower()) for t in email_types]
         parent: dict[tuple[str, str], tuple[str, str]] = {}
-        for rank, pid, a, b in joined:
-            if pid != op.profile_id:
-                continue
+        for rank, a, b in sorted(joined.get(op.profile_id, []), key=lambda e: e[0]):
             ra, rb = union_root(parent, a), union_root(parent, b)
             if ra != rb:
                 parent[ra] = rb
             roots = {union_root(parent, n) for n in ends if n in parent}
-            if roots & {union_root(parent, n) for n in targets if n in parent}:
+            if any(union_root(parent, n) in roots for n in targets if n in parent):
                 ranks[op.key] = rank
                 break
     return ranks
